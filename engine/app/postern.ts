@@ -1,0 +1,106 @@
+/**
+ * Assembles a running server from a configuration: the policy generation, the spool, one smtp-server
+ * per listener. Returns a handle to stop it. The CLI and the tests both start Postern through here.
+ */
+import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
+import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
+import { PolicyGeneration } from '../policy/generation.ts';
+import { Spool } from '../spool/spool.ts';
+import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import { PosternServer } from '../smtp/postern-server.ts';
+import { greetingDelay, listenerOptions, loadListenerTls } from '../smtp/listener-options.ts';
+import type { Runtime } from '../smtp/runtime.ts';
+import { createLogger, type Logger } from '../logging/logger.ts';
+import { join } from 'node:path';
+
+export interface StartOptions {
+  /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
+  configPath?: string;
+  /** Configuration text instead of a file (tests). */
+  configText?: string;
+  baseDir?: string;
+  logger?: Logger;
+  /** Called before listeners start, e.g. to create the development PKI. */
+  prepare?(config: LoadedConfig): Promise<void>;
+}
+
+export interface RunningPostern {
+  readonly runtime: Runtime;
+  readonly config: LoadedConfig;
+  /** Bound address of each listener by name (port 0 in the config picks a free port). */
+  readonly addresses: ReadonlyMap<string, { address: string; port: number }>;
+  readonly servers: ReadonlyMap<string, PosternServer>;
+  close(): Promise<void>;
+}
+
+export function loadStartConfig(opts: StartOptions): LoadedConfig {
+  if (opts.configText !== undefined) return parseConfig(opts.configText, opts.configPath ?? '(inline)', opts.baseDir ?? process.cwd());
+  if (opts.configPath) return loadConfigFile(opts.configPath);
+  return parseConfig(DEFAULT_CONFIG_YAML, '(embedded default)', opts.baseDir ?? process.cwd());
+}
+
+class MutableRuntime implements Runtime {
+  generation: PolicyGeneration;
+  readonly spool: Spool;
+  readonly logger: Logger;
+  readonly authFailures: AuthFailureLimiter;
+  onSpooled?: (id: string) => void;
+  constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter) {
+    this.generation = generation;
+    this.spool = spool;
+    this.logger = logger;
+    this.authFailures = authFailures;
+  }
+}
+
+export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
+  const loaded = loadStartConfig(opts);
+  const config = loaded.config;
+  const logger = opts.logger ?? createLogger(config.log.level);
+  await opts.prepare?.(loaded);
+  const generation = await PolicyGeneration.build(loaded, logger);
+  const spool = new Spool(join(config.dataDir, 'spool'));
+  const { removedOrphans } = await spool.init();
+  if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
+  const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));
+
+  const servers = new Map<string, PosternServer>();
+  const addresses = new Map<string, { address: string; port: number }>();
+  try {
+    for (const l of config.listeners) {
+      const tls = await loadListenerTls(l);
+      const server = new PosternServer(runtime, l.name, listenerOptions(l, tls, config.hostname, logger),
+        greetingDelay(l), l.limits.maxConnectionsPerIp);
+      server.on('error', (err: Error) => logger.error({ listener: l.name, err }, 'listener error'));
+      const sep = l.listen.lastIndexOf(':');
+      const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
+      const port = Number(l.listen.slice(sep + 1));
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error): void => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`));
+        server.server.once('error', onError);
+        server.listen(port, host, () => {
+          server.server.off('error', onError);
+          resolve();
+        });
+      });
+      const bound = server.server.address() as { address: string; port: number };
+      addresses.set(l.name, { address: bound.address, port: bound.port });
+      servers.set(l.name, server);
+      logger.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
+    }
+  } catch (err) {
+    await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+    generation.dispose();
+    throw err;
+  }
+
+  return {
+    runtime, config: loaded, addresses, servers,
+    async close() {
+      await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      runtime.generation.release();
+      runtime.generation.retire();
+    },
+  };
+}

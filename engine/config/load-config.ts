@@ -1,0 +1,153 @@
+/**
+ * Reads postern.yaml: YAML parse with positions, schema validation, cross-field checks, and path
+ * resolution against the file's folder. Every problem names file, line and key path; none is fatal alone,
+ * all are reported together and the configuration is refused.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { LineCounter, parseDocument, isMap, isSeq, type Document } from 'yaml';
+import { configSchema, type Config } from './schema.ts';
+import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
+
+export interface LoadedConfig {
+  config: Config;
+  /** Absolute path of the file, or `(embedded default)`. */
+  file: string;
+  /** Folder that relative paths were resolved against. */
+  baseDir: string;
+}
+
+/** Parse and validate configuration text. `file` names it in messages; `baseDir` anchors relative paths. */
+export function parseConfig(text: string, file: string, baseDir: string): LoadedConfig {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, merge: true });
+  if (doc.errors.length) {
+    throw new ConfigError(doc.errors.map((e) => ({
+      file, line: e.linePos?.[0].line, column: e.linePos?.[0].col, message: e.message.split('\n')[0],
+    })));
+  }
+  const locate = (path: ReadonlyArray<PropertyKey>): { line?: number; column?: number } => {
+    const pos = nodeOffset(doc, path);
+    if (pos === undefined) return {};
+    const lp = lineCounter.linePos(pos);
+    return { line: lp.line, column: lp.col };
+  };
+  const parsed = configSchema.safeParse(doc.toJS() ?? {});
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((issue) => {
+      // An unknown key is reported at the key itself, not at its parent object.
+      const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
+      return { file, ...locate(path), path: keyPath(path), message: issue.message };
+    }));
+  }
+  const config = resolvePaths(parsed.data, baseDir);
+  const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: p.message }));
+  if (problems.length) throw new ConfigError(problems);
+  return { config, file, baseDir };
+}
+
+export function loadConfigFile(path: string): LoadedConfig {
+  const file = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
+  }
+  return parseConfig(text, file, dirname(file));
+}
+
+/** Character offset of the node at `path`, falling back to the nearest existing ancestor. */
+function nodeOffset(doc: Document, path: ReadonlyArray<PropertyKey>): number | undefined {
+  for (let n = path.length; n >= 0; n--) {
+    const sub = path.slice(0, n) as unknown[];
+    const node = n === 0 ? doc.contents : doc.getIn(sub, true);
+    if (node && typeof node === 'object' && 'range' in node && Array.isArray(node.range)) {
+      // For a map key, point at the key rather than its value.
+      if (n > 0 && n === path.length) {
+        const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
+        if (isMap(parent)) {
+          const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path[n - 1]);
+          const key = pair?.key as { range?: number[] } | undefined;
+          if (key?.range) return key.range[0];
+        }
+      }
+      return (node.range as number[])[0];
+    }
+    if (n > 0 && n === path.length) {
+      // Unknown key: it has no value node we can ask for by path, find the key among its parent's items.
+      const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
+      if (isMap(parent)) {
+        const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path[n - 1]);
+        const key = pair?.key as { range?: number[] } | undefined;
+        if (key?.range) return key.range[0];
+      }
+      if (isSeq(parent)) continue;
+    }
+  }
+  return undefined;
+}
+
+function resolvePaths(config: Config, baseDir: string): Config {
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  const c = structuredClone(config);
+  c.dataDir = abs(c.dataDir);
+  c.scripts = abs(c.scripts);
+  if (c.users) c.users = abs(c.users);
+  for (const [name, t] of Object.entries(c.tables)) {
+    c.tables[name] = typeof t === 'string' ? abs(t) : { ...t, file: abs(t.file) };
+  }
+  for (const l of c.listeners) {
+    if (l.tls.cert) l.tls.cert = abs(l.tls.cert);
+    if (l.tls.key) l.tls.key = abs(l.tls.key);
+    l.tls.caFiles = l.tls.caFiles.map(abs);
+    l.tls.crlFiles = l.tls.crlFiles.map(abs);
+    if (l.scripts) l.scripts = abs(l.scripts);
+  }
+  for (const cc of Object.values(c.delivery.clientCertificates)) {
+    cc.cert = abs(cc.cert);
+    cc.key = abs(cc.key);
+  }
+  for (const [name, file] of Object.entries(c.delivery.caFiles)) c.delivery.caFiles[name] = abs(file);
+  return c;
+}
+
+interface PathProblem { path: PropertyKey[]; message: string }
+
+/** Rules that span fields: things the schema alone cannot say. */
+function crossCheck(c: Config): PathProblem[] {
+  const out: PathProblem[] = [];
+  const seenNames = new Map<string, number>();
+  const seenAddr = new Map<string, number>();
+  c.listeners.forEach((l, i) => {
+    const at = (...p: PropertyKey[]): PropertyKey[] => ['listeners', i, ...p];
+    if (seenNames.has(l.name)) out.push({ path: at('name'), message: `duplicate listener name (also listeners[${seenNames.get(l.name)}])` });
+    seenNames.set(l.name, i);
+    if (seenAddr.has(l.listen)) out.push({ path: at('listen'), message: `address already used by listeners[${seenAddr.get(l.listen)}]` });
+    seenAddr.set(l.listen, i);
+    const port = Number(l.listen.slice(l.listen.lastIndexOf(':') + 1));
+    if (port < 1 || port > 65535) out.push({ path: at('listen'), message: 'port must be 1-65535' });
+    const tls = l.tls.mode !== 'none';
+    if (tls && (!l.tls.cert || !l.tls.key)) out.push({ path: at('tls'), message: `tls.mode ${l.tls.mode} needs tls.cert and tls.key` });
+    if (!tls && l.tls.clientCertificates !== 'none') out.push({ path: at('tls', 'clientCertificates'), message: 'client certificates need tls.mode starttls or implicit' });
+    if (!tls && l.requireTls) out.push({ path: at('requireTls'), message: 'requireTls needs tls.mode starttls or implicit' });
+    if (l.tls.clientCertificates === 'require' && l.tls.caFiles.length === 0 && !l.certificateIdentity.pins) {
+      out.push({ path: at('tls', 'caFiles'), message: 'clientCertificates: require needs caFiles to verify against (or certificateIdentity.pins)' });
+    }
+    if (l.tls.crlFiles.length && !l.tls.caFiles.length) out.push({ path: at('tls', 'crlFiles'), message: 'CRLs need caFiles' });
+    if (l.auth.mechanisms.includes('EXTERNAL') && l.tls.clientCertificates === 'none') {
+      out.push({ path: at('auth', 'mechanisms'), message: 'EXTERNAL needs tls.clientCertificates request or require' });
+    }
+    const id = l.certificateIdentity;
+    if (id.field !== 'none' && l.tls.caFiles.length === 0) out.push({ path: at('certificateIdentity', 'field'), message: 'a certificate field identifies an account only when verified: set tls.caFiles' });
+    if (id.pins && !(id.pins in c.tables)) out.push({ path: at('certificateIdentity', 'pins'), message: `no table named "${id.pins}" under tables` });
+    if ((id.field !== 'none' || id.pins) && l.tls.clientCertificates === 'none') out.push({ path: at('certificateIdentity'), message: 'needs tls.clientCertificates request or require' });
+    if (l.relayClientCertificates && l.tls.caFiles.length === 0) out.push({ path: at('relayClientCertificates'), message: 'needs tls.caFiles (which CA may relay?)' });
+  });
+  const d = c.delivery;
+  if (d.tls.clientCertificate && !(d.tls.clientCertificate in d.clientCertificates)) {
+    out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });
+  }
+  if (d.tls.ca && !(d.tls.ca in d.caFiles)) out.push({ path: ['delivery', 'tls', 'ca'], message: `no CA named "${d.tls.ca}" under delivery.caFiles` });
+  return out;
+}

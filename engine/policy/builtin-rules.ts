@@ -1,0 +1,52 @@
+/**
+ * The defaults that apply when no script decides: AUTH (certificate identity or password) and the
+ * relay rule at RCPT TO (local domains, authenticated sessions, trusted client certificates).
+ */
+import type { BuiltinAuthDecision, BuiltinRelayDecision } from '../sandbox/api/index.ts';
+import { verifyPassword } from '../auth/password-hash.ts';
+
+export interface AuthAttempt {
+  mechanism: string;
+  username: string;
+  password: string;
+  authzid: string;
+}
+
+export interface AuthFacts {
+  /** Account the client certificate maps to, if any. */
+  certificateIdentity: string | null;
+  users: ReadonlyMap<string, string>;
+}
+
+export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promise<BuiltinAuthDecision> {
+  const refuse = (reason: string): BuiltinAuthDecision => ({ accepted: false, username: null, reason });
+  if (attempt.mechanism === 'EXTERNAL') {
+    const identity = facts.certificateIdentity;
+    if (!identity) return refuse('no-identity');
+    // RFC 4422 A.1: empty authzid = the identity derived from the external credentials.
+    if (!attempt.authzid || attempt.authzid.toLowerCase() === identity) return { accepted: true, username: identity, reason: 'certificate-identity' };
+    return refuse('authzid-not-permitted');
+  }
+  const username = attempt.username.toLowerCase();
+  if (!attempt.password) return refuse('empty-password');
+  const ok = await verifyPassword(facts.users.get(username), attempt.password);
+  if (!ok) return refuse('bad-password');
+  if (attempt.authzid && attempt.authzid.toLowerCase() !== username) return refuse('authzid-not-permitted');
+  // mox: a password login on a connection whose certificate names another account is refused.
+  if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
+  return { accepted: true, username, reason: 'password' };
+}
+
+export interface RelayFacts {
+  localDomains: ReadonlySet<string>;
+  authenticated: boolean;
+  /** The listener lets any CA-verified certificate relay, and this one verified. */
+  trustedCertificateMayRelay: boolean;
+}
+
+export function builtinRelay(domain: string, facts: RelayFacts): BuiltinRelayDecision {
+  if (facts.localDomains.has(domain.toLowerCase())) return { accepted: true, reason: 'local-domain' };
+  if (facts.authenticated) return { accepted: true, reason: 'authenticated' };
+  if (facts.trustedCertificateMayRelay) return { accepted: true, reason: 'client-certificate' };
+  return { accepted: false, reason: 'relay-denied' };
+}

@@ -1,0 +1,103 @@
+/**
+ * A generation: everything policy needs, built and validated together from one configuration — lookup
+ * tables, users, and one sandbox per scripts folder. Sessions hold the generation they started with;
+ * a reload builds a new one and the old one is disposed when its last session lets go.
+ */
+import type { Config, ListenerConfig } from '../config/schema.ts';
+import type { LoadedConfig } from '../config/load-config.ts';
+import { Sandbox, loadScriptDirectory } from '../sandbox/index.ts';
+import type { HookName } from '../sandbox/api/index.ts';
+import { loadTables, type LookupTable } from './lookup-tables.ts';
+import { loadUsersFile } from '../auth/users-file.ts';
+import type { Logger } from '../logging/logger.ts';
+
+let nextSerial = 1;
+
+export class PolicyGeneration {
+  readonly serial = nextSerial++;
+  readonly config: Config;
+  readonly source: LoadedConfig;
+  readonly tables: ReadonlyMap<string, LookupTable>;
+  readonly users: ReadonlyMap<string, string>;
+  readonly localDomains: ReadonlySet<string>;
+  readonly #sandboxes: ReadonlyMap<string, Sandbox>;
+  #refs = 0;
+  #retired = false;
+  #disposed = false;
+
+  private constructor(source: LoadedConfig, tables: Map<string, LookupTable>, users: Map<string, string>, sandboxes: Map<string, Sandbox>) {
+    this.source = source;
+    this.config = source.config;
+    this.tables = tables;
+    this.users = users;
+    this.localDomains = new Set(source.config.localDomains.map((d) => d.toLowerCase()));
+    this.#sandboxes = sandboxes;
+  }
+
+  /** Build and validate; throws (with file and line) without leaving anything running. */
+  static async build(source: LoadedConfig, logger: Logger): Promise<PolicyGeneration> {
+    const config = source.config;
+    const tables = await loadTables(config);
+    const users = config.users ? await loadUsersFile(config.users) : new Map<string, string>();
+    const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+    const sandboxes = new Map<string, Sandbox>();
+    const log = logger.child({ component: 'script' });
+    try {
+      for (const dir of dirs) {
+        const scripts = await loadScriptDirectory(dir);
+        sandboxes.set(dir, await Sandbox.create({
+          scripts,
+          timeoutMs: config.sandbox.timeoutMs,
+          memoryLimitMb: config.sandbox.memoryLimitMb,
+          isolates: config.sandbox.isolates,
+          host: {
+            lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
+            log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error', message: string) => log[level]({ cid, script: file }, message),
+          },
+        }));
+      }
+    } catch (err) {
+      for (const s of sandboxes.values()) s.dispose();
+      throw err;
+    }
+    return new PolicyGeneration(source, tables, users, sandboxes);
+  }
+
+  listener(name: string): ListenerConfig {
+    const l = this.config.listeners.find((x) => x.name === name);
+    if (!l) throw new Error(`no listener ${name} in this configuration`);
+    return l;
+  }
+
+  sandboxFor(listener: ListenerConfig | undefined): Sandbox {
+    return this.#sandboxes.get(listener?.scripts ?? this.config.scripts)!;
+  }
+
+  hasScript(listener: ListenerConfig | undefined, hook: HookName): boolean {
+    return this.sandboxFor(listener).has(hook);
+  }
+
+  get sandboxes(): Iterable<Sandbox> { return this.#sandboxes.values(); }
+
+  acquire(): this { this.#refs++; return this; }
+
+  release(): void {
+    this.#refs--;
+    if (this.#retired && this.#refs <= 0) this.dispose();
+  }
+
+  /** No new sessions will take this generation; dispose once the last one releases it. */
+  retire(): void {
+    this.#retired = true;
+    if (this.#refs <= 0) this.dispose();
+  }
+
+  get disposed(): boolean { return this.#disposed; }
+  get references(): number { return this.#refs; }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const s of this.#sandboxes.values()) s.dispose();
+  }
+}

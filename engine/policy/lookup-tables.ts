@@ -1,0 +1,100 @@
+/**
+ * Key/value tables named in the configuration (`tables:`), loaded from files for scripts' lookup() and
+ * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
+ * base64 forms of the same digest all find the entry.
+ */
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import type { Config, TableConfig } from '../config/schema.ts';
+import { normalizeFingerprint } from '../certificates/index.ts';
+
+export class TableError extends Error {
+  readonly file: string;
+  readonly line: number | undefined;
+  constructor(file: string, line: number | undefined, message: string) {
+    super(`${file}${line ? `:${line}` : ''}: ${message}`);
+    this.file = file;
+    this.line = line;
+    this.name = 'TableError';
+  }
+}
+
+export class LookupTable {
+  readonly #entries = new Map<string, string>();
+  readonly #caseSensitive: boolean;
+  readonly name: string;
+  readonly file: string;
+  constructor(name: string, file: string, caseSensitive: boolean) {
+    this.name = name;
+    this.file = file;
+    this.#caseSensitive = caseSensitive;
+  }
+
+  set(key: string, value: string): boolean {
+    const k = this.#fold(key);
+    const had = this.#entries.has(k);
+    this.#entries.set(k, value);
+    const canonical = normalizeFingerprint(key);
+    if (canonical && canonical.hex !== k) this.#entries.set(canonical.hex, value);
+    return !had;
+  }
+
+  get(key: string): string | null {
+    const hit = this.#entries.get(this.#fold(key));
+    if (hit !== undefined) return hit;
+    const canonical = normalizeFingerprint(key);
+    return canonical ? this.#entries.get(canonical.hex) ?? null : null;
+  }
+
+  get size(): number { return this.#entries.size; }
+
+  #fold(key: string): string { return this.#caseSensitive ? key : key.toLowerCase(); }
+}
+
+export async function loadTable(name: string, spec: TableConfig): Promise<LookupTable> {
+  const { file, format, caseSensitive } = typeof spec === 'string'
+    ? { file: spec, format: 'postfix' as const, caseSensitive: false } : spec;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new TableError(file, undefined, `table "${name}": cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const table = new LookupTable(name, file, caseSensitive);
+  if (format === 'postfix') parsePostfix(table, text, file);
+  else parseMapping(table, text, file, format);
+  return table;
+}
+
+/** Postfix-style: `key  value` per line, `#` comments, continuation lines start with whitespace. */
+function parsePostfix(table: LookupTable, text: string, file: string): void {
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i]!;
+    if (/^\s*(#|$)/.test(raw)) continue;
+    if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
+    const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
+    if (!m) throw new TableError(file, i + 1, `expected "key value", got ${JSON.stringify(raw.slice(0, 60))}`);
+    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, i + 1, `duplicate key ${m[1]}`);
+  }
+}
+
+function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): void {
+  let data: unknown;
+  try {
+    data = format === 'json' ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    const e = err as { linePos?: Array<{ line: number }>; message: string };
+    throw new TableError(file, e.linePos?.[0]?.line, e.message.split('\n')[0]!);
+  }
+  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  for (const [k, v] of Object.entries(data)) {
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${k} must be a scalar`);
+    table.set(k, String(v));
+  }
+}
+
+export async function loadTables(config: Config): Promise<Map<string, LookupTable>> {
+  const entries = await Promise.all(Object.entries(config.tables).map(async ([name, spec]) => [name, await loadTable(name, spec)] as const));
+  return new Map(entries);
+}

@@ -1,0 +1,29 @@
+/**
+ * Runs one hook's script, if the generation has one, and returns its checked verdict. Any failure —
+ * throw, timeout, memory, malformed verdict — is logged with file and line and fails closed (451 4.3.0).
+ */
+import type { HookName, ListenerConfig } from './types.ts';
+import type { PolicyGeneration } from './generation.ts';
+import type { DeferVerdict, PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
+import { checkVerdict } from './verdict.ts';
+import type { Logger } from '../logging/logger.ts';
+
+export const FAIL_CLOSED: DeferVerdict = Object.freeze({
+  verdict: 'defer', code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later',
+}) as DeferVerdict;
+
+export async function runHook(
+  generation: PolicyGeneration, listener: ListenerConfig | undefined, hook: HookName, ctx: object,
+  connectionId: string | null, log: Logger,
+): Promise<Verdict | PredeliveryVerdict | undefined> {
+  const sandbox = generation.sandboxFor(listener);
+  if (!sandbox.has(hook)) return undefined;
+  try {
+    return checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId));
+  } catch (err) {
+    const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
+    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
+      `policy script ${hook} failed: ${String(err)}`);
+    return FAIL_CLOSED;
+  }
+}

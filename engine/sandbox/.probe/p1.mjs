@@ -1,0 +1,11 @@
+import ivm from 'isolated-vm';
+const i = new ivm.Isolate({ memoryLimit: 32 });
+const c = i.createContextSync();
+console.log(i.compileScriptSync('1+2').runSync(c));
+const m = i.compileModuleSync('export default function (ctx) { return {a: ctx.x + 1}; }\n', { filename: '/x/auth.js' });
+m.instantiateSync(c, () => { throw new Error('no'); });
+m.evaluateSync();
+const ns = m.namespace;
+const fn = ns.getSync('default', { reference: true });
+console.log(fn.typeof);
+console.log(fn.applySync(undefined, [{x: 1}], { arguments: { copy: true }, result: { copy: true } }));

@@ -1,0 +1,87 @@
+/**
+ * What a policy script sees of a TLS peer (client) certificate. Plain data, copied into the
+ * sandbox when the hook starts; the private key never exists here.
+ */
+
+/** A distinguished name, whole and split into attributes. */
+export interface DistinguishedName {
+  /** RFC 4514 string, most specific attribute first, e.g. `CN=alice,O=Example`. */
+  dn: string;
+  /** Common name. */
+  CN?: string;
+  /** Organisation. */
+  O?: string;
+  /** Organisational unit. */
+  OU?: string;
+  /** Country. */
+  C?: string;
+  /** State or province. */
+  ST?: string;
+  /** Locality. */
+  L?: string;
+  /** PKCS#9 emailAddress attribute (what Dovecot's `ssl_cert_username_field = emailAddress` reads). */
+  emailAddress?: string;
+  /** Every attribute in order as `[shortName, value]` (multi-valued names appear more than once). */
+  attributes: Array<[string, string]>;
+}
+
+/** Why a chain did not verify. `null` when it did. */
+export type ChainFailureReason =
+  | 'expired'
+  | 'not-yet-valid'
+  | 'revoked'
+  | 'self-signed'
+  | 'unknown-issuer'
+  | 'bad-signature'
+  | 'crl-missing'
+  | 'no-ca-configured'
+  | 'invalid';
+
+/** Fingerprints over the DER certificate: lowercase hex, and Postfix's uppercase colon form. */
+export interface Fingerprints {
+  sha1: string;
+  sha256: string;
+  md5: string;
+  /** Postfix form, e.g. `5B:57:FE:...` (`openssl x509 -fingerprint`). */
+  sha1Colon: string;
+  sha256Colon: string;
+  md5Colon: string;
+}
+
+/** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
+export interface PublicKeyPin {
+  /** Lowercase hex. */
+  sha256: string;
+  /** Postfix `pkey_fingerprint` form: uppercase colon hex. */
+  sha256Colon: string;
+  /** Standard base64 with padding (HPKP style). */
+  sha256Base64: string;
+  /** base64url without padding (mox's TLS public key fingerprint). */
+  sha256Base64Url: string;
+}
+
+export interface PeerCertificate {
+  subject: DistinguishedName;
+  issuer: DistinguishedName;
+  /** Subject alternative names. */
+  san: { email: string[]; dns: string[]; ip: string[]; uri: string[] };
+  /** Serial number, lowercase hex without leading zeros stripped. */
+  serial: string;
+  /** ISO 8601 timestamps. */
+  notBefore: string;
+  notAfter: string;
+  /** `rsa`, `ec`, `ed25519`, `ed448` … */
+  keyType: string;
+  /** Key size in bits (RSA modulus, EC curve size); 0 when not meaningful. */
+  keyBits: number;
+  fingerprint: Fingerprints;
+  pin: PublicKeyPin;
+  /** The certificate in PEM form. */
+  pem: string;
+  /** True when the chain verified against the listener's CA bundle and CRLs. */
+  verified: boolean;
+  /** Why it did not verify; `null` when verified. */
+  verifyError: ChainFailureReason | null;
+  /** The underlying OpenSSL error code, e.g. `CERT_HAS_EXPIRED`; `null` when verified. */
+  verifyErrorCode: string | null;
+}

@@ -1,0 +1,114 @@
+/**
+ * One context type per hook. Hook order on a connection:
+ * connect → (TLS) → helo → auth → mailfrom → rcptto (once per recipient) → data; predelivery runs in the
+ * queue, once per delivery attempt and destination. Every context is a copy taken when the hook starts.
+ */
+import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from './session.ts';
+import type { ChainFailureReason } from './certificate.ts';
+
+/** connect: a client connected (after the TLS handshake on implicit-TLS listeners). Default: accept. */
+export interface ConnectContext {
+  connection: ConnectionInfo;
+}
+
+/** helo: HELO/EHLO received. Default: accept. */
+export interface HeloContext {
+  connection: ConnectionInfo;
+  helo: { name: string; command: 'HELO' | 'EHLO' };
+}
+
+/** The built-in AUTH rule's decision, so a script can extend rather than replace it. */
+export interface BuiltinAuthDecision {
+  accepted: boolean;
+  /** Username the built-in rule would log in as. */
+  username: string | null;
+  /** Why (for logs): e.g. `certificate-identity`, `password`, `bad-password`, `no-identity`. */
+  reason: string;
+}
+
+/** auth: an AUTH exchange completed its SASL steps. Default: the built-in rule. */
+export interface AuthContext {
+  connection: ConnectionInfo;
+  auth: {
+    /** EXTERNAL, PLAIN or LOGIN. */
+    mechanism: string;
+    /** PLAIN/LOGIN: the authentication identity; EXTERNAL: the authzid (may be empty). */
+    username: string;
+    /** PLAIN/LOGIN password; always empty for EXTERNAL. */
+    password: string;
+    /** Authorization identity (PLAIN's authzid, EXTERNAL's whole response). */
+    authzid: string;
+  };
+  builtin: BuiltinAuthDecision;
+}
+
+/** mailfrom: MAIL FROM received. Default: accept. */
+export interface MailFromContext {
+  connection: ConnectionInfo;
+  transaction: TransactionInfo;
+  address: EnvelopeAddress;
+}
+
+/** The built-in relay rule's decision for this recipient. */
+export interface BuiltinRelayDecision {
+  accepted: boolean;
+  /** `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
+  reason: string;
+}
+
+/** rcptto: RCPT TO received. Default: the built-in relay rule. */
+export interface RcptToContext {
+  connection: ConnectionInfo;
+  transaction: TransactionInfo;
+  address: EnvelopeAddress;
+  builtin: BuiltinRelayDecision;
+}
+
+/** data: the whole message has arrived (end of DATA), before it is spooled. Default: accept. */
+export interface DataContext {
+  connection: ConnectionInfo;
+  transaction: TransactionInfo;
+  data: {
+    /** Size in bytes as received. */
+    size: number;
+    /** Header fields in order, `[name, value]`, unfolded. */
+    headers: Array<[string, string]>;
+  };
+}
+
+/** A short summary of the certificate the original client presented, kept in the queue. */
+export interface CertificateSummary {
+  subject: string;
+  issuer: string;
+  fingerprintSha256: string;
+  pinSha256: string;
+  verified: boolean;
+  verifyError: ChainFailureReason | null;
+}
+
+/** predelivery: the queue is about to deliver to a destination. Default: deliver by the configured route. */
+export interface PredeliveryContext {
+  message: {
+    id: string;
+    sender: string;
+    /** Recipients of this attempt (one destination). */
+    recipients: string[];
+    size: number;
+    /** 1 on the first attempt. */
+    attempt: number;
+    /** Replies or errors of earlier attempts, oldest first. */
+    previousErrors: string[];
+    /** When the message was accepted (ISO 8601). */
+    receivedAt: string;
+  };
+  /** The destination the default route chose. */
+  destination: { host: string; port: number; implicitTls: boolean; domain: string; kind: 'smarthost' | 'mx' };
+  /** Facts about the session that submitted the message. */
+  session: {
+    listener: string;
+    remoteAddress: string;
+    helo: string | null;
+    authenticatedUser: string | null;
+    clientCertificate: CertificateSummary | null;
+  };
+}

@@ -1,0 +1,64 @@
+/** Connection and transaction facts, as copied into each hook's context. */
+import type { PeerCertificate } from './certificate.ts';
+
+export interface TlsInfo {
+  /** e.g. `TLSv1.3`. */
+  protocol: string;
+  /** OpenSSL cipher name, e.g. `TLS_AES_256_GCM_SHA384`. */
+  cipher: string;
+  /** Server name the client asked for (SNI), if any. */
+  sni: string | null;
+  /** How TLS started on this connection. */
+  mode: 'starttls' | 'implicit';
+}
+
+export interface AuthInfo {
+  /** The identity the session is logged in as. */
+  username: string;
+  /** `EXTERNAL`, `PLAIN`, `LOGIN`, or `CERTIFICATE` when the certificate logged the session in without AUTH. */
+  mechanism: string;
+}
+
+export interface ConnectionInfo {
+  /** Connection id, also in every log line of this connection. */
+  id: string;
+  remoteAddress: string;
+  remotePort: number;
+  localAddress: string;
+  localPort: number;
+  /** Name of the listener (from the configuration) that accepted the connection. */
+  listener: string;
+  /** The HELO/EHLO name, once given. */
+  helo: string | null;
+  /** Set once the session has authenticated. */
+  auth: AuthInfo | null;
+  /** Set once TLS is up. */
+  tls: TlsInfo | null;
+  /** The client's certificate, when one was presented. */
+  clientCertificate: PeerCertificate | null;
+  /**
+   * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
+   * verified certificate, or a pin table), or `null`.
+   */
+  certificateIdentity: string | null;
+}
+
+/** An envelope address, split for convenience. */
+export interface EnvelopeAddress {
+  /** The whole address as given (empty string for the null sender `<>`). */
+  address: string;
+  /** Part before the last `@`. */
+  localPart: string;
+  /** Part after the last `@`, lowercased. */
+  domain: string;
+  /** ESMTP parameters (`SIZE`, `BODY`, `NOTIFY` …), upper-case keys; `true` for a parameter without value. */
+  params: Record<string, string | true>;
+}
+
+export interface TransactionInfo {
+  /** Queue id the message will get when accepted. */
+  id: string;
+  sender: EnvelopeAddress | null;
+  /** Recipients accepted so far. */
+  recipients: EnvelopeAddress[];
+}

@@ -1,0 +1,57 @@
+/** What a hook may return. Returning nothing (undefined) applies the context's default. */
+
+export interface AcceptVerdict {
+  verdict: 'accept';
+  /** AUTH only: the username the session logs in as (default: the requested one). */
+  username?: string;
+  /** Optional reply text for the 2xx. */
+  text?: string;
+}
+
+export interface RejectVerdict {
+  verdict: 'reject';
+  /** Reply text (without code). */
+  text?: string;
+  /** 5xx reply code; default depends on the context (550, 535 in AUTH, 554 at connect). */
+  code?: number;
+  /** Enhanced status code such as `5.7.1`; default derived from the context. */
+  enhanced?: string;
+  /** Close the connection after the reply. */
+  disconnect?: boolean;
+}
+
+export interface DeferVerdict {
+  verdict: 'defer';
+  text?: string;
+  /** 4xx reply code; default 451 (454 in AUTH, 421 with disconnect). */
+  code?: number;
+  enhanced?: string;
+  disconnect?: boolean;
+}
+
+export type Verdict = AcceptVerdict | RejectVerdict | DeferVerdict;
+
+/** Options a pre-delivery script may set for the outbound TLS session (Postfix smtp_tls_security_level). */
+export interface DeliveryTls {
+  /** none: never STARTTLS; may: opportunistic; encrypt: TLS required, server unchecked; verify: TLS + CA + host name. */
+  mode?: 'none' | 'may' | 'encrypt' | 'verify';
+  /** Name of an outbound client certificate declared in the configuration (`clientCertificates`). */
+  clientCertificate?: string;
+  /** Server name to send as SNI and to check in `verify` mode. */
+  serverName?: string;
+  /** Name of a CA bundle declared in the configuration (`outbound.caFiles`), for `verify`. */
+  ca?: string;
+}
+
+/** Pre-delivery: deliver (optionally overriding route and TLS), bounce now, or retry later. */
+export interface DeliverVerdict {
+  verdict: 'deliver';
+  /** Next hop override. */
+  host?: string;
+  port?: number;
+  /** Connect with implicit TLS (465 style) instead of STARTTLS. */
+  implicitTls?: boolean;
+  tls?: DeliveryTls;
+}
+
+export type PredeliveryVerdict = DeliverVerdict | RejectVerdict | DeferVerdict;

@@ -1,0 +1,48 @@
+/**
+ * Postern's per-connection state, beside smtp-server's session. Declared in one place so every fact a
+ * hook may rely on is visible here.
+ */
+import type { PeerCertificate } from '../sandbox/api/index.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { ListenerConfig } from '../config/schema.ts';
+import type { CertificateIdentity } from '../policy/certificate-identity.ts';
+import { NO_IDENTITY } from '../policy/certificate-identity.ts';
+
+export class ConnectionState {
+  /** The generation this session started with (held until close; transactions keep theirs). */
+  generation: PolicyGeneration;
+  /** The listener's configuration in that generation. */
+  listener: ListenerConfig;
+  heloName: string | null = null;
+  heloCommand: 'HELO' | 'EHLO' = 'EHLO';
+  tlsMode: 'starttls' | 'implicit' | null = null;
+  /** The described client certificate (null: none presented, or TLS not up). */
+  certificate: PeerCertificate | null = null;
+  /** The certificate was requested (Received header: "did not present" vs "not requested"). */
+  certificateRequested = false;
+  identity: CertificateIdentity = NO_IDENTITY;
+  /** Authenticated user and how. */
+  user: string | null = null;
+  mechanism: string | null = null;
+  /** A SASL AUTH succeeded (only one is allowed, RFC 4954 §4). */
+  saslAuthenticated = false;
+  authFailures = 0;
+  /** Queue id of the current transaction (set at MAIL FROM). */
+  transactionId: string | null = null;
+  /** Close the connection after the next reply (a verdict asked to disconnect). */
+  disconnectAfterReply = false;
+
+  constructor(generation: PolicyGeneration, listener: ListenerConfig) {
+    this.generation = generation;
+    this.listener = listener;
+  }
+
+  /** Forget what STARTTLS must forget (RFC 3207 §4.2); certificate facts come from TLS and are set anew. */
+  resetForStartTls(): void {
+    this.heloName = null;
+    this.user = null;
+    this.mechanism = null;
+    this.saslAuthenticated = false;
+    this.transactionId = null;
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Translates a listener's configuration into smtp-server options: TLS material, client-certificate
+ * request, mechanisms, limits. Certificates are read here so that a bad file fails the (re)load.
+ */
+import type { SMTPServerOptions } from 'smtp-server';
+import type { ListenerConfig } from '../config/schema.ts';
+import { loadTrustMaterial, loadKeyPair } from '../certificates/index.ts';
+import type { Logger } from '../logging/logger.ts';
+
+export interface ListenerTls {
+  key?: string;
+  cert?: string;
+  ca?: string[];
+  crl?: string[];
+}
+
+/** Read and check the listener's TLS files. */
+export async function loadListenerTls(l: ListenerConfig): Promise<ListenerTls> {
+  if (l.tls.mode === 'none') return {};
+  const pair = await loadKeyPair(l.tls.cert!, l.tls.key!);
+  const trust = l.tls.clientCertificates === 'none'
+    ? { ca: [], crl: [] }
+    : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles });
+  return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined };
+}
+
+export function greetingDelay(l: ListenerConfig): number {
+  // Submission clients wait for nobody; on inbound a short pause catches clients that talk first.
+  return l.limits.greetingDelayMs ?? (l.auth.mechanisms.length || l.auth.required ? 0 : 100);
+}
+
+export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: string, logger: Logger): SMTPServerOptions {
+  const tlsOn = l.tls.mode !== 'none';
+  const asking = tlsOn && l.tls.clientCertificates !== 'none';
+  const mechanisms = l.auth.mechanisms.filter((m) => m !== 'EXTERNAL');
+  const options: SMTPServerOptions & Record<string, unknown> = {
+    name: hostname,
+    banner: l.banner ?? 'Postern',
+    logger: logger.child({ component: 'smtp', listener: l.name }) as unknown as SMTPServerOptions['logger'],
+    secure: l.tls.mode === 'implicit',
+    hideSTARTTLS: l.tls.mode !== 'starttls',
+    disabledCommands: l.auth.mechanisms.length ? [] : ['AUTH'],
+    // EXTERNAL is ours; smtp-server only needs the mechanisms it implements (an empty list means its default).
+    authMethods: mechanisms.length ? mechanisms : ['PLAIN'],
+    authOptional: !l.auth.required,
+    authRequiredMessage: '5.7.0 Authentication required',
+    // We refuse password AUTH before TLS ourselves, with 538 5.7.11.
+    allowInsecureAuth: true,
+    hideENHANCEDSTATUSCODES: false,
+    hideDSN: false,
+    hidePIPELINING: false,
+    size: l.limits.maxMessageSize,
+    maxRecipients: l.limits.maxRecipients,
+    maxClients: l.limits.maxConnections,
+    socketTimeout: l.limits.socketTimeoutMs,
+    closeTimeout: 5_000,
+    disableReverseLookup: !l.reverseDns,
+    useXClient: false,
+    useXForward: false,
+    ...(tlsOn ? {
+      key: tls.key,
+      cert: tls.cert,
+      minVersion: l.tls.minVersion,
+      // An explicit (possibly empty) CA list: Node must never fall back to the public roots.
+      ca: asking ? tls.ca ?? [] : undefined,
+      crl: asking ? tls.crl : undefined,
+      requestCert: asking,
+      rejectUnauthorized: asking && l.tls.strict,
+    } : {}),
+  };
+  return options;
+}
+

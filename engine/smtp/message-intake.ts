@@ -1,0 +1,83 @@
+/**
+ * End of the SMTP transaction: stream DATA into the spool behind our Received header, run the data
+ * hook, and commit durably. The 250 is only sent after commit() resolved.
+ */
+import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { PosternConnection } from './postern-connection.ts';
+import type { Runtime } from './runtime.ts';
+import type { SessionPolicy } from './session-policy.ts';
+import { SmtpReply, localError } from './reply.ts';
+import { HeaderReader } from './header-reader.ts';
+import { receivedHeader } from './received-header.ts';
+import { summarizeCertificate } from '../certificates/index.ts';
+import type { SpoolEnvelope } from '../spool/envelope.ts';
+
+export async function receiveMessage(
+  conn: PosternConnection, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
+): Promise<string> {
+  const st = conn.state;
+  const id = st.transactionId ?? runtime.spool.newId();
+  const writer = runtime.spool.create(id);
+  const recipients = session.envelope.rcptTo.map((r) => r.address);
+  const tls = conn.secure ? (conn._socket as import('node:tls').TLSSocket) : null;
+  const cipher = tls?.getCipher();
+  let committed = false;
+  try {
+    await writer.write(Buffer.from(receivedHeader({
+      hostname: st.generation.config.hostname,
+      queueId: id,
+      helo: st.heloName,
+      heloCommand: st.heloCommand,
+      clientHostname: conn.clientHostname || null,
+      remoteAddress: conn.remoteAddress,
+      tls: cipher ? { protocol: cipher.version, cipher: cipher.standardName ?? cipher.name } : null,
+      state: st,
+      recipients,
+    })));
+    const headers = new HeaderReader();
+    let size = 0;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      headers.push(chunk);
+      await writer.write(chunk);
+    }
+    if ((stream as { sizeExceeded?: boolean }).sizeExceeded) {
+      // smtp-server answers 552 itself; just drop what we wrote.
+      throw new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size');
+    }
+    const reply = await policy.data(conn, session, size, headers.headers());
+    if (reply) throw reply;
+    const mailFrom = session.envelope.mailFrom;
+    const envelope: SpoolEnvelope = {
+      version: 1,
+      id,
+      receivedAt: new Date().toISOString(),
+      sender: mailFrom ? mailFrom.address : '',
+      recipients: session.envelope.rcptTo.map((r) => ({ address: r.address, ...(r.dsn?.notify ? { notify: r.dsn.notify } : {}) })),
+      size: 0,
+      session: {
+        listener: st.listener.name,
+        remoteAddress: conn.remoteAddress,
+        helo: st.heloName,
+        authenticatedUser: st.user,
+        clientCertificate: st.certificate ? summarizeCertificate(st.certificate) : null,
+      },
+      attempts: 0,
+      nextAttemptAt: new Date().toISOString(),
+      errors: [],
+    };
+    await writer.commit(envelope);
+    committed = true;
+    runtime.logger.info({ cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes }, 'message spooled');
+    runtime.onSpooled?.(id);
+    st.transactionId = null;
+    return `2.0.0 Ok: queued as ${id}`;
+  } catch (err) {
+    if (!committed) await writer.abort().catch(() => undefined);
+    st.transactionId = null;
+    if (err instanceof SmtpReply) throw err;
+    if ((err as NodeJS.ErrnoException).code === 'ECONNECTION') throw err; // client went away; nobody to answer
+    runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
+    throw localError(conn.id);
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * The Received header Postern prepends (RFC 5321 §4.4), with the TLS and client-certificate comments
+ * Postfix writes (smtpd_tls_received_header) and the RFC 3848 protocol name (ESMTPSA when authenticated).
+ */
+import type { ConnectionState } from './connection-state.ts';
+
+export interface ReceivedFacts {
+  hostname: string;
+  queueId: string;
+  helo: string | null;
+  heloCommand: 'HELO' | 'EHLO';
+  clientHostname: string | null;
+  remoteAddress: string;
+  tls: { protocol: string; cipher: string; bits?: number } | null;
+  state: ConnectionState;
+  recipients: string[];
+  date?: Date;
+}
+
+const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
+
+export function receivedHeader(f: ReceivedFacts): string {
+  const st = f.state;
+  const proto = `${f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
+  const lines = [`Received: from ${clean(f.helo ?? 'unknown')} (${clean(f.clientHostname ?? 'unknown')} [${f.remoteAddress}])`];
+  if (f.tls) {
+    lines.push(`\t(using ${clean(f.tls.protocol)} with cipher ${clean(f.tls.cipher)}${f.tls.bits ? ` (${f.tls.bits}/${f.tls.bits} bits)` : ''})`);
+    const cert = st.certificate;
+    if (cert) {
+      const cn = cert.subject.CN ?? cert.subject.dn;
+      const issuer = cert.issuer.CN ?? cert.issuer.dn;
+      lines.push(`\t(Client CN "${clean(cn)}", Issuer "${clean(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
+    } else {
+      lines.push(st.certificateRequested ? '\t(Client did not present a certificate)' : '\t(No client certificate requested)');
+    }
+  }
+  if (st.user) lines.push(`\t(Authenticated sender: ${clean(st.user)})`);
+  const forClause = f.recipients.length === 1 ? `\n\tfor <${clean(f.recipients[0]!)}>` : '';
+  lines.push(`\tby ${f.hostname} (Postern) with ${proto} id ${f.queueId}${forClause};`);
+  lines.push(`\t${rfc5322Date(f.date ?? new Date())}`);
+  return lines.join('\r\n') + '\r\n';
+}
+
+export function rfc5322Date(d: Date): string {
+  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+  const off = -d.getTimezoneOffset();
+  const sign = off >= 0 ? '+' : '-';
+  const abs = Math.abs(off);
+  const pad = (n: number): string => String(n).padStart(2, '0');
+  return `${days[d.getDay()]}, ${d.getDate()} ${months[d.getMonth()]} ${d.getFullYear()} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${sign}${pad(Math.floor(abs / 60))}${pad(abs % 60)}`;
+}

@@ -1,0 +1,18 @@
+/**
+ * What every listener shares: the current policy generation (swapped on reload), the spool, the logger
+ * and the per-IP auth failure counts.
+ */
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { Spool } from '../spool/spool.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+
+export interface Runtime {
+  /** The generation new sessions start with. */
+  readonly generation: PolicyGeneration;
+  readonly spool: Spool;
+  readonly logger: Logger;
+  readonly authFailures: AuthFailureLimiter;
+  /** Called when a message has been committed to the spool (the queue runner wakes up). */
+  onSpooled?(id: string): void;
+}

@@ -1,0 +1,25 @@
+/**
+ * Parsing of the SASL EXTERNAL response (RFC 4422 appendix A, RFC 4954 §4): `=` or an empty line is the
+ * empty authzid; anything else must be strict base64 of a UTF-8 string without NUL or controls.
+ */
+export type ExternalResponse = { ok: true; authzid: string } | { ok: false; cancelled: boolean };
+
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+export function parseExternalResponse(line: string, continuation: boolean): ExternalResponse {
+  const text = line.trim();
+  // curl answers a 334 with "=" although RFC 4954 defines it only for the initial response: accept it.
+  if (text === '=' || (continuation && text === '')) return { ok: true, authzid: '' };
+  if (continuation && text === '*') return { ok: false, cancelled: true };
+  if (!BASE64.test(text) || text.length % 4 !== 0) return { ok: false, cancelled: false };
+  let authzid: string;
+  try {
+    authzid = utf8.decode(Buffer.from(text, 'base64'));
+  } catch {
+    return { ok: false, cancelled: false };
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(authzid)) return { ok: false, cancelled: false };
+  return { ok: true, authzid: authzid.normalize('NFC') };
+}

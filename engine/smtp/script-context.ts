@@ -1,0 +1,47 @@
+/** Builds the plain-data contexts that cross into the sandbox from smtp-server session + our state. */
+import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from '../sandbox/api/index.ts';
+import type { ConnectionState } from './connection-state.ts';
+
+export function connectionInfo(session: SMTPServerSession, state: ConnectionState): ConnectionInfo {
+  const cipher = session.secure ? (session.tlsOptions as { name?: string; standardName?: string; version?: string } | false) : false;
+  return {
+    id: session.id,
+    remoteAddress: session.remoteAddress,
+    remotePort: session.remotePort,
+    localAddress: session.localAddress,
+    localPort: session.localPort,
+    listener: state.listener.name,
+    helo: state.heloName,
+    auth: state.user ? { username: state.user, mechanism: state.mechanism ?? 'UNKNOWN' } : null,
+    tls: cipher ? {
+      protocol: cipher.version ?? '',
+      cipher: cipher.standardName ?? cipher.name ?? '',
+      sni: session.servername || null,
+      mode: state.tlsMode ?? 'starttls',
+    } : null,
+    clientCertificate: state.certificate,
+    certificateIdentity: state.identity.identity,
+  };
+}
+
+export function envelopeAddress(addr: SMTPServerAddress | false | undefined): EnvelopeAddress | null {
+  if (!addr) return null;
+  const at = addr.address.lastIndexOf('@');
+  const params: Record<string, string | true> = {};
+  for (const [k, v] of Object.entries(addr.args || {})) params[k.toUpperCase()] = v;
+  return {
+    address: addr.address,
+    localPart: at < 0 ? addr.address : addr.address.slice(0, at),
+    domain: at < 0 ? '' : addr.address.slice(at + 1).toLowerCase(),
+    params,
+  };
+}
+
+export function transactionInfo(session: SMTPServerSession, state: ConnectionState): TransactionInfo {
+  return {
+    id: state.transactionId ?? '',
+    sender: envelopeAddress(session.envelope.mailFrom),
+    recipients: session.envelope.rcptTo.map((r) => envelopeAddress(r)!),
+  };
+}
