@@ -1,0 +1,29 @@
+/**
+ * Offline validation of a loaded configuration: TLS files, tables, users file and every scripts folder.
+ * Returns all problems as `file:line:col: message` strings, the same text a reload would log.
+ */
+import type { LoadedConfig } from '../config/load-config.ts';
+import { loadTables } from '../policy/lookup-tables.ts';
+import { loadUsersFile } from '../auth/users-file.ts';
+import { checkScripts, loadScriptDirectory } from '../sandbox/index.ts';
+import { loadListenerTls } from '../smtp/listener-options.ts';
+
+export async function validateGeneration(loaded: LoadedConfig): Promise<string[]> {
+  const config = loaded.config;
+  const problems: string[] = [];
+  const attempt = async (fn: () => Promise<unknown>): Promise<void> => {
+    try { await fn(); } catch (err) { problems.push(err instanceof Error ? err.message : String(err)); }
+  };
+  for (const l of config.listeners) await attempt(() => loadListenerTls(l));
+  await attempt(() => loadTables(config));
+  if (config.users) await attempt(() => loadUsersFile(config.users!));
+  const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+  for (const dir of dirs) {
+    await attempt(async () => {
+      const scripts = await loadScriptDirectory(dir);
+      const errors = await checkScripts(scripts);
+      for (const e of errors) problems.push(String(e));
+    });
+  }
+  return problems;
+}

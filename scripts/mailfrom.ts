@@ -1,0 +1,11 @@
+// Default MAIL FROM policy: an authenticated sender may only use its own address (as mox does).
+// Unauthenticated sessions (inbound mail) are accepted; RCPT TO's relay rule decides what they may do.
+import type { MailFromContext, Verdict } from 'postern';
+
+export default function mailfrom(ctx: MailFromContext): Verdict | void {
+  const user = ctx.connection.auth?.username;
+  if (!user || ctx.address.address === '') return;
+  if (ctx.address.address.toLowerCase() !== user.toLowerCase()) {
+    return reject(`<${ctx.address.address}>: sender address not owned by ${user}`, { code: 553, enhanced: '5.7.1' });
+  }
+}

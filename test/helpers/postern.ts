@@ -1,0 +1,54 @@
+/**
+ * Start a real Postern on 127.0.0.1 with ephemeral ports, a temporary data folder and given scripts.
+ * `{{pki.NAME}}` in the config text is replaced by paths from the test PKI.
+ */
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
+import { createLogger } from '../../engine/logging/logger.ts';
+
+export interface TestServer extends RunningPostern {
+  dir: string;
+  port(listener: string): number;
+  /** Log lines (parsed JSON) written so far. */
+  logs: Array<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+export interface TestServerOptions {
+  /** YAML; `dataDir`/`scripts` default to the temp folder. */
+  config: string;
+  /** Script files by name, e.g. { 'auth.ts': '...' }. */
+  scripts?: Record<string, string>;
+  /** Extra files (tables, users) by name, written into the temp folder. */
+  files?: Record<string, string>;
+}
+
+export async function startTestServer(opts: TestServerOptions): Promise<TestServer> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-test-'));
+  await mkdir(join(dir, 'scripts'));
+  for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
+  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
+  const running = await startPostern({
+    configText: base + opts.config, configPath: join(dir, 'postern.yaml'), baseDir: dir,
+    logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
+  });
+  return Object.assign(running, {
+    dir, logs,
+    port: (name: string) => running.addresses.get(name)!.port,
+    async stop() {
+      await running.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  });
+}

@@ -1,0 +1,182 @@
+/**
+ * A tiny line-level SMTP client for tests: send exact commands, read exact replies, STARTTLS or
+ * implicit TLS with a client certificate. Nothing is hidden, so tests can pin the wire format.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+
+export interface Reply {
+  code: number;
+  lines: string[];
+  /** The whole reply, lines joined with \n (code prefixes included). */
+  text: string;
+}
+
+export interface TlsClientOptions {
+  cert?: string;
+  key?: string;
+  ca?: string;
+  servername?: string;
+  maxVersion?: tls.SecureVersion;
+}
+
+export class SmtpTestClient {
+  #socket: net.Socket;
+  #buffer = '';
+  #waiters: Array<() => void> = [];
+  #closed = false;
+  readonly transcript: string[] = [];
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    this.#attach(socket);
+  }
+
+  static async connect(port: number, opts: { implicitTls?: TlsClientOptions; host?: string } = {}): Promise<SmtpTestClient> {
+    const host = opts.host ?? '127.0.0.1';
+    let socket: net.Socket;
+    if (opts.implicitTls) {
+      socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+        const s = tls.connect({ host, port, ...tlsOptions(opts.implicitTls!) }, () => resolve(s));
+        s.once('error', reject);
+      });
+    } else {
+      socket = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host, port }, () => resolve(s));
+        s.once('error', reject);
+      });
+    }
+    return new SmtpTestClient(socket);
+  }
+
+  #attach(socket: net.Socket): void {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => { this.#buffer += chunk; this.#wake(); });
+    socket.on('close', () => { this.#closed = true; this.#wake(); });
+    socket.on('error', () => { this.#closed = true; this.#wake(); });
+  }
+
+  #wake(): void {
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const f of w) f();
+  }
+
+  get closed(): boolean { return this.#closed; }
+  get socket(): net.Socket { return this.#socket; }
+
+  /** Read one (possibly multi-line) reply; rejects if the connection closes first or on timeout. */
+  async read(timeoutMs = 5000): Promise<Reply> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const reply = this.#takeReply();
+      if (reply) return reply;
+      if (this.#closed) throw new Error(`connection closed; transcript:\n${this.transcript.join('\n')}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timeout waiting for reply; transcript:\n${this.transcript.join('\n')}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.#waiters.push(() => { clearTimeout(t); resolve(); });
+      });
+    }
+  }
+
+  #takeReply(): Reply | null {
+    const lines: string[] = [];
+    let offset = 0;
+    for (;;) {
+      const nl = this.#buffer.indexOf('\r\n', offset);
+      if (nl < 0) return null;
+      const line = this.#buffer.slice(offset, nl);
+      lines.push(line);
+      offset = nl + 2;
+      if (/^\d{3}( |$)/.test(line)) break;
+    }
+    this.#buffer = this.#buffer.slice(offset);
+    for (const l of lines) this.transcript.push(`S: ${l}`);
+    return { code: Number(lines.at(-1)!.slice(0, 3)), lines, text: lines.join('\n') };
+  }
+
+  write(line: string): void {
+    this.transcript.push(`C: ${line}`);
+    this.#socket.write(`${line}\r\n`);
+  }
+
+  async command(line: string, timeoutMs?: number): Promise<Reply> {
+    this.write(line);
+    return this.read(timeoutMs);
+  }
+
+  /** Issue STARTTLS and upgrade; resolves after the handshake. */
+  async starttls(opts: TlsClientOptions): Promise<tls.TLSSocket> {
+    const reply = await this.command('STARTTLS');
+    if (reply.code !== 220) throw new Error(`STARTTLS refused: ${reply.text}`);
+    const raw = this.#socket;
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('close');
+    const secure = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect({ socket: raw, ...tlsOptions(opts) }, () => resolve(s));
+      s.once('error', reject);
+    });
+    this.#socket = secure;
+    this.#attach(secure);
+    return secure;
+  }
+
+  /** Greeting + EHLO (+ STARTTLS + EHLO). Returns the last EHLO reply. */
+  async hello(opts: { name?: string; starttls?: TlsClientOptions } = {}): Promise<Reply> {
+    const greeting = await this.read();
+    if (greeting.code !== 220) throw new Error(`greeting: ${greeting.text}`);
+    let ehlo = await this.command(`EHLO ${opts.name ?? 'client.example'}`);
+    if (opts.starttls) {
+      await this.starttls(opts.starttls);
+      ehlo = await this.command(`EHLO ${opts.name ?? 'client.example'}`);
+    }
+    return ehlo;
+  }
+
+  /** MAIL, RCPT…, DATA, message; returns the final reply (or the first failure). */
+  async sendMail(from: string, to: string[], body = 'Subject: test\r\n\r\nhello\r\n'): Promise<Reply> {
+    let r = await this.command(`MAIL FROM:<${from}>`);
+    if (r.code !== 250) return r;
+    let accepted = 0;
+    let last = r;
+    for (const rcpt of to) {
+      last = await this.command(`RCPT TO:<${rcpt}>`);
+      if (last.code === 250) accepted++;
+    }
+    if (!accepted) return last;
+    r = await this.command('DATA');
+    if (r.code !== 354) return r;
+    this.transcript.push('C: <message>');
+    this.#socket.write(body.replace(/^\./gm, '..') + (body.endsWith('\r\n') ? '' : '\r\n') + '.\r\n');
+    return this.read();
+  }
+
+  async quit(): Promise<void> {
+    if (this.#closed) return;
+    try { await this.command('QUIT', 2000); } catch { /* closed */ }
+    this.#socket.destroy();
+  }
+
+  destroy(): void { this.#socket.destroy(); }
+
+  /** Wait until the server closes the connection. */
+  async waitClosed(timeoutMs = 3000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.#closed && Date.now() < deadline) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, deadline - Date.now());
+        this.#waiters.push(() => { clearTimeout(t); resolve(); });
+      });
+    }
+    return this.#closed;
+  }
+}
+
+function tlsOptions(o: TlsClientOptions): tls.ConnectionOptions {
+  return {
+    cert: o.cert, key: o.key, ca: o.ca, servername: o.servername ?? 'localhost',
+    rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion,
+  };
+}

