@@ -8,7 +8,7 @@ import { PolicyGeneration } from '../policy/generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
-import { greetingDelay, listenerOptions, loadListenerTls } from '../smtp/listener-options.ts';
+import { prepareListener } from '../smtp/listener-options.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
@@ -69,9 +69,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const addresses = new Map<string, { address: string; port: number }>();
   try {
     for (const l of config.listeners) {
-      const tls = await loadListenerTls(l);
-      const server = new PosternServer(runtime, l.name, listenerOptions(l, tls, config.hostname, logger),
-        greetingDelay(l), l.limits.maxConnectionsPerIp);
+      const server = new PosternServer(runtime, await prepareListener(l, config.hostname, logger));
       server.on('error', (err: Error) => logger.error({ listener: l.name, err }, 'listener error'));
       const sep = l.listen.lastIndexOf(':');
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');

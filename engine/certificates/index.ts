@@ -6,3 +6,4 @@ export {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
   loadAuthority, exportPkcs12, writeDevelopmentPki, type Authority, type IssuedCertificate, type KeyType, type DevelopmentPki,
 } from './pki.ts';
+export { TrustedIssuers } from './trusted-issuers.ts';

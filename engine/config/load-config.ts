@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LineCounter, parseDocument, isMap, isSeq, type Document } from 'yaml';
+import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 
@@ -22,12 +22,13 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, merge: true });
   if (doc.errors.length) {
-    throw new ConfigError(doc.errors.map((e) => ({
-      file, line: e.linePos?.[0].line, column: e.linePos?.[0].col, message: e.message.split('\n')[0],
-    })));
+    throw new ConfigError(doc.errors.map((e) => {
+      const lp = lineCounter.linePos(e.pos[0]);
+      return { file, line: lp.line, column: lp.col, message: e.message.split('\n')[0]! };
+    }));
   }
-  const locate = (path: ReadonlyArray<PropertyKey>): { line?: number; column?: number } => {
-    const pos = nodeOffset(doc, path);
+  const locate = (path: ReadonlyArray<PropertyKey>, atKey = false): { line?: number; column?: number } => {
+    const pos = nodeOffset(doc, path, atKey);
     if (pos === undefined) return {};
     const lp = lineCounter.linePos(pos);
     return { line: lp.line, column: lp.col };
@@ -37,7 +38,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
     throw new ConfigError(parsed.error.issues.map((issue) => {
       // An unknown key is reported at the key itself, not at its parent object.
       const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-      return { file, ...locate(path), path: keyPath(path), message: issue.message };
+      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: keyPath(path), message: issue.message };
     }));
   }
   const config = resolvePaths(parsed.data, baseDir);
@@ -57,33 +58,23 @@ export function loadConfigFile(path: string): LoadedConfig {
   return parseConfig(text, file, dirname(file));
 }
 
-/** Character offset of the node at `path`, falling back to the nearest existing ancestor. */
-function nodeOffset(doc: Document, path: ReadonlyArray<PropertyKey>): number | undefined {
+/**
+ * Character offset of what `path` names: the key itself when `atKey` (unknown keys), else the value,
+ * falling back to the nearest ancestor that exists.
+ */
+function nodeOffset(doc: Document, path: ReadonlyArray<PropertyKey>, atKey: boolean): number | undefined {
+  if (atKey && path.length) {
+    const parent = path.length === 1 ? doc.contents : doc.getIn(path.slice(0, -1) as unknown[], true);
+    if (isMap(parent)) {
+      const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path.at(-1));
+      const range = (pair?.key as { range?: number[] } | undefined)?.range;
+      if (range) return range[0];
+    }
+  }
   for (let n = path.length; n >= 0; n--) {
-    const sub = path.slice(0, n) as unknown[];
-    const node = n === 0 ? doc.contents : doc.getIn(sub, true);
-    if (node && typeof node === 'object' && 'range' in node && Array.isArray(node.range)) {
-      // For a map key, point at the key rather than its value.
-      if (n > 0 && n === path.length) {
-        const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
-        if (isMap(parent)) {
-          const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path[n - 1]);
-          const key = pair?.key as { range?: number[] } | undefined;
-          if (key?.range) return key.range[0];
-        }
-      }
-      return (node.range as number[])[0];
-    }
-    if (n > 0 && n === path.length) {
-      // Unknown key: it has no value node we can ask for by path, find the key among its parent's items.
-      const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
-      if (isMap(parent)) {
-        const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path[n - 1]);
-        const key = pair?.key as { range?: number[] } | undefined;
-        if (key?.range) return key.range[0];
-      }
-      if (isSeq(parent)) continue;
-    }
+    const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n) as unknown[], true);
+    const range = (node as { range?: number[] } | null)?.range;
+    if (range) return range[0];
   }
   return undefined;
 }
@@ -123,10 +114,10 @@ function crossCheck(c: Config): PathProblem[] {
     const at = (...p: PropertyKey[]): PropertyKey[] => ['listeners', i, ...p];
     if (seenNames.has(l.name)) out.push({ path: at('name'), message: `duplicate listener name (also listeners[${seenNames.get(l.name)}])` });
     seenNames.set(l.name, i);
-    if (seenAddr.has(l.listen)) out.push({ path: at('listen'), message: `address already used by listeners[${seenAddr.get(l.listen)}]` });
+    if (seenAddr.has(l.listen) && !l.listen.endsWith(':0')) out.push({ path: at('listen'), message: `address already used by listeners[${seenAddr.get(l.listen)}]` });
     seenAddr.set(l.listen, i);
     const port = Number(l.listen.slice(l.listen.lastIndexOf(':') + 1));
-    if (port < 1 || port > 65535) out.push({ path: at('listen'), message: 'port must be 1-65535' });
+    if (port > 65535) out.push({ path: at('listen'), message: 'port must be 0-65535 (0: any free port)' });
     const tls = l.tls.mode !== 'none';
     if (tls && (!l.tls.cert || !l.tls.key)) out.push({ path: at('tls'), message: `tls.mode ${l.tls.mode} needs tls.cert and tls.key` });
     if (!tls && l.tls.clientCertificates !== 'none') out.push({ path: at('tls', 'clientCertificates'), message: 'client certificates need tls.mode starttls or implicit' });

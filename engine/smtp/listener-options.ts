@@ -4,7 +4,8 @@
  */
 import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
-import { loadTrustMaterial, loadKeyPair } from '../certificates/index.ts';
+import { loadTrustMaterial, loadKeyPair, TrustedIssuers } from '../certificates/index.ts';
+import type { ListenerSetup } from './postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ListenerTls {
@@ -71,3 +72,15 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
   return options;
 }
 
+
+/** Read the listener's files and derive everything its server is built from. */
+export async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger): Promise<ListenerSetup> {
+  const tls = await loadListenerTls(l);
+  return {
+    name: l.name,
+    options: listenerOptions(l, tls, hostname, logger),
+    greetingDelayMs: greetingDelay(l),
+    maxConnectionsPerIp: l.limits.maxConnectionsPerIp,
+    trust: new TrustedIssuers(tls.ca ?? []),
+  };
+}

@@ -10,6 +10,16 @@ import { SessionPolicy } from './session-policy.ts';
 import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
 import type { Runtime } from './runtime.ts';
+import type { TrustedIssuers } from '../certificates/index.ts';
+
+/** Everything a listener is built from (see listener-options.ts). */
+export interface ListenerSetup {
+  name: string;
+  options: SMTPServerOptions;
+  greetingDelayMs: number;
+  maxConnectionsPerIp: number;
+  trust: TrustedIssuers;
+}
 
 const connectionOf = new WeakMap<SMTPServerSession, PosternConnection>();
 
@@ -21,15 +31,18 @@ export class PosternServer extends SMTPServer {
   readonly policy: SessionPolicy;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
+  /** The CAs client certificates are verified against (replaced on certificate rotation). */
+  trust: TrustedIssuers;
   readonly #perIp = new Map<string, number>();
 
-  constructor(runtime: Runtime, listenerName: string, options: SMTPServerOptions, greetingDelayMs: number, maxConnectionsPerIp: number) {
-    super(options);
+  constructor(runtime: Runtime, setup: ListenerSetup) {
+    super(setup.options);
     this.runtime = runtime;
-    this.listenerName = listenerName;
+    this.listenerName = setup.name;
     this.policy = new SessionPolicy(runtime);
-    this.greetingDelayMs = greetingDelayMs;
-    this.maxConnectionsPerIp = maxConnectionsPerIp;
+    this.greetingDelayMs = setup.greetingDelayMs;
+    this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
+    this.trust = setup.trust;
   }
 
   /** smtp-server's connect(), creating our connection class. */
@@ -57,7 +70,7 @@ export class PosternServer extends SMTPServer {
       return callback(new SmtpReply(421, '4.7.0', 'Too many connections from your address'));
     }
     this.#perIp.set(ip, open);
-    (conn as unknown as { counted: boolean }).counted = true;
+    conn.state.countedForIp = true;
     settle(this.policy.connect(conn), callback, conn, this.policy);
   }
 
@@ -103,7 +116,7 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
-    if ((conn as unknown as { counted?: boolean }).counted) {
+    if (conn.state.countedForIp) {
       const left = (this.#perIp.get(conn.remoteAddress) ?? 1) - 1;
       if (left > 0) this.#perIp.set(conn.remoteAddress, left); else this.#perIp.delete(conn.remoteAddress);
     }

@@ -13,6 +13,7 @@ import { verdictReply } from '../policy/verdict.ts';
 import { builtinAuth, builtinRelay, type AuthAttempt } from '../policy/builtin-rules.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
+import type { PosternServer } from './postern-server.ts';
 import type { HookName, Verdict } from '../sandbox/api/index.ts';
 
 export class SessionPolicy {
@@ -70,8 +71,11 @@ export class SessionPolicy {
     if (der) {
       // Without caFiles Node would verify against the public roots: that must never grant anything.
       const verified = tls.caFiles.length > 0 && socket.authorized;
-      const errorCode = verified ? null
+      let errorCode = verified ? null
         : tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
+      // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
+      // shows up as "no CRL". Report the more fundamental reason.
+      if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = (conn._server as unknown as PosternServer).trust.explainMissingCrl(der);
       st.certificate = describeCertificate(der, { verified, errorCode });
     } else {
       st.certificate = null;

@@ -1,0 +1,52 @@
+/**
+ * The host side of the helper globals: hashing with node:crypto, table lookups and logging through the
+ * HostBridge, each call tagged with the connection and script the isolate is currently running.
+ */
+import { createHash, createHmac } from 'node:crypto';
+import ivm from 'isolated-vm';
+
+export type LogLevel = 'info' | 'warn' | 'error';
+
+/** What the sandbox needs from the server. Both functions are called synchronously from scripts. */
+export interface HostBridge {
+  lookup(table: string, key: string): string | null;
+  log(connectionId: string | null, file: string, level: LogLevel, message: string): void;
+}
+
+/** Who is running in an isolate right now: a call (with its connection) or a script's top level. */
+export interface CurrentRun {
+  connectionId: string | null;
+  file: string;
+}
+
+const HMAC_ALGORITHMS = new Set(['sha1', 'sha256', 'sha512', 'md5']);
+const MAX_LOG = 16384; // the runtime already truncates; this guards the host if it is bypassed
+
+const digest = (algorithm: string) => (data: unknown): string => createHash(algorithm).update(String(data)).digest('hex');
+
+/**
+ * The Callbacks passed to installRuntime, in its parameter order. Arguments arrive as copies; only
+ * strings and null go back. A failing lookup throws into the script (and so fails the call closed);
+ * a failing logger does not.
+ */
+export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null): ivm.Callback[] {
+  const hmac = (algorithm: unknown, key: unknown, data: unknown): string => {
+    const alg = String(algorithm);
+    if (!HMAC_ALGORITHMS.has(alg)) throw new TypeError(`hmac(): unsupported algorithm ${alg}`);
+    return createHmac(alg, String(key)).update(String(data)).digest('hex');
+  };
+  const lookup = (table: unknown, key: unknown): string | null => {
+    const value = host.lookup(String(table), String(key));
+    return typeof value === 'string' ? value : null;
+  };
+  const log = (message: unknown): void => {
+    const run = current();
+    try {
+      host.log(run?.connectionId ?? null, run?.file ?? '(sandbox)', 'info', String(message).slice(0, MAX_LOG));
+    } catch {
+      // logging is best effort: it must not decide a policy call
+    }
+  };
+  const fns: Array<(...args: never[]) => unknown> = [digest('sha1'), digest('sha256'), digest('md5'), hmac, lookup, log];
+  return fns.map((fn) => new ivm.Callback(fn));
+}

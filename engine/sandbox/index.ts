@@ -1,0 +1,15 @@
+/**
+ * The policy-script sandbox: load a scripts folder, check it, run it on a pool of isolates.
+ * The script-facing types live in ./api (and are published to script authors as scripts/postern.d.ts).
+ */
+export { Sandbox } from './sandbox.ts';
+export type { SandboxOptions, SandboxStats, IsolateStats, IsolateState } from './sandbox.ts';
+export { checkScripts, checkScriptDirectory } from './check-scripts.ts';
+export type { CheckOptions } from './check-scripts.ts';
+export { loadScriptDirectory } from './load-scripts.ts';
+export { prepareScript, prepareScripts } from './script-source.ts';
+export type { ScriptSource, ScriptFile } from './script-source.ts';
+export { ScriptError, ScriptErrors, ScriptFailure } from './errors.ts';
+export type { FailureKind } from './errors.ts';
+export type { HostBridge, LogLevel } from './host-callbacks.ts';
+export { HOOK_NAMES, isHookName, parseScriptFileName } from './hooks.ts';

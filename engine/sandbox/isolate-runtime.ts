@@ -1,0 +1,228 @@
+/**
+ * The script-side half of the sandbox. `installRuntime` never runs in the host: its source text is
+ * evaluated once in each isolate's context, where it defines the helper globals and the call runner.
+ * It must therefore be self-contained — no imports, no references to anything outside its body.
+ */
+
+/** The host callbacks the runtime is given (isolated-vm Callbacks: arguments and results are copied). */
+export interface RuntimeHost {
+  sha1(data: string): string;
+  sha256(data: string): string;
+  md5(data: string): string;
+  hmac(algorithm: string, key: string, data: string): string;
+  lookup(table: string, key: string): unknown;
+  log(message: string): void;
+}
+
+/** What one call produces, copied out of the isolate as plain data. */
+export type RunOutcome =
+  | { ok: true; value: unknown }
+  | { ok: false; error: { name: string; message: string; stack: string } };
+
+export interface RuntimeHandle {
+  /** Bind a hook to its script's default export. */
+  register(hook: string, fn: (ctx: unknown) => unknown): void;
+  /** Call a hook; resolves (never rejects) with the outcome. */
+  run(hook: string, ctx: unknown): RunOutcome | Promise<RunOutcome>;
+}
+
+export function installRuntime(
+  hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
+  hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
+): RuntimeHandle {
+  // Intrinsics are captured before any policy script runs: a script that patches builtins can only
+  // break its own results, never the runner.
+  const { defineProperty, getPrototypeOf, keys, create, hasOwn } = Object;
+  const ObjectProto = Object.prototype;
+  const isArray = Array.isArray;
+  const apply = Reflect.apply;
+  const stringify = JSON.stringify;
+  const PromiseCtor = Promise;
+  const promiseResolve = Promise.resolve;
+  const promiseThen = Promise.prototype.then;
+  const ErrorCtor = Error;
+  const TypeErrorCtor = TypeError;
+  const StringCtor = String;
+  const MAX_LOG = 8192;
+  const MAX_DEPTH = 32;
+
+  // Not needed by policy scripts, and each can run code or block outside a call's time limit:
+  // finalizers and WebAssembly compilation complete later, Atomics.wait blocks. V8's console is a no-op.
+  for (const name of ['WebAssembly', 'FinalizationRegistry', 'SharedArrayBuffer', 'Atomics', 'console']) {
+    Reflect.deleteProperty(globalThis, name);
+  }
+
+  const fail = (message: string): never => { throw new TypeErrorCtor(message); };
+  const isString = (v: unknown): v is string => typeof v === 'string';
+
+  const text = (fn: string, name: string, value: unknown): string | undefined => {
+    if (value !== undefined && !isString(value)) fail(`${fn}(): ${name} must be a string`);
+    return value as string | undefined;
+  };
+
+  // Copies the allowed keys of an options object, refusing unknown ones (typos) and wrong types.
+  const options = (fn: string, value: unknown, allowed: Record<string, (v: unknown) => boolean>): Record<string, unknown> => {
+    const out: Record<string, unknown> = {};
+    if (value === undefined) return out;
+    if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): options must be an object`);
+    for (const key of keys(value as object)) {
+      const v = (value as Record<string, unknown>)[key];
+      if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
+      if (v === undefined) continue;
+      if (!allowed[key]!(v)) fail(`${fn}(): invalid ${key} ${formatValue(v)}`);
+      out[key] = v;
+    }
+    return out;
+  };
+  const replyCode = (lo: number) => (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= lo && v <= lo + 99;
+  const enhanced = (cls: string) => (v: unknown): boolean => isString(v) && new RegExp(`^${cls}\\.\\d{1,3}\\.\\d{1,3}$`).test(v);
+  const isBool = (v: unknown): boolean => typeof v === 'boolean';
+  const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
+  const isTls = (v: unknown): boolean => {
+    options('deliver', v, {
+      mode: (m) => m === 'none' || m === 'may' || m === 'encrypt' || m === 'verify',
+      clientCertificate: isString, serverName: isString, ca: isString,
+    });
+    return true;
+  };
+
+  function formatValue(value: unknown): string {
+    if (isString(value)) return value;
+    if (value instanceof ErrorCtor) return `${value.name}: ${value.message}`;
+    if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
+    if (typeof value === 'bigint') return `${value}n`;
+    if (value === undefined || typeof value === 'symbol') return StringCtor(value);
+    const seen: unknown[] = [];
+    try {
+      return stringify(value, (_key, v: unknown) => {
+        if (typeof v === 'bigint') return `${v}n`;
+        if (v !== null && typeof v === 'object') {
+          if (seen.includes(v)) return '[circular]';
+          seen.push(v);
+        }
+        return v;
+      }) ?? StringCtor(value);
+    } catch {
+      return '[unprintable]';
+    }
+  }
+
+  const helpers = {
+    sha1: (data: unknown): string => hostSha1(text('sha1', 'data', data) ?? fail('sha1(): data is required')),
+    sha256: (data: unknown): string => hostSha256(text('sha256', 'data', data) ?? fail('sha256(): data is required')),
+    md5: (data: unknown): string => hostMd5(text('md5', 'data', data) ?? fail('md5(): data is required')),
+    hmac(algorithm: unknown, key: unknown, data: unknown): string {
+      if (algorithm !== 'sha1' && algorithm !== 'sha256' && algorithm !== 'sha512' && algorithm !== 'md5') {
+        fail(`hmac(): algorithm must be sha1, sha256, sha512 or md5, not ${formatValue(algorithm)}`);
+      }
+      if (!isString(key) || !isString(data)) fail('hmac(): key and data must be strings');
+      return hostHmac(algorithm as string, key as string, data as string);
+    },
+    lookup(table: unknown, key: unknown): string | null {
+      if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
+      const found = hostLookup(table as string, key as string);
+      return isString(found) ? found : null;
+    },
+    log(...args: unknown[]): void {
+      let line = '';
+      for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
+      hostLog(line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line);
+    },
+    accept: (opts?: unknown) => ({
+      verdict: 'accept',
+      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString }),
+    }),
+    reject: (reply?: unknown, opts?: unknown) => ({
+      verdict: 'reject',
+      ...(text('reject', 'text', reply) === undefined ? {} : { text: reply }),
+      ...options('reject', opts, { code: replyCode(500), enhanced: enhanced('5'), disconnect: isBool }),
+    }),
+    defer: (reply?: unknown, opts?: unknown) => ({
+      verdict: 'defer',
+      ...(text('defer', 'text', reply) === undefined ? {} : { text: reply }),
+      ...options('defer', opts, { code: replyCode(400), enhanced: enhanced('4'), disconnect: isBool }),
+    }),
+    deliver: (opts?: unknown) => ({
+      verdict: 'deliver',
+      ...options('deliver', opts, { host: isString, port: isPort, implicitTls: isBool, tls: isTls }),
+    }),
+  };
+  for (const name of keys(helpers)) {
+    defineProperty(globalThis, name, { value: helpers[name as keyof typeof helpers], writable: false, enumerable: false, configurable: false });
+  }
+
+  // A return value leaves the isolate as a fresh copy built here, so getters, proxies and class
+  // instances never reach the structured clone, and a function is reported by where it was found.
+  class NotPlain extends ErrorCtor {}
+  function toPlain(value: unknown, path: string, stack: unknown[]): unknown {
+    switch (typeof value) {
+      case 'undefined': case 'boolean': case 'number': case 'string':
+        return value;
+      case 'object': {
+        if (value === null) return null;
+        if (stack.length >= MAX_DEPTH) throw new NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
+        for (let i = 0; i < stack.length; i++) if (stack[i] === value) throw new NotPlain(`return value has a circular reference at ${path}`);
+        stack.push(value);
+        let out: Record<string, unknown> | unknown[];
+        if (isArray(value)) {
+          out = [];
+          for (let i = 0; i < value.length; i++) out[i] = toPlain(value[i], `${path}[${i}]`, stack);
+        } else {
+          const proto = getPrototypeOf(value);
+          if (proto !== ObjectProto && proto !== null) {
+            const kind = typeof proto?.constructor === 'function' ? proto.constructor.name : 'non-plain';
+            throw new NotPlain(`return value cannot be copied out of the sandbox: ${kind || 'class'} object at ${path} (only plain objects, arrays, strings, numbers, booleans and null)`);
+          }
+          out = {};
+          for (const key of keys(value)) {
+            defineProperty(out, key, { value: toPlain((value as Record<string, unknown>)[key], `${path}.${key}`, stack), enumerable: true, writable: true, configurable: true });
+          }
+        }
+        stack.pop();
+        return out;
+      }
+      default:
+        throw new NotPlain(`return value cannot be copied out of the sandbox: ${typeof value} at ${path} (${formatValue(value)})`);
+    }
+  }
+
+  function failed(error: unknown): RunOutcome {
+    try {
+      if (error instanceof NotPlain) return { ok: false, error: { name: 'TypeError', message: StringCtor(error.message), stack: '' } };
+      if (error instanceof ErrorCtor) {
+        const stack = error.stack;
+        return { ok: false, error: { name: StringCtor(error.name), message: StringCtor(error.message), stack: isString(stack) ? stack : '' } };
+      }
+      return { ok: false, error: { name: '', message: `threw a value that is not an Error: ${formatValue(error)}`, stack: '' } };
+    } catch {
+      return { ok: false, error: { name: 'Error', message: 'threw an exception that cannot be described', stack: '' } };
+    }
+  }
+
+  function succeeded(value: unknown): RunOutcome {
+    try {
+      return { ok: true, value: toPlain(value, 'result', []) };
+    } catch (error) {
+      return failed(error);
+    }
+  }
+
+  const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
+  return {
+    register(hook, fn) {
+      hooks[hook] = fn;
+    },
+    run(hook, ctx) {
+      try {
+        const result = hooks[hook]!(ctx);
+        if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
+          const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
+          return apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
+        }
+        return succeeded(result);
+      } catch (error) {
+        return failed(error);
+      }
+    },
+  };
+}

@@ -1,0 +1,218 @@
+/**
+ * One isolate with one long-lived context holding every script of a generation: built (and validated)
+ * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
+ */
+import ivm from 'isolated-vm';
+import type { HookName } from './api/index.ts';
+import { ScriptError, ScriptFailure } from './errors.ts';
+import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
+import { installRuntime, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
+import type { ScriptSource } from './script-source.ts';
+
+export interface SlotOptions {
+  timeoutMs: number;
+  memoryLimitMb: number;
+  host: HostBridge;
+}
+
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5);`;
+const MEMORY_LOST = /memory limit/i;
+const TIMED_OUT = /execution timed out/i;
+
+/** Top-level code may build tables, so it gets more time than one call — but not forever. */
+const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
+
+/**
+ * isolated-vm deletes a disposed isolate later, on one of its threads; a process that exits during that
+ * teardown can crash inside V8. Waiting this long after disposing has been enough in every trial.
+ */
+export const TEARDOWN_GRACE_MS = 50;
+
+export function teardownGrace(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
+}
+
+/** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
+const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
+
+export class IsolateSlot {
+  readonly #options: SlotOptions;
+  readonly #files = new Map<HookName, string>();
+  #isolate!: ivm.Isolate;
+  #run!: ivm.Reference<RuntimeHandle['run']>;
+  #register!: ivm.Reference<RuntimeHandle['register']>;
+  #context!: ivm.Context;
+  #current: CurrentRun | null = null;
+  #disposedByUs = false;
+  #cutOff = false;
+
+  private constructor(options: SlotOptions) {
+    this.#options = options;
+  }
+
+  /**
+   * Build a slot from `scripts`. With `keepGoing` every script is tried even after a failure (for
+   * `postern check`); the slot is returned only when there were no errors.
+   */
+  static async build(scripts: readonly ScriptSource[], options: SlotOptions, keepGoing = false): Promise<{ slot: IsolateSlot | null; errors: ScriptError[] }> {
+    const slot = new IsolateSlot(options);
+    const errors: ScriptError[] = [];
+    await slot.#start();
+    for (const script of scripts) {
+      if (slot.#isolate.isDisposed) await slot.#start(); // the previous top level exhausted memory
+      const error = await slot.#load(script);
+      if (error) {
+        errors.push(error);
+        if (!keepGoing) break;
+      }
+    }
+    if (errors.length) {
+      slot.dispose();
+      return { slot: null, errors };
+    }
+    return { slot, errors };
+  }
+
+  /** True once the isolate is gone (memory limit, watchdog, dispose): the slot must be replaced. */
+  get lost(): boolean {
+    return this.#isolate.isDisposed;
+  }
+
+  async heapUsed(): Promise<number | null> {
+    if (this.lost) return null;
+    try {
+      return (await this.#isolate.getHeapStatistics()).used_heap_size;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Run `hook` with a copy of `ctx`. Resolves with the copied return value or rejects with a ScriptFailure. */
+  async call(hook: HookName, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null): Promise<unknown> {
+    const file = this.#files.get(hook);
+    if (file === undefined) throw new Error(`no script for hook ${hook}`);
+    const { timeoutMs } = this.#options;
+    this.#current = { connectionId, file };
+    this.#cutOff = false;
+    // A returned promise that never settles leaves nothing running to time out; only disposing ends it.
+    const watchdog = setTimeout(() => {
+      this.#cutOff = true;
+      this.#isolate.dispose();
+    }, watchdogDelay(timeoutMs));
+    let outcome: RunOutcome;
+    try {
+      outcome = await this.#run.apply(undefined, [hook, ctx.copyInto({ release: true })], {
+        timeout: timeoutMs,
+        result: { copy: true, promise: true },
+      }) as RunOutcome;
+    } catch (e) {
+      throw this.#callFailure(hook, file, e);
+    } finally {
+      clearTimeout(watchdog);
+      this.#current = null;
+    }
+    if (outcome === null || typeof outcome !== 'object' || typeof outcome.ok !== 'boolean') {
+      throw new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome');
+    }
+    if (outcome.ok) return outcome.value;
+    const { name, message, stack } = outcome.error;
+    const at = frameIn(stack, file);
+    throw new ScriptFailure('error', hook, file, at?.line ?? null, at?.column ?? null, name ? `${name}: ${message}` : message);
+  }
+
+  dispose(): void {
+    this.#disposedByUs = true;
+    if (!this.#isolate.isDisposed) this.#isolate.dispose();
+  }
+
+  /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
+  async #start(): Promise<void> {
+    const { memoryLimitMb, host } = this.#options;
+    this.#isolate = new ivm.Isolate({
+      memoryLimit: memoryLimitMb,
+      onCatastrophicError: (message) => {
+        try { host.log(null, '(sandbox)', 'error', `isolate failed catastrophically: ${message}`); } catch { /* nothing left to tell */ }
+      },
+    });
+    this.#context = await this.#isolate.createContext();
+    const callbacks = hostCallbacks(host, () => this.#current);
+    const runtime = await this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } }) as ivm.Reference<RuntimeHandle>;
+    this.#run = await runtime.get('run', { reference: true });
+    this.#register = await runtime.get('register', { reference: true });
+    runtime.release();
+  }
+
+  /** Compile, link and evaluate one script and register its default export; a ScriptError if any step fails. */
+  async #load({ hook, file, source }: ScriptSource): Promise<ScriptError | null> {
+    if (this.#files.has(hook)) {
+      return new ScriptError(file, 1, 1, `hook "${hook}" already has a script: ${this.#files.get(hook)}`);
+    }
+    const at = (p: Position | null, message: string): ScriptError => new ScriptError(file, p?.line ?? 1, p?.column ?? 1, message);
+    let module: ivm.Module;
+    try {
+      module = await this.#isolate.compileModule(source, { filename: file });
+    } catch (e) {
+      const err = e as Error;
+      const { message, position } = splitCompileMessage(String(err.message), file);
+      return at(position, `${err.name ?? 'SyntaxError'}: ${message}`);
+    }
+    const imports = module.dependencySpecifiers;
+    if (imports.length) {
+      const spec = imports[0]!;
+      return at(importPosition(source, spec),
+        `cannot import "${spec}": policy scripts have no modules to import (helpers such as accept() and lookup() are globals; ` +
+        'types come from `import type … from "postern"`, which is erased)');
+    }
+    try {
+      this.#current = { connectionId: null, file };
+      await module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); });
+      await module.evaluate({ timeout: topLevelTimeout(this.#options.timeoutMs), promise: true });
+    } catch (e) {
+      return this.#topLevelError(file, e);
+    } finally {
+      this.#current = null;
+    }
+    const fn = await module.namespace.get('default', { reference: true }) as ivm.Reference<(ctx: unknown) => unknown>;
+    if (fn.typeof !== 'function') {
+      const what = fn.typeof === 'undefined' ? 'has no default export' : `exports ${/^[aeiou]/.test(fn.typeof) ? 'an' : 'a'} ${fn.typeof} as default`;
+      return at(fn.typeof === 'undefined' ? { line: 1, column: 1 } : defaultExportPosition(source),
+        `${what}: a policy script must \`export default function (ctx) { … }\``);
+    }
+    await this.#register.apply(undefined, [hook, fn.derefInto({ release: true })]);
+    this.#files.set(hook, file);
+    return null;
+  }
+
+  #topLevelError(file: string, e: unknown): ScriptError {
+    if (this.#isolate.isDisposed || MEMORY_LOST.test(String((e as Error)?.message))) {
+      return new ScriptError(file, 1, 1, `top level exceeded the memory limit of ${this.#options.memoryLimitMb} MB`);
+    }
+    if (e instanceof Error) {
+      if (TIMED_OUT.test(e.message)) {
+        return new ScriptError(file, 1, 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
+      }
+      const p = frameIn(String(e.stack), file);
+      return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level threw ${e.name}: ${e.message}`);
+    }
+    return new ScriptError(file, 1, 1, `top level threw a value that is not an Error: ${String(e)}`);
+  }
+
+  /** Map an isolated-vm rejection (the runner itself never rejects) to the failure kind it means. */
+  #callFailure(hook: HookName, file: string, e: unknown): ScriptFailure {
+    const message = String((e as Error)?.message ?? e);
+    const { timeoutMs, memoryLimitMb } = this.#options;
+    if (this.#cutOff) {
+      return new ScriptFailure('timeout', hook, file, null, null, `did not finish within ${watchdogDelay(timeoutMs)} ms (a returned promise never settled)`);
+    }
+    if (this.#disposedByUs) return new ScriptFailure('error', hook, file, null, null, 'the sandbox was disposed during the call');
+    if (this.#isolate.isDisposed || MEMORY_LOST.test(message)) {
+      return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
+    }
+    if (TIMED_OUT.test(message)) {
+      const p = e instanceof Error ? frameIn(String(e.stack), file) : null;
+      return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${timeoutMs} ms`);
+    }
+    return new ScriptFailure('error', hook, file, null, null, message);
+  }
+}

@@ -1,0 +1,273 @@
+/**
+ * A Sandbox runs one configuration generation's policy scripts on a small pool of isolates: calls go to
+ * an idle isolate (or wait for one), a lost isolate is rebuilt, and every failure rejects — fail closed.
+ */
+import ivm from 'isolated-vm';
+import type { HookName } from './api/index.ts';
+import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
+import type { HostBridge, LogLevel } from './host-callbacks.ts';
+import { IsolateSlot, teardownGrace, type SlotOptions } from './isolate-slot.ts';
+import type { ScriptSource } from './script-source.ts';
+
+export interface SandboxOptions {
+  scripts: readonly ScriptSource[];
+  /** Time limit of one call, in milliseconds. Default 100. */
+  timeoutMs?: number;
+  /** Heap limit of each isolate, in MB (isolated-vm's minimum is 8). Default 32. */
+  memoryLimitMb?: number;
+  /** Isolates in the pool. Default 2. */
+  isolates?: number;
+  host: HostBridge;
+}
+
+export type IsolateState = 'idle' | 'busy' | 'rebuilding' | 'broken' | 'disposed';
+
+export interface IsolateStats {
+  index: number;
+  state: IsolateState;
+  /** V8 heap in use; null while the isolate is being rebuilt or is gone. */
+  heapUsedBytes: number | null;
+  calls: number;
+  failures: number;
+  rebuilds: number;
+}
+
+export interface SandboxStats {
+  isolates: IsolateStats[];
+  /** Calls waiting for an isolate. */
+  queued: number;
+  calls: number;
+  failures: Record<FailureKind, number>;
+  rebuilds: number;
+}
+
+interface Member {
+  index: number;
+  slot: IsolateSlot | null;
+  state: IsolateState;
+  calls: number;
+  failures: number;
+  rebuilds: number;
+  /** When a broken member may try to rebuild again. */
+  retryAt: number;
+}
+
+interface Waiter {
+  grant(member: Member): void;
+  refuse(error: Error): void;
+}
+
+const REBUILD_RETRY_MS = 1000;
+
+function positiveInteger(name: string, value: number, min: number): number {
+  if (!Number.isInteger(value) || value < min) throw new RangeError(`sandbox ${name} must be an integer ≥ ${min}, got ${value}`);
+  return value;
+}
+
+export class Sandbox {
+  readonly #scripts: ReadonlyMap<HookName, ScriptSource>;
+  readonly #options: SlotOptions;
+  readonly #members: Member[];
+  readonly #waiting: Waiter[] = [];
+  readonly #failures: Record<FailureKind, number> = { error: 0, timeout: 0, memory: 0 };
+  #rotation = 0;
+  #disposed = false;
+
+  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[]) {
+    this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
+    this.#options = options;
+    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0 }));
+  }
+
+  /**
+   * Validate and compile every script into every isolate. Rejects with ScriptErrors (all of them) when a
+   * script does not compile, imports something, throws at top level or has no default function export.
+   */
+  static async create(options: SandboxOptions): Promise<Sandbox> {
+    const slotOptions: SlotOptions = {
+      timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
+      memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
+      host: options.host,
+    };
+    const size = positiveInteger('isolates', options.isolates ?? 2, 1);
+    const scripts = [...options.scripts];
+    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, []); // nothing to run: no isolates
+
+    const first = await IsolateSlot.build(scripts, slotOptions, true);
+    if (!first.slot) {
+      await teardownGrace(); // the caller may well exit on this error
+      throw new ScriptErrors(first.errors);
+    }
+    const rest = await Promise.allSettled(Array.from({ length: size - 1 }, () => IsolateSlot.build(scripts, slotOptions)));
+    const slots = [first.slot];
+    let problem: unknown = null;
+    for (const r of rest) {
+      if (r.status === 'rejected') problem ??= r.reason;
+      else if (r.value.slot) slots.push(r.value.slot);
+      else problem ??= new ScriptErrors(r.value.errors); // a top level that behaves differently the second time
+    }
+    if (problem !== null) {
+      for (const s of slots) s.dispose();
+      await teardownGrace();
+      throw problem;
+    }
+    return new Sandbox(scripts, slotOptions, slots);
+  }
+
+  /** Whether a script implements `hook`; callers skip the sandbox entirely when not. */
+  has(hook: HookName): boolean {
+    return this.#scripts.has(hook);
+  }
+
+  get hooks(): HookName[] {
+    return [...this.#scripts.keys()];
+  }
+
+  /**
+   * Call `hook`'s script with a copy of `ctx`. Resolves with a copy of what it returned (undefined when
+   * nothing); rejects with a ScriptFailure when it throws, times out, exhausts memory or returns
+   * something that is not plain data.
+   */
+  async invoke(hook: HookName, ctx: object, connectionId: string | null): Promise<unknown> {
+    if (this.#disposed) throw new Error('the sandbox has been disposed');
+    const script = this.#scripts.get(hook);
+    if (!script) throw new Error(`no script for hook ${hook}`);
+    const copy = new ivm.ExternalCopy(ctx); // copied now: the script never sees the host's object
+    let member: Member;
+    try {
+      member = await this.#acquire();
+    } catch (e) {
+      copy.release();
+      throw new ScriptFailure('error', hook, script.file, null, null, (e as Error).message);
+    }
+    member.calls++;
+    try {
+      return await member.slot!.call(hook, copy, connectionId);
+    } catch (e) {
+      member.failures++;
+      this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
+      throw e;
+    } finally {
+      this.#release(member, script.file);
+    }
+  }
+
+  async stats(): Promise<SandboxStats> {
+    const isolates = await Promise.all(this.#members.map(async (m): Promise<IsolateStats> => ({
+      index: m.index,
+      state: m.state,
+      heapUsedBytes: m.slot && (m.state === 'idle' || m.state === 'busy') ? await m.slot.heapUsed() : null,
+      calls: m.calls,
+      failures: m.failures,
+      rebuilds: m.rebuilds,
+    })));
+    return {
+      isolates,
+      queued: this.#waiting.length,
+      calls: isolates.reduce((n, i) => n + i.calls, 0),
+      failures: { ...this.#failures },
+      rebuilds: isolates.reduce((n, i) => n + i.rebuilds, 0),
+    };
+  }
+
+  /**
+   * Release every isolate, now; calls still waiting or running reject. The promise (safe to ignore)
+   * resolves once isolated-vm has had time to tear the isolates down: await it before process.exit().
+   */
+  dispose(): Promise<void> {
+    if (this.#disposed) return Promise.resolve();
+    this.#disposed = true;
+    for (const w of this.#waiting.splice(0)) w.refuse(new Error('the sandbox has been disposed'));
+    for (const m of this.#members) {
+      m.slot?.dispose();
+      m.slot = null;
+      m.state = 'disposed';
+    }
+    return this.#members.length ? teardownGrace() : Promise.resolve();
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Sandbox events go to the same log as scripts' lines; a failing logger must not break the pool. */
+  #log(file: string, level: LogLevel, message: string): void {
+    try {
+      this.#options.host.log(null, file, level, message);
+    } catch {
+      // best effort
+    }
+  }
+
+  #acquire(): Promise<Member> {
+    if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
+    const n = this.#members.length;
+    for (let i = 0; i < n; i++) {
+      // Rotate the starting point so work (and heap growth) spreads over the pool.
+      const m = this.#members[(this.#rotation + i) % n]!;
+      if (m.state === 'idle') {
+        this.#rotation = (m.index + 1) % n;
+        m.state = 'busy';
+        return Promise.resolve(m);
+      }
+    }
+    if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding')) {
+      const now = Date.now();
+      const retry = this.#members.filter((m) => m.state === 'broken' && m.retryAt <= now);
+      if (retry.length === 0) return Promise.reject(new Error('no isolate is available: rebuilding them failed'));
+      for (const m of retry) void this.#rebuild(m);
+    }
+    return new Promise((grant, refuse) => this.#waiting.push({ grant, refuse }));
+  }
+
+  #release(member: Member, file: string): void {
+    if (this.#disposed) return;
+    const now = Date.now();
+    for (const m of this.#members) if (m.state === 'broken' && m.retryAt <= now) void this.#rebuild(m);
+    if (member.slot!.lost) {
+      this.#log(file, 'warn', `isolate ${member.index} was lost (memory limit or a call that never settled); rebuilding it`);
+      void this.#rebuild(member);
+      return;
+    }
+    this.#handOver(member);
+  }
+
+  #handOver(member: Member): void {
+    const next = this.#waiting.shift();
+    if (next) {
+      member.state = 'busy';
+      next.grant(member);
+    } else {
+      member.state = 'idle';
+    }
+  }
+
+  async #rebuild(member: Member): Promise<void> {
+    member.slot?.dispose();
+    member.slot = null;
+    member.state = 'rebuilding';
+    member.rebuilds++;
+    let built: Awaited<ReturnType<typeof IsolateSlot.build>>;
+    try {
+      built = await IsolateSlot.build([...this.#scripts.values()], this.#options);
+    } catch (e) {
+      built = { slot: null, errors: [] };
+      this.#log('(sandbox)', 'error', `rebuilding isolate ${member.index} failed: ${(e as Error).message}`);
+    }
+    if (this.#disposed) {
+      built.slot?.dispose();
+      return;
+    }
+    if (built.slot) {
+      member.slot = built.slot;
+      this.#handOver(member);
+      return;
+    }
+    for (const e of built.errors) this.#log(e.file, 'error', `rebuilding isolate ${member.index} failed: ${e.toString()}`);
+    member.state = 'broken';
+    member.retryAt = Date.now() + REBUILD_RETRY_MS;
+    if (!this.#members.some((m) => m.state === 'idle' || m.state === 'busy' || m.state === 'rebuilding')) {
+      for (const w of this.#waiting.splice(0)) w.refuse(new Error('no isolate is available: rebuilding them failed'));
+    }
+  }
+}

@@ -1,0 +1,402 @@
+// generated from engine/sandbox/api — do not edit (node engine/sandbox/api/generate-dts.ts)
+//
+// Types for Postern policy scripts. A script imports what it needs, e.g.
+//   import type { AuthContext, Verdict } from "postern";
+// and uses the helper globals (accept, reject, defer, deliver, lookup, log, sha256, …) directly.
+
+declare module "postern" {
+  // ---- certificate.ts
+
+  /**
+   * What a policy script sees of a TLS peer (client) certificate. Plain data, copied into the
+   * sandbox when the hook starts; the private key never exists here.
+   */
+
+  /** A distinguished name, whole and split into attributes. */
+  export interface DistinguishedName {
+    /** RFC 4514 string, most specific attribute first, e.g. `CN=alice,O=Example`. */
+    dn: string;
+    /** Common name. */
+    CN?: string;
+    /** Organisation. */
+    O?: string;
+    /** Organisational unit. */
+    OU?: string;
+    /** Country. */
+    C?: string;
+    /** State or province. */
+    ST?: string;
+    /** Locality. */
+    L?: string;
+    /** PKCS#9 emailAddress attribute (what Dovecot's `ssl_cert_username_field = emailAddress` reads). */
+    emailAddress?: string;
+    /** Every attribute in order as `[shortName, value]` (multi-valued names appear more than once). */
+    attributes: Array<[string, string]>;
+  }
+
+  /** Why a chain did not verify. `null` when it did. */
+  export type ChainFailureReason =
+    | 'expired'
+    | 'not-yet-valid'
+    | 'revoked'
+    | 'self-signed'
+    | 'unknown-issuer'
+    | 'bad-signature'
+    | 'crl-missing'
+    | 'no-ca-configured'
+    | 'invalid';
+
+  /** Fingerprints over the DER certificate: lowercase hex, and Postfix's uppercase colon form. */
+  export interface Fingerprints {
+    sha1: string;
+    sha256: string;
+    md5: string;
+    /** Postfix form, e.g. `5B:57:FE:...` (`openssl x509 -fingerprint`). */
+    sha1Colon: string;
+    sha256Colon: string;
+    md5Colon: string;
+  }
+
+  /** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
+  export interface PublicKeyPin {
+    /** Lowercase hex. */
+    sha256: string;
+    /** Postfix `pkey_fingerprint` form: uppercase colon hex. */
+    sha256Colon: string;
+    /** Standard base64 with padding (HPKP style). */
+    sha256Base64: string;
+    /** base64url without padding (mox's TLS public key fingerprint). */
+    sha256Base64Url: string;
+  }
+
+  export interface PeerCertificate {
+    subject: DistinguishedName;
+    issuer: DistinguishedName;
+    /** Subject alternative names. */
+    san: { email: string[]; dns: string[]; ip: string[]; uri: string[] };
+    /** Serial number, lowercase hex without leading zeros stripped. */
+    serial: string;
+    /** ISO 8601 timestamps. */
+    notBefore: string;
+    notAfter: string;
+    /** `rsa`, `ec`, `ed25519`, `ed448` … */
+    keyType: string;
+    /** Key size in bits (RSA modulus, EC curve size); 0 when not meaningful. */
+    keyBits: number;
+    fingerprint: Fingerprints;
+    pin: PublicKeyPin;
+    /** The certificate in PEM form. */
+    pem: string;
+    /** True when the chain verified against the listener's CA bundle and CRLs. */
+    verified: boolean;
+    /** Why it did not verify; `null` when verified. */
+    verifyError: ChainFailureReason | null;
+    /** The underlying OpenSSL error code, e.g. `CERT_HAS_EXPIRED`; `null` when verified. */
+    verifyErrorCode: string | null;
+  }
+
+  // ---- session.ts
+
+  /** Connection and transaction facts, as copied into each hook's context. */
+
+  export interface TlsInfo {
+    /** e.g. `TLSv1.3`. */
+    protocol: string;
+    /** OpenSSL cipher name, e.g. `TLS_AES_256_GCM_SHA384`. */
+    cipher: string;
+    /** Server name the client asked for (SNI), if any. */
+    sni: string | null;
+    /** How TLS started on this connection. */
+    mode: 'starttls' | 'implicit';
+  }
+
+  export interface AuthInfo {
+    /** The identity the session is logged in as. */
+    username: string;
+    /** `EXTERNAL`, `PLAIN`, `LOGIN`, or `CERTIFICATE` when the certificate logged the session in without AUTH. */
+    mechanism: string;
+  }
+
+  export interface ConnectionInfo {
+    /** Connection id, also in every log line of this connection. */
+    id: string;
+    remoteAddress: string;
+    remotePort: number;
+    localAddress: string;
+    localPort: number;
+    /** Name of the listener (from the configuration) that accepted the connection. */
+    listener: string;
+    /** The HELO/EHLO name, once given. */
+    helo: string | null;
+    /** Set once the session has authenticated. */
+    auth: AuthInfo | null;
+    /** Set once TLS is up. */
+    tls: TlsInfo | null;
+    /** The client's certificate, when one was presented. */
+    clientCertificate: PeerCertificate | null;
+    /**
+     * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
+     * verified certificate, or a pin table), or `null`.
+     */
+    certificateIdentity: string | null;
+  }
+
+  /** An envelope address, split for convenience. */
+  export interface EnvelopeAddress {
+    /** The whole address as given (empty string for the null sender `<>`). */
+    address: string;
+    /** Part before the last `@`. */
+    localPart: string;
+    /** Part after the last `@`, lowercased. */
+    domain: string;
+    /** ESMTP parameters (`SIZE`, `BODY`, `NOTIFY` …), upper-case keys; `true` for a parameter without value. */
+    params: Record<string, string | true>;
+  }
+
+  export interface TransactionInfo {
+    /** Queue id the message will get when accepted. */
+    id: string;
+    sender: EnvelopeAddress | null;
+    /** Recipients accepted so far. */
+    recipients: EnvelopeAddress[];
+  }
+
+  // ---- verdicts.ts
+
+  /** What a hook may return. Returning nothing (undefined) applies the context's default. */
+
+  export interface AcceptVerdict {
+    verdict: 'accept';
+    /** AUTH only: the username the session logs in as (default: the requested one). */
+    username?: string;
+    /** Optional reply text for the 2xx. */
+    text?: string;
+  }
+
+  export interface RejectVerdict {
+    verdict: 'reject';
+    /** Reply text (without code). */
+    text?: string;
+    /** 5xx reply code; default depends on the context (550, 535 in AUTH, 554 at connect). */
+    code?: number;
+    /** Enhanced status code such as `5.7.1`; default derived from the context. */
+    enhanced?: string;
+    /** Close the connection after the reply. */
+    disconnect?: boolean;
+  }
+
+  export interface DeferVerdict {
+    verdict: 'defer';
+    text?: string;
+    /** 4xx reply code; default 451 (454 in AUTH, 421 with disconnect). */
+    code?: number;
+    enhanced?: string;
+    disconnect?: boolean;
+  }
+
+  export type Verdict = AcceptVerdict | RejectVerdict | DeferVerdict;
+
+  /** Options a pre-delivery script may set for the outbound TLS session (Postfix smtp_tls_security_level). */
+  export interface DeliveryTls {
+    /** none: never STARTTLS; may: opportunistic; encrypt: TLS required, server unchecked; verify: TLS + CA + host name. */
+    mode?: 'none' | 'may' | 'encrypt' | 'verify';
+    /** Name of an outbound client certificate declared in the configuration (`clientCertificates`). */
+    clientCertificate?: string;
+    /** Server name to send as SNI and to check in `verify` mode. */
+    serverName?: string;
+    /** Name of a CA bundle declared in the configuration (`outbound.caFiles`), for `verify`. */
+    ca?: string;
+  }
+
+  /** Pre-delivery: deliver (optionally overriding route and TLS), bounce now, or retry later. */
+  export interface DeliverVerdict {
+    verdict: 'deliver';
+    /** Next hop override. */
+    host?: string;
+    port?: number;
+    /** Connect with implicit TLS (465 style) instead of STARTTLS. */
+    implicitTls?: boolean;
+    tls?: DeliveryTls;
+  }
+
+  export type PredeliveryVerdict = DeliverVerdict | RejectVerdict | DeferVerdict;
+
+  // ---- contexts.ts
+
+  /**
+   * One context type per hook. Hook order on a connection:
+   * connect → (TLS) → helo → auth → mailfrom → rcptto (once per recipient) → data; predelivery runs in the
+   * queue, once per delivery attempt and destination. Every context is a copy taken when the hook starts.
+   */
+
+  /** connect: a client connected (after the TLS handshake on implicit-TLS listeners). Default: accept. */
+  export interface ConnectContext {
+    connection: ConnectionInfo;
+  }
+
+  /** helo: HELO/EHLO received. Default: accept. */
+  export interface HeloContext {
+    connection: ConnectionInfo;
+    helo: { name: string; command: 'HELO' | 'EHLO' };
+  }
+
+  /** The built-in AUTH rule's decision, so a script can extend rather than replace it. */
+  export interface BuiltinAuthDecision {
+    accepted: boolean;
+    /** Username the built-in rule would log in as. */
+    username: string | null;
+    /** Why (for logs): e.g. `certificate-identity`, `password`, `bad-password`, `no-identity`. */
+    reason: string;
+  }
+
+  /** auth: an AUTH exchange completed its SASL steps. Default: the built-in rule. */
+  export interface AuthContext {
+    connection: ConnectionInfo;
+    auth: {
+      /** EXTERNAL, PLAIN or LOGIN. */
+      mechanism: string;
+      /** PLAIN/LOGIN: the authentication identity; EXTERNAL: the authzid (may be empty). */
+      username: string;
+      /** PLAIN/LOGIN password; always empty for EXTERNAL. */
+      password: string;
+      /** Authorization identity (PLAIN's authzid, EXTERNAL's whole response). */
+      authzid: string;
+    };
+    builtin: BuiltinAuthDecision;
+  }
+
+  /** mailfrom: MAIL FROM received. Default: accept. */
+  export interface MailFromContext {
+    connection: ConnectionInfo;
+    transaction: TransactionInfo;
+    address: EnvelopeAddress;
+  }
+
+  /** The built-in relay rule's decision for this recipient. */
+  export interface BuiltinRelayDecision {
+    accepted: boolean;
+    /** `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
+    reason: string;
+  }
+
+  /** rcptto: RCPT TO received. Default: the built-in relay rule. */
+  export interface RcptToContext {
+    connection: ConnectionInfo;
+    transaction: TransactionInfo;
+    address: EnvelopeAddress;
+    builtin: BuiltinRelayDecision;
+  }
+
+  /** data: the whole message has arrived (end of DATA), before it is spooled. Default: accept. */
+  export interface DataContext {
+    connection: ConnectionInfo;
+    transaction: TransactionInfo;
+    data: {
+      /** Size in bytes as received. */
+      size: number;
+      /** Header fields in order, `[name, value]`, unfolded. */
+      headers: Array<[string, string]>;
+    };
+  }
+
+  /** A short summary of the certificate the original client presented, kept in the queue. */
+  export interface CertificateSummary {
+    subject: string;
+    issuer: string;
+    fingerprintSha256: string;
+    pinSha256: string;
+    verified: boolean;
+    verifyError: ChainFailureReason | null;
+  }
+
+  /** predelivery: the queue is about to deliver to a destination. Default: deliver by the configured route. */
+  export interface PredeliveryContext {
+    message: {
+      id: string;
+      sender: string;
+      /** Recipients of this attempt (one destination). */
+      recipients: string[];
+      size: number;
+      /** 1 on the first attempt. */
+      attempt: number;
+      /** Replies or errors of earlier attempts, oldest first. */
+      previousErrors: string[];
+      /** When the message was accepted (ISO 8601). */
+      receivedAt: string;
+    };
+    /** The destination the default route chose. */
+    destination: { host: string; port: number; implicitTls: boolean; domain: string; kind: 'smarthost' | 'mx' };
+    /** Facts about the session that submitted the message. */
+    session: {
+      listener: string;
+      remoteAddress: string;
+      helo: string | null;
+      authenticatedUser: string | null;
+      clientCertificate: CertificateSummary | null;
+    };
+  }
+
+  // ---- helpers.ts
+
+  /**
+   * Functions available as globals inside the sandbox. Hashing, lookups and logging are carried out by the
+   * host; nothing else (process, require, fs, network, timers) exists in a script's world.
+   */
+
+  export interface PosternHelpers {
+    /** Hex digest of a UTF-8 string. */
+    sha1(data: string): string;
+    sha256(data: string): string;
+    md5(data: string): string;
+    /** Hex HMAC of `data` with `key`. */
+    hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
+    /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
+    lookup(table: string, key: string): string | null;
+    /** Log a line to the server log, tagged with the connection id and script file. */
+    log(...args: unknown[]): void;
+    /** Verdict builders. */
+    accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
+    defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
+    deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
+  }
+
+  // ---- index.ts
+
+  /**
+   * The script-facing API: source of truth for scripts/postern.d.ts. Types only; nothing here runs.
+   */
+
+  /** Hook name → the signature of the default export of the script file of that name. */
+  export interface PolicyHooks {
+    connect(ctx: ConnectContext): Verdict | void;
+    helo(ctx: HeloContext): Verdict | void;
+    auth(ctx: AuthContext): Verdict | void;
+    mailfrom(ctx: MailFromContext): Verdict | void;
+    rcptto(ctx: RcptToContext): Verdict | void;
+    data(ctx: DataContext): Verdict | void;
+    predelivery(ctx: PredeliveryContext): PredeliveryVerdict | void;
+  }
+
+  export type HookName = keyof PolicyHooks;
+
+  // ---- helper globals
+
+  global {
+    /** Hex digest of a UTF-8 string. */
+    function sha1(data: string): string;
+    function sha256(data: string): string;
+    function md5(data: string): string;
+    /** Hex HMAC of `data` with `key`. */
+    function hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
+    /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
+    function lookup(table: string, key: string): string | null;
+    /** Log a line to the server log, tagged with the connection id and script file. */
+    function log(...args: unknown[]): void;
+    /** Verdict builders. */
+    function accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    function reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
+    function defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
+    function deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * `npm run bench`: messages/s and p50/p99 per message over loopback, in one run, for
+ *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
+ *   (c) bare smtp-server accepting and discarding;
+ * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
+ * Server and load generator run in separate processes. Ratios against (c) are printed at the end.
+ */
+import { fork } from 'node:child_process';
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki } from '../helpers/pki.ts';
+
+const here = import.meta.dirname;
+const pki = await makeTestPki();
+const alice = pki.clients.alice;
+const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
+
+const SCRIPTS: Record<string, string> = {
+  'connect.ts': `export default function (ctx) { if (ctx.connection.remoteAddress === '192.0.2.1') return reject('no'); }`,
+  'helo.ts': `export default function (ctx) { if (ctx.helo.name === 'bad') return reject('no'); }`,
+  'auth.ts': `export default function (ctx) { if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? 'x' }); }`,
+  'mailfrom.ts': `export default function (ctx) { if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked'); }`,
+  'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`,
+  'data.ts': `export default function (ctx) { if (ctx.data.size > 10000000) return reject('big'); }`,
+};
+
+async function posternConfig(name: string, withScripts: boolean): Promise<{ configText: string; baseDir: string; port: number }> {
+  const dir = join(work, name);
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  if (withScripts) for (const [f, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  const port = 30000 + Math.floor(Math.random() * 20000);
+  return {
+    port, baseDir: dir, configText: `
+dataDir: ${dir}/data
+scripts: ${dir}/scripts
+localDomains: [example.com]
+tables: { senders: ${dir}/senders }
+listeners:
+  - name: bench
+    listen: 127.0.0.1:${port}
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+    auth: { mechanisms: [EXTERNAL] }
+    certificateIdentity: { field: emailAddress }
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
+delivery: { enabled: false }
+` };
+}
+
+async function startServer(script: string, arg: unknown): Promise<() => void> {
+  const child = fork(join(here, script), [JSON.stringify(arg)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  await new Promise<void>((resolve, reject) => {
+    child.once('message', () => resolve());
+    child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)));
+  });
+  return () => child.kill('SIGKILL');
+}
+
+async function load(port: number, perConnection: number, messages: number, auth: boolean): Promise<{ rate: number; p50: number; p99: number; messages: number }> {
+  const child = fork(join(here, 'load-client.ts'), [JSON.stringify({
+    port, concurrency: 20, messages, perConnection, cert: alice.cert, key: alice.key, ca: pki.ca.cert, auth,
+  })], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d; });
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  if (code !== 0) throw new Error(`load client failed (${code})`);
+  return JSON.parse(out) as { rate: number; p50: number; p99: number; messages: number };
+}
+
+const reuseMessages = Number(process.env.BENCH_REUSE ?? 4000);
+const singleMessages = Number(process.env.BENCH_SINGLE ?? 1000);
+const rows: Array<{ name: string; mode: string; rate: number; p50: number; p99: number }> = [];
+
+const targets: Array<{ name: string; start: () => Promise<{ stop: () => void; port: number }>; auth: boolean }> = [
+  { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
+  { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
+  { name: '(c) bare smtp-server', auth: false, start: async () => { const port = 30000 + Math.floor(Math.random() * 20000); return { port, stop: await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
+];
+
+for (const t of targets) {
+  const s = await t.start();
+  await load(s.port, 10, 200, t.auth); // warm-up (JIT, isolates, TLS session setup)
+  const reuse = await load(s.port, 100, reuseMessages, t.auth);
+  rows.push({ name: t.name, mode: 'reuse (100/conn)', ...reuse });
+  const single = await load(s.port, 1, singleMessages, t.auth);
+  rows.push({ name: t.name, mode: '1 msg/conn', ...single });
+  s.stop();
+}
+await rm(work, { recursive: true, force: true });
+
+console.log('\nSTARTTLS + client certificate, 20 concurrent clients, loopback\n');
+console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c)');
+console.log('---------------------------|------------------|---------|--------|--------|-------');
+for (const r of rows) {
+  const base = rows.find((b) => b.name.startsWith('(c)') && b.mode === r.mode)!;
+  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2)}×`);
+}

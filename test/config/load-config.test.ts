@@ -1,0 +1,71 @@
+// Configuration errors name the file, line and key path; the server refuses to start on them.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../engine/config/load-config.ts';
+import { ConfigError } from '../../engine/config/config-error.ts';
+
+function problems(yaml: string): string[] {
+  try {
+    parseConfig(yaml, '/etc/postern.yaml', '/etc');
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.message.split('\n');
+  }
+  assert.fail('expected a configuration error');
+}
+
+test('an invalid enum is reported with file, line, column and key path', () => {
+  const p = problems('listeners:\n  - name: a\n    listen: 127.0.0.1:25\n    tls:\n      mode: sometimes\n');
+  assert.equal(p.length, 1);
+  assert.match(p[0]!, /^\/etc\/postern\.yaml:5:13: listeners\[0\]\.tls\.mode: Invalid option/);
+});
+
+test('an unknown key points at the key itself', () => {
+  const p = problems('listeners:\n  - name: a\n    listen: 127.0.0.1:25\n    tsl: {}\n');
+  assert.match(p[0]!, /^\/etc\/postern\.yaml:4:5: listeners\[0\]\.tsl: Unrecognized key/);
+});
+
+test('YAML syntax errors carry a position', () => {
+  const p = problems('listeners: [\n  - name: a\n');
+  assert.match(p[0]!, /^\/etc\/postern\.yaml:\d+:\d+: /);
+});
+
+test('cross-field rules: TLS needs cert and key; EXTERNAL needs client certificates; pins need a table', () => {
+  const p = problems(`listeners:
+  - name: a
+    listen: 127.0.0.1:25
+    tls: { mode: starttls }
+    auth: { mechanisms: [EXTERNAL] }
+    certificateIdentity: { pins: nope }
+`);
+  assert.ok(p.some((l) => /:4:\d+: listeners\[0\]\.tls: tls\.mode starttls needs tls\.cert and tls\.key/.test(l)), p.join('\n'));
+  assert.ok(p.some((l) => /listeners\[0\]\.auth\.mechanisms: EXTERNAL needs tls\.clientCertificates/.test(l)), p.join('\n'));
+  assert.ok(p.some((l) => /listeners\[0\]\.certificateIdentity\.pins: no table named "nope"/.test(l)), p.join('\n'));
+});
+
+test('duplicate listener names and addresses are refused', () => {
+  const p = problems('listeners:\n  - { name: a, listen: "127.0.0.1:25" }\n  - { name: a, listen: "127.0.0.1:25" }\n');
+  assert.ok(p.some((l) => /listeners\[1\]\.name: duplicate listener name/.test(l)));
+  assert.ok(p.some((l) => /listeners\[1\]\.listen: address already used/.test(l)));
+});
+
+test('relative paths resolve against the configuration folder', () => {
+  const { config } = parseConfig('dataDir: data\nlisteners:\n  - { name: a, listen: "127.0.0.1:25", tls: { mode: implicit, cert: c.pem, key: k.pem } }\n', '/srv/p/postern.yaml', '/srv/p');
+  assert.equal(config.dataDir, '/srv/p/data');
+  assert.equal(config.listeners[0]!.tls.cert, '/srv/p/c.pem');
+});
+
+test('postern check and serve refuse a bad configuration with the location, exit 1', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-cfg-'));
+  const file = join(dir, 'postern.yaml');
+  writeFileSync(file, 'listeners:\n  - name: a\n    listen: nowhere\n');
+  for (const cmd of ['check', 'serve']) {
+    const r = spawnSync(process.execPath, ['engine/cli/main.ts', cmd, '--config', file], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.status, 1, `${cmd}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:3:13: listeners\\[0\\]\\.listen: expected address:port`));
+  }
+});

@@ -1,0 +1,102 @@
+// request vs require, STARTTLS vs implicit TLS, and the chain verdict for each kind of certificate.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+
+let pki: TestPki;
+let server: TestServer;
+let ca: string;
+const certs: Record<string, { cert: string; key: string }> = {};
+const NAMES = ['alice', 'bob', 'revoked', 'expired', 'selfsigned', 'ed25519', 'ecdsa', 'stranger'] as const;
+
+before(async () => {
+  pki = await makeTestPki();
+  ca = await readFile(pki.ca.cert, 'utf8');
+  for (const n of NAMES) certs[n] = { cert: await readFile(pki.clients[n].cert, 'utf8'), key: await readFile(pki.clients[n].key, 'utf8') };
+  const tls = (mode: string, cc: string) => `{ mode: ${mode}, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: ${cc}, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }`;
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+listeners:
+  - { name: request, listen: "127.0.0.1:0", tls: ${tls('starttls', 'request')}, relayClientCertificates: true }
+  - { name: require, listen: "127.0.0.1:0", tls: ${tls('starttls', 'require')}, relayClientCertificates: true }
+  - { name: implicit-require, listen: "127.0.0.1:0", tls: ${tls('implicit', 'require')}, relayClientCertificates: true }
+`,
+    scripts: {
+      'mailfrom.ts': `export default (ctx) => { const c = ctx.connection.clientCertificate;
+        if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 }); };`,
+    },
+  });
+});
+after(() => server.stop());
+
+async function verdictFor(name: typeof NAMES[number] | null): Promise<string> {
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ starttls: { ca, ...(name ? certs[name] : {}) } });
+  const r = await c.command('MAIL FROM:<verdict@x.example>');
+  await c.quit();
+  return r.text.replace(/^550 5\.7\.1 /, '');
+}
+
+test('request mode: every certificate completes the handshake; scripts see the chain verdict', async () => {
+  assert.equal(await verdictFor('alice'), 'true null');
+  assert.equal(await verdictFor('bob'), 'true null');
+  assert.equal(await verdictFor('ed25519'), 'true null');
+  assert.equal(await verdictFor('ecdsa'), 'true null');
+  assert.equal(await verdictFor('revoked'), 'false revoked');
+  assert.equal(await verdictFor('expired'), 'false expired');
+  assert.equal(await verdictFor('selfsigned'), 'false self-signed');
+  assert.equal(await verdictFor('stranger'), 'false unknown-issuer');
+  assert.equal(await verdictFor(null), 'none');
+});
+
+test('request mode: only a trusted certificate relays (permit_tls_all_clientcerts)', async () => {
+  for (const [name, code] of [['alice', 250], ['revoked', 554], ['selfsigned', 554], [null, 554]] as const) {
+    const c = await SmtpTestClient.connect(server.port('request'));
+    await c.hello({ starttls: { ca, ...(name ? certs[name] : {}) } });
+    await c.command('MAIL FROM:<a@x.example>');
+    assert.equal((await c.command('RCPT TO:<r@elsewhere.example>')).code, code, String(name));
+    await c.quit();
+  }
+});
+
+test('require mode over STARTTLS: missing or untrusted certificate gets 421 4.7.1 and the connection closes', async () => {
+  for (const name of [null, 'selfsigned', 'revoked', 'expired'] as const) {
+    const c = await SmtpTestClient.connect(server.port('require'));
+    await c.read();
+    await c.command('EHLO x.example');
+    await c.starttls({ ca, ...(name ? certs[name] : {}) });
+    const r = await c.read();
+    assert.match(r.text, /^421 4\.7\.1 (No client certificate presented|Client certificate not trusted)/, String(name));
+    assert.ok(await c.waitClosed());
+  }
+  const ok = await SmtpTestClient.connect(server.port('require'));
+  await ok.hello({ starttls: { ca, ...certs.alice } });
+  assert.equal((await ok.sendMail('a@x.example', ['r@elsewhere.example'])).code, 250);
+  await ok.quit();
+});
+
+test('require mode over implicit TLS: the certificate is really requested; without one, 421 4.7.1', async () => {
+  const ok = await SmtpTestClient.connect(server.port('implicit-require'), { implicitTls: { ca, ...certs.ed25519 } });
+  assert.equal((await ok.read()).code, 220);
+  await ok.quit();
+  for (const name of [null, 'stranger'] as const) {
+    const c = await SmtpTestClient.connect(server.port('implicit-require'), { implicitTls: { ca, ...(name ? certs[name] : {}) } });
+    assert.match((await c.read()).text, /^421 4\.7\.1 /);
+    assert.ok(await c.waitClosed());
+  }
+});
+
+test('the Received header records the client certificate the way Postfix does', async () => {
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ name: 'laptop.example', starttls: { ca, ...certs.selfsigned } });
+  const r = await c.sendMail('a@x.example', ['bob@example.com']);
+  const id = /queued as (\S+)/.exec(r.text)![1]!;
+  const msg = await readFile(server.runtime.spool.messagePath(id), 'utf8');
+  assert.match(msg, /\r\n\t\(Client CN "eve", Issuer "eve" \(not verified\)\)\r\n/);
+  assert.match(msg, /with ESMTPS id /);
+  await c.quit();
+});

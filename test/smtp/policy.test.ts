@@ -1,0 +1,189 @@
+// Each context's verdicts and defaults, what scripts see, and fail-closed behaviour.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+
+let pki: TestPki;
+let ca: string;
+let alice: { cert: string; key: string };
+
+before(async () => {
+  pki = await makeTestPki();
+  ca = await readFile(pki.ca.cert, 'utf8');
+  alice = { cert: await readFile(pki.clients.alice.cert, 'utf8'), key: await readFile(pki.clients.alice.key, 'utf8') };
+});
+
+function config(extra = ''): string {
+  return `
+localDomains: [example.com]
+sandbox: { timeoutMs: 100, memoryLimitMb: 16, isolates: 2 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+    limits: { greetingDelayMs: 0 }
+${extra}`;
+}
+
+async function withServer(scripts: Record<string, string>, fn: (s: TestServer) => Promise<void>, extra?: string): Promise<void> {
+  const s = await startTestServer({ config: config(extra), scripts });
+  try { await fn(s); } finally { await s.stop(); }
+}
+
+test('defaults without scripts: local domain accepted, relay denied 554 5.7.1, message spooled durably', async () => {
+  await withServer({}, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    const ehlo = await c.hello();
+    assert.match(ehlo.text, /ENHANCEDSTATUSCODES/);
+    assert.match((await c.command('MAIL FROM:<a@elsewhere.example>')).text, /^250 2\.1\.0 /);
+    assert.equal((await c.command('RCPT TO:<x@elsewhere.example>')).text, '554 5.7.1 <x@elsewhere.example>: Relay access denied');
+    assert.match((await c.command('RCPT TO:<bob@example.com>')).text, /^250 2\.1\.5 /);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: hi\r\n\r\nbody\r\n.');
+    const r = await c.read();
+    const id = /queued as ([0-9a-z]+)$/.exec(r.text)![1]!;
+    const env = await s.runtime.spool.readEnvelope(id);
+    assert.equal(env.sender, 'a@elsewhere.example');
+    assert.deepEqual(env.recipients.map((x) => x.address), ['bob@example.com']);
+    const msg = await readFile(s.runtime.spool.messagePath(id), 'utf8');
+    assert.match(msg, /^Received: from client\.example \(.*\[127\.0\.0\.1\]\)\r\n\tby localhost \(Postern\) with ESMTP id /);
+    assert.match(msg, /\r\nSubject: hi\r\n\r\nbody\r\n$/);
+    await c.quit();
+  });
+});
+
+test('every context: reject with custom code/enhanced code/text, defer, disconnect', async () => {
+  await withServer({
+    'connect.ts': `export default (ctx) => ctx.connection.remotePort % 1 === 0 ? undefined : reject('x');`,
+    'helo.ts': `export default (ctx) => ctx.helo.name === 'bad.example' ? reject('go away', { code: 550, enhanced: '5.7.1', disconnect: true }) : undefined;`,
+    'mailfrom.ts': `export default (ctx) => ctx.address.domain === 'spam.example' ? reject('no spam', { code: 553, enhanced: '5.7.1' }) : ctx.address.localPart === 'later' ? defer('busy') : undefined;`,
+    'rcptto.ts': `export default (ctx) => ctx.address.localPart === 'vip' ? accept() : ctx.address.localPart === 'nobody' ? reject('unknown user', { code: 550, enhanced: '5.1.1' }) : undefined;`,
+    'data.ts': `export default (ctx) => ctx.data.headers.some(([n, v]) => n.toLowerCase() === 'subject' && v.includes('VIAGRA')) ? reject('content refused', { code: 554, enhanced: '5.7.1' }) : undefined;`,
+  }, async (s) => {
+    const bad = await SmtpTestClient.connect(s.port('mx'));
+    await bad.read();
+    assert.equal((await bad.command('EHLO bad.example')).text, '550 5.7.1 go away');
+    assert.ok(await bad.waitClosed(), 'disconnect after reject');
+
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<x@spam.example>')).text, '553 5.7.1 no spam');
+    assert.match((await c.command('MAIL FROM:<later@ok.example>')).text, /^451 4\.3\.0 busy$/);
+    assert.equal((await c.command('MAIL FROM:<me@ok.example>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<nobody@example.com>')).text, '550 5.1.1 unknown user');
+    assert.equal((await c.command('RCPT TO:<vip@elsewhere.example>')).code, 250, 'script accept overrides the relay rule');
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: cheap VIAGRA\r\n\r\nx\r\n.');
+    assert.equal((await c.read()).text, '554 5.7.1 content refused');
+    await c.quit();
+    assert.deepEqual(await s.runtime.spool.list(), [], 'a refused message leaves nothing in the spool');
+  });
+});
+
+test('a connect reject closes with 554; defer with disconnect is 421', async () => {
+  await withServer({ 'connect.ts': `export default () => reject('not here');` }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    assert.equal((await c.read()).text, '554 5.7.1 not here');
+    assert.ok(await c.waitClosed());
+  });
+  await withServer({ 'connect.ts': `export default () => defer('maintenance', { disconnect: true });` }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    assert.equal((await c.read()).text, '421 4.7.0 maintenance');
+    assert.ok(await c.waitClosed());
+  });
+});
+
+test('scripts see the connection, TLS and every certificate field', async () => {
+  await withServer({
+    'mailfrom.ts': `export default (ctx) => { log('CTX ' + JSON.stringify(ctx)); return reject('seen'); };`,
+  }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello({ name: 'laptop.example', starttls: { ca, ...alice } });
+    const r = await c.command('MAIL FROM:<alice@example.com> SIZE=100 BODY=8BITMIME');
+    assert.equal(r.text, '550 5.7.1 seen');
+    const line = s.logs.find((l) => String(l.msg).startsWith('CTX '));
+    const ctx = JSON.parse(String(line!.msg).slice(4));
+    const conn = ctx.connection;
+    assert.equal(conn.listener, 'mx');
+    assert.equal(conn.helo, 'laptop.example');
+    assert.equal(conn.remoteAddress, '127.0.0.1');
+    assert.match(conn.tls.protocol, /^TLSv1\.[23]$/);
+    assert.equal(conn.tls.sni, 'localhost');
+    const cert = conn.clientCertificate;
+    const fp = pki.clients.alice;
+    assert.equal(cert.subject.CN, 'alice');
+    assert.equal(cert.subject.O, 'Example');
+    assert.equal(cert.subject.emailAddress, 'alice@example.com');
+    assert.deepEqual(cert.san.email, ['alice@example.com']);
+    assert.equal(cert.issuer.CN, 'Postern Test CA');
+    assert.equal(cert.verified, true);
+    assert.equal(cert.verifyError, null);
+    assert.equal(cert.fingerprint.sha256, fp.fingerprintSha256);
+    assert.equal(cert.pin.sha256, fp.pinSha256);
+    assert.match(cert.fingerprint.sha1Colon, /^([0-9A-F]{2}:){19}[0-9A-F]{2}$/);
+    assert.match(cert.pem, /^-----BEGIN CERTIFICATE-----/);
+    assert.equal(ctx.address.localPart, 'alice');
+    assert.equal(ctx.address.domain, 'example.com');
+    assert.deepEqual(ctx.address.params, { SIZE: '100', BODY: '8BITMIME' });
+    assert.match(ctx.transaction.id, /^[0-9a-z]+$/);
+    await c.quit();
+  });
+});
+
+test('script throw, timeout and memory blow-up answer 451 4.3.0 while a parallel session completes', async () => {
+  await withServer({
+    'rcptto.ts': `
+      export default (ctx) => {
+        if (ctx.address.localPart === 'throw') throw new Error('boom');
+        if (ctx.address.localPart === 'loop') { for (;;) {} }
+        if (ctx.address.localPart === 'memory') { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }
+      };`,
+  }, async (s) => {
+    for (const what of ['throw', 'loop', 'memory', 'throw']) {
+      const bad = await SmtpTestClient.connect(s.port('mx'));
+      const good = await SmtpTestClient.connect(s.port('mx'));
+      await bad.hello();
+      await good.hello();
+      await bad.command('MAIL FROM:<a@b.example>');
+      bad.write(`RCPT TO:<${what}@example.com>`);
+      const ok = await good.sendMail('a@b.example', ['fine@example.com']);
+      assert.equal(ok.code, 250, `parallel session during ${what}: ${ok.text}`);
+      const r = await bad.read(10_000);
+      assert.match(r.text, /^451 4\.3\.0 /, what);
+      await bad.quit();
+      await good.quit();
+    }
+    const failures = s.logs.filter((l) => l.msg && String(l.msg).startsWith('policy script rcptto failed'));
+    assert.ok(failures.some((l) => l.kind === 'error' && String(l.script).endsWith('rcptto.ts') && l.line === 3), JSON.stringify(failures[0]));
+    assert.ok(failures.some((l) => l.kind === 'timeout'));
+    assert.ok(failures.some((l) => l.kind === 'memory'));
+  });
+});
+
+test('a malformed verdict fails closed too', async () => {
+  await withServer({ 'mailfrom.ts': `export default () => ({ verdict: 'maybe' });` }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.match((await c.command('MAIL FROM:<a@b.example>')).text, /^451 4\.3\.0 /);
+    await c.quit();
+  });
+});
+
+test('lookup tables and logging from scripts', async () => {
+  const s = await startTestServer({
+    config: config() + 'tables:\n  blocked: { file: ./blocked }\n',
+    files: { blocked: '# senders\nspammer@bad.example   REJECT\n' },
+    scripts: { 'mailfrom.ts': `export default (ctx) => { log('checking', ctx.address.address); if (lookup('blocked', ctx.address.address) === 'REJECT') return reject('blocked sender'); };` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<Spammer@BAD.example>')).text, '550 5.7.1 blocked sender');
+    assert.equal((await c.command('MAIL FROM:<ok@good.example>')).code, 250);
+    await c.quit();
+    assert.ok(s.logs.some((l) => l.msg === 'checking ok@good.example' && typeof l.cid === 'string'), 'script log line with connection id');
+  } finally { await s.stop(); }
+});
