@@ -1,0 +1,79 @@
+/**
+ * scripts/postern.d.ts is generated from engine/sandbox/api: it must be up to date, and it must make
+ * tsc accept a correct policy script and reject a wrong one.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { DTS_PATH, generateDts } from '../../engine/sandbox/api/generate-dts.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const TSC = join(ROOT, 'node_modules/typescript/bin/tsc');
+
+test('scripts/postern.d.ts matches the api sources (regenerate: node engine/sandbox/api/generate-dts.ts)', async () => {
+  const fresh = await generateDts();
+  assert.ok(fresh.startsWith('// generated from engine/sandbox/api — do not edit'));
+  assert.equal(await readFile(DTS_PATH, 'utf8'), fresh);
+});
+
+/** Type-check `files` the way a script author's editor would (scripts/tsconfig.json + postern.d.ts). */
+async function typeCheck(files: Record<string, string>): Promise<{ ok: boolean; output: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-dts-'));
+  try {
+    await writeFile(join(dir, 'postern.d.ts'), await generateDts());
+    await copyFile(join(ROOT, 'scripts/tsconfig.json'), join(dir, 'tsconfig.json'));
+    for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text);
+    try {
+      const { stdout } = await promisify(execFile)(process.execPath, [TSC, '-p', dir], { cwd: dir });
+      return { ok: true, output: stdout };
+    } catch (e) {
+      return { ok: false, output: String((e as { stdout?: string }).stdout ?? e) };
+    }
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+}
+
+const GOOD = `import type { AuthContext, PredeliveryContext, PredeliveryVerdict, Verdict } from "postern";
+
+export default function (ctx: AuthContext): Verdict | void {
+  if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? undefined });
+  const pinned = lookup('pins', ctx.connection.clientCertificate?.pin.sha256 ?? '');
+  log('auth', ctx.auth.mechanism, pinned, sha256(ctx.auth.username), hmac('sha256', 'k', 'v'));
+  if (pinned === null) return reject('unknown certificate', { code: 535, enhanced: '5.7.8' });
+  return defer(undefined, { disconnect: true });
+}
+
+export function route(ctx: PredeliveryContext): PredeliveryVerdict {
+  return ctx.destination.kind === 'mx' ? deliver({ tls: { mode: 'verify', serverName: ctx.destination.host } }) : deliver();
+}
+`;
+
+test('a correct script type-checks against the generated declarations', async () => {
+  const { ok, output } = await typeCheck({ 'auth.ts': GOOD });
+  assert.ok(ok, output);
+});
+
+test('wrong scripts do not type-check', async () => {
+  const { ok, output } = await typeCheck({
+    'rcptto.ts': `import type { RcptToContext, Verdict } from "postern";
+export default function (ctx: RcptToContext): Verdict | void {
+  if (ctx.builtin.accepted) return { verdict: 'maybe' };
+}
+`,
+    'helo.ts': `import type { HeloContext } from "postern";
+export default function (ctx: HeloContext) {
+  setTimeout(() => {}, 1);
+  return accept({ user: ctx.helo.name });
+}
+`,
+  });
+  assert.equal(ok, false);
+  assert.match(output, /rcptto\.ts\(3,\d+\): error TS2322: Type '"maybe"' is not assignable/);
+  assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
+  assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
+});

@@ -1,0 +1,163 @@
+/** Fail closed: throws, timeouts, memory exhaustion and hung promises all reject, and the pool recovers. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+
+function failure(kind: ScriptFailure['kind'], check: (e: ScriptFailure) => void = () => {}) {
+  return (e: unknown): true => {
+    assert.ok(e instanceof ScriptFailure, `expected a ScriptFailure, got ${String(e)}`);
+    assert.equal(e.kind, kind, String(e));
+    check(e);
+    return true;
+  };
+}
+
+test('a throw is a ScriptFailure with the file, line and column of the throw', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    scripts: [
+      js('auth', [
+        'export default function (ctx) {',
+        '  if (ctx.kind === "sync") {',
+        '    throw new RangeError("no such user");',
+        '  }',
+        '  return (async () => { await null; null.field; })();',
+        '}',
+      ].join('\n')),
+      js('helo', 'export default function () { throw "just a string"; }'),
+    ],
+  });
+  try {
+    await assert.rejects(sandbox.invoke('auth', { kind: 'sync' }, 'c1'), failure('error', (e) => {
+      assert.equal(e.hook, 'auth');
+      assert.equal(e.file, `${SCRIPT_DIR}/auth.js`);
+      assert.deepEqual([e.line, e.column], [3, 11]);
+      assert.equal(e.message, 'RangeError: no such user');
+      assert.equal(String(e), `${SCRIPT_DIR}/auth.js:3:11: RangeError: no such user`);
+    }));
+    await assert.rejects(sandbox.invoke('auth', { kind: 'async' }, 'c1'), failure('error', (e) => {
+      assert.deepEqual([e.line, e.column], [5, 42]);
+      assert.match(e.message, /^TypeError: Cannot read properties of null/);
+    }));
+    await assert.rejects(sandbox.invoke('helo', {}, 'c1'), failure('error', (e) => {
+      assert.equal(e.message, 'threw a value that is not an Error: just a string');
+    }));
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('an endless loop times out after timeoutMs and the isolate keeps serving', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    scripts: [js('rcptto', 'export default function (ctx) {\n  if (ctx.loop) while (true) {}\n  return accept();\n}')],
+  });
+  try {
+    const started = performance.now();
+    await assert.rejects(sandbox.invoke('rcptto', { loop: true }, 'c1'), failure('timeout', (e) => {
+      assert.equal(e.line, 2, 'stopped inside the loop');
+      assert.match(e.message, /timed out after 100 ms/);
+    }));
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= 95 && elapsed < 600, `took ${elapsed.toFixed(0)} ms`);
+    assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'c1'), { verdict: 'accept' });
+    const stats = await sandbox.stats();
+    assert.equal(stats.rebuilds, 0, 'a timeout does not cost the isolate');
+    assert.deepEqual(stats.failures, { error: 0, timeout: 1, memory: 0 });
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('exhausting memory is kind "memory"; the isolate is rebuilt and the next call works', async () => {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host,
+    isolates: 1,
+    memoryLimitMb: 16,
+    timeoutMs: 5000, // so the memory limit, not the clock, stops the script
+    scripts: [js('data', `const cache = [];
+      export default function (ctx) {
+        if (ctx.grow) for (;;) cache.push(new Array(250000).fill(ctx.n));
+        cache.length = 0;
+        return accept({ text: 'ok ' + ctx.n });
+      }`)],
+  });
+  try {
+    assert.deepEqual(await sandbox.invoke('data', { grow: false, n: 1 }, 'c1'), { verdict: 'accept', text: 'ok 1' });
+    await assert.rejects(sandbox.invoke('data', { grow: true, n: 1.5 }, 'c1'), failure('memory', (e) => {
+      assert.match(e.message, /memory limit of 16 MB/);
+    }));
+    assert.deepEqual(await sandbox.invoke('data', { grow: false, n: 2 }, 'c2'), { verdict: 'accept', text: 'ok 2' });
+    const stats = await sandbox.stats();
+    assert.equal(stats.rebuilds, 1);
+    assert.equal(stats.isolates[0]!.state, 'idle');
+    assert.ok(stats.isolates[0]!.heapUsedBytes! > 0);
+    assert.ok(host.logs.some((l) => l.level === 'warn' && /rebuilding/.test(l.message)), 'the rebuild is logged');
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('an endless loop on one isolate does not stall calls on the other', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 2,
+    timeoutMs: 300,
+    scripts: [js('rcptto', 'export default function (ctx) { if (ctx.loop) while (true) {} return accept(); }')],
+  });
+  try {
+    const t0 = performance.now();
+    let loopSettledAt = 0;
+    const loop = sandbox.invoke('rcptto', { loop: true }, 'looper').finally(() => { loopSettledAt = performance.now() - t0; });
+    const t1 = performance.now();
+    assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'normal'), { verdict: 'accept' });
+    const normalMs = performance.now() - t1;
+    assert.equal(loopSettledAt, 0, 'the loop is still running when the normal call completes');
+    assert.ok(normalMs < 100, `normal call took ${normalMs.toFixed(1)} ms`);
+    await assert.rejects(loop, failure('timeout'));
+    assert.ok(loopSettledAt >= 290 && loopSettledAt < 1000, `loop call rejected after ${loopSettledAt.toFixed(0)} ms`);
+    console.log(`# normal call beside a looping isolate: ${normalMs.toFixed(2)} ms; loop rejected after ${loopSettledAt.toFixed(0)} ms (timeoutMs 300)`);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a promise that never settles is cut off as a timeout, and the pool recovers', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    scripts: [js('mailfrom', 'export default function (ctx) { return ctx.hang ? new Promise(() => {}) : Promise.resolve(accept()); }')],
+  });
+  try {
+    await assert.rejects(sandbox.invoke('mailfrom', { hang: true }, 'c1'), failure('timeout', (e) => {
+      assert.match(e.message, /never settled/);
+    }));
+    assert.deepEqual(await sandbox.invoke('mailfrom', { hang: false }, 'c1'), { verdict: 'accept' });
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('calls queue when every isolate is busy and run in order', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    scripts: [js('rcptto', 'let n = 0; export default function (ctx) { const t = Date.now(); while (Date.now() - t < 5) {} return { verdict: "accept", text: ctx.i + ":" + (n++) }; }')],
+  });
+  try {
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => sandbox.invoke('rcptto', { i }, 'c1')));
+    assert.deepEqual(results.map((r) => (r as { text: string }).text), ['0:0', '1:1', '2:2', '3:3', '4:4', '5:5']);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a disposed sandbox refuses calls', async () => {
+  const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [js('connect', 'export default () => {}')] });
+  sandbox.dispose();
+  await assert.rejects(sandbox.invoke('connect', {}, 'c1'), /disposed/);
+  assert.equal((await sandbox.stats()).isolates.every((i) => i.state === 'disposed'), true);
+});

@@ -1,0 +1,161 @@
+/** What a script can reach: a copy of its context, the helper globals, and nothing of the host. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, createHmac } from 'node:crypto';
+import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+
+test('the context is a copy: mutations in the script never reach the host object', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    scripts: [js('helo', `export default function (ctx) {
+      const before = ctx.helo.name;
+      ctx.helo.name = 'changed'; ctx.list.push(99); ctx.added = true;
+      return { before, after: ctx };
+    }`)],
+  });
+  try {
+    const ctx = { helo: { name: 'client.example', command: 'EHLO' }, list: [1] };
+    const first = await sandbox.invoke('helo', ctx, 'c1') as { before: string; after: typeof ctx & { added: boolean } };
+    assert.deepEqual(ctx, { helo: { name: 'client.example', command: 'EHLO' }, list: [1] }, 'host object untouched');
+    assert.equal(first.after.helo.name, 'changed');
+    assert.deepEqual(first.after.list, [1, 99]);
+    assert.notEqual(first.after, ctx);
+    first.after.helo.name = 'host-side edit';
+    const second = await sandbox.invoke('helo', ctx, 'c1') as { before: string };
+    assert.equal(second.before, 'client.example', 'each call gets a fresh copy');
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('no host capabilities in scope: process, require, timers, fetch, Buffer …', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    scripts: [
+      js('connect', `export default function () {
+        const names = ['process', 'require', 'module', 'Buffer', 'setTimeout', 'setInterval', 'setImmediate',
+          'clearTimeout', 'fetch', 'XMLHttpRequest', 'WebSocket', 'WebAssembly', 'SharedArrayBuffer', 'Atomics',
+          'FinalizationRegistry', 'console', 'global', 'navigator', 'performance', 'structuredClone'];
+        const found = {};
+        for (const n of names) found[n] = typeof globalThis[n];
+        found.viaFunction = Function('return typeof process')();
+        found.helpers = ['sha1', 'sha256', 'md5', 'hmac', 'lookup', 'log', 'accept', 'reject', 'defer', 'deliver'].map((n) => typeof globalThis[n]);
+        found.promise = typeof Promise;
+        return found;
+      }`),
+      js('helo', 'export default async function () { return await import("node:fs"); }'),
+      js('auth', 'export default function () { globalThis.accept = () => ({ verdict: "accept" }); }'),
+    ],
+  });
+  try {
+    const found = await sandbox.invoke('connect', {}, 'c1') as Record<string, unknown>;
+    const { helpers, promise, ...rest } = found;
+    for (const [name, type] of Object.entries(rest)) assert.equal(type, 'undefined', `${name} must not exist`);
+    assert.deepEqual(helpers, Array(10).fill('function'));
+    assert.equal(promise, 'function');
+    await assert.rejects(sandbox.invoke('helo', {}, 'c1'), (e: unknown) => e instanceof ScriptFailure && e.kind === 'error');
+    // Helpers are read-only: one script cannot swap accept() for another.
+    await assert.rejects(sandbox.invoke('auth', {}, 'c1'), /TypeError: Cannot assign to read only property 'accept'/);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('hash helpers are computed by the host with node:crypto', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    scripts: [js('data', `export default function (ctx) {
+      return { sha1: sha1(ctx.s), sha256: sha256(ctx.s), md5: md5(ctx.s), hmac: hmac('sha512', ctx.k, ctx.s) };
+    }`)],
+  });
+  try {
+    const s = 'grüße, wörld';
+    const hex = (alg: string) => createHash(alg).update(s).digest('hex');
+    assert.deepEqual(await sandbox.invoke('data', { s, k: 'secret' }, null), {
+      sha1: hex('sha1'), sha256: hex('sha256'), md5: hex('md5'),
+      hmac: createHmac('sha512', 'secret').update(s).digest('hex'),
+    });
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('lookup and log reach the host, tagged with the connection id and script file', async () => {
+  const host = recordingHost({ tls_fingerprints: { abc123: 'alice' } });
+  const sandbox = await Sandbox.create({
+    host,
+    scripts: [js('auth', `log('loaded');
+      export default function (ctx) {
+        const user = lookup('tls_fingerprints', ctx.fp);
+        log('user', user, { n: 1 }, [1, 2], new TypeError('shown'), undefined, 5n);
+        return user === null ? reject('unknown') : accept({ username: user });
+      }`)],
+    isolates: 1,
+  });
+  try {
+    assert.deepEqual(host.logs, [{ connectionId: null, file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'loaded' }],
+      'top-level log lines have no connection');
+    assert.deepEqual(await sandbox.invoke('auth', { fp: 'abc123' }, 'conn-1'), { verdict: 'accept', username: 'alice' });
+    assert.deepEqual(await sandbox.invoke('auth', { fp: 'nope' }, 'conn-2'), { verdict: 'reject', text: 'unknown' });
+    assert.deepEqual(host.lookups, [['tls_fingerprints', 'abc123'], ['tls_fingerprints', 'nope']]);
+    assert.deepEqual(host.logs.slice(1), [
+      { connectionId: 'conn-1', file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'user alice {"n":1} [1,2] TypeError: shown undefined 5n' },
+      { connectionId: 'conn-2', file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'user null {"n":1} [1,2] TypeError: shown undefined 5n' },
+    ]);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a return value that cannot be copied out is a ScriptFailure', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    scripts: [js('rcptto', `export default async function (ctx) {
+      if (ctx.what === 'function') return () => 1;
+      if (ctx.what === 'nested') return { verdict: 'accept', extra: { when: new Date(0) } };
+      if (ctx.what === 'cycle') { const o = { verdict: 'accept' }; o.self = o; return o; }
+      return { verdict: 'accept', username: Symbol('x') };
+    }`)],
+  });
+  try {
+    const expect = async (what: string, message: RegExp) => {
+      await assert.rejects(sandbox.invoke('rcptto', { what }, 'c1'), (e: unknown) => {
+        assert.ok(e instanceof ScriptFailure && e.kind === 'error', String(e));
+        assert.match(e.message, message);
+        return true;
+      });
+    };
+    await expect('function', /cannot be copied out of the sandbox: function at result/);
+    await expect('nested', /Date object at result\.extra\.when/);
+    await expect('cycle', /circular reference at result\.self/);
+    await expect('symbol', /symbol at result\.username/);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a failing lookup fails the call closed; a failing logger does not', async () => {
+  const sandbox = await Sandbox.create({
+    host: {
+      lookup() { throw new Error('table backend unavailable'); },
+      log() { throw new Error('log sink full'); },
+    },
+    scripts: [
+      js('auth', 'export default (ctx) => accept({ username: lookup("users", ctx.u) ?? "nobody" });'),
+      js('helo', 'export default () => { log("hello"); return accept(); };'),
+    ],
+  });
+  try {
+    await assert.rejects(sandbox.invoke('auth', { u: 'alice' }, 'c1'), (e: unknown) => {
+      assert.ok(e instanceof ScriptFailure && e.kind === 'error');
+      assert.match(e.message, /table backend unavailable/);
+      assert.equal(e.line, 1);
+      return true;
+    });
+    assert.deepEqual(await sandbox.invoke('helo', {}, 'c1'), { verdict: 'accept' });
+  } finally {
+    sandbox.dispose();
+  }
+});
