@@ -22,12 +22,12 @@ listeners:
     tls: *tls
     requireTls: true
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }
-    certificateIdentity: { field: emailAddress }
+    certificateIdentity: { field: emailAddress, autoLogin: true }
   - name: submissions
     listen: 127.0.0.1:2465
     tls: { <<: *tls, mode: implicit }
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }
-    certificateIdentity: { field: emailAddress }
+    certificateIdentity: { field: emailAddress, autoLogin: true }
 delivery:
   enabled: false
 `;
