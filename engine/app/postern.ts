@@ -89,7 +89,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     }
   } catch (err) {
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
-    generation.dispose();
+    await generation.dispose();
     throw err;
   }
 
@@ -97,8 +97,11 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     runtime, config: loaded, addresses, servers,
     async close() {
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
-      runtime.generation.release();
-      runtime.generation.retire();
+      const generation = runtime.generation;
+      generation.release();
+      generation.retire();
+      // Sessions still open hold the generation; once they are gone it is torn down.
+      if (generation.references <= 0) await generation.teardown;
     },
   };
 }

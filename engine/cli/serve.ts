@@ -17,7 +17,7 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       async prepare(loaded) {
         if (!embedded) return;
         const pki = await writeDevelopmentPki(join(loaded.config.dataDir, 'pki'), { hostname: loaded.config.hostname, demoUser: DEMO_USER });
-        printQuickStart(pki, running_addresses(loaded));
+        printQuickStart(pki, new Map(loaded.config.listeners.map((l) => [l.name, l.listen])));
       },
     });
     const stop = async (signal: string): Promise<void> => {
@@ -31,8 +31,4 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
     process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}\n`);
     process.exit(1);
   }
-}
-
-function running_addresses(loaded: { config: { listeners: Array<{ name: string; listen: string }> } }): Map<string, string> {
-  return new Map(loaded.config.listeners.map((l) => [l.name, l.listen]));
 }

@@ -24,6 +24,7 @@ export class PolicyGeneration {
   #refs = 0;
   #retired = false;
   #disposed = false;
+  #teardown: Promise<void> | null = null;
 
   private constructor(source: LoadedConfig, tables: Map<string, LookupTable>, users: Map<string, string>, sandboxes: Map<string, Sandbox>) {
     this.source = source;
@@ -57,7 +58,7 @@ export class PolicyGeneration {
         }));
       }
     } catch (err) {
-      for (const s of sandboxes.values()) s.dispose();
+      await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
       throw err;
     }
     return new PolicyGeneration(source, tables, users, sandboxes);
@@ -83,21 +84,26 @@ export class PolicyGeneration {
 
   release(): void {
     this.#refs--;
-    if (this.#retired && this.#refs <= 0) this.dispose();
+    if (this.#retired && this.#refs <= 0) void this.dispose();
   }
 
   /** No new sessions will take this generation; dispose once the last one releases it. */
   retire(): void {
     this.#retired = true;
-    if (this.#refs <= 0) this.dispose();
+    if (this.#refs <= 0) void this.dispose();
   }
 
   get disposed(): boolean { return this.#disposed; }
   get references(): number { return this.#refs; }
 
-  dispose(): void {
-    if (this.#disposed) return;
+  /** Releases the isolates; the promise settles once V8 has torn them down (safe to exit after). */
+  dispose(): Promise<void> {
+    if (this.#disposed) return this.#teardown ?? Promise.resolve();
     this.#disposed = true;
-    for (const s of this.#sandboxes.values()) s.dispose();
+    this.#teardown = Promise.all([...this.#sandboxes.values()].map((s) => s.dispose())).then(() => undefined);
+    return this.#teardown;
   }
+
+  /** Settles when a disposed generation's isolates are gone. */
+  get teardown(): Promise<void> { return this.#teardown ?? Promise.resolve(); }
 }

@@ -19,7 +19,7 @@ before(async () => {
 function config(extra = ''): string {
   return `
 localDomains: [example.com]
-sandbox: { timeoutMs: 100, memoryLimitMb: 16, isolates: 2 }
+sandbox: { timeoutMs: 1000, memoryLimitMb: 16, isolates: 2 }
 listeners:
   - name: mx
     listen: 127.0.0.1:0
