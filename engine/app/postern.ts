@@ -12,6 +12,7 @@ import { prepareListener } from '../smtp/listener-options.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
+import { Reloader } from '../reload/reloader.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -22,6 +23,10 @@ export interface StartOptions {
   logger?: Logger;
   /** Called before listeners start, e.g. to create the development PKI. */
   prepare?(config: LoadedConfig): Promise<void>;
+  /** Watch the inputs and reload on change (default true). */
+  watch?: boolean;
+  /** Quiet time after the last file event before reloading (default 50 ms). */
+  settleMs?: number;
 }
 
 export interface RunningPostern {
@@ -30,6 +35,7 @@ export interface RunningPostern {
   /** Bound address of each listener by name (port 0 in the config picks a free port). */
   readonly addresses: ReadonlyMap<string, { address: string; port: number }>;
   readonly servers: ReadonlyMap<string, PosternServer>;
+  readonly reloader: Reloader;
   close(): Promise<void>;
 }
 
@@ -93,9 +99,28 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     throw err;
   }
 
+  const reloader = new Reloader({
+    current: () => runtime.generation,
+    swap(next) {
+      const old = runtime.generation;
+      runtime.generation = next.acquire();
+      old.release();
+      old.retire();
+    },
+    servers,
+    logger,
+  }, {
+    configPath: opts.configText === undefined ? loaded.file.startsWith('(') ? undefined : loaded.file : undefined,
+    configText: opts.configText ?? (loaded.file === '(embedded default)' ? DEFAULT_CONFIG_YAML : undefined),
+    baseDir: loaded.baseDir,
+    label: loaded.file,
+  }, opts.settleMs);
+  if (opts.watch ?? true) await reloader.start();
+
   return {
-    runtime, config: loaded, addresses, servers,
+    runtime, config: loaded, addresses, servers, reloader,
     async close() {
+      await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       const generation = runtime.generation;
       generation.release();

@@ -25,6 +25,7 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       await running.close();
       process.exit(0);
     };
+    process.on('SIGHUP', () => void running.reloader.reload('SIGHUP'));
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
   } catch (err) {

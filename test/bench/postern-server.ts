@@ -1,7 +1,9 @@
 /** Postern under benchmark (a) with scripts on every context or (b) without scripts, in its own process. */
+import '../../engine/app/threadpool.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 
 const { configText, baseDir } = JSON.parse(process.argv[2]!) as { configText: string; baseDir: string };
 await startPostern({ configText, baseDir, logger: createLogger('warn') });
+process.on('SIGINT', () => process.exit(0));
 process.send?.('ready');

@@ -1,6 +1,6 @@
 /**
  * Start a real Postern on 127.0.0.1 with ephemeral ports, a temporary data folder and given scripts.
- * `{{pki.NAME}}` in the config text is replaced by paths from the test PKI.
+ * The configuration is written to <dir>/postern.yaml, so reload tests can edit it.
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,8 @@ export interface TestServerOptions {
   scripts?: Record<string, string>;
   /** Extra files (tables, users) by name, written into the temp folder. */
   files?: Record<string, string>;
+  /** Reload debounce (default 50 ms). */
+  settleMs?: number;
 }
 
 export async function startTestServer(opts: TestServerOptions): Promise<TestServer> {
@@ -39,8 +41,9 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
     },
   });
   const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
+  await writeFile(join(dir, 'postern.yaml'), base + opts.config);
   const running = await startPostern({
-    configText: base + opts.config, configPath: join(dir, 'postern.yaml'), baseDir: dir,
+    configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs,
     logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
   });
   return Object.assign(running, {

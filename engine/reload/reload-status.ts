@@ -1,0 +1,50 @@
+/**
+ * The operator-visible state of hot reloading: counters, the generation in force and the last error.
+ * Kept in memory and mirrored to `<dataDir>/status.json` so `postern status` can read it from outside.
+ */
+import { writeFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export interface ReloadStatusData {
+  pid: number;
+  startedAt: string;
+  generation: number;
+  reloads: number;
+  failedReloads: number;
+  lastReloadAt: string | null;
+  /** Messages of the last failed reload (file:line:col: …); null once a reload succeeds. */
+  lastError: string[] | null;
+  /** Changes that were not applied and need a restart (e.g. a new listener address). */
+  pendingRestart: string[];
+}
+
+export class ReloadStatus {
+  readonly data: ReloadStatusData;
+  readonly #file: string;
+
+  constructor(dataDir: string, generation: number) {
+    this.#file = join(dataDir, 'status.json');
+    this.data = {
+      pid: process.pid, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0,
+      lastReloadAt: null, lastError: null, pendingRestart: [],
+    };
+  }
+
+  succeeded(generation: number, pendingRestart: string[]): Promise<void> {
+    Object.assign(this.data, { generation, lastReloadAt: new Date().toISOString(), lastError: null, pendingRestart });
+    this.data.reloads++;
+    return this.save();
+  }
+
+  failed(errors: string[]): Promise<void> {
+    this.data.failedReloads++;
+    this.data.lastError = errors;
+    this.data.lastReloadAt = new Date().toISOString();
+    return this.save();
+  }
+
+  async save(): Promise<void> {
+    const tmp = `${this.#file}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);
+  }
+}

@@ -1,0 +1,42 @@
+/** Developer aid: run one Postern bench target under --cpu-prof (BENCH_SCRIPTS=1 for scripts) and print the hottest functions. */
+import { fork } from 'node:child_process';
+import { mkdtemp, mkdir, writeFile, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki } from '../helpers/pki.ts';
+
+const here = import.meta.dirname;
+const pki = await makeTestPki();
+const dir = await mkdtemp(join(tmpdir(), 'postern-prof-'));
+await mkdir(join(dir, 'scripts'));
+const port = 30000 + Math.floor(Math.random() * 20000);
+const configText = `
+dataDir: ${dir}/data
+scripts: ${dir}/scripts
+localDomains: [example.com]
+listeners:
+  - name: bench
+    listen: 127.0.0.1:${port}
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+    auth: { mechanisms: [EXTERNAL] }
+    certificateIdentity: { field: emailAddress }
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
+`;
+const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
+await new Promise((r) => server.once('message', r));
+const client = fork(join(here, 'load-client.ts'), [JSON.stringify({ port, concurrency: 20, messages: 3000, perConnection: 100, cert: pki.clients.alice.cert, key: pki.clients.alice.key, ca: pki.ca.cert, auth: true })], { stdio: 'inherit' });
+await new Promise((r) => client.once('exit', r));
+server.kill('SIGINT');
+await new Promise((r) => server.once('exit', r));
+const file = (await readdir(join(dir, 'prof')))[0]!;
+const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[] };
+const counts = new Map<number, number>();
+for (const s of prof.samples) counts.set(s, (counts.get(s) ?? 0) + 1);
+const byFn = new Map<string, number>();
+for (const n of prof.nodes) {
+  const key = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber}`;
+  byFn.set(key, (byFn.get(key) ?? 0) + (counts.get(n.id) ?? 0));
+}
+const total = prof.samples.length;
+for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log((100 * v / total).toFixed(1).padStart(5) + '%', k);
