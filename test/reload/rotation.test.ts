@@ -1,0 +1,85 @@
+// Certificate rotation: replace the server certificate and the CA/CRL files on a running server.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, writeFile, copyFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+import { loadAuthority, issueServerCertificate, createCrl } from '../../engine/certificates/index.ts';
+
+test('new handshakes use the rotated server certificate, CA and CRL; a newly revoked certificate is refused', async () => {
+  const pki = await makeTestPki();
+  const files = {
+    'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8'),
+    'ca.crt': await readFile(pki.ca.cert, 'utf8'), 'ca.crl': await readFile(pki.crl, 'utf8'),
+  };
+  const s = await startTestServer({
+    files,
+    config: `
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ./server.crt, key: ./server.key, clientCertificates: require, caFiles: [./ca.crt], crlFiles: [./ca.crl] }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  const ca = files['ca.crt'];
+  const bob = { cert: await readFile(pki.clients.bob.cert, 'utf8'), key: await readFile(pki.clients.bob.key, 'utf8') };
+  const handshake = async (): Promise<{ serverFingerprint: string; reply: string }> => {
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    await c.read();
+    await c.command('EHLO x.example');
+    const tls: TLSSocket = await c.starttls({ ca, ...bob });
+    const fp = new X509Certificate(tls.getPeerCertificate(false).raw).fingerprint256;
+    const reply = await c.read(700).catch(() => ({ text: 'closed' }));
+    const text = 'code' in reply && reply.code === 421 ? reply.text : (await c.command('EHLO x.example')).lines[0]!;
+    c.destroy();
+    return { serverFingerprint: fp, reply: text };
+  };
+  try {
+    // before: bob is trusted (no reply until we speak: read times out → we send EHLO)
+    const before = await handshake();
+    assert.match(before.reply, /^250-/);
+    // rotate: a new server certificate (same CA), and a CRL that now revokes bob
+    const authority = await loadAuthority(ca, await readFile(pki.ca.key, 'utf8'));
+    const server2 = await issueServerCertificate(authority, { commonName: 'localhost', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], keyType: 'ecdsa' });
+    const reloaded = new Promise((resolve) => s.reloader.onReload(resolve));
+    await writeFile(join(s.dir, 'server.key.new'), server2.key);
+    await writeFile(join(s.dir, 'server.crt'), server2.cert + ca);
+    await copyFile(join(s.dir, 'server.key.new'), join(s.dir, 'server.key'));
+    await writeFile(join(s.dir, 'ca.crl'), await createCrl(authority, [{ serial: pki.clients.revoked.serial }, { serial: pki.clients.bob.serial }]));
+    const outcome = await reloaded as { ok: boolean; errors: string[] };
+    assert.equal(outcome.ok, true, outcome.errors.join('\n'));
+    const after = await handshake();
+    assert.notEqual(after.serverFingerprint, before.serverFingerprint, 'new server certificate served');
+    assert.equal(after.serverFingerprint, new X509Certificate(server2.cert).fingerprint256);
+    assert.match(after.reply, /^421 4\.7\.1 Client certificate not trusted \(revoked\)/);
+  } finally { await s.stop(); }
+});
+
+test('a key that does not match the new certificate is refused and the old pair stays in force', async () => {
+  const pki = await makeTestPki();
+  const files = { 'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8') };
+  const s = await startTestServer({
+    files,
+    config: `
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    tls: { mode: implicit, cert: ./server.crt, key: ./server.key }
+`,
+  });
+  try {
+    const reloaded = new Promise((resolve) => s.reloader.onReload(resolve));
+    await writeFile(join(s.dir, 'server.key'), await readFile(pki.clients.alice.key, 'utf8'));
+    const outcome = await reloaded as { ok: boolean; errors: string[] };
+    assert.equal(outcome.ok, false);
+    assert.match(outcome.errors.join('\n'), /server\.key: private key does not match certificate/);
+    const c = await SmtpTestClient.connect(s.port('sub'), { implicitTls: { ca: await readFile(pki.ca.cert, 'utf8') } });
+    assert.equal((await c.read()).code, 220);
+    await c.quit();
+  } finally { await s.stop(); }
+});
