@@ -1,4 +1,4 @@
-/** The envelope record stored beside each spooled message (`<id>.json`); its presence commits the message. */
+/** The envelope stored in each spooled message's trailer, and the delivery state kept beside it. */
 import type { CertificateSummary } from '../sandbox/api/index.ts';
 
 export interface SpoolRecipient {
@@ -21,6 +21,8 @@ export interface SpoolEnvelope {
   recipients: SpoolRecipient[];
   /** Bytes of the stored message (with our Received header). */
   size: number;
+  /** SHA-256 of those bytes, to detect a damaged spool file before relaying it. */
+  sha256?: string;
   session: {
     listener: string;
     remoteAddress: string;
@@ -33,3 +35,6 @@ export interface SpoolEnvelope {
   nextAttemptAt: string;
   errors: string[];
 }
+
+/** What changes as delivery proceeds, stored in `<id>.state` and laid over the envelope when read. */
+export type SpoolState = Pick<SpoolEnvelope, 'attempts' | 'nextAttemptAt' | 'errors' | 'recipients'>;

@@ -1,21 +1,22 @@
 /**
- * The durable spool. A message is committed when `<id>.eml` and then `<id>.json` are written and
- * fsynced, and the directory entry is fsynced too; only then may the SMTP side say 250. An `.eml`
- * without its `.json` was never acknowledged and is removed at startup.
+ * The durable spool. A message is written to `<id>.part`, fdatasynced, renamed to `<id>.msg` and the
+ * directory synced; only then may the SMTP side say 250. So every `.msg` is complete, and a `.part` left
+ * by a crash was never acknowledged and is removed at startup. Delivery bookkeeping that changes later
+ * lives beside it in `<id>.state` (replaced atomically), never in the message file.
  */
-import { mkdir, open, type FileHandle, readdir, rename, rm, stat, unlink, readFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, rename, rm, unlink, readFile, type FileHandle } from 'node:fs/promises';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
-import type { SpoolEnvelope } from './envelope.ts';
+import { encodeTrailer, readLayout } from './message-file.ts';
+import type { SpoolEnvelope, SpoolState } from './envelope.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
 
 export class Spool {
+  readonly root: string;
   readonly queueDir: string;
   readonly #dirSync: DirectorySyncer;
-
-  readonly root: string;
 
   constructor(root: string) {
     this.root = root;
@@ -28,9 +29,10 @@ export class Spool {
     let removedOrphans = 0;
     const names = new Set(await readdir(this.queueDir));
     for (const name of names) {
-      // Orphans: message bodies without an envelope (never acknowledged) and stale temporary files.
-      const orphanBody = name.endsWith('.eml') && !names.has(name.replace(/\.eml$/, '.json'));
-      if (orphanBody || name.endsWith('.tmp')) {
+      // Never acknowledged: half-written messages, temporary state files, state without a message.
+      const orphan = name.endsWith('.part') || name.endsWith('.tmp')
+        || (name.endsWith('.state') && !names.has(name.replace(/\.state$/, '.msg')));
+      if (orphan) {
         await rm(join(this.queueDir, name), { force: true });
         removedOrphans++;
       }
@@ -45,56 +47,85 @@ export class Spool {
 
   static isId(id: string): boolean { return ID_PATTERN.test(id); }
 
-  messagePath(id: string): string { return join(this.queueDir, `${id}.eml`); }
-  envelopePath(id: string): string { return join(this.queueDir, `${id}.json`); }
+  messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
+  statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
 
-  /** Start writing a message body. */
+  /** Start writing a message. */
   create(id: string): SpoolWriter {
-    return new SpoolWriter(this, id, this.#dirSync);
+    return new SpoolWriter(this.queueDir, id, this.#dirSync);
   }
 
+  /** The envelope, with the latest delivery state applied. */
   async readEnvelope(id: string): Promise<SpoolEnvelope> {
-    return JSON.parse(await readFile(this.envelopePath(id), 'utf8')) as SpoolEnvelope;
+    const handle = await open(this.messagePath(id), 'r');
+    try {
+      const { envelope } = await readLayout(handle, this.messagePath(id));
+      const state = await readFile(this.statePath(id), 'utf8').then((t) => JSON.parse(t) as SpoolState, () => null);
+      return state ? { ...envelope, ...state } : envelope;
+    } finally {
+      await handle.close();
+    }
   }
 
-  /** Atomically replace an envelope (write temp, fsync, rename, fsync dir). */
-  async updateEnvelope(env: SpoolEnvelope): Promise<void> {
-    const tmp = join(this.queueDir, `${env.id}.json.${randomBytes(4).toString('hex')}.tmp`);
-    await writeFileSynced(tmp, JSON.stringify(env));
-    await rename(tmp, this.envelopePath(env.id));
+  /** The message bytes (Received header + message as received), without the envelope trailer. */
+  async readMessage(id: string): Promise<Buffer> {
+    const handle = await open(this.messagePath(id), 'r');
+    try {
+      const { messageBytes } = await readLayout(handle, this.messagePath(id));
+      const buf = Buffer.alloc(messageBytes);
+      await handle.read(buf, 0, messageBytes, 0);
+      return buf;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
+  async updateState(id: string, state: SpoolState): Promise<void> {
+    const tmp = join(this.queueDir, `${id}.state.${randomBytes(4).toString('hex')}.tmp`);
+    const handle = await open(tmp, 'w', 0o600);
+    try {
+      await handle.writeFile(JSON.stringify(state));
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, this.statePath(id));
     await this.#dirSync.sync();
   }
 
-  /** Remove a finished message: envelope first, so a crash in between leaves an orphan body, not a ghost. */
+  /** Remove a finished message: the message first, so a crash in between leaves only an orphan state file. */
   async remove(id: string): Promise<void> {
-    await unlink(this.envelopePath(id)).catch(ignoreMissing);
     await unlink(this.messagePath(id)).catch(ignoreMissing);
+    await unlink(this.statePath(id)).catch(ignoreMissing);
     await this.#dirSync.sync();
   }
 
+  /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
     const names = await readdir(this.queueDir);
-    return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((id) => Spool.isId(id)).sort();
+    return names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id)).sort();
   }
-
-  async messageSize(id: string): Promise<number> { return (await stat(this.messagePath(id))).size; }
 }
 
-/** Writes one message body; small chunks are batched so a message costs a few write calls. */
+/** Writes one message; small chunks are batched so a message costs a few write calls. */
 export class SpoolWriter {
-  readonly spool: Spool;
   readonly id: string;
+  readonly #part: string;
+  readonly #final: string;
   readonly #handle: Promise<FileHandle>;
   readonly #dirSync: DirectorySyncer;
+  readonly #hash: Hash = createHash('sha256');
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   #bytes = 0;
 
-  constructor(spool: Spool, id: string, dirSync: DirectorySyncer) {
-    this.spool = spool;
+  constructor(dir: string, id: string, dirSync: DirectorySyncer) {
     this.id = id;
+    this.#part = join(dir, `${id}.part`);
+    this.#final = join(dir, `${id}.msg`);
     this.#dirSync = dirSync;
-    this.#handle = open(spool.messagePath(id), 'wx', 0o600);
+    this.#handle = open(this.#part, 'wx', 0o600);
     this.#handle.catch(() => undefined); // surfaced by write/commit
   }
 
@@ -102,27 +133,29 @@ export class SpoolWriter {
 
   async write(chunk: Buffer): Promise<void> {
     this.#bytes += chunk.length;
+    this.#hash.update(chunk);
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
     if (this.#pendingBytes >= 256 * 1024) await this.#flush();
   }
 
-  /** Make the body and its envelope durable. Resolves only when both would survive a crash. */
+  /** Make the message and its envelope durable. Resolves only when they would survive a crash. */
   async commit(envelope: SpoolEnvelope): Promise<void> {
+    this.#pending.push(encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash.digest('hex') }));
     await this.#flush();
     const handle = await this.#handle;
-    await handle.sync();
+    await handle.datasync();
     await handle.close();
-    await writeFileSynced(this.spool.envelopePath(this.id), JSON.stringify({ ...envelope, size: this.#bytes }));
+    await rename(this.#part, this.#final);
     await this.#dirSync.sync();
   }
 
-  /** Drop the body (message refused, or the client left before the end of DATA). */
+  /** Drop the message (refused, or the client left before the end of DATA). */
   async abort(): Promise<void> {
     this.#pending = [];
     const handle = await this.#handle.catch(() => null);
     await handle?.close().catch(() => undefined);
-    await unlink(this.spool.messagePath(this.id)).catch(ignoreMissing);
+    await unlink(this.#part).catch(ignoreMissing);
   }
 
   async #flush(): Promise<void> {
@@ -131,16 +164,6 @@ export class SpoolWriter {
     this.#pending = [];
     this.#pendingBytes = 0;
     if (buffers.length) await handle.writev(buffers);
-  }
-}
-
-async function writeFileSynced(path: string, data: string): Promise<void> {
-  const handle = await open(path, 'w', 0o600);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

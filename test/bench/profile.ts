@@ -25,7 +25,7 @@ listeners:
 `;
 const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
 await new Promise((r) => server.once('message', r));
-const client = fork(join(here, 'load-client.ts'), [JSON.stringify({ port, concurrency: 20, messages: 3000, perConnection: 100, cert: pki.clients.alice.cert, key: pki.clients.alice.key, ca: pki.ca.cert, auth: true })], { stdio: 'inherit' });
+const client = fork(join(here, 'load-client.ts'), [JSON.stringify({ port, concurrency: 20, messages: Number(process.env.PROF_MESSAGES ?? 3000), perConnection: Number(process.env.PROF_PER_CONN ?? 100), cert: pki.clients.ecdsa.cert, key: pki.clients.ecdsa.key, ca: pki.ca.cert, auth: true })], { stdio: 'inherit' });
 await new Promise((r) => client.once('exit', r));
 server.kill('SIGINT');
 await new Promise((r) => server.once('exit', r));

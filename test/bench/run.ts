@@ -13,7 +13,8 @@ import { makeTestPki } from '../helpers/pki.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
-const alice = pki.clients.alice;
+// ECDSA like most modern device certificates (and cheaper for the load generator than RSA).
+const client = pki.clients.ecdsa;
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
 
 const SCRIPTS: Record<string, string> = {
@@ -60,7 +61,7 @@ async function startServer(script: string, arg: unknown): Promise<() => void> {
 
 async function load(port: number, perConnection: number, messages: number, auth: boolean): Promise<{ rate: number; p50: number; p99: number; messages: number }> {
   const child = fork(join(here, 'load-client.ts'), [JSON.stringify({
-    port, concurrency: 20, messages, perConnection, cert: alice.cert, key: alice.key, ca: pki.ca.cert, auth,
+    port, concurrency: 20, messages, perConnection, cert: client.cert, key: client.key, ca: pki.ca.cert, auth,
   })], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d; });

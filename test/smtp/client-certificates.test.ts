@@ -95,7 +95,7 @@ test('the Received header records the client certificate the way Postfix does', 
   await c.hello({ name: 'laptop.example', starttls: { ca, ...certs.selfsigned } });
   const r = await c.sendMail('a@x.example', ['bob@example.com']);
   const id = /queued as (\S+)/.exec(r.text)![1]!;
-  const msg = await readFile(server.runtime.spool.messagePath(id), 'utf8');
+  const msg = (await server.runtime.spool.readMessage(id)).toString('utf8');
   assert.match(msg, /\r\n\t\(Client CN "eve", Issuer "eve" \(not verified\)\)\r\n/);
   assert.match(msg, /with ESMTPS id /);
   await c.quit();

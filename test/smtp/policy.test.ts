@@ -48,7 +48,7 @@ test('defaults without scripts: local domain accepted, relay denied 554 5.7.1, m
     const env = await s.runtime.spool.readEnvelope(id);
     assert.equal(env.sender, 'a@elsewhere.example');
     assert.deepEqual(env.recipients.map((x) => x.address), ['bob@example.com']);
-    const msg = await readFile(s.runtime.spool.messagePath(id), 'utf8');
+    const msg = (await s.runtime.spool.readMessage(id)).toString('utf8');
     assert.match(msg, /^Received: from client\.example \(.*\[127\.0\.0\.1\]\)\r\n\tby localhost \(Postern\) with ESMTP id /);
     assert.match(msg, /\r\nSubject: hi\r\n\r\nbody\r\n$/);
     await c.quit();
