@@ -1,122 +1,114 @@
 /**
- * Turns a peer certificate (DER) plus the handshake's chain verdict into the plain PeerCertificate data
- * scripts see. Parsing is cached by DER digest: the same device reconnecting costs one hash.
+ * Turns a peer certificate (DER) plus the handshake's chain verdict into the PeerCertificate scripts see.
+ * Runs once per TLS connection: parsing (x509-fields.ts) is cached by the DER's SHA-256, so a reconnecting
+ * device costs one hash. The certificate was already parsed and checked by OpenSSL in the handshake.
  */
-import { X509Certificate, createHash } from 'node:crypto';
-import type { ChainFailureReason, CertificateSummary, DistinguishedName, PeerCertificate } from '../sandbox/api/index.ts';
-import { x509 } from './x509-provider.ts';
-import { colonHex, hex } from './digests.ts';
+import { createHash } from 'node:crypto';
+import type { CertificateSummary, ChainFailureReason, DistinguishedName, PeerCertificate } from '../sandbox/api/index.ts';
+import { colonHex, hex, toPem } from './digests.ts';
+import { readCertificate, type NameAttribute } from './x509-fields.ts';
 
-type Parsed = Omit<PeerCertificate, 'verified' | 'verifyError' | 'verifyErrorCode'>;
-
-const CACHE_SIZE = 1000;
-const cache = new Map<string, Parsed>();
-
-const SHORT_NAMES: Record<string, string> = {
-  '2.5.4.3': 'CN', '2.5.4.10': 'O', '2.5.4.11': 'OU', '2.5.4.6': 'C', '2.5.4.8': 'ST', '2.5.4.7': 'L',
-  '1.2.840.113549.1.9.1': 'emailAddress', '2.5.4.5': 'serialNumber', '0.9.2342.19200300.100.1.25': 'DC',
-  '0.9.2342.19200300.100.1.1': 'UID', '2.5.4.45': 'x500UniqueIdentifier', '2.5.4.4': 'SN', '2.5.4.42': 'GN',
-  '2.5.4.12': 'title', '2.5.4.9': 'street', '2.5.4.17': 'postalCode',
-};
-
+/** The chain verdict OpenSSL gave during the handshake (tlsSocket.authorized / authorizationError). */
 export interface ChainVerdict {
   verified: boolean;
   /** Node/OpenSSL authorizationError code, e.g. CERT_HAS_EXPIRED; null when verified. */
   errorCode: string | null;
 }
 
-export function describeCertificate(der: Uint8Array, verdict: ChainVerdict): PeerCertificate {
-  const key = createHash('sha256').update(der).digest('base64');
-  let parsed = cache.get(key);
+type Parsed = Omit<PeerCertificate, 'verified' | 'verifyError' | 'verifyErrorCode'>;
+
+const CACHE_SIZE = 1000;
+/** Insertion-ordered Map as an LRU: a hit is moved to the end, the first key is the oldest. */
+const cache = new Map<string, Parsed>();
+
+export function describeCertificate(der: Buffer | Uint8Array, verdict: ChainVerdict): PeerCertificate {
+  const sha256 = hex('sha256', der);
+  let parsed = cache.get(sha256);
   if (parsed) {
-    cache.delete(key); // LRU: move to the end
-    cache.set(key, parsed);
+    cache.delete(sha256);
   } else {
-    parsed = parse(der);
-    cache.set(key, parsed);
-    if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
+    parsed = deepFreeze(parse(der, sha256));
+    if (cache.size >= CACHE_SIZE) cache.delete(cache.keys().next().value!);
   }
+  cache.set(sha256, parsed);
+  // The parsed part is frozen and shared between connections; only the verdict is per connection.
   return {
-    ...structuredClone(parsed),
+    ...parsed,
     verified: verdict.verified,
-    verifyError: verdict.verified ? null : chainFailureReason(verdict.errorCode),
+    verifyError: verdict.verified ? null : chainFailureReason(verdict.errorCode) ?? 'invalid',
     verifyErrorCode: verdict.verified ? null : verdict.errorCode ?? 'UNKNOWN',
   };
 }
 
-function parse(der: Uint8Array): Parsed {
-  const node = new X509Certificate(der);
-  const cert = new x509.X509Certificate(der);
-  const spki = node.publicKey.export({ type: 'spki', format: 'der' });
-  const spkiDigest = createHash('sha256').update(spki).digest();
-  const sha256 = hex('sha256', der);
+function parse(der: Uint8Array, sha256: string): Parsed {
+  const fields = readCertificate(der);
+  // The SPKI bytes as in the certificate, as mox hashes them (Node's peerCertificate.pubkey is only
+  // the EC point). Tests check them against publicKey.export({type:'spki'}) and the openssl pipeline.
+  const spkiDigest = createHash('sha256').update(fields.spki).digest();
   const sha1 = hex('sha1', der);
   const md5 = hex('md5', der);
-  const details = node.publicKey.asymmetricKeyDetails ?? {};
-  const keyType = node.publicKey.asymmetricKeyType ?? 'unknown';
+  const pinHex = spkiDigest.toString('hex');
   return {
-    subject: distinguishedName(cert.subjectName),
-    issuer: distinguishedName(cert.issuerName),
-    san: subjectAltNames(cert),
-    serial: cert.serialNumber.toLowerCase(),
-    notBefore: cert.notBefore.toISOString(),
-    notAfter: cert.notAfter.toISOString(),
-    keyType: keyType === 'rsa-pss' ? 'rsa' : keyType,
-    keyBits: details.modulusLength ?? curveBits(details.namedCurve) ?? (keyType === 'ed25519' ? 256 : keyType === 'ed448' ? 456 : 0),
+    subject: distinguishedName(fields.subject),
+    issuer: distinguishedName(fields.issuer),
+    san: fields.san,
+    serial: fields.serial,
+    notBefore: fields.notBefore.toISOString(),
+    notAfter: fields.notAfter.toISOString(),
+    keyType: fields.keyType,
+    keyBits: fields.keyBits,
     fingerprint: { sha1, sha256, md5, sha1Colon: colonHex(sha1), sha256Colon: colonHex(sha256), md5Colon: colonHex(md5) },
     pin: {
-      sha256: spkiDigest.toString('hex'),
-      sha256Colon: colonHex(spkiDigest.toString('hex')),
+      sha256: pinHex,
+      sha256Colon: colonHex(pinHex),
       sha256Base64: spkiDigest.toString('base64'),
       sha256Base64Url: spkiDigest.toString('base64url'),
     },
-    pem: node.toString(),
+    pem: toPem(der, 'CERTIFICATE'),
   };
 }
 
-function curveBits(curve: string | undefined): number | undefined {
-  return curve ? ({ prime256v1: 256, secp384r1: 384, secp521r1: 521, 'P-256': 256, 'P-384': 384, 'P-521': 521 } as Record<string, number>)[curve] : undefined;
+const NAMED_FIELDS = new Set(['CN', 'O', 'OU', 'C', 'ST', 'L', 'emailAddress']);
+
+function distinguishedName(rdns: NameAttribute[][]): DistinguishedName {
+  const attributes = rdns.flat().map((a): [string, string] => [a.type, a.value]);
+  const out: DistinguishedName = { dn: rfc4514(rdns), attributes };
+  const fields = out as unknown as Record<string, string>;
+  // The first in DER order, as OpenSSL's X509_NAME_get_text_by_NID (Postfix, Dovecot) would pick.
+  for (const [k, v] of attributes) if (NAMED_FIELDS.has(k) && !(k in fields)) fields[k] = v;
+  return out;
 }
 
-function distinguishedName(name: x509.Name): DistinguishedName {
-  const attributes: Array<[string, string]> = [];
-  for (const rdn of name.toJSON()) {
-    for (const [type, values] of Object.entries(rdn)) {
-      // @peculiar/x509 names known attributes (CN, O, E…) and leaves the rest as dotted OIDs.
-      const short = type === 'E' ? 'emailAddress' : SHORT_NAMES[type] ?? type;
-      for (const v of values) attributes.push([short, v]);
-    }
-  }
-  const out: DistinguishedName = { dn: rfc4514(attributes), attributes };
-  const named = out as unknown as Record<string, string>;
-  for (const [k, v] of attributes) {
-    if (['CN', 'O', 'OU', 'C', 'ST', 'L', 'emailAddress'].includes(k) && !(k in named)) named[k] = v;
+/**
+ * RFC 4514, printed as `openssl x509 -nameopt RFC2253,-esc_msb` does (what administrators compare
+ * against): attributes in reverse DER order, `+` between the members of a multi-valued RDN.
+ */
+function rfc4514(rdns: NameAttribute[][]): string {
+  const escape = (v: string): string => v
+    .replace(/[\\"+,;<>]/g, '\\$&')
+    .replace(/[\x00-\x1f\x7f]/g, (c) => '\\' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'))
+    .replace(/^[ #]/, '\\$&').replace(/ $/, '\\ ');
+  const flat = rdns.flatMap((rdn, index) => rdn.map((a) => ({ ...a, index })));
+  let out = '';
+  for (let i = flat.length - 1; i >= 0; i--) {
+    const a = flat[i]!;
+    if (i < flat.length - 1) out += flat[i + 1]!.index === a.index ? '+' : ',';
+    out += `${a.type}=${a.hex ? a.value : escape(a.value)}`;
   }
   return out;
 }
 
-/** RFC 4514 string, most specific RDN first, values escaped. */
-function rfc4514(attributes: Array<[string, string]>): string {
-  const escape = (v: string): string => v.replace(/([,+"\\<>;=])/g, '\\$1').replace(/^([ #])/, '\\$1').replace(/ $/, '\\ ');
-  return attributes.map(([k, v]) => `${k}=${escape(v)}`).reverse().join(',');
-}
-
-function subjectAltNames(cert: x509.X509Certificate): PeerCertificate['san'] {
-  const san = { email: [] as string[], dns: [] as string[], ip: [] as string[], uri: [] as string[] };
-  const ext = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  if (!ext) return san;
-  for (const n of ext.names.items) {
-    if (n.type === 'email') san.email.push(n.value);
-    else if (n.type === 'dns') san.dns.push(n.value);
-    else if (n.type === 'ip') san.ip.push(n.value);
-    else if (n.type === 'url') san.uri.push(n.value);
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
   }
-  return san;
+  return value;
 }
 
-/** OpenSSL/Node authorizationError code → the reason scripts see. */
-export function chainFailureReason(code: string | null): ChainFailureReason | null {
-  switch (code) {
+/** Node/OpenSSL authorizationError code → the reason scripts see. */
+export function chainFailureReason(errorCode: string | null): ChainFailureReason | null {
+  switch (errorCode) {
     case null: return null;
     case 'CERT_HAS_EXPIRED': return 'expired';
     case 'CERT_NOT_YET_VALID': return 'not-yet-valid';
@@ -128,6 +120,7 @@ export function chainFailureReason(code: string | null): ChainFailureReason | nu
     case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE': return 'unknown-issuer';
     case 'CERT_SIGNATURE_FAILURE': return 'bad-signature';
     case 'UNABLE_TO_GET_CRL': return 'crl-missing';
+    // Not OpenSSL's: what the listener reports when it has no CA bundle to verify against.
     case 'NO_CA_CONFIGURED': return 'no-ca-configured';
     default: return 'invalid';
   }

@@ -4,6 +4,9 @@ export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
 export { loadKeyPair, loadTrustMaterial, type TrustMaterial } from './tls-files.ts';
 export {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
-  loadAuthority, exportPkcs12, writeDevelopmentPki, type Authority, type IssuedCertificate, type KeyType, type DevelopmentPki,
+  loadAuthority, type Authority, type AuthorityOptions, type CrlOptions, type IssuedCertificate, type KeyType,
+  type LeafOptions, type Revocation, type SubjectOptions,
 } from './pki.ts';
+export { exportPkcs12 } from './pkcs12.ts';
+export { writeDevelopmentPki, DEVELOPMENT_P12_PASSWORD, type DevelopmentPki } from './dev-pki.ts';
 export { TrustedIssuers } from './trusted-issuers.ts';

@@ -1,32 +1,40 @@
 /**
- * Normalising fingerprints and pins as administrators write them: Postfix colon hex (any case), plain
- * hex, standard base64 or base64url (mox) — all to lowercase hex, so one table serves every form.
+ * Fingerprints and SPKI pins as administrators write them — Postfix colon hex (any case), plain hex,
+ * standard base64, base64url (mox) — normalised to lowercase hex, so one table serves every spelling.
  */
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 
-const DIGEST_BYTES = new Set([16, 20, 32, 48, 64]); // md5, sha1, sha256, sha384, sha512
+/** Digest lengths in bytes that fingerprint tables hold: md5, sha1, sha256, sha384, sha512. */
+const DIGEST_BYTES = new Set([16, 20, 32, 48, 64]);
+const COLON_HEX = /^[0-9a-f]{2}(?::[0-9a-f]{2})+$/i;
+const PLAIN_HEX = /^(?:[0-9a-f]{2})+$/i;
+/** 32 bytes in base64 are 43 characters plus one `=`; either alphabet (`+/` or `-_`), not mixed. */
+const BASE64_32 = /^(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
 
-/** Canonical lowercase hex of a digest written in any accepted form, or null if it is not one. */
+/**
+ * A digest written in any accepted form as `{hex, length}` (length in bytes, so callers compare it with
+ * the right digest: 16 md5, 20 sha1, 32 sha256), or null if the text is none of those forms.
+ */
 export function normalizeFingerprint(text: string): { hex: string; length: number } | null {
-  const t = text.trim();
-  if (/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2})+$/.test(t) || /^[0-9a-fA-F]+$/.test(t)) {
+  // curl's --pinnedpubkey form: sha256//<base64>
+  const t = text.trim().replace(/^sha256\/\//i, '');
+  if (COLON_HEX.test(t) || PLAIN_HEX.test(t)) {
     const h = t.replace(/:/g, '').toLowerCase();
-    return h.length % 2 === 0 && DIGEST_BYTES.has(h.length / 2) ? { hex: h, length: h.length / 2 } : null;
+    return DIGEST_BYTES.has(h.length / 2) ? { hex: h, length: h.length / 2 } : null;
   }
-  // base64 / base64url of a 32-byte digest (SPKI pins); 43 chars unpadded or 44 with '='.
-  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(t)) {
-    const bytes = Buffer.from(t.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
-    return bytes.length === 32 ? { hex: bytes.toString('hex'), length: 32 } : null;
-  }
+  // Base64 only for SHA-256: that is how mox and HPKP-style pins are written. The last character may
+  // only carry 2 significant bits, so every accepted string decodes to exactly one digest.
+  if (BASE64_32.test(t)) return { hex: Buffer.from(t, t.includes('-') || t.includes('_') ? 'base64url' : 'base64').toString('hex'), length: 32 };
   return null;
 }
 
-/** SHA-256 SPKI pin in canonical hex, or null. */
+/** A SHA-256 SPKI pin in any accepted form → canonical lowercase hex, or null. */
 export function normalizePin(text: string): string | null {
   const n = normalizeFingerprint(text);
   return n && n.length === 32 ? n.hex : null;
 }
 
-export function matchesPin(cert: PeerCertificate, pinText: string): boolean {
-  return normalizePin(pinText) === cert.pin.sha256;
+/** Does the certificate's public key (SPKI SHA-256) match the pin, however it is written? */
+export function matchesPin(pc: PeerCertificate, pinText: string): boolean {
+  return normalizePin(pinText) === pc.pin.sha256;
 }

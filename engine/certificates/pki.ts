@@ -1,42 +1,85 @@
 /**
- * Generates X.509 material (CA, CRL, server and client certificates) with @peculiar/x509 and WebCrypto.
- * Used for the development PKI of `npm start` and by the tests; keys are written mode 0600.
+ * Generates X.509 material (CAs, CRLs, server and client certificates) with @peculiar/x509 and WebCrypto.
+ * Used by the development PKI of `npm start` (dev-pki.ts) and by the tests. Everything comes back as PEM.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, chmod, mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { webcrypto as wc } from 'node:crypto';
 import { x509, webcrypto } from './x509-provider.ts';
-import { toPem } from './digests.ts';
+import { pemToDer, toPem } from './digests.ts';
 
 type CryptoKeyPair = wc.CryptoKeyPair;
 type CryptoKey = wc.CryptoKey;
 type Algorithm = wc.Algorithm;
-type RsaHashedKeyGenParams = wc.RsaHashedKeyGenParams;
-type RsaHashedImportParams = wc.RsaHashedImportParams;
-type EcKeyGenParams = wc.EcKeyGenParams;
 
 export type KeyType = 'rsa' | 'ecdsa' | 'ed25519';
 
 export interface IssuedCertificate {
+  /** Certificate PEM. */
   cert: string;
+  /** PKCS#8 private key PEM. */
   key: string;
+  /** Serial number, lowercase hex. */
   serial: string;
 }
 
+/** A CA that can sign: its PEMs plus the parsed certificate and the WebCrypto keys. */
 export interface Authority extends IssuedCertificate {
   certificate: x509.X509Certificate;
   keys: CryptoKeyPair;
   keyType: KeyType;
 }
 
-const subtle = webcrypto.subtle;
+export interface SubjectOptions {
+  commonName: string;
+  organization?: string;
+  organizationalUnit?: string;
+  country?: string;
+  /** PKCS#9 emailAddress subject attribute (not a SAN; see `sanEmails`). */
+  emailAddress?: string;
+}
 
-function keyAlgorithm(type: KeyType): RsaHashedKeyGenParams | EcKeyGenParams | Algorithm {
-  if (type === 'rsa') return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256', publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 } as RsaHashedKeyGenParams;
-  if (type === 'ecdsa') return { name: 'ECDSA', namedCurve: 'P-256' } as EcKeyGenParams;
+export interface LeafOptions extends SubjectOptions {
+  /** Default `rsa` (2048 bits); `ecdsa` is P-256. */
+  keyType?: KeyType;
+  /** Default: one hour ago (tolerates clock skew). */
+  notBefore?: Date;
+  /** Default: two years after notBefore. */
+  notAfter?: Date;
+  dnsNames?: string[];
+  ipAddresses?: string[];
+  sanEmails?: string[];
+}
+
+export interface AuthorityOptions extends SubjectOptions {
+  keyType?: KeyType;
+  notBefore?: Date;
+  notAfter?: Date;
+  /** Lifetime when notAfter is not given; default 10. */
+  years?: number;
+  /** Sign with this CA instead of self-signing: an intermediate CA. */
+  issuer?: Authority;
+}
+
+/** A CRL entry: a serial in hex, a certificate PEM, or anything carrying a serial (an IssuedCertificate). */
+export type Revocation = string | { serial: string; reason?: x509.X509CrlReason; date?: Date };
+
+export interface CrlOptions {
+  /** Default: one minute ago. */
+  thisUpdate?: Date;
+  /** Default: 30 days after thisUpdate. A CRL past nextUpdate fails every chain of its CA (CRL_HAS_EXPIRED). */
+  nextUpdate?: Date;
+  /** cRLNumber; default the current Unix time, so a reissued CRL numbers higher. */
+  number?: number;
+}
+
+const subtle = webcrypto.subtle;
+const HOUR = 3600_000;
+const DAY = 24 * HOUR;
+const YEAR = 365 * DAY;
+
+function keyAlgorithm(type: KeyType, namedCurve = 'P-256'): Algorithm {
+  if (type === 'rsa') return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256', publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 } as Algorithm;
+  if (type === 'ecdsa') return { name: 'ECDSA', namedCurve } as Algorithm;
   return { name: 'Ed25519' };
 }
 
@@ -47,29 +90,24 @@ function signingAlgorithm(type: KeyType): Algorithm {
 }
 
 async function generateKeys(type: KeyType): Promise<CryptoKeyPair> {
-  return await subtle.generateKey(keyAlgorithm(type) as RsaHashedKeyGenParams, true, ['sign', 'verify']) as CryptoKeyPair;
+  return await subtle.generateKey(keyAlgorithm(type) as wc.RsaHashedKeyGenParams, true, ['sign', 'verify']) as CryptoKeyPair;
 }
 
 async function privateKeyPem(key: CryptoKey): Promise<string> {
-  const der = Buffer.from(await subtle.exportKey('pkcs8', key));
-  return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').match(/.{1,64}/g)!.join('\n')}\n-----END PRIVATE KEY-----\n`;
+  return toPem(await subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
 }
 
+/** 12 random bytes, positive, without a leading zero byte (RFC 5280 §4.1.2.2: at most 20 octets). */
 function serialNumber(): string {
   const bytes = randomBytes(12);
-  bytes[0] = bytes[0]! & 0x7f | 0x10; // positive, no leading zero byte
+  bytes[0] = (bytes[0]! & 0x7f) | 0x10;
   return bytes.toString('hex');
 }
 
-export interface SubjectOptions {
-  commonName: string;
-  organization?: string;
-  organizationalUnit?: string;
-  emailAddress?: string;
-}
-
 function subjectName(s: SubjectOptions): x509.Name {
+  // DER order is least specific first; RFC 4514 strings print it reversed (CN first).
   const rdns: Array<Record<string, string[]>> = [];
+  if (s.country) rdns.push({ C: [s.country] });
   if (s.organization) rdns.push({ O: [s.organization] });
   if (s.organizationalUnit) rdns.push({ OU: [s.organizationalUnit] });
   rdns.push({ CN: [s.commonName] });
@@ -77,160 +115,137 @@ function subjectName(s: SubjectOptions): x509.Name {
   return new x509.Name(rdns);
 }
 
-const YEAR = 365 * 24 * 3600 * 1000;
+interface Signer {
+  name: x509.Name;
+  keys: CryptoKeyPair;
+  keyType: KeyType;
+}
 
-export async function createCertificateAuthority(opts: SubjectOptions & { keyType?: KeyType; years?: number }): Promise<Authority> {
-  const keyType = opts.keyType ?? 'rsa';
-  const keys = await generateKeys(keyType);
+/** Builds and signs one certificate; `issuer` null means self-signed with the subject's own keys. */
+async function sign(
+  subject: SubjectOptions & { notBefore?: Date; notAfter?: Date }, keys: CryptoKeyPair, keyType: KeyType,
+  issuer: Signer | null, defaultLifetime: number, extensions: x509.Extension[],
+): Promise<{ certificate: x509.X509Certificate; serial: string }> {
+  const signer = issuer ?? { name: subjectName(subject), keys, keyType };
   const serial = serialNumber();
-  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
+  const notBefore = subject.notBefore ?? new Date(Date.now() - HOUR);
+  const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: serial,
-    name: subjectName(opts),
-    notBefore: new Date(Date.now() - 3600_000),
-    notAfter: new Date(Date.now() + (opts.years ?? 10) * YEAR),
-    signingAlgorithm: signingAlgorithm(keyType),
-    keys,
+    subject: subjectName(subject),
+    issuer: signer.name,
+    notBefore,
+    notAfter: subject.notAfter ?? new Date(notBefore.getTime() + defaultLifetime),
+    signingAlgorithm: signingAlgorithm(signer.keyType),
+    publicKey: keys.publicKey,
+    signingKey: signer.keys.privateKey,
     extensions: [
-      new x509.BasicConstraintsExtension(true, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      ...extensions,
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(signer.keys.publicKey),
     ],
   });
-  return { cert: certificate.toString('pem') + '\n', key: await privateKeyPem(keys.privateKey), serial, certificate, keys, keyType };
+  return { certificate, serial };
 }
 
-export interface LeafOptions extends SubjectOptions {
-  keyType?: KeyType;
-  notBefore?: Date;
-  notAfter?: Date;
-  dnsNames?: string[];
-  ipAddresses?: string[];
-  sanEmails?: string[];
-}
-
-async function issue(ca: Authority, opts: LeafOptions, usage: 'server' | 'client'): Promise<IssuedCertificate> {
-  const keys = await generateKeys(opts.keyType ?? 'rsa');
-  const serial = serialNumber();
+function subjectAltNames(opts: LeafOptions): x509.Extension[] {
   const names = [
     ...(opts.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
     ...(opts.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value })),
     ...(opts.sanEmails ?? []).map((value) => ({ type: 'email' as const, value })),
   ];
-  const extensions: x509.Extension[] = [
+  return names.length ? [new x509.SubjectAlternativeNameExtension(names)] : [];
+}
+
+const pemOf = (c: x509.X509Certificate): string => toPem(c.rawData, 'CERTIFICATE');
+
+/** A root CA (or, with `issuer`, an intermediate): CA:true, keyCertSign + cRLSign, SKI/AKI. */
+export async function createCertificateAuthority(opts: AuthorityOptions): Promise<Authority> {
+  const keyType = opts.keyType ?? 'rsa';
+  const keys = await generateKeys(keyType);
+  const issuer = opts.issuer ? { name: opts.issuer.certificate.subjectName, keys: opts.issuer.keys, keyType: opts.issuer.keyType } : null;
+  const { certificate, serial } = await sign(opts, keys, keyType, issuer, (opts.years ?? 10) * YEAR, [
+    new x509.BasicConstraintsExtension(true, undefined, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+  ]);
+  return { cert: pemOf(certificate), key: await privateKeyPem(keys.privateKey), serial, certificate, keys, keyType };
+}
+
+async function issueLeaf(ca: Authority | null, opts: LeafOptions, usage: 'server' | 'client'): Promise<IssuedCertificate> {
+  const keyType = opts.keyType ?? 'rsa';
+  const keys = await generateKeys(keyType);
+  // keyEncipherment only means something for RSA key transport (TLS 1.2 RSA kx); clients only sign.
+  const keyUsage = x509.KeyUsageFlags.digitalSignature | (usage === 'server' && keyType === 'rsa' ? x509.KeyUsageFlags.keyEncipherment : 0);
+  const issuer = ca ? { name: ca.certificate.subjectName, keys: ca.keys, keyType: ca.keyType } : null;
+  const { certificate, serial } = await sign(opts, keys, keyType, issuer, 2 * YEAR, [
     new x509.BasicConstraintsExtension(false, undefined, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | (usage === 'server' && opts.keyType !== 'ed25519' && opts.keyType !== 'ecdsa' ? x509.KeyUsageFlags.keyEncipherment : 0), true),
+    new x509.KeyUsagesExtension(keyUsage, true),
     new x509.ExtendedKeyUsageExtension([usage === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth]),
-    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    await x509.AuthorityKeyIdentifierExtension.create(ca.keys.publicKey),
-  ];
-  if (names.length) extensions.push(new x509.SubjectAlternativeNameExtension(names));
-  const certificate = await x509.X509CertificateGenerator.create({
-    serialNumber: serial,
-    subject: subjectName(opts),
-    issuer: ca.certificate.subjectName,
-    notBefore: opts.notBefore ?? new Date(Date.now() - 3600_000),
-    notAfter: opts.notAfter ?? new Date(Date.now() + 2 * YEAR),
-    signingAlgorithm: signingAlgorithm(ca.keyType),
-    publicKey: keys.publicKey,
-    signingKey: ca.keys.privateKey,
-    extensions,
-  });
-  return { cert: certificate.toString('pem') + '\n', key: await privateKeyPem(keys.privateKey), serial };
+    ...subjectAltNames(opts),
+  ]);
+  return { cert: pemOf(certificate), key: await privateKeyPem(keys.privateKey), serial };
 }
 
+/** TLS server certificate: EKU serverAuth, SAN DNS names and IP addresses. */
 export function issueServerCertificate(ca: Authority, opts: LeafOptions): Promise<IssuedCertificate> {
-  return issue(ca, opts, 'server');
+  return issueLeaf(ca, opts, 'server');
 }
 
+/** TLS client certificate: EKU clientAuth, keyUsage digitalSignature, optional SAN emails. */
 export function issueClientCertificate(ca: Authority, opts: LeafOptions): Promise<IssuedCertificate> {
-  return issue(ca, opts, 'client');
+  return issueLeaf(ca, opts, 'client');
 }
 
-/** A self-signed client certificate, as mox's `tlspubkey gen` or a device makes for itself. */
-export async function createSelfSignedCertificate(opts: LeafOptions): Promise<IssuedCertificate> {
-  const own = await createCertificateAuthority({ ...opts, keyType: opts.keyType ?? 'ed25519', years: 2 });
-  return { cert: own.cert, key: own.key, serial: own.serial };
+/**
+ * A self-signed client certificate, as a device or mox's `tlspubkey gen` makes for itself: a leaf
+ * (CA:false, clientAuth) signed by its own key. Default key type ed25519.
+ */
+export function createSelfSignedCertificate(opts: LeafOptions): Promise<IssuedCertificate> {
+  return issueLeaf(null, { ...opts, keyType: opts.keyType ?? 'ed25519' }, 'client');
 }
 
-export async function createCrl(ca: Authority, revoked: Array<{ serial: string; reason?: x509.X509CrlReason }>, opts: { nextUpdateDays?: number } = {}): Promise<string> {
+/** RFC 5280 cRLNumber (2.5.29.20): a non-negative DER INTEGER. */
+function crlNumberExtension(n: number): x509.Extension {
+  let h = Math.max(0, Math.floor(n)).toString(16);
+  if (h.length % 2) h = '0' + h;
+  if (parseInt(h.slice(0, 2), 16) > 0x7f) h = '00' + h;
+  const body = Buffer.from(h, 'hex');
+  return new x509.Extension('2.5.29.20', false, Buffer.concat([Buffer.from([0x02, body.length]), body]));
+}
+
+function revokedSerial(r: Revocation): string {
+  if (typeof r !== 'string') return r.serial;
+  return r.includes('-----BEGIN') ? new x509.X509Certificate(pemToDer(r)).serialNumber : r.toLowerCase();
+}
+
+/** A CRL signed by `ca`, listing the revoked serials (empty: a valid "nothing revoked" CRL). PEM `X509 CRL`. */
+export async function createCrl(ca: Authority, revoked: readonly Revocation[] = [], opts: CrlOptions = {}): Promise<string> {
+  const thisUpdate = opts.thisUpdate ?? new Date(Date.now() - 60_000);
   const crl = await x509.X509CrlGenerator.create({
     issuer: ca.certificate.subjectName,
-    thisUpdate: new Date(Date.now() - 60_000),
-    nextUpdate: new Date(Date.now() + (opts.nextUpdateDays ?? 365) * 24 * 3600_000),
-    entries: revoked.map((r) => ({ serialNumber: r.serial, revocationDate: new Date(Date.now() - 60_000), reason: r.reason ?? x509.X509CrlReason.keyCompromise })),
+    thisUpdate,
+    nextUpdate: opts.nextUpdate ?? new Date(thisUpdate.getTime() + 30 * DAY),
+    entries: revoked.map((r) => ({
+      serialNumber: revokedSerial(r),
+      revocationDate: (typeof r === 'object' && r.date) || thisUpdate,
+      reason: typeof r === 'object' && r.reason !== undefined ? r.reason : x509.X509CrlReason.keyCompromise,
+    })),
     signingAlgorithm: signingAlgorithm(ca.keyType),
     signingKey: ca.keys.privateKey,
-    extensions: [await x509.AuthorityKeyIdentifierExtension.create(ca.keys.publicKey)],
+    extensions: [
+      await x509.AuthorityKeyIdentifierExtension.create(ca.keys.publicKey),
+      crlNumberExtension(opts.number ?? Date.now() / 1000),
+    ],
   });
   return toPem(crl.rawData, 'X509 CRL');
 }
 
-/** Reconstructs an Authority from its PEM files (to sign more certificates or a new CRL). */
+/** Reconstructs an Authority from its PEMs, to sign more certificates or a new CRL. */
 export async function loadAuthority(certPem: string, keyPem: string): Promise<Authority> {
-  const certificate = new x509.X509Certificate(certPem);
-  const alg = certificate.publicKey.algorithm as { name: string };
+  const certificate = new x509.X509Certificate(pemToDer(certPem));
+  const alg = certificate.publicKey.algorithm as { name: string; namedCurve?: string };
   const keyType: KeyType = alg.name === 'Ed25519' ? 'ed25519' : alg.name === 'ECDSA' ? 'ecdsa' : 'rsa';
-  const der = Buffer.from(keyPem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
-  const privateKey = await subtle.importKey('pkcs8', der, keyAlgorithm(keyType) as RsaHashedImportParams, true, ['sign']);
-  const publicKey = await certificate.publicKey.export(keyAlgorithm(keyType) as RsaHashedImportParams, ['verify']);
+  const algorithm = keyAlgorithm(keyType, alg.namedCurve) as wc.RsaHashedImportParams;
+  const privateKey = await subtle.importKey('pkcs8', pemToDer(keyPem), algorithm, true, ['sign']);
+  const publicKey = await certificate.publicKey.export(algorithm, ['verify']);
   return { cert: certPem, key: keyPem, serial: certificate.serialNumber, certificate, keys: { privateKey, publicKey }, keyType };
-}
-
-/** PKCS#12 for mail clients (Thunderbird, macOS Mail) via the openssl CLI; false if openssl is missing. */
-export async function exportPkcs12(certFile: string, keyFile: string, caFile: string, password: string, outFile: string): Promise<boolean> {
-  try {
-    await promisify(execFile)('openssl', ['pkcs12', '-export', '-in', certFile, '-inkey', keyFile, '-certfile', caFile,
-      '-out', outFile, '-passout', `pass:${password}`, '-name', 'postern client certificate']);
-    await chmod(outFile, 0o600);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-export interface DevelopmentPki {
-  ca: string;
-  caKey: string;
-  crl: string;
-  serverCert: string;
-  serverKey: string;
-  clientCert: string;
-  clientKey: string;
-  clientPem: string;
-  clientP12: string | null;
-}
-
-const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
-
-/** The development PKI `npm start` uses: created once, reused on later starts. */
-export async function writeDevelopmentPki(dir: string, opts: { hostname: string; demoUser: { name: string; email: string } }): Promise<DevelopmentPki> {
-  const p: DevelopmentPki = {
-    ca: join(dir, 'ca.crt'), caKey: join(dir, 'ca.key'), crl: join(dir, 'ca.crl'),
-    serverCert: join(dir, 'server.crt'), serverKey: join(dir, 'server.key'),
-    clientCert: join(dir, `${opts.demoUser.name}.crt`), clientKey: join(dir, `${opts.demoUser.name}.key`),
-    clientPem: join(dir, `${opts.demoUser.name}.pem`), clientP12: join(dir, `${opts.demoUser.name}.p12`),
-  };
-  if (await exists(p.ca) && await exists(p.clientPem)) {
-    if (!await exists(p.clientP12!)) p.clientP12 = null;
-    return p;
-  }
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const ca = await createCertificateAuthority({ commonName: 'Postern Development CA', organization: 'Postern' });
-  const server = await issueServerCertificate(ca, {
-    commonName: 'localhost', dnsNames: [...new Set(['localhost', opts.hostname])], ipAddresses: ['127.0.0.1', '::1'], keyType: 'ecdsa',
-  });
-  const client = await issueClientCertificate(ca, {
-    commonName: opts.demoUser.name, organization: 'Postern', emailAddress: opts.demoUser.email, sanEmails: [opts.demoUser.email], keyType: 'ecdsa',
-  });
-  const writeSecret = (file: string, text: string): Promise<void> => writeFile(file, text, { mode: 0o600 });
-  await writeFile(p.ca, ca.cert);
-  await writeSecret(p.caKey, ca.key);
-  await writeFile(p.crl, await createCrl(ca, []));
-  await writeFile(p.serverCert, server.cert + ca.cert);
-  await writeSecret(p.serverKey, server.key);
-  await writeFile(p.clientCert, client.cert);
-  await writeSecret(p.clientKey, client.key);
-  await writeSecret(p.clientPem, client.key + client.cert);
-  if (!await exportPkcs12(p.clientCert, p.clientKey, p.ca, 'postern', p.clientP12!)) p.clientP12 = null;
-  return p;
 }

@@ -1,88 +1,107 @@
 /**
- * Reading TLS material from disk with errors that name the file: the listener's key pair (the key must
- * match the certificate), CA bundles and CRLs (each CRL must be signed by one of the CAs).
+ * Reads TLS material from disk with errors that start with the file's path: the listener's key pair (the
+ * key must match the certificate), CA bundles and CRLs (each CRL must be signed by one of the CAs).
  */
 import { readFile } from 'node:fs/promises';
-import { X509Certificate, createPublicKey, createPrivateKey } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 import { x509 } from './x509-provider.ts';
-import { toPem } from './digests.ts';
+import { pemBlocks, pemToDer, toPem } from './digests.ts';
 
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
-const PEM_CRL = /-----BEGIN (?:X509 )?CRL-----[\s\S]+?-----END (?:X509 )?CRL-----/g;
+/** PEM strings for tls.createSecureContext's `ca` and `crl`, plus what is worth a log line. */
+export interface TrustMaterial {
+  ca: string[];
+  crl: string[];
+  /** Each starts with the file's path, e.g. an expired CRL. */
+  warnings: string[];
+}
+
+const message = (err: unknown): string => (err as Error).message;
 
 async function read(file: string): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (err) {
-    throw new Error(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new Error(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? message(err)}`);
   }
 }
 
+/**
+ * The listener's certificate (chain) and private key. Returns only the CERTIFICATE blocks of the
+ * certificate file, so a combined key+cert file works without the key riding along as "cert".
+ */
 export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ cert: string; key: string }> {
-  const cert = (await read(certFile)).toString('utf8');
-  const key = (await read(keyFile)).toString('utf8');
-  const pems = cert.match(PEM_CERT);
-  if (!pems) throw new Error(`${certFile}: no PEM certificate found`);
+  const certs = pemBlocks((await read(certFile)).toString('utf8'), ['CERTIFICATE']);
+  if (!certs.length) throw new Error(`${certFile}: not a PEM certificate`);
   let leaf: X509Certificate;
   try {
-    leaf = new X509Certificate(pems[0]!);
+    leaf = new X509Certificate(certs[0]!);
   } catch (err) {
-    throw new Error(`${certFile}: not a valid certificate: ${(err as Error).message}`);
+    throw new Error(`${certFile}: unreadable certificate: ${message(err)}`);
   }
-  let publicFromKey: string;
+  const key = (await read(keyFile)).toString('utf8');
+  let fromKey: Buffer;
   try {
-    publicFromKey = createPublicKey(createPrivateKey(key)).export({ type: 'spki', format: 'pem' }).toString();
+    fromKey = createPublicKey(createPrivateKey(key)).export({ type: 'spki', format: 'der' });
   } catch (err) {
-    throw new Error(`${keyFile}: not a valid private key: ${(err as Error).message}`);
+    throw new Error(`${keyFile}: not a usable private key: ${message(err)}`);
   }
-  if (publicFromKey !== leaf.publicKey.export({ type: 'spki', format: 'pem' }).toString()) {
+  if (!fromKey.equals(leaf.publicKey.export({ type: 'spki', format: 'der' }))) {
     throw new Error(`${keyFile}: private key does not match certificate ${certFile}`);
   }
-  return { cert, key };
+  return { cert: certs.join(''), key };
 }
 
-export interface TrustMaterial {
-  ca: string[];
-  crl: string[];
-  warnings: string[];
-}
-
-export async function loadTrustMaterial(files: { caFiles: string[]; crlFiles: string[] }): Promise<TrustMaterial> {
+/** CA bundles (PEM) and CRLs (PEM or DER), checked; a CRL must be signed by one of the CAs. */
+export async function loadTrustMaterial(files: { caFiles: readonly string[]; crlFiles: readonly string[] }): Promise<TrustMaterial> {
   const ca: string[] = [];
-  const cas: x509.X509Certificate[] = [];
+  const authorities: x509.X509Certificate[] = [];
+  const warnings: string[] = [];
+  const now = new Date();
   for (const file of files.caFiles) {
-    const pems = (await read(file)).toString('utf8').match(PEM_CERT);
-    if (!pems) throw new Error(`${file}: not a PEM certificate bundle`);
+    const pems = pemBlocks((await read(file)).toString('utf8'), ['CERTIFICATE']);
+    if (!pems.length) throw new Error(`${file}: not a PEM certificate`);
     for (const pem of pems) {
+      let cert: x509.X509Certificate;
       try {
-        cas.push(new x509.X509Certificate(pem));
+        cert = new x509.X509Certificate(pemToDer(pem));
       } catch (err) {
-        throw new Error(`${file}: unreadable certificate: ${(err as Error).message}`);
+        throw new Error(`${file}: unreadable certificate: ${message(err)}`);
       }
+      if (cert.notAfter < now) warnings.push(`${file}: CA "${cert.subject}" expired on ${cert.notAfter.toISOString()}`);
+      if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) warnings.push(`${file}: "${cert.subject}" is not a CA certificate`);
+      authorities.push(cert);
       ca.push(pem);
     }
   }
   const crl: string[] = [];
-  const warnings: string[] = [];
   for (const file of files.crlFiles) {
     const raw = await read(file);
     const text = raw.toString('latin1');
-    const blocks = /-----BEGIN (X509 )?CRL-----/.test(text) ? text.match(PEM_CRL)! : [raw];
-    for (const block of blocks) {
+    const pems = pemBlocks(text, ['X509 CRL', 'CRL']);
+    if (!pems.length && text.includes('-----BEGIN')) throw new Error(`${file}: not a PEM CRL`);
+    for (const der of pems.length ? pems.map(pemToDer) : [raw]) {
       let parsed: x509.X509Crl;
       try {
-        parsed = new x509.X509Crl(typeof block === 'string' ? Buffer.from(block.replace(/-----[^-]+-----|\s/g, ''), 'base64') : block);
+        parsed = new x509.X509Crl(der);
       } catch (err) {
-        throw new Error(`${file}: not a CRL (PEM or DER): ${(err as Error).message}`);
+        throw new Error(`${file}: not a CRL (PEM or DER): ${message(err)}`);
       }
-      let signed = false;
-      for (const issuer of cas) {
-        if (issuer.subject === parsed.issuer && await parsed.verify({ publicKey: issuer.publicKey }).catch(() => false)) signed = true;
+      if (!await signedByOneOf(parsed, authorities)) {
+        throw new Error(`${file}: CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
       }
-      if (!signed) throw new Error(`${file}: CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
-      if (parsed.nextUpdate && parsed.nextUpdate < new Date()) warnings.push(`${file}: CRL expired on ${parsed.nextUpdate.toISOString()} (certificates of its CA will not verify)`);
+      if (parsed.nextUpdate && parsed.nextUpdate < now) {
+        warnings.push(`${file}: CRL expired on ${parsed.nextUpdate.toISOString()}; every certificate of "${parsed.issuer}" fails with CRL_HAS_EXPIRED`);
+      }
+      // OpenSSL wants the `X509 CRL` label; a DER file is re-framed as PEM.
       crl.push(toPem(parsed.rawData, 'X509 CRL'));
     }
   }
   return { ca, crl, warnings };
+}
+
+async function signedByOneOf(crl: x509.X509Crl, authorities: readonly x509.X509Certificate[]): Promise<boolean> {
+  for (const ca of authorities) {
+    if (ca.subject === crl.issuer && await crl.verify({ publicKey: ca.publicKey }).catch(() => false)) return true;
+  }
+  return false;
 }

@@ -1,29 +1,34 @@
 /**
  * The test PKI, generated once per process with the project's own code (engine/certificates): a CA with
- * a CRL, a server certificate for localhost, and clients of every kind the tests need.
+ * a CRL, a server certificate for localhost, clients of every kind the tests need, and a foreign CA.
  */
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate, createHash } from 'node:crypto';
 import {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
-  type IssuedCertificate,
+  type Authority, type IssuedCertificate,
 } from '../../engine/certificates/index.ts';
 
+/** File paths, plus identities computed here with node:crypto (independently of describe.ts) for pin tables. */
 export interface TestClient {
   cert: string;
   key: string;
   /** key + cert in one file (curl --cert, Postfix smtp_tls_chain_files). */
   pem: string;
   serial: string;
-  /** Lowercase hex SHA-256 of the DER certificate. */
+  /** SHA-256 of the DER certificate: lowercase hex, and Postfix's uppercase colon form. */
   fingerprintSha256: string;
+  fingerprintSha256Colon: string;
   fingerprintSha1: string;
+  fingerprintSha1Colon: string;
   fingerprintMd5: string;
-  /** Lowercase hex SHA-256 of the SubjectPublicKeyInfo, and its other spellings. */
+  /** SHA-256 of the SubjectPublicKeyInfo: lowercase hex, Postfix colon hex, base64, base64url (mox). */
   pinSha256: string;
   pinColon: string;
+  pinBase64: string;
   pinBase64Url: string;
 }
 
@@ -33,34 +38,57 @@ export type ClientName = typeof CLIENTS[number];
 export interface TestPki {
   dir: string;
   ca: { cert: string; key: string };
+  /** The CA's CRL; it revokes `revoked` (CN=mallory). */
   crl: string;
+  /** Chain file: server certificate + CA. */
   server: { cert: string; key: string };
-  otherCa: { cert: string };
+  /** An unrelated CA that issued `stranger`, with an empty CRL of its own. */
+  otherCa: { cert: string; key: string; crl: string };
   clients: Record<ClientName, TestClient>;
+  /** In-memory signers, to issue more certificates or CRLs in a test. */
+  authorities: { ca: Authority; otherCa: Authority };
 }
 
-let cached: Promise<TestPki> | undefined;
+const cache = new Map<string, Promise<TestPki>>();
 
-export function makeTestPki(): Promise<TestPki> {
-  cached ??= generate();
-  return cached;
+/** The PKI for `dir` (default: a fresh temp dir, removed at exit); generated once per process and dir. */
+export function makeTestPki(dir?: string): Promise<TestPki> {
+  const key = dir ?? '';
+  let pki = cache.get(key);
+  if (!pki) {
+    pki = generate(dir);
+    cache.set(key, pki);
+  }
+  return pki;
 }
 
-async function generate(): Promise<TestPki> {
-  const dir = await mkdtemp(join(tmpdir(), 'postern-pki-'));
-  const ca = await createCertificateAuthority({ commonName: 'Postern Test CA', organization: 'Postern Test' });
-  const other = await createCertificateAuthority({ commonName: 'Other CA', keyType: 'ecdsa' });
-  const server = await issueServerCertificate(ca, { commonName: 'localhost', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], keyType: 'ecdsa' });
-  const issued: Record<ClientName, IssuedCertificate> = {
-    alice: await issueClientCertificate(ca, { commonName: 'alice', organization: 'Example', emailAddress: 'alice@example.com', sanEmails: ['alice@example.com'] }),
-    bob: await issueClientCertificate(ca, { commonName: 'bob', sanEmails: ['bob@example.com'], emailAddress: 'bob@example.com', keyType: 'ecdsa' }),
-    revoked: await issueClientCertificate(ca, { commonName: 'mallory', emailAddress: 'mallory@example.com', keyType: 'ecdsa' }),
-    expired: await issueClientCertificate(ca, { commonName: 'old-laptop', emailAddress: 'old@example.com', keyType: 'ecdsa', notBefore: new Date('2020-01-01T00:00:00Z'), notAfter: new Date('2021-01-01T00:00:00Z') }),
-    selfsigned: await createSelfSignedCertificate({ commonName: 'eve', keyType: 'ed25519' }),
-    ed25519: await issueClientCertificate(ca, { commonName: 'ed-device', emailAddress: 'ed@example.com', keyType: 'ed25519' }),
-    ecdsa: await issueClientCertificate(ca, { commonName: 'ec-device', emailAddress: 'ec@example.com', keyType: 'ecdsa' }),
-    stranger: await issueClientCertificate(other, { commonName: 'stranger', emailAddress: 'alice@example.com', keyType: 'ecdsa' }),
-  };
+const colon = (hex: string): string => hex.toUpperCase().match(/../g)!.join(':');
+
+async function generate(into: string | undefined): Promise<TestPki> {
+  const dir = into ?? await mkdtemp(join(tmpdir(), 'postern-pki-'));
+  if (into) await mkdir(into, { recursive: true });
+  else process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  // Key generation runs on the libuv pool: issue in parallel.
+  const [ca, other] = await Promise.all([
+    createCertificateAuthority({ commonName: 'Postern Test CA', organization: 'Postern Test' }),
+    createCertificateAuthority({ commonName: 'Other CA', keyType: 'ecdsa' }),
+  ]);
+  const [server, alice, bob, revoked, expired, selfsigned, ed25519, ecdsa, stranger] = await Promise.all([
+    issueServerCertificate(ca, { commonName: 'localhost', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], keyType: 'ecdsa' }),
+    issueClientCertificate(ca, { commonName: 'alice', organization: 'Example', emailAddress: 'alice@example.com', sanEmails: ['alice@example.com'] }),
+    issueClientCertificate(ca, { commonName: 'bob', sanEmails: ['bob@example.com'], emailAddress: 'bob@example.com', keyType: 'ecdsa' }),
+    issueClientCertificate(ca, { commonName: 'mallory', emailAddress: 'mallory@example.com', keyType: 'ecdsa' }),
+    issueClientCertificate(ca, {
+      commonName: 'old-laptop', emailAddress: 'old@example.com', keyType: 'ecdsa',
+      notBefore: new Date('2020-01-01T00:00:00Z'), notAfter: new Date('2021-01-01T00:00:00Z'),
+    }),
+    createSelfSignedCertificate({ commonName: 'eve', keyType: 'ed25519' }),
+    issueClientCertificate(ca, { commonName: 'ed-device', emailAddress: 'ed@example.com', keyType: 'ed25519' }),
+    issueClientCertificate(ca, { commonName: 'ec-device', emailAddress: 'ec@example.com', keyType: 'ecdsa' }),
+    // Same emailAddress as alice: a foreign CA must never make it alice.
+    issueClientCertificate(other, { commonName: 'stranger', emailAddress: 'alice@example.com', keyType: 'ecdsa' }),
+  ]);
+  const issued: Record<ClientName, IssuedCertificate> = { alice, bob, revoked, expired, selfsigned, ed25519, ecdsa, stranger };
   const file = async (name: string, text: string): Promise<string> => {
     const path = join(dir, name);
     await writeFile(path, text, { mode: 0o600 });
@@ -69,26 +97,33 @@ async function generate(): Promise<TestPki> {
   const pki: TestPki = {
     dir,
     ca: { cert: await file('ca.crt', ca.cert), key: await file('ca.key', ca.key) },
-    crl: await file('ca.crl', await createCrl(ca, [{ serial: issued.revoked.serial }])),
+    crl: await file('ca.crl', await createCrl(ca, [revoked], { nextUpdate: new Date(Date.now() + 365 * 86400_000) })),
     server: { cert: await file('server.crt', server.cert + ca.cert), key: await file('server.key', server.key) },
-    otherCa: { cert: await file('other-ca.crt', other.cert) },
+    otherCa: {
+      cert: await file('other-ca.crt', other.cert), key: await file('other-ca.key', other.key),
+      crl: await file('other-ca.crl', await createCrl(other, [], { nextUpdate: new Date(Date.now() + 365 * 86400_000) })),
+    },
     clients: {} as Record<ClientName, TestClient>,
+    authorities: { ca, otherCa: other },
   };
   for (const name of CLIENTS) {
     const c = issued[name];
     const x = new X509Certificate(c.cert);
     const spki = createHash('sha256').update(x.publicKey.export({ type: 'spki', format: 'der' })).digest();
-    const pinHex = spki.toString('hex');
+    const digest = (alg: string): string => createHash(alg).update(x.raw).digest('hex');
     pki.clients[name] = {
       cert: await file(`${name}.crt`, c.cert),
       key: await file(`${name}.key`, c.key),
       pem: await file(`${name}.pem`, c.key + c.cert),
       serial: c.serial,
-      fingerprintSha256: createHash('sha256').update(x.raw).digest('hex'),
-      fingerprintSha1: createHash('sha1').update(x.raw).digest('hex'),
-      fingerprintMd5: createHash('md5').update(x.raw).digest('hex'),
-      pinSha256: pinHex,
-      pinColon: pinHex.toUpperCase().match(/../g)!.join(':'),
+      fingerprintSha256: digest('sha256'),
+      fingerprintSha256Colon: colon(digest('sha256')),
+      fingerprintSha1: digest('sha1'),
+      fingerprintSha1Colon: colon(digest('sha1')),
+      fingerprintMd5: digest('md5'),
+      pinSha256: spki.toString('hex'),
+      pinColon: colon(spki.toString('hex')),
+      pinBase64: spki.toString('base64'),
       pinBase64Url: spki.toString('base64url'),
     };
   }

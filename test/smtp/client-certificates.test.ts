@@ -100,3 +100,37 @@ test('the Received header records the client certificate the way Postfix does', 
   assert.match(msg, /with ESMTPS id /);
   await c.quit();
 });
+
+test('strict mode aborts the handshake for an untrusted certificate; pins satisfy require without a CA verdict', async () => {
+  const s = await startTestServer({
+    files: { pins: `${pki.clients.selfsigned.pinBase64Url}  eve@example.com\n` },
+    config: `
+tables: { pins: ./pins }
+listeners:
+  - name: strict
+    listen: 127.0.0.1:0
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, strict: true, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+  - name: pinned
+    listen: 127.0.0.1:0
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, caFiles: [${pki.ca.cert}] }
+    certificateIdentity: { pins: pins, autoLogin: true }
+`,
+  });
+  try {
+    const bad = await SmtpTestClient.connect(s.port('strict'), { implicitTls: { ca, ...certs.selfsigned } }).catch(() => null);
+    if (bad) {
+      await assert.rejects(bad.read(2000), /connection closed/, 'no SMTP session for an untrusted certificate');
+    }
+    const good = await SmtpTestClient.connect(s.port('strict'), { implicitTls: { ca, ...certs.alice } });
+    assert.equal((await good.read()).code, 220);
+    await good.quit();
+    const eve = await SmtpTestClient.connect(s.port('pinned'), { implicitTls: { ca, ...certs.selfsigned } });
+    const ehlo = await eve.hello();
+    assert.equal(ehlo.code, 250);
+    const m = await eve.sendMail('eve@example.com', ['r@elsewhere.example']);
+    assert.equal(m.code, 250, 'pinned key logged in without AUTH and may relay');
+    await eve.quit();
+    const bob = await SmtpTestClient.connect(s.port('pinned'), { implicitTls: { ca, ...certs.stranger } });
+    assert.match((await bob.read()).text, /^421 4\.7\.1 /);
+  } finally { await s.stop(); }
+});

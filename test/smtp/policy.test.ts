@@ -187,3 +187,26 @@ test('lookup tables and logging from scripts', async () => {
     assert.ok(s.logs.some((l) => l.msg === 'checking ok@good.example' && typeof l.cid === 'string'), 'script log line with connection id');
   } finally { await s.stop(); }
 });
+
+test('greeting delay: a client talking during the pause gets 421 on inbound; submission has no pause', async () => {
+  const s = await startTestServer({
+    config: `
+listeners:
+  - { name: inbound, listen: "127.0.0.1:0", reverseDns: false, limits: { greetingDelayMs: 1500 } }
+  - { name: submission, listen: "127.0.0.1:0", reverseDns: false, auth: { mechanisms: [PLAIN] } }
+`,
+  });
+  const talkAfter = async (port: number, ms: number): Promise<number[]> => {
+    const c = await SmtpTestClient.connect(port);
+    await new Promise((r) => setTimeout(r, ms));
+    c.write('EHLO eager.example');
+    const codes = [(await c.read()).code];
+    if (codes[0] === 220) codes.push((await c.read()).code);
+    c.destroy();
+    return codes;
+  };
+  try {
+    assert.deepEqual(await talkAfter(s.port('inbound'), 200), [421], 'inside the pause: early talker');
+    assert.deepEqual(await talkAfter(s.port('submission'), 200), [220, 250], 'no pause on submission');
+  } finally { await s.stop(); }
+});
