@@ -9,6 +9,8 @@ import type { ListenerSetup } from './postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ListenerTls {
+  /** Problems that do not stop the listener (an expired CRL, an expired CA). */
+  warnings?: string[];
   key?: string;
   cert?: string;
   ca?: string[];
@@ -20,9 +22,9 @@ export async function loadListenerTls(l: ListenerConfig): Promise<ListenerTls> {
   if (l.tls.mode === 'none') return {};
   const pair = await loadKeyPair(l.tls.cert!, l.tls.key!);
   const trust = l.tls.clientCertificates === 'none'
-    ? { ca: [], crl: [] }
+    ? { ca: [], crl: [], warnings: [] }
     : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles });
-  return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined };
+  return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
 }
 
 export function greetingDelay(l: ListenerConfig): number {
@@ -76,6 +78,7 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
 /** Read the listener's files and derive everything its server is built from. */
 export async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger): Promise<ListenerSetup> {
   const tls = await loadListenerTls(l);
+  for (const w of tls.warnings ?? []) logger.warn({ listener: l.name }, w);
   return {
     name: l.name,
     options: listenerOptions(l, tls, hostname, logger),
