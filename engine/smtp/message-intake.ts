@@ -23,7 +23,7 @@ export async function receiveMessage(
   const cipher = tls?.getCipher();
   let committed = false;
   try {
-    await writer.write(Buffer.from(receivedHeader({
+    writer.write(Buffer.from(receivedHeader({
       hostname: st.generation.config.hostname,
       queueId: id,
       helo: st.heloName,
@@ -39,7 +39,7 @@ export async function receiveMessage(
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       size += chunk.length;
       headers.push(chunk);
-      await writer.write(chunk);
+      writer.write(chunk);
     }
     if ((stream as { sizeExceeded?: boolean }).sizeExceeded) {
       // smtp-server answers 552 itself; just drop what we wrote.
@@ -73,7 +73,7 @@ export async function receiveMessage(
     st.transactionId = null;
     return `2.0.0 Ok: queued as ${id}`;
   } catch (err) {
-    if (!committed) await writer.abort().catch(() => undefined);
+    if (!committed) try { writer.abort(); } catch { /* already gone */ }
     st.transactionId = null;
     if (err instanceof SmtpReply) throw err;
     if ((err as NodeJS.ErrnoException).code === 'ECONNECTION') throw err; // client went away; nobody to answer

@@ -9,6 +9,9 @@ const here = import.meta.dirname;
 const pki = await makeTestPki();
 const dir = await mkdtemp(join(tmpdir(), 'postern-prof-'));
 await mkdir(join(dir, 'scripts'));
+if (process.env.PROF_SCRIPTS) {
+  for (const hook of ['connect', 'helo', 'mailfrom', 'rcptto', 'data']) await writeFile(join(dir, 'scripts', `${hook}.ts`), `export default (ctx) => { if (ctx.connection.remotePort === 1) return reject('x'); };`);
+}
 const port = 30000 + Math.floor(Math.random() * 20000);
 const configText = `
 dataDir: ${dir}/data
