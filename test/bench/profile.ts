@@ -4,6 +4,7 @@ import { mkdtemp, mkdir, writeFile, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
+import { benchConfig, benchPort } from './bench-config.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -12,20 +13,9 @@ await mkdir(join(dir, 'scripts'));
 if (process.env.PROF_SCRIPTS) {
   for (const hook of ['connect', 'helo', 'mailfrom', 'rcptto', 'data']) await writeFile(join(dir, 'scripts', `${hook}.ts`), `export default (ctx) => { if (ctx.connection.remotePort === 1) return reject('x'); };`);
 }
-const port = 30000 + Math.floor(Math.random() * 20000);
-const configText = `
-dataDir: ${dir}/data
-scripts: ${dir}/scripts
-localDomains: [example.com]
-listeners:
-  - name: bench
-    listen: 127.0.0.1:${port}
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
-    auth: { mechanisms: [EXTERNAL] }
-    certificateIdentity: { field: emailAddress }
-    reverseDns: false
-    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
-`;
+const port = benchPort();
+await writeFile(join(dir, 'senders'), '');
+const configText = benchConfig(dir, port, pki);
 const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
 await new Promise((r) => server.once('message', r));
 const client = fork(join(here, 'load-client.ts'), [JSON.stringify({ port, concurrency: 20, messages: Number(process.env.PROF_MESSAGES ?? 3000), perConnection: Number(process.env.PROF_PER_CONN ?? 100), cert: pki.clients.ecdsa.cert, key: pki.clients.ecdsa.key, ca: pki.ca.cert, auth: true })], { stdio: 'inherit' });

@@ -10,6 +10,7 @@ import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
+import { benchConfig, benchPort } from './bench-config.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -31,23 +32,8 @@ async function posternConfig(name: string, withScripts: boolean): Promise<{ conf
   await mkdir(join(dir, 'scripts'), { recursive: true });
   if (withScripts) for (const [f, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
-  const port = 30000 + Math.floor(Math.random() * 20000);
-  return {
-    port, baseDir: dir, configText: `
-dataDir: ${dir}/data
-scripts: ${dir}/scripts
-localDomains: [example.com]
-tables: { senders: ${dir}/senders }
-listeners:
-  - name: bench
-    listen: 127.0.0.1:${port}
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
-    auth: { mechanisms: [EXTERNAL] }
-    certificateIdentity: { field: emailAddress }
-    reverseDns: false
-    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
-delivery: { enabled: false }
-` };
+  const port = benchPort();
+  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
 }
 
 async function startServer(script: string, arg: unknown): Promise<() => void> {
@@ -77,7 +63,7 @@ const rows: Array<{ name: string; mode: string; rate: number; p50: number; p99: 
 const targets: Array<{ name: string; start: () => Promise<{ stop: () => void; port: number }>; auth: boolean }> = [
   { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
-  { name: '(c) bare smtp-server', auth: false, start: async () => { const port = 30000 + Math.floor(Math.random() * 20000); return { port, stop: await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
+  { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, stop: await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
 
 for (const t of targets) {

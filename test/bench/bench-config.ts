@@ -1,0 +1,24 @@
+/** The Postern configuration every benchmark uses: one STARTTLS listener asking for client certificates. */
+import type { TestPki } from '../helpers/pki.ts';
+
+export function benchPort(): number {
+  return 30000 + Math.floor(Math.random() * 20000);
+}
+
+export function benchConfig(dir: string, port: number, pki: TestPki): string {
+  return `
+dataDir: ${dir}/data
+scripts: ${dir}/scripts
+localDomains: [example.com]
+tables: { senders: ${dir}/senders }
+listeners:
+  - name: bench
+    listen: 127.0.0.1:${port}
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+    auth: { mechanisms: [EXTERNAL] }
+    certificateIdentity: { field: emailAddress }
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
+delivery: { enabled: false }
+`;
+}
