@@ -1,10 +1,11 @@
 /**
- * The durable spool. A message is written to `<id>.part`, fdatasynced, renamed to `<id>.msg` and the
- * directory synced; only then may the SMTP side say 250. So every `.msg` is complete, and a `.part` left
- * by a crash was never acknowledged and is removed at startup. Delivery bookkeeping that changes later
+ * The durable spool. A message is written to `incoming/<id>.part`, fdatasynced, renamed to
+ * `queue/<id>.msg` and the queue directory synced; only then may the SMTP side say 250. So every `.msg` is
+ * complete, and whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
+ * (Files are created outside queue/ because creating one waits for a running sync of its directory.) Delivery bookkeeping that changes later
  * lives beside it in `<id>.state` (replaced atomically), never in the message file.
  */
-import { closeSync, fdatasync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, unlink, readFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
@@ -17,17 +18,24 @@ const ID_PATTERN = /^[0-9a-z]{8,32}$/;
 export class Spool {
   readonly root: string;
   readonly queueDir: string;
+  readonly incomingDir: string;
   readonly #dirSync: DirectorySyncer;
 
   constructor(root: string) {
     this.root = root;
     this.queueDir = join(root, 'queue');
+    this.incomingDir = join(root, 'incoming');
     this.#dirSync = new DirectorySyncer(this.queueDir);
   }
 
   async init(): Promise<{ removedOrphans: number }> {
     await mkdir(this.queueDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     let removedOrphans = 0;
+    for (const name of await readdir(this.incomingDir)) {
+      await rm(join(this.incomingDir, name), { force: true });
+      removedOrphans++;
+    }
     const names = new Set(await readdir(this.queueDir));
     for (const name of names) {
       // Never acknowledged: half-written messages, temporary state files, state without a message.
@@ -53,7 +61,7 @@ export class Spool {
 
   /** Start writing a message. */
   create(id: string): SpoolWriter {
-    return new SpoolWriter(this.queueDir, id, this.#dirSync);
+    return new SpoolWriter(join(this.incomingDir, `${id}.part`), this.messagePath(id), id, this.#dirSync);
   }
 
   /** The envelope, with the latest delivery state applied. */
@@ -110,9 +118,9 @@ export class Spool {
 }
 
 /**
- * Writes one message. Opening, writing, closing and renaming are synchronous: they only touch the page
- * cache and cost far less CPU than a thread-pool round trip each (test/bench). Only the syncs, which wait
- * for the disk, go to the thread pool.
+ * Writes one message. Opening, writing and closing are synchronous: they only touch the page cache (in
+ * incoming/, which is never synced) and cost far less CPU than a thread-pool round trip each (test/bench).
+ * The syncs and the rename into queue/ wait for the disk or the directory, so they go to the thread pool.
  */
 export class SpoolWriter {
   readonly id: string;
@@ -125,10 +133,10 @@ export class SpoolWriter {
   #pendingBytes = 0;
   #bytes = 0;
 
-  constructor(dir: string, id: string, dirSync: DirectorySyncer) {
+  constructor(part: string, final: string, id: string, dirSync: DirectorySyncer) {
     this.id = id;
-    this.#part = join(dir, `${id}.part`);
-    this.#final = join(dir, `${id}.msg`);
+    this.#part = part;
+    this.#final = final;
     this.#dirSync = dirSync;
   }
 
@@ -150,7 +158,7 @@ export class SpoolWriter {
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
-    renameSync(this.#part, this.#final);
+    await rename(this.#part, this.#final); // on the pool: it waits for the queue directory
     await this.#dirSync.sync();
   }
 

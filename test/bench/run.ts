@@ -6,7 +6,7 @@
  * Server and load generator run in separate processes. Ratios against (c) are printed at the end.
  */
 import { fork } from 'node:child_process';
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
@@ -36,13 +36,21 @@ async function posternConfig(name: string, withScripts: boolean): Promise<{ conf
   return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
 }
 
-async function startServer(script: string, arg: unknown): Promise<() => void> {
+/** CPU seconds (user + system) a process has used so far, from /proc: robust to other load on the machine. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+interface Server { stop: () => void; port: number; pid: number }
+
+async function startServer(script: string, arg: unknown): Promise<{ stop: () => void; pid: number }> {
   const child = fork(join(here, script), [JSON.stringify(arg)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await new Promise<void>((resolve, reject) => {
     child.once('message', () => resolve());
     child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)));
   });
-  return () => child.kill('SIGKILL');
+  return { stop: () => child.kill('SIGKILL'), pid: child.pid! };
 }
 
 async function load(port: number, perConnection: number, messages: number, auth: boolean): Promise<{ rate: number; p50: number; p99: number; messages: number }> {
@@ -58,29 +66,31 @@ async function load(port: number, perConnection: number, messages: number, auth:
 
 const reuseMessages = Number(process.env.BENCH_REUSE ?? 4000);
 const singleMessages = Number(process.env.BENCH_SINGLE ?? 1000);
-const rows: Array<{ name: string; mode: string; rate: number; p50: number; p99: number }> = [];
+const rows: Array<{ name: string; mode: string; rate: number; p50: number; p99: number; cpuUs: number }> = [];
 
-const targets: Array<{ name: string; start: () => Promise<{ stop: () => void; port: number }>; auth: boolean }> = [
-  { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
-  { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, stop: await startServer('postern-server.ts', c) }; } },
-  { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, stop: await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
+const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean }> = [
+  { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
 
 for (const t of targets) {
   const s = await t.start();
   await load(s.port, 10, 200, t.auth); // warm-up (JIT, isolates, TLS session setup)
-  const reuse = await load(s.port, 100, reuseMessages, t.auth);
-  rows.push({ name: t.name, mode: 'reuse (100/conn)', ...reuse });
-  const single = await load(s.port, 1, singleMessages, t.auth);
-  rows.push({ name: t.name, mode: '1 msg/conn', ...single });
+  for (const [mode, perConnection, messages] of [['reuse (100/conn)', 100, reuseMessages], ['1 msg/conn', 1, singleMessages]] as const) {
+    const cpu0 = await cpuSeconds(s.pid);
+    const r = await load(s.port, perConnection, messages, t.auth);
+    const cpuUs = ((await cpuSeconds(s.pid)) - cpu0) / r.messages * 1e6;
+    rows.push({ name: t.name, mode, ...r, cpuUs });
+  }
   s.stop();
 }
 await rm(work, { recursive: true, force: true });
 
 console.log('\nSTARTTLS + client certificate, 20 concurrent clients, loopback\n');
-console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c)');
-console.log('---------------------------|------------------|---------|--------|--------|-------');
+console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | server CPU µs/msg');
+console.log('---------------------------|------------------|---------|--------|--------|--------|------------------');
 for (const r of rows) {
   const base = rows.find((b) => b.name.startsWith('(c)') && b.mode === r.mode)!;
-  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2)}×`);
+  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2).padStart(5)}× | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)`);
 }
