@@ -21,7 +21,7 @@ export async function validateGeneration(loaded: LoadedConfig): Promise<string[]
   for (const dir of dirs) {
     await attempt(async () => {
       const scripts = await loadScriptDirectory(dir);
-      const errors = await checkScripts(scripts);
+      const errors = await checkScripts(scripts, { timeoutMs: config.sandbox.timeoutMs, memoryLimitMb: config.sandbox.memoryLimitMb });
       for (const e of errors) problems.push(String(e));
     });
   }

@@ -133,6 +133,9 @@ function crossCheck(c: Config): PathProblem[] {
     if (id.field !== 'none' && l.tls.caFiles.length === 0) out.push({ path: at('certificateIdentity', 'field'), message: 'a certificate field identifies an account only when verified: set tls.caFiles' });
     if (id.pins && !(id.pins in c.tables)) out.push({ path: at('certificateIdentity', 'pins'), message: `no table named "${id.pins}" under tables` });
     if ((id.field !== 'none' || id.pins) && l.tls.clientCertificates === 'none') out.push({ path: at('certificateIdentity'), message: 'needs tls.clientCertificates request or require' });
+    if (l.auth.required && l.auth.mechanisms.length === 0 && !(id.autoLogin && (id.pins || id.field !== 'none'))) {
+      out.push({ path: at('auth', 'required'), message: 'auth.required needs auth.mechanisms (or certificateIdentity with autoLogin)' });
+    }
     if (l.relayClientCertificates && l.tls.caFiles.length === 0) out.push({ path: at('relayClientCertificates'), message: 'needs tls.caFiles (which CA may relay?)' });
   });
   const d = c.delivery;

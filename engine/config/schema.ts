@@ -17,7 +17,7 @@ const tlsSchema = z.strictObject({
   caFiles: z.array(z.string()).default([]).describe('CA bundles that client certificates are verified against'),
   crlFiles: z.array(z.string()).default([]).describe('CRLs (PEM or DER) for those CAs; a certificate listed is reported as revoked'),
   strict: z.boolean().default(false)
-    .describe('Abort the TLS handshake (alert) on an untrusted client certificate instead of continuing unauthenticated'),
+    .describe('Close the connection right after the TLS handshake, without an SMTP reply, when the client presented a certificate that is neither CA-verified nor pinned (instead of continuing unauthenticated)'),
   minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
 }).describe('TLS settings of a listener');
 
@@ -37,7 +37,7 @@ const limitsSchema = z.strictObject({
   maxConnectionsPerIp: z.number().int().positive().default(50),
   socketTimeoutMs: z.number().int().positive().default(5 * 60_000).describe('Idle timeout of a connection'),
   greetingDelayMs: z.number().int().min(0).max(60_000).optional()
-    .describe('Pause before the 220 greeting to catch early talkers; default 0 on submission (auth-capable) listeners, 1000 inbound'),
+    .describe('Pause before the 220 greeting; a client that talks during it gets 421. Default 0 on listeners with AUTH, 100 on others'),
   authFailuresBeforeDelay: z.number().int().min(0).default(3).describe('Failed AUTHs on a connection before replies slow down'),
   authFailureDelayMs: z.number().int().min(0).default(1000).describe('Extra delay per failure beyond the threshold'),
   authFailuresPerIp: z.number().int().positive().default(20)
@@ -49,7 +49,7 @@ export const listenerSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only'),
   listen: hostPort.describe('address:port to listen on'),
   tls: tlsSchema.prefault({}),
-  requireTls: z.boolean().default(false).describe('Refuse AUTH and MAIL before TLS (530 5.7.0)'),
+  requireTls: z.boolean().default(false).describe('Refuse MAIL before TLS (530 5.7.0). AUTH before TLS is always refused (538 5.7.11) on a TLS listener'),
   auth: z.strictObject({
     mechanisms: z.array(mechanism).default([]).describe('SASL mechanisms offered; EXTERNAL only after TLS with a client certificate'),
     required: z.boolean().default(false).describe('MAIL FROM needs an authenticated session (submission)'),
@@ -59,7 +59,7 @@ export const listenerSchema = z.strictObject({
     .describe("Any CA-verified, unrevoked client certificate may relay (Postfix permit_tls_all_clientcerts)"),
   limits: limitsSchema,
   scripts: z.string().optional().describe('Scripts folder for this listener (default: the top-level scripts)'),
-  banner: z.string().optional().describe('Text after the hostname in the 220 greeting'),
+  banner: z.string().optional().describe('Text after "ESMTP" in the 220 greeting (default "Postern")'),
   reverseDns: z.boolean().default(true).describe('Look up the client name (PTR) for logs and the Received header'),
 });
 

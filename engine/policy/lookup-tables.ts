@@ -66,7 +66,7 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   return table;
 }
 
-/** Postfix-style: `key  value` per line, `#` comments, continuation lines start with whitespace. */
+/** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
 function parsePostfix(table: LookupTable, text: string, file: string): void {
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {

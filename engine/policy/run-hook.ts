@@ -2,7 +2,8 @@
  * Runs one hook's script, if the generation has one, and returns its checked verdict. Any failure —
  * throw, timeout, memory, malformed verdict — is logged with file and line and fails closed (451 4.3.0).
  */
-import type { HookName, ListenerConfig } from './types.ts';
+import type { HookName } from '../sandbox/api/index.ts';
+import type { ListenerConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from './generation.ts';
 import type { DeferVerdict, PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict } from './verdict.ts';

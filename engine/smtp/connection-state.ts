@@ -29,6 +29,8 @@ export class ConnectionState {
   authFailures = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
+  /** Text a script gave its accept verdict, for the next 250 reply (MAIL FROM, RCPT TO). */
+  acceptText: string | null = null;
   /** Counted against the listener's per-IP connection limit (so close() uncounts it). */
   countedForIp = false;
   /** Close the connection after the next reply (a verdict asked to disconnect). */

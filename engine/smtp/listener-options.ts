@@ -68,7 +68,8 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
       ca: asking ? tls.ca ?? [] : undefined,
       crl: asking ? tls.crl : undefined,
       requestCert: asking,
-      rejectUnauthorized: asking && l.tls.strict,
+      // Never let OpenSSL refuse: pins must be able to accept untrusted certificates; `strict` is ours.
+      rejectUnauthorized: false,
     } : {}),
   };
   return options;

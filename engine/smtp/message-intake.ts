@@ -71,7 +71,9 @@ export async function receiveMessage(
     runtime.logger.info({ cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes }, 'message spooled');
     runtime.onSpooled?.(id);
     st.transactionId = null;
-    return `2.0.0 Ok: queued as ${id}`;
+    const text = st.acceptText ?? '2.0.0 Ok';
+    st.acceptText = null;
+    return `${text}: queued as ${id}`;
   } catch (err) {
     if (!committed) try { writer.abort(); } catch { /* already gone */ }
     st.transactionId = null;

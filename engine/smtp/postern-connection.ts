@@ -31,7 +31,7 @@ export class PosternConnection extends SMTPConnection {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
       if (opts.maxClients && this._server.connections.size > opts.maxClients) {
-        return this.send(421, `${this.name} 4.7.0 Too many connected clients, try again in a moment`, false);
+        return this.send(421, `4.7.0 ${this.name} Too many connected clients, try again in a moment`, false);
       }
       const delay = this.#server.greetingDelayMs;
       if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
@@ -45,6 +45,10 @@ export class PosternConnection extends SMTPConnection {
    */
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     if (this.#rewriteEhlo && code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
+    if (this.state.acceptText !== null && code === 250 && typeof data === 'string') {
+      data = this.state.acceptText;
+      this.state.acceptText = null;
+    }
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     super.send(code, data, ownCode ? false : context);

@@ -22,7 +22,9 @@ const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
 export function receivedHeader(f: ReceivedFacts): string {
   const st = f.state;
   const proto = `${f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
-  const lines = [`Received: from ${clean(f.helo ?? 'unknown')} (${clean(f.clientHostname ?? 'unknown')} [${f.remoteAddress}])`];
+  // Without a PTR name smtp-server's hostname is "[ip]"; Postfix then writes "unknown".
+  const rdns = f.clientHostname && !f.clientHostname.startsWith('[') ? f.clientHostname : 'unknown';
+  const lines = [`Received: from ${clean(f.helo ?? 'unknown')} (${clean(rdns)} [${f.remoteAddress}])`];
   if (f.tls) {
     lines.push(`\t(using ${clean(f.tls.protocol)} with cipher ${clean(f.tls.cipher)}${f.tls.bits ? ` (${f.tls.bits}/${f.tls.bits} bits)` : ''})`);
     const cert = st.certificate;

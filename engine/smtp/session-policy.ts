@@ -6,7 +6,7 @@ import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
 import type { Runtime } from './runtime.ts';
-import { SmtpReply, localError } from './reply.ts';
+import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
 import { connectionInfo, envelopeAddress, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { verdictReply } from '../policy/verdict.ts';
@@ -87,6 +87,11 @@ export class SessionPolicy {
       cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: cert.subject.dn, verified: cert.verified, error: cert.verifyError } : null,
       identity: st.identity.identity,
     }, 'TLS established');
+    if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
+      // Strict: no SMTP session at all for an untrusted certificate (mox's handshake-level refusal).
+      socket.destroy();
+      return new SmtpReply(421, '4.7.1', 'Client certificate not trusted');
+    }
     if (tls.clientCertificates === 'require' && !(cert && (cert.verified || st.identity.pinned))) {
       // Postfix smtpd_tls_req_ccert: never a usable session.
       return new SmtpReply(421, '4.7.1', cert ? `Client certificate not trusted (${cert.verifyError})` : 'No client certificate presented');
@@ -163,12 +168,14 @@ export class SessionPolicy {
   async mailFrom(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
     if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first');
+    // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
+    if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required');
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const verdict = await this.#run(conn, 'mailfrom', {
       connection: connectionInfo(session, st), transaction: transactionInfo(session, st), address: envelopeAddress(address),
     });
-    return verdict ? verdictReply('mailfrom', verdict) : null;
+    return this.#decided(conn, 'mailfrom', verdict);
   }
 
   async rcptTo(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
@@ -182,7 +189,7 @@ export class SessionPolicy {
     const verdict = st.generation.hasScript(st.listener, 'rcptto')
       ? await this.#run(conn, 'rcptto', { connection: connectionInfo(session, st), transaction: transactionInfo(session, st), address: rcpt, builtin })
       : undefined;
-    if (verdict) return verdictReply('rcptto', verdict);
+    if (verdict) return this.#decided(conn, 'rcptto', verdict);
     if (builtin.accepted) return null;
     return new SmtpReply(554, '5.7.1', `<${rcpt.address}>: Relay access denied`);
   }
@@ -193,7 +200,15 @@ export class SessionPolicy {
     const verdict = await this.#run(conn, 'data', {
       connection: connectionInfo(session, st), transaction: transactionInfo(session, st), data: { size, headers },
     });
+    if (verdict?.verdict === 'accept' && verdict.text) st.acceptText = `2.0.0 ${sanitizeReplyText(verdict.text)}`;
     return verdict ? verdictReply('data', verdict) : null;
+  }
+
+  /** The reply for a verdict; an accept's own text replaces the next 250's. */
+  #decided(conn: PosternConnection, hook: 'mailfrom' | 'rcptto', verdict: Verdict | undefined): SmtpReply | null {
+    if (!verdict) return null;
+    if (verdict.verdict === 'accept' && verdict.text) conn.state.acceptText = sanitizeReplyText(verdict.text);
+    return verdictReply(hook, verdict);
   }
 
   /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */

@@ -60,7 +60,7 @@ test('every context: reject with custom code/enhanced code/text, defer, disconne
     'connect.ts': `export default (ctx) => ctx.connection.remotePort % 1 === 0 ? undefined : reject('x');`,
     'helo.ts': `export default (ctx) => ctx.helo.name === 'bad.example' ? reject('go away', { code: 550, enhanced: '5.7.1', disconnect: true }) : undefined;`,
     'mailfrom.ts': `export default (ctx) => ctx.address.domain === 'spam.example' ? reject('no spam', { code: 553, enhanced: '5.7.1' }) : ctx.address.localPart === 'later' ? defer('busy') : undefined;`,
-    'rcptto.ts': `export default (ctx) => ctx.address.localPart === 'vip' ? accept() : ctx.address.localPart === 'nobody' ? reject('unknown user', { code: 550, enhanced: '5.1.1' }) : undefined;`,
+    'rcptto.ts': `export default (ctx) => ctx.address.localPart === 'vip' ? accept({ text: 'VIP welcome' }) : ctx.address.localPart === 'nobody' ? reject('unknown user', { code: 550, enhanced: '5.1.1' }) : undefined;`,
     'data.ts': `export default (ctx) => ctx.data.headers.some(([n, v]) => n.toLowerCase() === 'subject' && v.includes('VIAGRA')) ? reject('content refused', { code: 554, enhanced: '5.7.1' }) : undefined;`,
   }, async (s) => {
     const bad = await SmtpTestClient.connect(s.port('mx'));
@@ -74,7 +74,7 @@ test('every context: reject with custom code/enhanced code/text, defer, disconne
     assert.match((await c.command('MAIL FROM:<later@ok.example>')).text, /^451 4\.3\.0 busy$/);
     assert.equal((await c.command('MAIL FROM:<me@ok.example>')).code, 250);
     assert.equal((await c.command('RCPT TO:<nobody@example.com>')).text, '550 5.1.1 unknown user');
-    assert.equal((await c.command('RCPT TO:<vip@elsewhere.example>')).code, 250, 'script accept overrides the relay rule');
+    assert.equal((await c.command('RCPT TO:<vip@elsewhere.example>')).text, '250 2.1.5 VIP welcome', 'script accept overrides the relay rule');
     assert.equal((await c.command('DATA')).code, 354);
     c.write('Subject: cheap VIAGRA\r\n\r\nx\r\n.');
     assert.equal((await c.read()).text, '554 5.7.1 content refused');
