@@ -169,7 +169,7 @@ declare module "postern" {
     verdict: 'accept';
     /** AUTH only: the username the session logs in as (default: the requested one). */
     username?: string;
-    /** Optional reply text for the 2xx. */
+    /** Text of the 2xx reply, in place of the default (MAIL FROM, RCPT TO and end of DATA). */
     text?: string;
   }
 
@@ -204,7 +204,7 @@ declare module "postern" {
     clientCertificate?: string;
     /** Server name to send as SNI and to check in `verify` mode. */
     serverName?: string;
-    /** Name of a CA bundle declared in the configuration (`outbound.caFiles`), for `verify`. */
+    /** Name of a CA bundle declared in the configuration (`delivery.caFiles`), for `verify`. */
     ca?: string;
   }
 

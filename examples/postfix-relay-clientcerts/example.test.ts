@@ -52,7 +52,10 @@ test('without TLS or a certificate: the local domain is accepted, relaying is no
 
 test('withdrawing a laptop is deleting its line: the table reloads and the certificate may no longer relay', needs('swaks'), async () => {
   const table = join(ex.dir, 'relay_clientcerts');
-  const reloaded = new Promise((resolve) => { const off = ex.running.reloader.onReload((o) => { off(); resolve(o); }); });
+  const reloaded = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no reload within 10 s')), 10_000);
+    const off = ex.running.reloader.onReload((o) => { off(); clearTimeout(timer); resolve(o); });
+  });
   const md5 = colon(ex.pki.clients.alice.fingerprintMd5);
   await writeFile(table, (await readFile(table, 'utf8')).split('\n').filter((l) => !l.startsWith(md5)).join('\n'));
   assert.partialDeepStrictEqual(await reloaded, { changed: true, ok: true });

@@ -9,6 +9,7 @@ import { basename, join } from 'node:path';
 import { execFile, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { parseDocument } from 'yaml';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
@@ -18,7 +19,7 @@ import { SmtpTestClient, type Reply } from './smtp-client.ts';
 
 export { hashPassword } from '../../engine/auth/password-hash.ts';
 
-const EXAMPLES = new URL('../../examples/', import.meta.url).pathname;
+const EXAMPLES = fileURLToPath(new URL('../../examples/', import.meta.url));
 
 export interface ExampleServer {
   /** The temporary copy of the example folder. */
@@ -49,7 +50,7 @@ export async function startExample(name: string, append: (pki: TestPki) => Promi
   await mkdir(join(dir, 'pki'));
   const pkiFiles = { 'server.crt': pki.server.cert, 'server.key': pki.server.key, 'ca.crt': pki.ca.cert, 'ca.crl': pki.crl };
   for (const [file, from] of Object.entries(pkiFiles)) await copyFile(from, join(dir, 'pki', file));
-  if (!process.env.MUTATE_NO_APPEND) for (const [file, lines] of Object.entries(await append(pki))) await appendFile(join(dir, file), `\n${lines.trim()}\n`);
+  for (const [file, lines] of Object.entries(await append(pki))) await appendFile(join(dir, file), `\n${lines.trim()}\n`);
 
   const configPath = join(dir, 'postern.yaml');
   const doc = parseDocument(await readFile(configPath, 'utf8'));
@@ -110,14 +111,13 @@ export async function smtpClient(ex: ExampleServer, opts: { client?: ClientName;
 export interface RunResult { code: number; stdout: string; stderr: string; output: string }
 
 /** Run a client program; never throws for a non-zero exit (tests assert the code). */
-export function run(cmd: string, args: string[], input?: string): Promise<RunResult> {
+export function run(cmd: string, args: string[]): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : NaN) : 0;
-      if (err && Number.isNaN(code)) return reject(err);
+      if (err && Number.isNaN(code)) return reject(err); // not started, or killed by the timeout
       resolve({ code, stdout, stderr, output: stdout + stderr });
     });
-    if (input !== undefined) child.stdin!.end(input);
   });
 }
 

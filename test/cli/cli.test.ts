@@ -1,0 +1,194 @@
+// The command line as an administrator runs it (node engine/cli/main.ts …): hash-password reads stdin and
+// prints a hash the server accepts; check validates offline and reports problems as file:line[:col].
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
+import { loadUsersFile } from '../../engine/auth/users-file.ts';
+
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
+
+interface Result { code: number | null; stdout: string; stderr: string }
+
+/** Runs `node engine/cli/main.ts …` from `cwd` (default: a directory unrelated to the configuration). */
+function cli(args: string[], input: string | null, cwd = tmpdir()): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { cwd, stdio: ['pipe', 'pipe', 'pipe'], timeout: 60_000 });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input ?? undefined);
+  });
+}
+
+let pki: TestPki;
+let root: string;
+before(async () => {
+  pki = await makeTestPki();
+  root = await mkdtemp(join(tmpdir(), 'postern-cli-'));
+});
+after(() => rm(root, { recursive: true, force: true }));
+
+/** argon2id PHC string: version 19, the library's parameters, 16-byte salt, 32-byte hash (unpadded base64). */
+const ARGON2ID = /^\$argon2id\$v=19\$m=19456,t=2,p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}$/;
+
+test('hash-password: the password on stdin (one trailing newline dropped) → an argon2id hash that verifies', async () => {
+  const r = await cli(['hash-password'], 's3cret pass\n');
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  assert.ok(r.stdout.endsWith('\n') && !r.stdout.slice(0, -1).includes('\n'), JSON.stringify(r.stdout));
+  const hash = r.stdout.slice(0, -1);
+  assert.match(hash, ARGON2ID);
+  assert.equal(await verifyPassword(hash, 's3cret pass'), true);
+  assert.equal(await verifyPassword(hash, 's3cret pass\n'), false, 'the newline is not part of the password');
+  assert.equal(await verifyPassword(hash, 's3cret'), false);
+  // The users file accepts it.
+  const users = join(root, 'users');
+  await writeFile(users, `Alice@Example.com: ${hash}\n`);
+  assert.deepEqual([...await loadUsersFile(users)], [['alice@example.com', hash]]);
+
+  // A random salt: the same password hashes differently each time.
+  const again = await cli(['hash-password'], 's3cret pass\n');
+  assert.equal(again.code, 0);
+  assert.notEqual(again.stdout, r.stdout);
+  assert.equal(await verifyPassword(again.stdout.trim(), 's3cret pass'), true);
+});
+
+test('hash-password drops exactly one trailing newline (LF or CRLF), nothing else', async () => {
+  const cases: Array<[string, string, string]> = [
+    ['pw\r\n', 'pw', 'pw\r'], // CRLF as one newline
+    ['pw\n\n', 'pw\n', 'pw'], // only the last newline
+    ['  spaced  ', '  spaced  ', 'spaced'], // no newline: taken as is, spaces kept
+  ];
+  for (const [input, password, not] of cases) {
+    const r = await cli(['hash-password'], input);
+    assert.equal(r.code, 0, r.stderr);
+    const hash = r.stdout.trim();
+    assert.match(hash, ARGON2ID);
+    assert.equal(await verifyPassword(hash, password), true, JSON.stringify(input));
+    assert.equal(await verifyPassword(hash, not), false, JSON.stringify(input));
+  }
+});
+
+test('hash-password refuses an empty password: exit 1, a message on stderr, nothing on stdout', async () => {
+  for (const input of ['', '\n', '\r\n']) {
+    const r = await cli(['hash-password'], input);
+    assert.equal(r.code, 1, JSON.stringify(input));
+    assert.equal(r.stdout, '');
+    assert.equal(r.stderr, 'postern: refusing to hash an empty password\n');
+  }
+});
+
+/** A configuration folder: postern.yaml with two listeners, TLS files, a users file, a table and scripts. */
+async function configFolder(name: string, files: Record<string, string> = {}): Promise<{ dir: string; config: string }> {
+  const dir = join(root, name);
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  await mkdir(join(dir, 'tls'));
+  for (const [to, from] of Object.entries({ 'server.crt': pki.server.cert, 'server.key': pki.server.key, 'ca.crt': pki.ca.cert, 'ca.crl': pki.crl })) {
+    await cp(from, join(dir, 'tls', to));
+  }
+  const defaults: Record<string, string> = {
+    users: `alice@example.com:${await hashPassword('alice')}\n`,
+    senders: '# blocked senders\nspammer@bad.example   REJECT\n\nfriend@good.example OK\n',
+    'scripts/mailfrom.ts': `import type { MailFromContext, Verdict } from 'postern';
+export default function mailfrom(ctx: MailFromContext): Verdict | void {
+  if (lookup('senders', ctx.address.address) === 'REJECT') return reject('blocked');
+}
+`,
+    'scripts/auth.js': 'export default (ctx) => { log(ctx.auth.mechanism); };\n',
+    'postern.yaml': `# relative paths: against this file's folder
+dataDir: ./data
+scripts: ./scripts
+users: ./users
+localDomains: [example.com]
+tables:
+  senders: ./senders
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: tls/server.crt, key: tls/server.key, clientCertificates: request, caFiles: [tls/ca.crt], crlFiles: [tls/ca.crl] }
+  - name: submission
+    listen: 127.0.0.1:0
+    tls: { mode: implicit, cert: tls/server.crt, key: tls/server.key, clientCertificates: request, caFiles: [tls/ca.crt] }
+    auth: { mechanisms: [EXTERNAL, PLAIN], required: true }
+    certificateIdentity: { field: emailAddress }
+`,
+  };
+  for (const [file, text] of Object.entries({ ...defaults, ...files })) {
+    await mkdir(join(dir, file, '..'), { recursive: true });
+    await writeFile(join(dir, file), text);
+  }
+  return { dir, config: join(dir, 'postern.yaml') };
+}
+
+test('check on a valid configuration with scripts, TLS files, users and a table: exit 0 and "<file>: OK"', async () => {
+  const { config } = await configFolder('valid');
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.stderr, '');
+  assert.equal(r.stdout, `${config}: OK (2 listeners)\n`);
+  assert.equal(r.code, 0);
+});
+
+test('check: a syntax error in the scripts folder → exit 1 and <file>:<line>:<col>: SyntaxError', async () => {
+  const { dir, config } = await configFolder('bad-script', {
+    // The stray `)` is on line 3, column 30 (1-based).
+    'scripts/mailfrom.ts': `// blocked senders
+export default (ctx) => {
+  if (ctx.address.domain === ) return reject('no');
+};
+`,
+  });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.equal(r.stderr, `${join(dir, 'scripts', 'mailfrom.ts')}:3:30: SyntaxError: Expression expected\n`);
+});
+
+test("check: a syntax error in a listener's own scripts folder is found too", async () => {
+  const { dir, config } = await configFolder('bad-listener-script', {
+    // A .js script (no type stripping): V8's own message, at the `}` on line 3.
+    'submission-scripts/rcptto.js': 'export default function (ctx) {\n  return ctx.address.localPart === "x" ? reject("no") :\n}\n',
+  });
+  const yaml = (await readFile(config, 'utf8')).replace('  - name: submission\n', '  - name: submission\n    scripts: ./submission-scripts\n');
+  assert.match(yaml, /scripts: \.\/submission-scripts/);
+  await writeFile(config, yaml);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.equal(r.stderr, `${join(dir, 'submission-scripts', 'rcptto.js')}:3:1: SyntaxError: Unexpected token '}'\n`);
+});
+
+test('check: a table with a broken line → exit 1 naming <file>:<line>', async () => {
+  const { dir, config } = await configFolder('bad-table', {
+    senders: '# blocked senders\nspammer@bad.example   REJECT\nbroken-line-without-value\nfriend@good.example OK\n',
+  });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.equal(r.stderr, `${join(dir, 'senders')}:3: expected "key value", got "broken-line-without-value"\n`);
+});
+
+test('check reports every problem at once: a table, a users file and a script', async () => {
+  const { dir, config } = await configFolder('everything-wrong', {
+    senders: 'a b\n  continued\n',
+    users: 'alice@example.com:plaintext\n',
+    // `}` at column 39 where a property name must follow `ctx.`
+    'scripts/mailfrom.ts': 'export default (ctx) => { return ctx. };\n',
+  });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.deepEqual(r.stderr.split('\n'), [
+    `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue`,
+    `${join(dir, 'users')}:1: alice@example.com: not an argon2 hash (make one with: postern hash-password)`,
+    `${join(dir, 'scripts', 'mailfrom.ts')}:1:39: SyntaxError: Expected ident`,
+    '',
+  ]);
+});
