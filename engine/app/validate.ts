@@ -8,13 +8,13 @@ import { loadUsersFile } from '../auth/users-file.ts';
 import { checkScripts, loadScriptDirectory } from '../sandbox/index.ts';
 import { loadListenerTls } from '../smtp/listener-options.ts';
 
-export async function validateGeneration(loaded: LoadedConfig): Promise<string[]> {
+export async function validateGeneration(loaded: LoadedConfig, warnings: string[] = []): Promise<string[]> {
   const config = loaded.config;
   const problems: string[] = [];
   const attempt = async (fn: () => Promise<unknown>): Promise<void> => {
     try { await fn(); } catch (err) { problems.push(err instanceof Error ? err.message : String(err)); }
   };
-  for (const l of config.listeners) await attempt(() => loadListenerTls(l));
+  for (const l of config.listeners) await attempt(async () => warnings.push(...(await loadListenerTls(l)).warnings ?? []));
   await attempt(() => loadTables(config));
   if (config.users) await attempt(() => loadUsersFile(config.users!));
   const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);

@@ -10,6 +10,8 @@ export class AuthFailureLimiter {
   constructor(windowMs: number) { this.windowMs = windowMs; }
 
   record(ip: string, now = Date.now()): number {
+    // Many failing addresses (rotating IPv6) must not grow the map without bound: drop expired entries.
+    if (this.#failures.size > 10_000) for (const key of [...this.#failures.keys()]) this.count(key, now);
     const list = this.#recent(ip, now);
     list.push(now);
     this.#failures.set(ip, list);

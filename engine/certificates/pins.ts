@@ -8,8 +8,8 @@ import type { PeerCertificate } from '../sandbox/api/index.ts';
 const DIGEST_BYTES = new Set([16, 20, 32, 48, 64]);
 const COLON_HEX = /^[0-9a-f]{2}(?::[0-9a-f]{2})+$/i;
 const PLAIN_HEX = /^(?:[0-9a-f]{2})+$/i;
-/** 32 bytes in base64 are 43 characters plus one `=`; either alphabet (`+/` or `-_`), not mixed. */
-const BASE64_32 = /^(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/;
+/** 32 bytes in base64 are 43 characters plus an optional `=`; either alphabet (`+/` or `-_`), not mixed. */
+const BASE64_32 = /^(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=?)$/;
 
 /**
  * A digest written in any accepted form as `{hex, length}` (length in bytes, so callers compare it with

@@ -3,8 +3,9 @@
  * key must match the certificate), CA bundles and CRLs (each CRL must be signed by one of the CAs).
  */
 import { readFile } from 'node:fs/promises';
-import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import { x509 } from './x509-provider.ts';
+import { children, readTlv } from './der.ts';
 import { pemBlocks, pemToDer, toPem } from './digests.ts';
 
 /** PEM strings for tls.createSecureContext's `ca` and `crl`, plus what is worth a log line. */
@@ -101,7 +102,15 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
 
 async function signedByOneOf(crl: x509.X509Crl, authorities: readonly x509.X509Certificate[]): Promise<boolean> {
   for (const ca of authorities) {
-    if (ca.subject === crl.issuer && await crl.verify({ publicKey: ca.publicKey }).catch(() => false)) return true;
+    if (ca.subject !== crl.issuer) continue;
+    if (await crl.verify({ publicKey: ca.publicKey }).catch(() => false)) return true;
+    // @peculiar/x509 cannot check every algorithm (Ed448): let OpenSSL decide.
+    try {
+      const key = createPublicKey({ key: Buffer.from(ca.publicKey.rawData), format: 'der', type: 'spki' });
+      const der = Buffer.from(crl.rawData);
+      const [tbs, , signature] = children(der, readTlv(der, 0, der.length));
+      if (tbs && signature && cryptoVerify(null, der.subarray(tbs.start, tbs.end), key, der.subarray(signature.body + 1, signature.end))) return true;
+    } catch { /* not verifiable this way either */ }
   }
   return false;
 }

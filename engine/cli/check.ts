@@ -6,10 +6,13 @@ import { validateGeneration } from '../app/validate.ts';
 export async function checkCommand(opts: { config?: string }): Promise<number> {
   try {
     const loaded = loadStartConfig({ configPath: opts.config });
-    const problems = await validateGeneration(loaded);
+    const warnings: string[] = [];
+    const problems = await validateGeneration(loaded, warnings);
+    for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
     for (const p of problems) process.stderr.write(`${p}\n`);
     if (problems.length) return 1;
-    process.stdout.write(`${loaded.file}: OK (${loaded.config.listeners.length} listeners)\n`);
+    const n = loaded.config.listeners.length;
+    process.stdout.write(`${loaded.file}: OK (${n} listener${n === 1 ? '' : 's'})\n`);
     return 0;
   } catch (err) {
     process.stderr.write(`${err instanceof ConfigError ? err.message : String(err)}\n`);

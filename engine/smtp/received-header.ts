@@ -37,7 +37,7 @@ export function receivedHeader(f: ReceivedFacts): string {
     }
   }
   if (st.user) lines.push(`\t(Authenticated sender: ${clean(st.user)})`);
-  const forClause = f.recipients.length === 1 ? `\n\tfor <${clean(f.recipients[0]!)}>` : '';
+  const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(f.recipients[0]!)}>` : '';
   lines.push(`\tby ${f.hostname} (Postern) with ${proto} id ${f.queueId}${forClause};`);
   lines.push(`\t${rfc5322Date(f.date ?? new Date())}`);
   return lines.join('\r\n') + '\r\n';

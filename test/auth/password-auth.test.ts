@@ -97,6 +97,11 @@ test('AUTH PLAIN (initial response and continuation) and AUTH LOGIN with the rig
   const c4 = await tlsClient(port);
   assert.equal((await c4.command(plain('Alice@Example.COM', PASSWORDS['alice@example.com'], 'alice@example.com'))).text, OK);
   await c4.quit();
+  // …but another authorization identity is refused, even with the right password.
+  const c5 = await tlsClient(port);
+  assert.equal((await c5.command(plain('alice@example.com', PASSWORDS['alice@example.com'], 'bob@example.com'))).text,
+    '535 5.7.8 Cannot assume requested authorization identity');
+  await c5.quit();
 });
 
 test('wrong password, unknown user, empty password (PLAIN and LOGIN): 535 5.7.8, and counted as failures', async () => {
@@ -125,7 +130,7 @@ test('wrong password, unknown user, empty password (PLAIN and LOGIN): 535 5.7.8,
   await c.quit();
 });
 
-test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange, not counted as a failure', async () => {
+test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange; 538, 504 and 501 are not counted as failures', async () => {
   const c = await SmtpTestClient.connect(server.port('sub'));
   const ehlo = await c.hello();
   assert.match(ehlo.text, /^250-STARTTLS$/m);
@@ -138,6 +143,10 @@ test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange,
   // The session goes on: STARTTLS, then the same credentials work.
   await c.starttls({ ca });
   assert.equal((await c.command('EHLO client.example')).code, 250);
+  // Neither an unknown mechanism (504) nor a malformed PLAIN token (501) counts as a failed AUTH.
+  assert.equal((await c.command('AUTH CRAM-MD5')).text, '504 5.5.4 Unrecognized authentication type');
+  assert.equal((await c.command(`AUTH PLAIN ${b64('no-nul-separators')}`)).code, 501);
+  assert.equal(server.runtime.authFailures.count('127.0.0.1'), failuresBefore);
   assert.equal((await c.command(plain('alice@example.com', PASSWORDS['alice@example.com']))).text, OK);
   await c.quit();
 });
@@ -157,7 +166,7 @@ test("with alice's certificate (identity alice@example.com): bob's right passwor
   await c.quit();
 });
 
-test('an auth script that accepts the certificate-account mismatch overrides the built-in refusal', async () => {
+test('an auth script that accepts the certificate-account mismatch overrides the built-in refusal; an empty password never reaches it', async () => {
   const s = await startTestServer({
     config: config('{ authFailuresPerIp: 1000 }'),
     files: { users: usersFile },
@@ -166,6 +175,7 @@ test('an auth script that accepts the certificate-account mismatch overrides the
         export default (ctx) => {
           log('AUTH ' + ctx.auth.mechanism + ' ' + ctx.auth.username + ' ' + ctx.builtin.accepted + ' ' + ctx.builtin.reason);
           if (ctx.builtin.reason === 'certificate-account-mismatch') return accept();
+          if (ctx.auth.username === 'anyone@example.com') return accept();
         };`,
     },
   });
@@ -178,10 +188,19 @@ test('an auth script that accepts the certificate-account mismatch overrides the
     const id = /queued as ([0-9a-z]+)$/.exec(r.text)![1]!;
     assert.equal((await s.runtime.spool.readEnvelope(id)).session.authenticatedUser, 'bob@example.com');
     await c.quit();
+
+    // A script may admit what the built-in rule refuses (an unknown user here), but never an empty password:
+    // that attempt does not even reach the script.
+    const d = await tlsClient(s.port('sub'));
+    assert.equal((await d.command(plain('anyone@example.com', ''))).text, INVALID);
+    assert.equal((await d.command(plain('anyone@example.com', 'whatever'))).text, OK);
+    await d.quit();
+
     const seen = s.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('AUTH '));
     assert.deepEqual(seen, [
       'AUTH PLAIN bob@example.com false bad-password',
       'AUTH PLAIN bob@example.com false certificate-account-mismatch',
+      'AUTH PLAIN anyone@example.com false bad-password',
     ]);
   } finally {
     await s.stop();
@@ -276,9 +295,7 @@ test('Received header after AUTH PLAIN: ESMTPSA and "(Authenticated sender: …)
   assert.match(unauthenticated.lines.at(-1)!, DATE_LINE);
 });
 
-test('the Received header ends every line with CRLF (no bare LF before "for <…>")', {
-  todo: 'BUG engine/smtp/received-header.ts: the one-recipient "for" clause is joined with "\\n", not "\\r\\n"',
-}, async () => {
+test('the Received header ends every line with CRLF (no bare LF before "for <…>")', async () => {
   const c = await tlsClient(server.port('sub'));
   const r = await c.sendMail('someone@elsewhere.example', ['bob@example.com']);
   const id = /queued as ([0-9a-z]+)$/.exec(r.text)![1]!;
