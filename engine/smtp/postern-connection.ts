@@ -4,6 +4,7 @@
  * EXTERNAL itself, the HELO hook, and replies that carry our own enhanced status codes.
  */
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
 import type net from 'node:net';
 import { ConnectionState } from './connection-state.ts';
@@ -124,9 +125,10 @@ export class PosternConnection extends SMTPConnection {
     }
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(new SmtpReply(504, '5.5.4', 'Unrecognized authentication type'));
     if (method === 'EXTERNAL') return this.#authExternal(args.slice(2), callback);
-    // A certificate auto-login is not a SASL login: one AUTH is still allowed (the policy restores it on failure).
-    if (this.session.user) this.session.user = false as unknown as string;
-    super.handler_AUTH(command, callback);
+    // smtp-server's own AUTH refuses any AUTH once session.user is set, but a certificate auto-login is not a
+    // SASL login: one AUTH is still allowed, so run its mechanism directly (a failure keeps the cert login).
+    const mechanism = (sasl as unknown as Record<string, (this: SMTPConnection, args: string[], cb: Callback) => void>)[`SASL_${method}`]!;
+    mechanism.call(this, args.slice(2), callback);
   }
 
   #authExternal(rest: string[], callback: Callback): void {

@@ -131,8 +131,6 @@ export class SessionPolicy {
       this.#log.info({ cid: conn.id, user: result, mechanism: attempt.mechanism }, 'authenticated');
       return result;
     }
-    // A failed AUTH after a certificate auto-login keeps the certificate's login.
-    if (st.mechanism === 'CERTIFICATE' && st.user) conn.session.user = st.user;
     if (result.responseCode >= 500) {
       st.authFailures++;
       const total = this.#runtime.authFailures.record(conn.remoteAddress);
