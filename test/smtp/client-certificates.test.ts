@@ -140,3 +140,32 @@ listeners:
     await alice.quit();
   } finally { await s.stop(); }
 });
+
+test('after a certificate auto-login one AUTH is still allowed; a failed or cancelled one keeps the certificate login', async () => {
+  const { hashPassword } = await import('../../engine/auth/password-hash.ts');
+  const s = await startTestServer({
+    files: { pins: `${pki.clients.selfsigned.pinColon}  eve@example.com\n`, users: `eve@example.com:${await hashPassword('s3cret')}\n` },
+    config: `
+users: ./users
+tables: { pins: ./pins }
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request }
+    auth: { mechanisms: [EXTERNAL, PLAIN], required: true }
+    certificateIdentity: { pins: pins, autoLogin: true }
+`,
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('sub'), { implicitTls: { ca, ...certs.selfsigned } });
+    const ehlo = await c.hello();
+    assert.match(ehlo.text, /AUTH EXTERNAL PLAIN/, 'AUTH still offered after the auto-login');
+    assert.match((await c.command(`AUTH PLAIN ${Buffer.from('\0eve@example.com\0wrong').toString('base64')}`)).text, /^535 5\.7\.8 /);
+    assert.equal((await c.command('AUTH PLAIN')).lines[0], '334 ');
+    assert.equal((await c.command('*')).code, 501);
+    assert.equal((await c.sendMail('eve@example.com', ['r@elsewhere.example'])).code, 250, 'still logged in by certificate');
+    assert.equal((await c.command(`AUTH PLAIN ${Buffer.from('\0eve@example.com\0s3cret').toString('base64')}`)).text, '235 2.7.0 Authentication successful');
+    assert.match((await c.command('AUTH EXTERNAL =')).text, /^503 5\.5\.1 /);
+    await c.quit();
+  } finally { await s.stop(); }
+});
