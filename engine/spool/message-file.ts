@@ -37,3 +37,15 @@ export async function readLayout(handle: FileHandle, file: string): Promise<Mess
   await handle.read(json, 0, jsonBytes, messageBytes);
   return { envelope: JSON.parse(json.toString('utf8')) as SpoolEnvelope, messageBytes };
 }
+
+/** The same from a whole file already in memory (one read instead of three). */
+export function parseLayout(data: Buffer, file: string): MessageLayout {
+  if (data.length < FOOTER_BYTES) throw new Error(`${file}: truncated spool file`);
+  const m = new RegExp(`^\\n${MAGIC} (\\d{10})\\n$`).exec(data.subarray(data.length - FOOTER_BYTES).toString('latin1'));
+  if (!m) throw new Error(`${file}: no envelope footer`);
+  const jsonBytes = Number(m[1]);
+  const messageBytes = data.length - FOOTER_BYTES - jsonBytes;
+  if (messageBytes < 0) throw new Error(`${file}: bad envelope length`);
+  const envelope = JSON.parse(data.subarray(messageBytes, messageBytes + jsonBytes).toString('utf8')) as SpoolEnvelope;
+  return { envelope, messageBytes };
+}

@@ -3,17 +3,20 @@
  * `queue/<id>.msg` and the queue directory synced; only then may the SMTP side say 250. So every `.msg` is
  * complete, and whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
  * (Files are created outside queue/ because creating one waits for a running sync of its directory.) Delivery bookkeeping that changes later
- * lives beside it in `<id>.state` (replaced atomically), never in the message file.
+ * lives beside it in `<id>.state` (replaced atomically), never in the message file. `rescan` in the root is
+ * rewritten by `postern queue retry|delete` so a running queue runner re-reads every state.
  */
-import { closeSync, fdatasync, openSync, unlinkSync, writeSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, unlink, readFile } from 'node:fs/promises';
+import { closeSync, fdatasync, fstatSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
-import { encodeTrailer, readLayout } from './message-file.ts';
+import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolState } from './envelope.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
+/** Message files up to this size are read for delivery without the thread pool. */
+const SYNC_READ_BYTES = 256 * 1024;
 
 export class Spool {
   readonly root: string;
@@ -89,6 +92,55 @@ export class Spool {
     }
   }
 
+  /**
+   * For delivery: the envelope with its state and the message bytes, from one read of the file. Throws if
+   * the bytes no longer match the SHA-256 taken when the message was accepted. A small file is read
+   * synchronously (it is normally still in the page cache: cheaper than four thread-pool round trips);
+   * `hasState: false` skips looking for a state file the caller knows is not there.
+   */
+  async readForDelivery(id: string, opts: { hasState?: boolean } = {}): Promise<{ envelope: SpoolEnvelope; message: Buffer }> {
+    const file = this.messagePath(id);
+    let data: Buffer;
+    const fd = openSync(file, 'r');
+    try {
+      const { size } = fstatSync(fd);
+      if (size <= SYNC_READ_BYTES) {
+        data = Buffer.allocUnsafe(size);
+        for (let off = 0; off < size;) {
+          const n = readSync(fd, data, off, size - off, off);
+          if (n === 0) throw new Error(`${file}: truncated while reading`);
+          off += n;
+        }
+      } else {
+        data = await readFile(file);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const { envelope, messageBytes } = parseLayout(data, file);
+    const message = data.subarray(0, messageBytes);
+    if (envelope.sha256 && createHash('sha256').update(message).digest('hex') !== envelope.sha256) {
+      throw new Error(`${file}: message damaged (SHA-256 mismatch)`);
+    }
+    const state = opts.hasState === false ? null : await this.readState(id);
+    return { envelope: state ? { ...envelope, ...state } : envelope, message };
+  }
+
+  /** Ask a running queue runner to re-read every message's state (after `postern queue retry`). */
+  async requestRescan(): Promise<void> {
+    await writeFile(join(this.root, 'rescan'), `${Date.now()} ${randomBytes(4).toString('hex')}\n`);
+  }
+
+  /** Changes whenever requestRescan() ran. */
+  rescanStamp(): Promise<string> {
+    return readFile(join(this.root, 'rescan'), 'utf8').catch(() => '');
+  }
+
+  /** Whether a message is still in the queue. */
+  async has(id: string): Promise<boolean> {
+    return stat(this.messagePath(id)).then(() => true, () => false);
+  }
+
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
     const tmp = join(this.queueDir, `${id}.state.${randomBytes(4).toString('hex')}.tmp`);
@@ -103,11 +155,44 @@ export class Spool {
     await this.#dirSync.sync();
   }
 
-  /** Remove a finished message: the message first, so a crash in between leaves only an orphan state file. */
-  async remove(id: string): Promise<void> {
+  /**
+   * Remove a finished message: the message first, so a crash in between leaves only an orphan state file.
+   * `hasState: false`: the caller knows there is no state file to remove.
+   */
+  async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
     await unlink(this.messagePath(id)).catch(ignoreMissing);
-    await unlink(this.statePath(id)).catch(ignoreMissing);
+    if (opts.hasState !== false) await unlink(this.statePath(id)).catch(ignoreMissing);
     await this.#dirSync.sync();
+  }
+
+  /**
+   * Committed messages with whether they have a state file, from one directory read: a message without
+   * one has never been attempted, so it is due now and its envelope need not be read to schedule it.
+   */
+  async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
+    const names = new Set(await readdir(this.queueDir));
+    const out: Array<{ id: string; hasState: boolean }> = [];
+    for (const n of names) {
+      if (!n.endsWith('.msg')) continue;
+      const id = n.slice(0, -4);
+      if (Spool.isId(id)) out.push({ id, hasState: names.has(`${id}.state`) });
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** The delivery state alone (null when the message has none yet). */
+  async readState(id: string): Promise<SpoolState | null> {
+    try {
+      return JSON.parse(await readFile(this.statePath(id), 'utf8')) as SpoolState;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  /** When a message was accepted, from its time-ordered id (ms since the epoch). */
+  static idTime(id: string): number {
+    return parseInt(id.slice(0, 9), 36);
   }
 
   /** Ids of committed messages, oldest first. */
