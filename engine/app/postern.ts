@@ -13,6 +13,8 @@ import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
+import { QueueRunner } from '../queue/runner.ts';
+import type { DeliveryResolver } from '../delivery/dns.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -27,6 +29,8 @@ export interface StartOptions {
   watch?: boolean;
   /** Quiet time after the last file event before reloading (default 50 ms). */
   settleMs?: number;
+  /** DNS for delivery routing (tests); default node:dns per delivery.hostLookup and dnsServers. */
+  resolver?: DeliveryResolver;
 }
 
 export interface RunningPostern {
@@ -36,6 +40,8 @@ export interface RunningPostern {
   readonly addresses: ReadonlyMap<string, { address: string; port: number }>;
   readonly servers: ReadonlyMap<string, PosternServer>;
   readonly reloader: Reloader;
+  /** Delivers the spool (idle while delivery.enabled is false). */
+  readonly queue: QueueRunner;
   close(): Promise<void>;
 }
 
@@ -99,6 +105,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     throw err;
   }
 
+  const queue = new QueueRunner({ spool, generation: () => runtime.generation, logger, resolver: opts.resolver });
   const reloader = new Reloader({
     current: () => runtime.generation,
     swap(next) {
@@ -106,6 +113,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
       runtime.generation = next.acquire();
       old.release();
       old.retire();
+      queue.reconfigured();
     },
     servers,
     logger,
@@ -117,11 +125,15 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   }, opts.settleMs);
   if (opts.watch ?? true) await reloader.start();
 
+  runtime.onSpooled = (id) => queue.notify(id);
+  queue.start();
+
   return {
-    runtime, config: loaded, addresses, servers, reloader,
+    runtime, config: loaded, addresses, servers, reloader, queue,
     async close() {
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      await queue.close();
       const generation = runtime.generation;
       generation.release();
       generation.retire();

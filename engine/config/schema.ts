@@ -81,27 +81,38 @@ const outboundCertificateSchema = z.strictObject({
 const deliverySchema = z.strictObject({
   route: z.union([
     z.strictObject({ smarthost: z.strictObject({
-      host: z.string(), port: z.number().int().min(1).max(65535).default(25), implicitTls: z.boolean().default(false),
+      host: z.string().describe('Host name or address of the smarthost'),
+      port: z.number().int().min(1).max(65535).default(25),
+      implicitTls: z.boolean().default(false).describe('TLS from the first byte (465 style) instead of STARTTLS'),
     }) }),
     z.strictObject({ mx: z.literal(true), port: z.number().int().min(1).max(65535).default(25) }),
-  ]).default({ mx: true, port: 25 }),
+  ]).default({ mx: true, port: 25 })
+    .describe('Default next hop: one smarthost, or the MX hosts of each recipient domain (lowest preference first, then A/AAAA)'),
   tls: z.strictObject({
-    mode: z.enum(['none', 'may', 'encrypt', 'verify']).default('may'),
-    clientCertificate: z.string().optional(),
-    ca: z.string().optional(),
+    mode: z.enum(['none', 'may', 'encrypt', 'verify']).default('may')
+      .describe('Outbound TLS (Postfix smtp_tls_security_level): none; may = STARTTLS when offered, unverified, plaintext if it fails; encrypt = TLS required, unverified; verify = TLS + CA + host name'),
+    clientCertificate: z.string().optional().describe('Default outbound client certificate (a name under clientCertificates)'),
+    ca: z.string().optional().describe('Default CA bundle for verify (a name under caFiles; default: Node\'s root store)'),
   }).prefault({}),
   clientCertificates: z.record(z.string(), outboundCertificateSchema).default({})
     .describe('Outbound client certificates by name; a pre-delivery script names one'),
   caFiles: z.record(z.string(), z.string()).default({}).describe('CA bundles by name for verify mode'),
-  concurrency: z.number().int().positive().default(20),
-  perDestinationConcurrency: z.number().int().positive().default(4),
-  retrySchedule: z.array(z.number().positive()).default([60, 300, 900, 1800, 3600, 7200, 14400])
+  concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, overall'),
+  perDestinationConcurrency: z.number().int().positive().default(4).describe('Connections to one host:port at once'),
+  retrySchedule: z.array(z.number().positive()).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
     .describe('Seconds to wait after failed attempt 1, 2, …; the last repeats'),
   maxAgeHours: z.number().positive().default(120).describe('A message still undelivered after this bounces'),
-  enabled: z.boolean().default(true),
-  heloName: z.string().optional(),
-  connectTimeoutMs: z.number().int().positive().default(30_000),
-}).prefault({});
+  enabled: z.boolean().default(true)
+    .describe('Deliver spooled mail. A configuration without a delivery section only accepts and spools'),
+  heloName: z.string().optional().describe('EHLO name for outbound connections (default: hostname)'),
+  connectTimeoutMs: z.number().int().positive().default(30_000).describe('Connect, greeting and TLS handshake time limit'),
+  commandTimeoutMs: z.number().int().positive().default(300_000).describe('Time limit for each reply of the next hop'),
+  scanIntervalMs: z.number().int().positive().default(5000)
+    .describe('How often the queue runner rescans the spool (for postern queue retry/delete and messages due for a retry)'),
+  hostLookup: z.enum(['dns', 'native']).default('dns')
+    .describe('Addresses of next hops: dns = A/AAAA queries; native = getaddrinfo, /etc/hosts first (Postfix smtp_host_lookup)'),
+  dnsServers: z.array(z.string()).default([]).describe('DNS servers for MX and address lookups, "address" or "address:port" (default: the system\'s)'),
+}).prefault({ enabled: false });
 
 export const configSchema = z.strictObject({
   hostname: z.string().default('localhost').describe('Name in the greeting, Received headers and bounces'),

@@ -69,3 +69,12 @@ test('postern check and serve refuse a bad configuration with the location, exit
     assert.match(r.stderr, new RegExp(`${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:3:13: listeners\\[0\\]\\.listen: expected address:port`));
   }
 });
+
+test('delivery is off without a delivery section and on once the section exists', () => {
+  const base = 'listeners:\n  - { name: a, listen: "127.0.0.1:25" }\n';
+  assert.equal(parseConfig(base, '/p/postern.yaml', '/p').config.delivery.enabled, false);
+  const withSection = parseConfig(`${base}delivery:\n  route: { smarthost: { host: relay.test } }\n`, '/p/postern.yaml', '/p').config;
+  assert.equal(withSection.delivery.enabled, true);
+  assert.deepEqual(withSection.delivery.route, { smarthost: { host: 'relay.test', port: 25, implicitTls: false } });
+  assert.equal(parseConfig(`${base}delivery: { enabled: false }\n`, '/p/postern.yaml', '/p').config.delivery.enabled, false);
+});

@@ -1,0 +1,251 @@
+/**
+ * Outbound SMTP connections (nodemailer SMTPConnection), kept open between transactions and reused for
+ * the same destination and TLS settings: up to MAX_MESSAGES transactions each, closed after IDLE_MS idle.
+ * Wraps nodemailer's callbacks and events into promises that always settle.
+ */
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { SMTPConnectionSendInfo, SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
+import { TLSSocket } from 'node:tls';
+import type { ConnectionSecurity } from './outbound-tls.ts';
+
+const MAX_MESSAGES = 100;
+const IDLE_MS = 5000;
+const QUIT_WAIT_MS = 2000;
+
+export interface Endpoint {
+  /** Host name (for logs and TLS); `address` is what we connect to. */
+  host: string;
+  address: string;
+  port: number;
+  security: ConnectionSecurity;
+}
+
+/** Connections with equal keys are interchangeable: same destination, TLS settings and key material. */
+export function poolKey(host: string, port: number, security: ConnectionSecurity): string {
+  return `${host}:${port}|${security.key}`;
+}
+
+export interface ConnectOptions {
+  heloName: string;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+}
+
+/** Facts about an established connection, for logs. */
+export interface ConnectionInfo {
+  remote: string;
+  tls: { protocol: string | null; cipher: string; authorized: boolean; peerFingerprint: string | null } | null;
+}
+
+export class PooledConnection {
+  readonly conn: SMTPConnection;
+  readonly key: string;
+  readonly destination: string;
+  readonly info: ConnectionInfo;
+  messages = 0;
+  #alive = true;
+  idleTimer: NodeJS.Timeout | null = null;
+  readonly #onGone = new Set<(err: Error) => void>();
+
+  constructor(conn: SMTPConnection, key: string, destination: string, info: ConnectionInfo) {
+    this.conn = conn;
+    this.key = key;
+    this.destination = destination;
+    this.info = info;
+    conn.on('error', (err: Error) => this.#gone(err));
+    conn.on('end', () => this.#gone(new Error('connection closed')));
+  }
+
+  get alive(): boolean { return this.#alive && !this.conn.destroyed; }
+
+  #gone(err: Error): void {
+    this.#alive = false;
+    for (const fn of [...this.#onGone]) fn(err);
+  }
+
+  /** Called once when the connection dies (error or close); returns an unsubscribe function. */
+  onGone(fn: (err: Error) => void): () => void {
+    this.#onGone.add(fn);
+    return () => this.#onGone.delete(fn);
+  }
+
+  /** One transaction. Rejects with nodemailer's error (responseCode, response, command, rejectedErrors). */
+  send(envelope: SMTPEnvelope, message: Buffer): Promise<SMTPConnectionSendInfo> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const off = this.onGone((err) => finish(err));
+      const finish = (err: Error | null, info?: SMTPConnectionSendInfo): void => {
+        if (settled) return;
+        settled = true;
+        off();
+        if (err) reject(err);
+        else resolve(info!);
+      };
+      if (!this.alive) return finish(Object.assign(new Error('connection closed'), { code: 'ECONNECTION', command: 'API' }));
+      this.messages++;
+      this.conn.send(envelope, message, (err, info) => finish(err ?? null, info));
+    });
+  }
+
+  /** RSET after a failed transaction; false when the connection is not reusable. */
+  reset(): Promise<boolean> {
+    if (!this.alive) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const off = this.onGone(() => { off(); resolve(false); });
+      this.conn.reset((err) => { off(); resolve(!err); });
+    });
+  }
+
+  /** QUIT politely when idle (`graceful`), else drop the connection (a transaction on it fails). */
+  close(graceful = true): void {
+    this.#alive = false;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    try {
+      if (graceful && this.conn.stage === 'connected' && !this.conn.destroyed) {
+        this.conn.quit();
+        // A next hop that never answers QUIT must not keep the socket (or the process) around.
+        setTimeout(() => this.conn.close(), QUIT_WAIT_MS).unref();
+      } else {
+        this.conn.close();
+      }
+    } catch {
+      this.conn.close();
+    }
+  }
+}
+
+export class ConnectionPool {
+  readonly #idle = new Map<string, PooledConnection[]>();
+  readonly #open = new Map<string, Set<PooledConnection>>();
+  #closed = false;
+
+  /** Open connections (busy or idle) to a destination. */
+  openCount(destination: string): number { return this.#open.get(destination)?.size ?? 0; }
+  get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
+
+  /** The most recently used live idle connection with this key, taken out of the pool. */
+  takeIdle(key: string): PooledConnection | null {
+    const list = this.#idle.get(key);
+    while (list?.length) {
+      const pc = list.pop()!;
+      if (pc.idleTimer) clearTimeout(pc.idleTimer);
+      pc.idleTimer = null;
+      if (pc.alive) return pc;
+    }
+    return null;
+  }
+
+  /** Close idle connections to `destination` that another key holds, to stay within its connection limit. */
+  makeRoom(destination: string, limit: number): void {
+    if (this.openCount(destination) < limit) return;
+    for (const [key, list] of this.#idle) {
+      for (const pc of [...list]) {
+        if (pc.destination !== destination) continue;
+        list.splice(list.indexOf(pc), 1);
+        if (!list.length) this.#idle.delete(key);
+        pc.close();
+        if (this.openCount(destination) < limit) return;
+      }
+    }
+  }
+
+  async open(endpoint: Endpoint, opts: ConnectOptions): Promise<PooledConnection> {
+    if (this.#closed) throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' });
+    const s = endpoint.security;
+    const conn = new SMTPConnection({
+      host: endpoint.address,
+      port: endpoint.port,
+      secure: s.secure,
+      ignoreTLS: s.ignoreTLS,
+      requireTLS: s.requireTLS,
+      opportunisticTLS: s.opportunisticTLS,
+      ...(s.servername ? { servername: s.servername } : {}),
+      tls: s.tls,
+      name: opts.heloName,
+      connectionTimeout: opts.connectTimeoutMs,
+      greetingTimeout: opts.connectTimeoutMs,
+      socketTimeout: opts.commandTimeoutMs,
+      logger: false,
+    });
+    const destination = `${endpoint.host}:${endpoint.port}`;
+    await new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const done = (err?: Error): void => {
+        if (settled) return;
+        settled = true;
+        conn.off('error', done);
+        conn.off('end', onEnd);
+        if (err) {
+          // Whether TLS had started: opportunistic TLS retries such a failure in plaintext.
+          Object.assign(err, { tlsStarted: !s.secure && (conn.secure || !!conn.upgrading) });
+          conn.close();
+          reject(err);
+        } else resolve();
+      };
+      const onEnd = (): void => done(Object.assign(new Error('Connection closed unexpectedly'), { code: 'ECONNECTION', command: 'CONN' }));
+      conn.on('error', done);
+      conn.on('end', onEnd);
+      conn.connect((err) => done(err ?? undefined));
+    });
+    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) });
+    let set = this.#open.get(destination);
+    if (!set) this.#open.set(destination, (set = new Set()));
+    set.add(pc);
+    pc.onGone(() => this.#forget(pc));
+    if (this.#closed) { pc.close(); throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' }); }
+    return pc;
+  }
+
+  /** Put a connection back after a transaction, or close it. */
+  release(pc: PooledConnection, reusable: boolean): void {
+    if (!reusable || this.#closed || !pc.alive || pc.messages >= MAX_MESSAGES) {
+      pc.close(reusable);
+      this.#forget(pc);
+      return;
+    }
+    let list = this.#idle.get(pc.key);
+    if (!list) this.#idle.set(pc.key, (list = []));
+    list.push(pc);
+    pc.idleTimer = setTimeout(() => {
+      const l = this.#idle.get(pc.key);
+      const i = l?.indexOf(pc) ?? -1;
+      if (i >= 0) l!.splice(i, 1);
+      if (l && !l.length) this.#idle.delete(pc.key);
+      pc.close();
+      this.#forget(pc);
+    }, IDLE_MS);
+    pc.idleTimer.unref();
+  }
+
+  #forget(pc: PooledConnection): void {
+    const set = this.#open.get(pc.destination);
+    if (set?.delete(pc) && !set.size) this.#open.delete(pc.destination);
+    const list = this.#idle.get(pc.key);
+    const i = list?.indexOf(pc) ?? -1;
+    if (i >= 0) {
+      list!.splice(i, 1);
+      if (!list!.length) this.#idle.delete(pc.key);
+    }
+  }
+
+  /** Close everything: idle connections with QUIT, busy ones at once (their transactions fail). */
+  close(): void {
+    this.#closed = true;
+    const idle = new Set([...this.#idle.values()].flat());
+    this.#idle.clear();
+    for (const set of [...this.#open.values()]) for (const pc of [...set]) { pc.close(idle.has(pc)); this.#forget(pc); }
+  }
+}
+
+function tlsInfo(conn: SMTPConnection): ConnectionInfo['tls'] {
+  const socket = conn._socket;
+  if (!(socket instanceof TLSSocket)) return null;
+  const peer = socket.getPeerCertificate();
+  return {
+    protocol: socket.getProtocol(),
+    cipher: socket.getCipher()?.standardName ?? socket.getCipher()?.name ?? '',
+    authorized: socket.authorized,
+    peerFingerprint: peer && 'fingerprint256' in peer && peer.fingerprint256 ? peer.fingerprint256 : null,
+  };
+}

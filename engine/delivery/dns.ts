@@ -1,0 +1,95 @@
+/**
+ * Name lookups for delivery: MX records of a recipient domain and the addresses of a host, with a short
+ * cache. DNS errors become DeliveryFailures: NXDOMAIN is permanent for a recipient domain, anything else
+ * (SERVFAIL, timeouts, no resolver) is temporary.
+ */
+import { Resolver, lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { DeliveryFailure } from './outcome.ts';
+
+export interface MxRecord { exchange: string; priority: number }
+
+/** What routing needs from DNS; tests substitute their own. */
+export interface DeliveryResolver {
+  /** MX records, `[]` when the domain exists without MX (fall back to A/AAAA). Throws DeliveryFailure. */
+  mx(domain: string): Promise<MxRecord[]>;
+  /** IPv4 and IPv6 addresses of a host, IPv4 first. Throws DeliveryFailure. */
+  addresses(host: string): Promise<string[]>;
+}
+
+export interface ResolverOptions {
+  /** DNS servers (`address` or `address:port`); default: the system's. */
+  servers?: string[];
+  /** `dns`: A/AAAA queries; `native`: getaddrinfo (honours /etc/hosts), like Postfix smtp_host_lookup. */
+  hostLookup: 'dns' | 'native';
+  timeoutMs?: number;
+}
+
+const CACHE_MS = 60_000;
+const NOT_FOUND = new Set(['ENOTFOUND', 'NXDOMAIN']);
+const NO_DATA = new Set(['ENODATA', 'NODATA']);
+
+export function createResolver(opts: ResolverOptions): DeliveryResolver {
+  const resolver = new Resolver({ timeout: opts.timeoutMs ?? 5000, tries: 2 });
+  if (opts.servers?.length) resolver.setServers(opts.servers);
+  const cache = new Map<string, { until: number; value: Promise<unknown> }>();
+  const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const hit = cache.get(key);
+    if (hit && hit.until > Date.now()) return hit.value as Promise<T>;
+    const value = fn();
+    cache.set(key, { until: Date.now() + CACHE_MS, value });
+    value.catch(() => cache.delete(key)); // failures are not cached
+    if (cache.size > 10_000) cache.delete(cache.keys().next().value!);
+    return value;
+  };
+
+  return {
+    mx(domain) {
+      return cached(`mx ${domain}`, async () => {
+        try {
+          const records = await resolver.resolveMx(domain);
+          return records.map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }));
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code ?? '';
+          if (NO_DATA.has(code)) return [];
+          if (NOT_FOUND.has(code)) {
+            throw new DeliveryFailure(`Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`, { permanent: true, enhanced: '5.1.2' });
+          }
+          throw new DeliveryFailure(`Name service error for name=${domain} type=MX: ${code || (err as Error).message}`, { permanent: false, enhanced: '4.4.3' });
+        }
+      });
+    },
+    addresses(host) {
+      if (isIP(host)) return Promise.resolve([host]);
+      return cached(`addr ${host}`, async () => {
+        if (opts.hostLookup === 'native') {
+          try {
+            const all = await lookup(host, { all: true });
+            return [...all.filter((a) => a.family === 4), ...all.filter((a) => a.family === 6)].map((a) => a.address);
+          } catch (err) {
+            throw hostFailure(host, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
+          }
+        }
+        const [v4, v6] = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
+        const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
+        if (addresses.length) return addresses;
+        const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code ?? '' : 'ENODATA'));
+        throw hostFailure(host, codes.find((c) => !NOT_FOUND.has(c) && !NO_DATA.has(c)) ?? codes[0]!);
+      });
+    },
+  };
+}
+
+/** The host has no address (NXDOMAIN or no A/AAAA): temporary for a next hop, permanent for a bare domain. */
+export class HostNotFound extends DeliveryFailure {
+  readonly host: string;
+  constructor(host: string) {
+    super(`Host or domain name not found. Name service error for name=${host} type=A: Host not found`, { permanent: false, enhanced: '4.4.4' });
+    this.host = host;
+  }
+}
+
+function hostFailure(host: string, code: string): DeliveryFailure {
+  if (NOT_FOUND.has(code) || NO_DATA.has(code)) return new HostNotFound(host);
+  return new DeliveryFailure(`Name service error for name=${host} type=A: ${code}`, { permanent: false, enhanced: '4.4.3' });
+}

@@ -1,0 +1,140 @@
+/**
+ * Bounce messages: an RFC 3464 delivery status notification (multipart/report, RFC 6522) to the envelope
+ * sender, naming each failed recipient with its status, the next hop and its reply, followed by the
+ * original message's header.
+ */
+import { randomBytes } from 'node:crypto';
+import type { SpoolEnvelope } from '../spool/envelope.ts';
+
+export interface FailedRecipient {
+  recipient: string;
+  /** RFC 3463 status, e.g. 5.1.1 (a 4.x.x status for a message that expired while deferred). */
+  status: string;
+  /** The remote reply, or our own reason. */
+  diagnostic: string;
+  /** Whether `diagnostic` is a remote SMTP reply. */
+  remoteReply: boolean;
+  /** `host[address]:port` of the next hop, when one answered. */
+  remoteMta: string | null;
+}
+
+export interface DsnInput {
+  hostname: string;
+  original: Pick<SpoolEnvelope, 'id' | 'sender' | 'receivedAt'>;
+  /** The spooled message (our Received header first); its header goes into the report. */
+  originalMessage: Buffer;
+  failed: FailedRecipient[];
+  /** The message outlived delivery.maxAgeHours. */
+  expired: boolean;
+  now?: Date;
+}
+
+const MAX_HEADER_BYTES = 64 * 1024;
+
+export function buildDsn(input: DsnInput): Buffer {
+  const now = input.now ?? new Date();
+  const host = input.hostname;
+  const boundary = `${input.original.id}.${randomBytes(6).toString('hex')}/${host}`;
+  const mtaName = (mta: string): string => mta.replace(/\[[^\]]*\](:\d+)?$/, '').replace(/:\d+$/, '');
+  const human = input.failed.map((f) => {
+    const where = f.remoteReply && f.remoteMta ? `host ${f.remoteMta} said: ` : '';
+    return `<${f.recipient}>: ${where}${f.diagnostic}`;
+  });
+  const text = [
+    `This is the mail system at host ${host}.`,
+    '',
+    input.expired
+      ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
+      : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
+    'The delivery status of each one follows; the header of your message is attached.',
+    '',
+    ...human.flatMap((l) => [...fold(l, 76), '']),
+  ].join('\r\n');
+
+  const perRecipient = input.failed.map((f) => [
+    `Final-Recipient: rfc822; ${f.recipient}`,
+    'Action: failed',
+    `Status: ${f.status}`,
+    ...(f.remoteMta ? [`Remote-MTA: dns; ${mtaName(f.remoteMta)}`] : []),
+    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${clip(f.diagnostic, 900)}`,
+    `Last-Attempt-Date: ${rfc5322Date(now)}`,
+  ].join('\r\n'));
+  const status = [
+    [`Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: rfc822; ${input.original.sender}`,
+      `Arrival-Date: ${rfc5322Date(new Date(input.original.receivedAt))}`].join('\r\n'),
+    ...perRecipient,
+  ].join('\r\n\r\n');
+
+  const headers = originalHeader(input.originalMessage);
+  const ascii = /^[\x00-\x7f]*$/.test(text);
+  const parts = [
+    `Date: ${rfc5322Date(now)}`,
+    `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
+    `To: <${input.original.sender}>`,
+    `Subject: Undelivered Mail Returned to Sender`,
+    `Message-ID: <${input.original.id}.${randomBytes(4).toString('hex')}.dsn@${host}>`,
+    'Auto-Submitted: auto-replied',
+    'MIME-Version: 1.0',
+    `Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="${boundary}"`,
+    '',
+    'This is a MIME-encapsulated message.',
+    '',
+    `--${boundary}`,
+    'Content-Description: Notification',
+    `Content-Type: text/plain; charset=${ascii ? 'us-ascii' : 'utf-8'}`,
+    ...(ascii ? [] : ['Content-Transfer-Encoding: 8bit']),
+    '',
+    text,
+    `--${boundary}`,
+    'Content-Description: Delivery report',
+    'Content-Type: message/delivery-status',
+    '',
+    status,
+    '',
+    `--${boundary}`,
+    'Content-Description: Undelivered Message Headers',
+    'Content-Type: text/rfc822-headers',
+    '',
+  ].join('\r\n');
+  return Buffer.concat([
+    Buffer.from(parts + '\r\n'),
+    headers,
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+}
+
+/** The header block of a message (up to the empty line), with CRLF line ends, at most MAX_HEADER_BYTES. */
+function originalHeader(message: Buffer): Buffer {
+  let end = message.indexOf('\r\n\r\n');
+  if (end < 0) end = message.indexOf('\n\n');
+  const head = message.subarray(0, end < 0 ? Math.min(message.length, MAX_HEADER_BYTES) : Math.min(end, MAX_HEADER_BYTES));
+  const text = head.toString('latin1').replace(/\r?\n/g, '\r\n');
+  return Buffer.from(text.endsWith('\r\n') ? text : `${text}\r\n`, 'latin1');
+}
+
+function fold(line: string, width: number): string[] {
+  const out: string[] = [];
+  let rest = line;
+  while (rest.length > width) {
+    const cut = rest.lastIndexOf(' ', width);
+    if (cut <= 0) break;
+    out.push(rest.slice(0, cut));
+    rest = `    ${rest.slice(cut + 1)}`;
+  }
+  out.push(rest);
+  return out;
+}
+
+function clip(s: string, n: number): string {
+  const one = s.replace(/[\r\n]+/g, ' ');
+  return one.length > n ? `${one.slice(0, n)}...` : one;
+}
+
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/** RFC 5322 date in UTC, e.g. `Tue, 1 Jul 2025 10:00:00 +0000`. */
+export function rfc5322Date(d: Date): string {
+  const p = (n: number): string => String(n).padStart(2, '0');
+  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+}

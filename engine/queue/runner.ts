@@ -1,0 +1,460 @@
+/**
+ * The queue runner: delivers spooled messages when they are due, with bounded concurrency, and records
+ * the outcome durably — delivered and bounced recipients in `<id>.state`, the message removed only once
+ * every recipient was accepted by a next hop or bounced (the bounce itself spooled first).
+ */
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { DeliveryConfig } from '../config/schema.ts';
+import { Spool } from '../spool/spool.ts';
+import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
+import type { PredeliveryContext } from '../sandbox/api/index.ts';
+import type { Logger } from '../logging/logger.ts';
+import { ConnectionPool } from '../delivery/connection-pool.ts';
+import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
+import { KeyedLimiter, Limiter } from '../delivery/limiter.ts';
+import { OutboundTlsMaterial, type TlsPolicy } from '../delivery/outbound-tls.ts';
+import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../delivery/outcome.ts';
+import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
+import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
+import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import { DueQueue } from './due-queue.ts';
+import { isExpired, retryDelayMs } from './schedule.ts';
+import { spoolBounce } from './bounce.ts';
+import type { FailedRecipient } from './dsn.ts';
+
+/** Errors kept per message for `previousErrors` and `postern queue show`. */
+const MAX_ERRORS = 20;
+/** More Received headers than this is a mail loop (Postfix hopcount_limit). */
+const MAX_HOPS = 50;
+
+export interface QueueRunnerOptions {
+  spool: Spool;
+  /** The generation new attempts run with (swapped on reload). */
+  generation(): PolicyGeneration;
+  logger: Logger;
+  /** DNS for routing; default: node:dns per delivery.hostLookup / dnsServers. */
+  resolver?: DeliveryResolver;
+}
+
+/** What one attempt did, for tests and tools. */
+export interface AttemptEvent {
+  id: string;
+  attempt: number;
+  outcomes: RecipientOutcome[];
+  /** The message left the spool (every recipient delivered or bounced). */
+  removed: boolean;
+  /** Id of the bounce spooled by this attempt, if any. */
+  bounceId: string | null;
+  nextAttemptAt: string | null;
+}
+
+interface Group { recipients: string[]; plan: DeliveryPlan | null; final: RecipientOutcome[] }
+
+export class QueueRunner {
+  readonly #spool: Spool;
+  readonly #generation: () => PolicyGeneration;
+  readonly #log: Logger;
+  readonly #injectedResolver: DeliveryResolver | undefined;
+  #resolver: { key: string; resolver: DeliveryResolver } | null = null;
+  readonly #due = new DueQueue();
+  readonly #active = new Map<string, Promise<void>>();
+  readonly #broken = new Set<string>();
+  /** Messages known to have no state file yet (never attempted): no need to look for one. */
+  readonly #noState = new Set<string>();
+  /** Spooled while a scan's directory listing was under way: not "vanished" if the listing missed them. */
+  readonly #spooledDuringScan = new Set<string>();
+  /** Attempted while a scan was under way: the scan's view of them may predate that attempt. */
+  readonly #attemptedDuringScan = new Set<string>();
+  readonly #pool = new ConnectionPool();
+  readonly #material = new OutboundTlsMaterial();
+  readonly #overall: Limiter;
+  readonly #perDestination: KeyedLimiter;
+  readonly #listeners = new Set<(e: AttemptEvent) => void>();
+  #scanned = false;
+  #scanning: Promise<void> | null = null;
+  #rescanStamp = '';
+  #scanTimer: NodeJS.Timeout | null = null;
+  #wakeTimer: NodeJS.Timeout | null = null;
+  #wakeAt = Infinity;
+  #closing = false;
+  #started = false;
+  #lastSerial = -1;
+
+  constructor(opts: QueueRunnerOptions) {
+    this.#spool = opts.spool;
+    this.#generation = opts.generation;
+    this.#log = opts.logger.child({ component: 'queue' });
+    this.#injectedResolver = opts.resolver;
+    this.#overall = new Limiter(() => this.#delivery().concurrency);
+    this.#perDestination = new KeyedLimiter(() => this.#delivery().perDestinationConcurrency);
+  }
+
+  #delivery(): DeliveryConfig { return this.#generation().config.delivery; }
+
+  /** Scan the spool now and then every delivery.scanIntervalMs. */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    if (!this.#delivery().enabled) this.#log.info('delivery disabled (no delivery section, or delivery.enabled: false): accepted mail stays in the spool');
+    const tick = (): void => {
+      void this.scan().finally(() => {
+        if (this.#closing) return;
+        this.#scanTimer = setTimeout(tick, this.#delivery().scanIntervalMs);
+        this.#scanTimer.unref();
+      });
+    };
+    tick();
+  }
+
+  /** A message was just committed to the spool: deliver it as soon as a slot is free. */
+  notify(id: string): void {
+    if (this.#closing || !this.#started || !this.#delivery().enabled) return;
+    if (!this.#active.has(id)) {
+      this.#due.set(id, Date.now());
+      this.#noState.add(id);
+      if (this.#scanning) this.#spooledDuringScan.add(id);
+    }
+    this.#kick();
+  }
+
+  /** A reload swapped the generation: delivery may have been switched on or off, or limits changed. */
+  reconfigured(): void {
+    if (!this.#started || this.#closing) return;
+    void this.scan().then(() => this.#kick());
+  }
+
+  /** Called after every attempt; returns an unsubscribe function. */
+  onAttempt(fn: (e: AttemptEvent) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  get activeCount(): number { return this.#active.size; }
+  get queuedCount(): number { return this.#due.size; }
+
+  /** Re-read the spool: new messages, vanished ones, and every state after `postern queue retry`. */
+  scan(): Promise<void> {
+    this.#scanning ??= this.#scanOnce().catch((err: unknown) => {
+      this.#log.error({ err }, 'spool scan failed');
+    }).finally(() => { this.#scanning = null; });
+    return this.#scanning;
+  }
+
+  async #scanOnce(): Promise<void> {
+    if (this.#closing) return;
+    const delivery = this.#delivery();
+    if (!delivery.enabled) {
+      if (this.#scanned) this.#log.info('delivery disabled (no delivery section, or delivery.enabled: false): accepted mail stays in the spool');
+      this.#due.clear();
+      this.#scanned = false;
+      return;
+    }
+    this.#preloadMaterial();
+    this.#spooledDuringScan.clear();
+    this.#attemptedDuringScan.clear();
+    const entries = await this.#spool.scan();
+    const present = new Set([...entries.map((e) => e.id), ...this.#spooledDuringScan]);
+    this.#spooledDuringScan.clear();
+    for (const id of [...this.#due.ids()]) if (!present.has(id)) this.#due.delete(id);
+    for (const id of this.#broken) if (!present.has(id)) this.#broken.delete(id);
+    for (const id of this.#noState) if (!present.has(id) && !this.#active.has(id)) this.#noState.delete(id);
+    const stamp = await this.#spool.rescanStamp();
+    const full = !this.#scanned || stamp !== this.#rescanStamp;
+    this.#rescanStamp = stamp;
+    if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
+    let read = 0;
+    for (const { id, hasState } of entries) {
+      if (this.#closing) return;
+      if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || (!full && this.#due.has(id))) continue;
+      // Never attempted: due since it was accepted; no need to open anything.
+      if (!hasState) {
+        this.#due.set(id, Spool.idTime(id));
+        this.#noState.add(id);
+        continue;
+      }
+      this.#noState.delete(id);
+      try {
+        const state = await this.#spool.readState(id);
+        if (this.#active.has(id)) continue;
+        const at = state ? Date.parse(state.nextAttemptAt) : Spool.idTime(id);
+        this.#due.set(id, Number.isFinite(at) ? at : Date.now());
+      } catch (err) {
+        this.#broken.add(id);
+        this.#log.error({ id, err: (err as Error).message }, 'unreadable delivery state: not delivering it');
+      }
+      // A long queue: start delivering what is known while the rest is read.
+      if (++read % 256 === 0) this.#kick();
+    }
+    this.#scanned = true;
+    this.#attemptedDuringScan.clear();
+    this.#kick();
+  }
+
+  /** After a reload, read the outbound certificates once so a broken rotation is logged right away. */
+  #preloadMaterial(): void {
+    const gen = this.#generation();
+    if (gen.serial === this.#lastSerial) return;
+    this.#lastSerial = gen.serial;
+    void this.#material.preload(gen.config.delivery, gen).then((problems) => {
+      for (const p of problems) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
+    });
+  }
+
+  /** Start due attempts while there is room; otherwise wake up when the next one is due. */
+  #kick(): void {
+    if (this.#closing) return;
+    const delivery = this.#delivery();
+    if (!delivery.enabled) return;
+    const maxActive = Math.max(2, delivery.concurrency * 2);
+    const now = Date.now();
+    while (this.#active.size < maxActive) {
+      const id = this.#due.takeDue(now);
+      if (!id) break;
+      if (this.#active.has(id)) continue;
+      const run = this.#attempt(id)
+        .catch((err: unknown) => {
+          this.#log.error({ id, err }, 'delivery attempt failed');
+          if (!this.#closing) this.#due.set(id, Date.now() + retryDelayMs(this.#delivery(), 1));
+        })
+        .finally(() => {
+          this.#active.delete(id);
+          if (this.#scanning) this.#attemptedDuringScan.add(id);
+          this.#kick();
+        });
+      this.#active.set(id, run);
+    }
+    const next = this.#due.peek();
+    if (next && this.#active.size < maxActive) this.#wakeAtTime(next.time);
+  }
+
+  #wakeAtTime(time: number): void {
+    if (this.#wakeTimer && time >= this.#wakeAt) return;
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    this.#wakeAt = time;
+    this.#wakeTimer = setTimeout(() => {
+      this.#wakeTimer = null;
+      this.#wakeAt = Infinity;
+      this.#kick();
+    }, Math.max(0, Math.min(time - Date.now(), 2 ** 31 - 1)));
+    this.#wakeTimer.unref();
+  }
+
+  #resolverFor(delivery: DeliveryConfig): DeliveryResolver {
+    if (this.#injectedResolver) return this.#injectedResolver;
+    const key = JSON.stringify([delivery.hostLookup, delivery.dnsServers]);
+    if (this.#resolver?.key !== key) {
+      this.#resolver = { key, resolver: createResolver({ hostLookup: delivery.hostLookup, servers: delivery.dnsServers }) };
+    }
+    return this.#resolver.resolver;
+  }
+
+  async #attempt(id: string): Promise<void> {
+    if (this.#scanning) this.#attemptedDuringScan.add(id);
+    const gen = this.#generation().acquire();
+    try {
+      let read: { envelope: SpoolEnvelope; message: Buffer };
+      try {
+        read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // deleted (postern queue delete) or finished
+        this.#broken.add(id);
+        this.#log.error({ id, err: (err as Error).message }, 'unreadable spool file: not delivering it');
+        return;
+      }
+      const { envelope, message } = read;
+      const pending = envelope.recipients.filter((r) => !r.status).map((r) => r.address);
+      const attempt = envelope.attempts + 1;
+      if (!pending.length) {
+        await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+        this.#noState.delete(id);
+        this.#emit({ id, attempt, outcomes: [], removed: true, bounceId: null, nextAttemptAt: null });
+        return;
+      }
+      const delivery = gen.config.delivery;
+      const resolver = this.#resolverFor(delivery);
+      const env: TransactionEnv = {
+        pool: this.#pool, resolver, material: this.#material, overall: this.#overall, perDestination: this.#perDestination,
+        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, log: this.#log,
+      };
+      const hops = receivedCount(message);
+      const groups = hops > MAX_HOPS
+        // A mail loop (a smarthost that routes back to us, say): bounce instead of circling forever.
+        ? [{ recipients: pending, plan: null, final: pending.map((r) => outcomeForFailure(r, new DeliveryFailure(`Too many hops (${hops} Received headers): mail loop?`, { permanent: true, enhanced: '5.4.6' }))) }]
+        : await Promise.all([...groupByDomain(pending)].map(([domain, rcpts]) =>
+          this.#plan(gen, resolver, envelope, message.length, attempt, domain, rcpts)));
+      // One transaction per distinct plan: domains that lead to the same next hop share it.
+      const transactions = new Map<string, { plan: DeliveryPlan; recipients: string[] }>();
+      const outcomes: RecipientOutcome[] = [];
+      for (const g of groups) {
+        outcomes.push(...g.final);
+        if (!g.plan) continue;
+        const key = JSON.stringify([g.plan.hops.map((h) => [h.host, h.port, h.implicitTls]), g.plan.tls]);
+        const t = transactions.get(key);
+        if (t) t.recipients.push(...g.recipients);
+        else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
+      }
+      const eightBit = hasEightBit(message);
+      const results = await Promise.all([...transactions.values()].map(async (t) => {
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit });
+        this.#logTransaction(id, envelope, r.outcomes, r.connection);
+        return r.outcomes;
+      }));
+      for (const r of results) outcomes.push(...r);
+      await this.#record(gen, envelope, message, attempt, outcomes);
+    } finally {
+      gen.release();
+    }
+  }
+
+  /** Default route + pre-delivery script for one recipient domain. */
+  async #plan(
+    gen: PolicyGeneration, resolver: DeliveryResolver, envelope: SpoolEnvelope, size: number, attempt: number,
+    domain: string, recipients: string[],
+  ): Promise<Group> {
+    const delivery = gen.config.delivery;
+    const route = await defaultRoute(delivery, domain, resolver);
+    const first = route.hops[0]!;
+    let decision: PredeliveryDecision = { action: 'deliver', tls: {} };
+    if (hasPredelivery(gen)) {
+      const ctx: PredeliveryContext = {
+        message: {
+          id: envelope.id, sender: envelope.sender, recipients, size, attempt,
+          previousErrors: envelope.errors, receivedAt: envelope.receivedAt,
+        },
+        destination: { host: first.host, port: first.port, implicitTls: first.implicitTls, domain, kind: route.kind },
+        session: envelope.session,
+      };
+      decision = await runPredelivery(gen, ctx, this.#log);
+    }
+    if (decision.action !== 'deliver') {
+      const failure = decision.failure;
+      return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, failure)) };
+    }
+    let hops: NextHop[];
+    if (decision.host !== undefined) {
+      const port = decision.port ?? first.port;
+      hops = [{ host: decision.host, port, implicitTls: decision.implicitTls ?? (decision.port !== undefined ? port === 465 : first.implicitTls) }];
+    } else if (route.failure) {
+      return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, route.failure!)) };
+    } else if (decision.port !== undefined || decision.implicitTls !== undefined) {
+      hops = route.hops.map((h) => ({ ...h, port: decision.port ?? h.port, implicitTls: decision.implicitTls ?? h.implicitTls }));
+    } else {
+      hops = route.hops;
+    }
+    const tls: TlsPolicy = { mode: decision.tls.mode ?? delivery.tls.mode };
+    const cert = decision.tls.clientCertificate ?? delivery.tls.clientCertificate;
+    const ca = decision.tls.ca ?? delivery.tls.ca;
+    if (cert) tls.clientCertificate = cert;
+    if (ca) tls.ca = ca;
+    if (decision.tls.serverName) tls.serverName = decision.tls.serverName;
+    return { recipients, plan: { hops, tls }, final: [] };
+  }
+
+  /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
+  async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
+    const id = envelope.id;
+    const delivery = gen.config.delivery;
+    const now = Date.now();
+    const expired = isExpired(delivery, envelope.receivedAt, now);
+    const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
+    const failed: FailedRecipient[] = [];
+    const newlyBounced = new Set<string>();
+    const recipients: SpoolRecipient[] = envelope.recipients.map((r) => {
+      const o = r.status ? undefined : byRecipient.get(r.address);
+      if (!o) return r;
+      if (o.status === 'delivered') return { ...r, status: 'delivered', lastError: undefined };
+      if (o.status === 'permanent' || expired) {
+        newlyBounced.add(r.address);
+        if (wantsFailureNotice(r)) {
+          failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
+        }
+        return { ...r, status: 'bounced', lastError: o.reply };
+      }
+      return { ...r, lastError: o.reply };
+    });
+    let bounceId: string | null = null;
+    if (failed.length && envelope.sender !== '') {
+      try {
+        bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')));
+      } catch (err) {
+        // No bounce, no verdict: keep the recipients pending and try again later.
+        this.#log.error({ id, err }, 'cannot spool the bounce; the failed recipients stay queued');
+        for (const r of recipients) if (newlyBounced.has(r.address)) delete r.status;
+        newlyBounced.clear();
+      }
+    } else if (newlyBounced.size && envelope.sender === '') {
+      this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+    }
+    const newErrors = outcomes.filter((o) => o.status !== 'delivered')
+      .map((o) => (o.remoteReply && o.remoteMta ? `${o.recipient}: ${o.remoteMta} said: ${o.reply}` : `${o.recipient}: ${o.reply}`));
+    const done = recipients.every((r) => r.status);
+    let nextAttemptAt: string | null = null;
+    if (done) {
+      await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+      this.#noState.delete(id);
+      this.#log.info({ id, attempt, bounce: bounceId }, 'message finished, removed from the spool');
+    } else {
+      const progress = outcomes.some((o) => o.status !== 'temporary') || newlyBounced.size > 0;
+      if (this.#closing && !progress) return; // cut short by shutdown: not an attempt worth counting
+      nextAttemptAt = new Date(now + retryDelayMs(delivery, attempt)).toISOString();
+      const state: SpoolState = {
+        attempts: attempt, nextAttemptAt, recipients, errors: [...envelope.errors, ...newErrors].slice(-MAX_ERRORS),
+      };
+      await this.#spool.updateState(id, state);
+      this.#noState.delete(id);
+      if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+      else if (!this.#closing) this.#due.set(id, Date.parse(nextAttemptAt));
+    }
+    if (bounceId) this.notify(bounceId);
+    this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  #logTransaction(id: string, envelope: SpoolEnvelope, outcomes: RecipientOutcome[], connection: { remote: string; tls: unknown } | null): void {
+    for (const status of ['delivered', 'temporary', 'permanent'] as const) {
+      const these = outcomes.filter((o) => o.status === status);
+      if (!these.length) continue;
+      const word = status === 'delivered' ? 'sent' : status === 'temporary' ? 'deferred' : 'bounced';
+      this.#log[status === 'delivered' ? 'info' : 'warn']({
+        id, from: envelope.sender, to: these.map((o) => o.recipient), status: word, relay: these[0]!.remoteMta ?? connection?.remote ?? null,
+        tls: connection?.tls ?? null, reply: these[0]!.reply,
+      }, `${word}: ${these[0]!.reply}`);
+    }
+  }
+
+  #emit(e: AttemptEvent): void {
+    for (const fn of this.#listeners) {
+      try { fn(e); } catch { /* a listener's problem */ }
+    }
+  }
+
+  /** Stop: no new attempts, connections closed, running attempts settled (their progress recorded). */
+  async close(): Promise<void> {
+    this.#closing = true;
+    if (this.#scanTimer) clearTimeout(this.#scanTimer);
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    this.#pool.close();
+    await this.#scanning;
+    await Promise.allSettled([...this.#active.values()]);
+    this.#pool.close();
+  }
+}
+
+/** DSN NOTIFY: no parameter means the default (failures are reported); NEVER or a list without FAILURE suppresses it. */
+function wantsFailureNotice(r: SpoolRecipient): boolean {
+  if (!r.notify?.length) return true;
+  const n = r.notify.map((x) => x.toUpperCase());
+  return !n.includes('NEVER') && n.includes('FAILURE');
+}
+
+function hasEightBit(buf: Buffer): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i]! > 0x7f) return true;
+  return false;
+}
+
+/** Received header fields in the message header (up to the first empty line). */
+function receivedCount(message: Buffer): number {
+  let end = message.indexOf('\r\n\r\n');
+  if (end < 0) end = Math.min(message.length, 1024 * 1024);
+  const head = message.subarray(0, end).toString('latin1');
+  return (head.match(/^Received:/gim) ?? []).length;
+}
