@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-/** Command line: `postern [serve]`, `check`, `status`, `hash-password`. Parsing only; work lives elsewhere. */
+/** Command line: `postern [serve]`, `check`, `status`, `queue`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
 import { Command } from 'commander';
 import { serveCommand } from './serve.ts';
 import { checkCommand } from './check.ts';
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
+import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand } from './queue.ts';
 
 const program = new Command('postern')
   .description('Scriptable SMTP policy engine with TLS client-certificate authentication');
@@ -24,6 +25,27 @@ program.command('status')
   .description('show the running server\'s reload status (exit 2 when the last reload failed)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .action(async (opts: { config?: string }) => { process.exitCode = await statusCommand(opts); });
+
+const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
+queue.command('list')
+  .description('messages in the spool with their pending recipients and last errors')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { config?: string; json?: boolean }) => { process.exitCode = await queueListCommand(opts); });
+queue.command('show <id>')
+  .description('one message\'s envelope and delivery state (--message: and its content)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--message', 'print the message too')
+  .action(async (id: string, opts: { config?: string; message?: boolean }) => { process.exitCode = await queueShowCommand(id, opts); });
+queue.command('retry [id]')
+  .description('make a message (or --all) due now; the running server picks it up at its next scan')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--all', 'every message in the queue')
+  .action(async (id: string | undefined, opts: { config?: string; all?: boolean }) => { process.exitCode = await queueRetryCommand(id, opts); });
+queue.command('delete <id>')
+  .description('remove a message without delivering or bouncing it')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .action(async (id: string, opts: { config?: string }) => { process.exitCode = await queueDeleteCommand(id, opts); });
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')
