@@ -1,0 +1,159 @@
+/**
+ * Postern for delivery tests: like test/helpers/postern.ts (temp folder, scripts, files, log capture) plus
+ * an optional DNS stand-in, and helpers to wait for queue attempts and to send a message in.
+ */
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { startPostern, type RunningPostern } from '../../../engine/app/postern.ts';
+import { createLogger } from '../../../engine/logging/logger.ts';
+import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts';
+import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
+import { HostNotFound } from '../../../engine/delivery/dns.ts';
+import type { AttemptEvent } from '../../../engine/queue/runner.ts';
+import { SmtpTestClient } from '../../helpers/smtp-client.ts';
+
+export interface DeliveryServer extends RunningPostern {
+  dir: string;
+  port(listener?: string): number;
+  logs: Array<Record<string, unknown>>;
+  /** Every attempt so far, in order. */
+  attempts: AttemptEvent[];
+  /** Resolves with the next attempt event matching `pred` (including ones already seen, if `past`). */
+  nextAttempt(pred: (e: AttemptEvent) => boolean, opts?: { timeoutMs?: number; past?: boolean }): Promise<AttemptEvent>;
+  /** Send one message through the first listener (plain SMTP); returns the queue id. */
+  send(from: string, to: string[], body?: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export interface DeliveryServerOptions {
+  config: string;
+  scripts?: Record<string, string>;
+  files?: Record<string, string>;
+  resolver?: DeliveryResolver;
+}
+
+export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<DeliveryServer> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-delivery-'));
+  await mkdir(join(dir, 'scripts'));
+  for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
+  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
+  await writeFile(join(dir, 'postern.yaml'), base + opts.config);
+  const running = await startPostern({
+    configPath: join(dir, 'postern.yaml'), resolver: opts.resolver,
+    logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
+  });
+  const attempts: AttemptEvent[] = [];
+  const waiters = new Set<(e: AttemptEvent) => void>();
+  running.queue.onAttempt((e) => {
+    attempts.push(e);
+    for (const w of [...waiters]) w(e);
+  });
+  const firstListener = [...running.addresses.keys()][0]!;
+  const server: DeliveryServer = Object.assign(running, {
+    dir, logs, attempts,
+    port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
+    nextAttempt(pred: (e: AttemptEvent) => boolean, o: { timeoutMs?: number; past?: boolean } = {}) {
+      if (o.past) {
+        const seen = attempts.find(pred);
+        if (seen) return Promise.resolve(seen);
+      }
+      return new Promise<AttemptEvent>((resolve, reject) => {
+        const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`no matching queue attempt within ${o.timeoutMs ?? 15000} ms; attempts: ${JSON.stringify(attempts, null, 1).slice(0, 3000)}`)); }, o.timeoutMs ?? 15_000);
+        const check = (e: AttemptEvent): void => {
+          if (!pred(e)) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(e);
+        };
+        waiters.add(check);
+      });
+    },
+    async send(from: string, to: string[], body?: string) {
+      const c = await SmtpTestClient.connect(server.port());
+      try {
+        await c.hello();
+        const r = await c.sendMail(from, to, body);
+        const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
+        if (!id) throw new Error(`not queued: ${r.text}`);
+        return id;
+      } finally {
+        await c.quit();
+      }
+    },
+    async stop() {
+      await running.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  });
+  return server;
+}
+
+/** A DNS stand-in: MX records and addresses from tables; unknown names are NXDOMAIN. */
+export function fakeResolver(mx: Record<string, MxRecord[] | 'nxdomain' | 'servfail'>, hosts: Record<string, string[]>): DeliveryResolver {
+  return {
+    async mx(domain) {
+      const r = mx[domain];
+      if (r === 'servfail') throw new DeliveryFailure(`Name service error for name=${domain} type=MX: ESERVFAIL`, { permanent: false, enhanced: '4.4.3' });
+      if (r === undefined || r === 'nxdomain') {
+        if (hosts[domain]) return [];
+        throw new DeliveryFailure(`Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`, { permanent: true, enhanced: '5.1.2' });
+      }
+      return r;
+    },
+    async addresses(host) {
+      if (/^[\d.]+$|:/.test(host)) return [host];
+      const a = hosts[host];
+      if (!a) throw new HostNotFound(host);
+      return a;
+    },
+  };
+}
+
+/** Split a multipart/report DSN into its notification text, delivery-status fields and returned header. */
+export function parseDsn(raw: Buffer | string): {
+  headers: Record<string, string>;
+  text: string;
+  perMessage: Record<string, string>;
+  recipients: Array<Record<string, string>>;
+  returnedHeader: string;
+} {
+  const s = raw.toString();
+  const [head, ...rest] = s.split('\r\n\r\n');
+  const headers = fields(head!);
+  const boundary = /boundary="([^"]+)"/.exec(headers['content-type'] ?? '')?.[1];
+  if (!boundary || !/^multipart\/report;/i.test(headers['content-type'] ?? '') || !/report-type=delivery-status/i.test(headers['content-type'] ?? '')) {
+    throw new Error(`not a multipart/report DSN:\n${s.slice(0, 500)}`);
+  }
+  const body = rest.join('\r\n\r\n');
+  const parts = body.split(`--${boundary}`).slice(1, -1).map((p) => {
+    const t = p.replace(/^\r\n/, '');
+    const i = t.indexOf('\r\n\r\n');
+    return { headers: fields(t.slice(0, i)), body: t.slice(i + 4).replace(/\r\n$/, '') }; // that CRLF belongs to the delimiter
+  });
+  const text = parts.find((p) => /^text\/plain/i.test(p.headers['content-type'] ?? ''))!.body;
+  const status = parts.find((p) => /^message\/delivery-status/i.test(p.headers['content-type'] ?? ''))!.body;
+  const groups = status.trim().split(/\r\n\r\n/).map(fields);
+  const returned = parts.find((p) => /^text\/rfc822-headers/i.test(p.headers['content-type'] ?? ''))?.body ?? '';
+  return { headers, text, perMessage: groups[0]!, recipients: groups.slice(1), returnedHeader: returned };
+}
+
+function fields(block: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of block.replace(/\r\n[ \t]+/g, ' ').split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

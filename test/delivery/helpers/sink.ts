@@ -1,0 +1,134 @@
+/**
+ * A next hop for delivery tests: a real smtp-server on 127.0.0.1 that records what it received (envelope,
+ * bytes, the TLS session and the client certificate's fingerprint) and can refuse at MAIL, RCPT or DATA.
+ */
+import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
+
+export interface PeerFacts {
+  tls: boolean;
+  /** SHA-256 fingerprint of the client certificate (uppercase colon hex, as node prints it), if one was presented. */
+  clientFingerprint: string | null;
+  /** Whether that certificate verified against the sink's CA. */
+  clientAuthorized: boolean;
+  servername: string | null;
+}
+
+export interface Received extends PeerFacts {
+  from: string;
+  to: string[];
+  data: Buffer;
+}
+
+export interface Refusal { code: number; text: string }
+
+export interface SinkOptions {
+  tls?: 'none' | 'starttls' | 'implicit';
+  /** Server certificate chain and key files (default: none, only for tls none). */
+  cert?: string;
+  key?: string;
+  /** CA file for client certificates; with it the sink asks for a client certificate. */
+  ca?: string;
+  /** Refuse the handshake without a CA-verified client certificate (TLS-level refusal). */
+  requireClientCertificate?: boolean;
+  /** Decide per command; return a refusal or nothing. */
+  decide?(stage: 'mail' | 'rcpt' | 'data', address: string, peer: PeerFacts): Refusal | null | undefined;
+  banner?: string;
+  /** Wait this long before answering the end of DATA (a slow next hop). */
+  dataDelayMs?: number;
+}
+
+export interface Sink {
+  port: number;
+  messages: Received[];
+  /** Every MAIL FROM seen (accepted or not), with the peer facts at that time. */
+  attempts: Array<{ from: string; peer: PeerFacts }>;
+  connections: number;
+  waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
+  close(): Promise<void>;
+}
+
+export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
+  const mode = opts.tls ?? 'none';
+  const peers = new Map<string, PeerFacts>();
+  const peer = (s: SMTPServerSession): PeerFacts => peers.get(s.id) ?? { tls: false, clientFingerprint: null, clientAuthorized: false, servername: null };
+  const messages: Received[] = [];
+  const attempts: Sink['attempts'] = [];
+  const waiters = new Set<() => void>();
+  let connections = 0;
+  const refuse = (r: Refusal): Error => Object.assign(new Error(r.text), { responseCode: r.code });
+  const server = new SMTPServer({
+    logger: false,
+    authOptional: true,
+    disabledCommands: mode === 'none' ? ['AUTH', 'STARTTLS'] : ['AUTH'],
+    hideSTARTTLS: mode === 'none',
+    secure: mode === 'implicit',
+    ...(opts.cert ? { cert: readFileSync(opts.cert), key: readFileSync(opts.key!) } : {}),
+    ...(opts.ca ? { ca: [readFileSync(opts.ca)], requestCert: true, rejectUnauthorized: !!opts.requireClientCertificate } : {}),
+    banner: opts.banner ?? 'test sink',
+    size: 10 * 1024 * 1024,
+    onConnect(_session, cb) { connections++; cb(); },
+    onSecure(socket, session, cb) {
+      const tls = socket as TLSSocket;
+      const cert = tls.getPeerX509Certificate();
+      peers.set(session.id, {
+        tls: true,
+        clientFingerprint: cert ? new X509Certificate(cert.raw).fingerprint256 : null,
+        clientAuthorized: tls.authorized,
+        servername: (tls as TLSSocket & { servername?: string | false }).servername || null,
+      });
+      cb();
+    },
+    onMailFrom(address, session, cb) {
+      attempts.push({ from: address.address, peer: peer(session) });
+      const r = opts.decide?.('mail', address.address, peer(session));
+      cb(r ? refuse(r) : undefined);
+    },
+    onRcptTo(address, session, cb) {
+      const r = opts.decide?.('rcpt', address.address, peer(session));
+      cb(r ? refuse(r) : undefined);
+    },
+    onData(stream, session, cb) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', async () => {
+        if (opts.dataDelayMs) await new Promise((r) => setTimeout(r, opts.dataDelayMs));
+        const r = opts.decide?.('data', '', peer(session));
+        if (r) return cb(refuse(r));
+        messages.push({
+          from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+          to: session.envelope.rcptTo.map((x) => x.address),
+          data: Buffer.concat(chunks),
+          ...peer(session),
+        });
+        for (const w of [...waiters]) w();
+        cb();
+      });
+    },
+    onClose(session) { peers.delete(session.id); },
+  });
+  server.on('error', () => undefined);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const port = (server.server.address() as AddressInfo).port;
+  return {
+    port, messages, attempts,
+    get connections() { return connections; },
+    waitFor(count, timeoutMs = 15_000) {
+      if (messages.length >= count) return Promise.resolve(messages);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`sink: ${messages.length} of ${count} messages after ${timeoutMs} ms`)); }, timeoutMs);
+        const check = (): void => {
+          if (messages.length < count) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(messages);
+        };
+        waiters.add(check);
+      });
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}

@@ -1,0 +1,87 @@
+// `postern queue list | show | retry | delete` against the spool of a running server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startSink, type Sink } from './helpers/sink.ts';
+import { sleep, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+
+const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
+let sink: Sink;
+let s: DeliveryServer;
+let holding = true;
+
+before(async () => {
+  sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && holding && address.startsWith('hold') ? { code: 451, text: '4.2.0 Held' } : null) });
+  s = await startDeliveryServer({
+    config: `
+listeners:
+  - name: in
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0 }
+delivery:
+  enabled: true
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  retrySchedule: [3600]
+  scanIntervalMs: 300
+`,
+    scripts: { 'rcptto.ts': `export default () => accept();` },
+  });
+});
+after(async () => {
+  await s?.stop();
+  await sink?.close();
+});
+
+function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [MAIN, 'queue', ...args, '-c', join(s.dir, 'postern.yaml')], { timeout: 30_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+test('list, show, retry and delete while the server runs', async () => {
+  const held = await s.send('me@origin.test', ['hold1@dest.test', 'ok@dest.test']);
+  const other = await s.send('me@origin.test', ['hold2@dest.test']);
+  for (const id of [held, other]) await s.nextAttempt((e) => e.id === id, { past: true });
+
+  const list = await cli('list');
+  assert.equal(list.code, 0, list.stderr);
+  assert.match(list.stdout, new RegExp(`^${held} +\\d+ +\\S+ +<me@origin\\.test> +attempts 1, next `, 'm'));
+  assert.match(list.stdout, /^ {4}hold1@dest\.test\n {6}\(451 4\.2\.0 Held\)$/m);
+  assert.match(list.stdout, /\(1 recipient done\)/);
+  assert.match(list.stdout, /^-- 2 messages$/m);
+  const json = JSON.parse((await cli('list', '--json')).stdout) as { messages: Array<{ id: string; pending: Array<{ address: string }> }> };
+  assert.deepEqual(json.messages.map((m) => [m.id, m.pending.map((p) => p.address)]), [[held, ['hold1@dest.test']], [other, ['hold2@dest.test']]]);
+
+  const show = await cli('show', held);
+  assert.equal(show.code, 0);
+  const env = JSON.parse(show.stdout);
+  assert.equal(env.attempts, 1);
+  assert.deepEqual(env.recipients.map((r: { status?: string }) => r.status ?? 'pending'), ['pending', 'delivered']);
+  assert.match((await cli('show', held, '--message')).stdout, /\nSubject: test\r\n\r\nhello\r\n$/);
+
+  holding = false;
+  const retry = await cli('retry', held);
+  assert.equal(retry.code, 0, retry.stderr);
+  assert.equal(retry.stdout, `1 message due now: ${held}\n`);
+  const done = await s.nextAttempt((e) => e.id === held && e.removed, { timeoutMs: 5000 });
+  assert.equal(done.attempt, 2);
+  assert.deepEqual(sink.messages.at(-1)!.to, ['hold1@dest.test']);
+
+  const del = await cli('delete', other);
+  assert.equal(del.code, 0);
+  assert.equal(del.stdout, `${other}: deleted\n`);
+  await sleep(700); // two scans: the server forgets it
+  assert.equal((await cli('list')).stdout, 'Mail queue is empty\n');
+  assert.equal(s.attempts.filter((e) => e.id === other).length, 1, 'a deleted message is not attempted again');
+
+  const missing = await cli('show', other);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /no such message in the queue/);
+  assert.equal((await cli('delete', '../etc')).code, 1);
+  assert.equal((await cli('retry', '--all')).stdout, '0 messages due now\n');
+});
