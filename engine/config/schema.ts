@@ -125,6 +125,8 @@ export const configSchema = z.strictObject({
     timeoutMs: z.number().int().positive().default(100).describe('Time limit of one script call'),
     memoryLimitMb: z.number().int().min(8).default(32).describe('Heap limit of each isolate'),
     isolates: z.number().int().positive().max(64).default(2).describe('Isolates per generation; calls spread over them'),
+    fastPathMs: z.number().int().min(0).max(50).default(5)
+      .describe('A call first runs on the event loop for at most this long, then is moved to an isolate thread (0: always on an isolate thread)'),
   }).prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -51,6 +51,7 @@ export class PolicyGeneration {
           timeoutMs: config.sandbox.timeoutMs,
           memoryLimitMb: config.sandbox.memoryLimitMb,
           isolates: config.sandbox.isolates,
+          fastPathMs: config.sandbox.fastPathMs,
           host: {
             lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
             log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error', message: string) => log[level]({ cid, script: file }, message),

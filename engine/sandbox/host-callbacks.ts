@@ -17,6 +17,8 @@ export interface HostBridge {
 export interface CurrentRun {
   connectionId: string | null;
   file: string;
+  /** Log lines held back until the call is known to count (a fast-path attempt may be run again). */
+  held?: string[];
 }
 
 const HMAC_ALGORITHMS = new Set(['sha1', 'sha256', 'sha512', 'md5']);
@@ -41,6 +43,10 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
   };
   const log = (message: unknown): void => {
     const run = current();
+    if (run?.held) {
+      run.held.push(String(message).slice(0, MAX_LOG));
+      return;
+    }
     try {
       host.log(run?.connectionId ?? null, run?.file ?? '(sandbox)', 'info', String(message).slice(0, MAX_LOG));
     } catch {

@@ -24,6 +24,13 @@ export interface RuntimeHandle {
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /** Call a hook; resolves (never rejects) with the outcome. */
   run(hook: string, ctx: unknown): RunOutcome | Promise<RunOutcome>;
+  /**
+   * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
+   * which is kept for `settle()`.
+   */
+  runSync(hook: string, ctx: unknown): RunOutcome | null;
+  /** The outcome of the promise the last runSync() kept (and forget it). */
+  settle(): Promise<RunOutcome>;
 }
 
 export function installRuntime(
@@ -208,21 +215,36 @@ export function installRuntime(
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
+  // Set when a call returned a promise: the runner's own promise of its outcome.
+  let pending: Promise<RunOutcome> | null = null;
+  function call(hook: string, ctx: unknown): RunOutcome | null {
+    pending = null;
+    try {
+      const result = hooks[hook]!(ctx);
+      if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
+        const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
+        pending = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
+        return null;
+      }
+      return succeeded(result);
+    } catch (error) {
+      return failed(error);
+    }
+  }
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
     run(hook, ctx) {
-      try {
-        const result = hooks[hook]!(ctx);
-        if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
-          const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
-          return apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
-        }
-        return succeeded(result);
-      } catch (error) {
-        return failed(error);
-      }
+      return call(hook, ctx) ?? pending!;
+    },
+    runSync(hook, ctx) {
+      return call(hook, ctx);
+    },
+    settle() {
+      const kept = pending ?? (apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>);
+      pending = null;
+      return kept;
     },
   };
 }

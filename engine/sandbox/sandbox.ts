@@ -17,6 +17,11 @@ export interface SandboxOptions {
   memoryLimitMb?: number;
   /** Isolates in the pool. Default 2. */
   isolates?: number;
+  /**
+   * How long a call may run on the event-loop thread before it is moved to an isolate thread (see
+   * IsolateSlot.call). 0: always on an isolate thread. Default 5.
+   */
+  fastPathMs?: number;
   host: HostBridge;
 }
 
@@ -39,6 +44,8 @@ export interface SandboxStats {
   calls: number;
   failures: Record<FailureKind, number>;
   rebuilds: number;
+  /** Calls started on the event-loop thread (sandbox.fastPathMs), and how many of them outran it and were run again. */
+  fastPath: { calls: number; overruns: number };
 }
 
 interface Member {
@@ -58,6 +65,8 @@ interface Waiter {
 }
 
 const REBUILD_RETRY_MS = 1000;
+/** A hook whose call outran the fast path runs on isolate threads only, for this long. */
+const SLOW_HOOK_MS = 60_000;
 
 function positiveInteger(name: string, value: number, min: number): number {
   if (!Number.isInteger(value) || value < min) throw new RangeError(`sandbox ${name} must be an integer ≥ ${min}, got ${value}`);
@@ -70,10 +79,15 @@ export class Sandbox {
   readonly #members: Member[];
   readonly #waiting: Waiter[] = [];
   readonly #failures: Record<FailureKind, number> = { error: 0, timeout: 0, memory: 0 };
+  readonly #fastPathMs: number;
+  /** Hooks that outran the fast path, and until when they stay off it. */
+  readonly #slowUntil = new Map<HookName, number>();
+  readonly #fastPath = { calls: 0, overruns: 0 };
   #rotation = 0;
   #disposed = false;
 
-  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[]) {
+  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
+    this.#fastPathMs = fastPathMs;
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
     this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0 }));
@@ -90,8 +104,10 @@ export class Sandbox {
       host: options.host,
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
+    const fastPathMs = options.fastPathMs ?? 5;
+    if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
     const scripts = [...options.scripts];
-    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, []); // nothing to run: no isolates
+    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs); // nothing to run: no isolates
 
     const first = await IsolateSlot.build(scripts, slotOptions, true);
     if (!first.slot) {
@@ -111,7 +127,7 @@ export class Sandbox {
       await teardownGrace();
       throw problem;
     }
-    return new Sandbox(scripts, slotOptions, slots);
+    return new Sandbox(scripts, slotOptions, slots, fastPathMs);
   }
 
   /** Whether a script implements `hook`; callers skip the sandbox entirely when not. */
@@ -142,14 +158,36 @@ export class Sandbox {
     }
     member.calls++;
     try {
-      return await member.slot!.call(hook, copy, connectionId);
+      const fastPathMs = this.#fastPathFor(hook);
+      if (fastPathMs > 0) this.#fastPath.calls++;
+      const { value, overran } = await member.slot!.call(hook, copy, connectionId, fastPathMs);
+      if (overran) this.#markSlow(hook, script.file);
+      return value;
     } catch (e) {
       member.failures++;
       this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
       throw e;
     } finally {
+      copy.release();
       this.#release(member, script.file);
     }
+  }
+
+  #fastPathFor(hook: HookName): number {
+    if (this.#fastPathMs === 0) return 0;
+    const until = this.#slowUntil.get(hook);
+    if (until === undefined) return this.#fastPathMs;
+    if (Date.now() < until) return 0;
+    this.#slowUntil.delete(hook);
+    return this.#fastPathMs;
+  }
+
+  #markSlow(hook: HookName, file: string): void {
+    this.#fastPath.overruns++;
+    if (this.#slowUntil.has(hook)) return;
+    this.#slowUntil.set(hook, Date.now() + SLOW_HOOK_MS);
+    this.#log(file, 'warn', `a ${hook} call ran longer than the ${this.#fastPathMs} ms fast path and was run again on an isolate thread; ` +
+      `${hook} calls stay there for ${SLOW_HOOK_MS / 1000} s`);
   }
 
   async stats(): Promise<SandboxStats> {
@@ -167,6 +205,7 @@ export class Sandbox {
       calls: isolates.reduce((n, i) => n + i.calls, 0),
       failures: { ...this.#failures },
       rebuilds: isolates.reduce((n, i) => n + i.rebuilds, 0),
+      fastPath: { ...this.#fastPath },
     };
   }
 

@@ -145,6 +145,7 @@ test('calls queue when every isolate is busy and run in order', async () => {
   const sandbox = await Sandbox.create({
     host: recordingHost(),
     isolates: 1,
+    fastPathMs: 0, // calls must overlap to queue
     scripts: [js('rcptto', 'let n = 0; export default function (ctx) { const t = Date.now(); while (Date.now() - t < 5) {} return { verdict: "accept", text: ctx.i + ":" + (n++) }; }')],
   });
   try {

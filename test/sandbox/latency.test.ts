@@ -39,6 +39,8 @@ test('invoke latency with a 3 KB context', async () => {
     }));
     const concurrentMs = performance.now() - t1;
 
+    const { fastPath } = await sandbox.stats();
+    console.log(`# fast path: ${fastPath.calls} calls, ${fastPath.overruns} overruns`);
     console.log(`# invoke, ${size}-byte context, 2 isolates: median ${quantile(samples, 0.5).toFixed(0)} µs, ` +
       `p99 ${quantile(samples, 0.99).toFixed(0)} µs; sequential ${(3000 / (sequentialMs / 1000)).toFixed(0)} calls/s; ` +
       `${inFlight} in flight ${(total / (concurrentMs / 1000)).toFixed(0)} calls/s`);
