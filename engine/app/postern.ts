@@ -134,6 +134,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
+      spool.close();
       const generation = runtime.generation;
       generation.release();
       generation.retire();

@@ -1,49 +1,65 @@
 /**
- * The durable spool. A message is written to `incoming/<id>.part`, fdatasynced, renamed to
- * `queue/<id>.msg` and the queue directory synced; only then may the SMTP side say 250. So every `.msg` is
- * complete, and whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
- * (Files are created outside queue/ because creating one waits for a running sync of its directory.) Delivery bookkeeping that changes later
- * lives beside it in `<id>.state` (replaced atomically), never in the message file. `rescan` in the root is
- * rewritten by `postern queue retry|delete` so a running queue runner re-reads every state.
+ * The durable spool; the SMTP side says 250 only once a message is in it. A message up to 1 MiB goes to
+ * the group-committed journal (journal.ts): one record, durable with everyone else's in the same flush.
+ * A larger one is streamed to `incoming/<id>.part`, fdatasynced, renamed to `queue/<id>.msg` and the queue
+ * directory synced; whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
+ * (Files are created outside queue/ because creating one waits for a running sync of its directory.)
+ * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
+ * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message. `rescan` in
+ * the root is rewritten by `postern queue retry|delete` so a running queue runner re-reads every state.
  */
-import { closeSync, fdatasync, fstatSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasync, fstatSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolState } from './envelope.ts';
+import { Journal } from './journal.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
+/** Messages up to this size (with envelope) go to the journal; larger ones get a file of their own. */
+const JOURNAL_MAX_BYTES = 1024 * 1024;
 
 export class Spool {
   readonly root: string;
   readonly queueDir: string;
   readonly incomingDir: string;
+  readonly journalDir: string;
   readonly #dirSync: DirectorySyncer;
+  /** The server's journal (after init()). */
+  #journal: Journal | null = null;
+  /** A reader's view of the journal, read again on every call so it is never stale. */
+  #view: Journal | null = null;
 
   constructor(root: string) {
     this.root = root;
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
+    this.journalDir = join(root, 'journal');
     this.#dirSync = new DirectorySyncer(this.queueDir);
   }
 
+  /** For the server: recover the journal and clean up what a crash left. Other users only read. */
   async init(): Promise<{ removedOrphans: number }> {
     await mkdir(this.queueDir, { recursive: true, mode: 0o700 });
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
+    this.#journal?.close();
+    this.#journal = Journal.open(this.journalDir, { writable: true });
     let removedOrphans = 0;
     for (const name of await readdir(this.incomingDir)) {
       await rm(join(this.incomingDir, name), { force: true });
       removedOrphans++;
     }
     const names = new Set(await readdir(this.queueDir));
+    const journal = this.#journal;
     for (const name of names) {
       // Never acknowledged: half-written messages, temporary state files, state without a message.
       const orphan = name.endsWith('.part') || name.endsWith('.tmp')
-        || (name.endsWith('.state') && !names.has(name.replace(/\.state$/, '.msg')));
+        || (name.endsWith('.state') && !names.has(name.replace(/\.state$/, '.msg')) && !journal.has(name.slice(0, -'.state'.length)));
       if (orphan) {
         await rm(join(this.queueDir, name), { force: true });
         removedOrphans++;
@@ -62,13 +78,35 @@ export class Spool {
   messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
 
-  /** Start writing a message. */
+  /** Start writing a message (after init()). */
   create(id: string): SpoolWriter {
-    return new SpoolWriter(join(this.incomingDir, `${id}.part`), this.messagePath(id), id, this.#dirSync);
+    return new SpoolWriter(join(this.incomingDir, `${id}.part`), this.messagePath(id), id, this.#dirSync, this.#journal);
+  }
+
+  /** Close the journal's files (the server is stopping). */
+  close(): void {
+    this.#journal?.close();
+    this.#journal = null;
+    this.#view?.close();
+    this.#view = null;
+  }
+
+  /** The server's journal, or for a reader (`postern queue`) the journal as it is on disk now. */
+  #readJournal(): Journal | null {
+    if (this.#journal) return this.#journal;
+    this.#view?.close();
+    this.#view = existsSync(this.journalDir) ? Journal.open(this.journalDir, { writable: false }) : null;
+    return this.#view;
   }
 
   /** The envelope, with the latest delivery state applied. */
   async readEnvelope(id: string): Promise<SpoolEnvelope> {
+    const record = this.#readJournal()?.read(id);
+    if (record) {
+      const { envelope } = parseLayout(record, `${this.journalDir} (message ${id})`);
+      const state = await this.readState(id);
+      return state ? { ...envelope, ...state } : envelope;
+    }
     const handle = await open(this.messagePath(id), 'r');
     try {
       const { envelope } = await readLayout(handle, this.messagePath(id));
@@ -81,6 +119,8 @@ export class Spool {
 
   /** The message bytes (Received header + message as received), without the envelope trailer. */
   async readMessage(id: string): Promise<Buffer> {
+    const record = this.#readJournal()?.read(id);
+    if (record) return record.subarray(0, parseLayout(record, `${this.journalDir} (message ${id})`).messageBytes);
     const handle = await open(this.messagePath(id), 'r');
     try {
       const { messageBytes } = await readLayout(handle, this.messagePath(id));
@@ -99,24 +139,9 @@ export class Spool {
    * `hasState: false` skips looking for a state file the caller knows is not there.
    */
   async readForDelivery(id: string, opts: { hasState?: boolean } = {}): Promise<{ envelope: SpoolEnvelope; message: Buffer }> {
-    const file = this.messagePath(id);
-    let data: Buffer;
-    const fd = openSync(file, 'r');
-    try {
-      const { size } = fstatSync(fd);
-      if (size <= SYNC_READ_BYTES) {
-        data = Buffer.allocUnsafe(size);
-        for (let off = 0; off < size;) {
-          const n = readSync(fd, data, off, size - off, off);
-          if (n === 0) throw new Error(`${file}: truncated while reading`);
-          off += n;
-        }
-      } else {
-        data = await readFile(file);
-      }
-    } finally {
-      closeSync(fd);
-    }
+    const record = this.#readJournal()?.read(id);
+    const file = record ? `${this.journalDir} (message ${id})` : this.messagePath(id);
+    const data = record ?? await readMessageFile(file);
     const { envelope, messageBytes } = parseLayout(data, file);
     const message = data.subarray(0, messageBytes);
     if (envelope.sha256 && createHash('sha256').update(message).digest('hex') !== envelope.sha256) {
@@ -138,6 +163,7 @@ export class Spool {
 
   /** Whether a message is still in the queue. */
   async has(id: string): Promise<boolean> {
+    if (this.#readJournal()?.has(id)) return true;
     return stat(this.messagePath(id)).then(() => true, () => false);
   }
 
@@ -160,6 +186,13 @@ export class Spool {
    * `hasState: false`: the caller knows there is no state file to remove.
    */
   async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
+    if (this.#readJournal()?.markDone(id)) {
+      if (opts.hasState !== false) {
+        await unlink(this.statePath(id)).catch(ignoreMissing);
+        await this.#dirSync.sync();
+      }
+      return;
+    }
     await unlink(this.messagePath(id)).catch(ignoreMissing);
     if (opts.hasState !== false) await unlink(this.statePath(id)).catch(ignoreMissing);
     await this.#dirSync.sync();
@@ -172,6 +205,9 @@ export class Spool {
   async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
     const names = new Set(await readdir(this.queueDir));
     const out: Array<{ id: string; hasState: boolean }> = [];
+    const journal = this.#readJournal();
+    journal?.refresh(); // messages `postern queue delete` removed
+    for (const id of journal?.ids() ?? []) out.push({ id, hasState: names.has(`${id}.state`) });
     for (const n of names) {
       if (!n.endsWith('.msg')) continue;
       const id = n.slice(0, -4);
@@ -198,31 +234,37 @@ export class Spool {
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
     const names = await readdir(this.queueDir);
-    return names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id)).sort();
+    const journal = this.#readJournal();
+    journal?.refresh();
+    const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
+    return [...(journal?.ids() ?? []), ...files].sort();
   }
 }
 
 /**
- * Writes one message. Opening, writing and closing are synchronous: they only touch the page cache (in
- * incoming/, which is never synced) and cost far less CPU than a thread-pool round trip each (test/bench).
- * The syncs and the rename into queue/ wait for the disk or the directory, so they go to the thread pool.
+ * Writes one message. Up to JOURNAL_MAX_BYTES it is only held in memory and committed as one journal
+ * record. Past that it streams to its own file: opening, writing and closing are synchronous (they only
+ * touch the page cache, in incoming/, which is never synced, and cost less CPU than thread-pool round
+ * trips); the syncs and the rename into queue/ wait for the disk or the directory, so they go to the pool.
  */
 export class SpoolWriter {
   readonly id: string;
   readonly #part: string;
   readonly #final: string;
   readonly #dirSync: DirectorySyncer;
+  readonly #journal: Journal | null;
   readonly #hash: Hash = createHash('sha256');
   #fd: number | null = null;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   #bytes = 0;
 
-  constructor(part: string, final: string, id: string, dirSync: DirectorySyncer) {
+  constructor(part: string, final: string, id: string, dirSync: DirectorySyncer, journal: Journal | null) {
     this.id = id;
     this.#part = part;
     this.#final = final;
     this.#dirSync = dirSync;
+    this.#journal = journal;
   }
 
   get bytes(): number { return this.#bytes; }
@@ -232,12 +274,19 @@ export class SpoolWriter {
     this.#hash.update(chunk);
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
-    if (this.#pendingBytes >= 256 * 1024) this.#flush();
+    const limit = this.#fd === null && this.#journal ? JOURNAL_MAX_BYTES : 256 * 1024;
+    if (this.#pendingBytes >= limit) this.#flush();
   }
 
   /** Make the message and its envelope durable. Resolves only when they would survive a crash. */
   async commit(envelope: SpoolEnvelope): Promise<void> {
     this.#pending.push(encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash.digest('hex') }));
+    if (this.#fd === null && this.#journal) {
+      const chunks = this.#pending;
+      this.#pending = [];
+      await this.#journal.append(this.id, chunks);
+      return;
+    }
     this.#flush();
     const fd = this.#fd!;
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
@@ -250,7 +299,8 @@ export class SpoolWriter {
   /** Drop the message (refused, or the client left before the end of DATA). */
   abort(): void {
     this.#pending = [];
-    if (this.#fd !== null) closeSync(this.#fd);
+    if (this.#fd === null) return;
+    closeSync(this.#fd);
     this.#fd = null;
     try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
@@ -263,6 +313,24 @@ export class SpoolWriter {
     for (const b of buffers) {
       for (let off = 0; off < b.length;) off += writeSync(this.#fd, b, off);
     }
+  }
+}
+
+/** A message file; a small one is read without the thread pool (it is normally still in the page cache). */
+async function readMessageFile(file: string): Promise<Buffer> {
+  const fd = openSync(file, 'r');
+  try {
+    const { size } = fstatSync(fd);
+    if (size > SYNC_READ_BYTES) return await readFile(file);
+    const data = Buffer.allocUnsafe(size);
+    for (let off = 0; off < size;) {
+      const n = readSync(fd, data, off, size - off, off);
+      if (n === 0) throw new Error(`${file}: truncated while reading`);
+      off += n;
+    }
+    return data;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -253,7 +253,7 @@ test('repeated failures: replies slow down past authFailuresBeforeDelay; at auth
 
 /** The spooled file's Received header (up to the message's own first header) and its lines, however they end. */
 async function receivedOf(s: TestServer, id: string, firstOwnHeader: string): Promise<{ raw: string; lines: string[] }> {
-  const spooled = await readFile(s.runtime.spool.messagePath(id), 'utf8');
+  const spooled = (await s.runtime.spool.readMessage(id)).toString('utf8');
   const raw = spooled.slice(0, spooled.indexOf(`\r\n${firstOwnHeader}`) + 2);
   return { raw, lines: raw.split(/\r?\n/).slice(0, -1) };
 }

@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile, readdir } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Spool } from '../../engine/spool/spool.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,6 +85,7 @@ delivery:
     }
   });
   let server: { child: ChildProcess; port: number } | null = null;
+  const spoolView = new Spool(join(dir, 'data', 'spool')); // reads what the server's process wrote, like `postern queue`
   try {
     server = await serve(config);
     target.port = server.port;
@@ -92,7 +94,7 @@ delivery:
       const deadline = Date.now() + 20_000;
       while (acked.size < goal && Date.now() < deadline) await sleep(20);
       await kill9(server.child);
-      const queued = (await readdir(join(dir, 'data', 'spool', 'queue'))).filter((n) => n.endsWith('.msg')).length;
+      const queued = (await spoolView.list()).length;
       assert.ok(acked.size >= goal - 10, `round ${round}: ${acked.size} acknowledged`);
       process.stderr.write(`# round ${round}: ${acked.size} acknowledged, ${sink.messages.length} at the sink, ${queued} in the spool at the kill\n`);
       server = await serve(config);
@@ -120,8 +122,8 @@ delivery:
     assert.ok(sink.messages.every((m) => m.to.length === 2));
     // And the spool drains.
     const drained = Date.now() + 10_000;
-    while ((await readdir(join(dir, 'data', 'spool', 'queue'))).some((n) => n.endsWith('.msg')) && Date.now() < drained) await sleep(100);
-    assert.deepEqual((await readdir(join(dir, 'data', 'spool', 'queue'))).filter((n) => n.endsWith('.msg')), []);
+    while ((await spoolView.list()).length && Date.now() < drained) await sleep(100);
+    assert.deepEqual(await spoolView.list(), []);
   } finally {
     running = false;
     if (server) await kill9(server.child);

@@ -1,0 +1,307 @@
+/**
+ * The group-committed journal that holds small messages. Each message is one record appended to the
+ * active segment, `journal/<seq>.seg`; one fdatasync makes every record appended before it durable, so
+ * messages accepted together share one disk flush instead of paying a file creation, a rename and two
+ * syncs each. A message leaves the journal when its id is appended to the segment's `<seq>.done`; that
+ * line is not synced, because losing it in a crash only means delivering the message again. A segment
+ * whose records are all done is deleted.
+ *
+ * Record: `POSTERN-RECORD-V1 <id> <length>\n` + <length> bytes (the same bytes as a `.msg` file) + `\n`.
+ * A crash can leave a torn record only at the end of the segment that was active; it was never
+ * acknowledged, and reading stops there. After a failed write the segment takes no more records, so a
+ * torn record is always the last one.
+ */
+import { closeSync, fdatasync, fstatSync, openSync, readdirSync, readSync, unlinkSync, writeSync, writevSync } from 'node:fs';
+import { join } from 'node:path';
+import { DirectorySyncer } from './fsync.ts';
+
+const HEADER = 'POSTERN-RECORD-V1';
+const HEADER_PATTERN = /^POSTERN-RECORD-V1 ([0-9a-z]{8,32}) (\d{1,12})\n/;
+const MAX_HEADER = 64;
+/** A new segment is started once the active one is this large. */
+const SEGMENT_BYTES = 32 * 1024 * 1024;
+const NEWLINE = Buffer.from('\n');
+
+interface Segment {
+  seq: number;
+  path: string;
+  donePath: string;
+  fd: number;
+  doneFd: number | null;
+  /** Bytes of `.done` already applied to the index. */
+  doneRead: number;
+  size: number;
+  live: number;
+  /** Still taking records. */
+  active: boolean;
+  /** The directory entry of a new segment must be durable before its first record is acknowledged. */
+  entrySynced: boolean;
+  /** Syncs in flight on this segment's file: it is not deleted until they finish. */
+  syncing: number;
+}
+
+interface Location { segment: Segment; offset: number; length: number }
+
+interface Waiter { segment: Segment; resolve(): void; reject(err: Error): void }
+
+export class Journal {
+  readonly dir: string;
+  readonly #writable: boolean;
+  readonly #index = new Map<string, Location>();
+  readonly #segments = new Map<number, Segment>();
+  readonly #dirSync: DirectorySyncer;
+  #active: Segment | null = null;
+  #nextSeq = 1;
+  #waiting: Waiter[] = [];
+  #flushing = false;
+  #flushes = 0;
+
+  private constructor(dir: string, writable: boolean) {
+    this.dir = dir;
+    this.#writable = writable;
+    this.#dirSync = new DirectorySyncer(dir);
+  }
+
+  /**
+   * Read every segment and its done list. A writable journal (the server's) deletes segments with
+   * nothing left in them and appends to a fresh segment, never after a possibly torn tail; a read-only
+   * one (the queue command's) only reads, and may mark messages done.
+   */
+  static open(dir: string, opts: { writable: boolean }): Journal {
+    const journal = new Journal(dir, opts.writable);
+    const seqs = readdirSync(dir)
+      .map((n) => /^(\d{10})\.seg$/.exec(n)?.[1])
+      .filter((s): s is string => s !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+    for (const seq of seqs) journal.#load(seq);
+    journal.#nextSeq = (seqs.at(-1) ?? 0) + 1;
+    if (opts.writable) {
+      for (const segment of [...journal.#segments.values()]) journal.#collect(segment);
+      // Done lists whose segment is gone (a crash between the two unlinks).
+      for (const n of readdirSync(dir)) {
+        const m = /^(\d{10})\.done$/.exec(n);
+        if (m && !journal.#segments.has(Number(m[1]))) unlinkSync(join(dir, n));
+      }
+    }
+    return journal;
+  }
+
+  has(id: string): boolean { return this.#index.has(id); }
+
+  ids(): string[] { return [...this.#index.keys()]; }
+
+  get size(): number { return this.#index.size; }
+
+  /** Flushes (fdatasync rounds) so far: appends per flush is the group-commit factor. */
+  get flushes(): number { return this.#flushes; }
+
+  /** Segment files on disk that this journal knows of. */
+  get segments(): number { return this.#segments.size; }
+
+  /** Append a message; resolves once it is durable (with every record appended before the same flush). */
+  append(id: string, chunks: readonly Buffer[]): Promise<void> {
+    if (!this.#writable) return Promise.reject(new Error('the journal is open read-only'));
+    if (this.#index.has(id)) return Promise.reject(new Error(`message ${id} is already in the journal`));
+    const length = chunks.reduce((n, c) => n + c.length, 0);
+    const segment = this.#activeSegment();
+    const header = Buffer.from(`${HEADER} ${id} ${length}\n`);
+    const buffers = [header, ...chunks, NEWLINE];
+    const total = header.length + length + 1;
+    try {
+      let written = writevSync(segment.fd, buffers, segment.size);
+      // Short writes are rare (full disk); finish the record or give the segment up.
+      while (written < total) {
+        const rest = Buffer.concat(buffers).subarray(written);
+        const n = writeSync(segment.fd, rest, 0, rest.length, segment.size + written);
+        if (n <= 0) throw new Error('short write');
+        written += n;
+      }
+    } catch (err) {
+      this.#retire(segment); // its tail may be torn: nothing may follow it
+      return Promise.reject(err as Error);
+    }
+    this.#index.set(id, { segment, offset: segment.size + header.length, length });
+    segment.size += total;
+    segment.live++;
+    if (segment.size >= SEGMENT_BYTES) this.#retire(segment);
+    return new Promise<void>((resolve, reject) => {
+      this.#waiting.push({ segment, resolve, reject: (err) => { this.#forget(id); reject(err); } });
+      this.#flush();
+    });
+  }
+
+  /** The record's bytes (as a `.msg` file holds them), or null when the message is not in the journal. */
+  read(id: string): Buffer | null {
+    const at = this.#index.get(id);
+    if (!at) return null;
+    const data = Buffer.allocUnsafe(at.length);
+    for (let off = 0; off < at.length;) {
+      const n = readSync(at.segment.fd, data, off, at.length - off, at.offset + off);
+      if (n === 0) throw new Error(`${at.segment.path}: record of ${id} is truncated`);
+      off += n;
+    }
+    return data;
+  }
+
+  /** The message has left the queue (delivered, bounced or deleted). */
+  markDone(id: string): boolean {
+    const at = this.#index.get(id);
+    if (!at) return false;
+    const segment = at.segment;
+    segment.doneFd ??= openSync(segment.donePath, 'a', 0o600);
+    // One write per line on an O_APPEND file: lines from the server and the queue command never interleave.
+    writeSync(segment.doneFd, `${id}\n`); // refresh() reads it back too: harmless, and keeps the offset simple
+    this.#forget(id);
+    return true;
+  }
+
+  /** Apply done lines other processes (`postern queue delete`) appended since the last look. */
+  refresh(): void {
+    for (const segment of [...this.#segments.values()]) {
+      this.#readDone(segment);
+      if (this.#writable) this.#collect(segment);
+    }
+  }
+
+  /** Close every file; appends still waiting for their flush are refused. */
+  close(): void {
+    for (const w of this.#waiting.splice(0)) w.reject(new Error('the journal was closed'));
+    for (const segment of this.#segments.values()) this.#closeFiles(segment);
+    this.#segments.clear();
+    this.#index.clear();
+    this.#active = null;
+  }
+
+  #activeSegment(): Segment {
+    if (this.#active) return this.#active;
+    const seq = this.#nextSeq++;
+    const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
+    const segment: Segment = {
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: openSync(path, 'wx+', 0o600), doneFd: null,
+      doneRead: 0, size: 0, live: 0, active: true, entrySynced: false, syncing: 0,
+    };
+    this.#segments.set(seq, segment);
+    this.#active = segment;
+    return segment;
+  }
+
+  /** One flush at a time; appends that arrive meanwhile share the next one. */
+  #flush(): void {
+    if (this.#flushing || this.#waiting.length === 0) return;
+    this.#flushing = true;
+    this.#flushes++;
+    const batch = this.#waiting;
+    this.#waiting = [];
+    const segments = [...new Set(batch.map((w) => w.segment))];
+    void Promise.all(segments.map((s) => this.#sync(s))).then(
+      () => { for (const w of batch) w.resolve(); },
+      (err: Error) => {
+        // After a failed fdatasync the file's state is unknown: refuse the batch and start a new segment.
+        for (const s of segments) this.#retire(s);
+        for (const w of batch) w.reject(err);
+      },
+    ).finally(() => {
+      this.#flushing = false;
+      this.#flush();
+    });
+  }
+
+  async #sync(segment: Segment): Promise<void> {
+    segment.syncing++;
+    try {
+      await new Promise<void>((resolve, reject) => fdatasync(segment.fd, (err) => (err ? reject(err) : resolve())));
+      if (!segment.entrySynced) {
+        await this.#dirSync.sync();
+        segment.entrySynced = true;
+      }
+    } finally {
+      segment.syncing--;
+      this.#collect(segment);
+    }
+  }
+
+  #retire(segment: Segment): void {
+    segment.active = false;
+    if (this.#active === segment) this.#active = null;
+    this.#collect(segment);
+  }
+
+  #forget(id: string): void {
+    const at = this.#index.get(id);
+    if (!at) return;
+    this.#index.delete(id);
+    at.segment.live--;
+    if (this.#writable) this.#collect(at.segment);
+  }
+
+  /** Delete a segment that takes no more records and has none left (done list second: see open()). */
+  #collect(segment: Segment): void {
+    if (!this.#writable || segment.active || segment.live > 0 || segment.syncing > 0) return;
+    if (!this.#segments.has(segment.seq)) return;
+    this.#segments.delete(segment.seq);
+    this.#closeFiles(segment);
+    unlinkSync(segment.path);
+    try { unlinkSync(segment.donePath); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; }
+  }
+
+  #closeFiles(segment: Segment): void {
+    closeSync(segment.fd);
+    if (segment.doneFd !== null) closeSync(segment.doneFd);
+    segment.doneFd = null;
+  }
+
+  /** Index the complete records of an existing segment, then apply its done list. */
+  #load(seq: number): void {
+    const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
+    const fd = openSync(path, this.#writable ? 'r+' : 'r');
+    const size = fstatSync(fd).size;
+    const segment: Segment = {
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, doneFd: null,
+      doneRead: 0, size, live: 0, active: false, entrySynced: true, syncing: 0,
+    };
+    this.#segments.set(seq, segment);
+    const head = Buffer.alloc(MAX_HEADER);
+    for (let offset = 0; offset < size;) {
+      const n = readSync(fd, head, 0, MAX_HEADER, offset);
+      const m = HEADER_PATTERN.exec(head.subarray(0, n).toString('latin1'));
+      if (!m) break; // a torn tail: never acknowledged
+      const headerBytes = m[0].length;
+      const length = Number(m[2]);
+      const end = offset + headerBytes + length;
+      if (end + 1 > size) break;
+      const nl = Buffer.alloc(1);
+      readSync(fd, nl, 0, 1, end);
+      if (nl[0] !== 0x0a) break;
+      this.#index.set(m[1]!, { segment, offset: offset + headerBytes, length });
+      segment.live++;
+      offset = end + 1;
+    }
+    this.#readDone(segment);
+  }
+
+  #readDone(segment: Segment): void {
+    let data: Buffer;
+    try {
+      const fd = openSync(segment.donePath, 'r');
+      try {
+        const size = fstatSync(fd).size;
+        if (size <= segment.doneRead) return;
+        data = Buffer.alloc(size - segment.doneRead);
+        readSync(fd, data, 0, data.length, segment.doneRead);
+      } finally {
+        closeSync(fd);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    const text = data.toString('latin1');
+    const complete = text.lastIndexOf('\n') + 1; // a line being written right now is read next time
+    segment.doneRead += complete;
+    for (const id of text.slice(0, complete).split('\n')) {
+      const at = id ? this.#index.get(id) : undefined;
+      if (at?.segment === segment) this.#forget(id);
+    }
+  }
+}

@@ -1,0 +1,120 @@
+/** The journal and the spool around it: group commit, recovery after a torn write, done lists, readers. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Journal } from '../../engine/spool/journal.ts';
+import { Spool } from '../../engine/spool/spool.ts';
+import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
+
+const scratch = (): string => mkdtempSync(join(tmpdir(), 'postern-journal-'));
+const id = (n: number): string => `0000000${String(n).padStart(2, '0')}aaaaaaaaaa`;
+const body = (n: number): Buffer => Buffer.from(`Subject: ${n}\r\n\r\n${'x'.repeat(n * 10)}\r\n`);
+
+test('appends made together share one flush and survive a reopen', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  await Promise.all(Array.from({ length: 40 }, (_, n) => j.append(id(n), [body(n)])));
+  assert.ok(j.flushes <= 3, `${j.flushes} flushes for 40 appends`);
+  j.close();
+  const again = Journal.open(dir, { writable: true });
+  assert.equal(again.size, 40);
+  for (let n = 0; n < 40; n++) assert.deepEqual(again.read(id(n)), body(n));
+  again.close();
+});
+
+test('a torn record at the end is ignored; new records go to a new segment', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  await j.append(id(1), [body(1)]);
+  await j.append(id(2), [body(2)]);
+  j.close();
+  const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
+  appendFileSync(join(dir, seg!), `POSTERN-RECORD-V1 ${id(3)} 500\nSubject: half`); // a crash mid-write
+  const again = Journal.open(dir, { writable: true });
+  assert.deepEqual(again.ids().sort(), [id(1), id(2)]);
+  await again.append(id(4), [body(4)]);
+  assert.equal(readdirSync(dir).filter((n) => n.endsWith('.seg')).length, 2, 'never appends after a torn tail');
+  again.close();
+  assert.deepEqual(Journal.open(dir, { writable: false }).ids().sort(), [id(1), id(2), id(4)]);
+});
+
+test('done messages stay done after a reopen; a segment with nothing left is deleted', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  await j.append(id(1), [body(1)]);
+  await j.append(id(2), [body(2)]);
+  assert.equal(j.markDone(id(1)), true);
+  assert.equal(j.markDone(id(1)), false);
+  j.close();
+  const again = Journal.open(dir, { writable: true });
+  assert.deepEqual(again.ids(), [id(2)]);
+  assert.equal(again.read(id(1)), null);
+  again.markDone(id(2)); // the old segment takes no more records: nothing left, so it goes
+  assert.deepEqual(readdirSync(dir), []);
+  again.close();
+});
+
+test('a reader marks a message done; the server sees it at its next refresh', async () => {
+  const dir = scratch();
+  const server = Journal.open(dir, { writable: true });
+  await server.append(id(1), [body(1)]);
+  await server.append(id(2), [body(2)]);
+  const reader = Journal.open(dir, { writable: false });
+  assert.deepEqual(reader.ids().sort(), [id(1), id(2)]);
+  assert.equal(reader.markDone(id(2)), true);
+  reader.close();
+  server.markDone(id(1));
+  assert.equal(server.has(id(2)), true);
+  server.refresh();
+  assert.equal(server.has(id(2)), false);
+  server.close();
+  assert.deepEqual(Journal.open(dir, { writable: false }).ids(), []);
+});
+
+test('the spool keeps small messages in the journal and large ones in files, behind one interface', async () => {
+  const root = scratch();
+  const spool = new Spool(root);
+  await spool.init();
+  const commit = async (size: number): Promise<string> => {
+    const mid = spool.newId();
+    const w = spool.create(mid);
+    w.write(Buffer.from(`Subject: ${size}\r\n\r\n`));
+    for (let sent = 0; sent < size; sent += 64 * 1024) w.write(Buffer.alloc(Math.min(64 * 1024, size - sent), 0x61));
+    const envelope: SpoolEnvelope = {
+      version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
+      session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
+      attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+    };
+    await w.commit(envelope);
+    return mid;
+  };
+  const small = await commit(2000);
+  const large = await commit(3 * 1024 * 1024);
+  assert.deepEqual(readdirSync(spool.queueDir), [`${large}.msg`]);
+  assert.deepEqual(await spool.list(), [small, large].sort());
+  const read = await spool.readForDelivery(small);
+  assert.equal(read.envelope.sender, 'a@example.com');
+  assert.equal(read.message.length, 2000 + 'Subject: 2000\r\n\r\n'.length);
+  assert.equal((await spool.readForDelivery(large)).message.length, 3 * 1024 * 1024 + 'Subject: 3145728\r\n\r\n'.length);
+
+  // A state file is kept for a journal message across a restart, and removed with it.
+  await spool.updateState(small, { attempts: 1, nextAttemptAt: new Date().toISOString(), errors: ['x'], recipients: [{ address: 'b@example.com' }] });
+  writeFileSync(join(spool.queueDir, 'zzzzzzzzzzzzzz.state'), '{}'); // an orphan
+  spool.close();
+  const restarted = new Spool(root);
+  assert.equal((await restarted.init()).removedOrphans, 1);
+  assert.equal((await restarted.readEnvelope(small)).attempts, 1);
+  assert.deepEqual((await restarted.scan()).map((e) => [e.id, e.hasState]), [[small, true], [large, false]].sort());
+
+  // What `postern queue delete` does from another process.
+  const reader = new Spool(root);
+  await reader.remove(small);
+  assert.equal(await reader.has(small), false);
+  assert.deepEqual((await restarted.scan()).map((e) => e.id), [large]);
+  await restarted.remove(large, { hasState: false });
+  assert.deepEqual(await restarted.list(), []);
+  restarted.close();
+  reader.close();
+});
