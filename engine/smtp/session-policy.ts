@@ -144,9 +144,9 @@ export class SessionPolicy {
 
   async #decideAuth(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
-    const invalid = new SmtpReply(535, '5.7.8', 'Authentication credentials invalid');
+    const invalid = (): SmtpReply => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid');
     // Never authenticates, whatever a script says.
-    if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid;
+    if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid();
     if (attempt.mechanism === 'EXTERNAL' && !st.certificate) return new SmtpReply(535, '5.7.8', 'No client certificate presented');
     const builtin = await builtinAuth(attempt, { certificateIdentity: st.identity.identity, users: st.generation.users });
     const verdict = await this.#run(conn, 'auth', { connection: connectionInfo(conn.session, st), auth: { ...attempt }, builtin });
@@ -155,12 +155,12 @@ export class SessionPolicy {
       if (builtin.reason === 'no-identity') return new SmtpReply(535, '5.7.8', 'Client certificate does not identify an account');
       if (builtin.reason === 'authzid-not-permitted') return new SmtpReply(535, '5.7.8', 'Cannot assume requested authorization identity');
       if (builtin.reason === 'certificate-account-mismatch') return new SmtpReply(535, '5.7.8', 'Client certificate belongs to another account');
-      return invalid;
+      return invalid();
     }
     if (verdict.verdict !== 'accept') return verdictReply('auth', verdict)!;
     const username = verdict.username ?? builtin.username
       ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
-    return username ? username : invalid;
+    return username ? username : invalid();
   }
 
   async mailFrom(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {

@@ -70,7 +70,7 @@ export class Spool {
 
   /** Time-ordered, unguessable queue id. */
   newId(): string {
-    return Date.now().toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+    return Date.now().toString(36).padStart(9, '0') + randomHex5();
   }
 
   static isId(id: string): boolean { return ID_PATTERN.test(id); }
@@ -314,6 +314,18 @@ export class SpoolWriter {
       for (let off = 0; off < b.length;) off += writeSync(this.#fd, b, off);
     }
   }
+}
+
+/** Random bytes are drawn 4 KB at a time: one getrandom call per 800 ids instead of one per id. */
+let randomPool = Buffer.alloc(0);
+let randomAt = 0;
+function randomHex5(): string {
+  if (randomAt + 5 > randomPool.length) {
+    randomPool = randomBytes(4000);
+    randomAt = 0;
+  }
+  randomAt += 5;
+  return randomPool.toString('hex', randomAt - 5, randomAt);
 }
 
 /** A message file; a small one is read without the thread pool (it is normally still in the page cache). */
