@@ -15,12 +15,12 @@ export const FAIL_CLOSED: DeferVerdict = Object.freeze({
 
 export async function runHook(
   generation: PolicyGeneration, listener: ListenerConfig | undefined, hook: HookName, ctx: object,
-  connectionId: string | null, log: Logger,
+  connectionId: string | null, log: Logger, connectionKey?: string,
 ): Promise<Verdict | PredeliveryVerdict | undefined> {
   const sandbox = generation.sandboxFor(listener);
   if (!sandbox.has(hook)) return undefined;
   try {
-    return checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId));
+    return checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
     log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },

@@ -22,13 +22,17 @@ export type RunOutcome =
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
-  /** Call a hook; resolves (never rejects) with the outcome. */
-  run(hook: string, ctx: unknown): RunOutcome | Promise<RunOutcome>;
+  /**
+   * Call a hook; resolves (never rejects) with the outcome. With a `connectionKey` the context's
+   * `connection` is the frozen object kept under that key, after storing `connection` there if given
+   * (`forget` first drops every kept one).
+   */
+  run(hook: string, ctx: unknown, connectionKey?: string, connection?: unknown, forget?: boolean): RunOutcome | Promise<RunOutcome>;
   /**
    * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
    * which is kept for `settle()`.
    */
-  runSync(hook: string, ctx: unknown): RunOutcome | null;
+  runSync(hook: string, ctx: unknown, connectionKey?: string, connection?: unknown, forget?: boolean): RunOutcome | null;
   /** The outcome of the promise the last runSync() kept (and forget it). */
   settle(): Promise<RunOutcome>;
 }
@@ -39,7 +43,7 @@ export function installRuntime(
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner.
-  const { defineProperty, getPrototypeOf, keys, create, hasOwn } = Object;
+  const { defineProperty, getPrototypeOf, keys, create, hasOwn, freeze, isFrozen } = Object;
   const ObjectProto = Object.prototype;
   const isArray = Array.isArray;
   const apply = Reflect.apply;
@@ -217,10 +221,28 @@ export function installRuntime(
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
   // Set when a call returned a promise: the runner's own promise of its outcome.
   let pending: Promise<RunOutcome> | null = null;
-  function call(hook: string, ctx: unknown): RunOutcome | null {
+  // Connection facts by key: shared by every call of a connection until something in them changes.
+  let connections: Record<string, unknown> = create(null);
+  const deepFreeze = (value: unknown): unknown => {
+    if (value !== null && typeof value === 'object' && !isFrozen(value)) {
+      freeze(value);
+      for (const key of keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+    }
+    return value;
+  };
+  function withConnection(ctx: unknown, key: string | undefined, connection: unknown, forget: boolean | undefined): unknown {
+    if (key === undefined) return ctx;
+    if (forget) connections = create(null);
+    if (connection !== undefined) connections[key] = deepFreeze(connection);
+    // `connection` first, as the host builds every context.
+    const full: Record<string, unknown> = { connection: connections[key] };
+    for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
+    return full;
+  }
+  function call(hook: string, ctx: unknown, key?: string, connection?: unknown, forget?: boolean): RunOutcome | null {
     pending = null;
     try {
-      const result = hooks[hook]!(ctx);
+      const result = hooks[hook]!(withConnection(ctx, key, connection, forget));
       if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
         const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
         pending = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
@@ -235,11 +257,11 @@ export function installRuntime(
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(hook, ctx) {
-      return call(hook, ctx) ?? pending!;
+    run(hook, ctx, key, connection, forget) {
+      return call(hook, ctx, key, connection, forget) ?? pending!;
     },
-    runSync(hook, ctx) {
-      return call(hook, ctx);
+    runSync(hook, ctx, key, connection, forget) {
+      return call(hook, ctx, key, connection, forget);
     },
     settle() {
       const kept = pending ?? (apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>);

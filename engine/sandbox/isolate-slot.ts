@@ -33,6 +33,15 @@ export function teardownGrace(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
 }
 
+/** What the runtime's run() and runSync() take, as copies for the isolate. */
+type RunArgs = [string, ivm.Copy<unknown>, string | undefined, ivm.Copy<unknown> | undefined, boolean];
+
+/** Connections whose facts an isolate keeps at most; past this it forgets them all and starts again. */
+const KEPT_CONNECTIONS = 256;
+
+/** A connection's facts for `ctx.connection`, kept in the isolate under `key` (see connectionKey()). */
+export interface SharedConnection { key: string; connection: object }
+
 /** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
 
@@ -40,12 +49,15 @@ export class IsolateSlot {
   readonly #options: SlotOptions;
   readonly #files = new Map<HookName, string>();
   #isolate!: ivm.Isolate;
-  #run!: ivm.Reference<RuntimeHandle['run']>;
-  #runSync!: ivm.Reference<RuntimeHandle['runSync']>;
+  // Typed by what the host passes; RuntimeHandle types what the isolate receives.
+  #run!: ivm.Reference<(...args: RunArgs) => RunOutcome | Promise<RunOutcome>>;
+  #runSync!: ivm.Reference<(...args: RunArgs) => RunOutcome | null>;
   #settle!: ivm.Reference<RuntimeHandle['settle']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
+  /** Keys of the connection facts this isolate keeps. */
+  readonly #keptConnections = new Set<string>();
   #disposedByUs = false;
   #cutOff = false;
 
@@ -98,30 +110,60 @@ export class IsolateSlot {
    * stopped and run again on an isolate thread with the full time limit; `overran` says so. Log lines of
    * the stopped attempt are dropped (the second run logs again); changes to the script's own globals stay.
    */
-  async call(hook: HookName, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs = 0): Promise<{ value: unknown; overran: boolean }> {
+  async call(
+    hook: HookName, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection,
+  ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
+    let connection: ivm.ExternalCopy<unknown> | undefined;
+    let forget = false;
+    if (shared && !this.#keptConnections.has(shared.key)) {
+      if (this.#keptConnections.size >= KEPT_CONNECTIONS) {
+        this.#keptConnections.clear();
+        forget = true;
+      }
+      connection = new ivm.ExternalCopy(shared.connection);
+    }
+    try {
+      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, shared?.key, connection, forget);
+      if (shared) this.#keptConnections.add(shared.key);
+      return result;
+    } catch (e) {
+      // A script error leaves the isolate keeping the facts; anything else may not have.
+      if (shared && e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#keptConnections.add(shared.key);
+      throw e;
+    } finally {
+      connection?.release();
+    }
+  }
+
+  async #call(
+    hook: HookName, file: string, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs: number,
+    key: string | undefined, connection: ivm.ExternalCopy<unknown> | undefined, forget: boolean,
+  ): Promise<{ value: unknown; overran: boolean }> {
+    // isolated-vm's argument types cannot express the optional tail; the runtime checks nothing of it anyway.
+    const args = (): RunArgs => [hook, ctx.copyInto(), key, connection?.copyInto(), forget];
     if (fastPathMs > 0) {
       const run: CurrentRun = { connectionId, file, held: [] };
       this.#current = run;
       let outcome: RunOutcome | null;
       try {
-        outcome = this.#runSync.applySync(undefined, [hook, ctx.copyInto()], { timeout: fastPathMs, result: { copy: true } }) as RunOutcome | null;
+        outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs, result: { copy: true } }) as RunOutcome | null;
       } catch (e) {
         this.#current = null;
         if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
           this.#emit(run);
           throw this.#callFailure(hook, file, e);
         }
-        return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, false), overran: true };
+        return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: true };
       }
       this.#current = null;
       this.#emit(run);
       if (outcome !== null) return { value: this.#result(hook, file, outcome), overran: false };
       // The script returned a promise: wait for it where waiting does not block the event loop.
-      return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, true), overran: false };
+      return { value: await this.#callOnIsolateThread(hook, file, connectionId, null), overran: false };
     }
-    return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, false), overran: false };
+    return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: false };
   }
 
   /** Log lines a fast-path attempt held back, now that the attempt counts. */
@@ -131,8 +173,8 @@ export class IsolateSlot {
     }
   }
 
-  /** Run the hook (or, with `settleOnly`, wait for the promise the fast path kept) on an isolate thread. */
-  async #callOnIsolateThread(hook: HookName, file: string, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, settleOnly: boolean): Promise<unknown> {
+  /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */
+  async #callOnIsolateThread(hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null): Promise<unknown> {
     const { timeoutMs } = this.#options;
     this.#current = { connectionId, file };
     this.#cutOff = false;
@@ -144,9 +186,9 @@ export class IsolateSlot {
     let outcome: RunOutcome;
     try {
       const options = { timeout: timeoutMs, result: { copy: true, promise: true } } as const;
-      outcome = (settleOnly
-        ? await this.#settle.apply(undefined, [], options)
-        : await this.#run.apply(undefined, [hook, ctx.copyInto()], options)) as RunOutcome;
+      outcome = (args
+        ? await this.#run.apply(undefined, args(), options)
+        : await this.#settle.apply(undefined, [], options)) as RunOutcome;
     } catch (e) {
       throw this.#callFailure(hook, file, e);
     } finally {

@@ -6,7 +6,7 @@ import ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
-import { IsolateSlot, teardownGrace, type SlotOptions } from './isolate-slot.ts';
+import { IsolateSlot, teardownGrace, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
 
 export interface SandboxOptions {
@@ -140,15 +140,25 @@ export class Sandbox {
   }
 
   /**
-   * Call `hook`'s script with a copy of `ctx`. Resolves with a copy of what it returned (undefined when
+   * Call `hook`'s script with a copy of `ctx`. With `connectionKey`, `ctx.connection` is kept frozen in
+   * the isolate under that key and copied again only for a new key (the caller changes the key whenever
+   * anything in it changes). Resolves with a copy of what it returned (undefined when
    * nothing); rejects with a ScriptFailure when it throws, times out, exhausts memory or returns
    * something that is not plain data.
    */
-  async invoke(hook: HookName, ctx: object, connectionId: string | null): Promise<unknown> {
+  async invoke(hook: HookName, ctx: object, connectionId: string | null, connectionKey?: string): Promise<unknown> {
     if (this.#disposed) throw new Error('the sandbox has been disposed');
     const script = this.#scripts.get(hook);
     if (!script) throw new Error(`no script for hook ${hook}`);
-    const copy = new ivm.ExternalCopy(ctx); // copied now: the script never sees the host's object
+    // With a key, ctx.connection crosses into an isolate once per key, not once per call.
+    let shared: SharedConnection | undefined;
+    let own = ctx;
+    if (connectionKey !== undefined && 'connection' in ctx && ctx.connection !== null && typeof ctx.connection === 'object') {
+      const { connection, ...rest } = ctx as { connection: object };
+      shared = { key: connectionKey, connection };
+      own = rest;
+    }
+    const copy = new ivm.ExternalCopy(own); // copied now: the script never sees the host's object
     let member: Member;
     try {
       member = await this.#acquire();
@@ -160,7 +170,7 @@ export class Sandbox {
     try {
       const fastPathMs = this.#fastPathFor(hook);
       if (fastPathMs > 0) this.#fastPath.calls++;
-      const { value, overran } = await member.slot!.call(hook, copy, connectionId, fastPathMs);
+      const { value, overran } = await member.slot!.call(hook, copy, connectionId, fastPathMs, shared);
       if (overran) this.#markSlow(hook, script.file);
       return value;
     } catch (e) {

@@ -25,6 +25,20 @@ export function connectionInfo(session: SMTPServerSession, state: ConnectionStat
   };
 }
 
+/**
+ * Changes whenever anything in `info` does (the id stands for the addresses, ports and listener, which
+ * never change within a connection). The sandbox keeps one copy of a connection's facts per key in each
+ * isolate, so a call copies only its own arguments across.
+ */
+export function connectionKey(info: ConnectionInfo): string {
+  const { auth, tls, clientCertificate: cert } = info;
+  return [
+    info.id, info.helo ?? '', auth ? `${auth.mechanism}:${auth.username}` : '',
+    tls ? `${tls.protocol}/${tls.cipher}/${tls.mode}/${tls.sni ?? ''}` : '',
+    cert ? `${cert.fingerprint.sha256}/${cert.verified}/${cert.verifyError ?? ''}` : '', info.certificateIdentity ?? '',
+  ].join('\n');
+}
+
 export function envelopeAddress(addr: SMTPServerAddress | false | undefined): EnvelopeAddress | null {
   if (!addr) return null;
   const at = addr.address.lastIndexOf('@');

@@ -7,14 +7,14 @@ import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } f
 import type { PosternConnection } from './postern-connection.ts';
 import type { Runtime } from './runtime.ts';
 import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
-import { connectionInfo, envelopeAddress, transactionInfo } from './script-context.ts';
+import { connectionInfo, connectionKey, envelopeAddress, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { verdictReply } from '../policy/verdict.ts';
 import { builtinAuth, builtinRelay, type AuthAttempt } from '../policy/builtin-rules.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import type { PosternServer } from './postern-server.ts';
-import type { HookName, Verdict } from '../sandbox/api/index.ts';
+import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
 
 export class SessionPolicy {
   readonly #runtime: Runtime;
@@ -27,7 +27,8 @@ export class SessionPolicy {
 
   async #run(conn: PosternConnection, hook: HookName, ctx: object): Promise<Verdict | undefined> {
     const st = conn.state;
-    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log) as Verdict | undefined;
+    const info = (ctx as { connection?: ConnectionInfo }).connection;
+    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, info && connectionKey(info)) as Verdict | undefined;
   }
 
   internalError(conn: PosternConnection, err: unknown): SmtpReply {
