@@ -67,6 +67,12 @@ interface Waiter {
 const REBUILD_RETRY_MS = 1000;
 /** A hook whose call outran the fast path runs on isolate threads only, for this long. */
 const SLOW_HOOK_MS = 60_000;
+/**
+ * This many overruns of one hook within OVERRUN_WINDOW_MS make it slow. One alone is not enough: a first
+ * call (lazy compilation) or a busy machine (the thread descheduled) can overrun a quick script once.
+ */
+const OVERRUNS_TO_SLOW = 3;
+const OVERRUN_WINDOW_MS = 30_000;
 
 function positiveInteger(name: string, value: number, min: number): number {
   if (!Number.isInteger(value) || value < min) throw new RangeError(`sandbox ${name} must be an integer ≥ ${min}, got ${value}`);
@@ -82,6 +88,8 @@ export class Sandbox {
   readonly #fastPathMs: number;
   /** Hooks that outran the fast path, and until when they stay off it. */
   readonly #slowUntil = new Map<HookName, number>();
+  /** Recent overruns per hook (times), for OVERRUNS_TO_SLOW. */
+  readonly #overrunsAt = new Map<HookName, number[]>();
   readonly #fastPath = { calls: 0, overruns: 0 };
   #rotation = 0;
   #disposed = false;
@@ -194,10 +202,15 @@ export class Sandbox {
 
   #markSlow(hook: HookName, file: string): void {
     this.#fastPath.overruns++;
-    if (this.#slowUntil.has(hook)) return;
-    this.#slowUntil.set(hook, Date.now() + SLOW_HOOK_MS);
-    this.#log(file, 'warn', `a ${hook} call ran longer than the ${this.#fastPathMs} ms fast path and was run again on an isolate thread; ` +
-      `${hook} calls stay there for ${SLOW_HOOK_MS / 1000} s`);
+    const now = Date.now();
+    const recent = (this.#overrunsAt.get(hook) ?? []).filter((t) => now - t < OVERRUN_WINDOW_MS);
+    recent.push(now);
+    this.#overrunsAt.set(hook, recent);
+    if (recent.length < OVERRUNS_TO_SLOW || this.#slowUntil.has(hook)) return;
+    this.#overrunsAt.delete(hook);
+    this.#slowUntil.set(hook, now + SLOW_HOOK_MS);
+    this.#log(file, 'warn', `${OVERRUNS_TO_SLOW} ${hook} calls within ${OVERRUN_WINDOW_MS / 1000} s ran longer than the ${this.#fastPathMs} ms fast path ` +
+      `and were run again on an isolate thread; ${hook} calls go straight there for the next ${SLOW_HOOK_MS / 1000} s`);
   }
 
   async stats(): Promise<SandboxStats> {
