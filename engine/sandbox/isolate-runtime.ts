@@ -231,7 +231,12 @@ export function installRuntime(
     return value;
   };
   function withConnection(ctx: unknown, key: string | undefined, connection: unknown, forget: boolean | undefined): unknown {
-    if (key === undefined) return ctx;
+    if (key === undefined) {
+      // Read-only in every hook, not only where it is shared between calls.
+      const own = (ctx as { connection?: unknown } | null)?.connection;
+      if (own !== null && typeof own === 'object') deepFreeze(own);
+      return ctx;
+    }
     if (forget) connections = create(null);
     if (connection !== undefined) connections[key] = deepFreeze(connection);
     // `connection` first, as the host builds every context.

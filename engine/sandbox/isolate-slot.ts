@@ -37,7 +37,7 @@ export function teardownGrace(): Promise<void> {
 type RunArgs = [string, ivm.Copy<unknown>, string | undefined, ivm.Copy<unknown> | undefined, boolean];
 
 /** Connections whose facts an isolate keeps at most; past this it forgets them all and starts again. */
-const KEPT_CONNECTIONS = 256;
+const KEPT_CONNECTIONS = 128;
 
 /** A connection's facts for `ctx.connection`, kept in the isolate under `key` (see connectionKey()). */
 export interface SharedConnection { key: string; connection: object }

@@ -16,6 +16,9 @@ import { describeCertificate } from '../certificates/index.ts';
 import type { PosternServer } from './postern-server.ts';
 import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
 
+/** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
+const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
+
 export class SessionPolicy {
   readonly #runtime: Runtime;
 
@@ -27,7 +30,8 @@ export class SessionPolicy {
 
   async #run(conn: PosternConnection, hook: HookName, ctx: object): Promise<Verdict | undefined> {
     const st = conn.state;
-    const info = (ctx as { connection?: ConnectionInfo }).connection;
+    // The per-message hooks repeat with the same connection facts; connect, helo and auth see them change.
+    const info = SHARES_CONNECTION.has(hook) ? (ctx as { connection?: ConnectionInfo }).connection : undefined;
     return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, info && connectionKey(info)) as Verdict | undefined;
   }
 
