@@ -23,7 +23,7 @@ await new Promise((r) => client.once('exit', r));
 server.kill('SIGINT');
 await new Promise((r) => server.once('exit', r));
 const file = (await readdir(join(dir, 'prof')))[0]!;
-const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[] };
+const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[] };
 const counts = new Map<number, number>();
 for (const s of prof.samples) counts.set(s, (counts.get(s) ?? 0) + 1);
 const byFn = new Map<string, number>();
@@ -33,3 +33,24 @@ for (const n of prof.nodes) {
 }
 const total = prof.samples.length;
 for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log((100 * v / total).toFixed(1).padStart(5) + '%', k);
+
+// Inclusive time of Postern's own functions (PROF_INCLUSIVE=1): where the engine's time goes, callees included.
+if (process.env.PROF_INCLUSIVE) {
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const inclusive = new Map<number, number>();
+  const sum = (id: number): number => {
+    const n = byId.get(id)!;
+    const v = (counts.get(id) ?? 0) + (n.children ?? []).reduce((a, c) => a + sum(c), 0);
+    inclusive.set(id, v);
+    return v;
+  };
+  sum(prof.nodes[0]!.id);
+  const engineFns = new Map<string, number>();
+  for (const n of prof.nodes) {
+    if (!n.callFrame.url.includes('/engine/')) continue;
+    const key = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber}`;
+    engineFns.set(key, (engineFns.get(key) ?? 0) + inclusive.get(n.id)!);
+  }
+  console.log('\ninclusive (engine/):');
+  for (const [k, v] of [...engineFns].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log((100 * v / total).toFixed(1).padStart(5) + '%', k);
+}
