@@ -14,6 +14,7 @@ import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
+import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 
 export interface StartOptions {
@@ -71,6 +72,12 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const logger = opts.logger ?? createLogger(config.log.level);
   await opts.prepare?.(loaded);
   const generation = await PolicyGeneration.build(loaded, logger);
+  const outbound = await checkOutboundTls(config.delivery);
+  if (outbound.errors.length) {
+    await generation.dispose();
+    throw new Error(outbound.errors.join('\n'));
+  }
+  for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
   const spool = new Spool(join(config.dataDir, 'spool'));
   const { removedOrphans } = await spool.init();
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');

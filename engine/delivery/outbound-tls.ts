@@ -2,12 +2,13 @@
  * Outbound TLS: turns a TLS policy (mode none|may|encrypt|verify, client certificate and CA by name, server
  * name) into nodemailer connection options. Key material is read from the configured files once per
  * policy generation (a rotated file makes a new generation), so the next connection uses the new key.
+ * The same loaders check the files for `postern check` (checkOutboundTls).
  */
-import { createHash } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
-import { loadKeyPair, loadTrustMaterial } from '../certificates/index.ts';
+import { loadKeyPair, loadTrustMaterial, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
 
 export type TlsMode = 'none' | 'may' | 'encrypt' | 'verify';
@@ -36,13 +37,107 @@ export interface ConnectionSecurity {
   key: string;
 }
 
-interface Material { pem: { cert?: string; key?: string; ca?: string[] }; id: string }
+/** Days before a client certificate's notAfter from which `postern check` and the queue runner warn. */
+export const EXPIRY_WARNING_DAYS = 14;
+
+/** What reading the outbound TLS files found; every line is `<file>: <config key>: <message>`. */
+export interface OutboundTlsReport {
+  /** Unusable: a file that cannot be read, no certificate in it, a key that does not match its certificate. */
+  errors: string[];
+  /** Usable but wrong: an expired client certificate (delivery still presents it; the next hop decides). */
+  problems: string[];
+  /** Worth a look: expiring within EXPIRY_WARNING_DAYS, not yet valid, an expired or non-CA certificate in a CA file. */
+  warnings: string[];
+}
+
+/** Checked PEM material plus an id that changes with the content (part of the connection pool key). */
+export interface OutboundMaterial {
+  pem: { cert?: string; key?: string; ca?: string[] };
+  id: string;
+  /** Lines for OutboundTlsReport.problems and .warnings. */
+  problems: string[];
+  warnings: string[];
+}
+
+/** `<file>: <rest>` (the certificates module's errors) → `<file>: <config key>: <rest>`. */
+function naming(message: string, file: string, key: string): string {
+  return message.startsWith(`${file}: `) ? `${file}: ${key}: ${message.slice(file.length + 2)}` : `${key}: ${message}`;
+}
+
+/**
+ * Read `delivery.clientCertificates.<name>`: the certificate chain (PEM, leaf first; a combined key+cert
+ * file works) and the private key (PEM: RSA, ECDSA, Ed25519, …), which must match the leaf. Throws with
+ * `<file>: delivery.clientCertificates.<name>.cert|key: …`; the leaf's validity period becomes problems
+ * (expired) and warnings (not yet valid, expiring within EXPIRY_WARNING_DAYS). Shared by the queue runner
+ * and `postern check`.
+ */
+export async function loadOutboundCertificate(delivery: DeliveryConfig, name: string, now = new Date()): Promise<OutboundMaterial> {
+  const files = delivery.clientCertificates[name];
+  const at = `delivery.clientCertificates.${name}`;
+  if (!files) throw new Error(`${at}: no such client certificate`);
+  let pair: { cert: string; key: string };
+  try {
+    pair = await loadKeyPair(files.cert, files.key);
+  } catch (err) {
+    const msg = (err as Error).message;
+    // Which of the two files is at fault: the key for key problems, else whichever file the message names.
+    const keyFault = msg.startsWith(`${files.key}: `) && (files.key !== files.cert || /: (not a usable private key|private key does not match)/.test(msg));
+    throw new Error(keyFault ? naming(msg, files.key, `${at}.key`) : naming(msg, files.cert, `${at}.cert`));
+  }
+  const leaf = new X509Certificate(pair.cert); // the first block, already parsed once by loadKeyPair
+  const problems: string[] = [];
+  const warnings: string[] = [];
+  const where = `${files.cert}: ${at}.cert: certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
+  const notAfter = leaf.validToDate;
+  const notBefore = leaf.validFromDate;
+  if (notAfter.getTime() < now.getTime()) {
+    problems.push(`${where} expired on ${notAfter.toISOString()}`);
+  } else if (notAfter.getTime() - now.getTime() < EXPIRY_WARNING_DAYS * 86400_000) {
+    const days = Math.floor((notAfter.getTime() - now.getTime()) / 86400_000);
+    warnings.push(`${where} expires on ${notAfter.toISOString()} (in ${days === 0 ? 'less than a day' : days === 1 ? '1 day' : `${days} days`})`);
+  }
+  if (notBefore.getTime() > now.getTime()) warnings.push(`${where} is not valid before ${notBefore.toISOString()}`);
+  const id = createHash('sha256').update(pair.cert).update('\0').update(pair.key).digest('hex').slice(0, 16);
+  return { pem: { cert: pair.cert, key: pair.key }, id, problems, warnings };
+}
+
+/** Read `delivery.caFiles.<name>` (PEM certificates). Throws with `<file>: delivery.caFiles.<name>: …`. */
+export async function loadOutboundCa(delivery: DeliveryConfig, name: string): Promise<OutboundMaterial> {
+  const file = delivery.caFiles[name];
+  const at = `delivery.caFiles.${name}`;
+  if (file === undefined) throw new Error(`${at}: no such CA file`);
+  let trust: TrustMaterial;
+  try {
+    trust = await loadTrustMaterial({ caFiles: [file], crlFiles: [] });
+  } catch (err) {
+    throw new Error(naming((err as Error).message, file, at));
+  }
+  const id = createHash('sha256').update(trust.ca.join('')).digest('hex').slice(0, 16);
+  return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => naming(w, file, at)) };
+}
+
+/** Read every declared client certificate and CA file (`postern check`, a reload): all findings at once. */
+export function checkOutboundTls(delivery: DeliveryConfig, now = new Date()): Promise<OutboundTlsReport> {
+  return report([
+    ...Object.keys(delivery.clientCertificates).map((n) => loadOutboundCertificate(delivery, n, now)),
+    ...Object.keys(delivery.caFiles).map((n) => loadOutboundCa(delivery, n)),
+  ]);
+}
+
+async function report(jobs: Array<Promise<OutboundMaterial>>): Promise<OutboundTlsReport> {
+  const out: OutboundTlsReport = { errors: [], problems: [], warnings: [] };
+  for (const r of await Promise.allSettled(jobs)) {
+    if (r.status === 'rejected') out.errors.push((r.reason as Error).message);
+    else { out.problems.push(...r.value.problems); out.warnings.push(...r.value.warnings); }
+  }
+  return out;
+}
 
 /** Material per generation: `scope` is the generation object, so a reload starts from fresh files. */
 export class OutboundTlsMaterial {
-  readonly #cache = new WeakMap<object, Map<string, Promise<Material>>>();
+  readonly #cache = new WeakMap<object, Map<string, Promise<OutboundMaterial>>>();
 
-  #get(scope: object, key: string, load: () => Promise<Material>): Promise<Material> {
+  #get(scope: object, key: string, load: () => Promise<OutboundMaterial>): Promise<OutboundMaterial> {
     let m = this.#cache.get(scope);
     if (!m) this.#cache.set(scope, (m = new Map()));
     let p = m.get(key);
@@ -55,36 +150,26 @@ export class OutboundTlsMaterial {
     return p;
   }
 
-  clientCertificate(delivery: DeliveryConfig, scope: object, name: string): Promise<Material> {
-    const files = delivery.clientCertificates[name];
-    if (!files) return Promise.reject(new DeliveryFailure(`no client certificate named "${name}" under delivery.clientCertificates`, { permanent: false, enhanced: '4.7.0' }));
-    return this.#get(scope, `cert ${name}`, async () => {
-      const { cert, key } = await loadKeyPair(files.cert, files.key).catch((err: Error) => {
-        throw new DeliveryFailure(`client certificate "${name}": ${err.message}`, { permanent: false, enhanced: '4.7.0' });
-      });
-      return { pem: { cert, key }, id: createHash('sha256').update(cert).update('\0').update(key).digest('hex').slice(0, 16) };
-    });
+  clientCertificate(delivery: DeliveryConfig, scope: object, name: string): Promise<OutboundMaterial> {
+    if (!delivery.clientCertificates[name]) return Promise.reject(new DeliveryFailure(`no client certificate named "${name}" under delivery.clientCertificates`, { permanent: false, enhanced: '4.7.0' }));
+    return this.#get(scope, `cert ${name}`, () => loadOutboundCertificate(delivery, name).catch((err: Error) => {
+      throw new DeliveryFailure(err.message, { permanent: false, enhanced: '4.7.0' });
+    }));
   }
 
-  ca(delivery: DeliveryConfig, scope: object, name: string): Promise<Material> {
-    const file = delivery.caFiles[name];
-    if (!file) return Promise.reject(new DeliveryFailure(`no CA named "${name}" under delivery.caFiles`, { permanent: false, enhanced: '4.7.0' }));
-    return this.#get(scope, `ca ${name}`, async () => {
-      const { ca } = await loadTrustMaterial({ caFiles: [file], crlFiles: [] }).catch((err: Error) => {
-        throw new DeliveryFailure(`CA "${name}": ${err.message}`, { permanent: false, enhanced: '4.7.0' });
-      });
-      return { pem: { ca }, id: createHash('sha256').update(ca.join('')).digest('hex').slice(0, 16) };
-    });
+  ca(delivery: DeliveryConfig, scope: object, name: string): Promise<OutboundMaterial> {
+    if (delivery.caFiles[name] === undefined) return Promise.reject(new DeliveryFailure(`no CA named "${name}" under delivery.caFiles`, { permanent: false, enhanced: '4.7.0' }));
+    return this.#get(scope, `ca ${name}`, () => loadOutboundCa(delivery, name).catch((err: Error) => {
+      throw new DeliveryFailure(err.message, { permanent: false, enhanced: '4.7.0' });
+    }));
   }
 
-  /** Read every declared certificate and CA now; returns the problems (for a log line after a reload). */
-  async preload(delivery: DeliveryConfig, scope: object): Promise<string[]> {
-    const jobs = [
+  /** Read every declared certificate and CA now, into this generation's cache; returns what is worth a log line. */
+  preload(delivery: DeliveryConfig, scope: object): Promise<OutboundTlsReport> {
+    return report([
       ...Object.keys(delivery.clientCertificates).map((n) => this.clientCertificate(delivery, scope, n)),
       ...Object.keys(delivery.caFiles).map((n) => this.ca(delivery, scope, n)),
-    ];
-    const results = await Promise.allSettled(jobs);
-    return results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+    ]);
   }
 
   /** Options for one connection to `host` under `policy`. Throws DeliveryFailure for unknown names or unreadable files. */

@@ -1,7 +1,9 @@
 /**
  * One SMTP transaction to a destination: take a pooled connection or open one (next address, next MX
  * host on connection-level failures; plaintext retry when opportunistic TLS fails), send MAIL/RCPT/DATA
- * with nodemailer, and report a result per recipient. Bounded overall and per destination.
+ * with nodemailer, and report a result per recipient. Bounded overall and per destination. Recipients the
+ * next hop refuses as too many for one transaction (RCPT 452, RFC 5321 §4.5.3.1.10) go in a following
+ * transaction of the same attempt, on the same connection when it is still open.
  */
 import type { SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import type { DeliveryConfig } from '../config/schema.ts';
@@ -10,11 +12,16 @@ import { poolKey, type ConnectionInfo, type ConnectionPool, type PooledConnectio
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
-import { DeliveryFailure, outcomeForFailure, outcomeForReply, type RecipientOutcome } from './outcome.ts';
+import { DeliveryFailure, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
 import type { NextHop } from './routing.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
+/**
+ * SMTP transactions per delivery attempt of one plan when the next hop keeps answering RCPT with "too many
+ * recipients": the first plus up to 99 following ones. Recipients left over wait for the next attempt.
+ */
+export const MAX_TRANSACTIONS = 100;
 
 export interface DeliveryPlan {
   hops: NextHop[];
@@ -43,9 +50,27 @@ export interface Transaction {
 }
 
 export interface TransactionResult {
+  /** One per recipient of the transaction, in its order. */
   outcomes: RecipientOutcome[];
-  /** The connection that carried the transaction, if one got that far. */
+  /** The connection that carried the (last) transaction, if one got that far. */
   connection: ConnectionInfo | null;
+  /**
+   * The SMTP transactions this took, each with the outcomes settled in it: more than one when the next hop
+   * limited the recipients per transaction (452 4.5.3).
+   */
+  transactions: Array<{ outcomes: RecipientOutcome[]; connection: ConnectionInfo | null }>;
+}
+
+/** One SMTP transaction (or the failure to get one going). */
+interface Round {
+  outcomes: RecipientOutcome[];
+  connection: ConnectionInfo | null;
+  /** Recipients refused at RCPT as too many for one transaction (isTooManyRecipients). */
+  tooMany: string[];
+  /** The message went through for some recipient: a following transaction can make progress. */
+  delivered: boolean;
+  /** The next hop that carried it, tried first for a following transaction. */
+  hop?: NextHop;
 }
 
 interface NodemailerError extends Error {
@@ -57,7 +82,50 @@ interface NodemailerError extends Error {
   rejectedErrors?: NodemailerError[];
 }
 
+/**
+ * Deliver `tx` under `plan`: one SMTP transaction, then, while the next hop refuses recipients as too many
+ * for one transaction (RFC 5321 §4.5.3.1.10) and delivered others, the refused ones in a following
+ * transaction — at most MAX_TRANSACTIONS in all. Other RCPT refusals stay per-recipient results.
+ */
 export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan, tx: Transaction): Promise<TransactionResult> {
+  const settled = new Map<string, RecipientOutcome>();
+  const transactions: TransactionResult['transactions'] = [];
+  let connection: ConnectionInfo | null = null;
+  let current = tx;
+  let currentPlan = plan;
+  for (let n = 1; ; n++) {
+    const round = await transactionOnce(env, currentPlan, current);
+    connection = round.connection ?? connection;
+    const carry = new Set(round.delivered && n < MAX_TRANSACTIONS ? round.tooMany : []);
+    const tooMany = new Set(round.tooMany);
+    // A 552 5.5.3 that is not followed up is still only a limit on this transaction (RFC 5321 §4.5.3.1.10).
+    const final = round.outcomes.filter((o) => !carry.has(o.recipient)).map((o) => (tooMany.has(o.recipient) ? temporary(o) : o));
+    for (const o of final) settled.set(o.recipient, o);
+    transactions.push({ outcomes: final, connection: round.connection });
+    const first = round.outcomes.find((o) => tooMany.has(o.recipient));
+    if (!carry.size) {
+      if (tooMany.size) {
+        env.log.warn({ id: tx.id, to: [...tooMany], relay: round.connection?.remote ?? null, reply: first?.reply, transactions: n },
+          `too many recipients for one transaction, and no progress or ${MAX_TRANSACTIONS} transactions: ${tooMany.size} wait for the next attempt`);
+      }
+      break;
+    }
+    const to = current.to.filter((r) => carry.has(r));
+    env.log.info({ id: tx.id, to, relay: round.connection?.remote ?? null, reply: first?.reply, transaction: n },
+      `too many recipients for one transaction: ${to.length} more in transaction ${n + 1}`);
+    current = { ...tx, to };
+    const hop = round.hop;
+    if (hop) currentPlan = { ...plan, hops: [hop, ...plan.hops.filter((h) => h !== hop)] };
+  }
+  return {
+    outcomes: tx.to.map((r) => settled.get(r) ?? outcomeForFailure(r, new DeliveryFailure('no result for this recipient', { permanent: false }))),
+    connection,
+    transactions,
+  };
+}
+
+/** One transaction: a pooled connection or a new one (next address, next host on connection failures). */
+async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Transaction): Promise<Round> {
   let last: DeliveryFailure | null = null;
   let tries = 0;
   for (const hop of plan.hops) {
@@ -82,7 +150,7 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
       const idle = env.pool.takeIdle(poolKey(hop.host, hop.port, security));
       if (idle) {
         const r = await sendOn(env, idle, tx);
-        if (r !== 'retry') return r;
+        if (r !== 'retry') return { ...r, hop };
       }
       for (const address of addresses) {
         if (tries++ >= MAX_CONNECT_TRIES) break;
@@ -107,7 +175,7 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
         }
         const r = await sendOn(env, pc, tx);
         if (r === 'retry') { last = new DeliveryFailure(`${remote}: connection lost before MAIL FROM`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }); continue; }
-        return r;
+        return { ...r, hop };
       }
     } finally {
       releaseOverall();
@@ -129,18 +197,26 @@ function plaintext(s: ConnectionSecurity): ConnectionSecurity {
  * Run the transaction on `pc` and give the connection back to the pool. 'retry': the connection died
  * before the server saw any recipient (a pooled connection the server had closed), so nothing was sent.
  */
-async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<TransactionResult | 'retry'> {
+async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<Round | 'retry'> {
   const remote = pc.info.remote;
   const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit };
   try {
     const info = await pc.send(envelope, tx.message);
     env.pool.release(pc, true);
     const byRecipient = new Map<string, RecipientOutcome>();
+    const tooMany: string[] = [];
     for (const e of (info.rejectedErrors ?? []) as NodemailerError[]) {
-      if (e.recipient && e.response) byRecipient.set(e.recipient, outcomeForReply(e.recipient, e.response, remote));
+      if (!e.recipient || !e.response) continue;
+      byRecipient.set(e.recipient, outcomeForReply(e.recipient, e.response, remote));
+      if (isTooManyRecipients(e)) tooMany.push(e.recipient);
     }
     for (const r of info.accepted) byRecipient.set(r, outcomeForReply(r, info.response, remote));
-    return { connection: pc.info, outcomes: tx.to.map((r) => byRecipient.get(r) ?? outcomeForFailure(r, new DeliveryFailure(`${remote}: no reply for this recipient`, { permanent: false, remoteMta: remote }))) };
+    return {
+      connection: pc.info,
+      outcomes: tx.to.map((r) => byRecipient.get(r) ?? outcomeForFailure(r, new DeliveryFailure(`${remote}: no reply for this recipient`, { permanent: false, remoteMta: remote }))),
+      tooMany: tooMany.filter((r) => tx.to.includes(r)),
+      delivered: info.accepted.some((r) => byRecipient.get(r)?.status === 'delivered'),
+    };
   } catch (err) {
     const e = err as NodemailerError;
     // nodemailer keeps the envelope of the transaction under way (our object, annotated); an older one
@@ -154,7 +230,9 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
     }
     const reusable = !!e.responseCode && (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421 && await pc.reset();
     env.pool.release(pc, reusable);
-    return { connection: pc.info, outcomes: outcomesForError(tx.to, e, pending?.rejectedErrors ?? [], remote) };
+    const rejected = e.command === 'MAIL FROM' ? [] : e.rejectedErrors ?? pending?.rejectedErrors ?? [];
+    const tooMany = rejected.filter((re) => re.recipient && tx.to.includes(re.recipient) && isTooManyRecipients(re)).map((re) => re.recipient!);
+    return { connection: pc.info, outcomes: outcomesForError(tx.to, e, pending?.rejectedErrors ?? [], remote), tooMany, delivered: false };
   }
 }
 
@@ -193,6 +271,22 @@ function asFailure(err: unknown): DeliveryFailure {
   return new DeliveryFailure((err as Error).message ?? String(err), { permanent: false });
 }
 
-function everyone(tx: Transaction, failure: DeliveryFailure): TransactionResult {
-  return { connection: null, outcomes: tx.to.map((r) => outcomeForFailure(r, failure)) };
+function everyone(tx: Transaction, failure: DeliveryFailure): Round {
+  return { connection: null, outcomes: tx.to.map((r) => outcomeForFailure(r, failure)), tooMany: [], delivered: false };
+}
+
+/**
+ * A RCPT refused because the transaction has too many recipients (RFC 5321 §4.5.3.1.10): 452 with 4.5.3 or
+ * without an enhanced code, and 552 5.5.3, which the RFC tells clients to treat the same way. A 452 with
+ * another enhanced code (4.2.2 mailbox full, 4.3.1 out of storage) is an ordinary temporary failure.
+ */
+export function isTooManyRecipients(e: { command?: string; response?: string }): boolean {
+  if (e.command !== 'RCPT TO' || !e.response) return false;
+  const r = parseReply(e.response);
+  if (r.code === 452) return r.enhanced === null || r.enhanced === '4.5.3';
+  return r.code === 552 && r.enhanced === '5.5.3';
+}
+
+function temporary(o: RecipientOutcome): RecipientOutcome {
+  return o.status === 'permanent' ? { ...o, status: 'temporary', enhanced: o.enhanced.replace(/^5/, '4') } : o;
 }

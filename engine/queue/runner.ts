@@ -195,8 +195,9 @@ export class QueueRunner {
     const gen = this.#generation();
     if (gen.serial === this.#lastSerial) return;
     this.#lastSerial = gen.serial;
-    void this.#material.preload(gen.config.delivery, gen).then((problems) => {
-      for (const p of problems) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
+    void this.#material.preload(gen.config.delivery, gen).then((report) => {
+      for (const p of [...report.errors, ...report.problems]) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
+      for (const w of report.warnings) this.#log.warn({ generation: gen.serial }, `outbound TLS material: ${w}`);
     });
   }
 
@@ -296,7 +297,7 @@ export class QueueRunner {
       const eightBit = hasEightBit(message);
       const results = await Promise.all([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit });
-        this.#logTransaction(id, envelope, r.outcomes, r.connection);
+        for (const t of r.transactions) this.#logTransaction(id, envelope, t.outcomes, t.connection);
         return r.outcomes;
       }));
       for (const r of results) outcomes.push(...r);

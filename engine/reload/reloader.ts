@@ -8,6 +8,7 @@ import { loadConfigFile, parseConfig, type LoadedConfig } from '../config/load-c
 import { ConfigError } from '../config/config-error.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
+import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -110,6 +111,10 @@ export class Reloader {
       for (const l of loaded.config.listeners) {
         if (this.#target.servers.has(l.name)) setups.set(l.name, await prepareListener(l, loaded.config.hostname, this.#target.logger));
       }
+      // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
+      const outbound = await checkOutboundTls(loaded.config.delivery);
+      if (outbound.errors.length) throw Object.assign(new Error(outbound.errors.join('\n')), { errors: outbound.errors });
+      for (const w of [...outbound.problems, ...outbound.warnings]) log.warn(w);
     } catch (err) {
       await next.dispose();
       this.#failedDigest = before;

@@ -1,14 +1,17 @@
 // The command line as an administrator runs it (node engine/cli/main.ts …): hash-password reads stdin and
-// prints a hash the server accepts; check validates offline and reports problems as file:line[:col].
+// prints a hash the server accepts; check validates offline and reports problems as file:line[:col], and
+// reads the outbound client certificates and CA files named under delivery.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
+import { issueClientCertificate } from '../../engine/certificates/index.ts';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
@@ -191,4 +194,87 @@ test('check reports every problem at once: a table, a users file and a script', 
     `${join(dir, 'scripts', 'mailfrom.ts')}:1:39: SyntaxError: Expected ident`,
     '',
   ]);
+});
+
+/** The valid folder plus a delivery section naming outbound client certificates (and CA files). */
+async function deliveryFolder(name: string, delivery: string, files: Record<string, string> = {}): Promise<{ dir: string; config: string }> {
+  const folder = await configFolder(name, files);
+  await writeFile(folder.config, `${await readFile(folder.config, 'utf8')}delivery:\n${delivery}`);
+  return folder;
+}
+
+test('check reads delivery.clientCertificates: a good Ed25519 and ECDSA certificate, a CA file → exit 0, no warnings', async () => {
+  const { config } = await deliveryFolder('outbound-good', `  tls: { mode: verify, clientCertificate: laptop, ca: partners }
+  clientCertificates:
+    laptop: { cert: out/ed.crt, key: out/ed.key }
+    device: { cert: out/ec.pem, key: out/ec.pem }
+  caFiles:
+    partners: tls/ca.crt
+`, {
+    'out/ed.crt': await readFile(pki.clients.ed25519.cert, 'utf8'),
+    'out/ed.key': await readFile(pki.clients.ed25519.key, 'utf8'),
+    'out/ec.pem': await readFile(pki.clients.ecdsa.pem, 'utf8'), // key + certificate in one file
+  });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.stderr, '');
+  assert.equal(r.stdout, `${config}: OK (2 listeners)\n`);
+  assert.equal(r.code, 0);
+});
+
+test('check: a missing key file, a key that does not match, a missing CA file → exit 1, each as <file>: <config key>: …', async () => {
+  const { dir, config } = await deliveryFolder('outbound-bad', `  clientCertificates:
+    laptop: { cert: out/laptop.crt, key: out/laptop.key }
+    phone: { cert: out/phone.crt, key: out/phone.key }
+  caFiles:
+    partners: out/partners.crt
+`, {
+    'out/laptop.crt': await readFile(pki.clients.ed25519.cert, 'utf8'),
+    'out/phone.crt': await readFile(pki.clients.ecdsa.cert, 'utf8'),
+    'out/phone.key': await readFile(pki.clients.bob.key, 'utf8'), // bob's ECDSA key, not the phone's
+  });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  const out = (f: string): string => join(dir, 'out', f);
+  assert.deepEqual(r.stderr.split('\n'), [
+    `${out('laptop.key')}: delivery.clientCertificates.laptop.key: cannot read: ENOENT`,
+    `${out('phone.key')}: delivery.clientCertificates.phone.key: private key does not match certificate ${out('phone.crt')}`,
+    `${out('partners.crt')}: delivery.caFiles.partners: cannot read: ENOENT`,
+    '',
+  ]);
+});
+
+test('check: an expired client certificate is a problem (exit 1); one expiring within 14 days or not yet valid is a warning', async () => {
+  const soon = await issueClientCertificate(pki.authorities.ca, {
+    commonName: 'soon', keyType: 'ed25519', notBefore: new Date(Date.now() - 86400_000), notAfter: new Date(Date.now() + 5 * 86400_000 + 3600_000),
+  });
+  const future = await issueClientCertificate(pki.authorities.ca, {
+    commonName: 'future', keyType: 'ecdsa', notBefore: new Date(Date.now() + 2 * 86400_000), notAfter: new Date(Date.now() + 400 * 86400_000),
+  });
+  const files = {
+    'out/soon.crt': soon.cert, 'out/soon.key': soon.key, 'out/future.crt': future.cert, 'out/future.key': future.key,
+    'out/old.crt': await readFile(pki.clients.expired.cert, 'utf8'), 'out/old.key': await readFile(pki.clients.expired.key, 'utf8'),
+  };
+  const soonAfter = new X509Certificate(soon.cert).validToDate.toISOString();
+  const futureBefore = new X509Certificate(future.cert).validFromDate.toISOString();
+  const warned = await deliveryFolder('outbound-warn', `  clientCertificates:
+    soon: { cert: out/soon.crt, key: out/soon.key }
+    future: { cert: out/future.crt, key: out/future.key }
+`, files);
+  const w = await cli(['check', '--config', warned.config], null);
+  assert.equal(w.code, 0, w.stderr);
+  assert.equal(w.stdout, `${warned.config}: OK (2 listeners)\n`);
+  assert.deepEqual(w.stderr.split('\n'), [
+    `warning: ${join(warned.dir, 'out', 'soon.crt')}: delivery.clientCertificates.soon.cert: certificate "CN=soon" expires on ${soonAfter} (in 5 days)`,
+    `warning: ${join(warned.dir, 'out', 'future.crt')}: delivery.clientCertificates.future.cert: certificate "CN=future" is not valid before ${futureBefore}`,
+    '',
+  ]);
+
+  const expired = await deliveryFolder('outbound-expired', `  clientCertificates:
+    old: { cert: out/old.crt, key: out/old.key }
+`, files);
+  const e = await cli(['check', '--config', expired.config], null);
+  assert.equal(e.code, 1);
+  assert.equal(e.stdout, '');
+  assert.match(e.stderr, new RegExp(`^${join(expired.dir, 'out', 'old.crt').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: delivery\\.clientCertificates\\.old\\.cert: certificate "CN=old-laptop[^"]*" expired on 2021-01-01T00:00:00\\.000Z\n$`));
 });

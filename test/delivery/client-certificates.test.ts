@@ -175,12 +175,28 @@ test('rotating a named certificate\'s files: the next connection presents the ne
   await s.send('c@ec.example', ['r5@partner.example']);
   await sink.waitFor(before + 1);
   assert.equal(sink.messages.at(-1)!.clientFingerprint, pki.clients.ecdsa.fingerprintSha256Colon);
-  const reloaded = new Promise<{ ok: boolean; errors: string[] }>((resolve) => { const off = s.reloader.onReload((o) => { off(); resolve(o); }); });
+  // A reload that catches the key already replaced but not yet the certificate is refused; the next one succeeds.
+  const reloaded = new Promise<void>((resolve) => { const off = s.reloader.onReload((o) => { if (o.ok) { off(); resolve(); } }); });
   await writeFile(join(s.dir, 'ecdsa.key'), await readFile(pki.clients.bob.key, 'utf8'));
   await writeFile(join(s.dir, 'ecdsa.crt'), await readFile(pki.clients.bob.cert, 'utf8'));
-  const outcome = await reloaded;
-  assert.equal(outcome.ok, true, outcome.errors.join('\n'));
+  await reloaded;
   await s.send('c@ec.example', ['r6@partner.example']);
   await sink.waitFor(before + 2);
   assert.equal(sink.messages.at(-1)!.clientFingerprint, pki.clients.bob.fingerprintSha256Colon);
+});
+
+test('a key that does not match its certificate is refused at reload; the running generation keeps delivering', async () => {
+  const refused = new Promise<{ ok: boolean; errors: string[] }>((resolve) => { const off = s.reloader.onReload((o) => { off(); resolve(o); }); });
+  const goodKey = await readFile(join(s.dir, 'alice.key'), 'utf8');
+  await writeFile(join(s.dir, 'alice.key'), await readFile(pki.clients.ecdsa.key, 'utf8'));
+  const outcome = await refused;
+  assert.equal(outcome.ok, false);
+  assert.match(outcome.errors.join('\n'), /alice\.key: delivery\.clientCertificates\.alice\.key: private key does not match certificate/);
+  const before = sink.messages.length;
+  await s.send('a@alice.example', ['r7@partner.example']);
+  await sink.waitFor(before + 1);
+  assert.equal(sink.messages.at(-1)!.clientFingerprint, pki.clients.alice.fingerprintSha256Colon, 'the old generation still has the good pair');
+  const restored = new Promise<void>((resolve) => { const off = s.reloader.onReload((o) => { if (o.ok) { off(); resolve(); } }); });
+  await writeFile(join(s.dir, 'alice.key'), goodKey);
+  await restored;
 });

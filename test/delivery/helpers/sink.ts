@@ -1,6 +1,7 @@
 /**
  * A next hop for delivery tests: a real smtp-server on 127.0.0.1 that records what it received (envelope,
- * bytes, the TLS session and the client certificate's fingerprint) and can refuse at MAIL, RCPT or DATA.
+ * bytes, the TLS session and the client certificate's fingerprint) and can refuse at MAIL, RCPT or DATA,
+ * or limit the recipients per transaction (452 after N, like smtp-server's maxRecipients).
  */
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { readFileSync } from 'node:fs';
@@ -21,6 +22,8 @@ export interface Received extends PeerFacts {
   from: string;
   to: string[];
   data: Buffer;
+  /** The SMTP session (connection) that carried it. */
+  sessionId: string;
 }
 
 export interface Refusal { code: number; text: string }
@@ -39,6 +42,10 @@ export interface SinkOptions {
   banner?: string;
   /** Wait this long before answering the end of DATA (a slow next hop). */
   dataDelayMs?: number;
+  /** Refuse every RCPT after this many in one transaction with `tooManyReply`. */
+  maxRecipients?: number;
+  /** Default: 452 4.5.3 Too many recipients. */
+  tooManyReply?: Refusal;
 }
 
 export interface Sink {
@@ -88,6 +95,9 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
       cb(r ? refuse(r) : undefined);
     },
     onRcptTo(address, session, cb) {
+      if (opts.maxRecipients !== undefined && session.envelope.rcptTo.length >= opts.maxRecipients) {
+        return cb(refuse(opts.tooManyReply ?? { code: 452, text: '4.5.3 Too many recipients' }));
+      }
       const r = opts.decide?.('rcpt', address.address, peer(session));
       cb(r ? refuse(r) : undefined);
     },
@@ -102,6 +112,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
           from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
           to: session.envelope.rcptTo.map((x) => x.address),
           data: Buffer.concat(chunks),
+          sessionId: session.id,
           ...peer(session),
         });
         for (const w of [...waiters]) w();
