@@ -19,20 +19,34 @@ export type RunOutcome =
   | { ok: true; value: unknown }
   | { ok: false; error: { name: string; message: string; stack: string } };
 
+/**
+ * How `ctx.connection` reaches a call: the connection (when sent) and its key (to keep it, or to find it
+ * kept); the client certificate's key and the certificate (when sent; it is then left out of the
+ * connection). A `forget` flag drops everything kept of that kind first.
+ */
+export type KeptArgs = [
+  connectionKey?: string, connection?: unknown, connectionForget?: boolean,
+  certificateKey?: string, certificate?: unknown, certificateForget?: boolean,
+];
+
+interface Kept {
+  connectionKey?: string; connection?: unknown; connectionForget?: boolean;
+  certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
+}
+
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /**
-   * Call a hook; resolves (never rejects) with the outcome. With a `connectionKey` the context's
-   * `connection` is the frozen object kept under that key, after storing `connection` there if given
-   * (`forget` first drops every kept one).
+   * Call a hook; resolves (never rejects) with the outcome. `ctx.connection` comes separately (see
+   * KeptArgs): given, or kept from an earlier call under its key; its certificate likewise.
    */
-  run(hook: string, ctx: unknown, connectionKey?: string, connection?: unknown, forget?: boolean): RunOutcome | Promise<RunOutcome>;
+  run(hook: string, ctx: unknown, ...kept: KeptArgs): RunOutcome | Promise<RunOutcome>;
   /**
    * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
    * which is kept for `settle()`.
    */
-  runSync(hook: string, ctx: unknown, connectionKey?: string, connection?: unknown, forget?: boolean): RunOutcome | null;
+  runSync(hook: string, ctx: unknown, ...kept: KeptArgs): RunOutcome | null;
   /** The outcome of the promise the last runSync() kept (and forget it). */
   settle(): Promise<RunOutcome>;
 }
@@ -221,8 +235,10 @@ export function installRuntime(
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
   // Set when a call returned a promise: the runner's own promise of its outcome.
   let pending: Promise<RunOutcome> | null = null;
-  // Connection facts by key: shared by every call of a connection until something in them changes.
+  // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
+  // and client certificates (the same for every connection from that device).
   let connections: Record<string, unknown> = create(null);
+  let certificates: Record<string, unknown> = create(null);
   const deepFreeze = (value: unknown): unknown => {
     if (value !== null && typeof value === 'object' && !isFrozen(value)) {
       freeze(value);
@@ -230,24 +246,30 @@ export function installRuntime(
     }
     return value;
   };
-  function withConnection(ctx: unknown, key: string | undefined, connection: unknown, forget: boolean | undefined): unknown {
-    if (key === undefined) {
-      // Read-only in every hook, not only where it is shared between calls.
-      const own = (ctx as { connection?: unknown } | null)?.connection;
-      if (own !== null && typeof own === 'object') deepFreeze(own);
+  /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
+  function assemble(ctx: unknown, kept: Kept): unknown {
+    if (kept.certificateForget) certificates = create(null);
+    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(kept.certificate);
+    if (kept.connectionForget) connections = create(null);
+    let connection = kept.connection;
+    if (connection !== null && typeof connection === 'object') {
+      if (kept.certificateKey !== undefined) (connection as Record<string, unknown>).clientCertificate = certificates[kept.certificateKey];
+      deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
+      if (kept.connectionKey !== undefined) connections[kept.connectionKey] = connection;
+    } else if (kept.connectionKey !== undefined) {
+      connection = connections[kept.connectionKey];
+    } else {
       return ctx;
     }
-    if (forget) connections = create(null);
-    if (connection !== undefined) connections[key] = deepFreeze(connection);
-    // `connection` first, as the host builds every context.
-    const full: Record<string, unknown> = { connection: connections[key] };
+    const full: Record<string, unknown> = { connection };
     for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
     return full;
   }
-  function call(hook: string, ctx: unknown, key?: string, connection?: unknown, forget?: boolean): RunOutcome | null {
+  function call(hook: string, ctx: unknown, ...tail: KeptArgs): RunOutcome | null {
     pending = null;
     try {
-      const result = hooks[hook]!(withConnection(ctx, key, connection, forget));
+      const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
+      const result = hooks[hook]!(assemble(ctx, { connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget }));
       if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
         const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
         pending = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
@@ -262,11 +284,11 @@ export function installRuntime(
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(hook, ctx, key, connection, forget) {
-      return call(hook, ctx, key, connection, forget) ?? pending!;
+    run(hook, ctx, ...tail) {
+      return call(hook, ctx, ...tail) ?? pending!;
     },
-    runSync(hook, ctx, key, connection, forget) {
-      return call(hook, ctx, key, connection, forget);
+    runSync(hook, ctx, ...tail) {
+      return call(hook, ctx, ...tail);
     },
     settle() {
       const kept = pending ?? (apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>);

@@ -33,14 +33,39 @@ export function teardownGrace(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
 }
 
-/** What the runtime's run() and runSync() take, as copies for the isolate. */
-type RunArgs = [string, ivm.Copy<unknown>, string | undefined, ivm.Copy<unknown> | undefined, boolean];
+/** What the runtime's run() and runSync() take (see KeptArgs), as copies for the isolate. */
+type RunArgs = [
+  string, ivm.Copy<unknown>,
+  string | undefined, ivm.Copy<unknown> | undefined, boolean,
+  string | undefined, ivm.Copy<unknown> | undefined, boolean,
+];
 
-/** Connections whose facts an isolate keeps at most; past this it forgets them all and starts again. */
-const KEPT_CONNECTIONS = 128;
+type KeptTail = [
+  string | undefined, ivm.ExternalCopy<unknown> | undefined, boolean,
+  string | undefined, ivm.ExternalCopy<unknown> | undefined, boolean,
+];
 
-/** A connection's facts for `ctx.connection`, kept in the isolate under `key` (see connectionKey()). */
-export interface SharedConnection { key: string; connection: object }
+/** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
+const KEPT_VALUES = 128;
+
+/**
+ * `ctx.connection`, apart from the rest of the context. With `key` (see connectionKey()) the isolate
+ * keeps it between calls; with `certificateKey` it keeps the client certificate, which then crosses once.
+ */
+export interface SharedConnection { key?: string; connection: object; certificateKey?: string; certificate?: object }
+
+/** Which keys the isolate keeps, as far as the host knows. */
+class KeptKeys {
+  readonly #keys = new Set<string>();
+  /** Whether the value must be sent, and whether the isolate must forget everything first. */
+  need(key: string): { send: boolean; forget: boolean } {
+    if (this.#keys.has(key)) return { send: false, forget: false };
+    if (this.#keys.size < KEPT_VALUES) return { send: true, forget: false };
+    this.#keys.clear();
+    return { send: true, forget: true };
+  }
+  add(key: string | undefined): void { if (key !== undefined) this.#keys.add(key); }
+}
 
 /** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
@@ -56,8 +81,8 @@ export class IsolateSlot {
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
-  /** Keys of the connection facts this isolate keeps. */
-  readonly #keptConnections = new Set<string>();
+  readonly #keptConnections = new KeptKeys();
+  readonly #keptCertificates = new KeptKeys();
   #disposedByUs = false;
   #cutOff = false;
 
@@ -115,34 +140,43 @@ export class IsolateSlot {
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
-    let connection: ivm.ExternalCopy<unknown> | undefined;
-    let forget = false;
-    if (shared && !this.#keptConnections.has(shared.key)) {
-      if (this.#keptConnections.size >= KEPT_CONNECTIONS) {
-        this.#keptConnections.clear();
-        forget = true;
-      }
-      connection = new ivm.ExternalCopy(shared.connection);
+    const copies: Array<ivm.ExternalCopy<unknown>> = [];
+    const copy = (value: object): ivm.ExternalCopy<unknown> => { const c = new ivm.ExternalCopy(value); copies.push(c); return c; };
+    let tail: KeptTail = [undefined, undefined, false, undefined, undefined, false];
+    if (shared) {
+      const connection = shared.key === undefined ? { send: true, forget: false } : this.#keptConnections.need(shared.key);
+      let certificate = { send: false, forget: false };
+      // The certificate only matters when the connection itself crosses.
+      if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
+      tail = [
+        shared.key, connection.send ? copy(shared.connection) : undefined, connection.forget,
+        connection.send ? shared.certificateKey : undefined, certificate.send ? copy(shared.certificate!) : undefined, certificate.forget,
+      ];
     }
     try {
-      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, shared?.key, connection, forget);
-      if (shared) this.#keptConnections.add(shared.key);
+      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail);
+      this.#kept(shared, tail);
       return result;
     } catch (e) {
-      // A script error leaves the isolate keeping the facts; anything else may not have.
-      if (shared && e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#keptConnections.add(shared.key);
+      // A script error leaves the isolate keeping what it was sent; anything else may not have.
+      if (e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#kept(shared, tail);
       throw e;
     } finally {
-      connection?.release();
+      for (const c of copies) c.release();
     }
   }
 
+  #kept(shared: SharedConnection | undefined, tail: KeptTail): void {
+    if (!shared) return;
+    this.#keptConnections.add(shared.key);
+    if (tail[4] !== undefined) this.#keptCertificates.add(shared.certificateKey);
+  }
+
   async #call(
-    hook: HookName, file: string, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs: number,
-    key: string | undefined, connection: ivm.ExternalCopy<unknown> | undefined, forget: boolean,
+    hook: HookName, file: string, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs: number, tail: KeptTail,
   ): Promise<{ value: unknown; overran: boolean }> {
-    // isolated-vm's argument types cannot express the optional tail; the runtime checks nothing of it anyway.
-    const args = (): RunArgs => [hook, ctx.copyInto(), key, connection?.copyInto(), forget];
+    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
+    const args = (): RunArgs => [hook, ctx.copyInto(), key, connection?.copyInto(), forget, certificateKey, certificate?.copyInto(), forgetCertificates];
     if (fastPathMs > 0) {
       const run: CurrentRun = { connectionId, file, held: [] };
       this.#current = run;

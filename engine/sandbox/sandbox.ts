@@ -158,13 +158,20 @@ export class Sandbox {
     if (this.#disposed) throw new Error('the sandbox has been disposed');
     const script = this.#scripts.get(hook);
     if (!script) throw new Error(`no script for hook ${hook}`);
-    // With a key, ctx.connection crosses into an isolate once per key, not once per call.
+    // ctx.connection crosses apart: once per key when there is one, and its certificate once per isolate.
     let shared: SharedConnection | undefined;
     let own = ctx;
-    if (connectionKey !== undefined && 'connection' in ctx && ctx.connection !== null && typeof ctx.connection === 'object') {
-      const { connection, ...rest } = ctx as { connection: object };
-      shared = { key: connectionKey, connection };
+    if ('connection' in ctx && ctx.connection !== null && typeof ctx.connection === 'object') {
+      const { connection, ...rest } = ctx as { connection: { clientCertificate?: unknown } };
       own = rest;
+      shared = { key: connectionKey, connection };
+      const cert = connection.clientCertificate as { fingerprint?: { sha256?: unknown }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown } | null | undefined;
+      if (cert && typeof cert.fingerprint?.sha256 === 'string') {
+        shared.certificate = cert;
+        // The chain verdict depends on the listener's CA, so it is part of the key.
+        shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
+        shared.connection = { ...connection, clientCertificate: null };
+      }
     }
     const copy = new ivm.ExternalCopy(own); // copied now: the script never sees the host's object
     let member: Member;

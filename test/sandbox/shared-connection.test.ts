@@ -74,3 +74,25 @@ test('an isolate that kept many connections forgets them and is sent them again'
     sandbox.dispose();
   }
 });
+
+test('a client certificate crosses once per isolate; a different chain verdict is a different certificate', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    scripts: [js('helo', 'export default (ctx) => { const c = ctx.connection.clientCertificate; return accept({ text: c ? `${ctx.connection.id} ${c.subject.CN} ${c.verified} ${c.verifyError} ${Object.isFrozen(c)} ${c.pem.length}` : `${ctx.connection.id} none` }); }')],
+  });
+  try {
+    const base = sample();
+    const pemLength = base.clientCertificate!.pem.length;
+    for (let i = 0; i < 300; i++) { // past the number of kept certificates: forgotten and sent again
+      const c = { ...base, id: `c${i}`, clientCertificate: { ...base.clientCertificate!, fingerprint: { ...base.clientCertificate!.fingerprint, sha256: String(i % 150).padStart(64, '0') } } };
+      assert.deepEqual(await sandbox.invoke('helo', { connection: c }, c.id), { verdict: 'accept', text: `c${i} alice true null true ${pemLength}` });
+    }
+    const revoked = { ...base, id: 'r', clientCertificate: { ...base.clientCertificate!, verified: false, verifyError: 'revoked' as const, verifyErrorCode: 'CERT_REVOKED' } };
+    assert.deepEqual(await sandbox.invoke('helo', { connection: revoked }, 'r'), { verdict: 'accept', text: `r alice false revoked true ${pemLength}` });
+    assert.deepEqual(await sandbox.invoke('helo', { connection: { ...base, id: 'n', clientCertificate: null } }, 'n'), { verdict: 'accept', text: 'n none' });
+    assert.deepEqual(await sandbox.invoke('helo', { connection: base }, 'again'), { verdict: 'accept', text: `${base.id} alice true null true ${pemLength}` });
+  } finally {
+    sandbox.dispose();
+  }
+});
