@@ -18,7 +18,7 @@ import { DirectorySyncer } from './fsync.ts';
 const HEADER = 'POSTERN-RECORD-V1';
 const HEADER_PATTERN = /^POSTERN-RECORD-V1 ([0-9a-z]{8,32}) (\d{1,12})\n/;
 const MAX_HEADER = 64;
-/** A new segment is started once the active one is this large. */
+/** A new segment is started once the active one is this large (by default). */
 const SEGMENT_BYTES = 32 * 1024 * 1024;
 const NEWLINE = Buffer.from('\n');
 
@@ -47,6 +47,7 @@ interface Waiter { segment: Segment; resolve(): void; reject(err: Error): void }
 export class Journal {
   readonly dir: string;
   readonly #writable: boolean;
+  readonly #segmentBytes: number;
   readonly #index = new Map<string, Location>();
   readonly #segments = new Map<number, Segment>();
   readonly #dirSync: DirectorySyncer;
@@ -56,9 +57,10 @@ export class Journal {
   #flushing = false;
   #flushes = 0;
 
-  private constructor(dir: string, writable: boolean) {
+  private constructor(dir: string, writable: boolean, segmentBytes: number) {
     this.dir = dir;
     this.#writable = writable;
+    this.#segmentBytes = segmentBytes;
     this.#dirSync = new DirectorySyncer(dir);
   }
 
@@ -67,8 +69,8 @@ export class Journal {
    * nothing left in them and appends to a fresh segment, never after a possibly torn tail; a read-only
    * one (the queue command's) only reads, and may mark messages done.
    */
-  static open(dir: string, opts: { writable: boolean }): Journal {
-    const journal = new Journal(dir, opts.writable);
+  static open(dir: string, opts: { writable: boolean; segmentBytes?: number }): Journal {
+    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES);
     const seqs = readdirSync(dir)
       .map((n) => /^(\d{10})\.seg$/.exec(n)?.[1])
       .filter((s): s is string => s !== undefined)
@@ -124,7 +126,7 @@ export class Journal {
     this.#index.set(id, { segment, offset: segment.size + header.length, length });
     segment.size += total;
     segment.live++;
-    if (segment.size >= SEGMENT_BYTES) this.#retire(segment);
+    if (segment.size >= this.#segmentBytes) this.#retire(segment);
     return new Promise<void>((resolve, reject) => {
       this.#waiting.push({ segment, resolve, reject: (err) => { this.#forget(id); reject(err); } });
       this.#flush();

@@ -118,3 +118,19 @@ test('the spool keeps small messages in the journal and large ones in files, beh
   restarted.close();
   reader.close();
 });
+
+test('full segments are closed for appends and deleted once everything in them is done', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true, segmentBytes: 4096 });
+  await Promise.all(Array.from({ length: 30 }, (_, n) => j.append(id(n), [body(40)])));
+  const segments = (): string[] => readdirSync(dir).filter((n) => n.endsWith('.seg')).sort();
+  const first = segments();
+  assert.ok(first.length >= 3, `${first.length} segments`);
+  assert.equal(j.segments, first.length);
+  // Deliver in order: the oldest segments empty and go, the active one stays.
+  for (let n = 0; n < 29; n++) j.markDone(id(n));
+  assert.deepEqual(segments(), [first.at(-1)!]);
+  assert.deepEqual(j.ids(), [id(29)]);
+  j.close();
+  assert.deepEqual(Journal.open(dir, { writable: false }).ids(), [id(29)]);
+});
