@@ -226,7 +226,7 @@ declare module "postern" {
   /**
    * One context type per hook. Hook order on a connection:
    * connect → (TLS) → helo → auth → mailfrom → rcptto (once per recipient) → data; predelivery runs in the
-   * queue, once per delivery attempt and destination. Every context is a copy taken when the hook starts.
+   * queue, once per delivery attempt and recipient domain. Every context is a copy taken when the hook starts.
    */
 
   /** connect: a client connected (after the TLS handshake on implicit-TLS listeners). Default: accept. */
@@ -309,12 +309,12 @@ declare module "postern" {
     verifyError: ChainFailureReason | null;
   }
 
-  /** predelivery: the queue is about to deliver to a destination. Default: deliver by the configured route. */
+  /** predelivery: the queue is about to deliver the recipients of one domain (once per attempt). Default: deliver by the configured route. */
   export interface PredeliveryContext {
     message: {
       id: string;
       sender: string;
-      /** Recipients of this attempt (one destination). */
+      /** Recipients of this attempt (all in one domain). */
       recipients: string[];
       size: number;
       /** 1 on the first attempt. */

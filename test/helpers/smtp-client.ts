@@ -180,3 +180,17 @@ function tlsOptions(o: TlsClientOptions): tls.ConnectionOptions {
     rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion,
   };
 }
+
+/** Submit one message over plain SMTP on 127.0.0.1:`port`; resolves with the queue id of `… queued as <id>`. */
+export async function submitMessage(port: number, from: string, to: string[], body?: string, helo?: string): Promise<string> {
+  const c = await SmtpTestClient.connect(port);
+  try {
+    await c.hello(helo === undefined ? undefined : { name: helo });
+    const r = await c.sendMail(from, to, body);
+    const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
+    if (!id) throw new Error(`not queued: ${r.text}`);
+    return id;
+  } finally {
+    await c.quit();
+  }
+}

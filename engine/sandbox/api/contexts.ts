@@ -1,7 +1,7 @@
 /**
  * One context type per hook. Hook order on a connection:
  * connect → (TLS) → helo → auth → mailfrom → rcptto (once per recipient) → data; predelivery runs in the
- * queue, once per delivery attempt and destination. Every context is a copy taken when the hook starts.
+ * queue, once per delivery attempt and recipient domain. Every context is a copy taken when the hook starts.
  */
 import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from './session.ts';
 import type { ChainFailureReason } from './certificate.ts';
@@ -86,12 +86,12 @@ export interface CertificateSummary {
   verifyError: ChainFailureReason | null;
 }
 
-/** predelivery: the queue is about to deliver to a destination. Default: deliver by the configured route. */
+/** predelivery: the queue is about to deliver the recipients of one domain (once per attempt). Default: deliver by the configured route. */
 export interface PredeliveryContext {
   message: {
     id: string;
     sender: string;
-    /** Recipients of this attempt (one destination). */
+    /** Recipients of this attempt (all in one domain). */
     recipients: string[];
     size: number;
     /** 1 on the first attempt. */

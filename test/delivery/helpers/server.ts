@@ -12,7 +12,8 @@ import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts
 import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
 import { HostNotFound } from '../../../engine/delivery/dns.ts';
 import type { AttemptEvent } from '../../../engine/queue/runner.ts';
-import { SmtpTestClient } from '../../helpers/smtp-client.ts';
+import { recordAttempts } from '../../helpers/attempts.ts';
+import { submitMessage } from '../../helpers/smtp-client.ts';
 
 export interface DeliveryServer extends RunningPostern {
   dir: string;
@@ -52,44 +53,13 @@ export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<
     configPath: join(dir, 'postern.yaml'), resolver: opts.resolver,
     logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
   });
-  const attempts: AttemptEvent[] = [];
-  const waiters = new Set<(e: AttemptEvent) => void>();
-  running.queue.onAttempt((e) => {
-    attempts.push(e);
-    for (const w of [...waiters]) w(e);
-  });
+  const { attempts, next } = recordAttempts(running.queue);
   const firstListener = [...running.addresses.keys()][0]!;
   const server: DeliveryServer = Object.assign(running, {
     dir, logs, attempts,
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
-    nextAttempt(pred: (e: AttemptEvent) => boolean, o: { timeoutMs?: number; past?: boolean } = {}) {
-      if (o.past) {
-        const seen = attempts.find(pred);
-        if (seen) return Promise.resolve(seen);
-      }
-      return new Promise<AttemptEvent>((resolve, reject) => {
-        const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`no matching queue attempt within ${o.timeoutMs ?? 15000} ms; attempts: ${JSON.stringify(attempts, null, 1).slice(0, 3000)}`)); }, o.timeoutMs ?? 15_000);
-        const check = (e: AttemptEvent): void => {
-          if (!pred(e)) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve(e);
-        };
-        waiters.add(check);
-      });
-    },
-    async send(from: string, to: string[], body?: string) {
-      const c = await SmtpTestClient.connect(server.port());
-      try {
-        await c.hello();
-        const r = await c.sendMail(from, to, body);
-        const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
-        if (!id) throw new Error(`not queued: ${r.text}`);
-        return id;
-      } finally {
-        await c.quit();
-      }
-    },
+    nextAttempt: next,
+    send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
     async stop() {
       await running.close();
       await rm(dir, { recursive: true, force: true });
