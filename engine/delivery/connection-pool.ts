@@ -177,8 +177,10 @@ export class ConnectionPool {
         conn.off('error', done);
         conn.off('end', onEnd);
         if (err) {
-          // Whether TLS had started: opportunistic TLS retries such a failure in plaintext.
-          Object.assign(err, { tlsStarted: !s.secure && (conn.secure || !!conn.upgrading) });
+          // Whether TLS had started and failed: opportunistic TLS retries such a failure in plaintext. A reply
+          // from the server after the handshake (421 to EHLO, say) is the server speaking, not TLS failing.
+          const replied = typeof (err as { responseCode?: unknown }).responseCode === 'number';
+          Object.assign(err, { tlsStarted: !s.secure && !replied && (conn.secure || !!conn.upgrading) });
           conn.close();
           reject(err);
         } else resolve();

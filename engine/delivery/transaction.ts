@@ -258,9 +258,17 @@ function outcomesForError(to: string[], e: NodemailerError, pendingRejected: Nod
 /** A connection-level problem (refused, timeout, TLS, lost connection): always temporary. */
 function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote: string): DeliveryFailure {
   if (e instanceof DeliveryFailure) return e;
+  if (e.response && e.responseCode && e.command !== 'STARTTLS') {
+    // The server refused the session (greeting, EHLO, after the handshake): its own reply says why. Temporary
+    // here, as Postfix's smtp_skip_5xx_greeting: another host or a later attempt may do better.
+    const response = e.response.replace(/\s+/g, ' ');
+    const code = /^\d{3}[ -]([245])\.(\d{1,3}\.\d{1,3})\b/.exec(response);
+    const at = e.command && e.command !== 'CONN' && e.command !== 'API' ? ` after ${e.command}` : '';
+    return new DeliveryFailure(`${remote}: refused${at}: ${response}`, { permanent: false, enhanced: code ? `4.${code[2]}` : '4.4.1', remoteMta: remote });
+  }
   const reply = e.response && e.responseCode ? ` (${e.response.replace(/\s+/g, ' ')})` : '';
   const base = (e.message || String(e)).replace(/: \d{3}[ -].*$/s, '');
-  const tls = e.code === 'ETLS' || !!e.tlsStarted;
+  const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;
   const enhanced = tls ? '4.7.5' : e.code === 'ETIMEDOUT' ? '4.4.2' : '4.4.1';
   const what = tls ? 'TLS failed' : e.command && e.command !== 'CONN' && e.command !== 'API' ? `${e.command} failed` : 'connection failed';
   return new DeliveryFailure(`${remote}: ${what}: ${base}${reply}`, { permanent: false, enhanced, remoteMta: remote });

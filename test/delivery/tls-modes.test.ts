@@ -9,11 +9,14 @@ import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { selfSignedServer } from './helpers/self-signed.ts';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
 
 let pki: TestPki;
 let tmp: string;
 const sinks: Record<string, Sink> = {};
 let s: DeliveryServer;
+/** A Postern listener that requires a client certificate: the handshake completes, then EHLO gets 421 4.7.1. */
+let requiring: TestServer;
 
 before(async () => {
   pki = await makeTestPki();
@@ -27,7 +30,16 @@ before(async () => {
   sinks.implicit = await startSink({ tls: 'implicit', cert: pki.server.cert, key: pki.server.key });
   // Demands a client certificate during the handshake: TLS fails for a client without one.
   sinks.broken = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
-  const ports = Object.fromEntries(Object.entries(sinks).map(([k, v]) => [k, v.port]));
+  requiring = await startTestServer({
+    config: `
+listeners:
+  - name: in
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, caFiles: [${pki.ca.cert}] }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  const ports = { ...Object.fromEntries(Object.entries(sinks).map(([k, v]) => [k, v.port])), requiring: requiring.port('in') };
   s = await startDeliveryServer({
     config: `
 sandbox: { timeoutMs: 1000 }
@@ -61,6 +73,7 @@ export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict
 after(async () => {
   await s?.stop();
   for (const k of Object.values(sinks)) await k.close();
+  await requiring?.stop();
   await rm(tmp, { recursive: true, force: true });
 });
 
@@ -69,7 +82,7 @@ async function attempt(domain: string): Promise<{ status: string; reply: string;
   const id = await s.send('sender@example.org', [`r@${domain}`]);
   const e = await s.nextAttempt((x) => x.id === id, { past: true });
   const server = domain.split('.')[1]!;
-  const received = sinks[server]!.messages.find((m) => m.to[0] === `r@${domain}`);
+  const received = sinks[server]?.messages.find((m) => m.to[0] === `r@${domain}`);
   return { status: e.outcomes[0]!.status, reply: e.outcomes[0]!.reply, received };
 }
 
@@ -131,4 +144,15 @@ test('verify: CA and host name checked; self-signed, wrong name and no STARTTLS 
   assert.equal(implicit.received?.tls, true);
   const ids = (await s.runtime.spool.list()).length;
   assert.ok(ids >= 5, 'deferred messages stay in the spool');
+});
+
+test('a server that refuses after the handshake (421 4.7.1, no client certificate) is its reply, not a TLS failure', async () => {
+  for (const mode of ['may', 'encrypt']) {
+    const r = await attempt(`${mode}.requiring.test`);
+    assert.equal(r.status, 'temporary', `${mode}: ${r.reply}`);
+    assert.match(r.reply, /refused.*421 4\.7\.1/, mode);
+    assert.doesNotMatch(r.reply, /TLS failed/, mode);
+  }
+  const retried = s.logs.filter((l) => l.msg === 'TLS failed in may mode, retrying without TLS' && String(l.remote).includes(`:${requiring.port('in')}`));
+  assert.deepEqual(retried, [], 'no plaintext retry: the server answered');
 });
