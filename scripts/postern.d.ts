@@ -200,8 +200,11 @@ declare module "postern" {
   export interface DeliveryTls {
     /** none: never STARTTLS; may: opportunistic; encrypt: TLS required, server unchecked; verify: TLS + CA + host name. */
     mode?: 'none' | 'may' | 'encrypt' | 'verify';
-    /** Name of an outbound client certificate declared in the configuration (`clientCertificates`). */
-    clientCertificate?: string;
+    /**
+     * Name of an outbound client certificate declared in the configuration (`clientCertificates`); `null`:
+     * present none, even where `delivery.tls.clientCertificate` names a default.
+     */
+    clientCertificate?: string | null;
     /** Server name to send as SNI and to check in `verify` mode. */
     serverName?: string;
     /** Name of a CA bundle declared in the configuration (`delivery.caFiles`), for `verify`. */

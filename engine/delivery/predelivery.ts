@@ -12,8 +12,11 @@ import { DeliveryFailure } from './outcome.ts';
 import type { TlsPolicy } from './outbound-tls.ts';
 
 export type PredeliveryDecision =
-  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: Partial<TlsPolicy> }
+  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls }
   | { action: 'reject' | 'defer'; failure: DeliveryFailure };
+
+/** A script's TLS choices; `clientCertificate: null` means none, even where the configuration has a default. */
+export type DecidedTls = Omit<Partial<TlsPolicy>, 'clientCertificate'> & { clientCertificate?: string | null };
 
 type DeliverDecision = Extract<PredeliveryDecision, { action: 'deliver' }>;
 const DEFAULT: DeliverDecision = Object.freeze({ action: 'deliver', tls: Object.freeze({}) }) as DeliverDecision;
@@ -44,7 +47,7 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
     log.error({ hook: 'predelivery', id: ctx.message.id, err: problem }, `policy script predelivery failed: ${problem}`);
     return { action: 'defer', failure: new DeliveryFailure('451 4.3.0 Temporary policy failure, try again later', { permanent: false, enhanced: '4.3.0' }) };
   }
-  const tls: Partial<TlsPolicy> = {};
+  const tls: DecidedTls = {};
   if (verdict.tls?.mode) tls.mode = verdict.tls.mode;
   if (verdict.tls?.clientCertificate !== undefined) tls.clientCertificate = verdict.tls.clientCertificate;
   if (verdict.tls?.serverName !== undefined) tls.serverName = verdict.tls.serverName;
@@ -70,6 +73,7 @@ function checkDeliver(v: DeliverVerdict): string | null {
     for (const k of Object.keys(t)) if (!['mode', 'clientCertificate', 'serverName', 'ca'].includes(k)) return `deliver: unknown tls option ${k}`;
     if (t.mode !== undefined && !MODES.has(t.mode as string)) return `deliver: invalid tls mode ${JSON.stringify(t.mode)}`;
     for (const k of ['clientCertificate', 'serverName', 'ca']) {
+      if (k === 'clientCertificate' && t[k] === null) continue; // no certificate, whatever the default
       if (t[k] !== undefined && (typeof t[k] !== 'string' || !t[k])) return `deliver: tls.${k} must be a non-empty string`;
     }
     if (typeof t.serverName === 'string' && !HOST.test(t.serverName)) return `deliver: invalid tls.serverName ${JSON.stringify(t.serverName)}`;

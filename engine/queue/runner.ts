@@ -332,18 +332,19 @@ export class QueueRunner {
       return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, failure)) };
     }
     let hops: NextHop[];
+    // A port the script names decides TLS the usual way (465: implicit) unless it says otherwise.
+    const implicitFor = (hop: NextHop): boolean => decision.implicitTls ?? (decision.port !== undefined ? decision.port === 465 : hop.implicitTls);
     if (decision.host !== undefined) {
-      const port = decision.port ?? first.port;
-      hops = [{ host: decision.host, port, implicitTls: decision.implicitTls ?? (decision.port !== undefined ? port === 465 : first.implicitTls) }];
+      hops = [{ host: decision.host, port: decision.port ?? first.port, implicitTls: implicitFor(first) }];
     } else if (route.failure) {
       return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, route.failure!)) };
     } else if (decision.port !== undefined || decision.implicitTls !== undefined) {
-      hops = route.hops.map((h) => ({ ...h, port: decision.port ?? h.port, implicitTls: decision.implicitTls ?? h.implicitTls }));
+      hops = route.hops.map((h) => ({ ...h, port: decision.port ?? h.port, implicitTls: implicitFor(h) }));
     } else {
       hops = route.hops;
     }
     const tls: TlsPolicy = { mode: decision.tls.mode ?? delivery.tls.mode };
-    const cert = decision.tls.clientCertificate ?? delivery.tls.clientCertificate;
+    const cert = decision.tls.clientCertificate === null ? undefined : decision.tls.clientCertificate ?? delivery.tls.clientCertificate;
     const ca = decision.tls.ca ?? delivery.tls.ca;
     if (cert) tls.clientCertificate = cert;
     if (ca) tls.ca = ca;

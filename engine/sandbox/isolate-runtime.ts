@@ -106,7 +106,7 @@ export function installRuntime(
   const isTls = (v: unknown): boolean => {
     options('deliver', v, {
       mode: (m) => m === 'none' || m === 'may' || m === 'encrypt' || m === 'verify',
-      clientCertificate: isString, serverName: isString, ca: isString,
+      clientCertificate: (c) => isString(c) || c === null, serverName: isString, ca: isString,
     });
     return true;
   };
