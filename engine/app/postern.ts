@@ -14,6 +14,7 @@ import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
+import { ConfigError } from '../config/config-error.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 
@@ -75,7 +76,8 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const outbound = await checkOutboundTls(config.delivery);
   if (outbound.errors.length) {
     await generation.dispose();
-    throw new Error(outbound.errors.join('\n'));
+    // Each line is already "<file>: <key>: <problem>".
+    throw new ConfigError(outbound.errors.map((line) => ({ file: line.slice(0, line.indexOf(': ')), message: line.slice(line.indexOf(': ') + 2) })));
   }
   for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
   const spool = new Spool(join(config.dataDir, 'spool'));
