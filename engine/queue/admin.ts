@@ -47,8 +47,13 @@ export async function retryMessages(spool: Spool, ids: string[] | 'all'): Promis
     try {
       env = await spool.readEnvelope(id);
     } catch (err) {
-      if (ids === 'all' && (err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw err;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        if (ids === 'all') continue;
+        throw err;
+      }
+      // An unreadable state file: start again from the envelope as accepted (recipients already delivered
+      // may get a second copy; at least once, never lost).
+      env = await spool.readEnvelope(id, { withState: false });
     }
     await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: now, errors: env.errors, recipients: env.recipients });
     if (!(await spool.has(id))) { await spool.remove(id); continue; } // delivered meanwhile

@@ -161,6 +161,7 @@ export class QueueRunner {
     const stamp = await this.#spool.rescanStamp();
     const full = !this.#scanned || stamp !== this.#rescanStamp;
     this.#rescanStamp = stamp;
+    if (full) this.#broken.clear(); // `postern queue retry` may have repaired them: read them again
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
     for (const { id, hasState } of entries) {

@@ -99,18 +99,19 @@ export class Spool {
     return this.#view;
   }
 
-  /** The envelope, with the latest delivery state applied. */
-  async readEnvelope(id: string): Promise<SpoolEnvelope> {
+  /** The envelope, with the latest delivery state applied (`withState: false`: as accepted). */
+  async readEnvelope(id: string, opts: { withState?: boolean } = {}): Promise<SpoolEnvelope> {
+    const withState = opts.withState ?? true;
     const record = this.#readJournal()?.read(id);
     if (record) {
       const { envelope } = parseLayout(record, `${this.journalDir} (message ${id})`);
-      const state = await this.readState(id);
+      const state = withState ? await this.readState(id) : null;
       return state ? { ...envelope, ...state } : envelope;
     }
     const handle = await open(this.messagePath(id), 'r');
     try {
       const { envelope } = await readLayout(handle, this.messagePath(id));
-      const state = await readFile(this.statePath(id), 'utf8').then((t) => JSON.parse(t) as SpoolState, () => null);
+      const state = withState ? await this.readState(id) : null;
       return state ? { ...envelope, ...state } : envelope;
     } finally {
       await handle.close();

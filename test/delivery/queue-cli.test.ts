@@ -3,6 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { sleep, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
@@ -84,4 +85,21 @@ test('list, show, retry and delete while the server runs', async () => {
   assert.match(missing.stderr, /no such message in the queue/);
   assert.equal((await cli('delete', '../etc')).code, 1);
   assert.equal((await cli('retry', '--all')).stdout, '0 messages due now\n');
+});
+
+test('an unreadable state file holds its message back until `queue retry` starts it again', async () => {
+  holding = true;
+  const id = await s.send('me@origin.test', ['hold3@dest.test']);
+  await s.nextAttempt((e) => e.id === id, { past: true });
+  await writeFile(s.runtime.spool.statePath(id), '{ not json');
+  await s.queue.scan();
+  assert.ok(s.logs.some((l) => l.id === id && l.msg === 'unreadable delivery state: not delivering it'));
+  assert.match((await cli('show', id)).stderr, /JSON/);
+
+  holding = false;
+  const retry = await cli('retry', id);
+  assert.equal(retry.code, 0, retry.stderr);
+  const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 5000 });
+  assert.equal(done.attempt, 1, 'the state started again from the message as accepted');
+  assert.deepEqual(sink.messages.at(-1)!.to, ['hold3@dest.test']);
 });
