@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
+import type { DeliveryResolver } from '../../engine/delivery/dns.ts';
 
 export interface TestServer extends RunningPostern {
   dir: string;
@@ -26,6 +27,8 @@ export interface TestServerOptions {
   files?: Record<string, string>;
   /** Reload debounce (default 50 ms). */
   settleMs?: number;
+  /** DNS stand-in for delivery routing. */
+  resolver?: DeliveryResolver;
 }
 
 export async function startTestServer(opts: TestServerOptions): Promise<TestServer> {
@@ -43,7 +46,7 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
   const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
   await writeFile(join(dir, 'postern.yaml'), base + opts.config);
   const running = await startPostern({
-    configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs,
+    configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs, resolver: opts.resolver,
     logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
   });
   return Object.assign(running, {

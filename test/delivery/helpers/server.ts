@@ -1,13 +1,8 @@
 /**
- * Postern for delivery tests: like test/helpers/postern.ts (temp folder, scripts, files, log capture) plus
- * an optional DNS stand-in, and helpers to wait for queue attempts and to send a message in.
+ * Postern for delivery tests: test/helpers/postern.ts (temp folder, scripts, files, log capture, optional
+ * DNS stand-in) plus helpers to wait for queue attempts and to send a message in.
  */
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { startPostern, type RunningPostern } from '../../../engine/app/postern.ts';
-import { createLogger } from '../../../engine/logging/logger.ts';
+import { startTestServer, type TestServer, type TestServerOptions } from '../../helpers/postern.ts';
 import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts';
 import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
 import { HostNotFound } from '../../../engine/delivery/dns.ts';
@@ -15,55 +10,27 @@ import type { AttemptEvent } from '../../../engine/queue/runner.ts';
 import { recordAttempts } from '../../helpers/attempts.ts';
 import { submitMessage } from '../../helpers/smtp-client.ts';
 
-export interface DeliveryServer extends RunningPostern {
-  dir: string;
+export interface DeliveryServer extends Omit<TestServer, 'port'> {
   port(listener?: string): number;
-  logs: Array<Record<string, unknown>>;
   /** Every attempt so far, in order. */
   attempts: AttemptEvent[];
   /** Resolves with the next attempt event matching `pred` (including ones already seen, if `past`). */
   nextAttempt(pred: (e: AttemptEvent) => boolean, opts?: { timeoutMs?: number; past?: boolean }): Promise<AttemptEvent>;
   /** Send one message through the first listener (plain SMTP); returns the queue id. */
   send(from: string, to: string[], body?: string): Promise<string>;
-  stop(): Promise<void>;
 }
 
-export interface DeliveryServerOptions {
-  config: string;
-  scripts?: Record<string, string>;
-  files?: Record<string, string>;
-  resolver?: DeliveryResolver;
-}
+export type DeliveryServerOptions = TestServerOptions;
 
 export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<DeliveryServer> {
-  const dir = await mkdtemp(join(tmpdir(), 'postern-delivery-'));
-  await mkdir(join(dir, 'scripts'));
-  for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
-  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
-  const logs: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
-      cb();
-    },
-  });
-  const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
-  await writeFile(join(dir, 'postern.yaml'), base + opts.config);
-  const running = await startPostern({
-    configPath: join(dir, 'postern.yaml'), resolver: opts.resolver,
-    logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
-  });
+  const running = await startTestServer(opts);
   const { attempts, next } = recordAttempts(running.queue);
   const firstListener = [...running.addresses.keys()][0]!;
   const server: DeliveryServer = Object.assign(running, {
-    dir, logs, attempts,
+    attempts,
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
     send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
-    async stop() {
-      await running.close();
-      await rm(dir, { recursive: true, force: true });
-    },
   });
   return server;
 }
