@@ -3,28 +3,22 @@
 // side, more mismatches and the end-to-end effect of what was loaded in a real handshake.)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
 import { createCertificateAuthority, createCrl, loadKeyPair, loadTrustMaterial, type TrustMaterial } from '../../engine/certificates/index.ts';
 import { openssl } from './openssl.ts';
 
 let pki: TestPki;
-let dir: string;
-const file = async (name: string, content: string | Buffer): Promise<string> => {
-  const path = join(dir, name);
-  await writeFile(path, content);
-  return path;
-};
+const scratch = useScratchDir('postern-tls-files-openssl-');
+const file = scratch.file;
 
 before(async () => {
   pki = await makeTestPki();
-  dir = await mkdtemp(join(tmpdir(), 'postern-tls-files-openssl-'));
 });
-after(() => rm(dir, { recursive: true, force: true }));
 
 /** Rejects with exactly `message`. */
 async function rejectsWith(promise: Promise<unknown>, message: string): Promise<void> {
@@ -76,9 +70,9 @@ test('loadKeyPair: a key that does not match → "<key file>: private key does n
 });
 
 test('unreadable files: the error names the file and the reason', async () => {
-  const folder = join(dir, 'a-directory.pem');
+  const folder = join(scratch.path, 'a-directory.pem');
   await mkdir(folder);
-  const missing = join(dir, 'missing.pem');
+  const missing = join(scratch.path, 'missing.pem');
   await rejectsWith(loadKeyPair(folder, pki.server.key), `${folder}: cannot read: EISDIR`);
   await rejectsWith(loadKeyPair(pki.server.cert, folder), `${folder}: cannot read: EISDIR`);
   await rejectsWith(loadKeyPair(missing, pki.server.key), `${missing}: cannot read: ENOENT`);
@@ -90,7 +84,7 @@ test('unreadable files: the error names the file and the reason', async () => {
 test('garbage CA files: text, a DER certificate, a broken PEM body', async () => {
   const text = await file('garbage-ca.pem', 'this is not a certificate\n');
   await rejectsWith(loadTrustMaterial({ caFiles: [text], crlFiles: [] }), `${text}: not a PEM certificate`);
-  const der = join(dir, 'ca.der');
+  const der = join(scratch.path, 'ca.der');
   openssl(['x509', '-in', pki.ca.cert, '-outform', 'DER', '-out', der]);
   await rejectsWith(loadTrustMaterial({ caFiles: [der], crlFiles: [] }), `${der}: not a PEM certificate`);
   const broken = await file('broken-ca.pem', (await readFile(pki.ca.cert, 'utf8')).replace(/\n[A-Za-z0-9+/]{64}\n/, '\nAAAA\n'));
@@ -114,7 +108,7 @@ test('a CRL signed by another CA is refused, naming the file and the CRL issuer'
 });
 
 test('a DER CRL (openssl crl -outform DER) is accepted, re-framed as the same PEM, and revokes in a handshake', async () => {
-  const der = join(dir, 'ca.crl.der');
+  const der = join(scratch.path, 'ca.crl.der');
   openssl(['crl', '-in', pki.crl, '-outform', 'DER', '-out', der]);
   assert.notEqual((await readFile(der))[0], '-'.charCodeAt(0));
   const fromDer = await loadTrustMaterial({ caFiles: [pki.ca.cert], crlFiles: [der] });
@@ -130,7 +124,7 @@ test('a DER CRL (openssl crl -outform DER) is accepted, re-framed as the same PE
 
 /** An openssl-made CA (req -x509) with `openssl ca` revoking one leaf and writing the CRL. */
 async function opensslAuthority(name: string, keyArgs: string[]): Promise<{ ca: string; crl: string; leaf: { cert: string; key: string } }> {
-  const d = join(dir, name);
+  const d = join(scratch.path, name);
   await mkdir(d);
   const p = (f: string): string => join(d, f);
   openssl(['req', '-x509', '-nodes', ...keyArgs, '-keyout', p('ca.key'), '-out', p('ca.crt'), '-days', '30',

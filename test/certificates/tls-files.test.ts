@@ -1,26 +1,20 @@
 // Loading TLS files: what is accepted, what tls.createSecureContext gets, and errors that start with the file's path.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
 import { createCrl, loadKeyPair, loadTrustMaterial } from '../../engine/certificates/index.ts';
 
 let pki: TestPki;
-let dir: string;
-const file = async (name: string, content: string | Buffer): Promise<string> => {
-  const path = join(dir, name);
-  await writeFile(path, content);
-  return path;
-};
+const scratch = useScratchDir('postern-tls-files-');
+const file = scratch.file;
 
 before(async () => {
   pki = await makeTestPki();
-  dir = await mkdtemp(join(tmpdir(), 'postern-tls-files-'));
 });
-after(() => rm(dir, { recursive: true, force: true }));
 
 /** Asserts that `promise` rejects with a message that starts with `path: ` and matches `rest`. */
 async function rejectsNaming(promise: Promise<unknown>, path: string, rest: RegExp): Promise<void> {
@@ -47,7 +41,7 @@ test('CA bundles and PEM/DER CRLs load, and tls.createSecureContext accepts them
 });
 
 test('CA file errors name the file', async () => {
-  const missing = join(dir, 'nope.pem');
+  const missing = join(scratch.path, 'nope.pem');
   await rejectsNaming(loadTrustMaterial({ caFiles: [missing], crlFiles: [] }), missing, /^cannot read: ENOENT/);
   const garbage = await file('garbage.pem', 'hello\n');
   await rejectsNaming(loadTrustMaterial({ caFiles: [garbage], crlFiles: [] }), garbage, /^not a PEM certificate$/);
@@ -105,6 +99,6 @@ test('loadKeyPair errors name the file', async () => {
   await rejectsNaming(loadKeyPair(pki.server.cert, notKey), notKey, /^not a usable private key/);
   const notCert = await file('not-a-cert.pem', await readFile(pki.server.key, 'utf8'));
   await rejectsNaming(loadKeyPair(notCert, pki.server.key), notCert, /^not a PEM certificate$/);
-  const missing = join(dir, 'missing.key');
+  const missing = join(scratch.path, 'missing.key');
   await rejectsNaming(loadKeyPair(pki.server.cert, missing), missing, /^cannot read: ENOENT/);
 });
