@@ -148,8 +148,10 @@ export class IsolateSlot {
       let certificate = { send: false, forget: false };
       // The certificate only matters when the connection itself crosses.
       if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
+      // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
+      const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
       tail = [
-        shared.key, connection.send ? copy(shared.connection) : undefined, connection.forget,
+        shared.key, connection.send ? copy(withoutCertificate()) : undefined, connection.forget,
         connection.send ? shared.certificateKey : undefined, certificate.send ? copy(shared.certificate!) : undefined, certificate.forget,
       ];
     }

@@ -170,7 +170,6 @@ export class Sandbox {
         shared.certificate = cert;
         // The chain verdict depends on the listener's CA, so it is part of the key.
         shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
-        shared.connection = { ...connection, clientCertificate: null };
       }
     }
     const copy = new ivm.ExternalCopy(own); // copied now: the script never sees the host's object
