@@ -147,8 +147,9 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
       const generation = runtime.generation;
       generation.release();
       generation.retire();
-      // Sessions still open hold the generation; once they are gone it is torn down.
-      if (generation.references <= 0) await generation.teardown;
+      // Sessions still open hold the generation; once they are gone it is torn down. Older generations may
+      // have been let go just now (the queue's last attempts): wait for their teardown too.
+      await PolicyGeneration.allTornDown();
     },
   };
 }

@@ -13,6 +13,9 @@ import type { Logger } from '../logging/logger.ts';
 
 let nextSerial = 1;
 
+/** Teardowns in progress, of every generation (see allTornDown). */
+const tearingDown = new Set<Promise<void>>();
+
 export class PolicyGeneration {
   readonly serial = nextSerial++;
   readonly config: Config;
@@ -101,8 +104,20 @@ export class PolicyGeneration {
   dispose(): Promise<void> {
     if (this.#disposed) return this.#teardown ?? Promise.resolve();
     this.#disposed = true;
-    this.#teardown = Promise.all([...this.#sandboxes.values()].map((s) => s.dispose())).then(() => undefined);
-    return this.#teardown;
+    const teardown = Promise.all([...this.#sandboxes.values()].map((s) => s.dispose())).then(() => undefined);
+    this.#teardown = teardown;
+    tearingDown.add(teardown);
+    void teardown.finally(() => tearingDown.delete(teardown));
+    return teardown;
+  }
+
+  /**
+   * Settles once every generation disposed so far is torn down. A process must not exit while isolates are
+   * being torn down (isolated-vm can abort), and older generations are disposed whenever their last session
+   * or delivery lets go, so shutting down waits for all of them, not only the current one.
+   */
+  static async allTornDown(): Promise<void> {
+    while (tearingDown.size) await Promise.all([...tearingDown]);
   }
 
   /** Settles when a disposed generation's isolates are gone. */

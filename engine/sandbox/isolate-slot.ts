@@ -33,17 +33,17 @@ export function teardownGrace(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
 }
 
-/** What the runtime's run() and runSync() take (see KeptArgs), as copies for the isolate. */
+/**
+ * What the runtime's run() and runSync() take (see KeptArgs). Plain data, copied into the isolate by the
+ * call itself (`arguments: { copy: true }`): no ExternalCopy handles to create, release and finalize.
+ */
 type RunArgs = [
-  string, ivm.Copy<unknown>,
-  string | undefined, ivm.Copy<unknown> | undefined, boolean,
-  string | undefined, ivm.Copy<unknown> | undefined, boolean,
+  string, object,
+  string | undefined, object | undefined, boolean,
+  string | undefined, object | undefined, boolean,
 ];
 
-type KeptTail = [
-  string | undefined, ivm.ExternalCopy<unknown> | undefined, boolean,
-  string | undefined, ivm.ExternalCopy<unknown> | undefined, boolean,
-];
+type KeptTail = [string | undefined, object | undefined, boolean, string | undefined, object | undefined, boolean];
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
@@ -136,12 +136,10 @@ export class IsolateSlot {
    * the stopped attempt are dropped (the second run logs again); changes to the script's own globals stay.
    */
   async call(
-    hook: HookName, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection,
+    hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection,
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
-    const copies: Array<ivm.ExternalCopy<unknown>> = [];
-    const copy = (value: object): ivm.ExternalCopy<unknown> => { const c = new ivm.ExternalCopy(value); copies.push(c); return c; };
     let tail: KeptTail = [undefined, undefined, false, undefined, undefined, false];
     if (shared) {
       const connection = shared.key === undefined ? { send: true, forget: false } : this.#keptConnections.need(shared.key);
@@ -151,8 +149,8 @@ export class IsolateSlot {
       // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
       const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
       tail = [
-        shared.key, connection.send ? copy(withoutCertificate()) : undefined, connection.forget,
-        connection.send ? shared.certificateKey : undefined, certificate.send ? copy(shared.certificate!) : undefined, certificate.forget,
+        shared.key, connection.send ? withoutCertificate() : undefined, connection.forget,
+        connection.send ? shared.certificateKey : undefined, certificate.send ? shared.certificate : undefined, certificate.forget,
       ];
     }
     try {
@@ -163,8 +161,6 @@ export class IsolateSlot {
       // A script error leaves the isolate keeping what it was sent; anything else may not have.
       if (e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#kept(shared, tail);
       throw e;
-    } finally {
-      for (const c of copies) c.release();
     }
   }
 
@@ -175,16 +171,16 @@ export class IsolateSlot {
   }
 
   async #call(
-    hook: HookName, file: string, ctx: ivm.ExternalCopy<unknown>, connectionId: string | null, fastPathMs: number, tail: KeptTail,
+    hook: HookName, file: string, ctx: object, connectionId: string | null, fastPathMs: number, tail: KeptTail,
   ): Promise<{ value: unknown; overran: boolean }> {
     const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-    const args = (): RunArgs => [hook, ctx.copyInto(), key, connection?.copyInto(), forget, certificateKey, certificate?.copyInto(), forgetCertificates];
+    const args = (): RunArgs => [hook, ctx, key, connection, forget, certificateKey, certificate, forgetCertificates];
     if (fastPathMs > 0) {
       const run: CurrentRun = { connectionId, file, held: [] };
       this.#current = run;
       let outcome: RunOutcome | null;
       try {
-        outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs, result: { copy: true } }) as RunOutcome | null;
+        outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs, arguments: { copy: true }, result: { copy: true } }) as RunOutcome | null;
       } catch (e) {
         this.#current = null;
         if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
@@ -221,7 +217,7 @@ export class IsolateSlot {
     }, watchdogDelay(timeoutMs));
     let outcome: RunOutcome;
     try {
-      const options = { timeout: timeoutMs, result: { copy: true, promise: true } } as const;
+      const options = { timeout: timeoutMs, arguments: { copy: true }, result: { copy: true, promise: true } } as const;
       outcome = (args
         ? await this.#run.apply(undefined, args(), options)
         : await this.#settle.apply(undefined, [], options)) as RunOutcome;

@@ -2,7 +2,6 @@
  * A Sandbox runs one configuration generation's policy scripts on a small pool of isolates: calls go to
  * an idle isolate (or wait for one), a lost isolate is rebuilt, and every failure rejects — fail closed.
  */
-import ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
@@ -148,7 +147,8 @@ export class Sandbox {
   }
 
   /**
-   * Call `hook`'s script with a copy of `ctx`. With `connectionKey`, `ctx.connection` is kept frozen in
+   * Call `hook`'s script with a copy of `ctx` (taken when the call reaches an isolate: the caller must not
+   * change `ctx` before the call settles). With `connectionKey`, `ctx.connection` is kept frozen in
    * the isolate under that key and copied again only for a new key (the caller changes the key whenever
    * anything in it changes). Resolves with a copy of what it returned (undefined when
    * nothing); rejects with a ScriptFailure when it throws, times out, exhausts memory or returns
@@ -172,19 +172,17 @@ export class Sandbox {
         shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
       }
     }
-    const copy = new ivm.ExternalCopy(own); // copied now: the script never sees the host's object
     let member: Member;
     try {
       member = await this.#acquire();
     } catch (e) {
-      copy.release();
       throw new ScriptFailure('error', hook, script.file, null, null, (e as Error).message);
     }
     member.calls++;
     try {
       const fastPathMs = this.#fastPathFor(hook);
       if (fastPathMs > 0) this.#fastPath.calls++;
-      const { value, overran } = await member.slot!.call(hook, copy, connectionId, fastPathMs, shared);
+      const { value, overran } = await member.slot!.call(hook, own, connectionId, fastPathMs, shared);
       if (overran) this.#markSlow(hook, script.file);
       return value;
     } catch (e) {
@@ -192,7 +190,6 @@ export class Sandbox {
       this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
       throw e;
     } finally {
-      copy.release();
       this.#release(member, script.file);
     }
   }
