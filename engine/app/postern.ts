@@ -73,6 +73,8 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const logger = opts.logger ?? createLogger(config.log.level);
   await opts.prepare?.(loaded);
   const generation = await PolicyGeneration.build(loaded, logger);
+  /** Every generation this server made that may still have isolates: all are disposed at close(). */
+  const generations = new Set([generation]);
   const outbound = await checkOutboundTls(config.delivery);
   if (outbound.errors.length) {
     await generation.dispose();
@@ -118,6 +120,9 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const reloader = new Reloader({
     current: () => runtime.generation,
     swap(next) {
+      generations.add(next);
+      // Forget the ones already let go, once torn down (a reload a day must not accumulate them).
+      for (const g of generations) if (g.disposed) void g.teardown.then(() => generations.delete(g));
       const old = runtime.generation;
       runtime.generation = next.acquire();
       old.release();
@@ -147,9 +152,10 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
       const generation = runtime.generation;
       generation.release();
       generation.retire();
-      // Sessions still open hold the generation; once they are gone it is torn down. Older generations may
-      // have been let go just now (the queue's last attempts): wait for their teardown too.
-      await PolicyGeneration.allTornDown();
+      // Every generation of this server goes now, also one a lingering session or the queue still holds
+      // (its script calls then fail closed): isolated-vm may abort a process that exits with isolates alive
+      // or still being torn down.
+      await Promise.all([...generations].map((g) => g.dispose()));
     },
   };
 }
