@@ -25,9 +25,11 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
 
 /**
  * isolated-vm deletes a disposed isolate later, on one of its threads; a process that exits during that
- * teardown can crash inside V8. Waiting this long after disposing has been enough in every trial.
+ * teardown aborts (`IsolateEnvironment::GetCurrent` assertion). 50 ms was enough on an idle machine but
+ * not under the full test suite on 2 cores once calls ran on the event-loop thread (5 of 5 suite runs
+ * aborted one test process at exit); with 250 ms, 0 of 3.
  */
-export const TEARDOWN_GRACE_MS = 50;
+export const TEARDOWN_GRACE_MS = 250;
 
 export function teardownGrace(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
@@ -242,12 +244,24 @@ export class IsolateSlot {
 
   dispose(): void {
     this.#disposedByUs = true;
+    this.#releaseHandles();
     if (!this.#isolate.isDisposed) this.#isolate.dispose();
+  }
+
+  /**
+   * Let go of the handles into the isolate now. A handle still alive when the process exits is destroyed
+   * during Node's teardown, where isolated-vm aborts (`IsolateEnvironment::GetCurrent` assertion).
+   */
+  #releaseHandles(): void {
+    for (const handle of [this.#run, this.#runSync, this.#settle, this.#register, this.#context]) {
+      try { handle?.release(); } catch { /* already gone with its isolate */ }
+    }
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
   async #start(): Promise<void> {
     const { memoryLimitMb, host } = this.#options;
+    if (this.#isolate) this.#releaseHandles(); // a previous isolate lost to its memory limit during build
     this.#isolate = new ivm.Isolate({
       memoryLimit: memoryLimitMb,
       onCatastrophicError: (message) => {
@@ -294,7 +308,9 @@ export class IsolateSlot {
     } finally {
       this.#current = null;
     }
-    const fn = await module.namespace.get('default', { reference: true }) as ivm.Reference<(ctx: unknown) => unknown>;
+    const namespace = module.namespace;
+    const fn = await namespace.get('default', { reference: true }) as ivm.Reference<(ctx: unknown) => unknown>;
+    namespace.release(); // no handle outlives its use (see #releaseHandles)
     if (fn.typeof !== 'function') {
       const what = fn.typeof === 'undefined' ? 'has no default export' : `exports ${/^[aeiou]/.test(fn.typeof) ? 'an' : 'a'} ${fn.typeof} as default`;
       return at(fn.typeof === 'undefined' ? { line: 1, column: 1 } : defaultExportPosition(source),

@@ -92,8 +92,10 @@ test('an unreadable state file holds its message back until `queue retry` starts
   const id = await s.send('me@origin.test', ['hold3@dest.test']);
   await s.nextAttempt((e) => e.id === id, { past: true });
   await writeFile(s.runtime.spool.statePath(id), '{ not json');
-  await s.queue.scan();
-  assert.ok(s.logs.some((l) => l.id === id && l.msg === 'unreadable delivery state: not delivering it'));
+  await s.runtime.spool.requestRescan(); // the next scan reads every state again
+  const noticed = (): boolean => s.logs.some((l) => l.id === id && l.msg === 'unreadable delivery state: not delivering it');
+  for (const until = Date.now() + 5000; !noticed() && Date.now() < until;) await sleep(50);
+  assert.ok(noticed(), 'the runner reports the unreadable state');
   assert.match((await cli('show', id)).stderr, /JSON/);
 
   holding = false;
