@@ -22,3 +22,13 @@ listeners:
 delivery: { enabled: false }
 `;
 }
+
+/** Benchmark (a)'s scripts: one on every SMTP context, each doing a realistic check. */
+export const BENCH_SCRIPTS: Readonly<Record<string, string>> = {
+  'connect.ts': `export default function (ctx) { if (ctx.connection.remoteAddress === '192.0.2.1') return reject('no'); }`,
+  'helo.ts': `export default function (ctx) { if (ctx.helo.name === 'bad') return reject('no'); }`,
+  'auth.ts': `export default function (ctx) { if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? 'x' }); }`,
+  'mailfrom.ts': `export default function (ctx) { if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked'); }`,
+  'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`,
+  'data.ts': `export default function (ctx) { if (ctx.data.size > 10000000) return reject('big'); }`,
+};

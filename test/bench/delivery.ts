@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
-import { benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -20,12 +20,7 @@ const work = await mkdtemp(join(tmpdir(), 'postern-bench-delivery-'));
 const messages = Number(process.env.BENCH_MESSAGES ?? 3000);
 
 const INBOUND_SCRIPTS: Record<string, string> = {
-  'connect.ts': `export default function (ctx) { if (ctx.connection.remoteAddress === '192.0.2.1') return reject('no'); }`,
-  'helo.ts': `export default function (ctx) { if (ctx.helo.name === 'bad') return reject('no'); }`,
-  'auth.ts': `export default function (ctx) { if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? 'x' }); }`,
-  'mailfrom.ts': `export default function (ctx) { if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked'); }`,
-  'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`,
-  'data.ts': `export default function (ctx) { if (ctx.data.size > 10000000) return reject('big'); }`,
+  ...BENCH_SCRIPTS,
   'predelivery.ts': `
 const CERTS = { 'example.com': 'bench', 'example.net': 'other' };
 export default function (ctx) {

@@ -10,7 +10,7 @@ import { mkdtemp, mkdir, writeFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -18,19 +18,11 @@ const pki = await makeTestPki();
 const client = pki.clients.ecdsa;
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
 
-const SCRIPTS: Record<string, string> = {
-  'connect.ts': `export default function (ctx) { if (ctx.connection.remoteAddress === '192.0.2.1') return reject('no'); }`,
-  'helo.ts': `export default function (ctx) { if (ctx.helo.name === 'bad') return reject('no'); }`,
-  'auth.ts': `export default function (ctx) { if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? 'x' }); }`,
-  'mailfrom.ts': `export default function (ctx) { if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked'); }`,
-  'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`,
-  'data.ts': `export default function (ctx) { if (ctx.data.size > 10000000) return reject('big'); }`,
-};
 
 async function posternConfig(name: string, withScripts: boolean): Promise<{ configText: string; baseDir: string; port: number }> {
   const dir = join(work, name);
   await mkdir(join(dir, 'scripts'), { recursive: true });
-  if (withScripts) for (const [f, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
   return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
