@@ -14,6 +14,9 @@ import type { PosternServer } from './postern-server.ts';
 
 type Callback = () => void;
 
+/** Socket errors that only say the client went away (smtp-server's own list). */
+const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
+
 export class PosternConnection extends SMTPConnection {
   readonly state: ConnectionState;
   /** Set while our EHLO reply is being written, so send() can put in this connection's AUTH line. */
@@ -57,6 +60,19 @@ export class PosternConnection extends SMTPConnection {
       this.state.disconnectAfterReply = false;
       this.close();
     }
+  }
+
+  /**
+   * A client that resets the connection outside a mail transaction (many do, right after QUIT) is the
+   * normal end of a connection: smtp-server still logs it at error level, once per socket. Debug here.
+   */
+  override _onError(err: Error & { code?: string; remoteAddress?: string }): void {
+    if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && !this.session.envelope?.mailFrom) {
+      this._server.logger.debug({ tnx: 'close', code: err.code }, '%s %s client went away (%s)', this.id, this.remoteAddress, err.code);
+      this.close();
+      return;
+    }
+    super._onError(err);
   }
 
   /** Mechanisms offered to this client right now. */
