@@ -30,7 +30,9 @@ function testFiles(dir: string): string[] {
 }
 const only = process.argv.slice(2);
 const files = only.length ? only : [...testFiles('test'), ...testFiles('examples')];
-const run = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=120000', ...files], {
+// --test-force-exit: each test process ends with process.exit() rather than by tearing V8's heap down,
+// where isolated-vm 7 can abort on a handle still in the young generation (see engine/cli/main.ts).
+const run = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-concurrency=2', '--test-timeout=120000', ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_NO_WARNINGS: '1' },
 });

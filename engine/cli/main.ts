@@ -8,6 +8,17 @@ import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand } from './queue.ts';
 
+/**
+ * End a one-shot command with process.exit() once stdout and stderr are flushed. Left to end on its own,
+ * Node tears V8's heap down, where isolated-vm 7 can abort (`IsolateEnvironment::GetCurrent` assertion,
+ * seen in a backtrace: a weak callback of an isolated-vm handle still in the young generation, run after
+ * its environment is gone); process.exit() skips that teardown. `postern check` builds isolates.
+ */
+async function exitWith(code: number): Promise<never> {
+  await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((resolve) => s.write('', () => resolve()))));
+  process.exit(code);
+}
+
 const program = new Command('postern')
   .description('Scriptable SMTP policy engine with TLS client-certificate authentication');
 
@@ -19,36 +30,36 @@ program.command('serve', { isDefault: true })
 program.command('check')
   .description('validate a configuration, its scripts and tables without starting; exit 1 on errors')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (opts: { config?: string }) => { process.exitCode = await checkCommand(opts); });
+  .action(async (opts: { config?: string }) => exitWith(await checkCommand(opts)));
 
 program.command('status')
   .description('show the running server\'s reload status (exit 2 when the last reload failed)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (opts: { config?: string }) => { process.exitCode = await statusCommand(opts); });
+  .action(async (opts: { config?: string }) => exitWith(await statusCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
 queue.command('list')
   .description('messages in the spool with their pending recipients and last errors')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: { config?: string; json?: boolean }) => { process.exitCode = await queueListCommand(opts); });
+  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueListCommand(opts)));
 queue.command('show <id>')
   .description('one message\'s envelope and delivery state (--message: and its content)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--message', 'print the message too')
-  .action(async (id: string, opts: { config?: string; message?: boolean }) => { process.exitCode = await queueShowCommand(id, opts); });
+  .action(async (id: string, opts: { config?: string; message?: boolean }) => exitWith(await queueShowCommand(id, opts)));
 queue.command('retry [id]')
   .description('make a message (or --all) due now; the running server picks it up at its next scan')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--all', 'every message in the queue')
-  .action(async (id: string | undefined, opts: { config?: string; all?: boolean }) => { process.exitCode = await queueRetryCommand(id, opts); });
+  .action(async (id: string | undefined, opts: { config?: string; all?: boolean }) => exitWith(await queueRetryCommand(id, opts)));
 queue.command('delete <id>')
   .description('remove a message without delivering or bouncing it')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (id: string, opts: { config?: string }) => { process.exitCode = await queueDeleteCommand(id, opts); });
+  .action(async (id: string, opts: { config?: string }) => exitWith(await queueDeleteCommand(id, opts)));
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')
-  .action(async () => { process.exitCode = await hashPasswordCommand(); });
+  .action(async () => exitWith(await hashPasswordCommand()));
 
 await program.parseAsync(process.argv);

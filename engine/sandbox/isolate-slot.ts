@@ -24,10 +24,9 @@ const TIMED_OUT = /execution timed out/i;
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
 
 /**
- * isolated-vm deletes a disposed isolate later, on one of its threads; a process that exits during that
- * teardown aborts (`IsolateEnvironment::GetCurrent` assertion). 50 ms was enough on an idle machine but
- * not under the full test suite on 2 cores once calls ran on the event-loop thread (5 of 5 suite runs
- * aborted one test process at exit); with 250 ms, 0 of 3.
+ * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
+ * process may exit. (Exits must also be process.exit(): a natural exit tears V8's heap down, where
+ * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.)
  */
 export const TEARDOWN_GRACE_MS = 250;
 
