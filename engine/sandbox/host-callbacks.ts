@@ -9,6 +9,7 @@ export type LogLevel = 'info' | 'warn' | 'error';
 
 /** What the sandbox needs from the server. Both functions are called synchronously from scripts. */
 export interface HostBridge {
+  /** Must answer alike for the same arguments while the sandbox lives: isolates remember the answers. */
   lookup(table: string, key: string): string | null;
   log(connectionId: string | null, file: string, level: LogLevel, message: string): void;
 }

@@ -77,6 +77,14 @@ export function installRuntime(
     Reflect.deleteProperty(globalThis, name);
   }
 
+  // Answers of lookup(), remembered: a table never changes under an isolate (a changed table file makes
+  // a new generation, with new isolates), and each answer fetched from the host costs a crossing that
+  // is dearer than the rest of a typical call. Bounded; a failed lookup is not remembered.
+  const MAX_LOOKUPS = 4096;
+  const MAX_LOOKUP_KEY = 1024;
+  let lookups: Record<string, string | null> = create(null);
+  let lookupCount = 0;
+
   const fail = (message: string): never => { throw new TypeErrorCtor(message); };
   const isString = (v: unknown): v is string => typeof v === 'string';
 
@@ -145,8 +153,16 @@ export function installRuntime(
     },
     lookup(table: unknown, key: unknown): string | null {
       if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
+      const memoKey = `${table as string}\u0000${key as string}`;
+      const remembered = lookups[memoKey];
+      if (remembered !== undefined) return remembered;
       const found = hostLookup(table as string, key as string);
-      return isString(found) ? found : null;
+      const value = isString(found) ? found : null;
+      if (memoKey.length <= MAX_LOOKUP_KEY) {
+        if (++lookupCount > MAX_LOOKUPS) { lookups = create(null); lookupCount = 1; }
+        lookups[memoKey] = value;
+      }
+      return value;
     },
     log(...args: unknown[]): void {
       let line = '';

@@ -109,6 +109,31 @@ test('lookup and log reach the host, tagged with the connection id and script fi
   }
 });
 
+test('an isolate remembers lookup answers (tables belong to a generation); a failed lookup is asked again', async () => {
+  let failNext = 0;
+  const host = recordingHost({ t: { a: 'one' } });
+  const lookup = host.lookup.bind(host);
+  host.lookup = (table, key) => {
+    if (key === 'flaky' && failNext-- > 0) throw new Error('backend down');
+    return lookup(table, key);
+  };
+  const sandbox = await Sandbox.create({
+    host, isolates: 1,
+    scripts: [js('rcptto', `export default (ctx) => reject(String(lookup('t', ctx.k)) + '/' + String(lookup('t', ctx.k)))`)],
+  });
+  try {
+    for (let i = 0; i < 3; i++) assert.deepEqual(await sandbox.invoke('rcptto', { k: 'a' }, 'c1'), { verdict: 'reject', text: 'one/one' });
+    assert.deepEqual(await sandbox.invoke('rcptto', { k: 'missing' }, 'c1'), { verdict: 'reject', text: 'null/null' });
+    assert.deepEqual(host.lookups, [['t', 'a'], ['t', 'missing']], 'each key crossed to the host once');
+    failNext = 1;
+    await assert.rejects(sandbox.invoke('rcptto', { k: 'flaky' }, 'c1'), /backend down/);
+    assert.deepEqual(await sandbox.invoke('rcptto', { k: 'flaky' }, 'c1'), { verdict: 'reject', text: 'null/null' });
+    assert.deepEqual(host.lookups.slice(2), [['t', 'flaky']], 'the failed lookup was asked again');
+  } finally {
+    sandbox.dispose();
+  }
+});
+
 test('a return value that cannot be copied out is a ScriptFailure', async () => {
   const sandbox = await Sandbox.create({
     host: recordingHost(),
