@@ -1,20 +1,20 @@
-/** Developer aid: run one Postern bench target under --cpu-prof (BENCH_SCRIPTS=1 for scripts) and print the hottest functions. */
+/** Developer aid: run one Postern bench target under --cpu-prof (PROF_SCRIPTS=1: benchmark (a)'s scripts) and print the hottest functions. */
 import { fork } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
 const dir = await mkdtemp(join(tmpdir(), 'postern-prof-'));
 await mkdir(join(dir, 'scripts'));
 if (process.env.PROF_SCRIPTS) {
-  for (const hook of ['connect', 'helo', 'mailfrom', 'rcptto', 'data']) await writeFile(join(dir, 'scripts', `${hook}.ts`), `export default (ctx) => { if (ctx.connection.remotePort === 1) return reject('x'); };`);
+  for (const [file, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', file), text);
 }
 const port = benchPort();
-await writeFile(join(dir, 'senders'), '');
+await writeFile(join(dir, 'senders'), 'example.org blocked\n');
 const configText = benchConfig(dir, port, pki);
 const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
 await new Promise((r) => server.once('message', r));
