@@ -20,35 +20,37 @@ export type RunOutcome =
   | { ok: false; error: { name: string; message: string; stack: string } };
 
 /**
- * How `ctx.connection` reaches a call: the connection (when sent) and its key (to keep it, or to find it
- * kept); the client certificate's key and the certificate (when sent; it is then left out of the
- * connection). A `forget` flag drops everything kept of that kind first.
+ * How `ctx.connection` reaches a call: the connection as JSON (when sent) and its key (to keep it, or to
+ * find it kept); the client certificate's key and the certificate as JSON (when sent; it is then left
+ * out of the connection). A `forget` flag drops everything kept of that kind first.
  */
 export type KeptArgs = [
-  connectionKey?: string, connection?: unknown, connectionForget?: boolean,
-  certificateKey?: string, certificate?: unknown, certificateForget?: boolean,
+  connectionKey?: string, connection?: string, connectionForget?: boolean,
+  certificateKey?: string, certificate?: string, certificateForget?: boolean,
 ];
 
 interface Kept {
-  connectionKey?: string; connection?: unknown; connectionForget?: boolean;
-  certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
+  connectionKey?: string; connection?: string; connectionForget?: boolean;
+  certificateKey?: string; certificate?: string; certificateForget?: boolean;
 }
 
+/** Calls cross as JSON text both ways (see RunArgs in isolate-slot.ts): outcomes are RunOutcome as JSON. */
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /**
-   * Call a hook; resolves (never rejects) with the outcome. `ctx.connection` comes separately (see
-   * KeptArgs): given, or kept from an earlier call under its key; its certificate likewise.
+   * Call a hook with its context (JSON, without `connection`); resolves (never rejects) with the
+   * outcome. `ctx.connection` comes separately (see KeptArgs): given, or kept from an earlier call under
+   * its key; its certificate likewise.
    */
-  run(hook: string, ctx: unknown, ...kept: KeptArgs): RunOutcome | Promise<RunOutcome>;
+  run(hook: string, ctx: string, ...kept: KeptArgs): string | Promise<string>;
   /**
    * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
    * which is kept for `settle()`.
    */
-  runSync(hook: string, ctx: unknown, ...kept: KeptArgs): RunOutcome | null;
+  runSync(hook: string, ctx: string, ...kept: KeptArgs): string | null;
   /** The outcome of the promise the last runSync() kept (and forget it). */
-  settle(): Promise<RunOutcome>;
+  settle(): Promise<string>;
 }
 
 export function installRuntime(
@@ -62,6 +64,7 @@ export function installRuntime(
   const isArray = Array.isArray;
   const apply = Reflect.apply;
   const stringify = JSON.stringify;
+  const parse = JSON.parse;
   const PromiseCtor = Promise;
   const promiseResolve = Promise.resolve;
   const promiseThen = Promise.prototype.then;
@@ -265,9 +268,9 @@ export function installRuntime(
   /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
   function assemble(ctx: unknown, kept: Kept): unknown {
     if (kept.certificateForget) certificates = create(null);
-    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(kept.certificate);
+    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(parse(kept.certificate));
     if (kept.connectionForget) connections = create(null);
-    let connection = kept.connection;
+    let connection: unknown = kept.connection === undefined ? undefined : parse(kept.connection);
     if (connection !== null && typeof connection === 'object') {
       if (kept.certificateKey !== undefined) (connection as Record<string, unknown>).clientCertificate = certificates[kept.certificateKey];
       deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
@@ -281,10 +284,11 @@ export function installRuntime(
     for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
     return full;
   }
-  function call(hook: string, ctx: unknown, ...tail: KeptArgs): RunOutcome | null {
+  function call(hook: string, ctxJson: string, ...tail: KeptArgs): RunOutcome | null {
     pending = null;
     try {
       const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
+      const ctx: unknown = parse(ctxJson);
       const result = hooks[hook]!(assemble(ctx, { connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget }));
       if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
         const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
@@ -296,18 +300,24 @@ export function installRuntime(
       return failed(error);
     }
   }
+  // toPlain() has made every outcome plain data, so stringify cannot throw or drop anything but undefined.
+  const wire = (outcome: RunOutcome): string => stringify(outcome);
+  const wirePending = (): Promise<string> => apply(promiseThen, pending!, [wire]) as Promise<string>;
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
     run(hook, ctx, ...tail) {
-      return call(hook, ctx, ...tail) ?? pending!;
+      const outcome = call(hook, ctx, ...tail);
+      return outcome === null ? wirePending() : wire(outcome);
     },
     runSync(hook, ctx, ...tail) {
-      return call(hook, ctx, ...tail);
+      const outcome = call(hook, ctx, ...tail);
+      return outcome === null ? null : wire(outcome);
     },
     settle() {
-      const kept = pending ?? (apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>);
+      if (pending === null) pending = apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>;
+      const kept = wirePending();
       pending = null;
       return kept;
     },
