@@ -37,6 +37,9 @@ export class PosternServer extends SMTPServer {
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
     super(setup.options);
+    // smtp-server wraps the logger so that every call, even at a disabled level, first copies its fields
+    // (a few per command); pino takes the same (fields, format, ...args) calls, and a disabled level is free.
+    (this as unknown as { logger: unknown }).logger = setup.options.logger;
     this.runtime = runtime;
     this.listenerName = setup.name;
     this.policy = new SessionPolicy(runtime);

@@ -45,7 +45,9 @@ async function startServer(script: string, arg: unknown): Promise<{ stop: () => 
   return { stop: () => child.kill('SIGKILL'), pid: child.pid! };
 }
 
-async function load(port: number, perConnection: number, messages: number, auth: boolean): Promise<{ rate: number; p50: number; p99: number; messages: number }> {
+interface LoadResult { rate: number; p50: number; p99: number; messages: number; clientCpuUs: number }
+
+async function load(port: number, perConnection: number, messages: number, auth: boolean): Promise<LoadResult> {
   const child = fork(join(here, 'load-client.ts'), [JSON.stringify({
     port, concurrency: 20, messages, perConnection, cert: client.cert, key: client.key, ca: pki.ca.cert, auth,
   })], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
@@ -53,12 +55,13 @@ async function load(port: number, perConnection: number, messages: number, auth:
   child.stdout!.on('data', (d: Buffer) => { out += d; });
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   if (code !== 0) throw new Error(`load client failed (${code})`);
-  return JSON.parse(out) as { rate: number; p50: number; p99: number; messages: number };
+  return JSON.parse(out) as LoadResult;
 }
 
 const reuseMessages = Number(process.env.BENCH_REUSE ?? 4000);
 const singleMessages = Number(process.env.BENCH_SINGLE ?? 1000);
-const rows: Array<{ name: string; mode: string; rate: number; p50: number; p99: number; cpuUs: number }> = [];
+interface Row { rate: number; p50: number; p99: number; cpuUs: number; clientCpuUs: number }
+const rows: Array<Row & { name: string; mode: string }> = [];
 
 const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean }> = [
   { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
@@ -75,7 +78,7 @@ for (const t of targets) {
   await load(s.port, 10, 200, t.auth); // warm-up (JIT, isolates, TLS session setup)
   servers.push(s);
 }
-const samples = new Map<string, Array<{ rate: number; p50: number; p99: number; cpuUs: number }>>();
+const samples = new Map<string, Row[]>();
 for (let round = 0; round < rounds; round++) {
   for (const [i, t] of targets.entries()) {
     const s = servers[i]!;
@@ -84,7 +87,7 @@ for (let round = 0; round < rounds; round++) {
       const r = await load(s.port, perConnection, messages, t.auth);
       const cpuUs = ((await cpuSeconds(s.pid)) - cpu0) / r.messages * 1e6;
       const key = `${t.name}\t${mode}`;
-      samples.set(key, [...(samples.get(key) ?? []), { rate: r.rate, p50: r.p50, p99: r.p99, cpuUs }]);
+      samples.set(key, [...(samples.get(key) ?? []), { rate: r.rate, p50: r.p50, p99: r.p99, cpuUs, clientCpuUs: r.clientCpuUs }]);
     }
   }
 }
@@ -92,14 +95,15 @@ for (const s of servers) s.stop();
 const median = (xs: number[]): number => { const v = [...xs].sort((x, y) => x - y); return v[Math.floor(v.length / 2)]!; };
 for (const [key, runs] of samples) {
   const [name, mode] = key.split('\t') as [string, string];
-  rows.push({ name, mode, rate: median(runs.map((r) => r.rate)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), cpuUs: median(runs.map((r) => r.cpuUs)) });
+  rows.push({ name, mode, rate: median(runs.map((r) => r.rate)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), cpuUs: median(runs.map((r) => r.cpuUs)), clientCpuUs: median(runs.map((r) => r.clientCpuUs)) });
 }
 await rm(work, { recursive: true, force: true });
 
 console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds\n`);
-console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | server CPU µs/msg');
-console.log('---------------------------|------------------|---------|--------|--------|--------|------------------');
+// The load generator shares the machine's cores: its CPU per message says how much was left for the server.
+console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | server CPU µs/msg | client CPU µs/msg');
+console.log('---------------------------|------------------|---------|--------|--------|--------|-------------------|------------------');
 for (const r of rows) {
   const base = rows.find((b) => b.name.startsWith('(c)') && b.mode === r.mode)!;
-  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2).padStart(5)}× | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)`);
+  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2).padStart(5)}× | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)   | ${r.clientCpuUs.toFixed(0).padStart(6)}`);
 }
