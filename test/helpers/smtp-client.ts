@@ -18,6 +18,8 @@ export interface TlsClientOptions {
   ca?: string;
   servername?: string;
   maxVersion?: tls.SecureVersion;
+  /** A TLS session from an earlier connection, to ask for resumption. */
+  session?: Buffer;
 }
 
 export class SmtpTestClient {
@@ -177,7 +179,7 @@ export class SmtpTestClient {
 function tlsOptions(o: TlsClientOptions): tls.ConnectionOptions {
   return {
     cert: o.cert, key: o.key, ca: o.ca, servername: o.servername ?? 'localhost',
-    rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion,
+    rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion, session: o.session,
   };
 }
 

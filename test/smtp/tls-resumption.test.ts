@@ -1,0 +1,63 @@
+// Listeners that ask for client certificates never resume TLS sessions: a resumed session would carry
+// the first handshake's certificate verdict past a CRL update. Listeners that don't ask still may.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import type tls from 'node:tls';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+
+let pki: TestPki;
+let client: TlsClientOptions;
+
+before(async () => {
+  pki = await makeTestPki();
+  client = {
+    ca: await readFile(pki.ca.cert, 'utf8'),
+    cert: await readFile(pki.clients.alice.cert, 'utf8'),
+    key: await readFile(pki.clients.alice.key, 'utf8'),
+  };
+});
+
+function listener(name: string, clientCertificates: string): string {
+  return `
+  - name: ${name}
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: ${clientCertificates}, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
+    limits: { greetingDelayMs: 0 }`;
+}
+
+function hasTicket(socket: tls.TLSSocket): boolean {
+  return socket.getTLSTicket() !== undefined;
+}
+
+/** STARTTLS once, keep the session the server offered (if any), then STARTTLS again offering it. */
+async function resumed(port: number, maxVersion: tls.SecureVersion): Promise<{ offered: boolean; reused: boolean }> {
+  const first = await SmtpTestClient.connect(port);
+  await first.hello({ starttls: { ...client, maxVersion } });
+  await first.command('NOOP'); // TLS 1.3 tickets arrive after the handshake
+  const socket = first.socket as tls.TLSSocket;
+  // TLS 1.2: a session id or ticket; TLS 1.3: a session only once a ticket came.
+  const session = maxVersion === 'TLSv1.3' && !socket.isSessionReused() && !hasTicket(socket) ? undefined : socket.getSession();
+  await first.quit();
+  if (!session) return { offered: false, reused: false };
+  const second = await SmtpTestClient.connect(port);
+  await second.hello({ starttls: { ...client, maxVersion, session } });
+  const reused = (second.socket as tls.TLSSocket).isSessionReused();
+  await second.quit();
+  return { offered: true, reused };
+}
+
+test('no TLS session resumption where client certificates are asked for (TLS 1.2 and 1.3)', async () => {
+  const s = await startTestServer({ config: `listeners:${listener('certs', 'request')}${listener('plain', 'none')}` });
+  try {
+    for (const version of ['TLSv1.2', 'TLSv1.3'] as const) {
+      assert.equal((await resumed(s.port('certs'), version)).reused, false, `${version}: a certificate listener resumed a session`);
+      // The same client does resume where no certificate is asked for: the check above can fail.
+      assert.deepEqual(await resumed(s.port('plain'), version), { offered: true, reused: true }, `${version}: plain listener`);
+    }
+  } finally {
+    await s.stop();
+  }
+});
