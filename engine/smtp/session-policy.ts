@@ -71,8 +71,8 @@ export class SessionPolicy {
     const st = conn.state;
     const tls = st.listener.tls;
     st.certificateRequested = tls.clientCertificates !== 'none';
-    const peer = st.certificateRequested ? socket.getPeerCertificate(false) : null;
-    const der = peer && 'raw' in peer ? peer.raw : undefined;
+    // Only the DER is needed: getPeerCertificate() would also build every field and three fingerprints.
+    const der = st.certificateRequested ? socket.getPeerX509Certificate()?.raw : undefined;
     if (der) {
       // Without caFiles Node would verify against the public roots: that must never grant anything.
       const verified = tls.caFiles.length > 0 && socket.authorized;
