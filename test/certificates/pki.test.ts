@@ -125,7 +125,8 @@ test('PKCS#12 export: readable by openssl pkcs12 with the password, modern algor
   const info = opensslWithStderr(['pkcs12', '-in', out, '-info', '-nokeys', '-passin', 'pass:postern']);
   assert.match(info, /MAC: sha256/);
   assert.match(info, /PBES2, PBKDF2, AES-256-CBC/);
-  assert.doesNotMatch(info, /RC2|3DES|pbeWithSHA1/i);
+  // Only the algorithm lines: a certificate's base64 may well contain "RC2" or "3DES" by chance.
+  assert.doesNotMatch(info.replace(/-----BEGIN [A-Z ]+-----[\s\S]+?-----END [A-Z ]+-----/g, ''), /RC2|3DES|pbeWithSHA1/i);
   assert.match(info, /subject=O = Example, CN = alice, emailAddress = alice@example.com/);
   assert.match(info, /subject=O = Postern Test, CN = Postern Test CA/, 'the CA travels along');
   const key = openssl(['pkcs12', '-in', out, '-nocerts', '-nodes', '-passin', 'pass:postern']);
