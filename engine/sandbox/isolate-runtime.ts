@@ -156,7 +156,7 @@ export function installRuntime(
     },
     lookup(table: unknown, key: unknown): string | null {
       if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
-      const memoKey = `${table as string}\u0000${key as string}`;
+      const memoKey = `${(table as string).length}:${table as string}${key as string}`; // unambiguous for any strings
       const remembered = lookups[memoKey];
       if (remembered !== undefined) return remembered;
       const found = hostLookup(table as string, key as string);
