@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** Command line: `postern [serve]`, `check`, `status`, `queue`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
+import '../app/timer-slack.ts';
 import { Command } from 'commander';
 import { serveCommand } from './serve.ts';
 import { checkCommand } from './check.ts';

@@ -1,5 +1,6 @@
 /** Postern under benchmark (a) with scripts on every context or (b) without scripts, in its own process. */
 import '../../engine/app/threadpool.ts';
+import '../../engine/app/timer-slack.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 
