@@ -1,9 +1,9 @@
 /**
  * `npm run bench`: messages/s and p50/p99 per message over loopback, in one run, for
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
- *   (c) bare smtp-server accepting and discarding;
+ *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
- * Server and load generator run in separate processes. Ratios against (c) are printed at the end.
+ * Server and load generator run in separate processes. Ratios against (c) and (h) are printed at the end.
  */
 import { fork } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, rm, readFile } from 'node:fs/promises';
@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { ensureHaraka, HARAKA_VERSION } from './haraka.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -68,6 +69,12 @@ const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
+// (h) Haraka, whose rate is the one-message-per-connection target (BENCH_HARAKA=0 leaves it out).
+if (process.env.BENCH_HARAKA !== '0') {
+  const haraka = await ensureHaraka();
+  if ('error' in haraka) console.log(`(h) Haraka left out: ${haraka.error}`);
+  else targets.push({ name: `(h) Haraka ${HARAKA_VERSION}`, auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('haraka-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, harakaDir: haraka.dir }) }; } });
+}
 
 // All servers run side by side and the rounds interleave them, so drift in the machine's load (this
 // machine is shared) touches every target alike; each cell is the median of BENCH_ROUNDS runs.
@@ -101,9 +108,13 @@ await rm(work, { recursive: true, force: true });
 
 console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds\n`);
 // The load generator shares the machine's cores: its CPU per message says how much was left for the server.
-console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | server CPU µs/msg | client CPU µs/msg');
-console.log('---------------------------|------------------|---------|--------|--------|--------|-------------------|------------------');
+const ratio = (r: Row & { mode: string }, prefix: string): string => {
+  const base = rows.find((b) => b.name.startsWith(prefix) && b.mode === r.mode);
+  return base ? `${(r.rate / base.rate).toFixed(2)}×` : '-';
+};
+console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | vs (h) | server CPU µs/msg | client CPU µs/msg');
+console.log('---------------------------|------------------|---------|--------|--------|--------|--------|-------------------|------------------');
 for (const r of rows) {
   const base = rows.find((b) => b.name.startsWith('(c)') && b.mode === r.mode)!;
-  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${(r.rate / base.rate).toFixed(2).padStart(5)}× | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)   | ${r.clientCpuUs.toFixed(0).padStart(6)}`);
+  console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${ratio(r, '(c)').padStart(6)} | ${ratio(r, '(h)').padStart(6)} | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)   | ${r.clientCpuUs.toFixed(0).padStart(6)}`);
 }
