@@ -2,6 +2,7 @@
  * End of the SMTP transaction: stream DATA into the spool behind our Received header, run the data
  * hook, and commit durably. The 250 is only sent after commit() resolved.
  */
+import type { Readable } from 'node:stream';
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
 import type { Runtime } from './runtime.ts';
@@ -35,12 +36,10 @@ export async function receiveMessage(
       recipients,
     })));
     const headers = new HeaderReader();
-    let size = 0;
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      size += chunk.length;
+    const size = await drain(stream, (chunk) => {
       headers.push(chunk);
       writer.write(chunk);
-    }
+    });
     if ((stream as { sizeExceeded?: boolean }).sizeExceeded) {
       // smtp-server answers 552 itself; just drop what we wrote.
       throw new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size');
@@ -82,4 +81,25 @@ export async function receiveMessage(
     runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
     throw localError(conn.id);
   }
+}
+
+/**
+ * Hand every chunk of `stream` to `take`; resolves with the byte count at its end. Plain events, not
+ * `for await`: the async iterator cost a promise per chunk (perf: ~2% of a message's CPU). A `take` that
+ * throws (disk full) stops the taking, not the reading: the client is still sending its message and
+ * gets the error reply after it.
+ */
+function drain(stream: Readable, take: (chunk: Buffer) => void): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    let failure: unknown = null;
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (failure !== null) return;
+      try { take(chunk); } catch (err) { failure = err; }
+    });
+    stream.once('end', () => (failure === null ? resolve(size) : reject(failure)));
+    stream.once('error', reject);
+    stream.once('close', () => reject(new Error('the message stream closed before its end'))); // no-op after 'end'
+  });
 }

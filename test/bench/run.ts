@@ -37,8 +37,9 @@ async function cpuSeconds(pid: number): Promise<number> {
 
 interface Server { stop: () => void; port: number; pid: number }
 
-async function startServer(script: string, arg: unknown): Promise<{ stop: () => void; pid: number }> {
-  const child = fork(join(here, script), [JSON.stringify(arg)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+async function startServer(script: string, arg: unknown, quiet = false): Promise<{ stop: () => void; pid: number }> {
+  // quiet: Haraka's dependencies print start-up chatter on stdout.
+  const child = fork(join(here, script), [JSON.stringify(arg)], { stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit', 'ipc'] });
   await new Promise<void>((resolve, reject) => {
     child.once('message', () => resolve());
     child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)));
@@ -73,7 +74,7 @@ const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean
 if (process.env.BENCH_HARAKA !== '0') {
   const haraka = await ensureHaraka();
   if ('error' in haraka) console.log(`(h) Haraka left out: ${haraka.error}`);
-  else targets.push({ name: `(h) Haraka ${HARAKA_VERSION}`, auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('haraka-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, harakaDir: haraka.dir }) }; } });
+  else targets.push({ name: `(h) Haraka ${HARAKA_VERSION}`, auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('haraka-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, harakaDir: haraka.dir }, true) }; } });
 }
 
 // All servers run side by side and the rounds interleave them, so drift in the machine's load (this
