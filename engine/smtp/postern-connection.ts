@@ -10,6 +10,7 @@ import type net from 'node:net';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { parseExternalResponse } from './sasl-external.ts';
+import { batchReply } from './reply-batch.ts';
 import type { PosternServer } from './postern-server.ts';
 
 type Callback = () => void;
@@ -55,6 +56,7 @@ export class PosternConnection extends SMTPConnection {
     }
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
+    batchReply(this._socket as net.Socket);
     super.send(code, data, ownCode ? false : context);
     if (code >= 400 && this.state.disconnectAfterReply && code !== 421) {
       this.state.disconnectAfterReply = false;
