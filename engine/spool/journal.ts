@@ -6,18 +6,28 @@
  * line is not synced, because losing it in a crash only means delivering the message again. A segment
  * whose records are all done is deleted.
  *
- * Record: `POSTERN-RECORD-V1 <id> <length>\n` + <length> bytes (the same bytes as a `.msg` file) + `\n`.
- * A crash can leave a torn record only at the end of the segment that was active; it was never
- * acknowledged, and reading stops there. After a failed write the segment takes no more records, so a
- * torn record is always the last one.
+ * Record: `POSTERN-RECORD-V2 <id> <length> <crc32>\n` + <length> bytes (the same bytes as a `.msg` file)
+ * + `\n` (V1 records, without the checksum, are still read). A crash can leave a torn record only at the
+ * end of the segment that was active; it was never acknowledged, and reading stops there. After a failed
+ * write the segment takes no more records, so a torn record is always the last one.
+ *
+ * The active segment is written with zeros ahead of its records, a megabyte at a time, and that region
+ * synced in the background: a record then overwrites blocks the file already has, and its fdatasync
+ * flushes only data, not the block allocation and file size an append makes the filesystem journal
+ * (measured on ext4 here: 190 → 105 µs of CPU and 500 → 300 µs per fdatasync). Reading stops at the
+ * zeros; the checksum catches a record whose pages reached the disk only in part.
  */
 import { closeSync, fdatasync, fstatSync, openSync, readdirSync, readSync, unlinkSync, writeSync, writevSync } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
 
-const HEADER = 'POSTERN-RECORD-V1';
-const HEADER_PATTERN = /^POSTERN-RECORD-V1 ([0-9a-z]{8,32}) (\d{1,12})\n/;
-const MAX_HEADER = 64;
+const HEADER = 'POSTERN-RECORD-V2';
+const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|2 ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
+const MAX_HEADER = 80;
+/** Zeros are written this far ahead of the last record, this much at a time. */
+const ZERO_AHEAD = 256 * 1024;
+const ZEROS = Buffer.alloc(1024 * 1024);
 /** A new segment is started once the active one is this large (by default). */
 const SEGMENT_BYTES = 32 * 1024 * 1024;
 const NEWLINE = Buffer.from('\n');
@@ -38,6 +48,8 @@ interface Segment {
   entrySynced: boolean;
   /** Syncs in flight on this segment's file: it is not deleted until they finish. */
   syncing: number;
+  /** The file holds zeros (written ahead of the records) up to here. */
+  zeroedTo: number;
 }
 
 interface Location { segment: Segment; offset: number; length: number }
@@ -105,12 +117,15 @@ export class Journal {
   append(id: string, chunks: readonly Buffer[]): Promise<void> {
     if (!this.#writable) return Promise.reject(new Error('the journal is open read-only'));
     if (this.#index.has(id)) return Promise.reject(new Error(`message ${id} is already in the journal`));
-    const length = chunks.reduce((n, c) => n + c.length, 0);
+    let length = 0;
+    let crc = 0;
+    for (const c of chunks) { length += c.length; crc = crc32(c, crc); }
     const segment = this.#activeSegment();
-    const header = Buffer.from(`${HEADER} ${id} ${length}\n`);
+    const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
     const buffers = [header, ...chunks, NEWLINE];
     const total = header.length + length + 1;
     try {
+      this.#zeroAhead(segment, total);
       let written = writevSync(segment.fd, buffers, segment.size);
       // Short writes are rare (full disk); finish the record or give the segment up.
       while (written < total) {
@@ -181,11 +196,32 @@ export class Journal {
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
     const segment: Segment = {
       seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: openSync(path, 'wx+', 0o600), doneFd: null,
-      doneRead: 0, size: 0, live: 0, active: true, entrySynced: false, syncing: 0,
+      doneRead: 0, size: 0, live: 0, active: true, entrySynced: false, syncing: 0, zeroedTo: 0,
     };
     this.#segments.set(seq, segment);
     this.#active = segment;
     return segment;
+  }
+
+  /**
+   * Before `bytes` more are appended: zeros ahead of the records (see the top of this file), synced in
+   * the background. Not past the segment's size limit: a record beyond it simply extends the file.
+   */
+  #zeroAhead(segment: Segment, bytes: number): void {
+    let extended = false;
+    while (segment.size + bytes + ZERO_AHEAD > segment.zeroedTo && segment.zeroedTo < this.#segmentBytes) {
+      let done = 0;
+      while (done < ZEROS.length) done += writeSync(segment.fd, ZEROS, done, ZEROS.length - done, segment.zeroedTo + done);
+      segment.zeroedTo += ZEROS.length;
+      extended = true;
+    }
+    if (!extended) return;
+    segment.syncing++;
+    fdatasync(segment.fd, (err) => {
+      segment.syncing--;
+      // The file's state is unknown after a failed sync: no more records in it (the next flush reports).
+      if (err) this.#retire(segment); else this.#collect(segment);
+    });
   }
 
   /** One flush at a time; appends that arrive meanwhile share the next one. */
@@ -260,26 +296,41 @@ export class Journal {
     const size = fstatSync(fd).size;
     const segment: Segment = {
       seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, doneFd: null,
-      doneRead: 0, size, live: 0, active: false, entrySynced: true, syncing: 0,
+      doneRead: 0, size, live: 0, active: false, entrySynced: true, syncing: 0, zeroedTo: size,
     };
     this.#segments.set(seq, segment);
     const head = Buffer.alloc(MAX_HEADER);
     for (let offset = 0; offset < size;) {
       const n = readSync(fd, head, 0, MAX_HEADER, offset);
       const m = HEADER_PATTERN.exec(head.subarray(0, n).toString('latin1'));
-      if (!m) break; // a torn tail: never acknowledged
+      if (!m) break; // a torn tail (or the zeros after the last record): never acknowledged
       const headerBytes = m[0].length;
-      const length = Number(m[2]);
+      const id = m[1] ?? m[3]!;
+      const length = Number(m[2] ?? m[4]);
       const end = offset + headerBytes + length;
       if (end + 1 > size) break;
       const nl = Buffer.alloc(1);
       readSync(fd, nl, 0, 1, end);
       if (nl[0] !== 0x0a) break;
-      this.#index.set(m[1]!, { segment, offset: offset + headerBytes, length });
+      if (m[5] !== undefined && !this.#intact(fd, offset + headerBytes, length, parseInt(m[5], 16))) break;
+      this.#index.set(id, { segment, offset: offset + headerBytes, length });
       segment.live++;
       offset = end + 1;
     }
     this.#readDone(segment);
+  }
+
+  /** Whether the record's bytes match its checksum (a crash may have left some of its pages unwritten). */
+  #intact(fd: number, offset: number, length: number, crc: number): boolean {
+    const chunk = Buffer.allocUnsafe(Math.min(length, 1024 * 1024));
+    let sum = 0;
+    for (let done = 0; done < length;) {
+      const n = readSync(fd, chunk, 0, Math.min(chunk.length, length - done), offset + done);
+      if (n === 0) return false;
+      sum = crc32(chunk.subarray(0, n), sum);
+      done += n;
+    }
+    return sum === crc;
   }
 
   #readDone(segment: Segment): void {

@@ -1,7 +1,7 @@
 /** The journal and the spool around it: group commit, recovery after a torn write, done lists, readers. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../../engine/spool/journal.ts';
@@ -31,13 +31,53 @@ test('a torn record at the end is ignored; new records go to a new segment', asy
   await j.append(id(2), [body(2)]);
   j.close();
   const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
-  appendFileSync(join(dir, seg!), `POSTERN-RECORD-V1 ${id(3)} 500\nSubject: half`); // a crash mid-write
+  writeAt(join(dir, seg!), recordsEnd(join(dir, seg!)), `POSTERN-RECORD-V2 ${id(3)} 500 00000000\nSubject: half`); // a crash mid-write
   const again = Journal.open(dir, { writable: true });
   assert.deepEqual(again.ids().sort(), [id(1), id(2)]);
   await again.append(id(4), [body(4)]);
   assert.equal(readdirSync(dir).filter((n) => n.endsWith('.seg')).length, 2, 'never appends after a torn tail');
   again.close();
   assert.deepEqual(Journal.open(dir, { writable: false }).ids().sort(), [id(1), id(2), id(4)]);
+});
+
+/** Where the records of a segment end and the zeros written ahead of them begin. */
+function recordsEnd(path: string): number {
+  const end = readFileSync(path).indexOf(0);
+  assert.ok(end > 0, 'the segment has zeros after its records');
+  return end;
+}
+
+function writeAt(path: string, offset: number, text: string | Buffer): void {
+  const fd = openSync(path, 'r+');
+  try { writeSync(fd, typeof text === 'string' ? Buffer.from(text) : text, 0, undefined, offset); } finally { closeSync(fd); }
+}
+
+test('records overwrite zeros written ahead of them; a record whose pages reached the disk only in part is caught by its checksum', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  for (let n = 1; n <= 3; n++) await j.append(id(n), [body(n * 50)]);
+  j.close();
+  const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
+  const path = join(dir, seg!);
+  assert.ok(statSync(path).size >= 1024 * 1024, 'a megabyte of zeros was written ahead');
+  assert.deepEqual(Journal.open(dir, { writable: false }).ids().sort(), [id(1), id(2), id(3)], 'the zeros are not records');
+  // The third record's middle never reached the disk (its header and its end did): zeros inside it.
+  const third = readFileSync(path).indexOf(`POSTERN-RECORD-V2 ${id(3)}`);
+  writeAt(path, third + 200, Buffer.alloc(100));
+  const again = Journal.open(dir, { writable: true });
+  assert.deepEqual(again.ids().sort(), [id(1), id(2)], 'the damaged record is not taken for a message');
+  assert.deepEqual(again.read(id(2)), body(100));
+  again.close();
+});
+
+test('records written before checksums (V1) are still read', () => {
+  const dir = scratch();
+  const record = (n: number): Buffer => Buffer.concat([Buffer.from(`POSTERN-RECORD-V1 ${id(n)} ${body(n).length}\n`), body(n), Buffer.from('\n')]);
+  writeFileSync(join(dir, '0000000001.seg'), Buffer.concat([record(1), record(2)]));
+  const j = Journal.open(dir, { writable: false });
+  assert.deepEqual(j.ids().sort(), [id(1), id(2)]);
+  assert.deepEqual(j.read(id(2)), body(2));
+  j.close();
 });
 
 test('done messages stay done after a reopen; a segment with nothing left is deleted', async () => {
