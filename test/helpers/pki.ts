@@ -3,7 +3,7 @@
  * a CRL, a server certificate for localhost, clients of every kind the tests need, and a foreign CA.
  */
 import { rmSync } from 'node:fs';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate, createHash } from 'node:crypto';
@@ -47,6 +47,15 @@ export interface TestPki {
   clients: Record<ClientName, TestClient>;
   /** In-memory signers, to issue more certificates or CRLs in a test. */
   authorities: { ca: Authority; otherCa: Authority };
+}
+
+/** What a TLS client needs to trust the test CA and present `name`'s certificate, as PEM text. */
+export async function clientTlsOptions(pki: TestPki, name: ClientName): Promise<{ ca: string; cert: string; key: string }> {
+  return {
+    ca: await readFile(pki.ca.cert, 'utf8'),
+    cert: await readFile(pki.clients[name].cert, 'utf8'),
+    key: await readFile(pki.clients[name].key, 'utf8'),
+  };
 }
 
 const cache = new Map<string, Promise<TestPki>>();

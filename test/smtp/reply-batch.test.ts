@@ -9,18 +9,14 @@ import { once } from 'node:events';
 import { batchReply } from '../../engine/smtp/reply-batch.ts';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
-import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
 
 let pki: TestPki;
 let client: TlsClientOptions;
 
 before(async () => {
   pki = await makeTestPki();
-  client = {
-    ca: await readFile(pki.ca.cert, 'utf8'),
-    cert: await readFile(pki.clients.alice.cert, 'utf8'),
-    key: await readFile(pki.clients.alice.key, 'utf8'),
-  };
+  client = await clientTlsOptions(pki, 'alice');
 });
 
 /** A connected pair on 127.0.0.1: the server's socket (TLS or plain) and the client's. */

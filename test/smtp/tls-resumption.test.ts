@@ -2,22 +2,17 @@
 // the first handshake's certificate verdict past a CRL update. Listeners that don't ask still may.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
 import type tls from 'node:tls';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
-import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
 
 let pki: TestPki;
 let client: TlsClientOptions;
 
 before(async () => {
   pki = await makeTestPki();
-  client = {
-    ca: await readFile(pki.ca.cert, 'utf8'),
-    cert: await readFile(pki.clients.alice.cert, 'utf8'),
-    key: await readFile(pki.clients.alice.key, 'utf8'),
-  };
+  client = await clientTlsOptions(pki, 'alice');
 });
 
 function listener(name: string, clientCertificates: string): string {
