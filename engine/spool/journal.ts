@@ -210,8 +210,11 @@ export class Journal {
   #zeroAhead(segment: Segment, bytes: number): void {
     let extended = false;
     while (segment.size + bytes + ZERO_AHEAD > segment.zeroedTo && segment.zeroedTo < this.#segmentBytes) {
-      let done = 0;
-      while (done < ZEROS.length) done += writeSync(segment.fd, ZEROS, done, ZEROS.length - done, segment.zeroedTo + done);
+      for (let done = 0; done < ZEROS.length;) {
+        const n = writeSync(segment.fd, ZEROS, done, ZEROS.length - done, segment.zeroedTo + done);
+        if (n <= 0) throw new Error('short write'); // as for records: append() then gives the segment up
+        done += n;
+      }
       segment.zeroedTo += ZEROS.length;
       extended = true;
     }
