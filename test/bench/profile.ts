@@ -32,7 +32,11 @@ for (const n of prof.nodes) {
   byFn.set(key, (byFn.get(key) ?? 0) + (counts.get(n.id) ?? 0));
 }
 const total = prof.samples.length;
-for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log((100 * v / total).toFixed(1).padStart(5) + '%', k);
+const messages = Number(process.env.PROF_MESSAGES ?? 3000);
+// Samples are taken at a fixed interval while the thread runs JavaScript or V8; µs per message makes runs comparable.
+const usPerSample = ((prof as unknown as { endTime: number; startTime: number }).endTime - (prof as unknown as { startTime: number }).startTime) / total;
+const show = (v: number): string => `${(100 * v / total).toFixed(1).padStart(5)}% ${(v * usPerSample / messages).toFixed(1).padStart(7)} µs/msg`;
+for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(show(v), k);
 
 // Inclusive time of Postern's own functions (PROF_INCLUSIVE=1): where the engine's time goes, callees included.
 if (process.env.PROF_INCLUSIVE) {
@@ -52,5 +56,5 @@ if (process.env.PROF_INCLUSIVE) {
     engineFns.set(key, (engineFns.get(key) ?? 0) + inclusive.get(n.id)!);
   }
   console.log('\ninclusive (engine/):');
-  for (const [k, v] of [...engineFns].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log((100 * v / total).toFixed(1).padStart(5) + '%', k);
+  for (const [k, v] of [...engineFns].sort((a, b) => b[1] - a[1]).slice(0, 40)) console.log(show(v), k);
 }
