@@ -1,0 +1,62 @@
+/**
+ * `npm run bench:ab -- <treeA> <treeB>`: benchmark (a) (or (b) with AB_SCRIPTS=0) served by two source trees
+ * side by side — e.g. a `git worktree` of main and your change — with load rounds interleaved A, B, A, B…
+ * On a shared VM one run's rate drifts ±20% with the host; two servers measured in the same minutes drift
+ * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
+ * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
+ * 100 per connection) set the size.
+ */
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { makeTestPki } from '../helpers/pki.ts';
+import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { load, measure, median, startServer, type Measured } from './measure.ts';
+
+const trees = process.argv.slice(2, 4).map((t) => resolve(t));
+if (trees.length !== 2 || trees.some((t) => !existsSync(join(t, 'test/bench/postern-server.ts')))) {
+  console.error('usage: npm run bench:ab -- <treeA> <treeB>   (each a Postern source tree with node_modules)');
+  process.exit(2);
+}
+const rounds = Number(process.env.AB_ROUNDS ?? 6);
+const messages = Number(process.env.AB_MESSAGES ?? 4000);
+const withScripts = process.env.AB_SCRIPTS !== '0';
+
+const pki = await makeTestPki();
+const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
+const servers = [];
+for (const [i, tree] of trees.entries()) {
+  const dir = join(work, String(i));
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  const port = benchPort();
+  const started = await startServer(join(tree, 'test/bench/postern-server.ts'), { configText: benchConfig(dir, port, pki), baseDir: dir });
+  servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
+}
+// Warm both (JIT, isolates) before anything counts.
+for (const s of servers) await load(pki, s.port, 100, 2000, true);
+
+const show = (name: string, m: Measured): string =>
+  `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
+  `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
+const ratios = { rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] };
+console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${withScripts ? 'scripts on every context' : 'no scripts'}, ${messages} messages per round, 100 per connection\n`);
+for (let round = 0; round < rounds; round++) {
+  // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
+  const order = round % 2 === 0 ? servers : [...servers].reverse();
+  const got = new Map<string, Measured>();
+  for (const s of order) got.set(s.name, await measure(pki, s, 100, messages, true));
+  const [a, b] = [got.get('A')!, got.get('B')!];
+  console.log(show('A', a));
+  console.log(show('B', b));
+  ratios.rate.push(b.rate / a.rate);
+  ratios.mainUs.push(b.mainUs / a.mainUs);
+  ratios.cpuUs.push(b.cpuUs / a.cpuUs);
+  console.log(`  B/A: rate ${(b.rate / a.rate).toFixed(3)}  event loop µs/msg ${(b.mainUs / a.mainUs).toFixed(3)}  server µs/msg ${(b.cpuUs / a.cpuUs).toFixed(3)}`);
+}
+for (const s of servers) s.stop();
+await rm(work, { recursive: true, force: true });
+const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
+console.log(`\nB/A over ${rounds} rounds: rate ${fmt(ratios.rate)}; event loop µs/msg ${fmt(ratios.mainUs)}; server µs/msg ${fmt(ratios.cpuUs)}`);
