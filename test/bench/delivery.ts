@@ -6,12 +6,13 @@
  * Server, next hop and load generator run in separate processes. BENCH_MESSAGES sets the count (default 3000).
  */
 import { fork } from 'node:child_process';
-import { mkdtemp, mkdir, writeFile, rm, readFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
 import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { cpuSeconds, load } from './measure.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -44,22 +45,6 @@ function sinkCount(sink: ChildProcess): Promise<{ messages: number; withCertific
     sink.once('message', (m) => resolve(m as { messages: number; withCertificate: number }));
     sink.send('count');
   });
-}
-
-async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-async function load(port: number, count: number): Promise<{ rate: number; seconds: number }> {
-  const c = fork(join(here, 'load-client.ts'), [JSON.stringify({
-    port, concurrency: 20, messages: count, perConnection: 100, cert: client.cert, key: client.key, ca: pki.ca.cert, auth: true,
-  })], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
-  let out = '';
-  c.stdout!.on('data', (d: Buffer) => { out += d; });
-  const code = await new Promise<number | null>((r) => c.once('exit', r));
-  if (code !== 0) throw new Error(`load client failed (${code})`);
-  return JSON.parse(out) as { rate: number; seconds: number };
 }
 
 async function until(sink: ChildProcess, target: number, timeoutMs: number): Promise<{ messages: number; withCertificate: number }> {
@@ -95,12 +80,12 @@ for (const [name, withScripts] of [['(d) postern + scripts, predelivery picks ce
   if (!configText.includes('enabled: true')) throw new Error('bench config layout changed');
   const server = await child('postern-server.ts', { configText, baseDir: dir });
   // Warm-up: JIT, isolates, TLS sessions, pooled connections.
-  await load(port, 400);
+  await load(pki, port, 100, 400, true);
   await until(sink, 400, 60_000);
   const before = await sinkCount(sink);
   const cpu0 = await cpuSeconds(server.pid!);
   const t0 = performance.now();
-  const inbound = await load(port, messages);
+  const inbound = await load(pki, port, 100, messages, true);
   const t1 = performance.now();
   const after = await until(sink, before.messages + messages, 120_000);
   const t2 = performance.now();
