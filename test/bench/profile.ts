@@ -23,7 +23,7 @@ await new Promise((r) => client.once('exit', r));
 server.kill('SIGINT');
 await new Promise((r) => server.once('exit', r));
 const file = (await readdir(join(dir, 'prof')))[0]!;
-const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[] };
+const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; startTime: number; endTime: number };
 const counts = new Map<number, number>();
 for (const s of prof.samples) counts.set(s, (counts.get(s) ?? 0) + 1);
 const byFn = new Map<string, number>();
@@ -34,7 +34,7 @@ for (const n of prof.nodes) {
 const total = prof.samples.length;
 const messages = Number(process.env.PROF_MESSAGES ?? 3000);
 // Samples are taken at a fixed interval while the thread runs JavaScript or V8; µs per message makes runs comparable.
-const usPerSample = ((prof as unknown as { endTime: number; startTime: number }).endTime - (prof as unknown as { startTime: number }).startTime) / total;
+const usPerSample = (prof.endTime - prof.startTime) / total;
 const show = (v: number): string => `${(100 * v / total).toFixed(1).padStart(5)}% ${(v * usPerSample / messages).toFixed(1).padStart(7)} µs/msg`;
 for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(show(v), k);
 
