@@ -29,10 +29,27 @@ export type KeptArgs = [
   certificateKey?: string, certificate?: string, certificateForget?: boolean,
 ];
 
+/** The same, parsed (a batch arrives as one JSON text; see BatchCallWire). */
 interface Kept {
-  connectionKey?: string; connection?: string; connectionForget?: boolean;
-  certificateKey?: string; certificate?: string; certificateForget?: boolean;
+  connectionKey?: string; connection?: unknown; connectionForget?: boolean;
+  certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
 }
+
+/**
+ * One call of a batch, as an element of the JSON array runBatch() takes: the hook, its context (without
+ * `connection`) and the kept facts as in KeptArgs, with the connection and certificate as values, not JSON.
+ */
+export type BatchCallWire = [
+  hook: string, ctx: unknown,
+  connectionKey: string | null, connection: unknown, connectionForget: boolean,
+  certificateKey: string | null, certificate: unknown, certificateForget: boolean,
+];
+
+/**
+ * What one call of a batch produced: its outcome, or null when the script returned a promise (kept for
+ * settle() under the call's index), and the lines it logged while it ran (they leave with the outcome).
+ */
+export interface BatchEntry { outcome: RunOutcome | null; logs: string[] }
 
 /** Calls cross as JSON text both ways (see RunArgs in isolate-slot.ts): outcomes are RunOutcome as JSON. */
 export interface RuntimeHandle {
@@ -49,8 +66,18 @@ export interface RuntimeHandle {
    * which is kept for `settle()`.
    */
   runSync(hook: string, ctx: string, ...kept: KeptArgs): string | null;
-  /** The outcome of the promise the last runSync() kept (and forget it). */
-  settle(): Promise<string>;
+  /**
+   * Run each call of a batch (a JSON array of BatchCallWire) in turn; a BatchEntry per call, as a JSON
+   * array. Each entry is also recorded as its call ends, for takeBatch().
+   */
+  runBatch(calls: string): string;
+  /** After a batch was stopped (its time limit): the entries of the calls that had ended, as JSON. */
+  takeBatch(): string;
+  /**
+   * The outcome of a promise a call returned (and forget it): the last runSync()'s without an index,
+   * else that of the batch call with that index.
+   */
+  settle(index?: number): Promise<string>;
 }
 
 export function installRuntime(
@@ -73,6 +100,8 @@ export function installRuntime(
   const StringCtor = String;
   const MAX_LOG = 8192;
   const MAX_DEPTH = 32;
+  // While a batched call runs, its log lines are collected here and leave with its outcome.
+  let collected: string[] | null = null;
 
   // Not needed by policy scripts, and each can run code or block outside a call's time limit:
   // finalizers and WebAssembly compilation complete later, Atomics.wait blocks. V8's console is a no-op.
@@ -170,7 +199,9 @@ export function installRuntime(
     log(...args: unknown[]): void {
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
-      hostLog(line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line);
+      line = line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line;
+      if (collected === null) hostLog(line);
+      else collected[collected.length] = line;
     },
     accept: (opts?: unknown) => ({
       verdict: 'accept',
@@ -252,8 +283,9 @@ export function installRuntime(
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
-  // Set when a call returned a promise: the runner's own promise of its outcome.
-  let pending: Promise<RunOutcome> | null = null;
+  // Promises calls returned, as the runner's own promises of their outcomes: the last runSync()'s under
+  // -1, a batch's under each call's index.
+  let pendings: Record<number, Promise<RunOutcome>> = create(null);
   // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
   // and client certificates (the same for every connection from that device).
   let connections: Record<string, unknown> = create(null);
@@ -268,9 +300,9 @@ export function installRuntime(
   /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
   function assemble(ctx: unknown, kept: Kept): unknown {
     if (kept.certificateForget) certificates = create(null);
-    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(parse(kept.certificate));
+    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(kept.certificate);
     if (kept.connectionForget) connections = create(null);
-    let connection: unknown = kept.connection === undefined ? undefined : parse(kept.connection);
+    let connection = kept.connection;
     if (connection !== null && typeof connection === 'object') {
       if (kept.certificateKey !== undefined) (connection as Record<string, unknown>).clientCertificate = certificates[kept.certificateKey];
       deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
@@ -284,15 +316,13 @@ export function installRuntime(
     for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
     return full;
   }
-  function call(hook: string, ctxJson: string, ...tail: KeptArgs): RunOutcome | null {
-    pending = null;
+  /** Run one call; its outcome, or null when the script returned a promise (kept under `index`). */
+  function call(hook: string, ctx: unknown, kept: Kept, index: number): RunOutcome | null {
     try {
-      const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
-      const ctx: unknown = parse(ctxJson);
-      const result = hooks[hook]!(assemble(ctx, { connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget }));
+      const result = hooks[hook]!(assemble(ctx, kept));
       if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
         const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
-        pending = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
+        pendings[index] = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
         return null;
       }
       return succeeded(result);
@@ -300,26 +330,75 @@ export function installRuntime(
       return failed(error);
     }
   }
+  function callSync(hook: string, ctxJson: string, tail: KeptArgs): RunOutcome | null {
+    pendings = create(null);
+    collected = null; // left set only if a batch was stopped and never taken
+    const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
+    let ctx: unknown;
+    let kept: Kept;
+    try {
+      ctx = parse(ctxJson);
+      kept = {
+        connectionKey, connection: connection === undefined ? undefined : parse(connection), connectionForget,
+        certificateKey, certificate: certificate === undefined ? undefined : parse(certificate), certificateForget,
+      };
+    } catch (error) {
+      return failed(error);
+    }
+    return call(hook, ctx, kept, -1);
+  }
   // toPlain() has made every outcome plain data, so stringify cannot throw or drop anything but undefined.
   const wire = (outcome: RunOutcome): string => stringify(outcome);
-  const wirePending = (): Promise<string> => apply(promiseThen, pending!, [wire]) as Promise<string>;
+  const wirePending = (index: number): Promise<string> => {
+    let promise = pendings[index];
+    delete pendings[index];
+    promise ??= apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>;
+    return apply(promiseThen, promise, [wire]) as Promise<string>;
+  };
+  // The entries of the batch running now, recorded as each call ends (see takeBatch()).
+  let batchDone: BatchEntry[] = [];
+  const takeBatch = (): string => {
+    collected = null;
+    const done = stringify(batchDone);
+    batchDone = [];
+    return done;
+  };
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
     run(hook, ctx, ...tail) {
-      const outcome = call(hook, ctx, ...tail);
-      return outcome === null ? wirePending() : wire(outcome);
+      const outcome = callSync(hook, ctx, tail);
+      return outcome === null ? wirePending(-1) : wire(outcome);
     },
     runSync(hook, ctx, ...tail) {
-      const outcome = call(hook, ctx, ...tail);
+      const outcome = callSync(hook, ctx, tail);
       return outcome === null ? null : wire(outcome);
     },
-    settle() {
-      if (pending === null) pending = apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>;
-      const kept = wirePending();
-      pending = null;
-      return kept;
+    runBatch(callsJson) {
+      pendings = create(null);
+      batchDone = [];
+      const calls = parse(callsJson) as BatchCallWire[];
+      for (let i = 0; i < calls.length; i++) {
+        const [hook, ctx, connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = calls[i]!;
+        const logs: string[] = [];
+        collected = logs;
+        let outcome: RunOutcome | null;
+        try {
+          outcome = call(hook, ctx, {
+            connectionKey: connectionKey ?? undefined, connection: connection ?? undefined, connectionForget,
+            certificateKey: certificateKey ?? undefined, certificate: certificate ?? undefined, certificateForget,
+          }, i);
+        } finally {
+          collected = null;
+        }
+        batchDone[i] = { outcome, logs };
+      }
+      return takeBatch();
+    },
+    takeBatch,
+    settle(index = -1) {
+      return wirePending(index);
     },
   };
 }

@@ -6,7 +6,7 @@ import ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
-import { installRuntime, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { installRuntime, type BatchCallWire, type BatchEntry, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 
@@ -64,15 +64,41 @@ export interface SharedConnection { key?: string; connection: object; certificat
 /** Which keys the isolate keeps, as far as the host knows. */
 class KeptKeys {
   readonly #keys = new Set<string>();
+  #forgetNext = false;
   /** Whether the value must be sent, and whether the isolate must forget everything first. */
   need(key: string): { send: boolean; forget: boolean } {
+    if (this.#forgetNext) {
+      this.#forgetNext = false;
+      return { send: true, forget: true };
+    }
     if (this.#keys.has(key)) return { send: false, forget: false };
     if (this.#keys.size < KEPT_VALUES) return { send: true, forget: false };
     this.#keys.clear();
     return { send: true, forget: true };
   }
   add(key: string | undefined): void { if (key !== undefined) this.#keys.add(key); }
+  /** The host no longer knows what the isolate keeps: send everything again, and have it forget first. */
+  reset(): void {
+    this.#keys.clear();
+    this.#forgetNext = true;
+  }
 }
+
+/** One call of a batch: what call() takes. */
+export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection }
+
+/**
+ * How a call of a batch ended: with a value or a failure; or later, on an isolate thread, because its
+ * script returned a promise (the slot stays busy until every `later` has settled); or not at all —
+ * `overran`: it was first and the fast path's time ran out, so it is slow by itself: run it alone on an
+ * isolate thread; `again`: the batch was stopped before it ended, run it in a later batch; `alone`: the
+ * isolate was lost during the batch, run it by itself (whichever call caused the loss then fails alone).
+ */
+export type BatchSettled =
+  | { value: unknown }
+  | { failure: ScriptFailure }
+  | { later: Promise<unknown> }
+  | 'overran' | 'again' | 'alone';
 
 /** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
@@ -85,6 +111,8 @@ export class IsolateSlot {
   #run!: ivm.Reference<(...args: RunArgs) => WireOutcome | Promise<WireOutcome>>;
   #runSync!: ivm.Reference<(...args: RunArgs) => WireOutcome>;
   #settle!: ivm.Reference<RuntimeHandle['settle']>;
+  #runBatch!: ivm.Reference<RuntimeHandle['runBatch']>;
+  #takeBatch!: ivm.Reference<RuntimeHandle['takeBatch']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
@@ -147,19 +175,7 @@ export class IsolateSlot {
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
-    let tail: KeptTail = [undefined, undefined, false, undefined, undefined, false];
-    if (shared) {
-      const connection = shared.key === undefined ? { send: true, forget: false } : this.#keptConnections.need(shared.key);
-      let certificate = { send: false, forget: false };
-      // The certificate only matters when the connection itself crosses.
-      if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
-      // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
-      const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
-      tail = [
-        shared.key, connection.send ? withoutCertificate() : undefined, connection.forget,
-        connection.send ? shared.certificateKey : undefined, certificate.send ? shared.certificate : undefined, certificate.forget,
-      ];
-    }
+    const tail = this.#tail(shared);
     try {
       const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail);
       this.#kept(shared, tail);
@@ -169,6 +185,107 @@ export class IsolateSlot {
       if (e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#kept(shared, tail);
       throw e;
     }
+  }
+
+  /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
+  #tail(shared: SharedConnection | undefined): KeptTail {
+    if (!shared) return [undefined, undefined, false, undefined, undefined, false];
+    const connection = shared.key === undefined ? { send: true, forget: false } : this.#keptConnections.need(shared.key);
+    let certificate = { send: false, forget: false };
+    // The certificate only matters when the connection itself crosses.
+    if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
+    // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
+    const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
+    return [
+      shared.key, connection.send ? withoutCertificate() : undefined, connection.forget,
+      connection.send ? shared.certificateKey : undefined, certificate.send ? shared.certificate : undefined, certificate.forget,
+    ];
+  }
+
+  /**
+   * Run several calls in one entry into the isolate, one after another, all within `fastPathMs` on the
+   * calling thread. Entering the isolate is most of what a quick call costs (perf: the first call after
+   * other work pays for cold caches), so calls that gather during one turn of the event loop share it.
+   * A call the time limit stops is run again: alone on an isolate thread when it was first (it is slow
+   * by itself, as in call()), else first in a later batch; the calls after it never started.
+   */
+  callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
+    const wire: BatchCallWire[] = [];
+    for (const { hook, ctx, shared } of calls) {
+      if (!this.#files.has(hook)) throw new Error(`no script for hook ${hook}`);
+      const tail = this.#tail(shared);
+      // The isolate will keep them as it runs the batch, before the next call needs them.
+      this.#kept(shared, tail);
+      const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
+      wire.push([hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates]);
+    }
+    // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
+    const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
+    this.#current = run;
+    let entries: BatchEntry[];
+    let stopped = false;
+    try {
+      entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
+    } catch (e) {
+      // Which calls' facts the isolate took in is unknown now.
+      this.#keptConnections.reset();
+      this.#keptCertificates.reset();
+      entries = [];
+      stopped = TIMED_OUT.test(String((e as Error)?.message)) && !this.#isolate.isDisposed;
+      try {
+        if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
+      } catch {
+        stopped = false;
+      }
+      if (!stopped) {
+        this.#current = null;
+        return calls.map(() => 'alone');
+      }
+    }
+    this.#current = null;
+    const promised = entries.filter((entry) => entry.outcome === null).length;
+    let chain: Promise<unknown> = Promise.resolve();
+    const settled = calls.map(({ hook, connectionId }, i): BatchSettled => {
+      const file = this.#files.get(hook)!;
+      const entry = entries[i];
+      if (entry === undefined) {
+        if (!stopped) return { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
+        return i === 0 ? 'overran' : 'again';
+      }
+      for (const line of entry.logs) this.#tell(connectionId, file, line);
+      if (entry.outcome === null) {
+        if (promised === 1) for (const line of run.held!) this.#tell(connectionId, file, line);
+        // One call at a time on the isolate's thread: each waits for the one before.
+        const later = chain.then(() => this.#callOnIsolateThread(hook, file, connectionId, null, i));
+        chain = later.catch(() => {});
+        return { later };
+      }
+      try {
+        return { value: this.#value(hook, file, entry.outcome) };
+      } catch (e) {
+        return { failure: e as ScriptFailure };
+      }
+    });
+    if (promised !== 1) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    return settled;
+  }
+
+  /** A batch's entries from the runtime's JSON; anything malformed fails the calls it should have answered. */
+  #entries(wire: unknown): BatchEntry[] {
+    let parsed: unknown;
+    try { parsed = typeof wire === 'string' ? JSON.parse(wire) : null; } catch { parsed = null; }
+    if (!Array.isArray(parsed)) return [];
+    const entries: BatchEntry[] = [];
+    for (const entry of parsed as unknown[]) {
+      const { outcome, logs } = (entry ?? {}) as Partial<BatchEntry>;
+      if (!Array.isArray(logs) || (outcome !== null && typeof outcome !== 'object')) break;
+      entries.push({ outcome: outcome ?? null, logs: logs.map(String) });
+    }
+    return entries;
+  }
+
+  #tell(connectionId: string | null, file: string, line: string): void {
+    try { this.#options.host.log(connectionId, file, 'info', line); } catch { /* best effort */ }
   }
 
   #kept(shared: SharedConnection | undefined, tail: KeptTail): void {
@@ -213,7 +330,7 @@ export class IsolateSlot {
   }
 
   /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */
-  async #callOnIsolateThread(hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null): Promise<unknown> {
+  async #callOnIsolateThread(hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null, settleIndex?: number): Promise<unknown> {
     const { timeoutMs } = this.#options;
     this.#current = { connectionId, file };
     this.#cutOff = false;
@@ -227,7 +344,7 @@ export class IsolateSlot {
       const options = { timeout: timeoutMs, result: { promise: true } } as const;
       outcome = (args
         ? await this.#run.apply(undefined, args(), options)
-        : await this.#settle.apply(undefined, [], options)) as WireOutcome;
+        : await this.#settle.apply(undefined, settleIndex === undefined ? [] : [settleIndex], options)) as WireOutcome;
     } catch (e) {
       throw this.#callFailure(hook, file, e);
     } finally {
@@ -240,6 +357,11 @@ export class IsolateSlot {
   #result(hook: HookName, file: string, wire: WireOutcome): unknown {
     let outcome: RunOutcome | null = null;
     try { outcome = typeof wire === 'string' ? JSON.parse(wire) as RunOutcome : null; } catch { /* reported below */ }
+    return this.#value(hook, file, outcome);
+  }
+
+  /** A call's value from its outcome, or the ScriptFailure it means. */
+  #value(hook: HookName, file: string, outcome: RunOutcome | null): unknown {
     if (outcome === null || typeof outcome !== 'object' || typeof outcome.ok !== 'boolean') {
       throw new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome');
     }
@@ -260,7 +382,7 @@ export class IsolateSlot {
    * during Node's teardown, where isolated-vm aborts (`IsolateEnvironment::GetCurrent` assertion).
    */
   #releaseHandles(): void {
-    for (const handle of [this.#run, this.#runSync, this.#settle, this.#register, this.#context]) {
+    for (const handle of [this.#run, this.#runSync, this.#settle, this.#runBatch, this.#takeBatch, this.#register, this.#context]) {
       try { handle?.release(); } catch { /* already gone with its isolate */ }
     }
   }
@@ -281,6 +403,8 @@ export class IsolateSlot {
     this.#run = await runtime.get('run', { reference: true });
     this.#runSync = await runtime.get('runSync', { reference: true });
     this.#settle = await runtime.get('settle', { reference: true });
+    this.#runBatch = await runtime.get('runBatch', { reference: true });
+    this.#takeBatch = await runtime.get('takeBatch', { reference: true });
     this.#register = await runtime.get('register', { reference: true });
     runtime.release();
   }

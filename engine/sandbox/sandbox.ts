@@ -5,7 +5,7 @@
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
-import { IsolateSlot, teardownGrace, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
+import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
 
 export interface SandboxOptions {
@@ -43,8 +43,11 @@ export interface SandboxStats {
   calls: number;
   failures: Record<FailureKind, number>;
   rebuilds: number;
-  /** Calls started on the event-loop thread (sandbox.fastPathMs), and how many of them outran it and were run again. */
-  fastPath: { calls: number; overruns: number };
+  /**
+   * Calls started on the event-loop thread (sandbox.fastPathMs), how many of them outran it and were run
+   * again, and in how many entries into an isolate they ran (calls of one turn of the event loop share one).
+   */
+  fastPath: { calls: number; overruns: number; batches: number };
 }
 
 interface Member {
@@ -62,6 +65,16 @@ interface Waiter {
   grant(member: Member): void;
   refuse(error: Error): void;
 }
+
+/** A call waiting for the batch of this turn of the event loop. */
+interface Queued extends BatchCall {
+  file: string;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+/** Calls in one batch at most; more wait for the next (each batch shares one fast-path time limit). */
+const MAX_BATCH = 32;
 
 const REBUILD_RETRY_MS = 1000;
 /** A hook whose call outran the fast path runs on isolate threads only, for this long. */
@@ -89,7 +102,12 @@ export class Sandbox {
   readonly #slowUntil = new Map<HookName, number>();
   /** Recent overruns per hook (times), for OVERRUNS_TO_SLOW. */
   readonly #overrunsAt = new Map<HookName, number[]>();
-  readonly #fastPath = { calls: 0, overruns: 0 };
+  readonly #fastPath = { calls: 0, overruns: 0, batches: 0 };
+  /** Fast-path calls gathered during this turn of the event loop, run together at its end. */
+  readonly #batch: Queued[] = [];
+  #batchScheduled = false;
+  /** Hooks whose scripts returned a promise: they wait on isolate threads, so they are not batched. */
+  readonly #promiseHooks = new Set<HookName>();
   #disposed = false;
 
   private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
@@ -171,25 +189,105 @@ export class Sandbox {
         shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
       }
     }
+    const fastPathMs = this.#fastPathFor(hook);
+    if (fastPathMs > 0 && !this.#promiseHooks.has(hook)) {
+      return new Promise((resolve, reject) => {
+        this.#batch.push({ hook, ctx: own, connectionId, shared, file: script.file, resolve, reject });
+        this.#scheduleBatch();
+      });
+    }
+    return this.#invokeAlone(hook, own, connectionId, shared, script.file, fastPathMs);
+  }
+
+  async #invokeAlone(hook: HookName, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, file: string, fastPathMs: number): Promise<unknown> {
     let member: Member;
     try {
       member = await this.#acquire();
     } catch (e) {
-      throw new ScriptFailure('error', hook, script.file, null, null, (e as Error).message);
+      throw new ScriptFailure('error', hook, file, null, null, (e as Error).message);
     }
     member.calls++;
     try {
-      const fastPathMs = this.#fastPathFor(hook);
-      if (fastPathMs > 0) this.#fastPath.calls++;
-      const { value, overran } = await member.slot!.call(hook, own, connectionId, fastPathMs, shared);
-      if (overran) this.#markSlow(hook, script.file);
+      if (fastPathMs > 0) {
+        this.#fastPath.calls++;
+        this.#fastPath.batches++;
+      }
+      const { value, overran } = await member.slot!.call(hook, ctx, connectionId, fastPathMs, shared);
+      if (overran) this.#markSlow(hook, file);
       return value;
     } catch (e) {
       member.failures++;
       this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
       throw e;
     } finally {
-      this.#release(member, script.file);
+      this.#release(member, file);
+    }
+  }
+
+  /**
+   * Fast-path calls wait for the end of the turn (the check phase, where replies also leave: see
+   * engine/smtp/reply-batch.ts) and then enter the isolate together: one entry instead of one per call.
+   */
+  #scheduleBatch(): void {
+    if (this.#batchScheduled) return;
+    this.#batchScheduled = true;
+    setImmediate(() => void this.#runBatch());
+  }
+
+  async #runBatch(): Promise<void> {
+    this.#batchScheduled = false;
+    const batch = this.#batch.splice(0, MAX_BATCH);
+    if (this.#batch.length) this.#scheduleBatch();
+    if (batch.length === 0) return;
+    let member: Member;
+    try {
+      member = await this.#acquire();
+    } catch (e) {
+      for (const q of batch) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message));
+      return;
+    }
+    let settled: BatchSettled[];
+    this.#fastPath.batches++;
+    try {
+      settled = member.slot!.callBatch(batch, this.#fastPathMs);
+    } catch (e) {
+      settled = batch.map((q) => ({ failure: new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message) }));
+    }
+    const again: Queued[] = [];
+    const alone: Array<{ q: Queued; overran: boolean }> = [];
+    const later: Array<Promise<unknown>> = [];
+    const failed = (q: Queued, e: unknown): void => {
+      member.failures++;
+      this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
+      q.reject(e);
+    };
+    for (const [i, q] of batch.entries()) {
+      const s = settled[i] ?? 'alone';
+      if (s === 'again') again.push(q);
+      else if (s === 'alone' || s === 'overran') alone.push({ q, overran: s === 'overran' });
+      else {
+        member.calls++;
+        this.#fastPath.calls++;
+        if ('failure' in s) failed(q, s.failure);
+        else if ('later' in s) {
+          // A script that returns a promise waits on an isolate thread; its hook skips batches from now on.
+          this.#promiseHooks.add(q.hook);
+          later.push(s.later.then(q.resolve, (e: unknown) => failed(q, e)));
+        } else q.resolve(s.value);
+      }
+    }
+    if (later.length) void Promise.all(later).then(() => this.#release(member, '(sandbox)'));
+    else this.#release(member, '(sandbox)');
+    for (const { q, overran } of alone) {
+      if (overran) {
+        this.#fastPath.calls++;
+        this.#markSlow(q.hook, q.file);
+      }
+      this.#invokeAlone(q.hook, q.ctx, q.connectionId, q.shared, q.file, 0).then(q.resolve, q.reject);
+    }
+    if (again.length) {
+      this.#batch.unshift(...again);
+      this.#scheduleBatch();
     }
   }
 
@@ -242,6 +340,7 @@ export class Sandbox {
     if (this.#disposed) return Promise.resolve();
     this.#disposed = true;
     for (const w of this.#waiting.splice(0)) w.refuse(new Error('the sandbox has been disposed'));
+    for (const q of this.#batch.splice(0)) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox has been disposed'));
     for (const m of this.#members) {
       m.slot?.dispose();
       m.slot = null;

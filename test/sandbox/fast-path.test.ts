@@ -35,7 +35,7 @@ test('a quick script runs on the fast path and logs once', async () => {
   });
   try {
     for (let n = 0; n < 3; n++) assert.deepEqual(await sandbox.invoke('helo', { n }, 'c1'), { verdict: 'accept' });
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 3, overruns: 0 });
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 3, overruns: 0, batches: 3 });
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'helo 0'], ['c1', 'helo 1'], ['c1', 'helo 2']]);
   } finally {
     sandbox.dispose();
@@ -73,7 +73,7 @@ test('a call that outruns the fast path is run again on an isolate thread; after
     for (const n of [2, 3]) assert.deepEqual(await sandbox.invoke('rcptto', { n }, 'c1'), { verdict: 'accept', text: `slow ${n}` });
     assert.ok(host.logs.some((l) => l.level === 'warn' && /3 rcptto calls within 30 s ran longer than the 5 ms fast path/.test(l.message)));
     assert.deepEqual(await sandbox.invoke('rcptto', { n: 4 }, 'c1'), { verdict: 'accept', text: 'slow 4' });
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 3, overruns: 3 }, 'the fourth call went straight to an isolate thread');
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 3, overruns: 3, batches: 3 }, 'the fourth call went straight to an isolate thread');
     console.log(`# 30 ms script: event loop held at most ${stall.toFixed(1)} ms (fastPathMs 5)`);
   } finally {
     sandbox.dispose();
@@ -102,7 +102,7 @@ test('fastPathMs 0 keeps every call on isolate threads', async () => {
   const sandbox = await Sandbox.create({ host: recordingHost(), fastPathMs: 0, scripts: [js('helo', 'export default () => accept()')] });
   try {
     assert.deepEqual(await sandbox.invoke('helo', {}, 'c1'), { verdict: 'accept' });
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 0, overruns: 0 });
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 0, overruns: 0, batches: 0 });
   } finally {
     sandbox.dispose();
   }

@@ -1,0 +1,158 @@
+/**
+ * Fast-path calls made during one turn of the event loop enter the isolate together. Each call still
+ * gets its own result, failure and log lines, and a slow, throwing or memory-hungry call fails alone.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { connectionKey } from '../../engine/smtp/script-context.ts';
+import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+
+const settle = <T>(calls: Array<Promise<T>>) => Promise.allSettled(calls);
+
+test('calls made in one turn share one entry into the isolate, each with its own outcome and log lines', async () => {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host,
+    fastPathMs: 1000, // this test is about sharing, not the bound: no loaded machine may stop the batch
+    timeoutMs: 2000,
+    scripts: [js('helo', `export default (ctx) => {
+      log('helo', ctx.n);
+      if (ctx.n === 4) throw new Error('four');
+      return ctx.n % 3 === 2 ? reject('no ' + ctx.n) : accept({ text: 'ok ' + ctx.n });
+    }`)],
+  });
+  try {
+    const results = await settle([0, 1, 2, 3, 4, 5].map((n) => sandbox.invoke('helo', { n }, `c${n}`)));
+    assert.deepEqual(results.slice(0, 4).map((r) => r.status === 'fulfilled' && r.value), [
+      { verdict: 'accept', text: 'ok 0' }, { verdict: 'accept', text: 'ok 1' }, { verdict: 'reject', text: 'no 2' }, { verdict: 'accept', text: 'ok 3' },
+    ]);
+    const thrown = results[4]!.status === 'rejected' ? results[4]!.reason : null;
+    assert.ok(thrown instanceof ScriptFailure && thrown.kind === 'error' && /four/.test(thrown.message) && thrown.line === 3, String(thrown));
+    assert.deepEqual(results[5]!.status === 'fulfilled' && results[5]!.value, { verdict: 'reject', text: 'no 5' });
+    assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [0, 1, 2, 3, 4, 5].map((n) => [`c${n}`, `helo ${n}`]));
+    const { fastPath, failures } = await sandbox.stats();
+    assert.deepEqual(fastPath, { calls: 6, overruns: 0, batches: 1 });
+    assert.equal(failures.error, 1);
+    // Calls made after the batch has run make the next one.
+    assert.deepEqual(await sandbox.invoke('helo', { n: 6 }, 'c6'), { verdict: 'accept', text: 'ok 6' });
+    assert.equal((await sandbox.stats()).fastPath.batches, 2);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a slow call is stopped with its batch; the calls after it do not wait for it, and each logs once', async () => {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host,
+    fastPathMs: 20, // well below the slow call's 80 ms, well above what a quick call takes on a loaded machine
+    timeoutMs: 2000,
+    scripts: [js('rcptto', `export default (ctx) => {
+      log('run', ctx.n);
+      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 80) {} }
+      return accept({ text: String(ctx.n) });
+    }`)],
+  });
+  try {
+    const order: number[] = [];
+    const calls = [0, 1, 2, 3].map((n) => sandbox.invoke('rcptto', { n, slow: n === 1 }, `c${n}`).then((v) => { order.push(n); return v; }));
+    const values = await Promise.all(calls);
+    assert.deepEqual(values, [0, 1, 2, 3].map((n) => ({ verdict: 'accept', text: String(n) })));
+    assert.equal(order.at(-1), 1, `the slow call ends last (order ${order.join(', ')})`);
+    assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => [l.connectionId, l.message]).sort(),
+      [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
+    const { fastPath } = await sandbox.stats();
+    assert.equal(fastPath.calls, 4);
+    assert.equal(fastPath.overruns, 1, 'only the slow call counts as an overrun');
+    assert.ok(fastPath.batches >= 3, `batches ${fastPath.batches}: stopped at the slow call, which then runs first and alone`);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('an isolate lost to its memory limit during a batch: the call that did it fails alone', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    memoryLimitMb: 16,
+    timeoutMs: 5000,
+    fastPathMs: 50, // the memory limit, not the fast path, must stop the growing call
+    scripts: [js('data', `const cache = [];
+      export default function (ctx) {
+        if (ctx.grow) for (;;) cache.push(new Array(250000).fill(ctx.n));
+        return accept({ text: 'ok ' + ctx.n });
+      }`)],
+  });
+  try {
+    const results = await settle([0, 1, 2].map((n) => sandbox.invoke('data', { n, grow: n === 1 }, `c${n}`)));
+    assert.deepEqual(results[0], { status: 'fulfilled', value: { verdict: 'accept', text: 'ok 0' } });
+    assert.deepEqual(results[2], { status: 'fulfilled', value: { verdict: 'accept', text: 'ok 2' } });
+    const lost = results[1]!.status === 'rejected' ? results[1]!.reason : null;
+    assert.ok(lost instanceof ScriptFailure && lost.kind === 'memory', String(lost));
+    const stats = await sandbox.stats();
+    assert.ok(stats.rebuilds >= 1);
+    assert.equal(stats.failures.memory, 1);
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('a script that returns a promise settles on an isolate thread; its hook then skips batches', async () => {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host,
+    fastPathMs: 1000,
+    scripts: [
+      js('mailfrom', 'export default async (ctx) => { log("before", ctx.n); await null; if (ctx.bad) throw new Error("bad " + ctx.n); return accept({ text: "m" + ctx.n }); }'),
+      js('helo', 'export default (ctx) => accept({ text: "h" + ctx.n })'),
+    ],
+  });
+  try {
+    const results = await settle([
+      sandbox.invoke('mailfrom', { n: 1 }, 'c1'), sandbox.invoke('helo', { n: 2 }, 'c2'),
+      sandbox.invoke('mailfrom', { n: 3, bad: true }, 'c3'), sandbox.invoke('helo', { n: 4 }, 'c4'),
+    ]);
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
+      { verdict: 'accept', text: 'm1' }, { verdict: 'accept', text: 'h2' }, '/srv/postern/scripts/mailfrom.js:1:86: Error: bad 3', { verdict: 'accept', text: 'h4' },
+    ]);
+    assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'before 1'], ['c3', 'before 3']]);
+    const before = (await sandbox.stats()).fastPath;
+    assert.deepEqual(before, { calls: 4, overruns: 0, batches: 1 });
+    await Promise.all([sandbox.invoke('mailfrom', { n: 5 }, 'c5'), sandbox.invoke('mailfrom', { n: 6 }, 'c6')]);
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, batches: 3 }, 'each promise-returning call enters alone');
+  } finally {
+    sandbox.dispose();
+  }
+});
+
+test('connection facts stay right across batches, when an isolate forgets them, and after a stopped batch', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    fastPathMs: 20,
+    timeoutMs: 2000,
+    scripts: [js('mailfrom', `export default (ctx) => {
+      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
+      return accept({ text: ctx.connection.id + ' ' + ctx.connection.helo });
+    }`)],
+  });
+  try {
+    const base = authContext().connection;
+    const round = async (ids: number[], slowFirst = false): Promise<void> => {
+      const calls = ids.map((i, at) => {
+        const c = { ...base, id: `conn-${i}`, helo: `host-${i}.example` };
+        return sandbox.invoke('mailfrom', { connection: c, slow: slowFirst && at === 0 }, c.id, connectionKey(c));
+      });
+      assert.deepEqual(await Promise.all(calls), ids.map((i) => ({ verdict: 'accept', text: `conn-${i} host-${i}.example` })));
+    };
+    const ids = Array.from({ length: 200 }, (_, i) => i); // more than an isolate keeps: it forgets mid-batch
+    await round(ids);
+    await round(ids.toReversed());
+    await round([7, 8, 9, 10], true); // stopped: the host no longer knows what the isolate kept
+    await round(ids);
+    assert.ok((await sandbox.stats()).fastPath.overruns >= 1);
+  } finally {
+    sandbox.dispose();
+  }
+});
