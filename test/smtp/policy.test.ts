@@ -163,6 +163,44 @@ test('script throw, timeout and memory blow-up answer 451 4.3.0 while a parallel
   });
 });
 
+test('concurrent sessions each get verdicts and log lines from their own facts (script calls of a turn share an isolate entry)', async () => {
+  await withServer({
+    'rcptto.ts': `export default (ctx) => {
+      log('rcpt', ctx.connection.helo, ctx.address.localPart);
+      if (ctx.address.localPart === 'throw') throw new Error('boom ' + ctx.connection.helo);
+      return ctx.address.localPart === 'me'
+        ? reject(ctx.connection.helo + ' ' + ctx.transaction.sender.localPart, { code: 550 })
+        : undefined;
+    };`,
+  }, async (s) => {
+    const n = 24;
+    const clients = await Promise.all(Array.from({ length: n }, () => SmtpTestClient.connect(s.port('mx'))));
+    await Promise.all(clients.map((c, i) => c.hello({ name: `host${i}.example` })));
+    await Promise.all(clients.map((c, i) => c.command(`MAIL FROM:<sender${i}@b.example>`)));
+    const rcpt = (i: number): string => (i % 3 === 0 ? 'throw' : i % 3 === 1 ? 'me' : 'fine');
+    // Written all at once, so that the server reads them in the same turns and batches the script calls.
+    for (const [i, c] of clients.entries()) c.write(`RCPT TO:<${rcpt(i)}@example.com>`);
+    const replies = await Promise.all(clients.map((c) => c.read()));
+    for (const [i, r] of replies.entries()) {
+      const expected = { throw: /^451 4\.3\.0 /, me: new RegExp(`^550 5\\.7\\.1 host${i}\\.example sender${i}$`), fine: /^250 / }[rcpt(i)]!;
+      assert.match(r.text, expected, `session ${i}`);
+    }
+    const lines = s.logs.filter((l) => String(l.msg).startsWith('rcpt '));
+    assert.equal(lines.length, n);
+    assert.equal(new Set(lines.map((l) => l.cid)).size, n, 'each session logged once, under its own id');
+    // A failure is logged by the session itself: the script's line must carry the same connection id.
+    const failures = s.logs.filter((l) => /^Error: boom /.test(String(l.err)));
+    assert.equal(failures.length, n / 3);
+    for (const f of failures) {
+      const helo = String(f.err).slice('Error: boom '.length);
+      assert.equal(lines.find((l) => l.msg === `rcpt ${helo} throw`)?.cid, f.cid, helo);
+    }
+    const stats = await s.runtime.generation.sandboxFor(s.config.config.listeners[0]).stats();
+    console.log(`# ${stats.fastPath.calls} script calls in ${stats.fastPath.batches} entries into an isolate`);
+    await Promise.all(clients.map((c) => c.quit()));
+  });
+});
+
 test('a malformed verdict fails closed too', async () => {
   await withServer({ 'mailfrom.ts': `export default () => ({ verdict: 'maybe' });` }, async (s) => {
     const c = await SmtpTestClient.connect(s.port('mx'));
