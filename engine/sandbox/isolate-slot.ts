@@ -284,6 +284,7 @@ export class IsolateSlot {
     return entries;
   }
 
+  /** One script log line to the host's log; a failing logger does not decide a call. */
   #tell(connectionId: string | null, file: string, line: string): void {
     try { this.#options.host.log(connectionId, file, 'info', line); } catch { /* best effort */ }
   }
@@ -324,9 +325,7 @@ export class IsolateSlot {
 
   /** Log lines a fast-path attempt held back, now that the attempt counts. */
   #emit(run: CurrentRun): void {
-    for (const line of run.held ?? []) {
-      try { this.#options.host.log(run.connectionId, run.file, 'info', line); } catch { /* best effort */ }
-    }
+    for (const line of run.held ?? []) this.#tell(run.connectionId, run.file, line);
   }
 
   /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */

@@ -216,8 +216,7 @@ export class Sandbox {
       if (overran) this.#markSlow(hook, file);
       return value;
     } catch (e) {
-      member.failures++;
-      this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
+      this.#countFailure(member, e);
       throw e;
     } finally {
       this.#release(member, file);
@@ -257,8 +256,7 @@ export class Sandbox {
     const alone: Array<{ q: Queued; overran: boolean }> = [];
     const later: Array<Promise<unknown>> = [];
     const failed = (q: Queued, e: unknown): void => {
-      member.failures++;
-      this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
+      this.#countFailure(member, e);
       q.reject(e);
     };
     for (const [i, q] of batch.entries()) {
@@ -289,6 +287,11 @@ export class Sandbox {
       this.#batch.unshift(...again);
       this.#scheduleBatch();
     }
+  }
+
+  #countFailure(member: Member, e: unknown): void {
+    member.failures++;
+    this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
   }
 
   #fastPathFor(hook: HookName): number {
