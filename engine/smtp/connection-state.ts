@@ -7,6 +7,7 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
+import type { FactsMemo } from './script-context.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -35,6 +36,8 @@ export class ConnectionState {
   countedForIp = false;
   /** Close the connection after the next reply (a verdict asked to disconnect). */
   disconnectAfterReply = false;
+  /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
+  factsMemo: FactsMemo | null = null;
 
   constructor(generation: PolicyGeneration, listener: ListenerConfig) {
     this.generation = generation;

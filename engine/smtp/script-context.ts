@@ -3,6 +3,44 @@ import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from '../sandbox/api/index.ts';
 import type { ConnectionState } from './connection-state.ts';
 
+/**
+ * The connection facts of the per-message hooks, built once per connection and again only when one of
+ * the fields they come from changes (every such field is compared here, so a new one must be added).
+ * A script call then copies nothing and builds no key: a message makes three calls with the same facts.
+ */
+export function sharedConnectionFacts(session: SMTPServerSession, state: ConnectionState): { info: ConnectionInfo; key: string } {
+  const memo = state.factsMemo;
+  if (memo !== null && memo.session === session && memo.secure === session.secure && memo.tlsOptions === session.tlsOptions
+    && memo.servername === session.servername && memo.listener === state.listener && memo.helo === state.heloName
+    && memo.user === state.user && memo.mechanism === state.mechanism && memo.tlsMode === state.tlsMode
+    && memo.certificate === state.certificate && memo.identity === state.identity) return memo;
+  const info = Object.freeze(connectionInfo(session, state));
+  const fresh: FactsMemo = {
+    session, secure: session.secure, tlsOptions: session.tlsOptions, servername: session.servername, listener: state.listener,
+    helo: state.heloName, user: state.user, mechanism: state.mechanism, tlsMode: state.tlsMode, certificate: state.certificate,
+    identity: state.identity, info, key: connectionKey(info),
+  };
+  state.factsMemo = fresh;
+  return fresh;
+}
+
+/** What sharedConnectionFacts() built its facts from, with the facts. */
+export interface FactsMemo {
+  session: SMTPServerSession;
+  secure: boolean;
+  tlsOptions: unknown;
+  servername: unknown;
+  listener: ConnectionState['listener'];
+  helo: string | null;
+  user: string | null;
+  mechanism: string | null;
+  tlsMode: ConnectionState['tlsMode'];
+  certificate: ConnectionState['certificate'];
+  identity: ConnectionState['identity'];
+  info: ConnectionInfo;
+  key: string;
+}
+
 export function connectionInfo(session: SMTPServerSession, state: ConnectionState): ConnectionInfo {
   const cipher = session.secure ? (session.tlsOptions as { name?: string; standardName?: string; version?: string } | false) : false;
   return {

@@ -7,7 +7,7 @@ import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } f
 import type { PosternConnection } from './postern-connection.ts';
 import type { Runtime } from './runtime.ts';
 import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
-import { connectionInfo, connectionKey, envelopeAddress, transactionInfo } from './script-context.ts';
+import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { verdictReply } from '../policy/verdict.ts';
 import { builtinAuth, builtinRelay, type AuthAttempt } from '../policy/builtin-rules.ts';
@@ -32,7 +32,8 @@ export class SessionPolicy {
     const st = conn.state;
     // The per-message hooks repeat with the same connection facts; connect, helo and auth see them change.
     const info = SHARES_CONNECTION.has(hook) ? (ctx as { connection?: ConnectionInfo }).connection : undefined;
-    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, info && connectionKey(info)) as Verdict | undefined;
+    const key = info && (info === st.factsMemo?.info ? st.factsMemo.key : connectionKey(info));
+    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, key) as Verdict | undefined;
   }
 
   internalError(conn: PosternConnection, err: unknown): SmtpReply {
@@ -176,7 +177,7 @@ export class SessionPolicy {
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const verdict = await this.#run(conn, 'mailfrom', {
-      connection: connectionInfo(session, st), transaction: transactionInfo(session, st), address: envelopeAddress(address),
+      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: envelopeAddress(address),
     });
     return this.#decided(conn, 'mailfrom', verdict);
   }
@@ -190,7 +191,7 @@ export class SessionPolicy {
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     });
     const verdict = st.generation.hasScript(st.listener, 'rcptto')
-      ? await this.#run(conn, 'rcptto', { connection: connectionInfo(session, st), transaction: transactionInfo(session, st), address: rcpt, builtin })
+      ? await this.#run(conn, 'rcptto', { connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: rcpt, builtin })
       : undefined;
     if (verdict) return this.#decided(conn, 'rcptto', verdict);
     if (builtin.accepted) return null;
@@ -201,7 +202,7 @@ export class SessionPolicy {
     const st = conn.state;
     if (!st.generation.hasScript(st.listener, 'data')) return null;
     const verdict = await this.#run(conn, 'data', {
-      connection: connectionInfo(session, st), transaction: transactionInfo(session, st), data: { size, headers },
+      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers },
     });
     if (verdict?.verdict === 'accept' && verdict.text) st.acceptText = `2.0.0 ${sanitizeReplyText(verdict.text)}`;
     return verdict ? verdictReply('data', verdict) : null;

@@ -21,7 +21,7 @@ export interface SpoolEnvelope {
   recipients: SpoolRecipient[];
   /** Bytes of the stored message (with our Received header). */
   size: number;
-  /** SHA-256 of those bytes, to detect a damaged spool file before relaying it. */
+  /** SHA-256 of those bytes, to detect a damaged message file before relaying it (journal records have a CRC-32 instead). */
   sha256?: string;
   session: {
     listener: string;

@@ -12,8 +12,8 @@ const MAGIC = 'POSTERN-ENVELOPE-V1';
 export const FOOTER_BYTES = 1 + MAGIC.length + 1 + 10 + 1;
 
 export function encodeTrailer(envelope: SpoolEnvelope): Buffer {
-  const json = Buffer.from(JSON.stringify(envelope));
-  return Buffer.concat([json, Buffer.from(`\n${MAGIC} ${String(json.length).padStart(10, '0')}\n`)]);
+  const json = JSON.stringify(envelope);
+  return Buffer.from(`${json}\n${MAGIC} ${String(Buffer.byteLength(json)).padStart(10, '0')}\n`);
 }
 
 export interface MessageLayout {

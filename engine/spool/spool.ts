@@ -134,8 +134,8 @@ export class Spool {
   }
 
   /**
-   * For delivery: the envelope with its state and the message bytes, from one read of the file. Throws if
-   * the bytes no longer match the SHA-256 taken when the message was accepted. A small file is read
+   * For delivery: the envelope with its state and the message bytes, from one read. Throws if the bytes no
+   * longer match the SHA-256 taken when a message file was written (the journal checks its records' CRC-32). A small file is read
    * synchronously (it is normally still in the page cache: cheaper than four thread-pool round trips);
    * `hasState: false` skips looking for a state file the caller knows is not there.
    */
@@ -244,9 +244,11 @@ export class Spool {
 
 /**
  * Writes one message. Up to JOURNAL_MAX_BYTES it is only held in memory and committed as one journal
- * record. Past that it streams to its own file: opening, writing and closing are synchronous (they only
- * touch the page cache, in incoming/, which is never synced, and cost less CPU than thread-pool round
- * trips); the syncs and the rename into queue/ wait for the disk or the directory, so they go to the pool.
+ * record, whose CRC-32 guards message and envelope. Past that it streams to its own file, hashed with
+ * SHA-256 on the way (recorded in the envelope, checked before delivery): opening, writing and closing
+ * are synchronous (they only touch the page cache, in incoming/, which is never synced, and cost less
+ * CPU than thread-pool round trips); the syncs and the rename into queue/ wait for the disk or the
+ * directory, so they go to the pool.
  */
 export class SpoolWriter {
   readonly id: string;
@@ -254,7 +256,8 @@ export class SpoolWriter {
   readonly #final: string;
   readonly #dirSync: DirectorySyncer;
   readonly #journal: Journal | null;
-  readonly #hash: Hash = createHash('sha256');
+  /** Only for a message that goes to a file of its own. */
+  #hash: Hash | null = null;
   #fd: number | null = null;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
@@ -272,7 +275,6 @@ export class SpoolWriter {
 
   write(chunk: Buffer): void {
     this.#bytes += chunk.length;
-    this.#hash.update(chunk);
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
     const limit = this.#fd === null && this.#journal ? JOURNAL_MAX_BYTES : 256 * 1024;
@@ -281,15 +283,16 @@ export class SpoolWriter {
 
   /** Make the message and its envelope durable. Resolves only when they would survive a crash. */
   async commit(envelope: SpoolEnvelope): Promise<void> {
-    this.#pending.push(encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash.digest('hex') }));
     if (this.#fd === null && this.#journal) {
       const chunks = this.#pending;
       this.#pending = [];
+      chunks.push(encodeTrailer({ ...envelope, size: this.#bytes }));
       await this.#journal.append(this.id, chunks);
       return;
     }
     this.#flush();
     const fd = this.#fd!;
+    writeAll(fd, encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash!.digest('hex') }));
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
@@ -306,15 +309,22 @@ export class SpoolWriter {
     try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
 
+  /** Write what is pending to the message's file (opened, and its hash started, on the first flush). */
   #flush(): void {
     this.#fd ??= openSync(this.#part, 'wx', 0o600);
+    this.#hash ??= createHash('sha256');
     const buffers = this.#pending;
     this.#pending = [];
     this.#pendingBytes = 0;
     for (const b of buffers) {
-      for (let off = 0; off < b.length;) off += writeSync(this.#fd, b, off);
+      this.#hash.update(b);
+      writeAll(this.#fd, b);
     }
   }
+}
+
+function writeAll(fd: number, b: Buffer): void {
+  for (let off = 0; off < b.length;) off += writeSync(fd, b, off);
 }
 
 /** Random bytes are drawn 4 KB at a time: one getrandom call per 800 ids instead of one per id. */

@@ -4,7 +4,7 @@
  * On a shared VM one run's rate drifts ±20% with the host; two servers measured in the same minutes drift
  * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
- * 100 per connection) set the size.
+ * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag).
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -32,7 +32,8 @@ for (const [i, tree] of trees.entries()) {
   if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
-  const started = await startServer(join(tree, 'test/bench/postern-server.ts'), { configText: benchConfig(dir, port, pki), baseDir: dir });
+  const nodeArgs = process.env[`AB_NODE_ARGS_${i === 0 ? 'A' : 'B'}`]?.split(' ').filter(Boolean);
+  const started = await startServer(join(tree, 'test/bench/postern-server.ts'), { configText: benchConfig(dir, port, pki), baseDir: dir }, false, nodeArgs);
   servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
 }
 // Warm both (JIT, isolates) before anything counts.
@@ -42,7 +43,7 @@ const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
 const ratios = { rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] };
-console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${withScripts ? 'scripts on every context' : 'no scripts'}, ${messages} messages per round, 100 per connection\n`);
+console.log(`A = ${trees[0]} ${process.env.AB_NODE_ARGS_A ?? ''}\nB = ${trees[1]} ${process.env.AB_NODE_ARGS_B ?? ''}\n${withScripts ? 'scripts on every context' : 'no scripts'}, ${messages} messages per round, 100 per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();

@@ -9,4 +9,5 @@ const server = new SMTPServer({
   minVersion: 'TLSv1.2',
   onData(stream, _session, callback) { stream.on('end', () => callback()); stream.resume(); },
 });
+process.on("SIGINT", () => process.exit(0));
 server.listen(port, '127.0.0.1', () => process.send?.('ready'));

@@ -24,9 +24,9 @@ export async function machineTicks(): Promise<MachineTicks> {
 export interface StartedServer { stop: () => void; pid: number }
 
 /** Fork a bench server script (a path, or a file name in test/bench) and wait for its "ready" message. */
-export async function startServer(script: string, arg: unknown, quiet = false): Promise<StartedServer> {
+export async function startServer(script: string, arg: unknown, quiet = false, execArgv?: string[]): Promise<StartedServer> {
   // quiet: Haraka's dependencies print start-up chatter on stdout.
-  const child = fork(script.includes('/') ? script : join(here, script), [JSON.stringify(arg)], { stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit', 'ipc'] });
+  const child = fork(script.includes('/') ? script : join(here, script), [JSON.stringify(arg)], { execArgv, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit', 'ipc'] });
   await new Promise<void>((resolve, reject) => {
     child.once('message', () => resolve());
     child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)));

@@ -133,6 +133,50 @@ test('scripts see the connection, TLS and every certificate field', async () => 
   });
 });
 
+test('the per-message hooks see the connection as it is now: a new EHLO name, AUTH and STARTTLS between transactions', async () => {
+  const { hashPassword } = await import('../../engine/auth/password-hash.ts');
+  const s = await startTestServer({
+    files: { users: `bob@example.com:${await hashPassword('s3cret')}\n` },
+    scripts: {
+      'mailfrom.ts': `export default (ctx) => { const c = ctx.connection; return accept({ text: [c.helo, c.auth?.username ?? '-', c.tls?.mode ?? '-', c.clientCertificate?.subject.CN ?? '-'].join(' ') }); };`,
+      'rcptto.ts': `export default (ctx) => accept({ text: ctx.connection.helo + ' ' + (ctx.connection.auth?.mechanism ?? '-') });`,
+    },
+    config: `
+users: ./users
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    await c.hello({ name: 'one.example', starttls: { ca } });
+    assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 one.example - starttls -');
+    assert.equal((await c.command('RSET')).code, 250);
+    assert.equal((await c.command('EHLO two.example')).code, 250);
+    assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 two.example - starttls -');
+    assert.equal((await c.command('RCPT TO:<y@example.com>')).text, '250 2.1.5 two.example -');
+    assert.equal((await c.command('RSET')).code, 250);
+    assert.equal((await c.command(`AUTH PLAIN ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`)).code, 235);
+    assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 two.example bob@example.com starttls -');
+    assert.equal((await c.command('RCPT TO:<y@example.com>')).text, '250 2.1.5 two.example PLAIN');
+    await c.quit();
+
+    // STARTTLS resets the session (RFC 3207): the same connection's facts change wholesale.
+    const t = await SmtpTestClient.connect(s.port('sub'));
+    await t.hello({ name: 'plain.example' });
+    assert.equal((await t.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 plain.example - - -');
+    assert.equal((await t.command('RSET')).code, 250);
+    await t.starttls({ ca, ...alice });
+    assert.equal((await t.command('EHLO secure.example')).code, 250);
+    assert.equal((await t.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 secure.example - starttls alice');
+    await t.quit();
+  } finally { await s.stop(); }
+});
+
 test('script throw, timeout and memory blow-up answer 451 4.3.0 while a parallel session completes', async () => {
   await withServer({
     'rcptto.ts': `

@@ -174,3 +174,35 @@ test('full segments are closed for appends and deleted once everything in them i
   j.close();
   assert.deepEqual(Journal.open(dir, { writable: false }).ids(), [id(29)]);
 });
+
+test('a spooled message whose bytes changed on disk is refused for delivery: a journal record by its CRC-32, a message file by its SHA-256', async () => {
+  const root = scratch();
+  const spool = new Spool(root);
+  await spool.init();
+  const commit = async (text: string): Promise<string> => {
+    const mid = spool.newId();
+    const w = spool.create(mid);
+    w.write(Buffer.from(text));
+    await w.commit({
+      version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
+      session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
+      attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+    });
+    return mid;
+  };
+  const small = await commit('Subject: small\r\n\r\nPay 100 EUR\r\n');
+  const large = await commit(`Subject: large\r\n\r\nPay 100 EUR\r\n${'y'.repeat(2 * 1024 * 1024)}\r\n`);
+  assert.equal((await spool.readForDelivery(small)).message.toString().includes('Pay 100 EUR'), true);
+  assert.equal((await spool.readForDelivery(large)).message.toString().includes('Pay 100 EUR'), true);
+  const flip = (path: string): void => {
+    const at = readFileSync(path).indexOf('Pay 100 EUR');
+    assert.ok(at > 0, `${path} holds the message`);
+    writeAt(path, at + 4, '9');
+  };
+  const [seg] = readdirSync(spool.journalDir).filter((n) => n.endsWith('.seg'));
+  flip(join(spool.journalDir, seg!));
+  flip(spool.messagePath(large));
+  await assert.rejects(spool.readForDelivery(small), /damaged \(CRC-32 mismatch\)/);
+  await assert.rejects(spool.readForDelivery(large), /damaged \(SHA-256 mismatch\)/);
+  spool.close();
+});
