@@ -38,6 +38,8 @@ export class ConnectionState {
   disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
+  /** The Received header's lines about the client, and the facts they were built from. */
+  receivedClient: { facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; part: { lines: string; protocol: string } } | null = null;
 
   constructor(generation: PolicyGeneration, listener: ListenerConfig) {
     this.generation = generation;

@@ -19,7 +19,11 @@ export class HeaderReader {
 
   /** Header fields in order, unfolded. */
   headers(): Array<[string, string]> {
-    const text = Buffer.concat(this.#chunks).subarray(0, MAX_HEADER_BYTES).toString('utf8');
+    const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+    const bytes = all.subarray(0, MAX_HEADER_BYTES);
+    // Decode only the header section: up to the first line break of the blank line that ends it.
+    const ends = [bytes.indexOf('\n\n'), bytes.indexOf('\n\r\n')].filter((i) => i >= 0);
+    const text = (ends.length ? bytes.subarray(0, Math.min(...ends) + 1) : bytes).toString('utf8');
     const end = text.search(/\r?\n\r?\n/);
     const section = end >= 0 ? text.slice(0, end) : text;
     const out: Array<[string, string]> = [];

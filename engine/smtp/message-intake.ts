@@ -9,7 +9,8 @@ import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import { SmtpReply, localError } from './reply.ts';
 import { HeaderReader } from './header-reader.ts';
-import { receivedHeader } from './received-header.ts';
+import { receivedClientPart as buildClientPart, receivedHeaderWith } from './received-header.ts';
+import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 
@@ -20,20 +21,10 @@ export async function receiveMessage(
   const id = st.transactionId ?? runtime.spool.newId();
   const writer = runtime.spool.create(id);
   const recipients = session.envelope.rcptTo.map((r) => r.address);
-  const tls = conn.secure ? (conn._socket as import('node:tls').TLSSocket) : null;
-  const cipher = tls?.getCipher();
   let committed = false;
   try {
-    writer.write(Buffer.from(receivedHeader({
-      hostname: st.generation.config.hostname,
-      queueId: id,
-      helo: st.heloName,
-      heloCommand: st.heloCommand,
-      clientHostname: conn.clientHostname || null,
-      remoteAddress: conn.remoteAddress,
-      tls: cipher ? { protocol: cipher.version, cipher: cipher.standardName ?? cipher.name } : null,
-      state: st,
-      recipients,
+    writer.write(Buffer.from(receivedHeaderWith(receivedClientPart(conn, session), {
+      hostname: st.generation.config.hostname, queueId: id, recipients,
     })));
     const headers = new HeaderReader();
     const size = await drain(stream, (chunk) => {
@@ -81,6 +72,21 @@ export async function receiveMessage(
     runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
     throw localError(conn.id);
   }
+}
+
+/** The Received header's lines about the client, kept per connection while the facts they come from hold. */
+function receivedClientPart(conn: PosternConnection, session: SMTPServerSession): { lines: string; protocol: string } {
+  const st = conn.state;
+  const facts = sharedConnectionFacts(session, st);
+  const kept = st.receivedClient;
+  if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand) return kept.part;
+  const tls = facts.info.tls;
+  const part = buildClientPart({
+    helo: st.heloName, heloCommand: st.heloCommand, clientHostname: conn.clientHostname || null, remoteAddress: conn.remoteAddress,
+    tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
+  });
+  st.receivedClient = { facts, heloCommand: st.heloCommand, part };
+  return part;
 }
 
 /**

@@ -4,24 +4,29 @@
  */
 import type { ConnectionState } from './connection-state.ts';
 
-export interface ReceivedFacts {
-  hostname: string;
-  queueId: string;
+/** What the header says about the client: the same for every message of a connection while they hold. */
+export interface ReceivedClientFacts {
   helo: string | null;
   heloCommand: 'HELO' | 'EHLO';
   clientHostname: string | null;
   remoteAddress: string;
   tls: { protocol: string; cipher: string; bits?: number } | null;
   state: ConnectionState;
+}
+
+export interface ReceivedFacts extends ReceivedClientFacts {
+  hostname: string;
+  queueId: string;
   recipients: string[];
   date?: Date;
 }
 
 const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
 
-export function receivedHeader(f: ReceivedFacts): string {
+/** The lines about the client, from "Received: from" to the authenticated sender, and the protocol name. */
+export function receivedClientPart(f: ReceivedClientFacts): { lines: string; protocol: string } {
   const st = f.state;
-  const proto = `${f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
+  const protocol = `${f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
   // Without a PTR name smtp-server's hostname is "[ip]"; Postfix then writes "unknown".
   const rdns = f.clientHostname && !f.clientHostname.startsWith('[') ? f.clientHostname : 'unknown';
   const lines = [`Received: from ${clean(f.helo ?? 'unknown')} (${clean(rdns)} [${f.remoteAddress}])`];
@@ -37,10 +42,17 @@ export function receivedHeader(f: ReceivedFacts): string {
     }
   }
   if (st.user) lines.push(`\t(Authenticated sender: ${clean(st.user)})`);
+  return { lines: lines.join('\r\n') + '\r\n', protocol };
+}
+
+/** The header for one message, given its client part (built once per connection, see receivedClientPart()). */
+export function receivedHeaderWith(client: { lines: string; protocol: string }, f: Pick<ReceivedFacts, 'hostname' | 'queueId' | 'recipients' | 'date'>): string {
   const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(f.recipients[0]!)}>` : '';
-  lines.push(`\tby ${f.hostname} (Postern) with ${proto} id ${f.queueId}${forClause};`);
-  lines.push(`\t${rfc5322Date(f.date ?? new Date())}`);
-  return lines.join('\r\n') + '\r\n';
+  return `${client.lines}\tby ${f.hostname} (Postern) with ${client.protocol} id ${f.queueId}${forClause};\r\n\t${rfc5322Date(f.date ?? new Date())}\r\n`;
+}
+
+export function receivedHeader(f: ReceivedFacts): string {
+  return receivedHeaderWith(receivedClientPart(f), f);
 }
 
 export function rfc5322Date(d: Date): string {

@@ -8,7 +8,7 @@ import type { ConnectionState } from './connection-state.ts';
  * the fields they come from changes (every such field is compared here, so a new one must be added).
  * A script call then copies nothing and builds no key: a message makes three calls with the same facts.
  */
-export function sharedConnectionFacts(session: SMTPServerSession, state: ConnectionState): { info: ConnectionInfo; key: string } {
+export function sharedConnectionFacts(session: SMTPServerSession, state: ConnectionState): FactsMemo {
   const memo = state.factsMemo;
   if (memo !== null && memo.session === session && memo.secure === session.secure && memo.tlsOptions === session.tlsOptions
     && memo.servername === session.servername && memo.listener === state.listener && memo.helo === state.heloName

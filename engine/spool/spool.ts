@@ -80,7 +80,7 @@ export class Spool {
 
   /** Start writing a message (after init()). */
   create(id: string): SpoolWriter {
-    return new SpoolWriter(join(this.incomingDir, `${id}.part`), this.messagePath(id), id, this.#dirSync, this.#journal);
+    return new SpoolWriter(this, id, this.#dirSync, this.#journal);
   }
 
   /** Close the journal's files (the server is stopping). */
@@ -252,8 +252,8 @@ export class Spool {
  */
 export class SpoolWriter {
   readonly id: string;
-  readonly #part: string;
-  readonly #final: string;
+  /** The spool's folders, for the paths of a message that gets a file of its own (most never do). */
+  readonly #spool: Spool;
   readonly #dirSync: DirectorySyncer;
   readonly #journal: Journal | null;
   /** Only for a message that goes to a file of its own. */
@@ -263,10 +263,9 @@ export class SpoolWriter {
   #pendingBytes = 0;
   #bytes = 0;
 
-  constructor(part: string, final: string, id: string, dirSync: DirectorySyncer, journal: Journal | null) {
+  constructor(spool: Spool, id: string, dirSync: DirectorySyncer, journal: Journal | null) {
     this.id = id;
-    this.#part = part;
-    this.#final = final;
+    this.#spool = spool;
     this.#dirSync = dirSync;
     this.#journal = journal;
   }
@@ -296,7 +295,7 @@ export class SpoolWriter {
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
-    await rename(this.#part, this.#final); // on the pool: it waits for the queue directory
+    await rename(this.#part, this.#spool.messagePath(this.id)); // on the pool: it waits for the queue directory
     await this.#dirSync.sync();
   }
 
@@ -308,6 +307,8 @@ export class SpoolWriter {
     this.#fd = null;
     try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
+
+  get #part(): string { return join(this.#spool.incomingDir, `${this.id}.part`); }
 
   /** Write what is pending to the message's file (opened, and its hash started, on the first flush). */
   #flush(): void {

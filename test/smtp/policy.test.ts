@@ -159,10 +159,21 @@ listeners:
     assert.equal((await c.command('EHLO two.example')).code, 250);
     assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 two.example - starttls -');
     assert.equal((await c.command('RCPT TO:<y@example.com>')).text, '250 2.1.5 two.example -');
-    assert.equal((await c.command('RSET')).code, 250);
+    const queued = async (): Promise<string> => {
+      assert.equal((await c.command('DATA')).code, 354);
+      const r = await c.command('Subject: x\r\n\r\nx\r\n.');
+      const id = /queued as ([0-9a-z]+)$/.exec(r.text)?.[1];
+      assert.ok(id, r.text);
+      return (await s.runtime.spool.readMessage(id)).toString('utf8');
+    };
+    const before = await queued();
     assert.equal((await c.command(`AUTH PLAIN ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`)).code, 235);
     assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '250 2.1.0 two.example bob@example.com starttls -');
     assert.equal((await c.command('RCPT TO:<y@example.com>')).text, '250 2.1.5 two.example PLAIN');
+    const after = await queued();
+    // The Received header too: built from the facts as they are at each message.
+    assert.match(before, /^Received: from two\.example .*\r\n\t\(using TLSv1\.[23] with cipher [^)]+\)\r\n\t\(Client did not present a certificate\)\r\n\tby localhost \(Postern\) with ESMTPS id /);
+    assert.match(after, /^Received: from two\.example .*\r\n\t\(using [^\r]+\r\n\t\(Client did not present a certificate\)\r\n\t\(Authenticated sender: bob@example\.com\)\r\n\tby localhost \(Postern\) with ESMTPSA id /);
     await c.quit();
 
     // STARTTLS resets the session (RFC 3207): the same connection's facts change wholesale.
