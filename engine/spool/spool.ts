@@ -328,16 +328,16 @@ function writeAll(fd: number, b: Buffer): void {
   for (let off = 0; off < b.length;) off += writeSync(fd, b, off);
 }
 
-/** Random bytes are drawn 4 KB at a time: one getrandom call per 800 ids instead of one per id. */
-let randomPool = Buffer.alloc(0);
+/** Random bytes are drawn 4 KB at a time and turned into hex at once: one getrandom call per 800 ids instead of one per id. */
+let randomHex = '';
 let randomAt = 0;
 function randomHex5(): string {
-  if (randomAt + 5 > randomPool.length) {
-    randomPool = randomBytes(4000);
+  if (randomAt + 10 > randomHex.length) {
+    randomHex = randomBytes(4000).toString('hex');
     randomAt = 0;
   }
-  randomAt += 5;
-  return randomPool.toString('hex', randomAt - 5, randomAt);
+  randomAt += 10;
+  return randomHex.slice(randomAt - 10, randomAt);
 }
 
 /** A message file; a small one is read without the thread pool (it is normally still in the page cache). */
