@@ -24,6 +24,20 @@ test('appends made together share one flush and survive a reopen', async () => {
   again.close();
 });
 
+test('records appended while a flush is in flight are written together by the next one, and can be read before it', async () => {
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  const first = j.append(id(1), [body(1)]); // starts a flush at once
+  const more = Array.from({ length: 5 }, (_, n) => j.append(id(n + 2), [body(n + 2)]));
+  assert.deepEqual(j.read(id(4)), body(4), 'a record not flushed yet is still read back whole');
+  await Promise.all([first, ...more]);
+  assert.ok(j.flushes <= 3, `${j.flushes} flushes`);
+  j.close();
+  const again = Journal.open(dir, { writable: false });
+  for (let n = 1; n <= 6; n++) assert.deepEqual(again.read(id(n)), body(n));
+  again.close();
+});
+
 test('a torn record at the end is ignored; new records go to a new segment', async () => {
   const dir = scratch();
   const j = Journal.open(dir, { writable: true });
