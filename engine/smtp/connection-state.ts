@@ -39,7 +39,7 @@ export class ConnectionState {
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
   /** The Received header's lines about the client, and the facts they were built from. */
-  receivedClient: { facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; part: { lines: string; protocol: string } } | null = null;
+  receivedClient: { facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; part: { lines: string; protocol: string } } | null = null;
 
   constructor(generation: PolicyGeneration, listener: ListenerConfig) {
     this.generation = generation;

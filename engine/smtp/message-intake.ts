@@ -79,13 +79,14 @@ function receivedClientPart(conn: PosternConnection, session: SMTPServerSession)
   const st = conn.state;
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
-  if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand) return kept.part;
+  const clientHostname = conn.clientHostname || null;
+  if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname) return kept.part;
   const tls = facts.info.tls;
   const part = buildClientPart({
-    helo: st.heloName, heloCommand: st.heloCommand, clientHostname: conn.clientHostname || null, remoteAddress: conn.remoteAddress,
+    helo: st.heloName, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress,
     tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
   });
-  st.receivedClient = { facts, heloCommand: st.heloCommand, part };
+  st.receivedClient = { facts, heloCommand: st.heloCommand, clientHostname, part };
   return part;
 }
 

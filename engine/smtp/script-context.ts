@@ -10,13 +10,15 @@ import type { ConnectionState } from './connection-state.ts';
  */
 export function sharedConnectionFacts(session: SMTPServerSession, state: ConnectionState): FactsMemo {
   const memo = state.factsMemo;
-  if (memo !== null && memo.session === session && memo.secure === session.secure && memo.tlsOptions === session.tlsOptions
+  if (memo !== null && memo.session === session && memo.remoteAddress === session.remoteAddress && memo.remotePort === session.remotePort
+    && memo.secure === session.secure && memo.tlsOptions === session.tlsOptions
     && memo.servername === session.servername && memo.listener === state.listener && memo.helo === state.heloName
     && memo.user === state.user && memo.mechanism === state.mechanism && memo.tlsMode === state.tlsMode
     && memo.certificate === state.certificate && memo.identity === state.identity) return memo;
   const info = Object.freeze(connectionInfo(session, state));
   const fresh: FactsMemo = {
-    session, secure: session.secure, tlsOptions: session.tlsOptions, servername: session.servername, listener: state.listener,
+    session, remoteAddress: session.remoteAddress, remotePort: session.remotePort, secure: session.secure,
+    tlsOptions: session.tlsOptions, servername: session.servername, listener: state.listener,
     helo: state.heloName, user: state.user, mechanism: state.mechanism, tlsMode: state.tlsMode, certificate: state.certificate,
     identity: state.identity, info, key: connectionKey(info),
   };
@@ -27,6 +29,9 @@ export function sharedConnectionFacts(session: SMTPServerSession, state: Connect
 /** What sharedConnectionFacts() built its facts from, with the facts. */
 export interface FactsMemo {
   session: SMTPServerSession;
+  /** Fixed for a connection unless XCLIENT (off) rewrites them: compared all the same. */
+  remoteAddress: string;
+  remotePort: number;
   secure: boolean;
   tlsOptions: unknown;
   servername: unknown;
