@@ -277,28 +277,34 @@ export class Journal {
 
   /**
    * Write a segment's unwritten records: one system call for all the records of a flush instead of one
-   * each. A short write (a full disk) is finished or the error thrown, and the flush fails.
+   * each. On failure (a full disk) the segment takes no more records and keeps its unwritten ones, so
+   * that nothing is synced as if written: the flush that owns them fails them, or writes them again at
+   * the same offsets.
    */
   #write(segment: Segment): void {
-    let pending = segment.unwritten;
+    if (segment.unwritten.length === 0) return;
     let position = segment.unwrittenAt;
-    segment.unwritten = [];
-    while (pending.length > 0) {
-      const some = pending.length > MAX_IOV ? pending.slice(0, MAX_IOV) : pending;
-      pending = pending.length > MAX_IOV ? pending.slice(MAX_IOV) : [];
-      let want = 0;
-      for (const b of some) want += b.length;
-      let written = writevSync(segment.fd, some, position);
-      if (written < want) {
-        const rest = Buffer.concat(some).subarray(written);
-        for (let off = 0; off < rest.length;) {
-          const n = writeSync(segment.fd, rest, off, rest.length - off, position + written + off);
-          if (n <= 0) throw new Error('short write');
-          off += n;
+    try {
+      for (let i = 0; i < segment.unwritten.length; i += MAX_IOV) {
+        const some = segment.unwritten.slice(i, i + MAX_IOV);
+        let want = 0;
+        for (const b of some) want += b.length;
+        const written = writevSync(segment.fd, some, position);
+        if (written < want) {
+          const rest = Buffer.concat(some).subarray(written);
+          for (let off = 0; off < rest.length;) {
+            const n = writeSync(segment.fd, rest, off, rest.length - off, position + written + off);
+            if (n <= 0) throw new Error('short write');
+            off += n;
+          }
         }
+        position += want;
       }
-      position += want;
+    } catch (err) {
+      this.#retire(segment);
+      throw err;
     }
+    segment.unwritten = [];
     segment.unwrittenAt = position;
   }
 

@@ -38,6 +38,50 @@ test('records appended while a flush is in flight are written together by the ne
   again.close();
 });
 
+test('a failed write (a full disk) fails the appends of its flush, and later records go to a new segment', async () => {
+  const fs = (await import('node:fs')).default; // the CommonJS object: patching it and syncing reaches the journal's named imports
+  const { syncBuiltinESMExports } = await import('node:module');
+  const dir = scratch();
+  const j = Journal.open(dir, { writable: true });
+  await j.append(id(1), [body(1)]);
+  const real = fs.writevSync;
+  fs.writevSync = () => { throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }); };
+  syncBuiltinESMExports();
+  try {
+    await assert.rejects(j.append(id(2), [body(2)]), /ENOSPC/);
+  } finally {
+    fs.writevSync = real;
+    syncBuiltinESMExports();
+  }
+  assert.equal(j.has(id(2)), false, 'a refused record is not in the journal');
+  await j.append(id(3), [body(3)]);
+  assert.equal(readdirSync(dir).filter((n) => n.endsWith('.seg')).length, 2, 'nothing follows a failed write in its segment');
+  j.close();
+  const again = Journal.open(dir, { writable: false });
+  assert.deepEqual(again.ids().sort(), [id(1), id(3)]);
+  assert.deepEqual(again.read(id(3)), body(3));
+  again.close();
+
+  // A record read before its flush is written out by the read; if that write fails, its flush writes it again.
+  const dir2 = scratch();
+  const k = Journal.open(dir2, { writable: true });
+  const first = k.append(id(4), [body(4)]); // its flush is in flight
+  const second = k.append(id(5), [body(5)]); // waits in memory for the next flush
+  fs.writevSync = () => { throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }); };
+  syncBuiltinESMExports();
+  try {
+    assert.throws(() => k.read(id(5)), /EIO/);
+  } finally {
+    fs.writevSync = real;
+    syncBuiltinESMExports();
+  }
+  await Promise.all([first, second]);
+  k.close();
+  const reread = Journal.open(dir2, { writable: false });
+  assert.deepEqual(reread.read(id(5)), body(5), 'acknowledged only once really written');
+  reread.close();
+});
+
 test('a torn record at the end is ignored; new records go to a new segment', async () => {
   const dir = scratch();
   const j = Journal.open(dir, { writable: true });
