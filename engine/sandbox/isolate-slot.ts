@@ -2,6 +2,7 @@
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
  * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
  */
+import './no-wasm-code-gc.ts';
 import ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
