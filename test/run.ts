@@ -32,8 +32,14 @@ const only = process.argv.slice(2);
 const files = only.length ? only : [...testFiles('test'), ...testFiles('examples')];
 // --test-force-exit: each test process ends with process.exit() rather than by tearing V8's heap down,
 // where isolated-vm 7 can abort on a handle still in the young generation (see engine/cli/main.ts).
+// The whole run is bounded too: a test process whose event loop is stuck in native code never reaches
+// its own per-test timeout, and would otherwise hold CI until CI's own limit.
+const RUN_LIMIT_MS = 15 * 60 * 1000;
 const run = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-concurrency=2', '--test-timeout=120000', ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_NO_WARNINGS: '1' },
+  timeout: RUN_LIMIT_MS,
+  killSignal: 'SIGKILL',
 });
+if (run.error || run.signal) console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
 process.exit(run.status ?? 1);
