@@ -62,26 +62,48 @@ const KEPT_VALUES = 128;
  */
 export interface SharedConnection { key?: string; connection: object; certificateKey?: string; certificate?: object }
 
-/** Which keys the isolate keeps, as far as the host knows. */
+/**
+ * Which keys the isolate keeps, as far as the host knows, and the short names it keeps them under: a key
+ * (all of a connection's facts, a few hundred characters) would cost the isolate a hash and a string-table
+ * lookup of every character on every call. A name stays bound to its key until the isolate forgets
+ * everything, and is never given out again.
+ */
 class KeptKeys {
   readonly #keys = new Set<string>();
+  readonly #names = new Map<string, string>();
+  #nextName = 0;
   #forgetNext = false;
   /** Whether the value must be sent, and whether the isolate must forget everything first. */
   need(key: string): { send: boolean; forget: boolean } {
     if (this.#forgetNext) {
       this.#forgetNext = false;
+      this.#clear();
       return { send: true, forget: true };
     }
     if (this.#keys.has(key)) return { send: false, forget: false };
-    if (this.#keys.size < KEPT_VALUES) return { send: true, forget: false };
-    this.#keys.clear();
+    // Names of keys never kept (their calls failed) count too, so that neither map grows without bound.
+    if (this.#keys.size < KEPT_VALUES && this.#names.size < 4 * KEPT_VALUES) return { send: true, forget: false };
+    this.#clear();
     return { send: true, forget: true };
+  }
+  /** The name the isolate knows `key` by (call after need(), which may have made it forget them all). */
+  name(key: string): string {
+    let name = this.#names.get(key);
+    if (name === undefined) {
+      name = `k${(this.#nextName++).toString(36)}`;
+      this.#names.set(key, name);
+    }
+    return name;
   }
   add(key: string | undefined): void { if (key !== undefined) this.#keys.add(key); }
   /** The host no longer knows what the isolate keeps: send everything again, and have it forget first. */
   reset(): void {
     this.#keys.clear();
     this.#forgetNext = true;
+  }
+  #clear(): void {
+    this.#keys.clear();
+    this.#names.clear();
   }
 }
 
@@ -197,9 +219,10 @@ export class IsolateSlot {
     if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
     // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
     const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
+    const certificateName = connection.send && shared.certificateKey !== undefined ? this.#keptCertificates.name(shared.certificateKey) : undefined;
     return [
-      shared.key, connection.send ? withoutCertificate() : undefined, connection.forget,
-      connection.send ? shared.certificateKey : undefined, certificate.send ? shared.certificate : undefined, certificate.forget,
+      shared.key === undefined ? undefined : this.#keptConnections.name(shared.key), connection.send ? withoutCertificate() : undefined, connection.forget,
+      certificateName, certificate.send ? shared.certificate : undefined, certificate.forget,
     ];
   }
 
