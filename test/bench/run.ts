@@ -3,7 +3,8 @@
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
- * Server and load generator run in separate processes. Ratios against (c) and (h) are printed at the end.
+ * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
+ * round's paired ratios (all servers measured back to back in one mode, in alternating order).
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -47,7 +48,7 @@ if (process.env.BENCH_HARAKA !== '0') {
 
 // All servers run side by side and the rounds interleave them, so drift in the machine's load (this
 // machine is shared) touches every target alike; each cell is the median of BENCH_ROUNDS runs.
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const servers: Server[] = [];
 for (const t of targets) {
   const s = await t.start();
@@ -55,13 +56,28 @@ for (const t of targets) {
   servers.push(s);
 }
 const samples = new Map<string, Row[]>();
+// Paired ratios: each target's rate over (c)'s and (h)'s in the same round and mode, measured minutes
+// apart at most instead of across the whole run; the table gives their medians.
+const paired = new Map<string, number[]>();
+const modes = [['reuse (100/conn)', 100, reuseMessages], ['1 msg/conn', 1, singleMessages]] as const;
 for (let round = 0; round < rounds; round++) {
-  for (const [i, t] of targets.entries()) {
-    const s = servers[i]!;
-    for (const [mode, perConnection, messages] of [['reuse (100/conn)', 100, reuseMessages], ['1 msg/conn', 1, singleMessages]] as const) {
-      const m = await measure(pki, s, perConnection, messages, t.auth);
+  for (const [mode, perConnection, messages] of modes) {
+    // Same mode back to back, in alternating order, so that drift in the host's speed touches every target alike.
+    const order = [...targets.keys()];
+    if (round % 2 === 1) order.reverse();
+    const got = new Map<string, Row>();
+    for (const i of order) {
+      const t = targets[i]!;
+      const m = await measure(pki, servers[i]!, perConnection, messages, t.auth);
       const key = `${t.name}\t${mode}`;
       samples.set(key, [...(samples.get(key) ?? []), m]);
+      got.set(t.name, m);
+    }
+    for (const [name, m] of got) {
+      for (const prefix of ['(c)', '(h)']) {
+        const base = [...got].find(([n]) => n.startsWith(prefix))?.[1];
+        if (base) paired.set(`${name}\t${mode}\t${prefix}`, [...(paired.get(`${name}\t${mode}\t${prefix}`) ?? []), m.rate / base.rate]);
+      }
     }
   }
 }
@@ -70,17 +86,23 @@ for (const [key, runs] of samples) {
   const [name, mode] = key.split('\t') as [string, string];
   rows.push({ name, mode, rate: median(runs.map((r) => r.rate)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), cpuUs: median(runs.map((r) => r.cpuUs)), clientCpuUs: median(runs.map((r) => r.clientCpuUs)), mainBusy: median(runs.map((r) => r.mainBusy)), machineUs: median(runs.map((r) => r.machineUs)), idle: median(runs.map((r) => r.idle)), steal: median(runs.map((r) => r.steal)) });
 }
+// One line per server, reuse first (the order before rounds were grouped by mode).
+rows.sort((x, y) => x.name.localeCompare(y.name) || (x.mode.startsWith('reuse') ? -1 : 1) - (y.mode.startsWith('reuse') ? -1 : 1));
 await rm(work, { recursive: true, force: true });
 
-console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds\n`);
+console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds (ratios: median of each round's paired ratios)\n`);
 // The load generator shares the machine's cores: its CPU per message says how much was left for the server.
-const ratio = (r: Row & { mode: string }, prefix: string): string => {
-  const base = rows.find((b) => b.name.startsWith(prefix) && b.mode === r.mode);
-  return base ? `${(r.rate / base.rate).toFixed(2)}×` : '-';
+const ratio = (r: Row & { name: string; mode: string }, prefix: string): string => {
+  const xs = paired.get(`${r.name}\t${r.mode}\t${prefix}`);
+  return xs ? `${median(xs).toFixed(2)}×` : '-';
 };
 console.log('server                     | mode             |   msg/s | p50 ms | p99 ms | vs (c) | vs (h) | server CPU µs/msg | client CPU µs/msg | event loop busy | machine CPU µs/msg | idle | steal');
 console.log('---------------------------|------------------|---------|--------|--------|--------|--------|-------------------|-------------------|-----------------|--------------------|------|------');
 for (const r of rows) {
   const base = rows.find((b) => b.name.startsWith('(c)') && b.mode === r.mode)!;
   console.log(`${r.name.padEnd(27)}| ${r.mode.padEnd(17)}| ${r.rate.toFixed(0).padStart(7)} | ${r.p50.toFixed(2).padStart(6)} | ${r.p99.toFixed(2).padStart(6)} | ${ratio(r, '(c)').padStart(6)} | ${ratio(r, '(h)').padStart(6)} | ${r.cpuUs.toFixed(0).padStart(6)} (${(r.cpuUs / base.cpuUs).toFixed(2)}×)   | ${r.clientCpuUs.toFixed(0).padStart(6)}            | ${(r.mainBusy * 100).toFixed(0).padStart(14)}% | ${r.machineUs.toFixed(0).padStart(18)} | ${(r.idle * 100).toFixed(0).padStart(3)}% | ${(r.steal * 100).toFixed(0).padStart(4)}%`);
+}
+for (const [key, xs] of paired) {
+  const [name, mode, prefix] = key.split('\t') as [string, string, string];
+  if (prefix === '(c)' && !name.startsWith('(c)')) console.log(`${name} vs (c), ${mode}, by round: ${xs.map((x) => x.toFixed(2)).join(' ')}`);
 }
