@@ -12,6 +12,20 @@ const scratch = (): string => mkdtempSync(join(tmpdir(), 'postern-journal-'));
 const id = (n: number): string => `0000000${String(n).padStart(2, '0')}aaaaaaaaaa`;
 const body = (n: number): Buffer => Buffer.from(`Subject: ${n}\r\n\r\n${'x'.repeat(n * 10)}\r\n`);
 
+/** Spool one message made of `chunks`; resolves with its queue id once it is committed. */
+async function spoolMessage(spool: Spool, chunks: Buffer[]): Promise<string> {
+  const mid = spool.newId();
+  const w = spool.create(mid);
+  for (const c of chunks) w.write(c);
+  const envelope: SpoolEnvelope = {
+    version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
+    session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
+    attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+  };
+  await w.commit(envelope);
+  return mid;
+}
+
 test('appends made together share one flush and survive a reopen', async () => {
   const dir = scratch();
   const j = Journal.open(dir, { writable: true });
@@ -176,17 +190,9 @@ test('the spool keeps small messages in the journal and large ones in files, beh
   const spool = new Spool(root);
   await spool.init();
   const commit = async (size: number): Promise<string> => {
-    const mid = spool.newId();
-    const w = spool.create(mid);
-    w.write(Buffer.from(`Subject: ${size}\r\n\r\n`));
-    for (let sent = 0; sent < size; sent += 64 * 1024) w.write(Buffer.alloc(Math.min(64 * 1024, size - sent), 0x61));
-    const envelope: SpoolEnvelope = {
-      version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
-      session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
-      attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
-    };
-    await w.commit(envelope);
-    return mid;
+    const chunks = [Buffer.from(`Subject: ${size}\r\n\r\n`)];
+    for (let sent = 0; sent < size; sent += 64 * 1024) chunks.push(Buffer.alloc(Math.min(64 * 1024, size - sent), 0x61));
+    return spoolMessage(spool, chunks);
   };
   const small = await commit(2000);
   const large = await commit(3 * 1024 * 1024);
@@ -237,17 +243,7 @@ test('a spooled message whose bytes changed on disk is refused for delivery: a j
   const root = scratch();
   const spool = new Spool(root);
   await spool.init();
-  const commit = async (text: string): Promise<string> => {
-    const mid = spool.newId();
-    const w = spool.create(mid);
-    w.write(Buffer.from(text));
-    await w.commit({
-      version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
-      session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
-      attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
-    });
-    return mid;
-  };
+  const commit = (text: string): Promise<string> => spoolMessage(spool, [Buffer.from(text)]);
   const small = await commit('Subject: small\r\n\r\nPay 100 EUR\r\n');
   const large = await commit(`Subject: large\r\n\r\nPay 100 EUR\r\n${'y'.repeat(2 * 1024 * 1024)}\r\n`);
   assert.equal((await spool.readForDelivery(small)).message.toString().includes('Pay 100 EUR'), true);
