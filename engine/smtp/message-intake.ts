@@ -9,7 +9,7 @@ import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import { SmtpReply, localError } from './reply.ts';
 import { HeaderReader } from './header-reader.ts';
-import { receivedClientPart as buildClientPart, receivedHeaderWith } from './received-header.ts';
+import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
@@ -23,7 +23,7 @@ export async function receiveMessage(
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
-    writer.write(Buffer.from(receivedHeaderWith(receivedClientPart(conn, session), {
+    writer.write(Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
       hostname: st.generation.config.hostname, queueId: id, recipients,
     })));
     const headers = new HeaderReader();
@@ -75,14 +75,14 @@ export async function receiveMessage(
 }
 
 /** The Received header's lines about the client, kept per connection while the facts they come from hold. */
-function receivedClientPart(conn: PosternConnection, session: SMTPServerSession): { lines: string; protocol: string } {
+function keptReceivedClientPart(conn: PosternConnection, session: SMTPServerSession): { lines: string; protocol: string } {
   const st = conn.state;
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
   const clientHostname = conn.clientHostname || null;
   if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname) return kept.part;
   const tls = facts.info.tls;
-  const part = buildClientPart({
+  const part = receivedClientPart({
     helo: st.heloName, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress,
     tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
   });

@@ -4,7 +4,8 @@
  * messages accepted together share one disk flush instead of paying a file creation, a rename and two
  * syncs each. The records a flush makes durable are also written by it, in one pwritev: those appended
  * while the previous flush was in flight wait in memory until then (measured: the journal's write system
- * calls per message 1 → about 0.3, 25 → 12 µs of event-loop time per message). A message leaves the journal when its id is appended to the segment's `<seq>.done`; that
+ * calls per message 1 → about 0.3, 25 → 12 µs of event-loop time per message). A message leaves the
+ * journal when its id is appended to the segment's `<seq>.done`; that
  * line is not synced, because losing it in a crash only means delivering the message again. A segment
  * whose records are all done is deleted.
  *
