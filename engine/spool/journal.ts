@@ -5,9 +5,8 @@
  * syncs each. The records a flush makes durable are also written by it, in one pwritev: those appended
  * while the previous flush was in flight wait in memory until then (measured: the journal's write system
  * calls per message 1 → about 0.3, 25 → 12 µs of event-loop time per message). A message leaves the
- * journal when its id is appended to the segment's `<seq>.done`; that
- * line is not synced, because losing it in a crash only means delivering the message again. A segment
- * whose records are all done is deleted.
+ * journal when its id is appended to the segment's `<seq>.done`; that line is not synced, because losing
+ * it in a crash only means delivering the message again. A segment whose records are all done is deleted.
  *
  * Record: `POSTERN-RECORD-V2 <id> <length> <crc32>\n` + <length> bytes (the same bytes as a `.msg` file)
  * + `\n` (V1 records, without the checksum, are still read). A crash can leave a torn record only at the
