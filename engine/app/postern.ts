@@ -17,6 +17,9 @@ import { QueueRunner } from '../queue/runner.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
+import { startAdminServer, type AdminServer } from '../admin/admin-server.ts';
+import { metrics, setQueueProbe } from '../metrics/metrics.ts';
+import { access, constants } from 'node:fs/promises';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -44,8 +47,13 @@ export interface RunningPostern {
   readonly reloader: Reloader;
   /** Delivers the spool (idle while delivery.enabled is false). */
   readonly queue: QueueRunner;
+  /** The admin listener (metrics, health, status), when `admin.listen` is set. */
+  readonly admin: AdminServer | null;
   close(): Promise<void>;
 }
+
+/** Postfix's words for a recipient's outcome: status=sent|deferred|bounced. */
+const OUTCOME_RESULT = { delivered: 'sent', temporary: 'deferred', permanent: 'bounced' } as const;
 
 export function loadStartConfig(opts: StartOptions): LoadedConfig {
   if (opts.configText !== undefined) return parseConfig(opts.configText, opts.configPath ?? '(inline)', opts.baseDir ?? process.cwd());
@@ -142,9 +150,49 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   runtime.onSpooled = (id) => queue.notify(id);
   queue.start();
 
+  metrics.generation.set(runtime.generation.serial);
+  reloader.onReload((o) => {
+    metrics.reloads.inc({ result: o.ok ? 'ok' : 'failed' });
+    metrics.lastReloadFailed.set(o.ok ? 0 : 1);
+    metrics.generation.set(runtime.generation.serial);
+  });
+  queue.onAttempt((e) => {
+    for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ?? 'none' });
+    if (e.bounceId) metrics.bounces.inc();
+  });
+  setQueueProbe(async () => {
+    const ids = await spool.list();
+    const oldest = ids.reduce((min, id) => Math.min(min, Spool.idTime(id)), Infinity);
+    return { messages: ids.length, oldestAgeSeconds: ids.length ? Math.max(0, (Date.now() - oldest) / 1000) : 0 };
+  });
+  let admin: AdminServer | null = null;
+  if (config.admin) {
+    admin = await startAdminServer(config.admin.listen, {
+      async readiness() {
+        const spoolWritable = await access(join(config.dataDir, 'spool'), constants.W_OK).then(() => ({ ok: true }), (err: Error) => ({ ok: false, detail: err.message }));
+        const unbound = [...servers].filter(([, s]) => !s.server.listening).map(([name]) => name);
+        const lastError = reloader.status.data.lastError;
+        return {
+          listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
+          spool: spoolWritable,
+          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
+        };
+      },
+      async status() {
+        return {
+          ...reloader.status.data,
+          listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
+          queue: { active: queue.activeCount, messages: (await spool.list()).length },
+        };
+      },
+    });
+    logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
+  }
+
   return {
-    runtime, config: loaded, addresses, servers, reloader, queue,
+    runtime, config: loaded, addresses, servers, reloader, queue, admin,
     async close() {
+      await admin?.close();
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();

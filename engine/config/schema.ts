@@ -133,6 +133,9 @@ export const configSchema = z.strictObject({
   }).prefault({}),
   listeners: z.array(listenerSchema).min(1),
   delivery: deliverySchema,
+  admin: z.strictObject({
+    listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
+  }).optional().describe('Admin listener for monitoring; off when absent'),
 });
 
 export type Config = z.infer<typeof configSchema>;

@@ -8,6 +8,7 @@ import type { PolicyGeneration } from './generation.ts';
 import type { DeferVerdict, PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict } from './verdict.ts';
 import type { Logger } from '../logging/logger.ts';
+import { metrics, secondsSince } from '../metrics/metrics.ts';
 
 export const FAIL_CLOSED: DeferVerdict = Object.freeze({
   verdict: 'defer', code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later',
@@ -19,10 +20,17 @@ export async function runHook(
 ): Promise<Verdict | PredeliveryVerdict | undefined> {
   const sandbox = generation.sandboxFor(listener);
   if (!sandbox.has(hook)) return undefined;
+  const start = process.hrtime.bigint();
   try {
-    return checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
+    const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
+    metrics.scriptDuration.observe({ hook }, secondsSince(start));
+    metrics.verdicts.inc({ hook, verdict: verdict?.verdict ?? 'none', generation: generation.serial });
+    return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
+    metrics.scriptDuration.observe({ hook }, secondsSince(start));
+    metrics.scriptFailures.inc({ hook, kind: e.kind ?? 'verdict' });
+    metrics.verdicts.inc({ hook, verdict: 'failed', generation: generation.serial });
     log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
       `policy script ${hook} failed: ${String(err)}`);
     return FAIL_CLOSED;

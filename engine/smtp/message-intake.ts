@@ -2,6 +2,7 @@
  * End of the SMTP transaction: stream DATA into the spool behind our Received header, run the data
  * hook, and commit durably. The 250 is only sent after commit() resolved.
  */
+import { metrics, secondsSince } from '../metrics/metrics.ts';
 import type { Readable } from 'node:stream';
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
@@ -56,8 +57,12 @@ export async function receiveMessage(
       nextAttemptAt: new Date().toISOString(),
       errors: [],
     };
+    const commitStart = process.hrtime.bigint();
     await writer.commit(envelope);
     committed = true;
+    metrics.spoolCommit.observe(secondsSince(commitStart));
+    metrics.messagesAccepted.inc({ listener: st.listener.name });
+    metrics.messageBytes.inc(writer.bytes);
     runtime.logger.info({ cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes }, 'message spooled');
     runtime.onSpooled?.(id);
     st.transactionId = null;

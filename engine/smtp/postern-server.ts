@@ -2,6 +2,7 @@
  * One listener: smtp-server's SMTPServer, creating PosternConnections and routing its hooks to the
  * session policy. smtp-server's callbacks get SmtpReply errors, whose responseCode and text go on the wire.
  */
+import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -67,14 +68,16 @@ export class PosternServer extends SMTPServer {
 
   override onConnect(session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
+    metrics.connections.inc({ listener: conn.state.listener.name });
     const ip = conn.remoteAddress;
     const open = (this.#perIp.get(ip) ?? 0) + 1;
     if (open > this.maxConnectionsPerIp) {
+      metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
       return callback(new SmtpReply(421, '4.7.0', 'Too many connections from your address'));
     }
     this.#perIp.set(ip, open);
     conn.state.countedForIp = true;
-    settle(this.policy.connect(conn), callback, conn, this.policy);
+    settle('connect', this.policy.connect(conn), callback, conn, this.policy);
   }
 
   override onSecure(socket: TLSSocket, session: SMTPServerSession, callback: Done): void {
@@ -97,12 +100,12 @@ export class PosternServer extends SMTPServer {
 
   override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle(this.policy.mailFrom(conn, address, session), callback, conn, this.policy);
+    settle('mailfrom', this.policy.mailFrom(conn, address, session), callback, conn, this.policy);
   }
 
   override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle(this.policy.rcptTo(conn, address, session), callback, conn, this.policy);
+    settle('rcptto', this.policy.rcptTo(conn, address, session), callback, conn, this.policy);
   }
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
@@ -128,8 +131,9 @@ export class PosternServer extends SMTPServer {
 }
 
 /** Adapt a policy decision to smtp-server's callback; unexpected errors fail closed. */
-function settle(decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy): void {
+function settle(stage: string, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy): void {
   decision.then((reply) => {
+    if (reply) metrics.refusals.inc({ stage, class: reply.responseCode >= 500 ? '5xx' : '4xx' });
     if (reply?.disconnect && reply.responseCode !== 421) conn.state.disconnectAfterReply = true;
     callback(reply);
   }, (err: unknown) => callback(policy.internalError(conn, err)));

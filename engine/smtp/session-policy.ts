@@ -2,6 +2,7 @@
  * The decisions of a session, hook by hook: built-in rules first, then the listener's script, whose
  * verdict wins. Each method returns the reply to send (or null to go on); nothing here writes to sockets.
  */
+import { metrics } from '../metrics/metrics.ts';
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
@@ -89,6 +90,7 @@ export class SessionPolicy {
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
     st.identity = certificateIdentity(st.listener, st.certificate, pinTable);
     const cert = st.certificate;
+    metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: socket.getProtocol() ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
     this.#log.info({
       cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: cert.subject.dn, verified: cert.verified, error: cert.verifyError } : null,
       identity: st.identity.identity,
@@ -130,6 +132,7 @@ export class SessionPolicy {
   async authenticate(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
     const result = await this.#decideAuth(conn, attempt);
+    metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: typeof result === 'string' ? 'success' : 'failure' });
     if (typeof result === 'string') {
       st.user = result;
       st.mechanism = attempt.mechanism;
@@ -227,4 +230,12 @@ export class SessionPolicy {
     st.listener = listener;
     old.release();
   }
+}
+
+/** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */
+function certificateOutcome(cert: { verified: boolean; verifyErrorCode: string | null } | null, pinned: boolean): string {
+  if (!cert) return 'none';
+  if (cert.verified) return 'verified';
+  if (pinned) return 'pinned';
+  return `untrusted:${(cert.verifyErrorCode ?? 'UNKNOWN').toLowerCase()}`;
 }

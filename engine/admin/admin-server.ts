@@ -1,0 +1,68 @@
+/**
+ * The admin listener (config `admin.listen`): Prometheus metrics, liveness and readiness for monitoring,
+ * and the running server's status as JSON for `postern status`. Plain HTTP on an address the
+ * administrator chooses (loopback by default); it answers GETs only and never changes anything.
+ */
+import http from 'node:http';
+import { registry } from '../metrics/metrics.ts';
+
+export interface ReadinessCheck { ok: boolean; detail?: string }
+
+export interface AdminTarget {
+  /** Each check that must pass for /readyz: listeners bound, spool writable, last reload state. */
+  readiness(): Promise<Record<string, ReadinessCheck>>;
+  /** What `postern status` shows. */
+  status(): Promise<object>;
+}
+
+export interface AdminServer {
+  readonly address: { address: string; port: number };
+  close(): Promise<void>;
+}
+
+export async function startAdminServer(listen: string, target: AdminTarget): Promise<AdminServer> {
+  const server = http.createServer((req, res) => {
+    void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+      res.end(body);
+    }, (err: Error) => {
+      res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`error: ${err.message}\n`);
+    });
+  });
+  server.keepAliveTimeout = 5000;
+  const sep = listen.lastIndexOf(':');
+  const host = listen.slice(0, sep).replace(/^\[|\]$/g, '');
+  const port = Number(listen.slice(sep + 1));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
+    server.listen(port, host, () => resolve());
+  });
+  const bound = server.address() as { address: string; port: number };
+  return {
+    address: { address: bound.address, port: bound.port },
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    }),
+  };
+}
+
+async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
+  if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
+  switch (path) {
+    case '/metrics':
+      return { status: 200, type: registry.contentType, body: await registry.metrics() };
+    case '/healthz':
+      return { status: 200, type: 'text/plain', body: 'ok\n' };
+    case '/readyz': {
+      const checks = await target.readiness();
+      const ready = Object.values(checks).every((c) => c.ok);
+      return { status: ready ? 200 : 503, type: 'application/json', body: JSON.stringify({ ready, checks }) + '\n' };
+    }
+    case '/status':
+      return { status: 200, type: 'application/json', body: JSON.stringify(await target.status(), null, 2) + '\n' };
+    default:
+      return { status: 404, type: 'text/plain', body: 'not found: try /metrics, /healthz, /readyz, /status\n' };
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Prometheus metrics of the process, defined once here (names, help texts, labels) and updated where the
+ * event happens. A leaf module: it imports nothing of Postern's, so any folder may count into it.
+ * One registry per process (a server is one per process; tests that start several read differences).
+ * docs/operations.md lists every metric; a test checks that list against this registry.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export const registry = new Registry();
+collectDefaultMetrics({ register: registry, prefix: 'postern_process_' });
+
+/** What the queue gauges read at each scrape: set by the server that owns the spool. */
+let queueProbe: (() => Promise<{ messages: number; oldestAgeSeconds: number }>) | null = null;
+export function setQueueProbe(probe: typeof queueProbe): void { queueProbe = probe; }
+
+const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+const SPOOL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+export const metrics = {
+  connections: new Counter({
+    name: 'postern_smtp_connections_total', help: 'SMTP connections accepted, by listener',
+    labelNames: ['listener'] as const, registers: [registry],
+  }),
+  connectionsRefused: new Counter({
+    name: 'postern_smtp_connections_refused_total', help: 'Connections refused at connect (limits, greeting pause, auth-failure block), by listener and reason',
+    labelNames: ['listener', 'reason'] as const, registers: [registry],
+  }),
+  tlsHandshakes: new Counter({
+    name: 'postern_tls_handshakes_total',
+    help: 'Completed inbound TLS handshakes by listener, protocol and client-certificate outcome (none, verified, pinned, untrusted, revoked, expired, …)',
+    labelNames: ['listener', 'protocol', 'client_certificate'] as const, registers: [registry],
+  }),
+  tlsHandshakeFailures: new Counter({
+    name: 'postern_tls_handshake_failures_total', help: 'Inbound TLS handshakes that failed, by listener',
+    labelNames: ['listener'] as const, registers: [registry],
+  }),
+  authAttempts: new Counter({
+    name: 'postern_auth_attempts_total', help: 'AUTH attempts by listener, mechanism and result (success, failure)',
+    labelNames: ['listener', 'mechanism', 'result'] as const, registers: [registry],
+  }),
+  verdicts: new Counter({
+    name: 'postern_script_verdicts_total', help: 'Script verdicts by hook, verdict (accept, reject, defer, failed) and configuration generation',
+    labelNames: ['hook', 'verdict', 'generation'] as const, registers: [registry],
+  }),
+  scriptDuration: new Histogram({
+    name: 'postern_script_call_duration_seconds', help: 'Wall time of a policy script call (waiting for an isolate included), by hook',
+    labelNames: ['hook'] as const, buckets: SCRIPT_BUCKETS, registers: [registry],
+  }),
+  scriptFailures: new Counter({
+    name: 'postern_script_failures_total', help: 'Script calls that failed closed, by hook and kind (timeout, memory, error, verdict, …)',
+    labelNames: ['hook', 'kind'] as const, registers: [registry],
+  }),
+  refusals: new Counter({
+    name: 'postern_smtp_refusals_total', help: 'Commands refused or deferred (4xx/5xx), by stage and reply class',
+    labelNames: ['stage', 'class'] as const, registers: [registry],
+  }),
+  messagesAccepted: new Counter({
+    name: 'postern_messages_accepted_total', help: 'Messages acknowledged with 250 after DATA (committed to the spool), by listener',
+    labelNames: ['listener'] as const, registers: [registry],
+  }),
+  messageBytes: new Counter({
+    name: 'postern_message_bytes_total', help: 'Bytes of messages accepted', registers: [registry],
+  }),
+  spoolCommit: new Histogram({
+    name: 'postern_spool_commit_duration_seconds', help: 'Time from the end of DATA until the message was durably in the spool',
+    buckets: SPOOL_BUCKETS, registers: [registry],
+  }),
+  queueMessages: new Gauge({
+    name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced)', registers: [registry],
+    async collect() { if (queueProbe) this.set((await queueProbe()).messages); },
+  }),
+  queueOldestAge: new Gauge({
+    name: 'postern_queue_oldest_message_age_seconds', help: 'Age of the oldest message in the delivery queue (0 when empty)', registers: [registry],
+    async collect() { if (queueProbe) this.set((await queueProbe()).oldestAgeSeconds); },
+  }),
+  deliveries: new Counter({
+    name: 'postern_deliveries_total', help: 'Recipient delivery outcomes by result (sent, deferred, bounced) and next hop',
+    labelNames: ['result', 'next_hop'] as const, registers: [registry],
+  }),
+  bounces: new Counter({
+    name: 'postern_bounces_total', help: 'Bounce messages (DSNs) generated', registers: [registry],
+  }),
+  reloads: new Counter({
+    name: 'postern_reloads_total', help: 'Configuration reloads that found a change, by result (ok, failed)',
+    labelNames: ['result'] as const, registers: [registry],
+  }),
+  generation: new Gauge({
+    name: 'postern_config_generation', help: 'Serial number of the configuration generation in force', registers: [registry],
+  }),
+  lastReloadFailed: new Gauge({
+    name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
+    registers: [registry],
+  }),
+};
+
+/** Seconds since `start` (a process.hrtime.bigint() reading). */
+export function secondsSince(start: bigint): number {
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}

@@ -1,0 +1,125 @@
+// The admin listener as Prometheus and a load balancer use it, scraped with curl over HTTP: counters move by
+// exactly what a run with STARTTLS, client certificates, scripts, a refusal, a script failure and a
+// delivery did; /healthz and /readyz answer; every metric in the registry is listed in docs/operations.md.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startSink, type Sink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { registry } from '../../engine/metrics/metrics.ts';
+
+const curl = promisify(execFile);
+let pki: TestPki;
+let sink: Sink;
+let s: DeliveryServer;
+
+before(async () => {
+  pki = await makeTestPki();
+  sink = await startSink();
+  s = await startDeliveryServer({
+    config: `
+hostname: postern.test
+localDomains: [example.test]
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
+    limits: { greetingDelayMs: 0 }
+delivery:
+  enabled: true
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+`,
+    scripts: {
+      'rcptto.ts': `export default function rcptto(ctx: RcptToContext): Verdict | void {
+  if (ctx.address.address.startsWith('nobody@')) return reject('No such user here');
+  if (ctx.address.address.startsWith('broken@')) throw new Error('script bug');
+}`,
+    },
+  });
+});
+after(async () => {
+  await s?.stop();
+  await sink?.close();
+});
+
+/** Scrape /metrics with curl; sample name{labels} → value. */
+async function scrape(): Promise<Map<string, number>> {
+  const { stdout } = await curl('curl', ['-sf', `http://127.0.0.1:${s.admin!.address.port}/metrics`]);
+  const samples = new Map<string, number>();
+  for (const line of stdout.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const at = line.lastIndexOf(' ');
+    samples.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return samples;
+}
+
+function delta(before: Map<string, number>, after: Map<string, number>, sample: string): number {
+  return (after.get(sample) ?? 0) - (before.get(sample) ?? 0);
+}
+
+test('counters move by what one TLS session with a client certificate, scripts and a delivery did', async () => {
+  const start = await scrape();
+  const c = await SmtpTestClient.connect(s.port('mx'));
+  await c.hello({ starttls: await clientTlsOptions(pki, 'alice') });
+  assert.equal((await c.command('MAIL FROM:<alice@example.net>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<nobody@example.test>')).code, 550);
+  assert.equal((await c.command('RCPT TO:<broken@example.test>')).code, 451);
+  assert.equal((await c.command('RCPT TO:<someone@example.test>')).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  assert.equal((await c.command('Subject: metrics\r\n\r\nhello\r\n.')).code, 250);
+  await c.quit();
+  await sink.waitFor(1);
+  await s.nextAttempt((e) => e.removed, { past: true });
+  const end = await scrape();
+
+  assert.equal(delta(start, end, 'postern_smtp_connections_total{listener="mx"}'), 1);
+  assert.equal(delta(start, end, 'postern_tls_handshakes_total{listener="mx",protocol="TLSv1.3",client_certificate="verified"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="reject",generation="' + s.runtime.generation.serial + '"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="failed",generation="' + s.runtime.generation.serial + '"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_failures_total{hook="rcptto",kind="error"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_call_duration_seconds_count{hook="rcptto"}'), 3);
+  assert.equal(delta(start, end, 'postern_messages_accepted_total{listener="mx"}'), 1);
+  assert.ok(delta(start, end, 'postern_message_bytes_total') > 20);
+  assert.equal(delta(start, end, 'postern_spool_commit_duration_seconds_count'), 1);
+  assert.equal(delta(start, end, `postern_deliveries_total{result="sent",next_hop="127.0.0.1[127.0.0.1]:${sink.port}"}`), 1,
+    [...end.keys()].filter((k) => k.startsWith('postern_deliveries')).join('\n'));
+  assert.equal(end.get('postern_queue_messages'), 0);
+  assert.equal(end.get('postern_config_generation'), s.runtime.generation.serial);
+});
+
+test('/healthz and /readyz answer; a refused reload makes /readyz fail until it is fixed', async () => {
+  const base = `http://127.0.0.1:${s.admin!.address.port}`;
+  assert.equal((await curl('curl', ['-sf', `${base}/healthz`])).stdout, 'ok\n');
+  const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean };
+  assert.equal(ready.ready, true);
+
+  const config = `${s.dir}/postern.yaml`;
+  const good = await readFile(config, 'utf8');
+  const { writeFile } = await import('node:fs/promises');
+  await writeFile(config, good + '\nnot a key: [\n');
+  const refused = await s.reloader.reload('test');
+  assert.equal(refused.ok, false);
+  const notReady = await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`]);
+  assert.equal(notReady.stdout, '503');
+  const failedGauge = await scrape();
+  assert.equal(failedGauge.get('postern_config_last_reload_failed'), 1);
+
+  await writeFile(config, good);
+  assert.equal((await s.reloader.reload('test')).ok, true);
+  assert.equal((await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`])).stdout, '200');
+});
+
+test('every metric is documented in docs/operations.md, and every documented metric exists', async () => {
+  const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+  const documented = new Set([...doc.matchAll(/`(postern_[a-z_]+)`/g)].map((m) => m[1]!).filter((n) => !n.startsWith('postern_process_')));
+  const ours = (await registry.getMetricsAsJSON()).map((m) => m.name).filter((n) => !n.startsWith('postern_process_'));
+  assert.deepEqual([...ours].sort().filter((n) => !documented.has(n)), [], 'metrics missing from docs/operations.md');
+  assert.deepEqual([...documented].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md lists metrics that do not exist');
+});
