@@ -5,14 +5,12 @@
 import type { HookName } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from './generation.ts';
-import type { DeferVerdict, PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
-import { checkVerdict } from './verdict.ts';
+import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
+import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
 import type { Logger } from '../logging/logger.ts';
 import { metrics, secondsSince } from '../metrics/metrics.ts';
 
-export const FAIL_CLOSED: DeferVerdict = Object.freeze({
-  verdict: 'defer', code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later',
-}) as DeferVerdict;
+export { FAIL_CLOSED };
 
 export async function runHook(
   generation: PolicyGeneration, listener: ListenerConfig | undefined, hook: HookName, ctx: object,

@@ -2,12 +2,17 @@
  * Turns whatever a script returned into a checked verdict, and a verdict into an SMTP reply.
  * A malformed verdict is a script error: it fails closed like a throw.
  */
-import type { Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
+import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
 import { SmtpReply, sanitizeReplyText } from '../smtp/reply.ts';
 
 export class VerdictError extends Error {
   constructor(message: string) { super(message); this.name = 'VerdictError'; }
 }
+
+/** What any script failure becomes: a deferral, never an accept (fail closed). */
+export const FAIL_CLOSED: DeferVerdict = Object.freeze({
+  verdict: 'defer', code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later',
+}) as DeferVerdict;
 
 const ENHANCED = /^([245])\.\d{1,3}\.\d{1,3}$/;
 
@@ -55,9 +60,9 @@ export function verdictReply(hook: HookName, v: Verdict): SmtpReply | null {
   if (v.verdict === 'reject') {
     const code = v.code ?? rcode;
     return new SmtpReply(code, v.enhanced ?? (v.code ? `5.${code === 535 ? '7.8' : '7.1'}` : renh),
-      sanitizeReplyText(v.text ?? rtext), { disconnect: !!v.disconnect });
+      sanitizeReplyText(v.text ?? rtext), { disconnect: !!v.disconnect, reason: `script ${hook}: reject` });
   }
   const code = v.code ?? (v.disconnect ? 421 : hook === 'auth' ? 454 : 451);
   const enhanced = v.enhanced ?? (code === 454 || code === 421 ? '4.7.0' : '4.3.0');
-  return new SmtpReply(code, enhanced, sanitizeReplyText(v.text ?? 'Temporary policy failure, try again later'), { disconnect: !!v.disconnect || code === 421 });
+  return new SmtpReply(code, enhanced, sanitizeReplyText(v.text ?? 'Temporary policy failure, try again later'), { disconnect: !!v.disconnect || code === 421, reason: v === FAIL_CLOSED ? `script ${hook} failed (fail closed)` : `script ${hook}: defer` });
 }

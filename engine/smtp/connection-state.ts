@@ -34,6 +34,8 @@ export class ConnectionState {
   acceptText: string | null = null;
   /** Counted against the listener's per-IP connection limit (so close() uncounts it). */
   countedForIp = false;
+  /** The next 4xx/5xx reply was logged where it was decided (decision-log.ts); send() logs the others. */
+  refusalLogged = false;
   /** Close the connection after the next reply (a verdict asked to disconnect). */
   disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */

@@ -34,7 +34,7 @@ export async function receiveMessage(
     });
     if ((stream as { sizeExceeded?: boolean }).sizeExceeded) {
       // smtp-server answers 552 itself; just drop what we wrote.
-      throw new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size');
+      throw new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size', { reason: 'limits.maxMessageSize' });
     }
     const reply = await policy.data(conn, session, size, headers.headers());
     if (reply) throw reply;

@@ -3,6 +3,7 @@
  * greeting delay, per-connection AUTH offers (EXTERNAL only after TLS with a usable certificate), AUTH
  * EXTERNAL itself, the HELO hook, and replies that carry our own enhanced status codes.
  */
+import { logRefusal } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
@@ -57,6 +58,9 @@ export class PosternConnection extends SMTPConnection {
     }
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
+    // Refusals Postern decided are logged where they are decided (with their reason); these are smtp-server's own.
+    if (code >= 400 && !this.state.refusalLogged) this.#logProtocolRefusal(code, data, context);
+    this.state.refusalLogged = false;
     batchReply(this._socket as net.Socket);
     super.send(code, data, ownCode ? false : context);
     if (code >= 400 && this.state.disconnectAfterReply && code !== 421) {
@@ -77,6 +81,14 @@ export class PosternConnection extends SMTPConnection {
       return;
     }
     super._onError(err);
+  }
+
+  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined): void {
+    const text = Array.isArray(data) ? data.join(' ') : data ?? '';
+    const mail = this.session.envelope?.mailFrom;
+    logRefusal(this.#server.runtime.logger, this, typeof context === 'string' ? context.toUpperCase() : 'SMTP',
+      { responseCode: code, enhanced: '', text, reason: code === 530 && /authentication required/i.test(text) ? 'auth.required' : 'SMTP protocol rule (smtp-server)' },
+      { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }
 
   /** Mechanisms offered to this client right now. */

@@ -2,6 +2,8 @@
  * One listener: smtp-server's SMTPServer, creating PosternConnections and routing its hooks to the
  * session policy. smtp-server's callbacks get SmtpReply errors, whose responseCode and text go on the wire.
  */
+import { logRefusal, type DecisionFacts, type DecisionStage } from './decision-log.ts';
+import type { Logger } from '../logging/logger.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
@@ -73,11 +75,13 @@ export class PosternServer extends SMTPServer {
     const open = (this.#perIp.get(ip) ?? 0) + 1;
     if (open > this.maxConnectionsPerIp) {
       metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
-      return callback(new SmtpReply(421, '4.7.0', 'Too many connections from your address'));
+      const refusal = new SmtpReply(421, '4.7.0', 'Too many connections from your address', { reason: 'limits.maxConnectionsPerIp' });
+      logRefusal(this.runtime.logger, conn, 'CONNECT', refusal);
+      return callback(refusal);
     }
     this.#perIp.set(ip, open);
     conn.state.countedForIp = true;
-    settle('connect', this.policy.connect(conn), callback, conn, this.policy);
+    settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy, this.runtime.logger);
   }
 
   override onSecure(socket: TLSSocket, session: SMTPServerSession, callback: Done): void {
@@ -100,12 +104,13 @@ export class PosternServer extends SMTPServer {
 
   override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('mailfrom', this.policy.mailFrom(conn, address, session), callback, conn, this.policy);
+    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, this.runtime.logger, { from: address.address });
   }
 
   override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('rcptto', this.policy.rcptTo(conn, address, session), callback, conn, this.policy);
+    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy, this.runtime.logger,
+      { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, to: address.address, id: conn.state.transactionId });
   }
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
@@ -113,6 +118,8 @@ export class PosternServer extends SMTPServer {
     receiveMessage(conn, stream, session, this.runtime, this.policy).then(
       (message) => callback(null, message),
       (err: Error) => {
+        if (err instanceof SmtpReply) metrics.refusals.inc({ stage: 'END-OF-MESSAGE', class: err.responseCode >= 500 ? '5xx' : '4xx' });
+        if (err instanceof SmtpReply) logRefusal(this.runtime.logger, conn, 'END-OF-MESSAGE', err, { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) });
         if (err instanceof SmtpReply && err.disconnect && err.responseCode !== 421) conn.state.disconnectAfterReply = true;
         callback(err);
       },
@@ -131,9 +138,14 @@ export class PosternServer extends SMTPServer {
 }
 
 /** Adapt a policy decision to smtp-server's callback; unexpected errors fail closed. */
-function settle(stage: string, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy): void {
+function settle(
+  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy, log: Logger, facts?: DecisionFacts,
+): void {
   decision.then((reply) => {
-    if (reply) metrics.refusals.inc({ stage, class: reply.responseCode >= 500 ? '5xx' : '4xx' });
+    if (reply) {
+      metrics.refusals.inc({ stage, class: reply.responseCode >= 500 ? '5xx' : '4xx' });
+      logRefusal(log, conn, stage, reply, facts);
+    }
     if (reply?.disconnect && reply.responseCode !== 421) conn.state.disconnectAfterReply = true;
     callback(reply);
   }, (err: unknown) => callback(policy.internalError(conn, err)));

@@ -8,14 +8,17 @@ export class SmtpReply extends Error {
   readonly text: string;
   /** Close the connection after sending. */
   readonly disconnect: boolean;
+  /** Why: the rule, limit or script that decided (for the log line, never sent to the client). */
+  readonly reason: string | undefined;
 
-  constructor(code: number, enhanced: string, text: string, options: { disconnect?: boolean; cause?: unknown } = {}) {
+  constructor(code: number, enhanced: string, text: string, options: { disconnect?: boolean; cause?: unknown; reason?: string } = {}) {
     super(`${enhanced} ${sanitizeReplyText(text)}`, { cause: options.cause });
     this.name = 'SmtpReply';
     this.responseCode = code;
     this.enhanced = enhanced;
     this.text = sanitizeReplyText(text);
     this.disconnect = options.disconnect ?? code === 421;
+    this.reason = options.reason;
   }
 }
 
@@ -30,4 +33,4 @@ export const ENHANCED_CODE_PREFIX = /^[245]\.\d{1,3}\.\d{1,3}( |$)/;
 
 /** Internal failures are deferred, never bounced (fail closed). */
 export const localError = (id?: string): SmtpReply =>
-  new SmtpReply(451, '4.3.0', `Temporary local problem, try again later${id ? ` (${id})` : ''}`);
+  new SmtpReply(451, '4.3.0', `Temporary local problem, try again later${id ? ` (${id})` : ''}`, { reason: 'local error' });

@@ -48,7 +48,7 @@ export class SessionPolicy {
     const limits = st.listener.limits;
     const ip = conn.remoteAddress;
     if (this.#runtime.authFailures.count(ip) >= limits.authFailuresPerIp) {
-      return new SmtpReply(421, '4.7.0', 'Too many authentication failures, try again later');
+      return new SmtpReply(421, '4.7.0', 'Too many authentication failures, try again later', { reason: 'auth-failure limit per IP' });
     }
     if (conn.secure) {
       st.tlsMode = 'implicit';
@@ -98,11 +98,11 @@ export class SessionPolicy {
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
       // Strict: no SMTP session at all for an untrusted certificate (mox's handshake-level refusal).
       socket.destroy();
-      return new SmtpReply(421, '4.7.1', 'Client certificate not trusted');
+      return new SmtpReply(421, '4.7.1', 'Client certificate not trusted', { reason: 'tls.strict: untrusted client certificate' });
     }
     if (tls.clientCertificates === 'require' && !(cert && (cert.verified || st.identity.pinned))) {
       // Postfix smtpd_tls_req_ccert: never a usable session.
-      return new SmtpReply(421, '4.7.1', cert ? `Client certificate not trusted (${cert.verifyError})` : 'No client certificate presented');
+      return new SmtpReply(421, '4.7.1', cert ? `Client certificate not trusted (${cert.verifyError})` : 'No client certificate presented', { reason: 'tls.clientCertificates: require' });
     }
     if (st.listener.certificateIdentity.autoLogin && st.identity.identity) {
       st.user = st.identity.identity;
@@ -174,9 +174,9 @@ export class SessionPolicy {
 
   async mailFrom(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
-    if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first');
+    if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first', { reason: 'requireTls' });
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
-    if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required');
+    if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required', { reason: 'auth.required' });
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const verdict = await this.#run(conn, 'mailfrom', {
@@ -198,7 +198,7 @@ export class SessionPolicy {
       : undefined;
     if (verdict) return this.#decided(conn, 'rcptto', verdict);
     if (builtin.accepted) return null;
-    return new SmtpReply(554, '5.7.1', `<${rcpt.address}>: Relay access denied`);
+    return new SmtpReply(554, '5.7.1', `<${rcpt.address}>: Relay access denied`, { reason: 'relay rule: not a local domain, not authenticated, no relay certificate' });
   }
 
   async data(conn: PosternConnection, session: SMTPServerSession, size: number, headers: Array<[string, string]>): Promise<SmtpReply | null> {

@@ -1,0 +1,45 @@
+/**
+ * One log line per refused or deferred command, in the spirit of Postfix's
+ * `NOQUEUE: reject: RCPT from host[ip]: 554 5.7.1 <rcpt>: Relay access denied; from=<…> to=<…> proto=ESMTP helo=<…>`:
+ * the message reads like Postfix's, the JSON fields carry the same facts for machines (client, stage,
+ * reply, reason, certificate, identity, user). Info level: a refusal is the server working, not failing.
+ */
+import type { Logger } from '../logging/logger.ts';
+import type { PosternConnection } from './postern-connection.ts';
+
+export type DecisionStage = 'CONNECT' | 'HELO' | 'AUTH' | 'MAIL' | 'RCPT' | 'DATA' | 'END-OF-MESSAGE' | (string & {});
+
+/** The parts of a reply the line needs (an SmtpReply, or a reply smtp-server made itself). */
+export interface LoggedReply { responseCode: number; enhanced: string; text: string; reason: string | undefined }
+
+export interface DecisionFacts {
+  /** Envelope sender so far (MAIL FROM), '' for the null sender, undefined before MAIL. */
+  from?: string;
+  /** The recipient this decision is about (RCPT), or the transaction's recipients (DATA). */
+  to?: string | readonly string[];
+  /** Queue id, when the transaction has one. */
+  id?: string | null;
+}
+
+export function logRefusal(log: Logger, conn: PosternConnection, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
+  const st = conn.state;
+  st.refusalLogged = true;
+  const client = `${conn.clientHostname || 'unknown'}[${conn.remoteAddress}]`;
+  const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.join(',');
+  const address = stage === 'RCPT' ? to : stage === 'MAIL' ? facts.from : undefined;
+  // Postfix names the address the reply is about, unless the reply text already starts with it.
+  const subject = address !== undefined && !reply.text.startsWith('<') ? ` <${address}>:` : '';
+  const parts = [
+    facts.from !== undefined ? `from=<${facts.from}>` : null,
+    to !== undefined ? `to=<${to}>` : null,
+    `proto=${st.heloCommand === 'EHLO' ? 'ESMTP' : 'SMTP'}`,
+    st.heloName ? `helo=<${st.heloName}>` : null,
+  ].filter(Boolean).join(' ');
+  const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
+  log.info({
+    cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: conn.clientHostname || null,
+    listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
+    from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
+    certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: st.certificate.subject.dn, verified: st.certificate.verified } : null,
+  }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
+}

@@ -1,0 +1,99 @@
+// "Why was my mail refused?": every refusal path of the lifecycle leaves one info line with the client
+// address, the stage, the reply and the reason (built-in rule, limit or script), Postfix-style.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+let s: TestServer;
+before(async () => {
+  s = await startTestServer({
+    config: `
+hostname: mx.test
+localDomains: [example.test]
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0, maxMessageSize: 200, maxConnectionsPerIp: 3 }
+  - name: sub
+    listen: 127.0.0.1:0
+    auth: { mechanisms: [PLAIN], required: true }
+    limits: { greetingDelayMs: 0 }
+`,
+    scripts: {
+      'mailfrom.ts': `export default function mailfrom(ctx: MailFromContext): Verdict | void {
+  if (ctx.address.address === 'spammer@bad.example') return reject('Go away');
+  if (ctx.address.address === 'later@slow.example') return defer('Try later');
+  if (ctx.address.address === 'bug@example.net') throw new Error('oops');
+}`,
+    },
+  });
+});
+after(() => s?.stop());
+
+function refusals(): Array<Record<string, unknown>> {
+  return s.logs.filter((l) => l.decision === 'reject' || l.decision === 'defer');
+}
+
+async function lastRefusal(count: number): Promise<Record<string, unknown>> {
+  // The line is written before the reply leaves, so it is there once the client has the reply.
+  const lines = refusals();
+  assert.equal(lines.length, count, JSON.stringify(lines.at(-1)));
+  return lines.at(-1)!;
+}
+
+test('relay denied, script reject/defer/failure, auth required, size limit and per-IP limit each log one line with client, stage, reply and reason', async () => {
+  const c = await SmtpTestClient.connect(s.port('mx'));
+  await c.hello({ name: 'client.example' });
+  assert.equal((await c.command('MAIL FROM:<someone@example.net>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<victim@elsewhere.example>')).code, 554);
+  let line = await lastRefusal(1);
+  assert.equal(line.stage, 'RCPT');
+  assert.equal(line.client, '127.0.0.1');
+  assert.equal(line.code, 554);
+  assert.match(String(line.reason), /relay rule/);
+  assert.equal(line.to, 'victim@elsewhere.example');
+  assert.equal(line.from, 'someone@example.net');
+  assert.match(String(line.msg), /^\w+: reject: RCPT from [\w.-]+\[127\.0\.0\.1\]: 554 5\.7\.1 <victim@elsewhere\.example>: Relay access denied; from=<someone@example\.net> to=<victim@elsewhere\.example> proto=ESMTP helo=<client\.example>$/);
+  assert.equal((await c.command('RSET')).code, 250);
+
+  assert.equal((await c.command('MAIL FROM:<spammer@bad.example>')).code, 550);
+  line = await lastRefusal(2);
+  assert.equal(line.stage, 'MAIL');
+  assert.equal(line.reason, 'script mailfrom: reject');
+  assert.equal(line.reply, 'Go away');
+
+  assert.equal((await c.command('MAIL FROM:<later@slow.example>')).code, 451);
+  line = await lastRefusal(3);
+  assert.equal(line.decision, 'defer');
+  assert.equal(line.reason, 'script mailfrom: defer');
+
+  assert.equal((await c.command('MAIL FROM:<bug@example.net>')).code, 451);
+  line = await lastRefusal(4);
+  assert.match(String(line.reason), /script mailfrom failed \(fail closed\)/);
+
+  const big = await c.sendMail('someone@example.net', ['user@example.test'], `Subject: big\r\n\r\n${'x'.repeat(500)}\r\n`);
+  assert.equal(big.code, 552);
+  line = await lastRefusal(5);
+  assert.equal(line.stage, 'END-OF-MESSAGE');
+  assert.equal(line.reason, 'limits.maxMessageSize');
+  assert.deepEqual([line.from, line.to], ['someone@example.net', 'user@example.test']);
+  await c.quit();
+
+  const sub = await SmtpTestClient.connect(s.port('sub'));
+  await sub.hello();
+  assert.equal((await sub.command('MAIL FROM:<someone@example.net>')).code, 530);
+  line = await lastRefusal(6);
+  assert.equal(line.reason, 'auth.required');
+  assert.equal(line.listener, 'sub');
+  await sub.quit();
+
+  const held = await Promise.all([1, 2, 3].map(() => SmtpTestClient.connect(s.port('mx'))));
+  for (const h of held) assert.equal((await h.read()).code, 220);
+  const fourth = await SmtpTestClient.connect(s.port('mx'));
+  assert.equal((await fourth.read()).code, 421);
+  line = await lastRefusal(7);
+  assert.equal(line.stage, 'CONNECT');
+  assert.equal(line.reason, 'limits.maxConnectionsPerIp');
+  for (const h of [...held, fourth]) h.destroy();
+});
