@@ -44,29 +44,31 @@ export function configJsonSchema(schema: z.ZodType = configSchema): Record<strin
 export function configKeys(schema: z.ZodType = configSchema): ConfigKey[] {
   const out: ConfigKey[] = [];
   const seen = new Set<string>();
-  const visit = (node: JsonSchema, path: string): void => {
+  // `form`: inside one form of a union (route: smarthost or mx), where "required" holds for that form only.
+  const visit = (node: JsonSchema, path: string, form: boolean): void => {
     for (const [name, child] of Object.entries(node.properties ?? {})) {
       const at = path ? `${path}.${name}` : name;
       if (seen.has(at)) continue; // the same key in two forms of a union: the first form's
       seen.add(at);
+      const required = node.required?.includes(name) ?? false;
       out.push({
         path: at,
         type: typeOf(child),
-        default: defaultOf(child, node.required?.includes(name) ?? false),
-        required: node.required?.includes(name) ?? false,
+        default: defaultOf(child, required, form),
+        required,
         description: child.description?.trim() ?? '',
         group: child.properties !== undefined,
       });
-      visitChildren(child, at);
+      visitChildren(child, at, form);
     }
   };
-  const visitChildren = (node: JsonSchema, path: string): void => {
-    if (node.properties) visit(node, path);
-    if (node.items && typeof node.items === 'object') visitChildren(node.items, `${path}[]`);
-    if (node.additionalProperties && typeof node.additionalProperties === 'object') visitChildren(node.additionalProperties, `${path}.<name>`);
-    for (const form of node.anyOf ?? []) visitChildren(form, path);
+  const visitChildren = (node: JsonSchema, path: string, form: boolean): void => {
+    if (node.properties) visit(node, path, form);
+    if (node.items && typeof node.items === 'object') visitChildren(node.items, `${path}[]`, form);
+    if (node.additionalProperties && typeof node.additionalProperties === 'object') visitChildren(node.additionalProperties, `${path}.<name>`, form);
+    for (const variant of node.anyOf ?? []) visitChildren(variant, path, true);
   };
-  visit(configJsonSchema(schema) as JsonSchema, '');
+  visit(configJsonSchema(schema) as JsonSchema, '', false);
   return out;
 }
 
@@ -121,9 +123,9 @@ function range(node: JsonSchema): string {
   return '';
 }
 
-function defaultOf(node: JsonSchema, required: boolean): string {
+function defaultOf(node: JsonSchema, required: boolean, form: boolean): string {
   if (node.defaultText) return node.defaultText;
-  if (node.default === undefined) return required ? '**required**' : '—';
+  if (node.default === undefined) return required ? `**required**${form ? ' in this form' : ''}` : '—';
   if (node.properties && isEmptyObject(node.default)) return 'its keys\' defaults';
   const shown = code(flow(node.default));
   const mib = 1024 * 1024;
