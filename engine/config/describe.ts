@@ -25,8 +25,6 @@ export interface ConfigKey {
   default: string;
   required: boolean;
   description: string;
-  /** An object with keys of its own (its keys follow it in the list). */
-  group: boolean;
 }
 
 type JsonSchema = {
@@ -57,7 +55,6 @@ export function configKeys(schema: z.ZodType = configSchema): ConfigKey[] {
         default: defaultOf(child, required, form),
         required,
         description: child.description?.trim() ?? '',
-        group: child.properties !== undefined,
       });
       visitChildren(child, at, form);
     }
