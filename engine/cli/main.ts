@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-/** Command line: `postern [serve]`, `check`, `status`, `queue`, `hash-password`. Parsing only; work lives elsewhere. */
+/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { serveCommand } from './serve.ts';
 import { checkCommand } from './check.ts';
+import { configDescribeCommand, type DescribeOptions } from './config-describe.ts';
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand } from './queue.ts';
@@ -40,6 +41,14 @@ program.command('check')
   .description('validate a configuration, its scripts and tables without starting; exit 1 on errors')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .action(async (opts: { config?: string }) => exitWith(await checkCommand(opts)));
+
+const config = program.command('config').description('the configuration reference');
+config.command('describe')
+  .description('print every configuration key with its type, default and description')
+  .option('--markdown', 'the tables of docs/configuration.md')
+  .option('--json', 'the JSON Schema of postern.yaml')
+  .option('--write-docs [file]', 'rewrite the generated tables in docs/configuration.md (or file)')
+  .action(async (opts: DescribeOptions) => exitWith(await configDescribeCommand(opts)));
 
 program.command('status')
   .description('show the running server\'s reload status (exit 2 when the last reload failed)')

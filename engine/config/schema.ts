@@ -1,141 +1,190 @@
 /**
- * The shape of postern.yaml, with a description and default on every field. Paths stay as written here;
- * the loader resolves them against the configuration file's folder.
+ * The shape of postern.yaml, with a description and default on every key. The descriptions are the
+ * configuration reference: `postern config describe` prints them and docs/configuration.md's key tables are
+ * generated from them (`npm run docs:config`), so they are written for the reader of those tables (Markdown).
+ * .meta() hints for the reference: `format` (what a string is), `unit`, `defaultText` (see describe.ts).
+ * Paths stay as written here; the loader resolves them against the configuration file's folder.
  */
 import { z } from 'zod';
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected address:port, e.g. 127.0.0.1:2525');
+/** A file or folder; relative paths are resolved against the configuration file's folder. */
+const path = () => z.string().meta({ format: 'path' });
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected address:port, e.g. 127.0.0.1:2525')
+  .meta({ format: '`address:port`' });
 const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
 
 const tlsSchema = z.strictObject({
   mode: z.enum(['none', 'starttls', 'implicit']).default('none')
-    .describe('none: plaintext only; starttls: offer STARTTLS; implicit: TLS from the first byte (465 style)'),
-  cert: z.string().optional().describe('Server certificate chain (PEM), leaf first'),
-  key: z.string().optional().describe('Private key of the server certificate (PEM)'),
+    .describe('`none`: plaintext only. `starttls`: EHLO offers STARTTLS. `implicit`: TLS from the first byte (port 465 style), with no STARTTLS.'),
+  cert: path().optional()
+    .describe('Server certificate chain in PEM, leaf first. Only `CERTIFICATE` blocks are read, so a combined key+cert file also works. Required unless `mode: none`.'),
+  key: path().optional()
+    .describe('Private key (PEM). It must match the certificate, which is checked at load. Required unless `mode: none`.'),
   clientCertificates: z.enum(['none', 'request', 'require']).default('none')
-    .describe('none: never ask; request: ask, continue without or with an untrusted one; require: 421 4.7.1 without a trusted one'),
-  caFiles: z.array(z.string()).default([]).describe('CA bundles that client certificates are verified against'),
-  crlFiles: z.array(z.string()).default([]).describe('CRLs (PEM or DER) for those CAs; a certificate listed is reported as revoked'),
+    .describe('`none`: never ask. `request`: ask, and continue without a certificate or with an untrusted one. `require`: without a trusted (or pinned) certificate, reply `421 4.7.1` and close. See [client-certificates.md](client-certificates.md).'),
+  caFiles: z.array(path()).default([])
+    .describe('PEM bundles, one or more certificates per file. These are the only CAs a client certificate is verified against; system and public roots are never used. Each bundle must include the root. A CA that has expired, or a certificate that is not a CA, is logged as a warning. Read only when `clientCertificates` is not `none`.'),
+  crlFiles: z.array(path()).default([])
+    .describe('CRLs in PEM (`X509 CRL` or `CRL` blocks, several per file) or DER. Each must be signed by a CA in `caFiles`, or the load fails. Once any CRL is configured, every CA in a client\'s chain needs its own CRL; a missing one gives the verdict `crl-missing`. An expired CRL is logged as a warning, and every certificate of its CA then fails with `CRL_HAS_EXPIRED`.'),
   strict: z.boolean().default(false)
-    .describe('Close the connection right after the TLS handshake, without an SMTP reply, when the client presented a certificate that is neither CA-verified nor pinned (instead of continuing unauthenticated)'),
-  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
-}).describe('TLS settings of a listener');
+    .describe('A certificate that is neither CA-verified nor pinned ends the connection right after the handshake, without an SMTP reply, instead of continuing unauthenticated. A missing certificate is governed by `clientCertificates`.'),
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2').describe('Lowest TLS version accepted.'),
+}).describe('TLS of this listener: server certificate, and whether and how client certificates are asked for and verified.');
 
 const identitySchema = z.strictObject({
   field: z.enum(['none', 'emailAddress', 'CN', 'sanEmail']).default('none')
-    .describe('Field of a CA-verified, unrevoked certificate that names the account (Dovecot ssl_cert_username_field)'),
-  pins: z.string().optional()
-    .describe('Lookup table mapping SPKI SHA-256 pins (hex, colon hex, base64, base64url) to accounts; matches whatever the chain verdict (mox)'),
+    .describe('Which field of the certificate names the account. This is read only from a certificate that verified against `caFiles` (not revoked, not expired). `emailAddress` is the PKCS#9 subject attribute, `CN` the subject common name (for both, the first one in DER order), `sanEmail` the first e-mail subject alternative name. This is Dovecot\'s `ssl_cert_username_field`. Needs `tls.caFiles`.'),
+  pins: z.string().optional().meta({ format: 'table name' })
+    .describe('A [table](#tables) that maps SPKI SHA-256 pins to accounts. It matches whatever the chain verdict is, so self-signed, expired and foreign-CA certificates can match, as in mox. A pin is tried before `field`. The key may be hex, colon hex, base64 or base64url (see [client-certificates.md](client-certificates.md#identities-field-and-pins)). The table must exist under `tables`.'),
   autoLogin: z.boolean().default(false)
-    .describe('A certificate that maps to an identity authenticates the session at once, without AUTH (mox style)'),
-}).prefault({});
+    .describe('A certificate with an identity logs the session in as soon as TLS is up, without AUTH. Scripts then see `connection.auth.mechanism: "CERTIFICATE"`. One SASL AUTH is still allowed afterwards.'),
+}).prefault({}).describe('How a client certificate names an account (its identity).');
 
 const limitsSchema = z.strictObject({
-  maxMessageSize: z.number().int().positive().default(25 * 1024 * 1024).describe('Bytes; advertised in SIZE'),
-  maxRecipients: z.number().int().positive().default(100),
-  maxConnections: z.number().int().positive().default(500).describe('Concurrent connections on this listener'),
-  maxConnectionsPerIp: z.number().int().positive().default(50),
-  socketTimeoutMs: z.number().int().positive().default(5 * 60_000).describe('Idle timeout of a connection'),
-  greetingDelayMs: z.number().int().min(0).max(60_000).optional()
-    .describe('Pause before the 220 greeting; a client that talks during it gets 421. Default 0 on listeners with AUTH, 100 on others'),
-  authFailuresBeforeDelay: z.number().int().min(0).default(3).describe('Failed AUTHs on a connection before replies slow down'),
-  authFailureDelayMs: z.number().int().min(0).default(1000).describe('Extra delay per failure beyond the threshold'),
+  maxMessageSize: z.number().int().positive().meta({ unit: 'bytes' }).default(25 * 1024 * 1024)
+    .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept.'),
+  maxRecipients: z.number().int().positive().default(100)
+    .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
+  maxConnections: z.number().int().positive().default(500)
+    .describe('Concurrent connections on this listener. The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
+  maxConnectionsPerIp: z.number().int().positive().default(50)
+    .describe('Concurrent connections from one client address to this listener. Beyond it: `421 4.7.0 Too many connections from your address`.'),
+  socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
+    .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
+  greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()
+    .meta({ defaultText: '`0` when `auth.mechanisms` is non-empty or `auth.required` is set, else `100`' })
+    .describe('Pause before the `220` greeting. A client that talks first gets `421 … You talk too soon`.'),
+  authFailuresBeforeDelay: z.number().int().min(0).default(3)
+    .describe('Failed AUTHs on one connection before the failure replies slow down.'),
+  authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)
+    .describe('Delay added to failure *n* is (*n* − `authFailuresBeforeDelay`) × this, capped at 30 s.'),
   authFailuresPerIp: z.number().int().positive().default(20)
-    .describe('Failed AUTHs from one IP within authFailureWindowMs after which new connections get 421 4.7.0'),
-  authFailureWindowMs: z.number().int().positive().default(10 * 60_000),
-}).prefault({});
+    .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, its new connections to this listener get `421 4.7.0 Too many authentication failures, try again later`.'),
+  authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
+    .describe('The sliding window for `authFailuresPerIp`.'),
+}).prefault({}).describe('Sizes, connection counts, timeouts, auth-failure throttling.');
 
 export const listenerSchema = z.strictObject({
-  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only'),
-  listen: hostPort.describe('address:port to listen on'),
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only')
+    .describe('Letters, digits, `_`, `.` and `-`. Identifies the listener in logs and spool records, and to scripts as `connection.listener`. Must be unique.'),
+  listen: hostPort
+    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0.'),
   tls: tlsSchema.prefault({}),
-  requireTls: z.boolean().default(false).describe('Refuse MAIL before TLS (530 5.7.0). AUTH before TLS is always refused (538 5.7.11) on a TLS listener'),
+  requireTls: z.boolean().default(false)
+    .describe('Before TLS, MAIL FROM gets `530 5.7.0 Must issue a STARTTLS command first`. Needs `tls.mode` `starttls` or `implicit`. AUTH before TLS is refused on any TLS-capable listener, whatever this says (see [auth](#listenersauth)).'),
   auth: z.strictObject({
-    mechanisms: z.array(mechanism).default([]).describe('SASL mechanisms offered; EXTERNAL only after TLS with a client certificate'),
-    required: z.boolean().default(false).describe('MAIL FROM needs an authenticated session (submission)'),
-  }).prefault({}),
+    mechanisms: z.array(mechanism).default([])
+      .describe('SASL mechanisms. With an empty list, the AUTH command itself is disabled (`500 5.5.2 Error: command not recognized`). On a listener with `tls.mode` other than `none`, nothing is offered before TLS, and AUTH gets `538 5.7.11`. `EXTERNAL` is offered only after TLS and only with a usable client certificate; see [client-certificates.md](client-certificates.md#ehlo-what-is-offered-when).'),
+    required: z.boolean().default(false)
+      .describe('MAIL, RCPT and DATA before a login get `530 5.7.0 Authentication required`. A login is a successful AUTH or a certificate `autoLogin`. With an empty `mechanisms` list the configuration must use `certificateIdentity` with `autoLogin` (the only way to log in), else it is refused.'),
+  }).prefault({}).describe('SMTP AUTH: the mechanisms offered, and whether a login is required.'),
   certificateIdentity: identitySchema,
   relayClientCertificates: z.boolean().default(false)
-    .describe("Any CA-verified, unrevoked client certificate may relay (Postfix permit_tls_all_clientcerts)"),
+    .describe('The built-in relay rule at RCPT TO accepts any recipient when the client certificate verified against `tls.caFiles` (and, with CRLs, is not revoked). Postfix `permit_tls_all_clientcerts`. Needs `tls.caFiles`.'),
   limits: limitsSchema,
-  scripts: z.string().optional().describe('Scripts folder for this listener (default: the top-level scripts)'),
-  banner: z.string().optional().describe('Text after "ESMTP" in the 220 greeting (default "Postern")'),
-  reverseDns: z.boolean().default(true).describe('Look up the client name (PTR) for logs and the Received header'),
+  scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
+    .describe('Scripts folder for this listener only.'),
+  banner: z.string().optional().meta({ defaultText: '`Postern`' })
+    .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
+  reverseDns: z.boolean().default(true)
+    .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });
 
 const tableSchema = z.union([
-  z.string(),
+  path(),
   z.strictObject({
-    file: z.string(),
+    file: path().describe('The table file.'),
     format: z.enum(['postfix', 'yaml', 'json']).default('postfix')
-      .describe('postfix: "key whitespace value" lines, # comments; yaml/json: a flat mapping'),
-    caseSensitive: z.boolean().default(false),
+      .describe('`postfix`: one `key<whitespace>value` per line; the value is the rest of the line, trimmed. Blank lines and `#` comment lines are skipped. A line without a value, a duplicate key, or a line that starts with whitespace (there are no continuation lines) is an error, reported with file and line. `yaml` / `json`: a flat mapping whose values are strings, numbers or booleans (stored as strings).'),
+    caseSensitive: z.boolean().default(false)
+      .describe('When `false`, keys are folded to lowercase, both when the table is loaded and when it is looked up.'),
   }),
 ]);
 
 const outboundCertificateSchema = z.strictObject({
-  cert: z.string().describe('Certificate chain (PEM), leaf first'),
-  key: z.string().describe('Private key (PEM); stays in the host, never enters the sandbox'),
+  cert: path().describe('PEM chain, leaf first.'),
+  key: path().describe('Its private key (PEM). It stays in the server and never enters the sandbox.'),
 });
 
+const port = () => z.number().int().min(1).max(65535).default(25);
+
 const deliverySchema = z.strictObject({
+  enabled: z.boolean().default(true).meta({ defaultText: '`true` once the section exists; `false` without it' })
+    .describe('Deliver spooled mail. `false`: accept and spool only.'),
   route: z.union([
     z.strictObject({ smarthost: z.strictObject({
-      host: z.string().describe('Host name or address of the smarthost'),
-      port: z.number().int().min(1).max(65535).default(25),
-      implicitTls: z.boolean().default(false).describe('TLS from the first byte (465 style) instead of STARTTLS'),
-    }) }),
-    z.strictObject({ mx: z.literal(true), port: z.number().int().min(1).max(65535).default(25) }),
+      host: z.string().describe('Host name or address of the smarthost. Its addresses come from A/AAAA (or `native`) lookups, never from MX.'),
+      port: port().describe('Port of the smarthost.'),
+      implicitTls: z.boolean().default(false).describe('TLS from the first byte (port 465 style) instead of STARTTLS.'),
+    }).describe('Every recipient domain goes to this one host.') }),
+    z.strictObject({
+      mx: z.literal(true).describe('Each recipient domain goes to its MX hosts.'),
+      port: port().describe('Port of the MX hosts.'),
+    }),
   ]).default({ mx: true, port: 25 })
-    .describe('Default next hop: one smarthost, or the MX hosts of each recipient domain (lowest preference first, then A/AAAA)'),
+    .describe('Default next hop of every recipient domain: one smarthost, or the domain\'s MX hosts. See [routing](#routing). A `predelivery` script can override it per domain.'),
   tls: z.strictObject({
     mode: z.enum(['none', 'may', 'encrypt', 'verify']).default('may')
-      .describe('Outbound TLS (Postfix smtp_tls_security_level): none; may = STARTTLS when offered, unverified, plaintext if it fails; encrypt = TLS required, unverified; verify = TLS + CA + host name'),
-    clientCertificate: z.string().optional().describe('Default outbound client certificate (a name under clientCertificates)'),
-    ca: z.string().optional().describe('Default CA bundle for verify (a name under caFiles; default: Node\'s root store)'),
-  }).prefault({}),
+      .describe('Outbound TLS, as Postfix `smtp_tls_security_level`. See [TLS](#outbound-tls).'),
+    clientCertificate: z.string().optional().meta({ format: 'name' })
+      .describe('Default outbound client certificate: a key of `clientCertificates`. Without it, none is presented unless a script names one.'),
+    ca: z.string().optional().meta({ format: 'name' })
+      .describe('CA bundle for `verify`: a key of `caFiles`. Without it, `verify` uses Node\'s built-in public root store.'),
+  }).prefault({}).describe('Outbound TLS defaults; a `predelivery` script can override them per domain.'),
   clientCertificates: z.record(z.string(), outboundCertificateSchema).default({})
-    .describe('Outbound client certificates by name; a pre-delivery script names one'),
-  caFiles: z.record(z.string(), z.string()).default({}).describe('CA bundles by name for verify mode'),
-  concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, overall'),
-  perDestinationConcurrency: z.number().int().positive().default(4).describe('Connections to one host:port at once'),
-  retrySchedule: z.array(z.number().positive()).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
-    .describe('Seconds to wait after failed attempt 1, 2, …; the last repeats'),
-  maxAgeHours: z.number().positive().default(120).describe('A message still undelivered after this bounces'),
-  enabled: z.boolean().default(true)
-    .describe('Deliver spooled mail. A configuration without a delivery section only accepts and spools'),
-  heloName: z.string().optional().describe('EHLO name for outbound connections (default: hostname)'),
-  connectTimeoutMs: z.number().int().positive().default(30_000).describe('Connect, greeting and TLS handshake time limit'),
-  commandTimeoutMs: z.number().int().positive().default(300_000).describe('Time limit for each reply of the next hop'),
-  scanIntervalMs: z.number().int().positive().default(5000)
-    .describe('How often the queue runner rescans the spool (for postern queue retry/delete and messages due for a retry)'),
+    .describe('Outbound client certificates, by name. See [client certificates](#outbound-client-certificates).'),
+  caFiles: z.record(z.string(), path()).default({}).describe('CA bundles (PEM) by name, for `verify`.'),
+  concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),
+  perDestinationConcurrency: z.number().int().positive().default(4)
+    .describe('Transactions, and open connections, to one `host:port` at once.'),
+  retrySchedule: z.array(z.number().positive().meta({ unit: 'seconds' })).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
+    .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh).'),
+  maxAgeHours: z.number().positive().meta({ unit: 'hours' }).default(120)
+    .describe('A message still undelivered this long after it was accepted bounces at its next failed attempt.'),
+  heloName: z.string().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
+  connectTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(30_000)
+    .describe('Time limit for the connection, the greeting and the TLS handshake.'),
+  commandTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(300_000)
+    .describe('Time limit for each reply of the next hop.'),
+  scanIntervalMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
+    .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')
-    .describe('Addresses of next hops: dns = A/AAAA queries; native = getaddrinfo, /etc/hosts first (Postfix smtp_host_lookup)'),
-  dnsServers: z.array(z.string()).default([]).describe('DNS servers for MX and address lookups, "address" or "address:port" (default: the system\'s)'),
+    .describe('How next-hop host names become addresses. `dns`: A and AAAA queries (`/etc/hosts` is not read). `native`: the system resolver (getaddrinfo: `/etc/hosts` first), as Postfix `smtp_host_lookup = native`. MX records always come from DNS.'),
+  dnsServers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+    .describe('DNS servers for MX queries and, with `hostLookup: dns`, for address queries; each `address` or `address:port`.'),
 }).prefault({ enabled: false });
 
 export const configSchema = z.strictObject({
-  hostname: z.string().default('localhost').describe('Name in the greeting, Received headers and bounces'),
-  dataDir: z.string().default('./data').describe('Spool and generated development PKI live here'),
-  scripts: z.string().default('./scripts').describe('Default policy scripts folder'),
-  localDomains: z.array(z.string()).default([]).describe('Mail for these domains is accepted without relay permission'),
-  users: z.string().optional().describe('Users file: "name: password-hash" lines (postern hash-password makes hashes)'),
-  tables: z.record(z.string(), tableSchema).default({}).describe('Lookup tables for scripts and pins, by name'),
+  hostname: z.string().default('localhost')
+    .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers.'),
+  dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
+  scripts: path().default('./scripts')
+    .describe('Default policy-script folder. A folder that does not exist holds no scripts, so the built-in rules apply.'),
+  localDomains: z.array(z.string()).default([])
+    .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively.'),
+  users: path().optional()
+    .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
+  tables: z.record(z.string(), tableSchema).default({})
+    .describe('Lookup tables for `lookup()` in scripts and for `certificateIdentity.pins`, by name: a path (postfix format, case-insensitive keys) or an object.'),
   sandbox: z.strictObject({
-    timeoutMs: z.number().int().positive().default(100).describe('Time limit of one script call'),
-    memoryLimitMb: z.number().int().min(8).default(32).describe('Heap limit of each isolate'),
-    isolates: z.number().int().positive().max(64).default(2).describe('Isolates per generation; calls spread over them'),
-    fastPathMs: z.number().int().min(0).max(50).default(5)
-      .describe('A call first runs on the event loop for at most this long, then is moved to an isolate thread (0: always on an isolate thread)'),
-  }).prefault({}),
+    timeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(100)
+      .describe('Time limit of one script call. Top-level code, run once per isolate when it loads, gets `max(1000, timeoutMs)`.'),
+    memoryLimitMb: z.number().int().min(8).meta({ unit: 'MiB' }).default(32).describe('Heap limit of each isolate.'),
+    isolates: z.number().int().positive().max(64).default(2)
+      .describe('Isolates per scripts folder. An isolate runs one call at a time; further calls wait for a free one. A folder without scripts gets no isolates.'),
+    fastPathMs: z.number().int().min(0).max(50).meta({ unit: 'ms' }).default(5)
+      .describe('A call first runs on the server\'s event-loop thread for at most this long (calls of one event-loop turn run together, within one such limit); a call still running then is stopped and run again on an isolate thread with the full `timeoutMs`. `0` sends every call to an isolate thread. See [scripts.md](scripts.md#limits-and-the-sandbox).'),
+  }).prefault({}).describe('Script limits.'),
   log: z.strictObject({
-    level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-  }).prefault({}),
-  listeners: z.array(listenerSchema).min(1),
-  delivery: deliverySchema,
+    level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+      .describe('pino log level. Logs are JSON lines on stdout.'),
+  }).prefault({}).describe('Logging.'),
+  listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
+  delivery: deliverySchema.meta({ defaultText: 'off without the section' })
+    .describe('[Delivery](#delivery) of spooled mail: route, outbound TLS and client certificates, retries, bounces. Without it Postern only accepts and spools.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
-  }).optional().describe('Admin listener for monitoring; off when absent'),
+  }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
 });
 
 export type Config = z.infer<typeof configSchema>;
