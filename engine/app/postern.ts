@@ -78,7 +78,7 @@ class MutableRuntime implements Runtime {
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
   const config = loaded.config;
-  const logger = opts.logger ?? createLogger(config.log.level);
+  const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
   const generation = await PolicyGeneration.build(loaded, logger);
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
@@ -97,11 +97,20 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));
 
   const servers = new Map<string, PosternServer>();
+  const reported = new WeakSet<Error>();
   const addresses = new Map<string, { address: string; port: number }>();
   try {
     for (const l of config.listeners) {
       const server = new PosternServer(runtime, await prepareListener(l, config.hostname, logger));
-      server.on('error', (err: Error) => logger.error({ listener: l.name, err }, 'listener error'));
+      server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string }) => {
+        // smtp-server also reports each client's connection errors here (a failed handshake, a reset):
+        // the client's fault, logged at info with its reason, not as a server error with a stack trace.
+        if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
+        reported.add(err);
+        if (err.remoteAddress && (err as { library?: string }).library === 'SSL routines') metrics.tlsHandshakeFailures.inc({ listener: l.name });
+        if (err.remoteAddress) logger.info({ listener: l.name, client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
+        else logger.error({ listener: l.name, err }, 'listener error');
+      });
       const sep = l.listen.lastIndexOf(':');
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));

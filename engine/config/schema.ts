@@ -178,6 +178,8 @@ export const configSchema = z.strictObject({
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),
+    format: z.enum(['json', 'pretty']).default('json')
+      .describe('json: one JSON object per line with an ISO-8601 time (for journald and log shippers); pretty: coloured, human-readable lines for a terminal'),
   }).prefault({}).describe('Logging.'),
   listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })

@@ -1,8 +1,18 @@
-/** The server's one pino logger. Components take children with `{ component }` bindings. */
+/**
+ * The server's one pino logger: JSON lines with ISO-8601 times (for log shippers and people alike), or
+ * `log.format: pretty` for a terminal. Components take children with `{ component }` bindings.
+ */
 import { pino, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger } from 'pino';
 
-export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
-  return pino({ level, base: { pid: process.pid } }, destination ?? pino.destination({ fd: 1, sync: false }));
+export type LogFormat = 'json' | 'pretty';
+
+export function createLogger(level: string, destination?: NodeJS.WritableStream, format: LogFormat = 'json'): Logger {
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  if (format === 'pretty') {
+    return pino(options, pretty({ destination: destination ?? 1, colorize: !destination && process.stdout.isTTY, sync: true }));
+  }
+  return pino(options, destination ?? pino.destination({ fd: 1, sync: false }));
 }

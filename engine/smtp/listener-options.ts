@@ -2,6 +2,7 @@
  * Translates a listener's configuration into smtp-server options: TLS material, client-certificate
  * request, mechanisms, limits. Certificates are read here so that a bad file fails the (re)load.
  */
+import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
 import { constants } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -40,7 +41,7 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
   const options: SMTPServerOptions & Record<string, unknown> = {
     name: hostname,
     banner: l.banner ?? 'Postern',
-    logger: logger.child({ component: 'smtp', listener: l.name }) as unknown as SMTPServerOptions['logger'],
+    logger: smtpServerLogger(logger.child({ component: 'smtp', listener: l.name })) as unknown as SMTPServerOptions['logger'],
     secure: l.tls.mode === 'implicit',
     hideSTARTTLS: l.tls.mode !== 'starttls',
     disabledCommands: l.auth.mechanisms.length ? [] : ['AUTH'],

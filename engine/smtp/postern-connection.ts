@@ -4,7 +4,6 @@
  * EXTERNAL itself, the HELO hook, and replies that carry our own enhanced status codes.
  */
 import { logRefusal } from './decision-log.ts';
-import { metrics } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
@@ -73,10 +72,9 @@ export class PosternConnection extends SMTPConnection {
    * A client that resets the connection outside a mail transaction (many do, right after QUIT) is the
    * normal end of a connection: smtp-server still logs it at error level, once per socket. Debug here.
    */
-  override _onError(err: Error & { code?: string; remoteAddress?: string; library?: string }): void {
-    if (err.library === 'SSL routines' || err.code?.startsWith('ERR_SSL_')) metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
+  override _onError(err: Error & { code?: string; remoteAddress?: string }): void {
     if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && !this.session.envelope?.mailFrom) {
-      this._server.logger.debug({ tnx: 'close', code: err.code }, '%s %s client went away (%s)', this.id, this.remoteAddress, err.code);
+      this.#server.runtime.logger.debug({ cid: this.id, client: this.remoteAddress, code: err.code }, 'client went away (%s)', err.code);
       this.close();
       return;
     }

@@ -1,0 +1,71 @@
+// Log lines as an administrator reads them: ISO-8601 times; smtp-server's own per-connection lines below
+// info (Postern logs the facts itself); a client's failed TLS handshake at info with its reason and no
+// stack trace; `log.format: pretty` for a terminal.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Writable } from 'node:stream';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { createLogger } from '../../engine/logging/logger.ts';
+import { metrics } from '../../engine/metrics/metrics.ts';
+
+let pki: TestPki;
+let s: TestServer;
+before(async () => {
+  pki = await makeTestPki();
+  s = await startTestServer({
+    config: `
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+});
+after(() => s?.stop());
+
+test('times are ISO-8601; smtp-server lines are below info', async () => {
+  const c = await SmtpTestClient.connect(s.port('mx'));
+  await c.hello();
+  await c.quit();
+  assert.ok(s.logs.length > 0);
+  for (const line of s.logs) assert.match(String(line.time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  const smtpAtInfo = s.logs.filter((l) => l.component === 'smtp' && Number(l.level) >= 30);
+  assert.deepEqual(smtpAtInfo.map((l) => l.msg), []);
+  assert.ok(s.logs.some((l) => l.component === 'smtp' && l.level === 20), 'they are still there at debug');
+});
+
+test('a client that fails the TLS handshake is logged at info with the reason, without a stack trace, and counted', async () => {
+  const failures = async (): Promise<number> => (await metrics.tlsHandshakeFailures.get()).values.find((v) => v.labels.listener === 'mx')?.value ?? 0;
+  const before = await failures();
+  const socket = net.connect(s.port('mx'), '127.0.0.1');
+  let received = '';
+  socket.setEncoding('utf8').on('data', (d: string) => {
+    received += d;
+    if (received.startsWith('220 ') && !received.includes('EHLO sent')) { received += 'EHLO sent'; socket.write('EHLO client.example\r\n'); }
+    if (received.includes('250 ') && !received.includes('STARTTLS sent')) { received += 'STARTTLS sent'; socket.write('STARTTLS\r\n'); }
+    if (received.includes('220 2.0.0')) socket.write('this is not a TLS ClientHello\r\n\r\n');
+  });
+  await new Promise((resolve) => socket.once('close', resolve));
+  const lines = s.logs.filter((l) => (l.clientError || l.err) && Number(l.level) >= 30);
+  assert.equal(lines.length, 1, 'the failure is logged once at info or above');
+  for (const l of lines) {
+    assert.equal(l.level, 30, JSON.stringify(l));
+    assert.equal(l.err, undefined, 'no error object (pino would print its stack)');
+    assert.match(String((l.clientError as { message: string }).message), /wrong version|SSL|TLS|packet/i);
+  }
+  assert.equal(await failures(), before + 1);
+});
+
+test('log.format pretty writes readable lines, not JSON', () => {
+  let out = '';
+  const sink = new Writable({ write(chunk: Buffer, _e, cb) { out += chunk.toString(); cb(); } });
+  const log = createLogger('info', sink, 'pretty');
+  log.info({ cid: 'abc' }, 'message spooled');
+  assert.match(out, /INFO.*message spooled/);
+  assert.match(out, /cid: "abc"/);
+  assert.throws(() => JSON.parse(out));
+});
