@@ -9,7 +9,7 @@ import { checkCommand } from './check.ts';
 import { configDescribeCommand, type DescribeOptions } from './config-describe.ts';
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
-import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand } from './queue.ts';
+import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
 
 /**
  * End a one-shot command with process.exit() once stdout and stderr are flushed. Left to end on its own,
@@ -61,6 +61,11 @@ queue.command('list')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
   .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueListCommand(opts)));
+queue.command('summary')
+  .description('messages by recipient domain and age in minutes (Postfix qshape)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueSummaryCommand(opts)));
 queue.command('show <id>')
   .description('one message\'s envelope and delivery state (--message: and its content)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')

@@ -7,6 +7,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import { deleteMessage, listQueue, retryMessages } from '../queue/admin.ts';
+import { formatQueueShape, queueShape } from '../queue/shape.ts';
 
 /** Configuration and I/O problems: a message on stderr and exit status 1, like the other commands. */
 async function guarded(fn: () => Promise<number>): Promise<number> {
@@ -34,6 +35,16 @@ const notFound = (id: string, err: unknown): number => {
   process.stderr.write(`postern: ${id}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such message in the queue' : (err as Error).message}\n`);
   return 1;
 };
+
+export function queueSummaryCommand(opts: { config?: string; json?: boolean }): Promise<number> {
+  return guarded(async () => {
+    const { entries, unreadable } = await listQueue(spoolOf(opts));
+    const shape = queueShape(entries);
+    process.stdout.write(opts.json ? `${JSON.stringify({ ...shape, unreadable }, null, 2)}\n` : formatQueueShape(shape));
+    for (const u of opts.json ? [] : unreadable) process.stderr.write(`postern: ${u.id}: unreadable: ${u.error}\n`);
+    return unreadable.length ? 1 : 0;
+  });
+}
 
 export function queueListCommand(opts: { config?: string; json?: boolean }): Promise<number> {
   return guarded(async () => {

@@ -58,6 +58,14 @@ test('list, show, retry and delete while the server runs', async () => {
   const json = JSON.parse((await cli('list', '--json')).stdout) as { messages: Array<{ id: string; pending: Array<{ address: string }> }> };
   assert.deepEqual(json.messages.map((m) => [m.id, m.pending.map((p) => p.address)]), [[held, ['hold1@dest.test']], [other, ['hold2@dest.test']]]);
 
+  const summary = await cli('summary');
+  assert.equal(summary.code, 0, summary.stderr);
+  assert.match(summary.stdout, /^ +T +5 +10 +20 +40 +80 +160 +320 +640 +1280 +1280\+\n/);
+  assert.match(summary.stdout, /^ +TOTAL +2 +2( +0){9}$/m);
+  assert.match(summary.stdout, /^ *dest\.test +2 +2( +0){9}$/m);
+  const shape = JSON.parse((await cli('summary', '--json')).stdout) as { rows: Array<{ domain: string; total: number; counts: number[] }> };
+  assert.deepEqual(shape.rows.map((r) => [r.domain, r.total, r.counts[0]]), [['TOTAL', 2, 2], ['dest.test', 2, 2]]);
+
   const show = await cli('show', held);
   assert.equal(show.code, 0);
   const env = JSON.parse(show.stdout);
