@@ -41,7 +41,7 @@ const limitsSchema = z.strictObject({
   authFailuresBeforeDelay: z.number().int().min(0).default(3).describe('Failed AUTHs on a connection before replies slow down'),
   authFailureDelayMs: z.number().int().min(0).default(1000).describe('Extra delay per failure beyond the threshold'),
   authFailuresPerIp: z.number().int().positive().default(20)
-    .describe('Failed AUTHs from one IP within authFailureWindowMs after which new connections get 421 4.7.0'),
+    .describe('Failed AUTHs from one IP within authFailureWindowMs after which it cannot authenticate: new connections, and AUTH on its open ones, get 421 4.7.0'),
   authFailureWindowMs: z.number().int().positive().default(10 * 60_000),
 }).prefault({});
 

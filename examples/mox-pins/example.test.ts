@@ -50,7 +50,7 @@ test('an unknown key (even from a real CA) or no certificate gets 530 5.7.0 at M
     const c = await smtpClient(ex, { client });
     assert.match(c.ehlo.text, /^250-AUTH PLAIN$/m, String(client));
     assert.equal((await c.command('MAIL FROM:<mjl@mox.example>')).text, '530 5.7.0 Authentication required', String(client));
-    if (client) assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Client certificate does not identify an account');
+    if (client) assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
     await c.quit();
   }
 });
