@@ -136,6 +136,7 @@ function crossCheck(c: Config): PathProblem[] {
     if (l.auth.required && l.auth.mechanisms.length === 0 && !(id.autoLogin && (id.pins || id.field !== 'none'))) {
       out.push({ path: at('auth', 'required'), message: 'auth.required needs auth.mechanisms (or certificateIdentity with autoLogin)' });
     }
+    if (l.senderLogin.table && !(l.senderLogin.table in c.tables)) out.push({ path: at('senderLogin', 'table'), message: `no table named "${l.senderLogin.table}" under tables` });
     if (l.relayClientCertificates && l.tls.caFiles.length === 0) out.push({ path: at('relayClientCertificates'), message: 'needs tls.caFiles (which CA may relay?)' });
   });
   const d = c.delivery;

@@ -30,6 +30,14 @@ const identitySchema = z.strictObject({
     .describe('A certificate that maps to an identity authenticates the session at once, without AUTH (mox style)'),
 }).prefault({});
 
+const senderLoginSchema = z.strictObject({
+  enforce: z.boolean().default(false)
+    .describe('A logged-in session may only use its own envelope sender (MAIL FROM) and those the table or its pin line names; others get 553 5.7.1 (Postfix reject_authenticated_sender_login_mismatch). Unauthenticated sessions are not checked'),
+  table: z.string().optional()
+    .describe('Lookup table: login identity -> further senders it may use, comma or space separated; "@domain" allows every address in that domain'),
+  allowNullSender: z.boolean().default(false).describe('A logged-in session may use the null sender <>'),
+}).prefault({});
+
 const limitsSchema = z.strictObject({
   maxMessageSize: z.number().int().positive().default(25 * 1024 * 1024).describe('Bytes; advertised in SIZE'),
   maxRecipients: z.number().int().positive().default(100),
@@ -57,6 +65,7 @@ export const listenerSchema = z.strictObject({
   certificateIdentity: identitySchema,
   relayClientCertificates: z.boolean().default(false)
     .describe("Any CA-verified, unrevoked client certificate may relay (Postfix permit_tls_all_clientcerts)"),
+  senderLogin: senderLoginSchema.describe('Which envelope senders a logged-in session may use (checked at MAIL FROM, before the mailfrom script)'),
   limits: limitsSchema,
   scripts: z.string().optional().describe('Scripts folder for this listener (default: the top-level scripts)'),
   banner: z.string().optional().describe('Text after "ESMTP" in the 220 greeting (default "Postern")'),

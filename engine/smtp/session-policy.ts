@@ -10,7 +10,8 @@ import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { verdictReply } from '../policy/verdict.ts';
-import { builtinAuth, builtinRelay, type AuthAttempt } from '../policy/builtin-rules.ts';
+import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
+import { extraSenders } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
@@ -193,10 +194,29 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required');
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
+    const sender = envelopeAddress(address);
+    const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
+    // As at RCPT TO: the script sees the built-in decision and its verdict, if any, wins.
     const verdict = await this.#run(conn, 'mailfrom', {
-      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: envelopeAddress(address),
+      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: sender, builtin,
     });
-    return this.#decided(conn, 'mailfrom', verdict);
+    if (verdict) return this.#decided(conn, 'mailfrom', verdict);
+    if (builtin.accepted) return null;
+    const text = builtin.reason === 'null-sender'
+      ? `<>: Sender address rejected: null sender not allowed for user ${st.user}`
+      : `<${sender!.address}>: Sender address rejected: not owned by user ${st.user}`;
+    this.#log.info({ cid: conn.id, ip: conn.remoteAddress, user: st.user, sender: sender?.address ?? '', reason: builtin.reason }, 'sender refused');
+    return new SmtpReply(553, '5.7.1', text);
+  }
+
+  /** What the sender binding needs: the listener's senderLogin, the logged-in identity and what else it may use. */
+  #senderFacts(conn: PosternConnection): SenderFacts {
+    const st = conn.state;
+    const { enforce, allowNullSender, table } = st.listener.senderLogin;
+    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: [] };
+    // The pin line's senders belong to the pinned identity, so only to a session logged in as that identity.
+    const pinSenders = st.identity.identity === st.user ? st.identity.senders : [];
+    return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
   }
 
   async rcptTo(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
