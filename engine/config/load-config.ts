@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
+import { containsPrivateKey, privateKeyFileMessage } from '../policy/key-material.ts';
 
 export interface LoadedConfig {
   config: Config;
@@ -55,6 +56,7 @@ export function loadConfigFile(path: string): LoadedConfig {
   } catch (err) {
     throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
   }
+  if (containsPrivateKey(text)) throw new ConfigError([{ file, message: privateKeyFileMessage('a configuration') }]);
   return parseConfig(text, file, dirname(file));
 }
 
