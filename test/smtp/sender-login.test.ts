@@ -123,3 +123,25 @@ listeners:
     senderLogin: { enforce: true, table: nope }
 `, 'postern.yaml', '/tmp'), /postern\.yaml:5:\d+: listeners\[0\]\.senderLogin\.table: no table named "nope" under tables/);
 });
+
+test("the repository's default scripts/mailfrom.ts leaves the decision to senderLogin when it is enforced, and binds to the own address when not", async () => {
+  const script = await readFile(new URL('../../scripts/mailfrom.ts', import.meta.url), 'utf8');
+  const files = { users: `alice@example.com:${await hashPassword(PASSWORD)}\n`, sender_logins: 'alice@example.com  info@example.com\n' };
+  for (const [senderLogin, listedReply] of [
+    ['{ enforce: true, table: sender_logins }', '250 2.1.0 Accepted'],
+    ['{}', '553 5.7.1 <info@example.com>: sender address not owned by alice@example.com'],
+  ] as const) {
+    const s = await startTestServer({ config: config(senderLogin), files, scripts: { 'mailfrom.ts': script } });
+    try {
+      const c = await SmtpTestClient.connect(s.port('sub'));
+      await c.hello({ starttls: { ca } });
+      assert.equal((await c.command(plain('alice@example.com', PASSWORD))).code, 235);
+      assert.equal(await mailFrom(c, 'info@example.com'), listedReply, senderLogin);
+      assert.equal(await mailFrom(c, 'alice@example.com'), '250 2.1.0 Accepted', senderLogin);
+      assert.match(await mailFrom(c, 'ceo@bank.example'), /^553 5\.7\.1 <ceo@bank\.example>: [Ss]ender address /, senderLogin);
+      await c.quit();
+    } finally {
+      await s.stop();
+    }
+  }
+});
