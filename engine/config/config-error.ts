@@ -1,5 +1,3 @@
-import { hideKeyMaterial } from '../policy/key-material.ts';
-
 /** A configuration problem, located: file, line, column and key path. */
 export interface ConfigProblem {
   file: string;
@@ -15,17 +13,13 @@ export function formatProblem(p: ConfigProblem): string {
   return `${where}: ${p.path ? p.path + ': ' : ''}${p.message}`;
 }
 
-/**
- * Thrown by the loader; the message lists every problem, one per line. Parser messages and key paths may
- * quote the file: anything in them that looks like key material is hidden (a key pasted by mistake).
- */
+/** Thrown by the loader; the message lists every problem, one per line. */
 export class ConfigError extends Error {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
-    const shown = problems.map((p) => ({ ...p, message: hideKeyMaterial(p.message), path: p.path && hideKeyMaterial(p.path) }));
-    super(shown.map(formatProblem).join('\n'));
+    super(problems.map(formatProblem).join('\n'));
     this.name = 'ConfigError';
-    this.problems = shown;
+    this.problems = problems;
   }
 }
 

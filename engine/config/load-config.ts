@@ -8,7 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
-import { containsPrivateKey, privateKeyFileMessage } from '../policy/key-material.ts';
+import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../policy/key-material.ts';
 
 export interface LoadedConfig {
   config: Config;
@@ -25,7 +25,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (doc.errors.length) {
     throw new ConfigError(doc.errors.map((e) => {
       const lp = lineCounter.linePos(e.pos[0]);
-      return { file, line: lp.line, column: lp.col, message: e.message.split('\n')[0]! };
+      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]!) };
     }));
   }
   const locate = (path: ReadonlyArray<PropertyKey>, atKey = false): { line?: number; column?: number } => {
@@ -39,11 +39,12 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
     throw new ConfigError(parsed.error.issues.map((issue) => {
       // An unknown key is reported at the key itself, not at its parent object.
       const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: keyPath(path), message: issue.message };
+      // Keys and values of the file show up in these: a key pasted by mistake must not.
+      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(issue.message) };
     }));
   }
   const config = resolvePaths(parsed.data, baseDir);
-  const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: p.message }));
+  const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: hideKeyMaterial(p.message) }));
   if (problems.length) throw new ConfigError(problems);
   return { config, file, baseDir };
 }
