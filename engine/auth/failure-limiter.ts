@@ -48,6 +48,8 @@ const MAX_DELAY_MS = 30_000;
 export class AuthFailureLimiter {
   readonly windowMs: number;
   readonly #store: AuthFailureStore;
+  /** Per address, the end of the decision running now (see oneAtATime). */
+  readonly #running = new Map<string, Promise<void>>();
 
   constructor(windowMs: number, store: AuthFailureStore = new MemoryAuthFailureStore()) {
     this.windowMs = windowMs;
@@ -69,6 +71,19 @@ export class AuthFailureLimiter {
    */
   async refused(ip: string, limits: FailureLimits, now = Date.now()): Promise<boolean> {
     return (await this.count(ip, now)) >= limits.authFailuresPerIp;
+  }
+
+  /**
+   * Run `decide` (check the limit, verify, record) when no other decision for `ip` is running in this
+   * process. Otherwise attempts sent in parallel over many connections would all pass the check before any
+   * failure is recorded: the limit would allow one more guess per open connection.
+   */
+  oneAtATime<T>(ip: string, decide: () => Promise<T>): Promise<T> {
+    const run = (this.#running.get(ip) ?? Promise.resolve()).then(decide);
+    const done = run.then(() => undefined, () => undefined);
+    this.#running.set(ip, done);
+    void done.then(() => { if (this.#running.get(ip) === done) this.#running.delete(ip); });
+    return run;
   }
 
   /** Extra wait before the reply to a connection's `failures`-th failed AUTH (0 up to authFailuresBeforeDelay). */

@@ -143,10 +143,16 @@ export class SessionPolicy {
   /** Decide an AUTH attempt; returns the username to log in as, or the failure reply. */
   async authenticate(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
-    // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
-    const refused = await this.authAllowed(conn);
-    if (refused) return refused;
-    const result = await this.#decideAuth(conn, attempt);
+    const ip = conn.remoteAddress;
+    const limiter = this.#runtime.authFailures;
+    const result = await limiter.oneAtATime(ip, async () => {
+      // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
+      const refused = await this.authAllowed(conn);
+      if (refused) return { reply: refused, reason: 'too-many-failures', ipFailures: null };
+      const decision = await this.#decideAuth(conn, attempt);
+      if ('user' in decision || decision.reply.responseCode < 500) return { ...decision, ipFailures: null };
+      return { ...decision, ipFailures: await limiter.record(ip) };
+    });
     if ('user' in result) {
       st.user = result.user;
       st.mechanism = attempt.mechanism;
@@ -154,14 +160,13 @@ export class SessionPolicy {
       this.#log.info({ cid: conn.id, user: result.user, mechanism: attempt.mechanism }, 'authenticated');
       return result.user;
     }
-    const { reply, reason } = result;
-    if (reply.responseCode >= 500) {
+    const { reply, reason, ipFailures } = result;
+    if (ipFailures !== null) {
       st.authFailures++;
-      const ip = conn.remoteAddress;
-      const total = await this.#runtime.authFailures.record(ip);
       // The reason is for the administrator only: the client gets the same reply whatever it was.
-      this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures: total },
+      this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures },
         'authentication failed');
+      // The slow-down runs outside oneAtATime: it holds back this connection, not the address's others.
       const delay = AuthFailureLimiter.delayMs(st.authFailures, st.listener.limits);
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
     }

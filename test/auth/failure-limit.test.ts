@@ -83,6 +83,27 @@ test('25 connections opened first, failures spread over them past authFailuresPe
   }
 });
 
+test('25 wrong passwords sent at once over 25 open connections: exactly authFailuresPerIp are checked, the rest get 421', async () => {
+  const s = await startTestServer({
+    config: config('{ authFailuresPerIp: 10, authFailuresBeforeDelay: 100, maxConnectionsPerIp: 50 }'),
+    files: { users },
+  });
+  try {
+    const port = s.port('sub');
+    const open: SmtpTestClient[] = [];
+    for (let i = 0; i < 25; i++) open.push(await tlsClient(port));
+    // All written before any reply is read: the attempts are decided in parallel.
+    for (const [i, c] of open.entries()) c.write(plain('alice@example.com', `guess-${i}`));
+    const replies = await Promise.all(open.map((c) => c.read(30_000)));
+    const count = (text: string): number => replies.filter((r) => r.text === text).length;
+    assert.deepEqual([count(INVALID), count(TOO_MANY)], [10, 15], replies.map((r) => r.text).join('\n'));
+    assert.equal(await s.runtime.authFailures.count('127.0.0.1'), 10, 'no guess beyond the limit was checked');
+    for (const c of open) c.destroy();
+  } finally {
+    await s.stop();
+  }
+});
+
 test('an AUTH whose SASL exchange began below the limit is refused if the limit was reached meanwhile', async () => {
   const s = await startTestServer({ config: config('{ authFailuresPerIp: 2, authFailuresBeforeDelay: 100 }'), files: { users } });
   try {
