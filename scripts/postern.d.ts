@@ -268,11 +268,19 @@ declare module "postern" {
     builtin: BuiltinAuthDecision;
   }
 
-  /** mailfrom: MAIL FROM received. Default: accept. */
+  /** The built-in sender binding's decision (listener `senderLogin`) for this MAIL FROM. */
+  export interface BuiltinSenderDecision {
+    accepted: boolean;
+    /** `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
+    reason: string;
+  }
+
+  /** mailfrom: MAIL FROM received. Default: the built-in sender binding (accept unless `senderLogin.enforce` refuses). */
   export interface MailFromContext {
     connection: ConnectionInfo;
     transaction: TransactionInfo;
     address: EnvelopeAddress;
+    builtin: BuiltinSenderDecision;
   }
 
   /** The built-in relay rule's decision for this recipient. */

@@ -3,6 +3,7 @@
  * Plaintext passwords are refused when loading.
  */
 import { readFile } from 'node:fs/promises';
+import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../policy/key-material.ts';
 
 export class UsersFileError extends Error {}
 
@@ -13,6 +14,7 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
   } catch (err) {
     throw new UsersFileError(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  if (containsPrivateKey(text)) throw new UsersFileError(`${file}: ${privateKeyFileMessage('a users file')}`);
   const users = new Map<string, string>();
   text.split(/\r?\n/).forEach((raw, i) => {
     const line = raw.trim();
@@ -21,8 +23,8 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
     const name = line.slice(0, colon).trim().toLowerCase();
     const hash = line.slice(colon + 1).trim();
     if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i + 1}: expected "name:hash"`);
-    if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i + 1}: ${name}: not an argon2 hash (make one with: postern hash-password)`);
-    if (users.has(name)) throw new UsersFileError(`${file}:${i + 1}: duplicate user ${name}`);
+    if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i + 1}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);
+    if (users.has(name)) throw new UsersFileError(`${file}:${i + 1}: duplicate user ${quoteToken(name)}`);
     users.set(name, hash);
   });
   return users;

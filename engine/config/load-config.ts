@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
+import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../policy/key-material.ts';
 
 export interface LoadedConfig {
   config: Config;
@@ -24,7 +25,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (doc.errors.length) {
     throw new ConfigError(doc.errors.map((e) => {
       const lp = lineCounter.linePos(e.pos[0]);
-      return { file, line: lp.line, column: lp.col, message: e.message.split('\n')[0]! };
+      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]!) };
     }));
   }
   const locate = (path: ReadonlyArray<PropertyKey>, atKey = false): { line?: number; column?: number } => {
@@ -38,11 +39,12 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
     throw new ConfigError(parsed.error.issues.map((issue) => {
       // An unknown key is reported at the key itself, not at its parent object.
       const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: keyPath(path), message: issue.message };
+      // Keys and values of the file show up in these: a key pasted by mistake must not.
+      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(issue.message) };
     }));
   }
   const config = resolvePaths(parsed.data, baseDir);
-  const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: p.message }));
+  const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: hideKeyMaterial(p.message) }));
   if (problems.length) throw new ConfigError(problems);
   return { config, file, baseDir };
 }
@@ -55,6 +57,7 @@ export function loadConfigFile(path: string): LoadedConfig {
   } catch (err) {
     throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
   }
+  if (containsPrivateKey(text)) throw new ConfigError([{ file, message: privateKeyFileMessage('a configuration') }]);
   return parseConfig(text, file, dirname(file));
 }
 
@@ -136,6 +139,7 @@ function crossCheck(c: Config): PathProblem[] {
     if (l.auth.required && l.auth.mechanisms.length === 0 && !(id.autoLogin && (id.pins || id.field !== 'none'))) {
       out.push({ path: at('auth', 'required'), message: 'auth.required needs auth.mechanisms (or certificateIdentity with autoLogin)' });
     }
+    if (l.senderLogin.table && !(l.senderLogin.table in c.tables)) out.push({ path: at('senderLogin', 'table'), message: `no table named "${l.senderLogin.table}" under tables` });
     if (l.relayClientCertificates && l.tls.caFiles.length === 0) out.push({ path: at('relayClientCertificates'), message: 'needs tls.caFiles (which CA may relay?)' });
   });
   const d = c.delivery;

@@ -40,6 +40,15 @@ const identitySchema = z.strictObject({
     .describe('A certificate with an identity logs the session in as soon as TLS is up, without AUTH. Scripts then see `connection.auth.mechanism: "CERTIFICATE"`. One SASL AUTH is still allowed afterwards.'),
 }).prefault({}).describe('How a client certificate names an account (its identity).');
 
+const senderLoginSchema = z.strictObject({
+  enforce: z.boolean().default(false)
+    .describe('Check the sender of every `MAIL FROM` on a logged-in session (AUTH, or a certificate `autoLogin`). A sender the identity may not use gets `553 5.7.1 <address>: Sender address rejected: not owned by user <identity>`. Sessions that are not logged in (inbound mail) are not checked; use `auth.required` on submission listeners.'),
+  table: z.string().optional()
+    .describe('A [table](#tables) whose key is the login identity (the username of a password login, the certificate identity otherwise) and whose value lists the further senders it may use, separated by commas or spaces. An entry `@domain` allows every address in exactly that domain (not its subdomains). The table must exist under `tables`.'),
+  allowNullSender: z.boolean().default(false)
+    .describe('Whether a logged-in session may use the null sender `<>`. When not allowed: `553 5.7.1 <>: Sender address rejected: null sender not allowed for user <identity>`. (Postfix never checks `<>`; set `true` for the same behaviour.)'),
+}).prefault({});
+
 const limitsSchema = z.strictObject({
   maxMessageSize: z.number().int().positive().meta({ unit: 'bytes' }).default(25 * 1024 * 1024)
     .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept.'),
@@ -59,7 +68,7 @@ const limitsSchema = z.strictObject({
   authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)
     .describe('Delay added to failure *n* is (*n* − `authFailuresBeforeDelay`) × this, capped at 30 s.'),
   authFailuresPerIp: z.number().int().positive().default(20)
-    .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, its new connections to this listener get `421 4.7.0 Too many authentication failures, try again later`.'),
+    .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
     .describe('The sliding window for `authFailuresPerIp`.'),
 }).prefault({}).describe('Sizes, connection counts, timeouts, auth-failure throttling.');
@@ -81,6 +90,7 @@ export const listenerSchema = z.strictObject({
   certificateIdentity: identitySchema,
   relayClientCertificates: z.boolean().default(false)
     .describe('The built-in relay rule at RCPT TO accepts any recipient when the client certificate verified against `tls.caFiles` (and, with CRLs, is not revoked). Postfix `permit_tls_all_clientcerts`. Needs `tls.caFiles`.'),
+  senderLogin: senderLoginSchema.describe('Which envelope senders a logged-in session may use (checked at MAIL FROM, before the mailfrom script).'),
   limits: limitsSchema,
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
     .describe('Scripts folder for this listener only.'),

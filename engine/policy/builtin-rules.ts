@@ -1,9 +1,11 @@
 /**
- * The defaults that apply when no script decides: AUTH (certificate identity or password) and the
- * relay rule at RCPT TO (local domains, authenticated sessions, trusted client certificates).
+ * The defaults that apply when no script decides: AUTH (certificate identity or password), sender binding
+ * at MAIL FROM, and the relay rule at RCPT TO (local domains, authenticated sessions, trusted client
+ * certificates).
  */
-import type { BuiltinAuthDecision, BuiltinRelayDecision } from '../sandbox/api/index.ts';
+import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { verifyPassword } from '../auth/password-hash.ts';
+import { ownsSender } from './sender-logins.ts';
 
 export interface AuthAttempt {
   mechanism: string;
@@ -35,6 +37,26 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
   // mox: a password login on a connection whose certificate names another account is refused.
   if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
   return { accepted: true, username, reason: 'password' };
+}
+
+export interface SenderFacts {
+  /** The listener's senderLogin.enforce. */
+  enforce: boolean;
+  allowNullSender: boolean;
+  /** The logged-in identity (null: not logged in, nothing to bind). */
+  user: string | null;
+  /** Senders the identity may use besides its own address (table, pin line); `@domain` for a whole domain. */
+  extra: readonly string[];
+}
+
+/** May this session use `address` ("" for the null sender) as its envelope sender? */
+export function builtinSender(address: string, facts: SenderFacts): BuiltinSenderDecision {
+  if (!facts.enforce) return { accepted: true, reason: 'not-enforced' };
+  if (!facts.user) return { accepted: true, reason: 'not-authenticated' };
+  if (address === '') return facts.allowNullSender ? { accepted: true, reason: 'null-sender-allowed' } : { accepted: false, reason: 'null-sender' };
+  if (address.toLowerCase() === facts.user.toLowerCase()) return { accepted: true, reason: 'own-address' };
+  if (ownsSender(facts.user, facts.extra, address)) return { accepted: true, reason: 'listed' };
+  return { accepted: false, reason: 'sender-login-mismatch' };
 }
 
 export interface RelayFacts {

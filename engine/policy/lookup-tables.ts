@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
+import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from './key-material.ts';
 
 export class TableError extends Error {
   readonly file: string;
@@ -60,6 +61,8 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   } catch (err) {
     throw new TableError(file, undefined, `table "${name}": cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  // Errors quote table lines: a private key named here by mistake must not reach the terminal or the log.
+  if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);
   const table = new LookupTable(name, file, caseSensitive);
   if (format === 'postfix') parsePostfix(table, text, file);
   else parseMapping(table, text, file, format);
@@ -74,8 +77,8 @@ function parsePostfix(table: LookupTable, text: string, file: string): void {
     if (/^\s*(#|$)/.test(raw)) continue;
     if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
     const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
-    if (!m) throw new TableError(file, i + 1, `expected "key value", got ${JSON.stringify(raw.slice(0, 60))}`);
-    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, i + 1, `duplicate key ${m[1]}`);
+    if (!m) throw new TableError(file, i + 1, `expected "key value", got ${quoteLine(raw)}`);
+    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, i + 1, `duplicate key ${quoteToken(m[1]!)}`);
   }
 }
 
@@ -85,13 +88,25 @@ function parseMapping(table: LookupTable, text: string, file: string, format: 'y
     data = format === 'json' ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
     const e = err as { linePos?: Array<{ line: number }>; message: string };
-    throw new TableError(file, e.linePos?.[0]?.line, e.message.split('\n')[0]!);
+    const jsonLine = /\(line (\d+) column \d+\)/.exec(e.message)?.[1];
+    throw new TableError(file, e.linePos?.[0]?.line ?? (jsonLine ? Number(jsonLine) : undefined), parseErrorText(e.message, format));
   }
   if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
   for (const [k, v] of Object.entries(data)) {
-    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${k} must be a scalar`);
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${quoteToken(k)} must be a scalar`);
     table.set(k, String(v));
   }
+}
+
+/**
+ * A parser's message without the file content it quotes: V8's JSON errors carry an excerpt of the input
+ * (`Unexpected token 'M', "MIIEvQIBAD"... is not valid JSON`), yaml's first line may carry a token.
+ */
+function parseErrorText(message: string, format: 'yaml' | 'json'): string {
+  const first = message.split('\n')[0]!;
+  if (format === 'yaml') return hideKeyMaterial(first);
+  return `not valid JSON: ${first.replace(/^Unexpected token .*? is not valid JSON$/, 'unexpected token')
+    .replace(/ at position \d+ \(line \d+ column \d+\)$/, '').replace(/"[^"]*"(\.\.\.)?/g, '…')}`;
 }
 
 export async function loadTables(config: Config): Promise<Map<string, LookupTable>> {

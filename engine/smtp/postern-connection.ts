@@ -154,11 +154,15 @@ export class PosternConnection extends SMTPConnection {
       return refuse(new SmtpReply(538, '5.7.11', 'Encryption required for requested authentication mechanism (issue STARTTLS first)'));
     }
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(new SmtpReply(504, '5.5.4', 'Unrecognized authentication type'));
-    if (method === 'EXTERNAL') return this.#authExternal(args.slice(2), callback);
-    // smtp-server's own AUTH refuses any AUTH once session.user is set, but a certificate auto-login is not a
-    // SASL login: one AUTH is still allowed, so run its mechanism directly (a failure keeps the cert login).
-    const mechanism = (sasl as unknown as Record<string, (this: SMTPConnection, args: string[], cb: Callback) => void>)[`SASL_${method}`]!;
-    mechanism.call(this, args.slice(2), callback);
+    // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.
+    this.#server.policy.authAllowed(this).then((refusal) => {
+      if (refusal) return refuse(refusal);
+      if (method === 'EXTERNAL') return this.#authExternal(args.slice(2), callback);
+      // smtp-server's own AUTH refuses any AUTH once session.user is set, but a certificate auto-login is not a
+      // SASL login: one AUTH is still allowed, so run its mechanism directly (a failure keeps the cert login).
+      const mechanism = (sasl as unknown as Record<string, (this: SMTPConnection, args: string[], cb: Callback) => void>)[`SASL_${method}`]!;
+      mechanism.call(this, args.slice(2), callback);
+    }, (err: unknown) => refuse(this.#server.policy.internalError(this, err)));
   }
 
   #authExternal(rest: string[], callback: Callback): void {

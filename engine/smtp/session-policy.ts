@@ -11,11 +11,17 @@ import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { verdictReply } from '../policy/verdict.ts';
-import { builtinAuth, builtinRelay, type AuthAttempt } from '../policy/builtin-rules.ts';
+import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
+import { extraSenders } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
+import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { PosternServer } from './postern-server.ts';
 import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
+
+/** The reply to every failed AUTH of the built-in rule (see #decideAuth). */
+const authInvalid = (): SmtpReply => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid', { reason: 'authentication failed' });
+const tooManyAuthFailures = (): SmtpReply => new SmtpReply(421, '4.7.0', 'Too many authentication failures, try again later', { reason: 'limits.authFailuresPerIp' });
 
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
 const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
@@ -47,9 +53,7 @@ export class SessionPolicy {
     const st = conn.state;
     const limits = st.listener.limits;
     const ip = conn.remoteAddress;
-    if (this.#runtime.authFailures.count(ip) >= limits.authFailuresPerIp) {
-      return new SmtpReply(421, '4.7.0', 'Too many authentication failures, try again later', { reason: 'auth-failure limit per IP' });
-    }
+    if (await this.#runtime.authFailures.refused(ip, limits)) return tooManyAuthFailures();
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
@@ -128,48 +132,67 @@ export class SessionPolicy {
     return this.authenticate(conn, { mechanism: auth.method, username, password: auth.password ?? '', authzid });
   }
 
+  /**
+   * An AUTH may go ahead: the client's address is below its failure limit (counted over all its
+   * connections). Else the 421 that ends this connection, whatever the credentials.
+   */
+  async authAllowed(conn: PosternConnection): Promise<SmtpReply | null> {
+    if (!await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits)) return null;
+    this.#log.info({ cid: conn.id, ip: conn.remoteAddress }, 'AUTH refused: too many authentication failures from this address');
+    return tooManyAuthFailures();
+  }
+
   /** Decide an AUTH attempt; returns the username to log in as, or the failure reply. */
   async authenticate(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
-    const result = await this.#decideAuth(conn, attempt);
-    metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: typeof result === 'string' ? 'success' : 'failure' });
-    if (typeof result === 'string') {
-      st.user = result;
+    const ip = conn.remoteAddress;
+    const limiter = this.#runtime.authFailures;
+    const result = await limiter.oneAtATime(ip, async () => {
+      // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
+      const refused = await this.authAllowed(conn);
+      if (refused) return { reply: refused, reason: 'too-many-failures', ipFailures: null };
+      const decision = await this.#decideAuth(conn, attempt);
+      if ('user' in decision || decision.reply.responseCode < 500) return { ...decision, ipFailures: null };
+      return { ...decision, ipFailures: await limiter.record(ip) };
+    });
+    metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: 'user' in result ? 'success' : 'failure' });
+    if ('user' in result) {
+      st.user = result.user;
       st.mechanism = attempt.mechanism;
       st.saslAuthenticated = true;
-      this.#log.info({ cid: conn.id, user: result, mechanism: attempt.mechanism }, 'authenticated');
-      return result;
+      this.#log.info({ cid: conn.id, user: result.user, mechanism: attempt.mechanism }, 'authenticated');
+      return result.user;
     }
-    if (result.responseCode >= 500) {
+    const { reply, reason, ipFailures } = result;
+    if (ipFailures !== null) {
       st.authFailures++;
-      const total = this.#runtime.authFailures.record(conn.remoteAddress);
-      const limits = st.listener.limits;
-      this.#log.warn({ cid: conn.id, mechanism: attempt.mechanism, username: attempt.username, failures: st.authFailures, ipFailures: total }, 'authentication failed');
-      const over = st.authFailures - limits.authFailuresBeforeDelay;
-      if (over > 0) await new Promise((r) => setTimeout(r, Math.min(over * limits.authFailureDelayMs, 30_000)));
+      // The reason is for the administrator only: the client gets the same reply whatever it was.
+      this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures },
+        'authentication failed');
+      // The slow-down runs outside oneAtATime: it holds back this connection, not the address's others.
+      const delay = AuthFailureLimiter.delayMs(st.authFailures, st.listener.limits);
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
     }
-    return result;
+    return reply;
   }
 
-  async #decideAuth(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
+  /**
+   * Every refusal of the built-in rule gets the same reply: a different text for "right password, but not
+   * for this identity" would tell a guesser the password was right. Only a script's own text differs.
+   */
+  async #decideAuth(conn: PosternConnection, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string }> {
     const st = conn.state;
-    const invalid = (): SmtpReply => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid');
+    const invalid = (reason: string) => ({ reply: authInvalid(), reason });
     // Never authenticates, whatever a script says.
-    if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid();
-    if (attempt.mechanism === 'EXTERNAL' && !st.certificate) return new SmtpReply(535, '5.7.8', 'No client certificate presented');
+    if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid('empty-password');
+    if (attempt.mechanism === 'EXTERNAL' && !st.certificate) return invalid('no-certificate');
     const builtin = await builtinAuth(attempt, { certificateIdentity: st.identity.identity, users: st.generation.users });
     const verdict = await this.#run(conn, 'auth', { connection: connectionInfo(conn.session, st), auth: { ...attempt }, builtin });
-    if (!verdict) {
-      if (builtin.accepted && builtin.username) return builtin.username;
-      if (builtin.reason === 'no-identity') return new SmtpReply(535, '5.7.8', 'Client certificate does not identify an account');
-      if (builtin.reason === 'authzid-not-permitted') return new SmtpReply(535, '5.7.8', 'Cannot assume requested authorization identity');
-      if (builtin.reason === 'certificate-account-mismatch') return new SmtpReply(535, '5.7.8', 'Client certificate belongs to another account');
-      return invalid();
-    }
-    if (verdict.verdict !== 'accept') return verdictReply('auth', verdict)!;
+    if (!verdict) return builtin.accepted && builtin.username ? { user: builtin.username } : invalid(builtin.reason);
+    if (verdict.verdict !== 'accept') return { reply: verdictReply('auth', verdict)!, reason: `script ${verdict.verdict} (built-in: ${builtin.reason})` };
     const username = verdict.username ?? builtin.username
       ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
-    return username ? username : invalid();
+    return username ? { user: username } : invalid('script accept without a username');
   }
 
   async mailFrom(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
@@ -179,10 +202,28 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required', { reason: 'auth.required' });
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
+    const sender = envelopeAddress(address);
+    const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
+    // As at RCPT TO: the script sees the built-in decision and its verdict, if any, wins.
     const verdict = await this.#run(conn, 'mailfrom', {
-      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: envelopeAddress(address),
+      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: sender, builtin,
     });
-    return this.#decided(conn, 'mailfrom', verdict);
+    if (verdict) return this.#decided(conn, 'mailfrom', verdict);
+    if (builtin.accepted) return null;
+    const text = builtin.reason === 'null-sender'
+      ? `<>: Sender address rejected: null sender not allowed for user ${st.user}`
+      : `<${sender!.address}>: Sender address rejected: not owned by user ${st.user}`;
+    return new SmtpReply(553, '5.7.1', text, { reason: `senderLogin: ${builtin.reason}` }); // logged by decision-log.ts
+  }
+
+  /** What the sender binding needs: the listener's senderLogin, the logged-in identity and what else it may use. */
+  #senderFacts(conn: PosternConnection): SenderFacts {
+    const st = conn.state;
+    const { enforce, allowNullSender, table } = st.listener.senderLogin;
+    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: [] };
+    // The pin line's senders belong to the pinned identity, so only to a session logged in as that identity.
+    const pinSenders = st.identity.identity === st.user ? st.identity.senders : [];
+    return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
   }
 
   async rcptTo(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {

@@ -40,7 +40,7 @@ for (const [client, why] of [['revoked', 'revoked (CRL)'], ['stranger', 'alice@e
     assert.doesNotMatch(r.stderr, /< 235 |queued as/);
     const c = await smtpClient(ex, { client });
     assert.match(c.ehlo.text, /^250-AUTH PLAIN LOGIN$/m);
-    assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Client certificate does not identify an account');
+    assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
     assert.equal((await c.command('MAIL FROM:<alice@example.com>')).text, '530 5.7.0 Authentication required');
     await c.quit();
   });
@@ -71,7 +71,7 @@ test('an empty password never logs in (the Dovecot EXTERNAL-passdb pitfall)', as
 
 test('PLAIN as another user on a connection with alice\'s certificate is refused (535 5.7.8)', async () => {
   const c = await smtpClient(ex, { client: 'alice' });
-  assert.equal((await c.command(plain('carol@example.com', PASSWORD))).text, '535 5.7.8 Client certificate belongs to another account');
+  assert.equal((await c.command(plain('carol@example.com', PASSWORD))).text, '535 5.7.8 Authentication credentials invalid');
   assert.equal((await c.command('MAIL FROM:<carol@example.com>')).text, '530 5.7.0 Authentication required');
   await c.quit();
 });

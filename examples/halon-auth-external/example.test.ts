@@ -49,7 +49,7 @@ test('a second listed certificate (colon-hex key) maps to its own domain', async
 test('an unlisted certificate is refused at AUTH (535 5.7.8) and cannot send', async () => {
   const c = await smtpClient(ex, { client: 'bob' });
   assert.match(c.ehlo.text, /^250-AUTH EXTERNAL$/m); // offered: the auth script decides
-  assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Client certificate does not identify an account');
+  assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
   assert.equal((await c.command('MAIL FROM:<bob@example.com>')).text, '530 5.7.0 Authentication required');
   await c.quit();
 });
@@ -57,6 +57,6 @@ test('an unlisted certificate is refused at AUTH (535 5.7.8) and cannot send', a
 test('without a certificate EXTERNAL is not offered and refused', async () => {
   const c = await smtpClient(ex);
   assert.doesNotMatch(c.ehlo.text, /EXTERNAL/);
-  assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 No client certificate presented');
+  assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
   await c.quit();
 });

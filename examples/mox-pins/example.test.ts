@@ -4,11 +4,58 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startExample, smtpClient, needs, python, run, type ExampleServer } from '../../test/helpers/example.ts';
+import { startExample, smtpClient, needs, python, run, hashPassword, type ExampleServer } from '../../test/helpers/example.ts';
 
+const ALICE_PASSWORD = 'alice-Secret-1';
 let ex: ExampleServer;
 before(async () => {
-  ex = await startExample('mox-pins', (pki) => ({ device_keys: `${pki.clients.selfsigned.pinBase64Url}   mjl@mox.example` }));
+  ex = await startExample('mox-pins', async (pki) => ({
+    // The device may also send as its own alias, named after the account on its pin line.
+    device_keys: `${pki.clients.selfsigned.pinBase64Url}   mjl@mox.example   mjl-laptop@mox.example`,
+    users: `alice@mox.example:${await hashPassword(ALICE_PASSWORD)}`,
+    sender_logins: 'alice@mox.example   sales@mox.example, @alice.example',
+  }));
+});
+
+/** Python smtplib over implicit TLS (the pinned device's certificate, or a PLAIN login): the reply to each MAIL FROM. */
+async function mailFromReplies(login: 'device' | 'alice', senders: string[]): Promise<Array<[number, string]>> {
+  const { selfsigned } = ex.pki.clients;
+  return python<Array<[number, string]>>(`
+import json, smtplib, ssl
+ctx = ssl.create_default_context(cafile=${JSON.stringify(ex.pki.ca.cert)})
+if ${JSON.stringify(login)} == "device": ctx.load_cert_chain(${JSON.stringify(selfsigned.cert)}, ${JSON.stringify(selfsigned.key)})
+s = smtplib.SMTP_SSL("localhost", ${ex.port()}, local_hostname="laptop.example", context=ctx)
+s.ehlo()
+if ${JSON.stringify(login)} == "alice": s.login("alice@mox.example", ${JSON.stringify(ALICE_PASSWORD)})
+out = []
+for sender in ${JSON.stringify(senders)}:
+    code, text = s.mail(sender)
+    out.append([code, text.decode()])
+    s.rset()
+s.quit()
+print(json.dumps(out))
+`);
+}
+
+test('python smtplib: the pinned device may not send as another address (553 5.7.1); its own, its account\'s and its pin line\'s are fine', needs('python3'), async () => {
+  const replies = await mailFromReplies('device', ['ceo@bank.example', 'MJL@mox.example', 'postmaster@mox.example', 'mjl-laptop@mox.example', '', 'alice@mox.example']);
+  assert.deepEqual(replies, [
+    [553, '5.7.1 <ceo@bank.example>: Sender address rejected: not owned by user mjl@mox.example'],
+    [250, '2.1.0 Accepted'],
+    [250, '2.1.0 Accepted'],
+    [250, '2.1.0 Accepted'],
+    [553, '5.7.1 <>: Sender address rejected: null sender not allowed for user mjl@mox.example'],
+    [553, '5.7.1 <alice@mox.example>: Sender address rejected: not owned by user mjl@mox.example'],
+  ]);
+  // Each refusal has its log line (decision-log.ts) with the reason.
+  const refused = ex.logs.filter((l) => l.decision === 'reject' && l.stage === 'MAIL').map((l) => [l.from, l.reason]);
+  assert.deepEqual(refused.slice(-3), [['ceo@bank.example', 'senderLogin: sender-login-mismatch'], ['', 'senderLogin: null-sender'], ['alice@mox.example', 'senderLogin: sender-login-mismatch']]);
+});
+
+test('python smtplib: a password user may send as itself and the senders sender_logins lists, nothing else', needs('python3'), async () => {
+  const replies = await mailFromReplies('alice', ['ceo@bank.example', 'alice@mox.example', 'sales@mox.example', 'anyone@alice.example', 'mjl@mox.example']);
+  assert.deepEqual(replies.map(([code]) => code), [553, 250, 250, 250, 553]);
+  assert.equal(replies[0]![1], '5.7.1 <ceo@bank.example>: Sender address rejected: not owned by user alice@mox.example');
 });
 after(() => ex.stop());
 
@@ -50,7 +97,7 @@ test('an unknown key (even from a real CA) or no certificate gets 530 5.7.0 at M
     const c = await smtpClient(ex, { client });
     assert.match(c.ehlo.text, /^250-AUTH PLAIN$/m, String(client));
     assert.equal((await c.command('MAIL FROM:<mjl@mox.example>')).text, '530 5.7.0 Authentication required', String(client));
-    if (client) assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Client certificate does not identify an account');
+    if (client) assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
     await c.quit();
   }
 });

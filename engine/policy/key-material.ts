@@ -1,0 +1,53 @@
+/**
+ * Keeping secrets out of error messages and logs. A table, users file or configuration pointed by mistake
+ * at a private key must not echo the key: a PEM private key is refused by file name alone, and a line
+ * quoted in an error shows nothing that looks like key material (long base64 that is not a digest).
+ */
+import { normalizeFingerprint } from '../certificates/pins.ts';
+
+/** RSA, EC, ENCRYPTED, OPENSSH … PRIVATE KEY blocks. */
+const PRIVATE_KEY_PEM = /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/;
+/** Runs that may be base64 or base64url key material (a PEM body line is 64 characters). */
+const BASE64_RUN = /[A-Za-z0-9+/_-]{32,}={0,2}/g;
+const PEM_ARMOUR = /^\s*-----(BEGIN|END) /;
+
+/** Does the text hold a PEM private key block? */
+export function containsPrivateKey(text: string): boolean {
+  return PRIVATE_KEY_PEM.test(text);
+}
+
+/** The message for a file that holds a private key: names the file, quotes nothing of it. */
+export function privateKeyFileMessage(what: string): string {
+  return `holds a PEM private key ("PRIVATE KEY" block), not ${what}: refused, nothing of it shown (is the path right?)`;
+}
+
+/** Base64 text of mixed case and digits, long and not a digest: likely part of a key. */
+function keyLike(run: string): boolean {
+  return /\d/.test(run) && /[a-z]/.test(run) && /[A-Z]/.test(run) && !normalizeFingerprint(run);
+}
+
+/** Does this line of a file look like key material (PEM armour, or a long base64 run that is not a digest)? */
+export function looksLikeKeyMaterial(line: string): boolean {
+  return PEM_ARMOUR.test(line) || [...line.matchAll(BASE64_RUN)].some((m) => keyLike(m[0]));
+}
+
+/** Text with every key-like base64 run replaced by `[…]`: for messages that may carry file content. */
+export function hideKeyMaterial(text: string): string {
+  return text.replace(BASE64_RUN, (run) => (keyLike(run) ? '[…]' : run));
+}
+
+/**
+ * A line of a file as an error message may quote it: JSON-quoted and cut at `max` characters, or, when it
+ * looks like key material, at most its first token (nothing when that token is key-like itself).
+ */
+export function quoteLine(line: string, max = 60): string {
+  if (!looksLikeKeyMaterial(line)) return JSON.stringify(line.slice(0, max));
+  const first = line.trim().split(/\s+/)[0] ?? '';
+  const shown = first && !looksLikeKeyMaterial(first.replace(/^-+/, '')) ? `${JSON.stringify(first.slice(0, max))} … ` : '';
+  return `${shown}(a line that looks like key material: not shown)`;
+}
+
+/** One token of a file (a key, a name) as an error message may quote it. */
+export function quoteToken(token: string, max = 60): string {
+  return looksLikeKeyMaterial(token) ? '(a value that looks like key material: not shown)' : token.slice(0, max);
+}
