@@ -31,10 +31,16 @@ const identitySchema = z.strictObject({
 }).prefault({});
 
 const limitsSchema = z.strictObject({
-  maxMessageSize: z.number().int().positive().default(25 * 1024 * 1024).describe('Bytes; advertised in SIZE'),
+  maxMessageSize: z.number().int().positive().default(25 * 1024 * 1024)
+    .describe('Bytes; advertised in SIZE. Writing stops as soon as a message passes it; the client gets 552 5.3.4 after its final dot'),
+  maxHeaderBytes: z.number().int().positive().default(1024 * 1024)
+    .describe('Largest header section of a message (up to the first empty line), in bytes; a larger one gets 552 5.3.4'),
   maxRecipients: z.number().int().positive().default(100),
   maxConnections: z.number().int().positive().default(500).describe('Concurrent connections on this listener'),
-  maxConnectionsPerIp: z.number().int().positive().default(50),
+  maxConnectionsPerIp: z.number().int().positive().default(50)
+    .describe('Concurrent connections from one client address, counted from the TCP accept (before any TLS handshake)'),
+  tlsHandshakeTimeoutMs: z.number().int().positive().default(10_000)
+    .describe('Implicit TLS: a connection that has not completed its TLS handshake within this time is closed'),
   socketTimeoutMs: z.number().int().positive().default(5 * 60_000).describe('Idle timeout of a connection'),
   greetingDelayMs: z.number().int().min(0).max(60_000).optional()
     .describe('Pause before the 220 greeting; a client that talks during it gets 421. Default 0 on listeners with AUTH, 100 on others'),
