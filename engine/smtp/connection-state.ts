@@ -32,8 +32,8 @@ export class ConnectionState {
   transactionId: string | null = null;
   /** Text a script gave its accept verdict, for the next 250 reply (MAIL FROM, RCPT TO). */
   acceptText: string | null = null;
-  /** Counted against the listener's per-IP connection limit (so close() uncounts it). */
-  countedForIp = false;
+  /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
+  overIpLimit = false;
   /** Close the connection after the next reply (a verdict asked to disconnect). */
   disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
