@@ -66,7 +66,7 @@ export class PosternServer extends SMTPServer {
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
   connectionCounter: ConnectionCounter = new LocalConnectionCounter();
-  /** Accepted sockets that went over maxConnectionsPerIp (refused with 421 once the session starts). */
+  /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
   readonly #overIpLimit = new WeakSet<net.Socket>();
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
@@ -85,9 +85,10 @@ export class PosternServer extends SMTPServer {
 
   /**
    * Every accepted socket counts against its address from here to its close, TLS handshake included: a
-   * client that opens connections and never starts the handshake must not take the listener's slots. On
-   * implicit TLS one over the limit is closed at once (no reply can be sent before TLS, and handshaking
-   * just to refuse would let it hold a slot); on the others it gets 421 when its session starts.
+   * client that opens connections and never starts the handshake must not take the listener's slots.
+   * One over the limit gets 421 when its session starts. On implicit TLS that needs a handshake first, so
+   * only as many again are let through to read their 421 (each within tlsHandshakeTimeoutMs); beyond
+   * twice the limit a connection is closed at once, before TLS.
    */
   override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {
     const ip = clientAddress(socket);
@@ -95,7 +96,7 @@ export class PosternServer extends SMTPServer {
     const open = counter.add(ip);
     socket.once('close', () => counter.remove(ip));
     if (open > this.maxConnectionsPerIp) {
-      if (handshake) {
+      if (handshake && open > 2 * this.maxConnectionsPerIp) {
         this.runtime.logger.info({ listener: this.listenerName, ip, open }, 'too many connections from this address, closed before TLS');
         socket.on('error', () => undefined);
         socket.destroy();
@@ -110,7 +111,9 @@ export class PosternServer extends SMTPServer {
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
     super._upgrade(socket, callback);
     const tlsSocket = this._pendingSockets.get(socket);
-    if (tlsSocket && tlsSocket !== socket) tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
+    if (!tlsSocket || tlsSocket === socket) return;
+    tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
+    if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket); // connect() gets the TLS socket
   }
 
   /** smtp-server's connect(), creating our connection class. */

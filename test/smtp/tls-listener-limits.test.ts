@@ -26,7 +26,7 @@ listeners:
   - name: crowded
     listen: 127.0.0.1:0
     tls: ${tlsOn()}
-    limits: { greetingDelayMs: 0, maxConnections: 6, maxConnectionsPerIp: 3, tlsHandshakeTimeoutMs: 600000 }
+    limits: { greetingDelayMs: 0, maxConnections: 9, maxConnectionsPerIp: 3, tlsHandshakeTimeoutMs: 600000 }
   - name: quick
     listen: 127.0.0.1:0
     tls: ${tlsOn()}
@@ -43,6 +43,10 @@ listeners:
     listen: 127.0.0.1:0
     tls: ${tlsOn()}
     limits: { greetingDelayMs: 0 }
+  - name: starttls
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }
 `,
   });
 });
@@ -66,10 +70,10 @@ async function until(what: string, condition: () => boolean): Promise<void> {
   }
 }
 
-test('silent connections beyond the per-IP limit are closed before TLS; another address still gets in', { timeout: 60_000 }, async () => {
+test('silent connections: beyond twice the per-IP limit closed before TLS; another address still gets in', { timeout: 60_000 }, async () => {
   const port = server.port('crowded');
   // As many as the whole listener takes: all from 127.0.0.1, none of them starting a handshake.
-  const sockets = await Promise.all(Array.from({ length: 6 }, () => silent(port)));
+  const sockets = await Promise.all(Array.from({ length: 9 }, () => silent(port)));
   const closed = sockets.map((s) => new Promise<void>((resolve) => s.once('close', () => resolve())));
   let closedCount = 0;
   for (const c of closed) void c.then(() => closedCount++);
@@ -81,12 +85,41 @@ test('silent connections beyond the per-IP limit are closed before TLS; another 
   assert.equal(reply.code, 250, reply.text);
   await other.quit();
 
-  await until('three of six closed', () => closedCount >= 3);
-  await until('the listener counts three from 127.0.0.1', () => openFrom('crowded', '127.0.0.1') === 3);
-  assert.equal(sockets.filter((s) => !s.destroyed).length, 3, 'the three within the limit are still open');
+  await until('three of nine closed', () => closedCount >= 3);
+  await until('the listener counts six from 127.0.0.1', () => openFrom('crowded', '127.0.0.1') === 6);
+  assert.equal(sockets.filter((s) => !s.destroyed).length, 6, 'the six within twice the limit are still open');
 
-  for (const s of sockets) s.destroy();
+  for (const s of sockets.slice(0, 6)) s.destroy();
   await until('every count released', () => openFrom('crowded', '127.0.0.1') === 0 && openFrom('crowded', '127.0.0.2') === 0);
+});
+
+test('a client over the per-IP limit of an implicit TLS listener reads 421 4.7.0 and TLS ends properly', { timeout: 60_000 }, async () => {
+  const port = server.port('crowded');
+  const held = await Promise.all(Array.from({ length: 3 }, () => SmtpTestClient.connect(port, { implicitTls: { ca } })));
+  for (const c of held) assert.equal((await c.read()).code, 220);
+  const node = await tlsEnding(port, '');
+  assert.equal(node.text, '421 4.7.0 Too many connections from your address\r\n');
+  assert.equal(node.ending, 'end');
+  const openssl = await sClient(port, '');
+  assert.match(openssl.out, /421 4\.7\.0 Too many connections from your address/);
+  assert.doesNotMatch(openssl.out, /error|unexpected eof/i);
+  assert.equal(openssl.status, 0);
+  for (const c of held) await c.quit();
+});
+
+test('STARTTLS listener: a connection over the per-IP limit gets 421 4.7.0 in clear; a closed one frees its place', { timeout: 60_000 }, async () => {
+  const port = server.port('starttls');
+  const held = await Promise.all([1, 2].map(() => SmtpTestClient.connect(port)));
+  for (const c of held) assert.equal((await c.read()).code, 220);
+  const third = await SmtpTestClient.connect(port);
+  assert.equal((await third.read()).text, '421 4.7.0 Too many connections from your address');
+  assert.ok(await third.waitClosed());
+  await held[0]!.quit();
+  await until('one from 127.0.0.1 left', () => openFrom('starttls', '127.0.0.1') === 1);
+  const next = await SmtpTestClient.connect(port);
+  assert.equal((await next.hello({ starttls: { ca } })).code, 250);
+  await next.quit();
+  await held[1]!.quit();
 });
 
 test('a connection that never completes its TLS handshake is closed after tlsHandshakeTimeoutMs', { timeout: 60_000 }, async () => {
