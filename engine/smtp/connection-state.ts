@@ -34,6 +34,8 @@ export class ConnectionState {
   acceptText: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
+  /** Takes the connection off its address's count (idempotent). */
+  uncountIp: (() => void) | null = null;
   /** Close the connection after the next reply (a verdict asked to disconnect). */
   disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */

@@ -68,6 +68,8 @@ export class PosternServer extends SMTPServer {
   connectionCounter: ConnectionCounter = new LocalConnectionCounter();
   /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
   readonly #overIpLimit = new WeakSet<net.Socket>();
+  /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
+  readonly #uncount = new WeakMap<net.Socket, () => void>();
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
     super(setup.options);
@@ -94,7 +96,15 @@ export class PosternServer extends SMTPServer {
     const ip = clientAddress(socket);
     const counter = this.connectionCounter;
     const open = counter.add(ip);
-    socket.once('close', () => counter.remove(ip));
+    let counted = true;
+    const uncount = (): void => {
+      if (counted) counter.remove(ip);
+      counted = false;
+    };
+    // On the raw socket until the session starts; STARTTLS drops the raw socket's listeners, so the
+    // session's close uncounts too.
+    socket.once('close', uncount);
+    this.#uncount.set(socket, uncount);
     if (open > this.maxConnectionsPerIp) {
       if (handshake && open > 2 * this.maxConnectionsPerIp) {
         this.runtime.logger.info({ listener: this.listenerName, ip, open }, 'too many connections from this address, closed before TLS');
@@ -113,7 +123,10 @@ export class PosternServer extends SMTPServer {
     const tlsSocket = this._pendingSockets.get(socket);
     if (!tlsSocket || tlsSocket === socket) return;
     tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
-    if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket); // connect() gets the TLS socket
+    // connect() gets the TLS socket.
+    if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
+    const uncount = this.#uncount.get(socket);
+    if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
 
   /** smtp-server's connect(), creating our connection class. */
@@ -121,6 +134,7 @@ export class PosternServer extends SMTPServer {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
     const connection = new PosternConnection(this, socket, socketOptions);
     connection.state.overIpLimit = this.#overIpLimit.has(socket);
+    connection.state.uncountIp = this.#uncount.get(socket) ?? null;
     connectionOf.set(connection.session, connection);
     self.connections.add(connection);
     connection.on('error', (err: Error) => self._onError(err));
@@ -182,6 +196,7 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
+    conn.state.uncountIp?.();
     conn.state.generation.release();
   }
 }

@@ -120,6 +120,7 @@ test('STARTTLS listener: a connection over the per-IP limit gets 421 4.7.0 in cl
   assert.equal((await next.hello({ starttls: { ca } })).code, 250);
   await next.quit();
   await held[1]!.quit();
+  await until('a session upgraded with STARTTLS is uncounted at its close too', () => openFrom('starttls', '127.0.0.1') === 0);
 });
 
 test('a connection that never completes its TLS handshake is closed after tlsHandshakeTimeoutMs', { timeout: 60_000 }, async () => {
