@@ -51,13 +51,17 @@ const senderLoginSchema = z.strictObject({
 
 const limitsSchema = z.strictObject({
   maxMessageSize: z.number().int().positive().meta({ unit: 'bytes' }).default(25 * 1024 * 1024)
-    .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept.'),
+    .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept: writing to the spool stops, and what was written is dropped, as soon as the message passes the limit. The rest is read and discarded up to the final `.`, and the reply comes after it (as in Postfix), so the connection can go on with the next transaction and is not kept.'),
+  maxHeaderBytes: z.number().int().positive().meta({ unit: 'bytes' }).default(1024 * 1024)
+    .describe('Largest header section of a message: everything up to the first empty line (all of a message that has none). A larger one gets `552 5.3.4 Message header section exceeds fixed maximum size of <n> bytes` after the final `.`, and the message is not kept. The `data` hook sees the whole header section.'),
   maxRecipients: z.number().int().positive().default(100)
     .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
   maxConnections: z.number().int().positive().default(500)
     .describe('Concurrent connections on this listener. The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
   maxConnectionsPerIp: z.number().int().positive().default(50)
-    .describe('Concurrent connections from one client address to this listener. Beyond it: `421 4.7.0 Too many connections from your address`.'),
+    .describe('Concurrent connections from one client address to this listener, counted from the moment the connection is accepted, so connections still in (or never starting) their TLS handshake count too. Beyond it: `421 4.7.0 Too many connections from your address`. On an implicit-TLS listener that reply needs a handshake first: up to as many again are let through to read it (each within `tlsHandshakeTimeoutMs`), and a connection beyond twice the limit is closed at once, before TLS, without a reply.'),
+  tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
+    .describe('Implicit TLS only: a connection that has not completed its TLS handshake within this time is closed (without it, the idle timeout `socketTimeoutMs` would apply).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
     .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()

@@ -176,6 +176,7 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   server.trust = setup.trust;
   server.greetingDelayMs = setup.greetingDelayMs;
   server.maxConnectionsPerIp = setup.maxConnectionsPerIp;
+  server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
 }
 
 function errorLines(err: unknown): string[] {

@@ -32,8 +32,10 @@ export class ConnectionState {
   transactionId: string | null = null;
   /** Text a script gave its accept verdict, for the next 250 reply (MAIL FROM, RCPT TO). */
   acceptText: string | null = null;
-  /** Counted against the listener's per-IP connection limit (so close() uncounts it). */
-  countedForIp = false;
+  /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
+  overIpLimit = false;
+  /** Takes the connection off its address's count (idempotent). */
+  uncountIp: (() => void) | null = null;
   /** The next 4xx/5xx reply was logged where it was decided (decision-log.ts); send() logs the others. */
   refusalLogged = false;
   /** Close the connection after the next reply (a verdict asked to disconnect). */

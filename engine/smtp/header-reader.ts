@@ -1,34 +1,69 @@
-/** Collects the header section of a message as it streams past, for the data hook (bounded in size). */
-const MAX_HEADER_BYTES = 256 * 1024;
+/**
+ * Collects the header section of a message as it streams past, for the data hook. The section ends at
+ * the first empty line. Each chunk is searched once, on its own (plus the two bytes before it, for an
+ * end that straddles chunks): a header sent in many small pieces costs in proportion to its size,
+ * where searching everything collected so far on every piece cost its square.
+ */
+const LF = 0x0a;
+const CR = 0x0d;
+
+let scanned = 0;
+
+/** Bytes the header readers of this process have searched so far (tests check it grows linearly). */
+export function headerBytesScanned(): number { return scanned; }
 
 export class HeaderReader {
+  readonly #maxBytes: number;
   #chunks: Buffer[] = [];
-  #bytes = 0;
-  #done = false;
+  /** Bytes pushed before the current chunk. */
+  #seen = 0;
+  /** The last two bytes pushed (-1: none). A message starts as if after a line break, so an empty first line ends it. */
+  #beforeLast = -1;
+  #last = LF;
+  /** Length of the header section up to and including the line break before the empty line; -1 until found. */
+  #sectionBytes = -1;
+  #tooLarge = false;
 
-  push(chunk: Buffer): void {
-    if (this.#done) return;
-    this.#chunks.push(chunk);
-    this.#bytes += chunk.length;
-    const joined = this.#chunks.length > 1 ? Buffer.concat(this.#chunks) : chunk;
-    if (this.#bytes > MAX_HEADER_BYTES || hasHeaderEnd(joined)) {
-      this.#chunks = [joined];
-      this.#done = true;
-    }
+  /** `maxBytes`: the largest header section accepted (see tooLarge). */
+  constructor(maxBytes: number) {
+    this.#maxBytes = maxBytes;
   }
 
-  /** Header fields in order, unfolded. */
+  /** The header section is over `maxBytes`: the message must be refused. */
+  get tooLarge(): boolean { return this.#tooLarge; }
+
+  /** Take the next chunk of the message; returns false once the header section is known to be too large. */
+  push(chunk: Buffer): boolean {
+    if (this.#sectionBytes >= 0 || this.#tooLarge) return !this.#tooLarge;
+    const end = this.#findEnd(chunk);
+    if (end >= 0) {
+      this.#sectionBytes = end;
+      if (end > this.#maxBytes) return this.#refuse();
+      if (end > this.#seen) this.#chunks.push(chunk);
+      return true;
+    }
+    this.#seen += chunk.length;
+    // Not ended yet: the section is at least one byte longer than what came so far, less the two tail bytes.
+    if (this.#seen - 1 > this.#maxBytes) return this.#refuse();
+    this.#chunks.push(chunk);
+    if (chunk.length >= 2) {
+      this.#beforeLast = chunk[chunk.length - 2]!;
+      this.#last = chunk[chunk.length - 1]!;
+    } else if (chunk.length === 1) {
+      this.#beforeLast = this.#last;
+      this.#last = chunk[0]!;
+    }
+    return true;
+  }
+
+  /** Header fields in order, unfolded (a message without an empty line is all header section). */
   headers(): Array<[string, string]> {
+    if (this.#tooLarge) return [];
     const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
-    const bytes = all.subarray(0, MAX_HEADER_BYTES);
-    // Decode only the header section: up to the first line break of the blank line that ends it.
-    const ends = [bytes.indexOf('\n\n'), bytes.indexOf('\n\r\n')].filter((i) => i >= 0);
-    const text = (ends.length ? bytes.subarray(0, Math.min(...ends) + 1) : bytes).toString('utf8');
-    const end = text.search(/\r?\n\r?\n/);
-    const section = end >= 0 ? text.slice(0, end) : text;
+    const text = (this.#sectionBytes >= 0 ? all.subarray(0, this.#sectionBytes) : all).toString('utf8');
     const out: Array<[string, string]> = [];
-    for (const line of section.split(/\r?\n/)) {
-      if (/^[ \t]/.test(line) && out.length) {
+    for (const line of text.split(/\r?\n/)) {
+      if ((line.startsWith(' ') || line.startsWith('\t')) && out.length) {
         out[out.length - 1]![1] += ' ' + line.trim();
         continue;
       }
@@ -37,8 +72,28 @@ export class HeaderReader {
     }
     return out;
   }
-}
 
-function hasHeaderEnd(buf: Buffer): boolean {
-  return buf.indexOf('\r\n\r\n') >= 0 || buf.indexOf('\n\n') >= 0;
+  #refuse(): false {
+    this.#tooLarge = true;
+    this.#chunks = [];
+    return false;
+  }
+
+  /**
+   * Where the header section ends (its length, the line break before the empty line included) if the
+   * empty line shows up in this chunk or across its start; -1 otherwise. An empty line is LF LF or LF CR LF.
+   */
+  #findEnd(chunk: Buffer): number {
+    const c0 = chunk.length > 0 ? chunk[0]! : -1;
+    const c1 = chunk.length > 1 ? chunk[1]! : -1;
+    // Across the seam, earliest start first: LF CR | LF, then LF | LF and LF | CR LF.
+    if (this.#beforeLast === LF && this.#last === CR && c0 === LF) return this.#seen - 1;
+    if (this.#last === LF && (c0 === LF || (c0 === CR && c1 === LF))) return this.#seen;
+    scanned += 2 * chunk.length; // at most two searches of the whole chunk
+    // CRLF first, as nearly all mail ends its lines: it usually stops within the chunk's first few KB.
+    let at = chunk.indexOf('\n\r\n');
+    if (at < 0) at = chunk.indexOf('\n\n');
+    else if (chunk.lastIndexOf('\n\n', at) >= 0) at = chunk.indexOf('\n\n'); // mixed line ends, an earlier LF LF
+    return at < 0 ? -1 : this.#seen + at + 1;
+  }
 }

@@ -91,6 +91,7 @@ export async function prepareListener(l: ListenerConfig, hostname: string, logge
     options: listenerOptions(l, tls, hostname, logger),
     greetingDelayMs: greetingDelay(l),
     maxConnectionsPerIp: l.limits.maxConnectionsPerIp,
+    tlsHandshakeTimeoutMs: l.limits.tlsHandshakeTimeoutMs,
     trust: new TrustedIssuers(tls.ca ?? []),
   };
 }

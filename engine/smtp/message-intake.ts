@@ -14,6 +14,8 @@ import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
+import type { SpoolWriter } from '../spool/spool.ts';
+import type { PosternServer } from './postern-server.ts';
 
 export async function receiveMessage(
   conn: PosternConnection, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
@@ -27,15 +29,15 @@ export async function receiveMessage(
     writer.write(Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
       hostname: st.generation.config.hostname, queueId: id, recipients,
     })));
-    const headers = new HeaderReader();
-    const size = await drain(stream, (chunk) => {
-      headers.push(chunk);
+    const maxSize = (conn._server as unknown as PosternServer).options.size ?? Infinity;
+    const headers = new HeaderReader(st.listener.limits.maxHeaderBytes);
+    // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
+    // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
+    const size = await drain(stream, (chunk, total) => {
+      if (total > maxSize) throw refuseNow(writer, tooBig());
+      if (!headers.push(chunk)) throw refuseNow(writer, headerTooBig(st.listener.limits.maxHeaderBytes));
       writer.write(chunk);
     });
-    if ((stream as { sizeExceeded?: boolean }).sizeExceeded) {
-      // smtp-server answers 552 itself; just drop what we wrote.
-      throw new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size', { reason: 'limits.maxMessageSize' });
-    }
     const reply = await policy.data(conn, session, size, headers.headers());
     if (reply) throw reply;
     const mailFrom = session.envelope.mailFrom;
@@ -95,13 +97,22 @@ function keptReceivedClientPart(conn: PosternConnection, session: SMTPServerSess
   return part;
 }
 
+const tooBig = (): SmtpReply => new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size', { reason: 'limits.maxMessageSize' });
+const headerTooBig = (max: number): SmtpReply =>
+  new SmtpReply(552, '5.3.4', `Message header section exceeds fixed maximum size of ${max} bytes`, { reason: 'limits.maxHeaderBytes' });
+
+function refuseNow(writer: SpoolWriter, reply: SmtpReply): SmtpReply {
+  writer.abort();
+  return reply;
+}
+
 /**
- * Hand every chunk of `stream` to `take`; resolves with the byte count at its end. Plain events, not
- * `for await`: the async iterator cost a promise per chunk (perf: ~2% of a message's CPU). A `take` that
- * throws (disk full) stops the taking, not the reading: the client is still sending its message and
- * gets the error reply after it.
+ * Hand every chunk of `stream` to `take`, with the byte count so far (the chunk included); resolves with
+ * the byte count at its end. Plain events, not `for await`: the async iterator cost a promise per chunk
+ * (perf: ~2% of a message's CPU). A `take` that throws (disk full, a limit passed) stops the taking, not
+ * the reading: the client is still sending its message and gets the error reply after it.
  */
-function drain(stream: Readable, take: (chunk: Buffer) => void): Promise<number> {
+function drain(stream: Readable, take: (chunk: Buffer, total: number) => void): Promise<number> {
   return new Promise((resolve, reject) => {
     let size = 0;
     let failure: unknown = null;
@@ -109,7 +120,7 @@ function drain(stream: Readable, take: (chunk: Buffer) => void): Promise<number>
     stream.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (failure !== null) return;
-      try { take(chunk); } catch (err) { failure = err; }
+      try { take(chunk, size); } catch (err) { failure = err; }
     });
     stream.once('end', () => {
       ended = true;

@@ -21,7 +21,38 @@ export interface ListenerSetup {
   options: SMTPServerOptions;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
+  tlsHandshakeTimeoutMs: number;
   trust: TrustedIssuers;
+}
+
+/**
+ * Open connections per client address. The only place they are counted, so that a cluster can swap in
+ * counts shared between processes.
+ */
+export interface ConnectionCounter {
+  /** One more connection from `ip`; returns how many are open from it now, this one included. */
+  add(ip: string): number;
+  /** One of them closed. */
+  remove(ip: string): void;
+}
+
+/** The counts of this process. */
+export class LocalConnectionCounter implements ConnectionCounter {
+  readonly #open = new Map<string, number>();
+
+  add(ip: string): number {
+    const open = (this.#open.get(ip) ?? 0) + 1;
+    this.#open.set(ip, open);
+    return open;
+  }
+
+  remove(ip: string): void {
+    const left = (this.#open.get(ip) ?? 1) - 1;
+    if (left > 0) this.#open.set(ip, left); else this.#open.delete(ip);
+  }
+
+  /** How many are open from `ip` now. */
+  count(ip: string): number { return this.#open.get(ip) ?? 0; }
 }
 
 const connectionOf = new WeakMap<SMTPServerSession, PosternConnection>();
@@ -34,9 +65,14 @@ export class PosternServer extends SMTPServer {
   readonly policy: SessionPolicy;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
+  tlsHandshakeTimeoutMs: number;
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
-  readonly #perIp = new Map<string, number>();
+  connectionCounter: ConnectionCounter = new LocalConnectionCounter();
+  /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
+  readonly #overIpLimit = new WeakSet<net.Socket>();
+  /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
+  readonly #uncount = new WeakMap<net.Socket, () => void>();
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
     super(setup.options);
@@ -48,13 +84,60 @@ export class PosternServer extends SMTPServer {
     this.policy = new SessionPolicy(runtime);
     this.greetingDelayMs = setup.greetingDelayMs;
     this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
+    this.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
     this.trust = setup.trust;
+  }
+
+  /**
+   * Every accepted socket counts against its address from here to its close, TLS handshake included: a
+   * client that opens connections and never starts the handshake must not take the listener's slots.
+   * One over the limit gets 421 when its session starts. On implicit TLS that needs a handshake first, so
+   * only as many again are let through to read their 421 (each within tlsHandshakeTimeoutMs); beyond
+   * twice the limit a connection is closed at once, before TLS.
+   */
+  override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {
+    const ip = clientAddress(socket);
+    const counter = this.connectionCounter;
+    const open = counter.add(ip);
+    let counted = true;
+    const uncount = (): void => {
+      if (counted) counter.remove(ip);
+      counted = false;
+    };
+    // On the raw socket until the session starts; STARTTLS drops the raw socket's listeners, so the
+    // session's close uncounts too.
+    socket.once('close', uncount);
+    this.#uncount.set(socket, uncount);
+    if (open > this.maxConnectionsPerIp) {
+      if (handshake && open > 2 * this.maxConnectionsPerIp) {
+        this.runtime.logger.info({ listener: this.listenerName, ip, open }, 'too many connections from this address, closed before TLS');
+        socket.on('error', () => undefined);
+        socket.destroy();
+        return false;
+      }
+      this.#overIpLimit.add(socket);
+    }
+    return super._acceptSocket(socket, handshake);
+  }
+
+  /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
+  override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
+    super._upgrade(socket, callback);
+    const tlsSocket = this._pendingSockets.get(socket);
+    if (!tlsSocket || tlsSocket === socket) return;
+    tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
+    // connect() gets the TLS socket.
+    if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
+    const uncount = this.#uncount.get(socket);
+    if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
 
   /** smtp-server's connect(), creating our connection class. */
   override connect(socket: net.Socket, socketOptions?: Record<string, unknown>): void {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
     const connection = new PosternConnection(this, socket, socketOptions);
+    connection.state.overIpLimit = this.#overIpLimit.has(socket);
+    connection.state.uncountIp = this.#uncount.get(socket) ?? null;
     connectionOf.set(connection.session, connection);
     self.connections.add(connection);
     connection.on('error', (err: Error) => self._onError(err));
@@ -71,16 +154,12 @@ export class PosternServer extends SMTPServer {
   override onConnect(session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
     metrics.connections.inc({ listener: conn.state.listener.name });
-    const ip = conn.remoteAddress;
-    const open = (this.#perIp.get(ip) ?? 0) + 1;
-    if (open > this.maxConnectionsPerIp) {
+    if (conn.state.overIpLimit) {
       metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
       const refusal = new SmtpReply(421, '4.7.0', 'Too many connections from your address', { reason: 'limits.maxConnectionsPerIp' });
       logRefusal(this.runtime.logger, conn, 'CONNECT', refusal);
       return callback(refusal);
     }
-    this.#perIp.set(ip, open);
-    conn.state.countedForIp = true;
     settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy, this.runtime.logger);
   }
 
@@ -129,12 +208,14 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
-    if (conn.state.countedForIp) {
-      const left = (this.#perIp.get(conn.remoteAddress) ?? 1) - 1;
-      if (left > 0) this.#perIp.set(conn.remoteAddress, left); else this.#perIp.delete(conn.remoteAddress);
-    }
+    conn.state.uncountIp?.();
     conn.state.generation.release();
   }
+}
+
+/** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
+function clientAddress(socket: net.Socket): string {
+  return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
 }
 
 /** Adapt a policy decision to smtp-server's callback; unexpected errors fail closed. */

@@ -34,17 +34,19 @@ export class SmtpTestClient {
     this.#attach(socket);
   }
 
-  static async connect(port: number, opts: { implicitTls?: TlsClientOptions; host?: string } = {}): Promise<SmtpTestClient> {
+  /** `localAddress`: the client's own address (e.g. 127.0.0.2, to be another client than 127.0.0.1). */
+  static async connect(port: number, opts: { implicitTls?: TlsClientOptions; host?: string; localAddress?: string } = {}): Promise<SmtpTestClient> {
     const host = opts.host ?? '127.0.0.1';
+    const local = opts.localAddress ? { localAddress: opts.localAddress } : {};
     let socket: net.Socket;
     if (opts.implicitTls) {
       socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
-        const s = tls.connect({ host, port, ...tlsOptions(opts.implicitTls!) }, () => resolve(s));
+        const s = tls.connect({ host, port, ...local, ...tlsOptions(opts.implicitTls!) }, () => resolve(s));
         s.once('error', reject);
       });
     } else {
       socket = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect({ host, port }, () => resolve(s));
+        const s = net.connect({ host, port, ...local }, () => resolve(s));
         s.once('error', reject);
       });
     }
