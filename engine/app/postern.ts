@@ -83,7 +83,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   }
   for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
   const spool = new Spool(join(config.dataDir, 'spool'));
-  const { removedOrphans } = await spool.init();
+  const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));
