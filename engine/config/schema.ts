@@ -128,6 +128,10 @@ export const configSchema = z.strictObject({
     fastPathMs: z.number().int().min(0).max(50).default(5)
       .describe('A call first runs on the event loop for at most this long, then is moved to an isolate thread (0: always on an isolate thread)'),
   }).prefault({}),
+  spool: z.strictObject({
+    minFreeBytes: z.number().int().min(0).default(100 * 1024 * 1024)
+      .describe('Free space (bytes) the spool\'s filesystem must keep: below it new mail is refused with 452 4.3.1 at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix queue_minfree; 0: no floor)'),
+  }).prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   }).prefault({}),

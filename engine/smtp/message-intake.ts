@@ -13,6 +13,7 @@ import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
+import { spoolIsFull } from './runtime.ts';
 
 export async function receiveMessage(
   conn: PosternConnection, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
@@ -56,6 +57,7 @@ export async function receiveMessage(
       nextAttemptAt: new Date().toISOString(),
       errors: [],
     };
+    if (spoolIsFull(runtime)) throw new SmtpReply(452, '4.3.1', 'Insufficient system storage');
     await writer.commit(envelope);
     committed = true;
     runtime.logger.info({ cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes }, 'message spooled');

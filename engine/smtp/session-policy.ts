@@ -5,7 +5,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
-import type { Runtime } from './runtime.ts';
+import { spoolIsFull, type Runtime } from './runtime.ts';
 import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
@@ -174,6 +174,7 @@ export class SessionPolicy {
     if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required');
+    if (spoolIsFull(this.#runtime)) return new SmtpReply(452, '4.3.1', 'Insufficient system storage');
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const verdict = await this.#run(conn, 'mailfrom', {

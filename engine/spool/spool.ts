@@ -16,6 +16,7 @@ import { DirectorySyncer } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
+import { FreeSpace } from './free-space.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
@@ -29,6 +30,8 @@ export class Spool {
   readonly queueDir: string;
   readonly incomingDir: string;
   readonly journalDir: string;
+  /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
+  readonly freeSpace: FreeSpace;
   readonly #dirSync: DirectorySyncer;
   /** The server's journal (after init()). */
   #journal: Journal | null = null;
@@ -40,6 +43,7 @@ export class Spool {
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
     this.journalDir = join(root, 'journal');
+    this.freeSpace = new FreeSpace(root);
     this.#dirSync = new DirectorySyncer(this.queueDir);
   }
 
@@ -54,6 +58,7 @@ export class Spool {
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     this.#journal?.close();
     this.#journal = Journal.open(this.journalDir, { writable: true });
+    this.freeSpace.refreshSync();
     for (const d of this.#journal.damage) if (opts.logger) logDamage(opts.logger, d);
     let removedOrphans = 0;
     for (const name of await readdir(this.incomingDir)) {
