@@ -6,6 +6,7 @@ import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-c
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { Spool } from '../spool/spool.ts';
+import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
@@ -69,6 +70,18 @@ class MutableRuntime implements Runtime {
 
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
+  // One server per data directory: a second one would take the first's half-received messages for a crash's.
+  const lock = acquireDirectoryLock(loaded.config.dataDir);
+  try {
+    const running = await startWithDataDir(opts, loaded);
+    return { ...running, close: () => running.close().finally(() => lock.release()) };
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promise<RunningPostern> {
   const config = loaded.config;
   const logger = opts.logger ?? createLogger(config.log.level);
   await opts.prepare?.(loaded);
