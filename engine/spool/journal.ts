@@ -407,7 +407,9 @@ export class Journal {
       w.reject(err as Error);
       return false;
     }
-    try { this.#appendDone(from, w.id); } catch { /* at start the later copy wins anyway */ }
+    if (this.#segments.has(from.seq)) {
+      try { this.#appendDone(from, w.id); } catch { /* at start the later copy wins anyway */ }
+    }
     return true;
   }
 
