@@ -392,6 +392,7 @@ export class Journal {
     for (const w of waiting) {
       if (w.segment !== segment || this.#move(w)) this.#waiting.push(w);
     }
+    this.#flush(); // normally one is under way and takes them next
   }
 
   /**
