@@ -34,6 +34,8 @@ export interface StartOptions {
   settleMs?: number;
   /** DNS for delivery routing (tests); default node:dns per delivery.hostLookup and dnsServers. */
   resolver?: DeliveryResolver;
+  /** Directory locked for the server's life (default: dataDir); false when the caller holds the lock (a supervisor). */
+  lockDir?: string | false;
 }
 
 export interface RunningPostern {
@@ -71,7 +73,7 @@ class MutableRuntime implements Runtime {
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
   // One server per data directory: a second one would take the first's half-received messages for a crash's.
-  const lock = acquireDirectoryLock(loaded.config.dataDir);
+  const lock = opts.lockDir === false ? { release() {} } : acquireDirectoryLock(opts.lockDir ?? loaded.config.dataDir);
   try {
     const running = await startWithDataDir(opts, loaded);
     return { ...running, close: () => running.close().finally(() => lock.release()) };
