@@ -63,3 +63,49 @@ delivery:
     await sink.close();
   }
 });
+
+test('a recipient accepted by the next hop is not sent to again when the state file of a partly delivered message cannot be written', async () => {
+  let refuseLater = true;
+  const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
+  const s = await startDeliveryServer({
+    config: `
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+localDomains: [example.test]
+delivery:
+  enabled: true
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  retrySchedule: [0.05]
+`,
+  });
+  const fsp = (await import('node:fs/promises')).default;
+  const realRename = fsp.rename;
+  let failures = 0;
+  const reached = (n: number): Promise<void> => new Promise((resolve) => { const t = setInterval(() => { if (failures >= n) { clearInterval(t); resolve(); } }, 10); });
+  (fsp as { rename: unknown }).rename = async (from: string, to: string): Promise<void> => {
+    if (String(to).endsWith('.state')) {
+      failures++;
+      throw Object.assign(new Error('ENOSPC: no space left on device, rename'), { code: 'ENOSPC', errno: -28, syscall: 'rename' });
+    }
+    return realRename(from, to);
+  };
+  syncBuiltinESMExports();
+  const restore = (): void => { fsp.rename = realRename; syncBuiltinESMExports(); };
+  try {
+    const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
+    await reached(3);
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'the accepted recipient got it once');
+    assert.ok(sink.attempts.length >= 3, 'the refused recipient was tried again');
+    const removed = s.nextAttempt((e) => e.id === id && e.removed);
+    restore();
+    refuseLater = false;
+    await removed;
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1);
+    assert.equal(sink.messages.filter((m) => m.to.includes('later@example.test')).length, 1);
+  } finally {
+    restore();
+    await s.stop();
+    await sink.close();
+  }
+});
