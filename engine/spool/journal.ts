@@ -22,7 +22,7 @@
  * is a duplicate: at start the later copy (the higher segment) wins.
  *
  * The active segment is written with zeros ahead of its records, a megabyte at a time, and that region
- * synced in the background: a record then overwrites blocks the file already has, and its fdatasync
+ * synced in the background, through a file handle of its own (see Segment.zeroFd): a record then overwrites blocks the file already has, and its fdatasync
  * flushes only data, not the block allocation and file size an append makes the filesystem journal
  * (measured on ext4 here: 190 → 105 µs of CPU and 500 → 300 µs per fdatasync). Reading stops at the
  * zeros; the checksum catches a record whose pages reached the disk only in part.
