@@ -6,6 +6,7 @@ import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-c
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { Spool } from '../spool/spool.ts';
+import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
@@ -36,6 +37,8 @@ export interface StartOptions {
   settleMs?: number;
   /** DNS for delivery routing (tests); default node:dns per delivery.hostLookup and dnsServers. */
   resolver?: DeliveryResolver;
+  /** Directory locked for the server's life (default: dataDir); false when the caller holds the lock (a supervisor). */
+  lockDir?: string | false;
 }
 
 export interface RunningPostern {
@@ -77,6 +80,18 @@ class MutableRuntime implements Runtime {
 
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
+  // One server per data directory: a second one would take the first's half-received messages for a crash's.
+  const lock = opts.lockDir === false ? { release() {} } : acquireDirectoryLock(opts.lockDir ?? loaded.config.dataDir);
+  try {
+    const running = await startWithDataDir(opts, loaded);
+    return { ...running, close: () => running.close().finally(() => lock.release()) };
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promise<RunningPostern> {
   const config = loaded.config;
   const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
@@ -91,7 +106,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   }
   for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
   const spool = new Spool(join(config.dataDir, 'spool'));
-  const { removedOrphans } = await spool.init();
+  const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));

@@ -189,6 +189,10 @@ export const configSchema = z.strictObject({
     fastPathMs: z.number().int().min(0).max(50).meta({ unit: 'ms' }).default(5)
       .describe('A call first runs on the server\'s event-loop thread for at most this long (calls of one event-loop turn run together, within one such limit); a call still running then is stopped and run again on an isolate thread with the full `timeoutMs`. `0` sends every call to an isolate thread. See [scripts.md](scripts.md#limits-and-the-sandbox).'),
   }).prefault({}).describe('Script limits.'),
+  spool: z.strictObject({
+    minFreeBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(100 * 1024 * 1024)
+      .describe('Free space the spool\'s filesystem must keep: below it new mail is refused with `452 4.3.1 Insufficient system storage` at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix `queue_minfree`; `0`: no floor).'),
+  }).prefault({}).describe('Free space the spool keeps. See [spool](#spool).'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),

@@ -65,6 +65,11 @@ export class QueueRunner {
   readonly #spooledDuringScan = new Set<string>();
   /** Attempted while a scan was under way: the scan's view of them may predate that attempt. */
   readonly #attemptedDuringScan = new Set<string>();
+  /**
+   * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
+   * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
+   */
+  readonly #unrecorded = new Map<string, SpoolState>();
   readonly #pool = new ConnectionPool();
   readonly #material = new OutboundTlsMaterial();
   readonly #overall: Limiter;
@@ -258,16 +263,20 @@ export class QueueRunner {
       try {
         read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // deleted (postern queue delete) or finished
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') { this.#unrecorded.delete(id); return; } // deleted (postern queue delete) or finished
         this.#broken.add(id);
         this.#log.error({ id, err: (err as Error).message }, 'unreadable spool file: not delivering it');
         return;
       }
-      const { envelope, message } = read;
+      const { message } = read;
+      const unrecorded = this.#unrecorded.get(id);
+      const envelope = unrecorded ? { ...read.envelope, ...unrecorded } : read.envelope;
       const pending = envelope.recipients.filter((r) => !r.status).map((r) => r.address);
       const attempt = envelope.attempts + 1;
       if (!pending.length) {
+        // Finished earlier (the removal may have failed then: retried until it works).
         await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+        this.#unrecorded.delete(id);
         this.#noState.delete(id);
         this.#emit({ id, attempt, outcomes: [], removed: true, bounceId: null, nextAttemptAt: null });
         return;
@@ -392,21 +401,33 @@ export class QueueRunner {
       .map((o) => (o.remoteReply && o.remoteMta ? `${o.recipient}: ${o.remoteMta} said: ${o.reply}` : `${o.recipient}: ${o.reply}`));
     const done = recipients.every((r) => r.status);
     let nextAttemptAt: string | null = null;
-    if (done) {
-      await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
-      this.#noState.delete(id);
-      this.#log.info({ id, attempt, bounce: bounceId }, 'message finished, removed from the spool');
-    } else {
-      const progress = outcomes.some((o) => o.status !== 'temporary') || newlyBounced.size > 0;
-      if (this.#closing && !progress) return; // cut short by shutdown: not an attempt worth counting
-      nextAttemptAt = new Date(now + retryDelayMs(delivery, attempt)).toISOString();
-      const state: SpoolState = {
-        attempts: attempt, nextAttemptAt, recipients, errors: [...envelope.errors, ...newErrors].slice(-MAX_ERRORS),
-      };
-      await this.#spool.updateState(id, state);
-      this.#noState.delete(id);
-      if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
-      else if (!this.#closing) this.#due.set(id, Date.parse(nextAttemptAt));
+    const progress = outcomes.some((o) => o.status !== 'temporary') || newlyBounced.size > 0;
+    if (!done && this.#closing && !progress) return; // cut short by shutdown: not an attempt worth counting
+    if (!done) nextAttemptAt = new Date(now + retryDelayMs(delivery, attempt)).toISOString();
+    const state: SpoolState = {
+      attempts: attempt, nextAttemptAt: nextAttemptAt ?? new Date(now).toISOString(), recipients,
+      errors: [...envelope.errors, ...newErrors].slice(-MAX_ERRORS),
+    };
+    try {
+      if (done) {
+        await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+        this.#noState.delete(id);
+        this.#log.info({ id, attempt, bounce: bounceId }, 'message finished, removed from the spool');
+      } else {
+        await this.#spool.updateState(id, state);
+        this.#noState.delete(id);
+        if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+        else if (!this.#closing) this.#due.set(id, Date.parse(nextAttemptAt!));
+      }
+      this.#unrecorded.delete(id);
+    } catch (err) {
+      // Delivered or bounced is final even if the disk cannot say so yet: remembered here, written later.
+      this.#unrecorded.set(id, state);
+      this.#log.error({ id, err }, 'cannot record the outcome of a delivery attempt in the spool; kept in memory and retried, no recipient is sent to twice');
+      if (!this.#closing) this.#due.set(id, Date.now() + retryDelayMs(delivery, 1));
+      if (bounceId) this.notify(bounceId);
+      this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
+      return;
     }
     if (bounceId) this.notify(bounceId);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });

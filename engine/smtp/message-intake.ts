@@ -16,6 +16,7 @@ import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { SpoolWriter } from '../spool/spool.ts';
 import type { PosternServer } from './postern-server.ts';
+import { spoolIsFull } from './runtime.ts';
 
 export async function receiveMessage(
   conn: PosternConnection, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
@@ -59,6 +60,7 @@ export async function receiveMessage(
       nextAttemptAt: new Date().toISOString(),
       errors: [],
     };
+    if (spoolIsFull(runtime)) throw new SmtpReply(452, '4.3.1', 'Insufficient system storage', { reason: 'spool.minFreeBytes' });
     const commitStart = process.hrtime.bigint();
     await writer.commit(envelope);
     committed = true;

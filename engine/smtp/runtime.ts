@@ -16,3 +16,8 @@ export interface Runtime {
   /** Called when a message has been committed to the spool (the queue runner wakes up). */
   onSpooled?(id: string): void;
 }
+
+/** Free space is below spool.minFreeBytes (current configuration): new mail gets 452 4.3.1. */
+export function spoolIsFull(runtime: Runtime): boolean {
+  return runtime.spool.freeSpace.below(runtime.generation.config.spool.minFreeBytes);
+}

@@ -6,7 +6,7 @@ import { metrics } from '../metrics/metrics.ts';
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import type { PosternConnection } from './postern-connection.ts';
-import type { Runtime } from './runtime.ts';
+import { spoolIsFull, type Runtime } from './runtime.ts';
 import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
@@ -200,6 +200,7 @@ export class SessionPolicy {
     if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first', { reason: 'requireTls' });
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required', { reason: 'auth.required' });
+    if (spoolIsFull(this.#runtime)) return new SmtpReply(452, '4.3.1', 'Insufficient system storage', { reason: 'spool.minFreeBytes' });
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);

@@ -9,24 +9,31 @@
  * it in a crash only means delivering the message again. A segment whose records are all done is deleted.
  *
  * Record: `POSTERN-RECORD-V2 <id> <length> <crc32>\n` + <length> bytes (the same bytes as a `.msg` file)
- * + `\n` (V1 records, without the checksum, are still read). A crash can leave a torn record only at the
- * end of the segment that was active; it was never acknowledged, and reading stops there. After a failed
- * write the segment takes no more records, so a torn record is always the last one.
+ * + `\n` (V1 records, without the checksum, are still read). A crash can leave a torn record at the end
+ * of a segment that was being written; it was never acknowledged. Any other record that does not read
+ * back (a damaged disk block) is skipped: the framing lets reading go on at the next intact record
+ * (segment-scan.ts). Its bytes are kept in `quarantine/` and reported, never silently dropped.
+ *
+ * A record is acknowledged only after an fdatasync that covered it succeeded. After a failed write or
+ * sync the segment is given up: Linux may have dropped its unwritten pages and reports a write-back
+ * error to one fsync only, so nothing not yet acknowledged is trusted to it. The records of the flush
+ * that failed are refused (the client gets a 4xx and sends again); every other record appended to it
+ * and not yet acknowledged is written again to a fresh segment. A copy left behind in the old segment
+ * is a duplicate: at start the later copy (the higher segment) wins.
  *
  * The active segment is written with zeros ahead of its records, a megabyte at a time, and that region
- * synced in the background: a record then overwrites blocks the file already has, and its fdatasync
+ * synced in the background, through a file handle of its own (see Segment.zeroFd): a record then overwrites blocks the file already has, and its fdatasync
  * flushes only data, not the block allocation and file size an append makes the filesystem journal
  * (measured on ext4 here: 190 → 105 µs of CPU and 500 → 300 µs per fdatasync). Reading stops at the
  * zeros; the checksum catches a record whose pages reached the disk only in part.
  */
-import { closeSync, fdatasync, fstatSync, openSync, readdirSync, readSync, unlinkSync, writeSync, writevSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, fdatasync, fsyncSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync, writevSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
+import { scanSegment } from './segment-scan.ts';
 
 const HEADER = 'POSTERN-RECORD-V2';
-const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|2 ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
-const MAX_HEADER = 80;
 /** Zeros are written this far ahead of the last record, this much at a time. */
 const ZERO_AHEAD = 256 * 1024;
 const ZEROS = Buffer.alloc(1024 * 1024);
@@ -41,6 +48,12 @@ interface Segment {
   path: string;
   donePath: string;
   fd: number;
+  /**
+   * A second handle on the file for the zeros written ahead and their syncs. Linux reports a write-back
+   * error to one fsync per open file description: on a shared handle a sync of the zeros could take the
+   * error that a sync of records needs to see.
+   */
+  zeroFd: number | null;
   doneFd: number | null;
   /** Bytes of `.done` already applied to the index. */
   doneRead: number;
@@ -48,6 +61,10 @@ interface Segment {
   live: number;
   /** Still taking records. */
   active: boolean;
+  /** A write or sync failed: nothing not yet acknowledged is trusted to this file. */
+  failed: boolean;
+  /** Damaged bytes in it could not be kept aside: never deleted. */
+  pinned: boolean;
   /** The directory entry of a new segment must be durable before its first record is acknowledged. */
   entrySynced: boolean;
   /** Syncs in flight on this segment's file: it is not deleted until they finish. */
@@ -62,7 +79,30 @@ interface Segment {
 /** Where a record's bytes are, and their CRC-32 (null for a V1 record, which has none). */
 interface Location { segment: Segment; offset: number; length: number; crc: number | null }
 
-interface Waiter { segment: Segment; resolve(): void; reject(err: Error): void }
+/** An append waiting for the flush that makes it durable. It keeps its bytes: it may have to be written again elsewhere. */
+interface Waiter {
+  id: string;
+  record: Buffer[];
+  bytes: number;
+  headerBytes: number;
+  length: number;
+  crc: number;
+  segment: Segment;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+/** Bytes of a segment that are not an intact record, found when the journal was opened. */
+export interface JournalDamage {
+  segment: string;
+  offset: number;
+  length: number;
+  /** No intact record follows: in the newest segment, the usual trace of a crash mid-write (never acknowledged). */
+  tail: boolean;
+  lastSegment: boolean;
+  /** The file the bytes were copied to; null in a read-only journal, or when that failed (the segment is then kept). */
+  quarantine: string | null;
+}
 
 export class Journal {
   readonly dir: string;
@@ -71,6 +111,7 @@ export class Journal {
   readonly #index = new Map<string, Location>();
   readonly #segments = new Map<number, Segment>();
   readonly #dirSync: DirectorySyncer;
+  readonly #damage: JournalDamage[] = [];
   #active: Segment | null = null;
   #nextSeq = 1;
   #waiting: Waiter[] = [];
@@ -85,9 +126,9 @@ export class Journal {
   }
 
   /**
-   * Read every segment and its done list. A writable journal (the server's) deletes segments with
-   * nothing left in them and appends to a fresh segment, never after a possibly torn tail; a read-only
-   * one (the queue command's) only reads, and may mark messages done.
+   * Read every segment and its done list. A writable journal (the server's) keeps damaged bytes aside,
+   * deletes segments with nothing left in them and appends to a fresh segment, never after a possibly
+   * torn tail; a read-only one (the queue command's) only reads, and may mark messages done.
    */
   static open(dir: string, opts: { writable: boolean; segmentBytes?: number }): Journal {
     const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES);
@@ -96,7 +137,7 @@ export class Journal {
       .filter((s): s is string => s !== undefined)
       .map(Number)
       .sort((a, b) => a - b);
-    for (const seq of seqs) journal.#load(seq);
+    for (const seq of seqs) journal.#load(seq, seq === seqs.at(-1));
     journal.#nextSeq = (seqs.at(-1) ?? 0) + 1;
     if (opts.writable) {
       for (const segment of [...journal.#segments.values()]) journal.#collect(segment);
@@ -121,6 +162,9 @@ export class Journal {
   /** Segment files on disk that this journal knows of. */
   get segments(): number { return this.#segments.size; }
 
+  /** What open() found that was not an intact record (to be logged by the caller). */
+  get damage(): readonly JournalDamage[] { return this.#damage; }
+
   /** Append a message; resolves once it is durable (with every record appended before the same flush). */
   append(id: string, chunks: readonly Buffer[]): Promise<void> {
     if (!this.#writable) return Promise.reject(new Error('the journal is open read-only'));
@@ -128,24 +172,19 @@ export class Journal {
     let length = 0;
     let crc = 0;
     for (const c of chunks) { length += c.length; crc = crc32(c, crc); }
-    const segment = this.#activeSegment();
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
-    const total = header.length + length + 1;
-    try {
-      this.#zeroAhead(segment, total);
-    } catch (err) {
-      this.#retire(segment);
-      return Promise.reject(err as Error);
-    }
-    // Written at the start of the flush that makes it durable, with every record appended meanwhile.
-    if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
-    segment.unwritten.push(header, ...chunks, NEWLINE);
-    this.#index.set(id, { segment, offset: segment.size + header.length, length, crc });
-    segment.size += total;
-    segment.live++;
-    if (segment.size >= this.#segmentBytes) this.#retire(segment);
     return new Promise<void>((resolve, reject) => {
-      this.#waiting.push({ segment, resolve, reject: (err) => { this.#forget(id); reject(err); } });
+      const waiter: Waiter = {
+        id, record: [header, ...chunks, NEWLINE], bytes: header.length + length + 1, headerBytes: header.length, length, crc,
+        segment: null as unknown as Segment, resolve, reject: (err) => { this.#forget(id); reject(err); },
+      };
+      try {
+        this.#place(waiter);
+      } catch (err) {
+        reject(err as Error);
+        return;
+      }
+      this.#waiting.push(waiter);
       this.#flush();
     });
   }
@@ -173,10 +212,7 @@ export class Journal {
   markDone(id: string): boolean {
     const at = this.#index.get(id);
     if (!at) return false;
-    const segment = at.segment;
-    segment.doneFd ??= openSync(segment.donePath, 'a', 0o600);
-    // One write per line on an O_APPEND file: lines from the server and the queue command never interleave.
-    writeSync(segment.doneFd, `${id}\n`); // refresh() reads it back too: harmless, and keeps the offset simple
+    this.#appendDone(at.segment, id);
     this.#forget(id);
     return true;
   }
@@ -203,12 +239,31 @@ export class Journal {
     const seq = this.#nextSeq++;
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
     const segment: Segment = {
-      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: openSync(path, 'wx+', 0o600), doneFd: null,
-      doneRead: 0, size: 0, live: 0, active: true, entrySynced: false, syncing: 0, zeroedTo: 0, unwritten: [], unwrittenAt: 0,
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: openSync(path, 'wx+', 0o600), zeroFd: null, doneFd: null,
+      doneRead: 0, size: 0, live: 0, active: true, failed: false, pinned: false, entrySynced: false, syncing: 0, zeroedTo: 0,
+      unwritten: [], unwrittenAt: 0,
     };
     this.#segments.set(seq, segment);
     this.#active = segment;
     return segment;
+  }
+
+  /** Put a record at the end of the active segment, to be written by the next flush. */
+  #place(w: Waiter): void {
+    const segment = this.#activeSegment();
+    try {
+      this.#zeroAhead(segment, w.bytes);
+    } catch (err) {
+      this.#retire(segment);
+      throw err;
+    }
+    if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
+    for (const b of w.record) segment.unwritten.push(b);
+    this.#index.set(w.id, { segment, offset: segment.size + w.headerBytes, length: w.length, crc: w.crc });
+    segment.size += w.bytes;
+    segment.live++;
+    w.segment = segment;
+    if (segment.size >= this.#segmentBytes) this.#retire(segment);
   }
 
   /**
@@ -218,9 +273,10 @@ export class Journal {
   #zeroAhead(segment: Segment, bytes: number): void {
     let extended = false;
     while (segment.size + bytes + ZERO_AHEAD > segment.zeroedTo && segment.zeroedTo < this.#segmentBytes) {
+      segment.zeroFd ??= openSync(segment.path, 'r+');
       for (let done = 0; done < ZEROS.length;) {
-        const n = writeSync(segment.fd, ZEROS, done, ZEROS.length - done, segment.zeroedTo + done);
-        if (n <= 0) throw new Error('short write'); // as for records: append() then gives the segment up
+        const n = writeSync(segment.zeroFd, ZEROS, done, ZEROS.length - done, segment.zeroedTo + done);
+        if (n <= 0) throw new Error('short write'); // as for records: the segment is given up
         done += n;
       }
       segment.zeroedTo += ZEROS.length;
@@ -228,58 +284,57 @@ export class Journal {
     }
     if (!extended) return;
     segment.syncing++;
-    fdatasync(segment.fd, (err) => {
+    fdatasync(segment.zeroFd!, (err) => {
       segment.syncing--;
-      // The file's state is unknown after a failed sync: no more records in it (the next flush reports).
-      if (err) this.#retire(segment); else this.#collect(segment);
+      // The file's state is unknown after a failed sync.
+      if (err) this.#fail(segment); else this.#collect(segment);
     });
   }
 
-  /** One flush at a time; appends that arrive meanwhile share the next one. */
+  /**
+   * One flush at a time; appends that arrive meanwhile share the next one. Each segment's records are
+   * acknowledged by its own sync: a failure refuses the records that sync was for, and no others.
+   */
   #flush(): void {
     if (this.#flushing || this.#waiting.length === 0) return;
     this.#flushing = true;
     this.#flushes++;
     const batch = this.#waiting;
     this.#waiting = [];
-    const settle = (err: Error | null): void => {
-      if (err) {
-        // After a failed fdatasync the file's state is unknown: refuse the batch and start a new segment.
-        for (const w of batch) this.#retire(w.segment);
-        for (const w of batch) w.reject(err);
-      } else {
-        for (const w of batch) w.resolve();
+    const first = batch[0]!.segment;
+    const segments = first.entrySynced && batch.every((w) => w.segment === first) ? [first] : [...new Set(batch.map((w) => w.segment))];
+    const errors = new Map<Segment, Error>();
+    const settle = (): void => {
+      for (const w of batch) {
+        const err = errors.get(w.segment);
+        if (err) w.reject(err);
+        // Synced, yet the file failed meanwhile, possibly with an error this sync did not see: write it again.
+        else if (w.segment.failed) { if (this.#move(w)) this.#waiting.push(w); }
+        else w.resolve();
       }
       this.#flushing = false;
       this.#flush();
     };
-    const first = batch[0]!.segment;
-    const segments = first.entrySynced && batch.every((w) => w.segment === first) ? [first] : [...new Set(batch.map((w) => w.segment))];
-    try {
-      for (const segment of segments) this.#write(segment);
-    } catch (err) {
-      settle(err as Error);
-      return;
-    }
-    if (segments.length === 1 && first.entrySynced) {
-      // The usual flush: one segment, already known to its directory. One callback, no promises.
-      first.syncing++;
-      fdatasync(first.fd, (err) => {
-        first.syncing--;
-        let failure: Error | null = err;
-        try { this.#collect(first); } catch (e) { failure ??= e as Error; }
-        settle(failure);
+    let syncing = 0;
+    for (const segment of segments) {
+      try {
+        this.#write(segment);
+      } catch (err) {
+        errors.set(segment, err as Error);
+        continue;
+      }
+      syncing++;
+      this.#sync(segment, (err) => {
+        if (err) errors.set(segment, err);
+        if (--syncing === 0) settle();
       });
-      return;
     }
-    Promise.all(segments.map((s) => this.#sync(s))).then(() => settle(null), settle);
+    if (syncing === 0) settle();
   }
 
   /**
    * Write a segment's unwritten records: one system call for all the records of a flush instead of one
-   * each. On failure (a full disk) the segment takes no more records and keeps its unwritten ones, so
-   * that nothing is synced as if written: the flush that owns them fails them, or writes them again at
-   * the same offsets.
+   * each. On failure (a full disk) the segment is given up (see #fail).
    */
   #write(segment: Segment): void {
     if (segment.unwritten.length === 0) return;
@@ -301,25 +356,68 @@ export class Journal {
         position += want;
       }
     } catch (err) {
-      this.#retire(segment);
+      this.#fail(segment);
       throw err;
     }
     segment.unwritten = [];
     segment.unwrittenAt = position;
   }
 
-  async #sync(segment: Segment): Promise<void> {
+  /** fdatasync the segment, and the directory once for a new segment; `done` gets the error, if any. */
+  #sync(segment: Segment, done: (err: Error | null) => void): void {
     segment.syncing++;
-    try {
-      await new Promise<void>((resolve, reject) => fdatasync(segment.fd, (err) => (err ? reject(err) : resolve())));
-      if (!segment.entrySynced) {
-        await this.#dirSync.sync();
-        segment.entrySynced = true;
-      }
-    } finally {
+    const finish = (err: Error | null): void => {
       segment.syncing--;
-      this.#collect(segment);
+      if (err) this.#fail(segment); else this.#collect(segment);
+      done(err);
+    };
+    fdatasync(segment.fd, (err) => {
+      if (err || segment.entrySynced) { finish(err); return; }
+      this.#dirSync.sync().then(() => { segment.entrySynced = true; finish(null); }, finish);
+    });
+  }
+
+  /**
+   * A write or sync of the segment failed. Linux may have dropped its unwritten pages, and the error is
+   * reported once: the segment takes nothing more, and the records waiting for their flush go to a
+   * fresh segment (the failing flush refuses its own).
+   */
+  #fail(segment: Segment): void {
+    if (segment.failed) return;
+    segment.failed = true;
+    segment.unwritten = [];
+    this.#retire(segment);
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    for (const w of waiting) {
+      if (w.segment !== segment || this.#move(w)) this.#waiting.push(w);
     }
+    this.#flush(); // normally one is under way and takes them next
+  }
+
+  /**
+   * Write a record not yet acknowledged again, to the active segment; false (and refused) if that fails
+   * too. The copy left behind is listed as done in the old segment, so it never comes back on its own.
+   */
+  #move(w: Waiter): boolean {
+    const from = w.segment;
+    this.#forget(w.id);
+    try {
+      this.#place(w);
+    } catch (err) {
+      w.reject(err as Error);
+      return false;
+    }
+    if (this.#segments.has(from.seq)) {
+      try { this.#appendDone(from, w.id); } catch { /* at start the later copy wins anyway */ }
+    }
+    return true;
+  }
+
+  #appendDone(segment: Segment, id: string): void {
+    segment.doneFd ??= openSync(segment.donePath, 'a', 0o600);
+    // One write per line on an O_APPEND file: lines from the server and the queue command never interleave.
+    writeSync(segment.doneFd, `${id}\n`); // refresh() reads it back too: harmless, and keeps the offset simple
   }
 
   #retire(segment: Segment): void {
@@ -338,62 +436,82 @@ export class Journal {
 
   /** Delete a segment that takes no more records and has none left (done list second: see open()). */
   #collect(segment: Segment): void {
-    if (!this.#writable || segment.active || segment.live > 0 || segment.syncing > 0) return;
+    if (!this.#writable || segment.active || segment.live > 0 || segment.syncing > 0 || segment.pinned) return;
     if (!this.#segments.has(segment.seq)) return;
+    try {
+      unlinkSync(segment.path);
+    } catch {
+      return; // left for the next start; its done list must stay with it
+    }
     this.#segments.delete(segment.seq);
     this.#closeFiles(segment);
-    unlinkSync(segment.path);
-    try { unlinkSync(segment.donePath); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; }
+    try { unlinkSync(segment.donePath); } catch { /* missing, or removed at the next start */ }
   }
 
   #closeFiles(segment: Segment): void {
     closeSync(segment.fd);
+    if (segment.zeroFd !== null) closeSync(segment.zeroFd);
     if (segment.doneFd !== null) closeSync(segment.doneFd);
+    segment.zeroFd = null;
     segment.doneFd = null;
   }
 
-  /** Index the complete records of an existing segment, then apply its done list. */
-  #load(seq: number): void {
+  /** Index the intact records of an existing segment, keep its damaged bytes aside, then apply its done list. */
+  #load(seq: number, last: boolean): void {
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
     const fd = openSync(path, this.#writable ? 'r+' : 'r');
     const size = fstatSync(fd).size;
     const segment: Segment = {
-      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, doneFd: null,
-      doneRead: 0, size, live: 0, active: false, entrySynced: true, syncing: 0, zeroedTo: size, unwritten: [], unwrittenAt: size,
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, zeroFd: null, doneFd: null,
+      doneRead: 0, size, live: 0, active: false, failed: false, pinned: false, entrySynced: true, syncing: 0, zeroedTo: size,
+      unwritten: [], unwrittenAt: size,
     };
     this.#segments.set(seq, segment);
-    const head = Buffer.alloc(MAX_HEADER);
-    for (let offset = 0; offset < size;) {
-      const n = readSync(fd, head, 0, MAX_HEADER, offset);
-      const m = HEADER_PATTERN.exec(head.subarray(0, n).toString('latin1'));
-      if (!m) break; // a torn tail (or the zeros after the last record): never acknowledged
-      const headerBytes = m[0].length;
-      const id = m[1] ?? m[3]!;
-      const length = Number(m[2] ?? m[4]);
-      const end = offset + headerBytes + length;
-      if (end + 1 > size) break;
-      const nl = Buffer.alloc(1);
-      readSync(fd, nl, 0, 1, end);
-      if (nl[0] !== 0x0a) break;
-      if (m[5] !== undefined && !this.#intact(fd, offset + headerBytes, length, parseInt(m[5], 16))) break;
-      this.#index.set(id, { segment, offset: offset + headerBytes, length, crc: m[5] === undefined ? null : parseInt(m[5], 16) });
+    const data = Buffer.allocUnsafe(size);
+    let read = 0;
+    while (read < size) {
+      const n = readSync(fd, data, read, size - read, read);
+      if (n === 0) break;
+      read += n;
+    }
+    const { records, damaged } = scanSegment(data.subarray(0, read));
+    for (const r of records) {
+      // The same message in two places: a copy written again after a failed sync. The later one wins.
+      const earlier = this.#index.get(r.id);
+      if (earlier) earlier.segment.live--;
+      this.#index.set(r.id, { segment, offset: r.offset, length: r.length, crc: r.crc });
       segment.live++;
-      offset = end + 1;
+    }
+    for (const d of damaged) {
+      const quarantine = this.#writable ? this.#quarantine(segment, data.subarray(d.offset, d.offset + d.length), d.offset) : null;
+      this.#damage.push({ segment: path, offset: d.offset, length: d.length, tail: d.tail, lastSegment: last, quarantine });
     }
     this.#readDone(segment);
   }
 
-  /** Whether the record's bytes match its checksum (a crash may have left some of its pages unwritten). */
-  #intact(fd: number, offset: number, length: number, crc: number): boolean {
-    const chunk = Buffer.allocUnsafe(Math.min(length, 1024 * 1024));
-    let sum = 0;
-    for (let done = 0; done < length;) {
-      const n = readSync(fd, chunk, 0, Math.min(chunk.length, length - done), offset + done);
-      if (n === 0) return false;
-      sum = crc32(chunk.subarray(0, n), sum);
-      done += n;
+  /**
+   * Copy damaged bytes to `quarantine/<segment>.<offset>`, durably, before their segment can be deleted.
+   * If that fails the segment itself is kept.
+   */
+  #quarantine(segment: Segment, bytes: Buffer, offset: number): string | null {
+    const dir = join(this.dir, 'quarantine');
+    const file = join(dir, `${basename(segment.path)}.${offset}`);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const fd = openSync(file, 'w', 0o600);
+      try {
+        for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      const dirFd = openSync(dir, 'r');
+      try { fsyncSync(dirFd); } finally { closeSync(dirFd); }
+      return file;
+    } catch {
+      segment.pinned = true;
+      return null;
     }
-    return sum === crc;
   }
 
   #readDone(segment: Segment): void {

@@ -15,7 +15,9 @@ import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolState } from './envelope.ts';
-import { Journal } from './journal.ts';
+import { Journal, type JournalDamage } from './journal.ts';
+import { FreeSpace } from './free-space.ts';
+import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
 /** Message files up to this size are read for delivery without the thread pool. */
@@ -28,6 +30,8 @@ export class Spool {
   readonly queueDir: string;
   readonly incomingDir: string;
   readonly journalDir: string;
+  /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
+  readonly freeSpace: FreeSpace;
   readonly #dirSync: DirectorySyncer;
   /** The server's journal (after init()). */
   #journal: Journal | null = null;
@@ -39,16 +43,23 @@ export class Spool {
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
     this.journalDir = join(root, 'journal');
+    this.freeSpace = new FreeSpace(root);
     this.#dirSync = new DirectorySyncer(this.queueDir);
   }
 
-  /** For the server: recover the journal and clean up what a crash left. Other users only read. */
-  async init(): Promise<{ removedOrphans: number }> {
+  /**
+   * For the server: recover the journal and clean up what a crash left. Other users only read. Journal
+   * bytes that are not an intact record are kept aside and logged (`logger`), as errors unless they are
+   * the torn end of the newest segment.
+   */
+  async init(opts: { logger?: Logger } = {}): Promise<{ removedOrphans: number; damage: readonly JournalDamage[] }> {
     await mkdir(this.queueDir, { recursive: true, mode: 0o700 });
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     this.#journal?.close();
     this.#journal = Journal.open(this.journalDir, { writable: true });
+    this.freeSpace.refreshSync();
+    for (const d of this.#journal.damage) if (opts.logger) logDamage(opts.logger, d);
     let removedOrphans = 0;
     for (const name of await readdir(this.incomingDir)) {
       await rm(join(this.incomingDir, name), { force: true });
@@ -65,7 +76,7 @@ export class Spool {
         removedOrphans++;
       }
     }
-    return { removedOrphans };
+    return { removedOrphans, damage: this.#journal.damage };
   }
 
   /** Time-ordered, unguessable queue id. */
@@ -355,6 +366,16 @@ async function readMessageFile(file: string): Promise<Buffer> {
     return data;
   } finally {
     closeSync(fd);
+  }
+}
+
+function logDamage(logger: Logger, d: JournalDamage): void {
+  const where = { segment: d.segment, offset: d.offset, bytes: d.length, quarantine: d.quarantine };
+  const kept = d.quarantine ? `kept in ${d.quarantine}` : 'could not be copied aside: the segment is kept';
+  if (d.tail && d.lastSegment) {
+    logger.warn(where, `journal: unreadable record at the end of ${d.segment} (offset ${d.offset}), a write cut short by a crash, never acknowledged; ${kept}`);
+  } else {
+    logger.error(where, `journal: damaged record in ${d.segment} at offset ${d.offset} (${d.length} bytes) skipped, the records after it recovered; ${kept}`);
   }
 }
 

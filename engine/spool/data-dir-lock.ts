@@ -1,0 +1,129 @@
+/**
+ * An exclusive lock on a directory for the life of the process: `<dir>/postern.lock` names the holder's
+ * PID and start time. Two servers on one data directory would each clean up what they take for the
+ * other's crash (its half-received messages) and write the same journal. A lock whose holder is gone
+ * (kill -9, power loss) is taken over; the start time tells a live holder from an unrelated process that
+ * got the same PID since. Any directory can be locked this way, a worker's own journal directory too.
+ *
+ * The file is created whole (written aside, then linked into place), so a reader never sees it half
+ * written. Taking over a stale lock moves it aside first and checks that it moved the stale one.
+ */
+import { linkSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+export const LOCK_FILE = 'postern.lock';
+
+export class DirectoryLockedError extends Error {
+  readonly pid: number;
+  readonly lockFile: string;
+  constructor(dir: string, lockFile: string, pid: number) {
+    super(pid === process.pid
+      ? `${dir} is already in use by this process (lock ${lockFile})`
+      : `${dir} is in use by another Postern process (PID ${pid}; lock ${lockFile}): stop it first, or give this one another dataDir`);
+    this.pid = pid;
+    this.lockFile = lockFile;
+  }
+}
+
+export interface DirectoryLock {
+  readonly lockFile: string;
+  /** Remove the lock (idempotent). */
+  release(): void;
+}
+
+/** Lock files this process holds, and what each says. */
+const held = new Map<string, string>();
+let exitHook = false;
+
+export function acquireDirectoryLock(dir: string): DirectoryLock {
+  const absolute = resolve(dir);
+  mkdirSync(absolute, { recursive: true, mode: 0o700 });
+  const lockFile = join(absolute, LOCK_FILE);
+  if (held.has(lockFile)) throw new DirectoryLockedError(dir, lockFile, process.pid);
+  const mine = `${process.pid} ${startTime(process.pid) ?? '-'}\n`;
+  for (let tries = 0; tries < 10; tries++) {
+    if (create(lockFile, mine)) {
+      held.set(lockFile, mine);
+      if (!exitHook) {
+        exitHook = true;
+        process.on('exit', () => { for (const file of [...held.keys()]) releaseFile(file); });
+      }
+      return { lockFile, release: () => releaseFile(lockFile) };
+    }
+    const theirs = readOrNull(lockFile);
+    if (theirs === null) continue; // released meanwhile
+    const holder = /^(\d+) (\d+|-)\n$/.exec(theirs);
+    if (holder && alive(Number(holder[1]), holder[2] === '-' ? null : holder[2]!)) {
+      throw new DirectoryLockedError(dir, lockFile, Number(holder[1]));
+    }
+    // Stale (or unreadable): move it aside, and put it back if what moved was a new holder's.
+    const aside = `${lockFile}.stale.${process.pid}`;
+    try {
+      renameSync(lockFile, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    const moved = readOrNull(aside);
+    if (moved !== theirs) try { linkSync(aside, lockFile); } catch { /* a third one holds it now */ }
+    unlinkSync(aside);
+  }
+  throw new Error(`${dir}: cannot take the lock ${lockFile} (it keeps changing hands)`);
+}
+
+/** Create the lock file with its content in one step; false if it exists. */
+function create(lockFile: string, content: string): boolean {
+  const tmp = `${lockFile}.${process.pid}.tmp`;
+  writeFileSync(tmp, content, { mode: 0o600 });
+  try {
+    linkSync(tmp, lockFile);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    unlinkSync(tmp);
+  }
+}
+
+function releaseFile(lockFile: string): void {
+  const mine = held.get(lockFile);
+  if (mine === undefined) return;
+  held.delete(lockFile);
+  if (readOrNull(lockFile) === mine) try { unlinkSync(lockFile); } catch { /* gone already */ }
+}
+
+/** Whether the process that wrote a lock still runs (not this one: its own locks are in `held`). */
+function alive(pid: number, started: string | null): boolean {
+  if (pid === process.pid) return false; // a lock from an earlier process that had our PID (containers: PID 1)
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
+  }
+  const stat = procStat(pid);
+  if (stat === null) return true; // no /proc: trust the PID
+  if (stat.state === 'Z') return false; // killed, not yet reaped
+  return started === null || stat.started === started;
+}
+
+function startTime(pid: number): string | null {
+  return procStat(pid)?.started ?? null;
+}
+
+/** State and start time (clock ticks since boot) from /proc/<pid>/stat, on Linux. */
+function procStat(pid: number): { state: string; started: string } | null {
+  const text = readOrNull(`/proc/${pid}/stat`);
+  if (text === null) return null;
+  // Fields after the command name, which is in parentheses and may itself contain spaces and ")".
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return { state: fields[0]!, started: fields[19]! };
+}
+
+function readOrNull(file: string): string | null {
+  try {
+    return readFileSync(file, 'latin1');
+  } catch {
+    return null;
+  }
+}

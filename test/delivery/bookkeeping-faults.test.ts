@@ -1,0 +1,111 @@
+// A message a next hop accepted is not sent again because the spool could not record it (a full disk):
+// the "done" mark of a journal message fails with ENOSPC; the outcome is kept in memory and written later.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+import { startSink } from './helpers/sink.ts';
+import { startDeliveryServer } from './helpers/server.ts';
+
+/** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
+function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
+  const real = fs.writeSync;
+  let failures = 0;
+  const waiting: Array<{ n: number; resolve(): void }> = [];
+  (fs as { writeSync: unknown }).writeSync = (fd: number, data: unknown, ...rest: unknown[]): number => {
+    if (typeof data === 'string' && /^[0-9a-z]{8,32}\n$/.test(data)) {
+      failures++;
+      for (const w of waiting.filter((w) => failures >= w.n)) w.resolve();
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+    }
+    return (real as (...a: unknown[]) => number)(fd, data, ...rest);
+  };
+  syncBuiltinESMExports();
+  return {
+    get failures() { return failures; },
+    reached: (n) => (failures >= n ? Promise.resolve() : new Promise((resolve) => waiting.push({ n, resolve }))),
+    restore() {
+      fs.writeSync = real;
+      syncBuiltinESMExports();
+    },
+  };
+}
+
+test('a delivered message whose done mark cannot be written is not delivered again; the mark is written once there is room', async () => {
+  const sink = await startSink({});
+  const s = await startDeliveryServer({
+    config: `
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+localDomains: [example.test]
+delivery:
+  enabled: true
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  retrySchedule: [0.05]
+`,
+  });
+  const fault = failDoneMarks();
+  try {
+    const id = await s.send('a@example.test', ['b@example.test']);
+    await fault.reached(4); // the first done mark and three retries of it failed
+    assert.equal(sink.messages.length, 1, 'delivered once, not at every retry');
+    assert.equal(await s.runtime.spool.has(id), true, 'still in the spool: its removal is not recorded yet');
+    assert.ok(s.logs.some((l) => l.id === id && /cannot record the outcome/.test(String(l.msg))), 'the failure is logged');
+    const removed = s.nextAttempt((e) => e.id === id && e.removed);
+    fault.restore();
+    await removed;
+    assert.equal(await s.runtime.spool.has(id), false);
+    assert.equal(sink.messages.length, 1);
+  } finally {
+    fault.restore();
+    await s.stop();
+    await sink.close();
+  }
+});
+
+test('a recipient accepted by the next hop is not sent to again when the state file of a partly delivered message cannot be written', async () => {
+  let refuseLater = true;
+  const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
+  const s = await startDeliveryServer({
+    config: `
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+localDomains: [example.test]
+delivery:
+  enabled: true
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  retrySchedule: [0.05]
+`,
+  });
+  const fsp = (await import('node:fs/promises')).default;
+  const realRename = fsp.rename;
+  let failures = 0;
+  const reached = (n: number): Promise<void> => new Promise((resolve) => { const t = setInterval(() => { if (failures >= n) { clearInterval(t); resolve(); } }, 10); });
+  (fsp as { rename: unknown }).rename = async (from: string, to: string): Promise<void> => {
+    if (String(to).endsWith('.state')) {
+      failures++;
+      throw Object.assign(new Error('ENOSPC: no space left on device, rename'), { code: 'ENOSPC', errno: -28, syscall: 'rename' });
+    }
+    return realRename(from, to);
+  };
+  syncBuiltinESMExports();
+  const restore = (): void => { fsp.rename = realRename; syncBuiltinESMExports(); };
+  try {
+    const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
+    await reached(3);
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'the accepted recipient got it once');
+    assert.ok(sink.attempts.length >= 3, 'the refused recipient was tried again');
+    const removed = s.nextAttempt((e) => e.id === id && e.removed);
+    restore();
+    refuseLater = false;
+    await removed;
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1);
+    assert.equal(sink.messages.filter((m) => m.to.includes('later@example.test')).length, 1);
+  } finally {
+    restore();
+    await s.stop();
+    await sink.close();
+  }
+});

@@ -1,0 +1,104 @@
+/**
+ * One server per data directory: a second `postern serve` on the same configuration is refused, naming
+ * the first one's PID, before it touches the spool; the lock of a server killed with SIGKILL is taken over.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { acquireDirectoryLock, DirectoryLockedError, LOCK_FILE } from '../../engine/spool/data-dir-lock.ts';
+
+const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
+
+interface Served { child: ChildProcess; stderr: string[]; started: Promise<number>; exited: Promise<number | null> }
+
+/** `postern serve` in a child process: `started` resolves with the port once it listens. */
+function serve(config: string): Served {
+  const child = spawn(process.execPath, [MAIN, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+  const stderr: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const started = new Promise<number>((resolve, reject) => {
+    void exited.then((code) => reject(new Error(`server exited ${code}: ${stderr.join('\n')}`)));
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const m = /"msg":"listening"/.test(line) ? /"address":"127\.0\.0\.1:(\d+)"/.exec(line) : null;
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  started.catch(() => undefined);
+  return { child, stderr, started, exited };
+}
+
+function kill9(s: Served): Promise<unknown> {
+  if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
+  return s.exited;
+}
+
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 400 && !check(); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(check(), `timed out waiting for ${what}`);
+}
+
+test('a second server on the same data directory is refused, naming the first one\'s PID, and leaves its half-received message alone', { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-lock-'));
+  const config = join(dir, 'postern.yaml');
+  writeFileSync(config, `
+dataDir: ${join(dir, 'data')}
+scripts: ${join(dir, 'scripts')}
+localDomains: [example.test]
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+`);
+  const first = serve(config);
+  const servers = [first];
+  try {
+    const port = await first.started;
+    // A large message half sent: it is being written to incoming/, which a starting server clears.
+    const c = await SmtpTestClient.connect(port);
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<b@example.test>')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write(`Subject: big\r\n\r\n${`${'y'.repeat(998)}\r\n`.repeat(1600)}`);
+    const incoming = join(dir, 'data', 'spool', 'incoming');
+    await until(() => existsSync(incoming) && readdirSync(incoming).length === 1, 'the message to reach incoming/');
+
+    const second = serve(config);
+    servers.push(second);
+    const code = await Promise.race([second.exited, second.started.then(() => 'listening', () => 'exited')]);
+    assert.equal(code, 1, 'the second server does not start');
+    assert.match(second.stderr.join('\n'), new RegExp(`in use by another Postern process \\(PID ${first.child.pid}; lock .*${LOCK_FILE}\\)`));
+    assert.equal(readdirSync(incoming).length, 1, 'the first server\'s half-received message is still there');
+
+    const end = await c.command('.');
+    assert.equal(end.code, 250, end.text);
+    await c.quit();
+
+    // Killed with SIGKILL, the first server leaves its lock behind; the next start takes it over.
+    await kill9(first);
+    assert.equal(existsSync(join(dir, 'data', LOCK_FILE)), true);
+    const third = serve(config);
+    servers.push(third);
+    await third.started;
+  } finally {
+    await Promise.all(servers.map(kill9));
+  }
+});
+
+test('a directory lock is exclusive within a process too, is given back by release(), and can lock a subdirectory', () => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'postern-lock-')), 'spool', 'journal-1');
+  const lock = acquireDirectoryLock(dir);
+  assert.throws(() => acquireDirectoryLock(dir), (err: unknown) => err instanceof DirectoryLockedError && err.pid === process.pid);
+  lock.release();
+  lock.release();
+  assert.equal(existsSync(join(dir, LOCK_FILE)), false);
+  acquireDirectoryLock(dir).release();
+  // A lock left by a process that is gone (a PID that no longer runs) is taken over.
+  writeFileSync(join(dir, LOCK_FILE), '999999999 12345\n');
+  acquireDirectoryLock(dir).release();
+});
