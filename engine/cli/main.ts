@@ -24,7 +24,11 @@ async function exitWith(code: number): Promise<never> {
 
 // `npm run postern -- … --config x.yaml` and `npm --prefix /opt/postern start` run in the package's folder;
 // relative paths mean what they meant where the command was typed (npm keeps that folder in INIT_CWD).
-if (process.env.npm_lifecycle_event && process.env.INIT_CWD) process.chdir(process.env.INIT_CWD);
+// Only for our own npm scripts: a process they start (a test, a child) inherits these variables too.
+const OWN_NPM_SCRIPTS = new Set(['start', 'postern', 'check']);
+if (process.env.npm_package_name === 'postern' && OWN_NPM_SCRIPTS.has(process.env.npm_lifecycle_event ?? '') && process.env.INIT_CWD) {
+  process.chdir(process.env.INIT_CWD);
+}
 
 const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 

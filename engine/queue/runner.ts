@@ -307,7 +307,7 @@ export class QueueRunner {
       const eightBit = hasEightBit(message);
       const results = await Promise.all([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit });
-        for (const t of r.transactions) this.#logTransaction(id, envelope, t.outcomes, t.connection);
+        for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
         return r.outcomes;
       }));
       for (const r of results) outcomes.push(...r);
@@ -433,15 +433,29 @@ export class QueueRunner {
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
   }
 
-  #logTransaction(id: string, envelope: SpoolEnvelope, outcomes: RecipientOutcome[], connection: { remote: string; tls: unknown } | null): void {
+  /**
+   * One line per recipient outcome group of a transaction, as Postfix's smtp(8) logs deliveries:
+   * `ID: to=<…>, relay=host[ip]:port, delay=S, attempt=N, tls=…, client_certificate=…, status=sent (250 …)`.
+   */
+  #logTransaction(
+    id: string, envelope: SpoolEnvelope, attempt: number, plan: DeliveryPlan, outcomes: RecipientOutcome[],
+    connection: { remote: string; tls: { protocol: string | null } | null } | null,
+  ): void {
+    const delay = Math.max(0, (Date.now() - Date.parse(envelope.receivedAt)) / 1000);
+    const tls = connection?.tls?.protocol ?? (connection ? 'none' : null);
+    // Which certificate was presented: the one the plan named, when the connection did TLS at all.
+    const clientCertificate = connection?.tls ? plan.tls.clientCertificate ?? null : null;
     for (const status of ['delivered', 'temporary', 'permanent'] as const) {
       const these = outcomes.filter((o) => o.status === status);
       if (!these.length) continue;
       const word = status === 'delivered' ? 'sent' : status === 'temporary' ? 'deferred' : 'bounced';
+      const relay = these[0]!.remoteMta ?? connection?.remote ?? 'none';
+      const to = these.map((o) => o.recipient);
       this.#log[status === 'delivered' ? 'info' : 'warn']({
-        id, from: envelope.sender, to: these.map((o) => o.recipient), status: word, relay: these[0]!.remoteMta ?? connection?.remote ?? null,
-        tls: connection?.tls ?? null, reply: these[0]!.reply,
-      }, `${word}: ${these[0]!.reply}`);
+        id, from: envelope.sender, to, status: word, relay, delay: Number(delay.toFixed(2)), attempt,
+        tls, clientCertificate, reply: these[0]!.reply,
+      }, `${id}: ${to.map((r) => `to=<${r}>`).join(', ')}, relay=${relay}, delay=${delay.toFixed(2)}, attempt=${attempt}, tls=${tls ?? 'none'}, ` +
+        `client_certificate=${clientCertificate ?? 'none'}, status=${word} (${these[0]!.reply})`);
     }
   }
 

@@ -67,7 +67,13 @@ export async function receiveMessage(
     metrics.spoolCommit.observe(secondsSince(commitStart));
     metrics.messagesAccepted.inc({ listener: st.listener.name });
     metrics.messageBytes.inc(writer.bytes);
-    runtime.logger.info({ cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes }, 'message spooled');
+    const cert = st.certificate;
+    runtime.logger.info({
+      cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes, nrcpt: recipients.length, client: conn.remoteAddress,
+      listener: st.listener.name, user: st.user, identity: st.identity.identity,
+      certificate: cert ? { sha256: cert.fingerprint.sha256, subject: cert.subject.dn, verified: cert.verified } : null,
+    }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${conn.clientHostname || 'unknown'}[${conn.remoteAddress}]` +
+      `${st.user ? `, user=${st.user}` : ''}${cert ? `, certificate=${cert.fingerprint.sha256.slice(0, 16)}…` : ''} (message spooled)`);
     runtime.onSpooled?.(id);
     st.transactionId = null;
     const text = st.acceptText ?? '2.0.0 Ok';

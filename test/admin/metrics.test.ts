@@ -92,6 +92,17 @@ test('counters move by what one TLS session with a client certificate, scripts a
     [...end.keys()].filter((k) => k.startsWith('postern_deliveries')).join('\n'));
   assert.equal(end.get('postern_queue_messages'), 0);
   assert.equal(end.get('postern_config_generation'), s.runtime.generation.serial);
+
+  // The same run in the log: one line for the accepted message, one for its delivery (Postfix-style).
+  const accepted = s.logs.find((l) => String(l.msg).includes('(message spooled)'))!;
+  assert.equal(accepted.client, '127.0.0.1');
+  assert.equal(accepted.nrcpt, 1);
+  assert.equal((accepted.certificate as { sha256: string; verified: boolean }).verified, true);
+  assert.match(String(accepted.msg), /^\w+: accepted from=<alice@example\.net>, size=\d+, nrcpt=1, client=[\w.-]+\[127\.0\.0\.1\], certificate=[0-9a-f]{16}…/);
+  const sent = s.logs.find((l) => l.status === 'sent' && l.id === accepted.id)!;
+  assert.equal(sent.attempt, 1);
+  assert.equal(typeof sent.delay, 'number');
+  assert.match(String(sent.msg), new RegExp(`^${accepted.id}: to=<someone@example\\.test>, relay=127\\.0\\.0\\.1\\[127\\.0\\.0\\.1\\]:${sink.port}, delay=[\\d.]+, attempt=1, tls=none, client_certificate=none, status=sent \\(250 `));
 });
 
 test('/healthz and /readyz answer; a refused reload makes /readyz fail until it is fixed', async () => {

@@ -26,8 +26,11 @@ before(async () => {
 });
 after(() => rm(root, { recursive: true, force: true }));
 
+/** The environment of an administrator's shell: none of the npm_* variables of the `npm test` running this. */
+const SHELL_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('npm_') && k !== 'INIT_CWD'));
+
 function run(args: string[], cwd: string): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(postern, args, { cwd, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(postern, args, { cwd, encoding: 'utf8', timeout: 60_000, env: SHELL_ENV });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -50,7 +53,7 @@ test('the packed tarball installs a postern command that checks, serves and stop
   const check = run(['check', '--config', 'postern.yaml'], site);
   assert.equal(check.code, 0, check.stdout + check.stderr);
 
-  const server = spawn(postern, ['serve', '--config', 'postern.yaml'], { cwd: site, stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn(postern, ['serve', '--config', 'postern.yaml'], { cwd: site, stdio: ['ignore', 'pipe', 'pipe'], env: SHELL_ENV });
   let stderr = '';
   server.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));

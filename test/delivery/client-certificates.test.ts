@@ -103,6 +103,10 @@ test('the script picks the certificate per sender domain (RSA, Ed25519, ECDSA); 
   assert.equal(got.get('e@ed.example')!.clientFingerprint, pki.clients.ed25519.fingerprintSha256Colon);
   assert.equal(got.get('c@ec.example')!.clientFingerprint, pki.clients.ecdsa.fingerprintSha256Colon);
   assert.deepEqual(got.get('c@ec.example')!.to, ['r3@partner.example', 'r4@partner.example'], 'one transaction for both recipients');
+  // The delivery log line names the certificate presented (Postfix-style status line).
+  const sentLine = s.logs.find((l) => l.status === 'sent' && l.id === ids[0])!;
+  assert.equal(sentLine.clientCertificate, 'alice');
+  assert.match(String(sentLine.msg), /, tls=TLSv1\.[23], client_certificate=alice, status=sent \(250 /);
   for (const m of got.values()) {
     assert.equal(m.tls, true);
     assert.equal(m.clientAuthorized, true);
