@@ -171,7 +171,7 @@ test('connections are reused between messages to the same next hop; a closed idl
   }
   const used = sink.connections - before;
   assert.ok(used <= 1, `five sequential messages, at most one new connection (${used})`);
-  await sleep(5500); // the idle connection is closed (QUIT) after 5 s
+  await sink.waitForClosed(sink.connections); // the pool closes (QUITs) an idle connection after 5 s
   const id = await s.send('me@origin.test', ['reuse-after@dest.test']);
   await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
   assert.equal(sink.connections - before, used + 1);

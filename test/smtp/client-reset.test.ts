@@ -26,10 +26,14 @@ async function resetAfter(s: TestServer, commands: string[]): Promise<void> {
   c.socket.resetAndDestroy();
 }
 
-/** Wait for the server to have logged what a test expects (it logs asynchronously after the reset). */
+/** Wait for the server to have done what a test expects (it acts asynchronously after the client). */
 async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; !condition(); i++) {
-    if (i > 1000) throw new Error('timed out waiting for the log line');
+  await untilAsync(async () => condition());
+}
+
+async function untilAsync(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; !(await condition()); i++) {
+    if (i > 1000) throw new Error('timed out waiting for the server');
     await sleep(10);
   }
 }
@@ -60,11 +64,9 @@ test('a client that leaves mid-DATA leaves no message and no partial file; the n
     // Past the journal's 1 MiB a message streams to its own file in incoming/: that file must go too.
     const line = 'x'.repeat(998) + '\r\n';
     c.socket.write('Subject: cut off\r\n\r\n' + line.repeat(1500));
-    await sleep(300);
-    assert.equal((await readdir(s.runtime.spool.incomingDir)).length, 1, 'the message was being written to incoming/');
+    await untilAsync(async () => (await readdir(s.runtime.spool.incomingDir)).length === 1); // being written to incoming/
     c.destroy();
-    await sleep(300);
-    assert.deepEqual(await readdir(s.runtime.spool.incomingDir), [], 'the partial file is removed');
+    await untilAsync(async () => (await readdir(s.runtime.spool.incomingDir)).length === 0); // the partial file is removed
     assert.deepEqual(await s.runtime.spool.list(), [], 'nothing was spooled');
     assert.equal(s.logs.filter((l) => l.msg === 'spooling failed').length, 0, 'a client leaving is not a spool failure');
 

@@ -54,7 +54,11 @@ export interface Sink {
   /** Every MAIL FROM seen (accepted or not), with the peer facts at that time. */
   attempts: Array<{ from: string; peer: PeerFacts }>;
   connections: number;
+  /** Connections that have ended. */
+  closedConnections: number;
   waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
+  /** Resolves once `count` connections have ended. */
+  waitForClosed(count: number, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -66,6 +70,8 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   const attempts: Sink['attempts'] = [];
   const waiters = new Set<() => void>();
   let connections = 0;
+  let closedConnections = 0;
+  const closeWaiters = new Set<() => void>();
   const refuse = (r: Refusal): Error => Object.assign(new Error(r.text), { responseCode: r.code });
   const server = new SMTPServer({
     logger: false,
@@ -119,7 +125,11 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
         cb();
       });
     },
-    onClose(session) { peers.delete(session.id); },
+    onClose(session) {
+      peers.delete(session.id);
+      closedConnections++;
+      for (const w of [...closeWaiters]) w();
+    },
   });
   server.on('error', () => undefined);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
@@ -127,6 +137,20 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   return {
     port, messages, attempts,
     get connections() { return connections; },
+    get closedConnections() { return closedConnections; },
+    waitForClosed(count, timeoutMs = 15_000) {
+      if (closedConnections >= count) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => { closeWaiters.delete(check); reject(new Error(`sink: ${closedConnections} of ${count} connections closed after ${timeoutMs} ms`)); }, timeoutMs);
+        const check = (): void => {
+          if (closedConnections < count) return;
+          clearTimeout(timer);
+          closeWaiters.delete(check);
+          resolve();
+        };
+        closeWaiters.add(check);
+      });
+    },
     waitFor(count, timeoutMs = 15_000) {
       if (messages.length >= count) return Promise.resolve(messages);
       return new Promise((resolve, reject) => {
