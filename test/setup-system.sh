@@ -1,9 +1,12 @@
 #!/usr/bin/env sh
-# Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix).
+# Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix)
+# and the tools they check shipped files with (fail2ban-regex, systemd-analyze).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -eu
 missing=""
 for tool in swaks openssl curl python3 msmtp; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+command -v fail2ban-regex >/dev/null 2>&1 || missing="$missing fail2ban"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 perl -MNet::SSLeay -e1 2>/dev/null || missing="$missing libnet-ssleay-perl"
 [ -x /usr/sbin/postfix ] || missing="$missing postfix"
 [ -z "$missing" ] && exit 0
@@ -13,4 +16,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is only a test peer: no system mail configuration.
 echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd >/dev/null

@@ -2,6 +2,7 @@
  * The decisions of a session, hook by hook: built-in rules first, then the listener's script, whose
  * verdict wins. Each method returns the reply to send (or null to go on); nothing here writes to sockets.
  */
+import { logRefusal } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
@@ -139,6 +140,7 @@ export class SessionPolicy {
   async authAllowed(conn: PosternConnection): Promise<SmtpReply | null> {
     if (!await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits)) return null;
     this.#log.info({ cid: conn.id, ip: conn.remoteAddress }, 'AUTH refused: too many authentication failures from this address');
+    conn.state.refusalLogged = true; // that line is this refusal's decision log
     return tooManyAuthFailures();
   }
 
@@ -164,7 +166,9 @@ export class SessionPolicy {
       return result.user;
     }
     const { reply, reason, ipFailures } = result;
+    if (ipFailures === null && reason !== 'too-many-failures') logRefusal(this.#log, conn, 'AUTH', reply); // a script's reject or defer
     if (ipFailures !== null) {
+      st.refusalLogged = true; // the line below is this refusal's decision log (and fail2ban's)
       st.authFailures++;
       // The reason is for the administrator only: the client gets the same reply whatever it was.
       this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures },
