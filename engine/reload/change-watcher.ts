@@ -13,7 +13,7 @@
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { stat } from 'node:fs/promises';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { inputMatcher, type WatchedInputs } from './watched-inputs.ts';
 
 export class ChangeWatcher {
@@ -86,7 +86,8 @@ export class ChangeWatcher {
   /** A raw fs.watch event: `path` is the entry's name in a watched folder, or the watched file's own name. */
   #raw(event: string, path: string | null, watchedPath: string | undefined): void {
     if (!path || !watchedPath) return this.#input(); // nothing to judge by: count it
-    const candidates = isAbsolute(path) ? [path] : [join(watchedPath, path), watchedPath];
+    // A folder's watcher names the entry; a file's own watcher names the file itself.
+    const candidates = isAbsolute(path) ? [path] : [join(watchedPath, path), ...basename(watchedPath) === path ? [watchedPath] : []];
     const file = candidates.find((p) => this.#isInput(p));
     if (!file) return this.#other();
     if (event !== 'change') return this.#input();

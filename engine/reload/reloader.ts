@@ -187,14 +187,15 @@ export class Reloader {
     let timedOut = false;
     if (loaded) {
       const deadline = this.tuning.buildTimeoutMs ?? buildDeadlineMs(loaded.config);
-      const work = this.#build(loaded, log);
+      const progress = { step: 'the configuration' };
+      const work = this.#build(loaded, log, progress);
       const result = await withDeadline(work, deadline);
       if (result.kind === 'done') built = result.value;
       else if (result.kind === 'failed') errors = errorLines(result.error);
       else {
         timedOut = true;
         this.#abandon(work);
-        errors = [`${loaded.file}: the new configuration and scripts did not finish loading within ${deadline} ms (a script whose top level never returns?)`];
+        errors = [`${loaded.file}: reload did not finish within ${deadline} ms while loading ${progress.step} (a script whose top level never returns?)`];
       }
     }
     // An input changed while the build read it: it may hold a mix of old and new files. Build again once quiet.
@@ -226,10 +227,13 @@ export class Reloader {
   }
 
   /** The generation and listener setups for `loaded`; nothing is left running when it throws. */
-  async #build(loaded: LoadedConfig, log: Logger): Promise<Built> {
+  async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
+    const folders = [...new Set(watchedInputs(loaded).folders)].join(', ');
+    progress.step = `the tables, users and the scripts in ${folders}`;
     const next = await PolicyGeneration.build(loaded, this.#target.logger);
     const setups = new Map<string, ListenerSetup>();
     try {
+      progress.step = 'the listeners\' and delivery\'s TLS files';
       for (const l of loaded.config.listeners) {
         if (this.#target.servers.has(l.name)) setups.set(l.name, await prepareListener(l, loaded.config.hostname, this.#target.logger));
       }
@@ -237,6 +241,7 @@ export class Reloader {
       const outbound = await checkOutboundTls(loaded.config.delivery);
       if (outbound.errors.length) throw Object.assign(new Error(outbound.errors.join('\n')), { errors: outbound.errors });
       for (const w of [...outbound.problems, ...outbound.warnings]) log.warn(w);
+      progress.step = 'the afterBuild hook';
       await this.tuning.afterBuild?.();
     } catch (err) {
       await next.dispose();
