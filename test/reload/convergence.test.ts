@@ -111,6 +111,27 @@ test('saves at random moments, also during slow builds: the verdict always ends 
   } finally { s.reloader.tuning.afterBuild = undefined; await s.stop(); }
 });
 
+test('bursts of saves at random moments against slow scripts (no hooks): every burst ends in force', { timeout: 240_000 }, async () => {
+  const seed = Number(process.env.POSTERN_SEED ?? Date.now() % 1_000_000);
+  const rand = random(seed);
+  // Each version's top level computes for a while, so saves keep landing in the middle of builds.
+  const slowScript = (text: string): string => `let spin = 0;\nfor (let i = 0; i < 10_000_000; i++) spin += i % 7;\n${verdictScript(text)}`;
+  const s = await startTestServer({ config: CONFIG, files: { senders: '' }, scripts: { 'mailfrom.ts': slowScript('v0') } });
+  const file = join(s.dir, 'scripts', 'mailfrom.ts');
+  let version = 0;
+  try {
+    for (let burst = 1; burst <= 10; burst++) {
+      let last = '';
+      for (let n = 0; n < 5; n++) {
+        last = `v${++version} seed ${seed}`;
+        await writeFile(file, slowScript(last));
+        await sleep(Math.floor(rand() * 150));
+      }
+      await assertConverged(s, last, `seed ${seed}, burst ${burst}`);
+    }
+  } finally { await s.stop(); }
+});
+
 test('a burst of saves while a build runs gives one reload, of the settled content', { timeout: 60_000 }, async () => {
   const s = await startTestServer({ config: CONFIG, files: { senders: '' }, scripts: { 'mailfrom.ts': verdictScript('v0') } });
   const file = join(s.dir, 'scripts', 'mailfrom.ts');
