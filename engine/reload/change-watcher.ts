@@ -54,10 +54,9 @@ export class ChangeWatcher {
     // The parent folders of files, and the script folders themselves (depth 0: `..data/` style layouts are entries).
     const targets = new Set([...inputs.files.map((f) => dirname(f)), ...inputs.folders]);
     const isInput = inputMatcher(inputs);
-    if (this.#watcher && sameSet(targets, this.#watching)) {
-      this.#isInput = isInput;
-      return;
-    }
+    // Judged by the new set from now on: the new watcher's events may come before it is ready.
+    this.#isInput = isInput;
+    if (this.#watcher && sameSet(targets, this.#watching)) return;
     const watcher = watch([...targets], {
       ignoreInitial: true,
       followSymlinks: true,
@@ -73,7 +72,6 @@ export class ChangeWatcher {
     const old = this.#watcher;
     this.#watcher = watcher;
     this.#watching = targets;
-    this.#isInput = isInput;
     await old?.close();
     if (this.#closed) await watcher.close();
   }

@@ -39,6 +39,8 @@ export interface ReloadOutcome {
   pendingRestart: string[];
   /** Milliseconds from the start of the reload to the swap. */
   ms: number;
+  /** An input changed while the build read it; it was thrown away and another follows once the inputs are quiet. */
+  superseded?: boolean;
 }
 
 /** Settings for embedding and tests; production uses the defaults. */
@@ -149,6 +151,7 @@ export class Reloader {
     const t0 = performance.now();
     const log = this.#target.logger.child({ component: 'reload' });
     this.status.data.checks++;
+    void this.status.save();
     const forced = reason === 'SIGHUP';
     if (!forced) {
       // Compare with what the running generation was built from; unchanged content is not a reload.
@@ -205,7 +208,7 @@ export class Reloader {
       void this.status.save();
       log.debug({ reason }, 'inputs changed during the reload; building again once they are quiet');
       this.#watcher.poke();
-      return { changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0 };
+      return { changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0, superseded: true };
     }
     if (errors || !built) {
       this.#failed = { inputs, digest: readDigest };
