@@ -2,7 +2,8 @@
  * Hot reload: on a settled change (or SIGHUP) re-read the configuration and everything it names, build
  * and validate a new generation beside the running one, and only then swap it in. Any failure keeps the
  * running generation and is reported (log with file:line:col, counter, status file). Reloads never
- * overlap; a change during a reload triggers one more afterwards.
+ * overlap (a build abandoned at its deadline goes on unobserved); a change during a reload triggers one
+ * more afterwards.
  *
  * Whatever the timing, the generation in force converges to what is on disk:
  * - the content recorded as "in force" is the content the build read (the configuration text it parsed,
