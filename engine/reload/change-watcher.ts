@@ -1,53 +1,131 @@
 /**
- * Watches the inputs with chokidar and calls back once a burst of events has been quiet for `settleMs`.
- * Folders are watched (not only the files in them, and not their subfolders) so that write-temp-then-rename, delete-then-create and
- * an atomically swapped symlinked directory (Kubernetes ConfigMaps: `..data` → new folder) are all seen.
+ * Watches the inputs with chokidar and calls back once events about them have been quiet for `settleMs`.
+ *
+ * Folders are watched (not only the files in them, and not their subfolders) so that write-temp-then-rename,
+ * delete-then-create and an atomically swapped symlinked directory (Kubernetes ConfigMaps: `..data` → new
+ * folder) are all seen. Only events about inputs count: other files in those folders (a log file next to
+ * postern.yaml) neither start nor prolong a settle period.
+ *
+ * No event is dropped. chokidar suppresses repeated `change` events for one path within 50 ms, so a save
+ * right after another could go unseen; its raw file-system events are used as well, and every one of them
+ * (re)starts the settle period. A raw `change` that altered nothing but the access time (a read, such as
+ * the reloader's own) is recognised by an unchanged status change time and ignored.
  */
 import { watch, type FSWatcher } from 'chokidar';
-import { dirname } from 'node:path';
-import type { WatchedInputs } from './watched-inputs.ts';
+import { stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { inputMatcher, type WatchedInputs } from './watched-inputs.ts';
 
 export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
   #timer: NodeJS.Timeout | null = null;
   #watching = new Set<string>();
+  #isInput: (path: string) => boolean = () => false;
+  /** Last seen identity of each file a raw `change` was reported for (see the class comment). */
+  #seen = new Map<string, string>();
+  /** Raw events whose file status is being read. */
+  #inFlight = 0;
+  #inputEvents = 0;
+  #otherEvents = 0;
+  #closed = false;
   readonly #settleMs: number;
   readonly #onSettled: () => void;
+  readonly #onActivity: () => void;
 
-  constructor(settleMs: number, onSettled: () => void) {
+  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined) {
     this.#settleMs = settleMs;
     this.#onSettled = onSettled;
+    this.#onActivity = onActivity;
   }
 
-  /** Watch these inputs (replacing what was watched before when the set changed). */
+  /** Events about inputs seen so far. */
+  get inputEvents(): number { return this.#inputEvents; }
+  /** Events about other files in the watched folders, ignored. */
+  get otherEvents(): number { return this.#otherEvents; }
+  /** A settle period is running or an event is still being looked at. */
+  get pending(): boolean { return this.#timer !== null || this.#inFlight > 0; }
+
+  /**
+   * Watch these inputs. When the set changed, the new watcher is ready before the old one is closed, so
+   * no event falls into a gap between them.
+   */
   async watch(inputs: WatchedInputs): Promise<void> {
-    // The parent folders of files, and the script folders themselves (depth 1 for `..data/` style layouts).
+    if (this.#closed) return;
+    // The parent folders of files, and the script folders themselves (depth 0: `..data/` style layouts are entries).
     const targets = new Set([...inputs.files.map((f) => dirname(f)), ...inputs.folders]);
+    const isInput = inputMatcher(inputs);
+    // Judged by the new set from now on: the new watcher's events may come before it is ready.
+    this.#isInput = isInput;
     if (this.#watcher && sameSet(targets, this.#watching)) return;
-    await this.close();
-    this.#watching = targets;
     const watcher = watch([...targets], {
       ignoreInitial: true,
       followSymlinks: true,
       depth: 0, // a swapped `..data` symlink is an event in the folder itself
       atomic: false, // we debounce ourselves; chokidar's atomic mode would delay and merge differently
-      ignored: (path: string) => /(^|\/)(\.git|node_modules|spool|queue)(\/|$)/.test(path),
+      // Entries of a watched folder that are not inputs get no watch of their own.
+      ignored: (path: string) => { const p = resolve(path); return !targets.has(p) && targets.has(dirname(p)) && !isInput(p); },
     });
-    watcher.on('all', () => this.#poke());
-    watcher.on('error', () => this.#poke());
+    watcher.on('all', (_event: string, path: string) => this.#event(path));
+    watcher.on('raw', (event: string, path: string | null, details: unknown) => this.#raw(event, path, (details as { watchedPath?: string } | undefined)?.watchedPath));
+    watcher.on('error', () => this.#input());
     await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
+    const old = this.#watcher;
     this.#watcher = watcher;
+    this.#watching = targets;
+    await old?.close();
+    if (this.#closed) await watcher.close();
   }
 
-  #poke(): void {
+  #event(path: string): void {
+    if (this.#isInput(path)) this.#input();
+    else this.#other();
+  }
+
+  /** A raw fs.watch event: `path` is the entry's name in a watched folder, or the watched file's own name. */
+  #raw(event: string, path: string | null, watchedPath: string | undefined): void {
+    if (!path || !watchedPath) return this.#input(); // nothing to judge by: count it
+    // A folder's watcher names the entry; a file's own watcher names the file itself.
+    const candidates = isAbsolute(path) ? [path] : [join(watchedPath, path), ...basename(watchedPath) === path ? [watchedPath] : []];
+    const file = candidates.find((p) => this.#isInput(p));
+    if (!file) return this.#other();
+    if (event !== 'change') return this.#input();
+    // Start the settle period only after the status read, so it begins after the newest write it saw.
+    this.#inFlight++;
+    void stat(file).then(
+      (s) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`,
+      () => 'missing',
+    ).then((identity) => {
+      this.#inFlight--;
+      if (this.#seen.get(file) === identity) return this.#onActivity(); // only the access time changed
+      this.#seen.set(file, identity);
+      this.#input();
+    });
+  }
+
+  #input(): void {
+    this.#inputEvents++;
+    this.poke();
+  }
+
+  #other(): void {
+    this.#otherEvents++;
+    this.#onActivity();
+  }
+
+  /** (Re)start the settle period; the reloader also uses it to look again once the inputs are quiet. */
+  poke(): void {
+    if (this.#closed) return;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timer = null;
       this.#onSettled();
+      this.#onActivity();
     }, this.#settleMs);
+    this.#onActivity();
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     await this.#watcher?.close();

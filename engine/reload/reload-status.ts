@@ -9,8 +9,13 @@ export interface ReloadStatusData {
   pid: number;
   startedAt: string;
   generation: number;
+  /** Successful reloads (swaps). */
   reloads: number;
   failedReloads: number;
+  /** Times the inputs were compared with the generation in force (after a settled change, or SIGHUP). */
+  checks: number;
+  /** Builds thrown away because an input changed while they read it (a newer build follows). */
+  supersededBuilds: number;
   lastReloadAt: string | null;
   /** Messages of the last failed reload (file:line:col: …); null once a reload succeeds. */
   lastError: string[] | null;
@@ -21,11 +26,12 @@ export interface ReloadStatusData {
 export class ReloadStatus {
   readonly data: ReloadStatusData;
   readonly #file: string;
+  #saving: Promise<void> = Promise.resolve();
 
   constructor(dataDir: string, generation: number) {
     this.#file = join(dataDir, 'status.json');
     this.data = {
-      pid: process.pid, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0,
+      pid: process.pid, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0, checks: 0, supersededBuilds: 0,
       lastReloadAt: null, lastError: null, pendingRestart: [],
     };
   }
@@ -43,8 +49,12 @@ export class ReloadStatus {
     return this.save();
   }
 
-  async save(): Promise<void> {
-    const tmp = `${this.#file}.${process.pid}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);
+  /** Writes are queued: two overlapping writes of the one temporary file could leave an older state behind. */
+  save(): Promise<void> {
+    this.#saving = this.#saving.then(async () => {
+      const tmp = `${this.#file}.${process.pid}.tmp`;
+      await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);
+    });
+    return this.#saving;
   }
 }

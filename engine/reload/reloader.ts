@@ -2,9 +2,19 @@
  * Hot reload: on a settled change (or SIGHUP) re-read the configuration and everything it names, build
  * and validate a new generation beside the running one, and only then swap it in. Any failure keeps the
  * running generation and is reported (log with file:line:col, counter, status file). Reloads never
- * overlap; a change during a reload triggers one more afterwards.
+ * overlap (a build abandoned at its deadline goes on unobserved); a change during a reload triggers one
+ * more afterwards.
+ *
+ * Whatever the timing, the generation in force converges to what is on disk:
+ * - the content recorded as "in force" is the content the build read (the configuration text it parsed,
+ *   the other inputs as they were before it read them), never the disk's content after the swap;
+ * - a build during which an input changed is thrown away, not swapped in (it may have read a mix of old
+ *   and new files), and the inputs are looked at again once they are quiet;
+ * - a build has a deadline: one that never settles is reported as failed and does not hold up the next.
  */
-import { loadConfigFile, parseConfig, type LoadedConfig } from '../config/load-config.ts';
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
@@ -12,9 +22,9 @@ import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
-import { digestInputs, watchedInputs } from './watched-inputs.ts';
+import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
 import { ReloadStatus } from './reload-status.ts';
-
+import { buildDeadlineMs, withDeadline } from './build-deadline.ts';
 /** What the reloader may change in a running server. */
 export interface ReloadTarget {
   current(): PolicyGeneration;
@@ -30,32 +40,56 @@ export interface ReloadOutcome {
   pendingRestart: string[];
   /** Milliseconds from the start of the reload to the swap. */
   ms: number;
+  /** An input changed while the build read it; it was thrown away and another follows once the inputs are quiet. */
+  superseded?: boolean;
+}
+
+/** Settings for embedding and tests; production uses the defaults. */
+export interface ReloaderTuning {
+  /** Bound on one build; default from the configuration (buildDeadlineMs). */
+  buildTimeoutMs?: number;
+  /** Runs inside the build's deadline, after the new generation is built and before it is checked and swapped. */
+  afterBuild?: () => Promise<void>;
+}
+
+/** A generation built and ready to swap in, with what the listeners need. */
+interface Built {
+  loaded: LoadedConfig;
+  next: PolicyGeneration;
+  setups: Map<string, ListenerSetup>;
 }
 
 export class Reloader {
   readonly status: ReloadStatus;
+  readonly tuning: ReloaderTuning = {};
   readonly #target: ReloadTarget;
   readonly #source: { configPath?: string; configText?: string; baseDir: string; label: string };
   readonly #watcher: ChangeWatcher;
+  /** Digest of the content the generation in force was built from. */
   #digest = '';
-  /** Content of the last refused reload, so it is not rebuilt until it changes. */
-  #failedDigest: string | null = null;
+  /** The last refused content, so it is not rebuilt until it changes. */
+  #failed: { inputs: WatchedInputs; digest: string } | null = null;
   #running: Promise<ReloadOutcome> | null = null;
   #again = false;
+  #againForced = false;
+  /** Builds past their deadline that may still finish: what they made is disposed then. */
+  #abandoned = new Set<Promise<unknown>>();
   #listeners = new Set<(o: ReloadOutcome) => void>();
+  #activity = new Set<() => void>();
 
   constructor(target: ReloadTarget, source: { configPath?: string; configText?: string; baseDir: string; label: string }, settleMs = 50) {
     this.#target = target;
     this.#source = source;
     const gen = target.current();
     this.status = new ReloadStatus(gen.config.dataDir, gen.serial);
-    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'));
+    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
   }
 
   async start(): Promise<void> {
     const inputs = watchedInputs(this.#target.current().source);
-    this.#digest = await digestInputs(inputs);
+    // Watch first: a change made while the digest is taken is then seen as an event.
     await this.#watcher.watch(inputs);
+    this.#digest = await digestInputs(inputs);
     await this.status.save();
   }
 
@@ -65,67 +99,130 @@ export class Reloader {
     return () => this.#listeners.delete(fn);
   }
 
+  /** Events about inputs, and about other files in the watched folders (ignored), seen so far. */
+  get watchEvents(): { inputs: number; others: number } {
+    return { inputs: this.#watcher.inputEvents, others: this.#watcher.otherEvents };
+  }
+
+  /**
+   * Settles once there is nothing left to do: no build running or due, and the inputs on disk are the ones
+   * the generation in force was built from (or the last refused ones, whose error status reports). A lost
+   * event keeps it waiting, which is the point: it is how tests see that no edit goes unapplied.
+   */
+  async whenIdle(): Promise<void> {
+    for (;;) {
+      const activity = new Promise<void>((resolve) => this.#activity.add(resolve));
+      if (!this.#running && !this.#watcher.pending && await this.#upToDate() && !this.#running && !this.#watcher.pending) return;
+      await activity;
+    }
+  }
+
+  async #upToDate(): Promise<boolean> {
+    if (this.#failed) return (await digestInputs(this.#failed.inputs)) === this.#failed.digest;
+    return (await digestInputs(watchedInputs(this.#target.current().source))) === this.#digest;
+  }
+
+  #notify(): void {
+    const waiting = [...this.#activity];
+    this.#activity.clear();
+    for (const fn of waiting) fn();
+  }
+
   /** Reload now (SIGHUP, file change). Concurrent calls coalesce into at most one more run. */
   reload(reason: string): Promise<ReloadOutcome> {
     if (this.#running) {
       this.#again = true;
+      if (reason === 'SIGHUP') this.#againForced = true;
       return this.#running;
     }
     this.#running = this.#reloadOnce(reason).finally(() => {
       this.#running = null;
       if (this.#again) {
-        this.#again = false;
-        void this.reload(reason);
+        const forced = this.#againForced;
+        this.#again = this.#againForced = false;
+        void this.reload(forced ? 'SIGHUP' : 'change');
       }
+      this.#notify();
     });
+    this.#notify();
     return this.#running;
   }
 
   async #reloadOnce(reason: string): Promise<ReloadOutcome> {
     const t0 = performance.now();
     const log = this.#target.logger.child({ component: 'reload' });
-    // Compare what the running generation was built from; unchanged content is not a reload.
-    const before = await digestInputs(watchedInputs(this.#target.current().source));
+    this.status.data.checks++;
+    void this.status.save();
     const forced = reason === 'SIGHUP';
-    if (!forced && before === this.#digest) {
-      if (this.#failedDigest === null) return { changed: false, ok: true, errors: [], pendingRestart: [], ms: 0 };
-      // A broken edit was undone: the running generation is right again.
-      this.#failedDigest = null;
-      await this.status.succeeded(this.#target.current().serial, []);
-      return this.#emit({ changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0 });
-    }
-    if (!forced && before === this.#failedDigest) return { changed: false, ok: false, errors: [], pendingRestart: [], ms: 0 };
-
-    let loaded: LoadedConfig;
-    let next: PolicyGeneration;
-    const setups = new Map<string, ListenerSetup>();
-    try {
-      loaded = this.#loadConfig();
-      await this.#watcher.watch(watchedInputs(loaded)); // new tables or script folders are watched from now on
-      next = await PolicyGeneration.build(loaded, this.#target.logger);
-    } catch (err) {
-      this.#failedDigest = before;
-      return this.#fail(t0, errorLines(err), log, reason);
-    }
-    try {
-      for (const l of loaded.config.listeners) {
-        if (this.#target.servers.has(l.name)) setups.set(l.name, await prepareListener(l, loaded.config.hostname, this.#target.logger));
+    if (!forced) {
+      // Compare with what the running generation was built from; unchanged content is not a reload.
+      const now = await digestInputs(watchedInputs(this.#target.current().source));
+      if (now === this.#digest) {
+        if (this.#failed === null) return { changed: false, ok: true, errors: [], pendingRestart: [], ms: 0 };
+        // A broken edit was undone: the running generation is right again.
+        this.#failed = null;
+        await this.status.succeeded(this.#target.current().serial, []);
+        return this.#emit({ changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0 });
       }
-      // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
-      const outbound = await checkOutboundTls(loaded.config.delivery);
-      if (outbound.errors.length) throw Object.assign(new Error(outbound.errors.join('\n')), { errors: outbound.errors });
-      for (const w of [...outbound.problems, ...outbound.warnings]) log.warn(w);
-    } catch (err) {
-      await next.dispose();
-      this.#failedDigest = before;
-      return this.#fail(t0, errorLines(err), log, reason);
+      if (this.#failed && (await digestInputs(this.#failed.inputs)) === this.#failed.digest) {
+        return { changed: false, ok: false, errors: [], pendingRestart: [], ms: 0 };
+      }
     }
-    const pendingRestart = this.#restartNeeded(loaded);
+    return this.#attempt(reason, t0, log);
+  }
+
+  /** Build a generation from the inputs as they are now; swap it in if it is complete and still current. */
+  async #attempt(reason: string, t0: number, log: Logger): Promise<ReloadOutcome> {
+    const inForce = watchedInputs(this.#target.current().source);
+    const asRead = new Map<string, Buffer>();
+    let loaded: LoadedConfig | null = null;
+    let errors: string[] | null = null;
+    try {
+      loaded = await this.#loadConfig(asRead);
+    } catch (err) {
+      errors = errorLines(err);
+    }
+    const inputs = loaded ? watchedInputs(loaded) : inForce;
+    // New tables or script folders are watched from now on; the running generation's stay watched until the swap.
+    await this.#watcher.watch(unionInputs(inForce, inputs));
+    // What this build reads: the configuration as parsed, the rest as it is before the build reads it.
+    const readDigest = await digestInputs(inputs, asRead);
+    let built: Built | null = null;
+    let timedOut = false;
+    if (loaded) {
+      const deadline = this.tuning.buildTimeoutMs ?? buildDeadlineMs(loaded.config);
+      const progress = { step: 'the configuration' };
+      const work = this.#build(loaded, log, progress);
+      const result = await withDeadline(work, deadline);
+      if (result.kind === 'done') built = result.value;
+      else if (result.kind === 'failed') errors = errorLines(result.error);
+      else {
+        timedOut = true;
+        this.#abandon(work);
+        errors = [`${loaded.file}: reload did not finish within ${deadline} ms while loading ${progress.step} (a script whose top level never returns?)`];
+      }
+    }
+    // An input changed while the build read it: it may hold a mix of old and new files. Build again once quiet.
+    if (!timedOut && (await digestInputs(inputs)) !== readDigest) {
+      await built?.next.dispose();
+      this.status.data.supersededBuilds++;
+      void this.status.save();
+      log.debug({ reason }, 'inputs changed during the reload; building again once they are quiet');
+      this.#watcher.poke();
+      return { changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0, superseded: true };
+    }
+    if (errors || !built) {
+      this.#failed = { inputs, digest: readDigest };
+      return this.#fail(t0, errors ?? ['reload failed'], log, reason);
+    }
+    const { next, setups } = built;
+    const pendingRestart = this.#restartNeeded(built.loaded);
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) applyListenerSetup(this.#target.servers.get(name)!, setup);
-    this.#digest = await digestInputs(watchedInputs(loaded));
-    this.#failedDigest = null;
+    this.#digest = readDigest;
+    this.#failed = null;
+    await this.#watcher.watch(inputs);
     const ms = performance.now() - t0;
     for (const p of pendingRestart) log.warn({ change: p }, `configuration change needs a restart: ${p}`);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
@@ -133,15 +230,55 @@ export class Reloader {
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
   }
 
+  /** The generation and listener setups for `loaded`; nothing is left running when it throws. */
+  async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
+    const folders = [...new Set(watchedInputs(loaded).folders)].join(', ');
+    progress.step = `the tables, users and the scripts in ${folders}`;
+    const next = await PolicyGeneration.build(loaded, this.#target.logger);
+    const setups = new Map<string, ListenerSetup>();
+    try {
+      progress.step = 'the listeners\' and delivery\'s TLS files';
+      for (const l of loaded.config.listeners) {
+        if (this.#target.servers.has(l.name)) setups.set(l.name, await prepareListener(l, loaded.config.hostname, this.#target.logger));
+      }
+      // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
+      const outbound = await checkOutboundTls(loaded.config.delivery);
+      if (outbound.errors.length) throw Object.assign(new Error(outbound.errors.join('\n')), { errors: outbound.errors });
+      for (const w of [...outbound.problems, ...outbound.warnings]) log.warn(w);
+      progress.step = 'the afterBuild hook';
+      await this.tuning.afterBuild?.();
+    } catch (err) {
+      await next.dispose();
+      throw err;
+    }
+    return { loaded, next, setups };
+  }
+
+  /** A build past its deadline: whatever it makes when (if ever) it finishes is released. */
+  #abandon(work: Promise<Built>): void {
+    const settled = work.then((b) => b.next.dispose(), () => undefined);
+    this.#abandoned.add(settled);
+    void settled.finally(() => this.#abandoned.delete(settled));
+  }
+
   #emit(outcome: ReloadOutcome): ReloadOutcome {
     for (const fn of this.#listeners) fn(outcome);
     return outcome;
   }
 
-  #loadConfig(): LoadedConfig {
+  /** Parse the configuration; a file's text as read goes into `asRead` (the digest must describe it). */
+  async #loadConfig(asRead: Map<string, Buffer>): Promise<LoadedConfig> {
     const s = this.#source;
-    if (s.configPath && s.configText === undefined) return loadConfigFile(s.configPath);
-    return parseConfig(s.configText ?? '', s.label, s.baseDir);
+    if (!s.configPath || s.configText !== undefined) return parseConfig(s.configText ?? '', s.label, s.baseDir);
+    const file = resolve(s.configPath);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(file);
+    } catch (err) {
+      throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
+    }
+    asRead.set(file, bytes);
+    return parseConfig(bytes.toString('utf8'), file, dirname(file));
   }
 
   /** Listener changes that cannot be applied live. */
@@ -167,6 +304,12 @@ export class Reloader {
   async close(): Promise<void> {
     await this.#watcher.close();
     await this.#running?.catch(() => undefined);
+    // A stuck build may still hold isolates; give it its deadline to let go (the process must not exit under them).
+    if (this.#abandoned.size) {
+      let timer: NodeJS.Timeout | undefined;
+      const bound = new Promise<void>((r) => { timer = setTimeout(r, this.tuning.buildTimeoutMs ?? buildDeadlineMs(this.#target.current().config)); });
+      await Promise.race([Promise.allSettled([...this.#abandoned]), bound]).finally(() => clearTimeout(timer));
+    }
   }
 }
 

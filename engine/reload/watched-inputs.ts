@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { LoadedConfig } from '../config/load-config.ts';
 
 export interface WatchedInputs {
@@ -14,6 +14,9 @@ export interface WatchedInputs {
   /** Folders whose scripts matter. */
   folders: string[];
 }
+
+/** Names in a scripts folder that count as scripts (the digest and the watcher agree on this). */
+const SCRIPT_FILE = /\.(ts|js|mjs)$/;
 
 export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   const c = loaded.config;
@@ -27,18 +30,46 @@ export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   for (const cc of Object.values(c.delivery.clientCertificates)) { files.add(cc.cert); files.add(cc.key); }
   for (const f of Object.values(c.delivery.caFiles)) files.add(f);
   const folders = new Set([c.scripts, ...c.listeners.map((l) => l.scripts ?? c.scripts)]);
-  return { files: [...files].sort(), folders: [...folders].sort() };
+  return { files: [...files].map((f) => resolve(f)).sort(), folders: [...folders].map((f) => resolve(f)).sort() };
 }
 
-/** A digest of the inputs' current contents (missing files count as missing, not as errors). */
-export async function digestInputs(inputs: WatchedInputs): Promise<string> {
+/** Both sets of inputs (while a new configuration is tried, the running one's inputs still matter). */
+export function unionInputs(a: WatchedInputs, b: WatchedInputs): WatchedInputs {
+  return { files: [...new Set([...a.files, ...b.files])].sort(), folders: [...new Set([...a.folders, ...b.folders])].sort() };
+}
+
+/**
+ * Whether a path the file system reported can change an input: an input file, a scripts folder or a script
+ * in it, or a Kubernetes ConfigMap's `..data` / `..<timestamp>` entry beside one. Anything else in the same
+ * folders (a log file next to postern.yaml, editor swap files) is not an input.
+ */
+export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
+  const files = new Set(inputs.files);
+  const fileFolders = new Set(inputs.files.map((f) => dirname(f)));
+  const folders = new Set(inputs.folders);
+  return (path) => {
+    const p = resolve(path);
+    if (files.has(p) || folders.has(p)) return true;
+    const folder = dirname(p);
+    const name = basename(p);
+    if (folders.has(folder)) return SCRIPT_FILE.test(name) || name.startsWith('..');
+    return fileFolders.has(folder) && name.startsWith('..');
+  };
+}
+
+/**
+ * A digest of the inputs' contents (missing files count as missing, not as errors). `asRead` gives the
+ * content a build already read for some files (the configuration), so the digest describes what was
+ * built, not what the disk holds a moment later.
+ */
+export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map()): Promise<string> {
   const hash = createHash('sha256');
   for (const file of inputs.files) {
     hash.update(`file ${file}\0`);
-    hash.update(await readFile(file).catch(() => Buffer.from('\0missing')));
+    hash.update(asRead.get(file) ?? await readFile(file).catch(() => Buffer.from('\0missing')));
   }
   for (const folder of inputs.folders) {
-    const names = (await readdir(folder).catch(() => [] as string[])).filter((n) => /\.(ts|js|mjs)$/.test(n)).sort();
+    const names = (await readdir(folder).catch(() => [] as string[])).filter((n) => SCRIPT_FILE.test(n)).sort();
     for (const name of names) {
       hash.update(`script ${folder}/${name}\0`);
       hash.update(await readFile(join(folder, name)).catch(() => Buffer.from('\0missing')));
