@@ -85,23 +85,47 @@ export function installRuntime(
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
-  // break its own results, never the runner.
+  // break its own results, never the runner. The runner itself uses no prototype method, iterator,
+  // spread into arrays or assignment to an object a script could have set up (see containment in
+  // docs/scripts.md): what crosses is built as JSON text here, by string concatenation.
   const { defineProperty, getPrototypeOf, keys, create, hasOwn, freeze, isFrozen } = Object;
   const ObjectProto = Object.prototype;
   const isArray = Array.isArray;
-  const apply = Reflect.apply;
   const stringify = JSON.stringify;
   const parse = JSON.parse;
   const PromiseCtor = Promise;
-  const promiseResolve = Promise.resolve;
-  const promiseThen = Promise.prototype.then;
+  const PromiseProto = Promise.prototype;
   const ErrorCtor = Error;
   const TypeErrorCtor = TypeError;
   const StringCtor = String;
   const MAX_LOG = 8192;
+  const MAX_LOG_LINES = 1000;
   const MAX_DEPTH = 32;
+  /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
+  const MAX_RESULT = 65536;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
-  let collected: string[] | null = null;
+  let collected: Record<number, string> | null = null;
+  let collectedCount = 0;
+  let loggedCount = 0;
+
+  // What V8 itself consults while it settles promises and formats stacks, for every script alike: one
+  // script must not be able to change how another's promise resolves (a `then` on Object.prototype makes
+  // every returned verdict object a thenable) or how its error reads. Promise and its prototype are
+  // frozen; `then` on Object.prototype and Array.prototype reads as undefined, and assigning it to an
+  // object makes an own property, as it would have.
+  freeze(PromiseProto);
+  freeze(PromiseCtor);
+  const thenlessProto = (proto: object): void => {
+    defineProperty(proto, 'then', {
+      get: () => undefined,
+      set(this: object, value: unknown) { defineProperty(this, 'then', { value, writable: true, enumerable: true, configurable: true }); },
+      enumerable: false, configurable: false,
+    });
+  };
+  thenlessProto(ObjectProto);
+  thenlessProto(Array.prototype);
+  defineProperty(ErrorCtor, 'prepareStackTrace', { value: undefined, writable: false, enumerable: false, configurable: false });
+  defineProperty(ErrorCtor, 'stackTraceLimit', { value: 10, writable: false, enumerable: false, configurable: false });
 
   // Not needed by policy scripts, and each can run code or block outside a call's time limit:
   // finalizers and WebAssembly compilation complete later, Atomics.wait blocks. V8's console is a no-op.
@@ -200,8 +224,11 @@ export function installRuntime(
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line;
+      // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
+      if (++loggedCount > MAX_LOG_LINES) return;
+      if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;
       if (collected === null) hostLog(line);
-      else collected[collected.length] = line;
+      else collected[collectedCount++] = line;
     },
     accept: (opts?: unknown) => ({
       verdict: 'accept',
@@ -226,66 +253,98 @@ export function installRuntime(
     defineProperty(globalThis, name, { value: helpers[name as keyof typeof helpers], writable: false, enumerable: false, configurable: false });
   }
 
-  // A return value leaves the isolate as a fresh copy built here, so getters, proxies and class
-  // instances never reach the structured clone, and a function is reported by where it was found.
-  class NotPlain extends ErrorCtor {}
-  function toPlain(value: unknown, path: string, stack: unknown[]): unknown {
+  // A return value leaves the isolate as JSON text built here, from its own enumerable data only: no
+  // toJSON, getter on a prototype, proxy or patched JSON can change what another call returns, and a
+  // function or class instance is reported by where it was found.
+  const ErrorProto = ErrorCtor.prototype;
+  const quote = (s: string): string => stringify(s) as string; // a primitive string: no toJSON is consulted
+  let notPlain: unknown = null; // the NotPlain error thrown last (instanceof would consult Symbol.hasInstance)
+  const NotPlain = (message: string): unknown => (notPlain = new TypeErrorCtor(message));
+  function isError(value: unknown): boolean {
+    let proto: unknown = value;
+    for (let i = 0; i < 16 && proto !== null && typeof proto === 'object'; i++) {
+      proto = getPrototypeOf(proto);
+      if (proto === ErrorProto) return true;
+    }
+    return false;
+  }
+  /** The JSON text of a return value, or undefined for undefined (as JSON.stringify would leave it out). */
+  function encode(value: unknown, path: string, stack: Record<number, unknown>, depth: number): string | undefined {
     switch (typeof value) {
-      case 'undefined': case 'boolean': case 'number': case 'string':
-        return value;
+      case 'undefined': return undefined;
+      case 'boolean': return value ? 'true' : 'false';
+      case 'number': return value === value && value !== Infinity && value !== -Infinity ? `${value}` : 'null';
+      case 'string': return quote(value);
       case 'object': {
-        if (value === null) return null;
-        if (stack.length >= MAX_DEPTH) throw new NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
-        for (let i = 0; i < stack.length; i++) if (stack[i] === value) throw new NotPlain(`return value has a circular reference at ${path}`);
-        stack.push(value);
-        let out: Record<string, unknown> | unknown[];
+        if (value === null) return 'null';
+        if (depth >= MAX_DEPTH) throw NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
+        for (let i = 0; i < depth; i++) if (stack[i] === value) throw NotPlain(`return value has a circular reference at ${path}`);
+        stack[depth] = value;
+        let out: string;
         if (isArray(value)) {
-          out = [];
-          for (let i = 0; i < value.length; i++) out[i] = toPlain(value[i], `${path}[${i}]`, stack);
+          out = '[';
+          const length = (value as unknown[]).length;
+          for (let i = 0; i < length; i++) {
+            out += (i ? ',' : '') + (encode((value as unknown[])[i], `${path}[${i}]`, stack, depth + 1) ?? 'null');
+            if (out.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
+          }
+          out += ']';
         } else {
           const proto = getPrototypeOf(value);
           if (proto !== ObjectProto && proto !== null) {
-            const kind = typeof proto?.constructor === 'function' ? proto.constructor.name : 'non-plain';
-            throw new NotPlain(`return value cannot be copied out of the sandbox: ${kind || 'class'} object at ${path} (only plain objects, arrays, strings, numbers, booleans and null)`);
+            let kind = 'non-plain';
+            try { kind = StringCtor((proto as { constructor?: { name?: unknown } }).constructor?.name || 'class'); } catch { /* keep it vague */ }
+            throw NotPlain(`return value cannot be copied out of the sandbox: ${kind} object at ${path} (only plain objects, arrays, strings, numbers, booleans and null)`);
           }
-          out = {};
-          for (const key of keys(value)) {
-            defineProperty(out, key, { value: toPlain((value as Record<string, unknown>)[key], `${path}.${key}`, stack), enumerable: true, writable: true, configurable: true });
+          out = '{';
+          const own = keys(value);
+          for (let i = 0; i < own.length; i++) {
+            const key = own[i]!;
+            const text = encode((value as Record<string, unknown>)[key], `${path}.${key}`, stack, depth + 1);
+            if (text === undefined) continue;
+            out += (out.length > 1 ? ',' : '') + quote(key) + ':' + text;
+            if (out.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
           }
+          out += '}';
         }
-        stack.pop();
+        stack[depth] = undefined;
         return out;
       }
       default:
-        throw new NotPlain(`return value cannot be copied out of the sandbox: ${typeof value} at ${path} (${formatValue(value)})`);
+        throw NotPlain(`return value cannot be copied out of the sandbox: ${typeof value} at ${path} (${formatValue(value)})`);
     }
   }
 
-  function failed(error: unknown): RunOutcome {
+  /** A failed outcome as JSON (see RunOutcome). */
+  const failure = (name: string, message: string, stack: string): string =>
+    '{"ok":false,"error":{"name":' + quote(name) + ',"message":' + quote(message) + ',"stack":' + quote(stack) + '}}';
+
+  function failed(error: unknown): string {
     try {
-      if (error instanceof NotPlain) return { ok: false, error: { name: 'TypeError', message: StringCtor(error.message), stack: '' } };
-      if (error instanceof ErrorCtor) {
-        const stack = error.stack;
-        return { ok: false, error: { name: StringCtor(error.name), message: StringCtor(error.message), stack: isString(stack) ? stack : '' } };
+      if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
+      if (isError(error)) {
+        const { name, message, stack } = error as Error;
+        return failure(StringCtor(name), StringCtor(message), isString(stack) ? stack : '');
       }
-      return { ok: false, error: { name: '', message: `threw a value that is not an Error: ${formatValue(error)}`, stack: '' } };
+      return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {
-      return { ok: false, error: { name: 'Error', message: 'threw an exception that cannot be described', stack: '' } };
+      return failure('Error', 'threw an exception that cannot be described', '');
     }
   }
 
-  function succeeded(value: unknown): RunOutcome {
+  function succeeded(value: unknown): string {
     try {
-      return { ok: true, value: toPlain(value, 'result', []) };
+      const text = encode(value, 'result', create(null), 0);
+      return text === undefined ? '{"ok":true}' : '{"ok":true,"value":' + text + '}';
     } catch (error) {
       return failed(error);
     }
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
-  // Promises calls returned, as the runner's own promises of their outcomes: the last runSync()'s under
-  // -1, a batch's under each call's index.
-  let pendings: Record<number, Promise<RunOutcome>> = create(null);
+  // Promises calls returned, as the runner's own promises of their outcomes (JSON): the last runSync()'s
+  // under -1, a batch's under each call's index.
+  let pendings: Record<number, Promise<string>> = create(null);
   // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
   // and client certificates (the same for every connection from that device).
   let connections: Record<string, unknown> = create(null);
@@ -293,9 +352,13 @@ export function installRuntime(
   const deepFreeze = (value: unknown): unknown => {
     if (value !== null && typeof value === 'object' && !isFrozen(value)) {
       freeze(value);
-      for (const key of keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+      const own = keys(value);
+      for (let i = 0; i < own.length; i++) deepFreeze((value as Record<string, unknown>)[own[i]!]);
     }
     return value;
+  };
+  const define = (target: object, key: string, value: unknown): void => {
+    defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true });
   };
   /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
   function assemble(ctx: unknown, kept: Kept): unknown {
@@ -304,7 +367,7 @@ export function installRuntime(
     if (kept.connectionForget) connections = create(null);
     let connection = kept.connection;
     if (connection !== null && typeof connection === 'object') {
-      if (kept.certificateKey !== undefined) (connection as Record<string, unknown>).clientCertificate = certificates[kept.certificateKey];
+      if (kept.certificateKey !== undefined) define(connection, 'clientCertificate', certificates[kept.certificateKey]);
       deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
       if (kept.connectionKey !== undefined) connections[kept.connectionKey] = connection;
     } else if (kept.connectionKey !== undefined) {
@@ -312,17 +375,28 @@ export function installRuntime(
     } else {
       return ctx;
     }
-    const full: Record<string, unknown> = { connection };
-    for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
+    const full: Record<string, unknown> = {};
+    define(full, 'connection', connection);
+    const own = keys(ctx as object);
+    for (let i = 0; i < own.length; i++) define(full, own[i]!, (ctx as Record<string, unknown>)[own[i]!]);
     return full;
   }
-  /** Run one call; its outcome, or null when the script returned a promise (kept under `index`). */
-  function call(hook: string, ctx: unknown, kept: Kept, index: number): RunOutcome | null {
+  /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
+  async function settled(result: Promise<unknown>): Promise<string> {
+    try {
+      return succeeded(await result);
+    } catch (error) {
+      return failed(error);
+    }
+  }
+  /** Run one call; its outcome as JSON, or null when the script returned a promise (kept under `index`). */
+  function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
+    loggedCount = 0;
     try {
       const result = hooks[hook]!(assemble(ctx, kept));
-      if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
-        const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
-        pendings[index] = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
+      // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
+      if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
+        pendings[index] = settled(result as Promise<unknown>);
         return null;
       }
       return succeeded(result);
@@ -330,38 +404,39 @@ export function installRuntime(
       return failed(error);
     }
   }
-  function callSync(hook: string, ctxJson: string, tail: KeptArgs): RunOutcome | null {
+  function callSync(hook: string, ctxJson: string, tail: KeptArgs): string | null {
     pendings = create(null);
     collected = null; // left set only if a batch was stopped and never taken
-    const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
     let ctx: unknown;
     let kept: Kept;
     try {
       ctx = parse(ctxJson);
+      const connection = tail[1];
+      const certificate = tail[4];
       kept = {
-        connectionKey, connection: connection === undefined ? undefined : parse(connection), connectionForget,
-        certificateKey, certificate: certificate === undefined ? undefined : parse(certificate), certificateForget,
+        connectionKey: tail[0], connection: connection === undefined ? undefined : parse(connection), connectionForget: tail[2],
+        certificateKey: tail[3], certificate: certificate === undefined ? undefined : parse(certificate), certificateForget: tail[5],
       };
     } catch (error) {
       return failed(error);
     }
     return call(hook, ctx, kept, -1);
   }
-  // toPlain() has made every outcome plain data, so stringify cannot throw or drop anything but undefined.
-  const wire = (outcome: RunOutcome): string => stringify(outcome);
-  const wirePending = (index: number): Promise<string> => {
-    let promise = pendings[index];
+  const pending = (index: number): Promise<string> => {
+    const promise = pendings[index];
     delete pendings[index];
-    promise ??= apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>;
-    return apply(promiseThen, promise, [wire]) as Promise<string>;
+    return promise ?? settled(PromiseCtor.reject(new ErrorCtor('no pending call')));
   };
-  // The entries of the batch running now, recorded as each call ends (see takeBatch()).
-  let batchDone: BatchEntry[] = [];
+  // The entries of the batch running now, as BatchEntry JSON texts, recorded as each call ends (see takeBatch()).
+  let batchDone: Record<number, string> = create(null);
+  let batchCount = 0;
   const takeBatch = (): string => {
     collected = null;
-    const done = stringify(batchDone);
-    batchDone = [];
-    return done;
+    let done = '[';
+    for (let i = 0; i < batchCount; i++) done += (i ? ',' : '') + batchDone[i]!;
+    batchDone = create(null);
+    batchCount = 0;
+    return done + ']';
   };
   return {
     register(hook, fn) {
@@ -369,36 +444,39 @@ export function installRuntime(
     },
     run(hook, ctx, ...tail) {
       const outcome = callSync(hook, ctx, tail);
-      return outcome === null ? wirePending(-1) : wire(outcome);
+      return outcome === null ? pending(-1) : outcome;
     },
     runSync(hook, ctx, ...tail) {
-      const outcome = callSync(hook, ctx, tail);
-      return outcome === null ? null : wire(outcome);
+      return callSync(hook, ctx, tail);
     },
     runBatch(callsJson) {
       pendings = create(null);
-      batchDone = [];
+      batchDone = create(null);
+      batchCount = 0;
       const calls = parse(callsJson) as BatchCallWire[];
       for (let i = 0; i < calls.length; i++) {
-        const [hook, ctx, connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = calls[i]!;
-        const logs: string[] = [];
+        const c = calls[i]!;
+        const logs: Record<number, string> = create(null);
         collected = logs;
-        let outcome: RunOutcome | null;
+        collectedCount = 0;
+        let outcome: string | null;
         try {
-          outcome = call(hook, ctx, {
-            connectionKey: connectionKey ?? undefined, connection: connection ?? undefined, connectionForget,
-            certificateKey: certificateKey ?? undefined, certificate: certificate ?? undefined, certificateForget,
+          outcome = call(c[0], c[1], {
+            connectionKey: c[2] ?? undefined, connection: c[3] ?? undefined, connectionForget: c[4],
+            certificateKey: c[5] ?? undefined, certificate: c[6] ?? undefined, certificateForget: c[7],
           }, i);
         } finally {
           collected = null;
         }
-        batchDone[i] = { outcome, logs };
+        let lines = '[';
+        for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
+        batchDone[batchCount++] = '{"outcome":' + (outcome ?? 'null') + ',"logs":' + lines + ']}';
       }
       return takeBatch();
     },
     takeBatch,
     settle(index = -1) {
-      return wirePending(index);
+      return pending(index);
     },
   };
 }
