@@ -5,7 +5,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import ivm from 'isolated-vm';
 
-export type LogLevel = 'info' | 'warn' | 'error';
+export type LogLevel = 'info' | 'warn' | 'error' | 'fatal';
 
 /** What the sandbox needs from the server. Both functions are called synchronously from scripts. */
 export interface HostBridge {

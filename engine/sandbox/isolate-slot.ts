@@ -10,11 +10,15 @@ import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callback
 import { installRuntime, type BatchCallWire, type BatchEntry, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
+import { hookBit, runningCall } from './running-call.ts';
+import { reportUnrecoverable } from './unrecoverable.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
   memoryLimitMb: number;
   host: HostBridge;
+  /** The sandbox's id in the running-call table (see running-call.ts); 0: none. */
+  runningId?: number;
 }
 
 const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5);`;
@@ -23,6 +27,13 @@ const TIMED_OUT = /execution timed out/i;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
+
+/**
+ * How long past its time limit a top level may take before the load gives up on it and abandons the
+ * isolate: a V8 builtin that does not check for interrupts (Array(2**32-1).lastIndexOf(1)) outlasts the
+ * limit, and isolated-vm's promise then never settles.
+ */
+export const LOAD_SLACK_MS = 500;
 
 /**
  * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
@@ -123,8 +134,15 @@ export type BatchSettled =
   | { later: Promise<unknown> }
   | 'overran' | 'again' | 'alone';
 
-/** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
-const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
+/**
+ * Beyond the in-isolate time limit, how long before a call that never settles (a returned promise nobody
+ * resolves) is cut off by disposing its isolate. Less than the sandbox's DEADLINE_SLACK_MS, so that this
+ * cut-off, which says why, comes first.
+ */
+const NEVER_SETTLED_SLACK_MS = 250;
+const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
+
+class TopLevelStuck extends Error {}
 
 export class IsolateSlot {
   readonly #options: SlotOptions;
@@ -143,6 +161,8 @@ export class IsolateSlot {
   readonly #keptCertificates = new KeptKeys();
   #disposedByUs = false;
   #cutOff = false;
+  /** CPU time (ms) the isolate spent on the last fast-path entry that was stopped at its budget. */
+  #stoppedCpuMs = 0;
 
   private constructor(options: SlotOptions) {
     this.#options = options;
@@ -171,6 +191,11 @@ export class IsolateSlot {
     return { slot, errors };
   }
 
+  /** CPU time the isolate spent on the last fast-path attempt that its budget stopped (see FastPathPolicy). */
+  get stoppedCpuMs(): number {
+    return this.#stoppedCpuMs;
+  }
+
   /** True once the isolate is gone (memory limit, watchdog, dispose): the slot must be replaced. */
   get lost(): boolean {
     return this.#isolate.isDisposed;
@@ -178,10 +203,16 @@ export class IsolateSlot {
 
   async heapUsed(): Promise<number | null> {
     if (this.lost) return null;
+    // Answered on the isolate's thread, after the call running there: never, when that call is stuck.
+    let late: ReturnType<typeof setTimeout> | undefined;
     try {
-      return (await this.#isolate.getHeapStatistics()).used_heap_size;
+      const gaveUp = new Promise<null>((resolve) => { late = setTimeout(() => resolve(null), 1000); });
+      const stats = await Promise.race([this.#isolate.getHeapStatistics(), gaveUp]);
+      return stats === null ? null : stats.used_heap_size;
     } catch {
       return null;
+    } finally {
+      clearTimeout(late);
     }
   }
 
@@ -194,13 +225,13 @@ export class IsolateSlot {
    * the stopped attempt are dropped (the second run logs again); changes to the script's own globals stay.
    */
   async call(
-    hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection,
+    hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection, timeoutMs = this.#options.timeoutMs,
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
     const tail = this.#tail(shared);
     try {
-      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail);
+      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail, timeoutMs);
       this.#kept(shared, tail);
       return result;
     } catch (e) {
@@ -248,9 +279,14 @@ export class IsolateSlot {
     this.#current = run;
     let entries: BatchEntry[];
     let stopped = false;
+    let hooks = 0;
+    for (const c of calls) hooks |= hookBit(c.hook);
+    const cpuBefore = this.#isolate.cpuTime;
+    runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
       entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
     } catch (e) {
+      this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
@@ -262,10 +298,12 @@ export class IsolateSlot {
         stopped = false;
       }
       if (!stopped) {
+        runningCall.exit();
         this.#current = null;
         return calls.map(() => 'alone');
       }
     }
+    runningCall.exit();
     this.#current = null;
     const promised = entries.filter((entry) => entry.outcome === null).length;
     let chain: Promise<unknown> = Promise.resolve();
@@ -320,7 +358,7 @@ export class IsolateSlot {
   }
 
   async #call(
-    hook: HookName, file: string, ctx: object, connectionId: string | null, fastPathMs: number, tail: KeptTail,
+    hook: HookName, file: string, ctx: object, connectionId: string | null, fastPathMs: number, tail: KeptTail, timeoutMs: number,
   ): Promise<{ value: unknown; overran: boolean }> {
     const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
     const args = (): RunArgs => [hook, JSON.stringify(ctx), key, json(connection), forget, certificateKey, json(certificate), forgetCertificates];
@@ -328,23 +366,28 @@ export class IsolateSlot {
       const run: CurrentRun = { connectionId, file, held: [] };
       this.#current = run;
       let outcome: WireOutcome;
+      const cpuBefore = this.#isolate.cpuTime;
+      runningCall.enter(this.#options.runningId ?? 0, hookBit(hook));
       try {
         outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs }) as WireOutcome;
       } catch (e) {
+        runningCall.exit();
         this.#current = null;
         if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
           this.#emit(run);
-          throw this.#callFailure(hook, file, e);
+          throw this.#callFailure(hook, file, e, timeoutMs);
         }
-        return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: true };
+        this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
+        return { value: await this.#callOnIsolateThread(hook, file, connectionId, args, undefined, timeoutMs), overran: true };
       }
+      runningCall.exit();
       this.#current = null;
       this.#emit(run);
       if (outcome !== null) return { value: this.#result(hook, file, outcome), overran: false };
       // The script returned a promise: wait for it where waiting does not block the event loop.
-      return { value: await this.#callOnIsolateThread(hook, file, connectionId, null), overran: false };
+      return { value: await this.#callOnIsolateThread(hook, file, connectionId, null, undefined, timeoutMs), overran: false };
     }
-    return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: false };
+    return { value: await this.#callOnIsolateThread(hook, file, connectionId, args, undefined, timeoutMs), overran: false };
   }
 
   /** Log lines a fast-path attempt held back, now that the attempt counts. */
@@ -353,8 +396,9 @@ export class IsolateSlot {
   }
 
   /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */
-  async #callOnIsolateThread(hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null, settleIndex?: number): Promise<unknown> {
-    const { timeoutMs } = this.#options;
+  async #callOnIsolateThread(
+    hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null, settleIndex?: number, timeoutMs = this.#options.timeoutMs,
+  ): Promise<unknown> {
     this.#current = { connectionId, file };
     this.#cutOff = false;
     // A returned promise that never settles leaves nothing running to time out; only disposing ends it.
@@ -369,7 +413,7 @@ export class IsolateSlot {
         ? await this.#run.apply(undefined, args(), options)
         : await this.#settle.apply(undefined, settleIndex === undefined ? [] : [settleIndex], options)) as WireOutcome;
     } catch (e) {
-      throw this.#callFailure(hook, file, e);
+      throw this.#callFailure(hook, file, e, timeoutMs);
     } finally {
       clearTimeout(watchdog);
       this.#current = null;
@@ -394,6 +438,14 @@ export class IsolateSlot {
     throw new ScriptFailure('error', hook, file, at?.line ?? null, at?.column ?? null, name ? `${name}: ${message}` : message);
   }
 
+  #cpuMsSince(before: bigint): number {
+    try {
+      return Number(this.#isolate.cpuTime - before) / 1e6;
+    } catch {
+      return 0; // the isolate is gone
+    }
+  }
+
   dispose(): void {
     this.#disposedByUs = true;
     this.#releaseHandles();
@@ -416,8 +468,12 @@ export class IsolateSlot {
     if (this.#isolate) this.#releaseHandles(); // a previous isolate lost to its memory limit during build
     this.#isolate = new ivm.Isolate({
       memoryLimit: memoryLimitMb,
+      // Called on the event loop when a script did not stop within 5 s of its time limit (isolated-vm then
+      // parks its thread for good) or V8 ran out of memory: the process cannot get that thread back.
       onCatastrophicError: (message) => {
-        try { host.log(null, '(sandbox)', 'error', `isolate failed catastrophically: ${message}`); } catch { /* nothing left to tell */ }
+        const reason = `an isolate failed catastrophically: ${message}`;
+        try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
+        reportUnrecoverable(reason);
       },
     });
     this.#context = await this.#isolate.createContext();
@@ -453,13 +509,24 @@ export class IsolateSlot {
         `cannot import "${spec}": policy scripts have no modules to import (helpers such as accept() and lookup() are globals; ` +
         'types come from `import type … from "postern"`, which is erased)');
     }
+    const limit = topLevelTimeout(this.#options.timeoutMs);
+    let stuck: ReturnType<typeof setTimeout> | undefined;
     try {
       this.#current = { connectionId: null, file };
       await module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); });
-      await module.evaluate({ timeout: topLevelTimeout(this.#options.timeoutMs), promise: true });
+      // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
+      const abandon = new Promise<never>((_, reject) => {
+        stuck = setTimeout(() => reject(new TopLevelStuck()), limit + LOAD_SLACK_MS);
+      });
+      await Promise.race([module.evaluate({ timeout: limit, promise: true }), abandon]);
     } catch (e) {
+      if (e instanceof TopLevelStuck) {
+        this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
+      }
       return this.#topLevelError(file, e);
     } finally {
+      clearTimeout(stuck);
       this.#current = null;
     }
     const namespace = module.namespace;
@@ -481,7 +548,8 @@ export class IsolateSlot {
     }
     if (e instanceof Error) {
       if (TIMED_OUT.test(e.message)) {
-        return new ScriptError(file, 1, 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
+        const p = frameIn(String(e.stack), file); // isolated-vm adds where the script was stopped
+        return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
       }
       const p = frameIn(String(e.stack), file);
       return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level threw ${e.name}: ${e.message}`);
@@ -490,9 +558,9 @@ export class IsolateSlot {
   }
 
   /** Map an isolated-vm rejection (the runner itself never rejects) to the failure kind it means. */
-  #callFailure(hook: HookName, file: string, e: unknown): ScriptFailure {
+  #callFailure(hook: HookName, file: string, e: unknown, timeoutMs = this.#options.timeoutMs): ScriptFailure {
     const message = String((e as Error)?.message ?? e);
-    const { timeoutMs, memoryLimitMb } = this.#options;
+    const { memoryLimitMb } = this.#options;
     if (this.#cutOff) {
       return new ScriptFailure('timeout', hook, file, null, null, `did not finish within ${watchdogDelay(timeoutMs)} ms (a returned promise never settled)`);
     }

@@ -32,7 +32,7 @@ test('calls made in one turn share one entry into the isolate, each with its own
     assert.deepEqual(results[5]!.status === 'fulfilled' && results[5]!.value, { verdict: 'reject', text: 'no 5' });
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [0, 1, 2, 3, 4, 5].map((n) => [`c${n}`, `helo ${n}`]));
     const { fastPath, failures } = await sandbox.stats();
-    assert.deepEqual(fastPath, { calls: 6, overruns: 0, batches: 1 });
+    assert.deepEqual(fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 1 });
     assert.equal(failures.error, 1);
     // Calls made after the batch has run make the next one.
     assert.deepEqual(await sandbox.invoke('helo', { n: 6 }, 'c6'), { verdict: 'accept', text: 'ok 6' });
@@ -118,9 +118,9 @@ test('a script that returns a promise settles on an isolate thread; its hook the
     ]);
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'before 1'], ['c3', 'before 3']]);
     const before = (await sandbox.stats()).fastPath;
-    assert.deepEqual(before, { calls: 4, overruns: 0, batches: 1 });
+    assert.deepEqual(before, { calls: 4, overruns: 0, descheduled: 0, batches: 1 });
     await Promise.all([sandbox.invoke('mailfrom', { n: 5 }, 'c5'), sandbox.invoke('mailfrom', { n: 6 }, 'c6')]);
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, batches: 3 }, 'each promise-returning call enters alone');
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 3 }, 'each promise-returning call enters alone');
   } finally {
     sandbox.dispose();
   }
