@@ -98,6 +98,8 @@ export function installRuntime(
   const ErrorCtor = Error;
   const TypeErrorCtor = TypeError;
   const StringCtor = String;
+  const apply = Reflect.apply;
+  const slice = String.prototype.slice;
   const MAX_LOG = 8192;
   const MAX_LOG_LINES = 1000;
   const MAX_DEPTH = 32;
@@ -154,7 +156,9 @@ export function installRuntime(
     const out: Record<string, unknown> = {};
     if (value === undefined) return out;
     if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): options must be an object`);
-    for (const key of keys(value as object)) {
+    const own = keys(value as object);
+    for (let i = 0; i < own.length; i++) {
+      const key = own[i]!;
       const v = (value as Record<string, unknown>)[key];
       if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
       if (v === undefined) continue;
@@ -164,7 +168,24 @@ export function installRuntime(
     return out;
   };
   const replyCode = (lo: number) => (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= lo && v <= lo + 99;
-  const enhanced = (cls: string) => (v: unknown): boolean => isString(v) && new RegExp(`^${cls}\\.\\d{1,3}\\.\\d{1,3}$`).test(v);
+  // `<cls>.<1-3 digits>.<1-3 digits>`, checked by hand: RegExp methods are a script's to patch.
+  const enhanced = (cls: string) => (v: unknown): boolean => {
+    if (!isString(v) || v[0] !== cls || v[1] !== '.') return false;
+    let digits = 0;
+    let dots = 1;
+    for (let i = 2; i < v.length; i++) {
+      const c = v[i]!;
+      if (c === '.') {
+        if (digits === 0 || ++dots > 2) return false;
+        digits = 0;
+      } else if (c >= '0' && c <= '9') {
+        if (++digits > 3) return false;
+      } else {
+        return false;
+      }
+    }
+    return dots === 2 && digits > 0;
+  };
   const isBool = (v: unknown): boolean => typeof v === 'boolean';
   const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
   const isTls = (v: unknown): boolean => {
@@ -223,7 +244,7 @@ export function installRuntime(
     log(...args: unknown[]): void {
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
-      line = line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line;
+      line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
       // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
       if (++loggedCount > MAX_LOG_LINES) return;
       if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;

@@ -30,6 +30,9 @@ const PATCHES: Record<string, string> = {
   'Symbol.toPrimitive and toString': 'Object.prototype[Symbol.toPrimitive] = () => "accept"; Object.prototype.toString = () => "accept"; String.prototype.toJSON = () => "accept";',
   'Error.prepareStackTrace': 'Error.prepareStackTrace = () => { throw new Error("no stack for you"); };',
   'Error[Symbol.hasInstance] and Error.prototype': 'Object.defineProperty(Error, Symbol.hasInstance, { value: () => false }); Object.defineProperty(Error.prototype, "message", { get() { return ""; } });',
+  'RegExp and String methods': `
+    RegExp.prototype.exec = () => null; RegExp.prototype.test = () => false;
+    String.prototype.slice = () => ''; String.prototype.charCodeAt = () => 0; String.prototype.startsWith = () => false;`,
   'Object.keys and getPrototypeOf': 'Object.keys = () => []; Object.getPrototypeOf = () => null; Object.create = () => ({}); Object.freeze = (o) => o;',
 };
 
@@ -38,7 +41,8 @@ const RCPTTO = `export default function (ctx) {
   if (ctx.mode === 'async-throw') return (async () => { await null; throw new Error('rcptto broke later'); })();
   if (ctx.mode === 'async') return (async () => { await null; return reject('no ' + ctx.recipient); })();
   if (ctx.mode === 'class') return new Map();
-  return reject('no ' + ctx.recipient + ' from ' + ctx.connection.remoteAddress);
+  log('x'.repeat(9000));
+  return reject('no ' + ctx.recipient + ' from ' + ctx.connection.remoteAddress, { code: 551, enhanced: '5.1.1' });
 }`;
 
 async function checkOthers(sandbox: Sandbox, label: string): Promise<void> {
@@ -48,7 +52,7 @@ async function checkOthers(sandbox: Sandbox, label: string): Promise<void> {
   await assert.rejects(sandbox.invoke('rcptto', { connection, mode: 'async-throw', recipient: 'a' }, 'other'), isFailure, `${label}: an async throw still fails`);
   await assert.rejects(sandbox.invoke('rcptto', { connection, mode: 'class', recipient: 'a' }, 'other'), isFailure, `${label}: a Map still fails`);
   assert.deepEqual(await sandbox.invoke('rcptto', { connection, mode: 'sync', recipient: 'b' }, 'other'),
-    { verdict: 'reject', text: 'no b from 192.0.2.9' }, `${label}: a verdict and its context are intact`);
+    { verdict: 'reject', text: 'no b from 192.0.2.9', code: 551, enhanced: '5.1.1' }, `${label}: a verdict and its context are intact`);
   assert.deepEqual(await sandbox.invoke('rcptto', { connection, mode: 'async', recipient: 'c' }, 'other'),
     { verdict: 'reject', text: 'no c' }, `${label}: an async verdict is intact`);
   // Several in one batch (fast path): every entry keeps its own outcome.
@@ -58,7 +62,7 @@ async function checkOthers(sandbox: Sandbox, label: string): Promise<void> {
     sandbox.invoke('rcptto', { connection, mode: 'throw', recipient: 'f' }, 'o3'),
   ]);
   assert.deepEqual(batch.map((r) => (r.status === 'fulfilled' ? r.value : r.reason instanceof ScriptFailure ? 'failure' : String(r.reason))),
-    ['failure', { verdict: 'reject', text: 'no e from 192.0.2.9' }, 'failure'], `${label}: a batch keeps each outcome`);
+    ['failure', { verdict: 'reject', text: 'no e from 192.0.2.9', code: 551, enhanced: '5.1.1' }, 'failure'], `${label}: a batch keeps each outcome`);
 }
 
 for (const fastPathMs of [5, 0]) {
