@@ -217,15 +217,24 @@ export function installRuntime(
     }
   }
 
+  // Hashing runs on the server's event-loop thread, which waits for it (perf: a 10 MB string held it for
+  // tens of ms per call): one call of a helper hashes at most this much.
+  const MAX_HASH_INPUT = 1 << 20;
+  function hashInput(fn: string, data: unknown, extra = 0): string {
+    const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
+    if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
+    return value;
+  }
   const helpers = {
-    sha1: (data: unknown): string => hostSha1(text('sha1', 'data', data) ?? fail('sha1(): data is required')),
-    sha256: (data: unknown): string => hostSha256(text('sha256', 'data', data) ?? fail('sha256(): data is required')),
-    md5: (data: unknown): string => hostMd5(text('md5', 'data', data) ?? fail('md5(): data is required')),
+    sha1: (data: unknown): string => hostSha1(hashInput('sha1', data)),
+    sha256: (data: unknown): string => hostSha256(hashInput('sha256', data)),
+    md5: (data: unknown): string => hostMd5(hashInput('md5', data)),
     hmac(algorithm: unknown, key: unknown, data: unknown): string {
       if (algorithm !== 'sha1' && algorithm !== 'sha256' && algorithm !== 'sha512' && algorithm !== 'md5') {
         fail(`hmac(): algorithm must be sha1, sha256, sha512 or md5, not ${formatValue(algorithm)}`);
       }
       if (!isString(key) || !isString(data)) fail('hmac(): key and data must be strings');
+      if ((key as string).length + (data as string).length > MAX_HASH_INPUT) hashInput('hmac', data, (key as string).length);
       return hostHmac(algorithm as string, key as string, data as string);
     },
     lookup(table: unknown, key: unknown): string | null {
@@ -396,11 +405,8 @@ export function installRuntime(
     } else {
       return ctx;
     }
-    const full: Record<string, unknown> = {};
-    define(full, 'connection', connection);
-    const own = keys(ctx as object);
-    for (let i = 0; i < own.length; i++) define(full, own[i]!, (ctx as Record<string, unknown>)[own[i]!]);
-    return full;
+    // A literal and an object spread define their properties: no setter on Object.prototype is called.
+    return { connection, ...(ctx as object) };
   }
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
   async function settled(result: Promise<unknown>): Promise<string> {

@@ -147,3 +147,29 @@ test('hostile verdict objects: each read once, copied as data, or the call fails
     sandbox.dispose();
   }
 });
+
+test('hashing helpers take at most 1 MiB per call of a helper (hashing holds the event loop)', async () => {
+  const sandbox = await Sandbox.create({
+    host: recordingHost(),
+    isolates: 1,
+    timeoutMs: 2000,
+    scripts: [js('data', `export default (ctx) => {
+      const data = 'x'.repeat(ctx.size);
+      return accept({ text: ctx.fn === 'hmac' ? hmac('sha256', 'k', data) : sha256(data) });
+    }`)],
+  });
+  try {
+    const ok = await sandbox.invoke('data', { size: 2 ** 20, fn: 'sha256' }, 'c') as { text: string };
+    assert.equal(ok.text.length, 64);
+    for (const fn of ['sha256', 'hmac']) {
+      await assert.rejects(sandbox.invoke('data', { size: 10 * 2 ** 20, fn }, 'c'), (e) => {
+        assert.ok(e instanceof ScriptFailure && e.kind === 'error', String(e));
+        assert.match(e.message, new RegExp(`${fn}\\(\\): data is longer than 1048576 characters`));
+        assert.equal(e.line, 3, 'where the script called it');
+        return true;
+      });
+    }
+  } finally {
+    sandbox.dispose();
+  }
+});
