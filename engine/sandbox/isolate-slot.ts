@@ -2,8 +2,7 @@
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
  * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
  */
-import './no-wasm-code-gc.ts';
-import ivm from 'isolated-vm';
+import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
@@ -12,6 +11,7 @@ import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, ty
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { reportUnrecoverable } from './unrecoverable.ts';
+import { NeverSettled, abandon, cpuTime, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
@@ -22,8 +22,6 @@ export interface SlotOptions {
 }
 
 const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5);`;
-const MEMORY_LOST = /memory limit/i;
-const TIMED_OUT = /execution timed out/i;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -35,16 +33,7 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
  */
 export const LOAD_SLACK_MS = 500;
 
-/**
- * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
- * process may exit. (Exits must also be process.exit(): a natural exit tears V8's heap down, where
- * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.)
- */
-export const TEARDOWN_GRACE_MS = 250;
-
-export function teardownGrace(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
-}
+export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
 /**
  * What the runtime's run() and runSync() take (see KeptArgs): only strings and booleans, the objects as
@@ -142,8 +131,6 @@ export type BatchSettled =
 const NEVER_SETTLED_SLACK_MS = 250;
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
 
-class TopLevelStuck extends Error {}
-
 export class IsolateSlot {
   readonly #options: SlotOptions;
   readonly #files = new Map<HookName, string>();
@@ -203,16 +190,11 @@ export class IsolateSlot {
 
   async heapUsed(): Promise<number | null> {
     if (this.lost) return null;
-    // Answered on the isolate's thread, after the call running there: never, when that call is stuck.
-    let late: ReturnType<typeof setTimeout> | undefined;
     try {
-      const gaveUp = new Promise<null>((resolve) => { late = setTimeout(() => resolve(null), 1000); });
-      const stats = await Promise.race([this.#isolate.getHeapStatistics(), gaveUp]);
-      return stats === null ? null : stats.used_heap_size;
+      // Answered on the isolate's thread, after the call running there: never, when that call is stuck.
+      return (await settledWithin(this.#isolate.getHeapStatistics(), 1000)).used_heap_size;
     } catch {
       return null;
-    } finally {
-      clearTimeout(late);
     }
   }
 
@@ -281,7 +263,7 @@ export class IsolateSlot {
     let stopped = false;
     let hooks = 0;
     for (const c of calls) hooks |= hookBit(c.hook);
-    const cpuBefore = this.#isolate.cpuTime;
+    const cpuBefore = cpuTime(this.#isolate);
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
       entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
@@ -291,7 +273,7 @@ export class IsolateSlot {
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
       entries = [];
-      stopped = TIMED_OUT.test(String((e as Error)?.message)) && !this.#isolate.isDisposed;
+      stopped = isTimeout(e) && !this.#isolate.isDisposed;
       try {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
@@ -366,14 +348,14 @@ export class IsolateSlot {
       const run: CurrentRun = { connectionId, file, held: [] };
       this.#current = run;
       let outcome: WireOutcome;
-      const cpuBefore = this.#isolate.cpuTime;
+      const cpuBefore = cpuTime(this.#isolate);
       runningCall.enter(this.#options.runningId ?? 0, hookBit(hook));
       try {
         outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs }) as WireOutcome;
       } catch (e) {
         runningCall.exit();
         this.#current = null;
-        if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
+        if (!isTimeout(e) || this.#isolate.isDisposed) {
           this.#emit(run);
           throw this.#callFailure(hook, file, e, timeoutMs);
         }
@@ -404,7 +386,7 @@ export class IsolateSlot {
     // A returned promise that never settles leaves nothing running to time out; only disposing ends it.
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
-      this.#isolate.dispose();
+      abandon(this.#isolate);
     }, watchdogDelay(timeoutMs));
     let outcome: WireOutcome;
     try {
@@ -439,42 +421,30 @@ export class IsolateSlot {
   }
 
   #cpuMsSince(before: bigint): number {
-    try {
-      return Number(this.#isolate.cpuTime - before) / 1e6;
-    } catch {
-      return 0; // the isolate is gone
-    }
+    const now = cpuTime(this.#isolate);
+    return now > before ? Number(now - before) / 1e6 : 0;
   }
 
   dispose(): void {
     this.#disposedByUs = true;
     this.#releaseHandles();
-    if (!this.#isolate.isDisposed) this.#isolate.dispose();
+    abandon(this.#isolate);
   }
 
-  /**
-   * Let go of the handles into the isolate now. A handle still alive when the process exits is destroyed
-   * during Node's teardown, where isolated-vm aborts (`IsolateEnvironment::GetCurrent` assertion).
-   */
+  /** Let go of the handles into the isolate now (see releaseAll). */
   #releaseHandles(): void {
-    for (const handle of [this.#run, this.#runSync, this.#settle, this.#runBatch, this.#takeBatch, this.#register, this.#context]) {
-      try { handle?.release(); } catch { /* already gone with its isolate */ }
-    }
+    releaseAll([this.#run, this.#runSync, this.#settle, this.#runBatch, this.#takeBatch, this.#register, this.#context]);
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
   async #start(): Promise<void> {
     const { memoryLimitMb, host } = this.#options;
     if (this.#isolate) this.#releaseHandles(); // a previous isolate lost to its memory limit during build
-    this.#isolate = new ivm.Isolate({
-      memoryLimit: memoryLimitMb,
-      // Called on the event loop when a script did not stop within 5 s of its time limit (isolated-vm then
-      // parks its thread for good) or V8 ran out of memory: the process cannot get that thread back.
-      onCatastrophicError: (message) => {
-        const reason = `an isolate failed catastrophically: ${message}`;
-        try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
-        reportUnrecoverable(reason);
-      },
+    // The process cannot get a parked thread back (see newIsolate): say so, loudly, and signal it.
+    this.#isolate = newIsolate(memoryLimitMb, (message) => {
+      const reason = `an isolate failed catastrophically: ${message}`;
+      try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
+      reportUnrecoverable(reason);
     });
     this.#context = await this.#isolate.createContext();
     const callbacks = hostCallbacks(host, () => this.#current);
@@ -510,23 +480,18 @@ export class IsolateSlot {
         'types come from `import type … from "postern"`, which is erased)');
     }
     const limit = topLevelTimeout(this.#options.timeoutMs);
-    let stuck: ReturnType<typeof setTimeout> | undefined;
     try {
       this.#current = { connectionId: null, file };
       await module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); });
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
-      const abandon = new Promise<never>((_, reject) => {
-        stuck = setTimeout(() => reject(new TopLevelStuck()), limit + LOAD_SLACK_MS);
-      });
-      await Promise.race([module.evaluate({ timeout: limit, promise: true }), abandon]);
+      await settledWithin(module.evaluate({ timeout: limit, promise: true }), limit + LOAD_SLACK_MS);
     } catch (e) {
-      if (e instanceof TopLevelStuck) {
+      if (e instanceof NeverSettled) {
         this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
         return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
       }
       return this.#topLevelError(file, e);
     } finally {
-      clearTimeout(stuck);
       this.#current = null;
     }
     const namespace = module.namespace;
@@ -543,11 +508,11 @@ export class IsolateSlot {
   }
 
   #topLevelError(file: string, e: unknown): ScriptError {
-    if (this.#isolate.isDisposed || MEMORY_LOST.test(String((e as Error)?.message))) {
+    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptError(file, 1, 1, `top level exceeded the memory limit of ${this.#options.memoryLimitMb} MB`);
     }
     if (e instanceof Error) {
-      if (TIMED_OUT.test(e.message)) {
+      if (isTimeout(e)) {
         const p = frameIn(String(e.stack), file); // isolated-vm adds where the script was stopped
         return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
       }
@@ -565,10 +530,10 @@ export class IsolateSlot {
       return new ScriptFailure('timeout', hook, file, null, null, `did not finish within ${watchdogDelay(timeoutMs)} ms (a returned promise never settled)`);
     }
     if (this.#disposedByUs) return new ScriptFailure('error', hook, file, null, null, 'the sandbox was disposed during the call');
-    if (this.#isolate.isDisposed || MEMORY_LOST.test(message)) {
+    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
     }
-    if (TIMED_OUT.test(message)) {
+    if (isTimeout(e)) {
       const p = e instanceof Error ? frameIn(String(e.stack), file) : null;
       return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${timeoutMs} ms`);
     }
