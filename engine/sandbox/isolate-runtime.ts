@@ -163,7 +163,7 @@ export function installRuntime(
       if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
       if (v === undefined) continue;
       if (!allowed[key]!(v)) fail(`${fn}(): invalid ${key} ${formatValue(v)}`);
-      out[key] = v;
+      defineProperty(out, key, { value: v, writable: true, enumerable: true, configurable: true }); // no inherited setter runs
     }
     return out;
   };
@@ -202,13 +202,14 @@ export function installRuntime(
     if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
     if (typeof value === 'bigint') return `${value}n`;
     if (value === undefined || typeof value === 'symbol') return StringCtor(value);
-    const seen: unknown[] = [];
+    const seen: Record<number, unknown> = create(null);
+    let seenCount = 0;
     try {
       return stringify(value, (_key, v: unknown) => {
         if (typeof v === 'bigint') return `${v}n`;
         if (v !== null && typeof v === 'object') {
-          if (seen.includes(v)) return '[circular]';
-          seen.push(v);
+          for (let i = 0; i < seenCount; i++) if (seen[i] === v) return '[circular]';
+          seen[seenCount++] = v;
         }
         return v;
       }) ?? StringCtor(value);

@@ -15,13 +15,13 @@ const PATCHES: Record<string, string> = {
   'JSON.stringify and JSON.parse': 'JSON.stringify = () => \'{"ok":true}\'; JSON.parse = () => ({ ok: true });',
   'Array.prototype methods and iterator': `
     Array.prototype.push = function () { return 0; }; Array.prototype.pop = function () {};
-    Array.prototype.includes = () => true; Array.prototype.join = () => '';
+    Array.prototype.includes = () => { throw new Error('patched'); }; Array.prototype.join = () => '';
     Array.prototype[Symbol.iterator] = function* () { yield 'helo'; yield {}; };`,
   'Array.prototype index setters': `
     for (let i = 0; i < 40; i++) Object.defineProperty(Array.prototype, i, { set() {}, get() { return undefined; }, configurable: true });`,
   'Object.prototype setters and getters': `
-    for (const k of ['connection', 'recipient', 'ok', 'value', 'verdict', 'outcome', 'logs', 'error'])
-      Object.defineProperty(Object.prototype, k, { set() {}, get() { return k === 'verdict' ? 'accept' : undefined; }, configurable: true });`,
+    for (const k of ['connection', 'recipient', 'ok', 'value', 'verdict', 'outcome', 'logs', 'error', 'code', 'enhanced', 'text'])
+      Object.defineProperty(Object.prototype, k, { __proto__: null, set() {}, get() { return k === 'verdict' ? 'accept' : undefined; }, configurable: true });`,
   'Promise.prototype.then': 'Promise.prototype.then = function (ok) { ok({ verdict: "accept" }); };',
   'Promise species': 'Object.defineProperty(Promise, Symbol.species, { get() { return class extends Promise {}; } });',
   'Object.prototype.then': 'Object.prototype.then = function (ok) { ok({ verdict: "accept" }); };',
@@ -41,7 +41,7 @@ const RCPTTO = `export default function (ctx) {
   if (ctx.mode === 'async-throw') return (async () => { await null; throw new Error('rcptto broke later'); })();
   if (ctx.mode === 'async') return (async () => { await null; return reject('no ' + ctx.recipient); })();
   if (ctx.mode === 'class') return new Map();
-  log('x'.repeat(9000));
+  log('x'.repeat(9000), { a: [1, 2] });
   return reject('no ' + ctx.recipient + ' from ' + ctx.connection.remoteAddress, { code: 551, enhanced: '5.1.1' });
 }`;
 
