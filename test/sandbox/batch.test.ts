@@ -64,7 +64,8 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
       [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
     const { fastPath } = await sandbox.stats();
     assert.equal(fastPath.calls, 4);
-    assert.equal(fastPath.overruns, 1, 'only the slow call counts as an overrun');
+    // The slow call overruns; on a loaded machine a descheduled quick one may too (it is then not counted against its hook).
+    assert.ok(fastPath.overruns >= 1 && fastPath.overruns - fastPath.descheduled <= 1, JSON.stringify(fastPath));
     assert.ok(fastPath.batches >= 3, `batches ${fastPath.batches}: stopped at the slow call, which then runs first and alone`);
   } finally {
     sandbox.dispose();
