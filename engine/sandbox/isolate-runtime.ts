@@ -19,65 +19,46 @@ export type RunOutcome =
   | { ok: true; value: unknown }
   | { ok: false; error: { name: string; message: string; stack: string } };
 
-/**
- * How `ctx.connection` reaches a call: the connection as JSON (when sent) and its key (to keep it, or to
- * find it kept); the client certificate's key and the certificate as JSON (when sent; it is then left
- * out of the connection). A `forget` flag drops everything kept of that kind first.
- */
-export type KeptArgs = [
-  connectionKey?: string, connection?: string, connectionForget?: boolean,
-  certificateKey?: string, certificate?: string, certificateForget?: boolean,
-];
-
-/** The same, parsed (a batch arrives as one JSON text; see BatchCallWire). */
+/** How `ctx.connection` reaches a call, parsed from a CallWire. */
 interface Kept {
   connectionKey?: string; connection?: unknown; connectionForget?: boolean;
   certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
 }
 
 /**
- * One call of a batch, as an element of the JSON array runBatch() takes: the hook, its context (without
- * `connection`) and the kept facts as in KeptArgs, with the connection and certificate as values, not JSON.
+ * What crosses into an isolate: the calls of one entry, as the JSON text of a CallWire array (one string
+ * crosses as one copy, and JSON.parse in the isolate costs less than isolated-vm's structured clone; no
+ * handles). A single call is a batch of one. Each call: the hook, its context without `connection`, and
+ * `ctx.connection` apart — given, and kept under its key for later calls, or found kept under its key
+ * (null); likewise its client certificate. A `forget` flag drops everything kept of that kind first.
  */
-export type BatchCallWire = [
+export type CallWire = [
   hook: string, ctx: unknown,
   connectionKey: string | null, connection: unknown, connectionForget: boolean,
   certificateKey: string | null, certificate: unknown, certificateForget: boolean,
 ];
 
 /**
- * What one call of a batch produced: its outcome, or null when the script returned a promise (kept for
- * settle() under the call's index), and the lines it logged while it ran (they leave with the outcome).
+ * What crosses out, per call, in a JSON array: its outcome, or null when the script returned a promise
+ * that the caller did not wait for (kept for settle() under the call's index), and the lines it logged
+ * (when they were collected rather than told as they came).
  */
-export interface BatchEntry { outcome: RunOutcome | null; logs: string[] }
+export interface EntryWire { outcome: RunOutcome | null; logs: string[] }
 
-/** Calls cross as JSON text both ways (see RunArgs in isolate-slot.ts): outcomes are RunOutcome as JSON. */
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /**
-   * Call a hook with its context (JSON, without `connection`); resolves (never rejects) with the
-   * outcome. `ctx.connection` comes separately (see KeptArgs): given, or kept from an earlier call under
-   * its key; its certificate likewise.
+   * Run the calls (JSON of CallWire[]) one after another; their entries as JSON of EntryWire[]. On the
+   * event-loop thread (`wait` false) log lines are collected into the entries and a returned promise is
+   * kept for settle(); each entry is also recorded as its call ends, for takeBatch(). On an isolate thread
+   * (`wait` true) log lines are told as they come and the promises are waited for here.
    */
-  run(hook: string, ctx: string, ...kept: KeptArgs): string | Promise<string>;
-  /**
-   * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
-   * which is kept for `settle()`.
-   */
-  runSync(hook: string, ctx: string, ...kept: KeptArgs): string | null;
-  /**
-   * Run each call of a batch (a JSON array of BatchCallWire) in turn; a BatchEntry per call, as a JSON
-   * array. Each entry is also recorded as its call ends, for takeBatch().
-   */
-  runBatch(calls: string): string;
-  /** After a batch was stopped (its time limit): the entries of the calls that had ended, as JSON. */
+  run(calls: string, wait: boolean): string | Promise<string>;
+  /** After a run was stopped (its time limit): the entries of the calls that had ended, as JSON. */
   takeBatch(): string;
-  /**
-   * The outcome of a promise a call returned (and forget it): the last runSync()'s without an index,
-   * else that of the batch call with that index.
-   */
-  settle(index?: number): Promise<string>;
+  /** The outcome (RunOutcome JSON) of the promise the call with that index returned in the last run. */
+  settle(index: number): Promise<string>;
 }
 
 export function installRuntime(
@@ -373,8 +354,8 @@ export function installRuntime(
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
-  // Promises calls returned, as the runner's own promises of their outcomes (JSON): the last runSync()'s
-  // under -1, a batch's under each call's index.
+  // Promises the calls of the last run returned, as the runner's own promises of their outcomes (JSON),
+  // under each call's index.
   let pendings: Record<number, Promise<string>> = create(null);
   // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
   // and client certificates (the same for every connection from that device).
@@ -432,30 +413,12 @@ export function installRuntime(
       return failed(error);
     }
   }
-  function callSync(hook: string, ctxJson: string, tail: KeptArgs): string | null {
-    pendings = create(null);
-    collected = null; // left set only if a batch was stopped and never taken
-    let ctx: unknown;
-    let kept: Kept;
-    try {
-      ctx = parse(ctxJson);
-      const connection = tail[1];
-      const certificate = tail[4];
-      kept = {
-        connectionKey: tail[0], connection: connection === undefined ? undefined : parse(connection), connectionForget: tail[2],
-        certificateKey: tail[3], certificate: certificate === undefined ? undefined : parse(certificate), certificateForget: tail[5],
-      };
-    } catch (error) {
-      return failed(error);
-    }
-    return call(hook, ctx, kept, -1);
-  }
   const pending = (index: number): Promise<string> => {
     const promise = pendings[index];
     delete pendings[index];
     return promise ?? settled(PromiseCtor.reject(new ErrorCtor('no pending call')));
   };
-  // The entries of the batch running now, as BatchEntry JSON texts, recorded as each call ends (see takeBatch()).
+  // The entries of the run going on, as EntryWire JSON texts, recorded as each call ends (see takeBatch()).
   let batchDone: Record<number, string> = create(null);
   let batchCount = 0;
   const takeBatch = (): string => {
@@ -466,26 +429,29 @@ export function installRuntime(
     batchCount = 0;
     return done + ']';
   };
+  const entry = (outcome: string | null, logs: string): string => '{"outcome":' + (outcome ?? 'null') + ',"logs":' + logs + '}';
+  /** The entries of a run on an isolate thread, once every promise its calls returned has settled. */
+  async function settledEntries(outcomes: Record<number, string | null>, count: number): Promise<string> {
+    let done = '[';
+    for (let i = 0; i < count; i++) done += (i ? ',' : '') + entry(outcomes[i] ?? await pending(i), '[]');
+    return done + ']';
+  }
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(hook, ctx, ...tail) {
-      const outcome = callSync(hook, ctx, tail);
-      return outcome === null ? pending(-1) : outcome;
-    },
-    runSync(hook, ctx, ...tail) {
-      return callSync(hook, ctx, tail);
-    },
-    runBatch(callsJson) {
+    run(callsJson, wait) {
       pendings = create(null);
       batchDone = create(null);
       batchCount = 0;
-      const calls = parse(callsJson) as BatchCallWire[];
+      collected = null;
+      const calls = parse(callsJson) as CallWire[];
+      const outcomes: Record<number, string | null> = create(null);
+      let promised = false;
       for (let i = 0; i < calls.length; i++) {
         const c = calls[i]!;
         const logs: Record<number, string> = create(null);
-        collected = logs;
+        collected = wait ? null : logs;
         collectedCount = 0;
         let outcome: string | null;
         try {
@@ -496,14 +462,23 @@ export function installRuntime(
         } finally {
           collected = null;
         }
+        if (wait) {
+          outcomes[i] = outcome;
+          if (outcome === null) promised = true;
+          continue;
+        }
         let lines = '[';
         for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
-        batchDone[batchCount++] = '{"outcome":' + (outcome ?? 'null') + ',"logs":' + lines + ']}';
+        batchDone[batchCount++] = entry(outcome, lines + ']');
       }
-      return takeBatch();
+      if (!wait) return takeBatch();
+      if (promised) return settledEntries(outcomes, calls.length);
+      let done = '[';
+      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i]!, '[]');
+      return done + ']';
     },
     takeBatch,
-    settle(index = -1) {
+    settle(index) {
       return pending(index);
     },
   };

@@ -6,7 +6,7 @@ import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
-import { installRuntime, type BatchCallWire, type BatchEntry, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { installRuntime, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
@@ -35,23 +35,7 @@ export const LOAD_SLACK_MS = 500;
 
 export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
-/**
- * What the runtime's run() and runSync() take (see KeptArgs): only strings and booleans, the objects as
- * JSON. A string crosses as one copy, and JSON.parse in the isolate costs less than isolated-vm's
- * structured clone (perf: copying arguments in and out was about half of a call's cost). No handles.
- */
-type RunArgs = [
-  string, string,
-  string | undefined, string | undefined, boolean,
-  string | undefined, string | undefined, boolean,
-];
-
-/** What a call returns: a RunOutcome as JSON, or null when the script returned a promise (fast path). */
-type WireOutcome = string | null;
-
 type KeptTail = [string | undefined, object | undefined, boolean, string | undefined, object | undefined, boolean];
-
-const json = (value: object | undefined): string | undefined => (value === undefined ? undefined : JSON.stringify(value));
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
@@ -135,11 +119,9 @@ export class IsolateSlot {
   readonly #options: SlotOptions;
   readonly #files = new Map<HookName, string>();
   #isolate!: ivm.Isolate;
-  // Typed by what the host passes; RuntimeHandle types what the isolate receives.
-  #run!: ivm.Reference<(...args: RunArgs) => WireOutcome | Promise<WireOutcome>>;
-  #runSync!: ivm.Reference<(...args: RunArgs) => WireOutcome>;
+  // The one way into the isolate for calls (a single call is a batch of one), and the two follow-ups.
+  #run!: ivm.Reference<RuntimeHandle['run']>;
   #settle!: ivm.Reference<RuntimeHandle['settle']>;
-  #runBatch!: ivm.Reference<RuntimeHandle['runBatch']>;
   #takeBatch!: ivm.Reference<RuntimeHandle['takeBatch']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
@@ -211,16 +193,25 @@ export class IsolateSlot {
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
-    const tail = this.#tail(shared);
-    try {
-      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail, timeoutMs);
-      this.#kept(shared, tail);
-      return result;
-    } catch (e) {
-      // A script error leaves the isolate keeping what it was sent; anything else may not have.
-      if (e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#kept(shared, tail);
-      throw e;
+    if (fastPathMs > 0) {
+      const [settled] = this.callBatch([{ hook, ctx, connectionId, shared }], fastPathMs);
+      if (settled !== undefined && typeof settled === 'object') {
+        if ('value' in settled) return { value: settled.value, overran: false };
+        if ('failure' in settled) throw settled.failure;
+        return { value: await settled.later, overran: false };
+      }
+      // Stopped at the budget ('overran'), or the entry failed otherwise ('alone'): run it on an isolate thread.
+      return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: settled === 'overran' };
     }
+    return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: false };
+  }
+
+  /** One call as it crosses, given what the isolate keeps; the isolate will keep what it is sent. */
+  #wire({ hook, ctx, shared }: BatchCall): CallWire {
+    const tail = this.#tail(shared);
+    this.#kept(shared, tail);
+    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
+    return [hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates];
   }
 
   /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
@@ -247,26 +238,22 @@ export class IsolateSlot {
    * by itself, as in call()), else first in a later batch; the calls after it never started.
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
-    const wire: BatchCallWire[] = [];
-    for (const { hook, ctx, shared } of calls) {
-      if (!this.#files.has(hook)) throw new Error(`no script for hook ${hook}`);
-      const tail = this.#tail(shared);
-      // The isolate will keep them as it runs the batch, before the next call needs them.
-      this.#kept(shared, tail);
-      const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-      wire.push([hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates]);
+    const wire: CallWire[] = [];
+    for (const c of calls) {
+      if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
+      wire.push(this.#wire(c)); // the isolate keeps them as it runs the batch, before the next call needs them
     }
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
     this.#current = run;
-    let entries: BatchEntry[];
+    let entries: EntryWire[];
     let stopped = false;
     let hooks = 0;
     for (const c of calls) hooks |= hookBit(c.hook);
     const cpuBefore = cpuTime(this.#isolate);
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
-      entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
+      entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false], { timeout: fastPathMs }));
     } catch (e) {
       this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
       // Which calls' facts the isolate took in is unknown now.
@@ -300,7 +287,7 @@ export class IsolateSlot {
       if (entry.outcome === null) {
         if (promised === 1) for (const line of run.held!) this.#tell(connectionId, file, line);
         // One call at a time on the isolate's thread: each waits for the one before.
-        const later = chain.then(() => this.#callOnIsolateThread(hook, file, connectionId, null, i));
+        const later = chain.then(() => this.#settleOnIsolateThread(hook, file, connectionId, i));
         chain = later.catch(() => {});
         return { later };
       }
@@ -315,13 +302,13 @@ export class IsolateSlot {
   }
 
   /** A batch's entries from the runtime's JSON; anything malformed fails the calls it should have answered. */
-  #entries(wire: unknown): BatchEntry[] {
+  #entries(wire: unknown): EntryWire[] {
     let parsed: unknown;
     try { parsed = typeof wire === 'string' ? JSON.parse(wire) : null; } catch { parsed = null; }
     if (!Array.isArray(parsed)) return [];
-    const entries: BatchEntry[] = [];
+    const entries: EntryWire[] = [];
     for (const entry of parsed as unknown[]) {
-      const { outcome, logs } = (entry ?? {}) as Partial<BatchEntry>;
+      const { outcome, logs } = (entry ?? {}) as Partial<EntryWire>;
       if (!Array.isArray(logs) || (outcome !== null && typeof outcome !== 'object')) break;
       entries.push({ outcome: outcome ?? null, logs: logs.map(String) });
     }
@@ -339,71 +326,56 @@ export class IsolateSlot {
     if (tail[4] !== undefined) this.#keptCertificates.add(shared.certificateKey);
   }
 
-  async #call(
-    hook: HookName, file: string, ctx: object, connectionId: string | null, fastPathMs: number, tail: KeptTail, timeoutMs: number,
-  ): Promise<{ value: unknown; overran: boolean }> {
-    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-    const args = (): RunArgs => [hook, JSON.stringify(ctx), key, json(connection), forget, certificateKey, json(certificate), forgetCertificates];
-    if (fastPathMs > 0) {
-      const run: CurrentRun = { connectionId, file, held: [] };
-      this.#current = run;
-      let outcome: WireOutcome;
-      const cpuBefore = cpuTime(this.#isolate);
-      runningCall.enter(this.#options.runningId ?? 0, hookBit(hook));
-      try {
-        outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs }) as WireOutcome;
-      } catch (e) {
-        runningCall.exit();
-        this.#current = null;
-        if (!isTimeout(e) || this.#isolate.isDisposed) {
-          this.#emit(run);
-          throw this.#callFailure(hook, file, e, timeoutMs);
-        }
-        this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
-        return { value: await this.#callOnIsolateThread(hook, file, connectionId, args, undefined, timeoutMs), overran: true };
-      }
-      runningCall.exit();
-      this.#current = null;
-      this.#emit(run);
-      if (outcome !== null) return { value: this.#result(hook, file, outcome), overran: false };
-      // The script returned a promise: wait for it where waiting does not block the event loop.
-      return { value: await this.#callOnIsolateThread(hook, file, connectionId, null, undefined, timeoutMs), overran: false };
-    }
-    return { value: await this.#callOnIsolateThread(hook, file, connectionId, args, undefined, timeoutMs), overran: false };
-  }
-
-  /** Log lines a fast-path attempt held back, now that the attempt counts. */
-  #emit(run: CurrentRun): void {
-    for (const line of run.held ?? []) this.#tell(run.connectionId, run.file, line);
-  }
-
-  /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */
+  /** Run one call on an isolate thread (a batch of one that waits for its promise there). */
   async #callOnIsolateThread(
-    hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null, settleIndex?: number, timeoutMs = this.#options.timeoutMs,
+    hook: HookName, file: string, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, timeoutMs: number,
   ): Promise<unknown> {
+    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared })]);
+    let wire: unknown;
+    try {
+      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
+    } catch (e) {
+      // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
+      this.#keptConnections.reset();
+      this.#keptCertificates.reset();
+      throw this.#callFailure(hook, file, e, timeoutMs);
+    }
+    const entry = this.#entries(wire)[0];
+    return this.#value(hook, file, entry?.outcome ?? null);
+  }
+
+  /** Wait on an isolate thread for the promise the fast-path call with `index` returned. */
+  async #settleOnIsolateThread(hook: HookName, file: string, connectionId: string | null, index: number): Promise<unknown> {
+    const { timeoutMs } = this.#options;
+    let wire: unknown;
+    try {
+      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#settle.apply(undefined, [index], { timeout: timeoutMs, result: { promise: true } }));
+    } catch (e) {
+      throw this.#callFailure(hook, file, e, timeoutMs);
+    }
+    return this.#result(hook, file, wire);
+  }
+
+  /**
+   * `enter()` on an isolate thread, with log lines told as they come. A returned promise that never
+   * settles leaves nothing running to time out: past watchdogDelay() the isolate is disposed (#cutOff).
+   */
+  async #onIsolateThread(file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
     this.#cutOff = false;
-    // A returned promise that never settles leaves nothing running to time out; only disposing ends it.
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
       abandon(this.#isolate);
     }, watchdogDelay(timeoutMs));
-    let outcome: WireOutcome;
     try {
-      const options = { timeout: timeoutMs, result: { promise: true } } as const;
-      outcome = (args
-        ? await this.#run.apply(undefined, args(), options)
-        : await this.#settle.apply(undefined, settleIndex === undefined ? [] : [settleIndex], options)) as WireOutcome;
-    } catch (e) {
-      throw this.#callFailure(hook, file, e, timeoutMs);
+      return await enter();
     } finally {
       clearTimeout(watchdog);
       this.#current = null;
     }
-    return this.#result(hook, file, outcome);
   }
 
-  #result(hook: HookName, file: string, wire: WireOutcome): unknown {
+  #result(hook: HookName, file: string, wire: unknown): unknown {
     let outcome: RunOutcome | null = null;
     try { outcome = typeof wire === 'string' ? JSON.parse(wire) as RunOutcome : null; } catch { /* reported below */ }
     return this.#value(hook, file, outcome);
@@ -433,7 +405,7 @@ export class IsolateSlot {
 
   /** Let go of the handles into the isolate now (see releaseAll). */
   #releaseHandles(): void {
-    releaseAll([this.#run, this.#runSync, this.#settle, this.#runBatch, this.#takeBatch, this.#register, this.#context]);
+    releaseAll([this.#run, this.#settle, this.#takeBatch, this.#register, this.#context]);
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
@@ -450,9 +422,7 @@ export class IsolateSlot {
     const callbacks = hostCallbacks(host, () => this.#current);
     const runtime = await this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } }) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
-    this.#runSync = await runtime.get('runSync', { reference: true });
     this.#settle = await runtime.get('settle', { reference: true });
-    this.#runBatch = await runtime.get('runBatch', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
     this.#register = await runtime.get('register', { reference: true });
     runtime.release();
