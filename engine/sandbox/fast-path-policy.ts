@@ -19,6 +19,11 @@ export const OVERRUNS_TO_SLOW = 3;
 export const OVERRUN_WINDOW_MS = 30_000;
 /** An attempt counts as using up the budget when the isolate's CPU time for it is at least this share. */
 const CPU_SHARE = 0.75;
+/**
+ * An attempt that held the thread this many times its budget was stuck in a builtin that V8 does not
+ * interrupt (a huge BigInt to string, a search over a huge sparse array): one is enough to make the hook slow.
+ */
+export const HELD_FACTOR = 10;
 
 export interface FastPathStats {
   /** Calls started on the event-loop thread. */
@@ -74,10 +79,13 @@ export class FastPathPolicy {
     const recent = (this.#overrunsAt.get(hook) ?? []).filter((t) => now - t < OVERRUN_WINDOW_MS);
     recent.push(now);
     this.#overrunsAt.set(hook, recent);
-    if (recent.length < OVERRUNS_TO_SLOW || this.#slowUntil.has(hook)) return;
+    const held = cpuMs >= this.budgetMs * HELD_FACTOR;
+    if ((recent.length < OVERRUNS_TO_SLOW && !held) || this.#slowUntil.has(hook)) return;
     this.#overrunsAt.delete(hook);
     this.#slowUntil.set(hook, now + SLOW_HOOK_MS);
-    this.#warn(hook, `${OVERRUNS_TO_SLOW} ${hook} calls within ${OVERRUN_WINDOW_MS / 1000} s used up the ${this.budgetMs} ms fast path ` +
-      `and were run again on an isolate thread; ${hook} calls go straight there for the next ${SLOW_HOOK_MS / 1000} s`);
+    const why = held
+      ? `a ${hook} call held the event loop for ${Math.round(cpuMs)} ms, past the ${this.budgetMs} ms fast path (a step V8 does not interrupt)`
+      : `${OVERRUNS_TO_SLOW} ${hook} calls within ${OVERRUN_WINDOW_MS / 1000} s used up the ${this.budgetMs} ms fast path and were run again on an isolate thread`;
+    this.#warn(hook, `${why}; ${hook} calls go straight to an isolate thread for the next ${SLOW_HOOK_MS / 1000} s`);
   }
 }
