@@ -4,6 +4,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
@@ -92,3 +94,58 @@ for (const local of ['hang', 'huge', 'deep', 'proxy', 'getter', 'primitive', 'as
     await hostile.quit();
   });
 }
+
+test('clients of a server whose script got stuck in an uninterruptible builtin (twice) get 451 for it and are served otherwise', async () => {
+  // In a child process: such a process cannot exit normally afterwards, so it is killed.
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./helpers/stuck-server.ts', import.meta.url))],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+  try {
+    const lines: Array<Record<string, unknown>> = [];
+    let waiters: Array<() => void> = [];
+    let buffered = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buffered += d.toString();
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        lines.push(JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>);
+        buffered = buffered.slice(nl + 1);
+        for (const w of waiters.splice(0)) w();
+      }
+    });
+    const line = async (key: string): Promise<unknown> => {
+      for (;;) {
+        const found = lines.find((l) => key in l);
+        if (found) return found[key];
+        await new Promise<void>((resolve) => waiters.push(resolve));
+      }
+    };
+    const port = await line('port') as number;
+    const session = async (): Promise<SmtpTestClient> => {
+      const c = await SmtpTestClient.connect(port);
+      await c.hello({ name: 'client.example' });
+      assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+      return c;
+    };
+    const verdicts = async (): Promise<string[]> => {
+      const c = await session();
+      try {
+        return [(await c.command('RCPT TO:<bob@example.com>')).text.slice(0, 3), (await c.command('RCPT TO:<nobody@example.com>')).text];
+      } finally {
+        await c.quit();
+      }
+    };
+    const expected = ['250', '550 5.1.1 No such user'];
+    for (let round = 1; round <= 2; round++) {
+      const stuck = await session();
+      const reply = stuck.command('RCPT TO:<stuck@example.com>', 20_000);
+      assert.deepEqual(await verdicts(), expected, `round ${round}: another client meanwhile`);
+      assert.equal((await reply).text, FAIL_CLOSED, `round ${round}: the stuck call fails closed`);
+      assert.deepEqual(await verdicts(), expected, `round ${round}: another client after`);
+      await stuck.quit();
+    }
+    assert.match(String(await line('unrecoverable')), /Script failed to terminate/);
+    assert.deepEqual(await verdicts(), expected, 'still serving after the unrecoverable signal');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
