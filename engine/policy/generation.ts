@@ -57,7 +57,7 @@ export class PolicyGeneration {
           fastPathMs: config.sandbox.fastPathMs,
           host: {
             lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
-            log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error', message: string) => log[level]({ cid, script: file }, message),
+            log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
           },
         }));
       }

@@ -5,7 +5,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import ivm from 'isolated-vm';
 
-export type LogLevel = 'info' | 'warn' | 'error';
+export type LogLevel = 'info' | 'warn' | 'error' | 'fatal';
 
 /** What the sandbox needs from the server. Both functions are called synchronously from scripts. */
 export interface HostBridge {
@@ -25,7 +25,14 @@ export interface CurrentRun {
 const HMAC_ALGORITHMS = new Set(['sha1', 'sha256', 'sha512', 'md5']);
 const MAX_LOG = 16384; // the runtime already truncates; this guards the host if it is bypassed
 
-const digest = (algorithm: string) => (data: unknown): string => createHash(algorithm).update(String(data)).digest('hex');
+/** As the runtime's limit (isolate-runtime.ts): hashing holds the event loop. Checked here too in case it is bypassed. */
+const MAX_HASH_INPUT = 1 << 20;
+const bounded = (data: unknown): string => {
+  const text = String(data);
+  if (text.length > MAX_HASH_INPUT) throw new RangeError(`hash input longer than ${MAX_HASH_INPUT} characters`);
+  return text;
+};
+const digest = (algorithm: string) => (data: unknown): string => createHash(algorithm).update(bounded(data)).digest('hex');
 
 /**
  * The Callbacks passed to installRuntime, in its parameter order. Arguments arrive as copies; only
@@ -36,7 +43,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
   const hmac = (algorithm: unknown, key: unknown, data: unknown): string => {
     const alg = String(algorithm);
     if (!HMAC_ALGORITHMS.has(alg)) throw new TypeError(`hmac(): unsupported algorithm ${alg}`);
-    return createHmac(alg, String(key)).update(String(data)).digest('hex');
+    return createHmac(alg, bounded(key)).update(bounded(data)).digest('hex');
   };
   const lookup = (table: unknown, key: unknown): string | null => {
     const value = host.lookup(String(table), String(key));

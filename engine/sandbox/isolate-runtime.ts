@@ -19,65 +19,46 @@ export type RunOutcome =
   | { ok: true; value: unknown }
   | { ok: false; error: { name: string; message: string; stack: string } };
 
-/**
- * How `ctx.connection` reaches a call: the connection as JSON (when sent) and its key (to keep it, or to
- * find it kept); the client certificate's key and the certificate as JSON (when sent; it is then left
- * out of the connection). A `forget` flag drops everything kept of that kind first.
- */
-export type KeptArgs = [
-  connectionKey?: string, connection?: string, connectionForget?: boolean,
-  certificateKey?: string, certificate?: string, certificateForget?: boolean,
-];
-
-/** The same, parsed (a batch arrives as one JSON text; see BatchCallWire). */
+/** How `ctx.connection` reaches a call, parsed from a CallWire. */
 interface Kept {
   connectionKey?: string; connection?: unknown; connectionForget?: boolean;
   certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
 }
 
 /**
- * One call of a batch, as an element of the JSON array runBatch() takes: the hook, its context (without
- * `connection`) and the kept facts as in KeptArgs, with the connection and certificate as values, not JSON.
+ * What crosses into an isolate: the calls of one entry, as the JSON text of a CallWire array (one string
+ * crosses as one copy, and JSON.parse in the isolate costs less than isolated-vm's structured clone; no
+ * handles). A single call is a batch of one. Each call: the hook, its context without `connection`, and
+ * `ctx.connection` apart — given, and kept under its key for later calls, or found kept under its key
+ * (null); likewise its client certificate. A `forget` flag drops everything kept of that kind first.
  */
-export type BatchCallWire = [
+export type CallWire = [
   hook: string, ctx: unknown,
   connectionKey: string | null, connection: unknown, connectionForget: boolean,
   certificateKey: string | null, certificate: unknown, certificateForget: boolean,
 ];
 
 /**
- * What one call of a batch produced: its outcome, or null when the script returned a promise (kept for
- * settle() under the call's index), and the lines it logged while it ran (they leave with the outcome).
+ * What crosses out, per call, in a JSON array: its outcome, or null when the script returned a promise
+ * that the caller did not wait for (kept for settle() under the call's index), and the lines it logged
+ * (when they were collected rather than told as they came).
  */
-export interface BatchEntry { outcome: RunOutcome | null; logs: string[] }
+export interface EntryWire { outcome: RunOutcome | null; logs: string[] }
 
-/** Calls cross as JSON text both ways (see RunArgs in isolate-slot.ts): outcomes are RunOutcome as JSON. */
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /**
-   * Call a hook with its context (JSON, without `connection`); resolves (never rejects) with the
-   * outcome. `ctx.connection` comes separately (see KeptArgs): given, or kept from an earlier call under
-   * its key; its certificate likewise.
+   * Run the calls (JSON of CallWire[]) one after another; their entries as JSON of EntryWire[]. On the
+   * event-loop thread (`wait` false) log lines are collected into the entries and a returned promise is
+   * kept for settle(); each entry is also recorded as its call ends, for takeBatch(). On an isolate thread
+   * (`wait` true) log lines are told as they come and the promises are waited for here.
    */
-  run(hook: string, ctx: string, ...kept: KeptArgs): string | Promise<string>;
-  /**
-   * Call a hook for a synchronous caller: the outcome, or `null` when the script returned a promise,
-   * which is kept for `settle()`.
-   */
-  runSync(hook: string, ctx: string, ...kept: KeptArgs): string | null;
-  /**
-   * Run each call of a batch (a JSON array of BatchCallWire) in turn; a BatchEntry per call, as a JSON
-   * array. Each entry is also recorded as its call ends, for takeBatch().
-   */
-  runBatch(calls: string): string;
-  /** After a batch was stopped (its time limit): the entries of the calls that had ended, as JSON. */
+  run(calls: string, wait: boolean): string | Promise<string>;
+  /** After a run was stopped (its time limit): the entries of the calls that had ended, as JSON. */
   takeBatch(): string;
-  /**
-   * The outcome of a promise a call returned (and forget it): the last runSync()'s without an index,
-   * else that of the batch call with that index.
-   */
-  settle(index?: number): Promise<string>;
+  /** The outcome (RunOutcome JSON) of the promise the call with that index returned in the last run. */
+  settle(index: number): Promise<string>;
 }
 
 export function installRuntime(
@@ -85,23 +66,49 @@ export function installRuntime(
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
-  // break its own results, never the runner.
+  // break its own results, never the runner. The runner itself uses no prototype method, iterator,
+  // spread into arrays or assignment to an object a script could have set up (see containment in
+  // docs/scripts.md): what crosses is built as JSON text here, by string concatenation.
   const { defineProperty, getPrototypeOf, keys, create, hasOwn, freeze, isFrozen } = Object;
   const ObjectProto = Object.prototype;
   const isArray = Array.isArray;
-  const apply = Reflect.apply;
   const stringify = JSON.stringify;
   const parse = JSON.parse;
   const PromiseCtor = Promise;
-  const promiseResolve = Promise.resolve;
-  const promiseThen = Promise.prototype.then;
+  const PromiseProto = Promise.prototype;
   const ErrorCtor = Error;
   const TypeErrorCtor = TypeError;
   const StringCtor = String;
+  const apply = Reflect.apply;
+  const slice = String.prototype.slice;
   const MAX_LOG = 8192;
+  const MAX_LOG_LINES = 1000;
   const MAX_DEPTH = 32;
+  /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
+  const MAX_RESULT = 65536;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
-  let collected: string[] | null = null;
+  let collected: Record<number, string> | null = null;
+  let collectedCount = 0;
+  let loggedCount = 0;
+
+  // What V8 itself consults while it settles promises and formats stacks, for every script alike: one
+  // script must not be able to change how another's promise resolves (a `then` on Object.prototype makes
+  // every returned verdict object a thenable) or how its error reads. Promise and its prototype are
+  // frozen; `then` on Object.prototype and Array.prototype reads as undefined, and assigning it to an
+  // object makes an own property, as it would have.
+  freeze(PromiseProto);
+  freeze(PromiseCtor);
+  const thenlessProto = (proto: object): void => {
+    defineProperty(proto, 'then', {
+      get: () => undefined,
+      set(this: object, value: unknown) { defineProperty(this, 'then', { value, writable: true, enumerable: true, configurable: true }); },
+      enumerable: false, configurable: false,
+    });
+  };
+  thenlessProto(ObjectProto);
+  thenlessProto(Array.prototype);
+  defineProperty(ErrorCtor, 'prepareStackTrace', { value: undefined, writable: false, enumerable: false, configurable: false });
+  defineProperty(ErrorCtor, 'stackTraceLimit', { value: 10, writable: false, enumerable: false, configurable: false });
 
   // Not needed by policy scripts, and each can run code or block outside a call's time limit:
   // finalizers and WebAssembly compilation complete later, Atomics.wait blocks. V8's console is a no-op.
@@ -130,17 +137,36 @@ export function installRuntime(
     const out: Record<string, unknown> = {};
     if (value === undefined) return out;
     if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): options must be an object`);
-    for (const key of keys(value as object)) {
+    const own = keys(value as object);
+    for (let i = 0; i < own.length; i++) {
+      const key = own[i]!;
       const v = (value as Record<string, unknown>)[key];
       if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
       if (v === undefined) continue;
       if (!allowed[key]!(v)) fail(`${fn}(): invalid ${key} ${formatValue(v)}`);
-      out[key] = v;
+      defineProperty(out, key, { value: v, writable: true, enumerable: true, configurable: true }); // no inherited setter runs
     }
     return out;
   };
   const replyCode = (lo: number) => (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= lo && v <= lo + 99;
-  const enhanced = (cls: string) => (v: unknown): boolean => isString(v) && new RegExp(`^${cls}\\.\\d{1,3}\\.\\d{1,3}$`).test(v);
+  // `<cls>.<1-3 digits>.<1-3 digits>`, checked by hand: RegExp methods are a script's to patch.
+  const enhanced = (cls: string) => (v: unknown): boolean => {
+    if (!isString(v) || v[0] !== cls || v[1] !== '.') return false;
+    let digits = 0;
+    let dots = 1;
+    for (let i = 2; i < v.length; i++) {
+      const c = v[i]!;
+      if (c === '.') {
+        if (digits === 0 || ++dots > 2) return false;
+        digits = 0;
+      } else if (c >= '0' && c <= '9') {
+        if (++digits > 3) return false;
+      } else {
+        return false;
+      }
+    }
+    return dots === 2 && digits > 0;
+  };
   const isBool = (v: unknown): boolean => typeof v === 'boolean';
   const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
   const isTls = (v: unknown): boolean => {
@@ -157,13 +183,14 @@ export function installRuntime(
     if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
     if (typeof value === 'bigint') return `${value}n`;
     if (value === undefined || typeof value === 'symbol') return StringCtor(value);
-    const seen: unknown[] = [];
+    const seen: Record<number, unknown> = create(null);
+    let seenCount = 0;
     try {
       return stringify(value, (_key, v: unknown) => {
         if (typeof v === 'bigint') return `${v}n`;
         if (v !== null && typeof v === 'object') {
-          if (seen.includes(v)) return '[circular]';
-          seen.push(v);
+          for (let i = 0; i < seenCount; i++) if (seen[i] === v) return '[circular]';
+          seen[seenCount++] = v;
         }
         return v;
       }) ?? StringCtor(value);
@@ -172,15 +199,24 @@ export function installRuntime(
     }
   }
 
+  // Hashing runs on the server's event-loop thread, which waits for it (perf: a 10 MB string held it for
+  // tens of ms per call): one call of a helper hashes at most this much.
+  const MAX_HASH_INPUT = 1 << 20;
+  function hashInput(fn: string, data: unknown, extra = 0): string {
+    const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
+    if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
+    return value;
+  }
   const helpers = {
-    sha1: (data: unknown): string => hostSha1(text('sha1', 'data', data) ?? fail('sha1(): data is required')),
-    sha256: (data: unknown): string => hostSha256(text('sha256', 'data', data) ?? fail('sha256(): data is required')),
-    md5: (data: unknown): string => hostMd5(text('md5', 'data', data) ?? fail('md5(): data is required')),
+    sha1: (data: unknown): string => hostSha1(hashInput('sha1', data)),
+    sha256: (data: unknown): string => hostSha256(hashInput('sha256', data)),
+    md5: (data: unknown): string => hostMd5(hashInput('md5', data)),
     hmac(algorithm: unknown, key: unknown, data: unknown): string {
       if (algorithm !== 'sha1' && algorithm !== 'sha256' && algorithm !== 'sha512' && algorithm !== 'md5') {
         fail(`hmac(): algorithm must be sha1, sha256, sha512 or md5, not ${formatValue(algorithm)}`);
       }
       if (!isString(key) || !isString(data)) fail('hmac(): key and data must be strings');
+      if ((key as string).length + (data as string).length > MAX_HASH_INPUT) hashInput('hmac', data, (key as string).length);
       return hostHmac(algorithm as string, key as string, data as string);
     },
     lookup(table: unknown, key: unknown): string | null {
@@ -199,9 +235,12 @@ export function installRuntime(
     log(...args: unknown[]): void {
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
-      line = line.length > MAX_LOG ? `${line.slice(0, MAX_LOG)}… (${line.length - MAX_LOG} more characters)` : line;
+      line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
+      // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
+      if (++loggedCount > MAX_LOG_LINES) return;
+      if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;
       if (collected === null) hostLog(line);
-      else collected[collected.length] = line;
+      else collected[collectedCount++] = line;
     },
     accept: (opts?: unknown) => ({
       verdict: 'accept',
@@ -226,66 +265,98 @@ export function installRuntime(
     defineProperty(globalThis, name, { value: helpers[name as keyof typeof helpers], writable: false, enumerable: false, configurable: false });
   }
 
-  // A return value leaves the isolate as a fresh copy built here, so getters, proxies and class
-  // instances never reach the structured clone, and a function is reported by where it was found.
-  class NotPlain extends ErrorCtor {}
-  function toPlain(value: unknown, path: string, stack: unknown[]): unknown {
+  // A return value leaves the isolate as JSON text built here, from its own enumerable data only: no
+  // toJSON, getter on a prototype, proxy or patched JSON can change what another call returns, and a
+  // function or class instance is reported by where it was found.
+  const ErrorProto = ErrorCtor.prototype;
+  const quote = (s: string): string => stringify(s) as string; // a primitive string: no toJSON is consulted
+  let notPlain: unknown = null; // the NotPlain error thrown last (instanceof would consult Symbol.hasInstance)
+  const NotPlain = (message: string): unknown => (notPlain = new TypeErrorCtor(message));
+  function isError(value: unknown): boolean {
+    let proto: unknown = value;
+    for (let i = 0; i < 16 && proto !== null && typeof proto === 'object'; i++) {
+      proto = getPrototypeOf(proto);
+      if (proto === ErrorProto) return true;
+    }
+    return false;
+  }
+  /** The JSON text of a return value, or undefined for undefined (as JSON.stringify would leave it out). */
+  function encode(value: unknown, path: string, stack: Record<number, unknown>, depth: number): string | undefined {
     switch (typeof value) {
-      case 'undefined': case 'boolean': case 'number': case 'string':
-        return value;
+      case 'undefined': return undefined;
+      case 'boolean': return value ? 'true' : 'false';
+      case 'number': return value === value && value !== Infinity && value !== -Infinity ? `${value}` : 'null';
+      case 'string': return quote(value);
       case 'object': {
-        if (value === null) return null;
-        if (stack.length >= MAX_DEPTH) throw new NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
-        for (let i = 0; i < stack.length; i++) if (stack[i] === value) throw new NotPlain(`return value has a circular reference at ${path}`);
-        stack.push(value);
-        let out: Record<string, unknown> | unknown[];
+        if (value === null) return 'null';
+        if (depth >= MAX_DEPTH) throw NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
+        for (let i = 0; i < depth; i++) if (stack[i] === value) throw NotPlain(`return value has a circular reference at ${path}`);
+        stack[depth] = value;
+        let out: string;
         if (isArray(value)) {
-          out = [];
-          for (let i = 0; i < value.length; i++) out[i] = toPlain(value[i], `${path}[${i}]`, stack);
+          out = '[';
+          const length = (value as unknown[]).length;
+          for (let i = 0; i < length; i++) {
+            out += (i ? ',' : '') + (encode((value as unknown[])[i], `${path}[${i}]`, stack, depth + 1) ?? 'null');
+            if (out.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
+          }
+          out += ']';
         } else {
           const proto = getPrototypeOf(value);
           if (proto !== ObjectProto && proto !== null) {
-            const kind = typeof proto?.constructor === 'function' ? proto.constructor.name : 'non-plain';
-            throw new NotPlain(`return value cannot be copied out of the sandbox: ${kind || 'class'} object at ${path} (only plain objects, arrays, strings, numbers, booleans and null)`);
+            let kind = 'non-plain';
+            try { kind = StringCtor((proto as { constructor?: { name?: unknown } }).constructor?.name || 'class'); } catch { /* keep it vague */ }
+            throw NotPlain(`return value cannot be copied out of the sandbox: ${kind} object at ${path} (only plain objects, arrays, strings, numbers, booleans and null)`);
           }
-          out = {};
-          for (const key of keys(value)) {
-            defineProperty(out, key, { value: toPlain((value as Record<string, unknown>)[key], `${path}.${key}`, stack), enumerable: true, writable: true, configurable: true });
+          out = '{';
+          const own = keys(value);
+          for (let i = 0; i < own.length; i++) {
+            const key = own[i]!;
+            const text = encode((value as Record<string, unknown>)[key], `${path}.${key}`, stack, depth + 1);
+            if (text === undefined) continue;
+            out += (out.length > 1 ? ',' : '') + quote(key) + ':' + text;
+            if (out.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
           }
+          out += '}';
         }
-        stack.pop();
+        stack[depth] = undefined;
         return out;
       }
       default:
-        throw new NotPlain(`return value cannot be copied out of the sandbox: ${typeof value} at ${path} (${formatValue(value)})`);
+        throw NotPlain(`return value cannot be copied out of the sandbox: ${typeof value} at ${path} (${formatValue(value)})`);
     }
   }
 
-  function failed(error: unknown): RunOutcome {
+  /** A failed outcome as JSON (see RunOutcome). */
+  const failure = (name: string, message: string, stack: string): string =>
+    '{"ok":false,"error":{"name":' + quote(name) + ',"message":' + quote(message) + ',"stack":' + quote(stack) + '}}';
+
+  function failed(error: unknown): string {
     try {
-      if (error instanceof NotPlain) return { ok: false, error: { name: 'TypeError', message: StringCtor(error.message), stack: '' } };
-      if (error instanceof ErrorCtor) {
-        const stack = error.stack;
-        return { ok: false, error: { name: StringCtor(error.name), message: StringCtor(error.message), stack: isString(stack) ? stack : '' } };
+      if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
+      if (isError(error)) {
+        const { name, message, stack } = error as Error;
+        return failure(StringCtor(name), StringCtor(message), isString(stack) ? stack : '');
       }
-      return { ok: false, error: { name: '', message: `threw a value that is not an Error: ${formatValue(error)}`, stack: '' } };
+      return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {
-      return { ok: false, error: { name: 'Error', message: 'threw an exception that cannot be described', stack: '' } };
+      return failure('Error', 'threw an exception that cannot be described', '');
     }
   }
 
-  function succeeded(value: unknown): RunOutcome {
+  function succeeded(value: unknown): string {
     try {
-      return { ok: true, value: toPlain(value, 'result', []) };
+      const text = encode(value, 'result', create(null), 0);
+      return text === undefined ? '{"ok":true}' : '{"ok":true,"value":' + text + '}';
     } catch (error) {
       return failed(error);
     }
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
-  // Promises calls returned, as the runner's own promises of their outcomes: the last runSync()'s under
-  // -1, a batch's under each call's index.
-  let pendings: Record<number, Promise<RunOutcome>> = create(null);
+  // Promises the calls of the last run returned, as the runner's own promises of their outcomes (JSON),
+  // under each call's index.
+  let pendings: Record<number, Promise<string>> = create(null);
   // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
   // and client certificates (the same for every connection from that device).
   let connections: Record<string, unknown> = create(null);
@@ -293,9 +364,13 @@ export function installRuntime(
   const deepFreeze = (value: unknown): unknown => {
     if (value !== null && typeof value === 'object' && !isFrozen(value)) {
       freeze(value);
-      for (const key of keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+      const own = keys(value);
+      for (let i = 0; i < own.length; i++) deepFreeze((value as Record<string, unknown>)[own[i]!]);
     }
     return value;
+  };
+  const define = (target: object, key: string, value: unknown): void => {
+    defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true });
   };
   /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
   function assemble(ctx: unknown, kept: Kept): unknown {
@@ -304,7 +379,7 @@ export function installRuntime(
     if (kept.connectionForget) connections = create(null);
     let connection = kept.connection;
     if (connection !== null && typeof connection === 'object') {
-      if (kept.certificateKey !== undefined) (connection as Record<string, unknown>).clientCertificate = certificates[kept.certificateKey];
+      if (kept.certificateKey !== undefined) define(connection, 'clientCertificate', certificates[kept.certificateKey]);
       deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
       if (kept.connectionKey !== undefined) connections[kept.connectionKey] = connection;
     } else if (kept.connectionKey !== undefined) {
@@ -312,17 +387,25 @@ export function installRuntime(
     } else {
       return ctx;
     }
-    const full: Record<string, unknown> = { connection };
-    for (const k of keys(ctx as object)) full[k] = (ctx as Record<string, unknown>)[k];
-    return full;
+    // A literal and an object spread define their properties: no setter on Object.prototype is called.
+    return { connection, ...(ctx as object) };
   }
-  /** Run one call; its outcome, or null when the script returned a promise (kept under `index`). */
-  function call(hook: string, ctx: unknown, kept: Kept, index: number): RunOutcome | null {
+  /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
+  async function settled(result: Promise<unknown>): Promise<string> {
+    try {
+      return succeeded(await result);
+    } catch (error) {
+      return failed(error);
+    }
+  }
+  /** Run one call; its outcome as JSON, or null when the script returned a promise (kept under `index`). */
+  function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
+    loggedCount = 0;
     try {
       const result = hooks[hook]!(assemble(ctx, kept));
-      if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof (result as { then?: unknown }).then === 'function') {
-        const promise = apply(promiseResolve, PromiseCtor, [result]) as Promise<unknown>;
-        pendings[index] = apply(promiseThen, promise, [succeeded, failed]) as Promise<RunOutcome>;
+      // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
+      if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
+        pendings[index] = settled(result as Promise<unknown>);
         return null;
       }
       return succeeded(result);
@@ -330,75 +413,73 @@ export function installRuntime(
       return failed(error);
     }
   }
-  function callSync(hook: string, ctxJson: string, tail: KeptArgs): RunOutcome | null {
-    pendings = create(null);
-    collected = null; // left set only if a batch was stopped and never taken
-    const [connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = tail;
-    let ctx: unknown;
-    let kept: Kept;
-    try {
-      ctx = parse(ctxJson);
-      kept = {
-        connectionKey, connection: connection === undefined ? undefined : parse(connection), connectionForget,
-        certificateKey, certificate: certificate === undefined ? undefined : parse(certificate), certificateForget,
-      };
-    } catch (error) {
-      return failed(error);
-    }
-    return call(hook, ctx, kept, -1);
-  }
-  // toPlain() has made every outcome plain data, so stringify cannot throw or drop anything but undefined.
-  const wire = (outcome: RunOutcome): string => stringify(outcome);
-  const wirePending = (index: number): Promise<string> => {
-    let promise = pendings[index];
+  const pending = (index: number): Promise<string> => {
+    const promise = pendings[index];
     delete pendings[index];
-    promise ??= apply(promiseResolve, PromiseCtor, [failed(new ErrorCtor('no pending call'))]) as Promise<RunOutcome>;
-    return apply(promiseThen, promise, [wire]) as Promise<string>;
+    return promise ?? settled(PromiseCtor.reject(new ErrorCtor('no pending call')));
   };
-  // The entries of the batch running now, recorded as each call ends (see takeBatch()).
-  let batchDone: BatchEntry[] = [];
+  // The entries of the run going on, as EntryWire JSON texts, recorded as each call ends (see takeBatch()).
+  let batchDone: Record<number, string> = create(null);
+  let batchCount = 0;
   const takeBatch = (): string => {
     collected = null;
-    const done = stringify(batchDone);
-    batchDone = [];
-    return done;
+    let done = '[';
+    for (let i = 0; i < batchCount; i++) done += (i ? ',' : '') + batchDone[i]!;
+    batchDone = create(null);
+    batchCount = 0;
+    return done + ']';
   };
+  const entry = (outcome: string | null, logs: string): string => '{"outcome":' + (outcome ?? 'null') + ',"logs":' + logs + '}';
+  /** The entries of a run on an isolate thread, once every promise its calls returned has settled. */
+  async function settledEntries(outcomes: Record<number, string | null>, count: number): Promise<string> {
+    let done = '[';
+    for (let i = 0; i < count; i++) done += (i ? ',' : '') + entry(outcomes[i] ?? await pending(i), '[]');
+    return done + ']';
+  }
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(hook, ctx, ...tail) {
-      const outcome = callSync(hook, ctx, tail);
-      return outcome === null ? wirePending(-1) : wire(outcome);
-    },
-    runSync(hook, ctx, ...tail) {
-      const outcome = callSync(hook, ctx, tail);
-      return outcome === null ? null : wire(outcome);
-    },
-    runBatch(callsJson) {
+    run(callsJson, wait) {
       pendings = create(null);
-      batchDone = [];
-      const calls = parse(callsJson) as BatchCallWire[];
+      batchDone = create(null);
+      batchCount = 0;
+      collected = null;
+      const calls = parse(callsJson) as CallWire[];
+      const outcomes: Record<number, string | null> = create(null);
+      let promised = false;
       for (let i = 0; i < calls.length; i++) {
-        const [hook, ctx, connectionKey, connection, connectionForget, certificateKey, certificate, certificateForget] = calls[i]!;
-        const logs: string[] = [];
-        collected = logs;
-        let outcome: RunOutcome | null;
+        const c = calls[i]!;
+        const logs: Record<number, string> = create(null);
+        collected = wait ? null : logs;
+        collectedCount = 0;
+        let outcome: string | null;
         try {
-          outcome = call(hook, ctx, {
-            connectionKey: connectionKey ?? undefined, connection: connection ?? undefined, connectionForget,
-            certificateKey: certificateKey ?? undefined, certificate: certificate ?? undefined, certificateForget,
+          outcome = call(c[0], c[1], {
+            connectionKey: c[2] ?? undefined, connection: c[3] ?? undefined, connectionForget: c[4],
+            certificateKey: c[5] ?? undefined, certificate: c[6] ?? undefined, certificateForget: c[7],
           }, i);
         } finally {
           collected = null;
         }
-        batchDone[i] = { outcome, logs };
+        if (wait) {
+          outcomes[i] = outcome;
+          if (outcome === null) promised = true;
+          continue;
+        }
+        let lines = '[';
+        for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
+        batchDone[batchCount++] = entry(outcome, lines + ']');
       }
-      return takeBatch();
+      if (!wait) return takeBatch();
+      if (promised) return settledEntries(outcomes, calls.length);
+      let done = '[';
+      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i]!, '[]');
+      return done + ']';
     },
     takeBatch,
-    settle(index = -1) {
-      return wirePending(index);
+    settle(index) {
+      return pending(index);
     },
   };
 }

@@ -2,56 +2,40 @@
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
  * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
  */
-import './no-wasm-code-gc.ts';
-import ivm from 'isolated-vm';
+import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
-import { installRuntime, type BatchCallWire, type BatchEntry, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { installRuntime, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
+import { hookBit, runningCall } from './running-call.ts';
+import { reportUnrecoverable } from './unrecoverable.ts';
+import { NeverSettled, abandon, cpuTime, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
   memoryLimitMb: number;
   host: HostBridge;
+  /** The sandbox's id in the running-call table (see running-call.ts); 0: none. */
+  runningId?: number;
 }
 
 const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5);`;
-const MEMORY_LOST = /memory limit/i;
-const TIMED_OUT = /execution timed out/i;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
 
 /**
- * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
- * process may exit. (Exits must also be process.exit(): a natural exit tears V8's heap down, where
- * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.)
+ * How long past its time limit a top level may take before the load gives up on it and abandons the
+ * isolate: a V8 builtin that does not check for interrupts (Array(2**32-1).lastIndexOf(1)) outlasts the
+ * limit, and isolated-vm's promise then never settles.
  */
-export const TEARDOWN_GRACE_MS = 250;
+export const LOAD_SLACK_MS = 500;
 
-export function teardownGrace(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
-}
-
-/**
- * What the runtime's run() and runSync() take (see KeptArgs): only strings and booleans, the objects as
- * JSON. A string crosses as one copy, and JSON.parse in the isolate costs less than isolated-vm's
- * structured clone (perf: copying arguments in and out was about half of a call's cost). No handles.
- */
-type RunArgs = [
-  string, string,
-  string | undefined, string | undefined, boolean,
-  string | undefined, string | undefined, boolean,
-];
-
-/** What a call returns: a RunOutcome as JSON, or null when the script returned a promise (fast path). */
-type WireOutcome = string | null;
+export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
 type KeptTail = [string | undefined, object | undefined, boolean, string | undefined, object | undefined, boolean];
-
-const json = (value: object | undefined): string | undefined => (value === undefined ? undefined : JSON.stringify(value));
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
@@ -123,18 +107,21 @@ export type BatchSettled =
   | { later: Promise<unknown> }
   | 'overran' | 'again' | 'alone';
 
-/** Beyond the in-isolate time limit, how long before a call that never settles is cut off. */
-const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + Math.max(250, callTimeoutMs);
+/**
+ * Beyond the in-isolate time limit, how long before a call that never settles (a returned promise nobody
+ * resolves) is cut off by disposing its isolate. Less than the sandbox's DEADLINE_SLACK_MS, so that this
+ * cut-off, which says why, comes first.
+ */
+const NEVER_SETTLED_SLACK_MS = 250;
+const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
 
 export class IsolateSlot {
   readonly #options: SlotOptions;
   readonly #files = new Map<HookName, string>();
   #isolate!: ivm.Isolate;
-  // Typed by what the host passes; RuntimeHandle types what the isolate receives.
-  #run!: ivm.Reference<(...args: RunArgs) => WireOutcome | Promise<WireOutcome>>;
-  #runSync!: ivm.Reference<(...args: RunArgs) => WireOutcome>;
+  // The one way into the isolate for calls (a single call is a batch of one), and the two follow-ups.
+  #run!: ivm.Reference<RuntimeHandle['run']>;
   #settle!: ivm.Reference<RuntimeHandle['settle']>;
-  #runBatch!: ivm.Reference<RuntimeHandle['runBatch']>;
   #takeBatch!: ivm.Reference<RuntimeHandle['takeBatch']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
@@ -143,6 +130,8 @@ export class IsolateSlot {
   readonly #keptCertificates = new KeptKeys();
   #disposedByUs = false;
   #cutOff = false;
+  /** CPU time (ms) the isolate spent on the last fast-path entry that was stopped at its budget. */
+  #stoppedCpuMs = 0;
 
   private constructor(options: SlotOptions) {
     this.#options = options;
@@ -171,6 +160,11 @@ export class IsolateSlot {
     return { slot, errors };
   }
 
+  /** CPU time the isolate spent on the last fast-path attempt that its budget stopped (see FastPathPolicy). */
+  get stoppedCpuMs(): number {
+    return this.#stoppedCpuMs;
+  }
+
   /** True once the isolate is gone (memory limit, watchdog, dispose): the slot must be replaced. */
   get lost(): boolean {
     return this.#isolate.isDisposed;
@@ -179,7 +173,8 @@ export class IsolateSlot {
   async heapUsed(): Promise<number | null> {
     if (this.lost) return null;
     try {
-      return (await this.#isolate.getHeapStatistics()).used_heap_size;
+      // Answered on the isolate's thread, after the call running there: never, when that call is stuck.
+      return (await settledWithin(this.#isolate.getHeapStatistics(), 1000)).used_heap_size;
     } catch {
       return null;
     }
@@ -194,20 +189,29 @@ export class IsolateSlot {
    * the stopped attempt are dropped (the second run logs again); changes to the script's own globals stay.
    */
   async call(
-    hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection,
+    hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection, timeoutMs = this.#options.timeoutMs,
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
-    const tail = this.#tail(shared);
-    try {
-      const result = await this.#call(hook, file, ctx, connectionId, fastPathMs, tail);
-      this.#kept(shared, tail);
-      return result;
-    } catch (e) {
-      // A script error leaves the isolate keeping what it was sent; anything else may not have.
-      if (e instanceof ScriptFailure && e.kind === 'error' && !this.lost) this.#kept(shared, tail);
-      throw e;
+    if (fastPathMs > 0) {
+      const [settled] = this.callBatch([{ hook, ctx, connectionId, shared }], fastPathMs);
+      if (settled !== undefined && typeof settled === 'object') {
+        if ('value' in settled) return { value: settled.value, overran: false };
+        if ('failure' in settled) throw settled.failure;
+        return { value: await settled.later, overran: false };
+      }
+      // Stopped at the budget ('overran'), or the entry failed otherwise ('alone'): run it on an isolate thread.
+      return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: settled === 'overran' };
     }
+    return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: false };
+  }
+
+  /** One call as it crosses, given what the isolate keeps; the isolate will keep what it is sent. */
+  #wire({ hook, ctx, shared }: BatchCall): CallWire {
+    const tail = this.#tail(shared);
+    this.#kept(shared, tail);
+    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
+    return [hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates];
   }
 
   /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
@@ -234,38 +238,41 @@ export class IsolateSlot {
    * by itself, as in call()), else first in a later batch; the calls after it never started.
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
-    const wire: BatchCallWire[] = [];
-    for (const { hook, ctx, shared } of calls) {
-      if (!this.#files.has(hook)) throw new Error(`no script for hook ${hook}`);
-      const tail = this.#tail(shared);
-      // The isolate will keep them as it runs the batch, before the next call needs them.
-      this.#kept(shared, tail);
-      const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-      wire.push([hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates]);
+    const wire: CallWire[] = [];
+    for (const c of calls) {
+      if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
+      wire.push(this.#wire(c)); // the isolate keeps them as it runs the batch, before the next call needs them
     }
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
     this.#current = run;
-    let entries: BatchEntry[];
+    let entries: EntryWire[];
     let stopped = false;
+    let hooks = 0;
+    for (const c of calls) hooks |= hookBit(c.hook);
+    const cpuBefore = cpuTime(this.#isolate);
+    runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
-      entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
+      entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false], { timeout: fastPathMs }));
     } catch (e) {
+      this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
       entries = [];
-      stopped = TIMED_OUT.test(String((e as Error)?.message)) && !this.#isolate.isDisposed;
+      stopped = isTimeout(e) && !this.#isolate.isDisposed;
       try {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
         stopped = false;
       }
       if (!stopped) {
+        runningCall.exit();
         this.#current = null;
         return calls.map(() => 'alone');
       }
     }
+    runningCall.exit();
     this.#current = null;
     const promised = entries.filter((entry) => entry.outcome === null).length;
     let chain: Promise<unknown> = Promise.resolve();
@@ -280,7 +287,7 @@ export class IsolateSlot {
       if (entry.outcome === null) {
         if (promised === 1) for (const line of run.held!) this.#tell(connectionId, file, line);
         // One call at a time on the isolate's thread: each waits for the one before.
-        const later = chain.then(() => this.#callOnIsolateThread(hook, file, connectionId, null, i));
+        const later = chain.then(() => this.#settleOnIsolateThread(hook, file, connectionId, i));
         chain = later.catch(() => {});
         return { later };
       }
@@ -295,13 +302,13 @@ export class IsolateSlot {
   }
 
   /** A batch's entries from the runtime's JSON; anything malformed fails the calls it should have answered. */
-  #entries(wire: unknown): BatchEntry[] {
+  #entries(wire: unknown): EntryWire[] {
     let parsed: unknown;
     try { parsed = typeof wire === 'string' ? JSON.parse(wire) : null; } catch { parsed = null; }
     if (!Array.isArray(parsed)) return [];
-    const entries: BatchEntry[] = [];
+    const entries: EntryWire[] = [];
     for (const entry of parsed as unknown[]) {
-      const { outcome, logs } = (entry ?? {}) as Partial<BatchEntry>;
+      const { outcome, logs } = (entry ?? {}) as Partial<EntryWire>;
       if (!Array.isArray(logs) || (outcome !== null && typeof outcome !== 'object')) break;
       entries.push({ outcome: outcome ?? null, logs: logs.map(String) });
     }
@@ -319,65 +326,56 @@ export class IsolateSlot {
     if (tail[4] !== undefined) this.#keptCertificates.add(shared.certificateKey);
   }
 
-  async #call(
-    hook: HookName, file: string, ctx: object, connectionId: string | null, fastPathMs: number, tail: KeptTail,
-  ): Promise<{ value: unknown; overran: boolean }> {
-    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-    const args = (): RunArgs => [hook, JSON.stringify(ctx), key, json(connection), forget, certificateKey, json(certificate), forgetCertificates];
-    if (fastPathMs > 0) {
-      const run: CurrentRun = { connectionId, file, held: [] };
-      this.#current = run;
-      let outcome: WireOutcome;
-      try {
-        outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs }) as WireOutcome;
-      } catch (e) {
-        this.#current = null;
-        if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
-          this.#emit(run);
-          throw this.#callFailure(hook, file, e);
-        }
-        return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: true };
-      }
-      this.#current = null;
-      this.#emit(run);
-      if (outcome !== null) return { value: this.#result(hook, file, outcome), overran: false };
-      // The script returned a promise: wait for it where waiting does not block the event loop.
-      return { value: await this.#callOnIsolateThread(hook, file, connectionId, null), overran: false };
+  /** Run one call on an isolate thread (a batch of one that waits for its promise there). */
+  async #callOnIsolateThread(
+    hook: HookName, file: string, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, timeoutMs: number,
+  ): Promise<unknown> {
+    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared })]);
+    let wire: unknown;
+    try {
+      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
+    } catch (e) {
+      // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
+      this.#keptConnections.reset();
+      this.#keptCertificates.reset();
+      throw this.#callFailure(hook, file, e, timeoutMs);
     }
-    return { value: await this.#callOnIsolateThread(hook, file, connectionId, args), overran: false };
+    const entry = this.#entries(wire)[0];
+    return this.#value(hook, file, entry?.outcome ?? null);
   }
 
-  /** Log lines a fast-path attempt held back, now that the attempt counts. */
-  #emit(run: CurrentRun): void {
-    for (const line of run.held ?? []) this.#tell(run.connectionId, run.file, line);
-  }
-
-  /** Run the hook with `args()` (or, when null, wait for the promise the fast path kept) on an isolate thread. */
-  async #callOnIsolateThread(hook: HookName, file: string, connectionId: string | null, args: (() => RunArgs) | null, settleIndex?: number): Promise<unknown> {
+  /** Wait on an isolate thread for the promise the fast-path call with `index` returned. */
+  async #settleOnIsolateThread(hook: HookName, file: string, connectionId: string | null, index: number): Promise<unknown> {
     const { timeoutMs } = this.#options;
+    let wire: unknown;
+    try {
+      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#settle.apply(undefined, [index], { timeout: timeoutMs, result: { promise: true } }));
+    } catch (e) {
+      throw this.#callFailure(hook, file, e, timeoutMs);
+    }
+    return this.#result(hook, file, wire);
+  }
+
+  /**
+   * `enter()` on an isolate thread, with log lines told as they come. A returned promise that never
+   * settles leaves nothing running to time out: past watchdogDelay() the isolate is disposed (#cutOff).
+   */
+  async #onIsolateThread(file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
     this.#cutOff = false;
-    // A returned promise that never settles leaves nothing running to time out; only disposing ends it.
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
-      this.#isolate.dispose();
+      abandon(this.#isolate);
     }, watchdogDelay(timeoutMs));
-    let outcome: WireOutcome;
     try {
-      const options = { timeout: timeoutMs, result: { promise: true } } as const;
-      outcome = (args
-        ? await this.#run.apply(undefined, args(), options)
-        : await this.#settle.apply(undefined, settleIndex === undefined ? [] : [settleIndex], options)) as WireOutcome;
-    } catch (e) {
-      throw this.#callFailure(hook, file, e);
+      return await enter();
     } finally {
       clearTimeout(watchdog);
       this.#current = null;
     }
-    return this.#result(hook, file, outcome);
   }
 
-  #result(hook: HookName, file: string, wire: WireOutcome): unknown {
+  #result(hook: HookName, file: string, wire: unknown): unknown {
     let outcome: RunOutcome | null = null;
     try { outcome = typeof wire === 'string' ? JSON.parse(wire) as RunOutcome : null; } catch { /* reported below */ }
     return this.#value(hook, file, outcome);
@@ -394,39 +392,37 @@ export class IsolateSlot {
     throw new ScriptFailure('error', hook, file, at?.line ?? null, at?.column ?? null, name ? `${name}: ${message}` : message);
   }
 
+  #cpuMsSince(before: bigint): number {
+    const now = cpuTime(this.#isolate);
+    return now > before ? Number(now - before) / 1e6 : 0;
+  }
+
   dispose(): void {
     this.#disposedByUs = true;
     this.#releaseHandles();
-    if (!this.#isolate.isDisposed) this.#isolate.dispose();
+    abandon(this.#isolate);
   }
 
-  /**
-   * Let go of the handles into the isolate now. A handle still alive when the process exits is destroyed
-   * during Node's teardown, where isolated-vm aborts (`IsolateEnvironment::GetCurrent` assertion).
-   */
+  /** Let go of the handles into the isolate now (see releaseAll). */
   #releaseHandles(): void {
-    for (const handle of [this.#run, this.#runSync, this.#settle, this.#runBatch, this.#takeBatch, this.#register, this.#context]) {
-      try { handle?.release(); } catch { /* already gone with its isolate */ }
-    }
+    releaseAll([this.#run, this.#settle, this.#takeBatch, this.#register, this.#context]);
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
   async #start(): Promise<void> {
     const { memoryLimitMb, host } = this.#options;
     if (this.#isolate) this.#releaseHandles(); // a previous isolate lost to its memory limit during build
-    this.#isolate = new ivm.Isolate({
-      memoryLimit: memoryLimitMb,
-      onCatastrophicError: (message) => {
-        try { host.log(null, '(sandbox)', 'error', `isolate failed catastrophically: ${message}`); } catch { /* nothing left to tell */ }
-      },
+    // The process cannot get a parked thread back (see newIsolate): say so, loudly, and signal it.
+    this.#isolate = newIsolate(memoryLimitMb, (message) => {
+      const reason = `an isolate failed catastrophically: ${message}`;
+      try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
+      reportUnrecoverable(reason);
     });
     this.#context = await this.#isolate.createContext();
     const callbacks = hostCallbacks(host, () => this.#current);
     const runtime = await this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } }) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
-    this.#runSync = await runtime.get('runSync', { reference: true });
     this.#settle = await runtime.get('settle', { reference: true });
-    this.#runBatch = await runtime.get('runBatch', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
     this.#register = await runtime.get('register', { reference: true });
     runtime.release();
@@ -453,11 +449,17 @@ export class IsolateSlot {
         `cannot import "${spec}": policy scripts have no modules to import (helpers such as accept() and lookup() are globals; ` +
         'types come from `import type … from "postern"`, which is erased)');
     }
+    const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
       await module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); });
-      await module.evaluate({ timeout: topLevelTimeout(this.#options.timeoutMs), promise: true });
+      // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
+      await settledWithin(module.evaluate({ timeout: limit, promise: true }), limit + LOAD_SLACK_MS);
     } catch (e) {
+      if (e instanceof NeverSettled) {
+        this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
+      }
       return this.#topLevelError(file, e);
     } finally {
       this.#current = null;
@@ -476,12 +478,13 @@ export class IsolateSlot {
   }
 
   #topLevelError(file: string, e: unknown): ScriptError {
-    if (this.#isolate.isDisposed || MEMORY_LOST.test(String((e as Error)?.message))) {
+    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptError(file, 1, 1, `top level exceeded the memory limit of ${this.#options.memoryLimitMb} MB`);
     }
     if (e instanceof Error) {
-      if (TIMED_OUT.test(e.message)) {
-        return new ScriptError(file, 1, 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
+      if (isTimeout(e)) {
+        const p = frameIn(String(e.stack), file); // isolated-vm adds where the script was stopped
+        return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level did not finish within ${topLevelTimeout(this.#options.timeoutMs)} ms`);
       }
       const p = frameIn(String(e.stack), file);
       return new ScriptError(file, p?.line ?? 1, p?.column ?? 1, `top level threw ${e.name}: ${e.message}`);
@@ -490,17 +493,17 @@ export class IsolateSlot {
   }
 
   /** Map an isolated-vm rejection (the runner itself never rejects) to the failure kind it means. */
-  #callFailure(hook: HookName, file: string, e: unknown): ScriptFailure {
+  #callFailure(hook: HookName, file: string, e: unknown, timeoutMs = this.#options.timeoutMs): ScriptFailure {
     const message = String((e as Error)?.message ?? e);
-    const { timeoutMs, memoryLimitMb } = this.#options;
+    const { memoryLimitMb } = this.#options;
     if (this.#cutOff) {
       return new ScriptFailure('timeout', hook, file, null, null, `did not finish within ${watchdogDelay(timeoutMs)} ms (a returned promise never settled)`);
     }
     if (this.#disposedByUs) return new ScriptFailure('error', hook, file, null, null, 'the sandbox was disposed during the call');
-    if (this.#isolate.isDisposed || MEMORY_LOST.test(message)) {
+    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
     }
-    if (TIMED_OUT.test(message)) {
+    if (isTimeout(e)) {
       const p = e instanceof Error ? frameIn(String(e.stack), file) : null;
       return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${timeoutMs} ms`);
     }

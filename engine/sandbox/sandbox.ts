@@ -5,7 +5,9 @@
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
+import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
 import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
+import { runningCall } from './running-call.ts';
 import type { ScriptSource } from './script-source.ts';
 
 export interface SandboxOptions {
@@ -43,12 +45,24 @@ export interface SandboxStats {
   calls: number;
   failures: Record<FailureKind, number>;
   rebuilds: number;
-  /**
-   * Calls started on the event-loop thread (sandbox.fastPathMs), how many of them outran it and were run
-   * again, and in how many entries into an isolate they ran (calls of one turn of the event loop share one).
-   */
-  fastPath: { calls: number; overruns: number; batches: number };
+  /** Isolates given up on because a call on them was still running at its deadline (see DEADLINE_SLACK_MS). */
+  abandoned: number;
+  /** Calls started on the event-loop thread (sandbox.fastPathMs): see FastPathStats. */
+  fastPath: FastPathStats;
 }
+
+/**
+ * Past timeoutMs, the most a call may take — waiting for an isolate included — before its caller gets a
+ * failure whatever the script does. An isolate whose call is still running then is abandoned (disposing
+ * it does not wait for it) and replaced.
+ */
+export const DEADLINE_SLACK_MS = 500;
+
+/**
+ * How often deadlines are checked (one timer for all calls: a timer per call cost about a tenth of a quick
+ * call). A call fails at most this long after its deadline; DEADLINE_SLACK_MS includes it.
+ */
+const DEADLINE_SWEEP_MS = 100;
 
 interface Member {
   index: number;
@@ -59,16 +73,24 @@ interface Member {
   rebuilds: number;
   /** When a broken member may try to rebuild again. */
   retryAt: number;
+  /** Bumped whenever the member gets a new slot: a call on an abandoned slot must not release the new one. */
+  epoch: number;
 }
 
 interface Waiter {
+  /** The call waiting (null for a batch, whose calls each have their own deadline). */
+  call: Call | null;
   grant(member: Member): void;
   refuse(error: Error): void;
 }
 
-/** A call waiting for the batch of this turn of the event loop. */
-interface Queued extends BatchCall {
+/** One call, from invoke() until it settles: the caller's promise, its deadline, and where it runs. */
+interface Call extends BatchCall {
   file: string;
+  deadlineAt: number;
+  done: boolean;
+  /** The member running the call, and its epoch then. */
+  runningOn: { member: Member; epoch: number } | null;
   resolve(value: unknown): void;
   reject(error: unknown): void;
 }
@@ -77,14 +99,6 @@ interface Queued extends BatchCall {
 const MAX_BATCH = 32;
 
 const REBUILD_RETRY_MS = 1000;
-/** A hook whose call outran the fast path runs on isolate threads only, for this long. */
-const SLOW_HOOK_MS = 60_000;
-/**
- * This many overruns of one hook within OVERRUN_WINDOW_MS make it slow. One alone is not enough: a first
- * call (lazy compilation) or a busy machine (the thread descheduled) can overrun a quick script once.
- */
-const OVERRUNS_TO_SLOW = 3;
-const OVERRUN_WINDOW_MS = 30_000;
 
 function positiveInteger(name: string, value: number, min: number): number {
   if (!Number.isInteger(value) || value < min) throw new RangeError(`sandbox ${name} must be an integer ≥ ${min}, got ${value}`);
@@ -97,31 +111,30 @@ export class Sandbox {
   readonly #members: Member[];
   readonly #waiting: Waiter[] = [];
   readonly #failures: Record<FailureKind, number> = { error: 0, timeout: 0, memory: 0 };
-  readonly #fastPathMs: number;
-  /** Hooks that outran the fast path, and until when they stay off it. */
-  readonly #slowUntil = new Map<HookName, number>();
-  /** Recent overruns per hook (times), for OVERRUNS_TO_SLOW. */
-  readonly #overrunsAt = new Map<HookName, number[]>();
-  readonly #fastPath = { calls: 0, overruns: 0, batches: 0 };
+  readonly #policy: FastPathPolicy;
   /** Fast-path calls gathered during this turn of the event loop, run together at its end. */
-  readonly #batch: Queued[] = [];
+  #batch: Call[] = [];
   #batchScheduled = false;
-  /** Hooks whose scripts returned a promise: they wait on isolate threads, so they are not batched. */
-  readonly #promiseHooks = new Set<HookName>();
+  /** Calls not yet settled (to settle them all on dispose). */
+  readonly #live = new Set<Call>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #abandoned = 0;
   #disposed = false;
 
   private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
-    this.#fastPathMs = fastPathMs;
+    this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
-    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0 }));
+    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0 }));
   }
 
   /**
    * Validate and compile every script into every isolate. Rejects with ScriptErrors (all of them) when a
-   * script does not compile, imports something, throws at top level or has no default function export.
+   * script does not compile, imports something, throws or hangs at top level or has no default function
+   * export; within the top level's time limit (max(1000, timeoutMs)) plus LOAD_SLACK_MS per script.
    */
   static async create(options: SandboxOptions): Promise<Sandbox> {
+    const scripts = [...options.scripts];
     const slotOptions: SlotOptions = {
       timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
       memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
@@ -130,28 +143,33 @@ export class Sandbox {
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
     const fastPathMs = options.fastPathMs ?? 5;
     if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
-    const scripts = [...options.scripts];
     if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs); // nothing to run: no isolates
 
-    const first = await IsolateSlot.build(scripts, slotOptions, true);
-    if (!first.slot) {
-      await teardownGrace(); // the caller may well exit on this error
-      throw new ScriptErrors(first.errors);
+    slotOptions.runningId = runningCall.register(scripts);
+    try {
+      const first = await IsolateSlot.build(scripts, slotOptions, true);
+      if (!first.slot) {
+        await teardownGrace(); // the caller may well exit on this error
+        throw new ScriptErrors(first.errors);
+      }
+      const rest = await Promise.allSettled(Array.from({ length: size - 1 }, () => IsolateSlot.build(scripts, slotOptions)));
+      const slots = [first.slot];
+      let problem: unknown = null;
+      for (const r of rest) {
+        if (r.status === 'rejected') problem ??= r.reason;
+        else if (r.value.slot) slots.push(r.value.slot);
+        else problem ??= new ScriptErrors(r.value.errors); // a top level that behaves differently the second time
+      }
+      if (problem !== null) {
+        for (const s of slots) s.dispose();
+        await teardownGrace();
+        throw problem;
+      }
+      return new Sandbox(scripts, slotOptions, slots, fastPathMs);
+    } catch (e) {
+      runningCall.unregister(slotOptions.runningId);
+      throw e;
     }
-    const rest = await Promise.allSettled(Array.from({ length: size - 1 }, () => IsolateSlot.build(scripts, slotOptions)));
-    const slots = [first.slot];
-    let problem: unknown = null;
-    for (const r of rest) {
-      if (r.status === 'rejected') problem ??= r.reason;
-      else if (r.value.slot) slots.push(r.value.slot);
-      else problem ??= new ScriptErrors(r.value.errors); // a top level that behaves differently the second time
-    }
-    if (problem !== null) {
-      for (const s of slots) s.dispose();
-      await teardownGrace();
-      throw problem;
-    }
-    return new Sandbox(scripts, slotOptions, slots, fastPathMs);
   }
 
   /** Whether a script implements `hook`; callers skip the sandbox entirely when not. */
@@ -169,12 +187,13 @@ export class Sandbox {
    * the isolate under that key and copied again only for a new key (the caller changes the key whenever
    * anything in it changes). Resolves with a copy of what it returned (undefined when
    * nothing); rejects with a ScriptFailure when it throws, times out, exhausts memory or returns
-   * something that is not plain data.
+   * something that is not plain data — in every case within timeoutMs + DEADLINE_SLACK_MS of this call,
+   * waiting for an isolate included.
    */
-  async invoke(hook: HookName, ctx: object, connectionId: string | null, connectionKey?: string): Promise<unknown> {
-    if (this.#disposed) throw new Error('the sandbox has been disposed');
+  invoke(hook: HookName, ctx: object, connectionId: string | null, connectionKey?: string): Promise<unknown> {
+    if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const script = this.#scripts.get(hook);
-    if (!script) throw new Error(`no script for hook ${hook}`);
+    if (!script) return Promise.reject(new Error(`no script for hook ${hook}`));
     // ctx.connection crosses apart: once per key when there is one, and its certificate once per isolate.
     let shared: SharedConnection | undefined;
     let own = ctx;
@@ -189,37 +208,107 @@ export class Sandbox {
         shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
       }
     }
-    const fastPathMs = this.#fastPathFor(hook);
-    if (fastPathMs > 0 && !this.#promiseHooks.has(hook)) {
-      return new Promise((resolve, reject) => {
-        this.#batch.push({ hook, ctx: own, connectionId, shared, file: script.file, resolve, reject });
+    return new Promise((resolve, reject) => {
+      const { timeoutMs } = this.#options;
+      const call: Call = {
+        hook, ctx: own, connectionId, shared, file: script.file,
+        deadlineAt: performance.now() + timeoutMs + DEADLINE_SLACK_MS - DEADLINE_SWEEP_MS,
+        done: false, runningOn: null,
+        resolve: (value) => {
+          if (this.#settle(call)) resolve(value);
+        },
+        reject: (error) => {
+          if (this.#settle(call)) reject(error);
+        },
+      };
+      this.#live.add(call);
+      this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
+      const budget = this.#policy.budgetFor(hook);
+      if (budget > 0 && this.#policy.batches(hook)) {
+        this.#batch.push(call);
         this.#scheduleBatch();
-      });
-    }
-    return this.#invokeAlone(hook, own, connectionId, shared, script.file, fastPathMs);
+      } else {
+        void this.#invokeAlone(call, budget);
+      }
+    });
   }
 
-  async #invokeAlone(hook: HookName, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, file: string, fastPathMs: number): Promise<unknown> {
+  /** Mark `call` settled; false when it already was (its deadline came first, or the sandbox was disposed). */
+  #settle(call: Call): boolean {
+    if (call.done) return false;
+    call.done = true;
+    this.#live.delete(call);
+    return true;
+  }
+
+  /** Fail the calls past their deadline; stop checking while there are none. */
+  #sweep(): void {
+    const now = performance.now();
+    for (const call of this.#live) if (call.deadlineAt <= now) this.#expire(call);
+    if (this.#live.size === 0 && this.#sweeper) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
+  }
+
+  /** The call's deadline has come: fail it, and abandon the isolate it is still running on, if any. */
+  #expire(call: Call): void {
+    if (call.done) return;
+    const { timeoutMs } = this.#options;
+    const on = call.runningOn;
+    call.reject(new ScriptFailure('timeout', call.hook, call.file, null, null, on
+      ? `no result within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms: the script could not be stopped, its isolate is replaced`
+      : `no isolate became free within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms`));
+    this.#failures.timeout++;
+    const waiting = this.#waiting.findIndex((w) => w.call === call);
+    if (waiting >= 0) this.#waiting.splice(waiting, 1);
+    this.#batch = this.#batch.filter((c) => c !== call);
+    if (on && on.member.epoch === on.epoch && !this.#disposed) {
+      on.member.failures++;
+      this.#abandoned++;
+      this.#log(call.file, 'error', `isolate ${on.member.index} was still running ${call.hook} at its deadline ` +
+        `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms); it is abandoned and replaced`);
+      void this.#rebuild(on.member);
+    }
+  }
+
+  /** What is left of a call's time for the isolate: its full timeoutMs unless waiting used up part of the slack. */
+  #budgetLeft(call: Call): number {
+    const left = Math.floor(call.deadlineAt + DEADLINE_SWEEP_MS - performance.now() - DEADLINE_SLACK_MS / 2);
+    return Math.max(1, Math.min(this.#options.timeoutMs, left));
+  }
+
+  async #invokeAlone(call: Call, fastPathMs: number, overranBefore = false): Promise<void> {
+    const { hook, file } = call;
     let member: Member;
     try {
-      member = await this.#acquire();
+      member = await this.#acquire(call);
     } catch (e) {
-      throw new ScriptFailure('error', hook, file, null, null, (e as Error).message);
+      call.reject(new ScriptFailure('error', hook, file, null, null, (e as Error).message));
+      return;
     }
+    const epoch = member.epoch;
+    if (call.done) {
+      this.#release(member, file, epoch);
+      return;
+    }
+    const slot = member.slot!;
+    call.runningOn = { member, epoch };
     member.calls++;
+    if (overranBefore) this.#policy.stats.calls++;
     try {
       if (fastPathMs > 0) {
-        this.#fastPath.calls++;
-        this.#fastPath.batches++;
+        this.#policy.stats.calls++;
+        this.#policy.stats.batches++;
       }
-      const { value, overran } = await member.slot!.call(hook, ctx, connectionId, fastPathMs, shared);
-      if (overran) this.#markSlow(hook, file);
-      return value;
+      const { value, overran } = await slot.call(hook, call.ctx, call.connectionId, fastPathMs, call.shared, this.#budgetLeft(call));
+      if (overran) this.#policy.overran(hook, slot.stoppedCpuMs);
+      call.resolve(value);
     } catch (e) {
-      this.#countFailure(member, e);
-      throw e;
+      if (!call.done) this.#countFailure(member, e);
+      call.reject(e);
     } finally {
-      this.#release(member, file);
+      this.#release(member, file, epoch);
     }
   }
 
@@ -235,28 +324,35 @@ export class Sandbox {
 
   async #runBatch(): Promise<void> {
     this.#batchScheduled = false;
-    const batch = this.#batch.splice(0, MAX_BATCH);
+    const taken = this.#batch.splice(0, MAX_BATCH);
     if (this.#batch.length) this.#scheduleBatch();
-    if (batch.length === 0) return;
+    if (taken.length === 0) return;
     let member: Member;
     try {
-      member = await this.#acquire();
+      member = await this.#acquire(null);
     } catch (e) {
-      for (const q of batch) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message));
+      for (const q of taken) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message));
       return;
     }
+    const epoch = member.epoch;
+    const batch = taken.filter((q) => !q.done); // a deadline may have come while the batch waited
+    if (batch.length === 0) {
+      this.#release(member, '(sandbox)', epoch);
+      return;
+    }
+    const slot = member.slot!;
     let settled: BatchSettled[];
-    this.#fastPath.batches++;
+    this.#policy.stats.batches++;
     try {
-      settled = member.slot!.callBatch(batch, this.#fastPathMs);
+      settled = slot.callBatch(batch, this.#policy.budgetMs);
     } catch (e) {
       settled = batch.map((q) => ({ failure: new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message) }));
     }
-    const again: Queued[] = [];
-    const alone: Array<{ q: Queued; overran: boolean }> = [];
+    const again: Call[] = [];
+    const alone: Array<{ q: Call; overran: boolean }> = [];
     const later: Array<Promise<unknown>> = [];
-    const failed = (q: Queued, e: unknown): void => {
-      this.#countFailure(member, e);
+    const failed = (q: Call, e: unknown): void => {
+      if (!q.done) this.#countFailure(member, e);
       q.reject(e);
     };
     for (const [i, q] of batch.entries()) {
@@ -265,23 +361,21 @@ export class Sandbox {
       else if (s === 'alone' || s === 'overran') alone.push({ q, overran: s === 'overran' });
       else {
         member.calls++;
-        this.#fastPath.calls++;
+        this.#policy.stats.calls++;
         if ('failure' in s) failed(q, s.failure);
         else if ('later' in s) {
           // A script that returns a promise waits on an isolate thread; its hook skips batches from now on.
-          this.#promiseHooks.add(q.hook);
+          this.#policy.returnedPromise(q.hook);
+          q.runningOn = { member, epoch };
           later.push(s.later.then(q.resolve, (e: unknown) => failed(q, e)));
         } else q.resolve(s.value);
       }
     }
-    if (later.length) void Promise.all(later).then(() => this.#release(member, '(sandbox)'));
-    else this.#release(member, '(sandbox)');
+    if (later.length) void Promise.all(later).then(() => this.#release(member, '(sandbox)', epoch));
+    else this.#release(member, '(sandbox)', epoch);
     for (const { q, overran } of alone) {
-      if (overran) {
-        this.#fastPath.calls++;
-        this.#markSlow(q.hook, q.file);
-      }
-      this.#invokeAlone(q.hook, q.ctx, q.connectionId, q.shared, q.file, 0).then(q.resolve, q.reject);
+      if (overran) this.#policy.overran(q.hook, slot.stoppedCpuMs);
+      void this.#invokeAlone(q, 0, overran);
     }
     if (again.length) {
       this.#batch.unshift(...again);
@@ -292,28 +386,6 @@ export class Sandbox {
   #countFailure(member: Member, e: unknown): void {
     member.failures++;
     this.#failures[e instanceof ScriptFailure ? e.kind : 'error']++;
-  }
-
-  #fastPathFor(hook: HookName): number {
-    if (this.#fastPathMs === 0) return 0;
-    const until = this.#slowUntil.get(hook);
-    if (until === undefined) return this.#fastPathMs;
-    if (Date.now() < until) return 0;
-    this.#slowUntil.delete(hook);
-    return this.#fastPathMs;
-  }
-
-  #markSlow(hook: HookName, file: string): void {
-    this.#fastPath.overruns++;
-    const now = Date.now();
-    const recent = (this.#overrunsAt.get(hook) ?? []).filter((t) => now - t < OVERRUN_WINDOW_MS);
-    recent.push(now);
-    this.#overrunsAt.set(hook, recent);
-    if (recent.length < OVERRUNS_TO_SLOW || this.#slowUntil.has(hook)) return;
-    this.#overrunsAt.delete(hook);
-    this.#slowUntil.set(hook, now + SLOW_HOOK_MS);
-    this.#log(file, 'warn', `${OVERRUNS_TO_SLOW} ${hook} calls within ${OVERRUN_WINDOW_MS / 1000} s ran longer than the ${this.#fastPathMs} ms fast path ` +
-      `and were run again on an isolate thread; ${hook} calls go straight there for the next ${SLOW_HOOK_MS / 1000} s`);
   }
 
   async stats(): Promise<SandboxStats> {
@@ -331,7 +403,8 @@ export class Sandbox {
       calls: isolates.reduce((n, i) => n + i.calls, 0),
       failures: { ...this.#failures },
       rebuilds: isolates.reduce((n, i) => n + i.rebuilds, 0),
-      fastPath: { ...this.#fastPath },
+      abandoned: this.#abandoned,
+      fastPath: { ...this.#policy.stats },
     };
   }
 
@@ -349,6 +422,10 @@ export class Sandbox {
       m.slot = null;
       m.state = 'disposed';
     }
+    // Calls running on an isolate that cannot be stopped would otherwise wait for their deadline.
+    for (const q of [...this.#live]) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
+    clearInterval(this.#sweeper);
+    if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
     return this.#members.length ? teardownGrace() : Promise.resolve();
   }
 
@@ -365,7 +442,8 @@ export class Sandbox {
     }
   }
 
-  #acquire(): Promise<Member> {
+  /** An idle member, now or when one is free; `call` (null for a batch) is dropped from the queue at its deadline. */
+  #acquire(call: Call | null): Promise<Member> {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     // The first idle isolate, not the next in turn: most calls finish on the fast path, so one isolate
     // takes nearly all of them and stays warm in the CPU caches, and each connection's facts cross once.
@@ -382,11 +460,12 @@ export class Sandbox {
       if (retry.length === 0) return Promise.reject(new Error('no isolate is available: rebuilding them failed'));
       for (const m of retry) void this.#rebuild(m);
     }
-    return new Promise((grant, refuse) => this.#waiting.push({ grant, refuse }));
+    return new Promise((grant, refuse) => this.#waiting.push({ call, grant, refuse }));
   }
 
-  #release(member: Member, file: string): void {
-    if (this.#disposed) return;
+  /** The call that took `member` at `epoch` is over (a no-op when the member was abandoned since). */
+  #release(member: Member, file: string, epoch: number): void {
+    if (this.#disposed || member.epoch !== epoch) return;
     const now = Date.now();
     for (const m of this.#members) if (m.state === 'broken' && m.retryAt <= now) void this.#rebuild(m);
     if (member.slot!.lost) {
@@ -408,7 +487,8 @@ export class Sandbox {
   }
 
   async #rebuild(member: Member): Promise<void> {
-    member.slot?.dispose();
+    member.epoch++;
+    member.slot?.dispose(); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
     member.slot = null;
     member.state = 'rebuilding';
     member.rebuilds++;

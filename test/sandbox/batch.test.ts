@@ -32,7 +32,7 @@ test('calls made in one turn share one entry into the isolate, each with its own
     assert.deepEqual(results[5]!.status === 'fulfilled' && results[5]!.value, { verdict: 'reject', text: 'no 5' });
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [0, 1, 2, 3, 4, 5].map((n) => [`c${n}`, `helo ${n}`]));
     const { fastPath, failures } = await sandbox.stats();
-    assert.deepEqual(fastPath, { calls: 6, overruns: 0, batches: 1 });
+    assert.deepEqual(fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 1 });
     assert.equal(failures.error, 1);
     // Calls made after the batch has run make the next one.
     assert.deepEqual(await sandbox.invoke('helo', { n: 6 }, 'c6'), { verdict: 'accept', text: 'ok 6' });
@@ -64,7 +64,8 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
       [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
     const { fastPath } = await sandbox.stats();
     assert.equal(fastPath.calls, 4);
-    assert.equal(fastPath.overruns, 1, 'only the slow call counts as an overrun');
+    // The slow call overruns; on a loaded machine a descheduled quick one may too (it is then not counted against its hook).
+    assert.ok(fastPath.overruns >= 1 && fastPath.overruns - fastPath.descheduled <= 1, JSON.stringify(fastPath));
     assert.ok(fastPath.batches >= 3, `batches ${fastPath.batches}: stopped at the slow call, which then runs first and alone`);
   } finally {
     sandbox.dispose();
@@ -118,9 +119,9 @@ test('a script that returns a promise settles on an isolate thread; its hook the
     ]);
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'before 1'], ['c3', 'before 3']]);
     const before = (await sandbox.stats()).fastPath;
-    assert.deepEqual(before, { calls: 4, overruns: 0, batches: 1 });
+    assert.deepEqual(before, { calls: 4, overruns: 0, descheduled: 0, batches: 1 });
     await Promise.all([sandbox.invoke('mailfrom', { n: 5 }, 'c5'), sandbox.invoke('mailfrom', { n: 6 }, 'c6')]);
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, batches: 3 }, 'each promise-returning call enters alone');
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 3 }, 'each promise-returning call enters alone');
   } finally {
     sandbox.dispose();
   }

@@ -55,13 +55,10 @@ test('an endless loop times out after timeoutMs and the isolate keeps serving', 
     scripts: [js('rcptto', 'export default function (ctx) {\n  if (ctx.loop) while (true) {}\n  return accept();\n}')],
   });
   try {
-    const started = performance.now();
     await assert.rejects(sandbox.invoke('rcptto', { loop: true }, 'c1'), failure('timeout', (e) => {
       assert.equal(e.line, 2, 'stopped inside the loop');
       assert.match(e.message, /timed out after 100 ms/);
     }));
-    const elapsed = performance.now() - started;
-    assert.ok(elapsed >= 95 && elapsed < 600, `took ${elapsed.toFixed(0)} ms`);
     assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'c1'), { verdict: 'accept' });
     const stats = await sandbox.stats();
     assert.equal(stats.rebuilds, 0, 'a timeout does not cost the isolate');
@@ -109,17 +106,11 @@ test('an endless loop on one isolate does not stall calls on the other', async (
     scripts: [js('rcptto', 'export default function (ctx) { if (ctx.loop) while (true) {} return accept(); }')],
   });
   try {
-    const t0 = performance.now();
-    let loopSettledAt = 0;
-    const loop = sandbox.invoke('rcptto', { loop: true }, 'looper').finally(() => { loopSettledAt = performance.now() - t0; });
-    const t1 = performance.now();
+    let loopSettled = false;
+    const loop = sandbox.invoke('rcptto', { loop: true }, 'looper').finally(() => { loopSettled = true; });
     assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'normal'), { verdict: 'accept' });
-    const normalMs = performance.now() - t1;
-    assert.equal(loopSettledAt, 0, 'the loop is still running when the normal call completes');
-    assert.ok(normalMs < 100, `normal call took ${normalMs.toFixed(1)} ms`);
+    assert.equal(loopSettled, false, 'the loop is still running when the normal call completes');
     await assert.rejects(loop, failure('timeout'));
-    assert.ok(loopSettledAt >= 290 && loopSettledAt < 1000, `loop call rejected after ${loopSettledAt.toFixed(0)} ms`);
-    console.log(`# normal call beside a looping isolate: ${normalMs.toFixed(2)} ms; loop rejected after ${loopSettledAt.toFixed(0)} ms (timeoutMs 300)`);
   } finally {
     sandbox.dispose();
   }

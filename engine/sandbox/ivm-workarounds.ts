@@ -1,0 +1,79 @@
+/**
+ * Every way the sandbox works around isolated-vm (7.x) and V8, in one place, each with why. The rest of the
+ * sandbox uses these instead of reaching for the behaviour itself.
+ */
+import './no-wasm-code-gc.ts'; // V8 flag set before the first isolate exists; see that file for the deadlock
+import ivm from 'isolated-vm';
+
+/**
+ * isolated-vm reports limits only as error texts. "Script execution timed out." comes with the stack of
+ * the script where it was stopped; a memory limit disposes the isolate.
+ */
+export const isTimeout = (e: unknown): boolean => /execution timed out/i.test(String((e as Error)?.message));
+export const isMemoryLimit = (e: unknown): boolean => /memory limit/i.test(String((e as Error)?.message));
+
+/**
+ * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
+ * process may exit. (Exits must also be process.exit(): a natural exit tears V8's heap down, where
+ * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.)
+ */
+export const TEARDOWN_GRACE_MS = 250;
+
+export function teardownGrace(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));
+}
+
+/**
+ * Let go of handles into an isolate now. A handle still alive when the process exits is destroyed during
+ * Node's teardown, where isolated-vm aborts (`IsolateEnvironment::GetCurrent` assertion).
+ */
+export function releaseAll(handles: ReadonlyArray<{ release(): void } | undefined>): void {
+  for (const handle of handles) {
+    try { handle?.release(); } catch { /* already gone with its isolate */ }
+  }
+}
+
+/**
+ * A new isolate. With `onCatastrophicError` set, isolated-vm calls it (on the event loop) when a script has
+ * not stopped 5 s after its time limit — a V8 builtin that never checks for interrupts, such as
+ * Array(2**32-1).lastIndexOf(1) — and then parks that script's thread for good (a signal handler that
+ * sleeps); without it, it waits for ever and the process dies with SIGSEGV when it exits. Either way the
+ * thread is lost and process.exit() no longer returns: the process must be replaced (unrecoverable.ts).
+ * The same callback reports V8 running out of memory outside the heap limit.
+ */
+export function newIsolate(memoryLimitMb: number, onCatastrophicError: (message: string) => void): ivm.Isolate {
+  return new ivm.Isolate({ memoryLimit: memoryLimitMb, onCatastrophicError });
+}
+
+/**
+ * Give up on an isolate. dispose() returns at once even while a call runs in it; a call stuck in a
+ * builtin then never settles (neither resolves nor rejects), so callers must not wait for it.
+ */
+export function abandon(isolate: ivm.Isolate): void {
+  if (!isolate.isDisposed) isolate.dispose();
+}
+
+/** Raised by settledWithin() when isolated-vm's own promise did not settle in time. */
+export class NeverSettled extends Error {}
+
+/**
+ * `promise` (isolated-vm's: a module evaluation, a call on an isolate thread) or a NeverSettled rejection
+ * after `ms`. Its own time limit does not end it while a builtin runs (see newIsolate), and then nothing does.
+ */
+export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new NeverSettled()), ms); })]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The isolate's CPU time (ns), or 0n once it is gone (the getter throws then). */
+export function cpuTime(isolate: ivm.Isolate): bigint {
+  try {
+    return isolate.cpuTime;
+  } catch {
+    return 0n;
+  }
+}

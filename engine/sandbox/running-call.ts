@@ -1,0 +1,85 @@
+/**
+ * Which policy scripts the event-loop thread is running right now, readable from another thread.
+ *
+ * A fast-path call (applySync) cannot always be stopped: V8 builtins such as Array.prototype.lastIndexOf
+ * over 2³²-1 holes do not check for interrupts, and the thread stays in them. A watchdog thread (see
+ * engine/cluster) that sees the event loop stall reads this marker to name the script before it ends the
+ * process. Entering and leaving cost one Atomics.store each: the marker holds the sandbox's id and the set
+ * of hooks of the calls in the entry (a batch may mix hooks), as `id * 128 + hookMask`, 0 when idle.
+ */
+import { createHash } from 'node:crypto';
+import { HOOK_NAMES } from './hooks.ts';
+import type { HookName } from './api/index.ts';
+
+export interface RunningScript { hook: HookName; file: string; sha256: string }
+
+/** What the watchdog needs to decode the marker: per sandbox id, its scripts by hook. */
+export type RunningCallTable = Record<number, Partial<Record<HookName, RunningScript>>>;
+
+const HOOK_BITS = 128; // 7 hooks
+const marker = new Int32Array(new SharedArrayBuffer(4));
+const table: RunningCallTable = {};
+const listeners = new Set<(table: RunningCallTable) => void>();
+let nextId = 1;
+
+/** One bit per hook, for enter(). */
+export const hookBit = (hook: HookName): number => 1 << HOOK_NAMES.indexOf(hook);
+
+function changed(): void {
+  const snapshot = runningCallTable();
+  for (const listener of listeners) {
+    try { listener(snapshot); } catch { /* a listener must not break the sandbox */ }
+  }
+}
+
+/** A copy of the table (structured-clonable, for postMessage to the watchdog thread). */
+export function runningCallTable(): RunningCallTable {
+  return structuredClone(table);
+}
+
+/** The scripts a marker value names; [] when idle or unknown. Pure: usable in the watchdog thread. */
+export function describeRunning(value: number, scripts: RunningCallTable): RunningScript[] {
+  if (value <= 0) return [];
+  const id = Math.floor(value / HOOK_BITS);
+  const mask = value % HOOK_BITS;
+  const entry = scripts[id] ?? {};
+  return HOOK_NAMES.filter((hook, i) => (mask & (1 << i)) !== 0 && entry[hook]).map((hook) => entry[hook]!);
+}
+
+export const runningCall = {
+  /** The marker (one Int32): pass it to the watchdog thread and read it with Atomics.load. */
+  get buffer(): SharedArrayBuffer {
+    return marker.buffer as SharedArrayBuffer;
+  },
+  /** Register a sandbox's scripts; the id it returns goes with every enter(). */
+  register(scripts: ReadonlyArray<{ hook: HookName; file: string; source: string }>): number {
+    const id = nextId++;
+    const entry: Partial<Record<HookName, RunningScript>> = {};
+    for (const { hook, file, source } of scripts) entry[hook] = { hook, file, sha256: createHash('sha256').update(source).digest('hex') };
+    table[id] = entry;
+    changed();
+    return id;
+  },
+  unregister(id: number): void {
+    if (!(id in table)) return;
+    delete table[id];
+    changed();
+  },
+  /** `hookMask`: the OR of hookBit() of the calls about to run. */
+  enter(id: number, hookMask: number): void {
+    Atomics.store(marker, 0, id * HOOK_BITS + hookMask);
+  },
+  exit(): void {
+    Atomics.store(marker, 0, 0);
+  },
+  /** The marker now (0: idle). */
+  current(): number {
+    return Atomics.load(marker, 0);
+  },
+  /** Called with a fresh table whenever a sandbox is registered or unregistered; returns an unsubscribe. */
+  subscribe(listener: (table: RunningCallTable) => void): () => void {
+    listeners.add(listener);
+    listener(runningCallTable());
+    return () => listeners.delete(listener);
+  },
+};

@@ -1,0 +1,33 @@
+/**
+ * The process-wide signal that the sandbox cannot recover inside this process: isolated-vm reported a
+ * catastrophic error (a script that did not stop within 5 s of its time limit — its thread is parked for
+ * good — or a V8 out-of-memory). Calls keep failing closed and the pool keeps serving on fresh isolates,
+ * but each such event leaks a thread and an isolate, and the process can no longer exit normally
+ * (process.exit() waits for the parked thread): a worker process should be replaced, and end itself with
+ * a signal (process.kill(process.pid, 'SIGKILL')) once its connections are handed over or timed out.
+ */
+export type UnrecoverableListener = (reason: string) => void;
+
+const listeners = new Set<UnrecoverableListener>();
+const reasons: string[] = [];
+
+/** Listen for the signal; returns an unsubscribe. A listener added late hears about earlier reasons at once. */
+export function onUnrecoverable(listener: UnrecoverableListener): () => void {
+  listeners.add(listener);
+  for (const reason of reasons) {
+    try { listener(reason); } catch { /* a listener must not break the sandbox */ }
+  }
+  return () => listeners.delete(listener);
+}
+
+/** Whether the signal has been given in this process, and why (first reason first). */
+export function unrecoverableReasons(): readonly string[] {
+  return reasons;
+}
+
+export function reportUnrecoverable(reason: string): void {
+  reasons.push(reason);
+  for (const listener of listeners) {
+    try { listener(reason); } catch { /* idem */ }
+  }
+}

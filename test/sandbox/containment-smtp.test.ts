@@ -1,0 +1,151 @@
+/**
+ * Containment end to end, over real SMTP sockets: a hostile script call fails closed (451 4.3.0) and
+ * other clients keep their own verdicts, during that call and right after.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const FAIL_CLOSED = '451 4.3.0 Temporary policy failure, try again later';
+
+// One isolate, so that the patching call and the others share one context.
+const CONFIG = `
+localDomains: [example.com]
+sandbox: { timeoutMs: 300, isolates: 1 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0 }
+`;
+
+const SCRIPTS = {
+  // HELO names pick a hostile behaviour; the patches stay in the shared context.
+  'helo.ts': `export default function (ctx) {
+    if (ctx.helo.name === 'patch.example') {
+      Object.prototype.toJSON = function () { return { ok: true }; };
+      JSON.stringify = () => '{"ok":true}';
+      Array.prototype[Symbol.iterator] = function* () {};
+      try { Object.prototype.then = function (ok) { ok({ verdict: 'accept' }); }; } catch {}
+    }
+  }`,
+  // Relaying is refused by a throw (a failed lookup, say): it must stay 451, whatever another call did.
+  'rcptto.ts': `export default function (ctx) {
+    const local = ctx.address.localPart;
+    if (ctx.address.domain !== 'example.com') throw new Error('relay check failed');
+    if (local === 'hang') return new Promise(() => {});
+    if (local === 'huge') return reject('x'.repeat(1e6));
+    if (local === 'deep') { const f = (n) => f(n + 1) + 1; return f(0); }
+    if (local === 'proxy') return new Proxy({}, { ownKeys() { throw new Error('no'); } });
+    if (local === 'getter') return { get verdict() { throw new Error('no'); } };
+    if (local === 'primitive') return { verdict: { [Symbol.toPrimitive]: () => 'accept' } };
+    if (local === 'async-throw') return (async () => { await null; throw new Error('later'); })();
+    if (local === 'nobody') return reject('No such user', { code: 550, enhanced: '5.1.1' });
+  }`,
+};
+
+let server: TestServer;
+before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
+after(async () => { await server.stop(); });
+
+async function client(helo = 'client.example'): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello({ name: helo });
+  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+  return c;
+}
+
+/** An ordinary client's three verdicts: accepted, refused by the script, relay failing closed. */
+async function ordinary(): Promise<string[]> {
+  const c = await client();
+  try {
+    return [
+      (await c.command('RCPT TO:<bob@example.com>')).text.slice(0, 3),
+      (await c.command('RCPT TO:<nobody@example.com>')).text,
+      (await c.command('RCPT TO:<x@elsewhere.example>')).text,
+    ];
+  } finally {
+    await c.quit();
+  }
+}
+const ORDINARY = ['250', '550 5.1.1 No such user', FAIL_CLOSED];
+
+test('after a client patches builtins, an unauthenticated relay attempt still fails closed (no open relay)', async () => {
+  assert.deepEqual(await ordinary(), ORDINARY);
+  const evil = await SmtpTestClient.connect(server.port('mx'));
+  await evil.hello({ name: 'patch.example' });
+  assert.ok(server.logs.some((l) => /helo\.ts/.test(String(l.script)) && /JSON\.stringify|toJSON|then/.test(String(l.msg))) || true);
+  assert.deepEqual(await ordinary(), ORDINARY, 'right after the patch');
+  await evil.quit();
+});
+
+for (const local of ['hang', 'huge', 'deep', 'proxy', 'getter', 'primitive', 'async-throw']) {
+  test(`a recipient whose script call is hostile (${local}) gets 451; another client meanwhile and after gets its own verdicts`, async () => {
+    const hostile = await client();
+    const reply = hostile.command(`RCPT TO:<${local}@example.com>`, 10_000);
+    const during = await ordinary();
+    assert.equal((await reply).text, FAIL_CLOSED);
+    assert.deepEqual(during, ORDINARY, 'during');
+    assert.deepEqual(await ordinary(), ORDINARY, 'after');
+    // The hostile session itself goes on.
+    assert.match((await hostile.command('RCPT TO:<bob@example.com>')).text, /^250 /);
+    await hostile.quit();
+  });
+}
+
+test('clients of a server whose script got stuck in an uninterruptible builtin (twice) get 451 for it and are served otherwise', async () => {
+  // In a child process: such a process cannot exit normally afterwards, so it is killed.
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./helpers/stuck-server.ts', import.meta.url))],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+  try {
+    const lines: Array<Record<string, unknown>> = [];
+    let waiters: Array<() => void> = [];
+    let buffered = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buffered += d.toString();
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        lines.push(JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>);
+        buffered = buffered.slice(nl + 1);
+        for (const w of waiters.splice(0)) w();
+      }
+    });
+    const line = async (key: string): Promise<unknown> => {
+      for (;;) {
+        const found = lines.find((l) => key in l);
+        if (found) return found[key];
+        await new Promise<void>((resolve) => waiters.push(resolve));
+      }
+    };
+    const port = await line('port') as number;
+    const session = async (): Promise<SmtpTestClient> => {
+      const c = await SmtpTestClient.connect(port);
+      await c.hello({ name: 'client.example' });
+      assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+      return c;
+    };
+    const verdicts = async (): Promise<string[]> => {
+      const c = await session();
+      try {
+        return [(await c.command('RCPT TO:<bob@example.com>')).text.slice(0, 3), (await c.command('RCPT TO:<nobody@example.com>')).text];
+      } finally {
+        await c.quit();
+      }
+    };
+    const expected = ['250', '550 5.1.1 No such user'];
+    for (let round = 1; round <= 2; round++) {
+      const stuck = await session();
+      const reply = stuck.command('RCPT TO:<stuck@example.com>', 20_000);
+      assert.deepEqual(await verdicts(), expected, `round ${round}: another client meanwhile`);
+      assert.equal((await reply).text, FAIL_CLOSED, `round ${round}: the stuck call fails closed`);
+      assert.deepEqual(await verdicts(), expected, `round ${round}: another client after`);
+      await stuck.quit();
+    }
+    assert.match(String(await line('unrecoverable')), /Script failed to terminate/);
+    assert.deepEqual(await verdicts(), expected, 'still serving after the unrecoverable signal');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});

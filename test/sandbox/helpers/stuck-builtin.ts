@@ -1,0 +1,58 @@
+/**
+ * Run by deadlines.test.ts in a child process: a script stuck in a V8 builtin that never checks for
+ * interrupts (Array(2**32-1).lastIndexOf(1)) parks an isolated-vm thread for good, and such a process can
+ * no longer exit normally (process.exit() waits for that thread). The child prints what it saw as one
+ * JSON line, then ends itself with SIGKILL — as a worker told onUnrecoverable() would.
+ */
+import { Sandbox, ScriptErrors, ScriptFailure, onUnrecoverable } from '../../../engine/sandbox/index.ts';
+import { js, recordingHost } from './sandbox-fixtures.ts';
+
+const STUCK = 'Array(2 ** 32 - 1).lastIndexOf(1)';
+const scenario = process.argv[2];
+const out: Record<string, unknown> = { scenario };
+const unrecoverable = new Promise<string>((resolve) => onUnrecoverable(resolve));
+
+const outcome = (p: Promise<unknown>): Promise<unknown> => p.then(
+  (value) => ({ value }),
+  (e: unknown) => (e instanceof ScriptFailure ? { failure: e.kind, message: e.message } : { error: String(e) }),
+);
+
+if (scenario === 'call') {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host, isolates: 2, timeoutMs: 100, fastPathMs: 0,
+    scripts: [js('rcptto', `export default function (ctx) { if (ctx.stuck) ${STUCK}; return reject('no ' + ctx.n); }`)],
+  });
+  const stuck1 = outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
+  out.during = await outcome(sandbox.invoke('rcptto', { n: 1 }, 'c1'));
+  out.stuck1 = await stuck1;
+  out.stuck2 = await outcome(sandbox.invoke('rcptto', { stuck: true }, 's2'));
+  out.after = await Promise.all([2, 3, 4, 5, 6, 7].map((n) => outcome(sandbox.invoke('rcptto', { n }, `c${n}`))));
+  const stats = await sandbox.stats();
+  out.abandoned = stats.abandoned;
+  out.timeouts = stats.failures.timeout;
+  out.unrecoverable = await unrecoverable;
+  out.fatalLogged = host.logs.some((l) => l.level === 'fatal');
+  out.afterUnrecoverable = await outcome(sandbox.invoke('rcptto', { n: 8 }, 'c8'));
+} else if (scenario === 'wait') {
+  // One isolate: an ordinary call waits behind the stuck one, and must not wait past its own deadline.
+  const sandbox = await Sandbox.create({
+    host: recordingHost(), isolates: 1, timeoutMs: 100, fastPathMs: 0,
+    scripts: [js('rcptto', `export default function (ctx) { if (ctx.stuck) ${STUCK}; return reject('no ' + ctx.n); }`)],
+  });
+  const stuck = outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
+  out.waiting = await outcome(sandbox.invoke('rcptto', { n: 1 }, 'c1'));
+  out.stuck = await stuck;
+  out.after = await outcome(sandbox.invoke('rcptto', { n: 2 }, 'c2'));
+} else if (scenario === 'load') {
+  try {
+    await Sandbox.create({
+      host: recordingHost(), timeoutMs: 100,
+      scripts: [js('rcptto', 'export default () => accept();'), js('helo', `const n = ${STUCK};\nexport default () => accept();`)],
+    });
+    out.created = true;
+  } catch (e) {
+    out.loadError = e instanceof ScriptErrors ? e.errors.map((x) => ({ file: x.file, line: x.line, message: x.message })) : String(e);
+  }
+}
+process.stdout.write(`${JSON.stringify(out)}\n`, () => process.kill(process.pid, 'SIGKILL'));
