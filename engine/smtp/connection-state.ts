@@ -30,16 +30,10 @@ export class ConnectionState {
   authFailures = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
-  /** Text a script gave its accept verdict, for the next 250 reply (MAIL FROM, RCPT TO). */
-  acceptText: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
-  /** The next 4xx/5xx reply was logged where it was decided (decision-log.ts); send() logs the others. */
-  refusalLogged = false;
-  /** Close the connection after the next reply (a verdict asked to disconnect). */
-  disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
   /** The Received header's lines about the client, and the facts they were built from. */
