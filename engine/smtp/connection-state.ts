@@ -7,7 +7,8 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
-import type { FactsMemo } from './script-context.ts';
+import type { SMTPServerSession } from 'smtp-server';
+import type { ConnectionInfo } from '../sandbox/api/index.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -52,4 +53,24 @@ export class ConnectionState {
     this.saslAuthenticated = false;
     this.transactionId = null;
   }
+}
+
+/** What sharedConnectionFacts() (script-context.ts) built its facts from, with the facts. */
+export interface FactsMemo {
+  session: SMTPServerSession;
+  /** Fixed for a connection unless XCLIENT (off) rewrites them: compared all the same. */
+  remoteAddress: string;
+  remotePort: number;
+  secure: boolean;
+  tlsOptions: unknown;
+  servername: unknown;
+  listener: ConnectionState['listener'];
+  helo: string | null;
+  user: string | null;
+  mechanism: string | null;
+  tlsMode: ConnectionState['tlsMode'];
+  certificate: ConnectionState['certificate'];
+  identity: ConnectionState['identity'];
+  info: ConnectionInfo;
+  key: string;
 }

@@ -37,7 +37,7 @@ export async function receiveMessage(
     // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
     const size = await drain(stream, (chunk, total) => {
       if (total > maxSize) throw refuseNow(writer, reply('messageTooBig'));
-      if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { max: String(st.listener.limits.maxHeaderBytes) }));
+      if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { n: String(st.listener.limits.maxHeaderBytes) }));
       writer.write(chunk);
     });
     const decided = await policy.data(conn, session, id, size, headers.headers());

@@ -14,12 +14,24 @@ import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
-import type { ListenerHost, SmtpClient } from './smtp-client.ts';
+import type { SmtpClient } from './smtp-client.ts';
+import type { Runtime } from './runtime.ts';
+import type { SessionPolicy } from './session-policy.ts';
+import type { TrustedIssuers } from '../certificates/index.ts';
 
 type Callback = () => void;
 
 /** Socket errors that only say the client went away (smtp-server's own list). */
 const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/** What a connection uses of its listener (PosternServer). */
+export interface ListenerHost {
+  readonly runtime: Runtime;
+  readonly listenerName: string;
+  readonly policy: SessionPolicy;
+  readonly greetingDelayMs: number;
+  readonly trust: TrustedIssuers;
+}
 
 /** A reply Postern decided, waiting for the send() that writes it. */
 interface DecidedReply { reply: SmtpReply; stage: DecisionStage; facts: DecisionFacts | undefined }
@@ -33,7 +45,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   #nextReply: DecidedReply | null = null;
 
-  constructor(server: ListenerHost & { listenerName: string }, socket: net.Socket, options?: Record<string, unknown>) {
+  constructor(server: ListenerHost, socket: net.Socket, options?: Record<string, unknown>) {
     super(server as unknown as SMTPServer, socket, options);
     const generation = server.runtime.generation.acquire();
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));

@@ -49,7 +49,7 @@ export const REPLIES = {
 
   // End of DATA.
   messageTooBig: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size', reason: 'limits.maxMessageSize' },
-  headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {max} bytes', reason: 'limits.maxHeaderBytes' },
+  headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 
   // Script verdicts without their own code or text (the verdict table, verdict-replies.ts).

@@ -1,7 +1,6 @@
 /**
- * What the session policy, the message intake and the decision log need of a connection, and what a
- * connection needs of its listener. PosternConnection and PosternServer provide them; the modules that
- * use them import these interfaces instead of each other (no import cycles between smtp/ files).
+ * What the session policy and the message intake need of a connection. PosternConnection provides it;
+ * they import this interface instead of the connection (no import cycles between smtp/ files).
  */
 import type net from 'node:net';
 import type { SMTPServerSession } from 'smtp-server';
@@ -9,8 +8,6 @@ import type { ConnectionState } from './connection-state.ts';
 import type { SmtpReply } from './reply.ts';
 import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
-import type { Runtime } from './runtime.ts';
-import type { SessionPolicy } from './session-policy.ts';
 
 export interface SmtpClient {
   readonly id: string;
@@ -32,10 +29,3 @@ export interface SmtpClient {
   decide(stage: DecisionStage, reply: SmtpReply | null, facts?: DecisionFacts): SmtpReply | null;
 }
 
-/** What a connection uses of its listener. */
-export interface ListenerHost {
-  readonly runtime: Runtime;
-  readonly policy: SessionPolicy;
-  readonly greetingDelayMs: number;
-  readonly trust: TrustedIssuers;
-}

@@ -1,0 +1,98 @@
+// The reply catalogue (engine/smtp/replies.ts) and docs/scripts.md agree: every reply the lifecycle diagram
+// and the tables show is in the catalogue, and every catalogue entry is documented there. Also: the one
+// verdict check is strict, so a misspelled option fails closed on the wire instead of being ignored.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { REPLIES, documentedForm, type ReplySpec } from '../../engine/smtp/replies.ts';
+import { checkVerdict } from '../../engine/policy/verdict.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const DOC = readFileSync(new URL('../../docs/scripts.md', import.meta.url), 'utf8');
+
+/** Replies smtp-server writes itself, with its own text; the docs show them, the catalogue need not. */
+const SMTP_SERVER_OWN = new Set(['220 2.0.0 Ready to start TLS']);
+
+interface DocumentedReply { code: string; enhanced: string; text: string | null; where: string }
+
+/** Reply lines of the lifecycle diagram: `<code> <enhanced> <text>`, the text ending at two spaces, an arrow or the line's end. */
+function diagramReplies(): DocumentedReply[] {
+  const section = DOC.slice(DOC.indexOf('## Lifecycle'));
+  const diagram = section.slice(section.indexOf('```\n') + 4, section.indexOf('\n```', section.indexOf('```\n') + 4));
+  assert.ok(diagram.includes('[connect]'), 'the lifecycle diagram was found');
+  const found: DocumentedReply[] = [];
+  for (const line of diagram.split('\n')) {
+    for (const m of line.matchAll(/\b([2-5]\d\d) ([2-5]\.\d{1,3}\.\d{1,3}) (.+?)(?= {2,}| ─▶|$)/g)) {
+      found.push({ code: m[1]!, enhanced: m[2]!, text: m[3]!.trim(), where: `diagram: ${line.trim()}` });
+    }
+  }
+  return found;
+}
+
+/** Replies in table cells: a code span that starts with `<code> <enhanced>`. */
+function tableReplies(): DocumentedReply[] {
+  const found: DocumentedReply[] = [];
+  for (const line of DOC.split('\n')) {
+    if (!line.startsWith('|')) continue;
+    for (const m of line.matchAll(/`([2-5]\d\d) ([2-5]\.\d{1,3}\.\d{1,3})(?: ([^`]*))?`/g)) {
+      found.push({ code: m[1]!, enhanced: m[2]!, text: m[3] ?? null, where: `table: ${line.slice(0, 80)}` });
+    }
+  }
+  return found;
+}
+
+const catalogue = Object.entries(REPLIES) as Array<[string, ReplySpec]>;
+
+test('every reply in the lifecycle diagram and the tables of docs/scripts.md is in the catalogue', () => {
+  const documented = [...diagramReplies(), ...tableReplies()];
+  assert.ok(documented.length > 30, `found ${documented.length} documented replies`);
+  const forms = new Set(catalogue.map(([, spec]) => documentedForm(spec)));
+  for (const d of documented) {
+    const line = `${d.code} ${d.enhanced}${d.text === null ? '' : ` ${d.text}`}`;
+    if (SMTP_SERVER_OWN.has(line)) continue;
+    // "…", a bare code, or a script's own `<text>`: only the codes are shown.
+    if (d.text === null || d.text === '…' || d.text.startsWith('<text>')) {
+      assert.ok(catalogue.some(([, s]) => `${s.code}` === d.code && s.enhanced === d.enhanced), `no catalogue reply has ${d.code} ${d.enhanced} (${d.where})`);
+      continue;
+    }
+    assert.ok(forms.has(line), `not in the catalogue: "${line}" (${d.where})`);
+  }
+});
+
+test('every catalogue reply is documented in docs/scripts.md, and every refusal has a reason', () => {
+  const documented = new Set([...diagramReplies(), ...tableReplies()].filter((d) => d.text !== null).map((d) => `${d.code} ${d.enhanced} ${d.text}`));
+  for (const [name, spec] of catalogue) {
+    assert.ok(documented.has(documentedForm(spec)), `${name} (${documentedForm(spec)}) is not in docs/scripts.md's lifecycle diagram or tables`);
+    if (spec.code >= 400) assert.ok(spec.reason, `${name} has no reason for the decision log`);
+    assert.match(spec.enhanced, new RegExp(`^${String(spec.code)[0]}\\.\\d{1,3}\\.\\d{1,3}$`), `${name}: enhanced code class matches the reply code`);
+  }
+});
+
+test('the verdict check is strict: unknown or mistyped options are script errors', () => {
+  assert.throws(() => checkVerdict('mailfrom', { verdict: 'reject', dissconnect: true }), /no option "dissconnect"/);
+  assert.throws(() => checkVerdict('mailfrom', { verdict: 'reject', disconnect: 'yes' }), /disconnect must be a boolean/);
+  assert.throws(() => checkVerdict('auth', { verdict: 'reject', username: 'alice' }), /no option "username"/);
+  assert.throws(() => checkVerdict('predelivery', { verdict: 'deliver', hots: 'mx.example' }), /no option "hots"/);
+  assert.throws(() => checkVerdict('predelivery', { verdict: 'deliver', port: 0 }), /invalid port/);
+  assert.deepEqual(checkVerdict('mailfrom', { verdict: 'reject', text: 'no', code: 553, enhanced: '5.7.1', disconnect: true }),
+    { verdict: 'reject', text: 'no', code: 553, enhanced: '5.7.1', disconnect: true });
+  assert.deepEqual(checkVerdict('predelivery', { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } }),
+    { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } });
+});
+
+test('a literal verdict with a misspelled option fails closed (451 4.3.0) instead of being applied without it', async () => {
+  const s = await startTestServer({
+    config: 'listeners:\n  - { name: mx, listen: "127.0.0.1:0", reverseDns: false, limits: { greetingDelayMs: 0 } }\n',
+    scripts: { 'mailfrom.ts': `export default () => ({ verdict: 'reject', text: 'Go away', dissconnect: true });` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@b.example>')).text, '451 4.3.0 Temporary policy failure, try again later');
+    await c.quit();
+    const line = s.logs.find((l) => l.decision === 'defer' && l.stage === 'MAIL');
+    assert.equal(line?.reason, 'script mailfrom failed (fail closed)');
+    assert.ok(s.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('policy script mailfrom failed') && /dissconnect/.test(String(l.err))));
+  } finally { await s.stop(); }
+});
