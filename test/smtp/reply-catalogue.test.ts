@@ -96,3 +96,20 @@ test('a literal verdict with a misspelled option fails closed (451 4.3.0) instea
     assert.ok(s.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('policy script mailfrom failed') && /dissconnect/.test(String(l.err))));
   } finally { await s.stop(); }
 });
+
+test('replies Postern decides itself (HELO verdict, AUTH refusal) are logged once with their stage and reason, and a disconnect closes after the reply', async () => {
+  const s = await startTestServer({
+    config: 'listeners:\n  - { name: mx, listen: "127.0.0.1:0", reverseDns: false, tls: { mode: none }, auth: { mechanisms: [PLAIN] }, limits: { greetingDelayMs: 0 } }\n',
+    scripts: { 'helo.ts': `export default (ctx) => ctx.helo.name === 'bad.example' ? reject('Not you', { disconnect: true }) : undefined;` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.read();
+    assert.equal((await c.command('EHLO good.example')).code, 250);
+    assert.equal((await c.command('AUTH CRAM-MD5')).text, '504 5.5.4 Unrecognized authentication type');
+    assert.equal((await c.command('EHLO bad.example')).text, '550 5.7.1 Not you');
+    await assert.rejects(c.read(), /connection closed/);
+    const lines = s.logs.filter((l) => l.decision === 'reject');
+    assert.deepEqual(lines.map((l) => [l.stage, l.code, l.reason]), [['AUTH', 504, 'auth.mechanisms: not offered'], ['HELO', 550, 'script helo: reject']]);
+  } finally { await s.stop(); }
+});
