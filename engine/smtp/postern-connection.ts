@@ -11,7 +11,7 @@ import type { SMTPServer } from 'smtp-server';
 import type net from 'node:net';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
-import { reply } from './replies.ts';
+import { REPLIES, reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
 import type { SmtpClient } from './smtp-client.ts';
@@ -129,7 +129,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const text = Array.isArray(data) ? data.join(' ') : data ?? '';
     const mail = this.session.envelope?.mailFrom;
     logRefusal(this.#server.runtime.logger, this, typeof context === 'string' ? context.toUpperCase() : 'SMTP',
-      { responseCode: code, enhanced: '', text, reason: code === 530 && /authentication required/i.test(text) ? 'auth.required' : 'SMTP protocol rule (smtp-server)' },
+      { responseCode: code, enhanced: '', text, reason: code === REPLIES.authRequired.code && text.endsWith(REPLIES.authRequired.text) ? REPLIES.authRequired.reason : 'SMTP protocol rule (smtp-server)' },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }
 
