@@ -5,7 +5,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { REPLIES, documentedForm, type ReplySpec } from '../../engine/smtp/replies.ts';
-import { checkVerdict } from '../../engine/policy/verdict.ts';
+import { checkVerdict, FAIL_CLOSED } from '../../engine/policy/verdict.ts';
+import { verdictReply } from '../../engine/smtp/verdict-replies.ts';
+import type { HookName, PredeliveryVerdict, Verdict } from '../../engine/sandbox/api/index.ts';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
@@ -79,6 +81,30 @@ test('the verdict check is strict: unknown or mistyped options are script errors
     { verdict: 'reject', text: 'no', code: 553, enhanced: '5.7.1', disconnect: true });
   assert.deepEqual(checkVerdict('predelivery', { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } }),
     { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } });
+});
+
+test('the verdict table: defaults per hook, codes chosen by the verdict, disconnect, accept texts, fail closed', () => {
+  const wire = (hook: HookName, v: Verdict | PredeliveryVerdict, id?: string): string | null => {
+    const r = verdictReply(hook, v, id);
+    return r && `${r.responseCode} ${r.message}${r.disconnect ? ' (closed)' : ''} [${r.reason ?? ''}]`;
+  };
+  assert.equal(wire('connect', { verdict: 'reject' }), '554 5.7.1 Connection refused by policy [script connect: reject]');
+  assert.equal(wire('auth', { verdict: 'reject' }), '535 5.7.8 Authentication credentials invalid [script auth: reject]');
+  assert.equal(wire('rcptto', { verdict: 'reject', code: 535 }), '535 5.7.8 Recipient refused by policy [script rcptto: reject]');
+  assert.equal(wire('mailfrom', { verdict: 'reject', code: 553, text: 'No\r\nInjected: yes', disconnect: true }), '553 5.7.1 No Injected: yes (closed) [script mailfrom: reject]');
+  assert.equal(wire('auth', { verdict: 'defer' }), '454 4.7.0 Temporary policy failure, try again later [script auth: defer]');
+  assert.equal(wire('helo', { verdict: 'defer', disconnect: true }), '421 4.7.0 Temporary policy failure, try again later (closed) [script helo: defer]');
+  assert.equal(wire('data', { verdict: 'defer', code: 452, enhanced: '4.3.1' }), '452 4.3.1 Temporary policy failure, try again later [script data: defer]');
+  assert.equal(wire('data', FAIL_CLOSED), '451 4.3.0 Temporary policy failure, try again later [script data failed (fail closed)]');
+  assert.equal(wire('mailfrom', { verdict: 'accept' }), null);
+  assert.equal(wire('connect', { verdict: 'accept', text: 'ignored here' }), null);
+  assert.equal(wire('rcptto', { verdict: 'accept', text: 'Welcome' }), '250 2.1.5 Welcome []');
+  assert.equal(wire('data', { verdict: 'accept', text: 'Thanks {id} $&' }, 'Q1'), '250 2.0.0 Thanks {id} $&: queued as Q1 []');
+  // predelivery: no connection to close; the same enhanced-code rule as the SMTP hooks.
+  assert.equal(wire('predelivery', { verdict: 'defer', disconnect: true }), '451 4.3.0 Delivery deferred by policy [script predelivery: defer]');
+  assert.equal(wire('predelivery', { verdict: 'defer', code: 454 }), '454 4.7.0 Delivery deferred by policy [script predelivery: defer]');
+  assert.equal(wire('predelivery', { verdict: 'reject' }), '550 5.7.1 Delivery refused by policy [script predelivery: reject]');
+  assert.equal(wire('predelivery', { verdict: 'deliver' }), null);
 });
 
 test('a literal verdict with a misspelled option fails closed (451 4.3.0) instead of being applied without it', async () => {
