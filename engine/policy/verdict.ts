@@ -1,68 +1,88 @@
 /**
- * Turns whatever a script returned into a checked verdict, and a verdict into an SMTP reply.
- * A malformed verdict is a script error: it fails closed like a throw.
+ * The one check of what a script returned, whichever builder or literal made it: a verdict the hook
+ * allows, only the options that verdict has, each of the right type and range. A malformed verdict is a
+ * script error: it fails closed like a throw (run-hook.ts). Turning a verdict into a reply is the SMTP
+ * side's job (engine/smtp/verdict-replies.ts); nothing here knows about replies.
  */
+import { isIP } from 'node:net';
 import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
-import { SmtpReply, sanitizeReplyText } from '../smtp/reply.ts';
 
 export class VerdictError extends Error {
   constructor(message: string) { super(message); this.name = 'VerdictError'; }
 }
 
-/** What any script failure becomes: a deferral, never an accept (fail closed). */
-export const FAIL_CLOSED: DeferVerdict = Object.freeze({
-  verdict: 'defer', code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later',
-}) as DeferVerdict;
+/** What any script failure becomes: a deferral, never an accept (fail closed). Its reply is the catalogue's `policyFailed`. */
+export const FAIL_CLOSED: DeferVerdict = Object.freeze({ verdict: 'defer' }) as DeferVerdict;
 
 const ENHANCED = /^([245])\.\d{1,3}\.\d{1,3}$/;
+const HOST = /^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$/;
+const TLS_MODES = new Set(['none', 'may', 'encrypt', 'verify']);
+
+/** The options each verdict has (engine/sandbox/api/verdicts.ts); any other key is a mistake. */
+const OPTIONS: Record<string, ReadonlySet<string>> = {
+  accept: new Set(['verdict', 'username', 'text']),
+  reject: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
+  defer: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
+  deliver: new Set(['verdict', 'host', 'port', 'implicitTls', 'tls']),
+};
+const TLS_OPTIONS = new Set(['mode', 'clientCertificate', 'serverName', 'ca']);
 
 /** Validate a script's return value; `undefined` means "apply the default". */
 export function checkVerdict(hook: HookName, value: unknown): Verdict | PredeliveryVerdict | undefined {
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'object') throw new VerdictError(`${hook} returned ${typeof value}, expected a verdict object or nothing`);
+  if (typeof value !== 'object' || Array.isArray(value)) throw new VerdictError(`${hook} returned ${Array.isArray(value) ? 'an array' : typeof value}, expected a verdict object or nothing`);
   const v = value as Record<string, unknown>;
   const allowed = hook === 'predelivery' ? ['deliver', 'reject', 'defer'] : ['accept', 'reject', 'defer'];
-  if (!allowed.includes(v.verdict as string)) {
+  const kind = v.verdict as string;
+  if (!allowed.includes(kind)) {
     throw new VerdictError(`${hook} returned verdict ${JSON.stringify(v.verdict)}, expected one of ${allowed.join(', ')}`);
+  }
+  for (const key of Object.keys(v)) {
+    if (!OPTIONS[kind]!.has(key)) throw new VerdictError(`${kind} verdict has no option ${JSON.stringify(key)} (allowed: ${[...OPTIONS[kind]!].slice(1).join(', ')})`);
+  }
+  if (kind === 'deliver') {
+    checkDeliver(v);
+    return v as unknown as PredeliveryVerdict;
   }
   if (v.text !== undefined && typeof v.text !== 'string') throw new VerdictError('verdict text must be a string');
   if (v.code !== undefined) {
     const code = v.code;
-    const lo = v.verdict === 'reject' ? 500 : 400;
+    const lo = kind === 'reject' ? 500 : 400;
     if (typeof code !== 'number' || !Number.isInteger(code) || code < lo || code > lo + 99) {
-      throw new VerdictError(`${v.verdict} code must be ${lo}-${lo + 99}, got ${JSON.stringify(code)}`);
+      throw new VerdictError(`${kind} code must be ${lo}-${lo + 99}, got ${JSON.stringify(code)}`);
     }
   }
   if (v.enhanced !== undefined) {
     const m = typeof v.enhanced === 'string' ? ENHANCED.exec(v.enhanced) : null;
-    if (!m || m[1] !== (v.verdict === 'reject' ? '5' : '4')) throw new VerdictError(`enhanced status code ${JSON.stringify(v.enhanced)} does not match the verdict`);
+    if (!m || m[1] !== (kind === 'reject' ? '5' : '4')) throw new VerdictError(`enhanced status code ${JSON.stringify(v.enhanced)} does not match the verdict`);
   }
+  if (v.disconnect !== undefined && typeof v.disconnect !== 'boolean') throw new VerdictError('disconnect must be a boolean');
+  // eslint-disable-next-line no-control-regex
   if (v.username !== undefined && (typeof v.username !== 'string' || !v.username || /[\x00-\x1f]/.test(v.username))) {
     throw new VerdictError('username must be a non-empty string without control characters');
   }
   return v as unknown as Verdict;
 }
 
-/** Default reply per hook for a reject or defer that did not choose its own code. */
-const REJECT_DEFAULTS: Record<string, [number, string, string]> = {
-  connect: [554, '5.7.1', 'Connection refused by policy'],
-  helo: [550, '5.7.1', 'HELO refused by policy'],
-  auth: [535, '5.7.8', 'Authentication credentials invalid'],
-  mailfrom: [550, '5.7.1', 'Sender refused by policy'],
-  rcptto: [550, '5.7.1', 'Recipient refused by policy'],
-  data: [550, '5.7.1', 'Message refused by policy'],
-};
-
-/** The reply for a reject/defer verdict in `hook`. */
-export function verdictReply(hook: HookName, v: Verdict): SmtpReply | null {
-  if (v.verdict === 'accept') return null;
-  const [rcode, renh, rtext] = REJECT_DEFAULTS[hook] ?? [550, '5.7.1', 'Refused by policy'];
-  if (v.verdict === 'reject') {
-    const code = v.code ?? rcode;
-    return new SmtpReply(code, v.enhanced ?? (v.code ? `5.${code === 535 ? '7.8' : '7.1'}` : renh),
-      sanitizeReplyText(v.text ?? rtext), { disconnect: !!v.disconnect, reason: `script ${hook}: reject` });
+/** A deliver verdict's route and TLS options. */
+function checkDeliver(v: Record<string, unknown>): void {
+  if (v.host !== undefined && (typeof v.host !== 'string' || !(HOST.test(v.host) || isIP(withoutBrackets(v.host))))) throw new VerdictError(`deliver: invalid host ${JSON.stringify(v.host)}`);
+  if (v.port !== undefined && (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535)) throw new VerdictError(`deliver: invalid port ${JSON.stringify(v.port)}`);
+  if (v.implicitTls !== undefined && typeof v.implicitTls !== 'boolean') throw new VerdictError('deliver: implicitTls must be a boolean');
+  if (v.tls === undefined) return;
+  if (typeof v.tls !== 'object' || v.tls === null || Array.isArray(v.tls)) throw new VerdictError('deliver: tls must be an object');
+  const t = v.tls as Record<string, unknown>;
+  for (const k of Object.keys(t)) if (!TLS_OPTIONS.has(k)) throw new VerdictError(`deliver: unknown tls option ${k}`);
+  if (t.mode !== undefined && !TLS_MODES.has(t.mode as string)) throw new VerdictError(`deliver: invalid tls mode ${JSON.stringify(t.mode)}`);
+  for (const k of ['clientCertificate', 'serverName', 'ca']) {
+    if (k === 'clientCertificate' && t[k] === null) continue; // no certificate, whatever the default
+    if (t[k] !== undefined && (typeof t[k] !== 'string' || !t[k])) throw new VerdictError(`deliver: tls.${k} must be a non-empty string`);
   }
-  const code = v.code ?? (v.disconnect ? 421 : hook === 'auth' ? 454 : 451);
-  const enhanced = v.enhanced ?? (code === 454 || code === 421 ? '4.7.0' : '4.3.0');
-  return new SmtpReply(code, enhanced, sanitizeReplyText(v.text ?? 'Temporary policy failure, try again later'), { disconnect: !!v.disconnect || code === 421, reason: v === FAIL_CLOSED ? `script ${hook} failed (fail closed)` : `script ${hook}: defer` });
+  if (typeof t.serverName === 'string' && !HOST.test(t.serverName)) throw new VerdictError(`deliver: invalid tls.serverName ${JSON.stringify(t.serverName)}`);
+}
+
+/** A host as a verdict may give it, `[192.0.2.1]` or `[IPv6:…]` included, without its brackets. */
+export function withoutBrackets(host: string): string {
+  const m = /^\[(?:ipv6:)?(.+)\]$/i.exec(host);
+  return m ? m[1]! : host;
 }

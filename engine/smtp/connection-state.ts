@@ -7,7 +7,8 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
-import type { FactsMemo } from './script-context.ts';
+import type { SMTPServerSession } from 'smtp-server';
+import type { ConnectionInfo } from '../sandbox/api/index.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -30,16 +31,10 @@ export class ConnectionState {
   authFailures = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
-  /** Text a script gave its accept verdict, for the next 250 reply (MAIL FROM, RCPT TO). */
-  acceptText: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
-  /** The next 4xx/5xx reply was logged where it was decided (decision-log.ts); send() logs the others. */
-  refusalLogged = false;
-  /** Close the connection after the next reply (a verdict asked to disconnect). */
-  disconnectAfterReply = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
   /** The Received header's lines about the client, and the facts they were built from. */
@@ -58,4 +53,24 @@ export class ConnectionState {
     this.saslAuthenticated = false;
     this.transactionId = null;
   }
+}
+
+/** What sharedConnectionFacts() (script-context.ts) built its facts from, with the facts. */
+export interface FactsMemo {
+  session: SMTPServerSession;
+  /** Fixed for a connection unless XCLIENT (off) rewrites them: compared all the same. */
+  remoteAddress: string;
+  remotePort: number;
+  secure: boolean;
+  tlsOptions: unknown;
+  servername: unknown;
+  listener: ConnectionState['listener'];
+  helo: string | null;
+  user: string | null;
+  mechanism: string | null;
+  tlsMode: ConnectionState['tlsMode'];
+  certificate: ConnectionState['certificate'];
+  identity: ConnectionState['identity'];
+  info: ConnectionInfo;
+  key: string;
 }

@@ -5,7 +5,7 @@
  * reply, reason, certificate, identity, user). Info level: a refusal is the server working, not failing.
  */
 import type { Logger } from '../logging/logger.ts';
-import type { PosternConnection } from './postern-connection.ts';
+import type { ConnectionState } from './connection-state.ts';
 
 export type DecisionStage = 'CONNECT' | 'HELO' | 'AUTH' | 'MAIL' | 'RCPT' | 'DATA' | 'END-OF-MESSAGE' | (string & {});
 
@@ -21,9 +21,12 @@ export interface DecisionFacts {
   id?: string | null;
 }
 
-export function logRefusal(log: Logger, conn: PosternConnection, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
+/** The connection a refusal is about. */
+export interface RefusedClient { readonly id: string; readonly remoteAddress: string; readonly clientHostname: string | false; readonly state: ConnectionState }
+
+/** Called by PosternConnection.send() alone, as the reply is written. */
+export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
   const st = conn.state;
-  st.refusalLogged = true;
   const client = `${conn.clientHostname || 'unknown'}[${conn.remoteAddress}]`;
   const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.join(',');
   const address = stage === 'RCPT' ? to : stage === 'MAIL' ? facts.from : undefined;

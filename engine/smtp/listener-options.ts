@@ -8,6 +8,7 @@ import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
 import { loadTrustMaterial, loadKeyPair, TrustedIssuers } from '../certificates/index.ts';
 import type { ListenerSetup } from './postern-server.ts';
+import { reply } from './replies.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ListenerTls {
@@ -48,7 +49,8 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
     // EXTERNAL is ours; smtp-server only needs the mechanisms it implements (an empty list means its default).
     authMethods: mechanisms.length ? mechanisms : ['PLAIN'],
     authOptional: !l.auth.required,
-    authRequiredMessage: '5.7.0 Authentication required',
+    // smtp-server's own refusal of commands before AUTH: the catalogue's reply (send() logs it with its reason).
+    authRequiredMessage: reply('authRequired').message,
     // We refuse password AUTH before TLS ourselves, with 538 5.7.11.
     allowInsecureAuth: true,
     hideENHANCEDSTATUSCODES: false,

@@ -1,26 +1,27 @@
 /**
  * End of the SMTP transaction: stream DATA into the spool behind our Received header, run the data
- * hook, and commit durably. The 250 is only sent after commit() resolved.
+ * hook, and commit durably. Resolves with the 250, which is only sent after commit() resolved; fails
+ * with the refusal (an SmtpReply) otherwise.
  */
 import { metrics, secondsSince } from '../metrics/metrics.ts';
 import type { Readable } from 'node:stream';
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
-import type { PosternConnection } from './postern-connection.ts';
+import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
-import { SmtpReply, localError } from './reply.ts';
+import { SmtpReply } from './reply.ts';
+import { reply } from './replies.ts';
 import { HeaderReader } from './header-reader.ts';
 import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { SpoolWriter } from '../spool/spool.ts';
-import type { PosternServer } from './postern-server.ts';
 import { spoolIsFull } from './runtime.ts';
 
 export async function receiveMessage(
-  conn: PosternConnection, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
-): Promise<string> {
+  conn: SmtpClient, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
+): Promise<SmtpReply> {
   const st = conn.state;
   const id = st.transactionId ?? runtime.spool.newId();
   const writer = runtime.spool.create(id);
@@ -30,17 +31,17 @@ export async function receiveMessage(
     writer.write(Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
       hostname: st.generation.config.hostname, queueId: id, recipients,
     })));
-    const maxSize = (conn._server as unknown as PosternServer).options.size ?? Infinity;
+    const maxSize = conn.maxMessageSize;
     const headers = new HeaderReader(st.listener.limits.maxHeaderBytes);
     // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
     // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
     const size = await drain(stream, (chunk, total) => {
-      if (total > maxSize) throw refuseNow(writer, tooBig());
-      if (!headers.push(chunk)) throw refuseNow(writer, headerTooBig(st.listener.limits.maxHeaderBytes));
+      if (total > maxSize) throw refuseNow(writer, reply('messageTooBig'));
+      if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { n: String(st.listener.limits.maxHeaderBytes) }));
       writer.write(chunk);
     });
-    const reply = await policy.data(conn, session, size, headers.headers());
-    if (reply) throw reply;
+    const decided = await policy.data(conn, session, id, size, headers.headers());
+    if (decided?.refuses) throw decided;
     const mailFrom = session.envelope.mailFrom;
     const envelope: SpoolEnvelope = {
       version: 1,
@@ -60,7 +61,7 @@ export async function receiveMessage(
       nextAttemptAt: new Date().toISOString(),
       errors: [],
     };
-    if (spoolIsFull(runtime)) throw new SmtpReply(452, '4.3.1', 'Insufficient system storage', { reason: 'spool.minFreeBytes' });
+    if (spoolIsFull(runtime)) throw reply('storageFull');
     const commitStart = process.hrtime.bigint();
     await writer.commit(envelope);
     committed = true;
@@ -76,21 +77,19 @@ export async function receiveMessage(
       `${st.user ? `, user=${st.user}` : ''}${cert ? `, certificate=${cert.fingerprint.sha256.slice(0, 16)}…` : ''} (message spooled)`);
     runtime.onSpooled?.(id);
     st.transactionId = null;
-    const text = st.acceptText ?? '2.0.0 Ok';
-    st.acceptText = null;
-    return `${text}: queued as ${id}`;
+    return decided ?? reply('queued', { id });
   } catch (err) {
     if (!committed) try { writer.abort(); } catch { /* already gone */ }
     st.transactionId = null;
     if (err instanceof SmtpReply) throw err;
     if ((err as NodeJS.ErrnoException).code === 'ECONNECTION') throw err; // client went away; nobody to answer
     runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
-    throw localError(conn.id);
+    throw reply('localError', { id: conn.id });
   }
 }
 
 /** The Received header's lines about the client, kept per connection while the facts they come from hold. */
-function keptReceivedClientPart(conn: PosternConnection, session: SMTPServerSession): { lines: string; protocol: string } {
+function keptReceivedClientPart(conn: SmtpClient, session: SMTPServerSession): { lines: string; protocol: string } {
   const st = conn.state;
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
@@ -105,13 +104,9 @@ function keptReceivedClientPart(conn: PosternConnection, session: SMTPServerSess
   return part;
 }
 
-const tooBig = (): SmtpReply => new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size', { reason: 'limits.maxMessageSize' });
-const headerTooBig = (max: number): SmtpReply =>
-  new SmtpReply(552, '5.3.4', `Message header section exceeds fixed maximum size of ${max} bytes`, { reason: 'limits.maxHeaderBytes' });
-
-function refuseNow(writer: SpoolWriter, reply: SmtpReply): SmtpReply {
+function refuseNow(writer: SpoolWriter, refusal: SmtpReply): SmtpReply {
   writer.abort();
-  return reply;
+  return refusal;
 }
 
 /**

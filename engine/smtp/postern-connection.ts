@@ -1,43 +1,79 @@
 /**
  * One SMTP connection: smtp-server's SMTPConnection, extended where Postern differs — a per-listener
  * greeting delay, per-connection AUTH offers (EXTERNAL only after TLS with a usable certificate), AUTH
- * EXTERNAL itself, the HELO hook, and replies that carry our own enhanced status codes.
+ * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
-import { logRefusal } from './decision-log.ts';
+import { logRefusal, type DecisionFacts, type DecisionStage } from './decision-log.ts';
+import { metrics } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
 import type net from 'node:net';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
+import { REPLIES, reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
-import type { PosternServer } from './postern-server.ts';
+import type { SmtpClient } from './smtp-client.ts';
+import type { Runtime } from './runtime.ts';
+import type { SessionPolicy } from './session-policy.ts';
+import type { TrustedIssuers } from '../certificates/index.ts';
 
 type Callback = () => void;
 
 /** Socket errors that only say the client went away (smtp-server's own list). */
 const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
 
-export class PosternConnection extends SMTPConnection {
-  readonly state: ConnectionState;
-  /** Set while our EHLO reply is being written, so send() can put in this connection's AUTH line. */
-  #rewriteEhlo = false;
+/** What a connection uses of its listener (PosternServer). */
+export interface ListenerHost {
+  readonly runtime: Runtime;
+  readonly listenerName: string;
+  readonly policy: SessionPolicy;
+  readonly greetingDelayMs: number;
+  readonly trust: TrustedIssuers;
+}
 
-  constructor(server: PosternServer, socket: net.Socket, options?: Record<string, unknown>) {
+/** A reply Postern decided, waiting for the send() that writes it. */
+interface DecidedReply { reply: SmtpReply; stage: DecisionStage; facts: DecisionFacts | undefined }
+
+export class PosternConnection extends SMTPConnection implements SmtpClient {
+  readonly state: ConnectionState;
+  /**
+   * The next reply: what Postern decided about the command being answered, written by the next send()
+   * in place of smtp-server's own reply (smtp-server's callbacks cannot carry a 2xx text or "close after
+   * this reply"). Set by decide() right before the reply is sent.
+   */
+  #nextReply: DecidedReply | null = null;
+
+  constructor(server: ListenerHost, socket: net.Socket, options?: Record<string, unknown>) {
     super(server as unknown as SMTPServer, socket, options);
     const generation = server.runtime.generation.acquire();
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));
   }
 
-  get #server(): PosternServer { return this._server as unknown as PosternServer; }
+  get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
+
+  get trust(): ListenerHost['trust'] { return this.#server.trust; }
+
+  get maxMessageSize(): number { return (this._server.options as { size?: number }).size ?? Infinity; }
+
+  decide(stage: DecisionStage, decided: SmtpReply | null, facts?: DecisionFacts): SmtpReply | null {
+    this.#nextReply = decided ? { reply: decided, stage, facts } : null;
+    return decided?.refuses ? decided : null;
+  }
+
+  /** Decide and write a reply here (commands Postern answers itself). */
+  #answer(stage: DecisionStage, decided: SmtpReply): void {
+    this.decide(stage, decided);
+    this.send(decided.responseCode, decided.message);
+  }
 
   /** smtp-server waits a fixed 100 ms before the greeting (early-talker check); ours is per listener. */
   override init(): void {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
       if (opts.maxClients && this._server.connections.size > opts.maxClients) {
-        return this.send(421, `4.7.0 ${this.name} Too many connected clients, try again in a moment`, false);
+        return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
       }
       const delay = this.#server.greetingDelayMs;
       if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
@@ -46,26 +82,34 @@ export class PosternConnection extends SMTPConnection {
   }
 
   /**
-   * Every reply passes here. Texts that already start with an enhanced code keep it (smtp-server would
-   * otherwise add its own guess); a reply to a verdict that asked for it closes the connection.
+   * Every reply passes here. A reply Postern decided (decide()) is written as decided — code, enhanced
+   * code, text — logged with its reason when it refuses, and closes the connection when it says so.
+   * Anything else is smtp-server's own reply: the EHLO reply gets this connection's AUTH line, texts that
+   * already start with an enhanced code keep it (smtp-server would add its own guess), refusals are logged.
    */
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
-    if (this.#rewriteEhlo && code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
-    if (this.state.acceptText !== null && code === 250 && typeof data === 'string') {
-      data = this.state.acceptText;
-      this.state.acceptText = null;
+    const decided = this.#nextReply;
+    this.#nextReply = null;
+    batchReply(this._socket as net.Socket);
+    // A decided reply is the one smtp-server is sending now (same code); smtp-server may still answer
+    // otherwise (its own size limit, a timeout), and then its reply goes out as its own.
+    if (decided !== null && decided.reply.responseCode === code) {
+      const { reply: sent, stage, facts } = decided;
+      if (sent.refuses) {
+        metrics.refusals.inc({ stage, class: code >= 500 ? '5xx' : '4xx' });
+        logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
+      }
+      super.send(code, sent.message, false);
+      // smtp-server closes after a 421 itself.
+      if (sent.disconnect && code !== 421) this.close();
+      return;
     }
+    // Only the EHLO reply has several lines.
+    if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
-    // Refusals Postern decided are logged where they are decided (with their reason); these are smtp-server's own.
-    if (code >= 400 && !this.state.refusalLogged) this.#logProtocolRefusal(code, data, context);
-    this.state.refusalLogged = false;
-    batchReply(this._socket as net.Socket);
+    if (code >= 400) this.#logProtocolRefusal(code, data, context);
     super.send(code, data, ownCode ? false : context);
-    if (code >= 400 && this.state.disconnectAfterReply && code !== 421) {
-      this.state.disconnectAfterReply = false;
-      this.close();
-    }
   }
 
   /**
@@ -85,7 +129,7 @@ export class PosternConnection extends SMTPConnection {
     const text = Array.isArray(data) ? data.join(' ') : data ?? '';
     const mail = this.session.envelope?.mailFrom;
     logRefusal(this.#server.runtime.logger, this, typeof context === 'string' ? context.toUpperCase() : 'SMTP',
-      { responseCode: code, enhanced: '', text, reason: code === 530 && /authentication required/i.test(text) ? 'auth.required' : 'SMTP protocol rule (smtp-server)' },
+      { responseCode: code, enhanced: '', text, reason: code === REPLIES.authRequired.code && text.endsWith(REPLIES.authRequired.text) ? REPLIES.authRequired.reason : 'SMTP protocol rule (smtp-server)' },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }
 
@@ -119,26 +163,21 @@ export class PosternConnection extends SMTPConnection {
     const base = verb === 'EHLO' ? super.handler_EHLO : super.handler_HELO;
     const parts = command.toString().trim().split(/\s+/);
     const runBase = (): void => {
-      this.#rewriteEhlo = true;
-      try {
-        base.call(this, command, callback);
-      } finally {
-        this.#rewriteEhlo = false;
-      }
+      base.call(this, command, callback);
       if (this.hostNameAppearsAs) {
         this.state.heloName = this.hostNameAppearsAs;
         this.state.heloCommand = verb;
       }
     };
     if (parts.length !== 2) return runBase(); // smtp-server answers the syntax error
-    this.#server.policy.helo(this, parts[1]!, verb).then((reply) => {
-      if (reply) {
-        this.#reply(reply);
+    this.#server.policy.helo(this, parts[1]!, verb).then((refusal) => {
+      if (refusal) {
+        this.#answer('HELO', refusal);
         return callback();
       }
       runBase();
     }, (err: unknown) => {
-      this.#reply(this.#server.policy.internalError(this, err));
+      this.#answer('HELO', this.#server.policy.internalError(this, err));
       callback();
     });
   }
@@ -147,13 +186,11 @@ export class PosternConnection extends SMTPConnection {
     const args = command.toString().trim().split(/\s+/);
     const method = (args[1] ?? '').toUpperCase();
     const st = this.state;
-    const refuse = (reply: SmtpReply): void => { this.#reply(reply); callback(); };
-    if (st.saslAuthenticated) return refuse(new SmtpReply(503, '5.5.1', 'Already authenticated'));
-    if (this.session.envelope.mailFrom) return refuse(new SmtpReply(503, '5.5.1', 'AUTH not permitted during a mail transaction'));
-    if (st.listener.tls.mode !== 'none' && !this.secure) {
-      return refuse(new SmtpReply(538, '5.7.11', 'Encryption required for requested authentication mechanism (issue STARTTLS first)'));
-    }
-    if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(new SmtpReply(504, '5.5.4', 'Unrecognized authentication type'));
+    const refuse = (refusal: SmtpReply): void => { this.#answer('AUTH', refusal); callback(); };
+    if (st.saslAuthenticated) return refuse(reply('authAlreadyDone'));
+    if (this.session.envelope.mailFrom) return refuse(reply('authInTransaction'));
+    if (st.listener.tls.mode !== 'none' && !this.secure) return refuse(reply('authNeedsTls'));
+    if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(reply('authMechanismUnknown'));
     // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.
     this.#server.policy.authAllowed(this).then((refusal) => {
       if (refusal) return refuse(refusal);
@@ -167,7 +204,7 @@ export class PosternConnection extends SMTPConnection {
 
   #authExternal(rest: string[], callback: Callback): void {
     if (rest.length > 1) {
-      this.#reply(new SmtpReply(501, '5.5.2', 'Syntax: AUTH EXTERNAL [initial-response]'));
+      this.#answer('AUTH', reply('authExternalSyntax'));
       return callback();
     }
     if (rest.length === 1) return this.#finishExternal(rest[0]!, false, callback);
@@ -179,27 +216,22 @@ export class PosternConnection extends SMTPConnection {
   #finishExternal(response: string, continuation: boolean, callback: Callback): void {
     const parsed = parseExternalResponse(response, continuation);
     if (!parsed.ok) {
-      this.#reply(parsed.cancelled ? new SmtpReply(501, '5.7.0', 'Authentication aborted') : new SmtpReply(501, '5.5.2', 'Invalid base64 in SASL response'));
+      this.#answer('AUTH', parsed.cancelled ? reply('authAborted') : reply('authBadBase64'));
       return callback();
     }
     this.#server.policy.authenticate(this, { mechanism: 'EXTERNAL', username: parsed.authzid, password: '', authzid: parsed.authzid })
       .then((result) => {
         if (result instanceof SmtpReply) {
-          this.#reply(result);
+          this.#answer('AUTH', result);
           return callback();
         }
         this.session.user = result;
         this.session.transmissionType = this._transmissionType();
-        this.send(235, 'Authentication successful', 'AUTH_SUCCESS');
+        this.#answer('AUTH', reply('authSucceeded'));
         callback();
       }, (err: unknown) => {
-        this.#reply(this.#server.policy.internalError(this, err));
+        this.#answer('AUTH', this.#server.policy.internalError(this, err));
         callback();
       });
-  }
-
-  #reply(reply: SmtpReply): void {
-    if (reply.disconnect && reply.responseCode !== 421) this.state.disconnectAfterReply = true;
-    this.send(reply.responseCode, reply.message);
   }
 }

@@ -1,9 +1,9 @@
 /**
  * One listener: smtp-server's SMTPServer, creating PosternConnections and routing its hooks to the
- * session policy. smtp-server's callbacks get SmtpReply errors, whose responseCode and text go on the wire.
+ * session policy. Each decision is handed to its connection (decide()), whose send() writes it; smtp-server's
+ * callbacks get the refusals as errors.
  */
-import { logRefusal, type DecisionFacts, type DecisionStage } from './decision-log.ts';
-import type { Logger } from '../logging/logger.ts';
+import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
@@ -12,6 +12,7 @@ import { PosternConnection } from './postern-connection.ts';
 import { SessionPolicy } from './session-policy.ts';
 import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
+import { reply } from './replies.ts';
 import type { Runtime } from './runtime.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 
@@ -156,52 +157,48 @@ export class PosternServer extends SMTPServer {
     metrics.connections.inc({ listener: conn.state.listener.name });
     if (conn.state.overIpLimit) {
       metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
-      const refusal = new SmtpReply(421, '4.7.0', 'Too many connections from your address', { reason: 'limits.maxConnectionsPerIp' });
-      logRefusal(this.runtime.logger, conn, 'CONNECT', refusal);
-      return callback(refusal);
+      return callback(conn.decide('CONNECT', reply('tooManyConnectionsFromAddress')));
     }
-    settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy, this.runtime.logger);
+    settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy);
   }
 
   override onSecure(socket: TLSSocket, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
     try {
-      const refusal = this.policy.starttls(conn, socket);
-      callback(refusal);
+      callback(conn.decide('STARTTLS', this.policy.starttls(conn, socket)));
     } catch (err) {
-      callback(this.policy.internalError(conn, err));
+      callback(conn.decide('STARTTLS', this.policy.internalError(conn, err)));
     }
   }
 
   override onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, callback: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void): void {
     const conn = this.#conn(session);
     this.policy.onAuth(conn, auth).then(
-      (result) => (result instanceof SmtpReply ? callback(result) : callback(null, { user: result })),
-      (err: unknown) => callback(this.policy.internalError(conn, err)),
+      (result) => (result instanceof SmtpReply ? callback(conn.decide('AUTH', result)) : callback(null, { user: result })),
+      (err: unknown) => callback(conn.decide('AUTH', this.policy.internalError(conn, err))),
     );
   }
 
   override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, this.runtime.logger, { from: address.address });
+    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, { from: address.address });
   }
 
   override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy, this.runtime.logger,
+    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy,
       { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, to: address.address, id: conn.state.transactionId });
   }
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
     const conn = this.#conn(session);
+    const facts = (): DecisionFacts => ({ from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) });
     receiveMessage(conn, stream, session, this.runtime, this.policy).then(
-      (message) => callback(null, message),
-      (err: Error) => {
-        if (err instanceof SmtpReply) metrics.refusals.inc({ stage: 'END-OF-MESSAGE', class: err.responseCode >= 500 ? '5xx' : '4xx' });
-        if (err instanceof SmtpReply) logRefusal(this.runtime.logger, conn, 'END-OF-MESSAGE', err, { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) });
-        if (err instanceof SmtpReply && err.disconnect && err.responseCode !== 421) conn.state.disconnectAfterReply = true;
-        callback(err);
+      (queued) => {
+        conn.decide('END-OF-MESSAGE', queued);
+        callback(null, queued.message);
       },
+      (err: Error) => callback(err instanceof SmtpReply ? conn.decide('END-OF-MESSAGE', err, facts()) : err),
     );
   }
 
@@ -218,16 +215,12 @@ function clientAddress(socket: net.Socket): string {
   return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
 }
 
-/** Adapt a policy decision to smtp-server's callback; unexpected errors fail closed. */
+/** Hand a policy decision to its connection and smtp-server's callback; unexpected errors fail closed. */
 function settle(
-  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy, log: Logger, facts?: DecisionFacts,
+  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy, facts?: DecisionFacts,
 ): void {
-  decision.then((reply) => {
-    if (reply) {
-      metrics.refusals.inc({ stage, class: reply.responseCode >= 500 ? '5xx' : '4xx' });
-      logRefusal(log, conn, stage, reply, facts);
-    }
-    if (reply?.disconnect && reply.responseCode !== 421) conn.state.disconnectAfterReply = true;
-    callback(reply);
-  }, (err: unknown) => callback(policy.internalError(conn, err)));
+  decision.then(
+    (decided) => callback(conn.decide(stage, decided, facts)),
+    (err: unknown) => callback(conn.decide(stage, policy.internalError(conn, err), facts)),
+  );
 }

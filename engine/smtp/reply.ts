@@ -1,12 +1,15 @@
 /**
- * SmtpReply: an Error that carries its wire reply. Hooks throw or return it; smtp-server sends
- * `responseCode` and the message, which starts with the enhanced status code (RFC 3463).
+ * SmtpReply: one reply Postern decided, with everything the wire and the log need. Refusals (4xx/5xx)
+ * are handed to smtp-server's callbacks as errors, which is why it is an Error; the text smtp-server
+ * sends is `message`, which starts with the enhanced status code (RFC 3463). Every SmtpReply is built
+ * from the catalogue (replies.ts) or the verdict table (verdict-replies.ts); PosternConnection.send()
+ * is where it reaches the wire.
  */
 export class SmtpReply extends Error {
   readonly responseCode: number;
   readonly enhanced: string;
   readonly text: string;
-  /** Close the connection after sending. */
+  /** Close the connection after sending (421 always does). */
   readonly disconnect: boolean;
   /** Why: the rule, limit or script that decided (for the log line, never sent to the client). */
   readonly reason: string | undefined;
@@ -17,9 +20,12 @@ export class SmtpReply extends Error {
     this.responseCode = code;
     this.enhanced = enhanced;
     this.text = sanitizeReplyText(text);
-    this.disconnect = options.disconnect ?? code === 421;
+    this.disconnect = (options.disconnect ?? false) || code === 421;
     this.reason = options.reason;
   }
+
+  /** A 4xx or 5xx: smtp-server gets it as the callback's error. */
+  get refuses(): boolean { return this.responseCode >= 400; }
 }
 
 /** Reply text must never contain a line break or control character (response splitting). */
@@ -30,7 +36,3 @@ export function sanitizeReplyText(text: string): string {
 
 /** A reply line's text already carries an enhanced status code. */
 export const ENHANCED_CODE_PREFIX = /^[245]\.\d{1,3}\.\d{1,3}( |$)/;
-
-/** Internal failures are deferred, never bounced (fail closed). */
-export const localError = (id?: string): SmtpReply =>
-  new SmtpReply(451, '4.3.0', `Temporary local problem, try again later${id ? ` (${id})` : ''}`, { reason: 'local error' });

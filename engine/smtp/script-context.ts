@@ -1,7 +1,7 @@
 /** Builds the plain-data contexts that cross into the sandbox from smtp-server session + our state. */
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from '../sandbox/api/index.ts';
-import type { ConnectionState } from './connection-state.ts';
+import type { ConnectionState, FactsMemo } from './connection-state.ts';
 
 /**
  * The connection facts of the per-message hooks, built once per connection and again only when one of
@@ -24,26 +24,6 @@ export function sharedConnectionFacts(session: SMTPServerSession, state: Connect
   };
   state.factsMemo = fresh;
   return fresh;
-}
-
-/** What sharedConnectionFacts() built its facts from, with the facts. */
-export interface FactsMemo {
-  session: SMTPServerSession;
-  /** Fixed for a connection unless XCLIENT (off) rewrites them: compared all the same. */
-  remoteAddress: string;
-  remotePort: number;
-  secure: boolean;
-  tlsOptions: unknown;
-  servername: unknown;
-  listener: ConnectionState['listener'];
-  helo: string | null;
-  user: string | null;
-  mechanism: string | null;
-  tlsMode: ConnectionState['tlsMode'];
-  certificate: ConnectionState['certificate'];
-  identity: ConnectionState['identity'];
-  info: ConnectionInfo;
-  key: string;
 }
 
 export function connectionInfo(session: SMTPServerSession, state: ConnectionState): ConnectionInfo {

@@ -1,28 +1,24 @@
 /**
  * The decisions of a session, hook by hook: built-in rules first, then the listener's script, whose
- * verdict wins. Each method returns the reply to send (or null to go on); nothing here writes to sockets.
+ * verdict wins. Each method returns the reply it decided — a refusal, or an accept whose text a script
+ * chose — or null for smtp-server's own reply; nothing here writes to sockets (PosternConnection.send() does).
  */
-import { logRefusal } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
-import type { PosternConnection } from './postern-connection.ts';
+import type { SmtpClient } from './smtp-client.ts';
 import { spoolIsFull, type Runtime } from './runtime.ts';
-import { SmtpReply, localError, sanitizeReplyText } from './reply.ts';
+import type { SmtpReply } from './reply.ts';
+import { reply } from './replies.ts';
+import { verdictReply } from './verdict-replies.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
-import { verdictReply } from '../policy/verdict.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import type { PosternServer } from './postern-server.ts';
 import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
-
-/** The reply to every failed AUTH of the built-in rule (see #decideAuth). */
-const authInvalid = (): SmtpReply => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid', { reason: 'authentication failed' });
-const tooManyAuthFailures = (): SmtpReply => new SmtpReply(421, '4.7.0', 'Too many authentication failures, try again later', { reason: 'limits.authFailuresPerIp' });
 
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
 const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
@@ -36,7 +32,7 @@ export class SessionPolicy {
 
   get #log() { return this.#runtime.logger; }
 
-  async #run(conn: PosternConnection, hook: HookName, ctx: object): Promise<Verdict | undefined> {
+  async #run(conn: SmtpClient, hook: HookName, ctx: object): Promise<Verdict | undefined> {
     const st = conn.state;
     // The per-message hooks repeat with the same connection facts; connect, helo and auth see them change.
     const info = SHARES_CONNECTION.has(hook) ? (ctx as { connection?: ConnectionInfo }).connection : undefined;
@@ -44,17 +40,17 @@ export class SessionPolicy {
     return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, key) as Verdict | undefined;
   }
 
-  internalError(conn: PosternConnection, err: unknown): SmtpReply {
+  internalError(conn: SmtpClient, err: unknown): SmtpReply {
     this.#log.error({ cid: conn.id, err }, 'internal error');
-    return localError(conn.id);
+    return reply('localError', { id: conn.id });
   }
 
   /** A connection is ready for its greeting (after the handshake on implicit TLS). */
-  async connect(conn: PosternConnection): Promise<SmtpReply | null> {
+  async connect(conn: SmtpClient): Promise<SmtpReply | null> {
     const st = conn.state;
     const limits = st.listener.limits;
     const ip = conn.remoteAddress;
-    if (await this.#runtime.authFailures.refused(ip, limits)) return tooManyAuthFailures();
+    if (await this.#runtime.authFailures.refused(ip, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
@@ -65,7 +61,7 @@ export class SessionPolicy {
   }
 
   /** STARTTLS completed. */
-  starttls(conn: PosternConnection, socket: TLSSocket): SmtpReply | null {
+  starttls(conn: SmtpClient, socket: TLSSocket): SmtpReply | null {
     const st = conn.state;
     if (st.tlsMode === 'implicit') return null; // handled at connect
     st.resetForStartTls();
@@ -74,7 +70,7 @@ export class SessionPolicy {
   }
 
   /** Describe the client certificate, derive its identity, enforce `require`. */
-  #tlsEstablished(conn: PosternConnection, socket: TLSSocket): SmtpReply | null {
+  #tlsEstablished(conn: SmtpClient, socket: TLSSocket): SmtpReply | null {
     const st = conn.state;
     const tls = st.listener.tls;
     st.certificateRequested = tls.clientCertificates !== 'none';
@@ -87,7 +83,7 @@ export class SessionPolicy {
         : tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
       // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
       // shows up as "no CRL". Report the more fundamental reason.
-      if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = (conn._server as unknown as PosternServer).trust.explainMissingCrl(der);
+      if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = conn.trust.explainMissingCrl(der);
       st.certificate = describeCertificate(der, { verified, errorCode });
     } else {
       st.certificate = null;
@@ -103,11 +99,11 @@ export class SessionPolicy {
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
       // Strict: no SMTP session at all for an untrusted certificate (mox's handshake-level refusal).
       socket.destroy();
-      return new SmtpReply(421, '4.7.1', 'Client certificate not trusted', { reason: 'tls.strict: untrusted client certificate' });
+      return reply('certificateNotTrustedStrict');
     }
     if (tls.clientCertificates === 'require' && !(cert && (cert.verified || st.identity.pinned))) {
       // Postfix smtpd_tls_req_ccert: never a usable session.
-      return new SmtpReply(421, '4.7.1', cert ? `Client certificate not trusted (${cert.verifyError})` : 'No client certificate presented', { reason: 'tls.clientCertificates: require' });
+      return cert ? reply('certificateRequiredNotTrusted', { verifyError: cert.verifyError ?? 'invalid' }) : reply('certificateRequiredMissing');
     }
     if (st.listener.certificateIdentity.autoLogin && st.identity.identity) {
       st.user = st.identity.identity;
@@ -117,7 +113,7 @@ export class SessionPolicy {
     return null;
   }
 
-  async helo(conn: PosternConnection, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {
+  async helo(conn: SmtpClient, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {
     const st = conn.state;
     if (!st.generation.hasScript(st.listener, 'helo')) return null;
     const info = connectionInfo(conn.session, st);
@@ -126,7 +122,7 @@ export class SessionPolicy {
   }
 
   /** AUTH with smtp-server's SASL (PLAIN, LOGIN): adapt to authenticate(). */
-  async onAuth(conn: PosternConnection, auth: SMTPServerAuthentication): Promise<string | SmtpReply> {
+  async onAuth(conn: SmtpClient, auth: SMTPServerAuthentication): Promise<string | SmtpReply> {
     const username = auth.username ?? '';
     // smtp-server falls back to the authzid when the authcid is empty; then there was no separate authzid.
     const authzid = auth.authcid ? auth.authzid ?? '' : '';
@@ -137,15 +133,14 @@ export class SessionPolicy {
    * An AUTH may go ahead: the client's address is below its failure limit (counted over all its
    * connections). Else the 421 that ends this connection, whatever the credentials.
    */
-  async authAllowed(conn: PosternConnection): Promise<SmtpReply | null> {
+  async authAllowed(conn: SmtpClient): Promise<SmtpReply | null> {
     if (!await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits)) return null;
     this.#log.info({ cid: conn.id, ip: conn.remoteAddress }, 'AUTH refused: too many authentication failures from this address');
-    conn.state.refusalLogged = true; // that line is this refusal's decision log
-    return tooManyAuthFailures();
+    return reply('tooManyAuthFailures');
   }
 
   /** Decide an AUTH attempt; returns the username to log in as, or the failure reply. */
-  async authenticate(conn: PosternConnection, attempt: AuthAttempt): Promise<string | SmtpReply> {
+  async authenticate(conn: SmtpClient, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
     const ip = conn.remoteAddress;
     const limiter = this.#runtime.authFailures;
@@ -166,9 +161,7 @@ export class SessionPolicy {
       return result.user;
     }
     const { reply, reason, ipFailures } = result;
-    if (ipFailures === null && reason !== 'too-many-failures') logRefusal(this.#log, conn, 'AUTH', reply); // a script's reject or defer
     if (ipFailures !== null) {
-      st.refusalLogged = true; // the line below is this refusal's decision log (and fail2ban's)
       st.authFailures++;
       // The reason is for the administrator only: the client gets the same reply whatever it was.
       this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures },
@@ -184,9 +177,10 @@ export class SessionPolicy {
    * Every refusal of the built-in rule gets the same reply: a different text for "right password, but not
    * for this identity" would tell a guesser the password was right. Only a script's own text differs.
    */
-  async #decideAuth(conn: PosternConnection, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string }> {
+  async #decideAuth(conn: SmtpClient, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string }> {
     const st = conn.state;
-    const invalid = (reason: string) => ({ reply: authInvalid(), reason });
+    // The reason is logged by authenticate(), beside the attempt; the reply is the same whatever it is.
+    const invalid = (reason: string) => ({ reply: reply('authInvalid'), reason });
     // Never authenticates, whatever a script says.
     if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid('empty-password');
     if (attempt.mechanism === 'EXTERNAL' && !st.certificate) return invalid('no-certificate');
@@ -199,12 +193,12 @@ export class SessionPolicy {
     return username ? { user: username } : invalid('script accept without a username');
   }
 
-  async mailFrom(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  async mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
-    if (st.listener.requireTls && !conn.secure) return new SmtpReply(530, '5.7.0', 'Must issue a STARTTLS command first', { reason: 'requireTls' });
+    if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
-    if (st.listener.auth.required && !st.user) return new SmtpReply(530, '5.7.0', 'Authentication required', { reason: 'auth.required' });
-    if (spoolIsFull(this.#runtime)) return new SmtpReply(452, '4.3.1', 'Insufficient system storage', { reason: 'spool.minFreeBytes' });
+    if (st.listener.auth.required && !st.user) return reply('authRequired');
+    if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.#adoptCurrentGeneration(conn);
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);
@@ -213,16 +207,16 @@ export class SessionPolicy {
     const verdict = await this.#run(conn, 'mailfrom', {
       connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: sender, builtin,
     });
-    if (verdict) return this.#decided(conn, 'mailfrom', verdict);
+    if (verdict) return verdictReply('mailfrom', verdict);
     if (builtin.accepted) return null;
-    const text = builtin.reason === 'null-sender'
-      ? `<>: Sender address rejected: null sender not allowed for user ${st.user}`
-      : `<${sender!.address}>: Sender address rejected: not owned by user ${st.user}`;
-    return new SmtpReply(553, '5.7.1', text, { reason: `senderLogin: ${builtin.reason}` }); // logged by decision-log.ts
+    const login = st.user ?? '';
+    return builtin.reason === 'null-sender'
+      ? reply('nullSenderRefused', { login, rule: builtin.reason })
+      : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
   }
 
   /** What the sender binding needs: the listener's senderLogin, the logged-in identity and what else it may use. */
-  #senderFacts(conn: PosternConnection): SenderFacts {
+  #senderFacts(conn: SmtpClient): SenderFacts {
     const st = conn.state;
     const { enforce, allowNullSender, table } = st.listener.senderLogin;
     if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: [] };
@@ -231,7 +225,7 @@ export class SessionPolicy {
     return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
   }
 
-  async rcptTo(conn: PosternConnection, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  async rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt.domain, {
@@ -242,30 +236,23 @@ export class SessionPolicy {
     const verdict = st.generation.hasScript(st.listener, 'rcptto')
       ? await this.#run(conn, 'rcptto', { connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: rcpt, builtin })
       : undefined;
-    if (verdict) return this.#decided(conn, 'rcptto', verdict);
+    if (verdict) return verdictReply('rcptto', verdict);
     if (builtin.accepted) return null;
-    return new SmtpReply(554, '5.7.1', `<${rcpt.address}>: Relay access denied`, { reason: 'relay rule: not a local domain, not authenticated, no relay certificate' });
+    return reply('relayDenied', { rcpt: rcpt.address });
   }
 
-  async data(conn: PosternConnection, session: SMTPServerSession, size: number, headers: Array<[string, string]>): Promise<SmtpReply | null> {
+  /** The data hook's decision about message `id`: a refusal, the 250 with a script's text, or null. */
+  async data(conn: SmtpClient, session: SMTPServerSession, id: string, size: number, headers: Array<[string, string]>): Promise<SmtpReply | null> {
     const st = conn.state;
     if (!st.generation.hasScript(st.listener, 'data')) return null;
     const verdict = await this.#run(conn, 'data', {
       connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers },
     });
-    if (verdict?.verdict === 'accept' && verdict.text) st.acceptText = `2.0.0 ${sanitizeReplyText(verdict.text)}`;
-    return verdict ? verdictReply('data', verdict) : null;
-  }
-
-  /** The reply for a verdict; an accept's own text replaces the next 250's. */
-  #decided(conn: PosternConnection, hook: 'mailfrom' | 'rcptto', verdict: Verdict | undefined): SmtpReply | null {
-    if (!verdict) return null;
-    if (verdict.verdict === 'accept' && verdict.text) conn.state.acceptText = sanitizeReplyText(verdict.text);
-    return verdictReply(hook, verdict);
+    return verdict ? verdictReply('data', verdict, id) : null;
   }
 
   /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */
-  #adoptCurrentGeneration(conn: PosternConnection): void {
+  #adoptCurrentGeneration(conn: SmtpClient): void {
     const st = conn.state;
     const current = this.#runtime.generation;
     if (current === st.generation) return;

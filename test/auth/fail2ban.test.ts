@@ -41,7 +41,6 @@ listeners:
   const r = await run('fail2ban-regex', ['--print-all-matched', log, FILTER]);
   assert.equal(r.code, 0, r.output);
   assert.match(r.stdout, /Failregex: 2 total/);
-  assert.equal(s.logs.filter((l) => l.decision === 'reject').length, 0, 'the auth-failure line is the refusal\'s only line');
   assert.match(r.stdout, new RegExp(`Lines: ${lines} lines, 0 ignored, 2 matched, ${lines - 2} missed`));
   assert.match(r.stdout, new RegExp(`\\[${lines}\\] "time":"Year`), 'every line\'s time is read by the datepattern');
 });

@@ -1,0 +1,97 @@
+/**
+ * Every reply Postern decides, by name: code, enhanced status code (RFC 3463), default text and, for a
+ * refusal, the reason the decision log gives (decision-log.ts). `{name}` marks a value filled in when
+ * the reply is made; docs/scripts.md shows it as `<name>`. Nothing else builds an SmtpReply: the
+ * built-in rules and limits name their reply here, and script verdicts go through verdict-replies.ts.
+ * test/smtp/reply-catalogue.test.ts checks that this list and docs/scripts.md agree.
+ */
+import { SmtpReply } from './reply.ts';
+
+export interface ReplySpec {
+  readonly code: number;
+  readonly enhanced: string;
+  readonly text: string;
+  /** Why, for the log line: required for a refusal (4xx/5xx). */
+  readonly reason?: string;
+}
+
+export const REPLIES = {
+  // Connection limits and client certificates, before the greeting (or right after STARTTLS).
+  tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
+  tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
+  tooManyAuthFailures: { code: 421, enhanced: '4.7.0', text: 'Too many authentication failures, try again later', reason: 'limits.authFailuresPerIp' },
+  certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },
+  certificateRequiredNotTrusted: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted ({verifyError})', reason: 'tls.clientCertificates: require' },
+  certificateRequiredMissing: { code: 421, enhanced: '4.7.1', text: 'No client certificate presented', reason: 'tls.clientCertificates: require' },
+
+  // AUTH.
+  authAlreadyDone: { code: 503, enhanced: '5.5.1', text: 'Already authenticated', reason: 'one AUTH per session (RFC 4954 §4)' },
+  authInTransaction: { code: 503, enhanced: '5.5.1', text: 'AUTH not permitted during a mail transaction', reason: 'no AUTH during a mail transaction (RFC 4954 §4)' },
+  authNeedsTls: { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism (issue STARTTLS first)', reason: 'AUTH before STARTTLS on a TLS listener' },
+  authMechanismUnknown: { code: 504, enhanced: '5.5.4', text: 'Unrecognized authentication type', reason: 'auth.mechanisms: not offered' },
+  authExternalSyntax: { code: 501, enhanced: '5.5.2', text: 'Syntax: AUTH EXTERNAL [initial-response]', reason: 'AUTH EXTERNAL syntax' },
+  authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },
+  authBadBase64: { code: 501, enhanced: '5.5.2', text: 'Invalid base64 in SASL response', reason: 'SASL response syntax' },
+  authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
+  authSucceeded: { code: 235, enhanced: '2.7.0', text: 'Authentication successful' },
+
+  // MAIL FROM.
+  tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },
+  authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },
+  storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },
+  senderNotOwned: { code: 553, enhanced: '5.7.1', text: '<{sender}>: Sender address rejected: not owned by user {login}', reason: 'senderLogin: {rule}' },
+  nullSenderRefused: { code: 553, enhanced: '5.7.1', text: '<>: Sender address rejected: null sender not allowed for user {login}', reason: 'senderLogin: {rule}' },
+  senderAccepted: { code: 250, enhanced: '2.1.0', text: 'Accepted' },
+
+  // RCPT TO.
+  relayDenied: { code: 554, enhanced: '5.7.1', text: '<{rcpt}>: Relay access denied', reason: 'relay rule: not a local domain, not authenticated, no relay certificate' },
+  recipientAccepted: { code: 250, enhanced: '2.1.5', text: 'Accepted' },
+
+  // End of DATA.
+  messageTooBig: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size', reason: 'limits.maxMessageSize' },
+  headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
+  queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
+
+  // Script verdicts without their own code or text (the verdict table, verdict-replies.ts).
+  connectRefused: { code: 554, enhanced: '5.7.1', text: 'Connection refused by policy', reason: 'script {hook}: reject' },
+  heloRefused: { code: 550, enhanced: '5.7.1', text: 'HELO refused by policy', reason: 'script {hook}: reject' },
+  authRefused: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'script {hook}: reject' },
+  senderRefused: { code: 550, enhanced: '5.7.1', text: 'Sender refused by policy', reason: 'script {hook}: reject' },
+  recipientRefused: { code: 550, enhanced: '5.7.1', text: 'Recipient refused by policy', reason: 'script {hook}: reject' },
+  messageRefused: { code: 550, enhanced: '5.7.1', text: 'Message refused by policy', reason: 'script {hook}: reject' },
+  deliveryRefused: { code: 550, enhanced: '5.7.1', text: 'Delivery refused by policy', reason: 'script {hook}: reject' },
+  policyDeferred: { code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later', reason: 'script {hook}: defer' },
+  authDeferred: { code: 454, enhanced: '4.7.0', text: 'Temporary policy failure, try again later', reason: 'script {hook}: defer' },
+  deferredDisconnect: { code: 421, enhanced: '4.7.0', text: 'Temporary policy failure, try again later', reason: 'script {hook}: defer' },
+  deliveryDeferred: { code: 451, enhanced: '4.3.0', text: 'Delivery deferred by policy', reason: 'script {hook}: defer' },
+
+  // Failures: never an accept, never a bounce (fail closed).
+  policyFailed: { code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later', reason: 'script {hook} failed (fail closed)' },
+  localError: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later ({id})', reason: 'local error' },
+} as const satisfies Record<string, ReplySpec>;
+
+export type ReplyName = keyof typeof REPLIES;
+
+/** The `{name}` placeholders of a template. */
+type Placeholders<T extends string> = T extends `${string}{${infer P}}${infer Rest}` ? P | Placeholders<Rest> : never;
+type Spec<N extends ReplyName> = (typeof REPLIES)[N];
+type ValuesOf<N extends ReplyName> = Placeholders<Spec<N>['text']> | Placeholders<Spec<N> extends { reason: infer R extends string } ? R : ''>;
+
+/** What a verdict may change of a catalogue reply. */
+export interface ReplyOverride { code?: number; enhanced?: string; text?: string; disconnect?: boolean }
+
+/** The reply `name`, with its placeholders filled in and, for a verdict, its own code, enhanced code or text. */
+export function reply<N extends ReplyName>(
+  name: N, ...[values, override]: [ValuesOf<N>] extends [never] ? [values?: Record<string, never>, override?: ReplyOverride] : [values: Record<ValuesOf<N>, string>, override?: ReplyOverride]
+): SmtpReply {
+  const spec: ReplySpec = REPLIES[name];
+  const fill = (template: string): string => template.replace(/\{(\w+)\}/g, (_, key: string) => (values as Record<string, string> | undefined)?.[key] ?? '');
+  return new SmtpReply(override?.code ?? spec.code, override?.enhanced ?? spec.enhanced, override?.text ?? fill(spec.text), {
+    disconnect: override?.disconnect, reason: spec.reason === undefined ? undefined : fill(spec.reason),
+  });
+}
+
+/** How docs/scripts.md shows an entry: `<code> <enhanced> <text>`, each `{name}` as `<name>`. */
+export function documentedForm(spec: ReplySpec): string {
+  return `${spec.code} ${spec.enhanced} ${spec.text.replace(/<\{(\w+)\}>/g, '<$1>').replace(/\{(\w+)\}/g, '<$1>')}`;
+}

@@ -1,0 +1,141 @@
+// The reply catalogue (engine/smtp/replies.ts) and docs/scripts.md agree: every reply the lifecycle diagram
+// and the tables show is in the catalogue, and every catalogue entry is documented there. Also: the one
+// verdict check is strict, so a misspelled option fails closed on the wire instead of being ignored.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { REPLIES, documentedForm, type ReplySpec } from '../../engine/smtp/replies.ts';
+import { checkVerdict, FAIL_CLOSED } from '../../engine/policy/verdict.ts';
+import { verdictReply } from '../../engine/smtp/verdict-replies.ts';
+import type { HookName, PredeliveryVerdict, Verdict } from '../../engine/sandbox/api/index.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const DOC = readFileSync(new URL('../../docs/scripts.md', import.meta.url), 'utf8');
+
+/** Replies smtp-server writes itself, with its own text; the docs show them, the catalogue need not. */
+const SMTP_SERVER_OWN = new Set(['220 2.0.0 Ready to start TLS']);
+
+interface DocumentedReply { code: string; enhanced: string; text: string | null; where: string }
+
+/** Reply lines of the lifecycle diagram: `<code> <enhanced> <text>`, the text ending at two spaces, an arrow or the line's end. */
+function diagramReplies(): DocumentedReply[] {
+  const section = DOC.slice(DOC.indexOf('## Lifecycle'));
+  const diagram = section.slice(section.indexOf('```\n') + 4, section.indexOf('\n```', section.indexOf('```\n') + 4));
+  assert.ok(diagram.includes('[connect]'), 'the lifecycle diagram was found');
+  const found: DocumentedReply[] = [];
+  for (const line of diagram.split('\n')) {
+    for (const m of line.matchAll(/\b([2-5]\d\d) ([2-5]\.\d{1,3}\.\d{1,3}) (.+?)(?= {2,}| ─▶|$)/g)) {
+      found.push({ code: m[1]!, enhanced: m[2]!, text: m[3]!.trim(), where: `diagram: ${line.trim()}` });
+    }
+  }
+  return found;
+}
+
+/** Replies in table cells: a code span that starts with `<code> <enhanced>`. */
+function tableReplies(): DocumentedReply[] {
+  const found: DocumentedReply[] = [];
+  for (const line of DOC.split('\n')) {
+    if (!line.startsWith('|')) continue;
+    for (const m of line.matchAll(/`([2-5]\d\d) ([2-5]\.\d{1,3}\.\d{1,3})(?: ([^`]*))?`/g)) {
+      found.push({ code: m[1]!, enhanced: m[2]!, text: m[3] ?? null, where: `table: ${line.slice(0, 80)}` });
+    }
+  }
+  return found;
+}
+
+const catalogue = Object.entries(REPLIES) as Array<[string, ReplySpec]>;
+
+test('every reply in the lifecycle diagram and the tables of docs/scripts.md is in the catalogue', () => {
+  const documented = [...diagramReplies(), ...tableReplies()];
+  assert.ok(documented.length > 30, `found ${documented.length} documented replies`);
+  const forms = new Set(catalogue.map(([, spec]) => documentedForm(spec)));
+  for (const d of documented) {
+    const line = `${d.code} ${d.enhanced}${d.text === null ? '' : ` ${d.text}`}`;
+    if (SMTP_SERVER_OWN.has(line)) continue;
+    // "…", a bare code, or a script's own `<text>`: only the codes are shown.
+    if (d.text === null || d.text === '…' || d.text.startsWith('<text>')) {
+      assert.ok(catalogue.some(([, s]) => `${s.code}` === d.code && s.enhanced === d.enhanced), `no catalogue reply has ${d.code} ${d.enhanced} (${d.where})`);
+      continue;
+    }
+    assert.ok(forms.has(line), `not in the catalogue: "${line}" (${d.where})`);
+  }
+});
+
+test('every catalogue reply is documented in docs/scripts.md, and every refusal has a reason', () => {
+  const documented = new Set([...diagramReplies(), ...tableReplies()].filter((d) => d.text !== null).map((d) => `${d.code} ${d.enhanced} ${d.text}`));
+  for (const [name, spec] of catalogue) {
+    assert.ok(documented.has(documentedForm(spec)), `${name} (${documentedForm(spec)}) is not in docs/scripts.md's lifecycle diagram or tables`);
+    if (spec.code >= 400) assert.ok(spec.reason, `${name} has no reason for the decision log`);
+    assert.match(spec.enhanced, new RegExp(`^${String(spec.code)[0]}\\.\\d{1,3}\\.\\d{1,3}$`), `${name}: enhanced code class matches the reply code`);
+  }
+});
+
+test('the verdict check is strict: unknown or mistyped options are script errors', () => {
+  assert.throws(() => checkVerdict('mailfrom', { verdict: 'reject', dissconnect: true }), /no option "dissconnect"/);
+  assert.throws(() => checkVerdict('mailfrom', { verdict: 'reject', disconnect: 'yes' }), /disconnect must be a boolean/);
+  assert.throws(() => checkVerdict('auth', { verdict: 'reject', username: 'alice' }), /no option "username"/);
+  assert.throws(() => checkVerdict('predelivery', { verdict: 'deliver', hots: 'mx.example' }), /no option "hots"/);
+  assert.throws(() => checkVerdict('predelivery', { verdict: 'deliver', port: 0 }), /invalid port/);
+  assert.deepEqual(checkVerdict('mailfrom', { verdict: 'reject', text: 'no', code: 553, enhanced: '5.7.1', disconnect: true }),
+    { verdict: 'reject', text: 'no', code: 553, enhanced: '5.7.1', disconnect: true });
+  assert.deepEqual(checkVerdict('predelivery', { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } }),
+    { verdict: 'deliver', host: '[192.0.2.1]', tls: { clientCertificate: null } });
+});
+
+test('the verdict table: defaults per hook, codes chosen by the verdict, disconnect, accept texts, fail closed', () => {
+  const wire = (hook: HookName, v: Verdict | PredeliveryVerdict, id?: string): string | null => {
+    const r = verdictReply(hook, v, id);
+    return r && `${r.responseCode} ${r.message}${r.disconnect ? ' (closed)' : ''} [${r.reason ?? ''}]`;
+  };
+  assert.equal(wire('connect', { verdict: 'reject' }), '554 5.7.1 Connection refused by policy [script connect: reject]');
+  assert.equal(wire('auth', { verdict: 'reject' }), '535 5.7.8 Authentication credentials invalid [script auth: reject]');
+  assert.equal(wire('rcptto', { verdict: 'reject', code: 535 }), '535 5.7.8 Recipient refused by policy [script rcptto: reject]');
+  assert.equal(wire('mailfrom', { verdict: 'reject', code: 553, text: 'No\r\nInjected: yes', disconnect: true }), '553 5.7.1 No Injected: yes (closed) [script mailfrom: reject]');
+  assert.equal(wire('auth', { verdict: 'defer' }), '454 4.7.0 Temporary policy failure, try again later [script auth: defer]');
+  assert.equal(wire('helo', { verdict: 'defer', disconnect: true }), '421 4.7.0 Temporary policy failure, try again later (closed) [script helo: defer]');
+  assert.equal(wire('data', { verdict: 'defer', code: 452, enhanced: '4.3.1' }), '452 4.3.1 Temporary policy failure, try again later [script data: defer]');
+  assert.equal(wire('data', FAIL_CLOSED), '451 4.3.0 Temporary policy failure, try again later [script data failed (fail closed)]');
+  assert.equal(wire('mailfrom', { verdict: 'accept' }), null);
+  assert.equal(wire('connect', { verdict: 'accept', text: 'ignored here' }), null);
+  assert.equal(wire('rcptto', { verdict: 'accept', text: 'Welcome' }), '250 2.1.5 Welcome []');
+  assert.equal(wire('data', { verdict: 'accept', text: 'Thanks {id} $&' }, 'Q1'), '250 2.0.0 Thanks {id} $&: queued as Q1 []');
+  // predelivery: no connection to close; the same enhanced-code rule as the SMTP hooks.
+  assert.equal(wire('predelivery', { verdict: 'defer', disconnect: true }), '451 4.3.0 Delivery deferred by policy [script predelivery: defer]');
+  assert.equal(wire('predelivery', { verdict: 'defer', code: 454 }), '454 4.7.0 Delivery deferred by policy [script predelivery: defer]');
+  assert.equal(wire('predelivery', { verdict: 'reject' }), '550 5.7.1 Delivery refused by policy [script predelivery: reject]');
+  assert.equal(wire('predelivery', { verdict: 'deliver' }), null);
+});
+
+test('a literal verdict with a misspelled option fails closed (451 4.3.0) instead of being applied without it', async () => {
+  const s = await startTestServer({
+    config: 'listeners:\n  - { name: mx, listen: "127.0.0.1:0", reverseDns: false, limits: { greetingDelayMs: 0 } }\n',
+    scripts: { 'mailfrom.ts': `export default () => ({ verdict: 'reject', text: 'Go away', dissconnect: true });` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@b.example>')).text, '451 4.3.0 Temporary policy failure, try again later');
+    await c.quit();
+    const line = s.logs.find((l) => l.decision === 'defer' && l.stage === 'MAIL');
+    assert.equal(line?.reason, 'script mailfrom failed (fail closed)');
+    assert.ok(s.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('policy script mailfrom failed') && /dissconnect/.test(String(l.err))));
+  } finally { await s.stop(); }
+});
+
+test('replies Postern decides itself (HELO verdict, AUTH refusal) are logged once with their stage and reason, and a disconnect closes after the reply', async () => {
+  const s = await startTestServer({
+    config: 'listeners:\n  - { name: mx, listen: "127.0.0.1:0", reverseDns: false, tls: { mode: none }, auth: { mechanisms: [PLAIN] }, limits: { greetingDelayMs: 0 } }\n',
+    scripts: { 'helo.ts': `export default (ctx) => ctx.helo.name === 'bad.example' ? reject('Not you', { disconnect: true }) : undefined;` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.read();
+    assert.equal((await c.command('EHLO good.example')).code, 250);
+    assert.equal((await c.command('AUTH CRAM-MD5')).text, '504 5.5.4 Unrecognized authentication type');
+    assert.equal((await c.command('EHLO bad.example')).text, '550 5.7.1 Not you');
+    await assert.rejects(c.read(), /connection closed/);
+    const lines = s.logs.filter((l) => l.decision === 'reject');
+    assert.deepEqual(lines.map((l) => [l.stage, l.code, l.reason]), [['AUTH', 504, 'auth.mechanisms: not offered'], ['HELO', 550, 'script helo: reject']]);
+  } finally { await s.stop(); }
+});
