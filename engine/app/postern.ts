@@ -4,19 +4,17 @@
  */
 import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
-import { PolicyGeneration } from '../policy/generation.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import { buildGeneration } from '../policy/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
-import { prepareListener } from '../smtp/listener-options.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
-import { ConfigError } from '../config/config-error.ts';
-import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { metrics, setQueueProbe } from '../metrics/metrics.ts';
@@ -95,16 +93,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const config = loaded.config;
   const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
-  const generation = await PolicyGeneration.build(loaded, logger);
+  // The reload's and `postern check`'s build: every problem at once, as one ConfigError.
+  const built = await buildGeneration(loaded, { logger });
+  const generation = built.generation;
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
   const generations = new Set([generation]);
-  const outbound = await checkOutboundTls(config.delivery);
-  if (outbound.errors.length) {
-    await generation.dispose();
-    // Each line is already "<file>: <key>: <problem>".
-    throw new ConfigError(outbound.errors.map((line) => ({ file: line.slice(0, line.indexOf(': ')), message: line.slice(line.indexOf(': ') + 2) })));
-  }
-  for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
+  for (const w of built.warnings) logger.warn(w.listener ? { listener: w.listener } : {}, w.message);
   const spool = new Spool(join(config.dataDir, 'spool'));
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
@@ -116,7 +110,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const addresses = new Map<string, { address: string; port: number }>();
   try {
     for (const l of config.listeners) {
-      const server = new PosternServer(runtime, await prepareListener(l, config.hostname, logger));
+      const server = new PosternServer(runtime, built.listeners.get(l.name)!);
       server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string }) => {
         // smtp-server also reports each client's connection errors here (a failed handshake, a reset):
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.

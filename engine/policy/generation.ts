@@ -1,15 +1,14 @@
 /**
  * A generation: everything policy needs, built and validated together from one configuration — lookup
- * tables, users, and one sandbox per scripts folder. Sessions hold the generation they started with;
- * a reload builds a new one and the old one is disposed when its last session lets go.
+ * tables, users, and one sandbox per scripts folder (buildGeneration makes it, with the listeners' TLS).
+ * Sessions hold the generation they started with; a reload builds a new one and the old one is disposed
+ * when its last session lets go.
  */
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
-import { Sandbox, loadScriptDirectory } from '../sandbox/index.ts';
+import type { Sandbox } from '../sandbox/index.ts';
 import type { HookName } from '../sandbox/api/index.ts';
-import { loadTables, type LookupTable } from './lookup-tables.ts';
-import { loadUsersFile } from '../auth/users-file.ts';
-import type { Logger } from '../logging/logger.ts';
+import type { LookupTable } from './lookup-tables.ts';
 
 let nextSerial = 1;
 
@@ -29,43 +28,14 @@ export class PolicyGeneration {
   #disposed = false;
   #teardown: Promise<void> | null = null;
 
-  private constructor(source: LoadedConfig, tables: Map<string, LookupTable>, users: Map<string, string>, sandboxes: Map<string, Sandbox>) {
+  /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
+  constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>) {
     this.source = source;
     this.config = source.config;
     this.tables = tables;
     this.users = users;
     this.localDomains = new Set(source.config.localDomains.map((d) => d.toLowerCase()));
     this.#sandboxes = sandboxes;
-  }
-
-  /** Build and validate; throws (with file and line) without leaving anything running. */
-  static async build(source: LoadedConfig, logger: Logger): Promise<PolicyGeneration> {
-    const config = source.config;
-    const tables = await loadTables(config);
-    const users = config.users ? await loadUsersFile(config.users) : new Map<string, string>();
-    const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
-    const sandboxes = new Map<string, Sandbox>();
-    const log = logger.child({ component: 'script' });
-    try {
-      for (const dir of dirs) {
-        const scripts = await loadScriptDirectory(dir);
-        sandboxes.set(dir, await Sandbox.create({
-          scripts,
-          timeoutMs: config.sandbox.timeoutMs,
-          memoryLimitMb: config.sandbox.memoryLimitMb,
-          isolates: config.sandbox.isolates,
-          fastPathMs: config.sandbox.fastPathMs,
-          host: {
-            lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
-            log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
-          },
-        }));
-      }
-    } catch (err) {
-      await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
-      throw err;
-    }
-    return new PolicyGeneration(source, tables, users, sandboxes);
   }
 
   listener(name: string): ListenerConfig {

@@ -16,9 +16,8 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
-import { PolicyGeneration } from '../policy/generation.ts';
-import { prepareListener } from '../smtp/listener-options.ts';
-import { checkOutboundTls } from '../delivery/outbound-tls.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import { buildGeneration, GenerationError } from '../policy/build-generation.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -56,7 +55,8 @@ export interface ReloaderTuning {
 interface Built {
   loaded: LoadedConfig;
   next: PolicyGeneration;
-  setups: Map<string, ListenerSetup>;
+  /** Every listener of the new configuration; those running take theirs at the swap. */
+  setups: ReadonlyMap<string, ListenerSetup>;
 }
 
 export class Reloader {
@@ -219,7 +219,10 @@ export class Reloader {
     const pendingRestart = this.#restartNeeded(built.loaded);
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
-    for (const [name, setup] of setups) applyListenerSetup(this.#target.servers.get(name)!, setup);
+    for (const [name, setup] of setups) {
+      const server = this.#target.servers.get(name);
+      if (server) applyListenerSetup(server, setup);
+    }
     this.#digest = readDigest;
     this.#failed = null;
     await this.#watcher.watch(inputs);
@@ -230,28 +233,18 @@ export class Reloader {
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
   }
 
-  /** The generation and listener setups for `loaded`; nothing is left running when it throws. */
+  /** The generation and listener setups for `loaded` (the start's and `postern check`'s build); nothing is left running when it throws. */
   async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
-    const folders = [...new Set(watchedInputs(loaded).folders)].join(', ');
-    progress.step = `the tables, users and the scripts in ${folders}`;
-    const next = await PolicyGeneration.build(loaded, this.#target.logger);
-    const setups = new Map<string, ListenerSetup>();
+    const built = await buildGeneration(loaded, { logger: this.#target.logger, progress });
     try {
-      progress.step = 'the listeners\' and delivery\'s TLS files';
-      for (const l of loaded.config.listeners) {
-        if (this.#target.servers.has(l.name)) setups.set(l.name, await prepareListener(l, loaded.config.hostname, this.#target.logger));
-      }
-      // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
-      const outbound = await checkOutboundTls(loaded.config.delivery);
-      if (outbound.errors.length) throw Object.assign(new Error(outbound.errors.join('\n')), { errors: outbound.errors });
-      for (const w of [...outbound.problems, ...outbound.warnings]) log.warn(w);
       progress.step = 'the afterBuild hook';
       await this.tuning.afterBuild?.();
     } catch (err) {
-      await next.dispose();
+      await built.generation.dispose();
       throw err;
     }
-    return { loaded, next, setups };
+    for (const w of built.warnings) log.warn(w.listener ? { listener: w.listener } : {}, w.message);
+    return { loaded, next: built.generation, setups: built.listeners };
   }
 
   /** A build past its deadline: whatever it makes when (if ever) it finishes is released. */
@@ -323,6 +316,7 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
 }
 
 function errorLines(err: unknown): string[] {
+  if (err instanceof GenerationError) return [...err.lines];
   if (err instanceof ConfigError) return err.message.split('\n');
   const e = err as { errors?: unknown[]; message?: string };
   if (Array.isArray(e.errors) && e.errors.length) return e.errors.map(String);

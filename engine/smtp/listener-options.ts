@@ -84,10 +84,8 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
 }
 
 
-/** Read the listener's files and derive everything its server is built from. */
-export async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger): Promise<ListenerSetup> {
-  const tls = await loadListenerTls(l);
-  for (const w of tls.warnings ?? []) logger.warn({ listener: l.name }, w);
+/** Everything the listener's server is built from, given its TLS files as read by loadListenerTls. */
+export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: string, logger: Logger): ListenerSetup {
   return {
     name: l.name,
     options: listenerOptions(l, tls, hostname, logger),

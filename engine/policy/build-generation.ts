@@ -1,0 +1,151 @@
+/**
+ * The one way a configuration becomes a running generation: lookup tables, users, one sandbox per scripts
+ * folder, every listener's TLS material and the outbound client certificates and CA files. A start, a
+ * reload and `postern check` all call buildGeneration, so a check refuses exactly what a reload (or a
+ * start) would refuse, with the same text.
+ *
+ * Every part is read even after one has failed, so that one run reports every problem; when any fails,
+ * whatever was built is released and one GenerationError lists them all, one `file[:line[:col]]: message`
+ * per line.
+ */
+import type { LoadedConfig } from '../config/load-config.ts';
+import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
+import type { ListenerConfig } from '../config/schema.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory } from '../sandbox/index.ts';
+import { loadTable, type LookupTable } from './lookup-tables.ts';
+import { loadUsersFile } from '../auth/users-file.ts';
+import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
+import type { ListenerSetup } from '../smtp/postern-server.ts';
+import { checkOutboundTls } from '../delivery/outbound-tls.ts';
+import type { Logger } from '../logging/logger.ts';
+import { PolicyGeneration } from './generation.ts';
+
+export interface BuildOptions {
+  /** Receives what scripts log from their top level, and the listeners' smtp-server logs. */
+  logger: Logger;
+  /**
+   * `postern check`: an expired outbound client certificate is an error. A start and a reload only warn
+   * (delivery still presents it and the next hop decides), so that a certificate expiring overnight
+   * never stops a running server from reloading.
+   */
+  strict?: boolean;
+  /** Set to what is being read now, for the message of a build that misses its deadline. */
+  progress?: { step: string };
+}
+
+/** Usable, but worth a log line (or a `warning:` line from `postern check`). */
+export interface GenerationWarning {
+  /** The listener whose files it concerns. */
+  listener?: string;
+  message: string;
+}
+
+export interface BuiltGeneration {
+  generation: PolicyGeneration;
+  /** Every listener of the configuration by name; a reload applies those that are running. */
+  listeners: ReadonlyMap<string, ListenerSetup>;
+  warnings: GenerationWarning[];
+}
+
+/** Every problem that stopped a build, in the order the parts are read. */
+export class GenerationError extends ConfigError {
+  readonly lines: readonly string[];
+  /** Found on the way, as a successful build would have returned them. */
+  readonly warnings: readonly GenerationWarning[];
+  constructor(configFile: string, lines: readonly string[], warnings: readonly GenerationWarning[] = []) {
+    super(lines.map((line) => asProblem(configFile, line)));
+    this.name = 'GenerationError';
+    this.lines = lines;
+    this.warnings = warnings;
+  }
+}
+
+export async function buildGeneration(loaded: LoadedConfig, options: BuildOptions): Promise<BuiltGeneration> {
+  const config = loaded.config;
+  const progress = options.progress ?? { step: '' };
+  const problems: string[] = [];
+  const warnings: GenerationWarning[] = [];
+  const failed = (err: unknown): void => { for (const line of problemLines(err)) if (!problems.includes(line)) problems.push(line); };
+
+  progress.step = 'the tables and the users file';
+  const tables = new Map<string, LookupTable>();
+  const loads = await Promise.allSettled(Object.entries(config.tables).map(([name, spec]) => loadTable(name, spec)));
+  for (const r of loads) {
+    if (r.status === 'fulfilled') tables.set(r.value.name, r.value);
+    else failed(r.reason);
+  }
+  let users = new Map<string, string>();
+  if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
+
+  // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so
+  // that their own errors are reported too; nothing built is kept unless everything is fine.
+  const sandboxes = new Map<string, Sandbox>();
+  const log = options.logger.child({ component: 'script' });
+  const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+  for (const dir of dirs) {
+    progress.step = `the scripts in ${dir}`;
+    try {
+      sandboxes.set(dir, await Sandbox.create({
+        scripts: await loadScriptDirectory(dir),
+        timeoutMs: config.sandbox.timeoutMs,
+        memoryLimitMb: config.sandbox.memoryLimitMb,
+        isolates: config.sandbox.isolates,
+        fastPathMs: config.sandbox.fastPathMs,
+        host: {
+          lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
+          log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
+        },
+      }));
+    } catch (err) {
+      failed(err);
+    }
+  }
+
+  // Every listener's files, also a new listener's (which needs a restart to open): a reload that took a
+  // configuration the next start would refuse would only defer the failure to that restart.
+  progress.step = 'the listeners\' TLS files';
+  const listeners = new Map<string, ListenerSetup>();
+  for (const l of config.listeners) {
+    try {
+      listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
+    } catch (err) {
+      failed(err);
+    }
+  }
+
+  // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
+  progress.step = 'delivery\'s TLS files';
+  const outbound = await checkOutboundTls(config.delivery);
+  for (const line of outbound.errors) failed(line);
+  for (const line of outbound.problems) {
+    if (options.strict) failed(line);
+    else warnings.push({ message: line });
+  }
+  for (const line of outbound.warnings) warnings.push({ message: line });
+
+  if (problems.length) {
+    await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
+    throw new GenerationError(loaded.file, problems, warnings);
+  }
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes), listeners, warnings };
+}
+
+async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {
+  const tls = await loadListenerTls(l);
+  for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
+  return listenerSetup(l, tls, hostname, logger);
+}
+
+/** One line per problem, each beginning with the file it is about. */
+function problemLines(err: unknown): string[] {
+  if (typeof err === 'string') return [err];
+  if (err instanceof ScriptErrors) return err.errors.map(String);
+  if (err instanceof ScriptError) return [String(err)];
+  return (err instanceof Error ? err.message : String(err)).split('\n');
+}
+
+/** `<file[:line[:col]]>: <message>` back into a problem that formats to the same line. */
+function asProblem(configFile: string, line: string): ConfigProblem {
+  const at = line.indexOf(': ');
+  return at > 0 ? { file: line.slice(0, at), message: line.slice(at + 2) } : { file: configFile, message: line };
+}
