@@ -5,8 +5,8 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { sleep, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../delivery/helpers/sink.ts';
+import { sleep, startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;

@@ -4,8 +4,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, parseDsn, sleep, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer, parseDsn, sleep, type DeliveryServer } from '../delivery/helpers/server.ts';
 
 let sink: Sink;
 let s: DeliveryServer;

@@ -4,8 +4,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
-import { startSink } from './helpers/sink.ts';
-import { startDeliveryServer } from './helpers/server.ts';
+import { startSink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer } from '../delivery/helpers/server.ts';
 
 /** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
 function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
