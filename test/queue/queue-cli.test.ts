@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
-import { sleep, startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { until } from '../helpers/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;
@@ -84,7 +85,7 @@ test('list, show, retry and delete while the server runs', async () => {
   const del = await cli('delete', other);
   assert.equal(del.code, 0);
   assert.equal(del.stdout, `${other}: deleted\n`);
-  await sleep(700); // two scans: the server forgets it
+  await s.scans(1); // a whole scan after the delete: the server forgets it
   assert.equal((await cli('list')).stdout, 'Mail queue is empty\n');
   assert.equal(s.attempts.filter((e) => e.id === other).length, 1, 'a deleted message is not attempted again');
 
@@ -102,8 +103,7 @@ test('an unreadable state file holds its message back until `queue retry` starts
   await writeFile(s.runtime.spool.statePath(id), '{ not json');
   await s.runtime.spool.requestRescan(); // the next scan reads every state again
   const noticed = (): boolean => s.logs.some((l) => l.id === id && l.msg === 'unreadable delivery state: not delivering it');
-  for (const until = Date.now() + 5000; !noticed() && Date.now() < until;) await sleep(50);
-  assert.ok(noticed(), 'the runner reports the unreadable state');
+  await until('the runner reports the unreadable state', noticed);
   assert.match((await cli('show', id)).stderr, /JSON/);
 
   holding = false;

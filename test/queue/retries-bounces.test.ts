@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer, parseDsn, sleep, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { startDeliveryServer, parseDsn, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { until } from '../helpers/wait.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -96,8 +97,7 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
   assert.deepEqual(copies.map((m) => m.to), [['ok@dest.test'], ['later1@dest.test']], 'the retry carried only the pending recipient');
 
   await sink.waitFor(sink.messages.length); // the bounce is delivered through the same route
-  const deadline = Date.now() + 5000;
-  while (!dsnTo('me@origin.test').length && Date.now() < deadline) await sleep(50);
+  await until('the bounce to me@origin.test at the sink', () => dsnTo('me@origin.test').length > 0);
   const dsn = parseDsn(dsnTo('me@origin.test')[0]!.data);
   assert.equal(dsn.headers.from, 'Mail Delivery System <MAILER-DAEMON@postern.test>');
   assert.equal(dsn.headers['auto-submitted'], 'auto-replied');
@@ -137,8 +137,7 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   const e = await s.nextAttempt((x) => x.id === refused, { past: true });
   assert.equal(e.removed, true);
   assert.deepEqual(e.outcomes.map((o) => [o.status, o.reply]), [['permanent', '554 5.7.1 Policy says no']]);
-  const deadline = Date.now() + 5000;
-  while (!sink.messages.some((m) => m.from === '' && m.data.toString().includes(refused)) && Date.now() < deadline) await sleep(50);
+  await until('the bounce for the refused message at the sink', () => sink.messages.some((m) => m.from === '' && m.data.toString().includes(refused)));
   const dsn = parseDsn(sink.messages.find((m) => m.from === '' && m.data.toString().includes(refused))!.data);
   assert.equal(dsn.recipients[0]!.status, '5.7.1');
   assert.equal(dsn.recipients[0]!['diagnostic-code'], 'X-Postern; 554 5.7.1 Policy says no');

@@ -6,7 +6,7 @@ import { startTestServer, type TestServer, type TestServerOptions } from '../../
 import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts';
 import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
 import { HostNotFound } from '../../../engine/delivery/dns.ts';
-import type { AttemptEvent } from '../../../engine/queue/runner.ts';
+import type { AttemptEvent, QueueRunner } from '../../../engine/queue/runner.ts';
 import { recordAttempts } from '../../helpers/attempts.ts';
 import { submitMessage } from '../../helpers/smtp-client.ts';
 
@@ -18,6 +18,8 @@ export interface DeliveryServer extends Omit<TestServer, 'port'> {
   nextAttempt(pred: (e: AttemptEvent) => boolean, opts?: { timeoutMs?: number; past?: boolean }): Promise<AttemptEvent>;
   /** Send one message through the first listener (plain SMTP); returns the queue id. */
   send(from: string, to: string[], body?: string): Promise<string>;
+  /** Resolves once the queue runner has completed `count` scans of the spool that began after this call. */
+  scans(count: number, timeoutMs?: number): Promise<void>;
 }
 
 export type DeliveryServerOptions = TestServerOptions;
@@ -31,8 +33,50 @@ export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
     send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
+    scans: countScans(running.queue),
   });
   return server;
+}
+
+/**
+ * Counts the runner's scans, its periodic ones included (they call scan() on the instance, which this
+ * shadows). Calls made while a scan runs share it: a new promise is a new scan.
+ */
+function countScans(queue: QueueRunner): DeliveryServer['scans'] {
+  const scan = queue.scan.bind(queue);
+  let begun = 0;
+  let completed = 0;
+  let current: Promise<void> | null = null;
+  const waiters = new Set<() => void>();
+  queue.scan = () => {
+    const p = scan();
+    if (p !== current) {
+      current = p;
+      begun++;
+      void p.finally(() => {
+        completed++;
+        for (const w of [...waiters]) w();
+      });
+    }
+    return p;
+  };
+  return (count, timeoutMs = 15_000) => {
+    const target = begun + count;
+    if (completed >= target) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`the queue runner completed ${completed - target + count} of ${count} scans within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const check = (): void => {
+        if (completed < target) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve();
+      };
+      waiters.add(check);
+    });
+  };
 }
 
 /** A DNS stand-in: MX records and addresses from tables; unknown names are NXDOMAIN. */
