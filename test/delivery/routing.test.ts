@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
 import { until } from '../helpers/wait.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -13,19 +14,11 @@ let s: DeliveryServer;
 before(async () => {
   sink = await startSink();
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { mx: true, port: ${sink.port} }
-  tls: { mode: may }
-  retrySchedule: [3600]
-  connectTimeoutMs: 3000
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'may' }, retrySchedule: [3600], connectTimeoutMs: 3000 },
+    }),
     scripts: { 'rcptto.ts': `export default () => accept();` },
     resolver: fakeResolver({
       // 127.0.0.2 is loopback too, but nothing listens there: connection refused.

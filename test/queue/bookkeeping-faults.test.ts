@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import { startSink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer } from '../delivery/helpers/server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 /** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
 function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
@@ -34,16 +35,11 @@ function failDoneMarks(): { failures: number; reached(n: number): Promise<void>;
 test('a delivered message whose done mark cannot be written is not delivered again; the mark is written once there is room', async () => {
   const sink = await startSink({});
   const s = await startDeliveryServer({
-    config: `
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-localDomains: [example.test]
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.05]
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
+    }),
   });
   const fault = failDoneMarks();
   try {
@@ -68,16 +64,11 @@ test('a recipient accepted by the next hop is not sent to again when the state f
   let refuseLater = true;
   const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
   const s = await startDeliveryServer({
-    config: `
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-localDomains: [example.test]
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.05]
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
+    }),
   });
   const fsp = (await import('node:fs/promises')).default;
   const realRename = fsp.rename;

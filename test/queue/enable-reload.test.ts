@@ -6,17 +6,12 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startSink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer } from '../delivery/helpers/server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 test('off by default; enabling it by reload delivers what the spool holds', async () => {
   const sink = await startSink();
   const s = await startDeliveryServer({
-    config: `
-localDomains: [dest.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['dest.test'], listeners: [testListener('in')] }),
   });
   try {
     const id = await s.send('me@origin.test', ['r@dest.test']);

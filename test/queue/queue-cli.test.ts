@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
 import { until } from '../helpers/wait.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;
@@ -17,18 +18,10 @@ let holding = true;
 before(async () => {
   sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && holding && address.startsWith('hold') ? { code: 451, text: '4.2.0 Held' } : null) });
   s = await startDeliveryServer({
-    config: `
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [3600]
-  scanIntervalMs: 300
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [3600], scanIntervalMs: 300 }),
+    }),
     scripts: { 'rcptto.ts': `export default () => accept();` },
   });
 });

@@ -7,6 +7,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer, parseDsn, type DeliveryServer } from '../delivery/helpers/server.ts';
 import { until } from '../helpers/wait.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -28,19 +29,12 @@ before(async () => {
     },
   });
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-sandbox: { timeoutMs: 1000 }
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.25, 0.75]
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      sandbox: { timeoutMs: 1000 },
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.25, 0.75] }),
+    }),
     scripts: {
       'rcptto.ts': `export default () => accept();`,
       'predelivery.ts': `
