@@ -9,6 +9,7 @@ import { HostNotFound } from '../../../engine/delivery/dns.ts';
 import type { AttemptEvent, QueueRunner } from '../../../engine/queue/runner.ts';
 import { recordAttempts } from '../../helpers/attempts.ts';
 import { submitMessage } from '../../helpers/smtp-client.ts';
+import { until } from '../../helpers/wait.ts';
 
 export interface DeliveryServer extends Omit<TestServer, 'port'> {
   port(listener?: string): number;
@@ -47,35 +48,18 @@ function countScans(queue: QueueRunner): DeliveryServer['scans'] {
   let begun = 0;
   let completed = 0;
   let current: Promise<void> | null = null;
-  const waiters = new Set<() => void>();
   queue.scan = () => {
     const p = scan();
     if (p !== current) {
       current = p;
       begun++;
-      void p.finally(() => {
-        completed++;
-        for (const w of [...waiters]) w();
-      });
+      void p.finally(() => { completed++; });
     }
     return p;
   };
-  return (count, timeoutMs = 15_000) => {
+  return (count, timeoutMs) => {
     const target = begun + count;
-    if (completed >= target) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        waiters.delete(check);
-        reject(new Error(`the queue runner completed ${completed - target + count} of ${count} scans within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const check = (): void => {
-        if (completed < target) return;
-        clearTimeout(timer);
-        waiters.delete(check);
-        resolve();
-      };
-      waiters.add(check);
-    });
+    return until(`${count} queue runner scan(s) begun after the call`, () => completed >= target, { timeoutMs });
   };
 }
 
