@@ -11,6 +11,7 @@ import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { until } from '../helpers/wait.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;
 let client: TlsClientOptions;
@@ -69,14 +70,7 @@ test('a plaintext socket is never held back (a STARTTLS upgrade may follow in th
 
 test('pipelined commands after STARTTLS get every reply in order, and the reply to QUIT arrives before the close', async () => {
   const s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [testListener('sub', { tls: testServerTls(pki) })] }),
   });
   try {
     const c = await SmtpTestClient.connect(s.port('sub'));
