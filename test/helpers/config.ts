@@ -15,8 +15,8 @@ type TlsInput = NonNullable<ListenerInput['tls']>;
 /** A configuration without `dataDir` and `scripts` (startTestServer puts its temporary folders there). */
 export type TestConfig = Omit<ConfigInput, 'dataDir' | 'scripts'>;
 
-/** The YAML of a test configuration. */
-export function configYaml(config: TestConfig): string {
+/** The YAML of a test configuration (with `dataDir` and `scripts` for a server started otherwise). */
+export function configYaml(config: ConfigInput): string {
   return stringify(config);
 }
 
