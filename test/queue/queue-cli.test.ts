@@ -71,7 +71,7 @@ test('list, show, retry and delete while the server runs', async () => {
   const retry = await cli('retry', held);
   assert.equal(retry.code, 0, retry.stderr);
   assert.equal(retry.stdout, `1 message due now: ${held}\n`);
-  const done = await s.nextAttempt((e) => e.id === held && e.removed, { timeoutMs: 5000, past: true });
+  const done = await s.nextAttempt((e) => e.id === held && e.removed, { past: true });
   assert.equal(done.attempt, 2);
   assert.deepEqual(sink.messages.at(-1)!.to, ['hold1@dest.test']);
 
@@ -102,7 +102,7 @@ test('an unreadable state file holds its message back until `queue retry` starts
   holding = false;
   const retry = await cli('retry', id);
   assert.equal(retry.code, 0, retry.stderr);
-  const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 5000, past: true }); // may be over before the command returns
+  const done = await s.nextAttempt((e) => e.id === id && e.removed, { past: true }); // may be over before the command returns
   assert.equal(done.attempt, 1, 'the state started again from the message as accepted');
   assert.deepEqual(sink.messages.at(-1)!.to, ['hold3@dest.test']);
 });

@@ -63,7 +63,7 @@ test('temporary failures are retried on the schedule (0.25 s, then 0.75 s repeat
   assert.equal(state.attempts, 1);
   assert.match(state.errors[0], /later3@dest\.test: 127\.0\.0\.1\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.0 Try again later/);
   assert.equal(state.recipients[0].lastError, '451 4.2.0 Try again later');
-  const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 10_000 });
+  const done = await s.nextAttempt((e) => e.id === id && e.removed);
   assert.equal(done.attempt, 4);
   const events = s.attempts.filter((e) => e.id === id);
   assert.deepEqual(events.map((e) => e.attempt), [1, 2, 3, 4]);
@@ -86,7 +86,7 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
   const state = JSON.parse(await readFile(s.runtime.spool.statePath(id), 'utf8'));
   assert.deepEqual(state.recipients.map((r: { address: string; status?: string }) => [r.address, r.status ?? 'pending']),
     [['ok@dest.test', 'delivered'], ['bad@dest.test', 'bounced'], ['later1@dest.test', 'pending']]);
-  await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 5000 });
+  await s.nextAttempt((e) => e.id === id && e.removed);
   const copies = sink.messages.filter((m) => m.from === 'me@origin.test' && m.to.some((t) => ['ok@dest.test', 'later1@dest.test'].includes(t)));
   assert.deepEqual(copies.map((m) => m.to), [['ok@dest.test'], ['later1@dest.test']], 'the retry carried only the pending recipient');
 
@@ -138,7 +138,7 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   assert.equal(dsn.recipients[0]!['remote-mta'], undefined);
 
   const held = await s.send('me@origin.test', ['y@held.test']);
-  const done = await s.nextAttempt((x) => x.id === held && x.removed, { timeoutMs: 5000 });
+  const done = await s.nextAttempt((x) => x.id === held && x.removed);
   assert.equal(done.attempt, 3);
   const ctx = s.logs.filter((l) => String(l.msg).startsWith('CTX ') && String(l.msg).includes(held)).map((l) => JSON.parse(String(l.msg).slice(4)));
   assert.deepEqual(ctx.map((m) => m.attempt), [1, 2, 3]);
