@@ -7,6 +7,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import { startSink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer } from '../delivery/helpers/server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { until } from '../helpers/wait.ts';
 
 /** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
 function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
@@ -73,7 +74,6 @@ test('a recipient accepted by the next hop is not sent to again when the state f
   const fsp = (await import('node:fs/promises')).default;
   const realRename = fsp.rename;
   let failures = 0;
-  const reached = (n: number): Promise<void> => new Promise((resolve) => { const t = setInterval(() => { if (failures >= n) { clearInterval(t); resolve(); } }, 10); });
   (fsp as { rename: unknown }).rename = async (from: string, to: string): Promise<void> => {
     if (String(to).endsWith('.state')) {
       failures++;
@@ -85,7 +85,7 @@ test('a recipient accepted by the next hop is not sent to again when the state f
   const restore = (): void => { fsp.rename = realRename; syncBuiltinESMExports(); };
   try {
     const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
-    await reached(3);
+    await until('three failed state writes', () => failures >= 3);
     assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'the accepted recipient got it once');
     assert.ok(sink.attempts.length >= 3, 'the refused recipient was tried again');
     const removed = s.nextAttempt((e) => e.id === id && e.removed);
