@@ -30,7 +30,7 @@ export function testServerTls(pki: TestPki, opts: Omit<TlsInput, 'cert' | 'key'>
   const { crl, ...tls } = opts;
   return {
     mode: 'starttls', cert: pki.server.cert, key: pki.server.key,
-    ...(tls.clientCertificates ? { caFiles: [pki.ca.cert] } : {}),
+    ...(tls.clientCertificates && tls.clientCertificates !== 'none' ? { caFiles: [pki.ca.cert] } : {}),
     ...(crl ? { crlFiles: [pki.crl] } : {}),
     ...tls,
   };
