@@ -11,6 +11,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 
 const curl = promisify(execFile);
 let pki: TestPki;
@@ -21,20 +22,13 @@ before(async () => {
   pki = await makeTestPki();
   sink = await startSink();
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-localDomains: [example.test]
-admin: { listen: 127.0.0.1:0 }
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      localDomains: ['example.test'],
+      admin: { listen: '127.0.0.1:0' },
+      listeners: [testListener('mx', { tls: testServerTls(pki, { clientCertificates: 'request' }) })],
+      delivery: smarthostDelivery(sink.port),
+    }),
     scripts: {
       'rcptto.ts': `export default function rcptto(ctx: RcptToContext): Verdict | void {
   if (ctx.address.address.startsWith('nobody@')) return reject('No such user here');

@@ -9,6 +9,7 @@ import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
 import { issueClientCertificate } from '../../engine/certificates/index.ts';
@@ -282,12 +283,9 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
 test('the command line coarsens its timer slack to 2 ms (isolated-vm timer wake-ups fold together)', async () => {
   const child = spawn(process.execPath, [MAIN, 'hash-password'], { stdio: ['pipe', 'ignore', 'ignore'], timeout: 60_000 });
   try {
-    let slack = '';
-    for (let i = 0; i < 100 && slack !== '2000000'; i++) { // hash-password waits on stdin meanwhile
-      await new Promise((r) => setTimeout(r, 50));
-      slack = (await readFile(`/proc/${child.pid}/timerslack_ns`, 'utf8')).trim();
-    }
-    assert.equal(slack, '2000000');
+    const slack = async (): Promise<string> => (await readFile(`/proc/${child.pid}/timerslack_ns`, 'utf8')).trim();
+    // hash-password waits on stdin meanwhile
+    await until('the command line sets its timer slack to 2 ms', async () => (await slack()) === '2000000');
     assert.equal((await readFile('/proc/self/timerslack_ns', 'utf8')).trim() === '2000000', false, 'this test process keeps its own');
   } finally {
     child.kill();

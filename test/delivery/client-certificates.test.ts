@@ -9,6 +9,7 @@ import { makeTestPki, type TestPki, type ClientName } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { startDeliveryServer, parseDsn, type DeliveryServer } from './helpers/server.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;
 let sink: Sink;
@@ -41,30 +42,23 @@ before(async () => {
   }
   s = await startDeliveryServer({
     files,
-    config: `
-hostname: postern.test
-localDomains: [partner.example]
-sandbox: { timeoutMs: 1000 }
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-  - name: sub
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: encrypt }
-  retrySchedule: [0.3]
-  maxAgeHours: 0.0008
-  clientCertificates:
-    alice: { cert: ./alice.crt, key: ./alice.key }
-    device-ed: { cert: ./ed25519.crt, key: ./ed25519.key }
-    device-ec: { cert: ./ecdsa.crt, key: ./ecdsa.key }
-    stranger: { cert: ./stranger.crt, key: ./stranger.key }
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      localDomains: ['partner.example'],
+      sandbox: { timeoutMs: 1000 },
+      listeners: [testListener('in'), testListener('sub', { tls: testServerTls(pki, { clientCertificates: 'request' }) })],
+      delivery: smarthostDelivery(sink.port, {
+        tls: { mode: 'encrypt' },
+        retrySchedule: [0.3],
+        maxAgeHours: 0.0008,
+        clientCertificates: {
+          alice: { cert: './alice.crt', key: './alice.key' },
+          'device-ed': { cert: './ed25519.crt', key: './ed25519.key' },
+          'device-ec': { cert: './ecdsa.crt', key: './ecdsa.key' },
+          stranger: { cert: './stranger.crt', key: './stranger.key' },
+        },
+      }),
+    }),
     scripts: {
       'predelivery.ts': `
 const CERTS: Record<string, string> = {

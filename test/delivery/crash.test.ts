@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink } from './helpers/sink.ts';
 import { sleep } from './helpers/server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 
@@ -43,24 +44,14 @@ test('kill -9 during accept and delivery loses no acknowledged message', { timeo
   // A slow next hop, so a backlog builds up and the kills land in the middle of deliveries.
   const sink = await startSink({ dataDelayMs: 5 });
   const config = join(dir, 'postern.yaml');
-  await writeFile(config, `
-dataDir: ${join(dir, 'data')}
-scripts: ${join(dir, 'scripts')}
-log: { level: info }
-localDomains: [dest.test, other.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  concurrency: 4
-  perDestinationConcurrency: 2
-  retrySchedule: [0.2]
-  scanIntervalMs: 200
-`);
+  await writeFile(config, configYaml({
+    dataDir: join(dir, 'data'),
+    scripts: join(dir, 'scripts'),
+    log: { level: 'info' },
+    localDomains: ['dest.test', 'other.test'],
+    listeners: [testListener('in')],
+    delivery: smarthostDelivery(sink.port, { concurrency: 4, perDestinationConcurrency: 2, retrySchedule: [0.2], scanIntervalMs: 200 }),
+  }));
   const acked = new Set<string>();
   let next = 0;
   const target = { port: 0 };

@@ -5,22 +5,21 @@ import { readFile } from 'node:fs/promises';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startSink } from './helpers/sink.ts';
 import { startDeliveryServer } from './helpers/server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 test('clientCertificate: null presents no certificate where the configuration names a default', async () => {
   const pki = await makeTestPki();
   const sink = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert });
   const s = await startDeliveryServer({
     files: { 'laptop.crt': await readFile(pki.clients.alice.cert, 'utf8'), 'laptop.key': await readFile(pki.clients.alice.key, 'utf8') },
-    config: `
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: encrypt, clientCertificate: laptop }
-  clientCertificates: { laptop: { cert: ./laptop.crt, key: ./laptop.key } }
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: {
+        route: { smarthost: { host: '127.0.0.1', port: sink.port } },
+        tls: { mode: 'encrypt', clientCertificate: 'laptop' },
+        clientCertificates: { laptop: { cert: './laptop.crt', key: './laptop.key' } },
+      },
+    }),
     scripts: {
       'rcptto.ts': 'export default () => accept();',
       'predelivery.ts': `export default (ctx) => ctx.destination.domain === 'anonymous.example' ? deliver({ tls: { clientCertificate: null } }) : undefined;`,

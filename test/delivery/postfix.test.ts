@@ -14,6 +14,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance } from './helpers/postfix.ts';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { parseDsn, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 
 const skip = needsPostfix();
 const colon = (hex: string): string => hex.toUpperCase().match(/../g)!.join(':');
@@ -52,21 +53,17 @@ test('Postfix as next hop: relay_clientcerts + permit_tls_clientcerts accepts th
 
   const s = await startDeliveryServer({
     files: { 'alice.crt': await readFile(pki.clients.alice.cert, 'utf8'), 'alice.key': await readFile(pki.clients.alice.key, 'utf8') },
-    config: `
-hostname: postern.test
-localDomains: [example.net]
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${smtpdPort} } }
-  tls: { mode: verify, ca: test-ca }
-  caFiles: { test-ca: ${pki.ca.cert} }
-  clientCertificates: { laptop: { cert: ./alice.crt, key: ./alice.key } }
-  retrySchedule: [3600]
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      localDomains: ['example.net'],
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(smtpdPort, {
+        tls: { mode: 'verify', ca: 'test-ca' },
+        caFiles: { 'test-ca': pki.ca.cert },
+        clientCertificates: { laptop: { cert: './alice.crt', key: './alice.key' } },
+        retrySchedule: [3600],
+      }),
+    }),
     scripts: {
       'predelivery.ts': `
 export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict | void {
@@ -111,19 +108,12 @@ test('Postfix as client: relayhost = Postern, smtp_tls_chain_files; a script aut
         `${pki.clients.ed25519.fingerprintSha256} ed-laptop`,
       ].join('\n'),
     },
-    config: `
-hostname: postern.test
-tables: { relay_clientcerts: ./relay_clientcerts }
-listeners:
-  - name: relay
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      tables: { relay_clientcerts: './relay_clientcerts' },
+      listeners: [testListener('relay', { tls: testServerTls(pki, { clientCertificates: 'request' }) })],
+      delivery: smarthostDelivery(sink.port),
+    }),
     scripts: {
       'rcptto.ts': `
 export default function rcptto(ctx: RcptToContext): Verdict | void {

@@ -4,7 +4,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink, type Sink } from './helpers/sink.ts';
-import { fakeResolver, parseDsn, sleep, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { until } from '../helpers/wait.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -12,19 +14,11 @@ let s: DeliveryServer;
 before(async () => {
   sink = await startSink();
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { mx: true, port: ${sink.port} }
-  tls: { mode: may }
-  retrySchedule: [3600]
-  connectTimeoutMs: 3000
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'may' }, retrySchedule: [3600], connectTimeoutMs: 3000 },
+    }),
     scripts: { 'rcptto.ts': `export default () => accept();` },
     resolver: fakeResolver({
       // 127.0.0.2 is loopback too, but nothing listens there: connection refused.
@@ -62,8 +56,7 @@ test('MX order, fallback to the next MX, A without MX, shared transactions, and 
   assert.deepEqual(mine.map((m) => m.to).sort(), [['a@mx.test', 'b@also.test'], ['c@amx.test']],
     'mx.test and also.test share MX hosts: one transaction');
   assert.equal(e.removed, false, 'servfail.test is still pending');
-  const deadline = Date.now() + 5000;
-  while (!sink.messages.some((m) => m.from === '') && Date.now() < deadline) await sleep(50);
+  await until('the bounce at the sink', () => sink.messages.some((m) => m.from === ''));
   const dsn = parseDsn(sink.messages.find((m) => m.from === '')!.data);
   assert.deepEqual(dsn.recipients.map((r) => [r['final-recipient'], r.status]), [['rfc822; d@nx.test', '5.1.2'], ['rfc822; e@null.test', '5.1.10']]);
   assert.match(dsn.recipients[0]!['diagnostic-code']!, /^X-Postern; Host or domain name not found/);

@@ -10,6 +10,7 @@ import { selfSignedServer } from './helpers/self-signed.ts';
 import { startSink, type Sink } from './helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;
 let tmp: string;
@@ -31,29 +32,18 @@ before(async () => {
   // Demands a client certificate during the handshake: TLS fails for a client without one.
   sinks.broken = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
   requiring = await startTestServer({
-    config: `
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, caFiles: [${pki.ca.cert}] }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ listeners: [testListener('in', { tls: testServerTls(pki, { clientCertificates: 'require' }) })] }),
   });
   const ports = { ...Object.fromEntries(Object.entries(sinks).map(([k, v]) => [k, v.port])), requiring: requiring.port('in') };
   s = await startDeliveryServer({
-    config: `
-sandbox: { timeoutMs: 1000 }
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: 9 } }
-  retrySchedule: [3600]
-  caFiles: { test-ca: ${pki.ca.cert} }
-  connectTimeoutMs: 5000
-`,
+    config: configYaml({
+      sandbox: { timeoutMs: 1000 },
+      listeners: [testListener('in')],
+      delivery: {
+        enabled: true, route: { smarthost: { host: '127.0.0.1', port: 9 } }, retrySchedule: [3600],
+        caFiles: { 'test-ca': pki.ca.cert }, connectTimeoutMs: 5000,
+      },
+    }),
     scripts: {
       'rcptto.ts': `export default () => accept();`,
       // Recipient domain <mode>.<server>[.<servername>].test picks the TLS mode and the next hop.

@@ -9,6 +9,7 @@ import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
 import { MAX_TRANSACTIONS, isTooManyRecipients } from '../../engine/delivery/transaction.ts';
 import { retryMessages } from '../../engine/queue/admin.ts';
 import type { AttemptEvent } from '../../engine/queue/runner.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 /** 452 4.5.3 after 2 recipients; `stuck…` always gets 452 4.5.3, `busy…` 451. */
 let limited: Sink;
@@ -34,19 +35,12 @@ before(async () => {
   five = await startSink({ maxRecipients: 1, tooManyReply: { code: 552, text: '5.5.3 Too many recipients' } });
   one = await startSink({ maxRecipients: 1 });
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-sandbox: { timeoutMs: 1000 }
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0, maxRecipients: 500 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${limited.port} } }
-  tls: { mode: none }
-  retrySchedule: [600]
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      sandbox: { timeoutMs: 1000 },
+      listeners: [testListener('in', { limits: { maxRecipients: 500 } })],
+      delivery: smarthostDelivery(limited.port, { retrySchedule: [600] }),
+    }),
     scripts: {
       'rcptto.ts': 'export default () => accept();',
       'predelivery.ts': `

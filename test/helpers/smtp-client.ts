@@ -70,7 +70,7 @@ export class SmtpTestClient {
   get socket(): net.Socket { return this.#socket; }
 
   /** Read one (possibly multi-line) reply; rejects if the connection closes first or on timeout. */
-  async read(timeoutMs = 5000): Promise<Reply> {
+  async read(timeoutMs = 15_000): Promise<Reply> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const reply = this.#takeReply();
@@ -166,7 +166,7 @@ export class SmtpTestClient {
   destroy(): void { this.#socket.destroy(); }
 
   /** Wait until the server closes the connection. */
-  async waitClosed(timeoutMs = 3000): Promise<boolean> {
+  async waitClosed(timeoutMs = 15_000): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     while (!this.#closed && Date.now() < deadline) {
       await new Promise<void>((resolve) => {

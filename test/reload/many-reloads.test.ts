@@ -5,6 +5,7 @@ import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { PolicyGeneration } from '../../engine/policy/generation.ts';
 
 test('1,000 forced reloads with live sessions: memory returns to a stable level', async () => {
   const s = await startTestServer({
@@ -24,7 +25,7 @@ test('1,000 forced reloads with live sessions: memory returns to a stable level'
         await c.hello();
         assert.equal((await c.command('MAIL FROM:<a@x.example>')).text, '550 5.7.1 no');
         await c.quit();
-        await new Promise((r) => setTimeout(r, 100)); // let retired generations finish their teardown
+        await PolicyGeneration.allTornDown(); // retired generations' isolates are gone before measuring
         collectGarbage();
         rss.push(process.memoryUsage().rss / 2 ** 20);
       }

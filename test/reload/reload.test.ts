@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import type { ReloadOutcome } from '../../engine/reload/reloader.ts';
+import { until } from '../helpers/wait.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -33,23 +34,20 @@ function reloads(s: TestServer): { list: ReloadOutcome[]; next(timeoutMs?: numbe
   const stop = s.reloader.onReload((o) => { list.push(o); waiters.shift()?.(o); });
   return {
     list, stop,
-    next: (timeoutMs = 3000) => new Promise((resolve, reject) => {
+    next: (timeoutMs = 15_000) => new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error('no reload')), timeoutMs);
       waiters.push((o) => { clearTimeout(t); resolve(o); });
     }),
   };
 }
 
-async function until(check: () => Promise<boolean>, timeoutMs = 3000): Promise<number> {
-  const t0 = performance.now();
-  while (performance.now() - t0 < timeoutMs) {
-    if (await check()) return performance.now() - t0;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error('condition not reached');
+/** Touch `file` without changing it; resolves once the reloader has looked at it and has nothing left to do. */
+async function touchUnchanged(s: TestServer, file: string): Promise<void> {
+  const checks = s.reloader.status.data.checks;
+  await writeFile(file, await readFile(file));
+  await until('the reloader looked at the touched file', () => s.reloader.status.data.checks > checks);
+  await s.reloader.whenIdle();
 }
-
-const quiet = (ms = 400) => new Promise((r) => setTimeout(r, ms));
 
 test('each editor save pattern gives exactly one reload of the settled content', async () => {
   // A settle window wider than the tests' default: on a loaded 2-core CI machine the events of one save
@@ -77,11 +75,10 @@ test('each editor save pattern gives exactly one reload of the settled content',
     for (let i = 0; i < 10; i++) await writeFile(file, verdictScript(`burst ${i}`));
     await r.next();
     assert.equal(await mailFromReply(s), '550 5.7.1 burst 9');
-    await quiet();
+    await s.reloader.whenIdle(); // a second reload for one save would be due or running until then
     assert.equal(r.list.filter((o) => o.changed).length, 4, 'one reload per save');
     // touching without changing content reloads nothing
-    await writeFile(file, verdictScript('burst 9'));
-    await quiet();
+    await touchUnchanged(s, file);
     assert.equal(r.list.length, 4);
   } finally { r.stop(); await s.stop(); }
 });
@@ -108,7 +105,7 @@ test('a symlinked scripts folder swapped atomically (Kubernetes ConfigMap) reloa
     await rm(join(cm, '..v1'), { recursive: true });
     await r.next();
     assert.equal(await mailFromReply(s), '550 5.7.1 cm v2');
-    await quiet();
+    await s.reloader.whenIdle();
     assert.equal(r.list.length, 2);
   } finally { r.stop(); await s.stop(); }
 });
@@ -229,9 +226,9 @@ test('a script change under concurrent load: every session succeeds and sees one
       const want = `550 5.7.1 v-${i}`;
       const t0 = performance.now();
       await writeFile(join(s.dir, 'scripts', 'rcptto.ts'), policy(`v-${i}`));
-      await until(async () => (await rcptText(s)) === want);
+      await until(`a new session sees ${want}`, async () => (await rcptText(s)) === want);
       latencies.push(performance.now() - t0);
-      await quiet(100);
+      await until(`two sessions of the load under ${want}`, () => seen.filter((t) => t === want).length >= 2);
     }
   } finally {
     stop = true;

@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { until } from '../helpers/wait.ts';
 
 test('kill -HUP forces a reload; postern status shows the generation and counters', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-hup-'));
@@ -19,16 +20,15 @@ test('kill -HUP forces a reload; postern status shows the generation and counter
     const statusFile = join(dir, 'data', 'status.json');
     const status = async (): Promise<{ generation: number; reloads: number; pid: number } | null> =>
       JSON.parse(await readFile(statusFile, 'utf8').catch(() => 'null'));
-    const deadline = Date.now() + 15_000;
-    while (!(await status()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await until('the server writes its status file', async () => (await status()) !== null);
     const before = (await status())!;
     assert.equal(before.pid, child.pid);
     child.kill('SIGHUP');
-    while ((await status())!.reloads === before.reloads && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await until('the status file counts the reload', async () => (await status())!.reloads !== before.reloads);
     const after = (await status())!;
     assert.equal(after.reloads, before.reloads + 1);
     assert.ok(after.generation > before.generation);
-    assert.match(out, /"reason":"SIGHUP".*"msg":"reloaded"/);
+    await until('the reload logged with its reason', () => /"reason":"SIGHUP".*"msg":"reloaded"/.test(out));
     const cli = spawnSync(process.execPath, ['engine/cli/main.ts', 'status', '--config', config], { encoding: 'utf8' });
     assert.equal(cli.status, 0, cli.stderr);
     assert.equal(JSON.parse(cli.stdout).reloads, after.reloads);

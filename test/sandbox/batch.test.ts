@@ -4,15 +4,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
 import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 const settle = <T>(calls: Array<Promise<T>>) => Promise.allSettled(calls);
 
 test('calls made in one turn share one entry into the isolate, each with its own outcome and log lines', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     fastPathMs: 1000, // this test is about sharing, not the bound: no loaded machine may stop the batch
     timeoutMs: 2000,
@@ -21,8 +22,7 @@ test('calls made in one turn share one entry into the isolate, each with its own
       if (ctx.n === 4) throw new Error('four');
       return ctx.n % 3 === 2 ? reject('no ' + ctx.n) : accept({ text: 'ok ' + ctx.n });
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const results = await settle([0, 1, 2, 3, 4, 5].map((n) => sandbox.invoke('helo', { n }, `c${n}`)));
     assert.deepEqual(results.slice(0, 4).map((r) => r.status === 'fulfilled' && r.value), [
       { verdict: 'accept', text: 'ok 0' }, { verdict: 'accept', text: 'ok 1' }, { verdict: 'reject', text: 'no 2' }, { verdict: 'accept', text: 'ok 3' },
@@ -37,14 +37,12 @@ test('calls made in one turn share one entry into the isolate, each with its own
     // Calls made after the batch has run make the next one.
     assert.deepEqual(await sandbox.invoke('helo', { n: 6 }, 'c6'), { verdict: 'accept', text: 'ok 6' });
     assert.equal((await sandbox.stats()).fastPath.batches, 2);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a slow call is stopped with its batch; the calls after it do not wait for it, and each logs once', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     fastPathMs: 20, // well below the slow call's 80 ms, well above what a quick call takes on a loaded machine
     timeoutMs: 2000,
@@ -53,8 +51,7 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
       if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 80) {} }
       return accept({ text: String(ctx.n) });
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const order: number[] = [];
     const calls = [0, 1, 2, 3].map((n) => sandbox.invoke('rcptto', { n, slow: n === 1 }, `c${n}`).then((v) => { order.push(n); return v; }));
     const values = await Promise.all(calls);
@@ -67,13 +64,11 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
     // The slow call overruns; on a loaded machine a descheduled quick one may too (it is then not counted against its hook).
     assert.ok(fastPath.overruns >= 1 && fastPath.overruns - fastPath.descheduled <= 1, JSON.stringify(fastPath));
     assert.ok(fastPath.batches >= 3, `batches ${fastPath.batches}: stopped at the slow call, which then runs first and alone`);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an isolate lost to its memory limit during a batch: the call that did it fails alone', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     memoryLimitMb: 16,
@@ -84,8 +79,7 @@ test('an isolate lost to its memory limit during a batch: the call that did it f
         if (ctx.grow) for (;;) cache.push(new Array(250000).fill(ctx.n));
         return accept({ text: 'ok ' + ctx.n });
       }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const results = await settle([0, 1, 2].map((n) => sandbox.invoke('data', { n, grow: n === 1 }, `c${n}`)));
     assert.deepEqual(results[0], { status: 'fulfilled', value: { verdict: 'accept', text: 'ok 0' } });
     assert.deepEqual(results[2], { status: 'fulfilled', value: { verdict: 'accept', text: 'ok 2' } });
@@ -94,22 +88,19 @@ test('an isolate lost to its memory limit during a batch: the call that did it f
     const stats = await sandbox.stats();
     assert.ok(stats.rebuilds >= 1);
     assert.equal(stats.failures.memory, 1);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a script that returns a promise settles on an isolate thread; its hook then skips batches', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     fastPathMs: 1000,
     scripts: [
       js('mailfrom', 'export default async (ctx) => { log("before", ctx.n); await null; if (ctx.bad) throw new Error("bad " + ctx.n); return accept({ text: "m" + ctx.n }); }'),
       js('helo', 'export default (ctx) => accept({ text: "h" + ctx.n })'),
     ],
-  });
-  try {
+  }, async (sandbox) => {
     const results = await settle([
       sandbox.invoke('mailfrom', { n: 1 }, 'c1'), sandbox.invoke('helo', { n: 2 }, 'c2'),
       sandbox.invoke('mailfrom', { n: 3, bad: true }, 'c3'), sandbox.invoke('helo', { n: 4 }, 'c4'),
@@ -122,13 +113,11 @@ test('a script that returns a promise settles on an isolate thread; its hook the
     assert.deepEqual(before, { calls: 4, overruns: 0, descheduled: 0, batches: 1 });
     await Promise.all([sandbox.invoke('mailfrom', { n: 5 }, 'c5'), sandbox.invoke('mailfrom', { n: 6 }, 'c6')]);
     assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 3 }, 'each promise-returning call enters alone');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('connection facts stay right across batches, when an isolate forgets them, and after a stopped batch', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     fastPathMs: 20,
@@ -137,8 +126,7 @@ test('connection facts stay right across batches, when an isolate forgets them, 
       if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
       return accept({ text: ctx.connection.id + ' ' + ctx.connection.helo });
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const base = authContext().connection;
     const round = async (ids: number[], slowFirst = false): Promise<void> => {
       const calls = ids.map((i, at) => {
@@ -153,7 +141,5 @@ test('connection facts stay right across batches, when an isolate forgets them, 
     await round([7, 8, 9, 10], true); // stopped: the host no longer knows what the isolate kept
     await round(ids);
     assert.ok((await sandbox.stats()).fastPath.overruns >= 1);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Sandbox, ScriptFailure, runningCall, runningCallTable, describeRunning } from '../../engine/sandbox/index.ts';
 import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 const CHILD = fileURLToPath(new URL('./helpers/stuck-builtin.ts', import.meta.url));
 
@@ -77,27 +78,23 @@ test('a top level that loops is stopped with its file and line', async () => {
 });
 
 test('a nested endless loop that catches is still stopped, and the isolate serves the next call', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(), isolates: 1, timeoutMs: 100,
     scripts: [js('rcptto', 'export default (ctx) => { if (ctx.loop) for (;;) { try { for (;;) {} } catch {} } return reject("ok"); }')],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('rcptto', { loop: true }, 'c1'), (e) => e instanceof ScriptFailure && e.kind === 'timeout');
     assert.deepEqual(await sandbox.invoke('rcptto', {}, 'c2'), { verdict: 'reject', text: 'ok' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('the running-call marker names the script on the event-loop thread while a fast-path call runs', async () => {
   const seen: number[] = [];
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: { lookup: () => { seen.push(runningCall.current()); return null; }, log: () => {} },
     fastPathMs: 1000, timeoutMs: 2000,
         // Each lookup key once: the isolate remembers answers.
     scripts: [js('mailfrom', 'export default (ctx) => { lookup("t", ctx.k); return accept(); }'), js('rcptto', 'export default (ctx) => { lookup("t", ctx.k); }')],
-  });
-  try {
+  }, async (sandbox) => {
     assert.equal(runningCall.current(), 0, 'idle');
     await sandbox.invoke('mailfrom', { k: '1' }, 'c1');
     await Promise.all([sandbox.invoke('mailfrom', { k: '2' }, 'c2'), sandbox.invoke('rcptto', { k: '3' }, 'c3')]); // one batch
@@ -108,8 +105,6 @@ test('the running-call marker names the script on the event-loop thread while a 
     assert.deepEqual(names[1], ['mailfrom:mailfrom.js:64', 'rcptto:rcptto.js:64'], 'a batch names all its scripts');
     assert.deepEqual(names[2], names[1]);
     assert.equal(new Int32Array(runningCall.buffer).length, 1);
-  } finally {
-    sandbox.dispose();
-  }
+  });
   assert.deepEqual(describeRunning(seen[0]!, runningCallTable()), [], 'a disposed sandbox leaves the table');
 });

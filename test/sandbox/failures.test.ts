@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
 import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 function failure(kind: ScriptFailure['kind'], check: (e: ScriptFailure) => void = () => {}) {
   return (e: unknown): true => {
@@ -14,7 +15,7 @@ function failure(kind: ScriptFailure['kind'], check: (e: ScriptFailure) => void 
 }
 
 test('a throw is a ScriptFailure with the file, line and column of the throw', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     scripts: [
       js('auth', [
@@ -27,8 +28,7 @@ test('a throw is a ScriptFailure with the file, line and column of the throw', a
       ].join('\n')),
       js('helo', 'export default function () { throw "just a string"; }'),
     ],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('auth', { kind: 'sync' }, 'c1'), failure('error', (e) => {
       assert.equal(e.hook, 'auth');
       assert.equal(e.file, `${SCRIPT_DIR}/auth.js`);
@@ -43,18 +43,15 @@ test('a throw is a ScriptFailure with the file, line and column of the throw', a
     await assert.rejects(sandbox.invoke('helo', {}, 'c1'), failure('error', (e) => {
       assert.equal(e.message, 'threw a value that is not an Error: just a string');
     }));
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an endless loop times out after timeoutMs and the isolate keeps serving', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     scripts: [js('rcptto', 'export default function (ctx) {\n  if (ctx.loop) while (true) {}\n  return accept();\n}')],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('rcptto', { loop: true }, 'c1'), failure('timeout', (e) => {
       assert.equal(e.line, 2, 'stopped inside the loop');
       assert.match(e.message, /timed out after 100 ms/);
@@ -63,14 +60,12 @@ test('an endless loop times out after timeoutMs and the isolate keeps serving', 
     const stats = await sandbox.stats();
     assert.equal(stats.rebuilds, 0, 'a timeout does not cost the isolate');
     assert.deepEqual(stats.failures, { error: 0, timeout: 1, memory: 0 });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('exhausting memory is kind "memory"; the isolate is rebuilt and the next call works', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     isolates: 1,
     memoryLimitMb: 16,
@@ -81,8 +76,7 @@ test('exhausting memory is kind "memory"; the isolate is rebuilt and the next ca
         cache.length = 0;
         return accept({ text: 'ok ' + ctx.n });
       }`)],
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(await sandbox.invoke('data', { grow: false, n: 1 }, 'c1'), { verdict: 'accept', text: 'ok 1' });
     await assert.rejects(sandbox.invoke('data', { grow: true, n: 1.5 }, 'c1'), failure('memory', (e) => {
       assert.match(e.message, /memory limit of 16 MB/);
@@ -93,58 +87,47 @@ test('exhausting memory is kind "memory"; the isolate is rebuilt and the next ca
     assert.equal(stats.isolates[0]!.state, 'idle');
     assert.ok(stats.isolates[0]!.heapUsedBytes! > 0);
     assert.ok(host.logs.some((l) => l.level === 'warn' && /rebuilding/.test(l.message)), 'the rebuild is logged');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an endless loop on one isolate does not stall calls on the other', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 2,
     timeoutMs: 300,
     scripts: [js('rcptto', 'export default function (ctx) { if (ctx.loop) while (true) {} return accept(); }')],
-  });
-  try {
+  }, async (sandbox) => {
     let loopSettled = false;
     const loop = sandbox.invoke('rcptto', { loop: true }, 'looper').finally(() => { loopSettled = true; });
     assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'normal'), { verdict: 'accept' });
     assert.equal(loopSettled, false, 'the loop is still running when the normal call completes');
     await assert.rejects(loop, failure('timeout'));
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a promise that never settles is cut off as a timeout, and the pool recovers', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     scripts: [js('mailfrom', 'export default function (ctx) { return ctx.hang ? new Promise(() => {}) : Promise.resolve(accept()); }')],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('mailfrom', { hang: true }, 'c1'), failure('timeout', (e) => {
       assert.match(e.message, /never settled/);
     }));
     assert.deepEqual(await sandbox.invoke('mailfrom', { hang: false }, 'c1'), { verdict: 'accept' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('calls queue when every isolate is busy and run in order', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     fastPathMs: 0, // calls must overlap to queue
     scripts: [js('rcptto', 'let n = 0; export default function (ctx) { const t = Date.now(); while (Date.now() - t < 5) {} return { verdict: "accept", text: ctx.i + ":" + (n++) }; }')],
-  });
-  try {
+  }, async (sandbox) => {
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => sandbox.invoke('rcptto', { i }, 'c1')));
     assert.deepEqual(results.map((r) => (r as { text: string }).text), ['0:0', '1:1', '2:2', '3:3', '4:4', '5:5']);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a disposed sandbox refuses calls', async () => {

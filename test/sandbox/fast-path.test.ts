@@ -4,51 +4,45 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { FastPathPolicy, HELD_FACTOR, OVERRUNS_TO_SLOW } from '../../engine/sandbox/fast-path-policy.ts';
 import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 test('a quick script runs on the fast path and logs once', async () => {
   const host = recordingHost();
   // A fast path no loaded CI machine outruns (5 ms did, once, on a first call): this test is about the path taken
   // and logging once, not about the bound, which the tests below check.
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host, fastPathMs: 1000, timeoutMs: 2000,
     scripts: [js('helo', 'export default (ctx) => { log("helo", ctx.n); return accept(); }')],
-  });
-  try {
+  }, async (sandbox) => {
     for (let n = 0; n < 3; n++) assert.deepEqual(await sandbox.invoke('helo', { n }, 'c1'), { verdict: 'accept' });
     assert.deepEqual((await sandbox.stats()).fastPath, { calls: 3, overruns: 0, descheduled: 0, batches: 3 });
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'helo 0'], ['c1', 'helo 1'], ['c1', 'helo 2']]);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a script that returns a promise settles after the fast path', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     scripts: [js('mailfrom', 'export default async (ctx) => { await null; if (ctx.bad) throw new Error("nope"); return reject("no " + ctx.n); }')],
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(await sandbox.invoke('mailfrom', { n: 1 }, 'c1'), { verdict: 'reject', text: 'no 1' });
     await assert.rejects(sandbox.invoke('mailfrom', { bad: true }, 'c1'), (e) => e instanceof ScriptFailure && /nope/.test(e.message));
     assert.deepEqual(await sandbox.invoke('mailfrom', { n: 2 }, 'c1'), { verdict: 'reject', text: 'no 2' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a call that outruns the fast path is run again on an isolate thread; once its hook uses up the budget three times, it stays there', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     fastPathMs: 5,
     timeoutMs: 5000,
     // Spins on CPU well past the fast path (the loop, not the clock, so that a descheduled thread does not shorten it).
     scripts: [js('rcptto', 'export default (ctx) => { log("start", ctx.n); let x = 0; for (let i = 0; i < 3e7; i++) x += i; return accept({ text: "slow " + ctx.n }); }')],
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(await sandbox.invoke('rcptto', { n: 1 }, 'c1'), { verdict: 'accept', text: 'slow 1' });
     assert.equal((await sandbox.stats()).fastPath.overruns, 1, 'stopped on the fast path and run again');
     assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => l.message), ['start 1'], 'the stopped attempt logs nothing');
@@ -67,9 +61,7 @@ test('a call that outruns the fast path is run again on an isolate thread; once 
     assert.ok(counted === OVERRUNS_TO_SLOW || /held/.test(warning!.message), JSON.stringify(fastPath));
     assert.deepEqual(await sandbox.invoke('rcptto', { n: 99 }, 'c1'), { verdict: 'accept', text: 'slow 99' });
     assert.equal((await sandbox.stats()).fastPath.calls, fastPath.calls, 'the next call went straight to an isolate thread');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('only overruns that used the budget in CPU time move a hook off the fast path', () => {
@@ -91,43 +83,34 @@ test('only overruns that used the budget in CPU time move a hook off the fast pa
 
 test('a step V8 does not interrupt (a huge BigInt to string) overruns the fast path once; its hook then leaves it', async () => {
   const host = recordingHost();
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host, fastPathMs: 5, timeoutMs: 5000,
     scripts: [js('data', 'export default (ctx) => accept({ text: String((2n ** 3000000n).toString().length + ctx.n) });')],
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(await sandbox.invoke('data', { n: 0 }, 'c1'), { verdict: 'accept', text: '903090' });
     const first = (await sandbox.stats()).fastPath;
     assert.equal(first.overruns, 1);
     assert.match(host.logs.find((l) => l.level === 'warn')?.message ?? '', /a data call held the event loop for \d+ ms/);
     assert.deepEqual(await sandbox.invoke('data', { n: 1 }, 'c1'), { verdict: 'accept', text: '903091' });
     assert.equal((await sandbox.stats()).fastPath.calls, first.calls, 'the next call went straight to an isolate thread');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an endless loop is stopped on the fast path, then times out on an isolate thread', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     timeoutMs: 200,
     scripts: [js('data', 'export default (ctx) => { if (ctx.loop) for (;;) {} return accept(); }')],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('data', { loop: true }, 'c1'), (e) => e instanceof ScriptFailure && e.kind === 'timeout');
     assert.equal((await sandbox.stats()).fastPath.overruns, 1, 'the fast-path attempt was stopped at its budget');
     assert.deepEqual(await sandbox.invoke('data', { loop: false }, 'c1'), { verdict: 'accept' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('fastPathMs 0 keeps every call on isolate threads', async () => {
-  const sandbox = await Sandbox.create({ host: recordingHost(), fastPathMs: 0, scripts: [js('helo', 'export default () => accept()')] });
-  try {
+  await withSandbox({ host: recordingHost(), fastPathMs: 0, scripts: [js('helo', 'export default () => accept()')] }, async (sandbox) => {
     assert.deepEqual(await sandbox.invoke('helo', {}, 'c1'), { verdict: 'accept' });
     assert.deepEqual((await sandbox.stats()).fastPath, { calls: 0, overruns: 0, descheduled: 0, batches: 0 });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

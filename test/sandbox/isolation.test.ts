@@ -2,11 +2,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
-import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 test('the context is a copy: mutations in the script never reach the host object', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     scripts: [js('helo', `export default function (ctx) {
@@ -14,8 +15,7 @@ test('the context is a copy: mutations in the script never reach the host object
       ctx.helo.name = 'changed'; ctx.list.push(99); ctx.added = true;
       return { before, after: ctx };
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const ctx = { helo: { name: 'client.example', command: 'EHLO' }, list: [1] };
     const first = await sandbox.invoke('helo', ctx, 'c1') as { before: string; after: typeof ctx & { added: boolean } };
     assert.deepEqual(ctx, { helo: { name: 'client.example', command: 'EHLO' }, list: [1] }, 'host object untouched');
@@ -25,13 +25,11 @@ test('the context is a copy: mutations in the script never reach the host object
     first.after.helo.name = 'host-side edit';
     const second = await sandbox.invoke('helo', ctx, 'c1') as { before: string };
     assert.equal(second.before, 'client.example', 'each call gets a fresh copy');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('no host capabilities in scope: process, require, timers, fetch, Buffer …', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     scripts: [
       js('connect', `export default function () {
@@ -48,8 +46,7 @@ test('no host capabilities in scope: process, require, timers, fetch, Buffer …
       js('helo', 'export default async function () { return await import("node:fs"); }'),
       js('auth', 'export default function () { globalThis.accept = () => ({ verdict: "accept" }); }'),
     ],
-  });
-  try {
+  }, async (sandbox) => {
     const found = await sandbox.invoke('connect', {}, 'c1') as Record<string, unknown>;
     const { helpers, promise, ...rest } = found;
     for (const [name, type] of Object.entries(rest)) assert.equal(type, 'undefined', `${name} must not exist`);
@@ -58,33 +55,28 @@ test('no host capabilities in scope: process, require, timers, fetch, Buffer …
     await assert.rejects(sandbox.invoke('helo', {}, 'c1'), (e: unknown) => e instanceof ScriptFailure && e.kind === 'error');
     // Helpers are read-only: one script cannot swap accept() for another.
     await assert.rejects(sandbox.invoke('auth', {}, 'c1'), /TypeError: Cannot assign to read only property 'accept'/);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('hash helpers are computed by the host with node:crypto', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     scripts: [js('data', `export default function (ctx) {
       return { sha1: sha1(ctx.s), sha256: sha256(ctx.s), md5: md5(ctx.s), hmac: hmac('sha512', ctx.k, ctx.s) };
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const s = 'grüße, wörld';
     const hex = (alg: string) => createHash(alg).update(s).digest('hex');
     assert.deepEqual(await sandbox.invoke('data', { s, k: 'secret' }, null), {
       sha1: hex('sha1'), sha256: hex('sha256'), md5: hex('md5'),
       hmac: createHmac('sha512', 'secret').update(s).digest('hex'),
     });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('lookup and log reach the host, tagged with the connection id and script file', async () => {
   const host = recordingHost({ tls_fingerprints: { abc123: 'alice' } });
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host,
     scripts: [js('auth', `log('loaded');
       export default function (ctx) {
@@ -93,8 +85,7 @@ test('lookup and log reach the host, tagged with the connection id and script fi
         return user === null ? reject('unknown') : accept({ username: user });
       }`)],
     isolates: 1,
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(host.logs, [{ connectionId: null, file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'loaded' }],
       'top-level log lines have no connection');
     assert.deepEqual(await sandbox.invoke('auth', { fp: 'abc123' }, 'conn-1'), { verdict: 'accept', username: 'alice' });
@@ -104,9 +95,7 @@ test('lookup and log reach the host, tagged with the connection id and script fi
       { connectionId: 'conn-1', file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'user alice {"n":1} [1,2] TypeError: shown undefined 5n' },
       { connectionId: 'conn-2', file: `${SCRIPT_DIR}/auth.js`, level: 'info', message: 'user null {"n":1} [1,2] TypeError: shown undefined 5n' },
     ]);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an isolate remembers lookup answers (tables belong to a generation); a failed lookup is asked again', async () => {
@@ -117,11 +106,10 @@ test('an isolate remembers lookup answers (tables belong to a generation); a fai
     if (key === 'flaky' && failNext-- > 0) throw new Error('backend down');
     return lookup(table, key);
   };
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host, isolates: 1,
     scripts: [js('rcptto', `export default (ctx) => reject(String(lookup('t', ctx.k)) + '/' + String(lookup('t', ctx.k)))`)],
-  });
-  try {
+  }, async (sandbox) => {
     for (let i = 0; i < 3; i++) assert.deepEqual(await sandbox.invoke('rcptto', { k: 'a' }, 'c1'), { verdict: 'reject', text: 'one/one' });
     assert.deepEqual(await sandbox.invoke('rcptto', { k: 'missing' }, 'c1'), { verdict: 'reject', text: 'null/null' });
     assert.deepEqual(host.lookups, [['t', 'a'], ['t', 'missing']], 'each key crossed to the host once');
@@ -129,13 +117,11 @@ test('an isolate remembers lookup answers (tables belong to a generation); a fai
     await assert.rejects(sandbox.invoke('rcptto', { k: 'flaky' }, 'c1'), /backend down/);
     assert.deepEqual(await sandbox.invoke('rcptto', { k: 'flaky' }, 'c1'), { verdict: 'reject', text: 'null/null' });
     assert.deepEqual(host.lookups.slice(2), [['t', 'flaky']], 'the failed lookup was asked again');
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a return value that cannot be copied out is a ScriptFailure', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     scripts: [js('rcptto', `export default async function (ctx) {
       if (ctx.what === 'function') return () => 1;
@@ -143,8 +129,7 @@ test('a return value that cannot be copied out is a ScriptFailure', async () => 
       if (ctx.what === 'cycle') { const o = { verdict: 'accept' }; o.self = o; return o; }
       return { verdict: 'accept', username: Symbol('x') };
     }`)],
-  });
-  try {
+  }, async (sandbox) => {
     const expect = async (what: string, message: RegExp) => {
       await assert.rejects(sandbox.invoke('rcptto', { what }, 'c1'), (e: unknown) => {
         assert.ok(e instanceof ScriptFailure && e.kind === 'error', String(e));
@@ -156,13 +141,11 @@ test('a return value that cannot be copied out is a ScriptFailure', async () => 
     await expect('nested', /Date object at result\.extra\.when/);
     await expect('cycle', /circular reference at result\.self/);
     await expect('symbol', /symbol at result\.username/);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a failing lookup fails the call closed; a failing logger does not', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: {
       lookup() { throw new Error('table backend unavailable'); },
       log() { throw new Error('log sink full'); },
@@ -171,8 +154,7 @@ test('a failing lookup fails the call closed; a failing logger does not', async 
       js('auth', 'export default (ctx) => accept({ username: lookup("users", ctx.u) ?? "nobody" });'),
       js('helo', 'export default () => { log("hello"); return accept(); };'),
     ],
-  });
-  try {
+  }, async (sandbox) => {
     await assert.rejects(sandbox.invoke('auth', { u: 'alice' }, 'c1'), (e: unknown) => {
       assert.ok(e instanceof ScriptFailure && e.kind === 'error');
       assert.match(e.message, /table backend unavailable/);
@@ -180,7 +162,5 @@ test('a failing lookup fails the call closed; a failing logger does not', async 
       return true;
     });
     assert.deepEqual(await sandbox.invoke('helo', {}, 'c1'), { verdict: 'accept' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

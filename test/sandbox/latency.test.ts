@@ -4,8 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox } from '../../engine/sandbox/index.ts';
 import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 const SCRIPT = `export default function (ctx) {
   if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? undefined });
@@ -16,8 +16,7 @@ const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted
 test('invoke latency with a 3 KB context', async () => {
   const ctx = authContext();
   const size = JSON.stringify(ctx).length;
-  const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [js('auth', SCRIPT)], isolates: 2 });
-  try {
+  await withSandbox({ host: recordingHost(), scripts: [js('auth', SCRIPT)], isolates: 2 }, async (sandbox) => {
     for (let i = 0; i < 500; i++) await sandbox.invoke('auth', ctx, 'c1');
     const samples: number[] = [];
     const t0 = performance.now();
@@ -44,7 +43,5 @@ test('invoke latency with a 3 KB context', async () => {
     console.log(`# invoke, ${size}-byte context, 2 isolates: median ${quantile(samples, 0.5).toFixed(0)} µs, ` +
       `p99 ${quantile(samples, 0.99).toFixed(0)} µs; sequential ${(3000 / (sequentialMs / 1000)).toFixed(0)} calls/s; ` +
       `${inFlight} in flight ${(total / (concurrentMs / 1000)).toFixed(0)} calls/s`);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

@@ -4,10 +4,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
 import type { ConnectionInfo } from '../../engine/sandbox/api/index.ts';
 import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 const sample = (): ConnectionInfo => authContext().connection;
 
@@ -35,7 +36,7 @@ test('the connection key changes with every fact that can change within a connec
 });
 
 test('scripts see the kept facts, frozen, and the new ones once the key changes', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     // A call stopped by the fast path's limit (a busy machine) legitimately makes the host send the facts
@@ -46,8 +47,7 @@ test('scripts see the kept facts, frozen, and the new ones once the key changes'
       js('rcptto', 'export default (ctx) => { ctx.connection.helo = "changed"; }'),
       js('data', 'export default (ctx) => accept({ text: Object.keys(ctx).join(",") })'),
     ],
-  });
-  try {
+  }, async (sandbox) => {
     const c = sample();
     const key = connectionKey(c);
     assert.deepEqual(await sandbox.invoke('mailfrom', { connection: c, address: 'a' }, 'c1', key), { verdict: 'accept', text: 'laptop.example.com alice a' });
@@ -59,32 +59,26 @@ test('scripts see the kept facts, frozen, and the new ones once the key changes'
     assert.deepEqual(await sandbox.invoke('data', { connection: c, transaction: {}, data: {} }, 'c1', key), { verdict: 'accept', text: 'connection,transaction,data' });
     // Without a key the context crosses whole, as always.
     assert.deepEqual(await sandbox.invoke('mailfrom', { connection: { ...c, helo: 'whole' }, address: 'd' }, 'c1'), { verdict: 'accept', text: 'whole alice d' });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('an isolate that kept many connections forgets them and is sent them again', async () => {
-  const sandbox = await Sandbox.create({ host: recordingHost(), isolates: 1, scripts: [js('helo', 'export default (ctx) => accept({ text: ctx.connection.id })')] });
-  try {
+  await withSandbox({ host: recordingHost(), isolates: 1, scripts: [js('helo', 'export default (ctx) => accept({ text: ctx.connection.id })')] }, async (sandbox) => {
     for (let i = 0; i < 600; i++) {
       const c = { ...sample(), id: `conn-${i % 300}` };
       assert.deepEqual(await sandbox.invoke('helo', { connection: c }, c.id, connectionKey(c)), { verdict: 'accept', text: c.id });
     }
     const heap = (await sandbox.stats()).isolates[0]!.heapUsedBytes!;
     assert.ok(heap < 8 * 1024 * 1024, `isolate heap ${heap} bytes`);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('a client certificate crosses once per isolate; a different chain verdict is a different certificate', async () => {
-  const sandbox = await Sandbox.create({
+  await withSandbox({
     host: recordingHost(),
     isolates: 1,
     scripts: [js('helo', 'export default (ctx) => { const c = ctx.connection.clientCertificate; return accept({ text: c ? `${ctx.connection.id} ${c.subject.CN} ${c.verified} ${c.verifyError} ${Object.isFrozen(c)} ${c.pem.length}` : `${ctx.connection.id} none` }); }')],
-  });
-  try {
+  }, async (sandbox) => {
     const base = sample();
     const pemLength = base.clientCertificate!.pem.length;
     for (let i = 0; i < 300; i++) { // past the number of kept certificates: forgotten and sent again
@@ -95,7 +89,5 @@ test('a client certificate crosses once per isolate; a different chain verdict i
     assert.deepEqual(await sandbox.invoke('helo', { connection: revoked }, 'r'), { verdict: 'accept', text: `r alice false revoked true ${pemLength}` });
     assert.deepEqual(await sandbox.invoke('helo', { connection: { ...base, id: 'n', clientCertificate: null } }, 'n'), { verdict: 'accept', text: 'n none' });
     assert.deepEqual(await sandbox.invoke('helo', { connection: base }, 'again'), { verdict: 'accept', text: `${base.id} alice true null true ${pemLength}` });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkScripts, prepareScript, Sandbox, ScriptError, ScriptErrors } from '../../engine/sandbox/index.ts';
 import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 async function onlyError(source: ReturnType<typeof js>): Promise<ScriptError> {
   const errors = await checkScripts([source]);
@@ -76,16 +77,13 @@ test('TypeScript with types runs, and its errors point at the TypeScript source'
     '}',
   ].join('\n'));
   assert.ok(!script.source.includes('AuthContext'), 'types are stripped');
-  const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [script] });
-  try {
+  await withSandbox({ host: recordingHost(), scripts: [script] }, async (sandbox) => {
     const connection = { clientCertificate: { verified: true }, certificateIdentity: 'alice' };
     assert.deepEqual(await sandbox.invoke('auth', { connection, auth: { username: '' } }, 'c1'), { verdict: 'accept', username: 'alice' });
     assert.deepEqual(await sandbox.invoke('auth', { connection: { clientCertificate: null }, auth: { username: 'bob' } }, 'c1'), { verdict: 'reject', code: 535 });
     await assert.rejects(sandbox.invoke('auth', { connection: { clientCertificate: null }, auth: { username: '' } }, 'c1'),
       (e: unknown) => { assert.match(String(e), /auth\.ts:9:23: Error: empty user <>$/); return true; });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('top-level await that settles is fine', async () => {

@@ -1,15 +1,15 @@
 /** The verdict builders inside the sandbox: what each returns, and what each refuses. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
 
 // One script per hook family; each calls the named builder with the arguments the host sends.
 const CALL = 'export default function (ctx) { return globalThis[ctx.fn](...ctx.args); }';
 
 test('verdict builders round-trip through the sandbox', async () => {
-  const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [js('rcptto', CALL), js('predelivery', CALL)] });
-  try {
+  await withSandbox({ host: recordingHost(), scripts: [js('rcptto', CALL), js('predelivery', CALL)] }, async (sandbox) => {
     const cases: Array<[string, unknown[], unknown]> = [
       ['accept', [], { verdict: 'accept' }],
       ['accept', [{ username: 'alice', text: 'welcome' }], { verdict: 'accept', username: 'alice', text: 'welcome' }],
@@ -24,14 +24,11 @@ test('verdict builders round-trip through the sandbox', async () => {
     assert.deepEqual(await sandbox.invoke('predelivery', { fn: 'deliver', args: [] }, null), { verdict: 'deliver' });
     const route = { host: 'mx.example.net', port: 465, implicitTls: true, tls: { mode: 'verify', serverName: 'mx.example.net', ca: 'corp', clientCertificate: 'relay' } };
     assert.deepEqual(await sandbox.invoke('predelivery', { fn: 'deliver', args: [route] }, null), { verdict: 'deliver', ...route });
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });
 
 test('verdict builders refuse wrong arguments where the script wrote them', async () => {
-  const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [js('rcptto', CALL), js('predelivery', CALL)] });
-  try {
+  await withSandbox({ host: recordingHost(), scripts: [js('rcptto', CALL), js('predelivery', CALL)] }, async (sandbox) => {
     const bad: Array<[string, unknown[], RegExp]> = [
       ['reject', ['x', { code: 250 }], /reject\(\): invalid code 250/],
       ['defer', ['x', { code: 550 }], /defer\(\): invalid code 550/],
@@ -51,7 +48,5 @@ test('verdict builders refuse wrong arguments where the script wrote them', asyn
     }
     await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ port: 70000 }] }, null), /deliver\(\): invalid port 70000/);
     await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ tls: { mode: 'sometimes' } }] }, null), /invalid mode sometimes/);
-  } finally {
-    sandbox.dispose();
-  }
+  });
 });

@@ -120,7 +120,7 @@ listeners:
   try {
     const bad = await SmtpTestClient.connect(s.port('strict'), { implicitTls: { ca, ...certs.selfsigned } }).catch(() => null);
     if (bad) {
-      await assert.rejects(bad.read(2000), /connection closed/, 'no SMTP session for an untrusted certificate');
+      await assert.rejects(bad.read(30_000), /connection closed/, 'no SMTP session for an untrusted certificate');
     }
     const good = await SmtpTestClient.connect(s.port('strict'), { implicitTls: { ca, ...certs.alice } });
     assert.equal((await good.read()).code, 220);
@@ -132,7 +132,7 @@ listeners:
     assert.equal(m.code, 250, 'pinned key logged in without AUTH and may relay');
     await eve.quit();
     const stranger = await SmtpTestClient.connect(s.port('pinned'), { implicitTls: { ca, ...certs.stranger } }).catch(() => null);
-    if (stranger) await assert.rejects(stranger.read(2000), /connection closed/, 'strict: unpinned, untrusted → no session');
+    if (stranger) await assert.rejects(stranger.read(30_000), /connection closed/, 'strict: unpinned, untrusted → no session');
     // A CA-verified certificate that is not pinned has no identity: auth.required refuses MAIL.
     const alice = await SmtpTestClient.connect(s.port('pinned'), { implicitTls: { ca, ...certs.alice } });
     await alice.hello();

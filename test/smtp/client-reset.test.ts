@@ -3,9 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -26,26 +26,15 @@ async function resetAfter(s: TestServer, commands: string[]): Promise<void> {
   c.socket.resetAndDestroy();
 }
 
-/** Wait for the server to have done what a test expects (it acts asynchronously after the client). */
-async function until(condition: () => boolean): Promise<void> {
-  await untilAsync(async () => condition());
-}
-
-async function untilAsync(condition: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; !(await condition()); i++) {
-    if (i > 1000) throw new Error('timed out waiting for the server');
-    await sleep(10);
-  }
-}
 
 test('a reset outside a transaction is logged at debug only; inside one it is logged at info as the client\'s fault, without a stack trace', async () => {
   const s = await startTestServer({ config: CONFIG });
   try {
     await resetAfter(s, []);
-    await until(() => resetLines(s, 20).length > 0);
+    await until('the reset logged at debug', () => resetLines(s, 20).length > 0);
     assert.deepEqual(resetLines(s, 30).concat(resetLines(s, 50)), [], 'nothing at info or above for a client hanging up between transactions');
     await resetAfter(s, ['MAIL FROM:<a@example.com>']);
-    await until(() => resetLines(s, 30).length > 0);
+    await until('the reset logged at info', () => resetLines(s, 30).length > 0);
     assert.equal(resetLines(s, 50).length, 0, 'not a server error');
     for (const line of resetLines(s, 30)) assert.doesNotMatch(JSON.stringify(line), /"stack"/);
   } finally {
@@ -64,9 +53,9 @@ test('a client that leaves mid-DATA leaves no message and no partial file; the n
     // Past the journal's 1 MiB a message streams to its own file in incoming/: that file must go too.
     const line = 'x'.repeat(998) + '\r\n';
     c.socket.write('Subject: cut off\r\n\r\n' + line.repeat(1500));
-    await untilAsync(async () => (await readdir(s.runtime.spool.incomingDir)).length === 1); // being written to incoming/
+    await until('the message being written to incoming/', async () => (await readdir(s.runtime.spool.incomingDir)).length === 1);
     c.destroy();
-    await untilAsync(async () => (await readdir(s.runtime.spool.incomingDir)).length === 0); // the partial file is removed
+    await until('the partial file removed', async () => (await readdir(s.runtime.spool.incomingDir)).length === 0);
     assert.deepEqual(await s.runtime.spool.list(), [], 'nothing was spooled');
     assert.equal(s.logs.filter((l) => l.msg === 'spooling failed').length, 0, 'a client leaving is not a spool failure');
 

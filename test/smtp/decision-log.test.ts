@@ -4,22 +4,19 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 let s: TestServer;
 before(async () => {
   s = await startTestServer({
-    config: `
-hostname: mx.test
-localDomains: [example.test]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0, maxMessageSize: 200, maxConnectionsPerIp: 3 }
-  - name: sub
-    listen: 127.0.0.1:0
-    auth: { mechanisms: [PLAIN], required: true }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({
+      hostname: 'mx.test',
+      localDomains: ['example.test'],
+      listeners: [
+        testListener('mx', { limits: { maxMessageSize: 200, maxConnectionsPerIp: 3 } }),
+        testListener('sub', { auth: { mechanisms: ['PLAIN'], required: true } }),
+      ],
+    }),
     scripts: {
       'mailfrom.ts': `export default function mailfrom(ctx: MailFromContext): Verdict | void {
   if (ctx.address.address === 'spammer@bad.example') return reject('Go away');

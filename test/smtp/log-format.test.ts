@@ -10,19 +10,14 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { metrics } from '../../engine/metrics/metrics.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;
 let s: TestServer;
 before(async () => {
   pki = await makeTestPki();
   s = await startTestServer({
-    config: `
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ listeners: [testListener('mx', { tls: testServerTls(pki) })] }),
   });
 });
 after(() => s?.stop());

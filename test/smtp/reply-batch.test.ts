@@ -10,6 +10,8 @@ import { batchReply } from '../../engine/smtp/reply-batch.ts';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { until } from '../helpers/wait.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;
 let client: TlsClientOptions;
@@ -48,7 +50,7 @@ test('writes to a TLS socket wait for the end of the turn, then leave together a
     assert.ok(p.server.writableLength > 0, 'nothing written yet');
     await new Promise((resolve) => setImmediate(resolve));
     assert.equal(p.server.writableCorked, 0, 'released at the end of the turn');
-    for (let i = 0; i < 50 && received.length < 18; i++) await new Promise((r) => setTimeout(r, 10));
+    await until('both replies at the client', () => received.length >= 18);
     assert.equal(received, '250 one\r\n250 two\r\n');
   } finally {
     p.close();
@@ -68,14 +70,7 @@ test('a plaintext socket is never held back (a STARTTLS upgrade may follow in th
 
 test('pipelined commands after STARTTLS get every reply in order, and the reply to QUIT arrives before the close', async () => {
   const s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [testListener('sub', { tls: testServerTls(pki) })] }),
   });
   try {
     const c = await SmtpTestClient.connect(s.port('sub'));

@@ -5,15 +5,15 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 /** More than any disk has: the real filesystem is always "below" it. */
 const HUGE = 2 ** 52;
-const config = (floor: number): string => `
-localDomains: [example.test]
-spool: { minFreeBytes: ${floor} }
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-`;
+const config = (floor: number): string => configYaml({
+  localDomains: ['example.test'],
+  spool: { minFreeBytes: floor },
+  listeners: [testListener('in')],
+});
 
 test('below the free-space floor MAIL FROM gets 452 4.3.1; a transaction already under way gets it at the end of DATA', async () => {
   const s = await startTestServer({ config: config(HUGE) });

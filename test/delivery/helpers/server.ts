@@ -6,9 +6,10 @@ import { startTestServer, type TestServer, type TestServerOptions } from '../../
 import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts';
 import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
 import { HostNotFound } from '../../../engine/delivery/dns.ts';
-import type { AttemptEvent } from '../../../engine/queue/runner.ts';
+import type { AttemptEvent, QueueRunner } from '../../../engine/queue/runner.ts';
 import { recordAttempts } from '../../helpers/attempts.ts';
 import { submitMessage } from '../../helpers/smtp-client.ts';
+import { until } from '../../helpers/wait.ts';
 
 export interface DeliveryServer extends Omit<TestServer, 'port'> {
   port(listener?: string): number;
@@ -18,6 +19,8 @@ export interface DeliveryServer extends Omit<TestServer, 'port'> {
   nextAttempt(pred: (e: AttemptEvent) => boolean, opts?: { timeoutMs?: number; past?: boolean }): Promise<AttemptEvent>;
   /** Send one message through the first listener (plain SMTP); returns the queue id. */
   send(from: string, to: string[], body?: string): Promise<string>;
+  /** Resolves once the queue runner has completed `count` scans of the spool that began after this call. */
+  scans(count: number, timeoutMs?: number): Promise<void>;
 }
 
 export type DeliveryServerOptions = TestServerOptions;
@@ -31,8 +34,33 @@ export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
     send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
+    scans: countScans(running.queue),
   });
   return server;
+}
+
+/**
+ * Counts the runner's scans, its periodic ones included (they call scan() on the instance, which this
+ * shadows). Calls made while a scan runs share it: a new promise is a new scan.
+ */
+function countScans(queue: QueueRunner): DeliveryServer['scans'] {
+  const scan = queue.scan.bind(queue);
+  let begun = 0;
+  let completed = 0;
+  let current: Promise<void> | null = null;
+  queue.scan = () => {
+    const p = scan();
+    if (p !== current) {
+      current = p;
+      begun++;
+      void p.finally(() => { completed++; });
+    }
+    return p;
+  };
+  return (count, timeoutMs) => {
+    const target = begun + count;
+    return until(`${count} queue runner scan(s) begun after the call`, () => completed >= target, { timeoutMs });
+  };
 }
 
 /** A DNS stand-in: MX records and addresses from tables; unknown names are NXDOMAIN. */

@@ -4,8 +4,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, parseDsn, sleep, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer, parseDsn, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { until } from '../helpers/wait.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -27,19 +29,12 @@ before(async () => {
     },
   });
   s = await startDeliveryServer({
-    config: `
-hostname: postern.test
-sandbox: { timeoutMs: 1000 }
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.25, 0.75]
-`,
+    config: configYaml({
+      hostname: 'postern.test',
+      sandbox: { timeoutMs: 1000 },
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.25, 0.75] }),
+    }),
     scripts: {
       'rcptto.ts': `export default () => accept();`,
       'predelivery.ts': `
@@ -68,7 +63,7 @@ test('temporary failures are retried on the schedule (0.25 s, then 0.75 s repeat
   assert.equal(state.attempts, 1);
   assert.match(state.errors[0], /later3@dest\.test: 127\.0\.0\.1\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.0 Try again later/);
   assert.equal(state.recipients[0].lastError, '451 4.2.0 Try again later');
-  const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 10_000 });
+  const done = await s.nextAttempt((e) => e.id === id && e.removed);
   assert.equal(done.attempt, 4);
   const events = s.attempts.filter((e) => e.id === id);
   assert.deepEqual(events.map((e) => e.attempt), [1, 2, 3, 4]);
@@ -91,13 +86,12 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
   const state = JSON.parse(await readFile(s.runtime.spool.statePath(id), 'utf8'));
   assert.deepEqual(state.recipients.map((r: { address: string; status?: string }) => [r.address, r.status ?? 'pending']),
     [['ok@dest.test', 'delivered'], ['bad@dest.test', 'bounced'], ['later1@dest.test', 'pending']]);
-  await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 5000 });
+  await s.nextAttempt((e) => e.id === id && e.removed);
   const copies = sink.messages.filter((m) => m.from === 'me@origin.test' && m.to.some((t) => ['ok@dest.test', 'later1@dest.test'].includes(t)));
   assert.deepEqual(copies.map((m) => m.to), [['ok@dest.test'], ['later1@dest.test']], 'the retry carried only the pending recipient');
 
   await sink.waitFor(sink.messages.length); // the bounce is delivered through the same route
-  const deadline = Date.now() + 5000;
-  while (!dsnTo('me@origin.test').length && Date.now() < deadline) await sleep(50);
+  await until('the bounce to me@origin.test at the sink', () => dsnTo('me@origin.test').length > 0);
   const dsn = parseDsn(dsnTo('me@origin.test')[0]!.data);
   assert.equal(dsn.headers.from, 'Mail Delivery System <MAILER-DAEMON@postern.test>');
   assert.equal(dsn.headers['auto-submitted'], 'auto-replied');
@@ -137,15 +131,14 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   const e = await s.nextAttempt((x) => x.id === refused, { past: true });
   assert.equal(e.removed, true);
   assert.deepEqual(e.outcomes.map((o) => [o.status, o.reply]), [['permanent', '554 5.7.1 Policy says no']]);
-  const deadline = Date.now() + 5000;
-  while (!sink.messages.some((m) => m.from === '' && m.data.toString().includes(refused)) && Date.now() < deadline) await sleep(50);
+  await until('the bounce for the refused message at the sink', () => sink.messages.some((m) => m.from === '' && m.data.toString().includes(refused)));
   const dsn = parseDsn(sink.messages.find((m) => m.from === '' && m.data.toString().includes(refused))!.data);
   assert.equal(dsn.recipients[0]!.status, '5.7.1');
   assert.equal(dsn.recipients[0]!['diagnostic-code'], 'X-Postern; 554 5.7.1 Policy says no');
   assert.equal(dsn.recipients[0]!['remote-mta'], undefined);
 
   const held = await s.send('me@origin.test', ['y@held.test']);
-  const done = await s.nextAttempt((x) => x.id === held && x.removed, { timeoutMs: 5000 });
+  const done = await s.nextAttempt((x) => x.id === held && x.removed);
   assert.equal(done.attempt, 3);
   const ctx = s.logs.filter((l) => String(l.msg).startsWith('CTX ') && String(l.msg).includes(held)).map((l) => JSON.parse(String(l.msg).slice(4)));
   assert.deepEqual(ctx.map((m) => m.attempt), [1, 2, 3]);

@@ -4,8 +4,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
-import { startSink } from './helpers/sink.ts';
-import { startDeliveryServer } from './helpers/server.ts';
+import { startSink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer } from '../delivery/helpers/server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { until } from '../helpers/wait.ts';
 
 /** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
 function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
@@ -34,16 +36,11 @@ function failDoneMarks(): { failures: number; reached(n: number): Promise<void>;
 test('a delivered message whose done mark cannot be written is not delivered again; the mark is written once there is room', async () => {
   const sink = await startSink({});
   const s = await startDeliveryServer({
-    config: `
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-localDomains: [example.test]
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.05]
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
+    }),
   });
   const fault = failDoneMarks();
   try {
@@ -68,21 +65,15 @@ test('a recipient accepted by the next hop is not sent to again when the state f
   let refuseLater = true;
   const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
   const s = await startDeliveryServer({
-    config: `
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-localDomains: [example.test]
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [0.05]
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
+    }),
   });
   const fsp = (await import('node:fs/promises')).default;
   const realRename = fsp.rename;
   let failures = 0;
-  const reached = (n: number): Promise<void> => new Promise((resolve) => { const t = setInterval(() => { if (failures >= n) { clearInterval(t); resolve(); } }, 10); });
   (fsp as { rename: unknown }).rename = async (from: string, to: string): Promise<void> => {
     if (String(to).endsWith('.state')) {
       failures++;
@@ -94,7 +85,7 @@ delivery:
   const restore = (): void => { fsp.rename = realRename; syncBuiltinESMExports(); };
   try {
     const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
-    await reached(3);
+    await until('three failed state writes', () => failures >= 3);
     assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'the accepted recipient got it once');
     assert.ok(sink.attempts.length >= 3, 'the refused recipient was tried again');
     const removed = s.nextAttempt((e) => e.id === id && e.removed);

@@ -5,8 +5,10 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { sleep, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../delivery/helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { until } from '../helpers/wait.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;
@@ -16,18 +18,10 @@ let holding = true;
 before(async () => {
   sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && holding && address.startsWith('hold') ? { code: 451, text: '4.2.0 Held' } : null) });
   s = await startDeliveryServer({
-    config: `
-listeners:
-  - name: in
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-delivery:
-  enabled: true
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  retrySchedule: [3600]
-  scanIntervalMs: 300
-`,
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [3600], scanIntervalMs: 300 }),
+    }),
     scripts: { 'rcptto.ts': `export default () => accept();` },
   });
 });
@@ -77,14 +71,14 @@ test('list, show, retry and delete while the server runs', async () => {
   const retry = await cli('retry', held);
   assert.equal(retry.code, 0, retry.stderr);
   assert.equal(retry.stdout, `1 message due now: ${held}\n`);
-  const done = await s.nextAttempt((e) => e.id === held && e.removed, { timeoutMs: 5000, past: true });
+  const done = await s.nextAttempt((e) => e.id === held && e.removed, { past: true });
   assert.equal(done.attempt, 2);
   assert.deepEqual(sink.messages.at(-1)!.to, ['hold1@dest.test']);
 
   const del = await cli('delete', other);
   assert.equal(del.code, 0);
   assert.equal(del.stdout, `${other}: deleted\n`);
-  await sleep(700); // two scans: the server forgets it
+  await s.scans(1); // a whole scan after the delete: the server forgets it
   assert.equal((await cli('list')).stdout, 'Mail queue is empty\n');
   assert.equal(s.attempts.filter((e) => e.id === other).length, 1, 'a deleted message is not attempted again');
 
@@ -102,14 +96,13 @@ test('an unreadable state file holds its message back until `queue retry` starts
   await writeFile(s.runtime.spool.statePath(id), '{ not json');
   await s.runtime.spool.requestRescan(); // the next scan reads every state again
   const noticed = (): boolean => s.logs.some((l) => l.id === id && l.msg === 'unreadable delivery state: not delivering it');
-  for (const until = Date.now() + 5000; !noticed() && Date.now() < until;) await sleep(50);
-  assert.ok(noticed(), 'the runner reports the unreadable state');
+  await until('the runner reports the unreadable state', noticed);
   assert.match((await cli('show', id)).stderr, /JSON/);
 
   holding = false;
   const retry = await cli('retry', id);
   assert.equal(retry.code, 0, retry.stderr);
-  const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 5000, past: true }); // may be over before the command returns
+  const done = await s.nextAttempt((e) => e.id === id && e.removed, { past: true }); // may be over before the command returns
   assert.equal(done.attempt, 1, 'the state started again from the message as accepted');
   assert.deepEqual(sink.messages.at(-1)!.to, ['hold3@dest.test']);
 });

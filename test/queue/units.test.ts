@@ -1,0 +1,51 @@
+// The small pieces of the queue: retry timing, the due queue, DSN layout.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { isExpired, retryDelayMs } from '../../engine/queue/schedule.ts';
+import { DueQueue } from '../../engine/queue/due-queue.ts';
+import { buildDsn } from '../../engine/queue/dsn.ts';
+import { parseDsn } from '../delivery/helpers/server.ts';
+
+test('retry delays follow the schedule and repeat its last step; maximum age', () => {
+  const d = { retrySchedule: [60, 300, 900] };
+  assert.deepEqual([1, 2, 3, 4, 10].map((n) => retryDelayMs(d, n)), [60_000, 300_000, 900_000, 900_000, 900_000]);
+  const received = '2026-01-01T00:00:00.000Z';
+  assert.equal(isExpired({ maxAgeHours: 120 }, received, Date.parse(received) + 119 * 3600_000), false);
+  assert.equal(isExpired({ maxAgeHours: 120 }, received, Date.parse(received) + 120 * 3600_000), true);
+});
+
+test('due queue: earliest first, re-timing and deletion', () => {
+  const q = new DueQueue();
+  for (const [id, t] of [['c', 30], ['a', 10], ['b', 20], ['d', 40]] as const) q.set(id, t);
+  q.set('d', 5);
+  q.delete('b');
+  assert.equal(q.takeDue(4), null);
+  const out: string[] = [];
+  for (let id = q.takeDue(100); id; id = q.takeDue(100)) out.push(id);
+  assert.deepEqual(out, ['d', 'a', 'c']);
+  assert.equal(q.size, 0);
+});
+
+test('DSN: RFC 3464 fields per recipient, UTF-8 text, header only of the original', () => {
+  const raw = buildDsn({
+    hostname: 'mx.example', original: { id: 'abc123def', sender: 'jörg@example.org', receivedAt: '2026-01-01T00:00:00Z' },
+    originalMessage: Buffer.from('Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n'),
+    failed: [
+      { recipient: 'a@x.test', status: '5.1.1', diagnostic: '550 5.1.1 unknown', remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25' },
+      { recipient: 'b@y.test', status: '4.4.1', diagnostic: 'connection refused', remoteReply: false, remoteMta: null },
+    ],
+    expired: true,
+    now: new Date('2026-01-06T00:00:00Z'),
+  });
+  const dsn = parseDsn(raw);
+  assert.equal(dsn.headers.subject, 'Undelivered Mail Returned to Sender');
+  assert.equal(dsn.perMessage['arrival-date'], 'Thu, 1 Jan 2026 00:00:00 +0000');
+  assert.deepEqual(dsn.recipients.map((r) => [r['final-recipient'], r.status, r['remote-mta'], r['diagnostic-code']]), [
+    ['rfc822; a@x.test', '5.1.1', 'dns; mx.x.test', 'smtp; 550 5.1.1 unknown'],
+    ['rfc822; b@y.test', '4.4.1', undefined, 'X-Postern; connection refused'],
+  ]);
+  assert.equal(dsn.returnedHeader, 'Received: x\r\nSubject: hi\r\n');
+  assert.doesNotMatch(raw.toString(), /secret body/);
+  assert.match(raw.toString(), /charset=us-ascii/);
+  assert.ok(raw.toString().split('\r\n').every((l) => Buffer.byteLength(l) <= 998));
+});
