@@ -17,6 +17,9 @@ import { QueueRunner } from '../queue/runner.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
+import type { Socket } from 'node:net';
+import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
+import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -33,6 +36,18 @@ export interface StartOptions {
   settleMs?: number;
   /** DNS for delivery routing (tests); default node:dns per delivery.hostLookup and dnsServers. */
   resolver?: DeliveryResolver;
+  /**
+   * What this process is in the multi-process model (engine/cluster): 'single' (default) listens, spools
+   * and delivers; a 'worker' serves connections the supervisor hands it (see acceptConnection) and spools
+   * into its own folder; the 'queue' process delivers every spool and listens on nothing.
+   */
+  role?: 'single' | 'worker' | 'queue';
+  /** A worker's number: its spool is <dataDir>/spool/worker-<n>. */
+  workerIndex?: number;
+  /** A worker's counters shared with the other workers through the supervisor. */
+  counters?: WorkerCounters;
+  /** A worker: a message was committed to its spool (tell the queue process). */
+  onSpooled?(id: string, spoolDir: string): void;
 }
 
 export interface RunningPostern {
@@ -44,6 +59,10 @@ export interface RunningPostern {
   readonly reloader: Reloader;
   /** Delivers the spool (idle while delivery.enabled is false). */
   readonly queue: QueueRunner;
+  /** Every spool this server delivers from (the queue runner's view). */
+  readonly spools: SpoolSet;
+  /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
+  acceptConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
 }
 
@@ -58,12 +77,14 @@ class MutableRuntime implements Runtime {
   readonly spool: Spool;
   readonly logger: Logger;
   readonly authFailures: AuthFailureLimiter;
+  readonly connections: ConnectionCounts | undefined;
   onSpooled?: (id: string) => void;
-  constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter) {
+  constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter, connections?: ConnectionCounts) {
     this.generation = generation;
     this.spool = spool;
     this.logger = logger;
     this.authFailures = authFailures;
+    this.connections = connections;
   }
 }
 
@@ -82,18 +103,26 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     throw new ConfigError(outbound.errors.map((line) => ({ file: line.slice(0, line.indexOf(': ')), message: line.slice(line.indexOf(': ') + 2) })));
   }
   for (const w of [...outbound.problems, ...outbound.warnings]) logger.warn(w);
-  const spool = new Spool(join(config.dataDir, 'spool'));
+  const role = opts.role ?? 'single';
+  const home = new Spool(join(config.dataDir, 'spool'));
+  const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0)) : home;
   const { removedOrphans } = await spool.init();
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
+  const spools = new SpoolSet(home);
   const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
-  const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));
+  const failures = new AuthFailureLimiter(windowMs, opts.counters?.failures);
+  const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);
 
   const servers = new Map<string, PosternServer>();
   const addresses = new Map<string, { address: string; port: number }>();
   try {
-    for (const l of config.listeners) {
+    for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, await prepareListener(l, config.hostname, logger));
       server.on('error', (err: Error) => logger.error({ listener: l.name, err }, 'listener error'));
+      if (role === 'worker') { // the supervisor owns the listening socket
+        servers.set(l.name, server);
+        continue;
+      }
       const sep = l.listen.lastIndexOf(':');
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
@@ -116,7 +145,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     throw err;
   }
 
-  const queue = new QueueRunner({ spool, generation: () => runtime.generation, logger, resolver: opts.resolver });
+  const queue = new QueueRunner({ spool: spools, generation: () => runtime.generation, logger, resolver: opts.resolver });
   const reloader = new Reloader({
     current: () => runtime.generation,
     swap(next) {
@@ -139,16 +168,32 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   }, opts.settleMs);
   if (opts.watch ?? true) await reloader.start();
 
-  runtime.onSpooled = (id) => queue.notify(id);
-  queue.start();
+  let collector: NodeJS.Timeout | null = null;
+  if (role === 'worker') {
+    runtime.onSpooled = (id) => opts.onSpooled?.(id, spool.root);
+    // The queue process marks this journal's messages done; reading those marks lets finished segments go.
+    collector = setInterval(() => void spool.list().catch((err: unknown) => logger.warn({ err }, 'spool collection failed')), config.delivery.scanIntervalMs);
+    collector.unref();
+  } else {
+    runtime.onSpooled = (id) => queue.notify(id);
+    queue.start();
+  }
 
   return {
-    runtime, config: loaded, addresses, servers, reloader, queue,
+    runtime, config: loaded, addresses, servers, reloader, queue, spools,
+    acceptConnection(listener, socket) {
+      const server = servers.get(listener);
+      if (!server) return void socket.destroy();
+      server.server.emit('connection', socket);
+    },
     async close() {
+      if (collector) clearInterval(collector);
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
       spool.close();
+      home.close();
+      spools.close();
       const generation = runtime.generation;
       generation.release();
       generation.retire();

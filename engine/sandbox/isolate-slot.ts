@@ -2,6 +2,7 @@
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
  * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
  */
+import { runningCall } from './running-call.ts';
 import './no-wasm-code-gc.ts';
 import ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
@@ -249,8 +250,11 @@ export class IsolateSlot {
     let entries: BatchEntry[];
     let stopped = false;
     try {
+      runningCall.enter(calls.map((c) => this.#files.get(c.hook)!));
       entries = this.#entries(this.#runBatch.applySync(undefined, [JSON.stringify(wire)], { timeout: fastPathMs }));
+      runningCall.exit();
     } catch (e) {
+      runningCall.exit();
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
@@ -329,8 +333,11 @@ export class IsolateSlot {
       this.#current = run;
       let outcome: WireOutcome;
       try {
+        runningCall.enter([file]);
         outcome = this.#runSync.applySync(undefined, args(), { timeout: fastPathMs }) as WireOutcome;
+        runningCall.exit();
       } catch (e) {
+        runningCall.exit();
         this.#current = null;
         if (!TIMED_OUT.test(String((e as Error)?.message)) || this.#isolate.isDisposed) {
           this.#emit(run);

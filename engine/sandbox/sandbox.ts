@@ -2,6 +2,7 @@
  * A Sandbox runs one configuration generation's policy scripts on a small pool of isolates: calls go to
  * an idle isolate (or wait for one), a lost isolate is rebuilt, and every failure rejects — fail closed.
  */
+import { runningCall } from './running-call.ts';
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
@@ -131,6 +132,7 @@ export class Sandbox {
     const fastPathMs = options.fastPathMs ?? 5;
     if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
     const scripts = [...options.scripts];
+    for (const s of scripts) runningCall.register(s.hook, s.file, s.source);
     if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs); // nothing to run: no isolates
 
     const first = await IsolateSlot.build(scripts, slotOptions, true);
@@ -175,6 +177,9 @@ export class Sandbox {
     if (this.#disposed) throw new Error('the sandbox has been disposed');
     const script = this.#scripts.get(hook);
     if (!script) throw new Error(`no script for hook ${hook}`);
+    if (runningCall.isFenced(hook, script.file)) {
+      throw new ScriptFailure('error', hook, script.file, null, null, 'fenced: this script made its worker process crash or hang repeatedly; it runs again once the file changes');
+    }
     // ctx.connection crosses apart: once per key when there is one, and its certificate once per isolate.
     let shared: SharedConnection | undefined;
     let own = ctx;

@@ -11,6 +11,7 @@ import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
 import type { Runtime } from './runtime.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
+import { LocalConnectionCounts, type ConnectionCounts } from '../cluster/shared-counters.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -33,7 +34,8 @@ export class PosternServer extends SMTPServer {
   maxConnectionsPerIp: number;
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
-  readonly #perIp = new Map<string, number>();
+  /** Open connections per client IP: this listener's own map, or counts shared by every worker process. */
+  readonly #perIp: ConnectionCounts;
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
     super(setup.options);
@@ -46,6 +48,7 @@ export class PosternServer extends SMTPServer {
     this.greetingDelayMs = setup.greetingDelayMs;
     this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
     this.trust = setup.trust;
+    this.#perIp = runtime.connections ?? new LocalConnectionCounts();
   }
 
   /** smtp-server's connect(), creating our connection class. */
@@ -68,14 +71,19 @@ export class PosternServer extends SMTPServer {
   override onConnect(session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
     const ip = conn.remoteAddress;
-    const open = (this.#perIp.get(ip) ?? 0) + 1;
-    if (open > this.maxConnectionsPerIp) {
-      return callback(new SmtpReply(421, '4.7.0', 'Too many connections from your address'));
-    }
-    this.#perIp.set(ip, open);
-    conn.state.countedForIp = true;
-    settle(this.policy.connect(conn), callback, conn, this.policy);
+    const admitted = (ok: boolean): void => {
+      if (!ok) return callback(new SmtpReply(421, '4.7.0', 'Too many connections from your address'));
+      // Gone while the shared count answered: onClose did not count it, so give the slot back here.
+      if ((conn as unknown as { _closed?: boolean })._closed) return this.#perIp.release(this.#ipKey(ip));
+      conn.state.countedForIp = true;
+      settle(this.policy.connect(conn), callback, conn, this.policy);
+    };
+    const ok = this.#perIp.acquire(this.#ipKey(ip), ip, this.maxConnectionsPerIp);
+    if (typeof ok === 'boolean') admitted(ok);
+    else ok.then(admitted, (err: unknown) => callback(this.policy.internalError(conn, err)));
   }
+
+  #ipKey(ip: string): string { return `${this.listenerName} ${ip}`; }
 
   override onSecure(socket: TLSSocket, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
@@ -119,10 +127,7 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
-    if (conn.state.countedForIp) {
-      const left = (this.#perIp.get(conn.remoteAddress) ?? 1) - 1;
-      if (left > 0) this.#perIp.set(conn.remoteAddress, left); else this.#perIp.delete(conn.remoteAddress);
-    }
+    if (conn.state.countedForIp) this.#perIp.release(this.#ipKey(conn.remoteAddress));
     conn.state.generation.release();
   }
 }
