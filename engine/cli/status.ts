@@ -1,7 +1,11 @@
-/** `postern status`: what the running server last wrote to <dataDir>/status.json (generation, reloads, errors). */
+/**
+ * `postern status`: what the running server last wrote to <dataDir>/status.json (generation, reloads,
+ * errors), with the supervisor's <dataDir>/cluster.json under `cluster` (processes, restarts, fenced scripts).
+ */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
+import { clusterStatusFile } from '../cluster/process-model.ts';
 
 export async function statusCommand(opts: { config?: string }): Promise<number> {
   const { config } = loadStartConfig({ configPath: opts.config });
@@ -14,6 +18,7 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
     return 1;
   }
   const status = JSON.parse(text) as { lastError: string[] | null };
-  process.stdout.write(text);
+  const cluster = await readFile(clusterStatusFile(config.dataDir), 'utf8').then((t) => JSON.parse(t) as unknown, () => null);
+  process.stdout.write(cluster ? `${JSON.stringify({ ...status, cluster }, null, 2)}\n` : text);
   return status.lastError ? 2 : 0;
 }

@@ -128,6 +128,8 @@ export const configSchema = z.strictObject({
     fastPathMs: z.number().int().min(0).max(50).default(5)
       .describe('A call first runs on the event loop for at most this long, then is moved to an isolate thread (0: always on an isolate thread)'),
   }).prefault({}),
+  workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default('auto')
+    .describe('Worker processes of `postern serve` (auto: one per core). A supervisor process owns the listening sockets and replaces a worker that crashes or hangs; a script can then lose only the sessions of the one worker that ran it. Delivery runs in one more process'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   }).prefault({}),

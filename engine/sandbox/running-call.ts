@@ -25,9 +25,11 @@ export const runningCall = {
   get buffer(): SharedArrayBuffer { return cells.buffer as SharedArrayBuffer; },
   table: table as ReadonlyMap<number, RunningScript>,
 
+  hash(source: string): string { return createHash('sha256').update(source).digest('hex'); },
+
   /** A sandbox was built with this script; returns its id. */
   register(hook: string, file: string, source: string): number {
-    const sha256 = createHash('sha256').update(source).digest('hex');
+    const sha256 = runningCall.hash(source);
     const known = idByFile.get(file);
     if (known !== undefined && table.get(known)!.sha256 === sha256) return known;
     const id = ++nextId;

@@ -1,0 +1,80 @@
+/**
+ * Entry of a child process of the supervisor (`postern serve` with workers): a worker serving the
+ * connections the supervisor hands it, or the queue process delivering every worker's spool. Started by
+ * fork() with POSTERN_ROLE, POSTERN_WORKER and POSTERN_CONFIG in the environment; talks JSON over the
+ * IPC channel (see supervisor.ts and shared-counters.ts for the messages).
+ */
+import '../app/threadpool.ts';
+import '../app/timer-slack.ts';
+import { Worker } from 'node:worker_threads';
+import type { Socket } from 'node:net';
+import { startPostern, loadStartConfig } from '../app/postern.ts';
+import { WorkerCounters } from './shared-counters.ts';
+import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
+import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
+
+const role = process.env.POSTERN_ROLE === 'queue' ? 'queue' : 'worker';
+const index = Number(process.env.POSTERN_WORKER ?? 0);
+const configPath = process.env.POSTERN_CONFIG || undefined;
+const send = (m: object): void => { if (process.connected) process.send!(m); };
+
+type Message = { t?: string; listener?: string; id?: string; dir?: string; list?: RunningScript[] };
+
+async function main(): Promise<void> {
+  const loaded = loadStartConfig({ configPath });
+  const windowMs = Math.max(...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const counters = new WorkerCounters({ send }, windowMs);
+  // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
+  let running: Awaited<ReturnType<typeof startPostern>> | null = null;
+  const early: Array<[Message, Socket | undefined]> = [];
+  process.on('message', (m: Message, handle?: Socket) => {
+    if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
+    if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
+    if (m.t === 'stop') return void stop();
+    if (!running) return void early.push([m, handle]);
+    dispatch(m, handle);
+  });
+  const dispatch = (m: Message, handle?: Socket): void => {
+    if (m.t === 'conn') {
+      send({ t: 'took' });
+      if (handle) running!.acceptConnection(m.listener!, handle);
+    } else if (m.t === 'spooled') {
+      running!.spools.locate(m.id!, m.dir!);
+      running!.queue.notify(m.id!);
+    } else if (m.t === 'hup') {
+      void running!.reloader.reload('SIGHUP');
+    }
+  };
+  const stop = async (): Promise<void> => {
+    await running?.close();
+    process.exit(0);
+  };
+  // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
+  process.on('disconnect', () => void stop());
+
+  running = await startPostern({
+    configPath, role, workerIndex: index, counters,
+    onSpooled: (id, dir) => send({ t: 'spooled', id, dir }),
+  });
+  startWatchdog(loaded.config.dataDir);
+  for (const [m, h] of early.splice(0)) dispatch(m, h);
+  send({ t: 'ready' });
+}
+
+/** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
+function startWatchdog(dataDir: string): void {
+  const watchdog = new Worker(new URL('./watchdog-thread.ts', import.meta.url), {
+    workerData: { buffer: runningCall.buffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS },
+  });
+  watchdog.unref();
+  runningCall.onRegister((id, script) => watchdog.postMessage({ id, script }));
+  setInterval(() => {
+    runningCall.beat();
+    send({ t: 'hb' });
+  }, HEARTBEAT_MS).unref();
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`postern ${role} ${index}: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
