@@ -133,13 +133,21 @@ export class Supervisor {
     child.restartTimer = null;
     if (this.#stopping) return;
     const proc = fork(CHILD_ENTRY, [], {
-      env: { ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '' },
+      env: {
+        ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
+        // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
+        POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
+      },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: [], startedAt: Date.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
-    proc.on('error', (err) => this.log.error({ err, [child.kind]: child.index }, 'child process error'));
+    proc.on('error', (err) => {
+      this.log.error({ err, [child.kind]: child.index }, 'child process error');
+      // Never started (fork failed: EAGAIN, ENOMEM): no 'exit' will come, so treat it as one.
+      if (proc.pid === undefined) this.#exited(child, proc, null, null, `could not start: ${err.message}`);
+    });
   }
 
   #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
@@ -173,13 +181,13 @@ export class Supervisor {
     }
   }
 
-  #exited(child: Child, proc: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+  #exited(child: Child, proc: ChildProcess, code: number | null, signal: NodeJS.Signals | null, why?: string): void {
     if (child.proc !== proc) return;
     child.proc = null;
     child.ready = false;
     for (const socket of child.inflight.splice(0)) socket.destroy(); // never reached it: the client sees the close
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
-    child.lastExit = signal ? `signal ${signal}` : `exit code ${code}`;
+    child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
     this.#collectCrashes();
     if (this.#firstStart && child.restarts === 0 && !this.#stopping) {
       this.#firstStart.reject(new Error(`${child.kind} process ${child.index} could not start (${child.lastExit})`));
