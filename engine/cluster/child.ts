@@ -45,12 +45,17 @@ async function main(): Promise<void> {
       void running!.reloader.reload('SIGHUP');
     }
   };
-  const stop = async (): Promise<void> => {
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => (stopping ??= (async () => {
     await running?.close();
     process.exit(0);
-  };
+  })());
   // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
   process.on('disconnect', () => void stop());
+  // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+  process.on('SIGHUP', () => void running?.reloader.reload('SIGHUP'));
 
   running = await startPostern({
     configPath, role, workerIndex: index, counters,
