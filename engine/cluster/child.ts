@@ -13,6 +13,9 @@ import { WorkerCounters } from './shared-counters.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
 
+/** The queue process hears of new messages at most this late (see the 'spooled' message). */
+const ANNOUNCE_BATCH_MS = 100;
+
 const role = process.env.POSTERN_ROLE === 'queue' ? 'queue' : 'worker';
 const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
@@ -34,13 +37,20 @@ async function main(): Promise<void> {
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
   });
+  const announced: string[] = [];
+  let announceTimer: NodeJS.Timeout | null = null;
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn') {
       send({ t: 'took' });
       if (handle) running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
       running!.spools.locate(m.id!, m.dir!);
-      running!.queue.notify(m.id!);
+      announced.push(m.id!);
+      // Told in batches: the first read of a batch reopens the worker's journal view, the rest find it there.
+      announceTimer ??= setTimeout(() => {
+        announceTimer = null;
+        for (const id of announced.splice(0)) running!.queue.notify(id);
+      }, ANNOUNCE_BATCH_MS);
     } else if (m.t === 'hup') {
       void running!.reloader.reload('SIGHUP');
     }

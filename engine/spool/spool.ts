@@ -34,7 +34,15 @@ export class Spool {
   /** A reader's view of the journal, read again on every call so it is never stale. */
   #view: Journal | null = null;
 
-  constructor(root: string) {
+  /** Size at which the journal starts a new segment (default: the journal's). */
+  readonly #segmentBytes: number | undefined;
+
+  /**
+   * `journalSegmentBytes`: smaller segments for a spool another process reads as it grows (a worker's:
+   * the queue process reopens the journal to see new records, and reopening reads every segment).
+   */
+  constructor(root: string, opts: { journalSegmentBytes?: number } = {}) {
+    this.#segmentBytes = opts.journalSegmentBytes;
     this.root = root;
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
@@ -48,7 +56,7 @@ export class Spool {
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     this.#journal?.close();
-    this.#journal = Journal.open(this.journalDir, { writable: true });
+    this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
     let removedOrphans = 0;
     for (const name of await readdir(this.incomingDir)) {
       await rm(join(this.incomingDir, name), { force: true });

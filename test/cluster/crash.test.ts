@@ -83,7 +83,6 @@ for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {
       dbg('after');
       await traffic.stop();
       dbg('stopped');
-      if (process.env.CLUSTER_DEBUG) console.log(c.logs.filter((l) => Number(l.level) >= 40))
       // Exactly the bystander on the killed worker is gone; the other completes a transaction.
       let survivors = 0;
       for (const b of bystanders) {
