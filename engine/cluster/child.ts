@@ -21,7 +21,7 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; listener?: string; id?: string; dir?: string; list?: RunningScript[] };
+type Message = { t?: string; listener?: string; ids?: string[]; dir?: string; list?: RunningScript[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
@@ -37,20 +37,14 @@ async function main(): Promise<void> {
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
   });
-  const announced: string[] = [];
-  let announceTimer: NodeJS.Timeout | null = null;
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn') {
       send({ t: 'took' });
       if (handle) running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
-      running!.spools.locate(m.id!, m.dir!);
-      announced.push(m.id!);
-      // Told in batches: the first read of a batch reopens the worker's journal view, the rest find it there.
-      announceTimer ??= setTimeout(() => {
-        announceTimer = null;
-        for (const id of announced.splice(0)) running!.queue.notify(id);
-      }, ANNOUNCE_BATCH_MS);
+      // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
+      for (const id of m.ids!) running!.spools.locate(id, m.dir!);
+      for (const id of m.ids!) running!.queue.notify(id);
     } else if (m.t === 'hup') {
       void running!.reloader.reload('SIGHUP');
     }
@@ -67,9 +61,18 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => void stop());
   process.on('SIGHUP', () => void running?.reloader.reload('SIGHUP'));
 
+  // New messages are told to the queue process in batches (one IPC message per batch, not per message).
+  let spooled: string[] = [];
+  const announce = (dir: string): void => {
+    send({ t: 'spooled', dir, ids: spooled });
+    spooled = [];
+  };
   running = await startPostern({
     configPath, role, workerIndex: index, counters,
-    onSpooled: (id, dir) => send({ t: 'spooled', id, dir }),
+    onSpooled(id, dir) {
+      if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
+      spooled.push(id);
+    },
   });
   startWatchdog(loaded.config.dataDir);
   for (const [m, h] of early.splice(0)) dispatch(m, h);

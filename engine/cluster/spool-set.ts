@@ -42,7 +42,9 @@ export class SpoolSet {
 
   /** A worker announced a message it committed to the spool in `dir`. */
   locate(id: string, dir: string): void {
-    const spool = this.#all().find((s) => s.root === dir);
+    const name = dir.slice(this.root.length + 1);
+    if (!this.#workers.has(name)) this.#all(); // a worker spool created since the last look
+    const spool = this.#workers.get(name);
     if (spool) this.#owner.set(id, spool);
   }
 

@@ -24,6 +24,12 @@ import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, crashDir, clusterStatusFile } from './process-model.ts';
 
+/**
+ * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
+ * round trip anyway; a few in flight keep a busy worker's queue full, and a worker that hangs takes at
+ * most this many with it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
+ */
+const MAX_INFLIGHT = 4;
 /** Accepted connections waiting for a worker beyond this many are dropped. */
 const MAX_WAITING = 10_000;
 const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
@@ -239,7 +245,7 @@ export class Supervisor {
       let chosen: Child | null = null;
       for (let i = 0; i < workers.length; i++) {
         const c = workers[(this.#next + i) % workers.length]!;
-        if (c.ready && c.proc?.connected && c.inflight.length === 0 && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
+        if (c.ready && c.proc?.connected && c.inflight.length < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
           chosen = c;
           this.#next = (this.#next + i + 1) % workers.length;
           break;

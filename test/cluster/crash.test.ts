@@ -69,20 +69,14 @@ for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {
       const bystanders = [await greeted(c), await greeted(c)];
       const traffic = load(c, 4);
       await c.waitFor('messages before the kill', () => traffic.acked.length >= 20);
-      const t0 = Date.now();
-      const dbg = (m: string): void => { if (process.env.CLUSTER_DEBUG) console.log(m, Date.now() - t0, traffic.acked.length, traffic.failures); };
       process.kill(victim, signal);
-      dbg('killed');
       const replacement = await c.waitFor('a replacement for worker 0', async () => {
         const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === 0);
         return p?.ready && p.pid !== victim ? p.pid : null;
       });
-      dbg('replaced');
       const before = traffic.acked.length;
       await c.waitFor('messages after the replacement', () => traffic.acked.length >= before + 40);
-      dbg('after');
       await traffic.stop();
-      dbg('stopped');
       // Exactly the bystander on the killed worker is gone; the other completes a transaction.
       let survivors = 0;
       for (const b of bystanders) {
