@@ -21,7 +21,7 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; listener?: string; ids?: string[]; dir?: string; list?: RunningScript[] };
+type Message = { t?: string; listener?: string; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
@@ -40,7 +40,9 @@ async function main(): Promise<void> {
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn') {
       send({ t: 'took' });
-      if (handle) running!.acceptConnection(m.listener!, handle);
+      if (!handle) return send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
+      counters.handedOver(m.key!, m.port!, m.open!, m.ip!, m.failures ?? [], handle);
+      running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
       for (const id of m.ids!) running!.spools.locate(id, m.dir!);

@@ -5,13 +5,18 @@
  * IPC channel (WorkerCounters).
  *
  * Protocol (JSON messages on the worker's IPC channel, `t` names the kind):
- *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a connection slot; answered by
+ *   supervisor → worker  { t: 'conn', listener, key, open, ip, failures } + the socket: the supervisor
+ *                        took the slot as it handed the connection over; `open` counts it, and the
+ *                        worker refuses when that is over the listener's limit. The worker gives the
+ *                        slot back ('conn-') when the socket closes, whatever happened on it.
+ *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
+ *                                                           come from the supervisor; answered by
  *   supervisor → worker  { t: 'conn+r', q, ok, failures }   ok: under the limit (the slot is taken);
  *                                                           failures: that IP's recent auth failure times
  *   worker → supervisor  { t: 'conn-', key }                a connection that got a slot closed
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
  *   supervisor → workers { t: 'authfail', ip, at }          …relayed to every other worker
- * A connection is admitted only after the round trip, so the connection limit holds exactly; auth
+ * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
  * failures reach other workers asynchronously, but every new connection also brings that IP's current
  * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.
  * When a worker dies, the supervisor drops every slot it held.
@@ -20,7 +25,8 @@ import type { FailureStore } from '../auth/failure-limiter.ts';
 
 /** Open-connection counts; `acquire` may answer later (a round trip to the supervisor). */
 export interface ConnectionCounts {
-  acquire(key: string, ip: string, limit: number): boolean | Promise<boolean>;
+  /** `port`: the client's port, which with the key names the connection. */
+  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean>;
   release(key: string): void;
 }
 
@@ -71,6 +77,10 @@ export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
   readonly #waiting = new Map<number, (ok: boolean) => void>();
+  /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
+  readonly #handed = new Map<string, number>();
+  /** Slots taken by round trip, given back by release(); handed slots go back when their socket closes. */
+  readonly #requested = new Map<string, number>();
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -78,15 +88,43 @@ export class WorkerCounters implements ConnectionCounts {
     this.failures = new SharedFailureStore(channel, authWindowMs);
   }
 
-  acquire(key: string, ip: string, limit: number): Promise<boolean> {
+  /**
+   * The supervisor handed over a connection with its slot already taken (`open` counts it); acquire()
+   * for that connection (same key and client port) answers from it without a round trip. The slot is
+   * given back when the socket closes, whether or not a session ever started on it.
+   */
+  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
+    const id = `${key}|${port}`;
+    this.#handed.set(id, open);
+    this.failures.replace(ip, failures);
+    socket.once('close', () => {
+      this.#handed.delete(id);
+      this.#channel.send({ t: 'conn-', key });
+    });
+  }
+
+  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {
+    const open = this.#handed.get(`${key}|${port}`);
+    if (open !== undefined) {
+      this.#handed.delete(`${key}|${port}`);
+      return open <= limit;
+    }
     const q = ++this.#next;
     return new Promise((resolve) => {
-      this.#waiting.set(q, resolve);
+      this.#waiting.set(q, (ok) => {
+        if (ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
+        resolve(ok);
+      });
       this.#channel.send({ t: 'conn+', q, key, ip, limit });
     });
   }
 
-  release(key: string): void { this.#channel.send({ t: 'conn-', key }); }
+  release(key: string): void {
+    const n = this.#requested.get(key) ?? 0;
+    if (n === 0) return; // a handed-over slot: it goes back when its socket closes
+    if (n > 1) this.#requested.set(key, n - 1); else this.#requested.delete(key);
+    this.#channel.send({ t: 'conn-', key });
+  }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
   handle(message: { t?: string; q?: number; ok?: boolean; ip?: string; at?: number; failures?: number[] }): boolean {
@@ -154,6 +192,16 @@ export class CounterHost {
       default:
         return false;
     }
+  }
+
+  /** The supervisor hands a connection to `worker`: its slot is taken now; returns the open count with it. */
+  take(worker: number, key: string): number {
+    const open = (this.#open.get(key) ?? 0) + 1;
+    this.#open.set(key, open);
+    const held = this.#held.get(worker) ?? new Map<string, number>();
+    held.set(key, (held.get(key) ?? 0) + 1);
+    this.#held.set(worker, held);
+    return open;
   }
 
   /** A worker is gone: its connections with it. */

@@ -255,7 +255,12 @@ export class Supervisor {
       const { listener, socket } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
-      chosen.proc!.send({ t: 'conn', listener }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+      // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
+      const ip = socket.remoteAddress ?? '';
+      const key = `${listener} ${ip}`;
+      const open = this.#counters.take(chosen.index, key);
+      const message = { t: 'conn', listener, key, port: socket.remotePort, open, ip, failures: this.#counters.failures(ip) };
+      chosen.proc!.send(message, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
     }
   }
 

@@ -78,7 +78,7 @@ export class PosternServer extends SMTPServer {
       conn.state.countedForIp = true;
       settle(this.policy.connect(conn), callback, conn, this.policy);
     };
-    const ok = this.#perIp.acquire(this.#ipKey(ip), ip, this.maxConnectionsPerIp);
+    const ok = this.#perIp.acquire(this.#ipKey(ip), ip, this.maxConnectionsPerIp, (conn as unknown as { remotePort?: number }).remotePort);
     if (typeof ok === 'boolean') admitted(ok);
     else ok.then(admitted, (err: unknown) => callback(this.policy.internalError(conn, err)));
   }
