@@ -33,8 +33,8 @@ async function spooled(c: ClusterProcess): Promise<Set<string>> {
 }
 
 /** Clients sending messages over and over, reconnecting after a failure; every 250's id is kept. */
-function load(c: ClusterProcess, clients: number): { acked: string[]; failures: number; stop(): Promise<void> } {
-  const state = { acked: [] as string[], failures: 0, stopped: false };
+function load(c: ClusterProcess, clients: number): { acked: string[]; failures: number; stuck: number; stop(): Promise<void> } {
+  const state = { acked: [] as string[], failures: 0, stuck: 0, stopped: false };
   const loops = Array.from({ length: clients }, async (_, n) => {
     while (!state.stopped) {
       let client: SmtpTestClient | null = null;
@@ -46,8 +46,10 @@ function load(c: ClusterProcess, clients: number): { acked: string[]; failures: 
           if (r.code === 250 && id) state.acked.push(id);
         }
         await client.quit();
-      } catch {
+      } catch (err) {
         state.failures++;
+        // Neither a reply nor a close: a connection left hanging (the supervisor must close what never reached a worker).
+        if (/timeout waiting for reply/.test(String(err))) state.stuck++;
         client?.destroy();
       }
     }
@@ -55,6 +57,7 @@ function load(c: ClusterProcess, clients: number): { acked: string[]; failures: 
   return {
     get acked() { return state.acked; },
     get failures() { return state.failures; },
+    get stuck() { return state.stuck; },
     async stop() { state.stopped = true; await Promise.all(loops); },
   };
 }
@@ -90,6 +93,7 @@ for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {
       const spool = await spooled(c);
       const lost = traffic.acked.filter((id) => !spool.has(id));
       assert.deepEqual(lost, [], `${lost.length} of ${traffic.acked.length} acknowledged messages lost`);
+      assert.equal(traffic.stuck, 0, 'every connection got a greeting or was closed');
       // The replacement took messages into worker 0's spool.
       const ofWorker0 = new Set(await new Spool(workerSpoolDir(c.dataDir, 0)).list());
       assert.ok(traffic.acked.slice(before).some((id) => ofWorker0.has(id)), `replacement ${replacement} accepted nothing`);
