@@ -18,7 +18,18 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
     return 1;
   }
   const status = JSON.parse(text) as { lastError: string[] | null };
-  const cluster = await readFile(clusterStatusFile(config.dataDir), 'utf8').then((t) => JSON.parse(t) as unknown, () => null);
+  const cluster = await readFile(clusterStatusFile(config.dataDir), 'utf8').then((t) => JSON.parse(t) as { pid: number }, () => null);
+  if (cluster) Object.assign(cluster, { running: isAlive(cluster.pid) });
   process.stdout.write(cluster ? `${JSON.stringify({ ...status, cluster }, null, 2)}\n` : text);
   return status.lastError ? 2 : 0;
+}
+
+/** Whether the supervisor that wrote cluster.json still runs (a stale file after a crash or stop). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

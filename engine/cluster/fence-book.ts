@@ -1,7 +1,7 @@
 /**
  * The supervisor's record of scripts that crash or hang their worker: crash records the watchdog
  * threads write (<dataDir>/fences/crash-*.json) are counted per script (hook, file, SHA-256 of its
- * source); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
+ * source; a crash in a batch of n scripts counts 1/n for each); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
  * running it — until its file changes (checked every few seconds while a fence stands).
  * `<dataDir>/fences/fenced.json` keeps the list across restarts; `postern status` shows it.
  */
@@ -47,12 +47,15 @@ export class FenceBook {
       }
       unlinkSync(path);
       crashes.push(record);
-      for (const s of record.scripts) {
+      // Calls batched into one entry share the blame: each of n distinct scripts gets 1/n of the crash, so
+      // a script that happened to run beside the culprit a few times is not fenced with it.
+      const scripts = [...new Map(record.scripts.map((s) => [keyOf(s), s])).values()];
+      for (const s of scripts) {
         const key = keyOf(s);
-        const n = (this.#crashes.get(key) ?? 0) + 1;
+        const n = (this.#crashes.get(key) ?? 0) + 1 / scripts.length;
         this.#crashes.set(key, n);
-        if (n >= CRASHES_TO_FENCE && !this.#fences.some((f) => keyOf(f) === key)) {
-          const fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: n };
+        if (n >= CRASHES_TO_FENCE - 1e-9 && !this.#fences.some((f) => keyOf(f) === key)) {
+          const fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: Math.round(n * 100) / 100 };
           this.#fences.push(fence);
           fenced.push(fence);
         }
