@@ -22,7 +22,7 @@ import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, crashDir, clusterStatusFile } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile } from './process-model.ts';
 
 /**
  * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
@@ -267,7 +267,9 @@ export class Supervisor {
   #tick(): void {
     const now = Date.now();
     for (const c of this.#children) {
-      if (c.proc && c.proc.exitCode === null && now - c.lastBeat > SUPERVISOR_HANG_MS) {
+      // Heartbeats start once a child is ready; building its first generation may take a while.
+      const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
+      if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
