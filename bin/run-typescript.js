@@ -12,6 +12,9 @@ process.emitWarning = (warning, ...rest) => {
   emitWarning.call(process, warning, ...rest);
 };
 
+// Child processes and worker threads register it too (engine/cluster/typescript-children.ts).
+process.env.POSTERN_TS_HOOK = fileURLToPath(import.meta.url);
+
 registerHooks({
   load(url, context, next) {
     if (url.startsWith('file:') && url.endsWith('.ts') && url.includes('/node_modules/')) {

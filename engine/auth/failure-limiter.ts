@@ -17,8 +17,24 @@ export interface AuthFailureStore {
   count(key: string, since: number): Promise<number>;
 }
 
+/**
+ * The failure times of one process, in a Map — or in a Map-like store that also tells the other worker
+ * processes (engine/cluster/shared-counters.ts SharedFailureStore), so the limit holds for their sum.
+ */
+export interface FailureMap {
+  get(ip: string): number[] | undefined;
+  set(ip: string, times: number[]): unknown;
+  delete(ip: string): unknown;
+  keys(): IterableIterator<string>;
+  readonly size: number;
+  /** A failure was recorded in this process (not a prune). */
+  recorded?(ip: string, at: number): void;
+}
+
 export class MemoryAuthFailureStore implements AuthFailureStore {
-  readonly #failures = new Map<string, number[]>();
+  readonly #failures: FailureMap;
+
+  constructor(failures: FailureMap = new Map<string, number[]>()) { this.#failures = failures; }
 
   add(key: string, now: number, since: number): Promise<number> {
     // Many failing addresses (rotating IPv6) must not grow the map without bound: drop expired entries.
@@ -26,6 +42,7 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
     const list = this.#recent(key, since);
     list.push(now);
     this.#failures.set(key, list);
+    this.#failures.recorded?.(key, now);
     return Promise.resolve(list.length);
   }
 

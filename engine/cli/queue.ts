@@ -8,6 +8,7 @@ import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import { deleteMessage, listQueue, retryMessages } from '../queue/admin.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
+import { SpoolSet } from '../cluster/spool-set.ts';
 
 /** Configuration and I/O problems: a message on stderr and exit status 1, like the other commands. */
 async function guarded(fn: () => Promise<number>): Promise<number> {
@@ -19,10 +20,13 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   }
 }
 
-/** The spool the server of this configuration uses. Never init(): that would clear a running server's incoming/. */
-function spoolOf(opts: { config?: string }): Spool {
+/**
+ * Every spool the server of this configuration uses (one per worker process, and the queue process's).
+ * Never init(): that would clear a running server's incoming/.
+ */
+function spoolOf(opts: { config?: string }): SpoolSet {
   const { config } = loadStartConfig({ configPath: opts.config });
-  return new Spool(join(config.dataDir, 'spool'));
+  return new SpoolSet(new Spool(join(config.dataDir, 'spool')));
 }
 
 function checkId(id: string): boolean {

@@ -1,9 +1,10 @@
 /**
- * `postern serve`: start, print how to connect, stop cleanly on SIGINT/SIGTERM. Without --config the
+ * `postern serve`: start the supervisor and its worker processes (engine/cluster/supervisor.ts), print
+ * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP. Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
 import { join } from 'node:path';
-import { startPostern } from '../app/postern.ts';
+import { Supervisor } from '../cluster/supervisor.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { DEMO_USER } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
@@ -12,7 +13,7 @@ import { printQuickStart } from './quick-start.ts';
 export async function serveCommand(opts: { config?: string }): Promise<void> {
   const embedded = !opts.config;
   try {
-    const running = await startPostern({
+    const supervisor = await Supervisor.start({
       configPath: opts.config,
       async prepare(loaded) {
         if (!embedded) return;
@@ -21,11 +22,11 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       },
     });
     const stop = async (signal: string): Promise<void> => {
-      running.runtime.logger.info({ signal }, 'shutting down');
-      await running.close();
+      supervisor.log.info({ signal }, 'shutting down');
+      await supervisor.stop();
       process.exit(0);
     };
-    process.on('SIGHUP', () => void running.reloader.reload('SIGHUP'));
+    process.on('SIGHUP', () => supervisor.reload());
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
   } catch (err) {

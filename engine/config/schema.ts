@@ -193,6 +193,8 @@ export const configSchema = z.strictObject({
     minFreeBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(100 * 1024 * 1024)
       .describe('Free space the spool\'s filesystem must keep: below it new mail is refused with `452 4.3.1 Insufficient system storage` at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix `queue_minfree`; `0`: no floor).'),
   }).prefault({}).describe('Free space the spool keeps. See [spool](#spool).'),
+  workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default('auto')
+    .describe('Worker processes of `postern serve` (`auto`: one per core). A supervisor process owns the listening sockets and hands connections to the workers; a worker that crashes or hangs is replaced, so a script can lose only the sessions of the one worker that ran it, never an acknowledged message. Delivery runs in one more process. `workers: 1` still runs supervisor, worker and queue process. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),

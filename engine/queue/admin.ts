@@ -2,7 +2,7 @@
  * What `postern queue` does to the spool a server may be running on: list and show messages, make them
  * due now (retry), delete them. Only atomic state replacements and unlinks, never spool.init().
  */
-import type { Spool } from '../spool/spool.ts';
+import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 
 export interface QueueEntry {
@@ -17,7 +17,7 @@ export interface QueueEntry {
   done: number;
 }
 
-export async function listQueue(spool: Spool): Promise<{ entries: QueueEntry[]; unreadable: Array<{ id: string; error: string }> }> {
+export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntry[]; unreadable: Array<{ id: string; error: string }> }> {
   const entries: QueueEntry[] = [];
   const unreadable: Array<{ id: string; error: string }> = [];
   for (const id of await spool.list()) {
@@ -38,7 +38,7 @@ export async function listQueue(spool: Spool): Promise<{ entries: QueueEntry[]; 
 }
 
 /** Make messages due now; a running server notices at its next scan. Returns the ids changed. */
-export async function retryMessages(spool: Spool, ids: string[] | 'all'): Promise<string[]> {
+export async function retryMessages(spool: QueueSpool, ids: string[] | 'all'): Promise<string[]> {
   const targets = ids === 'all' ? await spool.list() : ids;
   const now = new Date().toISOString();
   const changed: string[] = [];
@@ -64,7 +64,7 @@ export async function retryMessages(spool: Spool, ids: string[] | 'all'): Promis
 }
 
 /** Remove a message without delivering or bouncing it. False if it was not there. */
-export async function deleteMessage(spool: Spool, id: string): Promise<boolean> {
+export async function deleteMessage(spool: QueueSpool, id: string): Promise<boolean> {
   if (!(await spool.has(id))) return false;
   await spool.remove(id);
   await spool.requestRescan();

@@ -2,12 +2,12 @@
  * Spools a bounce: the DSN for the failed recipients of a message becomes a new message from the null
  * sender to the original envelope sender, committed durably before the failures are recorded.
  */
-import type { Spool } from '../spool/spool.ts';
+import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
-  spool: Spool, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  spool: Pick<QueueSpool, 'newId' | 'create'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
 ): Promise<string> {
   const id = spool.newId();
   const now = new Date();

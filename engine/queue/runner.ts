@@ -6,6 +6,7 @@
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { Spool } from '../spool/spool.ts';
+import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -28,7 +29,8 @@ const MAX_ERRORS = 20;
 const MAX_HOPS = 50;
 
 export interface QueueRunnerOptions {
-  spool: Spool;
+  /** One spool, or every spool of the data folder (SpoolSet: one per worker process). */
+  spool: QueueSpool;
   /** The generation new attempts run with (swapped on reload). */
   generation(): PolicyGeneration;
   logger: Logger;
@@ -51,7 +53,7 @@ export interface AttemptEvent {
 interface Group { recipients: string[]; plan: DeliveryPlan | null; final: RecipientOutcome[] }
 
 export class QueueRunner {
-  readonly #spool: Spool;
+  readonly #spool: QueueSpool;
   readonly #generation: () => PolicyGeneration;
   readonly #log: Logger;
   readonly #injectedResolver: DeliveryResolver | undefined;

@@ -5,6 +5,13 @@
 import { writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 
+/**
+ * Under `postern serve`'s supervisor every child reloads the same inputs; only the queue process writes
+ * the file (POSTERN_STATUS_WRITER=1), with the supervisor's pid (POSTERN_SERVER_PID): the server's.
+ */
+const SERVER_PID = Number(process.env.POSTERN_SERVER_PID) || process.pid;
+const WRITES_FILE = process.env.POSTERN_STATUS_WRITER !== '0';
+
 export interface ReloadStatusData {
   pid: number;
   startedAt: string;
@@ -31,7 +38,7 @@ export class ReloadStatus {
   constructor(dataDir: string, generation: number) {
     this.#file = join(dataDir, 'status.json');
     this.data = {
-      pid: process.pid, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0, checks: 0, supersededBuilds: 0,
+      pid: SERVER_PID, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0, checks: 0, supersededBuilds: 0,
       lastReloadAt: null, lastError: null, pendingRestart: [],
     };
   }
@@ -51,6 +58,7 @@ export class ReloadStatus {
 
   /** Writes are queued: two overlapping writes of the one temporary file could leave an older state behind. */
   save(): Promise<void> {
+    if (!WRITES_FILE) return Promise.resolve();
     this.#saving = this.#saving.then(async () => {
       const tmp = `${this.#file}.${process.pid}.tmp`;
       await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);

@@ -6,6 +6,8 @@
  * engine/cluster) that sees the event loop stall reads this marker to name the script before it ends the
  * process. Entering and leaving cost one Atomics.store each: the marker holds the sandbox's id and the set
  * of hooks of the calls in the entry (a batch may mix hooks), as `id * 128 + hookMask`, 0 when idle.
+ * Beside it: the event loop's heartbeat (a counter a timer bumps) that the watchdog watches, and the set of
+ * fenced scripts (engine/cluster/fence-book.ts) that answer 451 without running.
  */
 import { createHash } from 'node:crypto';
 import { HOOK_NAMES } from './hooks.ts';
@@ -18,7 +20,10 @@ export type RunningCallTable = Record<number, Partial<Record<HookName, RunningSc
 
 const HOOK_BITS = 128; // 7 hooks
 const marker = new Int32Array(new SharedArrayBuffer(4));
+const heartbeat = new Int32Array(new SharedArrayBuffer(4));
 const table: RunningCallTable = {};
+/** Scripts fenced off by the supervisor, as "hook\0file\0sha256". */
+const fenced = new Set<string>();
 const listeners = new Set<(table: RunningCallTable) => void>();
 let nextId = 1;
 
@@ -47,6 +52,32 @@ export function describeRunning(value: number, scripts: RunningCallTable): Runni
 }
 
 export const runningCall = {
+  /** The event loop's heartbeat (one Int32 that beat() bumps): the watchdog reads it with Atomics.load. */
+  get heartbeatBuffer(): SharedArrayBuffer {
+    return heartbeat.buffer as SharedArrayBuffer;
+  },
+  /** The event loop is alive (called from a timer). */
+  beat(): void {
+    Atomics.add(heartbeat, 0, 1);
+  },
+  /** SHA-256 of a script's source, as the table and the fences name it. */
+  hash(source: string): string {
+    return createHash('sha256').update(source).digest('hex');
+  },
+  /** Replace the fenced set (sent by the supervisor). */
+  setFenced(list: ReadonlyArray<{ hook: string; file: string; sha256: string }>): void {
+    fenced.clear();
+    for (const f of list) fenced.add(`${f.hook}\0${f.file}\0${f.sha256}`);
+  },
+  /** Whether this hook's script, as a registered sandbox holds it now, is fenced. */
+  isFenced(hook: HookName, file: string): boolean {
+    if (fenced.size === 0) return false;
+    for (const entry of Object.values(table)) {
+      const s = entry[hook];
+      if (s && s.file === file && fenced.has(`${hook}\0${file}\0${s.sha256}`)) return true;
+    }
+    return false;
+  },
   /** The marker (one Int32): pass it to the watchdog thread and read it with Atomics.load. */
   get buffer(): SharedArrayBuffer {
     return marker.buffer as SharedArrayBuffer;
@@ -55,7 +86,7 @@ export const runningCall = {
   register(scripts: ReadonlyArray<{ hook: HookName; file: string; source: string }>): number {
     const id = nextId++;
     const entry: Partial<Record<HookName, RunningScript>> = {};
-    for (const { hook, file, source } of scripts) entry[hook] = { hook, file, sha256: createHash('sha256').update(source).digest('hex') };
+    for (const { hook, file, source } of scripts) entry[hook] = { hook, file, sha256: runningCall.hash(source) };
     table[id] = entry;
     changed();
     return id;

@@ -2,12 +2,12 @@
  * A Sandbox runs one configuration generation's policy scripts on a small pool of isolates: calls go to
  * an idle isolate (or wait for one), a lost isolate is rebuilt, and every failure rejects — fail closed.
  */
+import { runningCall } from './running-call.ts';
 import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
 import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
 import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
-import { runningCall } from './running-call.ts';
 import type { ScriptSource } from './script-source.ts';
 
 export interface SandboxOptions {
@@ -194,6 +194,10 @@ export class Sandbox {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const script = this.#scripts.get(hook);
     if (!script) return Promise.reject(new Error(`no script for hook ${hook}`));
+    if (runningCall.isFenced(hook, script.file)) {
+      return Promise.reject(new ScriptFailure('error', hook, script.file, null, null,
+        'fenced: this script made its worker process crash or hang repeatedly; it runs again once the file changes'));
+    }
     // ctx.connection crosses apart: once per key when there is one, and its certificate once per isolate.
     let shared: SharedConnection | undefined;
     let own = ctx;

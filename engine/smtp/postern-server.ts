@@ -15,6 +15,7 @@ import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import type { Runtime } from './runtime.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
+import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -31,8 +32,11 @@ export interface ListenerSetup {
  * counts shared between processes.
  */
 export interface ConnectionCounter {
-  /** One more connection from `ip`; returns how many are open from it now, this one included. */
-  add(ip: string): number;
+  /**
+   * One more connection from `ip` (from its client port `port`); returns how many are open from it now,
+   * this one included.
+   */
+  add(ip: string, port?: number): number;
   /** One of them closed. */
   remove(ip: string): void;
 }
@@ -54,6 +58,17 @@ export class LocalConnectionCounter implements ConnectionCounter {
 
   /** How many are open from `ip` now. */
   count(ip: string): number { return this.#open.get(ip) ?? 0; }
+}
+
+/**
+ * The counter of a worker process: the supervisor accepted the connection and counted it over every
+ * worker; its count comes with the socket. Given back by the supervisor when the socket closes.
+ */
+function handedOverCounter(counts: ConnectionCounts, listener: string): ConnectionCounter {
+  return {
+    add: (ip, port) => counts.handedOpen?.(`${listener} ${ip}`, port) ?? 1,
+    remove: () => undefined,
+  };
 }
 
 const connectionOf = new WeakMap<SMTPServerSession, PosternConnection>();
@@ -87,6 +102,8 @@ export class PosternServer extends SMTPServer {
     this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
     this.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
     this.trust = setup.trust;
+    // A worker process counts nothing itself: the supervisor counted the connection as it handed it over.
+    if (runtime.connections) this.connectionCounter = handedOverCounter(runtime.connections, this.listenerName);
   }
 
   /**
@@ -99,7 +116,7 @@ export class PosternServer extends SMTPServer {
   override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {
     const ip = clientAddress(socket);
     const counter = this.connectionCounter;
-    const open = counter.add(ip);
+    const open = counter.add(ip, socket.remotePort);
     let counted = true;
     const uncount = (): void => {
       if (counted) counter.remove(ip);
@@ -211,7 +228,7 @@ export class PosternServer extends SMTPServer {
 }
 
 /** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
-function clientAddress(socket: net.Socket): string {
+export function clientAddress(socket: net.Socket): string {
   return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
 }
 

@@ -6,6 +6,7 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { Spool } from '../spool/spool.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 
 export interface Runtime {
   /** The generation new sessions start with. */
@@ -13,6 +14,8 @@ export interface Runtime {
   readonly spool: Spool;
   readonly logger: Logger;
   readonly authFailures: AuthFailureLimiter;
+  /** Open connections per listener and IP, when shared with other worker processes (else each listener counts its own). */
+  readonly connections?: ConnectionCounts;
   /** Called when a message has been committed to the spool (the queue runner wakes up). */
   onSpooled?(id: string): void;
 }

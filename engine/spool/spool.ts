@@ -38,7 +38,15 @@ export class Spool {
   /** A reader's view of the journal, read again on every call so it is never stale. */
   #view: Journal | null = null;
 
-  constructor(root: string) {
+  /** Size at which the journal starts a new segment (default: the journal's). */
+  readonly #segmentBytes: number | undefined;
+
+  /**
+   * `journalSegmentBytes`: smaller segments for a spool another process reads as it grows (a worker's:
+   * the queue process reopens the journal to see new records, and reopening reads every segment).
+   */
+  constructor(root: string, opts: { journalSegmentBytes?: number } = {}) {
+    this.#segmentBytes = opts.journalSegmentBytes;
     this.root = root;
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
@@ -57,7 +65,7 @@ export class Spool {
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     this.#journal?.close();
-    this.#journal = Journal.open(this.journalDir, { writable: true });
+    this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
     this.freeSpace.refreshSync();
     for (const d of this.#journal.damage) if (opts.logger) logDamage(opts.logger, d);
     let removedOrphans = 0;
@@ -102,9 +110,14 @@ export class Spool {
     this.#view = null;
   }
 
-  /** The server's journal, or for a reader (`postern queue`) the journal as it is on disk now. */
-  #readJournal(): Journal | null {
+  /**
+   * The server's journal, or for a reader (`postern queue`, the queue runner of another process's spool)
+   * the journal as it is on disk now. A reader's view that already knows `id` is reused: records never
+   * change, and reopening reads (and checks) every segment again.
+   */
+  #readJournal(id?: string): Journal | null {
     if (this.#journal) return this.#journal;
+    if (id !== undefined && this.#view?.has(id)) return this.#view;
     this.#view?.close();
     this.#view = existsSync(this.journalDir) ? Journal.open(this.journalDir, { writable: false }) : null;
     return this.#view;
@@ -113,7 +126,7 @@ export class Spool {
   /** The envelope, with the latest delivery state applied (`withState: false`: as accepted). */
   async readEnvelope(id: string, opts: { withState?: boolean } = {}): Promise<SpoolEnvelope> {
     const withState = opts.withState ?? true;
-    const record = this.#readJournal()?.read(id);
+    const record = this.#readJournal(id)?.read(id);
     if (record) {
       const { envelope } = parseLayout(record, `${this.journalDir} (message ${id})`);
       const state = withState ? await this.readState(id) : null;
@@ -131,7 +144,7 @@ export class Spool {
 
   /** The message bytes (Received header + message as received), without the envelope trailer. */
   async readMessage(id: string): Promise<Buffer> {
-    const record = this.#readJournal()?.read(id);
+    const record = this.#readJournal(id)?.read(id);
     if (record) return record.subarray(0, parseLayout(record, `${this.journalDir} (message ${id})`).messageBytes);
     const handle = await open(this.messagePath(id), 'r');
     try {
@@ -151,7 +164,7 @@ export class Spool {
    * `hasState: false` skips looking for a state file the caller knows is not there.
    */
   async readForDelivery(id: string, opts: { hasState?: boolean } = {}): Promise<{ envelope: SpoolEnvelope; message: Buffer }> {
-    const record = this.#readJournal()?.read(id);
+    const record = this.#readJournal(id)?.read(id);
     const file = record ? `${this.journalDir} (message ${id})` : this.messagePath(id);
     const data = record ?? await readMessageFile(file);
     const { envelope, messageBytes } = parseLayout(data, file);
@@ -175,7 +188,7 @@ export class Spool {
 
   /** Whether a message is still in the queue. */
   async has(id: string): Promise<boolean> {
-    if (this.#readJournal()?.has(id)) return true;
+    if (this.#readJournal(id)?.has(id)) return true;
     return stat(this.messagePath(id)).then(() => true, () => false);
   }
 
@@ -198,7 +211,7 @@ export class Spool {
    * `hasState: false`: the caller knows there is no state file to remove.
    */
   async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
-    if (this.#readJournal()?.markDone(id)) {
+    if (this.#readJournal(id)?.markDone(id)) {
       if (opts.hasState !== false) {
         await unlink(this.statePath(id)).catch(ignoreMissing);
         await this.#dirSync.sync();

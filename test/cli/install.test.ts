@@ -55,12 +55,13 @@ test('the packed tarball installs a postern command that checks, serves and stop
 
   const server = spawn(postern, ['serve', '--config', 'postern.yaml'], { cwd: site, stdio: ['ignore', 'pipe', 'pipe'], env: SHELL_ENV });
   let stderr = '';
+  let stdoutAll = '';
   server.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
   const port = await new Promise<number>((resolve, reject) => {
     let buffered = '';
     server.stdout.setEncoding('utf8').on('data', (d: string) => {
-      buffered += d;
+      buffered += d; stdoutAll += d;
       const m = /"address":"127\.0\.0\.1:(\d+)"/.exec(buffered);
       if (m) resolve(Number(m[1]));
     });
@@ -69,10 +70,10 @@ test('the packed tarball installs a postern command that checks, serves and stop
 
   const queueId = await submitMessage(port, 'sender@example.net', ['someone@example.test']);
   server.kill('SIGTERM');
-  assert.equal(await exited, 0, stderr);
+  assert.equal(await exited, 0, `${stderr}\n${stdoutAll}`);
 
   const list = run(['queue', 'list', '--config', 'postern.yaml', '--json'], site);
-  assert.equal(list.code, 0, list.stderr);
+  assert.equal(list.code, 0, list.stderr + list.stdout);
   assert.ok(list.stdout.includes(queueId), `the accepted message ${queueId} is still in the spool after the stop: ${list.stdout}`);
   assert.ok((await readdir(site)).includes('data'), 'data lives where the configuration says, not in the package');
 });

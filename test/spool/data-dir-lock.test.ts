@@ -51,6 +51,7 @@ test('a second server on the same data directory is refused, naming the first on
 dataDir: ${join(dir, 'data')}
 scripts: ${join(dir, 'scripts')}
 localDomains: [example.test]
+workers: 1
 listeners:
   - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
 `);
@@ -65,7 +66,7 @@ listeners:
     assert.equal((await c.command('RCPT TO:<b@example.test>')).code, 250);
     assert.equal((await c.command('DATA')).code, 354);
     c.write(`Subject: big\r\n\r\n${`${'y'.repeat(998)}\r\n`.repeat(1600)}`);
-    const incoming = join(dir, 'data', 'spool', 'incoming');
+    const incoming = join(dir, 'data', 'spool', 'worker-0', 'incoming'); // the one worker's spool (engine/cluster)
     await until(() => existsSync(incoming) && readdirSync(incoming).length === 1, 'the message to reach incoming/');
 
     const second = serve(config);

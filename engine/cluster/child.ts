@@ -1,0 +1,101 @@
+/**
+ * Entry of a child process of the supervisor (`postern serve` with workers): a worker serving the
+ * connections the supervisor hands it, or the queue process delivering every worker's spool. Started by
+ * fork() with POSTERN_ROLE, POSTERN_WORKER and POSTERN_CONFIG in the environment; talks JSON over the
+ * IPC channel (see supervisor.ts and shared-counters.ts for the messages).
+ */
+import '../app/threadpool.ts';
+import '../app/timer-slack.ts';
+import type { Socket } from 'node:net';
+import { startPostern, loadStartConfig } from '../app/postern.ts';
+import { WorkerCounters } from './shared-counters.ts';
+import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
+import { typescriptWorker } from './typescript-children.ts';
+import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
+
+/** The queue process hears of new messages at most this late (see the 'spooled' message). */
+const ANNOUNCE_BATCH_MS = 100;
+
+const role = process.env.POSTERN_ROLE === 'queue' ? 'queue' : 'worker';
+const index = Number(process.env.POSTERN_WORKER ?? 0);
+const configPath = process.env.POSTERN_CONFIG || undefined;
+const send = (m: object): void => { if (process.connected) process.send!(m); };
+
+type Message = { t?: string; listener?: string; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
+
+async function main(): Promise<void> {
+  const loaded = loadStartConfig({ configPath });
+  const windowMs = Math.max(...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const counters = new WorkerCounters({ send }, windowMs);
+  // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
+  let running: Awaited<ReturnType<typeof startPostern>> | null = null;
+  const early: Array<[Message, Socket | undefined]> = [];
+  process.on('message', (m: Message, handle?: Socket) => {
+    if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
+    if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
+    if (m.t === 'stop') return void stop();
+    if (!running) return void early.push([m, handle]);
+    dispatch(m, handle);
+  });
+  const dispatch = (m: Message, handle?: Socket): void => {
+    if (m.t === 'conn') {
+      send({ t: 'took' });
+      if (!handle) return send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
+      counters.handedOver(m.key!, m.port!, m.open!, m.ip!, m.failures ?? [], handle);
+      running!.acceptConnection(m.listener!, handle);
+    } else if (m.t === 'spooled') {
+      // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
+      for (const id of m.ids!) running!.spools.locate(id, m.dir!);
+      for (const id of m.ids!) running!.queue.notify(id);
+    } else if (m.t === 'hup') {
+      void running!.reloader.reload('SIGHUP');
+    }
+  };
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => (stopping ??= (async () => {
+    await running?.close();
+    process.exit(0);
+  })());
+  // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
+  process.on('disconnect', () => void stop());
+  // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+  process.on('SIGHUP', () => void running?.reloader.reload('SIGHUP'));
+
+  // New messages are told to the queue process in batches (one IPC message per batch, not per message).
+  let spooled: string[] = [];
+  const announce = (dir: string): void => {
+    send({ t: 'spooled', dir, ids: spooled });
+    spooled = [];
+  };
+  running = await startPostern({
+    configPath, role, workerIndex: index, counters, lockDir: false, // the supervisor holds the data directory's lock
+    onSpooled(id, dir) {
+      if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
+      spooled.push(id);
+    },
+  });
+  startWatchdog(loaded.config.dataDir);
+  for (const [m, h] of early.splice(0)) dispatch(m, h);
+  send({ t: 'ready' });
+}
+
+/** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
+function startWatchdog(dataDir: string): void {
+  const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
+    workerData: { marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS },
+  });
+  watchdog.unref();
+  // The table goes over while the main thread can still send it: a stuck one cannot answer.
+  runningCall.subscribe((table) => watchdog.postMessage(table));
+  setInterval(() => {
+    runningCall.beat();
+    send({ t: 'hb' });
+  }, HEARTBEAT_MS).unref();
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`postern ${role} ${index}: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

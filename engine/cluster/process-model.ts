@@ -1,0 +1,19 @@
+/** Timings and places shared by the supervisor and its children. */
+import { join } from 'node:path';
+
+/** Children beat this often (IPC to the supervisor, shared memory to their watchdog thread). */
+export const HEARTBEAT_MS = 100;
+/** A worker's watchdog kills its process when the event loop has not beaten for this long. */
+export const HANG_MS = 1000;
+/** The supervisor kills a child it has not heard from for this long (the watchdog thread itself may be stuck). */
+export const SUPERVISOR_HANG_MS = 3000;
+/** A child that has not said it is ready after this long is killed and started again. */
+export const STARTUP_MS = 120_000;
+/** A worker whose last heartbeat is older than this gets no new connections (it may be hanging). */
+export const STALE_FOR_CONNECTIONS_MS = 300;
+/** Crashes or hangs attributed to one script (same file content) before it is fenced. */
+export const CRASHES_TO_FENCE = 3;
+
+/** Crash records of hung workers, and the fence list. */
+export function crashDir(dataDir: string): string { return join(dataDir, 'fences'); }
+export function clusterStatusFile(dataDir: string): string { return join(dataDir, 'cluster.json'); }

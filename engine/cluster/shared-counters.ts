@@ -1,0 +1,233 @@
+/**
+ * Counters that limits need summed over every worker process of one server: open connections per
+ * listener and client IP, and failed authentications per IP. In one process they are plain maps; in the
+ * multi-process model the supervisor holds the truth (CounterHost) and each worker talks to it over its
+ * IPC channel (WorkerCounters).
+ *
+ * Protocol (JSON messages on the worker's IPC channel, `t` names the kind):
+ *   supervisor → worker  { t: 'conn', listener, key, open, ip, failures } + the socket: the supervisor
+ *                        took the slot as it handed the connection over; `open` counts it, and the
+ *                        worker refuses when that is over the listener's limit. The worker gives the
+ *                        slot back ('conn-') when the socket closes, whatever happened on it.
+ *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
+ *                                                           come from the supervisor; answered by
+ *   supervisor → worker  { t: 'conn+r', q, ok, failures }   ok: under the limit (the slot is taken);
+ *                                                           failures: that IP's recent auth failure times
+ *   worker → supervisor  { t: 'conn-', key }                a connection that got a slot closed
+ *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
+ *   supervisor → workers { t: 'authfail', ip, at }          …relayed to every other worker
+ * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
+ * failures reach other workers asynchronously, but every new connection also brings that IP's current
+ * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.
+ * When a worker dies, the supervisor drops every slot it held.
+ */
+import type { FailureMap } from '../auth/failure-limiter.ts';
+
+/** Open-connection counts; `acquire` may answer later (a round trip to the supervisor). */
+export interface ConnectionCounts {
+  /** `port`: the client's port, which with the key names the connection. */
+  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean>;
+  release(key: string): void;
+  /** The count the supervisor sent with a handed-over connection (key and client port), once. */
+  handedOpen?(key: string, port?: number): number | undefined;
+}
+
+/** One process: a map. */
+export class LocalConnectionCounts implements ConnectionCounts {
+  readonly #open = new Map<string, number>();
+  acquire(key: string, _ip: string, limit: number): boolean {
+    const open = (this.#open.get(key) ?? 0) + 1;
+    if (open > limit) return false;
+    this.#open.set(key, open);
+    return true;
+  }
+  release(key: string): void {
+    const left = (this.#open.get(key) ?? 1) - 1;
+    if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
+  }
+}
+
+/** The IPC channel of a child process (process.send / process.on('message')), or a test stand-in. */
+export interface Channel {
+  send(message: object): void;
+}
+
+/** Failure times shared with the other workers: local map, records sent to the supervisor. */
+export class SharedFailureStore extends Map<string, number[]> implements FailureMap {
+  readonly #channel: Channel;
+  readonly #windowMs: number;
+  constructor(channel: Channel, windowMs: number) {
+    super();
+    this.#channel = channel;
+    this.#windowMs = windowMs;
+  }
+  recorded(ip: string, at: number): void { this.#channel.send({ t: 'authfail', ip, at }); }
+  /** Another worker's failure, relayed by the supervisor. */
+  add(ip: string, at: number): void {
+    const list = (this.get(ip) ?? []).filter((t) => t > Date.now() - this.#windowMs);
+    list.push(at);
+    this.set(ip, list);
+  }
+  /** The supervisor's list for `ip` (every worker's failures, ours included: they were sent before). */
+  replace(ip: string, times: number[]): void {
+    if (times.length) this.set(ip, times); else this.delete(ip);
+  }
+}
+
+/** The worker's side: connection slots by round trip, failures through a SharedFailureStore. */
+export class WorkerCounters implements ConnectionCounts {
+  readonly failures: SharedFailureStore;
+  readonly #channel: Channel;
+  readonly #waiting = new Map<number, (ok: boolean) => void>();
+  /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
+  readonly #handed = new Map<string, number>();
+  /** Slots taken by round trip, given back by release(); handed slots go back when their socket closes. */
+  readonly #requested = new Map<string, number>();
+  #next = 0;
+
+  constructor(channel: Channel, authWindowMs: number) {
+    this.#channel = channel;
+    this.failures = new SharedFailureStore(channel, authWindowMs);
+  }
+
+  /**
+   * The supervisor handed over a connection with its slot already taken (`open` counts it); acquire()
+   * for that connection (same key and client port) answers from it without a round trip. The slot is
+   * given back when the socket closes, whether or not a session ever started on it.
+   */
+  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
+    const id = `${key}|${port}`;
+    this.#handed.set(id, open);
+    this.failures.replace(ip, failures);
+    socket.once('close', () => {
+      this.#handed.delete(id);
+      this.#channel.send({ t: 'conn-', key });
+    });
+  }
+
+  handedOpen(key: string, port?: number): number | undefined {
+    const open = this.#handed.get(`${key}|${port}`);
+    this.#handed.delete(`${key}|${port}`);
+    return open;
+  }
+
+  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {
+    const open = this.#handed.get(`${key}|${port}`);
+    if (open !== undefined) {
+      this.#handed.delete(`${key}|${port}`);
+      return open <= limit;
+    }
+    const q = ++this.#next;
+    return new Promise((resolve) => {
+      this.#waiting.set(q, (ok) => {
+        if (ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
+        resolve(ok);
+      });
+      this.#channel.send({ t: 'conn+', q, key, ip, limit });
+    });
+  }
+
+  release(key: string): void {
+    const n = this.#requested.get(key) ?? 0;
+    if (n === 0) return; // a handed-over slot: it goes back when its socket closes
+    if (n > 1) this.#requested.set(key, n - 1); else this.#requested.delete(key);
+    this.#channel.send({ t: 'conn-', key });
+  }
+
+  /** Feed every message from the supervisor; true when it was one of ours. */
+  handle(message: { t?: string; q?: number; ok?: boolean; ip?: string; at?: number; failures?: number[] }): boolean {
+    if (message.t === 'conn+r') {
+      if (message.ip !== undefined) this.failures.replace(message.ip, message.failures ?? []);
+      const resolve = this.#waiting.get(message.q!);
+      this.#waiting.delete(message.q!);
+      resolve?.(message.ok === true);
+      return true;
+    }
+    if (message.t === 'authfail') {
+      this.failures.add(message.ip!, message.at!);
+      return true;
+    }
+    return false;
+  }
+}
+
+/** The supervisor's side: the counts of every worker. */
+export class CounterHost {
+  readonly #open = new Map<string, number>();
+  /** Slots per worker, to give back when it dies. */
+  readonly #held = new Map<number, Map<string, number>>();
+  readonly #failures = new Map<string, number[]>();
+  readonly #windowMs: number;
+
+  constructor(authWindowMs: number) { this.#windowMs = authWindowMs; }
+
+  /**
+   * One message from worker `worker`; `reply` answers it, `broadcast` tells every other worker.
+   * Returns false for messages that are not about counters.
+   */
+  handle(worker: number, message: { t?: string; q?: number; key?: string; ip?: string; limit?: number; at?: number },
+    reply: (m: object) => void, broadcast: (m: object) => void): boolean {
+    switch (message.t) {
+      case 'conn+': {
+        const key = message.key!;
+        const open = (this.#open.get(key) ?? 0) + 1;
+        const ok = open <= message.limit!;
+        if (ok) {
+          this.#open.set(key, open);
+          const held = this.#held.get(worker) ?? new Map<string, number>();
+          held.set(key, (held.get(key) ?? 0) + 1);
+          this.#held.set(worker, held);
+        }
+        reply({ t: 'conn+r', q: message.q, ok, ip: message.ip, failures: this.failures(message.ip!) });
+        return true;
+      }
+      case 'conn-': {
+        const held = this.#held.get(worker);
+        const mine = held?.get(message.key!) ?? 0;
+        if (mine === 0) return true; // not this worker's (a stale message): never go below what others hold
+        if (mine > 1) held!.set(message.key!, mine - 1); else held!.delete(message.key!);
+        this.#drop(message.key!, 1);
+        return true;
+      }
+      case 'authfail': {
+        const list = this.failures(message.ip!);
+        list.push(message.at!);
+        this.#failures.set(message.ip!, list);
+        if (this.#failures.size > 10_000) for (const ip of [...this.#failures.keys()]) if (!this.failures(ip).length) this.#failures.delete(ip);
+        broadcast({ t: 'authfail', ip: message.ip, at: message.at });
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** The supervisor hands a connection to `worker`: its slot is taken now; returns the open count with it. */
+  take(worker: number, key: string): number {
+    const open = (this.#open.get(key) ?? 0) + 1;
+    this.#open.set(key, open);
+    const held = this.#held.get(worker) ?? new Map<string, number>();
+    held.set(key, (held.get(key) ?? 0) + 1);
+    this.#held.set(worker, held);
+    return open;
+  }
+
+  /** A worker is gone: its connections with it. */
+  workerGone(worker: number): void {
+    for (const [key, n] of this.#held.get(worker) ?? []) this.#drop(key, n);
+    this.#held.delete(worker);
+  }
+
+  /** Open connections with this key, over all workers (tests, status). */
+  open(key: string): number { return this.#open.get(key) ?? 0; }
+
+  failures(ip: string): number[] {
+    const since = Date.now() - this.#windowMs;
+    return (this.#failures.get(ip) ?? []).filter((t) => t > since);
+  }
+
+  #drop(key: string, n: number): void {
+    const left = (this.#open.get(key) ?? n) - n;
+    if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
+  }
+}

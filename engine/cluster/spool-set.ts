@@ -1,0 +1,120 @@
+/**
+ * Every spool of one data folder seen as one queue. In the multi-process model each worker writes its
+ * own spool (`<dataDir>/spool/worker-<n>`: one journal has one writer) and the single queue runner owns
+ * `<dataDir>/spool` itself (bounces go there, and whatever a single-process server left). The runner and
+ * `postern queue` read all of them through this set; a message is routed to the spool that holds it.
+ */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Spool, type SpoolWriter } from '../spool/spool.ts';
+import type { SpoolEnvelope, SpoolState } from '../spool/envelope.ts';
+
+/** Where worker `index` keeps its spool. */
+export function workerSpoolDir(dataDir: string, index: number): string {
+  return join(dataDir, 'spool', `worker-${index}`);
+}
+
+const WORKER_DIR = /^worker-\d+$/;
+
+export class SpoolSet {
+  /** `<dataDir>/spool`: written by this process (bounces), init()ed by the owner of the set. */
+  readonly home: Spool;
+  readonly root: string;
+  readonly #workers = new Map<string, Spool>();
+  readonly #owner = new Map<string, Spool>();
+
+  constructor(home: Spool) {
+    this.home = home;
+    this.root = home.root;
+  }
+
+  /** Worker spools on disk now, also those of workers a smaller `workers` setting no longer starts. */
+  #all(): Spool[] {
+    let names: string[] = [];
+    try {
+      names = readdirSync(this.root).filter((n) => WORKER_DIR.test(n));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    for (const n of names) if (!this.#workers.has(n)) this.#workers.set(n, new Spool(join(this.root, n)));
+    return [this.home, ...this.#workers.values()];
+  }
+
+  /** A worker announced a message it committed to the spool in `dir`. */
+  locate(id: string, dir: string): void {
+    const name = dir.slice(this.root.length + 1);
+    if (!this.#workers.has(name)) this.#all(); // a worker spool created since the last look
+    const spool = this.#workers.get(name);
+    if (spool) this.#owner.set(id, spool);
+  }
+
+  async #of(id: string): Promise<Spool> {
+    const known = this.#owner.get(id);
+    if (known) return known;
+    for (const spool of this.#all()) {
+      if (await spool.has(id)) {
+        this.#owner.set(id, spool);
+        return spool;
+      }
+    }
+    return this.home; // not anywhere: the home spool's ENOENT / false answers are the right ones
+  }
+
+  newId(): string { return this.home.newId(); }
+  create(id: string): SpoolWriter { return this.home.create(id); }
+
+  async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
+    const out: Array<{ id: string; hasState: boolean }> = [];
+    const seen = new Map<string, Spool>();
+    for (const spool of this.#all()) {
+      let entries: Array<{ id: string; hasState: boolean }>;
+      try {
+        entries = await spool.scan();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // a worker spool not created yet
+        throw err;
+      }
+      for (const e of entries) { out.push(e); seen.set(e.id, spool); }
+    }
+    this.#owner.clear();
+    for (const [id, spool] of seen) this.#owner.set(id, spool);
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  async list(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const spool of this.#all()) {
+      try {
+        for (const id of await spool.list()) { ids.push(id); this.#owner.set(id, spool); }
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    return ids.sort();
+  }
+
+  requestRescan(): Promise<void> { return this.home.requestRescan(); }
+  rescanStamp(): Promise<string> { return this.home.rescanStamp(); }
+
+  async has(id: string): Promise<boolean> { return (await this.#of(id)).has(id); }
+  async readState(id: string): Promise<SpoolState | null> { return (await this.#of(id)).readState(id); }
+  async readEnvelope(id: string, opts?: { withState?: boolean }): Promise<SpoolEnvelope> { return (await this.#of(id)).readEnvelope(id, opts); }
+  async readMessage(id: string): Promise<Buffer> { return (await this.#of(id)).readMessage(id); }
+  async readForDelivery(id: string, opts?: { hasState?: boolean }): Promise<{ envelope: SpoolEnvelope; message: Buffer }> {
+    return (await this.#of(id)).readForDelivery(id, opts);
+  }
+  async updateState(id: string, state: SpoolState): Promise<void> { return (await this.#of(id)).updateState(id, state); }
+  async remove(id: string, opts?: { hasState?: boolean }): Promise<void> {
+    const spool = await this.#of(id);
+    this.#owner.delete(id);
+    return spool.remove(id, opts);
+  }
+
+  close(): void {
+    for (const s of this.#workers.values()) s.close();
+  }
+}
+
+/** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
+export type QueueSpool = Pick<SpoolSet, 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'remove'>;

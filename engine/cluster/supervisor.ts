@@ -1,0 +1,338 @@
+/**
+ * The supervisor of the multi-process model: a small process that runs no script. It owns the listening
+ * sockets, hands each accepted connection to a worker process, replaces workers that die (with back-off)
+ * or stop answering, hosts the counters limits need summed over workers (shared-counters.ts), keeps the
+ * fence list (fence-book.ts) and writes <dataDir>/cluster.json for `postern status`.
+ *
+ * Why the supervisor accepts and passes sockets itself (like node:cluster's round-robin mode) rather
+ * than workers sharing the port with SO_REUSEPORT: with SO_REUSEPORT the kernel keeps queueing new
+ * connections on a hung worker's socket until it is killed, and node:cluster's primary closes the port
+ * when its last worker is gone (workers: 1 would refuse connections during every restart). Here the
+ * port stays open whatever the workers do: a connection goes only to a worker that has acknowledged
+ * the previous one and beat recently, and waits in the supervisor while none can take it.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { availableParallelism } from 'node:os';
+import { writeFile, rename } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import type { LoadedConfig } from '../config/load-config.ts';
+import { loadStartConfig } from '../app/postern.ts';
+import { createLogger, type Logger } from '../logging/logger.ts';
+import { CounterHost } from './shared-counters.ts';
+import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
+import { childExecArgv } from './typescript-children.ts';
+import { clientAddress } from '../smtp/postern-server.ts';
+import { FenceBook } from './fence-book.ts';
+import { RestartBackoff } from './restart-backoff.ts';
+import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile } from './process-model.ts';
+
+/**
+ * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
+ * round trip anyway; a few in flight keep a busy worker's queue full, and a worker that hangs takes at
+ * most this many with it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
+ */
+const MAX_INFLIGHT = 4;
+/** Accepted connections waiting for a worker beyond this many are dropped. */
+const MAX_WAITING = 10_000;
+const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
+
+interface Child {
+  kind: 'worker' | 'queue';
+  index: number;
+  proc: ChildProcess | null;
+  ready: boolean;
+  lastBeat: number;
+  /**
+   * Connections handed over and not yet acknowledged, oldest first. The supervisor keeps its copy of
+   * each until the worker says it has its own (Node would keep it too, and never close it if the worker
+   * died first: the client would wait for a greeting that never comes).
+   */
+  inflight: net.Socket[];
+  startedAt: number;
+  restarts: number;
+  lastExit: string | null;
+  backoff: RestartBackoff;
+  restartTimer: NodeJS.Timeout | null;
+}
+
+export interface SupervisorOptions {
+  configPath?: string;
+  prepare?(config: LoadedConfig): Promise<void>;
+  logger?: Logger;
+}
+
+export function workerCount(setting: number | 'auto'): number {
+  return setting === 'auto' ? availableParallelism() : setting;
+}
+
+export class Supervisor {
+  readonly config: LoadedConfig;
+  readonly log: Logger;
+  readonly addresses = new Map<string, { address: string; port: number }>();
+  readonly #configPath: string | undefined;
+  readonly #listeners: net.Server[] = [];
+  readonly #children: Child[] = [];
+  readonly #waiting: Array<{ listener: string; socket: net.Socket }> = [];
+  readonly #counters: CounterHost;
+  readonly #fences: FenceBook;
+  #next = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #fenceTimer: NodeJS.Timeout | null = null;
+  #stopping = false;
+  #lock: { release(): void } | null = null;
+  /** Until every child was ready once: a child that fails before that fails the start. */
+  #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
+  readonly #startedAt = new Date().toISOString();
+
+  private constructor(config: LoadedConfig, configPath: string | undefined, log: Logger) {
+    this.config = config;
+    this.#configPath = configPath;
+    this.log = log;
+    this.#counters = new CounterHost(Math.max(...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
+    this.#fences = new FenceBook(crashDir(config.config.dataDir));
+  }
+
+  static async start(opts: SupervisorOptions): Promise<Supervisor> {
+    const loaded = loadStartConfig({ configPath: opts.configPath });
+    const log = (opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format)).child({ component: 'supervisor' });
+    // One server per data directory; the children run under this lock (they start with lockDir: false).
+    const lock = acquireDirectoryLock(loaded.config.dataDir);
+    const sup = new Supervisor(loaded, opts.configPath, log);
+    sup.#lock = lock;
+    try {
+      await opts.prepare?.(loaded);
+      await sup.#listen();
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+    const n = workerCount(loaded.config.workers);
+    for (let i = 0; i < n; i++) sup.#children.push(sup.#newChild('worker', i));
+    sup.#children.push(sup.#newChild('queue', 0));
+    const started = new Promise<void>((resolve, reject) => { sup.#firstStart = { resolve, reject }; });
+    for (const c of sup.#children) sup.#spawn(c);
+    sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
+    try {
+      await started; // a configuration or script error stops `serve` at once, as in one process
+    } catch (err) {
+      await sup.stop();
+      throw err;
+    }
+    log.info({ workers: n, pid: process.pid }, 'supervisor started');
+    await sup.#saveStatus();
+    return sup;
+  }
+
+  async #listen(): Promise<void> {
+    for (const l of this.config.config.listeners) {
+      const sep = l.listen.lastIndexOf(':');
+      const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
+      const port = Number(l.listen.slice(sep + 1));
+      // Paused: the supervisor never reads a byte; the worker that gets the socket does.
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', (err) => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`)));
+        server.listen(port, host, () => resolve());
+      });
+      server.on('error', (err) => this.log.error({ listener: l.name, err }, 'listener error'));
+      const bound = server.address() as net.AddressInfo;
+      this.addresses.set(l.name, { address: bound.address, port: bound.port });
+      this.#listeners.push(server);
+      this.log.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
+    }
+  }
+
+  #newChild(kind: Child['kind'], index: number): Child {
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+  }
+
+  #spawn(child: Child): void {
+    child.restartTimer = null;
+    if (this.#stopping) return;
+    const proc = fork(CHILD_ENTRY, [], {
+      execArgv: childExecArgv(),
+      env: {
+        ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
+        // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
+        POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
+      },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: [], startedAt: Date.now() });
+    proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
+    proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
+    proc.on('error', (err) => {
+      this.log.error({ err, [child.kind]: child.index }, 'child process error');
+      // Never started (fork failed: EAGAIN, ENOMEM): no 'exit' will come, so treat it as one.
+      if (proc.pid === undefined) this.#exited(child, proc, null, null, `could not start: ${err.message}`);
+    });
+  }
+
+  #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
+    if (child.proc !== proc) return;
+    child.lastBeat = Date.now();
+    const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
+    if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
+      for (const c of this.#children) if (c !== child && c.kind === 'worker' && c.ready) c.proc?.send(msg);
+    })) return;
+    switch (m.t) {
+      case 'hb': return this.#dispatch();
+      case 'took':
+        child.inflight.shift()?.destroy(); // the worker has its own descriptor now
+        return this.#dispatch();
+      case 'ready':
+        child.ready = true;
+        send({ t: 'fences', list: this.#fences.fences });
+        this.log.info({ [child.kind]: child.index, pid: proc.pid }, `${child.kind} ready`);
+        if (this.#firstStart && this.#children.every((c) => c.ready)) {
+          this.#firstStart.resolve();
+          this.#firstStart = null;
+        }
+        void this.#saveStatus();
+        return this.#dispatch();
+      case 'spooled': {
+        const queue = this.#children.find((c) => c.kind === 'queue');
+        // Without a queue process right now its first scan finds the message.
+        if (queue?.ready && queue.proc?.connected) queue.proc.send(m);
+        return;
+      }
+    }
+  }
+
+  #exited(child: Child, proc: ChildProcess, code: number | null, signal: NodeJS.Signals | null, why?: string): void {
+    if (child.proc !== proc) return;
+    child.proc = null;
+    child.ready = false;
+    for (const socket of child.inflight.splice(0)) socket.destroy(); // never reached it: the client sees the close
+    if (child.kind === 'worker') this.#counters.workerGone(child.index);
+    child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
+    this.#collectCrashes();
+    if (this.#firstStart && child.restarts === 0 && !this.#stopping) {
+      this.#firstStart.reject(new Error(`${child.kind} process ${child.index} could not start (${child.lastExit})`));
+      this.#firstStart = null;
+      return;
+    }
+    if (this.#stopping) return;
+    const delay = child.backoff.died(Date.now() - child.startedAt);
+    child.restarts++;
+    this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
+    child.restartTimer = setTimeout(() => this.#spawn(child), delay);
+    void this.#saveStatus();
+  }
+
+  #collectCrashes(): void {
+    const { fenced } = this.#fences.collect();
+    for (const f of fenced) {
+      this.log.error({ hook: f.hook, script: f.file, sha256: f.sha256, crashes: f.crashes },
+        `fenced ${f.hook} script ${f.file}: it crashed or hung its worker ${f.crashes} times; its hook answers 451 4.3.0 until the file changes`);
+    }
+    if (fenced.length) this.#broadcastFences();
+  }
+
+  #broadcastFences(): void {
+    for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'fences', list: this.#fences.fences });
+    void this.#saveStatus();
+    if (this.#fences.fences.length && !this.#fenceTimer) {
+      this.#fenceTimer = setInterval(() => void this.#fences.lift().then((lifted) => {
+        for (const f of lifted) this.log.warn({ hook: f.hook, script: f.file }, `fence lifted: ${f.file} changed`);
+        if (lifted.length) this.#broadcastFences();
+        if (!this.#fences.fences.length && this.#fenceTimer) { clearInterval(this.#fenceTimer); this.#fenceTimer = null; }
+      }), 1000);
+      this.#fenceTimer.unref();
+    }
+  }
+
+  #accepted(listener: string, socket: net.Socket): void {
+    socket.on('error', () => undefined); // a client resetting while it waits here
+    if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
+    this.#waiting.push({ listener, socket });
+    this.#dispatch();
+  }
+
+  /** Hand waiting connections to workers, round robin over those able to take one now. */
+  #dispatch(): void {
+    const workers = this.#children.filter((c) => c.kind === 'worker');
+    while (this.#waiting.length) {
+      const now = Date.now();
+      let chosen: Child | null = null;
+      for (let i = 0; i < workers.length; i++) {
+        const c = workers[(this.#next + i) % workers.length]!;
+        if (c.ready && c.proc?.connected && c.inflight.length < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
+          chosen = c;
+          this.#next = (this.#next + i + 1) % workers.length;
+          break;
+        }
+      }
+      if (!chosen) return;
+      const { listener, socket } = this.#waiting.shift()!;
+      if (socket.destroyed) continue;
+      chosen.inflight.push(socket);
+      // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
+      const ip = clientAddress(socket); // as the worker's listener names it
+      const key = `${listener} ${ip}`;
+      const open = this.#counters.take(chosen.index, key);
+      const message = { t: 'conn', listener, key, port: socket.remotePort, open, ip, failures: this.#counters.failures(ip) };
+      chosen.proc!.send(message, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+    }
+  }
+
+  #tick(): void {
+    const now = Date.now();
+    for (const c of this.#children) {
+      // Heartbeats start once a child is ready; building its first generation may take a while.
+      const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
+      if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
+        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
+        c.lastBeat = now; // one kill per silence
+        c.proc.kill('SIGKILL');
+      }
+    }
+    this.#dispatch();
+  }
+
+  /** SIGHUP: every child reloads. */
+  reload(): void {
+    for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'hup' });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#fenceTimer) clearInterval(this.#fenceTimer);
+    await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const w of this.#waiting.splice(0)) w.socket.destroy();
+    await Promise.all(this.#children.map((c) => {
+      if (c.restartTimer) clearTimeout(c.restartTimer);
+      const proc = c.proc;
+      if (!proc || proc.exitCode !== null) return undefined;
+      return new Promise<void>((resolve) => {
+        const kill = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+        proc.once('exit', () => { clearTimeout(kill); resolve(); });
+        if (proc.connected) proc.send({ t: 'stop' }); else proc.kill('SIGTERM');
+      });
+    }));
+    this.#lock?.release();
+    this.#lock = null;
+  }
+
+  /** What `postern status` shows about the processes. */
+  status(): object {
+    return {
+      pid: process.pid,
+      startedAt: this.#startedAt,
+      listeners: Object.fromEntries([...this.addresses].map(([n, a]) => [n, `${a.address}:${a.port}`])),
+      processes: this.#children.map((c) => ({
+        role: c.kind, index: c.index, pid: c.proc?.pid ?? null, ready: c.ready,
+        startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
+      })),
+      fences: this.#fences.fences,
+    };
+  }
+
+  async #saveStatus(): Promise<void> {
+    const file = clusterStatusFile(this.config.config.dataDir);
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`).then(() => rename(tmp, file)).catch(() => undefined);
+  }
+}

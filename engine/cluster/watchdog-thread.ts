@@ -1,0 +1,41 @@
+/**
+ * Runs on its own thread in every worker process and watches the main thread's heartbeat. A main thread
+ * stuck for longer than hangMs (inside a V8 builtin a script started, which no time limit interrupts)
+ * cannot save itself: this thread writes a crash record naming the scripts that were running, so the
+ * supervisor can fence them, and kills the process. Only synchronous writes: nothing here may wait for
+ * the main thread.
+ */
+import { workerData, parentPort } from 'node:worker_threads';
+import { writeFileSync, mkdirSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
+
+const { marker, heartbeat, crashDir, worker, hangMs } = workerData as {
+  marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number;
+};
+const running = new Int32Array(marker);
+const beats = new Int32Array(heartbeat);
+let table: RunningCallTable = {};
+parentPort!.on('message', (t: RunningCallTable) => { table = t; });
+
+let last = Atomics.load(beats, 0);
+let lastChange = Date.now();
+setInterval(() => {
+  const beat = Atomics.load(beats, 0);
+  const now = Date.now();
+  if (beat !== last) {
+    last = beat;
+    lastChange = now;
+    return;
+  }
+  if (now - lastChange < hangMs) return;
+  const scripts = describeRunning(Atomics.load(running, 0), table);
+  const record = { at: new Date(now).toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs: now - lastChange, scripts };
+  try {
+    mkdirSync(crashDir, { recursive: true });
+    writeFileSync(join(crashDir, `crash-${process.pid}-${now}.json`), JSON.stringify(record));
+  } catch { /* the kill matters more than the record */ }
+  const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
+  try { writeSync(1, `${JSON.stringify({ level: 50, time: now, pid: process.pid, worker, stalledMs: now - lastChange, scripts, msg })}\n`); } catch { /* stdout gone */ }
+  process.kill(process.pid, 'SIGKILL');
+}, Math.max(20, Math.floor(hangMs / 10)));

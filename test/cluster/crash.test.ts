@@ -1,0 +1,126 @@
+// Worker processes killed under load (SIGKILL, SIGSEGV) and hung in a script: nothing acknowledged is
+// lost, the other worker's sessions go on, the port keeps answering and the replacement serves.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { Spool } from '../../engine/spool/spool.ts';
+import { SpoolSet, workerSpoolDir } from '../../engine/cluster/spool-set.ts';
+import { startCluster, workerPid, type ClusterProcess } from './helpers.ts';
+
+const CONFIG = `
+workers: 2
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+`;
+const HANG_SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
+
+async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {
+  const client = await SmtpTestClient.connect(c.port('in'));
+  const r = await client.read(30_000);
+  assert.equal(r.code, 220);
+  assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
+  return client;
+}
+
+/** Every id in the server's spools now (a reader's view, like `postern queue list`). */
+async function spooled(c: ClusterProcess): Promise<Set<string>> {
+  return new Set(await new SpoolSet(new Spool(join(c.dataDir, 'spool'))).list());
+}
+
+/** Clients sending messages over and over, reconnecting after a failure; every 250's id is kept. */
+function load(c: ClusterProcess, clients: number): { acked: string[]; failures: number; stuck: number; stop(): Promise<void> } {
+  const state = { acked: [] as string[], failures: 0, stuck: 0, stopped: false };
+  const loops = Array.from({ length: clients }, async (_, n) => {
+    while (!state.stopped) {
+      let client: SmtpTestClient | null = null;
+      try {
+        client = await greeted(c);
+        for (let i = 0; i < 20 && !state.stopped; i++) {
+          const r = await client.sendMail('sender@example.test', [`user${n}@example.test`], `Subject: ${n}/${i}\r\n\r\nload\r\n`);
+          const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
+          if (r.code === 250 && id) state.acked.push(id);
+        }
+        await client.quit();
+      } catch (err) {
+        state.failures++;
+        // Neither a reply nor a close: a connection left hanging (the supervisor must close what never reached a worker).
+        if (/timeout waiting for reply/.test(String(err))) state.stuck++;
+        client?.destroy();
+      }
+    }
+  });
+  return {
+    get acked() { return state.acked; },
+    get failures() { return state.failures; },
+    get stuck() { return state.stuck; },
+    async stop() { state.stopped = true; await Promise.all(loops); },
+  };
+}
+
+for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {
+  test(`a worker killed with ${signal} under load: no acknowledged message lost, the other worker's session goes on, the replacement serves`, async () => {
+    const c = await startCluster({ config: CONFIG });
+    try {
+      const victim = await workerPid(c, 0);
+      await workerPid(c, 1);
+      // Two bystanders opened one after the other go to different workers (round robin over idle workers).
+      const bystanders = [await greeted(c), await greeted(c)];
+      const traffic = load(c, 4);
+      await c.waitFor('messages before the kill', () => traffic.acked.length >= 20);
+      process.kill(victim, signal);
+      const replacement = await c.waitFor('a replacement for worker 0', async () => {
+        const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === 0);
+        return p?.ready && p.pid !== victim ? p.pid : null;
+      });
+      const before = traffic.acked.length;
+      await c.waitFor('messages after the replacement', () => traffic.acked.length >= before + 40);
+      await traffic.stop();
+      // Exactly the bystander on the killed worker is gone; the other completes a transaction.
+      let survivors = 0;
+      for (const b of bystanders) {
+        try {
+          const r = await b.sendMail('sender@example.test', ['bystander@example.test']);
+          if (r.code === 250) survivors++;
+        } catch { /* the one on the killed worker */ }
+        b.destroy();
+      }
+      assert.equal(survivors, 1);
+      const spool = await spooled(c);
+      const lost = traffic.acked.filter((id) => !spool.has(id));
+      assert.deepEqual(lost, [], `${lost.length} of ${traffic.acked.length} acknowledged messages lost`);
+      assert.equal(traffic.stuck, 0, 'every connection got a greeting or was closed');
+      // The replacement took messages into worker 0's spool.
+      const ofWorker0 = new Set(await new Spool(workerSpoolDir(c.dataDir, 0)).list());
+      assert.ok(traffic.acked.slice(before).some((id) => ofWorker0.has(id)), `replacement ${replacement} accepted nothing`);
+    } finally {
+      await c.stop();
+    }
+  });
+}
+
+test('a worker hung inside a builtin is replaced; a client on another connection completes its transaction meanwhile', async () => {
+  const c = await startCluster({ config: CONFIG, scripts: { 'rcptto.js': HANG_SCRIPT } });
+  try {
+    const hung = await workerPid(c, 0);
+    await workerPid(c, 1);
+    const hanging = await greeted(c);
+    assert.equal((await hanging.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
+    hanging.write('RCPT TO:<hang@example.test>');
+    // Whichever worker took it is stuck now; a new client is served by the other (or a replacement).
+    const ordinary = await greeted(c);
+    const r = await ordinary.sendMail('sender@example.test', ['user@example.test']);
+    assert.equal(r.code, 250, r.text);
+    await ordinary.quit();
+    assert.ok(await hanging.waitClosed(60_000), 'the hung worker\'s connection ends when it is killed');
+    await c.waitFor('the hung worker replaced', async () => (await c.cluster()).processes.some((p) => p.role === 'worker' && p.restarts > 0 && p.ready));
+    assert.ok(c.logs.some((l) => l.level === 50 && /hung in rcptto/.test(String(l.msg))), 'the watchdog names the script');
+    void hung;
+  } finally {
+    await c.stop();
+  }
+});

@@ -1,0 +1,80 @@
+// A script that hangs its worker again and again is fenced: its hook answers 451 4.3.0 without running,
+// the fence is logged and shown in `postern status`, and it is lifted once the file changes.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startCluster, type ClusterProcess } from './helpers.ts';
+import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+const HANG_SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
+
+async function rcpt(c: ClusterProcess, address: string): Promise<{ code: number; text: string } | 'closed'> {
+  const client = await SmtpTestClient.connect(c.port('in'));
+  try {
+    assert.equal((await client.read(30_000)).code, 220);
+    await client.command('EHLO client.test', 30_000);
+    await client.command('MAIL FROM:<a@example.test>', 30_000);
+    return await client.command(`RCPT TO:<${address}>`, 60_000);
+  } catch {
+    return 'closed';
+  } finally {
+    client.destroy();
+  }
+}
+
+async function readyWorkers(c: ClusterProcess): Promise<number> {
+  return (await c.cluster()).processes.filter((p) => p.role === 'worker' && p.ready).length;
+}
+
+test('a script that hangs its worker repeatedly is fenced until its file changes', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+`,
+    scripts: { 'rcptto.js': HANG_SCRIPT },
+  });
+  try {
+    for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
+      await c.waitFor('both workers ready', async () => (await readyWorkers(c)) === 2);
+      assert.equal(await rcpt(c, 'hang@example.test'), 'closed', `hang ${i} kills the session`);
+      await c.waitFor(`crash ${i} counted`, async () => (await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0) >= i);
+    }
+    const status = await c.waitFor('the fence in cluster.json', async () => (await c.cluster()).fences.length > 0 && (await c.cluster()));
+    assert.equal(status.fences[0]!.hook, 'rcptto');
+    assert.equal(status.fences[0]!.file, join(c.dir, 'scripts', 'rcptto.js'));
+    assert.ok(c.logs.some((l) => l.level === 50 && /^fenced rcptto script/.test(String(l.msg))), 'the fence is logged at error level');
+    const out = await promisify(execFile)(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', join(c.dir, 'postern.yaml')]);
+    assert.equal((JSON.parse(out.stdout) as { cluster: { fences: unknown[] } }).cluster.fences.length, 1);
+
+    // Fenced: answered at once with 451 4.3.0 by every worker, no process dies.
+    await c.waitFor('both workers ready', async () => (await readyWorkers(c)) === 2);
+    const restarts = (await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0);
+    for (let i = 0; i < 4; i++) {
+      const r = await rcpt(c, 'hang@example.test');
+      assert.notEqual(r, 'closed');
+      assert.match((r as { text: string }).text, /^451 4\.3\.0/);
+    }
+    assert.equal((await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0), restarts);
+
+    // A changed file lifts the fence.
+    await writeFile(join(c.dir, 'scripts', 'rcptto.js'), "export default function () { return accept(); }\n");
+    await c.waitFor('the fence lifted', async () => (await c.cluster()).fences.length === 0);
+    await c.waitFor('the new script in force', async () => {
+      const r = await rcpt(c, 'hang@example.test');
+      return r !== 'closed' && r.code === 250;
+    });
+  } finally {
+    await c.stop();
+  }
+});

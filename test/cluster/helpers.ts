@@ -1,0 +1,99 @@
+/**
+ * A real `postern serve` as a child process (supervisor + worker processes) on 127.0.0.1, with a temporary
+ * data folder; its JSON log lines are collected so tests can wait for events.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+
+export interface ClusterProcess {
+  dir: string;
+  dataDir: string;
+  port(listener: string): number;
+  logs: Array<Record<string, unknown>>;
+  proc: ChildProcess;
+  /** <dataDir>/cluster.json as written now. */
+  cluster(): Promise<ClusterStatus>;
+  waitFor<T>(what: string, check: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs?: number): Promise<T>;
+  stop(): Promise<void>;
+}
+
+export interface ClusterStatus {
+  processes: Array<{ role: string; index: number; pid: number | null; ready: boolean; restarts: number }>;
+  fences: Array<{ hook: string; file: string; sha256: string }>;
+}
+
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** `config` is YAML without dataDir/scripts; `{PORT:name}` placeholders become free ports. */
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string> }): Promise<ClusterProcess> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
+  await mkdir(join(dir, 'scripts'));
+  for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
+  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
+  const ports = new Map<string, number>();
+  let config = opts.config;
+  for (const m of [...config.matchAll(/\{PORT:(\w+)\}/g)]) {
+    if (!ports.has(m[1]!)) ports.set(m[1]!, await freePort());
+    config = config.replace(m[0], String(ports.get(m[1]!)));
+  }
+  const dataDir = join(dir, 'data');
+  await writeFile(join(dir, 'postern.yaml'), `dataDir: ${JSON.stringify(dataDir)}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n${config}`);
+  const proc = spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'serve', '--config', join(dir, 'postern.yaml')], {
+    cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1' },
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  let partial = '';
+  proc.stdout!.on('data', (chunk: Buffer) => {
+    partial += chunk.toString();
+    const lines = partial.split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) {
+      try { logs.push(JSON.parse(line) as Record<string, unknown>); } catch { logs.push({ text: line }); }
+    }
+  });
+  let stderr = '';
+  proc.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); if (process.env.POSTERN_TEST_LOG) process.stderr.write(c); });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const waitFor = async <T>(what: string, check: () => Promise<T | null | undefined | false> | T | null | undefined | false, timeoutMs = 60_000): Promise<T> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const v = await check();
+      if (v) return v;
+      if (proc.exitCode !== null) throw new Error(`server exited while waiting for ${what}: ${stderr}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; stderr: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+  const cluster = async (): Promise<ClusterStatus> => JSON.parse(await readFile(join(dataDir, 'cluster.json'), 'utf8')) as ClusterStatus;
+  await waitFor('the supervisor to start', () => logs.some((l) => l.msg === 'supervisor started'));
+  return {
+    dir, dataDir, logs, proc, cluster, waitFor,
+    port: (name) => ports.get(name)!,
+    async stop() {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Pid of a ready worker, from cluster.json. */
+export async function workerPid(c: ClusterProcess, index: number): Promise<number> {
+  return c.waitFor(`worker ${index} ready`, async () => {
+    const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === index);
+    return p?.ready && p.pid ? p.pid : null;
+  });
+}

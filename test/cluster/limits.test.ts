@@ -1,0 +1,86 @@
+// Per-IP limits hold for the sum over worker processes: connections are handed to the two workers in
+// turn, so a limit counted per process would let through what the server as a whole must refuse.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { startCluster, workerPid } from './helpers.ts';
+
+const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
+
+test('maxConnectionsPerIp counts the connections of every worker', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }
+`,
+  });
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    const open: SmtpTestClient[] = [];
+    for (let i = 0; i < 2; i++) {
+      const client = await SmtpTestClient.connect(c.port('in'));
+      assert.equal((await client.read(30_000)).code, 220);
+      open.push(client);
+    }
+    // Two open, one on each worker: the third (back on the first worker) is over the limit of the server.
+    const third = await SmtpTestClient.connect(c.port('in'));
+    open.push(third);
+    assert.match((await third.read(30_000)).text, /^421 4\.7\.0 Too many connections from your address/);
+    open.pop()!.destroy();
+    // A slot freed on one worker is free for the whole server.
+    await open.shift()!.quit();
+    await c.waitFor('a slot again', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'));
+      const r = await client.read(30_000);
+      if (r.code === 220) open.push(client); else client.destroy();
+      return r.code === 220;
+    });
+    for (const o of open) o.destroy();
+  } finally {
+    await c.stop();
+  }
+});
+
+test('authFailuresPerIp counts the failures on every worker', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+users: ./users
+listeners:
+  - name: sub
+    listen: 127.0.0.1:{PORT:sub}
+    reverseDns: false
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10 }
+`,
+    files: { users: `alice:${await hashPassword('right')}\n` },
+  });
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    // One failure on each worker (consecutive connections alternate between them), each connection open.
+    const clients: SmtpTestClient[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const client = await SmtpTestClient.connect(c.port('sub'));
+        assert.equal((await client.read(30_000)).code, 220);
+        await client.command('EHLO client.test', 30_000);
+        assert.equal((await client.command(`AUTH PLAIN ${b64('\0alice\0wrong')}`, 30_000)).code, 535);
+        clients.push(client);
+      }
+      const next = await SmtpTestClient.connect(c.port('sub'));
+      clients.push(next);
+      assert.match((await next.read(30_000)).text, /^421 4\.7\.0 Too many authentication failures/);
+    } finally {
+      for (const cl of clients) cl.destroy();
+    }
+  } finally {
+    await c.stop();
+  }
+});
