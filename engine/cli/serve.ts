@@ -12,8 +12,23 @@ import { printQuickStart } from './quick-start.ts';
 
 export async function serveCommand(opts: { config?: string }): Promise<void> {
   const embedded = !opts.config;
+  // Signals are handled from the first moment: a service manager may stop or reload a server that is
+  // still starting its workers (the default action would kill the supervisor and orphan them).
+  let supervisor: Supervisor | null = null;
+  let stopSignal: string | null = null;
+  let reloadAsked = false;
+  const stop = async (signal: string): Promise<void> => {
+    stopSignal = signal;
+    if (!supervisor) return; // once started, stopped at once (below)
+    supervisor.log.info({ signal }, 'shutting down');
+    await supervisor.stop();
+    process.exit(0);
+  };
+  process.on('SIGHUP', () => { if (supervisor) supervisor.reload(); else reloadAsked = true; });
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
   try {
-    const supervisor = await Supervisor.start({
+    supervisor = await Supervisor.start({
       configPath: opts.config,
       async prepare(loaded) {
         if (!embedded) return;
@@ -21,16 +36,10 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
         printQuickStart(pki, new Map(loaded.config.listeners.map((l) => [l.name, l.listen])));
       },
     });
-    const stop = async (signal: string): Promise<void> => {
-      supervisor.log.info({ signal }, 'shutting down');
-      await supervisor.stop();
-      process.exit(0);
-    };
-    process.on('SIGHUP', () => supervisor.reload());
-    process.once('SIGINT', () => void stop('SIGINT'));
-    process.once('SIGTERM', () => void stop('SIGTERM'));
   } catch (err) {
     process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}\n`);
     process.exit(1);
   }
+  if (stopSignal) return stop(stopSignal);
+  if (reloadAsked) supervisor.reload();
 }
