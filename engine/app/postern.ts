@@ -8,6 +8,7 @@ import { PolicyGeneration } from '../policy/generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import { createStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
 import type { Runtime } from '../smtp/runtime.ts';
@@ -95,12 +96,21 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const config = loaded.config;
   const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
-  const generation = await PolicyGeneration.build(loaded, logger);
+  // One counter store for the server's life (a reload that changes `store` waits for a restart).
+  const store = createStore(config.store, logger);
+  let generation: PolicyGeneration;
+  try {
+    generation = await PolicyGeneration.build(loaded, logger, store);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
   const generations = new Set([generation]);
   const outbound = await checkOutboundTls(config.delivery);
   if (outbound.errors.length) {
     await generation.dispose();
+    await store.close();
     // Each line is already "<file>: <key>: <problem>".
     throw new ConfigError(outbound.errors.map((line) => ({ file: line.slice(0, line.indexOf(': ')), message: line.slice(line.indexOf(': ') + 2) })));
   }
@@ -109,7 +119,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
-  const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs));
+  const runtime = new MutableRuntime(generation.acquire(), spool, logger, new AuthFailureLimiter(windowMs, store.authFailures()));
 
   const servers = new Map<string, PosternServer>();
   const reported = new WeakSet<Error>();
@@ -145,6 +155,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   } catch (err) {
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
+    await store.close();
     throw err;
   }
 
@@ -228,6 +239,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       // (its script calls then fail closed): isolated-vm may abort a process that exits with isolates alive
       // or still being torn down.
       await Promise.all([...generations].map((g) => g.dispose()));
+      await store.close();
     },
   };
 }

@@ -10,6 +10,7 @@ import type { HookName } from '../sandbox/api/index.ts';
 import { loadTables, type LookupTable } from './lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { CounterStore } from '../store/counter-store.ts';
 
 let nextSerial = 1;
 
@@ -23,14 +24,17 @@ export class PolicyGeneration {
   readonly tables: ReadonlyMap<string, LookupTable>;
   readonly users: ReadonlyMap<string, string>;
   readonly localDomains: ReadonlySet<string>;
+  /** The server's counter store (made once at start, see engine/store/): scripts and built-in limits count in it. */
+  readonly store: CounterStore | undefined;
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
   #refs = 0;
   #retired = false;
   #disposed = false;
   #teardown: Promise<void> | null = null;
 
-  private constructor(source: LoadedConfig, tables: Map<string, LookupTable>, users: Map<string, string>, sandboxes: Map<string, Sandbox>) {
+  private constructor(source: LoadedConfig, tables: Map<string, LookupTable>, users: Map<string, string>, sandboxes: Map<string, Sandbox>, store: CounterStore | undefined) {
     this.source = source;
+    this.store = store;
     this.config = source.config;
     this.tables = tables;
     this.users = users;
@@ -39,7 +43,7 @@ export class PolicyGeneration {
   }
 
   /** Build and validate; throws (with file and line) without leaving anything running. */
-  static async build(source: LoadedConfig, logger: Logger): Promise<PolicyGeneration> {
+  static async build(source: LoadedConfig, logger: Logger, store?: CounterStore): Promise<PolicyGeneration> {
     const config = source.config;
     const tables = await loadTables(config);
     const users = config.users ? await loadUsersFile(config.users) : new Map<string, string>();
@@ -58,6 +62,7 @@ export class PolicyGeneration {
           host: {
             lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
             log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
+            store,
           },
         }));
       }
@@ -65,7 +70,7 @@ export class PolicyGeneration {
       await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
       throw err;
     }
-    return new PolicyGeneration(source, tables, users, sandboxes);
+    return new PolicyGeneration(source, tables, users, sandboxes, store);
   }
 
   listener(name: string): ListenerConfig {

@@ -17,6 +17,7 @@ import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
+import { storeIdentity } from '../store/index.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
@@ -234,7 +235,7 @@ export class Reloader {
   async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
     const folders = [...new Set(watchedInputs(loaded).folders)].join(', ');
     progress.step = `the tables, users and the scripts in ${folders}`;
-    const next = await PolicyGeneration.build(loaded, this.#target.logger);
+    const next = await PolicyGeneration.build(loaded, this.#target.logger, this.#target.current().store);
     const setups = new Map<string, ListenerSetup>();
     try {
       progress.step = 'the listeners\' and delivery\'s TLS files';
@@ -292,6 +293,8 @@ export class Reloader {
       else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
     }
     for (const r of running) if (!loaded.config.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
+    // The counter store is made once at start (engine/store/).
+    if (storeIdentity(this.#target.current().config.store) !== storeIdentity(loaded.config.store)) out.push('store changed');
     return out;
   }
 
