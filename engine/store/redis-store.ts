@@ -108,10 +108,15 @@ export class RedisCounterStore implements CounterStore {
     };
   }
 
-  async close(): Promise<void> {
+  /** At once: a hung server must not hold up shutdown (calls still waiting fail, closed). */
+  close(): Promise<void> {
     this.#closed = true;
-    if (this.#client.isOpen) await this.#client.close().catch(() => this.#client.destroy());
-    else this.#client.destroy();
+    try {
+      this.#client.destroy();
+    } catch {
+      // already closed
+    }
+    return Promise.resolve();
   }
 
   /** Run a script by its SHA1, sending its text once when Redis does not have it (first use, restart). */
@@ -124,12 +129,23 @@ export class RedisCounterStore implements CounterStore {
     }
   }
 
+  /**
+   * One command, answered within timeoutMs or failed. The client's own `timeout` covers only the wait to be
+   * sent, not the wait for the reply (a hung server): this timer covers both. A reply after the timer is
+   * dropped; the operation may still have counted on the server, which errs on the side of refusing.
+   */
   async #send(args: string[]): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${this.#timeoutMs} ms (timeout)`)), this.#timeoutMs);
+    });
     try {
-      return await this.#client.sendCommand(args, { timeout: this.#timeoutMs });
+      return await Promise.race([this.#client.sendCommand(args), timeout]);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       throw new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
