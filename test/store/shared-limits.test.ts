@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createClient } from 'redis';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
@@ -41,7 +42,7 @@ listeners:
   - name: submit
     listen: 127.0.0.1:0
     auth: { mechanisms: [PLAIN], required: true }
-    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 } }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3 }
 `);
   const child = spawn(process.execPath, [MAIN, 'serve', '--config', join(dir, 'postern.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -113,6 +114,31 @@ test('one per-identity limit and one script rate() across two servers sharing Re
   assert.equal(await send(a.port, 'alice@example.com', 'y@example.net'), '450 4.7.1 Error: too much mail from alice@example.com, try again later');
   // Another identity has its own count.
   assert.match(await send(b.port, 'bob@example.com', 'y@example.net'), /^250 2\.0\.0 Ok: queued as/);
+});
+
+test('failed AUTHs from one address are counted over both servers (limits.authFailuresPerIp)', opts, async () => {
+  const [a, b] = servers as [Server, Server];
+  const fail = async (port: number): Promise<string> => {
+    const c = await SmtpTestClient.connect(port);
+    try {
+      await c.hello();
+      return (await c.command(`AUTH PLAIN ${Buffer.from('\0alice@example.com\0wrong-Password-9').toString('base64')}`)).text;
+    } finally {
+      await c.quit();
+    }
+  };
+  assert.equal(await fail(a.port), '535 5.7.8 Authentication credentials invalid');
+  assert.equal(await fail(b.port), '535 5.7.8 Authentication credentials invalid');
+  assert.equal(await fail(a.port), '535 5.7.8 Authentication credentials invalid');
+  // The third failure was on A; B refuses this address now too.
+  const c = await SmtpTestClient.connect(b.port);
+  assert.equal((await c.read()).text, '421 4.7.0 Too many authentication failures, try again later');
+  c.socket.destroy();
+  // Let the address in again for the next test.
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  await raw.del('shared-test:limit:authfail:127.0.0.1');
+  await raw.close();
 });
 
 test('Redis stopped: 451 (fail closed) at MAIL FROM and for new connections; restarted: mail flows again', opts, async () => {
