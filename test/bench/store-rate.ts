@@ -39,8 +39,8 @@ const ASYNC_MAILFROM = `export default async function (ctx) {
 }`;
 
 const targets = [
-  { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
   { name: '(a)', config: () => config('a', null, '') },
+  { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
   { name: '(a) + rate() memory', config: () => config('mem', RATE_MAILFROM, '') },
   { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, `store: { redis: { url: "${redis.url}", keyPrefix: "bench:" } }\n`) },
 ];
