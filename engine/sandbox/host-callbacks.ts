@@ -73,6 +73,17 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
  * crosses as JSON text; a store failure rejects the script's promise (so an uncaught one fails the call closed).
  */
 export function storeOperation(store: CounterStore | undefined) {
+  const operation = storeAnswer(store);
+  return (op: unknown, key: unknown, a: unknown, b: unknown): Promise<string> => {
+    const answer = operation(op, key, a, b);
+    // isolated-vm takes the promise up a tick later: one that is already rejected by then would count
+    // as an unhandled rejection in this process. The script still gets the rejection.
+    answer.catch(() => {});
+    return answer;
+  };
+}
+
+function storeAnswer(store: CounterStore | undefined) {
   return async (op: unknown, key: unknown, a: unknown, b: unknown): Promise<string> => {
     if (!store) throw new Error(`${String(op)}(): no counter store here`);
     // The runtime checked these; checked again in case it is bypassed.
