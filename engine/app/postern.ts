@@ -8,7 +8,7 @@ import { PolicyGeneration } from '../policy/generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import { createStore } from '../store/index.ts';
+import { createStore, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import { prepareListener } from '../smtp/listener-options.ts';
 import type { Runtime } from '../smtp/runtime.ts';
@@ -40,6 +40,11 @@ export interface StartOptions {
   resolver?: DeliveryResolver;
   /** Directory locked for the server's life (default: dataDir); false when the caller holds the lock (a supervisor). */
   lockDir?: string | false;
+  /**
+   * The counter store when the configuration has no `store.redis`, e.g. a worker's store that forwards to its
+   * supervisor's memory (so all workers count together); the caller closes it. Default: this process's memory.
+   */
+  memoryStore?: CounterStore;
 }
 
 export interface RunningPostern {
@@ -97,12 +102,14 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
   // One counter store for the server's life (a reload that changes `store` waits for a restart).
-  const store = createStore(config.store, logger);
+  const given = !config.store.redis && opts.memoryStore;
+  const store = given ? opts.memoryStore! : createStore(config.store, logger);
+  const closeStore = (): Promise<void> => (given ? Promise.resolve() : store.close());
   let generation: PolicyGeneration;
   try {
     generation = await PolicyGeneration.build(loaded, logger, store);
   } catch (err) {
-    await store.close();
+    await closeStore();
     throw err;
   }
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
@@ -110,7 +117,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const outbound = await checkOutboundTls(config.delivery);
   if (outbound.errors.length) {
     await generation.dispose();
-    await store.close();
+    await closeStore();
     // Each line is already "<file>: <key>: <problem>".
     throw new ConfigError(outbound.errors.map((line) => ({ file: line.slice(0, line.indexOf(': ')), message: line.slice(line.indexOf(': ') + 2) })));
   }
@@ -155,7 +162,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   } catch (err) {
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
-    await store.close();
+    await closeStore();
     throw err;
   }
 
@@ -239,7 +246,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       // (its script calls then fail closed): isolated-vm may abort a process that exits with isolates alive
       // or still being torn down.
       await Promise.all([...generations].map((g) => g.dispose()));
-      await store.close();
+      await closeStore();
     },
   };
 }
