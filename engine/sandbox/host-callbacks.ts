@@ -65,7 +65,34 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     }
   };
   const fns: Array<(...args: never[]) => unknown> = [digest('sha1'), digest('sha256'), digest('md5'), hmac, lookup, log];
-  return [...fns.map((fn) => new ivm.Callback(fn)), new ivm.Reference(storeOperation(host.store))];
+  return [...fns.map((fn) => new ivm.Callback(fn)), new ivm.Reference(storeOperation(host.store)), new ivm.Callback(storeOperationNow(host.store))];
+}
+
+/** A store operation's checked arguments, under the scripts' own key namespace. */
+function storeArguments(op: unknown, key: unknown, a: unknown, b: unknown): { op: 'rate' | 'get' | 'add'; key: string; x: number; y: number } {
+  // The runtime checked these; checked again in case it is bypassed.
+  const k = String(key);
+  const x = Number(a);
+  const y = Number(b);
+  if (!k || k.length > 1024 || !Number.isSafeInteger(x) || !Number.isSafeInteger(y)) throw new TypeError('store: invalid arguments');
+  if (op === 'rate' && x >= 1 && y >= 1) return { op, key: STORE_KEYS.scriptRate(k), x, y };
+  if (op === 'get') return { op, key: STORE_KEYS.scriptCounter(k), x, y };
+  if (op === 'add' && y >= 1) return { op, key: STORE_KEYS.scriptCounter(k), x, y };
+  throw new TypeError(`store: invalid operation ${String(op)}`);
+}
+
+/**
+ * The same operations answered at once, as JSON, by a store that can (memory); null when it cannot, and the
+ * script then takes the asynchronous way. An `async` hook using such a store stays on the fast path.
+ */
+export function storeOperationNow(store: CounterStore | undefined) {
+  return (op: unknown, key: unknown, a: unknown, b: unknown): string | null => {
+    const now = store?.immediate;
+    if (!now) return null;
+    const c = storeArguments(op, key, a, b);
+    if (c.op === 'rate') return JSON.stringify(now.rateNow(c.key, c.x, c.y));
+    return JSON.stringify(c.op === 'get' ? now.getNow(c.key) : now.addNow(c.key, c.x, c.y));
+  };
 }
 
 /**
@@ -86,14 +113,8 @@ export function storeOperation(store: CounterStore | undefined) {
 function storeAnswer(store: CounterStore | undefined) {
   return async (op: unknown, key: unknown, a: unknown, b: unknown): Promise<string> => {
     if (!store) throw new Error(`${String(op)}(): no counter store here`);
-    // The runtime checked these; checked again in case it is bypassed.
-    const k = String(key);
-    const x = Number(a);
-    const y = Number(b);
-    if (!k || k.length > 1024 || !Number.isSafeInteger(x) || !Number.isSafeInteger(y)) throw new TypeError('store: invalid arguments');
-    if (op === 'rate' && x >= 1 && y >= 1) return JSON.stringify(await store.rate(STORE_KEYS.scriptRate(k), x, y));
-    if (op === 'get') return JSON.stringify(await store.get(STORE_KEYS.scriptCounter(k)));
-    if (op === 'add' && y >= 1) return JSON.stringify(await store.add(STORE_KEYS.scriptCounter(k), x, y));
-    throw new TypeError(`store: invalid operation ${String(op)}`);
+    const c = storeArguments(op, key, a, b);
+    if (c.op === 'rate') return JSON.stringify(await store.rate(c.key, c.x, c.y));
+    return JSON.stringify(c.op === 'get' ? await store.get(c.key) : await store.add(c.key, c.x, c.y));
   };
 }

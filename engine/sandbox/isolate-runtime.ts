@@ -68,12 +68,18 @@ export interface RuntimeHandle {
   takeBatch(): string;
   /** The outcome (RunOutcome JSON) of the promise the call with that index returned in the last run. */
   settle(index: number): Promise<string>;
+  /**
+   * Right after a run on the event-loop thread: the outcomes of the promises of that run that have settled
+   * already (their hook awaited nothing that waits, e.g. a store that answers at once), as a JSON object
+   * by call index. They are no longer kept for settle().
+   */
+  takeSettled(): string;
 }
 
 export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
-  hostStore: StoreReference,
+  hostStore: StoreReference, hostStoreNow: (op: string, key: string, a: number, b: number) => string | null,
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
@@ -230,7 +236,12 @@ export function installRuntime(
     if (typeof value !== 'number' || value % 1 !== 0 || value < lo || value > hi) fail(`${fn}: ${name} must be a whole number from ${lo} to ${hi}, not ${formatValue(value)}`);
     return value as number;
   };
-  const storeCall = async (op: string, key: string, a: number, b: number): Promise<unknown> => parse(await hostStore.apply(undefined, [op, key, a, b], STORE_RESULT));
+  // A store that answers at once (memory) does so here, and the hook's promise settles before the runner
+  // returns; any other is waited for.
+  const storeCall = async (op: string, key: string, a: number, b: number): Promise<unknown> => {
+    const now = hostStoreNow(op, key, a, b);
+    return parse(isString(now) ? now : await hostStore.apply(undefined, [op, key, a, b], STORE_RESULT));
+  };
   const counter = (key: string) => freeze({
     get: async (): Promise<number> => storeCall('get', key, 0, 0) as Promise<number>,
     add: async (n: unknown, ttlSeconds: unknown): Promise<number> => {
@@ -430,13 +441,20 @@ export function installRuntime(
     // A literal and an object spread define their properties: no setter on Object.prototype is called.
     return { connection, ...(ctx as object) };
   }
+  // Outcomes of the last run's promises that have settled, by call index (see takeSettled()).
+  let finished: Record<number, string> = create(null);
+  let runSerial = 0;
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
-  async function settled(result: Promise<unknown>): Promise<string> {
+  async function settled(result: Promise<unknown>, index = -1): Promise<string> {
+    const serial = runSerial;
+    let outcome: string;
     try {
-      return succeeded(await result);
+      outcome = succeeded(await result);
     } catch (error) {
-      return failed(error);
+      outcome = failed(error);
     }
+    if (index >= 0 && serial === runSerial) finished[index] = outcome;
+    return outcome;
   }
   /** Run one call; its outcome as JSON, or null when the script returned a promise (kept under `index`). */
   function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
@@ -445,7 +463,7 @@ export function installRuntime(
       const result = hooks[hook]!(assemble(ctx, kept));
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
-        pendings[index] = settled(result as Promise<unknown>);
+        pendings[index] = settled(result as Promise<unknown>, index);
         return null;
       }
       return succeeded(result);
@@ -482,6 +500,8 @@ export function installRuntime(
     },
     run(callsJson, wait) {
       pendings = create(null);
+      finished = create(null);
+      runSerial++;
       batchDone = create(null);
       batchCount = 0;
       collected = null;
@@ -520,6 +540,17 @@ export function installRuntime(
     takeBatch,
     settle(index) {
       return pending(index);
+    },
+    takeSettled() {
+      let done = '{';
+      const indexes = keys(finished);
+      for (let i = 0; i < indexes.length; i++) {
+        const index = indexes[i]!;
+        done += (i ? ',' : '') + quote(index) + ':' + finished[index as unknown as number]!;
+        delete pendings[index as unknown as number];
+      }
+      finished = create(null);
+      return done + '}';
     },
   };
 }

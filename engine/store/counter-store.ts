@@ -16,6 +16,16 @@ export interface RateResult {
 }
 
 /**
+ * A store that answers at once, without waiting for I/O (this process's memory). A script's call then
+ * completes within its turn in the isolate, so an `async` hook using it stays on the sandbox's fast path.
+ */
+export interface ImmediateCounterStore {
+  rateNow(key: string, limit: number, windowSeconds: number): RateResult;
+  getNow(key: string): number;
+  addNow(key: string, n: number, ttlSeconds: number): number;
+}
+
+/**
  * What the rest of Postern needs of a store. Keys are full keys: callers put their namespace in front
  * (see STORE_KEYS). A store for the worker processes of one multi-process server forwards these calls to
  * the process that holds a MemoryCounterStore, one message per call.
@@ -23,6 +33,8 @@ export interface RateResult {
 export interface CounterStore {
   /** `memory` or `redis`, for logs. */
   readonly kind: string;
+  /** Set when the store can answer at once (see ImmediateCounterStore). */
+  readonly immediate?: ImmediateCounterStore;
   /**
    * Count one call of `key` when fewer than `limit` were counted in its window. The window opens with the
    * first counted call and lasts `windowSeconds`; when it ends the count starts from 0 again.

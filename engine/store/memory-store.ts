@@ -3,14 +3,14 @@
  * multi-process server the supervisor holds one of these and the workers reach it over IPC.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
-import type { CounterStore, RateResult } from './counter-store.ts';
+import type { CounterStore, ImmediateCounterStore, RateResult } from './counter-store.ts';
 
 interface Entry { value: number; expiresAt: number }
 
 /** Entries kept before expired ones are swept out (then twice the live count, so a sweep is rare). */
 const SWEEP_FLOOR = 10_000;
 
-export class MemoryCounterStore implements CounterStore {
+export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
   readonly kind = 'memory';
   readonly #entries = new Map<string, Entry>();
   readonly #now: () => number;
@@ -22,24 +22,40 @@ export class MemoryCounterStore implements CounterStore {
     this.#now = now;
   }
 
+  get immediate(): ImmediateCounterStore {
+    return this;
+  }
+
   rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
-    const now = this.#now();
-    let entry = this.#live(key, now);
-    if (entry && entry.value >= limit) return Promise.resolve({ allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) });
-    entry ??= this.#create(key, now + windowSeconds * 1000);
-    entry.value++;
-    return Promise.resolve({ allowed: true, count: entry.value, resetSeconds: resetSeconds(entry, now) });
+    return Promise.resolve(this.rateNow(key, limit, windowSeconds));
   }
 
   get(key: string): Promise<number> {
-    return Promise.resolve(this.#live(key, this.#now())?.value ?? 0);
+    return Promise.resolve(this.getNow(key));
   }
 
   add(key: string, n: number, ttlSeconds: number): Promise<number> {
+    return Promise.resolve(this.addNow(key, n, ttlSeconds));
+  }
+
+  rateNow(key: string, limit: number, windowSeconds: number): RateResult {
+    const now = this.#now();
+    let entry = this.#live(key, now);
+    if (entry && entry.value >= limit) return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
+    entry ??= this.#create(key, now + windowSeconds * 1000);
+    entry.value++;
+    return { allowed: true, count: entry.value, resetSeconds: resetSeconds(entry, now) };
+  }
+
+  getNow(key: string): number {
+    return this.#live(key, this.#now())?.value ?? 0;
+  }
+
+  addNow(key: string, n: number, ttlSeconds: number): number {
     const now = this.#now();
     const entry = this.#live(key, now) ?? this.#create(key, now + ttlSeconds * 1000);
     entry.value += n;
-    return Promise.resolve(entry.value);
+    return entry.value;
   }
 
   authFailures(): AuthFailureStore {

@@ -110,3 +110,22 @@ test('without a store (postern check), rate() rejects', async () => {
     sandbox.dispose();
   }
 });
+
+test('an async hook whose store answers at once (memory) stays on the fast path and keeps batching', async () => {
+  const host = recordingHost();
+  const sandbox = await Sandbox.create({
+    host: { ...host, store: new MemoryCounterStore() }, fastPathMs: 1000, timeoutMs: 2000,
+    scripts: [js('helo', `export default async (ctx) => { log('n', ctx.n); const r = await rate('k', 3, 60); log('count', r.count); return accept({ text: String(r.count) }); }`)],
+  });
+  try {
+    const texts = async (ns: number[]) => (await Promise.all(ns.map((n) => sandbox.invoke('helo', { n }, `c${n}`)))).map((v) => (v as { text: string }).text);
+    assert.deepEqual(await texts([1, 2]), ['1', '2']);
+    assert.deepEqual(await texts([3, 4]), ['3', '3']);
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 4, overruns: 0, descheduled: 0, batches: 2 }, 'two batches, no call alone');
+    // A line logged after the await belongs to its call too when it is the only one of its batch.
+    await sandbox.invoke('helo', { n: 5 }, 'c5');
+    assert.deepEqual(host.logs.filter((l) => l.connectionId === 'c5').map((l) => l.message), ['n 5', 'count 3']);
+  } finally {
+    sandbox.dispose();
+  }
+});
