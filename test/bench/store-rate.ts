@@ -9,19 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
 import { load, measure, median, startServer } from './measure.ts';
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-store-'));
 const redis = await startRedis();
 
-/** (a)'s mailfrom script, with one rate() per MAIL FROM (never over its limit: the cost, not the refusal). */
-const RATE_MAILFROM = `export default async function (ctx) {
-  if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked');
-  const r = await rate('from:' + ctx.address.address, 1000000000, 3600);
-  if (!r.allowed) return defer('slow down');
-}`;
 
 async function config(name: string, mailfrom: string | null, store: string): Promise<{ configText: string; baseDir: string; port: number }> {
   const dir = join(work, name);
