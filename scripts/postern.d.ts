@@ -350,9 +350,27 @@ declare module "postern" {
   // ---- helpers.ts
 
   /**
-   * Functions available as globals inside the sandbox. Hashing, lookups and logging are carried out by the
+   * Functions available as globals inside the sandbox. Hashing, lookups, logging and counters are carried out by the
    * host; nothing else (process, require, fs, network, timers) exists in a script's world.
    */
+
+  /** What rate() answers. */
+  export interface RateResult {
+    /** True when this call was within the limit; it was then counted. */
+    allowed: boolean;
+    /** Calls counted in the current window, this one included when allowed. */
+    count: number;
+    /** Seconds until the window ends and the count starts again from 0. */
+    resetSeconds: number;
+  }
+
+  /** A named counter in the store (see counter()). */
+  export interface Counter {
+    /** Its value; 0 when it does not exist or has expired. */
+    get(): Promise<number>;
+    /** Add `n` (a whole number, may be negative); a new counter expires `ttlSeconds` after this first add. The new value. */
+    add(n: number, ttlSeconds: number): Promise<number>;
+  }
 
   export interface PosternHelpers {
     /** Hex digest of a UTF-8 string. */
@@ -363,6 +381,16 @@ declare module "postern" {
     hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
     /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
     lookup(table: string, key: string): string | null;
+    /**
+     * Count one call of `key` when fewer than `limit` were counted in its window (a fixed window of
+     * `windowSeconds` that opens with the first counted call). Kept in the configured store (memory or Redis),
+     * so every script, listener and — with Redis — server sharing the store counts together. Rejects when the
+     * store cannot answer (unreachable, `store.redis.timeoutMs`): uncaught, the hook fails closed (451 4.3.0).
+     * `key`: 1 to 1024 characters; `limit`: 1 to 10⁹; `windowSeconds`: 1 to 31 622 400 (366 days).
+     */
+    rate(key: string, limit: number, windowSeconds: number): Promise<RateResult>;
+    /** The counter `key` of the store (scripts' counters are apart from rate()'s keys). */
+    counter(key: string): Counter;
     /** Log a line to the server log, tagged with the connection id and script file. */
     log(...args: unknown[]): void;
     /** Verdict builders. */
@@ -402,6 +430,16 @@ declare module "postern" {
     function hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
     /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
     function lookup(table: string, key: string): string | null;
+    /**
+       * Count one call of `key` when fewer than `limit` were counted in its window (a fixed window of
+       * `windowSeconds` that opens with the first counted call). Kept in the configured store (memory or Redis),
+       * so every script, listener and — with Redis — server sharing the store counts together. Rejects when the
+       * store cannot answer (unreachable, `store.redis.timeoutMs`): uncaught, the hook fails closed (451 4.3.0).
+       * `key`: 1 to 1024 characters; `limit`: 1 to 10⁹; `windowSeconds`: 1 to 31 622 400 (366 days).
+       */
+    function rate(key: string, limit: number, windowSeconds: number): Promise<RateResult>;
+    /** The counter `key` of the store (scripts' counters are apart from rate()'s keys). */
+    function counter(key: string): Counter;
     /** Log a line to the server log, tagged with the connection id and script file. */
     function log(...args: unknown[]): void;
     /** Verdict builders. */

@@ -1,5 +1,6 @@
 #!/usr/bin/env sh
-# Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix)
+# Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix,
+# redis-server for the shared counter store)
 # and the tools they check shipped files with (fail2ban-regex, systemd-analyze).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -eu
@@ -9,6 +10,7 @@ command -v fail2ban-regex >/dev/null 2>&1 || missing="$missing fail2ban"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 perl -MNet::SSLeay -e1 2>/dev/null || missing="$missing libnet-ssleay-perl"
 [ -x /usr/sbin/postfix ] || missing="$missing postfix"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 [ -z "$missing" ] && exit 0
 echo "installing:$missing"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -16,4 +18,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is only a test peer: no system mail configuration.
 echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server >/dev/null

@@ -9,6 +9,7 @@ import { buildGeneration } from '../policy/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
+import { createStore, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
@@ -52,6 +53,11 @@ export interface StartOptions {
   counters?: WorkerCounters;
   /** A worker: a message was committed to its spool (tell the queue process). */
   onSpooled?(id: string, spoolDir: string): void;
+  /**
+   * The counter store when the configuration has no `store.redis`, e.g. a worker's store that forwards to its
+   * supervisor's memory (so all workers count together); the caller closes it. Default: this process's memory.
+   */
+  memoryStore?: CounterStore;
 }
 
 export interface RunningPostern {
@@ -121,8 +127,18 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const config = loaded.config;
   const logger = opts.logger ?? createLogger(config.log.level, undefined, config.log.format);
   await opts.prepare?.(loaded);
+  // One counter store for the server's life (a reload that changes `store` waits for a restart).
+  const given = !config.store.redis && opts.memoryStore;
+  const store = given ? opts.memoryStore! : createStore(config.store, logger);
+  const closeStore = (): Promise<void> => (given ? Promise.resolve() : store.close());
   // The reload's and `postern check`'s build: every problem at once, as one ConfigError.
-  const built = await buildGeneration(loaded, { logger });
+  let built: Awaited<ReturnType<typeof buildGeneration>>;
+  try {
+    built = await buildGeneration(loaded, { logger, store });
+  } catch (err) {
+    await closeStore();
+    throw err;
+  }
   const generation = built.generation;
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
   const generations = new Set([generation]);
@@ -134,7 +150,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const spools = new SpoolSet(home);
   const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
-  const failures = new AuthFailureLimiter(windowMs, opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : undefined);
+  // Auth failures count where the limit must hold: in Redis across machines; else across this server's
+  // worker processes (through the supervisor); else in this process.
+  const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
+  const failures = new AuthFailureLimiter(windowMs, failureStore);
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);
 
   const servers = new Map<string, PosternServer>();
@@ -175,6 +194,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   } catch (err) {
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
+    await closeStore();
     throw err;
   }
 
@@ -275,6 +295,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       // (its script calls then fail closed): isolated-vm may abort a process that exits with isolates alive
       // or still being torn down.
       await Promise.all([...generations].map((g) => g.dispose()));
+      await closeStore();
     },
   };
 }

@@ -147,5 +147,9 @@ function crossCheck(c: Config): PathProblem[] {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });
   }
   if (d.tls.ca && !(d.tls.ca in d.caFiles)) out.push({ path: ['delivery', 'tls', 'ca'], message: `no CA named "${d.tls.ca}" under delivery.caFiles` });
+  // A script waits for the store within its own time limit; past it the call is cut off, not failed by the store.
+  if (c.store.redis && c.store.redis.timeoutMs >= c.sandbox.timeoutMs) {
+    out.push({ path: ['store', 'redis', 'timeoutMs'], message: `must be below sandbox.timeoutMs (${c.sandbox.timeoutMs} ms)` });
+  }
   return out;
 }

@@ -75,6 +75,12 @@ const limitsSchema = z.strictObject({
     .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
     .describe('The sliding window for `authFailuresPerIp`.'),
+  messagesPerIdentity: z.strictObject({
+    count: z.number().int().positive().describe('Messages (MAIL FROM commands) one identity may start within the window.'),
+    windowSeconds: z.number().int().positive().max(31 * 24 * 3600).meta({ unit: 'seconds' })
+      .describe('Length of the window. It opens with the identity\'s first counted MAIL FROM; when it ends the count starts again from 0.'),
+  }).optional().meta({ defaultText: 'no limit' })
+    .describe('Per-identity sending limit, as Postfix `smtpd_client_message_rate_limit` and mox\'s per-account limits, counted in the [store](#store) (so across processes and, with Redis, across servers). The identity is the logged-in user (AUTH or certificate `autoLogin`), else the client certificate\'s identity (`certificateIdentity`); sessions with neither are not counted. A MAIL FROM over the limit gets `450 4.7.1 Error: too much mail from <identity>, try again later`; when the store cannot be reached, `451 4.3.0 Temporary local problem, try again later` (fail closed). The count is kept per identity, whatever the listener: listeners with the same identities should have the same limit.'),
 }).prefault({}).describe('Sizes, connection counts, timeouts, auth-failure throttling.');
 
 export const listenerSchema = z.strictObject({
@@ -195,6 +201,18 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Free space the spool keeps. See [spool](#spool).'),
   workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default('auto')
     .describe('Worker processes of `postern serve` (`auto`: one per core). A supervisor process owns the listening sockets and hands connections to the workers; a worker that crashes or hangs is replaced, so a script can lose only the sessions of the one worker that ran it, never an acknowledged message. Delivery runs in one more process. `workers: 1` still runs supervisor, worker and queue process. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
+  store: z.strictObject({
+    redis: z.strictObject({
+      url: z.string().regex(/^rediss?:\/\//, 'expected redis://… or rediss://…').meta({ format: 'URL' })
+        .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.'),
+      keyPrefix: z.string().default('postern:')
+        .describe('Put in front of every key. Servers that should count together (one limit over several machines) use the same prefix; unrelated ones a different one.'),
+      timeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(50)
+        .describe('Time limit of one store operation (one round trip). Keep it below `sandbox.timeoutMs`: a script\'s call waits for it within its own time limit.'),
+    }).optional()
+      .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
+  }).prefault({})
+    .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),

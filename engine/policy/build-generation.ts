@@ -8,6 +8,7 @@
  * whatever was built is released and one GenerationError lists them all, one `file[:line[:col]]: message`
  * per line.
  */
+import type { CounterStore } from '../store/counter-store.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -31,6 +32,8 @@ export interface BuildOptions {
   strict?: boolean;
   /** Set to what is being read now, for the message of a build that misses its deadline. */
   progress?: { step: string };
+  /** The server's counter store (engine/store), for scripts' rate() and counter(); none in `postern check`. */
+  store?: CounterStore;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -94,6 +97,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
         host: {
           lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
           log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
+          store: options.store,
         },
       }));
     } catch (err) {
@@ -127,7 +131,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store), listeners, warnings };
 }
 
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {

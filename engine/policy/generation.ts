@@ -9,6 +9,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import type { Sandbox } from '../sandbox/index.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import type { LookupTable } from './lookup-tables.ts';
+import type { CounterStore } from '../store/counter-store.ts';
 
 let nextSerial = 1;
 
@@ -22,6 +23,8 @@ export class PolicyGeneration {
   readonly tables: ReadonlyMap<string, LookupTable>;
   readonly users: ReadonlyMap<string, string>;
   readonly localDomains: ReadonlySet<string>;
+  /** The server's counter store (made once at start, see engine/store/): scripts and built-in limits count in it. */
+  readonly store: CounterStore | undefined;
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
   #refs = 0;
   #retired = false;
@@ -29,8 +32,9 @@ export class PolicyGeneration {
   #teardown: Promise<void> | null = null;
 
   /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
-  constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>) {
+  constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore) {
     this.source = source;
+    this.store = store;
     this.config = source.config;
     this.tables = tables;
     this.users = users;

@@ -18,6 +18,7 @@ import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../policy/build-generation.ts';
+import { storeIdentity } from '../store/index.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -235,7 +236,7 @@ export class Reloader {
 
   /** The generation and listener setups for `loaded` (the start's and `postern check`'s build); nothing is left running when it throws. */
   async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
-    const built = await buildGeneration(loaded, { logger: this.#target.logger, progress });
+    const built = await buildGeneration(loaded, { logger: this.#target.logger, progress, store: this.#target.current().store });
     try {
       progress.step = 'the afterBuild hook';
       await this.tuning.afterBuild?.();
@@ -285,6 +286,8 @@ export class Reloader {
       else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
     }
     for (const r of running) if (!loaded.config.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
+    // The counter store is made once at start (engine/store/).
+    if (storeIdentity(this.#target.current().config.store) !== storeIdentity(loaded.config.store)) out.push('store changed');
     return out;
   }
 

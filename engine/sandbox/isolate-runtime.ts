@@ -14,6 +14,15 @@ export interface RuntimeHost {
   log(message: string): void;
 }
 
+/**
+ * The counter-store operation (`rate`, `get`, `add`), an isolated-vm Reference to the host's async function:
+ * applied with `result.promise`, the isolate's promise settles when the host's does (a Callback's cannot wait
+ * for a host promise). Its answer as JSON, or a rejection (fail closed).
+ */
+export interface StoreReference {
+  apply(receiver: undefined, args: [string, string, number, number], options: { result: { promise: true; copy: true } }): Promise<string>;
+}
+
 /** What one call produces, copied out of the isolate as plain data. */
 export type RunOutcome =
   | { ok: true; value: unknown }
@@ -59,11 +68,18 @@ export interface RuntimeHandle {
   takeBatch(): string;
   /** The outcome (RunOutcome JSON) of the promise the call with that index returned in the last run. */
   settle(index: number): Promise<string>;
+  /**
+   * Right after a run on the event-loop thread: the outcomes of the promises of that run that have settled
+   * already (their hook awaited nothing that waits, e.g. a store that answers at once), as a JSON object
+   * by call index. They are no longer kept for settle().
+   */
+  takeSettled(): string;
 }
 
 export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
+  hostStore: StoreReference, hostStoreNow: (op: string, key: string, a: number, b: number) => string | null,
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
@@ -207,7 +223,42 @@ export function installRuntime(
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
     return value;
   }
+  // Counter-store arguments, checked here so that a mistake reads as the script's own TypeError.
+  const MAX_STORE_KEY = 1024;
+  const MAX_STORE_SECONDS = 366 * 24 * 3600;
+  const MAX_SAFE = 9007199254740991;
+  const STORE_RESULT = { result: { promise: true, copy: true } } as const;
+  const storeKey = (fn: string, key: unknown): string => {
+    if (!isString(key) || key.length === 0 || key.length > MAX_STORE_KEY) fail(`${fn}: key must be a string of 1 to ${MAX_STORE_KEY} characters`);
+    return key as string;
+  };
+  const wholeIn = (fn: string, name: string, value: unknown, lo: number, hi: number): number => {
+    if (typeof value !== 'number' || value % 1 !== 0 || value < lo || value > hi) fail(`${fn}: ${name} must be a whole number from ${lo} to ${hi}, not ${formatValue(value)}`);
+    return value as number;
+  };
+  // A store that answers at once (memory) does so here, and the hook's promise settles before the runner
+  // returns; any other is waited for.
+  const storeCall = async (op: string, key: string, a: number, b: number): Promise<unknown> => {
+    const now = hostStoreNow(op, key, a, b);
+    return parse(isString(now) ? now : await hostStore.apply(undefined, [op, key, a, b], STORE_RESULT));
+  };
+  const counter = (key: string) => freeze({
+    get: async (): Promise<number> => storeCall('get', key, 0, 0) as Promise<number>,
+    add: async (n: unknown, ttlSeconds: unknown): Promise<number> => {
+      const by = wholeIn('counter().add()', 'n', n, -MAX_SAFE, MAX_SAFE);
+      const ttl = wholeIn('counter().add()', 'ttlSeconds', ttlSeconds, 1, MAX_STORE_SECONDS);
+      return storeCall('add', key, by, ttl) as Promise<number>;
+    },
+  });
   const helpers = {
+    async rate(key: unknown, limit: unknown, windowSeconds: unknown): Promise<unknown> {
+      const k = storeKey('rate()', key);
+      const max = wholeIn('rate()', 'limit', limit, 1, 1e9);
+      const window = wholeIn('rate()', 'windowSeconds', windowSeconds, 1, MAX_STORE_SECONDS);
+      const r = await storeCall('rate', k, max, window) as { allowed: boolean; count: number; resetSeconds: number };
+      return freeze({ allowed: r.allowed === true, count: r.count, resetSeconds: r.resetSeconds });
+    },
+    counter: (key: unknown) => counter(storeKey('counter()', key)),
     sha1: (data: unknown): string => hostSha1(hashInput('sha1', data)),
     sha256: (data: unknown): string => hostSha256(hashInput('sha256', data)),
     md5: (data: unknown): string => hostMd5(hashInput('md5', data)),
@@ -390,13 +441,20 @@ export function installRuntime(
     // A literal and an object spread define their properties: no setter on Object.prototype is called.
     return { connection, ...(ctx as object) };
   }
+  // Outcomes of the last run's promises that have settled, by call index (see takeSettled()).
+  let finished: Record<number, string> = create(null);
+  let runSerial = 0;
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
-  async function settled(result: Promise<unknown>): Promise<string> {
+  async function settled(result: Promise<unknown>, index = -1): Promise<string> {
+    const serial = runSerial;
+    let outcome: string;
     try {
-      return succeeded(await result);
+      outcome = succeeded(await result);
     } catch (error) {
-      return failed(error);
+      outcome = failed(error);
     }
+    if (index >= 0 && serial === runSerial) finished[index] = outcome;
+    return outcome;
   }
   /** Run one call; its outcome as JSON, or null when the script returned a promise (kept under `index`). */
   function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
@@ -405,7 +463,7 @@ export function installRuntime(
       const result = hooks[hook]!(assemble(ctx, kept));
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
-        pendings[index] = settled(result as Promise<unknown>);
+        pendings[index] = settled(result as Promise<unknown>, index);
         return null;
       }
       return succeeded(result);
@@ -442,6 +500,8 @@ export function installRuntime(
     },
     run(callsJson, wait) {
       pendings = create(null);
+      finished = create(null);
+      runSerial++;
       batchDone = create(null);
       batchCount = 0;
       collected = null;
@@ -480,6 +540,17 @@ export function installRuntime(
     takeBatch,
     settle(index) {
       return pending(index);
+    },
+    takeSettled() {
+      let done = '{';
+      const indexes = keys(finished);
+      for (let i = 0; i < indexes.length; i++) {
+        const index = indexes[i]!;
+        done += (i ? ',' : '') + quote(index) + ':' + finished[index as unknown as number]!;
+        delete pendings[index as unknown as number];
+      }
+      finished = create(null);
+      return done + '}';
     },
   };
 }

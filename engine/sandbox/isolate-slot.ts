@@ -21,7 +21,7 @@ export interface SlotOptions {
   runningId?: number;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -123,6 +123,7 @@ export class IsolateSlot {
   #run!: ivm.Reference<RuntimeHandle['run']>;
   #settle!: ivm.Reference<RuntimeHandle['settle']>;
   #takeBatch!: ivm.Reference<RuntimeHandle['takeBatch']>;
+  #takeSettled!: ivm.Reference<RuntimeHandle['takeSettled']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
@@ -272,9 +273,12 @@ export class IsolateSlot {
         return calls.map(() => 'alone');
       }
     }
+    // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
+    const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
+    const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
+    if (!stopped && promisedCalls.length) this.#settleAtOnce(entries, fastPathMs);
     runningCall.exit();
     this.#current = null;
-    const promised = entries.filter((entry) => entry.outcome === null).length;
     let chain: Promise<unknown> = Promise.resolve();
     const settled = calls.map(({ hook, connectionId }, i): BatchSettled => {
       const file = this.#files.get(hook)!;
@@ -284,8 +288,8 @@ export class IsolateSlot {
         return i === 0 ? 'overran' : 'again';
       }
       for (const line of entry.logs) this.#tell(connectionId, file, line);
+      if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
       if (entry.outcome === null) {
-        if (promised === 1) for (const line of run.held!) this.#tell(connectionId, file, line);
         // One call at a time on the isolate's thread: each waits for the one before.
         const later = chain.then(() => this.#settleOnIsolateThread(hook, file, connectionId, i));
         chain = later.catch(() => {});
@@ -297,8 +301,25 @@ export class IsolateSlot {
         return { failure: e as ScriptFailure };
       }
     });
-    if (promised !== 1) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    if (heldOwner === -1) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     return settled;
+  }
+
+  /**
+   * The outcomes of the batch's promises that settled as the runner returned (their hooks awaited only a store
+   * that answers at once): taken now, on this thread, instead of a trip to an isolate thread each.
+   */
+  #settleAtOnce(entries: EntryWire[], fastPathMs: number): void {
+    let done: Record<string, RunOutcome>;
+    try {
+      done = JSON.parse(this.#takeSettled.applySync(undefined, [], { timeout: fastPathMs }) as string) as Record<string, RunOutcome>;
+    } catch {
+      return; // they settle on an isolate thread, as any other promise
+    }
+    for (const [index, outcome] of Object.entries(done)) {
+      const entry = entries[Number(index)];
+      if (entry && entry.outcome === null && outcome !== null && typeof outcome === 'object') entry.outcome = outcome;
+    }
   }
 
   /** A batch's entries from the runtime's JSON; anything malformed fails the calls it should have answered. */
@@ -405,7 +426,7 @@ export class IsolateSlot {
 
   /** Let go of the handles into the isolate now (see releaseAll). */
   #releaseHandles(): void {
-    releaseAll([this.#run, this.#settle, this.#takeBatch, this.#register, this.#context]);
+    releaseAll([this.#run, this.#settle, this.#takeBatch, this.#takeSettled, this.#register, this.#context]);
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
@@ -424,6 +445,7 @@ export class IsolateSlot {
     this.#run = await runtime.get('run', { reference: true });
     this.#settle = await runtime.get('settle', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
+    this.#takeSettled = await runtime.get('takeSettled', { reference: true });
     this.#register = await runtime.get('register', { reference: true });
     runtime.release();
   }

@@ -39,6 +39,8 @@ export const REPLIES = {
   tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },
   authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },
   storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },
+  tooMuchMailFromIdentity: { code: 450, enhanced: '4.7.1', text: 'Error: too much mail from {identity}, try again later', reason: 'limits.messagesPerIdentity' },
+  limitStoreUnavailable: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'limits.messagesPerIdentity: store unavailable (fail closed)' },
   senderNotOwned: { code: 553, enhanced: '5.7.1', text: '<{sender}>: Sender address rejected: not owned by user {login}', reason: 'senderLogin: {rule}' },
   nullSenderRefused: { code: 553, enhanced: '5.7.1', text: '<>: Sender address rejected: null sender not allowed for user {login}', reason: 'senderLogin: {rule}' },
   senderAccepted: { code: 250, enhanced: '2.1.0', text: 'Accepted' },

@@ -18,6 +18,7 @@ import { extraSenders } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import { STORE_KEYS } from '../store/counter-store.ts';
 import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
 
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
@@ -200,6 +201,8 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.#adoptCurrentGeneration(conn);
+    const limited = await this.#messagesPerIdentity(conn);
+    if (limited) return limited;
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);
     const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
@@ -213,6 +216,29 @@ export class SessionPolicy {
     return builtin.reason === 'null-sender'
       ? reply('nullSenderRefused', { login, rule: builtin.reason })
       : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
+  }
+
+  /**
+   * limits.messagesPerIdentity: one count per MAIL FROM of a session with an identity (the logged-in user,
+   * else the certificate's), kept in the store; over the limit, 450 4.7.1 (Postfix smtpd_client_message_rate_limit).
+   * A store that cannot answer refuses too (fail closed).
+   */
+  async #messagesPerIdentity(conn: SmtpClient): Promise<SmtpReply | null> {
+    const st = conn.state;
+    const limit = st.listener.limits.messagesPerIdentity;
+    const identity = st.user ?? st.identity.identity;
+    const store = st.generation.store;
+    if (!limit || !identity || !store) return null;
+    let result;
+    try {
+      result = await store.rate(STORE_KEYS.messagesPerIdentity(identity), limit.count, limit.windowSeconds);
+    } catch (err) {
+      this.#log.error({ cid: conn.id, identity, err: { message: (err as Error).message } }, 'messagesPerIdentity: store unavailable, MAIL FROM refused');
+      return reply('limitStoreUnavailable');
+    }
+    if (result.allowed) return null;
+    this.#log.info({ cid: conn.id, identity, count: result.count, resetSeconds: result.resetSeconds }, 'messagesPerIdentity: limit reached');
+    return reply('tooMuchMailFromIdentity', { identity });
   }
 
   /** What the sender binding needs: the listener's senderLogin, the logged-in identity and what else it may use. */

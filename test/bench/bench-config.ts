@@ -32,3 +32,10 @@ export const BENCH_SCRIPTS: Readonly<Record<string, string>> = {
   'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`,
   'data.ts': `export default function (ctx) { if (ctx.data.size > 10000000) return reject('big'); }`,
 };
+
+/** (a)'s mailfrom script with one rate() per MAIL FROM (never over its limit: the cost, not the refusal). */
+export const RATE_MAILFROM = `export default async function (ctx) {
+  if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked');
+  const r = await rate('from:' + ctx.address.address, 1000000000, 3600);
+  if (!r.allowed) return defer('slow down');
+}`;

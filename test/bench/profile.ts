@@ -1,10 +1,14 @@
-/** Developer aid: run one Postern bench target under --cpu-prof (PROF_SCRIPTS=1: benchmark (a)'s scripts) and print the hottest functions. */
+/**
+ * Developer aid: run one Postern bench target under --cpu-prof (PROF_SCRIPTS=1: benchmark (a)'s scripts;
+ * PROF_RATE=memory|redis: its mailfrom script also awaits rate(), as in bench:store) and print the hottest functions.
+ */
 import { fork } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
+import { startRedis } from '../helpers/redis-server.ts';
 
 const here = import.meta.dirname;
 const pki = await makeTestPki();
@@ -15,13 +19,19 @@ if (process.env.PROF_SCRIPTS) {
 }
 const port = benchPort();
 await writeFile(join(dir, 'senders'), 'example.org blocked\n');
-const configText = benchConfig(dir, port, pki);
+let configText = benchConfig(dir, port, pki);
+const redis = process.env.PROF_RATE === 'redis' ? await startRedis() : null;
+if (process.env.PROF_RATE) {
+  await writeFile(join(dir, 'scripts', 'mailfrom.ts'), RATE_MAILFROM);
+  if (redis) configText += `store: { redis: { url: "${redis.url}", keyPrefix: "prof:" } }\n`;
+}
 const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
 await new Promise((r) => server.once('message', r));
 const client = fork(join(here, 'load-client.ts'), [JSON.stringify({ port, concurrency: 20, messages: Number(process.env.PROF_MESSAGES ?? 3000), perConnection: Number(process.env.PROF_PER_CONN ?? 100), cert: pki.clients.ecdsa.cert, key: pki.clients.ecdsa.key, ca: pki.ca.cert, auth: true })], { stdio: 'inherit' });
 await new Promise((r) => client.once('exit', r));
 server.kill('SIGINT');
 await new Promise((r) => server.once('exit', r));
+await redis?.stop();
 const file = (await readdir(join(dir, 'prof')))[0]!;
 const prof = JSON.parse(await readFile(join(dir, 'prof', file), 'utf8')) as { nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; startTime: number; endTime: number };
 const counts = new Map<number, number>();

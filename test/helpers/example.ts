@@ -10,7 +10,7 @@ import { execFile, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { parseDocument } from 'yaml';
+import { parseDocument, type Document } from 'yaml';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
@@ -37,9 +37,10 @@ export interface ExampleServer {
 
 /**
  * Start examples/<name>. `append` maps a file of the example (a table, the users file) to lines added at
- * its end in the copy, e.g. the test client's real fingerprint.
+ * its end in the copy, e.g. the test client's real fingerprint; `edit` changes the copy's configuration.
  */
-export async function startExample(name: string, append: (pki: TestPki) => Promise<Record<string, string>> | Record<string, string> = () => ({}))
+export async function startExample(name: string, append: (pki: TestPki) => Promise<Record<string, string>> | Record<string, string> = () => ({}),
+  edit: (config: Document) => void = () => {})
   : Promise<ExampleServer> {
   const pki = await makeTestPki();
   const dir = await mkdtemp(join(tmpdir(), `postern-example-${name}-`));
@@ -57,6 +58,7 @@ export async function startExample(name: string, append: (pki: TestPki) => Promi
   const listeners = (doc.toJS() as { listeners: unknown[] }).listeners;
   listeners.forEach((_, i) => doc.setIn(['listeners', i, 'listen'], '127.0.0.1:0'));
   doc.setIn(['delivery', 'enabled'], false);
+  edit(doc); // what only the test can know, e.g. the address of the test's Redis
   await writeFile(configPath, doc.toString());
 
   const logs: Array<Record<string, unknown>> = [];

@@ -9,6 +9,7 @@ import { Writable } from 'node:stream';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import type { DeliveryResolver } from '../../engine/delivery/dns.ts';
+import type { CounterStore } from '../../engine/store/index.ts';
 
 export interface TestServer extends RunningPostern {
   dir: string;
@@ -29,6 +30,8 @@ export interface TestServerOptions {
   settleMs?: number;
   /** DNS stand-in for delivery routing. */
   resolver?: DeliveryResolver;
+  /** Counter store to use instead of the server's own memory (see StartOptions.memoryStore). */
+  memoryStore?: CounterStore;
 }
 
 export async function startTestServer(opts: TestServerOptions): Promise<TestServer> {
@@ -46,7 +49,7 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
   const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
   await writeFile(join(dir, 'postern.yaml'), base + opts.config);
   const running = await startPostern({
-    configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs, resolver: opts.resolver,
+    configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs, resolver: opts.resolver, memoryStore: opts.memoryStore,
     logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
   });
   return Object.assign(running, {

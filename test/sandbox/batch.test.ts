@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
+import { MemoryCounterStore } from '../../engine/store/index.ts';
 import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
@@ -91,13 +92,19 @@ test('an isolate lost to its memory limit during a batch: the call that did it f
   });
 });
 
-test('a script that returns a promise settles on an isolate thread; its hook then skips batches', async () => {
-  const host = recordingHost();
+test('a script whose promise waits settles on an isolate thread; its hook then skips batches', async () => {
+  // A store that answers only later (as Redis does): the hook's promise is still pending when the runner returns.
+  const memory = new MemoryCounterStore();
+  const later = <T>(value: T): Promise<T> => new Promise((resolve) => setImmediate(() => resolve(value)));
+  const host = Object.assign(recordingHost(), { store: {
+    kind: 'later', rate: (k: string, l: number, w: number) => later(memory.rateNow(k, l, w)), get: () => later(0), add: () => later(0),
+    authFailures: () => memory.authFailures(), close: () => Promise.resolve(),
+  } });
   await withSandbox({
     host,
     fastPathMs: 1000,
     scripts: [
-      js('mailfrom', 'export default async (ctx) => { log("before", ctx.n); await null; if (ctx.bad) throw new Error("bad " + ctx.n); return accept({ text: "m" + ctx.n }); }'),
+      js('mailfrom', 'export default async (ctx) => { log("before", ctx.n); await rate("k", 1000000000, 60); if (ctx.bad) throw new Error("bad " + ctx.n); return accept({ text: "m" + ctx.n }); }'),
       js('helo', 'export default (ctx) => accept({ text: "h" + ctx.n })'),
     ],
   }, async (sandbox) => {
@@ -106,7 +113,7 @@ test('a script that returns a promise settles on an isolate thread; its hook the
       sandbox.invoke('mailfrom', { n: 3, bad: true }, 'c3'), sandbox.invoke('helo', { n: 4 }, 'c4'),
     ]);
     assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
-      { verdict: 'accept', text: 'm1' }, { verdict: 'accept', text: 'h2' }, '/srv/postern/scripts/mailfrom.js:1:86: Error: bad 3', { verdict: 'accept', text: 'h4' },
+      { verdict: 'accept', text: 'm1' }, { verdict: 'accept', text: 'h2' }, '/srv/postern/scripts/mailfrom.js:1:107: Error: bad 3', { verdict: 'accept', text: 'h4' },
     ]);
     assert.deepEqual(host.logs.map((l) => [l.connectionId, l.message]), [['c1', 'before 1'], ['c3', 'before 3']]);
     const before = (await sandbox.stats()).fastPath;

@@ -1,0 +1,66 @@
+/**
+ * Counters with an expiry, kept in this process (memory) or in Redis, for rate limits that scripts and
+ * the built-in limits share. A store answers asynchronously and may fail (Redis unreachable, timeout):
+ * every caller treats a failure as "refuse, temporarily" (fail closed), never as "allow".
+ */
+import type { AuthFailureStore } from '../auth/failure-limiter.ts';
+
+/** The outcome of one rate() call. */
+export interface RateResult {
+  /** True when the call was within the limit, and was counted. */
+  allowed: boolean;
+  /** Calls counted in the current window, this one included when allowed. */
+  count: number;
+  /** Seconds until the window ends and the count starts again from 0 (rounded up; 0 when no window is open). */
+  resetSeconds: number;
+}
+
+/**
+ * A store that answers at once, without waiting for I/O (this process's memory). A script's call then
+ * completes within its turn in the isolate, so an `async` hook using it stays on the sandbox's fast path.
+ */
+export interface ImmediateCounterStore {
+  rateNow(key: string, limit: number, windowSeconds: number): RateResult;
+  getNow(key: string): number;
+  addNow(key: string, n: number, ttlSeconds: number): number;
+}
+
+/**
+ * What the rest of Postern needs of a store. Keys are full keys: callers put their namespace in front
+ * (see STORE_KEYS). A store for the worker processes of one multi-process server forwards these calls to
+ * the process that holds a MemoryCounterStore, one message per call.
+ */
+export interface CounterStore {
+  /** `memory` or `redis`, for logs. */
+  readonly kind: string;
+  /** Set when the store can answer at once (see ImmediateCounterStore). */
+  readonly immediate?: ImmediateCounterStore;
+  /**
+   * Count one call of `key` when fewer than `limit` were counted in its window. The window opens with the
+   * first counted call and lasts `windowSeconds`; when it ends the count starts from 0 again.
+   */
+  rate(key: string, limit: number, windowSeconds: number): Promise<RateResult>;
+  /** The value of counter `key` (0 when it does not exist or has expired). */
+  get(key: string): Promise<number>;
+  /** Add `n` (may be negative) to counter `key`; a new counter expires `ttlSeconds` after this call. The new value. */
+  add(key: string, n: number, ttlSeconds: number): Promise<number>;
+  /** The per-IP failed-AUTH times (AuthFailureLimiter), kept in this store. */
+  authFailures(): AuthFailureStore;
+  close(): Promise<void>;
+}
+
+/** The namespaces under the configured key prefix: scripts' keys can never reach the built-in ones. */
+export const STORE_KEYS = {
+  scriptRate: (key: string) => `script:rate:${key}`,
+  scriptCounter: (key: string) => `script:counter:${key}`,
+  messagesPerIdentity: (identity: string) => `limit:messages:${identity}`,
+  authFailures: (ip: string) => `limit:authfail:${ip}`,
+} as const;
+
+/** A store call failed (unreachable, timed out, refused): the caller must refuse temporarily. */
+export class StoreUnavailable extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailable';
+  }
+}

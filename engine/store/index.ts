@@ -1,0 +1,21 @@
+/** The counter store a configuration names (`store:`), made once per server process. */
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { CounterStore } from './counter-store.ts';
+import { MemoryCounterStore } from './memory-store.ts';
+import { RedisCounterStore } from './redis-store.ts';
+
+export type { CounterStore, RateResult } from './counter-store.ts';
+export { STORE_KEYS, StoreUnavailable } from './counter-store.ts';
+export { MemoryCounterStore } from './memory-store.ts';
+export { RedisCounterStore } from './redis-store.ts';
+
+export function createStore(config: Config['store'], logger: Logger): CounterStore {
+  if (config.redis) return new RedisCounterStore(config.redis, logger);
+  return new MemoryCounterStore();
+}
+
+/** What identifies a store's configuration: a reload that changes it takes effect only at restart. */
+export function storeIdentity(config: Config['store']): string {
+  return JSON.stringify(config.redis ?? 'memory');
+}

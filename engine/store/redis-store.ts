@@ -1,0 +1,151 @@
+/**
+ * Counters in Redis, shared by every Postern that uses the same server and key prefix. Each operation is
+ * one Lua script (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
+ * queued while the connection is down: they fail at once, and the client reconnects in the background.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createClient } from 'redis';
+import type { AuthFailureStore } from '../auth/failure-limiter.ts';
+import type { Logger } from '../logging/logger.ts';
+import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
+
+export interface RedisStoreOptions {
+  url: string;
+  keyPrefix: string;
+  timeoutMs: number;
+}
+
+/** Count one call when below the limit; the window opens with the first counted call. → {allowed, count, pttl} */
+const RATE = `
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ttl = redis.call('PTTL', KEYS[1])
+if count < tonumber(ARGV[1]) then
+  count = redis.call('INCR', KEYS[1])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    ttl = tonumber(ARGV[2])
+  end
+  return {1, count, ttl}
+end
+return {0, count, ttl}`;
+
+/** Add to a counter; a new one (no expiry yet) gets its time to live. → the new value */
+const ADD = `
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value`;
+
+/** Record one failure time in a sorted set, drop those before the window, count the rest. */
+const FAILURE_ADD = `
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])`;
+
+interface Script { text: string; sha: string }
+const script = (text: string): Script => ({ text, sha: createHash('sha1').update(text).digest('hex') });
+const SCRIPTS = { rate: script(RATE), add: script(ADD), failureAdd: script(FAILURE_ADD) };
+
+/** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
+const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
+
+export class RedisCounterStore implements CounterStore {
+  readonly kind = 'redis';
+  readonly #client;
+  readonly #prefix: string;
+  readonly #timeoutMs: number;
+  readonly #log: Logger;
+  #down = false;
+  #closed = false;
+
+  constructor(options: RedisStoreOptions, logger: Logger) {
+    this.#prefix = options.keyPrefix;
+    this.#timeoutMs = options.timeoutMs;
+    this.#log = logger.child({ component: 'store' });
+    this.#client = createClient({
+      url: options.url,
+      disableOfflineQueue: true,
+      socket: { connectTimeout: Math.max(1000, options.timeoutMs), reconnectStrategy: reconnectDelay },
+    });
+    // Without an 'error' listener a lost connection would end the process; one line per outage.
+    this.#client.on('error', (err: Error) => {
+      if (this.#down || this.#closed) return;
+      this.#down = true;
+      this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
+    });
+    this.#client.on('ready', () => {
+      if (this.#down) this.#log.info('store: Redis reachable again');
+      this.#down = false;
+    });
+    // The first connection is not waited for: until it is up, calls fail closed like during any outage.
+    this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+  }
+
+  async rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
+    const reply = await this.#eval(SCRIPTS.rate, this.#prefix + key, [String(limit), String(windowSeconds * 1000)]);
+    const [allowed, count, ttl] = reply as [number, number, number];
+    return { allowed: allowed === 1, count, resetSeconds: Math.max(0, Math.ceil(ttl / 1000)) };
+  }
+
+  async get(key: string): Promise<number> {
+    const value = await this.#send(['GET', this.#prefix + key]);
+    return value === null ? 0 : Number(value);
+  }
+
+  async add(key: string, n: number, ttlSeconds: number): Promise<number> {
+    return Number(await this.#eval(SCRIPTS.add, this.#prefix + key, [String(n), String(ttlSeconds * 1000)]));
+  }
+
+  authFailures(): AuthFailureStore {
+    return {
+      add: async (ip, now, since) => {
+        // A unique member per failure: two at the same millisecond are two failures.
+        const member = `${now}:${randomBytes(6).toString('hex')}`;
+        return Number(await this.#eval(SCRIPTS.failureAdd, this.#prefix + STORE_KEYS.authFailures(ip),
+          [String(now), String(since), member, String(Math.max(1, now - since))]));
+      },
+      count: async (ip, since) => Number(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf'])),
+    };
+  }
+
+  /** At once: a hung server must not hold up shutdown (calls still waiting fail, closed). */
+  close(): Promise<void> {
+    this.#closed = true;
+    try {
+      this.#client.destroy();
+    } catch {
+      // already closed
+    }
+    return Promise.resolve();
+  }
+
+  /** Run a script by its SHA1, sending its text once when Redis does not have it (first use, restart). */
+  async #eval(s: Script, key: string, args: string[]): Promise<unknown> {
+    try {
+      return await this.#send(['EVALSHA', s.sha, '1', key, ...args]);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailable && String((err.cause as Error)?.message).startsWith('NOSCRIPT'))) throw err;
+      return await this.#send(['EVAL', s.text, '1', key, ...args]);
+    }
+  }
+
+  /**
+   * One command, answered within timeoutMs or failed. The client's own `timeout` covers only the wait to be
+   * sent, not the wait for the reply (a hung server): this timer covers both. A reply after the timer is
+   * dropped; the operation may still have counted on the server, which errs on the side of refusing.
+   */
+  async #send(args: string[]): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${this.#timeoutMs} ms (timeout)`)), this.#timeoutMs);
+    });
+    try {
+      return await Promise.race([this.#client.sendCommand(args), timeout]);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      throw new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * `npm run bench:store`: what a rate() per message costs benchmark (a) (a script on every context), with
+ * connection reuse: (a) as is, (a) whose mailfrom script also awaits rate() on the memory store, and the
+ * same with a Redis store (a redis-server started here on a free port). Rounds interleave the three; the
+ * ratios are medians of each round's paired ratios to (a). Targets: memory ≥ 0.95, Redis ≥ 0.85 of (a)'s rate.
+ */
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki } from '../helpers/pki.ts';
+import { startRedis } from '../helpers/redis-server.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
+import { load, measure, median, startServer } from './measure.ts';
+
+const pki = await makeTestPki();
+const work = await mkdtemp(join(tmpdir(), 'postern-bench-store-'));
+const redis = await startRedis();
+
+
+async function config(name: string, mailfrom: string | null, store: string): Promise<{ configText: string; baseDir: string; port: number }> {
+  const dir = join(work, name);
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), f === 'mailfrom.ts' && mailfrom ? mailfrom : text);
+  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  const port = benchPort();
+  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) + store };
+}
+
+/** The same mailfrom script made async without a store call: what leaving the fast path costs by itself. */
+const ASYNC_MAILFROM = `export default async function (ctx) {
+  if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked');
+  await null;
+}`;
+
+const targets = [
+  { name: '(a)', config: () => config('a', null, '') },
+  { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
+  { name: '(a) + rate() memory', config: () => config('mem', RATE_MAILFROM, '') },
+  { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, `store: { redis: { url: "${redis.url}", keyPrefix: "bench:" } }\n`) },
+];
+const messages = Number(process.env.BENCH_REUSE ?? 4000);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
+const servers = [];
+for (const t of targets) {
+  const c = await t.config();
+  const s = { port: c.port, ...await startServer('postern-server.ts', c) };
+  await load(pki, s.port, 10, 200, true); // warm-up
+  servers.push(s);
+}
+const rates = targets.map(() => [] as number[]);
+const cpu = targets.map(() => [] as number[]);
+const ratios = targets.map(() => [] as number[]);
+try {
+  for (let round = 0; round < rounds; round++) {
+    const order = [...targets.keys()];
+    if (round % 2 === 1) order.reverse();
+    const got: number[] = [];
+    for (const i of order) {
+      const m = await measure(pki, servers[i]!, 100, messages, true);
+      rates[i]!.push(m.rate);
+      cpu[i]!.push(m.cpuUs);
+      got[i] = m.rate;
+    }
+    for (const i of targets.keys()) ratios[i]!.push(got[i]! / got[0]!);
+  }
+  console.log(`reuse (100/conn), ${messages} messages, ${rounds} rounds; medians`);
+  console.log('target\tmsg/s\tserver CPU µs/msg\trate / (a)');
+  for (const [i, t] of targets.entries()) {
+    console.log(`${t.name}\t${median(rates[i]!).toFixed(0)}\t${median(cpu[i]!).toFixed(0)}\t${median(ratios[i]!).toFixed(3)}`);
+  }
+} finally {
+  for (const s of servers) s.stop();
+  await redis.stop();
+  await rm(work, { recursive: true, force: true });
+}

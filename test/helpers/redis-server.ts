@@ -1,0 +1,78 @@
+/**
+ * A real Redis server for tests (Debian's redis-server): on a free loopback port, no persistence, killed
+ * after. It can be stopped and started again on the same port, as an outage would.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { needs } from './example.ts';
+
+/** Test options: skipped when redis-server is missing (a failure under CI, see needs()). */
+export const needsRedis = (): { skip: string | false } => needs('redis-server');
+
+export interface TestRedis {
+  readonly port: number;
+  readonly url: string;
+  /** Kill it (SIGKILL: nothing is saved, the connections drop). */
+  stop(): Promise<void>;
+  /** Start it again on the same port, empty. */
+  start(): Promise<void>;
+  /** SIGSTOP / SIGCONT: connected, but answering nothing (a hung server). */
+  pause(): void;
+  resume(): void;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startRedis(): Promise<TestRedis> {
+  const port = await freePort();
+  let child: ChildProcess | null = null;
+  const launch = (): Promise<void> => new Promise((resolve, reject) => {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = proc;
+    let output = '';
+    const onData = (chunk: Buffer): void => {
+      output += chunk.toString();
+      if (output.includes('Ready to accept connections')) resolve();
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', onData);
+    proc.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)));
+    proc.once('error', reject);
+  });
+  await launch();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      const proc = child;
+      child = null;
+      if (!proc || proc.exitCode !== null) return;
+      await new Promise<void>((resolve) => {
+        proc.once('exit', () => resolve());
+        proc.kill('SIGKILL');
+      });
+    },
+    start: launch,
+    pause() { child?.kill('SIGSTOP'); },
+    resume() { child?.kill('SIGCONT'); },
+  };
+}
+
+/** Poll `check` until it returns true (a store reconnecting, a window ending); generous, not a speed test. */
+export async function eventually(check: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`not within ${timeoutMs} ms: ${what}`);
+}

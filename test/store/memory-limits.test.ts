@@ -1,0 +1,102 @@
+/**
+ * Without `store.redis`: the built-in per-identity limit and scripts' rate() count in the server's memory;
+ * sessions without an identity are not limited. And the store's configuration checks.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { parseConfig } from '../../engine/config/load-config.ts';
+import { MemoryCounterStore } from '../../engine/store/index.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const CONFIG = `
+users: ./users
+localDomains: [example.net]
+listeners:
+  - name: submit
+    listen: 127.0.0.1:0
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 2, windowSeconds: 600 } }
+`;
+
+async function login(port: number): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(port);
+  await c.hello();
+  assert.equal((await c.command(`AUTH PLAIN ${Buffer.from('\0carol@example.com\0carol-Password-1').toString('base64')}`)).code, 235);
+  return c;
+}
+
+test('a store given to startPostern (a multi-process server\'s shared memory) is what two servers count in', async () => {
+  const shared = new MemoryCounterStore();
+  const files = { users: `carol@example.com:${await hashPassword('carol-Password-1')}\n` };
+  const servers = [await startTestServer({ config: CONFIG, files, memoryStore: shared }), await startTestServer({ config: CONFIG, files, memoryStore: shared })];
+  try {
+    const replies = [];
+    for (const s of [...servers, servers[0]!]) {
+      const c = await login(s.port('submit'));
+      replies.push((await c.command('MAIL FROM:<carol@example.com>')).text);
+      await c.quit();
+    }
+    assert.deepEqual(replies, ['250 2.1.0 Accepted', '250 2.1.0 Accepted', '450 4.7.1 Error: too much mail from carol@example.com, try again later']);
+  } finally {
+    for (const s of servers) await s.stop();
+  }
+  assert.equal((await shared.rate('limit:messages:carol@example.com', 2, 600)).allowed, false); // not closed by the servers
+});
+
+test('memory store: limits.messagesPerIdentity per logged-in user (450 4.7.1), no limit without an identity', async () => {
+  const server = await startTestServer({
+    config: `
+users: ./users
+localDomains: [example.net]
+listeners:
+  - name: submit
+    listen: 127.0.0.1:0
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 2, windowSeconds: 600 } }
+`,
+    files: { users: `carol@example.com:${await hashPassword('carol-Password-1')}\n` },
+  });
+  try {
+    const session = async (login: boolean): Promise<SmtpTestClient> => {
+      const c = await SmtpTestClient.connect(server.port('submit'));
+      await c.hello();
+      if (login) assert.equal((await c.command(`AUTH PLAIN ${Buffer.from('\0carol@example.com\0carol-Password-1').toString('base64')}`)).code, 235);
+      return c;
+    };
+    const carol = await session(true);
+    const mailFrom = async (c: SmtpTestClient): Promise<string> => {
+      const r = await c.command('MAIL FROM:<carol@example.com>');
+      await c.command('RSET');
+      return r.text;
+    };
+    assert.equal(await mailFrom(carol), '250 2.1.0 Accepted');
+    assert.equal(await mailFrom(carol), '250 2.1.0 Accepted');
+    assert.equal(await mailFrom(carol), '450 4.7.1 Error: too much mail from carol@example.com, try again later');
+    await carol.quit();
+    // Another session of the same user: the same count.
+    const again = await session(true);
+    assert.equal(await mailFrom(again), '450 4.7.1 Error: too much mail from carol@example.com, try again later');
+    await again.quit();
+    // Inbound mail without a login has no identity and is not counted.
+    const anonymous = await session(false);
+    for (let i = 0; i < 3; i++) assert.equal(await mailFrom(anonymous), '250 2.1.0 Accepted');
+    await anonymous.quit();
+    assert.ok(server.logs.some((l) => l.msg === 'messagesPerIdentity: limit reached' && l.identity === 'carol@example.com'));
+  } finally {
+    await server.stop();
+  }
+});
+
+test('configuration: store.redis.timeoutMs must be below sandbox.timeoutMs; messagesPerIdentity needs both keys', () => {
+  const base = 'listeners: [{ name: a, listen: "127.0.0.1:0" }]\n';
+  assert.throws(() => parseConfig(`${base}store: { redis: { url: "redis://127.0.0.1:6379", timeoutMs: 100 } }\n`, 'p.yaml', '/tmp'),
+    /store\.redis\.timeoutMs.*must be below sandbox\.timeoutMs \(100 ms\)/s);
+  assert.throws(() => parseConfig(`${base}store: { redis: { url: "http://127.0.0.1:6379" } }\n`, 'p.yaml', '/tmp'), /expected redis:\/\//);
+  const ok = parseConfig(`${base}store: { redis: { url: "redis://127.0.0.1:6379" } }\n`, 'p.yaml', '/tmp').config;
+  assert.deepEqual(ok.store.redis, { url: 'redis://127.0.0.1:6379', keyPrefix: 'postern:', timeoutMs: 50 });
+  assert.equal(parseConfig(base, 'p.yaml', '/tmp').config.store.redis, undefined);
+  assert.throws(() => parseConfig('listeners: [{ name: a, listen: "127.0.0.1:0", limits: { messagesPerIdentity: { count: 5 } } }]\n', 'p.yaml', '/tmp'),
+    /windowSeconds/);
+});

@@ -1,0 +1,107 @@
+/**
+ * The Redis store against a real redis-server: counts shared by two clients, every key with an expiry,
+ * failures (down, hung) as rejections bounded by timeoutMs, and recovery once Redis is back.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createClient } from 'redis';
+import { RedisCounterStore, StoreUnavailable } from '../../engine/store/index.ts';
+import { createLogger } from '../../engine/logging/logger.ts';
+import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+
+const opts = needsRedis();
+const quiet = createLogger('silent');
+let redis: TestRedis;
+
+before(async () => { if (!opts.skip) redis = await startRedis(); });
+after(async () => { await redis?.stop(); });
+
+const store = (keyPrefix = 'test:', timeoutMs = 500) => new RedisCounterStore({ url: redis.url, keyPrefix, timeoutMs }, quiet);
+/** A store's first calls fail until its connection is up (nothing is queued): wait for it. */
+async function ready(s: RedisCounterStore): Promise<RedisCounterStore> {
+  await eventually(async () => (await s.get('probe'), true), 'store connected');
+  return s;
+}
+
+test('two clients share one rate limit; denied calls are not counted', opts, async () => {
+  const [a, b] = [await ready(store()), await ready(store())];
+  try {
+    const results = [];
+    for (const s of [a, b, a, b, a]) results.push(await s.rate('r:shared', 3, 60));
+    assert.deepEqual(results.map((r) => [r.allowed, r.count]), [[true, 1], [true, 2], [true, 3], [false, 3], [false, 3]]);
+    for (const r of results) assert.ok(r.resetSeconds > 0 && r.resetSeconds <= 60, String(r.resetSeconds));
+    // Another prefix is another namespace.
+    const other = await ready(store('other:'));
+    assert.equal((await other.rate('r:shared', 3, 60)).count, 1);
+    await other.close();
+    assert.equal(await a.add('c:shared', 5, 60), 5);
+    assert.equal(await b.add('c:shared', -2, 60), 3);
+    assert.equal(await a.get('c:shared'), 3);
+    assert.equal(await b.get('c:absent'), 0);
+    const failures = [a.authFailures(), b.authFailures()];
+    const now = Date.now();
+    assert.equal(await failures[0]!.add('192.0.2.1', now - 5000, now - 60_000), 1);
+    assert.equal(await failures[1]!.add('192.0.2.1', now, now - 60_000), 2);
+    assert.equal(await failures[0]!.count('192.0.2.1', now - 1000), 1); // only those inside the window
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+test('every key the store writes expires; a window ends and counting starts again', opts, async () => {
+  const s = await ready(store('expiry:'));
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    await s.rate('r', 1, 1);
+    await s.add('c', 1, 100);
+    await s.authFailures().add('198.51.100.7', Date.now(), Date.now() - 600_000);
+    const keys = await raw.keys('expiry:*');
+    assert.equal(keys.length, 3, keys.join(' '));
+    for (const key of keys) {
+      const ttl = await raw.pTTL(key);
+      assert.ok(ttl > 0, `${key} has no expiry (${ttl})`);
+    }
+    // A second add keeps the first expiry (the ttl runs from the add that created the counter).
+    const ttlBefore = await raw.pTTL('expiry:c');
+    await s.add('c', 1, 100_000);
+    assert.ok(await raw.pTTL('expiry:c') <= ttlBefore);
+    assert.equal((await s.rate('r', 1, 1)).allowed, false);
+    await eventually(async () => (await s.rate('r', 1, 1)).allowed, 'the 1 s window ended');
+  } finally {
+    await raw.close();
+    await s.close();
+  }
+});
+
+test('Redis down: calls reject at once with StoreUnavailable; back: calls work again', opts, async () => {
+  const s = await ready(store('outage:'));
+  try {
+    assert.equal((await s.rate('r', 10, 60)).count, 1);
+    await redis.stop();
+    const err = await s.rate('r', 10, 60).then(() => null, (e: unknown) => e);
+    assert.ok(err instanceof StoreUnavailable, String(err));
+    assert.match(err.message, /^store unavailable \(redis\): /);
+    await assert.rejects(s.get('c'), StoreUnavailable);
+    await assert.rejects(s.authFailures().count('192.0.2.9', 0), StoreUnavailable);
+    await redis.start();
+    // Redis came back empty (no persistence): the script cache too, so the first call resends the script.
+    await eventually(async () => (await s.rate('r', 10, 60)).count === 1, 'the store works again');
+  } finally {
+    await s.close();
+  }
+});
+
+test('a hung Redis: each call rejects after timeoutMs instead of waiting', opts, async () => {
+  const s = await ready(store('hung:', 200));
+  redis.pause();
+  try {
+    const err = await s.rate('r', 10, 60).then(() => null, (e: unknown) => e);
+    assert.ok(err instanceof StoreUnavailable, String(err));
+    assert.match(err.message, /timeout|timed out/i);
+  } finally {
+    redis.resume();
+    await s.close();
+  }
+});

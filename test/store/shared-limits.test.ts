@@ -1,0 +1,163 @@
+/**
+ * Two Postern processes (two configurations, two ports) with one Redis: the built-in per-identity limit
+ * and a script's rate() hold across both. Redis stopped mid-run: refusals with 451, never an accept;
+ * restarted: mail flows again.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createClient } from 'redis';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+
+const opts = needsRedis();
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
+
+const RCPTTO = `import type { RcptToContext } from "postern";
+export default async function (ctx: RcptToContext) {
+  const r = await rate("rcpt:" + ctx.address.address, 2, 3600);
+  if (!r.allowed) return defer("Too many messages to " + ctx.address.address, { code: 450, enhanced: "4.7.1" });
+}
+`;
+
+interface Server { child: ChildProcess; port: number; output: () => string }
+
+async function startServer(dir: string, redisUrl: string): Promise<Server> {
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  await writeFile(join(dir, 'scripts', 'rcptto.ts'), RCPTTO);
+  await writeFile(join(dir, 'users'), `alice@example.com:${await hashPassword('alice-Password-1')}\nbob@example.com:${await hashPassword('bob-Password-1')}\n`);
+  await writeFile(join(dir, 'postern.yaml'), `
+dataDir: ./data
+scripts: ./scripts
+users: ./users
+localDomains: [example.net]
+store:
+  redis: { url: "${redisUrl}", keyPrefix: "shared-test:", timeoutMs: 80 }
+sandbox: { timeoutMs: 2000 }
+listeners:
+  - name: submit
+    listen: 127.0.0.1:0
+    auth: { mechanisms: [PLAIN], required: true }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3 }
+`);
+  const child = spawn(process.execPath, [MAIN, 'serve', '--config', join(dir, 'postern.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d; });
+  child.stderr!.on('data', (d: Buffer) => { out += d; });
+  let port = 0;
+  await eventually(async () => {
+    const m = /"address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/.exec(out);
+    if (child.exitCode !== null) throw new Error(`postern exited:\n${out}`);
+    if (m) port = Number(m[1]);
+    return port > 0;
+  }, `postern listening in ${dir}`);
+  return { child, port, output: () => out };
+}
+
+async function login(port: number, user: string): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(port);
+  await c.hello();
+  const password = user === 'alice@example.com' ? 'alice-Password-1' : 'bob-Password-1';
+  const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`);
+  assert.equal(r.code, 235, r.text);
+  return c;
+}
+
+async function send(port: number, user: string, rcpt: string): Promise<string> {
+  const c = await login(port, user);
+  try {
+    return (await c.sendMail(user, [rcpt])).text;
+  } finally {
+    await c.quit();
+  }
+}
+
+let redis: TestRedis;
+let dirs: string[] = [];
+let servers: Server[] = [];
+
+before(async () => {
+  if (opts.skip) return;
+  redis = await startRedis();
+  dirs = [await mkdtemp(join(tmpdir(), 'postern-shared-a-')), await mkdtemp(join(tmpdir(), 'postern-shared-b-'))];
+  servers = await Promise.all(dirs.map((d) => startServer(d, redis.url)));
+  // A server's Redis connection may still be coming up: wait until a session gets through.
+  for (const s of servers) {
+    await eventually(async () => {
+      const c = await SmtpTestClient.connect(s.port);
+      try { return (await c.read()).code === 220; } finally { c.socket.destroy(); }
+    }, 'store connected');
+  }
+});
+
+after(async () => {
+  for (const s of servers) {
+    s.child.kill('SIGTERM');
+    if (s.child.exitCode === null) await new Promise((r) => s.child.once('exit', r));
+  }
+  await redis?.stop();
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+test('one per-identity limit and one script rate() across two servers sharing Redis', opts, async () => {
+  const [a, b] = servers as [Server, Server];
+  assert.match(await send(a.port, 'alice@example.com', 'x@example.net'), /^250 2\.0\.0 Ok: queued as/);
+  assert.match(await send(b.port, 'alice@example.com', 'x@example.net'), /^250 2\.0\.0 Ok: queued as/);
+  // The script's rate() for x@example.net (2) is used up on the two servers together.
+  assert.equal(await send(a.port, 'alice@example.com', 'x@example.net'), '450 4.7.1 Too many messages to x@example.net');
+  // Alice's third MAIL FROM was counted (the limit counts MAIL FROMs); the fourth is refused, on either server.
+  assert.equal(await send(b.port, 'alice@example.com', 'y@example.net'), '450 4.7.1 Error: too much mail from alice@example.com, try again later');
+  assert.equal(await send(a.port, 'alice@example.com', 'y@example.net'), '450 4.7.1 Error: too much mail from alice@example.com, try again later');
+  // Another identity has its own count.
+  assert.match(await send(b.port, 'bob@example.com', 'y@example.net'), /^250 2\.0\.0 Ok: queued as/);
+});
+
+test('failed AUTHs from one address are counted over both servers (limits.authFailuresPerIp)', opts, async () => {
+  const [a, b] = servers as [Server, Server];
+  const fail = async (port: number): Promise<string> => {
+    const c = await SmtpTestClient.connect(port);
+    try {
+      await c.hello();
+      return (await c.command(`AUTH PLAIN ${Buffer.from('\0alice@example.com\0wrong-Password-9').toString('base64')}`)).text;
+    } finally {
+      await c.quit();
+    }
+  };
+  assert.equal(await fail(a.port), '535 5.7.8 Authentication credentials invalid');
+  assert.equal(await fail(b.port), '535 5.7.8 Authentication credentials invalid');
+  assert.equal(await fail(a.port), '535 5.7.8 Authentication credentials invalid');
+  // The third failure was on A; B refuses this address now too.
+  const c = await SmtpTestClient.connect(b.port);
+  assert.equal((await c.read()).text, '421 4.7.0 Too many authentication failures, try again later');
+  c.socket.destroy();
+  // Let the address in again for the next test.
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  await raw.del('shared-test:limit:authfail:127.0.0.1');
+  await raw.close();
+});
+
+test('Redis stopped: 451 (fail closed) at MAIL FROM and for new connections; restarted: mail flows again', opts, async () => {
+  const [a, b] = servers as [Server, Server];
+  const early = await login(a.port, 'bob@example.com');
+  await redis.stop();
+  try {
+    // The built-in limit cannot count: refused.
+    assert.equal((await early.command('MAIL FROM:<bob@example.com>')).text, '451 4.3.0 Temporary local problem, try again later');
+    // New connections: the per-address AUTH-failure count cannot be read either.
+    const c = await SmtpTestClient.connect(b.port);
+    const greeting = await c.read(10_000);
+    assert.match(greeting.text, /^451 4\.3\.0 Temporary local problem, try again later/);
+    c.socket.destroy();
+  } finally {
+    await early.quit();
+  }
+  await redis.start(); // empty: every count starts again
+  await eventually(async () => /^250 2\.0\.0 Ok: queued as/.test(await send(a.port, 'alice@example.com', 'z@example.net')), 'mail flows again through server A');
+  assert.match(await send(b.port, 'alice@example.com', 'z@example.net'), /^250 2\.0\.0 Ok: queued as/);
+  assert.match(a.output(), /store: Redis unreachable/);
+});
