@@ -9,6 +9,8 @@ import { registry } from '../metrics/metrics.ts';
 export interface ReadinessCheck { ok: boolean; detail?: string }
 
 export interface AdminTarget {
+  /** The metrics text; default: this process's registry (a supervisor aggregates its children's). */
+  metrics?(): Promise<{ contentType: string; text: string }>;
   /** Each check that must pass for /readyz: listeners bound, spool writable, last reload state. */
   readiness(): Promise<Record<string, ReadinessCheck>>;
   /** What `postern status` shows. */
@@ -51,8 +53,10 @@ export async function startAdminServer(listen: string, target: AdminTarget): Pro
 async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
   if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
   switch (path) {
-    case '/metrics':
-      return { status: 200, type: registry.contentType, body: await registry.metrics() };
+    case '/metrics': {
+      const m = target.metrics ? await target.metrics() : { contentType: registry.contentType, text: await registry.metrics() };
+      return { status: 200, type: m.contentType, body: m.text };
+    }
     case '/healthz':
       return { status: 200, type: 'text/plain', body: 'ok\n' };
     case '/readyz': {

@@ -248,7 +248,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     return { messages: ids.length, oldestAgeSeconds: ids.length ? Math.max(0, (Date.now() - oldest) / 1000) : 0 };
   });
   let admin: AdminServer | null = null;
-  // One admin listener per server: in the multi-process model the supervisor runs it (engine/cluster).
+  // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {
     admin = await startAdminServer(config.admin.listen, {
       async readiness() {

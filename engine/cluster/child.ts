@@ -11,6 +11,7 @@ import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
+import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
@@ -34,6 +35,7 @@ async function main(): Promise<void> {
     if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
+    if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
   });

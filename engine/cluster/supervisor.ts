@@ -14,7 +14,11 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { availableParallelism } from 'node:os';
-import { writeFile, rename } from 'node:fs/promises';
+import { writeFile, rename, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import { startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { registry } from '../metrics/metrics.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
@@ -81,6 +85,10 @@ export class Supervisor {
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
   #lock: { release(): void } | null = null;
+  #admin: AdminServer | null = null;
+  /** Metrics requests waiting for children's answers, by request number. */
+  readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
+  #metricsNext = 0;
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
   readonly #startedAt = new Date().toISOString();
@@ -121,6 +129,10 @@ export class Supervisor {
     }
     log.info({ workers: n, pid: process.pid }, 'supervisor started');
     await sup.#saveStatus();
+    if (loaded.config.admin) {
+      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget());
+      log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
+    }
     return sup;
   }
 
@@ -178,6 +190,11 @@ export class Supervisor {
     })) return;
     switch (m.t) {
       case 'hb': return this.#dispatch();
+      case 'metrics-r': {
+        const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
+        this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
+        return;
+      }
       case 'took':
         child.inflight.shift()?.destroy(); // the worker has its own descriptor now
         return this.#dispatch();
@@ -296,7 +313,47 @@ export class Supervisor {
     for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'hup' });
   }
 
+  /**
+   * The admin listener of the whole server: metrics are every child's (asked over IPC, summed by
+   * prom-client's aggregator) plus the supervisor's own; readiness and status are the supervisor's view
+   * with the reload state the queue process writes.
+   */
+  #adminTarget(): AdminTarget {
+    const statusFile = join(this.config.config.dataDir, 'status.json');
+    const reloadStatus = async (): Promise<{ lastError?: string[] | null } & Record<string, unknown>> =>
+      JSON.parse(await readFile(statusFile, 'utf8').catch(() => '{}'));
+    return {
+      metrics: async () => {
+        const answers = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const all = [await registry.getMetricsAsJSON(), ...answers.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null)];
+        const merged = AggregatorRegistry.aggregate(all);
+        return { contentType: merged.contentType, text: await merged.metrics() };
+      },
+      readiness: async () => {
+        const lastError = (await reloadStatus()).lastError;
+        const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
+        return {
+          listeners: this.#listeners.every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+          processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
+          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
+        };
+      },
+      status: async () => ({ ...(await reloadStatus()), cluster: this.status() }),
+    };
+  }
+
+  #childMetrics(child: Child): Promise<MetricObjectWithValues<MetricValue<string>>[] | null> {
+    const q = ++this.#metricsNext;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.#metricsWaiting.delete(q); resolve(null); }, 2000); // a hung child: leave it out
+      this.#metricsWaiting.set(q, (metrics) => { clearTimeout(timer); this.#metricsWaiting.delete(q); resolve(metrics); });
+      child.proc!.send({ t: 'metrics', q });
+    });
+  }
+
   async stop(): Promise<void> {
+    await this.#admin?.close();
+    this.#admin = null;
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);

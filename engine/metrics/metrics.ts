@@ -1,7 +1,8 @@
 /**
  * Prometheus metrics of the process, defined once here (names, help texts, labels) and updated where the
  * event happens. A leaf module: it imports nothing of Postern's, so any folder may count into it.
- * One registry per process (a server is one per process; tests that start several read differences).
+ * One registry per process (tests that start several servers in one process read differences); under
+ * `postern serve` the supervisor's admin listener sums its children's (gauges: the largest).
  * docs/operations.md lists every metric; a test checks that list against this registry.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -67,10 +68,12 @@ export const metrics = {
   }),
   queueMessages: new Gauge({
     name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced)', registers: [registry],
+    aggregator: 'max', // across processes: only the queue process knows it
     async collect() { if (queueProbe) this.set((await queueProbe()).messages); },
   }),
   queueOldestAge: new Gauge({
     name: 'postern_queue_oldest_message_age_seconds', help: 'Age of the oldest message in the delivery queue (0 when empty)', registers: [registry],
+    aggregator: 'max',
     async collect() { if (queueProbe) this.set((await queueProbe()).oldestAgeSeconds); },
   }),
   deliveries: new Counter({
@@ -86,10 +89,11 @@ export const metrics = {
   }),
   generation: new Gauge({
     name: 'postern_config_generation', help: 'Serial number of the configuration generation in force', registers: [registry],
+    aggregator: 'max',
   }),
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
-    registers: [registry],
+    registers: [registry], aggregator: 'max',
   }),
 };
 

@@ -1,0 +1,50 @@
+// The admin listener of `postern serve`: one per server, in the supervisor, whose /metrics sums every
+// process's counters (scraped with curl), and whose /readyz and /status see the whole server.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { startCluster, type ClusterProcess } from './helpers.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const curl = promisify(execFile);
+let c: ClusterProcess | undefined;
+after(() => c?.stop());
+
+test('with 2 workers, /metrics counts the connections and messages of both, /readyz and /status answer for the server', async () => {
+  c = await startCluster({
+    config: `
+workers: 2
+localDomains: [example.test]
+admin: { listen: "127.0.0.1:{PORT:admin}" }
+listeners:
+  - { name: mx, listen: "127.0.0.1:{PORT:mx}", limits: { greetingDelayMs: 0 } }
+`,
+  });
+  const base = `http://127.0.0.1:${c.port('admin')}`;
+  const metric = async (sample: string): Promise<number> => {
+    const { stdout } = await curl('curl', ['-sf', `${base}/metrics`]);
+    const line = stdout.split('\n').find((l) => l.startsWith(`${sample} `));
+    return line ? Number(line.slice(sample.length + 1)) : 0;
+  };
+  const before = await metric('postern_messages_accepted_total{listener="mx"}');
+  // Enough connections that both workers serve some (the supervisor spreads them).
+  const clients = await Promise.all(Array.from({ length: 6 }, () => SmtpTestClient.connect(c!.port('mx'))));
+  for (const client of clients) {
+    await client.hello();
+    assert.equal((await client.sendMail('a@example.net', ['b@example.test'])).code, 250);
+  }
+  await Promise.all(clients.map((client) => client.quit()));
+  const served = new Set(c.logs.filter((l) => String(l.msg).includes('(message spooled)')).map((l) => l.pid));
+  assert.equal(served.size, 2, 'both workers took messages');
+  assert.equal(await metric('postern_messages_accepted_total{listener="mx"}') - before, 6, 'the sum over the workers');
+  assert.ok(await metric('postern_smtp_connections_total{listener="mx"}') >= 6);
+  assert.ok(await metric('postern_config_generation') >= 1, 'a gauge is not summed over processes');
+
+  const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean; checks: Record<string, { ok: boolean }> };
+  assert.equal(ready.ready, true, JSON.stringify(ready));
+  assert.deepEqual(Object.keys(ready.checks).sort(), ['listeners', 'processes', 'reload']);
+  const status = JSON.parse((await curl('curl', ['-sf', `${base}/status`])).stdout) as { cluster: { processes: Array<{ role: string; ready: boolean }> } };
+  assert.deepEqual(status.cluster.processes.map((p) => p.role).sort(), ['queue', 'worker', 'worker']);
+  assert.equal((await curl('curl', ['-sf', `${base}/healthz`])).stdout, 'ok\n');
+});
