@@ -5,6 +5,6 @@ import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 
 const { configText, baseDir } = JSON.parse(process.argv[2]!) as { configText: string; baseDir: string };
-await startPostern({ configText, baseDir, logger: createLogger('warn') });
+await startPostern({ configText, baseDir, logger: createLogger(process.env.BENCH_LOG_LEVEL ?? 'warn') }); // BENCH_LOG_LEVEL=info: with every decision's log line
 process.on('SIGINT', () => process.exit(0));
 process.send?.('ready');
