@@ -4,6 +4,7 @@
  * administrator chooses (loopback by default); it answers GETs only and never changes anything.
  */
 import http from 'node:http';
+import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
@@ -22,6 +23,11 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
+/**
+ * `listen` is `address:port`, or `unix:PATH` for a socket file (the status socket in the data directory,
+ * which `postern status` asks; a file left by a dead server is replaced: the data directory's lock says
+ * nobody else serves it).
+ */
 export async function startAdminServer(listen: string, target: AdminTarget): Promise<AdminServer> {
   const server = http.createServer((req, res) => {
     void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
@@ -33,14 +39,18 @@ export async function startAdminServer(listen: string, target: AdminTarget): Pro
     });
   });
   server.keepAliveTimeout = 5000;
-  const sep = listen.lastIndexOf(':');
-  const host = listen.slice(0, sep).replace(/^\[|\]$/g, '');
-  const port = Number(listen.slice(sep + 1));
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
-    server.listen(port, host, () => resolve());
+    if (listen.startsWith('unix:')) {
+      rmSync(listen.slice(5), { force: true });
+      server.listen(listen.slice(5), () => resolve());
+      return;
+    }
+    const sep = listen.lastIndexOf(':');
+    server.listen(Number(listen.slice(sep + 1)), listen.slice(0, sep).replace(/^\[|\]$/g, ''), () => resolve());
   });
-  const bound = server.address() as { address: string; port: number };
+  const address = server.address();
+  const bound = typeof address === 'string' || address === null ? { address: listen, port: 0 } : address;
   return {
     address: { address: bound.address, port: bound.port },
     close: () => new Promise<void>((resolve) => {

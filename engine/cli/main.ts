@@ -55,7 +55,7 @@ config.command('describe')
   .action(async (opts: DescribeOptions) => exitWith(await configDescribeCommand(opts)));
 
 program.command('status')
-  .description('show the running server\'s reload status (exit 2 when the last reload failed)')
+  .description('ask the running server for its state (exit 2 when its last reload was refused, 3 when it is not running)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .action(async (opts: { config?: string }) => exitWith(await statusCommand(opts)));
 

@@ -17,3 +17,6 @@ export const CRASHES_TO_FENCE = 3;
 /** Crash records of hung workers, and the fence list. */
 export function crashDir(dataDir: string): string { return join(dataDir, 'fences'); }
 export function clusterStatusFile(dataDir: string): string { return join(dataDir, 'cluster.json'); }
+
+/** The supervisor's status socket: `postern status` asks the running server here. */
+export const statusSocket = (dataDir: string): string => join(dataDir, 'postern.sock');

@@ -29,7 +29,7 @@ import { childExecArgv } from './typescript-children.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';
 
 /**
  * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
@@ -86,6 +86,7 @@ export class Supervisor {
   #stopping = false;
   #lock: { release(): void } | null = null;
   #admin: AdminServer | null = null;
+  #statusServer: AdminServer | null = null;
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
@@ -129,6 +130,10 @@ export class Supervisor {
     }
     log.info({ workers: n, pid: process.pid }, 'supervisor started');
     await sup.#saveStatus();
+    // `postern status` asks here, with or without an admin listener.
+    const socket = statusSocket(loaded.config.dataDir);
+    if (Buffer.byteLength(socket) < 100) sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+    else log.warn({ socket }, 'data directory path too long for a unix socket: postern status reads the state files only');
     if (loaded.config.admin) {
       sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget());
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
@@ -338,8 +343,34 @@ export class Supervisor {
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },
-      status: async () => ({ ...(await reloadStatus()), cluster: this.status() }),
+      status: async () => {
+        const reload = await reloadStatus();
+        // Against what this server has bound, not against the last generation a reload built: an
+        // unrelated reload must not make a listener that still runs on its old port look settled.
+        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, cluster: this.status() };
+      },
     };
+  }
+
+  /** What the configuration on disk asks for that only a restart applies: listeners and workers. */
+  #pendingRestart(): string[] {
+    let onDisk: LoadedConfig;
+    try {
+      onDisk = loadStartConfig({ configPath: this.#configPath });
+    } catch {
+      return []; // a broken file: the reload error says so
+    }
+    const out: string[] = [];
+    const bound = this.config.config.listeners;
+    for (const l of onDisk.config.listeners) {
+      const now = bound.find((b) => b.name === l.name);
+      if (!now) out.push(`new listener ${l.name} (${l.listen})`);
+      else if (now.listen !== l.listen) out.push(`listener ${l.name} moves from ${now.listen} to ${l.listen}`);
+      else if (now.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${now.tls.mode} → ${l.tls.mode}`);
+    }
+    for (const b of bound) if (!onDisk.config.listeners.some((l) => l.name === b.name)) out.push(`listener ${b.name} removed`);
+    if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
+    return out;
   }
 
   #childMetrics(child: Child): Promise<MetricObjectWithValues<MetricValue<string>>[] | null> {
@@ -352,8 +383,9 @@ export class Supervisor {
   }
 
   async stop(): Promise<void> {
-    await this.#admin?.close();
+    await Promise.all([this.#admin?.close(), this.#statusServer?.close()]);
     this.#admin = null;
+    this.#statusServer = null;
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);

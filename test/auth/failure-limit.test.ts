@@ -8,33 +8,17 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { INVALID, TOO_MANY, b64, plain, submissionConfig } from './helpers/submission.ts';
 
 const PASSWORD = 'alice-Secret-1';
-const INVALID = '535 5.7.8 Authentication credentials invalid';
-const TOO_MANY = '421 4.7.0 Too many authentication failures, try again later';
 
 let pki: TestPki;
 let ca: string;
 let alice: { cert: string; key: string };
 let users: string;
 
-const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
-const plain = (user: string, password: string, authzid = ''): string => `AUTH PLAIN ${b64(`${authzid}\0${user}\0${password}`)}`;
 
-function config(limits: string): string {
-  return `
-localDomains: [example.com]
-users: ./users
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-    auth: { mechanisms: [PLAIN, LOGIN] }
-    certificateIdentity: { field: emailAddress }
-    limits: ${limits}
-`;
-}
+const config = (limits: string): string => submissionConfig(pki, limits);
 
 before(async () => {
   pki = await makeTestPki();

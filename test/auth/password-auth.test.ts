@@ -9,12 +9,11 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { INVALID, TOO_MANY, b64, plain, submissionConfig } from './helpers/submission.ts';
 
 const PASSWORDS = { 'alice@example.com': 'alice-Secret-1', 'bob@example.com': 'b0b pass with spaces' } as const;
 const OK = '235 2.7.0 Authentication successful';
-const INVALID = '535 5.7.8 Authentication credentials invalid';
 const BEFORE_TLS = '538 5.7.11 Encryption required for requested authentication mechanism (issue STARTTLS first)';
-const TOO_MANY = '421 4.7.0 Too many authentication failures, try again later';
 
 let pki: TestPki;
 let ca: string;
@@ -22,24 +21,8 @@ let alice: { cert: string; key: string };
 let usersFile: string;
 let server: TestServer;
 
-const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
-const plain = (user: string, password: string, authzid = ''): string => `AUTH PLAIN ${b64(`${authzid}\0${user}\0${password}`)}`;
 
-/** A submission listener: STARTTLS, client certificate requested, identity from emailAddress, PLAIN + LOGIN. */
-function config(limits: string): string {
-  return `
-localDomains: [example.com]
-users: ./users
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }
-    auth: { mechanisms: [PLAIN, LOGIN] }
-    certificateIdentity: { field: emailAddress }
-    limits: ${limits}
-`;
-}
+const config = (limits: string): string => submissionConfig(pki, limits, { crl: true });
 
 before(async () => {
   pki = await makeTestPki();

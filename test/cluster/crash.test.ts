@@ -6,17 +6,9 @@ import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet, workerSpoolDir } from '../../engine/cluster/spool-set.ts';
-import { startCluster, workerPid, type ClusterProcess } from './helpers.ts';
+import { startCluster, workerPid, type ClusterProcess, TWO_WORKERS } from './helpers.ts';
 
-const CONFIG = `
-workers: 2
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-`;
+const CONFIG = TWO_WORKERS;
 const HANG_SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
 
 async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {

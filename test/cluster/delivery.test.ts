@@ -7,20 +7,12 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 import { startSink } from '../delivery/helpers/sink.ts';
-import { startCluster, workerPid } from './helpers.ts';
+import { startCluster, workerPid, TWO_WORKERS } from './helpers.ts';
 
 test('the queue process delivers every worker\'s messages, including a killed worker\'s', async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `
-workers: 2
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-delivery:
+    config: `${TWO_WORKERS}delivery:
   route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
   tls: { mode: none }
   scanIntervalMs: 200

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess } from './helpers.ts';
+import { startCluster, type ClusterProcess, TWO_WORKERS } from './helpers.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -33,15 +33,7 @@ async function readyWorkers(c: ClusterProcess): Promise<number> {
 
 test('a script that hangs its worker repeatedly is fenced until its file changes', async () => {
   const c = await startCluster({
-    config: `
-workers: 2
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-`,
+    config: TWO_WORKERS,
     scripts: { 'rcptto.js': HANG_SCRIPT },
   });
   try {

@@ -27,6 +27,17 @@ export interface ClusterStatus {
   fences: Array<{ hook: string; file: string; sha256: string }>;
 }
 
+/** Two workers and one plaintext listener `in` on a free port: what most cluster tests run. */
+export const TWO_WORKERS = `
+workers: 2
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+`;
+
 export async function freePort(): Promise<number> {
   const s = net.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));

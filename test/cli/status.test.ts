@@ -1,0 +1,69 @@
+// `postern status` as monitoring uses it, against a real `postern serve`: it asks the running server (not
+// a file it may have left behind), survives a configuration file with errors, reports pending restarts
+// against the listeners actually bound (an unrelated reload does not clear them), and says "not running"
+// with exit 3 once the server is gone.
+import { test, after } from 'node:test';
+// (the cluster helpers start `postern serve` as a child process)
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+let c: ClusterProcess | undefined;
+after(() => c?.stop());
+
+function status(config: string): { code: number | null; json: Record<string, unknown> | null; stderr: string } {
+  const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', config], { encoding: 'utf8', timeout: 60_000 });
+  let json: Record<string, unknown> | null = null;
+  try { json = JSON.parse(r.stdout) as Record<string, unknown>; } catch { /* none */ }
+  return { code: r.status, json, stderr: r.stderr };
+}
+
+test('running, broken configuration, pending restart after an unrelated reload, stopped', async () => {
+  c = await startCluster({
+    config: `
+workers: 1
+listeners:
+  - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 } }
+`,
+    scripts: { 'mailfrom.js': 'export default () => {};' },
+  });
+  const config = join(c.dir, 'postern.yaml');
+  const running = status(config);
+  assert.equal(running.code, 0, running.stderr);
+  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean }> };
+  assert.equal(cluster.pid, c.proc.pid);
+  assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready]), [['worker', true], ['queue', true]]);
+  assert.deepEqual(running.json!.pendingRestart, []);
+
+  // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
+  const good = await readFile(config, 'utf8');
+  const moved = good.replace(/listen: "127\.0\.0\.1:\d+"/, 'listen: "127.0.0.1:1"');
+  await writeFile(config, moved);
+  await c.waitFor('the move to be reported', () => (status(config).json?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')));
+  const generation = status(config).json!.generation as number;
+  await writeFile(join(c.dir, 'scripts', 'mailfrom.js'), 'export default () => { return accept(); };');
+  await c.waitFor('the script reload', () => (status(config).json?.generation as number) > generation);
+  const after = status(config).json!;
+  assert.ok((after.pendingRestart as string[]).some((p) => p.startsWith('listener in moves from')), JSON.stringify(after.pendingRestart));
+
+  // A broken file: no crash, the errors on stderr, the running server's state with the refused reload.
+  await writeFile(config, `${moved}\nlisteners: [ oops\n`);
+  const broken = await c.waitFor('the refused reload', () => {
+    const s = status(config);
+    return s.code === 2 ? s : null;
+  });
+  assert.match(broken.stderr, /the configuration has errors/);
+  assert.ok(Array.isArray(broken.json!.lastError) && (broken.json!.lastError as string[]).some((e) => e.includes('postern.yaml')));
+  assert.doesNotMatch(broken.stderr, /\n\s+at /, 'no stack trace');
+
+  const exited = new Promise((resolve) => c!.proc.once('exit', resolve));
+  c.proc.kill('SIGTERM');
+  await exited;
+  const stopped = status(config);
+  assert.equal(stopped.code, 3);
+  assert.match(stopped.stderr, /not running/);
+  assert.equal(stopped.json, null, 'no stale status printed');
+});
