@@ -101,3 +101,31 @@ export const metrics = {
 export function secondsSince(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
+
+/**
+ * A labelled child of a metric, made once per label set: prom-client hashes the labels on every call
+ * otherwise, and the script-call metrics are updated three times per message (profile: ~3 µs/msg).
+ */
+const children = new WeakMap<object, Map<string, unknown>>();
+function child<C>(metric: { labels(...values: string[]): C }, values: string[]): C {
+  let map = children.get(metric) as Map<string, C> | undefined;
+  if (!map) children.set(metric, map = new Map<string, C>());
+  const key = values.join('\0');
+  let c = map.get(key);
+  if (c === undefined) map.set(key, c = metric.labels(...values));
+  return c;
+}
+
+/** One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed). */
+export function scriptCalled(hook: string, generation: number, seconds: number, verdict: string, failureKind?: string): void {
+  child(metrics.scriptDuration, [hook]).observe(seconds);
+  child(metrics.verdicts, [hook, verdict, String(generation)]).inc();
+  if (failureKind !== undefined) child(metrics.scriptFailures, [hook, failureKind]).inc();
+}
+
+/** A message acknowledged after DATA. */
+export function messageAccepted(listener: string, bytes: number, commitSeconds: number): void {
+  metrics.spoolCommit.observe(commitSeconds);
+  child(metrics.messagesAccepted, [listener]).inc();
+  metrics.messageBytes.inc(bytes);
+}

@@ -8,7 +8,7 @@ import type { PolicyGeneration } from './generation.ts';
 import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
 import type { Logger } from '../logging/logger.ts';
-import { metrics, secondsSince } from '../metrics/metrics.ts';
+import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
 
 export { FAIL_CLOSED };
 
@@ -21,14 +21,11 @@ export async function runHook(
   const start = process.hrtime.bigint();
   try {
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
-    metrics.scriptDuration.observe({ hook }, secondsSince(start));
-    metrics.verdicts.inc({ hook, verdict: verdict?.verdict ?? 'none', generation: generation.serial });
+    scriptCalled(hook, generation.serial, secondsSince(start), verdict?.verdict ?? 'none');
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
-    metrics.scriptDuration.observe({ hook }, secondsSince(start));
-    metrics.scriptFailures.inc({ hook, kind: e.kind ?? 'verdict' });
-    metrics.verdicts.inc({ hook, verdict: 'failed', generation: generation.serial });
+    scriptCalled(hook, generation.serial, secondsSince(start), 'failed', e.kind ?? 'verdict');
     log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
       `policy script ${hook} failed: ${String(err)}`);
     return FAIL_CLOSED;

@@ -15,7 +15,12 @@ export class SmtpReply extends Error {
   readonly reason: string | undefined;
 
   constructor(code: number, enhanced: string, text: string, options: { disconnect?: boolean; cause?: unknown; reason?: string } = {}) {
+    // A reply is built for every accepted message and most commands: its stack trace says nothing and
+    // cost ~4 µs per message in the profile (V8 captures one for every Error).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`${enhanced} ${sanitizeReplyText(text)}`, { cause: options.cause });
+    Error.stackTraceLimit = limit;
     this.name = 'SmtpReply';
     this.responseCode = code;
     this.enhanced = enhanced;
