@@ -87,7 +87,8 @@ export function reply<N extends ReplyName>(
   name: N, ...[values, override]: [ValuesOf<N>] extends [never] ? [values?: Record<string, never>, override?: ReplyOverride] : [values: Record<ValuesOf<N>, string>, override?: ReplyOverride]
 ): SmtpReply {
   const spec: ReplySpec = REPLIES[name];
-  const fill = (template: string): string => template.replace(/\{(\w+)\}/g, (_, key: string) => (values as Record<string, string> | undefined)?.[key] ?? '');
+  const fill = (template: string): string =>
+    (template.includes('{') ? template.replace(/\{(\w+)\}/g, (_, key: string) => (values as Record<string, string> | undefined)?.[key] ?? '') : template);
   return new SmtpReply(override?.code ?? spec.code, override?.enhanced ?? spec.enhanced, override?.text ?? fill(spec.text), {
     disconnect: override?.disconnect, reason: spec.reason === undefined ? undefined : fill(spec.reason),
   });
