@@ -26,6 +26,7 @@ import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { childExecArgv } from './typescript-children.ts';
+import { restartNeeded } from '../reload/restart-needed.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -352,7 +353,7 @@ export class Supervisor {
     };
   }
 
-  /** What the configuration on disk asks for that only a restart applies: listeners and workers. */
+  /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
     try {
@@ -360,15 +361,7 @@ export class Supervisor {
     } catch {
       return []; // a broken file: the reload error says so
     }
-    const out: string[] = [];
-    const bound = this.config.config.listeners;
-    for (const l of onDisk.config.listeners) {
-      const now = bound.find((b) => b.name === l.name);
-      if (!now) out.push(`new listener ${l.name} (${l.listen})`);
-      else if (now.listen !== l.listen) out.push(`listener ${l.name} moves from ${now.listen} to ${l.listen}`);
-      else if (now.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${now.tls.mode} → ${l.tls.mode}`);
-    }
-    for (const b of bound) if (!onDisk.config.listeners.some((l) => l.name === b.name)) out.push(`listener ${b.name} removed`);
+    const out = restartNeeded(this.config.config, onDisk.config);
     if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
     return out;
   }

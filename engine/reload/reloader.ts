@@ -18,7 +18,7 @@ import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../policy/build-generation.ts';
-import { storeIdentity } from '../store/index.ts';
+import { restartNeeded } from './restart-needed.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -217,7 +217,7 @@ export class Reloader {
       return this.#fail(t0, errors ?? ['reload failed'], log, reason);
     }
     const { next, setups } = built;
-    const pendingRestart = this.#restartNeeded(built.loaded);
+    const pendingRestart = restartNeeded(this.#target.current().config, built.loaded.config);
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) {
@@ -273,22 +273,6 @@ export class Reloader {
     }
     asRead.set(file, bytes);
     return parseConfig(bytes.toString('utf8'), file, dirname(file));
-  }
-
-  /** Listener changes that cannot be applied live. */
-  #restartNeeded(loaded: LoadedConfig): string[] {
-    const running = this.#target.current().config.listeners;
-    const out: string[] = [];
-    for (const l of loaded.config.listeners) {
-      const old = running.find((r) => r.name === l.name);
-      if (!old) out.push(`new listener ${l.name} (${l.listen})`);
-      else if (old.listen !== l.listen) out.push(`listener ${l.name} moves from ${old.listen} to ${l.listen}`);
-      else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
-    }
-    for (const r of running) if (!loaded.config.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
-    // The counter store is made once at start (engine/store/).
-    if (storeIdentity(this.#target.current().config.store) !== storeIdentity(loaded.config.store)) out.push('store changed');
-    return out;
   }
 
   async #fail(t0: number, errors: string[], log: Logger, reason: string): Promise<ReloadOutcome> {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Spool } from '../../engine/spool/spool.ts';
+import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,7 +77,10 @@ test('kill -9 during accept and delivery loses no acknowledged message', { timeo
     }
   });
   let server: { child: ChildProcess; port: number } | null = null;
-  const spoolView = new Spool(join(dir, 'data', 'spool')); // reads what the server's process wrote, like `postern queue`
+  // Reads what the server's processes wrote (every worker's spool), like `postern queue`; before the first
+  // process has made its folders there is nothing yet.
+  const spools = new SpoolSet(new Spool(join(dir, 'data', 'spool')));
+  const spoolView = { list: () => spools.list().catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? [] : Promise.reject(err))) };
   try {
     server = await serve(config);
     target.port = server.port;

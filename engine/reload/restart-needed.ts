@@ -1,0 +1,21 @@
+/**
+ * What a new configuration asks for that only a restart applies: listeners added, removed, moved or
+ * changing TLS mode (their sockets are bound once), and the counter store (made once at start).
+ * Compared with what is running: the reloader against its generation, the supervisor against the
+ * listeners it has actually bound.
+ */
+import type { Config } from '../config/schema.ts';
+import { storeIdentity } from '../store/index.ts';
+
+export function restartNeeded(running: Pick<Config, 'listeners' | 'store'>, next: Pick<Config, 'listeners' | 'store'>): string[] {
+  const out: string[] = [];
+  for (const l of next.listeners) {
+    const old = running.listeners.find((r) => r.name === l.name);
+    if (!old) out.push(`new listener ${l.name} (${l.listen})`);
+    else if (old.listen !== l.listen) out.push(`listener ${l.name} moves from ${old.listen} to ${l.listen}`);
+    else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
+  }
+  for (const r of running.listeners) if (!next.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
+  if (storeIdentity(running.store) !== storeIdentity(next.store)) out.push('store changed');
+  return out;
+}
