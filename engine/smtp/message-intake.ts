@@ -66,14 +66,15 @@ export async function receiveMessage(
     await writer.commit(envelope);
     committed = true;
     messageAccepted(st.listener.name, writer.bytes, secondsSince(commitStart));
-    const cert = st.certificate;
-    // The line is built only when it is logged (the object and text cost a few µs per message).
-    if (runtime.logger.isLevelEnabled('info')) runtime.logger.info({
-      cid: conn.id, id, from: envelope.sender, to: recipients, size: writer.bytes, nrcpt: recipients.length, client: conn.remoteAddress,
-      listener: st.listener.name, user: st.user, identity: st.identity.identity,
-      certificate: cert ? { sha256: cert.fingerprint.sha256, subject: cert.subject.dn, verified: cert.verified } : null,
-    }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${conn.clientHostname || 'unknown'}[${conn.remoteAddress}]` +
-      `${st.user ? `, user=${st.user}` : ''}${cert ? `, certificate=${cert.fingerprint.sha256.slice(0, 16)}…` : ''} (message spooled)`);
+    // One line per accepted message, Postfix-style; the facts that are not in the text are fields. Built only
+    // when it is logged; kept short (a longer line cost ~10% of a message's CPU in bench:ab).
+    if (runtime.logger.isLevelEnabled('info')) {
+      const cert = st.certificate;
+      runtime.logger.info({
+        cid: conn.id, id, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
+        certificate: cert ? cert.fingerprint.sha256 : undefined,
+      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${conn.clientHostname || 'unknown'}[${conn.remoteAddress}] (message spooled)`);
+    }
     runtime.onSpooled?.(id);
     st.transactionId = null;
     return decided ?? reply('queued', { id });

@@ -89,10 +89,9 @@ test('counters move by what one TLS session with a client certificate, scripts a
 
   // The same run in the log: one line for the accepted message, one for its delivery (Postfix-style).
   const accepted = s.logs.find((l) => String(l.msg).includes('(message spooled)'))!;
-  assert.equal(accepted.client, '127.0.0.1');
-  assert.equal(accepted.nrcpt, 1);
-  assert.equal((accepted.certificate as { sha256: string; verified: boolean }).verified, true);
-  assert.match(String(accepted.msg), /^\w+: accepted from=<alice@example\.net>, size=\d+, nrcpt=1, client=[\w.-]+\[127\.0\.0\.1\], certificate=[0-9a-f]{16}…/);
+  assert.deepEqual(accepted.to, ['someone@example.test']);
+  assert.match(String(accepted.certificate), /^[0-9a-f]{64}$/, 'the client certificate\'s SHA-256');
+  assert.match(String(accepted.msg), /^\w+: accepted from=<alice@example\.net>, size=\d+, nrcpt=1, client=[\w.-]+\[127\.0\.0\.1\] \(message spooled\)$/);
   const sent = s.logs.find((l) => l.status === 'sent' && l.id === accepted.id)!;
   assert.equal(sent.attempt, 1);
   assert.equal(typeof sent.delay, 'number');
