@@ -27,6 +27,8 @@ import { CounterHost } from './shared-counters.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
+import { Spool } from '../spool/spool.ts';
+import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -348,7 +350,7 @@ export class Supervisor {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
         // unrelated reload must not make a listener that still runs on its old port look settled.
-        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, cluster: this.status() };
+        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, queue: await this.#queueSize(), cluster: this.status() };
       },
     };
   }
@@ -364,6 +366,18 @@ export class Supervisor {
     const out = restartNeeded(this.config.config, onDisk.config);
     if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
     return out;
+  }
+
+  /** Messages in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
+  async #queueSize(): Promise<{ messages: number } | { error: string }> {
+    const spools = new SpoolSet(new Spool(join(this.config.config.dataDir, 'spool')));
+    try {
+      return { messages: (await spools.list()).length };
+    } catch (err) {
+      return { error: (err as Error).message };
+    } finally {
+      spools.close();
+    }
   }
 
   #childMetrics(child: Child): Promise<MetricObjectWithValues<MetricValue<string>>[] | null> {

@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
+import { submitMessage } from '../helpers/smtp-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess | undefined;
@@ -25,6 +26,7 @@ test('running, broken configuration, pending restart after an unrelated reload, 
   c = await startCluster({
     config: `
 workers: 1
+localDomains: [example.test]
 listeners:
   - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 } }
 `,
@@ -37,6 +39,9 @@ listeners:
   assert.equal(cluster.pid, c.proc.pid);
   assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready]), [['worker', true], ['queue', true]]);
   assert.deepEqual(running.json!.pendingRestart, []);
+  assert.deepEqual(running.json!.queue, { messages: 0 });
+  await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
+  assert.deepEqual(status(config).json!.queue, { messages: 1 }, 'the worker\'s spool counts');
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
