@@ -29,7 +29,7 @@ import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from './spool-set.ts';
-import { clientAddress } from '../smtp/client-address.ts';
+import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';

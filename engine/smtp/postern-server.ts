@@ -9,7 +9,6 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPSe
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
-import { clientAddress } from './client-address.ts';
 import { SessionPolicy } from './session-policy.ts';
 import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
@@ -228,6 +227,10 @@ export class PosternServer extends SMTPServer {
   }
 }
 
+/** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
+export function clientAddress(socket: net.Socket): string {
+  return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
+}
 
 /** Hand a policy decision to its connection and smtp-server's callback; unexpected errors fail closed. */
 function settle(

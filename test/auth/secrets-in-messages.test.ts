@@ -2,13 +2,14 @@
 // CLI, a child process) and the server log name the file and quote nothing of the key.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestServer } from '../helpers/postern.ts';
 
-import { runCli } from '../helpers/cli.ts';
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
 let root: string;
 /** A fresh RSA key as PKCS#8 PEM, and its base64 body lines. */
@@ -18,9 +19,15 @@ const body = pem.split('\n').filter((l) => l && !l.startsWith('-----'));
 before(async () => { root = await mkdtemp(join(tmpdir(), 'postern-secrets-')); });
 after(() => rm(root, { recursive: true, force: true }));
 
-async function check(config: string): Promise<{ code: number | null; output: string }> {
-  const r = await runCli(['check', '--config', config], { cwd: process.cwd() });
-  return { code: r.code, output: r.stdout + r.stderr };
+function check(config: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, 'check', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { output += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { output += d; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, output }));
+  });
 }
 
 /** No piece of the key (any 8 characters of a body line) appears in `text`. */

@@ -8,7 +8,6 @@ import { X509Certificate } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runCli, type CliResult } from '../helpers/cli.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
@@ -17,8 +16,21 @@ import { issueClientCertificate } from '../../engine/certificates/index.ts';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
+interface Result { code: number | null; stdout: string; stderr: string }
+
 /** Runs `node engine/cli/main.ts …` from `cwd` (default: a directory unrelated to the configuration). */
-const cli = (args: string[], input: string | null, cwd?: string): Promise<CliResult> => runCli(args, { input, cwd });
+function cli(args: string[], input: string | null, cwd = tmpdir()): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { cwd, stdio: ['pipe', 'pipe', 'pipe'], timeout: 60_000 });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input ?? undefined);
+  });
+}
 
 let pki: TestPki;
 let root: string;
