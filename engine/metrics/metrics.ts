@@ -47,7 +47,10 @@ export const metrics = {
     name: 'postern_smtp_refusals_total', help: 'Commands refused or deferred (4xx/5xx), by stage and reply class',
     labelNames: ['stage', 'class'] as const, registers: [registry],
   }),
-  messagesAccepted: new HotCounter('postern_messages_accepted_total', 'Messages acknowledged with 250 after DATA (committed to the spool), by listener', ['listener']),
+  messagesAccepted: new Counter({
+    name: 'postern_messages_accepted_total', help: 'Messages acknowledged with 250 after DATA (committed to the spool), by listener',
+    labelNames: ['listener'] as const, registers: [registry],
+  }),
   messageBytes: new Counter({
     name: 'postern_message_bytes_total', help: 'Bytes of messages accepted', registers: [registry],
   }),
@@ -86,11 +89,24 @@ export const metrics = {
   }),
 };
 
-for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures, metrics.messagesAccepted]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
+for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
 
 /** Seconds since `start` (a process.hrtime.bigint() reading). */
 export function secondsSince(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+/**
+ * A labelled child of a metric, made once per label set (the labels are not looked up again by name).
+ */
+const children = new WeakMap<object, Map<string, unknown>>();
+function child<C>(metric: { labels(...values: string[]): C }, values: string[]): C {
+  let map = children.get(metric) as Map<string, C> | undefined;
+  if (!map) children.set(metric, map = new Map<string, C>());
+  const key = values.join('\0');
+  let c = map.get(key);
+  if (c === undefined) map.set(key, c = metric.labels(...values));
+  return c;
 }
 
 /** One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed). */
@@ -103,6 +119,6 @@ export function scriptCalled(hook: string, generation: number, seconds: number, 
 /** A message acknowledged after DATA. */
 export function messageAccepted(listener: string, bytes: number, commitSeconds: number): void {
   metrics.spoolCommit.observe(commitSeconds);
-  metrics.messagesAccepted.inc(listener);
+  child(metrics.messagesAccepted, [listener]).inc();
   metrics.messageBytes.inc(bytes);
 }

@@ -27,15 +27,6 @@ before(async () => {
   users = `alice@example.com:${await hashPassword(PASSWORD)}\nbob@example.com:${await hashPassword('bob-Secret-2')}\n`;
 });
 
-/** A server with the given limits, and `n` connections to it already through STARTTLS. */
-async function serverWithOpenConnections(limits: string, n: number): Promise<{ s: Awaited<ReturnType<typeof startTestServer>>; port: number; open: SmtpTestClient[] }> {
-  const s = await startTestServer({ config: config(limits), files: { users } });
-  const port = s.port('sub');
-  const open: SmtpTestClient[] = [];
-  for (let i = 0; i < n; i++) open.push(await tlsClient(port));
-  return { s, port, open };
-}
-
 async function tlsClient(port: number, cert?: { cert: string; key: string }): Promise<SmtpTestClient> {
   const c = await SmtpTestClient.connect(port);
   await c.hello({ starttls: { ca, ...cert } });
@@ -43,8 +34,14 @@ async function tlsClient(port: number, cert?: { cert: string; key: string }): Pr
 }
 
 test('25 connections opened first, failures spread over them past authFailuresPerIp: the right password on an open one gets 421 and the connection closes', async () => {
-  const { s, port, open } = await serverWithOpenConnections('{ authFailuresPerIp: 10, authFailuresBeforeDelay: 100, maxConnectionsPerIp: 50 }', 25);
+  const s = await startTestServer({
+    config: config('{ authFailuresPerIp: 10, authFailuresBeforeDelay: 100, maxConnectionsPerIp: 50 }'),
+    files: { users },
+  });
   try {
+    const port = s.port('sub');
+    const open: SmtpTestClient[] = [];
+    for (let i = 0; i < 25; i++) open.push(await tlsClient(port));
     // Ten failures, round robin over the first ten connections: each connection has failed only once.
     for (let i = 0; i < 10; i++) assert.equal((await open[i]!.command(plain('alice@example.com', `guess-${i}`))).text, INVALID);
     assert.equal(await s.runtime.authFailures.count('127.0.0.1'), 10);
@@ -71,8 +68,14 @@ test('25 connections opened first, failures spread over them past authFailuresPe
 });
 
 test('25 wrong passwords sent at once over 25 open connections: exactly authFailuresPerIp are checked, the rest get 421', async () => {
-  const { s, port, open } = await serverWithOpenConnections('{ authFailuresPerIp: 10, authFailuresBeforeDelay: 100, maxConnectionsPerIp: 50 }', 25);
+  const s = await startTestServer({
+    config: config('{ authFailuresPerIp: 10, authFailuresBeforeDelay: 100, maxConnectionsPerIp: 50 }'),
+    files: { users },
+  });
   try {
+    const port = s.port('sub');
+    const open: SmtpTestClient[] = [];
+    for (let i = 0; i < 25; i++) open.push(await tlsClient(port));
     // All written before any reply is read: the attempts are decided in parallel.
     for (const [i, c] of open.entries()) c.write(plain('alice@example.com', `guess-${i}`));
     const replies = await Promise.all(open.map((c) => c.read(30_000)));

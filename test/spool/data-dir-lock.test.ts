@@ -4,7 +4,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { until } from '../helpers/wait.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,6 +39,11 @@ function kill9(s: Served): Promise<unknown> {
   return s.exited;
 }
 
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 400 && !check(); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(check(), `timed out waiting for ${what}`);
+}
+
 test('a second server on the same data directory is refused, naming the first one\'s PID, and leaves its half-received message alone', { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-lock-'));
   const config = join(dir, 'postern.yaml');
@@ -63,7 +67,7 @@ listeners:
     assert.equal((await c.command('DATA')).code, 354);
     c.write(`Subject: big\r\n\r\n${`${'y'.repeat(998)}\r\n`.repeat(1600)}`);
     const incoming = join(dir, 'data', 'spool', 'worker-0', 'incoming'); // the one worker's spool (engine/cluster)
-    await until('the message to reach incoming/', () => existsSync(incoming) && readdirSync(incoming).length === 1);
+    await until(() => existsSync(incoming) && readdirSync(incoming).length === 1, 'the message to reach incoming/');
 
     const second = serve(config);
     servers.push(second);
