@@ -1,6 +1,7 @@
 #!/usr/bin/env sh
 # Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix,
-# redis-server for the shared counter store)
+# redis-server for the shared counter store, HAProxy in front for the PROXY protocol, Chromium for the
+# accounts page, python3-dkim as an independent DKIM verifier)
 # and the tools they check shipped files with (fail2ban-regex, systemd-analyze).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -eu
@@ -11,6 +12,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 perl -MNet::SSLeay -e1 2>/dev/null || missing="$missing libnet-ssleay-perl"
 [ -x /usr/sbin/postfix ] || missing="$missing postfix"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+[ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+python3 -c "import dkim" 2>/dev/null || missing="$missing python3-dkim"
 [ -z "$missing" ] && exit 0
 echo "installing:$missing"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -18,4 +22,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is only a test peer: no system mail configuration.
 echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server haproxy chromium python3-dkim >/dev/null
