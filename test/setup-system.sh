@@ -14,7 +14,7 @@ perl -MNet::SSLeay -e1 2>/dev/null || missing="$missing libnet-ssleay-perl"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
-python3 -c "import dkim" 2>/dev/null || missing="$missing python3-dkim"
+/usr/bin/python3 -c "import dkim" 2>/dev/null || missing="$missing python3-dkim"
 [ -z "$missing" ] && exit 0
 echo "installing:$missing"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
