@@ -13,6 +13,7 @@ import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
+import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -86,7 +87,8 @@ async function main(): Promise<void> {
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
 function startWatchdog(dataDir: string): void {
   const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
-    workerData: { marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS },
+    workerData: { marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
+      logBuffer: turnBufferedStdout().shared },
   });
   watchdog.unref();
   // The table goes over while the main thread can still send it: a stuck one cannot answer.

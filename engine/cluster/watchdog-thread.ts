@@ -9,9 +9,12 @@ import { workerData, parentPort } from 'node:worker_threads';
 import { writeFileSync, mkdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
+import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 
-const { marker, heartbeat, crashDir, worker, hangMs } = workerData as {
+const { marker, heartbeat, crashDir, worker, hangMs, logBuffer } = workerData as {
   marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number;
+  /** The main thread's log lines not yet written (TurnBufferedStdout): they tell what led up to the hang. */
+  logBuffer: SharedArrayBuffer;
 };
 const running = new Int32Array(marker);
 const beats = new Int32Array(heartbeat);
@@ -36,6 +39,7 @@ setInterval(() => {
     writeFileSync(join(crashDir, `crash-${process.pid}-${now}.json`), JSON.stringify(record));
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
+  try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }
   try { writeSync(1, `${JSON.stringify({ level: 50, time: now, pid: process.pid, worker, stalledMs: now - lastChange, scripts, msg })}\n`); } catch { /* stdout gone */ }
   process.kill(process.pid, 'SIGKILL');
 }, Math.max(20, Math.floor(hangMs / 10)));

@@ -4,6 +4,7 @@
  */
 import { pino, type Logger } from 'pino';
 import pretty from 'pino-pretty';
+import { turnBufferedStdout } from './turn-buffered-stdout.ts';
 
 export type { Logger } from 'pino';
 
@@ -14,5 +15,5 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
   if (format === 'pretty') {
     return pino(options, pretty({ destination: destination ?? 1, colorize: !destination && process.stdout.isTTY, sync: true }));
   }
-  return pino(options, destination ?? pino.destination({ fd: 1, sync: false }));
+  return pino(options, destination ?? turnBufferedStdout());
 }
