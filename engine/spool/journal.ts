@@ -8,8 +8,9 @@
  * journal when its id is appended to the segment's `<seq>.done`; that line is not synced, because losing
  * it in a crash only means delivering the message again. A segment whose records are all done is deleted.
  *
- * Record: `POSTERN-RECORD-V2 <id> <length> <crc32>\n` + <length> bytes (the same bytes as a `.msg` file)
- * + `\n` (V1 records, without the checksum, are still read). A crash can leave a torn record at the end
+ * Record: `POSTERN-RECORD-V3 <id> <length> <crc32>\n` + <length> bytes (the same bytes as a `.msg` file)
+ * + `\n`; the CRC-32 covers id and length as well as the bytes (V2 records, whose CRC covers the bytes
+ * alone, and V1 records, without one, are still read). A crash can leave a torn record at the end
  * of a segment that was being written; it was never acknowledged. Any other record that does not read
  * back (a damaged disk block) is skipped: the framing lets reading go on at the next intact record
  * (segment-scan.ts). Its bytes are kept in `quarantine/` and reported, never silently dropped.
@@ -31,9 +32,9 @@ import { closeSync, fdatasync, fsyncSync, fstatSync, mkdirSync, openSync, readdi
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
-import { scanSegment } from './segment-scan.ts';
+import { recordSeed, scanSegment } from './segment-scan.ts';
 
-const HEADER = 'POSTERN-RECORD-V2';
+const HEADER = 'POSTERN-RECORD-V3';
 /** Zeros are written this far ahead of the last record, this much at a time. */
 const ZERO_AHEAD = 256 * 1024;
 const ZEROS = Buffer.alloc(1024 * 1024);
@@ -76,8 +77,8 @@ interface Segment {
   unwrittenAt: number;
 }
 
-/** Where a record's bytes are, and their CRC-32 (null for a V1 record, which has none). */
-interface Location { segment: Segment; offset: number; length: number; crc: number | null }
+/** Where a record's bytes are, their CRC-32 (null for a V1 record, which has none) and its seed (recordSeed). */
+interface Location { segment: Segment; offset: number; length: number; crc: number | null; seed: number }
 
 /** An append waiting for the flush that makes it durable. It keeps its bytes: it may have to be written again elsewhere. */
 interface Waiter {
@@ -87,6 +88,7 @@ interface Waiter {
   headerBytes: number;
   length: number;
   crc: number;
+  seed: number;
   segment: Segment;
   resolve(): void;
   reject(err: Error): void;
@@ -170,12 +172,14 @@ export class Journal {
     if (!this.#writable) return Promise.reject(new Error('the journal is open read-only'));
     if (this.#index.has(id)) return Promise.reject(new Error(`message ${id} is already in the journal`));
     let length = 0;
-    let crc = 0;
-    for (const c of chunks) { length += c.length; crc = crc32(c, crc); }
+    for (const c of chunks) length += c.length;
+    const seed = recordSeed(id, length);
+    let crc = seed;
+    for (const c of chunks) crc = crc32(c, crc);
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
-        id, record: [header, ...chunks, NEWLINE], bytes: header.length + length + 1, headerBytes: header.length, length, crc,
+        id, record: [header, ...chunks, NEWLINE], bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
         segment: null as unknown as Segment, resolve, reject: (err) => { this.#forget(id); reject(err); },
       };
       try {
@@ -204,7 +208,7 @@ export class Journal {
       if (n === 0) throw new Error(`${at.segment.path}: record of ${id} is truncated`);
       off += n;
     }
-    if (at.crc !== null && crc32(data) !== at.crc) throw new Error(`${at.segment.path}: record of ${id} is damaged (CRC-32 mismatch)`);
+    if (at.crc !== null && crc32(data, at.seed) !== at.crc) throw new Error(`${at.segment.path}: record of ${id} is damaged (CRC-32 mismatch)`);
     return data;
   }
 
@@ -259,7 +263,7 @@ export class Journal {
     }
     if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
     for (const b of w.record) segment.unwritten.push(b);
-    this.#index.set(w.id, { segment, offset: segment.size + w.headerBytes, length: w.length, crc: w.crc });
+    this.#index.set(w.id, { segment, offset: segment.size + w.headerBytes, length: w.length, crc: w.crc, seed: w.seed });
     segment.size += w.bytes;
     segment.live++;
     w.segment = segment;
@@ -479,7 +483,7 @@ export class Journal {
       // The same message in two places: a copy written again after a failed sync. The later one wins.
       const earlier = this.#index.get(r.id);
       if (earlier) earlier.segment.live--;
-      this.#index.set(r.id, { segment, offset: r.offset, length: r.length, crc: r.crc });
+      this.#index.set(r.id, { segment, offset: r.offset, length: r.length, crc: r.crc, seed: r.seed });
       segment.live++;
     }
     for (const d of damaged) {

@@ -1,6 +1,6 @@
 /**
  * Reading a journal segment at start: its intact records, and the byte ranges that are not records.
- * Every record is framed by its header (id, length, CRC-32) and a closing newline, so a damaged record
+ * Every record is framed by its header (id, length, CRC-32 over both and the bytes) and a closing newline, so a damaged record
  * is skipped and reading goes on at the next intact one: one bad record never hides those after it.
  * Bytes after the last intact record are a tail: a write cut short by a crash (never acknowledged), or
  * zeros written ahead of the records (not reported).
@@ -8,9 +8,17 @@
 import { crc32 } from 'node:zlib';
 
 const MAGIC = Buffer.from('POSTERN-RECORD-V');
-const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|2 ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
+const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|([23]) ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
 const MAX_HEADER = 80;
 const ZERO_CHUNK = Buffer.alloc(64 * 1024);
+
+/**
+ * What a V3 record's checksum starts from: its id and length, so a flipped bit in the header cannot put an
+ * intact message under another id (V2 checksums covered the bytes alone: seed 0).
+ */
+export function recordSeed(id: string, length: number): number {
+  return crc32(`${id} ${length}`);
+}
 
 export interface ScannedRecord {
   id: string;
@@ -19,6 +27,8 @@ export interface ScannedRecord {
   length: number;
   /** null for a V1 record, which has no checksum. */
   crc: number | null;
+  /** Where the checksum of the bytes starts (recordSeed for V3, 0 before). */
+  seed: number;
 }
 
 export interface DamagedRange {
@@ -52,10 +62,12 @@ export function scanSegment(data: Buffer): { records: ScannedRecord[]; damaged: 
 }
 
 /** The header at `offset`, if it parses (its record may still be damaged). */
-function headerAt(data: Buffer, offset: number): { id: string; start: number; length: number; crc: number | null } | null {
+function headerAt(data: Buffer, offset: number): { id: string; start: number; length: number; crc: number | null; seed: number } | null {
   const m = HEADER_PATTERN.exec(data.toString('latin1', offset, Math.min(data.length, offset + MAX_HEADER)));
   if (!m) return null;
-  return { id: m[1] ?? m[3]!, start: offset + m[0].length, length: Number(m[2] ?? m[4]), crc: m[5] === undefined ? null : parseInt(m[5], 16) };
+  const id = m[1] ?? m[4]!;
+  const length = Number(m[2] ?? m[5]);
+  return { id, start: offset + m[0].length, length, crc: m[6] === undefined ? null : parseInt(m[6], 16), seed: m[3] === '3' ? recordSeed(id, length) : 0 };
 }
 
 /** The intact record at `offset`: header, all its bytes, the closing newline and (V2) a matching checksum. */
@@ -64,8 +76,8 @@ function recordAt(data: Buffer, offset: number): ScannedRecord | null {
   if (!h) return null;
   const end = h.start + h.length;
   if (end + 1 > data.length || data[end] !== 0x0a) return null;
-  if (h.crc !== null && crc32(data.subarray(h.start, end)) !== h.crc) return null;
-  return { id: h.id, offset: h.start, length: h.length, crc: h.crc };
+  if (h.crc !== null && crc32(data.subarray(h.start, end), h.seed) !== h.crc) return null;
+  return { id: h.id, offset: h.start, length: h.length, crc: h.crc, seed: h.seed };
 }
 
 /**

@@ -37,16 +37,18 @@ function assertAcknowledgedRecovered(dir: string, acknowledged: Map<string, Buff
 }
 
 test('one damaged record in the middle of a segment is skipped and kept aside; the records after it are recovered', async () => {
-  for (const where of ['body', 'header'] as const) {
+  for (const where of ['body', 'header', 'id'] as const) {
     const dir = scratch();
     const j = Journal.open(dir, { writable: true });
     for (let n = 0; n < 10; n++) await j.append(id(n), [body(n)]);
     j.close();
     const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
     const path = join(dir, seg!);
-    const fifth = readFileSync(path).indexOf(`POSTERN-RECORD-V2 ${id(5)}`);
-    const original = readFileSync(path).subarray(fifth, readFileSync(path).indexOf(`POSTERN-RECORD-V2 ${id(6)}`));
-    flipByte(path, where === 'body' ? fifth + 70 : fifth + 3); // one flipped bit: in the message, or in "POSTERN"
+    const fifth = readFileSync(path).indexOf(`POSTERN-RECORD-V3 ${id(5)}`);
+    const original = readFileSync(path).subarray(fifth, readFileSync(path).indexOf(`POSTERN-RECORD-V3 ${id(6)}`));
+    // One flipped bit: in the message, in "POSTERN", or in the id (which must not bring the message back
+    // under another id).
+    flipByte(path, where === 'body' ? fifth + 70 : where === 'header' ? fifth + 3 : fifth + 'POSTERN-RECORD-V3 '.length + 1);
 
     const logged: Array<{ level: number; msg: string; segment?: string; offset?: number }> = [];
     const logger = createLogger('info', new Writable({ write(chunk, _e, done) { logged.push(JSON.parse(String(chunk))); done(); } }));

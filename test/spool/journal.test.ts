@@ -1,5 +1,6 @@
 /** The journal and the spool around it: group commit, recovery after a torn write, done lists, readers. */
 import { test } from 'node:test';
+import { crc32 } from 'node:zlib';
 import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -103,7 +104,7 @@ test('a torn record at the end is ignored; new records go to a new segment', asy
   await j.append(id(2), [body(2)]);
   j.close();
   const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
-  writeAt(join(dir, seg!), recordsEnd(join(dir, seg!)), `POSTERN-RECORD-V2 ${id(3)} 500 00000000\nSubject: half`); // a crash mid-write
+  writeAt(join(dir, seg!), recordsEnd(join(dir, seg!)), `POSTERN-RECORD-V3 ${id(3)} 500 00000000\nSubject: half`); // a crash mid-write
   const again = Journal.open(dir, { writable: true });
   assert.deepEqual(again.ids().sort(), [id(1), id(2)]);
   await again.append(id(4), [body(4)]);
@@ -134,12 +135,25 @@ test('records overwrite zeros written ahead of them; a record whose pages reache
   assert.ok(statSync(path).size >= 1024 * 1024, 'a megabyte of zeros was written ahead');
   assert.deepEqual(Journal.open(dir, { writable: false }).ids().sort(), [id(1), id(2), id(3)], 'the zeros are not records');
   // The third record's middle never reached the disk (its header and its end did): zeros inside it.
-  const third = readFileSync(path).indexOf(`POSTERN-RECORD-V2 ${id(3)}`);
+  const third = readFileSync(path).indexOf(`POSTERN-RECORD-V3 ${id(3)}`);
   writeAt(path, third + 200, Buffer.alloc(100));
   const again = Journal.open(dir, { writable: true });
   assert.deepEqual(again.ids().sort(), [id(1), id(2)], 'the damaged record is not taken for a message');
   assert.deepEqual(again.read(id(2)), body(100));
   again.close();
+});
+
+test('records whose checksum covers their bytes alone (V2) are still read, and checked', () => {
+  const dir = scratch();
+  const record = (n: number, damaged = false): Buffer => {
+    const b = body(n);
+    const crc = crc32(b).toString(16).padStart(8, '0');
+    return Buffer.concat([Buffer.from(`POSTERN-RECORD-V2 ${id(n)} ${b.length} ${crc}\n`), damaged ? Buffer.from(b.toString().replace('Subject', 'Subjecd')) : b, Buffer.from('\n')]);
+  };
+  writeFileSync(join(dir, '0000000001.seg'), Buffer.concat([record(1), record(2, true), record(3)]));
+  const j = Journal.open(dir, { writable: false });
+  assert.deepEqual(j.ids().sort(), [id(1), id(3)]);
+  assert.deepEqual(j.read(id(3)), body(3));
 });
 
 test('records written before checksums (V1) are still read', () => {
