@@ -12,6 +12,12 @@ import { writeSync } from 'node:fs';
 
 const HEADER_BYTES = 8; // Int32 length of the pending bytes, padded
 const CAPACITY = 64 * 1024;
+/**
+ * Worker processes share the supervisor's stdout: a write of at most PIPE_BUF bytes to a pipe is never
+ * interleaved with another process's, so whole lines go out in writes no larger than this.
+ */
+const ATOMIC_WRITE = 4096;
+const NEWLINE = 0x0a;
 const encoder = new TextEncoder();
 
 /** Writes `bytes` to `fd` completely, waiting out EAGAIN on a non-blocking pipe or socket. */
@@ -40,7 +46,16 @@ export function flushPendingLog(shared: SharedArrayBuffer, fd = 1): void {
   // Copied out of shared memory: writeSync takes an ordinary buffer.
   const bytes = new Uint8Array(shared, HEADER_BYTES, pending).slice();
   Atomics.store(length, 0, 0);
-  writeAll(fd, bytes);
+  for (let start = 0; start < bytes.length;) {
+    let end = Math.min(bytes.length, start + ATOMIC_WRITE);
+    if (end < bytes.length) {
+      const lastNewline = bytes.lastIndexOf(NEWLINE, end - 1);
+      // Whole lines only; a line longer than ATOMIC_WRITE goes alone (it could not be atomic anyway).
+      end = lastNewline >= start ? lastNewline + 1 : bytes.indexOf(NEWLINE, end) + 1 || bytes.length;
+    }
+    writeAll(fd, bytes.subarray(start, end));
+    start = end;
+  }
 }
 
 export class TurnBufferedStdout {
