@@ -429,7 +429,8 @@ declare module "postern" {
     /** Log a line to the server log, tagged with the connection id and script file. */
     log(...args: unknown[]): void;
     /** Verdict builders. */
-    accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit). */
+    accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
     reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
@@ -477,8 +478,8 @@ declare module "postern" {
     function counter(key: string): Counter;
     /** Log a line to the server log, tagged with the connection id and script file. */
     function log(...args: unknown[]): void;
-    /** Verdict builders. */
-    function accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit). */
+    function accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
     function reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     function defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     function deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
