@@ -54,7 +54,10 @@ listeners:
     tls: { mode: none }
     limits: { greetingDelayMs: 0 }
 `,
-    scripts: { 'data.ts': DATA_SCRIPT },
+    scripts: {
+      'data.ts': DATA_SCRIPT,
+      'mailfrom.ts': `export default (ctx) => ctx.address.localPart === 'edits' ? accept({ headers: [{ op: 'remove', name: 'X-A' }] }) : undefined;`,
+    },
   });
 });
 after(() => server.stop());
@@ -151,4 +154,39 @@ test('a message that is all header section (no empty line) is edited too', async
   assert.equal(r.code, 250, r.text);
   const text = (await server.runtime.spool.readMessage(r.id!)).toString();
   assert.match(text, /\r\nSubject: literal\r\nX-Literal: yes\r\n$/);
+});
+
+test('header edits anywhere but the data hook fail closed: 451 4.3.0 at MAIL FROM', async () => {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  assert.equal((await c.command('MAIL FROM:<edits@example.com>')).text, '451 4.3.0 Temporary policy failure, try again later');
+  await c.quit();
+  assert.ok(server.logs.some((l) => String(l.msg).includes('headers: only a data hook can edit the message, not mailfrom')));
+});
+
+test('on an isolate thread (sandbox.fastPathMs: 0) the body reads and the edits apply the same', async () => {
+  const threaded = await startTestServer({
+    config: `
+localDomains: [example.com]
+sandbox: { fastPathMs: 0 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0 }
+`,
+    scripts: { 'data.ts': DATA_SCRIPT },
+  });
+  try {
+    const c = await SmtpTestClient.connect(threaded.port('mx'));
+    await c.hello();
+    const body = await c.sendMail('a@example.com', ['b@example.com'], 'Subject: body\r\n\r\nshort\r\nend!\r\n');
+    assert.match(body.text, /^250 2\.0\.0 body "short\\r\\nend" 13 end!: queued as /);
+    const edited = await c.sendMail('a@example.com', ['b@example.com'], 'Subject: literal\r\nX-Literal: no\r\n\r\nhi\r\n');
+    await c.quit();
+    const id = /queued as (\w+)/.exec(edited.text)![1]!;
+    assert.match((await threaded.runtime.spool.readMessage(id)).toString(), /\r\nSubject: literal\r\nX-Literal: yes\r\n\r\nhi\r\n$/);
+  } finally {
+    await threaded.stop();
+  }
 });
