@@ -171,7 +171,25 @@ declare module "postern" {
     username?: string;
     /** Text of the 2xx reply, in place of the default (MAIL FROM, RCPT TO and end of DATA). */
     text?: string;
+    /**
+     * data only: edits of the message's header section, applied in order when the message is spooled (the
+     * spooled message is the edited one). Postern's own Received header stays first and is never edited. A
+     * malformed edit fails the hook closed (451 4.3.0). At most 64 edits.
+     */
+    headers?: HeaderEdit[];
   }
+
+  /**
+   * One header edit. Names are matched case-insensitively. `add` puts a field at the top of the message's
+   * header section (below Postern's Received; several adds keep their order); `set` replaces the first field
+   * of that name and removes the others (or adds it, when there is none); `remove` removes every field of
+   * that name. A name is 1 to 76 printable US-ASCII characters other than `:`; a value has no CR, LF or other
+   * control character but tab, and `name: value` is at most 998 bytes (one line, RFC 5322 §2.1.1).
+   */
+  export type HeaderEdit =
+    | { op: 'add'; name: string; value: string }
+    | { op: 'set'; name: string; value: string }
+    | { op: 'remove'; name: string };
 
   export interface RejectVerdict {
     verdict: 'reject';
@@ -220,6 +238,11 @@ declare module "postern" {
     /** Connect with implicit TLS (465 style) instead of STARTTLS. */
     implicitTls?: boolean;
     tls?: DeliveryTls;
+    /**
+     * Name of a DKIM key declared in the configuration (`delivery.dkim`) to sign this delivery with; `null`:
+     * do not sign, even where a key is the default for the sender's domain.
+     */
+    dkim?: string | null;
   }
 
   export type PredeliveryVerdict = DeliverVerdict | RejectVerdict | DeferVerdict;
@@ -308,6 +331,18 @@ declare module "postern" {
       /** Header fields in order, `[name, value]`, unfolded. */
       headers: Array<[string, string]>;
     };
+    /** The message's body, read only when asked (a script that does not ask costs no copy). */
+    message: MessageBody;
+  }
+
+  /** The body of the message at end of DATA (everything after the header section's empty line). */
+  export interface MessageBody {
+    /**
+     * The first `maxBytes` bytes of the body (1 to 1 048 576; default 65 536) as text, decoded as UTF-8
+     * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
+     * encodings are not decoded. Readable only while the data hook runs.
+     */
+    text(maxBytes?: number): Promise<string>;
   }
 
   /** A short summary of the certificate the original client presented, kept in the queue. */
@@ -394,7 +429,8 @@ declare module "postern" {
     /** Log a line to the server log, tagged with the connection id and script file. */
     log(...args: unknown[]): void;
     /** Verdict builders. */
-    accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit). */
+    accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
     reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
@@ -442,8 +478,8 @@ declare module "postern" {
     function counter(key: string): Counter;
     /** Log a line to the server log, tagged with the connection id and script file. */
     function log(...args: unknown[]): void;
-    /** Verdict builders. */
-    function accept(options?: { username?: string; text?: string }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit). */
+    function accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
     function reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     function defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     function deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;

@@ -147,6 +147,14 @@ function crossCheck(c: Config): PathProblem[] {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });
   }
   if (d.tls.ca && !(d.tls.ca in d.caFiles)) out.push({ path: ['delivery', 'tls', 'ca'], message: `no CA named "${d.tls.ca}" under delivery.caFiles` });
+  const signedBy = new Map<string, string>();
+  for (const [name, key] of Object.entries(d.dkim)) {
+    for (const [i, domain] of key.senderDomains.entries()) {
+      const other = signedBy.get(domain.toLowerCase());
+      if (other !== undefined) out.push({ path: ['delivery', 'dkim', name, 'senderDomains', i], message: `${domain} is already signed by delivery.dkim.${other}` });
+      signedBy.set(domain.toLowerCase(), name);
+    }
+  }
   // A script waits for the store within its own time limit; past it the call is cut off, not failed by the store.
   if (c.store.redis && c.store.redis.timeoutMs >= c.sandbox.timeoutMs) {
     out.push({ path: ['store', 'redis', 'timeoutMs'], message: `must be below sandbox.timeoutMs (${c.sandbox.timeoutMs} ms)` });

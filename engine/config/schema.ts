@@ -128,6 +128,17 @@ const outboundCertificateSchema = z.strictObject({
 
 const port = () => z.number().int().min(1).max(65535).default(25);
 
+const dkimKeySchema = z.strictObject({
+  domain: z.string().regex(/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/, 'expected a domain name')
+    .describe('Signing domain (`d=`).'),
+  selector: z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$/, 'expected a selector (letters, digits, `.`, `_`, `-`)')
+    .describe('Selector (`s=`): the public key is published in DNS as TXT `<selector>._domainkey.<domain>`.'),
+  privateKey: path()
+    .describe('Private key file (PEM, PKCS#8 or PKCS#1): RSA of at least 1024 bits (2048 recommended), signing `rsa-sha256`, or Ed25519, signing `ed25519-sha256` (RFC 8463). Read by the server (checked at every start, reload and `postern check`; used by the queue process to sign); it never enters the sandbox.'),
+  senderDomains: z.array(z.string()).default([])
+    .describe('Envelope-sender domains (compared case-insensitively, exact) whose mail is signed with this key unless a `predelivery` script chooses otherwise (`deliver({ dkim })`). A domain may be listed under one key only.'),
+});
+
 const deliverySchema = z.strictObject({
   enabled: z.boolean().default(true).meta({ defaultText: '`true` once the section exists; `false` without it' })
     .describe('Deliver spooled mail. `false`: accept and spool only.'),
@@ -154,6 +165,8 @@ const deliverySchema = z.strictObject({
   clientCertificates: z.record(z.string(), outboundCertificateSchema).default({})
     .describe('Outbound client certificates, by name. See [client certificates](#outbound-client-certificates).'),
   caFiles: z.record(z.string(), path()).default({}).describe('CA bundles (PEM) by name, for `verify`.'),
+  dkim: z.record(z.string(), dkimKeySchema).default({})
+    .describe('DKIM signing keys, by name. Outbound mail is signed with the key a `predelivery` script names (`deliver({ dkim: \'<name>\' })`; `null`: unsigned), else with the key that lists the sender\'s domain under `senderDomains`, else not at all. See [DKIM signing](#dkim-signing).'),
   concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),
   perDestinationConcurrency: z.number().int().positive().default(4)
     .describe('Transactions, and open connections, to one `host:port` at once.'),

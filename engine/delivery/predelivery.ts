@@ -14,7 +14,7 @@ import { DeliveryFailure } from './outcome.ts';
 import type { TlsPolicy } from './outbound-tls.ts';
 
 export type PredeliveryDecision =
-  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls }
+  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls; dkim?: string | null }
   | { action: 'reject' | 'defer'; failure: DeliveryFailure };
 
 /** A script's TLS choices; `clientCertificate: null` means none, even where the configuration has a default. */
@@ -47,5 +47,6 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
     ...(verdict.host !== undefined ? { host: withoutBrackets(verdict.host) } : {}),
     ...(verdict.port !== undefined ? { port: verdict.port } : {}),
     ...(verdict.implicitTls !== undefined ? { implicitTls: verdict.implicitTls } : {}),
+    ...(verdict.dkim !== undefined ? { dkim: verdict.dkim } : {}),
   };
 }

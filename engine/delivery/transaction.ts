@@ -14,6 +14,7 @@ import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
 import { DeliveryFailure, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
 import type { NextHop } from './routing.ts';
+import { signMessage, type DkimKeys } from './dkim.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
@@ -26,12 +27,15 @@ export const MAX_TRANSACTIONS = 100;
 export interface DeliveryPlan {
   hops: NextHop[];
   tls: TlsPolicy;
+  /** Name of the `delivery.dkim` key that signs the message; none: unsigned. */
+  dkim?: string;
 }
 
 export interface TransactionEnv {
   pool: ConnectionPool;
   resolver: DeliveryResolver;
   material: OutboundTlsMaterial;
+  dkim: DkimKeys;
   overall: Limiter;
   perDestination: KeyedLimiter;
   delivery: DeliveryConfig;
@@ -87,7 +91,17 @@ interface NodemailerError extends Error {
  * for one transaction (RFC 5321 §4.5.3.1.10) and delivered others, the refused ones in a following
  * transaction — at most MAX_TRANSACTIONS in all. Other RCPT refusals stay per-recipient results.
  */
-export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan, tx: Transaction): Promise<TransactionResult> {
+export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan, unsigned: Transaction): Promise<TransactionResult> {
+  let tx = unsigned;
+  if (plan.dkim) {
+    // Signed once per attempt and plan; a key that cannot be read or used is a configuration problem: retry later.
+    try {
+      tx = { ...unsigned, message: await signMessage(unsigned.message, await env.dkim.key(env.delivery, env.scope, plan.dkim)) };
+    } catch (err) {
+      const { outcomes } = everyone(unsigned, asFailure(err));
+      return { outcomes, connection: null, transactions: [{ outcomes, connection: null }] };
+    }
+  }
   const settled = new Map<string, RecipientOutcome>();
   const transactions: TransactionResult['transactions'] = [];
   let connection: ConnectionInfo | null = null;

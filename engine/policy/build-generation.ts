@@ -18,6 +18,7 @@ import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
+import { checkDkimKeys } from '../delivery/dkim.ts';
 import type { Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from './generation.ts';
 
@@ -126,6 +127,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     else warnings.push({ message: line });
   }
   for (const line of outbound.warnings) warnings.push({ message: line });
+  progress.step = 'delivery\'s DKIM keys';
+  for (const line of await checkDkimKeys(config.delivery)) failed(line);
 
   if (problems.length) {
     await Promise.all([...sandboxes.values()].map((s) => s.dispose()));

@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
+import { checkHeaderEdits, HeaderEditError } from './header-edits.ts';
 
 export class VerdictError extends Error {
   constructor(message: string) { super(message); this.name = 'VerdictError'; }
@@ -20,10 +21,10 @@ const TLS_MODES = new Set(['none', 'may', 'encrypt', 'verify']);
 
 /** The options each verdict has (engine/sandbox/api/verdicts.ts); any other key is a mistake. */
 const OPTIONS: Record<string, ReadonlySet<string>> = {
-  accept: new Set(['verdict', 'username', 'text']),
+  accept: new Set(['verdict', 'username', 'text', 'headers']),
   reject: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
   defer: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
-  deliver: new Set(['verdict', 'host', 'port', 'implicitTls', 'tls']),
+  deliver: new Set(['verdict', 'host', 'port', 'implicitTls', 'tls', 'dkim']),
 };
 const TLS_OPTIONS = new Set(['mode', 'clientCertificate', 'serverName', 'ca']);
 
@@ -61,6 +62,14 @@ export function checkVerdict(hook: HookName, value: unknown): Verdict | Predeliv
   if (v.username !== undefined && (typeof v.username !== 'string' || !v.username || /[\x00-\x1f]/.test(v.username))) {
     throw new VerdictError('username must be a non-empty string without control characters');
   }
+  if (v.headers !== undefined) {
+    if (hook !== 'data') throw new VerdictError(`headers: only a data hook can edit the message, not ${hook}`);
+    try {
+      return { ...v, headers: checkHeaderEdits(v.headers) } as unknown as Verdict;
+    } catch (err) {
+      throw err instanceof HeaderEditError ? new VerdictError(err.message) : err;
+    }
+  }
   return v as unknown as Verdict;
 }
 
@@ -69,6 +78,7 @@ function checkDeliver(v: Record<string, unknown>): void {
   if (v.host !== undefined && (typeof v.host !== 'string' || !(HOST.test(v.host) || isIP(withoutBrackets(v.host))))) throw new VerdictError(`deliver: invalid host ${JSON.stringify(v.host)}`);
   if (v.port !== undefined && (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535)) throw new VerdictError(`deliver: invalid port ${JSON.stringify(v.port)}`);
   if (v.implicitTls !== undefined && typeof v.implicitTls !== 'boolean') throw new VerdictError('deliver: implicitTls must be a boolean');
+  if (v.dkim !== undefined && v.dkim !== null && (typeof v.dkim !== 'string' || !v.dkim)) throw new VerdictError('deliver: dkim must be the name of a key or null');
   if (v.tls === undefined) return;
   if (typeof v.tls !== 'object' || v.tls === null || Array.isArray(v.tls)) throw new VerdictError('deliver: tls must be an object');
   const t = v.tls as Record<string, unknown>;

@@ -18,6 +18,7 @@ import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../de
 import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { spoolBounce } from './bounce.ts';
@@ -74,6 +75,7 @@ export class QueueRunner {
   readonly #unrecorded = new Map<string, SpoolState>();
   readonly #pool = new ConnectionPool();
   readonly #material = new OutboundTlsMaterial();
+  readonly #dkim = new DkimKeys();
   readonly #overall: Limiter;
   readonly #perDestination: KeyedLimiter;
   readonly #listeners = new Set<(e: AttemptEvent) => void>();
@@ -286,7 +288,7 @@ export class QueueRunner {
       const delivery = gen.config.delivery;
       const resolver = this.#resolverFor(delivery);
       const env: TransactionEnv = {
-        pool: this.#pool, resolver, material: this.#material, overall: this.#overall, perDestination: this.#perDestination,
+        pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination,
         delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, log: this.#log,
       };
       const hops = receivedCount(message);
@@ -301,7 +303,7 @@ export class QueueRunner {
       for (const g of groups) {
         outcomes.push(...g.final);
         if (!g.plan) continue;
-        const key = JSON.stringify([g.plan.hops.map((h) => [h.host, h.port, h.implicitTls]), g.plan.tls]);
+        const key = JSON.stringify([g.plan.hops.map((h) => [h.host, h.port, h.implicitTls]), g.plan.tls, g.plan.dkim ?? null]);
         const t = transactions.get(key);
         if (t) t.recipients.push(...g.recipients);
         else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
@@ -361,7 +363,8 @@ export class QueueRunner {
     if (cert) tls.clientCertificate = cert;
     if (ca) tls.ca = ca;
     if (decision.tls.serverName) tls.serverName = decision.tls.serverName;
-    return { recipients, plan: { hops, tls }, final: [] };
+    const dkim = chooseDkimKey(delivery, decision.dkim, envelope.sender);
+    return { recipients, plan: { hops, tls, ...(dkim ? { dkim } : {}) }, final: [] };
   }
 
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
@@ -455,9 +458,9 @@ export class QueueRunner {
       const to = these.map((o) => o.recipient);
       this.#log[status === 'delivered' ? 'info' : 'warn']({
         id, from: envelope.sender, to, status: word, relay, delay: Number(delay.toFixed(2)), attempt,
-        tls, clientCertificate, reply: these[0]!.reply,
+        tls, clientCertificate, dkim: plan.dkim ?? null, reply: these[0]!.reply,
       }, `${id}: ${to.map((r) => `to=<${r}>`).join(', ')}, relay=${relay}, delay=${delay.toFixed(2)}, attempt=${attempt}, tls=${tls ?? 'none'}, ` +
-        `client_certificate=${clientCertificate ?? 'none'}, status=${word} (${these[0]!.reply})`);
+        `client_certificate=${clientCertificate ?? 'none'}${plan.dkim ? `, dkim=${plan.dkim}` : ''}, status=${word} (${these[0]!.reply})`);
     }
   }
 

@@ -5,6 +5,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import ivm from 'isolated-vm';
 import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
+import { readMessageText } from './message-texts.ts';
 
 export type LogLevel = 'info' | 'warn' | 'error' | 'fatal';
 
@@ -65,7 +66,10 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     }
   };
   const fns: Array<(...args: never[]) => unknown> = [digest('sha1'), digest('sha256'), digest('md5'), hmac, lookup, log];
-  return [...fns.map((fn) => new ivm.Callback(fn)), new ivm.Reference(storeOperation(host.store)), new ivm.Callback(storeOperationNow(host.store))];
+  return [
+    ...fns.map((fn) => new ivm.Callback(fn)), new ivm.Reference(storeOperation(host.store)), new ivm.Callback(storeOperationNow(host.store)),
+    new ivm.Callback(readMessageText),
+  ];
 }
 
 /** A store operation's checked arguments, under the scripts' own key namespace. */

@@ -80,6 +80,7 @@ export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStore: StoreReference, hostStoreNow: (op: string, key: string, a: number, b: number) => string | null,
+  hostMessageText: (token: string, maxBytes: number) => string,
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
@@ -250,6 +251,16 @@ export function installRuntime(
       return storeCall('add', key, by, ttl) as Promise<number>;
     },
   });
+  // ctx.message of the data hook: the body is fetched from the host only when the script asks, and at most
+  // this much per call (as engine/sandbox/message-texts.ts, which checks again).
+  const MAX_MESSAGE_TEXT = 1024 * 1024;
+  const DEFAULT_MESSAGE_TEXT = 64 * 1024;
+  const messageOf = (token: string) => freeze({
+    text: async (maxBytes?: unknown): Promise<string> => {
+      const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
+      return hostMessageText(token, max);
+    },
+  });
   const helpers = {
     async rate(key: unknown, limit: unknown, windowSeconds: unknown): Promise<unknown> {
       const k = storeKey('rate()', key);
@@ -295,7 +306,8 @@ export function installRuntime(
     },
     accept: (opts?: unknown) => ({
       verdict: 'accept',
-      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString }),
+      // headers: the data hook's header edits, checked in full by the host (engine/policy/header-edits.ts).
+      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString, headers: isArray }),
     }),
     reject: (reply?: unknown, opts?: unknown) => ({
       verdict: 'reject',
@@ -309,7 +321,7 @@ export function installRuntime(
     }),
     deliver: (opts?: unknown) => ({
       verdict: 'deliver',
-      ...options('deliver', opts, { host: isString, port: isPort, implicitTls: isBool, tls: isTls }),
+      ...options('deliver', opts, { host: isString, port: isPort, implicitTls: isBool, tls: isTls, dkim: (v) => isString(v) || v === null }),
     }),
   };
   for (const name of keys(helpers)) {
@@ -460,7 +472,11 @@ export function installRuntime(
   function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
     loggedCount = 0;
     try {
-      const result = hooks[hook]!(assemble(ctx, kept));
+      const context = assemble(ctx, kept) as Record<string, unknown>;
+      // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
+      const message = hook === 'data' && context !== null && typeof context === 'object' ? context.message as { token?: unknown } | undefined : undefined;
+      if (message !== null && typeof message === 'object' && isString(message.token)) define(context, 'message', messageOf(message.token));
+      const result = hooks[hook]!(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
         pendings[index] = settled(result as Promise<unknown>, index);

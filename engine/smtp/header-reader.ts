@@ -29,6 +29,12 @@ export class HeaderReader {
     this.#maxBytes = maxBytes;
   }
 
+  /**
+   * Length of the header section, the line break of its last field included and the empty line that ends
+   * it not; -1 when no empty line came (so far): then the whole message is header section.
+   */
+  get sectionBytes(): number { return this.#sectionBytes; }
+
   /** The header section is over `maxBytes`: the message must be refused. */
   get tooLarge(): boolean { return this.#tooLarge; }
 

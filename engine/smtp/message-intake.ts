@@ -1,7 +1,8 @@
 /**
  * End of the SMTP transaction: stream DATA into the spool behind our Received header, run the data
- * hook, and commit durably. Resolves with the 250, which is only sent after commit() resolved; fails
- * with the refusal (an SmtpReply) otherwise.
+ * hook, and commit durably, with the hook's header edits applied in the commit. Resolves with the 250,
+ * which is only sent after commit() resolved; fails with the refusal (an SmtpReply) otherwise. The body is
+ * never held for the hook: a script that reads it (ctx.message.text()) reads it back from the spool writer.
  */
 import { messageAccepted, secondsSince } from '../metrics/metrics.ts';
 import type { Readable } from 'node:stream';
@@ -12,6 +13,7 @@ import type { SessionPolicy } from './session-policy.ts';
 import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { HeaderReader } from './header-reader.ts';
+import { editHeaderSection } from './header-edit.ts';
 import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
@@ -28,9 +30,10 @@ export async function receiveMessage(
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
-    writer.write(Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
+    const received = Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
       hostname: st.generation.config.hostname, queueId: id, recipients,
-    })));
+    }));
+    writer.write(received);
     const maxSize = conn.maxMessageSize;
     const headers = new HeaderReader(st.listener.limits.maxHeaderBytes);
     // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
@@ -40,8 +43,20 @@ export async function receiveMessage(
       if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { n: String(st.listener.limits.maxHeaderBytes) }));
       writer.write(chunk);
     });
-    const decided = await policy.data(conn, session, id, size, headers.headers());
+    // The client's header section: after our Received header, up to the empty line (all of a message without one).
+    const sectionBytes = headers.sectionBytes >= 0 ? headers.sectionBytes : size;
+    const bodyAt = (): number => {
+      if (headers.sectionBytes < 0) return writer.bytes;
+      const at = received.length + sectionBytes;
+      return at + (writer.read(at, 1)[0] === 0x0d ? 2 : 1); // the empty line: CR LF or LF
+    };
+    const decision = await policy.data(conn, session, id, size, () => headers.headers(), (max) => writer.read(bodyAt(), max));
+    const decided = decision.reply;
     if (decided?.refuses) throw decided;
+    const edits = decision.headerEdits;
+    const replace = edits?.length
+      ? { at: received.length, length: sectionBytes, bytes: editHeaderSection(writer.read(received.length, sectionBytes), edits) }
+      : undefined;
     const mailFrom = session.envelope.mailFrom;
     const envelope: SpoolEnvelope = {
       version: 1,
@@ -63,7 +78,7 @@ export async function receiveMessage(
     };
     if (spoolIsFull(runtime)) throw reply('storageFull');
     const commitStart = process.hrtime.bigint();
-    await writer.commit(envelope);
+    await writer.commit(envelope, replace);
     committed = true;
     messageAccepted(st.listener.name, writer.bytes, secondsSince(commitStart));
     // One line per accepted message, Postfix-style; the facts that are not in the text are fields. Built only

@@ -19,7 +19,15 @@ import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
-import type { ConnectionInfo, HookName, Verdict } from '../sandbox/api/index.ts';
+import type { ConnectionInfo, HeaderEdit, HookName, Verdict } from '../sandbox/api/index.ts';
+import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
+
+/** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
+export interface DataDecision {
+  reply: SmtpReply | null;
+  headerEdits: readonly HeaderEdit[] | null;
+}
+const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits: null });
 
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
 const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
@@ -267,14 +275,27 @@ export class SessionPolicy {
     return reply('relayDenied', { rcpt: rcpt.address });
   }
 
-  /** The data hook's decision about message `id`: a refusal, the 250 with a script's text, or null. */
-  async data(conn: SmtpClient, session: SMTPServerSession, id: string, size: number, headers: Array<[string, string]>): Promise<SmtpReply | null> {
+  /**
+   * The data hook's decision about message `id`: its reply (a refusal, the 250 with a script's text, or null)
+   * and the header edits of an accept. The script reads the body through `body` while it runs, if it asks.
+   */
+  async data(
+    conn: SmtpClient, session: SMTPServerSession, id: string, size: number, headers: () => Array<[string, string]>, body: BodyReader,
+  ): Promise<DataDecision> {
     const st = conn.state;
-    if (!st.generation.hasScript(st.listener, 'data')) return null;
-    const verdict = await this.#run(conn, 'data', {
-      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers },
-    });
-    return verdict ? verdictReply('data', verdict, id) : null;
+    if (!st.generation.hasScript(st.listener, 'data')) return NO_DATA_DECISION;
+    const token = openMessageText(body);
+    let verdict: Verdict | undefined;
+    try {
+      verdict = await this.#run(conn, 'data', {
+        connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
+        message: { token },
+      });
+    } finally {
+      closeMessageText(token);
+    }
+    if (!verdict) return NO_DATA_DECISION;
+    return { reply: verdictReply('data', verdict, id), headerEdits: verdict.verdict === 'accept' ? verdict.headers ?? null : null };
   }
 
   /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */

@@ -8,7 +8,7 @@
  * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message. `rescan` in
  * the root is rewritten by `postern queue retry|delete` so a running queue runner re-reads every state.
  */
-import { closeSync, existsSync, fdatasync, fstatSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
@@ -272,7 +272,10 @@ export class Spool {
  * SHA-256 on the way (recorded in the envelope, checked before delivery): opening, writing and closing
  * are synchronous (they only touch the page cache, in incoming/, which is never synced, and cost less
  * CPU than thread-pool round trips); the syncs and the rename into queue/ wait for the disk or the
- * directory, so they go to the pool.
+ * directory, so they go to the pool. What was written can be read back (read()) until the commit, and the
+ * commit can replace one range of it (the data hook's header edits): in memory for a journal record; a
+ * message with a file of its own is copied once more into a new file in incoming/ (page cache only), and
+ * either way the one durable write is of the edited message.
  */
 export class SpoolWriter {
   readonly id: string;
@@ -283,15 +286,19 @@ export class SpoolWriter {
   /** Only for a message that goes to a file of its own. */
   #hash: Hash | null = null;
   #fd: number | null = null;
+  #part: string;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   #bytes = 0;
+  /** Bytes in the message's own file; the rest (#pending) follows them. */
+  #flushed = 0;
 
   constructor(spool: Spool, id: string, dirSync: DirectorySyncer, journal: Journal | null) {
     this.id = id;
     this.#spool = spool;
     this.#dirSync = dirSync;
     this.#journal = journal;
+    this.#part = join(spool.incomingDir, `${id}.part`);
   }
 
   get bytes(): number { return this.#bytes; }
@@ -304,8 +311,42 @@ export class SpoolWriter {
     if (this.#pendingBytes >= limit) this.#flush();
   }
 
-  /** Make the message and its envelope durable. Resolves only when they would survive a crash. */
-  async commit(envelope: SpoolEnvelope): Promise<void> {
+  /** Up to `length` bytes of what was written, from `offset` (fewer past the end). */
+  read(offset: number, length: number): Buffer {
+    const end = Math.min(this.#bytes, offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(end - offset);
+    let at = offset;
+    if (at < this.#flushed) {
+      const n = Math.min(end, this.#flushed) - at;
+      for (let off = 0; off < n;) {
+        const got = readSync(this.#fd!, out, off, n - off, at + off);
+        if (got === 0) throw new Error(`${this.#part}: shorter than written`);
+        off += got;
+      }
+      at += n;
+    }
+    let start = this.#flushed;
+    for (const chunk of this.#pending) {
+      if (at >= end) break;
+      const stop = start + chunk.length;
+      if (at < stop) {
+        const piece = chunk.subarray(at - start, Math.min(chunk.length, end - start));
+        piece.copy(out, at - offset);
+        at += piece.length;
+      }
+      start = stop;
+    }
+    return out;
+  }
+
+  /**
+   * Make the message and its envelope durable. Resolves only when they would survive a crash.
+   * `replace`: the bytes [at, at + length) of the message become `bytes` first.
+   */
+  async commit(envelope: SpoolEnvelope, replace?: { at: number; length: number; bytes: Buffer }): Promise<void> {
+    if (replace && this.#fd === null) this.#replacePending(replace.at, replace.length, replace.bytes);
+    else if (replace) await this.#rewrite(replace.at, replace.length, replace.bytes);
     if (this.#fd === null && this.#journal) {
       const chunks = this.#pending;
       this.#pending = [];
@@ -332,11 +373,47 @@ export class SpoolWriter {
     try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
 
-  get #part(): string { return join(this.#spool.incomingDir, `${this.id}.part`); }
+  /** Replace a range of a message that is all in memory. */
+  #replacePending(at: number, length: number, bytes: Buffer): void {
+    const before = this.read(0, at);
+    const after = this.read(at + length, this.#bytes);
+    this.#pending = [before, bytes, after];
+    this.#bytes = before.length + bytes.length + after.length;
+    this.#pendingBytes = this.#bytes;
+  }
+
+  /** Replace a range of a message that has a file of its own: a new file, written in order, takes its place. */
+  async #rewrite(at: number, length: number, bytes: Buffer): Promise<void> {
+    this.#flush();
+    const old = { fd: this.#fd!, part: this.#part, bytes: this.#bytes };
+    const part = join(this.#spool.incomingDir, `${this.id}.edited.part`);
+    const fd = openSync(part, 'wx+', 0o600);
+    const hash = createHash('sha256');
+    const put = (b: Buffer): void => {
+      hash.update(b);
+      writeAll(fd, b);
+    };
+    try {
+      await copyRange(old.fd, 0, at, put);
+      put(bytes);
+      await copyRange(old.fd, at + length, old.bytes, put);
+    } catch (err) {
+      closeSync(fd);
+      try { unlinkSync(part); } catch { /* best effort: incoming/ is emptied at start */ }
+      throw err;
+    }
+    closeSync(old.fd);
+    try { unlinkSync(old.part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
+    this.#fd = fd;
+    this.#part = part;
+    this.#hash = hash;
+    this.#bytes = old.bytes - length + bytes.length;
+    this.#flushed = this.#bytes;
+  }
 
   /** Write what is pending to the message's file (opened, and its hash started, on the first flush). */
   #flush(): void {
-    this.#fd ??= openSync(this.#part, 'wx', 0o600);
+    this.#fd ??= openSync(this.#part, 'wx+', 0o600); // read too: read() and #rewrite() read it back
     this.#hash ??= createHash('sha256');
     const buffers = this.#pending;
     this.#pending = [];
@@ -344,7 +421,19 @@ export class SpoolWriter {
     for (const b of buffers) {
       this.#hash.update(b);
       writeAll(this.#fd, b);
+      this.#flushed += b.length;
     }
+  }
+}
+
+/** Hand the bytes [from, to) of the file `fd` to `put`, in order, read 256 KiB at a time on the thread pool. */
+async function copyRange(fd: number, from: number, to: number, put: (b: Buffer) => void): Promise<void> {
+  const buf = Buffer.allocUnsafe(256 * 1024);
+  for (let at = from; at < to;) {
+    const n = await new Promise<number>((resolve, reject) => read(fd, buf, 0, Math.min(buf.length, to - at), at, (err, got) => (err ? reject(err) : resolve(got))));
+    if (n === 0) throw new Error('spool file shorter than written');
+    put(buf.subarray(0, n)); // used at once: the buffer is reused
+    at += n;
   }
 }
 

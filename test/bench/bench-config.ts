@@ -39,3 +39,12 @@ export const RATE_MAILFROM = `export default async function (ctx) {
   const r = await rate('from:' + ctx.address.address, 1000000000, 3600);
   if (!r.allowed) return defer('slow down');
 }`;
+
+/** (a)'s data script returning header edits (strip one field, add one naming the certificate): what editing at end of data costs. */
+export const EDIT_DATA = `export default function (ctx) {
+  if (ctx.data.size > 10000000) return reject('big');
+  return accept({ headers: [
+    { op: 'remove', name: 'X-Originating-IP' },
+    { op: 'add', name: 'X-Postern-Client-Cert', value: ctx.connection.clientCertificate?.fingerprint.sha256 ?? 'none' },
+  ] });
+}`;

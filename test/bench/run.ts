@@ -2,6 +2,7 @@
  * `npm run bench`: messages/s and p50/p99 per message over loopback, in one run, for
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
+ *   (e) (a) whose data script also edits the header (one remove, one add), compared with (a) in the same rounds;
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
  * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
  * round's paired ratios (all servers measured back to back in one mode, in alternating order).
@@ -10,7 +11,7 @@ import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, EDIT_DATA, benchConfig, benchPort } from './bench-config.ts';
 import { ensureHaraka, HARAKA_VERSION } from './haraka.ts';
 import { load, measure, median, startServer } from './measure.ts';
 
@@ -18,10 +19,10 @@ const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
 
 
-async function posternConfig(name: string, withScripts: boolean): Promise<{ configText: string; baseDir: string; port: number }> {
+async function posternConfig(name: string, withScripts: boolean, scripts: Record<string, string> = {}): Promise<{ configText: string; baseDir: string; port: number }> {
   const dir = join(work, name);
   await mkdir(join(dir, 'scripts'), { recursive: true });
-  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  if (withScripts) for (const [f, text] of Object.entries({ ...BENCH_SCRIPTS, ...scripts })) await writeFile(join(dir, 'scripts', f), text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
   return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
@@ -36,6 +37,7 @@ const rows: Array<Row & { name: string; mode: string }> = [];
 
 const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean }> = [
   { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  { name: '(e) (a) + header edit', auth: true, start: async () => { const c = await posternConfig('e', true, { 'data.ts': EDIT_DATA }); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
@@ -74,7 +76,7 @@ for (let round = 0; round < rounds; round++) {
       got.set(t.name, m);
     }
     for (const [name, m] of got) {
-      for (const prefix of ['(c)', '(h)']) {
+      for (const prefix of ['(c)', '(h)', '(a)']) {
         const base = [...got].find(([n]) => n.startsWith(prefix))?.[1];
         if (base) paired.set(`${name}\t${mode}\t${prefix}`, [...(paired.get(`${name}\t${mode}\t${prefix}`) ?? []), m.rate / base.rate]);
       }
@@ -105,4 +107,13 @@ for (const r of rows) {
 for (const [key, xs] of paired) {
   const [name, mode, prefix] = key.split('\t') as [string, string, string];
   if (prefix === '(c)' && !name.startsWith('(c)')) console.log(`${name} vs (c), ${mode}, by round: ${xs.map((x) => x.toFixed(2)).join(' ')}`);
+}
+// What a header edit at end of data costs: (e) against (a), paired by round.
+for (const [mode] of modes) {
+  const xs = paired.get(`(e) (a) + header edit\t${mode}\t(a)`);
+  const e = rows.find((r) => r.name.startsWith('(e)') && r.mode === mode);
+  const a = rows.find((r) => r.name.startsWith('(a)') && r.mode === mode);
+  if (!xs || !e || !a) continue;
+  console.log(`(e) header edit vs (a), ${mode}: rate ${median(xs).toFixed(3)}× (by round: ${xs.map((x) => x.toFixed(3)).join(' ')}); ` +
+    `server CPU ${e.cpuUs.toFixed(0)} vs ${a.cpuUs.toFixed(0)} µs/msg (${(e.cpuUs / a.cpuUs).toFixed(3)}×)`);
 }

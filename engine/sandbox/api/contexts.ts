@@ -82,6 +82,18 @@ export interface DataContext {
     /** Header fields in order, `[name, value]`, unfolded. */
     headers: Array<[string, string]>;
   };
+  /** The message's body, read only when asked (a script that does not ask costs no copy). */
+  message: MessageBody;
+}
+
+/** The body of the message at end of DATA (everything after the header section's empty line). */
+export interface MessageBody {
+  /**
+   * The first `maxBytes` bytes of the body (1 to 1 048 576; default 65 536) as text, decoded as UTF-8
+   * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
+   * encodings are not decoded. Readable only while the data hook runs.
+   */
+  text(maxBytes?: number): Promise<string>;
 }
 
 /** A short summary of the certificate the original client presented, kept in the queue. */

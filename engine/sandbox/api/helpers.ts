@@ -2,7 +2,7 @@
  * Functions available as globals inside the sandbox. Hashing, lookups, logging and counters are carried out by the
  * host; nothing else (process, require, fs, network, timers) exists in a script's world.
  */
-import type { AcceptVerdict, DeferVerdict, DeliverVerdict, RejectVerdict } from './verdicts.ts';
+import type { AcceptVerdict, DeferVerdict, DeliverVerdict, HeaderEdit, RejectVerdict } from './verdicts.ts';
 
 /** What rate() answers. */
 export interface RateResult {
@@ -44,7 +44,8 @@ export interface PosternHelpers {
   /** Log a line to the server log, tagged with the connection id and script file. */
   log(...args: unknown[]): void;
   /** Verdict builders. */
-  accept(options?: { username?: string; text?: string }): AcceptVerdict;
+  /** `headers`: the data hook's header edits (see HeaderEdit). */
+  accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
   reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
   defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
   deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;

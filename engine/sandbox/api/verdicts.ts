@@ -6,7 +6,25 @@ export interface AcceptVerdict {
   username?: string;
   /** Text of the 2xx reply, in place of the default (MAIL FROM, RCPT TO and end of DATA). */
   text?: string;
+  /**
+   * data only: edits of the message's header section, applied in order when the message is spooled (the
+   * spooled message is the edited one). Postern's own Received header stays first and is never edited. A
+   * malformed edit fails the hook closed (451 4.3.0). At most 64 edits.
+   */
+  headers?: HeaderEdit[];
 }
+
+/**
+ * One header edit. Names are matched case-insensitively. `add` puts a field at the top of the message's
+ * header section (below Postern's Received; several adds keep their order); `set` replaces the first field
+ * of that name and removes the others (or adds it, when there is none); `remove` removes every field of
+ * that name. A name is 1 to 76 printable US-ASCII characters other than `:`; a value has no CR, LF or other
+ * control character but tab, and `name: value` is at most 998 bytes (one line, RFC 5322 §2.1.1).
+ */
+export type HeaderEdit =
+  | { op: 'add'; name: string; value: string }
+  | { op: 'set'; name: string; value: string }
+  | { op: 'remove'; name: string };
 
 export interface RejectVerdict {
   verdict: 'reject';
@@ -55,6 +73,11 @@ export interface DeliverVerdict {
   /** Connect with implicit TLS (465 style) instead of STARTTLS. */
   implicitTls?: boolean;
   tls?: DeliveryTls;
+  /**
+   * Name of a DKIM key declared in the configuration (`delivery.dkim`) to sign this delivery with; `null`:
+   * do not sign, even where a key is the default for the sender's domain.
+   */
+  dkim?: string | null;
 }
 
 export type PredeliveryVerdict = DeliverVerdict | RejectVerdict | DeferVerdict;

@@ -1,0 +1,116 @@
+/**
+ * DKIM signing of outbound mail (mailauth's signer), with the keys of `delivery.dkim`. Which key signs a
+ * delivery: the one a predelivery verdict names, else the one listing the sender's domain, else none.
+ * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
+ * reaches a script. The signature covers the exact bytes sent: line ends are made CRLF before signing,
+ * which is what the SMTP client would otherwise do to them on the wire.
+ */
+import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { dkimSign } from 'mailauth';
+import type { DeliveryConfig } from '../config/schema.ts';
+import { DeliveryFailure } from './outcome.ts';
+
+export interface DkimKey {
+  name: string;
+  domain: string;
+  selector: string;
+  algorithm: 'rsa-sha256' | 'ed25519-sha256';
+  /** PEM (PKCS#8) of the checked key, as mailauth takes it. */
+  pem: string;
+  /** Changes with the key's content (for logs: which key signed). */
+  id: string;
+}
+
+/** The key name for a delivery: the verdict's choice (`null`: none), else the sender domain's default. */
+export function chooseDkimKey(delivery: DeliveryConfig, chosen: string | null | undefined, sender: string): string | null {
+  if (chosen !== undefined) return chosen;
+  const at = sender.lastIndexOf('@');
+  if (at < 0) return null; // the null sender (bounces): no domain to sign for by default
+  const domain = sender.slice(at + 1).toLowerCase();
+  for (const [name, key] of Object.entries(delivery.dkim)) {
+    if (key.senderDomains.some((d) => d.toLowerCase() === domain)) return name;
+  }
+  return null;
+}
+
+/** Read and check `delivery.dkim.<name>`. Throws with `<file>: delivery.dkim.<name>.privateKey: …` (no key material). */
+export async function loadDkimKey(delivery: DeliveryConfig, name: string): Promise<DkimKey> {
+  const entry = delivery.dkim[name];
+  const at = `delivery.dkim.${name}`;
+  if (!entry) throw new Error(`${at}: no such DKIM key`);
+  const where = `${entry.privateKey}: ${at}.privateKey`;
+  let text: string;
+  try {
+    text = await readFile(entry.privateKey, 'utf8');
+  } catch (err) {
+    throw new Error(`${where}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(text);
+  } catch {
+    throw new Error(`${where}: not a PEM private key`);
+  }
+  const type = key.asymmetricKeyType;
+  if (type === 'rsa') {
+    const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+    if (bits < 1024) throw new Error(`${where}: an RSA key of ${bits} bits is too short for DKIM (at least 1024; RFC 8301)`);
+  } else if (type !== 'ed25519') {
+    throw new Error(`${where}: a ${type ?? 'unknown'} key; DKIM signs with RSA or Ed25519 keys`);
+  }
+  const pem = key.export({ type: 'pkcs8', format: 'pem' }).toString();
+  return {
+    name, domain: entry.domain, selector: entry.selector, algorithm: type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256', pem,
+    id: createHash('sha256').update(pem).digest('hex').slice(0, 16),
+  };
+}
+
+/** Every declared key, for `postern check` and a reload: the problems, one line each. */
+export async function checkDkimKeys(delivery: DeliveryConfig): Promise<string[]> {
+  const results = await Promise.allSettled(Object.keys(delivery.dkim).map((n) => loadDkimKey(delivery, n)));
+  return results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+}
+
+/** Keys per generation: `scope` is the generation object, so a reload reads the files again. */
+export class DkimKeys {
+  readonly #cache = new WeakMap<object, Map<string, Promise<DkimKey>>>();
+
+  key(delivery: DeliveryConfig, scope: object, name: string): Promise<DkimKey> {
+    if (!delivery.dkim[name]) return Promise.reject(new DeliveryFailure(`no DKIM key named "${name}" under delivery.dkim`, { permanent: false, enhanced: '4.7.0' }));
+    let m = this.#cache.get(scope);
+    if (!m) this.#cache.set(scope, (m = new Map()));
+    let p = m.get(name);
+    if (!p) {
+      const map = m;
+      p = loadDkimKey(delivery, name).catch((err: Error) => {
+        map.delete(name); // a file caught mid-rotation is read again next time
+        throw new DeliveryFailure(err.message, { permanent: false, enhanced: '4.7.0' });
+      });
+      map.set(name, p);
+    }
+    return p;
+  }
+}
+
+/** The message with its DKIM-Signature header in front (and CRLF line ends). Throws DeliveryFailure when signing fails. */
+export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer> {
+  const crlf = withCrlf(message);
+  const signature = { signingDomain: key.domain, selector: key.selector, privateKey: key.pem, algorithm: key.algorithm, canonicalization: 'relaxed/relaxed' };
+  // The signer reads only `signatureData` (its typings want the fields at the top level as well).
+  const result = await dkimSign(crlf, { ...signature, signatureData: [signature] });
+  if (!result.signatures) {
+    const why = result.errors.map((e) => e.err?.message ?? String(e)).join('; ') || 'no signature';
+    throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${why}`, { permanent: false, enhanced: '4.7.0' });
+  }
+  return Buffer.concat([Buffer.from(result.signatures), crlf]);
+}
+
+/** Bare LF line ends made CRLF (the message as the SMTP client sends it); the same buffer when there are none. */
+export function withCrlf(message: Buffer): Buffer {
+  let bare = false;
+  for (let at = message.indexOf(0x0a); at >= 0; at = message.indexOf(0x0a, at + 1)) {
+    if (at === 0 || message[at - 1] !== 0x0d) { bare = true; break; }
+  }
+  return bare ? Buffer.from(message.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1') : message;
+}
