@@ -12,7 +12,7 @@ import type { CounterStore } from '../store/counter-store.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
-import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory } from '../sandbox/index.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from './lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
@@ -34,6 +34,8 @@ export interface BuildOptions {
   progress?: { step: string };
   /** The server's counter store (engine/store), for scripts' rate() and counter(); none in `postern check`. */
   store?: CounterStore;
+  /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
+  addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -88,8 +90,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const dir of dirs) {
     progress.step = `the scripts in ${dir}`;
     try {
+      const scripts = await loadScriptDirectory(dir);
       sandboxes.set(dir, await Sandbox.create({
-        scripts: await loadScriptDirectory(dir),
+        scripts: options.addScripts ? [...scripts, ...await options.addScripts(dir, scripts)] : scripts,
         timeoutMs: config.sandbox.timeoutMs,
         memoryLimitMb: config.sandbox.memoryLimitMb,
         isolates: config.sandbox.isolates,
