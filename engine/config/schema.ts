@@ -104,6 +104,8 @@ export const listenerSchema = z.strictObject({
   limits: limitsSchema,
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
     .describe('Scripts folder for this listener only.'),
+  shadowScripts: path().optional().meta({ defaultText: 'none' })
+    .describe('A candidate scripts folder run beside the live one on this listener\'s traffic ("shadow mode"): after each live script call has decided, the same hook of this folder runs on the same context, off the client\'s path, in isolates of its own (never on the event-loop thread); a different verdict is logged and counted (`postern_shadow_calls_total`, `postern status`). It never changes a reply, spools or delivers; its errors and timeouts are counted, not fatal; calls beyond what its isolates can take are skipped and counted. Reloads like the live folder. A hook runs in shadow only where the live folder has a script for it. See [scripts.md](scripts.md#shadow-scripts).'),
   banner: z.string().optional().meta({ defaultText: '`Postern`' })
     .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
   reverseDns: z.boolean().default(true)
