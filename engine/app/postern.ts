@@ -24,6 +24,7 @@ import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
+import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 
@@ -226,6 +227,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
 
   // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
   const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
+  // `replay:` records each script call for `postern replay` (engine/replay/); each call's generation says whether.
+  const recording = startRecording(logger);
 
   let collector: NodeJS.Timeout | null = null;
   if (role === 'worker') {
@@ -288,6 +291,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     },
     async close() {
       stopShadowing();
+      await recording.stop();
       if (collector) clearInterval(collector);
       await admin?.close();
       await reloader.close();

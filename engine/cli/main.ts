@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `try`, `hash-password`. Parsing only; work lives elsewhere. */
+/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `try`, `replay`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
@@ -10,6 +10,7 @@ import { configDescribeCommand, type DescribeOptions } from './config-describe.t
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
+import { replayCommand, type ReplayCliOptions } from './replay.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
 
 /**
@@ -108,6 +109,16 @@ program.command('try [hook]')
   .option('--message <file>', 'the message for DATA (instead of --header)')
   .option('--json', 'machine-readable output')
   .action(async (hook: string | undefined, opts: TryOptions) => exitWith(await tryCommand(hook, opts)));
+
+program.command('replay')
+  .description('run candidate scripts over the recorded traffic (replay: in the configuration) and summarize the decisions that would change (exit 1 when some do)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .requiredOption('--scripts <dir>', 'the candidate scripts folder')
+  .option('--since <age>', 'only calls this recent, e.g. 90m, 24h, 7d')
+  .option('--hook <hook>', 'only this hook')
+  .option('--examples <n>', 'examples shown per group', '3')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: ReplayCliOptions) => exitWith(await replayCommand(opts)));
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')

@@ -224,6 +224,13 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })
     .describe('[Delivery](#delivery) of spooled mail: route, outbound TLS and client certificates, retries, bounces. Without it Postern only accepts and spools.'),
+  replay: z.strictObject({
+    keepDays: z.number().int().min(1).max(366).meta({ unit: 'days' })
+      .describe('Days of recordings kept; older files are deleted.'),
+    maxMegabytes: z.number().int().positive().meta({ unit: 'MiB' }).default(512)
+      .describe('Size the recordings folder may reach: beyond it a process stops recording until old files have been deleted.'),
+  }).optional().meta({ defaultText: 'off' })
+    .describe('Record, for `postern replay`, the context each script call saw and the verdict it gave (no message bodies; headers of the data hook are included) in `<dataDir>/replay/`, one file per day and process. **Personal data**: addresses, client addresses, certificate subjects, login names and message headers; keep `keepDays` as short as your use needs and say so in your records of processing. Only hooks with a live script are recorded. See [scripts.md](scripts.md#replay).'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),

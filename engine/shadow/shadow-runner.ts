@@ -9,11 +9,11 @@
  * delivery.
  */
 import { observeHookCalls, type HookCall } from '../policy/hook-calls.ts';
-import { checkVerdict, FAIL_CLOSED } from '../policy/verdict.ts';
+import { checkVerdict } from '../policy/verdict.ts';
+import { verdictLabel } from '../policy/verdict-label.ts';
 import { metrics } from '../metrics/metrics.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Sandbox } from '../sandbox/index.ts';
-import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 
 export type ShadowResult = 'same' | 'different' | 'error' | 'skipped';
 
@@ -72,17 +72,4 @@ async function runShadow(sandbox: Sandbox, call: HookCall): Promise<{ label: str
     const e = err as { kind?: string; file?: string; line?: number; message: string };
     return { label: 'failed', failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line } };
   }
-}
-
-/**
- * A verdict as compared and logged: its kind and every option it has, in a fixed order (two verdicts are
- * the same decision when they would give the same reply); `none` when the script returned nothing,
- * `failed` for a failure (fail closed).
- */
-export function verdictLabel(v: Verdict | PredeliveryVerdict | undefined): string {
-  if (v === undefined) return 'none';
-  if (v === FAIL_CLOSED) return 'failed';
-  const { verdict, ...options } = v as unknown as Record<string, unknown>;
-  const keys = Object.keys(options).sort();
-  return keys.length ? `${String(verdict)} ${JSON.stringify(Object.fromEntries(keys.map((k) => [k, options[k]])))}` : String(verdict);
 }
