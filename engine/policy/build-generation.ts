@@ -9,6 +9,7 @@
  * per line.
  */
 import type { CounterStore } from '../store/counter-store.ts';
+import { prefixedStore } from '../store/prefixed-store.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -87,6 +88,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const sandboxes = new Map<string, Sandbox>();
   const log = options.logger.child({ component: 'script' });
   const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+  const shadowStore = options.store && prefixedStore(options.store, 'shadow:');
   const sandboxOf = async (dir: string, shadow: boolean): Promise<Sandbox> => {
     const scripts = await loadScriptDirectory(dir);
     return Sandbox.create({
@@ -99,7 +101,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       host: {
         lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
         log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file, ...(shadow ? { shadow: true } : {}) }, message),
-        store: options.store,
+        // A shadow script's counters live apart from the live scripts' (its calls must not use up their limits).
+        store: shadow && options.store ? shadowStore : options.store,
       },
     });
   };

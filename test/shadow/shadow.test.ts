@@ -131,3 +131,27 @@ test('hot reload applies to shadow scripts', async () => {
     await server.stop();
   }
 });
+
+test('shadow scripts count in a store namespace of their own: they never use up the live limits', async () => {
+  const limited = `export default async function () {
+  const r = await rate('per-server', 2, 3600);
+  if (!r.allowed) return defer('Slow down', { code: 450, enhanced: '4.7.1' });
+}`;
+  const server = await start('shadow-store', { 'mailfrom.ts': limited }, { 'mailfrom.ts': limited });
+  try {
+    const c = await SmtpTestClient.connect(server.port('shadow-store'));
+    await c.hello();
+    for (let i = 1; i <= 2; i++) {
+      assert.equal((await c.command('MAIL FROM:<a@example.org>')).text, '250 2.1.0 Accepted', `message ${i}`);
+      // Each shadow call has counted before the next live one: a shared count would refuse the second.
+      await until(`shadow call ${i} settled`, async () => (await shadowCount('shadow-store', 'mailfrom', 'same')) === i);
+      await c.command('RSET');
+    }
+    assert.equal((await c.command('MAIL FROM:<a@example.org>')).text, '450 4.7.1 Slow down');
+    await until('the third shadow call settled', async () => (await shadowCount('shadow-store', 'mailfrom', 'same')) === 3);
+    assert.equal(await shadowCount('shadow-store', 'mailfrom', 'different'), 0);
+    await c.quit();
+  } finally {
+    await server.stop();
+  }
+});
