@@ -2,6 +2,7 @@
  * `npm run bench`: messages/s and p50/p99 per message over loopback, in one run, for
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
+ *   (s) (a) with a shadow copy of its own scripts (shadowScripts: every call runs twice; BENCH_SHADOW=0 leaves it out);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
  * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
  * round's paired ratios (all servers measured back to back in one mode, in alternating order).
@@ -18,13 +19,18 @@ const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
 
 
-async function posternConfig(name: string, withScripts: boolean): Promise<{ configText: string; baseDir: string; port: number }> {
+async function posternConfig(name: string, withScripts: boolean, withShadow = false): Promise<{ configText: string; baseDir: string; port: number }> {
   const dir = join(work, name);
   await mkdir(join(dir, 'scripts'), { recursive: true });
   if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  // (s): the same scripts once more as the listener's shadow folder (the price of a shadow run).
+  if (withShadow) {
+    await mkdir(join(dir, 'shadow'), { recursive: true });
+    for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'shadow', f), text);
+  }
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
-  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
+  return { port, baseDir: dir, configText: benchConfig(dir, port, pki, withShadow ? { shadowScripts: join(dir, 'shadow') } : {}) };
 }
 
 interface Server { stop: () => void; port: number; pid: number }
@@ -37,6 +43,7 @@ const rows: Array<Row & { name: string; mode: string }> = [];
 const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean }> = [
   { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  ...(process.env.BENCH_SHADOW === '0' ? [] : [{ name: '(s) (a) + shadow copy', auth: true, start: async () => { const c = await posternConfig('s', true, true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } }]),
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
 // (h) Haraka, whose rate is the one-message-per-connection target (BENCH_HARAKA=0 leaves it out).
@@ -74,7 +81,7 @@ for (let round = 0; round < rounds; round++) {
       got.set(t.name, m);
     }
     for (const [name, m] of got) {
-      for (const prefix of ['(c)', '(h)']) {
+      for (const prefix of ['(c)', '(h)', '(a)']) {
         const base = [...got].find(([n]) => n.startsWith(prefix))?.[1];
         if (base) paired.set(`${name}\t${mode}\t${prefix}`, [...(paired.get(`${name}\t${mode}\t${prefix}`) ?? []), m.rate / base.rate]);
       }
@@ -105,4 +112,11 @@ for (const r of rows) {
 for (const [key, xs] of paired) {
   const [name, mode, prefix] = key.split('\t') as [string, string, string];
   if (prefix === '(c)' && !name.startsWith('(c)')) console.log(`${name} vs (c), ${mode}, by round: ${xs.map((x) => x.toFixed(2)).join(' ')}`);
+}
+// What a shadow run costs: (s) against (a) in the same rounds, rate and server CPU per message.
+for (const mode of modes.map(([m]) => m)) {
+  const s = rows.find((r) => r.name.startsWith('(s)') && r.mode === mode);
+  const a = rows.find((r) => r.name.startsWith('(a)') && r.mode === mode);
+  const xs = paired.get(`(s) (a) + shadow copy\t${mode}\t(a)`);
+  if (s && a && xs) console.log(`(s) shadow vs (a), ${mode}: rate ${median(xs).toFixed(2)}× (by round: ${xs.map((x) => x.toFixed(2)).join(' ')}), server CPU ${s.cpuUs.toFixed(0)} vs ${a.cpuUs.toFixed(0)} µs/msg (${(s.cpuUs / a.cpuUs).toFixed(2)}×)`);
 }
