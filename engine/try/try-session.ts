@@ -93,14 +93,18 @@ export class TrySession {
   readonly #conn: TryConnection;
   readonly #logs: LogLine[];
   readonly #facts: TryFacts;
+  readonly #logger: Logger;
   #handshake: LoopbackHandshake | null = null;
   #calls: HookCall[] = [];
+  /** The message of the last DATA, for a predelivery step after it. */
+  #predelivery: { id: string; size: number; sender: string; recipients: string[] } | null = null;
   readonly #stopObserving: () => void;
 
   private constructor(built: BuiltGeneration, logger: Logger, logs: LogLine[], facts: TryFacts) {
     this.built = built;
     this.#logs = logs;
     this.#facts = facts;
+    this.#logger = logger;
     const generation = built.generation;
     this.listener = facts.listener ? generation.listener(facts.listener) : generation.config.listeners[0]!;
     const setup = built.listeners.get(this.listener.name)!;
@@ -230,7 +234,7 @@ export class TrySession {
     this.state.mechanism = 'PLAIN';
     this.state.saslAuthenticated = true;
     this.#conn.session.user = user;
-    return { step: 'login', command: `(logged in as ${user})`, reply: '235 2.7.0 Authentication successful (assumed)', outcome: 'accept', calls: [], logs: [] };
+    return { step: 'login', command: `(taken as logged in as ${user}: no AUTH, no auth hook)`, reply: asLine(reply('authSucceeded')).reply, outcome: 'accept', calls: [], logs: [] };
   }
 
   async mailFrom(address: string, args: Record<string, string> = {}): Promise<StepResult> {
@@ -273,8 +277,6 @@ export class TrySession {
     });
   }
 
-  #predelivery: { id: string; size: number; sender: string; recipients: string[] } | null = null;
-
   /**
    * The predelivery hook for the message of the last DATA (or the envelope given), as the queue runner
    * would call it at a first attempt. The destination is the configured default route; for MX routing
@@ -296,7 +298,7 @@ export class TrySession {
       session: spooledSession(this.#conn),
     };
     return this.#step('predelivery', `predelivery of ${message.id} to ${domain}`, async () => {
-      const decision = await runPredelivery(this.built.generation, ctx, this.#policyLogger);
+      const decision = await runPredelivery(this.built.generation, ctx, this.#logger);
       if (decision.action === 'deliver') {
         const host = decision.host ?? destination.host;
         const port = decision.port ?? destination.port;
@@ -306,8 +308,6 @@ export class TrySession {
       return { reply: f.message, code: decision.action === 'reject' ? 550 : 450 };
     });
   }
-
-  get #policyLogger(): Logger { return createLogger('silent'); }
 
   async close(): Promise<void> {
     this.#stopObserving();
@@ -360,8 +360,3 @@ function smtpAddress(address: string, args: Record<string, string>): SMTPServerA
 }
 
 const params = (args: Record<string, string>): string => Object.entries(args).map(([k, v]) => ` ${k}=${v}`).join('');
-
-/** The hooks each step runs (for picking the step a `try HOOK` is about). */
-export const STEP_OF_HOOK: Record<HookName, StepName> = {
-  connect: 'connect', helo: 'helo', auth: 'auth', mailfrom: 'mailfrom', rcptto: 'rcptto', data: 'data', predelivery: 'predelivery',
-};
