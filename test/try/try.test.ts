@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { copyExample } from '../helpers/example.ts';
+import { copyExample, hashPassword } from '../helpers/example.ts';
 import type { TestPki } from '../helpers/pki.ts';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
@@ -52,7 +52,7 @@ const prepared = async (name: string, append?: Parameters<typeof copyExample>[1]
 
 before(async () => {
   relay = await prepared('postfix-relay-clientcerts', (pki) => ({ relay_clientcerts: `${colon(pki.clients.alice.fingerprintMd5)}   laptop.example.net` }));
-  permit = await prepared('postfix-permit-tls-all-clientcerts');
+  permit = await prepared('postfix-permit-tls-all-clientcerts', async () => ({ users: `carol@example.com:${await hashPassword('carol-secret')}` }));
   halon = await prepared('halon-auth-external', (pki) => ({ tls_fingerprints: `${pki.clients.alice.fingerprintSha1}   example.com` }));
   predelivery = await prepared('halon-predelivery-client-cert');
   laptop = await prepared('postfix-laptop-relay');
@@ -108,6 +108,22 @@ test('a revoked certificate shows the revoked verdict (CA and CRL of the listene
   const text = await cli(['try', 'rcptto', '-c', permit.config, ...cert(permit, 'revoked'), '--from', 'me@example.com', '--to', 'r@elsewhere.example']);
   assert.match(text.stdout, /"verifyErrorCode": "CERT_REVOKED"/);
   assert.match(text.stdout, /no rcptto script: the built-in rules decide/);
+});
+
+test('auth with a password (postfix-permit-tls-all-clientcerts): the built-in rule and the users file decide; a wrong password is 535, exit 1', async () => {
+  const ok = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'carol-secret', '--json']);
+  assert.equal(ok.code, 0, ok.stderr);
+  const j = json(ok);
+  assert.equal(last(j).reply, '235 2.7.0 Authentication successful');
+  assert.deepEqual(callOf(j, 'auth').context.builtin, { accepted: true, username: 'carol@example.com', reason: 'password' });
+  assert.equal(callOf(j, 'auth').context.auth.password, 'carol-secret');
+  const bad = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'wrong']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stdout, /^< 535 5\.7\.8 Authentication credentials invalid$/m);
+  assert.doesNotMatch(bad.stdout, /^> AUTH .*wrong/m, 'the command line shown hides the password');
+  // Logged in, the relay rule lets an authenticated session relay.
+  const relayed = await cli(['try', 'rcptto', '-c', permit.config, '--user', 'carol@example.com', '--password', 'carol-secret', '--from', 'carol@example.com', '--to', 'x@elsewhere.example']);
+  assert.equal(relayed.code, 0, relayed.stdout);
 });
 
 test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL FROM with the catalogue reply', async () => {
