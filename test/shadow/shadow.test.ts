@@ -5,7 +5,8 @@
 // not timings); calls beyond what the shadow's isolates can take are skipped; a reload applies.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -154,4 +155,15 @@ test('shadow scripts count in a store namespace of their own: they never use up 
   } finally {
     await server.stop();
   }
+});
+
+test('postern check (and so a reload) refuses a shadow folder that does not compile, naming file and line', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-shadow-check-'));
+  const shadowDir = join(dir, 'candidate');
+  await mkdir(shadowDir);
+  await writeFile(join(shadowDir, 'rcptto.ts'), 'export default function (ctx) {\n  return reject(;\n}\n');
+  await writeFile(join(dir, 'postern.yaml'), configYaml({ dataDir: join(dir, 'data'), scripts: join(dir, 'scripts'), listeners: [testListener('in', { shadowScripts: shadowDir })] } as never));
+  const r = spawnSync(process.execPath, [new URL('../../engine/cli/main.ts', import.meta.url).pathname, 'check', '-c', join(dir, 'postern.yaml')], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, new RegExp(`^${join(shadowDir, 'rcptto.ts').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:2:\\d+: `, 'm'));
 });
