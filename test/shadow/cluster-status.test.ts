@@ -3,7 +3,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
@@ -11,7 +11,11 @@ import { submitMessage } from '../helpers/smtp-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess | undefined;
-after(() => c?.stop());
+let shadow: string | undefined;
+after(async () => {
+  await c?.stop();
+  if (shadow) await rm(shadow, { recursive: true, force: true });
+});
 
 function status(config: string): Record<string, unknown> | null {
   const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', config], { encoding: 'utf8', timeout: 60_000 });
@@ -19,7 +23,7 @@ function status(config: string): Record<string, unknown> | null {
 }
 
 test('postern status sums the shadow counts of every worker', async () => {
-  const shadow = await mkdtemp(join(tmpdir(), 'postern-shadow-cluster-'));
+  shadow = await mkdtemp(join(tmpdir(), 'postern-shadow-cluster-'));
   await writeFile(join(shadow, 'rcptto.js'), `export default (ctx) => (ctx.address.localPart === 'keep' ? undefined : reject('candidate'));`);
   c = await startCluster({
     config: `

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -33,7 +33,8 @@ async function start(listener: string, live: Record<string, string>, shadow: Rec
     } as never),
     scripts: live,
   });
-  return Object.assign(server, { shadowDir });
+  const stop = server.stop.bind(server);
+  return Object.assign(server, { shadowDir, stop: async () => { await stop(); await rm(shadowDir, { recursive: true, force: true }); } });
 }
 
 async function status(server: TestServer): Promise<{ shadow: Record<string, Record<string, number>> }> {
@@ -165,5 +166,6 @@ test('postern check (and so a reload) refuses a shadow folder that does not comp
   await writeFile(join(dir, 'postern.yaml'), configYaml({ dataDir: join(dir, 'data'), scripts: join(dir, 'scripts'), listeners: [testListener('in', { shadowScripts: shadowDir })] } as never));
   const r = spawnSync(process.execPath, [new URL('../../engine/cli/main.ts', import.meta.url).pathname, 'check', '-c', join(dir, 'postern.yaml')], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 1, r.stdout + r.stderr);
+  await rm(dir, { recursive: true, force: true });
   assert.match(r.stderr, new RegExp(`^${join(shadowDir, 'rcptto.ts').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:2:\\d+: `, 'm'));
 });
