@@ -44,8 +44,9 @@ let permit: { dir: string; pki: TestPki; config: string };
 let halon: { dir: string; pki: TestPki; config: string };
 let predelivery: { dir: string; pki: TestPki; config: string };
 let laptop: { dir: string; pki: TestPki; config: string };
-const prepared = async (name: string, append?: Parameters<typeof copyExample>[1]) => {
-  const r = await copyExample(name, append);
+let implicit: { dir: string; pki: TestPki; config: string };
+const prepared = async (name: string, append?: Parameters<typeof copyExample>[1], edit?: Parameters<typeof copyExample>[2]) => {
+  const r = await copyExample(name, append, edit);
   examples.push(r);
   return { ...r, config: r.configPath };
 };
@@ -56,6 +57,9 @@ before(async () => {
   halon = await prepared('halon-auth-external', (pki) => ({ tls_fingerprints: `${pki.clients.alice.fingerprintSha1}   example.com` }));
   predelivery = await prepared('halon-predelivery-client-cert');
   laptop = await prepared('postfix-laptop-relay');
+  // The same relay example on an implicit-TLS listener (port 465 style).
+  implicit = await prepared('postfix-relay-clientcerts', (pki) => ({ relay_clientcerts: `${colon(pki.clients.alice.fingerprintMd5)}   laptop.example.net` }),
+    (doc) => doc.setIn(['listeners', 0, 'tls', 'mode'], 'implicit'));
   // The outbound certificates these examples name, as their own tests install them.
   const a = predelivery.pki.clients.alice;
   for (const [file, from] of Object.entries({ 'example-com.crt': a.cert, 'example-com.key': a.key, 'example-org.crt': a.cert, 'example-org.key': a.key })) {
@@ -124,6 +128,18 @@ test('auth with a password (postfix-permit-tls-all-clientcerts): the built-in ru
   // Logged in, the relay rule lets an authenticated session relay.
   const relayed = await cli(['try', 'rcptto', '-c', permit.config, '--user', 'carol@example.com', '--password', 'carol-secret', '--from', 'carol@example.com', '--to', 'x@elsewhere.example']);
   assert.equal(relayed.code, 0, relayed.stdout);
+});
+
+test('implicit TLS: the handshake comes before connect, whose context has the certificate; no STARTTLS step', async () => {
+  const r = await cli(['try', 'connect', '-c', implicit.config, ...cert(implicit, 'alice'), '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const c = callOf(json(r), 'connect');
+  assert.equal(c.context.connection.tls.mode, 'implicit');
+  assert.match(c.context.connection.tls.protocol, /^TLSv1\.[23]$/);
+  assert.equal(c.context.connection.clientCertificate.fingerprint.sha256, implicit.pki.clients.alice.fingerprintSha256);
+  const rcpt = await cli(['try', 'rcptto', '-c', implicit.config, ...cert(implicit, 'alice'), '--from', 'me@example.net', '--to', 'r@elsewhere.example', '--json']);
+  assert.equal(rcpt.code, 0, rcpt.stderr);
+  assert.deepEqual(json(rcpt).steps.map((s) => s.step), ['connect', 'helo', 'mailfrom', 'rcptto']);
 });
 
 test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL FROM with the catalogue reply', async () => {
