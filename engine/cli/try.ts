@@ -113,6 +113,10 @@ function asText(session: TrySession, result: TryResult, hook: HookName | undefin
     for (const l of s.logs) out.push(`  log ${l.level}${l.script ? ` ${l.script}` : ''}: ${l.msg}`);
     out.push(`< ${s.reply}`);
   }
+  const lastStep = result.steps.at(-1);
+  if (hook && lastStep && lastStep.step !== hook && !result.steps.some((s) => s.step === hook)) {
+    out.push(`(the ${hook} hook was not reached: the session stopped at ${lastStep.step})`);
+  }
   out.push(`outcome: ${result.outcome} (exit ${result.exitCode})`);
   return `${out.join('\n')}\n`;
 }

@@ -148,6 +148,8 @@ test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL F
   const j = json(r);
   assert.equal(last(j).step, 'mailfrom');
   assert.equal(last(j).reply, '530 5.7.0 Must issue a STARTTLS command first');
+  const text = await cli(['try', 'rcptto', '-c', permit.config, '--no-tls', '--from', 'me@example.com', '--to', 'r@example.com']);
+  assert.match(text.stdout, /^\(the rcptto hook was not reached: the session stopped at mailfrom\)$/m);
 });
 
 test('auth and mailfrom (halon-auth-external): AUTH EXTERNAL by fingerprint, the sender domain bound to the certificate', async () => {
