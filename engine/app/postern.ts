@@ -22,6 +22,10 @@ import { metrics, setQueueProbe } from '../metrics/metrics.ts';
 import { access, constants } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
+import { startShadowing } from '../shadow/shadow-runner.ts';
+import { shadowCounts } from '../shadow/shadow-status.ts';
+import { startRecording } from '../replay/recorder.ts';
+import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 
 export interface StartOptions {
@@ -221,6 +225,11 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   }, opts.settleMs);
   if (opts.watch ?? true) await reloader.start();
 
+  // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
+  const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
+  // `replay:` records each script call for `postern replay` (engine/replay/); each call's generation says whether.
+  const recording = startRecording(logger);
+
   let collector: NodeJS.Timeout | null = null;
   if (role === 'worker') {
     runtime.onSpooled = (id) => opts.onSpooled?.(id, spool.root);
@@ -266,6 +275,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           ...reloader.status.data,
           listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
           queue: { active: queue.activeCount, messages: (await spools.list()).length },
+          shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },
     });
@@ -280,6 +290,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       server.server.emit('connection', socket);
     },
     async close() {
+      stopShadowing();
+      await recording.stop();
       if (collector) clearInterval(collector);
       await admin?.close();
       await reloader.close();

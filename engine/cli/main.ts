@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `hash-password`. Parsing only; work lives elsewhere. */
+/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `try`, `replay`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
@@ -9,6 +9,8 @@ import { checkCommand } from './check.ts';
 import { configDescribeCommand, type DescribeOptions } from './config-describe.ts';
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
+import { tryCommand, type TryOptions } from './try.ts';
+import { replayCommand, type ReplayCliOptions } from './replay.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
 
 /**
@@ -84,6 +86,39 @@ queue.command('delete <id>')
   .description('remove a message without delivering or bouncing it')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .action(async (id: string, opts: { config?: string }) => exitWith(await queueDeleteCommand(id, opts)));
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+program.command('try [hook]')
+  .description('run a hook\'s script against given facts as the server would; print context, verdict, logs and the reply (exit 0 accept, 1 reject, 2 defer, 3 script error)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--listener <name>', 'the listener (default: the first)')
+  .option('--scripts <dir>', 'try this scripts folder instead of the configured one')
+  .option('--session <file>', 'play a session file (EHLO, AUTH, MAIL, RCPT, DATA …) through every hook in order')
+  .option('--cert <file>', 'client certificate (PEM, chain after it; may hold the key too)')
+  .option('--key <file>', 'its private key (the certificate is verified in a real handshake)')
+  .option('--no-tls', 'do not STARTTLS on a STARTTLS listener')
+  .option('--ip <address>', 'client address', '203.0.113.5')
+  .option('--helo <name>', 'EHLO name')
+  .option('--user <name>', 'logged-in user (with --password: a real AUTH, run through the auth hook)')
+  .option('--password <password>', 'password for AUTH')
+  .option('--mechanism <name>', 'AUTH mechanism (default PLAIN, EXTERNAL with --cert and no --password)')
+  .option('--authzid <name>', 'authorization identity for AUTH')
+  .option('--from <address>', 'envelope sender (default: the null sender)')
+  .option('--to <address>', 'envelope recipient (repeatable)', collect)
+  .option('--header <line>', 'message header line for DATA (repeatable)', collect)
+  .option('--message <file>', 'the message for DATA (instead of --header)')
+  .option('--json', 'machine-readable output')
+  .action(async (hook: string | undefined, opts: TryOptions) => exitWith(await tryCommand(hook, opts)));
+
+program.command('replay')
+  .description('run candidate scripts over the recorded traffic (replay: in the configuration) and summarize the decisions that would change (exit 1 when some do)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .requiredOption('--scripts <dir>', 'the candidate scripts folder')
+  .option('--since <age>', 'only calls this recent, e.g. 90m, 24h, 7d')
+  .option('--hook <hook>', 'only this hook')
+  .option('--examples <n>', 'examples shown per group', '3')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: ReplayCliOptions) => exitWith(await replayCommand(opts)));
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')

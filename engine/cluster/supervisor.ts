@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { registry } from '../metrics/metrics.ts';
+import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
@@ -350,7 +351,9 @@ export class Supervisor {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
         // unrelated reload must not make a listener that still runs on its old port look settled.
-        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, queue: await this.#queueSize(), cluster: this.status() };
+        const children = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const shadow = shadowCounts(children.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null));
+        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, queue: await this.#queueSize(), cluster: this.status(), shadow };
       },
     };
   }

@@ -104,6 +104,8 @@ export const listenerSchema = z.strictObject({
   limits: limitsSchema,
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
     .describe('Scripts folder for this listener only.'),
+  shadowScripts: path().optional().meta({ defaultText: 'none' })
+    .describe('A candidate scripts folder run beside the live one on this listener\'s traffic ("shadow mode"): after each live script call has decided, the same hook of this folder runs on the same context, off the client\'s path, in isolates of its own (never on the event-loop thread); a different verdict is logged and counted (`postern_shadow_calls_total`, `postern status`). It never changes a reply, spools or delivers; its errors and timeouts are counted, not fatal; calls beyond what its isolates can take are skipped and counted. Reloads like the live folder. A hook runs in shadow only where the live folder has a script for it. See [authoring.md](authoring.md#shadow-scripts).'),
   banner: z.string().optional().meta({ defaultText: '`Postern`' })
     .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
   reverseDns: z.boolean().default(true)
@@ -235,6 +237,13 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })
     .describe('[Delivery](#delivery) of spooled mail: route, outbound TLS and client certificates, retries, bounces. Without it Postern only accepts and spools.'),
+  replay: z.strictObject({
+    keepDays: z.number().int().min(1).max(366).meta({ unit: 'days' })
+      .describe('Days of recordings kept; older files are deleted.'),
+    maxMegabytes: z.number().int().positive().meta({ unit: 'MiB' }).default(512)
+      .describe('Size the recordings folder may reach: beyond it a process stops recording until old files have been deleted.'),
+  }).optional().meta({ defaultText: 'off' })
+    .describe('Record, for `postern replay`, the context each script call saw and the verdict it gave (no message bodies; headers of the data hook are included) in `<dataDir>/replay/`, one file per day and process. **Personal data**: addresses, client addresses, certificate subjects, login names and message headers; keep `keepDays` as short as your use needs and say so in your records of processing. Only hooks with a live script are recorded. See [authoring.md](authoring.md#replay).'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),

@@ -87,6 +87,14 @@ export const metrics = {
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',
   }),
+  shadowCalls: new Counter({
+    name: 'postern_shadow_calls_total',
+    help: 'Shadow script calls (listeners\' shadowScripts) by listener, hook and result: same or different verdict from the live script, error (failed, timed out), skipped (its isolates busy)',
+    labelNames: ['listener', 'hook', 'result'] as const, registers: [registry],
+  }),
+  shadowInFlight: new Gauge({
+    name: 'postern_shadow_calls_in_flight', help: 'Shadow script calls started and not yet settled', registers: [registry],
+  }),
 };
 
 for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);

@@ -9,10 +9,11 @@
  * per line.
  */
 import type { CounterStore } from '../store/counter-store.ts';
+import { prefixedStore } from '../store/prefixed-store.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
-import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory } from '../sandbox/index.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from './lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
@@ -35,6 +36,8 @@ export interface BuildOptions {
   progress?: { step: string };
   /** The server's counter store (engine/store), for scripts' rate() and counter(); none in `postern check`. */
   store?: CounterStore;
+  /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
+  addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -86,21 +89,38 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const sandboxes = new Map<string, Sandbox>();
   const log = options.logger.child({ component: 'script' });
   const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+  const shadowStore = options.store && prefixedStore(options.store, 'shadow:');
+  const sandboxOf = async (dir: string, shadow: boolean): Promise<Sandbox> => {
+    const scripts = await loadScriptDirectory(dir);
+    return Sandbox.create({
+      scripts: options.addScripts && !shadow ? [...scripts, ...await options.addScripts(dir, scripts)] : scripts,
+      timeoutMs: config.sandbox.timeoutMs,
+      memoryLimitMb: config.sandbox.memoryLimitMb,
+      isolates: config.sandbox.isolates,
+      // Shadow calls never run on the event-loop thread: a slow or looping candidate must not hold up live sessions.
+      fastPathMs: shadow ? 0 : config.sandbox.fastPathMs,
+      host: {
+        lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
+        log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file, ...(shadow ? { shadow: true } : {}) }, message),
+        // A shadow script's counters live apart from the live scripts' (its calls must not use up their limits).
+        store: shadow && options.store ? shadowStore : options.store,
+      },
+    });
+  };
   for (const dir of dirs) {
     progress.step = `the scripts in ${dir}`;
     try {
-      sandboxes.set(dir, await Sandbox.create({
-        scripts: await loadScriptDirectory(dir),
-        timeoutMs: config.sandbox.timeoutMs,
-        memoryLimitMb: config.sandbox.memoryLimitMb,
-        isolates: config.sandbox.isolates,
-        fastPathMs: config.sandbox.fastPathMs,
-        host: {
-          lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
-          log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
-          store: options.store,
-        },
-      }));
+      sandboxes.set(dir, await sandboxOf(dir, false));
+    } catch (err) {
+      failed(err);
+    }
+  }
+  // Shadow folders are checked like live ones: a candidate that does not compile fails the reload (and check).
+  const shadows = new Map<string, Sandbox>();
+  for (const dir of new Set(config.listeners.flatMap((l) => (l.shadowScripts ? [l.shadowScripts] : [])))) {
+    progress.step = `the shadow scripts in ${dir}`;
+    try {
+      shadows.set(dir, await sandboxOf(dir, true));
     } catch (err) {
       failed(err);
     }
@@ -131,10 +151,10 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const line of await checkDkimKeys(config.delivery)) failed(line);
 
   if (problems.length) {
-    await Promise.all([...sandboxes.values()].map((s) => s.dispose()));
+    await Promise.all([...sandboxes.values(), ...shadows.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows), listeners, warnings };
 }
 
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {

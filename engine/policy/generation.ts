@@ -26,13 +26,16 @@ export class PolicyGeneration {
   /** The server's counter store (made once at start, see engine/store/): scripts and built-in limits count in it. */
   readonly store: CounterStore | undefined;
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
+  /** The listeners' shadow scripts folders (engine/shadow/), by folder: never the live sandboxes, even for the same folder. */
+  readonly #shadows: ReadonlyMap<string, Sandbox>;
   #refs = 0;
   #retired = false;
   #disposed = false;
   #teardown: Promise<void> | null = null;
 
   /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
-  constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore) {
+  constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
+    shadows: ReadonlyMap<string, Sandbox> = new Map()) {
     this.source = source;
     this.store = store;
     this.config = source.config;
@@ -40,6 +43,7 @@ export class PolicyGeneration {
     this.users = users;
     this.localDomains = new Set(source.config.localDomains.map((d) => d.toLowerCase()));
     this.#sandboxes = sandboxes;
+    this.#shadows = shadows;
   }
 
   listener(name: string): ListenerConfig {
@@ -50,6 +54,11 @@ export class PolicyGeneration {
 
   sandboxFor(listener: ListenerConfig | undefined): Sandbox {
     return this.#sandboxes.get(listener?.scripts ?? this.config.scripts)!;
+  }
+
+  /** The listener's shadow scripts (`shadowScripts`), if it has a folder of them. */
+  shadowSandboxFor(listener: ListenerConfig | undefined): Sandbox | undefined {
+    return listener?.shadowScripts ? this.#shadows.get(listener.shadowScripts) : undefined;
   }
 
   hasScript(listener: ListenerConfig | undefined, hook: HookName): boolean {
@@ -78,7 +87,7 @@ export class PolicyGeneration {
   dispose(): Promise<void> {
     if (this.#disposed) return this.#teardown ?? Promise.resolve();
     this.#disposed = true;
-    const teardown = Promise.all([...this.#sandboxes.values()].map((s) => s.dispose())).then(() => undefined);
+    const teardown = Promise.all([...this.#sandboxes.values(), ...this.#shadows.values()].map((s) => s.dispose())).then(() => undefined);
     this.#teardown = teardown;
     tearingDown.add(teardown);
     void teardown.finally(() => tearingDown.delete(teardown));

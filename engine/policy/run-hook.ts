@@ -9,6 +9,7 @@ import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
 import type { Logger } from '../logging/logger.ts';
 import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
+import { hookObservers, notifyHookCall } from './hook-calls.ts';
 
 export { FAIL_CLOSED };
 
@@ -21,11 +22,18 @@ export async function runHook(
   const start = process.hrtime.bigint();
   try {
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
-    scriptCalled(hook, generation.serial, secondsSince(start), verdict?.verdict ?? 'none');
+    const seconds = secondsSince(start);
+    scriptCalled(hook, generation.serial, seconds, verdict?.verdict ?? 'none');
+    if (hookObservers.size) notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict, failure: null, seconds });
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
-    scriptCalled(hook, generation.serial, secondsSince(start), 'failed', e.kind ?? 'verdict');
+    const seconds = secondsSince(start);
+    scriptCalled(hook, generation.serial, seconds, 'failed', e.kind ?? 'verdict');
+    if (hookObservers.size) {
+      notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
+        failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line, column: e.column } });
+    }
     log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
       `policy script ${hook} failed: ${String(err)}`);
     return FAIL_CLOSED;

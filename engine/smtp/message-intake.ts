@@ -65,13 +65,7 @@ export async function receiveMessage(
       sender: mailFrom ? mailFrom.address : '',
       recipients: session.envelope.rcptTo.map((r) => ({ address: r.address, ...(r.dsn?.notify ? { notify: r.dsn.notify } : {}) })),
       size: 0,
-      session: {
-        listener: st.listener.name,
-        remoteAddress: conn.remoteAddress,
-        helo: st.heloName,
-        authenticatedUser: st.user,
-        clientCertificate: st.certificate ? summarizeCertificate(st.certificate) : null,
-      },
+      session: spooledSession(conn),
       attempts: 0,
       nextAttemptAt: new Date().toISOString(),
       errors: [],
@@ -101,6 +95,18 @@ export async function receiveMessage(
     runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
     throw reply('localError', { id: conn.id });
   }
+}
+
+/** What the spool keeps about the submitting session (the predelivery hook's `session`). */
+export function spooledSession(conn: Pick<SmtpClient, 'state' | 'remoteAddress'>): SpoolEnvelope['session'] {
+  const st = conn.state;
+  return {
+    listener: st.listener.name,
+    remoteAddress: conn.remoteAddress,
+    helo: st.heloName,
+    authenticatedUser: st.user,
+    clientCertificate: st.certificate ? summarizeCertificate(st.certificate) : null,
+  };
 }
 
 /** The Received header's lines about the client, kept per connection while the facts they come from hold. */

@@ -9,6 +9,7 @@ export type { CounterStore, RateResult } from './counter-store.ts';
 export { STORE_KEYS, StoreUnavailable } from './counter-store.ts';
 export { MemoryCounterStore } from './memory-store.ts';
 export { RedisCounterStore } from './redis-store.ts';
+export { prefixedStore } from './prefixed-store.ts';
 
 export function createStore(config: Config['store'], logger: Logger): CounterStore {
   if (config.redis) return new RedisCounterStore(config.redis, logger);

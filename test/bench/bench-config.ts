@@ -5,7 +5,8 @@ export function benchPort(): number {
   return 30000 + Math.floor(Math.random() * 20000);
 }
 
-export function benchConfig(dir: string, port: number, pki: TestPki): string {
+/** `shadowScripts`: the listener runs that folder beside its scripts (shadow mode, engine/shadow/). */
+export function benchConfig(dir: string, port: number, pki: TestPki, opts: { shadowScripts?: string } = {}): string {
   return `
 dataDir: ${dir}/data
 scripts: ${dir}/scripts
@@ -18,7 +19,7 @@ listeners:
     auth: { mechanisms: [EXTERNAL] }
     certificateIdentity: { field: emailAddress }
     reverseDns: false
-    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000 }${opts.shadowScripts ? `\n    shadowScripts: ${opts.shadowScripts}` : ''}
 delivery: { enabled: false }
 `;
 }

@@ -3,6 +3,7 @@
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
  *   (e) (a) whose data script also edits the header (one remove, one add), compared with (a) in the same rounds;
+ *   (s) (a) with a shadow copy of its own scripts (shadowScripts: every call runs twice; BENCH_SHADOW=0 leaves it out);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
  * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
  * round's paired ratios (all servers measured back to back in one mode, in alternating order).
@@ -19,13 +20,19 @@ const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-bench-'));
 
 
-async function posternConfig(name: string, withScripts: boolean, scripts: Record<string, string> = {}): Promise<{ configText: string; baseDir: string; port: number }> {
+async function posternConfig(name: string, withScripts: boolean, opts: { scripts?: Record<string, string>; shadow?: boolean } = {}): Promise<{ configText: string; baseDir: string; port: number }> {
+  const withShadow = opts.shadow === true;
   const dir = join(work, name);
   await mkdir(join(dir, 'scripts'), { recursive: true });
-  if (withScripts) for (const [f, text] of Object.entries({ ...BENCH_SCRIPTS, ...scripts })) await writeFile(join(dir, 'scripts', f), text);
+  if (withScripts) for (const [f, text] of Object.entries({ ...BENCH_SCRIPTS, ...opts.scripts })) await writeFile(join(dir, 'scripts', f), text);
+  // (s): the same scripts once more as the listener's shadow folder (the price of a shadow run).
+  if (withShadow) {
+    await mkdir(join(dir, 'shadow'), { recursive: true });
+    for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'shadow', f), text);
+  }
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
-  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) };
+  return { port, baseDir: dir, configText: benchConfig(dir, port, pki, withShadow ? { shadowScripts: join(dir, 'shadow') } : {}) };
 }
 
 interface Server { stop: () => void; port: number; pid: number }
@@ -37,8 +44,9 @@ const rows: Array<Row & { name: string; mode: string }> = [];
 
 const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean }> = [
   { name: '(a) postern + scripts', auth: true, start: async () => { const c = await posternConfig('a', true); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
-  { name: '(e) (a) + header edit', auth: true, start: async () => { const c = await posternConfig('e', true, { 'data.ts': EDIT_DATA }); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  { name: '(e) (a) + header edit', auth: true, start: async () => { const c = await posternConfig('e', true, { scripts: { 'data.ts': EDIT_DATA } }); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
+  ...(process.env.BENCH_SHADOW === '0' ? [] : [{ name: '(s) (a) + shadow copy', auth: true, start: async () => { const c = await posternConfig('s', true, { shadow: true }); return { port: c.port, ...await startServer('postern-server.ts', c) }; } }]),
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
 // (h) Haraka, whose rate is the one-message-per-connection target (BENCH_HARAKA=0 leaves it out).
@@ -108,12 +116,14 @@ for (const [key, xs] of paired) {
   const [name, mode, prefix] = key.split('\t') as [string, string, string];
   if (prefix === '(c)' && !name.startsWith('(c)')) console.log(`${name} vs (c), ${mode}, by round: ${xs.map((x) => x.toFixed(2)).join(' ')}`);
 }
-// What a header edit at end of data costs: (e) against (a), paired by round.
-for (const [mode] of modes) {
-  const xs = paired.get(`(e) (a) + header edit\t${mode}\t(a)`);
-  const e = rows.find((r) => r.name.startsWith('(e)') && r.mode === mode);
-  const a = rows.find((r) => r.name.startsWith('(a)') && r.mode === mode);
-  if (!xs || !e || !a) continue;
-  console.log(`(e) header edit vs (a), ${mode}: rate ${median(xs).toFixed(3)}× (by round: ${xs.map((x) => x.toFixed(3)).join(' ')}); ` +
-    `server CPU ${e.cpuUs.toFixed(0)} vs ${a.cpuUs.toFixed(0)} µs/msg (${(e.cpuUs / a.cpuUs).toFixed(3)}×)`);
+// What a variant of (a) costs — a header edit (e), a shadow copy (s) — against (a), paired by round.
+for (const variant of ['(e)', '(s)']) {
+  for (const [mode] of modes) {
+    const v = rows.find((r) => r.name.startsWith(variant) && r.mode === mode);
+    const a = rows.find((r) => r.name.startsWith('(a)') && r.mode === mode);
+    const xs = v ? paired.get(`${v.name}	${mode}	(a)`) : undefined;
+    if (!v || !a || !xs) continue;
+    console.log(`${v.name} vs (a), ${mode}: rate ${median(xs).toFixed(3)}× (by round: ${xs.map((x) => x.toFixed(3)).join(' ')}); ` +
+      `server CPU ${v.cpuUs.toFixed(0)} vs ${a.cpuUs.toFixed(0)} µs/msg (${(v.cpuUs / a.cpuUs).toFixed(3)}×)`);
+  }
 }

@@ -35,13 +35,10 @@ export interface ExampleServer {
   stop(): Promise<void>;
 }
 
-/**
- * Start examples/<name>. `append` maps a file of the example (a table, the users file) to lines added at
- * its end in the copy, e.g. the test client's real fingerprint; `edit` changes the copy's configuration.
- */
-export async function startExample(name: string, append: (pki: TestPki) => Promise<Record<string, string>> | Record<string, string> = () => ({}),
+/** The copy startExample runs: the example's folder with the test PKI in ./pki/, lines appended, listeners on port 0, delivery off. */
+export async function copyExample(name: string, append: (pki: TestPki) => Promise<Record<string, string>> | Record<string, string> = () => ({}),
   edit: (config: Document) => void = () => {})
-  : Promise<ExampleServer> {
+  : Promise<{ dir: string; pki: TestPki; configPath: string }> {
   const pki = await makeTestPki();
   const dir = await mkdtemp(join(tmpdir(), `postern-example-${name}-`));
   await cp(join(EXAMPLES, name), dir, {
@@ -61,6 +58,17 @@ export async function startExample(name: string, append: (pki: TestPki) => Promi
   edit(doc); // what only the test can know, e.g. the address of the test's Redis
   await writeFile(configPath, doc.toString());
 
+  return { dir, pki, configPath };
+}
+
+/**
+ * Start examples/<name>. `append` maps a file of the example (a table, the users file) to lines added at
+ * its end in the copy, e.g. the test client's real fingerprint; `edit` changes the copy's configuration.
+ */
+export async function startExample(name: string, append: (pki: TestPki) => Promise<Record<string, string>> | Record<string, string> = () => ({}),
+  edit: (config: Document) => void = () => {})
+  : Promise<ExampleServer> {
+  const { dir, pki, configPath } = await copyExample(name, append, edit);
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {

@@ -13,12 +13,18 @@ export interface ScratchDir {
 
 export function useScratchDir(prefix: string): ScratchDir {
   let path = '';
-  before(async () => { path = await mkdtemp(join(tmpdir(), prefix)); });
-  after(() => rm(path, { recursive: true, force: true }));
+  // Made on first use too: a file's own `before` hook may run before this one, and a file written while
+  // the path was still '' would land in the working directory (the repository).
+  const ensure = async (): Promise<string> => (path ||= await mkdtemp(join(tmpdir(), prefix)));
+  before(ensure);
+  after(() => (path ? rm(path, { recursive: true, force: true }) : undefined));
   return {
-    get path() { return path; },
+    get path() {
+      if (!path) throw new Error('scratch folder used before the before() hooks ran');
+      return path;
+    },
     async file(name, content) {
-      const p = join(path, name);
+      const p = join(await ensure(), name);
       await writeFile(p, content);
       return p;
     },

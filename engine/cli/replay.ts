@@ -1,0 +1,52 @@
+/**
+ * `postern replay --scripts DIR`: what candidate scripts would have decided on the recorded traffic
+ * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run.
+ */
+import { loadStartConfig } from '../app/postern.ts';
+import { ConfigError } from '../config/config-error.ts';
+import { GenerationError } from '../policy/build-generation.ts';
+import { createLogger } from '../logging/logger.ts';
+import { isHookName } from '../sandbox/hooks.ts';
+import { replay, type ReplaySummary } from '../replay/replay.ts';
+
+export interface ReplayCliOptions { config?: string; scripts: string; since?: string; hook?: string; json?: boolean; examples?: string }
+
+export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
+  try {
+    if (opts.hook !== undefined && !isHookName(opts.hook)) throw new Error(`unknown hook ${JSON.stringify(opts.hook)}`);
+    const loaded = loadStartConfig({ configPath: opts.config });
+    if (!loaded.config.replay) process.stderr.write('note: the configuration has no `replay` section: nothing new is being recorded\n');
+    const summary = await replay(loaded, createLogger('silent'), {
+      scripts: opts.scripts, hook: opts.hook, since: opts.since === undefined ? undefined : Date.now() - duration(opts.since),
+      examples: opts.examples === undefined ? undefined : Number(opts.examples),
+    });
+    process.stdout.write(opts.json ? `${JSON.stringify(summary, null, 2)}\n` : asText(summary));
+    return summary.changed ? 1 : 0;
+  } catch (err) {
+    if (err instanceof GenerationError) for (const line of err.lines) process.stderr.write(`${line}\n`);
+    else process.stderr.write(`postern replay: ${err instanceof ConfigError ? err.message : (err as Error).message}\n`);
+    return 3;
+  }
+}
+
+const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `90m`, `24h`, `7d` → milliseconds. */
+export function duration(text: string): number {
+  const m = /^(\d+)\s*([smhd])$/.exec(text.trim());
+  if (!m) throw new Error(`--since ${JSON.stringify(text)}: expected a number and a unit, e.g. 90m, 24h, 7d`);
+  return Number(m[1]) * UNITS[m[2]!]!;
+}
+
+function asText(s: ReplaySummary): string {
+  const out = [`${s.decisions} recorded decision${s.decisions === 1 ? '' : 's'}, ${s.changed} would change`];
+  if (s.unreadable) out.push(`(${s.unreadable} unreadable recorded line${s.unreadable === 1 ? '' : 's'} skipped)`);
+  for (const g of s.groups) {
+    out.push('', `${g.hook}: ${g.from} → ${g.to}: ${g.count}`);
+    for (const e of g.examples) {
+      out.push(`  ${e.time} ${e.connectionId ?? '-'}${e.listener ? ` ${e.listener}` : ''} identity=${e.identity ?? '-'} address=${e.address ?? '-'}`);
+      out.push(`    was ${e.old}`, `    now ${e.new}`);
+    }
+  }
+  return `${out.join('\n')}\n`;
+}

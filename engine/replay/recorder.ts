@@ -1,0 +1,67 @@
+/**
+ * Records every script call of this process for `postern replay` when the configuration has `replay`
+ * (read from each call's generation, so a reload switches it on or off): the context, the live verdict,
+ * the hook, listener and connection id — no message bodies. Appends to this process's file of the day
+ * (recording-files.ts); a write that fails is logged once and recording goes on with the next file, never
+ * touching a session.
+ */
+import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { observeHookCalls } from '../policy/hook-calls.ts';
+import type { Logger } from '../logging/logger.ts';
+import { verdictLabel } from '../policy/verdict-label.ts';
+import { dayOf, pruneRecordings, recordingFile, replayDir, type Recording } from './recording-files.ts';
+
+/** How often (in records) the folder's size is looked at again. */
+const SIZE_CHECK_EVERY = 500;
+
+export function startRecording(logger: Logger): { stop(): Promise<void> } {
+  const log = logger.child({ component: 'replay' });
+  let out: { day: string; stream: WriteStream } | null = null;
+  let folderBytes = 0;
+  let sinceCheck = 0;
+  let full = false;
+  const close = (): Promise<void> => {
+    const s = out?.stream;
+    out = null;
+    return s ? new Promise((resolve) => s.end(resolve)) : Promise.resolve();
+  };
+  const stopObserving = observeHookCalls((call) => {
+    const settings = call.generation.config.replay;
+    if (!settings) {
+      if (out) void close();
+      return;
+    }
+    const now = Date.now();
+    const day = dayOf(now);
+    const dataDir = call.generation.config.dataDir;
+    if (!out || out.day !== day || ++sinceCheck >= SIZE_CHECK_EVERY) {
+      sinceCheck = 0;
+      folderBytes = pruneRecordings(dataDir, settings.keepDays, now);
+      const wasFull = full;
+      full = folderBytes >= settings.maxMegabytes * 1024 * 1024;
+      if (full && !wasFull) log.warn({ bytes: folderBytes, maxMegabytes: settings.maxMegabytes }, 'replay recordings folder full: not recording until old days are deleted');
+    }
+    if (full) return;
+    if (!out || out.day !== day) {
+      void close();
+      mkdirSync(replayDir(dataDir), { recursive: true });
+      const stream = createWriteStream(recordingFile(dataDir, day), { flags: 'a' });
+      stream.on('error', (err) => {
+        log.warn({ err: { message: err.message } }, 'replay recording failed; starting a new file');
+        if (out?.stream === stream) out = null;
+      });
+      out = { day, stream };
+    }
+    const record: Recording = {
+      t: new Date(now).toISOString(), listener: call.listener?.name ?? null, hook: call.hook, cid: call.connectionId,
+      ctx: call.ctx as Record<string, unknown>, verdict: verdictLabel(call.verdict),
+    };
+    out.stream.write(`${JSON.stringify(record)}\n`);
+  });
+  return {
+    async stop() {
+      stopObserving();
+      await close();
+    },
+  };
+}

@@ -1,0 +1,108 @@
+/**
+ * `postern replay`: run candidate scripts over recorded script calls (recorder.ts) and report the
+ * decisions that would change, grouped by hook and old → new verdict, with a few examples each. Builds
+ * its own generation from the configuration with the candidate folder as every listener's scripts (the
+ * same buildGeneration as start, reload and check), with counters in this process's memory: it never
+ * talks to the running server, its spool or its store.
+ */
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import type { LoadedConfig } from '../config/load-config.ts';
+import { buildGeneration } from '../policy/build-generation.ts';
+import { checkVerdict } from '../policy/verdict.ts';
+import { verdictLabel } from '../policy/verdict-label.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import { MemoryCounterStore } from '../store/index.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { HookName } from '../sandbox/api/index.ts';
+import { recordingFiles, dayOf, type Recording } from './recording-files.ts';
+
+export interface ReplayOptions {
+  /** The candidate scripts folder. */
+  scripts: string;
+  /** Only calls at or after this time (ms since the epoch). */
+  since?: number;
+  hook?: HookName;
+  /** Examples kept per group. */
+  examples?: number;
+}
+
+export interface ReplayExample { time: string; connectionId: string | null; listener: string | null; identity: string | null; address: string | null; old: string; new: string }
+
+export interface ReplayGroup { hook: HookName; from: string; to: string; count: number; examples: ReplayExample[] }
+
+export interface ReplaySummary {
+  /** Recorded calls looked at. */
+  decisions: number;
+  /** Of those, how many the candidate decides differently. */
+  changed: number;
+  /** Recorded lines that could not be read (a crash mid-write). */
+  unreadable: number;
+  groups: ReplayGroup[];
+}
+
+export async function replay(loaded: LoadedConfig, logger: Logger, options: ReplayOptions): Promise<ReplaySummary> {
+  const config = { ...loaded.config, scripts: options.scripts, listeners: loaded.config.listeners.map((l) => ({ ...l, scripts: options.scripts, shadowScripts: undefined })) };
+  const { generation } = await buildGeneration({ ...loaded, config }, { logger, store: new MemoryCounterStore() });
+  const summary: ReplaySummary = { decisions: 0, changed: 0, unreadable: 0, groups: [] };
+  const groups = new Map<string, ReplayGroup>();
+  const keep = options.examples ?? 3;
+  try {
+    const fromDay = options.since === undefined ? '' : dayOf(options.since);
+    for (const file of recordingFiles(loaded.config.dataDir)) {
+      if (file.day < fromDay) continue;
+      const lines = createInterface({ input: createReadStream(file.path, 'utf8'), crlfDelay: Infinity });
+      for await (const line of lines) {
+        if (!line) continue;
+        let r: Recording;
+        try { r = JSON.parse(line) as Recording; } catch { summary.unreadable++; continue; }
+        if (options.since !== undefined && Date.parse(r.t) < options.since) continue;
+        if (options.hook && r.hook !== options.hook) continue;
+        summary.decisions++;
+        const now = await candidateVerdict(generation, r);
+        if (now === r.verdict) continue;
+        summary.changed++;
+        const from = kind(r.verdict);
+        const to = kind(now);
+        const key = `${r.hook}\n${from}\n${to}`;
+        let g = groups.get(key);
+        if (!g) groups.set(key, g = { hook: r.hook, from, to, count: 0, examples: [] });
+        g.count++;
+        if (g.examples.length < keep) g.examples.push({ time: r.t, connectionId: r.cid, listener: r.listener, identity: identityOf(r), address: addressOf(r), old: r.verdict, new: now });
+      }
+    }
+  } finally {
+    await generation.dispose();
+  }
+  summary.groups = [...groups.values()].sort((a, b) => b.count - a.count);
+  return summary;
+}
+
+async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string> {
+  const listener = r.listener === null ? undefined : generation.config.listeners.find((l) => l.name === r.listener);
+  const sandbox = generation.sandboxFor(listener);
+  if (!sandbox.has(r.hook)) return 'none';
+  try {
+    return verdictLabel(checkVerdict(r.hook, await sandbox.invoke(r.hook, r.ctx, r.cid)));
+  } catch {
+    return 'failed';
+  }
+}
+
+/** The verdict without its options: a group is `accept → reject`, whatever the texts. */
+const kind = (label: string): string => label.split(' ')[0]!;
+
+function identityOf(r: Recording): string | null {
+  const c = r.ctx.connection as { auth?: { username?: string } | null; certificateIdentity?: string | null } | undefined;
+  const s = r.ctx.session as { authenticatedUser?: string | null } | undefined;
+  return c?.auth?.username ?? c?.certificateIdentity ?? s?.authenticatedUser ?? null;
+}
+
+function addressOf(r: Recording): string | null {
+  const a = r.ctx.address as { address?: string } | null | undefined;
+  if (a?.address !== undefined) return a.address;
+  const t = r.ctx.transaction as { sender?: { address: string } | null } | undefined;
+  if (t?.sender) return t.sender.address;
+  const m = r.ctx.message as { recipients?: string[] } | undefined;
+  return m?.recipients?.join(',') ?? null;
+}

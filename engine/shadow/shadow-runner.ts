@@ -1,0 +1,75 @@
+/**
+ * Shadow scripts: a listener's `shadowScripts` folder runs beside its live scripts on live traffic. Each
+ * live script call, once decided (policy/hook-calls.ts), is given to the same hook of the shadow folder
+ * with the same context; the live reply does not wait for it. The shadow sandbox is the generation's, so
+ * a reload applies to it as to the live one. A different verdict is logged (hook, connection id, live and
+ * shadow verdict) and counted; a shadow failure is counted, never fatal; when its isolates are all busy
+ * (a looping candidate) further calls are skipped and counted, so a bad candidate costs at most its own
+ * isolates' threads, never a growing queue. Nothing a shadow script returns reaches a reply, the spool or
+ * delivery.
+ */
+import { observeHookCalls, type HookCall } from '../policy/hook-calls.ts';
+import { checkVerdict } from '../policy/verdict.ts';
+import { verdictLabel } from '../policy/verdict-label.ts';
+import { metrics } from '../metrics/metrics.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { Sandbox } from '../sandbox/index.ts';
+
+export type ShadowResult = 'same' | 'different' | 'error' | 'skipped';
+
+/** Calls in flight per shadow sandbox, at most: as many as its isolates can run, and as many again waiting. */
+const IN_FLIGHT_PER_ISOLATE = 2;
+
+export interface ShadowEvent {
+  listener: string;
+  hook: string;
+  connectionId: string | null;
+  result: ShadowResult;
+  live: string;
+  shadow: string | null;
+}
+
+/** Start shadowing this process's script calls; returns the function that stops it. */
+export function startShadowing(logger: Logger, isolates: () => number, onSettled?: (e: ShadowEvent) => void): () => void {
+  const log = logger.child({ component: 'shadow' });
+  const inFlight = new Map<Sandbox, number>();
+  return observeHookCalls((call) => {
+    const sandbox = call.generation.shadowSandboxFor(call.listener);
+    if (!sandbox || !call.listener) return;
+    const listener = call.listener.name;
+    const live = verdictLabel(call.verdict);
+    const settle = (result: ShadowResult, shadow: string | null): void => {
+      metrics.shadowCalls.inc({ listener, hook: call.hook, result });
+      onSettled?.({ listener, hook: call.hook, connectionId: call.connectionId, result, live, shadow });
+    };
+    const busy = inFlight.get(sandbox) ?? 0;
+    if (busy >= IN_FLIGHT_PER_ISOLATE * isolates()) return settle('skipped', null);
+    inFlight.set(sandbox, busy + 1);
+    metrics.shadowInFlight.inc();
+    // After the live reply is on its way: the caller resumes (and writes its reply) before the shadow starts.
+    void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, call)).then(({ label, failure }) => {
+      if (failure) {
+        log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: failure.message }, `shadow script ${call.hook} failed (not fatal)`);
+        return settle('error', label);
+      }
+      if (label === live) return settle('same', label);
+      log.info({ cid: call.connectionId, listener, hook: call.hook, live, shadow: label }, `shadow verdict differs: ${call.hook} live ${live}, shadow ${label}`);
+      settle('different', label);
+    }).finally(() => {
+      const left = (inFlight.get(sandbox) ?? 1) - 1;
+      if (left > 0) inFlight.set(sandbox, left); else inFlight.delete(sandbox);
+      metrics.shadowInFlight.dec();
+    });
+  });
+}
+
+async function runShadow(sandbox: Sandbox, call: HookCall): Promise<{ label: string; failure: { kind: string; message: string; file?: string; line?: number } | null }> {
+  // A hook the candidate has no script for: its decision is the built-in rules', as a missing live script's.
+  if (!sandbox.has(call.hook)) return { label: verdictLabel(undefined), failure: null };
+  try {
+    return { label: verdictLabel(checkVerdict(call.hook, await sandbox.invoke(call.hook, call.ctx, call.connectionId, call.connectionKey))), failure: null };
+  } catch (err) {
+    const e = err as { kind?: string; file?: string; line?: number; message: string };
+    return { label: 'failed', failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line } };
+  }
+}

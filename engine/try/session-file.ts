@@ -1,0 +1,82 @@
+/**
+ * A session file for `postern try --session`: the commands of one SMTP session, one per line, as a client
+ * would send them (Exim's `-bh`). Blank lines and `#` comments are skipped; the connection is implied.
+ *
+ *   EHLO laptop.example           HELO works too
+ *   STARTTLS                      (TLS with the --cert given; implicit-TLS listeners need no line)
+ *   AUTH PLAIN alice secret       PLAIN/LOGIN: username and password; AUTH EXTERNAL [authzid]
+ *   MAIL FROM:<a@example.org> SIZE=1200
+ *   RCPT TO:<b@example.net>
+ *   DATA message.eml              a file (relative to the session file), or DATA alone followed by the
+ *   Subject: hi                   message, ended by a line with a single dot
+ *   .
+ *   PREDELIVERY                   the predelivery hook for the message just sent
+ *   QUIT
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+
+export type SessionCommand =
+  | { kind: 'helo'; verb: 'HELO' | 'EHLO'; name: string; line: number }
+  | { kind: 'starttls'; line: number }
+  | { kind: 'auth'; mechanism: string; username: string; password: string; authzid: string; line: number }
+  | { kind: 'mailfrom' | 'rcptto'; address: string; args: Record<string, string>; line: number }
+  | { kind: 'data'; message: Buffer; line: number }
+  | { kind: 'predelivery'; line: number }
+  | { kind: 'quit'; line: number };
+
+export class SessionFileError extends Error {
+  constructor(file: string, line: number, message: string) { super(`${file}:${line}: ${message}`); this.name = 'SessionFileError'; }
+}
+
+export function readSessionFile(file: string): SessionCommand[] {
+  const lines = readFileSync(file, 'utf8').split(/\r?\n/);
+  const out: SessionCommand[] = [];
+  const fail = (line: number, message: string): never => { throw new SessionFileError(file, line, message); };
+  for (let i = 0; i < lines.length; i++) {
+    const text = lines[i]!.trim();
+    const line = i + 1;
+    if (!text || text.startsWith('#')) continue;
+    const [verb = '', ...rest] = text.split(/\s+/);
+    switch (verb.toUpperCase()) {
+      case 'EHLO': case 'HELO':
+        if (rest.length !== 1) fail(line, `${verb} needs one name`);
+        out.push({ kind: 'helo', verb: verb.toUpperCase() as 'EHLO', name: rest[0]!, line });
+        break;
+      case 'STARTTLS': out.push({ kind: 'starttls', line }); break;
+      case 'AUTH': {
+        const mechanism = (rest[0] ?? '').toUpperCase();
+        if (mechanism === 'EXTERNAL') out.push({ kind: 'auth', mechanism, username: '', password: '', authzid: rest[1] ?? '', line });
+        else if (rest.length === 3) out.push({ kind: 'auth', mechanism, username: rest[1]!, password: rest[2]!, authzid: '', line });
+        else fail(line, 'expected AUTH PLAIN|LOGIN <username> <password>, or AUTH EXTERNAL [authzid]');
+        break;
+      }
+      case 'MAIL': case 'RCPT': {
+        const m = /^(MAIL\s+FROM|RCPT\s+TO)\s*:\s*<([^>]*)>(.*)$/i.exec(text);
+        if (!m) fail(line, `expected ${verb.toUpperCase() === 'MAIL' ? 'MAIL FROM:<address>' : 'RCPT TO:<address>'} [PARAM=value …]`);
+        const args: Record<string, string> = {};
+        for (const p of m![3]!.trim().split(/\s+/).filter(Boolean)) {
+          const eq = p.indexOf('=');
+          args[(eq < 0 ? p : p.slice(0, eq)).toUpperCase()] = eq < 0 ? 'true' : p.slice(eq + 1);
+        }
+        out.push({ kind: verb.toUpperCase() === 'MAIL' ? 'mailfrom' : 'rcptto', address: m![2]!, args, line });
+        break;
+      }
+      case 'DATA': {
+        if (rest.length) {
+          out.push({ kind: 'data', message: readFileSync(resolve(dirname(file), rest.join(' '))), line });
+          break;
+        }
+        const body: string[] = [];
+        for (i++; i < lines.length && lines[i] !== '.'; i++) body.push(lines[i]!.startsWith('..') ? lines[i]!.slice(1) : lines[i]!);
+        if (i >= lines.length) fail(line, 'DATA without its ending "." line');
+        out.push({ kind: 'data', message: Buffer.from(`${body.join('\r\n')}\r\n`), line });
+        break;
+      }
+      case 'PREDELIVERY': out.push({ kind: 'predelivery', line }); break;
+      case 'QUIT': out.push({ kind: 'quit', line }); break;
+      default: fail(line, `unknown command ${JSON.stringify(verb)}`);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,309 @@
+// `postern try` against the examples' own configurations and scripts, as an administrator runs it
+// (node engine/cli/main.ts try …): the reply line a client would get, the exit code (0 accept, 1 reject,
+// 2 defer, 3 script error), the context the script saw, certificates verified in a real handshake with the
+// listener's CA and CRL (a revoked one shows the revoked verdict), and a session file through every hook.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { copyExample, hashPassword } from '../helpers/example.ts';
+import type { TestPki } from '../helpers/pki.ts';
+
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
+
+interface Result { code: number | null; stdout: string; stderr: string }
+
+function cli(args: string[]): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+interface Json {
+  outcome: string;
+  exitCode: number;
+  steps: Array<{ step: string; reply: string; outcome: string; logs: Array<{ msg: string }>; calls: Array<{ hook: string; script: boolean; context: Record<string, any>; verdict: unknown; failure: { kind: string; file?: string; line?: number } | null }> }>;
+}
+const json = (r: Result): Json => {
+  try { return JSON.parse(r.stdout) as Json; } catch { throw new Error(`not JSON (exit ${r.code}):\n${r.stdout}\n${r.stderr}`); }
+};
+const last = (j: Json) => j.steps.at(-1)!;
+const callOf = (j: Json, hook: string) => j.steps.flatMap((s) => s.calls).find((c) => c.hook === hook)!;
+
+const colon = (hex: string): string => hex.toUpperCase().match(/../g)!.join(':');
+const examples: Array<{ dir: string; pki: TestPki }> = [];
+let relay: { dir: string; pki: TestPki; config: string };
+let permit: { dir: string; pki: TestPki; config: string };
+let halon: { dir: string; pki: TestPki; config: string };
+let predelivery: { dir: string; pki: TestPki; config: string };
+let laptop: { dir: string; pki: TestPki; config: string };
+let implicit: { dir: string; pki: TestPki; config: string };
+const prepared = async (name: string, append?: Parameters<typeof copyExample>[1], edit?: Parameters<typeof copyExample>[2]) => {
+  const r = await copyExample(name, append, edit);
+  examples.push(r);
+  return { ...r, config: r.configPath };
+};
+
+before(async () => {
+  relay = await prepared('postfix-relay-clientcerts', (pki) => ({ relay_clientcerts: `${colon(pki.clients.alice.fingerprintMd5)}   laptop.example.net` }));
+  permit = await prepared('postfix-permit-tls-all-clientcerts', async () => ({ users: `carol@example.com:${await hashPassword('carol-secret')}` }));
+  halon = await prepared('halon-auth-external', (pki) => ({ tls_fingerprints: `${pki.clients.alice.fingerprintSha1}   example.com` }));
+  predelivery = await prepared('halon-predelivery-client-cert');
+  laptop = await prepared('postfix-laptop-relay');
+  // The same relay example on an implicit-TLS listener (port 465 style).
+  implicit = await prepared('postfix-relay-clientcerts', (pki) => ({ relay_clientcerts: `${colon(pki.clients.alice.fingerprintMd5)}   laptop.example.net` }),
+    (doc) => doc.setIn(['listeners', 0, 'tls', 'mode'], 'implicit'));
+  // The outbound certificates these examples name, as their own tests install them.
+  const a = predelivery.pki.clients.alice;
+  for (const [file, from] of Object.entries({ 'example-com.crt': a.cert, 'example-com.key': a.key, 'example-org.crt': a.cert, 'example-org.key': a.key })) {
+    await copyFile(from, join(predelivery.dir, 'pki', file));
+  }
+  await copyFile(laptop.pki.clients.alice.pem, join(laptop.dir, 'pki', 'laptop.pem'));
+});
+after(async () => { for (const e of examples) await rm(e.dir, { recursive: true, force: true }); });
+
+const cert = (ex: { pki: TestPki }, name: 'alice' | 'bob' | 'revoked' | 'selfsigned' | 'expired') => ['--cert', ex.pki.clients[name].cert, '--key', ex.pki.clients[name].key];
+
+test('rcptto (postfix-relay-clientcerts): a listed certificate relays, exit 0; an unlisted one gets the script\'s 554, exit 1', async () => {
+  const ok = await cli(['try', 'rcptto', '-c', relay.config, ...cert(relay, 'alice'), '--from', 'me@example.net', '--to', 'r@elsewhere.example']);
+  assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+  assert.match(ok.stdout, /^< 250 2\.1\.5 Accepted$/m);
+  assert.match(ok.stdout, /^ {2}script rcptto \(/m);
+  assert.match(ok.stdout, /^ {2}verdict: \{"verdict":"accept"\}$/m);
+  assert.match(ok.stdout, /^outcome: accept \(exit 0\)$/m);
+
+  const no = await cli(['try', 'rcptto', '-c', relay.config, ...cert(relay, 'bob'), '--from', 'me@example.net', '--to', 'r@elsewhere.example', '--json']);
+  assert.equal(no.code, 1, no.stderr);
+  const j = json(no);
+  assert.equal(last(j).reply, '554 5.7.1 <r@elsewhere.example>: Relay access denied');
+  const c = callOf(j, 'rcptto');
+  assert.equal(c.script, true);
+  assert.equal(c.context.connection.clientCertificate.fingerprint.sha256, relay.pki.clients.bob.fingerprintSha256);
+  assert.equal(c.context.connection.remoteAddress, '203.0.113.5');
+  assert.equal(c.context.connection.tls.mode, 'starttls');
+  assert.deepEqual(c.context.builtin, { accepted: false, reason: 'relay-denied' });
+  assert.deepEqual(c.verdict, { verdict: 'reject', text: '<r@elsewhere.example>: Relay access denied', code: 554, enhanced: '5.7.1' });
+});
+
+test('a revoked certificate shows the revoked verdict (CA and CRL of the listener) and is not let relay', async () => {
+  const r = await cli(['try', 'rcptto', '-c', permit.config, ...cert(permit, 'revoked'), '--from', 'me@example.com', '--to', 'r@elsewhere.example', '--json']);
+  assert.equal(r.code, 1, r.stderr);
+  const j = json(r);
+  const c = callOf(j, 'rcptto');
+  assert.equal(c.script, false); // no script in this example: the built-in relay rule decides
+  assert.deepEqual([c.context.connection.clientCertificate.verified, c.context.connection.clientCertificate.verifyError, c.context.connection.clientCertificate.verifyErrorCode],
+    [false, 'revoked', 'CERT_REVOKED']);
+  assert.equal(last(j).reply, '554 5.7.1 <r@elsewhere.example>: Relay access denied');
+  // The same listener, a valid certificate of its CA: verified, and permit_tls_all_clientcerts relays.
+  const ok = await cli(['try', 'rcptto', '-c', permit.config, ...cert(permit, 'alice'), '--from', 'me@example.com', '--to', 'r@elsewhere.example', '--json']);
+  assert.equal(ok.code, 0, ok.stderr);
+  const okCall = callOf(json(ok), 'rcptto');
+  assert.equal(okCall.context.connection.clientCertificate.verified, true);
+  assert.deepEqual(okCall.context.builtin, { accepted: true, reason: 'client-certificate' });
+  assert.equal(last(json(ok)).reply, '250 2.1.5 Accepted');
+  // Text output names the verdict too.
+  const text = await cli(['try', 'rcptto', '-c', permit.config, ...cert(permit, 'revoked'), '--from', 'me@example.com', '--to', 'r@elsewhere.example']);
+  assert.match(text.stdout, /"verifyErrorCode": "CERT_REVOKED"/);
+  assert.match(text.stdout, /no rcptto script: the built-in rules decide/);
+});
+
+test('auth with a password (postfix-permit-tls-all-clientcerts): the built-in rule and the users file decide; a wrong password is 535, exit 1', async () => {
+  const ok = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'carol-secret', '--json']);
+  assert.equal(ok.code, 0, ok.stderr);
+  const j = json(ok);
+  assert.equal(last(j).reply, '235 2.7.0 Authentication successful');
+  assert.deepEqual(callOf(j, 'auth').context.builtin, { accepted: true, username: 'carol@example.com', reason: 'password' });
+  assert.equal(callOf(j, 'auth').context.auth.password, 'carol-secret');
+  const bad = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'wrong']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stdout, /^< 535 5\.7\.8 Authentication credentials invalid$/m);
+  assert.doesNotMatch(bad.stdout, /^> AUTH .*wrong/m, 'the command line shown hides the password');
+  // Logged in, the relay rule lets an authenticated session relay.
+  const relayed = await cli(['try', 'rcptto', '-c', permit.config, '--user', 'carol@example.com', '--password', 'carol-secret', '--from', 'carol@example.com', '--to', 'x@elsewhere.example']);
+  assert.equal(relayed.code, 0, relayed.stdout);
+});
+
+test('implicit TLS: the handshake comes before connect, whose context has the certificate; no STARTTLS step', async () => {
+  const r = await cli(['try', 'connect', '-c', implicit.config, ...cert(implicit, 'alice'), '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const c = callOf(json(r), 'connect');
+  assert.equal(c.context.connection.tls.mode, 'implicit');
+  assert.match(c.context.connection.tls.protocol, /^TLSv1\.[23]$/);
+  assert.equal(c.context.connection.clientCertificate.fingerprint.sha256, implicit.pki.clients.alice.fingerprintSha256);
+  const rcpt = await cli(['try', 'rcptto', '-c', implicit.config, ...cert(implicit, 'alice'), '--from', 'me@example.net', '--to', 'r@elsewhere.example', '--json']);
+  assert.equal(rcpt.code, 0, rcpt.stderr);
+  assert.deepEqual(json(rcpt).steps.map((s) => s.step), ['connect', 'helo', 'mailfrom', 'rcptto']);
+});
+
+test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL FROM with the catalogue reply', async () => {
+  const r = await cli(['try', 'rcptto', '-c', permit.config, '--no-tls', '--from', 'me@example.com', '--to', 'r@example.com', '--json']);
+  assert.equal(r.code, 1, r.stderr);
+  const j = json(r);
+  assert.equal(last(j).step, 'mailfrom');
+  assert.equal(last(j).reply, '530 5.7.0 Must issue a STARTTLS command first');
+  const text = await cli(['try', 'rcptto', '-c', permit.config, '--no-tls', '--from', 'me@example.com', '--to', 'r@example.com']);
+  assert.match(text.stdout, /^\(the rcptto hook was not reached: the session stopped at mailfrom\)$/m);
+});
+
+test('auth and mailfrom (halon-auth-external): AUTH EXTERNAL by fingerprint, the sender domain bound to the certificate', async () => {
+  const auth = await cli(['try', 'auth', '-c', halon.config, ...cert(halon, 'alice'), '--json']);
+  assert.equal(auth.code, 0, auth.stdout + auth.stderr);
+  const aj = json(auth);
+  assert.equal(last(aj).reply, '235 2.7.0 Authentication successful');
+  assert.deepEqual(callOf(aj, 'auth').verdict, { verdict: 'accept', username: 'alice' });
+  assert.equal(callOf(aj, 'auth').context.auth.mechanism, 'EXTERNAL');
+
+  const unknown = await cli(['try', 'auth', '-c', halon.config, ...cert(halon, 'bob'), '--json']);
+  assert.equal(unknown.code, 1);
+  assert.equal(last(json(unknown)).reply, '535 5.7.8 Authentication credentials invalid');
+
+  const good = await cli(['try', 'mailfrom', '-c', halon.config, ...cert(halon, 'alice'), '--mechanism', 'EXTERNAL', '--from', 'alice@example.com']);
+  assert.equal(good.code, 0, good.stdout + good.stderr);
+  assert.match(good.stdout, /^< 250 2\.1\.0 Accepted$/m);
+  const bad = await cli(['try', 'mailfrom', '-c', halon.config, ...cert(halon, 'alice'), '--mechanism', 'EXTERNAL', '--from', 'alice@example.org']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stdout, /^< 550 5\.7\.1 No valid X\.509 client certificate for example\.org$/m);
+});
+
+test('predelivery (halon-predelivery-client-cert): a known sender domain delivers with its certificate, an unknown one defers (exit 2)', async () => {
+  const known = await cli(['try', 'predelivery', '-c', predelivery.config, '--from', 'a@example.com', '--to', 'b@remote.example', '--json']);
+  assert.equal(known.code, 0, known.stderr);
+  const kj = json(known);
+  assert.equal(last(kj).reply, 'deliver to relay.example.net:25 tls={"clientCertificate":"example-com"}');
+  assert.equal(callOf(kj, 'predelivery').context.destination.kind, 'smarthost');
+  assert.equal(callOf(kj, 'predelivery').context.session.remoteAddress, '203.0.113.5');
+  const unknown = await cli(['try', 'predelivery', '-c', predelivery.config, '--from', 'a@unknown.example', '--to', 'b@remote.example']);
+  assert.equal(unknown.code, 2, unknown.stderr);
+  assert.match(unknown.stdout, /^< 451 4\.7\.0 No client certificate for sender domain unknown\.example$/m);
+});
+
+test('rcptto (postfix-laptop-relay): --ip decides; the loopback address relays, another gets the built-in 554', async () => {
+  const local = await cli(['try', 'rcptto', '-c', laptop.config, '--ip', '127.0.0.1', '--to', 'x@elsewhere.example']);
+  assert.equal(local.code, 0, local.stdout + local.stderr);
+  const remote = await cli(['try', 'rcptto', '-c', laptop.config, '--ip', '198.51.100.7', '--to', 'x@elsewhere.example']);
+  assert.equal(remote.code, 1);
+  assert.match(remote.stdout, /^ {2}verdict: none \(the built-in rule decides\)$/m);
+  assert.match(remote.stdout, /^< 554 5\.7\.1 <x@elsewhere\.example>: Relay access denied$/m);
+});
+
+/** Scripts for the hooks no example has (connect, helo, data), and one that throws. */
+async function extraScripts(dir: string): Promise<string> {
+  const scripts = join(dir, 'try-scripts');
+  await mkdir(scripts, { recursive: true });
+  await writeFile(join(scripts, 'connect.ts'), `export default function (ctx) {
+  if (ctx.connection.remoteAddress.startsWith('192.0.2.')) return reject('No mail from documentation space', { code: 554 });
+}\n`);
+  await writeFile(join(scripts, 'helo.ts'), `export default function (ctx) {
+  log('helo ' + ctx.helo.name);
+  if (ctx.helo.name === 'localhost') return defer('Say who you are', { code: 450, enhanced: '4.7.1' });
+}\n`);
+  await writeFile(join(scripts, 'data.ts'), `export default function (ctx) {
+  const subject = ctx.data.headers.find(([k]) => k.toLowerCase() === 'subject')?.[1] ?? '';
+  if (subject.includes('viagra')) return reject('Spam');
+  return accept({ text: 'Thanks' });
+}\n`);
+  await writeFile(join(scripts, 'rcptto.ts'), `export default function (ctx) {
+  if (ctx.connection.remoteAddress === '127.0.0.1') return accept();
+}\n`);
+  await writeFile(join(scripts, 'mailfrom.ts'), `export default function (ctx) {
+  if (ctx.address.address === 'boom@example.com') throw new Error('boom');
+}\n`);
+  return scripts;
+}
+
+test('connect, helo, data and a script error, with --scripts: reply lines, logs and exit codes 0/1/2/3', async () => {
+  const scripts = await extraScripts(laptop.dir);
+  const base = ['-c', laptop.config, '--scripts', scripts, '--ip', '127.0.0.1'];
+  const connect = await cli(['try', 'connect', ...base, '--ip', '192.0.2.1']);
+  assert.equal(connect.code, 1, connect.stderr);
+  assert.match(connect.stdout, /^< 554 5\.7\.1 No mail from documentation space$/m);
+  const greeting = await cli(['try', 'connect', ...base]);
+  assert.equal(greeting.code, 0);
+  assert.match(greeting.stdout, /^< 220 laptop\.example\.net ESMTP Postern$/m);
+
+  const helo = await cli(['try', 'helo', ...base, '--helo', 'localhost']);
+  assert.equal(helo.code, 2);
+  assert.match(helo.stdout, /^ {2}log info \S*helo\.ts: helo localhost$/m);
+  assert.match(helo.stdout, /^< 450 4\.7\.1 Say who you are$/m);
+
+  const data = await cli(['try', 'data', ...base, '--helo', 'laptop', '--from', 'a@example.com', '--to', 'b@elsewhere.example', '--header', 'Subject: cheap viagra', '--json']);
+  assert.equal(data.code, 1, data.stderr);
+  const dj = json(data);
+  assert.equal(last(dj).reply, '550 5.7.1 Spam');
+  assert.ok(callOf(dj, 'data').context.data.headers.some(([k, v]: [string, string]) => k.toLowerCase() === 'subject' && v.includes('cheap viagra')));
+  const fine = await cli(['try', 'data', ...base, '--helo', 'laptop', '--from', 'a@example.com', '--to', 'b@elsewhere.example', '--header', 'Subject: hello']);
+  assert.equal(fine.code, 0);
+  assert.match(fine.stdout, /^< 250 2\.0\.0 Thanks: queued as \w+$/m);
+
+  const boom = await cli(['try', 'mailfrom', ...base, '--helo', 'laptop', '--from', 'boom@example.com', '--json']);
+  assert.equal(boom.code, 3, boom.stderr);
+  const bj = json(boom);
+  assert.equal(last(bj).reply, '451 4.3.0 Temporary policy failure, try again later');
+  const failure = callOf(bj, 'mailfrom').failure!;
+  assert.equal(failure.file, join(scripts, 'mailfrom.ts'));
+  assert.equal(failure.line, 2);
+});
+
+test('--session: a whole session through every hook in order, like exim -bh', async () => {
+  const scripts = await extraScripts(laptop.dir);
+  const session = join(laptop.dir, 'session.txt');
+  await writeFile(session, [
+    '# a laptop sending two messages',
+    'EHLO laptop.example',
+    'MAIL FROM:<a@example.com> SIZE=100',
+    'RCPT TO:<b@elsewhere.example>',
+    'RCPT TO:<c@elsewhere.example>',
+    'DATA',
+    'Subject: hello',
+    '',
+    'body',
+    '.',
+    'PREDELIVERY',
+    'MAIL FROM:<boom@example.com>',
+    'QUIT',
+  ].join('\n'));
+  const r = await cli(['try', '--session', session, '-c', laptop.config, '--scripts', scripts, '--ip', '127.0.0.1', '--json']);
+  const j = json(r);
+  assert.deepEqual(j.steps.map((s) => [s.step, s.reply.replace(/queued as \w+/, 'queued as ID')]), [
+    ["connect", "220 laptop.example.net ESMTP Postern"],
+    ["helo", "250 laptop.example.net Nice to meet you, [127.0.0.1]"],
+    ['mailfrom', '250 2.1.0 Accepted'],
+    ['rcptto', '250 2.1.5 Accepted'],
+    ['rcptto', '250 2.1.5 Accepted'],
+    ['data', '250 2.0.0 Thanks: queued as ID'],
+    ['predelivery', 'deliver to kaoru.example.net:25'],
+    ['mailfrom', '451 4.3.0 Temporary policy failure, try again later'],
+  ]);
+  assert.deepEqual(j.steps.map((s) => s.calls.map((c) => c.hook)).flat(), ['connect', 'helo', 'mailfrom', 'rcptto', 'rcptto', 'data', 'predelivery', 'mailfrom']);
+  // The transaction's facts accumulate as on the listener.
+  const data = j.steps[5]!.calls[0]!.context;
+  assert.deepEqual(data.transaction.recipients.map((r: { address: string }) => r.address), ['b@elsewhere.example', 'c@elsewhere.example']);
+  assert.equal(data.connection.helo, 'laptop.example');
+  assert.deepEqual(j.steps[2]!.calls[0]!.context.address.params, { SIZE: '100' });
+  assert.equal(j.outcome, 'error');
+  assert.equal(r.code, 3);
+
+  await writeFile(session, 'EHLO laptop.example\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nBOGUS\n');
+  const bad = await cli(['try', '--session', session, '-c', laptop.config]);
+  assert.equal(bad.code, 3);
+  assert.match(bad.stderr, /session\.txt:4: unknown command "BOGUS"/);
+});
+
+test('usage errors and a missing key are exit 3 with a clear message', async () => {
+  const none = await cli(['try', '-c', relay.config]);
+  assert.equal(none.code, 3);
+  assert.match(none.stderr, /give a hook/);
+  const unknown = await cli(['try', 'rcpt', '-c', relay.config]);
+  assert.equal(unknown.code, 3);
+  assert.match(unknown.stderr, /unknown hook "rcpt"/);
+  const noKey = await cli(['try', 'rcptto', '-c', relay.config, '--cert', relay.pki.clients.alice.cert, '--to', 'x@example.net']);
+  assert.equal(noKey.code, 3);
+  assert.match(noKey.stderr, /no private key \(give --key\)/);
+});
