@@ -103,6 +103,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     cc.key = abs(cc.key);
   }
   for (const [name, file] of Object.entries(c.delivery.caFiles)) c.delivery.caFiles[name] = abs(file);
+  if (c.pki.dir) c.pki.dir = abs(c.pki.dir);
   return c;
 }
 

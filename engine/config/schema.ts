@@ -222,6 +222,12 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })
     .describe('[Delivery](#delivery) of spooled mail: route, outbound TLS and client certificates, retries, bounces. Without it Postern only accepts and spools.'),
+  pki: z.strictObject({
+    dir: path().optional()
+      .describe('The CA folder of `postern pki` (made by `postern pki init --dir`): `ca.crt`, `ca.key`, `ca.crl` and `issued.json`. Without it the commands look for a listener\'s `caFiles` entry with a `ca.key` beside it (the development PKI), or take `--dir`. See [client-certificates.md](client-certificates.md#issuing-and-revoking-device-certificates).'),
+    warnDays: z.number().int().min(0).meta({ unit: 'days' }).default(14)
+      .describe('A client certificate seen in the last 30 days that expires within this many days is logged as a warning once a day, and listed first by `postern pki list`.'),
+  }).prefault({}).describe('Device certificates: where the CA of `postern pki` lives, and when an expiring certificate is reported.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
