@@ -23,6 +23,7 @@ import { access, constants } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
+import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -73,6 +74,8 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
+  /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
+  readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
   /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
   acceptConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
@@ -100,6 +103,7 @@ class MutableRuntime implements Runtime {
   readonly logger: Logger;
   readonly authFailures: AuthFailureLimiter;
   readonly connections: ConnectionCounts | undefined;
+  sightings?: SightingRecorder;
   onSpooled?: (id: string) => void;
   constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter, connections?: ConnectionCounts) {
     this.generation = generation;
@@ -155,6 +159,17 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
   const failures = new AuthFailureLimiter(windowMs, failureStore);
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);
+  // Each process that serves connections keeps its own sightings file; one process per server watches expiry.
+  const sightings = role === 'queue' ? null : new SightingRecorder(config.dataDir, role === 'worker' ? `worker-${opts.workerIndex ?? 0}` : 'single', {
+    onError: (err) => logger.warn({ err: { message: (err as Error).message } }, 'client certificate sightings not written'),
+  });
+  if (sightings) runtime.sightings = sightings;
+  const expiry = role === 'worker' ? null : new ExpiryWatch({
+    dataDir: config.dataDir, logger,
+    warnDays: () => runtime.generation.config.pki.warnDays,
+    names: () => deviceNames(runtime.generation.config),
+  });
+  expiry?.start();
 
   const servers = new Map<string, PosternServer>();
   const reported = new WeakSet<Error>();
@@ -192,6 +207,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       logger.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
     }
   } catch (err) {
+    expiry?.close();
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
     await closeStore();
@@ -273,7 +289,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   }
 
   return {
-    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin,
+    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin, certificates: { sightings, expiry },
     acceptConnection(listener, socket) {
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
@@ -285,6 +301,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
+      expiry?.close();
+      await sightings?.close();
       spool.close();
       home.close();
       spools.close();
