@@ -24,6 +24,7 @@ import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
+import { startAccountsServer, type AccountsServer } from '../accounts/server.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -74,6 +75,8 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
+  /** The account page (`accounts`), in the single server or the queue process; null otherwise. */
+  readonly accounts: AccountsServer | null;
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
   readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
   /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
@@ -288,8 +291,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
   }
 
-  return {
+  let accounts: AccountsServer | null = null;
+  const running: RunningPostern = {
     runtime, config: loaded, addresses, servers, reloader, queue, spools, admin, certificates: { sightings, expiry },
+    get accounts() { return accounts; },
     acceptConnection(listener, socket) {
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
@@ -298,6 +303,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     async close() {
       if (collector) clearInterval(collector);
       await admin?.close();
+      await accounts?.close();
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
@@ -316,4 +322,16 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await closeStore();
     },
   };
+  // The account page: one per server, beside the queue (see docs/client-certificates.md § The account page
+  // for why there). Sign-in failures count in the same limiter as SMTP AUTH; its TLS follows every reload.
+  if (config.accounts && role !== 'worker') {
+    try {
+      accounts = await startAccountsServer({ listen: config.accounts.listen, generation: () => runtime.generation, limiter: failures, logger });
+    } catch (err) {
+      await running.close();
+      throw err;
+    }
+    reloader.onReload((o) => { if (o.ok && o.changed) void accounts?.reloaded(); });
+  }
+  return running;
 }

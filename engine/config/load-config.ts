@@ -148,6 +148,11 @@ function crossCheck(c: Config): PathProblem[] {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });
   }
   if (d.tls.ca && !(d.tls.ca in d.caFiles)) out.push({ path: ['delivery', 'tls', 'ca'], message: `no CA named "${d.tls.ca}" under delivery.caFiles` });
+  if (c.accounts) {
+    const l = c.listeners.find((x) => x.name === c.accounts!.listener);
+    if (!l) out.push({ path: ['accounts', 'listener'], message: `no listener named "${c.accounts.listener}"` });
+    else if (l.tls.mode === 'none') out.push({ path: ['accounts', 'listener'], message: `listener ${l.name} has tls.mode none: the account page is HTTPS only, with that listener's certificate` });
+  }
   // A script waits for the store within its own time limit; past it the call is cut off, not failed by the store.
   if (c.store.redis && c.store.redis.timeoutMs >= c.sandbox.timeoutMs) {
     out.push({ path: ['store', 'redis', 'timeoutMs'], message: `must be below sandbox.timeoutMs (${c.sandbox.timeoutMs} ms)` });

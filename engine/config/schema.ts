@@ -228,6 +228,16 @@ export const configSchema = z.strictObject({
     warnDays: z.number().int().min(0).meta({ unit: 'days' }).default(14)
       .describe('A client certificate seen in the last 30 days that expires within this many days is logged as a warning once a day, and listed first by `postern pki list`.'),
   }).prefault({}).describe('Device certificates: where the CA of `postern pki` lives, and when an expiring certificate is reported.'),
+  accounts: z.strictObject({
+    listen: hostPort.describe('`address:port` of the account page (HTTPS only). Port `0` binds any free port.'),
+    listener: z.string().meta({ format: 'listener name' })
+      .describe('The SMTP listener the page is for. The page serves HTTPS with that listener\'s server certificate (`tls.cert`, `tls.key`), asks for client certificates as it does (`tls.clientCertificates`, `caFiles`, `crlFiles`), names their accounts by its `certificateIdentity`, registers uploaded keys in its `certificateIdentity.pins` table, counts failed sign-ins with its SMTP auth failures and refuses by its `limits.authFailuresPerIp`. It needs `tls.mode` `starttls` or `implicit`.'),
+    sessionMinutes: z.number().int().positive().max(24 * 60).meta({ unit: 'minutes' }).default(30)
+      .describe('A signed-in session ends after this long without a request.'),
+    issueDays: z.number().int().positive().meta({ unit: 'days' }).default(730)
+      .describe('Lifetime of a device certificate the page issues (from the CA of `pki.dir`).'),
+  }).optional()
+    .describe('The self-service account page ([client-certificates.md](client-certificates.md#the-account-page)): each user signs in with their password (the `users` file) or their client certificate and manages their own devices: issues a certificate (a `.p12` downloaded once), registers a certificate or public key as a pin, revokes or removes one. Off when absent.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
