@@ -58,7 +58,7 @@ const same = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCas
 export async function accountDevices(ctx: AccountContext, identity: string): Promise<AccountDevice[]> {
   const dir = caDir(ctx);
   const file = pinFile(ctx);
-  const issued = dir ? await listDevices(dir, { identity, dataDir: ctx.config.dataDir, warnDays: ctx.config.pki.warnDays }).catch(() => []) : [];
+  const issued = dir ? await listDevices(dir, { identity, dataDir: ctx.config.dataDir, warnDays: ctx.config.pki.warnDays }) : [];
   const pins = file ? (await listPins(file)).filter((p) => same(p.identity, identity)) : [];
   const pinned = new Set(pins.map((p) => p.pinSha256));
   const devices: AccountDevice[] = issued.map((c) => ({
@@ -104,7 +104,10 @@ export async function findDevice(ctx: AccountContext, identity: string, id: stri
 export async function issueAccountDevice(ctx: AccountContext, identity: string, device: string, days: number): Promise<IssuedDevice> {
   const dir = caDir(ctx);
   if (!dir) throw new AccountError('This server has no certificate authority (pki.dir): ask the administrator to set one up.');
-  const byField = ctx.listener.certificateIdentity.field !== 'none' && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
+  // The certificate carries the identity as CN, and as emailAddress and SAN e-mail when it is an address.
+  const field = ctx.listener.certificateIdentity.field;
+  const carried = field === 'CN' || ((field === 'emailAddress' || field === 'sanEmail') && identity.includes('@'));
+  const byField = carried && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
   const file = pinFile(ctx);
   if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
   await refuseDuplicateName(ctx, identity, device.trim());

@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../logging/logger.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import type { ListenerConfig } from '../config/schema.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { parseReason, pkiDirOf, type RevocationReason } from '../pki/index.ts';
@@ -26,6 +26,8 @@ const PAGE_REASONS = new Set<RevocationReason>(['cessationOfOperation', 'keyComp
 
 export interface AccountsState {
   generation(): PolicyGeneration;
+  /** The `accounts` section in force. */
+  settings(): NonNullable<Config['accounts']>;
   listener(): ListenerConfig;
   limiter: AuthFailureLimiter;
   log: Logger;
@@ -34,7 +36,11 @@ export interface AccountsState {
   trust: TrustedIssuers;
 }
 
-type Form = Record<string, string | undefined>;
+/** A form field as text; a repeated or missing field is empty. */
+function field(body: unknown, name: string): string {
+  const v = (body as Record<string, unknown> | null)?.[name];
+  return typeof v === 'string' ? v : '';
+}
 const html = (reply: FastifyReply, status: number, body: string): FastifyReply => reply.code(status).type('text/html; charset=utf-8').send(body);
 
 export function accountRoutes(state: AccountsState) {
@@ -46,7 +52,7 @@ export function accountRoutes(state: AccountsState) {
     /** The signed-in session of this request, if it still stands. */
     const sessionOf = (req: FastifyRequest): Session | null => {
       const g = state.generation();
-      const s = state.sessions.get(req.cookies[SESSION_COOKIE], g.config.accounts!.sessionMinutes * 60_000);
+      const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * 60_000);
       if (s && !sessionStands(s, state.listener(), g, state.trust)) {
         state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
         state.sessions.end(s.id);
@@ -99,9 +105,8 @@ export function accountRoutes(state: AccountsState) {
     app.get('/signin', async (req, reply) => signIn(req, reply, 200));
 
     app.post('/signin', protect, async (req, reply) => {
-      const form = (req.body ?? {}) as Form;
-      const user = (form.user ?? '').trim().toLowerCase();
-      const outcome = await checkPassword(state.limiter, state.listener(), state.generation().users, ip(req), user, form.password ?? '');
+      const user = field(req.body, 'user').trim().toLowerCase();
+      const outcome = await checkPassword(state.limiter, state.listener(), state.generation().users, ip(req), user, field(req.body, 'password'));
       if (outcome === 'too-many') {
         state.log.warn({ user, client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
         return signIn(req, reply, 429, 'Too many failed sign-ins from your address: try again later.', user);
@@ -136,9 +141,9 @@ export function accountRoutes(state: AccountsState) {
     app.get('/devices', signedIn((req, reply, s) => devices(req, reply, s)));
 
     app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
-      const device = ((req.body ?? {}) as Form).device?.trim() ?? '';
+      const device = field(req.body, 'device').trim();
       const c = ctx();
-      const issued = await issueAccountDevice(c, s.identity, device, c.config.accounts!.issueDays);
+      const issued = await issueAccountDevice(c, s.identity, device, state.settings().issueDays);
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
       const download = state.sessions.offer(s.id, fileName, issued.p12);
       changeLog(s, req, { action: 'issue', device, serial: issued.record.serial, pin: issued.facts.pin.sha256Base64Url, notAfter: issued.record.notAfter }, 'device certificate issued');
@@ -153,9 +158,8 @@ export function accountRoutes(state: AccountsState) {
     }));
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
-      const form = (req.body ?? {}) as Form;
-      const device = form.device?.trim() ?? '';
-      const entry = await addAccountKey(ctx(), s.identity, device, form.key ?? '');
+      const device = field(req.body, 'device').trim();
+      const entry = await addAccountKey(ctx(), s.identity, device, field(req.body, 'key'));
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -169,7 +173,7 @@ export function accountRoutes(state: AccountsState) {
           return html(reply, 404, errorPage(404, 'No such device on your account.'));
         }
         let reason: RevocationReason = 'cessationOfOperation';
-        const asked = ((req.body ?? {}) as Form).reason;
+        const asked = field(req.body, 'reason');
         if (asked) {
           try { reason = parseReason(asked); } catch { throw new AccountError(`Unknown reason "${asked}".`); }
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);

@@ -13,7 +13,7 @@ import csrf from '@fastify/csrf-protection';
 import type { Logger } from '../logging/logger.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import type { ListenerConfig } from '../config/schema.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
 import { loadListenerTls } from '../smtp/listener-options.ts';
 import { TrustedIssuers } from '../certificates/index.ts';
 import { SessionBook } from './sessions.ts';
@@ -36,9 +36,7 @@ export interface AccountsServer {
   close(): Promise<void>;
 }
 
-function listenerOf(generation: PolicyGeneration): ListenerConfig {
-  return generation.listener(generation.config.accounts!.listener);
-}
+type AccountsConfig = NonNullable<Config['accounts']>;
 
 async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: TrustedIssuers }> {
   const tls = await loadListenerTls(l);
@@ -55,11 +53,14 @@ async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: 
 
 export async function startAccountsServer(opts: AccountsServerOptions): Promise<AccountsServer> {
   const log = opts.logger.child({ component: 'accounts' });
-  const first = listenerOf(opts.generation());
+  // A reload that drops the section leaves the page running as it started until the restart it asks for.
+  const started = opts.generation().config.accounts!;
+  const settings = (): AccountsConfig => opts.generation().config.accounts ?? started;
+  const first = opts.generation().listener(started.listener);
   const tls = await tlsOptions(first);
   const state: AccountsState = {
-    generation: opts.generation, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
-    listener: () => listenerOf(opts.generation()),
+    generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
+    listener: () => opts.generation().listener(settings().listener),
   };
   const app: FastifyInstance = fastify({
     // Whether client certificates are asked for is a server option (not the context's): fixed at start.

@@ -237,7 +237,7 @@ export const configSchema = z.strictObject({
     issueDays: z.number().int().positive().meta({ unit: 'days' }).default(730)
       .describe('Lifetime of a device certificate the page issues (from the CA of `pki.dir`).'),
   }).optional()
-    .describe('The self-service account page ([client-certificates.md](client-certificates.md#the-account-page)): each user signs in with their password (the `users` file) or their client certificate and manages their own devices: issues a certificate (a `.p12` downloaded once), registers a certificate or public key as a pin, revokes or removes one. Off when absent.'),
+    .describe('The self-service account page ([accounts.md](accounts.md)): each user signs in with their password (the `users` file) or their client certificate and manages their own devices: issues a certificate (a `.p12` downloaded once), registers a certificate or public key as a pin, revokes or removes one. Off when absent.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
