@@ -7,7 +7,7 @@
  * Adapter over the library: a bare public key (PEM) becomes its pin here, since addPin takes certificates
  * and pins only.
  */
-import { createHash, createPublicKey } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
@@ -26,6 +26,8 @@ export interface AccountDevice {
   serial: string | null;
   notAfter: string | null;
   status: 'valid' | 'revoked' | 'expired' | 'pinned';
+  /** Seen lately and expiring within pki.warnDays. */
+  expiringSoon: boolean;
   /** The pin table lists its key. */
   pinned: boolean;
   lastSeen: string | null;
@@ -63,7 +65,7 @@ export async function accountDevices(ctx: AccountContext, identity: string): Pro
   const pinned = new Set(pins.map((p) => p.pinSha256));
   const devices: AccountDevice[] = issued.map((c) => ({
     id: `cert-${c.serial}`, kind: 'issued', name: c.device, pin: Buffer.from(c.pinSha256, 'hex').toString('base64url'), pinSha256: c.pinSha256,
-    serial: c.serial, notAfter: c.notAfter, status: c.status, pinned: pinned.has(c.pinSha256),
+    serial: c.serial, notAfter: c.notAfter, status: c.status, expiringSoon: c.expiringSoon, pinned: pinned.has(c.pinSha256),
     lastSeen: c.seen?.lastSeen ?? null, listener: c.seen?.listener ?? null,
   }));
   const covered = new Set(issued.map((c) => c.pinSha256));
@@ -74,7 +76,7 @@ export async function accountDevices(ctx: AccountContext, identity: string): Pro
       const s = byPin.get(p.pinSha256);
       devices.push({
         id: `pin-${p.pinSha256}`, kind: 'pinned', name: p.device ?? '(unnamed)', pin: p.pinBase64Url, pinSha256: p.pinSha256,
-        serial: s?.serial ?? null, notAfter: s?.notAfter ?? null, status: 'pinned', pinned: true,
+        serial: s?.serial ?? null, notAfter: s?.notAfter ?? null, status: 'pinned', expiringSoon: false, pinned: true,
         lastSeen: s?.lastSeen ?? null, listener: s?.listener ?? null,
       });
     }
@@ -119,10 +121,10 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
 }
 
 /** A certificate, public key (PEM) or pin of the user's own making, pinned to the account (mox's way). */
-export async function addAccountKey(ctx: AccountContext, identity: string, device: string, text: string): Promise<PinEntry> {
+export async function addAccountKey(ctx: AccountContext, identity: string, device: string, given: string | Buffer): Promise<PinEntry> {
   const file = pinFile(ctx);
   if (!file) throw new AccountError(`Listener ${ctx.listener.name} has no pin table (certificateIdentity.pins): only issued certificates can be added.`);
-  const input = text.trim();
+  const input = (typeof given === 'string' ? given : uploadedText(given)).trim();
   if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
   let pin = input;
   if (input.includes('-----BEGIN PUBLIC KEY-----')) pin = publicKeyPin(input);
@@ -136,6 +138,20 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
     // A message naming a file is the server's problem (logged as such); the rest is about the input.
     if ((err as Error).message.startsWith('/')) throw err;
     throw new AccountError(`Not added: ${(err as Error).message}`);
+  }
+}
+
+/** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */
+function uploadedText(bytes: Buffer): string {
+  const text = bytes.toString('latin1');
+  if (text.includes('-----BEGIN')) return text;
+  try {
+    return new X509Certificate(bytes).toString();
+  } catch { /* not a DER certificate */ }
+  try {
+    return createPublicKey({ key: bytes, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
+  } catch {
+    throw new AccountError('The file is neither a certificate nor a public key (PEM or DER).');
   }
 }
 

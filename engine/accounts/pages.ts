@@ -70,7 +70,7 @@ function deviceRow(d: AccountDevice, csrf: string): string {
   } else if (d.pinned) {
     action = `<form method="post" class="inline" action="/devices/${esc(d.id)}/remove">${csrfField(csrf)}<button type="submit">Remove</button></form>`;
   }
-  return `<tr data-device="${esc(d.id)}"><td>${esc(d.name)}</td><td>${esc(d.status)}${d.pinned && d.kind === 'issued' ? ' (pinned)' : ''}</td>
+  return `<tr data-device="${esc(d.id)}"><td>${esc(d.name)}</td><td>${esc(d.status)}${d.pinned && d.kind === 'issued' ? ' (pinned)' : ''}${d.expiringSoon ? ' <b>expires soon</b>' : ''}</td>
 <td><code>${esc(d.pin)}</code></td><td><code>${esc(d.serial ?? '—')}</code></td><td>${when(d.notAfter)}</td>
 <td>${when(d.lastSeen)}</td><td>${esc(d.listener ?? '—')}</td><td>${action}</td></tr>`;
 }
@@ -89,10 +89,12 @@ export function devicesPage(v: DevicesView): string {
 <pre><code>openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 730 \\
   -subj "/CN=${esc(v.identity)}" -keyout device.key -out device.crt
 openssl pkcs12 -export -inkey device.key -in device.crt -out device.p12</code></pre>
-<p>then paste <code>device.crt</code> (or the public key, or its pin) here. Its key is registered for your account.</p>
-<form method="post" action="/devices/add">${csrfField(v.csrf)}
+<p>then upload <code>device.crt</code> (or the public key, PEM or DER), or paste it or its pin. Its key is registered for
+your account; import <code>device.p12</code> into the device's mail program.</p>
+<form method="post" action="/devices/add" enctype="multipart/form-data">${csrfField(v.csrf)}
 <label>Device name <input name="device" required pattern="[A-Za-z0-9._%+@-]{1,128}" placeholder="phone"></label>
-<label>Certificate, public key (PEM) or pin <textarea name="key" required></textarea></label>
+<label>Certificate or public key file <input type="file" name="file" accept=".crt,.cer,.pem,.der,.pub"></label>
+<label>or paste it (PEM), or a pin <textarea name="key"></textarea></label>
 <button type="submit" id="add-key">Register</button></form>` : '';
   return layout('Your devices', `<header><h1>Devices of ${esc(v.identity)}</h1>
 <form method="post" action="/signout">${csrfField(v.csrf)}<button type="submit">Sign out</button></form></header>

@@ -36,6 +36,12 @@ export interface AccountsState {
   trust: TrustedIssuers;
 }
 
+/** An uploaded file of a multipart form, when one was chosen. */
+function file(body: unknown, name: string): Buffer | null {
+  const v = (body as Record<string, unknown> | null)?.[name];
+  return Buffer.isBuffer(v) && v.length ? v : null;
+}
+
 /** A form field as text; a repeated or missing field is empty. */
 function field(body: unknown, name: string): string {
   const v = (body as Record<string, unknown> | null)?.[name];
@@ -159,7 +165,7 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const entry = await addAccountKey(ctx(), s.identity, device, field(req.body, 'key'));
+      const entry = await addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'));
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));

@@ -19,6 +19,7 @@ import { TrustedIssuers } from '../certificates/index.ts';
 import { SessionBook } from './sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
+import { acceptMultipart } from './multipart.ts';
 
 export interface AccountsServerOptions {
   listen: string;
@@ -70,6 +71,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     trustProxy: false,
   });
   await app.register(formbody);
+  acceptMultipart(app);
   await app.register(cookie);
   await app.register(csrf, {
     cookieKey: '__Host-postern-csrf',

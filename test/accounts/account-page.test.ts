@@ -185,31 +185,58 @@ test('another account\'s device id is refused', opts, async () => {
   }
 });
 
-test('register a device\'s own certificate (mox style): its pin is added, it authenticates; removed, it is refused', opts, async () => {
-  const key = join(dir, 'phone.key');
-  const crt = join(dir, 'phone.crt');
-  // Self-signed, as the page's openssl lines make it: accepted by its pin only.
-  const made = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '30',
-    '-subj', `/CN=${USERS.alice}`, '-keyout', key, '-out', crt]);
-  assert.equal(made.code, 0, made.output);
+test('register a device\'s own certificate by upload, and a public key by paste (mox style): each authenticates by its pin; removed, refused', opts, async () => {
+  const made = async (name: string): Promise<{ key: string; crt: string }> => {
+    const key = join(dir, `${name}.key`);
+    const crt = join(dir, `${name}.crt`);
+    // Self-signed, as the page's openssl lines make it: accepted by its pin only.
+    const r = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '30',
+      '-subj', `/CN=${USERS.alice}`, '-keyout', key, '-out', crt]);
+    assert.equal(r.code, 0, r.output);
+    return { key, crt };
+  };
+  const phone = await made('phone');
+  const tablet = await made('tablet');
+  const form = 'form[action="/devices/add"]';
+
   await alicePage.goto(`${s.url}/devices`);
-  await alicePage.fill('form[action="/devices/add"] input[name=device]', 'phone');
-  await alicePage.fill('form[action="/devices/add"] textarea[name=key]', await readFile(crt, 'utf8'));
+  await alicePage.fill(`${form} input[name=device]`, 'phone');
+  await alicePage.setInputFiles(`${form} input[name=file]`, phone.crt);
   await alicePage.click('#add-key');
   assert.match(await alicePage.locator('.notice').innerText(), /Device phone registered/);
+
+  const publicKey = await run('openssl', ['pkey', '-in', tablet.key, '-pubout']);
+  assert.match(publicKey.stdout, /BEGIN PUBLIC KEY/);
+  await alicePage.fill(`${form} input[name=device]`, 'tablet');
+  await alicePage.fill(`${form} textarea[name=key]`, publicKey.stdout);
+  await alicePage.click('#add-key');
+  assert.match(await alicePage.locator('.notice').innerText(), /Device tablet registered/);
+
   const pins = await listPins(s.pinsFile);
-  assert.deepEqual(pins.map((p) => [p.identity, p.device]), [[USERS.alice, 'phone']]);
+  assert.deepEqual(pins.map((p) => [p.identity, p.device]), [[USERS.alice, 'phone'], [USERS.alice, 'tablet']]);
   assert.equal(await rowOf(alicePage, 'phone').locator('td').nth(1).innerText(), 'pinned');
+  assert.equal(await rowOf(alicePage, 'tablet').locator('td').nth(2).innerText(), pins[1]!.pinBase64Url);
+  assert.ok(s.server.logs.some((l) => l.msg === 'account page: device key registered' && l.by === USERS.alice && l.device === 'tablet'));
 
-  const pem = ['--cert', crt, '--key', key];
-  await until('the pinned key to be accepted (pin table reloaded)', async () => /< 235 /.test((await curlSmtp(pem)).output));
-  const sent = await curlSmtp(pem);
-  assert.match(sent.output, /< 250 2\.0\.0 Ok: queued as /);
+  // The same key again, on any account: refused without naming whose it is.
+  await alicePage.fill(`${form} input[name=device]`, 'phone2');
+  await alicePage.setInputFiles(`${form} input[name=file]`, phone.crt);
+  await alicePage.click('#add-key');
+  assert.equal(await alicePage.locator('.error').innerText(), 'That key is already registered.');
 
+  for (const device of [phone, tablet]) {
+    const pem = ['--cert', device.crt, '--key', device.key];
+    await until('the pinned key to be accepted (pin table reloaded)', async () => /< 235 /.test((await curlSmtp(pem)).output));
+    assert.match((await curlSmtp(pem)).output, /< 250 2\.0\.0 Ok: queued as /);
+  }
+
+  await alicePage.goto(`${s.url}/devices`);
   await rowOf(alicePage, 'phone').getByRole('button', { name: 'Remove' }).click();
   assert.match(await alicePage.locator('.notice').innerText(), /Device phone removed/);
-  assert.equal((await listPins(s.pinsFile)).length, 0);
-  await until('the removed key to be refused', async () => /< 421 4\.7\.1 Client certificate not trusted/.test((await curlSmtp(pem)).output));
+  assert.deepEqual((await listPins(s.pinsFile)).map((p) => p.device), ['tablet']);
+  const phonePem = ['--cert', phone.crt, '--key', phone.key];
+  await until('the removed key to be refused', async () => /< 421 4\.7\.1 Client certificate not trusted/.test((await curlSmtp(phonePem)).output));
+  assert.match((await curlSmtp(['--cert', tablet.crt, '--key', tablet.key])).output, /< 235 /, 'the other device is untouched');
 });
 
 test('revoke the issued device: the next SMTP handshake with it is refused, its certificate session ends', opts, async () => {
