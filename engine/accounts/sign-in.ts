@@ -42,7 +42,9 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const verified = listener.tls.caFiles.length > 0 && socket.authorized;
   let errorCode = verified ? null : listener.tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
   if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = trust.explainMissingCrl(der);
-  const certificate = describeCertificate(der, { verified, errorCode });
+  let certificate = describeCertificate(der, { verified, errorCode });
+  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
+  if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
   const id = certificateIdentity(listener, certificate, pins);
   return { certificate, identity: id.identity, via: id.via };

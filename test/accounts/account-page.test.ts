@@ -260,8 +260,12 @@ test('revoke the issued device: the next SMTP handshake with it is refused, its 
 
   // The session signed in with it ends at its next request.
   const signedOut = await certificateSession.newPage();
-  await signedOut.goto(`${s.url}/devices`);
-  assert.equal(new URL(signedOut.url()).pathname, '/signin');
+  // The page takes the new CRL a moment after the SMTP listener (its own reload hook).
+  await until('the certificate session to end', async () => {
+    await signedOut.goto(`${s.url}/devices`);
+    return new URL(signedOut.url()).pathname === '/signin';
+  });
+  assert.match(await signedOut.locator('body').innerText(), /names no account here \(revoked\)/);
   await certificateSession.close();
   assert.ok(s.server.logs.some((l) => l.msg === 'account page: session ended (its password or certificate is no longer valid)' && l.via === 'certificate'));
   // And the page no longer names an account from it.
