@@ -8,6 +8,7 @@
  * and pins only.
  */
 import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
@@ -53,6 +54,12 @@ function caDir(ctx: AccountContext): string | null {
   } catch {
     return null;
   }
+}
+
+/** The server has a CA folder with a CA in it: the page can issue certificates. */
+export function canIssue(ctx: AccountContext): boolean {
+  const dir = caDir(ctx);
+  return !!dir && existsSync(pkiPaths(dir).caCert);
 }
 
 const same = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();

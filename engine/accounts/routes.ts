@@ -11,11 +11,11 @@ import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
-import { parseReason, pkiDirOf, type RevocationReason } from '../pki/index.ts';
+import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { Session, SessionBook } from './sessions.ts';
 import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
 import {
-  AccountError, accountDevices, addAccountKey, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
+  AccountError, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
 import { STYLE, devicesPage, errorPage, issuedPage, signInPage } from './pages.ts';
 
@@ -81,12 +81,10 @@ export function accountRoutes(state: AccountsState) {
     const devices = async (req: FastifyRequest, reply: FastifyReply, s: Session, status = 200, error?: string, notice?: string): Promise<FastifyReply> => {
       const c = ctx();
       const port = Number(c.listener.listen.slice(c.listener.listen.lastIndexOf(':') + 1));
-      let canIssue = true;
-      try { pkiDirOf(c.config); } catch { canIssue = false; }
       return html(reply, status, devicesPage({
         identity: s.identity, csrf: csrfFor(req, reply), devices: await accountDevices(c, s.identity), error, notice,
         server: { host: c.config.hostname, port, tls: c.listener.tls.mode === 'implicit' ? 'TLS' : 'STARTTLS' },
-        canIssue, canPin: !!c.listener.certificateIdentity.pins,
+        canIssue: canIssue(c), canPin: !!c.listener.certificateIdentity.pins,
       }));
     };
     const startSession = (reply: FastifyReply, s: Session): FastifyReply =>

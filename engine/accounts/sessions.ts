@@ -24,6 +24,8 @@ export interface PendingDownload {
 }
 
 const DOWNLOAD_MS = 10 * 60_000;
+/** Sessions kept at most: past it the longest idle go first (signing in again and again must not grow memory). */
+const MAX_SESSIONS = 10_000;
 const token = (): string => randomBytes(32).toString('base64url');
 
 export class SessionBook {
@@ -74,6 +76,10 @@ export class SessionBook {
     const now = Date.now();
     for (const [t, d] of this.#downloads) if (d.expires <= now) this.#downloads.delete(t);
     // Sessions idle a day are gone whatever the setting (the setting is at most a day).
-    for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000) this.#sessions.delete(id);
+    for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000) this.end(id);
+    if (this.#sessions.size >= MAX_SESSIONS) {
+      const idlest = [...this.#sessions.values()].sort((a, b) => a.seen - b.seen);
+      for (const s of idlest.slice(0, this.#sessions.size - MAX_SESSIONS + 1)) this.end(s.id);
+    }
   }
 }
