@@ -24,7 +24,7 @@ import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
-import { startAccountsServer, type AccountsServer } from '../accounts/server.ts';
+import type { AccountsServer } from '../accounts/server.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -326,6 +326,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // for why there). Sign-in failures count in the same limiter as SMTP AUTH; its TLS follows every reload.
   if (config.accounts && role !== 'worker') {
     try {
+      // Loaded only here: workers, and servers without the page, never load the web framework.
+      const { startAccountsServer } = await import('../accounts/server.ts');
       accounts = await startAccountsServer({ listen: config.accounts.listen, generation: () => runtime.generation, limiter: failures, logger });
     } catch (err) {
       await running.close();
