@@ -101,7 +101,7 @@ your account; import <code>device.p12</code> into the device's mail program.</p>
 ${message('error', v.error)}${message('notice', v.notice)}
 <table id="devices"><thead><tr><th>Device</th><th>Status</th><th>Pin (SHA-256, base64url)</th><th>Serial</th><th>Expires</th><th>Last seen</th><th>Listener</th><th></th></tr></thead>
 <tbody>${rows}</tbody></table>
-<p>Mail programs: server <b>${esc(v.server.host)}</b>, port <b>${v.server.port}</b> (${esc(v.server.tls)}), authentication "TLS certificate" (SASL EXTERNAL).</p>
+<p>Mail programs: server <b>${esc(v.server.host)}</b>${v.server.port ? `, port <b>${v.server.port}</b>` : ''} (${esc(v.server.tls)}), authentication "TLS certificate" (SASL EXTERNAL).</p>
 ${issue}${pin}`);
 }
 
@@ -109,7 +109,8 @@ export interface IssuedView {
   device: string;
   serial: string;
   notAfter: string;
-  password: string;
+  /** Null once it has been shown. */
+  password: string | null;
   download: string;
   fileName: string;
 }
@@ -119,7 +120,8 @@ export function issuedPage(v: IssuedView): string {
 <p class="notice">Download it now and note the password: neither is shown again. A file not downloaded is lost; then revoke this
 certificate and issue another.</p>
 <p><a id="download" href="/devices/download/${esc(v.download)}" download="${esc(v.fileName)}">Download ${esc(v.fileName)}</a></p>
-<p>Password of the file: <span class="secret" id="p12-password">${esc(v.password)}</span></p>
+${v.password ? `<p>Password of the file: <span class="secret" id="p12-password">${esc(v.password)}</span></p>`
+    : '<p class="error" role="alert">The password was shown once already and is not shown again.</p>'}
 <p>Serial <code>${esc(v.serial)}</code>, valid until ${when(v.notAfter)}.</p>
 <p><a href="/devices">Back to your devices</a></p>`);
 }

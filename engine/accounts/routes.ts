@@ -149,9 +149,17 @@ export function accountRoutes(state: AccountsState) {
       const c = ctx();
       const issued = await issueAccountDevice(c, s.identity, device, state.settings().issueDays);
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
-      const download = state.sessions.offer(s.id, fileName, issued.p12);
+      const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
       changeLog(s, req, { action: 'issue', device, serial: issued.record.serial, pin: issued.facts.pin.sha256Base64Url, notAfter: issued.record.notAfter }, 'device certificate issued');
-      return html(reply, 200, issuedPage({ device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password, download, fileName }));
+      // Post, redirect, get: reloading the page that shows the password must not issue another certificate.
+      return reply.redirect(`/devices/issued/${download}`, 303);
+    }));
+
+    app.get('/devices/issued/:token', signedIn(async (req, reply, s) => {
+      const download = (req.params as { token: string }).token;
+      const shown = state.sessions.show(s.id, download);
+      if (!shown) return html(reply, 404, errorPage(404, 'Nothing to show: the certificate was issued in another session, or more than ten minutes ago.'));
+      return html(reply, 200, issuedPage({ ...shown, download }));
     }));
 
     app.get('/devices/download/:token', signedIn(async (req, reply, s) => {

@@ -20,6 +20,8 @@ export interface PendingDownload {
   sessionId: string;
   fileName: string;
   p12: Buffer;
+  /** What the issued page shows: the device, the certificate, and the password until it has been shown once. */
+  shown: { device: string; serial: string; notAfter: string; password: string | null };
   expires: number;
 }
 
@@ -57,11 +59,20 @@ export class SessionBook {
     for (const [t, d] of this.#downloads) if (d.sessionId === id) this.#downloads.delete(t);
   }
 
-  /** Keep a .p12 for one download by this session; returns its token. */
-  offer(sessionId: string, fileName: string, p12: Buffer): string {
+  /** Keep a .p12 for one download by this session, and its password for one showing; returns its token. */
+  offer(sessionId: string, fileName: string, p12: Buffer, shown: PendingDownload['shown']): string {
     const t = token();
-    this.#downloads.set(t, { sessionId, fileName, p12, expires: Date.now() + DOWNLOAD_MS });
+    this.#downloads.set(t, { sessionId, fileName, p12, shown, expires: Date.now() + DOWNLOAD_MS });
     return t;
+  }
+
+  /** The issued page's facts, the password the first time only; null when not this session's or gone. */
+  show(sessionId: string, t: string): PendingDownload['shown'] & { fileName: string } | null {
+    const d = this.#downloads.get(t);
+    if (!d || d.sessionId !== sessionId || d.expires <= Date.now()) return null;
+    const shown = { ...d.shown, fileName: d.fileName };
+    d.shown.password = null;
+    return shown;
   }
 
   /** The download, once: taken by its session, it is gone. */

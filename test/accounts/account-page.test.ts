@@ -76,8 +76,12 @@ test('a wrong password is refused, the right one signs in', opts, async () => {
 test('issue a device: the .p12 downloads once, its password shows once; curl sends mail with it (AUTH EXTERNAL)', opts, async () => {
   await alicePage.fill('form[action="/devices/issue"] input[name=device]', 'laptop');
   await alicePage.click('#issue');
-  await alicePage.waitForURL(`${s.url}/devices/issue`);
+  await alicePage.waitForURL(/\/devices\/issued\/[\w-]+$/);
   const password = await alicePage.locator('#p12-password').innerText();
+  // Reloaded (or the page left open on a shared screen): the password is not shown again, the file still waits.
+  await alicePage.reload();
+  assert.equal(await alicePage.locator('#p12-password').count(), 0);
+  assert.match(await alicePage.locator('.error').innerText(), /shown once already/);
   assert.match(password, /^[a-z2-9]{5}(-[a-z2-9]{5}){3}$/);
   const [download] = await Promise.all([alicePage.waitForEvent('download'), alicePage.click('#download')]);
   const p12 = join(dir, 'laptop.p12');

@@ -16,15 +16,19 @@ test('a session ends after its idle time; each request moves it on', () => {
   assert.equal(book.get('made-up', 1000), null);
 });
 
-test('a download is taken once, by the session that was offered it, and goes with the session', () => {
+test('a download is taken once and its password shown once, to the session that was offered it, and goes with the session', () => {
   const book = new SessionBook();
   const a = book.create('a@example.com', 'password', null);
   const b = book.create('b@example.com', 'password', null);
-  const t = book.offer(a.id, 'a.p12', Buffer.from('p12'));
+  const facts = { device: 'laptop', serial: '01', notAfter: '2030-01-01T00:00:00.000Z', password: 'pw' };
+  const t = book.offer(a.id, 'a.p12', Buffer.from('p12'), { ...facts });
+  assert.equal(book.show(b.id, t), null, 'another session sees nothing');
+  assert.equal(book.show(a.id, t)?.password, 'pw');
+  assert.equal(book.show(a.id, t)?.password, null, 'the password is shown once');
   assert.equal(book.take(b.id, t), null, 'another session');
   assert.equal(book.take(a.id, t)?.fileName, 'a.p12');
   assert.equal(book.take(a.id, t), null, 'only once');
-  const u = book.offer(a.id, 'a2.p12', Buffer.from('p12'));
+  const u = book.offer(a.id, 'a2.p12', Buffer.from('p12'), { ...facts });
   book.end(a.id);
   assert.equal(book.take(a.id, u), null, 'signed out: gone');
 });
