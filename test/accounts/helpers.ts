@@ -4,7 +4,7 @@
  * page on a free port. Plus headless Chromium (Debian's) driven by playwright-core.
  */
 import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { initCa } from '../../engine/pki/index.ts';
@@ -30,6 +30,8 @@ export interface AccountsSetup {
 }
 
 export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}): Promise<AccountsSetup> {
+  // Never the working directory: the CA, its key and the users file would land in the checkout.
+  if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
   const caDir = join(scratchDir, 'ca');
   const ca = await initCa(caDir, { name: 'Accounts Test CA' });
