@@ -27,6 +27,8 @@ import { shadowCounts } from '../shadow/shadow-status.ts';
 import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
+import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
+import type { AccountsServer } from '../accounts/server.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -77,6 +79,10 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
+  /** The account page (`accounts`), in the single server or the queue process; null otherwise. */
+  readonly accounts: AccountsServer | null;
+  /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
+  readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
   /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
   acceptConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
@@ -104,6 +110,7 @@ class MutableRuntime implements Runtime {
   readonly logger: Logger;
   readonly authFailures: AuthFailureLimiter;
   readonly connections: ConnectionCounts | undefined;
+  sightings?: SightingRecorder;
   onSpooled?: (id: string) => void;
   constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter, connections?: ConnectionCounts) {
     this.generation = generation;
@@ -159,6 +166,17 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
   const failures = new AuthFailureLimiter(windowMs, failureStore);
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);
+  // Each process that serves connections keeps its own sightings file; one process per server watches expiry.
+  const sightings = role === 'queue' ? null : new SightingRecorder(config.dataDir, role === 'worker' ? `worker-${opts.workerIndex ?? 0}` : 'single', {
+    onError: (err) => logger.warn({ err: { message: (err as Error).message } }, 'client certificate sightings not written'),
+  });
+  if (sightings) runtime.sightings = sightings;
+  const expiry = role === 'worker' ? null : new ExpiryWatch({
+    dataDir: config.dataDir, logger,
+    warnDays: () => runtime.generation.config.pki.warnDays,
+    names: () => deviceNames(runtime.generation.config),
+  });
+  expiry?.start();
 
   const servers = new Map<string, PosternServer>();
   const reported = new WeakSet<Error>();
@@ -196,6 +214,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       logger.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
     }
   } catch (err) {
+    expiry?.close();
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
     await closeStore();
@@ -282,8 +301,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
   }
 
-  return {
-    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin,
+  let accounts: AccountsServer | null = null;
+  const running: RunningPostern = {
+    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin, certificates: { sightings, expiry },
+    get accounts() { return accounts; },
     acceptConnection(listener, socket) {
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
@@ -294,9 +315,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await recording.stop();
       if (collector) clearInterval(collector);
       await admin?.close();
+      await accounts?.close();
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
+      expiry?.close();
+      await sightings?.close();
       spool.close();
       home.close();
       spools.close();
@@ -310,4 +334,18 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await closeStore();
     },
   };
+  // The account page: one per server, beside the queue (see docs/client-certificates.md § The account page
+  // for why there). Sign-in failures count in the same limiter as SMTP AUTH; its TLS follows every reload.
+  if (config.accounts && role !== 'worker') {
+    try {
+      // Loaded only here: workers, and servers without the page, never load the web framework.
+      const { startAccountsServer } = await import('../accounts/server.ts');
+      accounts = await startAccountsServer({ listen: config.accounts.listen, generation: () => runtime.generation, limiter: failures, logger });
+    } catch (err) {
+      await running.close();
+      throw err;
+    }
+    reloader.onReload((o) => { if (o.ok && o.changed) void accounts?.reloaded(); });
+  }
+  return running;
 }

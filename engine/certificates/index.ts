@@ -7,6 +7,6 @@ export {
   loadAuthority, type Authority, type AuthorityOptions, type CrlOptions, type IssuedCertificate, type KeyType,
   type LeafOptions, type Revocation, type SubjectOptions,
 } from './pki.ts';
-export { exportPkcs12 } from './pkcs12.ts';
+export { exportPkcs12, pkcs12Bytes, type Pkcs12Encryption } from './pkcs12.ts';
 export { writeDevelopmentPki, DEVELOPMENT_P12_PASSWORD, type DevelopmentPki } from './dev-pki.ts';
 export { TrustedIssuers } from './trusted-issuers.ts';

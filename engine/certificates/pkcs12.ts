@@ -10,10 +10,7 @@ import { chmod, rm, writeFile } from 'node:fs/promises';
  * `password`. Returns false when openssl is not installed; throws, naming outFile, if openssl fails.
  */
 export async function exportPkcs12(certPem: string, keyPem: string, caPem: string | null, password: string, outFile: string): Promise<boolean> {
-  // Explicit PBES2/AES-256 + SHA-256 MAC: OpenSSL 1.1 would otherwise use RC2/3DES, which OpenSSL 3
-  // without the legacy provider (and modern NSS) refuses to read.
-  const args = ['pkcs12', '-export', '-name', 'Postern client certificate',
-    '-keypbe', 'AES-256-CBC', '-certpbe', 'AES-256-CBC', '-macalg', 'sha256', '-iter', '10000',
+  const args = ['pkcs12', '-export', '-name', 'Postern client certificate', ...pkcs12Encryption('modern'),
     // The password travels in the environment, not argv (visible to every user in `ps`).
     '-passout', 'env:POSTERN_P12_PASSWORD', '-out', outFile];
   // Created 0600 first, so the file is never readable by others, not even while openssl writes it.
@@ -26,12 +23,47 @@ export async function exportPkcs12(certPem: string, keyPem: string, caPem: strin
   return true;
 }
 
+/**
+ * How the PKCS#12 is encrypted. `modern`: PBES2/AES-256-CBC keys and certificates, SHA-256 MAC. OpenSSL 1.1
+ * would otherwise use RC2/3DES, which OpenSSL 3 without the legacy provider (and modern NSS) refuses to
+ * read. `legacy`: 3DES and a SHA-1 MAC, for importers that know nothing newer (Android before 12, older
+ * macOS and iOS keychains); still readable by OpenSSL 3 without its legacy provider (no RC2).
+ */
+export type Pkcs12Encryption = 'modern' | 'legacy';
+
+function pkcs12Encryption(kind: Pkcs12Encryption): string[] {
+  return kind === 'modern'
+    ? ['-keypbe', 'AES-256-CBC', '-certpbe', 'AES-256-CBC', '-macalg', 'sha256', '-iter', '10000']
+    : ['-keypbe', 'PBE-SHA1-3DES', '-certpbe', 'PBE-SHA1-3DES', '-macalg', 'sha1', '-iter', '2048'];
+}
+
+/**
+ * The PKCS#12 (DER) of key, certificate and CA chain, encrypted with `password`, without touching the
+ * disk (a web page hands it out once). Throws when openssl is missing or fails.
+ */
+export async function pkcs12Bytes(
+  certPem: string, keyPem: string, caPem: string | null, password: string,
+  opts: { encryption?: Pkcs12Encryption; friendlyName?: string } = {},
+): Promise<Buffer> {
+  const args = ['pkcs12', '-export', '-name', opts.friendlyName ?? 'Postern client certificate', ...pkcs12Encryption(opts.encryption ?? 'modern'),
+    '-passout', 'env:POSTERN_P12_PASSWORD'];
+  const out: Buffer[] = [];
+  const failure = await run('openssl', args, keyPem + certPem + (caPem ?? ''), { ...process.env, POSTERN_P12_PASSWORD: password }, out);
+  if (failure === 'missing') throw new Error('openssl is not installed: no PKCS#12 can be made');
+  if (failure) throw new Error(`openssl pkcs12 -export failed: ${failure}`);
+  return out[0]!;
+}
+
 /** Runs a program with `input` on stdin: its failure text, '' on success, or 'missing' if not installed. */
-function run(cmd: string, args: string[], input: string, env: NodeJS.ProcessEnv): Promise<string> {
+function run(cmd: string, args: string[], input: string, env: NodeJS.ProcessEnv, stdout?: Buffer[]): Promise<string> {
   return new Promise((resolve) => {
-    const child = execFile(cmd, args, { env, timeout: 30_000 }, (err, _stdout, stderr) => {
-      if (!err) resolve('');
-      else resolve((err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : stderr.trim() || err.message);
+    const child = execFile(cmd, args, { env, timeout: 30_000, encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 }, (err, out, stderr) => {
+      if (!err) {
+        stdout?.push(out);
+        resolve('');
+      } else {
+        resolve((err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : stderr.toString().trim() || err.message);
+      }
     });
     child.stdin!.on('error', () => { /* openssl exited early; its exit status says why */ });
     child.stdin!.end(input);

@@ -39,8 +39,10 @@ export interface SubjectOptions {
 }
 
 export interface LeafOptions extends SubjectOptions {
-  /** Default `rsa` (2048 bits); `ecdsa` is P-256. */
+  /** Default `rsa` (2048 bits, see rsaBits); `ecdsa` is P-256. */
   keyType?: KeyType;
+  /** RSA modulus length; default 2048. */
+  rsaBits?: number;
   /** Default: one hour ago (tolerates clock skew). */
   notBefore?: Date;
   /** Default: two years after notBefore. */
@@ -52,6 +54,8 @@ export interface LeafOptions extends SubjectOptions {
 
 export interface AuthorityOptions extends SubjectOptions {
   keyType?: KeyType;
+  /** RSA modulus length; default 2048. */
+  rsaBits?: number;
   notBefore?: Date;
   notAfter?: Date;
   /** Lifetime when notAfter is not given; default 10. */
@@ -77,8 +81,8 @@ const HOUR = 3600_000;
 const DAY = 24 * HOUR;
 const YEAR = 365 * DAY;
 
-function keyAlgorithm(type: KeyType, namedCurve = 'P-256'): Algorithm {
-  if (type === 'rsa') return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256', publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 } as Algorithm;
+function keyAlgorithm(type: KeyType, namedCurve = 'P-256', rsaBits = 2048): Algorithm {
+  if (type === 'rsa') return { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256', publicExponent: new Uint8Array([1, 0, 1]), modulusLength: rsaBits } as Algorithm;
   if (type === 'ecdsa') return { name: 'ECDSA', namedCurve } as Algorithm;
   return { name: 'Ed25519' };
 }
@@ -89,8 +93,8 @@ function signingAlgorithm(type: KeyType): Algorithm {
   return { name: 'Ed25519' };
 }
 
-async function generateKeys(type: KeyType): Promise<CryptoKeyPair> {
-  return await subtle.generateKey(keyAlgorithm(type) as wc.RsaHashedKeyGenParams, true, ['sign', 'verify']) as CryptoKeyPair;
+async function generateKeys(type: KeyType, rsaBits?: number): Promise<CryptoKeyPair> {
+  return await subtle.generateKey(keyAlgorithm(type, undefined, rsaBits) as wc.RsaHashedKeyGenParams, true, ['sign', 'verify']) as CryptoKeyPair;
 }
 
 async function privateKeyPem(key: CryptoKey): Promise<string> {
@@ -161,7 +165,7 @@ const pemOf = (c: x509.X509Certificate): string => toPem(c.rawData, 'CERTIFICATE
 /** A root CA (or, with `issuer`, an intermediate): CA:true, keyCertSign + cRLSign, SKI/AKI. */
 export async function createCertificateAuthority(opts: AuthorityOptions): Promise<Authority> {
   const keyType = opts.keyType ?? 'rsa';
-  const keys = await generateKeys(keyType);
+  const keys = await generateKeys(keyType, opts.rsaBits);
   const issuer = opts.issuer ? { name: opts.issuer.certificate.subjectName, keys: opts.issuer.keys, keyType: opts.issuer.keyType } : null;
   const { certificate, serial } = await sign(opts, keys, keyType, issuer, (opts.years ?? 10) * YEAR, [
     new x509.BasicConstraintsExtension(true, undefined, true),
@@ -172,7 +176,7 @@ export async function createCertificateAuthority(opts: AuthorityOptions): Promis
 
 async function issueLeaf(ca: Authority | null, opts: LeafOptions, usage: 'server' | 'client'): Promise<IssuedCertificate> {
   const keyType = opts.keyType ?? 'rsa';
-  const keys = await generateKeys(keyType);
+  const keys = await generateKeys(keyType, opts.rsaBits);
   // keyEncipherment only means something for RSA key transport (TLS 1.2 RSA kx); clients only sign.
   const keyUsage = x509.KeyUsageFlags.digitalSignature | (usage === 'server' && keyType === 'rsa' ? x509.KeyUsageFlags.keyEncipherment : 0);
   const issuer = ca ? { name: ca.certificate.subjectName, keys: ca.keys, keyType: ca.keyType } : null;

@@ -1,14 +1,39 @@
 /**
- * A listener's CA certificates, to explain a verdict OpenSSL reports only as "unable to get CRL": with
- * a CRL configured, OpenSSL asks for the CRL before it gives up on a foreign or self-signed certificate.
+ * A listener's CA certificates and CRLs as loaded, for what OpenSSL's handshake verdict does not answer:
+ * explaining a verdict OpenSSL reports only as "unable to get CRL" (with a CRL configured, OpenSSL asks for
+ * the CRL before it gives up on a foreign or self-signed certificate), and whether a certificate that
+ * verified when its session began has been revoked since (a reloaded CRL; checked at each MAIL FROM).
  */
 import { X509Certificate } from 'node:crypto';
+import { x509 } from './x509-provider.ts';
+import { pemToDer } from './digests.ts';
 
 export class TrustedIssuers {
   readonly #cas: X509Certificate[];
+  /** Revoked serial (lowercase hex, no leading zero bytes) → the DER issuer names of the CRLs listing it. */
+  readonly #revoked = new Map<string, Buffer[]>();
 
-  constructor(caPems: readonly string[]) {
+  constructor(caPems: readonly string[], crlPems: readonly string[] = []) {
     this.#cas = caPems.map((pem) => new X509Certificate(pem));
+    for (const pem of crlPems) {
+      const crl = new x509.X509Crl(pemToDer(pem));
+      const issuer = Buffer.from(crl.issuerName.toArrayBuffer());
+      for (const e of crl.entries) {
+        const serial = serialKey(e.serialNumber);
+        this.#revoked.set(serial, [...this.#revoked.get(serial) ?? [], issuer]);
+      }
+    }
+  }
+
+  /**
+   * Is this certificate (its lowercase-hex serial and PEM) listed by one of the CRLs? A Map lookup by
+   * serial; only a hit parses the certificate, to match the CRL's issuer.
+   */
+  isRevoked(cert: { serial: string; pem: string }): boolean {
+    const issuers = this.#revoked.get(serialKey(cert.serial));
+    if (!issuers) return false;
+    const issuer = Buffer.from(new x509.X509Certificate(pemToDer(cert.pem)).issuerName.toArrayBuffer());
+    return issuers.some((i) => i.equals(issuer));
   }
 
   /** The code to report for a certificate whose CRL check failed (authorizationError UNABLE_TO_GET_CRL). */
@@ -21,3 +46,5 @@ export class TrustedIssuers {
     return this.#cas.some((ca) => leaf.checkIssued(ca)) ? 'CERT_SIGNATURE_FAILURE' : 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY';
   }
 }
+
+const serialKey = (hex: string): string => hex.toLowerCase().replace(/^(00)+(?=.)/, '');

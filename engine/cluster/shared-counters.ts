@@ -15,7 +15,7 @@
  *                                                           failures: that IP's recent auth failure times
  *   worker → supervisor  { t: 'conn-', key }                a connection that got a slot closed
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
- *   supervisor → workers { t: 'authfail', ip, at }          …relayed to every other worker
+ *   supervisor → children { t: 'authfail', ip, at }         …relayed to every other child (workers, and the queue process: the account page)
  * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
  * failures reach other workers asynchronously, but every new connection also brings that IP's current
  * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.

@@ -195,7 +195,8 @@ export class Supervisor {
     child.lastBeat = Date.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
     if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
-      for (const c of this.#children) if (c !== child && c.kind === 'worker' && c.ready) c.proc?.send(msg);
+      // Every other child: the workers (SMTP AUTH) and the queue process (the account page's sign-in).
+      for (const c of this.#children) if (c !== child && c.ready && c.proc?.connected) c.proc.send(msg);
     })) return;
     switch (m.t) {
       case 'hb': return this.#dispatch();

@@ -103,6 +103,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     cc.key = abs(cc.key);
   }
   for (const [name, file] of Object.entries(c.delivery.caFiles)) c.delivery.caFiles[name] = abs(file);
+  if (c.pki.dir) c.pki.dir = abs(c.pki.dir);
   return c;
 }
 
@@ -154,6 +155,11 @@ function crossCheck(c: Config): PathProblem[] {
       if (other !== undefined) out.push({ path: ['delivery', 'dkim', name, 'senderDomains', i], message: `${domain} is already signed by delivery.dkim.${other}` });
       signedBy.set(domain.toLowerCase(), name);
     }
+  }
+  if (c.accounts) {
+    const l = c.listeners.find((x) => x.name === c.accounts!.listener);
+    if (!l) out.push({ path: ['accounts', 'listener'], message: `no listener named "${c.accounts.listener}"` });
+    else if (l.tls.mode === 'none') out.push({ path: ['accounts', 'listener'], message: `listener ${l.name} has tls.mode none: the account page is HTTPS only, with that listener's certificate` });
   }
   // A script waits for the store within its own time limit; past it the call is cut off, not failed by the store.
   if (c.store.redis && c.store.redis.timeoutMs >= c.sandbox.timeoutMs) {

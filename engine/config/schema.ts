@@ -244,6 +244,22 @@ export const configSchema = z.strictObject({
       .describe('Size the recordings folder may reach: beyond it a process stops recording until old files have been deleted.'),
   }).optional().meta({ defaultText: 'off' })
     .describe('Record, for `postern replay`, the context each script call saw and the verdict it gave (no message bodies; headers of the data hook are included) in `<dataDir>/replay/`, one file per day and process. **Personal data**: addresses, client addresses, certificate subjects, login names and message headers; keep `keepDays` as short as your use needs and say so in your records of processing. Only hooks with a live script are recorded. See [authoring.md](authoring.md#replay).'),
+  pki: z.strictObject({
+    dir: path().optional()
+      .describe('The CA folder of `postern pki` (made by `postern pki init --dir`): `ca.crt`, `ca.key`, `ca.crl` and `issued.json`. Without it the commands look for a listener\'s `caFiles` entry with a `ca.key` beside it (the development PKI), or take `--dir`. See [client-certificates.md](client-certificates.md#issuing-and-revoking-device-certificates).'),
+    warnDays: z.number().int().min(0).meta({ unit: 'days' }).default(14)
+      .describe('A client certificate seen in the last 30 days that expires within this many days is logged as a warning once a day, and listed first by `postern pki list`.'),
+  }).prefault({}).describe('Device certificates: where the CA of `postern pki` lives, and when an expiring certificate is reported.'),
+  accounts: z.strictObject({
+    listen: hostPort.describe('`address:port` of the account page (HTTPS only). Port `0` binds any free port.'),
+    listener: z.string().meta({ format: 'listener name' })
+      .describe('The SMTP listener the page is for. The page serves HTTPS with that listener\'s server certificate (`tls.cert`, `tls.key`), asks for client certificates as it does (`tls.clientCertificates`, `caFiles`, `crlFiles`), names their accounts by its `certificateIdentity`, registers uploaded keys in its `certificateIdentity.pins` table, counts failed sign-ins with its SMTP auth failures and refuses by its `limits.authFailuresPerIp`. It needs `tls.mode` `starttls` or `implicit`.'),
+    sessionMinutes: z.number().int().positive().max(24 * 60).meta({ unit: 'minutes' }).default(30)
+      .describe('A signed-in session ends after this long without a request.'),
+    issueDays: z.number().int().positive().meta({ unit: 'days' }).default(730)
+      .describe('Lifetime of a device certificate the page issues (from the CA of `pki.dir`).'),
+  }).optional()
+    .describe('The self-service account page ([accounts.md](accounts.md)): each user signs in with their password (the `users` file) or their client certificate and manages their own devices: issues a certificate (a `.p12` downloaded once), registers a certificate or public key as a pin, revokes or removes one. Off when absent.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),

@@ -83,6 +83,12 @@ export const metrics = {
     name: 'postern_config_generation', help: 'Serial number of the configuration generation in force', registers: [registry],
     aggregator: 'max',
   }),
+  clientCertificateExpiry: new Gauge({
+    name: 'postern_client_certificate_expiry_seconds',
+    help: 'Seconds until each client certificate seen in the last 30 days expires (negative: expired), by identity and device',
+    labelNames: ['identity', 'device'] as const, registers: [registry],
+    aggregator: 'min', // across processes: only the one that watches expiry sets it
+  }),
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',

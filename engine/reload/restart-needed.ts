@@ -2,12 +2,12 @@
  * What a new configuration asks for that only a restart applies: listeners added, removed, moved or
  * changing TLS mode (their sockets are bound once), and the counter store (made once at start).
  * Compared with what is running: the reloader against its generation, the supervisor against the
- * listeners it has actually bound.
+ * listeners it has actually bound. The account page's address is bound once too.
  */
 import type { Config } from '../config/schema.ts';
 import { storeIdentity } from '../store/index.ts';
 
-export function restartNeeded(running: Pick<Config, 'listeners' | 'store'>, next: Pick<Config, 'listeners' | 'store'>): string[] {
+export function restartNeeded(running: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'accounts'>>, next: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'accounts'>>): string[] {
   const out: string[] = [];
   for (const l of next.listeners) {
     const old = running.listeners.find((r) => r.name === l.name);
@@ -17,5 +17,7 @@ export function restartNeeded(running: Pick<Config, 'listeners' | 'store'>, next
   }
   for (const r of running.listeners) if (!next.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
   if (storeIdentity(running.store) !== storeIdentity(next.store)) out.push('store changed');
+  // The account page's socket is bound once, like a listener's.
+  if (running.accounts?.listen !== next.accounts?.listen) out.push(`accounts.listen ${running.accounts?.listen ?? 'off'} → ${next.accounts?.listen ?? 'off'}`);
   return out;
 }

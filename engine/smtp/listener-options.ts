@@ -92,6 +92,6 @@ export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: str
     greetingDelayMs: greetingDelay(l),
     maxConnectionsPerIp: l.limits.maxConnectionsPerIp,
     tlsHandshakeTimeoutMs: l.limits.tlsHandshakeTimeoutMs,
-    trust: new TrustedIssuers(tls.ca ?? []),
+    trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
   };
 }

@@ -7,6 +7,9 @@ import type { Spool } from '../spool/spool.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
+import type { SightingRecorder } from '../pki/sightings.ts';
+
+export type CertificateSightings = Pick<SightingRecorder, 'seen'>;
 
 export interface Runtime {
   /** The generation new sessions start with. */
@@ -16,6 +19,8 @@ export interface Runtime {
   readonly authFailures: AuthFailureLimiter;
   /** Open connections per listener and IP, when shared with other worker processes (else each listener counts its own). */
   readonly connections?: ConnectionCounts;
+  /** Records which client certificates were seen (engine/pki/sightings.ts); absent in tests that need none. */
+  readonly sightings?: CertificateSightings;
   /** Called when a message has been committed to the spool (the queue runner wakes up). */
   onSpooled?(id: string): void;
 }

@@ -14,12 +14,12 @@ import { verdictReply } from './verdict-replies.ts';
 import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
-import { extraSenders } from '../policy/sender-logins.ts';
+import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { describeCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
-import type { ConnectionInfo, HeaderEdit, HookName, Verdict } from '../sandbox/api/index.ts';
+import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 
 /** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
@@ -100,9 +100,11 @@ export class SessionPolicy {
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
     st.identity = certificateIdentity(st.listener, st.certificate, pinTable);
     const cert = st.certificate;
+    if (cert) this.#recordSighting(conn, cert);
     metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: socket.getProtocol() ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
     this.#log.info({
-      cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: cert.subject.dn, verified: cert.verified, error: cert.verifyError } : null,
+      // The pin (mox's base64url) lets `postern pins learn <cid>` find this certificate in the log.
+      cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: cert.subject.dn, verified: cert.verified, error: cert.verifyError, pin: cert.pin.sha256Base64Url } : null,
       identity: st.identity.identity,
     }, 'TLS established');
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
@@ -209,6 +211,8 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.#adoptCurrentGeneration(conn);
+    const withdrawn = this.#certificateWithdrawn(conn);
+    if (withdrawn) return withdrawn;
     const limited = await this.#messagesPerIdentity(conn);
     if (limited) return limited;
     st.transactionId = this.#runtime.spool.newId();
@@ -296,6 +300,42 @@ export class SessionPolicy {
     }
     if (!verdict) return NO_DATA_DECISION;
     return { reply: verdictReply('data', verdict, id), headerEdits: verdict.verdict === 'accept' ? verdict.headers ?? null : null };
+  }
+
+  /** Last seen, per certificate (written at most once a minute, off this path: engine/pki/sightings.ts). */
+  #recordSighting(conn: SmtpClient, cert: PeerCertificate): void {
+    const st = conn.state;
+    this.#runtime.sightings?.seen({
+      fingerprintSha256: cert.fingerprint.sha256, pinSha256: cert.pin.sha256, serial: cert.serial,
+      subject: cert.subject.dn, issuer: cert.issuer.dn, notAfter: cert.notAfter, listener: st.listener.name,
+      identity: st.identity.identity, verdict: cert.verified ? 'verified' : st.identity.pinned ? 'pinned' : cert.verifyError ?? 'invalid',
+      lastConnection: conn.id,
+    });
+  }
+
+  /**
+   * The certificate this session was verified or pinned with at its handshake, taken back since: its
+   * serial is now on a (reloaded) CRL, or the pin that named the logged-in account is gone from the
+   * current pin table. No new transaction then (new handshakes are refused by the CRL, or get no identity).
+   */
+  #certificateWithdrawn(conn: SmtpClient): SmtpReply | null {
+    const st = conn.state;
+    const cert = st.certificate;
+    if (!cert) return null;
+    if (cert.verified && conn.trust.isRevoked(cert)) {
+      this.#log.info({ cid: conn.id, subject: cert.subject.dn, serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
+      return reply('certificateRevoked');
+    }
+    const loggedInByCertificate = st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
+    if (st.identity.via === 'pin' && loggedInByCertificate) {
+      const name = st.listener.certificateIdentity.pins;
+      const line = name ? st.generation.tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
+      if (parseSenderList(line)[0] !== st.identity.identity) {
+        this.#log.info({ cid: conn.id, subject: cert.subject.dn, pin: cert.pin.sha256Base64Url, user: st.user }, 'client certificate pin removed since the handshake: MAIL FROM refused');
+        return reply('certificatePinRemoved');
+      }
+    }
+    return null;
   }
 
   /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */

@@ -1,0 +1,198 @@
+/**
+ * One account's devices, as the account page shows and changes them: the certificates the CA issued to the
+ * identity (engine/pki inventory) and the keys pinned to it in the listener's pin table, with when the
+ * server last saw each. Every change goes through engine/pki (the code `postern pki` / `postern pins` run),
+ * so it is written atomically and applied by the running server's reload.
+ *
+ * Adapter over the library: a bare public key (PEM) becomes its pin here, since addPin takes certificates
+ * and pins only.
+ */
+import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Config, ListenerConfig } from '../config/schema.ts';
+import {
+  addPin, issueDevice, listDevices, listPins, pinTableOf, pkiDirOf, pkiPaths, readSightings, removePin, revokeDevice,
+  type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
+} from '../pki/index.ts';
+
+export interface AccountDevice {
+  /** `cert-<serial>` for an issued certificate, `pin-<hex>` for a key only pinned: what the page's forms name. */
+  id: string;
+  kind: 'issued' | 'pinned';
+  name: string;
+  /** The SPKI pin, mox's base64url. */
+  pin: string;
+  pinSha256: string;
+  serial: string | null;
+  notAfter: string | null;
+  status: 'valid' | 'revoked' | 'expired' | 'pinned';
+  /** Seen lately and expiring within pki.warnDays. */
+  expiringSoon: boolean;
+  /** The pin table lists its key. */
+  pinned: boolean;
+  lastSeen: string | null;
+  listener: string | null;
+}
+
+/** A refusal the page shows as it is (the user's own mistake, nothing internal). */
+export class AccountError extends Error {}
+
+export interface AccountContext {
+  config: Config;
+  listener: ListenerConfig;
+}
+
+function pinFile(ctx: AccountContext): string | null {
+  if (!ctx.listener.certificateIdentity.pins) return null;
+  return pinTableOf(ctx.config, ctx.listener.name).file;
+}
+
+function caDir(ctx: AccountContext): string | null {
+  try {
+    return pkiDirOf(ctx.config);
+  } catch {
+    return null;
+  }
+}
+
+/** The server has a CA folder with a CA in it: the page can issue certificates. */
+export function canIssue(ctx: AccountContext): boolean {
+  const dir = caDir(ctx);
+  return !!dir && existsSync(pkiPaths(dir).caCert);
+}
+
+const same = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();
+
+export async function accountDevices(ctx: AccountContext, identity: string): Promise<AccountDevice[]> {
+  const dir = caDir(ctx);
+  const file = pinFile(ctx);
+  const issued = dir ? await listDevices(dir, { identity, dataDir: ctx.config.dataDir, warnDays: ctx.config.pki.warnDays }) : [];
+  const pins = file ? (await listPins(file)).filter((p) => same(p.identity, identity)) : [];
+  const pinned = new Set(pins.map((p) => p.pinSha256));
+  const devices: AccountDevice[] = issued.map((c) => ({
+    id: `cert-${c.serial}`, kind: 'issued', name: c.device, pin: Buffer.from(c.pinSha256, 'hex').toString('base64url'), pinSha256: c.pinSha256,
+    serial: c.serial, notAfter: c.notAfter, status: c.status, expiringSoon: c.expiringSoon, pinned: pinned.has(c.pinSha256),
+    lastSeen: c.seen?.lastSeen ?? null, listener: c.seen?.listener ?? null,
+  }));
+  const covered = new Set(issued.map((c) => c.pinSha256));
+  const rest = pins.filter((p) => !covered.has(p.pinSha256));
+  if (rest.length) {
+    const byPin = latestByPin((await readSightings(ctx.config.dataDir)).values());
+    for (const p of rest) {
+      const s = byPin.get(p.pinSha256);
+      devices.push({
+        id: `pin-${p.pinSha256}`, kind: 'pinned', name: p.device ?? '(unnamed)', pin: p.pinBase64Url, pinSha256: p.pinSha256,
+        serial: s?.serial ?? null, notAfter: s?.notAfter ?? null, status: 'pinned', expiringSoon: false, pinned: true,
+        lastSeen: s?.lastSeen ?? null, listener: s?.listener ?? null,
+      });
+    }
+  }
+  return devices;
+}
+
+/** Sightings are keyed by certificate; a pinned key may have had several: the latest one speaks for it. */
+function latestByPin(sightings: Iterable<Sighting>): Map<string, Sighting> {
+  const out = new Map<string, Sighting>();
+  for (const s of sightings) {
+    const had = out.get(s.pinSha256);
+    if (!had || s.lastSeen > had.lastSeen) out.set(s.pinSha256, s);
+  }
+  return out;
+}
+
+/** The device `id` of this account, or null: another account's id is as unknown as a made-up one. */
+export async function findDevice(ctx: AccountContext, identity: string, id: string): Promise<AccountDevice | null> {
+  return (await accountDevices(ctx, identity)).find((d) => d.id === id) ?? null;
+}
+
+/**
+ * A new certificate from the CA for `identity`. When the listener would not name the account from it
+ * (it does not trust the CA by a certificate field), its key is pinned to the account as well.
+ */
+export async function issueAccountDevice(ctx: AccountContext, identity: string, device: string, days: number): Promise<IssuedDevice> {
+  const dir = caDir(ctx);
+  if (!dir) throw new AccountError('This server has no certificate authority (pki.dir): ask the administrator to set one up.');
+  // The certificate carries the identity as CN, and as emailAddress and SAN e-mail when it is an address.
+  const field = ctx.listener.certificateIdentity.field;
+  const carried = field === 'CN' || ((field === 'emailAddress' || field === 'sanEmail') && identity.includes('@'));
+  const byField = carried && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
+  const file = pinFile(ctx);
+  if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
+  await refuseDuplicateName(ctx, identity, device.trim());
+  const issued = await issueDevice(dir, { identity, device, days }).catch((err: Error) => {
+    throw /^device "/.test(err.message) ? new AccountError(err.message) : err;
+  });
+  if (!byField) await addPin(file!, { identity, certificateOrPin: issued.certPem, device });
+  return issued;
+}
+
+/** A certificate, public key (PEM) or pin of the user's own making, pinned to the account (mox's way). */
+export async function addAccountKey(ctx: AccountContext, identity: string, device: string, given: string | Buffer): Promise<PinEntry> {
+  const file = pinFile(ctx);
+  if (!file) throw new AccountError(`Listener ${ctx.listener.name} has no pin table (certificateIdentity.pins): only issued certificates can be added.`);
+  const input = (typeof given === 'string' ? given : uploadedText(given)).trim();
+  if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
+  let pin = input;
+  if (input.includes('-----BEGIN PUBLIC KEY-----')) pin = publicKeyPin(input);
+  else if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  await refuseDuplicateName(ctx, identity, device);
+  try {
+    return await addPin(file, { identity, certificateOrPin: pin, device });
+  } catch (err) {
+    // addPin names the account a key is already pinned for: maybe another user's; say less.
+    if (/already pinned/.test((err as Error).message)) throw new AccountError('That key is already registered.');
+    // A message naming a file is the server's problem (logged as such); the rest is about the input.
+    if ((err as Error).message.startsWith('/')) throw err;
+    throw new AccountError(`Not added: ${(err as Error).message}`);
+  }
+}
+
+/** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */
+function uploadedText(bytes: Buffer): string {
+  const text = bytes.toString('latin1');
+  if (text.includes('-----BEGIN')) return text;
+  try {
+    return new X509Certificate(bytes).toString();
+  } catch { /* not a DER certificate */ }
+  try {
+    return createPublicKey({ key: bytes, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
+  } catch {
+    throw new AccountError('The file is neither a certificate nor a public key (PEM or DER).');
+  }
+}
+
+function publicKeyPin(pem: string): string {
+  try {
+    const spki = createPublicKey(pem).export({ type: 'spki', format: 'der' });
+    return createHash('sha256').update(spki).digest('hex');
+  } catch (err) {
+    throw new AccountError(`Not a public key: ${(err as Error).message}`);
+  }
+}
+
+async function refuseDuplicateName(ctx: AccountContext, identity: string, device: string): Promise<void> {
+  const live = (await accountDevices(ctx, identity)).filter((d) => d.status === 'valid' || d.status === 'pinned');
+  if (live.some((d) => d.name === device)) throw new AccountError(`You already have a device named "${device}": choose another name, or revoke that one first.`);
+}
+
+export interface DeviceChange { device: AccountDevice; revoked: boolean; unpinned: boolean }
+
+/**
+ * Revokes an issued certificate (the CRL is rewritten) and unpins its key, or removes a pinned key: either
+ * way the next handshake with it names no account. A pin matches whatever the chain verdict, so a revoked
+ * certificate must lose its pin too.
+ */
+export async function retireAccountDevice(ctx: AccountContext, device: AccountDevice, reason: RevocationReason): Promise<DeviceChange> {
+  let revoked = false;
+  if (device.kind === 'issued' && device.status === 'valid') {
+    const dir = caDir(ctx);
+    if (!dir) throw new AccountError('This server has no certificate authority (pki.dir) any more.');
+    revoked = (await revokeDevice(dir, { serial: device.serial! }, { reason })).revoked.length > 0;
+  }
+  let unpinned = false;
+  const file = pinFile(ctx);
+  if (device.pinned && file) unpinned = (await removePin(file, { pin: device.pinSha256 })).length > 0;
+  if (!revoked && !unpinned) throw new AccountError(`Device "${device.name}" is already ${device.status}.`);
+  return { device, revoked, unpinned };
+}

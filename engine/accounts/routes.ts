@@ -1,0 +1,200 @@
+/**
+ * The account page's routes. Every POST passes the CSRF check first; every device route acts on the signed-in
+ * account's own devices only (a device id is looked up among them, so another account's id is "no such
+ * device"); every change is logged with who made it, how they signed in, and from where.
+ */
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from '../logging/logger.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
+import type { TrustedIssuers } from '../certificates/index.ts';
+import { clientAddress } from '../smtp/postern-server.ts';
+import { parseReason, type RevocationReason } from '../pki/index.ts';
+import type { Session, SessionBook } from './sessions.ts';
+import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
+import {
+  AccountError, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
+} from './account-devices.ts';
+import { STYLE, devicesPage, errorPage, issuedPage, signInPage } from './pages.ts';
+
+export const SESSION_COOKIE = '__Host-postern-session';
+const COOKIE = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } as const;
+/** Reasons a user may give on the page (the CLI has them all). */
+const PAGE_REASONS = new Set<RevocationReason>(['cessationOfOperation', 'keyCompromise', 'superseded']);
+
+export interface AccountsState {
+  generation(): PolicyGeneration;
+  /** The `accounts` section in force. */
+  settings(): NonNullable<Config['accounts']>;
+  listener(): ListenerConfig;
+  limiter: AuthFailureLimiter;
+  log: Logger;
+  sessions: SessionBook;
+  /** The listener's CAs and CRLs as last loaded (reload replaces it). */
+  trust: TrustedIssuers;
+}
+
+/** An uploaded file of a multipart form, when one was chosen. */
+function file(body: unknown, name: string): Buffer | null {
+  const v = (body as Record<string, unknown> | null)?.[name];
+  return Buffer.isBuffer(v) && v.length ? v : null;
+}
+
+/** A form field as text; a repeated or missing field is empty. */
+function field(body: unknown, name: string): string {
+  const v = (body as Record<string, unknown> | null)?.[name];
+  return typeof v === 'string' ? v : '';
+}
+const html = (reply: FastifyReply, status: number, body: string): FastifyReply => reply.code(status).type('text/html; charset=utf-8').send(body);
+
+export function accountRoutes(state: AccountsState) {
+  return async function routes(app: FastifyInstance): Promise<void> {
+    const ip = (req: FastifyRequest): string => clientAddress(req.raw.socket);
+    const csrfFor = (req: FastifyRequest, reply: FastifyReply): string => reply.generateCsrf({ userInfo: req.cookies[SESSION_COOKIE] ?? 'signed-out' });
+    const ctx = (): AccountContext => ({ config: state.generation().config, listener: state.listener() });
+
+    /** The signed-in session of this request, if it still stands. */
+    const sessionOf = (req: FastifyRequest): Session | null => {
+      const g = state.generation();
+      const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * 60_000);
+      if (s && !sessionStands(s, state.listener(), g, state.trust)) {
+        state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
+        state.sessions.end(s.id);
+        return null;
+      }
+      return s;
+    };
+    const changeLog = (s: Session, req: FastifyRequest, facts: object, what: string): void => {
+      state.log.info({ by: s.identity, via: s.via, client: ip(req), ...facts }, `account page: ${what}`);
+    };
+
+    const signIn = (req: FastifyRequest, reply: FastifyReply, status: number, error?: string, user?: string): FastifyReply => {
+      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      return html(reply, status, signInPage({
+        csrf: csrfFor(req, reply), error, user,
+        certificateIdentity: presented?.identity ?? null,
+        certificateProblem: presented && !presented.identity ? presented.certificate.verifyError ?? 'not registered' : null,
+      }));
+    };
+    const devices = async (req: FastifyRequest, reply: FastifyReply, s: Session, status = 200, error?: string, notice?: string): Promise<FastifyReply> => {
+      const c = ctx();
+      const port = Number(c.listener.listen.slice(c.listener.listen.lastIndexOf(':') + 1));
+      return html(reply, status, devicesPage({
+        identity: s.identity, csrf: csrfFor(req, reply), devices: await accountDevices(c, s.identity), error, notice,
+        server: { host: c.config.hostname, port, tls: c.listener.tls.mode === 'implicit' ? 'TLS' : 'STARTTLS' },
+        canIssue: canIssue(c), canPin: !!c.listener.certificateIdentity.pins,
+      }));
+    };
+    const startSession = (reply: FastifyReply, s: Session): FastifyReply =>
+      reply.setCookie(SESSION_COOKIE, s.id, COOKIE).redirect('/devices', 303);
+
+    /** Runs `fn` for a signed-in request; otherwise back to the sign-in page. */
+    const signedIn = (fn: (req: FastifyRequest, reply: FastifyReply, s: Session) => Promise<FastifyReply>) =>
+      async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
+        const s = sessionOf(req);
+        if (!s) return reply.redirect('/signin', 303);
+        try {
+          return await fn(req, reply, s);
+        } catch (err) {
+          if (err instanceof AccountError) return devices(req, reply, s, 400, err.message);
+          throw err;
+        }
+      };
+    const protect = { preHandler: app.csrfProtection };
+
+    app.get('/style.css', async (_req, reply) => reply.type('text/css').send(STYLE));
+    app.get('/', async (req, reply) => reply.redirect(sessionOf(req) ? '/devices' : '/signin', 303));
+    app.get('/signin', async (req, reply) => signIn(req, reply, 200));
+
+    app.post('/signin', protect, async (req, reply) => {
+      const user = field(req.body, 'user').trim().toLowerCase();
+      const outcome = await checkPassword(state.limiter, state.listener(), state.generation().users, ip(req), user, field(req.body, 'password'));
+      if (outcome === 'too-many') {
+        state.log.warn({ user, client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
+        return signIn(req, reply, 429, 'Too many failed sign-ins from your address: try again later.', user);
+      }
+      if (outcome === 'wrong') {
+        state.log.info({ user, client: ip(req) }, 'account page: sign-in failed (wrong account or password)');
+        return signIn(req, reply, 401, 'Wrong account or password.', user);
+      }
+      const s = state.sessions.create(user, 'password', null);
+      state.log.info({ identity: s.identity, via: 'password', client: ip(req) }, 'account page: signed in');
+      return startSession(reply, s);
+    });
+
+    app.post('/signin/certificate', protect, async (req, reply) => {
+      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
+      const c = presented.certificate;
+      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via! });
+      state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
+      return startSession(reply, s);
+    });
+
+    app.post('/signout', protect, async (req, reply) => {
+      const s = sessionOf(req);
+      if (s) {
+        state.sessions.end(s.id);
+        state.log.info({ identity: s.identity, client: ip(req) }, 'account page: signed out');
+      }
+      return reply.clearCookie(SESSION_COOKIE, COOKIE).redirect('/signin', 303);
+    });
+
+    app.get('/devices', signedIn((req, reply, s) => devices(req, reply, s)));
+
+    app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
+      const device = field(req.body, 'device').trim();
+      const c = ctx();
+      const issued = await issueAccountDevice(c, s.identity, device, state.settings().issueDays);
+      const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
+      const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
+      changeLog(s, req, { action: 'issue', device, serial: issued.record.serial, pin: issued.facts.pin.sha256Base64Url, notAfter: issued.record.notAfter }, 'device certificate issued');
+      // Post, redirect, get: reloading the page that shows the password must not issue another certificate.
+      return reply.redirect(`/devices/issued/${download}`, 303);
+    }));
+
+    app.get('/devices/issued/:token', signedIn(async (req, reply, s) => {
+      const download = (req.params as { token: string }).token;
+      const shown = state.sessions.show(s.id, download);
+      if (!shown) return html(reply, 404, errorPage(404, 'Nothing to show: the certificate was issued in another session, or more than ten minutes ago.'));
+      return html(reply, 200, issuedPage({ ...shown, download }));
+    }));
+
+    app.get('/devices/download/:token', signedIn(async (req, reply, s) => {
+      const d = state.sessions.take(s.id, (req.params as { token: string }).token);
+      if (!d) return html(reply, 404, errorPage(404, 'This download is gone: it can be fetched once, within ten minutes, by the session that issued it.'));
+      changeLog(s, req, { action: 'download', file: d.fileName }, 'PKCS#12 downloaded');
+      return reply.type('application/x-pkcs12').header('content-disposition', `attachment; filename="${d.fileName}"`).send(d.p12);
+    }));
+
+    app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
+      const device = field(req.body, 'device').trim();
+      const entry = await addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'));
+      changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
+      return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
+    }));
+
+    for (const action of ['revoke', 'remove'] as const) {
+      app.post(`/devices/:id/${action}`, protect, signedIn(async (req, reply, s) => {
+        const id = (req.params as { id: string }).id;
+        const device = await findDevice(ctx(), s.identity, id);
+        if (!device) {
+          state.log.warn({ by: s.identity, client: ip(req), action, device: id }, 'account page: refused a change to a device not of this account');
+          return html(reply, 404, errorPage(404, 'No such device on your account.'));
+        }
+        let reason: RevocationReason = 'cessationOfOperation';
+        const asked = field(req.body, 'reason');
+        if (asked) {
+          try { reason = parseReason(asked); } catch { throw new AccountError(`Unknown reason "${asked}".`); }
+          if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
+        }
+        const change = await retireAccountDevice(ctx(), device, reason);
+        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined },
+          change.revoked ? 'device certificate revoked' : 'device key removed');
+        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.`);
+      }));
+    }
+  };
+}

@@ -1,0 +1,128 @@
+/**
+ * The account page's HTTPS listener (config `accounts`): fastify over TLS with the SMTP listener's server
+ * certificate, asking for client certificates as that listener does. Its TLS material follows the
+ * listener's on every reload (a revoked certificate's next handshake here is checked against the new CRL).
+ * Sessions, CSRF and the pages are in the neighbouring files; the routes in routes.ts.
+ */
+import { constants, randomBytes } from 'node:crypto';
+import type { Server as HttpsServer } from 'node:https';
+import fastify, { type FastifyInstance } from 'fastify';
+import formbody from '@fastify/formbody';
+import cookie from '@fastify/cookie';
+import csrf from '@fastify/csrf-protection';
+import type { Logger } from '../logging/logger.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
+import { loadListenerTls } from '../smtp/listener-options.ts';
+import { TrustedIssuers } from '../certificates/index.ts';
+import { SessionBook } from './sessions.ts';
+import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
+import { errorPage } from './pages.ts';
+import { acceptMultipart } from './multipart.ts';
+
+export interface AccountsServerOptions {
+  listen: string;
+  /** The generation in force (its configuration names the listener, its tables hold the pins, its users the passwords). */
+  generation(): PolicyGeneration;
+  /** The server's auth-failure counts, shared with SMTP AUTH. */
+  limiter: AuthFailureLimiter;
+  logger: Logger;
+}
+
+export interface AccountsServer {
+  readonly address: { address: string; port: number };
+  /** A reload swapped the generation: take the listener's certificate, CA and CRLs again. */
+  reloaded(): Promise<void>;
+  close(): Promise<void>;
+}
+
+type AccountsConfig = NonNullable<Config['accounts']>;
+
+async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: TrustedIssuers }> {
+  const tls = await loadListenerTls(l);
+  const asking = l.tls.clientCertificates !== 'none';
+  return {
+    context: {
+      key: tls.key, cert: tls.cert, minVersion: l.tls.minVersion,
+      // An explicit CA list: never the public roots. No tickets: a resumed session would skip the CRL check.
+      ...(asking ? { ca: tls.ca ?? [], crl: tls.crl, secureOptions: constants.SSL_OP_NO_TICKET } : {}),
+    },
+    trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
+  };
+}
+
+export async function startAccountsServer(opts: AccountsServerOptions): Promise<AccountsServer> {
+  const log = opts.logger.child({ component: 'accounts' });
+  // A reload that drops the section leaves the page running as it started until the restart it asks for.
+  const started = opts.generation().config.accounts!;
+  const settings = (): AccountsConfig => opts.generation().config.accounts ?? started;
+  const first = opts.generation().listener(started.listener);
+  const tls = await tlsOptions(first);
+  const state: AccountsState = {
+    generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
+    listener: () => opts.generation().listener(settings().listener),
+  };
+  const app: FastifyInstance = fastify({
+    // Whether client certificates are asked for is a server option (not the context's): fixed at start.
+    https: { ...tls.context, requestCert: first.tls.clientCertificates !== 'none', rejectUnauthorized: false } as never,
+    logger: false,
+    bodyLimit: 64 * 1024,
+    trustProxy: false,
+  });
+  await app.register(formbody);
+  acceptMultipart(app);
+  await app.register(cookie);
+  await app.register(csrf, {
+    cookieKey: '__Host-postern-csrf',
+    cookieOpts: { path: '/', sameSite: 'strict', httpOnly: true, secure: true },
+    // Tokens are bound to the session (or to "signed out"): one cannot be carried into another session.
+    getUserInfo: (req) => req.cookies[SESSION_COOKIE] ?? 'signed-out',
+    csrfOpts: { hmacKey: randomBytes(32) },
+  });
+  app.addHook('onSend', async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    reply.header('content-security-policy', "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'");
+    reply.header('x-frame-options', 'DENY');
+    reply.header('x-content-type-options', 'nosniff');
+    reply.header('referrer-policy', 'no-referrer');
+    reply.header('strict-transport-security', 'max-age=31536000');
+  });
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) log.error({ err, url: req.url }, 'account page error');
+    else log.warn({ client: req.ip, url: req.url, code: err.code, status }, `account page: ${err.message}`);
+    const text = err.code?.startsWith('FST_CSRF') ? 'The form was stale or did not come from this page: reload it and try again.'
+      : status === 500 ? 'Something went wrong on the server; it is logged.' : err.message;
+    return reply.code(status).type('text/html; charset=utf-8').send(errorPage(status, text));
+  });
+  app.setNotFoundHandler((_req, reply) => reply.code(404).type('text/html; charset=utf-8').send(errorPage(404, 'No such page.')));
+  await app.register(accountRoutes(state));
+
+  const sep = opts.listen.lastIndexOf(':');
+  try {
+    await app.listen({ port: Number(opts.listen.slice(sep + 1)), host: opts.listen.slice(0, sep).replace(/^\[|\]$/g, '') });
+  } catch (err) {
+    await app.close();
+    throw new Error(`accounts: cannot listen on ${opts.listen}: ${(err as Error).message}`);
+  }
+  const bound = app.server.address() as { address: string; port: number };
+  log.info({ address: `${bound.address}:${bound.port}`, listener: first.name }, 'account page listening (HTTPS)');
+  return {
+    address: { address: bound.address, port: bound.port },
+    async reloaded() {
+      try {
+        const next = await tlsOptions(state.listener());
+        (app.server as HttpsServer).setSecureContext(next.context);
+        state.trust = next.trust;
+      } catch (err) {
+        // The reload that got here read the same files: only a change since then fails; keep what runs.
+        log.warn({ err: { message: (err as Error).message } }, 'account page keeps its previous TLS material');
+      }
+    },
+    async close() {
+      app.server.closeAllConnections?.();
+      await app.close();
+    },
+  };
+}

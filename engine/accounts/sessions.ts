@@ -1,0 +1,96 @@
+/**
+ * Signed-in sessions of the account page, and the one-time downloads of issued PKCS#12 files. Both live in
+ * the memory of the one process that serves the page (a restart signs everybody out, and a .p12 not yet
+ * downloaded is gone: the user issues another and revokes the first).
+ */
+import { randomBytes } from 'node:crypto';
+
+export interface Session {
+  id: string;
+  /** The account, lowercase. */
+  identity: string;
+  via: 'password' | 'certificate';
+  /** The certificate signed in with (checked again at each request: revoked or unpinned ends the session). */
+  certificate: { serial: string; pem: string; pinSha256: string; by: 'pin' | 'field' } | null;
+  /** Last request, ms. */
+  seen: number;
+}
+
+export interface PendingDownload {
+  sessionId: string;
+  fileName: string;
+  p12: Buffer;
+  /** What the issued page shows: the device, the certificate, and the password until it has been shown once. */
+  shown: { device: string; serial: string; notAfter: string; password: string | null };
+  expires: number;
+}
+
+const DOWNLOAD_MS = 10 * 60_000;
+/** Sessions kept at most: past it the longest idle go first (signing in again and again must not grow memory). */
+const MAX_SESSIONS = 10_000;
+const token = (): string => randomBytes(32).toString('base64url');
+
+export class SessionBook {
+  readonly #sessions = new Map<string, Session>();
+  readonly #downloads = new Map<string, PendingDownload>();
+
+  create(identity: string, via: Session['via'], certificate: Session['certificate']): Session {
+    this.#sweep();
+    const s: Session = { id: token(), identity: identity.toLowerCase(), via, certificate, seen: Date.now() };
+    this.#sessions.set(s.id, s);
+    return s;
+  }
+
+  /** The session of this cookie value, unless idle for longer than `idleMs` (then it is ended). */
+  get(id: string | undefined, idleMs: number, now = Date.now()): Session | null {
+    if (!id) return null;
+    const s = this.#sessions.get(id);
+    if (!s) return null;
+    if (now - s.seen > idleMs) {
+      this.end(id);
+      return null;
+    }
+    s.seen = now;
+    return s;
+  }
+
+  end(id: string): void {
+    this.#sessions.delete(id);
+    for (const [t, d] of this.#downloads) if (d.sessionId === id) this.#downloads.delete(t);
+  }
+
+  /** Keep a .p12 for one download by this session, and its password for one showing; returns its token. */
+  offer(sessionId: string, fileName: string, p12: Buffer, shown: PendingDownload['shown']): string {
+    const t = token();
+    this.#downloads.set(t, { sessionId, fileName, p12, shown, expires: Date.now() + DOWNLOAD_MS });
+    return t;
+  }
+
+  /** The issued page's facts, the password the first time only; null when not this session's or gone. */
+  show(sessionId: string, t: string): PendingDownload['shown'] & { fileName: string } | null {
+    const d = this.#downloads.get(t);
+    if (!d || d.sessionId !== sessionId || d.expires <= Date.now()) return null;
+    const shown = { ...d.shown, fileName: d.fileName };
+    d.shown.password = null;
+    return shown;
+  }
+
+  /** The download, once: taken by its session, it is gone. */
+  take(sessionId: string, t: string): PendingDownload | null {
+    const d = this.#downloads.get(t);
+    if (!d || d.sessionId !== sessionId) return null;
+    this.#downloads.delete(t);
+    return d.expires > Date.now() ? d : null;
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const [t, d] of this.#downloads) if (d.expires <= now) this.#downloads.delete(t);
+    // Sessions idle a day are gone whatever the setting (the setting is at most a day).
+    for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000) this.end(id);
+    if (this.#sessions.size >= MAX_SESSIONS) {
+      const idlest = [...this.#sessions.values()].sort((a, b) => a.seen - b.seen);
+      for (const s of idlest.slice(0, this.#sessions.size - MAX_SESSIONS + 1)) this.end(s.id);
+    }
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * Who is signing in to the account page: a password from the users file, checked under the same per-address
+ * failure counts as SMTP AUTH (a guess here counts there, and the reverse), or the client certificate of the
+ * HTTPS connection, named by the SMTP listener's own rules (pin table first, then a verified field).
+ */
+import type { TLSSocket } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import { verifyPassword } from '../auth/password-hash.ts';
+import { describeCertificate, type TrustedIssuers } from '../certificates/index.ts';
+import { certificateIdentity } from '../policy/certificate-identity.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { ListenerConfig } from '../config/schema.ts';
+import type { PeerCertificate } from '../sandbox/api/index.ts';
+import type { Session } from './sessions.ts';
+
+export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
+
+/** One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; a failure is counted and slowed. */
+export function checkPassword(limiter: AuthFailureLimiter, listener: ListenerConfig, users: ReadonlyMap<string, string>,
+  ip: string, user: string, password: string): Promise<PasswordOutcome> {
+  return limiter.oneAtATime(ip, async () => {
+    if (await limiter.refused(ip, listener.limits)) return 'too-many';
+    if (await verifyPassword(users.get(user.trim().toLowerCase()), password)) return 'ok';
+    const failures = await limiter.record(ip);
+    await sleep(AuthFailureLimiter.delayMs(failures, listener.limits));
+    return 'wrong';
+  });
+}
+
+export interface PresentedCertificate {
+  certificate: PeerCertificate;
+  identity: string | null;
+  via: 'pin' | 'field' | null;
+}
+
+/** The certificate this HTTPS connection presented, and the account the listener would name from it. */
+export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig, generation: PolicyGeneration, trust: TrustedIssuers): PresentedCertificate | null {
+  if (listener.tls.clientCertificates === 'none') return null;
+  const der = socket.getPeerX509Certificate?.()?.raw;
+  if (!der) return null;
+  const verified = listener.tls.caFiles.length > 0 && socket.authorized;
+  let errorCode = verified ? null : listener.tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
+  if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = trust.explainMissingCrl(der);
+  let certificate = describeCertificate(der, { verified, errorCode });
+  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
+  if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
+  const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
+  const id = certificateIdentity(listener, certificate, pins);
+  return { certificate, identity: id.identity, via: id.via };
+}
+
+/**
+ * Whether a session still stands: its password user is still in the users file; its certificate is still
+ * pinned to the account, or not revoked by the CRLs now loaded. Revoking or unpinning a device (here or with
+ * `postern pki` / `postern pins`) ends the sessions signed in with it at their next request.
+ */
+export function sessionStands(s: Session, listener: ListenerConfig, generation: PolicyGeneration, trust: TrustedIssuers): boolean {
+  if (s.via === 'password') return generation.users.has(s.identity);
+  const c = s.certificate;
+  if (!c) return false;
+  if (c.by === 'pin') {
+    const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
+    const account = (pins?.get(c.pinSha256) ?? '').split(/[\s,]+/)[0] ?? '';
+    return account.toLowerCase() === s.identity;
+  }
+  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem });
+}

@@ -1,0 +1,36 @@
+/**
+ * The CA's CRL, made from the inventory: every revoked certificate, a cRLNumber one above the last, and a
+ * nextUpdate `crlDays` ahead. Written atomically over ca.crt's CRL file, which a running server's reload
+ * watcher picks up and applies to the next handshakes.
+ */
+import { createCrl, type Authority } from '../certificates/index.ts';
+import { writeFileAtomic } from './atomic-file.ts';
+import { REVOCATION_REASONS, type PkiPaths } from './layout.ts';
+import type { Inventory } from './inventory.ts';
+
+const DAY = 86400_000;
+
+export interface CrlWritten {
+  file: string;
+  number: number;
+  thisUpdate: string;
+  nextUpdate: string;
+  revoked: number;
+}
+
+/** Signs and writes the CRL; bumps `inv.crlNumber` (the caller writes the inventory after). */
+export async function writeCrl(paths: PkiPaths, ca: Authority, inv: Inventory, now = new Date()): Promise<CrlWritten> {
+  const revoked = [
+    ...inv.certificates.filter((c) => c.revoked).map((c) => ({ serial: c.serial, ...c.revoked! })),
+    ...inv.otherRevoked,
+  ].map((r) => ({ serial: r.serial, date: new Date(r.at), reason: REVOCATION_REASONS[r.reason] }));
+  // A minute back: a server whose clock is a little behind must not see a CRL from the future.
+  const thisUpdate = new Date(now.getTime() - 60_000);
+  const nextUpdate = new Date(now.getTime() + inv.crlDays * DAY);
+  // Never past the CA: OpenSSL would then see a CRL outliving its issuer.
+  const until = nextUpdate > ca.certificate.notAfter ? ca.certificate.notAfter : nextUpdate;
+  inv.crlNumber += 1;
+  const pem = await createCrl(ca, revoked, { thisUpdate, nextUpdate: until, number: inv.crlNumber });
+  await writeFileAtomic(paths.crl, pem, 0o644);
+  return { file: paths.crl, number: inv.crlNumber, thisUpdate: thisUpdate.toISOString(), nextUpdate: until.toISOString(), revoked: revoked.length };
+}

@@ -1,0 +1,96 @@
+/**
+ * Client certificates about to expire: those seen in the last 30 days (sightings.ts) whose notAfter is
+ * within `pki.warnDays`. Each is logged as a warning at most once a day, and every recently seen
+ * certificate's remaining life is the gauge postern_client_certificate_expiry_seconds{identity,device}.
+ * One process per server runs the watch (the single server, or the queue process under `postern serve`).
+ */
+import type { Logger } from '../logging/logger.ts';
+import { metrics } from '../metrics/metrics.ts';
+import { readSightings, type Sighting } from './sightings.ts';
+
+const DAY = 86400_000;
+/** Only certificates seen this recently count: a device retired long ago is nobody's concern. */
+export const RECENT_DAYS = 30;
+
+export interface ExpiringCertificate {
+  fingerprintSha256: string;
+  identity: string;
+  device: string;
+  subject: string;
+  serial: string;
+  notAfter: string;
+  lastSeen: string;
+  listener: string;
+  /** Negative once expired. */
+  expiresInSeconds: number;
+}
+
+export interface DeviceNames { byFingerprint: ReadonlyMap<string, string>; byPin: ReadonlyMap<string, string> }
+
+function describe(s: Sighting, names: DeviceNames, now: number): ExpiringCertificate {
+  return {
+    fingerprintSha256: s.fingerprintSha256, identity: s.identity ?? '', subject: s.subject, serial: s.serial, notAfter: s.notAfter,
+    device: names.byFingerprint.get(s.fingerprintSha256) ?? names.byPin.get(s.pinSha256) ?? '',
+    lastSeen: s.lastSeen, listener: s.listener, expiresInSeconds: Math.round((Date.parse(s.notAfter) - now) / 1000),
+  };
+}
+
+/** The recently seen certificates, soonest expiry first; `expiring` those within warnDays. */
+export function recentCertificates(sightings: Iterable<Sighting>, names: DeviceNames, warnDays: number, now = Date.now()): { recent: ExpiringCertificate[]; expiring: ExpiringCertificate[] } {
+  const recent = [...sightings].filter((s) => now - Date.parse(s.lastSeen) <= RECENT_DAYS * DAY)
+    .map((s) => describe(s, names, now)).sort((a, b) => a.expiresInSeconds - b.expiresInSeconds);
+  return { recent, expiring: recent.filter((c) => c.expiresInSeconds <= warnDays * 86400) };
+}
+
+export interface ExpiryWatchOptions {
+  dataDir: string;
+  logger: Logger;
+  /** Read at each check: a reload may change it. */
+  warnDays: () => number;
+  /** Device names for the log and the gauge (deviceNames() in locate.ts). */
+  names: () => Promise<DeviceNames>;
+  /** Between checks; default one hour (each certificate is still logged at most once a day). */
+  intervalMs?: number;
+}
+
+export class ExpiryWatch {
+  readonly #opts: ExpiryWatchOptions;
+  /** When each certificate was last warned about. */
+  readonly #warned = new Map<string, number>();
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(opts: ExpiryWatchOptions) { this.#opts = opts; }
+
+  start(): void {
+    const tick = (): void => {
+      void this.check().catch((err: unknown) => this.#opts.logger.warn({ err }, 'certificate expiry check failed'));
+      this.#timer = setTimeout(tick, this.#opts.intervalMs ?? 3600_000);
+      this.#timer.unref();
+    };
+    // Not in the start itself: the first look comes a little later, off the start-up path.
+    this.#timer = setTimeout(tick, 10_000);
+    this.#timer.unref();
+  }
+
+  close(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  /** One look: sets the gauge, logs what expires within warnDays and was not logged in the last day. */
+  async check(now = Date.now()): Promise<ExpiringCertificate[]> {
+    const { recent, expiring } = recentCertificates((await readSightings(this.#opts.dataDir)).values(), await this.#opts.names(), this.#opts.warnDays(), now);
+    metrics.clientCertificateExpiry.reset();
+    for (const c of recent) metrics.clientCertificateExpiry.set({ identity: c.identity, device: c.device }, c.expiresInSeconds);
+    for (const c of expiring) {
+      const last = this.#warned.get(c.fingerprintSha256);
+      if (last !== undefined && now - last < DAY) continue;
+      this.#warned.set(c.fingerprintSha256, now);
+      this.#opts.logger.warn({
+        identity: c.identity || null, device: c.device || null, subject: c.subject, serial: c.serial, notAfter: c.notAfter,
+        expiresInDays: Math.floor(c.expiresInSeconds / 86400), lastSeen: c.lastSeen, listener: c.listener,
+      }, c.expiresInSeconds > 0 ? 'client certificate expires soon' : 'client certificate has expired');
+    }
+    return expiring;
+  }
+}

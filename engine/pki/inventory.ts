@@ -1,0 +1,100 @@
+/**
+ * The CA folder's record of what it issued (`issued.json`): one entry per certificate with its identity,
+ * device, validity, fingerprint, pin and revocation, and the CRL's running number. `pki list` reads it;
+ * issue and revoke rewrite it (atomically, under the folder lock); crl.ts makes the CRL from it.
+ */
+import { X509Certificate } from 'node:crypto';
+import { pkiPaths, type PkiPaths, type RevocationReason } from './layout.ts';
+import { readIfExists, writeFileAtomic } from './atomic-file.ts';
+import { x509 } from '../certificates/x509-provider.ts';
+import { pemToDer } from '../certificates/digests.ts';
+
+export interface Revoked {
+  /** ISO 8601. */
+  at: string;
+  reason: RevocationReason;
+}
+
+export interface DeviceCertificate {
+  /** Lowercase hex, as `openssl x509 -serial` prints it (and as `pki revoke SERIAL` takes it). */
+  serial: string;
+  identity: string;
+  device: string;
+  /** RFC 4514 subject. */
+  subject: string;
+  /** Subject alternative name e-mail addresses. */
+  emails: string[];
+  keyType: string;
+  notBefore: string;
+  notAfter: string;
+  issuedAt: string;
+  /** SHA-256 of the certificate (DER), lowercase hex: what the server's sightings are keyed by. */
+  fingerprintSha256: string;
+  /** SHA-256 of the SubjectPublicKeyInfo, lowercase hex: the pin. */
+  pinSha256: string;
+  revoked: Revoked | null;
+}
+
+export interface Inventory {
+  version: 1;
+  /** The cRLNumber of the CRL last written (each new CRL numbers one higher). */
+  crlNumber: number;
+  /** Lifetime of each CRL written (its nextUpdate); a CRL past it fails every certificate of the CA. */
+  crlDays: number;
+  certificates: DeviceCertificate[];
+  /** Revoked serials this inventory never issued (a CRL that predates it, a certificate revoked by file). */
+  otherRevoked: Array<{ serial: string } & Revoked>;
+}
+
+export const DEFAULT_CRL_DAYS = 365;
+
+/** The inventory of a CA folder; a folder without one (the development PKI) starts with its CRL's entries. */
+export async function readInventory(dirOrPaths: string | PkiPaths): Promise<Inventory> {
+  const paths = typeof dirOrPaths === 'string' ? pkiPaths(dirOrPaths) : dirOrPaths;
+  const text = await readIfExists(paths.inventory);
+  if (text !== null) {
+    try {
+      const inv = JSON.parse(text) as Inventory;
+      if (inv.version !== 1 || !Array.isArray(inv.certificates)) throw new Error('not a version 1 inventory');
+      inv.otherRevoked ??= [];
+      return inv;
+    } catch (err) {
+      throw new Error(`${paths.inventory}: unreadable: ${(err as Error).message}`);
+    }
+  }
+  const inv: Inventory = { version: 1, crlNumber: 0, crlDays: DEFAULT_CRL_DAYS, certificates: [], otherRevoked: [] };
+  const crl = await readIfExists(paths.crl);
+  if (crl !== null) {
+    const parsed = new x509.X509Crl(pemToDer(crl));
+    inv.crlNumber = crlNumberOf(parsed);
+    for (const e of parsed.entries) {
+      inv.otherRevoked.push({ serial: normalizeSerial(e.serialNumber), at: e.revocationDate.toISOString(), reason: 'unspecified' });
+    }
+  }
+  return inv;
+}
+
+export async function writeInventory(paths: PkiPaths, inv: Inventory): Promise<void> {
+  await writeFileAtomic(paths.inventory, `${JSON.stringify(inv, null, 2)}\n`, 0o600);
+}
+
+/** Serials compared as written by OpenSSL: lowercase hex without leading zero bytes. */
+export function normalizeSerial(text: string): string {
+  const h = text.trim().toLowerCase().replace(/^0x/, '').replace(/:/g, '');
+  if (!/^[0-9a-f]+$/.test(h)) throw new Error(`not a serial number (hex): "${text}"`);
+  return h.replace(/^(00)+(?=.)/, '');
+}
+
+/** The cRLNumber extension's value, 0 when absent. */
+export function crlNumberOf(crl: x509.X509Crl): number {
+  const ext = crl.extensions.find((e) => e.type === '2.5.29.20');
+  if (!ext) return 0;
+  const v = Buffer.from(ext.value); // INTEGER: 02 len bytes…
+  return v[0] === 0x02 ? Number(BigInt(`0x${v.subarray(2, 2 + v[1]!).toString('hex') || '0'}`)) : 0;
+}
+
+/** The entry of a certificate (PEM) in the inventory, by serial, when this CA issued it. */
+export function findByCertificate(inv: Inventory, pem: string): DeviceCertificate | undefined {
+  const serial = normalizeSerial(new X509Certificate(pem).serialNumber);
+  return inv.certificates.find((c) => c.serial === serial);
+}

@@ -1,0 +1,115 @@
+/**
+ * A listener's pin table (`certificateIdentity.pins`, postfix format) as a list of devices: `pin account
+ * [more senders]` lines, each after a `# device: NAME; added DATE` comment that names the device. Adding
+ * and removing rewrite the file atomically (mox's `config tlspubkey add/rm`), and the server's reload
+ * applies the change to the next handshakes. Other lines and comments are kept as they are.
+ */
+import { stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { normalizePin } from '../certificates/index.ts';
+import { readIfExists, withFolderLock, writeFileAtomic } from './atomic-file.ts';
+import { certificateFacts } from './certificate-facts.ts';
+import { checkName } from './issue.ts';
+
+export interface PinEntry {
+  /** Canonical lowercase hex. */
+  pinSha256: string;
+  /** mox's form (base64url), as the file is written. */
+  pinBase64Url: string;
+  identity: string;
+  /** Further senders on the line (see senderLogin). */
+  senders: string[];
+  device: string | null;
+  added: string | null;
+  /** 1-based line of the entry. */
+  line: number;
+}
+
+const DEVICE_COMMENT = /^#\s*device:\s*([^;]*?)\s*(?:;\s*added\s+(\S+))?\s*$/;
+const ENTRY = /^(\S+)\s+(.*\S)\s*$/;
+
+function parse(file: string, text: string): { lines: string[]; entries: PinEntry[] } {
+  const lines = text.split('\n');
+  if (lines.at(-1) === '') lines.pop();
+  const entries: PinEntry[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i]!.replace(/\r$/, '');
+    if (/^\s*(#|$)/.test(raw)) continue;
+    const m = ENTRY.exec(raw);
+    if (!m) throw new Error(`${file}:${i + 1}: expected "pin account", not a pin table line`);
+    const hex = normalizePin(m[1]!);
+    if (!hex) continue; // a fingerprint-shaped key of another length, or a plain key: not ours to manage
+    const [identity = '', ...senders] = m[2]!.split(/[\s,]+/).filter(Boolean);
+    const comment = i > 0 ? DEVICE_COMMENT.exec(lines[i - 1]!) : null;
+    entries.push({
+      pinSha256: hex, pinBase64Url: Buffer.from(hex, 'hex').toString('base64url'), identity, senders,
+      device: comment?.[1] && comment[1] !== '-' ? comment[1] : null, added: comment?.[2] ?? null, line: i + 1,
+    });
+  }
+  return { lines, entries };
+}
+
+export async function listPins(file: string): Promise<PinEntry[]> {
+  const text = await readIfExists(file);
+  return text === null ? [] : parse(file, text).entries;
+}
+
+export interface AddPinOptions {
+  identity: string;
+  /** A certificate (PEM) or a pin in any accepted spelling (hex, colon hex, base64, base64url, sha256//…). */
+  certificateOrPin: string;
+  device?: string;
+  /** Further senders the identity may use with this key. */
+  senders?: string[];
+}
+
+/** Adds a pin line; refuses a pin that is already in the table (whoever it names). */
+export async function addPin(file: string, opts: AddPinOptions): Promise<PinEntry> {
+  const identity = checkName('identity', opts.identity.trim());
+  const device = opts.device === undefined ? null : checkName('device', opts.device.trim());
+  const input = opts.certificateOrPin.trim();
+  const hex = input.includes('-----BEGIN') ? certificateFacts(input).pin.sha256 : normalizePin(input);
+  if (!hex) throw new Error('not a certificate (PEM) nor a SHA-256 public-key pin (hex, colon hex, base64 or base64url)');
+  return withFolderLock(dirname(file), async () => {
+    const text = (await readIfExists(file)) ?? '';
+    const { lines, entries } = parse(file, text);
+    const taken = entries.find((e) => e.pinSha256 === hex);
+    if (taken) throw new Error(`${file}:${taken.line}: that key is already pinned, for ${taken.identity}${taken.device ? ` (device ${taken.device})` : ''}`);
+    const added = new Date().toISOString().slice(0, 10);
+    const pin64 = Buffer.from(hex, 'hex').toString('base64url');
+    lines.push(`# device: ${device ?? '-'}; added ${added}`, `${pin64} ${[identity, ...(opts.senders ?? [])].join(' ')}`);
+    await writeFileAtomic(file, lines.join('\n') + '\n', await modeOf(file));
+    return { pinSha256: hex, pinBase64Url: pin64, identity, senders: opts.senders ?? [], device, added, line: lines.length };
+  });
+}
+
+export type RemovePinSelector = { pin: string } | { identity: string; device?: string };
+
+/** Removes the matching pin lines (and their device comments); returns what went. */
+export async function removePin(file: string, selector: RemovePinSelector): Promise<PinEntry[]> {
+  let hex: string | null = null;
+  if ('pin' in selector) {
+    const input = selector.pin.trim();
+    hex = input.includes('-----BEGIN') ? certificateFacts(input).pin.sha256 : normalizePin(input);
+    if (!hex) throw new Error('not a certificate (PEM) nor a SHA-256 public-key pin');
+  }
+  return withFolderLock(dirname(file), async () => {
+    const text = await readIfExists(file);
+    if (text === null) throw new Error(`${file}: no such pin table`);
+    const { lines, entries } = parse(file, text);
+    const gone = entries.filter((e) => (hex ? e.pinSha256 === hex
+      : 'identity' in selector && e.identity.toLowerCase() === selector.identity.toLowerCase() && (selector.device === undefined || e.device === selector.device)));
+    if (!gone.length) return [];
+    const drop = new Set<number>();
+    for (const e of gone) {
+      drop.add(e.line - 1);
+      if (DEVICE_COMMENT.test(lines[e.line - 2] ?? '')) drop.add(e.line - 2);
+    }
+    await writeFileAtomic(file, lines.filter((_, i) => !drop.has(i)).map((l) => `${l}\n`).join(''), await modeOf(file));
+    return gone;
+  });
+}
+
+async function modeOf(file: string): Promise<number> {
+  return stat(file).then((s) => s.mode & 0o777, () => 0o644);
+}

@@ -1,0 +1,129 @@
+/**
+ * When each client certificate was seen (first and last), on which listener, for which identity, with
+ * which chain verdict: `postern pki list` shows it, the expiry watch (expiry.ts) reads it.
+ *
+ * The hot path only touches a Map: a certificate's record is written at most once a minute (SIGHTING_MS),
+ * by a timer, off the connection. Every process writes its own file, `<dataDir>/certificates/seen-<process>.json`
+ * (a worker, the single server), whole and atomically; readers merge them. No two processes ever write one file.
+ */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readIfExists, writeFileAtomic } from './atomic-file.ts';
+
+export interface Sighting {
+  /** SHA-256 of the certificate (DER), lowercase hex. */
+  fingerprintSha256: string;
+  pinSha256: string;
+  serial: string;
+  subject: string;
+  issuer: string;
+  notAfter: string;
+  listener: string;
+  /** The identity the certificate gave (pin or field), null when none. */
+  identity: string | null;
+  /** `verified`, `pinned`, or why the chain failed (expired, revoked, unknown-issuer, …). */
+  verdict: string;
+  firstSeen: string;
+  lastSeen: string;
+  /** The connection id of the last sighting written (the log's `cid`). */
+  lastConnection: string;
+}
+
+/** A certificate's record is rewritten at most this often. */
+export const SIGHTING_MS = 60_000;
+/** Records not seen for this long are dropped when a file is written. */
+const KEEP_MS = 400 * 86400_000;
+
+export function sightingsDir(dataDir: string): string { return join(dataDir, 'certificates'); }
+
+type Fresh = Omit<Sighting, 'firstSeen' | 'lastSeen'>;
+
+export class SightingRecorder {
+  readonly #file: string;
+  readonly #delayMs: number;
+  readonly #records = new Map<string, Sighting>();
+  /** When each record was last marked for writing (ms): within SIGHTING_MS it is not marked again. */
+  readonly #marked = new Map<string, number>();
+  #dirty = false;
+  #timer: NodeJS.Timeout | null = null;
+  #loaded: Promise<void> | null = null;
+  #writing: Promise<void> = Promise.resolve();
+  readonly #onError: (err: unknown) => void;
+
+  /** `process`: this process's name in the file name (`single`, `worker-2`). `delayMs`: from the first change to the write. */
+  constructor(dataDir: string, process: string, opts: { delayMs?: number; onError?: (err: unknown) => void } = {}) {
+    this.#file = join(sightingsDir(dataDir), `seen-${process}.json`);
+    this.#delayMs = opts.delayMs ?? 1000;
+    this.#onError = opts.onError ?? (() => undefined);
+  }
+
+  get file(): string { return this.#file; }
+
+  /** A handshake presented this certificate. Cheap: one Map lookup unless its minute is up. */
+  seen(s: Fresh, now = Date.now()): void {
+    const last = this.#marked.get(s.fingerprintSha256);
+    if (last !== undefined && now - last < SIGHTING_MS) return;
+    this.#marked.set(s.fingerprintSha256, now);
+    const at = new Date(now).toISOString();
+    const old = this.#records.get(s.fingerprintSha256);
+    this.#records.set(s.fingerprintSha256, { ...s, firstSeen: old?.firstSeen ?? at, lastSeen: at });
+    this.#dirty = true;
+    if (!this.#timer) {
+      this.#timer = setTimeout(() => { this.#timer = null; void this.flush().catch(this.#onError); }, this.#delayMs);
+      this.#timer.unref();
+    }
+  }
+
+  /** Writes the file now if anything changed (also at close). */
+  flush(): Promise<void> {
+    this.#writing = this.#writing.then(async () => {
+      await (this.#loaded ??= this.#load());
+      if (!this.#dirty) return;
+      this.#dirty = false;
+      const cutoff = Date.now() - KEEP_MS;
+      const certificates = Object.fromEntries([...this.#records].filter(([, r]) => Date.parse(r.lastSeen) >= cutoff));
+      await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
+    });
+    return this.#writing;
+  }
+
+  async close(): Promise<void> {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    await this.flush().catch(this.#onError);
+  }
+
+  /** What an earlier run of this process wrote: kept, so a restart does not forget first-seen times. */
+  async #load(): Promise<void> {
+    for (const [fp, r] of Object.entries(await readFileRecords(this.#file))) {
+      const mine = this.#records.get(fp);
+      if (mine) mine.firstSeen = r.firstSeen < mine.firstSeen ? r.firstSeen : mine.firstSeen;
+      else this.#records.set(fp, r);
+    }
+  }
+}
+
+async function readFileRecords(file: string): Promise<Record<string, Sighting>> {
+  const text = await readIfExists(file);
+  if (!text) return {};
+  try {
+    return (JSON.parse(text) as { certificates?: Record<string, Sighting> }).certificates ?? {};
+  } catch {
+    return {}; // written atomically, so never half; a hand-edited file is simply started afresh
+  }
+}
+
+/** Every process's sightings merged: earliest first sighting, the latest one's other facts. */
+export async function readSightings(dataDir: string): Promise<Map<string, Sighting>> {
+  const dir = sightingsDir(dataDir);
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /^seen-.+\.json$/.test(n));
+  const merged = new Map<string, Sighting>();
+  for (const name of names) {
+    for (const [fp, r] of Object.entries(await readFileRecords(join(dir, name)))) {
+      const m = merged.get(fp);
+      if (!m) merged.set(fp, { ...r });
+      else merged.set(fp, { ...(r.lastSeen > m.lastSeen ? r : m), firstSeen: r.firstSeen < m.firstSeen ? r.firstSeen : m.firstSeen });
+    }
+  }
+  return merged;
+}

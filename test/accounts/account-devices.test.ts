@@ -1,0 +1,90 @@
+// The account page's device operations over engine/pki, without a browser: what is pinned when, uploads in
+// every form a user may have (PEM or DER, certificate or public key), and what is refused.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { X509Certificate, createHash, generateKeyPairSync } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../engine/config/load-config.ts';
+import { initCa, listPins, readInventory } from '../../engine/pki/index.ts';
+import {
+  AccountError, accountDevices, addAccountKey, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
+} from '../../engine/accounts/account-devices.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+
+let dir = '';
+let ctx: AccountContext;
+let pinsFile = '';
+let pki: TestPki;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'postern-account-devices-'));
+  pki = await makeTestPki();
+  const ca = await initCa(join(dir, 'ca'));
+  pinsFile = join(dir, 'pins');
+  await writeFile(pinsFile, '');
+  const { config } = parseConfig(`
+dataDir: ${JSON.stringify(join(dir, 'data'))}
+pki: { dir: ${JSON.stringify(join(dir, 'ca'))} }
+tables: { pins: ${JSON.stringify(pinsFile)} }
+accounts: { listen: "127.0.0.1:0", listener: submission }
+listeners:
+  - name: submission
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: c.pem, key: k.pem, clientCertificates: request, caFiles: [${JSON.stringify(ca.paths.caCert)}] }
+    certificateIdentity: { field: emailAddress, pins: pins }
+`, join(dir, 'postern.yaml'), dir);
+  ctx = { config, listener: config.listeners[0]! };
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+const pinOf = (spkiDer: Buffer): string => createHash('sha256').update(spkiDer).digest('hex');
+
+test('an issued certificate is pinned only when the listener\'s field would not name the account', async () => {
+  await issueAccountDevice(ctx, 'dave@example.com', 'laptop', 30);
+  assert.equal((await listPins(pinsFile)).length, 0, 'emailAddress carries dave@example.com');
+  // A user without an address: its certificate has no emailAddress, so its key is pinned to it.
+  const carol = await issueAccountDevice(ctx, 'carol', 'laptop', 30);
+  const pins = await listPins(pinsFile);
+  assert.deepEqual(pins.map((p) => [p.identity, p.device, p.pinSha256]), [['carol', 'laptop', carol.facts.pin.sha256]]);
+  const [row] = await accountDevices(ctx, 'carol');
+  assert.equal(row!.id, `cert-${carol.record.serial}`);
+  assert.equal(row!.kind, 'issued');
+  assert.equal(row!.pinned, true);
+
+  // Revoking it also unpins it: a pin would accept the revoked certificate.
+  const change = await retireAccountDevice(ctx, row!, 'keyCompromise');
+  assert.deepEqual([change.revoked, change.unpinned], [true, true]);
+  assert.equal((await listPins(pinsFile)).length, 0);
+  const inv = await readInventory(join(dir, 'ca'));
+  assert.equal(inv.certificates.find((c) => c.serial === carol.record.serial)!.revoked?.reason, 'keyCompromise');
+  await assert.rejects(retireAccountDevice(ctx, (await accountDevices(ctx, 'carol'))[0]!, 'keyCompromise'), /already revoked/);
+});
+
+test('uploads: DER certificate, DER and PEM public key; a private key, garbage and a taken name are refused', async () => {
+  const der = new X509Certificate(await readFile(pki.clients.ecdsa.cert, 'utf8')).raw;
+  const byDer = await addAccountKey(ctx, 'erin@example.com', 'phone', der);
+  assert.equal(byDer.pinSha256, pki.clients.ecdsa.pinSha256);
+
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  assert.equal((await addAccountKey(ctx, 'erin@example.com', 'tablet', spki)).pinSha256, pinOf(spki));
+  const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+  const pem = other.export({ type: 'spki', format: 'pem' }).toString();
+  assert.equal((await addAccountKey(ctx, 'erin@example.com', 'watch', pem)).pinSha256, pinOf(other.export({ type: 'spki', format: 'der' })));
+
+  const refused = async (device: string, given: string | Buffer, message: RegExp): Promise<void> => {
+    await assert.rejects(addAccountKey(ctx, 'erin@example.com', device, given), (err: Error) => err instanceof AccountError && message.test(err.message));
+  };
+  await refused('laptop', privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), /That is a private key/);
+  await refused('laptop', Buffer.from('not a key at all'), /neither a certificate nor a public key/);
+  await refused('laptop', 'zzzz', /Not added: not a certificate \(PEM\) nor a SHA-256 public-key pin/);
+  await refused('phone', pem, /already have a device named "phone"/);
+  await refused('laptop', der, /^That key is already registered\.$/);
+  await refused('bad name', pki.clients.alice.pinSha256, /Not added: device "bad name"/);
+  // Another account's device id is not found from this one.
+  const [erinPhone] = await accountDevices(ctx, 'erin@example.com');
+  assert.equal(await findDevice(ctx, 'dave@example.com', erinPhone!.id), null);
+  assert.equal((await findDevice(ctx, 'ERIN@example.com', erinPhone!.id))?.name, 'phone');
+});

@@ -1,0 +1,66 @@
+/**
+ * The account page's test set-up: a production-style CA made by engine/pki, two users in the users file, a
+ * submission listener that requires a client certificate (CA-verified by emailAddress, or pinned), and the
+ * page on a free port. Plus headless Chromium (Debian's) driven by playwright-core.
+ */
+import { writeFile } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { chromium, type Browser } from 'playwright-core';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { initCa } from '../../engine/pki/index.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { needs } from '../helpers/example.ts';
+
+export const CHROMIUM = '/usr/bin/chromium';
+export const needsBrowser = (): { skip: string | false } => needs(CHROMIUM, 'curl', 'openssl');
+
+export const USERS = { alice: 'alice@example.com', bob: 'bob@example.com' } as const;
+export const PASSWORDS = { alice: 'correct horse battery', bob: 'tr0ub4dor&3' } as const;
+
+export interface AccountsSetup {
+  server: TestServer;
+  pki: TestPki;
+  caDir: string;
+  pinsFile: string;
+  /** https://127.0.0.1:<port> */
+  url: string;
+  smtpPort: number;
+}
+
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}): Promise<AccountsSetup> {
+  // Never the working directory: the CA, its key and the users file would land in the checkout.
+  if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
+  const pki = await makeTestPki();
+  const caDir = join(scratchDir, 'ca');
+  const ca = await initCa(caDir, { name: 'Accounts Test CA' });
+  const pinsFile = join(scratchDir, 'device-pins');
+  await writeFile(pinsFile, '# pins registered on the account page\n');
+  const users = `${USERS.alice}:${await hashPassword(PASSWORDS.alice)}\n${USERS.bob}:${await hashPassword(PASSWORDS.bob)}\n`;
+  await writeFile(join(scratchDir, 'users'), users);
+  const config = configYaml({
+    hostname: 'mail.example.com',
+    localDomains: ['example.com'],
+    users: join(scratchDir, 'users'),
+    tables: { devicepins: pinsFile },
+    pki: { dir: caDir },
+    accounts: { listen: '127.0.0.1:0', listener: 'submission' },
+    listeners: [testListener('submission', {
+      tls: { mode: 'starttls', cert: pki.server.cert, key: pki.server.key, clientCertificates: 'require', caFiles: [ca.paths.caCert], crlFiles: [ca.paths.crl] },
+      certificateIdentity: { field: 'emailAddress', pins: 'devicepins' },
+      auth: { mechanisms: ['EXTERNAL'], required: true },
+      reverseDns: false,
+      limits: { authFailureDelayMs: 0, ...limits },
+    })],
+  });
+  const server = await startTestServer({ config, settleMs: 20 });
+  return {
+    server, pki, caDir, pinsFile, url: `https://127.0.0.1:${server.accounts!.address.port}`, smtpPort: server.port('submission'),
+  };
+}
+
+export async function launchChromium(): Promise<Browser> {
+  // --no-sandbox: a container's root user has no user namespaces for Chromium's sandbox.
+  return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+}
