@@ -48,11 +48,12 @@ export class PolicyGeneration {
     return l;
   }
 
-  sandboxFor(listener: ListenerConfig | undefined): Sandbox {
+  /** The sandbox of a listener's or policy service's scripts folder (undefined: the top-level one). */
+  sandboxFor(listener: Pick<ListenerConfig, 'scripts'> | undefined): Sandbox {
     return this.#sandboxes.get(listener?.scripts ?? this.config.scripts)!;
   }
 
-  hasScript(listener: ListenerConfig | undefined, hook: HookName): boolean {
+  hasScript(listener: Pick<ListenerConfig, 'scripts'> | undefined, hook: HookName): boolean {
     return this.sandboxFor(listener).has(hook);
   }
 

@@ -13,19 +13,19 @@ import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
 export { FAIL_CLOSED };
 
 export async function runHook(
-  generation: PolicyGeneration, listener: ListenerConfig | undefined, hook: HookName, ctx: object,
-  connectionId: string | null, log: Logger, connectionKey?: string,
+  generation: PolicyGeneration, listener: Pick<ListenerConfig, 'scripts'> | undefined, hook: HookName, ctx: object,
+  connectionId: string | null, log: Logger, connectionKey?: string, source: 'smtp' | 'postfix-policy' = 'smtp',
 ): Promise<Verdict | PredeliveryVerdict | undefined> {
   const sandbox = generation.sandboxFor(listener);
   if (!sandbox.has(hook)) return undefined;
   const start = process.hrtime.bigint();
   try {
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
-    scriptCalled(hook, generation.serial, secondsSince(start), verdict?.verdict ?? 'none');
+    scriptCalled(hook, generation.serial, secondsSince(start), verdict?.verdict ?? 'none', undefined, source);
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
-    scriptCalled(hook, generation.serial, secondsSince(start), 'failed', e.kind ?? 'verdict');
+    scriptCalled(hook, generation.serial, secondsSince(start), 'failed', e.kind ?? 'verdict', source);
     log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
       `policy script ${hook} failed: ${String(err)}`);
     return FAIL_CLOSED;
