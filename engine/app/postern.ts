@@ -23,6 +23,9 @@ import { access, constants } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
+import { createServer, type Server } from 'node:net';
+import { PolicyServer } from '../policy-service/policy-server.ts';
+import { listenPolicyService } from '../policy-service/listen.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -66,6 +69,9 @@ export interface RunningPostern {
   /** Bound address of each listener by name (port 0 in the config picks a free port). */
   readonly addresses: ReadonlyMap<string, { address: string; port: number }>;
   readonly servers: ReadonlyMap<string, PosternServer>;
+  /** Postfix policy services by name, and where each listens (`address:port` or `unix:/path`). */
+  readonly policyServers: ReadonlyMap<string, PolicyServer>;
+  readonly policyAddresses: ReadonlyMap<string, string>;
   readonly reloader: Reloader;
   /** Delivers the spool (idle while delivery.enabled is false). */
   readonly queue: QueueRunner;
@@ -73,7 +79,7 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
-  /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
+  /** A worker: serve a connection the supervisor accepted on `listener`'s socket (an SMTP listener or a policy service). */
   acceptConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
 }
@@ -159,6 +165,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const servers = new Map<string, PosternServer>();
   const reported = new WeakSet<Error>();
   const addresses = new Map<string, { address: string; port: number }>();
+  const policyServers = new Map<string, PolicyServer>();
+  const policyAddresses = new Map<string, string>();
+  const policySockets: Server[] = [];
   try {
     for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, built.listeners.get(l.name)!);
@@ -191,8 +200,20 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       servers.set(l.name, server);
       logger.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
     }
+    // Policy services answer in the workers like SMTP listeners (the supervisor hands their connections
+    // over), so their scripts run with the same isolates, reloads and crash containment.
+    for (const p of role === 'queue' ? [] : config.policyServices) {
+      const policy = new PolicyServer(runtime, p);
+      policyServers.set(p.name, policy);
+      if (role === 'worker') continue;
+      const bound = await listenPolicyService(p, createServer((socket) => policy.handle(socket)));
+      policySockets.push(bound.server);
+      policyAddresses.set(p.name, bound.address);
+      logger.info({ policyService: p.name, address: bound.address }, 'policy service listening');
+    }
   } catch (err) {
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
     await closeStore();
     throw err;
@@ -265,6 +286,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         return {
           ...reloader.status.data,
           listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
+          policyServices: Object.fromEntries([...policyServers].map(([name, p]) => [name, { address: policyAddresses.get(name), connections: p.connections }])),
           queue: { active: queue.activeCount, messages: (await spools.list()).length },
         };
       },
@@ -273,8 +295,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   }
 
   return {
-    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin,
+    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin,
     acceptConnection(listener, socket) {
+      const policy = policyServers.get(listener);
+      if (policy) return policy.handle(socket);
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
       server.server.emit('connection', socket);
@@ -284,6 +308,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await admin?.close();
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      for (const p of policyServers.values()) p.close();
+      await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
       spool.close();
       home.close();

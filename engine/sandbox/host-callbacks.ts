@@ -49,7 +49,6 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     return createHmac(alg, bounded(key)).update(bounded(data)).digest('hex');
   };
   const lookup = (table: unknown, key: unknown): string | null => {
-    if (key === null || key === undefined) return null;
     const value = host.lookup(String(table), String(key));
     return typeof value === 'string' ? value : null;
   };
