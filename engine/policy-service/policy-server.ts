@@ -13,7 +13,7 @@ import type { Verdict } from '../sandbox/api/index.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, formatAnswer, type PolicyRequest } from './protocol.ts';
-import { requestContext } from './request-context.ts';
+import { FactsMemo, requestContext } from './request-context.ts';
 import { MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
 /** Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a time). */
@@ -68,12 +68,13 @@ export class PolicyServer {
       socket.destroy();
     });
     const reader = new RequestReader(service.limits);
+    const memo = new FactsMemo();
     let chain: Promise<void> = Promise.resolve();
     let queued = 0;
     const answer = (request: PolicyRequest): void => {
       if (++queued >= MAX_QUEUED) socket.pause();
       chain = chain.then(async () => {
-        const { action } = await this.#decide(request, cid);
+        const { action } = await this.#decide(request, cid, memo);
         if (!socket.destroyed) socket.write(formatAnswer(action));
         if (--queued < MAX_QUEUED && !socket.destroyed) socket.resume();
       });
@@ -99,7 +100,7 @@ export class PolicyServer {
   }
 
   /** The answer to one request; never throws (an internal error answers the failure action). */
-  async #decide(request: PolicyRequest, cid: string): Promise<PolicyAction> {
+  async #decide(request: PolicyRequest, cid: string, memo: FactsMemo): Promise<PolicyAction> {
     const generation = this.#runtime.generation.acquire();
     const service = this.#service(generation);
     const log = this.#runtime.logger;
@@ -110,7 +111,7 @@ export class PolicyServer {
         log.error({ service: this.name, cid, err: request.malformed }, `malformed policy request: ${request.malformed}`);
         result = { action: MALFORMED_ACTION, kind: 'malformed' };
       } else {
-        const rc = requestContext(request.attributes, service, generation);
+        const rc = requestContext(request.attributes, service, generation, memo);
         if (!rc) {
           result = policyAction(service, 'connect', undefined, null);
         } else {
@@ -124,7 +125,7 @@ export class PolicyServer {
     } finally {
       generation.release();
     }
-    metrics.policyRequests.inc({ service: this.name, state, action: result.kind });
+    this.#counted(state, result.kind);
     const a = request.attributes;
     const fields = {
       service: this.name, cid, state, client: a.client_address, sender: a.sender, recipient: a.recipient,
@@ -133,6 +134,15 @@ export class PolicyServer {
     if (result.kind === 'dunno' || result.kind === 'ok') log.debug(fields, 'policy answer');
     else log.info(fields, 'policy answer');
     return result;
+  }
+
+  /** prom-client hashes the labels on every inc(): keep one labelled child per (state, action). */
+  readonly #counters = new Map<string, { inc(): void }>();
+  #counted(state: string, kind: string): void {
+    const key = `${state} ${kind}`;
+    let counter = this.#counters.get(key);
+    if (!counter) this.#counters.set(key, counter = metrics.policyRequests.labels(this.name, state.slice(0, 20), kind));
+    counter.inc();
   }
 
   /** Close every connection (the listening socket is its owner's). */

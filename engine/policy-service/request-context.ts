@@ -76,12 +76,41 @@ function factsKey(c: ConnectionInfo): string {
   ].join('\n');
 }
 
+/** The attributes the connection facts are made of. */
+const FACT_ATTRIBUTES = [
+  'client_address', 'client_port', 'server_address', 'server_port', 'helo_name', 'sasl_username', 'sasl_method', 'encryption_protocol',
+  'encryption_cipher', 'tls_sni', 'ccert_subject', 'ccert_issuer', 'ccert_fingerprint', 'ccert_pubkey_fingerprint',
+] as const;
+
+/**
+ * The last connection facts of one policy connection: Postfix asks MAIL, RCPT (once per recipient) and DATA
+ * of one SMTP session in a row on the same connection, with the same client attributes, so the facts (and the
+ * sandbox's key for them) are built once per session rather than per request.
+ */
+export class FactsMemo {
+  #generation: PolicyGeneration | null = null;
+  #service: PolicyServiceConfig | null = null;
+  #values: string[] = [];
+  #facts: { connection: ConnectionInfo; key: string } | null = null;
+
+  get(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): { connection: ConnectionInfo; key: string } {
+    const values = FACT_ATTRIBUTES.map((n) => a[n] ?? '');
+    if (this.#facts && generation === this.#generation && service === this.#service && values.every((v, i) => v === this.#values[i])) return this.#facts;
+    const connection = Object.freeze(connectionFacts(a, service, generation));
+    this.#facts = { connection, key: factsKey(connection) };
+    this.#generation = generation;
+    this.#service = service;
+    this.#values = values;
+    return this.#facts;
+  }
+}
+
 /** The hook and context of a well-formed request, or null when its protocol_state has no hook. */
-export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): RequestContext | null {
+export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo()): RequestContext | null {
   const state = (a.protocol_state ?? '').toUpperCase();
   const hook = hookOfState(state);
   if (!hook) return null;
-  const connection = connectionFacts(a, service, generation);
+  const { connection, key } = memo.get(a, service, generation);
   const postfix: PostfixPolicyRequest = {
     attributes: { ...a }, protocolState: state, instance: a.instance || null, queueId: a.queue_id || null,
     clientName: known(a.client_name), reverseClientName: known(a.reverse_client_name),
@@ -116,5 +145,5 @@ export function requestContext(a: Record<string, string>, service: PolicyService
     }
     default: ctx = { connection, postfix, transaction, data: { size: Number(a.size) || 0, headers: [] } };
   }
-  return { hook, ctx, key: factsKey(connection), builtin };
+  return { hook, ctx, key, builtin };
 }
