@@ -3,7 +3,7 @@
 // script that times out, hundreds of connections — does more than earn its documented answer.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { until } from '../helpers/wait.ts';
@@ -134,6 +134,14 @@ test('200 concurrent connections are all served, also while one client has sent 
   stalled.close();
 });
 
+test('a request split anywhere (one byte per write, CRLF line ends) is read whole', async () => {
+  const c = await PolicyClient.connect(tcp('main'));
+  const text = requestText(rcptRequest({ recipient: 'x@example.org' })).replace(/\n/g, '\r\n');
+  for (const ch of text) { c.send(ch); await new Promise((r) => setImmediate(r)); }
+  assert.equal(await c.next(), 'action=DUNNO');
+  c.close();
+});
+
 test('garbage gets DEFER_IF_PERMIT and a logged error; the connection goes on', async () => {
   const c = await PolicyClient.connect(tcp('main'));
   c.send('this is not an attribute\nGET / HTTP/1.1\n\n');
@@ -192,4 +200,18 @@ test('metrics count requests by service, state and action', async () => {
   c.close();
   await until('the counter', async () => /postern_policy_requests_total\{service="authoritative",state="RCPT",action="ok"\} [1-9]/
     .test(await registry.getSingleMetricAsString('postern_policy_requests_total')));
+});
+
+test('hot reload: a table edit applies to the next request on an open connection; a moved service waits for a restart', async () => {
+  const c = await PolicyClient.connect(tcp('main'));
+  const listed = rcptRequest({ ccert_pubkey_fingerprint: 'EF:'.repeat(31) + 'EF', ccert_fingerprint: CERT_FP });
+  assert.equal(await c.ask(listed), 'action=554 5.7.1 Relay access denied: no listed certificate');
+  await writeFile(join(s.dir, 'relay_clientcerts'), `${PIN} laptop\n${'EF:'.repeat(31) + 'EF'} desktop\n`);
+  await until('the table reload', async () => (await c.ask(listed)) === 'action=DUNNO');
+  const config = join(s.dir, 'postern.yaml');
+  await writeFile(config, (await readFile(config, 'utf8')).replace('unix:./policy.sock', 'unix:./moved.sock'));
+  const outcome = await new Promise<{ pendingRestart: string[] }>((resolve) => s.reloader.onReload(resolve));
+  assert.deepEqual(outcome.pendingRestart, [`policy service local moves from unix:${join(s.dir, 'policy.sock')} to unix:${join(s.dir, 'moved.sock')}`]);
+  assert.equal(await c.ask(listed), 'action=DUNNO', 'still served');
+  c.close();
 });
