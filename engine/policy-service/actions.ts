@@ -22,8 +22,9 @@ export interface PolicyAction {
   kind: ActionKind;
 }
 
-const DUNNO: PolicyAction = { action: 'DUNNO', kind: 'dunno' };
-const OK: PolicyAction = { action: 'OK', kind: 'ok' };
+/** No decision: Postfix's next restriction decides (also the answer to a state without a hook: VRFY, ETRN). */
+export const DUNNO: PolicyAction = Object.freeze({ action: 'DUNNO', kind: 'dunno' });
+const OK: PolicyAction = Object.freeze({ action: 'OK', kind: 'ok' });
 
 const replyAction = (r: SmtpReply): string => `${r.responseCode} ${r.enhanced} ${r.text}`;
 

@@ -14,7 +14,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext } from './request-context.ts';
-import { MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
+import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
 /** Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a time). */
 const MAX_QUEUED = 32;
@@ -113,7 +113,7 @@ export class PolicyServer {
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
         if (!rc) {
-          result = policyAction(service, 'connect', undefined, null);
+          result = DUNNO;
         } else {
           const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
           result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '');
