@@ -29,7 +29,7 @@ export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   }
   for (const cc of Object.values(c.delivery.clientCertificates)) { files.add(cc.cert); files.add(cc.key); }
   for (const f of Object.values(c.delivery.caFiles)) files.add(f);
-  const folders = new Set([c.scripts, ...c.listeners.map((l) => l.scripts ?? c.scripts)]);
+  const folders = new Set([c.scripts, ...[...c.listeners, ...c.policyServices].map((l) => l.scripts ?? c.scripts)]);
   return { files: [...files].map((f) => resolve(f)).sort(), folders: [...folders].map((f) => resolve(f)).sort() };
 }
 
