@@ -155,7 +155,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const spools = new SpoolSet(home);
-  const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.
   const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();

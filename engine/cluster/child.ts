@@ -26,7 +26,7 @@ type Message = { t?: string; listener?: string; policy?: boolean; ids?: string[]
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
-  const windowMs = Math.max(...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   const counters = new WorkerCounters({ send }, windowMs);
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;

@@ -105,7 +105,7 @@ export class Supervisor {
     this.config = config;
     this.#configPath = configPath;
     this.log = log;
-    this.#counters = new CounterHost(Math.max(...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
+    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir));
   }
 

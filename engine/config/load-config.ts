@@ -159,6 +159,7 @@ function crossCheck(c: Config): PathProblem[] {
       out.push({ path: at('certificateIdentity', 'pins'), message: 'pins are SPKI SHA-256: needs fingerprintDigest sha256 (Postfix smtpd_tls_fingerprint_digest = sha256)' });
     }
   });
+  if (c.listeners.length === 0 && c.policyServices.length === 0) out.push({ path: ['listeners'], message: 'needs at least one listener (or a policy service)' });
   const d = c.delivery;
   if (d.tls.clientCertificate && !(d.tls.clientCertificate in d.clientCertificates)) {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });

@@ -263,7 +263,8 @@ export const configSchema = z.strictObject({
     format: z.enum(['json', 'pretty']).default('json')
       .describe('json: one JSON object per line with an ISO-8601 time (for journald and log shippers); pretty: coloured, human-readable lines for a terminal'),
   }).prefault({}).describe('Logging.'),
-  listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
+  listeners: z.array(listenerSchema).default([]).meta({ defaultText: '`[]` (then `policyServices` needs an entry)' })
+    .describe('One SMTP listener per entry. A configuration needs at least one listener or one policy service.'),
   policyServices: z.array(policyServiceSchema).default([])
     .describe('Postfix policy services (`check_policy_service`): the same scripts behind an existing Postfix. See [postfix-policy.md](postfix-policy.md).'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })

@@ -40,7 +40,6 @@ scripts: ${dir}/scripts
 localDomains: [example.org]
 tables: { relay_certs: ${dir}/relay_certs }
 log: { level: warn }
-listeners: [{ name: unused, listen: 127.0.0.1:0 }]
 policyServices: [{ name: bench, listen: 127.0.0.1:${port}, authoritative: true }]
 `;
   return { port, ...await startServer('postern-server.ts', { configText, baseDir: dir }) };

@@ -44,8 +44,6 @@ before(async () => {
     config: `
 tables:
   cert_domains: ./cert_domains
-listeners:
-  - { name: unused, listen: 127.0.0.1:0 }
 policyServices:
   - name: postfix
     listen: ${JSON.stringify(`unix:${join(pf.dir, 'spool', 'private', 'postern')}`)}

@@ -17,7 +17,6 @@ test('an edit in a service\'s own scripts folder applies to the next request', a
   await writeFile(join(dir, 'postfix-scripts', 'rcptto.ts'), `export default () => reject('version 1');`);
   await writeFile(join(dir, 'postern.yaml'), `
 dataDir: ./data
-listeners: [{ name: unused, listen: 127.0.0.1:0 }]
 policyServices: [{ name: postfix, listen: 127.0.0.1:0, scripts: ./postfix-scripts }]
 `);
   const running = await startPostern({ configPath: join(dir, 'postern.yaml'), logger: createLogger('silent') });

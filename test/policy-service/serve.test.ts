@@ -1,4 +1,4 @@
-// Policy services under `postern serve`: the supervisor owns the TCP and unix sockets and hands the
+// Policy services under `postern serve`, with no SMTP listener at all: the supervisor owns the TCP and unix sockets and hands the
 // connections to the workers; a script edit is picked up by the next request (hot reload); `postern status`
 // lists the services; a worker killed mid-connection is replaced and new connections are served.
 import { test, after, before } from 'node:test';
@@ -17,8 +17,6 @@ before(async () => {
     config: `
 workers: 2
 localDomains: [example.org]
-listeners:
-  - { name: in, listen: '127.0.0.1:{PORT:in}', limits: { greetingDelayMs: 0 } }
 policyServices:
   - { name: postfix, listen: '127.0.0.1:{PORT:policy}' }
   - { name: chroot, listen: 'unix:./data/policy.sock', authoritative: true }
