@@ -95,6 +95,39 @@ declare module "postern" {
     verifyErrorCode: string | null;
   }
 
+  /**
+   * A client certificate as Postfix describes it to a policy service (`ctx.connection.source` is
+   * `postfix-policy`): only what `ccert_subject`, `ccert_issuer`, `ccert_fingerprint` and
+   * `ccert_pubkey_fingerprint` carry. Postfix sends the certificate's fingerprints in one digest
+   * (`smtpd_tls_fingerprint_digest`, named by the service's `fingerprintDigest`): the others are null, and
+   * `pin` is filled only with sha256. Fields Postfix never sends (SANs, dates, serial, key, PEM) are null.
+   */
+  export interface PostfixClientCertificate {
+    /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
+    subject: DistinguishedName;
+    /** The issuer's CN, likewise. */
+    issuer: DistinguishedName;
+    san: null;
+    serial: null;
+    notBefore: null;
+    notAfter: null;
+    keyType: null;
+    keyBits: null;
+    fingerprint: { [K in keyof Fingerprints]: string | null };
+    pin: { [K in keyof PublicKeyPin]: string | null };
+    /** The digest Postfix used. */
+    digest: 'sha256' | 'sha1' | 'md5';
+    /** `ccert_pubkey_fingerprint` as Postfix sent it (colon hex in `digest`), or null. */
+    publicKeyFingerprint: string | null;
+    pem: null;
+    /** Postfix verified the chain against its own CA files (it sent the subject and issuer). */
+    verified: boolean;
+    /** `invalid` when Postfix did not verify it (Postfix does not say why); null when verified. */
+    verifyError: ChainFailureReason | null;
+    /** `POSTFIX_NOT_VERIFIED`, or null when verified. */
+    verifyErrorCode: string | null;
+  }
+
   // ---- session.ts
 
   /** Connection and transaction facts, as copied into each hook's context. */
@@ -132,8 +165,17 @@ declare module "postern" {
     auth: AuthInfo | null;
     /** Set once TLS is up. */
     tls: TlsInfo | null;
-    /** The client's certificate, when one was presented. */
-    clientCertificate: PeerCertificate | null;
+    /**
+     * Where these facts come from: `smtp`, a client of Postern's own listener; `postfix-policy`, a
+     * Postfix `check_policy_service` request (policyServices), where `listener` is the service's name,
+     * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
+     */
+    source: 'smtp' | 'postfix-policy';
+    /**
+     * The client's certificate, when one was presented. From a Postfix policy request it is a
+     * PostfixClientCertificate: only subject and issuer CN, one digest of fingerprints, the rest null.
+     */
+    clientCertificate: PeerCertificate | PostfixClientCertificate | null;
     /**
      * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
      * verified certificate, or a pin table), or `null`.
@@ -255,15 +297,38 @@ declare module "postern" {
    * queue, once per delivery attempt and recipient domain. Every context is a copy taken when the hook starts.
    */
 
+  /**
+   * A Postfix policy request (SMTPD_POLICY_README), as received: present in the context only when
+   * `connection.source` is `postfix-policy`.
+   */
+  export interface PostfixPolicyRequest {
+    /** Every `name=value` attribute of the request, the ones Postern maps and the unknown ones alike. */
+    attributes: Record<string, string>;
+    /** `CONNECT`, `EHLO`, `HELO`, `MAIL`, `RCPT`, `DATA` or `END-OF-MESSAGE`. */
+    protocolState: string;
+    /** Postfix's id of the message transaction (`instance`): the same for every request of one message. */
+    instance: string | null;
+    /** Postfix's queue id, once it has one. */
+    queueId: string | null;
+    /** The client's verified host name (`client_name`), or null when `unknown`. */
+    clientName: string | null;
+    /** The client's PTR name (`reverse_client_name`), or null when `unknown`. */
+    reverseClientName: string | null;
+  }
+
   /** connect: a client connected (after the TLS handshake on implicit-TLS listeners). Default: accept. */
   export interface ConnectContext {
     connection: ConnectionInfo;
+    /** Only from a Postfix policy service. */
+    postfix?: PostfixPolicyRequest;
   }
 
   /** helo: HELO/EHLO received. Default: accept. */
   export interface HeloContext {
     connection: ConnectionInfo;
     helo: { name: string; command: 'HELO' | 'EHLO' };
+    /** Only from a Postfix policy service. */
+    postfix?: PostfixPolicyRequest;
   }
 
   /** The built-in AUTH rule's decision, so a script can extend rather than replace it. */
@@ -304,6 +369,8 @@ declare module "postern" {
     transaction: TransactionInfo;
     address: EnvelopeAddress;
     builtin: BuiltinSenderDecision;
+    /** Only from a Postfix policy service. */
+    postfix?: PostfixPolicyRequest;
   }
 
   /** The built-in relay rule's decision for this recipient. */
@@ -319,6 +386,8 @@ declare module "postern" {
     transaction: TransactionInfo;
     address: EnvelopeAddress;
     builtin: BuiltinRelayDecision;
+    /** Only from a Postfix policy service. */
+    postfix?: PostfixPolicyRequest;
   }
 
   /** data: the whole message has arrived (end of DATA), before it is spooled. Default: accept. */
@@ -333,6 +402,8 @@ declare module "postern" {
     };
     /** The message's body, read only when asked (a script that does not ask costs no copy). */
     message: MessageBody;
+    /** Only from a Postfix policy service. */
+    postfix?: PostfixPolicyRequest;
   }
 
   /** The body of the message at end of DATA (everything after the header section's empty line). */
@@ -414,8 +485,11 @@ declare module "postern" {
     md5(data: string): string;
     /** Hex HMAC of `data` with `key`. */
     hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
-    /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
-    lookup(table: string, key: string): string | null;
+    /**
+     * Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null.
+     * A null or undefined key (a fingerprint Postfix did not send) finds nothing.
+     */
+    lookup(table: string, key: string | null | undefined): string | null;
     /**
      * Count one call of `key` when fewer than `limit` were counted in its window (a fixed window of
      * `windowSeconds` that opens with the first counted call). Kept in the configured store (memory or Redis),
@@ -464,8 +538,11 @@ declare module "postern" {
     function md5(data: string): string;
     /** Hex HMAC of `data` with `key`. */
     function hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
-    /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
-    function lookup(table: string, key: string): string | null;
+    /**
+       * Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null.
+       * A null or undefined key (a fingerprint Postfix did not send) finds nothing.
+       */
+    function lookup(table: string, key: string | null | undefined): string | null;
     /**
        * Count one call of `key` when fewer than `limit` were counted in its window (a fixed window of
        * `windowSeconds` that opens with the first counted call). Kept in the configured store (memory or Redis),

@@ -29,6 +29,9 @@ import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 import type { AccountsServer } from '../accounts/server.ts';
+import { createServer, type Server } from 'node:net';
+import { PolicyServer } from '../policy-service/policy-server.ts';
+import { listenPolicyService } from '../policy-service/listen.ts';
 
 export interface StartOptions {
   /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
@@ -72,6 +75,9 @@ export interface RunningPostern {
   /** Bound address of each listener by name (port 0 in the config picks a free port). */
   readonly addresses: ReadonlyMap<string, { address: string; port: number }>;
   readonly servers: ReadonlyMap<string, PosternServer>;
+  /** Postfix policy services by name, and where each listens (`address:port` or `unix:/path`). */
+  readonly policyServers: ReadonlyMap<string, PolicyServer>;
+  readonly policyAddresses: ReadonlyMap<string, string>;
   readonly reloader: Reloader;
   /** Delivers the spool (idle while delivery.enabled is false). */
   readonly queue: QueueRunner;
@@ -83,7 +89,7 @@ export interface RunningPostern {
   readonly accounts: AccountsServer | null;
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
   readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
-  /** A worker: serve a connection the supervisor accepted on `listener`'s socket. */
+  /** A worker: serve a connection the supervisor accepted on `listener`'s socket (an SMTP listener or a policy service). */
   acceptConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
 }
@@ -160,7 +166,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const spools = new SpoolSet(home);
-  const windowMs = Math.max(...config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.
   const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
@@ -181,6 +187,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const servers = new Map<string, PosternServer>();
   const reported = new WeakSet<Error>();
   const addresses = new Map<string, { address: string; port: number }>();
+  const policyServers = new Map<string, PolicyServer>();
+  const policyAddresses = new Map<string, string>();
+  const policySockets: Server[] = [];
   try {
     for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, built.listeners.get(l.name)!);
@@ -213,9 +222,21 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       servers.set(l.name, server);
       logger.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
     }
+    // Policy services answer in the workers like SMTP listeners (the supervisor hands their connections
+    // over), so their scripts run with the same isolates, reloads and crash containment.
+    for (const p of role === 'queue' ? [] : config.policyServices) {
+      const policy = new PolicyServer(runtime, p);
+      policyServers.set(p.name, policy);
+      if (role === 'worker') continue;
+      const bound = await listenPolicyService(p, createServer((socket) => policy.handle(socket)));
+      policySockets.push(bound.server);
+      policyAddresses.set(p.name, bound.address);
+      logger.info({ policyService: p.name, address: bound.address }, 'policy service listening');
+    }
   } catch (err) {
     expiry?.close();
     await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
     await generation.dispose();
     await closeStore();
     throw err;
@@ -293,6 +314,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         return {
           ...reloader.status.data,
           listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
+          policyServices: Object.fromEntries([...policyServers].map(([name, p]) => [name, { address: policyAddresses.get(name), connections: p.connections }])),
           queue: { active: queue.activeCount, messages: (await spools.list()).length },
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
@@ -303,9 +325,11 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
 
   let accounts: AccountsServer | null = null;
   const running: RunningPostern = {
-    runtime, config: loaded, addresses, servers, reloader, queue, spools, admin, certificates: { sightings, expiry },
+    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, certificates: { sightings, expiry },
     get accounts() { return accounts; },
     acceptConnection(listener, socket) {
+      const policy = policyServers.get(listener);
+      if (policy) return policy.handle(socket);
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
       server.server.emit('connection', socket);
@@ -318,6 +342,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       await accounts?.close();
       await reloader.close();
       await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      for (const p of policyServers.values()) p.close();
+      await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
       expiry?.close();
       await sightings?.close();

@@ -16,7 +16,8 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     await built.generation.dispose();
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
     const n = loaded.config.listeners.length;
-    process.stdout.write(`${loaded.file}: OK (${n} listener${n === 1 ? '' : 's'})\n`);
+    const p = loaded.config.policyServices.length;
+    process.stdout.write(`${loaded.file}: OK (${n} listener${n === 1 ? '' : 's'}${p ? `, ${p} policy service${p === 1 ? '' : 's'}` : ''})\n`);
     return 0;
   } catch (err) {
     if (err instanceof GenerationError) {

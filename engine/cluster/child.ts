@@ -23,11 +23,11 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; listener?: string; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
+type Message = { t?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
-  const windowMs = Math.max(...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   const counters = new WorkerCounters({ send }, windowMs);
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
@@ -41,7 +41,10 @@ async function main(): Promise<void> {
     dispatch(m, handle);
   });
   const dispatch = (m: Message, handle?: Socket): void => {
-    if (m.t === 'conn') {
+    if (m.t === 'conn' && m.policy) { // a policy service's connection: no per-IP slot to keep
+      send({ t: 'took' });
+      if (handle) running!.acceptConnection(m.listener!, handle);
+    } else if (m.t === 'conn') {
       send({ t: 'took' });
       if (!handle) return send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
       counters.handedOver(m.key!, m.port!, m.open!, m.ip!, m.failures ?? [], handle);

@@ -33,6 +33,7 @@ import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
 import { RestartBackoff } from './restart-backoff.ts';
+import { listenPolicyService } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';
 
 /**
@@ -78,10 +79,13 @@ export class Supervisor {
   readonly config: LoadedConfig;
   readonly log: Logger;
   readonly addresses = new Map<string, { address: string; port: number }>();
+  /** Where each Postfix policy service listens: `address:port` or `unix:/path`. */
+  readonly policyAddresses = new Map<string, string>();
   readonly #configPath: string | undefined;
   readonly #listeners: net.Server[] = [];
+  readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
-  readonly #waiting: Array<{ listener: string; socket: net.Socket }> = [];
+  readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean }> = [];
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   #next = 0;
@@ -102,7 +106,7 @@ export class Supervisor {
     this.config = config;
     this.#configPath = configPath;
     this.log = log;
-    this.#counters = new CounterHost(Math.max(...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
+    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir));
   }
 
@@ -161,6 +165,17 @@ export class Supervisor {
       this.addresses.set(l.name, { address: bound.address, port: bound.port });
       this.#listeners.push(server);
       this.log.info({ listener: l.name, address: `${bound.address}:${bound.port}`, tls: l.tls.mode }, 'listening');
+    }
+    // Policy services are served by the workers too, connection by connection like SMTP: a Postfix smtpd
+    // keeps its connection for many requests, so spreading connections spreads the load, and a worker that
+    // dies takes only its own connections (Postfix reconnects, and meanwhile applies its default_action).
+    for (const p of this.config.config.policyServices) {
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, true));
+      const bound = await listenPolicyService(p, server);
+      server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
+      this.policyAddresses.set(p.name, bound.address);
+      this.#policyListeners.push(server);
+      this.log.info({ policyService: p.name, address: bound.address }, 'policy service listening');
     }
   }
 
@@ -270,10 +285,10 @@ export class Supervisor {
     }
   }
 
-  #accepted(listener: string, socket: net.Socket): void {
+  #accepted(listener: string, socket: net.Socket, policy = false): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
     if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
-    this.#waiting.push({ listener, socket });
+    this.#waiting.push({ listener, socket, policy });
     this.#dispatch();
   }
 
@@ -292,9 +307,13 @@ export class Supervisor {
         }
       }
       if (!chosen) return;
-      const { listener, socket } = this.#waiting.shift()!;
+      const { listener, socket, policy } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
+      if (policy) { // no per-IP slot: the peer is Postfix
+        chosen.proc!.send({ t: 'conn', listener, policy: true }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        continue;
+      }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
       const ip = clientAddress(socket); // as the worker's listener names it
       const key = `${listener} ${ip}`;
@@ -343,7 +362,7 @@ export class Supervisor {
         const lastError = (await reloadStatus()).lastError;
         const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
         return {
-          listeners: this.#listeners.every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
@@ -400,6 +419,9 @@ export class Supervisor {
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
+    // Not awaited: a server that handed sockets to workers calls back only once the workers' copies are
+    // closed, and Postfix keeps its policy connections open for minutes; the workers close them on 'stop'.
+    for (const s of this.#policyListeners) s.close();
     await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const w of this.#waiting.splice(0)) w.socket.destroy();
     await Promise.all(this.#children.map((c) => {
@@ -422,6 +444,7 @@ export class Supervisor {
       pid: process.pid,
       startedAt: this.#startedAt,
       listeners: Object.fromEntries([...this.addresses].map(([n, a]) => [n, `${a.address}:${a.port}`])),
+      policyServices: Object.fromEntries(this.policyAddresses),
       processes: this.#children.map((c) => ({
         role: c.kind, index: c.index, pid: c.proc?.pid ?? null, ready: c.ready,
         startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,

@@ -98,6 +98,10 @@ function resolvePaths(config: Config, baseDir: string): Config {
     l.tls.crlFiles = l.tls.crlFiles.map(abs);
     if (l.scripts) l.scripts = abs(l.scripts);
   }
+  for (const p of c.policyServices) {
+    if (p.scripts) p.scripts = abs(p.scripts);
+    if (p.listen.startsWith('unix:')) p.listen = `unix:${abs(p.listen.slice(5))}`;
+  }
   for (const cc of Object.values(c.delivery.clientCertificates)) {
     cc.cert = abs(cc.cert);
     cc.key = abs(cc.key);
@@ -143,6 +147,20 @@ function crossCheck(c: Config): PathProblem[] {
     if (l.senderLogin.table && !(l.senderLogin.table in c.tables)) out.push({ path: at('senderLogin', 'table'), message: `no table named "${l.senderLogin.table}" under tables` });
     if (l.relayClientCertificates && l.tls.caFiles.length === 0) out.push({ path: at('relayClientCertificates'), message: 'needs tls.caFiles (which CA may relay?)' });
   });
+  c.policyServices.forEach((p, i) => {
+    const at = (...q: PropertyKey[]): PropertyKey[] => ['policyServices', i, ...q];
+    if (seenNames.has(p.name)) out.push({ path: at('name'), message: 'name already used by a listener or policy service' });
+    seenNames.set(p.name, i);
+    if (seenAddr.has(p.listen) && !p.listen.endsWith(':0')) out.push({ path: at('listen'), message: 'address already used by a listener or policy service' });
+    seenAddr.set(p.listen, i);
+    for (const [key, table] of [['certificateIdentity', p.certificateIdentity.pins], ['relayClientCertificatesTable', p.relayClientCertificatesTable]] as const) {
+      if (table && !(table in c.tables)) out.push({ path: at(key), message: `no table named "${table}" under tables` });
+    }
+    if (p.certificateIdentity.pins && p.fingerprintDigest !== 'sha256') {
+      out.push({ path: at('certificateIdentity', 'pins'), message: 'pins are SPKI SHA-256: needs fingerprintDigest sha256 (Postfix smtpd_tls_fingerprint_digest = sha256)' });
+    }
+  });
+  if (c.listeners.length === 0 && c.policyServices.length === 0) out.push({ path: ['listeners'], message: 'needs at least one listener (or a policy service)' });
   const d = c.delivery;
   if (d.tls.clientCertificate && !(d.tls.clientCertificate in d.clientCertificates)) {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });

@@ -112,6 +112,50 @@ export const listenerSchema = z.strictObject({
     .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });
 
+/** `check_policy_service` servers for an existing Postfix (docs/postfix-policy.md). */
+export const policyServiceSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only')
+    .describe('Letters, digits, `_`, `.` and `-`. Identifies the service in logs, metrics and `postern status`, and to scripts as `connection.listener`. Must be unique among listeners and policy services.'),
+  listen: z.string().regex(/^(unix:.+|(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5})$/, 'expected address:port or unix:/path')
+    .meta({ format: '`address:port` or `unix:/path`' })
+    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches as `check_policy_service unix:private/<name>` (the path then lies in Postfix\'s `private/` directory). Port `0` binds any free port.'),
+  socket: z.strictObject({
+    mode: z.string().regex(/^0?[0-7]{3}$/, 'octal mode, e.g. 0660').default('0660').describe('Permissions of the unix socket.'),
+    owner: z.string().optional().describe('User (name or number) that owns the unix socket, e.g. `postfix`. Needs root.'),
+    group: z.string().optional().describe('Group (name or number) of the unix socket.'),
+  }).prefault({}).describe('Unix socket only: its mode and owner.'),
+  scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
+    .describe('Scripts folder for this service. The same `connect`, `helo`, `mailfrom`, `rcptto` and `data` scripts as a listener\'s; `ctx.connection.source` is `postfix-policy`.'),
+  authoritative: z.boolean().default(false)
+    .describe('An accept answers `OK` (the request is permitted, Postfix skips the rest of that restriction list) instead of `DUNNO` (the next restriction decides).'),
+  deferAction: z.enum(['defer_if_permit', 'reply']).default('defer_if_permit')
+    .describe('How a defer verdict is answered: `defer_if_permit`: `DEFER_IF_PERMIT <text>` (a later reject still wins); `reply`: the verdict\'s own `451 4.3.0 <text>`.'),
+  failureAction: z.string().regex(/^[^\r\n]+$/, 'one line').default('DEFER_IF_PERMIT Service temporarily unavailable')
+    .describe('The access(5) action answered when a script fails (throws, times out, runs out of memory, returns a malformed verdict), like Postfix\'s own `smtpd_policy_service_default_action`. Never an accept.'),
+  fingerprintDigest: z.enum(['sha256', 'sha1', 'md5']).default('sha256')
+    .describe('The digest of `ccert_fingerprint` and `ccert_pubkey_fingerprint`: the same as Postfix\'s `smtpd_tls_fingerprint_digest` (`sha256` since Postfix 3.6, `md5` before).'),
+  certificateIdentity: z.strictObject({
+    field: z.enum(['none', 'CN']).default('none')
+      .describe('`CN`: the identity is the subject CN Postfix sends for a certificate it verified (`ccert_subject`).'),
+    pins: z.string().optional().meta({ format: 'table name' })
+      .describe('A [table](#tables) of SPKI SHA-256 pins to accounts, as a listener\'s: matched against `ccert_pubkey_fingerprint` (needs `fingerprintDigest: sha256`).'),
+  }).prefault({}).describe('How a client certificate names an account (`connection.certificateIdentity`).'),
+  relayClientCertificates: z.boolean().default(false)
+    .describe('The built-in relay rule accepts a certificate Postfix verified (Postfix `permit_tls_all_clientcerts`).'),
+  relayClientCertificatesTable: z.string().optional().meta({ format: 'table name' })
+    .describe('The built-in relay rule accepts a certificate whose public-key or certificate fingerprint is a key of this [table](#tables), verified or not (Postfix `permit_tls_clientcerts` with `relay_clientcerts`).'),
+  relayRule: z.boolean().default(false)
+    .describe('Without an `rcptto` script, the built-in relay rule decides (a refused recipient gets `554 5.7.1 <rcpt>: Relay access denied`). `false`: without a script the answer is `DUNNO` (scripts still see `ctx.builtin`).'),
+  limits: z.strictObject({
+    maxConnections: z.number().int().positive().default(1000).describe('Concurrent connections per process (per worker under `postern serve`; Postfix keeps one per smtpd process); more are closed at once.'),
+    maxLineBytes: z.number().int().min(64).meta({ unit: 'bytes' }).default(8192)
+      .describe('Longest attribute line. A longer one is answered with `failureAction` and the connection is closed.'),
+    maxAttributes: z.number().int().positive().default(200).describe('Attributes in one request; more are answered with `failureAction` and the connection is closed.'),
+    idleTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(330_000)
+      .describe('A connection idle this long is closed (Postfix closes its own after `smtpd_policy_service_max_idle`, 300 s).'),
+  }).prefault({}).describe('Per-service connection and request limits.'),
+});
+
 const tableSchema = z.union([
   path(),
   z.strictObject({
@@ -234,7 +278,10 @@ export const configSchema = z.strictObject({
     format: z.enum(['json', 'pretty']).default('json')
       .describe('json: one JSON object per line with an ISO-8601 time (for journald and log shippers); pretty: coloured, human-readable lines for a terminal'),
   }).prefault({}).describe('Logging.'),
-  listeners: z.array(listenerSchema).min(1).describe('One SMTP listener per entry.'),
+  listeners: z.array(listenerSchema).default([]).meta({ defaultText: '`[]` (then `policyServices` needs an entry)' })
+    .describe('One SMTP listener per entry. A configuration needs at least one listener or one policy service.'),
+  policyServices: z.array(policyServiceSchema).default([])
+    .describe('Postfix policy services (`check_policy_service`): the same scripts behind an existing Postfix. See [postfix-policy.md](postfix-policy.md).'),
   delivery: deliverySchema.meta({ defaultText: 'off without the section' })
     .describe('[Delivery](#delivery) of spooled mail: route, outbound TLS and client certificates, retries, bounces. Without it Postern only accepts and spools.'),
   replay: z.strictObject({
@@ -269,3 +316,4 @@ export type Config = z.infer<typeof configSchema>;
 export type ListenerConfig = z.infer<typeof listenerSchema>;
 export type DeliveryConfig = Config['delivery'];
 export type TableConfig = z.infer<typeof tableSchema>;
+export type PolicyServiceConfig = z.infer<typeof policyServiceSchema>;

@@ -40,9 +40,17 @@ export const metrics = {
     name: 'postern_auth_attempts_total', help: 'AUTH attempts by listener, mechanism and result (success, failure)',
     labelNames: ['listener', 'mechanism', 'result'] as const, registers: [registry],
   }),
-  verdicts: new HotCounter('postern_script_verdicts_total', 'Script verdicts by hook, verdict (accept, reject, defer, none, failed) and configuration generation', ['hook', 'verdict', 'generation']),
+  verdicts: new HotCounter('postern_script_verdicts_total', 'Script verdicts by hook, verdict (accept, reject, defer, none, failed), configuration generation and source (smtp, postfix-policy)', ['hook', 'verdict', 'generation', 'source']),
   scriptDuration: new HotHistogram('postern_script_call_duration_seconds', 'Wall time of a policy script call (waiting for an isolate included), by hook', 'hook', SCRIPT_BUCKETS),
-  scriptFailures: new HotCounter('postern_script_failures_total', 'Script calls that failed closed, by hook and kind (timeout, memory, error, verdict, …)', ['hook', 'kind']),
+  scriptFailures: new HotCounter('postern_script_failures_total', 'Script calls that failed closed, by hook, kind (timeout, memory, error, verdict, …) and source (smtp, postfix-policy)', ['hook', 'kind', 'source']),
+  policyRequests: new Counter({
+    name: 'postern_policy_requests_total', help: 'Postfix policy-service requests by service, Postfix protocol state and action (dunno, ok, reject, defer, failure, malformed)',
+    labelNames: ['service', 'state', 'action'] as const, registers: [registry],
+  }),
+  policyConnections: new Counter({
+    name: 'postern_policy_connections_total', help: 'Connections accepted by Postfix policy services, by service',
+    labelNames: ['service'] as const, registers: [registry],
+  }),
   refusals: new Counter({
     name: 'postern_smtp_refusals_total', help: 'Commands refused or deferred (4xx/5xx), by stage and reply class',
     labelNames: ['stage', 'class'] as const, registers: [registry],
@@ -124,10 +132,10 @@ function child<C>(metric: { labels(...values: string[]): C }, values: string[]):
 }
 
 /** One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed). */
-export function scriptCalled(hook: string, generation: number, seconds: number, verdict: string, failureKind?: string): void {
+export function scriptCalled(hook: string, generation: number, seconds: number, verdict: string, failureKind?: string, source = 'smtp'): void {
   metrics.scriptDuration.observe(hook, seconds);
-  metrics.verdicts.inc(hook, verdict, String(generation));
-  if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind);
+  metrics.verdicts.inc(hook, verdict, String(generation), source);
+  if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
 }
 
 /** A message acknowledged after DATA. */

@@ -88,7 +88,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   // that their own errors are reported too; nothing built is kept unless everything is fine.
   const sandboxes = new Map<string, Sandbox>();
   const log = options.logger.child({ component: 'script' });
-  const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
+  const dirs = new Set([config.scripts, ...[...config.listeners, ...config.policyServices].map((l) => l.scripts ?? config.scripts)]);
   const shadowStore = options.store && prefixedStore(options.store, 'shadow:');
   const sandboxOf = async (dir: string, shadow: boolean): Promise<Sandbox> => {
     const scripts = await loadScriptDirectory(dir);

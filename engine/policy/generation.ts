@@ -52,16 +52,17 @@ export class PolicyGeneration {
     return l;
   }
 
-  sandboxFor(listener: ListenerConfig | undefined): Sandbox {
+  /** The sandbox of a listener's or policy service's scripts folder (undefined: the top-level one). */
+  sandboxFor(listener: Pick<ListenerConfig, 'scripts'> | undefined): Sandbox {
     return this.#sandboxes.get(listener?.scripts ?? this.config.scripts)!;
   }
 
   /** The listener's shadow scripts (`shadowScripts`), if it has a folder of them. */
-  shadowSandboxFor(listener: ListenerConfig | undefined): Sandbox | undefined {
+  shadowSandboxFor(listener: Pick<ListenerConfig, 'shadowScripts'> | undefined): Sandbox | undefined {
     return listener?.shadowScripts ? this.#shadows.get(listener.shadowScripts) : undefined;
   }
 
-  hasScript(listener: ListenerConfig | undefined, hook: HookName): boolean {
+  hasScript(listener: Pick<ListenerConfig, 'scripts'> | undefined, hook: HookName): boolean {
     return this.sandboxFor(listener).has(hook);
   }
 

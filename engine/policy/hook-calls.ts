@@ -13,7 +13,8 @@ export interface HookFailure { kind: string; message: string; file?: string; lin
 
 export interface HookCall {
   generation: PolicyGeneration;
-  listener: ListenerConfig | undefined;
+  /** The SMTP listener, or a policy service (which has no shadow scripts); undefined for predelivery. */
+  listener: (Pick<ListenerConfig, 'scripts'> & Partial<Pick<ListenerConfig, 'name' | 'shadowScripts'>>) | undefined;
   hook: HookName;
   /** The context the script saw (plain data, as it crossed into the sandbox). */
   ctx: object;

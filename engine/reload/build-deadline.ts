@@ -13,7 +13,7 @@ const HOOKS_PER_FOLDER = 7;
  * its own limit one after another (the sandbox stops a top level after max(1 s, timeoutMs)).
  */
 export function buildDeadlineMs(config: Config): number {
-  const folders = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]).size;
+  const folders = new Set([config.scripts, ...[...config.listeners, ...config.policyServices].map((l) => l.scripts ?? config.scripts)]).size;
   const topLevel = Math.max(1000, config.sandbox.timeoutMs);
   return 5000 + folders * HOOKS_PER_FOLDER * config.sandbox.isolates * topLevel;
 }

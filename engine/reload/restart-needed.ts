@@ -7,7 +7,10 @@
 import type { Config } from '../config/schema.ts';
 import { storeIdentity } from '../store/index.ts';
 
-export function restartNeeded(running: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'accounts'>>, next: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'accounts'>>): string[] {
+export function restartNeeded(
+  running: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'policyServices' | 'accounts'>>,
+  next: Pick<Config, 'listeners' | 'store'> & Partial<Pick<Config, 'policyServices' | 'accounts'>>,
+): string[] {
   const out: string[] = [];
   for (const l of next.listeners) {
     const old = running.listeners.find((r) => r.name === l.name);
@@ -16,6 +19,15 @@ export function restartNeeded(running: Pick<Config, 'listeners' | 'store'> & Par
     else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
   }
   for (const r of running.listeners) if (!next.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
+  // A policy service's socket is bound once too; its other settings apply at the next request.
+  const was = running.policyServices ?? [];
+  const will = next.policyServices ?? [];
+  for (const p of will) {
+    const old = was.find((r) => r.name === p.name);
+    if (!old) out.push(`new policy service ${p.name} (${p.listen})`);
+    else if (old.listen !== p.listen) out.push(`policy service ${p.name} moves from ${old.listen} to ${p.listen}`);
+  }
+  for (const r of was) if (!will.some((p) => p.name === r.name)) out.push(`policy service ${r.name} removed`);
   if (storeIdentity(running.store) !== storeIdentity(next.store)) out.push('store changed');
   // The account page's socket is bound once, like a listener's.
   if (running.accounts?.listen !== next.accounts?.listen) out.push(`accounts.listen ${running.accounts?.listen ?? 'off'} → ${next.accounts?.listen ?? 'off'}`);

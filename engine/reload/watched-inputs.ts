@@ -30,7 +30,10 @@ export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   for (const cc of Object.values(c.delivery.clientCertificates)) { files.add(cc.cert); files.add(cc.key); }
   for (const f of Object.values(c.delivery.caFiles)) files.add(f);
   for (const k of Object.values(c.delivery.dkim)) files.add(k.privateKey);
-  const folders = new Set([c.scripts, ...c.listeners.map((l) => l.scripts ?? c.scripts), ...c.listeners.flatMap((l) => (l.shadowScripts ? [l.shadowScripts] : []))]);
+  const folders = new Set([
+    c.scripts, ...[...c.listeners, ...c.policyServices].map((l) => l.scripts ?? c.scripts),
+    ...c.listeners.flatMap((l) => (l.shadowScripts ? [l.shadowScripts] : [])),
+  ]);
   return { files: [...files].map((f) => resolve(f)).sort(), folders: [...folders].map((f) => resolve(f)).sort() };
 }
 

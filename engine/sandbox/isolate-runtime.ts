@@ -282,6 +282,8 @@ export function installRuntime(
       return hostHmac(algorithm as string, key as string, data as string);
     },
     lookup(table: unknown, key: unknown): string | null {
+      // A missing key (a fingerprint Postfix did not send) finds nothing; any other non-string is a mistake.
+      if (isString(table) && (key === null || key === undefined)) return null;
       if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
       const memoKey = `${(table as string).length}:${table as string}${key as string}`; // unambiguous for any strings
       const remembered = lookups[memoKey];

@@ -36,7 +36,7 @@ export function startShadowing(logger: Logger, isolates: () => number, onSettled
   return observeHookCalls((call) => {
     const sandbox = call.generation.shadowSandboxFor(call.listener);
     if (!sandbox || !call.listener) return;
-    const listener = call.listener.name;
+    const listener = call.listener.name ?? '';
     const live = verdictLabel(call.verdict);
     const settle = (result: ShadowResult, shadow: string | null): void => {
       metrics.shadowCalls.inc({ listener, hook: call.hook, result });

@@ -30,6 +30,7 @@ export function connectionInfo(session: SMTPServerSession, state: ConnectionStat
   const cipher = session.secure ? (session.tlsOptions as { name?: string; standardName?: string; version?: string } | false) : false;
   return {
     id: session.id,
+    source: 'smtp',
     remoteAddress: session.remoteAddress,
     remotePort: session.remotePort,
     localAddress: session.localAddress,

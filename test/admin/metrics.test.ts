@@ -75,9 +75,9 @@ test('counters move by what one TLS session with a client certificate, scripts a
 
   assert.equal(delta(start, end, 'postern_smtp_connections_total{listener="mx"}'), 1);
   assert.equal(delta(start, end, 'postern_tls_handshakes_total{listener="mx",protocol="TLSv1.3",client_certificate="verified"}'), 1);
-  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="reject",generation="' + s.runtime.generation.serial + '"}'), 1);
-  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="failed",generation="' + s.runtime.generation.serial + '"}'), 1);
-  assert.equal(delta(start, end, 'postern_script_failures_total{hook="rcptto",kind="error"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="reject",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="failed",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_failures_total{hook="rcptto",kind="error",source="smtp"}'), 1);
   assert.equal(delta(start, end, 'postern_script_call_duration_seconds_count{hook="rcptto"}'), 3);
   assert.equal(delta(start, end, 'postern_messages_accepted_total{listener="mx"}'), 1);
   assert.ok(delta(start, end, 'postern_message_bytes_total') > 20);

@@ -55,7 +55,7 @@ test('keys are read with their type, default and hints', () => {
   assert.match(key('sandbox.isolates').description, /^Isolates per scripts folder\./);
   assert.equal(key('listeners[].tls.mode').type, '`none` | `starttls` | `implicit`');
   assert.equal(key('listeners[].tls.caFiles').type, 'path[]');
-  assert.equal(key('listeners').default, '**required**');
+  assert.equal(key('listeners').default, '`[]` (then `policyServices` needs an entry)');
   assert.equal(key('users').default, '—');
   assert.ok(key('listeners[].limits.greetingDelayMs').default.startsWith('`0` when'));
   assert.equal(key('delivery.clientCertificates.<name>.key').type, 'path');

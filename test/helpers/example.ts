@@ -52,7 +52,7 @@ export async function copyExample(name: string, append: (pki: TestPki) => Promis
 
   const configPath = join(dir, 'postern.yaml');
   const doc = parseDocument(await readFile(configPath, 'utf8'));
-  const listeners = (doc.toJS() as { listeners: unknown[] }).listeners;
+  const listeners = (doc.toJS() as { listeners?: unknown[] }).listeners ?? []; // none: a policy-service-only example
   listeners.forEach((_, i) => doc.setIn(['listeners', i, 'listen'], '127.0.0.1:0'));
   doc.setIn(['delivery', 'enabled'], false);
   edit(doc); // what only the test can know, e.g. the address of the test's Redis

@@ -85,3 +85,36 @@ export interface PeerCertificate {
   /** The underlying OpenSSL error code, e.g. `CERT_HAS_EXPIRED`; `null` when verified. */
   verifyErrorCode: string | null;
 }
+
+/**
+ * A client certificate as Postfix describes it to a policy service (`ctx.connection.source` is
+ * `postfix-policy`): only what `ccert_subject`, `ccert_issuer`, `ccert_fingerprint` and
+ * `ccert_pubkey_fingerprint` carry. Postfix sends the certificate's fingerprints in one digest
+ * (`smtpd_tls_fingerprint_digest`, named by the service's `fingerprintDigest`): the others are null, and
+ * `pin` is filled only with sha256. Fields Postfix never sends (SANs, dates, serial, key, PEM) are null.
+ */
+export interface PostfixClientCertificate {
+  /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
+  subject: DistinguishedName;
+  /** The issuer's CN, likewise. */
+  issuer: DistinguishedName;
+  san: null;
+  serial: null;
+  notBefore: null;
+  notAfter: null;
+  keyType: null;
+  keyBits: null;
+  fingerprint: { [K in keyof Fingerprints]: string | null };
+  pin: { [K in keyof PublicKeyPin]: string | null };
+  /** The digest Postfix used. */
+  digest: 'sha256' | 'sha1' | 'md5';
+  /** `ccert_pubkey_fingerprint` as Postfix sent it (colon hex in `digest`), or null. */
+  publicKeyFingerprint: string | null;
+  pem: null;
+  /** Postfix verified the chain against its own CA files (it sent the subject and issuer). */
+  verified: boolean;
+  /** `invalid` when Postfix did not verify it (Postfix does not say why); null when verified. */
+  verifyError: ChainFailureReason | null;
+  /** `POSTFIX_NOT_VERIFIED`, or null when verified. */
+  verifyErrorCode: string | null;
+}

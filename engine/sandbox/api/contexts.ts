@@ -6,15 +6,38 @@
 import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from './session.ts';
 import type { ChainFailureReason } from './certificate.ts';
 
+/**
+ * A Postfix policy request (SMTPD_POLICY_README), as received: present in the context only when
+ * `connection.source` is `postfix-policy`.
+ */
+export interface PostfixPolicyRequest {
+  /** Every `name=value` attribute of the request, the ones Postern maps and the unknown ones alike. */
+  attributes: Record<string, string>;
+  /** `CONNECT`, `EHLO`, `HELO`, `MAIL`, `RCPT`, `DATA` or `END-OF-MESSAGE`. */
+  protocolState: string;
+  /** Postfix's id of the message transaction (`instance`): the same for every request of one message. */
+  instance: string | null;
+  /** Postfix's queue id, once it has one. */
+  queueId: string | null;
+  /** The client's verified host name (`client_name`), or null when `unknown`. */
+  clientName: string | null;
+  /** The client's PTR name (`reverse_client_name`), or null when `unknown`. */
+  reverseClientName: string | null;
+}
+
 /** connect: a client connected (after the TLS handshake on implicit-TLS listeners). Default: accept. */
 export interface ConnectContext {
   connection: ConnectionInfo;
+  /** Only from a Postfix policy service. */
+  postfix?: PostfixPolicyRequest;
 }
 
 /** helo: HELO/EHLO received. Default: accept. */
 export interface HeloContext {
   connection: ConnectionInfo;
   helo: { name: string; command: 'HELO' | 'EHLO' };
+  /** Only from a Postfix policy service. */
+  postfix?: PostfixPolicyRequest;
 }
 
 /** The built-in AUTH rule's decision, so a script can extend rather than replace it. */
@@ -55,6 +78,8 @@ export interface MailFromContext {
   transaction: TransactionInfo;
   address: EnvelopeAddress;
   builtin: BuiltinSenderDecision;
+  /** Only from a Postfix policy service. */
+  postfix?: PostfixPolicyRequest;
 }
 
 /** The built-in relay rule's decision for this recipient. */
@@ -70,6 +95,8 @@ export interface RcptToContext {
   transaction: TransactionInfo;
   address: EnvelopeAddress;
   builtin: BuiltinRelayDecision;
+  /** Only from a Postfix policy service. */
+  postfix?: PostfixPolicyRequest;
 }
 
 /** data: the whole message has arrived (end of DATA), before it is spooled. Default: accept. */
@@ -84,6 +111,8 @@ export interface DataContext {
   };
   /** The message's body, read only when asked (a script that does not ask costs no copy). */
   message: MessageBody;
+  /** Only from a Postfix policy service. */
+  postfix?: PostfixPolicyRequest;
 }
 
 /** The body of the message at end of DATA (everything after the header section's empty line). */

@@ -29,8 +29,11 @@ export interface PosternHelpers {
   md5(data: string): string;
   /** Hex HMAC of `data` with `key`. */
   hmac(algorithm: 'sha1' | 'sha256' | 'sha512' | 'md5', key: string, data: string): string;
-  /** Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null. */
-  lookup(table: string, key: string): string | null;
+  /**
+   * Value for `key` in the lookup table `table` (declared under `tables` in the configuration), or null.
+   * A null or undefined key (a fingerprint Postfix did not send) finds nothing.
+   */
+  lookup(table: string, key: string | null | undefined): string | null;
   /**
    * Count one call of `key` when fewer than `limit` were counted in its window (a fixed window of
    * `windowSeconds` that opens with the first counted call). Kept in the configured store (memory or Redis),

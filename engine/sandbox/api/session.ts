@@ -1,5 +1,5 @@
 /** Connection and transaction facts, as copied into each hook's context. */
-import type { PeerCertificate } from './certificate.ts';
+import type { PeerCertificate, PostfixClientCertificate } from './certificate.ts';
 
 export interface TlsInfo {
   /** e.g. `TLSv1.3`. */
@@ -34,8 +34,17 @@ export interface ConnectionInfo {
   auth: AuthInfo | null;
   /** Set once TLS is up. */
   tls: TlsInfo | null;
-  /** The client's certificate, when one was presented. */
-  clientCertificate: PeerCertificate | null;
+  /**
+   * Where these facts come from: `smtp`, a client of Postern's own listener; `postfix-policy`, a
+   * Postfix `check_policy_service` request (policyServices), where `listener` is the service's name,
+   * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
+   */
+  source: 'smtp' | 'postfix-policy';
+  /**
+   * The client's certificate, when one was presented. From a Postfix policy request it is a
+   * PostfixClientCertificate: only subject and issuer CN, one digest of fingerprints, the rest null.
+   */
+  clientCertificate: PeerCertificate | PostfixClientCertificate | null;
   /**
    * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
    * verified certificate, or a pin table), or `null`.

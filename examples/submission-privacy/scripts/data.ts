@@ -10,7 +10,7 @@ export default function data(ctx: DataContext): Verdict {
   const identity = ctx.connection.certificateIdentity ?? "unknown";
   const edits: HeaderEdit[] = PRIVATE_FIELDS.map((name) => ({ op: "remove", name }));
   edits.push(
-    { op: "set", name: "X-Postern-Client-Cert", value: cert.fingerprint.sha256 },
+    { op: "set", name: "X-Postern-Client-Cert", value: cert.fingerprint.sha256 ?? "unknown" }, // null only from a Postfix policy service
     // A client's own claim of our results must not survive next to ours.
     { op: "remove", name: "Authentication-Results" },
     { op: "add", name: "Authentication-Results", value: `submit.example.com; auth=pass (TLS client certificate) smtp.auth=${identity}` },

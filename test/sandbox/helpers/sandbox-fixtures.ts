@@ -48,7 +48,7 @@ export function authContext(): AuthContext {
   });
   return {
     connection: {
-      id: 'c-7f3a9d2e', remoteAddress: '192.0.2.44', remotePort: 51234, localAddress: '198.51.100.7', localPort: 587,
+      id: 'c-7f3a9d2e', source: 'smtp', remoteAddress: '192.0.2.44', remotePort: 51234, localAddress: '198.51.100.7', localPort: 587,
       listener: 'submission', helo: 'laptop.example.com', auth: null,
       tls: { protocol: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384', sni: 'mail.example.com', mode: 'starttls' },
       clientCertificate: {

@@ -1,0 +1,48 @@
+/**
+ * Verdict → access(5) action, the answer Postfix applies: accept is DUNNO (the next restriction decides)
+ * or OK (authoritative service); reject is `<code> <enhanced> <text>`; defer is `DEFER_IF_PERMIT <text>`
+ * or the verdict's own 4xx; a failed script is the service's failureAction. Codes and default texts
+ * come from the same verdict table as the SMTP listeners' replies (engine/smtp/verdict-replies.ts).
+ */
+import type { BuiltinRelayDecision, HookName, Verdict } from '../sandbox/api/index.ts';
+import type { PolicyServiceConfig } from '../config/schema.ts';
+import { FAIL_CLOSED } from '../policy/verdict.ts';
+import { verdictReply } from '../smtp/verdict-replies.ts';
+import { reply } from '../smtp/replies.ts';
+import type { SmtpReply } from '../smtp/reply.ts';
+
+/** The answer to a request Postern cannot read (SMTPD_POLICY_README's own wording). */
+export const MALFORMED_ACTION = 'DEFER_IF_PERMIT Service temporarily unavailable';
+
+/** For the metric and the log: what the answer does. */
+export type ActionKind = 'dunno' | 'ok' | 'reject' | 'defer' | 'failure' | 'malformed';
+
+export interface PolicyAction {
+  action: string;
+  kind: ActionKind;
+}
+
+/** No decision: Postfix's next restriction decides (also the answer to a state without a hook: VRFY, ETRN). */
+export const DUNNO: PolicyAction = Object.freeze({ action: 'DUNNO', kind: 'dunno' });
+const OK: PolicyAction = Object.freeze({ action: 'OK', kind: 'ok' });
+
+const replyAction = (r: SmtpReply): string => `${r.responseCode} ${r.enhanced} ${r.text}`;
+
+/**
+ * The action for `verdict` (undefined: the script gave none, or there is no script). Without a verdict the
+ * built-in relay rule decides at RCPT when the service enforces it; otherwise Postfix's next restriction does.
+ */
+export function policyAction(
+  service: PolicyServiceConfig, hook: HookName, verdict: Verdict | undefined, builtin: BuiltinRelayDecision | null, recipient = '',
+): PolicyAction {
+  const accepted = service.authoritative ? OK : DUNNO;
+  if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure' };
+  if (verdict === undefined) {
+    if (!(service.relayRule && builtin)) return DUNNO;
+    return builtin.accepted ? accepted : { action: replyAction(reply('relayDenied', { rcpt: recipient })), kind: 'reject' };
+  }
+  if (verdict.verdict === 'accept') return accepted;
+  const r = verdictReply(hook, verdict)!;
+  if (verdict.verdict === 'reject') return { action: replyAction(r), kind: 'reject' };
+  return { action: service.deferAction === 'reply' ? replyAction(r) : `DEFER_IF_PERMIT ${r.text}`, kind: 'defer' };
+}

@@ -1,0 +1,72 @@
+/**
+ * Binding a policy service's socket: TCP `address:port`, or a unix socket with the mode and owner that
+ * Postfix's chroot `private/` directory needs. Used by whichever process owns the listening sockets
+ * (the supervisor under `postern serve`, else the single process).
+ */
+import net from 'node:net';
+import { chmod, chown, lstat, readFile, unlink } from 'node:fs/promises';
+import type { PolicyServiceConfig } from '../config/schema.ts';
+
+/** A bound service: how to show its address, and how to close it. */
+export interface BoundPolicyService {
+  server: net.Server;
+  /** `127.0.0.1:10040` or `unix:/path`. */
+  address: string;
+  port: number;
+}
+
+export async function listenPolicyService(service: PolicyServiceConfig, server: net.Server): Promise<BoundPolicyService> {
+  const fail = (err: Error): Error => new Error(`policy service ${service.name}: cannot listen on ${service.listen}: ${err.message}`);
+  if (service.listen.startsWith('unix:')) {
+    const path = service.listen.slice(5);
+    await removeStaleSocket(path).catch((err: Error) => { throw fail(err); });
+    await bind(server, (cb) => server.listen(path, cb)).catch((err: Error) => { throw fail(err); });
+    await chmod(path, parseInt(service.socket.mode, 8));
+    if (service.socket.owner || service.socket.group) {
+      await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: Error) => { throw fail(err); });
+    }
+    return { server, address: `unix:${path}`, port: 0 };
+  }
+  const sep = service.listen.lastIndexOf(':');
+  const host = service.listen.slice(0, sep).replace(/^\[|\]$/g, '');
+  await bind(server, (cb) => server.listen(Number(service.listen.slice(sep + 1)), host, cb)).catch((err: Error) => { throw fail(err); });
+  const a = server.address() as net.AddressInfo;
+  return { server, address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`, port: a.port };
+}
+
+function bind(server: net.Server, listen: (cb: () => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    listen(() => { server.off('error', reject); resolve(); });
+  });
+}
+
+/** A socket file left by a previous run is removed; anything else at that path is an error, never deleted. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => null);
+  if (!st) return;
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket`);
+  // Only if nothing answers there: a second server on the same path must not steal it.
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path, () => { probe.destroy(); resolve(true); });
+    probe.on('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`another process is listening on ${path}`);
+  await unlink(path);
+}
+
+/** -1 leaves the owner (or group) as it is. */
+async function userId(name: string | undefined): Promise<number> {
+  return name === undefined ? -1 : idFrom('/etc/passwd', name, 'user');
+}
+async function groupId(name: string | undefined): Promise<number> {
+  return name === undefined ? -1 : idFrom('/etc/group', name, 'group');
+}
+
+async function idFrom(file: string, name: string, what: string): Promise<number> {
+  if (/^\d+$/.test(name)) return Number(name);
+  const line = (await readFile(file, 'utf8')).split('\n').find((l) => l.split(':')[0] === name);
+  const id = line?.split(':')[2];
+  if (id === undefined) throw new Error(`no ${what} named ${name} in ${file}`);
+  return Number(id);
+}

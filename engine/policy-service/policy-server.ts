@@ -1,0 +1,152 @@
+/**
+ * One policy service: serves the connections of Postfix's smtpd processes (each keeps one open and asks
+ * one request at a time; requests of many connections run at once). A request is decided with the
+ * current generation's scripts, tables and service settings (hot reload), through the same sandbox call
+ * path as the SMTP listeners (run-hook.ts). Nothing a client sends can stop the service: a malformed
+ * request is answered MALFORMED_ACTION, a broken limit ends that connection after the failure action.
+ */
+import type { Socket } from 'node:net';
+import type { PolicyServiceConfig } from '../config/schema.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { Verdict } from '../sandbox/api/index.ts';
+import { runHook } from '../policy/run-hook.ts';
+import { metrics } from '../metrics/metrics.ts';
+import { RequestReader, formatAnswer, type PolicyRequest } from './protocol.ts';
+import { FactsMemo, requestContext } from './request-context.ts';
+import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
+
+/** Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a time). */
+const MAX_QUEUED = 32;
+
+export interface PolicyRuntime {
+  /** The generation new requests take (swapped on reload). */
+  readonly generation: PolicyGeneration;
+  readonly logger: Logger;
+}
+
+let nextConnection = 0;
+
+export class PolicyServer {
+  readonly name: string;
+  readonly #runtime: PolicyRuntime;
+  /** The settings the service was started with: its socket, and the fallback if a reload drops the entry. */
+  readonly #started: PolicyServiceConfig;
+  readonly #sockets = new Set<Socket>();
+
+  constructor(runtime: PolicyRuntime, service: PolicyServiceConfig) {
+    this.name = service.name;
+    this.#runtime = runtime;
+    this.#started = service;
+  }
+
+  get connections(): number { return this.#sockets.size; }
+
+  /** The settings in force: the current generation's entry of this name. */
+  #service(generation: PolicyGeneration): PolicyServiceConfig {
+    return generation.config.policyServices.find((s) => s.name === this.name) ?? this.#started;
+  }
+
+  /** Serve one accepted connection (from this process's listener, or handed over by the supervisor). */
+  handle(socket: Socket): void {
+    const service = this.#service(this.#runtime.generation);
+    const log = this.#runtime.logger;
+    const cid = `P${process.pid.toString(36)}${(nextConnection++).toString(36)}`;
+    if (this.#sockets.size >= service.limits.maxConnections) {
+      log.warn({ service: this.name, cid, limit: service.limits.maxConnections }, 'policy service: too many connections, closed');
+      socket.destroy();
+      return;
+    }
+    this.#sockets.add(socket);
+    metrics.policyConnections.inc({ service: this.name });
+    socket.on('close', () => this.#sockets.delete(socket));
+    socket.on('error', (err) => log.info({ service: this.name, cid, err: { message: err.message } }, 'policy connection error'));
+    socket.setEncoding('utf8');
+    socket.setNoDelay(true);
+    socket.setTimeout(service.limits.idleTimeoutMs, () => {
+      log.info({ service: this.name, cid }, 'policy connection idle: closed');
+      socket.destroy();
+    });
+    const reader = new RequestReader(service.limits);
+    const memo = new FactsMemo();
+    let chain: Promise<void> = Promise.resolve();
+    let queued = 0;
+    const answer = (request: PolicyRequest): void => {
+      if (++queued >= MAX_QUEUED) socket.pause();
+      chain = chain.then(async () => {
+        const { action } = await this.#decide(request, cid, memo);
+        if (!socket.destroyed) socket.write(formatAnswer(action));
+        if (--queued < MAX_QUEUED && !socket.destroyed) socket.resume();
+      });
+    };
+    socket.on('data', (chunk: string) => {
+      const { requests, fatal } = reader.push(chunk);
+      for (const r of requests) answer(r);
+      if (fatal) {
+        socket.pause();
+        chain = chain.then(() => {
+          const current = this.#service(this.#runtime.generation);
+          log.error({ service: this.name, cid, err: fatal }, `policy request refused: ${fatal}; connection closed`);
+          metrics.policyRequests.inc({ service: this.name, state: 'unknown', action: 'malformed' });
+          if (!socket.destroyed) socket.end(formatAnswer(current.failureAction));
+        });
+      }
+    });
+    socket.on('end', () => {
+      if (reader.incomplete) log.info({ service: this.name, cid }, 'policy connection closed in the middle of a request');
+      void chain.then(() => socket.end());
+    });
+    socket.resume();
+  }
+
+  /** The answer to one request; never throws (an internal error answers the failure action). */
+  async #decide(request: PolicyRequest, cid: string, memo: FactsMemo): Promise<PolicyAction> {
+    const generation = this.#runtime.generation.acquire();
+    const service = this.#service(generation);
+    const log = this.#runtime.logger;
+    const state = (request.attributes.protocol_state ?? 'unknown').toUpperCase();
+    let result: PolicyAction;
+    try {
+      if (request.malformed) {
+        log.error({ service: this.name, cid, err: request.malformed }, `malformed policy request: ${request.malformed}`);
+        result = { action: MALFORMED_ACTION, kind: 'malformed' };
+      } else {
+        const rc = requestContext(request.attributes, service, generation, memo);
+        if (!rc) {
+          result = DUNNO;
+        } else {
+          const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
+          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '');
+        }
+      }
+    } catch (err) {
+      log.error({ service: this.name, cid, err }, 'policy service: internal error');
+      result = { action: service.failureAction, kind: 'failure' };
+    } finally {
+      generation.release();
+    }
+    this.#counted(state, result.kind);
+    const a = request.attributes;
+    const fields = {
+      service: this.name, cid, state, client: a.client_address, sender: a.sender, recipient: a.recipient,
+      queueId: a.queue_id, ccert: a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined, action: result.action,
+    };
+    if (result.kind === 'dunno' || result.kind === 'ok') log.debug(fields, 'policy answer');
+    else log.info(fields, 'policy answer');
+    return result;
+  }
+
+  /** prom-client hashes the labels on every inc(): keep one labelled child per (state, action). */
+  readonly #counters = new Map<string, { inc(): void }>();
+  #counted(state: string, kind: string): void {
+    const key = `${state} ${kind}`;
+    let counter = this.#counters.get(key);
+    if (!counter) this.#counters.set(key, counter = metrics.policyRequests.labels(this.name, state.slice(0, 20), kind));
+    counter.inc();
+  }
+
+  /** Close every connection (the listening socket is its owner's). */
+  close(): void {
+    for (const s of this.#sockets) s.destroy();
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The client certificate as a Postfix policy request describes it (ccert_subject, ccert_issuer,
+ * ccert_fingerprint, ccert_pubkey_fingerprint), and the account it names under a service's
+ * `certificateIdentity`. Postfix sends the subject and issuer CN only for a certificate it verified
+ * (smtpd_check.c: nothing for an untrusted one), so their presence is the chain verdict.
+ */
+import type { DistinguishedName, PostfixClientCertificate } from '../sandbox/api/index.ts';
+import type { PolicyServiceConfig } from '../config/schema.ts';
+import type { LookupTable } from '../policy/lookup-tables.ts';
+import { parseSenderList } from '../policy/sender-logins.ts';
+import { colonHex, normalizeFingerprint } from '../certificates/index.ts';
+
+type Digest = PolicyServiceConfig['fingerprintDigest'];
+
+const NO_NAME: DistinguishedName = Object.freeze({ dn: '', attributes: [] }) as DistinguishedName;
+
+function commonName(cn: string): DistinguishedName {
+  if (!cn) return NO_NAME;
+  // RFC 4514 escaping of the characters that would change the DN's structure.
+  const escaped = cn.replace(/([,+"\\<>;=])/g, '\\$1').replace(/^([ #])/, '\\$1').replace(/ $/, '\\ ');
+  return { dn: `CN=${escaped}`, CN: cn, attributes: [['CN', cn]] };
+}
+
+/** Lowercase hex of a Postfix colon-hex digest of the expected length, or null. */
+function digestHex(text: string | undefined, digest: Digest): string | null {
+  if (!text) return null;
+  const n = normalizeFingerprint(text);
+  const bytes = digest === 'sha256' ? 32 : digest === 'sha1' ? 20 : 16;
+  return n && n.length === bytes ? n.hex : null;
+}
+
+export function postfixCertificate(attrs: Record<string, string>, digest: Digest): PostfixClientCertificate | null {
+  const fp = digestHex(attrs.ccert_fingerprint, digest);
+  const pk = digestHex(attrs.ccert_pubkey_fingerprint, digest);
+  if (!fp && !pk) return null;
+  const subject = commonName(attrs.ccert_subject ?? '');
+  const issuer = commonName(attrs.ccert_issuer ?? '');
+  const verified = subject !== NO_NAME || issuer !== NO_NAME;
+  const one = (d: Digest) => (d === digest ? fp : null);
+  const colon = (h: string | null) => (h ? colonHex(h) : null);
+  const pin = digest === 'sha256' && pk ? Buffer.from(pk, 'hex') : null;
+  return {
+    subject, issuer, san: null, serial: null, notBefore: null, notAfter: null, keyType: null, keyBits: null,
+    fingerprint: {
+      sha1: one('sha1'), sha256: one('sha256'), md5: one('md5'),
+      sha1Colon: colon(one('sha1')), sha256Colon: colon(one('sha256')), md5Colon: colon(one('md5')),
+    },
+    pin: {
+      sha256: pin ? pk : null, sha256Colon: pin ? colonHex(pk!) : null,
+      sha256Base64: pin ? pin.toString('base64') : null, sha256Base64Url: pin ? pin.toString('base64url') : null,
+    },
+    digest,
+    publicKeyFingerprint: pk ? colonHex(pk) : null,
+    pem: null,
+    verified,
+    verifyError: verified ? null : 'invalid',
+    verifyErrorCode: verified ? null : 'POSTFIX_NOT_VERIFIED',
+  };
+}
+
+/** The account the certificate speaks for: a pin (any chain verdict) first, then the CN of a verified one. */
+export function postfixCertificateIdentity(service: PolicyServiceConfig, cert: PostfixClientCertificate | null, pins: LookupTable | undefined): string | null {
+  if (!cert) return null;
+  const [account] = parseSenderList((cert.pin.sha256 && pins?.get(cert.pin.sha256)) || '');
+  if (account) return account;
+  if (service.certificateIdentity.field === 'CN' && cert.verified && cert.subject.CN) return cert.subject.CN.toLowerCase();
+  return null;
+}
+
+/** permit_tls_clientcerts: the public-key fingerprint, then the certificate's, is a key of the table. */
+export function listedForRelay(cert: PostfixClientCertificate | null, table: LookupTable | undefined): boolean {
+  if (!cert || !table) return false;
+  return [cert.publicKeyFingerprint, cert.fingerprint.sha256 ?? cert.fingerprint.sha1 ?? cert.fingerprint.md5]
+    .some((fp) => fp !== null && table.get(fp) !== null);
+}

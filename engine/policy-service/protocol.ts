@@ -1,0 +1,103 @@
+/**
+ * The Postfix policy delegation protocol (SMTPD_POLICY_README): a request is `name=value` lines up to an
+ * empty line; the answer is `action=<access(5) action>` and an empty line. Several requests may follow
+ * one another on a connection (also before the previous answer, which a reader must tolerate). This
+ * module only splits text into requests and formats answers; what a request means is request-context.ts's.
+ */
+
+export interface RequestLimits {
+  /** Longest line (attribute) accepted, in characters. */
+  maxLineBytes: number;
+  /** Most attributes in one request. */
+  maxAttributes: number;
+}
+
+export interface PolicyRequest {
+  /** Every attribute, last one wins on a repeated name. */
+  attributes: Record<string, string>;
+  /** Why the request cannot be decided (a line without `=`, no `request=smtpd_access_policy`), or null. */
+  malformed: string | null;
+}
+
+/** What a chunk of input completed: whole requests, and possibly a fault that ends the connection. */
+export interface ReadResult {
+  requests: PolicyRequest[];
+  /** The input broke a limit: answer what came before, then the failure action, then close. */
+  fatal: string | null;
+}
+
+/** Splits the text of one connection into requests, chunk by chunk (the socket's utf8 decoding keeps characters whole). */
+export class RequestReader {
+  readonly #limits: RequestLimits;
+  #pending = '';
+  #attributes: Record<string, string> = Object.create(null) as Record<string, string>;
+  #count = 0;
+  #malformed: string | null = null;
+  #failed = false;
+
+  constructor(limits: RequestLimits) {
+    this.#limits = limits;
+  }
+
+  push(chunk: string): ReadResult {
+    const requests: PolicyRequest[] = [];
+    if (this.#failed) return { requests, fatal: null };
+    let text = this.#pending + chunk;
+    let start = 0;
+    for (let nl = text.indexOf('\n', start); nl >= 0; nl = text.indexOf('\n', start)) {
+      const end = nl > start && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl; // tolerate CRLF
+      if (end - start > this.#limits.maxLineBytes) return this.#fail(requests, `line longer than ${this.#limits.maxLineBytes} characters`);
+      const fatal = this.#line(text.slice(start, end), requests);
+      if (fatal) return this.#fail(requests, fatal);
+      start = nl + 1;
+    }
+    text = text.slice(start);
+    if (text.length > this.#limits.maxLineBytes) return this.#fail(requests, `line longer than ${this.#limits.maxLineBytes} characters`);
+    this.#pending = text;
+    return { requests, fatal: null };
+  }
+
+  /** Input ended in the middle of a request (the peer closed). */
+  get incomplete(): boolean { return this.#count > 0 || this.#pending.length > 0 || this.#malformed !== null; }
+
+  #line(line: string, requests: PolicyRequest[]): string | null {
+    if (line === '') {
+      if (this.#count === 0 && this.#malformed === null) return null; // stray empty line between requests
+      requests.push(this.#finish());
+      return null;
+    }
+    if (++this.#count > this.#limits.maxAttributes) return `more than ${this.#limits.maxAttributes} attributes in one request`;
+    const eq = line.indexOf('=');
+    if (eq <= 0) {
+      this.#malformed ??= `not a name=value line: ${JSON.stringify(line.slice(0, 80))}`;
+      return null;
+    }
+    this.#attributes[line.slice(0, eq)] = line.slice(eq + 1);
+    return null;
+  }
+
+  #finish(): PolicyRequest {
+    const attributes = this.#attributes;
+    let malformed = this.#malformed;
+    if (!malformed && attributes.request !== 'smtpd_access_policy') {
+      malformed = attributes.request === undefined ? 'no request= attribute' : `unknown request type ${JSON.stringify(attributes.request.slice(0, 80))}`;
+    }
+    this.#attributes = Object.create(null) as Record<string, string>;
+    this.#count = 0;
+    this.#malformed = null;
+    return { attributes, malformed };
+  }
+
+  #fail(requests: PolicyRequest[], why: string): ReadResult {
+    this.#failed = true;
+    this.#pending = '';
+    return { requests, fatal: why };
+  }
+}
+
+/** The answer to one request: `action=…` and the empty line that ends it. */
+export function formatAnswer(action: string): string {
+  // An action is one line: a script's text must not split it (answer splitting).
+  // eslint-disable-next-line no-control-regex
+  return `action=${action.replace(/[\x00-\x1f\x7f]+/g, ' ')}\n\n`;
+}

@@ -1,0 +1,149 @@
+/**
+ * A Postfix policy request as the context of one of Postern's hooks: `protocol_state` names the hook, the
+ * client attributes become `ctx.connection` (source `postfix-policy`), the envelope attributes the
+ * address and transaction, and every attribute stays readable as `ctx.postfix.attributes`.
+ */
+import type {
+  BuiltinRelayDecision, ConnectionInfo, EnvelopeAddress, HookName, PostfixClientCertificate, PostfixPolicyRequest,
+} from '../sandbox/api/index.ts';
+import type { PolicyServiceConfig } from '../config/schema.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import { builtinRelay } from '../policy/builtin-rules.ts';
+import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';
+
+/** Postfix's protocol_state → the hook that decides it. Other states (VRFY, ETRN) have none: DUNNO. */
+const HOOK_OF_STATE: Readonly<Record<string, HookName>> = {
+  CONNECT: 'connect', EHLO: 'helo', HELO: 'helo', MAIL: 'mailfrom', RCPT: 'rcptto', DATA: 'data', 'END-OF-MESSAGE': 'data',
+};
+
+export function hookOfState(state: string | undefined): HookName | null {
+  return (state && HOOK_OF_STATE[state.toUpperCase()]) || null;
+}
+
+export interface RequestContext {
+  hook: HookName;
+  ctx: Record<string, unknown> & { connection: ConnectionInfo };
+  /** The sandbox's key for `ctx.connection` (changes with every field of it). */
+  key: string;
+  /** The built-in relay rule's decision (rcptto only). */
+  builtin: BuiltinRelayDecision | null;
+}
+
+const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);
+
+function envelopeAddress(address: string): EnvelopeAddress {
+  const at = address.lastIndexOf('@');
+  return {
+    address,
+    localPart: at < 0 ? address : address.slice(0, at),
+    domain: at < 0 ? '' : address.slice(at + 1).toLowerCase(),
+    params: {},
+  };
+}
+
+/** The connection facts of a request: Postfix's client, its SMTP server side and its TLS. */
+export function connectionFacts(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): ConnectionInfo {
+  const cert: PostfixClientCertificate | null = postfixCertificate(a, service.fingerprintDigest);
+  const pins = service.certificateIdentity.pins ? generation.tables.get(service.certificateIdentity.pins) : undefined;
+  const remotePort = Number(a.client_port) || 0;
+  return {
+    id: `${service.name}:${a.client_address ?? ''}:${remotePort}`,
+    source: 'postfix-policy',
+    remoteAddress: a.client_address ?? '',
+    remotePort,
+    localAddress: a.server_address ?? '',
+    localPort: Number(a.server_port) || 0,
+    listener: service.name,
+    helo: a.helo_name || null,
+    auth: a.sasl_username ? { username: a.sasl_username, mechanism: (a.sasl_method || 'UNKNOWN').toUpperCase() } : null,
+    tls: a.encryption_protocol ? {
+      protocol: a.encryption_protocol, cipher: a.encryption_cipher ?? '', sni: a.tls_sni || null,
+      mode: 'starttls', // Postfix does not say whether its smtpd runs in wrapper mode
+    } : null,
+    clientCertificate: cert,
+    certificateIdentity: postfixCertificateIdentity(service, cert, pins),
+  };
+}
+
+/** Every field of the facts: the sandbox sends them again whenever one differs. */
+function factsKey(c: ConnectionInfo): string {
+  const cert = c.clientCertificate as PostfixClientCertificate | null;
+  return [
+    c.id, c.localAddress, c.localPort, c.helo ?? '', c.auth ? `${c.auth.mechanism}:${c.auth.username}` : '',
+    c.tls ? `${c.tls.protocol}/${c.tls.cipher}/${c.tls.sni ?? ''}` : '',
+    cert ? `${cert.fingerprint.sha256 ?? cert.fingerprint.sha1 ?? cert.fingerprint.md5}/${cert.publicKeyFingerprint}/${cert.subject.dn}/${cert.issuer.dn}` : '',
+    c.certificateIdentity ?? '',
+  ].join('\n');
+}
+
+/** The attributes the connection facts are made of. */
+const FACT_ATTRIBUTES = [
+  'client_address', 'client_port', 'server_address', 'server_port', 'helo_name', 'sasl_username', 'sasl_method', 'encryption_protocol',
+  'encryption_cipher', 'tls_sni', 'ccert_subject', 'ccert_issuer', 'ccert_fingerprint', 'ccert_pubkey_fingerprint',
+] as const;
+
+/**
+ * The last connection facts of one policy connection: Postfix asks MAIL, RCPT (once per recipient) and DATA
+ * of one SMTP session in a row on the same connection, with the same client attributes, so the facts (and the
+ * sandbox's key for them) are built once per session rather than per request.
+ */
+export class FactsMemo {
+  #generation: PolicyGeneration | null = null;
+  #service: PolicyServiceConfig | null = null;
+  #values: string[] = [];
+  #facts: { connection: ConnectionInfo; key: string } | null = null;
+
+  get(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): { connection: ConnectionInfo; key: string } {
+    const values = FACT_ATTRIBUTES.map((n) => a[n] ?? '');
+    if (this.#facts && generation === this.#generation && service === this.#service && values.every((v, i) => v === this.#values[i])) return this.#facts;
+    const connection = Object.freeze(connectionFacts(a, service, generation));
+    this.#facts = { connection, key: factsKey(connection) };
+    this.#generation = generation;
+    this.#service = service;
+    this.#values = values;
+    return this.#facts;
+  }
+}
+
+/** The hook and context of a well-formed request, or null when its protocol_state has no hook. */
+export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo()): RequestContext | null {
+  const state = (a.protocol_state ?? '').toUpperCase();
+  const hook = hookOfState(state);
+  if (!hook) return null;
+  const { connection, key } = memo.get(a, service, generation);
+  const postfix: PostfixPolicyRequest = {
+    attributes: { ...a }, protocolState: state, instance: a.instance || null, queueId: a.queue_id || null,
+    clientName: known(a.client_name), reverseClientName: known(a.reverse_client_name),
+  };
+  const sender = a.sender !== undefined && hook !== 'connect' && hook !== 'helo' ? envelopeAddress(a.sender) : null;
+  const transaction = {
+    id: a.queue_id ?? '',
+    sender,
+    // Postfix names the recipient at DATA only when there is exactly one.
+    recipients: hook === 'data' && a.recipient ? [envelopeAddress(a.recipient)] : [],
+  };
+  let ctx: RequestContext['ctx'];
+  let builtin: BuiltinRelayDecision | null = null;
+  switch (hook) {
+    case 'connect': ctx = { connection, postfix }; break;
+    case 'helo': ctx = { connection, postfix, helo: { name: a.helo_name ?? '', command: state === 'HELO' ? 'HELO' : 'EHLO' } }; break;
+    case 'mailfrom':
+      // Sender binding is Postfix's (smtpd_sender_login_maps): nothing to enforce here.
+      ctx = { connection, postfix, transaction, address: envelopeAddress(a.sender ?? ''), builtin: { accepted: true, reason: 'not-enforced' } };
+      break;
+    case 'rcptto': {
+      const address = envelopeAddress(a.recipient ?? '');
+      const cert = connection.clientCertificate as PostfixClientCertificate | null;
+      const relayTable = service.relayClientCertificatesTable ? generation.tables.get(service.relayClientCertificatesTable) : undefined;
+      builtin = builtinRelay(address.domain, {
+        localDomains: generation.localDomains,
+        authenticated: connection.auth !== null,
+        trustedCertificateMayRelay: (service.relayClientCertificates && !!cert?.verified) || listedForRelay(cert, relayTable),
+      });
+      ctx = { connection, postfix, transaction, address, builtin };
+      break;
+    }
+    default: ctx = { connection, postfix, transaction, data: { size: Number(a.size) || 0, headers: [] } };
+  }
+  return { hook, ctx, key, builtin };
+}

@@ -1,0 +1,70 @@
+// Policy services under `postern serve`, with no SMTP listener at all: the supervisor owns the TCP and unix sockets and hands the
+// connections to the workers; a script edit is picked up by the next request (hot reload); `postern status`
+// lists the services; a worker killed mid-connection is replaced and new connections are served.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startCluster, workerPid, type ClusterProcess } from '../cluster/helpers.ts';
+import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+let c: ClusterProcess;
+
+before(async () => {
+  c = await startCluster({
+    config: `
+workers: 2
+localDomains: [example.org]
+policyServices:
+  - { name: postfix, listen: '127.0.0.1:{PORT:policy}' }
+  - { name: chroot, listen: 'unix:./data/policy.sock', authoritative: true }
+`,
+    scripts: { 'rcptto.ts': `export default (ctx) => ctx.builtin.accepted ? accept() : reject('first version: ' + ctx.connection.source);` },
+  });
+});
+after(() => c?.stop());
+
+test('requests over TCP and the unix socket are answered by the workers', async () => {
+  const clients = await Promise.all(Array.from({ length: 8 }, () => PolicyClient.connect({ port: c.port('policy') })));
+  for (const [i, client] of clients.entries()) {
+    assert.equal(await client.ask(rcptRequest({ client_port: 1000 + i })), 'action=550 5.7.1 first version: postfix-policy');
+    assert.equal(await client.ask(rcptRequest({ recipient: 'x@example.org' })), 'action=DUNNO');
+  }
+  for (const client of clients) client.close();
+  const u = await PolicyClient.connect({ path: join(c.dataDir, 'policy.sock') });
+  assert.equal(await u.ask(rcptRequest({ recipient: 'x@example.org' })), 'action=OK');
+  u.close();
+  // Which processes answered: the connection ids name the worker's pid.
+  const pids = new Set(c.logs.filter((l) => l.msg === 'policy answer').map((l) => l.pid));
+  assert.ok(pids.size >= 1 && !pids.has(c.proc.pid), 'answered in worker processes, not the supervisor');
+});
+
+test('a script edit applies to the next request on an open connection', async () => {
+  const client = await PolicyClient.connect({ port: c.port('policy') });
+  assert.equal(await client.ask(rcptRequest()), 'action=550 5.7.1 first version: postfix-policy');
+  await writeFile(join(c.dir, 'scripts', 'rcptto.ts'), `export default () => reject('second version', { code: 554 });`);
+  await c.waitFor('the new script', async () => (await client.ask(rcptRequest())) === 'action=554 5.7.1 second version');
+  client.close();
+});
+
+test('postern status lists the policy services', () => {
+  const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', join(c.dir, 'postern.yaml')], { encoding: 'utf8', timeout: 60_000 });
+  const status = JSON.parse(r.stdout) as { cluster: { policyServices: Record<string, string> } };
+  assert.deepEqual(status.cluster.policyServices, { postfix: `127.0.0.1:${c.port('policy')}`, chroot: `unix:${join(c.dataDir, 'policy.sock')}` });
+});
+
+test('a worker that dies is replaced; new connections are served', async () => {
+  const pid = await workerPid(c, 0);
+  process.kill(pid, 'SIGKILL');
+  await c.waitFor('worker 0 replaced', async () => {
+    const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === 0);
+    return p?.ready && p.pid !== pid;
+  });
+  for (let i = 0; i < 4; i++) {
+    const client = await PolicyClient.connect({ port: c.port('policy') });
+    assert.equal(await client.ask(rcptRequest()), 'action=554 5.7.1 second version');
+    client.close();
+  }
+});
