@@ -65,7 +65,7 @@ export interface AddPinOptions {
 
 /** Adds a pin line; refuses a pin that is already in the table (whoever it names). */
 export async function addPin(file: string, opts: AddPinOptions): Promise<PinEntry> {
-  const identity = checkName('identity', opts.identity.trim());
+  const identity = checkName('identity', opts.identity.trim()).toLowerCase();
   const device = opts.device === undefined ? null : checkName('device', opts.device.trim());
   const input = opts.certificateOrPin.trim();
   const hex = input.includes('-----BEGIN') ? certificateFacts(input).pin.sha256 : normalizePin(input);
