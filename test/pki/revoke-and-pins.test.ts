@@ -132,6 +132,16 @@ test('pins learn: shows the certificate of a logged connection, adds it with --y
   await until('the sighting is written', async () => [...(await readSightings(join(s.server.dir, 'data'))).values()].some((x) => x.lastConnection === cid3));
   const plan = await posternJson<{ added: boolean; subject: string; identity: string }>(['pins', 'learn', cid3, 'erin@example.com', '-c', s.config]);
   assert.deepEqual([plan.added, plan.subject, plan.identity], [false, 'CN=erin tablet', 'erin@example.com']);
+  // By queue id: the certificate that submitted a message still in the queue, and the account it logged in as.
+  const issued = await posternJson<{ files: { pem: string }; facts: { pin: { sha256: string } } }>(['pki', 'issue', 'ivy@example.com', '--device', 'desk', '-c', s.config]);
+  const pem = await readFile(issued.files.pem, 'utf8');
+  const sender = await session('submission', pem, pem);
+  assert.equal(sender.auth, 235);
+  const queued = await sender.client.sendMail('ivy@example.com', ['r@example.com']);
+  await sender.client.quit();
+  const queueId = /queued as (\w+)/.exec(queued.text)![1]!;
+  const byQueue = await posternJson<{ pin: string; identity: string; from: string }>(['pins', 'learn', queueId, '-c', s.config]);
+  assert.deepEqual(byQueue, { ...byQueue, pin: Buffer.from(issued.facts.pin.sha256, 'hex').toString('base64url'), identity: 'ivy@example.com', from: `queued message ${queueId}` });
   const unknown = await postern(['pins', 'learn', 'nosuchconnection', 'x@example.com', '-c', s.config]);
   assert.equal(unknown.code, 1);
   assert.match(unknown.stderr, /no client certificate found for nosuchconnection/);
