@@ -138,7 +138,7 @@ pki.command('crl')
 
 const pins = program.command('pins').description('the pin table of a listener (certificateIdentity.pins), as mox\'s config tlspubkey');
 pins.command('add <identity> <cert-or-pin>')
-  .description('pin a certificate file\'s public key (or a pin: hex, colon hex, base64, base64url) for IDENTITY')
+  .description('pin the key of a certificate or public-key PEM file (or a pin: hex, colon hex, base64, base64url) for IDENTITY')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--listener <name>', 'whose pin table (needed when listeners use different ones)')
   .option('--device <name>', 'the device\'s name, kept in a comment above the line')

@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { addPin, initCa, issueDevice, listDevices, listPins, pinTableOf, pkiDirOf, readInventory, removePin, revokeDevice } from '../../engine/pki/index.ts';
+import { X509Certificate } from 'node:crypto';
+import { addPin, pinOf, initCa, issueDevice, listDevices, listPins, pinTableOf, pkiDirOf, readInventory, removePin, revokeDevice } from '../../engine/pki/index.ts';
 import { createSelfSignedCertificate, writeDevelopmentPki } from '../../engine/certificates/index.ts';
 import { parseConfig } from '../../engine/config/load-config.ts';
 import { loadTable } from '../../engine/policy/lookup-tables.ts';
@@ -74,6 +75,11 @@ test('pin tables: add and remove keep the other lines and comments; the table st
   assert.deepEqual((await removePin(file, { pin: phone.cert })).map((p) => p.identity), ['ann@mox.example']);
   assert.equal(await readFile(file, 'utf8'), `# my devices\n${other}  mjl@mox.example  mjl-laptop@mox.example\n`);
   assert.deepEqual(await removePin(file, { identity: 'nobody@mox.example' }), []);
+  // A public key alone (what a device may upload, mox style) pins the same key as its certificate.
+  const spkiPem = new X509Certificate(phone.cert).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  assert.equal(pinOf(spkiPem), added.pinSha256);
+  assert.equal((await addPin(file, { identity: 'ann@mox.example', certificateOrPin: spkiPem })).pinSha256, added.pinSha256);
+  assert.throws(() => pinOf('-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIP\n-----END PRIVATE KEY-----\n'), /not a certificate or public key/);
 
   const config = parseConfig(`
 tables: { a: ./a, b: { file: ./b, format: json } }
