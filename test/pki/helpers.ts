@@ -47,7 +47,10 @@ export interface PkiServer {
   config: string;
 }
 
-/** `pki init` in a new folder, then a server using that CA (listener `submission`) and a pin table (listener `pinned`). */
+/**
+ * `pki init` in a new folder, then a server using that CA (listener `submission`; `required` with
+ * `clientCertificates: require`) and a pin table (listener `pinned`).
+ */
 export async function startPkiServer(pki: TestPki, extraConfig = ''): Promise<PkiServer> {
   const root = await mkdtemp(join(tmpdir(), 'postern-pki-cli-'));
   const ca = join(root, 'ca');
@@ -65,6 +68,10 @@ listeners:
     listen: 127.0.0.1:0
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${join(ca, 'ca.crt')}], crlFiles: [${join(ca, 'ca.crl')}] }
     auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { field: emailAddress }
+  - name: required
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, caFiles: [${join(ca, 'ca.crt')}], crlFiles: [${join(ca, 'ca.crl')}] }
     certificateIdentity: { field: emailAddress }
   - name: pinned
     listen: 127.0.0.1:0

@@ -49,6 +49,9 @@ test('pki revoke: new handshakes refused as revoked after the reload, an open se
   assert.equal(open.auth, 235);
   assert.equal((await open.client.command('MAIL FROM:<bob@example.com>')).code, 250);
   assert.equal((await open.client.command('RSET')).code, 250);
+  const before = await SmtpTestClient.connect(s.server.port('required'));
+  assert.match((await before.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: pem, key: pem, servername: 'localhost' } })).text, /^250-/);
+  await before.quit();
 
   const r = await posternJson<{ revoked: Array<{ serial: string; revoked: { reason: string } }>; crl: { number: number } }>(
     ['pki', 'revoke', 'bob@example.com', '--device', 'laptop', '--reason', 'keyCompromise', '-c', s.config]);
@@ -64,6 +67,11 @@ test('pki revoke: new handshakes refused as revoked after the reload, an open se
   assert.equal(again.auth, 535);
   assert.deepEqual((again.tlsLog?.cert as { error?: string } | undefined)?.error, 'revoked');
   await again.client.quit();
+  // Where a trusted certificate is required, the new handshake gets no session at all.
+  const strict = await SmtpTestClient.connect(s.server.port('required'));
+  const ehlo = await strict.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: pem, key: pem, servername: 'localhost' } });
+  assert.equal(ehlo.text, '421 4.7.1 Client certificate not trusted (revoked)');
+  await strict.waitClosed();
 
   const list = await posternJson<{ certificates: Array<{ serial: string; status: string }> }>(['pki', 'list', '-c', s.config]);
   assert.equal(list.certificates.find((c) => c.serial === d.certificate.serial)?.status, 'revoked');
