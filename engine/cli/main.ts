@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `try`, `replay`, `hash-password`. Parsing only; work lives elsewhere. */
+/** Command line: `postern [serve]`, `check`, `config describe`, `status`, `queue`, `try`, `replay`, `pki`, `pins`, `hash-password`. Parsing only; work lives elsewhere. */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
@@ -12,6 +12,8 @@ import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
 import { replayCommand, type ReplayCliOptions } from './replay.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
+import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
+import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
 
 /**
  * End a one-shot command with process.exit() once stdout and stderr are flushed. Left to end on its own,
@@ -119,6 +121,86 @@ program.command('replay')
   .option('--examples <n>', 'examples shown per group', '3')
   .option('--json', 'machine-readable output')
   .action(async (opts: ReplayCliOptions) => exitWith(await replayCommand(opts)));
+
+const pki = program.command('pki').description('device certificates: a CA, issuing, listing and revoking (safe while the server runs)');
+pki.command('init')
+  .description('create a CA for device certificates: certificate, key (0600), empty CRL; prints the configuration lines')
+  .requiredOption('--dir <dir>', 'the CA folder to create')
+  .option('--name <name>', 'the CA\'s common name', 'Postern Mail CA')
+  .option('--days <n>', 'lifetime in days', '3650')
+  .option('--key <type>', 'ecdsa-p256, ed25519 or rsa-3072', 'ecdsa-p256')
+  .option('--crl-days <n>', 'lifetime of each CRL written (its next update)', '365')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: Parameters<typeof pkiInitCommand>[0]) => exitWith(await pkiInitCommand(opts)));
+pki.command('issue <identity>')
+  .description('issue a client certificate for IDENTITY (emailAddress, SAN e-mail, CN) and a device (OU): key, certificate, PEM and PKCS#12')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
+  .option('--device <name>', 'the device\'s name (laptop, phone)', 'device')
+  .option('--days <n>', 'lifetime in days', '730')
+  .option('--key <type>', 'ecdsa-p256, ed25519 or rsa-3072', 'ecdsa-p256')
+  .option('--email <address>', 'another SAN e-mail address (repeatable)', collect)
+  .option('--san <address>', 'the same as --email', collect)
+  .option('--p12-password-file <file>', 'the PKCS#12 password (first line); default: a generated one, printed once')
+  .option('--legacy-p12', 'encrypt the PKCS#12 with 3DES and a SHA-1 MAC, for importers that refuse AES (Android before 12, old macOS/iOS)')
+  .option('--out <dir>', 'where the device\'s files go (default: <CA folder>/devices)')
+  .option('--json', 'machine-readable output')
+  .action(async (identity: string, opts: Parameters<typeof pkiIssueCommand>[1] & { san?: string[] }) =>
+    exitWith(await pkiIssueCommand(identity, { ...opts, email: [...opts.email ?? [], ...opts.san ?? []] })));
+pki.command('list')
+  .description('every certificate issued from the CA: identity, device, serial, expiry, revoked, last seen (expiring ones first)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
+  .option('--identity <identity>', 'only this identity\'s certificates')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: Parameters<typeof pkiListCommand>[0]) => exitWith(await pkiListCommand(opts)));
+pki.command('revoke <what>')
+  .description('revoke by SERIAL, certificate FILE or IDENTITY (--device NAME): rewrites the CRL, which the running server applies at once')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
+  .option('--device <name>', 'WHAT is an identity: its certificates for this device')
+  .option('--all', 'WHAT is an identity: all of its certificates')
+  .option('--reason <reason>', 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, cACompromise')
+  .option('--json', 'machine-readable output')
+  .action(async (what: string, opts: Parameters<typeof pkiRevokeCommand>[1]) => exitWith(await pkiRevokeCommand(what, opts)));
+pki.command('crl')
+  .description('sign the CRL anew (same entries, next number, next update moved on): run it from a timer well before the next update')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: Parameters<typeof pkiCrlCommand>[0]) => exitWith(await pkiCrlCommand(opts)));
+
+const pins = program.command('pins').description('the pin table of a listener (certificateIdentity.pins), as mox\'s config tlspubkey');
+pins.command('add <identity> <cert-or-pin>')
+  .description('pin the key of a certificate or public-key PEM file (or a pin: hex, colon hex, base64, base64url) for IDENTITY')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--listener <name>', 'whose pin table (needed when listeners use different ones)')
+  .option('--device <name>', 'the device\'s name, kept in a comment above the line')
+  .option('--sender <address>', 'a further envelope sender this key may use (repeatable)', collect)
+  .option('--json', 'machine-readable output')
+  .action(async (identity: string, certOrPin: string, opts: Parameters<typeof pinsAddCommand>[2]) => exitWith(await pinsAddCommand(identity, certOrPin, opts)));
+pins.command('list')
+  .description('the pins with identity, device, date added and last seen')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--listener <name>', 'whose pin table')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: Parameters<typeof pinsListCommand>[0]) => exitWith(await pinsListCommand(opts)));
+pins.command('remove <what>')
+  .description('remove a pin (a pin, a certificate file) or an identity\'s pins (with --device: that device\'s)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--listener <name>', 'whose pin table')
+  .option('--device <name>', 'WHAT is an identity: only this device\'s pin')
+  .option('--json', 'machine-readable output')
+  .action(async (what: string, opts: Parameters<typeof pinsRemoveCommand>[1]) => exitWith(await pinsRemoveCommand(what, opts)));
+pins.command('learn <id> [identity]')
+  .description('pin the certificate of a recent connection (connection id from the log, or queue id); shows it, adds it with --yes')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--listener <name>', 'whose pin table')
+  .option('--device <name>', 'the device\'s name')
+  .option('--log <file>', 'the server\'s JSON log to search for the connection (- for stdin)')
+  .option('--yes', 'add it (without: only show what would be added)')
+  .option('--json', 'machine-readable output')
+  .action(async (id: string, identity: string | undefined, opts: Parameters<typeof pinsLearnCommand>[2]) => exitWith(await pinsLearnCommand(id, identity, opts)));
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')

@@ -8,7 +8,7 @@ export { issueDevice, generatePassword, type IssueDeviceOptions, type IssuedDevi
 export { revokeDevice, refreshCrl, type RevokeSelector, type RevokeOptions, type RevokeResult } from './revoke.ts';
 export { listDevices, type DeviceRow, type DeviceStatus, type ListDevicesOptions } from './devices.ts';
 export { readInventory, normalizeSerial, type DeviceCertificate, type Inventory } from './inventory.ts';
-export { addPin, removePin, listPins, type AddPinOptions, type PinEntry, type RemovePinSelector } from './pins-file.ts';
+export { addPin, removePin, listPins, pinOf, type AddPinOptions, type PinEntry, type RemovePinSelector } from './pins-file.ts';
 export { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
 export { pkiDirOf, pinTableOf, deviceNames, type PinTableRef } from './locate.ts';
 export { pkiPaths, KEY_TYPES, REVOCATION_REASONS, parseKeyType, parseReason, type DeviceKeyType, type PkiPaths, type RevocationReason } from './layout.ts';

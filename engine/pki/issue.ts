@@ -75,7 +75,8 @@ export function generatePassword(): string {
 
 export async function issueDevice(dir: string, opts: IssueDeviceOptions): Promise<IssuedDevice> {
   const paths = pkiPaths(resolve(dir));
-  const identity = checkName('identity', opts.identity.trim());
+  // Lowercase, as the server reads every identity (certificate-identity.ts).
+  const identity = checkName('identity', opts.identity.trim()).toLowerCase();
   const device = checkName('device', (opts.device ?? 'device').trim());
   const days = opts.days ?? 730;
   if (!(days > 0)) throw new Error(`days must be positive, got ${days}`);

@@ -31,22 +31,21 @@ export interface PinTableRef {
 
 /** The pin table of `listener` (or the one all listeners with pins share). */
 export function pinTableOf(config: Config, listener?: string): PinTableRef {
-  const tables = new Map<string, PinTableRef>();
+  if (listener && !config.listeners.some((l) => l.name === listener)) throw new Error(`no listener named "${listener}"`);
+  const tables = new Map<string, PinTableRef & { format: string }>();
   for (const l of config.listeners) {
     const name = l.certificateIdentity.pins;
     if (!name || (listener && l.name !== listener)) continue;
     const spec = config.tables[name]!;
-    if (typeof spec !== 'string' && spec.format !== 'postfix') {
-      throw new Error(`table "${name}" (${spec.file}) is ${spec.format}: postern pins writes postfix-format tables ("pin account" lines) only`);
-    }
-    const ref = tables.get(name) ?? { listeners: [], table: name, file: typeof spec === 'string' ? spec : spec.file };
+    const ref = tables.get(name) ?? { listeners: [], table: name, file: typeof spec === 'string' ? spec : spec.file, format: typeof spec === 'string' ? 'postfix' : spec.format };
     ref.listeners.push(l.name);
     tables.set(name, ref);
   }
-  if (listener && !config.listeners.some((l) => l.name === listener)) throw new Error(`no listener named "${listener}"`);
   if (!tables.size) throw new Error(listener ? `listener ${listener} has no certificateIdentity.pins table` : 'no listener has a certificateIdentity.pins table');
   if (tables.size > 1) throw new Error(`listeners use different pin tables (${[...tables.values()].map((t) => `${t.table}: ${t.listeners.join(', ')}`).join('; ')}): choose one with --listener`);
-  return [...tables.values()][0]!;
+  const { format, ...ref } = [...tables.values()][0]!;
+  if (format !== 'postfix') throw new Error(`table "${ref.table}" (${ref.file}) is ${format}: postern pins writes postfix-format tables ("pin account" lines) only`);
+  return ref;
 }
 
 /** Device names by certificate fingerprint (the CA's inventory) and by pin (the pin tables' comments). */

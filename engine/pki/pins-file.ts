@@ -4,6 +4,7 @@
  * and removing rewrite the file atomically (mox's `config tlspubkey add/rm`), and the server's reload
  * applies the change to the next handshakes. Other lines and comments are kept as they are.
  */
+import { createHash, createPublicKey } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { normalizePin } from '../certificates/index.ts';
@@ -56,7 +57,7 @@ export async function listPins(file: string): Promise<PinEntry[]> {
 
 export interface AddPinOptions {
   identity: string;
-  /** A certificate (PEM) or a pin in any accepted spelling (hex, colon hex, base64, base64url, sha256//…). */
+  /** A certificate or public key (PEM), or a pin in any accepted spelling (hex, colon hex, base64, base64url, sha256//…). */
   certificateOrPin: string;
   device?: string;
   /** Further senders the identity may use with this key. */
@@ -65,11 +66,9 @@ export interface AddPinOptions {
 
 /** Adds a pin line; refuses a pin that is already in the table (whoever it names). */
 export async function addPin(file: string, opts: AddPinOptions): Promise<PinEntry> {
-  const identity = checkName('identity', opts.identity.trim());
+  const identity = checkName('identity', opts.identity.trim()).toLowerCase();
   const device = opts.device === undefined ? null : checkName('device', opts.device.trim());
-  const input = opts.certificateOrPin.trim();
-  const hex = input.includes('-----BEGIN') ? certificateFacts(input).pin.sha256 : normalizePin(input);
-  if (!hex) throw new Error('not a certificate (PEM) nor a SHA-256 public-key pin (hex, colon hex, base64 or base64url)');
+  const hex = pinOf(opts.certificateOrPin);
   return withFolderLock(dirname(file), async () => {
     const text = (await readIfExists(file)) ?? '';
     const { lines, entries } = parse(file, text);
@@ -87,12 +86,7 @@ export type RemovePinSelector = { pin: string } | { identity: string; device?: s
 
 /** Removes the matching pin lines (and their device comments); returns what went. */
 export async function removePin(file: string, selector: RemovePinSelector): Promise<PinEntry[]> {
-  let hex: string | null = null;
-  if ('pin' in selector) {
-    const input = selector.pin.trim();
-    hex = input.includes('-----BEGIN') ? certificateFacts(input).pin.sha256 : normalizePin(input);
-    if (!hex) throw new Error('not a certificate (PEM) nor a SHA-256 public-key pin');
-  }
+  const hex = 'pin' in selector ? pinOf(selector.pin) : null;
   return withFolderLock(dirname(file), async () => {
     const text = await readIfExists(file);
     if (text === null) throw new Error(`${file}: no such pin table`);
@@ -108,6 +102,24 @@ export async function removePin(file: string, selector: RemovePinSelector): Prom
     await writeFileAtomic(file, lines.filter((_, i) => !drop.has(i)).map((l) => `${l}\n`).join(''), await modeOf(file));
     return gone;
   });
+}
+
+/** The SPKI SHA-256 (hex) of a certificate or public key (PEM), or of a pin in any spelling. */
+export function pinOf(input: string): string {
+  const text = input.trim();
+  if (text.includes('-----BEGIN CERTIFICATE-----')) return certificateFacts(text).pin.sha256;
+  if (text.includes('-----BEGIN PUBLIC KEY-----')) {
+    let spki: Buffer;
+    try {
+      spki = createPublicKey(text).export({ type: 'spki', format: 'der' });
+    } catch (err) {
+      throw new Error(`not a readable public key: ${(err as Error).message}`);
+    }
+    return createHash('sha256').update(spki).digest('hex');
+  }
+  const hex = text.includes('-----BEGIN') ? null : normalizePin(text);
+  if (!hex) throw new Error('not a certificate or public key (PEM) nor a SHA-256 public-key pin (hex, colon hex, base64 or base64url)');
+  return hex;
 }
 
 async function modeOf(file: string): Promise<number> {

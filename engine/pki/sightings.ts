@@ -33,6 +33,8 @@ export interface Sighting {
 export const SIGHTING_MS = 60_000;
 /** Records not seen for this long are dropped when a file is written. */
 const KEEP_MS = 400 * 86400_000;
+/** At most this many certificates per process (a few MB of JSON). */
+const MAX_RECORDS = 20_000;
 
 export function sightingsDir(dataDir: string): string { return join(dataDir, 'certificates'); }
 
@@ -80,8 +82,8 @@ export class SightingRecorder {
       await (this.#loaded ??= this.#load());
       if (!this.#dirty) return;
       this.#dirty = false;
-      const cutoff = Date.now() - KEEP_MS;
-      const certificates = Object.fromEntries([...this.#records].filter(([, r]) => Date.parse(r.lastSeen) >= cutoff));
+      this.#prune(Date.now() - KEEP_MS);
+      const certificates = Object.fromEntries(this.#records);
       await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
     });
     return this.#writing;
@@ -91,6 +93,19 @@ export class SightingRecorder {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     await this.flush().catch(this.#onError);
+  }
+
+  /** Forget records not seen since `cutoff`, and beyond MAX_RECORDS the least recently seen (an MX meets many). */
+  #prune(cutoff: number): void {
+    for (const [fp, r] of this.#records) if (Date.parse(r.lastSeen) < cutoff) this.#forget(fp);
+    if (this.#records.size <= MAX_RECORDS) return;
+    const oldest = [...this.#records].sort(([, a], [, b]) => a.lastSeen.localeCompare(b.lastSeen));
+    for (const [fp] of oldest.slice(0, this.#records.size - MAX_RECORDS)) this.#forget(fp);
+  }
+
+  #forget(fp: string): void {
+    this.#records.delete(fp);
+    this.#marked.delete(fp);
   }
 
   /** What an earlier run of this process wrote: kept, so a restart does not forget first-seen times. */

@@ -1,0 +1,121 @@
+/**
+ * `postern pins add | list | remove | learn`: a listener's pin table (certificateIdentity.pins), as mox's
+ * `config tlspubkey add/list/rm`. Whole-file atomic writes; a running server's reload applies them.
+ * `learn` takes the certificate of a connection the server saw (by queue id, or by connection id from the
+ * sightings or the log) and shows what it will add before adding it.
+ */
+import { createReadStream, existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { addPin, listPins, pinTableOf, readSightings, removePin, type RemovePinSelector } from '../pki/index.ts';
+import { Spool } from '../spool/spool.ts';
+import { SpoolSet } from '../cluster/spool-set.ts';
+import { columns, configOf, guarded, print, printJson } from './pki.ts';
+
+interface PinsOptions { config?: string; listener?: string; json?: boolean }
+
+/** A certificate file's text, or the argument itself (a pin). */
+async function certificateOrPin(arg: string): Promise<string> {
+  return existsSync(arg) ? readFile(arg, 'utf8') : arg;
+}
+
+export function pinsAddCommand(identity: string, certOrPin: string, opts: PinsOptions & { device?: string; sender?: string[] }): Promise<number> {
+  return guarded(async () => {
+    const table = pinTableOf(configOf(opts), opts.listener);
+    const entry = await addPin(table.file, { identity, certificateOrPin: await certificateOrPin(certOrPin), device: opts.device, senders: opts.sender });
+    if (opts.json) printJson({ table: table.table, file: table.file, listeners: table.listeners, added: entry });
+    else print(`${table.file}: pinned ${entry.pinBase64Url} for ${entry.identity}${entry.device ? ` (device ${entry.device})` : ''}; listeners ${table.listeners.join(', ')} apply it at their reload`);
+    return 0;
+  });
+}
+
+export function pinsListCommand(opts: PinsOptions): Promise<number> {
+  return guarded(async () => {
+    const config = configOf(opts);
+    const table = pinTableOf(config, opts.listener);
+    const pins = await listPins(table.file);
+    const seen = await readSightings(config.dataDir);
+    const lastSeen = new Map<string, string>();
+    for (const s of seen.values()) if ((lastSeen.get(s.pinSha256) ?? '') < s.lastSeen) lastSeen.set(s.pinSha256, s.lastSeen);
+    if (opts.json) {
+      printJson({ table: table.table, file: table.file, listeners: table.listeners, pins: pins.map((p) => ({ ...p, lastSeen: lastSeen.get(p.pinSha256) ?? null })) });
+      return 0;
+    }
+    if (!pins.length) {
+      print(`${table.file}: no pins`);
+      return 0;
+    }
+    print(columns([['IDENTITY', 'DEVICE', 'PIN (SHA-256 SPKI, base64url)', 'ADDED', 'LAST SEEN'],
+      ...pins.map((p) => [p.identity, p.device ?? '-', p.pinBase64Url, p.added ?? '-', lastSeen.get(p.pinSha256)?.slice(0, 16).replace('T', ' ') ?? 'never'])]));
+    return 0;
+  });
+}
+
+export function pinsRemoveCommand(what: string, opts: PinsOptions & { device?: string }): Promise<number> {
+  return guarded(async () => {
+    const table = pinTableOf(configOf(opts), opts.listener);
+    const input = await certificateOrPin(what);
+    // A PEM or something pin-shaped is a pin; anything else an identity.
+    const selector: RemovePinSelector = opts.device !== undefined || !(input.includes('-----BEGIN') || /^[A-Za-z0-9+/=_:-]{40,}$/.test(input.replace(/^sha256\/\//i, '')))
+      ? { identity: what, device: opts.device } : { pin: input };
+    const gone = await removePin(table.file, selector);
+    if (opts.json) printJson({ table: table.table, file: table.file, removed: gone });
+    else if (!gone.length) print(`${table.file}: nothing matched ${what}`);
+    else for (const p of gone) print(`${table.file}: removed ${p.pinBase64Url} of ${p.identity}${p.device ? ` (device ${p.device})` : ''}`);
+    return gone.length ? 0 : 1;
+  });
+}
+
+interface Learned { pinSha256: string; subject: string | null; identity: string | null; source: string }
+
+export function pinsLearnCommand(id: string, identity: string | undefined, opts: PinsOptions & { device?: string; log?: string; yes?: boolean }): Promise<number> {
+  return guarded(async () => {
+    const config = configOf(opts);
+    const table = pinTableOf(config, opts.listener);
+    const found = await findConnection(id, config.dataDir, opts.log);
+    if (!found) throw new Error(`no client certificate found for ${id}: not a queued message, not a connection in the sightings${opts.log ? ` nor in ${opts.log}` : ' (give the log with --log FILE, or - for stdin)'}`);
+    const account = identity ?? found.identity;
+    if (!account) throw new Error(`${id}: the certificate named no account; give one: postern pins learn ${id} ACCOUNT`);
+    const pin64 = Buffer.from(found.pinSha256, 'hex').toString('base64url');
+    const plan = { table: table.table, file: table.file, pin: pin64, identity: account, device: opts.device ?? null, subject: found.subject, from: found.source };
+    if (!opts.yes) {
+      if (opts.json) printJson({ ...plan, added: false, hint: 'run again with --yes to add it' });
+      else print(`Would add to ${table.file}:\n  ${pin64} ${account}${opts.device ? `   (device ${opts.device})` : ''}\n  certificate ${found.subject ?? '(subject unknown)'}, from ${found.source}\nRun again with --yes to add it.`);
+      return opts.json ? 0 : 2;
+    }
+    const entry = await addPin(table.file, { identity: account, certificateOrPin: found.pinSha256, device: opts.device });
+    if (opts.json) printJson({ ...plan, added: true, entry });
+    else print(`${table.file}: pinned ${entry.pinBase64Url} for ${account} (certificate ${found.subject ?? 'of ' + id}, from ${found.source})`);
+    return 0;
+  });
+}
+
+/** The certificate of a queued message, or of a connection (sightings, then the log's "TLS established" line). */
+async function findConnection(id: string, dataDir: string, log: string | undefined): Promise<Learned | null> {
+  if (Spool.isId(id)) {
+    const spools = new SpoolSet(new Spool(join(dataDir, 'spool')));
+    try {
+      const env = await spools.readEnvelope(id).catch(() => null);
+      const c = env?.session.clientCertificate;
+      if (c) return { pinSha256: c.pinSha256, subject: c.subject, identity: env!.session.authenticatedUser, source: `queued message ${id}` };
+    } finally {
+      spools.close();
+    }
+  }
+  for (const s of (await readSightings(dataDir)).values()) {
+    if (s.lastConnection === id) return { pinSha256: s.pinSha256, subject: s.subject, identity: s.identity, source: `connection ${id} (last seen ${s.lastSeen})` };
+  }
+  if (!log) return null;
+  const lines = createInterface({ input: log === '-' ? process.stdin : createReadStream(log), crlfDelay: Infinity });
+  let hit: Learned | null = null;
+  for await (const line of lines) {
+    if (!line.includes(id) || !line.includes('TLS established')) continue;
+    try {
+      const rec = JSON.parse(line) as { cid?: string; msg?: string; identity?: string | null; cert?: { subject?: string; pin?: string } | null };
+      if (rec.cid !== id || rec.msg !== 'TLS established' || !rec.cert?.pin) continue;
+      hit = { pinSha256: Buffer.from(rec.cert.pin, 'base64url').toString('hex'), subject: rec.cert.subject ?? null, identity: rec.identity ?? null, source: `connection ${id} in ${log === '-' ? 'the log on stdin' : log}` };
+    } catch { /* not a JSON log line */ }
+  }
+  return hit;
+}

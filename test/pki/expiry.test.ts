@@ -1,0 +1,117 @@
+// Expiry and last seen. A certificate seen lately that expires within pki.warnDays is logged once a day,
+// exported as postern_client_certificate_expiry_seconds{identity,device} and listed first by `pki list`.
+// The last-seen records: one file per process, merged on read; a record is rewritten at most once a
+// minute; a restarted process keeps its first-seen times. Concurrent commands do not lose an update.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+import { postern, posternJson, startPkiServer, type PkiServer } from './helpers.ts';
+import { initCa, issueDevice, readInventory, readSightings, SightingRecorder, SIGHTING_MS } from '../../engine/pki/index.ts';
+import { registry } from '../../engine/metrics/metrics.ts';
+
+let pki: TestPki;
+let s: PkiServer;
+
+before(async () => {
+  pki = await makeTestPki();
+  s = await startPkiServer(pki);
+});
+after(() => s.server.stop());
+
+test('a certificate expiring within warnDays, once seen: one warning a day, the gauge, and first in pki list', async () => {
+  const soon = await posternJson<{ certificate: { serial: string; fingerprintSha256: string }; files: { pem: string } }>(
+    ['pki', 'issue', 'frank@example.com', '--device', 'old-laptop', '--days', '3', '-c', s.config]);
+  const later = await posternJson<{ certificate: { serial: string } }>(['pki', 'issue', 'aaron@example.com', '--device', 'desk', '-c', s.config]);
+  const pem = await readFile(soon.files.pem, 'utf8');
+  const client = await SmtpTestClient.connect(s.server.port('submission'));
+  await client.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: pem, key: pem, servername: 'localhost' } });
+  await client.quit();
+  await until('the sighting is written', async () => (await readSightings(join(s.server.dir, 'data'))).has(soon.certificate.fingerprintSha256));
+
+  const watch = s.server.certificates.expiry!;
+  const warned = () => s.server.logs.filter((l) => l.msg === 'client certificate expires soon' && l.serial === soon.certificate.serial);
+  const expiring = await watch.check();
+  assert.deepEqual(expiring.map((c) => [c.identity, c.device]), [['frank@example.com', 'old-laptop']]);
+  assert.equal(warned().length, 1);
+  assert.equal(warned()[0]!.level, 40, 'a warning');
+  assert.equal(warned()[0]!.expiresInDays, 2);
+  // Checked again the same day: no second warning.
+  await watch.check();
+  assert.equal(warned().length, 1);
+  // A day later it is logged again.
+  await watch.check(Date.now() + 86400_000 + 1000);
+  assert.equal(warned().length, 2);
+
+  const gauge = (await registry.getSingleMetric('postern_client_certificate_expiry_seconds')!.get()).values;
+  const frank = gauge.find((v) => v.labels.identity === 'frank@example.com');
+  assert.equal(frank?.labels.device, 'old-laptop');
+  assert.ok(frank!.value > 86400 && frank!.value <= 3 * 86400, String(frank?.value));
+
+  const list = await posternJson<{ certificates: Array<{ serial: string; expiringSoon: boolean }> }>(['pki', 'list', '-c', s.config]);
+  assert.equal(list.certificates[0]!.serial, soon.certificate.serial, 'the expiring one first');
+  assert.equal(list.certificates[0]!.expiringSoon, true);
+  assert.equal(list.certificates.find((c) => c.serial === later.certificate.serial)?.expiringSoon, false);
+  const text = await postern(['pki', 'list', '-c', s.config]);
+  assert.match(text.stdout.split('\n')[1]!, /^! +frank@example\.com +old-laptop /);
+  assert.match(text.stdout, /! expires within 14 days/);
+});
+
+test('sightings: per-process files merged on read, at most one write a minute per certificate, first-seen kept across a restart', async () => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'postern-seen-'));
+  try {
+    const base = { pinSha256: 'p', serial: '01', subject: 'CN=x', issuer: 'CN=ca', notAfter: '2030-01-01T00:00:00.000Z', identity: 'x@example.com', verdict: 'verified' };
+    const t0 = Date.parse('2026-01-01T00:00:00Z');
+    const w0 = new SightingRecorder(dataDir, 'worker-0', { delayMs: 10 });
+    const w1 = new SightingRecorder(dataDir, 'worker-1', { delayMs: 10 });
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c1' }, t0);
+    w1.seen({ ...base, fingerprintSha256: 'aa', listener: 'submissions', lastConnection: 'c2' }, t0 + 5000);
+    w1.seen({ ...base, fingerprintSha256: 'bb', listener: 'submissions', lastConnection: 'c3' }, t0 + 6000);
+    await Promise.all([w0.flush(), w1.flush()]);
+    assert.deepEqual((await readdir(join(dataDir, 'certificates'))).sort(), ['seen-worker-0.json', 'seen-worker-1.json']);
+    let merged = await readSightings(dataDir);
+    assert.deepEqual([merged.get('aa')!.firstSeen, merged.get('aa')!.lastSeen, merged.get('aa')!.listener],
+      [new Date(t0).toISOString(), new Date(t0 + 5000).toISOString(), 'submissions']);
+    assert.equal(merged.size, 2);
+
+    // Within a minute of the last record, a sighting changes nothing (no write); after it, one write.
+    const before = await readFile(w0.file, 'utf8');
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c4' }, t0 + SIGHTING_MS - 1);
+    await w0.flush();
+    assert.equal(await readFile(w0.file, 'utf8'), before);
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c5' }, t0 + SIGHTING_MS);
+    await w0.close();
+    await w1.close();
+    merged = await readSightings(dataDir);
+    assert.equal(merged.get('aa')!.lastConnection, 'c5');
+
+    // A replaced worker 0 starts with an empty memory: its file keeps the first sighting.
+    const again = new SightingRecorder(dataDir, 'worker-0', { delayMs: 10 });
+    again.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c6' }, t0 + 10 * SIGHTING_MS);
+    await again.close();
+    const mine = JSON.parse(await readFile(again.file, 'utf8')) as { certificates: Record<string, { firstSeen: string; lastSeen: string }> };
+    assert.equal(mine.certificates.aa!.firstSeen, new Date(t0).toISOString());
+    assert.equal(mine.certificates.aa!.lastSeen, new Date(t0 + 10 * SIGHTING_MS).toISOString());
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('concurrent issues (a CLI and a web page at once) are serialised: both recorded, the CRL numbered once each', async () => {
+  const dir = join(await mkdtemp(join(tmpdir(), 'postern-lock-')), 'ca');
+  try {
+    await initCa(dir);
+    const issued = await Promise.all(['a', 'b', 'c', 'd'].map((n) => issueDevice(dir, { identity: `${n}@example.com`, device: 'laptop', p12Password: 'x' })));
+    const inv = await readInventory(dir);
+    assert.deepEqual(inv.certificates.map((c) => c.identity).sort(), ['a@example.com', 'b@example.com', 'c@example.com', 'd@example.com']);
+    assert.deepEqual(issued.map((d) => d.crl.number).sort(), [2, 3, 4, 5]);
+    assert.equal(inv.crlNumber, 5);
+    assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith('.')), [], 'no lock or temporary file left');
+  } finally {
+    await rm(join(dir, '..'), { recursive: true, force: true });
+  }
+});

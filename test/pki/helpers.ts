@@ -1,0 +1,84 @@
+/**
+ * For the device-certificate tests: the command line as an administrator runs it (`node engine/cli/main.ts`),
+ * and a Postern whose submission listener trusts a CA made by `postern pki init` and whose `pinned`
+ * listener takes a pin table managed by `postern pins`.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import type { TestPki } from '../helpers/pki.ts';
+
+export const run = promisify(execFile);
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
+
+export interface CliResult { code: number | null; stdout: string; stderr: string }
+
+/** `postern ARGS…`, from a folder unrelated to the configuration. */
+export function postern(args: string[], input?: string): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { cwd: tmpdir(), stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000, env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input ?? '');
+  });
+}
+
+/** `postern ARGS… --json`, which must succeed: the parsed output. */
+export async function posternJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
+  const r = await postern([...args, '--json']);
+  if (r.code !== 0) throw new Error(`postern ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+export interface PkiServer {
+  server: TestServer;
+  /** The CA folder (`pki init`). */
+  ca: string;
+  /** The pin table of the `pinned` listener. */
+  pins: string;
+  /** postern.yaml of the server: the commands read it with -c. */
+  config: string;
+}
+
+/**
+ * `pki init` in a new folder, then a server using that CA (listener `submission`; `required` with
+ * `clientCertificates: require`) and a pin table (listener `pinned`).
+ */
+export async function startPkiServer(pki: TestPki, extraConfig = ''): Promise<PkiServer> {
+  const root = await mkdtemp(join(tmpdir(), 'postern-pki-cli-'));
+  const ca = join(root, 'ca');
+  const init = await postern(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']);
+  if (init.code !== 0) throw new Error(`pki init: ${init.stderr}`);
+  const pins = join(root, 'pins');
+  await writeFile(pins, '# pins managed by postern pins\n');
+  const server = await startTestServer({
+    config: `
+localDomains: [example.com]
+pki: { dir: ${ca} }
+tables: { pins: ${pins} }
+listeners:
+  - name: submission
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${join(ca, 'ca.crt')}], crlFiles: [${join(ca, 'ca.crl')}] }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { field: emailAddress }
+  - name: required
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: require, caFiles: [${join(ca, 'ca.crt')}], crlFiles: [${join(ca, 'ca.crl')}] }
+    certificateIdentity: { field: emailAddress }
+  - name: pinned
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { pins: pins }
+${extraConfig}`,
+  });
+  return { server, ca, pins, config: join(server.dir, 'postern.yaml') };
+}
