@@ -419,10 +419,10 @@ export class Supervisor {
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
-    // Not awaited: a server that handed sockets to workers calls back only once the workers' copies are
-    // closed, and Postfix keeps its policy connections open for minutes; the workers close them on 'stop'.
-    for (const s of this.#policyListeners) s.close();
-    await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // Stop accepting, without waiting: a server that handed sockets to workers calls back only once every
+    // worker reports its copies closed, which a socket upgraded by STARTTLS never does, and Postfix keeps its
+    // policy connections open for minutes. The workers end their sessions on 'stop' (or are killed below).
+    for (const s of [...this.#policyListeners, ...this.#listeners]) s.close();
     for (const w of this.#waiting.splice(0)) w.socket.destroy();
     await Promise.all(this.#children.map((c) => {
       if (c.restartTimer) clearTimeout(c.restartTimer);

@@ -37,15 +37,6 @@ listeners:
   });
 });
 after(async () => {
-  // A supervisor that served a STARTTLS connection does not exit on SIGTERM (a fault older than these
-  // tests, seen with the base commit too): give it a while, then end its processes by pid.
-  const pids = (await cluster.cluster()).processes.map((p) => p.pid).filter((p): p is number => !!p);
-  const exited = new Promise<boolean>((r) => { if (cluster.proc.exitCode !== null) r(true); else cluster.proc.once('exit', () => r(true)); });
-  cluster.proc.kill('SIGTERM');
-  if (!await Promise.race([exited, new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))])) {
-    for (const pid of [cluster.proc.pid!, ...pids]) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-    await exited;
-  }
   await cluster.stop();
   await rm(root, { recursive: true, force: true });
 });
