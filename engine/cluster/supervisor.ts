@@ -31,6 +31,7 @@ import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
+import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';
 
@@ -80,7 +81,7 @@ export class Supervisor {
   readonly #configPath: string | undefined;
   readonly #listeners: net.Server[] = [];
   readonly #children: Child[] = [];
-  readonly #waiting: Array<{ listener: string; socket: net.Socket }> = [];
+  readonly #waiting: Array<{ listener: string; socket: net.Socket; proxied: boolean }> = [];
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   #next = 0;
@@ -150,7 +151,8 @@ export class Supervisor {
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
       // Paused: the supervisor never reads a byte; the worker that gets the socket does.
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket));
+      const proxy = l.proxyProtocol ? new TrustedProxies(l.proxyProtocol.trusted) : null;
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket, proxy));
       await new Promise<void>((resolve, reject) => {
         server.once('error', (err) => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`)));
         server.listen(port, host, () => resolve());
@@ -268,10 +270,14 @@ export class Supervisor {
     }
   }
 
-  #accepted(listener: string, socket: net.Socket): void {
+  #accepted(listener: string, socket: net.Socket, proxy: TrustedProxies | null): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
     if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
-    this.#waiting.push({ listener, socket });
+    if (proxy && !proxy.has(socket.remoteAddress)) {
+      this.log.info({ listener, peer: clientAddress(socket) }, 'PROXY protocol: connection from an untrusted address closed');
+      return void socket.destroy();
+    }
+    this.#waiting.push({ listener, socket, proxied: proxy !== null });
     this.#dispatch();
   }
 
@@ -290,9 +296,15 @@ export class Supervisor {
         }
       }
       if (!chosen) return;
-      const { listener, socket } = this.#waiting.shift()!;
+      const { listener, socket, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
+      if (proxied) {
+        // The worker reads the PROXY header (the supervisor never reads a byte: none is lost in the handover)
+        // and takes the client's slot by round trip ('conn+'), under the address the header names.
+        chosen.proc!.send({ t: 'conn', listener }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        continue;
+      }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
       const ip = clientAddress(socket); // as the worker's listener names it
       const key = `${listener} ${ip}`;

@@ -6,6 +6,7 @@
  * Paths stay as written here; the loader resolves them against the configuration file's folder.
  */
 import { z } from 'zod';
+import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -106,6 +107,14 @@ export const listenerSchema = z.strictObject({
     .describe('Scripts folder for this listener only.'),
   banner: z.string().optional().meta({ defaultText: '`Postern`' })
     .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
+  proxyProtocol: z.strictObject({
+    trusted: z.array(z.string().refine((t) => parseCidr(t) !== null, 'expected an address or CIDR, e.g. 10.0.0.0/24 or fd00::/64'))
+      .min(1).meta({ format: 'addresses / CIDRs' })
+      .describe('Load balancers allowed to send the header, as addresses or CIDRs (IPv4 and IPv6). A connection from any other address is closed at once, without a reply; so is one from a trusted address whose header is missing, malformed or late.'),
+    headerTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
+      .describe('Time from the TCP accept to a complete header; later, the connection is closed.'),
+  }).optional().meta({ defaultText: 'off' })
+    .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
   reverseDns: z.boolean().default(true)
     .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });

@@ -1,6 +1,6 @@
 /**
  * What a new configuration asks for that only a restart applies: listeners added, removed, moved or
- * changing TLS mode (their sockets are bound once), and the counter store (made once at start).
+ * changing TLS mode or PROXY protocol (their sockets are bound once), and the counter store (made once at start).
  * Compared with what is running: the reloader against its generation, the supervisor against the
  * listeners it has actually bound.
  */
@@ -14,6 +14,8 @@ export function restartNeeded(running: Pick<Config, 'listeners' | 'store'>, next
     if (!old) out.push(`new listener ${l.name} (${l.listen})`);
     else if (old.listen !== l.listen) out.push(`listener ${l.name} moves from ${old.listen} to ${l.listen}`);
     else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
+    // The supervisor decides at accept which addresses may send a header.
+    else if (JSON.stringify(old.proxyProtocol ?? null) !== JSON.stringify(l.proxyProtocol ?? null)) out.push(`listener ${l.name} changes proxyProtocol`);
   }
   for (const r of running.listeners) if (!next.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
   if (storeIdentity(running.store) !== storeIdentity(next.store)) out.push('store changed');
