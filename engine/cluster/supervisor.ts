@@ -408,7 +408,10 @@ export class Supervisor {
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
-    await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // Not waited for: a net.Server that handed sockets to children waits for each child to report them
+    // closed, and smtp-server's STARTTLS strips the raw socket's listeners, the one that reports included:
+    // the wait would never end. Accepting stops at once; the children's stop ends their sessions.
+    for (const s of this.#listeners) s.close();
     for (const w of this.#waiting.splice(0)) w.socket.destroy();
     await Promise.all(this.#children.map((c) => {
       if (c.restartTimer) clearTimeout(c.restartTimer);
