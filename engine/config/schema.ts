@@ -222,6 +222,12 @@ export const configSchema = z.strictObject({
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
   }).prefault({})
     .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
+  dns: z.strictObject({
+    servers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+      .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),
+    timeoutMs: z.number().int().positive().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
+      .describe('The most one lookup may take (a script may ask for less); then it answers `{ ok: false, error: "timeout" }`. A script waits for DNS within its own time limit, so this must be below `sandbox.timeoutMs`: raise that for scripts that use DNS.'),
+  }).prefault({}).describe('DNS for scripts. See [scripts.md § DNS](scripts.md#dns).'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),

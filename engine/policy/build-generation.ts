@@ -9,6 +9,7 @@
  * per line.
  */
 import type { CounterStore } from '../store/counter-store.ts';
+import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -83,6 +84,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so
   // that their own errors are reported too; nothing built is kept unless everything is fine.
   const sandboxes = new Map<string, Sandbox>();
+  // One resolver and cache for every scripts folder of this generation.
+  const dns = new ScriptDns({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs ?? Math.max(1, Math.floor(config.sandbox.timeoutMs * 0.8)) });
   const log = options.logger.child({ component: 'script' });
   const dirs = new Set([config.scripts, ...config.listeners.map((l) => l.scripts ?? config.scripts)]);
   for (const dir of dirs) {
@@ -98,6 +101,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
           lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
           log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file }, message),
           store: options.store,
+          dns,
         },
       }));
     } catch (err) {
