@@ -88,14 +88,15 @@ listeners:
   return { name, child, ports, output: () => out };
 }
 
-async function startHaproxy(dir: string, nodes: Node[]): Promise<{ child: ChildProcess; ports: Record<'v2' | 'v1' | 'tls', number> }> {
-  const ports = { v2: await freePort(), v1: await freePort(), tls: await freePort() };
+async function startHaproxy(dir: string, nodes: Node[]): Promise<{ child: ChildProcess; ports: Record<'v2' | 'v1' | 'tls' | 'checked', number> }> {
+  const ports = { v2: await freePort(), v1: await freePort(), tls: await freePort(), checked: await freePort() };
   const backend = (name: string, listener: string, send: string) => `backend ${name}
   balance roundrobin
 ${nodes.map((n) => `  server ${n.name} 127.0.0.1:${n.ports.get(listener)} ${send}`).join('\n')}
 `;
   const cfg = `global
   maxconn 200
+  stats socket ${join(dir, 'haproxy.sock')} level user
 defaults
   mode tcp
   timeout connect 5s
@@ -113,6 +114,12 @@ frontend submissions
 ${backend('submission_v2', 'submission', 'send-proxy-v2')}
 ${backend('submission_v1', 'submission', 'send-proxy')}
 ${backend('submissions', 'submissions', 'send-proxy-v2')}
+frontend checked
+  bind 127.0.0.1:${ports.checked}
+  default_backend checked
+backend checked
+  option smtpchk EHLO haproxy.test
+${nodes.map((n) => `  server ${n.name} 127.0.0.1:${n.ports.get('submission')} send-proxy-v2 check check-send-proxy inter 300`).join('\n')}
 `;
   await writeFile(join(dir, 'haproxy.cfg'), cfg);
   const child = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -121,11 +128,8 @@ ${backend('submissions', 'submissions', 'send-proxy-v2')}
   child.stderr!.on('data', (d: Buffer) => { out += d; });
   await eventually(async () => {
     if (child.exitCode !== null) throw new Error(`haproxy exited:\n${out}`);
-    const s = net.connect(ports.tls, '127.0.0.1');
-    s.on('error', () => undefined);
-    const [ok] = await Promise.race([once(s, 'connect').then(() => [true]), once(s, 'error').then(() => [false])]);
-    s.destroy();
-    return ok as boolean;
+    // Its stats socket answers once the frontends are bound (a probe connection would reach a node).
+    return (await haproxyStats()).some((r) => r.pxname === 'submission_v2');
   }, 'haproxy listening');
   return { child, ports };
 }
@@ -261,4 +265,26 @@ test('a PROXY header from an untrusted address is not taken: the connection is c
     }
     await eventually(async () => /"peer":"127\.0\.0\.2","msg":"PROXY protocol: connection from an untrusted address closed"/.test(n.output()), `${n.name} logged the refusal`);
   }
+});
+
+/** HAProxy's `show stat` over its stats socket: one record per proxy/server, by the CSV header's names. */
+async function haproxyStats(): Promise<Array<Record<string, string>>> {
+  const s = net.connect(join(dir, 'haproxy.sock'));
+  let text = '';
+  s.on('data', (d: Buffer) => { text += d; });
+  await once(s, 'connect');
+  s.end('show stat\n');
+  await once(s, 'close');
+  const [header, ...rows] = text.trim().split('\n');
+  const names = header!.replace(/^# /, '').split(',');
+  return rows.map((r) => Object.fromEntries(r.split(',').map((v, i) => [names[i], v])));
+}
+
+test('HAProxy\'s SMTP health checks, sent with a PROXY header (check-send-proxy), find both nodes up', opts, async () => {
+  await eventually(async () => {
+    const servers = (await haproxyStats()).filter((r) => r.pxname === 'checked' && r.svname?.startsWith('node-'));
+    return servers.length === 2 && servers.every((r) => r.status === 'UP' && r.check_status === 'L7OK');
+  }, 'both nodes checked L7OK');
+  // The checks are the balancer's own connections: taken, never refused as untrusted or malformed.
+  for (const n of nodes) assert.doesNotMatch(n.output(), /"msg":"PROXY protocol: connection closed"/);
 });
