@@ -69,8 +69,11 @@ async function closedWith(port: number, send?: Buffer | string): Promise<string>
 test('v2 header: the session, its mail and its log line name the original client (STARTTLS after the header)', async () => {
   const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.7', 40001) });
   assert.match((await c.hello({ starttls: { ca } })).text, /^250-localhost Nice to meet you, \[192\.0\.2\.7\]/);
-  assert.match((await c.sendMail('a@example.org', ['b@example.com'])).text, /^250 2\.0\.0 Ok: queued as/);
+  const queued = (await c.sendMail('a@example.org', ['b@example.com'])).text;
+  assert.match(queued, /^250 2\.0\.0 Ok: queued as/);
   await c.quit();
+  const spooled = (await server.runtime.spool.readMessage(/queued as ([0-9a-z]+)$/.exec(queued)![1]!)).toString('utf8');
+  assert.match(spooled, /^Received: from client\.example \([^)]*\[192\.0\.2\.7\]\)/);
   await until('the accepted line is logged', () => server.logs.some((l) => /accepted from=<a@example\.org>/.test(String(l.msg))));
   const accepted = server.logs.find((l) => /accepted from=<a@example\.org>/.test(String(l.msg)))!;
   assert.match(String(accepted.msg), /client=[^\s]*\[192\.0\.2\.7\]/);
@@ -80,6 +83,8 @@ test('v1 header: scripts see the original address and port', async () => {
   const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV1('192.0.2.99', 51234) });
   assert.equal((await c.read()).text, '554 5.7.1 No mail from 192.0.2.99 port 51234');
   c.destroy();
+  // The decision line names the client too.
+  await until('the refusal is logged', () => server.logs.some((l) => l.stage === 'CONNECT' && l.client === '192.0.2.99' && l.decision !== undefined));
 });
 
 test('implicit TLS: the handshake follows the v2 header in the same write', async () => {
