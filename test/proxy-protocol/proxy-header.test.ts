@@ -76,3 +76,14 @@ test('trusted proxies: addresses and CIDRs, IPv4 peers of dual-stack sockets', (
   assert.ok(!t.has(undefined));
   assert.throws(() => new TrustedProxies(['10.0.0.0/33']), /not an address or CIDR/);
 });
+
+test('changing a listener\'s proxyProtocol needs a restart (the supervisor decides trust at accept)', async () => {
+  const { restartNeeded } = await import('../../engine/reload/restart-needed.ts');
+  const { parseConfig } = await import('../../engine/config/load-config.ts');
+  const cfg = (extra: string) => parseConfig(`listeners: [{ name: mx, listen: "127.0.0.1:2525"${extra} }]\n`, 'p.yaml', '/tmp').config;
+  assert.deepEqual(restartNeeded(cfg(''), cfg('')), []);
+  assert.deepEqual(restartNeeded(cfg(''), cfg(', proxyProtocol: { trusted: [10.0.0.1] }')), ['listener mx changes proxyProtocol']);
+  assert.deepEqual(restartNeeded(cfg(', proxyProtocol: { trusted: [10.0.0.1] }'), cfg(', proxyProtocol: { trusted: [10.0.0.2] }')), ['listener mx changes proxyProtocol']);
+  assert.throws(() => cfg(', proxyProtocol: { trusted: [10.0.0.0/40] }'), /expected an address or CIDR/);
+  assert.throws(() => cfg(', proxyProtocol: { trusted: [] }'), /proxyProtocol\.trusted/);
+});
