@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
+import { isDnsServer } from '../dns/script-dns.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -223,7 +224,7 @@ export const configSchema = z.strictObject({
   }).prefault({})
     .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   dns: z.strictObject({
-    servers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+    servers: z.array(z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port')).default([]).meta({ defaultText: '`[]` (the system\'s)' })
       .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),
     timeoutMs: z.number().int().positive().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
       .describe('The most one lookup may take (a script may ask for less); then it answers `{ ok: false, error: "timeout" }`. A script waits for DNS within its own time limit, so this must be below `sandbox.timeoutMs`: raise that for scripts that use DNS.'),

@@ -165,3 +165,11 @@ export function reverseLabels(ip: string): string {
 export function reverseName(ip: string): string {
   return `${reverseLabels(ip)}.${isIPv4(ip) ? 'in-addr.arpa' : 'ip6.arpa'}`;
 }
+
+/** `address`, `address:port`, `[v6]` or `[v6]:port`, as node:dns's setServers() takes them. */
+export function isDnsServer(text: string): boolean {
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
+  const [host, port] = bracketed ? [bracketed[1]!, bracketed[2]] : isIP(text) ? [text, undefined] : text.split(/:(?=\d{1,5}$)/);
+  if (!host || !isIP(host) || (bracketed && isIP(host) !== 6)) return false;
+  return port === undefined || (Number(port) >= 1 && Number(port) <= 65535);
+}

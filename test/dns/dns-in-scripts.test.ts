@@ -88,8 +88,13 @@ test('dns.resolve() at MAIL FROM: MX found, none, no such domain, and a failure 
   assert.ok(server.logs.some((l) => /dns\.resolve\(\): servfail: SERVFAIL for broken\.test A/.test(JSON.stringify(l))));
 });
 
-test('configuration: dns.timeoutMs must be below sandbox.timeoutMs', () => {
+test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are addresses', () => {
   const base = 'listeners: [{ name: a, listen: "127.0.0.1:0" }]\n';
   assert.throws(() => parseConfig(`${base}dns: { timeoutMs: 100 }\n`, 'p.yaml', '/tmp'), /dns\.timeoutMs.*must be below sandbox\.timeoutMs \(100 ms\)/s);
   assert.deepEqual(parseConfig(base, 'p.yaml', '/tmp').config.dns, { servers: [] });
+  const servers = ['192.0.2.53', '192.0.2.53:5353', '2001:db8::53', '[2001:db8::53]:5353'];
+  assert.deepEqual(parseConfig(`${base}dns: { servers: ${JSON.stringify(servers)} }\n`, 'p.yaml', '/tmp').config.dns.servers, servers);
+  for (const bad of ['dns.example', '192.0.2.53:0', '[192.0.2.53]:53', '192.0.2.53:99999']) {
+    assert.throws(() => parseConfig(`${base}dns: { servers: ["${bad}"] }\n`, 'p.yaml', '/tmp'), /expected an IP address, address:port or \[IPv6\]:port/, bad);
+  }
 });
