@@ -96,6 +96,8 @@ export class PosternServer extends SMTPServer {
   readonly proxy: ListenerProxy | null;
   /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
   readonly #overIpLimit = new WeakSet<net.Socket>();
+  /** The client a PROXY header named, by the raw socket it came on. */
+  readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
   readonly #uncount = new WeakMap<net.Socket, () => void>();
 
@@ -184,6 +186,7 @@ export class PosternServer extends SMTPServer {
         ? { address: header.source.address.replace(/^::ffff:(?=\d+\.)/i, ''), port: header.source.port }
         : { address: balancer, port: socket.remotePort ?? 0 };
       if (!await this.#countProxied(socket, client.address, client.port, handshake)) return callback(new Error('closed before the session'));
+      this.#proxiedClient.set(socket, client.address);
       // The session id as smtp-server makes it (its own _handleProxy is not called).
       const id = BigInt(`0x${randomBytes(10).toString('hex')}`).toString(32).padStart(16, '0');
       callback(null, { id, remoteAddress: client.address, remotePort: client.port });
@@ -208,7 +211,12 @@ export class PosternServer extends SMTPServer {
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    super._upgrade(socket, callback);
+    const client = this.#proxiedClient.get(socket);
+    // A failed handshake is reported with the client the PROXY header named, not the balancer.
+    super._upgrade(socket, client === undefined ? callback : (err, tlsSocket) => {
+      if (err) (err as Error & { remoteAddress?: string }).remoteAddress = client;
+      callback(err, tlsSocket);
+    });
     const tlsSocket = this._pendingSockets.get(socket);
     if (!tlsSocket || tlsSocket === socket) return;
     tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);

@@ -19,6 +19,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { eventually, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { needs } from '../helpers/example.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { proxyV2 } from '../helpers/proxy-header.ts';
 
 const opts = needs('redis-server', 'haproxy');
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
@@ -54,7 +55,7 @@ async function startNode(dir: string, name: string, redisUrl: string, pki: TestP
   const tls = (mode: string) => `{ mode: ${mode}, cert: ${pki.server.cert}, key: ${pki.server.key} }`;
   const common = `auth: { mechanisms: [PLAIN], required: true }
     proxyProtocol: { trusted: [127.0.0.1/32] }
-    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3 }`;
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3, maxConnectionsPerIp: 2 }`;
   await writeFile(join(dir, 'postern.yaml'), `
 hostname: ${name}
 dataDir: ./data
@@ -265,6 +266,30 @@ test('a PROXY header from an untrusted address is not taken: the connection is c
     }
     await eventually(async () => /"peer":"127\.0\.0\.2","msg":"PROXY protocol: connection from an untrusted address closed"/.test(n.output()), `${n.name} logged the refusal`);
   }
+});
+
+test('maxConnectionsPerIp under serve: the worker takes the slot of the client the header names from the supervisor', opts, async () => {
+  // As a balancer would (from 127.0.0.1, trusted), straight to node A: two clients' connections, one of them twice over.
+  const port = nodes[0]!.ports.get('submission')!;
+  const open: SmtpTestClient[] = [];
+  for (let i = 0; i < 2; i++) {
+    const c = await SmtpTestClient.connect(port, { proxyHeader: proxyV2('192.0.2.60', 2000 + i) });
+    assert.match((await c.read()).text, /^220 node-a /);
+    open.push(c);
+  }
+  const over = await SmtpTestClient.connect(port, { proxyHeader: proxyV2('192.0.2.60', 2002) });
+  assert.equal((await over.read()).text, '421 4.7.0 Too many connections from your address');
+  over.destroy();
+  const other = await SmtpTestClient.connect(port, { proxyHeader: proxyV2('192.0.2.61', 2003) });
+  assert.match((await other.read()).text, /^220 node-a /);
+  for (const c of [...open, other]) await c.quit();
+  // The slots go back when the sessions close.
+  await eventually(async () => {
+    const again = await SmtpTestClient.connect(port, { proxyHeader: proxyV2('192.0.2.60', 2004) });
+    const ok = (await again.read()).code === 220;
+    await again.quit();
+    return ok;
+  }, 'slots given back');
 });
 
 /** HAProxy's `show stat` over its stats socket: one record per proxy/server, by the CSV header's names. */

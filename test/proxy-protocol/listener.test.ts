@@ -95,6 +95,11 @@ test('implicit TLS: the handshake follows the v2 header in the same write', asyn
   await until('logged with the IPv6 client', () => server.logs.some((l) => /accepted from=<a@example\.org>.*\[2001:db8::5\]/.test(String(l.msg))));
 });
 
+test('implicit TLS: a failed handshake is logged with the client the header named', async () => {
+  assert.equal(await closedWith(server.port('smtps'), Buffer.concat([proxyV2('192.0.2.77', 4001), Buffer.from('EHLO not-tls\r\n')])), '');
+  await until('the handshake failure is logged', () => server.logs.some((l) => l.msg === 'client connection error' && l.listener === 'smtps' && l.client === '192.0.2.77'));
+});
+
 test('maxConnectionsPerIp counts the original client, not the balancer', async () => {
   const open: SmtpTestClient[] = [];
   for (let i = 0; i < 2; i++) {
