@@ -120,6 +120,7 @@ declare module "postern" {
   export interface ConnectionInfo {
     /** Connection id, also in every log line of this connection. */
     id: string;
+    /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
     remoteAddress: string;
     remotePort: number;
     localAddress: string;
