@@ -132,7 +132,6 @@ export class Supervisor {
       await sup.stop();
       throw err;
     }
-    log.info({ workers: n, pid: process.pid }, 'supervisor started');
     await sup.#saveStatus();
     // `postern status` asks here, with or without an admin listener.
     const socket = statusSocket(loaded.config.dataDir);
@@ -142,6 +141,8 @@ export class Supervisor {
       sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget());
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
     }
+    // Last: "started" means every part answers, the status socket and admin listener included.
+    log.info({ workers: n, pid: process.pid }, 'supervisor started');
     return sup;
   }
 
