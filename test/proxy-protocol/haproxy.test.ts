@@ -21,7 +21,9 @@ import { needs } from '../helpers/example.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
 
-const opts = needs('redis-server', 'haproxy');
+/** Debian's, by its path: /usr/sbin is not on every PATH. */
+const HAPROXY = '/usr/sbin/haproxy';
+const opts = needs('redis-server', HAPROXY);
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 const PASSWORD = 'alice-Password-1';
 /** alice for the per-identity limit; one user per session elsewhere, so that limit stays out of the way. */
@@ -123,7 +125,7 @@ backend checked
 ${nodes.map((n) => `  server ${n.name} 127.0.0.1:${n.ports.get('submission')} send-proxy-v2 check check-send-proxy inter 300`).join('\n')}
 `;
   await writeFile(join(dir, 'haproxy.cfg'), cfg);
-  const child = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(HAPROXY, ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d; });
   child.stderr!.on('data', (d: Buffer) => { out += d; });
