@@ -123,6 +123,9 @@ frontend checked
 backend checked
   option smtpchk EHLO haproxy.test
 ${nodes.map((n) => `  server ${n.name} 127.0.0.1:${n.ports.get('submission')} send-proxy-v2 check check-send-proxy inter 300`).join('\n')}
+backend checked_tls
+  option smtpchk EHLO haproxy.test
+${nodes.map((n) => `  server ${n.name} 127.0.0.1:${n.ports.get('submissions')} send-proxy-v2 check check-send-proxy check-ssl verify none inter 300`).join('\n')}
 `;
   await writeFile(join(dir, 'haproxy.cfg'), cfg);
   const child = spawn(HAPROXY, ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -307,11 +310,11 @@ async function haproxyStats(): Promise<Array<Record<string, string>>> {
   return rows.map((r) => Object.fromEntries(r.split(',').map((v, i) => [names[i], v])));
 }
 
-test('HAProxy\'s SMTP health checks, sent with a PROXY header (check-send-proxy), find both nodes up', opts, async () => {
+test('HAProxy\'s SMTP health checks, sent with a PROXY header (check-send-proxy, check-ssl on implicit TLS), find both nodes up', opts, async () => {
   await eventually(async () => {
-    const servers = (await haproxyStats()).filter((r) => r.pxname === 'checked' && r.svname?.startsWith('node-'));
-    return servers.length === 2 && servers.every((r) => r.status === 'UP' && r.check_status === 'L7OK');
-  }, 'both nodes checked L7OK');
+    const servers = (await haproxyStats()).filter((r) => (r.pxname === 'checked' || r.pxname === 'checked_tls') && r.svname?.startsWith('node-'));
+    return servers.length === 4 && servers.every((r) => r.status === 'UP' && r.check_status === 'L7OK');
+  }, 'both nodes checked L7OK, on the STARTTLS port and (check-ssl) on the implicit-TLS port');
   // The checks are the balancer's own connections: taken, never refused as untrusted or malformed.
   for (const n of nodes) assert.doesNotMatch(n.output(), /"msg":"PROXY protocol: connection closed"/);
 });
