@@ -153,6 +153,7 @@ declare module "postern" {
   export interface ConnectionInfo {
     /** Connection id, also in every log line of this connection. */
     id: string;
+    /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
     remoteAddress: string;
     remotePort: number;
     localAddress: string;
@@ -456,7 +457,7 @@ declare module "postern" {
   // ---- helpers.ts
 
   /**
-   * Functions available as globals inside the sandbox. Hashing, lookups, logging and counters are carried out by the
+   * Functions available as globals inside the sandbox. Hashing, lookups, logging, counters and DNS are carried out by the
    * host; nothing else (process, require, fs, network, timers) exists in a script's world.
    */
 
@@ -476,6 +477,59 @@ declare module "postern" {
     get(): Promise<number>;
     /** Add `n` (a whole number, may be negative); a new counter expires `ttlSeconds` after this first add. The new value. */
     add(n: number, ttlSeconds: number): Promise<number>;
+  }
+
+  /** An MX record of dns.resolve(name, 'MX'). */
+  export interface MxRecord {
+    /** Host name, lowercase, without the trailing dot. */
+    exchange: string;
+    priority: number;
+  }
+
+  /** Why a lookup has no answer: no reply in time, SERVFAIL, REFUSED, not a domain name, anything else. */
+  export type DnsFailure = 'timeout' | 'servfail' | 'refused' | 'badname' | 'error';
+
+  /**
+   * What dns.resolve() answers. `ok: true` is an answer from DNS — also "no such name" (`nxdomain: true`, no
+   * records) and "no record of this type" (no records). `ok: false`: the answer is unknown.
+   */
+  export type DnsResult<R> =
+    | {
+      ok: true;
+      records: R[];
+      /** Seconds the answer may still be kept (A and AAAA); null where node:dns gives no TTL (MX, TXT, PTR, no records). */
+      ttl: number | null;
+      nxdomain: boolean;
+    }
+    | { ok: false; error: DnsFailure; message: string };
+
+  /** What dnsbl() answers. */
+  export type DnsblResult =
+    | {
+      ok: true;
+      /** An A record in 127.0.0.0/8 was found for the address. */
+      listed: boolean;
+      /** The A records found (each list says what its codes mean). */
+      codes: string[];
+      /** The name asked, e.g. `2.0.0.127.zen.example` (for a TXT lookup of the reason). */
+      query: string;
+    }
+    | { ok: false; error: DnsFailure; message: string; query: string };
+
+  /** Per call: a shorter timeout than `dns.timeoutMs`, or a rejection instead of `ok: false`. */
+  export interface DnsOptions {
+    /** Milliseconds, 1 to 60000; never more than `dns.timeoutMs`. */
+    timeoutMs?: number;
+    /** Reject (an Error naming the failure) instead of answering `ok: false`; uncaught, the hook fails closed. */
+    throw?: boolean;
+  }
+
+  /** The `dns` global: lookups on the configured servers (`dns.servers`), cached (see docs/scripts.md § DNS). */
+  export interface Dns {
+    /** A, AAAA, TXT (each record's strings joined) or PTR (`name` may be an IP address) records. */
+    resolve(name: string, type: 'A' | 'AAAA' | 'TXT' | 'PTR', options?: DnsOptions): Promise<DnsResult<string>>;
+    /** MX records, lowest priority first. */
+    resolve(name: string, type: 'MX', options?: DnsOptions): Promise<DnsResult<MxRecord>>;
   }
 
   export interface PosternHelpers {
@@ -500,6 +554,14 @@ declare module "postern" {
     rate(key: string, limit: number, windowSeconds: number): Promise<RateResult>;
     /** The counter `key` of the store (scripts' counters are apart from rate()'s keys). */
     counter(key: string): Counter;
+    /** DNS lookups (A, AAAA, MX, TXT, PTR). Failures are results (`ok: false`), unless `{ throw: true }`. */
+    dns: Dns;
+    /**
+     * Is `ip` (IPv4 or IPv6) listed in the DNS blocklist `zone` (e.g. `zen.spamhaus.org`)? Asks the A record
+     * of the reversed address under the zone. An answer in 127.255.255.0/24 (the list refusing this resolver)
+     * is `{ ok: false, error: "refused" }`, never a listing.
+     */
+    dnsbl(zone: string, ip: string, options?: DnsOptions): Promise<DnsblResult>;
     /** Log a line to the server log, tagged with the connection id and script file. */
     log(...args: unknown[]): void;
     /** Verdict builders. */
@@ -553,6 +615,14 @@ declare module "postern" {
     function rate(key: string, limit: number, windowSeconds: number): Promise<RateResult>;
     /** The counter `key` of the store (scripts' counters are apart from rate()'s keys). */
     function counter(key: string): Counter;
+    /** DNS lookups (A, AAAA, MX, TXT, PTR). Failures are results (`ok: false`), unless `{ throw: true }`. */
+    const dns: Dns;
+    /**
+       * Is `ip` (IPv4 or IPv6) listed in the DNS blocklist `zone` (e.g. `zen.spamhaus.org`)? Asks the A record
+       * of the reversed address under the zone. An answer in 127.255.255.0/24 (the list refusing this resolver)
+       * is `{ ok: false, error: "refused" }`, never a listing.
+       */
+    function dnsbl(zone: string, ip: string, options?: DnsOptions): Promise<DnsblResult>;
     /** Log a line to the server log, tagged with the connection id and script file. */
     function log(...args: unknown[]): void;
     /** `headers`: the data hook's header edits (see HeaderEdit). */

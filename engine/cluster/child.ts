@@ -46,8 +46,9 @@ async function main(): Promise<void> {
       if (handle) running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'conn') {
       send({ t: 'took' });
-      if (!handle) return send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
-      counters.handedOver(m.key!, m.port!, m.open!, m.ip!, m.failures ?? [], handle);
+      if (!handle) return m.key === undefined ? undefined : send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
+      // Without a key: a PROXY protocol listener's, counted here once its header names the client.
+      if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle);
       running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.

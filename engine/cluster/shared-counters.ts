@@ -9,6 +9,9 @@
  *                        took the slot as it handed the connection over; `open` counts it, and the
  *                        worker refuses when that is over the listener's limit. The worker gives the
  *                        slot back ('conn-') when the socket closes, whatever happened on it.
+ *   supervisor → worker  { t: 'conn', listener } + the socket: a PROXY protocol listener's connection, no
+ *                        slot taken; the worker reads the header, then takes the slot of the client it
+ *                        names with 'conn+' (below) and gives it back with 'conn-'.
  *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
  *                                                           come from the supervisor; answered by
  *   supervisor → worker  { t: 'conn+r', q, ok, failures }   ok: under the limit (the slot is taken);

@@ -32,6 +32,7 @@ import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook } from './fence-book.ts';
+import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';
@@ -85,7 +86,7 @@ export class Supervisor {
   readonly #listeners: net.Server[] = [];
   readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
-  readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean }> = [];
+  readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean }> = [];
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   #next = 0;
@@ -136,7 +137,6 @@ export class Supervisor {
       await sup.stop();
       throw err;
     }
-    log.info({ workers: n, pid: process.pid }, 'supervisor started');
     await sup.#saveStatus();
     // `postern status` asks here, with or without an admin listener.
     const socket = statusSocket(loaded.config.dataDir);
@@ -146,6 +146,8 @@ export class Supervisor {
       sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget());
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
     }
+    // Last: "started" means every part answers, the status socket and admin listener included.
+    log.info({ workers: n, pid: process.pid }, 'supervisor started');
     return sup;
   }
 
@@ -155,7 +157,8 @@ export class Supervisor {
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
       // Paused: the supervisor never reads a byte; the worker that gets the socket does.
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket));
+      const proxy = l.proxyProtocol ? new TrustedProxies(l.proxyProtocol.trusted) : null;
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket, proxy));
       await new Promise<void>((resolve, reject) => {
         server.once('error', (err) => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`)));
         server.listen(port, host, () => resolve());
@@ -170,7 +173,7 @@ export class Supervisor {
     // keeps its connection for many requests, so spreading connections spreads the load, and a worker that
     // dies takes only its own connections (Postfix reconnects, and meanwhile applies its default_action).
     for (const p of this.config.config.policyServices) {
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, true));
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
       const bound = await listenPolicyService(p, server);
       server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
       this.policyAddresses.set(p.name, bound.address);
@@ -285,10 +288,15 @@ export class Supervisor {
     }
   }
 
-  #accepted(listener: string, socket: net.Socket, policy = false): void {
+  /** `proxy`: the listener's trusted PROXY-protocol senders; `policy`: a policy service's connection. */
+  #accepted(listener: string, socket: net.Socket, proxy: TrustedProxies | null, policy = false): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
     if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
-    this.#waiting.push({ listener, socket, policy });
+    if (proxy && !proxy.has(socket.remoteAddress)) {
+      this.log.info({ listener, peer: clientAddress(socket) }, 'PROXY protocol: connection from an untrusted address closed');
+      return void socket.destroy();
+    }
+    this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
     this.#dispatch();
   }
 
@@ -307,11 +315,17 @@ export class Supervisor {
         }
       }
       if (!chosen) return;
-      const { listener, socket, policy } = this.#waiting.shift()!;
+      const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
       if (policy) { // no per-IP slot: the peer is Postfix
         chosen.proc!.send({ t: 'conn', listener, policy: true }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        continue;
+      }
+      if (proxied) {
+        // The worker reads the PROXY header (the supervisor never reads a byte: none is lost in the handover)
+        // and takes the client's slot by round trip ('conn+'), under the address the header names.
+        chosen.proc!.send({ t: 'conn', listener }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
         continue;
       }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
@@ -419,9 +433,10 @@ export class Supervisor {
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
-    // Stop accepting, without waiting: a server that handed sockets to workers calls back only once every
-    // worker reports its copies closed, which a socket upgraded by STARTTLS never does, and Postfix keeps its
-    // policy connections open for minutes. The workers end their sessions on 'stop' (or are killed below).
+    // Not waited for: a net.Server that handed sockets to children waits for each child to report them
+    // closed, and smtp-server's STARTTLS strips the raw socket's listeners, the one that reports included:
+    // the wait would never end (and Postfix keeps policy connections open for minutes). Accepting stops at
+    // once; the children's stop ends their sessions.
     for (const s of [...this.#policyListeners, ...this.#listeners]) s.close();
     for (const w of this.#waiting.splice(0)) w.socket.destroy();
     await Promise.all(this.#children.map((c) => {

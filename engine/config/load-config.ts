@@ -183,5 +183,8 @@ function crossCheck(c: Config): PathProblem[] {
   if (c.store.redis && c.store.redis.timeoutMs >= c.sandbox.timeoutMs) {
     out.push({ path: ['store', 'redis', 'timeoutMs'], message: `must be below sandbox.timeoutMs (${c.sandbox.timeoutMs} ms)` });
   }
+  if (c.dns.timeoutMs !== undefined && c.dns.timeoutMs >= c.sandbox.timeoutMs) {
+    out.push({ path: ['dns', 'timeoutMs'], message: `must be below sandbox.timeoutMs (${c.sandbox.timeoutMs} ms)` });
+  }
   return out;
 }

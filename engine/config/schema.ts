@@ -6,6 +6,8 @@
  * Paths stay as written here; the loader resolves them against the configuration file's folder.
  */
 import { z } from 'zod';
+import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
+import { isDnsServer } from '../dns/script-dns.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -108,6 +110,14 @@ export const listenerSchema = z.strictObject({
     .describe('A candidate scripts folder run beside the live one on this listener\'s traffic ("shadow mode"): after each live script call has decided, the same hook of this folder runs on the same context, off the client\'s path, in isolates of its own (never on the event-loop thread); a different verdict is logged and counted (`postern_shadow_calls_total`, `postern status`). It never changes a reply, spools or delivers; its errors and timeouts are counted, not fatal; calls beyond what its isolates can take are skipped and counted. Reloads like the live folder. A hook runs in shadow only where the live folder has a script for it. See [authoring.md](authoring.md#shadow-scripts).'),
   banner: z.string().optional().meta({ defaultText: '`Postern`' })
     .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
+  proxyProtocol: z.strictObject({
+    trusted: z.array(z.string().refine((t) => parseCidr(t) !== null, 'expected an address or CIDR, e.g. 10.0.0.0/24 or fd00::/64'))
+      .min(1).meta({ format: 'addresses / CIDRs' })
+      .describe('Load balancers allowed to send the header, as addresses or CIDRs (IPv4 and IPv6). A connection from any other address is closed at once, without a reply; so is one from a trusted address whose header is missing, malformed or late.'),
+    headerTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
+      .describe('Time from the TCP accept to a complete header; later, the connection is closed.'),
+  }).optional().meta({ defaultText: 'off' })
+    .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
   reverseDns: z.boolean().default(true)
     .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });
@@ -272,6 +282,12 @@ export const configSchema = z.strictObject({
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
   }).prefault({})
     .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
+  dns: z.strictObject({
+    servers: z.array(z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port')).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+      .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),
+    timeoutMs: z.number().int().positive().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
+      .describe('The most one lookup may take (a script may ask for less); then it answers `{ ok: false, error: "timeout" }`. A script waits for DNS within its own time limit, so this must be below `sandbox.timeoutMs`: raise that for scripts that use DNS.'),
+  }).prefault({}).describe('DNS for scripts. See [scripts.md § DNS](scripts.md#dns).'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),

@@ -10,6 +10,7 @@
  */
 import type { CounterStore } from '../store/counter-store.ts';
 import { prefixedStore } from '../store/prefixed-store.ts';
+import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -87,6 +88,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so
   // that their own errors are reported too; nothing built is kept unless everything is fine.
   const sandboxes = new Map<string, Sandbox>();
+  // One resolver and cache for every scripts folder of this generation.
+  const dns = new ScriptDns({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs ?? Math.max(1, Math.floor(config.sandbox.timeoutMs * 0.8)) });
   const log = options.logger.child({ component: 'script' });
   const dirs = new Set([config.scripts, ...[...config.listeners, ...config.policyServices].map((l) => l.scripts ?? config.scripts)]);
   const shadowStore = options.store && prefixedStore(options.store, 'shadow:');
@@ -104,6 +107,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
         log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file, ...(shadow ? { shadow: true } : {}) }, message),
         // A shadow script's counters live apart from the live scripts' (its calls must not use up their limits).
         store: shadow && options.store ? shadowStore : options.store,
+        dns,
       },
     });
   };

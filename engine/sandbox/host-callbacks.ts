@@ -4,8 +4,10 @@
  */
 import { createHash, createHmac } from 'node:crypto';
 import ivm from 'isolated-vm';
+import { isIP } from 'node:net';
 import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
 import { readMessageText } from './message-texts.ts';
+import { DNS_TYPES, type DnsType, type ScriptDns } from '../dns/script-dns.ts';
 
 export type LogLevel = 'info' | 'warn' | 'error' | 'fatal';
 
@@ -16,6 +18,8 @@ export interface HostBridge {
   log(connectionId: string | null, file: string, level: LogLevel, message: string): void;
   /** Counters for rate() and counter(); without one (postern check) those calls throw. */
   store?: CounterStore;
+  /** DNS for dns.resolve() and dnsbl(); without one those calls throw. */
+  dns?: ScriptDns;
 }
 
 /** Who is running in an isolate right now: a call (with its connection) or a script's top level. */
@@ -68,7 +72,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
   const fns: Array<(...args: never[]) => unknown> = [digest('sha1'), digest('sha256'), digest('md5'), hmac, lookup, log];
   return [
     ...fns.map((fn) => new ivm.Callback(fn)), new ivm.Reference(storeOperation(host.store)), new ivm.Callback(storeOperationNow(host.store)),
-    new ivm.Callback(readMessageText),
+    new ivm.Callback(readMessageText), new ivm.Reference(dnsOperation(host.dns)),
   ];
 }
 
@@ -120,5 +124,31 @@ function storeAnswer(store: CounterStore | undefined) {
     const c = storeArguments(op, key, a, b);
     if (c.op === 'rate') return JSON.stringify(await store.rate(c.key, c.x, c.y));
     return JSON.stringify(c.op === 'get' ? await store.get(c.key) : await store.add(c.key, c.x, c.y));
+  };
+}
+
+/**
+ * dns.resolve() and dnsbl() of scripts: the answer as JSON text. A DNS failure is an answer (`ok: false`),
+ * never a rejection; arguments the runtime should have refused reject.
+ */
+export function dnsOperation(dns: ScriptDns | undefined) {
+  const operation = dnsAnswer(dns);
+  return (op: unknown, a: unknown, b: unknown, timeoutMs: unknown): Promise<string> => {
+    const answer = operation(op, a, b, timeoutMs);
+    answer.catch(() => {}); // as storeOperation: the script still gets the rejection
+    return answer;
+  };
+}
+
+function dnsAnswer(dns: ScriptDns | undefined) {
+  return async (op: unknown, a: unknown, b: unknown, timeoutMs: unknown): Promise<string> => {
+    if (!dns) throw new Error(`${op === 'dnsbl' ? 'dnsbl()' : 'dns.resolve()'}: no DNS here`);
+    const first = String(a);
+    const second = String(b);
+    const ms = Number(timeoutMs);
+    if (!first || first.length > 1024 || !Number.isSafeInteger(ms) || ms < 1) throw new TypeError('dns: invalid arguments');
+    if (op === 'resolve' && DNS_TYPES.includes(second as DnsType)) return JSON.stringify(await dns.resolve(first, second as DnsType, ms));
+    if (op === 'dnsbl' && isIP(second)) return JSON.stringify(await dns.dnsbl(first, second, ms));
+    throw new TypeError(`dns: invalid operation ${String(op)}`);
   };
 }

@@ -23,6 +23,14 @@ export interface StoreReference {
   apply(receiver: undefined, args: [string, string, number, number], options: { result: { promise: true; copy: true } }): Promise<string>;
 }
 
+/**
+ * dns.resolve() (`resolve`, name, type) and dnsbl() (`dnsbl`, zone, ip) with a timeout in ms, a Reference to
+ * the host's async function like StoreReference: the answer as JSON (a DNS failure is an answer, `ok: false`).
+ */
+export interface DnsReference {
+  apply(receiver: undefined, args: [string, string, string, number], options: { result: { promise: true; copy: true } }): Promise<string>;
+}
+
 /** What one call produces, copied out of the isolate as plain data. */
 export type RunOutcome =
   | { ok: true; value: unknown }
@@ -81,6 +89,7 @@ export function installRuntime(
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStore: StoreReference, hostStoreNow: (op: string, key: string, a: number, b: number) => string | null,
   hostMessageText: (token: string, maxBytes: number) => string,
+  hostDns: DnsReference,
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
@@ -261,7 +270,30 @@ export function installRuntime(
       return hostMessageText(token, max);
     },
   });
+  // DNS: checked here (no RegExp: its methods are a script's to patch); addresses are checked by the host.
+  const DNS_TYPES: Record<string, true> = create(null);
+  DNS_TYPES.A = true; DNS_TYPES.AAAA = true; DNS_TYPES.MX = true; DNS_TYPES.TXT = true; DNS_TYPES.PTR = true;
+  const MAX_DNS_NAME = 1024;
+  const dnsCall = async (fn: string, op: string, first: unknown, second: unknown, opts: unknown): Promise<unknown> => {
+    const o = options(fn, opts, { timeoutMs: (v) => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 60_000, throw: isBool });
+    const answer = parse(await hostDns.apply(undefined, [op, first as string, second as string, (o.timeoutMs as number | undefined) ?? 60_000], STORE_RESULT)) as { ok: boolean; error?: string; message?: string };
+    if (o.throw === true && answer.ok !== true) throw new ErrorCtor(`${fn}(): ${answer.error}: ${answer.message}`);
+    return answer;
+  };
+  const dns = freeze({
+    resolve: async (name: unknown, type: unknown, opts?: unknown): Promise<unknown> => {
+      if (!isString(name) || (name as string).length === 0 || (name as string).length > MAX_DNS_NAME) fail(`dns.resolve(): name must be a string of 1 to ${MAX_DNS_NAME} characters`);
+      if (!isString(type) || !hasOwn(DNS_TYPES, type as string)) fail(`dns.resolve(): type must be A, AAAA, MX, TXT or PTR, not ${formatValue(type)}`);
+      return dnsCall('dns.resolve', 'resolve', name, type, opts);
+    },
+  });
   const helpers = {
+    dns,
+    async dnsbl(zone: unknown, ip: unknown, opts?: unknown): Promise<unknown> {
+      if (!isString(zone) || (zone as string).length === 0 || (zone as string).length > MAX_DNS_NAME) fail(`dnsbl(): zone must be a string of 1 to ${MAX_DNS_NAME} characters`);
+      if (!isString(ip) || (ip as string).length === 0 || (ip as string).length > 64) fail('dnsbl(): ip must be an IPv4 or IPv6 address');
+      return dnsCall('dnsbl', 'dnsbl', zone, ip, opts);
+    },
     async rate(key: unknown, limit: unknown, windowSeconds: unknown): Promise<unknown> {
       const k = storeKey('rate()', key);
       const max = wholeIn('rate()', 'limit', limit, 1, 1e9);

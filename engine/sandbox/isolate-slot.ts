@@ -21,7 +21,7 @@ export interface SlotOptions {
   runningId?: number;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);

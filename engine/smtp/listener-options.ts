@@ -9,6 +9,7 @@ import type { ListenerConfig } from '../config/schema.ts';
 import { loadTrustMaterial, loadKeyPair, TrustedIssuers } from '../certificates/index.ts';
 import type { ListenerSetup } from './postern-server.ts';
 import { reply } from './replies.ts';
+import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ListenerTls {
@@ -93,5 +94,6 @@ export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: str
     maxConnectionsPerIp: l.limits.maxConnectionsPerIp,
     tlsHandshakeTimeoutMs: l.limits.tlsHandshakeTimeoutMs,
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
+    proxy: l.proxyProtocol ? { trusted: new TrustedProxies(l.proxyProtocol.trusted), headerTimeoutMs: l.proxyProtocol.headerTimeoutMs } : null,
   };
 }

@@ -7,6 +7,7 @@ import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
 import { SessionPolicy } from './session-policy.ts';
@@ -16,6 +17,8 @@ import { reply } from './replies.ts';
 import type { Runtime } from './runtime.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
+import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
+import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -25,7 +28,11 @@ export interface ListenerSetup {
   maxConnectionsPerIp: number;
   tlsHandshakeTimeoutMs: number;
   trust: TrustedIssuers;
+  /** `proxyProtocol`: who may send the header, and how long it may take (null: off). */
+  proxy: ListenerProxy | null;
 }
+
+export interface ListenerProxy { trusted: TrustedProxies; headerTimeoutMs: number }
 
 /**
  * Open connections per client address. The only place they are counted, so that a cluster can swap in
@@ -85,8 +92,12 @@ export class PosternServer extends SMTPServer {
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
   connectionCounter: ConnectionCounter = new LocalConnectionCounter();
+  /** PROXY protocol on this listener (fixed until restart, like the supervisor's view of it). */
+  readonly proxy: ListenerProxy | null;
   /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
   readonly #overIpLimit = new WeakSet<net.Socket>();
+  /** The client a PROXY header named, by the raw socket it came on. */
+  readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
   readonly #uncount = new WeakMap<net.Socket, () => void>();
 
@@ -102,6 +113,7 @@ export class PosternServer extends SMTPServer {
     this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
     this.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
     this.trust = setup.trust;
+    this.proxy = setup.proxy;
     // A worker process counts nothing itself: the supervisor counted the connection as it handed it over.
     if (runtime.connections) this.connectionCounter = handedOverCounter(runtime.connections, this.listenerName);
   }
@@ -114,12 +126,27 @@ export class PosternServer extends SMTPServer {
    * twice the limit a connection is closed at once, before TLS.
    */
   override _acceptSocket(socket: net.Socket, handshake: boolean): (() => void) | false {
+    if (this.proxy) {
+      // Behind a load balancer: only it may connect; the connection is counted once its header names the client.
+      if (this.proxy.trusted.has(socket.remoteAddress)) return super._acceptSocket(socket, handshake);
+      this.runtime.logger.info({ listener: this.listenerName, peer: clientAddress(socket) }, 'PROXY protocol: connection from an untrusted address closed');
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return false;
+    }
     const ip = clientAddress(socket);
-    const counter = this.connectionCounter;
-    const open = counter.add(ip, socket.remotePort);
+    if (!this.#count(socket, ip, this.connectionCounter.add(ip, socket.remotePort), handshake, () => this.connectionCounter.remove(ip))) return false;
+    return super._acceptSocket(socket, handshake);
+  }
+
+  /**
+   * Count an accepted socket as one of `open` connections from `ip` until it closes (`remove` gives its slot
+   * back); false when it was closed at once for being far over the limit.
+   */
+  #count(socket: net.Socket, ip: string, open: number, handshake: boolean, remove: () => void): boolean {
     let counted = true;
     const uncount = (): void => {
-      if (counted) counter.remove(ip);
+      if (counted) remove();
       counted = false;
     };
     // On the raw socket until the session starts; STARTTLS drops the raw socket's listeners, so the
@@ -135,12 +162,61 @@ export class PosternServer extends SMTPServer {
       }
       this.#overIpLimit.add(socket);
     }
-    return super._acceptSocket(socket, handshake);
+    return true;
+  }
+
+  /**
+   * smtp-server's hook for the PROXY header (its own reads v1 only): on a proxyProtocol listener, read v1
+   * or v2, then count the connection against the client it names, and give that address to the session
+   * (smtp-server's socket options), so scripts, limits, logs and Received all see the client.
+   */
+  override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+    const proxy = this.proxy;
+    if (!proxy) return super._handleProxy(socket, callback);
+    const handshake = !!(this.options as { secure?: boolean }).secure;
+    const balancer = clientAddress(socket);
+    const refuse = (err: Error): void => {
+      this.runtime.logger.info({ listener: this.listenerName, peer: balancer, reason: err.message }, 'PROXY protocol: connection closed');
+      socket.on('error', () => undefined);
+      socket.destroy();
+      callback(err);
+    };
+    readProxyHeader(socket, proxy.headerTimeoutMs).then(async (header) => {
+      const client = header.command === 'proxy'
+        ? { address: header.source.address.replace(/^::ffff:(?=\d+\.)/i, ''), port: header.source.port }
+        : { address: balancer, port: socket.remotePort ?? 0 };
+      if (!await this.#countProxied(socket, client.address, client.port, handshake)) return callback(new Error('closed before the session'));
+      this.#proxiedClient.set(socket, client.address);
+      // The session id as smtp-server makes it (its own _handleProxy is not called).
+      const id = BigInt(`0x${randomBytes(10).toString('hex')}`).toString(32).padStart(16, '0');
+      callback(null, { id, remoteAddress: client.address, remotePort: client.port });
+    }).catch(refuse);
+  }
+
+  /** A proxied connection's slot: in this process, or (a worker) from the supervisor's count, by round trip. */
+  async #countProxied(socket: net.Socket, ip: string, port: number, handshake: boolean): Promise<boolean> {
+    const shared = this.runtime.connections;
+    if (!shared) return this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip));
+    const key = `${this.listenerName} ${ip}`;
+    const limit = this.maxConnectionsPerIp;
+    const taken = await shared.acquire(key, ip, limit, port);
+    const release = (): void => { if (taken) shared.release(key); };
+    if (socket.destroyed) { // gone while asking: no 'close' will come to give the slot back
+      release();
+      return false;
+    }
+    // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
+    return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release);
   }
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    super._upgrade(socket, callback);
+    const client = this.#proxiedClient.get(socket);
+    // A failed handshake is reported with the client the PROXY header named, not the balancer.
+    super._upgrade(socket, client === undefined ? callback : (err, tlsSocket) => {
+      if (err) (err as Error & { remoteAddress?: string }).remoteAddress = client;
+      callback(err, tlsSocket);
+    });
     const tlsSocket = this._pendingSockets.get(socket);
     if (!tlsSocket || tlsSocket === socket) return;
     tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);

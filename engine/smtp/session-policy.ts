@@ -59,7 +59,7 @@ export class SessionPolicy {
     const st = conn.state;
     const limits = st.listener.limits;
     const ip = conn.remoteAddress;
-    if (await this.#runtime.authFailures.refused(ip, limits)) return reply('tooManyAuthFailures');
+    if (await this.#refusedAtConnect(conn, ip, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
@@ -67,6 +67,21 @@ export class SessionPolicy {
     }
     const verdict = await this.#run(conn, 'connect', { connection: connectionInfo(conn.session, st) });
     return verdict ? verdictReply('connect', verdict) : null;
+  }
+
+  /**
+   * The early refusal of an address over its auth-failure limit. When the store cannot answer (Redis down)
+   * the connection goes on: it is a courtesy, the limit itself is enforced at every AUTH (authAllowed), which
+   * then fails closed. So a store outage refuses only what needs the store (AUTH, messagesPerIdentity,
+   * scripts' rate()/counter()), never every connection of a listener that uses none of it.
+   */
+  async #refusedAtConnect(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<boolean> {
+    try {
+      return await this.#runtime.authFailures.refused(ip, limits);
+    } catch (err) {
+      this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'auth-failure count unavailable at connect: not checked here (AUTH fails closed)');
+      return false;
+    }
   }
 
   /** STARTTLS completed. */
@@ -145,7 +160,15 @@ export class SessionPolicy {
    * connections). Else the 421 that ends this connection, whatever the credentials.
    */
   async authAllowed(conn: SmtpClient): Promise<SmtpReply | null> {
-    if (!await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits)) return null;
+    let refused: boolean;
+    try {
+      refused = await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits);
+    } catch (err) {
+      // Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure.
+      this.#log.error({ cid: conn.id, ip: conn.remoteAddress, err: { message: (err as Error).message } }, 'AUTH refused: auth-failure count unavailable (store)');
+      return reply('authStoreUnavailable');
+    }
+    if (!refused) return null;
     this.#log.info({ cid: conn.id, ip: conn.remoteAddress }, 'AUTH refused: too many authentication failures from this address');
     return reply('tooManyAuthFailures');
   }
@@ -161,7 +184,8 @@ export class SessionPolicy {
       if (refused) return { reply: refused, reason: 'too-many-failures', ipFailures: null };
       const decision = await this.#decideAuth(conn, attempt);
       if ('user' in decision || decision.reply.responseCode < 500) return { ...decision, ipFailures: null };
-      return { ...decision, ipFailures: await limiter.record(ip) };
+      // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
+      return { ...decision, ipFailures: await limiter.record(ip).catch(() => -1) };
     });
     metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: 'user' in result ? 'success' : 'failure' });
     if ('user' in result) {

@@ -34,12 +34,26 @@ export class SmtpTestClient {
     this.#attach(socket);
   }
 
-  /** `localAddress`: the client's own address (e.g. 127.0.0.2, to be another client than 127.0.0.1). */
-  static async connect(port: number, opts: { implicitTls?: TlsClientOptions; host?: string; localAddress?: string } = {}): Promise<SmtpTestClient> {
+  /**
+   * `localAddress`: the client's own address (e.g. 127.0.0.2, to be another client than 127.0.0.1).
+   * `proxyHeader`: bytes sent first, before TLS (a load balancer's PROXY protocol header).
+   */
+  static async connect(port: number, opts: { implicitTls?: TlsClientOptions; host?: string; localAddress?: string; proxyHeader?: Buffer | string } = {}): Promise<SmtpTestClient> {
     const host = opts.host ?? '127.0.0.1';
     const local = opts.localAddress ? { localAddress: opts.localAddress } : {};
     let socket: net.Socket;
-    if (opts.implicitTls) {
+    if (opts.proxyHeader !== undefined) {
+      const raw = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host, port, ...local }, () => resolve(s));
+        s.once('error', reject);
+      });
+      raw.write(opts.proxyHeader);
+      if (!opts.implicitTls) return new SmtpTestClient(raw);
+      socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+        const s = tls.connect({ socket: raw, ...tlsOptions(opts.implicitTls!) }, () => resolve(s));
+        s.once('error', reject);
+      });
+    } else if (opts.implicitTls) {
       socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
         const s = tls.connect({ host, port, ...local, ...tlsOptions(opts.implicitTls!) }, () => resolve(s));
         s.once('error', reject);

@@ -1,7 +1,8 @@
 /**
  * Two Postern processes (two configurations, two ports) with one Redis: the built-in per-identity limit
- * and a script's rate() hold across both. Redis stopped mid-run: refusals with 451, never an accept;
- * restarted: mail flows again.
+ * and a script's rate() hold across both. Redis stopped mid-run: what needs the store refuses (451 at
+ * MAIL FROM, 454 at AUTH), never an accept; a listener that uses no store still takes mail; restarted:
+ * mail flows again.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,7 +25,7 @@ export default async function (ctx: RcptToContext) {
 }
 `;
 
-interface Server { child: ChildProcess; port: number; output: () => string }
+interface Server { child: ChildProcess; port: number; inboundPort: number; output: () => string }
 
 async function startServer(dir: string, redisUrl: string): Promise<Server> {
   await mkdir(join(dir, 'scripts'), { recursive: true });
@@ -43,19 +44,22 @@ listeners:
     listen: 127.0.0.1:0
     auth: { mechanisms: [PLAIN], required: true }
     limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3 }
+  - name: inbound
+    listen: 127.0.0.1:0
+    scripts: ./no-scripts
+    limits: { greetingDelayMs: 0 }
 `);
   const child = spawn(process.execPath, [MAIN, 'serve', '--config', join(dir, 'postern.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d; });
   child.stderr!.on('data', (d: Buffer) => { out += d; });
-  let port = 0;
+  const ports = new Map<string, number>();
   await eventually(async () => {
-    const m = /"address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/.exec(out);
+    for (const m of out.matchAll(/"listener":"(\w+)","address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/g)) ports.set(m[1]!, Number(m[2]));
     if (child.exitCode !== null) throw new Error(`postern exited:\n${out}`);
-    if (m) port = Number(m[1]);
-    return port > 0;
+    return ports.size === 2;
   }, `postern listening in ${dir}`);
-  return { child, port, output: () => out };
+  return { child, port: ports.get('submit')!, inboundPort: ports.get('inbound')!, output: () => out };
 }
 
 async function login(port: number, user: string): Promise<SmtpTestClient> {
@@ -63,6 +67,7 @@ async function login(port: number, user: string): Promise<SmtpTestClient> {
   await c.hello();
   const password = user === 'alice@example.com' ? 'alice-Password-1' : 'bob-Password-1';
   const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`);
+  if (r.code !== 235) c.destroy(); // an open session would hold the server's stop for its idle timeout
   assert.equal(r.code, 235, r.text);
   return c;
 }
@@ -141,18 +146,24 @@ test('failed AUTHs from one address are counted over both servers (limits.authFa
   await raw.close();
 });
 
-test('Redis stopped: 451 (fail closed) at MAIL FROM and for new connections; restarted: mail flows again', opts, async () => {
+test('Redis stopped: what needs the store refuses (451 at MAIL FROM, 454 at AUTH), the rest goes on; restarted: mail flows again', opts, async () => {
   const [a, b] = servers as [Server, Server];
   const early = await login(a.port, 'bob@example.com');
   await redis.stop();
   try {
     // The built-in limit cannot count: refused.
     assert.equal((await early.command('MAIL FROM:<bob@example.com>')).text, '451 4.3.0 Temporary local problem, try again later');
-    // New connections: the per-address AUTH-failure count cannot be read either.
+    // New connections are greeted (the early auth-failure refusal is skipped), but AUTH cannot be counted: refused.
     const c = await SmtpTestClient.connect(b.port);
-    const greeting = await c.read(10_000);
-    assert.match(greeting.text, /^451 4\.3\.0 Temporary local problem, try again later/);
-    c.socket.destroy();
+    await c.hello();
+    const r = await c.command(`AUTH PLAIN ${Buffer.from('\0alice@example.com\0alice-Password-1').toString('base64')}`);
+    assert.equal(r.text, '454 4.7.0 Temporary authentication failure, try again later');
+    await c.quit();
+    // A listener with no store-backed limit and no script takes mail as before.
+    const inbound = await SmtpTestClient.connect(a.inboundPort);
+    await inbound.hello();
+    assert.match((await inbound.sendMail('someone@example.org', ['x@example.net'])).text, /^250 2\.0\.0 Ok: queued as/);
+    await inbound.quit();
   } finally {
     await early.quit();
   }

@@ -1,6 +1,6 @@
 /**
  * Generates scripts/postern.d.ts for script authors from the api sources: every exported type inside
- * `declare module "postern"`, and the PosternHelpers members as global functions.
+ * `declare module "postern"`, and the PosternHelpers members as global functions (properties as constants).
  * Run: node engine/sandbox/api/generate-dts.ts [output-file]
  */
 import { readFile, writeFile } from 'node:fs/promises';
@@ -73,7 +73,9 @@ function globalHelpers(helpersSource: string): string {
     else if (helpersSource[close] === '}' && --depth === 0) break;
   }
   return members(helpersSource.slice(open + 1, close)).map(({ doc, signature }) => {
-    if (!/^\w+\s*[(<]/.test(signature)) throw new Error(`helpers.ts: PosternHelpers member is not a method: ${signature}`);
+    // A property (`dns: Dns`) is a global constant; a method a global function.
+    if (/^\w+\s*:/.test(signature)) return `${doc ? `${doc}\n` : ''}const ${signature};`;
+    if (!/^\w+\s*[(<]/.test(signature)) throw new Error(`helpers.ts: PosternHelpers member is not a method or property: ${signature}`);
     return `${doc ? `${doc}\n` : ''}function ${signature};`;
   }).join('\n');
 }

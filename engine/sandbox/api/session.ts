@@ -22,6 +22,7 @@ export interface AuthInfo {
 export interface ConnectionInfo {
   /** Connection id, also in every log line of this connection. */
   id: string;
+  /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
   remoteAddress: string;
   remotePort: number;
   localAddress: string;

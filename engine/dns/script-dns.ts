@@ -1,0 +1,175 @@
+/**
+ * DNS for policy scripts (`dns.resolve()`, `dnsbl()`): node:dns's Resolver on the configured servers,
+ * each lookup bounded by a timeout, answers kept in a small cache. Failures are results, not exceptions:
+ * `ok: false` says the answer is unknown (timeout, SERVFAIL, refused); a name that does not exist, or has
+ * no record of the type, is an answer (`ok: true`, no records).
+ *
+ * TTLs: node:dns gives them for A and AAAA only. Those answers are kept for their TTL (at most
+ * MAX_CACHE_SECONDS); MX, TXT and PTR answers, and "no such name / no such record" (whose TTL would come
+ * from the SOA, which node:dns does not return), for FIXED_CACHE_SECONDS. Failures are not kept.
+ */
+import { Resolver } from 'node:dns/promises';
+import { isIP, isIPv4 } from 'node:net';
+
+export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
+export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
+
+export interface MxRecord { exchange: string; priority: number }
+export type DnsRecord = string | MxRecord;
+export type DnsFailure = 'timeout' | 'servfail' | 'refused' | 'badname' | 'error';
+
+export type DnsAnswer =
+  | { ok: true; records: DnsRecord[]; ttl: number | null; nxdomain: boolean }
+  | { ok: false; error: DnsFailure; message: string };
+
+export type DnsblAnswer =
+  | { ok: true; listed: boolean; codes: string[]; query: string }
+  | { ok: false; error: DnsFailure; message: string; query: string };
+
+export interface ScriptDnsOptions {
+  /** `address` or `address:port`; empty: the system's. */
+  servers: string[];
+  /** The most one lookup may take; a script may ask for less. */
+  timeoutMs: number;
+}
+
+/** Kept answers before the oldest go. */
+const MAX_ENTRIES = 10_000;
+const MAX_CACHE_SECONDS = 3600;
+export const FIXED_CACHE_SECONDS = 60;
+
+interface Entry { until: number; answer: Promise<DnsAnswer> }
+
+export class ScriptDns {
+  readonly timeoutMs: number;
+  readonly #resolver: Resolver;
+  readonly #cache = new Map<string, Entry>();
+  readonly #now: () => number;
+
+  constructor(options: ScriptDnsOptions, now: () => number = () => performance.now()) {
+    this.timeoutMs = options.timeoutMs;
+    // One try: the per-call timer decides; a retry would only outlive it.
+    this.#resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
+    if (options.servers.length) this.#resolver.setServers(options.servers);
+    this.#now = now;
+  }
+
+  /** `name` of a PTR query may be an address (its in-addr.arpa / ip6.arpa name is asked). */
+  resolve(name: string, type: DnsType, timeoutMs = this.timeoutMs): Promise<DnsAnswer> {
+    const query = type === 'PTR' && isIP(name) ? reverseName(name) : name.replace(/\.$/, '').toLowerCase();
+    const key = `${type} ${query}`;
+    const now = this.#now();
+    const hit = this.#cache.get(key);
+    const limit = Math.min(timeoutMs, this.timeoutMs);
+    if (hit && hit.until > now) return withTimeout(hit.answer.then((a) => aged(a, hit.until, this.#now())), limit, query, type);
+    const answer = this.#lookup(query, type);
+    // In flight: later callers share it; settled, kept for its TTL (failures are dropped).
+    const entry: Entry = { until: Infinity, answer };
+    this.#remember(key, entry);
+    void answer.then((a) => {
+      if (!a.ok) this.#cache.delete(key);
+      else entry.until = this.#now() + 1000 * (a.ttl ?? FIXED_CACHE_SECONDS);
+    });
+    return withTimeout(answer, limit, query, type);
+  }
+
+  /** Is `ip` listed in the DNS blocklist `zone`? Asks the A record of the reversed address under the zone. */
+  async dnsbl(zone: string, ip: string, timeoutMs = this.timeoutMs): Promise<DnsblAnswer> {
+    const query = `${reverseLabels(ip)}.${zone.replace(/^\.|\.$/g, '')}`;
+    const a = await this.resolve(query, 'A', timeoutMs);
+    if (!a.ok) return { ...a, query };
+    const codes = a.records as string[];
+    // 127.255.255.x: the list refuses to answer this resolver (Spamhaus's "blocked query" codes); not a listing.
+    const refused = codes.find((c) => c.startsWith('127.255.255.'));
+    if (refused) return { ok: false, error: 'refused', message: `${zone} refused the query (answer ${refused})`, query };
+    return { ok: true, listed: codes.some((c) => c.startsWith('127.')), codes, query };
+  }
+
+  #remember(key: string, entry: Entry): void {
+    this.#cache.delete(key);
+    this.#cache.set(key, entry);
+    if (this.#cache.size > MAX_ENTRIES) this.#cache.delete(this.#cache.keys().next().value!);
+  }
+
+  async #lookup(name: string, type: DnsType): Promise<DnsAnswer> {
+    try {
+      switch (type) {
+        case 'A':
+        case 'AAAA': {
+          const found = await (type === 'A' ? this.#resolver.resolve4(name, { ttl: true }) : this.#resolver.resolve6(name, { ttl: true }));
+          const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => r.ttl));
+          return { ok: true, records: found.map((r) => r.address), ttl: Math.max(0, ttl), nxdomain: false };
+        }
+        case 'MX': {
+          const found = await this.#resolver.resolveMx(name);
+          const records = found.map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }))
+            .sort((x, y) => x.priority - y.priority);
+          return { ok: true, records, ttl: null, nxdomain: false };
+        }
+        case 'TXT':
+          return { ok: true, records: (await this.#resolver.resolveTxt(name)).map((chunks) => chunks.join('')), ttl: null, nxdomain: false };
+        case 'PTR':
+          return { ok: true, records: (await this.#resolver.resolvePtr(name)).map((n) => n.replace(/\.$/, '').toLowerCase()), ttl: null, nxdomain: false };
+      }
+    } catch (err) {
+      return failure(err as NodeJS.ErrnoException, name, type);
+    }
+  }
+}
+
+/** A kept answer with the TTL it has left. */
+function aged(a: DnsAnswer, until: number, now: number): DnsAnswer {
+  if (!a.ok || a.ttl === null || until === Infinity) return a;
+  return { ...a, ttl: Math.max(0, Math.ceil((until - now) / 1000)) };
+}
+
+function failure(err: NodeJS.ErrnoException, name: string, type: DnsType): DnsAnswer {
+  switch (err.code) {
+    case 'ENOTFOUND': return { ok: true, records: [], ttl: null, nxdomain: true };
+    case 'ENODATA': return { ok: true, records: [], ttl: null, nxdomain: false };
+    case 'ETIMEOUT': return { ok: false, error: 'timeout', message: `no answer for ${name} ${type}` };
+    case 'ESERVFAIL': return { ok: false, error: 'servfail', message: `SERVFAIL for ${name} ${type}` };
+    case 'EREFUSED': return { ok: false, error: 'refused', message: `REFUSED for ${name} ${type}` };
+    case 'EBADNAME': return { ok: false, error: 'badname', message: `not a domain name: ${name}` };
+    default: return { ok: false, error: 'error', message: `${err.code ?? 'error'} for ${name} ${type}: ${err.message}` };
+  }
+}
+
+function withTimeout(answer: Promise<DnsAnswer>, ms: number, name: string, type: DnsType): Promise<DnsAnswer> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<DnsAnswer>((resolve) => {
+    timer = setTimeout(() => resolve({ ok: false, error: 'timeout', message: `no answer for ${name} ${type} within ${ms} ms` }), ms);
+  });
+  return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+}
+
+/** 192.0.2.1 → 1.2.0.192; 2001:db8::1 → its 32 nibbles, last first. */
+export function reverseLabels(ip: string): string {
+  if (isIPv4(ip)) return ip.split('.').reverse().join('.');
+  if (isIP(ip) !== 6) throw new TypeError(`not an IP address: ${ip}`);
+  const [head, tail = ''] = ip.toLowerCase().split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  if (t.length && t[t.length - 1]!.includes('.')) { // an embedded IPv4 tail: two groups
+    const [a, b, c, d] = t.pop()!.split('.').map(Number) as [number, number, number, number];
+    t.push(((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
+  }
+  if (h.length && h[h.length - 1]!.includes('.') && !ip.includes('::')) {
+    const [a, b, c, d] = h.pop()!.split('.').map(Number) as [number, number, number, number];
+    h.push(((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
+  }
+  const groups = ip.includes('::') ? [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t] : h;
+  return groups.map((g) => g.padStart(4, '0')).join('').split('').reverse().join('.');
+}
+
+export function reverseName(ip: string): string {
+  return `${reverseLabels(ip)}.${isIPv4(ip) ? 'in-addr.arpa' : 'ip6.arpa'}`;
+}
+
+/** `address`, `address:port`, `[v6]` or `[v6]:port`, as node:dns's setServers() takes them. */
+export function isDnsServer(text: string): boolean {
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
+  const [host, port] = bracketed ? [bracketed[1]!, bracketed[2]] : isIP(text) ? [text, undefined] : text.split(/:(?=\d{1,5}$)/);
+  if (!host || !isIP(host) || (bracketed && isIP(host) !== 6)) return false;
+  return port === undefined || (Number(port) >= 1 && Number(port) <= 65535);
+}

@@ -1,0 +1,100 @@
+/**
+ * dns.resolve() and dnsbl() in policy scripts, against a DNS server run by the test (`dns.servers`): a
+ * DNSBL check at connect keyed by the client address, an MX check at MAIL FROM, a failure as a result
+ * (the script decides) and, with `{ throw: true }`, as a rejection that fails the hook closed.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts';
+import { parseConfig } from '../../engine/config/load-config.ts';
+
+const CONNECT = `import type { ConnectContext } from "postern";
+export default async function (ctx: ConnectContext) {
+  const r = await dnsbl("bl.test", ctx.connection.remoteAddress);
+  if (r.ok && r.listed) return reject("Listed in bl.test (" + r.codes.join(",") + ")");
+}
+`;
+const MAILFROM = `import type { MailFromContext } from "postern";
+export default async function (ctx: MailFromContext) {
+  if (ctx.address.domain === "strict.test") await dns.resolve("broken.test", "A", { throw: true });
+  const mx = await dns.resolve(ctx.address.domain, "MX");
+  if (!mx.ok) return defer("DNS " + mx.error + " for " + ctx.address.domain);
+  if (mx.records.length === 0) return reject("No MX for " + ctx.address.domain + (mx.nxdomain ? " (no such domain)" : ""));
+  return accept({ text: "Sender ok, MX " + mx.records[0].exchange });
+}
+`;
+
+let dns: TestDnsServer;
+let server: TestServer;
+
+before(async () => {
+  dns = await startDnsServer({
+    '2.0.0.127.bl.test': [{ type: 'A', value: '127.0.0.2' }],
+    'good.test': [{ type: 'MX', value: { exchange: 'mx.good.test', priority: 10 } }, { type: 'A', value: '192.0.2.1' }],
+    'nomx.test': [{ type: 'A', value: '192.0.2.2' }],
+    'strict.test': [{ type: 'MX', value: { exchange: 'mx.strict.test', priority: 10 } }],
+  });
+  dns.servfail.add('broken.test');
+  dns.servfail.add('servfail.test');
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+sandbox: { timeoutMs: 2000 }
+dns: { servers: ["${dns.address}"], timeoutMs: 1000 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+`,
+    scripts: { 'connect.ts': CONNECT, 'mailfrom.ts': MAILFROM },
+  });
+});
+after(async () => {
+  await server?.stop();
+  await dns?.stop();
+});
+
+test('dnsbl() at connect: the listed client is refused, another is greeted', async () => {
+  const listed = await SmtpTestClient.connect(server.port('mx'), { localAddress: '127.0.0.2' });
+  assert.equal((await listed.read()).text, '554 5.7.1 Listed in bl.test (127.0.0.2)');
+  listed.destroy();
+  const clean = await SmtpTestClient.connect(server.port('mx'));
+  await clean.hello();
+  await clean.quit();
+  assert.equal(dns.queries.get('A 1.0.0.127.bl.test'), 1);
+});
+
+test('dns.resolve() at MAIL FROM: MX found, none, no such domain, and a failure the script turns into a deferral', async () => {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  const mail = async (from: string) => {
+    const r = (await c.command(`MAIL FROM:<${from}>`)).text;
+    if (r.startsWith('250')) await c.command('RSET');
+    return r;
+  };
+  assert.equal(await mail('a@good.test'), '250 2.1.0 Sender ok, MX mx.good.test');
+  assert.equal(await mail('a@nomx.test'), '550 5.7.1 No MX for nomx.test');
+  assert.equal(await mail('a@nowhere.test'), '550 5.7.1 No MX for nowhere.test (no such domain)');
+  assert.equal(await mail('a@servfail.test'), '451 4.3.0 DNS servfail for servfail.test');
+  // Asked once: the second MAIL FROM is answered from the cache.
+  assert.equal(await mail('b@good.test'), '250 2.1.0 Sender ok, MX mx.good.test');
+  assert.equal(dns.queries.get('MX good.test'), 1);
+  // { throw: true }: the failure rejects, and the uncaught rejection fails the hook closed.
+  assert.equal(await mail('a@strict.test'), '451 4.3.0 Temporary policy failure, try again later');
+  await c.quit();
+  assert.ok(server.logs.some((l) => /dns\.resolve\(\): servfail: SERVFAIL for broken\.test A/.test(JSON.stringify(l))));
+});
+
+test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are addresses', () => {
+  const base = 'listeners: [{ name: a, listen: "127.0.0.1:0" }]\n';
+  assert.throws(() => parseConfig(`${base}dns: { timeoutMs: 100 }\n`, 'p.yaml', '/tmp'), /dns\.timeoutMs.*must be below sandbox\.timeoutMs \(100 ms\)/s);
+  assert.deepEqual(parseConfig(base, 'p.yaml', '/tmp').config.dns, { servers: [] });
+  const servers = ['192.0.2.53', '192.0.2.53:5353', '2001:db8::53', '[2001:db8::53]:5353'];
+  assert.deepEqual(parseConfig(`${base}dns: { servers: ${JSON.stringify(servers)} }\n`, 'p.yaml', '/tmp').config.dns.servers, servers);
+  for (const bad of ['dns.example', '192.0.2.53:0', '[192.0.2.53]:53', '192.0.2.53:99999']) {
+    assert.throws(() => parseConfig(`${base}dns: { servers: ["${bad}"] }\n`, 'p.yaml', '/tmp'), /expected an IP address, address:port or \[IPv6\]:port/, bad);
+  }
+});

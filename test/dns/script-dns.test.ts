@@ -1,0 +1,103 @@
+/**
+ * ScriptDns against a DNS server run by the test on loopback: every record type, "no such name" and "no
+ * such record" as answers, SERVFAIL and silence as typed failures, the cache (TTL of A/AAAA, fixed time for
+ * the rest, failures not kept) on a clock the test moves, and DNSBL queries.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { ScriptDns, FIXED_CACHE_SECONDS, reverseLabels } from '../../engine/dns/script-dns.ts';
+import { startDnsServer, ptrName, type TestDnsServer } from '../helpers/dns-server.ts';
+
+let server: TestDnsServer;
+let clock = 0;
+const dns = () => new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => clock);
+
+before(async () => {
+  server = await startDnsServer({
+    'mail.example.test': [{ type: 'A', value: '192.0.2.10', ttl: 30 }, { type: 'A', value: '192.0.2.11', ttl: 20 }, { type: 'AAAA', value: '2001:db8::10', ttl: 40 }],
+    'example.test': [
+      { type: 'MX', value: { exchange: 'mx2.example.test', priority: 20 } },
+      { type: 'MX', value: { exchange: 'MX1.example.test', priority: 10 } },
+      { type: 'TXT', value: ['v=spf1 ', 'ip4:192.0.2.0/24 -all'] },
+      { type: 'TXT', value: ['second'] },
+    ],
+    [ptrName('192.0.2.10')]: [{ type: 'PTR', value: 'mail.example.test.' }],
+    '2.0.0.127.bl.test': [{ type: 'A', value: '127.0.0.2' }, { type: 'A', value: '127.0.0.4' }],
+    '3.0.0.127.bl.test': [{ type: 'A', value: '127.255.255.254' }],
+    'nodata.example.test': [{ type: 'TXT', value: ['only text'] }],
+  });
+  server.servfail.add('broken.example.test');
+  server.silent.add('silent.example.test');
+});
+after(async () => { await server?.stop(); });
+
+test('A, AAAA, MX, TXT and PTR answers; A/AAAA with their TTL (the lowest of the set)', async () => {
+  const r = dns();
+  assert.deepEqual(await r.resolve('Mail.Example.Test.', 'A'), { ok: true, records: ['192.0.2.10', '192.0.2.11'], ttl: 20, nxdomain: false });
+  assert.deepEqual(await r.resolve('mail.example.test', 'AAAA'), { ok: true, records: ['2001:db8::10'], ttl: 40, nxdomain: false });
+  assert.deepEqual(await r.resolve('example.test', 'MX'), { ok: true, records: [{ exchange: 'mx1.example.test', priority: 10 }, { exchange: 'mx2.example.test', priority: 20 }], ttl: null, nxdomain: false });
+  const txt = await r.resolve('example.test', 'TXT');
+  assert.ok(txt.ok);
+  assert.deepEqual([...txt.records].sort(), ['second', 'v=spf1 ip4:192.0.2.0/24 -all']);
+  assert.deepEqual(await r.resolve('192.0.2.10', 'PTR'), { ok: true, records: ['mail.example.test'], ttl: null, nxdomain: false });
+});
+
+test('no such name and no such record are answers; SERVFAIL and silence are typed failures', async () => {
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 300 }, () => clock);
+  assert.deepEqual(await r.resolve('nowhere.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: true });
+  assert.deepEqual(await r.resolve('nodata.example.test', 'MX'), { ok: true, records: [], ttl: null, nxdomain: false });
+  assert.deepEqual(await r.resolve('broken.example.test', 'A'), { ok: false, error: 'servfail', message: 'SERVFAIL for broken.example.test A' });
+  const silent = await r.resolve('silent.example.test', 'A');
+  assert.equal(silent.ok, false);
+  assert.equal((silent as { error: string }).error, 'timeout');
+  // A shorter per-call limit than the configured one.
+  const quick = await r.resolve('silent.example.test', 'TXT', 50);
+  assert.deepEqual(quick, { ok: false, error: 'timeout', message: 'no answer for silent.example.test TXT within 50 ms' });
+});
+
+test('the cache: A kept for its TTL, MX and "no such name" for the fixed time, failures not at all', async () => {
+  const r = dns();
+  clock = 0;
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  const a0 = asked('A mail.example.test');
+  await r.resolve('mail.example.test', 'A');
+  clock = 19_000;
+  assert.deepEqual(await r.resolve('mail.example.test', 'A'), { ok: true, records: ['192.0.2.10', '192.0.2.11'], ttl: 1, nxdomain: false });
+  assert.equal(asked('A mail.example.test'), a0 + 1, 'answered from the cache within the TTL');
+  clock = 20_001;
+  await r.resolve('mail.example.test', 'A');
+  assert.equal(asked('A mail.example.test'), a0 + 2, 'asked again once the TTL ran out');
+
+  clock = 0;
+  const m0 = asked('MX example.test');
+  const n0 = asked('A gone.example.test');
+  await r.resolve('example.test', 'MX');
+  await r.resolve('gone.example.test', 'A');
+  clock = FIXED_CACHE_SECONDS * 1000 - 1;
+  await r.resolve('example.test', 'MX');
+  await r.resolve('gone.example.test', 'A');
+  assert.equal(asked('MX example.test'), m0 + 1);
+  assert.equal(asked('A gone.example.test'), n0 + 1);
+  clock = FIXED_CACHE_SECONDS * 1000 + 1;
+  await r.resolve('example.test', 'MX');
+  assert.equal(asked('MX example.test'), m0 + 2);
+
+  const f0 = asked('A broken.example.test');
+  await r.resolve('broken.example.test', 'A');
+  await r.resolve('broken.example.test', 'A');
+  assert.equal(asked('A broken.example.test'), f0 + 2, 'a failure is asked again');
+  // Concurrent lookups of one name share one query.
+  const c0 = asked('AAAA mail.example.test');
+  clock = 1e9;
+  await Promise.all([r.resolve('mail.example.test', 'AAAA'), r.resolve('mail.example.test', 'AAAA')]);
+  assert.equal(asked('AAAA mail.example.test'), c0 + 1);
+});
+
+test('dnsbl: listed with its codes, not listed, and the list refusing the resolver', async () => {
+  const r = dns();
+  assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.2'), { ok: true, listed: true, codes: ['127.0.0.2', '127.0.0.4'], query: '2.0.0.127.bl.test' });
+  assert.deepEqual(await r.dnsbl('bl.test.', '127.0.0.1'), { ok: true, listed: false, codes: [], query: '1.0.0.127.bl.test' });
+  assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.3'), { ok: false, error: 'refused', message: 'bl.test refused the query (answer 127.255.255.254)', query: '3.0.0.127.bl.test' });
+  assert.equal(reverseLabels('2001:db8::567:89ab'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2');
+  assert.equal(reverseLabels('::ffff:192.0.2.1'), '1.0.2.0.0.0.0.c.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0');
+});

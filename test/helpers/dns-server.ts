@@ -1,0 +1,120 @@
+/**
+ * A tiny authoritative DNS server on 127.0.0.1 (UDP, node:dgram) for tests: answers from a table of
+ * records, NXDOMAIN for names it does not know, NODATA for a known name without the type asked; names
+ * can be made to answer SERVFAIL or nothing at all. Counts the queries it gets, so tests can see a cache.
+ * Hand-rolled: one question per query, answers point back to it (RFC 1035 §4.1.4 compression).
+ */
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import { isIPv4 } from 'node:net';
+
+export type TestRecord =
+  | { type: 'A' | 'AAAA' | 'PTR'; value: string; ttl?: number }
+  | { type: 'TXT'; value: string[]; ttl?: number }
+  | { type: 'MX'; value: { exchange: string; priority: number }; ttl?: number };
+
+const TYPES: Record<string, number> = { A: 1, PTR: 12, MX: 15, TXT: 16, AAAA: 28 };
+const TYPE_NAMES = Object.fromEntries(Object.entries(TYPES).map(([k, v]) => [v, k]));
+
+export interface TestDnsServer {
+  /** `127.0.0.1:<port>`, for `dns.servers`. */
+  readonly address: string;
+  /** Queries received, by `TYPE name`. */
+  readonly queries: Map<string, number>;
+  /** name (lowercase, no trailing dot) → records. */
+  readonly zone: Map<string, TestRecord[]>;
+  /** Names answered with SERVFAIL, and names never answered. */
+  readonly servfail: Set<string>;
+  readonly silent: Set<string>;
+  stop(): Promise<void>;
+}
+
+export async function startDnsServer(records: Record<string, TestRecord[]> = {}): Promise<TestDnsServer> {
+  const socket = dgram.createSocket('udp4');
+  const zone = new Map(Object.entries(records).map(([k, v]) => [k.toLowerCase(), v]));
+  const queries = new Map<string, number>();
+  const servfail = new Set<string>();
+  const silent = new Set<string>();
+  socket.on('message', (query, peer) => {
+    const q = parseQuestion(query);
+    if (!q) return;
+    const key = `${TYPE_NAMES[q.type] ?? q.type} ${q.name}`;
+    queries.set(key, (queries.get(key) ?? 0) + 1);
+    if (silent.has(q.name)) return;
+    const known = zone.get(q.name);
+    const rcode = servfail.has(q.name) ? 2 : known ? 0 : 3;
+    const answers = (known ?? []).filter((r) => TYPES[r.type] === q.type);
+    socket.send(response(query, q.end, rcode, rcode === 0 ? answers : []), peer.port, peer.address);
+  });
+  socket.bind(0, '127.0.0.1');
+  await once(socket, 'listening');
+  return {
+    address: `127.0.0.1:${socket.address().port}`, queries, zone, servfail, silent,
+    stop: () => new Promise((resolve) => socket.close(() => resolve())),
+  };
+}
+
+function parseQuestion(msg: Buffer): { name: string; type: number; end: number } | null {
+  if (msg.length < 17 || msg.readUInt16BE(4) !== 1) return null;
+  const labels: string[] = [];
+  let i = 12;
+  while (i < msg.length && msg[i] !== 0) {
+    const n = msg[i]!;
+    labels.push(msg.subarray(i + 1, i + 1 + n).toString('latin1'));
+    i += 1 + n;
+  }
+  if (i + 5 > msg.length) return null;
+  return { name: labels.join('.').toLowerCase(), type: msg.readUInt16BE(i + 1), end: i + 5 };
+}
+
+function encodeName(name: string): Buffer {
+  const parts = name.replace(/\.$/, '').split('.').filter(Boolean).map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')]));
+  return Buffer.concat([...parts, Buffer.from([0])]);
+}
+
+function rdata(r: TestRecord): Buffer {
+  switch (r.type) {
+    case 'A': return Buffer.from(r.value.split('.').map(Number));
+    case 'AAAA': {
+      const [head, tail = ''] = r.value.split('::');
+      const h = head ? head.split(':') : [];
+      const t = tail ? tail.split(':') : [];
+      const groups = r.value.includes('::') ? [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t] : h;
+      const out = Buffer.alloc(16);
+      groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+      return out;
+    }
+    case 'PTR': return encodeName(r.value);
+    case 'MX': {
+      const pref = Buffer.alloc(2);
+      pref.writeUInt16BE(r.value.priority);
+      return Buffer.concat([pref, encodeName(r.value.exchange)]);
+    }
+    case 'TXT': return Buffer.concat(r.value.map((s) => Buffer.concat([Buffer.from([Buffer.byteLength(s)]), Buffer.from(s)])));
+  }
+}
+
+function response(query: Buffer, questionEnd: number, rcode: number, answers: TestRecord[]): Buffer {
+  const header = Buffer.alloc(12);
+  query.copy(header, 0, 0, 2); // id
+  header.writeUInt16BE(0x8000 | 0x0400 | (query.readUInt16BE(2) & 0x0100) | 0x0080 | rcode, 2); // QR AA RD(copied) RA rcode
+  header.writeUInt16BE(1, 4);
+  header.writeUInt16BE(answers.length, 6);
+  const records = answers.map((r) => {
+    const data = rdata(r);
+    const fixed = Buffer.alloc(12);
+    fixed.writeUInt16BE(0xc00c, 0); // the question's name
+    fixed.writeUInt16BE(TYPES[r.type]!, 2);
+    fixed.writeUInt16BE(1, 4);
+    fixed.writeUInt32BE(r.ttl ?? 300, 6);
+    fixed.writeUInt16BE(data.length, 10);
+    return Buffer.concat([fixed, data]);
+  });
+  return Buffer.concat([header, query.subarray(12, questionEnd), ...records]);
+}
+
+/** The PTR name of an address, as a zone key. */
+export function ptrName(ip: string): string {
+  if (!isIPv4(ip)) throw new Error('IPv4 only here');
+  return `${ip.split('.').reverse().join('.')}.in-addr.arpa`;
+}

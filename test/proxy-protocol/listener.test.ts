@@ -1,0 +1,140 @@
+/**
+ * A proxyProtocol listener in one process, with the header written by the test (v1 and v2): the client it
+ * names is the one scripts, the per-address limit and the logs see; untrusted peers, garbage and a header
+ * that never comes are closed; implicit TLS and STARTTLS work after the header. (HAProxy itself, in
+ * front of `postern serve`, is test/proxy-protocol/haproxy.test.ts.)
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { until } from '../helpers/wait.ts';
+import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
+
+const CONNECT = `import type { ConnectContext } from "postern";
+export default function (ctx: ConnectContext) {
+  if (ctx.connection.remoteAddress === "192.0.2.99") return reject("No mail from " + ctx.connection.remoteAddress + " port " + ctx.connection.remotePort);
+}
+`;
+
+let pki: TestPki;
+let ca: string;
+let server: TestServer;
+
+before(async () => {
+  pki = await makeTestPki();
+  ca = await readFile(pki.ca.cert, 'utf8');
+  const tls = (mode: string) => `{ mode: ${mode}, cert: ${pki.server.cert}, key: ${pki.server.key} }`;
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: ${tls('starttls')}
+    proxyProtocol: { trusted: [127.0.0.0/8], headerTimeoutMs: 500 }
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }
+  - name: smtps
+    listen: 127.0.0.1:0
+    tls: ${tls('implicit')}
+    proxyProtocol: { trusted: ["127.0.0.1"], headerTimeoutMs: 1000 }
+    limits: { greetingDelayMs: 0 }
+  - name: elsewhere
+    listen: 127.0.0.1:0
+    proxyProtocol: { trusted: [10.0.0.0/8, "fd00::/8"] }
+    limits: { greetingDelayMs: 0 }
+`,
+    scripts: { 'connect.ts': CONNECT },
+  });
+});
+
+after(async () => { await server?.stop(); });
+
+/** Resolves when the server closes the connection; with what it wrote first. */
+async function closedWith(port: number, send?: Buffer | string): Promise<string> {
+  const s = net.connect(port, '127.0.0.1');
+  let got = '';
+  s.on('data', (d: Buffer) => { got += d.toString(); });
+  s.on('error', () => undefined);
+  await once(s, 'connect');
+  if (send !== undefined) s.write(send);
+  await once(s, 'close');
+  return got;
+}
+
+test('v2 header: the session, its mail and its log line name the original client (STARTTLS after the header)', async () => {
+  const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.7', 40001) });
+  assert.match((await c.hello({ starttls: { ca } })).text, /^250-localhost Nice to meet you, \[192\.0\.2\.7\]/);
+  const queued = (await c.sendMail('a@example.org', ['b@example.com'])).text;
+  assert.match(queued, /^250 2\.0\.0 Ok: queued as/);
+  await c.quit();
+  const spooled = (await server.runtime.spool.readMessage(/queued as ([0-9a-z]+)$/.exec(queued)![1]!)).toString('utf8');
+  assert.match(spooled, /^Received: from client\.example \([^)]*\[192\.0\.2\.7\]\)/);
+  await until('the accepted line is logged', () => server.logs.some((l) => /accepted from=<a@example\.org>/.test(String(l.msg))));
+  const accepted = server.logs.find((l) => /accepted from=<a@example\.org>/.test(String(l.msg)))!;
+  assert.match(String(accepted.msg), /client=[^\s]*\[192\.0\.2\.7\]/);
+});
+
+test('v1 header: scripts see the original address and port', async () => {
+  const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV1('192.0.2.99', 51234) });
+  assert.equal((await c.read()).text, '554 5.7.1 No mail from 192.0.2.99 port 51234');
+  c.destroy();
+  // The decision line names the client too.
+  await until('the refusal is logged', () => server.logs.some((l) => l.stage === 'CONNECT' && l.client === '192.0.2.99' && l.decision !== undefined));
+});
+
+test('implicit TLS: the handshake follows the v2 header in the same write', async () => {
+  const c = await SmtpTestClient.connect(server.port('smtps'), { proxyHeader: proxyV2('2001:db8::5', 4000), implicitTls: { ca } });
+  await c.hello();
+  assert.match((await c.sendMail('a@example.org', ['c@example.com'])).text, /^250 2\.0\.0 Ok: queued as/);
+  await c.quit();
+  await until('logged with the IPv6 client', () => server.logs.some((l) => /accepted from=<a@example\.org>.*\[2001:db8::5\]/.test(String(l.msg))));
+});
+
+test('implicit TLS: a failed handshake is logged with the client the header named', async () => {
+  assert.equal(await closedWith(server.port('smtps'), Buffer.concat([proxyV2('192.0.2.77', 4001), Buffer.from('EHLO not-tls\r\n')])), '');
+  await until('the handshake failure is logged', () => server.logs.some((l) => l.msg === 'client connection error' && l.listener === 'smtps' && l.client === '192.0.2.77'));
+});
+
+test('maxConnectionsPerIp counts the original client, not the balancer', async () => {
+  const open: SmtpTestClient[] = [];
+  for (let i = 0; i < 2; i++) {
+    const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.50', 1000 + i) });
+    assert.match((await c.read()).text, /^220 /);
+    open.push(c);
+  }
+  const third = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.50', 1002) });
+  assert.equal((await third.read()).text, '421 4.7.0 Too many connections from your address');
+  third.destroy();
+  // The same balancer, another client: welcome.
+  const other = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV1('192.0.2.51', 1003) });
+  assert.match((await other.read()).text, /^220 /);
+  // A health check (v2 LOCAL) is the balancer itself.
+  const local = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.50', 1, { local: true }) });
+  assert.match((await local.read()).text, /^220 /);
+  for (const c of [...open, other, local]) await c.quit();
+  // Slots went back: 192.0.2.50 may connect again.
+  await until('slots given back', async () => {
+    const c = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.50', 1004) });
+    const ok = (await c.read()).code === 220;
+    c.destroy();
+    return ok;
+  });
+});
+
+test('an untrusted peer, a malformed header and a header that never comes: closed without a reply', async () => {
+  assert.equal(await closedWith(server.port('elsewhere'), proxyV2('192.0.2.7', 1)), '');
+  assert.equal(await closedWith(server.port('mx'), 'EHLO client.example\r\n'), '');
+  assert.equal(await closedWith(server.port('mx'), 'PROXY TCP4 192.0.2.7 nowhere 1 25\r\n'), '');
+  assert.equal(await closedWith(server.port('mx'), proxyV2('192.0.2.7', 1).subarray(0, 20)), ''); // then silence: the deadline
+  assert.equal(await closedWith(server.port('smtps')), '');
+  const reasons = server.logs.filter((l) => l.msg === 'PROXY protocol: connection closed').map((l) => String(l.reason));
+  assert.ok(reasons.some((r) => /not a PROXY protocol header/.test(r)), reasons.join('; '));
+  assert.ok(reasons.some((r) => /v1 address is not TCP4/.test(r)), reasons.join('; '));
+  assert.ok(reasons.some((r) => /no PROXY header within 500 ms/.test(r)), reasons.join('; '));
+  assert.ok(server.logs.some((l) => l.msg === 'PROXY protocol: connection from an untrusted address closed' && l.peer === '127.0.0.1'));
+});
