@@ -1,6 +1,7 @@
 /**
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
- * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
+ * once, then called many times, one entry at a time. Calls whose promises wait for host operations (a store)
+ * do not hold it: the answers are delivered as they come. A slot whose isolate is lost is replaced, not repaired.
  */
 import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
@@ -308,9 +309,11 @@ export class IsolateSlot {
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
-    if (!stopped && promisedCalls.length) this.#settleAtOnce(entries, ids, fastPathMs);
+    // After a stopped run the promises of the calls that had ended settle at the end of takeBatch's entry.
+    if (promisedCalls.length) this.#settleAtOnce(entries, ids, fastPathMs);
     runningCall.exit();
     this.#current = null;
+    let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
     const settled = calls.map(({ hook, connectionId }, i): BatchSettled => {
       const file = this.#files.get(hook)!;
       const entry = entries[i];
@@ -323,6 +326,13 @@ export class IsolateSlot {
       if (entry.outcome === null) {
         const id = ids[i]!;
         const later = new Promise<unknown>((resolve, reject) => this.#awaiting.set(id, { hook, file, connectionId, resolve, reject }));
+        // Pending without an operation to wait for (it awaits something else): no answer will bring its
+        // outcome, so a delivery without answers takes it.
+        waitingFor ??= new Set(this.#opOwners.values());
+        if (!waitingFor.has(id)) {
+          this.#collect = true;
+          this.#scheduleFlush();
+        }
         return { later, cancel: () => this.#awaiting.delete(id) };
       }
       try {

@@ -150,3 +150,23 @@ test('connection facts stay right across batches, when an isolate forgets them, 
     assert.ok((await sandbox.stats()).fastPath.overruns >= 1);
   });
 });
+
+test('a call whose promise awaits no host operation settles even when a later call of its batch is stopped', async () => {
+  await withSandbox({
+    host: recordingHost(),
+    isolates: 1,
+    fastPathMs: 20,
+    timeoutMs: 2000,
+    scripts: [js('mailfrom', `export default async (ctx) => {
+      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
+      await null;
+      return accept({ text: 'n' + ctx.n });
+    }`)],
+  }, async (sandbox) => {
+    // The second call uses up the batch's time: the first had ended, its promise pending on \`await null\`.
+    const results = await settle([sandbox.invoke('mailfrom', { n: 0 }, 'c0'), sandbox.invoke('mailfrom', { n: 1, slow: true }, 'c1')]);
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
+      { verdict: 'accept', text: 'n0' }, { verdict: 'accept', text: 'n1' },
+    ]);
+  });
+});
