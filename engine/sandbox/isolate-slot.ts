@@ -415,15 +415,18 @@ export class IsolateSlot {
     this.#delivering = true;
     const { timeoutMs } = this.#options;
     this.#cutOff = false;
+    // A continuation stuck in a builtin that ignores the time limit: isolated-vm's promise may then never
+    // settle, so the slot is given up on here and now (the pool replaces it), not when it does.
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
-      abandon(this.#isolate);
+      this.#delivering = false;
+      this.#failAwaiting(owners, new Error('cut off'), timeoutMs);
     }, watchdogDelay(timeoutMs));
     try {
       const wire = await this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } });
       this.#settleTaken(wire);
     } catch (e) {
-      this.#failAwaiting(owners, e, timeoutMs);
+      if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
     } finally {
       clearTimeout(watchdog);
       this.#delivering = false;
