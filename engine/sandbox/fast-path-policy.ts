@@ -4,8 +4,8 @@
  * A hook whose calls keep using up the fast path's budget runs on isolate threads only, for a while. What
  * counts is the CPU time the isolate spent on the stopped attempt, not wall time: on a loaded machine the
  * thread is descheduled mid-call and wall time runs out for quick scripts too, and moving them off the fast
- * path would double their cost for the next minute (seen in the benchmark). A hook whose script returned
- * a promise is not batched again: it waits for its promise on an isolate thread.
+ * path would double their cost for the next minute (seen in the benchmark). A script that returns a promise
+ * waiting for a host operation stays on the fast path: its continuation is delivered later (isolate-slot.ts).
  */
 import type { HookName } from './api/index.ts';
 
@@ -41,7 +41,6 @@ export class FastPathPolicy {
   readonly stats: FastPathStats = { calls: 0, overruns: 0, descheduled: 0, batches: 0 };
   readonly #slowUntil = new Map<HookName, number>();
   readonly #overrunsAt = new Map<HookName, number[]>();
-  readonly #promiseHooks = new Set<HookName>();
   readonly #warn: (hook: HookName, message: string) => void;
 
   constructor(budgetMs: number, warn: (hook: HookName, message: string) => void) {
@@ -57,15 +56,6 @@ export class FastPathPolicy {
     if (Date.now() < until) return 0;
     this.#slowUntil.delete(hook);
     return this.budgetMs;
-  }
-
-  /** Whether a call of `hook` may join a batch (not when its script returns promises). */
-  batches(hook: HookName): boolean {
-    return !this.#promiseHooks.has(hook);
-  }
-
-  returnedPromise(hook: HookName): void {
-    this.#promiseHooks.add(hook);
   }
 
   /** A fast-path attempt of `hook` was stopped at the budget after `cpuMs` of the isolate's CPU time. */

@@ -11,25 +11,18 @@ export interface RuntimeHost {
   md5(data: string): string;
   hmac(algorithm: string, key: string, data: string): string;
   lookup(table: string, key: string): unknown;
-  log(message: string): void;
+  /** `callId`: the call whose code logged, when the runtime knows it (a continuation run by deliver()); else -1. */
+  log(message: string, callId: number): void;
+  /**
+   * Start an asynchronous host operation (see engine/sandbox/host-operations.ts) for the call `callId`:
+   * its JSON answer when the host has it at once (a memory store), else null, and the answer comes later
+   * through deliver() under `opId`. Synchronous and cheap, like lookup(): no isolated-vm promise machinery.
+   */
+  startOperation(opId: number, callId: number, kind: string, args: unknown[]): string | null;
 }
 
-/**
- * The counter-store operation (`rate`, `get`, `add`), an isolated-vm Reference to the host's async function:
- * applied with `result.promise`, the isolate's promise settles when the host's does (a Callback's cannot wait
- * for a host promise). Its answer as JSON, or a rejection (fail closed).
- */
-export interface StoreReference {
-  apply(receiver: undefined, args: [string, string, number, number], options: { result: { promise: true; copy: true } }): Promise<string>;
-}
-
-/**
- * dns.resolve() (`resolve`, name, type) and dnsbl() (`dnsbl`, zone, ip) with a timeout in ms, a Reference to
- * the host's async function like StoreReference: the answer as JSON (a DNS failure is an answer, `ok: false`).
- */
-export interface DnsReference {
-  apply(receiver: undefined, args: [string, string, string, number], options: { result: { promise: true; copy: true } }): Promise<string>;
-}
+/** What deliver() takes, as JSON: per operation, its id, 1 and the JSON answer, or 0 and the error's message. */
+export type AnswerWire = Array<[opId: number, ok: 0 | 1, text: string]>;
 
 /** What one call produces, copied out of the isolate as plain data. */
 export type RunOutcome =
@@ -53,12 +46,14 @@ export type CallWire = [
   hook: string, ctx: unknown,
   connectionKey: string | null, connection: unknown, connectionForget: boolean,
   certificateKey: string | null, certificate: unknown, certificateForget: boolean,
+  /** The host's id of the call, unique in the isolate's life: a promise it returns settles under it (takeSettled). */
+  callId: number,
 ];
 
 /**
  * What crosses out, per call, in a JSON array: its outcome, or null when the script returned a promise
- * that the caller did not wait for (kept for settle() under the call's index), and the lines it logged
- * (when they were collected rather than told as they came).
+ * that has not settled yet (its outcome comes later from takeSettled(), under the call's id), and the
+ * lines it logged (when they were collected rather than told as they came).
  */
 export interface EntryWire { outcome: RunOutcome | null; logs: string[] }
 
@@ -67,29 +62,30 @@ export interface RuntimeHandle {
   register(hook: string, fn: (ctx: unknown) => unknown): void;
   /**
    * Run the calls (JSON of CallWire[]) one after another; their entries as JSON of EntryWire[]. On the
-   * event-loop thread (`wait` false) log lines are collected into the entries and a returned promise is
-   * kept for settle(); each entry is also recorded as its call ends, for takeBatch(). On an isolate thread
-   * (`wait` true) log lines are told as they come and the promises are waited for here.
+   * event-loop thread (`wait` false) log lines are collected into the entries and a returned promise's
+   * outcome is recorded for takeSettled() when it settles; each entry is also recorded as its call ends,
+   * for takeBatch(). On an isolate thread (`wait` true) log lines are told as they come and the promises
+   * are waited for here.
    */
   run(calls: string, wait: boolean): string | Promise<string>;
   /** After a run was stopped (its time limit): the entries of the calls that had ended, as JSON. */
   takeBatch(): string;
-  /** The outcome (RunOutcome JSON) of the promise the call with that index returned in the last run. */
-  settle(index: number): Promise<string>;
   /**
-   * Right after a run on the event-loop thread: the outcomes of the promises of that run that have settled
-   * already (their hook awaited nothing that waits, e.g. a store that answers at once), as a JSON object
-   * by call index. They are no longer kept for settle().
+   * The outcomes (RunOutcome JSON) of the promises calls returned that have settled since the last take,
+   * as a JSON object by call id; taken, they are forgotten.
    */
   takeSettled(): string;
+  /**
+   * Settle the operations answered (JSON of AnswerWire), one call's at a time so that the lines its
+   * continuation logs name it, then takeSettled(). Entered on an isolate thread with the call time limit.
+   */
+  deliver(answers: string): Promise<string>;
 }
 
 export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
-  hostStore: StoreReference, hostStoreNow: (op: string, key: string, a: number, b: number) => string | null,
-  hostMessageText: (token: string, maxBytes: number) => string,
-  hostDns: DnsReference,
+  hostStart: RuntimeHost['startOperation'], hostMessageText: (token: string, maxBytes: number) => string,
 ): RuntimeHandle {
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
@@ -237,7 +233,6 @@ export function installRuntime(
   const MAX_STORE_KEY = 1024;
   const MAX_STORE_SECONDS = 366 * 24 * 3600;
   const MAX_SAFE = 9007199254740991;
-  const STORE_RESULT = { result: { promise: true, copy: true } } as const;
   const storeKey = (fn: string, key: unknown): string => {
     if (!isString(key) || key.length === 0 || key.length > MAX_STORE_KEY) fail(`${fn}: key must be a string of 1 to ${MAX_STORE_KEY} characters`);
     return key as string;
@@ -246,18 +241,48 @@ export function installRuntime(
     if (typeof value !== 'number' || value % 1 !== 0 || value < lo || value > hi) fail(`${fn}: ${name} must be a whole number from ${lo} to ${hi}, not ${formatValue(value)}`);
     return value as number;
   };
-  // A store that answers at once (memory) does so here, and the hook's promise settles before the runner
-  // returns; any other is waited for.
-  const storeCall = async (op: string, key: string, a: number, b: number): Promise<unknown> => {
-    const now = hostStoreNow(op, key, a, b);
-    return parse(isString(now) ? now : await hostStore.apply(undefined, [op, key, a, b], STORE_RESULT));
+  // Asynchronous host operations (engine/sandbox/host-operations.ts): one helper is one line calling
+  // hostAsync(kind, args), e.g. `resolve: (name, type) => hostAsync('dns.resolve', [name, type])`. One the host
+  // answers at once (a memory store) settles here, before the runner returns; any other parks its promise
+  // under an op id, and deliver() settles it when the host has the answer (fail closed: an error rejects).
+  let opSerial = 0;
+  const ops: Record<number, { resolve(text: string): void; reject(error: unknown): void; owner: number }> = create(null);
+  // The call running now (its synchronous part in run(), its continuation in deliver()); -1: not known.
+  let currentCall = -1;
+  // Set when a call parks an operation during deliver(): its continuation has stopped to wait.
+  let parkedWhileDelivering = false;
+  const hostAsync = async (kind: string, args: unknown[]): Promise<unknown> => {
+    const id = ++opSerial;
+    const owner = currentCall;
+    const now = hostStart(id, owner, kind, args);
+    if (isString(now)) return parse(now);
+    parkedWhileDelivering = true;
+    return parse(await new PromiseCtor<string>((resolve, reject) => { ops[id] = { resolve, reject, owner }; }));
   };
+  const storeCall = (op: string, key: string, a: number, b: number): Promise<unknown> => hostAsync(op, [key, a, b]);
   const counter = (key: string) => freeze({
     get: async (): Promise<number> => storeCall('get', key, 0, 0) as Promise<number>,
     add: async (n: unknown, ttlSeconds: unknown): Promise<number> => {
       const by = wholeIn('counter().add()', 'n', n, -MAX_SAFE, MAX_SAFE);
       const ttl = wholeIn('counter().add()', 'ttlSeconds', ttlSeconds, 1, MAX_STORE_SECONDS);
       return storeCall('add', key, by, ttl) as Promise<number>;
+    },
+  });
+  // DNS: checked here (no RegExp: its methods are a script's to patch); addresses are checked by the host.
+  const DNS_TYPES: Record<string, true> = create(null);
+  DNS_TYPES.A = true; DNS_TYPES.AAAA = true; DNS_TYPES.MX = true; DNS_TYPES.TXT = true; DNS_TYPES.PTR = true;
+  const MAX_DNS_NAME = 1024;
+  const dnsCall = async (fn: string, kind: string, first: unknown, second: unknown, opts: unknown): Promise<unknown> => {
+    const o = options(fn, opts, { timeoutMs: (v) => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 60_000, throw: isBool });
+    const answer = await hostAsync(kind, [first, second, (o.timeoutMs as number | undefined) ?? 60_000]) as { ok: boolean; error?: string; message?: string };
+    if (o.throw === true && answer.ok !== true) throw new ErrorCtor(`${fn}(): ${answer.error}: ${answer.message}`);
+    return answer;
+  };
+  const dns = freeze({
+    resolve: async (name: unknown, type: unknown, opts?: unknown): Promise<unknown> => {
+      if (!isString(name) || (name as string).length === 0 || (name as string).length > MAX_DNS_NAME) fail(`dns.resolve(): name must be a string of 1 to ${MAX_DNS_NAME} characters`);
+      if (!isString(type) || !hasOwn(DNS_TYPES, type as string)) fail(`dns.resolve(): type must be A, AAAA, MX, TXT or PTR, not ${formatValue(type)}`);
+      return dnsCall('dns.resolve', 'dns.resolve', name, type, opts);
     },
   });
   // ctx.message of the data hook: the body is fetched from the host only when the script asks, and at most
@@ -268,23 +293,6 @@ export function installRuntime(
     text: async (maxBytes?: unknown): Promise<string> => {
       const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
       return hostMessageText(token, max);
-    },
-  });
-  // DNS: checked here (no RegExp: its methods are a script's to patch); addresses are checked by the host.
-  const DNS_TYPES: Record<string, true> = create(null);
-  DNS_TYPES.A = true; DNS_TYPES.AAAA = true; DNS_TYPES.MX = true; DNS_TYPES.TXT = true; DNS_TYPES.PTR = true;
-  const MAX_DNS_NAME = 1024;
-  const dnsCall = async (fn: string, op: string, first: unknown, second: unknown, opts: unknown): Promise<unknown> => {
-    const o = options(fn, opts, { timeoutMs: (v) => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 60_000, throw: isBool });
-    const answer = parse(await hostDns.apply(undefined, [op, first as string, second as string, (o.timeoutMs as number | undefined) ?? 60_000], STORE_RESULT)) as { ok: boolean; error?: string; message?: string };
-    if (o.throw === true && answer.ok !== true) throw new ErrorCtor(`${fn}(): ${answer.error}: ${answer.message}`);
-    return answer;
-  };
-  const dns = freeze({
-    resolve: async (name: unknown, type: unknown, opts?: unknown): Promise<unknown> => {
-      if (!isString(name) || (name as string).length === 0 || (name as string).length > MAX_DNS_NAME) fail(`dns.resolve(): name must be a string of 1 to ${MAX_DNS_NAME} characters`);
-      if (!isString(type) || !hasOwn(DNS_TYPES, type as string)) fail(`dns.resolve(): type must be A, AAAA, MX, TXT or PTR, not ${formatValue(type)}`);
-      return dnsCall('dns.resolve', 'resolve', name, type, opts);
     },
   });
   const helpers = {
@@ -335,7 +343,7 @@ export function installRuntime(
       // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
       if (++loggedCount > MAX_LOG_LINES) return;
       if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;
-      if (collected === null) hostLog(line);
+      if (collected === null) hostLog(line, currentCall);
       else collected[collectedCount++] = line;
     },
     accept: (opts?: unknown) => ({
@@ -451,9 +459,6 @@ export function installRuntime(
   }
 
   const hooks: Record<string, (ctx: unknown) => unknown> = create(null);
-  // Promises the calls of the last run returned, as the runner's own promises of their outcomes (JSON),
-  // under each call's index.
-  let pendings: Record<number, Promise<string>> = create(null);
   // Values the host sent once and refers to by key: connection facts (kept while nothing in them changes)
   // and client certificates (the same for every connection from that device).
   let connections: Record<string, unknown> = create(null);
@@ -487,24 +492,26 @@ export function installRuntime(
     // A literal and an object spread define their properties: no setter on Object.prototype is called.
     return { connection, ...(ctx as object) };
   }
-  // Outcomes of the last run's promises that have settled, by call index (see takeSettled()).
+  // Outcomes of promises calls returned that have settled, by call id (see takeSettled()).
   let finished: Record<number, string> = create(null);
-  let runSerial = 0;
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
-  async function settled(result: Promise<unknown>, index = -1): Promise<string> {
-    const serial = runSerial;
+  async function settled(result: Promise<unknown>, callId = -1): Promise<string> {
     let outcome: string;
     try {
       outcome = succeeded(await result);
     } catch (error) {
       outcome = failed(error);
     }
-    if (index >= 0 && serial === runSerial) finished[index] = outcome;
+    if (callId >= 0) finished[callId] = outcome;
     return outcome;
   }
-  /** Run one call; its outcome as JSON, or null when the script returned a promise (kept under `index`). */
-  function call(hook: string, ctx: unknown, kept: Kept, index: number): string | null {
+  /**
+   * Run one call; its outcome as JSON, or the runner's promise of it when the script returned a promise
+   * (recorded in `finished` under `callId` when it settles, for a run on the event-loop thread).
+   */
+  function call(hook: string, ctx: unknown, kept: Kept, callId: number, wait: boolean): string | Promise<string> {
     loggedCount = 0;
+    currentCall = callId;
     try {
       const context = assemble(ctx, kept) as Record<string, unknown>;
       // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
@@ -513,19 +520,15 @@ export function installRuntime(
       const result = hooks[hook]!(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
-        pendings[index] = settled(result as Promise<unknown>, index);
-        return null;
+        return settled(result as Promise<unknown>, wait ? -1 : callId);
       }
       return succeeded(result);
     } catch (error) {
       return failed(error);
+    } finally {
+      currentCall = -1;
     }
   }
-  const pending = (index: number): Promise<string> => {
-    const promise = pendings[index];
-    delete pendings[index];
-    return promise ?? settled(PromiseCtor.reject(new ErrorCtor('no pending call')));
-  };
   // The entries of the run going on, as EntryWire JSON texts, recorded as each call ends (see takeBatch()).
   let batchDone: Record<number, string> = create(null);
   let batchCount = 0;
@@ -539,68 +542,99 @@ export function installRuntime(
   };
   const entry = (outcome: string | null, logs: string): string => '{"outcome":' + (outcome ?? 'null') + ',"logs":' + logs + '}';
   /** The entries of a run on an isolate thread, once every promise its calls returned has settled. */
-  async function settledEntries(outcomes: Record<number, string | null>, count: number): Promise<string> {
+  async function settledEntries(outcomes: Record<number, string | Promise<string>>, count: number): Promise<string> {
     let done = '[';
-    for (let i = 0; i < count; i++) done += (i ? ',' : '') + entry(outcomes[i] ?? await pending(i), '[]');
+    for (let i = 0; i < count; i++) done += (i ? ',' : '') + entry(await outcomes[i]!, '[]');
     return done + ']';
   }
+  const takeSettled = (): string => {
+    let done = '{';
+    const ids = keys(finished);
+    for (let i = 0; i < ids.length; i++) done += (i ? ',' : '') + quote(ids[i]!) + ':' + finished[ids[i] as unknown as number]!;
+    finished = create(null);
+    return done + '}';
+  };
+  /**
+   * Microtask turns deliver() lets one call's continuation run before it moves on to the next call when the
+   * continuation neither ends nor waits for another operation (it awaits something else): its later log lines
+   * may then be told under another call's name; it runs to its end all the same.
+   */
+  const QUIET_TURNS = 64;
   return {
     register(hook, fn) {
       hooks[hook] = fn;
     },
     run(callsJson, wait) {
-      pendings = create(null);
-      finished = create(null);
-      runSerial++;
       batchDone = create(null);
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
-      const outcomes: Record<number, string | null> = create(null);
+      const outcomes: Record<number, string | Promise<string>> = create(null);
       let promised = false;
       for (let i = 0; i < calls.length; i++) {
         const c = calls[i]!;
         const logs: Record<number, string> = create(null);
         collected = wait ? null : logs;
         collectedCount = 0;
-        let outcome: string | null;
+        let outcome: string | Promise<string>;
         try {
           outcome = call(c[0], c[1], {
             connectionKey: c[2] ?? undefined, connection: c[3] ?? undefined, connectionForget: c[4],
             certificateKey: c[5] ?? undefined, certificate: c[6] ?? undefined, certificateForget: c[7],
-          }, i);
+          }, c[8], wait);
         } finally {
           collected = null;
         }
         if (wait) {
           outcomes[i] = outcome;
-          if (outcome === null) promised = true;
+          if (!isString(outcome)) promised = true;
           continue;
         }
         let lines = '[';
         for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
-        batchDone[batchCount++] = entry(outcome, lines + ']');
+        batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, lines + ']');
       }
       if (!wait) return takeBatch();
       if (promised) return settledEntries(outcomes, calls.length);
       let done = '[';
-      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i]!, '[]');
+      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i] as string, '[]');
       return done + ']';
     },
     takeBatch,
-    settle(index) {
-      return pending(index);
-    },
-    takeSettled() {
-      let done = '{';
-      const indexes = keys(finished);
-      for (let i = 0; i < indexes.length; i++) {
-        const index = indexes[i]!;
-        done += (i ? ',' : '') + quote(index) + ':' + finished[index as unknown as number]!;
-        delete pendings[index as unknown as number];
+    takeSettled,
+    async deliver(answersJson) {
+      const answers = parse(answersJson) as AnswerWire;
+      // By the call that is waiting for them, in the order they came.
+      const owners: Record<number, number> = create(null);
+      const byOwner: Record<number, Record<number, [AnswerWire[number], { resolve(text: string): void; reject(error: unknown): void }]>> = create(null);
+      const counts: Record<number, number> = create(null);
+      let ownerCount = 0;
+      for (let i = 0; i < answers.length; i++) {
+        const answer = answers[i]!;
+        const op = ops[answer[0]];
+        if (op === undefined) continue;
+        delete ops[answer[0]];
+        if (byOwner[op.owner] === undefined) {
+          byOwner[op.owner] = create(null);
+          counts[op.owner] = 0;
+          owners[ownerCount++] = op.owner;
+        }
+        byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
       }
-      finished = create(null);
-      return done + '}';
+      for (let o = 0; o < ownerCount; o++) {
+        const owner = owners[o]!;
+        currentCall = owner;
+        parkedWhileDelivering = false;
+        for (let i = 0; i < counts[owner]!; i++) {
+          const [answer, op] = byOwner[owner]![i]!;
+          if (answer[1] === 1) op.resolve(answer[2]);
+          else op.reject(new ErrorCtor(StringCtor(answer[2])));
+        }
+        // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
+        for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
+        currentCall = -1;
+      }
+      return takeSettled();
     },
   };
 }

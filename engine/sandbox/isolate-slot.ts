@@ -1,12 +1,13 @@
 /**
  * One isolate with one long-lived context holding every script of a generation: built (and validated)
- * once, then called many times, one call at a time. A slot whose isolate is lost is replaced, not repaired.
+ * once, then called many times, one entry at a time. Calls whose promises wait for host operations (a store)
+ * do not hold it: the answers are delivered as they come. A slot whose isolate is lost is replaced, not repaired.
  */
 import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
-import { installRuntime, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
@@ -21,7 +22,7 @@ export interface SlotOptions {
   runningId?: number;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -95,8 +96,9 @@ class KeptKeys {
 export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection }
 
 /**
- * How a call of a batch ended: with a value or a failure; or later, on an isolate thread, because its
- * script returned a promise (the slot stays busy until every `later` has settled); or not at all —
+ * How a call of a batch ended: with a value or a failure; or later, because its script returned a promise
+ * that waits for a host operation (the slot is free meanwhile: the answers are delivered when they come,
+ * see #flush; `cancel` forgets the call, at its deadline); or not at all —
  * `overran`: it was first and the fast path's time ran out, so it is slow by itself: run it alone on an
  * isolate thread; `again`: the batch was stopped before it ended, run it in a later batch; `alone`: the
  * isolate was lost during the batch, run it by itself (whichever call caused the loss then fails alone).
@@ -104,7 +106,7 @@ export interface BatchCall { hook: HookName; ctx: object; connectionId: string |
 export type BatchSettled =
   | { value: unknown }
   | { failure: ScriptFailure }
-  | { later: Promise<unknown> }
+  | { later: Promise<unknown>; cancel(): void }
   | 'overran' | 'again' | 'alone';
 
 /**
@@ -115,13 +117,29 @@ export type BatchSettled =
 const NEVER_SETTLED_SLACK_MS = 250;
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
 
+/** A call whose promise has not settled yet, known by its id while it waits for host operations. */
+interface Awaiting {
+  hook: HookName;
+  file: string;
+  connectionId: string | null;
+  /** Unset for a call waited for on an isolate thread (run with `wait`): its outcome comes from there. */
+  resolve?: (value: unknown) => void;
+  reject?: (error: unknown) => void;
+}
+
+/** What the pool hears from a slot between calls: a delivery ended (the slot may be free), the isolate was lost. */
+export interface SlotListener {
+  delivered(): void;
+  lost(): void;
+}
+
 export class IsolateSlot {
   readonly #options: SlotOptions;
   readonly #files = new Map<HookName, string>();
   #isolate!: ivm.Isolate;
   // The one way into the isolate for calls (a single call is a batch of one), and the two follow-ups.
   #run!: ivm.Reference<RuntimeHandle['run']>;
-  #settle!: ivm.Reference<RuntimeHandle['settle']>;
+  #deliver!: ivm.Reference<RuntimeHandle['deliver']>;
   #takeBatch!: ivm.Reference<RuntimeHandle['takeBatch']>;
   #takeSettled!: ivm.Reference<RuntimeHandle['takeSettled']>;
   #register!: ivm.Reference<RuntimeHandle['register']>;
@@ -133,6 +151,19 @@ export class IsolateSlot {
   #cutOff = false;
   /** CPU time (ms) the isolate spent on the last fast-path entry that was stopped at its budget. */
   #stoppedCpuMs = 0;
+  #nextCallId = 0;
+  /** Calls that returned a promise still pending, by call id. */
+  readonly #awaiting = new Map<number, Awaiting>();
+  /** Operations started and not yet answered: the call waiting for each. */
+  readonly #opOwners = new Map<number, number>();
+  /** Answers that came since the last delivery, delivered together at the end of the turn. */
+  #answers: AnswerWire = [];
+  #flushScheduled = false;
+  /** True while a delivery runs on an isolate thread: no fast-path entry may start then (it would block). */
+  #delivering = false;
+  /** Outcomes may be waiting in the isolate without an answer to deliver (takeSettled failed). */
+  #collect = false;
+  listener: SlotListener | null = null;
 
   private constructor(options: SlotOptions) {
     this.#options = options;
@@ -208,11 +239,11 @@ export class IsolateSlot {
   }
 
   /** One call as it crosses, given what the isolate keeps; the isolate will keep what it is sent. */
-  #wire({ hook, ctx, shared }: BatchCall): CallWire {
+  #wire({ hook, ctx, shared }: BatchCall, callId: number): CallWire {
     const tail = this.#tail(shared);
     this.#kept(shared, tail);
     const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-    return [hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates];
+    return [hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates, callId];
   }
 
   /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
@@ -240,9 +271,11 @@ export class IsolateSlot {
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
     const wire: CallWire[] = [];
+    const ids: number[] = [];
     for (const c of calls) {
       if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
-      wire.push(this.#wire(c)); // the isolate keeps them as it runs the batch, before the next call needs them
+      ids.push(++this.#nextCallId);
+      wire.push(this.#wire(c, ids.at(-1)!)); // the isolate keeps them as it runs the batch, before the next call needs them
     }
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
@@ -276,10 +309,11 @@ export class IsolateSlot {
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
-    if (!stopped && promisedCalls.length) this.#settleAtOnce(entries, fastPathMs);
+    // After a stopped run the promises of the calls that had ended settle at the end of takeBatch's entry.
+    if (promisedCalls.length) this.#settleAtOnce(entries, ids, fastPathMs);
     runningCall.exit();
     this.#current = null;
-    let chain: Promise<unknown> = Promise.resolve();
+    let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
     const settled = calls.map(({ hook, connectionId }, i): BatchSettled => {
       const file = this.#files.get(hook)!;
       const entry = entries[i];
@@ -290,10 +324,16 @@ export class IsolateSlot {
       for (const line of entry.logs) this.#tell(connectionId, file, line);
       if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
       if (entry.outcome === null) {
-        // One call at a time on the isolate's thread: each waits for the one before.
-        const later = chain.then(() => this.#settleOnIsolateThread(hook, file, connectionId, i));
-        chain = later.catch(() => {});
-        return { later };
+        const id = ids[i]!;
+        const later = new Promise<unknown>((resolve, reject) => this.#awaiting.set(id, { hook, file, connectionId, resolve, reject }));
+        // Pending without an operation to wait for (it awaits something else): no answer will bring its
+        // outcome, so a delivery without answers takes it.
+        waitingFor ??= new Set(this.#opOwners.values());
+        if (!waitingFor.has(id)) {
+          this.#collect = true;
+          this.#scheduleFlush();
+        }
+        return { later, cancel: () => this.#awaiting.delete(id) };
       }
       try {
         return { value: this.#value(hook, file, entry.outcome) };
@@ -309,17 +349,122 @@ export class IsolateSlot {
    * The outcomes of the batch's promises that settled as the runner returned (their hooks awaited only a store
    * that answers at once): taken now, on this thread, instead of a trip to an isolate thread each.
    */
-  #settleAtOnce(entries: EntryWire[], fastPathMs: number): void {
+  #settleAtOnce(entries: EntryWire[], ids: number[], fastPathMs: number): void {
     let done: Record<string, RunOutcome>;
     try {
       done = JSON.parse(this.#takeSettled.applySync(undefined, [], { timeout: fastPathMs }) as string) as Record<string, RunOutcome>;
     } catch {
-      return; // they settle on an isolate thread, as any other promise
+      this.#collect = true; // taken with the next delivery, which this schedules
+      this.#scheduleFlush();
+      return;
     }
-    for (const [index, outcome] of Object.entries(done)) {
-      const entry = entries[Number(index)];
+    for (const [id, outcome] of Object.entries(done)) {
+      const entry = entries[ids.indexOf(Number(id))];
       if (entry && entry.outcome === null && outcome !== null && typeof outcome === 'object') entry.outcome = outcome;
     }
+  }
+
+  /** True while answers are being delivered on an isolate thread: the pool must not enter the slot then. */
+  get delivering(): boolean {
+    return this.#delivering;
+  }
+
+  /** A host operation started for call `callId` (host-operations.ts): its answer is delivered when it comes. */
+  #started(opId: number, callId: number, answer: Promise<string>): void {
+    this.#opOwners.set(opId, callId);
+    answer.then(
+      (text) => this.#answered(opId, 1, String(text)),
+      (e: unknown) => this.#answered(opId, 0, String((e as Error)?.message ?? e)),
+    );
+  }
+
+  #answered(opId: number, ok: 0 | 1, text: string): void {
+    if (!this.#opOwners.has(opId) || this.lost) return;
+    this.#answers.push([opId, ok, text]);
+    this.#scheduleFlush();
+  }
+
+  /** Answers that come during one turn go into the isolate together, at its end. */
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      void this.#flush();
+    });
+  }
+
+  /**
+   * Deliver the answers gathered, in one entry on an isolate thread with the call time limit (the
+   * continuations after `await` are script code: they get the full limit, and never hold the event loop),
+   * then settle the calls that ended. A delivery that fails (a continuation that does not end, memory)
+   * fails the calls it answered and loses the isolate: what it was in the middle of is unknown, so the
+   * other calls waiting on it fail too and the pool replaces it.
+   */
+  async #flush(): Promise<void> {
+    if (this.#delivering || this.lost || (this.#answers.length === 0 && !this.#collect)) return;
+    const answers = this.#answers;
+    this.#answers = [];
+    this.#collect = false;
+    const owners = new Set<number>();
+    for (const [opId] of answers) {
+      const owner = this.#opOwners.get(opId);
+      this.#opOwners.delete(opId);
+      if (owner !== undefined) owners.add(owner);
+    }
+    this.#delivering = true;
+    const { timeoutMs } = this.#options;
+    this.#cutOff = false;
+    // A continuation stuck in a builtin that ignores the time limit: isolated-vm's promise may then never
+    // settle, so the slot is given up on here and now (the pool replaces it), not when it does.
+    const watchdog = setTimeout(() => {
+      this.#cutOff = true;
+      this.#delivering = false;
+      this.#failAwaiting(owners, new Error('cut off'), timeoutMs);
+    }, watchdogDelay(timeoutMs));
+    try {
+      const wire = await this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } });
+      this.#settleTaken(wire);
+    } catch (e) {
+      if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
+    } finally {
+      clearTimeout(watchdog);
+      this.#delivering = false;
+    }
+    if (this.#answers.length || this.#collect) this.#scheduleFlush();
+    try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
+  }
+
+  /** Settle the calls whose outcomes takeSettled() gave (JSON by call id). */
+  #settleTaken(wire: unknown): void {
+    let done: Record<string, RunOutcome> = {};
+    try { done = typeof wire === 'string' ? JSON.parse(wire) as Record<string, RunOutcome> : {}; } catch { /* none */ }
+    for (const [id, outcome] of Object.entries(done)) {
+      const waiting = this.#awaiting.get(Number(id));
+      if (!waiting?.resolve) continue;
+      this.#awaiting.delete(Number(id));
+      try {
+        waiting.resolve(this.#value(waiting.hook, waiting.file, outcome));
+      } catch (e) {
+        waiting.reject!(e);
+      }
+    }
+  }
+
+  /** A delivery failed: its calls fail as it did, every other waiting call fails with the isolate, which is given up. */
+  #failAwaiting(owners: ReadonlySet<number>, e: unknown, timeoutMs: number): void {
+    const lostAlready = this.#isolate.isDisposed;
+    for (const [id, waiting] of this.#awaiting) {
+      if (!waiting.reject) continue;
+      this.#awaiting.delete(id);
+      waiting.reject(owners.has(id) || lostAlready
+        ? this.#callFailure(waiting.hook, waiting.file, e, timeoutMs)
+        : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
+    }
+    this.#opOwners.clear();
+    this.#answers = [];
+    abandon(this.#isolate);
+    try { this.listener?.lost(); } catch { /* the pool's own problem */ }
   }
 
   /** A batch's entries from the runtime's JSON; anything malformed fails the calls it should have answered. */
@@ -351,30 +496,22 @@ export class IsolateSlot {
   async #callOnIsolateThread(
     hook: HookName, file: string, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, timeoutMs: number,
   ): Promise<unknown> {
-    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared })]);
+    const callId = ++this.#nextCallId;
+    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId)]);
     let wire: unknown;
+    this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     try {
       wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
     } catch (e) {
+      this.#awaiting.delete(callId);
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
       throw this.#callFailure(hook, file, e, timeoutMs);
     }
+    this.#awaiting.delete(callId);
     const entry = this.#entries(wire)[0];
     return this.#value(hook, file, entry?.outcome ?? null);
-  }
-
-  /** Wait on an isolate thread for the promise the fast-path call with `index` returned. */
-  async #settleOnIsolateThread(hook: HookName, file: string, connectionId: string | null, index: number): Promise<unknown> {
-    const { timeoutMs } = this.#options;
-    let wire: unknown;
-    try {
-      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#settle.apply(undefined, [index], { timeout: timeoutMs, result: { promise: true } }));
-    } catch (e) {
-      throw this.#callFailure(hook, file, e, timeoutMs);
-    }
-    return this.#result(hook, file, wire);
   }
 
   /**
@@ -394,12 +531,6 @@ export class IsolateSlot {
       clearTimeout(watchdog);
       this.#current = null;
     }
-  }
-
-  #result(hook: HookName, file: string, wire: unknown): unknown {
-    let outcome: RunOutcome | null = null;
-    try { outcome = typeof wire === 'string' ? JSON.parse(wire) as RunOutcome : null; } catch { /* reported below */ }
-    return this.#value(hook, file, outcome);
   }
 
   /** A call's value from its outcome, or the ScriptFailure it means. */
@@ -422,11 +553,17 @@ export class IsolateSlot {
     this.#disposedByUs = true;
     this.#releaseHandles();
     abandon(this.#isolate);
+    for (const [id, waiting] of this.#awaiting) {
+      this.#awaiting.delete(id);
+      waiting.reject?.(new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'the sandbox was disposed during the call'));
+    }
+    this.#opOwners.clear();
+    this.#answers = [];
   }
 
   /** Let go of the handles into the isolate now (see releaseAll). */
   #releaseHandles(): void {
-    releaseAll([this.#run, this.#settle, this.#takeBatch, this.#takeSettled, this.#register, this.#context]);
+    releaseAll([this.#run, this.#deliver, this.#takeBatch, this.#takeSettled, this.#register, this.#context]);
   }
 
   /** Fresh isolate, context and runtime. Only ever one context per isolate: contexts are not collected promptly. */
@@ -440,10 +577,13 @@ export class IsolateSlot {
       reportUnrecoverable(reason);
     });
     this.#context = await this.#isolate.createContext();
-    const callbacks = hostCallbacks(host, () => this.#current);
+    const callbacks = hostCallbacks(host, () => this.#current, {
+      started: (opId, callId, answer) => this.#started(opId, callId, answer),
+      whose: (callId) => this.#awaiting.get(callId),
+    });
     const runtime = await this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } }) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
-    this.#settle = await runtime.get('settle', { reference: true });
+    this.#deliver = await runtime.get('deliver', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
     this.#takeSettled = await runtime.get('takeSettled', { reference: true });
     this.#register = await runtime.get('register', { reference: true });

@@ -91,6 +91,8 @@ interface Call extends BatchCall {
   done: boolean;
   /** The member running the call, and its epoch then. */
   runningOn: { member: Member; epoch: number } | null;
+  /** Set while the call's promise waits for host operations on a slot that is free meanwhile: forget it there. */
+  cancel?: () => void;
   resolve(value: unknown): void;
   reject(error: unknown): void;
 }
@@ -126,6 +128,24 @@ export class Sandbox {
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
     this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0 }));
+    for (const m of this.#members) this.#listen(m);
+  }
+
+  /** Hear from a member's slot between calls: a delivery ended (it may be handed over), its isolate was lost. */
+  #listen(member: Member): void {
+    const slot = member.slot;
+    if (!slot) return;
+    slot.listener = {
+      delivered: () => {
+        if (member.slot === slot && member.state === 'idle' && !this.#disposed) this.#handOver(member);
+      },
+      lost: () => {
+        if (member.slot === slot && member.state === 'idle' && !this.#disposed) {
+          this.#log('(sandbox)', 'warn', `isolate ${member.index} was lost while calls waited for host operations; rebuilding it`);
+          void this.#rebuild(member);
+        }
+      },
+    };
   }
 
   /**
@@ -228,7 +248,7 @@ export class Sandbox {
       this.#live.add(call);
       this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
       const budget = this.#policy.budgetFor(hook);
-      if (budget > 0 && this.#policy.batches(hook)) {
+      if (budget > 0) {
         this.#batch.push(call);
         this.#scheduleBatch();
       } else {
@@ -262,11 +282,14 @@ export class Sandbox {
     const on = call.runningOn;
     call.reject(new ScriptFailure('timeout', call.hook, call.file, null, null, on
       ? `no result within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms: the script could not be stopped, its isolate is replaced`
-      : `no isolate became free within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms`));
+      : call.cancel
+        ? `did not finish within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms (a returned promise never settled)`
+        : `no isolate became free within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms`));
     this.#failures.timeout++;
     const waiting = this.#waiting.findIndex((w) => w.call === call);
     if (waiting >= 0) this.#waiting.splice(waiting, 1);
     this.#batch = this.#batch.filter((c) => c !== call);
+    call.cancel?.(); // waiting for a host operation, not running: nothing to abandon
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
       this.#abandoned++;
@@ -354,7 +377,6 @@ export class Sandbox {
     }
     const again: Call[] = [];
     const alone: Array<{ q: Call; overran: boolean }> = [];
-    const later: Array<Promise<unknown>> = [];
     const failed = (q: Call, e: unknown): void => {
       if (!q.done) this.#countFailure(member, e);
       q.reject(e);
@@ -368,15 +390,13 @@ export class Sandbox {
         this.#policy.stats.calls++;
         if ('failure' in s) failed(q, s.failure);
         else if ('later' in s) {
-          // A script that returns a promise waits on an isolate thread; its hook skips batches from now on.
-          this.#policy.returnedPromise(q.hook);
-          q.runningOn = { member, epoch };
-          later.push(s.later.then(q.resolve, (e: unknown) => failed(q, e)));
+          // Its promise waits for host operations (a store): the slot serves other calls meanwhile.
+          q.cancel = s.cancel;
+          s.later.then(q.resolve, (e: unknown) => failed(q, e));
         } else q.resolve(s.value);
       }
     }
-    if (later.length) void Promise.all(later).then(() => this.#release(member, '(sandbox)', epoch));
-    else this.#release(member, '(sandbox)', epoch);
+    this.#release(member, '(sandbox)', epoch);
     for (const { q, overran } of alone) {
       if (overran) this.#policy.overran(q.hook, slot.stoppedCpuMs);
       void this.#invokeAlone(q, 0, overran);
@@ -452,13 +472,14 @@ export class Sandbox {
     // The first idle isolate, not the next in turn: most calls finish on the fast path, so one isolate
     // takes nearly all of them and stays warm in the CPU caches, and each connection's facts cross once.
     // The others take the calls that overlap (on isolate threads).
+    // A slot delivering answers on an isolate thread is not entered: a fast-path entry would block on it.
     for (const m of this.#members) {
-      if (m.state === 'idle') {
+      if (m.state === 'idle' && !m.slot!.delivering) {
         m.state = 'busy';
         return Promise.resolve(m);
       }
     }
-    if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding')) {
+    if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding' || m.state === 'idle')) {
       const now = Date.now();
       const retry = this.#members.filter((m) => m.state === 'broken' && m.retryAt <= now);
       if (retry.length === 0) return Promise.reject(new Error('no isolate is available: rebuilding them failed'));
@@ -481,7 +502,7 @@ export class Sandbox {
   }
 
   #handOver(member: Member): void {
-    const next = this.#waiting.shift();
+    const next = member.slot?.delivering ? undefined : this.#waiting.shift(); // else when the delivery ends
     if (next) {
       member.state = 'busy';
       next.grant(member);
@@ -509,6 +530,7 @@ export class Sandbox {
     }
     if (built.slot) {
       member.slot = built.slot;
+      this.#listen(member);
       this.#handOver(member);
       return;
     }

@@ -23,7 +23,7 @@ let configText = benchConfig(dir, port, pki);
 const redis = process.env.PROF_RATE === 'redis' ? await startRedis() : null;
 if (process.env.PROF_RATE) {
   await writeFile(join(dir, 'scripts', 'mailfrom.ts'), RATE_MAILFROM);
-  if (redis) configText += `store: { redis: { url: "${redis.url}", keyPrefix: "prof:" } }\n`;
+  if (redis) configText += `store: { redis: { url: "${redis.url}", keyPrefix: "prof:", timeoutMs: 90 } }\n`; // as bench:store
 }
 const server = fork(join(here, 'postern-server.ts'), [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}/prof`], stdio: 'inherit' });
 await new Promise((r) => server.once('message', r));

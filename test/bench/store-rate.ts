@@ -32,11 +32,13 @@ const ASYNC_MAILFROM = `export default async function (ctx) {
   await null;
 }`;
 
+// The Redis store's time limit is raised from its 50 ms default to 90 (below sandbox.timeoutMs): on a loaded shared machine a round trip can
+// take longer, and this benchmark measures cost, not what a timeout does (test/store covers that).
 const targets = [
   { name: '(a)', config: () => config('a', null, '') },
   { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
   { name: '(a) + rate() memory', config: () => config('mem', RATE_MAILFROM, '') },
-  { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, `store: { redis: { url: "${redis.url}", keyPrefix: "bench:" } }\n`) },
+  { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, `store: { redis: { url: "${redis.url}", keyPrefix: "bench:", timeoutMs: 90 } }\n`) },
 ];
 const messages = Number(process.env.BENCH_REUSE ?? 4000);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);

@@ -92,7 +92,7 @@ test('an isolate lost to its memory limit during a batch: the call that did it f
   });
 });
 
-test('a script whose promise waits settles on an isolate thread; its hook then skips batches', async () => {
+test('a script whose promise waits for the store settles when the answer is delivered; its hook keeps batching', async () => {
   // A store that answers only later (as Redis does): the hook's promise is still pending when the runner returns.
   const memory = new MemoryCounterStore();
   const later = <T>(value: T): Promise<T> => new Promise((resolve) => setImmediate(() => resolve(value)));
@@ -119,7 +119,7 @@ test('a script whose promise waits settles on an isolate thread; its hook then s
     const before = (await sandbox.stats()).fastPath;
     assert.deepEqual(before, { calls: 4, overruns: 0, descheduled: 0, batches: 1 });
     await Promise.all([sandbox.invoke('mailfrom', { n: 5 }, 'c5'), sandbox.invoke('mailfrom', { n: 6 }, 'c6')]);
-    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 3 }, 'each promise-returning call enters alone');
+    assert.deepEqual((await sandbox.stats()).fastPath, { calls: 6, overruns: 0, descheduled: 0, batches: 2 }, 'promise-returning calls of one turn share an entry');
   });
 });
 
@@ -148,5 +148,25 @@ test('connection facts stay right across batches, when an isolate forgets them, 
     await round([7, 8, 9, 10], true); // stopped: the host no longer knows what the isolate kept
     await round(ids);
     assert.ok((await sandbox.stats()).fastPath.overruns >= 1);
+  });
+});
+
+test('a call whose promise awaits no host operation settles even when a later call of its batch is stopped', async () => {
+  await withSandbox({
+    host: recordingHost(),
+    isolates: 1,
+    fastPathMs: 20,
+    timeoutMs: 2000,
+    scripts: [js('mailfrom', `export default async (ctx) => {
+      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
+      await null;
+      return accept({ text: 'n' + ctx.n });
+    }`)],
+  }, async (sandbox) => {
+    // The second call uses up the batch's time: the first had ended, its promise pending on \`await null\`.
+    const results = await settle([sandbox.invoke('mailfrom', { n: 0 }, 'c0'), sandbox.invoke('mailfrom', { n: 1, slow: true }, 'c1')]);
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
+      { verdict: 'accept', text: 'n0' }, { verdict: 'accept', text: 'n1' },
+    ]);
   });
 });
