@@ -16,6 +16,7 @@ import { MemoryCounterStore } from '../store/index.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import { recordingFiles, dayOf, type Recording } from './recording-files.ts';
+import { isHookName } from '../sandbox/hooks.ts';
 
 export interface ReplayOptions {
   /** The candidate scripts folder. */
@@ -54,8 +55,8 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
       const lines = createInterface({ input: createReadStream(file.path, 'utf8'), crlfDelay: Infinity });
       for await (const line of lines) {
         if (!line) continue;
-        let r: Recording;
-        try { r = JSON.parse(line) as Recording; } catch { summary.unreadable++; continue; }
+        const r = readRecording(line);
+        if (!r) { summary.unreadable++; continue; }
         if (options.since !== undefined && Date.parse(r.t) < options.since) continue;
         if (options.hook && r.hook !== options.hook) continue;
         summary.decisions++;
@@ -76,6 +77,21 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
   }
   summary.groups = [...groups.values()].sort((a, b) => b.count - a.count);
   return summary;
+}
+
+/**
+ * One recorded line, or null when it is not a whole record: a line cut short by a crash, or a file edited
+ * or damaged by hand (any JSON value can be on a line: each field is checked before it is used).
+ */
+function readRecording(line: string): Recording | null {
+  let r: unknown;
+  try { r = JSON.parse(line); } catch { return null; }
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return null;
+  const o = r as Record<string, unknown>;
+  const ok = typeof o.t === 'string' && !Number.isNaN(Date.parse(o.t)) && typeof o.hook === 'string' && isHookName(o.hook)
+    && typeof o.ctx === 'object' && o.ctx !== null && !Array.isArray(o.ctx) && typeof o.verdict === 'string'
+    && (o.listener === null || typeof o.listener === 'string') && (o.cid === null || typeof o.cid === 'string');
+  return ok ? (o as unknown as Recording) : null;
 }
 
 async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string> {
