@@ -96,3 +96,38 @@ test('postern replay skips recorded lines that are not whole records, whatever J
     await server.stop();
   }
 });
+
+test('a candidate data script that reads the body is not compared (bodies are not recorded), and says so', async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.com'], replay: { keepDays: 1 }, listeners: [testListener('in')] } as never),
+    scripts: { 'data.ts': 'export default function (ctx) { }' },
+  });
+  try {
+    for (let i = 0; i < 2; i++) {
+      const c = await SmtpTestClient.connect(server.port('in'));
+      await c.hello();
+      assert.equal((await c.sendMail('a@example.org', ['b@example.com'], `Subject: ${i}\r\n\r\nbuy casino chips\r\n`)).code, 250);
+      await c.quit();
+    }
+    const dataDir = join(server.dir, 'data');
+    await until('2 data calls recorded', async () => (await Promise.all(recordingFiles(dataDir).map((f) => readFile(f.path, 'utf8')))).join('').split('\n').filter(Boolean).length === 2);
+    const candidate = join(server.dir, 'candidate');
+    await mkdir(candidate);
+    await writeFile(join(candidate, 'data.ts'), `export default async function (ctx) {
+  let body = '';
+  try { body = await ctx.message.text(); } catch { }
+  if (ctx.data.headers.some(([n, v]) => n === 'Subject' && v === '1') || body.includes('casino')) return reject('Spam');
+}`);
+    const r = await cli(['replay', '-c', join(server.dir, 'postern.yaml'), '--scripts', candidate]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /^0 recorded decisions, 0 would change$/m);
+    assert.match(r.stdout, /^\(2 data-hook calls not compared: the candidate reads the body, which is not recorded\)$/m);
+    // A candidate that decides on the headers alone is compared.
+    await writeFile(join(candidate, 'data.ts'), `export default function (ctx) { if (ctx.data.headers.some(([n, v]) => n === 'Subject' && v === '1')) return reject('Spam'); }`);
+    const h = await cli(['replay', '-c', join(server.dir, 'postern.yaml'), '--scripts', candidate]);
+    assert.equal(h.code, 1, h.stdout + h.stderr);
+    assert.match(h.stdout, /^2 recorded decisions, 1 would change$/m);
+  } finally {
+    await server.stop();
+  }
+});
