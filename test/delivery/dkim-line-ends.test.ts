@@ -44,9 +44,15 @@ const BODIES: Record<string, string> = {
   'a CR at the very end': 'one\r\ntwo\r',
 };
 
-for (const [name, body] of Object.entries(BODIES)) {
+const MESSAGES: Record<string, string> = {
+  ...Object.fromEntries(Object.entries(BODIES).map(([name, body]) => [name, HEAD + body])),
+  'bare LF everywhere, header too': HEAD.replace(/\r\n/g, '\n') + 'one\ntwo\n',
+  'no empty line: all header section': 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: no body\r\n',
+};
+
+for (const [name, message] of Object.entries(MESSAGES)) {
   test(`DKIM verifies at the next hop: ${name}`, async () => {
-    const id = await s.send('a@example.com', ['b@example.net'], HEAD + body);
+    const id = await s.send('a@example.com', ['b@example.net'], message);
     const e = await s.nextAttempt((x) => x.id === id, { past: true });
     assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
     const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
