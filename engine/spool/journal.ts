@@ -471,9 +471,9 @@ export class Journal {
   }
 
   /** Index the intact records of an existing segment, keep its damaged bytes aside, then apply its done list. */
-  #load(seq: number, last: boolean): void {
+  #load(seq: number, last: boolean, opened?: number): void {
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
-    const fd = openSync(path, this.#writable ? 'r+' : 'r');
+    const fd = opened ?? openSync(path, this.#writable ? 'r+' : 'r');
     const size = fstatSync(fd).size;
     const segment: Segment = {
       seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, zeroFd: null, doneFd: null,
@@ -493,6 +493,10 @@ export class Journal {
       scanned = scanSegment(data.subarray(0, read), this.#key);
     } catch (err) {
       if (!(err instanceof MissingJournalKeyError)) throw err;
+      // A reader that looked for the key just before the server's first start made it: look again.
+      this.#key ??= this.#writable ? null : readJournalKey(this.dir);
+      if (this.#key !== null) return this.#load(seq, last, fd);
+      closeSync(fd);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
     const { records, damaged } = scanned;
