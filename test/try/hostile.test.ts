@@ -82,3 +82,14 @@ test('a session file that is a folder, or whose DATA names a missing file, is na
   assert.equal(missing.code, 3);
   assert.equal(missing.stderr, `postern try: ${join(dir, 'session.txt')}:4: DATA missing.eml: cannot be read (ENOENT)\n`);
 });
+
+test('DATA of a message starting with a tab reads as the server spools it: no header fields, all body', async () => {
+  const scripts = join(dir, 'ws-scripts');
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(scripts, { recursive: true });
+  await writeFile(join(scripts, 'data.ts'), 'export default async function (ctx) { log("h=" + ctx.data.headers.length + " b=" + JSON.stringify((await ctx.message.text()).slice(0, 6))); }');
+  await writeFile(join(dir, 'ws.eml'), '\t(Authenticated sender: ceo@example.com)\r\nSubject: y\r\n\r\nbody\r\n');
+  const r = await cli(['try', '-c', config, '--no-tls', '--scripts', scripts, '--to', 'b@example.com', '--message', join(dir, 'ws.eml'), 'data']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /h=0 b="\\t\(Auth"/);
+});
