@@ -107,3 +107,23 @@ test('the journal key is the server user\'s only; without it, keyed records are 
   writeFileSync(join(dir, 'key'), 'not a key\n');
   assert.throws(() => Journal.open(dir, { writable: true }), /\/key: not a journal key \(64 hexadecimal digits\)/);
 });
+
+test('a journal from before the key (V3 records, no key file) is read, then gets a key and V4 records', async () => {
+  const dir = scratch();
+  const { writeFileSync } = await import('node:fs');
+  const v3 = (n: number): Buffer => {
+    const bytes = Buffer.from(`Subject: ${n}\r\n\r\nold ${n}\r\n`);
+    const crc = crc32(bytes, crc32(`${id(n)} ${bytes.length}`)).toString(16).padStart(8, '0');
+    return Buffer.concat([Buffer.from(`POSTERN-RECORD-V3 ${id(n)} ${bytes.length} ${crc}\n`), bytes, Buffer.from('\n')]);
+  };
+  writeFileSync(join(dir, '0000000001.seg'), Buffer.concat([v3(1), v3(2)]));
+  const j = Journal.open(dir, { writable: true });
+  assert.deepEqual(j.ids().sort(), [id(1), id(2)]);
+  await j.append(id(3), [Buffer.from('Subject: 3\r\n\r\nnew\r\n')]);
+  j.close();
+  const again = Journal.open(dir, { writable: false });
+  assert.deepEqual(again.ids().sort(), [id(1), id(2), id(3)]);
+  assert.deepEqual(again.read(id(2)), Buffer.from('Subject: 2\r\n\r\nold 2\r\n'));
+  assert.ok(readFileSync(join(dir, '0000000002.seg')).includes(`POSTERN-RECORD-V4 ${id(3)} `));
+  again.close();
+});
