@@ -40,6 +40,7 @@ export function duration(text: string): number {
 
 function asText(s: ReplaySummary): string {
   const out = [`${s.decisions} recorded decision${s.decisions === 1 ? '' : 's'}, ${s.changed} would change`];
+  if (s.unreplayable) out.push(`(${s.unreplayable} data-hook call${s.unreplayable === 1 ? '' : 's'} not compared: the candidate reads the body, which is not recorded)`);
   if (s.unreadable) out.push(`(${s.unreadable} unreadable recorded line${s.unreadable === 1 ? '' : 's'} skipped)`);
   for (const g of s.groups) {
     out.push('', `${g.hook}: ${g.from} → ${g.to}: ${g.count}`);

@@ -4,6 +4,7 @@
  * exit 0 accept, 1 reject, 2 defer, 3 script error (or nothing could be tried).
  */
 import { readFileSync } from 'node:fs';
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { GenerationError } from '../policy/build-generation.ts';
@@ -68,18 +69,46 @@ function usage(message: string): number {
   return CANNOT_TRY;
 }
 
-/** The certificate (and chain) and its key: a separate --key, or a key in the same PEM file. */
+/**
+ * The certificate (and chain) and its key: a separate --key, or a key in the same PEM file. Checked here,
+ * naming the file: OpenSSL would otherwise say only "wrong tag", or, for a key of another certificate,
+ * send no certificate at all, and the try would run as if none was given.
+ */
 function credentials(certFile: string, keyFile: string | undefined): { cert: string; key: string } {
-  const pem = readFileSync(certFile, 'utf8');
-  const key = keyFile ? readFileSync(keyFile, 'utf8') : /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----/.exec(pem)?.[0];
+  const pem = readText(certFile);
+  const key = keyFile ? readText(keyFile) : /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----/.exec(pem)?.[0];
   if (!key) {
     throw new Error(`${certFile}: no private key (give --key): the certificate is verified as the listener verifies it, in a real TLS handshake, which needs the key`);
   }
-  return { cert: pem.replace(/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----\s*/g, ''), key };
+  const cert = pem.replace(/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----\s*/g, '');
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (err) {
+    throw new Error(`${certFile}: not a PEM certificate (${(err as Error).message})`);
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (err) {
+    throw new Error(`${keyFile ?? certFile}: not a PEM private key (${(err as Error).message})`);
+  }
+  if (!x509.checkPrivateKey(privateKey)) throw new Error(`${keyFile ?? certFile}: this private key is not the key of the certificate in ${certFile}`);
+  return { cert, key };
+}
+
+const readText = (file: string): string => readBytes(file).toString('utf8');
+
+function readBytes(file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new Error(`${file}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
 }
 
 function message(opts: TryOptions): Buffer | undefined {
-  if (opts.message) return readFileSync(opts.message);
+  if (opts.message) return readBytes(opts.message);
   if (!opts.header?.length) return undefined;
   return Buffer.from(`${opts.header.join('\r\n')}\r\n\r\npostern try\r\n`);
 }

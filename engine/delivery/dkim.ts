@@ -2,8 +2,8 @@
  * DKIM signing of outbound mail (mailauth's signer), with the keys of `delivery.dkim`. Which key signs a
  * delivery: the one a predelivery verdict names, else the one listing the sender's domain, else none.
  * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
- * reaches a script. The signature covers the exact bytes sent: line ends are made CRLF before signing,
- * which is what the SMTP client would otherwise do to them on the wire.
+ * reaches a script. The signature covers the exact bytes sent: line ends (bare LF, bare CR) are made CRLF
+ * before signing, which is what the SMTP client would otherwise do to them on the wire.
  */
 import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -106,11 +106,17 @@ export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer
   return Buffer.concat([Buffer.from(result.signatures), crlf]);
 }
 
-/** Bare LF line ends made CRLF (the message as the SMTP client sends it); the same buffer when there are none. */
+/**
+ * Bare LF and bare CR line ends made CRLF: the message as the SMTP client sends it (nodemailer's data
+ * stream turns both into CRLF; a lone CR left alone would be an SMTP smuggling vector). The same buffer
+ * when there are none.
+ */
 export function withCrlf(message: Buffer): Buffer {
   let bare = false;
-  for (let at = message.indexOf(0x0a); at >= 0; at = message.indexOf(0x0a, at + 1)) {
-    if (at === 0 || message[at - 1] !== 0x0d) { bare = true; break; }
+  for (let at = 0; at < message.length && !bare; at++) {
+    const byte = message[at];
+    if (byte === 0x0d) bare = message[at + 1] !== 0x0a;
+    else if (byte === 0x0a) bare = at === 0 || message[at - 1] !== 0x0d;
   }
-  return bare ? Buffer.from(message.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1') : message;
+  return bare ? Buffer.from(message.toString('latin1').replace(/\r\n|\r|\n/g, '\r\n'), 'latin1') : message;
 }

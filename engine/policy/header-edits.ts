@@ -13,9 +13,12 @@ export const MAX_HEADER_EDITS = 64;
 const MAX_FIELD_BYTES = 998;
 /** ftext (RFC 5322 §3.6.8): printable US-ASCII but `:`; 76 keeps `Name: ` within a 78-character line. */
 const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]{1,76}$/;
-/** Control characters other than tab (CR and LF among them), and DEL. */
+/**
+ * Control characters other than tab (CR and LF among them), DEL, the C1 controls (NEL among them) and
+ * U+2028/U+2029: readers that split lines the Unicode way (Python's str.splitlines()) break a field there.
+ */
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/;
 
 export function checkHeaderEdits(value: unknown): HeaderEdit[] {
   if (!Array.isArray(value)) throw new HeaderEditError('headers must be an array of edits');
@@ -37,7 +40,7 @@ function checkEdit(edit: unknown, at: string): HeaderEdit {
   if (op === 'remove') return { op, name };
   const v = e.value;
   if (typeof v !== 'string') throw new HeaderEditError(`${at}.value must be a string`);
-  if (CONTROL.test(v)) throw new HeaderEditError(`${at}.value (${name}) holds a line break or another control character`);
+  if (CONTROL.test(v)) throw new HeaderEditError(`${at}.value (${name}) holds a line break (CR, LF, NEL, U+2028, U+2029) or another control character`);
   const bytes = Buffer.byteLength(name) + 2 + Buffer.byteLength(v);
   if (bytes > MAX_FIELD_BYTES) throw new HeaderEditError(`${at}: "${name}: …" is ${bytes} bytes, longer than one line (${MAX_FIELD_BYTES})`);
   return { op, name, value: v };

@@ -1,7 +1,7 @@
 /**
  * Records every script call of this process for `postern replay` when the configuration has `replay`
  * (read from each call's generation, so a reload switches it on or off): the context, the live verdict,
- * the hook, listener and connection id — no message bodies. Appends to this process's file of the day
+ * the hook, listener and connection id — no message bodies, and no AUTH password (recorded as empty). Appends to this process's file of the day
  * (recording-files.ts); a write that fails is logged once and recording goes on with the next file, never
  * touching a session.
  */
@@ -44,8 +44,8 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
     if (full) return;
     if (!out || out.day !== day) {
       void close();
-      mkdirSync(replayDir(dataDir), { recursive: true });
-      const stream = createWriteStream(recordingFile(dataDir, day), { flags: 'a' });
+      mkdirSync(replayDir(dataDir), { recursive: true, mode: 0o700 }); // personal data: the server's user only
+      const stream = createWriteStream(recordingFile(dataDir, day), { flags: 'a', mode: 0o600 });
       stream.on('error', (err) => {
         log.warn({ err: { message: err.message } }, 'replay recording failed; starting a new file');
         if (out?.stream === stream) out = null;
@@ -54,7 +54,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
     }
     const record: Recording = {
       t: new Date(now).toISOString(), listener: call.listener?.name ?? null, hook: call.hook, cid: call.connectionId,
-      ctx: call.ctx as Record<string, unknown>, verdict: verdictLabel(call.verdict),
+      ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
     };
     out.stream.write(`${JSON.stringify(record)}\n`);
   });
@@ -64,4 +64,11 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       await close();
     },
   };
+}
+
+/** The auth hook's context without the client's password: a recording must never hold a secret. */
+function withoutSecrets(hook: string, ctx: Record<string, unknown>): Record<string, unknown> {
+  const auth = ctx.auth as Record<string, unknown> | undefined;
+  if (hook !== 'auth' || typeof auth !== 'object' || auth === null || !('password' in auth)) return ctx;
+  return { ...ctx, auth: { ...auth, password: '' } };
 }

@@ -16,6 +16,8 @@ import { MemoryCounterStore } from '../store/index.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import { recordingFiles, dayOf, type Recording } from './recording-files.ts';
+import { isHookName } from '../sandbox/hooks.ts';
+import { closeMessageText, openMessageText } from '../sandbox/message-texts.ts';
 
 export interface ReplayOptions {
   /** The candidate scripts folder. */
@@ -38,13 +40,15 @@ export interface ReplaySummary {
   changed: number;
   /** Recorded lines that could not be read (a crash mid-write). */
   unreadable: number;
+  /** Data-hook calls whose candidate read the body (ctx.message.text()), which is not recorded: not compared. */
+  unreplayable: number;
   groups: ReplayGroup[];
 }
 
 export async function replay(loaded: LoadedConfig, logger: Logger, options: ReplayOptions): Promise<ReplaySummary> {
   const config = { ...loaded.config, scripts: options.scripts, listeners: loaded.config.listeners.map((l) => ({ ...l, scripts: options.scripts, shadowScripts: undefined })) };
   const { generation } = await buildGeneration({ ...loaded, config }, { logger, store: new MemoryCounterStore() });
-  const summary: ReplaySummary = { decisions: 0, changed: 0, unreadable: 0, groups: [] };
+  const summary: ReplaySummary = { decisions: 0, changed: 0, unreadable: 0, unreplayable: 0, groups: [] };
   const groups = new Map<string, ReplayGroup>();
   const keep = options.examples ?? 3;
   try {
@@ -54,12 +58,13 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
       const lines = createInterface({ input: createReadStream(file.path, 'utf8'), crlfDelay: Infinity });
       for await (const line of lines) {
         if (!line) continue;
-        let r: Recording;
-        try { r = JSON.parse(line) as Recording; } catch { summary.unreadable++; continue; }
+        const r = readRecording(line);
+        if (!r) { summary.unreadable++; continue; }
         if (options.since !== undefined && Date.parse(r.t) < options.since) continue;
         if (options.hook && r.hook !== options.hook) continue;
-        summary.decisions++;
         const now = await candidateVerdict(generation, r);
+        if (now === UNREPLAYABLE) { summary.unreplayable++; continue; }
+        summary.decisions++;
         if (now === r.verdict) continue;
         summary.changed++;
         const from = kind(r.verdict);
@@ -78,14 +83,40 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
   return summary;
 }
 
-async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string> {
+/**
+ * One recorded line, or null when it is not a whole record: a line cut short by a crash, or a file edited
+ * or damaged by hand (any JSON value can be on a line: each field is checked before it is used).
+ */
+function readRecording(line: string): Recording | null {
+  let r: unknown;
+  try { r = JSON.parse(line); } catch { return null; }
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return null;
+  const o = r as Record<string, unknown>;
+  const ok = typeof o.t === 'string' && !Number.isNaN(Date.parse(o.t)) && typeof o.hook === 'string' && isHookName(o.hook)
+    && typeof o.ctx === 'object' && o.ctx !== null && !Array.isArray(o.ctx) && typeof o.verdict === 'string'
+    && (o.listener === null || typeof o.listener === 'string') && (o.cid === null || typeof o.cid === 'string');
+  return ok ? (o as unknown as Recording) : null;
+}
+
+const UNREPLAYABLE = Symbol('unreplayable');
+const NOT_RECORDED = 'message.text(): message bodies are not recorded for replay';
+
+async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string | typeof UNREPLAYABLE> {
   const listener = r.listener === null ? undefined : generation.config.listeners.find((l) => l.name === r.listener);
   const sandbox = generation.sandboxFor(listener);
   if (!sandbox.has(r.hook)) return 'none';
+  // The recorded body token is long closed: a candidate that reads the body gets an error, and its call is
+  // not compared, whatever it then decides (it decided without the body).
+  let bodyRead = false;
+  const token = r.hook === 'data' ? openMessageText(() => { bodyRead = true; throw new Error(NOT_RECORDED); }) : null;
+  const ctx = token === null ? r.ctx : { ...r.ctx, message: { ...(r.ctx.message as object | undefined), token } };
   try {
-    return verdictLabel(checkVerdict(r.hook, await sandbox.invoke(r.hook, r.ctx, r.cid)));
+    const verdict = await sandbox.invoke(r.hook, ctx, r.cid);
+    return bodyRead ? UNREPLAYABLE : verdictLabel(checkVerdict(r.hook, verdict));
   } catch {
-    return 'failed';
+    return bodyRead ? UNREPLAYABLE : 'failed';
+  } finally {
+    if (token !== null) closeMessageText(token);
   }
 }
 

@@ -18,5 +18,5 @@ export { runningCall, runningCallTable, describeRunning } from './running-call.t
 export type { RunningScript, RunningCallTable } from './running-call.ts';
 export { onUnrecoverable, unrecoverableReasons } from './unrecoverable.ts';
 export type { UnrecoverableListener } from './unrecoverable.ts';
-export { openMessageText, closeMessageText, MAX_MESSAGE_TEXT_BYTES } from './message-texts.ts';
+export { openMessageText, closeMessageText, copyMessageText, MAX_MESSAGE_TEXT_BYTES } from './message-texts.ts';
 export type { BodyReader } from './message-texts.ts';

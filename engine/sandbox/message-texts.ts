@@ -26,6 +26,17 @@ export function closeMessageText(token: string): void {
   open.delete(token);
 }
 
+/**
+ * A copy of an open body, as much of it as text() can ask for, readable after the call that opened it
+ * closes: what a shadow script (engine/shadow/) reads, since it runs after the live call. null: not open.
+ */
+export function copyMessageText(token: unknown): BodyReader | null {
+  const reader = typeof token === 'string' ? open.get(token) : undefined;
+  if (!reader) return null;
+  const copy = reader(MAX_MESSAGE_TEXT_BYTES);
+  return (maxBytes) => copy.subarray(0, maxBytes);
+}
+
 /** The body text for a script: UTF-8 (invalid bytes become U+FFFD), at most `maxBytes` bytes of it. */
 export function readMessageText(token: unknown, maxBytes: unknown): string {
   const reader = typeof token === 'string' ? open.get(token) : undefined;

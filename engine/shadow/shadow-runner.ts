@@ -13,7 +13,7 @@ import { checkVerdict } from '../policy/verdict.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { metrics } from '../metrics/metrics.ts';
 import type { Logger } from '../logging/logger.ts';
-import type { Sandbox } from '../sandbox/index.ts';
+import { closeMessageText, copyMessageText, openMessageText, type Sandbox } from '../sandbox/index.ts';
 
 export type ShadowResult = 'same' | 'different' | 'error' | 'skipped';
 
@@ -46,8 +46,9 @@ export function startShadowing(logger: Logger, isolates: () => number, onSettled
     if (busy >= IN_FLIGHT_PER_ISOLATE * isolates()) return settle('skipped', null);
     inFlight.set(sandbox, busy + 1);
     metrics.shadowInFlight.inc();
+    const body = bodyForShadow(sandbox, call);
     // After the live reply is on its way: the caller resumes (and writes its reply) before the shadow starts.
-    void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, call)).then(({ label, failure }) => {
+    void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, body ? { ...call, ctx: body.ctx } : call)).then(({ label, failure }) => {
       if (failure) {
         log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: failure.message }, `shadow script ${call.hook} failed (not fatal)`);
         return settle('error', label);
@@ -56,11 +57,26 @@ export function startShadowing(logger: Logger, isolates: () => number, onSettled
       log.info({ cid: call.connectionId, listener, hook: call.hook, live, shadow: label }, `shadow verdict differs: ${call.hook} live ${live}, shadow ${label}`);
       settle('different', label);
     }).finally(() => {
+      body?.close();
       const left = (inFlight.get(sandbox) ?? 1) - 1;
       if (left > 0) inFlight.set(sandbox, left); else inFlight.delete(sandbox);
       metrics.shadowInFlight.dec();
     });
   });
+}
+
+/**
+ * The live data call's body is readable only while that call runs (sandbox/message-texts.ts): the shadow,
+ * which runs after it, reads a copy taken now (this observer runs before the live token closes), under a
+ * token of its own that closes when the shadow call ends. Copied only for a shadow data script.
+ */
+function bodyForShadow(sandbox: Sandbox, call: HookCall): { ctx: object; close(): void } | null {
+  if (call.hook !== 'data' || !sandbox.has('data')) return null;
+  const ctx = call.ctx as { message?: { token?: unknown } };
+  const copy = copyMessageText(ctx.message?.token);
+  if (!copy) return null;
+  const token = openMessageText(copy);
+  return { ctx: { ...ctx, message: { ...ctx.message, token } }, close: () => closeMessageText(token) };
 }
 
 async function runShadow(sandbox: Sandbox, call: HookCall): Promise<{ label: string; failure: { kind: string; message: string; file?: string; line?: number } | null }> {

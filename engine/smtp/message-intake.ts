@@ -21,6 +21,8 @@ import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { SpoolWriter } from '../spool/spool.ts';
 import { spoolIsFull } from './runtime.ts';
 
+const CRLF = Buffer.from('\r\n');
+
 export async function receiveMessage(
   conn: SmtpClient, stream: SMTPServerDataStream, session: SMTPServerSession, runtime: Runtime, policy: SessionPolicy,
 ): Promise<SmtpReply> {
@@ -40,6 +42,13 @@ export async function receiveMessage(
     // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
     const size = await drain(stream, (chunk, total) => {
       if (total > maxSize) throw refuseNow(writer, reply('messageTooBig'));
+      if (total === chunk.length && (chunk[0] === 0x20 || chunk[0] === 0x09)) {
+        // A first line that starts with a space or a tab is no field: right after our Received header it
+        // would read as a continuation of it, written by the client. Such a message has no header section
+        // (Exim reads it so): the empty line that ends ours goes first, and the client's lines are body.
+        headers.push(CRLF);
+        writer.write(CRLF);
+      }
       if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { n: String(st.listener.limits.maxHeaderBytes) }));
       writer.write(chunk);
     });

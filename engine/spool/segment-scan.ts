@@ -4,11 +4,19 @@
  * is skipped and reading goes on at the next intact one: one bad record never hides those after it.
  * Bytes after the last intact record are a tail: a write cut short by a crash (never acknowledged), or
  * zeros written ahead of the records (not reported).
+ *
+ * A record's bytes are a client's message, which can hold anything, a well-formed record too (with an
+ * envelope of the client's choosing). Reading from the start, record after record, never looks inside
+ * one; but after a damaged record the next one is searched for, and that search could land in a message.
+ * So it only takes a V4 record, whose checksum starts from the journal's secret key (journal/key, never
+ * leaves the data directory): a client cannot compute it. Older records are read only in sequence (right
+ * after an intact record, or after a damaged one whose header still reads); a search does not take them:
+ * they are kept aside with the damage (quarantine/), not taken on trust.
  */
 import { crc32 } from 'node:zlib';
 
-const MAGIC = Buffer.from('POSTERN-RECORD-V');
-const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|([23]) ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
+const MAGIC_V4 = Buffer.from('POSTERN-RECORD-V4 ');
+const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|([234]) ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
 const MAX_HEADER = 80;
 const ZERO_CHUNK = Buffer.alloc(64 * 1024);
 
@@ -19,6 +27,17 @@ const ZERO_CHUNK = Buffer.alloc(64 * 1024);
 export function recordSeed(id: string, length: number): number {
   return crc32(`${id} ${length}`);
 }
+
+/**
+ * A V4 record's seed: recordSeed's, started from the journal's secret key. CRC-32 is no MAC, but its
+ * result is unknown (one chance in 2^32) to whoever does not know the key's 32-bit state.
+ */
+export function keyedRecordSeed(key: string, id: string, length: number): number {
+  return crc32(`${id} ${length}`, crc32(key));
+}
+
+/** Thrown when a V4 record is read in sequence and there is no key to check it with. */
+export class MissingJournalKeyError extends Error {}
 
 export interface ScannedRecord {
   id: string;
@@ -38,19 +57,22 @@ export interface DamagedRange {
   tail: boolean;
 }
 
-export function scanSegment(data: Buffer): { records: ScannedRecord[]; damaged: DamagedRange[] } {
+/** `key`: the journal's secret (journal/key); null when it has none yet (then it has no V4 records). */
+export function scanSegment(data: Buffer, key: string | null): { records: ScannedRecord[]; damaged: DamagedRange[] } {
   const records: ScannedRecord[] = [];
   const damaged: DamagedRange[] = [];
   let offset = 0;
   while (offset < data.length) {
-    const record = recordAt(data, offset);
+    const h = headerAt(data, offset, key);
+    if (h?.keyed && key === null) throw new MissingJournalKeyError(`a V4 record at offset ${offset}, and no journal key to check it with`);
+    const record = recordAt(data, offset, key);
     if (record) {
       records.push(record);
       offset = record.offset + record.length + 1;
       continue;
     }
     if (allZero(data, offset)) break; // the zeros written ahead of the records
-    const next = nextRecord(data, offset);
+    const next = nextKeyedRecord(data, offset, key);
     if (next < 0) {
       damaged.push({ offset, length: lastNonZero(data, offset) + 1 - offset, tail: true });
       break;
@@ -62,18 +84,20 @@ export function scanSegment(data: Buffer): { records: ScannedRecord[]; damaged: 
 }
 
 /** The header at `offset`, if it parses (its record may still be damaged). */
-function headerAt(data: Buffer, offset: number): { id: string; start: number; length: number; crc: number | null; seed: number } | null {
+function headerAt(data: Buffer, offset: number, key: string | null): { id: string; start: number; length: number; crc: number | null; seed: number; keyed: boolean } | null {
   const m = HEADER_PATTERN.exec(data.toString('latin1', offset, Math.min(data.length, offset + MAX_HEADER)));
   if (!m) return null;
   const id = m[1] ?? m[4]!;
   const length = Number(m[2] ?? m[5]);
-  return { id, start: offset + m[0].length, length, crc: m[6] === undefined ? null : parseInt(m[6], 16), seed: m[3] === '3' ? recordSeed(id, length) : 0 };
+  const keyed = m[3] === '4';
+  const seed = keyed ? (key === null ? 0 : keyedRecordSeed(key, id, length)) : m[3] === '3' ? recordSeed(id, length) : 0;
+  return { id, start: offset + m[0].length, length, crc: m[6] === undefined ? null : parseInt(m[6], 16), seed, keyed };
 }
 
-/** The intact record at `offset`: header, all its bytes, the closing newline and (V2) a matching checksum. */
-function recordAt(data: Buffer, offset: number): ScannedRecord | null {
-  const h = headerAt(data, offset);
-  if (!h) return null;
+/** The intact record at `offset`: header, all its bytes, the closing newline and (V2 on) a matching checksum. */
+function recordAt(data: Buffer, offset: number, key: string | null): ScannedRecord | null {
+  const h = headerAt(data, offset, key);
+  if (!h || (h.keyed && key === null)) return null;
   const end = h.start + h.length;
   if (end + 1 > data.length || data[end] !== 0x0a) return null;
   if (h.crc !== null && crc32(data.subarray(h.start, end), h.seed) !== h.crc) return null;
@@ -81,17 +105,22 @@ function recordAt(data: Buffer, offset: number): ScannedRecord | null {
 }
 
 /**
- * Where the next intact record after a bad one at `offset` starts, or -1. A bad record whose header still
- * reads gives its own end, so its bytes are not searched for something that looks like a record.
+ * Where the next intact record after a bad one at `offset` starts, or -1: the one right after it, or else
+ * the first V4 record searched for everywhere after `offset`, inside the bad record too (its length may be
+ * what is damaged). Only a record checked with the journal's key is taken by that search (see the top).
  */
-function nextRecord(data: Buffer, offset: number): number {
-  const h = headerAt(data, offset);
+function nextKeyedRecord(data: Buffer, offset: number, key: string | null): number {
+  // A bad record whose header still reads, followed right at its end by an intact one: its length was
+  // right (its bytes are what is damaged), so that next record is in sequence, whatever its version. A
+  // client cannot know where a damaged length would point, so it cannot put a record there.
+  const h = headerAt(data, offset, key);
   if (h) {
     const end = h.start + h.length + 1;
-    if (end < data.length && (recordAt(data, end) || allZero(data, end))) return recordAt(data, end) ? end : -1;
+    if (end < data.length && recordAt(data, end, key)) return end;
   }
-  for (let at = data.indexOf(MAGIC, offset + 1); at >= 0; at = data.indexOf(MAGIC, at + 1)) {
-    if (recordAt(data, at)) return at;
+  if (key === null) return -1;
+  for (let at = data.indexOf(MAGIC_V4, offset + 1); at >= 0; at = data.indexOf(MAGIC_V4, at + 1)) {
+    if (recordAt(data, at, key)) return at;
   }
   return -1;
 }

@@ -30,7 +30,7 @@ export class SessionFileError extends Error {
 }
 
 export function readSessionFile(file: string): SessionCommand[] {
-  const lines = readFileSync(file, 'utf8').split(/\r?\n/);
+  const lines = readOrFail(file, () => `${file}: cannot be read`).toString('utf8').split(/\r?\n/);
   const out: SessionCommand[] = [];
   const fail = (line: number, message: string): never => { throw new SessionFileError(file, line, message); };
   for (let i = 0; i < lines.length; i++) {
@@ -64,7 +64,7 @@ export function readSessionFile(file: string): SessionCommand[] {
       }
       case 'DATA': {
         if (rest.length) {
-          out.push({ kind: 'data', message: readFileSync(resolve(dirname(file), rest.join(' '))), line });
+          out.push({ kind: 'data', message: readOrFail(resolve(dirname(file), rest.join(' ')), () => `${file}:${line}: DATA ${rest.join(' ')}: cannot be read`), line });
           break;
         }
         const body: string[] = [];
@@ -79,4 +79,12 @@ export function readSessionFile(file: string): SessionCommand[] {
     }
   }
   return out;
+}
+
+function readOrFail(path: string, where: () => string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new Error(`${where()} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
 }

@@ -268,10 +268,13 @@ export class TrySession {
       // The limits message-intake.ts applies while the message streams in.
       const headers = new HeaderReader(this.listener.limits.maxHeaderBytes);
       if (message.length > this.#conn.maxMessageSize) return asLine(reply('messageTooBig'));
+      // A first line that starts with a space or a tab: no header section (as message-intake.ts spools it).
+      const clientBytes = message.length;
+      if ((message[0] === 0x20 || message[0] === 0x09) && headers.push(Buffer.from('\r\n'))) message = Buffer.concat([Buffer.from('\r\n'), message]);
       if (!headers.push(message)) return asLine(reply('headerTooBig', { n: String(this.listener.limits.maxHeaderBytes) }));
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.sectionBytes + (message[headers.sectionBytes] === 0x0d ? 2 : 1);
-      const { reply: decided } = await this.#policy.data(this.#conn, session, id, message.length, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
+      const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
       this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address) };
       st.transactionId = null;
       session.envelope = { mailFrom: false, rcptTo: [] } as unknown as SMTPServerSession['envelope'];

@@ -44,11 +44,11 @@ test('one damaged record in the middle of a segment is skipped and kept aside; t
     j.close();
     const [seg] = readdirSync(dir).filter((n) => n.endsWith('.seg'));
     const path = join(dir, seg!);
-    const fifth = readFileSync(path).indexOf(`POSTERN-RECORD-V3 ${id(5)}`);
-    const original = readFileSync(path).subarray(fifth, readFileSync(path).indexOf(`POSTERN-RECORD-V3 ${id(6)}`));
+    const fifth = readFileSync(path).indexOf(`POSTERN-RECORD-V4 ${id(5)}`);
+    const original = readFileSync(path).subarray(fifth, readFileSync(path).indexOf(`POSTERN-RECORD-V4 ${id(6)}`));
     // One flipped bit: in the message, in "POSTERN", or in the id (which must not bring the message back
     // under another id).
-    flipByte(path, where === 'body' ? fifth + 70 : where === 'header' ? fifth + 3 : fifth + 'POSTERN-RECORD-V3 '.length + 1);
+    flipByte(path, where === 'body' ? fifth + 70 : where === 'header' ? fifth + 3 : fifth + 'POSTERN-RECORD-V4 '.length + 1);
 
     const logged: Array<{ level: number; msg: string; segment?: string; offset?: number }> = [];
     const logger = createLogger('info', new Writable({ write(chunk, _e, done) { logged.push(JSON.parse(String(chunk))); done(); } }));
@@ -58,6 +58,7 @@ test('one damaged record in the middle of a segment is skipped and kept aside; t
     const { mkdirSync, renameSync } = await import('node:fs');
     mkdirSync(spool.journalDir, { recursive: true });
     renameSync(path, join(spool.journalDir, seg!));
+    renameSync(join(dir, 'key'), join(spool.journalDir, 'key')); // its records are checked with their journal's key
     const { damage } = await spool.init({ logger });
     assert.deepEqual((await spool.list()).sort(), [0, 1, 2, 3, 4, 6, 7, 8, 9].map(id), `${where}: every other record is recovered`);
     assert.equal(damage.length, 1);

@@ -1,0 +1,62 @@
+// DKIM over the bytes actually sent, whatever line ends the client used: the SMTP client of the queue turns
+// a bare LF into CRLF and a bare CR into CRLF too (a lone CR could otherwise end the data at a receiver
+// that takes it as a line end: SMTP smuggling). The signature must be over those bytes, or the next hop's
+// copy fails DKIM (worse than no signature: DMARC fails). A real sink receives; dkimpy verifies.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startSink, type Sink } from './helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { dkimKeyPair, verifyDkim } from './helpers/dkim.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-dkim-ends-');
+let sink: Sink;
+let s: DeliveryServer;
+let records: Record<string, string>;
+
+before(async () => {
+  const rsa = dkimKeyPair('rsa');
+  records = { 'sel._domainkey.example.com.': rsa.txt };
+  sink = await startSink();
+  s = await startDeliveryServer({
+    config: configYaml({
+      hostname: 'postern.test',
+      listeners: [testListener('in')],
+      delivery: smarthostDelivery(sink.port, {
+        retrySchedule: [3600],
+        dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['example.com'] } },
+      }),
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+});
+after(async () => {
+  await s?.stop();
+  await sink?.close();
+});
+
+const HEAD = 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: line ends\r\n\r\n';
+const BODIES: Record<string, string> = {
+  'bare CR in the body': 'one\rtwo\r\nthree\r\n',
+  'bare LF and bare CR': 'one\ntwo\rthree\r\n\rfour\r\n',
+  'a CR before a dot': 'one\r.two\r\n',
+  'a CR at the very end': 'one\r\ntwo\r',
+};
+
+const MESSAGES: Record<string, string> = {
+  ...Object.fromEntries(Object.entries(BODIES).map(([name, body]) => [name, HEAD + body])),
+  'bare LF everywhere, header too': HEAD.replace(/\r\n/g, '\n') + 'one\ntwo\n',
+  'no empty line: all header section': 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: no body\r\n',
+};
+
+for (const [name, message] of Object.entries(MESSAGES)) {
+  test(`DKIM verifies at the next hop: ${name}`, async () => {
+    const id = await s.send('a@example.com', ['b@example.net'], message);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true });
+    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+    const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
+    assert.match(copy.toString('latin1'), /^DKIM-Signature: /);
+    assert.deepEqual(await verifyDkim(copy, records), [true]);
+  });
+}
