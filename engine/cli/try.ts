@@ -74,12 +74,9 @@ function usage(message: string): number {
  * naming the file: OpenSSL would otherwise say only "wrong tag", or, for a key of another certificate,
  * send no certificate at all, and the try would run as if none was given.
  */
-function credentials(certFile: string, keyFile: string | undefined): { cert: string; key: string } {
+function credentials(certFile: string, keyFile: string | undefined): { cert: string; key: string | null } {
   const pem = readText(certFile);
   const key = keyFile ? readText(keyFile) : /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----/.exec(pem)?.[0];
-  if (!key) {
-    throw new Error(`${certFile}: no private key (give --key): the certificate is verified as the listener verifies it, in a real TLS handshake, which needs the key`);
-  }
   const cert = pem.replace(/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----\s*/g, '');
   let x509: X509Certificate;
   try {
@@ -87,6 +84,8 @@ function credentials(certFile: string, keyFile: string | undefined): { cert: str
   } catch (err) {
     throw new Error(`${certFile}: not a PEM certificate (${(err as Error).message})`);
   }
+  // Without a key: no handshake can present it; `openssl verify` gives the chain verdict (offline-verdict.ts).
+  if (!key) return { cert, key: null };
   let privateKey: KeyObject;
   try {
     privateKey = createPrivateKey(key);

@@ -303,7 +303,19 @@ test('usage errors and a missing key are exit 3 with a clear message', async () 
   const unknown = await cli(['try', 'rcpt', '-c', relay.config]);
   assert.equal(unknown.code, 3);
   assert.match(unknown.stderr, /unknown hook "rcpt"/);
-  const noKey = await cli(['try', 'rcptto', '-c', relay.config, '--cert', relay.pki.clients.alice.cert, '--to', 'x@example.net']);
-  assert.equal(noKey.code, 3);
-  assert.match(noKey.stderr, /no private key \(give --key\)/);
+});
+
+test('a certificate without its key (copied from a log, say) gets the verdict openssl verify gives with the listener\'s CA and CRL', async () => {
+  const verdictOf = async (name: 'alice' | 'revoked' | 'selfsigned' | 'expired'): Promise<unknown[]> => {
+    const r = await cli(['try', 'rcptto', '-c', permit.config, '--cert', permit.pki.clients[name].cert, '--from', 'me@example.com', '--to', 'r@elsewhere.example', '--json']);
+    const c = callOf(json(r), 'rcptto').context.connection.clientCertificate;
+    return [r.code, c.verified, c.verifyErrorCode, c.fingerprint.sha256];
+  };
+  // The same verdicts as the handshakes with the keys give (the test above, and the certificates test suite).
+  const sha256 = (name: 'alice' | 'revoked' | 'selfsigned' | 'expired'): string => permit.pki.clients[name].fingerprintSha256;
+  assert.deepEqual(await verdictOf('alice'), [0, true, null, sha256('alice')]);
+  assert.deepEqual(await verdictOf('revoked'), [1, false, 'CERT_REVOKED', sha256('revoked')]);
+  assert.deepEqual(await verdictOf('expired'), [1, false, 'CERT_HAS_EXPIRED', sha256('expired')]);
+  const self = await verdictOf('selfsigned');
+  assert.deepEqual([self[0], self[1], self[3]], [1, false, sha256('selfsigned')]);
 });
