@@ -16,6 +16,8 @@ export const CRASHES_TO_FENCE = 3;
 
 /** Crash records of hung workers, and the fence list. */
 export function crashDir(dataDir: string): string { return join(dataDir, 'fences'); }
+/** Where a child process mirrors its running-call markers (runningCall.mirrorTo), read when it dies. */
+export function runningMirror(dataDir: string, pid: number): string { return join(crashDir(dataDir), `running-${pid}`); }
 export function clusterStatusFile(dataDir: string): string { return join(dataDir, 'cluster.json'); }
 
 /** The supervisor's status socket: `postern status` asks the running server here. */

@@ -6,12 +6,12 @@
  * the main thread.
  */
 import { workerData, parentPort } from 'node:worker_threads';
-import { writeFileSync, mkdirSync, writeSync } from 'node:fs';
+import { writeFileSync, mkdirSync, writeSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
 
-const { marker, heartbeat, crashDir, worker, hangMs } = workerData as {
-  marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number;
+const { marker, heartbeat, crashDir, worker, hangMs, mirror } = workerData as {
+  marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number; mirror: string;
 };
 const running = new Int32Array(marker);
 const beats = new Int32Array(heartbeat);
@@ -34,6 +34,8 @@ setInterval(() => {
   try {
     mkdirSync(crashDir, { recursive: true });
     writeFileSync(join(crashDir, `crash-${process.pid}-${now}.json`), JSON.stringify(record));
+    // Recorded here: the supervisor must not count this death again from the running-call mirror.
+    truncateSync(`${mirror}.bin`, 0);
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
   try { writeSync(1, `${JSON.stringify({ level: 50, time: now, pid: process.pid, worker, stalledMs: now - lastChange, scripts, msg })}\n`); } catch { /* stdout gone */ }

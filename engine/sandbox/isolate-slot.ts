@@ -354,7 +354,7 @@ export class IsolateSlot {
     const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared })]);
     let wire: unknown;
     try {
-      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
     } catch (e) {
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
@@ -370,7 +370,7 @@ export class IsolateSlot {
     const { timeoutMs } = this.#options;
     let wire: unknown;
     try {
-      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#settle.apply(undefined, [index], { timeout: timeoutMs, result: { promise: true } }));
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#settle.apply(undefined, [index], { timeout: timeoutMs, result: { promise: true } }));
     } catch (e) {
       throw this.#callFailure(hook, file, e, timeoutMs);
     }
@@ -380,9 +380,11 @@ export class IsolateSlot {
   /**
    * `enter()` on an isolate thread, with log lines told as they come. A returned promise that never
    * settles leaves nothing running to time out: past watchdogDelay() the isolate is disposed (#cutOff).
+   * The running-call mirror names the script meanwhile, should the process die under it.
    */
-  async #onIsolateThread(file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
+  async #onIsolateThread(hook: HookName, file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
+    const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(hook));
     this.#cutOff = false;
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
@@ -392,6 +394,7 @@ export class IsolateSlot {
       return await enter();
     } finally {
       clearTimeout(watchdog);
+      runningCall.exitAsync(running);
       this.#current = null;
     }
   }
