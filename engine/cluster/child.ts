@@ -10,10 +10,12 @@ import type { Socket } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
+import { ForwardingCounterStore } from './shared-store.ts';
+import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
-import { HEARTBEAT_MS, HANG_MS, crashDir, runningMirror } from './process-model.ts';
+import { HEARTBEAT_MS, HANG_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -32,11 +34,15 @@ async function main(): Promise<void> {
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
   const windowMs = Math.max(...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   const counters = new WorkerCounters({ send }, windowMs);
+  // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).
+  const store = new ForwardingCounterStore({ send, get connected() { return process.connected; } }, STORE_CALL_MS,
+    new MemoryAuthFailureStore(counters.failures));
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
     if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
+    if (store.handle(m)) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
@@ -79,7 +85,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startPostern({
-    configPath, role, workerIndex: index, counters, lockDir: false, // the supervisor holds the data directory's lock
+    configPath, role, workerIndex: index, counters, memoryStore: store, lockDir: false, // the supervisor holds the data directory's lock
     onSpooled(id, dir) {
       if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
       spooled.push(id);

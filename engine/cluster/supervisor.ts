@@ -32,6 +32,7 @@ import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook, type CrashRecord } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
+import { StoreHost } from './shared-store.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
@@ -87,6 +88,8 @@ export class Supervisor {
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
+  /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
+  readonly #store = new StoreHost();
   #next = 0;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
@@ -206,6 +209,7 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.lastBeat = Date.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
+    if (this.#store.handle(m, send)) return;
     if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
       for (const c of this.#children) if (c !== child && c.kind === 'worker' && c.ready) c.proc?.send(msg);
     })) return;

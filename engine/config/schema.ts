@@ -212,7 +212,7 @@ export const configSchema = z.strictObject({
     }).optional()
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
   }).prefault({})
-    .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
+    .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners and by every worker process of one server (under `postern serve` the supervisor holds it; each call is one message to it, and one that gets no answer fails closed). See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
       .describe('pino log level. Logs are JSON lines on stdout.'),
