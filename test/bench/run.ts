@@ -2,6 +2,7 @@
  * `npm run bench`: messages/s and p50/p99 per message over loopback, in one run, for
  *   (a) Postern, a script on every context, durable spool;  (b) Postern without scripts;
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
+ *   (a) and (b) again as `postern serve` with `workers: 1` and `workers: 2` (server CPU: every process of it);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
  * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
  * round's paired ratios (all servers measured back to back in one mode, in alternating order).
@@ -39,6 +40,18 @@ const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean
   { name: '(b) postern, no scripts', auth: true, start: async () => { const c = await posternConfig('b', false); return { port: c.port, ...await startServer('postern-server.ts', c) }; } },
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
+// (a) and (b) as `postern serve` with 1 and 2 worker processes (BENCH_WORKERS=0 leaves them out): server CPU
+// counts the supervisor, the workers and the queue process.
+if (process.env.BENCH_WORKERS !== '0') {
+  for (const [letter, withScripts, auth] of [['a', true, true], ['b', false, true]] as const) {
+    for (const workers of [1, 2]) {
+      targets.push({ name: `(${letter}) serve, workers: ${workers}`, auth, start: async () => {
+        const c = await posternConfig(`${letter}-serve-${workers}`, withScripts);
+        return { port: c.port, ...await startServer('postern-serve.ts', { ...c, workers }) };
+      } });
+    }
+  }
+}
 // (h) Haraka, whose rate is the one-message-per-connection target (BENCH_HARAKA=0 leaves it out).
 if (process.env.BENCH_HARAKA !== '0') {
   const haraka = await ensureHaraka();
