@@ -272,13 +272,16 @@ export class Supervisor {
   /**
    * A child that died by a signal or an abnormal exit while running scripts (its running-call mirror says
    * which) is a crash to blame on them: a death at once (SIGSEGV in a builtin, a native abort) leaves no
-   * other trace. A hang its watchdog thread recorded cleared the mirror first, so it is not counted twice.
+   * other trace. A hang its watchdog thread recorded is not counted twice (it clears the mirror, and its
+   * record names the pid).
    */
   #diedIn(child: Child, proc: ChildProcess, code: number | null, signal: NodeJS.Signals | null): CrashRecord[] {
     if (proc.pid === undefined) return [];
     const mirror = runningMirror(this.config.config.dataDir, proc.pid);
     const abnormal = !this.#stopping && (signal !== null || code !== 0);
-    const scripts = abnormal ? readMirror(mirror) : [];
+    // Its watchdog recorded a hang (and was killed, by itself or by us, before or after clearing the mirror).
+    const recorded = readdirSync(crashDir(this.config.config.dataDir)).some((name) => name.startsWith(`crash-${proc.pid}-`));
+    const scripts = abnormal && !recorded ? readMirror(mirror) : [];
     removeMirror(mirror);
     if (!scripts.length) return [];
     this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, scripts },
