@@ -101,7 +101,7 @@ for (const [key, runs] of samples) {
 }
 // One line per server, reuse first (the order before rounds were grouped by mode).
 rows.sort((x, y) => x.name.localeCompare(y.name) || (x.mode.startsWith('reuse') ? -1 : 1) - (y.mode.startsWith('reuse') ? -1 : 1));
-await rm(work, { recursive: true, force: true });
+await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }); // serve's children may still be ending
 
 console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds (ratios: median of each round's paired ratios)\n`);
 // The load generator shares the machine's cores: its CPU per message says how much was left for the server.
