@@ -263,7 +263,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     baseDir: loaded.baseDir,
     label: loaded.file,
   }, opts.settleMs);
-  if (opts.watch ?? true) await reloader.start();
+  // Under the supervisor it watches once for all processes and tells them to reload (cluster/reload-coordinator.ts).
+  if (opts.watch ?? true) await reloader.start({ watch: role === 'single' });
 
   // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
   const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);

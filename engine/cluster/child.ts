@@ -7,12 +7,15 @@
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import type { Socket } from 'node:net';
+import { mkdirSync } from 'node:fs';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
+import { ForwardingCounterStore } from './shared-store.ts';
+import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
-import { HEARTBEAT_MS, HANG_MS, crashDir } from './process-model.ts';
+import { HEARTBEAT_MS, HANG_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
@@ -23,17 +26,24 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
+type Message = { t?: string; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
+  // Before any script runs: should this process die at once, the supervisor reads what it was running.
+  mkdirSync(crashDir(loaded.config.dataDir), { recursive: true });
+  runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   const counters = new WorkerCounters({ send }, windowMs);
+  // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).
+  const store = new ForwardingCounterStore({ send, get connected() { return process.connected; } }, STORE_CALL_MS,
+    new MemoryAuthFailureStore(counters.failures));
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
     if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
+    if (store.handle(m)) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
@@ -54,8 +64,9 @@ async function main(): Promise<void> {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
       for (const id of m.ids!) running!.spools.locate(id, m.dir!);
       for (const id of m.ids!) running!.queue.notify(id);
-    } else if (m.t === 'hup') {
-      void running!.reloader.reload('SIGHUP');
+    } else if (m.t === 'reload') {
+      // The supervisor watches the inputs for every process (reload-coordinator.ts) and hears the outcome.
+      void running!.reloader.reload(m.reason === 'SIGHUP' ? 'SIGHUP' : 'change').then(tellReloadState, tellReloadState);
     }
   };
   let stopping: Promise<void> | null = null;
@@ -68,7 +79,9 @@ async function main(): Promise<void> {
   // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.
   process.once('SIGINT', () => void stop());
   process.once('SIGTERM', () => void stop());
-  process.on('SIGHUP', () => void running?.reloader.reload('SIGHUP'));
+  // SIGHUP to the whole process group reaches the supervisor too, which tells every child once: a child
+  // reloading on its own signal as well would reload twice.
+  process.on('SIGHUP', () => undefined);
 
   // New messages are told to the queue process in batches (one IPC message per batch, not per message).
   let spooled: string[] = [];
@@ -77,22 +90,29 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startPostern({
-    configPath, role, workerIndex: index, counters, lockDir: false, // the supervisor holds the data directory's lock
+    configPath, role, workerIndex: index, counters, memoryStore: store, lockDir: false, // the supervisor holds the data directory's lock
     onSpooled(id, dir) {
       if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
       spooled.push(id);
     },
   });
+  tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
+  running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
   startWatchdog(loaded.config.dataDir);
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
+  tellReloadState();
 }
+
+let tellReloadState: () => void = () => undefined;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
 function startWatchdog(dataDir: string): void {
   const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
-    workerData: { marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
-      logBuffer: turnBufferedStdout().shared },
+    workerData: {
+      marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
+      mirror: runningMirror(dataDir, process.pid), logBuffer: turnBufferedStdout().shared,
+    },
   });
   watchdog.unref();
   // The table goes over while the main thread can still send it: a stuck one cannot answer.

@@ -1,6 +1,7 @@
 /**
  * The supervisor's record of scripts that crash or hang their worker: crash records the watchdog
- * threads write (<dataDir>/fences/crash-*.json) are counted per script (hook, file, SHA-256 of its
+ * threads write (<dataDir>/fences/crash-*.json), and those the supervisor makes itself from a dead
+ * worker's running-call mirror (a death at once, by signal or abnormal exit), are counted per script (hook, file, SHA-256 of its
  * source; a crash in a batch of n scripts counts 1/n for each); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
  * running it — until its file changes (checked every few seconds while a fence stands).
  * `<dataDir>/fences/fenced.json` keeps the list across restarts; `postern status` shows it.
@@ -14,6 +15,7 @@ import { runningCall } from '../sandbox/running-call.ts';
 import { CRASHES_TO_FENCE } from './process-model.ts';
 
 export interface Fence extends RunningScript { since: string; crashes: number }
+export interface CrashRecord { worker: number; scripts: RunningScript[] }
 
 const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
@@ -32,21 +34,21 @@ export class FenceBook {
 
   get fences(): readonly Fence[] { return this.#fences; }
 
-  /** Read new crash records; returns the scripts fenced by them. */
-  collect(): { fenced: Fence[]; crashes: Array<{ worker: number; scripts: RunningScript[] }> } {
+  /** Read new crash records (and count `more`, made by the caller); returns the scripts fenced by them. */
+  collect(more: readonly CrashRecord[] = []): { fenced: Fence[]; crashes: CrashRecord[] } {
     const fenced: Fence[] = [];
-    const crashes: Array<{ worker: number; scripts: RunningScript[] }> = [];
+    const crashes: CrashRecord[] = [...more];
     for (const name of readdirSync(this.#dir)) {
       if (!/^crash-.*\.json$/.test(name)) continue;
       const path = join(this.#dir, name);
-      let record: { worker: number; scripts: RunningScript[] };
       try {
-        record = JSON.parse(readFileSync(path, 'utf8')) as typeof record;
+        crashes.push(JSON.parse(readFileSync(path, 'utf8')) as CrashRecord);
       } catch {
         continue; // being written
       }
       unlinkSync(path);
-      crashes.push(record);
+    }
+    for (const record of crashes) {
       // Calls batched into one entry share the blame: each of n distinct scripts gets 1/n of the crash, so
       // a script that happened to run beside the culprit a few times is not fenced with it.
       const scripts = [...new Map(record.scripts.map((s) => [keyOf(s), s])).values()];

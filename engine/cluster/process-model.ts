@@ -11,11 +11,18 @@ export const SUPERVISOR_HANG_MS = 3000;
 export const STARTUP_MS = 120_000;
 /** A worker whose last heartbeat is older than this gets no new connections (it may be hanging). */
 export const STALE_FOR_CONNECTIONS_MS = 300;
+/**
+ * A store call forwarded to the supervisor (shared-store.ts) that has no answer after this long fails
+ * (StoreUnavailable: a temporary refusal). A script's call is bounded by its own time limit before that.
+ */
+export const STORE_CALL_MS = 1000;
 /** Crashes or hangs attributed to one script (same file content) before it is fenced. */
 export const CRASHES_TO_FENCE = 3;
 
 /** Crash records of hung workers, and the fence list. */
 export function crashDir(dataDir: string): string { return join(dataDir, 'fences'); }
+/** Where a child process mirrors its running-call markers (runningCall.mirrorTo), read when it dies. */
+export function runningMirror(dataDir: string, pid: number): string { return join(crashDir(dataDir), `running-${pid}`); }
 export function clusterStatusFile(dataDir: string): string { return join(dataDir, 'cluster.json'); }
 
 /** The supervisor's status socket: `postern status` asks the running server here. */

@@ -31,11 +31,15 @@ import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
-import { FenceBook } from './fence-book.ts';
+import { FenceBook, type CrashRecord } from './fence-book.ts';
+import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
+import { StoreHost } from './shared-store.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService } from '../policy-service/listen.ts';
-import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { readMirror, removeMirror } from '../sandbox/running-call.ts';
+import { readdirSync, rmSync } from 'node:fs';
 
 /**
  * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
@@ -89,6 +93,9 @@ export class Supervisor {
   readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean }> = [];
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
+  readonly #reloads: ReloadCoordinator;
+  /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
+  readonly #store = new StoreHost();
   #next = 0;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
@@ -99,6 +106,7 @@ export class Supervisor {
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
+  #saving: Promise<void> = Promise.resolve();
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
   readonly #startedAt = new Date().toISOString();
@@ -109,6 +117,13 @@ export class Supervisor {
     this.log = log;
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir));
+    this.#reloads = new ReloadCoordinator(config, configPath, log, (reason) => {
+      for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
+    });
+    // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
+    for (const name of readdirSync(crashDir(config.config.dataDir))) {
+      if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
+    }
   }
 
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
@@ -129,6 +144,7 @@ export class Supervisor {
     for (let i = 0; i < n; i++) sup.#children.push(sup.#newChild('worker', i));
     sup.#children.push(sup.#newChild('queue', 0));
     const started = new Promise<void>((resolve, reject) => { sup.#firstStart = { resolve, reject }; });
+    await sup.#reloads.start(); // watching before the children read their inputs
     for (const c of sup.#children) sup.#spawn(c);
     sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
     try {
@@ -212,6 +228,7 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.lastBeat = Date.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
+    if (this.#store.handle(m, send)) return;
     if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
       // Every other child: the workers (SMTP AUTH) and the queue process (the account page's sign-in).
       for (const c of this.#children) if (c !== child && c.ready && c.proc?.connected) c.proc.send(msg);
@@ -229,6 +246,8 @@ export class Supervisor {
       case 'ready':
         child.ready = true;
         send({ t: 'fences', list: this.#fences.fences });
+        // An edit told to the others while this one was starting: a check (no build when it read the same).
+        send({ t: 'reload', reason: 'change' });
         this.log.info({ [child.kind]: child.index, pid: proc.pid }, `${child.kind} ready`);
         if (this.#firstStart && this.#children.every((c) => c.ready)) {
           this.#firstStart.resolve();
@@ -236,6 +255,9 @@ export class Supervisor {
         }
         void this.#saveStatus();
         return this.#dispatch();
+      case 'reload-state':
+        this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
+        return void this.#saveStatus();
       case 'spooled': {
         const queue = this.#children.find((c) => c.kind === 'queue');
         // Without a queue process right now its first scan finds the message.
@@ -251,8 +273,9 @@ export class Supervisor {
     child.ready = false;
     for (const socket of child.inflight.splice(0)) socket.destroy(); // never reached it: the client sees the close
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
+    this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
-    this.#collectCrashes();
+    this.#collectCrashes(this.#diedIn(child, proc, code, signal));
     if (this.#firstStart && child.restarts === 0 && !this.#stopping) {
       this.#firstStart.reject(new Error(`${child.kind} process ${child.index} could not start (${child.lastExit})`));
       this.#firstStart = null;
@@ -266,8 +289,28 @@ export class Supervisor {
     void this.#saveStatus();
   }
 
-  #collectCrashes(): void {
-    const { fenced } = this.#fences.collect();
+  /**
+   * A child that died by a signal or an abnormal exit while running scripts (its running-call mirror says
+   * which) is a crash to blame on them: a death at once (SIGSEGV in a builtin, a native abort) leaves no
+   * other trace. A hang its watchdog thread recorded is not counted twice (it clears the mirror, and its
+   * record names the pid).
+   */
+  #diedIn(child: Child, proc: ChildProcess, code: number | null, signal: NodeJS.Signals | null): CrashRecord[] {
+    if (proc.pid === undefined) return [];
+    const mirror = runningMirror(this.config.config.dataDir, proc.pid);
+    const abnormal = !this.#stopping && (signal !== null || code !== 0);
+    // Its watchdog recorded a hang (and was killed, by itself or by us, before or after clearing the mirror).
+    const recorded = readdirSync(crashDir(this.config.config.dataDir)).some((name) => name.startsWith(`crash-${proc.pid}-`));
+    const scripts = abnormal && !recorded ? readMirror(mirror) : [];
+    removeMirror(mirror);
+    if (!scripts.length) return [];
+    this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, scripts },
+      `${child.kind} ${child.index} died (${signal ? `signal ${signal}` : `exit code ${code}`}) while running ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}`);
+    return [{ worker: child.index, scripts }];
+  }
+
+  #collectCrashes(more: CrashRecord[] = []): void {
+    const { fenced } = this.#fences.collect(more);
     for (const f of fenced) {
       this.log.error({ hook: f.hook, script: f.file, sha256: f.sha256, crashes: f.crashes },
         `fenced ${f.hook} script ${f.file}: it crashed or hung its worker ${f.crashes} times; its hook answers 451 4.3.0 until the file changes`);
@@ -351,9 +394,9 @@ export class Supervisor {
     this.#dispatch();
   }
 
-  /** SIGHUP: every child reloads. */
+  /** SIGHUP: every child reloads, once. */
   reload(): void {
-    for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'hup' });
+    this.#reloads.hup();
   }
 
   /**
@@ -363,8 +406,11 @@ export class Supervisor {
    */
   #adminTarget(): AdminTarget {
     const statusFile = join(this.config.config.dataDir, 'status.json');
-    const reloadStatus = async (): Promise<{ lastError?: string[] | null } & Record<string, unknown>> =>
-      JSON.parse(await readFile(statusFile, 'utf8').catch(() => '{}'));
+    // The counters of status.json (the queue process's), with the errors and generations of every process.
+    const reloadStatus = async (): Promise<{ lastError?: string[] | null } & Record<string, unknown>> => {
+      const { lastError, converged, processes } = this.#reloads.status();
+      return { ...JSON.parse(await readFile(statusFile, 'utf8').catch(() => '{}')) as object, lastError, converged, generations: processes };
+    };
     return {
       metrics: async () => {
         const answers = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
@@ -427,7 +473,7 @@ export class Supervisor {
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.#admin?.close(), this.#statusServer?.close()]);
+    await Promise.all([this.#admin?.close(), this.#statusServer?.close(), this.#reloads.close()]);
     this.#admin = null;
     this.#statusServer = null;
     this.#stopping = true;
@@ -446,7 +492,9 @@ export class Supervisor {
       return new Promise<void>((resolve) => {
         const kill = setTimeout(() => proc.kill('SIGKILL'), 30_000);
         proc.once('exit', () => { clearTimeout(kill); resolve(); });
-        if (proc.connected) proc.send({ t: 'stop' }); else proc.kill('SIGTERM');
+        // A child still starting may not listen to its IPC channel yet (a message then is lost): its signal
+        // handler, or the default action, stops it.
+        if (proc.connected && c.ready) proc.send({ t: 'stop' }); else proc.kill('SIGTERM');
       });
     }));
     this.#lock?.release();
@@ -465,12 +513,17 @@ export class Supervisor {
         startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
       })),
       fences: this.#fences.fences,
+      reload: this.#reloads.status(),
     };
   }
 
-  async #saveStatus(): Promise<void> {
-    const file = clusterStatusFile(this.config.config.dataDir);
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`).then(() => rename(tmp, file)).catch(() => undefined);
+  /** Writes are queued: two at once into the one temporary file could leave a torn file behind. */
+  #saveStatus(): Promise<void> {
+    this.#saving = this.#saving.then(async () => {
+      const file = clusterStatusFile(this.config.config.dataDir);
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`).then(() => rename(tmp, file)).catch(() => undefined);
+    });
+    return this.#saving;
   }
 }

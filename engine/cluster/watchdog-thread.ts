@@ -6,13 +6,13 @@
  * the main thread.
  */
 import { workerData, parentPort } from 'node:worker_threads';
-import { writeFileSync, mkdirSync, writeSync } from 'node:fs';
+import { writeFileSync, mkdirSync, writeSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 
-const { marker, heartbeat, crashDir, worker, hangMs, logBuffer } = workerData as {
-  marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number;
+const { marker, heartbeat, crashDir, worker, hangMs, mirror, logBuffer } = workerData as {
+  marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number; mirror: string;
   /** The main thread's log lines not yet written (TurnBufferedStdout): they tell what led up to the hang. */
   logBuffer: SharedArrayBuffer;
 };
@@ -37,6 +37,8 @@ setInterval(() => {
   try {
     mkdirSync(crashDir, { recursive: true });
     writeFileSync(join(crashDir, `crash-${process.pid}-${now}.json`), JSON.stringify(record));
+    // Recorded here: the supervisor must not count this death again from the running-call mirror.
+    truncateSync(`${mirror}.bin`, 0);
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
   try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }

@@ -281,7 +281,7 @@ export const configSchema = z.strictObject({
     }).optional()
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
   }).prefault({})
-    .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners of one server. See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
+    .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners and by every worker process of one server (under `postern serve` the supervisor holds it; each call is one message to it, and one that gets no answer fails closed). See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   dns: z.strictObject({
     servers: z.array(z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port')).default([]).meta({ defaultText: '`[]` (the system\'s)' })
       .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),

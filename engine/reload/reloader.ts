@@ -11,6 +11,10 @@
  * - a build during which an input changed is thrown away, not swapped in (it may have read a mix of old
  *   and new files), and the inputs are looked at again once they are quiet;
  * - a build has a deadline: one that never settles is reported as failed and does not hold up the next.
+ *
+ * Under `postern serve` the children do not watch: the supervisor watches once (engine/cluster/
+ * reload-coordinator.ts) and asks every child to reload; each child answers with its state() and the
+ * supervisor reports a refused build once, for all of them.
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
@@ -77,6 +81,8 @@ export class Reloader {
   #abandoned = new Set<Promise<unknown>>();
   #listeners = new Set<(o: ReloadOutcome) => void>();
   #activity = new Set<() => void>();
+  /** Told to reload by someone who watches (the supervisor), rather than watching itself. */
+  #external = false;
 
   constructor(target: ReloadTarget, source: { configPath?: string; configText?: string; baseDir: string; label: string }, settleMs = 50) {
     this.#target = target;
@@ -86,12 +92,20 @@ export class Reloader {
     this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
   }
 
-  async start(): Promise<void> {
+  /** `watch: false`: reload only when told (reload()); failures are then logged at debug level, the teller reports them. */
+  async start({ watch = true }: { watch?: boolean } = {}): Promise<void> {
     const inputs = watchedInputs(this.#target.current().source);
+    this.#external = !watch;
     // Watch first: a change made while the digest is taken is then seen as an event.
-    await this.#watcher.watch(inputs);
+    if (watch) await this.#watcher.watch(inputs);
     this.#digest = await digestInputs(inputs);
     await this.status.save();
+  }
+
+  /** What the generation in force was built from, and the last refused content and its errors (for the supervisor). */
+  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number } {
+    const { lastError, reloads } = this.status.data;
+    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads };
   }
 
   /** Called after every reload attempt that found a change (tests wait on it). */
@@ -185,7 +199,7 @@ export class Reloader {
     }
     const inputs = loaded ? watchedInputs(loaded) : inForce;
     // New tables or script folders are watched from now on; the running generation's stay watched until the swap.
-    await this.#watcher.watch(unionInputs(inForce, inputs));
+    if (!this.#external) await this.#watcher.watch(unionInputs(inForce, inputs));
     // What this build reads: the configuration as parsed, the rest as it is before the build reads it.
     const readDigest = await digestInputs(inputs, asRead);
     let built: Built | null = null;
@@ -209,7 +223,7 @@ export class Reloader {
       this.status.data.supersededBuilds++;
       void this.status.save();
       log.debug({ reason }, 'inputs changed during the reload; building again once they are quiet');
-      this.#watcher.poke();
+      if (!this.#external) this.#watcher.poke(); // else the teller saw the change too, and tells again
       return { changed: false, ok: true, errors: [], pendingRestart: [], ms: performance.now() - t0, superseded: true };
     }
     if (errors || !built) {
@@ -226,9 +240,9 @@ export class Reloader {
     }
     this.#digest = readDigest;
     this.#failed = null;
-    await this.#watcher.watch(inputs);
+    if (!this.#external) await this.#watcher.watch(inputs);
     const ms = performance.now() - t0;
-    for (const p of pendingRestart) log.warn({ change: p }, `configuration change needs a restart: ${p}`);
+    for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
     await this.status.succeeded(next.serial, pendingRestart);
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
@@ -276,7 +290,7 @@ export class Reloader {
   }
 
   async #fail(t0: number, errors: string[], log: Logger, reason: string): Promise<ReloadOutcome> {
-    for (const e of errors) log.error({ reason }, `reload refused, keeping generation ${this.#target.current().serial}: ${e}`);
+    for (const e of errors) log[this.#external ? 'debug' : 'error']({ reason }, `reload refused, keeping generation ${this.#target.current().serial}: ${e}`);
     await this.status.failed(errors);
     return this.#emit({ changed: true, ok: false, errors, pendingRestart: [], ms: performance.now() - t0 });
   }

@@ -422,12 +422,17 @@ export class IsolateSlot {
       this.#delivering = false;
       this.#failAwaiting(owners, new Error('cut off'), timeoutMs);
     }, watchdogDelay(timeoutMs));
+    // The continuations' scripts are named in the running-call mirror meanwhile, should the process die under them.
+    let hooks = 0;
+    for (const owner of owners) { const a = this.#awaiting.get(owner); if (a) hooks |= hookBit(a.hook); }
+    const running = runningCall.enterAsync(this.#options.runningId ?? 0, hooks);
     try {
       const wire = await this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } });
       this.#settleTaken(wire);
     } catch (e) {
       if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
     } finally {
+      runningCall.exitAsync(running);
       clearTimeout(watchdog);
       this.#delivering = false;
     }
@@ -501,7 +506,7 @@ export class IsolateSlot {
     let wire: unknown;
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     try {
-      wire = await this.#onIsolateThread(file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
     } catch (e) {
       this.#awaiting.delete(callId);
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
@@ -517,9 +522,11 @@ export class IsolateSlot {
   /**
    * `enter()` on an isolate thread, with log lines told as they come. A returned promise that never
    * settles leaves nothing running to time out: past watchdogDelay() the isolate is disposed (#cutOff).
+   * The running-call mirror names the script meanwhile, should the process die under it.
    */
-  async #onIsolateThread(file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
+  async #onIsolateThread(hook: HookName, file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
+    const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(hook));
     this.#cutOff = false;
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
@@ -529,6 +536,7 @@ export class IsolateSlot {
       return await enter();
     } finally {
       clearTimeout(watchdog);
+      runningCall.exitAsync(running);
       this.#current = null;
     }
   }

@@ -8,8 +8,15 @@
  * of hooks of the calls in the entry (a batch may mix hooks), as `id * 128 + hookMask`, 0 when idle.
  * Beside it: the event loop's heartbeat (a counter a timer bumps) that the watchdog watches, and the set of
  * fenced scripts (engine/cluster/fence-book.ts) that answer 451 without running.
+ *
+ * A process can also die at once, without hanging (SIGSEGV in a builtin, a native abort), on the event-loop
+ * thread or on an isolate thread. Its own threads die with it, so in a worker process the markers are
+ * mirrored into a file (mirrorTo()) that the supervisor reads after the death: word 0 is the event-loop
+ * marker, words 1.. are the calls running on isolate threads (enterAsync()); beside it, the table as JSON.
+ * One 4-byte pwrite per enter and exit (~1 µs): Node cannot map memory shared between processes.
  */
 import { createHash } from 'node:crypto';
+import { openSync, writeSync, closeSync, writeFileSync, renameSync, readFileSync, rmSync } from 'node:fs';
 import { HOOK_NAMES } from './hooks.ts';
 import type { HookName } from './api/index.ts';
 
@@ -27,10 +34,41 @@ const fenced = new Set<string>();
 const listeners = new Set<(table: RunningCallTable) => void>();
 let nextId = 1;
 
+/** Calls on isolate threads tracked at most at once (one per isolate runs at a time); more go unnamed. */
+const ASYNC_SLOTS = 63;
+const asyncBusy = new Uint8Array(ASYNC_SLOTS + 1); // index 0 unused: it is the event-loop marker's word
+let mirrorFd = -1;
+let mirrorPath: string | null = null;
+const word = new Int32Array(1);
+const wordBytes = new Uint8Array(word.buffer);
+
+/** Write one marker word to the mirror file; a failing mirror is dropped (attribution is best effort). */
+function mirror(slot: number, value: number): void {
+  word[0] = value;
+  try {
+    writeSync(mirrorFd, wordBytes, 0, 4, slot * 4);
+  } catch {
+    try { closeSync(mirrorFd); } catch { /* already gone */ }
+    mirrorFd = -1;
+  }
+}
+
+function writeTableMirror(): void {
+  if (mirrorPath === null) return;
+  try {
+    writeFileSync(`${mirrorPath}.json.tmp`, JSON.stringify(table));
+    renameSync(`${mirrorPath}.json.tmp`, `${mirrorPath}.json`);
+  } catch { /* best effort, as the words */ }
+}
+
+/** The value of a marker word for a sandbox id and the OR of hookBit()s. */
+const markerValue = (id: number, hookMask: number): number => id * HOOK_BITS + hookMask;
+
 /** One bit per hook, for enter(). */
 export const hookBit = (hook: HookName): number => 1 << HOOK_NAMES.indexOf(hook);
 
 function changed(): void {
+  writeTableMirror();
   const snapshot = runningCallTable();
   for (const listener of listeners) {
     try { listener(snapshot); } catch { /* a listener must not break the sandbox */ }
@@ -98,10 +136,40 @@ export const runningCall = {
   },
   /** `hookMask`: the OR of hookBit() of the calls about to run. */
   enter(id: number, hookMask: number): void {
-    Atomics.store(marker, 0, id * HOOK_BITS + hookMask);
+    const value = markerValue(id, hookMask);
+    Atomics.store(marker, 0, value);
+    if (mirrorFd >= 0) mirror(0, value);
   },
   exit(): void {
     Atomics.store(marker, 0, 0);
+    if (mirrorFd >= 0) mirror(0, 0);
+  },
+  /**
+   * A call starting on an isolate thread (the event loop goes on meanwhile): recorded in the mirror only,
+   * since only a death of the whole process matters there. Returns the token for exitAsync (0: none).
+   */
+  enterAsync(id: number, hookMask: number): number {
+    if (mirrorFd < 0) return 0;
+    const slot = asyncBusy.indexOf(0, 1);
+    if (slot < 0) return 0;
+    asyncBusy[slot] = 1;
+    mirror(slot, markerValue(id, hookMask));
+    return slot;
+  },
+  exitAsync(slot: number): void {
+    if (slot <= 0 || asyncBusy[slot] === 0) return;
+    asyncBusy[slot] = 0;
+    if (mirrorFd >= 0) mirror(slot, 0);
+  },
+  /**
+   * Mirror the markers to `<path>.bin` and the table to `<path>.json`, for readMirror() in another process
+   * after this one died. Once per process, before scripts run.
+   */
+  mirrorTo(path: string): void {
+    mirrorFd = openSync(`${path}.bin`, 'w+');
+    mirrorPath = path;
+    writeSync(mirrorFd, new Uint8Array(4 * (ASYNC_SLOTS + 1)), 0, 4 * (ASYNC_SLOTS + 1), 0);
+    writeTableMirror();
   },
   /** The marker now (0: idle). */
   current(): number {
@@ -114,3 +182,31 @@ export const runningCall = {
     return () => listeners.delete(listener);
   },
 };
+
+/**
+ * The scripts a dead process was running, from the mirror it left at `path` (see mirrorTo): those on its
+ * event-loop thread and on its isolate threads, each once. [] when it was running none or left no mirror.
+ */
+export function readMirror(path: string): RunningScript[] {
+  let words: Int32Array;
+  let scripts: RunningCallTable;
+  try {
+    const bytes = new Uint8Array(readFileSync(`${path}.bin`)); // a copy: aligned for the Int32 view
+    words = new Int32Array(bytes.buffer, 0, Math.floor(bytes.length / 4));
+    scripts = JSON.parse(readFileSync(`${path}.json`, 'utf8')) as RunningCallTable;
+  } catch {
+    return [];
+  }
+  const found = new Map<string, RunningScript>();
+  for (const value of words) {
+    for (const s of describeRunning(value, scripts)) found.set(`${s.hook}\0${s.file}\0${s.sha256}`, s);
+  }
+  return [...found.values()];
+}
+
+/** Remove a mirror's files (after reading it, or when the process ended cleanly). */
+export function removeMirror(path: string): void {
+  rmSync(`${path}.bin`, { force: true });
+  rmSync(`${path}.json`, { force: true });
+  rmSync(`${path}.json.tmp`, { force: true });
+}

@@ -1,8 +1,13 @@
 /** The Postern configuration every benchmark uses: one STARTTLS listener asking for client certificates. */
 import type { TestPki } from '../helpers/pki.ts';
 
+const given = new Set<number>();
+/** A random port for one bench server, never one given to another server of this run. */
 export function benchPort(): number {
-  return 30000 + Math.floor(Math.random() * 20000);
+  let port: number;
+  do port = 30000 + Math.floor(Math.random() * 20000); while (given.has(port));
+  given.add(port);
+  return port;
 }
 
 /** `shadowScripts`: the listener runs that folder beside its scripts (shadow mode, engine/shadow/). */

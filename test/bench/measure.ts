@@ -1,6 +1,6 @@
 /** What the benchmarks read from /proc and how they drive a server: CPU counters, server start, one load run. */
 import { fork } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TestPki } from '../helpers/pki.ts';
 
@@ -11,6 +11,22 @@ export async function cpuSeconds(pid: number, thread?: number): Promise<number> 
   const path = thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`;
   const fields = (await readFile(path, 'utf8')).split(') ')[1]!.split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+/** CPU seconds of a process and every process below it (a supervisor and its workers) that runs now. */
+export async function treeCpuSeconds(pid: number): Promise<number> {
+  let total = 0;
+  try {
+    total = await cpuSeconds(pid);
+  } catch {
+    return 0; // ended meanwhile
+  }
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  for (const task of tasks) {
+    const children = (await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '')).trim().split(/\s+/).filter(Boolean);
+    for (const child of children) total += await treeCpuSeconds(Number(child));
+  }
+  return total;
 }
 
 export interface MachineTicks { total: number; idle: number; steal: number }
@@ -50,7 +66,7 @@ export async function load(pki: TestPki, port: number, perConnection: number, me
 }
 
 export interface Measured extends LoadResult {
-  /** Server CPU per message, all threads, µs. */
+  /** Server CPU per message, all threads and all its processes (postern serve's workers), µs. */
   cpuUs: number;
   /** The server's event-loop thread: CPU per message (µs) and share of the wall time it was busy. */
   mainUs: number;
@@ -63,10 +79,10 @@ export interface Measured extends LoadResult {
 
 /** A load run with the server's and the machine's CPU counters read around it. */
 export async function measure(pki: TestPki, server: { pid: number; port: number }, perConnection: number, messages: number, auth: boolean): Promise<Measured> {
-  const [cpu0, main0, machine0, wall0] = [await cpuSeconds(server.pid), await cpuSeconds(server.pid, server.pid), await machineTicks(), performance.now()];
+  const [cpu0, main0, machine0, wall0] = [await treeCpuSeconds(server.pid), await cpuSeconds(server.pid, server.pid), await machineTicks(), performance.now()];
   const r = await load(pki, server.port, perConnection, messages, auth);
   const wall = (performance.now() - wall0) / 1000;
-  const [cpu1, main1, machine1] = [await cpuSeconds(server.pid), await cpuSeconds(server.pid, server.pid), await machineTicks()];
+  const [cpu1, main1, machine1] = [await treeCpuSeconds(server.pid), await cpuSeconds(server.pid, server.pid), await machineTicks()];
   const ticks = Math.max(1, machine1.total - machine0.total);
   const busyTicks = ticks - (machine1.idle - machine0.idle) - (machine1.steal - machine0.steal);
   return {

@@ -4,6 +4,7 @@
  *   (c) bare smtp-server accepting and discarding;  (h) Haraka accepting and discarding (installed on first use);
  *   (e) (a) whose data script also edits the header (one remove, one add), compared with (a) in the same rounds;
  *   (s) (a) with a shadow copy of its own scripts (shadowScripts: every call runs twice; BENCH_SHADOW=0 leaves it out);
+ *   (a) and (b) again as `postern serve` with `workers: 1` and `workers: 2` (server CPU: every process of it);
  * each with STARTTLS + a client certificate, with connection reuse and with one message per connection.
  * Server and load generator run in separate processes. Ratios against (c) and (h) are the medians of each
  * round's paired ratios (all servers measured back to back in one mode, in alternating order).
@@ -49,6 +50,18 @@ const targets: Array<{ name: string; start: () => Promise<Server>; auth: boolean
   ...(process.env.BENCH_SHADOW === '0' ? [] : [{ name: '(s) (a) + shadow copy', auth: true, start: async () => { const c = await posternConfig('s', true, { shadow: true }); return { port: c.port, ...await startServer('postern-server.ts', c) }; } }]),
   { name: '(c) bare smtp-server', auth: false, start: async () => { const port = benchPort(); return { port, ...await startServer('bare-server.ts', { port, cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert }) }; } },
 ];
+// (a) and (b) as `postern serve` with 1 and 2 worker processes (BENCH_WORKERS=0 leaves them out): server CPU
+// counts the supervisor, the workers and the queue process.
+if (process.env.BENCH_WORKERS !== '0') {
+  for (const [letter, withScripts, auth] of [['a', true, true], ['b', false, true]] as const) {
+    for (const workers of [1, 2]) {
+      targets.push({ name: `(${letter}) serve, workers: ${workers}`, auth, start: async () => {
+        const c = await posternConfig(`${letter}-serve-${workers}`, withScripts);
+        return { port: c.port, ...await startServer('postern-serve.ts', { ...c, workers }) };
+      } });
+    }
+  }
+}
 // (h) Haraka, whose rate is the one-message-per-connection target (BENCH_HARAKA=0 leaves it out).
 if (process.env.BENCH_HARAKA !== '0') {
   const haraka = await ensureHaraka();
@@ -98,7 +111,7 @@ for (const [key, runs] of samples) {
 }
 // One line per server, reuse first (the order before rounds were grouped by mode).
 rows.sort((x, y) => x.name.localeCompare(y.name) || (x.mode.startsWith('reuse') ? -1 : 1) - (y.mode.startsWith('reuse') ? -1 : 1));
-await rm(work, { recursive: true, force: true });
+await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }); // serve's children may still be ending
 
 console.log(`\nSTARTTLS + client certificate, 20 concurrent clients, loopback; median of ${rounds} interleaved rounds (ratios: median of each round's paired ratios)\n`);
 // The load generator shares the machine's cores: its CPU per message says how much was left for the server.

@@ -2,57 +2,12 @@
 // lost, the other worker's sessions go on, the port keeps answering and the replacement serves.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
-import { SpoolSet, workerSpoolDir } from '../../engine/cluster/spool-set.ts';
-import { startCluster, workerPid, type ClusterProcess, TWO_WORKERS } from './helpers.ts';
+import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
+import { startCluster, workerPid, greeted, load, spooled, TWO_WORKERS } from './helpers.ts';
 
 const CONFIG = TWO_WORKERS;
 const HANG_SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
-
-async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {
-  const client = await SmtpTestClient.connect(c.port('in'));
-  const r = await client.read(30_000);
-  assert.equal(r.code, 220);
-  assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
-  return client;
-}
-
-/** Every id in the server's spools now (a reader's view, like `postern queue list`). */
-async function spooled(c: ClusterProcess): Promise<Set<string>> {
-  return new Set(await new SpoolSet(new Spool(join(c.dataDir, 'spool'))).list());
-}
-
-/** Clients sending messages over and over, reconnecting after a failure; every 250's id is kept. */
-function load(c: ClusterProcess, clients: number): { acked: string[]; failures: number; stuck: number; stop(): Promise<void> } {
-  const state = { acked: [] as string[], failures: 0, stuck: 0, stopped: false };
-  const loops = Array.from({ length: clients }, async (_, n) => {
-    while (!state.stopped) {
-      let client: SmtpTestClient | null = null;
-      try {
-        client = await greeted(c);
-        for (let i = 0; i < 20 && !state.stopped; i++) {
-          const r = await client.sendMail('sender@example.test', [`user${n}@example.test`], `Subject: ${n}/${i}\r\n\r\nload\r\n`);
-          const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
-          if (r.code === 250 && id) state.acked.push(id);
-        }
-        await client.quit();
-      } catch (err) {
-        state.failures++;
-        // Neither a reply nor a close: a connection left hanging (the supervisor must close what never reached a worker).
-        if (/timeout waiting for reply/.test(String(err))) state.stuck++;
-        client?.destroy();
-      }
-    }
-  });
-  return {
-    get acked() { return state.acked; },
-    get failures() { return state.failures; },
-    get stuck() { return state.stuck; },
-    async stop() { state.stopped = true; await Promise.all(loops); },
-  };
-}
 
 for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {
   test(`a worker killed with ${signal} under load: no acknowledged message lost, the other worker's session goes on, the replacement serves`, async () => {

@@ -7,6 +7,10 @@ import { mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
+import assert from 'node:assert/strict';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { Spool } from '../../engine/spool/spool.ts';
+import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -25,6 +29,11 @@ export interface ClusterProcess {
 export interface ClusterStatus {
   processes: Array<{ role: string; index: number; pid: number | null; ready: boolean; restarts: number }>;
   fences: Array<{ hook: string; file: string; sha256: string }>;
+  reload: {
+    converged: boolean;
+    lastError: string[] | null;
+    processes: Record<string, { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number }>;
+  };
 }
 
 /** Two workers and one plaintext listener `in` on a free port: what most cluster tests run. */
@@ -47,7 +56,8 @@ export async function freePort(): Promise<number> {
 }
 
 /** `config` is YAML without dataDir/scripts; `{PORT:name}` placeholders become free ports. */
-export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string> }): Promise<ClusterProcess> {
+/** `detached`: the server leads its own process group (a signal to `-pid` reaches it and all its children). */
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; detached?: boolean }): Promise<ClusterProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
@@ -61,7 +71,7 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
   const dataDir = join(dir, 'data');
   await writeFile(join(dir, 'postern.yaml'), `dataDir: ${JSON.stringify(dataDir)}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n${config}`);
   const proc = spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'serve', '--config', join(dir, 'postern.yaml')], {
-    cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1' },
+    cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1' }, detached: opts.detached ?? false,
   });
   const logs: Array<Record<string, unknown>> = [];
   let partial = '';
@@ -107,4 +117,48 @@ export async function workerPid(c: ClusterProcess, index: number): Promise<numbe
     const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === index);
     return p?.ready && p.pid ? p.pid : null;
   });
+}
+
+export async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {
+  const client = await SmtpTestClient.connect(c.port('in'));
+  const r = await client.read(30_000);
+  assert.equal(r.code, 220);
+  assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
+  return client;
+}
+
+/** Every id in the server's spools now (a reader's view, like `postern queue list`). */
+export async function spooled(c: ClusterProcess): Promise<Set<string>> {
+  return new Set(await new SpoolSet(new Spool(join(c.dataDir, 'spool'))).list());
+}
+
+/** Clients sending messages over and over, reconnecting after a failure; every 250's id is kept. */
+export function load(c: ClusterProcess, clients: number): { acked: string[]; failures: number; stuck: number; stop(): Promise<void> } {
+  const state = { acked: [] as string[], failures: 0, stuck: 0, stopped: false };
+  const loops = Array.from({ length: clients }, async (_, n) => {
+    while (!state.stopped) {
+      let client: SmtpTestClient | null = null;
+      try {
+        client = await greeted(c);
+        for (let i = 0; i < 20 && !state.stopped; i++) {
+          const r = await client.sendMail('sender@example.test', [`user${n}@example.test`], `Subject: ${n}/${i}\r\n\r\nload\r\n`);
+          const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
+          if (r.code === 250 && id) state.acked.push(id);
+        }
+        await client.quit();
+      } catch (err) {
+        state.failures++;
+        // Neither a reply nor a close: a connection left hanging (the supervisor must close what never reached a worker).
+        if (/timeout waiting for reply/.test(String(err))) state.stuck++;
+        client?.destroy();
+        await new Promise((r) => setTimeout(r, 10)); // a refused connection must not spin
+      }
+    }
+  });
+  return {
+    get acked() { return state.acked; },
+    get failures() { return state.failures; },
+    get stuck() { return state.stuck; },
+    async stop() { state.stopped = true; await Promise.all(loops); },
+  };
 }

@@ -1,0 +1,100 @@
+/**
+ * Hot reload under `postern serve`: the supervisor watches the inputs once (rather than every child
+ * watching them itself) and tells every child to reload; each child builds its own generation (its own
+ * isolates) and answers with its state: the digest of the inputs its generation in force was built from,
+ * and the last refused content with its errors. From those answers the supervisor
+ * - reports a refused build once, not once per process;
+ * - tells the truth in `postern status`: each process's generation and digest, whether they all agree,
+ *   and the errors of any process that refused;
+ * - gets every process to the same content: a child whose build was superseded (an input changed while
+ *   it read it) or that started during an edit is told again by the next settled change.
+ */
+import type { LoadedConfig } from '../config/load-config.ts';
+import { loadStartConfig } from '../app/postern.ts';
+import type { Logger } from '../logging/logger.ts';
+import { ChangeWatcher } from '../reload/change-watcher.ts';
+import { unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
+
+/** What a child answers after a reload (Reloader.state()). */
+export interface ChildReloadState {
+  generation: number;
+  digest: string;
+  refused: string | null;
+  lastError: string[] | null;
+  reloads: number;
+}
+
+/** Quiet time after the last event before the children are told (as the single process's reloader). */
+const SETTLE_MS = 50;
+
+export class ReloadCoordinator {
+  readonly #configPath: string | undefined;
+  readonly #log: Logger;
+  readonly #tell: (reason: 'change' | 'SIGHUP') => void;
+  readonly #watcher: ChangeWatcher;
+  readonly #states = new Map<string, ChildReloadState>();
+  #inputs: WatchedInputs;
+  /** The errors last reported, so the same refusal is logged once whichever children answer with it. */
+  #reported = '';
+
+  constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void) {
+    this.#configPath = configPath;
+    this.#log = log.child({ component: 'reload' });
+    this.#tell = tell;
+    this.#inputs = watchedInputs(loaded);
+    this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled());
+  }
+
+  async start(): Promise<void> {
+    await this.#watcher.watch(this.#inputs);
+  }
+
+  /** SIGHUP: every child rebuilds, changed or not. */
+  hup(): void {
+    this.#tell('SIGHUP');
+  }
+
+  #settled(): void {
+    // The configuration may name other tables or script folders now: watch those too (the old ones stay
+    // watched, since a refused configuration leaves the children on them).
+    try {
+      this.#inputs = unionInputs(this.#inputs, watchedInputs(loadStartConfig({ configPath: this.#configPath })));
+      void this.#watcher.watch(this.#inputs);
+    } catch { /* a broken configuration: the children refuse it and say why */ }
+    this.#tell('change');
+  }
+
+  /** A child's answer. */
+  answered(child: string, state: ChildReloadState): void {
+    this.#states.set(child, state);
+    const errors = this.lastError();
+    const key = errors ? errors.join('\n') : '';
+    if (key && key !== this.#reported) {
+      const refusing = [...this.#states].filter(([, s]) => s.lastError).map(([name]) => name);
+      for (const line of errors!) this.#log.error({ processes: refusing }, `reload refused, keeping the running generation: ${line}`);
+    }
+    this.#reported = key;
+  }
+
+  /** A child is gone; its replacement answers once it is ready. */
+  forget(child: string): void {
+    this.#states.delete(child);
+  }
+
+  /** The errors of the processes that refused their last build (each line once); null when none did. */
+  lastError(): string[] | null {
+    const lines = new Set<string>();
+    for (const s of this.#states.values()) for (const line of s.lastError ?? []) lines.add(line);
+    return lines.size ? [...lines] : null;
+  }
+
+  /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */
+  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState> } {
+    const digests = new Set([...this.#states.values()].map((s) => s.digest));
+    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states) };
+  }
+
+  close(): Promise<void> {
+    return this.#watcher.close();
+  }
+}

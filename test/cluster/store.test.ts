@@ -1,0 +1,67 @@
+// `store:` memory under `postern serve` is the supervisor's, shared by every worker: with 2 workers,
+// limits.messagesPerIdentity and a script's rate() hold for the sum of both workers' counts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startCluster, type ClusterProcess } from './helpers.ts';
+
+const RCPTTO = `export default async function (ctx) {
+  const r = await rate("rcpt:" + ctx.address.address, 2, 3600);
+  if (!r.allowed) return defer("Too many messages to " + ctx.address.address, { code: 450, enhanced: "4.7.1" });
+}
+`;
+const CONFIG = `
+workers: 2
+users: ./users
+localDomains: [example.net]
+sandbox: { timeoutMs: 2000 }
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    auth: { mechanisms: [PLAIN], required: true }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 } }
+`;
+
+async function login(c: ClusterProcess): Promise<SmtpTestClient> {
+  const client = await SmtpTestClient.connect(c.port('in'));
+  await client.hello();
+  const r = await client.command(`AUTH PLAIN ${Buffer.from('\0alice@example.com\0alice-Password-1').toString('base64')}`);
+  assert.equal(r.code, 235, r.text);
+  return client;
+}
+
+async function send(client: SmtpTestClient, rcpt: string): Promise<string> {
+  const r = await client.sendMail('alice@example.com', [rcpt]);
+  if (r.code !== 250) assert.equal((await client.command('RSET')).code, 250);
+  return r.text;
+}
+
+test('with 2 workers, limits.messagesPerIdentity and a script rate() count the messages of both', async () => {
+  const c = await startCluster({
+    config: CONFIG, scripts: { 'rcptto.js': RCPTTO },
+    files: { users: `alice@example.com:${await hashPassword('alice-Password-1')}\n` },
+  });
+  try {
+    // Two connections open at once: the supervisor hands them to the two workers (round robin over idle ones).
+    const a = await login(c);
+    const b = await login(c);
+    assert.match(await send(a, 'x@example.net'), /^250 2\.0\.0 Ok: queued as/);
+    assert.match(await send(b, 'x@example.net'), /^250 2\.0\.0 Ok: queued as/);
+    const accepted = await c.waitFor('both acceptances logged', () => {
+      const lines = c.logs.filter((l) => /: accepted from=<alice@example\.com>/.test(String(l.msg)));
+      return lines.length === 2 && lines;
+    });
+    assert.equal(new Set(accepted.map((l) => l.pid)).size, 2, 'the two messages went through different workers');
+    // rate() for x@example.net (2) is used up by the two workers together.
+    assert.equal(await send(a, 'x@example.net'), '450 4.7.1 Too many messages to x@example.net');
+    // Alice's third MAIL FROM was counted (the limit counts MAIL FROMs); the fourth is refused on either worker.
+    assert.equal(await send(b, 'y@example.net'), '450 4.7.1 Error: too much mail from alice@example.com, try again later');
+    assert.equal(await send(a, 'y@example.net'), '450 4.7.1 Error: too much mail from alice@example.com, try again later');
+    await a.quit();
+    await b.quit();
+  } finally {
+    await c.stop();
+  }
+});
