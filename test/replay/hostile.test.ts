@@ -4,7 +4,6 @@
 // instead of stopping with a bare TypeError. Real SMTP with STARTTLS on 127.0.0.1, the real command line.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer } from '../helpers/postern.ts';
@@ -15,20 +14,10 @@ import { until } from '../helpers/wait.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { b64, plain, submissionConfig } from '../auth/helpers/submission.ts';
 import { recordingFiles } from '../../engine/replay/recording-files.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 
-const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]): Promise<CliResult> => runCli(args);
 
 test('AUTH PLAIN and LOGIN passwords never reach the replay recordings, which only the server user can read', async () => {
   const pki = await makeTestPki();

@@ -4,7 +4,6 @@
 // sessions on 127.0.0.1, the real command line; the recordings are bounded and rotated.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, readdir, writeFile, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer } from '../helpers/postern.ts';
@@ -12,20 +11,10 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 import { pruneRecordings, recordingFiles } from '../../engine/replay/recording-files.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 
-const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]): Promise<CliResult> => runCli(args);
 
 const LIVE_RCPT = `export default function (ctx) {
   if (ctx.address.localPart.startsWith('spam')) return reject('No spam here');

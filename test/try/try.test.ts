@@ -4,27 +4,16 @@
 // listener's CA and CRL (a revoked one shows the revoked verdict), and a session file through every hook.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { copyExample, hashPassword } from '../helpers/example.ts';
 import type { TestPki } from '../helpers/pki.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 
-const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-interface Result { code: number | null; stdout: string; stderr: string }
+type Result = CliResult;
 
-function cli(args: string[]): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]): Promise<Result> => runCli(args);
 
 interface Json {
   outcome: string;
