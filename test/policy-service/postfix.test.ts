@@ -1,7 +1,8 @@
 // Seed 001's Postfix (smtpd_tls_ask_ccert, CA-verified client certificates may relay) with a Postern script
 // in place of `permit_tls_all_clientcerts` that also checks the sender's domain against the certificate's
 // identity. Postfix asks over a unix socket in its own private/ directory (owner postfix, as in a chroot),
-// with the pre-3.6 md5 fingerprint digest.
+// with the pre-3.6 md5 fingerprint digest. Asked again at DATA, a data script's header edit reaches the
+// relayed message as Postfix's PREPEND.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -39,6 +40,8 @@ before(async () => {
     smtpd_tls_fingerprint_digest: 'md5',
     // Seed 001 had `permit_tls_all_clientcerts` here.
     smtpd_relay_restrictions: 'check_policy_service unix:private/postern, reject_unauth_destination',
+    // PREPEND applies before the content is received: smtpd_data_restrictions, not end-of-data.
+    smtpd_data_restrictions: 'check_policy_service unix:private/postern',
   }, [`127.0.0.1:${smtpdPort} inet n - n - - smtpd`]);
   s = await startTestServer({
     config: `
@@ -64,6 +67,10 @@ export default function (ctx) {
   if (domain !== null && sender === domain) return accept();
   return reject('Sender domain ' + sender + ' is not that of certificate ' + cert.subject.CN, { code: 553, enhanced: '5.7.1' });
 }`,
+      'data.ts': `
+// The certificate's identity, for the mail system behind Postfix (one header: Postfix's PREPEND).
+export default (ctx) => accept({ headers: [{ op: 'add', name: 'X-Postern-Certificate',
+  value: ctx.connection.certificateIdentity + '; md5=' + ctx.connection.clientCertificate?.fingerprint.md5 + '; state=' + ctx.postfix.protocolState }] });`,
     },
     files: { cert_domains: 'alice example.com\nbob example.org\n' },
   }).catch(async (err: unknown) => { await pf.stop(); throw err; });
@@ -90,7 +97,11 @@ test('a CA-verified certificate relays for its own domain', { skip }, async () =
   for (const [client, from] of [['alice', 'alice@example.com'], ['bob', 'bob@example.org']] as const) {
     const r = await swaks(client, from);
     assert.equal(r.code, 0, r.output);
-    await sink.waitFor(new RegExp(`Subject: seed001 ${client} ${from}`));
+    const message = await sink.waitFor(new RegExp(`Subject: seed001 ${client} ${from}`));
+    // The data script's header, prepended by Postfix above its own Received header.
+    const prepended = `X-Postern-Certificate: ${client}; md5=${pki.clients[client].fingerprintMd5}; state=DATA`;
+    assert.ok(message.includes(`\n${prepended}\nReceived: from laptop.example`), message);
+    assert.equal(message.split('X-Postern-Certificate:').length, 2, 'one header');
   }
   // Postfix sent the md5 digest (smtpd_tls_fingerprint_digest), and the CN of a certificate it verified.
   assert.ok(s.logs.some((l) => l.msg === `md5=${pki.clients.alice.fingerprintMd5} sha256=null verified=true cn=alice`), 'the md5 fingerprint openssl and node:crypto compute');
