@@ -20,6 +20,7 @@ let pf: PostfixInstance;
 let sink: SmtpSink;
 let s: TestServer;
 let smtpdPort: number;
+let endOfDataPort: number;
 let files: string;
 
 before(async () => {
@@ -30,6 +31,7 @@ before(async () => {
   await chmod(files, 0o755);
   await writeFile(join(files, 'server.pem'), (await readFile(pki.server.key, 'utf8')) + (await readFile(pki.server.cert, 'utf8')), { mode: 0o644 });
   smtpdPort = await freePort();
+  endOfDataPort = await freePort();
   pf = await startPostfix('seed001', {
     relayhost: `[127.0.0.1]:${sink.port}`,
     smtp_tls_security_level: 'none',
@@ -42,7 +44,10 @@ before(async () => {
     smtpd_relay_restrictions: 'check_policy_service unix:private/postern, reject_unauth_destination',
     // PREPEND applies before the content is received: smtpd_data_restrictions, not end-of-data.
     smtpd_data_restrictions: 'check_policy_service unix:private/postern',
-  }, [`127.0.0.1:${smtpdPort} inet n - n - - smtpd`]);
+    // A second smtpd (master.cf) asks only after the content, where Postfix would drop a PREPEND.
+    postern_end_of_data: 'check_policy_service unix:private/postern',
+  }, [`127.0.0.1:${smtpdPort} inet n - n - - smtpd`,
+    `127.0.0.1:${endOfDataPort} inet n - n - - smtpd -o smtpd_data_restrictions= -o smtpd_end_of_data_restrictions=$postern_end_of_data`]);
   s = await startTestServer({
     config: `
 tables:
@@ -82,7 +87,7 @@ after(async () => {
   if (files) await rm(files, { recursive: true, force: true });
 });
 
-const swaks = (client: ClientName | null, from: string) => run('swaks', ['--server', '127.0.0.1', '--port', String(smtpdPort), '--tls',
+const swaks = (client: ClientName | null, from: string, port = smtpdPort) => run('swaks', ['--server', '127.0.0.1', '--port', String(port), '--tls',
   '--ehlo', 'laptop.example', '--from', from, '--to', 'r@elsewhere.example', '--header', `Subject: seed001 ${client ?? 'none'} ${from}`,
   ...client ? ['--tls-cert', pki.clients[client].cert, '--tls-key', pki.clients[client].key] : []]);
 
@@ -119,4 +124,12 @@ test('an untrusted certificate and no certificate may not relay', { skip }, asyn
     assert.equal(r.code, 24, r.output);
     assert.match(r.stdout, /<~\* 554 5\.7\.1 <r@elsewhere\.example>: Recipient address rejected: Relay access denied: no trusted client certificate/);
   }
+});
+
+test('asked after the content (smtpd_end_of_data_restrictions), a header edit cannot be a PREPEND: the failure action, not a message without it', { skip }, async () => {
+  const r = await swaks('alice', 'alice@example.com', endOfDataPort);
+  assert.notEqual(r.code, 0, r.output);
+  assert.match(r.stdout, /<~  250 2\.1\.5 Ok/, 'the recipient was accepted (rcptto)');
+  assert.match(r.stdout, /<~\* 450 4\.7\.1 <END-OF-MESSAGE>: End-of-data rejected: Service temporarily unavailable/);
+  assert.ok(s.logs.some((l) => l.level === 50 && l.script === join(s.dir, 'scripts', 'data.ts') && /header edits at END-OF-MESSAGE/.test(String(l.msg))));
 });
