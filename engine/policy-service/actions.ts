@@ -3,6 +3,7 @@
  * or OK (authoritative service); reject is `<code> <enhanced> <text>`; defer is `DEFER_IF_PERMIT <text>`
  * or the verdict's own 4xx; a failed script is the service's failureAction. Codes and default texts
  * come from the same verdict table as the SMTP listeners' replies (engine/smtp/verdict-replies.ts).
+ * An accept with header edits is Postfix's `PREPEND` where access(5) can say it (header-action.ts).
  */
 import type { BuiltinRelayDecision, HookName, Verdict } from '../sandbox/api/index.ts';
 import type { PolicyServiceConfig } from '../config/schema.ts';
@@ -10,16 +11,19 @@ import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { verdictReply } from '../smtp/verdict-replies.ts';
 import { reply } from '../smtp/replies.ts';
 import type { SmtpReply } from '../smtp/reply.ts';
+import { headerEditAction } from './header-action.ts';
 
 /** The answer to a request Postern cannot read (SMTPD_POLICY_README's own wording). */
 export const MALFORMED_ACTION = 'DEFER_IF_PERMIT Service temporarily unavailable';
 
 /** For the metric and the log: what the answer does. */
-export type ActionKind = 'dunno' | 'ok' | 'reject' | 'defer' | 'failure' | 'malformed';
+export type ActionKind = 'dunno' | 'ok' | 'prepend' | 'reject' | 'defer' | 'failure' | 'malformed';
 
 export interface PolicyAction {
   action: string;
   kind: ActionKind;
+  /** Why a verdict the script returned could not be answered (kind 'failure'): the caller logs it with the script. */
+  error?: string;
 }
 
 /** No decision: Postfix's next restriction decides (also the answer to a state without a hook: VRFY, ETRN). */
@@ -34,6 +38,7 @@ const replyAction = (r: SmtpReply): string => `${r.responseCode} ${r.enhanced} $
  */
 export function policyAction(
   service: PolicyServiceConfig, hook: HookName, verdict: Verdict | undefined, builtin: BuiltinRelayDecision | null, recipient = '',
+  protocolState = '',
 ): PolicyAction {
   const accepted = service.authoritative ? OK : DUNNO;
   if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure' };
@@ -41,7 +46,11 @@ export function policyAction(
     if (!(service.relayRule && builtin)) return DUNNO;
     return builtin.accepted ? accepted : { action: replyAction(reply('relayDenied', { rcpt: recipient })), kind: 'reject' };
   }
-  if (verdict.verdict === 'accept') return accepted;
+  if (verdict.verdict === 'accept') {
+    if (!verdict.headers?.length) return accepted;
+    const edit = headerEditAction(protocolState, verdict.headers);
+    return 'prepend' in edit ? { action: edit.prepend, kind: 'prepend' } : { action: service.failureAction, kind: 'failure', error: edit.error };
+  }
   const r = verdictReply(hook, verdict)!;
   if (verdict.verdict === 'reject') return { action: replyAction(r), kind: 'reject' };
   return { action: service.deferAction === 'reply' ? replyAction(r) : `DEFER_IF_PERMIT ${r.text}`, kind: 'defer' };

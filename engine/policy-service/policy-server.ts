@@ -116,7 +116,13 @@ export class PolicyServer {
           result = DUNNO;
         } else {
           const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
-          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '');
+          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '', state);
+          if (result.error) {
+            // A verdict the script may return, but Postfix cannot be told: the script's failure, named like one.
+            const script = generation.sandboxFor(service).scriptFile(rc.hook);
+            log.error({ service: this.name, cid, hook: rc.hook, script, err: result.error },
+              `policy script ${rc.hook} (${script}): verdict not answerable to Postfix: ${result.error}`);
+          }
         }
       }
     } catch (err) {

@@ -197,6 +197,11 @@ export class Sandbox {
     return this.#scripts.has(hook);
   }
 
+  /** The file of `hook`'s script (for errors about what it returned), undefined when there is none. */
+  scriptFile(hook: HookName): string | undefined {
+    return this.#scripts.get(hook)?.file;
+  }
+
   get hooks(): HookName[] {
     return [...this.#scripts.keys()];
   }

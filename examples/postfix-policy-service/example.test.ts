@@ -1,6 +1,7 @@
 // This folder's postern.yaml and script behind a real, private Postfix (the main.cf lines of this folder,
 // on loopback), driven by swaks: a listed certificate and a pinned key relay, an unlisted certificate and
-// none get the script's 554 from Postfix, and the fingerprint Postfix sent is openssl's SHA-256.
+// none get the script's 554 from Postfix, and the fingerprint Postfix sent is openssl's SHA-256. The data
+// script's header reaches the relayed message (Postfix's PREPEND).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -53,7 +54,8 @@ const swaks = (client: ClientName | null, to: string) => run('swaks', ['--server
 test('a certificate listed by its SHA-256 fingerprint relays through Postfix', { skip }, async () => {
   const r = await swaks('alice', 'friend@elsewhere.example');
   assert.equal(r.code, 0, r.output);
-  await sink.waitFor(/Subject: policy alice friend@elsewhere\.example/);
+  const message = await sink.waitFor(/Subject: policy alice friend@elsewhere\.example/);
+  assert.match(message, /\nX-Relay-Certificate: alice-laptop\nReceived: from laptop\.example/, 'the label from relay_certs, prepended by Postfix');
 });
 
 test('the fingerprint Postfix sent is openssl\'s SHA-256 of the certificate; Postfix verified it', { skip }, async () => {
@@ -68,7 +70,8 @@ test('the fingerprint Postfix sent is openssl\'s SHA-256 of the certificate; Pos
 test('a pinned public key relays, whatever its chain (self-signed here)', { skip }, async () => {
   const r = await swaks('selfsigned', 'other@elsewhere.example');
   assert.equal(r.code, 0, r.output);
-  await sink.waitFor(/Subject: policy selfsigned other@elsewhere\.example/);
+  const message = await sink.waitFor(/Subject: policy selfsigned other@elsewhere\.example/);
+  assert.match(message, /\nX-Relay-Certificate: eve@example\.net\n/, 'the pinned device\'s account');
   assert.ok(ex.logs.some((l) => /verified=false identity=eve@example\.net$/.test(String(l.msg))));
 });
 
@@ -88,5 +91,6 @@ test('an unverified certificate: Postfix sends its fingerprint without subject a
 test('the local domain gets no verdict (DUNNO): Postfix\'s own rules take it, without a certificate', { skip }, async () => {
   const r = await swaks(null, 'postmaster@example.net');
   assert.equal(r.code, 0, r.output);
-  await sink.waitFor(/Subject: policy none postmaster@example\.net/);
+  const message = await sink.waitFor(/Subject: policy none postmaster@example\.net/);
+  assert.doesNotMatch(message, /X-Relay-Certificate/, 'no certificate: no header (DUNNO at DATA)');
 });
