@@ -59,7 +59,8 @@ test('serve: workers write their own last-seen files, pki list merges them; a re
     return null;
   });
   const files = await cluster.waitFor('a last-seen file is written', async () => {
-    const names = await readdir(join(cluster.dataDir, 'certificates')).catch(() => [] as string[]);
+    // Files being written atomically (`.seen-….tmp`, renamed into place) are not last-seen files yet.
+    const names = (await readdir(join(cluster.dataDir, 'certificates')).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
     return names.length ? names : null;
   });
   assert.ok(files.every((n) => /^seen-worker-\d+\.json$/.test(n)), files.join(' '));
