@@ -4,7 +4,8 @@
  * On a shared VM one run's rate drifts ±20% with the host; two servers measured in the same minutes drift
  * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
- * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag).
+ * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
+ * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree).
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -22,6 +23,7 @@ if (trees.length !== 2 || trees.some((t) => !existsSync(join(t, 'test/bench/post
 const rounds = Number(process.env.AB_ROUNDS ?? 6);
 const messages = Number(process.env.AB_MESSAGES ?? 4000);
 const withScripts = process.env.AB_SCRIPTS !== '0';
+const workers = process.env.AB_WORKERS ? Number(process.env.AB_WORKERS) : 0;
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
@@ -33,7 +35,9 @@ for (const [i, tree] of trees.entries()) {
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
   const nodeArgs = process.env[`AB_NODE_ARGS_${i === 0 ? 'A' : 'B'}`]?.split(' ').filter(Boolean);
-  const started = await startServer(join(tree, 'test/bench/postern-server.ts'), { configText: benchConfig(dir, port, pki), baseDir: dir }, false, nodeArgs);
+  // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
+  const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
+  const started = await startServer(server, { configText: benchConfig(dir, port, pki), baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
 }
 // Warm both (JIT, isolates) before anything counts.
