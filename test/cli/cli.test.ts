@@ -9,6 +9,7 @@ import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
@@ -16,20 +17,11 @@ import { issueClientCertificate } from '../../engine/certificates/index.ts';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-interface Result { code: number | null; stdout: string; stderr: string }
+type Result = CliResult;
 
 /** Runs `node engine/cli/main.ts …` from `cwd` (default: a directory unrelated to the configuration). */
 function cli(args: string[], input: string | null, cwd = tmpdir()): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { cwd, stdio: ['pipe', 'pipe', 'pipe'], timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input ?? undefined);
-  });
+  return runCli(args, { input: input ?? undefined, cwd });
 }
 
 let pki: TestPki;

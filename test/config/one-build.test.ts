@@ -4,30 +4,19 @@
 // accepts. The one deliberate difference: an expired outbound client certificate fails the check only.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { ConfigError } from '../../engine/config/config-error.ts';
 
-const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-function check(config: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'check', '--config', config], { cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const check = (config: string): Promise<CliResult> => runCli(['check', '--config', config]);
 
 /** `check`'s problems: stderr lines that are not warnings. */
 const problems = (stderr: string): string[] => stderr.split('\n').filter((l) => l && !l.startsWith('warning: '));

@@ -3,32 +3,21 @@
  * and a Postern whose submission listener trusts a CA made by `postern pki init` and whose `pinned`
  * listener takes a pin table managed by `postern pins`.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import type { TestPki } from '../helpers/pki.ts';
+import { runCli, type CliResult } from '../helpers/cli.ts';
 
 export const run = promisify(execFile);
-const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-export interface CliResult { code: number | null; stdout: string; stderr: string }
+export type { CliResult };
 
 /** `postern ARGS…`, from a folder unrelated to the configuration. */
-export function postern(args: string[], input?: string): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { cwd: tmpdir(), stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000, env: { ...process.env, NODE_NO_WARNINGS: '1' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input ?? '');
-  });
-}
+export const postern = (args: string[], input?: string): Promise<CliResult> => runCli(args, { input, timeoutMs: 120_000 });
 
 /** `postern ARGS… --json`, which must succeed: the parsed output. */
 export async function posternJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
