@@ -94,7 +94,9 @@ test('an endless loop on one isolate does not stall calls on the other', async (
   await withSandbox({
     host: recordingHost(),
     isolates: 2,
-    timeoutMs: 300,
+    // Long enough that the normal call completes while the loop still runs, even on a loaded machine
+    // (with 300 ms the loop's deadline could pass first, and the order asserted below was a race).
+    timeoutMs: 3000,
     scripts: [js('rcptto', 'export default function (ctx) { if (ctx.loop) while (true) {} return accept(); }')],
   }, async (sandbox) => {
     let loopSettled = false;
