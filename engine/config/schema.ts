@@ -62,6 +62,8 @@ const limitsSchema = z.strictObject({
     .describe('Concurrent connections on this listener. The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
   maxConnectionsPerIp: z.number().int().positive().default(50)
     .describe('Concurrent connections from one client address to this listener, counted from the moment the connection is accepted, so connections still in (or never starting) their TLS handshake count too. Beyond it: `421 4.7.0 Too many connections from your address`. On an implicit-TLS listener that reply needs a handshake first: up to as many again are let through to read it (each within `tlsHandshakeTimeoutMs`), and a connection beyond twice the limit is closed at once, before TLS, without a reply.'),
+  connectionsPerIpInStore: z.boolean().default(false)
+    .describe('Count `maxConnectionsPerIp` in the [store](#store) as well, so that with `store.redis` the limit holds over every server sharing that Redis (and key prefix): each open connection holds a lease there from its greeting to its close, renewed by its server, and expiring `store.redis.connectionLeaseSeconds` after a server that died last renewed it. Over the limit: `421 4.7.0 Too many connections from your address`. When the store cannot be reached, every new connection to this listener gets `421 4.7.0 Connection limit cannot be checked, try again later` (fail closed); listeners without this option are not affected. Listeners that should share the count need the same `name` on every server. Without `store.redis` nothing changes: the server\'s own count already covers all its worker processes. See [scaling.md](scaling.md#connections-per-address-over-both-nodes).'),
   tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
     .describe('Implicit TLS only: a connection that has not completed its TLS handshake within this time is closed (without it, the idle timeout `socketTimeoutMs` would apply).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
@@ -278,6 +280,8 @@ export const configSchema = z.strictObject({
         .describe('Put in front of every key. Servers that should count together (one limit over several machines) use the same prefix; unrelated ones a different one.'),
       timeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(50)
         .describe('Time limit of one store operation (one round trip). Keep it below `sandbox.timeoutMs`: a script\'s call waits for it within its own time limit.'),
+      connectionLeaseSeconds: z.number().int().min(2).max(3600).meta({ unit: 'seconds' }).default(30)
+        .describe('For `limits.connectionsPerIpInStore`: how long a connection\'s slot lasts without renewal. Each server renews the slots of its open connections every third of this (one round trip for all), so the slots of a server (or worker process) that died, or lost Redis, are free again at most this long after its last renewal.'),
     }).optional()
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
   }).prefault({})

@@ -35,6 +35,10 @@ export class ConnectionState {
   overIpLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
+  /** Gives back the connection's slot in the store (limits.connectionsPerIpInStore), once. */
+  releaseSlot: (() => void) | null = null;
+  /** The session closed (a slot taken after that goes back at once). */
+  closed = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
   /** The Received header's lines about the client, and the facts they were built from. */

@@ -299,6 +299,8 @@ export class PosternServer extends SMTPServer {
     const conn = connectionOf.get(session);
     if (!conn) return;
     conn.state.uncountIp?.();
+    conn.state.closed = true;
+    conn.state.releaseSlot?.();
     conn.state.generation.release();
   }
 }

@@ -59,6 +59,8 @@ export class SessionPolicy {
     const st = conn.state;
     const limits = st.listener.limits;
     const ip = conn.remoteAddress;
+    const slotRefusal = await this.#takeStoreSlot(conn, ip, limits);
+    if (slotRefusal) return slotRefusal;
     if (await this.#refusedAtConnect(conn, ip, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
@@ -67,6 +69,32 @@ export class SessionPolicy {
     }
     const verdict = await this.#run(conn, 'connect', { connection: connectionInfo(conn.session, st) });
     return verdict ? verdictReply('connect', verdict) : null;
+  }
+
+  /**
+   * limits.connectionsPerIpInStore: the connection's slot in a store shared between servers (Redis), held
+   * until the session closes. This server's own count (postern-server.ts) was checked at accept already.
+   * A store that cannot answer refuses the connection: the limit would not hold (fail closed).
+   */
+  async #takeStoreSlot(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<SmtpReply | null> {
+    const st = conn.state;
+    const slots = st.generation.store?.connectionSlots;
+    if (!limits.connectionsPerIpInStore || !slots) return null;
+    let release: (() => void) | null;
+    try {
+      release = await slots.acquire(STORE_KEYS.connections(st.listener.name, ip), limits.maxConnectionsPerIp);
+    } catch (err) {
+      this.#log.error({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection slots unavailable (store)');
+      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
+      return reply('connectionLimitStoreUnavailable');
+    }
+    if (!release) {
+      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'per-ip-limit' });
+      return reply('tooManyConnectionsFromAddress');
+    }
+    st.releaseSlot = release;
+    if (st.closed) release(); // the client left while the slot was being taken
+    return null;
   }
 
   /**

@@ -46,7 +46,24 @@ export interface CounterStore {
   add(key: string, n: number, ttlSeconds: number): Promise<number>;
   /** The per-IP failed-AUTH times (AuthFailureLimiter), kept in this store. */
   authFailures(): AuthFailureStore;
+  /**
+   * Open-connection slots kept in the store, for `limits.connectionsPerIpInStore`: only a store shared
+   * between servers (Redis) has them; without, each server's own count is the only one.
+   */
+  readonly connectionSlots?: ConnectionSlots;
   close(): Promise<void>;
+}
+
+/**
+ * Slots for open connections, one lease per connection: held while the connection is open (renewed by
+ * the process that holds it), given back at close, and expired by the store when that process is gone.
+ */
+export interface ConnectionSlots {
+  /**
+   * Take a slot under `key` when fewer than `limit` are held; the returned function gives it back (once;
+   * later calls do nothing). Null: the limit is reached, nothing was taken. Rejects with StoreUnavailable.
+   */
+  acquire(key: string, limit: number): Promise<(() => void) | null>;
 }
 
 /** The namespaces under the configured key prefix: scripts' keys can never reach the built-in ones. */
@@ -55,6 +72,7 @@ export const STORE_KEYS = {
   scriptCounter: (key: string) => `script:counter:${key}`,
   messagesPerIdentity: (identity: string) => `limit:messages:${identity}`,
   authFailures: (ip: string) => `limit:authfail:${ip}`,
+  connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,
 } as const;
 
 /** A store call failed (unreachable, timed out, refused): the caller must refuse temporarily. */

@@ -19,6 +19,7 @@ export function prefixedStore(store: CounterStore, prefix: string): CounterStore
     get: (key) => store.get(prefix + key),
     add: (key, n, ttlSeconds) => store.add(prefix + key, n, ttlSeconds),
     authFailures: () => store.authFailures(),
+    connectionSlots: store.connectionSlots && { acquire: (key, limit) => store.connectionSlots!.acquire(prefix + key, limit) },
     close: () => Promise.resolve(),
   };
 }

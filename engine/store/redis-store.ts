@@ -3,16 +3,20 @@
  * one Lua script (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createClient } from 'redis';
 import type { AuthFailureStore } from '../auth/failure-limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
+import { luaScript, type LuaScript } from './lua-script.ts';
+import { RedisConnectionSlots, SLOT_SCRIPTS } from './redis-connection-slots.ts';
 
 export interface RedisStoreOptions {
   url: string;
   keyPrefix: string;
   timeoutMs: number;
+  /** How long a connection's slot outlives the last renewal by its process (limits.connectionsPerIpInStore). */
+  connectionLeaseSeconds?: number;
 }
 
 /** Count one call when below the limit; the window opens with the first counted call. → {allowed, count, pttl} */
@@ -42,9 +46,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('ZCARD', KEYS[1])`;
 
-interface Script { text: string; sha: string }
-const script = (text: string): Script => ({ text, sha: createHash('sha1').update(text).digest('hex') });
-const SCRIPTS = { rate: script(RATE), add: script(ADD), failureAdd: script(FAILURE_ADD) };
+const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD) };
 
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
@@ -55,6 +57,7 @@ export class RedisCounterStore implements CounterStore {
   readonly #prefix: string;
   readonly #timeoutMs: number;
   readonly #log: Logger;
+  readonly connectionSlots: RedisConnectionSlots;
   #down = false;
   #closed = false;
 
@@ -76,13 +79,18 @@ export class RedisCounterStore implements CounterStore {
     this.#client.on('ready', () => {
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
+      // Sent before any call can be (this runs as the connection becomes ready): every EVALSHA then finds
+      // its script, even the first after a Redis restart, so each call is one round trip.
+      for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
     });
+    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
+      options.connectionLeaseSeconds ?? 30, this.#log);
     // The first connection is not waited for: until it is up, calls fail closed like during any outage.
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
   }
 
   async rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
-    const reply = await this.#eval(SCRIPTS.rate, this.#prefix + key, [String(limit), String(windowSeconds * 1000)]);
+    const reply = await this.#eval(SCRIPTS.rate, [this.#prefix + key], [String(limit), String(windowSeconds * 1000)]);
     const [allowed, count, ttl] = reply as [number, number, number];
     return { allowed: allowed === 1, count, resetSeconds: Math.max(0, Math.ceil(ttl / 1000)) };
   }
@@ -93,7 +101,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async add(key: string, n: number, ttlSeconds: number): Promise<number> {
-    return Number(await this.#eval(SCRIPTS.add, this.#prefix + key, [String(n), String(ttlSeconds * 1000)]));
+    return Number(await this.#eval(SCRIPTS.add, [this.#prefix + key], [String(n), String(ttlSeconds * 1000)]));
   }
 
   authFailures(): AuthFailureStore {
@@ -101,31 +109,34 @@ export class RedisCounterStore implements CounterStore {
       add: async (ip, now, since) => {
         // A unique member per failure: two at the same millisecond are two failures.
         const member = `${now}:${randomBytes(6).toString('hex')}`;
-        return Number(await this.#eval(SCRIPTS.failureAdd, this.#prefix + STORE_KEYS.authFailures(ip),
+        return Number(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
           [String(now), String(since), member, String(Math.max(1, now - since))]));
       },
       count: async (ip, since) => Number(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf'])),
     };
   }
 
-  /** At once: a hung server must not hold up shutdown (calls still waiting fail, closed). */
-  close(): Promise<void> {
+  /**
+   * Gives back the connection slots still held (one round trip, within timeoutMs), then closes at once:
+   * a hung server must not hold up shutdown (calls still waiting fail, closed).
+   */
+  async close(): Promise<void> {
+    await this.connectionSlots.close();
     this.#closed = true;
     try {
       this.#client.destroy();
     } catch {
       // already closed
     }
-    return Promise.resolve();
   }
 
   /** Run a script by its SHA1, sending its text once when Redis does not have it (first use, restart). */
-  async #eval(s: Script, key: string, args: string[]): Promise<unknown> {
+  async #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
     try {
-      return await this.#send(['EVALSHA', s.sha, '1', key, ...args]);
+      return await this.#send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args]);
     } catch (err) {
       if (!(err instanceof StoreUnavailable && String((err.cause as Error)?.message).startsWith('NOSCRIPT'))) throw err;
-      return await this.#send(['EVAL', s.text, '1', key, ...args]);
+      return await this.#send(['EVAL', s.text, String(keys.length), ...keys, ...args]);
     }
   }
 

@@ -86,7 +86,7 @@ test('Redis down: calls reject at once with StoreUnavailable; back: calls work a
     await assert.rejects(s.get('c'), StoreUnavailable);
     await assert.rejects(s.authFailures().count('192.0.2.9', 0), StoreUnavailable);
     await redis.start();
-    // Redis came back empty (no persistence): the script cache too, so the first call resends the script.
+    // Redis came back empty (no persistence): the script cache too; the store loads its scripts again on reconnect.
     await eventually(async () => (await s.rate('r', 10, 60)).count === 1, 'the store works again');
   } finally {
     await s.close();
