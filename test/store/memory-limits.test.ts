@@ -95,7 +95,7 @@ test('configuration: store.redis.timeoutMs must be below sandbox.timeoutMs; mess
     /store\.redis\.timeoutMs.*must be below sandbox\.timeoutMs \(100 ms\)/s);
   assert.throws(() => parseConfig(`${base}store: { redis: { url: "http://127.0.0.1:6379" } }\n`, 'p.yaml', '/tmp'), /expected redis:\/\//);
   const ok = parseConfig(`${base}store: { redis: { url: "redis://127.0.0.1:6379" } }\n`, 'p.yaml', '/tmp').config;
-  assert.deepEqual(ok.store.redis, { url: 'redis://127.0.0.1:6379', keyPrefix: 'postern:', timeoutMs: 50 });
+  assert.deepEqual(ok.store.redis, { url: 'redis://127.0.0.1:6379', keyPrefix: 'postern:', timeoutMs: 50, connectionLeaseSeconds: 30 });
   assert.equal(parseConfig(base, 'p.yaml', '/tmp').config.store.redis, undefined);
   assert.throws(() => parseConfig('listeners: [{ name: a, listen: "127.0.0.1:0", limits: { messagesPerIdentity: { count: 5 } } }]\n', 'p.yaml', '/tmp'),
     /windowSeconds/);
