@@ -13,6 +13,7 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createClient } from 'redis';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 
@@ -63,6 +64,14 @@ let redis: TestRedis;
 let dir: string;
 let nodes: Node[] = [];
 const clients = new Set<SmtpTestClient>();
+let raw: ReturnType<typeof createClient>;
+
+/**
+ * The leases in Redis for the mx listener and 127.0.0.1. A client's QUIT is answered before the server has
+ * given the slot back: the test waits for this count instead of for time.
+ */
+const leases = async (): Promise<number> => raw.zCard('conn-slots:limit:conn:mx:127.0.0.1');
+const leasesBecome = (n: number, what: string) => eventually(async () => await leases() === n, `${n} leases: ${what}`);
 
 /** A connection and its first reply (the greeting, or the refusal); refused ones are closed. */
 async function connect(port: number): Promise<{ text: string; c: SmtpTestClient }> {
@@ -80,6 +89,9 @@ before(async () => {
   if (opts.skip) return;
   dir = await mkdtemp(join(tmpdir(), 'postern-conn-slots-'));
   redis = await startRedis();
+  raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined); // the outage test stops Redis under it
+  await raw.connect();
   nodes = await Promise.all(['node-a', 'node-b'].map(async (n) => startNode(join(dir, n), n, redis.url)));
   // Each node's Redis connection may still be coming up: wait until a session gets through on each.
   for (const n of nodes) {
@@ -89,10 +101,12 @@ before(async () => {
       return text.startsWith(`220 ${n.name} `);
     }, `${n.name} connected to Redis`);
   }
+  await leasesBecome(0, 'the probes closed');
 });
 
 after(async () => {
   for (const c of clients) c.destroy();
+  raw?.destroy();
   for (const n of nodes) {
     if (n.child.exitCode !== null || n.child.signalCode !== null) continue;
     n.child.kill('SIGTERM');
@@ -116,6 +130,7 @@ test('one per-address limit over two nodes; a closed connection frees a slot on 
   await close(plain.c);
   // One closed on A: B may take it.
   await close(onA.pop()!.c);
+  await leasesBecome(2, 'one closed on A');
   await eventually(async () => {
     const next = await connect(b.mx);
     if (next.text.startsWith('220 ')) onB.push(next);
@@ -133,6 +148,7 @@ test('one per-address limit over two nodes; a closed connection frees a slot on 
   }, 'B\'s slots expired and taken on A', 30_000);
   assert.equal((await connect(a.mx)).text, TOO_MANY);
   for (const { c } of onA) await close(c);
+  await leasesBecome(0, 'all closed');
 });
 
 test('Redis stopped: new connections to that listener get 421 4.7.0 (fail closed), open sessions and other listeners go on; restarted: taken again', opts, async () => {
@@ -151,6 +167,9 @@ test('Redis stopped: new connections to that listener get 421 4.7.0 (fail closed
     if (clients.has(next.c)) await close(next.c);
     return next.text.startsWith('220 node-a ');
   }, 'connections taken again once Redis is back');
+  // The session that stayed open through the outage is counted again (its lease renewed into the empty Redis).
+  await leasesBecome(1, 'the renewed lease of the session open through the outage');
   await close(open.c);
+  await leasesBecome(0, 'closed');
   assert.match(a.output(), /"msg":"connection refused: connection slots unavailable \(store\)"/);
 });
