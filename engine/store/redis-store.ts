@@ -10,6 +10,7 @@ import type { Logger } from '../logging/logger.ts';
 import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
 import { luaScript, type LuaScript } from './lua-script.ts';
 import { RedisConnectionSlots, SLOT_SCRIPTS } from './redis-connection-slots.ts';
+import { DeadlineQueue, type Waiting } from './deadline-queue.ts';
 
 export interface RedisStoreOptions {
   url: string;
@@ -58,6 +59,7 @@ export class RedisCounterStore implements CounterStore {
   readonly #timeoutMs: number;
   readonly #log: Logger;
   readonly connectionSlots: RedisConnectionSlots;
+  readonly #deadlines = new DeadlineQueue();
   #down = false;
   #closed = false;
 
@@ -123,6 +125,7 @@ export class RedisCounterStore implements CounterStore {
   async close(): Promise<void> {
     await this.connectionSlots.close();
     this.#closed = true;
+    this.#deadlines.expireAll();
     try {
       this.#client.destroy();
     } catch {
@@ -130,33 +133,45 @@ export class RedisCounterStore implements CounterStore {
     }
   }
 
-  /** Run a script by its SHA1, sending its text once when Redis does not have it (first use, restart). */
-  async #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
-    try {
-      return await this.#send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args]);
-    } catch (err) {
+  /**
+   * Run a script by its SHA1: one round trip. Its text is sent only when Redis does not have it (scripts
+   * are loaded at every connect, so only after a SCRIPT FLUSH).
+   */
+  #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
+    const tail = [String(keys.length), ...keys, ...args];
+    return this.#send(['EVALSHA', s.sha, ...tail]).catch((err: unknown) => {
       if (!(err instanceof StoreUnavailable && String((err.cause as Error)?.message).startsWith('NOSCRIPT'))) throw err;
-      return await this.#send(['EVAL', s.text, String(keys.length), ...keys, ...args]);
-    }
+      return this.#send(['EVAL', s.text, ...tail]);
+    });
   }
 
   /**
    * One command, answered within timeoutMs or failed. The client's own `timeout` covers only the wait to be
-   * sent, not the wait for the reply (a hung server): this timer covers both. A reply after the timer is
-   * dropped; the operation may still have counted on the server, which errs on the side of refusing.
+   * sent, not the wait for the reply (a hung server): the deadline queue covers both (one timer for all
+   * calls, see deadline-queue.ts). A reply after the deadline is dropped; the operation may still have
+   * counted on the server, which errs on the side of refusing.
    */
-  async #send(args: string[]): Promise<unknown> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${this.#timeoutMs} ms (timeout)`)), this.#timeoutMs);
+  #send(args: string[]): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const waiting: Waiting = {
+        deadline: performance.now() + this.#timeoutMs,
+        settled: false,
+        expire: () => {
+          waiting.settled = true;
+          reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
+        },
+      };
+      this.#deadlines.add(waiting);
+      this.#client.sendCommand(args).then((value) => {
+        if (waiting.settled) return;
+        waiting.settled = true;
+        resolve(value);
+      }, (err: unknown) => {
+        if (waiting.settled) return;
+        waiting.settled = true;
+        const message = err instanceof Error ? err.message : String(err);
+        reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
+      });
     });
-    try {
-      return await Promise.race([this.#client.sendCommand(args), timeout]);
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      throw new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err });
-    } finally {
-      clearTimeout(timer);
-    }
   }
 }

@@ -105,3 +105,36 @@ test('a hung Redis: each call rejects after timeoutMs instead of waiting', opts,
     await s.close();
   }
 });
+
+test('each call is one round trip: one EVALSHA, no SCRIPT or EVAL per call, also the first after a Redis restart', opts, async () => {
+  const s = await ready(store('trips:'));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  /** Calls per command since the last CONFIG RESETSTAT (INFO commandstats). */
+  const calls = async (): Promise<Record<string, number>> => Object.fromEntries(
+    [...(await raw.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)].map((m) => [m[1]!, Number(m[2])]));
+  try {
+    await raw.configResetStat();
+    for (let i = 0; i < 20; i++) await s.rate(`r${i % 3}`, 10, 60);
+    await s.add('c', 1, 60);
+    const after = await calls();
+    assert.equal(after.evalsha, 21, JSON.stringify(after));
+    assert.equal(after.eval, undefined, JSON.stringify(after));
+    assert.equal(after.script, undefined, JSON.stringify(after));
+    // Restarted empty (its script cache too): the client loads the scripts as it reconnects.
+    await redis.stop();
+    await redis.start();
+    await raw.close().catch(() => undefined);
+    await eventually(async () => (await s.get('probe'), true), 'the store reconnected');
+    await raw.connect().catch(() => undefined);
+    await raw.configResetStat();
+    await s.rate('r0', 10, 60);
+    const restarted = await calls();
+    assert.equal(restarted.evalsha, 1, JSON.stringify(restarted));
+    assert.equal(restarted.eval, undefined, JSON.stringify(restarted));
+  } finally {
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});

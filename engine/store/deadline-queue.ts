@@ -1,0 +1,58 @@
+/**
+ * Time limits for calls that all get the same limit: their deadlines come in the order the calls started,
+ * so one timer, set for the oldest call still waiting, covers them all. Replaces a timer per call (the
+ * store's calls are many and short: one setTimeout/clearTimeout pair each cost more than the call's own
+ * work in the client).
+ */
+export interface Waiting {
+  /** performance.now() at which it expires. */
+  readonly deadline: number;
+  /** Set once answered or expired: the sweep skips it. */
+  settled: boolean;
+  /** Called once, at the deadline, when still not settled (it sets `settled`). */
+  expire(): void;
+}
+
+export class DeadlineQueue {
+  readonly #queue: Waiting[] = [];
+  #head = 0;
+  #timer: NodeJS.Timeout | null = null;
+
+  /** `waiting.deadline` must not be before that of any call added earlier (same time limit, later start). */
+  add(waiting: Waiting): void {
+    this.#queue.push(waiting);
+    if (!this.#timer) this.#arm(waiting.deadline);
+  }
+
+  /** Expire every call still waiting now (the store closes). */
+  expireAll(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    const waiting = this.#queue.splice(0);
+    this.#head = 0;
+    for (const w of waiting) if (!w.settled) w.expire();
+  }
+
+  #arm(deadline: number): void {
+    this.#timer = setTimeout(() => this.#sweep(), Math.max(1, Math.ceil(deadline - performance.now())));
+  }
+
+  #sweep(): void {
+    this.#timer = null;
+    const now = performance.now();
+    const queue = this.#queue;
+    while (this.#head < queue.length) {
+      const w = queue[this.#head]!;
+      if (!w.settled && w.deadline > now) break;
+      this.#head++;
+      if (!w.settled) w.expire();
+    }
+    // Drop what was swept once it is most of the array (amortised: the array never grows without bound).
+    if (this.#head > 1024 && this.#head * 2 > queue.length) {
+      queue.splice(0, this.#head);
+      this.#head = 0;
+    }
+    if (this.#head < queue.length) this.#arm(queue[this.#head]!.deadline);
+    else if (this.#head) { queue.length = 0; this.#head = 0; }
+  }
+}

@@ -1,0 +1,26 @@
+import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fork } from 'node:child_process';
+import { makeTestPki } from '../helpers/pki.ts';
+import { startRedis } from '../helpers/redis-server.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
+import { load, measure } from './measure.ts';
+
+const pki = await makeTestPki();
+const work = await mkdtemp(join(tmpdir(), 'postern-prof-'));
+const redis = await startRedis();
+const dir = join(work, 'redis');
+await mkdir(join(dir, 'scripts'), { recursive: true });
+for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), f === 'mailfrom.ts' ? RATE_MAILFROM : text);
+await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+const port = benchPort();
+const configText = benchConfig(dir, port, pki) + `store: { redis: { url: "${redis.url}", keyPrefix: "bench:", timeoutMs: 90 } }\n`;
+const child = fork(new URL('./postern-server.ts', import.meta.url).pathname, [JSON.stringify({ configText, baseDir: dir })], { execArgv: ['--cpu-prof', '--cpu-prof-dir=/tmp/rprof'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+await new Promise((r) => child.once('message', r));
+await load(pki, port, 10, 200, true);
+const m = await measure(pki, { pid: child.pid!, port }, 100, Number(process.env.N ?? 3000), true);
+console.log(m.rate.toFixed(0), 'msg/s', m.cpuUs.toFixed(0), 'µs/msg');
+child.kill('SIGINT');
+await new Promise((r) => child.once('exit', r));
+await redis.stop();

@@ -1,0 +1,40 @@
+/** The store's shared time limit: calls still waiting expire at their deadline, in order; answered ones never do. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DeadlineQueue, type Waiting } from '../../engine/store/deadline-queue.ts';
+
+function call(queue: DeadlineQueue, ms: number, expired: number[], id: number): Waiting {
+  const w: Waiting = { deadline: performance.now() + ms, settled: false, expire: () => { w.settled = true; expired.push(id); } };
+  queue.add(w);
+  return w;
+}
+
+test('calls not answered expire at their deadline, oldest first; answered ones are skipped; the queue empties', async () => {
+  const queue = new DeadlineQueue();
+  const expired: number[] = [];
+  const calls = Array.from({ length: 3000 }, (_, i) => call(queue, 30, expired, i));
+  for (const [i, w] of calls.entries()) if (i % 3 !== 0) w.settled = true; // answered in time
+  const done = Promise.withResolvers<void>();
+  const late = call(queue, 60, expired, 9999);
+  const check = setInterval(() => { if (late.settled) done.resolve(); }, 5);
+  await done.promise;
+  clearInterval(check);
+  assert.deepEqual(expired, [...calls.keys()].filter((i) => i % 3 === 0).concat(9999));
+  // Nothing left: a new call still gets its own timer.
+  const again: number[] = [];
+  const w = call(queue, 10, again, 1);
+  await new Promise((r) => setTimeout(r, 40));
+  assert.ok(w.settled);
+  assert.deepEqual(again, [1]);
+});
+
+test('expireAll() ends every call still waiting at once', () => {
+  const queue = new DeadlineQueue();
+  const expired: number[] = [];
+  const a = call(queue, 60_000, expired, 1);
+  call(queue, 60_000, expired, 2).settled = true;
+  call(queue, 60_000, expired, 3);
+  queue.expireAll();
+  assert.deepEqual(expired, [1, 3]);
+  assert.ok(a.settled);
+});
