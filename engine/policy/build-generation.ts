@@ -135,6 +135,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   progress.step = 'the listeners\' TLS files';
   const listeners = new Map<string, ListenerSetup>();
   for (const l of config.listeners) {
+    if (l.limits.connectionsPerIpInStore && !config.store.redis) {
+      warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
+    }
     try {
       listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
     } catch (err) {

@@ -46,7 +46,16 @@ const servers = [];
 for (const t of targets) {
   const c = await t.config();
   const s = { port: c.port, ...await startServer('postern-server.ts', c) };
-  await load(pki, s.port, 10, 200, true); // warm-up
+  // Warm-up; the Redis store connects in the background after the server is up, and refuses until then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await load(pki, s.port, 10, 200, true);
+      break;
+    } catch (err) {
+      if (attempt === 5) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
   servers.push(s);
 }
 const rates = targets.map(() => [] as number[]);

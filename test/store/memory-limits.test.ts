@@ -100,3 +100,24 @@ test('configuration: store.redis.timeoutMs must be below sandbox.timeoutMs; mess
   assert.throws(() => parseConfig('listeners: [{ name: a, listen: "127.0.0.1:0", limits: { messagesPerIdentity: { count: 5 } } }]\n', 'p.yaml', '/tmp'),
     /windowSeconds/);
 });
+
+test('memory store: connectionsPerIpInStore changes nothing (the server\'s own count), and the start says so', async () => {
+  const server = await startTestServer({ config: `
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1, connectionsPerIpInStore: true }
+` });
+  try {
+    const first = await SmtpTestClient.connect(server.port('mx'));
+    assert.match((await first.read()).text, /^220 /);
+    const second = await SmtpTestClient.connect(server.port('mx'));
+    assert.equal((await second.read()).text, '421 4.7.0 Too many connections from your address');
+    second.destroy();
+    await first.quit();
+    assert.ok(server.logs.some((l) => l.listener === 'mx' && /connectionsPerIpInStore has no effect without store\.redis/.test(String(l.msg))), 'warned at start');
+  } finally {
+    await server.stop();
+  }
+});
