@@ -12,6 +12,8 @@ export const needsRedis = (): { skip: string | false } => needs('redis-server');
 export interface TestRedis {
   readonly port: number;
   readonly url: string;
+  /** The running server's process id (benchmarks read its CPU time); null while stopped. */
+  readonly pid: number | null;
   /** Kill it (SIGKILL: nothing is saved, the connections drop). */
   stop(): Promise<void>;
   /** Start it again on the same port, empty. */
@@ -52,6 +54,7 @@ export async function startRedis(): Promise<TestRedis> {
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
+    get pid() { return (child as ChildProcess | null)?.pid ?? null; },
     async stop() {
       const proc = child;
       child = null;
