@@ -3,8 +3,20 @@ import '../../engine/app/threadpool.ts';
 import '../../engine/app/timer-slack.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
+import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
 
-const { configText, baseDir } = JSON.parse(process.argv[2]!) as { configText: string; baseDir: string };
-await startPostern({ configText, baseDir, logger: createLogger(process.env.BENCH_LOG_LEVEL ?? 'warn') }); // BENCH_LOG_LEVEL=info: with every decision's log line
+const { configText, baseDir, deferredStore } = JSON.parse(process.argv[2]!) as { configText: string; baseDir: string; deferredStore?: boolean };
+
+/**
+ * `deferredStore`: the memory store, but answering as a remote store does (a promise, no `immediate`), so a
+ * script's `await rate()` leaves its turn and its answer is delivered into the isolate later: what that
+ * re-entry costs without any I/O (the store bench compares it with Redis).
+ */
+function deferred(): CounterStore {
+  const m = new MemoryCounterStore();
+  return { kind: 'memory', rate: (k, l, w) => m.rate(k, l, w), get: (k) => m.get(k), add: (k, n, t) => m.add(k, n, t), authFailures: () => m.authFailures(), close: () => m.close() };
+}
+
+await startPostern({ configText, baseDir, logger: createLogger(process.env.BENCH_LOG_LEVEL ?? 'warn'), ...(deferredStore ? { memoryStore: deferred() } : {}) }); // BENCH_LOG_LEVEL=info: with every decision's log line
 process.on('SIGINT', () => process.exit(0));
 process.send?.('ready');

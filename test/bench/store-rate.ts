@@ -1,7 +1,8 @@
 /**
  * `npm run bench:store`: what a rate() per message costs benchmark (a) (a script on every context), with
  * connection reuse: (a) as is, (a) whose mailfrom script also awaits rate() on the memory store, and the
- * same with a Redis store (a redis-server started here on a free port). Rounds interleave the three; the
+ * same with a Redis store (a redis-server started here on a free port). One more target answers from memory
+ * by promise, like Redis but without I/O: the share of Redis's cost that is the isolate re-entry. Rounds interleave the three; the
  * ratios are medians of each round's paired ratios to (a). Targets: memory ≥ 0.95, Redis ≥ 0.85 of (a)'s rate.
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
@@ -17,13 +18,13 @@ const work = await mkdtemp(join(tmpdir(), 'postern-bench-store-'));
 const redis = await startRedis();
 
 
-async function config(name: string, mailfrom: string | null, store: string): Promise<{ configText: string; baseDir: string; port: number }> {
+async function config(name: string, mailfrom: string | null, store: string, deferredStore = false): Promise<{ configText: string; baseDir: string; port: number; deferredStore: boolean }> {
   const dir = join(work, name);
   await mkdir(join(dir, 'scripts'), { recursive: true });
   for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), f === 'mailfrom.ts' && mailfrom ? mailfrom : text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
-  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) + store };
+  return { port, baseDir: dir, configText: benchConfig(dir, port, pki) + store, deferredStore };
 }
 
 /** The same mailfrom script made async without a store call: what leaving the fast path costs by itself. */
@@ -38,6 +39,8 @@ const targets = [
   { name: '(a)', config: () => config('a', null, '') },
   { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
   { name: '(a) + rate() memory', config: () => config('mem', RATE_MAILFROM, '') },
+  // The memory store answering by promise, as Redis does, but without I/O: the cost of delivering the answer into the isolate later.
+  { name: '(a) + rate() memory, answered later', config: () => config('deferred', RATE_MAILFROM, '', true) },
   { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, `store: { redis: { url: "${redis.url}", keyPrefix: "bench:", timeoutMs: 90 } }\n`) },
 ];
 const messages = Number(process.env.BENCH_REUSE ?? 4000);
