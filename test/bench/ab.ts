@@ -6,13 +6,16 @@
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
  * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
  * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree).
+ * AB_RATE=redis (or memory) adds an `await rate()` to the mailfrom script, with a Redis store (one
+ * redis-server started here, a key prefix per tree) or the memory store: what a store change costs.
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { startRedis } from '../helpers/redis-server.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
 import { load, measure, median, startServer, type Measured } from './measure.ts';
 
 const trees = process.argv.slice(2, 4).map((t) => resolve(t));
@@ -24,6 +27,9 @@ const rounds = Number(process.env.AB_ROUNDS ?? 6);
 const messages = Number(process.env.AB_MESSAGES ?? 4000);
 const withScripts = process.env.AB_SCRIPTS !== '0';
 const workers = process.env.AB_WORKERS ? Number(process.env.AB_WORKERS) : 0;
+const withRate = process.env.AB_RATE;
+if (withRate && withRate !== 'redis' && withRate !== 'memory') throw new Error('AB_RATE: redis or memory');
+const redis = withRate === 'redis' ? await startRedis() : null;
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
@@ -31,23 +37,34 @@ const servers = [];
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
   await mkdir(join(dir, 'scripts'), { recursive: true });
-  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
+  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), withRate && f === 'mailfrom.ts' ? RATE_MAILFROM : text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
   const nodeArgs = process.env[`AB_NODE_ARGS_${i === 0 ? 'A' : 'B'}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
-  const started = await startServer(server, { configText: benchConfig(dir, port, pki), baseDir: dir, workers }, false, nodeArgs);
+  const store = redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "ab${i}:", timeoutMs: 90 } }\n` : '';
+  const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store, baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
 }
-// Warm both (JIT, isolates) before anything counts.
-for (const s of servers) await load(pki, s.port, 100, 2000, true);
+// Warm both (JIT, isolates) before anything counts; a Redis store connects in the background, refusing until then.
+for (const s of servers) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await load(pki, s.port, 100, 2000, true);
+      break;
+    } catch (err) {
+      if (attempt === 5) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
 
 const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
 const ratios = { rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] };
-console.log(`A = ${trees[0]} ${process.env.AB_NODE_ARGS_A ?? ''}\nB = ${trees[1]} ${process.env.AB_NODE_ARGS_B ?? ''}\n${withScripts ? 'scripts on every context' : 'no scripts'}, ${messages} messages per round, 100 per connection\n`);
+console.log(`A = ${trees[0]} ${process.env.AB_NODE_ARGS_A ?? ''}\nB = ${trees[1]} ${process.env.AB_NODE_ARGS_B ?? ''}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, 100 per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();
@@ -62,6 +79,7 @@ for (let round = 0; round < rounds; round++) {
   console.log(`  B/A: rate ${(b.rate / a.rate).toFixed(3)}  event loop µs/msg ${(b.mainUs / a.mainUs).toFixed(3)}  server µs/msg ${(b.cpuUs / a.cpuUs).toFixed(3)}`);
 }
 for (const s of servers) s.stop();
+await redis?.stop();
 await rm(work, { recursive: true, force: true });
 const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
 console.log(`\nB/A over ${rounds} rounds: rate ${fmt(ratios.rate)}; event loop µs/msg ${fmt(ratios.mainUs)}; server µs/msg ${fmt(ratios.cpuUs)}`);
