@@ -33,7 +33,9 @@ const redis = withRate === 'redis' ? await startRedis() : null;
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
-const servers = [];
+const servers: Array<{ name: string; port: number; pid: number; stop: () => void }> = [];
+// Servers (and Redis) are stopped however the run ends (a failed load would leave them running otherwise).
+process.on('exit', () => { for (const s of servers) s.stop(); if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
   await mkdir(join(dir, 'scripts'), { recursive: true });
@@ -43,7 +45,8 @@ for (const [i, tree] of trees.entries()) {
   const nodeArgs = process.env[`AB_NODE_ARGS_${i === 0 ? 'A' : 'B'}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
-  const store = redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "ab${i}:", timeoutMs: 90 } }\n` : '';
+  // With rate(): time limits raised (script 2 s, Redis 1 s) so a loaded machine measures cost, not timeouts.
+  const store = (withRate ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
   const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store, baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
 }
