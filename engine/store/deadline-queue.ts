@@ -7,7 +7,7 @@
 export interface Waiting {
   /** performance.now() at which it expires. */
   readonly deadline: number;
-  /** Set once answered or expired: the sweep skips it. */
+  /** Set once answered (by settle()) or expired: the sweep skips it. */
   settled: boolean;
   /** Called once, at the deadline, when still not settled (it sets `settled`). */
   expire(): void;
@@ -22,6 +22,18 @@ export class DeadlineQueue {
   add(waiting: Waiting): void {
     this.#queue.push(waiting);
     if (!this.#timer) this.#arm(waiting.deadline);
+  }
+
+  /**
+   * `waiting` was answered. Answers mostly come in the order of the calls (one connection to Redis): the
+   * answered calls at the front are dropped at once, so the queue holds only calls in flight, and nothing
+   * answered is kept alive until the next sweep.
+   */
+  settle(waiting: Waiting): void {
+    waiting.settled = true;
+    const queue = this.#queue;
+    while (this.#head < queue.length && queue[this.#head]!.settled) this.#head++;
+    this.#trim();
   }
 
   /** Expire every call still waiting now (the store closes). */
@@ -47,12 +59,19 @@ export class DeadlineQueue {
       this.#head++;
       if (!w.settled) w.expire();
     }
-    // Drop what was swept once it is most of the array (amortised: the array never grows without bound).
-    if (this.#head > 1024 && this.#head * 2 > queue.length) {
+    this.#trim();
+    if (this.#head < queue.length) this.#arm(queue[this.#head]!.deadline);
+  }
+
+  /** Forget the entries before the head: all of them when none is left, else once they are most of the array. */
+  #trim(): void {
+    const queue = this.#queue;
+    if (this.#head === queue.length) {
+      queue.length = 0;
+      this.#head = 0;
+    } else if (this.#head > 1024 && this.#head * 2 > queue.length) {
       queue.splice(0, this.#head);
       this.#head = 0;
     }
-    if (this.#head < queue.length) this.#arm(queue[this.#head]!.deadline);
-    else if (this.#head) { queue.length = 0; this.#head = 0; }
   }
 }

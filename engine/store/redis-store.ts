@@ -164,11 +164,11 @@ export class RedisCounterStore implements CounterStore {
       this.#deadlines.add(waiting);
       this.#client.sendCommand(args).then((value) => {
         if (waiting.settled) return;
-        waiting.settled = true;
+        this.#deadlines.settle(waiting);
         resolve(value);
       }, (err: unknown) => {
         if (waiting.settled) return;
-        waiting.settled = true;
+        this.#deadlines.settle(waiting);
         const message = err instanceof Error ? err.message : String(err);
         reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
       });

@@ -13,7 +13,7 @@ test('calls not answered expire at their deadline, oldest first; answered ones a
   const queue = new DeadlineQueue();
   const expired: number[] = [];
   const calls = Array.from({ length: 3000 }, (_, i) => call(queue, 30, expired, i));
-  for (const [i, w] of calls.entries()) if (i % 3 !== 0) w.settled = true; // answered in time
+  for (const [i, w] of calls.entries()) if (i % 3 !== 0) queue.settle(w); // answered in time
   const done = Promise.withResolvers<void>();
   const late = call(queue, 60, expired, 9999);
   const check = setInterval(() => { if (late.settled) done.resolve(); }, 5);
@@ -32,9 +32,20 @@ test('expireAll() ends every call still waiting at once', () => {
   const queue = new DeadlineQueue();
   const expired: number[] = [];
   const a = call(queue, 60_000, expired, 1);
-  call(queue, 60_000, expired, 2).settled = true;
+  queue.settle(call(queue, 60_000, expired, 2));
   call(queue, 60_000, expired, 3);
   queue.expireAll();
   assert.deepEqual(expired, [1, 3]);
   assert.ok(a.settled);
+});
+
+test('calls answered in order leave nothing behind; one still waiting expires alone', async () => {
+  const queue = new DeadlineQueue();
+  const expired: number[] = [];
+  for (let i = 0; i < 10_000; i++) queue.settle(call(queue, 20, expired, i));
+  const stuck = call(queue, 20, expired, -1);
+  for (let i = 0; i < 10; i++) queue.settle(call(queue, 20, expired, i));
+  await new Promise((r) => setTimeout(r, 80));
+  assert.ok(stuck.settled);
+  assert.deepEqual(expired, [-1]);
 });
