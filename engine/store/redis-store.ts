@@ -1,6 +1,7 @@
 /**
- * Counters in Redis, shared by every Postern that uses the same server and key prefix. Each operation is
- * one Lua script (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
+ * Counters in Redis, shared by every Postern that uses the same server and key prefix, and the connection
+ * slots of limits.connectionsPerIpInStore (redis-connection-slots.ts). Each operation is one Lua script
+ * (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
 import { randomBytes } from 'node:crypto';
