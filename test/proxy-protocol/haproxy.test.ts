@@ -87,7 +87,7 @@ listeners:
     if (child.exitCode !== null) throw new Error(`postern exited:\n${out}`);
     for (const m of out.matchAll(/"listener":"(\w+)","address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/g)) ports.set(m[1]!, Number(m[2]));
     return ports.size === 2 && out.includes('supervisor started');
-  }, `postern ${name} listening`);
+  }, `postern ${name} listening`, 60_000); // a hang guard: a loaded machine starts slowly
   return { name, child, ports, output: () => out };
 }
 

@@ -57,7 +57,7 @@ listeners:
     if (child.exitCode !== null) throw new Error(`postern exited:\n${out}`);
     for (const m of out.matchAll(/"listener":"(\w+)","address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/g)) ports.set(m[1]!, Number(m[2]));
     return ports.size === 2 && out.includes('supervisor started');
-  }, `postern ${name} listening`);
+  }, `postern ${name} listening`, 60_000); // a hang guard: a loaded machine starts slowly
   return { name, child, mx: ports.get('mx')!, plain: ports.get('plain')!, output: () => out };
 }
 
@@ -100,7 +100,7 @@ before(async () => {
       const { text, c } = await connect(n.mx);
       if (clients.has(c)) await close(c);
       return text.startsWith(`220 ${n.name} `);
-    }, `${n.name} connected to Redis`);
+    }, `${n.name} connected to Redis`, 60_000);
   }
   await leasesBecome(0, 'the probes closed');
 });
