@@ -17,8 +17,10 @@
  * Attribution: an operation names the call the runtime was running (its id). After a fast-path entry the
  * calls' promise continuations run together (V8's microtask checkpoint at the end of the entry): with one
  * call in the entry they are its own; with several, they could be any of them, so they go to a pool shared
- * by the entry's calls (SharedOperations) and a re-run takes a pooled answer by kind and arguments. Code of
- * a stopped attempt that runs later (its leftover microtasks) starts nothing: the attempt is closed.
+ * by the entry's calls (SharedOperations). A call that started anything is run again alone, never in a
+ * batch (Sandbox), so every operation of a re-run is its own: it takes its recorded answers in order, then
+ * pooled ones by kind and arguments (moving them into its own record for any later attempt). Code of a
+ * stopped attempt that runs later (its leftover microtasks) starts nothing: the attempt is closed.
  */
 
 /** One operation started: what it was, and its answer (text now, or the promise of it). */
@@ -55,6 +57,10 @@ export class SharedOperations {
     return answer;
   }
 
+  get size(): number {
+    return this.#ops.length;
+  }
+
   /** A recorded operation of this kind and arguments that no re-run has taken yet; taken now. */
   take(kind: string, args: string): Recorded | undefined {
     const found = this.#ops.find((r) => !r.taken && r.kind === kind && r.args === args);
@@ -71,6 +77,13 @@ export class OperationJournal {
   diverged: string | null = null;
   /** The call is over by its deadline (its isolate may still be running it): it starts nothing more. */
   over = false;
+
+  /** Whether an attempt started anything (its own, or in a pool it shares). */
+  get started(): boolean {
+    if (this.#ops.length > 0) return true;
+    for (const shared of this.#shared) if (shared.size > 0) return true;
+    return false;
+  }
 
   /** A new attempt of the call (each replays the journal from its start). */
   attempt(): Attempt {

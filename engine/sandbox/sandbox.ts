@@ -253,6 +253,7 @@ export class Sandbox {
         resolve: (value) => {
           // A re-run that asked other things than its stopped attempt: what it decided rests on unknown counts.
           if (journal.diverged !== null) {
+            if (!call.done) this.#failures.error++; // a value, not yet counted as a failure
             call.reject(new ScriptFailure('error', hook, script.file, null, null, journal.diverged));
             return;
           }
@@ -261,7 +262,6 @@ export class Sandbox {
         reject: (error) => {
           if (!this.#settle(call)) return;
           if (journal.diverged !== null) {
-            this.#failures.error++;
             this.#log(script.file, 'error', `${hook}: ${journal.diverged}`);
             error = new ScriptFailure('error', hook, script.file, null, null, journal.diverged);
           }
@@ -407,7 +407,10 @@ export class Sandbox {
     };
     for (const [i, q] of batch.entries()) {
       const s = settled[i] ?? 'alone';
-      if (s === 'again') again.push(q);
+      // A call that started operations runs again alone: its operations are then told apart from other
+      // calls' (in a batch, its continuations' would be mixed with theirs), see operation-journal.ts.
+      if (s === 'again' && !q.journal.started) again.push(q);
+      else if (s === 'again') alone.push({ q, overran: false });
       else if (s === 'alone' || s === 'overran') alone.push({ q, overran: s === 'overran' });
       else {
         member.calls++;

@@ -6,6 +6,7 @@
  */
 import { Sandbox, ScriptErrors, ScriptFailure, onUnrecoverable } from '../../../engine/sandbox/index.ts';
 import { js, recordingHost } from './sandbox-fixtures.ts';
+import { MemoryCounterStore } from '../../../engine/store/index.ts';
 
 const STUCK = 'Array(2 ** 32 - 1).lastIndexOf(1)';
 const scenario = process.argv[2];
@@ -44,6 +45,29 @@ if (scenario === 'call') {
   out.waiting = await outcome(sandbox.invoke('rcptto', { n: 1 }, 'c1'));
   out.stuck = await stuck;
   out.after = await outcome(sandbox.invoke('rcptto', { n: 2 }, 'c2'));
+} else if (scenario === 'once') {
+  // A fast-path attempt that counted, stopped in its loop and run again on an isolate thread, where it gets
+  // stuck and is abandoned at its deadline: the count stays one per call, whatever runs afterwards.
+  const store = new MemoryCounterStore();
+  const sandbox = await Sandbox.create({
+    host: { ...recordingHost(), store }, isolates: 2, timeoutMs: 2000, fastPathMs: 1,
+    scripts: [js('rcptto', `export default async function (ctx) {
+      const counted = rate('k', 1000, 60);
+      let x = 0; for (let i = 0; i < 1e8; i++) x += i;
+      await counted;
+      if (ctx.stuck) ${STUCK};
+      await counter('after').add(1, 60);
+      return reject('no ' + ctx.n);
+    }`)],
+  });
+  out.stuck = await outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
+  out.countAfterStuck = await store.get('script:rate:k');
+  out.next = await outcome(sandbox.invoke('rcptto', { n: 2 }, 'c2'));
+  out.count = await store.get('script:rate:k');
+  out.after = await store.get('script:counter:after');
+  const stats = await sandbox.stats();
+  out.abandoned = stats.abandoned;
+  out.overruns = stats.fastPath.overruns;
 } else if (scenario === 'load') {
   try {
     await Sandbox.create({
