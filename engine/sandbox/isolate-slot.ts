@@ -192,6 +192,9 @@ export class IsolateSlot {
     const errors: ScriptError[] = [];
     await slot.#start();
     for (const script of scripts) {
+      // Fenced for crashing its process (while loading or in calls, see engine/cluster/fence-book.ts): its top
+      // level does not run again; its hook answers as fenced (Sandbox.invoke) until the file changes.
+      if (runningCall.isFencedSource(script.hook, script.file, script.source)) continue;
       if (slot.#isolate.isDisposed) await slot.#start(); // the previous top level exhausted memory
       const error = await slot.#load(script);
       if (error) {
@@ -684,8 +687,22 @@ export class IsolateSlot {
     runtime.release();
   }
 
+  /**
+   * Load one script, named in the running-call mirror meanwhile: a process that dies under its compilation or
+   * top level (a crash in a builtin) blames it, as a death during a call does, and the supervisor fences it
+   * after repeated crashes instead of restarting workers into the same crash for ever.
+   */
+  async #load(script: ScriptSource): Promise<ScriptError | null> {
+    const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(script.hook));
+    try {
+      return await this.#compileAndRun(script);
+    } finally {
+      runningCall.exitAsync(running);
+    }
+  }
+
   /** Compile, link and evaluate one script and register its default export; a ScriptError if any step fails. */
-  async #load({ hook, file, source }: ScriptSource): Promise<ScriptError | null> {
+  async #compileAndRun({ hook, file, source }: ScriptSource): Promise<ScriptError | null> {
     if (this.#files.has(hook)) {
       return new ScriptError(file, 1, 1, `hook "${hook}" already has a script: ${this.#files.get(hook)}`);
     }
