@@ -346,8 +346,7 @@ export class IsolateSlot {
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
-    // After a stopped run the promises of the calls that had ended settle at the end of takeBatch's entry.
-    if (promisedCalls.length) this.#settleAtOnce(entries, ids, fastPathMs);
+    if (promisedCalls.length && !stopped) this.#settleAtOnce(entries, ids, fastPathMs);
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
@@ -358,6 +357,13 @@ export class IsolateSlot {
         this.#retire(ids[i]!, true); // run again (or failed): this attempt starts nothing more
         if (!stopped) return { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
         return i === 0 ? 'overran' : 'again';
+      }
+      if (stopped && entry.outcome === null) {
+        // Its promise's continuation was still waiting when the stop came: it runs among the stopped attempt's
+        // leftovers at the start of the next entry, where neither can be told apart, and starts nothing there
+        // (see #operate). So it is run again too (its operations so far are its call's journal's).
+        this.#retire(ids[i]!, true);
+        return 'again';
       }
       for (const line of entry.logs) this.#tell(connectionId, file, line);
       if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
@@ -380,7 +386,8 @@ export class IsolateSlot {
         return { failure: e as ScriptFailure };
       }
     });
-    if (heldOwner === -1) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    // After a stop they are the leftovers of attempts run again, which log again.
+    if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     return settled;
   }
 
