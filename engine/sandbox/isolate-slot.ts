@@ -326,7 +326,8 @@ export class IsolateSlot {
       entries = [];
       stopped = isTimeout(e) && !this.#isolate.isDisposed;
       // The stopped entry's leftover continuations run first in the next one: code of attempts that are run
-      // again, or (rarely) of a call that ended before the stop, whose continuation then fails closed.
+      // again (the stopped call's, and those of calls whose promise was pending: see below). Only a chain a
+      // call that ended with a verdict left running (\`rate().then(…)\`, not awaited) loses its operation here.
       this.#refusing = true;
       try {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
