@@ -1,6 +1,6 @@
 /**
  * A script's rate() and counter().add() count once per call, over real SMTP with a real store (memory and
- * Redis), when the fast path stops the call and runs it again on an isolate thread: the re-run gets the
+ * Redis) and over a policy service's socket, when the fast path stops the call and runs it again on an isolate thread: the re-run gets the
  * stopped attempt's answers instead of counting again (engine/sandbox/operation-journal.ts). The fast path
  * is 1 ms and the script spins 3·10⁷ iterations (counted work, not time), so attempts are stopped; that they
  * were is read from the log (the warning that the hook used up the fast path), never from timing.
@@ -12,6 +12,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { MemoryCounterStore } from '../../engine/store/index.ts';
+import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 
 const redisOpts = needsRedis();
 
@@ -58,6 +59,9 @@ listeners:
   - name: mx
     listen: 127.0.0.1:0
     limits: { greetingDelayMs: 0 }
+policyServices:
+  - name: policy
+    listen: 127.0.0.1:0
 `,
     scripts: { 'rcptto.ts': SCRIPTS[variant] },
     memoryStore: memory,
@@ -78,6 +82,9 @@ listeners:
   }
 }
 
+/** The log says the hook used up the fast path (after stopped attempts that used its time). */
+const movedOff = (server: TestServer): boolean => server.logs.some((l) => l.level === 40 && /used up the 1 ms fast path|held the event loop/.test(String(l.msg)));
+
 /**
  * RCPTs (each a call) until the log says the hook used up the fast path (it then runs on isolate threads
  * only), and one more; each reply must show exactly one count per message so far. `stops` false: the
@@ -89,7 +96,7 @@ async function countsOnce(server: TestServer, read: Reader, stops = true): Promi
   try {
     await c.hello({ name: 'client.example' });
     assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
-    const slow = (): boolean => server.logs.some((l) => l.level === 40 && /used up the 1 ms fast path|held the event loop/.test(String(l.msg)));
+    const slow = (): boolean => movedOff(server);
     let sent = 0;
     let extra = stops ? 1 : 4;
     while (extra > 0 && sent < 30) {
@@ -114,3 +121,24 @@ for (const variant of ['started', 'awaited'] as const) {
     await withServer('redis', variant, (server, read) => countsOnce(server, read, variant === 'started'));
   });
 }
+
+test('policy service: operations started before a fast-path stop count once per request (memory store)', async () => {
+  await withServer('memory', 'started', async (server, read) => {
+    const client = await PolicyClient.connect({ port: Number(server.policyAddresses.get('policy')!.split(':').pop()) });
+    try {
+      let sent = 0;
+      let extra = 1;
+      while (extra > 0 && sent < 30) {
+        if (movedOff(server)) extra--;
+        sent++;
+        const answer = await client.ask(rcptRequest({ recipient: 'alice@example.com' }));
+        assert.match(answer, new RegExp(`^action=550 .*counted ${sent} added ${sent}$`), `request ${sent}`);
+      }
+      assert.ok(movedOff(server), 'fast-path attempts were stopped and run again');
+      assert.equal(await read('script:rate:rate:alice'), sent);
+      assert.equal(await read('script:counter:added:alice'), sent);
+    } finally {
+      client.socket.destroy();
+    }
+  });
+});
