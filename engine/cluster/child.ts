@@ -7,7 +7,8 @@
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import type { Socket } from 'node:net';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
 import { ForwardingCounterStore } from './shared-store.ts';
@@ -33,6 +34,12 @@ async function main(): Promise<void> {
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true });
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
+  // The fences as the supervisor saved them, before the first generation loads: a script fenced for crashing
+  // its worker while loading must not run its top level again in the replacement (the supervisor's list
+  // comes with 'ready', too late for that).
+  try {
+    runningCall.setFenced(JSON.parse(readFileSync(join(crashDir(loaded.config.dataDir), 'fenced.json'), 'utf8')) as RunningScript[]);
+  } catch { /* none yet */ }
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   const counters = new WorkerCounters({ send }, windowMs);
   // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).

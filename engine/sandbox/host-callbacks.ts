@@ -45,6 +45,12 @@ const digest = (algorithm: string) => (data: unknown): string => createHash(algo
 
 /** What the slot tells the host callbacks: where a pending operation's answer goes, and who a call id is. */
 export interface SlotHooks {
+  /**
+   * Start operation `kind` for whoever `callId` names, at most once per call (operation-journal.ts):
+   * `live` starts it; the slot calls it, or answers with what an earlier attempt of the call was answered;
+   * or null: refused to code that must not go on (its promise never settles; the slot forgets it).
+   */
+  operate(opId: number, callId: number, kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> | null;
   /** An operation the host could not answer at once was started for call `callId`; `answer` settles later. */
   started(opId: number, callId: number, answer: Promise<string>): void;
   /** The connection and script of a call the slot knows by id (a continuation's log lines name it). */
@@ -81,8 +87,9 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     }
   };
   const start = (opId: unknown, callId: unknown, kind: unknown, args: unknown): string | null => {
-    const answer = startHostOperation(kind, args, host);
-    if (typeof answer === 'string') return answer;
+    const list = Array.isArray(args) ? args as unknown[] : [];
+    const answer = slot.operate(Number(opId), Number(callId), String(kind), list, () => startHostOperation(kind, list, host));
+    if (answer === null || typeof answer === 'string') return answer;
     // Settled later, through the slot: never an unhandled rejection in this process.
     answer.catch(() => {});
     slot.started(Number(opId), Number(callId), answer);

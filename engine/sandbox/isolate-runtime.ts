@@ -14,15 +14,20 @@ export interface RuntimeHost {
   /** `callId`: the call whose code logged, when the runtime knows it (a continuation run by deliver()); else -1. */
   log(message: string, callId: number): void;
   /**
-   * Start an asynchronous host operation (see engine/sandbox/host-operations.ts) for the call `callId`:
+   * Start an asynchronous host operation (see engine/sandbox/host-operations.ts) for the call `callId`
+   * (-1: not known; -2 or less: one of the calls of the fast-path entry that `run` was given that tag):
    * its JSON answer when the host has it at once (a memory store), else null, and the answer comes later
    * through deliver() under `opId`. Synchronous and cheap, like lookup(): no isolated-vm promise machinery.
    */
   startOperation(opId: number, callId: number, kind: string, args: unknown[]): string | null;
 }
 
-/** What deliver() takes, as JSON: per operation, its id, 1 and the JSON answer, or 0 and the error's message. */
-export type AnswerWire = Array<[opId: number, ok: 0 | 1, text: string]>;
+/**
+ * What deliver() takes, as JSON: per operation, its id, 1 and the JSON answer, or 0 and the error's message;
+ * or 2: forget the operation without settling it (it belonged to an attempt that was stopped, whose code
+ * must not run again: see operation-journal.ts).
+ */
+export type AnswerWire = Array<[opId: number, ok: 0 | 1 | 2, text: string]>;
 
 /** What one call produces, copied out of the isolate as plain data. */
 export type RunOutcome =
@@ -65,9 +70,10 @@ export interface RuntimeHandle {
    * event-loop thread (`wait` false) log lines are collected into the entries and a returned promise's
    * outcome is recorded for takeSettled() when it settles; each entry is also recorded as its call ends,
    * for takeBatch(). On an isolate thread (`wait` true) log lines are told as they come and the promises
-   * are waited for here.
+   * are waited for here. `tag` (-2 or less) names the calls together: the operations their continuations
+   * start at the end of the entry go to the host under it (or under the call's id when there is one call).
    */
-  run(calls: string, wait: boolean): string | Promise<string>;
+  run(calls: string, wait: boolean, tag: number): string | Promise<string>;
   /** After a run was stopped (its time limit): the entries of the calls that had ended, as JSON. */
   takeBatch(): string;
   /**
@@ -534,6 +540,7 @@ export function installRuntime(
   let batchCount = 0;
   const takeBatch = (): string => {
     collected = null;
+    currentCall = -1;
     let done = '[';
     for (let i = 0; i < batchCount; i++) done += (i ? ',' : '') + batchDone[i]!;
     batchDone = create(null);
@@ -548,6 +555,7 @@ export function installRuntime(
     return done + ']';
   }
   const takeSettled = (): string => {
+    currentCall = -1;
     let done = '{';
     const ids = keys(finished);
     for (let i = 0; i < ids.length; i++) done += (i ? ',' : '') + quote(ids[i]!) + ':' + finished[ids[i] as unknown as number]!;
@@ -564,7 +572,7 @@ export function installRuntime(
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(callsJson, wait) {
+    run(callsJson, wait, tag) {
       batchDone = create(null);
       batchCount = 0;
       collected = null;
@@ -594,7 +602,15 @@ export function installRuntime(
         for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
         batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, lines + ']');
       }
-      if (!wait) return takeBatch();
+      // The calls' continuations run after this returns (the microtask checkpoint that ends the entry): what
+      // they start is the one call's, or, with several, one of theirs (the host keeps those apart).
+      const continuations = calls.length === 1 ? calls[0]![8] : tag;
+      if (!wait) {
+        const entries = takeBatch();
+        currentCall = continuations;
+        return entries;
+      }
+      currentCall = continuations;
       if (promised) return settledEntries(outcomes, calls.length);
       let done = '[';
       for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i] as string, '[]');
@@ -614,6 +630,7 @@ export function installRuntime(
         const op = ops[answer[0]];
         if (op === undefined) continue;
         delete ops[answer[0]];
+        if (answer[1] === 2) continue;
         if (byOwner[op.owner] === undefined) {
           byOwner[op.owner] = create(null);
           counts[op.owner] = 0;

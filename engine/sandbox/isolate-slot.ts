@@ -12,6 +12,7 @@ import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, ty
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { reportUnrecoverable } from './unrecoverable.ts';
+import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, cpuTime, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
@@ -92,8 +93,14 @@ class KeptKeys {
   }
 }
 
-/** One call of a batch: what call() takes. */
-export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection }
+/**
+ * One call of a batch: what call() takes. `journal`: the call's host operations over all its attempts
+ * (operation-journal.ts); the caller passes the same one to every attempt of a call.
+ */
+export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection; journal?: OperationJournal }
+
+/** Stopped attempts (and entries) remembered only to refuse what their leftover code starts: this many at most. */
+const RETIRED_OWNERS = 64;
 
 /**
  * How a call of a batch ended: with a value or a failure; or later, because its script returned a promise
@@ -154,8 +161,15 @@ export class IsolateSlot {
   #nextCallId = 0;
   /** Calls that returned a promise still pending, by call id. */
   readonly #awaiting = new Map<number, Awaiting>();
-  /** Operations started and not yet answered: the call waiting for each. */
+  /** Operations started and not yet answered: the call (or entry tag) waiting for each. */
   readonly #opOwners = new Map<number, number>();
+  /** Who starts host operations, by the call id (or entry tag, see run()) the runtime names: see #operate. */
+  readonly #owners = new Map<number, Attempt | SharedOperations>();
+  /** Owners closed or done with, kept a while (oldest first), then forgotten. */
+  readonly #retired: number[] = [];
+  #nextTag = 0;
+  /** Set while the isolate runs what a stopped entry left behind: it starts nothing (see callBatch). */
+  #refusing = false;
   /** Answers that came since the last delivery, delivered together at the end of the turn. */
   #answers: AnswerWire = [];
   #flushScheduled = false;
@@ -178,6 +192,9 @@ export class IsolateSlot {
     const errors: ScriptError[] = [];
     await slot.#start();
     for (const script of scripts) {
+      // Fenced for crashing its process (while loading or in calls, see engine/cluster/fence-book.ts): its top
+      // level does not run again; its hook answers as fenced (Sandbox.invoke) until the file changes.
+      if (runningCall.isFencedSource(script.hook, script.file, script.source)) continue;
       if (slot.#isolate.isDisposed) await slot.#start(); // the previous top level exhausted memory
       const error = await slot.#load(script);
       if (error) {
@@ -222,20 +239,21 @@ export class IsolateSlot {
    */
   async call(
     hook: HookName, ctx: object, connectionId: string | null, fastPathMs = 0, shared?: SharedConnection, timeoutMs = this.#options.timeoutMs,
+    journal = new OperationJournal(),
   ): Promise<{ value: unknown; overran: boolean }> {
     const file = this.#files.get(hook);
     if (file === undefined) throw new Error(`no script for hook ${hook}`);
     if (fastPathMs > 0) {
-      const [settled] = this.callBatch([{ hook, ctx, connectionId, shared }], fastPathMs);
+      const [settled] = this.callBatch([{ hook, ctx, connectionId, shared, journal }], fastPathMs);
       if (settled !== undefined && typeof settled === 'object') {
         if ('value' in settled) return { value: settled.value, overran: false };
         if ('failure' in settled) throw settled.failure;
         return { value: await settled.later, overran: false };
       }
       // Stopped at the budget ('overran'), or the entry failed otherwise ('alone'): run it on an isolate thread.
-      return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: settled === 'overran' };
+      return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: settled === 'overran' };
     }
-    return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs), overran: false };
+    return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: false };
   }
 
   /** One call as it crosses, given what the isolate keeps; the isolate will keep what it is sent. */
@@ -267,15 +285,27 @@ export class IsolateSlot {
    * calling thread. Entering the isolate is most of what a quick call costs (perf: the first call after
    * other work pays for cold caches), so calls that gather during one turn of the event loop share it.
    * A call the time limit stops is run again: alone on an isolate thread when it was first (it is slow
-   * by itself, as in call()), else first in a later batch; the calls after it never started.
+   * by itself, as in call()), else first in a later batch; the calls after it never started. What a call
+   * run again had started is not started again: see operation-journal.ts.
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
     const wire: CallWire[] = [];
     const ids: number[] = [];
+    for (const c of calls) if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
+    // The continuations of several calls run mixed at the end of the entry: what they start is shared.
+    const tag = -2 - (this.#nextTag++ % 0x3fffffff);
+    const shared = calls.length > 1 ? new SharedOperations() : null;
+    if (shared) {
+      this.#owners.set(tag, shared);
+      this.#retire(tag, false); // forgotten in turn; closed only if the entry is stopped
+    }
     for (const c of calls) {
-      if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
-      ids.push(++this.#nextCallId);
-      wire.push(this.#wire(c, ids.at(-1)!)); // the isolate keeps them as it runs the batch, before the next call needs them
+      const id = ++this.#nextCallId;
+      ids.push(id);
+      const journal = c.journal ?? new OperationJournal();
+      if (shared) journal.share(shared);
+      this.#owners.set(id, journal.attempt());
+      wire.push(this.#wire(c, id)); // the isolate keeps them as it runs the batch, before the next call needs them
     }
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
@@ -287,7 +317,7 @@ export class IsolateSlot {
     const cpuBefore = cpuTime(this.#isolate);
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
-      entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false], { timeout: fastPathMs }));
+      entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false, tag], { timeout: fastPathMs }));
     } catch (e) {
       this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
       // Which calls' facts the isolate took in is unknown now.
@@ -295,22 +325,29 @@ export class IsolateSlot {
       this.#keptCertificates.reset();
       entries = [];
       stopped = isTimeout(e) && !this.#isolate.isDisposed;
+      // The stopped entry's leftover continuations run first in the next one: code of attempts that are run
+      // again (the stopped call's, and those of calls whose promise was pending: see below). Only a chain a
+      // call that ended with a verdict left running (\`rate().then(…)\`, not awaited) loses its operation here.
+      this.#refusing = true;
       try {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
         stopped = false;
+      } finally {
+        this.#refusing = false;
       }
+      if (shared) this.#retire(tag, true);
       if (!stopped) {
         runningCall.exit();
         this.#current = null;
+        for (const id of ids) this.#retire(id, true);
         return calls.map(() => 'alone');
       }
     }
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
-    // After a stopped run the promises of the calls that had ended settle at the end of takeBatch's entry.
-    if (promisedCalls.length) this.#settleAtOnce(entries, ids, fastPathMs);
+    if (promisedCalls.length && !stopped) this.#settleAtOnce(entries, ids, fastPathMs);
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
@@ -318,8 +355,16 @@ export class IsolateSlot {
       const file = this.#files.get(hook)!;
       const entry = entries[i];
       if (entry === undefined) {
+        this.#retire(ids[i]!, true); // run again (or failed): this attempt starts nothing more
         if (!stopped) return { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
         return i === 0 ? 'overran' : 'again';
+      }
+      if (stopped && entry.outcome === null) {
+        // Its promise's continuation was still waiting when the stop came: it runs among the stopped attempt's
+        // leftovers at the start of the next entry, where neither can be told apart, and starts nothing there
+        // (see #operate). So it is run again too (its operations so far are its call's journal's).
+        this.#retire(ids[i]!, true);
+        return 'again';
       }
       for (const line of entry.logs) this.#tell(connectionId, file, line);
       if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
@@ -333,15 +378,17 @@ export class IsolateSlot {
           this.#collect = true;
           this.#scheduleFlush();
         }
-        return { later, cancel: () => this.#awaiting.delete(id) };
+        return { later, cancel: () => { this.#awaiting.delete(id); this.#retire(id, true); } };
       }
+      this.#owners.delete(ids[i]!);
       try {
         return { value: this.#value(hook, file, entry.outcome) };
       } catch (e) {
         return { failure: e as ScriptFailure };
       }
     });
-    if (heldOwner === -1) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    // After a stop they are the leftovers of attempts run again, which log again.
+    if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     return settled;
   }
 
@@ -362,6 +409,48 @@ export class IsolateSlot {
       const entry = entries[ids.indexOf(Number(id))];
       if (entry && entry.outcome === null && outcome !== null && typeof outcome === 'object') entry.outcome = outcome;
     }
+  }
+
+  /**
+   * A host operation the runtime asks for under `callId` (a call or an entry's tag): at most once per call.
+   * null: refused to code that must not go on (a stopped attempt's, a call over by its deadline) — its
+   * promise never settles and is forgotten in the isolate with the next delivery. A re-run that asks
+   * something else than its stopped attempt did gets a throw (and its call fails: see Sandbox.invoke).
+   */
+  #operate(opId: number, callId: number, kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> | null {
+    const owner = this.#refusing ? undefined : this.#owners.get(callId);
+    try {
+      if (this.#refusing) throw new OperationRefused(`${kind}: code left over from a stopped fast-path attempt`, true);
+      // Unknown: the top level, or a call that already ended (a promise it did not wait for): never run again.
+      return owner ? owner.start(kind, JSON.stringify(args), live) : live();
+    } catch (e) {
+      if (!(e instanceof OperationRefused) || !e.park) throw e;
+      this.#answers.push([opId, 2, '']);
+      this.#scheduleFlush();
+      return null;
+    }
+  }
+
+  /**
+   * Done with owner `key` (a call id or an entry's tag). `close`: its code starts nothing more — it is run
+   * again, failed or is over — and the answers of what it started are not delivered to it (a re-run that
+   * reuses them gets them under its own operation ids). Kept a while to refuse, then forgotten.
+   */
+  #retire(key: number, close: boolean): void {
+    const owner = this.#owners.get(key);
+    if (!owner) return;
+    if (close && !owner.closed) {
+      owner.closed = true;
+      for (const [opId, waiting] of this.#opOwners) {
+        if (waiting !== key) continue;
+        this.#opOwners.delete(opId);
+        this.#answers.push([opId, 2, '']); // forgotten in the isolate with the next delivery
+        this.#scheduleFlush();
+      }
+    }
+    if (close && owner instanceof SharedOperations) return; // already in the queue (see callBatch)
+    this.#retired.push(key);
+    while (this.#retired.length > RETIRED_OWNERS) this.#owners.delete(this.#retired.shift()!);
   }
 
   /** True while answers are being delivered on an isolate thread: the pool must not enter the slot then. */
@@ -448,6 +537,7 @@ export class IsolateSlot {
       const waiting = this.#awaiting.get(Number(id));
       if (!waiting?.resolve) continue;
       this.#awaiting.delete(Number(id));
+      this.#owners.delete(Number(id));
       try {
         waiting.resolve(this.#value(waiting.hook, waiting.file, outcome));
       } catch (e) {
@@ -462,6 +552,7 @@ export class IsolateSlot {
     for (const [id, waiting] of this.#awaiting) {
       if (!waiting.reject) continue;
       this.#awaiting.delete(id);
+      this.#retire(id, true);
       waiting.reject(owners.has(id) || lostAlready
         ? this.#callFailure(waiting.hook, waiting.file, e, timeoutMs)
         : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
@@ -500,21 +591,25 @@ export class IsolateSlot {
   /** Run one call on an isolate thread (a batch of one that waits for its promise there). */
   async #callOnIsolateThread(
     hook: HookName, file: string, ctx: object, connectionId: string | null, shared: SharedConnection | undefined, timeoutMs: number,
+    journal: OperationJournal,
   ): Promise<unknown> {
     const callId = ++this.#nextCallId;
     const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId)]);
     let wire: unknown;
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
+    this.#owners.set(callId, journal.attempt());
     try {
-      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true], { timeout: timeoutMs, result: { promise: true } }));
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true, 0], { timeout: timeoutMs, result: { promise: true } }));
     } catch (e) {
       this.#awaiting.delete(callId);
+      this.#retire(callId, true);
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
       throw this.#callFailure(hook, file, e, timeoutMs);
     }
     this.#awaiting.delete(callId);
+    this.#owners.delete(callId);
     const entry = this.#entries(wire)[0];
     return this.#value(hook, file, entry?.outcome ?? null);
   }
@@ -566,6 +661,7 @@ export class IsolateSlot {
       waiting.reject?.(new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'the sandbox was disposed during the call'));
     }
     this.#opOwners.clear();
+    this.#owners.clear();
     this.#answers = [];
   }
 
@@ -586,6 +682,7 @@ export class IsolateSlot {
     });
     this.#context = await this.#isolate.createContext();
     const callbacks = hostCallbacks(host, () => this.#current, {
+      operate: (opId, callId, kind, args, live) => this.#operate(opId, callId, kind, args, live),
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
     });
@@ -598,8 +695,22 @@ export class IsolateSlot {
     runtime.release();
   }
 
+  /**
+   * Load one script, named in the running-call mirror meanwhile: a process that dies under its compilation or
+   * top level (a crash in a builtin) blames it, as a death during a call does, and the supervisor fences it
+   * after repeated crashes instead of restarting workers into the same crash for ever.
+   */
+  async #load(script: ScriptSource): Promise<ScriptError | null> {
+    const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(script.hook));
+    try {
+      return await this.#compileAndRun(script);
+    } finally {
+      runningCall.exitAsync(running);
+    }
+  }
+
   /** Compile, link and evaluate one script and register its default export; a ScriptError if any step fails. */
-  async #load({ hook, file, source }: ScriptSource): Promise<ScriptError | null> {
+  async #compileAndRun({ hook, file, source }: ScriptSource): Promise<ScriptError | null> {
     if (this.#files.has(hook)) {
       return new ScriptError(file, 1, 1, `hook "${hook}" already has a script: ${this.#files.get(hook)}`);
     }

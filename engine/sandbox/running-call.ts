@@ -116,6 +116,10 @@ export const runningCall = {
     }
     return false;
   },
+  /** Whether a script with this source is fenced (checked before loading it: a fenced top level does not run). */
+  isFencedSource(hook: HookName, file: string, source: string): boolean {
+    return fenced.size > 0 && fenced.has(`${hook}\0${file}\0${runningCall.hash(source)}`);
+  },
   /** The marker (one Int32): pass it to the watchdog thread and read it with Atomics.load. */
   get buffer(): SharedArrayBuffer {
     return marker.buffer as SharedArrayBuffer;

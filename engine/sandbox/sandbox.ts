@@ -7,6 +7,7 @@ import type { HookName } from './api/index.ts';
 import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
 import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
+import { OperationJournal } from './operation-journal.ts';
 import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
 
@@ -84,8 +85,13 @@ interface Waiter {
   refuse(error: Error): void;
 }
 
-/** One call, from invoke() until it settles: the caller's promise, its deadline, and where it runs. */
+/**
+ * One call, from invoke() until it settles: the caller's promise, its deadline, and where it runs. However
+ * often the scheduler runs it (a fast-path attempt stopped and run again, a batch stopped or lost), its
+ * host operations take effect once: every attempt shares its journal (operation-journal.ts).
+ */
 interface Call extends BatchCall {
+  journal: OperationJournal;
   file: string;
   deadlineAt: number;
   done: boolean;
@@ -239,15 +245,27 @@ export class Sandbox {
     }
     return new Promise((resolve, reject) => {
       const { timeoutMs } = this.#options;
+      const journal = new OperationJournal();
       const call: Call = {
-        hook, ctx: own, connectionId, shared, file: script.file,
+        hook, ctx: own, connectionId, shared, journal, file: script.file,
         deadlineAt: performance.now() + timeoutMs + DEADLINE_SLACK_MS - DEADLINE_SWEEP_MS,
         done: false, runningOn: null,
         resolve: (value) => {
+          // A re-run that asked other things than its stopped attempt: what it decided rests on unknown counts.
+          if (journal.diverged !== null) {
+            if (!call.done) this.#failures.error++; // a value, not yet counted as a failure
+            call.reject(new ScriptFailure('error', hook, script.file, null, null, journal.diverged));
+            return;
+          }
           if (this.#settle(call)) resolve(value);
         },
         reject: (error) => {
-          if (this.#settle(call)) reject(error);
+          if (!this.#settle(call)) return;
+          if (journal.diverged !== null) {
+            this.#log(script.file, 'error', `${hook}: ${journal.diverged}`);
+            error = new ScriptFailure('error', hook, script.file, null, null, journal.diverged);
+          }
+          reject(error);
         },
       };
       this.#live.add(call);
@@ -291,6 +309,7 @@ export class Sandbox {
         ? `did not finish within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms (a returned promise never settled)`
         : `no isolate became free within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms`));
     this.#failures.timeout++;
+    call.journal.over = true; // an isolate still running it, or a promise still waiting, starts nothing more
     const waiting = this.#waiting.findIndex((w) => w.call === call);
     if (waiting >= 0) this.#waiting.splice(waiting, 1);
     this.#batch = this.#batch.filter((c) => c !== call);
@@ -333,7 +352,7 @@ export class Sandbox {
         this.#policy.stats.calls++;
         this.#policy.stats.batches++;
       }
-      const { value, overran } = await slot.call(hook, call.ctx, call.connectionId, fastPathMs, call.shared, this.#budgetLeft(call));
+      const { value, overran } = await slot.call(hook, call.ctx, call.connectionId, fastPathMs, call.shared, this.#budgetLeft(call), call.journal);
       if (overran) this.#policy.overran(hook, slot.stoppedCpuMs);
       call.resolve(value);
     } catch (e) {
@@ -388,7 +407,10 @@ export class Sandbox {
     };
     for (const [i, q] of batch.entries()) {
       const s = settled[i] ?? 'alone';
-      if (s === 'again') again.push(q);
+      // A call that started operations runs again alone: its operations are then told apart from other
+      // calls' (in a batch, its continuations' would be mixed with theirs), see operation-journal.ts.
+      if (s === 'again' && !q.journal.started) again.push(q);
+      else if (s === 'again') alone.push({ q, overran: false });
       else if (s === 'alone' || s === 'overran') alone.push({ q, overran: s === 'overran' });
       else {
         member.calls++;

@@ -38,9 +38,7 @@ users: ./users
 localDomains: [example.net]
 store:
   redis: { url: "${redisUrl}", keyPrefix: "shared-test:", timeoutMs: 80 }
-# Every call on an isolate thread: a fast-path attempt stopped at its budget by a loaded machine is run
-# again, and its rate() would be counted twice (see the closing note of this session).
-sandbox: { timeoutMs: 2000, fastPathMs: 0 }
+sandbox: { timeoutMs: 2000 }
 listeners:
   - name: submit
     listen: 127.0.0.1:0

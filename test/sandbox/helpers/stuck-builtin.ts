@@ -6,6 +6,7 @@
  */
 import { Sandbox, ScriptErrors, ScriptFailure, onUnrecoverable } from '../../../engine/sandbox/index.ts';
 import { js, recordingHost } from './sandbox-fixtures.ts';
+import { MemoryCounterStore } from '../../../engine/store/index.ts';
 
 const STUCK = 'Array(2 ** 32 - 1).lastIndexOf(1)';
 const scenario = process.argv[2];
@@ -44,6 +45,39 @@ if (scenario === 'call') {
   out.waiting = await outcome(sandbox.invoke('rcptto', { n: 1 }, 'c1'));
   out.stuck = await stuck;
   out.after = await outcome(sandbox.invoke('rcptto', { n: 2 }, 'c2'));
+} else if (scenario === 'once') {
+  // A fast-path attempt that counted, stopped in its loop and run again on an isolate thread, where it gets
+  // stuck and is abandoned at its deadline: the count stays one per call, whatever runs afterwards. The stuck
+  // step comes only on a call's attempt after its first (one isolate: its globals count each call's attempts),
+  // so it never runs on the event-loop thread (where it would hold the process); calls are made until one is
+  // abandoned (the first, unless the machine's load kept the fast path from stopping it).
+  const store = new MemoryCounterStore();
+  const sandbox = await Sandbox.create({
+    host: { ...recordingHost(), store }, isolates: 1, timeoutMs: 5000, fastPathMs: 1,
+    scripts: [js('rcptto', `export default async function (ctx) {
+      const counted = rate('k', 1000, 60);
+      const tries = (globalThis.tries ??= {});
+      tries[ctx.n] = (tries[ctx.n] ?? 0) + 1;
+      if (ctx.stuck && tries[ctx.n] > 1) ${STUCK};
+      let x = 0; for (let i = 0; i < 2e7; i++) x += i;
+      await counted;
+      await counter('after').add(1, 60);
+      return reject('no ' + ctx.n);
+    }`)],
+  });
+  let calls = 0;
+  for (let n = 1; n <= 5 && !out.stuck; n++) {
+    const r = await outcome(sandbox.invoke('rcptto', { stuck: true, n }, `s${n}`)) as { failure?: string };
+    calls++;
+    if (r.failure) out.stuck = r;
+  }
+  out.countAfterStuck = await store.get('script:rate:k');
+  out.next = await outcome(sandbox.invoke('rcptto', { n: 99 }, 'c99'));
+  out.calls = calls + 1;
+  out.count = await store.get('script:rate:k');
+  out.after = await store.get('script:counter:after');
+  const stats = await sandbox.stats();
+  out.abandoned = stats.abandoned;
 } else if (scenario === 'load') {
   try {
     await Sandbox.create({

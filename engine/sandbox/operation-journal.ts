@@ -1,0 +1,136 @@
+/**
+ * Exactly once per call: the host operations (host-operations.ts) a call starts, kept for the call's whole
+ * life, so that an attempt of it that the scheduler runs again does not start them again.
+ *
+ * A call can be run more than once: a fast-path attempt stopped at its budget is run again on an isolate
+ * thread, a batch stopped part-way runs its stopped call again in a later batch, an isolate lost during a
+ * batch runs the batch's calls again, each alone. An attempt may already have started operations —
+ * `await rate()` counted a message, `counter().add()` added — and isolated-vm cannot move a half-run
+ * call to another thread, nor can the host take back a store write. So every operation an attempt starts
+ * is recorded in its call's journal with its answer (given at once, or the pending promise); the next
+ * attempt's Nth operation of the same kind with the same arguments gets the Nth recorded answer instead of
+ * starting anything. Scripts are deterministic given their answers, so a re-run asks the same things in
+ * the same order; one that does not (a key built from Date.now()) fails closed — what it should have
+ * counted is unknown. The alternative, never stopping a call once it has started an operation, would let
+ * any script that calls rate() first hold the event loop for its whole time limit.
+ *
+ * Attribution: an operation names the call the runtime was running (its id). After a fast-path entry the
+ * calls' promise continuations run together (V8's microtask checkpoint at the end of the entry): with one
+ * call in the entry they are its own; with several, they could be any of them, so they go to a pool shared
+ * by the entry's calls (SharedOperations). A call that started anything is run again alone, never in a
+ * batch (Sandbox), so every operation of a re-run is its own: it takes its recorded answers in order, then
+ * pooled ones by kind and arguments (moving them into its own record for any later attempt). Code of a
+ * stopped attempt that runs later (its leftover microtasks) starts nothing: the attempt is closed.
+ */
+
+/** One operation started: what it was, and its answer (text now, or the promise of it). */
+interface Recorded {
+  kind: string;
+  args: string;
+  answer: string | Promise<string>;
+}
+
+/**
+ * An operation that is not started. `park`: the code asking must not go on (a stopped attempt's, a call
+ * over by its deadline): its promise never settles. Else it is thrown into the script (a re-run that asks
+ * other things than its stopped attempt: its call fails anyway).
+ */
+export class OperationRefused extends Error {
+  readonly park: boolean;
+  constructor(message: string, park: boolean) {
+    super(message);
+    this.name = 'OperationRefused';
+    this.park = park;
+  }
+}
+
+/** Operations started by the continuations of a fast-path entry with several calls: any of theirs. */
+export class SharedOperations {
+  readonly #ops: Array<Recorded & { taken: boolean }> = [];
+  /** Set when the entry was stopped or lost: code still running under its tag is a stopped attempt's. */
+  closed = false;
+
+  start(kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+    if (this.closed) throw new OperationRefused(`${kind}: this attempt of the call was stopped`, true);
+    const answer = live();
+    this.#ops.push({ kind, args, answer, taken: false });
+    return answer;
+  }
+
+  get size(): number {
+    return this.#ops.length;
+  }
+
+  /** A recorded operation of this kind and arguments that no re-run has taken yet; taken now. */
+  take(kind: string, args: string): Recorded | undefined {
+    const found = this.#ops.find((r) => !r.taken && r.kind === kind && r.args === args);
+    if (found) found.taken = true;
+    return found;
+  }
+}
+
+/** The operations one call started, over all its attempts. */
+export class OperationJournal {
+  readonly #ops: Recorded[] = [];
+  readonly #shared = new Set<SharedOperations>();
+  /** Why a re-run of this call did not ask what its stopped attempt asked; the call then fails. */
+  diverged: string | null = null;
+  /** The call is over by its deadline (its isolate may still be running it): it starts nothing more. */
+  over = false;
+
+  /** Whether an attempt started anything (its own, or in a pool it shares). */
+  get started(): boolean {
+    if (this.#ops.length > 0) return true;
+    for (const shared of this.#shared) if (shared.size > 0) return true;
+    return false;
+  }
+
+  /** A new attempt of the call (each replays the journal from its start). */
+  attempt(): Attempt {
+    return new Attempt(this);
+  }
+
+  /** The entry this call ran in shares its continuations' operations with other calls. */
+  share(ops: SharedOperations): void {
+    this.#shared.add(ops);
+  }
+
+  /** The Nth operation: the recorded answer when an earlier attempt started it, else started now (live()). */
+  start(n: number, kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+    if (this.over) throw new OperationRefused(`${kind}: the call is over (its deadline passed)`, true);
+    if (this.diverged !== null) throw new OperationRefused(`${kind}: ${this.diverged}`, false);
+    const earlier = this.#ops[n];
+    if (earlier) {
+      if (earlier.kind === kind && earlier.args === args) return earlier.answer;
+      this.diverged = `run again after a stop, the call's host operation #${n + 1} was ${kind}${args} where the stopped attempt's was ` +
+        `${earlier.kind}${earlier.args}; what it should count is unknown, so it fails`;
+      throw new OperationRefused(`${kind}: ${this.diverged}`, false);
+    }
+    for (const shared of this.#shared) {
+      const pooled = shared.take(kind, args);
+      if (pooled) {
+        this.#ops.push(pooled); // this call's own now: a later attempt finds it in order
+        return pooled.answer;
+      }
+    }
+    const answer = live();
+    this.#ops.push({ kind, args, answer });
+    return answer;
+  }
+}
+
+/** One run of a call: its position in the journal, and whether it was stopped (then it starts nothing). */
+export class Attempt {
+  readonly journal: OperationJournal;
+  #next = 0;
+  closed = false;
+
+  constructor(journal: OperationJournal) {
+    this.journal = journal;
+  }
+
+  start(kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+    if (this.closed) throw new OperationRefused(`${kind}: this attempt of the call was stopped`, true);
+    return this.journal.start(this.#next++, kind, args, live);
+  }
+}
