@@ -2,9 +2,12 @@
  * Developer aid: `node test/bench/profile-ab.ts <treeA> <treeB>` profiles benchmark (a) (with reuse) served by two
  * source trees, after a warm-up, rounds alternating, and prints the event-loop thread's CPU per message by module
  * (self time, and time charged to the deepest engine/ folder on the stack) for A, B and B − A.
+ * PROF_HEAP=1: bytes allocated per message instead (sampled, collected objects included); PROF_HEAP=live: bytes
+ * per message still reachable after a full GC at the end of each round (what the server keeps per message);
+ * PROF_HEAP=promoted: bytes per message that outlived the young generation (moved to the old one: major GC work).
  * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size.
  */
-import { mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fork, type ChildProcess } from 'node:child_process';
@@ -22,18 +25,21 @@ const hook = join(work, 'hook.mjs');
 await writeFile(hook, `import { Session } from 'node:inspector/promises';
 import { writeFileSync } from 'node:fs';
 const session = new Session(); session.connect();
-const heap = process.env.PROF_HEAP === '1';
+const heap = ['1', 'live', 'promoted'].includes(process.env.PROF_HEAP ?? '');
+const live = process.env.PROF_HEAP === 'live';
+const promoted = process.env.PROF_HEAP === 'promoted';
 process.on('message', async (m) => {
   if (m === 'prof-start') {
     if (heap) {
       await session.post('HeapProfiler.enable');
-      await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+      await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: !live, includeObjectsCollectedByMinorGC: !live && !promoted });
     } else {
       await session.post('Profiler.enable'); await session.post('Profiler.setSamplingInterval', { interval: 250 }); await session.post('Profiler.start');
     }
     process.send('prof-ack');
   } else if (typeof m === 'string' && m.startsWith('prof-stop:')) {
     if (heap) {
+      if (live) await session.post('HeapProfiler.collectGarbage'); // what is still reachable, not garbage not yet collected
       const { profile } = await session.post('HeapProfiler.stopSampling');
       writeFileSync(m.slice(10), JSON.stringify(profile));
     } else {
@@ -63,7 +69,16 @@ async function ioCounts(pid: number): Promise<Record<string, number>> {
   const io = await readFile(`/proc/${pid}/io`, 'utf8');
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? 0);
-  return { syscr: field(io, 'syscr'), syscw: field(io, 'syscw'), ctxsw: field(status, 'voluntary_ctxt_switches') + field(status, 'nonvoluntary_ctxt_switches') };
+  const counts: Record<string, number> = { syscr: field(io, 'syscr'), syscw: field(io, 'syscw'), ctxsw: field(status, 'voluntary_ctxt_switches') + field(status, 'nonvoluntary_ctxt_switches') };
+  // CPU µs by thread name (the event loop is 'node'; V8's helpers, libuv's pool, isolated-vm's threads).
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const stat = await readFile(`/proc/${pid}/task/${task}/stat`, 'utf8').catch(() => '');
+    const name = /\((.*)\)/.exec(stat)?.[1] ?? '?';
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const us = (Number(fields[11]) + Number(fields[12])) * 1e4;
+    counts[`cpu µs ${name}`] = (counts[`cpu µs ${name}`] ?? 0) + us;
+  }
+  return counts;
 }
 const ask = (c: ChildProcess, m: string): Promise<unknown> => new Promise((r) => { c.once('message', r); c.send(m); });
 const moduleOf = (url: string, fn: string): string => {
@@ -84,10 +99,10 @@ for (let round = 0; round < rounds; round++) {
     const io0 = await ioCounts(s.child.pid!);
     const m = await measure(pki, { pid: s.child.pid!, port: s.port }, 100, messages, true);
     const io1 = await ioCounts(s.child.pid!);
-    for (const k of Object.keys(io1)) add(s.io, k, io1[k]! - io0[k]!);
+    for (const k of Object.keys(io1)) add(s.io, k, io1[k]! - (io0[k] ?? 0));
     await ask(s.child, `prof-stop:${file}`);
     s.msgs += m.messages; s.cpu += m.cpuUs * m.messages; s.main += m.mainUs * m.messages;
-    if (process.env.PROF_HEAP === '1') {
+    if (['1', 'live', 'promoted'].includes(process.env.PROF_HEAP ?? '')) {
       // Sampled allocations (collected ones included): bytes allocated per message by function and module.
       interface HeapNode { callFrame: Node['callFrame']; selfSize: number; children: HeapNode[] }
       const { head } = JSON.parse(await readFile(file, 'utf8')) as { head: HeapNode };
@@ -149,13 +164,13 @@ const table = (title: string, pick: (s: typeof a) => Map<string, number>, top: n
   const keys = new Set([...pick(a).keys(), ...pick(b).keys()]);
   const rows = [...keys].map((k) => { const x = (pick(a).get(k) ?? 0) / a.msgs, y = (pick(b).get(k) ?? 0) / b.msgs; return { k, x, y, d: y - x }; });
   const total = rows.reduce((t, r) => ({ x: t.x + r.x, y: t.y + r.y }), { x: 0, y: 0 });
-  console.log(`\n${title} (${process.env.PROF_HEAP === '1' ? 'bytes allocated' : 'µs'}/msg, event-loop thread)   A      B    B−A`);
+  console.log(`\n${title} (${process.env.PROF_HEAP === '1' ? 'bytes allocated' : process.env.PROF_HEAP === 'live' ? 'bytes still reachable' : process.env.PROF_HEAP === 'promoted' ? 'bytes that outlived a scavenge' : 'µs'}/msg, event-loop thread)   A      B    B−A`);
   for (const r of rows.sort((p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
   console.log(`${'total'.padEnd(92)} ${total.x.toFixed(1).padStart(6)} ${total.y.toFixed(1).padStart(6)} ${(total.y - total.x >= 0 ? '+' : '') + (total.y - total.x).toFixed(1)}`);
 };
 console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each (profiler on)`);
 console.log(`server CPU µs/msg: A ${(a.cpu / a.msgs).toFixed(0)}  B ${(b.cpu / b.msgs).toFixed(0)};  event-loop thread: A ${(a.main / a.msgs).toFixed(0)}  B ${(b.main / b.msgs).toFixed(0)}`);
-console.log(`per message: ${[...a.io.keys()].map((k) => `${k} A ${(a.io.get(k)! / a.msgs).toFixed(2)} B ${(b.io.get(k)! / b.msgs).toFixed(2)}`).join(';  ')}`);
+console.log(`per message: ${[...new Set([...a.io.keys(), ...b.io.keys()])].map((k) => `${k} A ${((a.io.get(k) ?? 0) / a.msgs).toFixed(2)} B ${((b.io.get(k) ?? 0) / b.msgs).toFixed(2)}`).join(';  ')}`);
 table('self time by module', (s) => s.self, 30);
 table('charged to the deepest engine/ folder', (s) => s.owner, 25);
 table('self time by function', (s) => s.fn, Number(process.env.PROF_TOP ?? 50));
