@@ -5,7 +5,8 @@
  * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
  * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
- * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree).
+ * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree);
+ * AB_CONFIG_EXTRA is YAML appended to both configurations (e.g. `sandbox: { fastPathMs: 50 }`).
  * More than two trees (e.g. commits along a history, to find where a cost came in): each is measured in every
  * round and compared with A like B is.
  */
@@ -40,7 +41,7 @@ for (const [i, tree] of trees.entries()) {
   const nodeArgs = process.env[`AB_NODE_ARGS_${names[i]}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
-  const started = await startServer(server, { configText: benchConfig(dir, port, pki), baseDir: dir, workers }, false, nodeArgs);
+  const started = await startServer(server, { configText: benchConfig(dir, port, pki) + (process.env.AB_CONFIG_EXTRA ? `${process.env.AB_CONFIG_EXTRA}\n` : ''), baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: names[i]! });
 }
 // Warm both (JIT, isolates) before anything counts.
