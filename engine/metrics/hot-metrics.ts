@@ -1,67 +1,123 @@
 /**
- * Metrics updated on every script call, kept in plain arrays and maps and handed to prom-client's registry
- * as metric objects of its shape (get() → name, help, type, values): prom-client hashes the label set on
- * every update, which cost ~5 µs per message for three calls (profile); here an update is a map lookup
- * and an array increment. Scraping and cross-process aggregation see them like any other metric.
+ * Metrics updated on every script call or message, kept in plain maps and arrays and handed to prom-client's
+ * registry as metric objects of its shape (get() → name, help, type, values): prom-client hashes the label set
+ * on every update (a labelled child too), which cost ~5 µs per message for three calls (profile); here an
+ * update is a map lookup per label (no key string is built) and an increment. Scraping and cross-process
+ * aggregation see them like any other metric.
  */
 
 interface Sample { labels: Record<string, string | number>; value: number; metricName?: string }
 interface MetricJson { name: string; help: string; type: 'counter' | 'histogram'; values: Sample[]; aggregator: 'sum' }
 
-/** A counter over a fixed list of labels. */
+/** A label value; numbers (e.g. a generation serial) are shown as their decimal text. */
+type LabelValue = string | number;
+
+/** The series of a metric by label values, one map per label: finding one builds no key. */
+class SeriesIndex<S> {
+  readonly #make: () => S;
+  #root = new Map<LabelValue, unknown>();
+  #all: Array<{ values: readonly LabelValue[]; series: S }> = [];
+
+  /** `make`: a new series, the first time its label values are seen. */
+  constructor(make: () => S) {
+    this.#make = make;
+  }
+
+  find(values: readonly LabelValue[]): S {
+    let node = this.#root;
+    const last = values.length - 1;
+    for (let i = 0; i < last; i++) {
+      let next = node.get(values[i]!) as Map<LabelValue, unknown> | undefined;
+      if (next === undefined) node.set(values[i]!, next = new Map());
+      node = next;
+    }
+    const key = last >= 0 ? values[last]! : '';
+    return (node.get(key) as S | undefined) ?? this.#add(node, key, values);
+  }
+
+  /** The series of a metric with one label (or none: value ''), without an array of values. */
+  one(value: LabelValue): S {
+    return (this.#root.get(value) as S | undefined) ?? this.#add(this.#root, value, [value]);
+  }
+
+  #add(node: Map<LabelValue, unknown>, key: LabelValue, values: readonly LabelValue[]): S {
+    const series = this.#make();
+    node.set(key, series);
+    this.#all.push({ values: [...values], series });
+    return series;
+  }
+
+  get entries(): ReadonlyArray<{ values: readonly LabelValue[]; series: S }> { return this.#all; }
+
+  clear(): void {
+    this.#root = new Map();
+    this.#all = [];
+  }
+}
+
+/** A counter over a fixed list of labels (none: one series). */
 export class HotCounter {
   readonly name: string;
   readonly help: string;
   readonly aggregator = 'sum' as const;
   readonly #labelNames: readonly string[];
-  readonly #series = new Map<string, { values: readonly string[]; value: number }>();
+  readonly #series = new SeriesIndex(() => ({ value: 0 }));
 
-  constructor(name: string, help: string, labelNames: readonly string[]) {
+  constructor(name: string, help: string, labelNames: readonly string[] = []) {
     this.name = name;
     this.help = help;
     this.#labelNames = labelNames;
+    this.reset();
   }
 
-  inc(...values: string[]): void {
-    const key = values.join('\0');
-    const s = this.#series.get(key);
-    if (s) s.value++;
-    else this.#series.set(key, { values, value: 1 });
+  inc(...values: LabelValue[]): void {
+    this.#series.find(values).value++;
+  }
+
+  /** Add `amount` (≥ 0) to the series of `values`. */
+  add(amount: number, ...values: LabelValue[]): void {
+    this.#series.find(values).value += amount;
   }
 
   get(): MetricJson {
     return {
       name: this.name, help: this.help, type: 'counter', aggregator: this.aggregator,
-      values: [...this.#series.values()].map((s) => ({ labels: this.#labels(s.values), value: s.value })),
+      values: this.#series.entries.map((s) => ({ labels: this.#labels(s.values), value: s.series.value })),
     };
   }
 
-  reset(): void { this.#series.clear(); }
+  /** An unlabelled counter shows 0 before its first update, as prom-client's do. */
+  reset(): void {
+    this.#series.clear();
+    if (this.#labelNames.length === 0) this.add(0);
+  }
 
-  #labels(values: readonly string[]): Record<string, string> {
-    return Object.fromEntries(this.#labelNames.map((n, i) => [n, values[i]!]));
+  #labels(values: readonly LabelValue[]): Record<string, string> {
+    return Object.fromEntries(this.#labelNames.map((n, i) => [n, String(values[i]!)]));
   }
 }
 
-/** A histogram with one label. */
+/** A histogram with one label, or none (label null). */
 export class HotHistogram {
   readonly name: string;
   readonly help: string;
   readonly aggregator = 'sum' as const;
-  readonly #label: string;
+  readonly #label: string | null;
   readonly #bounds: readonly number[];
-  readonly #series = new Map<string, { counts: Float64Array; sum: number; count: number }>();
+  readonly #series: SeriesIndex<{ counts: Float64Array; sum: number; count: number }>;
 
-  constructor(name: string, help: string, label: string, bounds: readonly number[]) {
+  constructor(name: string, help: string, label: string | null, bounds: readonly number[]) {
     this.name = name;
     this.help = help;
     this.#label = label;
     this.#bounds = bounds;
+    this.#series = new SeriesIndex(() => ({ counts: new Float64Array(bounds.length + 1), sum: 0, count: 0 }));
+    this.reset();
   }
 
-  observe(labelValue: string, value: number): void {
-    let s = this.#series.get(labelValue);
-    if (!s) this.#series.set(labelValue, s = { counts: new Float64Array(this.#bounds.length + 1), sum: 0, count: 0 });
+  /** Observe `value`; `labelValue` only for a histogram with a label. */
+  observe(value: number, labelValue?: string): void {
+    const s = this.#series.one(labelValue ?? '');
     let i = 0;
     while (i < this.#bounds.length && value > this.#bounds[i]!) i++;
     s.counts[i]!++;
@@ -71,17 +127,22 @@ export class HotHistogram {
 
   get(): MetricJson {
     const values: Sample[] = [];
-    for (const [labelValue, s] of this.#series) {
+    for (const { values: labelValues, series: s } of this.#series.entries) {
+      const labels: Record<string, string> = this.#label === null ? {} : { [this.#label]: String(labelValues[0]) };
       let cumulative = 0;
       for (let i = 0; i <= this.#bounds.length; i++) {
         cumulative += s.counts[i]!;
-        values.push({ labels: { le: i < this.#bounds.length ? this.#bounds[i]! : '+Inf', [this.#label]: labelValue }, value: cumulative, metricName: `${this.name}_bucket` });
+        values.push({ labels: { le: i < this.#bounds.length ? this.#bounds[i]! : '+Inf', ...labels }, value: cumulative, metricName: `${this.name}_bucket` });
       }
-      values.push({ labels: { [this.#label]: labelValue }, value: s.sum, metricName: `${this.name}_sum` });
-      values.push({ labels: { [this.#label]: labelValue }, value: s.count, metricName: `${this.name}_count` });
+      values.push({ labels, value: s.sum, metricName: `${this.name}_sum` });
+      values.push({ labels, value: s.count, metricName: `${this.name}_count` });
     }
     return { name: this.name, help: this.help, type: 'histogram', aggregator: this.aggregator, values };
   }
 
-  reset(): void { this.#series.clear(); }
+  /** An unlabelled histogram shows its zero buckets before its first observation, as prom-client's do. */
+  reset(): void {
+    this.#series.clear();
+    if (this.#label === null) this.#series.one('');
+  }
 }

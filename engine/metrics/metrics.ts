@@ -55,17 +55,9 @@ export const metrics = {
     name: 'postern_smtp_refusals_total', help: 'Commands refused or deferred (4xx/5xx), by stage and reply class',
     labelNames: ['stage', 'class'] as const, registers: [registry],
   }),
-  messagesAccepted: new Counter({
-    name: 'postern_messages_accepted_total', help: 'Messages acknowledged with 250 after DATA (committed to the spool), by listener',
-    labelNames: ['listener'] as const, registers: [registry],
-  }),
-  messageBytes: new Counter({
-    name: 'postern_message_bytes_total', help: 'Bytes of messages accepted', registers: [registry],
-  }),
-  spoolCommit: new Histogram({
-    name: 'postern_spool_commit_duration_seconds', help: 'Time from the end of DATA until the message was durably in the spool',
-    buckets: SPOOL_BUCKETS, registers: [registry],
-  }),
+  messagesAccepted: new HotCounter('postern_messages_accepted_total', 'Messages acknowledged with 250 after DATA (committed to the spool), by listener', ['listener']),
+  messageBytes: new HotCounter('postern_message_bytes_total', 'Bytes of messages accepted'),
+  spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
   queueMessages: new Gauge({
     name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced)', registers: [registry],
     aggregator: 'max', // across processes: only the queue process knows it
@@ -111,36 +103,23 @@ export const metrics = {
   }),
 };
 
-for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
+for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures, metrics.messagesAccepted, metrics.messageBytes, metrics.spoolCommit]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
 
-/** Seconds since `start` (a process.hrtime.bigint() reading). */
-export function secondsSince(start: bigint): number {
-  return Number(process.hrtime.bigint() - start) / 1e9;
-}
-
-/**
- * A labelled child of a metric, made once per label set (the labels are not looked up again by name).
- */
-const children = new WeakMap<object, Map<string, unknown>>();
-function child<C>(metric: { labels(...values: string[]): C }, values: string[]): C {
-  let map = children.get(metric) as Map<string, C> | undefined;
-  if (!map) children.set(metric, map = new Map<string, C>());
-  const key = values.join('\0');
-  let c = map.get(key);
-  if (c === undefined) map.set(key, c = metric.labels(...values));
-  return c;
+/** Seconds since `startMs` (a performance.now() reading: a number, where an hrtime bigint is an allocation). */
+export function secondsSince(startMs: number): number {
+  return (performance.now() - startMs) / 1000;
 }
 
 /** One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed). */
 export function scriptCalled(hook: string, generation: number, seconds: number, verdict: string, failureKind?: string, source = 'smtp'): void {
-  metrics.scriptDuration.observe(hook, seconds);
-  metrics.verdicts.inc(hook, verdict, String(generation), source);
+  metrics.scriptDuration.observe(seconds, hook);
+  metrics.verdicts.inc(hook, verdict, generation, source);
   if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
 }
 
 /** A message acknowledged after DATA. */
 export function messageAccepted(listener: string, bytes: number, commitSeconds: number): void {
   metrics.spoolCommit.observe(commitSeconds);
-  child(metrics.messagesAccepted, [listener]).inc();
-  metrics.messageBytes.inc(bytes);
+  metrics.messagesAccepted.inc(listener);
+  metrics.messageBytes.add(bytes);
 }

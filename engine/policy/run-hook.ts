@@ -19,7 +19,7 @@ export async function runHook(
 ): Promise<Verdict | PredeliveryVerdict | undefined> {
   const sandbox = generation.sandboxFor(listener);
   if (!sandbox.has(hook)) return undefined;
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   try {
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
     const seconds = secondsSince(start);

@@ -13,7 +13,7 @@ import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
-import { NeverSettled, abandon, cpuTime, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
+import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
@@ -54,23 +54,45 @@ export interface SharedConnection { key?: string; connection: object; certificat
  * lookup of every character on every call. A name stays bound to its key until the isolate forgets
  * everything, and is never given out again.
  */
+/**
+ * CPU time of this thread so far (µs). The fast path runs on the calling thread, so what a stopped attempt
+ * used of it is the attempt's CPU time (fast-path-policy.ts): isolated-vm's isolate.cpuTime would be wall
+ * time (its build leaves USE_CLOCK_THREAD_CPUTIME_ID off), in which a thread the machine descheduled for
+ * 50 ms in a trivial script "held the event loop" and moved its hook off the fast path for a minute (seen
+ * in bench runs on the loaded 2-core machine).
+ */
+function threadCpuMicros(): number {
+  const used = process.threadCpuUsage();
+  return used.user + used.system;
+}
+
+/** With a certificate key the certificate crosses apart (or not at all), never inside the connection. */
+function connectionWithoutCertificate(shared: SharedConnection): object {
+  return shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null };
+}
+
+/** What KeptKeys.need() answers (shared, never changed: a call costs no allocation). */
+const SEND_NOTHING = Object.freeze({ send: false, forget: false });
+const SEND = Object.freeze({ send: true, forget: false });
+const FORGET_AND_SEND = Object.freeze({ send: true, forget: true });
+
 class KeptKeys {
   readonly #keys = new Set<string>();
   readonly #names = new Map<string, string>();
   #nextName = 0;
   #forgetNext = false;
   /** Whether the value must be sent, and whether the isolate must forget everything first. */
-  need(key: string): { send: boolean; forget: boolean } {
+  need(key: string): { readonly send: boolean; readonly forget: boolean } {
     if (this.#forgetNext) {
       this.#forgetNext = false;
       this.#clear();
-      return { send: true, forget: true };
+      return FORGET_AND_SEND;
     }
-    if (this.#keys.has(key)) return { send: false, forget: false };
+    if (this.#keys.has(key)) return SEND_NOTHING;
     // Names of keys never kept (their calls failed) count too, so that neither map grows without bound.
-    if (this.#keys.size < KEPT_VALUES && this.#names.size < 4 * KEPT_VALUES) return { send: true, forget: false };
+    if (this.#keys.size < KEPT_VALUES && this.#names.size < 4 * KEPT_VALUES) return SEND;
     this.#clear();
-    return { send: true, forget: true };
+    return FORGET_AND_SEND;
   }
   /** The name the isolate knows `key` by (call after need(), which may have made it forget them all). */
   name(key: string): string {
@@ -267,15 +289,12 @@ export class IsolateSlot {
   /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
   #tail(shared: SharedConnection | undefined): KeptTail {
     if (!shared) return [undefined, undefined, false, undefined, undefined, false];
-    const connection = shared.key === undefined ? { send: true, forget: false } : this.#keptConnections.need(shared.key);
-    let certificate = { send: false, forget: false };
+    const connection = shared.key === undefined ? SEND : this.#keptConnections.need(shared.key);
     // The certificate only matters when the connection itself crosses.
-    if (connection.send && shared.certificateKey !== undefined) certificate = this.#keptCertificates.need(shared.certificateKey);
-    // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
-    const withoutCertificate = (): object => (shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null });
+    const certificate = connection.send && shared.certificateKey !== undefined ? this.#keptCertificates.need(shared.certificateKey) : SEND_NOTHING;
     const certificateName = connection.send && shared.certificateKey !== undefined ? this.#keptCertificates.name(shared.certificateKey) : undefined;
     return [
-      shared.key === undefined ? undefined : this.#keptConnections.name(shared.key), connection.send ? withoutCertificate() : undefined, connection.forget,
+      shared.key === undefined ? undefined : this.#keptConnections.name(shared.key), connection.send ? connectionWithoutCertificate(shared) : undefined, connection.forget,
       certificateName, certificate.send ? shared.certificate : undefined, certificate.forget,
     ];
   }
@@ -314,12 +333,12 @@ export class IsolateSlot {
     let stopped = false;
     let hooks = 0;
     for (const c of calls) hooks |= hookBit(c.hook);
-    const cpuBefore = cpuTime(this.#isolate);
+    const cpuBefore = threadCpuMicros();
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
       entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false, tag], { timeout: fastPathMs }));
     } catch (e) {
-      this.#stoppedCpuMs = this.#cpuMsSince(cpuBefore);
+      this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
@@ -647,10 +666,6 @@ export class IsolateSlot {
     throw new ScriptFailure('error', hook, file, at?.line ?? null, at?.column ?? null, name ? `${name}: ${message}` : message);
   }
 
-  #cpuMsSince(before: bigint): number {
-    const now = cpuTime(this.#isolate);
-    return now > before ? Number(now - before) / 1e6 : 0;
-  }
 
   dispose(): void {
     this.#disposedByUs = true;

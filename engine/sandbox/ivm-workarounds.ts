@@ -69,11 +69,3 @@ export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise
   }
 }
 
-/** The isolate's CPU time (ns), or 0n once it is gone (the getter throws then). */
-export function cpuTime(isolate: ivm.Isolate): bigint {
-  try {
-    return isolate.cpuTime;
-  } catch {
-    return 0n;
-  }
-}

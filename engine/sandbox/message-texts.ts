@@ -3,7 +3,7 @@
  * length of the hook's call and closes it after; the script's context carries only an unguessable token,
  * so nothing is copied into the sandbox unless the script asks, and a script can reach no other message.
  */
-import { randomUUID } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 /** Most bytes one text() call copies into the sandbox. */
 export const MAX_MESSAGE_TEXT_BYTES = 1024 * 1024;
@@ -15,9 +15,27 @@ export type BodyReader = (maxBytes: number) => Buffer;
 
 const open = new Map<string, BodyReader>();
 
+/**
+ * Tokens are 128 random bits from a pool refilled by the CSPRNG, as randomUUID() does, but encoded in one
+ * step: randomUUID()'s string building allocated 0.6 KB per message (heap profile of bench (a)).
+ */
+const TOKEN_BYTES = 16;
+const pool = Buffer.alloc(TOKEN_BYTES * 128);
+let poolAt = pool.length;
+
+function newToken(): string {
+  if (poolAt === pool.length) {
+    randomFillSync(pool);
+    poolAt = 0;
+  }
+  const token = pool.toString('base64url', poolAt, poolAt + TOKEN_BYTES);
+  poolAt += TOKEN_BYTES;
+  return token;
+}
+
 /** Make a body readable by scripts until close(token). */
 export function openMessageText(reader: BodyReader): string {
-  const token = randomUUID();
+  const token = newToken();
   open.set(token, reader);
   return token;
 }

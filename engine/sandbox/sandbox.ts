@@ -108,6 +108,20 @@ const MAX_BATCH = 32;
 
 const REBUILD_RETRY_MS = 1000;
 
+interface CertificateFacts { fingerprint: { sha256: string }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown }
+/** Keys of certificate objects seen (a session's certificate object is passed to each of its calls, unchanged). */
+const certificateKeys = new WeakMap<object, string>();
+
+/** The key a client certificate is kept under in an isolate. The chain verdict depends on the listener's CA, so it is part of the key. */
+function certificateKey(cert: CertificateFacts): string {
+  let key = certificateKeys.get(cert);
+  if (key === undefined) {
+    key = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
+    certificateKeys.set(cert, key);
+  }
+  return key;
+}
+
 function positiveInteger(name: string, value: number, min: number): number {
   if (!Number.isInteger(value) || value < min) throw new RangeError(`sandbox ${name} must be an integer ≥ ${min}, got ${value}`);
   return value;
@@ -239,8 +253,7 @@ export class Sandbox {
       const cert = connection.clientCertificate as { fingerprint?: { sha256?: unknown }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown } | null | undefined;
       if (cert && typeof cert.fingerprint?.sha256 === 'string') {
         shared.certificate = cert;
-        // The chain verdict depends on the listener's CA, so it is part of the key.
-        shared.certificateKey = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
+        shared.certificateKey = certificateKey(cert as CertificateFacts);
       }
     }
     return new Promise((resolve, reject) => {

@@ -34,34 +34,39 @@ export function startShadowing(logger: Logger, isolates: () => number, onSettled
   const log = logger.child({ component: 'shadow' });
   const inFlight = new Map<Sandbox, number>();
   return observeHookCalls((call) => {
+    // Most calls have no shadow: this returns before anything is made for the shadow call (perf: bench:ab).
     const sandbox = call.generation.shadowSandboxFor(call.listener);
-    if (!sandbox || !call.listener) return;
-    const listener = call.listener.name ?? '';
-    const live = verdictLabel(call.verdict);
-    const settle = (result: ShadowResult, shadow: string | null): void => {
-      metrics.shadowCalls.inc({ listener, hook: call.hook, result });
-      onSettled?.({ listener, hook: call.hook, connectionId: call.connectionId, result, live, shadow });
-    };
-    const busy = inFlight.get(sandbox) ?? 0;
-    if (busy >= IN_FLIGHT_PER_ISOLATE * isolates()) return settle('skipped', null);
-    inFlight.set(sandbox, busy + 1);
-    metrics.shadowInFlight.inc();
-    const body = bodyForShadow(sandbox, call);
-    // After the live reply is on its way: the caller resumes (and writes its reply) before the shadow starts.
-    void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, body ? { ...call, ctx: body.ctx } : call)).then(({ label, failure }) => {
-      if (failure) {
-        log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: failure.message }, `shadow script ${call.hook} failed (not fatal)`);
-        return settle('error', label);
-      }
-      if (label === live) return settle('same', label);
-      log.info({ cid: call.connectionId, listener, hook: call.hook, live, shadow: label }, `shadow verdict differs: ${call.hook} live ${live}, shadow ${label}`);
-      settle('different', label);
-    }).finally(() => {
-      body?.close();
-      const left = (inFlight.get(sandbox) ?? 1) - 1;
-      if (left > 0) inFlight.set(sandbox, left); else inFlight.delete(sandbox);
-      metrics.shadowInFlight.dec();
-    });
+    if (sandbox && call.listener) shadowCall(sandbox, call, log, inFlight, isolates, onSettled);
+  });
+}
+
+/** Run `call` on the shadow `sandbox`, off the caller's path, and count and log how it compares. */
+function shadowCall(sandbox: Sandbox, call: HookCall, log: Logger, inFlight: Map<Sandbox, number>, isolates: () => number, onSettled?: (e: ShadowEvent) => void): void {
+  const listener = call.listener?.name ?? '';
+  const live = verdictLabel(call.verdict);
+  const settle = (result: ShadowResult, shadow: string | null): void => {
+    metrics.shadowCalls.inc({ listener, hook: call.hook, result });
+    onSettled?.({ listener, hook: call.hook, connectionId: call.connectionId, result, live, shadow });
+  };
+  const busy = inFlight.get(sandbox) ?? 0;
+  if (busy >= IN_FLIGHT_PER_ISOLATE * isolates()) return settle('skipped', null);
+  inFlight.set(sandbox, busy + 1);
+  metrics.shadowInFlight.inc();
+  const body = bodyForShadow(sandbox, call);
+  // After the live reply is on its way: the caller resumes (and writes its reply) before the shadow starts.
+  void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, body ? { ...call, ctx: body.ctx } : call)).then(({ label, failure }) => {
+    if (failure) {
+      log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: failure.message }, `shadow script ${call.hook} failed (not fatal)`);
+      return settle('error', label);
+    }
+    if (label === live) return settle('same', label);
+    log.info({ cid: call.connectionId, listener, hook: call.hook, live, shadow: label }, `shadow verdict differs: ${call.hook} live ${live}, shadow ${label}`);
+    settle('different', label);
+  }).finally(() => {
+    body?.close();
+    const left = (inFlight.get(sandbox) ?? 1) - 1;
+    if (left > 0) inFlight.set(sandbox, left); else inFlight.delete(sandbox);
+    metrics.shadowInFlight.dec();
   });
 }
 

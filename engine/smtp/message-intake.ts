@@ -80,7 +80,7 @@ export async function receiveMessage(
       errors: [],
     };
     if (spoolIsFull(runtime)) throw reply('storageFull');
-    const commitStart = process.hrtime.bigint();
+    const commitStart = performance.now();
     await writer.commit(envelope, replace);
     committed = true;
     messageAccepted(st.listener.name, writer.bytes, secondsSince(commitStart));

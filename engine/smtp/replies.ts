@@ -91,11 +91,15 @@ export function reply<N extends ReplyName>(
   name: N, ...[values, override]: [ValuesOf<N>] extends [never] ? [values?: Record<string, never>, override?: ReplyOverride] : [values: Record<ValuesOf<N>, string>, override?: ReplyOverride]
 ): SmtpReply {
   const spec: ReplySpec = REPLIES[name];
-  const fill = (template: string): string =>
-    (template.includes('{') ? template.replace(/\{(\w+)\}/g, (_, key: string) => (values as Record<string, string> | undefined)?.[key] ?? '') : template);
-  return new SmtpReply(override?.code ?? spec.code, override?.enhanced ?? spec.enhanced, override?.text ?? fill(spec.text), {
-    disconnect: override?.disconnect, reason: spec.reason === undefined ? undefined : fill(spec.reason),
+  const filled = values as Record<string, string> | undefined;
+  return new SmtpReply(override?.code ?? spec.code, override?.enhanced ?? spec.enhanced, override?.text ?? fill(spec.text, filled), {
+    disconnect: override?.disconnect, reason: spec.reason === undefined ? undefined : fill(spec.reason, filled),
   });
+}
+
+/** A template with each `{name}` replaced by its value ('' when none). */
+function fill(template: string, values: Record<string, string> | undefined): string {
+  return template.includes('{') ? template.replace(/\{(\w+)\}/g, (_, key: string) => values?.[key] ?? '') : template;
 }
 
 /** How docs/scripts.md shows an entry: `<code> <enhanced> <text>`, each `{name}` as `<name>`. */

@@ -34,10 +34,16 @@ export class SmtpReply extends Error {
   get refuses(): boolean { return this.responseCode >= 400; }
 }
 
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTERS = /[\x00-\x1f\x7f]+/g;
+
 /** Reply text must never contain a line break or control character (response splitting). */
 export function sanitizeReplyText(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\x00-\x1f\x7f]+/g, ' ').slice(0, 400);
+  // Most texts are clean and short: checked first, they are returned as they are (no copy).
+  const clean = CONTROL_CHARACTER.test(text) ? text.replace(CONTROL_CHARACTERS, ' ') : text;
+  return clean.length > 400 ? clean.slice(0, 400) : clean;
 }
 
 /** A reply line's text already carries an enhanced status code. */

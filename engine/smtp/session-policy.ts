@@ -265,8 +265,10 @@ export class SessionPolicy {
     this.#adoptCurrentGeneration(conn);
     const withdrawn = this.#certificateWithdrawn(conn);
     if (withdrawn) return withdrawn;
-    const limited = await this.#messagesPerIdentity(conn);
-    if (limited) return limited;
+    if (st.listener.limits.messagesPerIdentity) { // no promise to wait for without the limit (perf)
+      const limited = await this.#messagesPerIdentity(conn);
+      if (limited) return limited;
+    }
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);
     const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));

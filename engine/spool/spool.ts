@@ -286,7 +286,8 @@ export class SpoolWriter {
   /** Only for a message that goes to a file of its own. */
   #hash: Hash | null = null;
   #fd: number | null = null;
-  #part: string;
+  /** The message's own file in incoming/, named on first use: most messages go to the journal and never have one. */
+  #part: string | null = null;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   #bytes = 0;
@@ -298,10 +299,11 @@ export class SpoolWriter {
     this.#spool = spool;
     this.#dirSync = dirSync;
     this.#journal = journal;
-    this.#part = join(spool.incomingDir, `${id}.part`);
   }
 
   get bytes(): number { return this.#bytes; }
+
+  get #partFile(): string { return this.#part ??= join(this.#spool.incomingDir, `${this.id}.part`); }
 
   write(chunk: Buffer): void {
     this.#bytes += chunk.length;
@@ -321,7 +323,7 @@ export class SpoolWriter {
       const n = Math.min(end, this.#flushed) - at;
       for (let off = 0; off < n;) {
         const got = readSync(this.#fd!, out, off, n - off, at + off);
-        if (got === 0) throw new Error(`${this.#part}: shorter than written`);
+        if (got === 0) throw new Error(`${this.#partFile}: shorter than written`);
         off += got;
       }
       at += n;
@@ -360,7 +362,7 @@ export class SpoolWriter {
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
-    await rename(this.#part, this.#spool.messagePath(this.id)); // on the pool: it waits for the queue directory
+    await rename(this.#partFile, this.#spool.messagePath(this.id)); // on the pool: it waits for the queue directory
     await this.#dirSync.sync();
   }
 
@@ -370,7 +372,7 @@ export class SpoolWriter {
     if (this.#fd === null) return;
     closeSync(this.#fd);
     this.#fd = null;
-    try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
+    try { unlinkSync(this.#partFile); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
 
   /** Replace a range of a message that is all in memory. */
@@ -385,7 +387,7 @@ export class SpoolWriter {
   /** Replace a range of a message that has a file of its own: a new file, written in order, takes its place. */
   async #rewrite(at: number, length: number, bytes: Buffer): Promise<void> {
     this.#flush();
-    const old = { fd: this.#fd!, part: this.#part, bytes: this.#bytes };
+    const old = { fd: this.#fd!, part: this.#partFile, bytes: this.#bytes };
     const part = join(this.#spool.incomingDir, `${this.id}.edited.part`);
     const fd = openSync(part, 'wx+', 0o600);
     const hash = createHash('sha256');
@@ -413,7 +415,7 @@ export class SpoolWriter {
 
   /** Write what is pending to the message's file (opened, and its hash started, on the first flush). */
   #flush(): void {
-    this.#fd ??= openSync(this.#part, 'wx+', 0o600); // read too: read() and #rewrite() read it back
+    this.#fd ??= openSync(this.#partFile, 'wx+', 0o600); // read too: read() and #rewrite() read it back
     this.#hash ??= createHash('sha256');
     const buffers = this.#pending;
     this.#pending = [];

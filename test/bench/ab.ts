@@ -1,13 +1,16 @@
 /**
- * `npm run bench:ab -- <treeA> <treeB>`: benchmark (a) (or (b) with AB_SCRIPTS=0) served by two source trees
+ * `npm run bench:ab -- <treeA> <treeB> [<treeC>…]`: benchmark (a) (or (b) with AB_SCRIPTS=0) served by two source trees
  * side by side — e.g. a `git worktree` of main and your change — with load rounds interleaved A, B, A, B…
  * On a shared VM one run's rate drifts ±20% with the host; two servers measured in the same minutes drift
  * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
  * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
- * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree).
+ * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree);
  * AB_RATE=redis (or memory) adds an `await rate()` to the mailfrom script, with a Redis store (one
- * redis-server started here, a key prefix per tree) or the memory store: what a store change costs.
+ * redis-server started here, a key prefix per tree) or the memory store: what a store change costs;
+ * AB_CONFIG_EXTRA is YAML appended to every configuration (e.g. `sandbox: { fastPathMs: 50 }`).
+ * More than two trees (e.g. commits along a history, to find where a cost came in): each is measured in every
+ * round and compared with A like B is.
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -18,9 +21,9 @@ import { startRedis } from '../helpers/redis-server.ts';
 import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
 import { load, measure, median, startServer, type Measured } from './measure.ts';
 
-const trees = process.argv.slice(2, 4).map((t) => resolve(t));
-if (trees.length !== 2 || trees.some((t) => !existsSync(join(t, 'test/bench/postern-server.ts')))) {
-  console.error('usage: npm run bench:ab -- <treeA> <treeB>   (each a Postern source tree with node_modules)');
+const trees = process.argv.slice(2).map((t) => resolve(t));
+if (trees.length < 2 || trees.some((t) => !existsSync(join(t, 'test/bench/postern-server.ts')))) {
+  console.error('usage: npm run bench:ab -- <treeA> <treeB> [<treeC>…]   (each a Postern source tree with node_modules)');
   process.exit(2);
 }
 const rounds = Number(process.env.AB_ROUNDS ?? 6);
@@ -33,6 +36,7 @@ const redis = withRate === 'redis' ? await startRedis() : null;
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
+const names = trees.map((_, i) => String.fromCharCode(65 + i));
 const servers: Array<{ name: string; port: number; pid: number; stop: () => void }> = [];
 // Servers (and Redis) are stopped however the run ends (a failed load would leave them running otherwise).
 process.on('exit', () => { for (const s of servers) s.stop(); if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
@@ -42,13 +46,14 @@ for (const [i, tree] of trees.entries()) {
   if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), withRate && f === 'mailfrom.ts' ? RATE_MAILFROM : text);
   await writeFile(join(dir, 'senders'), 'example.org blocked\n');
   const port = benchPort();
-  const nodeArgs = process.env[`AB_NODE_ARGS_${i === 0 ? 'A' : 'B'}`]?.split(' ').filter(Boolean);
+  const nodeArgs = process.env[`AB_NODE_ARGS_${names[i]}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
   // With rate(): time limits raised (script 2 s, Redis 1 s) so a loaded machine measures cost, not timeouts.
   const store = (withRate ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
-  const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store, baseDir: dir, workers }, false, nodeArgs);
-  servers.push({ ...started, port, name: i === 0 ? 'A' : 'B' });
+  const extra = process.env.AB_CONFIG_EXTRA ? `${process.env.AB_CONFIG_EXTRA}\n` : '';
+  const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store + extra, baseDir: dir, workers }, false, nodeArgs);
+  servers.push({ ...started, port, name: names[i]! });
 }
 // Warm both (JIT, isolates) before anything counts; a Redis store connects in the background, refusing until then.
 for (const s of servers) {
@@ -66,23 +71,29 @@ for (const s of servers) {
 const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
-const ratios = { rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] };
-console.log(`A = ${trees[0]} ${process.env.AB_NODE_ARGS_A ?? ''}\nB = ${trees[1]} ${process.env.AB_NODE_ARGS_B ?? ''}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, 100 per connection\n`);
+const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] }));
+console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, 100 per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();
   const got = new Map<string, Measured>();
   for (const s of order) got.set(s.name, await measure(pki, s, 100, messages, true));
-  const [a, b] = [got.get('A')!, got.get('B')!];
+  const a = got.get('A')!;
   console.log(show('A', a));
-  console.log(show('B', b));
-  ratios.rate.push(b.rate / a.rate);
-  ratios.mainUs.push(b.mainUs / a.mainUs);
-  ratios.cpuUs.push(b.cpuUs / a.cpuUs);
-  console.log(`  B/A: rate ${(b.rate / a.rate).toFixed(3)}  event loop µs/msg ${(b.mainUs / a.mainUs).toFixed(3)}  server µs/msg ${(b.cpuUs / a.cpuUs).toFixed(3)}`);
+  for (const [i, name] of names.slice(1).entries()) {
+    const b = got.get(name)!;
+    console.log(show(name, b));
+    ratios[i]!.rate.push(b.rate / a.rate);
+    ratios[i]!.mainUs.push(b.mainUs / a.mainUs);
+    ratios[i]!.cpuUs.push(b.cpuUs / a.cpuUs);
+    console.log(`  ${name}/A: rate ${(b.rate / a.rate).toFixed(3)}  event loop µs/msg ${(b.mainUs / a.mainUs).toFixed(3)}  server µs/msg ${(b.cpuUs / a.cpuUs).toFixed(3)}`);
+  }
 }
 for (const s of servers) s.stop();
 await redis?.stop();
 await rm(work, { recursive: true, force: true });
 const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
-console.log(`\nB/A over ${rounds} rounds: rate ${fmt(ratios.rate)}; event loop µs/msg ${fmt(ratios.mainUs)}; server µs/msg ${fmt(ratios.cpuUs)}`);
+for (const [i, name] of names.slice(1).entries()) {
+  const r = ratios[i]!;
+  console.log(`${i === 0 ? '\n' : ''}${name}/A over ${rounds} rounds: rate ${fmt(r.rate)}; event loop µs/msg ${fmt(r.mainUs)}; server µs/msg ${fmt(r.cpuUs)}`);
+}
