@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 
 let pki: TestPki;
 let server: TestServer;
@@ -27,7 +28,8 @@ listeners:
 `,
     scripts: {
       'mailfrom.ts': `export default (ctx) => { const c = ctx.connection.clientCertificate;
-        if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 }); };`,
+        if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 });
+        if (ctx.address.localPart === 'names') return reject(c ? [c.subject.CN.length, c.subject.O.length, c.san.dns.length, c.san.email.length].join(' ') : 'none', { code: 550 }); };`,
     },
   });
 });
@@ -99,6 +101,25 @@ test('the Received header records the client certificate the way Postfix does', 
   assert.match(msg, /\r\n\t\(Client CN "eve", Issuer "eve" \(not verified\)\)\r\n/);
   assert.match(msg, /with ESMTPS id /);
   await c.quit();
+});
+
+test('a certificate with hostile names (8 KB CN, control characters, 2000 SANs): a verdict, the full names for scripts, a Received header within 998 characters per line', async () => {
+  const hostile = await createSelfSignedCertificate({
+    commonName: `eve\x00\r\nX-Injected: yes ${'A'.repeat(8_000)}`, organization: 'O'.repeat(4_000), keyType: 'ecdsa',
+    dnsNames: Array.from({ length: 1000 }, (_, i) => `h${i}.example.com`), sanEmails: Array.from({ length: 1000 }, (_, i) => `u${i}@example.com`),
+  });
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ name: 'laptop.example', starttls: { ca, cert: hostile.cert, key: hostile.key } });
+  assert.equal((await c.command('MAIL FROM:<verdict@x.example>')).text, '550 5.7.1 false self-signed');
+  assert.equal((await c.command('MAIL FROM:<names@x.example>')).text, `550 5.7.1 ${8_000 + 22} 4000 1000 1000`);
+  const r = await c.sendMail('a@x.example', ['bob@example.com']);
+  assert.equal(r.code, 250, r.text);
+  await c.quit();
+  const msg = (await server.runtime.spool.readMessage(/queued as (\S+)/.exec(r.text)![1]!)).toString('utf8');
+  const head = msg.slice(0, msg.indexOf('\r\n\r\n'));
+  for (const line of head.split('\r\n')) assert.ok(line.length <= 998, `a header line of ${line.length} characters`);
+  assert.match(head, /\r\n\t\(Client CN "eve\?\?\?X-Injected: yes A{42}\.\.\.", Issuer "eve\?\?\?X-Injected: yes A{42}\.\.\." \(not verified\)\)\r\n/);
+  assert.ok(!/^X-Injected/m.test(head), head);
 });
 
 test('strict mode aborts the handshake for an untrusted certificate; pins satisfy require without a CA verdict', async () => {
