@@ -19,10 +19,14 @@ export const REPLIES = {
   // Connection limits and client certificates, before the greeting (or right after STARTTLS).
   tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
+  tooManyErrors: { code: 421, enhanced: '4.7.0', text: '{hostname} Error: too many errors', reason: 'limits.maxErrors' },
   tooManyAuthFailures: { code: 421, enhanced: '4.7.0', text: 'Too many authentication failures, try again later', reason: 'limits.authFailuresPerIp' },
   certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },
   certificateRequiredNotTrusted: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted ({verifyError})', reason: 'tls.clientCertificates: require' },
   certificateRequiredMissing: { code: 421, enhanced: '4.7.1', text: 'No client certificate presented', reason: 'tls.clientCertificates: require' },
+
+  // Any command.
+  badUtf8: { code: 500, enhanced: '5.5.2', text: 'Error: bad UTF-8 syntax', reason: 'a command that is not UTF-8' },
 
   // AUTH.
   authAlreadyDone: { code: 503, enhanced: '5.5.1', text: 'Already authenticated', reason: 'one AUTH per session (RFC 4954 §4)' },
