@@ -16,7 +16,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
-import { describeCertificate } from '../certificates/index.ts';
+import { describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
@@ -108,7 +108,14 @@ export class SessionPolicy {
       // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
       // shows up as "no CRL". Report the more fundamental reason.
       if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = conn.trust.explainMissingCrl(der);
-      st.certificate = describeCertificate(der, { verified, errorCode });
+      const described = describePeerCertificate(der, { verified, errorCode });
+      if ('unreadable' in described) {
+        const refusal = this.#unreadableCertificate(conn, socket, described.unreadable);
+        if (refusal) return refusal;
+        st.certificate = null;
+      } else {
+        st.certificate = described;
+      }
     } else {
       st.certificate = null;
     }
@@ -137,6 +144,20 @@ export class SessionPolicy {
       conn.session.user = st.identity.identity;
     }
     return null;
+  }
+
+  /**
+   * A certificate OpenSSL took but whose fields cannot be read: it grants nothing, so the session goes on as
+   * without one, except where a trusted certificate is required (strict: closed; require: 421).
+   */
+  #unreadableCertificate(conn: SmtpClient, socket: TLSSocket, reason: string): SmtpReply | null {
+    const tls = conn.state.listener.tls;
+    this.#log.info({ cid: conn.id, reason }, 'client certificate unreadable: treated as none');
+    if (tls.strict) {
+      socket.destroy();
+      return reply('certificateNotTrustedStrict');
+    }
+    return tls.clientCertificates === 'require' ? reply('certificateRequiredNotTrusted', { verifyError: 'unreadable' }) : null;
   }
 
   async helo(conn: SmtpClient, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {

@@ -122,6 +122,26 @@ test('a certificate with hostile names (8 KB CN, control characters, 2000 SANs):
   assert.ok(!/^X-Injected/m.test(head), head);
 });
 
+test('a certificate OpenSSL takes but whose fields cannot be read (a notBefore that is no time): no certificate in request mode, 421 in require mode', async () => {
+  const good = await createSelfSignedCertificate({ commonName: 'mangled', keyType: 'ecdsa' });
+  const der = Buffer.from(good.cert.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
+  const at = der.indexOf(Buffer.from([0x17, 0x0d])); // the notBefore UTCTime, 13 characters
+  der.write('AAAAAAAAAAAAZ', at + 2, 'latin1');
+  const cert = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE-----\n`;
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ starttls: { ca, cert, key: good.key } });
+  assert.equal((await c.command('MAIL FROM:<verdict@x.example>')).text, '550 5.7.1 none');
+  assert.equal((await c.sendMail('a@x.example', ['bob@example.com'])).code, 250, 'the session goes on');
+  await c.quit();
+  assert.ok(server.logs.some((l) => l.msg === 'client certificate unreadable: treated as none' && /malformed/.test(String(l.reason))));
+  const r = await SmtpTestClient.connect(server.port('require'));
+  await r.read();
+  await r.command('EHLO x.example');
+  await r.starttls({ ca, cert, key: good.key });
+  assert.equal((await r.read()).text, '421 4.7.1 Client certificate not trusted (unreadable)');
+  assert.ok(await r.waitClosed());
+});
+
 test('strict mode aborts the handshake for an untrusted certificate; pins satisfy require without a CA verdict', async () => {
   const s = await startTestServer({
     files: { pins: `${pki.clients.selfsigned.pinBase64Url}  eve@example.com\n` },

@@ -1,6 +1,7 @@
 // The account page faces the users' networks: a client that never finishes its TLS handshake, or sends its
 // request a byte at a time, is cut off (each within 10 s) while others are served; beyond 256 connections a
-// new one is closed at once, so a crowd cannot take the file descriptors the SMTP listeners need.
+// new one is closed at once, so a crowd cannot take the file descriptors the SMTP listeners need; a client
+// certificate whose fields cannot be read counts as none (the page still serves the password sign-in).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -11,6 +12,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { until } from '../helpers/wait.ts';
+import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 import { startAccounts, type AccountsSetup } from './helpers.ts';
 
 let s: AccountsSetup;
@@ -29,15 +31,19 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** GET `path` on a fresh connection: the status code. */
-function get(path: string): Promise<number> {
+/** GET `path` on a fresh connection (presenting `client`'s certificate): the status code and the page. */
+function fetchPage(path: string, client: { cert?: string; key?: string } = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    https.get({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
+    https.get({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false, ...client }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     }).on('error', reject);
   });
 }
+
+const get = async (path: string): Promise<number> => (await fetchPage(path)).status;
 
 function rawConnection(): Promise<net.Socket> {
   const socket = net.connect({ host: '127.0.0.1', port });
@@ -76,4 +82,14 @@ test('beyond 256 open connections a new one is closed at once; the page serves a
   assert.equal(crowdClosed, 0, 'the 257th was closed while all the others were still open (not by a timeout)');
   for (const c of crowd) c.destroy();
   await until('the page to serve again', async () => (await get('/signin').catch(() => 0)) === 200);
+});
+
+test('a client certificate OpenSSL takes but whose fields cannot be read counts as none: the sign-in page, not an error', async () => {
+  const good = await createSelfSignedCertificate({ commonName: 'mangled', keyType: 'ecdsa' });
+  const der = Buffer.from(good.cert.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
+  der.write('AAAAAAAAAAAAZ', der.indexOf(Buffer.from([0x17, 0x0d])) + 2, 'latin1'); // the notBefore UTCTime
+  const cert = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE-----\n`;
+  const page = await fetchPage('/signin', { cert, key: good.key });
+  assert.equal(page.status, 200, page.body);
+  assert.match(page.body, /name="password"/);
 });
