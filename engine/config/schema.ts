@@ -72,7 +72,7 @@ const limitsSchema = z.strictObject({
   maxErrors: z.number().int().positive().default(20)
     .describe('Refusals (4xx and 5xx replies) one connection may get before it is closed with `421 4.7.0 <hostname> Error: too many errors`, as Postfix `smtpd_hard_error_limit`. An accepted message starts the count again. Bounds a session that probes recipients or loops on commands without sending mail.'),
   maxJunkCommands: z.number().int().min(0).default(100)
-    .describe('NOOP, RSET, VRFY, HELP and EXPN commands one connection may send before each further one counts as a refusal towards `maxErrors`, as Postfix `smtpd_junk_command_limit`. An accepted message starts the count again.'),
+    .describe('NOOP, RSET, VRFY, HELP, EXPN, HELO and EHLO commands one connection may send before each further one counts as a refusal towards `maxErrors`, as Postfix `smtpd_junk_command_limit`. An accepted message starts the count again.'),
   authFailuresBeforeDelay: z.number().int().min(0).default(3)
     .describe('Failed AUTHs on one connection before the failure replies slow down.'),
   authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)

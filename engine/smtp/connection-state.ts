@@ -30,8 +30,8 @@ export class ConnectionState {
   saslAuthenticated = false;
   authFailures = 0;
   /**
-   * Postfix's error and junk counts (smtpd_hard_error_limit, smtpd_junk_command_limit): refusals sent, NOOP/RSET/
-   * VRFY/HELP/EXPN commands, and RCPTs over maxRecipients, since the connection began or its last accepted message.
+   * Postfix's error and junk counts (smtpd_hard_error_limit, smtpd_junk_command_limit): refusals sent, junk
+   * commands (NOOP, RSET, HELO …) and RCPTs over maxRecipients, since the connection began or its last accepted message.
    */
   errors = 0;
   junkCommands = 0;

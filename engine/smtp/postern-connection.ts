@@ -25,8 +25,11 @@ type Callback = () => void;
 /** Socket errors that only say the client went away (smtp-server's own list). */
 const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
 
-/** Commands that move no mail forward: Postfix's junk commands (NOOP, RSET, VRFY), with HELP and EXPN. */
-const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN']);
+/**
+ * Commands that move no mail forward: Postfix's junk commands (NOOP, RSET, VRFY), with HELP, EXPN, and HELO
+ * and EHLO (each runs the helo script; a client needs two, around STARTTLS).
+ */
+const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', 'EHLO']);
 
 /**
  * RCPTs over maxRecipients (each answered 452 4.5.3) tolerated before each counts as a refusal: a client may
