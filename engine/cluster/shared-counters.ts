@@ -8,7 +8,9 @@
  *   supervisor → worker  { t: 'conn', listener, key, open, ip, failures } + the socket: the supervisor
  *                        took the slot as it handed the connection over; `open` counts it, and the
  *                        worker refuses when that is over the listener's limit. The worker gives the
- *                        slot back ('conn-') when the socket closes, whatever happened on it.
+ *                        slot back ('conn-') when the connection ends, whatever happened on it: its
+ *                        listener does, once it took the connection (handedOpen, releaseHanded), since
+ *                        STARTTLS removes every listener of the raw socket; before that, the socket's close.
  *   supervisor → worker  { t: 'conn', listener } + the socket: a PROXY protocol listener's connection, no
  *                        slot taken; the worker reads the header, then takes the slot of the client it
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
@@ -31,8 +33,13 @@ export interface ConnectionCounts {
   /** `port`: the client's port, which with the key names the connection. */
   acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean>;
   release(key: string): void;
-  /** The count the supervisor sent with a handed-over connection (key and client port), once. */
+  /**
+   * The count the supervisor sent with a handed-over connection (key and client port), once: the caller then
+   * holds its slot and gives it back with releaseHanded() when the connection ends.
+   */
   handedOpen?(key: string, port?: number): number | undefined;
+  /** A handed-over connection whose slot was claimed with handedOpen() ended. */
+  releaseHanded?(key: string): void;
 }
 
 /** One process: a map. */
@@ -84,8 +91,10 @@ export class WorkerCounters implements ConnectionCounts {
   readonly #waiting = new Map<number, (ok: boolean) => void>();
   /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
   readonly #handed = new Map<string, number>();
-  /** Slots taken by round trip, given back by release(); handed slots go back when their socket closes. */
+  /** Slots taken by round trip, given back by release(). */
   readonly #requested = new Map<string, number>();
+  /** Handed-over slots claimed by a listener (handedOpen), given back by releaseHanded(). */
+  readonly #claimed = new Map<string, number>();
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -95,23 +104,32 @@ export class WorkerCounters implements ConnectionCounts {
 
   /**
    * The supervisor handed over a connection with its slot already taken (`open` counts it); acquire()
-   * for that connection (same key and client port) answers from it without a round trip. The slot is
-   * given back when the socket closes, whether or not a session ever started on it.
+   * for that connection (same key and client port) answers from it without a round trip. A listener that
+   * takes the connection claims the slot (handedOpen) and gives it back when the connection ends
+   * (releaseHanded); a socket that closes before that gives it back here.
    */
   handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
     const id = `${key}|${port}`;
     this.#handed.set(id, open);
     this.failures.replace(ip, failures);
     socket.once('close', () => {
-      this.#handed.delete(id);
-      this.#channel.send({ t: 'conn-', key });
+      if (this.#handed.delete(id)) this.#channel.send({ t: 'conn-', key });
     });
   }
 
   handedOpen(key: string, port?: number): number | undefined {
     const open = this.#handed.get(`${key}|${port}`);
+    if (open === undefined) return undefined;
     this.#handed.delete(`${key}|${port}`);
+    this.#claimed.set(key, (this.#claimed.get(key) ?? 0) + 1);
     return open;
+  }
+
+  releaseHanded(key: string): void {
+    const n = this.#claimed.get(key) ?? 0;
+    if (n === 0) return; // never claimed: nothing of ours to give back
+    if (n > 1) this.#claimed.set(key, n - 1); else this.#claimed.delete(key);
+    this.#channel.send({ t: 'conn-', key });
   }
 
   acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {

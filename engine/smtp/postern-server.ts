@@ -69,12 +69,13 @@ export class LocalConnectionCounter implements ConnectionCounter {
 
 /**
  * The counter of a worker process: the supervisor accepted the connection and counted it over every
- * worker; its count comes with the socket. Given back by the supervisor when the socket closes.
+ * worker; its count comes with the socket, and its slot is given back when the connection ends (by the
+ * session's close too: STARTTLS drops the raw socket's listeners, and with them its 'close').
  */
 function handedOverCounter(counts: ConnectionCounts, listener: string): ConnectionCounter {
   return {
     add: (ip, port) => counts.handedOpen?.(`${listener} ${ip}`, port) ?? 1,
-    remove: () => undefined,
+    remove: (ip) => counts.releaseHanded?.(`${listener} ${ip}`),
   };
 }
 
