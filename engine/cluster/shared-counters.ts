@@ -5,9 +5,10 @@
  * IPC channel (WorkerCounters).
  *
  * Protocol (JSON messages on the worker's IPC channel, `t` names the kind):
- *   supervisor → worker  { t: 'conn', listener, key, open, ip, failures } + the socket: the supervisor
- *                        took the slot as it handed the connection over; `open` counts it, and the
- *                        worker refuses when that is over the listener's limit. The worker gives the
+ *   supervisor → worker  { t: 'conn', listener, key, open, total, ip, failures } + the socket: the supervisor
+ *                        took the slot as it handed the connection over; `open` counts it (`total`: the
+ *                        listener's connections over every worker), and the worker refuses when either is
+ *                        over the listener's limit. The worker gives the
  *                        slot back ('conn-') when the connection ends, whatever happened on it: its
  *                        listener does, once it took the connection (handedOpen, releaseHanded), since
  *                        STARTTLS removes every listener of the raw socket; before that, the socket's close.
@@ -40,6 +41,8 @@ export interface ConnectionCounts {
   handedOpen?(key: string, port?: number): number | undefined;
   /** A handed-over connection whose slot was claimed with handedOpen() ended. */
   releaseHanded?(key: string): void;
+  /** The listener's open connections over every worker, sent with a handed-over connection (read before handedOpen()). */
+  handedTotal?(key: string, port?: number): number | undefined;
 }
 
 /** One process: a map. */
@@ -89,8 +92,8 @@ export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
   readonly #waiting = new Map<number, (ok: boolean) => void>();
-  /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
-  readonly #handed = new Map<string, number>();
+  /** Open counts (per address, and the listener's total) of connections handed over with their slot, by "key|client port", until claimed. */
+  readonly #handed = new Map<string, { open: number; total: number | undefined }>();
   /** Slots taken by round trip, given back by release(). */
   readonly #requested = new Map<string, number>();
   /** Handed-over slots claimed by a listener (handedOpen), given back by releaseHanded(). */
@@ -108,9 +111,9 @@ export class WorkerCounters implements ConnectionCounts {
    * takes the connection claims the slot (handedOpen) and gives it back when the connection ends
    * (releaseHanded); a socket that closes before that gives it back here.
    */
-  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
+  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }, total?: number): void {
     const id = `${key}|${port}`;
-    this.#handed.set(id, open);
+    this.#handed.set(id, { open, total });
     this.failures.replace(ip, failures);
     socket.once('close', () => {
       if (this.#handed.delete(id)) this.#channel.send({ t: 'conn-', key });
@@ -118,11 +121,15 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   handedOpen(key: string, port?: number): number | undefined {
-    const open = this.#handed.get(`${key}|${port}`);
-    if (open === undefined) return undefined;
+    const handed = this.#handed.get(`${key}|${port}`);
+    if (handed === undefined) return undefined;
     this.#handed.delete(`${key}|${port}`);
     this.#claimed.set(key, (this.#claimed.get(key) ?? 0) + 1);
-    return open;
+    return handed.open;
+  }
+
+  handedTotal(key: string, port?: number): number | undefined {
+    return this.#handed.get(`${key}|${port}`)?.total;
   }
 
   releaseHanded(key: string): void {
@@ -133,10 +140,10 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {
-    const open = this.#handed.get(`${key}|${port}`);
-    if (open !== undefined) {
+    const handed = this.#handed.get(`${key}|${port}`);
+    if (handed !== undefined) {
       this.#handed.delete(`${key}|${port}`);
-      return open <= limit;
+      return handed.open <= limit;
     }
     const q = ++this.#next;
     return new Promise((resolve) => {
@@ -178,6 +185,8 @@ export class CounterHost {
   /** Slots per worker, to give back when it dies. */
   readonly #held = new Map<number, Map<string, number>>();
   readonly #failures = new Map<string, number[]>();
+  /** Slots per listener (handed over and by round trip), over every worker. */
+  readonly #totals = new Map<string, number>();
   readonly #windowMs: number;
 
   constructor(authWindowMs: number) { this.#windowMs = authWindowMs; }
@@ -195,6 +204,7 @@ export class CounterHost {
         const ok = open <= message.limit!;
         if (ok) {
           this.#open.set(key, open);
+          this.#totals.set(listenerOf(key), (this.#totals.get(listenerOf(key)) ?? 0) + 1);
           const held = this.#held.get(worker) ?? new Map<string, number>();
           held.set(key, (held.get(key) ?? 0) + 1);
           this.#held.set(worker, held);
@@ -227,6 +237,8 @@ export class CounterHost {
   take(worker: number, key: string): number {
     const open = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, open);
+    const listener = listenerOf(key);
+    this.#totals.set(listener, (this.#totals.get(listener) ?? 0) + 1);
     const held = this.#held.get(worker) ?? new Map<string, number>();
     held.set(key, (held.get(key) ?? 0) + 1);
     this.#held.set(worker, held);
@@ -242,6 +254,9 @@ export class CounterHost {
   /** Open connections with this key, over all workers (tests, status). */
   open(key: string): number { return this.#open.get(key) ?? 0; }
 
+  /** Open connections of this listener, over all workers. */
+  total(listener: string): number { return this.#totals.get(listener) ?? 0; }
+
   failures(ip: string): number[] {
     const since = Date.now() - this.#windowMs;
     return (this.#failures.get(ip) ?? []).filter((t) => t > since);
@@ -250,5 +265,11 @@ export class CounterHost {
   #drop(key: string, n: number): void {
     const left = (this.#open.get(key) ?? n) - n;
     if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
+    const listener = listenerOf(key);
+    const total = (this.#totals.get(listener) ?? n) - n;
+    if (total > 0) this.#totals.set(listener, total); else this.#totals.delete(listener);
   }
 }
+
+/** A slot's key is "<listener> <client address>". */
+const listenerOf = (key: string): string => key.slice(0, key.indexOf(' '));

@@ -40,6 +40,8 @@ export class ConnectionState {
   transactionId: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
+  /** Accepted over the listener's maxConnections counted over every worker process (postern serve): 421 at connect. */
+  overListenerLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */

@@ -85,7 +85,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override init(): void {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
-      if (opts.maxClients && this._server.connections.size > opts.maxClients) {
+      if (opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit)) {
         return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
       }
       const delay = this.#server.greetingDelayMs;

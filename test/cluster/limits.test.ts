@@ -49,6 +49,44 @@ listeners:
   }
 });
 
+test('maxConnections counts the connections of every worker', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnections: 3 }
+`,
+  });
+  const open: SmtpTestClient[] = [];
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    for (let i = 0; i < 3; i++) {
+      const client = await SmtpTestClient.connect(c.port('in'), { localAddress: `127.0.0.${2 + i}` });
+      open.push(client);
+      assert.equal((await client.read(30_000)).code, 220);
+    }
+    // Two on one worker, one on the other: a fourth from yet another address is over the listener's limit.
+    const fourth = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.9' });
+    open.push(fourth);
+    assert.match((await fourth.read(30_000)).text, /^421 4\.7\.0 \S+ Too many connected clients/);
+    open.pop()!.destroy();
+    await open.shift()!.quit();
+    await c.waitFor('a place again', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.9' });
+      const r = await client.read(30_000);
+      if (r.code === 220) open.push(client); else client.destroy();
+      return r.code === 220;
+    });
+  } finally {
+    for (const o of open) o.destroy();
+    await c.stop();
+  }
+});
+
 test('STARTTLS sessions give their slot back (STARTTLS drops the raw socket\'s listeners): many more sessions than the limit, one after another', async () => {
   const pki = await makeTestPki();
   const c = await startCluster({
