@@ -63,7 +63,7 @@ const limitsSchema = z.strictObject({
   maxConnectionsPerIp: z.number().int().positive().default(50)
     .describe('Concurrent connections from one client address to this listener, counted from the moment the connection is accepted, so connections still in (or never starting) their TLS handshake count too. Beyond it: `421 4.7.0 Too many connections from your address`. On an implicit-TLS listener that reply needs a handshake first: up to as many again are let through to read it (each within `tlsHandshakeTimeoutMs`), and a connection beyond twice the limit is closed at once, before TLS, without a reply.'),
   tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
-    .describe('Implicit TLS only: a connection that has not completed its TLS handshake within this time is closed (without it, the idle timeout `socketTimeoutMs` would apply).'),
+    .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
     .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()

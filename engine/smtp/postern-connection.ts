@@ -43,6 +43,7 @@ export interface ListenerHost {
   readonly listenerName: string;
   readonly policy: SessionPolicy;
   readonly greetingDelayMs: number;
+  readonly tlsHandshakeTimeoutMs: number;
   readonly trust: TrustedIssuers;
 }
 
@@ -92,6 +93,23 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
       else this.connectionReady();
     });
+  }
+
+  /**
+   * STARTTLS: the handshake gets the deadline an implicit-TLS handshake gets (limits.tlsHandshakeTimeoutMs).
+   * The idle timeout alone (minutes, restarted by every byte) let a client hold its connection for hours by
+   * sending its ClientHello a byte at a time.
+   */
+  override upgrade(callback: () => void, secureCallback?: () => void): void {
+    super.upgrade(callback, secureCallback);
+    const raw = this._socket;
+    const timer = setTimeout(() => {
+      if (!this._upgrading || raw.destroyed) return;
+      this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      raw.destroy();
+    }, this.#server.tlsHandshakeTimeoutMs);
+    timer.unref();
+    raw.once('close', () => clearTimeout(timer));
   }
 
   /**
