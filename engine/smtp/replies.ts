@@ -40,6 +40,9 @@ export const REPLIES = {
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },
   authSucceeded: { code: 235, enhanced: '2.7.0', text: 'Authentication successful' },
 
+  // MAIL FROM and RCPT TO.
+  parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
+
   // MAIL FROM.
   tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },
   authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },

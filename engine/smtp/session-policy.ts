@@ -29,6 +29,22 @@ export interface DataDecision {
 }
 const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits: null });
 
+/**
+ * The parameters of the extensions the EHLO reply offers (SIZE, 8BITMIME, SMTPUTF8, DSN, AUTH): any other is
+ * refused, as Postfix does, rather than ignored; REQUIRETLS above all, which smtp-server would take without
+ * offering it, and which delivery would not honour.
+ */
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH']);
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
+
+/** The refusal of the first parameter not in `known`, or null. */
+function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<string>): SmtpReply | null {
+  for (const name of Object.keys(address.args || {})) {
+    if (!known.has(name)) return reply('parameterUnsupported', { parameter: name.slice(0, 64) });
+  }
+  return null;
+}
+
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
 const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
 
@@ -251,6 +267,8 @@ export class SessionPolicy {
 
   async mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
+    const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
+    if (unsupported) return unsupported;
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
@@ -310,6 +328,8 @@ export class SessionPolicy {
 
   async rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
+    const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
+    if (unsupported) return unsupported;
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt.domain, {
       localDomains: st.generation.localDomains,

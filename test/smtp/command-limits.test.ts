@@ -1,14 +1,19 @@
-// Hostile commands: bytes that are not UTF-8, and sessions that never send mail — NOOP/RSET loops,
+// Hostile commands: bytes that are not UTF-8, parameters of extensions not offered, and sessions that never send mail — NOOP/RSET loops,
 // recipient probes, RCPT floods past maxRecipients. Each is answered, and each is bounded, as Postfix bounds
 // them (smtpd_hard_error_limit, smtpd_junk_command_limit, smtpd_recipient_overshoot_limit).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { readFile } from 'node:fs/promises';
 import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
+import { makeTestPki } from '../helpers/pki.ts';
 
 let server: TestServer;
+let ca = '';
 
 before(async () => {
+  const pki = await makeTestPki();
+  ca = await readFile(pki.ca.cert, 'utf8');
   server = await startTestServer({
     config: `
 localDomains: [example.com]
@@ -17,6 +22,11 @@ listeners:
     listen: 127.0.0.1:0
     reverseDns: false
     limits: { greetingDelayMs: 0, maxRecipients: 5 }
+  - name: tls
+    listen: 127.0.0.1:0
+    reverseDns: false
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0 }
 `,
   });
 });
@@ -51,6 +61,20 @@ test('a command that is not UTF-8 is refused, never rewritten; UTF-8 addresses a
   await c.quit();
   const env = await server.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!);
   assert.deepEqual([env.sender, env.recipients.map((x) => x.address)], ['jörg@example.org', ['zoë@example.com']]);
+});
+
+test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETLS too), the offered ones are taken', async () => {
+  const c = await client();
+  assert.equal((await c.command('MAIL FROM:<a@example.org> X-EVIL=1')).text, '555 5.5.4 Unsupported option: X-EVIL');
+  assert.equal((await c.command('MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc AUTH=<>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<b@example.com> FOO=bar')).text, '555 5.5.4 Unsupported option: FOO');
+  assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com')).code, 250);
+  await c.quit();
+  // REQUIRETLS (RFC 8689) is not offered, and delivery would not honour it: refused after STARTTLS too.
+  const t = await SmtpTestClient.connect(server.port('tls'));
+  await t.hello({ starttls: { ca } });
+  assert.equal((await t.command('MAIL FROM:<a@example.org> REQUIRETLS')).text, '555 5.5.4 Unsupported option: REQUIRETLS');
+  await t.quit();
 });
 
 test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
