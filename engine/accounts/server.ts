@@ -21,6 +21,14 @@ import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
 
+/**
+ * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
+ * (headers and body, at most 64 KB), must each complete within 10 s, or the connection is closed (without
+ * it a body sent a byte every few seconds kept its connection forever); at most 256 connections at once, so
+ * a crowd of them cannot take the process's file descriptors, which the SMTP listeners need too.
+ */
+const PAGE_LIMITS = { handshakeTimeoutMs: 10_000, requestTimeoutMs: 10_000, checkEveryMs: 1000, maxConnections: 256 };
+
 export interface AccountsServerOptions {
   listen: string;
   /** The generation in force (its configuration names the listener, its tables hold the pins, its users the passwords). */
@@ -65,11 +73,17 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   };
   const app: FastifyInstance = fastify({
     // Whether client certificates are asked for is a server option (not the context's): fixed at start.
-    https: { ...tls.context, requestCert: first.tls.clientCertificates !== 'none', rejectUnauthorized: false } as never,
+    https: {
+      ...tls.context, requestCert: first.tls.clientCertificates !== 'none', rejectUnauthorized: false,
+      handshakeTimeout: PAGE_LIMITS.handshakeTimeoutMs, headersTimeout: PAGE_LIMITS.requestTimeoutMs,
+      connectionsCheckingInterval: PAGE_LIMITS.checkEveryMs,
+    } as never,
     logger: false,
     bodyLimit: 64 * 1024,
+    requestTimeout: PAGE_LIMITS.requestTimeoutMs,
     trustProxy: false,
   });
+  app.server.maxConnections = PAGE_LIMITS.maxConnections;
   await app.register(formbody);
   acceptMultipart(app);
   await app.register(cookie);

@@ -7,7 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { verifyPassword } from '../auth/password-hash.ts';
-import { describeCertificate, type TrustedIssuers } from '../certificates/index.ts';
+import { describeCertificate, describePeerCertificate, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -42,7 +42,9 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const verified = listener.tls.caFiles.length > 0 && socket.authorized;
   let errorCode = verified ? null : listener.tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
   if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = trust.explainMissingCrl(der);
-  let certificate = describeCertificate(der, { verified, errorCode });
+  const described = describePeerCertificate(der, { verified, errorCode });
+  if ('unreadable' in described) return null; // grants nothing: the page offers the password sign-in
+  let certificate = described;
   // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
   if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;

@@ -29,7 +29,8 @@ export interface AdminServer {
  * nobody else serves it).
  */
 export async function startAdminServer(listen: string, target: AdminTarget): Promise<AdminServer> {
-  const server = http.createServer((req, res) => {
+  // Timeouts are checked every second (Node's default: every 30 s).
+  const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
@@ -39,6 +40,11 @@ export async function startAdminServer(listen: string, target: AdminTarget): Pro
     });
   });
   server.keepAliveTimeout = 5000;
+  // A request (GET only, no body) must arrive whole within 10 s, and at most 64 connections are open at once:
+  // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 10_000;
+  server.maxConnections = 64;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {

@@ -40,6 +40,20 @@ export function describeCertificate(der: Buffer | Uint8Array, verdict: ChainVerd
   };
 }
 
+/**
+ * describeCertificate for a peer's certificate, or null when a field cannot be read (a time that is no
+ * UTCTime, a subjectAltName that is no SEQUENCE): OpenSSL completes a handshake with such a certificate,
+ * and it gives its verdict on it, but nothing can be derived from it here. The caller treats it as no
+ * certificate (it grants nothing) and logs `unreadable.reason`.
+ */
+export function describePeerCertificate(der: Buffer | Uint8Array, verdict: ChainVerdict): PeerCertificate | { unreadable: string } {
+  try {
+    return describeCertificate(der, verdict);
+  } catch (err) {
+    return { unreadable: (err as Error).message };
+  }
+}
+
 function parse(der: Uint8Array, sha256: string): Parsed {
   const fields = readCertificate(der);
   // The SPKI bytes as in the certificate, as mox hashes them (Node's peerCertificate.pubkey is only

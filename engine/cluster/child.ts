@@ -27,7 +27,7 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; ip?: string; failures?: number[] };
+type Message = { t?: string; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
       send({ t: 'took' });
       if (!handle) return m.key === undefined ? undefined : send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
       // Without a key: a PROXY protocol listener's, counted here once its header names the client.
-      if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle);
+      if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle, m.total);
       running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.

@@ -5,10 +5,13 @@
  * IPC channel (WorkerCounters).
  *
  * Protocol (JSON messages on the worker's IPC channel, `t` names the kind):
- *   supervisor → worker  { t: 'conn', listener, key, open, ip, failures } + the socket: the supervisor
- *                        took the slot as it handed the connection over; `open` counts it, and the
- *                        worker refuses when that is over the listener's limit. The worker gives the
- *                        slot back ('conn-') when the socket closes, whatever happened on it.
+ *   supervisor → worker  { t: 'conn', listener, key, open, total, ip, failures } + the socket: the supervisor
+ *                        took the slot as it handed the connection over; `open` counts it (`total`: the
+ *                        listener's connections over every worker), and the worker refuses when either is
+ *                        over the listener's limit. The worker gives the
+ *                        slot back ('conn-') when the connection ends, whatever happened on it: its
+ *                        listener does, once it took the connection (handedOpen, releaseHanded), since
+ *                        STARTTLS removes every listener of the raw socket; before that, the socket's close.
  *   supervisor → worker  { t: 'conn', listener } + the socket: a PROXY protocol listener's connection, no
  *                        slot taken; the worker reads the header, then takes the slot of the client it
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
@@ -31,8 +34,15 @@ export interface ConnectionCounts {
   /** `port`: the client's port, which with the key names the connection. */
   acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean>;
   release(key: string): void;
-  /** The count the supervisor sent with a handed-over connection (key and client port), once. */
+  /**
+   * The count the supervisor sent with a handed-over connection (key and client port), once: the caller then
+   * holds its slot and gives it back with releaseHanded() when the connection ends.
+   */
   handedOpen?(key: string, port?: number): number | undefined;
+  /** A handed-over connection whose slot was claimed with handedOpen() ended. */
+  releaseHanded?(key: string): void;
+  /** The listener's open connections over every worker, sent with a handed-over connection (read before handedOpen()). */
+  handedTotal?(key: string, port?: number): number | undefined;
 }
 
 /** One process: a map. */
@@ -82,10 +92,12 @@ export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
   readonly #waiting = new Map<number, (ok: boolean) => void>();
-  /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
-  readonly #handed = new Map<string, number>();
-  /** Slots taken by round trip, given back by release(); handed slots go back when their socket closes. */
+  /** Open counts (per address, and the listener's total) of connections handed over with their slot, by "key|client port", until claimed. */
+  readonly #handed = new Map<string, { open: number; total: number | undefined }>();
+  /** Slots taken by round trip, given back by release(). */
   readonly #requested = new Map<string, number>();
+  /** Handed-over slots claimed by a listener (handedOpen), given back by releaseHanded(). */
+  readonly #claimed = new Map<string, number>();
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -95,30 +107,43 @@ export class WorkerCounters implements ConnectionCounts {
 
   /**
    * The supervisor handed over a connection with its slot already taken (`open` counts it); acquire()
-   * for that connection (same key and client port) answers from it without a round trip. The slot is
-   * given back when the socket closes, whether or not a session ever started on it.
+   * for that connection (same key and client port) answers from it without a round trip. A listener that
+   * takes the connection claims the slot (handedOpen) and gives it back when the connection ends
+   * (releaseHanded); a socket that closes before that gives it back here.
    */
-  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
+  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }, total?: number): void {
     const id = `${key}|${port}`;
-    this.#handed.set(id, open);
+    this.#handed.set(id, { open, total });
     this.failures.replace(ip, failures);
     socket.once('close', () => {
-      this.#handed.delete(id);
-      this.#channel.send({ t: 'conn-', key });
+      if (this.#handed.delete(id)) this.#channel.send({ t: 'conn-', key });
     });
   }
 
   handedOpen(key: string, port?: number): number | undefined {
-    const open = this.#handed.get(`${key}|${port}`);
+    const handed = this.#handed.get(`${key}|${port}`);
+    if (handed === undefined) return undefined;
     this.#handed.delete(`${key}|${port}`);
-    return open;
+    this.#claimed.set(key, (this.#claimed.get(key) ?? 0) + 1);
+    return handed.open;
+  }
+
+  handedTotal(key: string, port?: number): number | undefined {
+    return this.#handed.get(`${key}|${port}`)?.total;
+  }
+
+  releaseHanded(key: string): void {
+    const n = this.#claimed.get(key) ?? 0;
+    if (n === 0) return; // never claimed: nothing of ours to give back
+    if (n > 1) this.#claimed.set(key, n - 1); else this.#claimed.delete(key);
+    this.#channel.send({ t: 'conn-', key });
   }
 
   acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {
-    const open = this.#handed.get(`${key}|${port}`);
-    if (open !== undefined) {
+    const handed = this.#handed.get(`${key}|${port}`);
+    if (handed !== undefined) {
       this.#handed.delete(`${key}|${port}`);
-      return open <= limit;
+      return handed.open <= limit;
     }
     const q = ++this.#next;
     return new Promise((resolve) => {
@@ -160,6 +185,8 @@ export class CounterHost {
   /** Slots per worker, to give back when it dies. */
   readonly #held = new Map<number, Map<string, number>>();
   readonly #failures = new Map<string, number[]>();
+  /** Slots per listener (handed over and by round trip), over every worker. */
+  readonly #totals = new Map<string, number>();
   readonly #windowMs: number;
 
   constructor(authWindowMs: number) { this.#windowMs = authWindowMs; }
@@ -177,6 +204,7 @@ export class CounterHost {
         const ok = open <= message.limit!;
         if (ok) {
           this.#open.set(key, open);
+          this.#totals.set(listenerOf(key), (this.#totals.get(listenerOf(key)) ?? 0) + 1);
           const held = this.#held.get(worker) ?? new Map<string, number>();
           held.set(key, (held.get(key) ?? 0) + 1);
           this.#held.set(worker, held);
@@ -209,6 +237,8 @@ export class CounterHost {
   take(worker: number, key: string): number {
     const open = (this.#open.get(key) ?? 0) + 1;
     this.#open.set(key, open);
+    const listener = listenerOf(key);
+    this.#totals.set(listener, (this.#totals.get(listener) ?? 0) + 1);
     const held = this.#held.get(worker) ?? new Map<string, number>();
     held.set(key, (held.get(key) ?? 0) + 1);
     this.#held.set(worker, held);
@@ -224,6 +254,9 @@ export class CounterHost {
   /** Open connections with this key, over all workers (tests, status). */
   open(key: string): number { return this.#open.get(key) ?? 0; }
 
+  /** Open connections of this listener, over all workers. */
+  total(listener: string): number { return this.#totals.get(listener) ?? 0; }
+
   failures(ip: string): number[] {
     const since = Date.now() - this.#windowMs;
     return (this.#failures.get(ip) ?? []).filter((t) => t > since);
@@ -232,5 +265,11 @@ export class CounterHost {
   #drop(key: string, n: number): void {
     const left = (this.#open.get(key) ?? n) - n;
     if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
+    const listener = listenerOf(key);
+    const total = (this.#totals.get(listener) ?? n) - n;
+    if (total > 0) this.#totals.set(listener, total); else this.#totals.delete(listener);
   }
 }
+
+/** A slot's key is "<listener> <client address>". */
+const listenerOf = (key: string): string => key.slice(0, key.indexOf(' '));

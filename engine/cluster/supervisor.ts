@@ -375,7 +375,8 @@ export class Supervisor {
       const ip = clientAddress(socket); // as the worker's listener names it
       const key = `${listener} ${ip}`;
       const open = this.#counters.take(chosen.index, key);
-      const message = { t: 'conn', listener, key, port: socket.remotePort, open, ip, failures: this.#counters.failures(ip) };
+      const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
+      const message = { t: 'conn', listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
       chosen.proc!.send(message, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
     }
   }

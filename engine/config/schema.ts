@@ -59,18 +59,22 @@ const limitsSchema = z.strictObject({
   maxRecipients: z.number().int().positive().default(100)
     .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
   maxConnections: z.number().int().positive().default(500)
-    .describe('Concurrent connections on this listener. The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
+    .describe('Concurrent connections on this listener, counted over every worker process of `postern serve` (on a `proxyProtocol` listener, per worker). The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
   maxConnectionsPerIp: z.number().int().positive().default(50)
     .describe('Concurrent connections from one client address to this listener, counted from the moment the connection is accepted, so connections still in (or never starting) their TLS handshake count too. Beyond it: `421 4.7.0 Too many connections from your address`. On an implicit-TLS listener that reply needs a handshake first: up to as many again are let through to read it (each within `tlsHandshakeTimeoutMs`), and a connection beyond twice the limit is closed at once, before TLS, without a reply.'),
   connectionsPerIpInStore: z.boolean().default(false)
     .describe('Count `maxConnectionsPerIp` in the [store](#store) as well, so that with `store.redis` the limit holds over every server sharing that Redis (and key prefix): each open connection holds a lease there from its greeting to its close, renewed by its server, and expiring `store.redis.connectionLeaseSeconds` after a server that died last renewed it. Over the limit: `421 4.7.0 Too many connections from your address`. When the store cannot be reached, every new connection to this listener gets `421 4.7.0 Connection limit cannot be checked, try again later` (fail closed); listeners without this option are not affected. Listeners that should share the count need the same `name` on every server. Without `store.redis` nothing changes (a warning at start says so): the server\'s own count already covers all its worker processes. See [scaling.md](scaling.md#connections-per-address-over-both-nodes).'),
   tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
-    .describe('Implicit TLS only: a connection that has not completed its TLS handshake within this time is closed (without it, the idle timeout `socketTimeoutMs` would apply).'),
+    .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
     .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()
     .meta({ defaultText: '`0` when `auth.mechanisms` is non-empty or `auth.required` is set, else `100`' })
     .describe('Pause before the `220` greeting. A client that talks first gets `421 … You talk too soon`.'),
+  maxErrors: z.number().int().positive().default(20)
+    .describe('Refusals (4xx and 5xx replies) one connection may get before it is closed with `421 4.7.0 <hostname> Error: too many errors`, as Postfix `smtpd_hard_error_limit`. An accepted message starts the count again. Bounds a session that probes recipients or loops on commands without sending mail.'),
+  maxJunkCommands: z.number().int().min(0).default(100)
+    .describe('NOOP, RSET, VRFY, HELP, EXPN, HELO and EHLO commands one connection may send before each further one counts as a refusal towards `maxErrors`, as Postfix `smtpd_junk_command_limit`. An accepted message starts the count again.'),
   authFailuresBeforeDelay: z.number().int().min(0).default(3)
     .describe('Failed AUTHs on one connection before the failure replies slow down.'),
   authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)

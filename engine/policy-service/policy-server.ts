@@ -16,7 +16,10 @@ import { RequestReader, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext } from './request-context.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
-/** Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a time). */
+/**
+ * Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a
+ * time); one chunk read may hold more, so the bound is this plus one chunk's requests.
+ */
 const MAX_QUEUED = 32;
 
 export interface PolicyRuntime {
@@ -71,19 +74,31 @@ export class PolicyServer {
     const memo = new FactsMemo();
     let chain: Promise<void> = Promise.resolve();
     let queued = 0;
+    let ending = false;
+    // Read on only while few requests wait for their answers and the answers written so far have left:
+    // a client that sends requests and never reads the answers must not grow this process's memory.
+    const flow = (): void => {
+      if (socket.destroyed) return;
+      if (!ending && queued < MAX_QUEUED && !socket.writableNeedDrain) socket.resume();
+      else socket.pause();
+    };
+    socket.on('drain', flow);
     const answer = (request: PolicyRequest): void => {
-      if (++queued >= MAX_QUEUED) socket.pause();
+      queued++;
       chain = chain.then(async () => {
-        const { action } = await this.#decide(request, cid, memo);
-        if (!socket.destroyed) socket.write(formatAnswer(action));
-        if (--queued < MAX_QUEUED && !socket.destroyed) socket.resume();
+        if (!socket.destroyed) { // a closed connection's read-ahead requests are not decided
+          const { action } = await this.#decide(request, cid, memo);
+          if (!socket.destroyed) socket.write(formatAnswer(action));
+        }
+        queued--;
+        flow();
       });
     };
     socket.on('data', (chunk: string) => {
       const { requests, fatal } = reader.push(chunk);
       for (const r of requests) answer(r);
       if (fatal) {
-        socket.pause();
+        ending = true;
         chain = chain.then(() => {
           const current = this.#service(this.#runtime.generation);
           log.error({ service: this.name, cid, err: fatal }, `policy request refused: ${fatal}; connection closed`);
@@ -91,6 +106,7 @@ export class PolicyServer {
           if (!socket.destroyed) socket.end(formatAnswer(current.failureAction));
         });
       }
+      flow();
     });
     socket.on('end', () => {
       if (reader.incomplete) log.info({ service: this.name, cid }, 'policy connection closed in the middle of a request');

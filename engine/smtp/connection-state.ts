@@ -29,10 +29,19 @@ export class ConnectionState {
   /** A SASL AUTH succeeded (only one is allowed, RFC 4954 §4). */
   saslAuthenticated = false;
   authFailures = 0;
+  /**
+   * Postfix's error and junk counts (smtpd_hard_error_limit, smtpd_junk_command_limit): refusals sent, junk
+   * commands (NOOP, RSET, HELO …) and RCPTs over maxRecipients, since the connection began or its last accepted message.
+   */
+  errors = 0;
+  junkCommands = 0;
+  recipientOvershoot = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
+  /** Accepted over the listener's maxConnections counted over every worker process (postern serve): 421 at connect. */
+  overListenerLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
   /** Gives back the connection's slot in the store (limits.connectionsPerIpInStore), once. */

@@ -9,6 +9,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
 import type net from 'node:net';
+import { isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { REPLIES, reply } from './replies.ts';
@@ -24,12 +25,25 @@ type Callback = () => void;
 /** Socket errors that only say the client went away (smtp-server's own list). */
 const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
 
+/**
+ * Commands that move no mail forward: Postfix's junk commands (NOOP, RSET, VRFY), with HELP, EXPN, and HELO
+ * and EHLO (each runs the helo script; a client needs two, around STARTTLS).
+ */
+const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', 'EHLO']);
+
+/**
+ * RCPTs over maxRecipients (each answered 452 4.5.3) tolerated before each counts as a refusal: a client may
+ * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
+ */
+const RECIPIENT_OVERSHOOT = 1000;
+
 /** What a connection uses of its listener (PosternServer). */
 export interface ListenerHost {
   readonly runtime: Runtime;
   readonly listenerName: string;
   readonly policy: SessionPolicy;
   readonly greetingDelayMs: number;
+  readonly tlsHandshakeTimeoutMs: number;
   readonly trust: TrustedIssuers;
 }
 
@@ -72,13 +86,30 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override init(): void {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
-      if (opts.maxClients && this._server.connections.size > opts.maxClients) {
+      if (opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit)) {
         return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
       }
       const delay = this.#server.greetingDelayMs;
       if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
       else this.connectionReady();
     });
+  }
+
+  /**
+   * STARTTLS: the handshake gets the deadline an implicit-TLS handshake gets (limits.tlsHandshakeTimeoutMs).
+   * The idle timeout alone (minutes, restarted by every byte) let a client hold its connection for hours by
+   * sending its ClientHello a byte at a time.
+   */
+  override upgrade(callback: () => void, secureCallback?: () => void): void {
+    super.upgrade(callback, secureCallback);
+    const raw = this._socket;
+    const timer = setTimeout(() => {
+      if (!this._upgrading || raw.destroyed) return;
+      this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      raw.destroy();
+    }, this.#server.tlsHandshakeTimeoutMs);
+    timer.unref();
+    raw.once('close', () => clearTimeout(timer));
   }
 
   /**
@@ -102,6 +133,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       super.send(code, sent.message, false);
       // smtp-server closes after a 421 itself.
       if (sent.disconnect && code !== 421) this.close();
+      this.#counted(code, sent.message, stage);
       return;
     }
     // Only the EHLO reply has several lines.
@@ -110,6 +142,49 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     if (code >= 400) this.#logProtocolRefusal(code, data, context);
     super.send(code, data, ownCode ? false : context);
+    this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
+  }
+
+  /**
+   * Postfix's hard error limit: every refusal counts, and at limits.maxErrors the connection gets its 421 and
+   * is closed. An accepted message forgives what came before (as Postfix does).
+   */
+  #counted(code: number, text: string, stage: DecisionStage | null): void {
+    const st = this.state;
+    if (code < 400) {
+      if (stage === 'END-OF-MESSAGE') st.errors = st.junkCommands = st.recipientOvershoot = 0;
+      return;
+    }
+    if (code === 421 || this._closing) return;
+    if (code === 452 && /too many recipients/i.test(text) && ++st.recipientOvershoot <= RECIPIENT_OVERSHOOT) return;
+    this.#countError();
+  }
+
+  /** One more refusal; true when it reached the limit and the connection is being closed. */
+  #countError(): boolean {
+    const st = this.state;
+    if (++st.errors < st.listener.limits.maxErrors) return false;
+    this.#answer('SMTP', reply('tooManyErrors', { hostname: this.name }));
+    return true;
+  }
+
+  /**
+   * Before smtp-server reads a command: a command that is not UTF-8 is refused (decoding it would put U+FFFD
+   * in place of the bytes, so an address would silently become another); junk commands are counted.
+   * AUTH continuation lines and anything before the greeting or during a TLS upgrade are smtp-server's.
+   */
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {
+      if (!isUtf8(command)) {
+        this.#answer('SMTP', reply('badUtf8'));
+        if (!this._closing) setImmediate(() => this._whenWritable(callback ?? (() => undefined)));
+        return;
+      }
+      const space = command.indexOf(0x20);
+      const verb = command.toString('latin1', 0, space < 0 ? Math.min(command.length, 8) : Math.min(space, 8)).toUpperCase();
+      if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
+    }
+    super._onCommand(command, callback);
   }
 
   /**

@@ -69,12 +69,13 @@ export class LocalConnectionCounter implements ConnectionCounter {
 
 /**
  * The counter of a worker process: the supervisor accepted the connection and counted it over every
- * worker; its count comes with the socket. Given back by the supervisor when the socket closes.
+ * worker; its count comes with the socket, and its slot is given back when the connection ends (by the
+ * session's close too: STARTTLS drops the raw socket's listeners, and with them its 'close').
  */
 function handedOverCounter(counts: ConnectionCounts, listener: string): ConnectionCounter {
   return {
     add: (ip, port) => counts.handedOpen?.(`${listener} ${ip}`, port) ?? 1,
-    remove: () => undefined,
+    remove: (ip) => counts.releaseHanded?.(`${listener} ${ip}`),
   };
 }
 
@@ -96,6 +97,8 @@ export class PosternServer extends SMTPServer {
   readonly proxy: ListenerProxy | null;
   /** Sockets accepted over maxConnectionsPerIp (refused with 421 once the session starts). */
   readonly #overIpLimit = new WeakSet<net.Socket>();
+  /** Sockets a worker got over the listener's maxConnections, counted over every worker (421 once the session starts). */
+  readonly #overListenerLimit = new WeakSet<net.Socket>();
   /** The client a PROXY header named, by the raw socket it came on. */
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
@@ -135,6 +138,8 @@ export class PosternServer extends SMTPServer {
       return false;
     }
     const ip = clientAddress(socket);
+    const total = this.runtime.connections?.handedTotal?.(`${this.listenerName} ${ip}`, socket.remotePort);
+    if (total !== undefined && total > ((this.options as { maxClients?: number }).maxClients ?? Infinity)) this.#overListenerLimit.add(socket);
     if (!this.#count(socket, ip, this.connectionCounter.add(ip, socket.remotePort), handshake, () => this.connectionCounter.remove(ip))) return false;
     return super._acceptSocket(socket, handshake);
   }
@@ -222,6 +227,7 @@ export class PosternServer extends SMTPServer {
     tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
     // connect() gets the TLS socket.
     if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
+    if (this.#overListenerLimit.has(socket)) this.#overListenerLimit.add(tlsSocket);
     const uncount = this.#uncount.get(socket);
     if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
@@ -231,6 +237,7 @@ export class PosternServer extends SMTPServer {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
     const connection = new PosternConnection(this, socket, socketOptions);
     connection.state.overIpLimit = this.#overIpLimit.has(socket);
+    connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
     connectionOf.set(connection.session, connection);
     self.connections.add(connection);

@@ -23,6 +23,17 @@ export interface ReceivedFacts extends ReceivedClientFacts {
 
 const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
 
+/**
+ * A certificate name as the header shows it: at most 64 characters (RFC 5280's upper bound for a CN), then
+ * "...". A client's self-signed certificate may carry a name of tens of kilobytes; the header's line must
+ * stay within RFC 5322's 998 characters, or the next hop breaks it where the client chose.
+ */
+const MAX_NAME = 64;
+function certificateName(s: string): string {
+  if (s.length <= MAX_NAME) return clean(s);
+  return `${clean(Array.from(s).slice(0, MAX_NAME).join(''))}...`;
+}
+
 /** The lines about the client, from "Received: from" to the authenticated sender, and the protocol name. */
 export function receivedClientPart(f: ReceivedClientFacts): { lines: string; protocol: string } {
   const st = f.state;
@@ -36,7 +47,7 @@ export function receivedClientPart(f: ReceivedClientFacts): { lines: string; pro
     if (cert) {
       const cn = cert.subject.CN ?? cert.subject.dn;
       const issuer = cert.issuer.CN ?? cert.issuer.dn;
-      lines.push(`\t(Client CN "${clean(cn)}", Issuer "${clean(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
+      lines.push(`\t(Client CN "${certificateName(cn)}", Issuer "${certificateName(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
     } else {
       lines.push(st.certificateRequested ? '\t(Client did not present a certificate)' : '\t(No client certificate requested)');
     }

@@ -20,10 +20,14 @@ export const REPLIES = {
   tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
   connectionLimitStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection limit cannot be checked, try again later', reason: 'limits.connectionsPerIpInStore: store unavailable (fail closed)' },
+  tooManyErrors: { code: 421, enhanced: '4.7.0', text: '{hostname} Error: too many errors', reason: 'limits.maxErrors' },
   tooManyAuthFailures: { code: 421, enhanced: '4.7.0', text: 'Too many authentication failures, try again later', reason: 'limits.authFailuresPerIp' },
   certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },
   certificateRequiredNotTrusted: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted ({verifyError})', reason: 'tls.clientCertificates: require' },
   certificateRequiredMissing: { code: 421, enhanced: '4.7.1', text: 'No client certificate presented', reason: 'tls.clientCertificates: require' },
+
+  // Any command.
+  badUtf8: { code: 500, enhanced: '5.5.2', text: 'Error: bad UTF-8 syntax', reason: 'a command that is not UTF-8' },
 
   // AUTH.
   authAlreadyDone: { code: 503, enhanced: '5.5.1', text: 'Already authenticated', reason: 'one AUTH per session (RFC 4954 §4)' },
@@ -36,6 +40,9 @@ export const REPLIES = {
   authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },
   authSucceeded: { code: 235, enhanced: '2.7.0', text: 'Authentication successful' },
+
+  // MAIL FROM and RCPT TO.
+  parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
 
   // MAIL FROM.
   tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },

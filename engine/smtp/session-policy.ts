@@ -16,7 +16,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
-import { describeCertificate } from '../certificates/index.ts';
+import { describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
@@ -28,6 +28,22 @@ export interface DataDecision {
   headerEdits: readonly HeaderEdit[] | null;
 }
 const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits: null });
+
+/**
+ * The parameters of the extensions the EHLO reply offers (SIZE, 8BITMIME, SMTPUTF8, DSN, AUTH): any other is
+ * refused, as Postfix does, rather than ignored; REQUIRETLS above all, which smtp-server would take without
+ * offering it, and which delivery would not honour.
+ */
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH']);
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
+
+/** The refusal of the first parameter not in `known`, or null. */
+function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<string>): SmtpReply | null {
+  for (const name of Object.keys(address.args || {})) {
+    if (!known.has(name)) return reply('parameterUnsupported', { parameter: name.slice(0, 64) });
+  }
+  return null;
+}
 
 /** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
 const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
@@ -136,7 +152,14 @@ export class SessionPolicy {
       // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
       // shows up as "no CRL". Report the more fundamental reason.
       if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = conn.trust.explainMissingCrl(der);
-      st.certificate = describeCertificate(der, { verified, errorCode });
+      const described = describePeerCertificate(der, { verified, errorCode });
+      if ('unreadable' in described) {
+        const refusal = this.#unreadableCertificate(conn, socket, described.unreadable);
+        if (refusal) return refusal;
+        st.certificate = null;
+      } else {
+        st.certificate = described;
+      }
     } else {
       st.certificate = null;
     }
@@ -165,6 +188,20 @@ export class SessionPolicy {
       conn.session.user = st.identity.identity;
     }
     return null;
+  }
+
+  /**
+   * A certificate OpenSSL took but whose fields cannot be read: it grants nothing, so the session goes on as
+   * without one, except where a trusted certificate is required (strict: closed; require: 421).
+   */
+  #unreadableCertificate(conn: SmtpClient, socket: TLSSocket, reason: string): SmtpReply | null {
+    const tls = conn.state.listener.tls;
+    this.#log.info({ cid: conn.id, reason }, 'client certificate unreadable: treated as none');
+    if (tls.strict) {
+      socket.destroy();
+      return reply('certificateNotTrustedStrict');
+    }
+    return tls.clientCertificates === 'require' ? reply('certificateRequiredNotTrusted', { verifyError: 'unreadable' }) : null;
   }
 
   async helo(conn: SmtpClient, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {
@@ -258,6 +295,8 @@ export class SessionPolicy {
 
   async mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
+    const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
+    if (unsupported) return unsupported;
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
@@ -319,6 +358,8 @@ export class SessionPolicy {
 
   async rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
     const st = conn.state;
+    const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
+    if (unsupported) return unsupported;
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt.domain, {
       localDomains: st.generation.localDomains,

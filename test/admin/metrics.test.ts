@@ -6,6 +6,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
+import net from 'node:net';
+import { once } from 'node:events';
+import { until } from '../helpers/wait.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../delivery/helpers/sink.ts';
@@ -118,6 +121,32 @@ test('/healthz and /readyz answer; a refused reload makes /readyz fail until it 
   await writeFile(config, good);
   assert.equal((await s.reloader.reload('test')).ok, true);
   assert.equal((await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`])).stdout, '200');
+});
+
+test('a request sent slowly is answered 408 and closed; beyond 64 connections a new one is closed at once; /healthz answers after', { timeout: 120_000 }, async () => {
+  const port = s.admin!.address.port;
+  const connect = async (): Promise<net.Socket> => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.on('error', () => undefined);
+    await once(socket, 'connect');
+    return socket;
+  };
+  const slow = await connect();
+  let reply = '';
+  slow.on('data', (d: Buffer) => { reply += d.toString(); });
+  slow.write('GET /metrics HTTP/1.1\r\n');
+  const drip = setInterval(() => { if (!slow.destroyed) slow.write('X-Slow: 1\r\n'); }, 500);
+  await once(slow, 'close');
+  clearInterval(drip);
+  assert.match(reply, /^HTTP\/1\.1 408 /);
+
+  const crowd = await Promise.all(Array.from({ length: 64 }, () => connect()));
+  let crowdClosed = 0;
+  for (const c of crowd) c.once('close', () => crowdClosed++);
+  await once(await connect(), 'close');
+  assert.equal(crowdClosed, 0, 'the 65th was closed while all the others were still open (not by a timeout)');
+  for (const c of crowd) c.destroy();
+  await until('/healthz to answer again', async () => (await curl('curl', ['-s', `http://127.0.0.1:${port}/healthz`]).catch(() => ({ stdout: '' }))).stdout === 'ok\n');
 });
 
 test('every metric is documented in docs/operations.md, and every documented metric exists', async () => {

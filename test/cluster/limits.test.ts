@@ -2,8 +2,10 @@
 // turn, so a limit counted per process would let through what the server as a whole must refuse.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { makeTestPki } from '../helpers/pki.ts';
 import { startCluster, workerPid } from './helpers.ts';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
@@ -42,6 +44,90 @@ listeners:
       return r.code === 220;
     });
     for (const o of open) o.destroy();
+  } finally {
+    await c.stop();
+  }
+});
+
+test('maxConnections counts the connections of every worker', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnections: 3 }
+`,
+  });
+  const open: SmtpTestClient[] = [];
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    for (let i = 0; i < 3; i++) {
+      const client = await SmtpTestClient.connect(c.port('in'), { localAddress: `127.0.0.${2 + i}` });
+      open.push(client);
+      assert.equal((await client.read(30_000)).code, 220);
+    }
+    // Two on one worker, one on the other: a fourth from yet another address is over the listener's limit.
+    const fourth = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.9' });
+    open.push(fourth);
+    assert.match((await fourth.read(30_000)).text, /^421 4\.7\.0 \S+ Too many connected clients/);
+    open.pop()!.destroy();
+    await open.shift()!.quit();
+    await c.waitFor('a place again', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.9' });
+      const r = await client.read(30_000);
+      if (r.code === 220) open.push(client); else client.destroy();
+      return r.code === 220;
+    });
+  } finally {
+    for (const o of open) o.destroy();
+    await c.stop();
+  }
+});
+
+test('STARTTLS sessions give their slot back (STARTTLS drops the raw socket\'s listeners): many more sessions than the limit, one after another', async () => {
+  const pki = await makeTestPki();
+  const c = await startCluster({
+    config: `
+workers: 2
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }
+`,
+  });
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    const ca = await readFile(pki.ca.cert, 'utf8');
+    /** A new connection once one gets a slot (a closed one's slot comes back through the supervisor). */
+    const admitted = (): Promise<SmtpTestClient> => c.waitFor('a slot', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'));
+      if ((await client.read(30_000)).code === 220) return client;
+      client.destroy();
+      return null;
+    });
+    for (let i = 0; i < 6; i++) {
+      const client = await admitted();
+      await client.command('EHLO client.test', 30_000);
+      if (i % 2) {
+        // Reset by the client in the middle of the handshake.
+        assert.equal((await client.command('STARTTLS', 30_000)).code, 220);
+        client.socket.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01]));
+        client.socket.resetAndDestroy();
+      } else {
+        await client.starttls({ ca });
+        await client.command('EHLO client.test', 30_000);
+        await client.quit();
+      }
+    }
+    // Every slot back: two at once again.
+    const both = [await admitted(), await admitted()];
+    for (const b of both) b.destroy();
   } finally {
     await c.stop();
   }

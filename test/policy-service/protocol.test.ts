@@ -194,6 +194,31 @@ test('the unix-socket variant, with its mode', async () => {
   c.close();
 });
 
+test('a client that never reads its answers: the service stops reading (memory stays bounded), and answers all once it reads', async () => {
+  const c = await PolicyClient.connect({ path: s.policyAddresses.get('local')!.slice('unix:'.length) });
+  const answered = async (): Promise<number> => Number(/postern_policy_requests_total\{service="local",state="VRFY",action="dunno"\} (\d+)/
+    .exec(await registry.getSingleMetricAsString('postern_policy_requests_total'))?.[1] ?? 0);
+  const before = await answered();
+  c.socket.pause(); // reads nothing: the answers fill the socket's buffer, then the service's
+  const total = 100_000; // 3 MB of requests, each answered without a script
+  c.send(requestText({ protocol_state: 'VRFY' }).repeat(total));
+  // Wait until the service has stopped answering (the count stands still), then check it stopped early:
+  // a unix socket holds a few hundred small answers, the service a read-ahead of one chunk's requests.
+  let last = -1;
+  for (let still = 0; still < 10;) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = await answered();
+    still = now === last ? still + 1 : 0;
+    last = now;
+  }
+  assert.ok(last - before < total / 4, `${last - before} of ${total} requests answered to a client that reads nothing`);
+  // Once the client reads, every request is answered, in order.
+  c.socket.resume();
+  for (let i = 0; i < total; i++) assert.equal(await c.next(), 'action=DUNNO');
+  assert.equal(await answered() - before, total);
+  c.close();
+});
+
 test('metrics count requests by service, state and action', async () => {
   const c = await PolicyClient.connect(tcp('authoritative'));
   await c.ask(rcptRequest({ recipient: 'bob@example.org' }));

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 
 let pki: TestPki;
 let server: TestServer;
@@ -27,7 +28,8 @@ listeners:
 `,
     scripts: {
       'mailfrom.ts': `export default (ctx) => { const c = ctx.connection.clientCertificate;
-        if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 }); };`,
+        if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 });
+        if (ctx.address.localPart === 'names') return reject(c ? [c.subject.CN.length, c.subject.O.length, c.san.dns.length, c.san.email.length].join(' ') : 'none', { code: 550 }); };`,
     },
   });
 });
@@ -99,6 +101,45 @@ test('the Received header records the client certificate the way Postfix does', 
   assert.match(msg, /\r\n\t\(Client CN "eve", Issuer "eve" \(not verified\)\)\r\n/);
   assert.match(msg, /with ESMTPS id /);
   await c.quit();
+});
+
+test('a certificate with hostile names (8 KB CN, control characters, 2000 SANs): a verdict, the full names for scripts, a Received header within 998 characters per line', async () => {
+  const hostile = await createSelfSignedCertificate({
+    commonName: `eve\x00\r\nX-Injected: yes ${'A'.repeat(8_000)}`, organization: 'O'.repeat(4_000), keyType: 'ecdsa',
+    dnsNames: Array.from({ length: 1000 }, (_, i) => `h${i}.example.com`), sanEmails: Array.from({ length: 1000 }, (_, i) => `u${i}@example.com`),
+  });
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ name: 'laptop.example', starttls: { ca, cert: hostile.cert, key: hostile.key } });
+  assert.equal((await c.command('MAIL FROM:<verdict@x.example>')).text, '550 5.7.1 false self-signed');
+  assert.equal((await c.command('MAIL FROM:<names@x.example>')).text, `550 5.7.1 ${8_000 + 22} 4000 1000 1000`);
+  const r = await c.sendMail('a@x.example', ['bob@example.com']);
+  assert.equal(r.code, 250, r.text);
+  await c.quit();
+  const msg = (await server.runtime.spool.readMessage(/queued as (\S+)/.exec(r.text)![1]!)).toString('utf8');
+  const head = msg.slice(0, msg.indexOf('\r\n\r\n'));
+  for (const line of head.split('\r\n')) assert.ok(line.length <= 998, `a header line of ${line.length} characters`);
+  assert.match(head, /\r\n\t\(Client CN "eve\?\?\?X-Injected: yes A{42}\.\.\.", Issuer "eve\?\?\?X-Injected: yes A{42}\.\.\." \(not verified\)\)\r\n/);
+  assert.ok(!/^X-Injected/m.test(head), head);
+});
+
+test('a certificate OpenSSL takes but whose fields cannot be read (a notBefore that is no time): no certificate in request mode, 421 in require mode', async () => {
+  const good = await createSelfSignedCertificate({ commonName: 'mangled', keyType: 'ecdsa' });
+  const der = Buffer.from(good.cert.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
+  const at = der.indexOf(Buffer.from([0x17, 0x0d])); // the notBefore UTCTime, 13 characters
+  der.write('AAAAAAAAAAAAZ', at + 2, 'latin1');
+  const cert = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE-----\n`;
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ starttls: { ca, cert, key: good.key } });
+  assert.equal((await c.command('MAIL FROM:<verdict@x.example>')).text, '550 5.7.1 none');
+  assert.equal((await c.sendMail('a@x.example', ['bob@example.com'])).code, 250, 'the session goes on');
+  await c.quit();
+  assert.ok(server.logs.some((l) => l.msg === 'client certificate unreadable: treated as none' && /malformed/.test(String(l.reason))));
+  const r = await SmtpTestClient.connect(server.port('require'));
+  await r.read();
+  await r.command('EHLO x.example');
+  await r.starttls({ ca, cert, key: good.key });
+  assert.equal((await r.read()).text, '421 4.7.1 Client certificate not trusted (unreadable)');
+  assert.ok(await r.waitClosed());
 });
 
 test('strict mode aborts the handshake for an untrusted certificate; pins satisfy require without a CA verdict', async () => {

@@ -44,6 +44,10 @@ listeners:
     listen: 127.0.0.1:0
     tls: ${tlsOn()}
     limits: { greetingDelayMs: 0 }
+  - name: starttls-quick
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0, tlsHandshakeTimeoutMs: 1000 }
   - name: starttls
     listen: 127.0.0.1:0
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
@@ -128,6 +132,27 @@ test('a connection that never completes its TLS handshake is closed after tlsHan
   await once(await silent(server.port('quick')), 'close');
   assert.equal((await c.command('NOOP')).code, 250);
   await c.quit();
+});
+
+test('after STARTTLS, a handshake sent a byte at a time is closed after tlsHandshakeTimeoutMs; a real one is not', { timeout: 60_000 }, async () => {
+  const c = await SmtpTestClient.connect(server.port('starttls-quick'));
+  await c.read();
+  await c.command('EHLO dripper.example');
+  assert.equal((await c.command('STARTTLS')).code, 220);
+  // A TLS record header announcing 512 bytes of ClientHello, then one byte every 100 ms: each byte restarts
+  // the idle timeout (5 minutes); only a deadline on the handshake ends it.
+  c.socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+  const drip = setInterval(() => { if (!c.socket.destroyed) c.socket.write(Buffer.from([0x01])); }, 100);
+  try {
+    assert.ok(await c.waitClosed(30_000), 'closed');
+  } finally {
+    clearInterval(drip);
+  }
+  const ok = await SmtpTestClient.connect(server.port('starttls-quick'));
+  await ok.hello({ starttls: { ca } });
+  await new Promise((r) => setTimeout(r, 1500)); // past the handshake deadline: an upgraded session is not cut
+  assert.equal((await ok.command('NOOP')).code, 250);
+  await ok.quit();
 });
 
 /** What a Node TLS client sees after its last data: 'end' (the server closed TLS properly) or an error. */

@@ -1,0 +1,121 @@
+// Hostile commands: bytes that are not UTF-8, parameters of extensions not offered, and sessions that never send mail — NOOP/RSET loops,
+// recipient probes, RCPT floods past maxRecipients. Each is answered, and each is bounded, as Postfix bounds
+// them (smtpd_hard_error_limit, smtpd_junk_command_limit, smtpd_recipient_overshoot_limit).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { readFile } from 'node:fs/promises';
+import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+
+let server: TestServer;
+let ca = '';
+
+before(async () => {
+  const pki = await makeTestPki();
+  ca = await readFile(pki.ca.cert, 'utf8');
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxRecipients: 5 }
+  - name: tls
+    listen: 127.0.0.1:0
+    reverseDns: false
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+});
+after(() => server.stop());
+
+async function client(): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  return c;
+}
+
+/** Write `lines` in one go (pipelined) and read `count` replies. */
+async function pipelined(c: SmtpTestClient, lines: string[], count = lines.length): Promise<Reply[]> {
+  c.socket.write(lines.map((l) => `${l}\r\n`).join(''));
+  const replies: Reply[] = [];
+  for (let i = 0; i < count; i++) replies.push(await c.read());
+  return replies;
+}
+
+const TOO_MANY_ERRORS = /^421 4\.7\.0 \S+ Error: too many errors$/;
+
+test('a command that is not UTF-8 is refused, never rewritten; UTF-8 addresses are kept byte for byte', async () => {
+  const c = await client();
+  c.socket.write(Buffer.concat([Buffer.from('MAIL FROM:<'), Buffer.from([0xc3, 0x28]), Buffer.from('@example.org>\r\n')]));
+  assert.equal((await c.read()).text, '500 5.5.2 Error: bad UTF-8 syntax');
+  assert.equal((await c.command('MAIL FROM:<jörg@example.org> SMTPUTF8')).code, 250);
+  c.socket.write(Buffer.concat([Buffer.from('RCPT TO:<'), Buffer.from([0xff, 0xfe]), Buffer.from('@example.com>\r\n')]));
+  assert.equal((await c.read()).text, '500 5.5.2 Error: bad UTF-8 syntax');
+  assert.equal((await c.command('RSET')).code, 250);
+  const r = await c.sendMail('jörg@example.org', ['zoë@example.com']);
+  assert.equal(r.code, 250, r.text);
+  await c.quit();
+  const env = await server.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!);
+  assert.deepEqual([env.sender, env.recipients.map((x) => x.address)], ['jörg@example.org', ['zoë@example.com']]);
+});
+
+test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETLS too), the offered ones are taken', async () => {
+  const c = await client();
+  assert.equal((await c.command('MAIL FROM:<a@example.org> X-EVIL=1')).text, '555 5.5.4 Unsupported option: X-EVIL');
+  assert.equal((await c.command('MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc AUTH=<>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<b@example.com> FOO=bar')).text, '555 5.5.4 Unsupported option: FOO');
+  assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com')).code, 250);
+  await c.quit();
+  // REQUIRETLS (RFC 8689) is not offered, and delivery would not honour it: refused after STARTTLS too.
+  const t = await SmtpTestClient.connect(server.port('tls'));
+  await t.hello({ starttls: { ca } });
+  assert.equal((await t.command('MAIL FROM:<a@example.org> REQUIRETLS')).text, '555 5.5.4 Unsupported option: REQUIRETLS');
+  await t.quit();
+});
+
+test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
+  const c = await client(); // its EHLO is the first junk command
+  const replies = await pipelined(c, Array.from({ length: 200 }, (_, i) => ['NOOP', 'RSET', 'EHLO again.example'][i % 3]!), 119);
+  assert.ok(replies.slice(0, 118).every((r) => r.code === 250), 'the first 118 are answered');
+  assert.match(replies[118]!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
+});
+
+test('an accepted message forgives: NOOPs and refusals before it do not count after it', async () => {
+  const c = await client();
+  await pipelined(c, Array.from({ length: 99 }, () => 'NOOP')); // and the EHLO: 100 junk commands
+  const refused = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 18 }, (_, i) => `RCPT TO:<u${i}@elsewhere.example>`), 'RSET']);
+  assert.equal(refused.filter((r) => r.code === 554).length, 18, 'with the 101st junk command (RSET), 19 refusals: one short of the limit');
+  assert.equal((await c.sendMail('a@example.org', ['b@example.com'])).code, 250);
+  const after = await pipelined(c, Array.from({ length: 100 }, () => 'NOOP'));
+  assert.ok(after.every((r) => r.code === 250));
+  assert.equal((await c.command('NOOP')).code, 250, 'still open');
+  await c.quit();
+});
+
+test('a recipient probe: the 20th refusal is followed by 421 and the close', async () => {
+  const c = await client();
+  assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+  const replies = await pipelined(c, Array.from({ length: 50 }, (_, i) => `RCPT TO:<guess${i}@elsewhere.example>`), 21);
+  assert.ok(replies.slice(0, 20).every((r) => r.code === 554), replies.map((r) => r.code).join(' '));
+  assert.match(replies[20]!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
+});
+
+test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; beyond, each counts as a refusal', async () => {
+  const c = await client();
+  const first = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1005 }, (_, i) => `RCPT TO:<u${i}@example.com>`), 'DATA']);
+  assert.equal(first.filter((r) => r.code === 250).length, 6, 'MAIL and five recipients');
+  assert.equal(first.filter((r) => r.code === 452).length, 1000);
+  assert.equal(first.at(-1)!.code, 354);
+  c.socket.write('Subject: many\r\n\r\nhi\r\n.\r\n');
+  assert.equal((await c.read()).code, 250);
+  const second = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1100 }, (_, i) => `RCPT TO:<u${i}@example.com>`)], 1027);
+  assert.equal(second.filter((r) => r.code === 452).length, 1020);
+  assert.match(second.at(-1)!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
+});
