@@ -31,7 +31,7 @@ const server = await startServer(script, { configText: benchConfig(dir, port, pk
 // Killed or failing, this script takes the server with it (its children follow their supervisor).
 process.on('exit', () => { try { process.kill(server.pid, 'SIGKILL'); } catch { /* gone */ } });
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(1));
-await load(pki, port, perConn, 1000, true);
+await load(pki, port, perConn, Math.min(1000, messages), true); // warm-up: JIT, isolates
 
 /** Every process of the tree with its role. */
 async function tree(pid: number, name = 'supervisor'): Promise<Array<{ pid: number; name: string }>> {
@@ -51,7 +51,7 @@ const procs = await tree(server.pid);
 const threads = async (pid: number): Promise<Map<string, number>> => {
   const m = new Map<string, number>();
   for (const t of await readdir(`/proc/${pid}/task`)) {
-    const comm = (await readFile(`/proc/${pid}/task/${t}/comm`, "utf8").catch(() => "gone")).trim();
+    const comm = (await readFile(`/proc/${pid}/task/${t}/comm`, 'utf8').catch(() => 'gone')).trim();
     // schedstat: nanoseconds on a CPU, exact (stat's ticks would round each of 16 pool threads down).
     const ns = Number((await readFile(`/proc/${pid}/task/${t}/schedstat`, 'utf8').catch(() => '0')).split(' ')[0]);
     m.set(`${t} ${comm}`, ns / 1e9);
@@ -64,7 +64,7 @@ const before = await Promise.all(procs.map(async (p) => ({ cpu: await cpuSeconds
 const perThread = process.env.SPLIT_STRACE === 'threads';
 const straces = process.env.SPLIT_STRACE ? procs.map((p) => spawn('strace', [perThread ? '-qq' : '-c', '-f', '-o', join(dir, `strace-${p.pid}.txt`), '-p', String(p.pid)], { stdio: 'ignore' })) : [];
 const comms = new Map<number, string>();
-for (const p of procs) for (const t of await readdir(`/proc/${p.pid}/task`)) comms.set(Number(t), (await readFile(`/proc/${p.pid}/task/${t}/comm`, 'utf8')).trim());
+for (const p of procs) for (const t of await readdir(`/proc/${p.pid}/task`)) comms.set(Number(t), (await readFile(`/proc/${p.pid}/task/${t}/comm`, 'utf8').catch(() => 'gone')).trim());
 if (straces.length) await new Promise((r) => setTimeout(r, 1000));
 const t0 = process.hrtime.bigint() / 1000n;
 const r = await load(pki, port, perConn, messages, true);
