@@ -33,6 +33,8 @@ export interface ConnectionCounts {
   release(key: string): void;
   /** The count the supervisor sent with a handed-over connection (key and client port), once. */
   handedOpen?(key: string, port?: number): number | undefined;
+  /** A handed-over connection's session ended: its slot goes back (once, however often it is told). */
+  releaseHanded?(key: string, port?: number): void;
 }
 
 /** One process: a map. */
@@ -84,8 +86,10 @@ export class WorkerCounters implements ConnectionCounts {
   readonly #waiting = new Map<number, (ok: boolean) => void>();
   /** Open counts of connections handed over with their slot, by "key|client port", until acquire() asks. */
   readonly #handed = new Map<string, number>();
-  /** Slots taken by round trip, given back by release(); handed slots go back when their socket closes. */
+  /** Slots taken by round trip, given back by release(); handed slots go back by releaseHanded(). */
   readonly #requested = new Map<string, number>();
+  /** Handed-over connections whose slot is not yet given back, by "key|client port". */
+  readonly #holding = new Map<string, number>();
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -96,16 +100,27 @@ export class WorkerCounters implements ConnectionCounts {
   /**
    * The supervisor handed over a connection with its slot already taken (`open` counts it); acquire()
    * for that connection (same key and client port) answers from it without a round trip. The slot is
-   * given back when the socket closes, whether or not a session ever started on it.
+   * given back once, by whichever comes first: the plain socket's close (a connection closed before a
+   * session counted it) or the listener's releaseHanded() when the session ends. The second is needed:
+   * smtp-server's STARTTLS removes every listener of the plain socket, this close listener included, so
+   * a STARTTLS session kept its slot for ever and the address was refused once it had had
+   * maxConnectionsPerIp sessions in all.
    */
   handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }): void {
     const id = `${key}|${port}`;
     this.#handed.set(id, open);
+    this.#holding.set(id, (this.#holding.get(id) ?? 0) + 1);
     this.failures.replace(ip, failures);
-    socket.once('close', () => {
-      this.#handed.delete(id);
-      this.#channel.send({ t: 'conn-', key });
-    });
+    socket.once('close', () => this.releaseHanded(key, port));
+  }
+
+  releaseHanded(key: string, port?: number): void {
+    const id = `${key}|${port}`;
+    const n = this.#holding.get(id) ?? 0;
+    if (n === 0) return; // given back already (or never handed over here)
+    if (n > 1) this.#holding.set(id, n - 1); else this.#holding.delete(id);
+    this.#handed.delete(id);
+    this.#channel.send({ t: 'conn-', key });
   }
 
   handedOpen(key: string, port?: number): number | undefined {

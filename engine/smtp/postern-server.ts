@@ -44,8 +44,8 @@ export interface ConnectionCounter {
    * this one included.
    */
   add(ip: string, port?: number): number;
-  /** One of them closed. */
-  remove(ip: string): void;
+  /** One of them closed (the one from `port`). */
+  remove(ip: string, port?: number): void;
 }
 
 /** The counts of this process. */
@@ -69,12 +69,13 @@ export class LocalConnectionCounter implements ConnectionCounter {
 
 /**
  * The counter of a worker process: the supervisor accepted the connection and counted it over every
- * worker; its count comes with the socket. Given back by the supervisor when the socket closes.
+ * worker; its count comes with the socket, and its slot goes back to the supervisor when the session ends
+ * (after STARTTLS the plain socket's own close listeners are gone: see WorkerCounters.handedOver).
  */
 function handedOverCounter(counts: ConnectionCounts, listener: string): ConnectionCounter {
   return {
     add: (ip, port) => counts.handedOpen?.(`${listener} ${ip}`, port) ?? 1,
-    remove: () => undefined,
+    remove: (ip, port) => counts.releaseHanded?.(`${listener} ${ip}`, port),
   };
 }
 
@@ -135,7 +136,8 @@ export class PosternServer extends SMTPServer {
       return false;
     }
     const ip = clientAddress(socket);
-    if (!this.#count(socket, ip, this.connectionCounter.add(ip, socket.remotePort), handshake, () => this.connectionCounter.remove(ip))) return false;
+    const port = socket.remotePort; // still known when the slot goes back, after the close
+    if (!this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip, port))) return false;
     return super._acceptSocket(socket, handshake);
   }
 
@@ -196,7 +198,7 @@ export class PosternServer extends SMTPServer {
   /** A proxied connection's slot: in this process, or (a worker) from the supervisor's count, by round trip. */
   async #countProxied(socket: net.Socket, ip: string, port: number, handshake: boolean): Promise<boolean> {
     const shared = this.runtime.connections;
-    if (!shared) return this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip));
+    if (!shared) return this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip, port));
     const key = `${this.listenerName} ${ip}`;
     const limit = this.maxConnectionsPerIp;
     const taken = await shared.acquire(key, ip, limit, port);
