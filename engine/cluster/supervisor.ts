@@ -34,6 +34,7 @@ import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook, type CrashRecord } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
+import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService } from '../policy-service/listen.ts';
@@ -95,7 +96,7 @@ export class Supervisor {
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
-  readonly #store = new StoreHost();
+  readonly #store: StoreHost;
   #next = 0;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
@@ -115,6 +116,7 @@ export class Supervisor {
     this.config = config;
     this.#configPath = configPath;
     this.log = log;
+    this.#store = new StoreHost(createMemoryStore(config.config.store, log));
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir));
     this.#reloads = new ReloadCoordinator(config, configPath, log, (reason) => {

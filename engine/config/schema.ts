@@ -280,6 +280,8 @@ export const configSchema = z.strictObject({
         .describe('Time limit of one store operation (one round trip). Keep it below `sandbox.timeoutMs`: a script\'s call waits for it within its own time limit.'),
     }).optional()
       .describe('Keep the counters in this Redis (or Valkey) server instead of in memory. Each operation is one Lua script: atomic on the server, one round trip. When the server is unreachable, operations fail at once (nothing is queued) and the client reconnects in the background.'),
+    maxKeys: z.number().int().min(1000).default(100_000)
+      .describe('In memory (no `redis`): the most keys held for scripts\' `rate()` and `counter()`, and apart from them the most for the built-in limits. When full, expired keys are swept out, else the keys created longest ago are dropped (their counts start again from 0) and a warning is logged, so scripts counting millions of distinct keys cannot exhaust the server\'s memory or push out a built-in limit. A key is at most ~1 KiB.'),
   }).prefault({})
     .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity` and the per-address auth-failure counts (`limits.authFailuresPerIp`). Without `redis`: in memory, shared by the listeners and by every worker process of one server (under `postern serve` the supervisor holds it; each call is one message to it, and one that gets no answer fails closed). See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   dns: z.strictObject({

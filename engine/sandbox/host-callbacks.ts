@@ -45,6 +45,8 @@ const digest = (algorithm: string) => (data: unknown): string => createHash(algo
 
 /** What the slot tells the host callbacks: where a pending operation's answer goes, and who a call id is. */
 export interface SlotHooks {
+  /** Throws when call `callId` may not start another operation now (too many in flight). */
+  admit(callId: number): void;
   /** An operation the host could not answer at once was started for call `callId`; `answer` settles later. */
   started(opId: number, callId: number, answer: Promise<string>): void;
   /** The connection and script of a call the slot knows by id (a continuation's log lines name it). */
@@ -81,6 +83,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     }
   };
   const start = (opId: unknown, callId: unknown, kind: unknown, args: unknown): string | null => {
+    slot.admit(Number(callId));
     const answer = startHostOperation(kind, args, host);
     if (typeof answer === 'string') return answer;
     // Settled later, through the slot: never an unhandled rejection in this process.

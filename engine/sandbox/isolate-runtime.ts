@@ -251,9 +251,25 @@ export function installRuntime(
   let currentCall = -1;
   // Set when a call parks an operation during deliver(): its continuation has stopped to wait.
   let parkedWhileDelivering = false;
+  // Host operations one call may start in its life (a DNS query, a store round trip): one SMTP command must
+  // not become thousands of queries. Those of a continuation the runtime cannot name (it runs after the
+  // call's own turn) count against the isolate entry they run in instead, also time-bound.
+  const MAX_OPS_PER_CALL = 1000;
+  let opsOf: Record<number, number> = create(null);
+  let opsOwners = 0; // calls stopped mid-way (time limit) never clear theirs: forgotten all at once past a bound
+  let unattributedOps = 0;
+  // The one call of the entry running now (a batch of one), whose continuations run within that entry
+  // after its own turn (microtasks; on an isolate thread, every await): their operations are its own.
+  let entryCall = -1;
   const hostAsync = async (kind: string, args: unknown[]): Promise<unknown> => {
+    const owner = currentCall >= 0 ? currentCall : entryCall;
+    const started = owner >= 0 ? (opsOf[owner] ?? 0) + 1 : ++unattributedOps;
+    if (started > MAX_OPS_PER_CALL) throw new ErrorCtor(`more than ${MAX_OPS_PER_CALL} host operations (rate(), counter(), dns.resolve(), dnsbl()) in one call`);
+    if (owner >= 0) {
+      if (started === 1 && ++opsOwners > 4096) { opsOf = create(null); opsOwners = 1; }
+      opsOf[owner] = started;
+    }
     const id = ++opSerial;
-    const owner = currentCall;
     const now = hostStart(id, owner, kind, args);
     if (isString(now)) return parse(now);
     parkedWhileDelivering = true;
@@ -495,13 +511,14 @@ export function installRuntime(
   // Outcomes of promises calls returned that have settled, by call id (see takeSettled()).
   let finished: Record<number, string> = create(null);
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
-  async function settled(result: Promise<unknown>, callId = -1): Promise<string> {
+  async function settled(result: Promise<unknown>, callId: number, owner: number): Promise<string> {
     let outcome: string;
     try {
       outcome = succeeded(await result);
     } catch (error) {
       outcome = failed(error);
     }
+    delete opsOf[owner];
     if (callId >= 0) finished[callId] = outcome;
     return outcome;
   }
@@ -520,10 +537,12 @@ export function installRuntime(
       const result = hooks[hook]!(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
-        return settled(result as Promise<unknown>, wait ? -1 : callId);
+        return settled(result as Promise<unknown>, wait ? -1 : callId, callId);
       }
+      delete opsOf[callId];
       return succeeded(result);
     } catch (error) {
+      delete opsOf[callId];
       return failed(error);
     } finally {
       currentCall = -1;
@@ -534,6 +553,7 @@ export function installRuntime(
   let batchCount = 0;
   const takeBatch = (): string => {
     collected = null;
+    entryCall = -1;
     let done = '[';
     for (let i = 0; i < batchCount; i++) done += (i ? ',' : '') + batchDone[i]!;
     batchDone = create(null);
@@ -548,6 +568,7 @@ export function installRuntime(
     return done + ']';
   }
   const takeSettled = (): string => {
+    entryCall = -1;
     let done = '{';
     const ids = keys(finished);
     for (let i = 0; i < ids.length; i++) done += (i ? ',' : '') + quote(ids[i]!) + ':' + finished[ids[i] as unknown as number]!;
@@ -565,10 +586,12 @@ export function installRuntime(
       hooks[hook] = fn;
     },
     run(callsJson, wait) {
+      unattributedOps = 0;
       batchDone = create(null);
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
+      entryCall = calls.length === 1 ? calls[0]![8] : -1;
       const outcomes: Record<number, string | Promise<string>> = create(null);
       let promised = false;
       for (let i = 0; i < calls.length; i++) {
@@ -603,6 +626,8 @@ export function installRuntime(
     takeBatch,
     takeSettled,
     async deliver(answersJson) {
+      unattributedOps = 0;
+      entryCall = -1;
       const answers = parse(answersJson) as AnswerWire;
       // By the call that is waiting for them, in the order they came.
       const owners: Record<number, number> = create(null);

@@ -42,6 +42,13 @@ type KeptTail = [string | undefined, object | undefined, boolean, string | undef
 const KEPT_VALUES = 128;
 
 /**
+ * Host operations (a DNS query, a store round trip) one call may have in flight at once; more reject in
+ * the script. Operations of a continuation whose call the runtime could not name share a larger allowance.
+ */
+export const MAX_IN_FLIGHT_PER_CALL = 32;
+const MAX_IN_FLIGHT_UNATTRIBUTED = 1024;
+
+/**
  * `ctx.connection`, apart from the rest of the context. With `key` (see connectionKey()) the isolate
  * keeps it between calls; with `certificateKey` it keeps the client certificate, which then crosses once.
  */
@@ -156,6 +163,8 @@ export class IsolateSlot {
   readonly #awaiting = new Map<number, Awaiting>();
   /** Operations started and not yet answered: the call waiting for each. */
   readonly #opOwners = new Map<number, number>();
+  /** Operations started and not yet answered by the host, per call id (-1: a continuation of a call not known). */
+  readonly #inFlight = new Map<number, number>();
   /** Answers that came since the last delivery, delivered together at the end of the turn. */
   #answers: AnswerWire = [];
   #flushScheduled = false;
@@ -369,9 +378,22 @@ export class IsolateSlot {
     return this.#delivering;
   }
 
+  /**
+   * Refuse to start one more host operation for call `callId` when it already has its allowance in flight:
+   * a script must not turn one SMTP command into thousands of DNS queries or store round trips. The throw
+   * rejects the script's promise (fail closed unless it catches it).
+   */
+  #admit(callId: number): void {
+    const cap = callId >= 0 ? MAX_IN_FLIGHT_PER_CALL : MAX_IN_FLIGHT_UNATTRIBUTED;
+    if ((this.#inFlight.get(callId) ?? 0) >= cap) {
+      throw new RangeError(`more than ${cap} host operations (rate(), counter(), dns.resolve(), dnsbl()) in flight in one call: await them`);
+    }
+  }
+
   /** A host operation started for call `callId` (host-operations.ts): its answer is delivered when it comes. */
   #started(opId: number, callId: number, answer: Promise<string>): void {
     this.#opOwners.set(opId, callId);
+    this.#inFlight.set(callId, (this.#inFlight.get(callId) ?? 0) + 1);
     answer.then(
       (text) => this.#answered(opId, 1, String(text)),
       (e: unknown) => this.#answered(opId, 0, String((e as Error)?.message ?? e)),
@@ -379,7 +401,12 @@ export class IsolateSlot {
   }
 
   #answered(opId: number, ok: 0 | 1, text: string): void {
-    if (!this.#opOwners.has(opId) || this.lost) return;
+    const owner = this.#opOwners.get(opId);
+    if (owner === undefined) return;
+    const left = (this.#inFlight.get(owner) ?? 1) - 1;
+    if (left > 0) this.#inFlight.set(owner, left);
+    else this.#inFlight.delete(owner);
+    if (this.lost) return;
     this.#answers.push([opId, ok, text]);
     this.#scheduleFlush();
   }
@@ -467,6 +494,7 @@ export class IsolateSlot {
         : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
     }
     this.#opOwners.clear();
+    this.#inFlight.clear();
     this.#answers = [];
     abandon(this.#isolate);
     try { this.listener?.lost(); } catch { /* the pool's own problem */ }
@@ -566,6 +594,7 @@ export class IsolateSlot {
       waiting.reject?.(new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'the sandbox was disposed during the call'));
     }
     this.#opOwners.clear();
+    this.#inFlight.clear();
     this.#answers = [];
   }
 
@@ -586,6 +615,7 @@ export class IsolateSlot {
     });
     this.#context = await this.#isolate.createContext();
     const callbacks = hostCallbacks(host, () => this.#current, {
+      admit: (callId) => this.#admit(callId),
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
     });
