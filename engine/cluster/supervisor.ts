@@ -118,7 +118,8 @@ export class Supervisor {
     this.log = log;
     this.#store = new StoreHost(createMemoryStore(config.config.store, log));
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
-    this.#fences = new FenceBook(crashDir(config.config.dataDir));
+    this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     this.#reloads = new ReloadCoordinator(config, configPath, log, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
@@ -277,7 +278,12 @@ export class Supervisor {
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
-    this.#collectCrashes(this.#diedIn(child, proc, code, signal));
+    // Blame is bookkeeping: whatever fails there (the disk), the process is replaced below.
+    try {
+      this.#collectCrashes(this.#diedIn(child, proc, code, signal));
+    } catch (err) {
+      this.log.error({ err: { message: (err as Error).message } }, `cannot account for the death of ${child.kind} ${child.index}`);
+    }
     if (this.#firstStart && child.restarts === 0 && !this.#stopping) {
       this.#firstStart.reject(new Error(`${child.kind} process ${child.index} could not start (${child.lastExit})`));
       this.#firstStart = null;
