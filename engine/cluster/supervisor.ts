@@ -243,6 +243,13 @@ export class Supervisor {
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
         return;
       }
+      case 'draining':
+        // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
+        child.ready = false;
+        this.log.warn({ [child.kind]: child.index, pid: proc.pid, reason: (m as { reason?: string }).reason },
+          `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
+        void this.#saveStatus();
+        return;
       case 'took':
         child.inflight.shift()?.destroy(); // the worker has its own descriptor now
         return this.#dispatch();
