@@ -11,7 +11,7 @@ import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type Ru
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
-import { reportUnrecoverable } from './unrecoverable.ts';
+import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { NeverSettled, abandon, cpuTime, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
@@ -658,6 +658,7 @@ export class IsolateSlot {
     } catch (e) {
       if (e instanceof NeverSettled) {
         this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        reportAbandonedRunning();
         return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
       }
       return this.#topLevelError(file, e);

@@ -9,6 +9,7 @@ import type { HostBridge, LogLevel } from './host-callbacks.ts';
 import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
 import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
+import { reportAbandonedRunning } from './unrecoverable.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -298,6 +299,7 @@ export class Sandbox {
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
       this.#abandoned++;
+      reportAbandonedRunning();
       this.#log(call.file, 'error', `isolate ${on.member.index} was still running ${call.hook} at its deadline ` +
         `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms); it is abandoned and replaced`);
       void this.#rebuild(on.member);
