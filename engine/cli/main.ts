@@ -10,6 +10,7 @@ import { configDescribeCommand, type DescribeOptions } from './config-describe.t
 import { hashPasswordCommand } from './hash-password.ts';
 import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
+import { exitMayHang, unrecoverableReasons } from '../sandbox/index.ts';
 import { replayCommand, type ReplayCliOptions } from './replay.ts';
 import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
 import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
@@ -22,7 +23,12 @@ import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } 
  * its environment is gone); process.exit() skips that teardown. `postern check` builds isolates.
  */
 async function exitWith(code: number): Promise<never> {
+  // A script stuck for good in a step V8 cannot interrupt parks an isolate thread, and process.exit() then
+  // hangs or crashes in teardown (SIGSEGV): say so and end with a signal instead.
+  const stuck = exitMayHang();
+  if (stuck) process.stderr.write(`postern: ${unrecoverableReasons()[0] ?? 'a script could not be stopped'}; ending with SIGKILL instead of exit ${code}\n`);
   await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((resolve) => s.write('', () => resolve()))));
+  if (stuck) process.kill(process.pid, 'SIGKILL');
   process.exit(code);
 }
 

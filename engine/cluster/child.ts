@@ -16,7 +16,8 @@ import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
-import { HEARTBEAT_MS, HANG_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
+import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
+import { onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
@@ -79,8 +80,23 @@ async function main(): Promise<void> {
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     await running?.close();
-    process.exit(0);
+    end();
   })());
+  // A parked isolate thread keeps process.exit() from returning (unrecoverable.ts): then end with a signal.
+  const end = (): void => {
+    if (unrecoverableReasons().length) process.kill(process.pid, 'SIGKILL');
+    process.exit(0);
+  };
+  // The sandbox cannot recover in this process: no new connections (the supervisor hands them to the
+  // others), the sessions here get their chance to end, then this process ends and is replaced.
+  let recycling = false;
+  onUnrecoverable((reason) => {
+    if (recycling) return;
+    recycling = true;
+    send({ t: 'draining', reason });
+    setTimeout(() => process.kill(process.pid, 'SIGKILL'), RECYCLE_GRACE_MS).unref();
+    void stop();
+  });
   // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
   process.on('disconnect', () => void stop());
   // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.

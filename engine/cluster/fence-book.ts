@@ -21,11 +21,16 @@ const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
 export class FenceBook {
   readonly #dir: string;
+  readonly #onSaveError: (err: unknown) => void;
+  /** Crash records counted but still on disk (they could not be removed). */
+  readonly #counted = new Set<string>();
   readonly #crashes = new Map<string, number>();
   #fences: Fence[] = [];
 
-  constructor(dir: string) {
+  /** `onSaveError`: the fence list could not be written (it stays in force in memory). */
+  constructor(dir: string, onSaveError: (err: unknown) => void = () => undefined) {
     this.#dir = dir;
+    this.#onSaveError = onSaveError;
     mkdirSync(dir, { recursive: true });
     try {
       this.#fences = JSON.parse(readFileSync(join(dir, 'fenced.json'), 'utf8')) as Fence[];
@@ -38,15 +43,21 @@ export class FenceBook {
   collect(more: readonly CrashRecord[] = []): { fenced: Fence[]; crashes: CrashRecord[] } {
     const fenced: Fence[] = [];
     const crashes: CrashRecord[] = [...more];
-    for (const name of readdirSync(this.#dir)) {
+    let names: string[] = [];
+    try { names = readdirSync(this.#dir); } catch { /* the folder is gone: only `more` to count */ }
+    for (const name of names) {
       if (!/^crash-.*\.json$/.test(name)) continue;
       const path = join(this.#dir, name);
-      try {
-        crashes.push(JSON.parse(readFileSync(path, 'utf8')) as CrashRecord);
-      } catch {
-        continue; // being written
+      if (!this.#counted.has(name)) {
+        try {
+          crashes.push(JSON.parse(readFileSync(path, 'utf8')) as CrashRecord);
+        } catch {
+          continue; // being written
+        }
+        this.#counted.add(name);
       }
-      unlinkSync(path);
+      // Counted once, even when it cannot be taken away (a broken disk): forgotten once it is gone.
+      try { unlinkSync(path); this.#counted.delete(name); } catch { /* tried again at the next collect */ }
     }
     for (const record of crashes) {
       // Calls batched into one entry share the blame: each of n distinct scripts gets 1/n of the crash, so
@@ -86,9 +97,14 @@ export class FenceBook {
     return lifted;
   }
 
+  /** The fence list on disk, for the next start; one that cannot be written (a full disk) still holds in memory. */
   #save(): void {
     const path = join(this.#dir, 'fenced.json');
-    writeFileSync(`${path}.tmp`, JSON.stringify(this.#fences, null, 2));
-    renameSync(`${path}.tmp`, path);
+    try {
+      writeFileSync(`${path}.tmp`, JSON.stringify(this.#fences, null, 2));
+      renameSync(`${path}.tmp`, path);
+    } catch (err) {
+      this.#onSaveError(err);
+    }
   }
 }

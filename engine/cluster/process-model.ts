@@ -16,6 +16,11 @@ export const STALE_FOR_CONNECTIONS_MS = 300;
  * (StoreUnavailable: a temporary refusal). A script's call is bounded by its own time limit before that.
  */
 export const STORE_CALL_MS = 1000;
+/**
+ * A child whose sandbox cannot recover (an isolate thread parked for good: unrecoverable.ts) stops taking
+ * connections, lets its sessions end for at most this long, and ends itself to be replaced.
+ */
+export const RECYCLE_GRACE_MS = 30_000;
 /** Crashes or hangs attributed to one script (same file content) before it is fenced. */
 export const CRASHES_TO_FENCE = 3;
 

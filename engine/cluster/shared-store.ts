@@ -94,7 +94,11 @@ export class ForwardingCounterStore implements CounterStore {
 
 /** The supervisor's side: the one memory store, answering each child's calls at once. */
 export class StoreHost {
-  readonly #store = new MemoryCounterStore();
+  readonly #store: MemoryCounterStore;
+
+  constructor(store: MemoryCounterStore = new MemoryCounterStore()) {
+    this.#store = store;
+  }
 
   /** Feed every message from a child; true when it was a store call (answered through `send`). */
   handle(message: { t?: string }, send: (m: object) => void): boolean {

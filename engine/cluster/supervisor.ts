@@ -34,6 +34,7 @@ import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook, type CrashRecord } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
+import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService } from '../policy-service/listen.ts';
@@ -95,7 +96,7 @@ export class Supervisor {
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
-  readonly #store = new StoreHost();
+  readonly #store: StoreHost;
   #next = 0;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
@@ -115,8 +116,10 @@ export class Supervisor {
     this.config = config;
     this.#configPath = configPath;
     this.log = log;
+    this.#store = new StoreHost(createMemoryStore(config.config.store, log));
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
-    this.#fences = new FenceBook(crashDir(config.config.dataDir));
+    this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     this.#reloads = new ReloadCoordinator(config, configPath, log, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
@@ -240,6 +243,13 @@ export class Supervisor {
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
         return;
       }
+      case 'draining':
+        // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
+        child.ready = false;
+        this.log.warn({ [child.kind]: child.index, pid: proc.pid, reason: (m as { reason?: string }).reason },
+          `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
+        void this.#saveStatus();
+        return;
       case 'took':
         child.inflight.shift()?.destroy(); // the worker has its own descriptor now
         return this.#dispatch();
@@ -275,7 +285,12 @@ export class Supervisor {
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
-    this.#collectCrashes(this.#diedIn(child, proc, code, signal));
+    // Blame is bookkeeping: whatever fails there (the disk), the process is replaced below.
+    try {
+      this.#collectCrashes(this.#diedIn(child, proc, code, signal));
+    } catch (err) {
+      this.log.error({ err: { message: (err as Error).message } }, `cannot account for the death of ${child.kind} ${child.index}`);
+    }
     if (this.#firstStart && child.restarts === 0 && !this.#stopping) {
       this.#firstStart.reject(new Error(`${child.kind} process ${child.index} could not start (${child.lastExit})`));
       this.#firstStart = null;

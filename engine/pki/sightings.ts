@@ -43,6 +43,8 @@ type Fresh = Omit<Sighting, 'firstSeen' | 'lastSeen'>;
 export class SightingRecorder {
   readonly #file: string;
   readonly #delayMs: number;
+  readonly #retryMs: number;
+  #closed = false;
   readonly #records = new Map<string, Sighting>();
   /** When each record was last marked for writing (ms): within SIGHTING_MS it is not marked again. */
   readonly #marked = new Map<string, number>();
@@ -52,10 +54,14 @@ export class SightingRecorder {
   #writing: Promise<void> = Promise.resolve();
   readonly #onError: (err: unknown) => void;
 
-  /** `process`: this process's name in the file name (`single`, `worker-2`). `delayMs`: from the first change to the write. */
-  constructor(dataDir: string, process: string, opts: { delayMs?: number; onError?: (err: unknown) => void } = {}) {
+  /**
+   * `process`: this process's name in the file name (`single`, `worker-2`). `delayMs`: from the first change
+   * to the write. `retryMs`: from a failed write (a full disk) to the next try.
+   */
+  constructor(dataDir: string, process: string, opts: { delayMs?: number; retryMs?: number; onError?: (err: unknown) => void } = {}) {
     this.#file = join(sightingsDir(dataDir), `seen-${process}.json`);
     this.#delayMs = opts.delayMs ?? 1000;
+    this.#retryMs = opts.retryMs ?? 30_000;
     this.#onError = opts.onError ?? (() => undefined);
   }
 
@@ -70,26 +76,39 @@ export class SightingRecorder {
     const old = this.#records.get(s.fingerprintSha256);
     this.#records.set(s.fingerprintSha256, { ...s, firstSeen: old?.firstSeen ?? at, lastSeen: at });
     this.#dirty = true;
-    if (!this.#timer) {
-      this.#timer = setTimeout(() => { this.#timer = null; void this.flush().catch(this.#onError); }, this.#delayMs);
-      this.#timer.unref();
-    }
+    this.#schedule(this.#delayMs);
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#timer || this.#closed) return;
+    this.#timer = setTimeout(() => { this.#timer = null; void this.flush().catch(this.#onError); }, delayMs);
+    this.#timer.unref();
   }
 
   /** Writes the file now if anything changed (also at close). */
   flush(): Promise<void> {
-    this.#writing = this.#writing.then(async () => {
-      await (this.#loaded ??= this.#load());
+    // After a failed write (a full disk) the next one still runs: the chain goes on from a settled promise.
+    this.#writing = this.#writing.catch(() => undefined).then(async () => {
       if (!this.#dirty) return;
-      this.#dirty = false;
-      this.#prune(Date.now() - KEEP_MS);
-      const certificates = Object.fromEntries(this.#records);
-      await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
+      try {
+        // A failed read is not remembered: the next flush reads again.
+        await (this.#loaded ??= this.#load().catch((err: unknown) => { this.#loaded = null; throw err; }));
+        this.#dirty = false;
+        this.#prune(Date.now() - KEEP_MS);
+        const certificates = Object.fromEntries(this.#records);
+        await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
+      } catch (err) {
+        // Still to be written: tried again later, not only when another certificate comes.
+        this.#dirty = true;
+        this.#schedule(this.#retryMs);
+        throw err;
+      }
     });
     return this.#writing;
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     await this.flush().catch(this.#onError);

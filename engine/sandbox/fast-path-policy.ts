@@ -25,6 +25,15 @@ const CPU_SHARE = 0.75;
  */
 export const HELD_FACTOR = 10;
 
+/**
+ * Hooks that never take the fast path. predelivery runs in the queue runner, where no client waits on a
+ * call's latency, and a call stuck there in a builtin V8 does not interrupt would hold the event loop, so
+ * every delivery, until the process is killed; killed again at every retry of that one message, the
+ * script would be fenced and no message delivered at all. On an isolate thread it is abandoned at its
+ * deadline and only its message is deferred.
+ */
+const ISOLATE_THREAD_ONLY: ReadonlySet<HookName> = new Set<HookName>(['predelivery']);
+
 export interface FastPathStats {
   /** Calls started on the event-loop thread. */
   calls: number;
@@ -50,7 +59,7 @@ export class FastPathPolicy {
 
   /** The fast-path budget of a call of `hook` now; 0: straight to an isolate thread. */
   budgetFor(hook: HookName): number {
-    if (this.budgetMs === 0) return 0;
+    if (this.budgetMs === 0 || ISOLATE_THREAD_ONLY.has(hook)) return 0;
     const until = this.#slowUntil.get(hook);
     if (until === undefined) return this.budgetMs;
     if (Date.now() < until) return 0;

@@ -45,6 +45,8 @@ const digest = (algorithm: string) => (data: unknown): string => createHash(algo
 
 /** What the slot tells the host callbacks: where a pending operation's answer goes, and who a call id is. */
 export interface SlotHooks {
+  /** Throws when call `callId` may not start another operation now (too many in flight). */
+  admit(callId: number): void;
   /**
    * Start operation `kind` for whoever `callId` names, at most once per call (operation-journal.ts):
    * `live` starts it; the slot calls it, or answers with what an earlier attempt of the call was answered;
@@ -87,6 +89,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     }
   };
   const start = (opId: unknown, callId: unknown, kind: unknown, args: unknown): string | null => {
+    slot.admit(Number(callId));
     const list = Array.isArray(args) ? args as unknown[] : [];
     const answer = slot.operate(Number(opId), Number(callId), String(kind), list, () => startHostOperation(kind, list, host));
     if (answer === null || typeof answer === 'string') return answer;

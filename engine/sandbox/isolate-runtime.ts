@@ -257,9 +257,24 @@ export function installRuntime(
   let currentCall = -1;
   // Set when a call parks an operation during deliver(): its continuation has stopped to wait.
   let parkedWhileDelivering = false;
+  // Host operations one call may start in its life (a DNS query, a store round trip): one SMTP command must
+  // not become thousands of queries. Those of a continuation the runtime cannot name (it runs after the
+  // call's own turn) count against the isolate entry they run in instead, also time-bound.
+  const MAX_OPS_PER_CALL = 1000;
+  let opsOf: Record<number, number> = create(null);
+  let opsOwners = 0; // calls stopped mid-way (time limit) never clear theirs: forgotten all at once past a bound
+  let unattributedOps = 0;
   const hostAsync = async (kind: string, args: unknown[]): Promise<unknown> => {
-    const id = ++opSerial;
+    // currentCall also names a call's continuations run after its own turn (see run()); a batch's tag (-2 or
+    // less) counts as not known here.
     const owner = currentCall;
+    const started = owner >= 0 ? (opsOf[owner] ?? 0) + 1 : ++unattributedOps;
+    if (started > MAX_OPS_PER_CALL) throw new ErrorCtor(`more than ${MAX_OPS_PER_CALL} host operations (rate(), counter(), dns.resolve(), dnsbl()) in one call`);
+    if (owner >= 0) {
+      if (started === 1 && ++opsOwners > 4096) { opsOf = create(null); opsOwners = 1; }
+      opsOf[owner] = started;
+    }
+    const id = ++opSerial;
     const now = hostStart(id, owner, kind, args);
     if (isString(now)) return parse(now);
     parkedWhileDelivering = true;
@@ -501,13 +516,14 @@ export function installRuntime(
   // Outcomes of promises calls returned that have settled, by call id (see takeSettled()).
   let finished: Record<number, string> = create(null);
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
-  async function settled(result: Promise<unknown>, callId = -1): Promise<string> {
+  async function settled(result: Promise<unknown>, callId: number, owner: number): Promise<string> {
     let outcome: string;
     try {
       outcome = succeeded(await result);
     } catch (error) {
       outcome = failed(error);
     }
+    delete opsOf[owner];
     if (callId >= 0) finished[callId] = outcome;
     return outcome;
   }
@@ -526,10 +542,12 @@ export function installRuntime(
       const result = hooks[hook]!(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
-        return settled(result as Promise<unknown>, wait ? -1 : callId);
+        return settled(result as Promise<unknown>, wait ? -1 : callId, callId);
       }
+      delete opsOf[callId];
       return succeeded(result);
     } catch (error) {
+      delete opsOf[callId];
       return failed(error);
     } finally {
       currentCall = -1;
@@ -573,6 +591,7 @@ export function installRuntime(
       hooks[hook] = fn;
     },
     run(callsJson, wait, tag) {
+      unattributedOps = 0;
       batchDone = create(null);
       batchCount = 0;
       collected = null;
@@ -619,6 +638,7 @@ export function installRuntime(
     takeBatch,
     takeSettled,
     async deliver(answersJson) {
+      unattributedOps = 0;
       const answers = parse(answersJson) as AnswerWire;
       // By the call that is waiting for them, in the order they came.
       const owners: Record<number, number> = create(null);

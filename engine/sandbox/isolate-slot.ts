@@ -11,7 +11,7 @@ import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type Ru
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
-import { reportUnrecoverable } from './unrecoverable.ts';
+import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
@@ -41,6 +41,13 @@ type KeptTail = [string | undefined, object | undefined, boolean, string | undef
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
+
+/**
+ * Host operations (a DNS query, a store round trip) one call may have in flight at once; more reject in
+ * the script. Operations of a continuation whose call the runtime could not name share a larger allowance.
+ */
+export const MAX_IN_FLIGHT_PER_CALL = 32;
+const MAX_IN_FLIGHT_UNATTRIBUTED = 1024;
 
 /**
  * `ctx.connection`, apart from the rest of the context. With `key` (see connectionKey()) the isolate
@@ -192,6 +199,8 @@ export class IsolateSlot {
   #nextTag = 0;
   /** Set while the isolate runs what a stopped entry left behind: it starts nothing (see callBatch). */
   #refusing = false;
+  /** Operations started and not yet answered by the host, per call id (-1 or a batch tag: a continuation of a call not known). */
+  readonly #inFlight = new Map<number, number>();
   /** Answers that came since the last delivery, delivered together at the end of the turn. */
   #answers: AnswerWire = [];
   #flushScheduled = false;
@@ -466,6 +475,7 @@ export class IsolateSlot {
         this.#answers.push([opId, 2, '']); // forgotten in the isolate with the next delivery
         this.#scheduleFlush();
       }
+      this.#inFlight.delete(key); // its answers are not counted back (#answered no longer knows them)
     }
     if (close && owner instanceof SharedOperations) return; // already in the queue (see callBatch)
     this.#retired.push(key);
@@ -477,9 +487,22 @@ export class IsolateSlot {
     return this.#delivering;
   }
 
+  /**
+   * Refuse to start one more host operation for call `callId` when it already has its allowance in flight:
+   * a script must not turn one SMTP command into thousands of DNS queries or store round trips. The throw
+   * rejects the script's promise (fail closed unless it catches it).
+   */
+  #admit(callId: number): void {
+    const cap = callId >= 0 ? MAX_IN_FLIGHT_PER_CALL : MAX_IN_FLIGHT_UNATTRIBUTED;
+    if ((this.#inFlight.get(callId) ?? 0) >= cap) {
+      throw new RangeError(`more than ${cap} host operations (rate(), counter(), dns.resolve(), dnsbl()) in flight in one call: await them`);
+    }
+  }
+
   /** A host operation started for call `callId` (host-operations.ts): its answer is delivered when it comes. */
   #started(opId: number, callId: number, answer: Promise<string>): void {
     this.#opOwners.set(opId, callId);
+    this.#inFlight.set(callId, (this.#inFlight.get(callId) ?? 0) + 1);
     answer.then(
       (text) => this.#answered(opId, 1, String(text)),
       (e: unknown) => this.#answered(opId, 0, String((e as Error)?.message ?? e)),
@@ -487,7 +510,12 @@ export class IsolateSlot {
   }
 
   #answered(opId: number, ok: 0 | 1, text: string): void {
-    if (!this.#opOwners.has(opId) || this.lost) return;
+    const owner = this.#opOwners.get(opId);
+    if (owner === undefined) return;
+    const left = (this.#inFlight.get(owner) ?? 1) - 1;
+    if (left > 0) this.#inFlight.set(owner, left);
+    else this.#inFlight.delete(owner);
+    if (this.lost) return;
     this.#answers.push([opId, ok, text]);
     this.#scheduleFlush();
   }
@@ -577,6 +605,7 @@ export class IsolateSlot {
         : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
     }
     this.#opOwners.clear();
+    this.#inFlight.clear();
     this.#answers = [];
     abandon(this.#isolate);
     try { this.listener?.lost(); } catch { /* the pool's own problem */ }
@@ -677,6 +706,7 @@ export class IsolateSlot {
     }
     this.#opOwners.clear();
     this.#owners.clear();
+    this.#inFlight.clear();
     this.#answers = [];
   }
 
@@ -697,6 +727,7 @@ export class IsolateSlot {
     });
     this.#context = await this.#isolate.createContext();
     const callbacks = hostCallbacks(host, () => this.#current, {
+      admit: (callId) => this.#admit(callId),
       operate: (opId, callId, kind, args, live) => this.#operate(opId, callId, kind, args, live),
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
@@ -754,6 +785,7 @@ export class IsolateSlot {
     } catch (e) {
       if (e instanceof NeverSettled) {
         this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        reportAbandonedRunning();
         return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
       }
       return this.#topLevelError(file, e);

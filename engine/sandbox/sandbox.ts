@@ -10,6 +10,7 @@ import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
 import { OperationJournal } from './operation-journal.ts';
 import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
+import { reportAbandonedRunning } from './unrecoverable.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -330,6 +331,7 @@ export class Sandbox {
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
       this.#abandoned++;
+      reportAbandonedRunning();
       this.#log(call.file, 'error', `isolate ${on.member.index} was still running ${call.hook} at its deadline ` +
         `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms); it is abandoned and replaced`);
       void this.#rebuild(on.member);

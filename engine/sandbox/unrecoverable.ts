@@ -31,3 +31,21 @@ export function reportUnrecoverable(reason: string): void {
     try { listener(reason); } catch { /* idem */ }
   }
 }
+
+let abandonedRunning = 0;
+
+/**
+ * An isolate was given up while a call or top level was still running in it (its deadline passed): its
+ * thread may be stuck for good, which isolated-vm says only seconds later (reportUnrecoverable).
+ */
+export function reportAbandonedRunning(): void {
+  abandonedRunning++;
+}
+
+/**
+ * Whether process.exit() may hang or crash in teardown (SIGSEGV) now: an isolate was given up while it ran,
+ * or the signal was given. A one-shot command then ends itself with a signal after its output.
+ */
+export function exitMayHang(): boolean {
+  return abandonedRunning > 0 || reasons.length > 0;
+}

@@ -197,12 +197,18 @@ export class Spool {
     const tmp = join(this.queueDir, `${id}.state.${randomBytes(4).toString('hex')}.tmp`);
     const handle = await open(tmp, 'w', 0o600);
     try {
-      await handle.writeFile(JSON.stringify(state));
-      await handle.datasync();
-    } finally {
-      await handle.close();
+      try {
+        await handle.writeFile(JSON.stringify(state));
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tmp, this.statePath(id));
+    } catch (err) {
+      // On a full disk each failed try would otherwise leave its temporary file, filling it further.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
     }
-    await rename(tmp, this.statePath(id));
     await this.#dirSync.sync();
   }
 

@@ -13,7 +13,15 @@ export { prefixedStore } from './prefixed-store.ts';
 
 export function createStore(config: Config['store'], logger: Logger): CounterStore {
   if (config.redis) return new RedisCounterStore(config.redis, logger);
-  return new MemoryCounterStore();
+  return createMemoryStore(config, logger);
+}
+
+/** The in-memory store, bounded by `store.maxKeys`; the keys it drops are logged as a warning. */
+export function createMemoryStore(config: Config['store'], logger: Logger): MemoryCounterStore {
+  return new MemoryCounterStore(undefined, {
+    maxKeys: config.maxKeys,
+    onEvict: (dropped, maxKeys) => logger.warn({ dropped, maxKeys }, `store: more than ${maxKeys} keys in memory; dropped the ${dropped} created longest ago (see store.maxKeys)`),
+  });
 }
 
 /** What identifies a store's configuration: a reload that changes it takes effect only at restart. */

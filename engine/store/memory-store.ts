@@ -1,6 +1,12 @@
 /**
  * The default store: counters in this process's memory. Answers at once and never fails. In a
  * multi-process server the supervisor holds one of these and the workers reach it over IPC.
+ *
+ * Bounded: scripts name their own keys (`rate('per-sender:' + address, …)`), so a client that makes a
+ * script count millions of distinct keys must not exhaust the server's memory. Scripts' keys and the
+ * built-in limits' keys (`limit:…`) are held apart, each at most `maxKeys`: when one side is full, its
+ * expired keys are swept out, and if that frees nothing the keys created longest ago are dropped (their
+ * counts start again from 0). Scripts can therefore never push out a built-in limit's count.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
 import type { CounterStore, ImmediateCounterStore, RateResult } from './counter-store.ts';
@@ -9,17 +15,104 @@ interface Entry { value: number; expiresAt: number }
 
 /** Entries kept before expired ones are swept out (then twice the live count, so a sweep is rare). */
 const SWEEP_FLOOR = 10_000;
+/** Keys held per side (scripts', built-in) unless told otherwise: a key is at most ~1 KiB, so ~100 MiB at most. */
+export const DEFAULT_MAX_KEYS = 100_000;
+/** At a full side, a sweep runs at most this often (ms): between sweeps the oldest keys are dropped. */
+const FULL_SWEEP_INTERVAL_MS = 1000;
+
+export interface MemoryStoreOptions {
+  /** Keys held on each side before old ones are dropped (default DEFAULT_MAX_KEYS). */
+  maxKeys?: number;
+  /** Told when keys were dropped to stay within `maxKeys` (the number since last told; at most once a second). */
+  onEvict?(dropped: number, maxKeys: number): void;
+}
+
+/** One side of the store (scripts' keys, or the built-in limits'), bounded. */
+class BoundedCounters {
+  readonly #entries = new Map<string, Entry>();
+  readonly #maxKeys: number;
+  readonly #onEvict: ((dropped: number, maxKeys: number) => void) | undefined;
+  #sweepAt: number;
+  #lastFullSweep = -Infinity;
+  #droppedSinceTold = 0;
+  #lastTold = -Infinity;
+
+  constructor(maxKeys: number, onEvict: MemoryStoreOptions['onEvict']) {
+    this.#maxKeys = maxKeys;
+    this.#onEvict = onEvict;
+    this.#sweepAt = Math.min(SWEEP_FLOOR, maxKeys);
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  clear(): void {
+    this.#entries.clear();
+  }
+
+  live(key: string, now: number): Entry | undefined {
+    const entry = this.#entries.get(key);
+    if (entry && entry.expiresAt <= now) {
+      this.#entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  create(key: string, expiresAt: number, now: number): Entry {
+    if (this.#entries.size >= this.#maxKeys) this.#makeRoom(now);
+    else if (this.#entries.size >= this.#sweepAt) this.#sweep(now);
+    const entry = { value: 0, expiresAt };
+    this.#entries.set(key, entry);
+    return entry;
+  }
+
+  /** Drop expired entries, so that keys used once (rotating addresses, identities) do not pile up. */
+  #sweep(now: number): void {
+    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
+    this.#sweepAt = Math.min(this.#maxKeys, Math.max(SWEEP_FLOOR, 2 * this.#entries.size));
+  }
+
+  /** Full: sweep (not more than once a second: a sweep walks every key), else drop the oldest keys. */
+  #makeRoom(now: number): void {
+    if (now - this.#lastFullSweep >= FULL_SWEEP_INTERVAL_MS) {
+      this.#lastFullSweep = now;
+      this.#sweep(now);
+    }
+    // A Map iterates in insertion order: the first keys are the ones created longest ago. One in a
+    // hundred at a time, so that a flood of new keys costs a drop per key, not a walk per key.
+    let drop = this.#entries.size - this.#maxKeys + 1;
+    if (drop <= 0) return;
+    drop = Math.max(drop, Math.ceil(this.#maxKeys / 100));
+    for (const key of this.#entries.keys()) {
+      this.#entries.delete(key);
+      this.#droppedSinceTold++;
+      if (--drop <= 0) break;
+    }
+    if (now - this.#lastTold >= FULL_SWEEP_INTERVAL_MS) {
+      this.#lastTold = now;
+      const dropped = this.#droppedSinceTold;
+      this.#droppedSinceTold = 0;
+      try { this.#onEvict?.(dropped, this.#maxKeys); } catch { /* telling must not fail a count */ }
+    }
+  }
+}
 
 export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
   readonly kind = 'memory';
-  readonly #entries = new Map<string, Entry>();
+  readonly #scripts: BoundedCounters;
+  readonly #builtin: BoundedCounters;
   readonly #now: () => number;
   readonly #authFailures = new MemoryAuthFailureStore();
-  #sweepAt = SWEEP_FLOOR;
 
   /** `now`: milliseconds on a clock that never goes back (tests pass their own). */
-  constructor(now: () => number = () => performance.now()) {
+  constructor(now: () => number = () => performance.now(), options: MemoryStoreOptions = {}) {
     this.#now = now;
+    const maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
+    if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RangeError(`maxKeys must be a positive whole number, not ${maxKeys}`);
+    this.#scripts = new BoundedCounters(maxKeys, options.onEvict);
+    this.#builtin = new BoundedCounters(maxKeys, options.onEvict);
   }
 
   get immediate(): ImmediateCounterStore {
@@ -40,20 +133,22 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
 
   rateNow(key: string, limit: number, windowSeconds: number): RateResult {
     const now = this.#now();
-    let entry = this.#live(key, now);
+    const side = this.#side(key);
+    let entry = side.live(key, now);
     if (entry && entry.value >= limit) return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
-    entry ??= this.#create(key, now + windowSeconds * 1000);
+    entry ??= side.create(key, now + windowSeconds * 1000, now);
     entry.value++;
     return { allowed: true, count: entry.value, resetSeconds: resetSeconds(entry, now) };
   }
 
   getNow(key: string): number {
-    return this.#live(key, this.#now())?.value ?? 0;
+    return this.#side(key).live(key, this.#now())?.value ?? 0;
   }
 
   addNow(key: string, n: number, ttlSeconds: number): number {
     const now = this.#now();
-    const entry = this.#live(key, now) ?? this.#create(key, now + ttlSeconds * 1000);
+    const side = this.#side(key);
+    const entry = side.live(key, now) ?? side.create(key, now + ttlSeconds * 1000, now);
     entry.value += n;
     return entry.value;
   }
@@ -64,35 +159,18 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
 
   /** Keys held now, expired ones not yet swept included (tests). */
   get size(): number {
-    return this.#entries.size;
+    return this.#scripts.size + this.#builtin.size;
   }
 
   close(): Promise<void> {
-    this.#entries.clear();
+    this.#scripts.clear();
+    this.#builtin.clear();
     return Promise.resolve();
   }
 
-  #live(key: string, now: number): Entry | undefined {
-    const entry = this.#entries.get(key);
-    if (entry && entry.expiresAt <= now) {
-      this.#entries.delete(key);
-      return undefined;
-    }
-    return entry;
-  }
-
-  #create(key: string, expiresAt: number): Entry {
-    if (this.#entries.size >= this.#sweepAt) this.#sweep();
-    const entry = { value: 0, expiresAt };
-    this.#entries.set(key, entry);
-    return entry;
-  }
-
-  /** Drop expired entries, so that keys used once (rotating addresses, identities) do not pile up. */
-  #sweep(): void {
-    const now = this.#now();
-    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
-    this.#sweepAt = Math.max(SWEEP_FLOOR, 2 * this.#entries.size);
+  /** The built-in limits' keys (STORE_KEYS.messagesPerIdentity, …) are `limit:…`; anything else is a script's. */
+  #side(key: string): BoundedCounters {
+    return key.startsWith('limit:') ? this.#builtin : this.#scripts;
   }
 }
 

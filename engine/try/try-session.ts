@@ -76,9 +76,13 @@ export const NO_SCRIPT_FILE = '(no script)';
  * see is still shown; the decision is the built-in rules', as without it.
  */
 export async function buildTryGeneration(loaded: LoadedConfig, logger: Logger, scripts?: string): Promise<BuiltGeneration> {
-  const config = scripts === undefined ? loaded.config : {
+  const folders = scripts === undefined ? loaded.config : {
     ...loaded.config, scripts, listeners: loaded.config.listeners.map((l) => ({ ...l, scripts })),
   };
+  // Every call on an isolate thread: no client waits on a try, and a script stuck in a step V8 cannot
+  // interrupt is then cut off at its deadline with its verdict shown, instead of holding (and, after a few
+  // seconds, crashing) the command's own thread.
+  const config = { ...folders, sandbox: { ...folders.sandbox, fastPathMs: 0 } };
   return buildGeneration({ ...loaded, config }, {
     logger, store: new MemoryCounterStore(),
     addScripts: async (_dir, present) => HOOK_NAMES.filter((h) => !present.some((s) => s.hook === h))

@@ -74,3 +74,26 @@ test('a worker hung inside a builtin is replaced; a client on another connection
     await c.stop();
   }
 });
+
+test('a worker whose isolate thread is parked for good (fastPathMs 0, a builtin V8 cannot interrupt) drains and is replaced; its client got 451, the others are served', async () => {
+  const c = await startCluster({ config: `${CONFIG}sandbox: { fastPathMs: 0 }\n`, scripts: { 'rcptto.js': HANG_SCRIPT } });
+  try {
+    const before = new Set([await workerPid(c, 0), await workerPid(c, 1)]);
+    const client = await greeted(c);
+    await client.command('MAIL FROM:<a@example.test>');
+    // Answered at its deadline on its isolate thread; the thread stays stuck, and 5 s later isolated-vm gives it up.
+    assert.match((await client.command('RCPT TO:<hang@example.test>', 30_000)).text, /^451 4\.3\.0/);
+    await client.quit().catch(() => undefined);
+    await c.waitFor('the worker says it is being replaced', () =>
+      c.logs.some((l) => /^worker \d is being replaced: its sandbox cannot recover/.test(String(l.msg))));
+    await c.waitFor('a new worker in its place, both ready', async () => {
+      const workers = (await c.cluster()).processes.filter((p) => p.role === 'worker');
+      return workers.every((p) => p.ready) && workers.some((p) => !before.has(p.pid!));
+    });
+    const after = await greeted(c);
+    assert.equal((await after.sendMail('sender@example.test', ['user@example.test'])).code, 250);
+    await after.quit();
+  } finally {
+    await c.stop();
+  }
+});

@@ -49,3 +49,42 @@ test('the queue process delivers every worker\'s messages, including a killed wo
     await sink.close();
   }
 });
+
+test('a predelivery script stuck in a builtin V8 cannot interrupt, on one message: that message is deferred, every other one delivered, nothing fenced', async () => {
+  const sink = await startSink({});
+  const c = await startCluster({
+    config: `${TWO_WORKERS}delivery:
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  scanIntervalMs: 200
+`,
+    // On the queue process's event-loop thread this would hold every delivery until the process was killed.
+    scripts: { 'predelivery.js': "export default function (ctx) { if (ctx.message.recipients.some((r) => r.startsWith('poison'))) return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n" },
+  });
+  try {
+    const send = async (to: string, subject: string): Promise<string> => {
+      const client = await SmtpTestClient.connect(c.port('in'));
+      try {
+        await client.read(30_000);
+        await client.command('EHLO client.test', 30_000);
+        return (await client.sendMail('sender@example.test', [to], `Subject: ${subject}\r\n\r\nbody\r\n`)).text;
+      } finally {
+        client.destroy();
+      }
+    };
+    const poison = /queued as ([0-9a-z]+)/.exec(await send('poison@example.test', 'poison'))?.[1];
+    assert.ok(poison);
+    for (let i = 0; i < 6; i++) assert.match(await send('user@example.test', `m${i}`), /^250 /);
+    await sink.waitFor(6, 60_000);
+    assert.deepEqual(sink.messages.map((m) => /Subject: (\w+)/.exec(m.data.toString())?.[1]).sort(), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5']);
+    await c.waitFor('the poison message deferred by its deadline', async () =>
+      c.logs.some((l) => /^policy script predelivery failed: .*timeout/.test(String(l.msg))));
+    const status = await c.cluster();
+    assert.deepEqual(status.fences, []);
+    assert.equal(status.processes.find((p) => p.role === 'queue')!.restarts, 0, 'the queue process was not killed');
+    assert.ok((await new SpoolSet(new Spool(join(c.dataDir, 'spool'))).list()).includes(poison), 'the poison message is still queued');
+  } finally {
+    await c.stop();
+    await sink.close();
+  }
+});

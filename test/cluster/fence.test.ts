@@ -2,7 +2,7 @@
 // the fence is logged and shown in `postern status`, and it is lifted once the file changes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
@@ -31,12 +31,15 @@ async function readyWorkers(c: ClusterProcess): Promise<number> {
   return (await c.cluster()).processes.filter((p) => p.role === 'worker' && p.ready).length;
 }
 
-test('a script that hangs its worker repeatedly is fenced until its file changes', async () => {
+test('a script that hangs its worker repeatedly is fenced until its file changes, also when the fence list cannot be written', async () => {
   const c = await startCluster({
     config: TWO_WORKERS,
     scripts: { 'rcptto.js': HANG_SCRIPT },
   });
   try {
+    // A directory where the fence list's temporary file goes: writing it fails, as on a full disk. The
+    // supervisor must neither die nor stop replacing workers; the fence holds in memory.
+    await mkdir(join(c.dir, 'data', 'fences', 'fenced.json.tmp'), { recursive: true });
     for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
       await c.waitFor('both workers ready', async () => (await readyWorkers(c)) === 2);
       assert.equal(await rcpt(c, 'hang@example.test'), 'closed', `hang ${i} kills the session`);
@@ -46,6 +49,7 @@ test('a script that hangs its worker repeatedly is fenced until its file changes
     assert.equal(status.fences[0]!.hook, 'rcptto');
     assert.equal(status.fences[0]!.file, join(c.dir, 'scripts', 'rcptto.js'));
     assert.ok(c.logs.some((l) => l.level === 50 && /^fenced rcptto script/.test(String(l.msg))), 'the fence is logged at error level');
+    assert.ok(c.logs.some((l) => l.level === 50 && /^the fence list could not be written/.test(String(l.msg))), 'the failed write is logged');
     const out = await promisify(execFile)(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', join(c.dir, 'postern.yaml')]);
     assert.equal((JSON.parse(out.stdout) as { cluster: { fences: unknown[] } }).cluster.fences.length, 1);
 

@@ -18,6 +18,14 @@ export default async function (ctx: ConnectContext) {
 `;
 const MAILFROM = `import type { MailFromContext } from "postern";
 export default async function (ctx: MailFromContext) {
+  if (ctx.address.domain === "flood.test") {
+    // One command must not become a thousand queries: past the allowance in flight, calls reject.
+    let refused = 0;
+    const all = [];
+    for (let i = 0; i < 1000; i++) all.push(dns.resolve("q" + i + ".flood.test", "A").catch(() => { refused++; }));
+    await Promise.all(all);
+    return defer("refused " + refused);
+  }
   if (ctx.address.domain === "strict.test") await dns.resolve("broken.test", "A", { throw: true });
   const mx = await dns.resolve(ctx.address.domain, "MX");
   if (!mx.ok) return defer("DNS " + mx.error + " for " + ctx.address.domain);
@@ -38,6 +46,7 @@ before(async () => {
   });
   dns.servfail.add('broken.test');
   dns.servfail.add('servfail.test');
+  for (let i = 0; i < 1000; i++) dns.silent.add(`q${i}.flood.test`);
   server = await startTestServer({
     config: `
 localDomains: [example.com]
@@ -86,6 +95,17 @@ test('dns.resolve() at MAIL FROM: MX found, none, no such domain, and a failure 
   assert.equal(await mail('a@strict.test'), '451 4.3.0 Temporary policy failure, try again later');
   await c.quit();
   assert.ok(server.logs.some((l) => /dns\.resolve\(\): servfail: SERVFAIL for broken\.test A/.test(JSON.stringify(l))));
+});
+
+test('a call may have at most 32 DNS queries in flight: further ones reject in the script, and are never sent', async () => {
+  // The DNS server never answers these: the first 32 stay in flight until dns.timeoutMs.
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  assert.equal((await c.command('MAIL FROM:<a@flood.test>')).text, '451 4.3.0 refused 968');
+  await c.quit();
+  const sent = [...dns.queries].filter(([k]) => k.endsWith('.flood.test')).reduce((n, [, v]) => n + v, 0);
+  // A fast-path attempt stopped at its budget and run again may have sent its own 32 first.
+  assert.ok(sent >= 32 && sent <= 64, `${sent} queries reached the DNS server`);
 });
 
 test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are addresses', () => {

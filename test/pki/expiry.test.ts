@@ -4,7 +4,7 @@
 // minute; a restarted process keeps its first-seen times. Concurrent commands do not lose an update.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -96,6 +96,30 @@ test('sightings: per-process files merged on read, at most one write a minute pe
     const mine = JSON.parse(await readFile(again.file, 'utf8')) as { certificates: Record<string, { firstSeen: string; lastSeen: string }> };
     assert.equal(mine.certificates.aa!.firstSeen, new Date(t0).toISOString());
     assert.equal(mine.certificates.aa!.lastSeen, new Date(t0 + 10 * SIGHTING_MS).toISOString());
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('sightings: a write that fails (the file cannot be replaced) is tried again, and later sightings are still written', async () => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'postern-seen-fault-'));
+  try {
+    const errors: unknown[] = [];
+    const w = new SightingRecorder(dataDir, 'worker-0', { delayMs: 10, retryMs: 50, onError: (e) => errors.push(e) });
+    // A directory where the file goes: the rename over it fails, as a write on a broken disk would.
+    await mkdir(w.file, { recursive: true });
+    const t0 = Date.parse('2026-03-01T00:00:00Z');
+    const base = { pinSha256: 'p', serial: '01', subject: 'CN=a', issuer: 'CN=ca', notAfter: '2027-01-01T00:00:00.000Z', identity: null, verdict: 'verified' };
+    w.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c1' }, t0);
+    await assert.rejects(w.flush());
+    await until('the failure is told', () => errors.length >= 1);
+    await rm(w.file, { recursive: true });
+    // The retry writes the record that failed, and a new sighting is written too.
+    await until('the failed record is written by the retry', async () => (await readSightings(dataDir)).has('aa'));
+    w.seen({ ...base, fingerprintSha256: 'bb', listener: 'submission', lastConnection: 'c2' }, t0 + 1000);
+    await w.flush();
+    assert.deepEqual([...(await readSightings(dataDir)).keys()].sort(), ['aa', 'bb']);
+    await w.close();
   } finally {
     await rm(dataDir, { recursive: true, force: true });
   }

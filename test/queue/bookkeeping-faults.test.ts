@@ -2,7 +2,8 @@
 // the "done" mark of a journal message fails with ENOSPC; the outcome is kept in memory and written later.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
+import fs, { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { syncBuiltinESMExports } from 'node:module';
 import { startSink } from '../delivery/helpers/sink.ts';
 import { startDeliveryServer } from '../delivery/helpers/server.ts';
@@ -88,6 +89,7 @@ test('a recipient accepted by the next hop is not sent to again when the state f
     await until('three failed state writes', () => failures >= 3);
     assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'the accepted recipient got it once');
     assert.ok(sink.attempts.length >= 3, 'the refused recipient was tried again');
+    assert.deepEqual(readdirSync(join(s.dir, 'data', 'spool', 'queue')).filter((f) => f.endsWith('.tmp')), [], 'no temporary state file is left behind by a failed write');
     const removed = s.nextAttempt((e) => e.id === id && e.removed);
     restore();
     refuseLater = false;

@@ -89,6 +89,51 @@ listeners:
   }
 });
 
+test('memory store bounded by store.maxKeys: a script counting thousands of distinct keys is trimmed and logged; a built-in limit keeps its count; at most 1000 store operations per call', async () => {
+  const server = await startTestServer({
+    config: `
+users: ./users
+localDomains: [example.net]
+# every call on an isolate thread: a fast-path attempt stopped at its budget and run again would count twice
+sandbox: { timeoutMs: 20000, fastPathMs: 0 }
+store: { maxKeys: 1000 }
+listeners:
+  - name: submit
+    listen: 127.0.0.1:0
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 2, windowSeconds: 600 } }
+`,
+    files: { users: `carol@example.com:${await hashPassword('carol-Password-1')}\n` },
+    // Each recipient counts 990 keys nobody will see again, with a window of a year, then a's first again.
+    scripts: { 'rcptto.ts': `export default async function (ctx) {
+      const local = ctx.address.localPart;
+      if (local === 'many') { for (let i = 0; i < 1001; i++) await rate('many:' + i, 5, 60); return accept(); }
+      for (let i = 0; i < 990; i++) await rate(local + ':' + i, 5, 31000000);
+      const first = await rate('a:0', 5, 31000000);
+      return reject('count ' + first.count, { code: 550 });
+    }` },
+  });
+  try {
+    const carol = await login(server.port('submit'));
+    const mail = async (): Promise<string> => (await carol.command('MAIL FROM:<carol@example.com>')).text;
+    assert.equal(await mail(), '250 2.1.0 Accepted');
+    assert.equal((await carol.command('RCPT TO:<a@example.net>')).text, '550 5.7.1 count 2');
+    // b's keys made room by dropping the oldest, a's: its first key counts from 0 again.
+    assert.equal((await carol.command('RCPT TO:<b@example.net>')).text, '550 5.7.1 count 1');
+    // More than 1000 store operations in one call: the 1001st rejects (uncaught: fail closed).
+    assert.equal((await carol.command('RCPT TO:<many@example.net>')).text, '451 4.3.0 Temporary policy failure, try again later');
+    await carol.command('RSET');
+    assert.equal(await mail(), '250 2.1.0 Accepted');
+    await carol.command('RSET');
+    // 3000 script keys later, the built-in per-identity count is still there.
+    assert.equal(await mail(), '450 4.7.1 Error: too much mail from carol@example.com, try again later');
+    await carol.quit();
+    assert.ok(server.logs.some((l) => l.level === 40 && /^store: more than 1000 keys in memory; dropped/.test(String(l.msg))), 'the trimming is logged as a warning');
+  } finally {
+    await server.stop();
+  }
+});
+
 test('configuration: store.redis.timeoutMs must be below sandbox.timeoutMs; messagesPerIdentity needs both keys', () => {
   const base = 'listeners: [{ name: a, listen: "127.0.0.1:0" }]\n';
   assert.throws(() => parseConfig(`${base}store: { redis: { url: "redis://127.0.0.1:6379", timeoutMs: 100 } }\n`, 'p.yaml', '/tmp'),

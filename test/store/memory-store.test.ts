@@ -35,3 +35,38 @@ test('expired keys are swept out once many accumulate', async () => {
   await store.rate('fresh', 1, 1);
   assert.equal(store.size, 1);
 });
+
+test('bounded: a flood of distinct script keys with long windows stays within maxKeys, oldest dropped, and told', async () => {
+  let now = 0;
+  const told: number[] = [];
+  const store = new MemoryCounterStore(() => now, { maxKeys: 1000, onEvict: (dropped) => told.push(dropped) });
+  await store.rate('script:rate:first', 1, 31_000_000);
+  for (let i = 0; i < 50_000; i++) {
+    await store.rate(`script:rate:flood${i}`, 10, 31_000_000);
+    if (i % 1000 === 0) now += 1; // a clock that moves, slowly
+  }
+  assert.ok(store.size <= 1000, `held ${store.size} keys`);
+  // The newest keys are kept, the oldest went first: `first` counts from 0 again.
+  assert.deepEqual(await store.rate('script:rate:flood49999', 10, 31_000_000), { allowed: true, count: 2, resetSeconds: 31_000_000 });
+  assert.equal((await store.rate('script:rate:first', 1, 31_000_000)).allowed, true, 'the oldest key was dropped');
+  assert.ok(told.length >= 1 && told.reduce((a, b) => a + b, 0) > 0, 'dropping keys is told');
+  assert.ok(told.length <= 60, `told at most about once a second of store clock, not per key (${told.length})`);
+});
+
+test('bounded: scripts\' keys never push out a built-in limit\'s count (limit:…)', async () => {
+  const store = new MemoryCounterStore(() => 0, { maxKeys: 1000 });
+  assert.equal(await store.add('limit:messages:alice', 7, 3600), 7);
+  for (let i = 0; i < 20_000; i++) await store.add(`script:counter:k${i}`, 1, 3600);
+  assert.equal(await store.get('limit:messages:alice'), 7);
+  assert.ok(store.size <= 1001);
+});
+
+test('bounded: at a full store expired keys go first, before live ones', async () => {
+  let now = 0;
+  const store = new MemoryCounterStore(() => now, { maxKeys: 1000 });
+  assert.equal(await store.add('script:counter:old-live', 1, 3600), 1);
+  for (let i = 0; i < 999; i++) await store.rate(`script:rate:short${i}`, 1, 1);
+  now = 5000; // the short windows ended; old-live has not
+  for (let i = 0; i < 500; i++) await store.rate(`script:rate:new${i}`, 1, 3600);
+  assert.equal(await store.get('script:counter:old-live'), 1, 'a live key survives while expired ones can go');
+});

@@ -5,7 +5,7 @@
 // sends none). The real command line against a real STARTTLS listener's configuration.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -81,4 +81,17 @@ test('DATA of a message starting with a tab reads as the server spools it: no he
   const r = await cli(['try', '-c', config, '--no-tls', '--scripts', scripts, '--to', 'b@example.com', '--message', join(dir, 'ws.eml'), 'data']);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /h=0 b="\\t\(Auth"/);
+});
+
+test('a script stuck in a builtin V8 cannot interrupt: the verdict (fails closed) is shown, and the command ends, by a signal it names', async () => {
+  const scripts = join(dir, 'stuck-scripts');
+  await mkdir(scripts, { recursive: true });
+  await writeFile(join(scripts, 'rcptto.js'), "export default function () { return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n");
+  // Before: a SIGSEGV with no output at all (the call held the command's own thread).
+  const r = await cli(['try', '-c', config, '--scripts', scripts, '--from', 'a@example.org', '--to', 'b@example.com', 'rcptto']);
+  assert.match(r.stdout, /verdict: script error \(timeout\) .*rcptto\.js: .*could not be stopped/);
+  assert.match(r.stdout, /^< 451 4\.3\.0 Temporary policy failure, try again later$/m);
+  assert.match(r.stdout, /outcome: error \(exit 3\)/);
+  assert.match(r.stderr, /^postern: a script could not be stopped; ending with SIGKILL instead of exit 3$/m);
+  assert.equal(r.code, null, 'ended by the signal');
 });
