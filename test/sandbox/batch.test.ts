@@ -12,6 +12,28 @@ import { withSandbox } from '../helpers/sandbox.ts';
 
 const settle = <T>(calls: Array<Promise<T>>) => Promise.allSettled(calls);
 
+/**
+ * Slow calls that do not depend on the machine's speed (a call that merely took 60 ms of wall time could end
+ * before a descheduled timer thread stopped it): they spin until the host opens a gate, so every fast-path
+ * attempt uses up its budget. The test opens it, or the host does when it hears `openOn` logged: the log
+ * lines of a fast-path attempt are held until its batch ends (and dropped when it is stopped), so it hears
+ * it only from the attempt run alone on an isolate thread. An isolate remembers lookups: each asks anew.
+ */
+function gatedHost(openOn?: string): ReturnType<typeof recordingHost> & { open(): void } {
+  let open = false;
+  const host = recordingHost();
+  const log = host.log;
+  return Object.assign(host, {
+    lookup: (table: string): string | null => (table === 'gate' && open ? 'open' : null),
+    log(...args: Parameters<typeof log>): void {
+      if (args[3] === openOn) open = true;
+      log(...args);
+    },
+    open() { open = true; },
+  });
+}
+const UNTIL_THE_GATE_OPENS = `while (lookup('gate', String(Math.random())) !== 'open') {}`;
+
 test('calls made in one turn share one entry into the isolate, each with its own outcome and log lines', async () => {
   const host = recordingHost();
   await withSandbox({
@@ -42,22 +64,24 @@ test('calls made in one turn share one entry into the isolate, each with its own
 });
 
 test('a slow call is stopped with its batch; the calls after it do not wait for it, and each logs once', async () => {
-  const host = recordingHost();
+  const host = gatedHost();
   await withSandbox({
     host,
-    fastPathMs: 20, // well below the slow call's 80 ms, well above what a quick call takes on a loaded machine
-    timeoutMs: 2000,
+    fastPathMs: 20,
+    timeoutMs: 60_000, // a hang guard: run alone, the slow call waits for the test's gate
     scripts: [js('rcptto', `export default (ctx) => {
       log('run', ctx.n);
-      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 80) {} }
+      if (ctx.slow) ${UNTIL_THE_GATE_OPENS}
       return accept({ text: String(ctx.n) });
     }`)],
   }, async (sandbox) => {
     const order: number[] = [];
     const calls = [0, 1, 2, 3].map((n) => sandbox.invoke('rcptto', { n, slow: n === 1 }, `c${n}`).then((v) => { order.push(n); return v; }));
+    // The slow call ends only after the others have: had they waited for it, nothing would end.
+    void Promise.allSettled([calls[0], calls[2], calls[3]]).then(() => host.open());
     const values = await Promise.all(calls);
     assert.deepEqual(values, [0, 1, 2, 3].map((n) => ({ verdict: 'accept', text: String(n) })));
-    assert.equal(order.at(-1), 1, `the slow call ends last (order ${order.join(', ')})`);
+    assert.equal(order.at(-1), 1);
     assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => [l.connectionId, l.message]).sort(),
       [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
     const { fastPath } = await sandbox.stats();
@@ -125,12 +149,12 @@ test('a script whose promise waits for the store settles when the answer is deli
 
 test('connection facts stay right across batches, when an isolate forgets them, and after a stopped batch', async () => {
   await withSandbox({
-    host: recordingHost(),
+    host: gatedHost('alone'),
     isolates: 1,
     fastPathMs: 20,
     timeoutMs: 2000,
     scripts: [js('mailfrom', `export default (ctx) => {
-      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
+      if (ctx.slow) { log('alone'); ${UNTIL_THE_GATE_OPENS} }
       return accept({ text: ctx.connection.id + ' ' + ctx.connection.helo });
     }`)],
   }, async (sandbox) => {
@@ -153,12 +177,12 @@ test('connection facts stay right across batches, when an isolate forgets them, 
 
 test('a call whose promise awaits no host operation settles even when a later call of its batch is stopped', async () => {
   await withSandbox({
-    host: recordingHost(),
+    host: gatedHost('alone'),
     isolates: 1,
     fastPathMs: 20,
     timeoutMs: 2000,
     scripts: [js('mailfrom', `export default async (ctx) => {
-      if (ctx.slow) { const t = Date.now(); while (Date.now() - t < 60) {} }
+      if (ctx.slow) { log('alone'); ${UNTIL_THE_GATE_OPENS} }
       await null;
       return accept({ text: 'n' + ctx.n });
     }`)],
@@ -168,5 +192,6 @@ test('a call whose promise awaits no host operation settles even when a later ca
     assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
       { verdict: 'accept', text: 'n0' }, { verdict: 'accept', text: 'n1' },
     ]);
+    assert.ok((await sandbox.stats()).fastPath.overruns >= 1, 'the batch was stopped');
   });
 });
