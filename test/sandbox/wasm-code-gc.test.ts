@@ -8,14 +8,13 @@
  * What the sandbox's import can promise is that no collection *starts* after it: one started before it,
  * while Node stripped the sandbox's own modules, still runs to its end (on a loaded machine the ordinary
  * 64 kB threshold is reached there: the trace then shows one collection with a non-zero limit). The installed
- * command and the processes postern serve forks switch the collection off before they strip anything, so
- * there nothing at all may be collected.
+ * command and the processes postern serve forks switch the collection off before they strip anything:
+ * test/cluster/wasm-code-gc.test.ts checks that nothing at all is collected there.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { TWO_WORKERS, greeted, startCluster, workerPid } from '../cluster/helpers.ts';
 
 const engine = join(import.meta.dirname, '../../engine/sandbox');
 
@@ -44,28 +43,4 @@ test('control: without the sandbox, stripping TypeScript under the stress flag c
 test('after the sandbox is loaded, no collection of dead wasm code starts', () => {
   const trace = traceOfStripping(true);
   assert.deepEqual(startedUnderStress(trace), [], trace.join('\n'));
-});
-
-test('postern serve started as installed collects no wasm code at all, in the supervisor or its workers, while scripts load and run', async () => {
-  const c = await startCluster({
-    config: TWO_WORKERS,
-    scripts: { 'rcptto.ts': 'export default function (ctx: { envelope: unknown }): void { log(String(typeof ctx.envelope)); }\n' },
-    installed: true,
-    nodeArgs: ['--trace-wasm-code-gc', '--stress-wasm-code-gc'],
-  });
-  try {
-    await workerPid(c, 0);
-    await workerPid(c, 1);
-    for (let i = 0; i < 4; i++) { // connections spread over both workers: each one's scripts are stripped and run
-      const client = await greeted(c);
-      const r = await client.sendMail('sender@example.test', ['user@example.test'], 'Subject: t\r\n\r\nwasm\r\n');
-      assert.equal(r.code, 250, r.text);
-      await client.quit();
-    }
-  } finally {
-    await c.stop();
-  }
-  assert.equal(c.proc.exitCode, 0, 'a clean stop, so V8 flushed what it traced');
-  const trace = c.logs.map((l) => String(l.text ?? '')).filter((l) => l.startsWith('[wasm-gc]'));
-  assert.deepEqual(trace, []);
 });
