@@ -14,22 +14,22 @@ const settle = <T>(calls: Array<Promise<T>>) => Promise.allSettled(calls);
 
 /**
  * Slow calls that do not depend on the machine's speed (a call that merely took 60 ms of wall time could end
- * before a descheduled timer thread stopped it): they spin until the host opens a gate, so every fast-path
- * attempt uses up its budget. The test opens it, or the host does when it hears `openOn` logged: the log
- * lines of a fast-path attempt are held until its batch ends (and dropped when it is stopped), so it hears
- * it only from the attempt run alone on an isolate thread. An isolate remembers lookups: each asks anew.
+ * before a descheduled timer thread stopped it): they log 'alone', then spin until the host opens a gate,
+ * so every fast-path attempt uses up its budget. The host opens it when it hears 'alone': the log lines of a
+ * fast-path attempt are held until its batch ends (and dropped when it is stopped), so it hears it only from
+ * the attempt run alone on an isolate thread, which then goes on at once. An isolate remembers lookups:
+ * each asks anew.
  */
-function gatedHost(openOn?: string): ReturnType<typeof recordingHost> & { open(): void } {
+function gatedHost(): ReturnType<typeof recordingHost> {
   let open = false;
   const host = recordingHost();
   const log = host.log;
   return Object.assign(host, {
     lookup: (table: string): string | null => (table === 'gate' && open ? 'open' : null),
     log(...args: Parameters<typeof log>): void {
-      if (args[3] === openOn) open = true;
+      if (args[3] === 'alone') open = true;
       log(...args);
     },
-    open() { open = true; },
   });
 }
 const UNTIL_THE_GATE_OPENS = `while (lookup('gate', String(Math.random())) !== 'open') {}`;
@@ -64,25 +64,35 @@ test('calls made in one turn share one entry into the isolate, each with its own
 });
 
 test('a slow call is stopped with its batch; the calls after it do not wait for it, and each logs once', async () => {
-  const host = gatedHost();
+  // Run alone, the slow call waits for the store's answer, which the test gives once the others have
+  // settled: had they waited for it, nothing would end. (Waiting on its thread instead, asking the host
+  // over and over, would keep the event loop busy and slow the others' batches down.)
+  const memory = new MemoryCounterStore();
+  let answer!: () => void;
+  const answered = new Promise<void>((resolve) => { answer = resolve; });
+  const host = Object.assign(gatedHost(), { store: {
+    kind: 'test', rate: async (k: string, l: number, w: number) => { await answered; return memory.rateNow(k, l, w); },
+    get: () => Promise.resolve(0), add: () => Promise.resolve(0), authFailures: () => memory.authFailures(), close: () => Promise.resolve(),
+  } });
   await withSandbox({
     host,
     fastPathMs: 20,
-    timeoutMs: 60_000, // a hang guard: run alone, the slow call waits for the test's gate
+    timeoutMs: 60_000, // a hang guard: run alone, the slow call waits for the test
     scripts: [js('rcptto', `export default (ctx) => {
       log('run', ctx.n);
-      if (ctx.slow) ${UNTIL_THE_GATE_OPENS}
-      return accept({ text: String(ctx.n) });
+      if (!ctx.slow) return accept({ text: String(ctx.n) });
+      log('alone');
+      ${UNTIL_THE_GATE_OPENS}
+      return rate('slow', 1000000, 60).then(() => accept({ text: String(ctx.n) }));
     }`)],
   }, async (sandbox) => {
     const order: number[] = [];
     const calls = [0, 1, 2, 3].map((n) => sandbox.invoke('rcptto', { n, slow: n === 1 }, `c${n}`).then((v) => { order.push(n); return v; }));
-    // The slow call ends only after the others have: had they waited for it, nothing would end.
-    void Promise.allSettled([calls[0], calls[2], calls[3]]).then(() => host.open());
+    void Promise.allSettled([calls[0], calls[2], calls[3]]).then(() => answer());
     const values = await Promise.all(calls);
     assert.deepEqual(values, [0, 1, 2, 3].map((n) => ({ verdict: 'accept', text: String(n) })));
     assert.equal(order.at(-1), 1);
-    assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => [l.connectionId, l.message]).sort(),
+    assert.deepEqual(host.logs.filter((l) => l.level === 'info' && l.message.startsWith('run')).map((l) => [l.connectionId, l.message]).sort(),
       [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
     const { fastPath } = await sandbox.stats();
     assert.equal(fastPath.calls, 4);
@@ -149,7 +159,7 @@ test('a script whose promise waits for the store settles when the answer is deli
 
 test('connection facts stay right across batches, when an isolate forgets them, and after a stopped batch', async () => {
   await withSandbox({
-    host: gatedHost('alone'),
+    host: gatedHost(),
     isolates: 1,
     fastPathMs: 20,
     timeoutMs: 2000,
@@ -177,7 +187,7 @@ test('connection facts stay right across batches, when an isolate forgets them, 
 
 test('a call whose promise awaits no host operation settles even when a later call of its batch is stopped', async () => {
   await withSandbox({
-    host: gatedHost('alone'),
+    host: gatedHost(),
     isolates: 1,
     fastPathMs: 20,
     timeoutMs: 2000,
