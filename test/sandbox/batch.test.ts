@@ -76,6 +76,7 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
   } });
   await withSandbox({
     host,
+    isolates: 2, // run alone, the slow call holds one on its thread until its promise settles
     fastPathMs: 20,
     timeoutMs: 60_000, // a hang guard: run alone, the slow call waits for the test
     scripts: [js('rcptto', `export default (ctx) => {
@@ -86,18 +87,23 @@ test('a slow call is stopped with its batch; the calls after it do not wait for 
       return rate('slow', 1000000, 60).then(() => accept({ text: String(ctx.n) }));
     }`)],
   }, async (sandbox) => {
+    // An isolate's first call compiles, and may use up the budget once (see FastPathPolicy): warm one up.
+    assert.deepEqual(await sandbox.invoke('rcptto', { n: 9 }, 'c9'), { verdict: 'accept', text: '9' });
+    const before = (await sandbox.stats()).fastPath;
     const order: number[] = [];
     const calls = [0, 1, 2, 3].map((n) => sandbox.invoke('rcptto', { n, slow: n === 1 }, `c${n}`).then((v) => { order.push(n); return v; }));
     void Promise.allSettled([calls[0], calls[2], calls[3]]).then(() => answer());
     const values = await Promise.all(calls);
     assert.deepEqual(values, [0, 1, 2, 3].map((n) => ({ verdict: 'accept', text: String(n) })));
     assert.equal(order.at(-1), 1);
-    assert.deepEqual(host.logs.filter((l) => l.level === 'info' && l.message.startsWith('run')).map((l) => [l.connectionId, l.message]).sort(),
+    assert.deepEqual(host.logs.filter((l) => l.level === 'info' && l.message.startsWith('run') && l.connectionId !== 'c9').map((l) => [l.connectionId, l.message]).sort(),
       [0, 1, 2, 3].map((n) => [`c${n}`, `run ${n}`]), 'stopped attempts log nothing');
-    const { fastPath } = await sandbox.stats();
+    const after = (await sandbox.stats()).fastPath;
+    const fastPath = { calls: after.calls - before.calls, overruns: after.overruns - before.overruns, descheduled: after.descheduled - before.descheduled, batches: after.batches - before.batches };
     assert.equal(fastPath.calls, 4);
-    // The slow call overruns; on a loaded machine a descheduled quick one may too (it is then not counted against its hook).
-    assert.ok(fastPath.overruns >= 1 && fastPath.overruns - fastPath.descheduled <= 1, JSON.stringify(fastPath));
+    // The slow call overruns; on a loaded machine a descheduled quick one may too (it is then not counted
+    // against its hook), and so may the first call in the other isolate (counted, as a first call can be).
+    assert.ok(fastPath.overruns >= 1 && fastPath.overruns - fastPath.descheduled <= 2, JSON.stringify(fastPath));
     assert.ok(fastPath.batches >= 3, `batches ${fastPath.batches}: stopped at the slow call, which then runs first and alone`);
   });
 });
