@@ -143,6 +143,7 @@ test('a script whose promise waits for the store settles when the answer is deli
   await withSandbox({
     host,
     fastPathMs: 1000,
+    timeoutMs: 10_000, // a hang guard: the default 100 ms is wall time a loaded machine can use up waiting for the answers
     scripts: [
       js('mailfrom', 'export default async (ctx) => { log("before", ctx.n); await rate("k", 1000000000, 60); if (ctx.bad) throw new Error("bad " + ctx.n); return accept({ text: "m" + ctx.n }); }'),
       js('helo', 'export default (ctx) => accept({ text: "h" + ctx.n })'),
@@ -168,7 +169,7 @@ test('connection facts stay right across batches, when an isolate forgets them, 
     host: gatedHost(),
     isolates: 1,
     fastPathMs: 20,
-    timeoutMs: 2000,
+    timeoutMs: 10_000, // a hang guard for the call run alone
     scripts: [js('mailfrom', `export default (ctx) => {
       if (ctx.slow) { log('alone'); ${UNTIL_THE_GATE_OPENS} }
       return accept({ text: ctx.connection.id + ' ' + ctx.connection.helo });
@@ -196,7 +197,7 @@ test('a call whose promise awaits no host operation settles even when a later ca
     host: gatedHost(),
     isolates: 1,
     fastPathMs: 20,
-    timeoutMs: 2000,
+    timeoutMs: 10_000, // a hang guard for the call run alone
     scripts: [js('mailfrom', `export default async (ctx) => {
       if (ctx.slow) { log('alone'); ${UNTIL_THE_GATE_OPENS} }
       await null;
