@@ -6,11 +6,15 @@
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import v8 from 'node:v8';
 
 const NEEDED_MAJOR = 24;
 const major = Number(process.versions.node.split('.')[0]);
 
 if (major >= NEEDED_MAJOR) {
+  // Before any TypeScript is stripped, i.e. before this process has any WebAssembly code: then no
+  // collection of it can ever start (why: engine/sandbox/no-wasm-code-gc.ts).
+  v8.setFlagsFromString('--no-wasm-code-gc');
   await import('./run-typescript.js');
   await import('../engine/cli/main.ts');
 } else {

@@ -150,7 +150,8 @@ declare module "postern" {
     mechanism: string;
   }
 
-  export interface ConnectionInfo {
+  /** What every hook knows of the connection, whichever `source` the facts come from. */
+  export interface ConnectionFacts {
     /** Connection id, also in every log line of this connection. */
     id: string;
     /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
@@ -167,22 +168,34 @@ declare module "postern" {
     /** Set once TLS is up. */
     tls: TlsInfo | null;
     /**
-     * Where these facts come from: `smtp`, a client of Postern's own listener; `postfix-policy`, a
-     * Postfix `check_policy_service` request (policyServices), where `listener` is the service's name,
-     * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
-     */
-    source: 'smtp' | 'postfix-policy';
-    /**
-     * The client's certificate, when one was presented. From a Postfix policy request it is a
-     * PostfixClientCertificate: only subject and issuer CN, one digest of fingerprints, the rest null.
-     */
-    clientCertificate: PeerCertificate | PostfixClientCertificate | null;
-    /**
      * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
      * verified certificate, or a pin table), or `null`.
      */
     certificateIdentity: string | null;
   }
+
+  /** A client of Postern's own SMTP listener: the whole certificate, every field filled. */
+  export interface SmtpConnectionInfo extends ConnectionFacts {
+    source: 'smtp';
+    /** The client's certificate, when one was presented in the TLS handshake. */
+    clientCertificate: PeerCertificate | null;
+  }
+
+  /**
+   * A Postfix `check_policy_service` request (policyServices): `listener` is the service's name,
+   * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
+   */
+  export interface PolicyServiceConnectionInfo extends ConnectionFacts {
+    source: 'postfix-policy';
+    /** Only subject and issuer CN, one digest of fingerprints, the rest null. */
+    clientCertificate: PostfixClientCertificate | null;
+  }
+
+  /**
+   * Connection facts. Checking `source` (`smtp` or `postfix-policy`) narrows `clientCertificate`: from
+   * SMTP it is a full PeerCertificate (no null fingerprints), from a Postfix policy request what Postfix sent.
+   */
+  export type ConnectionInfo = SmtpConnectionInfo | PolicyServiceConnectionInfo;
 
   /** An envelope address, split for convenience. */
   export interface EnvelopeAddress {
@@ -341,9 +354,9 @@ declare module "postern" {
     reason: string;
   }
 
-  /** auth: an AUTH exchange completed its SASL steps. Default: the built-in rule. */
+  /** auth: an AUTH exchange completed its SASL steps (on Postern's own listener only). Default: the built-in rule. */
   export interface AuthContext {
-    connection: ConnectionInfo;
+    connection: SmtpConnectionInfo;
     auth: {
       /** EXTERNAL, PLAIN or LOGIN. */
       mechanism: string;

@@ -9,7 +9,7 @@ import { createLogger } from '../logging/logger.ts';
 import { isHookName } from '../sandbox/hooks.ts';
 import { replay, type ReplaySummary } from '../replay/replay.ts';
 
-export interface ReplayCliOptions { config?: string; scripts: string; since?: string; hook?: string; json?: boolean; examples?: string }
+export interface ReplayCliOptions { config?: string; scripts: string; policyScripts?: string; since?: string; hook?: string; json?: boolean; examples?: string }
 
 export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
   try {
@@ -17,7 +17,7 @@ export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
     const loaded = loadStartConfig({ configPath: opts.config });
     if (!loaded.config.replay) process.stderr.write('note: the configuration has no `replay` section: nothing new is being recorded\n');
     const summary = await replay(loaded, createLogger('silent'), {
-      scripts: opts.scripts, hook: opts.hook, since: opts.since === undefined ? undefined : Date.now() - duration(opts.since),
+      scripts: opts.scripts, policyScripts: opts.policyScripts, hook: opts.hook, since: opts.since === undefined ? undefined : Date.now() - duration(opts.since),
       examples: opts.examples === undefined ? undefined : Number(opts.examples),
     });
     process.stdout.write(opts.json ? `${JSON.stringify(summary, null, 2)}\n` : asText(summary));
@@ -45,7 +45,7 @@ function asText(s: ReplaySummary): string {
   for (const g of s.groups) {
     out.push('', `${g.hook}: ${g.from} → ${g.to}: ${g.count}`);
     for (const e of g.examples) {
-      out.push(`  ${e.time} ${e.connectionId ?? '-'}${e.listener ? ` ${e.listener}` : ''} identity=${e.identity ?? '-'} address=${e.address ?? '-'}`);
+      out.push(`  ${e.time} ${e.connectionId ?? '-'}${e.listener ? ` ${e.source === 'postfix-policy' ? 'policy service ' : ''}${e.listener}` : ''} identity=${e.identity ?? '-'} address=${e.address ?? '-'}`);
       out.push(`    was ${e.old}`, `    now ${e.new}`);
     }
   }

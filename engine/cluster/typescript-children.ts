@@ -9,10 +9,18 @@ import { Worker, type WorkerOptions } from 'node:worker_threads';
 
 const hook = (): string | undefined => process.env.POSTERN_TS_HOOK || undefined;
 
+/**
+ * V8's collection of dead WebAssembly code, off from a child's first instruction: set later (when the
+ * sandbox loads) it cannot stop a collection that the stripping of the child's own modules already started
+ * (why it must be off: engine/sandbox/no-wasm-code-gc.ts).
+ */
+const NO_WASM_CODE_GC = '--no-wasm-code-gc';
+
 /** execArgv for fork(): this process's, plus the hook when there is one. */
 export function childExecArgv(): string[] {
   const h = hook();
-  return h ? [...process.execArgv, '--import', pathToFileURL(h).href] : process.execArgv;
+  const own = process.execArgv.includes(NO_WASM_CODE_GC) ? process.execArgv : [...process.execArgv, NO_WASM_CODE_GC];
+  return h ? [...own, '--import', pathToFileURL(h).href] : own;
 }
 
 /** A worker thread running the TypeScript module at `url`. */

@@ -1,7 +1,7 @@
 /**
  * Records every script call of this process for `postern replay` when the configuration has `replay`
  * (read from each call's generation, so a reload switches it on or off): the context, the live verdict,
- * the hook, listener and connection id — no message bodies, and no AUTH password (recorded as empty). Appends to this process's file of the day
+ * the hook, listener or policy service and connection id — no message bodies, and no AUTH password (recorded as empty). Appends to this process's file of the day
  * (recording-files.ts); a write that fails is logged once and recording goes on with the next file, never
  * touching a session.
  */
@@ -9,7 +9,7 @@ import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
 import { observeHookCalls } from '../policy/hook-calls.ts';
 import type { Logger } from '../logging/logger.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
-import { dayOf, pruneRecordings, recordingFile, replayDir, type Recording } from './recording-files.ts';
+import { dayOf, pruneRecordings, recordingFile, replayDir, sourceOf, type Recording } from './recording-files.ts';
 
 /** How often (in records) the folder's size is looked at again. */
 const SIZE_CHECK_EVERY = 500;
@@ -53,7 +53,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       out = { day, stream };
     }
     const record: Recording = {
-      t: new Date(now).toISOString(), listener: call.listener?.name ?? null, hook: call.hook, cid: call.connectionId,
+      t: new Date(now).toISOString(), listener: call.listener?.name ?? null, source: call.listener ? sourceOf(call.ctx) : null, hook: call.hook, cid: call.connectionId,
       ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
     };
     out.stream.write(`${JSON.stringify(record)}\n`);

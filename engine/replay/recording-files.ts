@@ -10,7 +10,14 @@ import type { HookName } from '../sandbox/api/index.ts';
 export interface Recording {
   /** When the call was made (ISO 8601). */
   t: string;
+  /** Name of the listener, or of the policy service when `source` is `postfix-policy`; null for predelivery. */
   listener: string | null;
+  /**
+   * Where the call came from, as the context's `connection.source` says: a listener (`smtp`) or a Postfix
+   * policy service (`postfix-policy`); null for predelivery. Missing in recordings made before it was
+   * recorded: replay then reads the context's own.
+   */
+  source?: ConnectionSource | null;
   hook: HookName;
   /** Connection id (the message id for predelivery). */
   cid: string | null;
@@ -18,6 +25,13 @@ export interface Recording {
   ctx: Record<string, unknown>;
   /** The live verdict as compared (see verdictLabel): `none`, `failed`, `reject {"text":…}`, … */
   verdict: string;
+}
+
+export type ConnectionSource = 'smtp' | 'postfix-policy';
+
+/** A listener's call or a policy service's: the context says (`connection.source`), `smtp` when it does not. */
+export function sourceOf(ctx: object): ConnectionSource {
+  return (ctx as { connection?: { source?: unknown } }).connection?.source === 'postfix-policy' ? 'postfix-policy' : 'smtp';
 }
 
 const FILE = /^(\d{4}-\d{2}-\d{2})\.(\d+)\.jsonl$/;

@@ -1,7 +1,9 @@
 /**
  * `postern replay`: run candidate scripts over recorded script calls (recorder.ts) and report the
  * decisions that would change, grouped by hook and old → new verdict, with a few examples each. Builds
- * its own generation from the configuration with the candidate folder as every listener's scripts (the
+ * its own generation from the configuration with the candidate folder as every listener's scripts (and,
+ * given one, a candidate for the policy services'), each call run with the scripts of the listener or
+ * policy service it was recorded on (the
  * same buildGeneration as start, reload and check), with counters in this process's memory: it never
  * talks to the running server, its spool or its store.
  */
@@ -15,13 +17,20 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import { MemoryCounterStore } from '../store/index.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { HookName } from '../sandbox/api/index.ts';
-import { recordingFiles, dayOf, type Recording } from './recording-files.ts';
+import { recordingFiles, dayOf, sourceOf, type ConnectionSource, type Recording } from './recording-files.ts';
+import type { ListenerConfig } from '../config/schema.ts';
 import { isHookName } from '../sandbox/hooks.ts';
 import { closeMessageText, openMessageText } from '../sandbox/message-texts.ts';
 
 export interface ReplayOptions {
-  /** The candidate scripts folder. */
+  /** The candidate scripts folder: it stands in for the top-level scripts and every listener's. */
   scripts: string;
+  /**
+   * The candidate for the policy services' scripts. Without it a policy service with a `scripts` folder of
+   * its own is replayed with that folder (a candidate for the listeners is not one for it); one without
+   * inherits the top-level scripts, and so `scripts`.
+   */
+  policyScripts?: string;
   /** Only calls at or after this time (ms since the epoch). */
   since?: number;
   hook?: HookName;
@@ -29,7 +38,7 @@ export interface ReplayOptions {
   examples?: number;
 }
 
-export interface ReplayExample { time: string; connectionId: string | null; listener: string | null; identity: string | null; address: string | null; old: string; new: string }
+export interface ReplayExample { time: string; connectionId: string | null; listener: string | null; source: ConnectionSource | null; identity: string | null; address: string | null; old: string; new: string }
 
 export interface ReplayGroup { hook: HookName; from: string; to: string; count: number; examples: ReplayExample[] }
 
@@ -46,7 +55,11 @@ export interface ReplaySummary {
 }
 
 export async function replay(loaded: LoadedConfig, logger: Logger, options: ReplayOptions): Promise<ReplaySummary> {
-  const config = { ...loaded.config, scripts: options.scripts, listeners: loaded.config.listeners.map((l) => ({ ...l, scripts: options.scripts, shadowScripts: undefined })) };
+  const config = {
+    ...loaded.config, scripts: options.scripts,
+    listeners: loaded.config.listeners.map((l) => ({ ...l, scripts: options.scripts, shadowScripts: undefined })),
+    policyServices: loaded.config.policyServices.map((p) => (options.policyScripts ? { ...p, scripts: options.policyScripts } : p)),
+  };
   const { generation } = await buildGeneration({ ...loaded, config }, { logger, store: new MemoryCounterStore() });
   const summary: ReplaySummary = { decisions: 0, changed: 0, unreadable: 0, unreplayable: 0, groups: [] };
   const groups = new Map<string, ReplayGroup>();
@@ -73,7 +86,7 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
         let g = groups.get(key);
         if (!g) groups.set(key, g = { hook: r.hook, from, to, count: 0, examples: [] });
         g.count++;
-        if (g.examples.length < keep) g.examples.push({ time: r.t, connectionId: r.cid, listener: r.listener, identity: identityOf(r), address: addressOf(r), old: r.verdict, new: now });
+        if (g.examples.length < keep) g.examples.push({ time: r.t, connectionId: r.cid, listener: r.listener, source: r.listener === null ? null : r.source ?? sourceOf(r.ctx), identity: identityOf(r), address: addressOf(r), old: r.verdict, new: now });
       }
     }
   } finally {
@@ -94,16 +107,28 @@ function readRecording(line: string): Recording | null {
   const o = r as Record<string, unknown>;
   const ok = typeof o.t === 'string' && !Number.isNaN(Date.parse(o.t)) && typeof o.hook === 'string' && isHookName(o.hook)
     && typeof o.ctx === 'object' && o.ctx !== null && !Array.isArray(o.ctx) && typeof o.verdict === 'string'
-    && (o.listener === null || typeof o.listener === 'string') && (o.cid === null || typeof o.cid === 'string');
+    && (o.listener === null || typeof o.listener === 'string') && (o.cid === null || typeof o.cid === 'string')
+    && (o.source === undefined || o.source === null || o.source === 'smtp' || o.source === 'postfix-policy');
   return ok ? (o as unknown as Recording) : null;
 }
 
 const UNREPLAYABLE = Symbol('unreplayable');
 const NOT_RECORDED = 'message.text(): message bodies are not recorded for replay';
 
+/**
+ * The listener or policy service a call was recorded on, by its kind and name (a listener and a policy
+ * service may share a name); undefined, and so the top-level scripts, for predelivery or a place that is
+ * gone from the configuration.
+ */
+function placeOf(generation: PolicyGeneration, r: Recording): Pick<ListenerConfig, 'scripts'> | undefined {
+  if (r.listener === null) return undefined;
+  const source = r.source ?? sourceOf(r.ctx);
+  const places: ReadonlyArray<{ name: string; scripts?: string }> = source === 'postfix-policy' ? generation.config.policyServices : generation.config.listeners;
+  return places.find((p) => p.name === r.listener);
+}
+
 async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string | typeof UNREPLAYABLE> {
-  const listener = r.listener === null ? undefined : generation.config.listeners.find((l) => l.name === r.listener);
-  const sandbox = generation.sandboxFor(listener);
+  const sandbox = generation.sandboxFor(placeOf(generation, r));
   if (!sandbox.has(r.hook)) return 'none';
   // The recorded body token is long closed: a candidate that reads the body gets an error, and its call is
   // not compared, whatever it then decides (it decided without the body).

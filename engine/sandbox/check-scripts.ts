@@ -26,7 +26,7 @@ export async function checkScripts(scripts: readonly ScriptSource[], options: Ch
     memoryLimitMb: options.memoryLimitMb ?? 32,
     host: options.host ?? quietHost,
   }, true);
-  slot?.dispose();
+  await slot?.dispose();
   await teardownGrace(); // `postern check` exits right after: let isolated-vm finish first
   return errors;
 }

@@ -13,7 +13,7 @@ import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
-import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, releaseAll, settledWithin } from './ivm-workarounds.ts';
+import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
@@ -208,6 +208,8 @@ export class IsolateSlot {
   #delivering = false;
   /** Outcomes may be waiting in the isolate without an answer to deliver (takeSettled failed). */
   #collect = false;
+  /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
+  readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
 
   private constructor(options: SlotOptions) {
@@ -234,7 +236,7 @@ export class IsolateSlot {
       }
     }
     if (errors.length) {
-      slot.dispose();
+      void slot.dispose();
       return { slot: null, errors };
     }
     return { slot, errors };
@@ -254,7 +256,7 @@ export class IsolateSlot {
     if (this.lost) return null;
     try {
       // Answered on the isolate's thread, after the call running there: never, when that call is stuck.
-      return (await settledWithin(this.#isolate.getHeapStatistics(), 1000)).used_heap_size;
+      return (await settledWithin(this.#track(this.#isolate.getHeapStatistics()), 1000)).used_heap_size;
     } catch {
       return null;
     }
@@ -563,7 +565,7 @@ export class IsolateSlot {
     for (const owner of owners) { const a = this.#awaiting.get(owner); if (a) hooks |= hookBit(a.hook); }
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hooks);
     try {
-      const wire = await this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } });
+      const wire = await this.#track(this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } }));
       this.#settleTaken(wire);
     } catch (e) {
       if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
@@ -647,7 +649,7 @@ export class IsolateSlot {
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     this.#owners.set(callId, journal.attempt());
     try {
-      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#run.apply(undefined, [calls, true, 0], { timeout: timeoutMs, result: { promise: true } }));
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#track(this.#run.apply(undefined, [calls, true, 0], { timeout: timeoutMs, result: { promise: true } })));
     } catch (e) {
       this.#awaiting.delete(callId);
       this.#retire(callId, true);
@@ -696,7 +698,12 @@ export class IsolateSlot {
   }
 
 
-  dispose(): void {
+  /**
+   * Give the isolate up, now: calls waiting for it reject. The promise (safe to ignore) settles once the
+   * isolated-vm operations it had running have come back from their threads (bounded, see quietAfter):
+   * only then does its teardown grace start.
+   */
+  dispose(): Promise<void> {
     this.#disposedByUs = true;
     this.#releaseHandles();
     abandon(this.#isolate);
@@ -708,6 +715,15 @@ export class IsolateSlot {
     this.#owners.clear();
     this.#inFlight.clear();
     this.#answers = [];
+    return quietAfter(this.#ivmPending);
+  }
+
+  /** An isolated-vm operation of this isolate, counted until it settles (see dispose). */
+  #track<T>(operation: Promise<T>): Promise<T> {
+    this.#ivmPending.add(operation);
+    const done = (): void => { this.#ivmPending.delete(operation); };
+    operation.then(done, done);
+    return operation;
   }
 
   /** Let go of the handles into the isolate now (see releaseAll). */
@@ -725,14 +741,14 @@ export class IsolateSlot {
       try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
       reportUnrecoverable(reason);
     });
-    this.#context = await this.#isolate.createContext();
+    this.#context = await this.#track(this.#isolate.createContext());
     const callbacks = hostCallbacks(host, () => this.#current, {
       admit: (callId) => this.#admit(callId),
       operate: (opId, callId, kind, args, live) => this.#operate(opId, callId, kind, args, live),
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
     });
-    const runtime = await this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } }) as ivm.Reference<RuntimeHandle>;
+    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
     this.#deliver = await runtime.get('deliver', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
@@ -763,7 +779,7 @@ export class IsolateSlot {
     const at = (p: Position | null, message: string): ScriptError => new ScriptError(file, p?.line ?? 1, p?.column ?? 1, message);
     let module: ivm.Module;
     try {
-      module = await this.#isolate.compileModule(source, { filename: file });
+      module = await this.#track(this.#isolate.compileModule(source, { filename: file }));
     } catch (e) {
       const err = e as Error;
       const { message, position } = splitCompileMessage(String(err.message), file);
@@ -779,12 +795,12 @@ export class IsolateSlot {
     const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
-      await module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); });
+      await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
-      await settledWithin(module.evaluate({ timeout: limit, promise: true }), limit + LOAD_SLACK_MS);
+      await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
     } catch (e) {
       if (e instanceof NeverSettled) {
-        this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
         reportAbandonedRunning();
         return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
       }
@@ -793,14 +809,14 @@ export class IsolateSlot {
       this.#current = null;
     }
     const namespace = module.namespace;
-    const fn = await namespace.get('default', { reference: true }) as ivm.Reference<(ctx: unknown) => unknown>;
+    const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
     namespace.release(); // no handle outlives its use (see #releaseHandles)
     if (fn.typeof !== 'function') {
       const what = fn.typeof === 'undefined' ? 'has no default export' : `exports ${/^[aeiou]/.test(fn.typeof) ? 'an' : 'a'} ${fn.typeof} as default`;
       return at(fn.typeof === 'undefined' ? { line: 1, column: 1 } : defaultExportPosition(source),
         `${what}: a policy script must \`export default function (ctx) { … }\``);
     }
-    await this.#register.apply(undefined, [hook, fn.derefInto({ release: true })]);
+    await this.#track(this.#register.apply(undefined, [hook, fn.derefInto({ release: true })]));
     this.#files.set(hook, file);
     return null;
   }

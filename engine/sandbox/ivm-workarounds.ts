@@ -15,9 +15,25 @@ export const isMemoryLimit = (e: unknown): boolean => /memory limit/i.test(Strin
 /**
  * isolated-vm deletes a disposed isolate later, on one of its threads: give it that time before the
  * process may exit. (Exits must also be process.exit(): a natural exit tears V8's heap down, where
- * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.)
+ * isolated-vm 7 aborts on a handle still in the young generation — see engine/cli/main.ts.) A process that
+ * exits while a thread still tears an isolate down dies of SIGSEGV (seen when exiting at once after
+ * disposing isolates with calls running, and now and then even after their last call had settled). The
+ * grace counts from when the isolate's threads have come back (see quietAfter): a call that dispose()
+ * stopped first unwinds on its thread, which takes longer than the grace on a loaded machine.
  */
 export const TEARDOWN_GRACE_MS = 250;
+
+/**
+ * How long a disposed isolate's operations may take to come back before its teardown grace starts anyway:
+ * longer than isolated-vm's 5 s before it gives up on a script stuck in a builtin (see newIsolate), after
+ * which the thread is lost whatever the process waits for.
+ */
+export const QUIET_CAP_MS = 6000;
+
+/** Settles once every promise of `inFlight` (isolated-vm operations of a disposed isolate) has, or after QUIET_CAP_MS. */
+export async function quietAfter(inFlight: Iterable<Promise<unknown>>): Promise<void> {
+  await settledWithin(Promise.allSettled([...inFlight]), QUIET_CAP_MS).catch(() => undefined);
+}
 
 export function teardownGrace(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, TEARDOWN_GRACE_MS));

@@ -143,6 +143,8 @@ export class Sandbox {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #abandoned = 0;
   #disposed = false;
+  /** Teardowns of isolates replaced by a rebuild (see #retire). */
+  readonly #retiring = new Set<Promise<void>>();
 
   private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
     this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
@@ -202,7 +204,7 @@ export class Sandbox {
         else problem ??= new ScriptErrors(r.value.errors); // a top level that behaves differently the second time
       }
       if (problem !== null) {
-        for (const s of slots) s.dispose();
+        await Promise.all(slots.map((s) => s.dispose()));
         await teardownGrace();
         throw problem;
       }
@@ -476,15 +478,17 @@ export class Sandbox {
 
   /**
    * Release every isolate, now; calls still waiting or running reject. The promise (safe to ignore)
-   * resolves once isolated-vm has had time to tear the isolates down: await it before process.exit().
+   * resolves once isolated-vm has had time to tear the isolates down (those replaced earlier too), counted
+   * from when their threads came back: await it before process.exit().
    */
   dispose(): Promise<void> {
     if (this.#disposed) return Promise.resolve();
     this.#disposed = true;
     for (const w of this.#waiting.splice(0)) w.refuse(new Error('the sandbox has been disposed'));
     for (const q of this.#batch.splice(0)) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox has been disposed'));
+    const quiet = [...this.#retiring];
     for (const m of this.#members) {
-      m.slot?.dispose();
+      if (m.slot) quiet.push(m.slot.dispose());
       m.slot = null;
       m.state = 'disposed';
     }
@@ -492,7 +496,13 @@ export class Sandbox {
     for (const q of [...this.#live]) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
     clearInterval(this.#sweeper);
     if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
-    return this.#members.length ? teardownGrace() : Promise.resolve();
+    return this.#members.length ? Promise.all(quiet).then(teardownGrace) : Promise.resolve();
+  }
+
+  /** A replaced isolate's teardown, until its threads have come back: dispose() waits for it too. */
+  #retire(quiet: Promise<void>): void {
+    this.#retiring.add(quiet);
+    void quiet.then(() => this.#retiring.delete(quiet));
   }
 
   get disposed(): boolean {
@@ -555,7 +565,7 @@ export class Sandbox {
 
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
-    member.slot?.dispose(); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
+    if (member.slot) this.#retire(member.slot.dispose()); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
     member.slot = null;
     member.state = 'rebuilding';
     member.rebuilds++;
@@ -567,7 +577,7 @@ export class Sandbox {
       this.#log('(sandbox)', 'error', `rebuilding isolate ${member.index} failed: ${(e as Error).message}`);
     }
     if (this.#disposed) {
-      built.slot?.dispose();
+      if (built.slot) this.#retire(built.slot.dispose());
       return;
     }
     if (built.slot) {

@@ -17,9 +17,9 @@ import type { AttemptEvent } from '../../engine/queue/runner.ts';
 import { makeTestPki, type TestPki } from '../../test/helpers/pki.ts';
 import { run } from '../../test/helpers/example.ts';
 import { submitMessage } from '../../test/helpers/smtp-client.ts';
-import { startSink, type Sink } from '../../test/delivery/helpers/sink.ts';
+import { startSink, type Sink } from '../../test/helpers/sink.ts';
 import { recordAttempts, type AttemptLog } from '../../test/helpers/attempts.ts';
-import { fakeResolver, parseDsn } from '../../test/delivery/helpers/server.ts';
+import { fakeResolver, parseDsn } from '../../test/helpers/delivery-server.ts';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));

@@ -20,7 +20,7 @@ import { makeTestPki, type TestPki } from '../../test/helpers/pki.ts';
 import { run } from '../../test/helpers/example.ts';
 import { submitMessage } from '../../test/helpers/smtp-client.ts';
 import { recordAttempts, type AttemptLog } from '../../test/helpers/attempts.ts';
-import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from '../../test/delivery/helpers/server.ts';
+import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from '../../test/helpers/delivery-server.ts';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));

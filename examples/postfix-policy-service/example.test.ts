@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startExample, needs, run, type ExampleServer } from '../../test/helpers/example.ts';
 import type { ClientName } from '../../test/helpers/pki.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../../test/delivery/helpers/postfix.ts';
+import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../../test/helpers/postfix.ts';
 
 const skip = needsPostfix().skip || needs('swaks', 'openssl').skip;
 let ex: ExampleServer;

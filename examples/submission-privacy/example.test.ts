@@ -5,8 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startExample, smtpClient, type ExampleServer } from '../../test/helpers/example.ts';
-import { startSink, type Sink } from '../../test/delivery/helpers/sink.ts';
-import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../../test/delivery/helpers/dkim.ts';
+import { startSink, type Sink } from '../../test/helpers/sink.ts';
+import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../../test/helpers/dkim.ts';
 import { recordAttempts, type AttemptLog } from '../../test/helpers/attempts.ts';
 import { useScratchDir } from '../../test/helpers/scratch.ts';
 

@@ -11,8 +11,8 @@ import { once } from 'node:events';
 import { until } from '../helpers/wait.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink, type Sink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 

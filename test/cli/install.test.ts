@@ -4,10 +4,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { submitMessage } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
 
 const REPO = new URL('../..', import.meta.url).pathname;
 
@@ -68,8 +69,18 @@ test('the packed tarball installs a postern command that checks, serves and stop
     void exited.then((code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
   });
 
-  const queueId = await submitMessage(port, 'sender@example.net', ['someone@example.test']);
-  server.kill('SIGTERM');
+  let queueId: string;
+  try {
+    // The supervisor listens before its workers have loaded (on a loaded machine, longer than a client
+    // waits for a greeting): send once every process says it is ready.
+    await until('every process of postern serve ready', async () => {
+      const status = JSON.parse(await readFile(join(site, 'data', 'cluster.json'), 'utf8').catch(() => '{}')) as { processes?: Array<{ ready: boolean }> };
+      return !!status.processes?.length && status.processes.every((p) => p.ready);
+    }, { timeoutMs: 120_000 });
+    queueId = await submitMessage(port, 'sender@example.net', ['someone@example.test']);
+  } finally {
+    server.kill('SIGTERM');
+  }
   assert.equal(await exited, 0, `${stderr}\n${stdoutAll}`);
 
   const list = run(['queue', 'list', '--config', 'postern.yaml', '--json'], site);

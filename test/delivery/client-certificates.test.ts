@@ -7,8 +7,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki, type ClientName } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, parseDsn, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, parseDsn, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 
 let pki: TestPki;

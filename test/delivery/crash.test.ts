@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink } from './helpers/sink.ts';
-import { sleep } from './helpers/server.ts';
+import { startSink } from '../helpers/sink.ts';
+import { sleep } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));

@@ -4,9 +4,9 @@
 // copy fails DKIM (worse than no signature: DMARC fails). A real sink receives; dkimpy verifies.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
-import { dkimKeyPair, verifyDkim } from './helpers/dkim.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
+import { dkimKeyPair, verifyDkim } from '../helpers/dkim.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 

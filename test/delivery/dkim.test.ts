@@ -4,9 +4,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
-import { dkimKeyPair, verifyDkim, type DkimKeyPair } from './helpers/dkim.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
+import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../helpers/dkim.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { loadDkimKey } from '../../engine/delivery/dkim.ts';

@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { makeTestPki } from '../helpers/pki.ts';
-import { startSink } from './helpers/sink.ts';
-import { startDeliveryServer } from './helpers/server.ts';
+import { startSink } from '../helpers/sink.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 
 test('clientCertificate: null presents no certificate where the configuration names a default', async () => {

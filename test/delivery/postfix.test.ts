@@ -11,9 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance } from './helpers/postfix.ts';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { parseDsn, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance } from '../helpers/postfix.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { parseDsn, startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 

@@ -3,8 +3,8 @@
 // transaction. DNS is a stand-in here (no queries leave the machine).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 

@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
-import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 

@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { selfSignedServer } from './helpers/self-signed.ts';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 

@@ -4,8 +4,8 @@
 // no progress, or MAX_TRANSACTIONS transactions, end the attempt.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from './helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from './helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { MAX_TRANSACTIONS, isTooManyRecipients } from '../../engine/delivery/transaction.ts';
 import { retryMessages } from '../../engine/queue/admin.ts';
 import type { AttemptEvent } from '../../engine/queue/runner.ts';

@@ -1,4 +1,8 @@
-/** A sandbox for the length of one test: created, handed to the test, and disposed whatever the test did. */
+/**
+ * A sandbox for the length of one test: created, handed to the test, and disposed whatever the test did —
+ * and torn down before the test ends: a test process that exits (--test-force-exit) while isolated-vm
+ * still tears an isolate down dies of SIGSEGV, and its file fails with every test passed.
+ */
 import { Sandbox, type SandboxOptions } from '../../engine/sandbox/index.ts';
 
 export async function withSandbox<T>(options: SandboxOptions, fn: (sandbox: Sandbox) => Promise<T>): Promise<T> {
@@ -6,6 +10,6 @@ export async function withSandbox<T>(options: SandboxOptions, fn: (sandbox: Sand
   try {
     return await fn(sandbox);
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 }

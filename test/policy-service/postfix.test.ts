@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { makeTestPki, type ClientName, type TestPki } from '../helpers/pki.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { needs, run } from '../helpers/example.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../delivery/helpers/postfix.ts';
+import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../helpers/postfix.ts';
 
 const skip = needsPostfix().skip || needs('swaks').skip;
 let pki: TestPki;

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import fs, { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { syncBuiltinESMExports } from 'node:module';
-import { startSink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer } from '../delivery/helpers/server.ts';
+import { startSink } from '../helpers/sink.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 

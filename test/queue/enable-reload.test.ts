@@ -4,8 +4,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startSink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer } from '../delivery/helpers/server.ts';
+import { startSink } from '../helpers/sink.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 
 test('off by default; enabling it by reload delivers what the spool holds', async () => {

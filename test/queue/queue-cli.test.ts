@@ -5,8 +5,8 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { startSink, type Sink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 

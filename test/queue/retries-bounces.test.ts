@@ -4,8 +4,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startSink, type Sink } from '../delivery/helpers/sink.ts';
-import { startDeliveryServer, parseDsn, type DeliveryServer } from '../delivery/helpers/server.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, parseDsn, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { isExpired, retryDelayMs } from '../../engine/queue/schedule.ts';
 import { DueQueue } from '../../engine/queue/due-queue.ts';
 import { buildDsn } from '../../engine/queue/dsn.ts';
-import { parseDsn } from '../delivery/helpers/server.ts';
+import { parseDsn } from '../helpers/delivery-server.ts';
 
 test('retry delays follow the schedule and repeat its last step; maximum age', () => {
   const d = { retrySchedule: [60, 300, 900] };

@@ -80,7 +80,7 @@ for (const fastPathMs of [5, 0]) {
         await checkOthers(sandbox, label);
         assert.equal((await sandbox.stats()).rebuilds, 0, 'the checks ran in the patched context');
       } finally {
-        sandbox.dispose();
+        await sandbox.dispose();
       }
     });
   }
@@ -98,7 +98,7 @@ test('a patch at the top level of one script breaks no other script', async () =
   try {
     await checkOthers(sandbox, 'top level');
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });
 
@@ -144,7 +144,7 @@ test('hostile verdict objects: each read once, copied as data, or the call fails
     assert.deepEqual(await outcome('ordinary'), { verdict: 'reject', text: 'ordinary' });
     assert.equal((await sandbox.stats()).rebuilds, 0);
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });
 
@@ -170,6 +170,6 @@ test('hashing helpers take at most 1 MiB per call of a helper (hashing holds the
       });
     }
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });

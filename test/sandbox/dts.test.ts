@@ -42,6 +42,8 @@ const GOOD = `import type { AuthContext, PredeliveryContext, PredeliveryVerdict,
 
 export default function (ctx: AuthContext): Verdict | void {
   if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? undefined });
+  const fingerprint: string | undefined = ctx.connection.clientCertificate?.fingerprint.sha256; // AUTH: only on Postern's own listener
+  log(fingerprint);
   const pinned = lookup('pins', ctx.connection.clientCertificate?.pin.sha256 ?? '');
   log('auth', ctx.auth.mechanism, pinned, sha256(ctx.auth.username), hmac('sha256', 'k', 'v'));
   if (pinned === null) return reject('unknown certificate', { code: 535, enhanced: '5.7.8' });
@@ -53,8 +55,27 @@ export function route(ctx: PredeliveryContext): PredeliveryVerdict {
 }
 `;
 
+/** Checking the connection's source narrows its certificate: from SMTP every fingerprint is there. */
+const GOOD_BY_SOURCE = `import type { MailFromContext, Verdict } from "postern";
+
+export default function (ctx: MailFromContext): Verdict | void {
+  const c = ctx.connection;
+  if (c.source === 'smtp' && c.clientCertificate) {
+    const fingerprint: string = c.clientCertificate.fingerprint.sha256;
+    const notAfter: string = c.clientCertificate.notAfter;
+    log(fingerprint, notAfter);
+    return accept();
+  }
+  if (c.source === 'postfix-policy' && c.clientCertificate) {
+    const digest: 'sha256' | 'sha1' | 'md5' = c.clientCertificate.digest;
+    const fingerprint: string | null = c.clientCertificate.fingerprint.sha256;
+    log(digest, fingerprint);
+  }
+}
+`;
+
 test('a correct script type-checks against the generated declarations', async () => {
-  const { ok, output } = await typeCheck({ 'auth.ts': GOOD });
+  const { ok, output } = await typeCheck({ 'auth.ts': GOOD, 'mailfrom.ts': GOOD_BY_SOURCE });
   assert.ok(ok, output);
 });
 
@@ -63,6 +84,12 @@ test('wrong scripts do not type-check', async () => {
     'rcptto.ts': `import type { RcptToContext, Verdict } from "postern";
 export default function (ctx: RcptToContext): Verdict | void {
   if (ctx.builtin.accepted) return { verdict: 'maybe' };
+}
+`,
+    'data.ts': `import type { DataContext } from "postern";
+export default function (ctx: DataContext) {
+  const cert = ctx.connection.clientCertificate;
+  if (cert) { const fingerprint: string = cert.fingerprint.sha256; log(fingerprint); }
 }
 `,
     'helo.ts': `import type { HeloContext } from "postern";
@@ -74,6 +101,8 @@ export default function (ctx: HeloContext) {
   });
   assert.equal(ok, false);
   assert.match(output, /rcptto\.ts\(3,\d+\): error TS2322: Type '"maybe"' is not assignable/);
+  // Without a look at the source, the certificate may be Postfix's, whose fingerprints may be null.
+  assert.match(output, /data\.ts\(4,\d+\): error TS2322: Type 'string \| null' is not assignable to type 'string'/);
   assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
 });

@@ -134,7 +134,8 @@ test('calls queue when every isolate is busy and run in order', async () => {
 
 test('a disposed sandbox refuses calls', async () => {
   const sandbox = await Sandbox.create({ host: recordingHost(), scripts: [js('connect', 'export default () => {}')] });
-  sandbox.dispose();
+  const teardown = sandbox.dispose();
   await assert.rejects(sandbox.invoke('connect', {}, 'c1'), /disposed/);
   assert.equal((await sandbox.stats()).isolates.every((i) => i.state === 'disposed'), true);
+  await teardown;
 });

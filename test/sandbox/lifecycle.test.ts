@@ -16,10 +16,11 @@ test('200 create/dispose cycles keep RSS and heap bounded', async () => {
     js('auth', 'const names = Array.from({ length: 20000 }, (_, i) => "user" + i);\nexport default (ctx) => accept({ username: names[ctx.n % names.length] });'),
     js('rcptto', 'export default () => reject("no relay", { code: 554 });'),
   ];
+  const teardowns: Array<Promise<void>> = []; // awaited at the end: the process must not exit during one
   const cycle = async (n: number): Promise<void> => {
     const sandbox = await Sandbox.create({ host, scripts, isolates: 2 });
     assert.deepEqual(await sandbox.invoke('auth', { n }, 'c1'), { verdict: 'accept', username: `user${n}` });
-    sandbox.dispose();
+    teardowns.push(sandbox.dispose());
   };
   for (let i = 0; i < 20; i++) await cycle(i); // warm up: code caches, thread pool, allocator arenas
   const before = process.memoryUsage();
@@ -35,4 +36,5 @@ test('200 create/dispose cycles keep RSS and heap bounded', async () => {
   // 400 leaked isolates would hold hundreds of MB; allow allocator noise only.
   assert.ok(rss < 48, `RSS grew by ${rss.toFixed(1)} MB`);
   assert.ok(heap < 16, `host heap grew by ${heap.toFixed(1)} MB`);
+  await Promise.all(teardowns);
 });

@@ -45,7 +45,7 @@ test('known hooks only, in hook order, TypeScript stripped; editor leftovers ign
       assert.deepEqual(await sandbox.invoke('auth', { auth: { username: 'u' } }, 'c1'), { verdict: 'accept', username: 'u' });
       assert.equal(sandbox.has('helo'), false);
     } finally {
-      sandbox.dispose();
+      await sandbox.dispose();
     }
   } finally {
     await rm(dir, { recursive: true });

@@ -125,5 +125,5 @@ test('sandbox options are checked', async () => {
   await assert.rejects(Sandbox.create({ host: recordingHost(), scripts: [], isolates: 0 }), RangeError);
   const empty = await Sandbox.create({ host: recordingHost(), scripts: [] });
   assert.equal(empty.has('auth'), false);
-  empty.dispose();
+  await empty.dispose();
 });

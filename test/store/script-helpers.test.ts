@@ -29,7 +29,7 @@ for (const fastPathMs of [5, 0]) {
       // Scripts' keys live in their own namespace of the store.
       assert.equal((await store.rate('script:rate:helo:a', 100, 60)).count, 3);
     } finally {
-      sandbox.dispose();
+      await sandbox.dispose();
     }
   });
 }
@@ -51,7 +51,7 @@ test('counter() adds and reads; a new counter expires after its ttl', async () =
     now = 10_000;
     assert.equal(await value({ who: 'a' }), '0');
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });
 
@@ -69,7 +69,7 @@ test('bad arguments are the script\'s TypeError, naming the helper', async () =>
     assert.match(await text('counter', [7, 1, 1]) ?? '', /^TypeError: counter\(\): key must be a string/);
     assert.equal(await text('rate', ['k', 1, 1]), undefined);
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });
 
@@ -90,7 +90,7 @@ test('a store failure fails the call (closed) unless the script catches it', asy
     assert.ok(failure instanceof ScriptFailure && failure.kind === 'error', String(failure));
     assert.match(failure.message, /store unavailable \(redis\): connection refused/);
   } finally {
-    uncaught.dispose();
+    await uncaught.dispose();
   }
   const caught = await sandboxWith(brokenStore, `export default async () => {
     try { await rate('k', 1, 60); return accept(); } catch (e) { return defer('no store: ' + e.message); }
@@ -98,7 +98,7 @@ test('a store failure fails the call (closed) unless the script catches it', asy
   try {
     assert.deepEqual(await caught.invoke('helo', {}, 'c'), { verdict: 'defer', text: 'no store: store unavailable (redis): connection refused' });
   } finally {
-    caught.dispose();
+    await caught.dispose();
   }
 });
 
@@ -107,7 +107,7 @@ test('without a store (postern check), rate() rejects', async () => {
   try {
     await assert.rejects(sandbox.invoke('helo', { who: 'a' }, 'c'), /rate\(\): no counter store here/);
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });
 
@@ -126,6 +126,6 @@ test('an async hook whose store answers at once (memory) stays on the fast path 
     await sandbox.invoke('helo', { n: 5 }, 'c5');
     assert.deepEqual(host.logs.filter((l) => l.connectionId === 'c5').map((l) => l.message), ['n 5', 'count 3']);
   } finally {
-    sandbox.dispose();
+    await sandbox.dispose();
   }
 });

@@ -3,7 +3,7 @@
  * connect → (TLS) → helo → auth → mailfrom → rcptto (once per recipient) → data; predelivery runs in the
  * queue, once per delivery attempt and recipient domain. Every context is a copy taken when the hook starts.
  */
-import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from './session.ts';
+import type { ConnectionInfo, EnvelopeAddress, SmtpConnectionInfo, TransactionInfo } from './session.ts';
 import type { ChainFailureReason } from './certificate.ts';
 
 /**
@@ -49,9 +49,9 @@ export interface BuiltinAuthDecision {
   reason: string;
 }
 
-/** auth: an AUTH exchange completed its SASL steps. Default: the built-in rule. */
+/** auth: an AUTH exchange completed its SASL steps (on Postern's own listener only). Default: the built-in rule. */
 export interface AuthContext {
-  connection: ConnectionInfo;
+  connection: SmtpConnectionInfo;
   auth: {
     /** EXTERNAL, PLAIN or LOGIN. */
     mechanism: string;

@@ -2,14 +2,14 @@
  * Postern for delivery tests: test/helpers/postern.ts (temp folder, scripts, files, log capture, optional
  * DNS stand-in) plus helpers to wait for queue attempts and to send a message in.
  */
-import { startTestServer, type TestServer, type TestServerOptions } from '../../helpers/postern.ts';
-import type { DeliveryResolver, MxRecord } from '../../../engine/delivery/dns.ts';
-import { DeliveryFailure } from '../../../engine/delivery/outcome.ts';
-import { HostNotFound } from '../../../engine/delivery/dns.ts';
-import type { AttemptEvent, QueueRunner } from '../../../engine/queue/runner.ts';
-import { recordAttempts } from '../../helpers/attempts.ts';
-import { submitMessage } from '../../helpers/smtp-client.ts';
-import { until } from '../../helpers/wait.ts';
+import { startTestServer, type TestServer, type TestServerOptions } from './postern.ts';
+import type { DeliveryResolver, MxRecord } from '../../engine/delivery/dns.ts';
+import { DeliveryFailure } from '../../engine/delivery/outcome.ts';
+import { HostNotFound } from '../../engine/delivery/dns.ts';
+import type { AttemptEvent, QueueRunner } from '../../engine/queue/runner.ts';
+import { recordAttempts } from './attempts.ts';
+import { submitMessage } from './smtp-client.ts';
+import { until } from './wait.ts';
 
 export interface DeliveryServer extends Omit<TestServer, 'port'> {
   port(listener?: string): number;
