@@ -47,12 +47,16 @@ export class PolicyServer {
     return generation.config.policyServices.find((s) => s.name === this.name) ?? this.#started;
   }
 
-  /** Serve one accepted connection (from this process's listener, or handed over by the supervisor). */
-  handle(socket: Socket): void {
+  /**
+   * Serve one accepted connection (from this process's listener, or handed over by the supervisor).
+   * `open`: the service's open connections over every worker, this one included, as the supervisor counted
+   * them when it handed it over (`postern serve`); else this process's own count decides.
+   */
+  handle(socket: Socket, open = this.#sockets.size + 1): void {
     const service = this.#service(this.#runtime.generation);
     const log = this.#runtime.logger;
     const cid = `P${process.pid.toString(36)}${(nextConnection++).toString(36)}`;
-    if (this.#sockets.size >= service.limits.maxConnections) {
+    if (open > service.limits.maxConnections) {
       log.warn({ service: this.name, cid, limit: service.limits.maxConnections }, 'policy service: too many connections, closed');
       socket.destroy();
       return;
