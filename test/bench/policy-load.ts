@@ -6,7 +6,8 @@
  *  - rate R: open loop at R requests/s in all, R / concurrency per connection with the connections' phases
  *    staggered. A request whose time came while its connection still waits for an answer goes as soon as
  *    that answer arrives, and its latency is counted from when it was due (no coordinated omission), so a
- *    late load generator counts against the service too: `lagP99` shows how late its sends were.
+ *    late load generator counts against the service too: `lagP99` shows how late its timer sent the
+ *    requests that came due on a free connection (the generator's own lateness).
  * Kept cheap, since it shares the cores with the server: the requests are prepared Buffers, answers are
  * counted by scanning bytes, no promise per request. Prints { rate, p50, p99, p999, max (ms), requests,
  * clientCpuUs (per request), lagP99 (ms) } as JSON.
@@ -31,7 +32,9 @@ const PREPARED = Array.from({ length: 2000 }, (_, i) => Buffer.from(request(i)))
 
 const total = warmup + requests;
 const latencies = new Float64Array(requests);
-const lags = new Float64Array(requests);
+/** Open loop: how late the generator's timer sent requests that were due on a free connection (its own lag, not the service's). */
+const lags = new Float64Array(total);
+let lagged = 0;
 let measured = 0;
 let answered = 0;
 let firstMeasured = 0;
@@ -41,10 +44,9 @@ const A = 0x61; // 'a' of "action="
 
 interface Conn {
   socket: net.Socket;
-  /** The global number of the request in flight (-1: none), when it was due and when it was sent. */
+  /** The global number of the request in flight (-1: none), and when it was due. */
   inFlight: number;
   dueAt: number;
-  sentAt: number;
   /** Scanning state: the previous byte was a newline / the next byte starts an answer. */
   newline: boolean;
   atStart: boolean;
@@ -61,7 +63,6 @@ const allDone = new Promise<void>((r) => { ended = r; });
 function send(c: Conn, n: number, dueAt: number): void {
   c.inFlight = n;
   c.dueAt = dueAt;
-  c.sentAt = performance.now();
   c.socket.write(PREPARED[n % PREPARED.length]!);
 }
 
@@ -78,7 +79,6 @@ function answeredOn(c: Conn, index: number): void {
   if (n >= warmup) {
     if (measured === 0) firstMeasured = c.dueAt;
     latencies[measured] = now - c.dueAt;
-    lags[measured] = c.sentAt - c.dueAt;
     measured++;
   }
   if (answered === total) { ended(); return; }
@@ -98,7 +98,7 @@ async function open(index: number): Promise<Conn> {
   const socket = net.connect(port, '127.0.0.1');
   socket.setNoDelay(true);
   await new Promise<void>((r, j) => { socket.once('connect', () => r()); socket.once('error', j); });
-  const c: Conn = { socket, inFlight: -1, dueAt: 0, sentAt: 0, newline: false, atStart: true, k: 0 };
+  const c: Conn = { socket, inFlight: -1, dueAt: 0, newline: false, atStart: true, k: 0 };
   socket.on('data', (chunk: Buffer) => {
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
@@ -129,7 +129,10 @@ if (!rate) {
       // A connection waiting for an answer sends its due request when the answer comes (answeredOn).
       if (c.inFlight >= 0) continue;
       const n = openNumber(index, c.k);
-      if (n < total && openDue(index, c.k) <= now) send(c, n, openDue(index, c.k));
+      if (n < total && openDue(index, c.k) <= now) {
+        send(c, n, openDue(index, c.k));
+        if (n >= warmup) lags[lagged++] = now - c.dueAt;
+      }
     }
     if (answered < total) setTimeout(tick, 1);
   };
@@ -139,7 +142,7 @@ await allDone;
 const cpu = process.cpuUsage(cpu0);
 for (const c of conns) c.socket.end();
 const sorted = latencies.slice(0, measured).sort();
-const lagSorted = lags.slice(0, measured).sort();
+const lagSorted = lagged ? lags.slice(0, lagged).sort() : new Float64Array(1);
 const at = (v: Float64Array, q: number): number => v[Math.min(v.length - 1, Math.floor(q * v.length))]!;
 process.stdout.write(JSON.stringify({
   rate: measured / ((lastAnswer - firstMeasured) / 1000), p50: at(sorted, 0.5), p99: at(sorted, 0.99), p999: at(sorted, 0.999),

@@ -43,7 +43,7 @@ export default function rcptto(ctx: RcptToContext): Verdict | void {
 }`;
 
 interface Server { name: string; port: number; pid: number; stop: () => void; diag: () => Promise<Diag> }
-interface Diag { gcCount: number; gcTotalMs: number; gcMaxMs: number; loopP99Ms: number; loopMaxMs: number; perBatch: number }
+interface Diag { gcCount: number; gcTotalMs: number; gcMaxMs: number; loopP99Ms: number; loopMaxMs: number; perBatch: number; overruns: number }
 
 async function server(name: string, root: string, withScript: boolean, nodeArgs = process.env.POLICY_NODE_ARGS): Promise<Server> {
   const dir = join(work, name.replace(/\W+/g, '_'));
@@ -68,7 +68,7 @@ policyServices: [{ name: bench, listen: 127.0.0.1:${port}, authoritative: true }
 
 interface Result {
   rate: number; p50: number; p99: number; p999: number; max: number; requests: number; clientCpuUs: number; lagP99: number;
-  serverCpuUs: number; idle: number; diag?: Diag;
+  serverCpuUs: number; idle: number; diag: Diag;
 }
 
 async function load(s: Server, rate: number): Promise<Result> {
@@ -84,7 +84,7 @@ async function load(s: Server, rate: number): Promise<Result> {
   const ticks = Math.max(1, machine1.total - machine0.total);
   return {
     ...r, serverCpuUs: (cpu1 - cpu0) * 1e6 / (REQUESTS + WARMUP), idle: (machine1.idle - machine0.idle) / ticks,
-    diag: DIAG ? await s.diag() : undefined,
+    diag: await s.diag(),
   };
 }
 
@@ -102,7 +102,7 @@ if (trees.length === 2) {
 const results = new Map<string, Result[]>();
 const load0 = loadavg();
 try {
-  for (const s of servers) await load(s, 0); // warm-up: JIT, isolates
+  for (const s of servers) await load(s, 0); // warm-up: JIT, isolates (the diag counters restart after it)
   for (let round = 0; round < ROUNDS; round++) {
     for (const rate of RATES) {
       const order = round % 2 ? [...servers].reverse() : servers;
@@ -125,10 +125,12 @@ for (const rate of RATES) {
   for (const s of servers) {
     const rs = results.get(`${s.name}\n${rate}`)!;
     const m = (g: (r: Result) => number): number => median(rs.map(g));
-    const d = DIAG ? `   gc ${f(m((r) => r.diag!.gcCount), 0)}× ${f(m((r) => r.diag!.gcTotalMs), 0)} ms (max ${f(m((r) => r.diag!.gcMaxMs))})` +
-      `   loop delay p99 ${f(m((r) => r.diag!.loopP99Ms))} max ${f(m((r) => r.diag!.loopMaxMs))}   calls/entry ${f(m((r) => r.diag!.perBatch), 1)}` : '';
+    const sum = (g: (r: Result) => number): number => rs.reduce((n, r) => n + g(r), 0);
+    const d = (DIAG ? `   gc ${f(m((r) => r.diag.gcCount), 0)}× ${f(m((r) => r.diag.gcTotalMs), 0)} ms (max ${f(m((r) => r.diag.gcMaxMs))})` +
+      `   loop delay p99 ${f(m((r) => r.diag.loopP99Ms))} max ${f(m((r) => r.diag.loopMaxMs))}` : '') +
+      `   calls/entry ${f(m((r) => r.diag.perBatch), 1)} (0: on isolate threads)   fast-path overruns ${sum((r) => r.diag.overruns)}`;
     console.log(`  ${s.name.split(' ')[0]!.padEnd(4)} ${f(m((r) => r.rate), 0).padStart(6)} req/s   p50 ${f(m((r) => r.p50))}   p99 ${f(m((r) => r.p99))}   p999 ${f(m((r) => r.p999))}` +
       `   max ${f(m((r) => r.max), 1)}   server ${f(m((r) => r.serverCpuUs), 1)} µs/req   client ${f(m((r) => r.clientCpuUs), 1)} µs/req` +
-      `   send lag p99 ${f(m((r) => r.lagP99))}   idle ${f(m((r) => r.idle) * 100, 0)}%${d}`);
+      `   generator lag p99 ${f(m((r) => r.lagP99))}   idle ${f(m((r) => r.idle) * 100, 0)}%${d}`);
   }
 }
