@@ -150,6 +150,11 @@ test('garbage gets DEFER_IF_PERMIT and a logged error; the connection goes on', 
   assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
   c.send('\x00\xff\n\n');
   assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
+  // A line without '=' before well-formed ones in the same chunk, and a line with an empty name.
+  c.send(`no equals sign\n${requestText(rcptRequest({ recipient: 'a@example.org' }))}`);
+  assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
+  c.send('=value\nrequest=smtpd_access_policy\nprotocol_state=RCPT\n\n');
+  assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
   assert.equal(await c.ask(rcptRequest({ recipient: 'a@example.org' })), 'action=DUNNO');
   assert.ok(s.logs.some((l) => l.level === 50 && /malformed policy request: not a name=value line/.test(String(l.msg))));
   c.close();
