@@ -13,7 +13,7 @@ export interface RequestLimits {
 }
 
 export interface PolicyRequest {
-  /** Every attribute, last one wins on a repeated name. */
+  /** Every attribute, last one wins on a repeated name (the ones Postfix defines but did not send: undefined). */
   attributes: Record<string, string>;
   /** Why the request cannot be decided (a line without `=`, no `request=smtpd_access_policy`), or null. */
   malformed: string | null;
@@ -28,11 +28,32 @@ export interface ReadResult {
 
 const EQUALS = 61; // '='
 
+/**
+ * A request's attributes. Postfix sends the same attributes in every request (SMTPD_POLICY_README, Postfix
+ * 3.x): declared here, they make an object of fixed shape instead of a hash table grown entry by entry,
+ * about 3 KB less per request for the garbage collector (bench:policy: 21.9 → 12.5 KB per request with the others). Attributes not sent stay undefined
+ * (absent to scripts: the sandbox copies own defined values); unknown ones are added as they come. No
+ * prototype to reach through a name: a client's `constructor=` or `__proto__=` is just an attribute.
+ */
+class PostfixAttributes {
+  request?: string; protocol_state?: string; protocol_name?: string; helo_name?: string; queue_id?: string;
+  sender?: string; recipient?: string; recipient_count?: string; client_address?: string; client_name?: string;
+  reverse_client_name?: string; client_port?: string; instance?: string; sasl_method?: string;
+  sasl_username?: string; sasl_sender?: string; size?: string; ccert_subject?: string; ccert_issuer?: string;
+  ccert_fingerprint?: string; ccert_pubkey_fingerprint?: string; encryption_protocol?: string;
+  encryption_cipher?: string; encryption_keysize?: string; etrn_domain?: string; stress?: string;
+  policy_context?: string; server_address?: string; server_port?: string; compatibility_level?: string;
+  mail_version?: string;
+}
+Object.setPrototypeOf(PostfixAttributes.prototype, null);
+Reflect.deleteProperty(PostfixAttributes.prototype, 'constructor');
+const newAttributes = (): Record<string, string> => new PostfixAttributes() as unknown as Record<string, string>;
+
 /** Splits the text of one connection into requests, chunk by chunk (the socket's utf8 decoding keeps characters whole). */
 export class RequestReader {
   readonly #limits: RequestLimits;
   #pending = '';
-  #attributes: Record<string, string> = Object.create(null) as Record<string, string>;
+  #attributes = newAttributes();
   #count = 0;
   #malformed: string | null = null;
   #failed = false;
@@ -89,7 +110,7 @@ export class RequestReader {
     if (!malformed && attributes.request !== 'smtpd_access_policy') {
       malformed = attributes.request === undefined ? 'no request= attribute' : `unknown request type ${JSON.stringify(attributes.request.slice(0, 80))}`;
     }
-    this.#attributes = Object.create(null) as Record<string, string>;
+    this.#attributes = newAttributes();
     this.#count = 0;
     this.#malformed = null;
     return { attributes, malformed };

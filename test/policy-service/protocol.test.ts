@@ -53,6 +53,7 @@ export default function (ctx) {
   if (a.startsWith('spin@')) { for (;;) {} }
   if (a.startsWith('throw@')) throw new Error('boom');
   if (a.startsWith('defer@')) return defer('try later');
+  if (a.startsWith('keys@')) return reject(Object.keys(ctx.postfix.attributes).sort().join(' ') + ' ' + ctx.postfix.attributes.constructor);
   if (a.startsWith('echo@')) return reject([c.source, c.listener, c.remoteAddress, c.remotePort, c.helo, c.tls?.protocol, c.auth?.username,
     cert?.verified, cert?.subject.CN, cert?.fingerprint.sha256, cert?.fingerprint.md5, cert?.pin.sha256Base64, cert?.pem, cert?.san,
     c.certificateIdentity, ctx.transaction.sender?.address, ctx.builtin.reason, ctx.postfix.protocolState, ctx.postfix.attributes.x_unknown,
@@ -96,6 +97,13 @@ test('the context: connection facts, the certificate as Postfix describes it, un
   const other = 'CD:'.repeat(31) + 'CD';
   const unverified = await c.ask(rcptRequest({ recipient: 'echo@x.example', ccert_fingerprint: other, client_name: 'unknown' }));
   assert.equal(unverified, `action=550 5.7.1 postfix-policy|main|192.0.2.10|50123|laptop.example.org|TLSv1.3||false||${'cd'.repeat(32)}||||||alice@example.org|relay-denied|RCPT||`);
+  c.close();
+});
+
+test('ctx.postfix.attributes holds exactly the attributes sent, names like constructor and __proto__ included', async () => {
+  const c = await PolicyClient.connect(tcp('main'));
+  c.send('request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=keys@x.example\nconstructor=c1\n__proto__=p1\n\n');
+  assert.equal(await c.next(), 'action=550 5.7.1 __proto__ constructor protocol_state recipient request c1');
   c.close();
 });
 
