@@ -7,9 +7,11 @@
  * each in its own process, at each offered load of POLICY_RATES (requests/s; 0 = closed loop at
  * saturation, where latency ≈ 20 / throughput by Little's law; default "0,10000,20000"), in rounds that
  * alternate the servers' order. With two source trees (each with node_modules), both serve (s) with their
- * own engine: before/after a change, measured in the same minutes. ROUNDS, REQUESTS set the length;
- * POLICY_DIAG=1 adds each server's GC pauses, event-loop delay and script calls per isolate entry (it costs
- * a timer per millisecond: not for comparing speed); POLICY_NODE_ARGS adds Node options to the servers (--trace-gc), POLICY_NODE_ARGS_A / _B to one of two trees' (the same tree twice compares options). Reports medians over rounds, with the machine's load.
+ * own engine: before/after a change, measured in the same minutes. ROUNDS, REQUESTS set the length.
+ * POLICY_DIAG=1 adds each server's GC pauses and event-loop delay (a timer per millisecond: not for
+ * comparing speed); POLICY_FAST_PATH_MS sets the servers' sandbox.fastPathMs; POLICY_NODE_ARGS gives the
+ * servers Node options (--trace-gc), POLICY_NODE_ARGS_A / _B one of two trees (the same tree twice compares
+ * options). Reports medians over rounds, with the machine's load average and idle share.
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -23,6 +25,8 @@ const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const REQUESTS = Number(process.env.REQUESTS ?? 60_000);
 const RATES = (process.env.POLICY_RATES ?? '0,10000,20000').split(',').map(Number);
 const DIAG = process.env.POLICY_DIAG === '1';
+/** sandbox.fastPathMs for every server (default 5): a larger budget keeps a loaded machine's stalls from moving the hook to isolate threads. */
+const FAST_PATH_MS = process.env.POLICY_FAST_PATH_MS;
 const WARMUP = 5000;
 const here = resolve(import.meta.dirname, '../..');
 const trees = process.argv.slice(2).filter((a) => a !== '--').slice(0, 2).map((t) => resolve(t));
@@ -57,7 +61,7 @@ dataDir: ${dir}/data
 scripts: ${dir}/scripts
 localDomains: [example.org]
 tables: { relay_certs: ${dir}/relay_certs }
-log: { level: warn }
+log: { level: warn }${FAST_PATH_MS ? `\nsandbox: { fastPathMs: ${FAST_PATH_MS} }` : ''}
 policyServices: [{ name: bench, listen: 127.0.0.1:${port}, authoritative: true }]
 `;
   const started = await startServer('policy-bench-server.ts', { configText, baseDir: dir, root, diag: DIAG }, false,
@@ -118,6 +122,7 @@ try {
 }
 const f = (n: number, d = 2): string => n.toFixed(d);
 console.log(`policy service, 20 connections, ${REQUESTS} RCPT requests per run (after ${WARMUP} unmeasured), ${ROUNDS} rounds (medians); latency in ms`);
+if (FAST_PATH_MS) console.log(`sandbox.fastPathMs: ${FAST_PATH_MS}`);
 console.log(`load average ${load0.map((l) => l.toFixed(2)).join(' ')} at start, ${loadavg().map((l) => l.toFixed(2)).join(' ')} at end`);
 for (const [i, s] of servers.entries()) console.log(`${trees.length === 2 ? '' : `${i + 1}: `}${s.name}`);
 for (const rate of RATES) {
