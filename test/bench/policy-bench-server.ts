@@ -7,6 +7,7 @@
  * entry and the fast-path overruns are told either way).
  */
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -18,6 +19,7 @@ const { startPostern } = await from('engine/app/postern.ts') as { startPostern: 
 const { createLogger } = await from('engine/logging/logger.ts') as { createLogger: (level: string) => unknown };
 
 interface RunningPostern {
+  policyAddresses: ReadonlyMap<string, string>;
   runtime: { generation: { sandboxFor(s: unknown): { stats(): Promise<{ fastPath: { calls: number; batches: number; overruns: number } }> }; config: { policyServices: unknown[] } } };
 }
 const running = await startPostern({ configText, baseDir, logger: createLogger(process.env.BENCH_LOG_LEVEL ?? 'warn') });
@@ -55,4 +57,6 @@ process.on('message', (m) => {
   });
 });
 process.on('SIGINT', () => process.exit(0));
+// The service listens on a port the system chose (a fixed one may be another process's): the bench reads it here.
+await writeFile(join(baseDir, 'port'), running.policyAddresses.values().next().value!.split(':').pop()!);
 process.send?.('ready');

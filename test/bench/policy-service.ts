@@ -13,12 +13,11 @@
  * servers Node options (--trace-gc), POLICY_NODE_ARGS_A / _B one of two trees (the same tree twice compares
  * options). Reports medians over rounds, with the machine's load average and idle share.
  */
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, writeFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { fork } from 'node:child_process';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { benchPort } from './bench-config.ts';
 import { cpuSeconds, machineTicks, median, startServer } from './measure.ts';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -55,17 +54,17 @@ async function server(name: string, root: string, withScript: boolean, nodeArgs 
   if (withScript) await writeFile(join(dir, 'scripts', 'rcptto.ts'), SCRIPT);
   // Half the fingerprints are listed: accepts and rejects alternate.
   await writeFile(join(dir, 'relay_certs'), fingerprints.filter((_, i) => i % 2 === 0).map((f) => `${f} device`).join('\n') + '\n');
-  const port = benchPort();
   const configText = `
 dataDir: ${dir}/data
 scripts: ${dir}/scripts
 localDomains: [example.org]
 tables: { relay_certs: ${dir}/relay_certs }
 log: { level: warn }${FAST_PATH_MS ? `\nsandbox: { fastPathMs: ${FAST_PATH_MS} }` : ''}
-policyServices: [{ name: bench, listen: 127.0.0.1:${port}, authoritative: true }]
+policyServices: [{ name: bench, listen: '127.0.0.1:0', authoritative: true }]
 `;
   const started = await startServer('policy-bench-server.ts', { configText, baseDir: dir, root, diag: DIAG }, false,
     nodeArgs?.split(' ').filter(Boolean));
+  const port = Number(await readFile(join(dir, 'port'), 'utf8'));
   const diag = (): Promise<Diag> => new Promise((r) => { started.child.once('message', (m) => r(m as Diag)); started.child.send('diag'); });
   return { name, port, ...started, diag };
 }
