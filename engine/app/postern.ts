@@ -89,8 +89,11 @@ export interface RunningPostern {
   readonly accounts: AccountsServer | null;
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
   readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
-  /** A worker: serve a connection the supervisor accepted on `listener`'s socket (an SMTP listener or a policy service). */
-  acceptConnection(listener: string, socket: Socket): void;
+  /**
+   * A worker: serve a connection the supervisor accepted on `listener`'s socket (an SMTP listener or a policy
+   * service); `open`: a policy service's connections over all workers, this one included (its maxConnections).
+   */
+  acceptConnection(listener: string, socket: Socket, open?: number): void;
   close(): Promise<void>;
 }
 
@@ -328,9 +331,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const running: RunningPostern = {
     runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, certificates: { sightings, expiry },
     get accounts() { return accounts; },
-    acceptConnection(listener, socket) {
+    acceptConnection(listener, socket, open) {
       const policy = policyServers.get(listener);
-      if (policy) return policy.handle(socket);
+      if (policy) return policy.handle(socket, open);
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
       server.server.emit('connection', socket);

@@ -59,9 +59,12 @@ async function main(): Promise<void> {
     dispatch(m, handle);
   });
   const dispatch = (m: Message, handle?: Socket): void => {
-    if (m.t === 'conn' && m.policy) { // a policy service's connection: no per-IP slot to keep
+    if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
       send({ t: 'took' });
-      if (handle) running!.acceptConnection(m.listener!, handle);
+      const key = m.key;
+      if (!handle) return key === undefined ? undefined : send({ t: 'conn-', key }); // closed on the way: its slot goes back
+      if (key !== undefined) handle.once('close', () => send({ t: 'conn-', key }));
+      running!.acceptConnection(m.listener!, handle, m.open);
     } else if (m.t === 'conn') {
       send({ t: 'took' });
       if (!handle) return m.key === undefined ? undefined : send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back

@@ -37,7 +37,7 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { listenPolicyService } from '../policy-service/listen.ts';
+import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
@@ -376,8 +376,12 @@ export class Supervisor {
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
-      if (policy) { // no per-IP slot: the peer is Postfix
-        chosen.proc!.send({ t: 'conn', listener, policy: true }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+      if (policy) {
+        // No per-IP slot (the peer is Postfix), but one slot of the service's, so that its maxConnections
+        // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
+        const key = policyConnectionKey(listener);
+        const open = this.#counters.take(chosen.index, key);
+        chosen.proc!.send({ t: 'conn', listener, policy: true, key, open }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
         continue;
       }
       if (proxied) {

@@ -15,6 +15,14 @@ export interface BoundPolicyService {
   port: number;
 }
 
+/**
+ * The key a service's open connections are counted under in the supervisor (engine/cluster/shared-counters.ts),
+ * beside the SMTP listeners' `<listener> <client IP>` keys: it has no space-separated address, so never one of those.
+ */
+export function policyConnectionKey(service: string): string {
+  return `policy-service:${service}`;
+}
+
 export async function listenPolicyService(service: PolicyServiceConfig, server: net.Server): Promise<BoundPolicyService> {
   const fail = (err: Error): Error => new Error(`policy service ${service.name}: cannot listen on ${service.listen}: ${err.message}`);
   if (service.listen.startsWith('unix:')) {

@@ -12,7 +12,7 @@ import type { Logger } from '../logging/logger.ts';
 import type { Verdict } from '../sandbox/api/index.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
-import { RequestReader, formatAnswer, type PolicyRequest } from './protocol.ts';
+import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext } from './request-context.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
@@ -50,12 +50,16 @@ export class PolicyServer {
     return generation.config.policyServices.find((s) => s.name === this.name) ?? this.#started;
   }
 
-  /** Serve one accepted connection (from this process's listener, or handed over by the supervisor). */
-  handle(socket: Socket): void {
+  /**
+   * Serve one accepted connection (from this process's listener, or handed over by the supervisor).
+   * `open`: the service's open connections over every worker, this one included, as the supervisor counted
+   * them when it handed it over (`postern serve`); else this process's own count decides.
+   */
+  handle(socket: Socket, open = this.#sockets.size + 1): void {
     const service = this.#service(this.#runtime.generation);
     const log = this.#runtime.logger;
     const cid = `P${process.pid.toString(36)}${(nextConnection++).toString(36)}`;
-    if (this.#sockets.size >= service.limits.maxConnections) {
+    if (open > service.limits.maxConnections) {
       log.warn({ service: this.name, cid, limit: service.limits.maxConnections }, 'policy service: too many connections, closed');
       socket.destroy();
       return;
@@ -72,34 +76,45 @@ export class PolicyServer {
     });
     const reader = new RequestReader(service.limits);
     const memo = new FactsMemo();
-    let chain: Promise<void> = Promise.resolve();
-    let queued = 0;
+    // This connection's requests in order: each answer is written as soon as it is decided, and the next
+    // request starts then (a loop, not a promise chain: nothing allocated per request for the order).
+    const queue: PolicyRequest[] = [];
+    let draining: Promise<void> | null = null;
     let ending = false;
     // Read on only while few requests wait for their answers and the answers written so far have left:
     // a client that sends requests and never reads the answers must not grow this process's memory.
     const flow = (): void => {
       if (socket.destroyed) return;
-      if (!ending && queued < MAX_QUEUED && !socket.writableNeedDrain) socket.resume();
+      if (!ending && queue.length < MAX_QUEUED && !socket.writableNeedDrain && !reader.failed) socket.resume();
       else socket.pause();
     };
     socket.on('drain', flow);
-    const answer = (request: PolicyRequest): void => {
-      queued++;
-      chain = chain.then(async () => {
-        if (!socket.destroyed) { // a closed connection's read-ahead requests are not decided
-          const { action } = await this.#decide(request, cid, memo);
-          if (!socket.destroyed) socket.write(formatAnswer(action));
+    const drain = async (): Promise<void> => {
+      try {
+        while (queue.length) {
+          if (socket.destroyed) { queue.length = 0; break; } // a closed connection's read-ahead requests are not decided
+          const { action } = await this.#decide(queue[0]!, cid, memo);
+          queue.shift();
+          if (socket.destroyed) continue;
+          socket.write(answerBuffer(action));
+          if (socket.isPaused()) flow();
         }
-        queued--;
-        flow();
-      });
+      } finally {
+        draining = null;
+      }
     };
+    /** Resolves once every request read so far is answered. */
+    const answered = (): Promise<void> => draining ?? Promise.resolve();
     socket.on('data', (chunk: string) => {
       const { requests, fatal } = reader.push(chunk);
-      for (const r of requests) answer(r);
+      if (requests.length) {
+        for (const r of requests) queue.push(r);
+        draining ??= drain();
+      }
       if (fatal) {
         ending = true;
-        chain = chain.then(() => {
+        socket.pause();
+        void answered().then(() => {
           const current = this.#service(this.#runtime.generation);
           log.error({ service: this.name, cid, err: fatal }, `policy request refused: ${fatal}; connection closed`);
           metrics.policyRequests.inc({ service: this.name, state: 'unknown', action: 'malformed' });
@@ -110,7 +125,7 @@ export class PolicyServer {
     });
     socket.on('end', () => {
       if (reader.incomplete) log.info({ service: this.name, cid }, 'policy connection closed in the middle of a request');
-      void chain.then(() => socket.end());
+      void answered().then(() => socket.end());
     });
     socket.resume();
   }
@@ -148,13 +163,14 @@ export class PolicyServer {
       generation.release();
     }
     this.#counted(state, result.kind);
-    const a = request.attributes;
-    const fields = {
-      service: this.name, cid, state, client: a.client_address, sender: a.sender, recipient: a.recipient,
-      queueId: a.queue_id, ccert: a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined, action: result.action,
-    };
-    if (result.kind === 'dunno' || result.kind === 'ok') log.debug(fields, 'policy answer');
-    else log.info(fields, 'policy answer');
+    const level = result.kind === 'dunno' || result.kind === 'ok' ? 'debug' : 'info';
+    if (log.isLevelEnabled(level)) { // the fields are built only for a line that is written
+      const a = request.attributes;
+      log[level]({
+        service: this.name, cid, state, client: a.client_address, sender: a.sender, recipient: a.recipient,
+        queueId: a.queue_id, ccert: a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined, action: result.action,
+      }, 'policy answer');
+    }
     return result;
   }
 

@@ -29,7 +29,27 @@ function digestHex(text: string | undefined, digest: Digest): string | null {
   return n && n.length === bytes ? n.hex : null;
 }
 
+/**
+ * Certificates already described, by their four attributes: a device reconnects with the same certificate
+ * for every session, and describing it (hex normalisation, colon forms, DNs) was most of what a session's
+ * first request allocated. Frozen, since connections share them. Emptied when full: distinct certificates
+ * beyond this are rare, and a miss only costs the description again.
+ */
+const described = new Map<string, PostfixClientCertificate | null>();
+const MAX_DESCRIBED = 2000;
+
 export function postfixCertificate(attrs: Record<string, string>, digest: Digest): PostfixClientCertificate | null {
+  if (!attrs.ccert_fingerprint && !attrs.ccert_pubkey_fingerprint) return null;
+  const key = `${digest}\n${attrs.ccert_fingerprint ?? ''}\n${attrs.ccert_pubkey_fingerprint ?? ''}\n${attrs.ccert_subject ?? ''}\n${attrs.ccert_issuer ?? ''}`;
+  let cert = described.get(key);
+  if (cert === undefined) {
+    if (described.size >= MAX_DESCRIBED) described.clear();
+    described.set(key, cert = describe(attrs, digest));
+  }
+  return cert;
+}
+
+function describe(attrs: Record<string, string>, digest: Digest): PostfixClientCertificate | null {
   const fp = digestHex(attrs.ccert_fingerprint, digest);
   const pk = digestHex(attrs.ccert_pubkey_fingerprint, digest);
   if (!fp && !pk) return null;
@@ -39,7 +59,7 @@ export function postfixCertificate(attrs: Record<string, string>, digest: Digest
   const one = (d: Digest) => (d === digest ? fp : null);
   const colon = (h: string | null) => (h ? colonHex(h) : null);
   const pin = digest === 'sha256' && pk ? Buffer.from(pk, 'hex') : null;
-  return {
+  return deepFreeze<PostfixClientCertificate>({
     subject, issuer, san: null, serial: null, notBefore: null, notAfter: null, keyType: null, keyBits: null,
     fingerprint: {
       sha1: one('sha1'), sha256: one('sha256'), md5: one('md5'),
@@ -55,7 +75,12 @@ export function postfixCertificate(attrs: Record<string, string>, digest: Digest
     verified,
     verifyError: verified ? null : 'invalid',
     verifyErrorCode: verified ? null : 'POSTFIX_NOT_VERIFIED',
-  };
+  });
+}
+
+function deepFreeze<T extends object>(o: T): T {
+  for (const v of Object.values(o)) if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) deepFreeze(v as object);
+  return Object.freeze(o);
 }
 
 /** The account the certificate speaks for: a pin (any chain verdict) first, then the CN of a verified one. */

@@ -94,8 +94,8 @@ export class FactsMemo {
   #facts: { connection: ConnectionInfo; key: string } | null = null;
 
   get(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): { connection: ConnectionInfo; key: string } {
+    if (this.#facts && generation === this.#generation && service === this.#service && this.#same(a)) return this.#facts;
     const values = FACT_ATTRIBUTES.map((n) => a[n] ?? '');
-    if (this.#facts && generation === this.#generation && service === this.#service && values.every((v, i) => v === this.#values[i])) return this.#facts;
     const connection = Object.freeze(connectionFacts(a, service, generation));
     this.#facts = { connection, key: factsKey(connection) };
     this.#generation = generation;
@@ -103,16 +103,25 @@ export class FactsMemo {
     this.#values = values;
     return this.#facts;
   }
+
+  /** Whether `a` has the fact attributes of the last request (checked per request: no array built for it). */
+  #same(a: Record<string, string>): boolean {
+    for (let i = 0; i < FACT_ATTRIBUTES.length; i++) if ((a[FACT_ATTRIBUTES[i]!] ?? '') !== this.#values[i]) return false;
+    return true;
+  }
 }
 
-/** The hook and context of a well-formed request, or null when its protocol_state has no hook. */
+/**
+ * The hook and context of a well-formed request, or null when its protocol_state has no hook. The context
+ * holds `a` itself as `ctx.postfix.attributes` (the sandbox copies it): the caller must not change it.
+ */
 export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo()): RequestContext | null {
   const state = (a.protocol_state ?? '').toUpperCase();
   const hook = hookOfState(state);
   if (!hook) return null;
   const { connection, key } = memo.get(a, service, generation);
   const postfix: PostfixPolicyRequest = {
-    attributes: { ...a }, protocolState: state, instance: a.instance || null, queueId: a.queue_id || null,
+    attributes: a, protocolState: state, instance: a.instance || null, queueId: a.queue_id || null,
     clientName: known(a.client_name), reverseClientName: known(a.reverse_client_name),
   };
   const sender = a.sender !== undefined && hook !== 'connect' && hook !== 'helo' ? envelopeAddress(a.sender) : null;

@@ -1,5 +1,5 @@
 /** What the benchmarks read from /proc and how they drive a server: CPU counters, server start, one load run. */
-import { fork } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TestPki } from '../helpers/pki.ts';
@@ -37,7 +37,7 @@ export async function machineTicks(): Promise<MachineTicks> {
   return { total: cpu.reduce((a, b) => a + b, 0), idle: (cpu[3] ?? 0) + (cpu[4] ?? 0), steal: cpu[7] ?? 0 };
 }
 
-export interface StartedServer { stop: () => void; pid: number }
+export interface StartedServer { stop: () => void; pid: number; child: ChildProcess }
 
 /** Fork a bench server script (a path, or a file name in test/bench) and wait for its "ready" message. */
 export async function startServer(script: string, arg: unknown, quiet = false, execArgv?: string[]): Promise<StartedServer> {
@@ -47,7 +47,7 @@ export async function startServer(script: string, arg: unknown, quiet = false, e
     child.once('message', () => resolve());
     child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)));
   });
-  return { stop: () => child.kill('SIGKILL'), pid: child.pid! };
+  return { stop: () => child.kill('SIGKILL'), pid: child.pid!, child };
 }
 
 export interface LoadResult { rate: number; p50: number; p99: number; messages: number; clientCpuUs: number }

@@ -53,6 +53,7 @@ export default function (ctx) {
   if (a.startsWith('spin@')) { for (;;) {} }
   if (a.startsWith('throw@')) throw new Error('boom');
   if (a.startsWith('defer@')) return defer('try later');
+  if (a.startsWith('keys@')) return reject(Object.keys(ctx.postfix.attributes).sort().join(' ') + ' ' + ctx.postfix.attributes.constructor);
   if (a.startsWith('echo@')) return reject([c.source, c.listener, c.remoteAddress, c.remotePort, c.helo, c.tls?.protocol, c.auth?.username,
     cert?.verified, cert?.subject.CN, cert?.fingerprint.sha256, cert?.fingerprint.md5, cert?.pin.sha256Base64, cert?.pem, cert?.san,
     c.certificateIdentity, ctx.transaction.sender?.address, ctx.builtin.reason, ctx.postfix.protocolState, ctx.postfix.attributes.x_unknown,
@@ -96,6 +97,13 @@ test('the context: connection facts, the certificate as Postfix describes it, un
   const other = 'CD:'.repeat(31) + 'CD';
   const unverified = await c.ask(rcptRequest({ recipient: 'echo@x.example', ccert_fingerprint: other, client_name: 'unknown' }));
   assert.equal(unverified, `action=550 5.7.1 postfix-policy|main|192.0.2.10|50123|laptop.example.org|TLSv1.3||false||${'cd'.repeat(32)}||||||alice@example.org|relay-denied|RCPT||`);
+  c.close();
+});
+
+test('ctx.postfix.attributes holds exactly the attributes sent, names like constructor and __proto__ included', async () => {
+  const c = await PolicyClient.connect(tcp('main'));
+  c.send('request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=keys@x.example\nconstructor=c1\n__proto__=p1\n\n');
+  assert.equal(await c.next(), 'action=550 5.7.1 __proto__ constructor protocol_state recipient request c1');
   c.close();
 });
 
@@ -149,6 +157,11 @@ test('garbage gets DEFER_IF_PERMIT and a logged error; the connection goes on', 
   c.send('protocol_state=RCPT\nrecipient=a@example.org\n\n'); // no request=smtpd_access_policy
   assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
   c.send('\x00\xff\n\n');
+  assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
+  // A line without '=' before well-formed ones in the same chunk, and a line with an empty name.
+  c.send(`no equals sign\n${requestText(rcptRequest({ recipient: 'a@example.org' }))}`);
+  assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
+  c.send('=value\nrequest=smtpd_access_policy\nprotocol_state=RCPT\n\n');
   assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
   assert.equal(await c.ask(rcptRequest({ recipient: 'a@example.org' })), 'action=DUNNO');
   assert.ok(s.logs.some((l) => l.level === 50 && /malformed policy request: not a name=value line/.test(String(l.msg))));

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startCluster, workerPid, type ClusterProcess } from '../cluster/helpers.ts';
-import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
+import { PolicyClient, rcptRequest, requestText } from './helpers/policy-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess;
@@ -66,5 +66,40 @@ test('a worker that dies is replaced; new connections are served', async () => {
     const client = await PolicyClient.connect({ port: c.port('policy') });
     assert.equal(await client.ask(rcptRequest()), 'action=554 5.7.1 second version');
     client.close();
+  }
+});
+
+test('limits.maxConnections holds for the whole server, not per worker', async () => {
+  const limited = await startCluster({
+    config: `
+workers: 2
+localDomains: [example.org]
+policyServices:
+  - { name: postfix, listen: '127.0.0.1:{PORT:policy}', limits: { maxConnections: 3 } }
+`,
+  });
+  try {
+    const port = limited.port('policy');
+    // Three connections, each answered: handed to the two workers in turn (2 + 1), each counted.
+    const open = await Promise.all(Array.from({ length: 3 }, () => PolicyClient.connect({ port })));
+    for (const client of open) assert.equal(await client.ask(rcptRequest({ recipient: 'x@example.org' })), 'action=DUNNO');
+    // The fourth is over the limit whichever worker gets it (per worker, neither would be at 3).
+    const fourth = await PolicyClient.connect({ port });
+    fourth.send(requestText(rcptRequest()));
+    assert.equal(await Promise.race([fourth.closed.then(() => 'closed'), fourth.next()]), 'closed');
+    await limited.waitFor('the refusal logged', () => limited.logs.some((l) => l.msg === 'policy service: too many connections, closed'));
+    // A connection that closes gives its slot back (the worker tells the supervisor): a new one is served again.
+    open.pop()!.close();
+    await limited.waitFor('a new connection served', async () => {
+      const client = await PolicyClient.connect({ port });
+      client.send(requestText(rcptRequest({ recipient: 'x@example.org' })));
+      const answer = await Promise.race([client.closed.then(() => null), client.next()]);
+      if (answer === null) return false;
+      open.push(client);
+      return answer === 'action=DUNNO';
+    });
+    for (const client of open) client.close();
+  } finally {
+    await limited.stop();
   }
 });
