@@ -4,10 +4,11 @@
  * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
  * reaches a script. The signature covers the exact bytes sent: line ends (bare LF, bare CR) are made CRLF
  * before signing, which is what the SMTP client would otherwise do to them on the wire.
+ * mailauth (with joi and undici, a large heap) is loaded at the first signature, so only a queue process
+ * whose configuration has DKIM keys ever holds it.
  */
 import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { dkimSign } from 'mailauth';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
 
@@ -93,11 +94,21 @@ export class DkimKeys {
   }
 }
 
+let signer: Promise<typeof import('mailauth').dkimSign> | null = null;
+function loadSigner(): Promise<typeof import('mailauth').dkimSign> {
+  signer ??= import('mailauth').then((m) => m.dkimSign, (err: Error) => {
+    signer = null;
+    throw new DeliveryFailure(`DKIM signer cannot be loaded: ${err.message}`, { permanent: false, enhanced: '4.7.0' });
+  });
+  return signer;
+}
+
 /** The message with its DKIM-Signature header in front (and CRLF line ends). Throws DeliveryFailure when signing fails. */
 export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer> {
   const crlf = withCrlf(message);
   const signature = { signingDomain: key.domain, selector: key.selector, privateKey: key.pem, algorithm: key.algorithm, canonicalization: 'relaxed/relaxed' };
   // The signer reads only `signatureData` (its typings want the fields at the top level as well).
+  const dkimSign = await loadSigner();
   const result = await dkimSign(crlf, { ...signature, signatureData: [signature] });
   if (!result.signatures) {
     const why = result.errors.map((e) => e.err?.message ?? String(e)).join('; ') || 'no signature';

@@ -1,9 +1,12 @@
 /**
  * The server's one pino logger: JSON lines with ISO-8601 times (for log shippers and people alike), or
  * `log.format: pretty` for a terminal. Components take children with `{ component }` bindings.
+ * pino-pretty is loaded only for `pretty`, and synchronously (createLogger is called before anything
+ * async, e.g. by the supervisor and `postern check`), hence require rather than import().
  */
 import { pino, type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type PinoPretty from 'pino-pretty';
 import { turnBufferedStdout } from './turn-buffered-stdout.ts';
 
 export type { Logger } from 'pino';
@@ -13,6 +16,7 @@ export type LogFormat = 'json' | 'pretty';
 export function createLogger(level: string, destination?: NodeJS.WritableStream, format: LogFormat = 'json'): Logger {
   const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
   if (format === 'pretty') {
+    const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
     return pino(options, pretty({ destination: destination ?? 1, colorize: !destination && process.stdout.isTTY, sync: true }));
   }
   return pino(options, destination ?? turnBufferedStdout());

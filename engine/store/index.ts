@@ -1,18 +1,23 @@
-/** The counter store a configuration names (`store:`), made once per server process. */
+/**
+ * The counter store a configuration names (`store:`), made once per server process. The Redis client
+ * (some 400 modules) is loaded only when `store.redis` asks for it: import RedisCounterStore from
+ * ./redis-store.ts directly where it is wanted.
+ */
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { CounterStore } from './counter-store.ts';
 import { MemoryCounterStore } from './memory-store.ts';
-import { RedisCounterStore } from './redis-store.ts';
 
 export type { CounterStore, RateResult } from './counter-store.ts';
 export { STORE_KEYS, StoreUnavailable } from './counter-store.ts';
 export { MemoryCounterStore } from './memory-store.ts';
-export { RedisCounterStore } from './redis-store.ts';
 export { prefixedStore } from './prefixed-store.ts';
 
-export function createStore(config: Config['store'], logger: Logger): CounterStore {
-  if (config.redis) return new RedisCounterStore(config.redis, logger);
+export async function createStore(config: Config['store'], logger: Logger): Promise<CounterStore> {
+  if (config.redis) {
+    const { RedisCounterStore } = await import('./redis-store.ts');
+    return new RedisCounterStore(config.redis, logger);
+  }
   return createMemoryStore(config, logger);
 }
 

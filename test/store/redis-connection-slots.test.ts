@@ -6,7 +6,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from 'redis';
-import { RedisCounterStore, StoreUnavailable } from '../../engine/store/index.ts';
+import { StoreUnavailable } from '../../engine/store/index.ts';
+import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 
