@@ -121,6 +121,9 @@ class KeptKeys {
  */
 export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection; journal?: OperationJournal }
 
+/** Entries tried to run a stopped batch's leftovers (see #drainLeftovers) before the isolate is given up. */
+const DRAIN_ATTEMPTS = 3;
+
 /** Stopped attempts (and entries) remembered only to refuse what their leftover code starts: this many at most. */
 const RETIRED_OWNERS = 64;
 
@@ -355,6 +358,10 @@ export class IsolateSlot {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
         stopped = false;
+        // Cut off too (a loaded machine, a leftover that spins): leftovers may still be queued, and the next
+        // entry would run them as its own call's code, whose journal would take their operations for its
+        // own (counted twice: seen under load). Run them here, refused, or give the isolate up.
+        if (!this.#isolate.isDisposed && !this.#drainLeftovers(fastPathMs)) abandon(this.#isolate);
       } finally {
         this.#refusing = false;
       }
@@ -416,6 +423,21 @@ export class IsolateSlot {
     // After a stop they are the leftovers of attempts run again, which log again.
     if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     return settled;
+  }
+
+  /**
+   * Empty entries into the isolate until one ends within `fastPathMs`: its microtask checkpoint runs what is
+   * queued (V8 drops the rest of the queue when a checkpoint is cut off, not when an entry's own code is).
+   * False when none did: the leftovers' fate is unknown.
+   */
+  #drainLeftovers(fastPathMs: number): boolean {
+    for (let i = 0; i < DRAIN_ATTEMPTS && !this.#isolate.isDisposed; i++) {
+      try {
+        this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs });
+        return true;
+      } catch { /* again */ }
+    }
+    return false;
   }
 
   /**

@@ -208,3 +208,31 @@ for (const isolates of [1, 2]) {
     });
   });
 }
+
+test('leftovers of a stopped batch that outlast the entry draining them start nothing in the next call', async () => {
+  // Call 0's continuation spins, so the entry that takes the stopped batch's outcomes (and runs its leftover
+  // continuations, refused) is cut off too, with call 1's continuation still queued. Run in the next entry
+  // (call 0's re-run), it was taken for that call's and counted: call 1 then counted again when run again.
+  const store = new MemoryCounterStore();
+  await withSandbox({
+    host: { ...recordingHost(), store },
+    isolates: 1,
+    fastPathMs: 1,
+    timeoutMs: 10_000,
+    scripts: [js('rcptto', `export default async (ctx) => {
+      if (ctx.slow) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
+      await null;
+      if (ctx.spinsAfter) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
+      if (ctx.counts) return reject(String((await rate('k' + ctx.n, 1000, 60)).count));
+      return accept({ text: 'n' + ctx.n });
+    }`)],
+  }, async (sandbox) => {
+    const calls = [{ n: 0, spinsAfter: true }, { n: 1, counts: true }, { n: 2, slow: true }];
+    const results = await settle(calls.map((ctx) => sandbox.invoke('rcptto', ctx, `c${ctx.n}`)));
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))), [
+      { verdict: 'accept', text: 'n0' }, { verdict: 'reject', text: '1' }, { verdict: 'accept', text: 'n2' },
+    ]);
+    assert.equal(await store.get('script:rate:k1'), 1);
+    assert.deepEqual(await sandbox.invoke('rcptto', { n: 3 }, 'c3'), { verdict: 'accept', text: 'n3' });
+  });
+});
