@@ -128,6 +128,9 @@ class KeptKeys {
  */
 export interface BatchCall { hook: HookName; ctx: object; connectionId: string | null; shared?: SharedConnection; journal?: OperationJournal }
 
+/** Entries tried to run a stopped batch's leftovers (see #drainLeftovers) before the isolate is given up. */
+const DRAIN_ATTEMPTS = 3;
+
 /** Stopped attempts (and entries) remembered only to refuse what their leftover code starts: this many at most. */
 const RETIRED_OWNERS = 64;
 
@@ -137,7 +140,8 @@ const RETIRED_OWNERS = 64;
  * see #flush; `cancel` forgets the call, at its deadline); or not at all —
  * `overran`: it was first and the fast path's time ran out, so it is slow by itself: run it alone on an
  * isolate thread; `again`: the batch was stopped before it ended, run it in a later batch; `alone`: the
- * isolate was lost during the batch, run it by itself (whichever call caused the loss then fails alone).
+ * isolate was lost during the batch, run it by itself (whichever call caused the loss then fails alone), or
+ * its promise was still pending when a later call of the batch was stopped (see callBatch).
  */
 export type BatchSettled =
   | { value: unknown }
@@ -315,8 +319,10 @@ export class IsolateSlot {
    * calling thread. Entering the isolate is most of what a quick call costs (perf: the first call after
    * other work pays for cold caches), so calls that gather during one turn of the event loop share it.
    * A call the time limit stops is run again: alone on an isolate thread when it was first (it is slow
-   * by itself, as in call()), else first in a later batch; the calls after it never started. What a call
-   * run again had started is not started again: see operation-journal.ts.
+   * by itself, as in call()), else first in a later batch; the calls after it never started; the calls
+   * before it whose promise was still pending run again alone. So every stop takes at least one call out of
+   * the batches for good: no batch is stopped over and over. What a call run again had started is not
+   * started again: see operation-journal.ts.
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
     const wire: CallWire[] = [];
@@ -363,6 +369,10 @@ export class IsolateSlot {
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
         stopped = false;
+        // Cut off too (a loaded machine, a leftover that spins): leftovers may still be queued, and the next
+        // entry would run them as its own call's code, whose journal would take their operations for its
+        // own (counted twice: seen under load). Run them here, refused, or give the isolate up.
+        if (!this.#isolate.isDisposed && !this.#drainLeftovers(fastPathMs)) abandon(this.#isolate);
       } finally {
         this.#refusing = false;
       }
@@ -392,9 +402,13 @@ export class IsolateSlot {
       if (stopped && entry.outcome === null) {
         // Its promise's continuation was still waiting when the stop came: it runs among the stopped attempt's
         // leftovers at the start of the next entry, where neither can be told apart, and starts nothing there
-        // (see #operate). So it is run again too (its operations so far are its call's journal's).
+        // (see #operate). So it is run again too (its operations so far are its call's journal's) — alone, not
+        // in a later batch: put back before the stopped call, it kept that call from ever being first (and so
+        // from being run alone as 'overran'), and the same batch was stopped again and again until the calls'
+        // deadlines (a livelock of the event loop). Each stop now takes every call before the stopped one out
+        // of the batches, and the stopped call leads the next one.
         this.#retire(ids[i]!, true);
-        return 'again';
+        return 'alone';
       }
       for (const line of entry.logs) this.#tell(connectionId, file, line);
       if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
@@ -420,6 +434,21 @@ export class IsolateSlot {
     // After a stop they are the leftovers of attempts run again, which log again.
     if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     return settled;
+  }
+
+  /**
+   * Empty entries into the isolate until one ends within `fastPathMs`: its microtask checkpoint runs what is
+   * queued (V8 drops the rest of the queue when a checkpoint is cut off, not when an entry's own code is).
+   * False when none did: the leftovers' fate is unknown.
+   */
+  #drainLeftovers(fastPathMs: number): boolean {
+    for (let i = 0; i < DRAIN_ATTEMPTS && !this.#isolate.isDisposed; i++) {
+      try {
+        this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs });
+        return true;
+      } catch { /* again */ }
+    }
+    return false;
   }
 
   /**
