@@ -13,21 +13,15 @@ import { HOOK_NAMES, isHookName } from '../sandbox/hooks.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import { TrySession, type StepResult } from '../try/try-session.ts';
 import { readSessionFile } from '../try/session-file.ts';
-import { runSessionFile, tryHook, type TryResult } from '../try/run-try.ts';
+import { runSessionFile, tryHook, type HookFlags, type TryResult } from '../try/run-try.ts';
 
-export interface TryOptions {
+/** The command line's options: the hook's own flags (the message as a file name) and the setting. */
+export interface TryOptions extends Omit<HookFlags, 'message'> {
   config?: string;
   listener?: string;
   cert?: string;
   key?: string;
   ip?: string;
-  helo?: string;
-  user?: string;
-  password?: string;
-  mechanism?: string;
-  authzid?: string;
-  from?: string;
-  to?: string[];
   header?: string[];
   message?: string;
   scripts?: string;
