@@ -14,17 +14,13 @@ test('calls not answered expire at their deadline, oldest first; answered ones a
   const expired: number[] = [];
   const calls = Array.from({ length: 3000 }, (_, i) => call(queue, 30, expired, i));
   for (const [i, w] of calls.entries()) if (i % 3 !== 0) queue.settle(w); // answered in time
-  const done = Promise.withResolvers<void>();
   const late = call(queue, 60, expired, 9999);
-  const check = setInterval(() => { if (late.settled) done.resolve(); }, 5);
-  await done.promise;
-  clearInterval(check);
+  await until(() => late.settled);
   assert.deepEqual(expired, [...calls.keys()].filter((i) => i % 3 === 0).concat(9999));
   // Nothing left: a new call still gets its own timer.
   const again: number[] = [];
   const w = call(queue, 10, again, 1);
-  await new Promise((r) => setTimeout(r, 40));
-  assert.ok(w.settled);
+  await until(() => w.settled);
   assert.deepEqual(again, [1]);
 });
 
@@ -45,7 +41,11 @@ test('calls answered in order leave nothing behind; one still waiting expires al
   for (let i = 0; i < 10_000; i++) queue.settle(call(queue, 20, expired, i));
   const stuck = call(queue, 20, expired, -1);
   for (let i = 0; i < 10; i++) queue.settle(call(queue, 20, expired, i));
-  await new Promise((r) => setTimeout(r, 80));
-  assert.ok(stuck.settled);
+  await until(() => stuck.settled);
   assert.deepEqual(expired, [-1]);
 });
+
+/** Resolves once `settled()` is true (the queue's own timer must get there; the test's timeout guards a hang). */
+async function until(settled: () => boolean): Promise<void> {
+  while (!settled()) await new Promise((r) => setTimeout(r, 5));
+}
