@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeadlineQueue, type Waiting } from '../../engine/store/deadline-queue.ts';
+import { until } from '../helpers/wait.ts';
 
 function call(queue: DeadlineQueue, ms: number, expired: number[], id: number): Waiting {
   const w: Waiting = { deadline: performance.now() + ms, settled: false, expire: () => { w.settled = true; expired.push(id); } };
@@ -15,12 +16,12 @@ test('calls not answered expire at their deadline, oldest first; answered ones a
   const calls = Array.from({ length: 3000 }, (_, i) => call(queue, 30, expired, i));
   for (const [i, w] of calls.entries()) if (i % 3 !== 0) queue.settle(w); // answered in time
   const late = call(queue, 60, expired, 9999);
-  await until(() => late.settled);
+  await until('the late call to expire', () => late.settled, { intervalMs: 5 });
   assert.deepEqual(expired, [...calls.keys()].filter((i) => i % 3 === 0).concat(9999));
   // Nothing left: a new call still gets its own timer.
   const again: number[] = [];
   const w = call(queue, 10, again, 1);
-  await until(() => w.settled);
+  await until('the new call to expire', () => w.settled, { intervalMs: 5 });
   assert.deepEqual(again, [1]);
 });
 
@@ -41,11 +42,7 @@ test('calls answered in order leave nothing behind; one still waiting expires al
   for (let i = 0; i < 10_000; i++) queue.settle(call(queue, 20, expired, i));
   const stuck = call(queue, 20, expired, -1);
   for (let i = 0; i < 10; i++) queue.settle(call(queue, 20, expired, i));
-  await until(() => stuck.settled);
+  await until('the waiting call to expire', () => stuck.settled, { intervalMs: 5 });
   assert.deepEqual(expired, [-1]);
 });
 
-/** Resolves once `settled()` is true (the queue's own timer must get there; the test's timeout guards a hang). */
-async function until(settled: () => boolean): Promise<void> {
-  while (!settled()) await new Promise((r) => setTimeout(r, 5));
-}
