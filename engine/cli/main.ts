@@ -24,11 +24,17 @@ import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } 
  */
 async function exitWith(code: number): Promise<never> {
   // A script stuck for good in a step V8 cannot interrupt parks an isolate thread, and process.exit() then
-  // hangs or crashes in teardown (SIGSEGV): say so and end with a signal instead.
+  // hangs or crashes in teardown (SIGSEGV). execve() ends every thread of the process without that teardown:
+  // the process becomes `sh -c 'exit N'` (same pid, stdout/stderr kept) and ends with the command's own code.
   const stuck = exitMayHang();
-  if (stuck) process.stderr.write(`postern: ${unrecoverableReasons()[0] ?? 'a script could not be stopped'}; ending with SIGKILL instead of exit ${code}\n`);
   await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((resolve) => s.write('', () => resolve()))));
-  if (stuck) process.kill(process.pid, 'SIGKILL');
+  if (stuck) {
+    try {
+      process.execve?.('/bin/sh', ['sh', '-c', `exit ${Math.trunc(code)}`]);
+    } catch { /* not available here (no /bin/sh, another OS): the signal below */ }
+    process.stderr.write(`postern: ${unrecoverableReasons()[0] ?? 'a script could not be stopped'}; ending with SIGKILL instead of exit ${code}\n`);
+    process.kill(process.pid, 'SIGKILL');
+  }
   process.exit(code);
 }
 

@@ -44,7 +44,7 @@ export function reportAbandonedRunning(): void {
 
 /**
  * Whether process.exit() may hang or crash in teardown (SIGSEGV) now: an isolate was given up while it ran,
- * or the signal was given. A one-shot command then ends itself with a signal after its output.
+ * or the signal was given. A one-shot command then ends without teardown after its output (engine/cli/main.ts).
  */
 export function exitMayHang(): boolean {
   return abandonedRunning > 0 || reasons.length > 0;

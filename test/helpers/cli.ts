@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
-export interface CliResult { code: number | null; stdout: string; stderr: string }
+export interface CliResult { code: number | null; signal?: NodeJS.Signals | null; stdout: string; stderr: string }
 
 export interface CliOptions {
   /** Text on stdin (default: none, stdin closed at once). */
@@ -26,7 +26,7 @@ export function runCli(args: readonly string[], opts: CliOptions = {}): Promise<
     child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
     child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
     child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
     child.stdin.end(opts.input ?? '');
   });
 }
