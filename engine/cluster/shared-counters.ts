@@ -17,7 +17,9 @@
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
  *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
  *                                                           come from the supervisor; answered by
- *   supervisor → worker  { t: 'conn+r', q, ok, failures }   ok: under the limit (the slot is taken);
+ *   supervisor → worker  { t: 'conn+r', q, ok, total, failures }  ok: under the limit (the slot is taken);
+ *                                                           total: the listener's connections over every
+ *                                                           worker (its maxConnections, as with 'conn');
  *                                                           failures: that IP's recent auth failure times
  *   worker → supervisor  { t: 'conn-', key }                a connection that got a slot closed
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
@@ -29,10 +31,14 @@
  */
 import type { FailureMap } from '../auth/failure-limiter.ts';
 
+/** acquire()'s answer: `ok`, under the per-address limit (the slot is taken); `total`, when counted over
+ * every worker, the listener's open connections with this one (for its maxConnections). */
+export interface Admission { ok: boolean; total?: number }
+
 /** Open-connection counts; `acquire` may answer later (a round trip to the supervisor). */
 export interface ConnectionCounts {
   /** `port`: the client's port, which with the key names the connection. */
-  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean>;
+  acquire(key: string, ip: string, limit: number, port?: number): Admission | Promise<Admission>;
   release(key: string): void;
   /**
    * The count the supervisor sent with a handed-over connection (key and client port), once: the caller then
@@ -48,11 +54,11 @@ export interface ConnectionCounts {
 /** One process: a map. */
 export class LocalConnectionCounts implements ConnectionCounts {
   readonly #open = new Map<string, number>();
-  acquire(key: string, _ip: string, limit: number): boolean {
+  acquire(key: string, _ip: string, limit: number): Admission {
     const open = (this.#open.get(key) ?? 0) + 1;
-    if (open > limit) return false;
+    if (open > limit) return { ok: false };
     this.#open.set(key, open);
-    return true;
+    return { ok: true };
   }
   release(key: string): void {
     const left = (this.#open.get(key) ?? 1) - 1;
@@ -91,7 +97,7 @@ export class SharedFailureStore extends Map<string, number[]> implements Failure
 export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
-  readonly #waiting = new Map<number, (ok: boolean) => void>();
+  readonly #waiting = new Map<number, (answer: Admission) => void>();
   /** Open counts (per address, and the listener's total) of connections handed over with their slot, by "key|client port", until claimed. */
   readonly #handed = new Map<string, { open: number; total: number | undefined }>();
   /** Slots taken by round trip, given back by release(). */
@@ -139,17 +145,17 @@ export class WorkerCounters implements ConnectionCounts {
     this.#channel.send({ t: 'conn-', key });
   }
 
-  acquire(key: string, ip: string, limit: number, port?: number): boolean | Promise<boolean> {
+  acquire(key: string, ip: string, limit: number, port?: number): Admission | Promise<Admission> {
     const handed = this.#handed.get(`${key}|${port}`);
     if (handed !== undefined) {
       this.#handed.delete(`${key}|${port}`);
-      return handed.open <= limit;
+      return { ok: handed.open <= limit, total: handed.total };
     }
     const q = ++this.#next;
     return new Promise((resolve) => {
-      this.#waiting.set(q, (ok) => {
-        if (ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
-        resolve(ok);
+      this.#waiting.set(q, (answer) => {
+        if (answer.ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
+        resolve(answer);
       });
       this.#channel.send({ t: 'conn+', q, key, ip, limit });
     });
@@ -163,12 +169,12 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
-  handle(message: { t?: string; q?: number; ok?: boolean; ip?: string; at?: number; failures?: number[] }): boolean {
+  handle(message: { t?: string; q?: number; ok?: boolean; total?: number; ip?: string; at?: number; failures?: number[] }): boolean {
     if (message.t === 'conn+r') {
       if (message.ip !== undefined) this.failures.replace(message.ip, message.failures ?? []);
       const resolve = this.#waiting.get(message.q!);
       this.#waiting.delete(message.q!);
-      resolve?.(message.ok === true);
+      resolve?.({ ok: message.ok === true, total: message.total });
       return true;
     }
     if (message.t === 'authfail') {
@@ -209,7 +215,7 @@ export class CounterHost {
           held.set(key, (held.get(key) ?? 0) + 1);
           this.#held.set(worker, held);
         }
-        reply({ t: 'conn+r', q: message.q, ok, ip: message.ip, failures: this.failures(message.ip!) });
+        reply({ t: 'conn+r', q: message.q, ok, total: this.total(listenerOf(key)), ip: message.ip, failures: this.failures(message.ip!) });
         return true;
       }
       case 'conn-': {

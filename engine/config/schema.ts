@@ -59,7 +59,7 @@ const limitsSchema = z.strictObject({
   maxRecipients: z.number().int().positive().default(100)
     .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
   maxConnections: z.number().int().positive().default(500)
-    .describe('Concurrent connections on this listener, counted over every worker process of `postern serve` (on a `proxyProtocol` listener, per worker). The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
+    .describe('Concurrent connections on this listener, counted over every worker process of `postern serve`. The connection that goes over gets `421 <hostname> 4.7.0 Too many connected clients, try again in a moment`.'),
   maxConnectionsPerIp: z.number().int().positive().default(50)
     .describe('Concurrent connections from one client address to this listener, counted from the moment the connection is accepted, so connections still in (or never starting) their TLS handshake count too. Beyond it: `421 4.7.0 Too many connections from your address`. On an implicit-TLS listener that reply needs a handshake first: up to as many again are let through to read it (each within `tlsHandshakeTimeoutMs`), and a connection beyond twice the limit is closed at once, before TLS, without a reply.'),
   connectionsPerIpInStore: z.boolean().default(false)

@@ -139,7 +139,7 @@ export class PosternServer extends SMTPServer {
     }
     const ip = clientAddress(socket);
     const total = this.runtime.connections?.handedTotal?.(`${this.listenerName} ${ip}`, socket.remotePort);
-    if (total !== undefined && total > ((this.options as { maxClients?: number }).maxClients ?? Infinity)) this.#overListenerLimit.add(socket);
+    if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     if (!this.#count(socket, ip, this.connectionCounter.add(ip, socket.remotePort), handshake, () => this.connectionCounter.remove(ip))) return false;
     return super._acceptSocket(socket, handshake);
   }
@@ -204,14 +204,21 @@ export class PosternServer extends SMTPServer {
     if (!shared) return this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip));
     const key = `${this.listenerName} ${ip}`;
     const limit = this.maxConnectionsPerIp;
-    const taken = await shared.acquire(key, ip, limit, port);
+    const { ok: taken, total } = await shared.acquire(key, ip, limit, port);
     const release = (): void => { if (taken) shared.release(key); };
     if (socket.destroyed) { // gone while asking: no 'close' will come to give the slot back
       release();
       return false;
     }
+    // maxConnections is the listener's over every worker, as for a connection the supervisor counted.
+    if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
     return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release);
+  }
+
+  /** limits.maxConnections (smtp-server's maxClients). */
+  #maxClients(): number {
+    return (this.options as { maxClients?: number }).maxClients ?? Infinity;
   }
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */

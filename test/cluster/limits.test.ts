@@ -1,11 +1,13 @@
-// Per-IP limits hold for the sum over worker processes: connections are handed to the two workers in
-// turn, so a limit counted per process would let through what the server as a whole must refuse.
+// Per-IP and per-listener limits hold for the sum over worker processes (on PROXY protocol listeners too):
+// connections are handed to the two workers in turn, so a limit counted per process would let through what
+// the server as a whole must refuse.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { makeTestPki } from '../helpers/pki.ts';
+import { proxyV1 } from '../helpers/proxy-header.ts';
 import { startCluster, workerPid } from './helpers.ts';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
@@ -77,6 +79,47 @@ listeners:
     await open.shift()!.quit();
     await c.waitFor('a place again', async () => {
       const client = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.9' });
+      const r = await client.read(30_000);
+      if (r.code === 220) open.push(client); else client.destroy();
+      return r.code === 220;
+    });
+  } finally {
+    for (const o of open) o.destroy();
+    await c.stop();
+  }
+});
+
+test('maxConnections counts the connections of every worker on a proxyProtocol listener too', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+listeners:
+  - name: lb
+    listen: 127.0.0.1:{PORT:lb}
+    reverseDns: false
+    proxyProtocol: { trusted: [127.0.0.0/8] }
+    limits: { greetingDelayMs: 0, maxConnections: 3 }
+`,
+  });
+  const open: SmtpTestClient[] = [];
+  /** A connection through the balancer (127.0.0.1) for client 192.0.2.<n>: each its own address, so no per-IP limit. */
+  const proxied = (n: number): Promise<SmtpTestClient> => SmtpTestClient.connect(c.port('lb'), { proxyHeader: proxyV1(`192.0.2.${n}`, 40_000 + n) });
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    for (let i = 0; i < 3; i++) {
+      const client = await proxied(i + 1);
+      open.push(client);
+      assert.equal((await client.read(30_000)).code, 220);
+    }
+    // Two on one worker, one on the other: counted per worker, a fourth would be under 3 on either.
+    const fourth = await proxied(9);
+    open.push(fourth);
+    assert.match((await fourth.read(30_000)).text, /^421 4\.7\.0 \S+ Too many connected clients/);
+    open.pop()!.destroy();
+    await open.shift()!.quit();
+    await c.waitFor('a place again', async () => {
+      const client = await proxied(9);
       const r = await client.read(30_000);
       if (r.code === 220) open.push(client); else client.destroy();
       return r.code === 220;
