@@ -20,12 +20,14 @@ import { SessionBook } from './sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
+import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 
 /**
  * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
  * (headers and body, at most 64 KB), must each complete within 10 s, or the connection is closed (without
  * it a body sent a byte every few seconds kept its connection forever); at most 256 connections at once, so
- * a crowd of them cannot take the process's file descriptors, which the SMTP listeners need too.
+ * a crowd of them cannot take the process's file descriptors, which the SMTP listeners need too, and at most
+ * `accounts.maxConnectionsPerIp` of them from one address, so one client cannot be that crowd.
  */
 const PAGE_LIMITS = { handshakeTimeoutMs: 10_000, requestTimeoutMs: 10_000, checkEveryMs: 1000, maxConnections: 256 };
 
@@ -84,6 +86,10 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     trustProxy: false,
   });
   app.server.maxConnections = PAGE_LIMITS.maxConnections;
+  capConnectionsPerAddress(app.server, {
+    limit: () => settings().maxConnectionsPerIp,
+    refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
+  });
   await app.register(formbody);
   acceptMultipart(app);
   await app.register(cookie);

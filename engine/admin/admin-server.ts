@@ -6,6 +6,8 @@
 import http from 'node:http';
 import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
+import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import type { Logger } from '../logging/logger.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
 
@@ -18,6 +20,21 @@ export interface AdminTarget {
   status(): Promise<object>;
 }
 
+export interface AdminLimits {
+  /** Connections one client address may hold open (admin.maxConnectionsPerIp); a unix socket has no address to count. */
+  maxConnectionsPerIp: number;
+  /** An address went over it (once until it is back under). */
+  refused?(client: string, limit: number): void;
+}
+
+/** The configured limits of `admin`, an address over its cap logged on `logger`. */
+export function adminLimits(admin: { maxConnectionsPerIp: number }, logger: Logger): AdminLimits {
+  return {
+    maxConnectionsPerIp: admin.maxConnectionsPerIp,
+    refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
+  };
+}
+
 export interface AdminServer {
   readonly address: { address: string; port: number };
   close(): Promise<void>;
@@ -28,7 +45,7 @@ export interface AdminServer {
  * which `postern status` asks; a file left by a dead server is replaced: the data directory's lock says
  * nobody else serves it).
  */
-export async function startAdminServer(listen: string, target: AdminTarget): Promise<AdminServer> {
+export async function startAdminServer(listen: string, target: AdminTarget, limits?: AdminLimits): Promise<AdminServer> {
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
@@ -41,10 +58,12 @@ export async function startAdminServer(listen: string, target: AdminTarget): Pro
   });
   server.keepAliveTimeout = 5000;
   // A request (GET only, no body) must arrive whole within 10 s, and at most 64 connections are open at once:
-  // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need.
+  // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need;
+  // nor can one address take all 64 (admin.maxConnectionsPerIp).
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.maxConnections = 64;
+  if (limits) capConnectionsPerAddress(server, { limit: () => limits.maxConnectionsPerIp, refused: (client, limit) => limits.refused?.(client, limit) });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
-import { startAdminServer, type AdminServer } from '../admin/admin-server.ts';
+import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { metrics, setQueueProbe } from '../metrics/metrics.ts';
 import { access, constants } from 'node:fs/promises';
 import type { Socket } from 'node:net';
@@ -323,7 +323,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },
-    });
+    }, adminLimits(config.admin, logger));
     logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
   }
 

@@ -17,7 +17,7 @@ import { availableParallelism } from 'node:os';
 import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
-import { startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { registry } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
@@ -162,7 +162,7 @@ export class Supervisor {
     if (Buffer.byteLength(socket) < 100) sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
     else log.warn({ socket }, 'data directory path too long for a unix socket: postern status reads the state files only');
     if (loaded.config.admin) {
-      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget());
+      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log));
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
     }
     // Last: "started" means every part answers, the status socket and admin listener included.

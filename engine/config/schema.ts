@@ -331,10 +331,14 @@ export const configSchema = z.strictObject({
       .describe('A signed-in session ends after this long without a request.'),
     issueDays: z.number().int().positive().meta({ unit: 'days' }).default(730)
       .describe('Lifetime of a device certificate the page issues (from the CA of `pki.dir`).'),
+    maxConnectionsPerIp: z.number().int().positive().default(16)
+      .describe('Connections one client address may hold open on the page (of 256 in all). One more is closed as it is accepted, before the TLS handshake, without a reply: a browser uses about 6, and reuses them. Users behind one NAT share its address: raise it for a large office.'),
   }).optional()
     .describe('The self-service account page ([accounts.md](accounts.md)): each user signs in with their password (the `users` file) or their client certificate and manages their own devices: issues a certificate (a `.p12` downloaded once), registers a certificate or public key as a pin, revokes or removes one. Off when absent.'),
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
+    maxConnectionsPerIp: z.number().int().positive().default(8)
+      .describe('Connections one client address may hold open on the admin listener (of 64 in all). One more is closed as it is accepted, without a reply. On loopback every local client shares one address.'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
 });
 

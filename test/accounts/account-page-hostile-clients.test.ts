@@ -1,7 +1,9 @@
 // The account page faces the users' networks: a client that never finishes its TLS handshake, or sends its
 // request a byte at a time, is cut off (each within 10 s) while others are served; beyond 256 connections a
-// new one is closed at once, so a crowd cannot take the file descriptors the SMTP listeners need; a client
-// certificate whose fields cannot be read counts as none (the page still serves the password sign-in).
+// new one is closed at once, so a crowd cannot take the file descriptors the SMTP listeners need, and beyond
+// accounts.maxConnectionsPerIp (16) from one address too, before any handshake, so one client cannot be that
+// crowd; a client certificate whose fields cannot be read counts as none (the page still serves the password
+// sign-in).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -31,8 +33,8 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** GET `path` on a fresh connection (presenting `client`'s certificate): the status code and the page. */
-function fetchPage(path: string, client: { cert?: string; key?: string } = {}): Promise<{ status: number; body: string }> {
+/** GET `path` on a fresh connection (presenting `client`'s certificate, from `localAddress`): the status code and the page. */
+function fetchPage(path: string, client: { cert?: string; key?: string; localAddress?: string } = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     https.get({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false, ...client }, (res) => {
       let body = '';
@@ -45,8 +47,9 @@ function fetchPage(path: string, client: { cert?: string; key?: string } = {}): 
 
 const get = async (path: string): Promise<number> => (await fetchPage(path)).status;
 
-function rawConnection(): Promise<net.Socket> {
-  const socket = net.connect({ host: '127.0.0.1', port });
+/** A TCP connection that sends nothing, from `localAddress` (another loopback address is another client). */
+function rawConnection(localAddress = '127.0.0.1'): Promise<net.Socket> {
+  const socket = net.connect({ host: '127.0.0.1', port, localAddress });
   socket.on('error', () => undefined);
   return once(socket, 'connect').then(() => socket);
 }
@@ -74,14 +77,38 @@ test('a TLS handshake never started, and a request body sent a byte at a time: b
 });
 
 test('beyond 256 open connections a new one is closed at once; the page serves again once they are gone', { timeout: 120_000 }, async () => {
-  const crowd = await Promise.all(Array.from({ length: 256 }, () => rawConnection()));
+  // 16 addresses with 16 each: none over its own cap, the page full.
+  const crowd = await Promise.all(Array.from({ length: 256 }, (_, i) => rawConnection(`127.0.1.${1 + (i % 16)}`)));
   let crowdClosed = 0;
   for (const c of crowd) c.once('close', () => crowdClosed++);
-  const extra = await rawConnection();
+  const extra = await rawConnection('127.0.1.99');
   await once(extra, 'close');
   assert.equal(crowdClosed, 0, 'the 257th was closed while all the others were still open (not by a timeout)');
   for (const c of crowd) c.destroy();
   await until('the page to serve again', async () => (await get('/signin').catch(() => 0)) === 200);
+});
+
+test('beyond 16 connections from one address a new one from it is closed before the TLS handshake; other addresses are served; a freed slot is its again', { timeout: 120_000 }, async () => {
+  const crowd = await Promise.all(Array.from({ length: 16 }, () => rawConnection('127.0.2.1')));
+  let crowdClosed = 0;
+  for (const c of crowd) c.once('close', () => crowdClosed++);
+  // The 17th starts a handshake: closed with no byte of TLS back (without the cap, it would get the page).
+  const raw = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.2.1' });
+  const extra = tls.connect({ socket: raw, ca, servername: 'localhost' });
+  const outcome = await new Promise<string>((resolve) => {
+    extra.once('secureConnect', () => { resolve('a handshake'); extra.destroy(); });
+    for (const s of [raw, extra]) s.once('error', (err: NodeJS.ErrnoException) => resolve(`${err.code} ${err.message}`));
+  });
+  raw.destroy();
+  assert.match(outcome, /ECONNRESET|socket disconnected|socket hang up/);
+  assert.equal(crowdClosed, 0, 'closed at once, while the 16 of that address are still open (not by a timeout)');
+  assert.equal(await get('/signin'), 200, 'another address is served meanwhile');
+  assert.equal((await fetchPage('/signin', { localAddress: '127.0.2.2' })).status, 200);
+  crowd.pop()!.destroy();
+  await until('a slot for the address again', async () => (await fetchPage('/signin', { localAddress: '127.0.2.1' }).catch(() => ({ status: 0 }))).status === 200);
+  for (const c of crowd) c.destroy();
+  const warned = s.server.logs.filter((l) => l.msg === 'account page: too many connections from this address, new ones closed at once');
+  assert.deepEqual(warned.map((l) => [l.client, l.limit]), [['127.0.2.1', 16]], 'one warning for the episode');
 });
 
 test('a client certificate OpenSSL takes but whose fields cannot be read counts as none: the sign-in page, not an error', async () => {

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import net from 'node:net';
 import { once } from 'node:events';
 import { until } from '../helpers/wait.ts';
+import { assertPerAddressCap } from '../helpers/http-per-address.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
@@ -125,8 +126,8 @@ test('/healthz and /readyz answer; a refused reload makes /readyz fail until it 
 
 test('a request sent slowly is answered 408 and closed; beyond 64 connections a new one is closed at once; /healthz answers after', { timeout: 120_000 }, async () => {
   const port = s.admin!.address.port;
-  const connect = async (): Promise<net.Socket> => {
-    const socket = net.connect({ host: '127.0.0.1', port });
+  const connect = async (localAddress = '127.0.0.1'): Promise<net.Socket> => {
+    const socket = net.connect({ host: '127.0.0.1', port, localAddress });
     socket.on('error', () => undefined);
     await once(socket, 'connect');
     return socket;
@@ -140,13 +141,20 @@ test('a request sent slowly is answered 408 and closed; beyond 64 connections a 
   clearInterval(drip);
   assert.match(reply, /^HTTP\/1\.1 408 /);
 
-  const crowd = await Promise.all(Array.from({ length: 64 }, () => connect()));
+  // 16 addresses with 4 each: none over its own cap (admin.maxConnectionsPerIp, 8), the listener full.
+  const crowd = await Promise.all(Array.from({ length: 64 }, (_, i) => connect(`127.0.1.${1 + (i % 16)}`)));
   let crowdClosed = 0;
   for (const c of crowd) c.once('close', () => crowdClosed++);
-  await once(await connect(), 'close');
+  await once(await connect('127.0.1.99'), 'close');
   assert.equal(crowdClosed, 0, 'the 65th was closed while all the others were still open (not by a timeout)');
   for (const c of crowd) c.destroy();
   await until('/healthz to answer again', async () => (await curl('curl', ['-s', `http://127.0.0.1:${port}/healthz`]).catch(() => ({ stdout: '' }))).stdout === 'ok\n');
+});
+
+test('beyond admin.maxConnectionsPerIp (8) connections from one address a new one from it is closed unanswered; other addresses are answered', { timeout: 120_000 }, async () => {
+  await assertPerAddressCap(s.admin!.address.port, { limit: 8, address: '127.0.2.1', other: '127.0.2.2', path: '/healthz' });
+  const warned = s.logs.filter((l) => l.msg === 'admin listener: too many connections from this address, new ones closed at once');
+  assert.deepEqual(warned.map((l) => [l.client, l.limit]), [['127.0.2.1', 8]], 'one warning for the episode');
 });
 
 test('every metric is documented in docs/operations.md, and every documented metric exists', async () => {

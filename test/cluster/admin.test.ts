@@ -1,11 +1,13 @@
 // The admin listener of `postern serve`: one per server, in the supervisor, whose /metrics sums every
-// process's counters (scraped with curl), and whose /readyz and /status see the whole server.
+// process's counters (scraped with curl), and whose /readyz and /status see the whole server; one address
+// gets at most admin.maxConnectionsPerIp connections.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startCluster, type ClusterProcess } from './helpers.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { assertPerAddressCap } from '../helpers/http-per-address.ts';
 
 const curl = promisify(execFile);
 let c: ClusterProcess | undefined;
@@ -16,7 +18,7 @@ test('with 2 workers, /metrics counts the connections and messages of both, /rea
     config: `
 workers: 2
 localDomains: [example.test]
-admin: { listen: "127.0.0.1:{PORT:admin}" }
+admin: { listen: "127.0.0.1:{PORT:admin}", maxConnectionsPerIp: 3 }
 listeners:
   - { name: mx, listen: "127.0.0.1:{PORT:mx}", limits: { greetingDelayMs: 0 } }
 `,
@@ -47,4 +49,8 @@ listeners:
   const status = JSON.parse((await curl('curl', ['-sf', `${base}/status`])).stdout) as { cluster: { processes: Array<{ role: string; ready: boolean }> } };
   assert.deepEqual(status.cluster.processes.map((p) => p.role).sort(), ['queue', 'worker', 'worker']);
   assert.equal((await curl('curl', ['-sf', `${base}/healthz`])).stdout, 'ok\n');
+
+  // The supervisor's listener takes admin.maxConnectionsPerIp.
+  await assertPerAddressCap(c.port('admin'), { limit: 3, address: '127.0.2.1', other: '127.0.2.2', path: '/healthz' });
+  assert.equal(c.logs.filter((l) => l.msg === 'admin listener: too many connections from this address, new ones closed at once' && l.client === '127.0.2.1').length, 1);
 });

@@ -1,0 +1,46 @@
+/**
+ * Checks a plain-HTTP listener's per-address connection cap with raw sockets from loopback addresses (each
+ * 127.x.y.z is another client): `limit` idle connections from one address are held open; one more from it,
+ * sending a whole request, is closed with no byte of reply while those are still open (without the cap it
+ * would be answered); another address is answered meanwhile; a freed slot is the address's again.
+ */
+import net from 'node:net';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { until } from './wait.ts';
+
+/** An idle connection from `localAddress`. */
+export async function rawHttp(port: number, localAddress: string): Promise<net.Socket> {
+  const socket = net.connect({ host: '127.0.0.1', port, localAddress });
+  socket.on('error', () => undefined);
+  await once(socket, 'connect');
+  return socket;
+}
+
+/** Send `GET path` from `localAddress` on a new connection; the reply's bytes, '' when closed (or reset) without one. */
+export function getFrom(port: number, localAddress: string, path: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port, localAddress }, () => {
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    });
+    let reply = '';
+    socket.on('data', (d: Buffer) => { reply += d.toString('latin1'); });
+    socket.on('error', () => undefined); // a reset: 'close' follows
+    socket.once('close', () => resolve(reply));
+  });
+}
+
+export async function assertPerAddressCap(port: number, opts: { limit: number; address: string; other: string; path: string }): Promise<void> {
+  const held = await Promise.all(Array.from({ length: opts.limit }, () => rawHttp(port, opts.address)));
+  let heldClosed = 0;
+  for (const h of held) h.once('close', () => heldClosed++);
+  try {
+    assert.equal(await getFrom(port, opts.address, opts.path), '', `connection ${opts.limit + 1} from ${opts.address} is closed without a reply`);
+    assert.equal(heldClosed, 0, 'closed at once, while the others of that address are still open (not by a timeout)');
+    assert.match(await getFrom(port, opts.other, opts.path), /^HTTP\/1\.1 200 /, 'another address is answered meanwhile');
+    held.pop()!.destroy();
+    await until(`a slot for ${opts.address} again`, async () => /^HTTP\/1\.1 200 /.test(await getFrom(port, opts.address, opts.path)));
+  } finally {
+    for (const h of held) h.destroy();
+  }
+}
