@@ -8,7 +8,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { needs, run } from '../helpers/example.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { startCluster, workerPid } from '../cluster/helpers.ts';
+import { startCluster, workerPid } from '../helpers/cluster.ts';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 

@@ -1,7 +1,7 @@
 /** Micro-benchmark: CPU per mailfrom call through the sandbox (fast path), whole context vs connection facts kept per key; BATCH=n makes n calls at once. */
 import { Sandbox } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
-import { authContext, js, recordingHost } from '../sandbox/helpers/sandbox-fixtures.ts';
+import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 const sandbox = await Sandbox.create({ host: recordingHost({ senders: {} }), scripts: [js('mailfrom', `export default function (ctx) { if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked'); }`)] });
 const c = authContext().connection;
 const mk = () => ({ connection: c, transaction: { id: 'x', sender: null, recipients: [] }, address: { address: 'a@b.c', localPart: 'a', domain: 'b.c', params: {} } });

@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startCluster, type ClusterProcess } from './helpers.ts';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { assertPerAddressCap } from '../helpers/http-per-address.ts';
 

@@ -7,7 +7,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 import { startSink } from '../helpers/sink.ts';
-import { startCluster, workerPid, TWO_WORKERS } from './helpers.ts';
+import { startCluster, workerPid, TWO_WORKERS } from '../helpers/cluster.ts';
 
 test('the queue process delivers every worker\'s messages, including a killed worker\'s', async () => {
   const sink = await startSink({});

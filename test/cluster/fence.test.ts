@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess, TWO_WORKERS } from './helpers.ts';
+import { startCluster, type ClusterProcess, TWO_WORKERS } from '../helpers/cluster.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;

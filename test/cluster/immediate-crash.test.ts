@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { readMirror } from '../../engine/sandbox/index.ts';
 import { runningMirror } from '../../engine/cluster/process-model.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
-import { startCluster, greeted, load, spooled, TWO_WORKERS, type ClusterProcess } from './helpers.ts';
+import { startCluster, greeted, load, spooled, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 // Ordinary recipients return at once; `crash` spins until its (long) time limit, past the fast path.

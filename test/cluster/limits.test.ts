@@ -8,7 +8,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { proxyV1 } from '../helpers/proxy-header.ts';
-import { startCluster, workerPid } from './helpers.ts';
+import { startCluster, workerPid } from '../helpers/cluster.ts';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 

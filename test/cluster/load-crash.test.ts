@@ -11,7 +11,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess, TWO_WORKERS } from './helpers.ts';
+import { startCluster, type ClusterProcess, TWO_WORKERS } from '../helpers/cluster.ts';
 import { readMirror } from '../../engine/sandbox/index.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
 

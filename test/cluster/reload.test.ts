@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { startCluster, greeted, TWO_WORKERS, type ClusterProcess, type ClusterStatus } from './helpers.ts';
+import { startCluster, greeted, TWO_WORKERS, type ClusterProcess, type ClusterStatus } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const verdict = (text: string): string => `export default function () { return reject('${text}'); }\n`;

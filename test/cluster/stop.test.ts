@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { startCluster } from './helpers.ts';
+import { startCluster } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess } from './helpers.ts';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 
 const RCPTTO = `export default async function (ctx) {
   const r = await rate("rcpt:" + ctx.address.address, 2, 3600);

@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TWO_WORKERS, greeted, startCluster, workerPid } from './helpers.ts';
+import { TWO_WORKERS, greeted, startCluster, workerPid } from '../helpers/cluster.ts';
 
 test('postern serve started as installed collects no wasm code at all, in the supervisor or its workers, while scripts load and run', async () => {
   const c = await startCluster({

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { postern, posternJson } from './helpers.ts';
 
 let pki: TestPki;

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startCluster, workerPid, type ClusterProcess } from '../cluster/helpers.ts';
+import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { PolicyClient, rcptRequest, requestText } from './helpers/policy-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;

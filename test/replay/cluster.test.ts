@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { recordingFiles } from '../../engine/replay/recording-files.ts';
 

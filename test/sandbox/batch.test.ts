@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
 import { MemoryCounterStore } from '../../engine/store/index.ts';
-import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 const settle = <T>(calls: Array<Promise<T>>) => Promise.allSettled(calls);

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 
 /** Each patch runs in the `helo` script's call; whether that call itself fails does not matter. */
 const PATCHES: Record<string, string> = {

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Sandbox, ScriptFailure, runningCall, runningCallTable, describeRunning } from '../../engine/sandbox/index.ts';
-import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost, SCRIPT_DIR } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 const CHILD = fileURLToPath(new URL('./helpers/stuck-builtin.ts', import.meta.url));

@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { MemoryCounterStore } from '../../engine/store/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 /** Call 0 spins (on every attempt); the others do not. */

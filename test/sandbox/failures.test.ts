@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
-import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost, SCRIPT_DIR } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 function failure(kind: ScriptFailure['kind'], check: (e: ScriptFailure) => void = () => {}) {

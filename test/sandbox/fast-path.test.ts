@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { FastPathPolicy, HELD_FACTOR, OVERRUNS_TO_SLOW } from '../../engine/sandbox/fast-path-policy.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 test('a quick script runs on the fast path and logs once', async () => {

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 interface Held { answer(): void; fail(error: Error): void }

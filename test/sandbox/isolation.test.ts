@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
-import { js, recordingHost, SCRIPT_DIR } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost, SCRIPT_DIR } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 test('the context is a copy: mutations in the script never reach the host object', async () => {

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 const SCRIPT = `export default function (ctx) {

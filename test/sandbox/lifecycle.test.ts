@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox } from '../../engine/sandbox/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 
 const MB = 1024 * 1024;
 

@@ -5,7 +5,7 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkScriptDirectory, loadScriptDirectory, Sandbox, ScriptErrors } from '../../engine/sandbox/index.ts';
-import { recordingHost } from './helpers/sandbox-fixtures.ts';
+import { recordingHost } from '../helpers/sandbox-fixtures.ts';
 
 async function folder(files: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-scripts-'));

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runningCall, readMirror, removeMirror } from '../../engine/sandbox/index.ts';
-import { js } from './helpers/sandbox-fixtures.ts';
+import { js } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 test('the mirror names the scripts running now, on the event-loop thread and on isolate threads, and none after', async () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { connectionKey } from '../../engine/smtp/script-context.ts';
 import type { ConnectionInfo } from '../../engine/sandbox/api/index.ts';
-import { authContext, js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 const sample = (): ConnectionInfo => authContext().connection;

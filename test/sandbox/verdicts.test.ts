@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 // One script per hook family; each calls the named builder with the arguments the host sends.

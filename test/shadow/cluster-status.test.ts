@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCluster, type ClusterProcess } from '../cluster/helpers.ts';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;

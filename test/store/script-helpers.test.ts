@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox, ScriptFailure } from '../../engine/sandbox/index.ts';
 import { MemoryCounterStore, StoreUnavailable, type CounterStore } from '../../engine/store/index.ts';
-import { js, recordingHost } from '../sandbox/helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 
 async function sandboxWith(store: CounterStore | undefined, source: string, fastPathMs = 5): Promise<Sandbox> {
   return Sandbox.create({ host: { ...recordingHost(), store }, fastPathMs, timeoutMs: 2000, scripts: [js('helo', source)] });

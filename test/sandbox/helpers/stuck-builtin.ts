@@ -5,7 +5,7 @@
  * JSON line, then ends itself with SIGKILL — as a worker told onUnrecoverable() would.
  */
 import { Sandbox, ScriptErrors, ScriptFailure, onUnrecoverable } from '../../../engine/sandbox/index.ts';
-import { js, recordingHost } from './sandbox-fixtures.ts';
+import { js, recordingHost } from '../../helpers/sandbox-fixtures.ts';
 import { MemoryCounterStore } from '../../../engine/store/index.ts';
 
 const STUCK = 'Array(2 ** 32 - 1).lastIndexOf(1)';

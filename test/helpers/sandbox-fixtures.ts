@@ -3,8 +3,8 @@
  * and a realistic AUTH context (about 3 KB of JSON with a PEM certificate).
  */
 import { randomBytes } from 'node:crypto';
-import type { AuthContext, HookName } from '../../../engine/sandbox/api/index.ts';
-import type { HostBridge, LogLevel, ScriptSource } from '../../../engine/sandbox/index.ts';
+import type { AuthContext, HookName } from '../../engine/sandbox/api/index.ts';
+import type { HostBridge, LogLevel, ScriptSource } from '../../engine/sandbox/index.ts';
 
 export const SCRIPT_DIR = '/srv/postern/scripts';
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import assert from 'node:assert/strict';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient } from './smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 
