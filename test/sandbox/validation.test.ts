@@ -109,12 +109,14 @@ test('checkScripts reports every problem; Sandbox.create rejects with all of the
 });
 
 test('two scripts for one hook, and a memory-hungry top level, are errors', async () => {
+  // The memory limit must stop the top level, not its time limit (1 s by default: on a loaded machine the
+  // 16 MB were not filled in time, and the error said "did not finish within 1000 ms").
   const errors = await checkScripts([
     js('data', 'export default () => {};'),
     { hook: 'data', file: `${SCRIPT_DIR}/data.ts`, source: 'export default () => {};' },
     js('connect', 'const a = []; for (;;) a.push(new Array(100000).fill(1.5));\nexport default () => {};'),
     js('helo', 'export default () => {};'),
-  ], { memoryLimitMb: 16 });
+  ], { memoryLimitMb: 16, timeoutMs: 30_000 });
   assert.equal(errors.length, 2, errors.join('\n'));
   assert.match(errors[0]!.message, /hook "data" already has a script/);
   assert.match(errors[1]!.message, /top level exceeded the memory limit of 16 MB/);
