@@ -3,6 +3,10 @@
  * so one timer, set for the oldest call still waiting, covers them all. Replaces a timer per call (the
  * store's calls are many and short: one setTimeout/clearTimeout pair each cost more than the call's own
  * work in the client).
+ *
+ * The sandbox keeps its own sweep (engine/sandbox/sandbox.ts: a set of live calls checked every 100 ms):
+ * its calls settle out of order (several isolates, batches), and a queue like this one would keep every
+ * call settled after a slow one — context, closures, journal — alive until that one's deadline.
  */
 export interface Waiting {
   /** performance.now() at which it expires. */
