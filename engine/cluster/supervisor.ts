@@ -57,6 +57,7 @@ interface Child {
   index: number;
   proc: ChildProcess | null;
   ready: boolean;
+  /** When it was last heard from, on the monotonic clock (a wall-clock step must not look like silence). */
   lastBeat: number;
   /**
    * Connections handed over and not yet acknowledged, oldest first. The supervisor keeps its copy of
@@ -217,7 +218,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: [], startedAt: Date.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: [], startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -229,7 +230,7 @@ export class Supervisor {
 
   #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
     if (child.proc !== proc) return;
-    child.lastBeat = Date.now();
+    child.lastBeat = performance.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
     if (this.#store.handle(m, send)) return;
     if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
@@ -297,7 +298,7 @@ export class Supervisor {
       return;
     }
     if (this.#stopping) return;
-    const delay = child.backoff.died(Date.now() - child.startedAt);
+    const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
     this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
     child.restartTimer = setTimeout(() => this.#spawn(child), delay);
@@ -362,7 +363,7 @@ export class Supervisor {
   #dispatch(): void {
     const workers = this.#children.filter((c) => c.kind === 'worker');
     while (this.#waiting.length) {
-      const now = Date.now();
+      const now = performance.now();
       let chosen: Child | null = null;
       for (let i = 0; i < workers.length; i++) {
         const c = workers[(this.#next + i) % workers.length]!;
@@ -400,9 +401,17 @@ export class Supervisor {
     }
   }
 
+  /** When #tick last ran (monotonic). */
+  #lastTick = performance.now();
+
   #tick(): void {
-    const now = Date.now();
+    const now = performance.now();
+    const late = now - this.#lastTick > SUPERVISOR_HANG_MS / 2;
+    this.#lastTick = now;
     for (const c of this.#children) {
+      // This process did not run either (SIGSTOP, a frozen cgroup, a suspended VM): the children's
+      // heartbeats are still unread, so their silence proves nothing yet; count it from now.
+      if (late) c.lastBeat = Math.max(c.lastBeat, now);
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
