@@ -133,7 +133,7 @@ export class Supervisor {
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
     const loaded = loadStartConfig({ configPath: opts.configPath });
     const log = (opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format)).child({ component: 'supervisor' });
-    // One server per data directory; the children run under this lock (they start with lockDir: false).
+    // One server per data directory; the children run under this lock, each also locking the spool it writes.
     const lock = acquireDirectoryLock(loaded.config.dataDir);
     const sup = new Supervisor(loaded, opts.configPath, log);
     sup.#lock = lock;
