@@ -38,7 +38,7 @@ import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
-import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, TAKE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
 
@@ -65,6 +65,8 @@ interface Child {
    * died first: the client would wait for a greeting that never comes).
    */
   inflight: net.Socket[];
+  /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
+  takingSince: number | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -203,7 +205,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -218,7 +220,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: [], startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: [], takingSince: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -253,6 +255,7 @@ export class Supervisor {
         return;
       case 'took':
         child.inflight.shift()?.destroy(); // the worker has its own descriptor now
+        child.takingSince = child.inflight.length ? performance.now() : null;
         return this.#dispatch();
       case 'ready':
         child.ready = true;
@@ -377,6 +380,7 @@ export class Supervisor {
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
+      chosen.takingSince ??= now;
       if (policy) {
         // No per-IP slot (the peer is Postfix), but one slot of the service's, so that its maxConnections
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
@@ -411,13 +415,25 @@ export class Supervisor {
     for (const c of this.#children) {
       // This process did not run either (SIGSTOP, a frozen cgroup, a suspended VM): the children's
       // heartbeats are still unread, so their silence proves nothing yet; count it from now.
-      if (late) c.lastBeat = Math.max(c.lastBeat, now);
+      if (late) {
+        c.lastBeat = Math.max(c.lastBeat, now);
+        if (c.takingSince !== null) c.takingSince = now;
+      }
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
+      } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {
+        // It beats, yet takes no connection: its channel cannot pass descriptors any more (one it could not
+        // accept, at its file limit, leaves Node waiting for an acknowledgement for ever). The rest of its
+        // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
+        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.length, waitedMs: Math.round(now - c.takingSince) },
+          `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
+        c.ready = false;
+        c.takingSince = null;
+        c.proc.kill('SIGTERM');
       }
     }
     this.#dispatch();
