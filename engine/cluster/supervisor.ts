@@ -38,7 +38,7 @@ import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
-import { SUPERVISOR_HANG_MS, TAKE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
 
@@ -433,7 +433,9 @@ export class Supervisor {
           `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
         c.ready = false;
         c.takingSince = null;
-        c.proc.kill('SIGTERM');
+        const proc = c.proc;
+        proc.kill('SIGTERM');
+        setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
       }
     }
     this.#dispatch();
