@@ -48,7 +48,7 @@ export interface StartOptions {
   settleMs?: number;
   /** DNS for delivery routing (tests); default node:dns per delivery.hostLookup and dnsServers. */
   resolver?: DeliveryResolver;
-  /** Directory locked for the server's life (default: dataDir); false when the caller holds the lock (a supervisor). */
+  /** Directory locked for the server's life (default: dataDir; a supervisor's child: the spool it writes); false when the caller holds the lock. */
   lockDir?: string | false;
   /**
    * What this process is in the multi-process model (engine/cluster): 'single' (default) listens, spools

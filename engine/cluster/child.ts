@@ -11,6 +11,9 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
+import { workerSpoolDir } from './spool-set.ts';
+import { DirectoryLockedError } from '../spool/data-dir-lock.ts';
+import { createLogger, type LogFormat } from '../logging/logger.ts';
 import { ForwardingCounterStore } from './shared-store.ts';
 import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
@@ -102,6 +105,9 @@ async function main(): Promise<void> {
   });
   // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
   process.on('disconnect', () => void stop());
+  // A message sent after the supervisor died but before 'disconnect' is read (a heartbeat) fails with EPIPE,
+  // reported as an 'error' event that would end this process at once, sessions mid-transaction included.
+  process.on('error', () => undefined);
   // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.
   process.once('SIGINT', () => void stop());
   process.once('SIGTERM', () => void stop());
@@ -115,8 +121,12 @@ async function main(): Promise<void> {
     send({ t: 'spooled', dir, ids: spooled });
     spooled = [];
   };
-  running = await startPostern({
-    configPath, role, workerIndex: index, counters, memoryStore: store, lockDir: false, // the supervisor holds the data directory's lock
+  running = await startOnceSpoolIsFree(loaded.config, {
+    configPath, role, workerIndex: index, counters, memoryStore: store,
+    // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
+    // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
+    // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
+    lockDir: role === 'queue' ? join(loaded.config.dataDir, 'spool') : workerSpoolDir(loaded.config.dataDir, index),
     onSpooled(id, dir) {
       if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
       spooled.push(id);
@@ -131,6 +141,31 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+
+/** How long a child waits for the process of an earlier server to finish with its spool (below the supervisor's STARTUP_MS). */
+const SPOOL_WAIT_MS = 100_000;
+
+/**
+ * startPostern, once the spool it locks is free: a child of an earlier server (its supervisor killed and
+ * the service restarted) may still be finishing its sessions or deliveries there.
+ */
+async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: string; format: LogFormat } }, opts: Parameters<typeof startPostern>[0]): Promise<Awaited<ReturnType<typeof startPostern>>> {
+  const deadline = performance.now() + SPOOL_WAIT_MS;
+  let told = false;
+  for (;;) {
+    try {
+      return await startPostern(opts);
+    } catch (err) {
+      if (!(err instanceof DirectoryLockedError) || performance.now() > deadline) throw err;
+      if (!told) {
+        told = true;
+        createLogger(config.log.level, undefined, config.log.format).child({ component: role })
+          .warn({ holder: err.pid, lockFile: err.lockFile }, `waiting for process ${err.pid}, of an earlier server, to finish with its spool (${err.lockFile})`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
 function startWatchdog(dataDir: string): void {

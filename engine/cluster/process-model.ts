@@ -7,6 +7,11 @@ export const HEARTBEAT_MS = 100;
 export const HANG_MS = 1000;
 /** The supervisor kills a child it has not heard from for this long (the watchdog thread itself may be stuck). */
 export const SUPERVISOR_HANG_MS = 3000;
+/**
+ * A worker that has taken none of the connections handed to it for this long, while they wait, is replaced
+ * (its channel can pass no more descriptors: see the supervisor's #tick).
+ */
+export const TAKE_MS = 10_000;
 /** A child that has not said it is ready after this long is killed and started again. */
 export const STARTUP_MS = 120_000;
 /** A worker whose last heartbeat is older than this gets no new connections (it may be hanging). */

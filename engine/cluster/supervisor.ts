@@ -38,7 +38,7 @@ import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
-import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
 
@@ -57,6 +57,7 @@ interface Child {
   index: number;
   proc: ChildProcess | null;
   ready: boolean;
+  /** When it was last heard from, on the monotonic clock (a wall-clock step must not look like silence). */
   lastBeat: number;
   /**
    * Connections handed over and not yet acknowledged, oldest first. The supervisor keeps its copy of
@@ -64,6 +65,8 @@ interface Child {
    * died first: the client would wait for a greeting that never comes).
    */
   inflight: net.Socket[];
+  /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
+  takingSince: number | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -132,7 +135,7 @@ export class Supervisor {
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
     const loaded = loadStartConfig({ configPath: opts.configPath });
     const log = (opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format)).child({ component: 'supervisor' });
-    // One server per data directory; the children run under this lock (they start with lockDir: false).
+    // One server per data directory; the children run under this lock, each also locking the spool it writes.
     const lock = acquireDirectoryLock(loaded.config.dataDir);
     const sup = new Supervisor(loaded, opts.configPath, log);
     sup.#lock = lock;
@@ -202,7 +205,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -217,7 +220,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: [], startedAt: Date.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: [], takingSince: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -229,7 +232,7 @@ export class Supervisor {
 
   #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
     if (child.proc !== proc) return;
-    child.lastBeat = Date.now();
+    child.lastBeat = performance.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };
     if (this.#store.handle(m, send)) return;
     if (this.#counters.handle(child.index, m as Parameters<CounterHost['handle']>[1], send, (msg) => {
@@ -252,6 +255,7 @@ export class Supervisor {
         return;
       case 'took':
         child.inflight.shift()?.destroy(); // the worker has its own descriptor now
+        child.takingSince = child.inflight.length ? performance.now() : null;
         return this.#dispatch();
       case 'ready':
         child.ready = true;
@@ -297,7 +301,7 @@ export class Supervisor {
       return;
     }
     if (this.#stopping) return;
-    const delay = child.backoff.died(Date.now() - child.startedAt);
+    const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
     this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
     child.restartTimer = setTimeout(() => this.#spawn(child), delay);
@@ -362,7 +366,7 @@ export class Supervisor {
   #dispatch(): void {
     const workers = this.#children.filter((c) => c.kind === 'worker');
     while (this.#waiting.length) {
-      const now = Date.now();
+      const now = performance.now();
       let chosen: Child | null = null;
       for (let i = 0; i < workers.length; i++) {
         const c = workers[(this.#next + i) % workers.length]!;
@@ -376,6 +380,7 @@ export class Supervisor {
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
       chosen.inflight.push(socket);
+      chosen.takingSince ??= now;
       if (policy) {
         // No per-IP slot (the peer is Postfix), but one slot of the service's, so that its maxConnections
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
@@ -400,15 +405,37 @@ export class Supervisor {
     }
   }
 
+  /** When #tick last ran (monotonic). */
+  #lastTick = performance.now();
+
   #tick(): void {
-    const now = Date.now();
+    const now = performance.now();
+    const late = now - this.#lastTick > SUPERVISOR_HANG_MS / 2;
+    this.#lastTick = now;
     for (const c of this.#children) {
+      // This process did not run either (SIGSTOP, a frozen cgroup, a suspended VM): the children's
+      // heartbeats are still unread, so their silence proves nothing yet; count it from now.
+      if (late) {
+        c.lastBeat = Math.max(c.lastBeat, now);
+        if (c.takingSince !== null) c.takingSince = now;
+      }
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
+      } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {
+        // It beats, yet takes no connection: its channel cannot pass descriptors any more (one it could not
+        // accept, at its file limit, leaves Node waiting for an acknowledgement for ever). The rest of its
+        // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
+        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.length, waitedMs: Math.round(now - c.takingSince) },
+          `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
+        c.ready = false;
+        c.takingSince = null;
+        const proc = c.proc;
+        proc.kill('SIGTERM');
+        setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
       }
     }
     this.#dispatch();

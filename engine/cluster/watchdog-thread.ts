@@ -21,27 +21,35 @@ const beats = new Int32Array(heartbeat);
 let table: RunningCallTable = {};
 parentPort!.on('message', (t: RunningCallTable) => { table = t; });
 
+const tickMs = Math.max(20, Math.floor(hangMs / 10));
+// Monotonic time: a step of the wall clock (NTP, an administrator) is no hang.
 let last = Atomics.load(beats, 0);
-let lastChange = Date.now();
+let lastChange = performance.now();
+let lastTick = lastChange;
 setInterval(() => {
   const beat = Atomics.load(beats, 0);
-  const now = Date.now();
-  if (beat !== last) {
+  const now = performance.now();
+  // A tick this late means this thread did not run either (SIGSTOP, a frozen cgroup, a suspended VM):
+  // the main thread had no chance to beat, which proves nothing; count from now.
+  const late = now - lastTick > hangMs / 2;
+  lastTick = now;
+  if (beat !== last || late) {
     last = beat;
     lastChange = now;
     return;
   }
   if (now - lastChange < hangMs) return;
   const scripts = describeRunning(Atomics.load(running, 0), table);
-  const record = { at: new Date(now).toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs: now - lastChange, scripts };
+  const stalledMs = Math.round(now - lastChange);
+  const record = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
   try {
     mkdirSync(crashDir, { recursive: true });
-    writeFileSync(join(crashDir, `crash-${process.pid}-${now}.json`), JSON.stringify(record));
+    writeFileSync(join(crashDir, `crash-${process.pid}-${Date.now()}.json`), JSON.stringify(record));
     // Recorded here: the supervisor must not count this death again from the running-call mirror.
     truncateSync(`${mirror}.bin`, 0);
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
   try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }
-  try { writeSync(1, `${JSON.stringify({ level: 50, time: now, pid: process.pid, worker, stalledMs: now - lastChange, scripts, msg })}\n`); } catch { /* stdout gone */ }
+  try { writeSync(1, `${JSON.stringify({ level: 50, time: record.at, pid: process.pid, worker, stalledMs, scripts, msg })}\n`); } catch { /* stdout gone */ }
   process.kill(process.pid, 'SIGKILL');
-}, Math.max(20, Math.floor(hangMs / 10)));
+}, tickMs);

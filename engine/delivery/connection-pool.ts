@@ -43,6 +43,8 @@ export class PooledConnection {
   readonly destination: string;
   readonly info: ConnectionInfo;
   messages = 0;
+  /** The current transaction's message, up to its final dot, has been handed to the socket. */
+  endOfDataSent = false;
   #alive = true;
   idleTimer: NodeJS.Timeout | null = null;
   readonly #onGone = new Set<(err: Error) => void>();
@@ -52,6 +54,14 @@ export class PooledConnection {
     this.key = key;
     this.destination = destination;
     this.info = info;
+    // nodemailer tells no one when the message is out: its send stream (created once DATA got 354) ends then.
+    const internals = conn as unknown as { _createSendStream(cb: unknown): NodeJS.ReadableStream };
+    const createSendStream = internals._createSendStream.bind(conn);
+    internals._createSendStream = (cb) => {
+      const stream = createSendStream(cb);
+      stream.once('end', () => { this.endOfDataSent = true; });
+      return stream;
+    };
     conn.on('error', (err: Error) => this.#gone(err));
     conn.on('end', () => this.#gone(new Error('connection closed')));
   }
@@ -83,6 +93,7 @@ export class PooledConnection {
       };
       if (!this.alive) return finish(Object.assign(new Error('connection closed'), { code: 'ECONNECTION', command: 'API' }));
       this.messages++;
+      this.endOfDataSent = false;
       this.conn.send(envelope, message, (err, info) => finish(err ?? null, info));
     });
   }

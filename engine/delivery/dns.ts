@@ -35,9 +35,9 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
   const cache = new Map<string, { until: number; value: Promise<unknown> }>();
   const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
     const hit = cache.get(key);
-    if (hit && hit.until > Date.now()) return hit.value as Promise<T>;
+    if (hit && hit.until > performance.now()) return hit.value as Promise<T>; // monotonic: a clock set back must not keep answers longer
     const value = fn();
-    cache.set(key, { until: Date.now() + CACHE_MS, value });
+    cache.set(key, { until: performance.now() + CACHE_MS, value });
     value.catch(() => cache.delete(key)); // failures are not cached
     if (cache.size > 10_000) cache.delete(cache.keys().next().value!);
     return value;

@@ -242,6 +242,12 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
       env.pool.release(pc, false);
       return 'retry';
     }
+    if (!e.responseCode && pc.endOfDataSent) {
+      // The whole message went out and no reply came (reset, timeout): the next hop may have taken it.
+      env.pool.release(pc, false);
+      const f = new DeliveryFailure(`${remote}: lost connection after the end of the message, before its reply (${e.message}): the next hop may have it, so it may be delivered more than once`, { permanent: false, enhanced: '4.4.2', remoteMta: remote });
+      return { connection: pc.info, outcomes: tx.to.map((r) => outcomeForFailure(r, f)), tooMany: [], delivered: false };
+    }
     const reusable = !!e.responseCode && (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421 && await pc.reset();
     env.pool.release(pc, reusable);
     const rejected = e.command === 'MAIL FROM' ? [] : e.rejectedErrors ?? pending?.rejectedErrors ?? [];

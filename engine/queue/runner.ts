@@ -119,7 +119,7 @@ export class QueueRunner {
   notify(id: string): void {
     if (this.#closing || !this.#started || !this.#delivery().enabled) return;
     if (!this.#active.has(id)) {
-      this.#due.set(id, Date.now());
+      this.#due.set(id, this.#dueAt(Date.now()));
       this.#noState.add(id);
       if (this.#scanning) this.#spooledDuringScan.add(id);
     }
@@ -178,7 +178,7 @@ export class QueueRunner {
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
-        this.#due.set(id, Spool.idTime(id));
+        this.#due.set(id, this.#dueAt(Spool.idTime(id)));
         this.#noState.add(id);
         continue;
       }
@@ -187,7 +187,7 @@ export class QueueRunner {
         const state = await this.#spool.readState(id);
         if (this.#active.has(id)) continue;
         const at = state ? Date.parse(state.nextAttemptAt) : Spool.idTime(id);
-        this.#due.set(id, Number.isFinite(at) ? at : Date.now());
+        this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now()));
       } catch (err) {
         this.#broken.add(id);
         this.#log.error({ id, err: (err as Error).message }, 'unreadable delivery state: not delivering it');
@@ -217,7 +217,7 @@ export class QueueRunner {
     const delivery = this.#delivery();
     if (!delivery.enabled) return;
     const maxActive = Math.max(2, delivery.concurrency * 2);
-    const now = Date.now();
+    const now = performance.now();
     while (this.#active.size < maxActive) {
       const id = this.#due.takeDue(now);
       if (!id) break;
@@ -225,7 +225,7 @@ export class QueueRunner {
       const run = this.#attempt(id)
         .catch((err: unknown) => {
           this.#log.error({ id, err }, 'delivery attempt failed');
-          if (!this.#closing) this.#due.set(id, Date.now() + retryDelayMs(this.#delivery(), 1));
+          if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(this.#delivery(), 1)));
         })
         .finally(() => {
           this.#active.delete(id);
@@ -238,6 +238,18 @@ export class QueueRunner {
     if (next && this.#active.size < maxActive) this.#wakeAtTime(next.time);
   }
 
+  /**
+   * A wall-clock time (as the spool records it) as a due time on the monotonic clock, which the queue
+   * keeps: a step of the wall clock then neither holds back nor hurries what is already scheduled. A time
+   * further ahead than the longest retry delay can only come from a clock that was set back since it was
+   * written (or a message id from before that): it is due after that delay, not when the clock catches up.
+   * Past times stay in the past, in their order (oldest first).
+   */
+  #dueAt(wallTime: number): number {
+    const longest = Math.max(...this.#delivery().retrySchedule) * 1000;
+    return performance.now() + Math.min(wallTime - Date.now(), longest);
+  }
+
   #wakeAtTime(time: number): void {
     if (this.#wakeTimer && time >= this.#wakeAt) return;
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
@@ -246,7 +258,7 @@ export class QueueRunner {
       this.#wakeTimer = null;
       this.#wakeAt = Infinity;
       this.#kick();
-    }, Math.max(0, Math.min(time - Date.now(), 2 ** 31 - 1)));
+    }, Math.max(0, Math.min(time - performance.now(), 2 ** 31 - 1)));
     this.#wakeTimer.unref();
   }
 
@@ -422,14 +434,14 @@ export class QueueRunner {
         await this.#spool.updateState(id, state);
         this.#noState.delete(id);
         if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
-        else if (!this.#closing) this.#due.set(id, Date.parse(nextAttemptAt!));
+        else if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
       }
       this.#unrecorded.delete(id);
     } catch (err) {
       // Delivered or bounced is final even if the disk cannot say so yet: remembered here, written later.
       this.#unrecorded.set(id, state);
       this.#log.error({ id, err }, 'cannot record the outcome of a delivery attempt in the spool; kept in memory and retried, no recipient is sent to twice');
-      if (!this.#closing) this.#due.set(id, Date.now() + retryDelayMs(delivery, 1));
+      if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(delivery, 1)));
       if (bounceId) this.notify(bounceId);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;

@@ -10,9 +10,16 @@
  * right after another could go unseen; its raw file-system events are used as well, and every one of them
  * (re)starts the settle period. A raw `change` that altered nothing but the access time (a read, such as
  * the reloader's own) is recognised by an unchanged status change time and ignored.
+ *
+ * A scripts folder can itself be replaced (deleted and created again by a deploy, or a `scripts` symlink
+ * renamed over to point elsewhere): a watch stays on the folder it was set on, so later edits in the new
+ * one would go unseen. An event about the folder itself, or a change of what its path leads to (checked
+ * every second: a folder created again is not always reported), sets the watch up afresh, then looks at
+ * the inputs again (an edit made before the new watch was ready counts).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { inputMatcher, type WatchedInputs } from './watched-inputs.ts';
 
@@ -20,6 +27,16 @@ export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
   #timer: NodeJS.Timeout | null = null;
   #watching = new Set<string>();
+  /** The inputs last watched, and their scripts folders. */
+  #inputs: WatchedInputs | null = null;
+  #folders = new Set<string>();
+  /** watch() calls run one after another: each replaces the watcher the one before set up. */
+  #watchQueue: Promise<void> = Promise.resolve();
+  #rewatching = false;
+  #rewatchAgain = false;
+  /** What each scripts folder's path led to when it was last watched, and the timer that compares. */
+  #folderIds = '';
+  #folderCheck: NodeJS.Timeout | null = null;
   #isInput: (path: string) => boolean = () => false;
   /** Last seen identity of each file a raw `change` was reported for (see the class comment). */
   #seen = new Map<string, string>();
@@ -49,14 +66,31 @@ export class ChangeWatcher {
    * Watch these inputs. When the set changed, the new watcher is ready before the old one is closed, so
    * no event falls into a gap between them.
    */
-  async watch(inputs: WatchedInputs): Promise<void> {
+  watch(inputs: WatchedInputs, opts: { fresh?: boolean } = {}): Promise<void> {
+    const run = this.#watchQueue.then(() => this.#watch(inputs, opts.fresh ?? false));
+    this.#watchQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #watch(inputs: WatchedInputs, fresh: boolean): Promise<void> {
     if (this.#closed) return;
-    // The parent folders of files, and the script folders themselves (depth 0: `..data/` style layouts are entries).
+    // The parent folders of files, the script folders themselves (depth 0: `..data/` style layouts are
+    // entries) and their parents (a script folder replaced as a whole).
     const targets = new Set([...inputs.files.map((f) => dirname(f)), ...inputs.folders]);
     const isInput = inputMatcher(inputs);
     // Judged by the new set from now on: the new watcher's events may come before it is ready.
     this.#isInput = isInput;
-    if (this.#watcher && sameSet(targets, this.#watching)) return;
+    this.#inputs = inputs;
+    this.#folders = new Set(inputs.folders);
+    if (!fresh && this.#watcher && sameSet(targets, this.#watching)) return;
+    // chokidar shares one fs.watch per path between its watchers: while the old one lives, a new one would
+    // get its handle, still on the replaced folder. The gap is covered by the look that follows (#rewatch).
+    if (fresh) {
+      await this.#watcher?.close();
+      this.#watcher = null;
+    }
+    this.#folderIds = await folderIdentities(inputs.folders);
+    this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
     const watcher = watch([...targets], {
       ignoreInitial: true,
       followSymlinks: true,
@@ -77,6 +111,7 @@ export class ChangeWatcher {
   }
 
   #event(path: string): void {
+    if (this.#folders.has(resolve(path))) this.#rewatch();
     if (this.#isInput(path)) this.#input();
     else this.#other();
   }
@@ -88,6 +123,7 @@ export class ChangeWatcher {
     const candidates = isAbsolute(path) ? [path] : [join(watchedPath, path), ...basename(watchedPath) === path ? [watchedPath] : []];
     const file = candidates.find((p) => this.#isInput(p));
     if (!file) return this.#other();
+    if (this.#folders.has(file)) this.#rewatch();
     if (event !== 'change') return this.#input();
     // Start the settle period only after the status read, so it begins after the newest write it saw.
     this.#inFlight++;
@@ -100,6 +136,29 @@ export class ChangeWatcher {
       this.#seen.set(file, identity);
       this.#input();
     });
+  }
+
+  async #checkFolders(): Promise<void> {
+    const inputs = this.#inputs;
+    if (!inputs || this.#rewatching || this.#closed) return;
+    if (await folderIdentities(inputs.folders) !== this.#folderIds && inputs === this.#inputs) this.#rewatch();
+  }
+
+  /** A scripts folder itself was replaced: watch the one now at its path, then look at the inputs again. */
+  #rewatch(): void {
+    if (this.#rewatching) {
+      this.#rewatchAgain = true;
+      return;
+    }
+    this.#rewatching = true;
+    void (async () => {
+      do {
+        this.#rewatchAgain = false;
+        if (this.#inputs) await this.watch(this.#inputs, { fresh: true }).catch(() => undefined);
+      } while (this.#rewatchAgain && !this.#closed);
+      this.#rewatching = false;
+      this.poke();
+    })();
   }
 
   #input(): void {
@@ -127,10 +186,20 @@ export class ChangeWatcher {
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
+    if (this.#folderCheck) clearInterval(this.#folderCheck);
     this.#timer = null;
     await this.#watcher?.close();
     this.#watcher = null;
   }
+}
+
+/** The scripts folders' paths are looked at this often to see one replaced as a whole. */
+const FOLDER_CHECK_MS = 1000;
+
+/** Which folder each path leads to now (device and inode, through symlinks), as one string. */
+async function folderIdentities(folders: readonly string[]): Promise<string> {
+  const ids = await Promise.all(folders.map((f) => stat(f).then((s: Stats) => `${s.dev}:${s.ino}`, () => 'missing')));
+  return ids.join(' ');
 }
 
 function sameSet(a: Set<string>, b: Set<string>): boolean {

@@ -239,6 +239,27 @@ export class PosternServer extends SMTPServer {
     if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
 
+  /**
+   * Stop: new commands get 421, sessions in progress may finish until the close timeout, the rest are then
+   * closed (smtp-server's close). In a worker this server never listened (the supervisor owns the socket),
+   * and net calls back at once when asked to close a server that is not running: the worker then ended
+   * with every transaction cut, also mid-DATA. There, net's close waits for the sessions instead.
+   */
+  override close(callback?: () => void): void {
+    if (!this.server.listening) {
+      const connections = this.connections;
+      this.server.close = ((done?: () => void) => {
+        const drained = setInterval(() => {
+          if (connections.size > 0) return;
+          clearInterval(drained);
+          done?.();
+        }, 50);
+        return this.server;
+      }) as typeof this.server.close;
+    }
+    super.close(callback);
+  }
+
   /** smtp-server's connect(), creating our connection class. */
   override connect(socket: net.Socket, socketOptions?: Record<string, unknown>): void {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };

@@ -50,6 +50,12 @@ return redis.call('ZCARD', KEYS[1])`;
 
 const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD) };
 
+/**
+ * Commands sent and not yet answered, at most: each keeps memory in the client until its reply, and a
+ * hung server's backlog would be run once it wakes (a healthy one answers within timeoutMs: far fewer).
+ */
+const MAX_UNANSWERED = 1000;
+
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
 
@@ -63,6 +69,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #deadlines = new DeadlineQueue();
   #down = false;
   #closed = false;
+  /** Commands given to the client whose reply (or failure) has not come, timed out ones included. */
+  #unanswered = 0;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -153,6 +161,12 @@ export class RedisCounterStore implements CounterStore {
    * counted on the server, which errs on the side of refusing.
    */
   #send(args: string[]): Promise<unknown> {
+    // A server that stopped answering while its connection stays up (paused, swapping) keeps every command
+    // sent to it waiting in the client, and each would run once it wakes: past this many, fail at once.
+    if (this.#unanswered >= MAX_UNANSWERED) {
+      return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} commands sent and not answered (a hung server?)`));
+    }
+    this.#unanswered++;
     return new Promise((resolve, reject) => {
       const waiting: Waiting = {
         deadline: performance.now() + this.#timeoutMs,
@@ -163,7 +177,7 @@ export class RedisCounterStore implements CounterStore {
         },
       };
       this.#deadlines.add(waiting);
-      this.#client.sendCommand(args).then((value) => {
+      this.#client.sendCommand(args).finally(() => { this.#unanswered--; }).then((value) => {
         if (waiting.settled) return;
         this.#deadlines.settle(waiting);
         resolve(value);

@@ -1,6 +1,7 @@
 /**
  * The Redis store against a real redis-server: counts shared by two clients, every key with an expiry,
- * failures (down, hung) as rejections bounded by timeoutMs, and recovery once Redis is back.
+ * failures (down, hung) as rejections bounded by timeoutMs, no pile-up of commands while it hangs, and
+ * recovery once Redis is back.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -103,6 +104,32 @@ test('a hung Redis: each call rejects after timeoutMs instead of waiting', opts,
     assert.match(err.message, /timeout|timed out/i);
   } finally {
     redis.resume();
+    await s.close();
+  }
+});
+
+test('a hung Redis under load: calls fail closed without piling up in the client; once it answers again it runs a bounded backlog, not every failed call', opts, async () => {
+  const s = await ready(store('paused:', 50));
+  redis.pause();
+  let failed = 0;
+  try {
+    // 20,000 calls while it answers nothing: each kept memory in the client until the reply, and ran late.
+    for (let round = 0; round < 10; round++) {
+      await Promise.all(Array.from({ length: 2000 }, () => s.rate('k', 1_000_000, 600).catch((e: unknown) => {
+        assert.ok(e instanceof StoreUnavailable, String(e));
+        failed++;
+      })));
+    }
+  } finally {
+    redis.resume();
+  }
+  try {
+    assert.equal(failed, 20_000, 'every call failed closed');
+    // One connection answers in order: a call that succeeds comes after whatever was sent before it.
+    await eventually(async () => (await s.rate('probe', 1_000_000, 600)).allowed, 'the store answers again');
+    const ran = await s.get('k');
+    assert.ok(ran <= 1000, `Redis ran ${ran} of the calls that had failed (at most the 1,000 sent and unanswered)`);
+  } finally {
     await s.close();
   }
 });

@@ -1,0 +1,128 @@
+/**
+ * The wall clock is stepped (NTP after a drift, an administrator, a VM restored from a snapshot) while
+ * `postern serve` runs; libfaketime moves it for the server's processes only, the monotonic clock untouched.
+ * Forward: the supervisor and the workers' watchdogs measured heartbeat silence on the wall clock, so a step
+ * of a few seconds killed every child as hung (open sessions cut, deliveries in flight interrupted). Back:
+ * the queue kept wall-clock due times, so retries waited until the clock caught up (an hour here).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startSink } from '../helpers/sink.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+import { startCluster, greeted, type ClusterProcess } from './helpers.ts';
+
+const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;
+
+/** A server whose wall clock is the real one plus what `step()` sets. */
+async function startSteppableCluster(config: string): Promise<{ c: ClusterProcess; step(offset: string): void; close(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
+  const offsetFile = join(dir, 'offset');
+  writeFileSync(offsetFile, '+0\n');
+  const c = await startCluster({
+    config,
+    env: { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
+  });
+  return {
+    c,
+    step: (offset) => writeFileSync(offsetFile, `${offset}\n`),
+    async close() {
+      await c.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const config = (sinkPort: number, retry: string): string => `
+workers: 1
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+delivery:
+  route: { smarthost: { host: 127.0.0.1, port: ${sinkPort} } }
+  tls: { mode: none }
+  scanIntervalMs: 200
+  retrySchedule: [${retry}]
+`;
+
+const killedLines = (c: ClusterProcess): Array<Record<string, unknown>> => c.logs.filter((l) => /stopped answering|hung|process died/.test(String(l.msg)));
+
+test('the wall clock stepped an hour forward: no process is taken for hung, an open session goes on, mail flows', { skip, timeout: 180_000 }, async () => {
+  const sink = await startSink({});
+  const s = await startSteppableCluster(config(sink.port, '1'));
+  try {
+    await s.c.waitFor('every process ready', async () => (await s.c.cluster()).processes.every((p) => p.ready));
+    const open = await greeted(s.c);
+    s.step('+3600');
+    // The worker reads the stepped clock: its acceptance line is an hour ahead.
+    const r = await open.sendMail('a@example.test', ['b@example.test'], 'Subject: open session\r\n\r\nx\r\n');
+    assert.equal(r.code, 250, 'the session open across the step goes on');
+    const id = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+    const accepted = await s.c.waitFor('the acceptance line', () => s.c.logs.find((l) => String(l.msg).startsWith(`${id}: accepted`)));
+    assert.ok(Date.parse(String(accepted.time)) > Date.now() + 30 * 60_000, `the worker's clock was stepped (${String(accepted.time)})`);
+    for (let i = 0; i < 5; i++) {
+      const client = await greeted(s.c);
+      assert.equal((await client.sendMail('a@example.test', ['b@example.test'], `Subject: after ${i}\r\n\r\nx\r\n`)).code, 250);
+      await client.quit();
+    }
+    await sink.waitFor(6, 60_000);
+    assert.equal((await open.command('NOOP')).code, 250, 'still the same session');
+    await open.quit();
+    assert.deepEqual(killedLines(s.c), []);
+    assert.deepEqual((await s.c.cluster()).processes.map((p) => p.restarts), [0, 0]);
+  } finally {
+    await s.close();
+    await sink.close();
+  }
+});
+
+test('the wall clock stepped an hour back: retries keep their pace instead of waiting for the clock to catch up', { skip, timeout: 180_000 }, async () => {
+  let refuse = true;
+  const sink = await startSink({ decide: (stage) => (stage === 'rcpt' && refuse ? { code: 451, text: '4.3.0 Try again later' } : null) });
+  const s = await startSteppableCluster(config(sink.port, '0.5'));
+  try {
+    const client = await greeted(s.c);
+    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: deferred\r\n\r\nx\r\n')).code, 250);
+    await client.quit();
+    await until('a first attempt, deferred', () => sink.attempts.length >= 1, { timeoutMs: 60_000 });
+    s.step('-3600');
+    const before = sink.attempts.length;
+    await until('two more attempts after the step back', () => sink.attempts.length >= before + 2, { timeoutMs: 60_000 });
+    refuse = false;
+    await sink.waitFor(1, 60_000);
+    assert.deepEqual(killedLines(s.c), []);
+  } finally {
+    await s.close();
+    await sink.close();
+  }
+});
+
+test('the whole server stopped for longer than the hang limits and continued (a suspended VM, SIGSTOP to its process group): no process is taken for hung', { timeout: 180_000 }, async () => {
+  const sink = await startSink({});
+  const c = await startCluster({ config: config(sink.port, '1'), detached: true });
+  try {
+    await c.waitFor('every process ready', async () => (await c.cluster()).processes.every((p) => p.ready));
+    const open = await greeted(c);
+    process.kill(-c.proc.pid!, 'SIGSTOP');
+    // The fault's length, not a timing assertion: past the supervisor's 3 s and the watchdog's 1 s.
+    await new Promise((r) => setTimeout(r, 4500));
+    process.kill(-c.proc.pid!, 'SIGCONT');
+    const r = await open.sendMail('a@example.test', ['b@example.test'], 'Subject: across the stop\r\n\r\nx\r\n');
+    assert.equal(r.code, 250, 'the session open across the stop goes on');
+    await sink.waitFor(1, 60_000);
+    await open.quit();
+    assert.deepEqual(killedLines(c), []);
+    assert.deepEqual((await c.cluster()).processes.map((p) => p.restarts), [0, 0]);
+  } finally {
+    try { process.kill(-c.proc.pid!, 'SIGCONT'); } catch { /* gone */ }
+    await c.stop();
+    await sink.close();
+  }
+});

@@ -1,0 +1,67 @@
+/**
+ * A worker at its open-file limit (EMFILE) while the supervisor hands it connections: a descriptor it cannot
+ * accept leaves Node's channel waiting for an acknowledgement that never comes, so every later connection
+ * handed to it waited for ever while its heartbeats went on. With one worker the server greeted no one
+ * again, also once descriptors were free (seen with the limit raised again). The supervisor now replaces a worker that takes no handed-over
+ * connection for 10 s. (The supervisor at its own limit closes what it cannot accept and carries on.)
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { greeted, startCluster, workerPid } from './helpers.ts';
+
+/** The soft and hard open-file limits of a process. */
+function fileLimits(pid: number): { soft: string; hard: string } {
+  const m = /Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'))!;
+  return { soft: m[1]!, hard: m[2]! };
+}
+
+test('a worker that ran out of file descriptors while connections were handed to it is replaced; the server greets and accepts again', { timeout: 120_000 }, async () => {
+  const c = await startCluster({
+    config: `
+workers: 1
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  const sockets: net.Socket[] = [];
+  try {
+    const worker = await workerPid(c, 0);
+    const limits = fileLimits(worker);
+    const limit = readdirSync(`/proc/${worker}/fd`).length + 3;
+    // Room for a few more descriptors only: the connections after those cannot be received.
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=${limit}:${limits.hard}`]);
+    let greetings = 0;
+    for (let i = 0; i < 12; i++) {
+      const s = net.connect(c.port('in'), '127.0.0.1');
+      s.on('error', () => undefined);
+      s.once('data', () => { greetings++; });
+      sockets.push(s);
+    }
+    await c.waitFor('the worker at its limit', () => greetings >= 3 && readdirSync(`/proc/${worker}/fd`).length >= limit, 60_000);
+    // Descriptors free again: the limit back, and those connections gone.
+    let diedAtLimit = false;
+    try {
+      execFileSync('prlimit', ['--pid', String(worker), `--nofile=${limits.soft}:${limits.hard}`], { stdio: 'ignore' });
+    } catch (err) {
+      if (existsSync(`/proc/${worker}`)) throw err;
+      diedAtLimit = true; // (and was replaced)
+    }
+    for (const s of sockets) s.destroy();
+    // Whatever the channel went through, the server greets and serves again (a wedged worker is replaced:
+    // before, with one worker, no client was greeted again).
+    const client = await greeted(c);
+    assert.equal((await client.sendMail('a@example.test', ['b@example.test'])).code, 250);
+    await client.quit();
+    if (greetings < 12 && !diedAtLimit) assert.ok(c.logs.some((l) => /worker 0 takes no connections handed to it: replacing it/.test(String(l.msg))), 'a worker that took none of the rest was replaced, and that is logged');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});

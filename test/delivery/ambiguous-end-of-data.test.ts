@@ -1,0 +1,70 @@
+/**
+ * A next hop that takes the whole message and then drops the connection (a reset, or no reply before the
+ * timeout) may have queued it: SMTP cannot tell (RFC 1047), and retrying is right, with one copy too many
+ * at worst. The deferral says so, as Postfix's "message may be sent more than once", instead of a bare
+ * "connection failed: read ECONNRESET"; a connection lost before the message went out says nothing of it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+
+/** A minimal next hop over a real socket: `drop` says where the n-th transaction's connection is reset. */
+async function startDroppingPeer(drop: (n: number) => 'rcpt' | 'end-of-data' | null): Promise<{ port: number; messages: number; close(): void }> {
+  const state = { messages: 0, transactions: 0 };
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.write('220 peer ESMTP\r\n');
+    let buf = '';
+    let inData = false;
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      for (;;) {
+        if (inData) {
+          const end = buf.indexOf('\r\n.\r\n');
+          if (end < 0) return;
+          buf = buf.slice(end + 5);
+          inData = false;
+          state.messages++;
+          if (drop(state.transactions) === 'end-of-data') return void s.resetAndDestroy();
+          s.write('250 2.0.0 queued\r\n');
+          continue;
+        }
+        const nl = buf.indexOf('\r\n');
+        if (nl < 0) return;
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        if (/^EHLO/i.test(line)) s.write('250-peer\r\n250 8BITMIME\r\n');
+        else if (/^MAIL/i.test(line)) { state.transactions++; s.write('250 2.1.0 ok\r\n'); }
+        else if (/^RCPT/i.test(line) && drop(state.transactions) === 'rcpt') return void s.resetAndDestroy();
+        else if (/^DATA/i.test(line)) { s.write('354 go on\r\n'); inData = true; }
+        else if (/^QUIT/i.test(line)) s.end('221 bye\r\n');
+        else s.write('250 ok\r\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return { port: (server.address() as net.AddressInfo).port, get messages() { return state.messages; }, close: () => server.close() };
+}
+
+for (const where of ['end-of-data', 'rcpt'] as const) {
+  test(`the next hop resets the connection ${where === 'rcpt' ? 'at RCPT (nothing sent)' : 'after the end of the message, before its reply'}: retried, and the deferral ${where === 'rcpt' ? 'claims no duplicate' : 'says it may be delivered twice'}`, async () => {
+    const peer = await startDroppingPeer((n) => (n === 1 ? where : null));
+    const s = await startDeliveryServer({
+      config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
+    });
+    try {
+      const id = await s.send('a@example.test', ['b@example.test']);
+      await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 30_000, past: true });
+      assert.equal(peer.messages, where === 'rcpt' ? 1 : 2, where === 'rcpt' ? 'one copy' : 'one copy too many at worst, as SMTP permits');
+      const deferred = s.logs.find((l) => l.id === id && l.status === 'deferred');
+      assert.ok(deferred, 'the first attempt is deferred');
+      if (where === 'end-of-data') assert.match(String(deferred.msg), /lost connection after the end of the message, before its reply.*may be delivered more than once/);
+      else assert.doesNotMatch(String(deferred.msg), /more than once/);
+    } finally {
+      await s.stop();
+      peer.close();
+    }
+  });
+}
