@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, greeted, type ClusterProcess } from './helpers.ts';
+import { startCluster, greeted, type ClusterProcess } from '../helpers/cluster.ts';
 
 const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
 const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;

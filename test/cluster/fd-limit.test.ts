@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { greeted, startCluster, workerPid } from './helpers.ts';
+import { greeted, startCluster, workerPid } from '../helpers/cluster.ts';
 
 /** The soft and hard open-file limits of a process. */
 function fileLimits(pid: number): { soft: string; hard: string } {

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, workerPid, spooled } from './helpers.ts';
+import { startCluster, workerPid, spooled } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
