@@ -43,13 +43,16 @@ import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
 
 /**
- * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
- * round trip anyway; a few in flight keep a busy worker's queue full, and a worker that hangs takes at
- * most this many with it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
+ * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
+ * round trip (the next is written once the worker's own acknowledgement of the previous came back); a few
+ * queued keep a busy worker's queue full, and a worker that hangs takes at most this many plus the one
+ * written to it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
  */
-const MAX_INFLIGHT = 4;
+const MAX_INFLIGHT = 3;
 /** Accepted connections waiting for a worker beyond this many are dropped. */
 const MAX_WAITING = 10_000;
+/** The supervisor keeps its copy of a handed-over socket until the worker's heartbeat counts it (#got). */
+const KEEP_OPEN = { keepOpen: true } as const;
 const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
 
 interface Child {
@@ -58,12 +61,18 @@ interface Child {
   proc: ChildProcess | null;
   ready: boolean;
   lastBeat: number;
+  /** Connections handed over whose descriptor Node has not yet written to the worker's channel. */
+  inflight: Set<net.Socket>;
   /**
-   * Connections handed over and not yet acknowledged, oldest first. The supervisor keeps its copy of
-   * each until the worker says it has its own (Node would keep it too, and never close it if the worker
-   * died first: the client would wait for a greeting that never comes).
+   * Connections written to the worker, by hand-over number, oldest first. The supervisor keeps its copy of
+   * each until the worker's heartbeat says it got that number (Node would keep it too with keepOpen: false,
+   * and never close it if the worker died before acknowledging: the client would wait for a greeting that
+   * never comes); the count rides on the heartbeat, so a hand-over costs no message of ours.
    */
-  inflight: net.Socket[];
+  copies: Array<{ n: number; socket: net.Socket }>;
+  /** Hand-overs to this process so far, and the last number its heartbeat said it got. */
+  handed: number;
+  got: number;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -202,7 +211,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -217,7 +226,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: [], startedAt: Date.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: new Set(), copies: [], handed: 0, got: 0, startedAt: Date.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -237,7 +246,9 @@ export class Supervisor {
       for (const c of this.#children) if (c !== child && c.ready && c.proc?.connected) c.proc.send(msg);
     })) return;
     switch (m.t) {
-      case 'hb': return this.#dispatch();
+      case 'hb':
+        this.#got(child, (m as { got?: number }).got ?? 0);
+        return this.#dispatch();
       case 'metrics-r': {
         const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
@@ -250,9 +261,6 @@ export class Supervisor {
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
         return;
-      case 'took':
-        child.inflight.shift()?.destroy(); // the worker has its own descriptor now
-        return this.#dispatch();
       case 'ready':
         child.ready = true;
         send({ t: 'fences', list: this.#fences.fences });
@@ -281,7 +289,10 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.proc = null;
     child.ready = false;
-    for (const socket of child.inflight.splice(0)) socket.destroy(); // never reached it: the client sees the close
+    // Never reached it, or died with it: the client sees the close.
+    for (const socket of child.inflight) socket.destroy();
+    for (const { socket } of child.copies.splice(0)) socket.destroy();
+    child.inflight.clear();
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
@@ -366,7 +377,7 @@ export class Supervisor {
       let chosen: Child | null = null;
       for (let i = 0; i < workers.length; i++) {
         const c = workers[(this.#next + i) % workers.length]!;
-        if (c.ready && c.proc?.connected && c.inflight.length < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
+        if (c.ready && c.proc?.connected && c.inflight.size < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
           chosen = c;
           this.#next = (this.#next + i + 1) % workers.length;
           break;
@@ -375,19 +386,22 @@ export class Supervisor {
       if (!chosen) return;
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
-      chosen.inflight.push(socket);
+      chosen.inflight.add(socket);
+      const proc = chosen.proc!;
+      const n = ++chosen.handed;
+      const written = this.#written(chosen, proc, socket, n);
       if (policy) {
         // No per-IP slot (the peer is Postfix), but one slot of the service's, so that its maxConnections
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
         const key = policyConnectionKey(listener);
         const open = this.#counters.take(chosen.index, key);
-        chosen.proc!.send({ t: 'conn', listener, policy: true, key, open }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        proc.send({ t: 'conn', n, listener, policy: true, key, open }, socket, KEEP_OPEN, written);
         continue;
       }
       if (proxied) {
         // The worker reads the PROXY header (the supervisor never reads a byte: none is lost in the handover)
         // and takes the client's slot by round trip ('conn+'), under the address the header names.
-        chosen.proc!.send({ t: 'conn', listener }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        proc.send({ t: 'conn', n, listener }, socket, KEEP_OPEN, written);
         continue;
       }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
@@ -395,9 +409,27 @@ export class Supervisor {
       const key = `${listener} ${ip}`;
       const open = this.#counters.take(chosen.index, key);
       const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
-      const message = { t: 'conn', listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
-      chosen.proc!.send(message, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
+      proc.send(message, socket, KEEP_OPEN, written);
     }
+  }
+
+  /** The callback of hand-over `n`: Node wrote the descriptor to the worker's channel, or could not. */
+  #written(child: Child, proc: ChildProcess, socket: net.Socket, n: number): (err: Error | null) => void {
+    return (err) => {
+      if (child.proc !== proc) return void socket.destroy(); // that process is gone (its exit closed the others)
+      child.inflight.delete(socket);
+      if (err || n <= child.got) socket.destroy(); // not sent; or the worker already has its own
+      else child.copies.push({ n, socket });
+      this.#dispatch();
+    };
+  }
+
+  /** The worker's heartbeat: it has its own descriptor of every hand-over up to `got`; ours can close. */
+  #got(child: Child, got: number): void {
+    if (got <= child.got) return;
+    child.got = got;
+    while (child.copies.length && child.copies[0]!.n <= got) child.copies.shift()!.socket.destroy();
   }
 
   #tick(): void {
