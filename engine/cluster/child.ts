@@ -7,6 +7,7 @@
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
@@ -145,9 +146,14 @@ function startWatchdog(dataDir: string): void {
   watchdog.unref();
   // The table goes over while the main thread can still send it: a stuck one cannot answer.
   runningCall.subscribe((table) => watchdog.postMessage(table));
+  // With the event loop's utilisation since the last beat: the supervisor fills one worker before the next.
+  let loop = performance.eventLoopUtilization();
   setInterval(() => {
     runningCall.beat();
-    send({ t: 'hb', got: connectionsGot });
+    const now = performance.eventLoopUtilization();
+    const elu = performance.eventLoopUtilization(now, loop).utilization;
+    loop = now;
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000 });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -13,7 +13,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import { availableParallelism } from 'node:os';
+import os, { availableParallelism } from 'node:os';
 import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
@@ -37,6 +37,7 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
+import { chooseWorker, spareCores } from './worker-choice.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
@@ -73,6 +74,9 @@ interface Child {
   /** Hand-overs to this process so far, and the last number its heartbeat said it got. */
   handed: number;
   got: number;
+  /** Event-loop utilisation over its last heartbeat interval, and connections handed to it since (worker-choice.ts). */
+  elu: number;
+  fresh: number;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -107,6 +111,9 @@ export class Supervisor {
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
   readonly #store: StoreHost;
   #next = 0;
+  /** The machine's idle CPU in cores over the last tick, from these samples (worker-choice.ts). */
+  #spare = 0;
+  #cpus: os.CpuInfo[] = [];
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
@@ -211,7 +218,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -226,7 +233,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: new Set(), copies: [], handed: 0, got: 0, startedAt: Date.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: Date.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, startedAt: Date.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -247,6 +254,8 @@ export class Supervisor {
     })) return;
     switch (m.t) {
       case 'hb':
+        child.elu = (m as { elu?: number }).elu ?? 0;
+        child.fresh = 0;
         this.#got(child, (m as { got?: number }).got ?? 0);
         return this.#dispatch();
       case 'metrics-r': {
@@ -369,23 +378,31 @@ export class Supervisor {
     this.#dispatch();
   }
 
-  /** Hand waiting connections to workers, round robin over those able to take one now. */
+  /**
+   * Hand waiting connections to workers able to take one now: SMTP connections to the first that is not
+   * busy (worker-choice.ts), policy-service connections (and all with `workerChoice: roundRobin`) round
+   * robin (Postfix keeps each for minutes, and spreading those long-lived connections spreads their load).
+   */
   #dispatch(): void {
     const workers = this.#children.filter((c) => c.kind === 'worker');
     while (this.#waiting.length) {
       const now = Date.now();
-      let chosen: Child | null = null;
-      for (let i = 0; i < workers.length; i++) {
-        const c = workers[(this.#next + i) % workers.length]!;
-        if (c.ready && c.proc?.connected && c.inflight.size < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
-          chosen = c;
-          this.#next = (this.#next + i + 1) % workers.length;
-          break;
-        }
+      const alive = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS);
+      let chosen: Child;
+      if (this.#waiting[0]!.policy || this.config.config.workerChoice === 'roundRobin') {
+        const able = alive.filter((c) => c.inflight.size < MAX_INFLIGHT);
+        if (!able.length) return;
+        chosen = able.find((c) => c.index >= this.#next) ?? able[0]!;
+        this.#next = chosen.index + 1;
+      } else {
+        if (!alive.length) return;
+        chosen = alive[chooseWorker(alive, this.#spare)]!;
+        // Its channel passes one descriptor at a time: wait for it rather than spill to the next worker.
+        if (chosen.inflight.size >= MAX_INFLIGHT) return;
       }
-      if (!chosen) return;
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
+      chosen.fresh++;
       chosen.inflight.add(socket);
       const proc = chosen.proc!;
       const n = ++chosen.handed;
@@ -434,6 +451,11 @@ export class Supervisor {
 
   #tick(): void {
     const now = Date.now();
+    if (this.#children.length > 2) { // more than one worker: what the machine leaves idle decides spreading
+      const cpus = os.cpus();
+      this.#spare = spareCores(this.#cpus, cpus);
+      this.#cpus = cpus;
+    }
     for (const c of this.#children) {
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
@@ -500,6 +522,7 @@ export class Supervisor {
     }
     const out = restartNeeded(this.config.config, onDisk.config);
     if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
+    if (onDisk.config.workerChoice !== this.config.config.workerChoice) out.push(`workerChoice ${this.config.config.workerChoice} → ${onDisk.config.workerChoice}`);
     return out;
   }
 

@@ -14,6 +14,7 @@ test('maxConnectionsPerIp counts the connections of every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -53,6 +54,7 @@ test('maxConnections counts the connections of every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -92,6 +94,7 @@ test('STARTTLS sessions give their slot back (STARTTLS drops the raw socket\'s l
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -137,6 +140,7 @@ test('authFailuresPerIp counts the failures on every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 users: ./users
 listeners:
   - name: sub

@@ -1,0 +1,69 @@
+/**
+ * Which worker gets the next SMTP connection: the first, in a fixed order, that is not busy; the next one
+ * only when it is busy and the machine has a core to spare for the next.
+ *
+ * Why fill one worker before the next rather than round robin: much of a worker's work is done once per
+ * event-loop turn for every session that has something to do in it, not once per message (the calls of a
+ * turn share one isolate entry, the spool records of a flush one fdatasync, the replies of a turn one
+ * write). Spread over two workers at a load one could carry, each turn serves half as many sessions and
+ * the server spends more CPU per message (measured: docs/benchmarks.md, "Where `postern serve`'s CPU
+ * goes"). Why it is sound: "busy" is the worker's own event-loop utilisation over its last heartbeat
+ * interval (100 ms), plus an allowance for each connection handed to it since, so a burst spills over
+ * before that worker has said anything; a busy worker gets nothing new while another is below the mark
+ * and the machine has idle CPU for it, and at full load every worker is used. Without idle CPU a second
+ * worker can only take cores from the first (or from whatever else runs there): it adds per-turn work and
+ * serves no more, so the connection stays with the first.
+ */
+
+/** Event-loop utilisation (0–1) under which a worker still takes connections before the next is tried. */
+export const FILL_UP_TO = 0.6;
+/**
+ * Utilisation counted for each connection handed over since the worker's last heartbeat: a new session's
+ * handshake, greeting and first commands take a millisecond or two of a 100 ms interval, and with reuse it
+ * keeps about that much busy (the benchmark's 20 sessions keep one worker at about 0.5 when it has a core).
+ */
+export const NEW_CONNECTION_LOAD = 0.02;
+/** Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile. */
+export const SPARE_TO_SPREAD = 0.5;
+
+export interface WorkerLoad {
+  /** Event-loop utilisation over the worker's last heartbeat interval. */
+  elu: number;
+  /** Connections handed to it since that heartbeat. */
+  fresh: number;
+}
+
+/**
+ * The index in `candidates` (workers able to take a connection now, in fill order, at least one) of the one
+ * to use; `spareCores`: the machine's idle CPU lately, in cores.
+ */
+export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: number): number {
+  let best = 0;
+  let bestLoad = Infinity;
+  for (const [i, c] of candidates.entries()) {
+    const load = c.elu + c.fresh * NEW_CONNECTION_LOAD;
+    if (load < FILL_UP_TO) return i;
+    if (spareCores < SPARE_TO_SPREAD) return i; // busy, but no core to spare for the next: stays here
+    if (load < bestLoad) {
+      best = i;
+      bestLoad = load;
+    }
+  }
+  return best;
+}
+
+/** The machine's idle CPU, in cores, between two samples of os.cpus(). */
+export function spareCores(before: ReadonlyArray<{ times: CpuTimes }>, after: ReadonlyArray<{ times: CpuTimes }>): number {
+  let idle = 0;
+  let total = 0;
+  for (const [i, cpu] of after.entries()) {
+    const was = before[i]?.times;
+    if (!was) continue;
+    const t = cpu.times;
+    idle += t.idle - was.idle;
+    total += t.user - was.user + t.nice - was.nice + t.sys - was.sys + t.irq - was.irq + t.idle - was.idle;
+  }
+  return total > 0 ? idle / total * after.length : after.length;
+}
+
+interface CpuTimes { user: number; nice: number; sys: number; idle: number; irq: number }

@@ -1,0 +1,73 @@
+// Which worker gets a new SMTP connection (`workerChoice: fill`, the default): the first one that is not
+// busy; the next only when the first is busy and the machine has a core to spare, or when the first stops
+// beating (hung). The rule itself on figures, then a real `postern serve` with two workers.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chooseWorker, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startCluster, workerPid, greeted, TWO_WORKERS } from './helpers.ts';
+
+const idle = { elu: 0.01, fresh: 0 };
+const busy = { elu: 0.9, fresh: 0 };
+
+test('fill: the first worker that is not busy; a busy one is passed over only with a core to spare', () => {
+  assert.equal(chooseWorker([idle, idle], 2), 0);
+  assert.equal(chooseWorker([{ elu: FILL_UP_TO - 0.01, fresh: 0 }, idle], 2), 0, 'under the mark: still the first');
+  assert.equal(chooseWorker([busy, idle], 2), 1, 'busy, and a core to spare: the next');
+  assert.equal(chooseWorker([busy, idle], SPARE_TO_SPREAD - 0.1), 0, 'busy, but no core to spare: it stays');
+  assert.equal(chooseWorker([busy, { elu: 0.95, fresh: 0 }, { elu: 0.7, fresh: 0 }], 1), 2, 'all busy: the least busy');
+  assert.equal(chooseWorker([idle], 0), 0);
+});
+
+test('fill: connections handed over since the last heartbeat count, so a burst spills before the worker reports', () => {
+  const burst = Math.ceil((FILL_UP_TO - idle.elu) / NEW_CONNECTION_LOAD);
+  assert.equal(chooseWorker([{ elu: idle.elu, fresh: burst - 1 }, idle], 2), 0);
+  assert.equal(chooseWorker([{ elu: idle.elu, fresh: burst }, idle], 2), 1);
+});
+
+test('spare cores: the idle share of two os.cpus() samples, in cores', () => {
+  const cpu = (user: number, idleTime: number): { times: { user: number; nice: number; sys: number; idle: number; irq: number } } =>
+    ({ times: { user, nice: 0, sys: 0, idle: idleTime, irq: 0 } });
+  // One core fully busy, the other idle: one core to spare.
+  assert.equal(spareCores([cpu(0, 0), cpu(0, 0)], [cpu(100, 0), cpu(0, 100)]), 1);
+  assert.equal(spareCores([cpu(0, 0), cpu(0, 0)], [cpu(100, 0), cpu(75, 25)]), 0.25);
+  assert.equal(spareCores([], [cpu(10, 10), cpu(10, 10)]), 2, 'no sample yet: all spare');
+});
+
+test('serve, workerChoice fill: an idle server keeps its connections on the first worker; one that stops beating is passed over at once', async () => {
+  const c = await startCluster({ config: TWO_WORKERS });
+  let first = 0;
+  try {
+    first = await workerPid(c, 0);
+    const second = await workerPid(c, 1);
+    // Six sessions open at once, each with a message: far from busy, so all on worker 0.
+    const clients = await Promise.all(Array.from({ length: 6 }, () => greeted(c)));
+    for (const client of clients) assert.equal((await client.sendMail('a@example.test', ['b@example.test'])).code, 250);
+    await Promise.all(clients.map((client) => client.quit()));
+    const served = (): Array<unknown> => c.logs.filter((l) => String(l.msg).includes('(message spooled)')).map((l) => l.pid);
+    assert.deepEqual(new Set(served()), new Set([first]), 'every message on worker 0');
+    // Worker 0 stops (a hang the watchdog cannot see: the whole process is stopped). New connections go
+    // to worker 1 once worker 0's heartbeat is stale (300 ms); until then the few handed to worker 0 are
+    // its to lose, and the client that got one of them has its greeting only if worker 0 comes back.
+    const before = served().length;
+    process.kill(first, 'SIGSTOP');
+    const greeting = await c.waitFor('a session greeted by worker 1', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'));
+      try {
+        const r = await client.read(5_000).catch(() => null);
+        if (r?.code !== 220) return null;
+        assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
+        return (await client.sendMail('a@example.test', ['b@example.test'])).code;
+      } finally {
+        client.destroy();
+      }
+    });
+    assert.equal(greeting, 250);
+    // Worker 1 (or, on a slow machine, worker 0's replacement once the supervisor killed the silent one).
+    const after = await c.waitFor('the log line of that message', () => served()[before]);
+    assert.notEqual(after, first, `the message after the stop was served by ${String(after)}, not the stopped worker 0 (worker 1: ${second})`);
+  } finally {
+    try { process.kill(first, 'SIGCONT'); } catch { /* replaced already */ }
+    await c.stop();
+  }
+});
