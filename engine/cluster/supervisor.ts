@@ -13,7 +13,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import os, { availableParallelism } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
@@ -37,7 +37,7 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { chooseWorker, spareCores } from './worker-choice.ts';
+import { chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
@@ -113,7 +113,7 @@ export class Supervisor {
   #next = 0;
   /** The machine's idle CPU in cores over the last tick, from these samples (worker-choice.ts). */
   #spare = 0;
-  #cpus: os.CpuInfo[] = [];
+  #cpus: CpuSample | null = null;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
@@ -452,9 +452,9 @@ export class Supervisor {
   #tick(): void {
     const now = Date.now();
     if (this.#children.length > 2) { // more than one worker: what the machine leaves idle decides spreading
-      const cpus = os.cpus();
-      this.#spare = spareCores(this.#cpus, cpus);
-      this.#cpus = cpus;
+      const sample = cpuSample();
+      this.#spare = spareCores(this.#cpus, sample);
+      this.#cpus = sample;
     }
     for (const c of this.#children) {
       // Heartbeats start once a child is ready; building its first generation may take a while.

@@ -15,6 +15,9 @@
  * serves no more, so the connection stays with the first.
  */
 
+import { readFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+
 /** Event-loop utilisation (0–1) under which a worker still takes connections before the next is tried. */
 export const FILL_UP_TO = 0.6;
 /**
@@ -52,18 +55,32 @@ export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: numb
   return best;
 }
 
-/** The machine's idle CPU, in cores, between two samples of os.cpus(). */
-export function spareCores(before: ReadonlyArray<{ times: CpuTimes }>, after: ReadonlyArray<{ times: CpuTimes }>): number {
-  let idle = 0;
-  let total = 0;
-  for (const [i, cpu] of after.entries()) {
-    const was = before[i]?.times;
-    if (!was) continue;
-    const t = cpu.times;
-    idle += t.idle - was.idle;
-    total += t.user - was.user + t.nice - was.nice + t.sys - was.sys + t.irq - was.irq + t.idle - was.idle;
+/** The machine's CPU time so far (any unit): idle (with I/O wait) and in all, with its number of cores. */
+export interface CpuSample { idle: number; total: number; cores: number }
+
+/**
+ * One sample: the first line of /proc/stat on Linux (one small read, whatever the number of cores),
+ * else the sum over os.cpus().
+ */
+export function cpuSample(): CpuSample {
+  const cores = availableParallelism();
+  try {
+    const line = readFileSync('/proc/stat', 'latin1');
+    const ticks = line.slice(0, line.indexOf('\n')).trim().split(/\s+/).slice(1, 9).map(Number);
+    return { idle: ticks[3]! + ticks[4]!, total: ticks.reduce((a, b) => a + b, 0), cores };
+  } catch {
+    let idle = 0;
+    let total = 0;
+    for (const { times: t } of cpus()) {
+      idle += t.idle;
+      total += t.user + t.nice + t.sys + t.irq + t.idle;
+    }
+    return { idle, total, cores };
   }
-  return total > 0 ? idle / total * after.length : after.length;
 }
 
-interface CpuTimes { user: number; nice: number; sys: number; idle: number; irq: number }
+/** The machine's idle CPU between two samples, in cores (all of them without an earlier sample). */
+export function spareCores(before: CpuSample | null, after: CpuSample): number {
+  const total = after.total - (before?.total ?? after.total);
+  return before && total > 0 ? (after.idle - before.idle) / total * after.cores : after.cores;
+}

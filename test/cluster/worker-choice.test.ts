@@ -3,7 +3,7 @@
 // beating (hung). The rule itself on figures, then a real `postern serve` with two workers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseWorker, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
+import { chooseWorker, cpuSample, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startCluster, workerPid, greeted, TWO_WORKERS } from './helpers.ts';
 
@@ -25,13 +25,13 @@ test('fill: connections handed over since the last heartbeat count, so a burst s
   assert.equal(chooseWorker([{ elu: idle.elu, fresh: burst }, idle], 2), 1);
 });
 
-test('spare cores: the idle share of two os.cpus() samples, in cores', () => {
-  const cpu = (user: number, idleTime: number): { times: { user: number; nice: number; sys: number; idle: number; irq: number } } =>
-    ({ times: { user, nice: 0, sys: 0, idle: idleTime, irq: 0 } });
-  // One core fully busy, the other idle: one core to spare.
-  assert.equal(spareCores([cpu(0, 0), cpu(0, 0)], [cpu(100, 0), cpu(0, 100)]), 1);
-  assert.equal(spareCores([cpu(0, 0), cpu(0, 0)], [cpu(100, 0), cpu(75, 25)]), 0.25);
-  assert.equal(spareCores([], [cpu(10, 10), cpu(10, 10)]), 2, 'no sample yet: all spare');
+test('spare cores: the idle share of the machine between two samples, in cores', () => {
+  // Two cores, 200 ticks: one core busy, the other idle: one core to spare.
+  assert.equal(spareCores({ idle: 0, total: 0, cores: 2 }, { idle: 100, total: 200, cores: 2 }), 1);
+  assert.equal(spareCores({ idle: 100, total: 200, cores: 2 }, { idle: 125, total: 400, cores: 2 }), 0.25);
+  assert.equal(spareCores(null, { idle: 10, total: 20, cores: 2 }), 2, 'no sample yet: all spare');
+  const now = cpuSample();
+  assert.ok(now.total > 0 && now.idle <= now.total && now.cores >= 1, JSON.stringify(now));
 });
 
 test('serve, workerChoice fill: an idle server keeps its connections on the first worker; one that stops beating is passed over at once', async () => {
