@@ -68,7 +68,9 @@ interface Child {
    * Connections written to the worker, by hand-over number, oldest first. The supervisor keeps its copy of
    * each until the worker's heartbeat says it got that number (Node would keep it too with keepOpen: false,
    * and never close it if the worker died before acknowledging: the client would wait for a greeting that
-   * never comes); the count rides on the heartbeat, so a hand-over costs no message of ours.
+   * never comes); the count rides on the heartbeat, so a hand-over costs no message of ours. (A worker ends
+   * sessions with a shutdown, which the client sees at once; one it destroys without is closed for the
+   * client when this copy is too, at most a heartbeat later.)
    */
   copies: Array<{ n: number; socket: net.Socket }>;
   /** Hand-overs to this process so far, and the last number its heartbeat said it got. */
