@@ -7,6 +7,7 @@
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
@@ -31,7 +32,7 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[] };
+type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[] };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
@@ -53,6 +54,8 @@ async function main(): Promise<void> {
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
+    // Counted at once: the heartbeat tells the supervisor to close its copies up to here (supervisor.ts).
+    if (m.t === 'conn') connectionsGot = m.n ?? connectionsGot;
     if (counters.handle(m as Parameters<WorkerCounters['handle']>[0])) return;
     if (store.handle(m)) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
@@ -63,13 +66,11 @@ async function main(): Promise<void> {
   });
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
-      send({ t: 'took' });
       const key = m.key;
       if (!handle) return key === undefined ? undefined : send({ t: 'conn-', key }); // closed on the way: its slot goes back
       if (key !== undefined) handle.once('close', () => send({ t: 'conn-', key }));
       running!.acceptConnection(m.listener!, handle, m.open);
     } else if (m.t === 'conn') {
-      send({ t: 'took' });
       if (!handle) return m.key === undefined ? undefined : send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
       // Without a key: a PROXY protocol listener's, counted here once its header names the client.
       if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle, m.total);
@@ -141,6 +142,8 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+/** The number of the last connection the supervisor handed over (its descriptor is ours now). */
+let connectionsGot = 0;
 
 /** How long a child waits for the process of an earlier server to finish with its spool (below the supervisor's STARTUP_MS). */
 const SPOOL_WAIT_MS = 100_000;
@@ -178,9 +181,14 @@ function startWatchdog(dataDir: string): void {
   watchdog.unref();
   // The table goes over while the main thread can still send it: a stuck one cannot answer.
   runningCall.subscribe((table) => watchdog.postMessage(table));
+  // With the event loop's utilisation since the last beat: the supervisor fills one worker before the next.
+  let loop = performance.eventLoopUtilization();
   setInterval(() => {
     runningCall.beat();
-    send({ t: 'hb' });
+    const now = performance.eventLoopUtilization();
+    const elu = performance.eventLoopUtilization(now, loop).utilization;
+    loop = now;
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000 });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -37,19 +37,23 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
+import { chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { readdirSync, rmSync } from 'node:fs';
 
 /**
- * Connections handed to one worker that it has not yet acknowledged. Node passes one descriptor per
- * round trip anyway; a few in flight keep a busy worker's queue full, and a worker that hangs takes at
- * most this many with it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
+ * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
+ * round trip (the next is written once the worker's own acknowledgement of the previous came back); a few
+ * queued keep a busy worker's queue full, and a worker that hangs takes at most this many plus the one
+ * written to it (it gets none once its heartbeat is STALE_FOR_CONNECTIONS_MS old).
  */
-const MAX_INFLIGHT = 4;
+const MAX_INFLIGHT = 3;
 /** Accepted connections waiting for a worker beyond this many are dropped. */
 const MAX_WAITING = 10_000;
+/** The supervisor keeps its copy of a handed-over socket until the worker's heartbeat counts it (#got). */
+const KEEP_OPEN = { keepOpen: true } as const;
 const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
 
 interface Child {
@@ -59,12 +63,23 @@ interface Child {
   ready: boolean;
   /** When it was last heard from, on the monotonic clock (a wall-clock step must not look like silence). */
   lastBeat: number;
+  /** Connections handed over whose descriptor Node has not yet written to the worker's channel. */
+  inflight: Set<net.Socket>;
   /**
-   * Connections handed over and not yet acknowledged, oldest first. The supervisor keeps its copy of
-   * each until the worker says it has its own (Node would keep it too, and never close it if the worker
-   * died first: the client would wait for a greeting that never comes).
+   * Connections written to the worker, by hand-over number, oldest first. The supervisor keeps its copy of
+   * each until the worker's heartbeat says it got that number (Node would keep it too with keepOpen: false,
+   * and never close it if the worker died before acknowledging: the client would wait for a greeting that
+   * never comes); the count rides on the heartbeat, so a hand-over costs no message of ours. (A worker ends
+   * sessions with a shutdown, which the client sees at once; one it destroys without is closed for the
+   * client when this copy is too, at most a heartbeat later.)
    */
-  inflight: net.Socket[];
+  copies: Array<{ n: number; socket: net.Socket }>;
+  /** Hand-overs to this process so far, and the last number its heartbeat said it got. */
+  handed: number;
+  got: number;
+  /** Event-loop utilisation over its last heartbeat interval, and connections handed to it since (worker-choice.ts). */
+  elu: number;
+  fresh: number;
   /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
   takingSince: number | null;
   startedAt: number;
@@ -101,6 +116,9 @@ export class Supervisor {
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
   readonly #store: StoreHost;
   #next = 0;
+  /** The machine's idle CPU in cores over the last tick, from these samples (worker-choice.ts). */
+  #spare = 0;
+  #cpus: CpuSample | null = null;
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
@@ -135,7 +153,7 @@ export class Supervisor {
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
     const loaded = loadStartConfig({ configPath: opts.configPath });
     const log = (opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format)).child({ component: 'supervisor' });
-    // One server per data directory; the children run under this lock, each also locking the spool it writes.
+    // One server per data directory; the children run under this lock (they start with lockDir: false).
     const lock = acquireDirectoryLock(loaded.config.dataDir);
     const sup = new Supervisor(loaded, opts.configPath, log);
     sup.#lock = lock;
@@ -205,7 +223,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: [], takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -220,7 +238,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: [], takingSince: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, takingSince: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -240,7 +258,11 @@ export class Supervisor {
       for (const c of this.#children) if (c !== child && c.ready && c.proc?.connected) c.proc.send(msg);
     })) return;
     switch (m.t) {
-      case 'hb': return this.#dispatch();
+      case 'hb':
+        child.elu = (m as { elu?: number }).elu ?? 0;
+        child.fresh = 0;
+        this.#got(child, (m as { got?: number }).got ?? 0);
+        return this.#dispatch();
       case 'metrics-r': {
         const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
@@ -253,10 +275,6 @@ export class Supervisor {
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
         return;
-      case 'took':
-        child.inflight.shift()?.destroy(); // the worker has its own descriptor now
-        child.takingSince = child.inflight.length ? performance.now() : null;
-        return this.#dispatch();
       case 'ready':
         child.ready = true;
         send({ t: 'fences', list: this.#fences.fences });
@@ -285,7 +303,10 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.proc = null;
     child.ready = false;
-    for (const socket of child.inflight.splice(0)) socket.destroy(); // never reached it: the client sees the close
+    // Never reached it, or died with it: the client sees the close.
+    for (const socket of child.inflight) socket.destroy();
+    for (const { socket } of child.copies.splice(0)) socket.destroy();
+    child.inflight.clear();
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
@@ -362,37 +383,48 @@ export class Supervisor {
     this.#dispatch();
   }
 
-  /** Hand waiting connections to workers, round robin over those able to take one now. */
+  /**
+   * Hand waiting connections to workers able to take one now: SMTP connections to the first that is not
+   * busy (worker-choice.ts), policy-service connections (and all with `workerChoice: roundRobin`) round
+   * robin (Postfix keeps each for minutes, and spreading those long-lived connections spreads their load).
+   */
   #dispatch(): void {
     const workers = this.#children.filter((c) => c.kind === 'worker');
     while (this.#waiting.length) {
       const now = performance.now();
-      let chosen: Child | null = null;
-      for (let i = 0; i < workers.length; i++) {
-        const c = workers[(this.#next + i) % workers.length]!;
-        if (c.ready && c.proc?.connected && c.inflight.length < MAX_INFLIGHT && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS) {
-          chosen = c;
-          this.#next = (this.#next + i + 1) % workers.length;
-          break;
-        }
+      const alive = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS);
+      let chosen: Child;
+      if (this.#waiting[0]!.policy || this.config.config.workerChoice === 'roundRobin') {
+        const able = alive.filter((c) => c.inflight.size < MAX_INFLIGHT);
+        if (!able.length) return;
+        chosen = able.find((c) => c.index >= this.#next) ?? able[0]!;
+        this.#next = chosen.index + 1;
+      } else {
+        if (!alive.length) return;
+        chosen = alive[chooseWorker(alive, this.#spare)]!;
+        // Its channel passes one descriptor at a time: wait for it rather than spill to the next worker.
+        if (chosen.inflight.size >= MAX_INFLIGHT) return;
       }
-      if (!chosen) return;
       const { listener, socket, policy, proxied } = this.#waiting.shift()!;
       if (socket.destroyed) continue;
-      chosen.inflight.push(socket);
+      chosen.fresh++;
+      chosen.inflight.add(socket);
       chosen.takingSince ??= now;
+      const proc = chosen.proc!;
+      const n = ++chosen.handed;
+      const written = this.#written(chosen, proc, socket, n);
       if (policy) {
         // No per-IP slot (the peer is Postfix), but one slot of the service's, so that its maxConnections
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
         const key = policyConnectionKey(listener);
         const open = this.#counters.take(chosen.index, key);
-        chosen.proc!.send({ t: 'conn', listener, policy: true, key, open }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        proc.send({ t: 'conn', n, listener, policy: true, key, open }, socket, KEEP_OPEN, written);
         continue;
       }
       if (proxied) {
         // The worker reads the PROXY header (the supervisor never reads a byte: none is lost in the handover)
         // and takes the client's slot by round trip ('conn+'), under the address the header names.
-        chosen.proc!.send({ t: 'conn', listener }, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+        proc.send({ t: 'conn', n, listener }, socket, KEEP_OPEN, written);
         continue;
       }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
@@ -400,9 +432,34 @@ export class Supervisor {
       const key = `${listener} ${ip}`;
       const open = this.#counters.take(chosen.index, key);
       const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
-      const message = { t: 'conn', listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
-      chosen.proc!.send(message, socket, { keepOpen: true }, (err) => { if (err) socket.destroy(); });
+      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
+      proc.send(message, socket, KEEP_OPEN, written);
     }
+  }
+
+  /** The callback of hand-over `n`: Node wrote the descriptor to the worker's channel, or could not. */
+  #written(child: Child, proc: ChildProcess, socket: net.Socket, n: number): (err: Error | null) => void {
+    return (err) => {
+      if (child.proc !== proc) return void socket.destroy(); // that process is gone (its exit closed the others)
+      child.inflight.delete(socket);
+      if (err || n <= child.got) socket.destroy(); // not sent; or the worker already has its own
+      else child.copies.push({ n, socket });
+      this.#taking(child);
+      this.#dispatch();
+    };
+  }
+
+  /** The worker's heartbeat: it has its own descriptor of every hand-over up to `got`; ours can close. */
+  #got(child: Child, got: number): void {
+    if (got <= child.got) return;
+    child.got = got;
+    while (child.copies.length && child.copies[0]!.n <= got) child.copies.shift()!.socket.destroy();
+    this.#taking(child);
+  }
+
+  /** Hand-overs moved on: the wait for the worker to take what is left (if anything) counts from now. */
+  #taking(child: Child): void {
+    child.takingSince = child.inflight.size || child.copies.length ? performance.now() : null;
   }
 
   /** When #tick last ran (monotonic). */
@@ -412,6 +469,11 @@ export class Supervisor {
     const now = performance.now();
     const late = now - this.#lastTick > SUPERVISOR_HANG_MS / 2;
     this.#lastTick = now;
+    if (this.#children.length > 2) { // more than one worker: what the machine leaves idle decides spreading
+      const sample = cpuSample();
+      this.#spare = spareCores(this.#cpus, sample);
+      this.#cpus = sample;
+    }
     for (const c of this.#children) {
       // This process did not run either (SIGSTOP, a frozen cgroup, a suspended VM): the children's
       // heartbeats are still unread, so their silence proves nothing yet; count it from now.
@@ -429,7 +491,7 @@ export class Supervisor {
         // It beats, yet takes no connection: its channel cannot pass descriptors any more (one it could not
         // accept, at its file limit, leaves Node waiting for an acknowledgement for ever). The rest of its
         // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
-        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.length, waitedMs: Math.round(now - c.takingSince) },
+        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.size + c.copies.length, waitedMs: Math.round(now - c.takingSince) },
           `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
         c.ready = false;
         c.takingSince = null;
@@ -495,6 +557,7 @@ export class Supervisor {
     }
     const out = restartNeeded(this.config.config, onDisk.config);
     if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
+    if (onDisk.config.workerChoice !== this.config.config.workerChoice) out.push(`workerChoice ${this.config.config.workerChoice} → ${onDisk.config.workerChoice}`);
     return out;
   }
 

@@ -276,6 +276,8 @@ export const configSchema = z.strictObject({
   }).prefault({}).describe('Free space the spool keeps. See [spool](#spool).'),
   workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default('auto')
     .describe('Worker processes of `postern serve` (`auto`: one per core). A supervisor process owns the listening sockets and hands connections to the workers; a worker that crashes or hangs is replaced, so a script can lose only the sessions of the one worker that ran it, never an acknowledged message. Delivery runs in one more process. `workers: 1` still runs supervisor, worker and queue process. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
+  workerChoice: z.enum(['fill', 'roundRobin']).default('fill')
+    .describe('Which worker of `postern serve` gets a new SMTP connection. `fill`: the first worker that is not busy (event-loop utilisation under 0.6 over the last 100 ms), the next only when it is busy and the machine has idle CPU, or when it is saturated (95%): work done once per event-loop turn is shared by more sessions, so fewer CPU per message. `roundRobin`: the workers in turn, each gets a share even at light load. Policy-service connections go round robin either way. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
   store: z.strictObject({
     redis: z.strictObject({
       url: z.string().regex(/^rediss?:\/\//, 'expected redis://… or rediss://…').meta({ format: 'URL' })

@@ -27,6 +27,7 @@ test('under postern serve the page runs in the queue process and shares the auth
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 users: ./users
 accounts: { listen: 127.0.0.1:{PORT:accounts}, listener: submission }
 listeners:

@@ -17,6 +17,7 @@ test('with 2 workers, /metrics counts the connections and messages of both, /rea
   c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 localDomains: [example.test]
 admin: { listen: "127.0.0.1:{PORT:admin}", maxConnectionsPerIp: 3 }
 listeners:

@@ -4,9 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Spool } from '../../engine/spool/spool.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
-import { startCluster, workerPid, greeted, load, spooled, TWO_WORKERS } from '../helpers/cluster.ts';
+import { startCluster, workerPid, greeted, load, spooled, TWO_WORKERS, ROUND_ROBIN } from '../helpers/cluster.ts';
 
-const CONFIG = TWO_WORKERS;
+const CONFIG = TWO_WORKERS + ROUND_ROBIN;
 const HANG_SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
 
 for (const signal of ['SIGKILL', 'SIGSEGV'] as const) {

@@ -16,6 +16,7 @@ test('maxConnectionsPerIp counts the connections of every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -55,6 +56,7 @@ test('maxConnections counts the connections of every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -135,6 +137,7 @@ test('STARTTLS sessions give their slot back (STARTTLS drops the raw socket\'s l
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
@@ -180,6 +183,7 @@ test('authFailuresPerIp counts the failures on every worker', async () => {
   const c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 users: ./users
 listeners:
   - name: sub

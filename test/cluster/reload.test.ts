@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { startCluster, greeted, TWO_WORKERS, type ClusterProcess, type ClusterStatus } from '../helpers/cluster.ts';
+import { startCluster, greeted, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess, type ClusterStatus } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const verdict = (text: string): string => `export default function () { return reject('${text}'); }\n`;
@@ -37,7 +37,7 @@ function converged(c: ClusterProcess, what: string, check: (r: ClusterStatus['re
 }
 
 test('an edit reaches both workers; a broken edit is refused on both, reported once and shown by postern status', async () => {
-  const c = await startCluster({ config: TWO_WORKERS, scripts: { 'rcptto.js': verdict('v1') } });
+  const c = await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') } });
   const script = join(c.dir, 'scripts', 'rcptto.js');
   try {
     const first = await converged(c, 'every process started', () => true);
@@ -73,7 +73,7 @@ test('an edit reaches both workers; a broken edit is refused on both, reported o
 });
 
 test('SIGHUP to the whole process group reloads every process once', async () => {
-  const c = await startCluster({ config: TWO_WORKERS, scripts: { 'rcptto.js': verdict('v1') }, detached: true });
+  const c = await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') }, detached: true });
   try {
     const reloads = async (): Promise<number[]> => {
       const r = (await c.cluster()).reload.processes;

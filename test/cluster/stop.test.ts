@@ -15,6 +15,7 @@ test('SIGTERM stops the supervisor and its workers after STARTTLS sessions, open
   const cluster = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 localDomains: [example.test]
 listeners:
   - name: in

@@ -13,6 +13,7 @@ const RCPTTO = `export default async function (ctx) {
 `;
 const CONFIG = `
 workers: 2
+workerChoice: roundRobin
 users: ./users
 localDomains: [example.net]
 sandbox: { timeoutMs: 2000 }

@@ -36,6 +36,12 @@ export interface ClusterStatus {
   };
 }
 
+/**
+ * For tests that need connections on every worker (limits summed over workers, a bystander on another
+ * worker): the default `workerChoice: fill` keeps an idle server's connections on the first worker.
+ */
+export const ROUND_ROBIN = 'workerChoice: roundRobin\n';
+
 /** Two workers and one plaintext listener `in` on a free port: what most cluster tests run. */
 export const TWO_WORKERS = `
 workers: 2

@@ -24,6 +24,7 @@ before(async () => {
   cluster = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 localDomains: [example.com]
 pki: { dir: ${ca} }
 listeners:

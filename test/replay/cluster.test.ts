@@ -17,6 +17,7 @@ test('several worker processes record side by side; replay reads every file', as
   c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 localDomains: [example.test]
 replay: { keepDays: 1 }
 listeners:

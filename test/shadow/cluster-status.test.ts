@@ -28,6 +28,7 @@ test('postern status sums the shadow counts of every worker', async () => {
   c = await startCluster({
     config: `
 workers: 2
+workerChoice: roundRobin
 localDomains: [example.test]
 listeners:
   - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 }, shadowScripts: ${JSON.stringify(shadow)} }

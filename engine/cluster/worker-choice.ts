@@ -1,0 +1,92 @@
+/**
+ * Which worker gets the next SMTP connection: the first, in a fixed order, that is not busy; the next one
+ * only when it is busy and the machine has a core to spare for the next, or when it is saturated.
+ *
+ * Why fill one worker before the next rather than round robin: much of a worker's work is done once per
+ * event-loop turn for every session that has something to do in it, not once per message (the calls of a
+ * turn share one isolate entry, the spool records of a flush one fdatasync, the replies of a turn one
+ * write). Spread over two workers at a load one could carry, each turn serves half as many sessions and
+ * the server spends more CPU per message (measured: docs/benchmarks.md, "Where `postern serve`'s CPU
+ * goes"). Why it is sound: "busy" is the worker's own event-loop utilisation over its last heartbeat
+ * interval (100 ms), plus an allowance for each connection handed to it since, so a burst spills over
+ * before that worker has said anything; a busy worker gets nothing new while another is below the mark
+ * and the machine has idle CPU for it, and at full load every worker is used. Without idle CPU a second
+ * worker can only take cores from the first (or from whatever else runs there): it adds per-turn work and
+ * serves no more, so the connection stays with the first.
+ */
+
+import { readFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+
+/** Event-loop utilisation (0–1) under which a worker still takes connections before the next is tried. */
+export const FILL_UP_TO = 0.6;
+/**
+ * Utilisation counted for each connection handed over since the worker's last heartbeat: a new session's
+ * handshake, greeting and first commands take a millisecond or two of a 100 ms interval, and with reuse it
+ * keeps about that much busy (the benchmark's 20 sessions keep one worker at about 0.5 when it has a core).
+ */
+export const NEW_CONNECTION_LOAD = 0.02;
+/** Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile. */
+export const SPARE_TO_SPREAD = 0.5;
+/**
+ * Utilisation at which a worker is saturated: its sessions queue for its thread. It then spills to the next
+ * worker even without a spare core (the machine shared with other work: the scheduler gives each runnable
+ * worker its share, so a second one still serves more, and it keeps one worker's queue from growing).
+ */
+export const SATURATED = 0.95;
+
+export interface WorkerLoad {
+  /** Event-loop utilisation over the worker's last heartbeat interval. */
+  elu: number;
+  /** Connections handed to it since that heartbeat. */
+  fresh: number;
+}
+
+/**
+ * The index in `candidates` (workers able to take a connection now, in fill order, at least one) of the one
+ * to use; `spareCores`: the machine's idle CPU lately, in cores.
+ */
+export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: number): number {
+  let best = 0;
+  let bestLoad = Infinity;
+  for (const [i, c] of candidates.entries()) {
+    const load = c.elu + c.fresh * NEW_CONNECTION_LOAD;
+    if (load < FILL_UP_TO) return i;
+    if (spareCores < SPARE_TO_SPREAD && load < SATURATED) return i; // busy, but no core to spare for the next: stays here
+    if (load < bestLoad) {
+      best = i;
+      bestLoad = load;
+    }
+  }
+  return best;
+}
+
+/** The machine's CPU time so far (any unit): idle (with I/O wait) and in all, with its number of cores. */
+export interface CpuSample { idle: number; total: number; cores: number }
+
+/**
+ * One sample: the first line of /proc/stat on Linux (one small read, whatever the number of cores),
+ * else the sum over os.cpus().
+ */
+export function cpuSample(): CpuSample {
+  const cores = availableParallelism();
+  try {
+    const line = readFileSync('/proc/stat', 'latin1');
+    const ticks = line.slice(0, line.indexOf('\n')).trim().split(/\s+/).slice(1, 9).map(Number);
+    return { idle: ticks[3]! + ticks[4]!, total: ticks.reduce((a, b) => a + b, 0), cores };
+  } catch {
+    let idle = 0;
+    let total = 0;
+    for (const { times: t } of cpus()) {
+      idle += t.idle;
+      total += t.user + t.nice + t.sys + t.irq + t.idle;
+    }
+    return { idle, total, cores };
+  }
+}
+
+/** The machine's idle CPU between two samples, in cores (all of them without an earlier sample). */
+export function spareCores(before: CpuSample | null, after: CpuSample): number {
+  const total = after.total - (before?.total ?? after.total);
+  return before && total > 0 ? (after.idle - before.idle) / total * after.cores : after.cores;
+}
