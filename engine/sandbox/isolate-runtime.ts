@@ -680,41 +680,43 @@ export function installRuntime(
       return fast ? settledBox('') : done.then(takeSettled);
     },
   };
+  /** Settle the answered operations one owner at a time (see deliver()). */
   async function settleAnswers(answersJson: string): Promise<void> {
-    {
-      unattributedOps = 0;
-      const answers = parse(answersJson) as AnswerWire;
-      // By the call that is waiting for them, in the order they came.
-      const owners: Record<number, number> = create(null);
-      const byOwner: Record<number, Record<number, [AnswerWire[number], { resolve(text: string): void; reject(error: unknown): void }]>> = create(null);
-      const counts: Record<number, number> = create(null);
-      let ownerCount = 0;
-      for (let i = 0; i < answers.length; i++) {
-        const answer = answers[i]!;
-        const op = ops[answer[0]];
-        if (op === undefined) continue;
-        delete ops[answer[0]];
-        if (answer[1] === 2) continue;
-        if (byOwner[op.owner] === undefined) {
-          byOwner[op.owner] = create(null);
-          counts[op.owner] = 0;
-          owners[ownerCount++] = op.owner;
-        }
-        byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
+    unattributedOps = 0;
+    const answers = parse(answersJson) as AnswerWire;
+    // By the call that is waiting for them, in the order they came.
+    const owners: Record<number, number> = create(null);
+    const byOwner: Record<number, Record<number, [AnswerWire[number], { resolve(text: string): void; reject(error: unknown): void }]>> = create(null);
+    const counts: Record<number, number> = create(null);
+    let ownerCount = 0;
+    for (let i = 0; i < answers.length; i++) {
+      const answer = answers[i]!;
+      const op = ops[answer[0]];
+      if (op === undefined) continue;
+      delete ops[answer[0]];
+      if (answer[1] === 2) continue;
+      if (byOwner[op.owner] === undefined) {
+        byOwner[op.owner] = create(null);
+        counts[op.owner] = 0;
+        owners[ownerCount++] = op.owner;
       }
-      for (let o = 0; o < ownerCount; o++) {
-        const owner = owners[o]!;
-        currentCall = owner;
-        parkedWhileDelivering = false;
-        for (let i = 0; i < counts[owner]!; i++) {
-          const [answer, op] = byOwner[owner]![i]!;
-          if (answer[1] === 1) op.resolve(answer[2]);
-          else op.reject(new ErrorCtor(StringCtor(answer[2])));
-        }
-        // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
-        for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
-        currentCall = -1;
+      byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
+    }
+    for (let o = 0; o < ownerCount; o++) {
+      const owner = owners[o]!;
+      currentCall = owner;
+      parkedWhileDelivering = false;
+      for (let i = 0; i < counts[owner]!; i++) {
+        // No destructuring: it would go through Array.prototype[Symbol.iterator], which a script can replace.
+        const pair = byOwner[owner]![i]!;
+        const answer = pair[0];
+        const op = pair[1];
+        if (answer[1] === 1) op.resolve(answer[2]);
+        else op.reject(new ErrorCtor(StringCtor(answer[2])));
       }
+      // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
+      for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
+      currentCall = -1;
     }
   }
 }

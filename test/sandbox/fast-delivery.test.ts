@@ -124,3 +124,15 @@ test('a continuation that never ends after await is stopped on the fast path and
     assert.equal(held.counts.started, 2);
   });
 });
+
+test('a script that replaces the array iterator does not break the delivery of answers (its own or others\')', async () => {
+  const held = heldStore();
+  const script = `Array.prototype[Symbol.iterator] = function () { throw new Error('patched'); };
+  ${RATE}`;
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    const calls = [0, 1].map((n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
+    await held.until(2);
+    held.answerAll();
+    assert.deepEqual((await Promise.all(calls)).map((r) => (r as { text: string }).text), ['0:1', '1:1']);
+  });
+});
