@@ -5,7 +5,9 @@
  * counts is the CPU time the isolate spent on the stopped attempt, not wall time: on a loaded machine the
  * thread is descheduled mid-call and wall time runs out for quick scripts too, and moving them off the fast
  * path would double their cost for the next minute (seen in the benchmark). A script that returns a promise
- * waiting for a host operation stays on the fast path: its continuation is delivered later (isolate-slot.ts).
+ * waiting for a host operation stays on the fast path: its continuation is delivered later, on this thread too,
+ * within the same budget; a delivery stopped at it counts as an overrun of each hook it answered
+ * (isolate-slot.ts, RunAgain).
  */
 import type { HookName } from './api/index.ts';
 

@@ -29,6 +29,8 @@ export interface CurrentRun {
   file: string;
   /** Log lines held back until the call is known to count (a fast-path attempt may be run again). */
   held?: string[];
+  /** With `held`: the call id the runtime named for each line (a continuation's), when it is wanted. */
+  heldFor?: number[];
 }
 
 const HMAC_ALGORITHMS = new Set(['sha1', 'sha256', 'sha512', 'md5']);
@@ -78,6 +80,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     const run = current();
     if (run?.held) {
       run.held.push(String(message).slice(0, MAX_LOG));
+      run.heldFor?.push(typeof callId === 'number' ? callId : -1);
       return;
     }
     // A continuation delivered on an isolate thread names its call; a call run there has `current`.

@@ -62,6 +62,17 @@ export type CallWire = [
  */
 export interface EntryWire { outcome: RunOutcome | null; logs: string[] }
 
+/**
+ * What an entry on the event-loop thread returns when a call's promise may settle within it: its own result
+ * (`e`: the entries of run(), '' for deliver()) and the record of outcomes settled so far by call id (`f`,
+ * as takeSettled() gives them, unquoted). The record is the runtime's own, still filled by the promise
+ * continuations that run in the microtask checkpoint at the end of the entry: isolated-vm copies the result
+ * out (`result: { copy: true }`) only after that checkpoint, so the outcomes of calls whose awaits were answered
+ * at once (a memory store) come out with the entry that ran them, not in a second one. The next entry is told
+ * whether the box arrived (`taken`); until it has, the outcomes stay for the next box or take.
+ */
+export interface SettledBox { e: string; f: Record<string, string> }
+
 export interface RuntimeHandle {
   /** Bind a hook to its script's default export. */
   register(hook: string, fn: (ctx: unknown) => unknown): void;
@@ -72,8 +83,10 @@ export interface RuntimeHandle {
    * for takeBatch(). On an isolate thread (`wait` true) log lines are told as they come and the promises
    * are waited for here. `tag` (-2 or less) names the calls together: the operations their continuations
    * start at the end of the entry go to the host under it (or under the call's id when there is one call).
+   * On the event-loop thread, when a call returned a promise (or outcomes are waiting), a SettledBox instead of
+   * the entries' JSON; `taken`: the host got the last box (see SettledBox).
    */
-  run(calls: string, wait: boolean, tag: number): string | Promise<string>;
+  run(calls: string, wait: boolean, tag: number, taken: boolean): string | SettledBox | Promise<string>;
   /** After a run was stopped (its time limit): the entries of the calls that had ended, as JSON. */
   takeBatch(): string;
   /**
@@ -83,9 +96,11 @@ export interface RuntimeHandle {
   takeSettled(): string;
   /**
    * Settle the operations answered (JSON of AnswerWire), one call's at a time so that the lines its
-   * continuation logs name it, then takeSettled(). Entered on an isolate thread with the call time limit.
+   * continuation logs name it, then takeSettled(): on an isolate thread (`fast` false) a promise of it, with the
+   * call time limit; on the event-loop thread (`fast`, within the fast path's budget) a SettledBox whose record
+   * the continuations fill before the entry ends. `taken`: as for run().
    */
-  deliver(answers: string): Promise<string>;
+  deliver(answers: string, fast: boolean, taken: boolean): Promise<string> | SettledBox;
 }
 
 export function installRuntime(
@@ -515,6 +530,25 @@ export function installRuntime(
   }
   // Outcomes of promises calls returned that have settled, by call id (see takeSettled()).
   let finished: Record<number, string> = create(null);
+  // The record last handed out in a SettledBox: forgotten once the host says it got it.
+  let handedOut: Record<number, string> | null = null;
+  /** At the start of an entry: the host got the last box (`taken`), so what it carried is done with. */
+  const begin = (taken: boolean): void => {
+    if (taken && handedOut === finished) finished = create(null);
+    handedOut = null;
+  };
+  /** A SettledBox around `entries` and the live record (null-prototype objects: nothing a script set up is consulted). */
+  const settledBox = (entries: string): SettledBox => {
+    const out = create(null) as SettledBox;
+    out.e = entries;
+    out.f = finished as unknown as Record<string, string>;
+    handedOut = finished;
+    return out;
+  };
+  const anyFinished = (): boolean => {
+    for (const _ in finished) return true;
+    return false;
+  };
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
   async function settled(result: Promise<unknown>, callId: number, owner: number): Promise<string> {
     let outcome: string;
@@ -590,7 +624,8 @@ export function installRuntime(
     register(hook, fn) {
       hooks[hook] = fn;
     },
-    run(callsJson, wait, tag) {
+    run(callsJson, wait, tag, taken) {
+      begin(taken);
       unattributedOps = 0;
       batchDone = create(null);
       batchCount = 0;
@@ -619,6 +654,7 @@ export function installRuntime(
         }
         let lines = '[';
         for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
+        if (!isString(outcome)) promised = true;
         batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, lines + ']');
       }
       // The calls' continuations run after this returns (the microtask checkpoint that ends the entry): what
@@ -627,7 +663,7 @@ export function installRuntime(
       if (!wait) {
         const entries = takeBatch();
         currentCall = continuations;
-        return entries;
+        return promised || anyFinished() ? settledBox(entries) : entries;
       }
       currentCall = continuations;
       if (promised) return settledEntries(outcomes, calls.length);
@@ -637,41 +673,50 @@ export function installRuntime(
     },
     takeBatch,
     takeSettled,
-    async deliver(answersJson) {
-      unattributedOps = 0;
-      const answers = parse(answersJson) as AnswerWire;
-      // By the call that is waiting for them, in the order they came.
-      const owners: Record<number, number> = create(null);
-      const byOwner: Record<number, Record<number, [AnswerWire[number], { resolve(text: string): void; reject(error: unknown): void }]>> = create(null);
-      const counts: Record<number, number> = create(null);
-      let ownerCount = 0;
-      for (let i = 0; i < answers.length; i++) {
-        const answer = answers[i]!;
-        const op = ops[answer[0]];
-        if (op === undefined) continue;
-        delete ops[answer[0]];
-        if (answer[1] === 2) continue;
-        if (byOwner[op.owner] === undefined) {
-          byOwner[op.owner] = create(null);
-          counts[op.owner] = 0;
-          owners[ownerCount++] = op.owner;
-        }
-        byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
-      }
-      for (let o = 0; o < ownerCount; o++) {
-        const owner = owners[o]!;
-        currentCall = owner;
-        parkedWhileDelivering = false;
-        for (let i = 0; i < counts[owner]!; i++) {
-          const [answer, op] = byOwner[owner]![i]!;
-          if (answer[1] === 1) op.resolve(answer[2]);
-          else op.reject(new ErrorCtor(StringCtor(answer[2])));
-        }
-        // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
-        for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
-        currentCall = -1;
-      }
-      return takeSettled();
+    deliver(answersJson, fast, taken) {
+      begin(taken);
+      const done = settleAnswers(answersJson);
+      // On the event-loop thread the continuations (and settleAnswers' own turns) run before the entry ends.
+      return fast ? settledBox('') : done.then(takeSettled);
     },
   };
+  /** Settle the answered operations one owner at a time (see deliver()). */
+  async function settleAnswers(answersJson: string): Promise<void> {
+    unattributedOps = 0;
+    const answers = parse(answersJson) as AnswerWire;
+    // By the call that is waiting for them, in the order they came.
+    const owners: Record<number, number> = create(null);
+    const byOwner: Record<number, Record<number, [AnswerWire[number], { resolve(text: string): void; reject(error: unknown): void }]>> = create(null);
+    const counts: Record<number, number> = create(null);
+    let ownerCount = 0;
+    for (let i = 0; i < answers.length; i++) {
+      const answer = answers[i]!;
+      const op = ops[answer[0]];
+      if (op === undefined) continue;
+      delete ops[answer[0]];
+      if (answer[1] === 2) continue;
+      if (byOwner[op.owner] === undefined) {
+        byOwner[op.owner] = create(null);
+        counts[op.owner] = 0;
+        owners[ownerCount++] = op.owner;
+      }
+      byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
+    }
+    for (let o = 0; o < ownerCount; o++) {
+      const owner = owners[o]!;
+      currentCall = owner;
+      parkedWhileDelivering = false;
+      for (let i = 0; i < counts[owner]!; i++) {
+        // No destructuring: it would go through Array.prototype[Symbol.iterator], which a script can replace.
+        const pair = byOwner[owner]![i]!;
+        const answer = pair[0];
+        const op = pair[1];
+        if (answer[1] === 1) op.resolve(answer[2]);
+        else op.reject(new ErrorCtor(StringCtor(answer[2])));
+      }
+      // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
+      for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
+      currentCall = -1;
+    }
+  }
 }

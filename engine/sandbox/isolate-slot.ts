@@ -7,7 +7,7 @@ import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
-import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle } from './isolate-runtime.ts';
+import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
@@ -38,6 +38,12 @@ export const LOAD_SLACK_MS = 500;
 export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
 type KeptTail = [string | undefined, object | undefined, boolean, string | undefined, object | undefined, boolean];
+
+/**
+ * Entries into isolates by this process, on the event-loop thread and on isolate threads: what a call costs
+ * is mostly how often it enters (test/bench/sandbox-rate.ts reads these).
+ */
+export const slotEntries = { eventLoop: 0, isolateThread: 0 };
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
@@ -150,6 +156,23 @@ export type BatchSettled =
   | 'overran' | 'again' | 'alone';
 
 /**
+ * Why a call's `later` promise (BatchSettled) rejects when its continuation must run again from the start on
+ * an isolate thread: the fast-path entry that delivered its answers was stopped at the budget (`overran`:
+ * count it against the hook, with `cpuMs` of the thread's CPU time, see FastPathPolicy), or the isolate was
+ * lost under it. Its operations so far are its journal's: the re-run gets their answers, none starts again.
+ */
+export class RunAgain extends Error {
+  readonly overran: boolean;
+  readonly cpuMs: number;
+  constructor(overran: boolean, cpuMs: number) {
+    super('run again on an isolate thread');
+    this.name = 'RunAgain';
+    this.overran = overran;
+    this.cpuMs = cpuMs;
+  }
+}
+
+/**
  * Beyond the in-isolate time limit, how long before a call that never settles (a returned promise nobody
  * resolves) is cut off by disposing its isolate. Less than the sandbox's DEADLINE_SLACK_MS, so that this
  * cut-off, which says why, comes first.
@@ -171,6 +194,25 @@ interface Awaiting {
 export interface SlotListener {
   delivered(): void;
   lost(): void;
+}
+
+/** What run() returned on the event-loop thread: its entries' JSON, and the outcomes settled within the entry. */
+function unboxed(out: unknown): { entries: unknown; settled: Record<string, string> | null } {
+  if (out !== null && typeof out === 'object') {
+    const { e, f } = out as Partial<SettledBox>;
+    return { entries: e, settled: f !== null && typeof f === 'object' ? f : {} };
+  }
+  return { entries: out, settled: null };
+}
+
+/** One outcome's JSON text from a SettledBox; null when malformed (the call then fails: no outcome). */
+function parseOutcome(text: string): RunOutcome | null {
+  try {
+    const outcome = JSON.parse(text) as unknown;
+    return outcome !== null && typeof outcome === 'object' ? outcome as RunOutcome : null;
+  } catch {
+    return null;
+  }
 }
 
 export class IsolateSlot {
@@ -207,9 +249,15 @@ export class IsolateSlot {
   readonly #inFlight = new Map<number, number>();
   /** Answers that came since the last delivery, delivered together at the end of the turn. */
   #answers: AnswerWire = [];
+  /** The fast path's budget (ms) as the pool last gave it: answers to fast-path calls are delivered within it. */
+  #fastPathMs = 0;
+  /** Whether the last SettledBox the runtime handed out arrived (see isolate-runtime.ts): told to the next entry. */
+  #boxTaken = true;
   #flushScheduled = false;
   /** True while a delivery runs on an isolate thread: no fast-path entry may start then (it would block). */
   #delivering = false;
+  /** Why a delivery failed, for the calls on isolate threads whose continuations it ran (see #failAwaiting). */
+  readonly #failedWith = new Map<number, unknown>();
   /** Outcomes may be waiting in the isolate without an answer to deliver (takeSettled failed). */
   #collect = false;
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
@@ -285,7 +333,12 @@ export class IsolateSlot {
       if (settled !== undefined && typeof settled === 'object') {
         if ('value' in settled) return { value: settled.value, overran: false };
         if ('failure' in settled) throw settled.failure;
-        return { value: await settled.later, overran: false };
+        try {
+          return { value: await settled.later, overran: false };
+        } catch (e) {
+          if (!(e instanceof RunAgain)) throw e;
+          return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: e.overran };
+        }
       }
       // Stopped at the budget ('overran'), or the entry failed otherwise ('alone'): run it on an isolate thread.
       return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: settled === 'overran' };
@@ -325,6 +378,7 @@ export class IsolateSlot {
    * started again: see operation-journal.ts.
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
+    this.#fastPathMs = fastPathMs;
     const wire: CallWire[] = [];
     const ids: number[] = [];
     for (const c of calls) if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
@@ -347,14 +401,22 @@ export class IsolateSlot {
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
     this.#current = run;
     let entries: EntryWire[];
+    let settledNow: Record<string, string> | null = null;
     let stopped = false;
     let hooks = 0;
     for (const c of calls) hooks |= hookBit(c.hook);
     const cpuBefore = threadCpuMicros();
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
-      entries = this.#entries(this.#run.applySync(undefined, [JSON.stringify(wire), false, tag], { timeout: fastPathMs }));
+      slotEntries.eventLoop++;
+      // A promise that settled within the entry (its awaits answered at once) comes out in the same copy.
+      const out = this.#run.applySync(undefined, [JSON.stringify(wire), false, tag, this.#boxTaken], { timeout: fastPathMs, result: { copy: true } }) as unknown;
+      this.#boxTaken = true;
+      const box = unboxed(out);
+      entries = this.#entries(box.entries);
+      settledNow = box.settled;
     } catch (e) {
+      this.#boxTaken = false;
       this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
@@ -366,6 +428,7 @@ export class IsolateSlot {
       // call that ended with a verdict left running (\`rate().then(…)\`, not awaited) loses its operation here.
       this.#refusing = true;
       try {
+        slotEntries.eventLoop++;
         if (stopped) entries = this.#entries(this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs }));
       } catch {
         stopped = false;
@@ -387,7 +450,7 @@ export class IsolateSlot {
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
-    if (promisedCalls.length && !stopped) this.#settleAtOnce(entries, ids, fastPathMs);
+    if (settledNow !== null) this.#fillSettled(entries, ids, settledNow);
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
@@ -433,6 +496,8 @@ export class IsolateSlot {
     });
     // After a stop they are the leftovers of attempts run again, which log again.
     if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    // Outcomes of earlier calls whose continuations ran in this entry (they awaited something else than an answer).
+    if (settledNow !== null) this.#settleTaken(settledNow);
     return settled;
   }
 
@@ -444,6 +509,7 @@ export class IsolateSlot {
   #drainLeftovers(fastPathMs: number): boolean {
     for (let i = 0; i < DRAIN_ATTEMPTS && !this.#isolate.isDisposed; i++) {
       try {
+        slotEntries.eventLoop++;
         this.#takeBatch.applySync(undefined, [], { timeout: fastPathMs });
         return true;
       } catch { /* again */ }
@@ -452,21 +518,18 @@ export class IsolateSlot {
   }
 
   /**
-   * The outcomes of the batch's promises that settled as the runner returned (their hooks awaited only a store
-   * that answers at once): taken now, on this thread, instead of a trip to an isolate thread each.
+   * The outcomes of the batch's promises that settled within its entry (their hooks awaited only a store that
+   * answers at once), from the entry's SettledBox: taken out of `settled`, the rest are earlier calls'.
    */
-  #settleAtOnce(entries: EntryWire[], ids: number[], fastPathMs: number): void {
-    let done: Record<string, RunOutcome>;
-    try {
-      done = JSON.parse(this.#takeSettled.applySync(undefined, [], { timeout: fastPathMs }) as string) as Record<string, RunOutcome>;
-    } catch {
-      this.#collect = true; // taken with the next delivery, which this schedules
-      this.#scheduleFlush();
-      return;
-    }
-    for (const [id, outcome] of Object.entries(done)) {
-      const entry = entries[ids.indexOf(Number(id))];
-      if (entry && entry.outcome === null && outcome !== null && typeof outcome === 'object') entry.outcome = outcome;
+  #fillSettled(entries: EntryWire[], ids: number[], settled: Record<string, string>): void {
+    for (let i = 0; i < ids.length; i++) {
+      const entry = entries[i];
+      const text = settled[ids[i]!];
+      if (text === undefined) continue;
+      delete settled[ids[i]!];
+      if (entry === undefined || entry.outcome !== null) continue;
+      const outcome = parseOutcome(text);
+      if (outcome !== null) entry.outcome = outcome;
     }
   }
 
@@ -511,6 +574,16 @@ export class IsolateSlot {
     if (close && owner instanceof SharedOperations) return; // already in the queue (see callBatch)
     this.#retired.push(key);
     while (this.#retired.length > RETIRED_OWNERS) this.#owners.delete(this.#retired.shift()!);
+  }
+
+  /**
+   * What to tell an entry on an isolate thread about the last SettledBox: entries run in order, so the runtime
+   * has heard it before any later entry (which may then assume it was taken).
+   */
+  #takeBoxFlag(): boolean {
+    const taken = this.#boxTaken;
+    this.#boxTaken = true;
+    return taken;
   }
 
   /** True while answers are being delivered on an isolate thread: the pool must not enter the slot then. */
@@ -570,6 +643,11 @@ export class IsolateSlot {
    */
   async #flush(): Promise<void> {
     if (this.#delivering || this.lost || (this.#answers.length === 0 && !this.#collect)) return;
+    // Answers to calls started on the fast path go in on this thread, within its budget; the rest (calls
+    // run on isolate threads, continuations the runtime could not name) on an isolate thread, as before.
+    // Not while an isolate thread holds the isolate (a call or delivery there): this thread would wait for it.
+    if (this.#fastPathMs > 0 && this.#ivmPending.size === 0) this.#deliverOnFastPath(this.#fastPathMs);
+    if (this.lost || (this.#answers.length === 0 && !this.#collect)) return;
     const answers = this.#answers;
     this.#answers = [];
     this.#collect = false;
@@ -594,7 +672,9 @@ export class IsolateSlot {
     for (const owner of owners) { const a = this.#awaiting.get(owner); if (a) hooks |= hookBit(a.hook); }
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hooks);
     try {
-      const wire = await this.#track(this.#deliver.apply(undefined, [JSON.stringify(answers)], { timeout: timeoutMs, result: { promise: true } }));
+      slotEntries.isolateThread++;
+      const taken = this.#takeBoxFlag();
+      const wire = await this.#track(this.#deliver.apply(undefined, [JSON.stringify(answers), false, taken], { timeout: timeoutMs, result: { promise: true } }));
       this.#settleTaken(wire);
     } catch (e) {
       if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
@@ -607,13 +687,124 @@ export class IsolateSlot {
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
   }
 
-  /** Settle the calls whose outcomes takeSettled() gave (JSON by call id). */
+  /**
+   * Deliver the answers to fast-path calls (and forget those refused) in one entry on this thread, within
+   * `fastPathMs`: the continuations after `await` run here, as the calls' first parts did, and the outcomes
+   * that settle come out with the entry (SettledBox). Answers to other owners stay in #answers. An entry
+   * stopped at the budget (a continuation that loops or is slow) runs every fast-path call it may have run
+   * again from the start on an isolate thread (RunAgain: their journals answer what they had started, see
+   * operation-journal.ts); what it left queued is run refused (#drainLeftovers), or the isolate is given up.
+   * Any other failure (memory) loses the isolate, as a delivery on an isolate thread does.
+   */
+  #deliverOnFastPath(fastPathMs: number): void {
+    const fast: AnswerWire = [];
+    const rest: AnswerWire = [];
+    const owners = new Set<number>();
+    for (const answer of this.#answers) {
+      const owner = this.#opOwners.get(answer[0]);
+      if (owner === undefined) {
+        fast.push(answer); // refused ([opId, 2]): forgotten in the isolate, nothing runs
+        continue;
+      }
+      if (owner < 0 || this.#awaiting.get(owner)?.resolve === undefined) {
+        rest.push(answer);
+        continue;
+      }
+      this.#opOwners.delete(answer[0]);
+      owners.add(owner);
+      fast.push(answer);
+    }
+    if (fast.length === 0 && !this.#collect) return;
+    this.#answers = rest;
+    this.#collect = false;
+    // The fast-path calls whose code may run in this entry: those answered, and those waiting for no answer
+    // (they await something else, which may settle here).
+    const waitingFor = new Set(this.#opOwners.values());
+    const touched = new Set(owners);
+    let hooks = 0;
+    for (const [id, waiting] of this.#awaiting) {
+      if (waiting.resolve === undefined) continue;
+      if (!waitingFor.has(id)) touched.add(id);
+      if (touched.has(id)) hooks |= hookBit(waiting.hook);
+    }
+    // Lines the continuations log are held until the entry is known to count (a stopped one runs again).
+    const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [], heldFor: [] };
+    this.#current = run;
+    const cpuBefore = threadCpuMicros();
+    runningCall.enter(this.#options.runningId ?? 0, hooks);
+    let settled: Record<string, string> | null = null;
+    let failure: unknown = null;
+    try {
+      slotEntries.eventLoop++;
+      const out = this.#deliver.applySync(undefined, [JSON.stringify(fast), true, this.#boxTaken], { timeout: fastPathMs, result: { copy: true } }) as unknown;
+      this.#boxTaken = true;
+      settled = unboxed(out).settled ?? {};
+    } catch (e) {
+      this.#boxTaken = false;
+      failure = e;
+      this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
+      if (isTimeout(e) && !this.#isolate.isDisposed) {
+        this.#refusing = true;
+        try {
+          if (!this.#drainLeftovers(fastPathMs)) abandon(this.#isolate);
+        } finally {
+          this.#refusing = false;
+        }
+      }
+    } finally {
+      runningCall.exit();
+      this.#current = null;
+    }
+    if (settled !== null) {
+      for (let i = 0; i < run.held!.length; i++) {
+        const who = this.#awaiting.get(run.heldFor![i]!);
+        this.#tell(who?.connectionId ?? null, who?.file ?? '(policy script)', run.held![i]!);
+      }
+      this.#settleTaken(settled);
+      return;
+    }
+    if (isTimeout(failure)) {
+      // Stopped at the budget. When its leftovers could not be drained, the isolate was given up: every
+      // fast-path call waiting on it runs again elsewhere.
+      const again = this.#isolate.isDisposed ? new Set([...this.#awaiting.keys()]) : touched;
+      this.#runAgain(again, this.#stoppedCpuMs);
+      if (!this.#isolate.isDisposed) return;
+    }
+    this.#failAwaiting(owners, failure, this.#options.timeoutMs);
+  }
+
+  /**
+   * The fast-path calls `ids` run again from the start on an isolate thread (their `later` rejects with
+   * RunAgain, which the pool handles); this attempt of each starts nothing more. The stop counts once per hook.
+   */
+  #runAgain(ids: ReadonlySet<number>, cpuMs: number): void {
+    const counted = new Set<HookName>();
+    for (const id of ids) {
+      const waiting = this.#awaiting.get(id);
+      if (waiting?.reject === undefined) continue;
+      this.#awaiting.delete(id);
+      this.#retire(id, true);
+      const overran = !counted.has(waiting.hook);
+      counted.add(waiting.hook);
+      waiting.reject(new RunAgain(overran, cpuMs));
+    }
+  }
+
+  /**
+   * Settle the calls whose outcomes takeSettled() gave (JSON by call id), or a SettledBox's record (by call
+   * id, each outcome's JSON text).
+   */
   #settleTaken(wire: unknown): void {
-    let done: Record<string, RunOutcome> = {};
-    try { done = typeof wire === 'string' ? JSON.parse(wire) as Record<string, RunOutcome> : {}; } catch { /* none */ }
-    for (const [id, outcome] of Object.entries(done)) {
+    let done: Record<string, unknown> = {};
+    try {
+      if (typeof wire === 'string') done = JSON.parse(wire) as Record<string, RunOutcome>;
+      else if (wire !== null && typeof wire === 'object') done = wire as Record<string, string>;
+    } catch { /* none */ }
+    for (const id of Object.keys(done)) {
       const waiting = this.#awaiting.get(Number(id));
       if (!waiting?.resolve) continue;
+      const item = done[id];
+      const outcome = typeof item === 'string' ? parseOutcome(item) : item as RunOutcome;
       this.#awaiting.delete(Number(id));
       this.#owners.delete(Number(id));
       try {
@@ -628,7 +819,11 @@ export class IsolateSlot {
   #failAwaiting(owners: ReadonlySet<number>, e: unknown, timeoutMs: number): void {
     const lostAlready = this.#isolate.isDisposed;
     for (const [id, waiting] of this.#awaiting) {
-      if (!waiting.reject) continue;
+      // A call run on an isolate thread fails there, with its isolate: as its continuation did, when it was one of these.
+      if (!waiting.reject) {
+        if (owners.has(id)) this.#failedWith.set(id, e);
+        continue;
+      }
       this.#awaiting.delete(id);
       this.#retire(id, true);
       waiting.reject(owners.has(id) || lostAlready
@@ -678,15 +873,19 @@ export class IsolateSlot {
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     this.#owners.set(callId, journal.attempt());
     try {
-      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#track(this.#run.apply(undefined, [calls, true, 0], { timeout: timeoutMs, result: { promise: true } })));
+      slotEntries.isolateThread++;
+      wire = await this.#onIsolateThread(hook, file, connectionId, timeoutMs, () => this.#track(this.#run.apply(undefined, [calls, true, 0, this.#takeBoxFlag()], { timeout: timeoutMs, result: { promise: true } })));
     } catch (e) {
       this.#awaiting.delete(callId);
       this.#retire(callId, true);
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
-      throw this.#callFailure(hook, file, e, timeoutMs);
+      const cause = this.#failedWith.get(callId) ?? e;
+      this.#failedWith.delete(callId);
+      throw this.#callFailure(hook, file, cause, timeoutMs);
     }
+    this.#failedWith.delete(callId);
     this.#awaiting.delete(callId);
     this.#owners.delete(callId);
     const entry = this.#entries(wire)[0];
@@ -873,12 +1072,13 @@ export class IsolateSlot {
       return new ScriptFailure('timeout', hook, file, null, null, `did not finish within ${watchdogDelay(timeoutMs)} ms (a returned promise never settled)`);
     }
     if (this.#disposedByUs) return new ScriptFailure('error', hook, file, null, null, 'the sandbox was disposed during the call');
-    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
-      return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
-    }
-    if (isTimeout(e)) {
+    // A timeout first: a delivery that timed out gives its isolate up, and the call it ran fails as it did.
+    if (isTimeout(e) && !isMemoryLimit(e)) {
       const p = e instanceof Error ? frameIn(String(e.stack), file) : null;
       return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${timeoutMs} ms`);
+    }
+    if (this.#isolate.isDisposed || isMemoryLimit(e)) {
+      return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
     }
     return new ScriptFailure('error', hook, file, null, null, message);
   }

@@ -8,7 +8,7 @@ import { ScriptErrors, ScriptFailure, type FailureKind } from './errors.ts';
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
 import { FastPathPolicy, type FastPathStats } from './fast-path-policy.ts';
 import { OperationJournal } from './operation-journal.ts';
-import { IsolateSlot, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
+import { IsolateSlot, RunAgain, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
 import { reportAbandonedRunning } from './unrecoverable.ts';
 
@@ -436,7 +436,13 @@ export class Sandbox {
         else if ('later' in s) {
           // Its promise waits for host operations (a store): the slot serves other calls meanwhile.
           q.cancel = s.cancel;
-          s.later.then(q.resolve, (e: unknown) => failed(q, e));
+          s.later.then(q.resolve, (e: unknown) => {
+            if (!(e instanceof RunAgain)) return failed(q, e);
+            // The fast-path entry that delivered its answers was stopped (or its isolate lost): from the start, alone.
+            q.cancel = undefined;
+            if (e.overran) this.#policy.overran(q.hook, e.cpuMs);
+            void this.#invokeAlone(q, 0, e.overran);
+          });
         } else q.resolve(s.value);
       }
     }

@@ -1,0 +1,138 @@
+/**
+ * Where an awaited host operation's continuation runs, counted in isolate entries (engine/sandbox/isolate-slot.ts
+ * `slotEntries`), not time: a store that answers at once settles the call within its own entry; answers that
+ * come later are delivered to fast-path calls on the event-loop thread, all of one turn in one entry. A delivery
+ * stopped at the fast path's budget runs its calls again from the start on an isolate thread, where their
+ * journals answer what they had started: each operation counts once, and a continuation that never ends fails
+ * closed as a timeout there.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
+import { slotEntries } from '../../engine/sandbox/isolate-slot.ts';
+import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
+import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
+
+/** A memory store whose answers wait until the test releases them; `started` counts the operations asked of it. */
+function heldStore() {
+  const memory = new MemoryCounterStore();
+  const held: Array<() => void> = [];
+  let wanted: { n: number; resolve(): void } | null = null;
+  const counts = { started: 0 };
+  const hold = <T>(value: () => T): Promise<T> => new Promise<T>((resolve) => {
+    counts.started++;
+    held.push(() => resolve(value()));
+    if (wanted && held.length >= wanted.n) wanted.resolve();
+  });
+  const store: CounterStore = {
+    kind: 'held',
+    rate: (k, l, w) => hold(() => memory.rateNow(k, l, w)),
+    get: (k) => hold(() => memory.getNow(k)),
+    add: (k, n, t) => hold(() => memory.addNow(k, n, t)),
+    authFailures: () => memory.authFailures(),
+    close: () => Promise.resolve(),
+  };
+  return {
+    store, counts,
+    until: (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => { wanted = { n, resolve }; })),
+    /** Answer every operation waiting now, in one turn (they are delivered together). */
+    answerAll(): void { for (const answer of held.splice(0)) answer(); },
+  };
+}
+
+const entriesSince = (before: typeof slotEntries) => ({
+  eventLoop: slotEntries.eventLoop - before.eventLoop,
+  isolateThread: slotEntries.isolateThread - before.isolateThread,
+});
+
+const RATE = `export default async (ctx) => {
+  const r = await rate('k' + ctx.n, 10, 60);
+  log('after', ctx.n, r.count);
+  return accept({ text: ctx.n + ':' + r.count });
+}`;
+
+test('await rate() on a store that answers at once settles the calls within their own entry', async () => {
+  // A budget no loaded machine uses up: this test is about where calls run, not about stops.
+  await withSandbox({ host: { ...recordingHost(), store: new MemoryCounterStore() }, fastPathMs: 1000, scripts: [js('mailfrom', RATE)] }, async (sandbox) => {
+    const before = { ...slotEntries };
+    const replies = await Promise.all(Array.from({ length: 10 }, (_, n) => sandbox.invoke('mailfrom', { n }, `c${n}`)));
+    assert.deepEqual(replies.map((r) => (r as { text: string }).text), Array.from({ length: 10 }, (_, n) => `${n}:1`));
+    assert.deepEqual(entriesSince(before), { eventLoop: 1, isolateThread: 0 });
+  });
+});
+
+test('answers that come later are delivered to fast-path calls on the event-loop thread, those of one turn in one entry', async () => {
+  const held = heldStore();
+  const host = { ...recordingHost(), store: held.store };
+  await withSandbox({ host, fastPathMs: 1000, scripts: [js('mailfrom', RATE)] }, async (sandbox) => {
+    const before = { ...slotEntries };
+    const calls = Array.from({ length: 10 }, (_, n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
+    await held.until(10);
+    held.answerAll();
+    const replies = await Promise.all(calls);
+    assert.deepEqual(replies.map((r) => (r as { text: string }).text), Array.from({ length: 10 }, (_, n) => `${n}:1`));
+    assert.deepEqual(entriesSince(before), { eventLoop: 2, isolateThread: 0 }, 'one entry for the calls, one for the answers');
+    // The continuations' log lines name their own calls' connections.
+    for (let n = 0; n < 10; n++) assert.ok(host.logs.some((l) => l.connectionId === `c${n}` && l.message === `after ${n} 1`), `line of c${n}`);
+  });
+});
+
+test('a delivery stopped at the fast path\'s budget runs its calls again on an isolate thread; each operation counts once', async () => {
+  const held = heldStore();
+  const host = { ...recordingHost(), store: held.store };
+  // Call 0's continuation spins on its first attempt in an isolate only (counted work, far past a 1 ms budget):
+  // the entry delivering both answers is stopped, and both calls run again from the start. (On a loaded machine
+  // the stop may come elsewhere, or late: what holds whatever the timing is asserted.) Two isolates: a call run
+  // on an isolate thread from the start holds its isolate while it waits for the answer the test holds back.
+  const script = `export default async (ctx) => {
+    const r = await rate('k' + ctx.n, 10, 60);
+    if (ctx.n === 0 && !globalThis.spun) { globalThis.spun = true; let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
+    log('after', ctx.n, r.count);
+    return accept({ text: ctx.n + ':' + r.count });
+  }`;
+  await withSandbox({ host, fastPathMs: 1, timeoutMs: 10_000, isolates: 2, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    const calls = [0, 1].map((n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
+    await held.until(2);
+    held.answerAll();
+    assert.deepEqual((await Promise.all(calls)).map((r) => (r as { text: string }).text), ['0:1', '1:1']);
+    assert.equal(held.counts.started, 2, 'the re-runs took their answers from the journal');
+    // The stopped attempt's lines are dropped; each call logged once, from its run that counted.
+    for (const n of [0, 1]) assert.equal(host.logs.filter((l) => l.message === `after ${n} 1`).length, 1);
+  });
+});
+
+test('a continuation that never ends after await is stopped on the fast path and fails closed on an isolate thread, counted once', async () => {
+  const held = heldStore();
+  const host = { ...recordingHost(), store: held.store };
+  const script = `export default async (ctx) => {
+    const r = await rate('k', 10, 60);
+    if (ctx.loop) while (true) {}
+    return accept({ text: String(r.count) });
+  }`;
+  await withSandbox({ host, fastPathMs: 1, timeoutMs: 300, isolates: 2, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    const looping = sandbox.invoke('mailfrom', { loop: true }, 'looper');
+    await held.until(1);
+    held.answerAll();
+    await assert.rejects(looping, (e: unknown) => e instanceof ScriptFailure && e.kind === 'timeout');
+    assert.equal(held.counts.started, 1);
+    // The pool serves store-awaiting calls again.
+    const after = sandbox.invoke('mailfrom', {}, 'after');
+    await held.until(1);
+    held.answerAll();
+    assert.deepEqual(await after, { verdict: 'accept', text: '2' });
+    assert.equal(held.counts.started, 2);
+  });
+});
+
+test('a script that replaces the array iterator does not break the delivery of answers (its own or others\')', async () => {
+  const held = heldStore();
+  const script = `Array.prototype[Symbol.iterator] = function () { throw new Error('patched'); };
+  ${RATE}`;
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    const calls = [0, 1].map((n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
+    await held.until(2);
+    held.answerAll();
+    assert.deepEqual((await Promise.all(calls)).map((r) => (r as { text: string }).text), ['0:1', '1:1']);
+  });
+});
