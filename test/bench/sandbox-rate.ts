@@ -16,7 +16,7 @@ import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { authContext, js, recordingHost } from '../sandbox/helpers/sandbox-fixtures.ts';
+import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { median } from './measure.ts';
 
 const BATCH = Number(process.env.BATCH ?? 10);

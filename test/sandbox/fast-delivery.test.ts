@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { slotEntries } from '../../engine/sandbox/isolate-slot.ts';
 import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
-import { js, recordingHost } from './helpers/sandbox-fixtures.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
 /** A memory store whose answers wait until the test releases them; `started` counts the operations asked of it. */
