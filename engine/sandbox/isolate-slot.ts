@@ -212,6 +212,10 @@ export class IsolateSlot {
   #delivering = false;
   /** Outcomes may be waiting in the isolate without an answer to deliver (takeSettled failed). */
   #collect = false;
+  /** The calls of a batch whose promises were pending at its end: its continuations' operations go under its tag. */
+  readonly #tagCalls = new Map<number, readonly number[]>();
+  /** Set while a script's top level runs: operations started outside any call are its own. */
+  #loading = false;
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
   readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
@@ -388,6 +392,7 @@ export class IsolateSlot {
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
     if (promisedCalls.length && !stopped) this.#settleAtOnce(entries, ids, fastPathMs);
+    if (shared && promisedCalls.length && !stopped) this.#rememberTag(tag, ids);
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
@@ -574,10 +579,13 @@ export class IsolateSlot {
     this.#answers = [];
     this.#collect = false;
     const owners = new Set<number>();
-    for (const [opId] of answers) {
+    for (let i = 0; i < answers.length; i++) {
+      const opId = answers[i]![0];
       const owner = this.#opOwners.get(opId);
       this.#opOwners.delete(opId);
-      if (owner !== undefined) owners.add(owner);
+      if (owner === undefined) continue;
+      if (this.#waits(owner)) owners.add(owner);
+      else answers[i] = [opId, 2, '']; // forgotten in the isolate: the code waiting for it never resumes
     }
     this.#delivering = true;
     const { timeoutMs } = this.#options;
@@ -605,6 +613,27 @@ export class IsolateSlot {
     }
     if (this.#answers.length || this.#collect) this.#scheduleFlush();
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
+  }
+
+  /**
+   * Whether code that started an operation under `owner` may resume with its answer: a call that has not ended,
+   * a batch one of whose calls has not (its tag), or a top level being loaded. Code a call left running after
+   * its verdict (a promise it did not wait for) may not: a loop of \`await counter().add()\` would otherwise go
+   * on for as long as answers came, outside any call's deadline and past the operations allowed per call.
+   */
+  #waits(owner: number): boolean {
+    if (owner >= 0) return this.#awaiting.has(owner);
+    if (owner === -1) return this.#loading; // else code that ran past its call's turns (see QUIET_TURNS)
+    const calls = this.#tagCalls.get(owner);
+    if (calls?.some((id) => this.#awaiting.has(id))) return true;
+    this.#tagCalls.delete(owner);
+    return false;
+  }
+
+  /** Batches remembered by tag at most (oldest forgotten first; by then their calls are long over). */
+  #rememberTag(tag: number, ids: readonly number[]): void {
+    this.#tagCalls.set(tag, ids);
+    if (this.#tagCalls.size > 4096) this.#tagCalls.delete(this.#tagCalls.keys().next().value!);
   }
 
   /** Settle the calls whose outcomes takeSettled() gave (JSON by call id). */
@@ -742,6 +771,7 @@ export class IsolateSlot {
     }
     this.#opOwners.clear();
     this.#owners.clear();
+    this.#tagCalls.clear();
     this.#inFlight.clear();
     this.#answers = [];
     return quietAfter(this.#ivmPending);
@@ -824,6 +854,7 @@ export class IsolateSlot {
     const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
+      this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
       await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
@@ -836,6 +867,7 @@ export class IsolateSlot {
       return this.#topLevelError(file, e);
     } finally {
       this.#current = null;
+      this.#loading = false;
     }
     const namespace = module.namespace;
     const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
