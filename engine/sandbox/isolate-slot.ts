@@ -214,8 +214,6 @@ export class IsolateSlot {
   #collect = false;
   /** The calls of a batch whose promises were pending at its end: its continuations' operations go under its tag. */
   readonly #tagCalls = new Map<number, readonly number[]>();
-  /** Set while a script's top level runs: operations started outside any call are its own. */
-  #loading = false;
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
   readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
@@ -617,13 +615,15 @@ export class IsolateSlot {
 
   /**
    * Whether code that started an operation under `owner` may resume with its answer: a call that has not ended,
-   * a batch one of whose calls has not (its tag), or a top level being loaded. Code a call left running after
-   * its verdict (a promise it did not wait for) may not: a loop of \`await counter().add()\` would otherwise go
-   * on for as long as answers came, outside any call's deadline and past the operations allowed per call.
+   * or a batch one of whose calls has not (its tag). Code a call left running after its verdict (a promise it
+   * did not wait for) may not: a loop of \`await counter().add()\` would otherwise go on for as long as answers
+   * came, outside any call's deadline and past the operations allowed per call. Code nobody can be named for
+   * (-1: a top level, or a continuation that outran QUIET_TURNS in isolate-runtime.ts) still resumes: a call's
+   * own continuation may be among it, and it would hang until its deadline.
    */
   #waits(owner: number): boolean {
     if (owner >= 0) return this.#awaiting.has(owner);
-    if (owner === -1) return this.#loading; // else code that ran past its call's turns (see QUIET_TURNS)
+    if (owner === -1) return true;
     const calls = this.#tagCalls.get(owner);
     if (calls?.some((id) => this.#awaiting.has(id))) return true;
     this.#tagCalls.delete(owner);
@@ -854,7 +854,6 @@ export class IsolateSlot {
     const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
-      this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
       await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
@@ -867,7 +866,6 @@ export class IsolateSlot {
       return this.#topLevelError(file, e);
     } finally {
       this.#current = null;
-      this.#loading = false;
     }
     const namespace = module.namespace;
     const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
