@@ -214,6 +214,10 @@ export class IsolateSlot {
   #collect = false;
   /** The calls of a batch whose promises were pending at its end: its continuations' operations go under its tag. */
   readonly #tagCalls = new Map<number, readonly number[]>();
+  /** Set while a script's top level runs. */
+  #loading = false;
+  /** Operations a top level started: their answers come after its load (which does not wait for them), to code no call owns. */
+  readonly #topLevelOps = new Set<number>();
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
   readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
@@ -536,6 +540,7 @@ export class IsolateSlot {
   /** A host operation started for call `callId` (host-operations.ts): its answer is delivered when it comes. */
   #started(opId: number, callId: number, answer: Promise<string>): void {
     this.#opOwners.set(opId, callId);
+    if (this.#loading) this.#topLevelOps.add(opId);
     this.#inFlight.set(callId, (this.#inFlight.get(callId) ?? 0) + 1);
     answer.then(
       (text) => this.#answered(opId, 1, String(text)),
@@ -582,7 +587,8 @@ export class IsolateSlot {
       const owner = this.#opOwners.get(opId);
       this.#opOwners.delete(opId);
       if (owner === undefined) continue;
-      if (this.#waits(owner)) owners.add(owner);
+      if (this.#topLevelOps.delete(opId)) answers[i] = [opId, 2, '']; // a top level's code left running (a poller)
+      else if (this.#waits(owner)) owners.add(owner);
       else answers[i] = [opId, 2, '']; // forgotten in the isolate: the code waiting for it never resumes
     }
     this.#delivering = true;
@@ -617,9 +623,9 @@ export class IsolateSlot {
    * Whether code that started an operation under `owner` may resume with its answer: a call that has not ended,
    * or a batch one of whose calls has not (its tag). Code a call left running after its verdict (a promise it
    * did not wait for) may not: a loop of \`await counter().add()\` would otherwise go on for as long as answers
-   * came, outside any call's deadline and past the operations allowed per call. Code nobody can be named for
-   * (-1: a top level, or a continuation that outran QUIET_TURNS in isolate-runtime.ts) still resumes: a call's
-   * own continuation may be among it, and it would hang until its deadline.
+   * came, outside any call's deadline and past the operations allowed per call; nor may a top level's (see
+   * #topLevelOps). Other code nobody can be named for (-1: a continuation that outran QUIET_TURNS in
+   * isolate-runtime.ts) still resumes: a call's own continuation may be among it, and would hang until its deadline.
    */
   #waits(owner: number): boolean {
     if (owner >= 0) return this.#awaiting.has(owner);
@@ -665,6 +671,7 @@ export class IsolateSlot {
         : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
     }
     this.#opOwners.clear();
+    this.#topLevelOps.clear();
     this.#inFlight.clear();
     this.#answers = [];
     abandon(this.#isolate);
@@ -772,6 +779,7 @@ export class IsolateSlot {
     this.#opOwners.clear();
     this.#owners.clear();
     this.#tagCalls.clear();
+    this.#topLevelOps.clear();
     this.#inFlight.clear();
     this.#answers = [];
     return quietAfter(this.#ivmPending);
@@ -854,6 +862,7 @@ export class IsolateSlot {
     const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
+      this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
       await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
@@ -866,6 +875,7 @@ export class IsolateSlot {
       return this.#topLevelError(file, e);
     } finally {
       this.#current = null;
+      this.#loading = false;
     }
     const namespace = module.namespace;
     const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;

@@ -65,3 +65,15 @@ for (const mode of ['detached', 'deferred'] as const) {
     });
   });
 }
+
+test('a loop of host operations a top level leaves running (a background poller) stops at its first await', async () => {
+  const s = laterStore();
+  const script = `
+    (async () => { for (;;) await counter('poll').add(1, 60); })(); // without timers, it would spin on the store
+    export default async (ctx) => { const r = await rate('r' + ctx.n, 100, 60); return accept({ text: '1 ' + r.count }); };`;
+  await withSandbox({ host: { ...recordingHost(), store: s.store }, isolates: 1, timeoutMs: 5000, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    for (let n = 0; n < 20; n++) assert.deepEqual(await sandbox.invoke('mailfrom', { n }, `c${n}`), { verdict: 'accept', text: '1 1' });
+    assert.equal(s.counter('poll'), 1, 'the poller never went round again');
+    assert.equal(s.counted.ops, 21);
+  });
+});
