@@ -28,6 +28,11 @@ listeners:
     reverseDns: false
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
     limits: { greetingDelayMs: 0 }
+  - name: implicit
+    listen: 127.0.0.1:0
+    reverseDns: false
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0 }
 `,
     // A script on the way: the replies wait for its calls, which finish after the client's FIN.
     scripts: { 'rcptto.ts': 'export default (ctx) => ctx.address.localPart === "nobody" ? reject("No such user", { code: 550, enhanced: "5.1.1" }) : undefined' },
@@ -50,9 +55,9 @@ async function repliesUntilClosed(c: SmtpTestClient): Promise<Reply[]> {
 
 const TRANSACTION = 'MAIL FROM:<a@example.org>\r\nRCPT TO:<nobody@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: half\r\n\r\nhi\r\n.\r\n';
 
-for (const listener of ['mx', 'tls'] as const) {
+for (const listener of ['mx', 'tls', 'implicit'] as const) {
   test(`${listener}: a pipelined transaction and QUIT, then FIN: every reply arrives, the message is spooled once, then the server closes`, async () => {
-    const c = await SmtpTestClient.connect(server.port(listener));
+    const c = await SmtpTestClient.connect(server.port(listener), listener === 'implicit' ? { implicitTls: { ca } } : {});
     await c.hello(listener === 'tls' ? { starttls: { ca } } : {});
     c.socket.end(`${TRANSACTION}QUIT\r\n`);
     const replies = await repliesUntilClosed(c);
