@@ -878,7 +878,16 @@ export class IsolateSlot {
       this.#loading = false;
     }
     const namespace = module.namespace;
-    const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
+    let fn: ivm.Reference<(ctx: unknown) => unknown>;
+    try {
+      fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
+    } catch {
+      // The default export is not yet defined: the top level still waits (a store or DNS answer, which comes
+      // only to calls: see #topLevelOps). isolated-vm's own error named neither the file nor the reason.
+      namespace.release();
+      return at({ line: 1, column: 1 }, 'top level has not finished: it still waits for a promise, and the default export is not defined yet ' +
+        '(a top level can wait for rate(), counter(), dns.resolve() or dnsbl() only where they answer at once: the memory store)');
+    }
     namespace.release(); // no handle outlives its use (see #releaseHandles)
     if (fn.typeof !== 'function') {
       const what = fn.typeof === 'undefined' ? 'has no default export' : `exports ${/^[aeiou]/.test(fn.typeof) ? 'an' : 'a'} ${fn.typeof} as default`;

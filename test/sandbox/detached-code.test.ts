@@ -77,3 +77,12 @@ test('a loop of host operations a top level leaves running (a background poller)
     assert.equal(s.counted.ops, 21);
   });
 });
+
+test('a top level that awaits a store answering later fails its load with a clear error naming the file', async () => {
+  const s = laterStore();
+  await assert.rejects(withSandbox({ host: { ...recordingHost(), store: s.store }, isolates: 1, scripts: [js('helo', 'const n = await counter("x").get();\nexport default () => accept({ text: String(n) });')] }, async () => {}),
+    (e: unknown) => {
+      assert.match(String(e), /helo\.js:1:1: top level has not finished: it still waits for a promise/);
+      return true;
+    });
+});
