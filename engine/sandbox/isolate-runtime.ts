@@ -468,9 +468,16 @@ export function installRuntime(
     }
   }
 
-  /** A failed outcome as JSON (see RunOutcome). */
+  /**
+   * A failed outcome as JSON (see RunOutcome). A failure is logged for every call, so its text is held to a log
+   * line's length, as log()'s are: `throw 'x'.repeat(2e7)` sent 20 MB to the host, parsed and logged per call.
+   * The stack keeps its end, where the frames that locate the throw are (its start repeats the message).
+   */
   const failure = (name: string, message: string, stack: string): string =>
-    '{"ok":false,"error":{"name":' + quote(name) + ',"message":' + quote(message) + ',"stack":' + quote(stack) + '}}';
+    '{"ok":false,"error":{"name":' + quote(clip(name)) + ',"message":' + quote(clip(message)) +
+    ',"stack":' + quote(stack.length > MAX_LOG ? apply(slice, stack, [stack.length - MAX_LOG]) as string : stack) + '}}';
+  const clip = (text: string): string =>
+    (text.length > MAX_LOG ? `${apply(slice, text, [0, MAX_LOG]) as string}… (${text.length - MAX_LOG} more characters)` : text);
 
   function failed(error: unknown): string {
     try {

@@ -260,6 +260,12 @@ export class IsolateSlot {
   readonly #failedWith = new Map<number, unknown>();
   /** Outcomes may be waiting in the isolate without an answer to deliver (takeSettled failed). */
   #collect = false;
+  /** The calls of a batch whose promises were pending at its end: its continuations' operations go under its tag. */
+  readonly #tagCalls = new Map<number, readonly number[]>();
+  /** Set while a script's top level runs. */
+  #loading = false;
+  /** Operations a top level started: their answers come after its load (which does not wait for them), to code no call owns. */
+  readonly #topLevelOps = new Set<number>();
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
   readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
@@ -451,6 +457,7 @@ export class IsolateSlot {
     const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
     const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
     if (settledNow !== null) this.#fillSettled(entries, ids, settledNow);
+    if (shared && promisedCalls.length && !stopped) this.#rememberTag(tag, ids);
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
@@ -606,6 +613,7 @@ export class IsolateSlot {
   /** A host operation started for call `callId` (host-operations.ts): its answer is delivered when it comes. */
   #started(opId: number, callId: number, answer: Promise<string>): void {
     this.#opOwners.set(opId, callId);
+    if (this.#loading) this.#topLevelOps.add(opId);
     this.#inFlight.set(callId, (this.#inFlight.get(callId) ?? 0) + 1);
     answer.then(
       (text) => this.#answered(opId, 1, String(text)),
@@ -652,10 +660,14 @@ export class IsolateSlot {
     this.#answers = [];
     this.#collect = false;
     const owners = new Set<number>();
-    for (const [opId] of answers) {
+    for (let i = 0; i < answers.length; i++) {
+      const opId = answers[i]![0];
       const owner = this.#opOwners.get(opId);
       this.#opOwners.delete(opId);
-      if (owner !== undefined) owners.add(owner);
+      if (owner === undefined) continue;
+      if (this.#topLevelOps.delete(opId)) answers[i] = [opId, 2, '']; // a top level's code left running (a poller)
+      else if (this.#waits(owner)) owners.add(owner);
+      else answers[i] = [opId, 2, '']; // forgotten in the isolate: the code waiting for it never resumes
     }
     this.#delivering = true;
     const { timeoutMs } = this.#options;
@@ -791,6 +803,29 @@ export class IsolateSlot {
   }
 
   /**
+   * Whether code that started an operation under `owner` may resume with its answer: a call that has not ended,
+   * or a batch one of whose calls has not (its tag). Code a call left running after its verdict (a promise it
+   * did not wait for) may not: a loop of \`await counter().add()\` would otherwise go on for as long as answers
+   * came, outside any call's deadline and past the operations allowed per call; nor may a top level's (see
+   * #topLevelOps). Other code nobody can be named for (-1: a continuation that outran QUIET_TURNS in
+   * isolate-runtime.ts) still resumes: a call's own continuation may be among it, and would hang until its deadline.
+   */
+  #waits(owner: number): boolean {
+    if (owner >= 0) return this.#awaiting.has(owner);
+    if (owner === -1) return true;
+    const calls = this.#tagCalls.get(owner);
+    if (calls?.some((id) => this.#awaiting.has(id))) return true;
+    this.#tagCalls.delete(owner);
+    return false;
+  }
+
+  /** Batches remembered by tag at most (oldest forgotten first; by then their calls are long over). */
+  #rememberTag(tag: number, ids: readonly number[]): void {
+    this.#tagCalls.set(tag, ids);
+    if (this.#tagCalls.size > 4096) this.#tagCalls.delete(this.#tagCalls.keys().next().value!);
+  }
+
+  /**
    * Settle the calls whose outcomes takeSettled() gave (JSON by call id), or a SettledBox's record (by call
    * id, each outcome's JSON text).
    */
@@ -831,6 +866,7 @@ export class IsolateSlot {
         : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
     }
     this.#opOwners.clear();
+    this.#topLevelOps.clear();
     this.#inFlight.clear();
     this.#answers = [];
     abandon(this.#isolate);
@@ -941,6 +977,8 @@ export class IsolateSlot {
     }
     this.#opOwners.clear();
     this.#owners.clear();
+    this.#tagCalls.clear();
+    this.#topLevelOps.clear();
     this.#inFlight.clear();
     this.#answers = [];
     return quietAfter(this.#ivmPending);
@@ -1023,6 +1061,7 @@ export class IsolateSlot {
     const limit = topLevelTimeout(this.#options.timeoutMs);
     try {
       this.#current = { connectionId: null, file };
+      this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
       await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
@@ -1035,9 +1074,19 @@ export class IsolateSlot {
       return this.#topLevelError(file, e);
     } finally {
       this.#current = null;
+      this.#loading = false;
     }
     const namespace = module.namespace;
-    const fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
+    let fn: ivm.Reference<(ctx: unknown) => unknown>;
+    try {
+      fn = await this.#track(namespace.get('default', { reference: true })) as ivm.Reference<(ctx: unknown) => unknown>;
+    } catch {
+      // The default export is not yet defined: the top level still waits (a store or DNS answer, which comes
+      // only to calls: see #topLevelOps). isolated-vm's own error named neither the file nor the reason.
+      namespace.release();
+      return at({ line: 1, column: 1 }, 'top level has not finished: it still waits for a promise, and the default export is not defined yet ' +
+        '(a top level can wait for rate(), counter(), dns.resolve() or dnsbl() only where they answer at once: the memory store)');
+    }
     namespace.release(); // no handle outlives its use (see #releaseHandles)
     if (fn.typeof !== 'function') {
       const what = fn.typeof === 'undefined' ? 'has no default export' : `exports ${/^[aeiou]/.test(fn.typeof) ? 'an' : 'a'} ${fn.typeof} as default`;

@@ -8,7 +8,7 @@ import { metrics } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
-import type net from 'node:net';
+import net from 'node:net';
 import { isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
@@ -36,6 +36,24 @@ const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', '
  * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
  */
 const RECIPIENT_OVERSHOOT = 1000;
+
+const socketReadyState = Object.getOwnPropertyDescriptor(net.Socket.prototype, 'readyState')!.get!;
+
+/**
+ * Keep our side of `socket` open after the client's FIN, for the replies still due (see _createParser). smtp-server
+ * writes a reply only to a socket whose readyState is 'open', and a socket the client half-closed is 'writeOnly':
+ * to smtp-server, that is open.
+ */
+function keepAnsweringAfterFin(socket: net.Socket): void {
+  socket.allowHalfOpen = true;
+  Object.defineProperty(socket, 'readyState', {
+    configurable: true,
+    get(this: net.Socket) {
+      const state = socketReadyState.call(this) as string;
+      return state === 'writeOnly' ? 'open' : state;
+    },
+  });
+}
 
 /** What a connection uses of its listener (PosternServer). */
 export interface ListenerHost {
@@ -185,6 +203,21 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);
+  }
+
+  /**
+   * A client may shut its sending side (half-close) after its last command, as a pipelining client does after
+   * QUIT (`nc -N`). Node's default ended our side too at the client's FIN: the commands still queued were never
+   * answered, and a message among them was spooled while its 250 never left (the client then sends it again).
+   * Our side stays open until every command received has been answered, then closes (as Postfix does).
+   */
+  override _createParser(): ReturnType<SMTPConnection['_createParser']> {
+    const parser = super._createParser();
+    // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
+    parser.on('pipe', keepAnsweringAfterFin);
+    // 'finish': the client's input has ended and every command of it has been handled.
+    parser.once('finish', () => { if (this._parser === parser && !this._closing) this.close(); });
+    return parser;
   }
 
   /**

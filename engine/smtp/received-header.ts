@@ -29,10 +29,16 @@ const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
  * stay within RFC 5322's 998 characters, or the next hop breaks it where the client chose.
  */
 const MAX_NAME = 64;
-function certificateName(s: string): string {
-  if (s.length <= MAX_NAME) return clean(s);
-  return `${clean(Array.from(s).slice(0, MAX_NAME).join(''))}...`;
+function shortName(s: string, max = MAX_NAME): string {
+  if (s.length <= max) return clean(s);
+  return `${clean(Array.from(s).slice(0, max).join(''))}...`;
 }
+
+/**
+ * The logged-in name likewise: a client's AUTH username (up to 12 KB in one AUTH line), accepted by an auth
+ * script, or a script's accept({ username }) may be any length. 240 characters of up to 4 bytes fit one line.
+ */
+const MAX_USER = 240;
 
 /** The lines about the client, from "Received: from" to the authenticated sender, and the protocol name. */
 export function receivedClientPart(f: ReceivedClientFacts): { lines: string; protocol: string } {
@@ -47,12 +53,12 @@ export function receivedClientPart(f: ReceivedClientFacts): { lines: string; pro
     if (cert) {
       const cn = cert.subject.CN ?? cert.subject.dn;
       const issuer = cert.issuer.CN ?? cert.issuer.dn;
-      lines.push(`\t(Client CN "${certificateName(cn)}", Issuer "${certificateName(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
+      lines.push(`\t(Client CN "${shortName(cn)}", Issuer "${shortName(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
     } else {
       lines.push(st.certificateRequested ? '\t(Client did not present a certificate)' : '\t(No client certificate requested)');
     }
   }
-  if (st.user) lines.push(`\t(Authenticated sender: ${clean(st.user)})`);
+  if (st.user) lines.push(`\t(Authenticated sender: ${shortName(st.user, MAX_USER)})`);
   return { lines: lines.join('\r\n') + '\r\n', protocol };
 }
 

@@ -37,7 +37,7 @@ scripts: ./scripts
 users: ./users
 localDomains: [example.net]
 store:
-  redis: { url: "${redisUrl}", keyPrefix: "shared-test:", timeoutMs: 80 }
+  redis: { url: "${redisUrl}", keyPrefix: "shared-test:", timeoutMs: 1000 }
 sandbox: { timeoutMs: 2000 }
 listeners:
   - name: submit

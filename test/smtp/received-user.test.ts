@@ -1,0 +1,44 @@
+// The Received header's "(Authenticated sender: …)" line stays within RFC 5322's 998 characters whatever the
+// name: a client's own AUTH username (up to 12 KB in one AUTH line) that an auth script accepts, or a script's
+// accept({ username }) of any length, wrote a line of that length, which the next hop breaks where it likes
+// (as long certificate names did before: see client-certificates.test.ts).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+let server: TestServer;
+before(async () => {
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+users: ./users
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    reverseDns: false
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0 }
+`,
+    files: { users: '# none: the auth script decides\n' },
+    scripts: { 'auth.ts': 'export default (ctx) => ctx.auth.password === "script-name" ? accept({ username: "s".repeat(5000) + "@example.com" }) : accept()' },
+  });
+});
+after(() => server.stop());
+
+const plain = (user: string, password: string): string => `AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`;
+
+for (const [who, user, password] of [['the client', 'ü'.repeat(6000), 'pw'], ['the script', 'alice', 'script-name']] as const) {
+  test(`a ${who === 'the client' ? 'client\'s 12 KB username' : 'script\'s 5 KB username'}: every header line within 998 characters`, async () => {
+    const c = await SmtpTestClient.connect(server.port('sub'));
+    await c.hello();
+    assert.equal((await c.command(plain(user, password))).code, 235);
+    const r = await c.sendMail('a@example.org', ['b@example.com']);
+    assert.equal(r.code, 250, r.text);
+    await c.quit();
+    const message = (await server.runtime.spool.readMessage(/queued as (\S+)/.exec(r.text)![1]!)).toString('utf8');
+    const head = message.slice(0, message.indexOf('\r\n\r\n'));
+    for (const line of head.split('\r\n')) assert.ok(Buffer.byteLength(line) <= 998, `${Buffer.byteLength(line)} bytes: ${line.slice(0, 80)}…`);
+    assert.match(head, new RegExp(`\\(Authenticated sender: ${who === 'the client' ? 'ü' : 's'}{240}\\.\\.\\.\\)`));
+  });
+}
