@@ -144,7 +144,7 @@ listeners:
   } finally { await s.stop(); }
 });
 
-test('postern serve: a vanished scripts folder shows in `postern status` as a refused reload, and mail is still judged by its scripts', async () => {
+test('postern serve: a vanished or unreadable scripts folder shows in `postern status` as a refused reload, and mail is still judged by its scripts', async () => {
   const folder = await scriptsFolder({ 'mailfrom.ts': verdictScript('cluster v1') });
   const c = await startCluster({
     config: `
@@ -157,6 +157,8 @@ listeners:
     scripts: ${JSON.stringify(folder)}
     limits: { greetingDelayMs: 0 }
 `,
+    // Root reads anything: without these capabilities a folder of mode 000 gives the server EACCES, as it would a service user.
+    wrap: ['setpriv', '--bounding-set=-dac_override,-dac_read_search'],
   });
   try {
     const cfg = join(c.dir, 'postern.yaml');
@@ -175,12 +177,27 @@ listeners:
     await mkdir(folder);
     await writeFile(join(folder, 'mailfrom.ts'), verdictScript('cluster v2'));
     await c.waitFor('postern status to report the reload', async () => (await status()).code === 0);
-    await c.waitFor('the new scripts to decide', async () => {
+    const verdict = async (): Promise<string> => {
       const cl = await greeted(c);
       const r = await cl.command('MAIL FROM:<x@y.example>');
       await cl.quit();
-      return r.text === '550 5.7.1 cluster v2';
+      return r.text;
+    };
+    await c.waitFor('the new scripts to decide', async () => await verdict() === '550 5.7.1 cluster v2');
+
+    // Unreadable: a permission change may come with no file-system event, so SIGHUP asks for the reload.
+    await chmod(folder, 0);
+    process.kill(c.proc.pid!, 'SIGHUP');
+    const locked = await c.waitFor('postern status to report the unreadable folder', async () => {
+      const r = await status();
+      return r.code === 2 ? r : null;
     });
+    assert.match(locked.stdout, new RegExp(`listeners\\[0\\]\\.scripts: scripts folder ${folder} cannot be read \\(EACCES\\)`));
+    assert.equal(await verdict(), '550 5.7.1 cluster v2');
+    await chmod(folder, 0o755);
+    process.kill(c.proc.pid!, 'SIGHUP');
+    await c.waitFor('postern status to report the reload', async () => (await status()).code === 0);
+    assert.equal(await verdict(), '550 5.7.1 cluster v2');
   } finally {
     await c.stop();
     await rm(folder, { recursive: true, force: true });
