@@ -224,6 +224,9 @@ test('start and postern check: a named scripts folder that does not exist (or ca
     // Left out: the documented default, a folder that may be missing (the built-in rules apply).
     await writeFile(cfg, `dataDir: ./data\nlocalDomains: [example.com]\n${listener}`);
     assert.equal((await runCli(['check', '--config', cfg])).code, 0);
+    // The embedded default (`npm start`, no --config) names `./scripts` for show: missing in its working directory, it is no error.
+    const embedded = await runCli(['check'], { cwd: await mkdtemp(join(dir, 'cwd-')) });
+    assert.doesNotMatch(embedded.stderr, /scripts folder/, embedded.stderr);
 
     // Unreadable (EACCES): root reads anything, so the check runs without the capabilities that bypass permissions.
     await mkdir(join(dir, 'locked'));
