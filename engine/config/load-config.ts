@@ -16,7 +16,24 @@ export interface LoadedConfig {
   file: string;
   /** Folder that relative paths were resolved against. */
   baseDir: string;
+  /**
+   * The scripts folders the file names itself (resolved), with the key and where: such a folder must
+   * exist (policy/scripts-folders.ts). The default top-level `scripts` is not among them when the file
+   * leaves the key out, nor when the file is the embedded default.
+   */
+  scriptFolders?: readonly NamedFolder[];
 }
+
+export interface NamedFolder {
+  folder: string;
+  /** Key path, e.g. `listeners[0].scripts`. */
+  key: string;
+  line?: number;
+  column?: number;
+}
+
+/** The label of the built-in configuration (engine/config/default-config.ts), which names `scripts` for the docs' sake only. */
+export const EMBEDDED_DEFAULT = '(embedded default)';
 
 /** Parse and validate configuration text. `file` names it in messages; `baseDir` anchors relative paths. */
 export function parseConfig(text: string, file: string, baseDir: string): LoadedConfig {
@@ -46,7 +63,19 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   const config = resolvePaths(parsed.data, baseDir);
   const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: hideKeyMaterial(p.message) }));
   if (problems.length) throw new ConfigError(problems);
-  return { config, file, baseDir };
+  const scriptFolders = namedScriptFolders(config, file !== EMBEDDED_DEFAULT && doc.has('scripts')).map((f) => ({ ...f, key: keyPath(f.path), ...locate(f.path) }));
+  return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f) };
+}
+
+/** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */
+function namedScriptFolders(c: Config, topLevel: boolean): Array<{ folder: string; path: PropertyKey[] }> {
+  const out: Array<{ folder: string; path: PropertyKey[] }> = topLevel ? [{ folder: c.scripts, path: ['scripts'] }] : [];
+  c.listeners.forEach((l, i) => {
+    if (l.scripts) out.push({ folder: l.scripts, path: ['listeners', i, 'scripts'] });
+    if (l.shadowScripts) out.push({ folder: l.shadowScripts, path: ['listeners', i, 'shadowScripts'] });
+  });
+  c.policyServices.forEach((p, i) => { if (p.scripts) out.push({ folder: p.scripts, path: ['policyServices', i, 'scripts'] }); });
+  return out;
 }
 
 export function loadConfigFile(path: string): LoadedConfig {
@@ -97,6 +126,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     l.tls.caFiles = l.tls.caFiles.map(abs);
     l.tls.crlFiles = l.tls.crlFiles.map(abs);
     if (l.scripts) l.scripts = abs(l.scripts);
+    if (l.shadowScripts) l.shadowScripts = abs(l.shadowScripts);
   }
   for (const p of c.policyServices) {
     if (p.scripts) p.scripts = abs(p.scripts);

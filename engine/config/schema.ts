@@ -111,7 +111,7 @@ export const listenerSchema = z.strictObject({
   senderLogin: senderLoginSchema.describe('Which envelope senders a logged-in session may use (checked at MAIL FROM, before the mailfrom script).'),
   limits: limitsSchema,
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
-    .describe('Scripts folder for this listener only.'),
+    .describe('Scripts folder for this listener only. It must exist and be readable (an empty folder holds no scripts).'),
   shadowScripts: path().optional().meta({ defaultText: 'none' })
     .describe('A candidate scripts folder run beside the live one on this listener\'s traffic ("shadow mode"): after each live script call has decided, the same hook of this folder runs on the same context, off the client\'s path, in isolates of its own (never on the event-loop thread); a different verdict is logged and counted (`postern_shadow_calls_total`, `postern status`). It never changes a reply, spools or delivers; its errors and timeouts are counted, not fatal; calls beyond what its isolates can take are skipped and counted. Reloads like the live folder. A hook runs in shadow only where the live folder has a script for it. See [authoring.md](authoring.md#shadow-scripts).'),
   banner: z.string().optional().meta({ defaultText: '`Postern`' })
@@ -254,7 +254,7 @@ export const configSchema = z.strictObject({
     .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers.'),
   dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
   scripts: path().default('./scripts')
-    .describe('Default policy-script folder. A folder that does not exist holds no scripts, so the built-in rules apply.'),
+    .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),
   localDomains: z.array(z.string()).default([])
     .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively.'),
   users: path().optional()

@@ -23,6 +23,7 @@ import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import { checkDkimKeys } from '../delivery/dkim.ts';
 import type { Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from './generation.ts';
+import { checkScriptsFolder } from './scripts-folders.ts';
 
 export interface BuildOptions {
   /** Receives what scripts log from their top level, and the listeners' smtp-server logs. */
@@ -39,6 +40,11 @@ export interface BuildOptions {
   store?: CounterStore;
   /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
   addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
+  /**
+   * A reload: the scripts folders the generation in force read (its scriptFolders). One of them gone is
+   * refused even where a start would take its absence as "no scripts" (the default top-level `scripts`).
+   */
+  scriptFoldersInForce?: ReadonlySet<string>;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -111,9 +117,15 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       },
     });
   };
+  // A configured folder that is gone or unreadable is refused, never taken for "no scripts" (scripts-folders.ts).
+  const present = new Set<string>();
+  const folderThere = async (dir: string): Promise<void> => {
+    if (await checkScriptsFolder(dir, loaded, options.scriptFoldersInForce) === 'present') present.add(dir);
+  };
   for (const dir of dirs) {
     progress.step = `the scripts in ${dir}`;
     try {
+      await folderThere(dir);
       sandboxes.set(dir, await sandboxOf(dir, false));
     } catch (err) {
       failed(err);
@@ -124,6 +136,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const dir of new Set(config.listeners.flatMap((l) => (l.shadowScripts ? [l.shadowScripts] : [])))) {
     progress.step = `the shadow scripts in ${dir}`;
     try {
+      await folderThere(dir);
       shadows.set(dir, await sandboxOf(dir, true));
     } catch (err) {
       failed(err);
@@ -161,7 +174,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     await Promise.all([...sandboxes.values(), ...shadows.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present), listeners, warnings };
 }
 
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {

@@ -28,6 +28,8 @@ export class PolicyGeneration {
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
   /** The listeners' shadow scripts folders (engine/shadow/), by folder: never the live sandboxes, even for the same folder. */
   readonly #shadows: ReadonlyMap<string, Sandbox>;
+  /** The scripts folders that were there when it was built: a reload refuses to lose one (policy/scripts-folders.ts). */
+  readonly scriptFolders: ReadonlySet<string>;
   #refs = 0;
   #retired = false;
   #disposed = false;
@@ -35,7 +37,7 @@ export class PolicyGeneration {
 
   /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
   constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
-    shadows: ReadonlyMap<string, Sandbox> = new Map()) {
+    shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set()) {
     this.source = source;
     this.store = store;
     this.config = source.config;
@@ -44,6 +46,7 @@ export class PolicyGeneration {
     this.localDomains = new Set(source.config.localDomains.map((d) => d.toLowerCase()));
     this.#sandboxes = sandboxes;
     this.#shadows = shadows;
+    this.scriptFolders = scriptFolders;
   }
 
   listener(name: string): ListenerConfig {

@@ -250,7 +250,9 @@ export class Reloader {
 
   /** The generation and listener setups for `loaded` (the start's and `postern check`'s build); nothing is left running when it throws. */
   async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
-    const built = await buildGeneration(loaded, { logger: this.#target.logger, progress, store: this.#target.current().store });
+    const built = await buildGeneration(loaded, {
+      logger: this.#target.logger, progress, store: this.#target.current().store, scriptFoldersInForce: this.#target.current().scriptFolders,
+    });
     try {
       progress.step = 'the afterBuild hook';
       await this.tuning.afterBuild?.();

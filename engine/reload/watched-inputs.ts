@@ -4,7 +4,7 @@
  * or swap a symlink to identical content): each settled change gives exactly one reload.
  */
 import { createHash } from 'node:crypto';
-import { readFile, readdir } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { LoadedConfig } from '../config/load-config.ts';
 
@@ -62,22 +62,41 @@ export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
 }
 
 /**
- * A digest of the inputs' contents (missing files count as missing, not as errors). `asRead` gives the
- * content a build already read for some files (the configuration), so the digest describes what was
+ * A digest of the inputs' contents. A missing or unreadable file or folder is not an error: its state
+ * (ENOENT, EACCES, not a regular file) is part of the digest, so a scripts folder that vanished and one
+ * that came back empty differ (a reload refused for the first is retried for the second). `asRead` gives
+ * the content a build already read for some files (the configuration), so the digest describes what was
  * built, not what the disk holds a moment later.
  */
 export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map()): Promise<string> {
   const hash = createHash('sha256');
   for (const file of inputs.files) {
     hash.update(`file ${file}\0`);
-    hash.update(asRead.get(file) ?? await readFile(file).catch(() => Buffer.from('\0missing')));
+    hash.update(asRead.get(file) ?? await contentOf(file));
   }
   for (const folder of inputs.folders) {
-    const names = (await readdir(folder).catch(() => [] as string[])).filter((n) => SCRIPT_FILE.test(n)).sort();
+    let names: string[] = [];
+    try {
+      names = (await readdir(folder)).filter((n) => SCRIPT_FILE.test(n)).sort();
+      hash.update(`folder ${folder}\0`);
+    } catch (err) {
+      hash.update(`folder ${folder} ${(err as NodeJS.ErrnoException).code}\0`);
+    }
     for (const name of names) {
       hash.update(`script ${folder}/${name}\0`);
-      hash.update(await readFile(join(folder, name)).catch(() => Buffer.from('\0missing')));
+      hash.update(await contentOf(join(folder, name)));
     }
   }
   return hash.digest('hex');
+}
+
+/** A file's bytes, or what stands in its place; only a regular file is opened (a FIFO would block the open forever). */
+async function contentOf(file: string): Promise<Buffer> {
+  try {
+    const s = await stat(file);
+    if (!s.isFile()) return Buffer.from(`\0not a file ${s.mode} ${s.ino}`);
+    return await readFile(file);
+  } catch (err) {
+    return Buffer.from(`\0${(err as NodeJS.ErrnoException).code}`);
+  }
 }

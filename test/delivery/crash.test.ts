@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 import { tmpdir } from 'node:os';
@@ -45,6 +45,7 @@ test('kill -9 during accept and delivery loses no acknowledged message', { timeo
   // A slow next hop, so a backlog builds up and the kills land in the middle of deliveries.
   const sink = await startSink({ dataDelayMs: 5 });
   const config = join(dir, 'postern.yaml');
+  await mkdir(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
   await writeFile(config, configYaml({
     dataDir: join(dir, 'data'),
     scripts: join(dir, 'scripts'),

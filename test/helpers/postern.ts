@@ -4,7 +4,7 @@
  */
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
@@ -24,7 +24,7 @@ export interface TestServerOptions {
   config: string;
   /** Script files by name, e.g. { 'auth.ts': '...' }. */
   scripts?: Record<string, string>;
-  /** Extra files (tables, users) by name, written into the temp folder. */
+  /** Extra files (tables, users) by name, written into the temp folder (`folder/name` makes the folder). */
   files?: Record<string, string>;
   /** Reload debounce (default 50 ms). */
   settleMs?: number;
@@ -38,7 +38,10 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
   const dir = await mkdtemp(join(tmpdir(), 'postern-test-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
-  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
+  for (const [name, text] of Object.entries(opts.files ?? {})) {
+    await mkdir(dirname(join(dir, name)), { recursive: true });
+    await writeFile(join(dir, name), text);
+  }
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {

@@ -45,7 +45,8 @@ policyServices:
     listen: unix:./policy.sock
     socket: { mode: '0600' }
 `,
-    files: { relay_clientcerts: `${PIN} laptop\n`, pins: `${PIN} alice@example.org\n` },
+    // `none`: a folder without scripts (a named folder must exist).
+    files: { relay_clientcerts: `${PIN} laptop\n`, pins: `${PIN} alice@example.org\n`, 'none/README': 'no scripts: the built-in relay rule decides\n' },
     scripts: {
       'rcptto.ts': `
 export default function (ctx) {

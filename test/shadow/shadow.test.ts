@@ -162,6 +162,7 @@ test('postern check (and so a reload) refuses a shadow folder that does not comp
   const dir = await mkdtemp(join(tmpdir(), 'postern-shadow-check-'));
   const shadowDir = join(dir, 'candidate');
   await mkdir(shadowDir);
+  await mkdir(join(dir, 'scripts'));
   await writeFile(join(shadowDir, 'rcptto.ts'), 'export default function (ctx) {\n  return reject(;\n}\n');
   await writeFile(join(dir, 'postern.yaml'), configYaml({ dataDir: join(dir, 'data'), scripts: join(dir, 'scripts'), listeners: [testListener('in', { shadowScripts: shadowDir })] } as never));
   const r = spawnSync(process.execPath, [new URL('../../engine/cli/main.ts', import.meta.url).pathname, 'check', '-c', join(dir, 'postern.yaml')], { encoding: 'utf8', timeout: 60_000 });

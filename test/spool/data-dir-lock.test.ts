@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,6 +47,7 @@ async function until(check: () => boolean, what: string): Promise<void> {
 test('a second server on the same data directory is refused, naming the first one\'s PID, and leaves its half-received message alone', { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-lock-'));
   const config = join(dir, 'postern.yaml');
+  mkdirSync(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
   writeFileSync(config, `
 dataDir: ${join(dir, 'data')}
 scripts: ${join(dir, 'scripts')}

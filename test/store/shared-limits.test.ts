@@ -29,6 +29,7 @@ interface Server { child: ChildProcess; port: number; inboundPort: number; outpu
 
 async function startServer(dir: string, redisUrl: string): Promise<Server> {
   await mkdir(join(dir, 'scripts'), { recursive: true });
+  await mkdir(join(dir, 'no-scripts'), { recursive: true }); // a named folder must exist; empty, it holds no scripts
   await writeFile(join(dir, 'scripts', 'rcptto.ts'), RCPTTO);
   await writeFile(join(dir, 'users'), `alice@example.com:${await hashPassword('alice-Password-1')}\nbob@example.com:${await hashPassword('bob-Password-1')}\n`);
   await writeFile(join(dir, 'postern.yaml'), `

@@ -22,6 +22,7 @@ let config: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'postern-try-hostile-'));
   pki = await makeTestPki(join(dir, 'pki'));
+  await mkdir(join(dir, 'scripts')); // named in the configuration, so it must exist (empty: no scripts)
   config = join(dir, 'postern.yaml');
   await writeFile(config, configYaml({
     dataDir: join(dir, 'data'), scripts: join(dir, 'scripts'), localDomains: ['example.com'],
