@@ -291,13 +291,12 @@ export class PosternServer extends SMTPServer {
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
     const conn = this.#conn(session);
-    const facts = (): DecisionFacts => ({ from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) });
     receiveMessage(conn, stream, session, this.runtime, this.policy).then(
       (queued) => {
         conn.decide('END-OF-MESSAGE', queued);
         callback(null, queued.message);
       },
-      (err: Error) => callback(err instanceof SmtpReply ? conn.decide('END-OF-MESSAGE', err, facts()) : err),
+      (err: Error) => callback(err instanceof SmtpReply ? conn.decide('END-OF-MESSAGE', err, dataFacts(session)) : err),
     );
   }
 
@@ -314,6 +313,11 @@ export class PosternServer extends SMTPServer {
 /** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
 export function clientAddress(socket: net.Socket): string {
   return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
+}
+
+/** The facts of an end-of-data refusal's log line. */
+function dataFacts(session: SMTPServerSession): DecisionFacts {
+  return { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
 }
 
 /** The facts of a MAIL FROM decision's log line. */
