@@ -35,6 +35,23 @@ class SeriesIndex<S> {
     return (node.get(key) as S | undefined) ?? this.#add(node, key, values);
   }
 
+  /**
+   * find() for the first `count` (≤ MAX_LABELS) of v0…v3, without an array of them: an update's rest
+   * parameter was an array per call (profile: ~300 B per message for the script and message counters).
+   */
+  findOf(count: number, v0: LabelValue | undefined, v1: LabelValue | undefined, v2: LabelValue | undefined, v3: LabelValue | undefined): S {
+    if (count === 0) return this.find(NO_VALUES);
+    let node = this.#root;
+    for (let i = 0; i < count - 1; i++) {
+      const v = (i === 0 ? v0 : i === 1 ? v1 : v2)!;
+      let next = node.get(v) as Map<LabelValue, unknown> | undefined;
+      if (next === undefined) node.set(v, next = new Map());
+      node = next;
+    }
+    const key = (count === 1 ? v0 : count === 2 ? v1 : count === 3 ? v2 : v3)!;
+    return (node.get(key) as S | undefined) ?? this.#add(node, key, [v0, v1, v2, v3].slice(0, count) as LabelValue[]);
+  }
+
   /** The series of a metric with one label (or none: value ''), without an array of values. */
   one(value: LabelValue): S {
     return (this.#root.get(value) as S | undefined) ?? this.#add(this.#root, value, [value]);
@@ -55,6 +72,10 @@ class SeriesIndex<S> {
   }
 }
 
+const NO_VALUES: readonly LabelValue[] = [];
+/** Labels a hot counter may have (see SeriesIndex.findOf). */
+const MAX_LABELS = 4;
+
 /** A counter over a fixed list of labels (none: one series). */
 export class HotCounter {
   readonly name: string;
@@ -66,17 +87,19 @@ export class HotCounter {
   constructor(name: string, help: string, labelNames: readonly string[] = []) {
     this.name = name;
     this.help = help;
+    if (labelNames.length > MAX_LABELS) throw new RangeError(`${name}: a hot counter has at most ${MAX_LABELS} labels`);
     this.#labelNames = labelNames;
     this.reset();
   }
 
-  inc(...values: LabelValue[]): void {
-    this.#series.find(values).value++;
+  /** Count one for the label values given, in the order of the label names (all of them). */
+  inc(v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
+    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value++;
   }
 
-  /** Add `amount` (≥ 0) to the series of `values`. */
-  add(amount: number, ...values: LabelValue[]): void {
-    this.#series.find(values).value += amount;
+  /** Add `amount` (≥ 0) to the series of the label values given. */
+  add(amount: number, v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
+    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value += amount;
   }
 
   get(): MetricJson {

@@ -61,6 +61,11 @@ export class PolicyGeneration {
   }
 
   /** The listener's shadow scripts (`shadowScripts`), if it has a folder of them. */
+  /** Whether any listener of this generation has shadow scripts. */
+  get hasShadowScripts(): boolean {
+    return this.#shadows.size > 0;
+  }
+
   shadowSandboxFor(listener: Pick<ListenerConfig, 'shadowScripts'> | undefined): Sandbox | undefined {
     return listener?.shadowScripts ? this.#shadows.get(listener.shadowScripts) : undefined;
   }

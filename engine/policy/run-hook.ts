@@ -9,7 +9,7 @@ import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
 import type { Logger } from '../logging/logger.ts';
 import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
-import { hookObservers, notifyHookCall } from './hook-calls.ts';
+import { hookCallsObserved, notifyHookCall } from './hook-calls.ts';
 
 export { FAIL_CLOSED };
 
@@ -24,13 +24,13 @@ export async function runHook(
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
     const seconds = secondsSince(start);
     scriptCalled(hook, generation.serial, seconds, verdict?.verdict ?? 'none', undefined, source);
-    if (hookObservers.size) notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict, failure: null, seconds });
+    if (hookCallsObserved(generation)) notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict, failure: null, seconds });
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
     const seconds = secondsSince(start);
     scriptCalled(hook, generation.serial, seconds, 'failed', e.kind ?? 'verdict', source);
-    if (hookObservers.size) {
+    if (hookCallsObserved(generation)) {
       notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
         failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line, column: e.column } });
     }

@@ -57,6 +57,10 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
     };
     out.stream.write(`${JSON.stringify(record)}\n`);
+  }, (generation) => {
+    // Asked once per generation, at its first call: one without `replay` closes a file a reload left open.
+    if (!generation.config.replay && out) void close();
+    return !!generation.config.replay;
   });
   return {
     async stop() {

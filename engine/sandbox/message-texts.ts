@@ -13,13 +13,32 @@ export const DEFAULT_MESSAGE_TEXT_BYTES = 64 * 1024;
 /** Reads up to `maxBytes` of a message's body (from its first byte). */
 export type BodyReader = (maxBytes: number) => Buffer;
 
-const open = new Map<string, BodyReader>();
+/**
+ * The open bodies, in slots reused as they close (one per data hook running); a token is 128 random bits
+ * followed by its slot's number, and names a body only while that slot holds the same token. Not a Map: one set and one delete per message rehashed its table every few messages, and a table that
+ * reached the old generation kept closed readers — each holding its message's spool writer and chunks —
+ * alive through scavenges.
+ */
+const slots: Array<{ token: string; reader: BodyReader | null }> = [];
+const free: number[] = [];
+
+/** The slot `token` names, if it is open. */
+function slotOf(token: unknown): { token: string; reader: BodyReader | null } | null {
+  if (typeof token !== 'string' || token.length <= RANDOM_CHARS) return null;
+  const slot = slots[Number.parseInt(token.slice(RANDOM_CHARS), 36)];
+  return slot !== undefined && slot.reader !== null && slot.token === token ? slot : null;
+}
+
+function find(token: unknown): BodyReader | null {
+  return slotOf(token)?.reader ?? null;
+}
 
 /**
  * Tokens are 128 random bits from a pool refilled by the CSPRNG, as randomUUID() does, but encoded in one
  * step: randomUUID()'s string building allocated 0.6 KB per message (heap profile of bench (a)).
  */
 const TOKEN_BYTES = 16;
+const RANDOM_CHARS = 22; // base64url of TOKEN_BYTES
 const pool = Buffer.alloc(TOKEN_BYTES * 128);
 let poolAt = pool.length;
 
@@ -35,13 +54,19 @@ function newToken(): string {
 
 /** Make a body readable by scripts until close(token). */
 export function openMessageText(reader: BodyReader): string {
-  const token = newToken();
-  open.set(token, reader);
+  const at = free.pop() ?? slots.push({ token: '', reader: null }) - 1;
+  const token = newToken() + at.toString(36);
+  slots[at]!.token = token;
+  slots[at]!.reader = reader;
   return token;
 }
 
 export function closeMessageText(token: string): void {
-  open.delete(token);
+  const slot = slotOf(token);
+  if (!slot) return;
+  slot.reader = null;
+  slot.token = '';
+  free.push(Number.parseInt(token.slice(RANDOM_CHARS), 36));
 }
 
 /**
@@ -49,7 +74,7 @@ export function closeMessageText(token: string): void {
  * closes: what a shadow script (engine/shadow/) reads, since it runs after the live call. null: not open.
  */
 export function copyMessageText(token: unknown): BodyReader | null {
-  const reader = typeof token === 'string' ? open.get(token) : undefined;
+  const reader = find(token);
   if (!reader) return null;
   const copy = reader(MAX_MESSAGE_TEXT_BYTES);
   return (maxBytes) => copy.subarray(0, maxBytes);
@@ -57,7 +82,7 @@ export function copyMessageText(token: unknown): BodyReader | null {
 
 /** The body text for a script: UTF-8 (invalid bytes become U+FFFD), at most `maxBytes` bytes of it. */
 export function readMessageText(token: unknown, maxBytes: unknown): string {
-  const reader = typeof token === 'string' ? open.get(token) : undefined;
+  const reader = find(token);
   if (!reader) throw new Error('message.text(): the message is only readable while its data hook runs');
   const max = Number(maxBytes);
   if (!Number.isSafeInteger(max) || max < 1 || max > MAX_MESSAGE_TEXT_BYTES) {

@@ -71,8 +71,10 @@ export class SharedOperations {
 
 /** The operations one call started, over all its attempts. */
 export class OperationJournal {
-  readonly #ops: Recorded[] = [];
-  readonly #shared = new Set<SharedOperations>();
+  // Made on first use: nearly every call starts no operation and runs in at most one entry (a Set and an
+  // array per call were ~450 B of a message's allocation, and the Set was often promoted).
+  #ops: Recorded[] | null = null;
+  #shared: SharedOperations | Set<SharedOperations> | null = null;
   /** Why a re-run of this call did not ask what its stopped attempt asked; the call then fails. */
   diverged: string | null = null;
   /** The call is over by its deadline (its isolate may still be running it): it starts nothing more. */
@@ -80,9 +82,15 @@ export class OperationJournal {
 
   /** Whether an attempt started anything (its own, or in a pool it shares). */
   get started(): boolean {
-    if (this.#ops.length > 0) return true;
-    for (const shared of this.#shared) if (shared.size > 0) return true;
+    if (this.#ops !== null && this.#ops.length > 0) return true;
+    for (const shared of this.#pools()) if (shared.size > 0) return true;
     return false;
+  }
+
+  /** The pools this call's entries shared (usually none or one). */
+  #pools(): Iterable<SharedOperations> {
+    const s = this.#shared;
+    return s === null ? NO_POOLS : s instanceof SharedOperations ? [s] : s;
   }
 
   /** A new attempt of the call (each replays the journal from its start). */
@@ -92,32 +100,38 @@ export class OperationJournal {
 
   /** The entry this call ran in shares its continuations' operations with other calls. */
   share(ops: SharedOperations): void {
-    this.#shared.add(ops);
+    const s = this.#shared;
+    if (s === null || s === ops) this.#shared = ops;
+    else if (s instanceof SharedOperations) this.#shared = new Set([s, ops]);
+    else s.add(ops);
   }
 
   /** The Nth operation: the recorded answer when an earlier attempt started it, else started now (live()). */
   start(n: number, kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
     if (this.over) throw new OperationRefused(`${kind}: the call is over (its deadline passed)`, true);
     if (this.diverged !== null) throw new OperationRefused(`${kind}: ${this.diverged}`, false);
-    const earlier = this.#ops[n];
+    const ops = this.#ops ??= [];
+    const earlier = ops[n];
     if (earlier) {
       if (earlier.kind === kind && earlier.args === args) return earlier.answer;
       this.diverged = `run again after a stop, the call's host operation #${n + 1} was ${kind}${args} where the stopped attempt's was ` +
         `${earlier.kind}${earlier.args}; what it should count is unknown, so it fails`;
       throw new OperationRefused(`${kind}: ${this.diverged}`, false);
     }
-    for (const shared of this.#shared) {
+    for (const shared of this.#pools()) {
       const pooled = shared.take(kind, args);
       if (pooled) {
-        this.#ops.push(pooled); // this call's own now: a later attempt finds it in order
+        ops.push(pooled); // this call's own now: a later attempt finds it in order
         return pooled.answer;
       }
     }
     const answer = live();
-    this.#ops.push({ kind, args, answer });
+    ops.push({ kind, args, answer });
     return answer;
   }
 }
+
+const NO_POOLS: readonly SharedOperations[] = [];
 
 /** One run of a call: its position in the journal, and whether it was stopped (then it starts nothing). */
 export class Attempt {

@@ -37,7 +37,7 @@ export function startShadowing(logger: Logger, isolates: () => number, onSettled
     // Most calls have no shadow: this returns before anything is made for the shadow call (perf: bench:ab).
     const sandbox = call.generation.shadowSandboxFor(call.listener);
     if (sandbox && call.listener) shadowCall(sandbox, call, log, inFlight, isolates, onSettled);
-  });
+  }, (generation) => generation.hasShadowScripts);
 }
 
 /** Run `call` on the shadow `sandbox`, off the caller's path, and count and log how it compares. */

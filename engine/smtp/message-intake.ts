@@ -72,7 +72,7 @@ export async function receiveMessage(
       id,
       receivedAt: new Date().toISOString(),
       sender: mailFrom ? mailFrom.address : '',
-      recipients: session.envelope.rcptTo.map((r) => ({ address: r.address, ...(r.dsn?.notify ? { notify: r.dsn.notify } : {}) })),
+      recipients: session.envelope.rcptTo.map((r) => (r.dsn?.notify ? { address: r.address, notify: r.dsn.notify } : { address: r.address })),
       size: 0,
       session: spooledSession(conn),
       attempts: 0,

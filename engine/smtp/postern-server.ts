@@ -309,24 +309,22 @@ export class PosternServer extends SMTPServer {
 
   override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, { from: address.address });
+    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, mailFacts, address, session);
   }
 
   override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy,
-      { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, to: address.address, id: conn.state.transactionId });
+    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy, rcptFacts, address, session);
   }
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
     const conn = this.#conn(session);
-    const facts = (): DecisionFacts => ({ from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) });
     receiveMessage(conn, stream, session, this.runtime, this.policy).then(
       (queued) => {
         conn.decide('END-OF-MESSAGE', queued);
         callback(null, queued.message);
       },
-      (err: Error) => callback(err instanceof SmtpReply ? conn.decide('END-OF-MESSAGE', err, facts()) : err),
+      (err: Error) => callback(err instanceof SmtpReply ? conn.decide('END-OF-MESSAGE', err, dataFacts(session)) : err),
     );
   }
 
@@ -345,12 +343,32 @@ export function clientAddress(socket: net.Socket): string {
   return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
 }
 
-/** Hand a policy decision to its connection and smtp-server's callback; unexpected errors fail closed. */
+/** The facts of an end-of-data refusal's log line. */
+function dataFacts(session: SMTPServerSession): DecisionFacts {
+  return { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', to: session.envelope.rcptTo.map((r) => r.address) };
+}
+
+/** The facts of a MAIL FROM decision's log line. */
+function mailFacts(address: SMTPServerAddress): DecisionFacts {
+  return { from: address.address };
+}
+
+/** The facts of a RCPT TO decision's log line (taken when it is decided: the transaction id is the one then). */
+function rcptFacts(address: SMTPServerAddress, session: SMTPServerSession, conn: PosternConnection): DecisionFacts {
+  return { from: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, to: address.address, id: conn.state.transactionId };
+}
+
+/**
+ * Hand a policy decision to its connection and smtp-server's callback; unexpected errors fail closed.
+ * The log line's facts are built only for a refusal (the only reply whose line uses them).
+ */
 function settle(
-  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy, facts?: DecisionFacts,
+  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy,
+  facts?: (address: SMTPServerAddress, session: SMTPServerSession, conn: PosternConnection) => DecisionFacts,
+  address?: SMTPServerAddress, session?: SMTPServerSession,
 ): void {
   decision.then(
-    (decided) => callback(conn.decide(stage, decided, facts)),
-    (err: unknown) => callback(conn.decide(stage, policy.internalError(conn, err), facts)),
+    (decided) => callback(conn.decide(stage, decided, decided?.refuses && facts ? facts(address!, session!, conn) : undefined)),
+    (err: unknown) => callback(conn.decide(stage, policy.internalError(conn, err), facts ? facts(address!, session!, conn) : undefined)),
   );
 }

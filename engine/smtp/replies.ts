@@ -106,8 +106,26 @@ export function reply<N extends ReplyName>(
 
 /** A template with each `{name}` replaced by its value ('' when none). */
 function fill(template: string, values: Record<string, string> | undefined): string {
-  return template.includes('{') ? template.replace(/\{(\w+)\}/g, (_, key: string) => values?.[key] ?? '') : template;
+  // A scan, not a replace() with a callback: the 250 of every message is filled here (perf: ~1 µs less).
+  let open = template.indexOf('{');
+  if (open < 0) return template;
+  let out = '';
+  let from = 0;
+  while (open >= 0) {
+    const close = template.indexOf('}', open + 1);
+    if (close < 0) break;
+    const key = template.slice(open + 1, close);
+    if (WORD.test(key)) {
+      out += template.slice(from, open) + (values?.[key] ?? '');
+      from = close + 1;
+      open = template.indexOf('{', from);
+    } else {
+      open = template.indexOf('{', open + 1);
+    }
+  }
+  return out + template.slice(from);
 }
+const WORD = /^\w+$/;
 
 /** How docs/scripts.md shows an entry: `<code> <enhanced> <text>`, each `{name}` as `<name>`. */
 export function documentedForm(spec: ReplySpec): string {

@@ -39,7 +39,10 @@ const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
 
 /** The refusal of the first parameter not in `known`, or null. */
 function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<string>): SmtpReply | null {
-  for (const name of Object.keys(address.args || {})) {
+  const args = address.args;
+  if (!args) return null;
+  // for…in, not Object.keys(): no array per MAIL and RCPT (smtp-server's args is a plain object literal).
+  for (const name in args) {
     if (!known.has(name)) return reply('parameterUnsupported', { parameter: name.slice(0, 64) });
   }
   return null;

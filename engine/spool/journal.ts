@@ -35,7 +35,7 @@ import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
 import { randomBytes } from 'node:crypto';
-import { keyedRecordSeed, MissingJournalKeyError, scanSegment } from './segment-scan.ts';
+import { keyedRecordSeedFrom, MissingJournalKeyError, scanSegment } from './segment-scan.ts';
 
 const HEADER = 'POSTERN-RECORD-V4';
 /** The journal's secret key (see keyedRecordSeed): 64 hex digits. */
@@ -124,6 +124,8 @@ export class Journal {
   #nextSeq = 1;
   /** The secret the V4 checksums start from; null only in a read-only journal that never had one. */
   #key: string | null = null;
+  /** crc32 of #key, and the key it is of (see keyedRecordSeedFrom). */
+  #keyCrc: { key: string; crc: number } | null = null;
   #waiting: Waiter[] = [];
   #flushing = false;
   #flushes = 0;
@@ -183,7 +185,9 @@ export class Journal {
     if (this.#index.has(id)) return Promise.reject(new Error(`message ${id} is already in the journal`));
     let length = 0;
     for (const c of chunks) length += c.length;
-    const seed = keyedRecordSeed(this.#key!, id, length);
+    const key = this.#key!;
+    const keyCrc = this.#keyCrc?.key === key ? this.#keyCrc.crc : (this.#keyCrc = { key, crc: crc32(key) }).crc;
+    const seed = keyedRecordSeedFrom(keyCrc, id, length);
     let crc = seed;
     for (const c of chunks) crc = crc32(c, crc);
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);

@@ -33,7 +33,12 @@ export function recordSeed(id: string, length: number): number {
  * result is unknown (one chance in 2^32) to whoever does not know the key's 32-bit state.
  */
 export function keyedRecordSeed(key: string, id: string, length: number): number {
-  return crc32(`${id} ${length}`, crc32(key));
+  return keyedRecordSeedFrom(crc32(key), id, length);
+}
+
+/** keyedRecordSeed() given crc32(key), which a writer keeps (the key is fixed; its CRC cost a string conversion per record). */
+export function keyedRecordSeedFrom(keyCrc: number, id: string, length: number): number {
+  return crc32(`${id} ${length}`, keyCrc);
 }
 
 /** Thrown when a V4 record is read in sequence and there is no key to check it with. */
