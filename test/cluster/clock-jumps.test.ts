@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, greeted, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, greeted, type ClusterProcess, ONE_WORKER } from '../helpers/cluster.ts';
 
 const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
 const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;
@@ -37,15 +37,7 @@ async function startSteppableCluster(config: string): Promise<{ c: ClusterProces
   };
 }
 
-const config = (sinkPort: number, retry: string): string => `
-workers: 1
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-delivery:
+const config = (sinkPort: number, retry: string): string => `${ONE_WORKER}delivery:
   route: { smarthost: { host: 127.0.0.1, port: ${sinkPort} } }
   tls: { mode: none }
   scanIntervalMs: 200

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { greeted, startCluster, workerPid } from '../helpers/cluster.ts';
+import { greeted, startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
 
 /** The soft and hard open-file limits of a process. */
 function fileLimits(pid: number): { soft: string; hard: string } {
@@ -20,15 +20,7 @@ function fileLimits(pid: number): { soft: string; hard: string } {
 
 test('a worker that ran out of file descriptors while connections were handed to it is replaced; the server greets and accepts again', { timeout: 120_000 }, async () => {
   const c = await startCluster({
-    config: `
-workers: 1
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-`,
+    config: ONE_WORKER,
   });
   const sockets: net.Socket[] = [];
   try {

@@ -15,22 +15,14 @@ import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, workerPid, spooled } from '../helpers/cluster.ts';
+import { startCluster, workerPid, spooled, ONE_WORKER } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
 test('a supervisor killed and started again while its old worker finishes a session: the message that worker acknowledged is delivered', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `
-workers: 1
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-delivery:
+    config: `${ONE_WORKER}delivery:
   route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
   tls: { mode: none }
   scanIntervalMs: 200
@@ -100,15 +92,7 @@ delivery:
 
 test('SIGTERM while a client of a worker is in the middle of DATA: its transaction completes, then the server exits 0 with the message spooled', { timeout: 120_000 }, async () => {
   const c = await startCluster({
-    config: `
-workers: 1
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-`,
+    config: ONE_WORKER,
   });
   try {
     await workerPid(c, 0);

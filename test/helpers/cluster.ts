@@ -53,6 +53,9 @@ listeners:
     limits: { greetingDelayMs: 0 }
 `;
 
+/** TWO_WORKERS with one worker. */
+export const ONE_WORKER = TWO_WORKERS.replace('workers: 2', 'workers: 1');
+
 export async function freePort(): Promise<number> {
   const s = net.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
