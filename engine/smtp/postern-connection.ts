@@ -82,6 +82,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     this.send(decided.responseCode, decided.message);
   }
 
+  /** The server is stopping and this session outlived the grace time: 421, closed. */
+  closeForShutdown(): void {
+    if (!this._closing) this.#answer('SMTP', reply('shuttingDown'));
+  }
+
   /** smtp-server waits a fixed 100 ms before the greeting (early-talker check); ours is per listener. */
   override init(): void {
     this._setListeners(() => {

@@ -316,6 +316,35 @@ export class PosternServer extends SMTPServer {
     conn.state.closed = true;
     conn.state.releaseSlot?.();
     conn.state.generation.release();
+    if (this.#drained && this.connections.size === 0) this.#drained();
+  }
+
+  /** Set while close() waits for the sessions of a worker's server to end. */
+  #drained: (() => void) | null = null;
+
+  /**
+   * Stop. smtp-server's close() stops accepting and lets the sessions of a listening server finish, up to
+   * closeTimeout (then 421 and closed). A worker's server never listened (the supervisor hands it its
+   * sockets), and net.Server.close() then calls back at once: the worker would exit in the middle of its
+   * transactions. Its sessions get the same wait here.
+   */
+  override close(callback?: () => void): void {
+    if (this.server.listening) return super.close(callback);
+    super.close(); // from now on smtp-server answers each new command 421 4.4.2 Server shutting down
+    if (this.connections.size === 0) return void callback?.();
+    const graceMs = (this.options as { closeTimeout?: number }).closeTimeout ?? 30_000;
+    this.runtime.logger.info({ listener: this.listenerName, sessions: this.connections.size, graceMs },
+      'stopping: sessions in progress may finish their transaction');
+    const finish = (): void => {
+      this.#drained = null;
+      clearTimeout(timer);
+      callback?.();
+    };
+    const timer = setTimeout(() => {
+      for (const conn of this.connections as Set<PosternConnection>) conn.closeForShutdown();
+      finish();
+    }, graceMs);
+    this.#drained = finish;
   }
 }
 
