@@ -18,6 +18,7 @@ import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { spoolWritable } from '../admin/spool-check.ts';
 import { registry } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
@@ -444,6 +445,7 @@ export class Supervisor {
         return {
           listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
+          spool: await spoolWritable(this.config.config.dataDir),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },
