@@ -5,7 +5,7 @@
 import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
-import { buildGeneration } from '../policy/build-generation.ts';
+import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';

@@ -33,7 +33,7 @@ export class PolicyGeneration {
   #disposed = false;
   #teardown: Promise<void> | null = null;
 
-  /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
+  /** Made by buildGeneration (engine/generation/build-generation.ts), which loads and checks every part first. */
   constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
     shadows: ReadonlyMap<string, Sandbox> = new Map()) {
     this.source = source;
