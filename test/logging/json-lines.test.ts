@@ -63,7 +63,8 @@ test('every line of postern serve, from every process, is JSON with an ISO time 
     // A reload that works, one that is refused (logged by the supervisor), and the fix.
     const script = join(c.dir, 'scripts', 'mailfrom.ts');
     await writeFile(script, 'export default () => { log("v2"); };');
-    await c.waitFor('the reload', () => c.logs.some((l) => l.msg === 'reloaded'));
+    // Both processes (worker, queue) run v2 before the next edit, so each reloads once more after the fix.
+    await c.waitFor('the reload of both processes', () => c.logs.filter((l) => l.msg === 'reloaded').length >= 2);
     await writeFile(script, 'export default () => { return reject( };');
     await c.waitFor('the refused reload', () => c.logs.some((l) => String(l.msg).startsWith('reload refused')));
     await writeFile(script, 'export default () => {};');
