@@ -5,7 +5,7 @@
 import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
-import { buildGeneration } from '../policy/build-generation.ts';
+import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
@@ -19,7 +19,7 @@ import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { metrics, setQueueProbe } from '../metrics/metrics.ts';
-import { access, constants } from 'node:fs/promises';
+import { spoolWritable } from '../admin/spool-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
@@ -305,12 +305,11 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (config.admin && role === 'single') {
     admin = await startAdminServer(config.admin.listen, {
       async readiness() {
-        const spoolWritable = await access(join(config.dataDir, 'spool'), constants.W_OK).then(() => ({ ok: true }), (err: Error) => ({ ok: false, detail: err.message }));
         const unbound = [...servers].filter(([, s]) => !s.server.listening).map(([name]) => name);
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
-          spool: spoolWritable,
+          spool: await spoolWritable(config.dataDir),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },

@@ -5,7 +5,7 @@
  */
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
-import { buildGeneration, GenerationError } from '../policy/build-generation.ts';
+import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
 
 export async function checkCommand(opts: { config?: string }): Promise<number> {

@@ -4,7 +4,7 @@
  */
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
-import { GenerationError } from '../policy/build-generation.ts';
+import { GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
 import { isHookName } from '../sandbox/hooks.ts';
 import { replay, type ReplaySummary } from '../replay/replay.ts';

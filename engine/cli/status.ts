@@ -36,7 +36,7 @@ function dataDirOf(configPath: string | undefined): string {
   try {
     return loadStartConfig({ configPath }).config.dataDir;
   } catch (err) {
-    process.stderr.write(`postern: the configuration has errors (the running server keeps its last good one):\n${(err as Error).message}\n`);
+    process.stderr.write(`postern: the configuration has errors (a running server keeps its last good one):\n${(err as Error).message}\n`);
     if (!configPath) return resolve('data');
     let dataDir: unknown;
     try {

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
-import { GenerationError } from '../policy/build-generation.ts';
+import { GenerationError } from '../generation/build-generation.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { HOOK_NAMES, isHookName } from '../sandbox/hooks.ts';
 import type { HookName } from '../sandbox/api/index.ts';

@@ -18,6 +18,7 @@ import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { spoolWritable } from '../admin/spool-check.ts';
 import { registry } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
@@ -133,7 +134,8 @@ export class Supervisor {
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
   readonly #startedAt = new Date().toISOString();
 
-  private constructor(config: LoadedConfig, configPath: string | undefined, log: Logger) {
+  /** `root`: the logger `log` is a child of (the reload lines are component `reload`, not also `supervisor`). */
+  private constructor(config: LoadedConfig, configPath: string | undefined, log: Logger, root: Logger) {
     this.config = config;
     this.#configPath = configPath;
     this.log = log;
@@ -141,7 +143,7 @@ export class Supervisor {
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
-    this.#reloads = new ReloadCoordinator(config, configPath, log, (reason) => {
+    this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
@@ -152,10 +154,11 @@ export class Supervisor {
 
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
     const loaded = loadStartConfig({ configPath: opts.configPath });
-    const log = (opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format)).child({ component: 'supervisor' });
+    const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
+    const log = root.child({ component: 'supervisor' });
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const lock = acquireDirectoryLock(loaded.config.dataDir);
-    const sup = new Supervisor(loaded, opts.configPath, log);
+    const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {
       await opts.prepare?.(loaded);
@@ -187,7 +190,7 @@ export class Supervisor {
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
     }
     // Last: "started" means every part answers, the status socket and admin listener included.
-    log.info({ workers: n, pid: process.pid }, 'supervisor started');
+    log.info({ workers: n }, 'supervisor started');
     return sup;
   }
 
@@ -271,7 +274,7 @@ export class Supervisor {
       case 'draining':
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
         child.ready = false;
-        this.log.warn({ [child.kind]: child.index, pid: proc.pid, reason: (m as { reason?: string }).reason },
+        this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason },
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
         return;
@@ -280,7 +283,7 @@ export class Supervisor {
         send({ t: 'fences', list: this.#fences.fences });
         // An edit told to the others while this one was starting: a check (no build when it read the same).
         send({ t: 'reload', reason: 'change' });
-        this.log.info({ [child.kind]: child.index, pid: proc.pid }, `${child.kind} ready`);
+        this.log.info({ [child.kind]: child.index, childPid: proc.pid }, `${child.kind} ready`);
         if (this.#firstStart && this.#children.every((c) => c.ready)) {
           this.#firstStart.resolve();
           this.#firstStart = null;
@@ -324,7 +327,7 @@ export class Supervisor {
     if (this.#stopping) return;
     const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
-    this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
+    this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
     child.restartTimer = setTimeout(() => this.#spawn(child), delay);
     void this.#saveStatus();
   }
@@ -344,7 +347,7 @@ export class Supervisor {
     const scripts = abnormal && !recorded ? readMirror(mirror) : [];
     removeMirror(mirror);
     if (!scripts.length) return [];
-    this.log.error({ [child.kind]: child.index, pid: proc.pid, code, signal, scripts },
+    this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, scripts },
       `${child.kind} ${child.index} died (${signal ? `signal ${signal}` : `exit code ${code}`}) while running ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}`);
     return [{ worker: child.index, scripts }];
   }
@@ -484,7 +487,7 @@ export class Supervisor {
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
-        this.log.error({ [c.kind]: c.index, pid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
+        this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
       } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {
@@ -533,6 +536,7 @@ export class Supervisor {
         return {
           listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
+          spool: await spoolWritable(this.config.config.dataDir),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },

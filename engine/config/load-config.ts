@@ -18,7 +18,7 @@ export interface LoadedConfig {
   baseDir: string;
   /**
    * The scripts folders the file names itself (resolved), with the key and where: such a folder must
-   * exist (policy/scripts-folders.ts). The default top-level `scripts` is not among them when the file
+   * exist (generation/scripts-folders.ts). The default top-level `scripts` is not among them when the file
    * leaves the key out, nor when the file is the embedded default.
    */
   scriptFolders?: readonly NamedFolder[];

@@ -15,7 +15,7 @@ import type { TlsPolicy } from './outbound-tls.ts';
 
 export type PredeliveryDecision =
   | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls; dkim?: string | null }
-  | { action: 'reject' | 'defer'; failure: DeliveryFailure };
+  | { action: 'reject' | 'defer'; failure: DeliveryFailure; reason: string | undefined };
 
 /** A script's TLS choices; `clientCertificate: null` means none, even where the configuration has a default. */
 export type DecidedTls = Omit<Partial<TlsPolicy>, 'clientCertificate'> & { clientCertificate?: string | null };
@@ -35,7 +35,7 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
   if (verdict.verdict !== 'deliver') {
     const refusal = verdictReply('predelivery', verdict)!;
     const permanent = refusal.responseCode >= 500;
-    return { action: permanent ? 'reject' : 'defer', failure: new DeliveryFailure(`${refusal.responseCode} ${refusal.message}`, { permanent, enhanced: refusal.enhanced }) };
+    return { action: permanent ? 'reject' : 'defer', reason: refusal.reason, failure: new DeliveryFailure(`${refusal.responseCode} ${refusal.message}`, { permanent, enhanced: refusal.enhanced }) };
   }
   const tls: DecidedTls = {};
   if (verdict.tls?.mode) tls.mode = verdict.tls.mode;

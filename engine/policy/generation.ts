@@ -28,14 +28,14 @@ export class PolicyGeneration {
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
   /** The listeners' shadow scripts folders (engine/shadow/), by folder: never the live sandboxes, even for the same folder. */
   readonly #shadows: ReadonlyMap<string, Sandbox>;
-  /** The scripts folders that were there when it was built: a reload refuses to lose one (policy/scripts-folders.ts). */
+  /** The scripts folders that were there when it was built: a reload refuses to lose one (generation/scripts-folders.ts). */
   readonly scriptFolders: ReadonlySet<string>;
   #refs = 0;
   #retired = false;
   #disposed = false;
   #teardown: Promise<void> | null = null;
 
-  /** Made by buildGeneration (build-generation.ts), which loads and checks every part first. */
+  /** Made by buildGeneration (engine/generation/build-generation.ts), which loads and checks every part first. */
   constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
     shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set()) {
     this.source = source;

@@ -51,7 +51,8 @@ export interface AttemptEvent {
   nextAttemptAt: string | null;
 }
 
-interface Group { recipients: string[]; plan: DeliveryPlan | null; final: RecipientOutcome[] }
+/** `final`: outcomes settled without a transaction (predelivery verdict, unusable route, mail loop), and why. */
+interface Group { recipients: string[]; plan: DeliveryPlan | null; final: RecipientOutcome[]; reason?: string }
 
 export class QueueRunner {
   readonly #spool: QueueSpool;
@@ -306,7 +307,7 @@ export class QueueRunner {
       const hops = receivedCount(message);
       const groups = hops > MAX_HOPS
         // A mail loop (a smarthost that routes back to us, say): bounce instead of circling forever.
-        ? [{ recipients: pending, plan: null, final: pending.map((r) => outcomeForFailure(r, new DeliveryFailure(`Too many hops (${hops} Received headers): mail loop?`, { permanent: true, enhanced: '5.4.6' }))) }]
+        ? [{ recipients: pending, plan: null, reason: 'mail loop (too many Received headers)', final: pending.map((r) => outcomeForFailure(r, new DeliveryFailure(`Too many hops (${hops} Received headers): mail loop?`, { permanent: true, enhanced: '5.4.6' }))) }]
         : await Promise.all([...groupByDomain(pending)].map(([domain, rcpts]) =>
           this.#plan(gen, resolver, envelope, message.length, attempt, domain, rcpts)));
       // One transaction per distinct plan: domains that lead to the same next hop share it.
@@ -314,7 +315,10 @@ export class QueueRunner {
       const outcomes: RecipientOutcome[] = [];
       for (const g of groups) {
         outcomes.push(...g.final);
-        if (!g.plan) continue;
+        if (!g.plan) {
+          this.#logTransaction(id, envelope, attempt, null, g.final, null, g.reason);
+          continue;
+        }
         const key = JSON.stringify([g.plan.hops.map((h) => [h.host, h.port, h.implicitTls]), g.plan.tls, g.plan.dkim ?? null]);
         const t = transactions.get(key);
         if (t) t.recipients.push(...g.recipients);
@@ -355,7 +359,7 @@ export class QueueRunner {
     }
     if (decision.action !== 'deliver') {
       const failure = decision.failure;
-      return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, failure)) };
+      return { recipients, plan: null, reason: decision.reason, final: recipients.map((r) => outcomeForFailure(r, failure)) };
     }
     let hops: NextHop[];
     // A port the script names decides TLS the usual way (465: implicit) unless it says otherwise.
@@ -363,7 +367,7 @@ export class QueueRunner {
     if (decision.host !== undefined) {
       hops = [{ host: decision.host, port: decision.port ?? first.port, implicitTls: implicitFor(first) }];
     } else if (route.failure) {
-      return { recipients, plan: null, final: recipients.map((r) => outcomeForFailure(r, route.failure!)) };
+      return { recipients, plan: null, reason: `delivery.route: no usable ${route.kind === 'mx' ? 'MX' : 'smarthost'}`, final: recipients.map((r) => outcomeForFailure(r, route.failure!)) };
     } else if (decision.port !== undefined || decision.implicitTls !== undefined) {
       hops = route.hops.map((h) => ({ ...h, port: decision.port ?? h.port, implicitTls: implicitFor(h) }));
     } else {
@@ -453,15 +457,16 @@ export class QueueRunner {
   /**
    * One line per recipient outcome group of a transaction, as Postfix's smtp(8) logs deliveries:
    * `ID: to=<…>, relay=host[ip]:port, delay=S, attempt=N, tls=…, client_certificate=…, status=sent (250 …)`.
+   * Outcomes settled without a transaction (no plan: `relay=none`) carry the `reason` that decided them.
    */
   #logTransaction(
-    id: string, envelope: SpoolEnvelope, attempt: number, plan: DeliveryPlan, outcomes: RecipientOutcome[],
-    connection: { remote: string; tls: { protocol: string | null } | null } | null,
+    id: string, envelope: SpoolEnvelope, attempt: number, plan: DeliveryPlan | null, outcomes: RecipientOutcome[],
+    connection: { remote: string; tls: { protocol: string | null } | null } | null, reason?: string,
   ): void {
     const delay = Math.max(0, (Date.now() - Date.parse(envelope.receivedAt)) / 1000);
     const tls = connection?.tls?.protocol ?? (connection ? 'none' : null);
     // Which certificate was presented: the one the plan named, when the connection did TLS at all.
-    const clientCertificate = connection?.tls ? plan.tls.clientCertificate ?? null : null;
+    const clientCertificate = connection?.tls ? plan?.tls.clientCertificate ?? null : null;
     for (const status of ['delivered', 'temporary', 'permanent'] as const) {
       const these = outcomes.filter((o) => o.status === status);
       if (!these.length) continue;
@@ -470,9 +475,9 @@ export class QueueRunner {
       const to = these.map((o) => o.recipient);
       this.#log[status === 'delivered' ? 'info' : 'warn']({
         id, from: envelope.sender, to, status: word, relay, delay: Number(delay.toFixed(2)), attempt,
-        tls, clientCertificate, dkim: plan.dkim ?? null, reply: these[0]!.reply,
+        tls, clientCertificate, dkim: plan?.dkim ?? null, reply: these[0]!.reply, reason,
       }, `${id}: ${to.map((r) => `to=<${r}>`).join(', ')}, relay=${relay}, delay=${delay.toFixed(2)}, attempt=${attempt}, tls=${tls ?? 'none'}, ` +
-        `client_certificate=${clientCertificate ?? 'none'}${plan.dkim ? `, dkim=${plan.dkim}` : ''}, status=${word} (${these[0]!.reply})`);
+        `client_certificate=${clientCertificate ?? 'none'}${plan?.dkim ? `, dkim=${plan.dkim}` : ''}, status=${word} (${these[0]!.reply})`);
     }
   }
 

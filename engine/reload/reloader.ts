@@ -21,7 +21,7 @@ import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
-import { buildGeneration, GenerationError } from '../policy/build-generation.ts';
+import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { restartNeeded } from './restart-needed.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';

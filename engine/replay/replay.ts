@@ -10,7 +10,7 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { LoadedConfig } from '../config/load-config.ts';
-import { buildGeneration } from '../policy/build-generation.ts';
+import { buildGeneration } from '../generation/build-generation.ts';
 import { checkVerdict } from '../policy/verdict.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';

@@ -6,6 +6,7 @@
  */
 import type { Logger } from '../logging/logger.ts';
 import type { ConnectionState } from './connection-state.ts';
+import { REPLIES } from './replies.ts';
 
 export type DecisionStage = 'CONNECT' | 'HELO' | 'AUTH' | 'MAIL' | 'RCPT' | 'DATA' | 'END-OF-MESSAGE' | (string & {});
 
@@ -45,4 +46,15 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
     from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: st.certificate.subject.dn, verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
+}
+
+/** Why smtp-server refused a command on its own: the Postern setting behind the refusal, where there is one. */
+export function smtpServerReason(code: number, text: string, context: string | false | undefined): string {
+  if (context === 'TOO_MANY_RECIPIENTS') return 'limits.maxRecipients';
+  if (context === 'MESSAGE_TOO_BIG') return 'limits.maxMessageSize';
+  if (code === REPLIES.authRequired.code && text === REPLIES.authRequired.text) return REPLIES.authRequired.reason;
+  if (code === 421 && text === REPLIES.shuttingDown.text) return REPLIES.shuttingDown.reason;
+  if (code === 421 && text.startsWith('Timeout')) return 'limits.socketTimeoutMs';
+  if (code === 421 && text.endsWith('You talk too soon')) return 'limits.greetingDelayMs: the client talked before the greeting';
+  return 'SMTP protocol rule (smtp-server)';
 }

@@ -3,7 +3,7 @@
  * greeting delay, per-connection AUTH offers (EXTERNAL only after TLS with a usable certificate), AUTH
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
-import { logRefusal, type DecisionFacts, type DecisionStage } from './decision-log.ts';
+import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
@@ -12,7 +12,7 @@ import net from 'node:net';
 import { isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
-import { REPLIES, reply } from './replies.ts';
+import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
 import type { SmtpClient } from './smtp-client.ts';
@@ -30,6 +30,9 @@ const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNRE
  * and EHLO (each runs the helo script; a client needs two, around STARTTLS).
  */
 const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', 'EHLO']);
+
+/** Commands a refusal of smtp-server's own is logged under; any other verb is UNKNOWN (log and metric labels stay few). */
+const SMTP_VERBS = new Set([...JUNK_COMMANDS, 'MAIL', 'RCPT', 'DATA', 'BDAT', 'QUIT', 'AUTH', 'STARTTLS', 'LHLO', 'XCLIENT', 'XFORWARD']);
 
 /**
  * RCPTs over maxRecipients (each answered 452 4.5.3) tolerated before each counts as a refusal: a client may
@@ -76,6 +79,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * this reply"). Set by decide() right before the reply is sent.
    */
   #nextReply: DecidedReply | null = null;
+  /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
+  #stage: DecisionStage = 'CONNECT';
 
   constructor(server: ListenerHost, socket: net.Socket, options?: Record<string, unknown>) {
     super(server as unknown as SMTPServer, socket, options);
@@ -98,6 +103,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #answer(stage: DecisionStage, decided: SmtpReply): void {
     this.decide(stage, decided);
     this.send(decided.responseCode, decided.message);
+  }
+
+  /** The server is stopping and this session outlived the grace time: 421, closed. */
+  closeForShutdown(): void {
+    if (!this._closing) this.#answer('SMTP', reply('shuttingDown'));
   }
 
   /** smtp-server waits a fixed 100 ms before the greeting (early-talker check); ours is per listener. */
@@ -200,6 +210,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const space = command.indexOf(0x20);
       const verb = command.toString('latin1', 0, space < 0 ? Math.min(command.length, 8) : Math.min(space, 8)).toUpperCase();
+      this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);
@@ -233,11 +244,15 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     super._onError(err);
   }
 
+  /** A refusal smtp-server wrote itself: logged and counted like Postern's, with the enhanced code the wire has. */
   #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined): void {
-    const text = Array.isArray(data) ? data.join(' ') : data ?? '';
+    const line = Array.isArray(data) ? data.join(' ') : data ?? '';
+    const own = ENHANCED_CODE_PREFIX.exec(line);
+    const text = own ? line.slice(own[0].length) : line;
     const mail = this.session.envelope?.mailFrom;
-    logRefusal(this.#server.runtime.logger, this, typeof context === 'string' ? context.toUpperCase() : 'SMTP',
-      { responseCode: code, enhanced: '', text, reason: code === REPLIES.authRequired.code && text.endsWith(REPLIES.authRequired.text) ? REPLIES.authRequired.reason : 'SMTP protocol rule (smtp-server)' },
+    metrics.refusals.inc({ stage: this.#stage, class: code >= 500 ? '5xx' : '4xx' });
+    logRefusal(this.#server.runtime.logger, this, this.#stage,
+      { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason: smtpServerReason(code, text, context) },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }
 

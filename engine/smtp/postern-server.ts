@@ -239,27 +239,6 @@ export class PosternServer extends SMTPServer {
     if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
 
-  /**
-   * Stop: new commands get 421, sessions in progress may finish until the close timeout, the rest are then
-   * closed (smtp-server's close). In a worker this server never listened (the supervisor owns the socket),
-   * and net calls back at once when asked to close a server that is not running: the worker then ended
-   * with every transaction cut, also mid-DATA. There, net's close waits for the sessions instead.
-   */
-  override close(callback?: () => void): void {
-    if (!this.server.listening) {
-      const connections = this.connections;
-      this.server.close = ((done?: () => void) => {
-        const drained = setInterval(() => {
-          if (connections.size > 0) return;
-          clearInterval(drained);
-          done?.();
-        }, 50);
-        return this.server;
-      }) as typeof this.server.close;
-    }
-    super.close(callback);
-  }
-
   /** smtp-server's connect(), creating our connection class. */
   override connect(socket: net.Socket, socketOptions?: Record<string, unknown>): void {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
@@ -335,6 +314,35 @@ export class PosternServer extends SMTPServer {
     conn.state.closed = true;
     conn.state.releaseSlot?.();
     conn.state.generation.release();
+    if (this.#drained && this.connections.size === 0) this.#drained();
+  }
+
+  /** Set while close() waits for the sessions of a worker's server to end. */
+  #drained: (() => void) | null = null;
+
+  /**
+   * Stop. smtp-server's close() stops accepting and lets the sessions of a listening server finish, up to
+   * closeTimeout (then 421 and closed). A worker's server never listened (the supervisor hands it its
+   * sockets), and net.Server.close() then calls back at once: the worker would exit in the middle of its
+   * transactions. Its sessions get the same wait here.
+   */
+  override close(callback?: () => void): void {
+    if (this.server.listening) return super.close(callback);
+    super.close(); // from now on smtp-server answers each new command 421 4.4.2 Server shutting down
+    if (this.connections.size === 0) return void callback?.();
+    const graceMs = (this.options as { closeTimeout?: number }).closeTimeout ?? 30_000;
+    this.runtime.logger.info({ listener: this.listenerName, sessions: this.connections.size, graceMs },
+      'stopping: sessions in progress may finish their transaction');
+    const finish = (): void => {
+      this.#drained = null;
+      clearTimeout(timer);
+      callback?.();
+    };
+    const timer = setTimeout(() => {
+      for (const conn of this.connections as Set<PosternConnection>) conn.closeForShutdown();
+      finish();
+    }, graceMs);
+    this.#drained = finish;
   }
 }
 

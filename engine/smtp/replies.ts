@@ -21,6 +21,7 @@ export const REPLIES = {
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
   connectionLimitStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection limit cannot be checked, try again later', reason: 'limits.connectionsPerIpInStore: store unavailable (fail closed)' },
   tooManyErrors: { code: 421, enhanced: '4.7.0', text: '{hostname} Error: too many errors', reason: 'limits.maxErrors' },
+  shuttingDown: { code: 421, enhanced: '4.4.2', text: 'Server shutting down', reason: 'the server is stopping' },
   tooManyAuthFailures: { code: 421, enhanced: '4.7.0', text: 'Too many authentication failures, try again later', reason: 'limits.authFailuresPerIp' },
   certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },
   certificateRequiredNotTrusted: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted ({verifyError})', reason: 'tls.clientCertificates: require' },

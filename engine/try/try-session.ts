@@ -12,7 +12,7 @@ import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { LoadedConfig } from '../config/load-config.ts';
 import type { ListenerConfig } from '../config/schema.ts';
-import { buildGeneration, type BuiltGeneration } from '../policy/build-generation.ts';
+import { buildGeneration, type BuiltGeneration } from '../generation/build-generation.ts';
 import { observeHookCalls, type HookCall } from '../policy/hook-calls.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';

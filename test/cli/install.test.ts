@@ -106,6 +106,17 @@ test('on a Node older than 24 the command re-runs itself on the pinned Node 24, 
   assert.equal(lacking.status, 1);
   assert.match(lacking.stderr, /needs Node\.js 24 or newer, this is v\d+/);
   assert.doesNotMatch(lacking.stderr, /ERR_UNKNOWN_FILE_EXTENSION|at /);
+
+  // In a clone the npm scripts run the same entry: `npm start` on that Node says the same, not ERR_UNKNOWN_FILE_EXTENSION.
+  await cp(join(REPO, 'engine'), join(bare, 'engine'), { recursive: true });
+  await cp(join(REPO, 'package.json'), join(bare, 'package.json'));
+  const oldNodePath = { ...SHELL_ENV, PATH: `${join(OLD_NODE!, '..')}:/usr/bin:/bin` };
+  for (const script of [['start'], ['run', 'postern', '--', '--version'], ['run', 'check']]) {
+    const npm = spawnSync('npm', script, { cwd: bare, encoding: 'utf8', timeout: 60_000, env: oldNodePath });
+    assert.notEqual(npm.status, 0, `npm ${script.join(' ')}`);
+    assert.match(npm.stderr, /needs Node\.js 24 or newer, this is v\d+/, `npm ${script.join(' ')}: ${npm.stderr}`);
+    assert.doesNotMatch(npm.stderr, /ERR_UNKNOWN_FILE_EXTENSION/);
+  }
 });
 
 const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => spawnSync(p, ['--version']).status === 0);

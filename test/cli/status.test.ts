@@ -71,4 +71,10 @@ listeners:
   assert.equal(stopped.code, 3);
   assert.match(stopped.stderr, /not running/);
   assert.equal(stopped.json, null, 'no stale status printed');
+  // Stopped, with a broken file: still "not running" (exit 3), the errors shown, no running server claimed.
+  await writeFile(config, `${moved}\nlisteners: [ oops\n`);
+  const stoppedBroken = status(config);
+  assert.equal(stoppedBroken.code, 3);
+  assert.match(stoppedBroken.stderr, /the configuration has errors[^]*not running/);
+  assert.doesNotMatch(stoppedBroken.stderr, /the running server/);
 });

@@ -5,6 +5,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { rename } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { assertPerAddressCap } from '../helpers/http-per-address.ts';
@@ -46,7 +48,20 @@ listeners:
 
   const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean; checks: Record<string, { ok: boolean }> };
   assert.equal(ready.ready, true, JSON.stringify(ready));
-  assert.deepEqual(Object.keys(ready.checks).sort(), ['listeners', 'processes', 'reload']);
+  assert.deepEqual(Object.keys(ready.checks).sort(), ['listeners', 'processes', 'reload', 'spool']);
+  // A spool folder that cannot be written (here: gone) makes the server not ready, until it is back.
+  const spool = join(c.dataDir, 'spool');
+  await rename(spool, `${spool}.away`);
+  try {
+    const notReady = await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`]);
+    assert.equal(notReady.stdout, '503');
+    const body = JSON.parse((await curl('curl', ['-s', `${base}/readyz`])).stdout) as { checks: { spool: { ok: boolean; detail: string } } };
+    assert.equal(body.checks.spool.ok, false);
+    assert.match(body.checks.spool.detail, /ENOENT/);
+  } finally {
+    await rename(`${spool}.away`, spool);
+  }
+  assert.equal((JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean }).ready, true);
   const status = JSON.parse((await curl('curl', ['-sf', `${base}/status`])).stdout) as { cluster: { processes: Array<{ role: string; ready: boolean }> } };
   assert.deepEqual(status.cluster.processes.map((p) => p.role).sort(), ['queue', 'worker', 'worker']);
   assert.equal((await curl('curl', ['-sf', `${base}/healthz`])).stdout, 'ok\n');

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { startCluster } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, TWO_WORKERS } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
@@ -44,5 +44,37 @@ listeners:
   assert.equal(await exited, 0, 'the supervisor exits, cleanly');
   assert.ok(await open.waitClosed(), 'the open session was ended');
   for (const pid of pids) assert.throws(() => process.kill(pid, 0), 'no child is left running');
+  await cluster.stop();
+});
+
+test('SIGTERM drains: a transaction in progress finishes and is spooled, an idle session gets 421 4.4.2, one that outlives the grace time is closed', async () => {
+  // One worker: every session is on the process that drains.
+  const cluster = await startCluster({ config: TWO_WORKERS.replace('workers: 2', 'workers: 1') });
+  await cluster.waitFor('the worker and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 2);
+  const sending = await greeted(cluster);
+  const idle = await greeted(cluster);
+  const stuck = await greeted(cluster);
+  for (const c of [sending, stuck]) {
+    assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<b@example.test>')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: drained\r\n\r\nfirst half');
+  }
+
+  const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+  cluster.proc.kill('SIGTERM');
+  const stopping = await cluster.waitFor('the worker to start draining', () => cluster.logs.find((l) => l.msg === 'stopping: sessions in progress may finish their transaction'));
+  assert.equal(stopping.sessions, 3);
+  sending.write('second half\r\n.');
+  const queued = await sending.read();
+  assert.equal(queued.code, 250, 'the transaction in progress finished');
+  const id = /queued as (\S+)/.exec(queued.text)![1]!;
+  assert.equal((await idle.command('NOOP')).text, '421 4.4.2 Server shutting down');
+  assert.ok(await idle.waitClosed());
+  // The stuck one never finishes its DATA: after the grace time it gets the 421 and is closed.
+  assert.equal((await stuck.read(30_000)).text, '421 4.4.2 Server shutting down');
+  assert.equal(await exited, 0, 'the supervisor exits, cleanly');
+  assert.ok((await spooled(cluster)).has(id), `the message ${id} accepted during the stop is in the spool`);
+  assert.ok(cluster.logs.some((l) => l.decision === 'defer' && l.reason === 'the server is stopping'), 'the forced close is logged with its reason');
   await cluster.stop();
 });

@@ -56,6 +56,13 @@ test('MX order, fallback to the next MX, A without MX, shared transactions, and 
   assert.deepEqual(mine.map((m) => m.to).sort(), [['a@mx.test', 'b@also.test'], ['c@amx.test']],
     'mx.test and also.test share MX hosts: one transaction');
   assert.equal(e.removed, false, 'servfail.test is still pending');
+  // Recipients no transaction was tried for have their delivery line too, with why.
+  const unsent = s.logs.filter((l) => l.id === id && l.relay === 'none').map((l) => [l.to, l.status, l.reason]);
+  assert.deepEqual(unsent.sort(), [
+    [['d@nx.test'], 'bounced', 'delivery.route: no usable MX'],
+    [['e@null.test'], 'bounced', 'delivery.route: no usable MX'],
+    [['f@servfail.test'], 'deferred', 'delivery.route: no usable MX'],
+  ]);
   await until('the bounce at the sink', () => sink.messages.some((m) => m.from === ''));
   const dsn = parseDsn(sink.messages.find((m) => m.from === '')!.data);
   assert.deepEqual(dsn.recipients.map((r) => [r['final-recipient'], r.status]), [['rfc822; d@nx.test', '5.1.2'], ['rfc822; e@null.test', '5.1.10']]);

@@ -19,6 +19,8 @@ export interface ClusterProcess {
   dataDir: string;
   port(listener: string): number;
   logs: Array<Record<string, unknown>>;
+  /** The same lines as written (JSON.parse hides what a line got wrong, e.g. a key twice). */
+  lines: string[];
   proc: ChildProcess;
   /** <dataDir>/cluster.json as written now. */
   cluster(): Promise<ClusterStatus>;
@@ -87,12 +89,14 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
     cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, detached: opts.detached ?? false,
   });
   const logs: Array<Record<string, unknown>> = [];
+  const written: string[] = [];
   let partial = '';
   proc.stdout!.on('data', (chunk: Buffer) => {
     partial += chunk.toString();
     const lines = partial.split('\n');
     partial = lines.pop()!;
     for (const line of lines) {
+      written.push(line);
       try { logs.push(JSON.parse(line) as Record<string, unknown>); } catch { logs.push({ text: line }); }
     }
   });
@@ -112,7 +116,7 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
   const cluster = async (): Promise<ClusterStatus> => JSON.parse(await readFile(join(dataDir, 'cluster.json'), 'utf8')) as ClusterStatus;
   await waitFor('the supervisor to start', () => logs.some((l) => l.msg === 'supervisor started'));
   return {
-    dir, dataDir, logs, proc, cluster, waitFor,
+    dir, dataDir, logs, lines: written, proc, cluster, waitFor,
     port: (name) => ports.get(name)!,
     async stop() {
       if (proc.exitCode === null) {

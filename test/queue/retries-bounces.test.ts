@@ -131,6 +131,10 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   const e = await s.nextAttempt((x) => x.id === refused, { past: true });
   assert.equal(e.removed, true);
   assert.deepEqual(e.outcomes.map((o) => [o.status, o.reply]), [['permanent', '554 5.7.1 Policy says no']]);
+  // Settled without a transaction, yet logged like every delivery attempt, with the script that decided.
+  const bounced = s.logs.filter((l) => l.id === refused && l.status);
+  assert.deepEqual(bounced.map((l) => [l.status, l.relay, l.reason]), [['bounced', 'none', 'script predelivery: reject']]);
+  assert.match(String(bounced[0]!.msg), new RegExp(`^${refused}: to=<x@refused\\.test>, relay=none, delay=[\\d.]+, attempt=1, tls=none, client_certificate=none, status=bounced \\(554 5\\.7\\.1 Policy says no\\)$`));
   await until('the bounce for the refused message at the sink', () => sink.messages.some((m) => m.from === '' && m.data.toString().includes(refused)));
   const dsn = parseDsn(sink.messages.find((m) => m.from === '' && m.data.toString().includes(refused))!.data);
   assert.equal(dsn.recipients[0]!.status, '5.7.1');
@@ -143,6 +147,11 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   const ctx = s.logs.filter((l) => String(l.msg).startsWith('CTX ') && String(l.msg).includes(held)).map((l) => JSON.parse(String(l.msg).slice(4)));
   assert.deepEqual(ctx.map((m) => m.attempt), [1, 2, 3]);
   assert.deepEqual(ctx[2].previousErrors, ['y@held.test: 451 4.3.0 Held for review', 'y@held.test: 451 4.3.0 Held for review']);
+  assert.deepEqual(s.logs.filter((l) => l.id === held && l.status).map((l) => [l.attempt, l.status, l.reason ?? null, l.reply]), [
+    [1, 'deferred', 'script predelivery: defer', '451 4.3.0 Held for review'],
+    [2, 'deferred', 'script predelivery: defer', '451 4.3.0 Held for review'],
+    [3, 'sent', null, s.logs.find((l) => l.id === held && l.status === 'sent')?.reply],
+  ]);
 });
 
 test('a mail loop (more than 50 Received headers) bounces instead of circling', async () => {
@@ -153,6 +162,7 @@ test('a mail loop (more than 50 Received headers) bounces instead of circling', 
   assert.equal(e.outcomes[0]!.status, 'permanent');
   assert.equal(e.outcomes[0]!.enhanced, '5.4.6');
   assert.match(e.outcomes[0]!.reply, /Too many hops \(51 Received headers\)/);
+  assert.deepEqual(s.logs.filter((l) => l.id === id && l.status).map((l) => [l.status, l.reason]), [['bounced', 'mail loop (too many Received headers)']]);
   assert.equal(sink.messages.filter((m) => m.to.includes('z@dest.test')).length, 0);
 });
 

@@ -5,6 +5,8 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { registry } from '../../engine/metrics/metrics.ts';
+import { until } from '../helpers/wait.ts';
 
 let s: TestServer;
 before(async () => {
@@ -13,7 +15,7 @@ before(async () => {
       hostname: 'mx.test',
       localDomains: ['example.test'],
       listeners: [
-        testListener('mx', { limits: { maxMessageSize: 200, maxConnectionsPerIp: 3 } }),
+        testListener('mx', { limits: { maxMessageSize: 200, maxConnectionsPerIp: 3, maxRecipients: 2 } }),
         testListener('sub', { auth: { mechanisms: ['PLAIN'], required: true } }),
       ],
     }),
@@ -93,4 +95,37 @@ test('relay denied, script reject/defer/failure, auth required, size limit and p
   assert.equal(line.stage, 'CONNECT');
   assert.equal(line.reason, 'limits.maxConnectionsPerIp');
   for (const h of [...held, fourth]) h.destroy();
+});
+
+test("smtp-server's own refusals are logged like Postern's: the command as stage, the enhanced code the client saw, the setting behind them; and counted", async () => {
+  // The connections the test before held must have left the per-IP count first.
+  let c!: SmtpTestClient;
+  await until('a connection under the per-IP limit again', async () => {
+    c = await SmtpTestClient.connect(s.port('mx'));
+    if ((await c.read()).code === 220) return true;
+    c.destroy();
+    return false;
+  });
+  const before = refusals().length;
+  const counted = async (): Promise<number> => (await registry.getSingleMetric('postern_smtp_refusals_total')!.get()).values.reduce((n, v) => n + v.value, 0);
+  const countedBefore = await counted();
+  assert.equal((await c.command('EHLO client.example')).code, 250);
+  assert.equal((await c.command('FOO bar')).text, '500 5.5.2 Error: command not recognized');
+  assert.equal((await c.command('MAIL FROM:<someone@example.net>')).code, 250);
+  for (const r of ['a', 'b']) assert.equal((await c.command(`RCPT TO:<${r}@example.test>`)).code, 250);
+  assert.equal((await c.command('RCPT TO:<c@example.test>')).text, '452 4.5.3 Error: too many recipients');
+  await c.quit();
+  const sub = await SmtpTestClient.connect(s.port('sub'));
+  await sub.hello();
+  assert.equal((await sub.command('MAIL FROM:<someone@example.net>')).text, '530 5.7.0 Authentication required');
+  await sub.quit();
+
+  const lines = refusals().slice(before);
+  assert.deepEqual(lines.map((l) => [l.stage, l.code, l.enhanced, l.reply, l.reason]), [
+    ['UNKNOWN', 500, '5.5.2', 'Error: command not recognized', 'SMTP protocol rule (smtp-server)'],
+    ['RCPT', 452, '4.5.3', 'Error: too many recipients', 'limits.maxRecipients'],
+    ['MAIL', 530, '5.7.0', 'Authentication required', 'auth.required'],
+  ]);
+  assert.match(String(lines[1]!.msg), /: defer: RCPT from [\w.-]+\[127\.0\.0\.1\]: 452 4\.5\.3 Error: too many recipients; from=<someone@example\.net> proto=ESMTP helo=<client\.example>$/);
+  assert.equal(await counted() - countedBefore, 3, 'postern_smtp_refusals_total counts them');
 });

@@ -15,14 +15,14 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
-import { loadTable, type LookupTable } from './lookup-tables.ts';
+import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
 import { checkOutboundTls } from '../delivery/outbound-tls.ts';
 import { checkDkimKeys } from '../delivery/dkim.ts';
 import type { Logger } from '../logging/logger.ts';
-import { PolicyGeneration } from './generation.ts';
+import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 
 export interface BuildOptions {

@@ -1,0 +1,81 @@
+// engine/metrics: the metrics Postern registers are the ones docs/operations.md lists, and the hot metrics
+// (plain maps instead of prom-client's label hashing) scrape exactly as prom-client's own counter and
+// histogram would for the same updates, alone and summed over processes by prom-client's aggregator.
+// (That they move by what a real session did: test/admin/metrics.test.ts, test/cluster/admin.test.ts.)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { AggregatorRegistry, Counter, Histogram, Registry } from 'prom-client';
+import { registry } from '../../engine/metrics/metrics.ts';
+import { HotCounter, HotHistogram } from '../../engine/metrics/hot-metrics.ts';
+
+test('every metric is documented in docs/operations.md, and every documented metric exists', async () => {
+  const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+  const documented = new Set([...doc.matchAll(/`(postern_[a-z_]+)`/g)].map((m) => m[1]!).filter((n) => !/^postern_(process|nodejs)_/.test(n)));
+  const ours = (await registry.getMetricsAsJSON()).map((m) => m.name).filter((n) => !/^postern_(process|nodejs)_/.test(n));
+  assert.deepEqual([...ours].sort().filter((n) => !documented.has(n)), [], 'metrics missing from docs/operations.md');
+  assert.deepEqual([...documented].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md lists metrics that do not exist');
+});
+
+/** The same updates to a hot metric and to prom-client's, each in a registry of its own: their scrape text. */
+async function scrapes(update: (hot: { counter: HotCounter; plain: HotCounter; histogram: HotHistogram; unlabelled: HotHistogram }, prom: {
+  counter: Counter<string>; plain: Counter<string>; histogram: Histogram<string>; unlabelled: Histogram<string>;
+}) => void): Promise<{ hot: Registry; prom: Registry }> {
+  const bounds = [0.001, 0.01, 0.1, 1];
+  const hotRegistry = new Registry();
+  const promRegistry = new Registry();
+  const hot = {
+    counter: new HotCounter('x_total', 'help', ['hook', 'generation']),
+    plain: new HotCounter('y_total', 'help'),
+    histogram: new HotHistogram('z_seconds', 'help', 'hook', bounds),
+    unlabelled: new HotHistogram('w_seconds', 'help', null, bounds),
+  };
+  for (const m of Object.values(hot)) hotRegistry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
+  const prom = {
+    counter: new Counter({ name: 'x_total', help: 'help', labelNames: ['hook', 'generation'], registers: [promRegistry] }),
+    plain: new Counter({ name: 'y_total', help: 'help', registers: [promRegistry] }),
+    histogram: new Histogram({ name: 'z_seconds', help: 'help', labelNames: ['hook'], buckets: bounds, registers: [promRegistry] }),
+    unlabelled: new Histogram({ name: 'w_seconds', help: 'help', buckets: bounds, registers: [promRegistry] }),
+  };
+  update(hot, prom);
+  return { hot: hotRegistry, prom: promRegistry };
+}
+
+/** Scrape text with each metric's lines sorted (series order is not part of the format). */
+async function normalized(r: Pick<Registry, 'metrics'>): Promise<string> {
+  const text = await r.metrics();
+  return text.split('\n\n').map((block) => block.split('\n').sort().join('\n')).sort().join('\n\n');
+}
+
+const UPDATES = (hot: Parameters<Parameters<typeof scrapes>[0]>[0], prom: Parameters<Parameters<typeof scrapes>[0]>[1]): void => {
+  for (const [hook, generation] of [['rcptto', 1], ['rcptto', 1], ['data', 2], ['rcptto', 2]] as const) {
+    hot.counter.inc(hook, generation);
+    prom.counter.inc({ hook, generation });
+  }
+  hot.plain.add(1234);
+  prom.plain.inc(1234);
+  // Values on a bucket's bound belong to it (le: less or equal), beyond the last one to +Inf.
+  for (const [v, hook] of [[0.0005, 'mailfrom'], [0.001, 'mailfrom'], [0.05, 'data'], [1, 'data'], [7, 'mailfrom']] as const) {
+    hot.histogram.observe(v, hook);
+    prom.histogram.observe({ hook }, v);
+    hot.unlabelled.observe(v);
+    prom.unlabelled.observe(v);
+  }
+};
+
+test('hot counters and histograms scrape as prom-client\'s do, before and after updates', async () => {
+  const idle = await scrapes(() => undefined);
+  assert.equal(await normalized(idle.hot), await normalized(idle.prom), 'no update yet: the same zero series');
+  const used = await scrapes(UPDATES);
+  assert.equal(await normalized(used.hot), await normalized(used.prom));
+  assert.match(await used.hot.metrics(), /^z_seconds_bucket\{le="0\.001",hook="mailfrom"\} 2$/m);
+});
+
+test('summed over processes by the aggregator (postern serve\'s /metrics), they still match', async () => {
+  const a = await scrapes(UPDATES);
+  const b = await scrapes(UPDATES);
+  const hot = AggregatorRegistry.aggregate([await a.hot.getMetricsAsJSON(), await b.hot.getMetricsAsJSON()]);
+  const prom = AggregatorRegistry.aggregate([await a.prom.getMetricsAsJSON(), await b.prom.getMetricsAsJSON()]);
+  assert.equal(await normalized(hot), await normalized(prom));
+  assert.match(await hot.metrics(), /^x_total\{hook="rcptto",generation="1"\} 4$/m);
+});
