@@ -140,6 +140,17 @@ export function chainFailureReason(errorCode: string | null): ChainFailureReason
   }
 }
 
+/**
+ * A certificate name for a log line or a sighting record: at most DN_MAX characters, then "...". A client's
+ * certificate may carry a subject of tens of kilobytes (OpenSSL takes a certificate list up to 100 KB); logged
+ * on every connection, or kept for each of 20,000 certificates seen, it would cost that much each time.
+ * Scripts still see the whole name.
+ */
+const DN_MAX = 512;
+export function boundedName(dn: string): string {
+  return dn.length <= DN_MAX ? dn : `${dn.slice(0, DN_MAX)}...`;
+}
+
 /** What the queue keeps about the submitting client's certificate. */
 export function summarizeCertificate(pc: PeerCertificate): CertificateSummary {
   return {

@@ -1,5 +1,5 @@
 /** Certificates: describing peer certificates, reading trust material, pins, generating PKI. No SMTP here. */
-export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, type ChainVerdict } from './describe.ts';
+export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, boundedName, type ChainVerdict } from './describe.ts';
 export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
 export { colonHex } from './digests.ts';
 export { loadKeyPair, loadTrustMaterial, type TrustMaterial } from './tls-files.ts';

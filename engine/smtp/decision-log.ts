@@ -5,6 +5,7 @@
  * reply, reason, certificate, identity, user). Info level: a refusal is the server working, not failing.
  */
 import type { Logger } from '../logging/logger.ts';
+import { boundedName } from '../certificates/index.ts';
 import type { ConnectionState } from './connection-state.ts';
 import { REPLIES } from './replies.ts';
 
@@ -44,7 +45,7 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: conn.clientHostname || null,
     listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
-    certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: st.certificate.subject.dn, verified: st.certificate.verified } : null,
+    certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
 }
 

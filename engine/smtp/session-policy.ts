@@ -16,7 +16,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
-import { describePeerCertificate } from '../certificates/index.ts';
+import { boundedName, describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
@@ -173,7 +173,7 @@ export class SessionPolicy {
     metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: socket.getProtocol() ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
     this.#log.info({
       // The pin (mox's base64url) lets `postern pins learn <cid>` find this certificate in the log.
-      cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: cert.subject.dn, verified: cert.verified, error: cert.verifyError, pin: cert.pin.sha256Base64Url } : null,
+      cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: boundedName(cert.subject.dn), verified: cert.verified, error: cert.verifyError, pin: cert.pin.sha256Base64Url } : null,
       identity: st.identity.identity,
     }, 'TLS established');
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
@@ -405,7 +405,7 @@ export class SessionPolicy {
     const st = conn.state;
     this.#runtime.sightings?.seen({
       fingerprintSha256: cert.fingerprint.sha256, pinSha256: cert.pin.sha256, serial: cert.serial,
-      subject: cert.subject.dn, issuer: cert.issuer.dn, notAfter: cert.notAfter, listener: st.listener.name,
+      subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), notAfter: cert.notAfter, listener: st.listener.name,
       identity: st.identity.identity, verdict: cert.verified ? 'verified' : st.identity.pinned ? 'pinned' : cert.verifyError ?? 'invalid',
       lastConnection: conn.id,
     });
@@ -421,7 +421,7 @@ export class SessionPolicy {
     const cert = st.certificate;
     if (!cert) return null;
     if (cert.verified && conn.trust.isRevoked(cert)) {
-      this.#log.info({ cid: conn.id, subject: cert.subject.dn, serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
       return reply('certificateRevoked');
     }
     const loggedInByCertificate = st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
@@ -429,7 +429,7 @@ export class SessionPolicy {
       const name = st.listener.certificateIdentity.pins;
       const line = name ? st.generation.tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
       if (parseSenderList(line)[0] !== st.identity.identity) {
-        this.#log.info({ cid: conn.id, subject: cert.subject.dn, pin: cert.pin.sha256Base64Url, user: st.user }, 'client certificate pin removed since the handshake: MAIL FROM refused');
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, 'client certificate pin removed since the handshake: MAIL FROM refused');
         return reply('certificatePinRemoved');
       }
     }
