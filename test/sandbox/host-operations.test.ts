@@ -57,7 +57,8 @@ const MANY = 40;
 test('many hooks awaiting a slow store on one isolate all start, wait together and complete', async () => {
   const held = heldStore();
   const host = { ...recordingHost(), store: held.store };
-  await withSandbox({ host, isolates: 1, timeoutMs: 5000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
+  // timeoutMs is a hang guard here: the calls wait for the held store, not for time (5 s ran out at load average 20).
+  await withSandbox({ host, isolates: 1, timeoutMs: 30_000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
     const calls = Array.from({ length: MANY }, (_, n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
     await held.until(MANY); // every call is waiting for the store at once: none holds the isolate
     held.answerAll();
