@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
 import { makeTestPki } from '../helpers/pki.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let server: TestServer;
 let ca = '';
@@ -16,24 +17,11 @@ before(async () => {
   const pki = await makeTestPki();
   ca = await readFile(pki.ca.cert, 'utf8');
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-  - name: tls
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0 }
-  - name: implicit
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [
+      testListener('mx', { reverseDns: false }),
+      testListener('tls', { reverseDns: false, tls: testServerTls(pki) }),
+      testListener('implicit', { reverseDns: false, tls: testServerTls(pki, { mode: 'implicit' }) }),
+    ] }),
     // A script on the way: the replies wait for its calls, which finish after the client's FIN.
     scripts: { 'rcptto.ts': 'export default (ctx) => ctx.address.localPart === "nobody" ? reject("No such user", { code: 550, enhanced: "5.1.1" }) : undefined' },
   });

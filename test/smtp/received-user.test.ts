@@ -6,20 +6,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 let server: TestServer;
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-users: ./users
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    reverseDns: false
-    auth: { mechanisms: [PLAIN] }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], users: './users', listeners: [
+      testListener('sub', { reverseDns: false, auth: { mechanisms: ['PLAIN'] } }),
+    ] }),
     files: { users: '# none: the auth script decides\n' },
     scripts: { 'auth.ts': 'export default (ctx) => ctx.auth.password === "script-name" ? accept({ username: "s".repeat(5000) + "@example.com" }) : accept()' },
   });

@@ -9,6 +9,7 @@ import { runInNewContext } from 'node:vm';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki } from '../helpers/pki.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
 let server: TestServer;
 
@@ -16,15 +17,9 @@ before(async () => {
   const pki = await makeTestPki();
   // Junk limits raised far out of the way: this exercises the write backpressure itself, not the limits.
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0, maxJunkCommands: 100000000, maxErrors: 100000000 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [
+      testListener('mx', { reverseDns: false, tls: testServerTls(pki), limits: { maxJunkCommands: 100000000, maxErrors: 100000000 } }),
+    ] }),
   });
 });
 after(() => server.stop());
