@@ -14,6 +14,10 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { startCluster, greeted } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+
+/** One listener `mx`, its scripts in the top-level folder. */
+const MX = configYaml({ localDomains: ['example.com'], listeners: [testListener('mx')] });
 
 /** A scripts folder of its own (outside the server's folder), holding `scripts`. */
 async function scriptsFolder(scripts: Record<string, string>): Promise<string> {
@@ -45,14 +49,7 @@ async function settled(s: TestServer): Promise<void> {
 test('a listener\'s scripts folder deleted: reload refused naming the folder, its scripts keep deciding, and it applies once the folder is back', async () => {
   const folder = await scriptsFolder({ 'mailfrom.ts': verdictScript('v1') });
   const s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    scripts: ${JSON.stringify(folder)}
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [testListener('mx', { scripts: folder })] }),
   });
   try {
     assert.equal(await mailFromReply(s.port('mx')), '550 5.7.1 v1');
@@ -80,13 +77,7 @@ listeners:
 
 test('the default scripts folder (no `scripts:` key) deleted after it was read: refused; put back empty: a legitimate "no scripts"', async () => {
   const s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`,
+    config: MX,
     scripts: { 'mailfrom.ts': verdictScript('default folder') },
   });
   try {
@@ -114,13 +105,7 @@ listeners:
 
 test('a script that is not a readable file (a FIFO, a folder named like a script): refused naming the file, without hanging the reload', async () => {
   const s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`,
+    config: MX,
     scripts: { 'mailfrom.ts': verdictScript('kept') },
   });
   try {
