@@ -9,6 +9,7 @@ import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
 import type { SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo } from '../sandbox/api/index.ts';
+import type { SpoolEnvelope } from '../spool/envelope.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -50,8 +51,11 @@ export class ConnectionState {
   closed = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
-  /** The Received header's lines about the client, and the facts they were built from. */
-  receivedClient: { facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; part: { lines: string; protocol: string } } | null = null;
+  /** The Received header's lines about the client and the spool envelope's session, and the facts they were built from. */
+  receivedClient: {
+    facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; remoteAddress: string;
+    part: { lines: string; protocol: string }; spooled: SpoolEnvelope['session'];
+  } | null = null;
 
   constructor(generation: PolicyGeneration, listener: ListenerConfig) {
     this.generation = generation;

@@ -32,7 +32,8 @@ export async function receiveMessage(
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
-    const received = Buffer.from(receivedHeaderWith(keptReceivedClientPart(conn, session), {
+    const client = keptClient(conn, session); // no command can change its facts before the end of DATA
+    const received = Buffer.from(receivedHeaderWith(client.part, {
       hostname: st.generation.config.hostname, queueId: id, recipients,
     }));
     writer.write(received);
@@ -67,16 +68,17 @@ export async function receiveMessage(
       ? { at: received.length, length: sectionBytes, bytes: editHeaderSection(writer.read(received.length, sectionBytes), edits) }
       : undefined;
     const mailFrom = session.envelope.mailFrom;
+    const now = new Date().toISOString();
     const envelope: SpoolEnvelope = {
       version: 1,
       id,
-      receivedAt: new Date().toISOString(),
+      receivedAt: now,
       sender: mailFrom ? mailFrom.address : '',
       recipients: session.envelope.rcptTo.map((r) => (r.dsn?.notify ? { address: r.address, notify: r.dsn.notify } : { address: r.address })),
       size: 0,
-      session: spooledSession(conn),
+      session: client.spooled,
       attempts: 0,
-      nextAttemptAt: new Date().toISOString(),
+      nextAttemptAt: now,
       errors: [],
     };
     if (spoolIsFull(runtime)) throw reply('storageFull');
@@ -118,20 +120,25 @@ export function spooledSession(conn: Pick<SmtpClient, 'state' | 'remoteAddress'>
   };
 }
 
-/** The Received header's lines about the client, kept per connection while the facts they come from hold. */
-function keptReceivedClientPart(conn: SmtpClient, session: SMTPServerSession): { lines: string; protocol: string } {
+/**
+ * The Received header's lines about the client and the envelope's session, kept per connection while the
+ * facts they come from hold (the memo's facts cover listener, address, HELO, user and certificate). The
+ * session is only read (serialized into each envelope), so one object serves every message.
+ */
+function keptClient(conn: SmtpClient, session: SMTPServerSession): NonNullable<SmtpClient['state']['receivedClient']> {
   const st = conn.state;
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
   const clientHostname = conn.clientHostname || null;
-  if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname) return kept.part;
+  if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname
+    && kept.remoteAddress === conn.remoteAddress) return kept;
   const tls = facts.info.tls;
   const part = receivedClientPart({
     helo: st.heloName, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress,
     tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
   });
-  st.receivedClient = { facts, heloCommand: st.heloCommand, clientHostname, part };
-  return part;
+  st.receivedClient = { facts, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress, part, spooled: spooledSession(conn) };
+  return st.receivedClient;
 }
 
 function refuseNow(writer: SpoolWriter, refusal: SmtpReply): SmtpReply {
@@ -155,12 +162,13 @@ function drain(stream: Readable, take: (chunk: Buffer, total: number) => void): 
       if (failure !== null) return;
       try { take(chunk, size); } catch (err) { failure = err; }
     });
-    stream.once('end', () => {
+    // on(), not once(): each fires once per stream anyway, and once() wraps every listener (3 objects per message).
+    stream.on('end', () => {
       ended = true;
       if (failure === null) resolve(size); else reject(failure);
     });
-    stream.once('error', reject);
+    stream.on('error', reject);
     // 'close' follows every 'end': an Error built there anyway costs a stack trace per message (perf: ~3%).
-    stream.once('close', () => { if (!ended) reject(new Error('the message stream closed before its end')); });
+    stream.on('close', () => { if (!ended) reject(new Error('the message stream closed before its end')); });
   });
 }

@@ -65,19 +65,33 @@ export function receivedClientPart(f: ReceivedClientFacts): { lines: string; pro
 /** The header for one message, given its client part (built once per connection, see receivedClientPart()). */
 export function receivedHeaderWith(client: { lines: string; protocol: string }, f: Pick<ReceivedFacts, 'hostname' | 'queueId' | 'recipients' | 'date'>): string {
   const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(f.recipients[0]!)}>` : '';
-  return `${client.lines}\tby ${f.hostname} (Postern) with ${client.protocol} id ${f.queueId}${forClause};\r\n\t${rfc5322Date(f.date ?? new Date())}\r\n`;
+  return `${client.lines}\tby ${f.hostname} (Postern) with ${client.protocol} id ${f.queueId}${forClause};\r\n\t${f.date ? rfc5322Date(f.date) : currentDate()}\r\n`;
+}
+
+/** The date of the current second: it reads the same for every message of that second, so it is built once per second. */
+let dateSecond = Number.NaN;
+let dateText = '';
+function currentDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateText = rfc5322Date(new Date(now));
+    dateSecond = second;
+  }
+  return dateText;
 }
 
 export function receivedHeader(f: ReceivedFacts): string {
   return receivedHeaderWith(receivedClientPart(f), f);
 }
 
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
 export function rfc5322Date(d: Date): string {
-  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
   const off = -d.getTimezoneOffset();
   const sign = off >= 0 ? '+' : '-';
   const abs = Math.abs(off);
   const pad = (n: number): string => String(n).padStart(2, '0');
-  return `${days[d.getDay()]}, ${d.getDate()} ${months[d.getMonth()]} ${d.getFullYear()} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${sign}${pad(Math.floor(abs / 60))}${pad(abs % 60)}`;
+  return `${DAYS[d.getDay()]}, ${d.getDate()} ${MONTHS[d.getMonth()]} ${d.getFullYear()} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${sign}${pad(Math.floor(abs / 60))}${pad(abs % 60)}`;
 }

@@ -89,7 +89,9 @@ interface Location { segment: Segment; offset: number; length: number; crc: numb
 /** An append waiting for the flush that makes it durable. It keeps its bytes: it may have to be written again elsewhere. */
 interface Waiter {
   id: string;
-  record: Buffer[];
+  /** The record is header, chunks, NEWLINE (not joined into one array: the segment's list takes them one by one). */
+  header: Buffer;
+  chunks: readonly Buffer[];
   bytes: number;
   headerBytes: number;
   length: number;
@@ -193,8 +195,8 @@ export class Journal {
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
-        id, record: [header, ...chunks, NEWLINE], bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
-        segment: null as unknown as Segment, resolve, reject: (err) => { this.#forget(id); reject(err); },
+        id, header, chunks, bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
+        segment: null as unknown as Segment, resolve, reject,
       };
       try {
         this.#place(waiter);
@@ -245,7 +247,7 @@ export class Journal {
 
   /** Close every file; appends still waiting for their flush are refused. */
   close(): void {
-    for (const w of this.#waiting.splice(0)) w.reject(new Error('the journal was closed'));
+    for (const w of this.#waiting.splice(0)) this.#refuse(w, new Error('the journal was closed'));
     for (const segment of this.#segments.values()) this.#closeFiles(segment);
     this.#segments.clear();
     this.#index.clear();
@@ -276,7 +278,9 @@ export class Journal {
       throw err;
     }
     if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
-    for (const b of w.record) segment.unwritten.push(b);
+    segment.unwritten.push(w.header);
+    for (const b of w.chunks) segment.unwritten.push(b);
+    segment.unwritten.push(NEWLINE);
     this.#index.set(w.id, { segment, offset: segment.size + w.headerBytes, length: w.length, crc: w.crc, seed: w.seed });
     segment.size += w.bytes;
     segment.live++;
@@ -319,13 +323,12 @@ export class Journal {
     this.#flushes++;
     const batch = this.#waiting;
     this.#waiting = [];
-    const first = batch[0]!.segment;
-    const segments = first.entrySynced && batch.every((w) => w.segment === first) ? [first] : [...new Set(batch.map((w) => w.segment))];
-    const errors = new Map<Segment, Error>();
+    const segments = segmentsOf(batch);
+    let errors: Map<Segment, Error> | null = null; // made on the first failure
     const settle = (): void => {
       for (const w of batch) {
-        const err = errors.get(w.segment);
-        if (err) w.reject(err);
+        const err = errors?.get(w.segment);
+        if (err) this.#refuse(w, err);
         // Synced, yet the file failed meanwhile, possibly with an error this sync did not see: write it again.
         else if (w.segment.failed) { if (this.#move(w)) this.#waiting.push(w); }
         else w.resolve();
@@ -338,12 +341,12 @@ export class Journal {
       try {
         this.#write(segment);
       } catch (err) {
-        errors.set(segment, err as Error);
+        (errors ??= new Map()).set(segment, err as Error);
         continue;
       }
       syncing++;
       this.#sync(segment, (err) => {
-        if (err) errors.set(segment, err);
+        if (err) (errors ??= new Map()).set(segment, err);
         if (--syncing === 0) settle();
       });
     }
@@ -423,13 +426,19 @@ export class Journal {
     try {
       this.#place(w);
     } catch (err) {
-      w.reject(err as Error);
+      this.#refuse(w, err as Error);
       return false;
     }
     if (this.#segments.has(from.seq)) {
       try { this.#appendDone(from, w.id); } catch { /* at start the later copy wins anyway */ }
     }
     return true;
+  }
+
+  /** Refuse an append that is not durable: it leaves the index (it was never acknowledged). */
+  #refuse(w: Waiter, err: Error): void {
+    this.#forget(w.id);
+    w.reject(err);
   }
 
   #appendDone(segment: Segment, id: string): void {
@@ -567,6 +576,14 @@ export class Journal {
       if (at?.segment === segment) this.#forget(id);
     }
   }
+}
+
+/** The segments a batch of appends went to, in order; nearly always one. */
+function segmentsOf(batch: readonly Waiter[]): Segment[] {
+  const first = batch[0]!.segment;
+  let one = true;
+  for (const w of batch) if (w.segment !== first) { one = false; break; }
+  return one ? [first] : [...new Set(batch.map((w) => w.segment))];
 }
 
 /** The journal's key, or null when it has none yet. */

@@ -350,18 +350,28 @@ export class SpoolWriter {
 
   /**
    * Make the message and its envelope durable. Resolves only when they would survive a crash.
-   * `replace`: the bytes [at, at + length) of the message become `bytes` first.
+   * `replace`: the bytes [at, at + length) of the message become `bytes` first. The envelope's `size` is
+   * set to the message's (the caller builds the envelope for this commit).
    */
-  async commit(envelope: SpoolEnvelope, replace?: { at: number; length: number; bytes: Buffer }): Promise<void> {
-    if (replace && this.#fd === null) this.#replacePending(replace.at, replace.length, replace.bytes);
-    else if (replace) await this.#rewrite(replace.at, replace.length, replace.bytes);
-    if (this.#fd === null && this.#journal) {
+  commit(envelope: SpoolEnvelope, replace?: { at: number; length: number; bytes: Buffer }): Promise<void> {
+    if (this.#fd !== null || !this.#journal) return this.#commitFile(envelope, replace);
+    // A journal record: no async function of its own (the journal's promise is the commit's).
+    try {
+      if (replace) this.#replacePending(replace.at, replace.length, replace.bytes);
       const chunks = this.#pending;
       this.#pending = [];
-      chunks.push(encodeTrailer({ ...envelope, size: this.#bytes }));
-      await this.#journal.append(this.id, chunks);
-      return;
+      envelope.size = this.#bytes;
+      chunks.push(encodeTrailer(envelope));
+      return this.#journal.append(this.id, chunks);
+    } catch (err) {
+      return Promise.reject(err as Error);
     }
+  }
+
+  /** The same for a message with a file of its own. */
+  async #commitFile(envelope: SpoolEnvelope, replace?: { at: number; length: number; bytes: Buffer }): Promise<void> {
+    if (replace && this.#fd === null) this.#replacePending(replace.at, replace.length, replace.bytes);
+    else if (replace) await this.#rewrite(replace.at, replace.length, replace.bytes);
     this.#flush();
     const fd = this.#fd!;
     writeAll(fd, encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash!.digest('hex') }));
