@@ -51,10 +51,10 @@ export class ConnectionState {
   closed = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
-  /** The Received header's lines about the client and the spool envelope's session, and the facts they were built from. */
+  /** The start of the Received header (up to the queue id) and the spool envelope's session, and the facts they were built from. */
   receivedClient: {
-    facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; remoteAddress: string;
-    part: { lines: string; protocol: string }; spooled: SpoolEnvelope['session'];
+    facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; remoteAddress: string; hostname: string;
+    receivedStart: Buffer; spooled: SpoolEnvelope['session'];
   } | null = null;
 
   constructor(generation: PolicyGeneration, listener: ListenerConfig) {

@@ -14,7 +14,7 @@ import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { HeaderReader } from './header-reader.ts';
 import { editHeaderSection } from './header-edit.ts';
-import { receivedClientPart, receivedHeaderWith } from './received-header.ts';
+import { receivedClientPart, receivedHeaderEnd, receivedHeaderStart } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
@@ -32,11 +32,12 @@ export async function receiveMessage(
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
-    const client = keptClient(conn, session); // no command can change its facts before the end of DATA
-    const received = Buffer.from(receivedHeaderWith(client.part, {
-      hostname: st.generation.config.hostname, queueId: id, recipients,
-    }));
-    writer.write(received);
+    // Our Received header: its start is kept per connection, only its end (id, recipient, date) is per message.
+    const client = keptClient(conn, session, st.generation.config.hostname); // no command can change its facts before the end of DATA
+    const receivedEnd = Buffer.from(receivedHeaderEnd({ queueId: id, recipients }));
+    writer.write(client.receivedStart);
+    writer.write(receivedEnd);
+    const receivedBytes = client.receivedStart.length + receivedEnd.length;
     const maxSize = conn.maxMessageSize;
     const headers = new HeaderReader(st.listener.limits.maxHeaderBytes);
     // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
@@ -57,7 +58,7 @@ export async function receiveMessage(
     const sectionBytes = headers.sectionBytes >= 0 ? headers.sectionBytes : size;
     const bodyAt = (): number => {
       if (headers.sectionBytes < 0) return writer.bytes;
-      const at = received.length + sectionBytes;
+      const at = receivedBytes + sectionBytes;
       return at + (writer.read(at, 1)[0] === 0x0d ? 2 : 1); // the empty line: CR LF or LF
     };
     const decision = await policy.data(conn, session, id, size, () => headers.headers(), (max) => writer.read(bodyAt(), max));
@@ -65,7 +66,7 @@ export async function receiveMessage(
     if (decided?.refuses) throw decided;
     const edits = decision.headerEdits;
     const replace = edits?.length
-      ? { at: received.length, length: sectionBytes, bytes: editHeaderSection(writer.read(received.length, sectionBytes), edits) }
+      ? { at: receivedBytes, length: sectionBytes, bytes: editHeaderSection(writer.read(receivedBytes, sectionBytes), edits) }
       : undefined;
     const mailFrom = session.envelope.mailFrom;
     const now = new Date().toISOString();
@@ -125,20 +126,30 @@ export function spooledSession(conn: Pick<SmtpClient, 'state' | 'remoteAddress'>
  * facts they come from hold (the memo's facts cover listener, address, HELO, user and certificate). The
  * session is only read (serialized into each envelope), so one object serves every message.
  */
-function keptClient(conn: SmtpClient, session: SMTPServerSession): NonNullable<SmtpClient['state']['receivedClient']> {
+function keptClient(conn: SmtpClient, session: SMTPServerSession, hostname: string): NonNullable<SmtpClient['state']['receivedClient']> {
   const st = conn.state;
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
   const clientHostname = conn.clientHostname || null;
   if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname
-    && kept.remoteAddress === conn.remoteAddress) return kept;
+    && kept.remoteAddress === conn.remoteAddress && kept.hostname === hostname) return kept;
   const tls = facts.info.tls;
   const part = receivedClientPart({
     helo: st.heloName, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress,
     tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
   });
-  st.receivedClient = { facts, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress, part, spooled: spooledSession(conn) };
+  st.receivedClient = {
+    facts, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress, hostname,
+    receivedStart: unpooledBytes(receivedHeaderStart(part, hostname)), spooled: spooledSession(conn),
+  };
   return st.receivedClient;
+}
+
+/** A buffer of its own: one kept for a connection's life must not hold a slab of Node's shared pool. */
+function unpooledBytes(text: string): Buffer {
+  const bytes = Buffer.allocUnsafeSlow(Buffer.byteLength(text));
+  bytes.write(text);
+  return bytes;
 }
 
 function refuseNow(writer: SpoolWriter, refusal: SmtpReply): SmtpReply {

@@ -64,8 +64,18 @@ export function receivedClientPart(f: ReceivedClientFacts): { lines: string; pro
 
 /** The header for one message, given its client part (built once per connection, see receivedClientPart()). */
 export function receivedHeaderWith(client: { lines: string; protocol: string }, f: Pick<ReceivedFacts, 'hostname' | 'queueId' | 'recipients' | 'date'>): string {
+  return receivedHeaderStart(client, f.hostname) + receivedHeaderEnd(f);
+}
+
+/** The header up to the queue id: the same for every message of a connection (kept with its client part). */
+export function receivedHeaderStart(client: { lines: string; protocol: string }, hostname: string): string {
+  return `${client.lines}\tby ${hostname} (Postern) with ${client.protocol} id `;
+}
+
+/** The rest of the header, for one message: its queue id, its recipient when it has one only, and the date. */
+export function receivedHeaderEnd(f: Pick<ReceivedFacts, 'queueId' | 'recipients' | 'date'>): string {
   const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(f.recipients[0]!)}>` : '';
-  return `${client.lines}\tby ${f.hostname} (Postern) with ${client.protocol} id ${f.queueId}${forClause};\r\n\t${f.date ? rfc5322Date(f.date) : currentDate()}\r\n`;
+  return `${f.queueId}${forClause};\r\n\t${f.date ? rfc5322Date(f.date) : currentDate()}\r\n`;
 }
 
 /** The date of the current second: it reads the same for every message of that second, so it is built once per second. */
