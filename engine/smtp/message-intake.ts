@@ -163,7 +163,7 @@ function refuseNow(writer: SpoolWriter, refusal: SmtpReply): SmtpReply {
  * (perf: ~2% of a message's CPU). A `take` that throws (disk full, a limit passed) stops the taking, not
  * the reading: the client is still sending its message and gets the error reply after it.
  */
-function drain(stream: Readable, take: (chunk: Buffer, total: number) => void): Promise<number> {
+function drain(stream: Pick<Readable, 'on'>, take: (chunk: Buffer, total: number) => void): Promise<number> {
   return new Promise((resolve, reject) => {
     let size = 0;
     let failure: unknown = null;

@@ -15,6 +15,7 @@ import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
+import { useMessageStream } from './message-stream.ts';
 import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
@@ -224,6 +225,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   override _createParser(): ReturnType<SMTPConnection['_createParser']> {
     const parser = super._createParser();
+    useMessageStream(parser); // each message on a MessageStream, not a PassThrough
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
     // 'finish': the client's input has ended and every command of it has been handled.
