@@ -12,6 +12,8 @@
  */
 import { EventEmitter } from 'node:events';
 
+type Listener = Parameters<EventEmitter['on']>[1];
+
 export class MessageStream extends EventEmitter {
   /** Set by smtp-server's parser as the message comes in. */
   byteLength = 0;
@@ -21,8 +23,8 @@ export class MessageStream extends EventEmitter {
   readableEnded = false;
   writableEnded = false;
   destroyed = false;
-  /** Chunks written while nobody read yet. */
-  #held: Buffer[] = [];
+  /** Chunks written while nobody read yet (made when needed: normally the intake reads from the start). */
+  #held: Buffer[] | null = null;
   /** A write returned false: 'drain' is owed. */
   #drainOwed = false;
 
@@ -30,13 +32,13 @@ export class MessageStream extends EventEmitter {
   get writable(): boolean { return !this.destroyed && !this.writableEnded; }
 
   /** As a Readable's: a 'data' listener starts the flow. */
-  override on(event: string | symbol, listener: (...args: unknown[]) => void): this {
+  override on(event: string | symbol, listener: Listener): this {
     super.on(event, listener);
     if (event === 'data' && this.readableFlowing !== true) this.resume();
     return this;
   }
 
-  override addListener(event: string | symbol, listener: (...args: unknown[]) => void): this {
+  override addListener(event: string | symbol, listener: Listener): this {
     return this.on(event, listener);
   }
 
@@ -44,18 +46,18 @@ export class MessageStream extends EventEmitter {
     if (this.readableFlowing === true) return this;
     this.readableFlowing = true;
     // What came before anyone read goes out on the next tick, after the listeners now being added.
-    if (this.#held.length > 0 || this.writableEnded) process.nextTick(() => this.#flow());
+    if (this.#held !== null || this.writableEnded) process.nextTick(flow, this);
     return this;
   }
 
   /** A chunk of the message; false when it is held because nobody reads yet. */
   write(chunk: Buffer): boolean {
     if (!this.writable) return false;
-    if (this.readableFlowing === true && this.#held.length === 0) {
+    if (this.readableFlowing === true && this.#held === null) {
       this.emit('data', chunk);
       return true;
     }
-    this.#held.push(chunk);
+    (this.#held ??= []).push(chunk);
     this.#drainOwed = true;
     return false;
   }
@@ -65,7 +67,7 @@ export class MessageStream extends EventEmitter {
     if (!this.writable) return this;
     if (chunk && chunk.length > 0) this.write(chunk);
     this.writableEnded = true;
-    if (this.readableFlowing === true && this.#held.length === 0) process.nextTick(() => this.#finish());
+    if (this.readableFlowing === true && this.#held === null) process.nextTick(finish, this);
     return this;
   }
 
@@ -73,35 +75,45 @@ export class MessageStream extends EventEmitter {
   destroy(err?: Error): this {
     if (this.destroyed) return this;
     this.destroyed = true;
-    this.#held = [];
-    process.nextTick(() => {
-      if (err && this.listenerCount('error') > 0) this.emit('error', err);
-      this.emit('close');
-    });
+    this.#held = null;
+    process.nextTick(destroyed, this, err);
     return this;
   }
 
-  #flow(): void {
-    const held = this.#held;
-    this.#held = [];
+  /** On resume(): what was held, then 'drain', and the end if it came. */
+  static flow(stream: MessageStream): void {
+    const held = stream.#held ?? [];
+    stream.#held = null;
     for (const chunk of held) {
-      if (this.destroyed) return;
-      this.emit('data', chunk);
+      if (stream.destroyed) return;
+      stream.emit('data', chunk);
     }
-    if (this.#drainOwed && !this.destroyed) {
-      this.#drainOwed = false;
-      this.emit('drain');
+    if (stream.#drainOwed && !stream.destroyed) {
+      stream.#drainOwed = false;
+      stream.emit('drain');
     }
-    if (this.writableEnded && this.#held.length === 0) this.#finish();
+    if (stream.writableEnded && stream.#held === null) finish(stream);
   }
+}
 
-  #finish(): void {
-    if (this.destroyed || this.readableEnded) return;
-    this.readableEnded = true;
-    this.emit('end');
-    this.destroyed = true;
-    process.nextTick(() => this.emit('close'));
-  }
+// Tick callbacks at module level: process.nextTick(fn, stream) makes no closure per message.
+const flow = MessageStream.flow;
+
+function finish(stream: MessageStream): void {
+  if (stream.destroyed || stream.readableEnded) return;
+  stream.readableEnded = true;
+  stream.emit('end');
+  stream.destroyed = true;
+  process.nextTick(emitClose, stream);
+}
+
+function destroyed(stream: MessageStream, err: Error | undefined): void {
+  if (err && stream.listenerCount('error') > 0) stream.emit('error', err);
+  stream.emit('close');
+}
+
+function emitClose(stream: MessageStream): void {
+  stream.emit('close');
 }
 
 /** smtp-server's parser (SMTPStream), as far as switching it to data mode goes. */
