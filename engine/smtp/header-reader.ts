@@ -68,8 +68,14 @@ export class HeaderReader {
     const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
     const text = (this.#sectionBytes >= 0 ? all.subarray(0, this.#sectionBytes) : all).toString('utf8');
     const out: Array<[string, string]> = [];
-    for (const line of text.split(/\r?\n/)) {
-      if ((line.startsWith(' ') || line.startsWith('\t')) && out.length) {
+    // Line by line (a line ends at LF, a CR before it dropped), without an array of the lines first.
+    for (let start = 0; start <= text.length;) {
+      let end = text.indexOf('\n', start);
+      if (end < 0) end = text.length;
+      const line = text.slice(start, end > start && text.charCodeAt(end - 1) === 0x0d ? end - 1 : end);
+      start = end + 1;
+      const first = line.charCodeAt(0);
+      if ((first === 0x20 || first === 0x09) && out.length) {
         out[out.length - 1]![1] += ' ' + line.trim();
         continue;
       }
