@@ -12,16 +12,8 @@ const MAGIC = 'POSTERN-ENVELOPE-V1';
 export const FOOTER_BYTES = 1 + MAGIC.length + 1 + 10 + 1;
 
 export function encodeTrailer(envelope: SpoolEnvelope): Buffer {
-  return Buffer.concat(trailerParts(envelope));
-}
-
-/**
- * The same as two buffers, the envelope's JSON and the footer, for a writer that takes a list (the journal,
- * writev): no third copy of the JSON as one string with its footer (perf: ~0.7 KB less per message).
- */
-export function trailerParts(envelope: SpoolEnvelope): [Buffer, Buffer] {
-  const json = Buffer.from(JSON.stringify(envelope));
-  return [json, Buffer.from(`\n${MAGIC} ${String(json.length).padStart(10, '0')}\n`, 'latin1')];
+  const json = JSON.stringify(envelope);
+  return Buffer.from(`${json}\n${MAGIC} ${String(Buffer.byteLength(json)).padStart(10, '0')}\n`);
 }
 
 export interface MessageLayout {

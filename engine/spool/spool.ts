@@ -13,7 +13,7 @@ import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } f
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
-import { encodeTrailer, parseLayout, readLayout, trailerParts } from './message-file.ts';
+import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
 import { FreeSpace } from './free-space.ts';
@@ -361,8 +361,7 @@ export class SpoolWriter {
       const chunks = this.#pending;
       this.#pending = [];
       envelope.size = this.#bytes;
-      const trailer = trailerParts(envelope);
-      chunks.push(trailer[0], trailer[1]);
+      chunks.push(encodeTrailer(envelope));
       return this.#journal.append(this.id, chunks);
     } catch (err) {
       return Promise.reject(err as Error);
