@@ -6,8 +6,8 @@
  *
  * It keeps the part of the stream contract smtp-server (smtp-stream.js, smtp-connection.js) and the intake
  * use: write() (false while nobody reads: the parser then waits for 'drain' or 'close'), end(), destroy(),
- * resume() (smtp-server drains a message nobody read), 'data', then 'end' and 'close' on later ticks as a
- * stream emits them, 'error' (only to a listener, as smtp-server asks); readable, writable, destroyed,
+ * resume() (smtp-server drains a message nobody read), 'data', then 'end' and 'close' on a later tick than
+ * end(), as a stream emits them, 'error' (only to a listener, as smtp-server asks); readable, writable, destroyed,
  * readableEnded, writableEnded, readableFlowing; byteLength and sizeExceeded, which the parser sets.
  */
 import { EventEmitter } from 'node:events';
@@ -99,12 +99,13 @@ export class MessageStream extends EventEmitter {
 // Tick callbacks at module level: process.nextTick(fn, stream) makes no closure per message.
 const flow = MessageStream.flow;
 
+/** 'end', then 'close' at once: nothing waits in between (a stream's own tick between them cost one more per message). */
 function finish(stream: MessageStream): void {
   if (stream.destroyed || stream.readableEnded) return;
   stream.readableEnded = true;
   stream.emit('end');
   stream.destroyed = true;
-  process.nextTick(emitClose, stream);
+  stream.emit('close');
 }
 
 function destroyed(stream: MessageStream, err: Error | undefined): void {
@@ -112,9 +113,6 @@ function destroyed(stream: MessageStream, err: Error | undefined): void {
   stream.emit('close');
 }
 
-function emitClose(stream: MessageStream): void {
-  stream.emit('close');
-}
 
 /** smtp-server's parser (SMTPStream), as far as switching it to data mode goes. */
 interface DataModeParser {
