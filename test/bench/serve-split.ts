@@ -4,7 +4,9 @@
  * the single-process server, for one load run of benchmark (a) after a warm-up. SPLIT_WORKERS (default 1; 0:
  * the single process), SPLIT_MESSAGES (3000), SPLIT_PER_CONN (100), SPLIT_SCRIPTS=0 (benchmark (b)),
  * SPLIT_STRACE=1 (system calls per message of each process, `strace -c -f`; =threads: per thread name, slow),
- * SPLIT_PROF=1 (--cpu-prof in every process; the hottest functions of the measured run alone), SPLIT_NODE_ARGS.
+ * SPLIT_PROF=1 (--cpu-prof in every process; the hottest functions of the measured run alone), SPLIT_NODE_ARGS,
+ * SPLIT_IDLE=<seconds> (each process's CPU while no client is connected, measured that long before the run:
+ * what it costs per second whatever the load, against what the run added per message).
  * Figures are per message of the whole run (a worker of two serves about half of them).
  */
 import { spawn } from 'node:child_process';
@@ -58,6 +60,16 @@ const threads = async (pid: number): Promise<Map<string, number>> => {
   }
   return m;
 };
+/** CPU seconds of all threads of a process (schedstat: exact, unlike /proc/<pid>/stat's 10 ms ticks). */
+const processCpu = async (pid: number): Promise<number> => [...(await threads(pid)).values()].reduce((a, b) => a + b, 0);
+const idleSeconds = Number(process.env.SPLIT_IDLE ?? 0);
+const idle = new Map<number, number>(); // pid → CPU seconds per second without clients
+if (idleSeconds > 0) {
+  await new Promise((r) => setTimeout(r, 1000)); // the warm-up's sessions and spool writes settle
+  const at0 = await Promise.all(procs.map((p) => processCpu(p.pid)));
+  await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+  for (const [i, p] of procs.entries()) idle.set(p.pid, (await processCpu(p.pid) - at0[i]!) / idleSeconds);
+}
 const before = await Promise.all(procs.map(async (p) => ({ cpu: await cpuSeconds(p.pid), th: await threads(p.pid) })));
 // One strace per process (its threads with -f), so each process's system calls are told apart.
 // SPLIT_STRACE=threads: every call logged, then counted per thread name (slower under trace).
@@ -74,7 +86,10 @@ let total = 0;
 for (const [i, p] of procs.entries()) {
   const cpu = (await cpuSeconds(p.pid) - before[i]!.cpu) / r.messages * 1e6;
   total += cpu;
-  console.log(`${p.name.padEnd(12)} ${cpu.toFixed(0).padStart(5)} µs/msg`);
+  const perSecond = idle.get(p.pid);
+  // Idle CPU per second, divided by this run's rate: the part of the µs/msg that is per second, not per message.
+  const idleNote = perSecond === undefined ? '' : `  (idle: ${(perSecond * 1000).toFixed(1)} ms/s, at this run's rate ${(perSecond / r.rate * 1e6).toFixed(1)} µs/msg)`;
+  console.log(`${p.name.padEnd(12)} ${cpu.toFixed(0).padStart(5)} µs/msg${idleNote}`);
   const th = await threads(p.pid);
   const rows: Array<[string, number]> = [];
   const byComm = new Map<string, number>();
