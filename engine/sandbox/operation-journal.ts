@@ -118,7 +118,7 @@ export class OperationJournal {
         `${earlier.kind}${earlier.args}; what it should count is unknown, so it fails`;
       throw new OperationRefused(`${kind}: ${this.diverged}`, false);
     }
-    for (const shared of this.#pools()) {
+    if (this.#shared !== null) for (const shared of this.#pools()) {
       const pooled = shared.take(kind, args);
       if (pooled) {
         ops.push(pooled); // this call's own now: a later attempt finds it in order

@@ -100,10 +100,8 @@ export class RedisCounterStore implements CounterStore {
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
   }
 
-  async rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
-    const reply = await this.#eval(SCRIPTS.rate, [this.#prefix + key], [String(limit), String(windowSeconds * 1000)]);
-    const [allowed, count, ttl] = reply as [number, number, number];
-    return { allowed: allowed === 1, count, resetSeconds: Math.max(0, Math.ceil(ttl / 1000)) };
+  rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
+    return this.#eval(SCRIPTS.rate, [this.#prefix + key], [String(limit), String(windowSeconds * 1000)]).then(rateResult);
   }
 
   async get(key: string): Promise<number> {
@@ -147,46 +145,99 @@ export class RedisCounterStore implements CounterStore {
    * are loaded at every connect, so only after a SCRIPT FLUSH).
    */
   #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
-    const tail = [String(keys.length), ...keys, ...args];
-    return this.#send(['EVALSHA', s.sha, ...tail]).catch((err: unknown) => {
-      if (!(err instanceof StoreUnavailable && String((err.cause as Error)?.message).startsWith('NOSCRIPT'))) throw err;
-      return this.#send(['EVAL', s.text, ...tail]);
-    });
+    return this.#send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args], s.text);
   }
 
   /**
    * One command, answered within timeoutMs or failed. The client's own `timeout` covers only the wait to be
    * sent, not the wait for the reply (a hung server): the deadline queue covers both (one timer for all
    * calls, see deadline-queue.ts). A reply after the deadline is dropped; the operation may still have
-   * counted on the server, which errs on the side of refusing.
+   * counted on the server, which errs on the side of refusing. `script`: an EVALSHA's script text, sent
+   * with EVAL when Redis answers NOSCRIPT (it lost the script).
    */
-  #send(args: string[]): Promise<unknown> {
+  #send(args: string[], script?: string): Promise<unknown> {
     // A server that stopped answering while its connection stays up (paused, swapping) keeps every command
     // sent to it waiting in the client, and each would run once it wakes: past this many, fail at once.
     if (this.#unanswered >= MAX_UNANSWERED) {
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} commands sent and not answered (a hung server?)`));
     }
     this.#unanswered++;
-    return new Promise((resolve, reject) => {
-      const waiting: Waiting = {
-        deadline: performance.now() + this.#timeoutMs,
-        settled: false,
-        expire: () => {
-          waiting.settled = true;
-          reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
-        },
-      };
-      this.#deadlines.add(waiting);
-      this.#client.sendCommand(args).finally(() => { this.#unanswered--; }).then((value) => {
-        if (waiting.settled) return;
-        this.#deadlines.settle(waiting);
-        resolve(value);
-      }, (err: unknown) => {
-        if (waiting.settled) return;
-        this.#deadlines.settle(waiting);
-        const message = err instanceof Error ? err.message : String(err);
-        reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
-      });
+    const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script);
+    this.#deadlines.add(command);
+    this.#client.sendCommand(args).then(command.answered, command.failed);
+    return command.promise;
+  }
+
+  /** What the commands in flight report back (see PendingCommand). */
+  readonly #commands: CommandOwner = {
+    replied: (command) => {
+      this.#unanswered--;
+      if (!command.settled) this.#deadlines.settle(command);
+    },
+    timedOut: (command) => {
+      command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
+    },
+    resend: (args) => this.#send(args),
+  };
+}
+
+/** rate()'s script reply → its result. */
+function rateResult(reply: unknown): RateResult {
+  const [allowed, count, ttl] = reply as [number, number, number];
+  return { allowed: allowed === 1, count, resetSeconds: Math.max(0, Math.ceil(ttl / 1000)) };
+}
+
+interface CommandOwner {
+  /** Its reply (or failure) came, in time or not. */
+  replied(command: PendingCommand): void;
+  /** Its deadline passed before a reply: fail it (the reply, if one comes, is dropped). */
+  timedOut(command: PendingCommand): void;
+  /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
+  resend(args: string[]): Promise<unknown>;
+}
+
+/**
+ * One command in flight: its promise, and its place in the deadline queue. One object per command, with the
+ * client's promise settling it directly (no promise chained per step: a rate() per message makes these many).
+ */
+class PendingCommand implements Waiting {
+  readonly #owner: CommandOwner;
+  readonly deadline: number;
+  readonly #args: string[];
+  readonly #script: string | undefined;
+  settled = false;
+  readonly promise: Promise<unknown>;
+  resolve!: (value: unknown) => void;
+  reject!: (error: unknown) => void;
+
+  constructor(owner: CommandOwner, deadline: number, args: string[], script: string | undefined) {
+    this.#owner = owner;
+    this.deadline = deadline;
+    this.#args = args;
+    this.#script = script;
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
     });
   }
+
+  expire(): void {
+    this.settled = true;
+    this.#owner.timedOut(this);
+  }
+
+  readonly answered = (value: unknown): void => {
+    const late = this.settled;
+    this.#owner.replied(this);
+    if (!late) this.resolve(value);
+  };
+
+  readonly failed = (err: unknown): void => {
+    const late = this.settled;
+    this.#owner.replied(this);
+    if (late) return;
+    const message = err instanceof Error ? err.message : String(err);
+    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)]));
+    else this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
+  };
 }

@@ -166,3 +166,27 @@ test('each call is one round trip: one EVALSHA, no SCRIPT or EVAL per call, also
     await s.close();
   }
 });
+
+test('a script Redis lost (SCRIPT FLUSH) is sent once by its text: the call still counts, exactly once', opts, async () => {
+  const s = await ready(store('flushed:'));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  try {
+    assert.deepEqual(await s.rate('r', 10, 60), { allowed: true, count: 1, resetSeconds: 60 });
+    await raw.scriptFlush();
+    await raw.configResetStat();
+    assert.deepEqual(await s.rate('r', 10, 60), { allowed: true, count: 2, resetSeconds: 60 });
+    assert.equal(await s.add('c', 5, 60), 5);
+    const stats = Object.fromEntries([...(await raw.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)]
+      .map((m) => [m[1]!, Number(m[2])]));
+    // Each: an EVALSHA answered NOSCRIPT (failed, so nothing ran), then one EVAL that ran the script.
+    assert.equal(stats.evalsha, 2, JSON.stringify(stats));
+    assert.equal(stats.eval, 2, JSON.stringify(stats));
+    assert.equal(await raw.get('flushed:r'), '2', 'counted once per call on the server');
+    assert.equal(await s.get('c'), 5);
+  } finally {
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});
