@@ -101,7 +101,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
-    return this.#eval(SCRIPTS.rate, [this.#prefix + key], [String(limit), String(windowSeconds * 1000)]).then(rateResult);
+    return this.#evalKey(SCRIPTS.rate, this.#prefix + key, String(limit), String(windowSeconds * 1000)).then(rateResult);
   }
 
   async get(key: string): Promise<number> {
@@ -110,7 +110,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async add(key: string, n: number, ttlSeconds: number): Promise<number> {
-    return Number(await this.#eval(SCRIPTS.add, [this.#prefix + key], [String(n), String(ttlSeconds * 1000)]));
+    return Number(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)));
   }
 
   authFailures(): AuthFailureStore {
@@ -146,6 +146,11 @@ export class RedisCounterStore implements CounterStore {
    */
   #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
     return this.#send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args], s.text);
+  }
+
+  /** #eval of a script with one key and two arguments (rate, add): the command built in one go, per call. */
+  #evalKey(s: LuaScript, key: string, a: string, b: string): Promise<unknown> {
+    return this.#send(['EVALSHA', s.sha, '1', key, a, b], s.text);
   }
 
   /**
