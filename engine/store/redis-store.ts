@@ -1,7 +1,7 @@
 /**
  * Counters in Redis, shared by every Postern that uses the same server and key prefix, and the connection
  * slots of limits.connectionsPerIpInStore (redis-connection-slots.ts). Each operation is one Lua script
- * (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
+ * (atomic on the server, one round trip; the rate() calls of one turn share one), bounded by `timeoutMs`. Commands are never
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
 import { randomBytes } from 'node:crypto';
@@ -178,7 +178,7 @@ export class RedisCounterStore implements CounterStore {
     if (this.#rates === calls) this.#rates = null;
     const n = calls.size;
     try {
-      this.#send(['EVALSHA', SCRIPTS.rate.sha, String(n), ...calls.keys, ...calls.args], SCRIPTS.rate.text, n)
+      this.#send(['EVALSHA', SCRIPTS.rate.sha, String(n)].concat(calls.keys, calls.args), SCRIPTS.rate.text, n)
         .then((reply) => calls.answered(reply), (err: unknown) => calls.failed(err));
     } catch (err) {
       // Never an exception out of a microtask (it would end the process): the calls fail closed.
