@@ -96,8 +96,7 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     const list = Array.isArray(args) ? args as unknown[] : [];
     const answer = slot.operate(Number(opId), Number(callId), String(kind), list, () => startHostOperation(kind, list, host));
     if (answer === null || typeof answer === 'string') return answer;
-    // Settled later, through the slot: never an unhandled rejection in this process.
-    answer.catch(() => {});
+    // Settled later, through the slot, which handles a rejection too (never an unhandled one in this process).
     slot.started(Number(opId), Number(callId), answer);
     return null;
   };

@@ -48,37 +48,40 @@ const storeOf = (op: string, host: HostBridge): CounterStore => {
   return host.store;
 };
 
+/** An answer as the isolate takes it (one function for every call: no closure per operation). */
+const json = (answer: unknown): string => JSON.stringify(answer);
+
 export const HOST_OPERATIONS: Readonly<Record<string, HostOperation>> = Object.freeze({
   rate(args, host) {
     const store = storeOf('rate', host);
     const { key, x, y } = storeArguments('rate', args);
     if (store.immediate) return JSON.stringify(store.immediate.rateNow(key, x, y));
-    return store.rate(key, x, y).then((r) => JSON.stringify(r));
+    return store.rate(key, x, y).then(json);
   },
   get(args, host) {
     const store = storeOf('get', host);
     const { key } = storeArguments('get', args);
     if (store.immediate) return JSON.stringify(store.immediate.getNow(key));
-    return store.get(key).then((n) => JSON.stringify(n));
+    return store.get(key).then(json);
   },
   add(args, host) {
     const store = storeOf('add', host);
     const { key, x, y } = storeArguments('add', args);
     if (store.immediate) return JSON.stringify(store.immediate.addNow(key, x, y));
-    return store.add(key, x, y).then((n) => JSON.stringify(n));
+    return store.add(key, x, y).then(json);
   },
   // A DNS failure is an answer (`ok: false`), never a rejection; arguments the runtime should have refused reject.
   'dns.resolve'(args, host) {
     const dns = dnsOf('dns.resolve()', host);
     const { first, second, ms } = dnsArguments(args);
     if (!DNS_TYPES.includes(second as DnsType)) throw new TypeError(`dns.resolve(): invalid type ${second}`);
-    return dns.resolve(first, second as DnsType, ms).then((r) => JSON.stringify(r));
+    return dns.resolve(first, second as DnsType, ms).then(json);
   },
   dnsbl(args, host) {
     const dns = dnsOf('dnsbl()', host);
     const { first, second, ms } = dnsArguments(args);
     if (!isIP(second)) throw new TypeError(`dnsbl(): ${second} is not an IP address`);
-    return dns.dnsbl(first, second, ms).then((r) => JSON.stringify(r));
+    return dns.dnsbl(first, second, ms).then(json);
   },
 });
 

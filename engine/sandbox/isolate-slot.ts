@@ -730,15 +730,19 @@ export class IsolateSlot {
     this.#answers = rest;
     this.#collect = false;
     // The fast-path calls whose code may run in this entry: those answered, and those waiting for no answer
-    // (they await something else, which may settle here).
-    const waitingFor = new Set(this.#opOwners.values());
-    const touched = new Set(owners);
+    // (they await something else, which may settle here). Every answer that came is in this entry, so a
+    // fast-path call waits for one exactly when it has an operation in flight (#inFlight). No entry arrays:
+    // this runs once per delivery, over every call waiting.
+    let idle: number[] | null = null;
     let hooks = 0;
-    for (const [id, waiting] of this.#awaiting) {
-      if (waiting.resolve === undefined) continue;
-      if (!waitingFor.has(id)) touched.add(id);
-      if (touched.has(id)) hooks |= hookBit(waiting.hook);
-    }
+    this.#awaiting.forEach((waiting, id) => {
+      if (waiting.resolve === undefined) return;
+      if (owners.has(id)) hooks |= hookBit(waiting.hook);
+      else if (!this.#inFlight.has(id)) {
+        (idle ??= []).push(id);
+        hooks |= hookBit(waiting.hook);
+      }
+    });
     // Lines the continuations log are held until the entry is known to count (a stopped one runs again).
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [], heldFor: [] };
     this.#current = run;
@@ -778,7 +782,7 @@ export class IsolateSlot {
     if (isTimeout(failure)) {
       // Stopped at the budget. When its leftovers could not be drained, the isolate was given up: every
       // fast-path call waiting on it runs again elsewhere.
-      const again = this.#isolate.isDisposed ? new Set([...this.#awaiting.keys()]) : touched;
+      const again = this.#isolate.isDisposed ? new Set([...this.#awaiting.keys()]) : new Set([...owners, ...idle ?? []]);
       this.#runAgain(again, this.#stoppedCpuMs);
       if (!this.#isolate.isDisposed) return;
     }

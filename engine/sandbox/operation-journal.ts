@@ -110,24 +110,29 @@ export class OperationJournal {
   start(n: number, kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
     if (this.over) throw new OperationRefused(`${kind}: the call is over (its deadline passed)`, true);
     if (this.diverged !== null) throw new OperationRefused(`${kind}: ${this.diverged}`, false);
-    const ops = this.#ops ??= [];
-    const earlier = ops[n];
+    const ops = this.#ops;
+    const earlier = ops?.[n];
     if (earlier) {
       if (earlier.kind === kind && earlier.args === args) return earlier.answer;
       this.diverged = `run again after a stop, the call's host operation #${n + 1} was ${kind}${args} where the stopped attempt's was ` +
         `${earlier.kind}${earlier.args}; what it should count is unknown, so it fails`;
       throw new OperationRefused(`${kind}: ${this.diverged}`, false);
     }
-    for (const shared of this.#pools()) {
+    if (this.#shared !== null) for (const shared of this.#pools()) {
       const pooled = shared.take(kind, args);
       if (pooled) {
-        ops.push(pooled); // this call's own now: a later attempt finds it in order
+        this.#record(pooled); // this call's own now: a later attempt finds it in order
         return pooled.answer;
       }
     }
     const answer = live();
-    ops.push({ kind, args, answer });
+    this.#record({ kind, args, answer });
     return answer;
+  }
+
+  #record(op: Recorded): void {
+    if (this.#ops === null) this.#ops = [op]; // most calls start one operation: an array of one, not of 17
+    else this.#ops.push(op);
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * Counters in Redis, shared by every Postern that uses the same server and key prefix, and the connection
  * slots of limits.connectionsPerIpInStore (redis-connection-slots.ts). Each operation is one Lua script
- * (atomic on the server, one round trip), bounded by `timeoutMs`. Commands are never
+ * (atomic on the server, one round trip; the rate() calls of one turn share one), bounded by `timeoutMs`. Commands are never
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
 import { randomBytes } from 'node:crypto';
@@ -21,19 +21,30 @@ export interface RedisStoreOptions {
   connectionLeaseSeconds?: number;
 }
 
-/** Count one call when below the limit; the window opens with the first counted call. → {allowed, count, pttl} */
+/**
+ * rate() for the calls of one turn, in their order (a key may come more than once): KEYS one per call, ARGV
+ * its limit and window (ms). Each call is counted when below its limit; a window opens with its first
+ * counted call. → allowed, count, pttl per call. One command for many calls: one round trip, one script run.
+ */
 const RATE = `
-local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-local ttl = redis.call('PTTL', KEYS[1])
-if count < tonumber(ARGV[1]) then
-  count = redis.call('INCR', KEYS[1])
-  if ttl < 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    ttl = tonumber(ARGV[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  local ttl = redis.call('PTTL', key)
+  local allowed = 0
+  if count < tonumber(ARGV[2 * i - 1]) then
+    allowed = 1
+    count = redis.call('INCR', key)
+    if ttl < 0 then
+      redis.call('PEXPIRE', key, ARGV[2 * i])
+      ttl = tonumber(ARGV[2 * i])
+    end
   end
-  return {1, count, ttl}
+  out[3 * i - 2] = allowed
+  out[3 * i - 1] = count
+  out[3 * i] = ttl
 end
-return {0, count, ttl}`;
+return out`;
 
 /** Add to a counter; a new one (no expiry yet) gets its time to live. → the new value */
 const ADD = `
@@ -51,10 +62,13 @@ return redis.call('ZCARD', KEYS[1])`;
 const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD) };
 
 /**
- * Commands sent and not yet answered, at most: each keeps memory in the client until its reply, and a
+ * Calls sent and not yet answered, at most: each keeps memory in the client until its reply, and a
  * hung server's backlog would be run once it wakes (a healthy one answers within timeoutMs: far fewer).
  */
 const MAX_UNANSWERED = 1000;
+
+/** rate() calls of one turn per command at most: one script run holds Redis for all of them. */
+const MAX_RATES_PER_COMMAND = 100;
 
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
@@ -69,8 +83,10 @@ export class RedisCounterStore implements CounterStore {
   readonly #deadlines = new DeadlineQueue();
   #down = false;
   #closed = false;
-  /** Commands given to the client whose reply (or failure) has not come, timed out ones included. */
+  /** Calls given to the client whose reply (or failure) has not come, timed out ones included. */
   #unanswered = 0;
+  /** rate() calls of this turn not sent yet: they go as one command at its end (#sendRates). */
+  #rates: RateCalls | null = null;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -100,10 +116,18 @@ export class RedisCounterStore implements CounterStore {
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
   }
 
-  async rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
-    const reply = await this.#eval(SCRIPTS.rate, [this.#prefix + key], [String(limit), String(windowSeconds * 1000)]);
-    const [allowed, count, ttl] = reply as [number, number, number];
-    return { allowed: allowed === 1, count, resetSeconds: Math.max(0, Math.ceil(ttl / 1000)) };
+  /**
+   * The calls of one turn (a batch of hooks each awaiting rate(), the continuations of one delivery) go to
+   * Redis as one command, sent when the turn's code is done (a microtask): the client, the socket and Redis
+   * then work once per turn, not once per call. Each call still fails or succeeds as a whole.
+   */
+  rate(key: string, limit: number, windowSeconds: number): Promise<RateResult> {
+    let calls = this.#rates;
+    if (calls === null || calls.size === MAX_RATES_PER_COMMAND) {
+      const batch = calls = this.#rates = new RateCalls();
+      queueMicrotask(() => this.#sendRates(batch));
+    }
+    return calls.add(this.#prefix + key, String(limit), String(windowSeconds * 1000));
   }
 
   async get(key: string): Promise<number> {
@@ -112,7 +136,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async add(key: string, n: number, ttlSeconds: number): Promise<number> {
-    return Number(await this.#eval(SCRIPTS.add, [this.#prefix + key], [String(n), String(ttlSeconds * 1000)]));
+    return Number(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)));
   }
 
   authFailures(): AuthFailureStore {
@@ -147,46 +171,151 @@ export class RedisCounterStore implements CounterStore {
    * are loaded at every connect, so only after a SCRIPT FLUSH).
    */
   #eval(s: LuaScript, keys: readonly string[], args: readonly string[]): Promise<unknown> {
-    const tail = [String(keys.length), ...keys, ...args];
-    return this.#send(['EVALSHA', s.sha, ...tail]).catch((err: unknown) => {
-      if (!(err instanceof StoreUnavailable && String((err.cause as Error)?.message).startsWith('NOSCRIPT'))) throw err;
-      return this.#send(['EVAL', s.text, ...tail]);
-    });
+    return this.#send(['EVALSHA', s.sha, String(keys.length), ...keys, ...args], s.text);
+  }
+
+  #sendRates(calls: RateCalls): void {
+    if (this.#rates === calls) this.#rates = null;
+    const n = calls.size;
+    try {
+      this.#send(['EVALSHA', SCRIPTS.rate.sha, String(n)].concat(calls.keys, calls.args), SCRIPTS.rate.text, n)
+        .then((reply) => calls.answered(reply), (err: unknown) => calls.failed(err));
+    } catch (err) {
+      // Never an exception out of a microtask (it would end the process): the calls fail closed.
+      calls.failed(new StoreUnavailable(`store unavailable (redis): ${err instanceof Error ? err.message : String(err)}`, { cause: err }));
+    }
+  }
+
+  /** #eval of a script with one key and two arguments (add): the command built in one go, per call. */
+  #evalKey(s: LuaScript, key: string, a: string, b: string): Promise<unknown> {
+    return this.#send(['EVALSHA', s.sha, '1', key, a, b], s.text);
   }
 
   /**
    * One command, answered within timeoutMs or failed. The client's own `timeout` covers only the wait to be
    * sent, not the wait for the reply (a hung server): the deadline queue covers both (one timer for all
    * calls, see deadline-queue.ts). A reply after the deadline is dropped; the operation may still have
-   * counted on the server, which errs on the side of refusing.
+   * counted on the server, which errs on the side of refusing. `script`: an EVALSHA's script text, sent
+   * with EVAL when Redis answers NOSCRIPT (it lost the script). `calls`: how many calls the command carries.
    */
-  #send(args: string[]): Promise<unknown> {
+  #send(args: string[], script?: string, calls = 1): Promise<unknown> {
     // A server that stopped answering while its connection stays up (paused, swapping) keeps every command
-    // sent to it waiting in the client, and each would run once it wakes: past this many, fail at once.
-    if (this.#unanswered >= MAX_UNANSWERED) {
-      return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} commands sent and not answered (a hung server?)`));
+    // sent to it waiting in the client, and each would run once it wakes: past this many calls, fail at once.
+    if (this.#unanswered + calls > MAX_UNANSWERED) {
+      return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
-    this.#unanswered++;
+    this.#unanswered += calls;
+    const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script, calls);
+    this.#deadlines.add(command);
+    this.#client.sendCommand(args).then(command.answered, command.failed);
+    return command.promise;
+  }
+
+  /** What the commands in flight report back (see PendingCommand). */
+  readonly #commands: CommandOwner = {
+    replied: (command) => {
+      this.#unanswered -= command.calls;
+      if (!command.settled) this.#deadlines.settle(command);
+    },
+    timedOut: (command) => {
+      command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
+    },
+    resend: (args, calls) => this.#send(args, undefined, calls),
+  };
+}
+
+/** The rate() calls of one turn, sent together (RATE): their keys and arguments, and how to settle each. */
+class RateCalls {
+  readonly keys: string[] = [];
+  readonly args: string[] = [];
+  readonly #resolve: Array<(result: RateResult) => void> = [];
+  readonly #reject: Array<(error: unknown) => void> = [];
+
+  get size(): number {
+    return this.keys.length;
+  }
+
+  add(key: string, limit: string, windowMs: string): Promise<RateResult> {
+    this.keys.push(key);
+    this.args.push(limit, windowMs);
     return new Promise((resolve, reject) => {
-      const waiting: Waiting = {
-        deadline: performance.now() + this.#timeoutMs,
-        settled: false,
-        expire: () => {
-          waiting.settled = true;
-          reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
-        },
-      };
-      this.#deadlines.add(waiting);
-      this.#client.sendCommand(args).finally(() => { this.#unanswered--; }).then((value) => {
-        if (waiting.settled) return;
-        this.#deadlines.settle(waiting);
-        resolve(value);
-      }, (err: unknown) => {
-        if (waiting.settled) return;
-        this.#deadlines.settle(waiting);
-        const message = err instanceof Error ? err.message : String(err);
-        reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
-      });
+      this.#resolve.push(resolve);
+      this.#reject.push(reject);
     });
   }
+
+  /** RATE's reply: three numbers per call, in the calls' order. */
+  answered(reply: unknown): void {
+    const r = reply as number[];
+    if (!Array.isArray(r) || r.length !== 3 * this.size) {
+      this.failed(new StoreUnavailable(`store unavailable (redis): unexpected reply to ${this.size} rate() calls`));
+      return;
+    }
+    for (let i = 0; i < this.size; i++) {
+      this.#resolve[i]!({ allowed: r[3 * i] === 1, count: r[3 * i + 1]!, resetSeconds: Math.max(0, Math.ceil(r[3 * i + 2]! / 1000)) });
+    }
+  }
+
+  /** The command failed (unreachable, timeout, refused): every call of it fails closed. */
+  failed(err: unknown): void {
+    for (const reject of this.#reject) reject(err);
+  }
+}
+
+interface CommandOwner {
+  /** Its reply (or failure) came, in time or not. */
+  replied(command: PendingCommand): void;
+  /** Its deadline passed before a reply: fail it (the reply, if one comes, is dropped). */
+  timedOut(command: PendingCommand): void;
+  /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
+  resend(args: string[], calls: number): Promise<unknown>;
+}
+
+/**
+ * One command in flight: its promise, and its place in the deadline queue. One object per command, with the
+ * client's promise settling it directly (no promise chained per step: a rate() per message makes these many).
+ */
+class PendingCommand implements Waiting {
+  readonly #owner: CommandOwner;
+  readonly deadline: number;
+  readonly #args: string[];
+  readonly #script: string | undefined;
+  /** Calls it carries (rate() calls of one turn: see RateCalls). */
+  readonly calls: number;
+  settled = false;
+  readonly promise: Promise<unknown>;
+  resolve!: (value: unknown) => void;
+  reject!: (error: unknown) => void;
+
+  constructor(owner: CommandOwner, deadline: number, args: string[], script: string | undefined, calls: number) {
+    this.#owner = owner;
+    this.calls = calls;
+    this.deadline = deadline;
+    this.#args = args;
+    this.#script = script;
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  expire(): void {
+    this.settled = true;
+    this.#owner.timedOut(this);
+  }
+
+  readonly answered = (value: unknown): void => {
+    const late = this.settled;
+    this.#owner.replied(this);
+    if (!late) this.resolve(value);
+  };
+
+  readonly failed = (err: unknown): void => {
+    const late = this.settled;
+    this.#owner.replied(this);
+    if (late) return;
+    const message = err instanceof Error ? err.message : String(err);
+    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
+    else this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
+  };
 }

@@ -166,3 +166,55 @@ test('each call is one round trip: one EVALSHA, no SCRIPT or EVAL per call, also
     await s.close();
   }
 });
+
+test('the rate() calls of one turn go as one command (at most 100 each), each counted once, in order, as if alone', opts, async () => {
+  const s = await ready(store('turn:'));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  try {
+    await raw.configResetStat();
+    // One key twice and over its limit within the turn, another with its own limit and window.
+    const results = await Promise.all([s.rate('a', 2, 60), s.rate('b', 5, 30), s.rate('a', 2, 60), s.rate('a', 2, 60), s.rate('b', 5, 30)]);
+    assert.deepEqual(results, [
+      { allowed: true, count: 1, resetSeconds: 60 }, { allowed: true, count: 1, resetSeconds: 30 },
+      { allowed: true, count: 2, resetSeconds: 60 }, { allowed: false, count: 2, resetSeconds: 60 },
+      { allowed: true, count: 2, resetSeconds: 30 },
+    ]);
+    // 250 calls in one turn: three commands.
+    const many = await Promise.all(Array.from({ length: 250 }, () => s.rate('m', 1000, 60)));
+    assert.deepEqual(many.map((r) => r.count), Array.from({ length: 250 }, (_, i) => i + 1));
+    const stats = Object.fromEntries([...(await raw.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)]
+      .map((m) => [m[1]!, Number(m[2])]));
+    assert.equal(stats.evalsha, 1 + 3, JSON.stringify(stats));
+    assert.equal(await raw.get('turn:m'), '250');
+    assert.ok(Number(await raw.pTTL('turn:b')) > 25_000, 'the window of b is its own (30 s)');
+  } finally {
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});
+
+test('a script Redis lost (SCRIPT FLUSH) is sent once by its text: the call still counts, exactly once', opts, async () => {
+  const s = await ready(store('flushed:'));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  try {
+    assert.deepEqual(await s.rate('r', 10, 60), { allowed: true, count: 1, resetSeconds: 60 });
+    await raw.scriptFlush();
+    await raw.configResetStat();
+    assert.deepEqual(await s.rate('r', 10, 60), { allowed: true, count: 2, resetSeconds: 60 });
+    assert.equal(await s.add('c', 5, 60), 5);
+    const stats = Object.fromEntries([...(await raw.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)]
+      .map((m) => [m[1]!, Number(m[2])]));
+    // Each: an EVALSHA answered NOSCRIPT (failed, so nothing ran), then one EVAL that ran the script.
+    assert.equal(stats.evalsha, 2, JSON.stringify(stats));
+    assert.equal(stats.eval, 2, JSON.stringify(stats));
+    assert.equal(await raw.get('flushed:r'), '2', 'counted once per call on the server');
+    assert.equal(await s.get('c'), 5);
+  } finally {
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});
