@@ -11,7 +11,7 @@ import { spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
-import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
+import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
@@ -19,7 +19,7 @@ import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { boundedName, describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
-import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
+import type { HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 
 /** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
@@ -48,9 +48,6 @@ function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<str
   return null;
 }
 
-/** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
-const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
-
 export class SessionPolicy {
   readonly #runtime: Runtime;
 
@@ -60,12 +57,14 @@ export class SessionPolicy {
 
   get #log() { return this.#runtime.logger; }
 
-  async #run(conn: SmtpClient, hook: HookName, ctx: object): Promise<Verdict | undefined> {
+  /**
+   * `hook`'s script call. The per-message hooks pass the key of their shared connection facts
+   * (sharedConnectionFacts()): they repeat with the same facts, which connect, helo and auth see change.
+   * Not async: the caller awaits runHook's own promise (no extra promise and hop per call).
+   */
+  #run(conn: SmtpClient, hook: HookName, ctx: object, connectionKey?: string): Promise<Verdict | undefined> {
     const st = conn.state;
-    // The per-message hooks repeat with the same connection facts; connect, helo and auth see them change.
-    const info = SHARES_CONNECTION.has(hook) ? (ctx as { connection?: ConnectionInfo }).connection : undefined;
-    const key = info && (info === st.factsMemo?.info ? st.factsMemo.key : connectionKey(info));
-    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, key) as Verdict | undefined;
+    return runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, connectionKey) as Promise<Verdict | undefined>;
   }
 
   internalError(conn: SmtpClient, err: unknown): SmtpReply {
@@ -315,9 +314,10 @@ export class SessionPolicy {
     const sender = envelopeAddress(address);
     const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
     // As at RCPT TO: the script sees the built-in decision and its verdict, if any, wins.
+    const facts = sharedConnectionFacts(session, st);
     const verdict = await this.#run(conn, 'mailfrom', {
-      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: sender, builtin,
-    });
+      connection: facts.info, transaction: transactionInfo(session, st), address: sender, builtin,
+    }, facts.key);
     if (verdict) return verdictReply('mailfrom', verdict);
     if (builtin.accepted) return null;
     const login = st.user ?? '';
@@ -369,9 +369,11 @@ export class SessionPolicy {
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     });
-    const verdict = st.generation.hasScript(st.listener, 'rcptto')
-      ? await this.#run(conn, 'rcptto', { connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: rcpt, builtin })
-      : undefined;
+    let verdict: Verdict | undefined;
+    if (st.generation.hasScript(st.listener, 'rcptto')) {
+      const facts = sharedConnectionFacts(session, st);
+      verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction: transactionInfo(session, st), address: rcpt, builtin }, facts.key);
+    }
     if (verdict) return verdictReply('rcptto', verdict);
     if (builtin.accepted) return null;
     return reply('relayDenied', { rcpt: rcpt.address });
@@ -389,10 +391,11 @@ export class SessionPolicy {
     const token = openMessageText(body);
     let verdict: Verdict | undefined;
     try {
+      const facts = sharedConnectionFacts(session, st);
       verdict = await this.#run(conn, 'data', {
-        connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
+        connection: facts.info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
         message: { token },
-      });
+      }, facts.key);
     } finally {
       closeMessageText(token);
     }
