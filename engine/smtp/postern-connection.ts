@@ -35,6 +35,22 @@ const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', '
 const SMTP_VERBS = new Set([...JUNK_COMMANDS, 'MAIL', 'RCPT', 'DATA', 'BDAT', 'QUIT', 'AUTH', 'STARTTLS', 'LHLO', 'XCLIENT', 'XFORWARD']);
 
 /**
+ * The known four-letter verbs by their bytes, folded to lower case (`| 0x20` on each byte: a letter's two cases
+ * meet, and no other byte becomes a lower-case letter), so MAIL, RCPT and DATA need no string built per command.
+ */
+const FOUR_LETTER_VERBS = new Map([...SMTP_VERBS].filter((v) => v.length === 4).map((v) => [Buffer.from(v.toLowerCase(), 'latin1').readUInt32BE(0), v]));
+
+/** A command's verb, upper case: its first word, at most 8 characters. */
+function commandVerb(command: Buffer): string {
+  if (command.length === 4 || (command.length > 4 && command[4] === 0x20)) {
+    const known = FOUR_LETTER_VERBS.get((command.readUInt32BE(0) | 0x20202020) >>> 0);
+    if (known !== undefined) return known;
+  }
+  const space = command.indexOf(0x20);
+  return command.toString('latin1', 0, space < 0 ? Math.min(command.length, 8) : Math.min(space, 8)).toUpperCase();
+}
+
+/**
  * RCPTs over maxRecipients (each answered 452 4.5.3) tolerated before each counts as a refusal: a client may
  * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
  */
@@ -213,8 +229,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
         if (!this._closing) setImmediate(() => this._whenWritable(callback ?? (() => undefined)));
         return;
       }
-      const space = command.indexOf(0x20);
-      const verb = command.toString('latin1', 0, space < 0 ? Math.min(command.length, 8) : Math.min(space, 8)).toUpperCase();
+      const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }

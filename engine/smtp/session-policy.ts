@@ -22,6 +22,8 @@ import { STORE_KEYS } from '../store/counter-store.ts';
 import type { HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 
+const NO_SENDERS: readonly string[] = Object.freeze([]);
+
 /** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
 export interface DataDecision {
   reply: SmtpReply | null;
@@ -353,7 +355,7 @@ export class SessionPolicy {
   #senderFacts(conn: SmtpClient): SenderFacts {
     const st = conn.state;
     const { enforce, allowNullSender, table } = st.listener.senderLogin;
-    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: [] };
+    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: NO_SENDERS };
     // The pin line's senders belong to the pinned identity, so only to a session logged in as that identity.
     const pinSenders = st.identity.identity === st.user ? st.identity.senders : [];
     return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
