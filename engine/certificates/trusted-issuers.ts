@@ -30,8 +30,8 @@ export class TrustedIssuers {
    * serial; only a hit parses the certificate, to match the CRL's issuer.
    */
   isRevoked(cert: { serial: string; pem: string }): boolean {
-    if (this.#revoked.size === 0) return false;
-    const issuers = this.#revoked.get(certificateSerialKey(cert));
+    if (this.#revoked.size === 0) return false; // no CRL, or none lists anything: nothing to normalise
+    const issuers = this.#revoked.get(serialKey(cert.serial));
     if (!issuers) return false;
     const issuer = Buffer.from(new x509.X509Certificate(pemToDer(cert.pem)).issuerName.toArrayBuffer());
     return issuers.some((i) => i.equals(issuer));
@@ -49,14 +49,3 @@ export class TrustedIssuers {
 }
 
 const serialKey = (hex: string): string => hex.toLowerCase().replace(/^(00)+(?=.)/, '');
-
-/**
- * A certificate's serial key, worked out once per certificate object: a session's certificate is checked at
- * every MAIL FROM (a reloaded CRL may list it since), and its serial never changes.
- */
-const serialKeys = new WeakMap<object, string>();
-function certificateSerialKey(cert: { serial: string }): string {
-  let key = serialKeys.get(cert);
-  if (key === undefined) serialKeys.set(cert, key = serialKey(cert.serial));
-  return key;
-}

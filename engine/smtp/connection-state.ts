@@ -7,8 +7,8 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
-import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
-import type { ConnectionInfo, TransactionInfo } from '../sandbox/api/index.ts';
+import type { SMTPServerSession } from 'smtp-server';
+import type { ConnectionInfo } from '../sandbox/api/index.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -50,8 +50,6 @@ export class ConnectionState {
   closed = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
-  /** The transaction facts scripts saw last, and what they were built from (see transactionInfo()). */
-  transactionMemo: TransactionMemo | null = null;
   /** The Received header's lines about the client, and the facts they were built from. */
   receivedClient: { facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; part: { lines: string; protocol: string } } | null = null;
 
@@ -88,12 +86,4 @@ export interface FactsMemo {
   identity: ConnectionState['identity'];
   info: ConnectionInfo;
   key: string;
-}
-
-/** What transactionInfo() (script-context.ts) built its facts from, with the facts. */
-export interface TransactionMemo {
-  id: string;
-  mailFrom: SMTPServerAddress | false;
-  rcptTo: readonly SMTPServerAddress[];
-  info: TransactionInfo;
 }

@@ -63,57 +63,25 @@ export function connectionKey(info: ConnectionInfo): string {
   ].join('\n');
 }
 
-/**
- * Each address's EnvelopeAddress, built once: smtp-server keeps the address objects it parsed for the whole
- * transaction, and every later hook call of it shows them again (the sender three times, each recipient at
- * the RCPTs after it and at DATA). Frozen: one object serves every call that shows it.
- */
-const envelopeAddresses = new WeakMap<SMTPServerAddress, EnvelopeAddress>();
-
 export function envelopeAddress(addr: SMTPServerAddress | false | undefined): EnvelopeAddress | null {
   if (!addr) return null;
-  let built = envelopeAddresses.get(addr);
-  if (built === undefined) {
-    built = splitAddress(addr);
-    envelopeAddresses.set(addr, built);
-  }
-  return built;
-}
-
-function splitAddress(addr: SMTPServerAddress): EnvelopeAddress {
   const at = addr.address.lastIndexOf('@');
   const params: Record<string, string | true> = {};
   const args = addr.args as Record<string, string | true> | false | undefined;
-  // for…in, not Object.entries(): no array per address (smtp-server's args is a plain object literal).
+  // for…in, not Object.entries(): no arrays per address (smtp-server's args is a plain object literal).
   if (args) for (const k in args) params[k.toUpperCase()] = args[k]!;
-  return Object.freeze({
+  return {
     address: addr.address,
     localPart: at < 0 ? addr.address : addr.address.slice(0, at),
     domain: at < 0 ? '' : addr.address.slice(at + 1).toLowerCase(),
-    params: Object.freeze(params),
-  });
+    params,
+  };
 }
 
-/**
- * The transaction facts, built again only when the transaction changed since the last call: a new id, sender
- * or recipient list (compared here entry by entry). MAIL FROM and the first RCPT TO see the same facts.
- */
 export function transactionInfo(session: SMTPServerSession, state: ConnectionState): TransactionInfo {
-  const id = state.transactionId ?? '';
-  const { mailFrom, rcptTo } = session.envelope;
-  const memo = state.transactionMemo;
-  if (memo !== null && memo.id === id && memo.mailFrom === mailFrom && sameAddresses(memo.rcptTo, rcptTo)) return memo.info;
-  const info: TransactionInfo = Object.freeze({
-    id,
-    sender: envelopeAddress(mailFrom),
-    recipients: Object.freeze(rcptTo.map((r) => envelopeAddress(r)!)) as EnvelopeAddress[],
-  });
-  state.transactionMemo = { id, mailFrom, rcptTo: rcptTo.slice(), info };
-  return info;
-}
-
-function sameAddresses(a: readonly SMTPServerAddress[], b: readonly SMTPServerAddress[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+  return {
+    id: state.transactionId ?? '',
+    sender: envelopeAddress(session.envelope.mailFrom),
+    recipients: session.envelope.rcptTo.map((r) => envelopeAddress(r)!),
+  };
 }
