@@ -4,7 +4,7 @@
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
 import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
-import { metrics } from '../metrics/metrics.ts';
+import { refusalCounted } from '../metrics/metrics.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
@@ -176,7 +176,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (decided !== null && decided.reply.responseCode === code) {
       const { reply: sent, stage, facts } = decided;
       if (sent.refuses) {
-        metrics.refusals.inc({ stage, class: code >= 500 ? '5xx' : '4xx' });
+        refusalCounted(stage, code);
         logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
       }
       super.send(code, sent.message, false);
@@ -270,7 +270,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
     const mail = this.session.envelope?.mailFrom;
-    metrics.refusals.inc({ stage: this.#stage, class: code >= 500 ? '5xx' : '4xx' });
+    refusalCounted(this.#stage, code);
     logRefusal(this.#server.runtime.logger, this, this.#stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason: smtpServerReason(code, text, context) },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
