@@ -19,10 +19,13 @@ import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { boundedName, describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
-import type { HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
+import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 
 const NO_SENDERS: readonly string[] = Object.freeze([]);
+
+/** A command's decision: known at once, or once a script (or the store) has answered. */
+export type Decision = SmtpReply | null | Promise<SmtpReply | null>;
 
 /** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
 export interface DataDecision {
@@ -297,7 +300,11 @@ export class SessionPolicy {
     return username ? { user: username } : invalid('script accept without a username');
   }
 
-  async mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  /**
+   * MAIL FROM. A decision known at once (a refusal by a rule, or no script to ask and no limit to count in
+   * the store) is returned as it is, without a promise: only a script call or the store is waited for.
+   */
+  mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
     if (unsupported) return unsupported;
@@ -308,24 +315,33 @@ export class SessionPolicy {
     this.#adoptCurrentGeneration(conn);
     const withdrawn = this.#certificateWithdrawn(conn);
     if (withdrawn) return withdrawn;
-    if (st.listener.limits.messagesPerIdentity) { // no promise to wait for without the limit (perf)
-      const limited = await this.#messagesPerIdentity(conn);
-      if (limited) return limited;
-    }
+    if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
+    return this.#senderDecision(conn, address, session);
+  }
+
+  /** MAIL FROM under limits.messagesPerIdentity: counted in the store first. */
+  async #countedMailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+    return await this.#messagesPerIdentity(conn) ?? await this.#senderDecision(conn, address, session);
+  }
+
+  /** The new transaction's sender: the built-in binding, then the mailfrom script's verdict, if any, wins. */
+  #senderDecision(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
+    const st = conn.state;
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);
     const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
+    if (!st.generation.hasScript(st.listener, 'mailfrom')) return builtinSenderReply(st, sender, builtin);
+    return this.#senderScript(conn, session, sender, builtin);
+  }
+
+  async #senderScript(conn: SmtpClient, session: SMTPServerSession, sender: EnvelopeAddress | null, builtin: BuiltinSenderDecision): Promise<SmtpReply | null> {
+    const st = conn.state;
     // As at RCPT TO: the script sees the built-in decision and its verdict, if any, wins.
     const facts = sharedConnectionFacts(session, st);
     const verdict = await this.#run(conn, 'mailfrom', {
       connection: facts.info, transaction: transactionInfo(session, st), address: sender, builtin,
     }, facts.key);
-    if (verdict) return verdictReply('mailfrom', verdict);
-    if (builtin.accepted) return null;
-    const login = st.user ?? '';
-    return builtin.reason === 'null-sender'
-      ? reply('nullSenderRefused', { login, rule: builtin.reason })
-      : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
+    return verdict ? verdictReply('mailfrom', verdict) : builtinSenderReply(st, sender, builtin);
   }
 
   /**
@@ -361,7 +377,8 @@ export class SessionPolicy {
     return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
   }
 
-  async rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  /** RCPT TO: the relay rule, then the rcptto script's verdict, if any, wins (without a script: no promise). */
+  rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
     if (unsupported) return unsupported;
@@ -371,14 +388,14 @@ export class SessionPolicy {
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     });
-    let verdict: Verdict | undefined;
-    if (st.generation.hasScript(st.listener, 'rcptto')) {
-      const facts = sharedConnectionFacts(session, st);
-      verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction: transactionInfo(session, st), address: rcpt, builtin }, facts.key);
-    }
-    if (verdict) return verdictReply('rcptto', verdict);
-    if (builtin.accepted) return null;
-    return reply('relayDenied', { rcpt: rcpt.address });
+    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
+    return this.#recipientScript(conn, session, rcpt, builtin);
+  }
+
+  async #recipientScript(conn: SmtpClient, session: SMTPServerSession, rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): Promise<SmtpReply | null> {
+    const facts = sharedConnectionFacts(session, conn.state);
+    const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction: transactionInfo(session, conn.state), address: rcpt, builtin }, facts.key);
+    return verdict ? verdictReply('rcptto', verdict) : relayReply(rcpt, builtin);
   }
 
   /**
@@ -453,6 +470,20 @@ export class SessionPolicy {
     st.listener = listener;
     old.release();
   }
+}
+
+/** The built-in sender binding's reply: null (smtp-server's 250) when it accepts. */
+function builtinSenderReply(st: SmtpClient['state'], sender: EnvelopeAddress | null, builtin: BuiltinSenderDecision): SmtpReply | null {
+  if (builtin.accepted) return null;
+  const login = st.user ?? '';
+  return builtin.reason === 'null-sender'
+    ? reply('nullSenderRefused', { login, rule: builtin.reason })
+    : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
+}
+
+/** The relay rule's reply: null (smtp-server's 250) when it accepts. */
+function relayReply(rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
+  return builtin.accepted ? null : reply('relayDenied', { rcpt: rcpt.address });
 }
 
 /** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */
