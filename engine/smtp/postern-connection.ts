@@ -71,8 +71,8 @@ function keepAnsweringAfterFin(socket: net.Socket): void {
 /**
  * One getter for every socket, not a closure per socket: V8 gives objects that gained the same accessor the
  * same hidden class, while a different getter each time turned every socket after the first into a
- * dictionary-mode object, which made each of its property reads slower (profile: node:net's readyState
- * getter ~3 µs per message).
+ * dictionary-mode object, which made each of its property reads slower (one profile charged node:net's
+ * readyState getter ~3 µs per message).
  */
 function openWhileWriteOnly(this: net.Socket): string {
   const state = socketReadyState.call(this) as string;

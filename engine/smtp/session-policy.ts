@@ -22,6 +22,7 @@ import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 
+/** No senders besides the identity's own (no array per MAIL FROM where the binding is off). */
 const NO_SENDERS: readonly string[] = Object.freeze([]);
 
 /** A command's decision: known at once, or once a script (or the store) has answered. */
