@@ -30,6 +30,7 @@ export class TrustedIssuers {
    * serial; only a hit parses the certificate, to match the CRL's issuer.
    */
   isRevoked(cert: { serial: string; pem: string }): boolean {
+    if (this.#revoked.size === 0) return false; // no CRL, or none lists anything: nothing to normalise
     const issuers = this.#revoked.get(serialKey(cert.serial));
     if (!issuers) return false;
     const issuer = Buffer.from(new x509.X509Certificate(pemToDer(cert.pem)).issuerName.toArrayBuffer());

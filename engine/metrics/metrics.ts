@@ -51,10 +51,8 @@ export const metrics = {
     name: 'postern_policy_connections_total', help: 'Connections accepted by Postfix policy services, by service',
     labelNames: ['service'] as const, registers: [registry],
   }),
-  refusals: new Counter({
-    name: 'postern_smtp_refusals_total', help: 'Commands refused or deferred (4xx/5xx), by stage and reply class',
-    labelNames: ['stage', 'class'] as const, registers: [registry],
-  }),
+  // Hot: a server under a spam run refuses most of its commands.
+  refusals: new HotCounter('postern_smtp_refusals_total', 'Commands refused or deferred (4xx/5xx), by stage and reply class', ['stage', 'class']),
   messagesAccepted: new HotCounter('postern_messages_accepted_total', 'Messages acknowledged with 250 after DATA (committed to the spool), by listener', ['listener']),
   messageBytes: new HotCounter('postern_message_bytes_total', 'Bytes of messages accepted'),
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
@@ -103,7 +101,7 @@ export const metrics = {
   }),
 };
 
-for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures, metrics.messagesAccepted, metrics.messageBytes, metrics.spoolCommit]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
+for (const m of [metrics.verdicts, metrics.scriptDuration, metrics.scriptFailures, metrics.refusals, metrics.messagesAccepted, metrics.messageBytes, metrics.spoolCommit]) registry.registerMetric(m as unknown as Parameters<Registry['registerMetric']>[0]);
 
 /** Seconds since `startMs` (a performance.now() reading: a number, where an hrtime bigint is an allocation). */
 export function secondsSince(startMs: number): number {
@@ -115,6 +113,11 @@ export function scriptCalled(hook: string, generation: number, seconds: number, 
   metrics.scriptDuration.observe(seconds, hook);
   metrics.verdicts.inc(hook, verdict, generation, source);
   if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
+}
+
+/** A command refused (5xx) or deferred (4xx) at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …). */
+export function refusalCounted(stage: string, responseCode: number): void {
+  metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx');
 }
 
 /** A message acknowledged after DATA. */

@@ -49,14 +49,35 @@ export interface SenderFacts {
   extra: readonly string[];
 }
 
+/**
+ * Each decision the sender and relay rules can make, built once (frozen: every MAIL FROM and RCPT TO that
+ * makes it shares it; the sandbox copies what a script sees).
+ */
+const decision = <D extends BuiltinSenderDecision | BuiltinRelayDecision>(accepted: boolean, reason: D['reason']): D => Object.freeze({ accepted, reason }) as D;
+const SENDER = {
+  notEnforced: decision<BuiltinSenderDecision>(true, 'not-enforced'),
+  notAuthenticated: decision<BuiltinSenderDecision>(true, 'not-authenticated'),
+  nullSenderAllowed: decision<BuiltinSenderDecision>(true, 'null-sender-allowed'),
+  nullSender: decision<BuiltinSenderDecision>(false, 'null-sender'),
+  ownAddress: decision<BuiltinSenderDecision>(true, 'own-address'),
+  listed: decision<BuiltinSenderDecision>(true, 'listed'),
+  mismatch: decision<BuiltinSenderDecision>(false, 'sender-login-mismatch'),
+};
+const RELAY = {
+  localDomain: decision<BuiltinRelayDecision>(true, 'local-domain'),
+  authenticated: decision<BuiltinRelayDecision>(true, 'authenticated'),
+  clientCertificate: decision<BuiltinRelayDecision>(true, 'client-certificate'),
+  denied: decision<BuiltinRelayDecision>(false, 'relay-denied'),
+};
+
 /** May this session use `address` ("" for the null sender) as its envelope sender? */
 export function builtinSender(address: string, facts: SenderFacts): BuiltinSenderDecision {
-  if (!facts.enforce) return { accepted: true, reason: 'not-enforced' };
-  if (!facts.user) return { accepted: true, reason: 'not-authenticated' };
-  if (address === '') return facts.allowNullSender ? { accepted: true, reason: 'null-sender-allowed' } : { accepted: false, reason: 'null-sender' };
-  if (address.toLowerCase() === facts.user.toLowerCase()) return { accepted: true, reason: 'own-address' };
-  if (ownsSender(facts.user, facts.extra, address)) return { accepted: true, reason: 'listed' };
-  return { accepted: false, reason: 'sender-login-mismatch' };
+  if (!facts.enforce) return SENDER.notEnforced;
+  if (!facts.user) return SENDER.notAuthenticated;
+  if (address === '') return facts.allowNullSender ? SENDER.nullSenderAllowed : SENDER.nullSender;
+  if (address.toLowerCase() === facts.user.toLowerCase()) return SENDER.ownAddress;
+  if (ownsSender(facts.user, facts.extra, address)) return SENDER.listed;
+  return SENDER.mismatch;
 }
 
 export interface RelayFacts {
@@ -67,8 +88,8 @@ export interface RelayFacts {
 }
 
 export function builtinRelay(domain: string, facts: RelayFacts): BuiltinRelayDecision {
-  if (facts.localDomains.has(domain.toLowerCase())) return { accepted: true, reason: 'local-domain' };
-  if (facts.authenticated) return { accepted: true, reason: 'authenticated' };
-  if (facts.trustedCertificateMayRelay) return { accepted: true, reason: 'client-certificate' };
-  return { accepted: false, reason: 'relay-denied' };
+  if (facts.localDomains.has(domain.toLowerCase())) return RELAY.localDomain;
+  if (facts.authenticated) return RELAY.authenticated;
+  if (facts.trustedCertificateMayRelay) return RELAY.clientCertificate;
+  return RELAY.denied;
 }

@@ -10,7 +10,7 @@ import type net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
-import { SessionPolicy } from './session-policy.ts';
+import { SessionPolicy, type Decision } from './session-policy.ts';
 import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
@@ -288,12 +288,24 @@ export class PosternServer extends SMTPServer {
 
   override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('MAIL', this.policy.mailFrom(conn, address, session), callback, conn, this.policy, mailFacts, address, session);
+    let decision: Decision;
+    try {
+      decision = this.policy.mailFrom(conn, address, session);
+    } catch (err) {
+      decision = Promise.reject(err); // fails closed in settle(), as a rejection does
+    }
+    settle('MAIL', decision, callback, conn, this.policy, mailFacts, address, session);
   }
 
   override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    settle('RCPT', this.policy.rcptTo(conn, address, session), callback, conn, this.policy, rcptFacts, address, session);
+    let decision: Decision;
+    try {
+      decision = this.policy.rcptTo(conn, address, session);
+    } catch (err) {
+      decision = Promise.reject(err);
+    }
+    settle('RCPT', decision, callback, conn, this.policy, rcptFacts, address, session);
   }
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
@@ -367,14 +379,19 @@ function rcptFacts(address: SMTPServerAddress, session: SMTPServerSession, conn:
 }
 
 /**
- * Hand a policy decision to its connection and smtp-server's callback; unexpected errors fail closed.
- * The log line's facts are built only for a refusal (the only reply whose line uses them).
+ * Hand a policy decision to its connection and smtp-server's callback, at once when it is known already;
+ * unexpected errors fail closed. The log line's facts are built only for a refusal (the only reply whose
+ * line uses them).
  */
 function settle(
-  stage: DecisionStage, decision: Promise<SmtpReply | null>, callback: Done, conn: PosternConnection, policy: SessionPolicy,
+  stage: DecisionStage, decision: Decision, callback: Done, conn: PosternConnection, policy: SessionPolicy,
   facts?: (address: SMTPServerAddress, session: SMTPServerSession, conn: PosternConnection) => DecisionFacts,
   address?: SMTPServerAddress, session?: SMTPServerSession,
 ): void {
+  if (!(decision instanceof Promise)) {
+    callback(conn.decide(stage, decision, decision?.refuses && facts ? facts(address!, session!, conn) : undefined));
+    return;
+  }
   decision.then(
     (decided) => callback(conn.decide(stage, decided, decided?.refuses && facts ? facts(address!, session!, conn) : undefined)),
     (err: unknown) => callback(conn.decide(stage, policy.internalError(conn, err), facts ? facts(address!, session!, conn) : undefined)),

@@ -98,11 +98,27 @@ export interface ReplyOverride { code?: number; enhanced?: string; text?: string
 export function reply<N extends ReplyName>(
   name: N, ...[values, override]: [ValuesOf<N>] extends [never] ? [values?: Record<string, never>, override?: ReplyOverride] : [values: Record<ValuesOf<N>, string>, override?: ReplyOverride]
 ): SmtpReply {
+  if (values === undefined && override === undefined) return fixedReply(name);
   const spec: ReplySpec = REPLIES[name];
   const filled = values as Record<string, string> | undefined;
   return new SmtpReply(override?.code ?? spec.code, override?.enhanced ?? spec.enhanced, override?.text ?? fill(spec.text, filled), {
     disconnect: override?.disconnect, reason: spec.reason === undefined ? undefined : fill(spec.reason, filled),
   });
+}
+
+/**
+ * The replies that take no values, each built once, at its first use: every reply of the kind shares it.
+ * Not frozen: a logger's error serializer (pino) tags the object it prints for a moment.
+ */
+const fixedReplies = new Map<ReplyName, SmtpReply>();
+function fixedReply(name: ReplyName): SmtpReply {
+  let built = fixedReplies.get(name);
+  if (built === undefined) {
+    const spec: ReplySpec = REPLIES[name];
+    built = new SmtpReply(spec.code, spec.enhanced, fill(spec.text, undefined), { reason: spec.reason === undefined ? undefined : fill(spec.reason, undefined) });
+    fixedReplies.set(name, built);
+  }
+  return built;
 }
 
 /** A template with each `{name}` replaced by its value ('' when none). */

@@ -1,32 +1,31 @@
 /**
  * SmtpReply: one reply Postern decided, with everything the wire and the log need. Refusals (4xx/5xx)
- * are handed to smtp-server's callbacks as errors, which is why it is an Error; the text smtp-server
- * sends is `message`, which starts with the enhanced status code (RFC 3463). Every SmtpReply is built
- * from the catalogue (replies.ts) or the verdict table (verdict-replies.ts); PosternConnection.send()
- * is where it reaches the wire.
+ * are handed to smtp-server's callbacks as their error argument: smtp-server reads only `responseCode`
+ * and `message` from it, and `message` is the text it sends, starting with the enhanced status code
+ * (RFC 3463). Every SmtpReply is built from the catalogue (replies.ts) or the verdict table
+ * (verdict-replies.ts); PosternConnection.send() is where it reaches the wire.
+ *
+ * Plain data, not an Error: a reply is built for every accepted message and for most refusals, and an
+ * Error's construction (its stack machinery) was most of the ~1.5 µs a reply cost per message in the
+ * profile. A refusal thrown (message-intake.ts) is caught as an SmtpReply (instanceof) and never escapes.
  */
-export class SmtpReply extends Error {
+export class SmtpReply {
   readonly responseCode: number;
   readonly enhanced: string;
   readonly text: string;
+  /** What smtp-server sends after the code: `<enhanced> <text>`. */
+  readonly message: string;
   /** Close the connection after sending (421 always does). */
   readonly disconnect: boolean;
   /** Why: the rule, limit or script that decided (for the log line, never sent to the client). */
   readonly reason: string | undefined;
 
-  constructor(code: number, enhanced: string, text: string, options: { disconnect?: boolean; cause?: unknown; reason?: string } = {}) {
-    // A reply is built for every accepted message and most commands: its stack trace says nothing and
-    // cost ~4 µs per message in the profile (V8 captures one for every Error).
-    // No options object without a cause (it would add a `cause` property), and the name is the prototype's
-    // (an own one is one more property per reply): the 250 of every message is built here (perf).
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
+  constructor(code: number, enhanced: string, text: string, options: { disconnect?: boolean; reason?: string } = {}) {
     const clean = sanitizeReplyText(text);
-    super(`${enhanced} ${clean}`, options.cause === undefined ? undefined : { cause: options.cause });
-    Error.stackTraceLimit = limit;
     this.responseCode = code;
     this.enhanced = enhanced;
     this.text = clean;
+    this.message = `${enhanced} ${clean}`;
     this.disconnect = (options.disconnect ?? false) || code === 421;
     this.reason = options.reason;
   }
@@ -34,9 +33,9 @@ export class SmtpReply extends Error {
   /** A 4xx or 5xx: smtp-server gets it as the callback's error. */
   get refuses(): boolean { return this.responseCode >= 400; }
 
-  static {
-    this.prototype.name = 'SmtpReply';
-  }
+  /** As an Error's would read, for a log line that prints one. */
+  get name(): string { return 'SmtpReply'; }
+  toString(): string { return `SmtpReply: ${this.message}`; }
 }
 
 // eslint-disable-next-line no-control-regex

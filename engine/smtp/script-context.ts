@@ -67,7 +67,9 @@ export function envelopeAddress(addr: SMTPServerAddress | false | undefined): En
   if (!addr) return null;
   const at = addr.address.lastIndexOf('@');
   const params: Record<string, string | true> = {};
-  for (const [k, v] of Object.entries(addr.args || {})) params[k.toUpperCase()] = v;
+  const args = addr.args as Record<string, string | true> | false | undefined;
+  // for…in, not Object.entries(): no arrays per address (smtp-server's args is a plain object literal).
+  if (args) for (const k in args) params[k.toUpperCase()] = args[k]!;
   return {
     address: addr.address,
     localPart: at < 0 ? addr.address : addr.address.slice(0, at),

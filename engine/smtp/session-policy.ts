@@ -11,7 +11,7 @@ import { spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
-import { connectionInfo, connectionKey, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
+import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
@@ -19,8 +19,14 @@ import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { boundedName, describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
-import type { ConnectionInfo, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
+import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
+
+/** No senders besides the identity's own (no array per MAIL FROM where the binding is off). */
+const NO_SENDERS: readonly string[] = Object.freeze([]);
+
+/** A command's decision: known at once, or once a script (or the store) has answered. */
+export type Decision = SmtpReply | null | Promise<SmtpReply | null>;
 
 /** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
 export interface DataDecision {
@@ -48,9 +54,6 @@ function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<str
   return null;
 }
 
-/** Hooks whose connection facts the sandbox keeps between calls (see Sandbox.invoke). */
-const SHARES_CONNECTION: ReadonlySet<HookName> = new Set(['mailfrom', 'rcptto', 'data']);
-
 export class SessionPolicy {
   readonly #runtime: Runtime;
 
@@ -60,12 +63,14 @@ export class SessionPolicy {
 
   get #log() { return this.#runtime.logger; }
 
-  async #run(conn: SmtpClient, hook: HookName, ctx: object): Promise<Verdict | undefined> {
+  /**
+   * `hook`'s script call. The per-message hooks pass the key of their shared connection facts
+   * (sharedConnectionFacts()): they repeat with the same facts, which connect, helo and auth see change.
+   * Not async: the caller awaits runHook's own promise (no extra promise and hop per call).
+   */
+  #run(conn: SmtpClient, hook: HookName, ctx: object, connectionKey?: string): Promise<Verdict | undefined> {
     const st = conn.state;
-    // The per-message hooks repeat with the same connection facts; connect, helo and auth see them change.
-    const info = SHARES_CONNECTION.has(hook) ? (ctx as { connection?: ConnectionInfo }).connection : undefined;
-    const key = info && (info === st.factsMemo?.info ? st.factsMemo.key : connectionKey(info));
-    return await runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, key) as Verdict | undefined;
+    return runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, connectionKey) as Promise<Verdict | undefined>;
   }
 
   internalError(conn: SmtpClient, err: unknown): SmtpReply {
@@ -296,7 +301,11 @@ export class SessionPolicy {
     return username ? { user: username } : invalid('script accept without a username');
   }
 
-  async mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  /**
+   * MAIL FROM. A decision known at once (a refusal by a rule, or no script to ask and no limit to count in
+   * the store) is returned as it is, without a promise: only a script call or the store is waited for.
+   */
+  mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
     if (unsupported) return unsupported;
@@ -307,23 +316,33 @@ export class SessionPolicy {
     this.#adoptCurrentGeneration(conn);
     const withdrawn = this.#certificateWithdrawn(conn);
     if (withdrawn) return withdrawn;
-    if (st.listener.limits.messagesPerIdentity) { // no promise to wait for without the limit (perf)
-      const limited = await this.#messagesPerIdentity(conn);
-      if (limited) return limited;
-    }
+    if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
+    return this.#senderDecision(conn, address, session);
+  }
+
+  /** MAIL FROM under limits.messagesPerIdentity: counted in the store first. */
+  async #countedMailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+    return await this.#messagesPerIdentity(conn) ?? await this.#senderDecision(conn, address, session);
+  }
+
+  /** The new transaction's sender: the built-in binding, then the mailfrom script's verdict, if any, wins. */
+  #senderDecision(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
+    const st = conn.state;
     st.transactionId = this.#runtime.spool.newId();
     const sender = envelopeAddress(address);
     const builtin = builtinSender(sender?.address ?? '', this.#senderFacts(conn));
+    if (!st.generation.hasScript(st.listener, 'mailfrom')) return builtinSenderReply(st, sender, builtin);
+    return this.#senderScript(conn, session, sender, builtin);
+  }
+
+  async #senderScript(conn: SmtpClient, session: SMTPServerSession, sender: EnvelopeAddress | null, builtin: BuiltinSenderDecision): Promise<SmtpReply | null> {
+    const st = conn.state;
     // As at RCPT TO: the script sees the built-in decision and its verdict, if any, wins.
+    const facts = sharedConnectionFacts(session, st);
     const verdict = await this.#run(conn, 'mailfrom', {
-      connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: sender, builtin,
-    });
-    if (verdict) return verdictReply('mailfrom', verdict);
-    if (builtin.accepted) return null;
-    const login = st.user ?? '';
-    return builtin.reason === 'null-sender'
-      ? reply('nullSenderRefused', { login, rule: builtin.reason })
-      : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
+      connection: facts.info, transaction: transactionInfo(session, st), address: sender, builtin,
+    }, facts.key);
+    return verdict ? verdictReply('mailfrom', verdict) : builtinSenderReply(st, sender, builtin);
   }
 
   /**
@@ -353,13 +372,14 @@ export class SessionPolicy {
   #senderFacts(conn: SmtpClient): SenderFacts {
     const st = conn.state;
     const { enforce, allowNullSender, table } = st.listener.senderLogin;
-    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: [] };
+    if (!enforce || !st.user) return { enforce, allowNullSender, user: st.user, extra: NO_SENDERS };
     // The pin line's senders belong to the pinned identity, so only to a session logged in as that identity.
     const pinSenders = st.identity.identity === st.user ? st.identity.senders : [];
     return { enforce, allowNullSender, user: st.user, extra: extraSenders(st.user, table ? st.generation.tables.get(table) : undefined, pinSenders) };
   }
 
-  async rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Promise<SmtpReply | null> {
+  /** RCPT TO: the relay rule, then the rcptto script's verdict, if any, wins (without a script: no promise). */
+  rcptTo(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
     if (unsupported) return unsupported;
@@ -369,12 +389,14 @@ export class SessionPolicy {
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     });
-    const verdict = st.generation.hasScript(st.listener, 'rcptto')
-      ? await this.#run(conn, 'rcptto', { connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), address: rcpt, builtin })
-      : undefined;
-    if (verdict) return verdictReply('rcptto', verdict);
-    if (builtin.accepted) return null;
-    return reply('relayDenied', { rcpt: rcpt.address });
+    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
+    return this.#recipientScript(conn, session, rcpt, builtin);
+  }
+
+  async #recipientScript(conn: SmtpClient, session: SMTPServerSession, rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): Promise<SmtpReply | null> {
+    const facts = sharedConnectionFacts(session, conn.state);
+    const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction: transactionInfo(session, conn.state), address: rcpt, builtin }, facts.key);
+    return verdict ? verdictReply('rcptto', verdict) : relayReply(rcpt, builtin);
   }
 
   /**
@@ -389,10 +411,11 @@ export class SessionPolicy {
     const token = openMessageText(body);
     let verdict: Verdict | undefined;
     try {
+      const facts = sharedConnectionFacts(session, st);
       verdict = await this.#run(conn, 'data', {
-        connection: sharedConnectionFacts(session, st).info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
+        connection: facts.info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
         message: { token },
-      });
+      }, facts.key);
     } finally {
       closeMessageText(token);
     }
@@ -448,6 +471,20 @@ export class SessionPolicy {
     st.listener = listener;
     old.release();
   }
+}
+
+/** The built-in sender binding's reply: null (smtp-server's 250) when it accepts. */
+function builtinSenderReply(st: SmtpClient['state'], sender: EnvelopeAddress | null, builtin: BuiltinSenderDecision): SmtpReply | null {
+  if (builtin.accepted) return null;
+  const login = st.user ?? '';
+  return builtin.reason === 'null-sender'
+    ? reply('nullSenderRefused', { login, rule: builtin.reason })
+    : reply('senderNotOwned', { sender: sender!.address, login, rule: builtin.reason });
+}
+
+/** The relay rule's reply: null (smtp-server's 250) when it accepts. */
+function relayReply(rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
+  return builtin.accepted ? null : reply('relayDenied', { rcpt: rcpt.address });
 }
 
 /** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */

@@ -85,6 +85,14 @@ test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal
   assert.ok(await c.waitClosed());
 });
 
+test('junk commands count whatever the case of their verb (noop, Rset, eHLO)', async () => {
+  const c = await client();
+  const replies = await pipelined(c, Array.from({ length: 200 }, (_, i) => ['noop', 'Rset', 'eHLO again.example'][i % 3]!), 119);
+  assert.ok(replies.slice(0, 118).every((r) => r.code === 250), 'the first 118 are answered');
+  assert.match(replies[118]!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
+});
+
 test('an accepted message forgives: NOOPs and refusals before it do not count after it', async () => {
   const c = await client();
   await pipelined(c, Array.from({ length: 99 }, () => 'NOOP')); // and the EHLO: 100 junk commands
