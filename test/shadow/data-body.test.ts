@@ -29,8 +29,9 @@ export default async function (ctx) {
 }`);
   const server = await startTestServer({
     // Isolate threads only: a fast-path attempt stopped on a loaded machine runs again from the start with the
-    // module-level `kept` it already changed (documented), which is not what this test is about.
-    config: configYaml({ localDomains: ['example.com'], sandbox: { fastPathMs: 0 }, listeners: [testListener('sb', { shadowScripts: shadowDir })] } as never),
+    // module-level `kept` it already changed (documented), which is not what this test is about. One isolate:
+    // `kept` lives in an isolate, so both shadow calls must run in the same one.
+    config: configYaml({ localDomains: ['example.com'], sandbox: { fastPathMs: 0, isolates: 1 }, listeners: [testListener('sb', { shadowScripts: shadowDir })] } as never),
     scripts: { 'data.ts': `export default async function (ctx) { if ((await ctx.message.text()).includes('casino')) return reject('Spam'); }` },
   });
   try {
