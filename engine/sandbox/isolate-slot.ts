@@ -392,8 +392,8 @@ export class IsolateSlot {
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
     this.#fastPathMs = fastPathMs;
     const count = calls.length;
-    const wire: CallWire[] = [];
-    const ids: number[] = [];
+    const wire = new Array<CallWire>(count);
+    const ids = new Array<number>(count);
     let hooks = 0;
     for (let i = 0; i < count; i++) {
       const hook = calls[i]!.hook;
@@ -403,15 +403,15 @@ export class IsolateSlot {
     // The continuations of several calls run mixed at the end of the entry: what they start goes to a pool the
     // calls share, made when the first of them starts one (see #operate; most entries start none).
     const tag = -2 - (this.#nextTag++ % 0x3fffffff);
-    const journals: OperationJournal[] | null = count > 1 ? [] : null;
+    const journals = count > 1 ? new Array<OperationJournal>(count) : null;
     for (let i = 0; i < count; i++) {
       const c = calls[i]!;
       const id = ++this.#nextCallId;
-      ids.push(id);
+      ids[i] = id;
       const journal = c.journal ?? new OperationJournal();
-      journals?.push(journal);
+      if (journals) journals[i] = journal;
       this.#owners.set(id, journal.attempt());
-      wire.push(this.#wire(c, id)); // the isolate keeps them as it runs the batch, before the next call needs them
+      wire[i] = this.#wire(c, id); // the isolate keeps them as it runs the batch, before the next call needs them
     }
     this.#entryPool = journals && { tag, journals, pool: null };
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
@@ -481,7 +481,7 @@ export class IsolateSlot {
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
-    const settled: BatchSettled[] = [];
+    const settled = new Array<BatchSettled>(count);
     for (let i = 0; i < count; i++) {
       const { hook, connectionId } = calls[i]!;
       const file = this.#files.get(hook)!;
@@ -489,8 +489,7 @@ export class IsolateSlot {
       const id = ids[i]!;
       if (entry === undefined) {
         this.#retire(id, true); // run again (or failed): this attempt starts nothing more
-        if (!stopped) settled.push({ failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') });
-        else settled.push(i === 0 ? 'overran' : 'again');
+        settled[i] = stopped ? (i === 0 ? 'overran' : 'again') : { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
         continue;
       }
       if (stopped && entry.outcome === null) {
@@ -502,7 +501,7 @@ export class IsolateSlot {
         // deadlines (a livelock of the event loop). Each stop now takes every call before the stopped one out
         // of the batches, and the stopped call leads the next one.
         this.#retire(id, true);
-        settled.push('alone');
+        settled[i] = 'alone';
         continue;
       }
       for (const line of entry.logs) this.#tell(connectionId, file, line);
@@ -516,15 +515,15 @@ export class IsolateSlot {
           this.#collect = true;
           this.#scheduleFlush();
         }
-        settled.push({ later, cancel: () => { this.#awaiting.delete(id); this.#retire(id, true); } });
+        settled[i] = { later, cancel: () => { this.#awaiting.delete(id); this.#retire(id, true); } };
         continue;
       }
       this.#owners.delete(id);
       try {
         const value = this.#value(hook, file, entry.outcome);
-        settled.push(value === undefined ? SETTLED_UNDEFINED : { value });
+        settled[i] = value === undefined ? SETTLED_UNDEFINED : { value };
       } catch (e) {
-        settled.push({ failure: e as ScriptFailure });
+        settled[i] = { failure: e as ScriptFailure };
       }
     }
     // After a stop they are the leftovers of attempts run again, which log again.
@@ -927,11 +926,16 @@ export class IsolateSlot {
     let parsed: unknown;
     try { parsed = typeof wire === 'string' ? JSON.parse(wire) : null; } catch { parsed = null; }
     if (!Array.isArray(parsed)) return [];
-    const entries: EntryWire[] = [];
-    for (const entry of parsed as unknown[]) {
-      const { outcome, logs } = (entry ?? {}) as Partial<EntryWire>;
-      if (!Array.isArray(logs) || (outcome !== null && typeof outcome !== 'object')) break;
-      entries.push({ outcome: outcome ?? null, logs: logs.length === 0 ? NO_LINES : logs.map(String) });
+    // Checked in place (the host's own copy, fresh from JSON.parse): no second array or object per call.
+    const entries = parsed as EntryWire[];
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i] as Partial<EntryWire> | null;
+      const logs = entry?.logs;
+      if (!Array.isArray(logs) || (entry!.outcome !== null && typeof entry!.outcome !== 'object')) {
+        entries.length = i;
+        break;
+      }
+      entry!.logs = logs.length === 0 ? NO_LINES : logs.map(String);
     }
     return entries;
   }
