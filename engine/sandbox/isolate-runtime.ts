@@ -590,10 +590,10 @@ export function installRuntime(
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
         return settled(result as Promise<unknown>, wait ? -1 : callId, callId);
       }
-      delete opsOf[callId];
+      if (opsOf[callId] !== undefined) delete opsOf[callId]; // a read is cheap; a delete is a runtime call
       return succeeded(result);
     } catch (error) {
-      delete opsOf[callId];
+      if (opsOf[callId] !== undefined) delete opsOf[callId];
       return failed(error);
     } finally {
       currentCall = -1;
@@ -672,7 +672,7 @@ export function installRuntime(
           callLogs[j] = '';
         }
         if (!isString(outcome)) promised = true;
-        batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, lines + ']');
+        batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, collectedCount === 0 ? '[]' : lines + ']');
       }
       // The calls' continuations run after this returns (the microtask checkpoint that ends the entry): what
       // they start is the one call's, or, with several, one of theirs (the host keeps those apart).

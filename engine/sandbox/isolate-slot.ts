@@ -504,8 +504,8 @@ export class IsolateSlot {
         settled[i] = 'alone';
         continue;
       }
-      for (const line of entry.logs) this.#tell(connectionId, file, line);
-      if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
+      if (entry.logs.length) for (const line of entry.logs) this.#tell(connectionId, file, line);
+      if (i === heldOwner && run.held!.length) for (const line of run.held!) this.#tell(connectionId, file, line);
       if (entry.outcome === null) {
         const later = new Promise<unknown>((resolve, reject) => this.#awaiting.set(id, { hook, file, connectionId, resolve, reject }));
         // Pending without an operation to wait for (it awaits something else): no answer will bring its
@@ -527,7 +527,7 @@ export class IsolateSlot {
       }
     }
     // After a stop they are the leftovers of attempts run again, which log again.
-    if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    if (heldOwner === -1 && !stopped && run.held!.length) for (const line of run.held!) this.#tell(null, '(policy script)', line);
     run.held!.length = 0;
     // Outcomes of earlier calls whose continuations ran in this entry (they awaited something else than an answer).
     if (settledNow !== null) this.#settleTaken(settledNow);

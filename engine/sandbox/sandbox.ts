@@ -149,7 +149,7 @@ class LiveCalls {
 
 /** `calls` without those settled already (the same array when there are none, as nearly always). */
 function withoutDone(calls: Call[]): Call[] {
-  for (const q of calls) if (q.done) return calls.filter((c) => !c.done);
+  for (let i = 0; i < calls.length; i++) if (calls[i]!.done) return calls.filter((c) => !c.done);
   return calls;
 }
 
@@ -187,6 +187,7 @@ export class Sandbox {
   /** Fast-path calls gathered during this turn of the event loop, run together at its end. */
   #batch: Call[] = [];
   #batchScheduled = false;
+  readonly #runBatchNow = (): void => this.#runBatch(); // one closure for every batch
   /** Calls not yet settled (to settle them all on dispose). */
   readonly #live = new LiveCalls();
   #sweeper: ReturnType<typeof setInterval> | undefined;
@@ -437,7 +438,7 @@ export class Sandbox {
   #scheduleBatch(): void {
     if (this.#batchScheduled) return;
     this.#batchScheduled = true;
-    setImmediate(() => void this.#runBatch());
+    setImmediate(this.#runBatchNow);
   }
 
   #runBatch(): void {
@@ -615,7 +616,9 @@ export class Sandbox {
    */
   #idleMember(): Member | null {
     if (this.#disposed) return null;
-    for (const m of this.#members) {
+    // Indexed loops here and in #release: they run per batch, and an array iterator is an object per loop.
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
       if (m.state === 'idle' && !m.slot!.delivering) {
         m.state = 'busy';
         return m;
@@ -627,7 +630,10 @@ export class Sandbox {
   /** The call that took `member` at `epoch` is over (a no-op when the member was abandoned since). */
   #release(member: Member, file: string, epoch: number): void {
     if (this.#disposed || member.epoch !== epoch) return;
-    for (const m of this.#members) if (m.state === 'broken' && m.retryAt <= Date.now()) void this.#rebuild(m);
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.state === 'broken' && m.retryAt <= Date.now()) void this.#rebuild(m);
+    }
     if (member.slot!.lost) {
       this.#log(file, 'warn', `isolate ${member.index} was lost (memory limit or a call that never settled); rebuilding it`);
       void this.#rebuild(member);
