@@ -21,6 +21,13 @@ export const OVERRUNS_TO_SLOW = 3;
 export const OVERRUN_WINDOW_MS = 30_000;
 /** An attempt counts as using up the budget when the isolate's CPU time for it is at least this share. */
 const CPU_SHARE = 0.75;
+
+/**
+ * How old a reading of the thread's CPU time a fast-path entry may reuse (thread-cpu.ts): its CPU time then
+ * comes out short by at most this much. A tenth of the budget: an attempt busy for its whole budget still
+ * shows 0.9 of it, well over CPU_SHARE, and one descheduled never shows more than it used.
+ */
+export const cpuReadingMaxAgeMs = (budgetMs: number): number => budgetMs * 0.1;
 /**
  * An attempt that held the thread this many times its budget was stuck in a builtin that V8 does not
  * interrupt (a huge BigInt to string, a search over a huge sparse array): one is enough to make the hook slow.

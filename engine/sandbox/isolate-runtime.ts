@@ -34,12 +34,6 @@ export type RunOutcome =
   | { ok: true; value: unknown }
   | { ok: false; error: { name: string; message: string; stack: string } };
 
-/** How `ctx.connection` reaches a call, parsed from a CallWire. */
-interface Kept {
-  connectionKey?: string; connection?: unknown; connectionForget?: boolean;
-  certificateKey?: string; certificate?: unknown; certificateForget?: boolean;
-}
-
 /**
  * What crosses into an isolate: the calls of one entry, as the JSON text of a CallWire array (one string
  * crosses as one copy, and JSON.parse in the isolate costs less than isolated-vm's structured clone; no
@@ -493,6 +487,7 @@ export function installRuntime(
   }
 
   function succeeded(value: unknown): string {
+    if (value === undefined) return '{"ok":true}'; // most calls: nothing to encode
     try {
       const text = encode(value, 'result', create(null), 0);
       return text === undefined ? '{"ok":true}' : '{"ok":true,"value":' + text + '}';
@@ -517,31 +512,42 @@ export function installRuntime(
   const define = (target: object, key: string, value: unknown): void => {
     defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true });
   };
-  /** The context the script sees: `connection` first, as the host builds it, then the call's own keys. */
-  function assemble(ctx: unknown, kept: Kept): unknown {
-    if (kept.certificateForget) certificates = create(null);
-    if (kept.certificate !== undefined) certificates[kept.certificateKey!] = deepFreeze(kept.certificate);
-    if (kept.connectionForget) connections = create(null);
-    let connection = kept.connection;
+  /**
+   * The context the script sees: `connection` first, as the host builds it, then the call's own keys. What
+   * crosses of the connection is read from the call's CallWire itself (the host's, parsed here: every element is
+   * its own, null where nothing crosses), not copied into an object per call.
+   */
+  function assemble(ctx: unknown, c: CallWire): unknown {
+    const connectionKey = c[2];
+    const certificateKey = c[5];
+    if (c[7]) certificates = create(null);
+    if (c[6] !== null && certificateKey !== null) certificates[certificateKey] = deepFreeze(c[6]);
+    if (c[4]) connections = create(null);
+    let connection = c[3];
     if (connection !== null && typeof connection === 'object') {
-      if (kept.certificateKey !== undefined) define(connection, 'clientCertificate', certificates[kept.certificateKey]);
+      if (certificateKey !== null) define(connection, 'clientCertificate', certificates[certificateKey]);
       deepFreeze(connection); // read-only in every hook, not only where it is kept between calls
-      if (kept.connectionKey !== undefined) connections[kept.connectionKey] = connection;
-    } else if (kept.connectionKey !== undefined) {
-      connection = connections[kept.connectionKey];
+      if (connectionKey !== null) connections[connectionKey] = connection;
+    } else if (connectionKey !== null) {
+      connection = connections[connectionKey];
     } else {
       return ctx;
     }
     // A literal and an object spread define their properties: no setter on Object.prototype is called.
     return { connection, ...(ctx as object) };
   }
-  // Outcomes of promises calls returned that have settled, by call id (see takeSettled()).
+  // Outcomes of promises calls returned that have settled, by call id (see takeSettled()), and how many
+  // (a for…in to ask whether there are any would build a key list per entry).
   let finished: Record<number, string> = create(null);
+  let finishedCount = 0;
   // The record last handed out in a SettledBox: forgotten once the host says it got it.
   let handedOut: Record<number, string> | null = null;
   /** At the start of an entry: the host got the last box (`taken`), so what it carried is done with. */
   const begin = (taken: boolean): void => {
-    if (taken && handedOut === finished) finished = create(null);
+    if (taken && handedOut === finished) {
+      finished = create(null);
+      finishedCount = 0;
+    }
     handedOut = null;
   };
   /** A SettledBox around `entries` and the live record (null-prototype objects: nothing a script set up is consulted). */
@@ -552,10 +558,6 @@ export function installRuntime(
     handedOut = finished;
     return out;
   };
-  const anyFinished = (): boolean => {
-    for (const _ in finished) return true;
-    return false;
-  };
   /** The outcome of a promise a call returned. `await` on a native promise consults nothing a script can change. */
   async function settled(result: Promise<unknown>, callId: number, owner: number): Promise<string> {
     let outcome: string;
@@ -565,18 +567,21 @@ export function installRuntime(
       outcome = failed(error);
     }
     delete opsOf[owner];
-    if (callId >= 0) finished[callId] = outcome;
+    if (callId >= 0) {
+      finished[callId] = outcome;
+      finishedCount++;
+    }
     return outcome;
   }
   /**
    * Run one call; its outcome as JSON, or the runner's promise of it when the script returned a promise
    * (recorded in `finished` under `callId` when it settles, for a run on the event-loop thread).
    */
-  function call(hook: string, ctx: unknown, kept: Kept, callId: number, wait: boolean): string | Promise<string> {
+  function call(hook: string, ctx: unknown, c: CallWire, callId: number, wait: boolean): string | Promise<string> {
     loggedCount = 0;
     currentCall = callId;
     try {
-      const context = assemble(ctx, kept) as Record<string, unknown>;
+      const context = assemble(ctx, c) as Record<string, unknown>;
       // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
       const message = hook === 'data' && context !== null && typeof context === 'object' ? context.message as { token?: unknown } | undefined : undefined;
       if (message !== null && typeof message === 'object' && isString(message.token)) define(context, 'message', messageOf(message.token));
@@ -585,24 +590,30 @@ export function installRuntime(
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
         return settled(result as Promise<unknown>, wait ? -1 : callId, callId);
       }
-      delete opsOf[callId];
+      if (opsOf[callId] !== undefined) delete opsOf[callId]; // a read is cheap; a delete is a runtime call
       return succeeded(result);
     } catch (error) {
-      delete opsOf[callId];
+      if (opsOf[callId] !== undefined) delete opsOf[callId];
       return failed(error);
     } finally {
       currentCall = -1;
     }
   }
   // The entries of the run going on, as EntryWire JSON texts, recorded as each call ends (see takeBatch()).
-  let batchDone: Record<number, string> = create(null);
+  // One record for every run (a new one per run cost an allocation per entry): a slot is emptied as it is read.
+  const batchDone: Record<number, string> = create(null);
   let batchCount = 0;
+  // The log lines of the call running now, collected on the event-loop thread (see run()); likewise reused.
+  let callLogs: Record<number, string> = create(null);
   const takeBatch = (): string => {
+    if (collected !== null) callLogs = create(null); // a stopped call's lines: dropped (it runs again)
     collected = null;
     currentCall = -1;
     let done = '[';
-    for (let i = 0; i < batchCount; i++) done += (i ? ',' : '') + batchDone[i]!;
-    batchDone = create(null);
+    for (let i = 0; i < batchCount; i++) {
+      done += (i ? ',' : '') + batchDone[i]!;
+      batchDone[i] = '';
+    }
     batchCount = 0;
     return done + ']';
   };
@@ -619,6 +630,7 @@ export function installRuntime(
     const ids = keys(finished);
     for (let i = 0; i < ids.length; i++) done += (i ? ',' : '') + quote(ids[i]!) + ':' + finished[ids[i] as unknown as number]!;
     finished = create(null);
+    finishedCount = 0;
     return done + '}';
   };
   /**
@@ -634,35 +646,33 @@ export function installRuntime(
     run(callsJson, wait, tag, taken) {
       begin(taken);
       unattributedOps = 0;
-      batchDone = create(null);
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
-      const outcomes: Record<number, string | Promise<string>> = create(null);
+      const outcomes: Record<number, string | Promise<string>> | null = wait ? create(null) : null;
       let promised = false;
       for (let i = 0; i < calls.length; i++) {
         const c = calls[i]!;
-        const logs: Record<number, string> = create(null);
-        collected = wait ? null : logs;
+        collected = wait ? null : callLogs;
         collectedCount = 0;
         let outcome: string | Promise<string>;
         try {
-          outcome = call(c[0], c[1], {
-            connectionKey: c[2] ?? undefined, connection: c[3] ?? undefined, connectionForget: c[4],
-            certificateKey: c[5] ?? undefined, certificate: c[6] ?? undefined, certificateForget: c[7],
-          }, c[8], wait);
+          outcome = call(c[0], c[1], c, c[8], wait);
         } finally {
           collected = null;
         }
-        if (wait) {
+        if (outcomes !== null) {
           outcomes[i] = outcome;
           if (!isString(outcome)) promised = true;
           continue;
         }
         let lines = '[';
-        for (let j = 0; j < collectedCount; j++) lines += (j ? ',' : '') + quote(logs[j]!);
+        for (let j = 0; j < collectedCount; j++) {
+          lines += (j ? ',' : '') + quote(callLogs[j]!);
+          callLogs[j] = '';
+        }
         if (!isString(outcome)) promised = true;
-        batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, lines + ']');
+        batchDone[batchCount++] = entry(isString(outcome) ? outcome : null, collectedCount === 0 ? '[]' : lines + ']');
       }
       // The calls' continuations run after this returns (the microtask checkpoint that ends the entry): what
       // they start is the one call's, or, with several, one of theirs (the host keeps those apart).
@@ -670,12 +680,12 @@ export function installRuntime(
       if (!wait) {
         const entries = takeBatch();
         currentCall = continuations;
-        return promised || anyFinished() ? settledBox(entries) : entries;
+        return promised || finishedCount > 0 ? settledBox(entries) : entries;
       }
       currentCall = continuations;
-      if (promised) return settledEntries(outcomes, calls.length);
+      if (promised) return settledEntries(outcomes!, calls.length);
       let done = '[';
-      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes[i] as string, '[]');
+      for (let i = 0; i < calls.length; i++) done += (i ? ',' : '') + entry(outcomes![i] as string, '[]');
       return done + ']';
     },
     takeBatch,

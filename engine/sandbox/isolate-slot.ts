@@ -14,6 +14,8 @@ import { hookBit, runningCall } from './running-call.ts';
 import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
+import { ThreadCpuClock, threadCpuMicros } from './thread-cpu.ts';
+import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
@@ -37,8 +39,6 @@ export const LOAD_SLACK_MS = 500;
 
 export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
-type KeptTail = [string | undefined, object | undefined, boolean, string | undefined, object | undefined, boolean];
-
 /**
  * Entries into isolates by this process, on the event-loop thread and on isolate threads: what a call costs
  * is mostly how often it enters (test/bench/sandbox-rate.ts reads these).
@@ -61,34 +61,18 @@ const MAX_IN_FLIGHT_UNATTRIBUTED = 1024;
  */
 export interface SharedConnection { key?: string; connection: object; certificateKey?: string; certificate?: object }
 
-/**
- * Which keys the isolate keeps, as far as the host knows, and the short names it keeps them under: a key
- * (all of a connection's facts, a few hundred characters) would cost the isolate a hash and a string-table
- * lookup of every character on every call. A name stays bound to its key until the isolate forgets
- * everything, and is never given out again.
- */
-/**
- * CPU time of this thread so far (µs). The fast path runs on the calling thread, so what a stopped attempt
- * used of it is the attempt's CPU time (fast-path-policy.ts): isolated-vm's isolate.cpuTime would be wall
- * time (its build leaves USE_CLOCK_THREAD_CPUTIME_ID off), in which a thread the machine descheduled for
- * 50 ms in a trivial script "held the event loop" and moved its hook off the fast path for a minute (seen
- * in bench runs on the loaded 2-core machine).
- */
-function threadCpuMicros(): number {
-  const used = process.threadCpuUsage();
-  return used.user + used.system;
-}
-
-/** With a certificate key the certificate crosses apart (or not at all), never inside the connection. */
-function connectionWithoutCertificate(shared: SharedConnection): object {
-  return shared.certificateKey === undefined ? shared.connection : { ...shared.connection, clientCertificate: null };
-}
 
 /** What KeptKeys.need() answers (shared, never changed: a call costs no allocation). */
 const SEND_NOTHING = Object.freeze({ send: false, forget: false });
 const SEND = Object.freeze({ send: true, forget: false });
 const FORGET_AND_SEND = Object.freeze({ send: true, forget: true });
 
+/**
+ * Which keys the isolate keeps, as far as the host knows, and the short names it keeps them under: a key
+ * (all of a connection's facts, a few hundred characters) would cost the isolate a hash and a string-table
+ * lookup of every character on every call. A name stays bound to its key until the isolate forgets
+ * everything, and is never given out again.
+ */
 class KeptKeys {
   readonly #keys = new Set<string>();
   readonly #names = new Map<string, string>();
@@ -154,6 +138,18 @@ export type BatchSettled =
   | { failure: ScriptFailure }
   | { later: Promise<unknown>; cancel(): void }
   | 'overran' | 'again' | 'alone';
+
+/** The log lines of an entry that logged none (most): shared, never changed. */
+const NO_LINES: string[] = Object.freeze([]) as unknown as string[];
+
+/** How most calls settle (a script that returns nothing): one shared object, not one per call. */
+const SETTLED_UNDEFINED: BatchSettled = Object.freeze({ value: undefined });
+
+/** What applySync is told for a fast-path entry. */
+interface EntryOptions { timeout: number; result: { copy: true } }
+
+/** The fast-path entry running now with several calls: their journals, and the pool they share once made (see #entryPoolFor). */
+interface EntryPool { tag: number; journals: readonly OperationJournal[]; pool: SharedOperations | null }
 
 /**
  * Why a call's `later` promise (BatchSettled) rejects when its continuation must run again from the start on
@@ -269,6 +265,13 @@ export class IsolateSlot {
   /** isolated-vm operations started and not yet settled: dispose() waits for them (see quietAfter). */
   readonly #ivmPending = new Set<Promise<unknown>>();
   listener: SlotListener | null = null;
+  /** Set during a fast-path entry with several calls (see callBatch). */
+  #entryPool: EntryPool | null = null;
+  /** Who runs during a fast-path entry (see callBatch): one object for every entry, emptied after each. */
+  readonly #batchRun: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
+  #entryOptionsFor: EntryOptions | null = null;
+  /** The thread's CPU time around fast-path entries (what a stopped one used: see thread-cpu.ts). */
+  readonly #cpuClock = new ThreadCpuClock();
 
   private constructor(options: SlotOptions) {
     this.#options = options;
@@ -352,24 +355,27 @@ export class IsolateSlot {
     return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: false };
   }
 
-  /** One call as it crosses, given what the isolate keeps; the isolate will keep what it is sent. */
+  /**
+   * One call as it crosses, with what crosses of `ctx.connection` given what the isolate keeps; the isolate
+   * will keep what it is sent (the host counts it kept now: see callBatch for when it forgets).
+   */
   #wire({ hook, ctx, shared }: BatchCall, callId: number): CallWire {
-    const tail = this.#tail(shared);
-    this.#kept(shared, tail);
-    const [key, connection, forget, certificateKey, certificate, forgetCertificates] = tail;
-    return [hook, ctx, key ?? null, connection ?? null, forget, certificateKey ?? null, certificate ?? null, forgetCertificates, callId];
-  }
-
-  /** What crosses of `ctx.connection` for a call now, given what the isolate keeps. */
-  #tail(shared: SharedConnection | undefined): KeptTail {
-    if (!shared) return [undefined, undefined, false, undefined, undefined, false];
-    const connection = shared.key === undefined ? SEND : this.#keptConnections.need(shared.key);
+    if (!shared) return [hook, ctx, null, null, false, null, null, false, callId];
+    const { key, certificateKey } = shared;
+    const connection = key === undefined ? SEND : this.#keptConnections.need(key);
+    const keyName = key === undefined ? null : this.#keptConnections.name(key);
+    this.#keptConnections.add(key);
     // The certificate only matters when the connection itself crosses.
-    const certificate = connection.send && shared.certificateKey !== undefined ? this.#keptCertificates.need(shared.certificateKey) : SEND_NOTHING;
-    const certificateName = connection.send && shared.certificateKey !== undefined ? this.#keptCertificates.name(shared.certificateKey) : undefined;
+    if (!connection.send || certificateKey === undefined) {
+      return [hook, ctx, keyName, connection.send ? shared.connection : null, connection.forget, null, null, false, callId];
+    }
+    const certificate = this.#keptCertificates.need(certificateKey);
+    const certificateName = this.#keptCertificates.name(certificateKey);
+    if (certificate.send) this.#keptCertificates.add(certificateKey);
+    // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
     return [
-      shared.key === undefined ? undefined : this.#keptConnections.name(shared.key), connection.send ? connectionWithoutCertificate(shared) : undefined, connection.forget,
-      certificateName, certificate.send ? shared.certificate : undefined, certificate.forget,
+      hook, ctx, keyName, { ...shared.connection, clientCertificate: null }, connection.forget,
+      certificateName, certificate.send ? shared.certificate ?? null : null, certificate.forget, callId,
     ];
   }
 
@@ -385,45 +391,53 @@ export class IsolateSlot {
    */
   callBatch(calls: readonly BatchCall[], fastPathMs: number): BatchSettled[] {
     this.#fastPathMs = fastPathMs;
-    const wire: CallWire[] = [];
-    const ids: number[] = [];
-    for (const c of calls) if (!this.#files.has(c.hook)) throw new Error(`no script for hook ${c.hook}`);
-    // The continuations of several calls run mixed at the end of the entry: what they start is shared.
+    const count = calls.length;
+    const wire = new Array<CallWire>(count);
+    const ids = new Array<number>(count);
+    let hooks = 0;
+    for (let i = 0; i < count; i++) {
+      const hook = calls[i]!.hook;
+      if (!this.#files.has(hook)) throw new Error(`no script for hook ${hook}`);
+      hooks |= hookBit(hook);
+    }
+    // The continuations of several calls run mixed at the end of the entry: what they start goes to a pool the
+    // calls share, made when the first of them starts one (see #operate; most entries start none).
     const tag = -2 - (this.#nextTag++ % 0x3fffffff);
-    const shared = calls.length > 1 ? new SharedOperations() : null;
-    if (shared) {
-      this.#owners.set(tag, shared);
-      this.#retire(tag, false); // forgotten in turn; closed only if the entry is stopped
-    }
-    for (const c of calls) {
+    const journals = count > 1 ? new Array<OperationJournal>(count) : null;
+    for (let i = 0; i < count; i++) {
+      const c = calls[i]!;
       const id = ++this.#nextCallId;
-      ids.push(id);
+      ids[i] = id;
       const journal = c.journal ?? new OperationJournal();
-      if (shared) journal.share(shared);
+      if (journals) journals[i] = journal;
       this.#owners.set(id, journal.attempt());
-      wire.push(this.#wire(c, id)); // the isolate keeps them as it runs the batch, before the next call needs them
+      wire[i] = this.#wire(c, id); // the isolate keeps them as it runs the batch, before the next call needs them
     }
+    this.#entryPool = journals && { tag, journals, pool: null };
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
-    const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [] };
+    const run = this.#batchRun;
+    run.held!.length = 0;
     this.#current = run;
     let entries: EntryWire[];
     let settledNow: Record<string, string> | null = null;
     let stopped = false;
-    let hooks = 0;
-    for (const c of calls) hooks |= hookBit(c.hook);
-    const cpuBefore = threadCpuMicros();
+    const cpuMark = this.#cpuClock.mark(cpuReadingMaxAgeMs(fastPathMs));
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     try {
       slotEntries.eventLoop++;
       // A promise that settled within the entry (its awaits answered at once) comes out in the same copy.
-      const out = this.#run.applySync(undefined, [JSON.stringify(wire), false, tag, this.#boxTaken], { timeout: fastPathMs, result: { copy: true } }) as unknown;
+      const out = this.#run.applySync(undefined, [JSON.stringify(wire), false, tag, this.#boxTaken], this.#entryOptions(fastPathMs)) as unknown;
       this.#boxTaken = true;
-      const box = unboxed(out);
-      entries = this.#entries(box.entries);
-      settledNow = box.settled;
+      if (out !== null && typeof out === 'object') {
+        const { e, f } = out as Partial<SettledBox>;
+        entries = this.#entries(e);
+        settledNow = f !== null && typeof f === 'object' ? f : {};
+      } else {
+        entries = this.#entries(out);
+      }
     } catch (e) {
       this.#boxTaken = false;
-      this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
+      this.#stoppedCpuMs = this.#cpuClock.since(cpuMark);
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
@@ -445,29 +459,38 @@ export class IsolateSlot {
       } finally {
         this.#refusing = false;
       }
-      if (shared) this.#retire(tag, true);
+      if (this.#entryPool?.pool) this.#retire(tag, true);
       if (!stopped) {
         runningCall.exit();
         this.#current = null;
+        this.#entryPool = null;
         for (const id of ids) this.#retire(id, true);
         return calls.map(() => 'alone');
       }
     }
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
-    const promisedCalls = entries.flatMap((entry, i) => (entry.outcome === null ? [i] : []));
-    const heldOwner = promisedCalls.length === 1 ? promisedCalls[0]! : -1;
+    let promised = 0;
+    let heldOwner = -1;
+    for (let i = 0; i < entries.length; i++) {
+      if (entries[i]!.outcome === null && promised++ === 0) heldOwner = i;
+    }
+    if (promised !== 1) heldOwner = -1;
     if (settledNow !== null) this.#fillSettled(entries, ids, settledNow);
-    if (shared && promisedCalls.length && !stopped) this.#rememberTag(tag, ids);
+    if (this.#entryPool?.pool && promised && !stopped) this.#rememberTag(tag, ids);
+    this.#entryPool = null;
     runningCall.exit();
     this.#current = null;
     let waitingFor: Set<number> | null = null; // the calls an operation in flight will answer
-    const settled = calls.map(({ hook, connectionId }, i): BatchSettled => {
+    const settled = new Array<BatchSettled>(count);
+    for (let i = 0; i < count; i++) {
+      const { hook, connectionId } = calls[i]!;
       const file = this.#files.get(hook)!;
       const entry = entries[i];
+      const id = ids[i]!;
       if (entry === undefined) {
-        this.#retire(ids[i]!, true); // run again (or failed): this attempt starts nothing more
-        if (!stopped) return { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
-        return i === 0 ? 'overran' : 'again';
+        this.#retire(id, true); // run again (or failed): this attempt starts nothing more
+        settled[i] = stopped ? (i === 0 ? 'overran' : 'again') : { failure: new ScriptFailure('error', hook, file, null, null, 'the sandbox runner returned no outcome') };
+        continue;
       }
       if (stopped && entry.outcome === null) {
         // Its promise's continuation was still waiting when the stop came: it runs among the stopped attempt's
@@ -477,13 +500,13 @@ export class IsolateSlot {
         // from being run alone as 'overran'), and the same batch was stopped again and again until the calls'
         // deadlines (a livelock of the event loop). Each stop now takes every call before the stopped one out
         // of the batches, and the stopped call leads the next one.
-        this.#retire(ids[i]!, true);
-        return 'alone';
+        this.#retire(id, true);
+        settled[i] = 'alone';
+        continue;
       }
-      for (const line of entry.logs) this.#tell(connectionId, file, line);
-      if (i === heldOwner) for (const line of run.held!) this.#tell(connectionId, file, line);
+      if (entry.logs.length) for (const line of entry.logs) this.#tell(connectionId, file, line);
+      if (i === heldOwner && run.held!.length) for (const line of run.held!) this.#tell(connectionId, file, line);
       if (entry.outcome === null) {
-        const id = ids[i]!;
         const later = new Promise<unknown>((resolve, reject) => this.#awaiting.set(id, { hook, file, connectionId, resolve, reject }));
         // Pending without an operation to wait for (it awaits something else): no answer will bring its
         // outcome, so a delivery without answers takes it.
@@ -492,20 +515,45 @@ export class IsolateSlot {
           this.#collect = true;
           this.#scheduleFlush();
         }
-        return { later, cancel: () => { this.#awaiting.delete(id); this.#retire(id, true); } };
+        settled[i] = { later, cancel: () => { this.#awaiting.delete(id); this.#retire(id, true); } };
+        continue;
       }
-      this.#owners.delete(ids[i]!);
+      this.#owners.delete(id);
       try {
-        return { value: this.#value(hook, file, entry.outcome) };
+        const value = this.#value(hook, file, entry.outcome);
+        settled[i] = value === undefined ? SETTLED_UNDEFINED : { value };
       } catch (e) {
-        return { failure: e as ScriptFailure };
+        settled[i] = { failure: e as ScriptFailure };
       }
-    });
+    }
     // After a stop they are the leftovers of attempts run again, which log again.
-    if (heldOwner === -1 && !stopped) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    if (heldOwner === -1 && !stopped && run.held!.length) for (const line of run.held!) this.#tell(null, '(policy script)', line);
+    run.held!.length = 0;
     // Outcomes of earlier calls whose continuations ran in this entry (they awaited something else than an answer).
     if (settledNow !== null) this.#settleTaken(settledNow);
     return settled;
+  }
+
+  /** The options of a fast-path entry (one object per budget, not one per entry). */
+  #entryOptions(fastPathMs: number): EntryOptions {
+    if (this.#entryOptionsFor?.timeout !== fastPathMs) this.#entryOptionsFor = { timeout: fastPathMs, result: { copy: true } };
+    return this.#entryOptionsFor;
+  }
+
+  /**
+   * The pool of operations that the continuations of the fast-path entry running now start under its tag
+   * (several calls: see callBatch), made on the first; undefined for any other owner.
+   */
+  #entryPoolFor(callId: number): SharedOperations | undefined {
+    const open = this.#entryPool;
+    if (open === null || open.tag !== callId) return undefined;
+    if (open.pool === null) {
+      open.pool = new SharedOperations();
+      for (const journal of open.journals) journal.share(open.pool);
+      this.#owners.set(callId, open.pool);
+      this.#retire(callId, false); // forgotten in turn; closed only if the entry is stopped
+    }
+    return open.pool;
   }
 
   /**
@@ -547,7 +595,7 @@ export class IsolateSlot {
    * something else than its stopped attempt did gets a throw (and its call fails: see Sandbox.invoke).
    */
   #operate(opId: number, callId: number, kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> | null {
-    const owner = this.#refusing ? undefined : this.#owners.get(callId);
+    const owner = this.#refusing ? undefined : this.#owners.get(callId) ?? this.#entryPoolFor(callId);
     try {
       if (this.#refusing) throw new OperationRefused(`${kind}: code left over from a stopped fast-path attempt`, true);
       // Unknown: the top level, or a call that already ended (a promise it did not wait for): never run again.
@@ -882,11 +930,16 @@ export class IsolateSlot {
     let parsed: unknown;
     try { parsed = typeof wire === 'string' ? JSON.parse(wire) : null; } catch { parsed = null; }
     if (!Array.isArray(parsed)) return [];
-    const entries: EntryWire[] = [];
-    for (const entry of parsed as unknown[]) {
-      const { outcome, logs } = (entry ?? {}) as Partial<EntryWire>;
-      if (!Array.isArray(logs) || (outcome !== null && typeof outcome !== 'object')) break;
-      entries.push({ outcome: outcome ?? null, logs: logs.map(String) });
+    // Checked in place (the host's own copy, fresh from JSON.parse): no second array or object per call.
+    const entries = parsed as EntryWire[];
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i] as Partial<EntryWire> | null;
+      const logs = entry?.logs;
+      if (!Array.isArray(logs) || (entry!.outcome !== null && typeof entry!.outcome !== 'object')) {
+        entries.length = i;
+        break;
+      }
+      entry!.logs = logs.length === 0 ? NO_LINES : logs.map(String);
     }
     return entries;
   }
@@ -894,12 +947,6 @@ export class IsolateSlot {
   /** One script log line to the host's log; a failing logger does not decide a call. */
   #tell(connectionId: string | null, file: string, line: string): void {
     try { this.#options.host.log(connectionId, file, 'info', line); } catch { /* best effort */ }
-  }
-
-  #kept(shared: SharedConnection | undefined, tail: KeptTail): void {
-    if (!shared) return;
-    this.#keptConnections.add(shared.key);
-    if (tail[4] !== undefined) this.#keptCertificates.add(shared.certificateKey);
   }
 
   /** Run one call on an isolate thread (a batch of one that waits for its promise there). */

@@ -64,8 +64,13 @@ function writeTableMirror(): void {
 /** The value of a marker word for a sandbox id and the OR of hookBit()s. */
 const markerValue = (id: number, hookMask: number): number => id * HOOK_BITS + hookMask;
 
+/** One bit per hook, by name: computed once (an indexOf per call showed in profiles of every message). */
+const HOOK_BITS_BY_NAME: Readonly<Record<HookName, number>> = Object.freeze(
+  Object.fromEntries(HOOK_NAMES.map((hook, i) => [hook, 1 << i])) as Record<HookName, number>,
+);
+
 /** One bit per hook, for enter(). */
-export const hookBit = (hook: HookName): number => 1 << HOOK_NAMES.indexOf(hook);
+export const hookBit = (hook: HookName): number => HOOK_BITS_BY_NAME[hook];
 
 function changed(): void {
   writeTableMirror();

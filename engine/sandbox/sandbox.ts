@@ -103,8 +103,9 @@ interface Call extends BatchCall {
   /** Neighbours in the sandbox's list of live calls (see LiveCalls). */
   prev: Call | null;
   next: Call | null;
-  resolve(value: unknown): void;
-  reject(error: unknown): void;
+  /** The caller's promise's own functions: settle the call through Sandbox.#resolve and #reject, never directly. */
+  fulfil(value: unknown): void;
+  fail(error: unknown): void;
 }
 
 /** What a settled call holds instead of its context (see LiveCalls.remove). */
@@ -146,6 +147,12 @@ class LiveCalls {
   }
 }
 
+/** `calls` without those settled already (the same array when there are none, as nearly always). */
+function withoutDone(calls: Call[]): Call[] {
+  for (let i = 0; i < calls.length; i++) if (calls[i]!.done) return calls.filter((c) => !c.done);
+  return calls;
+}
+
 /** Calls in one batch at most; more wait for the next (each batch shares one fast-path time limit). */
 const MAX_BATCH = 32;
 
@@ -180,6 +187,7 @@ export class Sandbox {
   /** Fast-path calls gathered during this turn of the event loop, run together at its end. */
   #batch: Call[] = [];
   #batchScheduled = false;
+  readonly #runBatchNow = (): void => this.#runBatch(); // one closure for every batch
   /** Calls not yet settled (to settle them all on dispose). */
   readonly #live = new LiveCalls();
   #sweeper: ReturnType<typeof setInterval> | undefined;
@@ -294,48 +302,49 @@ export class Sandbox {
     if ('connection' in ctx && ctx.connection !== null && typeof ctx.connection === 'object') {
       const { connection, ...rest } = ctx as { connection: { clientCertificate?: unknown } };
       own = rest;
-      shared = { key: connectionKey, connection };
       const cert = connection.clientCertificate as { fingerprint?: { sha256?: unknown }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown } | null | undefined;
-      if (cert && typeof cert.fingerprint?.sha256 === 'string') {
-        shared.certificate = cert;
-        shared.certificateKey = certificateKey(cert as CertificateFacts);
-      }
+      shared = cert && typeof cert.fingerprint?.sha256 === 'string'
+        ? { key: connectionKey, connection, certificateKey: certificateKey(cert as CertificateFacts), certificate: cert }
+        : { key: connectionKey, connection, certificateKey: undefined, certificate: undefined };
     }
-    return new Promise((resolve, reject) => {
-      const { timeoutMs } = this.#options;
-      const journal = new OperationJournal();
-      const call: Call = {
-        hook, ctx: own, connectionId, shared, journal, file: script.file,
-        deadlineAt: performance.now() + timeoutMs + DEADLINE_SLACK_MS - DEADLINE_SWEEP_MS,
-        done: false, runningOn: null, prev: null, next: null,
-        resolve: (value) => {
-          // A re-run that asked other things than its stopped attempt: what it decided rests on unknown counts.
-          if (journal.diverged !== null) {
-            if (!call.done) this.#failures.error++; // a value, not yet counted as a failure
-            call.reject(new ScriptFailure('error', hook, script.file, null, null, journal.diverged));
-            return;
-          }
-          if (this.#settle(call)) resolve(value);
-        },
-        reject: (error) => {
-          if (!this.#settle(call)) return;
-          if (journal.diverged !== null) {
-            this.#log(script.file, 'error', `${hook}: ${journal.diverged}`);
-            error = new ScriptFailure('error', hook, script.file, null, null, journal.diverged);
-          }
-          reject(error);
-        },
-      };
-      this.#live.add(call);
-      this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
-      const budget = this.#policy.budgetFor(hook);
-      if (budget > 0) {
-        this.#batch.push(call);
-        this.#scheduleBatch();
-      } else {
-        void this.#invokeAlone(call, budget);
-      }
-    });
+    // No closures per call: the promise's own functions are kept, and the call settles through #resolve/#reject.
+    const { promise, resolve, reject } = Promise.withResolvers<unknown>();
+    const call: Call = {
+      hook, ctx: own, connectionId, shared, journal: new OperationJournal(), file: script.file,
+      deadlineAt: performance.now() + this.#options.timeoutMs + DEADLINE_SLACK_MS - DEADLINE_SWEEP_MS,
+      done: false, runningOn: null, cancel: undefined, prev: null, next: null, fulfil: resolve, fail: reject,
+    };
+    this.#live.add(call);
+    this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
+    const budget = this.#policy.budgetFor(hook);
+    if (budget > 0) {
+      this.#batch.push(call);
+      this.#scheduleBatch();
+    } else {
+      void this.#invokeAlone(call, budget);
+    }
+    return promise;
+  }
+
+  /** The call's value reaches its caller, unless the call is settled already. */
+  #resolve(call: Call, value: unknown): void {
+    // A re-run that asked other things than its stopped attempt: what it decided rests on unknown counts.
+    if (call.journal.diverged !== null) {
+      if (!call.done) this.#failures.error++; // a value, not yet counted as a failure
+      this.#reject(call, new ScriptFailure('error', call.hook, call.file, null, null, call.journal.diverged));
+      return;
+    }
+    if (this.#settle(call)) call.fulfil(value);
+  }
+
+  /** The call fails with `error`, unless it is settled already. */
+  #reject(call: Call, error: unknown): void {
+    if (!this.#settle(call)) return;
+    if (call.journal.diverged !== null) {
+      this.#log(call.file, 'error', `${call.hook}: ${call.journal.diverged}`);
+      error = new ScriptFailure('error', call.hook, call.file, null, null, call.journal.diverged);
+    }
+    call.fail(error);
   }
 
   /** Mark `call` settled; false when it already was (its deadline came first, or the sandbox was disposed). */
@@ -361,7 +370,7 @@ export class Sandbox {
     if (call.done) return;
     const { timeoutMs } = this.#options;
     const on = call.runningOn;
-    call.reject(new ScriptFailure('timeout', call.hook, call.file, null, null, on
+    this.#reject(call, new ScriptFailure('timeout', call.hook, call.file, null, null, on
       ? `no result within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms: the script could not be stopped, its isolate is replaced`
       : call.cancel
         ? `did not finish within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms (a returned promise never settled)`
@@ -394,7 +403,7 @@ export class Sandbox {
     try {
       member = await this.#acquire(call);
     } catch (e) {
-      call.reject(new ScriptFailure('error', hook, file, null, null, (e as Error).message));
+      this.#reject(call, new ScriptFailure('error', hook, file, null, null, (e as Error).message));
       return;
     }
     const epoch = member.epoch;
@@ -413,10 +422,10 @@ export class Sandbox {
       }
       const { value, overran } = await slot.call(hook, call.ctx, call.connectionId, fastPathMs, call.shared, this.#budgetLeft(call), call.journal);
       if (overran) this.#policy.overran(hook, slot.stoppedCpuMs);
-      call.resolve(value);
+      this.#resolve(call, value);
     } catch (e) {
       if (!call.done) this.#countFailure(member, e);
-      call.reject(e);
+      this.#reject(call, e);
     } finally {
       this.#release(member, file, epoch);
     }
@@ -429,23 +438,34 @@ export class Sandbox {
   #scheduleBatch(): void {
     if (this.#batchScheduled) return;
     this.#batchScheduled = true;
-    setImmediate(() => void this.#runBatch());
+    setImmediate(this.#runBatchNow);
   }
 
-  async #runBatch(): Promise<void> {
+  #runBatch(): void {
     this.#batchScheduled = false;
-    const taken = this.#batch.splice(0, MAX_BATCH);
-    if (this.#batch.length) this.#scheduleBatch();
+    let taken: Call[];
+    if (this.#batch.length <= MAX_BATCH) {
+      taken = this.#batch;
+      this.#batch = [];
+    } else {
+      taken = this.#batch.splice(0, MAX_BATCH);
+      this.#scheduleBatch();
+    }
     if (taken.length === 0) return;
-    let member: Member;
-    try {
-      member = await this.#acquire(null);
-    } catch (e) {
-      for (const q of taken) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message));
+    // An idle member now, as nearly always: the batch runs in this turn, without a promise to wait for.
+    const member = this.#idleMember();
+    if (member) {
+      this.#runBatchOn(member, taken);
       return;
     }
+    this.#acquire(null).then((m) => this.#runBatchOn(m, taken), (e: unknown) => {
+      for (const q of taken) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message));
+    });
+  }
+
+  #runBatchOn(member: Member, taken: Call[]): void {
     const epoch = member.epoch;
-    const batch = taken.filter((q) => !q.done); // a deadline may have come while the batch waited
+    const batch = withoutDone(taken); // a deadline may have come while the batch waited
     if (batch.length === 0) {
       this.#release(member, '(sandbox)', epoch);
       return;
@@ -458,45 +478,53 @@ export class Sandbox {
     } catch (e) {
       settled = batch.map((q) => ({ failure: new ScriptFailure('error', q.hook, q.file, null, null, (e as Error).message) }));
     }
-    const again: Call[] = [];
-    const alone: Array<{ q: Call; overran: boolean }> = [];
-    const failed = (q: Call, e: unknown): void => {
-      if (!q.done) this.#countFailure(member, e);
-      q.reject(e);
-    };
-    for (const [i, q] of batch.entries()) {
+    let again: Call[] | null = null;
+    let alone: Array<{ q: Call; overran: boolean }> | null = null;
+    for (let i = 0; i < batch.length; i++) {
+      const q = batch[i]!;
       const s = settled[i] ?? 'alone';
       // A call that started operations runs again alone: its operations are then told apart from other
       // calls' (in a batch, its continuations' would be mixed with theirs), see operation-journal.ts.
-      if (s === 'again' && !q.journal.started) again.push(q);
-      else if (s === 'again') alone.push({ q, overran: false });
-      else if (s === 'alone' || s === 'overran') alone.push({ q, overran: s === 'overran' });
+      if (s === 'again' && !q.journal.started) (again ??= []).push(q);
+      else if (s === 'again') (alone ??= []).push({ q, overran: false });
+      else if (s === 'alone' || s === 'overran') (alone ??= []).push({ q, overran: s === 'overran' });
       else {
         member.calls++;
         this.#policy.stats.calls++;
-        if ('failure' in s) failed(q, s.failure);
-        else if ('later' in s) {
-          // Its promise waits for host operations (a store): the slot serves other calls meanwhile.
-          q.cancel = s.cancel;
-          s.later.then(q.resolve, (e: unknown) => {
-            if (!(e instanceof RunAgain)) return failed(q, e);
-            // The fast-path entry that delivered its answers was stopped (or its isolate lost): from the start, alone.
-            q.cancel = undefined;
-            if (e.overran) this.#policy.overran(q.hook, e.cpuMs);
-            void this.#invokeAlone(q, 0, e.overran);
-          });
-        } else q.resolve(s.value);
+        if ('failure' in s) this.#failed(member, q, s.failure);
+        else if ('later' in s) this.#awaitLater(member, q, s);
+        else this.#resolve(q, s.value);
       }
     }
     this.#release(member, '(sandbox)', epoch);
-    for (const { q, overran } of alone) {
-      if (overran) this.#policy.overran(q.hook, slot.stoppedCpuMs);
-      void this.#invokeAlone(q, 0, overran);
+    if (alone) {
+      for (const { q, overran } of alone) {
+        if (overran) this.#policy.overran(q.hook, slot.stoppedCpuMs);
+        void this.#invokeAlone(q, 0, overran);
+      }
     }
-    if (again.length) {
+    if (again) {
       this.#batch.unshift(...again);
       this.#scheduleBatch();
     }
+  }
+
+  /** A call of a batch failed. */
+  #failed(member: Member, q: Call, e: unknown): void {
+    if (!q.done) this.#countFailure(member, e);
+    this.#reject(q, e);
+  }
+
+  /** A call of a batch whose promise waits for host operations (a store): the slot serves other calls meanwhile. */
+  #awaitLater(member: Member, q: Call, s: { later: Promise<unknown>; cancel(): void }): void {
+    q.cancel = s.cancel;
+    s.later.then((value) => this.#resolve(q, value), (e: unknown) => {
+      if (!(e instanceof RunAgain)) return this.#failed(member, q, e);
+      // The fast-path entry that delivered its answers was stopped (or its isolate lost): from the start, alone.
+      q.cancel = undefined;
+      if (e.overran) this.#policy.overran(q.hook, e.cpuMs);
+      void this.#invokeAlone(q, 0, e.overran);
+    });
   }
 
   #countFailure(member: Member, e: unknown): void {
@@ -533,7 +561,7 @@ export class Sandbox {
     if (this.#disposed) return Promise.resolve();
     this.#disposed = true;
     for (const w of this.#waiting.splice(0)) w.refuse(new Error('the sandbox has been disposed'));
-    for (const q of this.#batch.splice(0)) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox has been disposed'));
+    for (const q of this.#batch.splice(0)) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox has been disposed'));
     const quiet = [...this.#retiring];
     for (const m of this.#members) {
       if (m.slot) quiet.push(m.slot.dispose());
@@ -541,7 +569,7 @@ export class Sandbox {
       m.state = 'disposed';
     }
     // Calls running on an isolate that cannot be stopped would otherwise wait for their deadline.
-    for (const q of this.#live.all()) q.reject(new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
+    for (const q of this.#live.all()) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
     clearInterval(this.#sweeper);
     if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
     return this.#members.length ? Promise.all(quiet).then(teardownGrace) : Promise.resolve();
@@ -569,16 +597,8 @@ export class Sandbox {
   /** An idle member, now or when one is free; `call` (null for a batch) is dropped from the queue at its deadline. */
   #acquire(call: Call | null): Promise<Member> {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
-    // The first idle isolate, not the next in turn: most calls finish on the fast path, so one isolate
-    // takes nearly all of them and stays warm in the CPU caches, and each connection's facts cross once.
-    // The others take the calls that overlap (on isolate threads).
-    // A slot delivering answers on an isolate thread is not entered: a fast-path entry would block on it.
-    for (const m of this.#members) {
-      if (m.state === 'idle' && !m.slot!.delivering) {
-        m.state = 'busy';
-        return Promise.resolve(m);
-      }
-    }
+    const idle = this.#idleMember();
+    if (idle) return Promise.resolve(idle);
     if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding' || m.state === 'idle')) {
       const now = Date.now();
       const retry = this.#members.filter((m) => m.state === 'broken' && m.retryAt <= now);
@@ -588,11 +608,32 @@ export class Sandbox {
     return new Promise((grant, refuse) => this.#waiting.push({ call, grant, refuse }));
   }
 
+  /**
+   * An idle member, now taken (busy), or null. The first idle isolate, not the next in turn: most calls finish
+   * on the fast path, so one isolate takes nearly all of them and stays warm in the CPU caches, and each
+   * connection's facts cross once. The others take the calls that overlap (on isolate threads). A slot
+   * delivering answers on an isolate thread is not entered: a fast-path entry would block on it.
+   */
+  #idleMember(): Member | null {
+    if (this.#disposed) return null;
+    // Indexed loops here and in #release: they run per batch, and an array iterator is an object per loop.
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.state === 'idle' && !m.slot!.delivering) {
+        m.state = 'busy';
+        return m;
+      }
+    }
+    return null;
+  }
+
   /** The call that took `member` at `epoch` is over (a no-op when the member was abandoned since). */
   #release(member: Member, file: string, epoch: number): void {
     if (this.#disposed || member.epoch !== epoch) return;
-    const now = Date.now();
-    for (const m of this.#members) if (m.state === 'broken' && m.retryAt <= now) void this.#rebuild(m);
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.state === 'broken' && m.retryAt <= Date.now()) void this.#rebuild(m);
+    }
     if (member.slot!.lost) {
       this.#log(file, 'warn', `isolate ${member.index} was lost (memory limit or a call that never settled); rebuilding it`);
       void this.#rebuild(member);

@@ -5,7 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
-import { FastPathPolicy, HELD_FACTOR, OVERRUNS_TO_SLOW } from '../../engine/sandbox/fast-path-policy.ts';
+import { FastPathPolicy, HELD_FACTOR, OVERRUNS_TO_SLOW, cpuReadingMaxAgeMs } from '../../engine/sandbox/fast-path-policy.ts';
+import { ThreadCpuClock } from '../../engine/sandbox/thread-cpu.ts';
 import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
@@ -79,6 +80,47 @@ test('only overruns that used the budget in CPU time move a hook off the fast pa
   policy.overran('data', 5 * HELD_FACTOR);
   assert.equal(policy.budgetFor('data'), 0, 'one call that held the thread ten times its budget is enough');
   assert.match(warnings[1]!, /a data call held the event loop for 50 ms/);
+});
+
+test('the CPU time of a stopped attempt is never more than it used, and short by at most the reading\'s age', () => {
+  // A scripted thread: `wall` and `cpu` advance as the test says (ms and µs), and readings are counted.
+  let wall = 0;
+  let cpu = 0;
+  let readings = 0;
+  const clock = new ThreadCpuClock(() => { readings++; return cpu; }, () => wall);
+  const maxAge = cpuReadingMaxAgeMs(5);
+  assert.equal(maxAge, 0.5);
+  clock.mark(maxAge);
+  assert.equal(readings, 1, 'the first mark reads');
+  // Entries within the reading's age reuse it: no system call per entry.
+  wall += 0.3; cpu += 300; // other work on the thread, busy all the time
+  let mark = clock.mark(maxAge);
+  assert.equal(readings, 1);
+  wall += 5; cpu += 5000; // an attempt busy for its whole budget
+  const busy = clock.since(mark);
+  assert.ok(busy <= 5 && busy >= 5 - maxAge, `${busy}`);
+  assert.ok(busy >= 5 * 0.75, 'still counts against the hook');
+  // Descheduled: wall time ran out, CPU did not; the work before the mark (idle or busy) is not counted either.
+  wall += 0.4;
+  mark = clock.mark(maxAge);
+  wall += 5; cpu += 1000;
+  const descheduled = clock.since(mark);
+  assert.ok(descheduled <= 1 && descheduled >= 1 - maxAge, `${descheduled}`);
+  wall += 0.4; cpu += 100; // busy between the reading and the mark, less than its wall time
+  mark = clock.mark(maxAge);
+  wall += 5; cpu += 1000;
+  assert.ok(clock.since(mark) <= 1, 'never more than the attempt used');
+  // A reading older than the age is renewed.
+  wall += 0.6;
+  const before = readings;
+  clock.mark(maxAge);
+  assert.equal(readings, before + 1);
+  // Real thread: a busy loop shows its CPU time.
+  const real = new ThreadCpuClock();
+  const realMark = real.mark(0);
+  const until = process.threadCpuUsage().user + 20_000;
+  while (process.threadCpuUsage().user < until) { /* busy */ }
+  assert.ok(real.since(realMark) >= 20, 'a busy loop of 20 ms of CPU shows it');
 });
 
 test('a step V8 does not interrupt (a huge BigInt to string) overruns the fast path once; its hook then leaves it', async () => {
