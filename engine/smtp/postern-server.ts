@@ -7,7 +7,6 @@ import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
-import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
 import { SessionPolicy } from './session-policy.ts';
@@ -19,6 +18,7 @@ import type { TrustedIssuers } from '../certificates/index.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
+import { newSessionId } from './session-id.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -177,7 +177,14 @@ export class PosternServer extends SMTPServer {
    */
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
     const proxy = this.proxy;
-    if (!proxy) return super._handleProxy(socket, callback);
+    if (!proxy) {
+      // smtp-server's own path without a header (Postern never sets its useProxy nor ignoredHosts), with a cheaper id.
+      const options = this.options as { useProxy?: unknown; ignoredHosts?: unknown };
+      if (options.useProxy || options.ignoredHosts) return super._handleProxy(socket, callback);
+      const id = newSessionId();
+      setImmediate(() => callback(null, { id }));
+      return;
+    }
     const handshake = !!(this.options as { secure?: boolean }).secure;
     const balancer = clientAddress(socket);
     const refuse = (err: Error): void => {
@@ -192,9 +199,8 @@ export class PosternServer extends SMTPServer {
         : { address: balancer, port: socket.remotePort ?? 0 };
       if (!await this.#countProxied(socket, client.address, client.port, handshake)) return callback(new Error('closed before the session'));
       this.#proxiedClient.set(socket, client.address);
-      // The session id as smtp-server makes it (its own _handleProxy is not called).
-      const id = BigInt(`0x${randomBytes(10).toString('hex')}`).toString(32).padStart(16, '0');
-      callback(null, { id, remoteAddress: client.address, remotePort: client.port });
+      // The session id in smtp-server's form (its own _handleProxy is not called).
+      callback(null, { id: newSessionId(), remoteAddress: client.address, remotePort: client.port });
     }).catch(refuse);
   }
 
