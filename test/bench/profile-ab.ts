@@ -5,6 +5,7 @@
  * PROF_HEAP=1: bytes allocated per message instead (sampled, collected objects included); PROF_HEAP=live: bytes
  * per message still reachable after a full GC at the end of each round (what the server keeps per message);
  * PROF_HEAP=promoted: bytes per message that outlived the young generation (moved to the old one: major GC work).
+ * PROF_SORT=b: rows by B's figure, largest first (default: by |B − A|).
  * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size; PROF_PER_CONN (default 100) the messages per
  * connection (1: a connection, STARTTLS and client certificate per message, per-connection costs).
  */
@@ -167,7 +168,7 @@ const table = (title: string, pick: (s: typeof a) => Map<string, number>, top: n
   const rows = [...keys].map((k) => { const x = (pick(a).get(k) ?? 0) / a.msgs, y = (pick(b).get(k) ?? 0) / b.msgs; return { k, x, y, d: y - x }; });
   const total = rows.reduce((t, r) => ({ x: t.x + r.x, y: t.y + r.y }), { x: 0, y: 0 });
   console.log(`\n${title} (${process.env.PROF_HEAP === '1' ? 'bytes allocated' : process.env.PROF_HEAP === 'live' ? 'bytes still reachable' : process.env.PROF_HEAP === 'promoted' ? 'bytes that outlived a scavenge' : 'µs'}/msg, event-loop thread)   A      B    B−A`);
-  for (const r of rows.sort((p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
+  for (const r of rows.sort(process.env.PROF_SORT === 'b' ? (p, q) => q.y - p.y : (p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
   console.log(`${'total'.padEnd(92)} ${total.x.toFixed(1).padStart(6)} ${total.y.toFixed(1).padStart(6)} ${(total.y - total.x >= 0 ? '+' : '') + (total.y - total.x).toFixed(1)}`);
 };
 console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each, ${perConnection} per connection (profiler on)`);
