@@ -81,6 +81,12 @@ function handedOverCounter(counts: ConnectionCounts, listener: string): Connecti
 
 const connectionOf = new WeakMap<SMTPServerSession, PosternConnection>();
 
+/**
+ * How long after the listener's TLS context was replaced each handshake still gets the current one at its SNI
+ * step (see _resolveSNI): far longer than any handshake may take (limits.tlsHandshakeTimeoutMs).
+ */
+const CONTEXT_SWITCH_WINDOW_MS = 10 * 60_000;
+
 type Done = (err?: Error | null) => void;
 
 export class PosternServer extends SMTPServer {
@@ -231,12 +237,29 @@ export class PosternServer extends SMTPServer {
    * The SNI step of each handshake. smtp-server answers the listener's own context ('*'), which Node then
    * installs on the connection again (certificate, key and CA list: about 13 µs per handshake, measured). Postern
    * sets neither SNICallback nor sniOptions, so '*' is the context the connection was created with: answering
-   * none keeps it. The name the client asked for still reaches the session (tls.sni).
+   * none keeps it. The name the client asked for still reaches the session (tls.sni). For a while after the
+   * context was replaced (certificate, CA or CRL reload), the current one is answered as before: a handshake that
+   * began on the old context is verified with the new CA and CRL files.
    */
   override _resolveSNI(servername: string, cb: Parameters<SMTPServer['_resolveSNI']>[1]): void {
     const options = this.options as { SNICallback?: unknown; sniOptions?: unknown };
-    if (options.SNICallback || options.sniOptions) return super._resolveSNI(servername, cb);
+    if (options.SNICallback || options.sniOptions || this.#contextRecentlyReplaced()) return super._resolveSNI(servername, cb);
     cb(null);
+  }
+
+  /** The listener's context as last seen by a handshake, and when a new one was first seen. */
+  #seenContext: unknown = undefined;
+  #contextSeenAt = 0;
+
+  #contextRecentlyReplaced(): boolean {
+    const current = this.secureContext.get('*');
+    const now = performance.now();
+    if (current !== this.#seenContext) {
+      // The first handshake since start needs nothing: its socket was made with this context.
+      if (this.#seenContext !== undefined) this.#contextSeenAt = now;
+      this.#seenContext = current;
+    }
+    return this.#contextSeenAt > 0 && now - this.#contextSeenAt < CONTEXT_SWITCH_WINDOW_MS;
   }
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
