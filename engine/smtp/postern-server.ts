@@ -247,19 +247,18 @@ export class PosternServer extends SMTPServer {
     cb(null);
   }
 
-  /** The listener's context as last seen by a handshake, and when a new one was first seen. */
-  #seenContext: unknown = undefined;
-  #contextSeenAt = 0;
+  /** The listener's context when a handshake last looked, and when it was found replaced. */
+  #seenContext: unknown = this.secureContext.get('*');
+  #contextReplacedAt = -Infinity;
 
   #contextRecentlyReplaced(): boolean {
     const current = this.secureContext.get('*');
     const now = performance.now();
     if (current !== this.#seenContext) {
-      // The first handshake since start needs nothing: its socket was made with this context.
-      if (this.#seenContext !== undefined) this.#contextSeenAt = now;
       this.#seenContext = current;
+      this.#contextReplacedAt = now;
     }
-    return this.#contextSeenAt > 0 && now - this.#contextSeenAt < CONTEXT_SWITCH_WINDOW_MS;
+    return now - this.#contextReplacedAt < CONTEXT_SWITCH_WINDOW_MS;
   }
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */

@@ -1,7 +1,8 @@
 /**
  * Session ids (the `cid` of logs, `postern pins learn <cid>`, scripts' `connection.id`): 80 random bits as 16
  * base-32 digits, the form smtp-server gives them. The bits come from a pool the CSPRNG refills every
- * 256 ids: smtp-server's own randomBytes(10) and BigInt per connection cost about 10 µs of the event loop.
+ * 256 ids, where smtp-server made a randomBytes(10), its hex and a BigInt per connection (in a loop 1.0 against
+ * 1.7 µs per id; about 0.5 KB less allocated per connection).
  */
 import { randomFillSync } from 'node:crypto';
 
