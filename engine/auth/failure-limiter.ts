@@ -31,6 +31,8 @@ export interface FailureMap {
   recorded?(ip: string, at: number): void;
 }
 
+const NO_FAILURES = Promise.resolve(0);
+
 export class MemoryAuthFailureStore implements AuthFailureStore {
   readonly #failures: FailureMap;
 
@@ -47,6 +49,8 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
   }
 
   count(key: string, since: number): Promise<number> {
+    // Most addresses never failed: asked at every connection and AUTH, they cost no list and no delete.
+    if (this.#failures.get(key) === undefined) return NO_FAILURES;
     return Promise.resolve(this.#recent(key, since).length);
   }
 

@@ -67,10 +67,15 @@ export class SightingRecorder {
 
   get file(): string { return this.#file; }
 
+  /** This certificate's sighting was recorded less than a minute ago (seen() would change nothing). */
+  seenRecently(fingerprintSha256: string, now = Date.now()): boolean {
+    const last = this.#marked.get(fingerprintSha256);
+    return last !== undefined && now - last < SIGHTING_MS;
+  }
+
   /** A handshake presented this certificate. Cheap: one Map lookup unless its minute is up. */
   seen(s: Fresh, now = Date.now()): void {
-    const last = this.#marked.get(s.fingerprintSha256);
-    if (last !== undefined && now - last < SIGHTING_MS) return;
+    if (this.seenRecently(s.fingerprintSha256, now)) return;
     this.#marked.set(s.fingerprintSha256, now);
     const at = new Date(now).toISOString();
     const old = this.#records.get(s.fingerprintSha256);

@@ -7,7 +7,6 @@ import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
-import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
 import { SessionPolicy, type Decision } from './session-policy.ts';
@@ -19,6 +18,7 @@ import type { TrustedIssuers } from '../certificates/index.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
+import { newSessionId } from './session-id.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -80,6 +80,13 @@ function handedOverCounter(counts: ConnectionCounts, listener: string): Connecti
 }
 
 const connectionOf = new WeakMap<SMTPServerSession, PosternConnection>();
+
+/**
+ * How long after the listener's TLS context was replaced each handshake still gets the current one at its SNI
+ * step (see _resolveSNI): at least this, and twice limits.tlsHandshakeTimeoutMs (every handshake, implicit or
+ * after STARTTLS, ends within that deadline).
+ */
+const CONTEXT_SWITCH_WINDOW_MS = 10 * 60_000;
 
 type Done = (err?: Error | null) => void;
 
@@ -177,7 +184,14 @@ export class PosternServer extends SMTPServer {
    */
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
     const proxy = this.proxy;
-    if (!proxy) return super._handleProxy(socket, callback);
+    if (!proxy) {
+      // smtp-server's own path without a header (Postern never sets its useProxy nor ignoredHosts), with a cheaper id.
+      const options = this.options as { useProxy?: unknown; ignoredHosts?: unknown };
+      if (options.useProxy || options.ignoredHosts) return super._handleProxy(socket, callback);
+      const id = newSessionId();
+      setImmediate(() => callback(null, { id }));
+      return;
+    }
     const handshake = !!(this.options as { secure?: boolean }).secure;
     const balancer = clientAddress(socket);
     const refuse = (err: Error): void => {
@@ -192,9 +206,8 @@ export class PosternServer extends SMTPServer {
         : { address: balancer, port: socket.remotePort ?? 0 };
       if (!await this.#countProxied(socket, client.address, client.port, handshake)) return callback(new Error('closed before the session'));
       this.#proxiedClient.set(socket, client.address);
-      // The session id as smtp-server makes it (its own _handleProxy is not called).
-      const id = BigInt(`0x${randomBytes(10).toString('hex')}`).toString(32).padStart(16, '0');
-      callback(null, { id, remoteAddress: client.address, remotePort: client.port });
+      // The session id in smtp-server's form (its own _handleProxy is not called).
+      callback(null, { id: newSessionId(), remoteAddress: client.address, remotePort: client.port });
     }).catch(refuse);
   }
 
@@ -219,6 +232,34 @@ export class PosternServer extends SMTPServer {
   /** limits.maxConnections (smtp-server's maxClients). */
   #maxClients(): number {
     return (this.options as { maxClients?: number }).maxClients ?? Infinity;
+  }
+
+  /**
+   * The SNI step of each handshake. smtp-server answers the listener's own context ('*'), which Node then
+   * installs on the connection again (certificate, key and CA list: about 13 µs per handshake, measured). Postern
+   * sets neither SNICallback nor sniOptions, so '*' is the context the connection was created with: answering
+   * none keeps it. The name the client asked for still reaches the session (tls.sni). For a while after the
+   * context was replaced (certificate, CA or CRL reload), the current one is answered as before: a handshake that
+   * began on the old context is verified with the new CA and CRL files.
+   */
+  override _resolveSNI(servername: string, cb: Parameters<SMTPServer['_resolveSNI']>[1]): void {
+    const options = this.options as { SNICallback?: unknown; sniOptions?: unknown };
+    if (options.SNICallback || options.sniOptions || this.#contextRecentlyReplaced()) return super._resolveSNI(servername, cb);
+    cb(null);
+  }
+
+  /** The listener's context when a handshake last looked, and when it was found replaced. */
+  #seenContext: unknown = this.secureContext.get('*');
+  #contextReplacedAt = -Infinity;
+
+  #contextRecentlyReplaced(): boolean {
+    const current = this.secureContext.get('*');
+    const now = performance.now();
+    if (current !== this.#seenContext) {
+      this.#seenContext = current;
+      this.#contextReplacedAt = now;
+    }
+    return now - this.#contextReplacedAt < Math.max(CONTEXT_SWITCH_WINDOW_MS, 2 * this.tlsHandshakeTimeoutMs);
   }
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */

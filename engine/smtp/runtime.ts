@@ -9,7 +9,7 @@ import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { SightingRecorder } from '../pki/sightings.ts';
 
-export type CertificateSightings = Pick<SightingRecorder, 'seen'>;
+export type CertificateSightings = Pick<SightingRecorder, 'seen' | 'seenRecently'>;
 
 export interface Runtime {
   /** The generation new sessions start with. */

@@ -175,12 +175,15 @@ export class SessionPolicy {
     st.identity = certificateIdentity(st.listener, st.certificate, pinTable);
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
-    metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: socket.getProtocol() ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
-    this.#log.info({
-      // The pin (mox's base64url) lets `postern pins learn <cid>` find this certificate in the log.
-      cid: conn.id, tls: socket.getProtocol(), cert: cert ? { subject: boundedName(cert.subject.dn), verified: cert.verified, error: cert.verifyError, pin: cert.pin.sha256Base64Url } : null,
-      identity: st.identity.identity,
-    }, 'TLS established');
+    const protocol = socket.getProtocol();
+    metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: protocol ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
+    if (this.#log.isLevelEnabled('info')) { // the fields are built only for a line that is written
+      this.#log.info({
+        // The pin (mox's base64url) lets `postern pins learn <cid>` find this certificate in the log.
+        cid: conn.id, tls: protocol, cert: cert ? { subject: boundedName(cert.subject.dn), verified: cert.verified, error: cert.verifyError, pin: cert.pin.sha256Base64Url } : null,
+        identity: st.identity.identity,
+      }, 'TLS established');
+    }
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
       // Strict: no SMTP session at all for an untrusted certificate (mox's handshake-level refusal).
       socket.destroy();
@@ -215,8 +218,9 @@ export class SessionPolicy {
   async helo(conn: SmtpClient, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {
     const st = conn.state;
     if (!st.generation.hasScript(st.listener, 'helo')) return null;
-    const info = connectionInfo(conn.session, st);
-    const verdict = await this.#run(conn, 'helo', { connection: { ...info, helo: name }, helo: { name, command: verb } });
+    const connection = connectionInfo(conn.session, st);
+    connection.helo = name; // the name this EHLO gives (a fresh object: no copy needed)
+    const verdict = await this.#run(conn, 'helo', { connection, helo: { name, command: verb } });
     return verdict ? verdictReply('helo', verdict) : null;
   }
 
@@ -426,7 +430,10 @@ export class SessionPolicy {
   /** Last seen, per certificate (written at most once a minute, off this path: engine/pki/sightings.ts). */
   #recordSighting(conn: SmtpClient, cert: PeerCertificate): void {
     const st = conn.state;
-    this.#runtime.sightings?.seen({
+    const sightings = this.#runtime.sightings;
+    // Within its minute a certificate's sighting is not recorded again: no record to build.
+    if (!sightings || sightings.seenRecently(cert.fingerprint.sha256)) return;
+    sightings.seen({
       fingerprintSha256: cert.fingerprint.sha256, pinSha256: cert.pin.sha256, serial: cert.serial,
       subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), notAfter: cert.notAfter, listener: st.listener.name,
       identity: st.identity.identity, verdict: cert.verified ? 'verified' : st.identity.pinned ? 'pinned' : cert.verifyError ?? 'invalid',

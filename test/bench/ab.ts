@@ -4,7 +4,7 @@
  * On a shared VM one run's rate drifts ±20% with the host; two servers measured in the same minutes drift
  * alike, so the paired B/A ratios of a round are what judges a change. Both trees get this tree's
  * configuration, scripts and PKI: only the engine differs. AB_ROUNDS (default 6) and AB_MESSAGES (4000,
- * 100 per connection) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
+ * 100 per connection; AB_PER_CONN=1: one per connection, what a connection costs) set the size; AB_NODE_ARGS_A / AB_NODE_ARGS_B add Node options to one server (e.g. a V8 flag);
  * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree);
  * AB_RATE=redis (or memory) adds an `await rate()` to the mailfrom script, with a Redis store (one
  * redis-server started here, a key prefix per tree) or the memory store: what a store change costs;
@@ -28,6 +28,7 @@ if (trees.length < 2 || trees.some((t) => !existsSync(join(t, 'test/bench/poster
 }
 const rounds = Number(process.env.AB_ROUNDS ?? 6);
 const messages = Number(process.env.AB_MESSAGES ?? 4000);
+const perConnection = Number(process.env.AB_PER_CONN ?? 100);
 const withScripts = process.env.AB_SCRIPTS !== '0';
 const workers = process.env.AB_WORKERS ? Number(process.env.AB_WORKERS) : 0;
 const withRate = process.env.AB_RATE;
@@ -59,7 +60,7 @@ for (const [i, tree] of trees.entries()) {
 for (const s of servers) {
   for (let attempt = 1; ; attempt++) {
     try {
-      await load(pki, s.port, 100, 2000, true);
+      await load(pki, s.port, perConnection, perConnection === 1 ? 600 : 2000, true);
       break;
     } catch (err) {
       if (attempt === 5) throw err;
@@ -72,12 +73,12 @@ const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
 const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] }));
-console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, 100 per connection\n`);
+console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, ${perConnection} per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();
   const got = new Map<string, Measured>();
-  for (const s of order) got.set(s.name, await measure(pki, s, 100, messages, true));
+  for (const s of order) got.set(s.name, await measure(pki, s, perConnection, messages, true));
   const a = got.get('A')!;
   console.log(show('A', a));
   for (const [i, name] of names.slice(1).entries()) {

@@ -5,7 +5,9 @@
  * PROF_HEAP=1: bytes allocated per message instead (sampled, collected objects included); PROF_HEAP=live: bytes
  * per message still reachable after a full GC at the end of each round (what the server keeps per message);
  * PROF_HEAP=promoted: bytes per message that outlived the young generation (moved to the old one: major GC work).
- * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size.
+ * PROF_SORT=b: rows by B's figure, largest first (default: by |B − A|).
+ * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size; PROF_PER_CONN (default 100) the messages per
+ * connection (1: a connection, STARTTLS and client certificate per message, per-connection costs).
  */
 import { mkdtemp, mkdir, writeFile, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -18,6 +20,7 @@ import { load, measure } from './measure.ts';
 const trees = process.argv.slice(2, 4).map((t) => resolve(t));
 const messages = Number(process.env.PROF_MESSAGES ?? 3000);
 const rounds = Number(process.env.PROF_ROUNDS ?? 2);
+const perConnection = Number(process.env.PROF_PER_CONN ?? 100);
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-profab-'));
 const hook = join(work, 'hook.mjs');
@@ -62,7 +65,7 @@ for (const [i, tree] of trees.entries()) {
   await new Promise((r) => child.once('message', r));
   servers.push({ name: i === 0 ? 'A' : 'B', child, port, self: new Map(), owner: new Map(), fn: new Map(), incl: new Map(), io: new Map(), msgs: 0, cpu: 0, main: 0 });
 }
-for (const s of servers) await load(pki, s.port, 100, 2000, true);
+for (const s of servers) await load(pki, s.port, perConnection, perConnection === 1 ? 600 : 2000, true);
 
 /** System calls that read and write (all threads) and context switches of the server so far. */
 async function ioCounts(pid: number): Promise<Record<string, number>> {
@@ -97,7 +100,7 @@ for (let round = 0; round < rounds; round++) {
     const file = join(work, `${s.name}-${round}.cpuprofile`);
     await ask(s.child, 'prof-start');
     const io0 = await ioCounts(s.child.pid!);
-    const m = await measure(pki, { pid: s.child.pid!, port: s.port }, 100, messages, true);
+    const m = await measure(pki, { pid: s.child.pid!, port: s.port }, perConnection, messages, true);
     const io1 = await ioCounts(s.child.pid!);
     for (const k of Object.keys(io1)) add(s.io, k, io1[k]! - (io0[k] ?? 0));
     await ask(s.child, `prof-stop:${file}`);
@@ -165,10 +168,10 @@ const table = (title: string, pick: (s: typeof a) => Map<string, number>, top: n
   const rows = [...keys].map((k) => { const x = (pick(a).get(k) ?? 0) / a.msgs, y = (pick(b).get(k) ?? 0) / b.msgs; return { k, x, y, d: y - x }; });
   const total = rows.reduce((t, r) => ({ x: t.x + r.x, y: t.y + r.y }), { x: 0, y: 0 });
   console.log(`\n${title} (${process.env.PROF_HEAP === '1' ? 'bytes allocated' : process.env.PROF_HEAP === 'live' ? 'bytes still reachable' : process.env.PROF_HEAP === 'promoted' ? 'bytes that outlived a scavenge' : 'µs'}/msg, event-loop thread)   A      B    B−A`);
-  for (const r of rows.sort((p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
+  for (const r of rows.sort(process.env.PROF_SORT === 'b' ? (p, q) => q.y - p.y : (p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
   console.log(`${'total'.padEnd(92)} ${total.x.toFixed(1).padStart(6)} ${total.y.toFixed(1).padStart(6)} ${(total.y - total.x >= 0 ? '+' : '') + (total.y - total.x).toFixed(1)}`);
 };
-console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each (profiler on)`);
+console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each, ${perConnection} per connection (profiler on)`);
 console.log(`server CPU µs/msg: A ${(a.cpu / a.msgs).toFixed(0)}  B ${(b.cpu / b.msgs).toFixed(0)};  event-loop thread: A ${(a.main / a.msgs).toFixed(0)}  B ${(b.main / b.msgs).toFixed(0)}`);
 console.log(`per message: ${[...new Set([...a.io.keys(), ...b.io.keys()])].map((k) => `${k} A ${((a.io.get(k) ?? 0) / a.msgs).toFixed(2)} B ${((b.io.get(k) ?? 0) / b.msgs).toFixed(2)}`).join(';  ')}`);
 table('self time by module', (s) => s.self, 30);

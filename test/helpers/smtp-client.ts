@@ -126,9 +126,11 @@ export class SmtpTestClient {
   }
 
   /** Issue STARTTLS and upgrade; resolves after the handshake. */
-  async starttls(opts: TlsClientOptions): Promise<tls.TLSSocket> {
+  /** `beforeHandshake`: run between the server's 220 and the ClientHello. */
+  async starttls(opts: TlsClientOptions, beforeHandshake?: () => Promise<void>): Promise<tls.TLSSocket> {
     const reply = await this.command('STARTTLS');
     if (reply.code !== 220) throw new Error(`STARTTLS refused: ${reply.text}`);
+    await beforeHandshake?.();
     const raw = this.#socket;
     raw.removeAllListeners('data');
     raw.removeAllListeners('close');

@@ -79,6 +79,8 @@ test('sightings: per-process files merged on read, at most one write a minute pe
     assert.equal(merged.size, 2);
 
     // Within a minute of the last record, a sighting changes nothing (no write); after it, one write.
+    // seenRecently() tells a caller so before it builds a record.
+    assert.deepEqual([w0.seenRecently('aa', t0 + SIGHTING_MS - 1), w0.seenRecently('aa', t0 + SIGHTING_MS), w0.seenRecently('cc', t0)], [true, false, false]);
     const before = await readFile(w0.file, 'utf8');
     w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c4' }, t0 + SIGHTING_MS - 1);
     await w0.flush();

@@ -61,6 +61,42 @@ listeners:
   } finally { await s.stop(); }
 });
 
+test('a handshake begun before a CRL reload (STARTTLS answered, no ClientHello yet) is verified with the new CRL', async () => {
+  const pki = await makeTestPki();
+  const files = {
+    'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8'),
+    'ca.crt': await readFile(pki.ca.cert, 'utf8'), 'ca.crl': await readFile(pki.crl, 'utf8'),
+  };
+  const s = await startTestServer({
+    files,
+    config: `
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ./server.crt, key: ./server.key, clientCertificates: require, caFiles: [./ca.crt], crlFiles: [./ca.crl] }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  const ca = files['ca.crt'];
+  const bob = { cert: await readFile(pki.clients.bob.cert, 'utf8'), key: await readFile(pki.clients.bob.key, 'utf8') };
+  try {
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    await c.read();
+    await c.command('EHLO x.example');
+    // The server made this connection's TLS socket at STARTTLS, with the context of then; bob is revoked before the handshake.
+    await c.starttls({ ca, ...bob }, async () => {
+      const reloaded = new Promise((resolve) => s.reloader.onReload(resolve));
+      const authority = await loadAuthority(ca, await readFile(pki.ca.key, 'utf8'));
+      await writeFile(join(s.dir, 'ca.crl'), await createCrl(authority, [{ serial: pki.clients.revoked.serial }, { serial: pki.clients.bob.serial }]));
+      const outcome = await reloaded as { ok: boolean; errors: string[] };
+      assert.equal(outcome.ok, true, outcome.errors.join('\n'));
+    });
+    const reply = await c.command('EHLO x.example');
+    assert.match(reply.text, /^421 4\.7\.1 Client certificate not trusted \(revoked\)/);
+    c.destroy();
+  } finally { await s.stop(); }
+});
+
 test('a key that does not match the new certificate is refused and the old pair stays in force', async () => {
   const pki = await makeTestPki();
   const files = { 'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8') };

@@ -134,6 +134,22 @@ test('a connection that never completes its TLS handshake is closed after tlsHan
   await c.quit();
 });
 
+test('implicit TLS: a handshake sent a byte at a time is closed after tlsHandshakeTimeoutMs too', { timeout: 60_000 }, async () => {
+  const s = net.connect({ host: '127.0.0.1', port: server.port('quick') });
+  s.on('error', () => undefined);
+  await once(s, 'connect');
+  // As in the STARTTLS case below: a ClientHello's record header, then a byte every 100 ms, each restarting
+  // the idle timeout; only a deadline on the handshake itself closes it.
+  s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+  const drip = setInterval(() => { if (!s.destroyed) s.write(Buffer.from([0x01])); }, 100);
+  try {
+    await once(s, 'close');
+  } finally {
+    clearInterval(drip);
+  }
+  await until('count released', () => openFrom('quick', '127.0.0.1') === 0);
+});
+
 test('after STARTTLS, a handshake sent a byte at a time is closed after tlsHandshakeTimeoutMs; a real one is not', { timeout: 60_000 }, async () => {
   const c = await SmtpTestClient.connect(server.port('starttls-quick'));
   await c.read();
