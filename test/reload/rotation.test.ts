@@ -10,7 +10,8 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { loadAuthority, issueServerCertificate, createCrl } from '../../engine/certificates/index.ts';
 
-test('new handshakes use the rotated server certificate, CA and CRL; a newly revoked certificate is refused', async () => {
+/** A STARTTLS listener requiring client certificates, its certificate, key, CA and CRL copied into its folder (to be replaced). */
+async function startRotatingServer() {
   const pki = await makeTestPki();
   const files = {
     'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8'),
@@ -28,6 +29,11 @@ listeners:
   });
   const ca = files['ca.crt'];
   const bob = { cert: await readFile(pki.clients.bob.cert, 'utf8'), key: await readFile(pki.clients.bob.key, 'utf8') };
+  return { pki, files, s, ca, bob };
+}
+
+test('new handshakes use the rotated server certificate, CA and CRL; a newly revoked certificate is refused', async () => {
+  const { pki, files, s, ca, bob } = await startRotatingServer();
   const handshake = async (): Promise<{ serverFingerprint: string; reply: string }> => {
     const c = await SmtpTestClient.connect(s.port('sub'));
     await c.read();
@@ -62,23 +68,7 @@ listeners:
 });
 
 test('a handshake begun before a CRL reload (STARTTLS answered, no ClientHello yet) is verified with the new CRL', async () => {
-  const pki = await makeTestPki();
-  const files = {
-    'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8'),
-    'ca.crt': await readFile(pki.ca.cert, 'utf8'), 'ca.crl': await readFile(pki.crl, 'utf8'),
-  };
-  const s = await startTestServer({
-    files,
-    config: `
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    tls: { mode: starttls, cert: ./server.crt, key: ./server.key, clientCertificates: require, caFiles: [./ca.crt], crlFiles: [./ca.crl] }
-    limits: { greetingDelayMs: 0 }
-`,
-  });
-  const ca = files['ca.crt'];
-  const bob = { cert: await readFile(pki.clients.bob.cert, 'utf8'), key: await readFile(pki.clients.bob.key, 'utf8') };
+  const { pki, files, s, ca, bob } = await startRotatingServer();
   try {
     const c = await SmtpTestClient.connect(s.port('sub'));
     await c.read();

@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { MessageStream, useMessageStream } from '../../engine/smtp/message-stream.ts';
 import { reply } from '../../engine/smtp/replies.ts';
@@ -14,14 +15,7 @@ let failCreate = 0;
 
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: configYaml({ localDomains: ['example.com'], listeners: [testListener('mx', { tls: { mode: 'none' } })] } as never),
   });
   // The intake can be made to fail before it reads the message: smtp-server must then drain it itself.
   const spool = server.runtime.spool;
