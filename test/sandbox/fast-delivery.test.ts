@@ -10,36 +10,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { slotEntries } from '../../engine/sandbox/isolate-slot.ts';
-import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
+import { MemoryCounterStore } from '../../engine/store/index.ts';
+import { heldStore } from './helpers/held-store.ts';
 import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
-
-/** A memory store whose answers wait until the test releases them; `started` counts the operations asked of it. */
-function heldStore() {
-  const memory = new MemoryCounterStore();
-  const held: Array<() => void> = [];
-  let wanted: { n: number; resolve(): void } | null = null;
-  const counts = { started: 0 };
-  const hold = <T>(value: () => T): Promise<T> => new Promise<T>((resolve) => {
-    counts.started++;
-    held.push(() => resolve(value()));
-    if (wanted && held.length >= wanted.n) wanted.resolve();
-  });
-  const store: CounterStore = {
-    kind: 'held',
-    rate: (k, l, w) => hold(() => memory.rateNow(k, l, w)),
-    get: (k) => hold(() => memory.getNow(k)),
-    add: (k, n, t) => hold(() => memory.addNow(k, n, t)),
-    authFailures: () => memory.authFailures(),
-    close: () => Promise.resolve(),
-  };
-  return {
-    store, counts,
-    until: (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => { wanted = { n, resolve }; })),
-    /** Answer every operation waiting now, in one turn (they are delivered together). */
-    answerAll(): void { for (const answer of held.splice(0)) answer(); },
-  };
-}
 
 const entriesSince = (before: typeof slotEntries) => ({
   eventLoop: slotEntries.eventLoop - before.eventLoop,

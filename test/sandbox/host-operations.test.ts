@@ -10,37 +10,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScriptFailure } from '../../engine/sandbox/index.ts';
-import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
+import { heldStore } from './helpers/held-store.ts';
 import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
-
-interface Held { answer(): void; fail(error: Error): void }
-
-/** A store whose answers the test releases by hand; `until(n)` resolves once n operations wait. */
-function heldStore() {
-  const memory = new MemoryCounterStore();
-  const held: Held[] = [];
-  let wanted: { n: number; resolve(): void } | null = null;
-  const hold = <T>(value: () => T): Promise<T> => new Promise<T>((resolve, reject) => {
-    held.push({ answer: () => resolve(value()), fail: reject });
-    if (wanted && held.length >= wanted.n) wanted.resolve();
-  });
-  const store: CounterStore = {
-    kind: 'held',
-    rate: (k, l, w) => hold(() => memory.rateNow(k, l, w)),
-    get: (k) => hold(() => memory.getNow(k)),
-    add: (k, n, t) => hold(() => memory.addNow(k, n, t)),
-    authFailures: () => memory.authFailures(),
-    close: () => Promise.resolve(),
-  };
-  return {
-    store,
-    until: (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => { wanted = { n, resolve }; })),
-    /** Answer every operation waiting now, in one turn (they are delivered together). */
-    answerAll(): void { for (const h of held.splice(0)) h.answer(); },
-    failAll(error: Error): void { for (const h of held.splice(0)) h.fail(error); },
-  };
-}
 
 const failure = (kind: string) => (e: unknown): boolean => e instanceof ScriptFailure && e.kind === kind;
 
