@@ -6,24 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { greeted, spooled, startCluster, TWO_WORKERS } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 test('SIGTERM stops the supervisor and its workers after STARTTLS sessions, open and closed', async () => {
   const pki = await makeTestPki();
   const cluster = await startCluster({
-    config: `
-workers: 2
-workerChoice: roundRobin
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
-`,
+    config: `${ROUND_ROBIN}${TWO_WORKERS}    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }\n`,
   });
   const pids = (await cluster.waitFor('two ready workers', async () => {
     const ready = (await cluster.cluster()).processes.filter((p) => p.ready && p.pid);

@@ -19,6 +19,19 @@ import { startCluster, workerPid, spooled, ONE_WORKER } from '../helpers/cluster
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
+/** A client of `port` in the middle of DATA: envelope accepted, the message's first lines sent, not its end. */
+async function inMiddleOfData(port: number, subject: string): Promise<SmtpTestClient> {
+  const client = await SmtpTestClient.connect(port);
+  await client.read(30_000);
+  await client.command('EHLO client.test', 30_000);
+  assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
+  assert.equal((await client.command('RCPT TO:<b@example.test>', 30_000)).code, 250);
+  assert.equal((await client.command('DATA', 30_000)).code, 354);
+  client.write(`Subject: ${subject}`);
+  client.write('');
+  return client;
+}
+
 test('a supervisor killed and started again while its old worker finishes a session: the message that worker acknowledged is delivered', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
@@ -44,14 +57,7 @@ test('a supervisor killed and started again while its old worker finishes a sess
 
     // A session on the old worker, in the middle of DATA. The old worker is held still (SIGSTOP) until the
     // new server has started: then the end of the message reaches it.
-    const client = await SmtpTestClient.connect(c.port('in'));
-    await client.read(30_000);
-    await client.command('EHLO client.test', 30_000);
-    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
-    assert.equal((await client.command('RCPT TO:<b@example.test>', 30_000)).code, 250);
-    assert.equal((await client.command('DATA', 30_000)).code, 354);
-    client.write('Subject: second');
-    client.write('');
+    const client = await inMiddleOfData(c.port('in'), 'second');
     process.kill(oldWorker, 'SIGSTOP');
     c.proc.kill('SIGKILL');
     await new Promise((r) => c.proc.once('exit', r));
@@ -96,14 +102,7 @@ test('SIGTERM while a client of a worker is in the middle of DATA: its transacti
   });
   try {
     await workerPid(c, 0);
-    const client = await SmtpTestClient.connect(c.port('in'));
-    await client.read(30_000);
-    await client.command('EHLO client.test', 30_000);
-    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
-    assert.equal((await client.command('RCPT TO:<b@example.test>', 30_000)).code, 250);
-    assert.equal((await client.command('DATA', 30_000)).code, 354);
-    client.write('Subject: drained');
-    client.write('');
+    const client = await inMiddleOfData(c.port('in'), 'drained');
     const exited = new Promise<number | null>((r) => c.proc.once('exit', (code) => r(code)));
     c.proc.kill('SIGTERM');
     // The stop has reached the worker: new connections are no longer taken.

@@ -11,7 +11,7 @@ import { writeFile, readFile, rm, mkdir, chmod, mkdtemp } from 'node:fs/promises
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { startCluster, greeted } from '../helpers/cluster.ts';
+import { startCluster, greeted, TWO_WORKERS } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
@@ -132,16 +132,7 @@ test('a script that is not a readable file (a FIFO, a folder named like a script
 test('postern serve: a vanished or unreadable scripts folder shows in `postern status` as a refused reload, and mail is still judged by its scripts', async () => {
   const folder = await scriptsFolder({ 'mailfrom.ts': verdictScript('cluster v1') });
   const c = await startCluster({
-    config: `
-workers: 2
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    scripts: ${JSON.stringify(folder)}
-    limits: { greetingDelayMs: 0 }
-`,
+    config: `${TWO_WORKERS}    scripts: ${JSON.stringify(folder)}\n`,
     // Root reads anything: without these capabilities a folder of mode 000 gives the server EACCES, as it would a service user.
     wrap: ['setpriv', '--bounding-set=-dac_override,-dac_read_search'],
   });
