@@ -5,6 +5,7 @@ import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { mailFromReply, verdictScript } from './helpers.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -17,19 +18,6 @@ listeners:
 `;
 
 /** A script rejecting MAIL FROM with `text`; `slow` adds a top level that computes for a while (within limits). */
-function verdictScript(text: string, slow = false): string {
-  const busy = slow ? 'let spin = 0;\nfor (let i = 0; i < 3_000_000; i++) spin += i % 7;\n' : '';
-  return `${busy}export default (ctx) => reject(${JSON.stringify(text)}, { code: 550 });\n`;
-}
-
-async function mailFromReply(s: TestServer): Promise<string> {
-  const c = await SmtpTestClient.connect(s.port('mx'));
-  await c.hello();
-  const r = await c.command('MAIL FROM:<x@y.example>');
-  await c.quit();
-  return r.text;
-}
-
 interface StatusFile { generation: number; reloads: number; failedReloads: number; lastError: string[] | null }
 const statusFile = async (s: TestServer): Promise<StatusFile> => JSON.parse(await readFile(join(s.dir, 'data', 'status.json'), 'utf8')) as StatusFile;
 

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { mailFromReply, verdictScript } from './helpers.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -20,16 +21,6 @@ listeners:
     listen: 127.0.0.1:0
     limits: { greetingDelayMs: 0 }
 `;
-const verdictScript = (text: string): string => `export default (ctx) => reject(${JSON.stringify(text)}, { code: 550 });`;
-
-async function mailFromReply(s: TestServer): Promise<string> {
-  const c = await SmtpTestClient.connect(s.port('mx'));
-  await c.hello();
-  const r = await c.command('MAIL FROM:<x@y.example>');
-  await c.quit();
-  return r.text;
-}
-
 /** Until the verdict is `text` (a reload is asynchronous; the hang guard is until()'s). */
 async function verdictBecomes(s: TestServer, text: string): Promise<void> {
   await until(`the verdict "${text}"`, async () => await mailFromReply(s) === `550 5.7.1 ${text}`, { timeoutMs: 30_000 });

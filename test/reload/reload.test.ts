@@ -7,6 +7,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import type { ReloadOutcome } from '../../engine/reload/reloader.ts';
 import { until } from '../helpers/wait.ts';
+import { mailFromReply, verdictScript } from './helpers.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -17,16 +18,6 @@ listeners:
     listen: 127.0.0.1:0
     limits: { greetingDelayMs: 0 }
 `;
-const verdictScript = (text: string): string => `export default (ctx) => reject(${JSON.stringify(text)}, { code: 550 });`;
-
-async function mailFromReply(s: TestServer, from = 'x@y.example'): Promise<string> {
-  const c = await SmtpTestClient.connect(s.port('mx'));
-  await c.hello();
-  const r = await c.command(`MAIL FROM:<${from}>`);
-  await c.quit();
-  return r.text;
-}
-
 /** Collect reload outcomes until `count` arrived or the time is up. */
 function reloads(s: TestServer): { list: ReloadOutcome[]; next(timeoutMs?: number): Promise<ReloadOutcome>; stop(): void } {
   const list: ReloadOutcome[] = [];

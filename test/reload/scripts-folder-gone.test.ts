@@ -15,6 +15,7 @@ import { startCluster, greeted, TWO_WORKERS } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { mailFromReply, verdictScript } from './helpers.ts';
 
 /** One listener `mx`, its scripts in the top-level folder. */
 const MX = configYaml({ localDomains: ['example.com'], listeners: [testListener('mx')] });
@@ -24,16 +25,6 @@ async function scriptsFolder(scripts: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-listener-scripts-'));
   for (const [name, text] of Object.entries(scripts)) await writeFile(join(dir, name), text);
   return dir;
-}
-
-const verdictScript = (text: string): string => `export default (ctx) => reject(${JSON.stringify(text)}, { code: 550 });`;
-
-async function mailFromReply(port: number): Promise<string> {
-  const c = await SmtpTestClient.connect(port);
-  await c.hello();
-  const r = await c.command('MAIL FROM:<x@y.example>');
-  await c.quit();
-  return r.text;
 }
 
 /** The last reload's errors, one a line ('' when it succeeded). */
