@@ -12,13 +12,13 @@
  * More than two trees (e.g. commits along a history, to find where a cost came in): each is measured in every
  * round and compared with A like B is.
  */
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { load, measure, median, startServer, type Measured } from './measure.ts';
 
 const trees = process.argv.slice(2).map((t) => resolve(t));
@@ -43,9 +43,7 @@ const servers: Array<{ name: string; port: number; pid: number; stop: () => void
 process.on('exit', () => { for (const s of servers) s.stop(); if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await mkdir(join(dir, 'scripts'), { recursive: true });
-  if (withScripts) for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), withRate && f === 'mailfrom.ts' ? RATE_MAILFROM : text);
-  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  await writeBenchFolder(dir, !withScripts ? {} : withRate ? { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM } : BENCH_SCRIPTS);
   const port = benchPort();
   const nodeArgs = process.env[`AB_NODE_ARGS_${names[i]}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).

@@ -1,4 +1,6 @@
 /** The Postern configuration every benchmark uses: one STARTTLS listener asking for client certificates. */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { TestPki } from '../helpers/pki.ts';
 
 const given = new Set<number>();
@@ -54,3 +56,10 @@ export const EDIT_DATA = `export default function (ctx) {
     { op: 'add', name: 'X-Postern-Client-Cert', value: ctx.connection.clientCertificate?.fingerprint.sha256 ?? 'none' },
   ] });
 }`;
+
+/** A bench server's folder as benchConfig() expects it: `scripts/` with `scripts` in it (none: an empty folder) and the senders table. */
+export async function writeBenchFolder(dir: string, scripts: Readonly<Record<string, string>> = BENCH_SCRIPTS): Promise<void> {
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  for (const [file, text] of Object.entries(scripts)) await writeFile(join(dir, 'scripts', file), text);
+  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+}

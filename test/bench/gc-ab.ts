@@ -10,12 +10,12 @@
  * GC_NODE_ARGS_A / GC_NODE_ARGS_B… to one (the same tree twice with GC_SEMI_SPACE_MB=0 compares V8 settings).
  * GC_WARM (default 2000) messages warm each server first: the optimising compiler keeps working for ~20 000.
  */
-import { mkdtemp, mkdir, writeFile, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fork, type ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { load } from './measure.ts';
 
 const trees = process.argv.slice(2).map((t) => resolve(t));
@@ -53,9 +53,7 @@ const servers: Server[] = [];
 process.on('exit', () => { for (const s of servers) s.child.kill('SIGKILL'); });
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await mkdir(join(dir, 'scripts'), { recursive: true });
-  for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
-  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  await writeBenchFolder(dir);
   const port = benchPort();
   const own = (process.env[`GC_NODE_ARGS_${String.fromCharCode(65 + i)}`] ?? '').split(' ').filter(Boolean);
   const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki), baseDir: dir })],

@@ -9,12 +9,12 @@
  * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size; PROF_PER_CONN (default 100) the messages per
  * connection (1: a connection, STARTTLS and client certificate per message, per-connection costs).
  */
-import { mkdtemp, mkdir, writeFile, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, writeFile, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fork, type ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { load, measure } from './measure.ts';
 
 const trees = process.argv.slice(2, 4).map((t) => resolve(t));
@@ -57,9 +57,7 @@ interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
 const servers: Array<{ name: string; child: ChildProcess; port: number; self: Map<string, number>; owner: Map<string, number>; fn: Map<string, number>; incl: Map<string, number>; io: Map<string, number>; msgs: number; cpu: number; main: number }> = [];
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await mkdir(join(dir, 'scripts'), { recursive: true });
-  for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), text);
-  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  await writeBenchFolder(dir);
   const port = benchPort();
   const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki), baseDir: dir })], { execArgv: ['--import', hook], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await new Promise((r) => child.once('message', r));

@@ -5,12 +5,12 @@
  * by promise, like Redis but without I/O: the share of Redis's cost that is the isolate re-entry. Rounds interleave the three; the
  * ratios are medians of each round's paired ratios to (a). Targets: memory ≥ 0.95, Redis ≥ 0.85 of (a)'s rate.
  */
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { cpuSeconds, load, measure, median, startServer } from './measure.ts';
 
 const pki = await makeTestPki();
@@ -20,9 +20,7 @@ const redis = await startRedis();
 
 async function config(name: string, mailfrom: string | null, store: string, deferredStore = false): Promise<{ configText: string; baseDir: string; port: number; deferredStore: boolean }> {
   const dir = join(work, name);
-  await mkdir(join(dir, 'scripts'), { recursive: true });
-  for (const [f, text] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), f === 'mailfrom.ts' && mailfrom ? mailfrom : text);
-  await writeFile(join(dir, 'senders'), 'example.org blocked\n');
+  await writeBenchFolder(dir, mailfrom ? { ...BENCH_SCRIPTS, 'mailfrom.ts': mailfrom } : BENCH_SCRIPTS);
   const port = benchPort();
   return { port, baseDir: dir, configText: benchConfig(dir, port, pki) + LIMITS + store, deferredStore };
 }
