@@ -21,7 +21,8 @@ import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
-import { onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
+import { abandonedRunningScripts, onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
+import { writeCrashRecord } from './crash-record.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
@@ -100,7 +101,15 @@ async function main(): Promise<void> {
   onUnrecoverable((reason) => {
     if (recycling) return;
     recycling = true;
-    send({ t: 'draining', reason });
+    // The scripts abandoned while running made it so: their crash, for the supervisor's fence, as a hang is.
+    const scripts = abandonedRunningScripts();
+    if (scripts.length && role === 'worker') {
+      try {
+        writeCrashRecord(crashDir(loaded.config.dataDir), runningMirror(loaded.config.dataDir, process.pid),
+          { at: new Date().toISOString(), pid: process.pid, worker: index, reason: 'unrecoverable', scripts });
+      } catch { /* a full disk: the replacement matters more than the record */ }
+    }
+    send({ t: 'draining', reason, scripts });
     setTimeout(() => process.kill(process.pid, 'SIGKILL'), RECYCLE_GRACE_MS).unref();
     void stop();
   });

@@ -274,7 +274,7 @@ export class Supervisor {
       case 'draining':
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
         child.ready = false;
-        this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason },
+        this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason, scripts: (m as { scripts?: unknown }).scripts },
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
         return;

@@ -6,8 +6,8 @@
  * the main thread.
  */
 import { workerData, parentPort } from 'node:worker_threads';
-import { writeFileSync, mkdirSync, writeSync, truncateSync } from 'node:fs';
-import { join } from 'node:path';
+import { writeSync } from 'node:fs';
+import { writeCrashRecord, type CrashRecordFile } from './crash-record.ts';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 
@@ -41,12 +41,9 @@ setInterval(() => {
   if (now - lastChange < hangMs) return;
   const scripts = describeRunning(Atomics.load(running, 0), table);
   const stalledMs = Math.round(now - lastChange);
-  const record = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
+  const record: CrashRecordFile = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
   try {
-    mkdirSync(crashDir, { recursive: true });
-    writeFileSync(join(crashDir, `crash-${process.pid}-${Date.now()}.json`), JSON.stringify(record));
-    // Recorded here: the supervisor must not count this death again from the running-call mirror.
-    truncateSync(`${mirror}.bin`, 0);
+    writeCrashRecord(crashDir, mirror, record);
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
   try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }

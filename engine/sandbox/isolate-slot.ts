@@ -1119,7 +1119,7 @@ export class IsolateSlot {
     } catch (e) {
       if (e instanceof NeverSettled) {
         void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
-        reportAbandonedRunning();
+        reportAbandonedRunning({ hook, file, sha256: runningCall.hash(source) });
         return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
       }
       return this.#topLevelError(file, e);

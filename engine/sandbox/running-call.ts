@@ -138,6 +138,10 @@ export const runningCall = {
     changed();
     return id;
   },
+  /** The script a registered sandbox runs for `hook`, as the table names it. */
+  scriptOf(id: number, hook: HookName): RunningScript | undefined {
+    return table[id]?.[hook];
+  },
   unregister(id: number): void {
     if (!(id in table)) return;
     delete table[id];

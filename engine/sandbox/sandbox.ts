@@ -384,7 +384,7 @@ export class Sandbox {
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
       this.#abandoned++;
-      reportAbandonedRunning();
+      reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, call.hook));
       this.#log(call.file, 'error', `isolate ${on.member.index} was still running ${call.hook} at its deadline ` +
         `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms); it is abandoned and replaced`);
       void this.#rebuild(on.member);

@@ -6,6 +6,8 @@
  * (process.exit() waits for the parked thread): a worker process should be replaced, and end itself with
  * a signal (process.kill(process.pid, 'SIGKILL')) once its connections are handed over or timed out.
  */
+import type { RunningScript } from './running-call.ts';
+
 export type UnrecoverableListener = (reason: string) => void;
 
 const listeners = new Set<UnrecoverableListener>();
@@ -33,13 +35,26 @@ export function reportUnrecoverable(reason: string): void {
 }
 
 let abandonedRunning = 0;
+const abandonedScripts = new Map<string, RunningScript>();
 
 /**
  * An isolate was given up while a call or top level was still running in it (its deadline passed): its
- * thread may be stuck for good, which isolated-vm says only seconds later (reportUnrecoverable).
+ * thread may be stuck for good, which isolated-vm says only seconds later (reportUnrecoverable). `script`:
+ * the call's script, when known — it is blamed if the process then has to be replaced.
  */
-export function reportAbandonedRunning(): void {
+export function reportAbandonedRunning(script?: RunningScript): void {
   abandonedRunning++;
+  if (script) abandonedScripts.set(`${script.hook}\0${script.file}\0${script.sha256}`, script);
+}
+
+/**
+ * The scripts whose calls were abandoned while running in this process: when the process cannot recover
+ * (a parked thread), they are what made it so, and a worker's replacement counts as their crash (the
+ * supervisor's fence), as a hang on the event-loop thread does. One that hangs on an isolate thread
+ * answers 451 at its deadline, but still costs its process: fenced all the same once it repeats.
+ */
+export function abandonedRunningScripts(): RunningScript[] {
+  return [...abandonedScripts.values()];
 }
 
 /**
