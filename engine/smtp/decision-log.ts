@@ -26,10 +26,19 @@ export interface DecisionFacts {
 /** The connection a refusal is about. */
 export interface RefusedClient { readonly id: string; readonly remoteAddress: string; readonly clientHostname: string | false; readonly state: ConnectionState }
 
+/**
+ * The client's reverse-DNS name, or null when it has none: smtp-server then gives `[ip]` (or nothing, with
+ * reverseDns off), which Postfix logs as `unknown[ip]`, never `[ip][ip]`.
+ */
+export function clientName(hostname: string | false | null): string | null {
+  return hostname && hostname.charCodeAt(0) !== 0x5b /* [ */ ? hostname : null;
+}
+
 /** Called by PosternConnection.send() alone, as the reply is written. */
 export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
   const st = conn.state;
-  const client = `${conn.clientHostname || 'unknown'}[${conn.remoteAddress}]`;
+  const name = clientName(conn.clientHostname);
+  const client = `${name ?? 'unknown'}[${conn.remoteAddress}]`;
   const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.join(',');
   const address = stage === 'RCPT' ? to : stage === 'MAIL' ? facts.from : undefined;
   // Postfix names the address the reply is about, unless the reply text already starts with it.
@@ -42,7 +51,7 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   ].filter(Boolean).join(' ');
   const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
   log.info({
-    cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: conn.clientHostname || null,
+    cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
     listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,

@@ -12,6 +12,7 @@ import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
+import { clientName } from './decision-log.ts';
 import { HeaderReader } from './header-reader.ts';
 import { editHeaderSection } from './header-edit.ts';
 import { receivedClientPart, receivedHeaderEnd, receivedHeaderStart } from './received-header.ts';
@@ -92,9 +93,9 @@ export async function receiveMessage(
     if (runtime.logger.isLevelEnabled('info')) {
       const cert = st.certificate;
       runtime.logger.info({
-        cid: conn.id, id, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
+        cid: conn.id, id, client: conn.remoteAddress, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
         certificate: cert ? cert.fingerprint.sha256 : undefined,
-      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${conn.clientHostname || 'unknown'}[${conn.remoteAddress}] (message spooled)`);
+      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled)`);
     }
     runtime.onSpooled?.(id);
     st.transactionId = null;

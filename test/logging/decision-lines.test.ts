@@ -1,0 +1,533 @@
+// "Why was my mail refused?", answered for every refusal Postern can send: one row per refusal of the reply
+// catalogue (engine/smtp/replies.ts), each driven by a real client against a real server, and the one info
+// line it leaves checked — client host[ip], stage, code, enhanced code, reply text, the reason (rule,
+// limit, script and verdict), the certificate and identity fields — with no stack trace at info. A catalogue
+// entry added without a row here fails (the ROWS type and the first test), so a new refusal cannot go unlogged.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient, type Reply, type TlsClientOptions } from '../helpers/smtp-client.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
+import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
+import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { installFaultyDisk, type FaultyDisk } from '../spool/helpers/faulty-disk.ts';
+import { until } from '../helpers/wait.ts';
+import { REPLIES, type ReplyName, type ReplySpec } from '../../engine/smtp/replies.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { createCrl } from '../../engine/certificates/index.ts';
+
+type Line = Record<string, unknown>;
+type ServerName = 'main' | 'redis' | 'full';
+/** Catalogue replies that are not refusals: no decision line. */
+type Accepting = 'authSucceeded' | 'senderAccepted' | 'recipientAccepted' | 'queued';
+type RefusalName = Exclude<ReplyName, Accepting>;
+
+interface Row {
+  server: ServerName;
+  stage: string;
+  /** Values of the entry's `{placeholders}`, for the expected text and reason. */
+  values?: Record<string, string>;
+  /** The text when a value in it cannot be known in advance. */
+  text?: RegExp;
+  /** The client's address (default 127.0.0.1). */
+  ip?: string;
+  /** The connection is closed without the reply (a strict listener), so the client sees none. */
+  unsent?: boolean;
+  /** What else the line must carry (certificate, identity, user). */
+  check?: (line: Line) => void;
+  /** Drive the refusal; returns every reply the client got. */
+  drive: () => Promise<Reply[]>;
+}
+
+let pki: TestPki;
+let faultyDisk: FaultyDisk;
+let redis: TestRedis | null = null;
+const servers: Partial<Record<ServerName, TestServer>> = {};
+let alice: TlsClientOptions;
+let stranger: TlsClientOptions;
+const PASSWORD = 'alice-Secret-1';
+const plainLogin = (user: string, password = PASSWORD): string => `AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`;
+
+const SCRIPTS = {
+  'connect.ts': `export default (ctx: ConnectContext) => ctx.connection.remoteAddress === '127.0.0.9' ? reject() : undefined;`,
+  'helo.ts': `export default (ctx: HeloContext) => {
+  if (ctx.helo.name === 'reject.example') return reject();
+  if (ctx.helo.name === 'deferclose.example') return defer(undefined, { disconnect: true });
+};`,
+  'auth.ts': `export default (ctx: AuthContext) => {
+  if (ctx.auth.username === 'scripted-reject') return reject();
+  if (ctx.auth.username === 'scripted-defer') return defer();
+};`,
+  'mailfrom.ts': `export default (ctx: MailFromContext) => {
+  if (ctx.address.address === 'reject@sender.example') return reject();
+  if (ctx.address.address === 'defer@sender.example') return defer();
+  if (ctx.address.address === 'throw@sender.example') throw new Error('a bug in the script');
+};`,
+  'rcptto.ts': `export default (ctx: RcptToContext) => ctx.address.localPart === 'script-reject' ? reject() : undefined;`,
+  'data.ts': `export default (ctx: DataContext) => ctx.data.headers.some(([n, v]) => n.toLowerCase() === 'subject' && v === 'refuse me') ? reject() : undefined;`,
+  'predelivery.ts': `export default (ctx: PredeliveryContext) => ctx.message.recipients[0]!.startsWith('refuse-delivery') ? reject() : defer();`,
+};
+
+const NO_AUTH_SLOWDOWN = { authFailuresPerIp: 1000, authFailuresBeforeDelay: 1000 };
+
+before(async () => {
+  pki = await makeTestPki();
+  alice = await clientTlsOptions(pki, 'alice');
+  stranger = await clientTlsOptions(pki, 'stranger');
+  faultyDisk = installFaultyDisk(); // before the servers open their journal segments (tracks them; fails only when asked)
+  const users = `alice@example.com:${await hashPassword(PASSWORD)}\n`;
+  const crl = await createCrl(pki.authorities.ca, []);
+  const pinOfStranger = pki.clients.stranger.pinSha256;
+  const closedPort = await freePort();
+  servers.main = await startTestServer({
+    files: { users, 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n` },
+    scripts: SCRIPTS,
+    config: configYaml({
+      hostname: 'mx.test',
+      localDomains: ['example.test'],
+      users: './users',
+      tables: { pins: './pins' },
+      delivery: smarthostDelivery(closedPort),
+      listeners: [
+        testListener('mx', {
+          tls: testServerTls(pki, { clientCertificates: 'request' }),
+          auth: { mechanisms: ['PLAIN', 'EXTERNAL'] },
+          limits: { maxMessageSize: 2000, maxHeaderBytes: 200, maxErrors: 3, ...NO_AUTH_SLOWDOWN },
+        }),
+        testListener('plain', {
+          tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] },
+          limits: { messagesPerIdentity: { count: 1, windowSeconds: 3600 }, ...NO_AUTH_SLOWDOWN },
+        }),
+        testListener('owned', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, senderLogin: { enforce: true }, limits: NO_AUTH_SLOWDOWN }),
+        testListener('sub', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'], required: true } }),
+        testListener('reqtls', { tls: testServerTls(pki), requireTls: true }),
+        testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
+        testListener('cap', { limits: { maxConnections: 1 } }),
+        testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
+        testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
+        testListener('require', { tls: testServerTls(pki, { clientCertificates: 'require' }) }),
+        testListener('crl', { tls: { ...testServerTls(pki, { clientCertificates: 'request' }), crlFiles: ['./ca.crl'] }, certificateIdentity: { field: 'emailAddress', autoLogin: true } }),
+        testListener('pinned', { tls: testServerTls(pki, { clientCertificates: 'request' }), certificateIdentity: { pins: 'pins', autoLogin: true } }),
+      ],
+    }),
+  });
+  servers.full = await startTestServer({
+    config: configYaml({ spool: { minFreeBytes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
+  });
+  if (!needsRedis().skip) {
+    redis = await startRedis();
+    servers.redis = await startTestServer({
+      files: { users },
+      config: configYaml({
+        store: { redis: { url: redis.url } },
+        listeners: [
+          testListener('r', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { messagesPerIdentity: { count: 100, windowSeconds: 3600 } } }),
+          testListener('slots', { limits: { connectionsPerIpInStore: true } }),
+        ],
+        users: './users',
+      }),
+    });
+  }
+});
+
+after(async () => {
+  for (const s of Object.values(servers)) await s?.stop().catch(() => undefined);
+  await redis?.stop();
+  faultyDisk?.restore();
+});
+
+async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Redis gone (killed): what needs the store fails closed from now on. */
+async function redisDown(): Promise<void> {
+  if (redis!.pid !== null) await redis!.stop();
+}
+
+const port = (server: ServerName, listener: string): number => servers[server]!.port(listener);
+
+/** Connect, read the greeting (which may be the refusal). */
+async function open(server: ServerName, listener: string, opts: Parameters<typeof SmtpTestClient.connect>[1] = {}): Promise<{ c: SmtpTestClient; seen: Reply[] }> {
+  const c = await SmtpTestClient.connect(port(server, listener), opts);
+  return { c, seen: [await c.read()] };
+}
+
+/** Connect, EHLO (and STARTTLS + EHLO with `tls`); `seen` collects every reply. */
+async function session(server: ServerName, listener: string, tls?: TlsClientOptions, helo = 'client.example'): Promise<{ c: SmtpTestClient; seen: Reply[]; say(line: string): Promise<Reply> }> {
+  const { c, seen } = await open(server, listener);
+  const say = async (line: string): Promise<Reply> => {
+    const r = await c.command(line);
+    seen.push(r);
+    return r;
+  };
+  await say(`EHLO ${helo}`);
+  if (tls) {
+    await c.starttls(tls);
+    await say(`EHLO ${helo}`);
+  }
+  return { c, seen, say };
+}
+
+/** A session that ends with `lines`; the replies to them all. */
+async function ending(server: ServerName, listener: string, lines: string[], tls?: TlsClientOptions): Promise<Reply[]> {
+  const s = await session(server, listener, tls);
+  for (const l of lines) {
+    if (s.c.closed) break;
+    await s.say(l);
+  }
+  await s.c.quit();
+  return s.seen;
+}
+
+/** MAIL, RCPT, DATA and a message; every reply. */
+async function message(s: Awaited<ReturnType<typeof session>>, body: string, from = 'someone@example.net', to = 'user@example.test'): Promise<void> {
+  if ((await s.say(`MAIL FROM:<${from}>`)).code !== 250) return;
+  if ((await s.say(`RCPT TO:<${to}>`)).code !== 250) return;
+  if ((await s.say('DATA')).code !== 354) return;
+  s.c.socket.write(`${body}\r\n.\r\n`);
+  s.seen.push(await s.c.read());
+}
+
+const expectCertificate = (client: keyof TestPki['clients']) => (line: Line): void => {
+  const cert = line.certificate as { sha256?: string } | null;
+  assert.equal(cert?.sha256, pki.clients[client].fingerprintSha256, 'the certificate\'s SHA-256 is on the line');
+};
+const expectUser = (user: string) => (line: Line): void => assert.equal(line.user, user);
+
+const ROWS = {
+  // Before the greeting.
+  tooManyClients: {
+    server: 'main', stage: 'CONNECT', values: { hostname: 'mx.test' },
+    async drive() {
+      const held = await open('main', 'cap');
+      assert.equal(held.seen[0]!.code, 220);
+      const { c, seen } = await open('main', 'cap');
+      held.c.destroy();
+      c.destroy();
+      return seen;
+    },
+  },
+  tooManyConnectionsFromAddress: {
+    server: 'main', stage: 'CONNECT',
+    async drive() {
+      const held = await open('main', 'perip');
+      assert.equal(held.seen[0]!.code, 220);
+      const { c, seen } = await open('main', 'perip');
+      held.c.destroy();
+      c.destroy();
+      return seen;
+    },
+  },
+  tooManyErrors: {
+    server: 'main', stage: 'SMTP', values: { hostname: 'mx.test' },
+    async drive() {
+      const s = await session('main', 'mx');
+      for (const l of ['FOO', 'BAR', 'BAZ']) await s.say(l);
+      s.seen.push(await s.c.read()); // the third refusal reached maxErrors: 421, closed
+      assert.ok(await s.c.waitClosed());
+      return s.seen;
+    },
+  },
+  tooManyAuthFailures: {
+    server: 'main', stage: 'CONNECT', ip: '127.0.0.5',
+    async drive() {
+      const first = await SmtpTestClient.connect(port('main', 'authlimit'), { localAddress: '127.0.0.5' });
+      const seen = [await first.read(), await first.command('EHLO client.example'), await first.command(plainLogin('alice@example.com', 'wrong'))];
+      await first.quit();
+      const again = await SmtpTestClient.connect(port('main', 'authlimit'), { localAddress: '127.0.0.5' });
+      seen.push(await again.read());
+      again.destroy();
+      return seen;
+    },
+  },
+  certificateNotTrustedStrict: {
+    server: 'main', stage: 'STARTTLS', unsent: true, check: expectCertificate('stranger'),
+    async drive() {
+      const { c, seen } = await open('main', 'strict');
+      seen.push(await c.command('EHLO client.example'));
+      await c.starttls(stranger).catch(() => undefined);
+      await c.waitClosed();
+      return seen;
+    },
+  },
+  certificateRequiredNotTrusted: {
+    server: 'main', stage: 'STARTTLS', text: /^Client certificate not trusted \(.+\)$/, check: expectCertificate('stranger'),
+    async drive() {
+      const { c, seen } = await open('main', 'require');
+      seen.push(await c.command('EHLO client.example'));
+      await c.starttls(stranger);
+      seen.push(await c.read());
+      c.destroy();
+      return seen;
+    },
+  },
+  certificateRequiredMissing: {
+    server: 'main', stage: 'STARTTLS',
+    async drive() {
+      const { c, seen } = await open('main', 'require');
+      seen.push(await c.command('EHLO client.example'));
+      await c.starttls({});
+      seen.push(await c.read());
+      c.destroy();
+      return seen;
+    },
+  },
+
+  badUtf8: {
+    server: 'main', stage: 'SMTP',
+    async drive() {
+      const s = await session('main', 'mx');
+      s.c.socket.write(Buffer.from('NOOP \xff\xfe\r\n', 'latin1'));
+      s.seen.push(await s.c.read());
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+
+  authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
+  authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
+  authNeedsTls: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'mx', [plainLogin('alice@example.com')]) },
+  authMechanismUnknown: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH CRAM-MD5']) },
+  authExternalSyntax: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL a b'], alice) },
+  authAborted: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL', '*'], alice) },
+  authBadBase64: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL !!!'], alice) },
+  authInvalid: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', [plainLogin('alice@example.com', 'wrong')]) },
+
+  parameterUnsupported: { server: 'main', stage: 'MAIL', values: { parameter: 'FOO' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> FOO=BAR']) },
+  tlsRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'reqtls', ['MAIL FROM:<someone@example.net>']) },
+  authRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'sub', ['MAIL FROM:<someone@example.net>']) },
+  certificateRevoked: {
+    server: 'main', stage: 'MAIL', check: (line) => { expectCertificate('alice')(line); expectUser('alice@example.com')(line); },
+    async drive() {
+      const s = await session('main', 'crl', alice);
+      const main = servers.main!;
+      const generation = main.runtime.generation;
+      await writeFile(join(main.dir, 'ca.crl'), await createCrl(pki.authorities.ca, [pki.clients.alice.serial]));
+      await until('the CRL that revokes alice is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 30_000 });
+      await s.say('MAIL FROM:<alice@example.com>');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  certificatePinRemoved: {
+    server: 'main', stage: 'MAIL', check: (line) => { expectCertificate('stranger')(line); expectUser('carol@example.com')(line); assert.equal(line.identity, 'carol@example.com'); },
+    async drive() {
+      const s = await session('main', 'pinned', stranger);
+      const main = servers.main!;
+      const generation = main.runtime.generation;
+      await writeFile(join(main.dir, 'pins'), '# no pins\n');
+      await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 30_000 });
+      await s.say('MAIL FROM:<carol@example.com>');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  storageFull: { server: 'full', stage: 'MAIL', drive: () => ending('full', 'mx', ['MAIL FROM:<someone@example.net>']) },
+  tooMuchMailFromIdentity: {
+    server: 'main', stage: 'MAIL', values: { identity: 'alice@example.com' }, check: expectUser('alice@example.com'),
+    drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), 'MAIL FROM:<alice@example.com>', 'RSET', 'MAIL FROM:<alice@example.com>']),
+  },
+  limitStoreUnavailable: {
+    server: 'redis', stage: 'MAIL', check: expectUser('alice@example.com'),
+    async drive() {
+      const s = await session('redis', 'r');
+      assert.equal((await s.say(plainLogin('alice@example.com'))).code, 235);
+      await redisDown();
+      await s.say('MAIL FROM:<alice@example.com>');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  // After the one above, which stops Redis.
+  connectionLimitStoreUnavailable: {
+    server: 'redis', stage: 'CONNECT',
+    async drive() {
+      await redisDown();
+      const { c, seen } = await open('redis', 'slots');
+      c.destroy();
+      return seen;
+    },
+  },
+  authStoreUnavailable: { server: 'redis', stage: 'AUTH', drive: async () => { await redisDown(); return ending('redis', 'r', [plainLogin('alice@example.com')]); } },
+  senderNotOwned: {
+    server: 'main', stage: 'MAIL', values: { sender: 'bob@example.com', login: 'alice@example.com', rule: String.raw`[\w-]+` }, check: expectUser('alice@example.com'),
+    drive: () => ending('main', 'owned', [plainLogin('alice@example.com'), 'MAIL FROM:<bob@example.com>']),
+  },
+  nullSenderRefused: {
+    server: 'main', stage: 'MAIL', values: { login: 'alice@example.com', rule: 'null-sender' }, check: expectUser('alice@example.com'),
+    drive: () => ending('main', 'owned', [plainLogin('alice@example.com'), 'MAIL FROM:<>']),
+  },
+
+  relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
+
+  messageTooBig: {
+    server: 'main', stage: 'END-OF-MESSAGE',
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, `Subject: big\r\n\r\n${'x'.repeat(3000)}`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  headerTooBig: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { n: '200' },
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, `Subject: ${'h'.repeat(300)}\r\n\r\nbody`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+
+  // Script verdicts without their own text.
+  connectRefused: {
+    server: 'main', stage: 'CONNECT', values: { hook: 'connect' }, ip: '127.0.0.9',
+    async drive() {
+      const c = await SmtpTestClient.connect(port('main', 'mx'), { localAddress: '127.0.0.9' });
+      const seen = [await c.read()];
+      c.destroy();
+      return seen;
+    },
+  },
+  heloRefused: { server: 'main', stage: 'HELO', values: { hook: 'helo' }, drive: async () => (await session('main', 'mx', undefined, 'reject.example')).seen },
+  authRefused: { server: 'main', stage: 'AUTH', values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-reject')]) },
+  senderRefused: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<reject@sender.example>']) },
+  recipientRefused: { server: 'main', stage: 'RCPT', values: { hook: 'rcptto' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<script-reject@example.test>']) },
+  messageRefused: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { hook: 'data' },
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'Subject: refuse me\r\n\r\nbody');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  policyDeferred: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<defer@sender.example>']) },
+  authDeferred: { server: 'main', stage: 'AUTH', values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-defer')]) },
+  deferredDisconnect: { server: 'main', stage: 'HELO', values: { hook: 'helo' }, drive: async () => (await session('main', 'mx', undefined, 'deferclose.example')).seen },
+  policyFailed: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<throw@sender.example>']) },
+  localError: {
+    server: 'main', stage: 'END-OF-MESSAGE', text: /^Temporary local problem, try again later \([\w-]+\)$/,
+    async drive() {
+      const s = await session('main', 'mx');
+      faultyDisk.failSync();
+      await message(s, 'Subject: disk fault\r\n\r\nbody');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+
+  // predelivery: no SMTP reply; the delivery line of the recipient (relay=none) carries the reason.
+  deliveryRefused: { server: 'main', stage: 'DELIVERY', drive: () => spoolFor('refuse-delivery@example.test') },
+  deliveryDeferred: { server: 'main', stage: 'DELIVERY', drive: () => spoolFor('defer-delivery@example.test') },
+
+  // Last on its server: the server stops.
+  shuttingDown: {
+    server: 'full', stage: 'NOOP',
+    async drive() {
+      const s = await session('full', 'mx');
+      const closing = servers.full!.close();
+      await s.say('NOOP');
+      await closing;
+      s.c.destroy();
+      return s.seen;
+    },
+  },
+} satisfies Record<RefusalName, Row>;
+
+/** A message for `to`, accepted (null sender: a refused delivery makes no bounce). */
+async function spoolFor(to: string): Promise<Reply[]> {
+  const s = await session('main', 'mx');
+  await message(s, 'Subject: for delivery\r\n\r\nbody', '', to);
+  assert.equal(s.seen.at(-1)!.code, 250, 'accepted');
+  await s.c.quit();
+  return s.seen;
+}
+
+/** `{name}` → value; in a reason the values of `rule` may be patterns. */
+function filled(template: string, values: Record<string, string> = {}): string {
+  return template.replace(/\{(\w+)\}/g, (_, k: string) => values[k] ?? `{${k}}`);
+}
+const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** A pattern for a template whose values may be patterns themselves (`rule`). */
+function pattern(template: string, values: Record<string, string> = {}): RegExp {
+  let out = '';
+  let from = 0;
+  for (const m of template.matchAll(/\{(\w+)\}/g)) {
+    out += escape(template.slice(from, m.index));
+    const v = values[m[1]!];
+    out += v === undefined ? '.*' : m[1] === 'rule' ? v : escape(v);
+    from = m.index! + m[0].length;
+  }
+  return new RegExp(`^${out}${escape(template.slice(from))}$`);
+}
+
+const isDecision = (l: Line): boolean => l.decision === 'reject' || l.decision === 'defer';
+
+test('every refusal in the reply catalogue has a row here', () => {
+  const refusals = (Object.entries(REPLIES) as Array<[string, ReplySpec]>).filter(([, s]) => s.code >= 400).map(([n]) => n).sort();
+  assert.deepEqual(Object.keys(ROWS).sort(), refusals);
+});
+
+for (const [name, row] of Object.entries(ROWS) as Array<[RefusalName, Row]>) {
+  const spec: ReplySpec = REPLIES[name];
+  test(`${name} (${spec.code} ${spec.enhanced}): one line with client, stage, reply and reason`, { timeout: 90_000, skip: row.server === 'redis' ? needsRedis().skip : false }, async () => {
+    const server = servers[row.server]!;
+    const logs = server.logs;
+    const mark = logs.length;
+    const seen = await row.drive();
+    const reason = pattern(spec.reason!, row.values);
+    const ip = row.ip ?? '127.0.0.1';
+
+    if (row.stage === 'DELIVERY') {
+      await until(`the delivery line for ${name}`, () => logs.slice(mark).some((l) => typeof l.reason === 'string' && reason.test(l.reason)), { timeoutMs: 60_000 });
+      const lines = logs.slice(mark).filter((l) => typeof l.reason === 'string' && reason.test(l.reason));
+      assert.equal(lines.length, 1, JSON.stringify(lines));
+      const line = lines[0]!;
+      assert.equal(line.relay, 'none');
+      assert.equal(line.status, spec.code >= 500 ? 'bounced' : 'deferred');
+      assert.equal(line.reply, `${spec.code} ${spec.enhanced} ${spec.text}`);
+      assert.match(String(line.msg), new RegExp(`^\\w+: to=<[^>]+>, relay=none, delay=[\\d.]+, attempt=1, .*status=${line.status} \\(${escape(String(line.reply))}\\)$`));
+      return;
+    }
+
+    const target = (l: Line): boolean => isDecision(l) && l.code === spec.code && typeof l.reason === 'string' && reason.test(l.reason);
+    // Written before the reply leaves (or, unsent, before the connection closes).
+    await until(`the decision line of ${name}`, () => logs.slice(mark).some(target), { timeoutMs: 30_000 });
+    const fresh = logs.slice(mark);
+    const lines = fresh.filter(target);
+    assert.equal(lines.length, 1, `exactly one line for ${name}: ${JSON.stringify(lines)}`);
+    const line = lines[0]!;
+    const refusalsSeen = seen.filter((r) => r.code >= 400).length + (row.unsent ? 1 : 0);
+    assert.equal(fresh.filter(isDecision).length, refusalsSeen, `one decision line per refusal the client got: ${JSON.stringify(fresh.filter(isDecision).map((l) => l.msg))}`);
+    if (!row.unsent) {
+      const wire = seen.find((r) => r.code === spec.code);
+      assert.ok(wire, `the client got ${spec.code}: ${JSON.stringify(seen.map((r) => r.text))}`);
+      assert.equal(wire.text, `${spec.code} ${line.enhanced} ${line.reply}`, 'the line has the reply the client got');
+    }
+
+    assert.equal(line.level, 30, 'info');
+    assert.equal(line.decision, spec.code >= 500 ? 'reject' : 'defer');
+    assert.equal(line.stage, row.stage);
+    assert.equal(line.client, ip);
+    assert.equal(line.enhanced, spec.enhanced);
+    if (row.text) assert.match(String(line.reply), row.text);
+    else assert.equal(line.reply, filled(spec.text, row.values));
+    assert.ok(typeof line.listener === 'string');
+    assert.ok('certificate' in line && 'identity' in line, 'certificate and identity fields');
+    assert.match(String(line.msg), new RegExp(`^\\w+: ${line.decision}: ${escape(row.stage)} from [^\\s\\[]+\\[${escape(ip)}\\]: ${spec.code} ${escape(spec.enhanced)} `));
+    row.check?.(line);
+    // A client's fault never puts a stack trace in the log at info or below.
+    const traced = fresh.filter((l) => Number(l.level) <= 30 && /\n\s+at /.test(JSON.stringify(l).replace(/\\n/g, '\n')));
+    assert.deepEqual(traced.map((l) => l.msg), [], 'no stack trace at info');
+  });
+}
