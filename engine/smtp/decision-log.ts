@@ -65,6 +65,7 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === REPLIES.authRequired.code && text === REPLIES.authRequired.text) return REPLIES.authRequired.reason;
   if (code === 421 && text === REPLIES.shuttingDown.text) return REPLIES.shuttingDown.reason;
   if (code === 421 && text.startsWith('Timeout')) return 'limits.socketTimeoutMs';
+  if (code === 421 && text.endsWith('Command line too long')) return "a command line over smtp-server's length limit (closed)";
   if (code === 421 && text.endsWith('You talk too soon')) return 'limits.greetingDelayMs: the client talked before the greeting';
   return 'SMTP protocol rule (smtp-server)';
 }

@@ -272,8 +272,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
     const mail = this.session.envelope?.mailFrom;
-    refusalCounted(this.#stage, code);
-    logRefusal(this.#server.runtime.logger, this, this.#stage,
+    // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
+    const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
+    refusalCounted(stage, code);
+    logRefusal(this.#server.runtime.logger, this, stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason: smtpServerReason(code, text, context) },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }

@@ -108,7 +108,7 @@ export class SessionPolicy {
     try {
       release = await slots.acquire(STORE_KEYS.connections(st.listener.name, ip), limits.maxConnectionsPerIp);
     } catch (err) {
-      this.#log.error({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection slots unavailable (store)');
+      this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection slots unavailable (store)');
       metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
       return reply('connectionLimitStoreUnavailable');
     }
@@ -241,8 +241,9 @@ export class SessionPolicy {
     try {
       refused = await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits);
     } catch (err) {
-      // Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure.
-      this.#log.error({ cid: conn.id, ip: conn.remoteAddress, err: { message: (err as Error).message } }, 'AUTH refused: auth-failure count unavailable (store)');
+      // Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure. Debug: the
+      // outage is logged once at error by the store, each refusal once by its decision line.
+      this.#log.debug({ cid: conn.id, ip: conn.remoteAddress, err: { message: (err as Error).message } }, 'AUTH refused: auth-failure count unavailable (store)');
       return reply('authStoreUnavailable');
     }
     if (!refused) return null;
@@ -364,7 +365,7 @@ export class SessionPolicy {
     try {
       result = await store.rate(STORE_KEYS.messagesPerIdentity(identity), limit.count, limit.windowSeconds);
     } catch (err) {
-      this.#log.error({ cid: conn.id, identity, err: { message: (err as Error).message } }, 'messagesPerIdentity: store unavailable, MAIL FROM refused');
+      this.#log.debug({ cid: conn.id, identity, err: { message: (err as Error).message } }, 'messagesPerIdentity: store unavailable, MAIL FROM refused');
       return reply('limitStoreUnavailable');
     }
     if (result.allowed) return null;

@@ -35,6 +35,11 @@ interface Row {
   ip?: string;
   /** The connection is closed without the reply (a strict listener), so the client sees none. */
   unsent?: boolean;
+  /**
+   * The refusal is about the server (a store, the disk, a script), not the client: the warning or error lines
+   * it may leave besides its decision line (once per outage, or one per failure with file and line).
+   */
+  serverFault?: RegExp;
   /** What else the line must carry (certificate, identity, user). */
   check?: (line: Line) => void;
   /** Drive the refusal; returns every reply the client got. */
@@ -105,6 +110,9 @@ before(async () => {
         testListener('reqtls', { tls: testServerTls(pki), requireTls: true }),
         testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
         testListener('cap', { limits: { maxConnections: 1 } }),
+        testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
+        testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
+        testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
         testListener('require', { tls: testServerTls(pki, { clientCertificates: 'require' }) }),
@@ -337,7 +345,7 @@ const ROWS = {
     drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), 'MAIL FROM:<alice@example.com>', 'RSET', 'MAIL FROM:<alice@example.com>']),
   },
   limitStoreUnavailable: {
-    server: 'redis', stage: 'MAIL', check: expectUser('alice@example.com'),
+    server: 'redis', stage: 'MAIL', serverFault: /^store: Redis unreachable/, check: expectUser('alice@example.com'),
     async drive() {
       const s = await session('redis', 'r');
       assert.equal((await s.say(plainLogin('alice@example.com'))).code, 235);
@@ -349,7 +357,7 @@ const ROWS = {
   },
   // After the one above, which stops Redis.
   connectionLimitStoreUnavailable: {
-    server: 'redis', stage: 'CONNECT',
+    server: 'redis', stage: 'CONNECT', serverFault: /^store: Redis unreachable/,
     async drive() {
       await redisDown();
       const { c, seen } = await open('redis', 'slots');
@@ -357,7 +365,7 @@ const ROWS = {
       return seen;
     },
   },
-  authStoreUnavailable: { server: 'redis', stage: 'AUTH', drive: async () => { await redisDown(); return ending('redis', 'r', [plainLogin('alice@example.com')]); } },
+  authStoreUnavailable: { server: 'redis', stage: 'AUTH', serverFault: /^store: Redis unreachable/, drive: async () => { await redisDown(); return ending('redis', 'r', [plainLogin('alice@example.com')]); } },
   senderNotOwned: {
     server: 'main', stage: 'MAIL', values: { sender: 'bob@example.com', login: 'alice@example.com', rule: String.raw`[\w-]+` }, check: expectUser('alice@example.com'),
     drive: () => ending('main', 'owned', [plainLogin('alice@example.com'), 'MAIL FROM:<bob@example.com>']),
@@ -414,9 +422,9 @@ const ROWS = {
   policyDeferred: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<defer@sender.example>']) },
   authDeferred: { server: 'main', stage: 'AUTH', values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-defer')]) },
   deferredDisconnect: { server: 'main', stage: 'HELO', values: { hook: 'helo' }, drive: async () => (await session('main', 'mx', undefined, 'deferclose.example')).seen },
-  policyFailed: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<throw@sender.example>']) },
+  policyFailed: { server: 'main', stage: 'MAIL', serverFault: /^policy script mailfrom failed: .*mailfrom\.ts:\d+:\d+: Error: a bug in the script$/, values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<throw@sender.example>']) },
   localError: {
-    server: 'main', stage: 'END-OF-MESSAGE', text: /^Temporary local problem, try again later \([\w-]+\)$/,
+    server: 'main', stage: 'END-OF-MESSAGE', serverFault: /^spooling failed$/, text: /^Temporary local problem, try again later \([\w-]+\)$/,
     async drive() {
       const s = await session('main', 'mx');
       faultyDisk.failSync();
@@ -529,5 +537,57 @@ for (const [name, row] of Object.entries(ROWS) as Array<[RefusalName, Row]>) {
     // A client's fault never puts a stack trace in the log at info or below.
     const traced = fresh.filter((l) => Number(l.level) <= 30 && /\n\s+at /.test(JSON.stringify(l).replace(/\\n/g, '\n')));
     assert.deepEqual(traced.map((l) => l.msg), [], 'no stack trace at info');
+    assert.deepEqual(fresh.filter((l) => Number(l.level) >= 40 && !row.serverFault?.test(String(l.msg))).map((l) => l.msg), [],
+      row.serverFault ? 'only the fault\'s own line, not one per refusal' : 'a client\'s doing is not a warning or an error');
+  });
+}
+
+/** smtp-server's own refusals (not in the catalogue): each is logged the same way, with the setting behind it. */
+const OWN: Array<{ name: string; listener: string; lines: string[]; code: number; stage: string; reason: string | RegExp; closes?: boolean; raw?: string }> = [
+  { name: 'a command it does not know', listener: 'proto', lines: ['FOO'], code: 500, stage: 'UNKNOWN', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'MAIL syntax', listener: 'proto', lines: ['MAIL FROM:no-brackets'], code: 501, stage: 'MAIL', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'RCPT before MAIL', listener: 'proto', lines: ['RCPT TO:<user@example.test>'], code: 503, stage: 'RCPT', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'DATA before RCPT', listener: 'proto', lines: ['MAIL FROM:<a@example.net>', 'DATA'], code: 503, stage: 'DATA', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'a second MAIL', listener: 'proto', lines: ['MAIL FROM:<a@example.net>', 'MAIL FROM:<a@example.net>'], code: 503, stage: 'MAIL', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'too many recipients', listener: 'proto', lines: ['MAIL FROM:<a@example.net>', 'RCPT TO:<a@example.test>', 'RCPT TO:<b@example.test>'], code: 452, stage: 'RCPT', reason: 'limits.maxRecipients' },
+  { name: 'SIZE over the limit', listener: 'proto', lines: ['MAIL FROM:<a@example.net> SIZE=999999'], code: 552, stage: 'MAIL', reason: 'limits.maxMessageSize' },
+  { name: 'AUTH where none is offered', listener: 'proto', lines: ['AUTH PLAIN AGFAAGI='], code: 500, stage: 'AUTH', reason: 'SMTP protocol rule (smtp-server)' },
+  { name: 'a command line over the length limit', listener: 'proto', lines: [`NOOP ${'x'.repeat(20_000)}`], code: 421, stage: 'SMTP', reason: /^a command line over smtp-server's length limit/ },
+  { name: 'a client that talks before the greeting', listener: 'early', lines: [], raw: 'EHLO early.example\r\n', code: 421, stage: 'CONNECT', reason: /^limits\.greetingDelayMs/, closes: true },
+  { name: 'an idle client', listener: 'idle', lines: [], code: 421, stage: 'CONNECT', reason: 'limits.socketTimeoutMs', closes: true },
+];
+
+for (const row of OWN) {
+  test(`smtp-server's own refusal, ${row.name}: one line with its stage and reason`, { timeout: 90_000 }, async () => {
+    const logs = servers.main!.logs;
+    const mark = logs.length;
+    const c = await SmtpTestClient.connect(port('main', row.listener));
+    const seen: Reply[] = [];
+    if (row.raw !== undefined) c.socket.write(row.raw);
+    else {
+      seen.push(await c.read());
+      if (row.lines.length) seen.push(await c.command('EHLO client.example'));
+    }
+    for (const l of row.lines) seen.push(await c.command(l));
+    if (row.closes) {
+      seen.push(await c.read(60_000));
+      assert.ok(await c.waitClosed(60_000));
+    }
+    c.destroy();
+    const wire = seen.at(-1)!;
+    assert.equal(wire.code, row.code, wire.text);
+    await until('its line', () => logs.slice(mark).some((l) => isDecision(l) && l.code === row.code), { timeoutMs: 30_000 });
+    const lines = logs.slice(mark).filter(isDecision);
+    assert.equal(lines.length, seen.filter((r) => r.code >= 400).length, JSON.stringify(lines.map((l) => l.msg)));
+    const line = lines.at(-1)!;
+    assert.equal(line.level, 30);
+    assert.equal(line.stage, row.stage);
+    assert.equal(line.client, '127.0.0.1');
+    if (typeof row.reason === 'string') assert.equal(line.reason, row.reason);
+    else assert.match(String(line.reason), row.reason);
+    assert.equal([row.code, line.enhanced, line.reply].filter(Boolean).join(' '), wire.text.split('\n').at(-1), 'the line has the reply the client got');
+    assert.match(String(line.msg), new RegExp(`: ${line.decision}: ${escape(row.stage)} from [^\\s\\[]+\\[127\\.0\\.0\\.1\\]: ${row.code} `));
+    assert.deepEqual(logs.slice(mark).filter((l) => Number(l.level) >= 40 || /\n\s+at /.test(JSON.stringify(l).replace(/\\n/g, '\n'))).map((l) => l.msg), [],
+      'a client\'s fault: no warning, no error, no stack trace');
   });
 }

@@ -172,5 +172,5 @@ test('Redis stopped: new connections to that listener get 421 4.7.0 (fail closed
   await leasesBecome(1, 'the renewed lease of the session open through the outage');
   await close(open.c);
   await leasesBecome(0, 'closed');
-  assert.match(a.output(), /"msg":"connection refused: connection slots unavailable \(store\)"/);
+  assert.match(a.output(), /"decision":"defer","stage":"CONNECT".*"reason":"limits\.connectionsPerIpInStore: store unavailable \(fail closed\)"/);
 });
