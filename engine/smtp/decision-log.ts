@@ -2,12 +2,14 @@
  * One log line per refused or deferred command, in the spirit of Postfix's
  * `NOQUEUE: reject: RCPT from host[ip]: 554 5.7.1 <rcpt>: Relay access denied; from=<…> to=<…> proto=ESMTP helo=<…>`:
  * the message reads like Postfix's, the JSON fields carry the same facts for machines (client, stage,
- * reply, reason, certificate, identity, user). Info level: a refusal is the server working, not failing.
+ * reply, reason — and the script's file when a script decided —, certificate, identity, user). Info level:
+ * a refusal is the server working, not failing.
  */
 import type { Logger } from '../logging/logger.ts';
 import { boundedName } from '../certificates/index.ts';
 import type { ConnectionState } from './connection-state.ts';
 import { REPLIES } from './replies.ts';
+import type { HookName } from '../sandbox/api/index.ts';
 
 export type DecisionStage = 'CONNECT' | 'HELO' | 'AUTH' | 'MAIL' | 'RCPT' | 'DATA' | 'END-OF-MESSAGE' | (string & {});
 
@@ -34,6 +36,15 @@ export function clientName(hostname: string | false | null): string | null {
   return hostname && hostname.charCodeAt(0) !== 0x5b /* [ */ ? hostname : null;
 }
 
+/** A script's decision names its hook (`script mailfrom: reject`, `script data failed (fail closed)`). */
+const SCRIPT_REASON = /^script (\w+)[: ]/;
+
+/** The file of the script whose verdict (or failure) this is, for the line's `script` field. */
+function scriptFileOf(st: ConnectionState, reason: string | undefined): string | undefined {
+  const hook = reason === undefined ? null : SCRIPT_REASON.exec(reason)?.[1];
+  return hook ? st.generation.sandboxFor(st.listener).scriptFile(hook as HookName) : undefined;
+}
+
 /** Called by PosternConnection.send() alone, as the reply is written. */
 export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
   const st = conn.state;
@@ -53,6 +64,7 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   log.info({
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
     listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
+    script: scriptFileOf(st, reply.reason),
     from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);

@@ -533,6 +533,9 @@ for (const [name, row] of Object.entries(ROWS) as Array<[RefusalName, Row]>) {
     assert.ok(typeof line.listener === 'string');
     assert.ok('certificate' in line && 'identity' in line, 'certificate and identity fields');
     assert.match(String(line.msg), new RegExp(`^\\w+: ${line.decision}: ${escape(row.stage)} from [^\\s\\[]+\\[${escape(ip)}\\]: ${spec.code} ${escape(spec.enhanced)} `));
+    const hook = row.values?.hook;
+    if (hook) assert.equal(line.script, join(server.dir, 'scripts', `${hook}.ts`), 'the script that decided');
+    else assert.equal(line.script, undefined);
     row.check?.(line);
     // A client's fault never puts a stack trace in the log at info or below.
     const traced = fresh.filter((l) => Number(l.level) <= 30 && /\n\s+at /.test(JSON.stringify(l).replace(/\\n/g, '\n')));
