@@ -24,6 +24,8 @@ export interface PolicyAction {
   kind: ActionKind;
   /** Why a verdict the script returned could not be answered (kind 'failure'): the caller logs it with the script. */
   error?: string;
+  /** Why a refusal (reject, defer, failure): the rule or script, as a listener's decision line gives it. */
+  reason?: string;
 }
 
 /** No decision: Postfix's next restriction decides (also the answer to a state without a hook: VRFY, ETRN). */
@@ -41,17 +43,20 @@ export function policyAction(
   protocolState = '',
 ): PolicyAction {
   const accepted = service.authoritative ? OK : DUNNO;
-  if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure' };
+  if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure', reason: reply('policyFailed', { hook }).reason };
   if (verdict === undefined) {
     if (!(service.relayRule && builtin)) return DUNNO;
-    return builtin.accepted ? accepted : { action: replyAction(reply('relayDenied', { rcpt: recipient })), kind: 'reject' };
+    if (builtin.accepted) return accepted;
+    const denied = reply('relayDenied', { rcpt: recipient });
+    return { action: replyAction(denied), kind: 'reject', reason: denied.reason };
   }
   if (verdict.verdict === 'accept') {
     if (!verdict.headers?.length) return accepted;
     const edit = headerEditAction(protocolState, verdict.headers);
-    return 'prepend' in edit ? { action: edit.prepend, kind: 'prepend' } : { action: service.failureAction, kind: 'failure', error: edit.error };
+    return 'prepend' in edit ? { action: edit.prepend, kind: 'prepend' }
+      : { action: service.failureAction, kind: 'failure', error: edit.error, reason: reply('policyFailed', { hook }).reason };
   }
   const r = verdictReply(hook, verdict)!;
-  if (verdict.verdict === 'reject') return { action: replyAction(r), kind: 'reject' };
-  return { action: service.deferAction === 'reply' ? replyAction(r) : `DEFER_IF_PERMIT ${r.text}`, kind: 'defer' };
+  if (verdict.verdict === 'reject') return { action: replyAction(r), kind: 'reject', reason: r.reason };
+  return { action: service.deferAction === 'reply' ? replyAction(r) : `DEFER_IF_PERMIT ${r.text}`, kind: 'defer', reason: r.reason };
 }

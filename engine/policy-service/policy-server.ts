@@ -137,10 +137,12 @@ export class PolicyServer {
     const log = this.#runtime.logger;
     const state = (request.attributes.protocol_state ?? 'unknown').toUpperCase();
     let result: PolicyAction;
+    /** The script whose verdict or failure refused, for the log line. */
+    let script: string | undefined;
     try {
       if (request.malformed) {
         log.error({ service: this.name, cid, err: request.malformed }, `malformed policy request: ${request.malformed}`);
-        result = { action: MALFORMED_ACTION, kind: 'malformed' };
+        result = { action: MALFORMED_ACTION, kind: 'malformed', reason: 'malformed policy request' };
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
         if (!rc) {
@@ -148,9 +150,9 @@ export class PolicyServer {
         } else {
           const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
           result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '', state);
+          if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(rc.hook);
           if (result.error) {
             // A verdict the script may return, but Postfix cannot be told: the script's failure, named like one.
-            const script = generation.sandboxFor(service).scriptFile(rc.hook);
             log.error({ service: this.name, cid, hook: rc.hook, script, err: result.error },
               `policy script ${rc.hook} (${script}): verdict not answerable to Postfix: ${result.error}`);
           }
@@ -158,7 +160,7 @@ export class PolicyServer {
       }
     } catch (err) {
       log.error({ service: this.name, cid, err }, 'policy service: internal error');
-      result = { action: service.failureAction, kind: 'failure' };
+      result = { action: service.failureAction, kind: 'failure', reason: 'local error' };
     } finally {
       generation.release();
     }
@@ -166,9 +168,16 @@ export class PolicyServer {
     const level = result.kind === 'dunno' || result.kind === 'ok' ? 'debug' : 'info';
     if (log.isLevelEnabled(level)) { // the fields are built only for a line that is written
       const a = request.attributes;
+      // A refusal's line has the fields of a listener's decision line (decision, stage, reason, script), so one
+      // query (`jq 'select(.decision)'`) finds the refusals of both.
+      const refused = result.reason !== undefined;
       log[level]({
-        service: this.name, cid, state, client: a.client_address, sender: a.sender, recipient: a.recipient,
+        service: this.name, cid, state, client: a.client_address, clientName: a.client_name, sender: a.sender, recipient: a.recipient,
         queueId: a.queue_id, ccert: a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined, action: result.action,
+        ...(refused ? {
+          decision: /^(5|REJECT)/i.test(result.action) ? 'reject' : 'defer', stage: state, reason: result.reason,
+          script,
+        } : {}),
       }, 'policy answer');
     }
     return result;

@@ -14,6 +14,7 @@ import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { installFaultyDisk, type FaultyDisk } from '../spool/helpers/faulty-disk.ts';
 import { until } from '../helpers/wait.ts';
+import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 import { REPLIES, type ReplyName, type ReplySpec } from '../../engine/smtp/replies.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { createCrl } from '../../engine/certificates/index.ts';
@@ -95,6 +96,7 @@ before(async () => {
       users: './users',
       tables: { pins: './pins' },
       delivery: smarthostDelivery(closedPort),
+      policyServices: [{ name: 'postfix', listen: '127.0.0.1:0', relayRule: true }],
       listeners: [
         testListener('mx', {
           tls: testServerTls(pki, { clientCertificates: 'request' }),
@@ -594,3 +596,30 @@ for (const row of OWN) {
       'a client\'s fault: no warning, no error, no stack trace');
   });
 }
+
+test('a Postfix policy service\'s refusals are decision lines too: client, stage, reason, script, action', { timeout: 90_000 }, async () => {
+  const main = servers.main!;
+  const logs = main.logs;
+  const mark = logs.length;
+  const client = await PolicyClient.connect({ port: Number(main.policyAddresses.get('postfix')!.split(':').pop()) });
+  const answers = [
+    await client.ask(rcptRequest({ recipient: 'script-reject@example.test' })),
+    await client.ask(rcptRequest({ recipient: 'bob@elsewhere.example' })),
+    await client.ask(rcptRequest({ protocol_state: 'MAIL', sender: 'throw@sender.example', recipient: '' })),
+    await client.ask(rcptRequest({ recipient: 'user@example.test' })),
+  ];
+  client.close();
+  assert.deepEqual(answers, [
+    'action=550 5.7.1 Recipient refused by policy',
+    'action=554 5.7.1 <bob@elsewhere.example>: Relay access denied',
+    'action=DEFER_IF_PERMIT Service temporarily unavailable',
+    'action=DUNNO',
+  ]);
+  await until('the three refusals\' lines', () => logs.slice(mark).filter(isDecision).length >= 3, { timeoutMs: 30_000 });
+  const lines = logs.slice(mark).filter(isDecision);
+  assert.deepEqual(lines.map((l) => [l.msg, l.level, l.decision, l.stage, l.client, l.clientName, l.reason, l.script, l.action]), [
+    ['policy answer', 30, 'reject', 'RCPT', '192.0.2.10', 'laptop.example.org', 'script rcptto: reject', join(main.dir, 'scripts', 'rcptto.ts'), answers[0]!.slice(7)],
+    ['policy answer', 30, 'reject', 'RCPT', '192.0.2.10', 'laptop.example.org', REPLIES.relayDenied.reason, undefined, answers[1]!.slice(7)],
+    ['policy answer', 30, 'defer', 'MAIL', '192.0.2.10', 'laptop.example.org', 'script mailfrom failed (fail closed)', join(main.dir, 'scripts', 'mailfrom.ts'), answers[2]!.slice(7)],
+  ]);
+});
