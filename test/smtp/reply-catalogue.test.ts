@@ -139,3 +139,25 @@ test('replies Postern decides itself (HELO verdict, AUTH refusal) are logged onc
     assert.deepEqual(lines.map((l) => [l.stage, l.code, l.reason]), [['AUTH', 504, 'auth.mechanisms: not offered'], ['HELO', 550, 'script helo: reject']]);
   } finally { await s.stop(); }
 });
+
+test('no reply is built outside the catalogue: no SmtpReply constructed, no reply line written as a literal, anywhere in engine/', async () => {
+  const { readdir } = await import('node:fs/promises');
+  const root = new URL('../../engine/', import.meta.url);
+  const files = (await readdir(root, { recursive: true })).filter((f) => f.endsWith('.ts'));
+  assert.ok(files.length > 100, `found ${files.length} files`);
+  /**
+   * `postern try` replays smtp-server's own sequence refusals (503 need MAIL/RCPT), which smtp-server writes
+   * itself on the wire and are not Postern's decisions; nothing else may spell a reply out.
+   */
+  const ALLOWED_LITERALS = new Set(['try/try-session.ts']);
+  const problems: string[] = [];
+  for (const file of files) {
+    const text = readFileSync(new URL(file, root), 'utf8');
+    // Code only: comments and .describe() texts may quote replies.
+    const code = text.replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:'"`])\/\/.*$/gm, '$1');
+    if (file !== 'smtp/replies.ts' && /\bnew SmtpReply\(/.test(code)) problems.push(`${file}: new SmtpReply(…)`);
+    if (ALLOWED_LITERALS.has(file) || file === 'config/schema.ts') continue;
+    for (const m of code.matchAll(/['"`]([2-5]\d\d[ -][2-5]\.\d{1,3}\.\d{1,3} [^'"`]*)['"`]/g)) problems.push(`${file}: ${m[1]}`);
+  }
+  assert.deepEqual(problems, []);
+});
