@@ -1,17 +1,23 @@
 /**
  * /readyz's spool check: every spool folder of the data directory can be written — `<dataDir>/spool` (the
- * queue process's bounces, a single process's mail) and, under `postern serve`, each worker's `worker-<n>`.
+ * queue process's bounces, a single process's mail) and, under `postern serve`, each worker's `worker-<n>` —
+ * and its filesystem has more free space than `spool.minFreeBytes` (below it every new message is refused).
  */
-import { access, constants, readdir } from 'node:fs/promises';
+import { access, constants, readdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ReadinessCheck } from './admin-server.ts';
 
-export async function spoolWritable(dataDir: string): Promise<ReadinessCheck> {
+export async function spoolWritable(dataDir: string, minFreeBytes = 0): Promise<ReadinessCheck> {
   const root = join(dataDir, 'spool');
   try {
     const workers = (await readdir(root, { withFileTypes: true }))
       .filter((d) => d.isDirectory() && d.name.startsWith('worker-')).map((d) => join(root, d.name));
     for (const dir of [root, ...workers]) await access(dir, constants.W_OK);
+    const fs = await statfs(root);
+    const free = fs.bavail * fs.bsize;
+    if (free < minFreeBytes) {
+      return { ok: false, detail: `${free} bytes free on the spool's filesystem, below spool.minFreeBytes (${minFreeBytes}): new mail is refused (452 4.3.1)` };
+    }
     return { ok: true };
   } catch (err) {
     return { ok: false, detail: (err as Error).message };

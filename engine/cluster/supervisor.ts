@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
-import { registry } from '../metrics/metrics.ts';
+import { metrics, registry, setFenceProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
@@ -143,6 +143,7 @@ export class Supervisor {
     this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
+    setFenceProbe(() => this.#fences.fences.length);
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
@@ -327,6 +328,7 @@ export class Supervisor {
     if (this.#stopping) return;
     const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
+    metrics.processRestarts.inc({ role: child.kind });
     this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
     child.restartTimer = setTimeout(() => this.#spawn(child), delay);
     void this.#saveStatus();
@@ -536,7 +538,7 @@ export class Supervisor {
         return {
           listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
-          spool: await spoolWritable(this.config.config.dataDir),
+          spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool.minFreeBytes),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },

@@ -15,6 +15,10 @@ collectDefaultMetrics({ register: registry, prefix: 'postern_' }); // postern_pr
 let queueProbe: (() => Promise<{ messages: number; oldestAgeSeconds: number }>) | null = null;
 export function setQueueProbe(probe: typeof queueProbe): void { queueProbe = probe; }
 
+/** The number of fenced scripts, read at each scrape: set by the supervisor of `postern serve`. */
+let fenceProbe: (() => number) | null = null;
+export function setFenceProbe(probe: typeof fenceProbe): void { fenceProbe = probe; }
+
 const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 const SPOOL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -52,7 +56,8 @@ export const metrics = {
     labelNames: ['service'] as const, registers: [registry],
   }),
   // Hot: a server under a spam run refuses most of its commands.
-  refusals: new HotCounter('postern_smtp_refusals_total', 'Commands refused or deferred (4xx/5xx), by stage and reply class', ['stage', 'class']),
+  // reason: the decision line's (a setting, a rule, `script <hook>: <verdict>`): a few dozen values, never a client's text.
+  refusals: new HotCounter('postern_smtp_refusals_total', 'Commands refused or deferred (4xx/5xx), by stage, reply class and reason (the rule, limit or script verdict of the decision line)', ['stage', 'class', 'reason']),
   messagesAccepted: new HotCounter('postern_messages_accepted_total', 'Messages acknowledged with 250 after DATA (committed to the spool), by listener', ['listener']),
   messageBytes: new HotCounter('postern_message_bytes_total', 'Bytes of messages accepted'),
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
@@ -76,6 +81,8 @@ export const metrics = {
   reloads: new Counter({
     name: 'postern_reloads_total', help: 'Configuration reloads that found a change, by result (ok, failed)',
     labelNames: ['result'] as const, registers: [registry],
+    // Every process of `postern serve` reloads each change itself: summed, one edit would count once per process.
+    aggregator: 'max',
   }),
   generation: new Gauge({
     name: 'postern_config_generation', help: 'Serial number of the configuration generation in force', registers: [registry],
@@ -90,6 +97,19 @@ export const metrics = {
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',
+  }),
+  processRestarts: new Counter({
+    name: 'postern_worker_restarts_total', help: 'Child processes of `postern serve` that died or hung and were replaced, by role (worker, queue)',
+    labelNames: ['role'] as const, registers: [registry],
+  }),
+  fencedScripts: new Gauge({
+    name: 'postern_fenced_scripts', help: 'Scripts fenced for crashing or hanging their worker (their hook answers 451 4.3.0 until the file changes)',
+    registers: [registry], aggregator: 'max', // only the supervisor knows
+    collect() { if (fenceProbe) this.set(fenceProbe()); },
+  }),
+  storeUnreachable: new Gauge({
+    name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached (what needs it fails closed), else 0',
+    registers: [registry], aggregator: 'max', // any process that cannot reach it
   }),
   shadowCalls: new Counter({
     name: 'postern_shadow_calls_total',
@@ -115,9 +135,9 @@ export function scriptCalled(hook: string, generation: number, seconds: number, 
   if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
 }
 
-/** A command refused (5xx) or deferred (4xx) at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …). */
-export function refusalCounted(stage: string, responseCode: number): void {
-  metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx');
+/** A command refused (5xx) or deferred (4xx) at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …), and why. */
+export function refusalCounted(stage: string, responseCode: number, reason: string | undefined): void {
+  metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx', reason ?? 'unknown');
 }
 
 /** A message acknowledged after DATA. */

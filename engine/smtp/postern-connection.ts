@@ -177,7 +177,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (decided !== null && decided.reply.responseCode === code) {
       const { reply: sent, stage, facts } = decided;
       if (sent.refuses) {
-        refusalCounted(stage, code);
+        refusalCounted(stage, code, sent.reason);
         logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
       }
       super.send(code, sent.message, false);
@@ -274,9 +274,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const mail = this.session.envelope?.mailFrom;
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
-    refusalCounted(stage, code);
+    const reason = smtpServerReason(code, text, context);
+    refusalCounted(stage, code, reason);
     logRefusal(this.#server.runtime.logger, this, stage,
-      { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason: smtpServerReason(code, text, context) },
+      { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason },
       { from: mail ? mail.address : undefined, id: this.state.transactionId });
   }
 

@@ -10,6 +10,7 @@ import type { AuthFailureStore } from '../auth/failure-limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
 import { luaScript, type LuaScript } from './lua-script.ts';
+import { metrics } from '../metrics/metrics.ts';
 import { RedisConnectionSlots, SLOT_SCRIPTS } from './redis-connection-slots.ts';
 import { DeadlineQueue, type Waiting } from './deadline-queue.ts';
 
@@ -101,11 +102,13 @@ export class RedisCounterStore implements CounterStore {
     this.#client.on('error', (err: Error) => {
       if (this.#down || this.#closed) return;
       this.#down = true;
+      metrics.storeUnreachable.set(1);
       this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
     });
     this.#client.on('ready', () => {
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
+      metrics.storeUnreachable.set(0);
       // Sent before any call can be (this runs as the connection becomes ready): every EVALSHA then finds
       // its script, even the first after a Redis restart, so each call is one round trip.
       for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
