@@ -245,7 +245,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     throw err;
   }
 
-  const queue = new QueueRunner({ spool: spools, generation: () => runtime.generation, logger, resolver: opts.resolver });
+  const queue = new QueueRunner({ spool: spools, generation: () => runtime.generation, logger, resolver: opts.resolver, operationsRoot: spools.root });
   const reloader = new Reloader({
     current: () => runtime.generation,
     swap(next) {

@@ -1,12 +1,14 @@
 /**
  * `postern queue list | show ID | retry ID|--all | delete ID`: the spool of the configuration given,
  * safe while the server runs (atomic state updates; the server rescans every delivery.scanIntervalMs).
+ * Retry and delete leave a record the server logs, with who ran them (queue/operations.ts).
  */
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import { deleteMessage, listQueue, retryMessages } from '../queue/admin.ts';
+import { recordQueueOperation } from '../queue/operations.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 
@@ -95,7 +97,9 @@ export function queueRetryCommand(id: string | undefined, opts: { config?: strin
     }
     if (id && !checkId(id)) return 1;
     try {
-      const changed = await retryMessages(spoolOf(opts), opts.all ? 'all' : [id!]);
+      const spools = spoolOf(opts);
+      const changed = await retryMessages(spools, opts.all ? 'all' : [id!]);
+      await recordQueueOperation(spools.root, 'retry', changed);
       process.stdout.write(`${changed.length} message${changed.length === 1 ? '' : 's'} due now${changed.length ? `: ${changed.join(' ')}` : ''}\n`);
       return 0;
     } catch (err) {
@@ -107,7 +111,9 @@ export function queueRetryCommand(id: string | undefined, opts: { config?: strin
 export function queueDeleteCommand(id: string, opts: { config?: string }): Promise<number> {
   return guarded(async () => {
     if (!checkId(id)) return 1;
-    if (await deleteMessage(spoolOf(opts), id)) {
+    const spools = spoolOf(opts);
+    if (await deleteMessage(spools, id)) {
+      await recordQueueOperation(spools.root, 'delete', [id]);
       process.stdout.write(`${id}: deleted\n`);
       return 0;
     }

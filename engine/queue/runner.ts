@@ -10,6 +10,7 @@ import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
+import { logQueueOperations } from './operations.ts';
 import { ConnectionPool } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
 import { KeyedLimiter, Limiter } from '../delivery/limiter.ts';
@@ -37,6 +38,8 @@ export interface QueueRunnerOptions {
   logger: Logger;
   /** DNS for routing; default: node:dns per delivery.hostLookup / dnsServers. */
   resolver?: DeliveryResolver;
+  /** The spool folder whose `postern queue` operations this runner logs (operations.ts); none: not logged here. */
+  operationsRoot?: string;
 }
 
 /** What one attempt did, for tests and tools. */
@@ -58,6 +61,7 @@ export class QueueRunner {
   readonly #spool: QueueSpool;
   readonly #generation: () => PolicyGeneration;
   readonly #log: Logger;
+  readonly #operationsRoot: string | null;
   readonly #injectedResolver: DeliveryResolver | undefined;
   #resolver: { key: string; resolver: DeliveryResolver } | null = null;
   readonly #due = new DueQueue();
@@ -95,6 +99,7 @@ export class QueueRunner {
     this.#generation = opts.generation;
     this.#log = opts.logger.child({ component: 'queue' });
     this.#injectedResolver = opts.resolver;
+    this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
     this.#perDestination = new KeyedLimiter(() => this.#delivery().perDestinationConcurrency);
   }
@@ -152,6 +157,8 @@ export class QueueRunner {
 
   async #scanOnce(): Promise<void> {
     if (this.#closing) return;
+    // Delivery on or off, what `postern queue` did is logged (who, what).
+    if (this.#operationsRoot) await logQueueOperations(this.#operationsRoot, this.#log);
     const delivery = this.#delivery();
     if (!delivery.enabled) {
       if (this.#scanned) this.#log.info('delivery disabled (no delivery section, or delivery.enabled: false): accepted mail stays in the spool');

@@ -1,0 +1,65 @@
+/**
+ * `postern queue delete|retry` change the spool from another process than the server's, often as another
+ * user: each leaves a record, `<spool>/operations/<time>-<pid>-<random>.json`, of what it did and who did it
+ * (user, uid, the sudo user, pid). The server's queue runner logs each record at its next scan — or at its
+ * next start, when none was running — and removes it, so the server's log (journald, a shipper) has every
+ * operation, as Postfix's has postsuper's `ID: removed`.
+ */
+import { mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { hostname, userInfo } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../logging/logger.ts';
+
+export type QueueOperationKind = 'delete' | 'retry';
+
+export interface QueueOperation {
+  op: QueueOperationKind;
+  ids: string[];
+  at: string;
+  by: { user: string; uid: number; sudoUser: string | null; pid: number; host: string };
+}
+
+const folder = (spoolRoot: string): string => join(spoolRoot, 'operations');
+
+/** Record that this process did `op` to `ids` (none: nothing to record). */
+export async function recordQueueOperation(spoolRoot: string, op: QueueOperationKind, ids: readonly string[]): Promise<void> {
+  if (!ids.length) return;
+  const user = userInfo();
+  const record: QueueOperation = {
+    op, ids: [...ids], at: new Date().toISOString(),
+    by: { user: user.username, uid: user.uid, sudoUser: process.env.SUDO_USER ?? null, pid: process.pid, host: hostname() },
+  };
+  const dir = folder(spoolRoot);
+  await mkdir(dir, { recursive: true });
+  const name = `${Date.now()}-${process.pid}-${randomBytes(4).toString('hex')}.json`;
+  // Whole or not at all: the runner may read the folder at any moment.
+  await writeFile(join(dir, `.${name}`), JSON.stringify(record));
+  await rename(join(dir, `.${name}`), join(dir, name));
+}
+
+const WHAT: Record<QueueOperationKind, string> = { delete: 'removed', retry: 'made due now' };
+
+/** Log every recorded operation, oldest first, and remove its record. */
+export async function logQueueOperations(spoolRoot: string, log: Logger): Promise<void> {
+  const dir = folder(spoolRoot);
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter((n) => n.endsWith('.json') && !n.startsWith('.')).sort();
+  } catch {
+    return; // no operation yet
+  }
+  for (const name of names) {
+    const file = join(dir, name);
+    try {
+      const r = JSON.parse(await readFile(file, 'utf8')) as QueueOperation;
+      const who = `${r.by.user}${r.by.sudoUser ? ` (sudo by ${r.by.sudoUser})` : ''}, uid ${r.by.uid}, pid ${r.by.pid} on ${r.by.host}`;
+      for (const id of r.ids) {
+        log.info({ id, op: r.op, by: r.by, at: r.at }, `${id}: ${WHAT[r.op] ?? r.op} by postern queue ${r.op} (${who}) at ${r.at}`);
+      }
+    } catch (err) {
+      log.warn({ file, err: { message: (err as Error).message } }, 'unreadable record of a postern queue operation: removed');
+    }
+    await unlink(file).catch(() => undefined);
+  }
+}
