@@ -7,6 +7,11 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
+import { EMBEDDED_DEFAULT } from '../config/load-config.ts';
+import { formatProblem } from '../config/config-error.ts';
+import { readFileSync } from 'node:fs';
+import { access, constants, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 
 export async function checkCommand(opts: { config?: string }): Promise<number> {
   try {
@@ -14,6 +19,13 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     // What scripts log from their top level is not the check's output.
     const built = await buildGeneration(loaded, { logger: createLogger('silent'), strict: true });
     await built.generation.dispose();
+    // A start also needs its data directory (a reload cannot change it, so the builder does not look).
+    const dataDirProblem = await dataDirUnusable(loaded.config.dataDir);
+    if (dataDirProblem) {
+      const line = loaded.file === EMBEDDED_DEFAULT ? -1 : readFileSync(loaded.file, 'utf8').split('\n').findIndex((l) => /^dataDir\s*:/.test(l));
+      process.stderr.write(`${formatProblem({ file: loaded.file, line: line >= 0 ? line + 1 : undefined, column: 1, path: 'dataDir', message: dataDirProblem })}\n`);
+      return 1;
+    }
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
     const n = loaded.config.listeners.length;
     const p = loaded.config.policyServices.length;
@@ -27,5 +39,24 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
       process.stderr.write(`${err instanceof ConfigError ? err.message : String(err)}\n`);
     }
     return 1;
+  }
+}
+
+/**
+ * Why a server could not use `dir` as its data directory (it creates it when missing), or null: it must be a
+ * writable folder, or not exist yet under a writable one.
+ */
+async function dataDirUnusable(dir: string): Promise<string | null> {
+  let at = dir;
+  for (;;) {
+    try {
+      if (!(await stat(at)).isDirectory()) return at === dir ? `${dir} is not a folder` : `${dir} cannot be created: ${at} is not a folder`;
+      await access(at, constants.W_OK | constants.X_OK);
+      return null;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && dirname(at) !== at) { at = dirname(at); continue; }
+      return `${at === dir ? dir : `${dir} cannot be created: ${at}`} cannot be written by this user (${code})`;
+    }
   }
 }

@@ -3,6 +3,7 @@
  * safe while the server runs (atomic state updates; the server rescans every delivery.scanIntervalMs).
  * Retry and delete leave a record the server logs, with who ran them (queue/operations.ts).
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
@@ -28,7 +29,10 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
  */
 function spoolOf(opts: { config?: string }): SpoolSet {
   const { config } = loadStartConfig({ configPath: opts.config });
-  return new SpoolSet(new Spool(join(config.dataDir, 'spool')));
+  const root = join(config.dataDir, 'spool');
+  // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
+  if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
+  return new SpoolSet(new Spool(root));
 }
 
 function checkId(id: string): boolean {

@@ -1,0 +1,47 @@
+// The data directory as an administrator can get it wrong: `postern check` (run by the systemd unit before
+// each start) refuses one a start could not use, naming the file and line of `dataDir`; `postern queue` on a
+// data directory no server has used says so instead of only "Mail queue is empty".
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runCli } from '../helpers/cli.ts';
+
+const root = await mkdtemp(join(tmpdir(), 'postern-datadir-'));
+after(() => rm(root, { recursive: true, force: true }));
+
+async function config(name: string, dataDir: string): Promise<string> {
+  const dir = join(root, name);
+  await mkdir(join(dir, 'scripts'), { recursive: true });
+  const file = join(dir, 'postern.yaml');
+  await writeFile(file, `# ${name}\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0" }\ndataDir: ${dataDir}\n`);
+  return file;
+}
+
+test('check: a dataDir that is a file, or lies under one, is refused with file:line; one still to be created is fine', async () => {
+  const file = await config('file', './data');
+  await writeFile(join(root, 'file', 'data'), 'not a folder\n');
+  let r = await runCli(['check', '--config', file]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, `${file}:4:1: dataDir: ${join(root, 'file', 'data')} is not a folder\n`);
+
+  const under = await config('under', './data/inner');
+  await writeFile(join(root, 'under', 'data'), 'not a folder\n');
+  r = await runCli(['check', '--config', under]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, `${under}:4:1: dataDir: ${join(root, 'under', 'data', 'inner')} cannot be created: ${join(root, 'under', 'data')} is not a folder\n`);
+
+  const fresh = await config('fresh', './not/yet/there');
+  r = await runCli(['check', '--config', fresh]);
+  assert.equal(r.stderr, '');
+  assert.equal(r.code, 0);
+});
+
+test('queue list on a data directory no server has used: empty, and a note on stderr naming the spool it looked for', async () => {
+  const file = await config('unused', './data');
+  const r = await runCli(['queue', 'list', '--config', file]);
+  assert.equal(r.code, 0);
+  assert.equal(r.stdout, 'Mail queue is empty\n');
+  assert.equal(r.stderr, `postern: no spool at ${join(root, 'unused', 'data', 'spool')}: no server has run with this dataDir\n`);
+});
