@@ -1,0 +1,35 @@
+// systemd's default KillMode (control-group) and Ctrl-C at a terminal signal every process of `postern serve`
+// at once, not only the supervisor: SIGTERM / SIGINT to the whole group still drain (a transaction in
+// progress finishes and is spooled), the server exits 0, and no child is taken for a crash and replaced.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startCluster, greeted, spooled, TWO_WORKERS } from '../helpers/cluster.ts';
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`${signal} to the whole process group: the transaction in progress finishes, exit 0, no child replaced`, { timeout: 120_000 }, async () => {
+    const cluster = await startCluster({ config: TWO_WORKERS.replace('workers: 2', 'workers: 1'), detached: true });
+    try {
+      await cluster.waitFor('the worker and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 2);
+      const sending = await greeted(cluster);
+      assert.equal((await sending.command('MAIL FROM:<a@example.org>')).code, 250);
+      assert.equal((await sending.command('RCPT TO:<b@example.test>')).code, 250);
+      assert.equal((await sending.command('DATA')).code, 354);
+      sending.write('Subject: drained\r\n\r\nfirst half');
+
+      const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+      process.kill(-cluster.proc.pid!, signal);
+      await cluster.waitFor('the worker to start draining', () => cluster.logs.find((l) => l.msg === 'stopping: sessions in progress may finish their transaction'));
+      sending.write('second half\r\n.');
+      const queued = await sending.read();
+      assert.equal(queued.code, 250, 'the transaction in progress finished');
+      const id = /queued as (\S+)/.exec(queued.text)![1]!;
+      assert.equal(await exited, 0);
+      assert.ok((await spooled(cluster)).has(id));
+      const replaced = cluster.logs.filter((l) => /replacing it|could not start/.test(String(l.msg)));
+      assert.deepEqual(replaced.map((l) => l.msg), [], 'no child is taken for a crash');
+      assert.deepEqual(cluster.logs.filter((l) => Number(l.level) >= 50).map((l) => l.msg), [], 'no error logged');
+    } finally {
+      await cluster.stop();
+    }
+  });
+}
