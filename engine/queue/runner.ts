@@ -416,6 +416,9 @@ export class QueueRunner {
     if (failed.length && envelope.sender !== '') {
       try {
         bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')));
+        // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
+        this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
+          `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
       } catch (err) {
         // No bounce, no verdict: keep the recipients pending and try again later.
         this.#log.error({ id, err }, 'cannot spool the bounce; the failed recipients stay queued');

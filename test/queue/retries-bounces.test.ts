@@ -83,6 +83,9 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
   const status = Object.fromEntries(first.outcomes.map((o) => [o.recipient, o.status]));
   assert.deepEqual(status, { 'ok@dest.test': 'delivered', 'bad@dest.test': 'permanent', 'later1@dest.test': 'temporary' });
   assert.ok(first.bounceId, 'a bounce for bad@');
+  // Postfix's line, while the message itself stays queued for later1@.
+  const notice = s.logs.filter((l) => l.id === id && l.bounce === first.bounceId && l.level === 30);
+  assert.deepEqual(notice.map((l) => [l.msg, l.to]), [[`${id}: sender non-delivery notification: ${first.bounceId}`, ['bad@dest.test']]]);
   const state = JSON.parse(await readFile(s.runtime.spool.statePath(id), 'utf8'));
   assert.deepEqual(state.recipients.map((r: { address: string; status?: string }) => [r.address, r.status ?? 'pending']),
     [['ok@dest.test', 'delivered'], ['bad@dest.test', 'bounced'], ['later1@dest.test', 'pending']]);
