@@ -381,7 +381,9 @@ export class Supervisor {
     socket.on('error', () => undefined); // a client resetting while it waits here
     if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
     if (proxy && !proxy.has(socket.remoteAddress)) {
-      this.log.info({ listener, peer: clientAddress(socket) }, 'PROXY protocol: connection from an untrusted address closed');
+      const peer = clientAddress(socket);
+      this.log.info({ listener, peer, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null },
+        'PROXY protocol: connection from an untrusted address closed');
       return void socket.destroy();
     }
     this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });

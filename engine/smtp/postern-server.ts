@@ -139,7 +139,9 @@ export class PosternServer extends SMTPServer {
     if (this.proxy) {
       // Behind a load balancer: only it may connect; the connection is counted once its header names the client.
       if (this.proxy.trusted.has(socket.remoteAddress)) return super._acceptSocket(socket, handshake);
-      this.runtime.logger.info({ listener: this.listenerName, peer: clientAddress(socket) }, 'PROXY protocol: connection from an untrusted address closed');
+      const peer = clientAddress(socket);
+      this.runtime.logger.info({ listener: this.listenerName, peer, ...closedUnanswered('PROXY', peer, 'listeners.proxyProtocol.trustedProxies: not a trusted proxy') },
+        'PROXY protocol: connection from an untrusted address closed');
       socket.on('error', () => undefined);
       socket.destroy();
       return false;
@@ -167,7 +169,8 @@ export class PosternServer extends SMTPServer {
     this.#uncount.set(socket, uncount);
     if (open > this.maxConnectionsPerIp) {
       if (handshake && open > 2 * this.maxConnectionsPerIp) {
-        this.runtime.logger.info({ listener: this.listenerName, ip, open }, 'too many connections from this address, closed before TLS');
+        this.runtime.logger.info({ listener: this.listenerName, ip, open, ...closedUnanswered('CONNECT', ip, 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)') },
+          'too many connections from this address, closed before TLS');
         socket.on('error', () => undefined);
         socket.destroy();
         return false;
@@ -195,7 +198,8 @@ export class PosternServer extends SMTPServer {
     const handshake = !!(this.options as { secure?: boolean }).secure;
     const balancer = clientAddress(socket);
     const refuse = (err: Error): void => {
-      this.runtime.logger.info({ listener: this.listenerName, peer: balancer, reason: err.message }, 'PROXY protocol: connection closed');
+      this.runtime.logger.info({ listener: this.listenerName, peer: balancer, ...closedUnanswered('PROXY', balancer, err.message) },
+        'PROXY protocol: connection closed');
       socket.on('error', () => undefined);
       socket.destroy();
       callback(err);
@@ -402,6 +406,14 @@ export class PosternServer extends SMTPServer {
 /** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
 export function clientAddress(socket: net.Socket): string {
   return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
+}
+
+/**
+ * The decision fields (decision-log.ts) of a connection closed without a reply — no SMTP session to answer
+ * in — so that `jq 'select(.decision)'` finds these refusals too.
+ */
+function closedUnanswered(stage: string, client: string, reason: string): Record<string, unknown> {
+  return { decision: 'reject', stage, client, reason, reply: null };
 }
 
 /** The facts of an end-of-data refusal's log line. */

@@ -84,6 +84,9 @@ test('silent connections: beyond twice the per-IP limit closed before TLS; anoth
   await other.quit();
 
   await until('three of nine closed', () => closedCount >= 3);
+  const refused = server.logs.filter((l) => l.msg === 'too many connections from this address, closed before TLS');
+  assert.equal(refused.length, 3);
+  for (const l of refused) assert.deepEqual([l.decision, l.stage, l.client, l.reason], ['reject', 'CONNECT', '127.0.0.1', 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)']);
   await until('the listener counts six from 127.0.0.1', () => openFrom('crowded', '127.0.0.1') === 6);
   assert.equal(sockets.filter((s) => !s.destroyed).length, 6, 'the six within twice the limit are still open');
 
