@@ -93,7 +93,7 @@ export async function receiveMessage(
     if (runtime.logger.isLevelEnabled('info')) {
       const cert = st.certificate;
       runtime.logger.info({
-        cid: conn.id, id, client: conn.remoteAddress, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
+        cid: conn.id, id, client: conn.remoteAddress, from: envelope.sender, size: writer.bytes, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
         certificate: cert ? cert.fingerprint.sha256 : undefined,
       }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled)`);
     }

@@ -623,3 +623,18 @@ test('a Postfix policy service\'s refusals are decision lines too: client, stage
     ['policy answer', 30, 'defer', 'MAIL', '192.0.2.10', 'laptop.example.org', 'script mailfrom failed (fail closed)', join(main.dir, 'scripts', 'mailfrom.ts'), answers[2]!.slice(7)],
   ]);
 });
+
+test('an accepted message: one line with queue id, from, size, nrcpt and client in the text, and the same as fields', { timeout: 60_000 }, async () => {
+  const main = servers.main!;
+  const mark = main.logs.length;
+  const s = await session('main', 'mx', alice);
+  await message(s, 'Subject: fine\r\n\r\nbody', 'someone@example.net', 'user@example.test');
+  await s.c.quit();
+  const id = /queued as (\w+)/.exec(s.seen.at(-1)!.text)?.[1];
+  assert.ok(id, s.seen.at(-1)!.text);
+  const lines = main.logs.slice(mark).filter((l) => l.id === id && String(l.msg).includes('accepted from='));
+  assert.equal(lines.length, 1);
+  const line = lines[0]!;
+  assert.match(String(line.msg), new RegExp(`^${id}: accepted from=<someone@example\\.net>, size=${line.size}, nrcpt=1, client=[^\\s\\[]+\\[127\\.0\\.0\\.1\\] \\(message spooled\\)$`));
+  assert.deepEqual([line.level, line.client, line.from, typeof line.size, line.to, line.certificate], [30, '127.0.0.1', 'someone@example.net', 'number', ['user@example.test'], pki.clients.alice.fingerprintSha256]);
+});
