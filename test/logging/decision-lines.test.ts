@@ -70,6 +70,7 @@ const SCRIPTS = {
   if (ctx.address.address === 'reject@sender.example') return reject();
   if (ctx.address.address === 'defer@sender.example') return defer();
   if (ctx.address.address === 'throw@sender.example') throw new Error('a bug in the script');
+  if (ctx.address.address === 'spin@sender.example') for (;;) { /* never returns: the time limit */ }
 };`,
   'rcptto.ts': `export default (ctx: RcptToContext) => ctx.address.localPart === 'script-reject' ? reject() : undefined;`,
   'data.ts': `export default (ctx: DataContext) => ctx.data.headers.some(([n, v]) => n.toLowerCase() === 'subject' && v === 'refuse me') ? reject() : undefined;`,
@@ -637,4 +638,20 @@ test('an accepted message: one line with queue id, from, size, nrcpt and client 
   const line = lines[0]!;
   assert.match(String(line.msg), new RegExp(`^${id}: accepted from=<someone@example\\.net>, size=${line.size}, nrcpt=1, client=[^\\s\\[]+\\[127\\.0\\.0\\.1\\] \\(message spooled\\)$`));
   assert.deepEqual([line.level, line.client, line.from, typeof line.size, line.to, line.certificate], [30, '127.0.0.1', 'someone@example.net', 'number', ['user@example.test'], pki.clients.alice.fingerprintSha256]);
+});
+
+test('a script that times out: the decision line (fail closed) and, under the same cid, the error line with the kind, file and line', { timeout: 60_000 }, async () => {
+  const main = servers.main!;
+  const mark = main.logs.length;
+  const seen = await ending('main', 'mx', ['MAIL FROM:<spin@sender.example>']);
+  assert.equal(seen.at(-1)!.text, '451 4.3.0 Temporary policy failure, try again later');
+  await until('the decision line', () => main.logs.slice(mark).some(isDecision), { timeoutMs: 30_000 });
+  const fresh = main.logs.slice(mark);
+  const decisions = fresh.filter(isDecision);
+  assert.equal(decisions.length, 1);
+  const line = decisions[0]!;
+  assert.deepEqual([line.stage, line.code, line.reason, line.script], ['MAIL', 451, 'script mailfrom failed (fail closed)', join(main.dir, 'scripts', 'mailfrom.ts')]);
+  const failure = fresh.filter((l) => l.cid === line.cid && l.kind !== undefined);
+  assert.deepEqual(failure.map((l) => [l.level, l.hook, l.kind, l.script]), [[50, 'mailfrom', 'timeout', join(main.dir, 'scripts', 'mailfrom.ts')]]);
+  assert.equal(typeof failure[0]!.line, 'number');
 });
