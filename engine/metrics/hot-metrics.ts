@@ -92,6 +92,9 @@ export class HotCounter {
     this.reset();
   }
 
+  /** As prom-client's metrics have them (docs/operations.md's table is checked against them). */
+  get labelNames(): readonly string[] { return this.#labelNames; }
+
   /** Count one for the label values given, in the order of the label names (all of them). */
   inc(v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
     this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value++;
@@ -137,6 +140,9 @@ export class HotHistogram {
     this.#series = new SeriesIndex(() => ({ counts: new Float64Array(bounds.length + 1), sum: 0, count: 0 }));
     this.reset();
   }
+
+  /** As prom-client's metrics have them (docs/operations.md's table is checked against them). */
+  get labelNames(): readonly string[] { return this.#label === null ? [] : [this.#label]; }
 
   /** Observe `value`; `labelValue` only for a histogram with a label. */
   observe(value: number, labelValue?: string): void {

@@ -17,6 +17,20 @@ test('every metric is documented in docs/operations.md, and every documented met
   assert.deepEqual([...documented].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md lists metrics that do not exist');
 });
 
+test('docs/operations.md gives each metric its type and labels as the code has them', async () => {
+  const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+  const rows = [...doc.matchAll(/^\| `(postern_[a-z_]+)` \| (\w+) \|([^|]*)\|/gm)];
+  assert.ok(rows.length >= 20, `found ${rows.length} rows`);
+  for (const [, name, type, labels] of rows) {
+    const metric = registry.getSingleMetric(name!) as unknown as { labelNames?: readonly string[] } | undefined;
+    assert.ok(metric, `${name} is documented but not registered`);
+    const json = (await registry.getMetricsAsJSON()).find((m) => m.name === name)!;
+    assert.equal(type, json.type, `${name}: documented as a ${type}, is a ${json.type}`);
+    const documented = labels!.split(',').map((l) => l.trim()).filter(Boolean);
+    assert.deepEqual(documented, [...(metric.labelNames ?? [])], `${name}: documented labels`);
+  }
+});
+
 /** The same updates to a hot metric and to prom-client's, each in a registry of its own: their scrape text. */
 async function scrapes(update: (hot: { counter: HotCounter; plain: HotCounter; histogram: HotHistogram; unlabelled: HotHistogram }, prom: {
   counter: Counter<string>; plain: Counter<string>; histogram: Histogram<string>; unlabelled: Histogram<string>;
