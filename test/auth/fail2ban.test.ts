@@ -8,10 +8,15 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword, needs, run } from '../helpers/example.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+import { startAccounts, USERS, PASSWORDS } from '../accounts/helpers.ts';
 
 const FILTER = new URL('../../examples/fail2ban/postern.conf', import.meta.url).pathname;
 let s: TestServer | undefined;
+let accounts: TestServer | undefined;
 after(() => s?.stop());
+after(() => accounts?.stop());
+const scratch = useScratchDir('postern-fail2ban-');
 
 test('fail2ban-regex finds each failed AUTH with the client address, and nothing else', needs('fail2ban-regex'), async () => {
   s = await startTestServer({
@@ -43,4 +48,29 @@ listeners:
   assert.match(r.stdout, /Failregex: 2 total/);
   assert.match(r.stdout, new RegExp(`Lines: ${lines} lines, 0 ignored, 2 matched, ${lines - 2} missed`));
   assert.match(r.stdout, new RegExp(`\\[${lines}\\] "time":"Year`), 'every line\'s time is read by the datepattern');
+});
+
+test('fail2ban-regex finds each failed sign-in on the account page with the client address, not the good one', needs('fail2ban-regex', 'curl'), async () => {
+  const a = await startAccounts(scratch.path);
+  accounts = a.server;
+  const jar = join(scratch.path, 'cookies');
+  /** One sign-in with curl: the form's CSRF token, then the POST; the HTTP status. */
+  const signIn = async (user: string, password: string): Promise<string> => {
+    const form = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, `${a.url}/signin`]);
+    const token = /name="_csrf" value="([^"]+)"/.exec(form.stdout)?.[1];
+    assert.ok(token, form.output);
+    return (await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
+      '--data-urlencode', `_csrf=${token}`, '--data-urlencode', `user=${user}`, '--data-urlencode', `password=${password}`, `${a.url}/signin`])).stdout;
+  };
+  assert.equal(await signIn(USERS.alice, 'wrong-1'), '401');
+  assert.equal(await signIn('nobody@example.com', 'wrong-2'), '401');
+  assert.equal(await signIn(USERS.alice, PASSWORDS.alice), '303');
+
+  const log = join(scratch.path, 'accounts.log');
+  const lines = a.server.logs.length;
+  await writeFile(log, a.server.logs.slice(0, lines).map((l) => JSON.stringify(l)).join('\n') + '\n');
+  const r = await run('fail2ban-regex', ['--print-all-matched', log, FILTER]);
+  assert.equal(r.code, 0, r.output);
+  assert.match(r.stdout, new RegExp(`Lines: ${lines} lines, 0 ignored, 2 matched, ${lines - 2} missed`), r.stdout);
+  assert.match(r.stdout, /127\.0\.0\.1/);
 });
