@@ -323,7 +323,7 @@ const ROWS = {
       const main = servers.main!;
       const generation = main.runtime.generation;
       await writeFile(join(main.dir, 'ca.crl'), await createCrl(pki.authorities.ca, [pki.clients.alice.serial]));
-      await until('the CRL that revokes alice is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 30_000 });
+      await until('the CRL that revokes alice is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<alice@example.com>');
       await s.c.quit();
       return s.seen;
@@ -336,7 +336,7 @@ const ROWS = {
       const main = servers.main!;
       const generation = main.runtime.generation;
       await writeFile(join(main.dir, 'pins'), '# no pins\n');
-      await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 30_000 });
+      await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<carol@example.com>');
       await s.c.quit();
       return s.seen;
