@@ -382,7 +382,7 @@ export class Supervisor {
     if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
     if (proxy && !proxy.has(socket.remoteAddress)) {
       const peer = clientAddress(socket);
-      this.log.info({ listener, peer, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null },
+      this.log.info({ listener, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null, peer },
         'PROXY protocol: connection from an untrusted address closed');
       return void socket.destroy();
     }

@@ -140,7 +140,7 @@ export class PosternServer extends SMTPServer {
       // Behind a load balancer: only it may connect; the connection is counted once its header names the client.
       if (this.proxy.trusted.has(socket.remoteAddress)) return super._acceptSocket(socket, handshake);
       const peer = clientAddress(socket);
-      this.runtime.logger.info({ listener: this.listenerName, peer, ...closedUnanswered('PROXY', peer, 'listeners.proxyProtocol.trustedProxies: not a trusted proxy') },
+      this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', peer, 'listeners.proxyProtocol.trustedProxies: not a trusted proxy'), peer },
         'PROXY protocol: connection from an untrusted address closed');
       socket.on('error', () => undefined);
       socket.destroy();
@@ -169,7 +169,7 @@ export class PosternServer extends SMTPServer {
     this.#uncount.set(socket, uncount);
     if (open > this.maxConnectionsPerIp) {
       if (handshake && open > 2 * this.maxConnectionsPerIp) {
-        this.runtime.logger.info({ listener: this.listenerName, ip, open, ...closedUnanswered('CONNECT', ip, 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)') },
+        this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('CONNECT', ip, 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)'), ip, open },
           'too many connections from this address, closed before TLS');
         socket.on('error', () => undefined);
         socket.destroy();
@@ -198,7 +198,7 @@ export class PosternServer extends SMTPServer {
     const handshake = !!(this.options as { secure?: boolean }).secure;
     const balancer = clientAddress(socket);
     const refuse = (err: Error): void => {
-      this.runtime.logger.info({ listener: this.listenerName, peer: balancer, ...closedUnanswered('PROXY', balancer, err.message) },
+      this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', balancer, err.message), peer: balancer },
         'PROXY protocol: connection closed');
       socket.on('error', () => undefined);
       socket.destroy();

@@ -640,7 +640,7 @@ test('an accepted message: one line with queue id, from, size, nrcpt and client 
   assert.deepEqual([line.level, line.client, line.from, typeof line.size, line.to, line.certificate], [30, '127.0.0.1', 'someone@example.net', 'number', ['user@example.test'], pki.clients.alice.fingerprintSha256]);
 });
 
-test('a script that times out: the decision line (fail closed) and, under the same cid, the error line with the kind, file and line', { timeout: 60_000 }, async () => {
+test('a script that times out: the decision line (fail closed) and, under the same cid, the error line with the kind and file', { timeout: 60_000 }, async () => {
   const main = servers.main!;
   const mark = main.logs.length;
   const seen = await ending('main', 'mx', ['MAIL FROM:<spin@sender.example>']);
@@ -652,6 +652,6 @@ test('a script that times out: the decision line (fail closed) and, under the sa
   const line = decisions[0]!;
   assert.deepEqual([line.stage, line.code, line.reason, line.script], ['MAIL', 451, 'script mailfrom failed (fail closed)', join(main.dir, 'scripts', 'mailfrom.ts')]);
   const failure = fresh.filter((l) => l.cid === line.cid && l.kind !== undefined);
+  // (Its `line` too, where the script was stopped; none when the deadline came before it ran, on a loaded machine.)
   assert.deepEqual(failure.map((l) => [l.level, l.hook, l.kind, l.script]), [[50, 'mailfrom', 'timeout', join(main.dir, 'scripts', 'mailfrom.ts')]]);
-  assert.equal(typeof failure[0]!.line, 'number');
 });
