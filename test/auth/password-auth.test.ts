@@ -210,7 +210,8 @@ test('repeated failures: replies slow down past authFailuresBeforeDelay; at auth
     const t3 = await timed(); // failure 3: (3 - 1) × 300 ms
     assert.ok(t2 >= 250, `2nd failure reply after ${t2.toFixed(0)} ms, expected >= 300`);
     assert.ok(t3 >= 550, `3rd failure reply after ${t3.toFixed(0)} ms, expected >= 600`);
-    assert.ok(t3 - t1 >= 450, `3rd (${t3.toFixed(0)} ms) vs 1st (${t1.toFixed(0)} ms): expected ~600 ms more`);
+    // Lower bounds only: load can make any reply later, never earlier (t1's "no delay" is not timed).
+    void t1;
     assert.equal((await s.runtime.authFailures.count('127.0.0.1')), 3);
 
     // Three failures from this IP: still below the limit of 4, a new connection is greeted.
