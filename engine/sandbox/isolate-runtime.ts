@@ -399,6 +399,81 @@ export function installRuntime(
   for (const name of keys(helpers)) {
     defineProperty(globalThis, name, { value: helpers[name as keyof typeof helpers], writable: false, enumerable: false, configurable: false });
   }
+  lockDown();
+
+  /**
+   * Every script of a folder shares this context, so a builtin one script changed would change how another
+   * decides (`Array.prototype.includes = () => true` in one hook makes another's relay check pass): every
+   * object reachable from the globals (and the intrinsics only syntax reaches) is frozen and every global
+   * binding made read-only before any script runs. Trying to change one throws, in the call (or load) that
+   * tried. The properties scripts commonly shadow on their own objects (`this.name = …` in an Error subclass,
+   * `o.toString = …`) stay assignable on instances: a frozen prototype's data property would forbid that.
+   * RegExp's legacy statics (`RegExp.input`, `$1`…) are removed: they held the last string another call matched.
+   */
+  function lockDown(): void {
+    const { getOwnPropertyDescriptor } = Object;
+    const ownKeys = Reflect.ownKeys;
+    for (const key of ['input', '$_', 'lastMatch', '$&', 'lastParen', '$+', 'leftContext', '$`', 'rightContext', "$'",
+      '$1', '$2', '$3', '$4', '$5', '$6', '$7', '$8', '$9']) {
+      Reflect.deleteProperty(RegExp, key);
+    }
+    const overridable = (proto: object, key: string): void => {
+      const d = getOwnPropertyDescriptor(proto, key);
+      if (d === undefined || !('value' in d)) return;
+      const value: unknown = d.value;
+      defineProperty(proto, key, {
+        get: () => value,
+        set(this: object, v: unknown) { defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true }); },
+        enumerable: d.enumerable === true, configurable: false,
+      });
+    };
+    // Not Array.prototype.constructor (V8's species protector watches it) nor Promise's (frozen above).
+    for (const key of ['constructor', 'toString', 'valueOf', 'toLocaleString']) overridable(ObjectProto, key);
+    for (const key of ['constructor', 'toString']) overridable(Function.prototype, key);
+    for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, AggregateError]) {
+      for (const key of ['constructor', 'name', 'message', 'toString']) overridable(E.prototype, key);
+    }
+    const seen = new Set<unknown>();
+    const harden = (value: unknown): void => {
+      if ((typeof value !== 'object' && typeof value !== 'function') || value === null || value === globalThis || seen.has(value)) return;
+      seen.add(value);
+      freeze(value);
+      harden(getPrototypeOf(value));
+      for (const key of ownKeys(value)) {
+        const d = getOwnPropertyDescriptor(value, key)!;
+        harden(d.value);
+        harden(d.get);
+        harden(d.set);
+      }
+    };
+    // Intrinsics no global names: reached through an instance of each kind.
+    /* eslint-disable @typescript-eslint/no-empty-function */
+    harden(function* () {});
+    harden(async function () {});
+    harden(async function* () {});
+    /* eslint-enable @typescript-eslint/no-empty-function */
+    harden([][Symbol.iterator]());
+    harden(''[Symbol.iterator]());
+    harden(new Map().entries());
+    harden(new Set().values());
+    harden(/a/[Symbol.matchAll](''));
+    // Iterator helpers (not in this project's TypeScript lib yet).
+    const helperOf = ([].values() as unknown as { map(fn: (x: unknown) => unknown): unknown }).map;
+    harden(apply(helperOf, [].values(), [(x: unknown) => x]));
+    const IteratorCtor = (globalThis as unknown as { Iterator?: { from(source: object): unknown } }).Iterator;
+    if (IteratorCtor !== undefined) harden(IteratorCtor.from({ next: () => ({ done: true, value: undefined }) }));
+    harden(new Intl.Segmenter().segment(''));
+    harden(new Intl.Segmenter().segment('')[Symbol.iterator]());
+    for (const key of ownKeys(globalThis)) {
+      const d = getOwnPropertyDescriptor(globalThis, key)!;
+      harden(d.value);
+      harden(d.get);
+      harden(d.set);
+      if (d.configurable !== true) continue;
+      defineProperty(globalThis, key, 'value' in d ? { writable: false, configurable: false } : { configurable: false });
+    }
+    // The global object itself stays extensible: a script may add globals of its own.
+  }
 
   // A return value leaves the isolate as JSON text built here, from its own enumerable data only: no
   // toJSON, getter on a prototype, proxy or patched JSON can change what another call returns, and a
