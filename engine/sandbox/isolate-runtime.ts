@@ -120,6 +120,8 @@ export function installRuntime(
   const slice = String.prototype.slice;
   const MAX_LOG = 8192;
   const MAX_LOG_LINES = 1000;
+  /** What one call may log in all: each character is copied out, parsed and written by the server's thread. */
+  const MAX_LOG_CHARS = 256 * 1024;
   const MAX_DEPTH = 32;
   /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
   const MAX_RESULT = 65536;
@@ -127,6 +129,7 @@ export function installRuntime(
   let collected: Record<number, string> | null = null;
   let collectedCount = 0;
   let loggedCount = 0;
+  let loggedChars = 0;
 
   // What V8 itself consults while it settles promises and formats stacks, for every script alike: one
   // script must not be able to change how another's promise resolves (a `then` on Object.prototype makes
@@ -158,6 +161,11 @@ export function installRuntime(
   // is dearer than the rest of a typical call. Bounded; a failed lookup is not remembered.
   const MAX_LOOKUPS = 4096;
   const MAX_LOOKUP_KEY = 1024;
+  /**
+   * The longest table name and key lookup() takes together: the host folds, hashes and parses the key on the
+   * server's thread, which waits (a 8 MB key held it for tens of ms per lookup). No table key is this long.
+   */
+  const MAX_LOOKUP_INPUT = 65536;
   let lookups: Record<string, string | null> = create(null);
   let lookupCount = 0;
 
@@ -355,6 +363,7 @@ export function installRuntime(
       // A missing key (a fingerprint Postfix did not send) finds nothing; any other non-string is a mistake.
       if (isString(table) && (key === null || key === undefined)) return null;
       if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
+      if ((table as string).length + (key as string).length > MAX_LOOKUP_INPUT) fail(`lookup(): table and key are longer than ${MAX_LOOKUP_INPUT} characters`);
       const memoKey = `${(table as string).length}:${table as string}${key as string}`; // unambiguous for any strings
       const remembered = lookups[memoKey];
       if (remembered !== undefined) return remembered;
@@ -371,8 +380,11 @@ export function installRuntime(
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
       // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
-      if (++loggedCount > MAX_LOG_LINES) return;
-      if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;
+      if (++loggedCount > MAX_LOG_LINES || loggedChars > MAX_LOG_CHARS) return;
+      loggedChars += line.length;
+      if (loggedCount === MAX_LOG_LINES || loggedChars > MAX_LOG_CHARS) {
+        line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES} lines or ${MAX_LOG_CHARS} characters)`;
+      }
       if (collected === null) hostLog(line, currentCall);
       else collected[collectedCount++] = line;
     },
@@ -654,6 +666,7 @@ export function installRuntime(
    */
   function call(hook: string, ctx: unknown, c: CallWire, callId: number, wait: boolean): string | Promise<string> {
     loggedCount = 0;
+    loggedChars = 0;
     currentCall = callId;
     try {
       const context = assemble(ctx, c) as Record<string, unknown>;
