@@ -417,8 +417,8 @@ export function installRuntime(
    * Every script of a folder shares this context, so a builtin one script changed would change how another
    * decides (`Array.prototype.includes = () => true` in one hook makes another's relay check pass): every
    * object reachable from the globals (and the intrinsics only syntax reaches) is frozen and every global
-   * binding made read-only before any script runs. Trying to change one throws, in the call (or load) that
-   * tried. The properties scripts commonly shadow on their own objects (`this.name = …` in an Error subclass,
+   * binding made read-only, and the global object closed, before any script runs. Trying to change one
+   * throws, in the call (or load) that tried. The properties scripts commonly shadow on their own objects (`this.name = …` in an Error subclass,
    * `o.toString = …`) stay assignable on instances: a frozen prototype's data property would forbid that.
    * RegExp's legacy statics (`RegExp.input`, `$1`…) are removed: they held the last string another call matched.
    */
@@ -484,7 +484,9 @@ export function installRuntime(
       if (d.configurable !== true) continue;
       defineProperty(globalThis, key, 'value' in d ? { writable: false, configurable: false } : { configurable: false });
     }
-    // The global object itself stays extensible: a script may add globals of its own.
+    // Nor can a script add a global: another script that feature-detects one (`typeof URL`) would take its
+    // fake. State belongs in module-level variables.
+    Object.preventExtensions(globalThis);
   }
 
   // A return value leaves the isolate as JSON text built here, from its own enumerable data only: no

@@ -56,6 +56,7 @@ const PATCHES = [
   'Object.getPrototypeOf(Uint8Array).prototype.includes = () => true',
   'Intl.Collator.prototype.compare = () => 0',
   'lookup.call = () => "ok"',
+  'globalThis.URL = class { constructor() { this.hostname = "example.com"; } }',
   'Object.defineProperty(accept, "x", { value: 1 })',
 ];
 
@@ -84,6 +85,8 @@ const SCRIPTS = {
     const domain = ctx.address.domain;
     const options = {};
     if (options.allowed) return accept();
+    // A global the sandbox lacks, feature-detected: no other script may supply a fake.
+    if (typeof URL === 'function' && new URL('smtp://' + domain).hostname === 'example.com' && domain !== 'example.com') return accept();
     // Frozen builtins still let a script shadow their properties on its own objects.
     const own = { toString: null };
     own.toString = () => 'own';
