@@ -27,6 +27,8 @@ const PATCHES = [
   'Array.prototype[0] = "elsewhere.example"',
   'Array.prototype[Symbol.iterator] = function* () { yield "elsewhere.example"; }',
   'Object.setPrototypeOf(Array.prototype, { includes: () => true })',
+  'Array.prototype.constructor = { [Symbol.species]: function () { return { length: 1 }; } }',
+  'Object.defineProperty(Array, Symbol.species, { get: () => function () { return { length: 1 }; } })',
   'String.prototype.endsWith = () => true',
   'String.prototype.toLowerCase = () => "example.com"',
   'String.prototype[Symbol.iterator] = function* () {}',
@@ -91,7 +93,7 @@ const SCRIPTS = {
     const own = { toString: null };
     own.toString = () => 'own';
     if (new Refusal('x').name !== 'Refusal' || String(own) !== 'own') throw new Error('shadowing broke');
-    if (!LOCAL.includes(domain) || LOCAL.some((d) => d !== 'example.com') || !domain.endsWith('.com') || Object.keys(ctx.address).length === 0) {
+    if (!LOCAL.includes(domain) || LOCAL.filter((d) => d === domain).length === 0 || LOCAL.some((d) => d !== 'example.com') || !domain.endsWith('.com') || Object.keys(ctx.address).length === 0) {
       return reject('relay denied', { code: 554, enhanced: '5.7.1' });
     }
     const m = /^([a-z]+)@example\\.com$/.exec(ctx.address.address);
