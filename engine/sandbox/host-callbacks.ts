@@ -43,6 +43,8 @@ const bounded = (data: unknown): string => {
   if (text.length > MAX_HASH_INPUT) throw new RangeError(`hash input longer than ${MAX_HASH_INPUT} characters`);
   return text;
 };
+/** As the runtime's limit: the host folds, hashes and parses a lookup key on the event-loop thread. */
+const MAX_LOOKUP_INPUT = 65536;
 const digest = (algorithm: string) => (data: unknown): string => createHash(algorithm).update(bounded(data)).digest('hex');
 
 /** What the slot tells the host callbacks: where a pending operation's answer goes, and who a call id is. */
@@ -73,7 +75,10 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
     return createHmac(alg, bounded(key)).update(bounded(data)).digest('hex');
   };
   const lookup = (table: unknown, key: unknown): string | null => {
-    const value = host.lookup(String(table), String(key));
+    const t = String(table);
+    const k = String(key);
+    if (t.length + k.length > MAX_LOOKUP_INPUT) throw new RangeError(`lookup(): table and key are longer than ${MAX_LOOKUP_INPUT} characters`);
+    const value = host.lookup(t, k);
     return typeof value === 'string' ? value : null;
   };
   const log = (message: unknown, callId: unknown): void => {

@@ -120,6 +120,8 @@ export function installRuntime(
   const slice = String.prototype.slice;
   const MAX_LOG = 8192;
   const MAX_LOG_LINES = 1000;
+  /** What one call may log in all: each character is copied out, parsed and written by the server's thread. */
+  const MAX_LOG_CHARS = 256 * 1024;
   const MAX_DEPTH = 32;
   /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
   const MAX_RESULT = 65536;
@@ -127,6 +129,7 @@ export function installRuntime(
   let collected: Record<number, string> | null = null;
   let collectedCount = 0;
   let loggedCount = 0;
+  let loggedChars = 0;
 
   // What V8 itself consults while it settles promises and formats stacks, for every script alike: one
   // script must not be able to change how another's promise resolves (a `then` on Object.prototype makes
@@ -158,6 +161,11 @@ export function installRuntime(
   // is dearer than the rest of a typical call. Bounded; a failed lookup is not remembered.
   const MAX_LOOKUPS = 4096;
   const MAX_LOOKUP_KEY = 1024;
+  /**
+   * The longest table name and key lookup() takes together: the host folds, hashes and parses the key on the
+   * server's thread, which waits (a 8 MB key held it for tens of ms per lookup). No table key is this long.
+   */
+  const MAX_LOOKUP_INPUT = 65536;
   let lookups: Record<string, string | null> = create(null);
   let lookupCount = 0;
 
@@ -355,6 +363,7 @@ export function installRuntime(
       // A missing key (a fingerprint Postfix did not send) finds nothing; any other non-string is a mistake.
       if (isString(table) && (key === null || key === undefined)) return null;
       if (!isString(table) || !isString(key)) fail('lookup(): table and key must be strings');
+      if ((table as string).length + (key as string).length > MAX_LOOKUP_INPUT) fail(`lookup(): table and key are longer than ${MAX_LOOKUP_INPUT} characters`);
       const memoKey = `${(table as string).length}:${table as string}${key as string}`; // unambiguous for any strings
       const remembered = lookups[memoKey];
       if (remembered !== undefined) return remembered;
@@ -371,8 +380,11 @@ export function installRuntime(
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
       // More lines than this in one call are dropped: each costs the event loop a crossing or a copy.
-      if (++loggedCount > MAX_LOG_LINES) return;
-      if (loggedCount === MAX_LOG_LINES) line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES})`;
+      if (++loggedCount > MAX_LOG_LINES || loggedChars > MAX_LOG_CHARS) return;
+      loggedChars += line.length;
+      if (loggedCount === MAX_LOG_LINES || loggedChars > MAX_LOG_CHARS) {
+        line = `(further log lines of this call are dropped: more than ${MAX_LOG_LINES} lines or ${MAX_LOG_CHARS} characters)`;
+      }
       if (collected === null) hostLog(line, currentCall);
       else collected[collectedCount++] = line;
     },
@@ -398,6 +410,99 @@ export function installRuntime(
   };
   for (const name of keys(helpers)) {
     defineProperty(globalThis, name, { value: helpers[name as keyof typeof helpers], writable: false, enumerable: false, configurable: false });
+  }
+  lockDown();
+
+  /**
+   * Every script of a folder shares this context, so a builtin one script changed would change how another
+   * decides (`Array.prototype.includes = () => true` in one hook makes another's relay check pass): every
+   * object reachable from the globals (and the intrinsics only syntax reaches) is frozen and every global
+   * binding made read-only, and the global object closed, before any script runs. Trying to change one
+   * throws, in the call (or load) that tried. The properties scripts commonly shadow on their own objects (`this.name = …` in an Error subclass,
+   * `o.toString = …`) stay assignable on instances: a frozen prototype's data property would forbid that.
+   * RegExp's legacy statics (`RegExp.input`, `$1`…) are removed: they held the last string another call matched.
+   */
+  function lockDown(): void {
+    const { getOwnPropertyDescriptor } = Object;
+    const ownKeys = Reflect.ownKeys;
+    for (const key of ['input', '$_', 'lastMatch', '$&', 'lastParen', '$+', 'leftContext', '$`', 'rightContext', "$'",
+      '$1', '$2', '$3', '$4', '$5', '$6', '$7', '$8', '$9']) {
+      Reflect.deleteProperty(RegExp, key);
+    }
+    const overridable = (proto: object, key: string): void => {
+      const d = getOwnPropertyDescriptor(proto, key);
+      if (d === undefined || !('value' in d)) return;
+      const value: unknown = d.value;
+      defineProperty(proto, key, {
+        get: () => value,
+        set(this: object, v: unknown) { defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true }); },
+        enumerable: d.enumerable === true, configurable: false,
+      });
+    };
+    // Not Array.prototype.constructor (V8's species protector watches it) nor Promise's (frozen above).
+    for (const key of ['constructor', 'toString', 'valueOf', 'toLocaleString']) overridable(ObjectProto, key);
+    for (const key of ['constructor', 'toString']) overridable(Function.prototype, key);
+    for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, AggregateError]) {
+      for (const key of ['constructor', 'name', 'message', 'toString']) overridable(E.prototype, key);
+    }
+    // Object.freeze() on these two made every script about 1.5 times slower (frozen elements on the prototype
+    // of every object and array; .probe-style micro-benchmark of array and object work, isolate CPU time):
+    // property by property, and closed, they cost nothing measurable, but for Array.prototype.constructor,
+    // which V8 watches (redefining it turns off the fast path of map, filter, slice…: ~1.2x in a script made of
+    // them, nothing in one that does not use them; the runner does not). RegExp.prototype is frozen at a
+    // cost that cannot be avoided: any change to it, even closing it, turns off V8's fast path of regular
+    // expressions (~0.15 µs more per exec/test/replace/split, measured), but a patched exec() would decide
+    // every other script's pattern checks. The runner uses no regular expression.
+    const closeAlone = (proto: object): void => {
+      for (const key of ownKeys(proto)) {
+        const d = getOwnPropertyDescriptor(proto, key)!;
+        if (d.configurable === true || d.writable === true) defineProperty(proto, key, 'value' in d ? { writable: false, configurable: false } : { configurable: false });
+      }
+      Object.preventExtensions(proto);
+    };
+    const seen = new Set<unknown>();
+    const harden = (value: unknown): void => {
+      if ((typeof value !== 'object' && typeof value !== 'function') || value === null || value === globalThis || seen.has(value)) return;
+      seen.add(value);
+      if (value === ObjectProto || value === Array.prototype) closeAlone(value);
+      else freeze(value);
+      harden(getPrototypeOf(value));
+      for (const key of ownKeys(value)) {
+        const d = getOwnPropertyDescriptor(value, key)!;
+        harden(d.value);
+        harden(d.get);
+        harden(d.set);
+      }
+    };
+    // Intrinsics no global names: reached through an instance of each kind.
+    /* eslint-disable @typescript-eslint/no-empty-function */
+    harden(function* () {});
+    harden(async function () {});
+    harden(async function* () {});
+    /* eslint-enable @typescript-eslint/no-empty-function */
+    harden([][Symbol.iterator]());
+    harden(''[Symbol.iterator]());
+    harden(new Map().entries());
+    harden(new Set().values());
+    harden(/a/[Symbol.matchAll](''));
+    // Iterator helpers (not in this project's TypeScript lib yet).
+    const helperOf = ([].values() as unknown as { map(fn: (x: unknown) => unknown): unknown }).map;
+    harden(apply(helperOf, [].values(), [(x: unknown) => x]));
+    const IteratorCtor = (globalThis as unknown as { Iterator?: { from(source: object): unknown } }).Iterator;
+    if (IteratorCtor !== undefined) harden(IteratorCtor.from({ next: () => ({ done: true, value: undefined }) }));
+    harden(new Intl.Segmenter().segment(''));
+    harden(new Intl.Segmenter().segment('')[Symbol.iterator]());
+    for (const key of ownKeys(globalThis)) {
+      const d = getOwnPropertyDescriptor(globalThis, key)!;
+      harden(d.value);
+      harden(d.get);
+      harden(d.set);
+      if (d.configurable !== true) continue;
+      defineProperty(globalThis, key, 'value' in d ? { writable: false, configurable: false } : { configurable: false });
+    }
+    // Nor can a script add a global: another script that feature-detects one (`typeof URL`) would take its
+    // fake. State belongs in module-level variables.
+    Object.preventExtensions(globalThis);
   }
 
   // A return value leaves the isolate as JSON text built here, from its own enumerable data only: no
@@ -579,6 +684,7 @@ export function installRuntime(
    */
   function call(hook: string, ctx: unknown, c: CallWire, callId: number, wait: boolean): string | Promise<string> {
     loggedCount = 0;
+    loggedChars = 0;
     currentCall = callId;
     try {
       const context = assemble(ctx, c) as Record<string, unknown>;

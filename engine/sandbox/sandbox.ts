@@ -77,6 +77,8 @@ interface Member {
   retryAt: number;
   /** Bumped whenever the member gets a new slot: a call on an abandoned slot must not release the new one. */
   epoch: number;
+  /** The hook of the call running alone on it (an isolate thread's, for up to timeoutMs); null otherwise. */
+  hook: HookName | null;
 }
 
 interface Waiter {
@@ -200,7 +202,7 @@ export class Sandbox {
     this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
-    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0 }));
+    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0, hook: null }));
     for (const m of this.#members) this.#listen(m);
   }
 
@@ -598,7 +600,10 @@ export class Sandbox {
   #acquire(call: Call | null): Promise<Member> {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const idle = this.#idleMember();
-    if (idle) return Promise.resolve(idle);
+    if (idle) {
+      idle.hook = call?.hook ?? null;
+      return Promise.resolve(idle);
+    }
     if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding' || m.state === 'idle')) {
       const now = Date.now();
       const retry = this.#members.filter((m) => m.state === 'broken' && m.retryAt <= now);
@@ -643,17 +648,53 @@ export class Sandbox {
   }
 
   #handOver(member: Member): void {
-    const next = member.slot?.delivering ? undefined : this.#waiting.shift(); // else when the delivery ends
+    member.hook = null;
+    const next = member.slot?.delivering ? undefined : this.#nextWaiter(); // else when the delivery ends
     if (next) {
       member.state = 'busy';
+      member.hook = next.call?.hook ?? null;
       next.grant(member);
     } else {
       member.state = 'idle';
     }
   }
 
+  /** Isolates running a call of `hook` alone now. */
+  #held(hook: HookName): number {
+    let held = 0;
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.state === 'busy' && m.hook === hook) held++;
+    }
+    return held;
+  }
+
+  /**
+   * The waiter a freed isolate goes to, removed from the queue: the first whose hook holds the fewest
+   * isolates now (a batch, fast-path calls of any hooks that hold it for fastPathMs at most, counts as none).
+   * Clients flooding one hook whose script runs to its time limit (up to timeoutMs a call, on isolate
+   * threads) would otherwise hold every isolate and fill the queue, and the other hooks' calls, queued behind
+   * them, would fail at their deadlines in turn; this way they wait for one call at most.
+   */
+  #nextWaiter(): Waiter | undefined {
+    const waiting = this.#waiting;
+    if (waiting.length <= 1) return waiting.shift();
+    let best = 0;
+    let fewest = Infinity;
+    for (let i = 0; i < waiting.length && fewest > 0; i++) {
+      const call = waiting[i]!.call;
+      const held = call === null ? 0 : this.#held(call.hook);
+      if (held < fewest) {
+        best = i;
+        fewest = held;
+      }
+    }
+    return waiting.splice(best, 1)[0];
+  }
+
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
+    member.hook = null;
     if (member.slot) this.#retire(member.slot.dispose()); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
     member.slot = null;
     member.state = 'rebuilding';

@@ -66,10 +66,11 @@ test('a re-run that asks other operations than its stopped attempt fails closed,
   const host = { ...recordingHost(), store };
   await withSandbox({
     host, fastPathMs: 1, timeoutMs: 10_000, isolates: 1,
-    // Its key changes from one attempt to the next (a global it keeps): what it should count is unknown.
-    scripts: [js('rcptto', `export default async (ctx) => {
-      globalThis.attempt = (globalThis.attempt ?? 0) + 1;
-      const counted = rate('k' + globalThis.attempt, 1000, 60);
+    // Its key changes from one attempt to the next (a module-level count): what it should count is unknown.
+    scripts: [js('rcptto', `let attempt = 0;
+    export default async (ctx) => {
+      attempt++;
+      const counted = rate('k' + attempt, 1000, 60);
       let x = 0; for (let i = 0; i < 2e7; i++) x += i;
       await counted;
       return accept();

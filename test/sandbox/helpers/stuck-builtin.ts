@@ -48,15 +48,15 @@ if (scenario === 'call') {
 } else if (scenario === 'once') {
   // A fast-path attempt that counted, stopped in its loop and run again on an isolate thread, where it gets
   // stuck and is abandoned at its deadline: the count stays one per call, whatever runs afterwards. The stuck
-  // step comes only on a call's attempt after its first (one isolate: its globals count each call's attempts),
+  // step comes only on a call's attempt after its first (one isolate: a module-level record counts each call's attempts),
   // so it never runs on the event-loop thread (where it would hold the process); calls are made until one is
   // abandoned (the first, unless the machine's load kept the fast path from stopping it).
   const store = new MemoryCounterStore();
   const sandbox = await Sandbox.create({
     host: { ...recordingHost(), store }, isolates: 1, timeoutMs: 5000, fastPathMs: 1,
-    scripts: [js('rcptto', `export default async function (ctx) {
+    scripts: [js('rcptto', `const tries = {};
+    export default async function (ctx) {
       const counted = rate('k', 1000, 60);
-      const tries = (globalThis.tries ??= {});
       tries[ctx.n] = (tries[ctx.n] ?? 0) + 1;
       if (ctx.stuck && tries[ctx.n] > 1) ${STUCK};
       let x = 0; for (let i = 0; i < 2e7; i++) x += i;

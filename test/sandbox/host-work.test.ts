@@ -1,0 +1,67 @@
+/**
+ * Work a script makes the server's own thread do stays bounded per call, over real SMTP sockets: each
+ * helper's input is copied out of the isolate and handled on the event-loop thread, which no time limit
+ * interrupts, so a helper given a huge input (or called for huge output) would hold every connection.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+
+const CONFIG = `
+localDomains: [example.com]
+sandbox: { timeoutMs: 2000, isolates: 1 }
+tables: { users: ./users }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0 }
+`;
+
+const SCRIPTS = {
+  'rcptto.ts': `export default function (ctx) {
+    const local = ctx.address.localPart;
+    if (local === 'huge-key') {
+      const key = 'A'.repeat(1 << 22);
+      try { lookup('users', key); return reject('looked up'); } catch (e) { return reject(e.message); }
+    }
+    if (local === 'log-flood') {
+      const line = 'x'.repeat(8192);
+      for (let i = 0; i < 1000; i++) log(ctx.address.address, line);
+      return;
+    }
+    if (lookup('users', local) !== 'ok') return reject('no such user', { code: 550, enhanced: '5.1.1' });
+  }`,
+};
+
+let server: TestServer;
+before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS, files: { users: 'bob ok\n' } }); });
+after(async () => { await server.stop(); });
+
+async function rcpt(address: string): Promise<string> {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  try {
+    await c.hello();
+    assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+    return (await c.command(`RCPT TO:<${address}>`, 20_000)).text;
+  } finally {
+    await c.quit();
+  }
+}
+
+test('lookup() refuses a key the server would have to fold and hash at length (a TypeError in the script)', async () => {
+  assert.equal(await rcpt('huge-key@example.com'), '550 5.7.1 lookup(): table and key are longer than 65536 characters');
+  assert.match(await rcpt('bob@example.com'), /^250 /);
+  assert.equal(await rcpt('mallory@example.com'), '550 5.1.1 no such user');
+});
+
+test('what one call logs is bounded in characters, not only in lines', async () => {
+  assert.match(await rcpt('log-flood@example.com'), /^250 /);
+  const dropped = /further log lines of this call are dropped: more than 1000 lines or 262144 characters/;
+  await until('the line saying the rest is dropped', () => server.logs.some((l) => dropped.test(String(l.msg))));
+  const lines = server.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('log-flood@example.com '));
+  const total = lines.reduce((sum, l) => sum + String(l.msg).length, 0);
+  assert.ok(total <= 256 * 1024, `${lines.length} lines, ${total} characters logged by one call`);
+  assert.ok(lines.length >= 31, `${lines.length} lines: those within the bound are logged`);
+});
