@@ -25,7 +25,7 @@ const SCRIPTS = {
   'rcptto.ts': `export default function (ctx) { if (ctx.address.localPart === 'spin') for (;;); }`,
 };
 
-const FLOODERS = 12;
+const FLOODERS = 30;
 let server: TestServer;
 before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
 after(async () => { await server.stop(); });
@@ -60,5 +60,11 @@ test("clients flooding a spinning rcptto script do not starve another client's h
   }
   flooding = false;
   await Promise.all(flooders);
-  assert.deepEqual(verdicts, Array(3).fill(['550 5.7.1 go away', '250', '550 5.7.1 no spam', '250']).flat());
+  // Each call gets its own verdict, or at worst fails closed (451): a machine loaded enough to deschedule the
+  // server past the deadline's slack may fail one. Most must get through; behind the FIFO queue none did.
+  const want = Array(3).fill(['550 5.7.1 go away', '250', '550 5.7.1 no spam', '250']).flat();
+  // (A 451 to EHLO makes the session's next MAIL FROM a 503: a consequence, never an accept.)
+  verdicts.forEach((v, i) => assert.ok(v === want[i] || /^(451|503)/.test(v), `call ${i}: ${v}, expected ${want[i]} or a failure`));
+  const right = verdicts.filter((v, i) => v === want[i]).length;
+  assert.ok(right >= 9, `${right} of 12 calls got their verdict (the rest failed closed): ${verdicts.join(' | ')}`);
 });
