@@ -14,6 +14,7 @@ import type net from 'node:net';
 
 const corked = new Set<net.Socket>();
 let flushScheduled = false;
+let flushAfterScriptsScheduled = false;
 
 function flush(): void {
   flushScheduled = false;
@@ -33,4 +34,22 @@ export function batchReply(socket: net.Socket): void {
     flushScheduled = true;
     setImmediate(flush);
   }
+}
+
+/**
+ * Call right after starting a script call whose verdict becomes a reply. Its batch runs in this turn's
+ * check phase (engine/sandbox/sandbox.ts, setImmediate) and the reply is written during it, when the flush
+ * above either ran already (queued earlier in the turn) or would be queued behind the check phase, in the
+ * next turn: one more poll of the event loop, with its system call, before the client has its answer. A
+ * flush queued now runs right after the batch, in the same check phase.
+ */
+export function flushAfterScriptCalls(): void {
+  if (flushAfterScriptsScheduled) return;
+  flushAfterScriptsScheduled = true;
+  setImmediate(flushAfterScripts);
+}
+
+function flushAfterScripts(): void {
+  flushAfterScriptsScheduled = false;
+  flush();
 }

@@ -11,6 +11,7 @@ import { spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
+import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
@@ -70,7 +71,9 @@ export class SessionPolicy {
    */
   #run(conn: SmtpClient, hook: HookName, ctx: object, connectionKey?: string): Promise<Verdict | undefined> {
     const st = conn.state;
-    return runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, connectionKey) as Promise<Verdict | undefined>;
+    const verdict = runHook(st.generation, st.listener, hook, ctx, conn.id, this.#log, connectionKey) as Promise<Verdict | undefined>;
+    flushAfterScriptCalls(); // after the call's batch was queued: its reply leaves in the same turn
+    return verdict;
   }
 
   internalError(conn: SmtpClient, err: unknown): SmtpReply {

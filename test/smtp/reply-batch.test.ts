@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import { batchReply } from '../../engine/smtp/reply-batch.ts';
+import { batchReply, flushAfterScriptCalls } from '../../engine/smtp/reply-batch.ts';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -52,6 +52,29 @@ test('writes to a TLS socket wait for the end of the turn, then leave together a
     assert.equal(p.server.writableCorked, 0, 'released at the end of the turn');
     await until('both replies at the client', () => received.length >= 18);
     assert.equal(received, '250 one\r\n250 two\r\n');
+  } finally {
+    p.close();
+  }
+});
+
+test('a reply written by a script batch in the check phase leaves in that same check phase, not a turn later', async () => {
+  const p = await pair(true);
+  try {
+    let received = '';
+    p.client.setEncoding('utf8');
+    p.client.on('data', (d: string) => { received += d; });
+    // As the sandbox does: the batch is queued when the first call of the turn starts, and writes the
+    // verdicts' replies when it runs, in the check phase.
+    setImmediate(() => {
+      batchReply(p.server);
+      p.server.write('250 verdict\r\n');
+    });
+    flushAfterScriptCalls(); // as session-policy does, right after starting the call
+    // Queued behind both: runs in the same check phase.
+    const corked = await new Promise<number>((resolve) => setImmediate(() => resolve(p.server.writableCorked)));
+    assert.equal(corked, 0, 'released in the check phase that wrote it');
+    await until('the reply at the client', () => received.length >= 13);
+    assert.equal(received, '250 verdict\r\n');
   } finally {
     p.close();
   }
