@@ -144,7 +144,7 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config.dataDir);
+  startWatchdog(loaded.config.dataDir, counters);
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
@@ -180,7 +180,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 }
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(dataDir: string): void {
+function startWatchdog(dataDir: string, counters: WorkerCounters): void {
   const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
     workerData: {
       marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
@@ -197,6 +197,7 @@ function startWatchdog(dataDir: string): void {
     const now = performance.eventLoopUtilization();
     const elu = performance.eventLoopUtilization(now, loop).utilization;
     loop = now;
+    counters.flush(); // slots given back since the last message
     send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000 });
   }, HEARTBEAT_MS).unref();
 }
