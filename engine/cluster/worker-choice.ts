@@ -26,8 +26,13 @@ export const FILL_UP_TO = 0.6;
  * keeps about that much busy (the benchmark's 20 sessions keep one worker at about 0.5 when it has a core).
  */
 export const NEW_CONNECTION_LOAD = 0.02;
-/** Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile. */
-export const SPARE_TO_SPREAD = 0.5;
+/**
+ * Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile: a
+ * whole core for the next worker. With half a core it was not: on the 2-core benchmark machine (its load
+ * generator on the same cores) about 0.6 of a core idle made the second worker take connections at 10–12%
+ * more CPU per message and a lower rate than one worker (docs/benchmarks.md).
+ */
+export const SPARE_TO_SPREAD = 1;
 /**
  * Utilisation at which a worker is saturated: its sessions queue for its thread. It then spills to the next
  * worker even without a spare core (the machine shared with other work: the scheduler gives each runnable

@@ -15,6 +15,7 @@ test('fill: the first worker that is not busy; a busy one is passed over only wi
   assert.equal(chooseWorker([{ elu: FILL_UP_TO - 0.01, fresh: 0 }, idle], 2), 0, 'under the mark: still the first');
   assert.equal(chooseWorker([busy, idle], 2), 1, 'busy, and a core to spare: the next');
   assert.equal(chooseWorker([busy, idle], SPARE_TO_SPREAD - 0.1), 0, 'busy, but no core to spare: it stays');
+  assert.equal(chooseWorker([busy, idle], 0.6), 0, 'busy, with 0.6 of a core idle: it stays (a second worker there cost more per message and served less)');
   const saturated = { elu: SATURATED, fresh: 0 };
   assert.equal(chooseWorker([saturated, idle], 0), 1, 'saturated: it spills even without a core to spare');
   assert.equal(chooseWorker([saturated, busy, idle], 0), 1, 'saturated: to the next that is not saturated');
