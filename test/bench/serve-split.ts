@@ -76,11 +76,15 @@ const before = await Promise.all(procs.map(async (p) => ({ cpu: await cpuSeconds
 // One strace per process (its threads with -f), so each process's system calls are told apart.
 // SPLIT_STRACE=threads: every call logged, then counted per thread name (slower under trace).
 const perThread = process.env.SPLIT_STRACE === 'threads';
-const straces = process.env.SPLIT_STRACE ? procs.map((p) => spawn('strace', [perThread ? '-qq' : '-c', '-f', '-o', join(dir, `strace-${p.pid}.txt`), '-p', String(p.pid)], { stdio: 'ignore' })) : [];
+// Outside `dir` too (the supervisor watches it): with =threads strace writes as it traces.
+const straceDir = process.env.SPLIT_STRACE ? await mkdtemp(join(tmpdir(), 'postern-split-strace-')) : dir;
+const straces = process.env.SPLIT_STRACE ? procs.map((p) => spawn('strace', [perThread ? '-qq' : '-c', '-f', '-o', join(straceDir, `strace-${p.pid}.txt`), '-p', String(p.pid)], { stdio: 'ignore' })) : [];
 const comms = new Map<number, string>();
 for (const p of procs) for (const t of await readdir(`/proc/${p.pid}/task`)) comms.set(Number(t), (await readFile(`/proc/${p.pid}/task/${t}/comm`, 'utf8').catch(() => 'gone')).trim());
 const perfHz = 1000;
-const perfs = process.env.SPLIT_PERF ? procs.map((p) => spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(perfHz), '-p', String(p.pid), '-o', join(dir, `perf-${p.pid}.data`)], { stdio: 'ignore' })) : [];
+// Not in `dir`: the supervisor watches the configuration's folder, and perf writes its file as it records.
+const perfDir = process.env.SPLIT_PERF ? await mkdtemp(join(tmpdir(), 'postern-split-perf-')) : dir;
+const perfs = process.env.SPLIT_PERF ? procs.map((p) => spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(perfHz), '-p', String(p.pid), '-o', join(perfDir, `perf-${p.pid}.data`)], { stdio: 'ignore' })) : [];
 if (straces.length || perfs.length) await new Promise((r) => setTimeout(r, 1000));
 const t0 = process.hrtime.bigint() / 1000n;
 const r = await load(pki, port, perConn, messages, true);
@@ -103,7 +107,7 @@ for (const [i, p] of procs.entries()) {
 }
 console.log(`total ${total.toFixed(0)} µs/msg, ${r.rate.toFixed(0)} msg/s, ${r.messages} messages, ${perConn} per connection`);
 for (const p of straces.length ? procs : []) {
-  const text = await readFile(join(dir, `strace-${p.pid}.txt`), 'utf8');
+  const text = await readFile(join(straceDir, `strace-${p.pid}.txt`), 'utf8');
   const calls: string[] = [];
   if (perThread) {
     const counts = new Map<string, number>();
@@ -126,7 +130,7 @@ for (const p of straces.length ? procs : []) {
 for (const p of perfs.length ? procs : []) {
   // Samples per symbol (self), as µs per message: each sample is 1/perfHz s of CPU.
   const out = await new Promise<string>((res) => {
-    const rep = spawn('perf', ['report', '-q', '-i', join(dir, `perf-${p.pid}.data`), '--no-children', '--sort', 'dso,sym', '-F', 'sample,dso,sym', '--stdio'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const rep = spawn('perf', ['report', '-q', '-i', join(perfDir, `perf-${p.pid}.data`), '--no-children', '--sort', 'dso,sym', '-F', 'sample,dso,sym', '--stdio'], { stdio: ['ignore', 'pipe', 'ignore'] });
     let text = '';
     rep.stdout.on('data', (d: Buffer) => { text += d; });
     rep.once('exit', () => res(text));
