@@ -36,13 +36,25 @@ export const SPARE_TO_SPREAD = 1;
 /**
  * Utilisation at which a worker is saturated: its sessions queue for its thread. It then spills to the next
  * worker even without a spare core (the machine shared with other work: the scheduler gives each runnable
- * worker its share, so a second one still serves more, and it keeps one worker's queue from growing).
+ * worker its share, so a second one still serves more, and it keeps one worker's queue from growing) —
+ * if its thread was also on a CPU for at least ON_CPU_TO_SATURATE of the interval.
  */
 export const SATURATED = 0.95;
+/**
+ * Share of the interval a saturated worker's event-loop thread must have spent on a CPU for it to spill
+ * without a spare core: its own work fills its thread (a script keeping it busy, more sessions than one
+ * thread serves). A loop that is busy but mostly waiting to be scheduled (the machine's cores taken by other
+ * processes: event-loop utilisation counts that wait) is contended, not saturated: a second worker would only
+ * compete for the same cores, at more CPU per message (measured: docs/benchmarks.md, "A whole idle core to
+ * spread").
+ */
+export const ON_CPU_TO_SATURATE = 0.85;
 
 export interface WorkerLoad {
   /** Event-loop utilisation over the worker's last heartbeat interval. */
   elu: number;
+  /** Share of that interval its event-loop thread was on a CPU (its thread CPU time over the wall time). */
+  cpu: number;
   /** Connections handed to it since that heartbeat. */
   fresh: number;
 }
@@ -57,7 +69,8 @@ export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: numb
   for (const [i, c] of candidates.entries()) {
     const load = c.elu + c.fresh * NEW_CONNECTION_LOAD;
     if (load < FILL_UP_TO) return i;
-    if (spareCores < SPARE_TO_SPREAD && load < SATURATED) return i; // busy, but no core to spare for the next: stays here
+    const saturated = load >= SATURATED && c.cpu >= ON_CPU_TO_SATURATE;
+    if (spareCores < SPARE_TO_SPREAD && !saturated) return i; // busy, but no core to spare for the next: stays here
     if (load < bestLoad) {
       best = i;
       bestLoad = load;
