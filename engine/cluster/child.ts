@@ -144,7 +144,7 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config.dataDir);
+  startWatchdog(loaded.config.dataDir, counters);
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
@@ -180,7 +180,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 }
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(dataDir: string): void {
+function startWatchdog(dataDir: string, counters: WorkerCounters): void {
   const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
     workerData: {
       marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
@@ -191,13 +191,22 @@ function startWatchdog(dataDir: string): void {
   // The table goes over while the main thread can still send it: a stuck one cannot answer.
   runningCall.subscribe((table) => watchdog.postMessage(table));
   // With the event loop's utilisation since the last beat: the supervisor fills one worker before the next.
+  // And how much of that interval this thread was on a CPU: busy but waiting for one is contention, not saturation.
   let loop = performance.eventLoopUtilization();
+  let thread = process.threadCpuUsage();
+  let at = performance.now();
   setInterval(() => {
     runningCall.beat();
     const now = performance.eventLoopUtilization();
     const elu = performance.eventLoopUtilization(now, loop).utilization;
     loop = now;
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000 });
+    const threadNow = process.threadCpuUsage();
+    const atNow = performance.now();
+    const cpu = (threadNow.user - thread.user + threadNow.system - thread.system) / 1000 / Math.max(1, atNow - at);
+    thread = threadNow;
+    at = atNow;
+    counters.flush(); // slots given back since the last message
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000 });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -12,6 +12,8 @@
  *                        slot back ('conn-') when the connection ends, whatever happened on it: its
  *                        listener does, once it took the connection (handedOpen, releaseHanded), since
  *                        STARTTLS removes every listener of the raw socket; before that, the socket's close.
+ *                        Slots given back are told with the worker's next message rather than each at once
+ *                        (see WorkerCounters.flush).
  *   supervisor → worker  { t: 'conn', listener } + the socket: a PROXY protocol listener's connection, no
  *                        slot taken; the worker reads the header, then takes the slot of the client it
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
@@ -21,7 +23,8 @@
  *                                                           total: the listener's connections over every
  *                                                           worker (its maxConnections, as with 'conn');
  *                                                           failures: that IP's recent auth failure times
- *   worker → supervisor  { t: 'conn-', key }                a connection that got a slot closed
+ *   worker → supervisor  { t: 'conn-', keys }               connections that got a slot closed (one key per
+ *                                                           slot; `key` for one, as policy connections send)
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
  *   supervisor → children { t: 'authfail', ip, at }         …relayed to every other child (workers, and the queue process: the account page)
  * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
@@ -104,6 +107,8 @@ export class WorkerCounters implements ConnectionCounts {
   readonly #requested = new Map<string, number>();
   /** Handed-over slots claimed by a listener (handedOpen), given back by releaseHanded(). */
   readonly #claimed = new Map<string, number>();
+  /** Slots given back whose return the supervisor has not been told yet, by key (flush()). */
+  readonly #returning = new Map<string, number>();
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -119,10 +124,12 @@ export class WorkerCounters implements ConnectionCounts {
    */
   handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }, total?: number): void {
     const id = `${key}|${port}`;
-    this.#handed.set(id, { open, total });
+    // The supervisor's counts still hold the slots given back here and not yet told: those connections are closed.
+    this.#handed.set(id, { open: open - (this.#returning.get(key) ?? 0), total: total === undefined ? undefined : total - this.#returningOf(listenerOf(key)) });
+    this.flush(); // written with Node's acknowledgement of this socket: the supervisor reads both at one wake-up
     this.failures.replace(ip, failures);
     socket.once('close', () => {
-      if (this.#handed.delete(id)) this.#channel.send({ t: 'conn-', key });
+      if (this.#handed.delete(id)) this.#giveBack(key);
     });
   }
 
@@ -142,7 +149,7 @@ export class WorkerCounters implements ConnectionCounts {
     const n = this.#claimed.get(key) ?? 0;
     if (n === 0) return; // never claimed: nothing of ours to give back
     if (n > 1) this.#claimed.set(key, n - 1); else this.#claimed.delete(key);
-    this.#channel.send({ t: 'conn-', key });
+    this.#giveBack(key);
   }
 
   acquire(key: string, ip: string, limit: number, port?: number): Admission | Promise<Admission> {
@@ -152,6 +159,7 @@ export class WorkerCounters implements ConnectionCounts {
       return { ok: handed.open <= limit, total: handed.total };
     }
     const q = ++this.#next;
+    this.flush(); // the supervisor decides on its counts: the slots given back here first
     return new Promise((resolve) => {
       this.#waiting.set(q, (answer) => {
         if (answer.ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
@@ -165,7 +173,34 @@ export class WorkerCounters implements ConnectionCounts {
     const n = this.#requested.get(key) ?? 0;
     if (n === 0) return; // a handed-over slot: it goes back when its socket closes
     if (n > 1) this.#requested.set(key, n - 1); else this.#requested.delete(key);
-    this.#channel.send({ t: 'conn-', key });
+    this.#giveBack(key);
+  }
+
+  /**
+   * Tell the supervisor, in one message, every slot given back since the last time. Called with the
+   * worker's other messages (the heartbeat, a slot request) and as a connection is handed over, rather than
+   * once per closed connection: a message of its own woke the supervisor once more per connection
+   * (docs/benchmarks.md, "Slot returns with the next message"). A slot is told back at most a heartbeat
+   * (100 ms) after its connection closed; until then it still counts, never less than what is open, and
+   * this worker's own decisions subtract it (handedOver).
+   */
+  flush(): void {
+    if (this.#returning.size === 0) return;
+    const keys: string[] = [];
+    for (const [key, n] of this.#returning) for (let i = 0; i < n; i++) keys.push(key);
+    this.#returning.clear();
+    this.#channel.send({ t: 'conn-', keys });
+  }
+
+  #giveBack(key: string): void {
+    this.#returning.set(key, (this.#returning.get(key) ?? 0) + 1);
+  }
+
+  /** Slots of a listener given back and not yet told. */
+  #returningOf(listener: string): number {
+    let n = 0;
+    for (const [key, k] of this.#returning) if (listenerOf(key) === listener) n += k;
+    return n;
   }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
@@ -201,7 +236,7 @@ export class CounterHost {
    * One message from worker `worker`; `reply` answers it, `broadcast` tells every other worker.
    * Returns false for messages that are not about counters.
    */
-  handle(worker: number, message: { t?: string; q?: number; key?: string; ip?: string; limit?: number; at?: number },
+  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; ip?: string; limit?: number; at?: number },
     reply: (m: object) => void, broadcast: (m: object) => void): boolean {
     switch (message.t) {
       case 'conn+': {
@@ -219,11 +254,7 @@ export class CounterHost {
         return true;
       }
       case 'conn-': {
-        const held = this.#held.get(worker);
-        const mine = held?.get(message.key!) ?? 0;
-        if (mine === 0) return true; // not this worker's (a stale message): never go below what others hold
-        if (mine > 1) held!.set(message.key!, mine - 1); else held!.delete(message.key!);
-        this.#drop(message.key!, 1);
+        for (const key of message.keys ?? [message.key!]) this.#release(worker, key);
         return true;
       }
       case 'authfail': {
@@ -266,6 +297,15 @@ export class CounterHost {
   failures(ip: string): number[] {
     const since = Date.now() - this.#windowMs;
     return (this.#failures.get(ip) ?? []).filter((t) => t > since);
+  }
+
+  /** One slot of `worker`'s given back. */
+  #release(worker: number, key: string): void {
+    const held = this.#held.get(worker);
+    const mine = held?.get(key) ?? 0;
+    if (mine === 0) return; // not this worker's (a stale message): never go below what others hold
+    if (mine > 1) held!.set(key, mine - 1); else held!.delete(key);
+    this.#drop(key, 1);
   }
 
   #drop(key: string, n: number): void {

@@ -78,8 +78,9 @@ interface Child {
   /** Hand-overs to this process so far, and the last number its heartbeat said it got. */
   handed: number;
   got: number;
-  /** Event-loop utilisation over its last heartbeat interval, and connections handed to it since (worker-choice.ts). */
+  /** Event-loop utilisation over its last heartbeat interval, its thread's share on a CPU, and connections handed to it since (worker-choice.ts). */
   elu: number;
+  cpu: number;
   fresh: number;
   /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
   takingSince: number | null;
@@ -227,7 +228,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -242,7 +243,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, fresh: 0, takingSince: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -264,6 +265,7 @@ export class Supervisor {
     switch (m.t) {
       case 'hb':
         child.elu = (m as { elu?: number }).elu ?? 0;
+        child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
         this.#got(child, (m as { got?: number }).got ?? 0);
         return this.#dispatch();

@@ -26,18 +26,35 @@ export const FILL_UP_TO = 0.6;
  * keeps about that much busy (the benchmark's 20 sessions keep one worker at about 0.5 when it has a core).
  */
 export const NEW_CONNECTION_LOAD = 0.02;
-/** Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile. */
-export const SPARE_TO_SPREAD = 0.5;
+/**
+ * Idle CPU of the machine (in cores, over the last heartbeat interval) that makes spreading worthwhile: a
+ * whole core for the next worker. With half a core it was not: on the 2-core benchmark machine (its load
+ * generator on the same cores) about 0.6 of a core idle made the second worker take connections at 10–12%
+ * more CPU per message and a lower rate than one worker (docs/benchmarks.md).
+ */
+export const SPARE_TO_SPREAD = 1;
 /**
  * Utilisation at which a worker is saturated: its sessions queue for its thread. It then spills to the next
  * worker even without a spare core (the machine shared with other work: the scheduler gives each runnable
- * worker its share, so a second one still serves more, and it keeps one worker's queue from growing).
+ * worker its share, so a second one still serves more, and it keeps one worker's queue from growing) —
+ * if its thread was also on a CPU for at least ON_CPU_TO_SATURATE of the interval.
  */
 export const SATURATED = 0.95;
+/**
+ * Share of the interval a saturated worker's event-loop thread must have spent on a CPU for it to spill
+ * without a spare core: its own work fills its thread (a script keeping it busy, more sessions than one
+ * thread serves). A loop that is busy but mostly waiting to be scheduled (the machine's cores taken by other
+ * processes: event-loop utilisation counts that wait) is contended, not saturated: a second worker would only
+ * compete for the same cores, at more CPU per message (measured: docs/benchmarks.md, "A whole idle core to
+ * spread").
+ */
+export const ON_CPU_TO_SATURATE = 0.85;
 
 export interface WorkerLoad {
   /** Event-loop utilisation over the worker's last heartbeat interval. */
   elu: number;
+  /** Share of that interval its event-loop thread was on a CPU (its thread CPU time over the wall time). */
+  cpu: number;
   /** Connections handed to it since that heartbeat. */
   fresh: number;
 }
@@ -52,7 +69,8 @@ export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: numb
   for (const [i, c] of candidates.entries()) {
     const load = c.elu + c.fresh * NEW_CONNECTION_LOAD;
     if (load < FILL_UP_TO) return i;
-    if (spareCores < SPARE_TO_SPREAD && load < SATURATED) return i; // busy, but no core to spare for the next: stays here
+    const saturated = load >= SATURATED && c.cpu >= ON_CPU_TO_SATURATE;
+    if (spareCores < SPARE_TO_SPREAD && !saturated) return i; // busy, but no core to spare for the next: stays here
     if (load < bestLoad) {
       best = i;
       bestLoad = load;

@@ -5,6 +5,8 @@
  * the single process), SPLIT_MESSAGES (3000), SPLIT_PER_CONN (100), SPLIT_SCRIPTS=0 (benchmark (b)),
  * SPLIT_STRACE=1 (system calls per message of each process, `strace -c -f`; =threads: per thread name, slow),
  * SPLIT_PROF=1 (--cpu-prof in every process; the hottest functions of the measured run alone), SPLIT_NODE_ARGS,
+ * SPLIT_PERF=1 (`perf record -e cpu-clock` of each process during the run, on-CPU: the hottest symbols per
+ * message; start with SPLIT_NODE_ARGS=--perf-basic-prof-only-functions for JavaScript names),
  * SPLIT_IDLE=<seconds> (each process's CPU while no client is connected, measured that long before the run:
  * what it costs per second whatever the load, against what the run added per message).
  * Figures are per message of the whole run (a worker of two serves about half of them).
@@ -74,14 +76,20 @@ const before = await Promise.all(procs.map(async (p) => ({ cpu: await cpuSeconds
 // One strace per process (its threads with -f), so each process's system calls are told apart.
 // SPLIT_STRACE=threads: every call logged, then counted per thread name (slower under trace).
 const perThread = process.env.SPLIT_STRACE === 'threads';
-const straces = process.env.SPLIT_STRACE ? procs.map((p) => spawn('strace', [perThread ? '-qq' : '-c', '-f', '-o', join(dir, `strace-${p.pid}.txt`), '-p', String(p.pid)], { stdio: 'ignore' })) : [];
+// Outside `dir` too (the supervisor watches it): with =threads strace writes as it traces.
+const straceDir = process.env.SPLIT_STRACE ? await mkdtemp(join(tmpdir(), 'postern-split-strace-')) : dir;
+const straces = process.env.SPLIT_STRACE ? procs.map((p) => spawn('strace', [perThread ? '-qq' : '-c', '-f', '-o', join(straceDir, `strace-${p.pid}.txt`), '-p', String(p.pid)], { stdio: 'ignore' })) : [];
 const comms = new Map<number, string>();
 for (const p of procs) for (const t of await readdir(`/proc/${p.pid}/task`)) comms.set(Number(t), (await readFile(`/proc/${p.pid}/task/${t}/comm`, 'utf8').catch(() => 'gone')).trim());
-if (straces.length) await new Promise((r) => setTimeout(r, 1000));
+const perfHz = 1000;
+// Not in `dir`: the supervisor watches the configuration's folder, and perf writes its file as it records.
+const perfDir = process.env.SPLIT_PERF ? await mkdtemp(join(tmpdir(), 'postern-split-perf-')) : dir;
+const perfs = process.env.SPLIT_PERF ? procs.map((p) => spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(perfHz), '-p', String(p.pid), '-o', join(perfDir, `perf-${p.pid}.data`)], { stdio: 'ignore' })) : [];
+if (straces.length || perfs.length) await new Promise((r) => setTimeout(r, 1000));
 const t0 = process.hrtime.bigint() / 1000n;
 const r = await load(pki, port, perConn, messages, true);
 const t1 = process.hrtime.bigint() / 1000n;
-for (const s of straces) { s.kill('SIGINT'); await new Promise((res) => s.once('exit', res)); }
+for (const s of [...straces, ...perfs]) { s.kill('SIGINT'); await new Promise((res) => s.once('exit', res)); }
 let total = 0;
 for (const [i, p] of procs.entries()) {
   const cpu = (await cpuSeconds(p.pid) - before[i]!.cpu) / r.messages * 1e6;
@@ -99,7 +107,7 @@ for (const [i, p] of procs.entries()) {
 }
 console.log(`total ${total.toFixed(0)} µs/msg, ${r.rate.toFixed(0)} msg/s, ${r.messages} messages, ${perConn} per connection`);
 for (const p of straces.length ? procs : []) {
-  const text = await readFile(join(dir, `strace-${p.pid}.txt`), 'utf8');
+  const text = await readFile(join(straceDir, `strace-${p.pid}.txt`), 'utf8');
   const calls: string[] = [];
   if (perThread) {
     const counts = new Map<string, number>();
@@ -118,6 +126,22 @@ for (const p of straces.length ? procs : []) {
     if (m && Number(m[1]) / r.messages >= 0.02) calls.push(`${m[2]} ${(Number(m[1]) / r.messages).toFixed(2)}`);
   }
   console.log(`${p.name} system calls per message: ${calls.join(', ')}`);
+}
+for (const p of perfs.length ? procs : []) {
+  // Samples per symbol (self), as µs per message: each sample is 1/perfHz s of CPU.
+  const out = await new Promise<string>((res) => {
+    const rep = spawn('perf', ['report', '-q', '-i', join(perfDir, `perf-${p.pid}.data`), '--no-children', '--sort', 'dso,sym', '-F', 'sample,dso,sym', '--stdio'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let text = '';
+    rep.stdout.on('data', (d: Buffer) => { text += d; });
+    rep.once('exit', () => res(text));
+  });
+  const rows = out.split('\n').map((l) => /^\s*(\d+)\s+(.+?)\s+\[.\]\s+(.*)$/.exec(l)).filter((m) => m !== null);
+  const total = rows.reduce((a, m) => a + Number(m[1]), 0);
+  const byDso = new Map<string, number>();
+  for (const m of rows) byDso.set(m[2]!, (byDso.get(m[2]!) ?? 0) + Number(m[1]));
+  const us = (n: number): string => (n / perfHz / r.messages * 1e6).toFixed(1);
+  console.log(`\n${p.name} perf: ${us(total)} µs/msg sampled; ${[...byDso].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([d, n]) => `${d} ${us(n)}`).join(', ')}`);
+  for (const m of rows.sort((a, b) => Number(b[1]) - Number(a[1])).slice(0, Number(process.env.SPLIT_TOP ?? 40))) console.log(`  ${us(Number(m[1])).padStart(6)} ${m[2]!.slice(0, 24).padEnd(24)} ${m[3]!.slice(0, 110)}`);
 }
 if (profDir) {
   // A clean stop writes the profiles (--cpu-prof); only the samples of the measured run count.

@@ -3,30 +3,36 @@
 // beating (hung). The rule itself on figures, then a real `postern serve` with two workers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseWorker, cpuSample, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, SATURATED, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
+import { chooseWorker, cpuSample, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, ON_CPU_TO_SATURATE, SATURATED, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startCluster, workerPid, greeted, TWO_WORKERS } from '../helpers/cluster.ts';
 
-const idle = { elu: 0.01, fresh: 0 };
-const busy = { elu: 0.9, fresh: 0 };
+const idle = { elu: 0.01, cpu: 0.01, fresh: 0 };
+const busy = { elu: 0.9, cpu: 0.85, fresh: 0 };
 
 test('fill: the first worker that is not busy; a busy one is passed over only with a core to spare', () => {
   assert.equal(chooseWorker([idle, idle], 2), 0);
-  assert.equal(chooseWorker([{ elu: FILL_UP_TO - 0.01, fresh: 0 }, idle], 2), 0, 'under the mark: still the first');
+  assert.equal(chooseWorker([{ elu: FILL_UP_TO - 0.01, cpu: FILL_UP_TO - 0.01, fresh: 0 }, idle], 2), 0, 'under the mark: still the first');
   assert.equal(chooseWorker([busy, idle], 2), 1, 'busy, and a core to spare: the next');
   assert.equal(chooseWorker([busy, idle], SPARE_TO_SPREAD - 0.1), 0, 'busy, but no core to spare: it stays');
-  const saturated = { elu: SATURATED, fresh: 0 };
+  assert.equal(chooseWorker([busy, idle], 0.6), 0, 'busy, with 0.6 of a core idle: it stays (a second worker there cost more per message and served less)');
+  const saturated = { elu: SATURATED, cpu: ON_CPU_TO_SATURATE, fresh: 0 };
   assert.equal(chooseWorker([saturated, idle], 0), 1, 'saturated: it spills even without a core to spare');
   assert.equal(chooseWorker([saturated, busy, idle], 0), 1, 'saturated: to the next that is not saturated');
-  assert.equal(chooseWorker([saturated, { elu: 0.99, fresh: 0 }], 0), 0, 'all saturated: the least busy');
-  assert.equal(chooseWorker([busy, { elu: 0.95, fresh: 0 }, { elu: 0.7, fresh: 0 }], 1), 2, 'all busy: the least busy');
+  assert.equal(chooseWorker([saturated, { elu: 0.99, cpu: 0.99, fresh: 0 }], 0), 0, 'all saturated: the least busy');
+  // Busy by utilisation, but its thread was on a CPU a third of the time: the machine's cores are taken by
+  // other processes (utilisation counts the wait for one). A second worker would compete for the same cores.
+  const contended = { elu: 0.99, cpu: 0.35, fresh: 0 };
+  assert.equal(chooseWorker([contended, idle], 0), 0, 'contended, not saturated: it stays');
+  assert.equal(chooseWorker([contended, idle], SPARE_TO_SPREAD), 1, 'contended, and a core idle after all: the next');
+  assert.equal(chooseWorker([busy, { elu: 0.95, cpu: 0.9, fresh: 0 }, { elu: 0.7, cpu: 0.7, fresh: 0 }], SPARE_TO_SPREAD), 2, 'all busy: the least busy');
   assert.equal(chooseWorker([idle], 0), 0);
 });
 
 test('fill: connections handed over since the last heartbeat count, so a burst spills before the worker reports', () => {
   const burst = Math.ceil((FILL_UP_TO - idle.elu) / NEW_CONNECTION_LOAD);
-  assert.equal(chooseWorker([{ elu: idle.elu, fresh: burst - 1 }, idle], 2), 0);
-  assert.equal(chooseWorker([{ elu: idle.elu, fresh: burst }, idle], 2), 1);
+  assert.equal(chooseWorker([{ elu: idle.elu, cpu: idle.cpu, fresh: burst - 1 }, idle], 2), 0);
+  assert.equal(chooseWorker([{ elu: idle.elu, cpu: idle.cpu, fresh: burst }, idle], 2), 1);
 });
 
 test('spare cores: the idle share of the machine between two samples, in cores', () => {
