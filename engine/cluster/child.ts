@@ -183,7 +183,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 function startWatchdog(dataDir: string, counters: WorkerCounters): void {
   const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
     workerData: {
-      marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, hangMs: HANG_MS,
+      marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
       mirror: runningMirror(dataDir, process.pid), logBuffer: turnBufferedStdout().shared,
     },
   });

@@ -331,7 +331,9 @@ export class Supervisor {
     const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
     metrics.processRestarts.inc({ role: child.kind });
-    this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it`);
+    // A delivery whose next hop said 250 before its done mark was written is made again: at least once, logged here.
+    const resent = child.kind === 'queue' ? '; a delivery it had under way may be made again' : '';
+    this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it${resent}`);
     child.restartTimer = setTimeout(() => this.#spawn(child), delay);
     void this.#saveStatus();
   }

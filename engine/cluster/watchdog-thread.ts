@@ -11,8 +11,10 @@ import { writeCrashRecord, type CrashRecordFile } from './crash-record.ts';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 
-const { marker, heartbeat, crashDir, worker, hangMs, mirror, logBuffer } = workerData as {
+const { marker, heartbeat, crashDir, worker, hangMs, mirror, logBuffer, role = 'worker' } = workerData as {
   marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number; mirror: string;
+  /** Which kind of child this is (the queue process has a watchdog too): the log line names it. */
+  role?: 'worker' | 'queue';
   /** The main thread's log lines not yet written (TurnBufferedStdout): they tell what led up to the hang. */
   logBuffer: SharedArrayBuffer;
 };
@@ -45,7 +47,7 @@ setInterval(() => {
   try {
     writeCrashRecord(crashDir, mirror, record);
   } catch { /* the kill matters more than the record */ }
-  const msg = scripts.length ? `worker ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `worker ${worker} hung: killing it`;
+  const msg = scripts.length ? `${role} ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `${role} ${worker} hung: killing it`;
   try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }
   try { writeSync(1, `${JSON.stringify({ level: 50, time: record.at, pid: process.pid, worker, stalledMs, scripts, msg })}\n`); } catch { /* stdout gone */ }
   process.kill(process.pid, 'SIGKILL');

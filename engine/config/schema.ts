@@ -240,7 +240,7 @@ const deliverySchema = z.strictObject({
   connectTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(30_000)
     .describe('Time limit for the connection, the greeting and the TLS handshake.'),
   commandTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(300_000)
-    .describe('Time limit for each reply of the next hop.'),
+    .describe('Time limit for each reply of the next hop, from when it is awaited, however its bytes trickle in; the message itself must go out at 1 byte/ms at least beyond it.'),
   scanIntervalMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
     .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')

@@ -7,6 +7,7 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { SMTPConnectionSendInfo, SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import { TLSSocket } from 'node:tls';
 import type { ConnectionSecurity } from './outbound-tls.ts';
+import { ReplyDeadline } from './reply-deadline.ts';
 
 const MAX_MESSAGES = 100;
 const IDLE_MS = 5000;
@@ -49,17 +50,18 @@ export class PooledConnection {
   idleTimer: NodeJS.Timeout | null = null;
   readonly #onGone = new Set<(err: Error) => void>();
 
-  constructor(conn: SMTPConnection, key: string, destination: string, info: ConnectionInfo) {
+  constructor(conn: SMTPConnection, key: string, destination: string, info: ConnectionInfo, deadline?: ReplyDeadline) {
     this.conn = conn;
     this.key = key;
     this.destination = destination;
     this.info = info;
     // nodemailer tells no one when the message is out: its send stream (created once DATA got 354) ends then.
-    const internals = conn as unknown as { _createSendStream(cb: unknown): NodeJS.ReadableStream };
+    const internals = conn as unknown as { _createSendStream(cb: unknown): NodeJS.ReadableStream; _envelope?: { size?: number } };
     const createSendStream = internals._createSendStream.bind(conn);
     internals._createSendStream = (cb) => {
       const stream = createSendStream(cb);
-      stream.once('end', () => { this.endOfDataSent = true; });
+      deadline?.bodyStarted(internals._envelope?.size ?? 0);
+      stream.once('end', () => { this.endOfDataSent = true; deadline?.bodyEnded(); });
       return stream;
     };
     conn.on('error', (err: Error) => this.#gone(err));
@@ -129,6 +131,8 @@ export class PooledConnection {
 export class ConnectionPool {
   readonly #idle = new Map<string, PooledConnection[]>();
   readonly #open = new Map<string, Set<PooledConnection>>();
+  /** Connections still being set up (greeting, EHLO, STARTTLS): closed too when the pool closes. */
+  readonly #opening = new Set<SMTPConnection>();
   #closed = false;
 
   /** Open connections (busy or idle) to a destination. */
@@ -164,6 +168,7 @@ export class ConnectionPool {
   async open(endpoint: Endpoint, opts: ConnectOptions): Promise<PooledConnection> {
     if (this.#closed) throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' });
     const s = endpoint.security;
+    const deadline = new ReplyDeadline(opts.commandTimeoutMs);
     const conn = new SMTPConnection({
       host: endpoint.address,
       port: endpoint.port,
@@ -177,8 +182,12 @@ export class ConnectionPool {
       connectionTimeout: opts.connectTimeoutMs,
       greetingTimeout: opts.connectTimeoutMs,
       socketTimeout: opts.commandTimeoutMs,
-      logger: false,
+      // Only for the reply deadlines: the transaction log tells of each command and reply.
+      logger: deadline.logger,
+      transactionLog: true,
     });
+    deadline.attach(conn);
+    this.#opening.add(conn);
     const destination = `${endpoint.host}:${endpoint.port}`;
     await new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -200,8 +209,8 @@ export class ConnectionPool {
       conn.on('error', done);
       conn.on('end', onEnd);
       conn.connect((err) => done(err ?? undefined));
-    });
-    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) });
+    }).finally(() => this.#opening.delete(conn));
+    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) }, deadline);
     let set = this.#open.get(destination);
     if (!set) this.#open.set(destination, (set = new Set()));
     set.add(pc);
@@ -245,6 +254,7 @@ export class ConnectionPool {
   /** Close everything: idle connections with QUIT, busy ones at once (their transactions fail). */
   close(): void {
     this.#closed = true;
+    for (const conn of this.#opening) conn.close();
     const idle = new Set([...this.#idle.values()].flat());
     this.#idle.clear();
     for (const set of [...this.#open.values()]) for (const pc of [...set]) { pc.close(idle.has(pc)); this.#forget(pc); }

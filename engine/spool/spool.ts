@@ -22,6 +22,8 @@ import type { Logger } from '../logging/logger.ts';
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
+/** A reader's view of a long journal reads about this much before it yields to the event loop. */
+const READ_STEP_BYTES = 4 * 1024 * 1024;
 /** Messages up to this size (with envelope) go to the journal; larger ones get a file of their own. */
 const JOURNAL_MAX_BYTES = 1024 * 1024;
 
@@ -112,14 +114,38 @@ export class Spool {
 
   /**
    * The server's journal, or for a reader (`postern queue`, the queue runner of another process's spool)
-   * the journal as it is on disk now. A reader's view that already knows `id` is reused: records never
-   * change, and reopening reads (and checks) every segment again.
+   * the journal as it is on disk now. A reader's view that already knows `id` is used as it is (records
+   * never change); otherwise it reads what the writer appended since its last look, not every segment again
+   * (the queue process looks at each new message of every worker: reading the whole journal each time made
+   * its cost grow with the queue, and a long queue held its event loop until the watchdog killed it).
    */
   #readJournal(id?: string): Journal | null {
     if (this.#journal) return this.#journal;
     if (id !== undefined && this.#view?.has(id)) return this.#view;
-    this.#view?.close();
-    this.#view = existsSync(this.journalDir) ? Journal.open(this.journalDir, { writable: false }) : null;
+    const view = this.#openView();
+    // What was appended since the last look; a message not found there is looked for everywhere.
+    if (view && !view.catchUp(0) && (id === undefined || !view.has(id))) view.catchUp();
+    return view;
+  }
+
+  /**
+   * The journal as it is on disk now, for a listing: a reader's view catches up in steps, yielding to the
+   * event loop between them, so a first look at a long queue does not hold the process (its watchdog takes
+   * an event loop stuck for a second for a hang).
+   */
+  async #currentJournal(): Promise<Journal | null> {
+    if (this.#journal) {
+      this.#journal.refresh(); // messages `postern queue delete` removed
+      return this.#journal;
+    }
+    const view = this.#openView();
+    while (view && !view.catchUp(READ_STEP_BYTES)) await new Promise((resolve) => setImmediate(resolve));
+    return view;
+  }
+
+  /** A reader's view of the journal (read only once it catches up), made when the journal exists. */
+  #openView(): Journal | null {
+    if (!this.#view && existsSync(this.journalDir)) this.#view = Journal.openReader(this.journalDir);
     return this.#view;
   }
 
@@ -236,8 +262,7 @@ export class Spool {
   async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
     const names = new Set(await readdir(this.queueDir));
     const out: Array<{ id: string; hasState: boolean }> = [];
-    const journal = this.#readJournal();
-    journal?.refresh(); // messages `postern queue delete` removed
+    const journal = await this.#currentJournal();
     for (const id of journal?.ids() ?? []) out.push({ id, hasState: names.has(`${id}.state`) });
     for (const n of names) {
       if (!n.endsWith('.msg')) continue;
@@ -265,8 +290,7 @@ export class Spool {
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
     const names = await readdir(this.queueDir);
-    const journal = this.#readJournal();
-    journal?.refresh();
+    const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
     return [...(journal?.ids() ?? []), ...files].sort();
   }

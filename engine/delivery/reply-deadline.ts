@@ -1,0 +1,92 @@
+/**
+ * Time limits on what a next hop sends, per reply. nodemailer's socketTimeout counts time without any byte:
+ * a next hop that sends a byte now and then (a reply line that never ends, continuation lines forever) or
+ * reads the message a few bytes at a time kept the delivery, and a slot of `delivery.concurrency`, for
+ * ever; a handful of such hosts (any domain's MX) starved every other delivery. Here each reply must be
+ * complete within `replyMs` of the moment it is awaited (Postfix's smtp_per_record_deadline), and the
+ * message itself must be taken at BODY_BYTES_PER_MS at least (beyond `replyMs`).
+ *
+ * nodemailer tells of each command sent and reply read through its transaction log (the `logger` option
+ * with `transactionLog`), which is what this listens to.
+ */
+import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+
+/** The slowest a next hop may take the message: 1 byte per millisecond, about 1 MB per 17 minutes. */
+const BODY_BYTES_PER_MS = 1;
+
+interface Internals {
+  /** Replies awaited, one action each. */
+  _responseActions: unknown[];
+  /** nodemailer's own timeout: fails the command under way with ETIMEDOUT and closes. */
+  _onTimeout(): void;
+}
+
+type LogFn = (meta?: unknown, ...rest: unknown[]) => void;
+
+export class ReplyDeadline {
+  readonly #replyMs: number;
+  #conn: (SMTPConnection & Internals) | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  /** While the message is being sent: its replies wait for its end (see bodyStarted). */
+  #inBody = false;
+  /** nodemailer's `logger` option (with `transactionLog: true`). */
+  readonly logger: Record<'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal', LogFn>;
+
+  constructor(replyMs: number) {
+    this.#replyMs = replyMs;
+    const nothing: LogFn = () => undefined;
+    this.logger = {
+      trace: nothing, info: nothing, warn: nothing, error: nothing, fatal: nothing,
+      debug: (meta) => {
+        const tnx = (meta as { tnx?: string } | undefined)?.tnx;
+        if (tnx === 'client') this.#commandSent();
+        else if (tnx === 'server') this.#replyRead();
+      },
+    };
+  }
+
+  /** The connection whose replies are timed (before it connects). */
+  attach(conn: SMTPConnection): void {
+    this.#conn = conn as SMTPConnection & Internals;
+    const stop = (): void => this.#disarm();
+    conn.once('end', stop);
+    conn.once('error', stop);
+  }
+
+  /** The message (`bytes`) starts going out after 354: it, and then its reply, get their own limit. */
+  bodyStarted(bytes: number): void {
+    this.#inBody = true;
+    this.#arm(this.#replyMs + Math.ceil(bytes / BODY_BYTES_PER_MS));
+  }
+
+  /** The whole message, to its final dot, went to the socket: its reply is awaited. */
+  bodyEnded(): void {
+    this.#inBody = false;
+    this.#arm(this.#replyMs);
+  }
+
+  #commandSent(): void {
+    if (!this.#timer && !this.#inBody) this.#arm(this.#replyMs);
+  }
+
+  /** A reply is complete (logged before its action runs, which may send the next command). */
+  #replyRead(): void {
+    if (this.#inBody) return;
+    if ((this.#conn?._responseActions.length ?? 0) > 1) this.#arm(this.#replyMs); // pipelined: the next reply's turn
+    else this.#disarm();
+  }
+
+  #arm(ms: number): void {
+    this.#disarm();
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#conn?._onTimeout();
+    }, ms);
+    this.#timer.unref();
+  }
+
+  #disarm(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+}
