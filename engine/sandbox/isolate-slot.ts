@@ -14,7 +14,7 @@ import { hookBit, runningCall } from './running-call.ts';
 import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
-import { ThreadCpuClock, threadCpuMicros } from './thread-cpu.ts';
+import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 
 export interface SlotOptions {
@@ -794,7 +794,8 @@ export class IsolateSlot {
     // Lines the continuations log are held until the entry is known to count (a stopped one runs again).
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [], heldFor: [] };
     this.#current = run;
-    const cpuBefore = threadCpuMicros();
+    // As in callBatch: a recent reading is reused (a system call per delivery otherwise), see thread-cpu.ts.
+    const cpuMark = this.#cpuClock.mark(cpuReadingMaxAgeMs(fastPathMs));
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     let settled: Record<string, string> | null = null;
     let failure: unknown = null;
@@ -806,7 +807,7 @@ export class IsolateSlot {
     } catch (e) {
       this.#boxTaken = false;
       failure = e;
-      this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
+      this.#stoppedCpuMs = this.#cpuClock.since(cpuMark);
       if (isTimeout(e) && !this.#isolate.isDisposed) {
         this.#refusing = true;
         try {
