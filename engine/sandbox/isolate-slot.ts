@@ -45,6 +45,23 @@ export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
  */
 export const slotEntries = { eventLoop: 0, isolateThread: 0 };
 
+/**
+ * Deliveries started without waiting for the end of the turn (see IsolateSlot.#scheduleFlush): one per turn of
+ * the event loop, over all slots of the process.
+ */
+class DeliveryTurn {
+  #taken = false;
+  readonly #reset = (): void => { this.#taken = false; };
+  /** True once per turn (the first asker): it may deliver at once. */
+  take(): boolean {
+    if (this.#taken) return false;
+    this.#taken = true;
+    setImmediate(this.#reset);
+    return true;
+  }
+}
+const deliveryTurn = new DeliveryTurn();
+
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
 
@@ -680,15 +697,25 @@ export class IsolateSlot {
     this.#scheduleFlush();
   }
 
-  /** Answers that come during one turn go into the isolate together, at its end. */
+  /**
+   * Answers are delivered as soon as the callback that brought them is done (at its microtasks): those of one
+   * Redis reply (one command carries a turn's rate() calls) in one entry, and what the continuations reply is
+   * written in this turn of the event loop (smtp/reply-batch.ts flushes in its check phase), not one turn later.
+   * One such delivery per turn over all slots (DeliveryTurn); answers that come after it in the turn (another
+   * reply, or an answer to that delivery's own code that came at once) wait for the turn's end (setImmediate)
+   * and go in together, so a continuation answered at once again and again cannot hold the event loop.
+   */
   #scheduleFlush(): void {
     if (this.#flushScheduled) return;
     this.#flushScheduled = true;
-    setImmediate(() => {
-      this.#flushScheduled = false;
-      void this.#flush();
-    });
+    if (deliveryTurn.take()) queueMicrotask(this.#flushNow);
+    else setImmediate(this.#flushNow);
   }
+
+  readonly #flushNow = (): void => {
+    this.#flushScheduled = false;
+    void this.#flush();
+  };
 
   /**
    * Deliver the answers gathered, in one entry on an isolate thread with the call time limit (the
