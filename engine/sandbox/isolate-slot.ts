@@ -260,7 +260,7 @@ export class IsolateSlot {
   #refusing = false;
   /** Operations started and not yet answered by the host, per call id (-1 or a batch tag: a continuation of a call not known). */
   readonly #inFlight = new Map<number, number>();
-  /** Answers that came since the last delivery, delivered together at the end of the turn. */
+  /** Answers that came since the last delivery, delivered together (see #scheduleFlush). */
   #answers: AnswerWire = [];
   /** The fast path's budget (ms) as the pool last gave it: answers to fast-path calls are delivered within it. */
   #fastPathMs = 0;
