@@ -14,7 +14,7 @@ import { hookBit, runningCall } from './running-call.ts';
 import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
-import { ThreadCpuClock, threadCpuMicros } from './thread-cpu.ts';
+import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 
 export interface SlotOptions {
@@ -44,6 +44,23 @@ export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
  * is mostly how often it enters (test/bench/sandbox-rate.ts reads these).
  */
 export const slotEntries = { eventLoop: 0, isolateThread: 0 };
+
+/**
+ * Deliveries started without waiting for the end of the turn (see IsolateSlot.#scheduleFlush): one per turn of
+ * the event loop, over all slots of the process.
+ */
+class DeliveryTurn {
+  #taken = false;
+  readonly #reset = (): void => { this.#taken = false; };
+  /** True once per turn (the first asker): it may deliver at once. */
+  take(): boolean {
+    if (this.#taken) return false;
+    this.#taken = true;
+    setImmediate(this.#reset);
+    return true;
+  }
+}
+const deliveryTurn = new DeliveryTurn();
 
 /** Values of one kind an isolate keeps at most; past this it forgets them all and starts again. */
 const KEPT_VALUES = 128;
@@ -243,7 +260,7 @@ export class IsolateSlot {
   #refusing = false;
   /** Operations started and not yet answered by the host, per call id (-1 or a batch tag: a continuation of a call not known). */
   readonly #inFlight = new Map<number, number>();
-  /** Answers that came since the last delivery, delivered together at the end of the turn. */
+  /** Answers that came since the last delivery, delivered together (see #scheduleFlush). */
   #answers: AnswerWire = [];
   /** The fast path's budget (ms) as the pool last gave it: answers to fast-path calls are delivered within it. */
   #fastPathMs = 0;
@@ -680,15 +697,25 @@ export class IsolateSlot {
     this.#scheduleFlush();
   }
 
-  /** Answers that come during one turn go into the isolate together, at its end. */
+  /**
+   * Answers are delivered as soon as the callback that brought them is done (at its microtasks): those of one
+   * Redis reply (one command carries a turn's rate() calls) in one entry, and what the continuations reply is
+   * written in this turn of the event loop (smtp/reply-batch.ts flushes in its check phase), not one turn later.
+   * One such delivery per turn over all slots (DeliveryTurn); answers that come after it in the turn (another
+   * reply, or an answer to that delivery's own code that came at once) wait for the turn's end (setImmediate)
+   * and go in together, so a continuation answered at once again and again cannot hold the event loop.
+   */
   #scheduleFlush(): void {
     if (this.#flushScheduled) return;
     this.#flushScheduled = true;
-    setImmediate(() => {
-      this.#flushScheduled = false;
-      void this.#flush();
-    });
+    if (deliveryTurn.take()) queueMicrotask(this.#flushNow);
+    else setImmediate(this.#flushNow);
   }
+
+  readonly #flushNow = (): void => {
+    this.#flushScheduled = false;
+    void this.#flush();
+  };
 
   /**
    * Deliver the answers gathered, in one entry on an isolate thread with the call time limit (the
@@ -794,7 +821,8 @@ export class IsolateSlot {
     // Lines the continuations log are held until the entry is known to count (a stopped one runs again).
     const run: CurrentRun = { connectionId: null, file: '(policy script)', held: [], heldFor: [] };
     this.#current = run;
-    const cpuBefore = threadCpuMicros();
+    // As in callBatch: a recent reading is reused (a system call per delivery otherwise), see thread-cpu.ts.
+    const cpuMark = this.#cpuClock.mark(cpuReadingMaxAgeMs(fastPathMs));
     runningCall.enter(this.#options.runningId ?? 0, hooks);
     let settled: Record<string, string> | null = null;
     let failure: unknown = null;
@@ -806,7 +834,7 @@ export class IsolateSlot {
     } catch (e) {
       this.#boxTaken = false;
       failure = e;
-      this.#stoppedCpuMs = (threadCpuMicros() - cpuBefore) / 1000;
+      this.#stoppedCpuMs = this.#cpuClock.since(cpuMark);
       if (isTimeout(e) && !this.#isolate.isDisposed) {
         this.#refusing = true;
         try {

@@ -26,19 +26,32 @@ export interface RedisStoreOptions {
  * rate() for the calls of one turn, in their order (a key may come more than once): KEYS one per call, ARGV
  * its limit and window (ms). Each call is counted when below its limit; a window opens with its first
  * counted call. → allowed, count, pttl per call. One command for many calls: one round trip, one script run.
+ * Counted first, taken back when over the limit: a call within its limit (nearly all) is two Redis commands,
+ * INCR and PTTL (or PEXPIRE, opening a window), where reading first made it three; each command a script
+ * runs costs Redis several times the command's own work (measured: docs/benchmarks.md). A refused call is
+ * three (INCR, DECR, PTTL), and writes (a limit below 1 deletes the key it made). The script runs as a whole:
+ * nothing sees the count over the limit.
  */
 const RATE = `
 local out = {}
 for i, key in ipairs(KEYS) do
-  local count = tonumber(redis.call('GET', key) or '0')
-  local ttl = redis.call('PTTL', key)
-  local allowed = 0
-  if count < tonumber(ARGV[2 * i - 1]) then
-    allowed = 1
-    count = redis.call('INCR', key)
+  local window = ARGV[2 * i]
+  local count = redis.call('INCR', key)
+  local allowed = 1
+  local ttl
+  if count > tonumber(ARGV[2 * i - 1]) then
+    allowed = 0
+    count = redis.call('DECR', key)
+    if count == 0 then redis.call('DEL', key) end
+    ttl = redis.call('PTTL', key)
+  elseif count == 1 then
+    redis.call('PEXPIRE', key, window)
+    ttl = tonumber(window)
+  else
+    ttl = redis.call('PTTL', key)
     if ttl < 0 then
-      redis.call('PEXPIRE', key, ARGV[2 * i])
-      ttl = tonumber(ARGV[2 * i])
+      redis.call('PEXPIRE', key, window)
+      ttl = tonumber(window)
     end
   end
   out[3 * i - 2] = allowed

@@ -8,19 +8,26 @@
  * PROF_SORT=b: rows by B's figure, largest first (default: by |B − A|).
  * PROF_MESSAGES (default 3000) and PROF_ROUNDS (2) set the size; PROF_PER_CONN (default 100) the messages per
  * connection (1: a connection, STARTTLS and client certificate per message, per-connection costs).
+ * PROF_RATE=redis|memory: the mailfrom script also awaits rate() (as AB_RATE in bench:ab), on a Redis store (one
+ * redis-server started here, a key prefix per tree; its CPU and system calls per message are printed too) or the memory one.
  */
 import { mkdtemp, writeFile, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fork, type ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
-import { benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
-import { load, measure } from './measure.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
+import { cpuSeconds, load, measure } from './measure.ts';
+import { startRedis } from '../helpers/redis-server.ts';
 
 const trees = process.argv.slice(2, 4).map((t) => resolve(t));
 const messages = Number(process.env.PROF_MESSAGES ?? 3000);
 const rounds = Number(process.env.PROF_ROUNDS ?? 2);
 const perConnection = Number(process.env.PROF_PER_CONN ?? 100);
+const withRate = process.env.PROF_RATE;
+if (withRate && withRate !== 'redis' && withRate !== 'memory') throw new Error('PROF_RATE: redis or memory');
+const redis = withRate === 'redis' ? await startRedis() : null;
+process.on('exit', () => { if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-profab-'));
 const hook = join(work, 'hook.mjs');
@@ -57,13 +64,26 @@ interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
 const servers: Array<{ name: string; child: ChildProcess; port: number; self: Map<string, number>; owner: Map<string, number>; fn: Map<string, number>; incl: Map<string, number>; io: Map<string, number>; msgs: number; cpu: number; main: number }> = [];
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await writeBenchFolder(dir);
+  await writeBenchFolder(dir, withRate ? { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM } : BENCH_SCRIPTS);
   const port = benchPort();
-  const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki), baseDir: dir })], { execArgv: ['--import', hook], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // With rate(): time limits raised as in bench:ab (a loaded machine measures cost, not timeouts).
+  const store = (withRate ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "p${i}:", timeoutMs: 1000 } }\n` : '');
+  const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki) + store, baseDir: dir })], { execArgv: ['--import', hook], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await new Promise((r) => child.once('message', r));
   servers.push({ name: i === 0 ? 'A' : 'B', child, port, self: new Map(), owner: new Map(), fn: new Map(), incl: new Map(), io: new Map(), msgs: 0, cpu: 0, main: 0 });
 }
-for (const s of servers) await load(pki, s.port, perConnection, perConnection === 1 ? 600 : 2000, true);
+// Warm both (JIT, isolates); a Redis store connects in the background, refusing until then.
+for (const s of servers) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await load(pki, s.port, perConnection, perConnection === 1 ? 600 : 2000, true);
+      break;
+    } catch (err) {
+      if (attempt === 5) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
 
 /** System calls that read and write (all threads) and context switches of the server so far. */
 async function ioCounts(pid: number): Promise<Record<string, number>> {
@@ -80,6 +100,12 @@ async function ioCounts(pid: number): Promise<Record<string, number>> {
     counts[`cpu µs ${name}`] = (counts[`cpu µs ${name}`] ?? 0) + us;
   }
   return counts;
+}
+/** redis-server's CPU (µs) and read/write system calls so far (PROF_RATE=redis: it serves one tree at a time). */
+async function redisCounts(pid: number): Promise<Record<string, number>> {
+  const io = await readFile(`/proc/${pid}/io`, 'utf8');
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(io)?.[1] ?? 0);
+  return { 'redis-server cpu µs': await cpuSeconds(pid) * 1e6, 'redis-server syscr': field('syscr'), 'redis-server syscw': field('syscw') };
 }
 const ask = (c: ChildProcess, m: string): Promise<unknown> => new Promise((r) => { c.once('message', r); c.send(m); });
 const moduleOf = (url: string, fn: string): string => {
@@ -98,9 +124,14 @@ for (let round = 0; round < rounds; round++) {
     const file = join(work, `${s.name}-${round}.cpuprofile`);
     await ask(s.child, 'prof-start');
     const io0 = await ioCounts(s.child.pid!);
+    const redis0 = redis ? await redisCounts(redis.pid!) : {};
     const m = await measure(pki, { pid: s.child.pid!, port: s.port }, perConnection, messages, true);
     const io1 = await ioCounts(s.child.pid!);
     for (const k of Object.keys(io1)) add(s.io, k, io1[k]! - (io0[k] ?? 0));
+    if (redis) {
+      const redis1 = await redisCounts(redis.pid!);
+      for (const k of Object.keys(redis1)) add(s.io, k, redis1[k]! - (redis0[k] ?? 0));
+    }
     await ask(s.child, `prof-stop:${file}`);
     s.msgs += m.messages; s.cpu += m.cpuUs * m.messages; s.main += m.mainUs * m.messages;
     if (['1', 'live', 'promoted'].includes(process.env.PROF_HEAP ?? '')) {
@@ -158,6 +189,7 @@ for (let round = 0; round < rounds; round++) {
   }
 }
 for (const s of servers) s.child.kill('SIGKILL');
+await redis?.stop();
 await rm(work, { recursive: true, force: true });
 
 const [a, b] = servers as [typeof servers[0], typeof servers[0]];
@@ -169,7 +201,7 @@ const table = (title: string, pick: (s: typeof a) => Map<string, number>, top: n
   for (const r of rows.sort(process.env.PROF_SORT === 'b' ? (p, q) => q.y - p.y : (p, q) => Math.abs(q.d) - Math.abs(p.d)).slice(0, top)) console.log(`${r.k.slice(0, 90).padEnd(92)} ${r.x.toFixed(1).padStart(6)} ${r.y.toFixed(1).padStart(6)} ${(r.d >= 0 ? '+' : '') + r.d.toFixed(1)}`);
   console.log(`${'total'.padEnd(92)} ${total.x.toFixed(1).padStart(6)} ${total.y.toFixed(1).padStart(6)} ${(total.y - total.x >= 0 ? '+' : '') + (total.y - total.x).toFixed(1)}`);
 };
-console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each, ${perConnection} per connection (profiler on)`);
+console.log(`A = ${trees[0]}\nB = ${trees[1]}\n${rounds} rounds × ${messages} messages each, ${perConnection} per connection (profiler on)${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}`);
 console.log(`server CPU µs/msg: A ${(a.cpu / a.msgs).toFixed(0)}  B ${(b.cpu / b.msgs).toFixed(0)};  event-loop thread: A ${(a.main / a.msgs).toFixed(0)}  B ${(b.main / b.msgs).toFixed(0)}`);
 console.log(`per message: ${[...new Set([...a.io.keys(), ...b.io.keys()])].map((k) => `${k} A ${((a.io.get(k) ?? 0) / a.msgs).toFixed(2)} B ${((b.io.get(k) ?? 0) / b.msgs).toFixed(2)}`).join(';  ')}`);
 table('self time by module', (s) => s.self, 30);

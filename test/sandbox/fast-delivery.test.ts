@@ -112,3 +112,44 @@ test('a script that tries to replace the array iterator does not break the deliv
     assert.deepEqual((await Promise.all(calls)).map((r) => (r as { text: string }).text), ['0:1', '1:1']);
   });
 });
+
+test('answers that come in an I/O or timer callback are delivered before that turn\'s check phase, so what the continuations reply leaves in that turn', async () => {
+  const held = heldStore();
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, scripts: [js('mailfrom', RATE)] }, async (sandbox) => {
+    const order: string[] = [];
+    const calls = [0, 1].map((n) => sandbox.invoke('mailfrom', { n }, `c${n}`).then((r) => { order.push(`settled ${n}`); return r; }));
+    await held.until(2);
+    // As a Redis reply comes: in a callback of the poll (here the timers) phase. The replies the continuations
+    // make are written at the end of the turn (smtp/reply-batch.ts, a setImmediate): this one stands for it.
+    await new Promise<void>((done) => setTimeout(() => {
+      setImmediate(() => { order.push('check phase'); done(); });
+      held.answerAll();
+    }, 0));
+    await Promise.all(calls);
+    assert.deepEqual(order, ['settled 0', 'settled 1', 'check phase']);
+  });
+});
+
+test('a continuation answered at once again and again is delivered at most twice per turn: the event loop goes on meanwhile', async () => {
+  // The memory store answering by promise (as a remote store does, but within the same turn).
+  const memory = new MemoryCounterStore();
+  const store = { kind: 'memory', rate: (k: string, l: number, w: number) => memory.rate(k, l, w), get: (k: string) => memory.get(k),
+    add: (k: string, n: number, t: number) => memory.add(k, n, t), authFailures: () => memory.authFailures(), close: () => memory.close() };
+  const script = `export default async () => {
+    let r;
+    for (let i = 0; i < 200; i++) r = await rate('loop', 1000, 60);
+    return accept({ text: String(r.count) });
+  }`;
+  await withSandbox({ host: { ...recordingHost(), store }, fastPathMs: 1000, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+    let turns = 0;
+    let ticking = true;
+    const tick = (): void => { turns++; if (ticking) setImmediate(tick); };
+    setImmediate(tick);
+    const before = { ...slotEntries };
+    assert.deepEqual(await sandbox.invoke('mailfrom', {}, 'c'), { verdict: 'accept', text: '200' });
+    ticking = false;
+    const entries = entriesSince(before);
+    assert.equal(entries.eventLoop, 201, 'the call, then one delivery per answer');
+    assert.ok(turns >= 200 / 2 - 2, `${turns} turns of the event loop during 200 deliveries`);
+  });
+});

@@ -30,7 +30,10 @@ test('many hooks awaiting a slow store on one isolate all start, wait together a
   const held = heldStore();
   const host = { ...recordingHost(), store: held.store };
   // timeoutMs is a hang guard here: the calls wait for the held store, not for time (5 s ran out at load average 20).
-  await withSandbox({ host, isolates: 1, timeoutMs: 30_000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
+  // fastPathMs: a budget no loaded machine uses up. A batch stopped at the default budget runs its first call again
+  // on an isolate thread, which holds the one isolate while it awaits its answer: the calls behind it could not
+  // start, and the test, waiting for all of them to start before it answers, waited for ever (1 run in 8 at load 27).
+  await withSandbox({ host, isolates: 1, timeoutMs: 30_000, fastPathMs: 1000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
     const calls = Array.from({ length: MANY }, (_, n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
     await held.until(MANY); // every call is waiting for the store at once: none holds the isolate
     held.answerAll();
@@ -50,7 +53,8 @@ test('many hooks awaiting a slow store on one isolate all start, wait together a
 test('log lines after an await name the call\'s own connection, when many answers are delivered together', async () => {
   const held = heldStore();
   const host = { ...recordingHost(), store: held.store };
-  await withSandbox({ host, isolates: 1, timeoutMs: 5000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
+  // fastPathMs: as above (a stopped batch's re-run would hold the isolate before all 8 had started).
+  await withSandbox({ host, isolates: 1, timeoutMs: 5000, fastPathMs: 1000, scripts: [js('mailfrom', RATE_SCRIPT)] }, async (sandbox) => {
     const calls = Array.from({ length: 8 }, (_, n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
     await held.until(8);
     held.answerAll();
