@@ -214,3 +214,12 @@ export async function submitMessage(port: number, from: string, to: string[], bo
     await c.quit();
   }
 }
+
+/** A plain session on 127.0.0.1:`port` greeted (EHLO `helo`) with a transaction open (MAIL FROM accepted): ready for RCPT TO. */
+export async function openTransaction(port: number, helo = 'client.example', from = 'a@sender.example'): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(port);
+  await c.hello({ name: helo });
+  const r = await c.command(`MAIL FROM:<${from}>`);
+  if (!r.text.startsWith('250 ')) throw new Error(`MAIL FROM not accepted: ${r.text}`);
+  return c;
+}

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, openTransaction } from '../helpers/smtp-client.ts';
 
 const FAIL_CLOSED = '451 4.3.0 Temporary policy failure, try again later';
 
@@ -50,12 +50,7 @@ let server: TestServer;
 before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
 after(async () => { await server.stop(); });
 
-async function client(helo = 'client.example'): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server.port('mx'));
-  await c.hello({ name: helo });
-  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
-  return c;
-}
+const client = (helo?: string): Promise<SmtpTestClient> => openTransaction(server.port('mx'), helo);
 
 /** An ordinary client's three verdicts: accepted, refused by the script, relay failing closed. */
 async function ordinary(): Promise<string[]> {

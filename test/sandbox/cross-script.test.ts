@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, openTransaction } from '../helpers/smtp-client.ts';
 
 // One isolate: the hostile call and the others share one context.
 const CONFIG = `
@@ -105,12 +105,7 @@ let server: TestServer;
 before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
 after(async () => { await server.stop(); });
 
-async function session(): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server.port('mx'));
-  await c.hello();
-  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
-  return c;
-}
+const session = (): Promise<SmtpTestClient> => openTransaction(server.port('mx'));
 
 /** An ordinary client's verdicts: a user accepted, a relay refused, an unknown user refused. */
 async function ordinary(): Promise<string[]> {

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, openTransaction } from '../helpers/smtp-client.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 
 const opts = needsRedis();
@@ -43,12 +43,7 @@ after(async () => {
   await redis?.stop();
 });
 
-async function client(): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server!.port('mx'));
-  await c.hello({ name: 'client.example' });
-  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
-  return c;
-}
+const client = (): Promise<SmtpTestClient> => openTransaction(server!.port('mx'));
 
 async function ordinary(local: string): Promise<string> {
   const c = await client();
