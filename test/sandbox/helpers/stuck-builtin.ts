@@ -21,7 +21,7 @@ const outcome = (p: Promise<unknown>): Promise<unknown> => p.then(
 if (scenario === 'call') {
   const host = recordingHost();
   const sandbox = await Sandbox.create({
-    host, isolates: 2, timeoutMs: 100, fastPathMs: 0,
+    host, isolates: 2, timeoutMs: 1000, fastPathMs: 0, // 1 s: the ordinary calls' deadlines hold on a loaded machine
     scripts: [js('rcptto', `export default function (ctx) { if (ctx.stuck) ${STUCK}; return reject('no ' + ctx.n); }`)],
   });
   const stuck1 = outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
@@ -38,7 +38,7 @@ if (scenario === 'call') {
 } else if (scenario === 'wait') {
   // One isolate: an ordinary call waits behind the stuck one, and must not wait past its own deadline.
   const sandbox = await Sandbox.create({
-    host: recordingHost(), isolates: 1, timeoutMs: 100, fastPathMs: 0,
+    host: recordingHost(), isolates: 1, timeoutMs: 1000, fastPathMs: 0,
     scripts: [js('rcptto', `export default function (ctx) { if (ctx.stuck) ${STUCK}; return reject('no ' + ctx.n); }`)],
   });
   const stuck = outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
