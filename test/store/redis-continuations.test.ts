@@ -8,6 +8,11 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, openTransaction } from '../helpers/smtp-client.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { until } from '../helpers/wait.ts';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
 
 const opts = needsRedis();
 const FAIL_CLOSED = '451 4.3.0 Temporary policy failure, try again later';
@@ -58,6 +63,10 @@ test('a continuation that never ends after await rate() fails closed with 451; o
   const looper = await client();
   let answered = false;
   const reply = looper.command('RCPT TO:<loop@example.com>').then((r) => { answered = true; return r.text; });
+  // Its rate() has counted (its continuation runs next): the other clients' calls start after it, not in its
+  // batch, whose other continuations would be delivered in the looping one's entry and fail with it.
+  await until('the looping call counted in Redis', async () =>
+    (await run('redis-cli', ['-p', String(redis!.port), '--scan', '--pattern', '*rcpt:loop*'])).stdout.trim() !== '');
   const served = [];
   for (let i = 0; i < 4; i++) served.push(await ordinary(`user${i}`));
   assert.deepEqual(served, ['250', '250', '250', '250']);
