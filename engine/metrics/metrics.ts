@@ -46,7 +46,7 @@ export const metrics = {
   }),
   verdicts: new HotCounter('postern_script_verdicts_total', 'Script verdicts by hook, verdict (accept, reject, defer, none, failed), configuration generation and source (smtp, postfix-policy)', ['hook', 'verdict', 'generation', 'source']),
   scriptDuration: new HotHistogram('postern_script_call_duration_seconds', 'Wall time of a policy script call (waiting for an isolate included), by hook', 'hook', SCRIPT_BUCKETS),
-  scriptFailures: new HotCounter('postern_script_failures_total', 'Script calls that failed closed, by hook, kind (timeout, memory, error, verdict, …) and source (smtp, postfix-policy)', ['hook', 'kind', 'source']),
+  scriptFailures: new HotCounter('postern_script_failures_total', 'Script calls that failed closed, by hook, kind (timeout, memory, error, fenced, verdict, …) and source (smtp, postfix-policy)', ['hook', 'kind', 'source']),
   policyRequests: new Counter({
     name: 'postern_policy_requests_total', help: 'Postfix policy-service requests by service, Postfix protocol state and action (dunno, ok, prepend, reject, defer, failure, malformed)',
     labelNames: ['service', 'state', 'action'] as const, registers: [registry],

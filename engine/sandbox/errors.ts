@@ -39,7 +39,8 @@ export class ScriptErrors extends AggregateError {
   }
 }
 
-export type FailureKind = 'error' | 'timeout' | 'memory';
+/** `fenced`: not run at all, its script is fenced (engine/cluster/fence-book.ts) until the file changes. */
+export type FailureKind = 'error' | 'timeout' | 'memory' | 'fenced';
 
 /** One call failed — threw, ran out of time or memory, or returned something that is not plain data. */
 export class ScriptFailure extends Error {

@@ -184,7 +184,7 @@ export class Sandbox {
   readonly #options: SlotOptions;
   readonly #members: Member[];
   readonly #waiting: Waiter[] = [];
-  readonly #failures: Record<FailureKind, number> = { error: 0, timeout: 0, memory: 0 };
+  readonly #failures: Record<FailureKind, number> = { error: 0, timeout: 0, memory: 0, fenced: 0 };
   readonly #policy: FastPathPolicy;
   /** Fast-path calls gathered during this turn of the event loop, run together at its end. */
   #batch: Call[] = [];
@@ -295,8 +295,9 @@ export class Sandbox {
     const script = this.#scripts.get(hook);
     if (!script) return Promise.reject(new Error(`no script for hook ${hook}`));
     if (runningCall.isFenced(hook, script.file)) {
-      return Promise.reject(new ScriptFailure('error', hook, script.file, null, null,
-        'fenced: this script made its worker process crash or hang repeatedly; it runs again once the file changes'));
+      this.#failures.fenced++;
+      return Promise.reject(new ScriptFailure('fenced', hook, script.file, null, null,
+        'this script made its worker process crash or hang repeatedly; it runs again once the file changes'));
     }
     // ctx.connection crosses apart: once per key when there is one, and its certificate once per isolate.
     let shared: SharedConnection | undefined;

@@ -218,7 +218,7 @@ test('a call whose promise awaits no host operation settles even when a later ca
     assert.deepEqual(await sandbox.invoke('mailfrom', { n: 2 }, 'c2'), { verdict: 'accept', text: 'n2' });
     const { rebuilds, failures } = await sandbox.stats();
     assert.equal(rebuilds, 0);
-    assert.deepEqual(failures, { error: 0, timeout: 0, memory: 0 });
+    assert.deepEqual(failures, { error: 0, timeout: 0, memory: 0, fenced: 0 });
   });
 });
 
@@ -245,7 +245,7 @@ for (const isolates of [1, 2]) {
         ? { verdict: 'reject', text: '1' } : { verdict: 'accept', text: 'n' + c.n })));
       for (const c of calls.filter((c) => c.counts)) assert.equal(await store.get(`script:rate:k${c.n}`), 1, `call ${c.n} counted once`);
       assert.deepEqual(await sandbox.invoke('rcptto', { n: 7 }, 'c7'), { verdict: 'accept', text: 'n7' });
-      assert.deepEqual((await sandbox.stats()).failures, { error: 0, timeout: 0, memory: 0 });
+      assert.deepEqual((await sandbox.stats()).failures, { error: 0, timeout: 0, memory: 0, fenced: 0 });
     });
   });
 }

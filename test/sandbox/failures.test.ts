@@ -59,7 +59,7 @@ test('an endless loop times out after timeoutMs and the isolate keeps serving', 
     assert.deepEqual(await sandbox.invoke('rcptto', { loop: false }, 'c1'), { verdict: 'accept' });
     const stats = await sandbox.stats();
     assert.equal(stats.rebuilds, 0, 'a timeout does not cost the isolate');
-    assert.deepEqual(stats.failures, { error: 0, timeout: 1, memory: 0 });
+    assert.deepEqual(stats.failures, { error: 0, timeout: 1, memory: 0, fenced: 0 });
   });
 });
 
