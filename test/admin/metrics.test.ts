@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import net from 'node:net';
 import { once } from 'node:events';
 import { until } from '../helpers/wait.ts';
+import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 import { assertPerAddressCap } from '../helpers/http-per-address.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -45,17 +46,7 @@ after(async () => {
   await sink?.close();
 });
 
-/** Scrape /metrics with curl; sample name{labels} → value. */
-async function scrape(): Promise<Map<string, number>> {
-  const { stdout } = await curl('curl', ['-sf', `http://127.0.0.1:${s.admin!.address.port}/metrics`]);
-  const samples = new Map<string, number>();
-  for (const line of stdout.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    samples.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return samples;
-}
+const scrape = (): Promise<Map<string, number>> => scrapeMetrics(s.admin!.address.port);
 
 function delta(before: Map<string, number>, after: Map<string, number>, sample: string): number {
   return (after.get(sample) ?? 0) - (before.get(sample) ?? 0);

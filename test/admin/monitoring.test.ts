@@ -14,6 +14,7 @@ import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
+import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 
 const curl = promisify(execFile);
 const cleanup: Array<() => Promise<void>> = [];
@@ -21,17 +22,7 @@ after(async () => {
   for (const f of cleanup.reverse()) await f().catch(() => undefined);
 });
 
-/** Scrape /metrics with curl; `name{labels}` → value. */
-async function scrape(port: number): Promise<Map<string, number>> {
-  const { stdout } = await curl('curl', ['-sf', `http://127.0.0.1:${port}/metrics`]);
-  const samples = new Map<string, number>();
-  for (const line of stdout.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    samples.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return samples;
-}
+const scrape = scrapeMetrics;
 
 async function readyz(port: number): Promise<{ code: string; body: { ready: boolean; checks: Record<string, { ok: boolean; detail?: string }> } }> {
   const { stdout } = await curl('curl', ['-s', '-w', '\n%{http_code}', `http://127.0.0.1:${port}/readyz`]);

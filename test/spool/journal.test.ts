@@ -7,25 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../../engine/spool/journal.ts';
 import { Spool } from '../../engine/spool/spool.ts';
-import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
+import { spoolMessage } from './helpers/spool-message.ts';
 
 const scratch = (): string => mkdtempSync(join(tmpdir(), 'postern-journal-'));
 const id = (n: number): string => `0000000${String(n).padStart(2, '0')}aaaaaaaaaa`;
 const body = (n: number): Buffer => Buffer.from(`Subject: ${n}\r\n\r\n${'x'.repeat(n * 10)}\r\n`);
-
-/** Spool one message made of `chunks`; resolves with its queue id once it is committed. */
-async function spoolMessage(spool: Spool, chunks: Buffer[]): Promise<string> {
-  const mid = spool.newId();
-  const w = spool.create(mid);
-  for (const c of chunks) w.write(c);
-  const envelope: SpoolEnvelope = {
-    version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
-    session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
-    attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
-  };
-  await w.commit(envelope);
-  return mid;
-}
 
 test('appends made together share one flush and survive a reopen', async () => {
   const dir = scratch();

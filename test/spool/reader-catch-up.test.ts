@@ -11,22 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../../engine/spool/journal.ts';
 import { Spool } from '../../engine/spool/spool.ts';
-import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
+import { spoolMessage } from './helpers/spool-message.ts';
 
 const scratch = (): string => mkdtempSync(join(tmpdir(), 'postern-reader-'));
-
-async function spoolMessage(spool: Spool, text: string): Promise<string> {
-  const mid = spool.newId();
-  const w = spool.create(mid);
-  w.write(Buffer.from(text));
-  const envelope: SpoolEnvelope = {
-    version: 1, id: mid, receivedAt: new Date().toISOString(), sender: 'a@example.com', recipients: [{ address: 'b@example.com' }], size: 0,
-    session: { listener: 'x', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
-    attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
-  };
-  await w.commit(envelope);
-  return mid;
-}
 
 /** Bytes read from journal segment files in this process, from now on. */
 function countSegmentReads(): { readonly bytes: number; restore(): void } {
@@ -58,7 +45,7 @@ test('a reader reads only what the writer appended since its last look, not the 
   const writer = new Spool(join(root, 'w'), { journalSegmentBytes: 256 * 1024 });
   await writer.init();
   const filler = `Subject: filler\r\n\r\n${'x'.repeat(1000)}\r\n`;
-  for (let batch = 0; batch < 4; batch++) await Promise.all(Array.from({ length: 500 }, () => spoolMessage(writer, filler)));
+  for (let batch = 0; batch < 4; batch++) await Promise.all(Array.from({ length: 500 }, () => spoolMessage(writer, [Buffer.from(filler)])));
   const reads = countSegmentReads();
   try {
     const reader = new Spool(join(root, 'w')); // as the queue process sees a worker's spool
@@ -67,7 +54,7 @@ test('a reader reads only what the writer appended since its last look, not the 
     assert.ok(journalBytes > 2000 * 1000, `the first look reads the journal (${journalBytes} bytes)`);
     const fresh: string[] = [];
     for (let n = 0; n < 50; n++) {
-      const mid = await spoolMessage(writer, `Subject: fresh ${n}\r\n\r\nbody\r\n`);
+      const mid = await spoolMessage(writer, [Buffer.from(`Subject: fresh ${n}\r\n\r\nbody\r\n`)]);
       fresh.push(mid);
       const { message } = await reader.readForDelivery(mid, { hasState: false });
       assert.match(message.toString(), new RegExp(`Subject: fresh ${n}\r\n`));
