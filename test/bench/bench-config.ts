@@ -7,7 +7,9 @@ const given = new Set<number>();
 /** A random port for one bench server, never one given to another server of this run. */
 export function benchPort(): number {
   let port: number;
-  do port = 30000 + Math.floor(Math.random() * 20000); while (given.has(port));
+  // Below Linux's ephemeral range (32768–60999): a port there may be any client socket's local port
+  // (tests and load clients running beside the benchmark), and listening on it then fails.
+  do port = 12000 + Math.floor(Math.random() * 20000); while (given.has(port));
   given.add(port);
   return port;
 }
