@@ -56,6 +56,8 @@ const limitsSchema = z.strictObject({
     .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept: writing to the spool stops, and what was written is dropped, as soon as the message passes the limit. The rest is read and discarded up to the final `.`, and the reply comes after it (as in Postfix), so the connection can go on with the next transaction and is not kept.'),
   maxHeaderBytes: z.number().int().positive().meta({ unit: 'bytes' }).default(1024 * 1024)
     .describe('Largest header section of a message: everything up to the first empty line (all of a message that has none). A larger one gets `552 5.3.4 Message header section exceeds fixed maximum size of <n> bytes` after the final `.`, and the message is not kept. The `data` hook sees the whole header section.'),
+  maxHeaderFields: z.number().int().positive().default(5000)
+    .describe('Most fields in the header section of a message (a folded field counts once). More get `552 5.3.4 Message header section exceeds fixed maximum of <n> fields` after the final `.`, and the message is not kept. Each field is an entry of the `data` hook\'s `ctx.data.headers`: without this bound, a header section within `maxHeaderBytes` could hold some 250,000 short fields, and a script going through them runs out of its `sandbox.timeoutMs` (a `451` the client retries for ever).'),
   maxRecipients: z.number().int().positive().default(100)
     .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
   maxConnections: z.number().int().positive().default(500)

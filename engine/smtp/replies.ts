@@ -63,6 +63,7 @@ export const REPLIES = {
 
   // End of DATA.
   messageTooBig: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size', reason: 'limits.maxMessageSize' },
+  tooManyHeaderFields: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum of {n} fields', reason: 'limits.maxHeaderFields' },
   headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 

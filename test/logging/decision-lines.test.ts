@@ -102,7 +102,7 @@ before(async () => {
         testListener('mx', {
           tls: testServerTls(pki, { clientCertificates: 'request' }),
           auth: { mechanisms: ['PLAIN', 'EXTERNAL'] },
-          limits: { maxMessageSize: 2000, maxHeaderBytes: 200, maxErrors: 3, ...NO_AUTH_SLOWDOWN },
+          limits: { maxMessageSize: 2000, maxHeaderBytes: 200, maxHeaderFields: 3, maxErrors: 3, ...NO_AUTH_SLOWDOWN },
         }),
         testListener('plain', {
           tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] },
@@ -385,6 +385,15 @@ const ROWS = {
     async drive() {
       const s = await session('main', 'mx');
       await message(s, `Subject: big\r\n\r\n${'x'.repeat(3000)}`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  tooManyHeaderFields: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { n: '3' },
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'Subject: a\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nbody');
       await s.c.quit();
       return s.seen;
     },
