@@ -69,7 +69,7 @@ const limitsSchema = z.strictObject({
   tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
     .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
-    .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
+    .describe('Idle timeout, and the time the client has to send each line (a command, or a line of its message) once it began it: a line still not complete this long after its first byte ends the connection as idleness does, whatever bytes came meanwhile (as Exim\'s `smtp_receive_timeout`, Postfix\'s `smtpd_per_record_deadline`), so a client sending a byte every few seconds cannot keep its connection and its slot. Either way the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed. Neither counts while the client waits for Postern (a script deciding, the commit of its message). The TLS handshake has its own `tlsHandshakeTimeoutMs`, the PROXY header `proxyProtocol.headerTimeoutMs`.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()
     .meta({ defaultText: '`0` when `auth.mechanisms` is non-empty or `auth.required` is set, else `100`' })
     .describe('Pause before the `220` greeting. A client that talks first gets `421 … You talk too soon`.'),

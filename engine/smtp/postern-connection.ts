@@ -16,6 +16,7 @@ import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
+import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
@@ -103,11 +104,34 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #nextReply: DecidedReply | null = null;
   /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
   #stage: DecisionStage = 'CONNECT';
+  /** Each line the client sends must be complete within limits.socketTimeoutMs (see line-deadline.ts). */
+  readonly #lineDeadline: LineDeadline;
 
   constructor(server: ListenerHost, socket: net.Socket, options?: Record<string, unknown>) {
     super(server as unknown as SMTPServer, socket, options);
     const generation = server.runtime.generation.acquire();
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));
+    this.#lineDeadline = new LineDeadline(this.state.listener.limits.socketTimeoutMs, () => this.#lineTooSlow());
+  }
+
+  /**
+   * A line (command or message line) the client began socketTimeoutMs ago is still not complete: the idle
+   * timeout's 421, closed. Not while the client waits for us (a reply or the end-of-data verdict is pending),
+   * as smtp-server's idle timeout: then the line gets its time again.
+   */
+  #lineTooSlow(): void {
+    if (this._closing || this._upgrading) return;
+    const parser = this._parser as unknown as { _dataMode?: boolean } | false;
+    if (this._handlerPending || (this._dataStream && parser && !parser._dataMode)) return this.#lineDeadline.restart();
+    this.send(421, 'Timeout - closing connection');
+  }
+
+  /** Whichever socket feeds the parser (plain, then the TLS socket after STARTTLS) times the client's lines. */
+  #timeLines(parser: NodeJS.EventEmitter, source: net.Socket): void {
+    const input = (chunk: Buffer): void => this.#lineDeadline.input(chunk);
+    source.on('data', input);
+    source.once('close', () => this.#lineDeadline.stop());
+    parser.once('unpipe', () => source.off('data', input));
   }
 
   get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
@@ -151,6 +175,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * sending its ClientHello a byte at a time.
    */
   override upgrade(callback: () => void, secureCallback?: () => void): void {
+    this.#lineDeadline.stop(); // the handshake has its own deadline; the TLS socket's lines get this one again
     super.upgrade(callback, secureCallback);
     const raw = this._socket;
     const timer = setTimeout(() => {
@@ -248,6 +273,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     useMessageStream(parser); // each message on a MessageStream, not a PassThrough
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
+    parser.on('pipe', (source: net.Socket) => this.#timeLines(parser, source));
     // 'finish': the client's input has ended and every command of it has been handled.
     parser.once('finish', () => { if (this._parser === parser && !this._closing) this.close(); });
     return parser;
