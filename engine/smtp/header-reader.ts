@@ -29,15 +29,21 @@ export class HeaderReader {
   /** Fields seen so far: lines of the section that start with neither a space nor a tab (folded lines are not fields). */
   #fields = 0;
   #tooManyFields = false;
+  /**
+   * Keep the chunks of the section for headers(). The SMTP intake does not: its spool writer has the bytes (in
+   * its file, past the memory it may hold), and chunks kept here would hold up to maxHeaderBytes per connection.
+   */
+  readonly #keepChunks: boolean;
 
   /**
    * `maxBytes`: the largest header section accepted (see tooLarge); `maxFields`: the most fields (see
    * tooManyFields). Each field costs the data hook an entry of ctx.data.headers: a section of 1 MB holds ~250,000
    * short ones, enough for a script to run out of its time.
    */
-  constructor(maxBytes: number, maxFields = Infinity) {
+  constructor(maxBytes: number, maxFields = Infinity, opts: { keepChunks?: boolean } = {}) {
     this.#maxBytes = maxBytes;
     this.#maxFields = maxFields;
+    this.#keepChunks = opts.keepChunks ?? true;
   }
 
   /**
@@ -66,13 +72,13 @@ export class HeaderReader {
     if (end >= 0) {
       this.#sectionBytes = end;
       if (end > this.#maxBytes) return this.#refuse();
-      if (end > this.#seen) this.#chunks.push(chunk);
+      if (end > this.#seen && this.#keepChunks) this.#chunks.push(chunk);
       return true;
     }
     this.#seen += chunk.length;
     // Not ended yet: the section is at least one byte longer than what came so far, less the two tail bytes.
     if (this.#seen - 1 > this.#maxBytes) return this.#refuse();
-    this.#chunks.push(chunk);
+    if (this.#keepChunks) this.#chunks.push(chunk);
     if (chunk.length >= 2) {
       this.#beforeLast = chunk[chunk.length - 2]!;
       this.#last = chunk[chunk.length - 1]!;
@@ -83,10 +89,13 @@ export class HeaderReader {
     return true;
   }
 
-  /** Header fields in order, unfolded (a message without an empty line is all header section). */
-  headers(): Array<[string, string]> {
+  /**
+   * Header fields in order, unfolded (a message without an empty line is all header section). `section`: the
+   * bytes of the header section, for a reader that keeps no chunks (from its start, sectionBytes long or more).
+   */
+  headers(section?: Buffer): Array<[string, string]> {
     if (this.#tooLarge) return [];
-    const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+    const all = section ?? (this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks));
     const text = (this.#sectionBytes >= 0 ? all.subarray(0, this.#sectionBytes) : all).toString('utf8');
     const out: Array<[string, string]> = [];
     // Line by line (a line ends at LF, a CR before it dropped), without an array of the lines first.

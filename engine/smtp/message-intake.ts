@@ -29,7 +29,7 @@ export async function receiveMessage(
 ): Promise<SmtpReply> {
   const st = conn.state;
   const id = st.transactionId ?? runtime.spool.newId();
-  const writer = runtime.spool.create(id);
+  const writer = runtime.spool.create(id, st.generation.config.spool.receivingMemoryBytes);
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
@@ -41,7 +41,7 @@ export async function receiveMessage(
     const receivedBytes = client.receivedStart.length + receivedEnd.length;
     const maxSize = conn.maxMessageSize;
     const limits = st.listener.limits;
-    const headers = new HeaderReader(limits.maxHeaderBytes, limits.maxHeaderFields);
+    const headers = new HeaderReader(limits.maxHeaderBytes, limits.maxHeaderFields, { keepChunks: false });
     // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
     // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
     const size = await drain(stream, (chunk, total) => {
@@ -63,7 +63,9 @@ export async function receiveMessage(
       const at = receivedBytes + sectionBytes;
       return at + (writer.read(at, 1)[0] === 0x0d ? 2 : 1); // the empty line: CR LF or LF
     };
-    const decision = await policy.data(conn, session, id, size, () => headers.headers(), (max) => writer.read(bodyAt(), max));
+    // The fields are read back from the writer (the reader kept no chunks: see HeaderReader).
+    const fields = (): Array<[string, string]> => headers.headers(writer.read(receivedBytes, sectionBytes));
+    const decision = await policy.data(conn, session, id, size, fields, (max) => writer.read(bodyAt(), max));
     const decided = decision.reply;
     if (decided?.refuses) throw decided;
     const edits = decision.headerEdits;
