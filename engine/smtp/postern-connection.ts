@@ -151,6 +151,18 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     this.send(decided.responseCode, decided.message);
   }
 
+  /**
+   * The message arriving on `stream` must be in (its final dot read) within limits.dataTimeoutMs of its 354: a
+   * client sending each line just within socketTimeoutMs would otherwise hold its connection for as long as its
+   * message may grow (a one-byte line every few minutes, up to maxMessageSize).
+   */
+  timeData(stream: NodeJS.EventEmitter): void {
+    const timer = setTimeout(() => {
+      if (!this._closing) this.#answer('DATA', reply('dataTimeout'));
+    }, this.state.listener.limits.dataTimeoutMs);
+    stream.on('close', () => clearTimeout(timer)); // after the end, and when the client went away
+  }
+
   /** The server is stopping and this session outlived the grace time: 421, closed. */
   closeForShutdown(): void {
     if (!this._closing) this.#answer('SMTP', reply('shuttingDown'));
@@ -215,7 +227,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
-    if (code >= 400) this.#logProtocolRefusal(code, data, context);
+    // Once closed, a reply reaches nobody (smtp-server's 450 for a message cut off by the close): no decision line.
+    if (code >= 400 && !this._closed) this.#logProtocolRefusal(code, data, context);
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
   }

@@ -2,8 +2,9 @@
 // (socketTimeoutMs) restarts with every byte, so such a client kept its connection, and its slot under
 // maxConnections and maxConnectionsPerIp, for as long as it liked: a few hundred of them fill a listener.
 // Each line (a command, or a line of the message) must now be complete within socketTimeoutMs, as in Exim
-// (smtp_receive_timeout) and Postfix (smtpd_per_record_deadline). The drippers below send a byte every
-// 200 ms, far within the idle timeout, until the server closes (a hang guard of a minute, not a timing).
+// (smtp_receive_timeout) and Postfix (smtpd_per_record_deadline), and a whole message within dataTimeoutMs
+// (sendmail's Timeout.datablock). The drippers below send every 200 ms, far within the idle timeout, until the
+// server closes (a hang guard of a minute, not a timing).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -29,6 +30,10 @@ listeners:
     listen: 127.0.0.1:0
     tls: { mode: none }
     limits: { greetingDelayMs: 0, socketTimeoutMs: ${TIMEOUT_MS} }
+  - name: slowdata
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0, dataTimeoutMs: ${TIMEOUT_MS} }
   - name: starttls
     listen: 127.0.0.1:0
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
@@ -79,6 +84,24 @@ test('a message line sent a byte at a time in DATA is cut the same way, and noth
   c.socket.write('Subject: slow\r\n\r\n'); // complete lines first: only the line being dripped counts
   await closedBySlowLine(c, 'plain', 'x');
   assert.deepEqual(await server.runtime.spool.list(), []);
+});
+
+test('a message sent a whole line at a time, each in time, is cut at dataTimeoutMs: 421 4.4.2, nothing spooled, slot freed', async () => {
+  // Each line ends well within socketTimeoutMs (the default, minutes): only the DATA phase's own deadline ends it.
+  const c = await SmtpTestClient.connect(server.port('slowdata'));
+  await c.hello();
+  assert.equal((await c.command('MAIL FROM:<a@example.com>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  c.socket.write('Subject: slow\r\n\r\n');
+  const sent = await drip(c, 'x\r\n');
+  assert.ok(c.closed, `the server kept a client that sent ${sent} bytes of message in whole lines`);
+  assert.equal((await c.read()).text, '421 4.4.2 Timeout - closing connection');
+  await until('no connection from 127.0.0.1 counted on slowdata', () => openFrom('slowdata') === 0);
+  assert.deepEqual(await server.runtime.spool.list(), []);
+  const line = server.logs.find((l) => l.decision === 'defer' && l.reason === 'limits.dataTimeoutMs');
+  assert.ok(line, 'a decision line names limits.dataTimeoutMs');
+  assert.equal(line.stage, 'DATA');
 });
 
 test('after STARTTLS, inside TLS, a dripped command is cut the same way', async () => {
