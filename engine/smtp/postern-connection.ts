@@ -157,10 +157,29 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * message may grow (a one-byte line every few minutes, up to maxMessageSize).
    */
   timeData(stream: NodeJS.EventEmitter): void {
-    const timer = setTimeout(() => {
-      if (!this._closing) this.#answer('DATA', reply('dataTimeout'));
-    }, this.state.listener.limits.dataTimeoutMs);
-    stream.on('close', () => clearTimeout(timer)); // after the end, and when the client went away
+    this.#receiving = stream;
+    // One timer per connection, restarted for each message (no timer made per message); a message that ended
+    // leaves it armed, and its firing finds nothing being received.
+    if (this.#dataTimer === null) {
+      this.#dataTimer = setTimeout(() => this.#dataTooSlow(), this.state.listener.limits.dataTimeoutMs);
+    } else {
+      this.#dataTimer.refresh();
+    }
+    stream.on('close', () => { if (this.#receiving === stream) this.#receiving = null; }); // after the end, or the client went away
+  }
+
+  #dataTimer: NodeJS.Timeout | null = null;
+
+  /** The session ended (smtp-server's onClose): no deadline of it may fire, nor keep it in memory. */
+  stopTimers(): void {
+    if (this.#dataTimer !== null) clearTimeout(this.#dataTimer);
+    this.#lineDeadline.stop();
+  }
+  /** The stream of the message being received now (between 354 and its end). */
+  #receiving: NodeJS.EventEmitter | null = null;
+
+  #dataTooSlow(): void {
+    if (this.#receiving !== null && !this._closing) this.#answer('DATA', reply('dataTimeout'));
   }
 
   /** The server is stopping and this session outlived the grace time: 421, closed. */

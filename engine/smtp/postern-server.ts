@@ -368,6 +368,7 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
+    conn.stopTimers();
     conn.state.uncountIp?.();
     conn.state.closed = true;
     conn.state.releaseSlot?.();

@@ -363,6 +363,18 @@ export class SpoolWriter {
   read(offset: number, length: number): Buffer {
     const end = Math.min(this.#bytes, offset + length);
     if (end <= offset) return Buffer.alloc(0);
+    if (offset >= this.#flushed) {
+      // Within one chunk still in memory (the header section of a message that came in one piece): a view of it.
+      let start = this.#flushed;
+      for (const chunk of this.#pending) {
+        const stop = start + chunk.length;
+        if (offset < stop) {
+          if (end <= stop) return chunk.subarray(offset - start, end - start);
+          break;
+        }
+        start = stop;
+      }
+    }
     const out = Buffer.allocUnsafe(end - offset);
     let at = offset;
     if (at < this.#flushed) {
