@@ -169,17 +169,17 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   }
 
   #dataTimer: NodeJS.Timeout | null = null;
-
-  /** The session ended (smtp-server's onClose): no deadline of it may fire, nor keep it in memory. */
-  stopTimers(): void {
-    if (this.#dataTimer !== null) clearTimeout(this.#dataTimer);
-    this.#lineDeadline.stop();
-  }
   /** The stream of the message being received now (between 354 and its end). */
   #receiving: NodeJS.EventEmitter | null = null;
 
   #dataTooSlow(): void {
     if (this.#receiving !== null && !this._closing) this.#answer('DATA', reply('dataTimeout'));
+  }
+
+  /** The session ended (smtp-server's onClose): no deadline of it may fire, nor keep it in memory. */
+  stopTimers(): void {
+    if (this.#dataTimer !== null) clearTimeout(this.#dataTimer);
+    this.#lineDeadline.stop();
   }
 
   /** The server is stopping and this session outlived the grace time: 421, closed. */
