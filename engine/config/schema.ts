@@ -56,6 +56,8 @@ const limitsSchema = z.strictObject({
     .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept: writing to the spool stops, and what was written is dropped, as soon as the message passes the limit. The rest is read and discarded up to the final `.`, and the reply comes after it (as in Postfix), so the connection can go on with the next transaction and is not kept.'),
   maxHeaderBytes: z.number().int().positive().meta({ unit: 'bytes' }).default(1024 * 1024)
     .describe('Largest header section of a message: everything up to the first empty line (all of a message that has none). A larger one gets `552 5.3.4 Message header section exceeds fixed maximum size of <n> bytes` after the final `.`, and the message is not kept. The `data` hook sees the whole header section.'),
+  maxHeaderFields: z.number().int().positive().default(5000)
+    .describe('Most fields in the header section of a message (a folded field counts once). More get `552 5.3.4 Message header section exceeds fixed maximum of <n> fields` after the final `.`, and the message is not kept. Each field is an entry of the `data` hook\'s `ctx.data.headers`: without this bound, a header section within `maxHeaderBytes` could hold some 250,000 short fields, and a script going through them runs out of its `sandbox.timeoutMs` (a `451` the client retries for ever).'),
   maxRecipients: z.number().int().positive().default(100)
     .describe('Each RCPT TO beyond this gets `452 4.5.3 Error: too many recipients`.'),
   maxConnections: z.number().int().positive().default(500)
@@ -67,7 +69,9 @@ const limitsSchema = z.strictObject({
   tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
     .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
   socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
-    .describe('Idle timeout. When it expires, the client gets `421 … Timeout - closing connection` and the connection is closed.'),
+    .describe('Idle timeout, and the time the client has to send each line (a command, or a line of its message) once it began it: a line still not complete this long after its first byte ends the connection as idleness does, whatever bytes came meanwhile (as Exim\'s `smtp_receive_timeout`, Postfix\'s `smtpd_per_record_deadline`), so a client sending a byte every few seconds cannot keep its connection and its slot. Either way the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed. Neither counts while the client waits for Postern (a script deciding, the commit of its message). The TLS handshake has its own `tlsHandshakeTimeoutMs`, the PROXY header `proxyProtocol.headerTimeoutMs`.'),
+  dataTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(60 * 60_000)
+    .describe('The whole message, from the `354` after DATA to its final `.`, must arrive within this time, or the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed (sendmail\'s `Timeout.datablock`). `socketTimeoutMs` bounds each line; this bounds a client that sends each line just in time, which could otherwise hold its connection for as long as its message may grow. The default lets a `maxMessageSize` message of 25 MiB arrive at 7 KB/s.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()
     .meta({ defaultText: '`0` when `auth.mechanisms` is non-empty or `auth.required` is set, else `100`' })
     .describe('Pause before the `220` greeting. A client that talks first gets `421 … You talk too soon`.'),
@@ -273,7 +277,9 @@ export const configSchema = z.strictObject({
   spool: z.strictObject({
     minFreeBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(100 * 1024 * 1024)
       .describe('Free space the spool\'s filesystem must keep: below it new mail is refused with `452 4.3.1 Insufficient system storage` at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix `queue_minfree`; `0`: no floor).'),
-  }).prefault({}).describe('Free space the spool keeps. See [spool](#spool).'),
+    receivingMemoryBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(64 * 1024 * 1024)
+      .describe('Memory the messages being received may hold together, per process (each worker of `postern serve` has its own). A message is held in memory up to 1 MiB and then goes to the journal in one write; past this total, the bytes of every message still coming in go to its own file in the spool\'s `incoming/` folder at once (a file per message, as for messages over 1 MiB), so however many clients send large messages at the same time, what they hold in memory stays near this bound (plus the chunk each is reading). Nothing is refused for it. `0`: every message goes to its own file.'),
+  }).prefault({}).describe('Free space the spool keeps, and the memory of the messages being received. See [spool](#spool).'),
   workers: z.union([z.number().int().min(1).max(256), z.literal('auto')]).default('auto')
     .describe('Worker processes of `postern serve` (`auto`: one per core). A supervisor process owns the listening sockets and hands connections to the workers; a worker that crashes or hangs is replaced, so a script can lose only the sessions of the one worker that ran it, never an acknowledged message. Delivery runs in one more process. `workers: 1` still runs supervisor, worker and queue process. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
   workerChoice: z.enum(['fill', 'roundRobin']).default('fill')

@@ -29,7 +29,7 @@ export async function receiveMessage(
 ): Promise<SmtpReply> {
   const st = conn.state;
   const id = st.transactionId ?? runtime.spool.newId();
-  const writer = runtime.spool.create(id);
+  const writer = runtime.spool.create(id, st.generation.config.spool.receivingMemoryBytes);
   const recipients = session.envelope.rcptTo.map((r) => r.address);
   let committed = false;
   try {
@@ -40,7 +40,8 @@ export async function receiveMessage(
     writer.write(receivedEnd);
     const receivedBytes = client.receivedStart.length + receivedEnd.length;
     const maxSize = conn.maxMessageSize;
-    const headers = new HeaderReader(st.listener.limits.maxHeaderBytes);
+    const limits = st.listener.limits;
+    const headers = new HeaderReader(limits.maxHeaderBytes, limits.maxHeaderFields, { keepChunks: false });
     // Over a limit, stop writing and drop what was written at once (the spool never holds more than the
     // limit), but read the rest of the message to its dot, as Postfix does: the client gets its 552 after it.
     const size = await drain(stream, (chunk, total) => {
@@ -52,7 +53,7 @@ export async function receiveMessage(
         headers.push(CRLF);
         writer.write(CRLF);
       }
-      if (!headers.push(chunk)) throw refuseNow(writer, reply('headerTooBig', { n: String(st.listener.limits.maxHeaderBytes) }));
+      if (!headers.push(chunk)) throw refuseNow(writer, headerRefusal(headers, limits));
       writer.write(chunk);
     });
     // The client's header section: after our Received header, up to the empty line (all of a message without one).
@@ -62,7 +63,9 @@ export async function receiveMessage(
       const at = receivedBytes + sectionBytes;
       return at + (writer.read(at, 1)[0] === 0x0d ? 2 : 1); // the empty line: CR LF or LF
     };
-    const decision = await policy.data(conn, session, id, size, () => headers.headers(), (max) => writer.read(bodyAt(), max));
+    // The fields are read back from the writer (the reader kept no chunks: see HeaderReader).
+    const fields = (): Array<[string, string]> => headers.headers(writer.read(receivedBytes, sectionBytes));
+    const decision = await policy.data(conn, session, id, size, fields, (max) => writer.read(bodyAt(), max));
     const decided = decision.reply;
     if (decided?.refuses) throw decided;
     const edits = decision.headerEdits;
@@ -151,6 +154,13 @@ function unpooledBytes(text: string): Buffer {
   const bytes = Buffer.allocUnsafeSlow(Buffer.byteLength(text));
   bytes.write(text);
   return bytes;
+}
+
+/** Why a header section was refused: too many fields, or too many bytes. */
+export function headerRefusal(headers: HeaderReader, limits: { maxHeaderBytes: number; maxHeaderFields: number }): SmtpReply {
+  return headers.tooManyFields
+    ? reply('tooManyHeaderFields', { n: String(limits.maxHeaderFields) })
+    : reply('headerTooBig', { n: String(limits.maxHeaderBytes) });
 }
 
 function refuseNow(writer: SpoolWriter, refusal: SmtpReply): SmtpReply {

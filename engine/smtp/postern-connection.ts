@@ -16,6 +16,7 @@ import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
+import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
@@ -103,11 +104,34 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #nextReply: DecidedReply | null = null;
   /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
   #stage: DecisionStage = 'CONNECT';
+  /** Each line the client sends must be complete within limits.socketTimeoutMs (see line-deadline.ts). */
+  readonly #lineDeadline: LineDeadline;
 
   constructor(server: ListenerHost, socket: net.Socket, options?: Record<string, unknown>) {
     super(server as unknown as SMTPServer, socket, options);
     const generation = server.runtime.generation.acquire();
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));
+    this.#lineDeadline = new LineDeadline(this.state.listener.limits.socketTimeoutMs, () => this.#lineTooSlow());
+  }
+
+  /**
+   * A line (command or message line) the client began socketTimeoutMs ago is still not complete: the idle
+   * timeout's 421, closed. Not while the client waits for us (a reply or the end-of-data verdict is pending),
+   * as smtp-server's idle timeout: then the line gets its time again.
+   */
+  #lineTooSlow(): void {
+    if (this._closing || this._upgrading) return;
+    const parser = this._parser as unknown as { _dataMode?: boolean } | false;
+    if (this._handlerPending || (this._dataStream && parser && !parser._dataMode)) return this.#lineDeadline.restart();
+    this.send(421, 'Timeout - closing connection');
+  }
+
+  /** Whichever socket feeds the parser (plain, then the TLS socket after STARTTLS) times the client's lines. */
+  #timeLines(parser: NodeJS.EventEmitter, source: net.Socket): void {
+    const input = (chunk: Buffer): void => this.#lineDeadline.input(chunk);
+    source.on('data', input);
+    source.once('close', () => this.#lineDeadline.stop());
+    parser.once('unpipe', () => source.off('data', input));
   }
 
   get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
@@ -125,6 +149,37 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #answer(stage: DecisionStage, decided: SmtpReply): void {
     this.decide(stage, decided);
     this.send(decided.responseCode, decided.message);
+  }
+
+  /**
+   * The message arriving on `stream` must be in (its final dot read) within limits.dataTimeoutMs of its 354: a
+   * client sending each line just within socketTimeoutMs would otherwise hold its connection for as long as its
+   * message may grow (a one-byte line every few minutes, up to maxMessageSize).
+   */
+  timeData(stream: NodeJS.EventEmitter): void {
+    this.#receiving = stream;
+    // One timer per connection, restarted for each message (no timer made per message); a message that ended
+    // leaves it armed, and its firing finds nothing being received.
+    if (this.#dataTimer === null) {
+      this.#dataTimer = setTimeout(() => this.#dataTooSlow(), this.state.listener.limits.dataTimeoutMs);
+    } else {
+      this.#dataTimer.refresh();
+    }
+    stream.on('close', () => { if (this.#receiving === stream) this.#receiving = null; }); // after the end, or the client went away
+  }
+
+  #dataTimer: NodeJS.Timeout | null = null;
+  /** The stream of the message being received now (between 354 and its end). */
+  #receiving: NodeJS.EventEmitter | null = null;
+
+  #dataTooSlow(): void {
+    if (this.#receiving !== null && !this._closing) this.#answer('DATA', reply('dataTimeout'));
+  }
+
+  /** The session ended (smtp-server's onClose): no deadline of it may fire, nor keep it in memory. */
+  stopTimers(): void {
+    if (this.#dataTimer !== null) clearTimeout(this.#dataTimer);
+    this.#lineDeadline.stop();
   }
 
   /** The server is stopping and this session outlived the grace time: 421, closed. */
@@ -151,6 +206,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * sending its ClientHello a byte at a time.
    */
   override upgrade(callback: () => void, secureCallback?: () => void): void {
+    this.#lineDeadline.stop(); // the handshake has its own deadline; the TLS socket's lines get this one again
     super.upgrade(callback, secureCallback);
     const raw = this._socket;
     const timer = setTimeout(() => {
@@ -190,7 +246,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
-    if (code >= 400) this.#logProtocolRefusal(code, data, context);
+    // Once closed, a reply reaches nobody (smtp-server's 450 for a message cut off by the close): no decision line.
+    if (code >= 400 && !this._closed) this.#logProtocolRefusal(code, data, context);
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
   }
@@ -248,6 +305,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     useMessageStream(parser); // each message on a MessageStream, not a PassThrough
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
+    parser.on('pipe', (source: net.Socket) => this.#timeLines(parser, source));
     // 'finish': the client's input has ended and every command of it has been handled.
     parser.once('finish', () => { if (this._parser === parser && !this._closing) this.close(); });
     return parser;

@@ -355,6 +355,7 @@ export class PosternServer extends SMTPServer {
 
   override onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
     const conn = this.#conn(session);
+    conn.timeData(stream);
     receiveMessage(conn, stream, session, this.runtime, this.policy).then(
       (queued) => {
         conn.decide('END-OF-MESSAGE', queued);
@@ -367,6 +368,7 @@ export class PosternServer extends SMTPServer {
   override onClose(session: SMTPServerSession): void {
     const conn = connectionOf.get(session);
     if (!conn) return;
+    conn.stopTimers();
     conn.state.uncountIp?.();
     conn.state.closed = true;
     conn.state.releaseSlot?.();

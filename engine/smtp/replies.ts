@@ -63,7 +63,9 @@ export const REPLIES = {
 
   // End of DATA.
   messageTooBig: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size', reason: 'limits.maxMessageSize' },
+  tooManyHeaderFields: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum of {n} fields', reason: 'limits.maxHeaderFields' },
   headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
+  dataTimeout: { code: 421, enhanced: '4.4.2', text: 'Timeout - closing connection', reason: 'limits.dataTimeoutMs' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 
   // Script verdicts without their own code or text (the verdict table, verdict-replies.ts).

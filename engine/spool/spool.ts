@@ -42,6 +42,8 @@ export class Spool {
 
   /** Size at which the journal starts a new segment (default: the journal's). */
   readonly #segmentBytes: number | undefined;
+  /** Bytes of messages being received that their writers hold in memory now (see create()). */
+  heldBytes = 0;
 
   /**
    * `journalSegmentBytes`: smaller segments for a spool another process reads as it grows (a worker's:
@@ -99,9 +101,13 @@ export class Spool {
   messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
 
-  /** Start writing a message (after init()). */
-  create(id: string): SpoolWriter {
-    return new SpoolWriter(this, id, this.#dirSync, this.#journal);
+  /**
+   * Start writing a message (after init()). `maxHeldBytes`: while the writers of this spool hold more than this
+   * in memory together (heldBytes), this one writes what it is given to the message's own file at once, so the
+   * memory of the messages being received stays bounded however many clients send at the same time.
+   */
+  create(id: string, maxHeldBytes = Infinity): SpoolWriter {
+    return new SpoolWriter(this, id, this.#dirSync, this.#journal, maxHeldBytes);
   }
 
   /** Close the journal's files (the server is stopping). */
@@ -305,7 +311,8 @@ export class Spool {
  * directory, so they go to the pool. What was written can be read back (read()) until the commit, and the
  * commit can replace one range of it (the data hook's header edits): in memory for a journal record; a
  * message with a file of its own is copied once more into a new file in incoming/ (page cache only), and
- * either way the one durable write is of the edited message.
+ * either way the one durable write is of the edited message. The bytes a writer holds count in its spool's
+ * heldBytes; over the writer's maxHeldBytes it writes to its own file at once (see Spool.create()).
  */
 export class SpoolWriter {
   readonly id: string;
@@ -323,12 +330,14 @@ export class SpoolWriter {
   #bytes = 0;
   /** Bytes in the message's own file; the rest (#pending) follows them. */
   #flushed = 0;
+  readonly #maxHeldBytes: number;
 
-  constructor(spool: Spool, id: string, dirSync: DirectorySyncer, journal: Journal | null) {
+  constructor(spool: Spool, id: string, dirSync: DirectorySyncer, journal: Journal | null, maxHeldBytes: number) {
     this.id = id;
     this.#spool = spool;
     this.#dirSync = dirSync;
     this.#journal = journal;
+    this.#maxHeldBytes = maxHeldBytes;
   }
 
   get bytes(): number { return this.#bytes; }
@@ -339,14 +348,33 @@ export class SpoolWriter {
     this.#bytes += chunk.length;
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
+    const held = this.#spool.heldBytes += chunk.length;
     const limit = this.#fd === null && this.#journal ? JOURNAL_MAX_BYTES : 256 * 1024;
-    if (this.#pendingBytes >= limit) this.#flush();
+    if (this.#pendingBytes >= limit || held > this.#maxHeldBytes) this.#flush();
+  }
+
+  /** What this writer holds in memory no longer counts in its spool's heldBytes (written, handed on or dropped). */
+  #release(): void {
+    this.#spool.heldBytes -= this.#pendingBytes;
+    this.#pendingBytes = 0;
   }
 
   /** Up to `length` bytes of what was written, from `offset` (fewer past the end). */
   read(offset: number, length: number): Buffer {
     const end = Math.min(this.#bytes, offset + length);
     if (end <= offset) return Buffer.alloc(0);
+    if (offset >= this.#flushed) {
+      // Within one chunk still in memory (the header section of a message that came in one piece): a view of it.
+      let start = this.#flushed;
+      for (const chunk of this.#pending) {
+        const stop = start + chunk.length;
+        if (offset < stop) {
+          if (end <= stop) return chunk.subarray(offset - start, end - start);
+          break;
+        }
+        start = stop;
+      }
+    }
     const out = Buffer.allocUnsafe(end - offset);
     let at = offset;
     if (at < this.#flushed) {
@@ -384,6 +412,7 @@ export class SpoolWriter {
       if (replace) this.#replacePending(replace.at, replace.length, replace.bytes);
       const chunks = this.#pending;
       this.#pending = [];
+      this.#release();
       envelope.size = this.#bytes;
       chunks.push(encodeTrailer(envelope));
       return this.#journal.append(this.id, chunks);
@@ -409,6 +438,7 @@ export class SpoolWriter {
   /** Drop the message (refused, or the client left before the end of DATA). */
   abort(): void {
     this.#pending = [];
+    this.#release();
     if (this.#fd === null) return;
     closeSync(this.#fd);
     this.#fd = null;
@@ -421,6 +451,7 @@ export class SpoolWriter {
     const after = this.read(at + length, this.#bytes);
     this.#pending = [before, bytes, after];
     this.#bytes = before.length + bytes.length + after.length;
+    this.#spool.heldBytes += this.#bytes - this.#pendingBytes;
     this.#pendingBytes = this.#bytes;
   }
 
@@ -459,7 +490,7 @@ export class SpoolWriter {
     this.#hash ??= createHash('sha256');
     const buffers = this.#pending;
     this.#pending = [];
-    this.#pendingBytes = 0;
+    this.#release();
     for (const b of buffers) {
       this.#hash.update(b);
       writeAll(this.#fd, b);

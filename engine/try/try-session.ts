@@ -25,7 +25,7 @@ import type { Runtime } from '../smtp/runtime.ts';
 import type { SmtpReply } from '../smtp/reply.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
-import { spooledSession } from '../smtp/message-intake.ts';
+import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
 import { Spool } from '../spool/spool.ts';
 import { runPredelivery } from '../delivery/predelivery.ts';
 import type { HookName, PredeliveryContext } from '../sandbox/api/index.ts';
@@ -270,12 +270,12 @@ export class TrySession {
       const st = this.state;
       const id = st.transactionId ?? Spool.prototype.newId.call(undefined);
       // The limits message-intake.ts applies while the message streams in.
-      const headers = new HeaderReader(this.listener.limits.maxHeaderBytes);
+      const headers = new HeaderReader(this.listener.limits.maxHeaderBytes, this.listener.limits.maxHeaderFields);
       if (message.length > this.#conn.maxMessageSize) return asLine(reply('messageTooBig'));
       // A first line that starts with a space or a tab: no header section (as message-intake.ts spools it).
       const clientBytes = message.length;
       if ((message[0] === 0x20 || message[0] === 0x09) && headers.push(Buffer.from('\r\n'))) message = Buffer.concat([Buffer.from('\r\n'), message]);
-      if (!headers.push(message)) return asLine(reply('headerTooBig', { n: String(this.listener.limits.maxHeaderBytes) }));
+      if (!headers.push(message)) return asLine(headerRefusal(headers, this.listener.limits));
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.sectionBytes + (message[headers.sectionBytes] === 0x0d ? 2 : 1);
       const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));

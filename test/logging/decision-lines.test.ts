@@ -102,7 +102,7 @@ before(async () => {
         testListener('mx', {
           tls: testServerTls(pki, { clientCertificates: 'request' }),
           auth: { mechanisms: ['PLAIN', 'EXTERNAL'] },
-          limits: { maxMessageSize: 2000, maxHeaderBytes: 200, maxErrors: 3, ...NO_AUTH_SLOWDOWN },
+          limits: { maxMessageSize: 2000, maxHeaderBytes: 200, maxHeaderFields: 3, maxErrors: 3, ...NO_AUTH_SLOWDOWN },
         }),
         testListener('plain', {
           tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] },
@@ -116,6 +116,7 @@ before(async () => {
         testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
+        testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
         testListener('require', { tls: testServerTls(pki, { clientCertificates: 'require' }) }),
@@ -385,6 +386,28 @@ const ROWS = {
     async drive() {
       const s = await session('main', 'mx');
       await message(s, `Subject: big\r\n\r\n${'x'.repeat(3000)}`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  dataTimeout: {
+    server: 'main', stage: 'DATA',
+    async drive() {
+      const s = await session('main', 'slowdata');
+      await s.say('MAIL FROM:<someone@example.net>');
+      await s.say('RCPT TO:<user@example.test>');
+      await s.say('DATA');
+      s.c.socket.write('Subject: never ends\r\n'); // and no more: the 421 comes at dataTimeoutMs
+      s.seen.push(await s.c.read());
+      await s.c.waitClosed();
+      return s.seen;
+    },
+  },
+  tooManyHeaderFields: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { n: '3' },
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'Subject: a\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nbody');
       await s.c.quit();
       return s.seen;
     },

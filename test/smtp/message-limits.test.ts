@@ -10,6 +10,7 @@ import type { SpoolWriter } from '../../engine/spool/spool.ts';
 
 const LIMIT = 100 * 1024;
 const HEADER_LIMIT = 64 * 1024;
+const FIELD_LIMIT = 50;
 let server: TestServer;
 const writers: SpoolWriter[] = [];
 
@@ -26,9 +27,14 @@ listeners:
     listen: 127.0.0.1:0
     tls: { mode: none }
     limits: { greetingDelayMs: 0 }
+  - name: fields
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0, maxHeaderFields: ${FIELD_LIMIT} }
 `,
     scripts: {
       'data.ts': `export default (ctx) => { const h = ctx.data.headers;
+        if (h[0] && h[0][1] === 'fields' && h.length !== ${FIELD_LIMIT}) return reject('saw ' + h.length + ' fields', { code: 550 });
         if (h[0] && h[0][1] === 'slow' && (h.length !== 2501 || h[2500][0] !== 'X-Filler-2499')) return reject('saw ' + h.length + ' fields', { code: 550 }); };`,
     },
   });
@@ -122,5 +128,44 @@ test('a header section over maxHeaderBytes gets 552 5.3.4 and is not spooled; th
   assert.equal((await server.runtime.spool.list()).length, spooled);
   const ok = await c.sendMail('a@example.com', ['b@example.com'], `Subject: fine\r\n${fields.slice(0, 30_000)}\r\nbody\r\n`);
   assert.equal(ok.code, 250, ok.text);
+  await c.quit();
+});
+
+test('a header bomb (250,000 short fields within maxHeaderBytes) gets 552 5.3.4 after the dot and nothing is spooled', async () => {
+  // On the listener with default limits: 1 MB of header section is allowed, 5000 fields are not. Each field would be
+  // an entry of ctx.data.headers: a script going through them ran out of its time, and the client got 451 (retried
+  // for ever) instead of a refusal.
+  const c = await SmtpTestClient.connect(server.port('big'));
+  await c.hello();
+  const spooled = (await server.runtime.spool.list()).length;
+  await startData(c);
+  const bomb = Buffer.from('a:\r\n'.repeat(250_000)); // 1,000,000 bytes, under the 1 MiB maxHeaderBytes
+  await send(c, bomb);
+  await send(c, '\r\nbody\r\n.\r\n');
+  const reply = await c.read(60_000);
+  assert.equal(reply.text, '552 5.3.4 Message header section exceeds fixed maximum of 5000 fields');
+  assert.equal((await server.runtime.spool.list()).length, spooled);
+  assert.equal(await incomingBytes(), 0);
+  // The connection goes on; a decision line names the limit.
+  const ok = await c.sendMail('a@example.com', ['b@example.com'], 'Subject: fine\r\n\r\nbody\r\n');
+  assert.equal(ok.code, 250, ok.text);
+  await c.quit();
+  const line = server.logs.find((l) => l.reason === 'limits.maxHeaderFields');
+  assert.ok(line, 'a decision line with the reason limits.maxHeaderFields');
+  assert.equal(line.decision, 'reject');
+});
+
+test('maxHeaderFields counts fields, not folded lines: exactly the limit passes (the hook sees them all), one more is refused', async () => {
+  const c = await SmtpTestClient.connect(server.port('fields'));
+  await c.hello();
+  // 50 fields, each folded over three lines, with LF and CRLF line ends mixed.
+  const fields = ['Subject: fields\r\n', ...Array.from({ length: FIELD_LIMIT - 1 }, (_, i) => `X-F${i}: a\r\n b\n\tc${i % 2 ? '\r\n' : '\n'}`)].join('');
+  const ok = await c.sendMail('a@example.com', ['b@example.com'], `${fields}\r\nbody\r\n`);
+  assert.equal(ok.code, 250, ok.text);
+  const over = await c.sendMail('a@example.com', ['b@example.com'], `${fields}X-One-More: x\r\n\r\nbody\r\n`);
+  assert.equal(over.text, `552 5.3.4 Message header section exceeds fixed maximum of ${FIELD_LIMIT} fields`);
+  // Lines after the empty line are body, however many.
+  const body = await c.sendMail('a@example.com', ['b@example.com'], `${fields}\r\n${'b:\r\n'.repeat(1000)}`);
+  assert.equal(body.code, 250, body.text);
   await c.quit();
 });
