@@ -12,6 +12,7 @@ import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { PeerCertificate } from '../sandbox/api/index.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { Session } from './sessions.ts';
 
 export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
@@ -19,10 +20,11 @@ export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
 /** One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; a failure is counted and slowed. */
 export function checkPassword(limiter: AuthFailureLimiter, listener: ListenerConfig, users: ReadonlyMap<string, string>,
   ip: string, user: string, password: string): Promise<PasswordOutcome> {
-  return limiter.oneAtATime(ip, async () => {
-    if (await limiter.refused(ip, listener.limits)) return 'too-many';
+  const counted = countedAddress(ip, listener.limits.ipv6PrefixLength); // as the listener's SMTP AUTH counts it
+  return limiter.oneAtATime(counted, async () => {
+    if (await limiter.refused(counted, listener.limits)) return 'too-many';
     if (await verifyPassword(users.get(user.trim().toLowerCase()), password)) return 'ok';
-    const failures = await limiter.record(ip);
+    const failures = await limiter.record(counted);
     await sleep(AuthFailureLimiter.delayMs(failures, listener.limits));
     return 'wrong';
   });

@@ -32,6 +32,7 @@ import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
@@ -439,13 +440,19 @@ export class Supervisor {
         continue;
       }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
-      const ip = clientAddress(socket); // as the worker's listener names it
+      // As the worker's listener counts it: an IPv6 client by its network (counted-address.ts).
+      const ip = countedAddress(clientAddress(socket), this.#ipv6PrefixLength(listener));
       const key = `${listener} ${ip}`;
       const open = this.#counters.take(chosen.index, key);
       const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
       const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
       proc.send(message, socket, KEEP_OPEN, written);
     }
+  }
+
+  /** limits.ipv6PrefixLength of listener `name`, as the configuration the supervisor runs names it. */
+  #ipv6PrefixLength(name: string): number {
+    return this.config.config.listeners.find((l) => l.name === name)?.limits.ipv6PrefixLength ?? 128;
   }
 
   /** The callback of hand-over `n`: Node wrote the descriptor to the worker's channel, or could not. */

@@ -315,6 +315,7 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   server.trust = setup.trust;
   server.greetingDelayMs = setup.greetingDelayMs;
   server.maxConnectionsPerIp = setup.maxConnectionsPerIp;
+  server.ipv6PrefixLength = setup.ipv6PrefixLength;
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
 }
 

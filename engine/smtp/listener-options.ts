@@ -92,6 +92,7 @@ export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: str
     options: listenerOptions(l, tls, hostname, logger),
     greetingDelayMs: greetingDelay(l),
     maxConnectionsPerIp: l.limits.maxConnectionsPerIp,
+    ipv6PrefixLength: l.limits.ipv6PrefixLength,
     tlsHandshakeTimeoutMs: l.limits.tlsHandshakeTimeoutMs,
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
     proxy: l.proxyProtocol ? { trusted: new TrustedProxies(l.proxyProtocol.trusted), headerTimeoutMs: l.proxyProtocol.headerTimeoutMs } : null,

@@ -19,6 +19,7 @@ import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -26,6 +27,8 @@ export interface ListenerSetup {
   options: SMTPServerOptions;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
+  /** limits.ipv6PrefixLength: an IPv6 client's connections are counted by its network (counted-address.ts). */
+  ipv6PrefixLength: number;
   tlsHandshakeTimeoutMs: number;
   trust: TrustedIssuers;
   /** `proxyProtocol`: who may send the header, and how long it may take (null: off). */
@@ -96,6 +99,7 @@ export class PosternServer extends SMTPServer {
   readonly policy: SessionPolicy;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
+  ipv6PrefixLength: number;
   tlsHandshakeTimeoutMs: number;
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
@@ -121,6 +125,7 @@ export class PosternServer extends SMTPServer {
     this.policy = new SessionPolicy(runtime);
     this.greetingDelayMs = setup.greetingDelayMs;
     this.maxConnectionsPerIp = setup.maxConnectionsPerIp;
+    this.ipv6PrefixLength = setup.ipv6PrefixLength;
     this.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
     this.trust = setup.trust;
     this.proxy = setup.proxy;
@@ -146,7 +151,7 @@ export class PosternServer extends SMTPServer {
       socket.destroy();
       return false;
     }
-    const ip = clientAddress(socket);
+    const ip = countedAddress(clientAddress(socket), this.ipv6PrefixLength);
     const total = this.runtime.connections?.handedTotal?.(`${this.listenerName} ${ip}`, socket.remotePort);
     if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     if (!this.#count(socket, ip, this.connectionCounter.add(ip, socket.remotePort), handshake, () => this.connectionCounter.remove(ip))) return false;
@@ -208,7 +213,7 @@ export class PosternServer extends SMTPServer {
       const client = header.command === 'proxy'
         ? { address: header.source.address.replace(/^::ffff:(?=\d+\.)/i, ''), port: header.source.port }
         : { address: balancer, port: socket.remotePort ?? 0 };
-      if (!await this.#countProxied(socket, client.address, client.port, handshake)) return callback(new Error('closed before the session'));
+      if (!await this.#countProxied(socket, countedAddress(client.address, this.ipv6PrefixLength), client.port, handshake)) return callback(new Error('closed before the session'));
       this.#proxiedClient.set(socket, client.address);
       // The session id in smtp-server's form (its own _handleProxy is not called).
       callback(null, { id: newSessionId(), remoteAddress: client.address, remotePort: client.port });

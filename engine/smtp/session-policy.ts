@@ -22,6 +22,7 @@ import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /** No senders besides the identity's own (no array per MAIL FROM where the binding is off). */
 const NO_SENDERS: readonly string[] = Object.freeze([]);
@@ -85,10 +86,10 @@ export class SessionPolicy {
   async connect(conn: SmtpClient): Promise<SmtpReply | null> {
     const st = conn.state;
     const limits = st.listener.limits;
-    const ip = conn.remoteAddress;
-    const slotRefusal = await this.#takeStoreSlot(conn, ip, limits);
+    const counted = countedAddress(conn.remoteAddress, limits.ipv6PrefixLength); // an IPv6 client by its network
+    const slotRefusal = await this.#takeStoreSlot(conn, counted, limits);
     if (slotRefusal) return slotRefusal;
-    if (await this.#refusedAtConnect(conn, ip, limits)) return reply('tooManyAuthFailures');
+    if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
@@ -242,7 +243,8 @@ export class SessionPolicy {
   async authAllowed(conn: SmtpClient): Promise<SmtpReply | null> {
     let refused: boolean;
     try {
-      refused = await this.#runtime.authFailures.refused(conn.remoteAddress, conn.state.listener.limits);
+      const limits = conn.state.listener.limits;
+      refused = await this.#runtime.authFailures.refused(countedAddress(conn.remoteAddress, limits.ipv6PrefixLength), limits);
     } catch (err) {
       // Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure. Debug: the
       // outage is logged once at error by the store, each refusal once by its decision line.
@@ -258,15 +260,16 @@ export class SessionPolicy {
   async authenticate(conn: SmtpClient, attempt: AuthAttempt): Promise<string | SmtpReply> {
     const st = conn.state;
     const ip = conn.remoteAddress;
+    const counted = countedAddress(ip, st.listener.limits.ipv6PrefixLength); // the failures' key
     const limiter = this.#runtime.authFailures;
-    const result = await limiter.oneAtATime(ip, async () => {
+    const result = await limiter.oneAtATime(counted, async () => {
       // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
       const refused = await this.authAllowed(conn);
       if (refused) return { reply: refused, reason: 'too-many-failures', ipFailures: null };
       const decision = await this.#decideAuth(conn, attempt);
       if ('user' in decision || decision.reply.responseCode < 500) return { ...decision, ipFailures: null };
       // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
-      return { ...decision, ipFailures: await limiter.record(ip).catch(() => -1) };
+      return { ...decision, ipFailures: await limiter.record(counted).catch(() => -1) };
     });
     metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: 'user' in result ? 'success' : 'failure' });
     if ('user' in result) {
