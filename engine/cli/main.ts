@@ -12,7 +12,7 @@ import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
 import { exitMayHang, unrecoverableReasons } from '../sandbox/index.ts';
 import { replayCommand, type ReplayCliOptions } from './replay.ts';
-import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
+import { queueDeleteCommand, queueHoldCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand, type HoldOptions } from './queue.ts';
 import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
 import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
 
@@ -76,8 +76,8 @@ program.command('status')
   .action(async (opts: { config?: string }) => exitWith(await statusCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
-queue.command('list')
-  .description('messages in the spool with their pending recipients and last errors')
+queue.command('list', { isDefault: true })
+  .description('messages in the spool with their pending recipients and last errors; `!` marks a held one (Postfix mailq)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
   .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueListCommand(opts)));
@@ -87,10 +87,12 @@ queue.command('summary')
   .option('--json', 'machine-readable output')
   .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueSummaryCommand(opts)));
 queue.command('show <id>')
-  .description('one message\'s envelope and delivery state (--message: and its content)')
+  .description('one message: envelope, hold, attempts and errors, then the message itself (Postfix postcat)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .option('--message', 'print the message too')
-  .action(async (id: string, opts: { config?: string; message?: boolean }) => exitWith(await queueShowCommand(id, opts)));
+  .option('-e, --envelope', 'the envelope and delivery state only')
+  .option('--json', 'the envelope and delivery state as JSON')
+  .option('--message', 'with --json: print the message after it')
+  .action(async (id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }) => exitWith(await queueShowCommand(id, opts)));
 queue.command('retry [id]')
   .description('make a message (or --all) due now; the running server picks it up at its next scan')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
@@ -100,6 +102,17 @@ queue.command('delete <id>')
   .description('remove a message without delivering or bouncing it')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .action(async (id: string, opts: { config?: string }) => exitWith(await queueDeleteCommand(id, opts)));
+const selection = (cmd: ReturnType<typeof queue.command>, verb: string): typeof cmd => cmd
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--all', `${verb} every message in the queue`)
+  .option('--from <address>', `${verb} messages from this sender (user@domain, domain, or <> for bounces)`)
+  .option('--to <address>', `${verb} messages with this pending recipient (user@domain or domain)`);
+selection(queue.command('hold [ids...]'), 'hold')
+  .description('put messages on hold: never delivered, across restarts, until released (Postfix postsuper -h); `-` reads ids from stdin')
+  .action(async (ids: string[], opts: HoldOptions) => exitWith(await queueHoldCommand('hold', ids, opts)));
+selection(queue.command('release [ids...]'), 'release')
+  .description('release held messages, due at once (Postfix postsuper -H); `-` reads ids from stdin')
+  .action(async (ids: string[], opts: HoldOptions) => exitWith(await queueHoldCommand('release', ids, opts)));
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 program.command('try [hook]')

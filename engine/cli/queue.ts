@@ -1,15 +1,19 @@
 /**
- * `postern queue list | show ID | retry ID|--all | delete ID`: the spool of the configuration given,
- * safe while the server runs (atomic state updates; the server rescans every delivery.scanIntervalMs).
- * Retry and delete leave a record the server logs, with who ran them (queue/operations.ts).
+ * `postern queue list | summary | show ID | retry ID|--all | delete ID | hold ID…|filters | release ID…|filters`:
+ * the spool of the configuration given, safe while the server runs (atomic state updates; the server
+ * rescans every delivery.scanIntervalMs). Retry, delete, hold and release leave a record the server logs,
+ * with who ran them (queue/operations.ts).
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
-import { deleteMessage, listQueue, retryMessages } from '../queue/admin.ts';
-import { recordQueueOperation } from '../queue/operations.ts';
+import {
+  deleteMessage, holdMessages, listQueue, releaseMessages, retryMessages, selectMessages, type HoldOutcome, type MessageFilter,
+} from '../queue/admin.ts';
+import { operator, recordQueueOperation } from '../queue/operations.ts';
+import { formatMessageReport } from '../queue/show.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 
@@ -67,25 +71,42 @@ export function queueListCommand(opts: { config?: string; json?: boolean }): Pro
       process.stdout.write('Mail queue is empty\n');
       return 0;
     }
+    // Postfix's mailq marks a held message with `!` after its id.
     for (const e of entries) {
-      process.stdout.write(`${e.id}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
+      process.stdout.write(`${e.id}${e.held ? '!' : ''}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
       for (const r of e.pending) process.stdout.write(`    ${r.address}${r.lastError ? `\n      (${r.lastError})` : ''}\n`);
       if (e.done) process.stdout.write(`    (${e.done} recipient${e.done === 1 ? '' : 's'} done)\n`);
     }
     for (const u of unreadable) process.stdout.write(`${u.id}  UNREADABLE: ${u.error}\n`);
-    process.stdout.write(`-- ${entries.length} message${entries.length === 1 ? '' : 's'}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
+    const held = entries.filter((e) => e.held).length;
+    process.stdout.write(`-- ${entries.length} message${entries.length === 1 ? '' : 's'}${held ? `, ${held} held (!)` : ''}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
     return unreadable.length ? 1 : 0;
   });
 }
 
-export function queueShowCommand(id: string, opts: { config?: string; message?: boolean }): Promise<number> {
+/**
+ * One message, as Postfix's postcat shows it: the envelope and its delivery state, then the message
+ * (`--envelope`: without it). `--json`: the envelope and state as JSON (`--message` adds the message).
+ */
+export function queueShowCommand(id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
   return guarded(async () => {
     if (!checkId(id)) return 1;
     const spool = spoolOf(opts);
     try {
       const envelope = await spool.readEnvelope(id);
-      process.stdout.write(`${JSON.stringify(envelope, null, 2)}\n`);
-      if (opts.message) process.stdout.write(`\n${(await spool.readMessage(id)).toString('utf8')}`);
+      const hold = await spool.readHold(id);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ ...envelope, held: hold }, null, 2)}\n`);
+        if (opts.message) process.stdout.write(`\n${(await spool.readMessage(id)).toString('utf8')}`);
+        return 0;
+      }
+      const message = opts.envelope ? null : await spool.readMessage(id);
+      process.stdout.write(formatMessageReport(envelope, hold));
+      if (message) {
+        process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
+        process.stdout.write(message); // the bytes as spooled (CRLF, 8-bit), as postcat prints them
+        process.stdout.write(`${message.length && message.at(-1) !== 0x0a ? '\n' : ''}*** END OF MESSAGE ${id} ***\n`);
+      }
       return 0;
     } catch (err) {
       return notFound(id, err);
@@ -102,9 +123,11 @@ export function queueRetryCommand(id: string | undefined, opts: { config?: strin
     if (id && !checkId(id)) return 1;
     try {
       const spools = spoolOf(opts);
-      const changed = await retryMessages(spools, opts.all ? 'all' : [id!]);
+      const held: string[] = [];
+      const changed = await retryMessages(spools, opts.all ? 'all' : [id!], held);
       await recordQueueOperation(spools.root, 'retry', changed);
       process.stdout.write(`${changed.length} message${changed.length === 1 ? '' : 's'} due now${changed.length ? `: ${changed.join(' ')}` : ''}\n`);
+      for (const h of held) process.stderr.write(`postern: ${h}: on hold, left as it is (postern queue release ${h})\n`);
       return 0;
     } catch (err) {
       return notFound(id ?? '--all', err);
@@ -124,4 +147,45 @@ export function queueDeleteCommand(id: string, opts: { config?: string }): Promi
     process.stderr.write(`postern: ${id}: no such message in the queue\n`);
     return 1;
   });
+}
+
+export interface HoldOptions extends MessageFilter { config?: string }
+
+/**
+ * `queue hold` / `queue release`: the ids given (`-` reads more from stdin, one per line, as postsuper),
+ * or those a filter selects (`--all`, `--from`, `--to`). Unknown ids are named on stderr (exit status 1);
+ * the others are still done.
+ */
+export function queueHoldCommand(op: 'hold' | 'release', ids: string[], opts: HoldOptions): Promise<number> {
+  return guarded(async () => {
+    const filtered = opts.all || opts.from !== undefined || opts.to !== undefined;
+    if (filtered === (ids.length > 0)) {
+      process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
+      return 1;
+    }
+    const given = ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids;
+    const bad = given.filter((i) => !checkId(i));
+    if (bad.length) return 1;
+    const spools = spoolOf(opts);
+    let targets = filtered ? await selectMessages(spools, opts) : given;
+    if (filtered) {
+      // A selection holds what is not held yet and releases what is held, quietly passing over the rest.
+      const held = new Set(await spools.heldIds());
+      targets = targets.filter((t) => held.has(t) === (op === 'release'));
+    }
+    const outcome: HoldOutcome = op === 'hold' ? await holdMessages(spools, targets, { at: new Date().toISOString(), by: operator() }) : await releaseMessages(spools, targets);
+    await recordQueueOperation(spools.root, op, outcome.changed);
+    const n = outcome.changed.length;
+    const what = op === 'hold' ? 'placed on hold' : 'released from hold (due now)';
+    process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${what}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);
+    for (const u of outcome.unchanged) process.stderr.write(`postern: ${u}: ${op === 'hold' ? 'already on hold' : 'not on hold'}\n`);
+    for (const m of outcome.missing) process.stderr.write(`postern: ${m}: no such message in the queue${filtered ? ' (finished meanwhile)' : ''}\n`);
+    return outcome.missing.length && !filtered ? 1 : 0;
+  });
+}
+
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) text += String(chunk);
+  return text;
 }

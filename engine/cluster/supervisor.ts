@@ -30,7 +30,7 @@ import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
-import { SpoolSet } from './spool-set.ts';
+import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { FenceBook, type CrashRecord } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
@@ -573,11 +573,11 @@ export class Supervisor {
     return out;
   }
 
-  /** Messages in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
-  async #queueSize(): Promise<{ messages: number } | { error: string }> {
+  /** Messages (held ones, the oldest's age) in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
+  async #queueSize(): Promise<QueueCensus | { error: string }> {
     const spools = new SpoolSet(new Spool(join(this.config.config.dataDir, 'spool')));
     try {
-      return { messages: (await spools.list()).length };
+      return await spools.census();
     } catch (err) {
       return { error: (err as Error).message };
     } finally {

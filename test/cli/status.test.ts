@@ -39,9 +39,11 @@ listeners:
   assert.equal(cluster.pid, c.proc.pid);
   assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready]), [['worker', true], ['queue', true]]);
   assert.deepEqual(running.json!.pendingRestart, []);
-  assert.deepEqual(running.json!.queue, { messages: 0 });
+  assert.deepEqual(running.json!.queue, { messages: 0, held: 0, oldestAgeSeconds: 0 });
   await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
-  assert.deepEqual(status(config).json!.queue, { messages: 1 }, 'the worker\'s spool counts');
+  const queued = status(config).json!.queue as { messages: number; held: number; oldestAgeSeconds: number };
+  assert.deepEqual([queued.messages, queued.held], [1, 0], 'the worker\'s spool counts');
+  assert.ok(queued.oldestAgeSeconds > 0);
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
