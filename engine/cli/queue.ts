@@ -4,7 +4,7 @@
  * rescans every delivery.scanIntervalMs). Retry, delete, hold and release leave a record the server logs,
  * with who ran them (queue/operations.ts).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
@@ -36,7 +36,23 @@ function spoolOf(opts: { config?: string }): SpoolSet {
   const root = join(config.dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
+  else becomeSpoolOwner(root);
   return new SpoolSet(new Spool(root));
+}
+
+/**
+ * Run as root (`sudo postern queue …`), act as the user that owns the spool, as Postfix's postsuper does:
+ * a state, hold or operation file root wrote (mode 0600) would be unreadable to a server running as
+ * `postern`, and the message stuck. Who ran the command is taken first, for the log.
+ */
+function becomeSpoolOwner(root: string): void {
+  if (process.getuid?.() !== 0) return;
+  const { uid, gid } = statSync(root);
+  if (uid === 0) return;
+  operator();
+  process.setgroups?.([gid]);
+  process.setgid!(gid);
+  process.setuid!(uid);
 }
 
 function checkId(id: string): boolean {

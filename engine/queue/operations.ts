@@ -22,10 +22,14 @@ export interface QueueOperation {
 
 const folder = (spoolRoot: string): string => join(spoolRoot, 'operations');
 
-/** Who runs this command: the user, the sudo user behind it, the process. */
+let self: QueueOperation['by'] | null = null;
+
+/** Who runs this command: the user, the sudo user behind it, the process (as first asked: before a change of user). */
 export function operator(): QueueOperation['by'] {
+  if (self) return self;
   const user = userInfo();
-  return { user: user.username, uid: user.uid, sudoUser: process.env.SUDO_USER ?? null, pid: process.pid, host: hostname() };
+  self = { user: user.username, uid: user.uid, sudoUser: process.env.SUDO_USER ?? null, pid: process.pid, host: hostname() };
+  return self;
 }
 
 /** Record that this process did `op` to `ids` (none: nothing to record). */

@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { chmod, chown, readdir, stat } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
@@ -179,4 +180,36 @@ test('a hold made while the message waits for its retry time stops that attempt,
     await s2.stop();
     await sink2.close();
   }
+});
+
+const NOBODY = 65534;
+/** Every path under `dir`, the folder itself included. */
+async function walk(dir: string): Promise<string[]> {
+  const out = [dir];
+  for (const e of await readdir(dir, { withFileTypes: true })) out.push(...(e.isDirectory() ? await walk(join(dir, e.name)) : [join(dir, e.name)]));
+  return out;
+}
+
+test('run as root on a spool another user owns, the command writes files that user can read, and the log names root', { skip: process.getuid?.() !== 0 ? 'needs root (sudo postern queue …)' : false }, async () => {
+  deferring = true;
+  const a = await s.send('me@origin.test', ['slow8@dest.test']);
+  const b = await s.send('me@origin.test', ['slow9@dest.test']);
+  for (const id of [a, b]) await s.nextAttempt((e) => e.id === id, { past: true });
+  const data = join(s.dir, 'data');
+  for (const p of await walk(data)) await chown(p, NOBODY, NOBODY); // as if the server ran as an unprivileged user
+  await chmod(s.dir, 0o755); // the way to it open, as /var/lib is
+  deferring = false; // what is made due from here is delivered
+  const hold = await cli('hold', a);
+  assert.equal(hold.code, 0, hold.stderr);
+  const retry = await cli('retry', b);
+  assert.equal(retry.code, 0, retry.stderr);
+  for (const file of [s.spools.home.heldPath(a), s.spools.home.statePath(b), join(data, 'spool', 'rescan')]) {
+    const st = await stat(file);
+    assert.deepEqual([st.uid, st.gid], [NOBODY, NOBODY], `${file} belongs to the spool's owner`);
+  }
+  await until('hold logged', () => s.logs.some((l) => l.op === 'hold' && l.id === a), { timeoutMs: 30_000 });
+  const by = s.logs.find((l) => l.op === 'hold' && l.id === a)!.by as { user: string; uid: number };
+  assert.deepEqual([by.user, by.uid], ['root', 0], 'the log names who ran it, not the user it acted as');
+  assert.equal((await cli('release', a)).code, 0);
+  for (const id of [a, b]) await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
 });
