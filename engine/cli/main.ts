@@ -52,6 +52,16 @@ const program = new Command('postern')
   .description('Scriptable SMTP policy engine with TLS client-certificate authentication')
   .version(version, '-V, --version');
 
+// `postern queue show ID | head`: once the reader is gone, a one-shot command stops quietly, as a shell
+// tool does, instead of dying on EPIPE with a stack trace. (Not `serve`, whose stdout is its log.)
+program.hook('preAction', (_program, command) => {
+  if (command.name() === 'serve') return;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(0);
+  });
+});
+
 program.command('serve', { isDefault: true })
   .description('run the server (without --config: the embedded development default)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
