@@ -336,6 +336,13 @@ export class Spool {
       const id = n.slice(0, -4);
       if (Spool.isId(id)) out.push(entry(id));
     }
+    // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
+    // at the next start. A hold listed here was made after its message was committed, which the journal read
+    // after the listing has seen.
+    const present = new Set(out.map((e) => e.id));
+    for (const n of names) {
+      if (n.endsWith('.held') && !present.has(n.slice(0, -5))) await unlink(join(this.queueDir, n)).catch(() => undefined);
+    }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
