@@ -90,7 +90,15 @@ queue.command('list', { isDefault: true })
   .description('messages in the spool with their pending recipients and last errors; `!` marks a held one (Postfix mailq)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueListCommand(opts)));
+  // The default: `postern queue hodl ID` reaches it, and is a mistyped command, not a listing.
+  .allowExcessArguments()
+  .action(async (opts: { config?: string; json?: boolean }, cmd: Command) => {
+    if (cmd.args.length) {
+      process.stderr.write(`postern: unknown queue command: ${cmd.args[0]} (see postern queue --help)\n`);
+      return exitWith(1);
+    }
+    return exitWith(await queueListCommand(opts));
+  });
 queue.command('summary')
   .description('messages by recipient domain and age in minutes (Postfix qshape)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')

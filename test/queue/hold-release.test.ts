@@ -102,6 +102,9 @@ test('hold, list, show, retry --all passes it over, release delivers it; unknown
   const malformed = await cli('hold', '../etc');
   assert.equal(malformed.code, 1);
   assert.match(malformed.stderr, /not a queue id: "\.\.\/etc"/);
+  const typo = await cli('hodl', held);
+  assert.equal(typo.code, 1, 'a mistyped command is not taken for a listing');
+  assert.match(typo.stderr, /unknown queue command: hodl/);
   const nothing = await cli('hold');
   assert.equal(nothing.code, 1);
   assert.match(nothing.stderr, /needs message ids, or --all, --from or --to/);
