@@ -12,7 +12,7 @@ import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
 import { exitMayHang, unrecoverableReasons } from '../sandbox/index.ts';
 import { replayCommand, type ReplayCliOptions } from './replay.ts';
-import { queueDeleteCommand, queueHoldCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand, type HoldOptions } from './queue.ts';
+import { queueActionCommand, queueListCommand, queueShowCommand, queueSummaryCommand, type QueueAction, type SelectionOptions } from './queue.ts';
 import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
 import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
 
@@ -111,26 +111,22 @@ queue.command('show <id>')
   .option('--json', 'the envelope and delivery state as JSON')
   .option('--message', 'with --json: print the message after it')
   .action(async (id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }) => exitWith(await queueShowCommand(id, opts)));
-queue.command('retry [id]')
-  .description('make a message (or --all) due now; the running server picks it up at its next scan')
-  .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .option('--all', 'every message in the queue')
-  .action(async (id: string | undefined, opts: { config?: string; all?: boolean }) => exitWith(await queueRetryCommand(id, opts)));
-queue.command('delete <id>')
-  .description('remove a message without delivering or bouncing it')
-  .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (id: string, opts: { config?: string }) => exitWith(await queueDeleteCommand(id, opts)));
 const selection = (cmd: ReturnType<typeof queue.command>, verb: string): typeof cmd => cmd
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--all', `${verb} every message in the queue`)
   .option('--from <address>', `${verb} messages from this sender (user@domain, domain, or <> for bounces)`)
   .option('--to <address>', `${verb} messages with this pending recipient (user@domain or domain)`);
-selection(queue.command('hold [ids...]'), 'hold')
-  .description('put messages on hold: never delivered, across restarts, until released (Postfix postsuper -h); `-` reads ids from stdin')
-  .action(async (ids: string[], opts: HoldOptions) => exitWith(await queueHoldCommand('hold', ids, opts)));
-selection(queue.command('release [ids...]'), 'release')
-  .description('release held messages, due at once (Postfix postsuper -H); `-` reads ids from stdin')
-  .action(async (ids: string[], opts: HoldOptions) => exitWith(await queueHoldCommand('release', ids, opts)));
+const QUEUE_ACTIONS: Array<[QueueAction, string]> = [
+  ['retry', 'make messages due now, held ones excepted (Postfix postqueue -f / -i / -s); the running server attempts them at its next scan'],
+  ['delete', 'remove messages without delivering or bouncing them (Postfix postsuper -d)'],
+  ['hold', 'put messages on hold: never delivered, across restarts, until released (Postfix postsuper -h)'],
+  ['release', 'release held messages, due at once (Postfix postsuper -H)'],
+];
+for (const [op, description] of QUEUE_ACTIONS) {
+  selection(queue.command(`${op} [ids...]`), op)
+    .description(`${description}; \`-\` reads ids from stdin`)
+    .action(async (ids: string[], opts: SelectionOptions) => exitWith(await queueActionCommand(op, ids, opts)));
+}
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 program.command('try [hook]')

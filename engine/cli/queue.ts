@@ -1,5 +1,5 @@
 /**
- * `postern queue list | summary | show ID | retry ID|--all | delete ID | hold ID…|filters | release ID…|filters`:
+ * `postern queue [list] | summary | show ID | retry|delete|hold|release ID…|-|--all|--from|--to`:
  * the spool of the configuration given, safe while the server runs (atomic state updates; the server
  * rescans every delivery.scanIntervalMs). Retry, delete, hold and release leave a record the server logs,
  * with who ran them (queue/operations.ts).
@@ -130,74 +130,64 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
   });
 }
 
-export function queueRetryCommand(id: string | undefined, opts: { config?: string; all?: boolean }): Promise<number> {
-  return guarded(async () => {
-    if (!id && !opts.all) {
-      process.stderr.write('postern: queue retry needs an ID or --all\n');
-      return 1;
-    }
-    if (id && !checkId(id)) return 1;
-    try {
-      const spools = spoolOf(opts);
-      const held: string[] = [];
-      const changed = await retryMessages(spools, opts.all ? 'all' : [id!], held);
-      await recordQueueOperation(spools.root, 'retry', changed);
-      process.stdout.write(`${changed.length} message${changed.length === 1 ? '' : 's'} due now${changed.length ? `: ${changed.join(' ')}` : ''}\n`);
-      for (const h of held) process.stderr.write(`postern: ${h}: on hold, left as it is (postern queue release ${h})\n`);
-      return 0;
-    } catch (err) {
-      return notFound(id ?? '--all', err);
-    }
-  });
-}
+export interface SelectionOptions extends MessageFilter { config?: string }
+export type QueueAction = 'retry' | 'delete' | 'hold' | 'release';
 
-export function queueDeleteCommand(id: string, opts: { config?: string }): Promise<number> {
-  return guarded(async () => {
-    if (!checkId(id)) return 1;
-    const spools = spoolOf(opts);
-    if (await deleteMessage(spools, id)) {
-      await recordQueueOperation(spools.root, 'delete', [id]);
-      process.stdout.write(`${id}: deleted\n`);
-      return 0;
-    }
-    process.stderr.write(`postern: ${id}: no such message in the queue\n`);
-    return 1;
-  });
-}
-
-export interface HoldOptions extends MessageFilter { config?: string }
+/** What each action says of the messages it changed, and of those it found already so. */
+const SAID: Record<QueueAction, { done: string; unchanged: (id: string) => string }> = {
+  retry: { done: 'due now', unchanged: (id) => `on hold, left as it is (postern queue release ${id})` },
+  delete: { done: 'deleted', unchanged: () => '' },
+  hold: { done: 'placed on hold', unchanged: () => 'already on hold' },
+  release: { done: 'released from hold (due now)', unchanged: () => 'not on hold' },
+};
 
 /**
- * `queue hold` / `queue release`: the ids given (`-` reads more from stdin, one per line, as postsuper),
- * or those a filter selects (`--all`, `--from`, `--to`). Unknown ids are named on stderr (exit status 1);
- * the others are still done.
+ * `queue retry|delete|hold|release`: the ids given (`-` reads more from stdin, one per line, as
+ * postsuper), or those a selection picks (`--all`, `--from`, `--to`). Unknown ids are named on stderr
+ * (exit status 1); the others are still done. Each change is recorded for the server's log.
  */
-export function queueHoldCommand(op: 'hold' | 'release', ids: string[], opts: HoldOptions): Promise<number> {
+export function queueActionCommand(op: QueueAction, ids: string[], opts: SelectionOptions): Promise<number> {
   return guarded(async () => {
-    const filtered = opts.all || opts.from !== undefined || opts.to !== undefined;
+    const filtered = !!opts.all || opts.from !== undefined || opts.to !== undefined;
     if (filtered === (ids.length > 0)) {
       process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
       return 1;
     }
     const given = ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids;
-    const bad = given.filter((i) => !checkId(i));
-    if (bad.length) return 1;
+    if (given.filter((i) => !checkId(i)).length) return 1;
     const spools = spoolOf(opts);
     let targets = filtered ? await selectMessages(spools, opts) : given;
-    if (filtered) {
+    if (filtered && (op === 'hold' || op === 'release')) {
       // A selection holds what is not held yet and releases what is held, quietly passing over the rest.
       const held = new Set(await spools.heldIds());
       targets = targets.filter((t) => held.has(t) === (op === 'release'));
     }
-    const outcome: HoldOutcome = op === 'hold' ? await holdMessages(spools, targets, { at: new Date().toISOString(), by: operator() }) : await releaseMessages(spools, targets);
+    const outcome = await act(spools, op, targets);
     await recordQueueOperation(spools.root, op, outcome.changed);
     const n = outcome.changed.length;
-    const what = op === 'hold' ? 'placed on hold' : 'released from hold (due now)';
-    process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${what}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);
-    for (const u of outcome.unchanged) process.stderr.write(`postern: ${u}: ${op === 'hold' ? 'already on hold' : 'not on hold'}\n`);
+    if (op === 'delete') for (const id of outcome.changed) process.stdout.write(`${id}: deleted\n`);
+    else process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${SAID[op].done}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);
+    for (const u of outcome.unchanged) process.stderr.write(`postern: ${u}: ${SAID[op].unchanged(u)}\n`);
     for (const m of outcome.missing) process.stderr.write(`postern: ${m}: no such message in the queue${filtered ? ' (finished meanwhile)' : ''}\n`);
     return outcome.missing.length && !filtered ? 1 : 0;
   });
+}
+
+async function act(spools: SpoolSet, op: QueueAction, targets: string[]): Promise<HoldOutcome> {
+  switch (op) {
+    case 'hold': return holdMessages(spools, targets, { at: new Date().toISOString(), by: operator() });
+    case 'release': return releaseMessages(spools, targets);
+    case 'retry': {
+      const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+      out.changed = await retryMessages(spools, targets, out.unchanged, out.missing);
+      return out;
+    }
+    case 'delete': {
+      const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+      for (const id of targets) (await deleteMessage(spools, id) ? out.changed : out.missing).push(id);
+      return out;
+    }
+  }
 }
 
 async function readStdin(): Promise<string> {

@@ -45,12 +45,14 @@ export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntr
  * Make messages due now; a running server notices at its next scan. Returns the ids changed; a held
  * message is left as it is (`heldIds`: `queue release` makes it due).
  */
-export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', heldIds: string[] = []): Promise<string[]> {
+export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', heldIds: string[] = [], missing?: string[]): Promise<string[]> {
   const targets = ids === 'all' ? await spool.list() : ids;
   const changed: string[] = [];
   for (const id of targets) {
     if (await spool.isHeld(id) && await spool.has(id)) { heldIds.push(id); continue; }
-    if (await makeDue(spool, id, ids === 'all')) changed.push(id);
+    // `missing`: ids not in the queue (any more) are named there instead of failing the call.
+    if (await makeDue(spool, id, ids === 'all' || missing !== undefined)) changed.push(id);
+    else missing?.push(id);
   }
   await spool.requestRescan();
   return changed;

@@ -185,6 +185,30 @@ test('a hold made while the message waits for its retry time stops that attempt,
   }
 });
 
+test('delete and retry take ids, `-` and the same selections (postsuper -d, postqueue -s)', async () => {
+  deferring = true;
+  const spam1 = await s.send('spam@junk.test', ['slow10@dest.test']);
+  const spam2 = await s.send('spam@junk.test', ['slow11@dest.test']);
+  const wanted = await s.send('friend@good.test', ['slow12@other.test']);
+  for (const id of [spam1, spam2, wanted]) await s.nextAttempt((e) => e.id === id, { past: true });
+
+  const purge = await cli('delete', '--from', 'junk.test');
+  assert.equal(purge.code, 0, purge.stderr);
+  assert.equal(purge.stdout, `${spam1}: deleted\n${spam2}: deleted\n`);
+  const again = await runCli(['queue', 'delete', '-', '-c', join(s.dir, 'postern.yaml')], { input: `${spam1}\n` });
+  assert.equal(again.code, 1, 'gone already');
+  assert.match(again.stderr, new RegExp(`${spam1}: no such message in the queue`));
+
+  deferring = false;
+  assert.equal((await cli('retry', '--to', 'dest.test')).stdout, '0 messages due now\n', 'nothing left for dest.test');
+  const flush = await cli('retry', '--to', 'other.test');
+  assert.equal(flush.stdout, `1 message due now: ${wanted}\n`);
+  await s.nextAttempt((e) => e.id === wanted && e.removed, { past: true });
+  for (const id of [spam1, spam2]) assert.equal(attemptsOf(id), 1, 'a deleted message is not attempted again');
+  const logged = (): number => s.logs.filter((l) => l.op === 'delete' && (l.id === spam1 || l.id === spam2)).length;
+  await until('both deletions logged', () => logged() === 2, { timeoutMs: 30_000 });
+});
+
 const NOBODY = 65534;
 /** Every path under `dir`, the folder itself included. */
 async function walk(dir: string): Promise<string[]> {
