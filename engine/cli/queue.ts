@@ -10,7 +10,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import {
-  deleteMessage, holdMessages, listQueue, releaseMessages, retryMessages, selectMessages, type HoldOutcome, type MessageFilter,
+  deleteMessage, holdMessages, listQueue, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
 } from '../queue/admin.ts';
 import { operator, recordQueueOperation } from '../queue/operations.ts';
 import { formatMessageReport } from '../queue/show.ts';
@@ -173,17 +173,17 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
   });
 }
 
-async function act(spools: SpoolSet, op: QueueAction, targets: string[]): Promise<HoldOutcome> {
+async function act(spools: SpoolSet, op: QueueAction, targets: string[]): Promise<ActionOutcome> {
   switch (op) {
     case 'hold': return holdMessages(spools, targets, { at: new Date().toISOString(), by: operator() });
     case 'release': return releaseMessages(spools, targets);
     case 'retry': {
-      const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+      const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
       out.changed = await retryMessages(spools, targets, out.unchanged, out.missing);
       return out;
     }
     case 'delete': {
-      const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+      const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
       for (const id of targets) (await deleteMessage(spools, id) ? out.changed : out.missing).push(id);
       return out;
     }

@@ -60,24 +60,21 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
 
 /** Set a message's next attempt to now. False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
 async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
-  const now = new Date().toISOString();
-  {
-    let env: SpoolEnvelope;
-    try {
-      env = await spool.readEnvelope(id);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        if (tolerateMissing) return false;
-        throw err;
-      }
-      // An unreadable state file: start again from the envelope as accepted (recipients already delivered
-      // may get a second copy; at least once, never lost).
-      env = await spool.readEnvelope(id, { withState: false });
+  let env: SpoolEnvelope;
+  try {
+    env = await spool.readEnvelope(id);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (tolerateMissing) return false;
+      throw err;
     }
-    await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: now, errors: env.errors, recipients: env.recipients });
-    if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
-    return true;
+    // An unreadable state file: start again from the envelope as accepted (recipients already delivered
+    // may get a second copy; at least once, never lost).
+    env = await spool.readEnvelope(id, { withState: false });
   }
+  await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients });
+  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
+  return true;
 }
 
 /** Remove a message without delivering or bouncing it (held or not). False if it was not there. */
@@ -89,7 +86,7 @@ export async function deleteMessage(spool: QueueSpool, id: string): Promise<bool
   return true;
 }
 
-/** Which messages `queue hold|release` act on: every one, or those whose sender / a pending recipient matches. */
+/** Which messages `queue retry|delete|hold|release` act on: every one, or those whose sender / a pending recipient matches. */
 export interface MessageFilter { all?: boolean; from?: string; to?: string }
 
 /**
@@ -124,10 +121,10 @@ export async function selectMessages(spool: QueueSpool, filter: MessageFilter): 
   return out;
 }
 
-export interface HoldOutcome {
-  /** Put on hold (or released) now. */
+export interface ActionOutcome {
+  /** Changed now (held, released, made due, deleted). */
   changed: string[];
-  /** Already in the wanted state (held for hold, not held for release). */
+  /** Left as they are: already held (hold), not held (release), held (retry). */
   unchanged: string[];
   /** Not in the queue. */
   missing: string[];
@@ -137,8 +134,8 @@ export interface HoldOutcome {
  * Put messages on hold: the queue runner does not attempt them (from its next attempt: one under way
  * finishes) until they are released, across restarts.
  */
-export async function holdMessages(spool: QueueSpool, ids: readonly string[], hold: SpoolHold): Promise<HoldOutcome> {
-  const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+export async function holdMessages(spool: QueueSpool, ids: readonly string[], hold: SpoolHold): Promise<ActionOutcome> {
+  const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
   for (const id of ids) {
     if (!(await spool.has(id))) { out.missing.push(id); continue; }
     if (await spool.isHeld(id)) { out.unchanged.push(id); continue; }
@@ -152,8 +149,8 @@ export async function holdMessages(spool: QueueSpool, ids: readonly string[], ho
 }
 
 /** Release held messages: due at once (the running server attempts them at its next scan). */
-export async function releaseMessages(spool: QueueSpool, ids: readonly string[]): Promise<HoldOutcome> {
-  const out: HoldOutcome = { changed: [], unchanged: [], missing: [] };
+export async function releaseMessages(spool: QueueSpool, ids: readonly string[]): Promise<ActionOutcome> {
+  const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
   for (const id of ids) {
     if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
     if (!(await spool.release(id))) { out.unchanged.push(id); continue; }
