@@ -35,9 +35,11 @@ listeners:
   const config = join(c.dir, 'postern.yaml');
   const running = status(config);
   assert.equal(running.code, 0, running.stderr);
-  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean }> };
+  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean; restarts: number }>; fences: unknown[] };
   assert.equal(cluster.pid, c.proc.pid);
-  assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready]), [['worker', true], ['queue', true]]);
+  // What an on-call reads first: every process ready and how often it was replaced, fenced scripts, the queue.
+  assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready, p.restarts]), [['worker', true, 0], ['queue', true, 0]]);
+  assert.deepEqual(cluster.fences, []);
   assert.deepEqual(running.json!.pendingRestart, []);
   assert.deepEqual(running.json!.queue, { messages: 0, held: 0, oldestAgeSeconds: 0 });
   await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
