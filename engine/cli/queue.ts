@@ -22,7 +22,10 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   try {
     return await fn();
   } catch (err) {
-    process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}\n`);
+    const code = (err as NodeJS.ErrnoException).code;
+    // The spool is the server's (mode 0700): say who may read it, not only what failed.
+    const hint = code === 'EACCES' || code === 'EPERM' ? ' (postern queue needs the rights of the user the server runs as: run it as that user, or as root)' : '';
+    process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}${hint}\n`);
     return 1;
   }
 }

@@ -6,7 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { chmod, chown, readdir, stat } from 'node:fs/promises';
-import { userInfo } from 'node:os';
+import { tmpdir, userInfo } from 'node:os';
+import { execFile, spawnSync } from 'node:child_process';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
@@ -33,6 +34,7 @@ after(async () => {
   await sink?.close();
 });
 
+const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 const cli = (...args: string[]): Promise<CliResult> => runCli(['queue', ...args, '-c', join(s.dir, 'postern.yaml')]);
 const attemptsOf = (id: string): number => s.attempts.filter((e) => e.id === id).length;
 
@@ -210,11 +212,15 @@ test('delete and retry take ids, `-` and the same selections (postsuper -d, post
 });
 
 const NOBODY = 65534;
-/** Every path under `dir`, the folder itself included. */
-async function walk(dir: string): Promise<string[]> {
-  const out = [dir];
-  for (const e of await readdir(dir, { withFileTypes: true })) out.push(...(e.isDirectory() ? await walk(join(dir, e.name)) : [join(dir, e.name)]));
-  return out;
+/** Give every path under `dir` (the folder itself included) to `uid`; one the running server removes meanwhile is passed over. */
+async function chownAll(dir: string, uid: number): Promise<void> {
+  const gone = (err: NodeJS.ErrnoException): void => { if (err.code !== 'ENOENT') throw err; };
+  await chown(dir, uid, uid).catch(gone);
+  const entries = await readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => { gone(err); return []; });
+  for (const e of entries) {
+    if (e.isDirectory()) await chownAll(join(dir, e.name), uid);
+    else await chown(join(dir, e.name), uid, uid).catch(gone);
+  }
 }
 
 test('run as root on a spool another user owns, the command writes files that user can read, and the log names root', { skip: process.getuid?.() !== 0 ? 'needs root (sudo postern queue …)' : false }, async () => {
@@ -223,20 +229,45 @@ test('run as root on a spool another user owns, the command writes files that us
   const b = await s.send('me@origin.test', ['slow9@dest.test']);
   for (const id of [a, b]) await s.nextAttempt((e) => e.id === id, { past: true });
   const data = join(s.dir, 'data');
-  for (const p of await walk(data)) await chown(p, NOBODY, NOBODY); // as if the server ran as an unprivileged user
   await chmod(s.dir, 0o755); // the way to it open, as /var/lib is
-  deferring = false; // what is made due from here is delivered
+  // As if the server ran as an unprivileged user. (This test's server runs as root: what it writes from here
+  // on is root's, so the commands below touch only files written before or by themselves.)
+  await chownAll(data, NOBODY);
   const hold = await cli('hold', a);
   assert.equal(hold.code, 0, hold.stderr);
-  const retry = await cli('retry', b);
-  assert.equal(retry.code, 0, retry.stderr);
-  for (const file of [s.spools.home.heldPath(a), s.spools.home.statePath(b), join(data, 'spool', 'rescan')]) {
+  for (const file of [s.spools.home.heldPath(a), join(data, 'spool', 'rescan'), join(data, 'spool', 'operations')]) {
     const st = await stat(file);
     assert.deepEqual([st.uid, st.gid], [NOBODY, NOBODY], `${file} belongs to the spool's owner`);
   }
   await until('hold logged', () => s.logs.some((l) => l.op === 'hold' && l.id === a), { timeoutMs: 30_000 });
   const by = s.logs.find((l) => l.op === 'hold' && l.id === a)!.by as { user: string; uid: number };
   assert.deepEqual([by.user, by.uid], ['root', 0], 'the log names who ran it, not the user it acted as');
-  assert.equal((await cli('release', a)).code, 0);
-  for (const id of [a, b]) await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
+
+  await chownAll(data, 0); // the server's files again
+  deferring = false;
+  const release = await cli('release', a);
+  assert.equal(release.code, 0, release.stderr);
+  assert.equal((await cli('delete', b)).code, 0);
+  await s.nextAttempt((e) => e.id === a && e.removed, { past: true });
+});
+
+/** Whether the user nobody can run the command line of this checkout (not when it lies under a private folder). */
+const NOBODY_RUNS_CLI = process.getuid?.() === 0 && spawnSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e',
+  `require('node:fs').accessSync(${JSON.stringify(MAIN)}, require('node:fs').constants.R_OK)`], { timeout: 60_000 }).status === 0;
+
+test('another unprivileged user is refused by the spool\'s modes and told whose rights the command needs', {
+  skip: process.getuid?.() !== 0 ? 'needs root (to run the command as nobody)' : !NOBODY_RUNS_CLI ? 'this checkout is not readable by nobody' : false,
+}, async () => {
+  deferring = true;
+  const id = await s.send('me@origin.test', ['slow13@dest.test']);
+  await s.nextAttempt((e) => e.id === id, { past: true });
+  await chmod(s.dir, 0o755); // the way to the spool open, as /var/lib is; the spool itself is the server's (0700)
+  const asNobody = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    execFile('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, MAIN, 'queue', 'hold', id, '-c', join(s.dir, 'postern.yaml')],
+      { cwd: tmpdir(), env: { ...process.env, NODE_NO_WARNINGS: '1' }, timeout: 60_000 }, (err, _stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stderr }));
+  });
+  assert.equal(asNobody.code, 1);
+  assert.match(asNobody.stderr, /EACCES[^\n]*\(postern queue needs the rights of the user the server runs as: run it as that user, or as root\)/);
+  assert.equal(await s.spools.isHeld(id), false);
+  assert.equal((await cli('delete', id)).code, 0);
 });
