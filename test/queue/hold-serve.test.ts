@@ -66,7 +66,7 @@ delivery:
 
     deferring = false;
     c = await startCluster({ config, scripts, dataDir });
-    await logged((l) => l.id === other && l.status === 'sent');
+    await logged((l) => l.id === other && l.msg === 'message finished, removed from the spool'); // (its `sent` line comes before the removal)
     // Logged at this start, in the order they were made, with who made them.
     const ops = await c.waitFor('the operations made while stopped', () => {
       const lines = c!.logs.filter((l) => typeof l.op === 'string');
