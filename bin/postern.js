@@ -11,6 +11,10 @@ import v8 from 'node:v8';
 const NEEDED_MAJOR = 24;
 const major = Number(process.versions.node.split('.')[0]);
 
+// From the first moment: left to Node, SIGUSR1 (sent by log rotation setups) opens its inspector on
+// 127.0.0.1:9229, where any local user could run code as the server. `serve` logs it (engine/cli/serve.ts).
+process.on('SIGUSR1', () => undefined);
+
 if (major >= NEEDED_MAJOR) {
   // Before any TypeScript is stripped, i.e. before this process has any WebAssembly code: then no
   // collection of it can ever start (why: engine/sandbox/no-wasm-code-gc.ts).

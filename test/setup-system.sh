@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests drive as real peers (swaks, msmtp, curl, openssl, python3, Postfix,
 # redis-server for the shared counter store, HAProxy in front for the PROXY protocol, Chromium for the
 # accounts page, python3-dkim as an independent DKIM verifier, libfaketime to step a server's wall clock)
-# and the tools they check shipped files with (fail2ban-regex, systemd-analyze).
+# and the tools they check shipped files with (fail2ban-regex, systemd-analyze, logrotate).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -eu
 missing=""
@@ -16,6 +16,7 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 /usr/bin/python3 -c "import dkim" 2>/dev/null || missing="$missing python3-dkim"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing libfaketime"
+[ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
 [ -z "$missing" ] && exit 0
 echo "installing:$missing"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -23,4 +24,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is only a test peer: no system mail configuration.
 echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server haproxy chromium python3-dkim libfaketime >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server haproxy chromium python3-dkim libfaketime logrotate >/dev/null

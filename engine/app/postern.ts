@@ -295,11 +295,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ?? 'none' });
     if (e.bounceId) metrics.bounces.inc();
   });
-  if (role !== 'worker') setQueueProbe(async () => {
-    const ids = await spools.list();
-    const oldest = ids.reduce((min, id) => Math.min(min, Spool.idTime(id)), Infinity);
-    return { messages: ids.length, oldestAgeSeconds: ids.length ? Math.max(0, (Date.now() - oldest) / 1000) : 0 };
-  });
+  if (role !== 'worker') setQueueProbe(() => spools.census());
   let admin: AdminServer | null = null;
   // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {
@@ -318,7 +314,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           ...reloader.status.data,
           listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
           policyServices: Object.fromEntries([...policyServers].map(([name, p]) => [name, { address: policyAddresses.get(name), connections: p.connections }])),
-          queue: { active: queue.activeCount, messages: (await spools.list()).length },
+          queue: { active: queue.activeCount, ...await spools.census() },
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },

@@ -12,7 +12,7 @@ import { statusCommand } from './status.ts';
 import { tryCommand, type TryOptions } from './try.ts';
 import { exitMayHang, unrecoverableReasons } from '../sandbox/index.ts';
 import { replayCommand, type ReplayCliOptions } from './replay.ts';
-import { queueDeleteCommand, queueListCommand, queueRetryCommand, queueShowCommand, queueSummaryCommand } from './queue.ts';
+import { queueActionCommand, queueListCommand, queueShowCommand, queueSummaryCommand, type QueueAction, type SelectionOptions } from './queue.ts';
 import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
 import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
 
@@ -52,6 +52,16 @@ const program = new Command('postern')
   .description('Scriptable SMTP policy engine with TLS client-certificate authentication')
   .version(version, '-V, --version');
 
+// `postern queue show ID | head`: once the reader is gone, a one-shot command stops quietly, as a shell
+// tool does, instead of dying on EPIPE with a stack trace. (Not `serve`, whose stdout is its log.)
+program.hook('preAction', (_program, command) => {
+  if (command.name() === 'serve') return;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(0);
+  });
+});
+
 program.command('serve', { isDefault: true })
   .description('run the server (without --config: the embedded development default)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
@@ -76,30 +86,47 @@ program.command('status')
   .action(async (opts: { config?: string }) => exitWith(await statusCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
-queue.command('list')
-  .description('messages in the spool with their pending recipients and last errors')
+queue.command('list', { isDefault: true })
+  .description('messages in the spool with their pending recipients and last errors; `!` marks a held one (Postfix mailq)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueListCommand(opts)));
+  // The default: `postern queue hodl ID` reaches it, and is a mistyped command, not a listing.
+  .allowExcessArguments()
+  .action(async (opts: { config?: string; json?: boolean }, cmd: Command) => {
+    if (cmd.args.length) {
+      process.stderr.write(`postern: unknown queue command: ${cmd.args[0]} (see postern queue --help)\n`);
+      return exitWith(1);
+    }
+    return exitWith(await queueListCommand(opts));
+  });
 queue.command('summary')
   .description('messages by recipient domain and age in minutes (Postfix qshape)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
   .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueSummaryCommand(opts)));
 queue.command('show <id>')
-  .description('one message\'s envelope and delivery state (--message: and its content)')
+  .description('one message: envelope, hold, attempts and errors, then the message itself (Postfix postcat)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .option('--message', 'print the message too')
-  .action(async (id: string, opts: { config?: string; message?: boolean }) => exitWith(await queueShowCommand(id, opts)));
-queue.command('retry [id]')
-  .description('make a message (or --all) due now; the running server picks it up at its next scan')
+  .option('-e, --envelope', 'the envelope and delivery state only')
+  .option('--json', 'the envelope and delivery state as JSON')
+  .option('--message', 'with --json: print the message after it')
+  .action(async (id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }) => exitWith(await queueShowCommand(id, opts)));
+const selection = (cmd: ReturnType<typeof queue.command>, verb: string): typeof cmd => cmd
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .option('--all', 'every message in the queue')
-  .action(async (id: string | undefined, opts: { config?: string; all?: boolean }) => exitWith(await queueRetryCommand(id, opts)));
-queue.command('delete <id>')
-  .description('remove a message without delivering or bouncing it')
-  .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (id: string, opts: { config?: string }) => exitWith(await queueDeleteCommand(id, opts)));
+  .option('--all', `${verb} every message in the queue`)
+  .option('--from <address>', `${verb} messages from this sender (user@domain, domain, or <> for bounces)`)
+  .option('--to <address>', `${verb} messages with this pending recipient (user@domain or domain)`);
+const QUEUE_ACTIONS: Array<[QueueAction, string]> = [
+  ['retry', 'make messages due now, held ones excepted (Postfix postqueue -f / -i / -s); the running server attempts them at its next scan'],
+  ['delete', 'remove messages without delivering or bouncing them (Postfix postsuper -d)'],
+  ['hold', 'put messages on hold: never delivered, across restarts, until released (Postfix postsuper -h)'],
+  ['release', 'release held messages, due at once (Postfix postsuper -H)'],
+];
+for (const [op, description] of QUEUE_ACTIONS) {
+  selection(queue.command(`${op} [ids...]`), op)
+    .description(`${description}; \`-\` reads ids from stdin`)
+    .action(async (ids: string[], opts: SelectionOptions) => exitWith(await queueActionCommand(op, ids, opts)));
+}
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 program.command('try [hook]')

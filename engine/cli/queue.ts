@@ -1,15 +1,19 @@
 /**
- * `postern queue list | show ID | retry ID|--all | delete ID`: the spool of the configuration given,
- * safe while the server runs (atomic state updates; the server rescans every delivery.scanIntervalMs).
- * Retry and delete leave a record the server logs, with who ran them (queue/operations.ts).
+ * `postern queue [list] | summary | show ID | retry|delete|hold|release ID…|-|--all|--from|--to`:
+ * the spool of the configuration given, safe while the server runs (atomic state updates; the server
+ * rescans every delivery.scanIntervalMs). Retry, delete, hold and release leave a record the server logs,
+ * with who ran them (queue/operations.ts).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
-import { deleteMessage, listQueue, retryMessages } from '../queue/admin.ts';
-import { recordQueueOperation } from '../queue/operations.ts';
+import {
+  deleteMessage, holdMessages, listQueue, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
+} from '../queue/admin.ts';
+import { operator, recordQueueOperation } from '../queue/operations.ts';
+import { formatMessageReport } from '../queue/show.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 
@@ -18,7 +22,10 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   try {
     return await fn();
   } catch (err) {
-    process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}\n`);
+    const code = (err as NodeJS.ErrnoException).code;
+    // The spool is the server's (mode 0700): say who may read it, not only what failed.
+    const hint = code === 'EACCES' || code === 'EPERM' ? ' (postern queue needs the rights of the user the server runs as: run it as that user, or as root)' : '';
+    process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}${hint}\n`);
     return 1;
   }
 }
@@ -32,7 +39,23 @@ function spoolOf(opts: { config?: string }): SpoolSet {
   const root = join(config.dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
+  else becomeSpoolOwner(root);
   return new SpoolSet(new Spool(root));
+}
+
+/**
+ * Run as root (`sudo postern queue …`), act as the user that owns the spool, as Postfix's postsuper does:
+ * a state, hold or operation file root wrote (mode 0600) would be unreadable to a server running as
+ * `postern`, and the message stuck. Who ran the command is taken first, for the log.
+ */
+function becomeSpoolOwner(root: string): void {
+  if (process.getuid?.() !== 0) return;
+  const { uid, gid } = statSync(root);
+  if (uid === 0) return;
+  operator();
+  process.setgroups?.([gid]);
+  process.setgid!(gid);
+  process.setuid!(uid);
 }
 
 function checkId(id: string): boolean {
@@ -67,25 +90,42 @@ export function queueListCommand(opts: { config?: string; json?: boolean }): Pro
       process.stdout.write('Mail queue is empty\n');
       return 0;
     }
+    // Postfix's mailq marks a held message with `!` after its id.
     for (const e of entries) {
-      process.stdout.write(`${e.id}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
+      process.stdout.write(`${e.id}${e.held ? '!' : ''}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
       for (const r of e.pending) process.stdout.write(`    ${r.address}${r.lastError ? `\n      (${r.lastError})` : ''}\n`);
       if (e.done) process.stdout.write(`    (${e.done} recipient${e.done === 1 ? '' : 's'} done)\n`);
     }
     for (const u of unreadable) process.stdout.write(`${u.id}  UNREADABLE: ${u.error}\n`);
-    process.stdout.write(`-- ${entries.length} message${entries.length === 1 ? '' : 's'}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
+    const held = entries.filter((e) => e.held).length;
+    process.stdout.write(`-- ${entries.length} message${entries.length === 1 ? '' : 's'}${held ? `, ${held} held (!)` : ''}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
     return unreadable.length ? 1 : 0;
   });
 }
 
-export function queueShowCommand(id: string, opts: { config?: string; message?: boolean }): Promise<number> {
+/**
+ * One message, as Postfix's postcat shows it: the envelope and its delivery state, then the message
+ * (`--envelope`: without it). `--json`: the envelope and state as JSON (`--message` adds the message).
+ */
+export function queueShowCommand(id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
   return guarded(async () => {
     if (!checkId(id)) return 1;
     const spool = spoolOf(opts);
     try {
       const envelope = await spool.readEnvelope(id);
-      process.stdout.write(`${JSON.stringify(envelope, null, 2)}\n`);
-      if (opts.message) process.stdout.write(`\n${(await spool.readMessage(id)).toString('utf8')}`);
+      const hold = await spool.readHold(id);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ ...envelope, held: hold }, null, 2)}\n`);
+        if (opts.message) process.stdout.write(`\n${(await spool.readMessage(id)).toString('utf8')}`);
+        return 0;
+      }
+      const message = opts.envelope ? null : await spool.readMessage(id);
+      process.stdout.write(formatMessageReport(envelope, hold));
+      if (message) {
+        process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
+        process.stdout.write(message); // the bytes as spooled (CRLF, 8-bit), as postcat prints them
+        process.stdout.write(`${message.length && message.at(-1) !== 0x0a ? '\n' : ''}*** END OF MESSAGE ${id} ***\n`);
+      }
       return 0;
     } catch (err) {
       return notFound(id, err);
@@ -93,35 +133,68 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
   });
 }
 
-export function queueRetryCommand(id: string | undefined, opts: { config?: string; all?: boolean }): Promise<number> {
+export interface SelectionOptions extends MessageFilter { config?: string }
+export type QueueAction = 'retry' | 'delete' | 'hold' | 'release';
+
+/** What each action says of the messages it changed, and of those it found already so. */
+const SAID: Record<QueueAction, { done: string; unchanged: (id: string) => string }> = {
+  retry: { done: 'due now', unchanged: (id) => `on hold, left as it is (postern queue release ${id})` },
+  delete: { done: 'deleted', unchanged: () => '' },
+  hold: { done: 'placed on hold', unchanged: () => 'already on hold' },
+  release: { done: 'released from hold (due now)', unchanged: () => 'not on hold' },
+};
+
+/**
+ * `queue retry|delete|hold|release`: the ids given (`-` reads more from stdin, one per line, as
+ * postsuper), or those a selection picks (`--all`, `--from`, `--to`). Unknown ids are named on stderr
+ * (exit status 1); the others are still done. Each change is recorded for the server's log.
+ */
+export function queueActionCommand(op: QueueAction, ids: string[], opts: SelectionOptions): Promise<number> {
   return guarded(async () => {
-    if (!id && !opts.all) {
-      process.stderr.write('postern: queue retry needs an ID or --all\n');
+    const filtered = !!opts.all || opts.from !== undefined || opts.to !== undefined;
+    if (filtered === (ids.length > 0)) {
+      process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
       return 1;
     }
-    if (id && !checkId(id)) return 1;
-    try {
-      const spools = spoolOf(opts);
-      const changed = await retryMessages(spools, opts.all ? 'all' : [id!]);
-      await recordQueueOperation(spools.root, 'retry', changed);
-      process.stdout.write(`${changed.length} message${changed.length === 1 ? '' : 's'} due now${changed.length ? `: ${changed.join(' ')}` : ''}\n`);
-      return 0;
-    } catch (err) {
-      return notFound(id ?? '--all', err);
+    const given = ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids;
+    if (given.filter((i) => !checkId(i)).length) return 1;
+    const spools = spoolOf(opts);
+    let targets = filtered ? await selectMessages(spools, opts) : given;
+    if (filtered && (op === 'hold' || op === 'release')) {
+      // A selection holds what is not held yet and releases what is held, quietly passing over the rest.
+      const held = new Set(await spools.heldIds());
+      targets = targets.filter((t) => held.has(t) === (op === 'release'));
     }
+    const outcome = await act(spools, op, targets);
+    await recordQueueOperation(spools.root, op, outcome.changed);
+    const n = outcome.changed.length;
+    if (op === 'delete') for (const id of outcome.changed) process.stdout.write(`${id}: deleted\n`);
+    else process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${SAID[op].done}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);
+    for (const u of outcome.unchanged) process.stderr.write(`postern: ${u}: ${SAID[op].unchanged(u)}\n`);
+    for (const m of outcome.missing) process.stderr.write(`postern: ${m}: no such message in the queue${filtered ? ' (finished meanwhile)' : ''}\n`);
+    return outcome.missing.length && !filtered ? 1 : 0;
   });
 }
 
-export function queueDeleteCommand(id: string, opts: { config?: string }): Promise<number> {
-  return guarded(async () => {
-    if (!checkId(id)) return 1;
-    const spools = spoolOf(opts);
-    if (await deleteMessage(spools, id)) {
-      await recordQueueOperation(spools.root, 'delete', [id]);
-      process.stdout.write(`${id}: deleted\n`);
-      return 0;
+async function act(spools: SpoolSet, op: QueueAction, targets: string[]): Promise<ActionOutcome> {
+  switch (op) {
+    case 'hold': return holdMessages(spools, targets, { at: new Date().toISOString(), by: operator() });
+    case 'release': return releaseMessages(spools, targets);
+    case 'retry': {
+      const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
+      out.changed = await retryMessages(spools, targets, out.unchanged, out.missing);
+      return out;
     }
-    process.stderr.write(`postern: ${id}: no such message in the queue\n`);
-    return 1;
-  });
+    case 'delete': {
+      const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
+      for (const id of targets) (await deleteMessage(spools, id) ? out.changed : out.missing).push(id);
+      return out;
+    }
+  }
+}
+
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) text += String(chunk);
+  return text;
 }

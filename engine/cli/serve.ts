@@ -1,6 +1,6 @@
 /**
  * `postern serve`: start the supervisor and its worker processes (engine/cluster/supervisor.ts), print
- * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP. Without --config the
+ * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
 import { join } from 'node:path';
@@ -25,6 +25,12 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
     process.exit(0);
   };
   process.on('SIGHUP', () => { if (supervisor) supervisor.reload(); else reloadAsked = true; });
+  // What log rotation setups send to reopen a log file. Postern has none to reopen (its log is stdout: see
+  // docs/operations.md, "Log rotation"); left to Node, SIGUSR1 would open its inspector on 127.0.0.1:9229
+  // (any local user could run code as the server) and SIGUSR2 would end the process.
+  for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+    process.on(signal, () => supervisor?.log.info({ signal }, `${signal} ignored: the log is stdout, nothing to reopen (rotate with journald, or logrotate copytruncate)`));
+  }
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
   try {

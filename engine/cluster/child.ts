@@ -124,6 +124,10 @@ async function main(): Promise<void> {
   // SIGHUP to the whole process group reaches the supervisor too, which tells every child once: a child
   // reloading on its own signal as well would reload twice.
   process.on('SIGHUP', () => undefined);
+  // Log rotation's signals, sent to the group: nothing to reopen, and no inspector (--disable-sigusr1 in
+  // childExecArgv already), nor an end of the process (SIGUSR2's default). The supervisor logs them.
+  process.on('SIGUSR1', () => undefined);
+  process.on('SIGUSR2', () => undefined);
 
   // New messages are told to the queue process in batches (one IPC message per batch, not per message).
   let spooled: string[] = [];

@@ -6,8 +6,8 @@
  */
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Spool, type SpoolWriter } from '../spool/spool.ts';
-import type { SpoolEnvelope, SpoolState } from '../spool/envelope.ts';
+import { Spool, type ScanEntry, type SpoolWriter } from '../spool/spool.ts';
+import type { SpoolEnvelope, SpoolHold, SpoolState } from '../spool/envelope.ts';
 
 /** Where worker `index` keeps its spool. */
 export function workerSpoolDir(dataDir: string, index: number): string {
@@ -15,6 +15,14 @@ export function workerSpoolDir(dataDir: string, index: number): string {
 }
 
 const WORKER_DIR = /^worker-\d+$/;
+
+export interface QueueCensus {
+  messages: number;
+  /** Of those, on hold (`postern queue hold`). */
+  held: number;
+  /** Seconds since the oldest message not on hold was accepted (0: none): a hold does not look like a stuck queue. */
+  oldestAgeSeconds: number;
+}
 
 export class SpoolSet {
   /** `<dataDir>/spool`: written by this process (bounces), init()ed by the owner of the set. */
@@ -63,11 +71,11 @@ export class SpoolSet {
   newId(): string { return this.home.newId(); }
   create(id: string): SpoolWriter { return this.home.create(id); }
 
-  async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
-    const out: Array<{ id: string; hasState: boolean }> = [];
+  async scan(): Promise<ScanEntry[]> {
+    const out: ScanEntry[] = [];
     const seen = new Map<string, Spool>();
     for (const spool of this.#all()) {
-      let entries: Array<{ id: string; hasState: boolean }>;
+      let entries: ScanEntry[];
       try {
         entries = await spool.scan();
       } catch (err) {
@@ -93,6 +101,31 @@ export class SpoolSet {
     return ids.sort();
   }
 
+  async heldIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const spool of this.#all()) {
+      try {
+        ids.push(...await spool.heldIds());
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    return ids;
+  }
+
+  /** The queue at a glance, for `postern status` and the queue gauges. */
+  async census(now = Date.now()): Promise<QueueCensus> {
+    const ids = await this.list();
+    const heldIds = new Set(await this.heldIds());
+    let held = 0;
+    let oldest = Infinity;
+    for (const id of ids) {
+      if (heldIds.has(id)) held++; // (a hold its message outlived is not counted)
+      else oldest = Math.min(oldest, Spool.idTime(id));
+    }
+    return { messages: ids.length, held, oldestAgeSeconds: oldest === Infinity ? 0 : Math.max(0, (now - oldest) / 1000) };
+  }
+
   requestRescan(): Promise<void> { return this.home.requestRescan(); }
   rescanStamp(): Promise<string> { return this.home.rescanStamp(); }
 
@@ -104,6 +137,10 @@ export class SpoolSet {
     return (await this.#of(id)).readForDelivery(id, opts);
   }
   async updateState(id: string, state: SpoolState): Promise<void> { return (await this.#of(id)).updateState(id, state); }
+  async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
+  async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
+  async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
+  async readHold(id: string): Promise<SpoolHold | null> { return (await this.#of(id)).readHold(id); }
   async remove(id: string, opts?: { hasState?: boolean }): Promise<void> {
     const spool = await this.#of(id);
     this.#owner.delete(id);
@@ -117,4 +154,5 @@ export class SpoolSet {
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
-  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'remove'>;
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'remove'
+  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;

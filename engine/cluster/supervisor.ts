@@ -30,10 +30,11 @@ import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
-import { SpoolSet } from './spool-set.ts';
+import { SpoolSet, type QueueCensus } from './spool-set.ts';
+import { statusSummary } from './status-summary.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
-import { FenceBook, type CrashRecord } from './fence-book.ts';
+import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
@@ -561,7 +562,11 @@ export class Supervisor {
         // unrelated reload must not make a listener that still runs on its old port look settled.
         const children = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
         const shadow = shadowCounts(children.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null));
-        return { ...reload, pendingRestart: this.#pendingRestart(), workerPendingRestart: reload.pendingRestart, queue: await this.#queueSize(), cluster: this.status(), shadow };
+        const pendingRestart = this.#pendingRestart();
+        const queue = await this.#queueSize();
+        const cluster = this.status();
+        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue });
+        return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, cluster, shadow };
       },
     };
   }
@@ -580,11 +585,11 @@ export class Supervisor {
     return out;
   }
 
-  /** Messages in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
-  async #queueSize(): Promise<{ messages: number } | { error: string }> {
+  /** Messages (held ones, the oldest's age) in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
+  async #queueSize(): Promise<QueueCensus | { error: string }> {
     const spools = new SpoolSet(new Spool(join(this.config.config.dataDir, 'spool')));
     try {
-      return { messages: (await spools.list()).length };
+      return await spools.census();
     } catch (err) {
       return { error: (err as Error).message };
     } finally {
@@ -631,7 +636,7 @@ export class Supervisor {
   }
 
   /** What `postern status` shows about the processes. */
-  status(): object {
+  status(): { processes: Array<{ role: string; index: number; ready: boolean; restarts: number } & Record<string, unknown>>; fences: readonly Fence[] } & Record<string, unknown> {
     return {
       pid: process.pid,
       startedAt: this.#startedAt,

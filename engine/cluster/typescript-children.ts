@@ -16,10 +16,17 @@ const hook = (): string | undefined => process.env.POSTERN_TS_HOOK || undefined;
  */
 const NO_WASM_CODE_GC = '--no-wasm-code-gc';
 
+/**
+ * SIGUSR1 (what log rotation setups send) would otherwise open Node's inspector on 127.0.0.1:9229 in the
+ * child, from its first instruction: any local user could then run code in it.
+ */
+const NO_SIGUSR1_INSPECTOR = '--disable-sigusr1';
+
 /** execArgv for fork(): this process's, plus the hook when there is one. */
 export function childExecArgv(): string[] {
   const h = hook();
-  const own = process.execArgv.includes(NO_WASM_CODE_GC) ? process.execArgv : [...process.execArgv, NO_WASM_CODE_GC];
+  const own = [...process.execArgv];
+  for (const flag of [NO_WASM_CODE_GC, NO_SIGUSR1_INSPECTOR]) if (!own.includes(flag)) own.push(flag);
   return h ? [...own, '--import', pathToFileURL(h).href] : own;
 }
 

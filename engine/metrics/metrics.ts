@@ -12,8 +12,15 @@ export const registry = new Registry();
 collectDefaultMetrics({ register: registry, prefix: 'postern_' }); // postern_process_* and postern_nodejs_*
 
 /** What the queue gauges read at each scrape: set by the server that owns the spool. */
-let queueProbe: (() => Promise<{ messages: number; oldestAgeSeconds: number }>) | null = null;
+type QueueLook = Promise<{ messages: number; held: number; oldestAgeSeconds: number }>;
+let queueProbe: (() => QueueLook) | null = null;
 export function setQueueProbe(probe: typeof queueProbe): void { queueProbe = probe; }
+/** One look at the queue for the gauges of one scrape (they are collected together). */
+let queueLook: QueueLook | null = null;
+function lookAtQueue(): QueueLook {
+  queueLook ??= queueProbe!().finally(() => { queueLook = null; });
+  return queueLook;
+}
 
 /** The number of fenced scripts, read at each scrape: set by the supervisor of `postern serve`. */
 let fenceProbe: (() => number) | null = null;
@@ -62,14 +69,19 @@ export const metrics = {
   messageBytes: new HotCounter('postern_message_bytes_total', 'Bytes of messages accepted'),
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
   queueMessages: new Gauge({
-    name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced)', registers: [registry],
+    name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced), held ones included', registers: [registry],
     aggregator: 'max', // across processes: only the queue process knows it
-    async collect() { if (queueProbe) this.set((await queueProbe()).messages); },
+    async collect() { if (queueProbe) this.set((await lookAtQueue()).messages); },
+  }),
+  queueHeld: new Gauge({
+    name: 'postern_queue_held_messages', help: 'Messages on hold (postern queue hold): in the queue, not delivered until released', registers: [registry],
+    aggregator: 'max',
+    async collect() { if (queueProbe) this.set((await lookAtQueue()).held); },
   }),
   queueOldestAge: new Gauge({
-    name: 'postern_queue_oldest_message_age_seconds', help: 'Age of the oldest message in the delivery queue (0 when empty)', registers: [registry],
+    name: 'postern_queue_oldest_message_age_seconds', help: 'Age of the oldest message in the delivery queue that is not on hold (0 when there is none)', registers: [registry],
     aggregator: 'max',
-    async collect() { if (queueProbe) this.set((await queueProbe()).oldestAgeSeconds); },
+    async collect() { if (queueProbe) this.set((await lookAtQueue()).oldestAgeSeconds); },
   }),
   deliveries: new Counter({
     name: 'postern_deliveries_total', help: 'Recipient delivery outcomes by result (sent, deferred, bounced) and next hop',

@@ -1,9 +1,10 @@
 /**
  * What `postern queue` does to the spool a server may be running on: list and show messages, make them
- * due now (retry), delete them. Only atomic state replacements and unlinks, never spool.init().
+ * due now (retry), delete them, put them on hold and release them. Only atomic state replacements, hold
+ * files and unlinks, never spool.init().
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
-import type { SpoolEnvelope } from '../spool/envelope.ts';
+import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
 
 export interface QueueEntry {
   id: string;
@@ -15,6 +16,8 @@ export interface QueueEntry {
   /** Recipients not yet delivered or bounced, with their last error. */
   pending: Array<{ address: string; lastError: string | null }>;
   done: number;
+  /** On hold (`postern queue hold`): not delivered until released. */
+  held: boolean;
 }
 
 export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntry[]; unreadable: Array<{ id: string; error: string }> }> {
@@ -32,41 +35,128 @@ export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntr
       id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt: env.nextAttemptAt,
       pending: env.recipients.filter((r) => !r.status).map((r) => ({ address: r.address, lastError: r.lastError ?? null })),
       done: env.recipients.filter((r) => r.status).length,
+      held: await spool.isHeld(id),
     });
   }
   return { entries, unreadable };
 }
 
-/** Make messages due now; a running server notices at its next scan. Returns the ids changed. */
-export async function retryMessages(spool: QueueSpool, ids: string[] | 'all'): Promise<string[]> {
+/**
+ * Make messages due now; a running server notices at its next scan. Returns the ids changed; a held
+ * message is left as it is (`heldIds`: `queue release` makes it due).
+ */
+export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', heldIds: string[] = [], missing?: string[]): Promise<string[]> {
   const targets = ids === 'all' ? await spool.list() : ids;
-  const now = new Date().toISOString();
   const changed: string[] = [];
   for (const id of targets) {
-    let env: SpoolEnvelope;
-    try {
-      env = await spool.readEnvelope(id);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        if (ids === 'all') continue;
-        throw err;
-      }
-      // An unreadable state file: start again from the envelope as accepted (recipients already delivered
-      // may get a second copy; at least once, never lost).
-      env = await spool.readEnvelope(id, { withState: false });
-    }
-    await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: now, errors: env.errors, recipients: env.recipients });
-    if (!(await spool.has(id))) { await spool.remove(id); continue; } // delivered meanwhile
-    changed.push(id);
+    if (await spool.isHeld(id) && await spool.has(id)) { heldIds.push(id); continue; }
+    // `missing`: ids not in the queue (any more) are named there instead of failing the call.
+    if (await makeDue(spool, id, ids === 'all' || missing !== undefined)) changed.push(id);
+    else missing?.push(id);
   }
   await spool.requestRescan();
   return changed;
 }
 
-/** Remove a message without delivering or bouncing it. False if it was not there. */
+/** Set a message's next attempt to now. False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
+async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
+  let env: SpoolEnvelope;
+  try {
+    env = await spool.readEnvelope(id);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (tolerateMissing) return false;
+      throw err;
+    }
+    // An unreadable state file: start again from the envelope as accepted (recipients already delivered
+    // may get a second copy; at least once, never lost).
+    env = await spool.readEnvelope(id, { withState: false });
+  }
+  await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients });
+  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
+  return true;
+}
+
+/** Remove a message without delivering or bouncing it (held or not). False if it was not there. */
 export async function deleteMessage(spool: QueueSpool, id: string): Promise<boolean> {
   if (!(await spool.has(id))) return false;
   await spool.remove(id);
+  await spool.release(id); // after the message: a crash in between leaves a hold without a message, removed at start
   await spool.requestRescan();
   return true;
+}
+
+/** Which messages `queue retry|delete|hold|release` act on: every one, or those whose sender / a pending recipient matches. */
+export interface MessageFilter { all?: boolean; from?: string; to?: string }
+
+/**
+ * An address pattern: `user@domain` (that address), `domain` or `@domain` (any address there), `<>` or
+ * the empty string (the null sender of bounces). Case-insensitive.
+ */
+export function addressMatches(pattern: string, address: string): boolean {
+  const p = pattern.trim().toLowerCase();
+  const a = address.toLowerCase();
+  if (p === '' || p === '<>') return a === '';
+  const bare = p.replace(/^<(.*)>$/, '$1');
+  if (bare.lastIndexOf('@') > 0) return a === bare;
+  return a.slice(a.lastIndexOf('@') + 1) === bare.replace(/^@/, '');
+}
+
+/** The ids of the messages a filter selects, oldest first (messages whose envelope cannot be read are skipped). */
+export async function selectMessages(spool: QueueSpool, filter: MessageFilter): Promise<string[]> {
+  const ids = await spool.list();
+  if (filter.from === undefined && filter.to === undefined) return filter.all ? ids : [];
+  const out: string[] = [];
+  for (const id of ids) {
+    let env: SpoolEnvelope;
+    try {
+      env = await spool.readEnvelope(id);
+    } catch {
+      continue; // gone meanwhile, or unreadable (`queue list` names those)
+    }
+    if (filter.from !== undefined && !addressMatches(filter.from, env.sender)) continue;
+    if (filter.to !== undefined && !env.recipients.some((r) => !r.status && addressMatches(filter.to!, r.address))) continue;
+    out.push(id);
+  }
+  return out;
+}
+
+export interface ActionOutcome {
+  /** Changed now (held, released, made due, deleted). */
+  changed: string[];
+  /** Left as they are: already held (hold), not held (release), held (retry). */
+  unchanged: string[];
+  /** Not in the queue. */
+  missing: string[];
+}
+
+/**
+ * Put messages on hold: the queue runner does not attempt them (from its next attempt: one under way
+ * finishes) until they are released, across restarts.
+ */
+export async function holdMessages(spool: QueueSpool, ids: readonly string[], hold: SpoolHold): Promise<ActionOutcome> {
+  const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
+  for (const id of ids) {
+    if (!(await spool.has(id))) { out.missing.push(id); continue; }
+    if (await spool.isHeld(id)) { out.unchanged.push(id); continue; }
+    await spool.hold(id, hold);
+    // Finished meanwhile (an attempt under way): no hold without a message.
+    if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
+    out.changed.push(id);
+  }
+  if (out.changed.length) await spool.requestRescan();
+  return out;
+}
+
+/** Release held messages: due at once (the running server attempts them at its next scan). */
+export async function releaseMessages(spool: QueueSpool, ids: readonly string[]): Promise<ActionOutcome> {
+  const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
+  for (const id of ids) {
+    if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
+    if (!(await spool.release(id))) { out.unchanged.push(id); continue; }
+    if (await makeDue(spool, id, true)) out.changed.push(id);
+    else out.missing.push(id);
+  }
+  if (out.changed.length) await spool.requestRescan();
+  return out;
 }

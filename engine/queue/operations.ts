@@ -1,5 +1,5 @@
 /**
- * `postern queue delete|retry` change the spool from another process than the server's, often as another
+ * `postern queue delete|retry|hold|release` change the spool from another process than the server's, often as another
  * user: each leaves a record, `<spool>/operations/<time>-<pid>-<random>.json`, of what it did and who did it
  * (user, uid, the sudo user, pid). The server's queue runner logs each record at its next scan — or at its
  * next start, when none was running — and removes it, so the server's log (journald, a shipper) has every
@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../logging/logger.ts';
 
-export type QueueOperationKind = 'delete' | 'retry';
+export type QueueOperationKind = 'delete' | 'retry' | 'hold' | 'release';
 
 export interface QueueOperation {
   op: QueueOperationKind;
@@ -22,14 +22,20 @@ export interface QueueOperation {
 
 const folder = (spoolRoot: string): string => join(spoolRoot, 'operations');
 
+let self: QueueOperation['by'] | null = null;
+
+/** Who runs this command: the user, the sudo user behind it, the process (as first asked: before a change of user). */
+export function operator(): QueueOperation['by'] {
+  if (self) return self;
+  const user = userInfo();
+  self = { user: user.username, uid: user.uid, sudoUser: process.env.SUDO_USER ?? null, pid: process.pid, host: hostname() };
+  return self;
+}
+
 /** Record that this process did `op` to `ids` (none: nothing to record). */
 export async function recordQueueOperation(spoolRoot: string, op: QueueOperationKind, ids: readonly string[]): Promise<void> {
   if (!ids.length) return;
-  const user = userInfo();
-  const record: QueueOperation = {
-    op, ids: [...ids], at: new Date().toISOString(),
-    by: { user: user.username, uid: user.uid, sudoUser: process.env.SUDO_USER ?? null, pid: process.pid, host: hostname() },
-  };
+  const record: QueueOperation = { op, ids: [...ids], at: new Date().toISOString(), by: operator() };
   const dir = folder(spoolRoot);
   await mkdir(dir, { recursive: true });
   const name = `${Date.now()}-${process.pid}-${randomBytes(4).toString('hex')}.json`;
@@ -38,7 +44,8 @@ export async function recordQueueOperation(spoolRoot: string, op: QueueOperation
   await rename(join(dir, `.${name}`), join(dir, name));
 }
 
-const WHAT: Record<QueueOperationKind, string> = { delete: 'removed', retry: 'made due now' };
+// Postfix's postsuper words where it has them (`removed`, `placed on hold`, `released from hold`).
+const WHAT: Record<QueueOperationKind, string> = { delete: 'removed', retry: 'made due now', hold: 'placed on hold', release: 'released from hold' };
 
 /** Log every recorded operation, oldest first, and remove its record. */
 export async function logQueueOperations(spoolRoot: string, log: Logger): Promise<void> {

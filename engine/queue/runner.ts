@@ -147,7 +147,7 @@ export class QueueRunner {
   get activeCount(): number { return this.#active.size; }
   get queuedCount(): number { return this.#due.size; }
 
-  /** Re-read the spool: new messages, vanished ones, and every state after `postern queue retry`. */
+  /** Re-read the spool: new messages, vanished ones, holds, and every state after `postern queue retry|release`. */
   scan(): Promise<void> {
     this.#scanning ??= this.#scanOnce().catch((err: unknown) => {
       this.#log.error({ err }, 'spool scan failed');
@@ -181,8 +181,9 @@ export class QueueRunner {
     if (full) this.#broken.clear(); // `postern queue retry` may have repaired them: read them again
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
-    for (const { id, hasState } of entries) {
+    for (const { id, hasState, held } of entries) {
       if (this.#closing) return;
+      if (held) { this.#due.delete(id); continue; } // `postern queue hold`: until `queue release`
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
@@ -281,6 +282,11 @@ export class QueueRunner {
 
   async #attempt(id: string): Promise<void> {
     if (this.#scanning) this.#attemptedDuringScan.add(id);
+    // Held since it was scheduled: no attempt until `postern queue release` (its rescan schedules it again).
+    if (await this.#spool.isHeld(id)) {
+      this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
+      return;
+    }
     const gen = this.#generation().acquire();
     try {
       let read: { envelope: SpoolEnvelope; message: Buffer };

@@ -38,3 +38,10 @@ export interface SpoolEnvelope {
 
 /** What changes as delivery proceeds, stored in `<id>.state` and laid over the envelope when read. */
 export type SpoolState = Pick<SpoolEnvelope, 'attempts' | 'nextAttemptAt' | 'errors' | 'recipients'>;
+
+/** Who put a message on hold, and when: `<id>.held` (null fields: a record cut short, held all the same). */
+export interface SpoolHold {
+  /** ISO 8601. */
+  at: string | null;
+  by: { user: string; uid: number; sudoUser: string | null; pid: number; host: string } | null;
+}

@@ -5,8 +5,10 @@
  * directory synced; whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
  * (Files are created outside queue/ because creating one waits for a running sync of its directory.)
  * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
- * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message. `rescan` in
- * the root is rewritten by `postern queue retry|delete` so a running queue runner re-reads every state.
+ * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message; a message
+ * `postern queue hold` put on hold has a `queue/<id>.held` beside it (who, when), which the queue runner
+ * never delivers. `rescan` in the root is rewritten by `postern queue retry|delete|hold|release` so a
+ * running queue runner re-reads every state.
  */
 import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
@@ -14,7 +16,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
-import type { SpoolEnvelope, SpoolState } from './envelope.ts';
+import type { SpoolEnvelope, SpoolHold, SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
 import { FreeSpace } from './free-space.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -26,6 +28,9 @@ const SYNC_READ_BYTES = 256 * 1024;
 const READ_STEP_BYTES = 4 * 1024 * 1024;
 /** Messages up to this size (with envelope) go to the journal; larger ones get a file of their own. */
 const JOURNAL_MAX_BYTES = 1024 * 1024;
+
+/** One message found by Spool.scan(). */
+export interface ScanEntry { id: string; hasState: boolean; held: boolean }
 
 export class Spool {
   readonly root: string;
@@ -80,9 +85,10 @@ export class Spool {
     const names = new Set(await readdir(this.queueDir));
     const journal = this.#journal;
     for (const name of names) {
-      // Never acknowledged: half-written messages, temporary state files, state without a message.
+      // Never acknowledged: half-written messages, temporary files; state or a hold without a message.
+      const beside = /^(.*)\.(state|held)$/.exec(name)?.[1];
       const orphan = name.endsWith('.part') || name.endsWith('.tmp')
-        || (name.endsWith('.state') && !names.has(name.replace(/\.state$/, '.msg')) && !journal.has(name.slice(0, -'.state'.length)));
+        || (beside !== undefined && !names.has(`${beside}.msg`) && !journal.has(beside));
       if (orphan) {
         await rm(join(this.queueDir, name), { force: true });
         removedOrphans++;
@@ -100,6 +106,7 @@ export class Spool {
 
   messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
+  heldPath(id: string): string { return join(this.queueDir, `${id}.held`); }
 
   /**
    * Start writing a message (after init()). `maxHeldBytes`: while the writers of this spool hold more than this
@@ -245,6 +252,64 @@ export class Spool {
   }
 
   /**
+   * Put a message on hold (`postern queue hold`): durable like a state file, and apart from it, so the
+   * runner's own state writes never undo it. The queue runner does not attempt a held message.
+   */
+  async hold(id: string, hold: SpoolHold): Promise<void> {
+    const tmp = join(this.queueDir, `${id}.held.${randomBytes(4).toString('hex')}.tmp`);
+    try {
+      const handle = await open(tmp, 'w', 0o600);
+      try {
+        await handle.writeFile(JSON.stringify(hold));
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tmp, this.heldPath(id));
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    }
+    await this.#dirSync.sync();
+  }
+
+  /** Take a message off hold; false if it was not held. */
+  async release(id: string): Promise<boolean> {
+    try {
+      await unlink(this.heldPath(id));
+    } catch (err) {
+      ignoreMissing(err as NodeJS.ErrnoException);
+      return false;
+    }
+    await this.#dirSync.sync();
+    return true;
+  }
+
+  /**
+   * Whether a message is on hold: asked before each delivery attempt (one stat of a file that is
+   * normally absent, in a directory the kernel has cached), so a hold counts from the moment it is made.
+   */
+  async isHeld(id: string): Promise<boolean> {
+    return existsSync(this.heldPath(id));
+  }
+
+  /** Ids with a hold file (a message finished as it was held may leave one until the next start). */
+  async heldIds(): Promise<string[]> {
+    return (await readdir(this.queueDir)).filter((n) => n.endsWith('.held')).map((n) => n.slice(0, -5));
+  }
+
+  /** Who held a message and when (null: not held). */
+  async readHold(id: string): Promise<SpoolHold | null> {
+    try {
+      return JSON.parse(await readFile(this.heldPath(id), 'utf8')) as SpoolHold;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      if (err instanceof SyntaxError) return { at: null, by: null }; // cut short: held all the same
+      throw err;
+    }
+  }
+
+  /**
    * Remove a finished message: the message first, so a crash in between leaves only an orphan state file.
    * `hasState: false`: the caller knows there is no state file to remove.
    */
@@ -264,16 +329,25 @@ export class Spool {
   /**
    * Committed messages with whether they have a state file, from one directory read: a message without
    * one has never been attempted, so it is due now and its envelope need not be read to schedule it.
+   * `held`: on hold (`postern queue hold`), not to be attempted.
    */
-  async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
+  async scan(): Promise<ScanEntry[]> {
     const names = new Set(await readdir(this.queueDir));
-    const out: Array<{ id: string; hasState: boolean }> = [];
+    const out: ScanEntry[] = [];
     const journal = await this.#currentJournal();
-    for (const id of journal?.ids() ?? []) out.push({ id, hasState: names.has(`${id}.state`) });
+    const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
+    for (const id of journal?.ids() ?? []) out.push(entry(id));
     for (const n of names) {
       if (!n.endsWith('.msg')) continue;
       const id = n.slice(0, -4);
-      if (Spool.isId(id)) out.push({ id, hasState: names.has(`${id}.state`) });
+      if (Spool.isId(id)) out.push(entry(id));
+    }
+    // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
+    // at the next start. A hold listed here was made after its message was committed, which the journal read
+    // after the listing has seen.
+    const present = new Set(out.map((e) => e.id));
+    for (const n of names) {
+      if (n.endsWith('.held') && !present.has(n.slice(0, -5))) await unlink(join(this.queueDir, n)).catch(() => undefined);
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }

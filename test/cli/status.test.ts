@@ -35,13 +35,19 @@ listeners:
   const config = join(c.dir, 'postern.yaml');
   const running = status(config);
   assert.equal(running.code, 0, running.stderr);
-  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean }> };
+  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean; restarts: number }>; fences: unknown[] };
   assert.equal(cluster.pid, c.proc.pid);
-  assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready]), [['worker', true], ['queue', true]]);
+  // What an on-call reads first: every process ready and how often it was replaced, fenced scripts, the queue.
+  assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready, p.restarts]), [['worker', true, 0], ['queue', true, 0]]);
+  assert.deepEqual(cluster.fences, []);
+  assert.equal(running.json!.summary, '1/1 workers ready, 0 restarts; no fenced script; last reload ok; queue 0');
   assert.deepEqual(running.json!.pendingRestart, []);
-  assert.deepEqual(running.json!.queue, { messages: 0 });
+  assert.deepEqual(running.json!.queue, { messages: 0, held: 0, oldestAgeSeconds: 0 });
   await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
-  assert.deepEqual(status(config).json!.queue, { messages: 1 }, 'the worker\'s spool counts');
+  const queued = status(config).json!.queue as { messages: number; held: number; oldestAgeSeconds: number };
+  assert.deepEqual([queued.messages, queued.held], [1, 0], 'the worker\'s spool counts');
+  assert.ok(queued.oldestAgeSeconds > 0);
+  assert.match(String(status(config).json!.summary), /; queue 1, oldest \d+ s$/);
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
@@ -61,6 +67,7 @@ listeners:
     return s.code === 2 ? s : null;
   });
   assert.match(broken.stderr, /the configuration has errors/);
+  assert.match(String(broken.json!.summary), /; LAST RELOAD REFUSED: [^;]*postern\.yaml/);
   assert.ok(Array.isArray(broken.json!.lastError) && (broken.json!.lastError as string[]).some((e) => e.includes('postern.yaml')));
   assert.doesNotMatch(broken.stderr, /\n\s+at /, 'no stack trace');
 

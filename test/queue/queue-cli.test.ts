@@ -60,12 +60,12 @@ test('list, show, retry and delete while the server runs', async () => {
   const shape = JSON.parse((await cli('summary', '--json')).stdout) as { rows: Array<{ domain: string; total: number; counts: number[] }> };
   assert.deepEqual(shape.rows.map((r) => [r.domain, r.total, r.counts[0]]), [['TOTAL', 2, 2], ['dest.test', 2, 2]]);
 
-  const show = await cli('show', held);
+  const show = await cli('show', held, '--json');
   assert.equal(show.code, 0);
   const env = JSON.parse(show.stdout);
   assert.equal(env.attempts, 1);
   assert.deepEqual(env.recipients.map((r: { status?: string }) => r.status ?? 'pending'), ['pending', 'delivered']);
-  assert.match((await cli('show', held, '--message')).stdout, /\nSubject: test\r\n\r\nhello\r\n$/);
+  assert.match((await cli('show', held, '--json', '--message')).stdout, /\nSubject: test\r\n\r\nhello\r\n$/);
 
   holding = false;
   const retry = await cli('retry', held);

@@ -1,0 +1,35 @@
+/**
+ * The first line of `postern status`: what an on-call reads before anything else, in words — are all
+ * processes up (and how often they were replaced), is a script fenced, did the last reload fail, is a
+ * restart pending, how much mail waits and for how long. The JSON below it has the details.
+ */
+export interface SummaryFacts {
+  processes: ReadonlyArray<{ role: string; index: number; ready: boolean; restarts: number }>;
+  fences: ReadonlyArray<{ hook: string; file: string }>;
+  lastError: readonly string[] | null;
+  pendingRestart: readonly string[];
+  queue: { messages: number; held: number; oldestAgeSeconds: number } | { error: string };
+}
+
+export function statusSummary(f: SummaryFacts): string {
+  const parts: string[] = [];
+  const workers = f.processes.filter((p) => p.role === 'worker');
+  const down = f.processes.filter((p) => !p.ready).map((p) => `${p.role} ${p.index}`);
+  const restarts = f.processes.reduce((n, p) => n + p.restarts, 0);
+  parts.push(`${workers.length - down.filter((d) => d.startsWith('worker')).length}/${workers.length} workers ready` +
+    `${down.length ? ` (not ready: ${down.join(', ')})` : ''}, ${restarts} restart${restarts === 1 ? '' : 's'}`);
+  parts.push(f.fences.length ? `FENCED: ${f.fences.map((x) => `${x.hook} (${x.file})`).join(', ')}` : 'no fenced script');
+  parts.push(f.lastError ? `LAST RELOAD REFUSED: ${f.lastError[0]}` : 'last reload ok');
+  if (f.pendingRestart.length) parts.push(`restart pending: ${f.pendingRestart.join('; ')}`);
+  const q = f.queue;
+  if ('error' in q) parts.push(`queue unreadable: ${q.error}`);
+  else parts.push(`queue ${q.messages}${q.held ? ` (${q.held} held)` : ''}${q.messages - q.held ? `, oldest ${age(q.oldestAgeSeconds)}` : ''}`);
+  return parts.join('; ');
+}
+
+function age(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 172800) return `${Math.round(seconds / 3600)} h`;
+  return `${Math.round(seconds / 86400)} days`;
+}
