@@ -155,6 +155,34 @@ export function installRuntime(
   for (const name of ['WebAssembly', 'FinalizationRegistry', 'SharedArrayBuffer', 'Atomics', 'console']) {
     Reflect.deleteProperty(globalThis, name);
   }
+  fixedLengthArrayBuffers();
+
+  /**
+   * isolated-vm holds an isolate to its memory limit through V8's ArrayBuffer allocator, which a resizable
+   * buffer bypasses (V8 reserves and commits its pages itself): `new ArrayBuffer(1, { maxByteLength: 2 ** 32 })`
+   * then `resize(6e8)` and a fill took 600 MB of a 32 MB isolate, in every call a script liked, and kept it in
+   * a module-level variable. Only fixed-length buffers exist here: the constructor, which the global and
+   * ArrayBuffer.prototype.constructor (what slice() and subclasses reach) name, refuses `maxByteLength`; a
+   * typed array's own buffer is always fixed-length, and transfer() keeps a buffer's kind.
+   */
+  function fixedLengthArrayBuffers(): void {
+    const Native = ArrayBuffer;
+    const construct = Reflect.construct;
+    const RangeErrorCtor = RangeError;
+    const Fixed = function ArrayBuffer(this: unknown, length?: unknown, opts?: unknown): ArrayBuffer {
+      if (new.target === undefined) throw new TypeErrorCtor("Constructor ArrayBuffer requires 'new'");
+      if (opts !== null && typeof opts === 'object' && (opts as { maxByteLength?: unknown }).maxByteLength !== undefined) {
+        throw new RangeErrorCtor('ArrayBuffer(): resizable buffers (maxByteLength) are not available in policy scripts');
+      }
+      return construct(Native, [length], new.target) as ArrayBuffer; // the options never reach V8
+    };
+    defineProperty(Fixed, 'length', { value: 1, writable: false, enumerable: false, configurable: true });
+    defineProperty(Fixed, 'prototype', { value: Native.prototype, writable: false, enumerable: false, configurable: false });
+    defineProperty(Fixed, 'isView', { value: Native.isView, writable: true, enumerable: false, configurable: true });
+    defineProperty(Fixed, Symbol.species, { get() { return this; }, enumerable: false, configurable: true });
+    defineProperty(Native.prototype, 'constructor', { value: Fixed, writable: true, enumerable: false, configurable: true });
+    defineProperty(globalThis, 'ArrayBuffer', { value: Fixed, writable: true, enumerable: false, configurable: true });
+  }
 
   // Answers of lookup(), remembered: a table never changes under an isolate (a changed table file makes
   // a new generation, with new isolates), and each answer fetched from the host costs a crossing that
