@@ -275,10 +275,33 @@ export function installRuntime(
   // Hashing runs on the server's event-loop thread, which waits for it (perf: a 10 MB string held it for
   // tens of ms per call): one call of a helper hashes at most this much.
   const MAX_HASH_INPUT = 1 << 20;
+  /**
+   * And one hook call, its continuations included, hashes at most this much in all: each helper call is capped,
+   * but a loop of 1 MiB hmac() calls on an isolate thread kept the event loop ~90% busy (mean delay 95 ms) for
+   * the call's whole time limit, every other connection waiting. Code no call can be named for (a batch's
+   * continuations) shares one allowance per entry into the isolate.
+   */
+  const MAX_HASH_PER_CALL = 4 << 20;
+  let hashedOf: Record<number, number> = create(null);
+  let hashedOwners = 0;
+  let hashedUnattributed = 0;
   function hashInput(fn: string, data: unknown, extra = 0): string {
     const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
+    hashed(fn, value.length + extra);
     return value;
+  }
+  function hashed(fn: string, chars: number): void {
+    const owner = currentCall;
+    const before = owner >= 0 ? hashedOf[owner] : hashedUnattributed;
+    const total = (before ?? 0) + chars;
+    if (total > MAX_HASH_PER_CALL) fail(`${fn}(): more than ${MAX_HASH_PER_CALL} characters hashed in one call (hashing runs on the server's own thread)`);
+    if (owner < 0) {
+      hashedUnattributed = total;
+      return;
+    }
+    if (before === undefined && ++hashedOwners > 4096) { hashedOf = create(null); hashedOwners = 1; }
+    hashedOf[owner] = total;
   }
   // Counter-store arguments, checked here so that a mistake reads as the script's own TypeError.
   const MAX_STORE_KEY = 1024;
@@ -385,6 +408,7 @@ export function installRuntime(
       }
       if (!isString(key) || !isString(data)) fail('hmac(): key and data must be strings');
       if ((key as string).length + (data as string).length > MAX_HASH_INPUT) hashInput('hmac', data, (key as string).length);
+      hashed('hmac', (key as string).length + (data as string).length);
       return hostHmac(algorithm as string, key as string, data as string);
     },
     lookup(table: unknown, key: unknown): string | null {
@@ -780,6 +804,7 @@ export function installRuntime(
     run(callsJson, wait, tag, taken) {
       begin(taken);
       unattributedOps = 0;
+      hashedUnattributed = 0;
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
@@ -834,6 +859,7 @@ export function installRuntime(
   /** Settle the answered operations one owner at a time (see deliver()). */
   async function settleAnswers(answersJson: string): Promise<void> {
     unattributedOps = 0;
+    hashedUnattributed = 0;
     const answers = parse(answersJson) as AnswerWire;
     // By the call that is waiting for them, in the order they came.
     const owners: Record<number, number> = create(null);

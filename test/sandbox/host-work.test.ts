@@ -26,6 +26,13 @@ const SCRIPTS = {
       const key = 'A'.repeat(1 << 22);
       try { lookup('users', key); return reject('looked up'); } catch (e) { return reject(e.message); }
     }
+    if (local === 'hash-flood' || local === 'hash-some') {
+      const data = 'x'.repeat(1 << 20);
+      try {
+        for (let i = 0; i < (local === 'hash-flood' ? 64 : 3); i++) sha256(data);
+        return reject('hashed');
+      } catch (e) { return reject(e.message); }
+    }
     if (local === 'log-flood') {
       const line = 'x'.repeat(8192);
       for (let i = 0; i < 1000; i++) log(ctx.address.address, line);
@@ -64,4 +71,11 @@ test('what one call logs is bounded in characters, not only in lines', async () 
   const total = lines.reduce((sum, l) => sum + String(l.msg).length, 0);
   assert.ok(total <= 256 * 1024, `${lines.length} lines, ${total} characters logged by one call`);
   assert.ok(lines.length >= 31, `${lines.length} lines: those within the bound are logged`);
+});
+
+test('what one call hashes is bounded in all, not only per helper call (hashing runs on the server\'s thread)', async () => {
+  // 64 MiB in 1 MiB pieces used to go through, the event loop hashing for the call's whole time limit.
+  assert.equal(await rcpt('hash-flood@example.com'), '550 5.7.1 sha256(): more than 4194304 characters hashed in one call (hashing runs on the server\'s own thread)');
+  assert.equal(await rcpt('hash-some@example.com'), '550 5.7.1 hashed', 'a few MiB in one call still hash');
+  assert.match(await rcpt('bob@example.com'), /^250 /);
 });
