@@ -378,12 +378,24 @@ export function installRuntime(
   // this much per call (as engine/sandbox/message-texts.ts, which checks again).
   const MAX_MESSAGE_TEXT = 1024 * 1024;
   const DEFAULT_MESSAGE_TEXT = 64 * 1024;
-  const messageOf = (token: string) => freeze({
-    text: async (maxBytes?: unknown): Promise<string> => {
-      const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
-      return hostMessageText(token, max);
-    },
-  });
+  /**
+   * And this much in all per call: each text() is read (from the spool file, for a large message) and decoded on
+   * the server's thread, so a loop of text(1 MiB) on an isolate thread kept that thread a third busy for the call's
+   * whole time limit. A message object is its call's own, so what it read counts here.
+   */
+  const MAX_MESSAGE_TEXT_PER_CALL = 4 * MAX_MESSAGE_TEXT;
+  const messageOf = (token: string) => {
+    let read = 0;
+    return freeze({
+      text: async (maxBytes?: unknown): Promise<string> => {
+        const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
+        if (read >= MAX_MESSAGE_TEXT_PER_CALL) fail(`message.text(): more than ${MAX_MESSAGE_TEXT_PER_CALL} characters read in one call: keep what it gave`);
+        const body = hostMessageText(token, max);
+        read += body.length;
+        return body;
+      },
+    });
+  };
   const helpers = {
     dns,
     async dnsbl(zone: unknown, ip: unknown, opts?: unknown): Promise<unknown> {
