@@ -102,6 +102,10 @@ export function installRuntime(
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStart: RuntimeHost['startOperation'], hostMessageText: (token: string, maxBytes: number) => string,
 ): RuntimeHandle {
+  // Strict, as the scripts are: V8 tells a sloppy function its caller (`f.caller`) unless that caller is strict. A
+  // script's own sloppy function (made with Function()) used as a getter of a thrown error's message was called by
+  // the runner and walked up to its call() and run(), and through them forged another client's pending verdict.
+  'use strict';
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
   // spread into arrays or assignment to an object a script could have set up (see containment in
