@@ -759,7 +759,10 @@ export function installRuntime(
       // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
       const message = hook === 'data' && context !== null && typeof context === 'object' ? context.message as { token?: unknown } | undefined : undefined;
       if (message !== null && typeof message === 'object' && isString(message.token)) define(context, 'message', messageOf(message.token));
-      const result = hooks[hook]!(context);
+      // Called as a plain function: as a method of `hooks` its `this` was that record, and a helo script
+      // assigned `this.rcptto`, deciding every client's recipients from then on.
+      const fn = hooks[hook]!;
+      const result = fn(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
         return settled(result as Promise<unknown>, wait ? -1 : callId, callId);

@@ -1,5 +1,11 @@
 /**
- * A script cannot reach the sandbox runner's own functions, over real SMTP sockets. V8 tells a sloppy-mode
+ * A script cannot reach the sandbox runner's own functions or records, over real SMTP sockets.
+ *
+ * `this`: the runner called each hook as a method of its record of hooks, so a default export that is a
+ * `function` got that record as `this`, and a helo script could assign `this.rcptto` — every client's
+ * recipients then decided by it (an open relay). Hooks are called as plain functions now: `this` is undefined.
+ *
+ * `Function.caller`: V8 tells a sloppy-mode
  * function its caller (`f.caller`) unless that caller is strict code; a script can make sloppy functions
  * (`Function(…)`), and the runner calls script code — here a getter of a thrown error's message. The runner
  * was sloppy code: that getter walked up to its call() and run(), and a later call of the same isolate used
@@ -26,7 +32,15 @@ export default function (ctx) {
     for (let id = 0; id < 200; id++) refs.call('rcptto', forged, ['rcptto', forged, null, null, false, null, null, false, id], id, false);
     return Promise.resolve(reject('forged', { code: 550 }));
   }
+  if (local === 'nobody') return reject('nobody here', { code: 550 });
   if (local === 'found') return reject('runner functions reached: ' + (Object.keys(refs).join(',') || 'none'), { code: 550 });
+}`;
+
+const HELO = `export default function (ctx) {
+  if (ctx.helo.name !== 'hijack.example') return;
+  let what = typeof this;
+  try { if (this) this.rcptto = () => accept({ text: 'hijacked' }); } catch (e) { what += ' ' + e.message; }
+  return reject('this: ' + what, { code: 550 });
 }`;
 
 let dns: TestDnsServer;
@@ -46,7 +60,7 @@ listeners:
     reverseDns: false
     limits: { greetingDelayMs: 0 }
 `,
-    scripts: { 'rcptto.js': RCPTTO },
+    scripts: { 'rcptto.js': RCPTTO, 'helo.js': HELO },
   });
 });
 after(async () => {
@@ -67,4 +81,15 @@ test('a script cannot reach the runner\'s functions through Function.caller, nor
   assert.equal((await attacker.command('RCPT TO:<found@example.com>')).text, '550 5.7.1 runner functions reached: none');
   await attacker.quit();
   await victim.quit();
+});
+
+test('a hook\'s `this` is undefined: a helo script cannot replace the rcptto hook of every client', async () => {
+  const c = await openTransaction(server.port('mx'));
+  assert.equal((await c.command('RCPT TO:<nobody@example.com>')).text, '550 5.7.1 nobody here');
+  const helo = (await c.command('EHLO hijack.example')).text;
+  await c.quit();
+  const other = await openTransaction(server.port('mx'));
+  assert.equal((await other.command('RCPT TO:<nobody@example.com>')).text, '550 5.7.1 nobody here', 'another client: the rcptto script still decides');
+  await other.quit();
+  assert.equal(helo, '550 5.7.1 this: undefined');
 });
