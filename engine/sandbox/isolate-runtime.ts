@@ -594,7 +594,10 @@ export function installRuntime(
       case 'undefined': return undefined;
       case 'boolean': return value ? 'true' : 'false';
       case 'number': return value === value && value !== Infinity && value !== -Infinity ? `${value}` : 'null';
-      case 'string': return quote(value);
+      case 'string':
+        // Refused before it is quoted: quoting `'x'.repeat(1e8)` (a rope, cheap to make) wrote 100 MB and lost the isolate.
+        if (value.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
+        return quote(value);
       case 'object': {
         if (value === null) return 'null';
         if (depth >= MAX_DEPTH) throw NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
@@ -620,6 +623,7 @@ export function installRuntime(
           const own = keys(value);
           for (let i = 0; i < own.length; i++) {
             const key = own[i]!;
+            if (key.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
             const text = encode((value as Record<string, unknown>)[key], `${path}.${key}`, stack, depth + 1);
             if (text === undefined) continue;
             out += (out.length > 1 ? ',' : '') + quote(key) + ':' + text;
@@ -650,8 +654,12 @@ export function installRuntime(
     try {
       if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
       if (isError(error)) {
-        const { name, message, stack } = error as Error;
-        return failure(StringCtor(name), StringCtor(message), isString(stack) ? stack : '');
+        const name = StringCtor((error as Error).name);
+        const message = StringCtor((error as Error).message);
+        // V8 formats the stack from the message on first read: for a message of 50 MB that lost the isolate (memory).
+        // Such a failure keeps its (clipped) message, without the frames that locate it.
+        const stack = message.length > MAX_LOG ? '' : (error as Error).stack;
+        return failure(name, message, isString(stack) ? stack : '');
       }
       return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {
