@@ -129,6 +129,8 @@ export function installRuntime(
   const MAX_DEPTH = 32;
   /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
   const MAX_RESULT = 65536;
+  /** The longest error name and message whose stack (which repeats them) the runner reads: see failed(). */
+  const MAX_STACK_HEADER = 4 << 20;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
   let collected: Record<number, string> | null = null;
   let collectedCount = 0;
@@ -623,7 +625,6 @@ export function installRuntime(
           const own = keys(value);
           for (let i = 0; i < own.length; i++) {
             const key = own[i]!;
-            if (key.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
             const text = encode((value as Record<string, unknown>)[key], `${path}.${key}`, stack, depth + 1);
             if (text === undefined) continue;
             out += (out.length > 1 ? ',' : '') + quote(key) + ':' + text;
@@ -656,9 +657,10 @@ export function installRuntime(
       if (isError(error)) {
         const name = StringCtor((error as Error).name);
         const message = StringCtor((error as Error).message);
-        // V8 formats the stack from the message on first read: for a message of 50 MB that lost the isolate (memory).
-        // Such a failure keeps its (clipped) message, without the frames that locate it.
-        const stack = message.length > MAX_LOG ? '' : (error as Error).stack;
+        // V8 formats the stack from the name and message the error had when it was made, on the first read: a 50 MB
+        // message lost the isolate to its memory limit there. Past a few MB the failure keeps its (clipped) message
+        // without the frames that locate it.
+        const stack = name.length + message.length > MAX_STACK_HEADER ? '' : (error as Error).stack;
         return failure(name, message, isString(stack) ? stack : '');
       }
       return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
