@@ -35,15 +35,31 @@ export interface ScriptDnsOptions {
 
 /** Kept answers before the oldest go. */
 const MAX_ENTRIES = 10_000;
+/**
+ * And the characters of their records, all together, before the oldest go: an answer can be 64 KB (a TXT record
+ * of many strings, or thousands of A records, over UDP), so 10 000 names that a sender's domain controls
+ * (`dns.resolve(ctx.address.domain, 'TXT')` at MAIL FROM, one subdomain a message) held ~620 MB in each process.
+ */
+export const MAX_CACHED_CHARS = 8 * 1024 * 1024;
 const MAX_CACHE_SECONDS = 3600;
 export const FIXED_CACHE_SECONDS = 60;
 
-interface Entry { until: number; answer: Promise<DnsAnswer> }
+interface Entry { until: number; answer: Promise<DnsAnswer>; chars: number }
+
+/** About what an answer holds: the characters of its records (and a little for each record). */
+function charsOf(a: DnsAnswer): number {
+  if (!a.ok) return 0;
+  let chars = 0;
+  for (const r of a.records) chars += 16 + (typeof r === 'string' ? r.length : r.exchange.length);
+  return chars;
+}
 
 export class ScriptDns {
   readonly timeoutMs: number;
   readonly #resolver: Resolver;
   readonly #cache = new Map<string, Entry>();
+  /** What the settled answers kept hold, in charsOf() units. */
+  #chars = 0;
   readonly #now: () => number;
 
   constructor(options: ScriptDnsOptions, now: () => number = () => performance.now()) {
@@ -64,11 +80,18 @@ export class ScriptDns {
     if (hit && hit.until > now) return withTimeout(hit.answer.then((a) => aged(a, hit.until, this.#now())), limit, query, type);
     const answer = this.#lookup(query, type);
     // In flight: later callers share it; settled, kept for its TTL (failures are dropped).
-    const entry: Entry = { until: Infinity, answer };
+    const entry: Entry = { until: Infinity, answer, chars: 0 };
     this.#remember(key, entry);
     void answer.then((a) => {
-      if (!a.ok) this.#cache.delete(key);
-      else entry.until = this.#now() + 1000 * (a.ttl ?? FIXED_CACHE_SECONDS);
+      if (this.#cache.get(key) !== entry) return; // pushed out meanwhile
+      if (!a.ok) {
+        this.#cache.delete(key);
+        return;
+      }
+      entry.until = this.#now() + 1000 * (a.ttl ?? FIXED_CACHE_SECONDS);
+      entry.chars = charsOf(a);
+      this.#chars += entry.chars;
+      this.#trim();
     });
     return withTimeout(answer, limit, query, type);
   }
@@ -86,9 +109,23 @@ export class ScriptDns {
   }
 
   #remember(key: string, entry: Entry): void {
-    this.#cache.delete(key);
+    this.#forget(key);
     this.#cache.set(key, entry);
-    if (this.#cache.size > MAX_ENTRIES) this.#cache.delete(this.#cache.keys().next().value!);
+    this.#trim();
+  }
+
+  /** The oldest answers go while there are too many, or they hold too much (the newest is kept, whatever its size). */
+  #trim(): void {
+    while (this.#cache.size > MAX_ENTRIES || (this.#chars > MAX_CACHED_CHARS && this.#cache.size > 1)) {
+      this.#forget(this.#cache.keys().next().value!);
+    }
+  }
+
+  #forget(key: string): void {
+    const old = this.#cache.get(key);
+    if (!old) return;
+    this.#chars -= old.chars;
+    this.#cache.delete(key);
   }
 
   async #lookup(name: string, type: DnsType): Promise<DnsAnswer> {

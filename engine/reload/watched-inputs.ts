@@ -90,11 +90,19 @@ export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<st
   return hash.digest('hex');
 }
 
+/**
+ * Files longer than this are digested by their status (size, times, inode), not read: no input is this large,
+ * and a file that is (a 1.5 GB log copied into the scripts folder) was read whole into memory by each digest.
+ * Loading refuses it anyway (engine/sandbox/load-scripts.ts MAX_SCRIPT_BYTES; tables and keys fail to parse).
+ */
+const MAX_DIGESTED_BYTES = 64 * 1024 * 1024;
+
 /** A file's bytes, or what stands in its place; only a regular file is opened (a FIFO would block the open forever). */
 async function contentOf(file: string): Promise<Buffer> {
   try {
     const s = await stat(file);
     if (!s.isFile()) return Buffer.from(`\0not a file ${s.mode} ${s.ino}`);
+    if (s.size > MAX_DIGESTED_BYTES) return Buffer.from(`\0large ${s.size} ${s.mtimeMs} ${s.ctimeMs} ${s.ino}`);
     return await readFile(file);
   } catch (err) {
     return Buffer.from(`\0${(err as NodeJS.ErrnoException).code}`);

@@ -102,6 +102,10 @@ export function installRuntime(
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStart: RuntimeHost['startOperation'], hostMessageText: (token: string, maxBytes: number) => string,
 ): RuntimeHandle {
+  // Strict, as the scripts are: V8 tells a sloppy function its caller (`f.caller`) unless that caller is strict. A
+  // script's own sloppy function (made with Function()) used as a getter of a thrown error's message was called by
+  // the runner and walked up to its call() and run(), and through them forged another client's pending verdict.
+  'use strict';
   // Intrinsics are captured before any policy script runs: a script that patches builtins can only
   // break its own results, never the runner. The runner itself uses no prototype method, iterator,
   // spread into arrays or assignment to an object a script could have set up (see containment in
@@ -125,6 +129,8 @@ export function installRuntime(
   const MAX_DEPTH = 32;
   /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
   const MAX_RESULT = 65536;
+  /** The longest error name and message whose stack (which repeats them) the runner reads: see failed(). */
+  const MAX_STACK_HEADER = 4 << 20;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
   let collected: Record<number, string> | null = null;
   let collectedCount = 0;
@@ -154,6 +160,34 @@ export function installRuntime(
   // finalizers and WebAssembly compilation complete later, Atomics.wait blocks. V8's console is a no-op.
   for (const name of ['WebAssembly', 'FinalizationRegistry', 'SharedArrayBuffer', 'Atomics', 'console']) {
     Reflect.deleteProperty(globalThis, name);
+  }
+  fixedLengthArrayBuffers();
+
+  /**
+   * isolated-vm holds an isolate to its memory limit through V8's ArrayBuffer allocator, which a resizable
+   * buffer bypasses (V8 reserves and commits its pages itself): `new ArrayBuffer(1, { maxByteLength: 2 ** 32 })`
+   * then `resize(6e8)` and a fill took 600 MB of a 32 MB isolate, in every call a script liked, and kept it in
+   * a module-level variable. Only fixed-length buffers exist here: the constructor, which the global and
+   * ArrayBuffer.prototype.constructor (what slice() and subclasses reach) name, refuses `maxByteLength`; a
+   * typed array's own buffer is always fixed-length, and transfer() keeps a buffer's kind.
+   */
+  function fixedLengthArrayBuffers(): void {
+    const Native = ArrayBuffer;
+    const construct = Reflect.construct;
+    const RangeErrorCtor = RangeError;
+    const Fixed = function ArrayBuffer(this: unknown, length?: unknown, opts?: unknown): ArrayBuffer {
+      if (new.target === undefined) throw new TypeErrorCtor("Constructor ArrayBuffer requires 'new'");
+      if (opts !== null && typeof opts === 'object' && (opts as { maxByteLength?: unknown }).maxByteLength !== undefined) {
+        throw new RangeErrorCtor('ArrayBuffer(): resizable buffers (maxByteLength) are not available in policy scripts');
+      }
+      return construct(Native, [length], new.target) as ArrayBuffer; // the options never reach V8
+    };
+    defineProperty(Fixed, 'length', { value: 1, writable: false, enumerable: false, configurable: true });
+    defineProperty(Fixed, 'prototype', { value: Native.prototype, writable: false, enumerable: false, configurable: false });
+    defineProperty(Fixed, 'isView', { value: Native.isView, writable: true, enumerable: false, configurable: true });
+    defineProperty(Fixed, Symbol.species, { get() { return this; }, enumerable: false, configurable: true });
+    defineProperty(Native.prototype, 'constructor', { value: Fixed, writable: true, enumerable: false, configurable: true });
+    defineProperty(globalThis, 'ArrayBuffer', { value: Fixed, writable: true, enumerable: false, configurable: true });
   }
 
   // Answers of lookup(), remembered: a table never changes under an isolate (a changed table file makes
@@ -247,10 +281,33 @@ export function installRuntime(
   // Hashing runs on the server's event-loop thread, which waits for it (perf: a 10 MB string held it for
   // tens of ms per call): one call of a helper hashes at most this much.
   const MAX_HASH_INPUT = 1 << 20;
+  /**
+   * And one hook call, its continuations included, hashes at most this much in all: each helper call is capped,
+   * but a loop of 1 MiB hmac() calls on an isolate thread kept the event loop ~90% busy (mean delay 95 ms) for
+   * the call's whole time limit, every other connection waiting. Code no call can be named for (a batch's
+   * continuations) shares one allowance per entry into the isolate.
+   */
+  const MAX_HASH_PER_CALL = 4 << 20;
+  let hashedOf: Record<number, number> = create(null);
+  let hashedOwners = 0;
+  let hashedUnattributed = 0;
   function hashInput(fn: string, data: unknown, extra = 0): string {
     const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
+    hashed(fn, value.length + extra);
     return value;
+  }
+  function hashed(fn: string, chars: number): void {
+    const owner = currentCall;
+    const before = owner >= 0 ? hashedOf[owner] : hashedUnattributed;
+    const total = (before ?? 0) + chars;
+    if (total > MAX_HASH_PER_CALL) fail(`${fn}(): more than ${MAX_HASH_PER_CALL} characters hashed in one call (hashing runs on the server's own thread)`);
+    if (owner < 0) {
+      hashedUnattributed = total;
+      return;
+    }
+    if (before === undefined && ++hashedOwners > 4096) { hashedOf = create(null); hashedOwners = 1; }
+    hashedOf[owner] = total;
   }
   // Counter-store arguments, checked here so that a mistake reads as the script's own TypeError.
   const MAX_STORE_KEY = 1024;
@@ -327,12 +384,24 @@ export function installRuntime(
   // this much per call (as engine/sandbox/message-texts.ts, which checks again).
   const MAX_MESSAGE_TEXT = 1024 * 1024;
   const DEFAULT_MESSAGE_TEXT = 64 * 1024;
-  const messageOf = (token: string) => freeze({
-    text: async (maxBytes?: unknown): Promise<string> => {
-      const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
-      return hostMessageText(token, max);
-    },
-  });
+  /**
+   * And this much in all per call: each text() is read (from the spool file, for a large message) and decoded on
+   * the server's thread, so a loop of text(1 MiB) on an isolate thread kept that thread a third busy for the call's
+   * whole time limit. A message object is its call's own, so what it read counts here.
+   */
+  const MAX_MESSAGE_TEXT_PER_CALL = 4 * MAX_MESSAGE_TEXT;
+  const messageOf = (token: string) => {
+    let read = 0;
+    return freeze({
+      text: async (maxBytes?: unknown): Promise<string> => {
+        const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
+        if (read >= MAX_MESSAGE_TEXT_PER_CALL) fail(`message.text(): more than ${MAX_MESSAGE_TEXT_PER_CALL} characters read in one call: keep what it gave`);
+        const body = hostMessageText(token, max);
+        read += body.length;
+        return body;
+      },
+    });
+  };
   const helpers = {
     dns,
     async dnsbl(zone: unknown, ip: unknown, opts?: unknown): Promise<unknown> {
@@ -357,6 +426,7 @@ export function installRuntime(
       }
       if (!isString(key) || !isString(data)) fail('hmac(): key and data must be strings');
       if ((key as string).length + (data as string).length > MAX_HASH_INPUT) hashInput('hmac', data, (key as string).length);
+      hashed('hmac', (key as string).length + (data as string).length);
       return hostHmac(algorithm as string, key as string, data as string);
     },
     lookup(table: unknown, key: unknown): string | null {
@@ -526,7 +596,10 @@ export function installRuntime(
       case 'undefined': return undefined;
       case 'boolean': return value ? 'true' : 'false';
       case 'number': return value === value && value !== Infinity && value !== -Infinity ? `${value}` : 'null';
-      case 'string': return quote(value);
+      case 'string':
+        // Refused before it is quoted: quoting `'x'.repeat(1e8)` (a rope, cheap to make) wrote 100 MB and lost the isolate.
+        if (value.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
+        return quote(value);
       case 'object': {
         if (value === null) return 'null';
         if (depth >= MAX_DEPTH) throw NotPlain(`return value is nested deeper than ${MAX_DEPTH} levels at ${path}`);
@@ -582,8 +655,13 @@ export function installRuntime(
     try {
       if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
       if (isError(error)) {
-        const { name, message, stack } = error as Error;
-        return failure(StringCtor(name), StringCtor(message), isString(stack) ? stack : '');
+        const name = StringCtor((error as Error).name);
+        const message = StringCtor((error as Error).message);
+        // V8 formats the stack from the name and message the error had when it was made, on the first read: a 50 MB
+        // message lost the isolate to its memory limit there. Past a few MB the failure keeps its (clipped) message
+        // without the frames that locate it.
+        const stack = name.length + message.length > MAX_STACK_HEADER ? '' : (error as Error).stack;
+        return failure(name, message, isString(stack) ? stack : '');
       }
       return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {
@@ -691,7 +769,10 @@ export function installRuntime(
       // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
       const message = hook === 'data' && context !== null && typeof context === 'object' ? context.message as { token?: unknown } | undefined : undefined;
       if (message !== null && typeof message === 'object' && isString(message.token)) define(context, 'message', messageOf(message.token));
-      const result = hooks[hook]!(context);
+      // Called as a plain function: as a method of `hooks` its `this` was that record, and a helo script
+      // assigned `this.rcptto`, deciding every client's recipients from then on.
+      const fn = hooks[hook]!;
+      const result = fn(context);
       // Only a real promise (an async function's) is waited for; any other object is the verdict itself.
       if (result !== null && typeof result === 'object' && getPrototypeOf(result) === PromiseProto) {
         return settled(result as Promise<unknown>, wait ? -1 : callId, callId);
@@ -752,6 +833,7 @@ export function installRuntime(
     run(callsJson, wait, tag, taken) {
       begin(taken);
       unattributedOps = 0;
+      hashedUnattributed = 0;
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
@@ -806,6 +888,7 @@ export function installRuntime(
   /** Settle the answered operations one owner at a time (see deliver()). */
   async function settleAnswers(answersJson: string): Promise<void> {
     unattributedOps = 0;
+    hashedUnattributed = 0;
     const answers = parse(answersJson) as AnswerWire;
     // By the call that is waiting for them, in the order they came.
     const owners: Record<number, number> = create(null);

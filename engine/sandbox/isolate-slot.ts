@@ -362,7 +362,7 @@ export class IsolateSlot {
         try {
           return { value: await settled.later, overran: false };
         } catch (e) {
-          if (!(e instanceof RunAgain)) throw e;
+          if (!(e instanceof RunAgain) || this.lost) throw e; // on a lost isolate, the caller runs it again elsewhere
           return { value: await this.#callOnIsolateThread(hook, file, ctx, connectionId, shared, timeoutMs, journal), overran: e.overran };
         }
       }
@@ -731,8 +731,8 @@ export class IsolateSlot {
     // Not while an isolate thread holds the isolate (a call or delivery there): this thread would wait for it.
     if (this.#fastPathMs > 0 && this.#ivmPending.size === 0) this.#deliverOnFastPath(this.#fastPathMs);
     if (this.lost || (this.#answers.length === 0 && !this.#collect)) return;
-    const answers = this.#answers;
-    this.#answers = [];
+    const answers = this.#alone(this.#answers);
+    this.#answers = answers === this.#answers ? [] : this.#answers.filter((a) => !answers.includes(a));
     this.#collect = false;
     const owners = new Set<number>();
     for (let i = 0; i < answers.length; i++) {
@@ -752,7 +752,7 @@ export class IsolateSlot {
     const watchdog = setTimeout(() => {
       this.#cutOff = true;
       this.#delivering = false;
-      this.#failAwaiting(owners, new Error('cut off'), timeoutMs);
+      this.#failAwaiting(owners, new Error('cut off'));
     }, watchdogDelay(timeoutMs));
     // The continuations' scripts are named in the running-call mirror meanwhile, should the process die under them.
     let hooks = 0;
@@ -764,7 +764,7 @@ export class IsolateSlot {
       const wire = await this.#track(this.#deliver.apply(undefined, [JSON.stringify(answers), false, taken], { timeout: timeoutMs, result: { promise: true } }));
       this.#settleTaken(wire);
     } catch (e) {
-      if (!this.#cutOff) this.#failAwaiting(owners, e, timeoutMs);
+      if (!this.#cutOff) this.#failAwaiting(owners, e);
     } finally {
       runningCall.exitAsync(running);
       clearTimeout(watchdog);
@@ -772,6 +772,22 @@ export class IsolateSlot {
     }
     if (this.#answers.length || this.#collect) this.#scheduleFlush();
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
+  }
+
+  /**
+   * The answers to deliver now: all of them, unless they are for a call run on an isolate thread and for others
+   * too; then that call's alone (the rest follow in the next delivery). Should its continuation fail, that call
+   * is the one whose code failed; should another's, it was not in the entry (see #failAwaiting).
+   */
+  #alone(answers: AnswerWire): AnswerWire {
+    let call = -1;
+    for (let i = 0; i < answers.length && call === -1; i++) {
+      const owner = this.#opOwners.get(answers[i]![0]);
+      if (owner !== undefined && owner >= 0 && this.#awaiting.has(owner) && this.#awaiting.get(owner)!.resolve === undefined) call = owner;
+    }
+    if (call === -1) return answers;
+    const own = answers.filter((a) => this.#opOwners.get(a[0]) === call);
+    return own.length === answers.length ? answers : own;
   }
 
   /**
@@ -862,7 +878,7 @@ export class IsolateSlot {
       this.#runAgain(again, this.#stoppedCpuMs);
       if (!this.#isolate.isDisposed) return;
     }
-    this.#failAwaiting(owners, failure, this.#options.timeoutMs);
+    this.#failAwaiting(owners, failure);
   }
 
   /**
@@ -930,20 +946,25 @@ export class IsolateSlot {
     }
   }
 
-  /** A delivery failed: its calls fail as it did, every other waiting call fails with the isolate, which is given up. */
-  #failAwaiting(owners: ReadonlySet<number>, e: unknown, timeoutMs: number): void {
-    const lostAlready = this.#isolate.isDisposed;
+  /**
+   * A delivery failed (a continuation that did not end, or memory): what the isolate was in the middle of is
+   * unknown, so it is given up. A call run on an isolate thread whose answers that delivery carried fails as it
+   * did (it goes in alone, see #flush: its own code failed). Every other call waiting on the isolate runs again
+   * from the start, alone on an isolate thread (RunAgain: its journal answers what it had started, nothing counts
+   * twice) — fast-path calls whose answers were in the delivery too, since which of their continuations failed is
+   * unknown: that one fails again when it runs again, alone. Other clients' calls that merely shared the isolate
+   * (or the delivery) are not failed with it: they used to get 451.
+   */
+  #failAwaiting(owners: ReadonlySet<number>, e: unknown): void {
     for (const [id, waiting] of this.#awaiting) {
-      // A call run on an isolate thread fails there, with its isolate: as its continuation did, when it was one of these.
+      // A call run on an isolate thread fails there, with its isolate (see #callOnIsolateThread).
       if (!waiting.reject) {
-        if (owners.has(id)) this.#failedWith.set(id, e);
+        this.#failedWith.set(id, owners.has(id) ? e : new RunAgain(false, 0));
         continue;
       }
       this.#awaiting.delete(id);
       this.#retire(id, true);
-      waiting.reject(owners.has(id) || lostAlready
-        ? this.#callFailure(waiting.hook, waiting.file, e, timeoutMs)
-        : new ScriptFailure('error', waiting.hook, waiting.file, null, null, 'its isolate was replaced after another call failed while it waited'));
+      waiting.reject(new RunAgain(false, 0));
     }
     this.#opOwners.clear();
     this.#topLevelOps.clear();
@@ -998,6 +1019,7 @@ export class IsolateSlot {
       this.#keptCertificates.reset();
       const cause = this.#failedWith.get(callId) ?? e;
       this.#failedWith.delete(callId);
+      if (cause instanceof RunAgain) throw cause; // another call's code lost the isolate under this one
       throw this.#callFailure(hook, file, cause, timeoutMs);
     }
     this.#failedWith.delete(callId);

@@ -2,8 +2,10 @@
  * Reads a scripts folder: `<hook>.ts`, `.js` or `.mjs` for each known hook, TypeScript stripped. Other
  * files (notes, editor swap and backup files) are ignored.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { containsPrivateKey, privateKeyFileMessage } from '../policy/key-material.ts';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptErrors } from './errors.ts';
 import { HOOK_NAMES, parseScriptFileName } from './hooks.ts';
@@ -40,10 +42,12 @@ export async function loadScriptDirectory(dir: string): Promise<ScriptSource[]> 
     if (found.length === 0) continue;
     const file = join(dir, found[0]!);
     try {
-      if (!(await stat(file)).isFile()) throw new Error('not a regular file');
-      files.push({ file, text: await readFile(file, 'utf8') });
+      const text = await readScript(file);
+      // A script named at a key by mistake (a symlink, say) is not compiled: no key material enters an isolate.
+      if (containsPrivateKey(text)) errors.push(new ScriptError(file, 1, 1, privateKeyFileMessage('a policy script')));
+      else files.push({ file, text });
     } catch (e) {
-      errors.push(new ScriptError(file, 1, 1, `cannot read: ${(e as Error).message}`));
+      errors.push(e instanceof ScriptError ? e : new ScriptError(file, 1, 1, `cannot read: ${(e as Error).message}`));
     }
   }
 
@@ -52,4 +56,32 @@ export async function loadScriptDirectory(dir: string): Promise<ScriptSource[]> 
   if (errors.length) throw new ScriptErrors(errors);
   const order = (s: ScriptSource): number => HOOK_NAMES.indexOf(s.hook);
   return scripts.sort((a, b) => order(a) - order(b));
+}
+
+/**
+ * The longest script file read. Every isolate compiles and holds its own copy of a script, and the reloader
+ * digests the folder too: a 1.5 GB file there (a log or an image copied in by mistake, a symlink to one) was read
+ * whole, twice, in every process (1.6 GB of memory each time) before it failed to load.
+ */
+export const MAX_SCRIPT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * A script file's text. Opened without blocking (a FIFO in its place would block the open for ever), checked to
+ * be a regular file no longer than MAX_SCRIPT_BYTES on the open handle, and never read past that.
+ */
+async function readScript(file: string): Promise<string> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new Error('not a regular file');
+    if (info.size > MAX_SCRIPT_BYTES) throw new ScriptError(file, 1, 1, `is ${info.size} bytes, longer than a policy script may be (${MAX_SCRIPT_BYTES}): not read`);
+    // One byte more than it holds: a file that grows while it is read (a write in progress) is not taken half-written.
+    const buffer = Buffer.alloc(info.size + 1);
+    let length = 0;
+    for (let n = -1; n !== 0 && length < buffer.length; length += n) n = (await handle.read(buffer, length, buffer.length - length, length)).bytesRead;
+    if (length > info.size) throw new ScriptError(file, 1, 1, 'changed while it was read (a write in progress?): not read');
+    return buffer.toString('utf8', 0, length);
+  } finally {
+    await handle.close();
+  }
 }

@@ -418,6 +418,7 @@ export class Sandbox {
     call.runningOn = { member, epoch };
     member.calls++;
     if (overranBefore) this.#policy.stats.calls++;
+    let again = false;
     try {
       if (fastPathMs > 0) {
         this.#policy.stats.calls++;
@@ -427,10 +428,18 @@ export class Sandbox {
       if (overran) this.#policy.overran(hook, slot.stoppedCpuMs);
       this.#resolve(call, value);
     } catch (e) {
-      if (!call.done) this.#countFailure(member, e);
-      this.#reject(call, e);
+      // Another call's code lost the isolate while this one waited on it: from the start, on another.
+      if (e instanceof RunAgain && !call.done) again = true;
+      else {
+        if (!call.done) this.#countFailure(member, e);
+        this.#reject(call, e);
+      }
     } finally {
       this.#release(member, file, epoch);
+    }
+    if (again) {
+      call.runningOn = null; // until it runs again: its deadline abandons no isolate meanwhile
+      void this.#invokeAlone(call, 0);
     }
   }
 

@@ -42,6 +42,8 @@ const SCRIPTS = {
     if (local === 'getter') return { get verdict() { throw new Error('no'); } };
     if (local === 'primitive') return { verdict: { [Symbol.toPrimitive]: () => 'accept' } };
     if (local === 'async-throw') return (async () => { await null; throw new Error('later'); })();
+    if (local === 'huge-reply') return reject('x'.repeat(1e8));
+    if (local === 'huge-error') throw new Error('y'.repeat(5e7));
     if (local === 'nobody') return reject('No such user', { code: 550, enhanced: '5.1.1' });
   }`,
 };
@@ -143,4 +145,21 @@ test('clients of a server whose script got stuck in an uninterruptible builtin (
   } finally {
     child.kill('SIGKILL');
   }
+});
+
+test('a 100 MB reply text or a 50 MB error message fails its own call as an error, without losing the isolate to its memory limit', async () => {
+  const from = server.logs.length;
+  for (const local of ['huge-reply', 'huge-error']) {
+    const c = await client();
+    assert.equal((await c.command(`RCPT TO:<${local}@example.com>`, 20_000)).text, FAIL_CLOSED, local);
+    await c.quit();
+  }
+  const logs = server.logs.slice(from);
+  const failures = logs.filter((l) => String(l.msg).startsWith('policy script rcptto failed'));
+  assert.deepEqual(failures.map((l) => l.kind), ['error', 'error'], JSON.stringify(failures.map((l) => String(l.err).slice(0, 120))));
+  assert.match(String(failures[0]!.err), /return value is longer than 65536 characters as JSON/);
+  assert.match(String(failures[1]!.err), /^Error: y{100}/);
+  assert.ok(String(failures[1]!.err).length < 10_000, 'the message is clipped');
+  assert.ok(!logs.some((l) => /was lost/.test(String(l.msg))), 'no isolate lost');
+  assert.deepEqual(await ordinary(), ORDINARY);
 });

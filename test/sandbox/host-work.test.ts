@@ -19,12 +19,19 @@ listeners:
     limits: { greetingDelayMs: 0 }
 `;
 
-const SCRIPTS = {
+const SCRIPTS: Record<string, string> = {
   'rcptto.ts': `export default function (ctx) {
     const local = ctx.address.localPart;
     if (local === 'huge-key') {
       const key = 'A'.repeat(1 << 22);
       try { lookup('users', key); return reject('looked up'); } catch (e) { return reject(e.message); }
+    }
+    if (local === 'hash-flood' || local === 'hash-some') {
+      const data = 'x'.repeat(1 << 20);
+      try {
+        for (let i = 0; i < (local === 'hash-flood' ? 64 : 3); i++) sha256(data);
+        return reject('hashed');
+      } catch (e) { return reject(e.message); }
     }
     if (local === 'log-flood') {
       const line = 'x'.repeat(8192);
@@ -34,6 +41,15 @@ const SCRIPTS = {
     if (lookup('users', local) !== 'ok') return reject('no such user', { code: 550, enhanced: '5.1.1' });
   }`,
 };
+
+SCRIPTS['data.ts'] = `export default async (ctx) => {
+  const reads = ctx.data.headers.some(([n, v]) => n === 'Subject' && v === 'many') ? 64 : 4;
+  let n = 0;
+  try {
+    for (let i = 0; i < reads; i++) n += (await ctx.message.text(1 << 20)).length;
+  } catch (e) { return reject(e.message); }
+  return accept({ text: 'read ' + n });
+}`;
 
 let server: TestServer;
 before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS, files: { users: 'bob ok\n' } }); });
@@ -64,4 +80,28 @@ test('what one call logs is bounded in characters, not only in lines', async () 
   const total = lines.reduce((sum, l) => sum + String(l.msg).length, 0);
   assert.ok(total <= 256 * 1024, `${lines.length} lines, ${total} characters logged by one call`);
   assert.ok(lines.length >= 31, `${lines.length} lines: those within the bound are logged`);
+});
+
+test('what one call hashes is bounded in all, not only per helper call (hashing runs on the server\'s thread)', async () => {
+  // 64 MiB in 1 MiB pieces used to go through, the event loop hashing for the call's whole time limit.
+  assert.equal(await rcpt('hash-flood@example.com'), '550 5.7.1 sha256(): more than 4194304 characters hashed in one call (hashing runs on the server\'s own thread)');
+  assert.equal(await rcpt('hash-some@example.com'), '550 5.7.1 hashed', 'a few MiB in one call still hash');
+  assert.match(await rcpt('bob@example.com'), /^250 /);
+});
+
+test('what one call reads of the message body is bounded in all, not only per text() call (read and decoded on the server\'s thread)', async () => {
+  const line = 'y'.repeat(998) + '\r\n';
+  const body = line.repeat(1200); // 1.2 MB: a spool file of its own, each text() reads it back
+  const send = async (subject: string): Promise<string> => {
+    const c = await SmtpTestClient.connect(server.port('mx'));
+    try {
+      await c.hello();
+      return (await c.sendMail('a@sender.example', ['bob@example.com'], `Subject: ${subject}\r\n\r\n${body}`)).text;
+    } finally {
+      await c.quit();
+    }
+  };
+  // 64 reads of 1 MiB used to go through.
+  assert.equal(await send('many'), '550 5.7.1 message.text(): more than 4194304 characters read in one call: keep what it gave');
+  assert.match(await send('four'), /^250 2\.0\.0 read 4194304: queued as /);
 });

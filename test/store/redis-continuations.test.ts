@@ -64,7 +64,7 @@ test('a continuation that never ends after await rate() fails closed with 451; o
   let answered = false;
   const reply = looper.command('RCPT TO:<loop@example.com>').then((r) => { answered = true; return r.text; });
   // Its rate() has counted (its continuation runs next): the other clients' calls start after it, not in its
-  // batch, whose other continuations would be delivered in the looping one's entry and fail with it.
+  // batch, so that they are served while it still runs (batch mates would run again from the start with it).
   await until('the looping call counted in Redis', async () =>
     (await run('redis-cli', ['-p', String(redis!.port), '--scan', '--pattern', '*rcpt:loop*'])).stdout.trim() !== '');
   const served = [];

@@ -1,0 +1,75 @@
+/**
+ * When a delivery of answers into an isolate fails — a continuation after `await` runs out of memory or never
+ * ends — the isolate is given up, and only the call whose code failed gets a failure: the other clients' calls
+ * that waited on that isolate, or whose answers shared the delivery, run again from the start on another
+ * isolate, where their journals answer what they had started (nothing counts twice). They used to fail with
+ * it (451 to clients that did nothing wrong). A store whose answers the test releases (held-store.ts) orders
+ * the steps; no timing is relied on: whatever the machine's load, the culprit fails and the bystander succeeds.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
+import { heldStore } from './helpers/held-store.ts';
+import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
+
+/** Call 0's continuation is hostile: it loops the first time it runs in an isolate, then exhausts its memory. */
+const SCRIPT = `let seen = 0;
+export default async (ctx) => {
+  const r = await rate('k' + ctx.n, 10, 60);
+  if (ctx.n === 0) {
+    if (ctx.loopFirst && seen++ === 0) for (;;) {}
+    const kept = [];
+    for (;;) kept.push(new Array(1e6).fill(kept.length));
+  }
+  return accept({ text: ctx.n + ':' + r.count });
+}`;
+
+const fails = (p: Promise<unknown>) => assert.rejects(p, (e: unknown) => e instanceof ScriptFailure && (e.kind === 'memory' || e.kind === 'timeout'));
+const text = async (p: Promise<unknown>): Promise<string> => ((await p) as { text: string }).text;
+
+test('a continuation that exhausts memory in a fast-path delivery fails alone; the call whose answer shared the delivery is served', async () => {
+  const held = heldStore();
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, timeoutMs: 5000, isolates: 2, scripts: [js('mailfrom', SCRIPT)] }, async (sandbox) => {
+    const culprit = sandbox.invoke('mailfrom', { n: 0 }, 'c0');
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1');
+    await held.until(2);
+    held.answerAll(); // one delivery: the culprit's continuation runs first and exhausts the isolate's memory
+    await fails(culprit);
+    assert.equal(await text(bystander), '1:1');
+    assert.equal(held.counts.started, 2, 'the bystander\'s run from the start took its answer from its journal');
+  });
+});
+
+test('a continuation that fails on an isolate thread fails alone; a call that waited on that isolate for its own answer is served', async () => {
+  const held = heldStore();
+  // The culprit's continuation loops on the fast path (stopped at the budget), then runs again from the start on
+  // an isolate thread of the same isolate, where it exhausts memory; the bystander still waits there for its answer.
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 5, timeoutMs: 5000, isolates: 2, scripts: [js('mailfrom', SCRIPT)] }, async (sandbox) => {
+    const culprit = sandbox.invoke('mailfrom', { n: 0, loopFirst: true }, 'c0');
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1');
+    await held.until(2);
+    held.answerOldest(); // the culprit's
+    await fails(culprit);
+    held.answerAll(); // the bystander's answer comes after the isolate it waited on was lost
+    assert.equal(await text(bystander), '1:1');
+    assert.equal(held.counts.started, 2);
+  });
+});
+
+test('a call run on an isolate thread (predelivery) is not failed by another call\'s continuation on its isolate', async () => {
+  const held = heldStore();
+  const predelivery = `export default async (ctx) => { const r = await rate('p', 10, 60); return deliver(); }`;
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, timeoutMs: 5000, isolates: 2,
+    scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
+    const culprit = sandbox.invoke('mailfrom', { n: 0 }, 'c0'); // waits on the first isolate, which is free meanwhile
+    await held.until(1);
+    const bystander = sandbox.invoke('predelivery', {}, null); // runs on an isolate thread of that isolate, and waits there
+    await held.until(2);
+    held.answerOldest(); // the culprit's continuation exhausts the memory of the isolate the predelivery call waits on
+    await fails(culprit);
+    held.answerAll();
+    assert.deepEqual(await bystander, { verdict: 'deliver' });
+    assert.equal(held.counts.started, 2);
+  });
+});
