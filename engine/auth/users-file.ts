@@ -3,7 +3,7 @@
  * Plaintext passwords are refused when loading.
  */
 import { readFile } from 'node:fs/promises';
-import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../policy/key-material.ts';
+import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../certificates/key-material.ts';
 
 export class UsersFileError extends Error {}
 

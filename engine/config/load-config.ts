@@ -8,7 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
-import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../policy/key-material.ts';
+import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
 export interface LoadedConfig {
   config: Config;

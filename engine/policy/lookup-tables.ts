@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
-import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from './key-material.ts';
+import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
 
 export class TableError extends Error {
   readonly file: string;

@@ -5,7 +5,7 @@
 import { constants } from 'node:fs';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { containsPrivateKey, privateKeyFileMessage } from '../policy/key-material.ts';
+import { containsPrivateKey, privateKeyFileMessage } from '../certificates/key-material.ts';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptErrors } from './errors.ts';
 import { HOOK_NAMES, parseScriptFileName } from './hooks.ts';

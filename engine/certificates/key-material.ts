@@ -3,7 +3,7 @@
  * at a private key must not echo the key: a PEM private key is refused by file name alone, and a line
  * quoted in an error shows nothing that looks like key material (long base64 that is not a digest).
  */
-import { normalizeFingerprint } from '../certificates/pins.ts';
+import { normalizeFingerprint } from './pins.ts';
 
 /** RSA, EC, ENCRYPTED, OPENSSH … PRIVATE KEY blocks. */
 const PRIVATE_KEY_PEM = /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/;
