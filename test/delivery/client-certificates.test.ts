@@ -10,6 +10,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, parseDsn, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
+import { until } from '../helpers/wait.ts';
 
 let pki: TestPki;
 let sink: Sink;
@@ -97,7 +98,9 @@ test('the script picks the certificate per sender domain (RSA, Ed25519, ECDSA); 
   assert.equal(got.get('e@ed.example')!.clientFingerprint, pki.clients.ed25519.fingerprintSha256Colon);
   assert.equal(got.get('c@ec.example')!.clientFingerprint, pki.clients.ecdsa.fingerprintSha256Colon);
   assert.deepEqual(got.get('c@ec.example')!.to, ['r3@partner.example', 'r4@partner.example'], 'one transaction for both recipients');
-  // The delivery log line names the certificate presented (Postfix-style status line).
+  // The delivery log line names the certificate presented (Postfix-style status line). It is written once the
+  // next hop's 250 is read, which may be after the sink has the message.
+  await until('the delivery line of the first message', () => s.logs.some((l) => l.status === 'sent' && l.id === ids[0]));
   const sentLine = s.logs.find((l) => l.status === 'sent' && l.id === ids[0])!;
   assert.equal(sentLine.clientCertificate, 'alice');
   assert.match(String(sentLine.msg), /, tls=TLSv1\.[23], client_certificate=alice, status=sent \(250 /);
