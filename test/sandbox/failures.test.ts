@@ -69,7 +69,7 @@ test('exhausting memory is kind "memory"; the isolate is rebuilt and the next ca
     host,
     isolates: 1,
     memoryLimitMb: 16,
-    timeoutMs: 5000, // so the memory limit, not the clock, stops the script
+    timeoutMs: 30_000, // so the memory limit, not the clock, stops the script, however loaded the machine
     scripts: [js('data', `const cache = [];
       export default function (ctx) {
         if (ctx.grow) for (;;) cache.push(new Array(250000).fill(ctx.n));
