@@ -6,11 +6,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import assert from 'node:assert/strict';
 import { SmtpTestClient } from './smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
+export { freePort } from './free-port.ts';
+import { freePort } from './free-port.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -58,13 +59,6 @@ listeners:
 /** TWO_WORKERS with one worker. */
 export const ONE_WORKER = TWO_WORKERS.replace('workers: 2', 'workers: 1');
 
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** `config` is YAML without dataDir/scripts; `{PORT:name}` placeholders become free ports. */
 /** `detached`: the server leads its own process group (a signal to `-pid` reaches it and all its children). */

@@ -6,9 +6,11 @@
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+export { freePort } from './free-port.ts';
+import { freePort } from './free-port.ts';
 
 const POSTFIX = '/usr/sbin/postfix';
 const SMTP_SINK = '/usr/sbin/smtp-sink';
@@ -23,13 +25,6 @@ export function needsPostfix(): { skip: string | false } {
 }
 
 /** A free TCP port on 127.0.0.1 (Postfix needs ports in master.cf). */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 function run(cmd: string, args: string[], timeoutS = 30): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

@@ -3,8 +3,8 @@
  * after. It can be stopped and started again on the same port, as an outage would.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { needs } from './example.ts';
+import { freePort } from './free-port.ts';
 
 /** Test options: skipped when redis-server is missing (a failure under CI, see needs()). */
 export const needsRedis = (): { skip: string | false } => needs('redis-server');
@@ -23,16 +23,6 @@ export interface TestRedis {
   resume(): void;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startRedis(): Promise<TestRedis> {
   const port = await freePort();

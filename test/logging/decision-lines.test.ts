@@ -18,6 +18,7 @@ import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-clie
 import { REPLIES, type ReplyName, type ReplySpec } from '../../engine/smtp/replies.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { createCrl } from '../../engine/certificates/index.ts';
+import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
 type ServerName = 'main' | 'redis' | 'full';
@@ -150,15 +151,6 @@ after(async () => {
   faultyDisk?.restore();
 });
 
-async function freePort(): Promise<number> {
-  const net = await import('node:net');
-  return new Promise((resolve) => {
-    const srv = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Redis gone (killed): what needs the store fails closed from now on. */
 async function redisDown(): Promise<void> {

@@ -20,6 +20,7 @@ import { eventually, startRedis, type TestRedis } from '../helpers/redis-server.
 import { needs } from '../helpers/example.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
+import { freePort } from '../helpers/free-port.ts';
 
 /** Debian's, by its path: /usr/sbin is not on every PATH. */
 const HAPROXY = '/usr/sbin/haproxy';
@@ -40,14 +41,6 @@ export default function (ctx: MailFromContext) {
 
 interface Node { name: string; child: ChildProcess; ports: Map<string, number>; output: () => string }
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function startNode(dir: string, name: string, redisUrl: string, pki: TestPki): Promise<Node> {
   await mkdir(join(dir, 'scripts'), { recursive: true });
