@@ -263,7 +263,8 @@ class RateCalls {
   /** RATE's reply: three numbers per call, in the calls' order. */
   answered(reply: unknown): void {
     const r = reply as number[];
-    if (!Array.isArray(r) || r.length !== 3 * this.size) {
+    // Anything but numbers (a proxy or a server that answers something else) fails closed, not as "not allowed".
+    if (!Array.isArray(r) || r.length !== 3 * this.size || !r.every((n) => Number.isInteger(n))) {
       this.failed(new StoreUnavailable(`store unavailable (redis): unexpected reply to ${this.size} rate() calls`));
       return;
     }
