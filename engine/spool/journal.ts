@@ -561,8 +561,17 @@ export class Journal {
     return true;
   }
 
-  /** Refuse an append that is not durable: it leaves the index (it was never acknowledged). */
+  /**
+   * Refuse an append that is not durable: it leaves the index (it was never acknowledged). Its bytes may be
+   * in the segment all the same (after a failed sync they stay readable in the page cache), where a reader
+   * (the queue process) or the next start would find the record: it is listed as done, before the client
+   * is told to send again, so that the message is not delivered besides the copy it sends.
+   */
   #refuse(w: Waiter, err: Error): void {
+    const segment = this.#index.get(w.id)?.segment ?? w.segment;
+    if (segment && this.#segments.has(segment.seq)) {
+      try { this.#appendDone(segment, w.id); } catch { /* the disk is failing: a copy may then be delivered too */ }
+    }
     this.#forget(w.id);
     w.reject(err);
   }

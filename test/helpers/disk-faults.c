@@ -1,0 +1,81 @@
+/*
+ * Disk faults for a real server process, injected at the C library (LD_PRELOAD): while the file
+ * $POSTERN_DISK_FAULTS/<fault> exists, the next matching call on a journal segment (a path ending in
+ * ".seg") fails or is cut short, once per file created (the process that claims it removes it).
+ *   fdatasync-eio  fdatasync() fails with EIO, as after a lost write-back
+ *   pwritev-short  pwritev() writes half of its first buffer and reports that (a short write)
+ *   pwritev-eio    pwritev() fails with EIO
+ *   pread-eio      pread() fails with EIO (a bad block read back)
+ * Built by test/helpers/disk-faults.ts.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static int is_segment(int fd) {
+  char link[64], path[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, sizeof path - 1);
+  if (n < 4) return 0;
+  path[n] = 0;
+  return strcmp(path + n - 4, ".seg") == 0;
+}
+
+/* The fault is armed and this call is the one that takes it. */
+static int claim(const char *fault, int fd) {
+  const char *dir = getenv("POSTERN_DISK_FAULTS");
+  if (!dir) return 0;
+  char trigger[PATH_MAX];
+  snprintf(trigger, sizeof trigger, "%s/%s", dir, fault);
+  if (access(trigger, F_OK) != 0 || !is_segment(fd)) return 0;
+  return unlink(trigger) == 0;
+}
+
+int fdatasync(int fd) {
+  static int (*real)(int);
+  if (!real) real = dlsym(RTLD_NEXT, "fdatasync");
+  if (claim("fdatasync-eio", fd)) { errno = EIO; return -1; }
+  return real(fd);
+}
+
+static ssize_t faulty_pwritev(ssize_t (*real)(int, const struct iovec *, int, off_t), int fd, const struct iovec *iov, int n, off_t at) {
+  if (claim("pwritev-eio", fd)) { errno = EIO; return -1; }
+  if (n > 0 && iov[0].iov_len > 1 && claim("pwritev-short", fd)) return pwrite(fd, iov[0].iov_base, iov[0].iov_len / 2, at);
+  return real(fd, iov, n, at);
+}
+
+ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t at) {
+  static ssize_t (*real)(int, const struct iovec *, int, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pwritev");
+  return faulty_pwritev(real, fd, iov, n, at);
+}
+
+ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t at) {
+  static ssize_t (*real)(int, const struct iovec *, int, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pwritev64");
+  return faulty_pwritev(real, fd, iov, n, at);
+}
+
+static ssize_t faulty_pread(ssize_t (*real)(int, void *, size_t, off_t), int fd, void *buf, size_t len, off_t at) {
+  if (claim("pread-eio", fd)) { errno = EIO; return -1; }
+  return real(fd, buf, len, at);
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t at) {
+  static ssize_t (*real)(int, void *, size_t, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pread");
+  return faulty_pread(real, fd, buf, len, at);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t at) {
+  static ssize_t (*real)(int, void *, size_t, off_t);
+  if (!real) real = dlsym(RTLD_NEXT, "pread64");
+  return faulty_pread(real, fd, buf, len, at);
+}
