@@ -37,6 +37,7 @@ export class Spool {
   readonly #dirSync: DirectorySyncer;
   /** The server's journal (after init()). */
   #journal: Journal | null = null;
+  #logger: Logger | null = null;
   /** A reader's view of the journal, read again on every call so it is never stale. */
   #view: Journal | null = null;
 
@@ -66,6 +67,7 @@ export class Spool {
     await mkdir(this.queueDir, { recursive: true, mode: 0o700 });
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
+    this.#logger = opts.logger ?? null;
     this.#journal?.close();
     this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
     this.freeSpace.refreshSync();
@@ -260,7 +262,7 @@ export class Spool {
    * one has never been attempted, so it is due now and its envelope need not be read to schedule it.
    */
   async scan(): Promise<Array<{ id: string; hasState: boolean }>> {
-    const names = new Set(await readdir(this.queueDir));
+    const names = new Set(await this.#queueNames());
     const out: Array<{ id: string; hasState: boolean }> = [];
     const journal = await this.#currentJournal();
     for (const id of journal?.ids() ?? []) out.push({ id, hasState: names.has(`${id}.state`) });
@@ -270,6 +272,22 @@ export class Spool {
       if (Spool.isId(id)) out.push({ id, hasState: names.has(`${id}.state`) });
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /**
+   * The names in queue/. The server's own spool whose folders were deleted while it ran (`rm -rf` of the
+   * spool) makes them again, so that mail is taken, recorded and delivered again (the journal makes its
+   * own, with its key, as it needs it); what they held is gone, and that is logged. Readers only report.
+   */
+  async #queueNames(): Promise<string[]> {
+    try {
+      return await readdir(this.queueDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !this.#journal) throw err;
+    }
+    for (const dir of [this.queueDir, this.incomingDir, this.journalDir]) await mkdir(dir, { recursive: true, mode: 0o700 });
+    this.#logger?.error({ spool: this.root }, `spool: ${this.queueDir} was deleted while the server ran; the spool's folders are made again (messages that were in them are gone)`);
+    return readdir(this.queueDir);
   }
 
   /** The delivery state alone (null when the message has none yet). */
@@ -289,7 +307,7 @@ export class Spool {
 
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
-    const names = await readdir(this.queueDir);
+    const names = await this.#queueNames();
     const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
     return [...(journal?.ids() ?? []), ...files].sort();
