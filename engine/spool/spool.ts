@@ -424,13 +424,16 @@ export class SpoolWriter {
     await this.#dirSync.sync();
   }
 
-  /** Drop the message (refused, or the client left before the end of DATA). */
+  /**
+   * Drop the message (refused, or the client left before the end of DATA), also after a commit that failed
+   * once its file was closed (the move into queue/ refused): its file in incoming/ would stay until a restart.
+   */
   abort(): void {
     this.#pending = [];
-    if (this.#fd === null) return;
-    closeSync(this.#fd);
+    if (this.#fd !== null) closeSync(this.#fd);
     this.#fd = null;
-    try { unlinkSync(this.#partFile); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
+    if (this.#part === null) return; // never had a file of its own
+    try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
 
   /** Replace a range of a message that is all in memory. */
