@@ -420,8 +420,15 @@ export class SpoolWriter {
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
-    await rename(this.#partFile, this.#spool.messagePath(this.id)); // on the pool: it waits for the queue directory
-    await this.#dirSync.sync();
+    const path = this.#spool.messagePath(this.id);
+    await rename(this.#partFile, path); // on the pool: it waits for the queue directory
+    try {
+      await this.#dirSync.sync();
+    } catch (err) {
+      // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
+      await unlink(path).catch(() => undefined);
+      throw err;
+    }
   }
 
   /**

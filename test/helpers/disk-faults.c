@@ -1,11 +1,13 @@
 /*
  * Disk faults for a real server process, injected at the C library (LD_PRELOAD): while the file
  * $POSTERN_DISK_FAULTS/<fault> exists, the next matching call on a journal segment (a path ending in
- * ".seg") fails or is cut short, once per file created (the process that claims it removes it).
+ * ".seg"), or for fsync-queue-eio on a spool's queue folder, fails or is cut short, once per file created
+ * (the process that claims it removes it).
  *   fdatasync-eio  fdatasync() fails with EIO, as after a lost write-back
  *   pwritev-short  pwritev() writes half of its first buffer and reports that (a short write)
  *   pwritev-eio    pwritev() fails with EIO
  *   pread-eio      pread() fails with EIO (a bad block read back)
+ *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -19,23 +21,33 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static int is_segment(int fd) {
+static int path_ends_with(int fd, const char *suffix) {
   char link[64], path[PATH_MAX];
   snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
   ssize_t n = readlink(link, path, sizeof path - 1);
-  if (n < 4) return 0;
+  size_t k = strlen(suffix);
+  if (n < (ssize_t)k) return 0;
   path[n] = 0;
-  return strcmp(path + n - 4, ".seg") == 0;
+  return strcmp(path + n - k, suffix) == 0;
 }
 
-/* The fault is armed and this call is the one that takes it. */
-static int claim(const char *fault, int fd) {
+/* The fault is armed for a file whose path ends with `suffix`, and this call is the one that takes it. */
+static int claim_on(const char *fault, int fd, const char *suffix) {
   const char *dir = getenv("POSTERN_DISK_FAULTS");
   if (!dir) return 0;
   char trigger[PATH_MAX];
   snprintf(trigger, sizeof trigger, "%s/%s", dir, fault);
-  if (access(trigger, F_OK) != 0 || !is_segment(fd)) return 0;
+  if (access(trigger, F_OK) != 0 || !path_ends_with(fd, suffix)) return 0;
   return unlink(trigger) == 0;
+}
+
+static int claim(const char *fault, int fd) { return claim_on(fault, fd, ".seg"); }
+
+int fsync(int fd) {
+  static int (*real)(int);
+  if (!real) real = dlsym(RTLD_NEXT, "fsync");
+  if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
+  return real(fd);
 }
 
 int fdatasync(int fd) {

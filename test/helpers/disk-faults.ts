@@ -7,12 +7,12 @@ import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio';
+export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
   env: Record<string, string>;
-  /** The next matching call (on a journal segment, in any process of the server) gets `fault`. */
+  /** The next matching call (on a journal segment or queue folder, in any process of the server) gets `fault`. */
   arm(fault: DiskFault): void;
   /** Whether an armed fault has been taken. */
   taken(fault: DiskFault): boolean;

@@ -4,8 +4,9 @@
  * A flush whose write or fdatasync fails refuses its records (451); their bytes stayed readable in the
  * segment (the page cache keeps them after a failed write-back), and the queue process, reading the
  * worker's journal, delivered each such message anyway, besides the copy its client sends again. A
- * refused record is now listed as done before the 451. A journal record the queue process cannot read
- * (EIO) is tried again, and delivered.
+ * refused record is now listed as done before the 451. The same for a large message (a file of its own)
+ * whose queue folder fails to sync after the move: refused, and its file removed. A journal record the
+ * queue process cannot read (EIO) is tried again, and delivered.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -80,6 +81,27 @@ test('a journal record the queue process cannot read (EIO) is tried again and de
     await sink.waitFor(2, 90_000);
     assert.deepEqual(sink.messages.map((m) => subjectOf(m.data)), ['warm', 'unread']);
     assert.equal(c.logs.some((l) => l.msg === 'unreadable spool file: not delivering it'), false);
+    await client.quit();
+  } finally {
+    await c.stop();
+    await sink.close();
+  }
+});
+
+test('a large message whose move into queue/ may not be durable (the folder\'s fsync fails) gets 451 and is not delivered besides the client\'s new copy', { timeout: 180_000 }, async () => {
+  const faults = diskFaults();
+  const { c, sink } = await start(faults.env);
+  try {
+    const client = await greeted(c);
+    const large = `${('x'.repeat(998) + '\r\n').repeat(1200)}x\r\n`;
+    faults.arm('fsync-queue-eio');
+    const refused = await client.sendMail('a@example.test', ['b@example.test'], `Subject: refused\r\n\r\n${large}`);
+    assert.equal(refused.code, 451, refused.text);
+    assert.equal(faults.taken('fsync-queue-eio'), true);
+    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], `Subject: again\r\n\r\n${large}`)).code, 250);
+    await sink.waitFor(1, 60_000);
+    await c.waitFor('nothing left in the spools', async () => (await spooled(c)).size === 0, 90_000);
+    assert.deepEqual(sink.messages.map((m) => subjectOf(m.data)), ['again']);
     await client.quit();
   } finally {
     await c.stop();
