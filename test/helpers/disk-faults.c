@@ -8,10 +8,14 @@
  *   pwritev-eio    pwritev() fails with EIO
  *   pread-eio      pread() fails with EIO (a bad block read back)
  *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
+ *   open-watchdog-emfile  open() of the watchdog thread's module fails with EMFILE (out of descriptors as
+ *                  the thread starts)
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -91,3 +95,38 @@ ssize_t pread64(int fd, void *buf, size_t len, off_t at) {
   if (!real) real = dlsym(RTLD_NEXT, "pread64");
   return faulty_pread(real, fd, buf, len, at);
 }
+
+/* By path, before there is a descriptor. */
+static int claim_path(const char *fault, const char *path, const char *suffix) {
+  const char *dir = getenv("POSTERN_DISK_FAULTS");
+  if (!dir || !path) return 0;
+  size_t n = strlen(path), k = strlen(suffix);
+  if (n < k || strcmp(path + n - k, suffix) != 0) return 0;
+  char trigger[PATH_MAX];
+  snprintf(trigger, sizeof trigger, "%s/%s", dir, fault);
+  return access(trigger, F_OK) == 0 && unlink(trigger) == 0;
+}
+
+#define OPEN_WRAPPER(name, ...) \
+  int name(const char *path, int flags, ...) { \
+    static int (*real)(const char *, int, ...); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); \
+    mode_t mode = 0; \
+    if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
+    if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
+    return real(path, flags, mode); \
+  }
+OPEN_WRAPPER(open)
+OPEN_WRAPPER(open64)
+
+#define OPENAT_WRAPPER(name) \
+  int name(int dirfd, const char *path, int flags, ...) { \
+    static int (*real)(int, const char *, int, ...); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); \
+    mode_t mode = 0; \
+    if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
+    if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
+    return real(dirfd, path, flags, mode); \
+  }
+OPENAT_WRAPPER(openat)
+OPENAT_WRAPPER(openat64)
