@@ -543,7 +543,7 @@ export class Journal {
     fdatasync(segment.fd, (err) => {
       // Deleted meanwhile (the spool's folder removed under the server): durable only in a file nobody will
       // read. The segment fails; its records are written again to a new one (see the settle of #flush).
-      if (!err && fstatSync(segment.fd).nlink === 0) this.#fail(segment);
+      if (!err && !hasName(segment.fd)) this.#fail(segment);
       if (err || segment.entrySynced) { finish(err); return; }
       this.#dirSync.sync().then(() => { segment.entrySynced = true; finish(null); }, finish);
     });
@@ -740,6 +740,15 @@ function isZero(data: Buffer): boolean {
     if (!data.subarray(at, at + n).equals(ZEROS.subarray(0, n))) return false;
   }
   return true;
+}
+
+/** Whether the open file still has a name (a link in some folder); false too when it cannot be asked (closed meanwhile). */
+function hasName(fd: number): boolean {
+  try {
+    return fstatSync(fd).nlink > 0;
+  } catch {
+    return false;
+  }
 }
 
 /** The inode a path names now (0 when it is gone). */
