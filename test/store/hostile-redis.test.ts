@@ -4,7 +4,8 @@
  * script returns numbers, or nothing at all. Every one fails the hook closed (451), and once the peer
  * answers properly again (a silent one answering what it held), mail flows without a restart. The array of strings was handed to the script as
  * `{ allowed: false, count: 'x', resetSeconds: NaN }`: a script refusing over its limit refused for good
- * (550) on a reply that said nothing about the limit.
+ * (550) on a reply that said nothing about the limit. Counters and AUTH failure counts read such replies
+ * as NaN, which no limit is ever reached by: AUTH was never refused for failures.
  */
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +13,9 @@ import net from 'node:net';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { openTransaction } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { RedisCounterStore } from '../../engine/store/redis-store.ts';
+import { StoreUnavailable } from '../../engine/store/index.ts';
+import { createLogger } from '../../engine/logging/logger.ts';
 
 type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent';
 
@@ -42,8 +46,8 @@ function* commands(buf: { data: Buffer }): Generator<string[]> {
  * A RESP peer whose answers to scripts (rate()) follow `mode`; everything else is answered plainly. A silent
  * peer answers what it held back once its mode changes, in order, as a paused Redis does when it wakes.
  */
-async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; close(): void }> {
-  const state = { mode: 'ok' as Mode, scripts: 0 };
+async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; close(): void }> {
+  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0 };
   const sockets = new Set<net.Socket>();
   const held: Array<() => void> = [];
   const answer = (calls: number): string => `*${3 * calls}\r\n${':1\r\n:1\r\n:60000\r\n'.repeat(calls)}`;
@@ -57,7 +61,9 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
       for (const args of commands(buf)) {
         const name = args[0]!.toUpperCase();
         if (name === 'SCRIPT') { s.write(`$40\r\n${'0'.repeat(40)}\r\n`); continue; }
-        if (name !== 'EVALSHA' && name !== 'EVAL') { s.write('+OK\r\n'); continue; }
+        if (name === 'GET' || name === 'ZCOUNT') state.commands++;
+        if (name !== 'EVALSHA' && name !== 'EVAL') { s.write(state.mode === 'strings' ? '$1\r\nx\r\n' : name === 'GET' ? '$-1\r\n' : name === 'ZCOUNT' ? ':0\r\n' : '+OK\r\n'); continue; }
+        state.commands++;
         state.scripts++;
         const calls = Number(args[2]);
         switch (state.mode) {
@@ -80,6 +86,7 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
       if (m !== 'silent') for (const reply of held.splice(0)) reply();
     },
     get scripts() { return state.scripts; },
+    get commands() { return state.commands; },
     close() { for (const s of sockets) s.destroy(); server.close(); },
   };
 }
@@ -135,5 +142,30 @@ test('rate() against a Redis that answers errors, garbage or nothing fails close
     redis.mode = 'ok';
     // A client that read garbage drops its connection and reconnects: calls fail closed until it is back.
     await until(`${mode}: served again`, async () => (await rcpt()).startsWith('250'), { timeoutMs: 30_000 });
+  }
+});
+
+test('counter values and AUTH failure counts from a Redis that answers strings fail closed instead of reading as NaN', async () => {
+  redis.mode = 'ok';
+  const store = new RedisCounterStore({ url: redis.url, keyPrefix: 'direct:', timeoutMs: 500 }, createLogger('silent'));
+  try {
+    // Until its connection is up every call fails at once: wait for one that reaches the peer and is answered.
+    await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)));
+    redis.mode = 'strings';
+    const failures = store.authFailures();
+    const now = Date.now();
+    for (const [what, call] of [
+      ['get', () => store.get('c')],
+      ['add', () => store.add('c', 1, 60)],
+      ['authFailures.add', () => failures.add('192.0.2.1', now, now - 60_000)],
+      ['authFailures.count', () => failures.count('192.0.2.1', now - 60_000)],
+    ] as const) {
+      const before = redis.commands;
+      await assert.rejects(call(), (err) => err instanceof StoreUnavailable && /unexpected reply/.test(err.message), `${what}: fails closed`);
+      assert.ok(redis.commands > before, `${what}: answered by the peer`);
+    }
+  } finally {
+    redis.mode = 'ok';
+    await store.close();
   }
 });
