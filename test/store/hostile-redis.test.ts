@@ -132,7 +132,7 @@ async function rcpt(): Promise<string> {
 
 test('rate() against a Redis that answers errors, garbage or nothing fails closed with 451; served again once it answers properly', async () => {
   redis.mode = 'ok';
-  await until('the store connected and answering', async () => (await rcpt()).startsWith('250'));
+  await until('the store connected and answering', async () => (await rcpt()).startsWith('250'), { timeoutMs: 30_000 });
   for (const mode of ['oom', 'busy', 'not-resp', 'strings', 'silent'] as const) {
     redis.mode = mode;
     const before = redis.scripts;
@@ -150,7 +150,7 @@ test('counter values and AUTH failure counts from a Redis that answers strings f
   const store = new RedisCounterStore({ url: redis.url, keyPrefix: 'direct:', timeoutMs: 500 }, createLogger('silent'));
   try {
     // Until its connection is up every call fails at once: wait for one that reaches the peer and is answered.
-    await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)));
+    await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)), { timeoutMs: 30_000 });
     redis.mode = 'strings';
     const failures = store.authFailures();
     const now = Date.now();
