@@ -55,7 +55,10 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
   }
 
   #recent(key: string, since: number): number[] {
-    const list = (this.#failures.get(key) ?? []).filter((t) => t > since);
+    const latest = Date.now();
+    // A time ahead of the clock was recorded before the clock was set back: counted as now, its window ends
+    // as it would have, instead of when the clock catches up (an address refused an hour more after a step).
+    const list = (this.#failures.get(key) ?? []).map((t) => Math.min(t, latest)).filter((t) => t > since);
     if (list.length) this.#failures.set(key, list); else this.#failures.delete(key);
     return list;
   }

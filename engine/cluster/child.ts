@@ -17,7 +17,7 @@ import { DirectoryLockedError } from '../spool/data-dir-lock.ts';
 import { createLogger, type LogFormat } from '../logging/logger.ts';
 import { ForwardingCounterStore } from './shared-store.ts';
 import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
-import { runningCall, type RunningScript } from '../sandbox/running-call.ts';
+import { runningCall, type RunningCallTable, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
@@ -148,7 +148,7 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config.dataDir, counters);
+  startWatchdog(loaded.config, counters);
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
@@ -183,17 +183,38 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
   }
 }
 
+/** How long after a failure of the watchdog thread another is started. */
+const WATCHDOG_RETRY_MS = 1000;
+
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(dataDir: string, counters: WorkerCounters): void {
-  const watchdog = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), {
-    workerData: {
-      marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
-      mirror: runningMirror(dataDir, process.pid), logBuffer: turnBufferedStdout().shared,
-    },
-  });
-  watchdog.unref();
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters): void {
+  const dataDir = config.dataDir;
+  const workerData = {
+    marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
+    mirror: runningMirror(dataDir, process.pid), logBuffer: turnBufferedStdout().shared,
+  };
+  let table: RunningCallTable = {};
+  let watchdog: ReturnType<typeof typescriptWorker> | null = null;
+  // A thread that fails (out of file descriptors while it loads, say) emits 'error', which without a listener
+  // ended this process and its sessions: logged and started again; the supervisor's hang check covers the gap.
+  const start = (): void => {
+    const thread = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), { workerData });
+    thread.unref();
+    thread.on('error', (err: Error) => {
+      if (watchdog === thread) watchdog = null;
+      createLogger(config.log.level, undefined, config.log.format).child({ component: role })
+        .error({ err: { message: err.message } }, `${role} ${index}: its watchdog thread failed (${err.message}); another starts in ${WATCHDOG_RETRY_MS} ms`);
+      setTimeout(start, WATCHDOG_RETRY_MS).unref();
+    });
+    thread.postMessage(table);
+    watchdog = thread;
+  };
+  start();
   // The table goes over while the main thread can still send it: a stuck one cannot answer.
-  runningCall.subscribe((table) => watchdog.postMessage(table));
+  runningCall.subscribe((t) => {
+    table = t;
+    watchdog?.postMessage(t);
+  });
   // With the event loop's utilisation since the last beat: the supervisor fills one worker before the next.
   // And how much of that interval this thread was on a CPU: busy but waiting for one is contention, not saturation.
   let loop = performance.eventLoopUtilization();

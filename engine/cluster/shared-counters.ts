@@ -295,8 +295,13 @@ export class CounterHost {
   total(listener: string): number { return this.#totals.get(listener) ?? 0; }
 
   failures(ip: string): number[] {
-    const since = Date.now() - this.#windowMs;
-    return (this.#failures.get(ip) ?? []).filter((t) => t > since);
+    const list = this.#failures.get(ip);
+    if (!list) return [];
+    const now = Date.now();
+    // Times ahead of the clock (it was set back since): counted as now, and kept so (see MemoryAuthFailureStore).
+    const recent = list.map((t) => Math.min(t, now)).filter((t) => t > now - this.#windowMs);
+    if (recent.length) this.#failures.set(ip, recent); else this.#failures.delete(ip);
+    return recent;
   }
 
   /** One slot of `worker`'s given back. */

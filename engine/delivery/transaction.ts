@@ -12,7 +12,7 @@ import { poolKey, type ConnectionInfo, type ConnectionPool, type PooledConnectio
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
-import { DeliveryFailure, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
+import { DeliveryFailure, oneLine, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
 import type { NextHop } from './routing.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
 
@@ -216,6 +216,12 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
   const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit };
   try {
     const info = await pc.send(envelope, tx.message);
+    if (info.accepted.length && !isVerdict(info.response)) {
+      // nodemailer takes any reply starting with "2" for success; one that is no reply code ("2xx", "25")
+      // says nothing: retried, and it may then arrive twice.
+      env.pool.release(pc, false);
+      return mayHaveIt(pc, tx, `${remote}: malformed reply to the end of the message (${oneLine(info.response)})`);
+    }
     env.pool.release(pc, true);
     const byRecipient = new Map<string, RecipientOutcome>();
     const tooMany: string[] = [];
@@ -242,11 +248,13 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
       env.pool.release(pc, false);
       return 'retry';
     }
-    if (!e.responseCode && pc.endOfDataSent) {
-      // The whole message went out and no reply came (reset, timeout): the next hop may have taken it.
+    if (pc.endOfDataSent && !(e.responseCode && e.response && isVerdict(e.response))) {
+      // The whole message went out and no verdict came (reset, timeout, a reply that is no 2yz/4yz/5yz
+      // reply code, as "354" or garbage): the next hop may have taken it.
       env.pool.release(pc, false);
-      const f = new DeliveryFailure(`${remote}: lost connection after the end of the message, before its reply (${e.message}): the next hop may have it, so it may be delivered more than once`, { permanent: false, enhanced: '4.4.2', remoteMta: remote });
-      return { connection: pc.info, outcomes: tx.to.map((r) => outcomeForFailure(r, f)), tooMany: [], delivered: false };
+      return mayHaveIt(pc, tx, e.response
+        ? `${remote}: malformed reply to the end of the message (${oneLine(e.response)})`
+        : `${remote}: lost connection after the end of the message, before its reply (${e.message})`);
     }
     const reusable = !!e.responseCode && (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421 && await pc.reset();
     env.pool.release(pc, reusable);
@@ -254,6 +262,18 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
     const tooMany = rejected.filter((re) => re.recipient && tx.to.includes(re.recipient) && isTooManyRecipients(re)).map((re) => re.recipient!);
     return { connection: pc.info, outcomes: outcomesForError(tx.to, e, pending?.rejectedErrors ?? [], remote), tooMany, delivered: false };
   }
+}
+
+/** Every recipient deferred after the whole message went out without a verdict on it: it may arrive twice. */
+function mayHaveIt(pc: PooledConnection, tx: Transaction, what: string): Round {
+  const remote = pc.info.remote;
+  const f = new DeliveryFailure(`${what}: the next hop may have it, so it may be delivered more than once`, { permanent: false, enhanced: '4.4.2', remoteMta: remote });
+  return { connection: pc.info, outcomes: tx.to.map((r) => outcomeForFailure(r, f)), tooMany: [], delivered: false };
+}
+
+/** A reply that is a verdict on a message: a 2yz, 4yz or 5yz reply code (RFC 5321 §4.2), first line. */
+function isVerdict(reply: string): boolean {
+  return /^[245]\d\d(?:[ -]|\r?\n|$)/.test(reply);
 }
 
 function outcomesForError(to: string[], e: NodemailerError, pendingRejected: NodemailerError[], remote: string): RecipientOutcome[] {

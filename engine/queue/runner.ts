@@ -198,8 +198,14 @@ export class QueueRunner {
         const at = state ? Date.parse(state.nextAttemptAt) : Spool.idTime(id);
         this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now()));
       } catch (err) {
-        this.#broken.add(id);
-        this.#log.error({ id, err: (err as Error).message }, 'unreadable delivery state: not delivering it');
+        if (isSystemError(err)) {
+          // Out of file descriptors, an I/O error: the file is not known to be bad. Tried again later.
+          this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(delivery, 1)));
+          this.#log.error({ id, err: (err as Error).message }, 'cannot read the delivery state now: tried again later');
+        } else {
+          this.#broken.add(id);
+          this.#log.error({ id, err: (err as Error).message }, 'unreadable delivery state: not delivering it');
+        }
       }
       // A long queue: start delivering what is known while the rest is read.
       if (++read % 256 === 0) this.#kick();
@@ -294,6 +300,13 @@ export class QueueRunner {
         read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') { this.#unrecorded.delete(id); return; } // deleted (postern queue delete) or finished
+        if (isSystemError(err)) {
+          // The system failed the read (out of file descriptors, an I/O error), not the file: held until the
+          // next `postern queue retry` it would wait for ever once the fault was gone. Tried again later.
+          this.#log.error({ id, err: (err as Error).message }, 'cannot read the spool file now: tried again later');
+          if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(this.#delivery(), 1)));
+          return;
+        }
         this.#broken.add(id);
         this.#log.error({ id, err: (err as Error).message }, 'unreadable spool file: not delivering it');
         return;
@@ -513,6 +526,15 @@ export class QueueRunner {
     await Promise.allSettled([...this.#active.values()]);
     this.#pool.close();
   }
+}
+
+/**
+ * A failure of the system call itself (EMFILE, EIO, EACCES…), which may pass, as opposed to a file whose
+ * contents are bad (a checksum or JSON error, which carry no errno): only the latter holds a message back.
+ */
+function isSystemError(err: unknown): boolean {
+  const e = err as NodeJS.ErrnoException | null;
+  return typeof e?.errno === 'number' && typeof e.code === 'string';
 }
 
 /** DSN NOTIFY: no parameter means the default (failures are reported); NEVER or a list without FAILURE suppresses it. */

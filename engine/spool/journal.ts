@@ -30,7 +30,7 @@
  * (measured on ext4 here: 190 → 105 µs of CPU and 500 → 300 µs per fdatasync). Reading stops at the
  * zeros; the checksum catches a record whose pages reached the disk only in part.
  */
-import { closeSync, fdatasync, fsyncSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync, writevSync } from 'node:fs';
+import { closeSync, existsSync, fdatasync, fsyncSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync, writevSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
@@ -385,13 +385,35 @@ export class Journal {
     const seq = this.#nextSeq++;
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
     const segment: Segment = {
-      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: openSync(path, 'wx+', 0o600), zeroFd: null, doneFd: null,
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: this.#createSegmentFile(path), zeroFd: null, doneFd: null,
       doneRead: 0, size: 0, live: 0, active: true, failed: false, pinned: false, entrySynced: false, syncing: 0, zeroedTo: 0,
       unwritten: [], unwrittenAt: 0, readTo: 0, ino: 0,
     };
     this.#segments.set(seq, segment);
     this.#active = segment;
     return segment;
+  }
+
+  /**
+   * A new segment file. The journal's folder deleted while the server runs (`rm -rf` of the spool) is made
+   * again, with the key the records are checksummed with: mail is taken again, and a restart can read it.
+   */
+  #createSegmentFile(path: string): number {
+    let fd: number;
+    try {
+      fd = openSync(path, 'wx+', 0o600);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      fd = openSync(path, 'wx+', 0o600);
+    }
+    try {
+      if (!existsSync(join(this.dir, KEY_FILE))) createJournalKey(this.dir, this.#key!);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    return fd;
   }
 
   /** Put a record at the end of the active segment, to be written by the next flush. */
@@ -519,6 +541,9 @@ export class Journal {
       done(err);
     };
     fdatasync(segment.fd, (err) => {
+      // Deleted meanwhile (the spool's folder removed under the server): durable only in a file nobody will
+      // read. The segment fails; its records are written again to a new one (see the settle of #flush).
+      if (!err && !hasName(segment.fd)) this.#fail(segment);
       if (err || segment.entrySynced) { finish(err); return; }
       this.#dirSync.sync().then(() => { segment.entrySynced = true; finish(null); }, finish);
     });
@@ -561,8 +586,17 @@ export class Journal {
     return true;
   }
 
-  /** Refuse an append that is not durable: it leaves the index (it was never acknowledged). */
+  /**
+   * Refuse an append that is not durable: it leaves the index (it was never acknowledged). Its bytes may be
+   * in the segment all the same (after a failed sync they stay readable in the page cache), where a reader
+   * (the queue process) or the next start would find the record: it is listed as done, before the client
+   * is told to send again, so that the message is not delivered besides the copy it sends.
+   */
   #refuse(w: Waiter, err: Error): void {
+    const segment = this.#index.get(w.id)?.segment ?? w.segment;
+    if (segment && this.#segments.has(segment.seq)) {
+      try { this.#appendDone(segment, w.id); } catch { /* the disk is failing: a copy may then be delivered too */ }
+    }
     this.#forget(w.id);
     w.reject(err);
   }
@@ -708,6 +742,15 @@ function isZero(data: Buffer): boolean {
   return true;
 }
 
+/** Whether the open file still has a name (a link in some folder); false too when it cannot be asked (closed meanwhile). */
+function hasName(fd: number): boolean {
+  try {
+    return fstatSync(fd).nlink > 0;
+  } catch {
+    return false;
+  }
+}
+
 /** The inode a path names now (0 when it is gone). */
 function inodeOf(path: string): number {
   try {
@@ -740,9 +783,8 @@ function readJournalKey(dir: string): string | null {
   return text.slice(0, 64);
 }
 
-/** A new key, durable (file and directory entry) before any record is checksummed with it. */
-function createJournalKey(dir: string): string {
-  const key = randomBytes(32).toString('hex');
+/** A new key (or `key` written again), durable (file and directory entry) before any record is checksummed with it. */
+function createJournalKey(dir: string, key = randomBytes(32).toString('hex')): string {
   const temp = join(dir, `${KEY_FILE}.new`);
   const fd = openSync(temp, 'w', 0o600);
   try {

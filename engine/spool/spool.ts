@@ -42,6 +42,7 @@ export class Spool {
   readonly #dirSync: DirectorySyncer;
   /** The server's journal (after init()). */
   #journal: Journal | null = null;
+  #logger: Logger | null = null;
   /** A reader's view of the journal, read again on every call so it is never stale. */
   #view: Journal | null = null;
 
@@ -73,6 +74,7 @@ export class Spool {
     await mkdir(this.queueDir, { recursive: true, mode: 0o700 });
     await mkdir(this.incomingDir, { recursive: true, mode: 0o700 });
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
+    this.#logger = opts.logger ?? null;
     this.#journal?.close();
     this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
     this.freeSpace.refreshSync();
@@ -332,7 +334,7 @@ export class Spool {
    * `held`: on hold (`postern queue hold`), not to be attempted.
    */
   async scan(): Promise<ScanEntry[]> {
-    const names = new Set(await readdir(this.queueDir));
+    const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
     const journal = await this.#currentJournal();
     const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
@@ -352,6 +354,22 @@ export class Spool {
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
+  /**
+   * The names in queue/. The server's own spool whose folders were deleted while it ran (`rm -rf` of the
+   * spool) makes them again, so that mail is taken, recorded and delivered again (the journal makes its
+   * own, with its key, as it needs it); what they held is gone, and that is logged. Readers only report.
+   */
+  async #queueNames(): Promise<string[]> {
+    try {
+      return await readdir(this.queueDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !this.#journal) throw err;
+    }
+    for (const dir of [this.queueDir, this.incomingDir, this.journalDir]) await mkdir(dir, { recursive: true, mode: 0o700 });
+    this.#logger?.error({ spool: this.root }, `spool: ${this.queueDir} was deleted while the server ran; the spool's folders are made again (messages that were in them are gone)`);
+    return readdir(this.queueDir);
+  }
+
   /** The delivery state alone (null when the message has none yet). */
   async readState(id: string): Promise<SpoolState | null> {
     try {
@@ -369,7 +387,7 @@ export class Spool {
 
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
-    const names = await readdir(this.queueDir);
+    const names = await this.#queueNames();
     const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
     return [...(journal?.ids() ?? []), ...files].sort();
@@ -505,18 +523,28 @@ export class SpoolWriter {
     await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     closeSync(fd);
     this.#fd = null;
-    await rename(this.#partFile, this.#spool.messagePath(this.id)); // on the pool: it waits for the queue directory
-    await this.#dirSync.sync();
+    const path = this.#spool.messagePath(this.id);
+    await rename(this.#partFile, path); // on the pool: it waits for the queue directory
+    try {
+      await this.#dirSync.sync();
+    } catch (err) {
+      // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
+      await unlink(path).catch(() => undefined);
+      throw err;
+    }
   }
 
-  /** Drop the message (refused, or the client left before the end of DATA). */
+  /**
+   * Drop the message (refused, or the client left before the end of DATA), also after a commit that failed
+   * once its file was closed (the move into queue/ refused): its file in incoming/ would stay until a restart.
+   */
   abort(): void {
     this.#pending = [];
     this.#release();
-    if (this.#fd === null) return;
-    closeSync(this.#fd);
+    if (this.#fd !== null) closeSync(this.#fd);
     this.#fd = null;
-    try { unlinkSync(this.#partFile); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
+    if (this.#part === null) return; // never had a file of its own
+    try { unlinkSync(this.#part); } catch (err) { ignoreMissing(err as NodeJS.ErrnoException); }
   }
 
   /** Replace a range of a message that is all in memory. */

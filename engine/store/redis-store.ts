@@ -148,11 +148,11 @@ export class RedisCounterStore implements CounterStore {
 
   async get(key: string): Promise<number> {
     const value = await this.#send(['GET', this.#prefix + key]);
-    return value === null ? 0 : Number(value);
+    return value === null ? 0 : integer(value, 'GET');
   }
 
   async add(key: string, n: number, ttlSeconds: number): Promise<number> {
-    return Number(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)));
+    return integer(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)), 'add()');
   }
 
   authFailures(): AuthFailureStore {
@@ -160,10 +160,10 @@ export class RedisCounterStore implements CounterStore {
       add: async (ip, now, since) => {
         // A unique member per failure: two at the same millisecond are two failures.
         const member = `${now}:${randomBytes(6).toString('hex')}`;
-        return Number(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
-          [String(now), String(since), member, String(Math.max(1, now - since))]));
+        return integer(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
+          [String(now), String(since), member, String(Math.max(1, now - since))]), 'an AUTH failure');
       },
-      count: async (ip, since) => Number(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf'])),
+      count: async (ip, since) => integer(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf']), 'AUTH failures'),
     };
   }
 
@@ -240,6 +240,17 @@ export class RedisCounterStore implements CounterStore {
   };
 }
 
+/**
+ * A reply that must be a whole number (a count, a counter's value; GET gives its digits as a string). Anything
+ * else, from a proxy or a server that is not what it should be, fails closed: as NaN it compared false with
+ * every limit (AUTH failures never reached authFailuresPerIp).
+ */
+function integer(reply: unknown, what: string): number {
+  const n = typeof reply === 'string' && /^-?\d+$/.test(reply) ? Number(reply) : reply;
+  if (typeof n !== 'number' || !Number.isInteger(n)) throw new StoreUnavailable(`store unavailable (redis): unexpected reply to ${what}`);
+  return n;
+}
+
 /** The rate() calls of one turn, sent together (RATE): their keys and arguments, and how to settle each. */
 class RateCalls {
   readonly keys: string[] = [];
@@ -263,7 +274,8 @@ class RateCalls {
   /** RATE's reply: three numbers per call, in the calls' order. */
   answered(reply: unknown): void {
     const r = reply as number[];
-    if (!Array.isArray(r) || r.length !== 3 * this.size) {
+    // Anything but numbers (a proxy or a server that answers something else) fails closed, not as "not allowed".
+    if (!Array.isArray(r) || r.length !== 3 * this.size || !r.every((n) => Number.isInteger(n))) {
       this.failed(new StoreUnavailable(`store unavailable (redis): unexpected reply to ${this.size} rate() calls`));
       return;
     }

@@ -3,7 +3,8 @@
  * `postern serve` runs; libfaketime moves it for the server's processes only, the monotonic clock untouched.
  * Forward: the supervisor and the workers' watchdogs measured heartbeat silence on the wall clock, so a step
  * of a few seconds killed every child as hung (open sessions cut, deliveries in flight interrupted). Back:
- * the queue kept wall-clock due times, so retries waited until the clock caught up (an hour here).
+ * the queue kept wall-clock due times, so retries waited until the clock caught up (an hour here), and an
+ * address refused for its AUTH failures stayed refused until then too (failure times ahead of the clock).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { until } from '../helpers/wait.ts';
 import { startCluster, greeted, type ClusterProcess, ONE_WORKER } from '../helpers/cluster.ts';
 
@@ -19,12 +21,13 @@ const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
 const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;
 
 /** A server whose wall clock is the real one plus what `step()` sets. */
-async function startSteppableCluster(config: string): Promise<{ c: ClusterProcess; step(offset: string): void; close(): Promise<void> }> {
+async function startSteppableCluster(config: string, files?: Record<string, string>): Promise<{ c: ClusterProcess; step(offset: string): void; close(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
   const offsetFile = join(dir, 'offset');
   writeFileSync(offsetFile, '+0\n');
   const c = await startCluster({
     config,
+    files,
     env: { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
   });
   return {
@@ -116,5 +119,44 @@ test('the whole server stopped for longer than the hang limits and continued (a 
     try { process.kill(-c.proc.pid!, 'SIGCONT'); } catch { /* gone */ }
     await c.stop();
     await sink.close();
+  }
+});
+
+test('the wall clock stepped an hour back: an address refused for its AUTH failures is let in again after the window, not an hour later', { skip, timeout: 180_000 }, async () => {
+  const s = await startSteppableCluster(`
+workers: 1
+users: ./users
+listeners:
+  - name: sub
+    listen: 127.0.0.1:{PORT:sub}
+    reverseDns: false
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10, authFailureWindowMs: 3000 }
+`, { users: `alice:${await hashPassword('right')}\n` });
+  const greeting = async (): Promise<string> => {
+    const client = await SmtpTestClient.connect(s.c.port('sub'));
+    try {
+      return (await client.read(30_000)).text;
+    } finally {
+      client.destroy();
+    }
+  };
+  try {
+    for (let i = 0; i < 2; i++) {
+      const client = await SmtpTestClient.connect(s.c.port('sub'));
+      try {
+        assert.equal((await client.read(30_000)).code, 220);
+        await client.command('EHLO client.test', 30_000);
+        assert.equal((await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`, 30_000)).code, 535);
+      } finally {
+        client.destroy();
+      }
+    }
+    assert.match(await greeting(), /^421 4\.7\.0 Too many authentication failures/);
+    s.step('-3600');
+    // The failures were recorded an hour "ahead" of the clock now: they count from the step, for the window.
+    await until('a new connection greeted again', async () => (await greeting()).startsWith('220'), { timeoutMs: 60_000 });
+  } finally {
+    await s.close();
   }
 });

@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { greeted, startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
+import { startSink } from '../helpers/sink.ts';
 
 /** The soft and hard open-file limits of a process. */
 function fileLimits(pid: number): { soft: string; hard: string } {
@@ -61,5 +62,46 @@ test('a worker that ran out of file descriptors while connections were handed to
   } finally {
     for (const s of sockets) s.destroy();
     await c.stop();
+  }
+});
+
+test('a worker at its open-file limit on a connection it already has: 451 for what needs a new file, 250 for the rest, every 250 delivered once; all 250 once descriptors are free', { timeout: 180_000 }, async () => {
+  const sink = await startSink({});
+  const c = await startCluster({
+    config: `${ONE_WORKER}delivery:
+  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
+  tls: { mode: none }
+  scanIntervalMs: 200
+  retrySchedule: [1]
+`,
+  });
+  try {
+    const client = await greeted(c);
+    const acked: string[] = [];
+    // 1100 lines (> 1 MiB) get a file of their own in incoming/; 900 go to the journal, whose 4 MiB segments fill up.
+    const send = async (subject: string, lines: number): Promise<number> => {
+      const r = await client.sendMail('a@example.test', ['b@example.test'], `Subject: ${subject}\r\n\r\n${('x'.repeat(998) + '\r\n').repeat(lines)}`);
+      assert.ok(r.code === 250 || r.code === 451, `${subject}: ${r.text}`);
+      if (r.code === 250) acked.push(subject);
+      return r.code;
+    };
+    assert.equal(await send('before', 1), 250);
+    const worker = await workerPid(c, 0);
+    const limits = fileLimits(worker);
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=8:${limits.hard}`]);
+    const atLimit = [];
+    for (let i = 0; i < 12; i++) atLimit.push(await send(`limited${i}`, i % 3 === 0 ? 1100 : 900));
+    assert.equal(atLimit[0], 451, 'a message that needs a file of its own is refused for now');
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=${limits.soft}:${limits.hard}`]);
+    for (let i = 0; i < 6; i++) assert.equal(await send(`after${i}`, i % 3 === 0 ? 1100 : 900), 250);
+    await sink.waitFor(acked.length, 90_000);
+    await c.waitFor('nothing left in the spools', async () => (await spooled(c)).size === 0, 90_000);
+    const delivered = sink.messages.map((m) => /Subject: (\S+)/.exec(m.data.subarray(0, 1000).toString())?.[1]);
+    assert.deepEqual(delivered.sort(), [...acked].sort(), 'every acknowledged message once, no refused one');
+    assert.equal(await workerPid(c, 0), worker, 'the same worker: nothing crashed');
+    await client.quit();
+  } finally {
+    await c.stop();
+    await sink.close();
   }
 });

@@ -10,8 +10,11 @@ import net from 'node:net';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
-/** A minimal next hop over a real socket: `drop` says where the n-th transaction's connection is reset. */
-async function startDroppingPeer(drop: (n: number) => 'rcpt' | 'end-of-data' | null): Promise<{ port: number; messages: number; close(): void }> {
+/**
+ * A minimal next hop over a real socket: `drop` says where the n-th transaction's connection is reset, or
+ * which bytes answer the end of its message instead of a reply.
+ */
+async function startDroppingPeer(drop: (n: number) => 'rcpt' | 'end-of-data' | { endOfData: string } | null): Promise<{ port: number; messages: number; close(): void }> {
   const state = { messages: 0, transactions: 0 };
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
@@ -27,8 +30,9 @@ async function startDroppingPeer(drop: (n: number) => 'rcpt' | 'end-of-data' | n
           buf = buf.slice(end + 5);
           inData = false;
           state.messages++;
-          if (drop(state.transactions) === 'end-of-data') return void s.resetAndDestroy();
-          s.write('250 2.0.0 queued\r\n');
+          const fault = drop(state.transactions);
+          if (fault === 'end-of-data') return void s.resetAndDestroy();
+          s.write(typeof fault === 'object' && fault ? fault.endOfData : '250 2.0.0 queued\r\n');
           continue;
         }
         const nl = buf.indexOf('\r\n');
@@ -68,3 +72,44 @@ for (const where of ['end-of-data', 'rcpt'] as const) {
     }
   });
 }
+
+// Answers to the end of the message that are no verdict on it (RFC 5321 §4.2: a 2yz, 4yz or 5yz reply code):
+// nodemailer took any first "2" for success, and the deferral of the others did not say the next hop may
+// have the message. Each is retried, and says so; a multi-line 250 is a delivery.
+for (const endOfData of ['2xx garbage\r\n', '25\r\n', '354 again\r\n', '999 what\r\n', 'hello\r\n', '\x00\xff\r\n']) {
+  test(`the next hop answers the end of the message with ${JSON.stringify(endOfData)}: retried, and the deferral says it may be delivered twice`, async () => {
+    const peer = await startDroppingPeer((n) => (n === 1 ? { endOfData } : null));
+    const s = await startDeliveryServer({
+      config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
+    });
+    try {
+      const id = await s.send('a@example.test', ['b@example.test']);
+      await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 30_000, past: true });
+      assert.equal(peer.messages, 2);
+      const deferred = s.logs.find((l) => l.id === id && l.status === 'deferred');
+      assert.ok(deferred, 'the first attempt is deferred');
+      assert.match(String(deferred.msg), /malformed reply to the end of the message .*may be delivered more than once/);
+      assert.equal(s.logs.filter((l) => l.id === id && l.status === 'sent').length, 1);
+    } finally {
+      await s.stop();
+      peer.close();
+    }
+  });
+}
+
+test('a multi-line 250 to the end of the message is a delivery', async () => {
+  const peer = await startDroppingPeer(() => ({ endOfData: '250-2.0.0 queued\r\n250 2.0.0 as 1234\r\n' }));
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
+  });
+  try {
+    const id = await s.send('a@example.test', ['b@example.test']);
+    const done = await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 30_000, past: true });
+    assert.equal(done.attempt, 1);
+    assert.equal(peer.messages, 1);
+    assert.equal(s.logs.find((l) => l.id === id && l.status === 'sent')?.reply, '250 2.0.0 queued 2.0.0 as 1234');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});

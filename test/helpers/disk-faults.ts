@@ -1,0 +1,34 @@
+/**
+ * Disk faults for real server processes: test/helpers/disk-faults.c built into a preload library (gcc,
+ * installed by test/setup-system.sh), and a folder whose files arm each fault once (see the C file).
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile';
+
+export interface DiskFaults {
+  /** Environment for the server: the library preloaded, the folder of armed faults. */
+  env: Record<string, string>;
+  /** The next matching call (on a journal segment or queue folder, in any process of the server) gets `fault`. */
+  arm(fault: DiskFault): void;
+  /** Whether an armed fault has been taken. */
+  taken(fault: DiskFault): boolean;
+}
+
+const SOURCE = new URL('./disk-faults.c', import.meta.url).pathname;
+
+export function diskFaults(): DiskFaults {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-disk-faults-'));
+  const library = join(dir, 'disk-faults.so');
+  execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-o', library, SOURCE, '-ldl']);
+  const armed = join(dir, 'armed');
+  execFileSync('mkdir', [armed]);
+  return {
+    env: { LD_PRELOAD: library, POSTERN_DISK_FAULTS: armed },
+    arm: (fault) => writeFileSync(join(armed, fault), ''),
+    taken: (fault) => !existsSync(join(armed, fault)),
+  };
+}
