@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink } from '../helpers/sink.ts';
-import { startCluster, load, spooled, TWO_WORKERS, ROUND_ROBIN } from '../helpers/cluster.ts';
+import { startCluster, load, spooled, TWO_WORKERS, ROUND_ROBIN, deliveryToSink } from '../helpers/cluster.ts';
 
 const ROUNDS: Array<{ role: 'worker' | 'queue'; index: number; signal: 'SIGKILL' | 'SIGSTOP' }> = [
   { role: 'worker', index: 0, signal: 'SIGKILL' },
@@ -22,7 +22,7 @@ const ROUNDS: Array<{ role: 'worker' | 'queue'; index: number; signal: 'SIGKILL'
 test('workers and the queue process killed or frozen under load, one after another: nothing acknowledged is lost', { timeout: 300_000 }, async () => {
   const sink = await startSink({ dataDelayMs: 2 }); // a backlog, so kills land in the middle of deliveries
   const c = await startCluster({
-    config: `${TWO_WORKERS}${ROUND_ROBIN}delivery:\n  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }\n  tls: { mode: none }\n  scanIntervalMs: 200\n  retrySchedule: [0.2]\n`,
+    config: `${TWO_WORKERS}${ROUND_ROBIN}${deliveryToSink(sink.port, { retrySchedule: [0.2] })}`,
   });
   const clients = load(c, 4);
   try {

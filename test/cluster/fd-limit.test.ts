@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { greeted, spooled, startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, workerPid, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 import { startSink } from '../helpers/sink.ts';
 
 /** The soft and hard open-file limits of a process. */
@@ -68,12 +68,7 @@ test('a worker that ran out of file descriptors while connections were handed to
 test('a worker at its open-file limit on a connection it already has: 451 for what needs a new file, 250 for the rest, every 250 delivered once; all 250 once descriptors are free', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: 200
-  retrySchedule: [1]
-`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}`,
   });
   try {
     const client = await greeted(c);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { startSink } from '../helpers/sink.ts';
-import { greeted, startCluster, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import { greeted, startCluster, ONE_WORKER, type ClusterProcess, deliveryToSink } from '../helpers/cluster.ts';
 
 /** The soft and hard open-file limits of a process. */
 function fileLimits(pid: number): { soft: string; hard: string } {
@@ -24,12 +24,7 @@ async function queuePid(c: ClusterProcess): Promise<number> {
 test('messages the queue process could not read at its open-file limit are delivered once descriptors are free again', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: 200
-  retrySchedule: [1]
-`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}`,
   });
   try {
     const client = await greeted(c);

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, workerPid, spooled, ONE_WORKER } from '../helpers/cluster.ts';
+import { startCluster, workerPid, spooled, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -35,11 +35,7 @@ async function inMiddleOfData(port: number, subject: string): Promise<SmtpTestCl
 test('a supervisor killed and started again while its old worker finishes a session: the message that worker acknowledged is delivered', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: 200
-`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port)}`,
   });
   let second: ReturnType<typeof spawn> | null = null;
   const oldPids: number[] = [];

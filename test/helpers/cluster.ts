@@ -59,6 +59,12 @@ listeners:
 /** TWO_WORKERS with one worker. */
 export const ONE_WORKER = TWO_WORKERS.replace('workers: 2', 'workers: 1');
 
+/** A `delivery:` section to a test's sink on `port`, plain SMTP, scanning every 200 ms; `retrySchedule` in seconds. */
+export function deliveryToSink(port: number, opts: { retrySchedule?: number[]; scanIntervalMs?: number } = {}): string {
+  const retry = opts.retrySchedule ? `  retrySchedule: [${opts.retrySchedule.join(', ')}]\n` : '';
+  return `delivery:\n  route: { smarthost: { host: 127.0.0.1, port: ${port} } }\n  tls: { mode: none }\n  scanIntervalMs: ${opts.scanIntervalMs ?? 200}\n${retry}`;
+}
+
 
 /** `config` is YAML without dataDir/scripts; `{PORT:name}` placeholders become free ports. */
 /** `detached`: the server leads its own process group (a signal to `-pid` reaches it and all its children). */

@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSink, type Sink } from '../helpers/sink.ts';
-import { greeted, spooled, startCluster, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, ONE_WORKER, type ClusterProcess, deliveryToSink } from '../helpers/cluster.ts';
 import { diskFaults, type DiskFault } from '../helpers/disk-faults.ts';
 
 const subjectOf = (data: Buffer): string | undefined => /Subject: (\S+)/.exec(data.toString())?.[1];
@@ -30,12 +30,7 @@ async function start(env: Record<string, string>, opts: { scanIntervalMs?: numbe
   const c = await startCluster({
     env,
     dataDir: opts.dataDir,
-    config: `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: ${opts.scanIntervalMs ?? 200}
-  retrySchedule: [1]
-`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1], scanIntervalMs: opts.scanIntervalMs })}`,
   });
   return { c, sink };
 }

@@ -11,19 +11,14 @@ import assert from 'node:assert/strict';
 import { chmodSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
-import { greeted, startCluster, ONE_WORKER } from '../helpers/cluster.ts';
+import { greeted, startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 
 const subjectOf = (data: Buffer): string | undefined => /Subject: (\S+)/.exec(data.subarray(0, 1000).toString())?.[1];
 
 test('a read-only queue folder: large messages get 451 and leave no file behind; delivered once it is writable again', { timeout: 180_000 }, async () => {
   const sink = await startSink({});
   const c = await startCluster({
-    config: `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: 200
-  retrySchedule: [1]
-`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}`,
     wrap: ['setpriv', '--bounding-set=-dac_override,-dac_read_search,-fowner'],
   });
   const spool = join(c.dataDir, 'spool', 'worker-0');

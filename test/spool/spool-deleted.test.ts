@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
-import { greeted, spooled, startCluster, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import { greeted, spooled, startCluster, ONE_WORKER, type ClusterProcess, deliveryToSink } from '../helpers/cluster.ts';
 
 const subjectOf = (data: Buffer): string | undefined => /Subject: (\S+)/.exec(data.subarray(0, 1000).toString())?.[1];
 
@@ -19,12 +19,7 @@ test('a worker\'s spool folder deleted while it runs: every 250 after it is deli
   let holding = true;
   const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && address === 'held@example.test' && holding ? { code: 451, text: 'not now' } : null) });
   const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-spool-deleted-')), 'data');
-  const config = `${ONE_WORKER}delivery:
-  route: { smarthost: { host: 127.0.0.1, port: ${sink.port} } }
-  tls: { mode: none }
-  scanIntervalMs: 200
-  retrySchedule: [1]
-`;
+  const config = `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}`;
   let c: ClusterProcess | null = await startCluster({ dataDir, config });
   try {
     const client = await greeted(c);
