@@ -14,6 +14,7 @@ import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { countedAddress } from '../../engine/connection-limits/counted-address.ts';
 import { INVALID, TOO_MANY, plain } from '../auth/helpers/submission.ts';
+import { startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
 
 const TOO_MANY_CONNECTIONS = '421 4.7.0 Too many connections from your address';
 
@@ -107,4 +108,28 @@ test('authFailuresPerIp: guesses from several addresses of one /64 add up, and r
   assert.match(elsewhere.text, /^220 /);
   await elsewhere.client.quit();
   assert.ok(server.logs.some((l) => l.ip === '2001:db8:7::2' && l.msg === 'authentication failed'), 'the log names the address');
+});
+
+test('postern serve, two workers round robin: addresses of one /64 share maxConnectionsPerIp over both workers', async () => {
+  const c = await startCluster({
+    config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', 'proxyProtocol: { trusted: [127.0.0.0/8] }\n    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }')}${ROUND_ROBIN}`,
+  });
+  const open: SmtpTestClient[] = [];
+  try {
+    // Round robin: the first two land on different workers; the supervisor counts for both.
+    for (const [address, port] of [['2001:db8:5:1::1', 4000], ['2001:db8:5:1::2', 4002]] as const) {
+      const client = await SmtpTestClient.connect(c.port('in'), { proxyHeader: proxyV2(address, port) });
+      assert.match((await client.read()).text, /^220 /);
+      open.push(client);
+    }
+    const third = await SmtpTestClient.connect(c.port('in'), { proxyHeader: proxyV2('2001:db8:5:1::3', 4004) });
+    assert.equal((await third.read()).text, TOO_MANY_CONNECTIONS);
+    third.destroy();
+    const elsewhere = await SmtpTestClient.connect(c.port('in'), { proxyHeader: proxyV2('2001:db8:5:2::1', 4006) });
+    assert.match((await elsewhere.read()).text, /^220 /);
+    open.push(elsewhere);
+  } finally {
+    for (const client of open) client.destroy();
+    await c.stop();
+  }
 });
