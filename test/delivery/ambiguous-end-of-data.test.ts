@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
@@ -16,40 +16,17 @@ import { configYaml, smarthostDelivery, testListener } from '../helpers/config.t
  */
 async function startDroppingPeer(drop: (n: number) => 'rcpt' | 'end-of-data' | { endOfData: string } | null): Promise<{ port: number; messages: number; close(): void }> {
   const state = { messages: 0, transactions: 0 };
-  const server = net.createServer((s) => {
-    s.on('error', () => undefined);
-    s.write('220 peer ESMTP\r\n');
-    let buf = '';
-    let inData = false;
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      for (;;) {
-        if (inData) {
-          const end = buf.indexOf('\r\n.\r\n');
-          if (end < 0) return;
-          buf = buf.slice(end + 5);
-          inData = false;
-          state.messages++;
-          const fault = drop(state.transactions);
-          if (fault === 'end-of-data') return void s.resetAndDestroy();
-          s.write(typeof fault === 'object' && fault ? fault.endOfData : '250 2.0.0 queued\r\n');
-          continue;
-        }
-        const nl = buf.indexOf('\r\n');
-        if (nl < 0) return;
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        if (/^EHLO/i.test(line)) s.write('250-peer\r\n250 8BITMIME\r\n');
-        else if (/^MAIL/i.test(line)) { state.transactions++; s.write('250 2.1.0 ok\r\n'); }
-        else if (/^RCPT/i.test(line) && drop(state.transactions) === 'rcpt') return void s.resetAndDestroy();
-        else if (/^DATA/i.test(line)) { s.write('354 go on\r\n'); inData = true; }
-        else if (/^QUIT/i.test(line)) s.end('221 bye\r\n');
-        else s.write('250 ok\r\n');
-      }
-    });
+  const peer = await startScriptedPeer({
+    mail: () => { state.transactions++; },
+    rcpt: (s) => (drop(state.transactions) === 'rcpt' ? (s.resetAndDestroy(), 'stop') : undefined),
+    endOfData: (s) => {
+      state.messages++;
+      const fault = drop(state.transactions);
+      if (fault === 'end-of-data') return (s.resetAndDestroy(), 'stop');
+      if (typeof fault === 'object' && fault) return (s.write(fault.endOfData), 'answered');
+    },
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return { port: (server.address() as net.AddressInfo).port, get messages() { return state.messages; }, close: () => server.close() };
+  return { port: peer.port, get messages() { return state.messages; }, close: peer.close };
 }
 
 for (const where of ['end-of-data', 'rcpt'] as const) {

@@ -6,7 +6,8 @@
 // healthy domain is delivered, and the server stops without waiting for the hosts that are still dripping.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
+import type net from 'node:net';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
@@ -17,55 +18,17 @@ type Drip = 'at-ehlo' | 'after-data';
 /** A next hop on `host:port` that drips a reply that never ends, at EHLO or after the message. */
 async function startDrippingPeer(host: string, port: number, where: Drip): Promise<{ dripping: number; close(): void }> {
   const state = { dripping: 0 };
-  const sockets = new Set<net.Socket>();
   const drip = (s: net.Socket, first: string, next: string): void => {
     state.dripping++;
     s.write(first);
     const timer = setInterval(() => s.write(next), 100);
     s.once('close', () => clearInterval(timer));
   };
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.once('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    s.write('220 peer ESMTP\r\n');
-    let buf = '';
-    let inData = false;
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      for (;;) {
-        if (inData) {
-          const end = buf.indexOf('\r\n.\r\n');
-          if (end < 0) return;
-          buf = buf.slice(end + 5);
-          inData = false;
-          if (where === 'after-data') return drip(s, '25', '0');
-          s.write('250 2.0.0 queued\r\n');
-          continue;
-        }
-        const nl = buf.indexOf('\r\n');
-        if (nl < 0) return;
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        if (/^EHLO/i.test(line)) {
-          if (where === 'at-ehlo') return drip(s, '250-peer\r\n', '250-still here\r\n');
-          s.write('250-peer\r\n250 8BITMIME\r\n');
-        } else if (/^DATA/i.test(line)) {
-          s.write('354 go on\r\n');
-          inData = true;
-        } else if (/^QUIT/i.test(line)) s.end('221 bye\r\n');
-        else s.write('250 ok\r\n');
-      }
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  return {
-    get dripping() { return state.dripping; },
-    close: () => { for (const s of sockets) s.destroy(); server.close(); },
-  };
+  const peer = await startScriptedPeer({
+    ehlo: (s) => (where === 'at-ehlo' ? (drip(s, '250-peer\r\n', '250-still here\r\n'), 'stop') : undefined),
+    endOfData: (s) => (where === 'after-data' ? (drip(s, '25', '0'), 'stop') : undefined),
+  }, host, port);
+  return { get dripping() { return state.dripping; }, close: peer.close };
 }
 
 test('next hops that never finish a reply are timed out per reply; they cannot hold every delivery slot', async () => {
