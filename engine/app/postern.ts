@@ -26,6 +26,7 @@ import { startShadowing } from '../shadow/shadow-runner.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
+import { BoundedLabel } from '../metrics/bounded-label.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 import type { AccountsServer } from '../accounts/server.ts';
@@ -291,8 +292,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     metrics.lastReloadFailed.set(o.ok ? 0 : 1);
     metrics.generation.set(runtime.generation.serial);
   });
+  // By MX, next hops are whatever recipients' (and bounced senders') domains name: a bounded set of series.
+  const nextHops = new BoundedLabel(100);
   queue.onAttempt((e) => {
-    for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ?? 'none' });
+    for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ? nextHops.of(o.remoteMta) : 'none' });
     if (e.bounceId) metrics.bounces.inc();
   });
   if (role !== 'worker') setQueueProbe(() => spools.census());

@@ -22,6 +22,9 @@ import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './acti
  */
 const MAX_QUEUED = 32;
 
+/** The protocol_state values Postfix sends (SMTPD_POLICY_README), and `UNKNOWN` for a request without one. */
+const POSTFIX_STATES: ReadonlySet<string> = new Set(['CONNECT', 'EHLO', 'HELO', 'MAIL', 'RCPT', 'DATA', 'END-OF-MESSAGE', 'VRFY', 'ETRN', 'UNKNOWN']);
+
 export interface PolicyRuntime {
   /** The generation new requests take (swapped on reload). */
   readonly generation: PolicyGeneration;
@@ -183,12 +186,16 @@ export class PolicyServer {
     return result;
   }
 
-  /** prom-client hashes the labels on every inc(): keep one labelled child per (state, action). */
+  /**
+   * prom-client hashes the labels on every inc(): keep one labelled child per (state, action). A state
+   * Postfix does not define is counted as OTHER: a client's made-up states must not each become a series.
+   */
   readonly #counters = new Map<string, { inc(): void }>();
   #counted(state: string, kind: string): void {
-    const key = `${state} ${kind}`;
+    const label = POSTFIX_STATES.has(state) ? state : 'OTHER';
+    const key = `${label} ${kind}`;
     let counter = this.#counters.get(key);
-    if (!counter) this.#counters.set(key, counter = metrics.policyRequests.labels(this.name, state.slice(0, 20), kind));
+    if (!counter) this.#counters.set(key, counter = metrics.policyRequests.labels(this.name, label, kind));
     counter.inc();
   }
 

@@ -241,6 +241,15 @@ test('metrics count requests by service, state and action', async () => {
     .test(await registry.getSingleMetricAsString('postern_policy_requests_total')));
 });
 
+test('made-up protocol states are counted as OTHER, not one series each', async () => {
+  const c = await PolicyClient.connect(tcp('authoritative'));
+  for (let i = 0; i < 50; i++) assert.equal(await c.ask(rcptRequest({ protocol_state: `MADEUP${i}` })), 'action=DUNNO');
+  c.close();
+  const text = await registry.getSingleMetricAsString('postern_policy_requests_total');
+  assert.doesNotMatch(text, /MADEUP/);
+  assert.match(text, /service="authoritative",state="OTHER",action="dunno"\} ([5-9]\d|\d{3,})/);
+});
+
 test('hot reload: a table edit applies to the next request on an open connection; a moved service waits for a restart', async () => {
   const c = await PolicyClient.connect(tcp('main'));
   const listed = rcptRequest({ ccert_pubkey_fingerprint: 'EF:'.repeat(31) + 'EF', ccert_fingerprint: CERT_FP });
