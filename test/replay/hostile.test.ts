@@ -120,3 +120,27 @@ test('a candidate data script that reads the body is not compared (bodies are no
     await server.stop();
   }
 });
+
+test('recordings stop at maxMegabytes even when each record is large (data calls carry their header section)', async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.com'], replay: { keepDays: 1, maxMegabytes: 1 }, listeners: [testListener('in')] } as never),
+    scripts: { 'data.ts': 'export default function (ctx) { }' },
+  });
+  try {
+    // About 400 KB of header section per message, as folded lines of one field.
+    const folded = Array.from({ length: 450 }, (_, i) => ` ${String(i).padStart(4, '0')}${'x'.repeat(880)}`).join('\r\n');
+    for (let i = 0; i < 6; i++) {
+      const c = await SmtpTestClient.connect(server.port('in'));
+      await c.hello();
+      assert.equal((await c.sendMail('a@example.org', ['b@example.com'], `Subject: ${i}\r\nX-Big:${folded}\r\n\r\nbody\r\n`)).code, 250);
+      await c.quit();
+    }
+    const dataDir = join(server.dir, 'data');
+    await until('the folder-full warning', async () => server.logs.some((l) => String(l.msg).startsWith('replay recordings folder full')));
+    const sizes = await Promise.all(recordingFiles(dataDir).map(async (f) => (await stat(f.path)).size));
+    const total = sizes.reduce((a, b) => a + b, 0);
+    assert.ok(total < 1.5 * 1024 * 1024, `${total} bytes recorded against a limit of 1 MiB (records of ~400 KB)`);
+  } finally {
+    await server.stop();
+  }
+});
