@@ -89,6 +89,12 @@ const limitsSchema = z.strictObject({
     .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
     .describe('The sliding window for `authFailuresPerIp`.'),
+  connectionRatePerIp: z.strictObject({
+    count: z.number().int().positive().describe('Connections one client address may open to this listener within the window.'),
+    windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
+      .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0.'),
+  }).optional().meta({ defaultText: 'no limit' })
+    .describe('New connections per client address (IPv6: per `ipv6PrefixLength` network), as Postfix `smtpd_client_connection_rate_limit` (anvil): a client that reconnects in a loop, each time with a TLS handshake, costs the server CPU that `maxConnectionsPerIp` (which counts only open connections) does not bound. Counted in the [store](#store), so over every worker process and, with Redis, every server. The connection over the limit gets `421 4.7.0 Error: too many connections from <ip>, try again later` before the greeting (on implicit TLS, after the handshake); when the store cannot be reached, `421 4.7.0 Connection rate cannot be checked, try again later` (fail closed). Refused connections are not counted.'),
   messagesPerIdentity: z.strictObject({
     count: z.number().int().positive().describe('Messages (MAIL FROM commands) one identity may start within the window.'),
     windowSeconds: z.number().int().positive().max(31 * 24 * 3600).meta({ unit: 'seconds' })

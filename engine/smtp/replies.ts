@@ -19,6 +19,8 @@ export const REPLIES = {
   // Connection limits and client certificates, before the greeting (or right after STARTTLS).
   tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
+  connectionRateFromAddress: { code: 421, enhanced: '4.7.0', text: 'Error: too many connections from {ip}, try again later', reason: 'limits.connectionRatePerIp' },
+  connectionRateStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection rate cannot be checked, try again later', reason: 'limits.connectionRatePerIp: store unavailable (fail closed)' },
   connectionLimitStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection limit cannot be checked, try again later', reason: 'limits.connectionsPerIpInStore: store unavailable (fail closed)' },
   tooManyErrors: { code: 421, enhanced: '4.7.0', text: '{hostname} Error: too many errors', reason: 'limits.maxErrors' },
   shuttingDown: { code: 421, enhanced: '4.4.2', text: 'Server shutting down', reason: 'the server is stopping' },

@@ -89,6 +89,8 @@ export class SessionPolicy {
     const counted = countedAddress(conn.remoteAddress, limits.ipv6PrefixLength); // an IPv6 client by its network
     const slotRefusal = await this.#takeStoreSlot(conn, counted, limits);
     if (slotRefusal) return slotRefusal;
+    const rateRefusal = await this.#connectionRate(conn, counted, limits);
+    if (rateRefusal) return rateRefusal;
     if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
@@ -123,6 +125,29 @@ export class SessionPolicy {
     st.releaseSlot = release;
     if (st.closed) release(); // the client left while the slot was being taken
     return null;
+  }
+
+  /**
+   * limits.connectionRatePerIp: this connection counted for its client (its network, for IPv6) in the store;
+   * over the limit, 421 (Postfix anvil's smtpd_client_connection_rate_limit). A store that cannot answer
+   * refuses too: the limit would not hold (fail closed).
+   */
+  async #connectionRate(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<SmtpReply | null> {
+    const limit = limits.connectionRatePerIp;
+    const st = conn.state;
+    const store = st.generation.store;
+    if (!limit || !store) return null;
+    let result;
+    try {
+      result = await store.rate(STORE_KEYS.connectionRate(st.listener.name, ip), limit.count, limit.windowSeconds);
+    } catch (err) {
+      this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
+      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
+      return reply('connectionRateStoreUnavailable');
+    }
+    if (result.allowed) return null;
+    metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'connection-rate' });
+    return reply('connectionRateFromAddress', { ip: conn.remoteAddress });
   }
 
   /**

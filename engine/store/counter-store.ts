@@ -73,6 +73,7 @@ export const STORE_KEYS = {
   messagesPerIdentity: (identity: string) => `limit:messages:${identity}`,
   authFailures: (ip: string) => `limit:authfail:${ip}`,
   connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,
+  connectionRate: (listener: string, ip: string) => `limit:connrate:${listener}:${ip}`,
 } as const;
 
 /** A store call failed (unreachable, timed out, refused): the caller must refuse temporarily. */

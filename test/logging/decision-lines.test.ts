@@ -119,6 +119,7 @@ before(async () => {
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
+        testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
         testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
         testListener('require', { tls: testServerTls(pki, { clientCertificates: 'require' }) }),
         testListener('crl', { tls: { ...testServerTls(pki, { clientCertificates: 'request' }), crlFiles: ['./ca.crl'] }, certificateIdentity: { field: 'emailAddress', autoLogin: true } }),
@@ -138,6 +139,7 @@ before(async () => {
         listeners: [
           testListener('r', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { messagesPerIdentity: { count: 100, windowSeconds: 3600 } } }),
           testListener('slots', { limits: { connectionsPerIpInStore: true } }),
+          testListener('rate', { limits: { connectionRatePerIp: { count: 100, windowSeconds: 3600 } } }),
         ],
         users: './users',
       }),
@@ -227,6 +229,17 @@ const ROWS = {
       assert.equal(held.seen[0]!.code, 220);
       const { c, seen } = await open('main', 'perip');
       held.c.destroy();
+      c.destroy();
+      return seen;
+    },
+  },
+  connectionRateFromAddress: {
+    server: 'main', stage: 'CONNECT', values: { ip: '127.0.0.1' },
+    async drive() {
+      const first = await open('main', 'rate');
+      assert.equal(first.seen[0]!.code, 220);
+      first.c.destroy(); // closed: the limit counts connections made, not open ones
+      const { c, seen } = await open('main', 'rate');
       c.destroy();
       return seen;
     },
@@ -357,6 +370,15 @@ const ROWS = {
     async drive() {
       await redisDown();
       const { c, seen } = await open('redis', 'slots');
+      c.destroy();
+      return seen;
+    },
+  },
+  connectionRateStoreUnavailable: {
+    server: 'redis', stage: 'CONNECT', serverFault: /^store: Redis unreachable/,
+    async drive() {
+      await redisDown();
+      const { c, seen } = await open('redis', 'rate');
       c.destroy();
       return seen;
     },

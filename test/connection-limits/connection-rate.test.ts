@@ -1,0 +1,67 @@
+/**
+ * limits.connectionRatePerIp (Postfix anvil's smtpd_client_connection_rate_limit): connections a client
+ * makes, open or closed, within a window. maxConnectionsPerIp counts only open ones, so a client reconnecting
+ * in a loop (a TLS handshake each time) was not bounded. Counted in the store: in one process, and under
+ * `postern serve` over every worker (round robin puts consecutive connections on different workers). The
+ * clients' addresses come in PROXY headers (the test is the trusted balancer), so several can be tried.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { proxyV2 } from '../helpers/proxy-header.ts';
+import { startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
+
+const REFUSED = /^421 4\.7\.0 Error: too many connections from (\S+), try again later$/;
+
+/** A connection from `address` (through the balancer): its first reply, then closed. */
+async function greeting(port: number, address: string, clientPort: number): Promise<string> {
+  const c = await SmtpTestClient.connect(port, { proxyHeader: proxyV2(address, clientPort) });
+  try {
+    return (await c.read()).text;
+  } finally {
+    c.destroy();
+  }
+}
+
+async function assertRateLimit(port: number): Promise<void> {
+  for (let i = 0; i < 3; i++) assert.match(await greeting(port, '203.0.113.7', 5000 + i), /^220 /, `connection ${i + 1} of 3`);
+  const refused = await greeting(port, '203.0.113.7', 5003);
+  assert.match(refused, REFUSED);
+  assert.equal(REFUSED.exec(refused)![1], '203.0.113.7');
+  assert.match(await greeting(port, '203.0.113.8', 5004), /^220 /, 'another address has its own count');
+  // An IPv6 client counts by its /64: three addresses of one network share the count.
+  for (let i = 0; i < 3; i++) assert.match(await greeting(port, `2001:db8:7:1::${i + 1}`, 5010 + i), /^220 /);
+  assert.match(await greeting(port, '2001:db8:7:1::99', 5020), REFUSED);
+}
+
+const LIMITS = 'proxyProtocol: { trusted: [127.0.0.0/8] }\n    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }';
+
+test('one process: the fourth connection within the window is refused, closed ones counted', async () => {
+  const server = await startTestServer({
+    config: `
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:0
+    reverseDns: false
+    ${LIMITS}
+`,
+  });
+  try {
+    await assertRateLimit(server.port('in'));
+    const line = server.logs.find((l) => l.reason === 'limits.connectionRatePerIp');
+    assert.ok(line, 'the refusal has its decision line');
+  } finally {
+    await server.stop();
+  }
+});
+
+test('postern serve, two workers round robin: the count holds over both', async () => {
+  const c = await startCluster({ config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', LIMITS)}${ROUND_ROBIN}` });
+  try {
+    await assertRateLimit(c.port('in'));
+  } finally {
+    await c.stop();
+  }
+});
