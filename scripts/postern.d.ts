@@ -233,6 +233,13 @@ declare module "postern" {
      * malformed edit fails the hook closed (451 4.3.0). At most 64 edits.
      */
     headers?: HeaderEdit[];
+    /**
+     * data only: accept the message (the client gets its 250) but put it on hold in the queue, as Postfix's
+     * `HOLD` action: it is not delivered until an operator runs `postern queue release` (or deleted with
+     * `postern queue delete`). The text is the reason `postern queue show` and the log give: 1 to 200
+     * characters, no control characters. The hold is on disk before the 250.
+     */
+    hold?: string;
   }
 
   /**
@@ -578,8 +585,8 @@ declare module "postern" {
     /** Log a line to the server log, tagged with the connection id and script file. */
     log(...args: unknown[]): void;
     /** Verdict builders. */
-    /** `headers`: the data hook's header edits (see HeaderEdit). */
-    accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit); `hold`: the data hook's hold (see AcceptVerdict). */
+    accept(options?: { username?: string; text?: string; headers?: HeaderEdit[]; hold?: string }): AcceptVerdict;
     reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;
@@ -638,8 +645,8 @@ declare module "postern" {
     function dnsbl(zone: string, ip: string, options?: DnsOptions): Promise<DnsblResult>;
     /** Log a line to the server log, tagged with the connection id and script file. */
     function log(...args: unknown[]): void;
-    /** `headers`: the data hook's header edits (see HeaderEdit). */
-    function accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
+    /** `headers`: the data hook's header edits (see HeaderEdit); `hold`: the data hook's hold (see AcceptVerdict). */
+    function accept(options?: { username?: string; text?: string; headers?: HeaderEdit[]; hold?: string }): AcceptVerdict;
     function reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
     function defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
     function deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;

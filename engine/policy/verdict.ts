@@ -21,7 +21,7 @@ const TLS_MODES = new Set(['none', 'may', 'encrypt', 'verify']);
 
 /** The options each verdict has (engine/sandbox/api/verdicts.ts); any other key is a mistake. */
 const OPTIONS: Record<string, ReadonlySet<string>> = {
-  accept: new Set(['verdict', 'username', 'text', 'headers']),
+  accept: new Set(['verdict', 'username', 'text', 'headers', 'hold']),
   reject: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
   defer: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
   deliver: new Set(['verdict', 'host', 'port', 'implicitTls', 'tls', 'dkim']),
@@ -61,6 +61,13 @@ export function checkVerdict(hook: HookName, value: unknown): Verdict | Predeliv
   // eslint-disable-next-line no-control-regex
   if (v.username !== undefined && (typeof v.username !== 'string' || !v.username || /[\x00-\x1f]/.test(v.username))) {
     throw new VerdictError('username must be a non-empty string without control characters');
+  }
+  if (v.hold !== undefined) {
+    if (hook !== 'data') throw new VerdictError(`hold: only a data hook can hold a message, not ${hook}`);
+    // eslint-disable-next-line no-control-regex
+    if (typeof v.hold !== 'string' || v.hold.length < 1 || v.hold.length > 200 || /[\x00-\x1f\x7f-\x9f\u2028\u2029]/.test(v.hold)) {
+      throw new VerdictError('hold: the reason must be a string of 1 to 200 characters without control characters');
+    }
   }
   if (v.headers !== undefined) {
     if (hook !== 'data') throw new VerdictError(`headers: only a data hook can edit the message, not ${hook}`);

@@ -14,7 +14,7 @@ export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null):
     `client: ${s.remoteAddress} on listener ${s.listener}, helo ${s.helo ?? '(none)'}`,
     `authenticated_user: ${s.authenticatedUser ?? '(none)'}`,
     `client_certificate: ${s.clientCertificate ? describeCertificate(s.clientCertificate) : '(none)'}`,
-    `held: ${hold ? `yes, since ${hold.at ?? '?'}${hold.by ? ` by ${hold.by.user}${hold.by.sudoUser ? ` (sudo by ${hold.by.sudoUser})` : ''}` : ''} (postern queue release ${env.id})` : 'no'}`,
+    `held: ${hold ? `yes, since ${hold.at ?? '?'}${hold.by ? ` by ${hold.by.user}${hold.by.sudoUser ? ` (sudo by ${hold.by.sudoUser})` : ''}` : ''}${hold.script ? ` by script ${hold.script.file}: ${hold.script.reason}` : ''} (postern queue release ${env.id})` : 'no'}`,
     `attempts: ${env.attempts}`,
     `next_attempt: ${hold ? 'none while held' : env.attempts ? env.nextAttemptAt : 'as soon as the queue runner gets to it (never attempted)'}`,
   ];

@@ -461,7 +461,7 @@ export function installRuntime(
     accept: (opts?: unknown) => ({
       verdict: 'accept',
       // headers: the data hook's header edits, checked in full by the host (engine/policy/header-edits.ts).
-      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString, headers: isArray }),
+      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString, headers: isArray, hold: isString }),
     }),
     reject: (reply?: unknown, opts?: unknown) => ({
       verdict: 'reject',

@@ -87,6 +87,9 @@ export async function receiveMessage(
       errors: [],
     };
     if (spoolIsFull(runtime)) throw reply('storageFull');
+    // Held before it is committed: once committed the queue may take it at once. A hold whose message then
+    // fails to commit is left behind, harmless (its id is never used again), and removed at the next start.
+    if (decision.hold) await runtime.spool.hold(id, { at: now, by: null, script: decision.hold });
     const commitStart = performance.now();
     await writer.commit(envelope, replace);
     committed = true;
@@ -98,7 +101,8 @@ export async function receiveMessage(
       runtime.logger.info({
         cid: conn.id, id, client: conn.remoteAddress, from: envelope.sender, size: writer.bytes, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
         certificate: cert ? cert.fingerprint.sha256 : undefined,
-      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled)`);
+        held: decision.hold ?? undefined,
+      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled${decision.hold ? `, held by ${decision.hold.file}: ${decision.hold.reason}` : ''})`);
     }
     runtime.onSpooled?.(id);
     st.transactionId = null;

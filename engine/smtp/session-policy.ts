@@ -30,12 +30,14 @@ const NO_SENDERS: readonly string[] = Object.freeze([]);
 /** A command's decision: known at once, or once a script (or the store) has answered. */
 export type Decision = SmtpReply | null | Promise<SmtpReply | null>;
 
-/** What the data hook decided: its reply (null: the default 250) and an accept's header edits. */
+/** What the data hook decided: its reply (null: the default 250), an accept's header edits and hold. */
 export interface DataDecision {
   reply: SmtpReply | null;
   headerEdits: readonly HeaderEdit[] | null;
+  /** `accept({ hold })`: the message goes on hold in the queue (the script's file and reason). */
+  hold: { file: string; reason: string } | null;
 }
-const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits: null });
+const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits: null, hold: null });
 
 /**
  * The parameters of the extensions the EHLO reply offers (SIZE, 8BITMIME, SMTPUTF8, DSN, AUTH): any other is
@@ -456,7 +458,12 @@ export class SessionPolicy {
       closeMessageText(token);
     }
     if (!verdict) return NO_DATA_DECISION;
-    return { reply: verdictReply('data', verdict, id), headerEdits: verdict.verdict === 'accept' ? verdict.headers ?? null : null };
+    const accepted = verdict.verdict === 'accept' ? verdict : null;
+    return {
+      reply: verdictReply('data', verdict, id),
+      headerEdits: accepted?.headers ?? null,
+      hold: accepted?.hold === undefined ? null : { file: st.generation.sandboxFor(st.listener).scriptFile('data') ?? 'data', reason: accepted.hold },
+    };
   }
 
   /** Last seen, per certificate (written at most once a minute, off this path: engine/pki/sightings.ts). */

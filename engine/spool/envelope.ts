@@ -44,4 +44,6 @@ export interface SpoolHold {
   /** ISO 8601. */
   at: string | null;
   by: { user: string; uid: number; sudoUser: string | null; pid: number; host: string } | null;
+  /** Held at acceptance by a data script's `accept({ hold })`: the script's file and its reason. */
+  script?: { file: string; reason: string };
 }

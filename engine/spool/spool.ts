@@ -32,6 +32,9 @@ const JOURNAL_MAX_BYTES = 1024 * 1024;
 /** One message found by Spool.scan(). */
 export interface ScanEntry { id: string; hasState: boolean; held: boolean }
 
+/** How long a hold may wait for its message's commit (a data script's hold is written first) before a scan takes it for left over. */
+const HOLD_BEFORE_COMMIT_GRACE_MS = 10 * 60_000;
+
 export class Spool {
   readonly root: string;
   readonly queueDir: string;
@@ -345,13 +348,27 @@ export class Spool {
       if (Spool.isId(id)) out.push(entry(id));
     }
     // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
-    // at the next start. A hold listed here was made after its message was committed, which the journal read
-    // after the listing has seen.
+    // at the next start. A hold made by `postern queue hold` was made after its message was committed, which
+    // the journal read after the listing has seen; a data script's hold is made just before its message is
+    // committed, so a recent one without its message is left alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of names) {
-      if (n.endsWith('.held') && !present.has(n.slice(0, -5))) await unlink(join(this.queueDir, n)).catch(() => undefined);
+      if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
+      const path = join(this.queueDir, n);
+      if (await this.#awaitsCommit(path)) continue;
+      await unlink(path).catch(() => undefined);
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** A data script's hold (made just before its message's commit) made lately: its message may not be committed yet. */
+  async #awaitsCommit(holdPath: string): Promise<boolean> {
+    try {
+      const [made, text] = await Promise.all([stat(holdPath), readFile(holdPath, 'utf8')]);
+      return Date.now() - made.mtimeMs < HOLD_BEFORE_COMMIT_GRACE_MS && (JSON.parse(text) as SpoolHold).script !== undefined;
+    } catch {
+      return false;
+    }
   }
 
   /**

@@ -40,3 +40,17 @@ test('a hold is listed with its message, read back, released; one without its me
   assert.deepEqual((await again.scan()).map((e) => e.held), [false]);
   again.close();
 });
+
+test('a data script\'s hold, written just before its message is committed, survives a scan that runs in between', async () => {
+  const spool = new Spool(join(mkdtempSync(join(tmpdir(), 'postern-holds-')), 'spool'));
+  await spool.init();
+  const id = spool.newId();
+  await spool.hold(id, { at: new Date().toISOString(), by: null, script: { file: 'data.ts', reason: 'review' } });
+  await spool.scan(); // the commit has not happened yet
+  assert.ok(existsSync(spool.heldPath(id)), 'kept: its message is being committed');
+  await spool.hold(spool.newId(), { at: null, by: null }); // an operator's hold without its message goes
+  assert.equal((await spool.heldIds()).length, 2);
+  await spool.scan();
+  assert.deepEqual(await spool.heldIds(), [id]);
+  spool.close();
+});

@@ -108,8 +108,8 @@ export interface PosternHelpers {
   /** Log a line to the server log, tagged with the connection id and script file. */
   log(...args: unknown[]): void;
   /** Verdict builders. */
-  /** `headers`: the data hook's header edits (see HeaderEdit). */
-  accept(options?: { username?: string; text?: string; headers?: HeaderEdit[] }): AcceptVerdict;
+  /** `headers`: the data hook's header edits (see HeaderEdit); `hold`: the data hook's hold (see AcceptVerdict). */
+  accept(options?: { username?: string; text?: string; headers?: HeaderEdit[]; hold?: string }): AcceptVerdict;
   reject(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): RejectVerdict;
   defer(text?: string, options?: { code?: number; enhanced?: string; disconnect?: boolean }): DeferVerdict;
   deliver(options?: Omit<DeliverVerdict, 'verdict'>): DeliverVerdict;

@@ -12,6 +12,13 @@ export interface AcceptVerdict {
    * malformed edit fails the hook closed (451 4.3.0). At most 64 edits.
    */
   headers?: HeaderEdit[];
+  /**
+   * data only: accept the message (the client gets its 250) but put it on hold in the queue, as Postfix's
+   * `HOLD` action: it is not delivered until an operator runs `postern queue release` (or deleted with
+   * `postern queue delete`). The text is the reason `postern queue show` and the log give: 1 to 200
+   * characters, no control characters. The hold is on disk before the 250.
+   */
+  hold?: string;
 }
 
 /**
