@@ -33,6 +33,20 @@ const SCRIPTS: Record<string, string> = {
         return reject('hashed');
       } catch (e) { return reject(e.message); }
     }
+    if (local === 'lookup-flood' || local === 'lookup-some' || local === 'empty-hash-flood') {
+      // New keys each time: the isolate remembers answers, so each one is a call to the server's thread.
+      try {
+        for (let i = 0; i < (local === 'lookup-some' ? 400 : 1e9); i++) {
+          if (local === 'empty-hash-flood') sha256('');
+          else lookup('users', 'k' + i);
+        }
+        return reject('looked up');
+      } catch (e) { return reject(e.message); }
+    }
+    if (local === 'lookup-long-keys') {
+      const long = 'k'.repeat(60000);
+      try { for (let i = 0; i < 1e9; i++) lookup('users', long + i); } catch (e) { return reject(e.message); }
+    }
     if (local === 'log-flood') {
       const line = 'x'.repeat(8192);
       for (let i = 0; i < 1000; i++) log(ctx.address.address, line);
@@ -43,10 +57,11 @@ const SCRIPTS: Record<string, string> = {
 };
 
 SCRIPTS['data.ts'] = `export default async (ctx) => {
-  const reads = ctx.data.headers.some(([n, v]) => n === 'Subject' && v === 'many') ? 64 : 4;
+  const subject = ctx.data.headers.find(([n]) => n === 'Subject')?.[1];
+  const reads = subject === 'many' ? 64 : subject === 'bytes' ? 1e9 : 4;
   let n = 0;
   try {
-    for (let i = 0; i < reads; i++) n += (await ctx.message.text(1 << 20)).length;
+    for (let i = 0; i < reads; i++) n += (await ctx.message.text(subject === 'bytes' ? 1 : 1 << 20)).length;
   } catch (e) { return reject(e.message); }
   return accept({ text: 'read ' + n });
 }`;
@@ -89,6 +104,18 @@ test('what one call hashes is bounded in all, not only per helper call (hashing 
   assert.match(await rcpt('bob@example.com'), /^250 /);
 });
 
+test('calls of the synchronous helpers are bounded per call in number, and lookup() keys in characters', async () => {
+  // A loop of lookup() with new keys, or of sha256(''), kept the server's thread 25-50% busy for the call's whole
+  // time limit, which did not stop it: the isolate was abandoned at the deadline (451), call after call.
+  const calls = '550 5.7.1 lookup(): more than 500 calls of lookup(), hashing and message.text() in one call (each runs on the server\'s own thread)';
+  assert.equal(await rcpt('lookup-flood@example.com'), calls);
+  assert.equal(await rcpt('empty-hash-flood@example.com'), calls.replace('lookup()', 'sha256()'));
+  assert.equal(await rcpt('lookup-long-keys@example.com'),
+    '550 5.7.1 lookup(): more than 1048576 characters of tables and keys looked up in one call (each lookup runs on the server\'s own thread)');
+  assert.equal(await rcpt('lookup-some@example.com'), '550 5.7.1 looked up', 'hundreds of lookups in one call still go through');
+  assert.match(await rcpt('bob@example.com'), /^250 /);
+});
+
 test('what one call reads of the message body is bounded in all, not only per text() call (read and decoded on the server\'s thread)', async () => {
   const line = 'y'.repeat(998) + '\r\n';
   const body = line.repeat(1200); // 1.2 MB: a spool file of its own, each text() reads it back
@@ -104,4 +131,6 @@ test('what one call reads of the message body is bounded in all, not only per te
   // 64 reads of 1 MiB used to go through.
   assert.equal(await send('many'), '550 5.7.1 message.text(): more than 4194304 characters read in one call: keep what it gave');
   assert.match(await send('four'), /^250 2\.0\.0 read 4194304: queued as /);
+  // And in number of reads: text(1) in a loop was 4 million calls to the server's thread.
+  assert.equal(await send('bytes'), '550 5.7.1 message.text(): more than 500 calls of lookup(), hashing and message.text() in one call (each runs on the server\'s own thread)');
 });
