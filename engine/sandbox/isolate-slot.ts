@@ -1064,6 +1064,22 @@ export class IsolateSlot {
 
 
   /**
+   * Give the isolate up because the pool replaces it (a call on it is past its deadline, or it was lost): the
+   * fast-path calls whose promises wait on it did nothing wrong, and run again from the start elsewhere (RunAgain,
+   * their journals answering what they had started, as after a failed delivery), instead of failing with it (451
+   * to their clients). Then dispose().
+   */
+  abandon(): Promise<void> {
+    for (const [id, waiting] of this.#awaiting) {
+      if (!waiting.reject) continue; // a call on an isolate thread: the one the pool gave it up for
+      this.#awaiting.delete(id);
+      this.#retire(id, true);
+      waiting.reject(new RunAgain(false, 0));
+    }
+    return this.dispose();
+  }
+
+  /**
    * Give the isolate up, now: calls waiting for it reject. The promise (safe to ignore) settles once the
    * isolated-vm operations it had running have come back from their threads (bounded, see quietAfter):
    * only then does its teardown grace start.

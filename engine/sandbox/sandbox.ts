@@ -762,7 +762,8 @@ export class Sandbox {
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
     this.#unhold(member);
-    if (member.slot) this.#retire(member.slot.dispose()); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
+    // Returns at once, even when a call is stuck in it (isolated-vm does not wait); calls waiting on it run again.
+    if (member.slot) this.#retire(member.slot.abandon());
     member.slot = null;
     member.state = 'rebuilding';
     member.rebuilds++;

@@ -73,3 +73,25 @@ test('a call run on an isolate thread (predelivery) is not failed by another cal
     assert.equal(held.counts.started, 2);
   });
 });
+
+test('a call that waited on an isolate abandoned at another call\'s deadline runs again; it is not failed with it', async () => {
+  const held = heldStore();
+  // The culprit's continuation spins past the culprit's deadline (its answer comes late, so the delivery's own
+  // time limit ends after it): the pool abandons the isolate then. The bystander, a fast-path call waiting on that
+  // isolate for its answer, failed with it ("the sandbox was disposed during the call": 451 to a client that did
+  // nothing wrong).
+  const predelivery = `export default async () => { await rate('p', 10, 60); for (;;) {} }`;
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, timeoutMs: 1000, isolates: 1,
+    scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1'); // waits for its answer; the isolate is free meanwhile
+    await held.until(1);
+    const culprit = sandbox.invoke('predelivery', {}, null);
+    await held.until(2);
+    await new Promise((r) => setTimeout(r, 900));
+    held.answerNewest(); // the culprit's: its continuation spins until its deadline abandons the isolate
+    await fails(culprit);
+    held.answerAll();
+    assert.equal(await text(bystander), '1:1');
+    assert.equal(held.counts.started, 2, 'the bystander\'s run from the start took its answer from its journal');
+  });
+});
