@@ -12,6 +12,7 @@ import { IsolateSlot, RunAgain, teardownGrace, type BatchCall, type BatchSettled
 import type { ScriptSource } from './script-source.ts';
 import { reportAbandonedRunning } from './unrecoverable.ts';
 import { ClientShares, clientOf } from './client-shares.ts';
+import { withLogBudget } from './log-budget.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -243,7 +244,7 @@ export class Sandbox {
     const slotOptions: SlotOptions = {
       timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
       memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
-      host: options.host,
+      host: withLogBudget(options.host),
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
     const fastPathMs = options.fastPathMs ?? 5;

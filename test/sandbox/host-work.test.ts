@@ -47,6 +47,11 @@ const SCRIPTS: Record<string, string> = {
       const long = 'k'.repeat(60000);
       try { for (let i = 0; i < 1e9; i++) lookup('users', long + i); } catch (e) { return reject(e.message); }
     }
+    if (local === 'log-most') {
+      const line = 'z'.repeat(250);
+      for (let i = 0; i < 1000; i++) log(line);
+      return;
+    }
     if (local === 'log-flood') {
       const line = 'x'.repeat(8192);
       for (let i = 0; i < 1000; i++) log(ctx.address.address, line);
@@ -95,6 +100,27 @@ test('what one call logs is bounded in characters, not only in lines', async () 
   const total = lines.reduce((sum, l) => sum + String(l.msg).length, 0);
   assert.ok(total <= 256 * 1024, `${lines.length} lines, ${total} characters logged by one call`);
   assert.ok(lines.length >= 31, `${lines.length} lines: those within the bound are logged`);
+});
+
+test('what all scripts log is bounded per second, not only per call', async () => {
+  // Each call logs close to its own bound (250,000 characters): calls after calls wrote it all, a full disk in the
+  // making, or a server thread waiting for a stdout pipe that cannot keep up.
+  const calls = 32;
+  const isLine = (l: Record<string, unknown>): boolean => typeof l.msg === 'string' && l.msg.startsWith('zzzz');
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+  const start = performance.now();
+  for (let i = 0; i < calls; i++) assert.match((await c.command('RCPT TO:<log-most@example.com>', 20_000)).text, /^250 /);
+  const seconds = (performance.now() - start) / 1000;
+  await c.quit();
+  const logged = server.logs.filter(isLine).reduce((sum, l) => sum + String(l.msg).length, 0);
+  const perSecond = 1 << 20;
+  assert.ok(logged <= perSecond * (Math.ceil(seconds) + 1), `${logged} characters logged in ${seconds.toFixed(1)} s`);
+  assert.ok(logged >= 250 * 1000, `${logged} characters: lines within the budget are logged`);
+  if (calls * 250_000 > perSecond * (Math.ceil(seconds) + 1)) {
+    await until('the warning that lines were dropped', () => server.logs.some((l) => /script log lines \(\d+ characters\) dropped: scripts of this process may log 10000 lines and 1048576 characters a second in all/.test(String(l.msg))));
+  }
 });
 
 test('what one call hashes is bounded in all, not only per helper call (hashing runs on the server\'s thread)', async () => {
