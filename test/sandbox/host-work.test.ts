@@ -20,7 +20,7 @@ listeners:
 `;
 
 const SCRIPTS: Record<string, string> = {
-  'rcptto.ts': `export default function (ctx) {
+  'rcptto.ts': `export default async function (ctx) {
     const local = ctx.address.localPart;
     if (local === 'huge-key') {
       const key = 'A'.repeat(1 << 22);
@@ -46,6 +46,12 @@ const SCRIPTS: Record<string, string> = {
     if (local === 'lookup-long-keys') {
       const long = 'k'.repeat(60000);
       try { for (let i = 0; i < 1e9; i++) lookup('users', long + i); } catch (e) { return reject(e.message); }
+    }
+    if (local === 'ops-flood' || local === 'ops-some') {
+      try {
+        for (let i = 0; i < (local === 'ops-some' ? 150 : 250); i++) await rate('ops-' + i, 10, 60);
+        return reject('counted');
+      } catch (e) { return reject(e.message); }
     }
     if (local === 'log-most') {
       const line = 'z'.repeat(250);
@@ -140,6 +146,11 @@ test('calls of the synchronous helpers are bounded per call in number, and looku
     '550 5.7.1 lookup(): more than 1048576 characters of tables and keys looked up in one call (each lookup runs on the server\'s own thread)');
   assert.equal(await rcpt('lookup-some@example.com'), '550 5.7.1 looked up', 'hundreds of lookups in one call still go through');
   assert.match(await rcpt('bob@example.com'), /^250 /);
+});
+
+test('host operations are bounded per call: each costs the server\'s thread, even answered at once', async () => {
+  assert.equal(await rcpt('ops-flood@example.com'), '550 5.7.1 more than 200 host operations (rate(), counter(), dns.resolve(), dnsbl()) in one call');
+  assert.equal(await rcpt('ops-some@example.com'), '550 5.7.1 counted', 'a hundred or so still go through');
 });
 
 test('what one call reads of the message body is bounded in all, not only per text() call (read and decoded on the server\'s thread)', async () => {
