@@ -11,8 +11,13 @@ import type { Logger } from '../logging/logger.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { dayOf, pruneRecordings, recordingFile, replayDir, sourceOf, type Recording } from './recording-files.ts';
 
-/** How often (in records) the folder's size is looked at again. */
+/** How often (in records) the folder's size is looked at again; between looks, what is written is counted. */
 const SIZE_CHECK_EVERY = 500;
+/**
+ * Bytes waiting for the disk past which records are dropped (counted, and said once): a stream never refuses a
+ * write, so a disk slower than the calls would keep every record in memory.
+ */
+const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 
 export function startRecording(logger: Logger): { stop(): Promise<void> } {
   const log = logger.child({ component: 'replay' });
@@ -20,6 +25,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
   let folderBytes = 0;
   let sinceCheck = 0;
   let full = false;
+  let dropped = 0;
   const close = (): Promise<void> => {
     const s = out?.stream;
     out = null;
@@ -42,6 +48,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       if (full && !wasFull) log.warn({ bytes: folderBytes, maxMegabytes: settings.maxMegabytes }, 'replay recordings folder full: not recording until old days are deleted');
     }
     if (full) return;
+    const max = settings.maxMegabytes * 1024 * 1024;
     if (!out || out.day !== day) {
       void close();
       mkdirSync(replayDir(dataDir), { recursive: true, mode: 0o700 }); // personal data: the server's user only
@@ -56,7 +63,22 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       t: new Date(now).toISOString(), listener: call.listener?.name ?? null, source: call.listener ? sourceOf(call.ctx) : null, hook: call.hook, cid: call.connectionId,
       ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
     };
-    out.stream.write(`${JSON.stringify(record)}\n`);
+    if (out.stream.writableLength > MAX_PENDING_BYTES) {
+      if (dropped++ === 0) log.warn({ pendingBytes: out.stream.writableLength }, 'replay recording cannot keep up with the calls: dropping records until the disk catches up');
+      return;
+    }
+    dropped = 0;
+    const line = `${JSON.stringify(record)}\n`;
+    // Counted as written: a data hook's record holds its header section (up to limits.maxHeaderBytes), so 500
+    // records between looks at the folder wrote hundreds of MB past maxMegabytes.
+    const bytes = Buffer.byteLength(line);
+    if (folderBytes + bytes > max) {
+      full = true;
+      log.warn({ bytes: folderBytes, maxMegabytes: settings.maxMegabytes }, 'replay recordings folder full: not recording until old days are deleted');
+      return;
+    }
+    folderBytes += bytes;
+    out.stream.write(line);
   }, (generation) => {
     // Asked once per generation, at its first call: one without `replay` closes a file a reload left open.
     if (!generation.config.replay && out) void close();
