@@ -11,14 +11,13 @@ import type { Logger } from '../logging/logger.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { dayOf, pruneRecordings, recordingFile, replayDir, sourceOf, type Recording } from './recording-files.ts';
 
-/** How often (in records) the folder's size is looked at again (between looks, written bytes are added up). */
+/** How often (in records) the folder's size is looked at again; between looks, what is written is counted. */
 const SIZE_CHECK_EVERY = 500;
 /**
- * Bytes a recording may hold in memory waiting for the disk. A data call's record carries its header
- * section (up to `maxHeaderBytes`): clients sending large headers faster than the disk writes must not
- * grow the process; past this, records are skipped (and counted in the log) until the disk catches up.
+ * Bytes waiting for the disk past which records are dropped (counted, and said once): a stream never refuses a
+ * write, so a disk slower than the calls would keep every record in memory.
  */
-const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
+const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 
 export function startRecording(logger: Logger): { stop(): Promise<void> } {
   const log = logger.child({ component: 'replay' });
@@ -26,7 +25,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
   let folderBytes = 0;
   let sinceCheck = 0;
   let full = false;
-  let skipped = 0;
+  let dropped = 0;
   const close = (): Promise<void> => {
     const s = out?.stream;
     out = null;
@@ -49,6 +48,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       if (full && !wasFull) log.warn({ bytes: folderBytes, maxMegabytes: settings.maxMegabytes }, 'replay recordings folder full: not recording until old days are deleted');
     }
     if (full) return;
+    const max = settings.maxMegabytes * 1024 * 1024;
     if (!out || out.day !== day) {
       void close();
       mkdirSync(replayDir(dataDir), { recursive: true, mode: 0o700 }); // personal data: the server's user only
@@ -59,26 +59,26 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       });
       out = { day, stream };
     }
-    if (out.stream.writableLength > MAX_UNWRITTEN_BYTES) {
-      if (skipped++ === 0) log.warn({ unwrittenBytes: out.stream.writableLength }, 'replay recording behind the disk: skipping records until it catches up');
-      return;
-    }
-    if (skipped) {
-      log.warn({ skipped }, 'replay recording caught up with the disk');
-      skipped = 0;
-    }
     const record: Recording = {
       t: new Date(now).toISOString(), listener: call.listener?.name ?? null, source: call.listener ? sourceOf(call.ctx) : null, hook: call.hook, cid: call.connectionId,
       ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
     };
+    if (out.stream.writableLength > MAX_PENDING_BYTES) {
+      if (dropped++ === 0) log.warn({ pendingBytes: out.stream.writableLength }, 'replay recording cannot keep up with the calls: dropping records until the disk catches up');
+      return;
+    }
+    dropped = 0;
     const line = `${JSON.stringify(record)}\n`;
-    out.stream.write(line);
-    // Counted as written, so the folder's limit holds between looks at its size (a record can be ~1 MB).
-    folderBytes += Buffer.byteLength(line);
-    if (folderBytes >= settings.maxMegabytes * 1024 * 1024 && !full) {
+    // Counted as written: a data hook's record holds its header section (up to limits.maxHeaderBytes), so 500
+    // records between looks at the folder wrote hundreds of MB past maxMegabytes.
+    const bytes = Buffer.byteLength(line);
+    if (folderBytes + bytes > max) {
       full = true;
       log.warn({ bytes: folderBytes, maxMegabytes: settings.maxMegabytes }, 'replay recordings folder full: not recording until old days are deleted');
+      return;
     }
+    folderBytes += bytes;
+    out.stream.write(line);
   }, (generation) => {
     // Asked once per generation, at its first call: one without `replay` closes a file a reload left open.
     if (!generation.config.replay && out) void close();

@@ -288,9 +288,47 @@ export function installRuntime(
    * continuations) shares one allowance per entry into the isolate.
    */
   const MAX_HASH_PER_CALL = 4 << 20;
-  let hashedOf: Record<number, number> = create(null);
-  let hashedOwners = 0;
-  let hashedUnattributed = 0;
+  /**
+   * What one hook call may spend in all, its continuations included, of a kind of work done on the server's own
+   * thread. Code no call can be named for (a batch's continuations) shares one allowance per entry into the
+   * isolate (reset by run() and deliver()). Calls stopped mid-way never clear theirs: past 4096 calls known, the
+   * record starts again.
+   */
+  const allowance = (limit: number, over: (fn: string) => string) => {
+    let of: Record<number, number> = create(null);
+    let owners = 0;
+    let unattributed = 0;
+    return {
+      spend(fn: string, amount: number): void {
+        const owner = currentCall;
+        const before = owner >= 0 ? of[owner] : unattributed;
+        const total = (before ?? 0) + amount;
+        if (total > limit) fail(over(fn));
+        if (owner < 0) {
+          unattributed = total;
+          return;
+        }
+        if (before === undefined && ++owners > 4096) { of = create(null); owners = 1; }
+        of[owner] = total;
+      },
+      entered(): void { unattributed = 0; },
+    };
+  };
+  const hashedChars = allowance(MAX_HASH_PER_CALL, (fn) => `${fn}(): more than ${MAX_HASH_PER_CALL} characters hashed in one call (hashing runs on the server's own thread)`);
+  /**
+   * Calls of the synchronous host helpers (hashing, a lookup() the isolate does not remember, message.text())
+   * one hook call may make in all. Each waits for the server's own thread: a loop of lookup() with new keys (or of
+   * sha256(''), or text(1)) on an isolate thread kept that thread 25-50% busy for its whole time limit — two such
+   * calls, all of it — and isolated-vm's time limit did not stop it (a stop that comes while the host answers is
+   * lost): the isolate was abandoned at the deadline and rebuilt, every call.
+   */
+  const MAX_HOST_CALLS_PER_CALL = 500;
+  const hostCalls = allowance(MAX_HOST_CALLS_PER_CALL, (fn) =>
+    `${fn}(): more than ${MAX_HOST_CALLS_PER_CALL} calls of lookup(), hashing and message.text() in one call (each runs on the server's own thread)`);
+  /** Characters of lookup() tables and keys one call may send to the host in all: it folds, hashes and parses each. */
+  const MAX_LOOKUP_CHARS_PER_CALL = 1 << 20;
+  const lookupChars = allowance(MAX_LOOKUP_CHARS_PER_CALL, (fn) =>
+    `${fn}(): more than ${MAX_LOOKUP_CHARS_PER_CALL} characters of tables and keys looked up in one call (each lookup runs on the server's own thread)`);
   function hashInput(fn: string, data: unknown, extra = 0): string {
     const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
@@ -298,16 +336,8 @@ export function installRuntime(
     return value;
   }
   function hashed(fn: string, chars: number): void {
-    const owner = currentCall;
-    const before = owner >= 0 ? hashedOf[owner] : hashedUnattributed;
-    const total = (before ?? 0) + chars;
-    if (total > MAX_HASH_PER_CALL) fail(`${fn}(): more than ${MAX_HASH_PER_CALL} characters hashed in one call (hashing runs on the server's own thread)`);
-    if (owner < 0) {
-      hashedUnattributed = total;
-      return;
-    }
-    if (before === undefined && ++hashedOwners > 4096) { hashedOf = create(null); hashedOwners = 1; }
-    hashedOf[owner] = total;
+    hostCalls.spend(fn, 1);
+    hashedChars.spend(fn, chars);
   }
   // Counter-store arguments, checked here so that a mistake reads as the script's own TypeError.
   const MAX_STORE_KEY = 1024;
@@ -333,8 +363,10 @@ export function installRuntime(
   let parkedWhileDelivering = false;
   // Host operations one call may start in its life (a DNS query, a store round trip): one SMTP command must
   // not become thousands of queries. Those of a continuation the runtime cannot name (it runs after the
-  // call's own turn) count against the isolate entry they run in instead, also time-bound.
-  const MAX_OPS_PER_CALL = 1000;
+  // call's own turn) count against the isolate entry they run in instead, also time-bound. Each costs the
+  // server's own thread 40-130 µs even when answered from a cache (its promise, timer and delivery): at 1000 a
+  // call, a loop of `await dns.resolve()` on one name took 40-136 ms of that thread per SMTP command.
+  const MAX_OPS_PER_CALL = 200;
   let opsOf: Record<number, number> = create(null);
   let opsOwners = 0; // calls stopped mid-way (time limit) never clear theirs: forgotten all at once past a bound
   let unattributedOps = 0;
@@ -396,6 +428,7 @@ export function installRuntime(
       text: async (maxBytes?: unknown): Promise<string> => {
         const max = maxBytes === undefined ? DEFAULT_MESSAGE_TEXT : wholeIn('message.text()', 'maxBytes', maxBytes, 1, MAX_MESSAGE_TEXT);
         if (read >= MAX_MESSAGE_TEXT_PER_CALL) fail(`message.text(): more than ${MAX_MESSAGE_TEXT_PER_CALL} characters read in one call: keep what it gave`);
+        hostCalls.spend('message.text', 1);
         const body = hostMessageText(token, max);
         read += body.length;
         return body;
@@ -437,6 +470,8 @@ export function installRuntime(
       const memoKey = `${(table as string).length}:${table as string}${key as string}`; // unambiguous for any strings
       const remembered = lookups[memoKey];
       if (remembered !== undefined) return remembered;
+      hostCalls.spend('lookup', 1);
+      lookupChars.spend('lookup', (table as string).length + (key as string).length);
       const found = hostLookup(table as string, key as string);
       const value = isString(found) ? found : null;
       if (memoKey.length <= MAX_LOOKUP_KEY) {
@@ -833,7 +868,9 @@ export function installRuntime(
     run(callsJson, wait, tag, taken) {
       begin(taken);
       unattributedOps = 0;
-      hashedUnattributed = 0;
+      hashedChars.entered();
+      hostCalls.entered();
+      lookupChars.entered();
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
@@ -888,7 +925,9 @@ export function installRuntime(
   /** Settle the answered operations one owner at a time (see deliver()). */
   async function settleAnswers(answersJson: string): Promise<void> {
     unattributedOps = 0;
-    hashedUnattributed = 0;
+    hashedChars.entered();
+    hostCalls.entered();
+    lookupChars.entered();
     const answers = parse(answersJson) as AnswerWire;
     // By the call that is waiting for them, in the order they came.
     const owners: Record<number, number> = create(null);

@@ -191,6 +191,12 @@ export class RunAgain extends Error {
  * cut-off, which says why, comes first.
  */
 const NEVER_SETTLED_SLACK_MS = 250;
+
+/**
+ * How long answers to fast-path calls may wait behind a delivery running on an isolate thread (another call's
+ * continuation, up to the call time limit) before those calls run again from the start elsewhere (see #moveAnswered).
+ */
+export const BEHIND_DELIVERY_MS = 50;
 const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
 
 /** A call whose promise has not settled yet, known by its id while it waits for host operations. */
@@ -267,6 +273,8 @@ export class IsolateSlot {
   /** Whether the last SettledBox the runtime handed out arrived (see isolate-runtime.ts): told to the next entry. */
   #boxTaken = true;
   #flushScheduled = false;
+  /** Set while answers to fast-path calls wait behind a delivery on an isolate thread (see #moveAnswered). */
+  #moveTimer: ReturnType<typeof setTimeout> | null = null;
   /** True while a delivery runs on an isolate thread: no fast-path entry may start then (it would block). */
   #delivering = false;
   /** Why a delivery failed, for the calls on isolate threads whose continuations it ran (see #failAwaiting). */
@@ -725,7 +733,14 @@ export class IsolateSlot {
    * other calls waiting on it fail too and the pool replaces it.
    */
   async #flush(): Promise<void> {
-    if (this.#delivering || this.lost || (this.#answers.length === 0 && !this.#collect)) return;
+    if (this.lost || (this.#answers.length === 0 && !this.#collect)) return;
+    if (this.#delivering) {
+      this.#moveTimer ??= setTimeout(() => {
+        this.#moveTimer = null;
+        if (this.#delivering && !this.lost) this.#moveAnswered();
+      }, BEHIND_DELIVERY_MS);
+      return;
+    }
     // Answers to calls started on the fast path go in on this thread, within its budget; the rest (calls
     // run on isolate threads, continuations the runtime could not name) on an isolate thread, as before.
     // Not while an isolate thread holds the isolate (a call or delivery there): this thread would wait for it.
@@ -772,6 +787,35 @@ export class IsolateSlot {
     }
     if (this.#answers.length || this.#collect) this.#scheduleFlush();
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
+  }
+
+  /**
+   * The fast-path calls whose answers have come but wait behind a delivery still running on an isolate thread (a
+   * continuation that loops runs up to the call time limit, and then loses the isolate) run again from the start
+   * elsewhere (RunAgain: their journals answer what they had started, nothing counts twice). They waited for it to
+   * end, and then ran again with what was left of their deadlines: under load, a 451 for clients that did nothing
+   * wrong. Their answers are forgotten in this isolate, and their attempts here start nothing more.
+   */
+  #moveAnswered(): void {
+    const moved = new Set<number>();
+    for (const [opId] of this.#answers) {
+      const owner = this.#opOwners.get(opId);
+      if (owner !== undefined && owner >= 0 && this.#awaiting.get(owner)?.reject !== undefined) moved.add(owner);
+    }
+    if (moved.size === 0) return;
+    for (let i = 0; i < this.#answers.length; i++) {
+      const opId = this.#answers[i]![0];
+      const owner = this.#opOwners.get(opId);
+      if (owner === undefined || !moved.has(owner)) continue;
+      this.#opOwners.delete(opId);
+      this.#answers[i] = [opId, 2, ''];
+    }
+    for (const id of moved) {
+      const waiting = this.#awaiting.get(id)!;
+      this.#awaiting.delete(id);
+      this.#retire(id, true);
+      waiting.reject!(new RunAgain(false, 0));
+    }
   }
 
   /**
@@ -1064,12 +1108,30 @@ export class IsolateSlot {
 
 
   /**
+   * Give the isolate up because the pool replaces it (a call on it is past its deadline, or it was lost): the
+   * fast-path calls whose promises wait on it did nothing wrong, and run again from the start elsewhere (RunAgain,
+   * their journals answering what they had started, as after a failed delivery), instead of failing with it (451
+   * to their clients). Then dispose().
+   */
+  abandon(): Promise<void> {
+    for (const [id, waiting] of this.#awaiting) {
+      if (!waiting.reject) continue; // a call on an isolate thread: the one the pool gave it up for
+      this.#awaiting.delete(id);
+      this.#retire(id, true);
+      waiting.reject(new RunAgain(false, 0));
+    }
+    return this.dispose();
+  }
+
+  /**
    * Give the isolate up, now: calls waiting for it reject. The promise (safe to ignore) settles once the
    * isolated-vm operations it had running have come back from their threads (bounded, see quietAfter):
    * only then does its teardown grace start.
    */
   dispose(): Promise<void> {
     this.#disposedByUs = true;
+    if (this.#moveTimer !== null) clearTimeout(this.#moveTimer);
+    this.#moveTimer = null;
     this.#releaseHandles();
     abandon(this.#isolate);
     for (const [id, waiting] of this.#awaiting) {

@@ -11,6 +11,8 @@ import { OperationJournal } from './operation-journal.ts';
 import { IsolateSlot, RunAgain, teardownGrace, type BatchCall, type BatchSettled, type SharedConnection, type SlotOptions } from './isolate-slot.ts';
 import type { ScriptSource } from './script-source.ts';
 import { reportAbandonedRunning } from './unrecoverable.ts';
+import { ClientShares, clientOf } from './client-shares.ts';
+import { withLogBudget } from './log-budget.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -79,6 +81,9 @@ interface Member {
   epoch: number;
   /** The hook of the call running alone on it (an isolate thread's, for up to timeoutMs); null otherwise. */
   hook: HookName | null;
+  /** That call's client (see client-shares.ts), and since when it holds the member. */
+  client: string | null;
+  since: number;
 }
 
 interface Waiter {
@@ -102,6 +107,10 @@ interface Call extends BatchCall {
   runningOn: { member: Member; epoch: number } | null;
   /** Set while the call's promise waits for host operations on a slot that is free meanwhile: forget it there. */
   cancel?: () => void;
+  /** Who the call is for (see client-shares.ts): undefined until it first waits for or holds an isolate alone. */
+  client?: string | null;
+  /** Run again from the start because another call's code lost its isolate or was stopped: it goes first. */
+  rerun: boolean;
   /** Neighbours in the sandbox's list of live calls (see LiveCalls). */
   prev: Call | null;
   next: Call | null;
@@ -197,12 +206,14 @@ export class Sandbox {
   #disposed = false;
   /** Teardowns of isolates replaced by a rebuild (see #retire). */
   readonly #retiring = new Set<Promise<void>>();
+  /** Isolate time per client lately: who goes first when calls queue (see #nextWaiter). */
+  readonly #shares = new ClientShares();
 
   private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
     this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
-    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0, hook: null }));
+    this.#members = slots.map((slot, index) => ({ index, slot, state: 'idle', calls: 0, failures: 0, rebuilds: 0, retryAt: 0, epoch: 0, hook: null, client: null, since: 0 }));
     for (const m of this.#members) this.#listen(m);
   }
 
@@ -233,7 +244,7 @@ export class Sandbox {
     const slotOptions: SlotOptions = {
       timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
       memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
-      host: options.host,
+      host: withLogBudget(options.host),
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
     const fastPathMs = options.fastPathMs ?? 5;
@@ -315,7 +326,7 @@ export class Sandbox {
     const call: Call = {
       hook, ctx: own, connectionId, shared, journal: new OperationJournal(), file: script.file,
       deadlineAt: performance.now() + this.#options.timeoutMs + DEADLINE_SLACK_MS - DEADLINE_SWEEP_MS,
-      done: false, runningOn: null, cancel: undefined, prev: null, next: null, fulfil: resolve, fail: reject,
+      done: false, runningOn: null, cancel: undefined, client: undefined, rerun: false, prev: null, next: null, fulfil: resolve, fail: reject,
     };
     this.#live.add(call);
     this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
@@ -439,6 +450,7 @@ export class Sandbox {
     }
     if (again) {
       call.runningOn = null; // until it runs again: its deadline abandons no isolate meanwhile
+      call.rerun = true;
       void this.#invokeAlone(call, 0);
     }
   }
@@ -535,6 +547,7 @@ export class Sandbox {
       // The fast-path entry that delivered its answers was stopped (or its isolate lost): from the start, alone.
       q.cancel = undefined;
       if (e.overran) this.#policy.overran(q.hook, e.cpuMs);
+      else q.rerun = true; // a bystander of another call's failure, not slow by itself
       void this.#invokeAlone(q, 0, e.overran);
     });
   }
@@ -611,7 +624,7 @@ export class Sandbox {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const idle = this.#idleMember();
     if (idle) {
-      idle.hook = call?.hook ?? null;
+      this.#hold(idle, call);
       return Promise.resolve(idle);
     }
     if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding' || m.state === 'idle')) {
@@ -658,11 +671,11 @@ export class Sandbox {
   }
 
   #handOver(member: Member): void {
-    member.hook = null;
+    this.#unhold(member);
     const next = member.slot?.delivering ? undefined : this.#nextWaiter(); // else when the delivery ends
     if (next) {
       member.state = 'busy';
-      member.hook = next.call?.hook ?? null;
+      this.#hold(member, next.call);
       next.grant(member);
     } else {
       member.state = 'idle';
@@ -679,24 +692,69 @@ export class Sandbox {
     return held;
   }
 
+  /** `member` now runs `call` alone (null: a batch, of no one hook or client). */
+  #hold(member: Member, call: Call | null): void {
+    member.hook = call?.hook ?? null;
+    member.client = call === null ? null : this.#clientOf(call);
+    member.since = member.client === null ? 0 : performance.now();
+  }
+
+  /** `member` no longer runs the call it held: its client is charged the time. */
+  #unhold(member: Member): void {
+    if (member.client !== null) {
+      const now = performance.now();
+      this.#shares.charge(member.client, now - member.since, now);
+    }
+    member.hook = null;
+    member.client = null;
+  }
+
+  #clientOf(call: Call): string | null {
+    if (call.client === undefined) call.client = clientOf(call.shared?.connection);
+    return call.client;
+  }
+
+  /** `client`'s isolate time lately, its calls running now included. */
+  #usage(client: string, now: number): number {
+    let use = this.#shares.usage(client, now);
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.client === client) use += now - m.since;
+    }
+    return use;
+  }
+
   /**
-   * The waiter a freed isolate goes to, removed from the queue: the first whose hook holds the fewest
-   * isolates now (a batch, fast-path calls of any hooks that hold it for fastPathMs at most, counts as none).
-   * Clients flooding one hook whose script runs to its time limit (up to timeoutMs a call, on isolate
-   * threads) would otherwise hold every isolate and fill the queue, and the other hooks' calls, queued behind
-   * them, would fail at their deadlines in turn; this way they wait for one call at most.
+   * The waiter a freed isolate goes to, removed from the queue. First a call run again because another call's
+   * code lost or stopped its isolate (it has waited through someone else's failure already). Then the call whose
+   * hook holds the fewest isolates now (a batch, fast-path calls of any hooks that hold it for fastPathMs at most,
+   * counts as none): clients flooding one hook whose script runs to its time limit (up to timeoutMs a call, on
+   * isolate threads) would otherwise hold every isolate and fill the queue, and the other hooks' calls, queued
+   * behind them, would fail at their deadlines in turn; this way they wait for one call at most. Among those, the
+   * call whose client has had the least isolate time lately (client-shares.ts): within one hook too, one client's
+   * heavy calls make another's wait for one of them at most, not for the queue of them. Then first come.
    */
   #nextWaiter(): Waiter | undefined {
     const waiting = this.#waiting;
     if (waiting.length <= 1) return waiting.shift();
     let best = 0;
-    let fewest = Infinity;
-    for (let i = 0; i < waiting.length && fewest > 0; i++) {
+    let bestRank = Infinity;
+    let bestUse = Infinity;
+    let now = -1;
+    for (let i = 0; i < waiting.length; i++) {
       const call = waiting[i]!.call;
-      const held = call === null ? 0 : this.#held(call.hook);
-      if (held < fewest) {
+      const rank = call === null ? 0 : call.rerun ? -1 : this.#held(call.hook);
+      if (rank > bestRank) continue;
+      const client = call === null ? null : this.#clientOf(call);
+      let use = 0;
+      if (client !== null) {
+        if (now < 0) now = performance.now();
+        use = this.#usage(client, now);
+      }
+      if (rank < bestRank || use < bestUse) {
         best = i;
-        fewest = held;
+        bestRank = rank;
+        bestUse = use;
       }
     }
     return waiting.splice(best, 1)[0];
@@ -704,8 +762,9 @@ export class Sandbox {
 
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
-    member.hook = null;
-    if (member.slot) this.#retire(member.slot.dispose()); // returns at once, even when a call is stuck in it (isolated-vm does not wait)
+    this.#unhold(member);
+    // Returns at once, even when a call is stuck in it (isolated-vm does not wait); calls waiting on it run again.
+    if (member.slot) this.#retire(member.slot.abandon());
     member.slot = null;
     member.state = 'rebuilding';
     member.rebuilds++;

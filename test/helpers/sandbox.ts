@@ -6,10 +6,18 @@
 import { Sandbox, type SandboxOptions } from '../../engine/sandbox/index.ts';
 
 export async function withSandbox<T>(options: SandboxOptions, fn: (sandbox: Sandbox) => Promise<T>): Promise<T> {
-  const sandbox = await Sandbox.create(options);
+  // isolated-vm's work on its threads does not keep the event loop alive: a test waiting only for it (a build, a
+  // call spinning on an isolate thread) let the process exit there on a loaded machine, its remaining tests never
+  // run and the file reported as passed. A server always has its listening sockets.
+  const alive = setInterval(() => undefined, 60_000);
   try {
-    return await fn(sandbox);
+    const sandbox = await Sandbox.create(options);
+    try {
+      return await fn(sandbox);
+    } finally {
+      await sandbox.dispose();
+    }
   } finally {
-    await sandbox.dispose();
+    clearInterval(alive);
   }
 }

@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, readdir, writeFile, utimes } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -130,6 +131,29 @@ test('a full recordings folder stops recording (and says so) instead of growing'
     await c.quit();
     await until('the warning', () => server.logs.some((l) => String(l.msg).startsWith('replay recordings folder full')));
     assert.deepEqual(recordingFiles(dataDir).map((f) => f.path.endsWith(`.${process.pid}.jsonl`)), [false]);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('what is written between looks at the folder counts: records with large header sections stop at maxMegabytes', async () => {
+  // The folder was looked at every 500 records: a data hook's record holds its header section, so 500 records of
+  // 200 KB wrote 100 MB past a 1 MB folder.
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.com'], replay: { keepDays: 3, maxMegabytes: 1 }, listeners: [testListener('big')] } as never),
+    scripts: { 'data.ts': 'export default function (ctx) { }' },
+  });
+  try {
+    const dataDir = join(server.dir, 'data');
+    const headers = Array.from({ length: 200 }, (_, i) => `X-Filler-${i}: ${'f'.repeat(990)}\r\n`).join('');
+    const c = await SmtpTestClient.connect(server.port('big'));
+    await c.hello();
+    for (let i = 0; i < 12; i++) assert.equal((await c.sendMail('a@example.org', ['x@example.com'], `${headers}Subject: ${i}\r\n\r\nbody\r\n`)).code, 250);
+    await until('the warning', () => server.logs.some((l) => String(l.msg).startsWith('replay recordings folder full')));
+    const written = (): number => recordingFiles(dataDir).reduce((n, f) => n + statSync(f.path).size, 0);
+    await until('the records within the bound on disk', () => written() >= 600 * 1024);
+    await c.quit().catch(() => undefined);
+    assert.ok(written() <= 1024 * 1024, `${written()} bytes recorded with maxMegabytes 1`);
   } finally {
     await server.stop();
   }

@@ -73,3 +73,53 @@ test('a call run on an isolate thread (predelivery) is not failed by another cal
     assert.equal(held.counts.started, 2);
   });
 });
+
+test('a call whose answer comes while another call\'s continuation spins on its isolate runs again elsewhere at once', async () => {
+  const held = heldStore();
+  const host = recordingHost();
+  // The culprit's continuation spins on an isolate thread until its time limit. The bystander's answer came then:
+  // it waited for the spin to end (and then for the isolate to be replaced), to run again with what was left of
+  // its deadline. It runs again on the other isolate now, and settles while the culprit still spins.
+  const predelivery = `export default async () => { await rate('p', 10, 60); log('spinning'); for (;;) {} }`;
+  await withSandbox({ host: { ...host, store: held.store }, fastPathMs: 1000, timeoutMs: 4000, isolates: 2,
+    scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1'); // waits for its answer; the isolate is free meanwhile
+    await held.until(1);
+    const culprit = sandbox.invoke('predelivery', {}, null); // the first free isolate: the one the bystander waits on
+    await held.until(2);
+    held.answerNewest();
+    while (!host.logs.some((l) => l.message === 'spinning')) await new Promise((r) => setTimeout(r, 10));
+    held.answerAll(); // the bystander's, behind the spinning continuation
+    const first = await Promise.race([bystander.then(() => 'bystander'), culprit.then(() => 'culprit', () => 'culprit')]);
+    assert.equal(first, 'bystander', 'it did not wait for the spin to end');
+    assert.equal(await text(bystander), '1:1');
+    assert.equal(held.counts.started, 2, 'its run from the start took its answer from its journal');
+    await fails(culprit);
+  });
+});
+
+test('a call that waited on an isolate abandoned at another call\'s deadline runs again; it is not failed with it', async () => {
+  const held = heldStore();
+  // The culprit's continuation spins past the culprit's deadline (its answer comes late, so the delivery's own
+  // time limit ends after it): the pool abandons the isolate then. The bystander, a fast-path call waiting on that
+  // isolate for its answer, failed with it ("the sandbox was disposed during the call": 451 to a client that did
+  // nothing wrong).
+  const predelivery = `export default async () => { await rate('p', 10, 60); for (;;) {} }`;
+  await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, timeoutMs: 1000, isolates: 1,
+    scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1'); // waits for its answer; the isolate is free meanwhile
+    await held.until(1);
+    const culprit = sandbox.invoke('predelivery', {}, null);
+    await held.until(2);
+    await new Promise((r) => setTimeout(r, 900));
+    held.answerNewest(); // the culprit's: its continuation spins until its deadline abandons the isolate
+    await fails(culprit);
+    held.answerAll();
+    // It runs again with what is left of its deadline (its answer comes only now): on a loaded machine that may end
+    // at its own deadline (kind timeout), never as a failure of the other call's isolate.
+    const outcome = await bystander.then((v) => v, (e: unknown) => e);
+    if (outcome instanceof ScriptFailure) assert.equal(outcome.kind, 'timeout', outcome.message);
+    else assert.equal((outcome as { text: string }).text, '1:1');
+    assert.equal(held.counts.started, 2, 'the bystander\'s run from the start took its answer from its journal');
+  });
+});

@@ -89,7 +89,7 @@ listeners:
   }
 });
 
-test('memory store bounded by store.maxKeys: a script counting thousands of distinct keys is trimmed and logged; a built-in limit keeps its count; at most 1000 store operations per call', async () => {
+test('memory store bounded by store.maxKeys: a script counting thousands of distinct keys is trimmed and logged; a built-in limit keeps its count; at most 200 store operations per call', async () => {
   const server = await startTestServer({
     config: `
 users: ./users
@@ -104,11 +104,14 @@ listeners:
     limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 2, windowSeconds: 600 } }
 `,
     files: { users: `carol@example.com:${await hashPassword('carol-Password-1')}\n` },
-    // Each recipient counts 990 keys nobody will see again, with a window of a year, then a's first again.
+    // Five recipients <x>-0 … <x>-4 count 990 keys of x nobody will see again (198 a call: at most 200 store
+    // operations per call), with a window of a year; the last then counts a's first again.
     scripts: { 'rcptto.ts': `export default async function (ctx) {
       const local = ctx.address.localPart;
-      if (local === 'many') { for (let i = 0; i < 1001; i++) await rate('many:' + i, 5, 60); return accept(); }
-      for (let i = 0; i < 990; i++) await rate(local + ':' + i, 5, 31000000);
+      if (local === 'many') { for (let i = 0; i < 201; i++) await rate('many:' + i, 5, 60); return accept(); }
+      const [prefix, part] = local.split('-');
+      for (let i = 0; i < 198; i++) await rate(prefix + ':' + (Number(part) * 198 + i), 5, 31000000);
+      if (part !== '4') return reject('part ' + part, { code: 550 });
       const first = await rate('a:0', 5, 31000000);
       return reject('count ' + first.count, { code: 550 });
     }` },
@@ -117,10 +120,14 @@ listeners:
     const carol = await login(server.port('submit'));
     const mail = async (): Promise<string> => (await carol.command('MAIL FROM:<carol@example.com>')).text;
     assert.equal(await mail(), '250 2.1.0 Accepted');
-    assert.equal((await carol.command('RCPT TO:<a@example.net>')).text, '550 5.7.1 count 2');
+    const count = async (prefix: string): Promise<string> => {
+      for (let part = 0; part < 4; part++) assert.equal((await carol.command(`RCPT TO:<${prefix}-${part}@example.net>`)).text, `550 5.7.1 part ${part}`);
+      return (await carol.command(`RCPT TO:<${prefix}-4@example.net>`)).text;
+    };
+    assert.equal(await count('a'), '550 5.7.1 count 2');
     // b's keys made room by dropping the oldest, a's: its first key counts from 0 again.
-    assert.equal((await carol.command('RCPT TO:<b@example.net>')).text, '550 5.7.1 count 1');
-    // More than 1000 store operations in one call: the 1001st rejects (uncaught: fail closed).
+    assert.equal(await count('b'), '550 5.7.1 count 1');
+    // More than 200 store operations in one call: the 201st rejects (uncaught: fail closed).
     assert.equal((await carol.command('RCPT TO:<many@example.net>')).text, '451 4.3.0 Temporary policy failure, try again later');
     await carol.command('RSET');
     assert.equal(await mail(), '250 2.1.0 Accepted');

@@ -1,7 +1,7 @@
 /**
  * A counter store whose answers wait until the test releases them (no timers), as a store such as Redis answers
  * later: `until(n)` resolves once n operations wait, `answerAll()` answers every waiting one in one turn (they are
- * delivered together), `answerOldest()` the one waiting longest, `failAll(e)` fails them; `counts.started` counts the operations asked of it.
+ * delivered together), `answerOldest()` the one waiting longest, `answerNewest()` the one asked last, `failAll(e)` fails them; `counts.started` counts the operations asked of it.
  */
 import { MemoryCounterStore, type CounterStore } from '../../../engine/store/index.ts';
 
@@ -30,6 +30,7 @@ export function heldStore() {
     until: (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => { wanted = { n, resolve }; })),
     answerAll(): void { for (const h of held.splice(0)) h.answer(); },
     answerOldest(): void { held.shift()?.answer(); },
+    answerNewest(): void { held.pop()?.answer(); },
     failAll(error: Error): void { for (const h of held.splice(0)) h.fail(error); },
   };
 }

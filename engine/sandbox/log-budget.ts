@@ -1,0 +1,72 @@
+/**
+ * What scripts may log in all, per process and per second. Each call is bounded (isolate-runtime.ts: 1000
+ * lines, 256 Ki characters), but calls are not: a script that logs its bound in every call, at a few hundred
+ * calls a second, wrote 100 MB of log a second and more — a full disk or, on a pipe that cannot keep up, a server
+ * thread waiting for stdout (engine/logging/turn-buffered-stdout.ts writes synchronously). Past the budget
+ * script lines are dropped until the second ends, and one warning says how many. The sandbox's own lines
+ * (warn and above: failures, rebuilds) are never dropped.
+ */
+import type { HostBridge, LogLevel } from './host-callbacks.ts';
+
+/** Characters of script log lines per second, all scripts of the process together. */
+export const SCRIPT_LOG_CHARS_PER_SECOND = 1 << 20;
+/** Script log lines per second, likewise (a line costs the logger's work whatever its length). */
+export const SCRIPT_LOG_LINES_PER_SECOND = 10_000;
+const WINDOW_MS = 1000;
+
+type Log = HostBridge['log'];
+
+class LogBudget {
+  #windowStart = -Infinity;
+  #chars = 0;
+  #lines = 0;
+  #droppedLines = 0;
+  #droppedChars = 0;
+  /** Where the drop is told: the log of the first sandbox that lost a line in this window. */
+  #tell: Log | null = null;
+
+  /** Whether a script line of `chars` characters may be written now. */
+  take(chars: number, log: Log): boolean {
+    const now = performance.now();
+    if (now - this.#windowStart >= WINDOW_MS) {
+      this.#report();
+      this.#windowStart = now;
+      this.#chars = 0;
+      this.#lines = 0;
+    }
+    if (this.#chars + chars <= SCRIPT_LOG_CHARS_PER_SECOND && this.#lines < SCRIPT_LOG_LINES_PER_SECOND) {
+      this.#chars += chars;
+      this.#lines++;
+      return true;
+    }
+    if (this.#droppedLines++ === 0) {
+      this.#tell = log;
+      setTimeout(() => this.#report(), Math.max(0, this.#windowStart + WINDOW_MS - now)).unref();
+    }
+    this.#droppedChars += chars;
+    return false;
+  }
+
+  #report(): void {
+    if (this.#droppedLines === 0) return;
+    const message = `${this.#droppedLines} script log lines (${this.#droppedChars} characters) dropped: scripts of this process may log ` +
+      `${SCRIPT_LOG_LINES_PER_SECOND} lines and ${SCRIPT_LOG_CHARS_PER_SECOND} characters a second in all`;
+    const tell = this.#tell;
+    this.#droppedLines = 0;
+    this.#droppedChars = 0;
+    this.#tell = null;
+    try { tell?.(null, '(sandbox)', 'warn', message); } catch { /* best effort */ }
+  }
+}
+
+const budget = new LogBudget();
+
+/** `host` with its script lines (level info) held to the process's budget. */
+export function withLogBudget(host: HostBridge): HostBridge {
+  const log = host.log.bind(host);
+  return Object.assign(Object.create(host) as HostBridge, {
+    log(connectionId: string | null, file: string, level: LogLevel, message: string): void {
+      if (level !== 'info' || budget.take(message.length, log)) log(connectionId, file, level, message);
+    },
+  });
+}

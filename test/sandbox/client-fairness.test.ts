@@ -1,0 +1,62 @@
+/**
+ * One client's heavy calls cannot make another client's calls of the same hook wait behind them, over real
+ * SMTP sockets: sessions from one address hold the only isolate with a script that spins until its time limit,
+ * and queue more such calls. A call from another address, queued after them, must go first when the isolate is
+ * freed (its client has had no isolate time lately): it waits for one heavy call at most, and gets its verdict.
+ * In first-come order it waited for the whole queue and failed at its deadline (451); under a burst of large
+ * header sections, innocent clients' data calls did exactly that.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+
+// fastPathMs 0: every call goes to an isolate thread, as a hook's calls do once its script overran the fast path.
+const CONFIG = `
+localDomains: [example.com]
+sandbox: { timeoutMs: 5000, isolates: 1, fastPathMs: 0 }
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 100 }
+`;
+
+const SCRIPTS = {
+  'rcptto.ts': `export default function (ctx) {
+    log('start ' + ctx.address.localPart);
+    if (ctx.address.localPart.startsWith('heavy')) for (;;);
+  }`,
+};
+
+let server: TestServer;
+before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
+after(async () => { await server.stop(); });
+
+const queued = async (): Promise<number> => (await server.runtime.generation.sandboxFor(undefined).stats()).queued;
+const started = (): string[] => server.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('start ')).map((m) => m.slice(6));
+
+async function session(localAddress: string): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port('mx'), { localAddress });
+  await c.hello();
+  assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+  return c;
+}
+
+test("a client's call queued behind another client's heavy calls of the same hook goes first", async () => {
+  const heavy = await Promise.all([1, 2, 3, 4].map(() => session('127.0.0.2')));
+  const other = await session('127.0.0.1');
+  const heavyReplies = [heavy[0]!.command('RCPT TO:<heavy1@example.com>', 30_000)];
+  await until('the first heavy call runs', () => started().includes('heavy1'));
+  for (let i = 1; i < 4; i++) {
+    heavyReplies.push(heavy[i]!.command(`RCPT TO:<heavy${i + 1}@example.com>`, 30_000));
+    await until(`${i} heavy calls queued`, async () => (await queued()) === i);
+  }
+  const reply = other.command('RCPT TO:<user@example.com>', 30_000);
+  await until('the other client\'s call queued', async () => (await queued()) === 4 || started().includes('user'));
+  assert.match((await reply).text, /^250 /, 'its own verdict, not a 451 at its deadline');
+  const order = started();
+  assert.deepEqual(order.slice(0, 2), ['heavy1', 'user'], `it ran right after the heavy call that held the isolate: ${order.join(', ')}`);
+  for (const r of await Promise.all(heavyReplies)) assert.match(r.text, /^451 /);
+  await Promise.all([...heavy, other].map((c) => c.quit()));
+});
