@@ -431,7 +431,7 @@ export class Supervisor {
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
         const key = policyConnectionKey(listener);
         const open = this.#counters.take(chosen.index, key);
-        proc.send({ t: 'conn', n, listener, policy: true, key, open }, socket, KEEP_OPEN, written);
+        proc.send({ t: 'conn', n, listener, policy: true, key, open, seen: this.#counters.seen(chosen.index) }, socket, KEEP_OPEN, written);
         continue;
       }
       if (proxied) {
@@ -446,7 +446,8 @@ export class Supervisor {
       const key = `${listener} ${ip}`;
       const open = this.#counters.take(chosen.index, key);
       const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
-      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
+      // `seen`: the worker subtracts the slots it gave back that these counts still hold (shared-counters.ts).
+      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip), seen: this.#counters.seen(chosen.index) };
       proc.send(message, socket, KEEP_OPEN, written);
     }
   }
