@@ -4,7 +4,7 @@
  * listener's on every reload (a revoked certificate's next handshake here is checked against the new CRL).
  * Sessions, CSRF and the pages are in the neighbouring files; the routes in routes.ts.
  */
-import { constants, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
 import fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -14,7 +14,7 @@ import type { Logger } from '../logging/logger.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
-import { loadListenerTls } from '../smtp/listener-options.ts';
+import { loadListenerTls, serverTlsOptions } from '../smtp/listener-options.ts';
 import { TrustedIssuers } from '../certificates/index.ts';
 import { SessionBook } from './sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
@@ -55,8 +55,11 @@ async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: 
   return {
     context: {
       key: tls.key, cert: tls.cert, minVersion: l.tls.minVersion,
-      // An explicit CA list: never the public roots. No tickets: a resumed session would skip the CRL check.
-      ...(asking ? { ca: tls.ca ?? [], crl: tls.crl, secureOptions: constants.SSL_OP_NO_TICKET } : {}),
+      // No tickets where certificates are asked for (a resumed session would skip the CRL check); no
+      // client-initiated renegotiation (listener-options.ts).
+      secureOptions: serverTlsOptions(asking),
+      // An explicit CA list: never the public roots.
+      ...(asking ? { ca: tls.ca ?? [], crl: tls.crl } : {}),
     },
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
   };
