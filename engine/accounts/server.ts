@@ -21,6 +21,7 @@ import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /**
  * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
@@ -92,6 +93,8 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   capConnectionsPerAddress(app.server, {
     limit: () => settings().maxConnectionsPerIp,
     refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
+    // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
+    countedAs: (address) => countedAddress(address.replace(/^::ffff:(?=\d+\.)/i, '').toLowerCase(), state.listener().limits.ipv6PrefixLength),
   });
   await app.register(formbody);
   acceptMultipart(app);
