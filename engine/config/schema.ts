@@ -131,7 +131,7 @@ export const listenerSchema = z.strictObject({
   }).optional().meta({ defaultText: 'off' })
     .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
   reverseDns: z.boolean().default(true)
-    .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
+    .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s, and confirm it: the name counts only when its A (AAAA) records include the client\'s address (Postfix\'s verified client name); otherwise the client is `unknown`. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });
 
 /** `check_policy_service` servers for an existing Postfix (docs/postfix-policy.md). */

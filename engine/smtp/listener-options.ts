@@ -2,6 +2,7 @@
  * Translates a listener's configuration into smtp-server options: TLS material, client-certificate
  * request, mechanisms, limits. Certificates are read here so that a bad file fails the (re)load.
  */
+import { forwardConfirmedReverse } from '../dns/confirmed-reverse.ts';
 import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
 import { constants } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
@@ -63,6 +64,8 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
     socketTimeout: l.limits.socketTimeoutMs,
     closeTimeout: 5_000,
     disableReverseLookup: !l.reverseDns,
+    // A PTR name only when its forward records give the client's address back (Postfix's verified client name).
+    resolver: forwardConfirmedReverse,
     useXClient: false,
     useXForward: false,
     ...(tlsOn ? {
