@@ -4,7 +4,7 @@
  * listener's on every reload (a revoked certificate's next handshake here is checked against the new CRL).
  * Sessions, CSRF and the pages are in the neighbouring files; the routes in routes.ts.
  */
-import { constants, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
 import fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -14,13 +14,14 @@ import type { Logger } from '../logging/logger.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
-import { loadListenerTls } from '../smtp/listener-options.ts';
+import { loadListenerTls, serverTlsOptions } from '../smtp/listener-options.ts';
 import { TrustedIssuers } from '../certificates/index.ts';
 import { SessionBook } from './sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /**
  * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
@@ -55,8 +56,11 @@ async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: 
   return {
     context: {
       key: tls.key, cert: tls.cert, minVersion: l.tls.minVersion,
-      // An explicit CA list: never the public roots. No tickets: a resumed session would skip the CRL check.
-      ...(asking ? { ca: tls.ca ?? [], crl: tls.crl, secureOptions: constants.SSL_OP_NO_TICKET } : {}),
+      // No tickets where certificates are asked for (a resumed session would skip the CRL check); no
+      // client-initiated renegotiation (listener-options.ts).
+      secureOptions: serverTlsOptions(asking),
+      // An explicit CA list: never the public roots.
+      ...(asking ? { ca: tls.ca ?? [], crl: tls.crl } : {}),
     },
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
   };
@@ -89,6 +93,8 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   capConnectionsPerAddress(app.server, {
     limit: () => settings().maxConnectionsPerIp,
     refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
+    // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
+    countedAs: (address) => countedAddress(address.replace(/^::ffff:(?=\d+\.)/i, '').toLowerCase(), state.listener().limits.ipv6PrefixLength),
   });
   await app.register(formbody);
   acceptMultipart(app);

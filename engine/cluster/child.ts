@@ -33,7 +33,7 @@ const index = Number(process.env.POSTERN_WORKER ?? 0);
 const configPath = process.env.POSTERN_CONFIG || undefined;
 const send = (m: object): void => { if (process.connected) process.send!(m); };
 
-type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[] };
+type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[]; seen?: number };
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath });
@@ -68,13 +68,14 @@ async function main(): Promise<void> {
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
       const key = m.key;
-      if (!handle) return key === undefined ? undefined : send({ t: 'conn-', key }); // closed on the way: its slot goes back
-      if (key !== undefined) handle.once('close', () => send({ t: 'conn-', key }));
-      running!.acceptConnection(m.listener!, handle, m.open);
+      if (key === undefined) return void (handle && running!.acceptConnection(m.listener!, handle, m.open));
+      if (!handle) return counters.giveBack(key); // closed on the way: its slot goes back (told with the next message)
+      handle.once('close', () => counters.giveBack(key));
+      running!.acceptConnection(m.listener!, handle, counters.uncounted(key, m.open!, m.seen));
     } else if (m.t === 'conn') {
-      if (!handle) return m.key === undefined ? undefined : send({ t: 'conn-', key: m.key }); // closed on the way: its slot goes back
+      if (!handle) return m.key === undefined ? undefined : counters.giveBack(m.key); // closed on the way: its slot goes back
       // Without a key: a PROXY protocol listener's, counted here once its header names the client.
-      if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle, m.total);
+      if (m.key !== undefined) counters.handedOver(m.key, m.port!, m.open!, m.ip!, m.failures ?? [], handle, m.total, m.seen);
       running!.acceptConnection(m.listener!, handle);
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.

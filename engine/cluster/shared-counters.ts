@@ -5,7 +5,7 @@
  * IPC channel (WorkerCounters).
  *
  * Protocol (JSON messages on the worker's IPC channel, `t` names the kind):
- *   supervisor → worker  { t: 'conn', listener, key, open, total, ip, failures } + the socket: the supervisor
+ *   supervisor → worker  { t: 'conn', listener, key, open, total, ip, failures, seen } + the socket: the supervisor
  *                        took the slot as it handed the connection over; `open` counts it (`total`: the
  *                        listener's connections over every worker), and the worker refuses when either is
  *                        over the listener's limit. The worker gives the
@@ -13,18 +13,20 @@
  *                        listener does, once it took the connection (handedOpen, releaseHanded), since
  *                        STARTTLS removes every listener of the raw socket; before that, the socket's close.
  *                        Slots given back are told with the worker's next message rather than each at once
- *                        (see WorkerCounters.flush).
+ *                        (see WorkerCounters.flush). `seen`: the number of the last 'conn-' the supervisor had
+ *                        read when it counted `open` and `total`; the worker subtracts the returns it sent after
+ *                        that one (still counted there) and those it has not sent yet.
  *   supervisor → worker  { t: 'conn', listener } + the socket: a PROXY protocol listener's connection, no
  *                        slot taken; the worker reads the header, then takes the slot of the client it
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
  *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
  *                                                           come from the supervisor; answered by
- *   supervisor → worker  { t: 'conn+r', q, ok, total, failures }  ok: under the limit (the slot is taken);
+ *   supervisor → worker  { t: 'conn+r', q, ok, total, failures, seen }  ok: under the limit (the slot is taken);
  *                                                           total: the listener's connections over every
  *                                                           worker (its maxConnections, as with 'conn');
  *                                                           failures: that IP's recent auth failure times
- *   worker → supervisor  { t: 'conn-', keys }               connections that got a slot closed (one key per
- *                                                           slot; `key` for one, as policy connections send)
+ *   worker → supervisor  { t: 'conn-', keys, s }            connections that got a slot closed (one key per
+ *                                                           slot); `s` numbers the worker's 'conn-' messages
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
  *   supervisor → children { t: 'authfail', ip, at }         …relayed to every other child (workers, and the queue process: the account page)
  * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
@@ -109,6 +111,13 @@ export class WorkerCounters implements ConnectionCounts {
   readonly #claimed = new Map<string, number>();
   /** Slots given back whose return the supervisor has not been told yet, by key (flush()). */
   readonly #returning = new Map<string, number>();
+  /**
+   * Returns told ('conn-' number `s`, oldest first) that the supervisor may not have read yet: until a message
+   * from it says it has (`seen`), its counts may still hold them.
+   */
+  readonly #told: Array<{ s: number; keys: Map<string, number> }> = [];
+  /** The number of the last 'conn-' sent. */
+  #sent = 0;
   #next = 0;
 
   constructor(channel: Channel, authWindowMs: number) {
@@ -122,15 +131,32 @@ export class WorkerCounters implements ConnectionCounts {
    * takes the connection claims the slot (handedOpen) and gives it back when the connection ends
    * (releaseHanded); a socket that closes before that gives it back here.
    */
-  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }, total?: number): void {
+  handedOver(key: string, port: number, open: number, ip: string, failures: number[], socket: { once(e: 'close', fn: () => void): unknown }, total?: number, seen?: number): void {
     const id = `${key}|${port}`;
-    // The supervisor's counts still hold the slots given back here and not yet told: those connections are closed.
-    this.#handed.set(id, { open: open - (this.#returning.get(key) ?? 0), total: total === undefined ? undefined : total - this.#returningOf(listenerOf(key)) });
+    // The supervisor's counts still hold the slots given back here that it had not read of: those connections are closed.
+    this.#handed.set(id, { open: this.uncounted(key, open, seen), total: total === undefined ? undefined : total - this.#returningOf(listenerOf(key)) });
     this.flush(); // written with Node's acknowledgement of this socket: the supervisor reads both at one wake-up
     this.failures.replace(ip, failures);
     socket.once('close', () => {
       if (this.#handed.delete(id)) this.#giveBack(key);
     });
+  }
+
+  /**
+   * `open`, a count the supervisor sent having read this worker's 'conn-' up to number `seen`, less the slots
+   * given back here that it had not read of yet (told after `seen`, or not told): their connections are closed.
+   */
+  uncounted(key: string, open: number, seen: number | undefined): number {
+    this.#read(seen);
+    let n = this.#returning.get(key) ?? 0;
+    for (const told of this.#told) n += told.keys.get(key) ?? 0;
+    return open - n;
+  }
+
+  /** The supervisor has read 'conn-' up to number `seen`: those returns are in its counts. */
+  #read(seen: number | undefined): void {
+    if (seen === undefined) return;
+    while (this.#told.length && this.#told[0]!.s <= seen) this.#told.shift();
   }
 
   handedOpen(key: string, port?: number): number | undefined {
@@ -163,7 +189,8 @@ export class WorkerCounters implements ConnectionCounts {
     return new Promise((resolve) => {
       this.#waiting.set(q, (answer) => {
         if (answer.ok) this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
-        resolve(answer);
+        // The listener's total as with a hand-over: less the returns the supervisor had not read of (given back since the request).
+        resolve(answer.total === undefined ? answer : { ...answer, total: answer.total - this.#returningOf(listenerOf(key)) });
       });
       this.#channel.send({ t: 'conn+', q, key, ip, limit });
     });
@@ -188,27 +215,34 @@ export class WorkerCounters implements ConnectionCounts {
     if (this.#returning.size === 0) return;
     const keys: string[] = [];
     for (const [key, n] of this.#returning) for (let i = 0; i < n; i++) keys.push(key);
+    const s = ++this.#sent;
+    this.#told.push({ s, keys: new Map(this.#returning) });
     this.#returning.clear();
-    this.#channel.send({ t: 'conn-', keys });
+    this.#channel.send({ t: 'conn-', keys, s });
   }
+
+  /** A slot handed over with a connection the listener never got (closed on the way; a policy connection's): told with the next message. */
+  giveBack(key: string): void { this.#giveBack(key); }
 
   #giveBack(key: string): void {
     this.#returning.set(key, (this.#returning.get(key) ?? 0) + 1);
   }
 
-  /** Slots of a listener given back and not yet told. */
+  /** Slots of a listener given back that the supervisor had not read of (after uncounted() or #read()). */
   #returningOf(listener: string): number {
     let n = 0;
     for (const [key, k] of this.#returning) if (listenerOf(key) === listener) n += k;
+    for (const told of this.#told) for (const [key, k] of told.keys) if (listenerOf(key) === listener) n += k;
     return n;
   }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
-  handle(message: { t?: string; q?: number; ok?: boolean; total?: number; ip?: string; at?: number; failures?: number[] }): boolean {
+  handle(message: { t?: string; q?: number; ok?: boolean; total?: number; ip?: string; at?: number; failures?: number[]; seen?: number }): boolean {
     if (message.t === 'conn+r') {
       if (message.ip !== undefined) this.failures.replace(message.ip, message.failures ?? []);
       const resolve = this.#waiting.get(message.q!);
       this.#waiting.delete(message.q!);
+      this.#read(message.seen);
       resolve?.({ ok: message.ok === true, total: message.total });
       return true;
     }
@@ -228,6 +262,8 @@ export class CounterHost {
   readonly #failures = new Map<string, number[]>();
   /** Slots per listener (handed over and by round trip), over every worker. */
   readonly #totals = new Map<string, number>();
+  /** Per worker, the number of the last 'conn-' read (sent with each count: the worker subtracts the returns after it). */
+  readonly #seen = new Map<number, number>();
   readonly #windowMs: number;
 
   constructor(authWindowMs: number) { this.#windowMs = authWindowMs; }
@@ -236,7 +272,7 @@ export class CounterHost {
    * One message from worker `worker`; `reply` answers it, `broadcast` tells every other worker.
    * Returns false for messages that are not about counters.
    */
-  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; ip?: string; limit?: number; at?: number },
+  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; s?: number; ip?: string; limit?: number; at?: number },
     reply: (m: object) => void, broadcast: (m: object) => void): boolean {
     switch (message.t) {
       case 'conn+': {
@@ -250,11 +286,12 @@ export class CounterHost {
           held.set(key, (held.get(key) ?? 0) + 1);
           this.#held.set(worker, held);
         }
-        reply({ t: 'conn+r', q: message.q, ok, total: this.total(listenerOf(key)), ip: message.ip, failures: this.failures(message.ip!) });
+        reply({ t: 'conn+r', q: message.q, ok, total: this.total(listenerOf(key)), ip: message.ip, failures: this.failures(message.ip!), seen: this.seen(worker) });
         return true;
       }
       case 'conn-': {
         for (const key of message.keys ?? [message.key!]) this.#release(worker, key);
+        if (message.s !== undefined) this.#seen.set(worker, message.s);
         return true;
       }
       case 'authfail': {
@@ -282,10 +319,14 @@ export class CounterHost {
     return open;
   }
 
+  /** The number of the last 'conn-' read from `worker` (0: none), sent with the counts handed to it. */
+  seen(worker: number): number { return this.#seen.get(worker) ?? 0; }
+
   /** A worker is gone: its connections with it. */
   workerGone(worker: number): void {
     for (const [key, n] of this.#held.get(worker) ?? []) this.#drop(key, n);
     this.#held.delete(worker);
+    this.#seen.delete(worker);
   }
 
   /** Open connections with this key, over all workers (tests, status). */

@@ -26,6 +26,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
+import { WaitingCounts } from './waiting-counts.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
@@ -113,7 +114,11 @@ export class Supervisor {
   readonly #listeners: net.Server[] = [];
   readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
-  readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean }> = [];
+  /** `key` and `ip`: a counted SMTP connection's slot and client (not for PROXY or policy connections). */
+  readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean; key?: string; ip?: string }> = [];
+  readonly #waitingCounts = new WaitingCounts();
+  /** Client slots (and listeners, by name) refused at accept, until they come back under: logged once per episode. */
+  readonly #floodReported = new Set<string>();
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
@@ -392,8 +397,48 @@ export class Supervisor {
         'PROXY protocol: connection from an untrusted address closed');
       return void socket.destroy();
     }
-    this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
+    if (proxy || policy) {
+      this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
+      return this.#dispatch();
+    }
+    // As the worker's listener counts it: an IPv6 client by its network (counted-address.ts).
+    const limits = this.#limits(listener);
+    const ip = countedAddress(clientAddress(socket), limits?.ipv6PrefixLength ?? 128);
+    const key = `${listener} ${ip}`;
+    if (limits && this.#overTwice(listener, key, limits)) return void socket.destroy();
+    this.#waitingCounts.add(listener, key);
+    this.#waiting.push({ listener, socket, policy, proxied: false, key, ip });
     this.#dispatch();
+  }
+
+  /**
+   * One more connection would put its client (or the listener) over twice its limit, counting the slots
+   * taken and the connections still waiting here: closed at accept, before a hand-over. A client far over
+   * its limit only gets 421 from the worker; a flood of them (one address, or many against maxConnections)
+   * would otherwise fill this queue, which every other client waits in, and each cost a hand-over. As for
+   * implicit TLS beyond twice maxConnectionsPerIp (postern-server.ts), the close is unanswered.
+   */
+  #overTwice(listener: string, key: string, limits: { maxConnectionsPerIp: number; maxConnections: number }): boolean {
+    const perIp = this.#counters.open(key) + this.#waitingCounts.ofKey(key) + 1 > 2 * limits.maxConnectionsPerIp;
+    const total = this.#counters.total(listener) + this.#waitingCounts.ofListener(listener) + 1 > 2 * limits.maxConnections;
+    const what = perIp ? key : total ? listener : null;
+    if (what === null) {
+      if (this.#floodReported.size) { this.#floodReported.delete(key); this.#floodReported.delete(listener); }
+      return false;
+    }
+    if (!this.#floodReported.has(what)) {
+      this.#floodReported.add(what);
+      if (this.#floodReported.size > 10_000) this.#floodReported.clear();
+      this.log.info({ listener, decision: 'reject', stage: 'CONNECT', client: key.slice(listener.length + 1), reply: null,
+        reason: perIp ? 'limits.maxConnectionsPerIp: over twice the limit (closed at accept)' : 'limits.maxConnections: over twice the limit (closed at accept)' },
+      perIp ? 'too many connections from this address, closed at accept (logged once until it comes back under)' : 'too many connections to this listener, closed at accept (logged once until it comes back under)');
+    }
+    return true;
+  }
+
+  /** limits of listener `name`, as the configuration the supervisor runs names it. */
+  #limits(name: string): { maxConnectionsPerIp: number; maxConnections: number; ipv6PrefixLength: number } | undefined {
+    return this.config.config.listeners.find((l) => l.name === name)?.limits;
   }
 
   /**
@@ -418,7 +463,8 @@ export class Supervisor {
         // Its channel passes one descriptor at a time: wait for it rather than spill to the next worker.
         if (chosen.inflight.size >= MAX_INFLIGHT) return;
       }
-      const { listener, socket, policy, proxied } = this.#waiting.shift()!;
+      const { listener, socket, policy, proxied, key, ip } = this.#waiting.shift()!;
+      if (key !== undefined) this.#waitingCounts.remove(listener, key);
       if (socket.destroyed) continue;
       chosen.fresh++;
       chosen.inflight.add(socket);
@@ -431,7 +477,7 @@ export class Supervisor {
         // holds for the whole server rather than per worker: the worker refuses when `open` is over it.
         const key = policyConnectionKey(listener);
         const open = this.#counters.take(chosen.index, key);
-        proc.send({ t: 'conn', n, listener, policy: true, key, open }, socket, KEEP_OPEN, written);
+        proc.send({ t: 'conn', n, listener, policy: true, key, open, seen: this.#counters.seen(chosen.index) }, socket, KEEP_OPEN, written);
         continue;
       }
       if (proxied) {
@@ -441,20 +487,14 @@ export class Supervisor {
         continue;
       }
       // The connection's per-IP slot is taken here, with the handover (see shared-counters.ts).
-      // As the worker's listener counts it: an IPv6 client by its network (counted-address.ts).
-      const ip = countedAddress(clientAddress(socket), this.#ipv6PrefixLength(listener));
-      const key = `${listener} ${ip}`;
-      const open = this.#counters.take(chosen.index, key);
+      const open = this.#counters.take(chosen.index, key!);
       const total = this.#counters.total(listener); // over every worker: limits.maxConnections is the listener's
-      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip) };
+      // `seen`: the worker subtracts the slots it gave back that these counts still hold (shared-counters.ts).
+      const message = { t: 'conn', n, listener, key, port: socket.remotePort, open, total, ip, failures: this.#counters.failures(ip!), seen: this.#counters.seen(chosen.index) };
       proc.send(message, socket, KEEP_OPEN, written);
     }
   }
 
-  /** limits.ipv6PrefixLength of listener `name`, as the configuration the supervisor runs names it. */
-  #ipv6PrefixLength(name: string): number {
-    return this.config.config.listeners.find((l) => l.name === name)?.limits.ipv6PrefixLength ?? 128;
-  }
 
   /** The callback of hand-over `n`: Node wrote the descriptor to the worker's channel, or could not. */
   #written(child: Child, proc: ChildProcess, socket: net.Socket, n: number): (err: Error | null) => void {
@@ -618,7 +658,10 @@ export class Supervisor {
     // the wait would never end (and Postfix keeps policy connections open for minutes). Accepting stops at
     // once; the children's stop ends their sessions.
     for (const s of [...this.#policyListeners, ...this.#listeners]) s.close();
-    for (const w of this.#waiting.splice(0)) w.socket.destroy();
+    for (const w of this.#waiting.splice(0)) {
+      if (w.key !== undefined) this.#waitingCounts.remove(w.listener, w.key);
+      w.socket.destroy();
+    }
     await Promise.all(this.#children.map((c) => {
       if (c.restartTimer) clearTimeout(c.restartTimer);
       const proc = c.proc;

@@ -15,6 +15,11 @@ export interface PerAddressCapOptions {
   limit(): number;
   /** An address went over the cap: called once until its count comes back under (for one log line, not one per connection). */
   refused(address: string, limit: number): void;
+  /**
+   * What a client address is counted as (default: itself). An IPv6 host usually has a whole /64: counted per
+   * address, one client could hold the cap from each of its addresses, and so the whole page.
+   */
+  countedAs?(address: string): string;
 }
 
 /** Count every connection `server` accepts by its client address, from accept to close. */
@@ -23,8 +28,9 @@ export function capConnectionsPerAddress(server: net.Server, opts: PerAddressCap
   const reported = new Set<string>();
   // First among the 'connection' listeners: the HTTP or TLS one after it sees a closed socket and lets go.
   server.prependListener('connection', (socket: net.Socket) => {
-    const address = socket.remoteAddress;
-    if (address === undefined) return; // a unix socket (no client address), or one reset before this
+    const remote = socket.remoteAddress;
+    if (remote === undefined) return; // a unix socket (no client address), or one reset before this
+    const address = opts.countedAs ? opts.countedAs(remote) : remote;
     const limit = opts.limit();
     const count = (open.get(address) ?? 0) + 1;
     if (count > limit) {

@@ -144,7 +144,7 @@ export function requestContext(a: Record<string, string>, service: PolicyService
       const address = envelopeAddress(a.recipient ?? '');
       const cert = connection.clientCertificate as PostfixClientCertificate | null;
       const relayTable = service.relayClientCertificatesTable ? generation.tables.get(service.relayClientCertificatesTable) : undefined;
-      builtin = builtinRelay(address.domain, {
+      builtin = builtinRelay(address, {
         localDomains: generation.localDomains,
         authenticated: connection.auth !== null,
         trustedCertificateMayRelay: (service.relayClientCertificates && !!cert?.verified) || listedForRelay(cert, relayTable),

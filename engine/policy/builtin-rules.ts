@@ -87,8 +87,15 @@ export interface RelayFacts {
   trustedCertificateMayRelay: boolean;
 }
 
-export function builtinRelay(domain: string, facts: RelayFacts): BuiltinRelayDecision {
-  if (facts.localDomains.has(domain.toLowerCase())) return RELAY.localDomain;
+/**
+ * Sender-specified routing in a local part (`user%elsewhere`, `elsewhere!user`, a quoted `user@elsewhere`):
+ * a next hop that still honours the percent hack or bang paths would relay it on to `elsewhere`, so such a
+ * recipient is not local whatever its domain (Postfix's reject_unauth_destination refuses it likewise).
+ */
+const SENDER_ROUTED = /[%!@]/;
+
+export function builtinRelay(recipient: { localPart: string; domain: string }, facts: RelayFacts): BuiltinRelayDecision {
+  if (facts.localDomains.has(recipient.domain.toLowerCase()) && !SENDER_ROUTED.test(recipient.localPart)) return RELAY.localDomain;
   if (facts.authenticated) return RELAY.authenticated;
   if (facts.trustedCertificateMayRelay) return RELAY.clientCertificate;
   return RELAY.denied;

@@ -10,6 +10,7 @@ import { NO_IDENTITY } from '../policy/certificate-identity.ts';
 import type { SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo } from '../sandbox/api/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
+import type { OverLimit } from '../connection-limits/over-limit-recount.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -41,6 +42,8 @@ export class ConnectionState {
   transactionId: string | null = null;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
+  /** With overIpLimit: its count, lowered as connections counted before it close (recounted at connect). */
+  ipCountNow: OverLimit | null = null;
   /** Accepted over the listener's maxConnections counted over every worker process (postern serve): 421 at connect. */
   overListenerLimit = false;
   /** Takes the connection off its address's count (idempotent). */

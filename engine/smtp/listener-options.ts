@@ -2,6 +2,7 @@
  * Translates a listener's configuration into smtp-server options: TLS material, client-certificate
  * request, mechanisms, limits. Certificates are read here so that a bad file fails the (re)load.
  */
+import { forwardConfirmedReverse } from '../dns/confirmed-reverse.ts';
 import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
 import { constants } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
@@ -63,6 +64,8 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
     socketTimeout: l.limits.socketTimeoutMs,
     closeTimeout: 5_000,
     disableReverseLookup: !l.reverseDns,
+    // A PTR name only when its forward records give the client's address back (Postfix's verified client name).
+    resolver: forwardConfirmedReverse,
     useXClient: false,
     useXForward: false,
     ...(tlsOn ? {
@@ -76,7 +79,7 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
       // No session tickets where client certificates are asked for: a resumed session skips the chain and
       // CRL check, so a certificate revoked since (CRLs reload at once) would still be accepted. Every
       // connection is verified against the current CA and CRLs. (Also spares each handshake two tickets.)
-      secureOptions: asking ? constants.SSL_OP_NO_TICKET : undefined,
+      secureOptions: serverTlsOptions(asking),
       // Never let OpenSSL refuse: pins must be able to accept untrusted certificates; `strict` is ours.
       rejectUnauthorized: false,
     } : {}),
@@ -84,6 +87,16 @@ export function listenerOptions(l: ListenerConfig, tls: ListenerTls, hostname: s
   return options;
 }
 
+
+/**
+ * OpenSSL options of every server context: no session tickets where client certificates are asked for (see
+ * listenerOptions), and never a client-initiated TLS 1.2 renegotiation: each is a full handshake's CPU on a
+ * connection that already holds its slot (Node allowed three per connection), and it could swap the client
+ * certificate under facts taken from the first handshake. Postfix refuses it too (NO_RENEGOTIATION).
+ */
+export function serverTlsOptions(askingForCertificates: boolean): number {
+  return constants.SSL_OP_NO_RENEGOTIATION | (askingForCertificates ? constants.SSL_OP_NO_TICKET : 0);
+}
 
 /** Everything the listener's server is built from, given its TLS files as read by loadListenerTls. */
 export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: string, logger: Logger): ListenerSetup {

@@ -20,6 +20,7 @@ import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
+import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -114,6 +115,11 @@ export class PosternServer extends SMTPServer {
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
   readonly #uncount = new WeakMap<net.Socket, () => void>();
+  /** Sockets counted over maxConnectionsPerIp, recounted as their earlier connections close (see onConnect). */
+  readonly #overCount = new WeakMap<net.Socket, OverLimit>();
+  readonly #overLimit = new OverLimitCounts();
+  /** The order in which sockets were counted. */
+  #serial = 0;
 
   constructor(runtime: Runtime, setup: ListenerSetup) {
     super(setup.options);
@@ -162,11 +168,17 @@ export class PosternServer extends SMTPServer {
    * Count an accepted socket as one of `open` connections from `ip` until it closes (`remove` gives its slot
    * back); false when it was closed at once for being far over the limit.
    */
-  #count(socket: net.Socket, ip: string, open: number, handshake: boolean, remove: () => void): boolean {
+  #count(socket: net.Socket, ip: string, open: number, handshake: boolean, remove: () => void, recount = true): boolean {
     let counted = true;
+    const serial = ++this.#serial;
+    let over: OverLimit | undefined;
     const uncount = (): void => {
-      if (counted) remove();
+      if (counted) {
+        remove();
+        this.#overLimit.closed(ip, serial);
+      }
       counted = false;
+      if (over) this.#overLimit.forget(over);
     };
     // On the raw socket until the session starts; STARTTLS drops the raw socket's listeners, so the
     // session's close uncounts too.
@@ -181,6 +193,7 @@ export class PosternServer extends SMTPServer {
         return false;
       }
       this.#overIpLimit.add(socket);
+      if (recount) this.#overCount.set(socket, over = this.#overLimit.add(ip, serial, open));
     }
     return true;
   }
@@ -235,7 +248,7 @@ export class PosternServer extends SMTPServer {
     // maxConnections is the listener's over every worker, as for a connection the supervisor counted.
     if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
-    return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release);
+    return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release, false);
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */
@@ -285,6 +298,8 @@ export class PosternServer extends SMTPServer {
     // connect() gets the TLS socket.
     if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
     if (this.#overListenerLimit.has(socket)) this.#overListenerLimit.add(tlsSocket);
+    const over = this.#overCount.get(socket);
+    if (over) this.#overCount.set(tlsSocket, over);
     const uncount = this.#uncount.get(socket);
     if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
@@ -294,6 +309,7 @@ export class PosternServer extends SMTPServer {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
     const connection = new PosternConnection(this, socket, socketOptions);
     connection.state.overIpLimit = this.#overIpLimit.has(socket);
+    connection.state.ipCountNow = this.#overCount.get(socket) ?? null;
     connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
     connectionOf.set(connection.session, connection);
@@ -313,10 +329,25 @@ export class PosternServer extends SMTPServer {
     const conn = this.#conn(session);
     metrics.connections.inc({ listener: conn.state.listener.name });
     if (conn.state.overIpLimit) {
-      metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
-      return callback(conn.decide('CONNECT', reply('tooManyConnectionsFromAddress')));
+      const over = conn.state.ipCountNow;
+      if (!over) return this.#refuseOverIpLimit(conn, callback);
+      // The client's previous connection may have ended in the very turn this one was counted, its 'close'
+      // not run yet (Node runs close callbacks last in a turn, a socket's shutdown callback may wait a turn
+      // more): a client reconnecting at once at its limit would be refused for a connection it no longer
+      // has. Decided two turns later, with the connections counted before this one that closed since.
+      return void setImmediate(() => setImmediate(() => {
+        this.#overLimit.forget(over);
+        if (over.open > this.maxConnectionsPerIp || conn.state.closed) return this.#refuseOverIpLimit(conn, callback);
+        conn.state.overIpLimit = false;
+        settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy);
+      }));
     }
     settle('CONNECT', this.policy.connect(conn), callback, conn, this.policy);
+  }
+
+  #refuseOverIpLimit(conn: PosternConnection, callback: Done): void {
+    metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
+    callback(conn.decide('CONNECT', reply('tooManyConnectionsFromAddress')));
   }
 
   override onSecure(socket: TLSSocket, session: SMTPServerSession, callback: Done): void {

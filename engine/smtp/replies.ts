@@ -46,6 +46,7 @@ export const REPLIES = {
 
   // MAIL FROM and RCPT TO.
   parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
+  utf8AddressUndeclared: { code: 553, enhanced: '5.6.7', text: 'Must declare SMTPUTF8 to send unicode address', reason: 'a non-ASCII address in a transaction whose MAIL FROM has no SMTPUTF8 (RFC 6531 §3.4)' },
 
   // MAIL FROM.
   tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },
@@ -60,7 +61,7 @@ export const REPLIES = {
   senderAccepted: { code: 250, enhanced: '2.1.0', text: 'Accepted' },
 
   // RCPT TO.
-  relayDenied: { code: 554, enhanced: '5.7.1', text: '<{rcpt}>: Relay access denied', reason: 'relay rule: not a local domain, not authenticated, no relay certificate' },
+  relayDenied: { code: 554, enhanced: '5.7.1', text: '<{rcpt}>: Relay access denied', reason: 'relay rule: not a local recipient (domain, or routing in the local part), not authenticated, no relay certificate' },
   recipientAccepted: { code: 250, enhanced: '2.1.5', text: 'Accepted' },
 
   // End of DATA.

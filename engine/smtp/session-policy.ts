@@ -58,6 +58,16 @@ function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<str
   return null;
 }
 
+/**
+ * A non-ASCII address in a transaction whose MAIL FROM did not declare SMTPUTF8 (RFC 6531 §3.4): taken, it
+ * would be relayed as an undeclared UTF-8 envelope, to a next hop that may not speak SMTPUTF8 at all.
+ */
+function undeclaredUtf8(address: SMTPServerAddress, mail: SMTPServerAddress | false | undefined): boolean {
+  // eslint-disable-next-line no-control-regex
+  if (!/[^\x00-\x7f]/.test(address.address)) return false;
+  return !(mail && mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
+}
+
 export class SessionPolicy {
   readonly #runtime: Runtime;
 
@@ -347,6 +357,7 @@ export class SessionPolicy {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
     if (unsupported) return unsupported;
+    if (undeclaredUtf8(address, address)) return reply('utf8AddressUndeclared');
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
@@ -421,8 +432,9 @@ export class SessionPolicy {
     const st = conn.state;
     const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
     if (unsupported) return unsupported;
+    if (undeclaredUtf8(address, session.envelope.mailFrom)) return reply('utf8AddressUndeclared');
     const rcpt = envelopeAddress(address)!;
-    const builtin = builtinRelay(rcpt.domain, {
+    const builtin = builtinRelay(rcpt, {
       localDomains: st.generation.localDomains,
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,

@@ -120,3 +120,15 @@ test('a client certificate OpenSSL takes but whose fields cannot be read counts 
   assert.equal(page.status, 200, page.body);
   assert.match(page.body, /name="password"/);
 });
+
+test('a client-initiated TLS 1.2 renegotiation is refused (a full handshake each, on a connection already open)', async () => {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', maxVersion: 'TLSv1.2' });
+  await once(socket, 'secureConnect');
+  assert.equal(socket.getProtocol(), 'TLSv1.2');
+  const err = await new Promise<Error | null>((resolve) => {
+    socket.once('error', resolve);
+    if (!socket.renegotiate({ rejectUnauthorized: false }, (e) => resolve(e ?? null))) resolve(new Error('not started'));
+  });
+  assert.match(String(err?.message), /renegotiat/i, 'the renegotiation must fail');
+  socket.destroy();
+});

@@ -29,7 +29,8 @@ export interface AccountsSetup {
   smtpPort: number;
 }
 
-export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}): Promise<AccountsSetup> {
+/** `page`: the page's own settings (its listen address, its per-address cap) over the defaults here. */
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number } = {}): Promise<AccountsSetup> {
   // Never the working directory: the CA, its key and the users file would land in the checkout.
   if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
@@ -45,7 +46,7 @@ export async function startAccounts(scratchDir: string, limits: { authFailuresPe
     users: join(scratchDir, 'users'),
     tables: { devicepins: pinsFile },
     pki: { dir: caDir },
-    accounts: { listen: '127.0.0.1:0', listener: 'submission' },
+    accounts: { listen: '127.0.0.1:0', listener: 'submission', ...page },
     listeners: [testListener('submission', {
       tls: { mode: 'starttls', cert: pki.server.cert, key: pki.server.key, clientCertificates: 'require', caFiles: [ca.paths.caCert], crlFiles: [ca.paths.crl] },
       certificateIdentity: { field: 'emailAddress', pins: 'devicepins' },

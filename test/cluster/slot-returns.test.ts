@@ -27,7 +27,8 @@ function wired(): { host: CounterHost; worker: WorkerCounters; sent: Array<{ t?:
 /** The supervisor hands a connection over as supervisor.ts does: slot taken, counts sent with the socket. */
 function handOver(host: CounterHost, worker: WorkerCounters, port: number): EventEmitter {
   const socket = new EventEmitter();
-  worker.handedOver(KEY, port, host.take(0, KEY), '192.0.2.7', [], socket, host.total('in'));
+  const open = host.take(0, KEY);
+  worker.handedOver(KEY, port, open, '192.0.2.7', [], socket, host.total('in'), host.seen(0));
   return socket;
 }
 
@@ -50,7 +51,7 @@ test('slots given back are told with the next hand-over, in one message; the wor
   // A new connection from the same address: the supervisor's count says 3, yet both others are closed, and
   // this worker knows it: it decides on 1, as if each return had been told at once.
   handOver(host, worker, 1003);
-  assert.deepEqual(sent, [{ t: 'conn-', keys: [KEY, KEY] }], 'both returns in one message, with the hand-over');
+  assert.deepEqual(sent, [{ t: 'conn-', keys: [KEY, KEY], s: 1 }], 'both returns in one message, with the hand-over');
   assert.equal(host.open(KEY), 1);
   assert.deepEqual(claim(worker, 1003), { open: 1, total: 1 }, 'its own returns subtracted from the per-IP count and from the listener total');
   // A socket that closes before its listener took it gives its slot back the same way.
@@ -76,4 +77,33 @@ test('a slot request and the heartbeat tell the returns first', async () => {
   assert.equal(host.total('in'), 0);
   worker.flush();
   assert.equal(sent.length, 3, 'nothing to tell: no message');
+});
+
+test('returns told but not yet read by the supervisor are subtracted from the counts handed over meanwhile', () => {
+  // The worker's 'conn-' is on its way (written, not read) when the supervisor counts the next connection:
+  // its counts still hold those slots, and the hand-over says which returns it had read.
+  const host = new CounterHost(60_000);
+  const inFlight: object[] = [];
+  const worker = new WorkerCounters({ send: (m) => inFlight.push(m) }, 60_000);
+  const deliver = (): void => {
+    for (const m of inFlight.splice(0)) host.handle(0, m as Parameters<CounterHost['handle']>[1], () => undefined, () => undefined);
+  };
+  handOver(host, worker, 3001);
+  assert.deepEqual(claim(worker, 3001), { open: 1, total: 1 });
+  worker.releaseHanded(KEY); // the client leaves…
+  worker.flush(); // …its return is told (the heartbeat), not yet read
+  handOver(host, worker, 3002); // …and it reconnects at once: the supervisor still counts the old slot
+  assert.equal(host.open(KEY), 2);
+  assert.deepEqual(claim(worker, 3002), { open: 1, total: 1 }, 'the return in flight is subtracted');
+  deliver();
+  assert.equal(host.open(KEY), 1);
+  // Once the supervisor has read it, a later hand-over no longer subtracts it.
+  worker.releaseHanded(KEY);
+  worker.flush();
+  deliver();
+  handOver(host, worker, 3003);
+  assert.deepEqual(claim(worker, 3003), { open: 1, total: 1 }, 'read returns are not subtracted twice');
+  const other = handOver(host, worker, 3004);
+  assert.deepEqual(claim(worker, 3004), { open: 2, total: 2 }, 'a second open connection still counts');
+  other.emit('close');
 });

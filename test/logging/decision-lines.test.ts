@@ -320,6 +320,7 @@ const ROWS = {
   authInvalid: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', [plainLogin('alice@example.com', 'wrong')]) },
 
   parameterUnsupported: { server: 'main', stage: 'MAIL', values: { parameter: 'FOO' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> FOO=BAR']) },
+  utf8AddressUndeclared: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'mx', ['MAIL FROM:<jürgen@example.net>']) },
   tlsRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'reqtls', ['MAIL FROM:<someone@example.net>']) },
   authRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'sub', ['MAIL FROM:<someone@example.net>']) },
   certificateRevoked: {

@@ -56,7 +56,11 @@ test('a command that is not UTF-8 is refused, never rewritten; UTF-8 addresses a
   c.socket.write(Buffer.concat([Buffer.from('RCPT TO:<'), Buffer.from([0xff, 0xfe]), Buffer.from('@example.com>\r\n')]));
   assert.equal((await c.read()).text, '500 5.5.2 Error: bad UTF-8 syntax');
   assert.equal((await c.command('RSET')).code, 250);
-  const r = await c.sendMail('jörg@example.org', ['zoë@example.com']);
+  // Declared (RFC 6531): without SMTPUTF8 a UTF-8 address is refused (smtputf8-declared.test.ts).
+  assert.equal((await c.command('MAIL FROM:<jörg@example.org> SMTPUTF8')).code, 250);
+  assert.equal((await c.command('RCPT TO:<zoë@example.com>')).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  const r = await c.command('Subject: test\r\n\r\nhello\r\n.');
   assert.equal(r.code, 250, r.text);
   await c.quit();
   const env = await server.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!);
