@@ -66,14 +66,27 @@ local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return value`;
 
-/** Record one failure time in a sorted set, drop those before the window, count the rest. */
-const FAILURE_ADD = `
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+/**
+ * AUTH failures: one sorted set per address, each failure scored with its time on Redis's own clock (TIME),
+ * as the connection slots are. On each server's clock, a server whose clock ran behind recorded failures
+ * the others took for expired (and the others' adds deleted them), and one ahead deleted theirs at its
+ * every add: an attacker spreading guesses over the servers passed the limit. ARGV[1] is the window (ms).
+ */
+const REDIS_NOW = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+/** Record one failure (ARGV[2]: a unique member), drop those before the window, count the rest. */
+const FAILURE_ADD = `${REDIS_NOW}
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return redis.call('ZCARD', KEYS[1])`;
 
-const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD) };
+/** The failures within the window. */
+const FAILURE_COUNT = `${REDIS_NOW}
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')`;
+
+const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD), failureCount: luaScript(FAILURE_COUNT) };
 
 /**
  * Calls sent and not yet answered, at most: each keeps memory in the client until its reply, and a
@@ -155,15 +168,17 @@ export class RedisCounterStore implements CounterStore {
     return integer(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)), 'add()');
   }
 
+  /** The window is what the limiter asks for (`now - since`); the times themselves are Redis's (FAILURE_ADD). */
   authFailures(): AuthFailureStore {
     return {
       add: async (ip, now, since) => {
         // A unique member per failure: two at the same millisecond are two failures.
         const member = `${now}:${randomBytes(6).toString('hex')}`;
         return integer(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
-          [String(now), String(since), member, String(Math.max(1, now - since))]), 'an AUTH failure');
+          [String(Math.max(1, now - since)), member]), 'an AUTH failure');
       },
-      count: async (ip, since) => integer(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf']), 'AUTH failures'),
+      count: async (ip, since) => integer(await this.#eval(SCRIPTS.failureCount, [this.#prefix + STORE_KEYS.authFailures(ip)],
+        [String(Math.max(1, Date.now() - since))]), 'AUTH failures'),
     };
   }
 
