@@ -18,7 +18,7 @@ import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
-import { metrics, setQueueProbe } from '../metrics/metrics.ts';
+import { deliveryCounted, metrics, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
@@ -293,7 +293,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     metrics.generation.set(runtime.generation.serial);
   });
   queue.onAttempt((e) => {
-    for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ?? 'none' });
+    for (const o of e.outcomes) deliveryCounted(OUTCOME_RESULT[o.status], o.remoteMta);
     if (e.bounceId) metrics.bounces.inc();
   });
   if (role !== 'worker') setQueueProbe(() => spools.census());
