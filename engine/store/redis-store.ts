@@ -97,6 +97,9 @@ const MAX_UNANSWERED = 1000;
 /** rate() calls of one turn per command at most: one script run holds Redis for all of them. */
 const MAX_RATES_PER_COMMAND = 100;
 
+/** After a READONLY answer the connection is made again, at most this often (ms). */
+const RECONNECT_AFTER_READONLY_MS = 1000;
+
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
 
@@ -110,6 +113,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #deadlines = new DeadlineQueue();
   #down = false;
   #closed = false;
+  /** When the connection was last dropped for a READONLY answer (performance.now()), see #reconnect. */
+  #reconnectedAt = Number.NEGATIVE_INFINITY;
   /** Calls given to the client whose reply (or failure) has not come, timed out ones included. */
   #unanswered = 0;
   /** rate() calls of this turn not sent yet: they go as one command at its end (#sendRates). */
@@ -252,7 +257,28 @@ export class RedisCounterStore implements CounterStore {
       command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
+    readOnly: (message) => this.#reconnect(message),
   };
+
+  /**
+   * Redis answered READONLY: this connection reaches a replica now. After a failover behind a proxy, a
+   * virtual address or a DNS name (HAProxy checking for the master, Sentinel-managed or cloud Redis), the
+   * connection made to the old master stays open to it, demoted, and every write failed closed for good
+   * while the store looked reachable. A new connection reaches whatever is master now: at most one a second,
+   * in case it is still a replica.
+   */
+  #reconnect(message: string): void {
+    const now = performance.now();
+    if (this.#closed || now - this.#reconnectedAt < RECONNECT_AFTER_READONLY_MS) return;
+    this.#reconnectedAt = now;
+    if (!this.#down) {
+      this.#down = true;
+      metrics.storeUnreachable.set(1);
+      this.#log.error({ err: { message } }, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
+    }
+    this.#client.destroy();
+    this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+  }
 }
 
 /**
@@ -312,6 +338,8 @@ interface CommandOwner {
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
   resend(args: string[], calls: number): Promise<unknown>;
+  /** Redis answered READONLY: the connection reaches a replica. */
+  readOnly(message: string): void;
 }
 
 /**
@@ -358,7 +386,8 @@ class PendingCommand implements Waiting {
     this.#owner.replied(this);
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
-    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
-    else this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
+    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
+    if (message.startsWith('READONLY')) this.#owner.readOnly(message);
+    this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
   };
 }
