@@ -7,7 +7,7 @@ import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
-import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
+import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { createStore, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
@@ -18,7 +18,7 @@ import { Reloader } from '../reload/reloader.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
-import { metrics, setQueueProbe } from '../metrics/metrics.ts';
+import { deliveryCounted, metrics, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
@@ -26,7 +26,6 @@ import { startShadowing } from '../shadow/shadow-runner.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
-import { BoundedLabel } from '../metrics/bounded-label.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
 import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 import type { AccountsServer } from '../accounts/server.ts';
@@ -134,9 +133,10 @@ class MutableRuntime implements Runtime {
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
   // One server per data directory: a second one would take the first's half-received messages for a crash's.
-  const lock = opts.lockDir === false ? { release() {} } : acquireDirectoryLock(opts.lockDir ?? loaded.config.dataDir);
+  const { lock, released } = opts.lockDir === false ? { lock: { release() {} }, released: false } : lockEvenWhenFull(opts.lockDir ?? loaded.config.dataDir, loaded.config.dataDir);
   try {
     const running = await startWithDataDir(opts, loaded);
+    if (released) running.runtime.logger.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that this process could start; new mail is refused (452 4.3.1) until there is room again');
     return { ...running, close: () => running.close().finally(() => lock.release()) };
   } catch (err) {
     lock.release();
@@ -166,7 +166,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   for (const w of built.warnings) logger.warn(w.listener ? { listener: w.listener } : {}, w.message);
   const role = opts.role ?? 'single';
   const home = new Spool(join(config.dataDir, 'spool'));
-  const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0), { journalSegmentBytes: WORKER_SEGMENT_BYTES }) : home;
+  const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0), { journalSegmentBytes: WORKER_SEGMENT_BYTES, reserve: home.reserve.path }) : home;
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   const spools = new SpoolSet(home);
@@ -292,10 +292,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     metrics.lastReloadFailed.set(o.ok ? 0 : 1);
     metrics.generation.set(runtime.generation.serial);
   });
-  // By MX, next hops are whatever recipients' (and bounced senders') domains name: a bounded set of series.
-  const nextHops = new BoundedLabel(100);
   queue.onAttempt((e) => {
-    for (const o of e.outcomes) metrics.deliveries.inc({ result: OUTCOME_RESULT[o.status], next_hop: o.remoteMta ? nextHops.of(o.remoteMta) : 'none' });
+    for (const o of e.outcomes) deliveryCounted(OUTCOME_RESULT[o.status], o.remoteMta);
     if (e.bounceId) metrics.bounces.inc();
   });
   if (role !== 'worker') setQueueProbe(() => spools.census());

@@ -14,6 +14,7 @@ import {
 } from '../queue/admin.ts';
 import { operator, recordQueueOperation } from '../queue/operations.ts';
 import { formatMessageReport } from '../queue/show.ts';
+import { terminalSafe } from '../queue/terminal-safe.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 
@@ -116,14 +117,18 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
       const hold = await spool.readHold(id);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ ...envelope, held: hold }, null, 2)}\n`);
-        if (opts.message) process.stdout.write(`\n${(await spool.readMessage(id)).toString('utf8')}`);
+        if (opts.message) {
+          const message = await spool.readMessage(id);
+          process.stdout.write(`\n${(process.stdout.isTTY ? terminalSafe(message) : message).toString('utf8')}`);
+        }
         return 0;
       }
       const message = opts.envelope ? null : await spool.readMessage(id);
       process.stdout.write(formatMessageReport(envelope, hold));
       if (message) {
         process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
-        process.stdout.write(message); // the bytes as spooled (CRLF, 8-bit), as postcat prints them
+        // The bytes as spooled (CRLF, 8-bit), as postcat prints them; on a terminal, its control characters shown.
+        process.stdout.write(process.stdout.isTTY ? terminalSafe(message) : message);
         process.stdout.write(`${message.length && message.at(-1) !== 0x0a ? '\n' : ''}*** END OF MESSAGE ${id} ***\n`);
       }
       return 0;

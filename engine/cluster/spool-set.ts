@@ -36,6 +36,11 @@ export class SpoolSet {
     this.root = home.root;
   }
 
+  /** The data folder's reserve for the queue's bookkeeping (in the home spool's folder). */
+  get reserve(): Spool['reserve'] { return this.home.reserve; }
+  /** Free space of the spools' filesystem (the home spool's). */
+  get freeSpace(): Spool['freeSpace'] { return this.home.freeSpace; }
+
   /** Worker spools on disk now, also those of workers a smaller `workers` setting no longer starts. */
   #all(): Spool[] {
     let names: string[] = [];
@@ -153,6 +158,6 @@ export class SpoolSet {
 }
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
-export type QueueSpool = Pick<SpoolSet, 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
+export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
   | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'remove'
   | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;

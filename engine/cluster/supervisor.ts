@@ -28,6 +28,7 @@ import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
 import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
+import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
@@ -166,7 +167,8 @@ export class Supervisor {
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
     // One server per data directory; the children run under this lock (they start with lockDir: false).
-    const lock = acquireDirectoryLock(loaded.config.dataDir);
+    const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
+    if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
+import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
@@ -143,17 +144,37 @@ function resolvePaths(config: Config, baseDir: string): Config {
 
 interface PathProblem { path: PropertyKey[]; message: string }
 
+/**
+ * Every socket the server binds (listeners, policy services, the account page, the admin listener) against
+ * the ones before it: two on one port fail the start with EADDRINUSE, so `postern check` refuses them.
+ */
+function sharedPorts(c: Config): PathProblem[] {
+  const binds: Array<{ path: PropertyKey[]; name: string; listen: string }> = [
+    ...c.listeners.map((l, i) => ({ path: ['listeners', i, 'listen'], name: `listeners[${i}]`, listen: l.listen })),
+    ...c.policyServices.map((p, i) => ({ path: ['policyServices', i, 'listen'], name: `policyServices[${i}]`, listen: p.listen })),
+    ...(c.accounts ? [{ path: ['accounts', 'listen'], name: 'accounts.listen', listen: c.accounts.listen }] : []),
+    ...(c.admin ? [{ path: ['admin', 'listen'], name: 'admin.listen', listen: c.admin.listen }] : []),
+  ];
+  const out: PathProblem[] = [];
+  binds.forEach((b, i) => {
+    for (const earlier of binds.slice(0, i)) {
+      const why = b.listen.startsWith('unix:') ? (b.listen === earlier.listen ? 'the same socket file' : null) : listenOverlap(earlier.listen, b.listen);
+      if (!why) continue;
+      out.push({ path: b.path, message: `address already used by ${earlier.name} (${earlier.listen}: ${why})` });
+      break;
+    }
+  });
+  return out;
+}
+
 /** Rules that span fields: things the schema alone cannot say. */
 function crossCheck(c: Config): PathProblem[] {
   const out: PathProblem[] = [];
   const seenNames = new Map<string, number>();
-  const seenAddr = new Map<string, number>();
   c.listeners.forEach((l, i) => {
     const at = (...p: PropertyKey[]): PropertyKey[] => ['listeners', i, ...p];
     if (seenNames.has(l.name)) out.push({ path: at('name'), message: `duplicate listener name (also listeners[${seenNames.get(l.name)}])` });
     seenNames.set(l.name, i);
-    if (seenAddr.has(l.listen) && !l.listen.endsWith(':0')) out.push({ path: at('listen'), message: `address already used by listeners[${seenAddr.get(l.listen)}]` });
-    seenAddr.set(l.listen, i);
     const port = Number(l.listen.slice(l.listen.lastIndexOf(':') + 1));
     if (port > 65535) out.push({ path: at('listen'), message: 'port must be 0-65535 (0: any free port)' });
     const tls = l.tls.mode !== 'none';
@@ -181,8 +202,6 @@ function crossCheck(c: Config): PathProblem[] {
     const at = (...q: PropertyKey[]): PropertyKey[] => ['policyServices', i, ...q];
     if (seenNames.has(p.name)) out.push({ path: at('name'), message: 'name already used by a listener or policy service' });
     seenNames.set(p.name, i);
-    if (seenAddr.has(p.listen) && !p.listen.endsWith(':0')) out.push({ path: at('listen'), message: 'address already used by a listener or policy service' });
-    seenAddr.set(p.listen, i);
     for (const [key, table] of [['certificateIdentity', p.certificateIdentity.pins], ['relayClientCertificatesTable', p.relayClientCertificatesTable]] as const) {
       if (table && !(table in c.tables)) out.push({ path: at(key), message: `no table named "${table}" under tables` });
     }
@@ -190,6 +209,7 @@ function crossCheck(c: Config): PathProblem[] {
       out.push({ path: at('certificateIdentity', 'pins'), message: 'pins are SPKI SHA-256: needs fingerprintDigest sha256 (Postfix smtpd_tls_fingerprint_digest = sha256)' });
     }
   });
+  out.push(...sharedPorts(c));
   if (c.listeners.length === 0 && c.policyServices.length === 0) out.push({ path: ['listeners'], message: 'needs at least one listener (or a policy service)' });
   const d = c.delivery;
   if (d.tls.clientCertificate && !(d.tls.clientCertificate in d.clientCertificates)) {

@@ -15,6 +15,15 @@ const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'exp
   .meta({ format: '`address:port`' });
 const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
 
+/**
+ * A time a timer waits for: Node's timers take at most 2^31-1 ms (about 24.8 days) and run a longer one
+ * after 1 ms, so a mistaken huge timeout would time out everything at once, and a scan interval spin.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const timerMs = () => z.number().int().positive()
+  .max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24.8 days): a timer runs a longer time after 1 ms`)
+  .meta({ unit: 'ms' });
+
 const tlsSchema = z.strictObject({
   mode: z.enum(['none', 'starttls', 'implicit']).default('none')
     .describe('`none`: plaintext only. `starttls`: EHLO offers STARTTLS. `implicit`: TLS from the first byte (port 465 style), with no STARTTLS.'),
@@ -68,11 +77,11 @@ const limitsSchema = z.strictObject({
     .describe('An IPv6 client is counted by its network of this many bits, not by its address, for `maxConnectionsPerIp`, `connectionsPerIpInStore` and `authFailuresPerIp` (and, on the account page of this listener, `accounts.maxConnectionsPerIp` and its failed sign-ins): a host usually has a whole /64, so per address one client could open `maxConnectionsPerIp` connections, and make `authFailuresPerIp` guesses, from each of its 2^64 addresses (mox counts by /64 too; Postfix 3.9 has `smtpd_client_ipv6_prefix_length`). 128 counts each address. IPv4 clients are always counted by their address. Logs, decision lines, scripts and `Received:` show the address itself.'),
   connectionsPerIpInStore: z.boolean().default(false)
     .describe('Count `maxConnectionsPerIp` in the [store](#store) as well, so that with `store.redis` the limit holds over every server sharing that Redis (and key prefix): each open connection holds a lease there from its greeting to its close, renewed by its server, and expiring `store.redis.connectionLeaseSeconds` after a server that died last renewed it. Over the limit: `421 4.7.0 Too many connections from your address`. When the store cannot be reached, every new connection to this listener gets `421 4.7.0 Connection limit cannot be checked, try again later` (fail closed); listeners without this option are not affected. Listeners that should share the count need the same `name` on every server. Without `store.redis` nothing changes (a warning at start says so): the server\'s own count already covers all its worker processes. See [scaling.md](scaling.md#connections-per-address-over-both-nodes).'),
-  tlsHandshakeTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(10_000)
+  tlsHandshakeTimeoutMs: timerMs().default(10_000)
     .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
-  socketTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5 * 60_000)
+  socketTimeoutMs: timerMs().default(5 * 60_000)
     .describe('Idle timeout, and the time the client has to send each line (a command, or a line of its message) once it began it: a line still not complete this long after its first byte ends the connection as idleness does, whatever bytes came meanwhile (as Exim\'s `smtp_receive_timeout`, Postfix\'s `smtpd_per_record_deadline`), so a client sending a byte every few seconds cannot keep its connection and its slot. Either way the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed. Neither counts while the client waits for Postern (a script deciding, the commit of its message). The TLS handshake has its own `tlsHandshakeTimeoutMs`, the PROXY header `proxyProtocol.headerTimeoutMs`.'),
-  dataTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(60 * 60_000)
+  dataTimeoutMs: timerMs().default(60 * 60_000)
     .describe('The whole message, from the `354` after DATA to its final `.`, must arrive within this time, or the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed (sendmail\'s `Timeout.datablock`). `socketTimeoutMs` bounds each line; this bounds a client that sends each line just in time, which could otherwise hold its connection for as long as its message may grow. The default lets a `maxMessageSize` message of 25 MiB arrive at 7 KB/s.'),
   greetingDelayMs: z.number().int().min(0).max(60_000).meta({ unit: 'ms' }).optional()
     .meta({ defaultText: '`0` when `auth.mechanisms` is non-empty or `auth.required` is set, else `100`' })
@@ -132,7 +141,7 @@ export const listenerSchema = z.strictObject({
     trusted: z.array(z.string().refine((t) => parseCidr(t) !== null, 'expected an address or CIDR, e.g. 10.0.0.0/24 or fd00::/64'))
       .min(1).meta({ format: 'addresses / CIDRs' })
       .describe('Load balancers allowed to send the header, as addresses or CIDRs (IPv4 and IPv6). A connection from any other address is closed at once, without a reply; so is one from a trusted address whose header is missing, malformed or late.'),
-    headerTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
+    headerTimeoutMs: timerMs().default(5000)
       .describe('Time from the TCP accept to a complete header; later, the connection is closed.'),
   }).optional().meta({ defaultText: 'off' })
     .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
@@ -179,7 +188,7 @@ export const policyServiceSchema = z.strictObject({
     maxLineBytes: z.number().int().min(64).meta({ unit: 'bytes' }).default(8192)
       .describe('Longest attribute line. A longer one is answered with `failureAction` and the connection is closed.'),
     maxAttributes: z.number().int().positive().default(200).describe('Attributes in one request; more are answered with `failureAction` and the connection is closed.'),
-    idleTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(330_000)
+    idleTimeoutMs: timerMs().default(330_000)
       .describe('A connection idle this long is closed (Postfix closes its own after `smtpd_policy_service_max_idle`, 300 s).'),
   }).prefault({}).describe('Per-service connection and request limits.'),
 });
@@ -249,11 +258,11 @@ const deliverySchema = z.strictObject({
   maxAgeHours: z.number().positive().meta({ unit: 'hours' }).default(120)
     .describe('A message still undelivered this long after it was accepted bounces at its next failed attempt.'),
   heloName: z.string().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
-  connectTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(30_000)
+  connectTimeoutMs: timerMs().default(30_000)
     .describe('Time limit for the connection, the greeting and the TLS handshake.'),
-  commandTimeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(300_000)
+  commandTimeoutMs: timerMs().default(300_000)
     .describe('Time limit for each reply of the next hop, from when it is awaited, however its bytes trickle in; the message itself must go out at 1 byte/ms at least beyond it.'),
-  scanIntervalMs: z.number().int().positive().meta({ unit: 'ms' }).default(5000)
+  scanIntervalMs: timerMs().default(5000)
     .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')
     .describe('How next-hop host names become addresses. `dns`: A and AAAA queries (`/etc/hosts` is not read). `native`: the system resolver (getaddrinfo: `/etc/hosts` first), as Postfix `smtp_host_lookup = native`. MX records always come from DNS.'),
@@ -274,7 +283,7 @@ export const configSchema = z.strictObject({
   tables: z.record(z.string(), tableSchema).default({})
     .describe('Lookup tables for `lookup()` in scripts and for `certificateIdentity.pins`, by name: a path (postfix format, case-insensitive keys) or an object.'),
   sandbox: z.strictObject({
-    timeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(100)
+    timeoutMs: timerMs().default(100)
       .describe('Time limit of one script call. Top-level code, run once per isolate when it loads, gets `max(1000, timeoutMs)`.'),
     memoryLimitMb: z.number().int().min(8).meta({ unit: 'MiB' }).default(32).describe('Heap limit of each isolate.'),
     isolates: z.number().int().positive().max(64).default(2)
@@ -298,7 +307,7 @@ export const configSchema = z.strictObject({
         .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.'),
       keyPrefix: z.string().default('postern:')
         .describe('Put in front of every key. Servers that should count together (one limit over several machines) use the same prefix; unrelated ones a different one.'),
-      timeoutMs: z.number().int().positive().meta({ unit: 'ms' }).default(50)
+      timeoutMs: timerMs().default(50)
         .describe('Time limit of one store operation (one round trip). Keep it below `sandbox.timeoutMs`: a script\'s call waits for it within its own time limit.'),
       connectionLeaseSeconds: z.number().int().min(2).max(3600).meta({ unit: 'seconds' }).default(30)
         .describe('For `limits.connectionsPerIpInStore`: how long a connection\'s slot lasts without renewal. Each server renews the slots of its open connections every third of this (one round trip for all), so the slots of a server (or worker process) that died, or lost Redis, are free again at most this long after its last renewal.'),
@@ -311,7 +320,7 @@ export const configSchema = z.strictObject({
   dns: z.strictObject({
     servers: z.array(z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port')).default([]).meta({ defaultText: '`[]` (the system\'s)' })
       .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),
-    timeoutMs: z.number().int().positive().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
+    timeoutMs: timerMs().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
       .describe('The most one lookup may take (a script may ask for less); then it answers `{ ok: false, error: "timeout" }`. A script waits for DNS within its own time limit, so this must be below `sandbox.timeoutMs`: raise that for scripts that use DNS.'),
   }).prefault({}).describe('DNS for scripts. See [scripts.md § DNS](scripts.md#dns).'),
   log: z.strictObject({

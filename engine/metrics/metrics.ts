@@ -152,6 +152,22 @@ export function refusalCounted(stage: string, responseCode: number, reason: stri
   metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx', reason ?? 'unknown');
 }
 
+/**
+ * Distinct next_hop values one process reports. Each is a series kept for the process's life, and where mail
+ * goes is not the operator's to bound: MX routing sends to whatever host each recipient domain (or a
+ * bounce's sender domain) names, and whoever controls that DNS names as many as it likes. Past this many,
+ * deliveries count under `other` (the log line of each still names its relay).
+ */
+const MAX_NEXT_HOPS = 100;
+const nextHops = new Set<string>();
+
+/** A recipient's delivery outcome: `remoteMta` is `host[address]:port` (the address left out: one label per next hop, not per address). */
+export function deliveryCounted(result: string, remoteMta: string | null): void {
+  const hop = remoteMta === null ? 'none' : remoteMta.replace(/\[[^\]]*\](?=:\d+$)/, '');
+  if (!nextHops.has(hop) && nextHops.size < MAX_NEXT_HOPS) nextHops.add(hop);
+  metrics.deliveries.inc({ result, next_hop: nextHops.has(hop) ? hop : 'other' });
+}
+
 /** A message acknowledged after DATA. */
 export function messageAccepted(listener: string, bytes: number, commitSeconds: number): void {
   metrics.spoolCommit.observe(commitSeconds);

@@ -23,6 +23,9 @@ import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { spoolBounce } from './bounce.ts';
+import { statfs } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { isNoSpace } from '../spool/reserve.ts';
 import type { FailedRecipient } from './dsn.ts';
 
 /** Errors kept per message for `previousErrors` and `postern queue show`. */
@@ -110,6 +113,7 @@ export class QueueRunner {
   start(): void {
     if (this.#started) return;
     this.#started = true;
+    this.#keepReserve();
     if (!this.#delivery().enabled) this.#log.info('delivery disabled (no delivery section, or delivery.enabled: false): accepted mail stays in the spool');
     const tick = (): void => {
       void this.scan().finally(() => {
@@ -157,6 +161,7 @@ export class QueueRunner {
 
   async #scanOnce(): Promise<void> {
     if (this.#closing) return;
+    this.#keepReserve();
     // Delivery on or off, what `postern queue` did is logged (who, what).
     if (this.#operationsRoot) await logQueueOperations(this.#operationsRoot, this.#log);
     const delivery = this.#delivery();
@@ -215,6 +220,38 @@ export class QueueRunner {
     this.#kick();
   }
 
+  /**
+   * Keep the spool's reserve (engine/spool/reserve.ts): made at start, and again once there is room after a
+   * full disk made the runner use it. Off the scan's path: the write goes to the thread pool.
+   */
+  #keepReserve(): void {
+    const reserve = this.#spool.reserve;
+    const state = reserve.state;
+    if (state === 'kept') return;
+    const floor = this.#generation().config.spool.minFreeBytes;
+    void statfs(dirname(reserve.path))
+      .then((fs) => reserve.keep(fs.bavail * fs.bsize, floor))
+      .then((made) => {
+        if (made && state === 'released') this.#log.warn({ reserve: reserve.path }, 'spool: there is room again and the reserve is kept again: new mail is taken again');
+      }, (err: unknown) => this.#log.warn({ reserve: reserve.path, err: (err as Error).message }, 'spool: the reserve for the queue\'s bookkeeping could not be made'));
+  }
+
+  /** The disk is full: release the reserve so that outcomes can be recorded and finished segments go. False: none left. */
+  #useReserve(): boolean {
+    let released: boolean;
+    try {
+      released = this.#spool.reserve.release();
+    } catch (err) {
+      this.#log.error({ reserve: this.#spool.reserve.path, err: (err as Error).message }, 'spool: the disk is full and the reserve cannot be released');
+      return false;
+    }
+    if (released) {
+      this.#log.error({ reserve: this.#spool.reserve.path, bytes: this.#spool.reserve.bytes },
+        'spool: the disk is full: the reserve is released for the queue\'s bookkeeping; new mail is refused (452 4.3.1) until there is room again');
+    }
+    return released;
+  }
+
   /** After a reload, read the outbound certificates once so a broken rotation is logged right away. */
   #preloadMaterial(): void {
     const gen = this.#generation();
@@ -240,7 +277,8 @@ export class QueueRunner {
       const run = this.#attempt(id)
         .catch((err: unknown) => {
           this.#log.error({ id, err }, 'delivery attempt failed');
-          if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(this.#delivery(), 1)));
+          const now = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(this.#delivery(), 1);
+          if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + now));
         })
         .finally(() => {
           this.#active.delete(id);
@@ -441,6 +479,7 @@ export class QueueRunner {
       } catch (err) {
         // No bounce, no verdict: keep the recipients pending and try again later.
         this.#log.error({ id, err }, 'cannot spool the bounce; the failed recipients stay queued');
+        if (isNoSpace(err)) this.#useReserve();
         for (const r of recipients) if (newlyBounced.has(r.address)) delete r.status;
         newlyBounced.clear();
       }
@@ -474,7 +513,9 @@ export class QueueRunner {
       // Delivered or bounced is final even if the disk cannot say so yet: remembered here, written later.
       this.#unrecorded.set(id, state);
       this.#log.error({ id, err }, 'cannot record the outcome of a delivery attempt in the spool; kept in memory and retried, no recipient is sent to twice');
-      if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(delivery, 1)));
+      // A full disk: with the reserve's room, recorded at once.
+      const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
+      if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
       if (bounceId) this.notify(bounceId);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;

@@ -19,6 +19,7 @@ import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import type { SpoolEnvelope, SpoolHold, SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
 import { FreeSpace } from './free-space.ts';
+import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
@@ -42,6 +43,8 @@ export class Spool {
   readonly journalDir: string;
   /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
   readonly freeSpace: FreeSpace;
+  /** Room kept for the queue's bookkeeping on a full disk (reserve.ts); the queue runner keeps and uses it. */
+  readonly reserve: SpoolReserve;
   readonly #dirSync: DirectorySyncer;
   /** The server's journal (after init()). */
   #journal: Journal | null = null;
@@ -57,14 +60,17 @@ export class Spool {
   /**
    * `journalSegmentBytes`: smaller segments for a spool another process reads as it grows (a worker's:
    * the queue process reopens the journal to see new records, and reopening reads every segment).
+   * `reserve`: the data folder's reserve file (default `<root>/reserve`): a worker's spool is refused new
+   * mail while the queue runner uses it.
    */
-  constructor(root: string, opts: { journalSegmentBytes?: number } = {}) {
+  constructor(root: string, opts: { journalSegmentBytes?: number; reserve?: string } = {}) {
     this.#segmentBytes = opts.journalSegmentBytes;
     this.root = root;
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
     this.journalDir = join(root, 'journal');
-    this.freeSpace = new FreeSpace(root);
+    this.reserve = new SpoolReserve(opts.reserve ?? join(root, 'reserve'));
+    this.freeSpace = new FreeSpace(root, this.reserve.path);
     this.#dirSync = new DirectorySyncer(this.queueDir);
   }
 

@@ -66,14 +66,27 @@ local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return value`;
 
-/** Record one failure time in a sorted set, drop those before the window, count the rest. */
-const FAILURE_ADD = `
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+/**
+ * AUTH failures: one sorted set per address, each failure scored with its time on Redis's own clock (TIME),
+ * as the connection slots are. On each server's clock, a server whose clock ran behind recorded failures
+ * the others took for expired (and the others' adds deleted them), and one ahead deleted theirs at its
+ * every add: an attacker spreading guesses over the servers passed the limit. ARGV[1] is the window (ms).
+ */
+const REDIS_NOW = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+/** Record one failure (ARGV[2]: a unique member), drop those before the window, count the rest. */
+const FAILURE_ADD = `${REDIS_NOW}
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return redis.call('ZCARD', KEYS[1])`;
 
-const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD) };
+/** The failures within the window. */
+const FAILURE_COUNT = `${REDIS_NOW}
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')`;
+
+const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD), failureCount: luaScript(FAILURE_COUNT) };
 
 /**
  * Calls sent and not yet answered, at most: each keeps memory in the client until its reply, and a
@@ -83,6 +96,9 @@ const MAX_UNANSWERED = 1000;
 
 /** rate() calls of one turn per command at most: one script run holds Redis for all of them. */
 const MAX_RATES_PER_COMMAND = 100;
+
+/** After a READONLY answer the connection is made again, at most this often (ms). */
+const RECONNECT_AFTER_READONLY_MS = 1000;
 
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
@@ -97,6 +113,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #deadlines = new DeadlineQueue();
   #down = false;
   #closed = false;
+  /** When the connection was last dropped for a READONLY answer (performance.now()), see #reconnect. */
+  #reconnectedAt = Number.NEGATIVE_INFINITY;
   /** Calls given to the client whose reply (or failure) has not come, timed out ones included. */
   #unanswered = 0;
   /** rate() calls of this turn not sent yet: they go as one command at its end (#sendRates). */
@@ -155,15 +173,17 @@ export class RedisCounterStore implements CounterStore {
     return integer(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)), 'add()');
   }
 
+  /** The window is what the limiter asks for (`now - since`); the times themselves are Redis's (FAILURE_ADD). */
   authFailures(): AuthFailureStore {
     return {
       add: async (ip, now, since) => {
         // A unique member per failure: two at the same millisecond are two failures.
         const member = `${now}:${randomBytes(6).toString('hex')}`;
         return integer(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
-          [String(now), String(since), member, String(Math.max(1, now - since))]), 'an AUTH failure');
+          [String(Math.max(1, now - since)), member]), 'an AUTH failure');
       },
-      count: async (ip, since) => integer(await this.#send(['ZCOUNT', this.#prefix + STORE_KEYS.authFailures(ip), `(${since}`, '+inf']), 'AUTH failures'),
+      count: async (ip, since) => integer(await this.#eval(SCRIPTS.failureCount, [this.#prefix + STORE_KEYS.authFailures(ip)],
+        [String(Math.max(1, Date.now() - since))]), 'AUTH failures'),
     };
   }
 
@@ -237,7 +257,28 @@ export class RedisCounterStore implements CounterStore {
       command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
+    readOnly: (message) => this.#reconnect(message),
   };
+
+  /**
+   * Redis answered READONLY: this connection reaches a replica now. After a failover behind a proxy, a
+   * virtual address or a DNS name (HAProxy checking for the master, Sentinel-managed or cloud Redis), the
+   * connection made to the old master stays open to it, demoted, and every write failed closed for good
+   * while the store looked reachable. A new connection reaches whatever is master now: at most one a second,
+   * in case it is still a replica.
+   */
+  #reconnect(message: string): void {
+    const now = performance.now();
+    if (this.#closed || now - this.#reconnectedAt < RECONNECT_AFTER_READONLY_MS) return;
+    this.#reconnectedAt = now;
+    if (!this.#down) {
+      this.#down = true;
+      metrics.storeUnreachable.set(1);
+      this.#log.error({ err: { message } }, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
+    }
+    this.#client.destroy();
+    this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+  }
 }
 
 /**
@@ -297,6 +338,8 @@ interface CommandOwner {
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
   resend(args: string[], calls: number): Promise<unknown>;
+  /** Redis answered READONLY: the connection reaches a replica. */
+  readOnly(message: string): void;
 }
 
 /**
@@ -343,7 +386,8 @@ class PendingCommand implements Waiting {
     this.#owner.replied(this);
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
-    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
-    else this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
+    if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
+    if (message.startsWith('READONLY')) this.#owner.readOnly(message);
+    this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
   };
 }

@@ -53,6 +53,54 @@ test('duplicate listener names and addresses are refused', () => {
   assert.ok(p.some((l) => /listeners\[1\]\.listen: address already used/.test(l)));
 });
 
+test('a wildcard address takes its port on every address: listeners, policy services, admin and account page on it are refused', () => {
+  const p = problems(`listeners:
+  - { name: a, listen: "0.0.0.0:2525" }
+  - { name: b, listen: "127.0.0.1:2525" }
+  - { name: c, listen: "[::1]:2525" }
+  - { name: d, listen: "[::]:587" }
+  - { name: e, listen: "192.0.2.1:587" }
+  - { name: f, listen: "127.0.0.1:0" }
+  - { name: g, listen: "127.0.0.1:0" }
+policyServices:
+  - { name: p, listen: "127.0.0.1:2525" }
+admin: { listen: "localhost:9325" }
+accounts: { listen: "[::]:9325", listener: a }
+`);
+  assert.ok(p.some((l) => /:3:\d+: listeners\[1\]\.listen: address already used by listeners\[0\] \(0\.0\.0\.0:2525: 0\.0\.0\.0:2525 takes port 2525 on every IPv4 address\)/.test(l)), p.join('\n'));
+  assert.ok(!p.some((l) => /listeners\[2\]\.listen/.test(l)), 'an IPv6 address beside 0.0.0.0 binds');
+  assert.ok(p.some((l) => /listeners\[4\]\.listen: address already used by listeners\[3\] .*\[::\]:587 takes port 587 on every address, IPv4 too/.test(l)), p.join('\n'));
+  assert.ok(!p.some((l) => /listeners\[6\]\.listen/.test(l)), 'port 0 is any free port');
+  assert.ok(p.some((l) => /policyServices\[0\]\.listen: address already used by listeners\[0\]/.test(l)), p.join('\n'));
+  assert.ok(p.some((l) => /admin\.listen: address already used by accounts\.listen \(\[::\]:9325/.test(l)), p.join('\n'));
+});
+
+test('a time longer than a timer can wait is refused at its line (Node would run it after 1 ms)', () => {
+  const p = problems(`listeners:
+  - name: a
+    listen: 127.0.0.1:25
+    limits: { socketTimeoutMs: 3000000000 }
+delivery:
+  scanIntervalMs: 2147483648
+  commandTimeoutMs: 2147483647
+sandbox:
+  timeoutMs: 99999999999
+`);
+  assert.ok(p.some((l) => /^\/etc\/postern\.yaml:4:\d+: listeners\[0\]\.limits\.socketTimeoutMs: at most 2147483647 ms/.test(l)), p.join('\n'));
+  assert.ok(p.some((l) => /^\/etc\/postern\.yaml:6:\d+: delivery\.scanIntervalMs: at most 2147483647 ms/.test(l)), p.join('\n'));
+  assert.ok(p.some((l) => /^\/etc\/postern\.yaml:9:\d+: sandbox\.timeoutMs: at most/.test(l)), p.join('\n'));
+  assert.ok(!p.some((l) => /commandTimeoutMs/.test(l)), 'the longest a timer takes is allowed');
+});
+
+test('postern check refuses listeners that would fail the start on one port, at the line', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-cfg-'));
+  const file = join(dir, 'postern.yaml');
+  writeFileSync(file, `dataDir: ${JSON.stringify(join(dir, 'data'))}\nlisteners:\n  - { name: a, listen: "0.0.0.0:42525" }\n  - { name: b, listen: "127.0.0.1:42525" }\n`);
+  const r = spawnSync(process.execPath, ['engine/cli/main.ts', 'check', '--config', file], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:4:\\d+: listeners\\[1\\]\\.listen: address already used by listeners\\[0\\]`));
+});
+
 test('relative paths resolve against the configuration folder', () => {
   const { config } = parseConfig('dataDir: data\nlisteners:\n  - { name: a, listen: "127.0.0.1:25", tls: { mode: implicit, cert: c.pem, key: k.pem } }\n', '/srv/p/postern.yaml', '/srv/p');
   assert.equal(config.dataDir, '/srv/p/data');

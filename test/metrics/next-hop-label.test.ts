@@ -64,5 +64,5 @@ test('past 100 distinct next hops, deliveries are counted under next_hop="other"
   const labels = nextHopLabels(await registry.getSingleMetricAsString('postern_deliveries_total'));
   assert.equal(labels.size, 101, [...labels.keys()].join(' '));
   assert.equal(labels.get('other'), DOMAINS - 100);
-  assert.ok([...labels.keys()].every((k) => k === 'other' || /^mx\d+\.test\[127\.0\.0\.1\]:\d+$/.test(k)));
+  assert.ok([...labels.keys()].every((k) => k === 'other' || /^mx\d+\.test:\d+$/.test(k)));
 });

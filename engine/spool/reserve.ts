@@ -1,0 +1,106 @@
+/**
+ * Room kept back on the spool's filesystem for the queue's bookkeeping: `<dataDir>/spool/reserve`, a file of
+ * RESERVE_BYTES. When the disk is full, a message a next hop accepted cannot be marked done (a journal's done
+ * line, a state file), and a journal segment is only deleted once all of its messages are: a spool that had
+ * filled the disk itself (`spool.minFreeBytes: 0`, or a burst faster than the floor is checked) stayed full
+ * for ever, every new message refused and everything delivered kept, to be delivered again at the next start.
+ *
+ * On such a failure the queue runner releases the reserve (cuts the file to nothing, which needs no room),
+ * records what it could not, and the segments it finishes are deleted. While the file is empty every process
+ * refuses new mail as below the spool's floor (free-space.ts), so the room goes to the bookkeeping; the
+ * runner makes the reserve again once there is twice its size free above the floor.
+ */
+import { statSync, truncateSync } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { acquireDirectoryLock, type DirectoryLock } from './data-dir-lock.ts';
+
+export const RESERVE_BYTES = 4 * 1024 * 1024;
+
+/** What a process reading the file sees: `absent` (never made: nothing refused), `kept`, or `released`. */
+export type ReserveState = 'absent' | 'kept' | 'released';
+
+export function reserveState(path: string): ReserveState {
+  try {
+    return statSync(path).size > 0 ? 'kept' : 'released';
+  } catch {
+    return 'absent';
+  }
+}
+
+export class SpoolReserve {
+  readonly path: string;
+  readonly bytes: number;
+
+  constructor(path: string, bytes = RESERVE_BYTES) {
+    this.path = path;
+    this.bytes = bytes;
+  }
+
+  get state(): ReserveState { return reserveState(this.path); }
+
+  /**
+   * Make the reserve when it is absent or released and `freeBytes` leaves twice its size above `floor`.
+   * Random bytes, not zeros, which a compressing filesystem would not store. Written on the thread pool (a
+   * slow disk must not hold the event loop). Resolves true when it was made now.
+   */
+  keep(freeBytes: number, floor: number): Promise<boolean> {
+    if (this.#making || this.state === 'kept' || freeBytes < floor + 2 * this.bytes) return Promise.resolve(false);
+    this.#making = this.#make().finally(() => { this.#making = null; });
+    return this.#making;
+  }
+
+  #making: Promise<boolean> | null = null;
+
+  async #make(): Promise<boolean> {
+    const tmp = `${this.path}.new`;
+    try {
+      const handle = await open(tmp, 'w', 0o600);
+      try {
+        const chunk = randomBytes(256 * 1024);
+        for (let at = 0; at < this.bytes;) at += (await handle.write(chunk, 0, Math.min(chunk.length, this.bytes - at))).bytesWritten;
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tmp, this.path);
+      return true;
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  /** Give the room back to the filesystem (the file stays, empty: the mark that it was used). True if it held any. */
+  release(): boolean {
+    if (this.state !== 'kept') return false;
+    truncateSync(this.path, 0);
+    return true;
+  }
+}
+
+/** The filesystem is full (or the user's quota used up). */
+export function isNoSpace(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/** The data folder's reserve file. */
+export function reservePath(dataDir: string): string {
+  return join(dataDir, 'spool', 'reserve');
+}
+
+/**
+ * acquireDirectoryLock, also on a full disk: a process of `postern serve` replaced there (or the whole server
+ * restarted) could not write its lock file, so the queue process that would free the disk by delivering never
+ * came back. Then the reserve is released for it (`released` says so: log it) and the lock taken again.
+ */
+export function lockEvenWhenFull(dir: string, dataDir: string): { lock: DirectoryLock; released: boolean } {
+  try {
+    return { lock: acquireDirectoryLock(dir), released: false };
+  } catch (err) {
+    if (!isNoSpace(err) || !new SpoolReserve(reservePath(dataDir)).release()) throw err;
+    return { lock: acquireDirectoryLock(dir), released: true };
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * The spool fills its own filesystem (a tmpfs of its own here, `spool.minFreeBytes: 0`): new mail gets a 4xx,
+ * never a 250 that is lost. Then delivery: the next hop takes every message, but a message leaves a journal
+ * only once it is marked done, which needs room, and a segment is deleted only once all of its messages are
+ * done. Without room kept back for that, the disk stayed full for good, every new message refused and all
+ * that was delivered kept to be delivered again at the next start. With the spool's reserve (released for
+ * the bookkeeping, made again once there is room) the delivered mail leaves the disk and mail flows again.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, statfsSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { deliveryToSink, greeted, ONE_WORKER, startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { until } from '../helpers/wait.ts';
+import { RESERVE_BYTES } from '../../engine/spool/reserve.ts';
+
+/** A filesystem of the test's own, so that filling it harms nothing else (root only: mount). */
+function smallFilesystem(megabytes: number): { dir: string; unmount(): void } | string {
+  if (process.getuid?.() !== 0) return 'needs root, to mount a small tmpfs for the spool';
+  const dir = mkdtempSync(join(tmpdir(), 'postern-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', dir], { stdio: 'pipe' });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    return `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0]}`;
+  }
+  return {
+    dir,
+    unmount() {
+      execFileSync('umount', ['-l', dir]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const fs = smallFilesystem(32);
+const skip = typeof fs === 'string' ? fs : false;
+const fs2 = smallFilesystem(32);
+const skip2 = typeof fs2 === 'string' ? fs2 : false;
+/** ~400 KB: a journal record each (up to 1 MiB), so the journal is what fills the disk. */
+const BODY = `${'x'.repeat(76)}\r\n`.repeat(5000);
+
+/** Send ~400 KB messages until a few in a row are refused (4xx, never 5xx); the subjects of those accepted. */
+async function fill(c: ClusterProcess, filesystem: string): Promise<string[]> {
+  const acked: string[] = [];
+  let refusedInARow = 0;
+  for (let i = 0; refusedInARow < 3 && i < 200; i++) {
+    const client = await greeted(c);
+    const r = await client.sendMail('a@example.test', ['b@example.test'], `Subject: fill ${i}\r\n\r\n${BODY}`);
+    await client.quit();
+    if (r.code === 250) {
+      acked.push(`fill ${i}`);
+      refusedInARow = 0;
+    } else {
+      assert.ok(r.code >= 400 && r.code < 500, `a full disk defers, it does not refuse for good: ${r.text}`);
+      refusedInARow++;
+    }
+  }
+  assert.ok(acked.length > 10 && refusedInARow === 3, `the disk filled up (${acked.length} accepted)`);
+  const free = statfsSync(filesystem);
+  assert.ok(free.bavail * free.bsize < 1024 * 1024, 'less than 1 MiB left');
+  return acked;
+}
+
+/** Until a new message gets 250 (4xx meanwhile, never 5xx). */
+async function acceptedAgain(c: ClusterProcess, subject: string): Promise<void> {
+  await until('a new message accepted', async () => {
+    const client = await SmtpTestClient.connect(c.port('in'));
+    try {
+      await client.read(30_000);
+      await client.command('EHLO client.test', 30_000);
+      const r = await client.sendMail('a@example.test', ['b@example.test'], `Subject: ${subject}\r\n\r\nroom again\r\n`);
+      if (r.code !== 250) assert.ok(r.code >= 400 && r.code < 500, r.text);
+      return r.code === 250;
+    } finally {
+      await client.quit();
+    }
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+}
+
+const subjectsOf = (sink: Sink): string[] => sink.messages.map((m) => /^Subject: (.*)$/m.exec(m.data.toString())?.[1] ?? '');
+
+test('a spool that filled its disk: no 250 is lost, delivered mail leaves the disk, and new mail is taken again', { skip, timeout: 300_000 }, async () => {
+  const mount = fs as Exclude<typeof fs, string>;
+  const sink = await startSink({});
+  const dataDir = join(mount.dir, 'data');
+  const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
+  const c = await startCluster({ config: base, dataDir });
+  try {
+    const reserve = join(dataDir, 'spool', 'reserve');
+    await c.waitFor('the reserve', () => { try { return statSync(reserve).size === RESERVE_BYTES; } catch { return false; } });
+
+    const acked = await fill(c, mount.dir);
+
+    // Delivery on (a reload): every message accepted reaches the next hop.
+    const config = join(c.dir, 'postern.yaml');
+    writeFileSync(config, `${readFileSync(config, 'utf8')}${deliveryToSink(sink.port, { retrySchedule: [1] })}`);
+    c.proc.kill('SIGHUP');
+    const subjects = (): string[] => subjectsOf(sink);
+    await until('every accepted message delivered', () => acked.every((s) => subjects().includes(s)), { timeoutMs: 120_000 });
+
+    // The delivered messages leave the disk: new mail is taken again (refused meanwhile, never lost).
+    await acceptedAgain(c, 'after');
+    await until('the new message delivered', () => subjects().includes('after'), { timeoutMs: 60_000 });
+    assert.ok(c.logs.some((l) => /the reserve is released for the queue's bookkeeping/.test(String(l.msg))), 'the reserve was used, and that is logged');
+    await c.waitFor('the reserve made again', () => statSync(reserve).size === RESERVE_BYTES);
+    assert.ok(c.logs.some((l) => /the reserve is kept again/.test(String(l.msg))));
+    for (const s of acked) assert.equal(subjects().filter((x) => x === s).length, 1, `${s} delivered once`);
+  } finally {
+    await c.stop();
+    await sink.close();
+    mount.unmount();
+  }
+});
+
+test('on a full disk a killed queue process comes back, and the whole server starts again (the reserve lets them take their locks)', { skip: skip2, timeout: 300_000 }, async () => {
+  const mount = fs2 as Exclude<typeof fs2, string>;
+  const sink = await startSink({});
+  const dataDir = join(mount.dir, 'data');
+  const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
+  let c = await startCluster({ config: base, dataDir });
+  try {
+    const reserve = join(dataDir, 'spool', 'reserve');
+    await c.waitFor('the reserve', () => { try { return statSync(reserve).size === RESERVE_BYTES; } catch { return false; } });
+    const acked = await fill(c, mount.dir);
+
+    // The queue process killed: replaced, on a disk without room for its lock file.
+    const queue = async (): Promise<{ pid: number | null; ready: boolean }> => (await c.cluster()).processes.find((p) => p.role === 'queue')!;
+    const killed = (await queue()).pid!;
+    process.kill(killed, 'SIGKILL');
+    await c.waitFor('a new queue process, ready', async () => { const q = await queue(); return q.ready && q.pid !== killed; });
+    assert.ok(c.logs.some((l) => /the reserve is released so that this process could start/.test(String(l.msg))), 'logged');
+
+    // The whole server stopped and started again on the full disk, now with delivery.
+    await c.stop();
+    c = await startCluster({ config: `${base}${deliveryToSink(sink.port, { retrySchedule: [1] })}`, dataDir });
+    await until('every accepted message delivered', () => acked.every((s) => subjectsOf(sink).includes(s)), { timeoutMs: 120_000 });
+    await acceptedAgain(c, 'after restart');
+    await until('the new message delivered', () => subjectsOf(sink).includes('after restart'), { timeoutMs: 60_000 });
+  } finally {
+    await c.stop();
+    await sink.close();
+    mount.unmount();
+  }
+});
