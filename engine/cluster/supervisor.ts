@@ -397,12 +397,20 @@ export class Supervisor {
         'PROXY protocol: connection from an untrusted address closed');
       return void socket.destroy();
     }
-    if (proxy || policy) {
-      this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
+    if (policy) {
+      this.#waiting.push({ listener, socket, policy, proxied: false });
+      return this.#dispatch();
+    }
+    const limits = this.#limits(listener);
+    if (proxy) {
+      // The client is named by the header a worker reads: here only the listener's count can be checked.
+      const key = `${listener} (behind a proxy)`;
+      if (limits && this.#queueFull(listener, key, { maxConnectionsPerIp: Infinity, maxConnections: limits.maxConnections })) return void socket.destroy();
+      this.#waitingCounts.add(listener, key);
+      this.#waiting.push({ listener, socket, policy, proxied: true, key });
       return this.#dispatch();
     }
     // As the worker's listener counts it: an IPv6 client by its network (counted-address.ts).
-    const limits = this.#limits(listener);
     const ip = countedAddress(clientAddress(socket), limits?.ipv6PrefixLength ?? 128);
     const key = `${listener} ${ip}`;
     if (limits && this.#queueFull(listener, key, limits)) return void socket.destroy();

@@ -9,20 +9,23 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
 import { startCluster, workerPid } from '../helpers/cluster.ts';
+import { proxyV1 } from '../helpers/proxy-header.ts';
 
 const LIMIT = 2;
 const CONNECTIONS = 16;
 
 /** A raw connection from `localAddress`; resolves once it is closed, with what it received. */
-async function open(port: number, localAddress: string): Promise<{ socket: net.Socket; outcome: Promise<string> }> {
+async function open(port: number, localAddress: string, header?: string | Buffer): Promise<{ socket: net.Socket; outcome: Promise<string> }> {
   const socket = net.connect({ host: '127.0.0.1', port, localAddress });
+  if (header !== undefined) socket.write(header);
   socket.on('error', () => undefined);
   let got = '';
   socket.on('data', (d: Buffer) => {
     got += d.toString('latin1');
     if (/\r\n/.test(got) && !socket.writableEnded) socket.end('QUIT\r\n'); // a reply came: leave
   });
-  const outcome = once(socket, 'close').then(() => got);
+  // Not once(): a reset (the header written, then the close) is an 'error', and it would reject.
+  const outcome = new Promise<string>((resolve) => socket.once('close', () => resolve(got)));
   await once(socket, 'connect');
   return { socket, outcome };
 }
@@ -30,6 +33,9 @@ async function open(port: number, localAddress: string): Promise<{ socket: net.S
 for (const [name, limits, address] of [
   ['one address over maxConnectionsPerIp', `maxConnectionsPerIp: ${LIMIT}`, (_i: number) => '127.0.4.1'],
   ['many addresses over maxConnections', `maxConnections: ${LIMIT}`, (i: number) => `127.0.5.${i + 1}`],
+  // A proxyProtocol listener: the balancer's connections (their headers unread while they wait) against maxConnections.
+  ['a balancer\'s connections over maxConnections', `maxConnections: ${LIMIT} }
+    proxyProtocol: { trusted: [127.0.0.1]`, (_i: number) => '127.0.0.1'],
 ] as const) {
   test(`${name} waiting for a worker: closed at accept, unanswered`, { timeout: 120_000 }, async () => {
     const c = await startCluster({
@@ -47,8 +53,9 @@ listeners:
       const pid = await workerPid(c, 0);
       process.kill(pid, 'SIGSTOP');
       const outcomes: Array<Promise<string>> = [];
+      const proxied = limits.includes('proxyProtocol');
       for (let i = 0; i < CONNECTIONS; i++) {
-        const o = await open(c.port('in'), address(i));
+        const o = await open(c.port('in'), address(i), proxied ? proxyV1(`192.0.2.${i + 1}`, 40_000 + i) : undefined);
         sockets.push(o.socket);
         outcomes.push(o.outcome);
       }
