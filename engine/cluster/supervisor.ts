@@ -399,30 +399,40 @@ export class Supervisor {
         'PROXY protocol: connection from an untrusted address closed');
       return void socket.destroy();
     }
-    if (proxy || policy) {
-      this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
+    if (policy) {
+      this.#waiting.push({ listener, socket, policy, proxied: false });
+      return this.#dispatch();
+    }
+    const limits = this.#limits(listener);
+    if (proxy) {
+      // The client is named by the header a worker reads: here only the listener's count can be checked.
+      const key = `${listener} (behind a proxy)`;
+      if (limits && this.#queueFull(listener, key, { maxConnectionsPerIp: Infinity, maxConnections: limits.maxConnections })) return void socket.destroy();
+      this.#waitingCounts.add(listener, key);
+      this.#waiting.push({ listener, socket, policy, proxied: true, key });
       return this.#dispatch();
     }
     // As the worker's listener counts it: an IPv6 client by its network (counted-address.ts).
-    const limits = this.#limits(listener);
     const ip = countedAddress(clientAddress(socket), limits?.ipv6PrefixLength ?? 128);
     const key = `${listener} ${ip}`;
-    if (limits && this.#overTwice(listener, key, limits)) return void socket.destroy();
+    if (limits && this.#queueFull(listener, key, limits)) return void socket.destroy();
     this.#waitingCounts.add(listener, key);
     this.#waiting.push({ listener, socket, policy, proxied: false, key, ip });
     this.#dispatch();
   }
 
   /**
-   * One more connection would put its client (or the listener) over twice its limit, counting the slots
-   * taken and the connections still waiting here: closed at accept, before a hand-over. A client far over
-   * its limit only gets 421 from the worker; a flood of them (one address, or many against maxConnections)
-   * would otherwise fill this queue, which every other client waits in, and each cost a hand-over. As for
-   * implicit TLS beyond twice maxConnectionsPerIp (postern-server.ts), the close is unanswered.
+   * One more connection waiting here (for a worker to take it) would be more than its client's limit, or
+   * than its listener's: closed at accept, unanswered, rather than queued. Past those counts every one of
+   * them would get 421 at its hand-over anyway, and a flood of them (one address, or many against
+   * maxConnections) filled this queue, which every other client waits in, while workers could not keep up
+   * or were being replaced. Slots already taken are not counted here: the supervisor still counts slots
+   * given back and not yet told (shared-counters.ts), so a client reconnecting fast at its limit would be
+   * closed for connections it no longer has; the worker's 421 decides on exact counts.
    */
-  #overTwice(listener: string, key: string, limits: { maxConnectionsPerIp: number; maxConnections: number }): boolean {
-    const perIp = this.#counters.open(key) + this.#waitingCounts.ofKey(key) + 1 > 2 * limits.maxConnectionsPerIp;
-    const total = this.#counters.total(listener) + this.#waitingCounts.ofListener(listener) + 1 > 2 * limits.maxConnections;
+  #queueFull(listener: string, key: string, limits: { maxConnectionsPerIp: number; maxConnections: number }): boolean {
+    const perIp = this.#waitingCounts.ofKey(key) >= limits.maxConnectionsPerIp;
+    const total = this.#waitingCounts.ofListener(listener) >= limits.maxConnections;
     const what = perIp ? key : total ? listener : null;
     if (what === null) {
       if (this.#floodReported.size) { this.#floodReported.delete(key); this.#floodReported.delete(listener); }
@@ -432,8 +442,9 @@ export class Supervisor {
       this.#floodReported.add(what);
       if (this.#floodReported.size > 10_000) this.#floodReported.clear();
       this.log.info({ listener, decision: 'reject', stage: 'CONNECT', client: key.slice(listener.length + 1), reply: null,
-        reason: perIp ? 'limits.maxConnectionsPerIp: over twice the limit (closed at accept)' : 'limits.maxConnections: over twice the limit (closed at accept)' },
-      perIp ? 'too many connections from this address, closed at accept (logged once until it comes back under)' : 'too many connections to this listener, closed at accept (logged once until it comes back under)');
+        reason: perIp ? 'limits.maxConnectionsPerIp: as many waiting for a worker (closed at accept)' : 'limits.maxConnections: as many waiting for a worker (closed at accept)' },
+      perIp ? 'too many connections from this address waiting for a worker, closed at accept (logged once until it comes back under)'
+        : 'too many connections to this listener waiting for a worker, closed at accept (logged once until it comes back under)');
     }
     return true;
   }

@@ -1,7 +1,7 @@
 /**
  * The supervisor's connections accepted and not yet handed to a worker, counted per client ("<listener>
- * <counted address>", as slots are) and per listener: with the slots already taken they say whether one
- * more would go far over the limits, so that a flood is closed at accept rather than queued.
+ * <counted address>", as slots are) and per listener, so that a flood is closed at accept rather than
+ * queued (supervisor.ts, #queueFull).
  */
 export class WaitingCounts {
   readonly #byKey = new Map<string, number>();
