@@ -397,7 +397,7 @@ declare module "postern" {
   /** The built-in relay rule's decision for this recipient. */
   export interface BuiltinRelayDecision {
     accepted: boolean;
-    /** `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
+    /** `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
     reason: string;
   }
 

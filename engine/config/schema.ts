@@ -272,12 +272,12 @@ const deliverySchema = z.strictObject({
 
 export const configSchema = z.strictObject({
   hostname: z.string().default('localhost')
-    .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers.'),
+    .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers. With no `localDomains`, the bare `RCPT TO:<postmaster>` is rewritten to `postmaster@<hostname>`.'),
   dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
   scripts: path().default('./scripts')
     .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),
   localDomains: z.array(z.string()).default([])
-    .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively. A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`, a quoted `user@elsewhere`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too).'),
+    .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively. A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`, a quoted `user@elsewhere`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
   users: path().optional()
     .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
   tables: z.record(z.string(), tableSchema).default({})

@@ -64,6 +64,7 @@ const SENDER = {
   mismatch: decision<BuiltinSenderDecision>(false, 'sender-login-mismatch'),
 };
 const RELAY = {
+  postmaster: decision<BuiltinRelayDecision>(true, 'postmaster'),
   localDomain: decision<BuiltinRelayDecision>(true, 'local-domain'),
   authenticated: decision<BuiltinRelayDecision>(true, 'authenticated'),
   clientCertificate: decision<BuiltinRelayDecision>(true, 'client-certificate'),
@@ -94,7 +95,9 @@ export interface RelayFacts {
  */
 const SENDER_ROUTED = /[%!@]/;
 
-export function builtinRelay(recipient: { localPart: string; domain: string }, facts: RelayFacts): BuiltinRelayDecision {
+/** `barePostmaster`: the client wrote `<postmaster>`, which every SMTP server must accept (RFC 5321 §4.5.1). */
+export function builtinRelay(recipient: { localPart: string; domain: string }, facts: RelayFacts, barePostmaster = false): BuiltinRelayDecision {
+  if (barePostmaster) return RELAY.postmaster;
   if (facts.localDomains.has(recipient.domain.toLowerCase()) && !SENDER_ROUTED.test(recipient.localPart)) return RELAY.localDomain;
   if (facts.authenticated) return RELAY.authenticated;
   if (facts.trustedCertificateMayRelay) return RELAY.clientCertificate;

@@ -21,6 +21,7 @@ import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
+import { rewriteBarePostmaster } from '../policy/postmaster.ts';
 
 type Callback = () => void;
 
@@ -360,6 +361,16 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const out = lines.filter((l) => !/^AUTH( |$)/.test(l));
     if (mechanisms.length) out.splice(Math.min(out.length, 6), 0, `AUTH ${mechanisms.join(' ')}`);
     return out;
+  }
+
+  /**
+   * RCPT TO:<postmaster> (no domain) becomes postmaster@<first local domain, else hostname> here, before
+   * smtp-server indexes the recipient (a repeat then replaces it) and before the relay rule and script see it.
+   */
+  override _parseAddressCommand(name: string, command: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
+    const parsed = super._parseAddressCommand(name, command);
+    if (parsed && name.toUpperCase() === 'RCPT TO') rewriteBarePostmaster(parsed, this.state.generation.config);
+    return parsed;
   }
 
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }

@@ -14,6 +14,7 @@ import { verdictReply } from './verdict-replies.ts';
 import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { runHook } from '../policy/run-hook.ts';
+import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
@@ -438,7 +439,7 @@ export class SessionPolicy {
       localDomains: st.generation.localDomains,
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
-    });
+    }, wasBarePostmaster(address));
     if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
     return this.#recipientScript(conn, session, rcpt, builtin);
   }
