@@ -7,6 +7,7 @@ import http from 'node:http';
 import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { countedRemoteAddress } from '../connection-limits/counted-address.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
@@ -23,14 +24,17 @@ export interface AdminTarget {
 export interface AdminLimits {
   /** Connections one client address may hold open (admin.maxConnectionsPerIp); a unix socket has no address to count. */
   maxConnectionsPerIp: number;
+  /** An IPv6 client is counted by its network of this many bits (admin.ipv6PrefixLength; 128: by address). */
+  ipv6PrefixLength: number;
   /** An address went over it (once until it is back under). */
   refused?(client: string, limit: number): void;
 }
 
 /** The configured limits of `admin`, an address over its cap logged on `logger`. */
-export function adminLimits(admin: { maxConnectionsPerIp: number }, logger: Logger): AdminLimits {
+export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLength: number }, logger: Logger): AdminLimits {
   return {
     maxConnectionsPerIp: admin.maxConnectionsPerIp,
+    ipv6PrefixLength: admin.ipv6PrefixLength,
     refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
   };
 }
@@ -63,7 +67,13 @@ export async function startAdminServer(listen: string, target: AdminTarget, limi
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.maxConnections = 64;
-  if (limits) capConnectionsPerAddress(server, { limit: () => limits.maxConnectionsPerIp, refused: (client, limit) => limits.refused?.(client, limit) });
+  if (limits) {
+    capConnectionsPerAddress(server, {
+      limit: () => limits.maxConnectionsPerIp,
+      refused: (client, limit) => limits.refused?.(client, limit),
+      countedAs: (address) => countedRemoteAddress(address, limits.ipv6PrefixLength),
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {

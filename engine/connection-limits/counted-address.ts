@@ -7,6 +7,11 @@
  */
 import { isIPv6 } from 'node:net';
 
+/** A socket's remoteAddress as counted: an IPv4-mapped IPv6 address as the IPv4 one, IPv6 by its network. */
+export function countedRemoteAddress(remoteAddress: string, ipv6PrefixLength: number): string {
+  return countedAddress(remoteAddress.replace(/^::ffff:(?=\d+\.)/i, '').toLowerCase(), ipv6PrefixLength);
+}
+
 /** `ip` as counted: itself for IPv4 (and for IPv6 with a prefix of 128), else its network as `<address>/<prefix>`. */
 export function countedAddress(ip: string, ipv6PrefixLength: number): string {
   if (ipv6PrefixLength >= 128 || !ip.includes(':') || !isIPv6(ip)) return ip;
