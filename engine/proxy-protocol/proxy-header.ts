@@ -24,7 +24,8 @@ export type ProxyHeader =
   | { version: 1 | 2; command: 'local'; length: number };
 
 export type ParseResult =
-  | { status: 'incomplete' }
+  /** `length`: the whole header's, once its fixed part says it (v2); until then, parse again with more. */
+  | { status: 'incomplete'; length?: number }
   | { status: 'invalid'; reason: string }
   | { status: 'ok'; header: ProxyHeader };
 
@@ -81,7 +82,7 @@ function parseV2(data: Buffer): ParseResult {
   const payload = data.readUInt16BE(14);
   if (payload > V2_MAX_PAYLOAD) return invalid(`v2 header of ${payload} bytes (at most ${V2_MAX_PAYLOAD} accepted)`);
   const length = 16 + payload;
-  if (data.length < length) return incomplete;
+  if (data.length < length) return { status: 'incomplete', length };
   // LOCAL: the balancer speaks for itself (health checks); the address block, if any, is to be ignored.
   if (command === 0) return { status: 'ok', header: { version: 2, command: 'local', length } };
   const family = familyProtocol >> 4;
