@@ -57,6 +57,8 @@ export class ConnectionState {
   /** The start of the Received header (up to the queue id) and the spool envelope's session, and the facts they were built from. */
   receivedClient: {
     facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; remoteAddress: string; hostname: string;
+    /** Built for an SMTPUTF8 transaction (UTF-8 allowed, UTF8SMTP protocol) or not (7-bit). */
+    utf8: boolean;
     receivedStart: Buffer; spooled: SpoolEnvelope['session'];
   } | null = null;
 

@@ -139,15 +139,17 @@ function keptClient(conn: SmtpClient, session: SMTPServerSession, hostname: stri
   const facts = sharedConnectionFacts(session, st);
   const kept = st.receivedClient;
   const clientHostname = conn.clientHostname || null;
+  const mailFrom = session.envelope.mailFrom;
+  const utf8 = !!(mailFrom && mailFrom.args && (mailFrom.args as Record<string, unknown>).SMTPUTF8);
   if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname
-    && kept.remoteAddress === conn.remoteAddress && kept.hostname === hostname) return kept;
+    && kept.remoteAddress === conn.remoteAddress && kept.hostname === hostname && kept.utf8 === utf8) return kept;
   const tls = facts.info.tls;
   const part = receivedClientPart({
     helo: st.heloName, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress,
-    tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st,
+    tls: tls ? { protocol: tls.protocol, cipher: tls.cipher } : null, state: st, utf8,
   });
   st.receivedClient = {
-    facts, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress, hostname,
+    facts, heloCommand: st.heloCommand, clientHostname, remoteAddress: conn.remoteAddress, hostname, utf8,
     receivedStart: unpooledBytes(receivedHeaderStart(part, hostname)), spooled: spooledSession(conn),
   };
   return st.receivedClient;

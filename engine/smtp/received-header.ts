@@ -2,6 +2,7 @@
  * The Received header Postern prepends (RFC 5321 §4.4), with the TLS and client-certificate comments
  * Postfix writes (smtpd_tls_received_header) and the RFC 3848 protocol name (ESMTPSA when authenticated).
  */
+import { domainToASCII } from 'node:url';
 import type { ConnectionState } from './connection-state.ts';
 
 /** What the header says about the client: the same for every message of a connection while they hold. */
@@ -12,6 +13,11 @@ export interface ReceivedClientFacts {
   remoteAddress: string;
   tls: { protocol: string; cipher: string; bits?: number } | null;
   state: ConnectionState;
+  /**
+   * The transaction declared SMTPUTF8 (RFC 6531): the header may carry UTF-8, and its protocol is the
+   * UTF8SMTP family (§3.7.7). Otherwise the header is 7-bit, whatever the client sent (see ascii()).
+   */
+  utf8?: boolean;
 }
 
 export interface ReceivedFacts extends ReceivedClientFacts {
@@ -24,14 +30,28 @@ export interface ReceivedFacts extends ReceivedClientFacts {
 const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
 
 /**
+ * For a message that is not SMTPUTF8 the header must be 7-bit (RFC 5322; a next hop without 8BITMIME or
+ * SMTPUTF8 could not carry it): each non-ASCII character becomes "?", as Postfix's printable() writes a
+ * name it cannot show. The full name stays in the logs and in what scripts see.
+ */
+const ascii = (s: string): string => clean(s).replace(/[^\x20-\x7e]/gu, '?');
+
+/** A UTF-8 HELO name that is a valid IDN (letters, digits, hyphens once in A-labels) is written as its A-labels (xn--…), anything else non-ASCII as "?". */
+function asciiHelo(helo: string): string {
+  if (!/[^\x00-\x7f]/.test(helo)) return clean(helo);
+  const aLabel = domainToASCII(helo);
+  return /^[a-z0-9-]+(\.[a-z0-9-]+)*\.?$/.test(aLabel) ? aLabel : ascii(helo);
+}
+
+/**
  * A certificate name as the header shows it: at most 64 characters (RFC 5280's upper bound for a CN), then
  * "...". A client's self-signed certificate may carry a name of tens of kilobytes; the header's line must
  * stay within RFC 5322's 998 characters, or the next hop breaks it where the client chose.
  */
 const MAX_NAME = 64;
-function shortName(s: string, max = MAX_NAME): string {
-  if (s.length <= max) return clean(s);
-  return `${clean(Array.from(s).slice(0, max).join(''))}...`;
+function shortName(s: string, text: (s: string) => string, max = MAX_NAME): string {
+  if (s.length <= max) return text(s);
+  return `${text(Array.from(s).slice(0, max).join(''))}...`;
 }
 
 /**
@@ -43,22 +63,24 @@ const MAX_USER = 240;
 /** The lines about the client, from "Received: from" to the authenticated sender, and the protocol name. */
 export function receivedClientPart(f: ReceivedClientFacts): { lines: string; protocol: string } {
   const st = f.state;
-  const protocol = `${f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
+  const protocol = `${f.utf8 ? 'UTF8' : f.heloCommand === 'EHLO' ? 'E' : ''}SMTP${f.tls ? 'S' : ''}${st.user ? 'A' : ''}`;
+  const text = f.utf8 ? clean : ascii;
   // Without a PTR name smtp-server's hostname is "[ip]"; Postfix then writes "unknown".
   const rdns = f.clientHostname && !f.clientHostname.startsWith('[') ? f.clientHostname : 'unknown';
-  const lines = [`Received: from ${clean(f.helo ?? 'unknown')} (${clean(rdns)} [${f.remoteAddress}])`];
+  const helo = f.helo ?? 'unknown';
+  const lines = [`Received: from ${f.utf8 ? clean(helo) : asciiHelo(helo)} (${text(rdns)} [${f.remoteAddress}])`];
   if (f.tls) {
     lines.push(`\t(using ${clean(f.tls.protocol)} with cipher ${clean(f.tls.cipher)}${f.tls.bits ? ` (${f.tls.bits}/${f.tls.bits} bits)` : ''})`);
     const cert = st.certificate;
     if (cert) {
       const cn = cert.subject.CN ?? cert.subject.dn;
       const issuer = cert.issuer.CN ?? cert.issuer.dn;
-      lines.push(`\t(Client CN "${shortName(cn)}", Issuer "${shortName(issuer)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
+      lines.push(`\t(Client CN "${shortName(cn, text)}", Issuer "${shortName(issuer, text)}" (${cert.verified ? 'verified OK' : 'not verified'}))`);
     } else {
       lines.push(st.certificateRequested ? '\t(Client did not present a certificate)' : '\t(No client certificate requested)');
     }
   }
-  if (st.user) lines.push(`\t(Authenticated sender: ${shortName(st.user, MAX_USER)})`);
+  if (st.user) lines.push(`\t(Authenticated sender: ${shortName(st.user, text, MAX_USER)})`);
   return { lines: lines.join('\r\n') + '\r\n', protocol };
 }
 

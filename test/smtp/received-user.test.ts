@@ -33,6 +33,7 @@ for (const [who, user, password] of [['the client', 'ü'.repeat(6000), 'pw'], ['
     const message = (await server.runtime.spool.readMessage(/queued as (\S+)/.exec(r.text)![1]!)).toString('utf8');
     const head = message.slice(0, message.indexOf('\r\n\r\n'));
     for (const line of head.split('\r\n')) assert.ok(Buffer.byteLength(line) <= 998, `${Buffer.byteLength(line)} bytes: ${line.slice(0, 80)}…`);
-    assert.match(head, new RegExp(`\\(Authenticated sender: ${who === 'the client' ? 'ü' : 's'}{240}\\.\\.\\.\\)`));
+    // Not an SMTPUTF8 message: the header is 7-bit, each ü a "?" (received-7bit.test.ts).
+    assert.match(head, new RegExp(`\\(Authenticated sender: ${who === 'the client' ? '\\?' : 's'}{240}\\.\\.\\.\\)`));
   });
 }
