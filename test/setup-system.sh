@@ -3,7 +3,8 @@
 # redis-server for the shared counter store, HAProxy in front for the PROXY protocol, Chromium for the
 # accounts page, python3-dkim as an independent DKIM verifier, libfaketime to step a server's wall clock,
 # gcc to build the preload library that injects disk faults into a running server: test/helpers/disk-faults.c)
-# and the tools they check shipped files with (fail2ban-regex, systemd-analyze, logrotate).
+# and the tools they check shipped files with (fail2ban-regex, systemd-analyze, logrotate), and strace to count
+# the system calls of a command (test/queue/long-queue.test.ts).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -eu
 missing=""
@@ -19,6 +20,7 @@ command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing libfaketime"
 command -v gcc >/dev/null 2>&1 && [ -e /usr/include/dlfcn.h ] || missing="$missing gcc libc6-dev"
 [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
+command -v strace >/dev/null 2>&1 || missing="$missing strace"
 [ -z "$missing" ] && exit 0
 echo "installing:$missing"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -26,4 +28,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is only a test peer: no system mail configuration.
 echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server haproxy chromium python3-dkim libfaketime gcc libc6-dev logrotate >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl openssl curl python3 msmtp postfix ca-certificates fail2ban systemd redis-server haproxy chromium python3-dkim libfaketime gcc libc6-dev logrotate strace >/dev/null

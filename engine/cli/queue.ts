@@ -10,7 +10,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import {
-  deleteMessage, holdMessages, listQueue, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
+  deleteMessage, holdMessages, listQueue, queueEntries, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
 } from '../queue/admin.ts';
 import { operator, recordQueueOperation } from '../queue/operations.ts';
 import { formatMessageReport } from '../queue/show.ts';
@@ -82,26 +82,71 @@ export function queueSummaryCommand(opts: { config?: string; json?: boolean }): 
 
 export function queueListCommand(opts: { config?: string; json?: boolean }): Promise<number> {
   return guarded(async () => {
-    const { entries, unreadable } = await listQueue(spoolOf(opts));
+    // Each message printed as it is read (queueEntries): the first lines of a long queue come at once, and
+    // the queue is never held in memory whole. Output goes out 64 KiB at a time.
+    const out = new ChunkedOutput();
+    const unreadable: Array<{ id: string; error: string }> = [];
+    let count = 0;
+    let held = 0;
+    if (opts.json) out.write('{\n  "messages": [');
+    for await (const e of queueEntries(spoolOf(opts))) {
+      if ('unreadable' in e) {
+        unreadable.push({ id: e.id, error: e.unreadable });
+        continue;
+      }
+      if (opts.json) {
+        out.write(`${count ? ',' : ''}\n${JSON.stringify(e, null, 2).replace(/^/gm, '    ')}`);
+      } else {
+        // Postfix's mailq marks a held message with `!` after its id.
+        out.write(`${e.id}${e.held ? '!' : ''}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
+        for (const r of e.pending) out.write(`    ${r.address}${r.lastError ? `\n      (${r.lastError})` : ''}\n`);
+        if (e.done) out.write(`    (${e.done} recipient${e.done === 1 ? '' : 's'} done)\n`);
+      }
+      count++;
+      if (e.held) held++;
+      // A turn of the event loop after each chunk: the reads of journal records settle without one, and a
+      // reader that left (`| head`) is told (EPIPE, see main.ts) only in one.
+      if (out.flushed) await new Promise((resolve) => setImmediate(resolve));
+    }
     if (opts.json) {
-      process.stdout.write(`${JSON.stringify({ messages: entries, unreadable }, null, 2)}\n`);
-      return unreadable.length ? 1 : 0;
+      out.write(`${count ? '\n  ' : ''}],\n  "unreadable": ${JSON.stringify(unreadable, null, 2).replace(/\n/g, '\n  ')}\n}\n`);
+    } else if (!count && !unreadable.length) {
+      out.write('Mail queue is empty\n');
+    } else {
+      for (const u of unreadable) out.write(`${u.id}  UNREADABLE: ${u.error}\n`);
+      out.write(`-- ${count} message${count === 1 ? '' : 's'}${held ? `, ${held} held (!)` : ''}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
     }
-    if (!entries.length && !unreadable.length) {
-      process.stdout.write('Mail queue is empty\n');
-      return 0;
-    }
-    // Postfix's mailq marks a held message with `!` after its id.
-    for (const e of entries) {
-      process.stdout.write(`${e.id}${e.held ? '!' : ''}  ${String(e.size).padStart(8)}  ${e.receivedAt}  <${e.sender}>  attempts ${e.attempts}, next ${e.nextAttemptAt}\n`);
-      for (const r of e.pending) process.stdout.write(`    ${r.address}${r.lastError ? `\n      (${r.lastError})` : ''}\n`);
-      if (e.done) process.stdout.write(`    (${e.done} recipient${e.done === 1 ? '' : 's'} done)\n`);
-    }
-    for (const u of unreadable) process.stdout.write(`${u.id}  UNREADABLE: ${u.error}\n`);
-    const held = entries.filter((e) => e.held).length;
-    process.stdout.write(`-- ${entries.length} message${entries.length === 1 ? '' : 's'}${held ? `, ${held} held (!)` : ''}${unreadable.length ? `, ${unreadable.length} unreadable` : ''}\n`);
+    out.flush();
     return unreadable.length ? 1 : 0;
   });
+}
+
+/** stdout in chunks of about 64 KiB (a write per line of a 100,000-message listing was as many system calls). */
+class ChunkedOutput {
+  #parts: string[] = [];
+  #length = 0;
+  /** A chunk went out since the last look. */
+  #flushed = false;
+
+  get flushed(): boolean {
+    const was = this.#flushed;
+    this.#flushed = false;
+    return was;
+  }
+
+  write(text: string): void {
+    this.#parts.push(text);
+    this.#length += text.length;
+    if (this.#length >= 64 * 1024) this.flush();
+  }
+
+  flush(): void {
+    if (!this.#parts.length) return;
+    this.#flushed = true;
+    process.stdout.write(this.#parts.join(''));
+    this.#parts = [];
+    this.#length = 0;
+  }
 }
 
 /**

@@ -76,13 +76,13 @@ export class SpoolSet {
   newId(): string { return this.home.newId(); }
   create(id: string): SpoolWriter { return this.home.create(id); }
 
-  async scan(): Promise<ScanEntry[]> {
+  async scan(opts: { tidy?: boolean } = {}): Promise<ScanEntry[]> {
     const out: ScanEntry[] = [];
     const seen = new Map<string, Spool>();
     for (const spool of this.#all()) {
       let entries: ScanEntry[];
       try {
-        entries = await spool.scan();
+        entries = await spool.scan(opts);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // a worker spool not created yet
         throw err;

@@ -48,7 +48,7 @@ setInterval(() => {
     writeCrashRecord(crashDir, mirror, record);
   } catch { /* the kill matters more than the record */ }
   const msg = scripts.length ? `${role} ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `${role} ${worker} hung: killing it`;
-  try { flushPendingLog(logBuffer); } catch { /* stdout gone */ }
+  try { flushPendingLog(logBuffer, 1, false); } catch { /* stdout gone */ }
   try { writeSync(1, `${JSON.stringify({ level: 50, time: record.at, pid: process.pid, worker, stalledMs, scripts, msg })}\n`); } catch { /* stdout gone */ }
   process.kill(process.pid, 'SIGKILL');
 }, tickMs);

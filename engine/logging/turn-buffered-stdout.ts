@@ -7,6 +7,13 @@
  * The pending bytes sit in shared memory, so a thread that outlives a stuck main thread (the cluster's
  * watchdog, see flushPendingLog) can still write them out before it kills the process: the lines that led
  * up to a hang are the ones an administrator needs most.
+ *
+ * A reader that stops reading (journald stalled, `postern serve | less` left paused) fills the pipe. The
+ * main thread then never waits for it: what does not fit is kept (up to BACKLOG_BYTES) and tried again
+ * every BACKLOG_RETRY_MS; past that, lines are dropped and counted, and their number logged once the reader
+ * is back. Waiting there instead held the event loop (up to 10 s per write) until the watchdog killed the
+ * process as hung: every session cut, again at each replacement, and no mail taken until the reader
+ * read again. Only at exit is the reader waited for (a bounded time).
  */
 import { writeSync } from 'node:fs';
 
@@ -19,6 +26,32 @@ const CAPACITY = 64 * 1024;
 const ATOMIC_WRITE = 4096;
 const NEWLINE = 0x0a;
 const encoder = new TextEncoder();
+
+/** What the main thread keeps while stdout is full, at most; beyond, lines are dropped (and counted). */
+const BACKLOG_BYTES = Number(process.env.POSTERN_LOG_BACKLOG_BYTES) || 16 * 1024 * 1024;
+const BACKLOG_RETRY_MS = 20;
+
+/**
+ * Writes whole lines of `bytes` from `start`, at most ATOMIC_WRITE at a time, until done or stdout is full
+ * (EAGAIN); returns where it stopped. A pipe takes a write of up to PIPE_BUF bytes whole or not at all, so
+ * a line is never cut by a full pipe. Another error (a closed reader) drops the bytes, as writeAll does.
+ */
+function writeLinesUntilFull(fd: number, bytes: Uint8Array, start = 0): number {
+  while (start < bytes.length) {
+    let end = Math.min(bytes.length, start + ATOMIC_WRITE);
+    if (end < bytes.length) {
+      const lastNewline = bytes.lastIndexOf(NEWLINE, end - 1);
+      end = lastNewline >= start ? lastNewline + 1 : bytes.indexOf(NEWLINE, end) + 1 || bytes.length;
+    }
+    try {
+      start += writeSync(fd, bytes, start, end - start);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return start;
+      return bytes.length;
+    }
+  }
+  return start;
+}
 
 /** Writes `bytes` to `fd` completely, waiting out EAGAIN on a non-blocking pipe or socket. */
 function writeAll(fd: number, bytes: Uint8Array): void {
@@ -37,9 +70,10 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 
 /**
  * Writes what is pending in a TurnBufferedStdout's shared buffer and empties it. Called by the owning
- * main thread, or by another thread once the main thread has stopped (it is then not writing).
+ * main thread, or by another thread once the main thread has stopped (it is then not writing). `wait:
+ * false`: not for a full stdout (the watchdog, about to kill its process, must not be held up by it).
  */
-export function flushPendingLog(shared: SharedArrayBuffer, fd = 1): void {
+export function flushPendingLog(shared: SharedArrayBuffer, fd = 1, wait = true): void {
   const length = new Int32Array(shared, 0, 1);
   const pending = Atomics.load(length, 0);
   if (pending === 0) return;
@@ -53,6 +87,10 @@ export function flushPendingLog(shared: SharedArrayBuffer, fd = 1): void {
       // Whole lines only; a line longer than ATOMIC_WRITE goes alone (it could not be atomic anyway).
       end = lastNewline >= start ? lastNewline + 1 : bytes.indexOf(NEWLINE, end) + 1 || bytes.length;
     }
+    if (!wait) {
+      writeLinesUntilFull(fd, bytes, start); // a full stdout: what does not fit is lost, nothing waits
+      return;
+    }
     writeAll(fd, bytes.subarray(start, end));
     start = end;
   }
@@ -65,17 +103,24 @@ export class TurnBufferedStdout {
   readonly #bytes = new Uint8Array(this.shared, HEADER_BYTES);
   readonly #fd: number;
   #scheduled = false;
+  /** Lines stdout had no room for, oldest first (the first may be partly written: #backlogAt). */
+  #backlog: Uint8Array[] = [];
+  #backlogAt = 0;
+  #backlogBytes = 0;
+  #retry: NodeJS.Timeout | null = null;
+  /** Lines dropped since stdout was last writable, beyond BACKLOG_BYTES. */
+  #dropped = 0;
 
   constructor(fd = 1) {
     this.#fd = fd;
-    process.on('exit', () => this.flushSync());
+    process.on('exit', () => this.#flushAtExit());
   }
 
   /** pino's destination interface: one serialised line (with its newline). */
   write(line: string): boolean {
     if (!this.#append(line)) {
       this.flushSync();
-      if (!this.#append(line)) writeAll(this.#fd, encoder.encode(line)); // larger than the whole buffer
+      if (!this.#append(line)) this.#writeOrKeep(encoder.encode(line)); // larger than the whole buffer
     }
     if (!this.#scheduled) {
       this.#scheduled = true;
@@ -87,14 +132,74 @@ export class TurnBufferedStdout {
     return true;
   }
 
+  /** Writes what is pending now, without waiting for a full stdout (see the top of this file). */
   flushSync(): void {
-    flushPendingLog(this.shared, this.#fd);
+    const pending = Atomics.load(this.#length, 0);
+    if (pending === 0) return;
+    const bytes = new Uint8Array(this.shared, HEADER_BYTES, pending).slice();
+    Atomics.store(this.#length, 0, 0);
+    this.#writeOrKeep(bytes);
   }
 
   /** pino's logger.flush(cb). */
   flush(cb?: (err?: Error) => void): void {
     this.flushSync();
     cb?.();
+  }
+
+  #writeOrKeep(bytes: Uint8Array): void {
+    if (this.#backlog.length === 0) {
+      const at = writeLinesUntilFull(this.#fd, bytes);
+      if (at === bytes.length) return;
+      bytes = bytes.subarray(at);
+    }
+    if (this.#backlogBytes + bytes.length > BACKLOG_BYTES) {
+      let lines = 0;
+      for (const b of bytes) if (b === NEWLINE) lines++;
+      this.#dropped += Math.max(1, lines);
+    } else {
+      this.#backlog.push(bytes);
+      this.#backlogBytes += bytes.length;
+    }
+    this.#retryLater();
+  }
+
+  /** Unref'd: at a natural exit, #flushAtExit writes what is left. */
+  #retryLater(): void {
+    this.#retry ??= setTimeout(() => {
+      this.#retry = null;
+      this.#drain();
+    }, BACKLOG_RETRY_MS).unref();
+  }
+
+  #drain(): void {
+    while (this.#backlog.length) {
+      const first = this.#backlog[0]!;
+      const at = writeLinesUntilFull(this.#fd, first, this.#backlogAt);
+      if (at < first.length) {
+        this.#backlogAt = at;
+        this.#retryLater();
+        return;
+      }
+      this.#backlog.shift();
+      this.#backlogBytes -= first.length;
+      this.#backlogAt = 0;
+    }
+    if (this.#dropped) {
+      const dropped = this.#dropped;
+      this.#dropped = 0;
+      this.#writeOrKeep(encoder.encode(`${JSON.stringify({ level: 40, time: new Date().toISOString(), pid: process.pid, dropped, msg: `${dropped} log lines dropped: stdout was not read (a stalled log reader)` })}\n`));
+    }
+  }
+
+  /** At exit the reader is waited for (writeAll's bound): nothing else is left to do. */
+  #flushAtExit(): void {
+    if (this.#retry) clearTimeout(this.#retry);
+    this.#retry = null;
+    for (const [i, b] of this.#backlog.entries()) writeAll(this.#fd, b.subarray(i === 0 ? this.#backlogAt : 0));
+    this.#backlog = [];
+    this.#backlogBytes = 0;
+    flushPendingLog(this.shared, this.#fd);
   }
 
   #append(line: string): boolean {

@@ -20,23 +20,36 @@ export interface QueueEntry {
   held: boolean;
 }
 
-export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntry[]; unreadable: Array<{ id: string; error: string }> }> {
-  const entries: QueueEntry[] = [];
-  const unreadable: Array<{ id: string; error: string }> = [];
-  for (const id of await spool.list()) {
+/**
+ * The queue's messages, oldest first, one at a time: `postern queue` prints each as it is read, so a long
+ * queue shows at once and is not held in memory whole. Which messages have a state file or a hold comes from
+ * one directory listing per spool (scan), not from a failed read per message (most have neither), which made
+ * listing 100,000 messages take 15 s before its first line.
+ */
+export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntry | { id: string; unreadable: string }> {
+  for (const { id, hasState, held } of await spool.scan({ tidy: false })) {
     let env: SpoolEnvelope;
     try {
-      env = await spool.readEnvelope(id);
+      env = await spool.readEnvelope(id, { withState: hasState });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') unreadable.push({ id, error: (err as Error).message });
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') yield { id, unreadable: (err as Error).message };
       continue;
     }
-    entries.push({
+    yield {
       id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt: env.nextAttemptAt,
       pending: env.recipients.filter((r) => !r.status).map((r) => ({ address: r.address, lastError: r.lastError ?? null })),
       done: env.recipients.filter((r) => r.status).length,
-      held: await spool.isHeld(id),
-    });
+      held,
+    };
+  }
+}
+
+export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntry[]; unreadable: Array<{ id: string; error: string }> }> {
+  const entries: QueueEntry[] = [];
+  const unreadable: Array<{ id: string; error: string }> = [];
+  for await (const e of queueEntries(spool)) {
+    if ('unreadable' in e) unreadable.push({ id: e.id, error: e.unreadable });
+    else entries.push(e);
   }
   return { entries, unreadable };
 }

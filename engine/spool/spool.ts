@@ -340,9 +340,10 @@ export class Spool {
   /**
    * Committed messages with whether they have a state file, from one directory read: a message without
    * one has never been attempted, so it is due now and its envelope need not be read to schedule it.
-   * `held`: on hold (`postern queue hold`), not to be attempted.
+   * `held`: on hold (`postern queue hold`), not to be attempted. `tidy: false`: leave a hold its message
+   * outlived where it is (`postern queue list` only looks).
    */
-  async scan(): Promise<ScanEntry[]> {
+  async scan(opts: { tidy?: boolean } = {}): Promise<ScanEntry[]> {
     const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
     const journal = await this.#currentJournal();
@@ -358,7 +359,7 @@ export class Spool {
     // the journal read after the listing has seen; a data script's hold is made just before its message is
     // committed, so a recent one without its message is left alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
-    for (const n of names) {
+    for (const n of opts.tidy === false ? [] : names) {
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
       if (await this.#awaitsCommit(path)) continue;

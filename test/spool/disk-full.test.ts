@@ -37,10 +37,20 @@ function smallFilesystem(megabytes: number): { dir: string; unmount(): void } | 
   };
 }
 
-const fs = smallFilesystem(32);
-const skip = typeof fs === 'string' ? fs : false;
-const fs2 = smallFilesystem(32);
-const skip2 = typeof fs2 === 'string' ? fs2 : false;
+/** Whether a tmpfs can be mounted here (tried once, and unmounted at once): else why not, for the skip. */
+const skip = ((): string | false => {
+  const probe = smallFilesystem(1);
+  if (typeof probe === 'string') return probe;
+  probe.unmount();
+  return false;
+})();
+
+/** A 32 MiB filesystem for one test, mounted inside it (a skipped or filtered test leaves no mount behind). */
+function testFilesystem(): { dir: string; unmount(): void } {
+  const made = smallFilesystem(32);
+  if (typeof made === 'string') throw new Error(made);
+  return made;
+}
 /** ~400 KB: a journal record each (up to 1 MiB), so the journal is what fills the disk. */
 const BODY = `${'x'.repeat(76)}\r\n`.repeat(5000);
 
@@ -85,7 +95,7 @@ async function acceptedAgain(c: ClusterProcess, subject: string): Promise<void> 
 const subjectsOf = (sink: Sink): string[] => sink.messages.map((m) => /^Subject: (.*)$/m.exec(m.data.toString())?.[1] ?? '');
 
 test('a spool that filled its disk: no 250 is lost, delivered mail leaves the disk, and new mail is taken again', { skip, timeout: 300_000 }, async () => {
-  const mount = fs as Exclude<typeof fs, string>;
+  const mount = testFilesystem();
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
@@ -117,8 +127,8 @@ test('a spool that filled its disk: no 250 is lost, delivered mail leaves the di
   }
 });
 
-test('on a full disk a killed queue process comes back, and the whole server starts again (the reserve lets them take their locks)', { skip: skip2, timeout: 300_000 }, async () => {
-  const mount = fs2 as Exclude<typeof fs2, string>;
+test('on a full disk a killed queue process comes back, and the whole server starts again (the reserve lets them take their locks)', { skip, timeout: 300_000 }, async () => {
+  const mount = testFilesystem();
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;

@@ -71,6 +71,10 @@ test('after a failover behind a proxy, the store reaches the new master without 
   const a = await startRedis();
   const b = await startRedis();
   cleanups.push(() => a.stop(), () => b.stop());
+  // Copies go over the socket, never through a file (a replica wrote dump.rdb to the test's working directory).
+  for (const r of [a, b]) {
+    await redisCommand(r, 'CONFIG', 'SET', 'repl-diskless-sync', 'yes', 'repl-diskless-sync-delay', '0', 'repl-diskless-load', 'swapdb');
+  }
   await redisCommand(b, 'REPLICAOF', '127.0.0.1', String(a.port));
   const port = await startHaproxy([a, b]);
 
