@@ -24,6 +24,7 @@ import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runni
 import { abandonedRunningScripts, onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
 import { writeCrashRecord } from './crash-record.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
+import { Accepting, FileRoom } from './accepting.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -53,6 +54,18 @@ async function main(): Promise<void> {
     new MemoryAuthFailureStore(counters.failures));
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
+  const log = createLogger(loaded.config.log.level, undefined, loaded.config.log.format).child({ component: role });
+  // Accepting on the listening sockets the supervisor holds, when it says so (workerChoice: fill; accepting.ts).
+  const accepting = new Accepting({
+    room: fileRoom,
+    onConnection: (listener, socket) => running!.acceptOwnConnection(listener, socket),
+    onFull() {
+      log.warn({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit },
+        `worker ${index} is near its open-file limit: it accepts no new connections until descriptors are free (they wait for another worker, or in the port's queue)`);
+      send({ t: 'full' });
+    },
+    onError: (listener, err) => log.error({ listener, err: { message: err.message } }, 'accepting on the listener failed'),
+  });
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
     // Counted at once: the heartbeat tells the supervisor to close its copies up to here (supervisor.ts).
@@ -61,6 +74,8 @@ async function main(): Promise<void> {
     if (store.handle(m)) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
+    if (m.t === 'accept') return handle ? accepting.start(m.listener!, handle as unknown as { close(): void }) : undefined;
+    if (m.t === 'accept-stop') return accepting.stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
@@ -87,6 +102,7 @@ async function main(): Promise<void> {
   };
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
+    accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
     await running?.close();
     end();
   })());
@@ -148,13 +164,20 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config, counters);
+  startWatchdog(loaded.config, counters, () => {
+    const wasFull = fileRoom.full;
+    fileRoom.count();
+    if (wasFull && !fileRoom.full) log.info({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit }, `worker ${index} has descriptors to spare again: it may accept`);
+    return fileRoom.full;
+  });
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
 }
 
 let tellReloadState: () => void = () => undefined;
+/** This process's descriptors against its limit (accepting.ts), counted at each heartbeat. */
+const fileRoom = new FileRoom();
 /** The number of the last connection the supervisor handed over (its descriptor is ours now). */
 let connectionsGot = 0;
 
@@ -187,7 +210,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 const WATCHDOG_RETRY_MS = 1000;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters): void {
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, full: () => boolean): void {
   const dataDir = config.dataDir;
   const workerData = {
     marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
@@ -231,7 +254,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000 });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' && full() ? { full: true } : {}) });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -4,12 +4,19 @@
  * or stop answering, hosts the counters limits need summed over workers (shared-counters.ts), keeps the
  * fence list (fence-book.ts) and writes <dataDir>/cluster.json for `postern status`.
  *
- * Why the supervisor accepts and passes sockets itself (like node:cluster's round-robin mode) rather
- * than workers sharing the port with SO_REUSEPORT: with SO_REUSEPORT the kernel keeps queueing new
- * connections on a hung worker's socket until it is killed, and node:cluster's primary closes the port
- * when its last worker is gone (workers: 1 would refuse connections during every restart). Here the
- * port stays open whatever the workers do: a connection goes only to a worker that has acknowledged
- * the previous one and beat recently, and waits in the supervisor while none can take it.
+ * Who accepts. With `workerChoice: fill` (the default) the supervisor holds each SMTP listener's socket
+ * (held-socket.ts) and the workers accept on it themselves, as Postfix's smtpd processes accept on the
+ * sockets its master holds: the supervisor only decides which workers accept at all (the first, the next
+ * ones while those before are busy: worker-choice.ts), at each heartbeat, and takes each connection's
+ * per-IP slot by round trip ('conn+', shared-counters.ts). Handing every connection over cost the
+ * supervisor about 110–150 µs of CPU per connection (docs/benchmarks.md). With `roundRobin`, and for
+ * policy services, the supervisor accepts and passes each socket itself (like node:cluster's round-robin
+ * mode). Rather than workers each binding the port with SO_REUSEPORT: the kernel would keep queueing new
+ * connections on a hung worker's socket until it is killed, and node:cluster's primary closes the port when
+ * its last worker is gone (workers: 1 would refuse connections during every restart). Either way the port
+ * stays open whatever the workers do: the socket is the supervisor's, and a connection waits in the kernel's
+ * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
+ * late the next worker accepts instead.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -40,11 +47,13 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
+import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
+import { holdSocket, type HeldSocket } from './held-socket.ts';
+import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
-import { readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 
 /**
  * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
@@ -86,6 +95,11 @@ interface Child {
   fresh: number;
   /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
   takingSince: number | null;
+  /** Told to accept on the held listening sockets (workerChoice: fill), and how many times it was told so. */
+  accepting: boolean;
+  acceptTurns: number;
+  /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
+  full: boolean;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -111,6 +125,10 @@ export class Supervisor {
   readonly policyAddresses = new Map<string, string>();
   readonly #configPath: string | undefined;
   readonly #listeners: net.Server[] = [];
+  /** The SMTP listeners' sockets the workers accept on (workerChoice: fill), by listener name. */
+  readonly #held = new Map<string, HeldSocket>();
+  /** A worker has listened on the held sockets: from then on they queue connections whatever the workers do. */
+  #heldListening = false;
   readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
   readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean }> = [];
@@ -199,10 +217,20 @@ export class Supervisor {
   }
 
   async #listen(): Promise<void> {
+    const workersAccept = this.config.config.workerChoice === 'fill';
     for (const l of this.config.config.listeners) {
       const sep = l.listen.lastIndexOf(':');
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
+      if (workersAccept) {
+        const held = await holdSocket(host, port, () => this.#earlierServerChild()).catch((err: Error) => {
+          throw new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`);
+        });
+        this.#held.set(l.name, held);
+        this.addresses.set(l.name, { address: held.address, port: held.port });
+        this.log.info({ listener: l.name, address: `${held.address}:${held.port}`, tls: l.tls.mode }, 'listening');
+        continue;
+      }
       // Paused: the supervisor never reads a byte; the worker that gets the socket does.
       const proxy = l.proxyProtocol ? new TrustedProxies(l.proxyProtocol.trusted) : null;
       const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket, proxy));
@@ -229,8 +257,23 @@ export class Supervisor {
     }
   }
 
+  /**
+   * A live process of an earlier server on this data directory (its supervisor killed, the service started
+   * again): a worker finishing its sessions, which may still hold the earlier listening socket.
+   */
+  #earlierServerChild(): number | null {
+    const spool = join(this.config.config.dataDir, 'spool');
+    if (!existsSync(spool)) return null;
+    for (const name of readdirSync(spool)) {
+      if (!/^worker-\d+$/.test(name)) continue;
+      const pid = lockHolder(join(spool, name));
+      if (pid !== null) return pid;
+    }
+    return null;
+  }
+
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, accepting: false, acceptTurns: 0, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -245,7 +288,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, accepting: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -269,8 +312,15 @@ export class Supervisor {
         child.elu = (m as { elu?: number }).elu ?? 0;
         child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
+        child.full = (m as { full?: boolean }).full === true;
         this.#got(child, (m as { got?: number }).got ?? 0);
+        this.#chooseAccepting();
         return this.#dispatch();
+      case 'full':
+        // It stopped accepting at once, near its open-file limit (child.ts): another worker takes over.
+        child.full = true;
+        child.accepting = false;
+        return this.#chooseAccepting();
       case 'metrics-r': {
         const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
@@ -279,6 +329,8 @@ export class Supervisor {
       case 'draining':
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
         child.ready = false;
+        child.accepting = false; // it closed its copies of the listening sockets itself
+        this.#chooseAccepting();
         this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason, scripts: (m as { scripts?: unknown }).scripts },
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
@@ -294,6 +346,7 @@ export class Supervisor {
           this.#firstStart = null;
         }
         void this.#saveStatus();
+        this.#chooseAccepting();
         return this.#dispatch();
       case 'reload-state':
         this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
@@ -316,6 +369,8 @@ export class Supervisor {
     for (const { socket } of child.copies.splice(0)) socket.destroy();
     child.inflight.clear();
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
+    child.accepting = false;
+    this.#chooseAccepting();
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
     // Blame is bookkeeping: whatever fails there (the disk), the process is replaced below.
@@ -394,6 +449,33 @@ export class Supervisor {
     }
     this.#waiting.push({ listener, socket, policy, proxied: proxy !== null });
     this.#dispatch();
+  }
+
+  /**
+   * Which workers accept on the held listening sockets (workerChoice: fill): the first able one, and the
+   * next ones while those before are busy (worker-choice.ts). Able: ready, beating (a hung worker accepts
+   * nothing, so the next takes over once its heartbeat is late), not at its open-file limit. A worker told
+   * to accept gets the sockets with the message (it closes its copies when told to stop).
+   */
+  #chooseAccepting(): void {
+    if (!this.#held.size || this.#stopping) return;
+    const now = performance.now();
+    const workers = this.#children.filter((c) => c.kind === 'worker');
+    const able = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS && !c.full);
+    const chosen = new Set(able.slice(0, able.length ? acceptingCount(able, this.#spare) : 0));
+    for (const c of workers) {
+      const accept = chosen.has(c);
+      if (accept === c.accepting) continue;
+      c.accepting = accept;
+      if (!c.proc?.connected) continue;
+      if (accept) {
+        c.acceptTurns++;
+        this.#heldListening = true;
+        for (const [listener, held] of this.#held) c.proc.send({ t: 'accept', listener }, held.handle as unknown as net.Server);
+      } else {
+        c.proc.send({ t: 'accept-stop' });
+      }
+    }
   }
 
   /**
@@ -519,6 +601,7 @@ export class Supervisor {
         setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
       }
     }
+    this.#chooseAccepting();
     this.#dispatch();
   }
 
@@ -550,7 +633,8 @@ export class Supervisor {
         const lastError = (await reloadStatus()).lastError;
         const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
         return {
-          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
+            ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
           spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool.minFreeBytes),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
@@ -618,6 +702,9 @@ export class Supervisor {
     // the wait would never end (and Postfix keeps policy connections open for minutes). Accepting stops at
     // once; the children's stop ends their sessions.
     for (const s of [...this.#policyListeners, ...this.#listeners]) s.close();
+    // The workers close their copies as they stop: the port closes with the last one.
+    for (const held of this.#held.values()) held.handle.close();
+    this.#held.clear();
     for (const w of this.#waiting.splice(0)) w.socket.destroy();
     await Promise.all(this.#children.map((c) => {
       if (c.restartTimer) clearTimeout(c.restartTimer);
@@ -644,6 +731,7 @@ export class Supervisor {
       policyServices: Object.fromEntries(this.policyAddresses),
       processes: this.#children.map((c) => ({
         role: c.kind, index: c.index, pid: c.proc?.pid ?? null, ready: c.ready,
+        ...(c.kind === 'worker' && this.#held.size ? { accepting: c.accepting, acceptTurns: c.acceptTurns, ...(c.full ? { full: true } : {}) } : {}),
         startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
       })),
       fences: this.#fences.fences,

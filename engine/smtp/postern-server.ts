@@ -112,6 +112,8 @@ export class PosternServer extends SMTPServer {
   readonly #overListenerLimit = new WeakSet<net.Socket>();
   /** The client a PROXY header named, by the raw socket it came on. */
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
+  /** Sockets a worker accepted itself (not handed over with a slot): counted by round trip, as proxied ones. */
+  readonly #ownAccepted = new WeakSet<net.Socket>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
   readonly #uncount = new WeakMap<net.Socket, () => void>();
 
@@ -151,6 +153,8 @@ export class PosternServer extends SMTPServer {
       socket.destroy();
       return false;
     }
+    // A worker's own accept: its slot is taken before the session starts (_handleProxy), by round trip.
+    if (this.#ownAccepted.has(socket)) return super._acceptSocket(socket, handshake);
     const ip = countedAddress(clientAddress(socket), this.ipv6PrefixLength);
     const total = this.runtime.connections?.handedTotal?.(`${this.listenerName} ${ip}`, socket.remotePort);
     if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
@@ -192,6 +196,15 @@ export class PosternServer extends SMTPServer {
    */
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
     const proxy = this.proxy;
+    if (!proxy && this.#ownAccepted.has(socket)) {
+      // Accepted by this worker itself: the client's slot from the supervisor's count over every worker.
+      const handshake = !!(this.options as { secure?: boolean }).secure;
+      this.#countProxied(socket, countedAddress(clientAddress(socket), this.ipv6PrefixLength), socket.remotePort ?? 0, handshake).then(
+        (counted) => (counted ? callback(null, { id: newSessionId() }) : callback(new Error('closed before the session'))),
+        (err: Error) => { socket.destroy(); callback(err); },
+      );
+      return;
+    }
     if (!proxy) {
       // smtp-server's own path without a header (Postern never sets its useProxy nor ignoredHosts), with a cheaper id.
       const options = this.options as { useProxy?: unknown; ignoredHosts?: unknown };
@@ -236,6 +249,15 @@ export class PosternServer extends SMTPServer {
     if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
     return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release);
+  }
+
+  /**
+   * A socket this worker accepted on the listener's socket the supervisor holds (workerChoice: fill): it
+   * counts against its client by round trip to the supervisor before the session starts, as a proxied one.
+   */
+  acceptOwn(socket: net.Socket): void {
+    this.#ownAccepted.add(socket);
+    this.server.emit('connection', socket);
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */
