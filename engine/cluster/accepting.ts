@@ -59,13 +59,15 @@ export class Accepting {
   readonly #room: FileRoom;
   readonly #onConnection: (listener: string, socket: net.Socket) => void;
   readonly #onFull: () => void;
+  readonly #onRoom: () => void;
   readonly #onError: (listener: string, err: Error) => void;
   #closed = false;
 
-  constructor(opts: { room: FileRoom; onConnection(listener: string, socket: net.Socket): void; onFull(): void; onError(listener: string, err: Error): void }) {
+  constructor(opts: { room: FileRoom; onConnection(listener: string, socket: net.Socket): void; onFull(): void; onRoom(): void; onError(listener: string, err: Error): void }) {
     this.#room = opts.room;
     this.#onConnection = opts.onConnection;
     this.#onFull = opts.onFull;
+    this.#onRoom = opts.onRoom;
     this.#onError = opts.onError;
   }
 
@@ -74,7 +76,7 @@ export class Accepting {
     if (this.#closed || this.#room.full) return void handle.close(); // stopping, or no room: the supervisor hears so with the heartbeat
     this.#servers.get(listener)?.close();
     const server = net.createServer((socket) => {
-      if (!this.#room.accepted()) this.#full();
+      if (!this.#room.full && !this.#room.accepted()) this.#full();
       this.#onConnection(listener, socket);
     });
     server.on('error', (err) => this.#onError(listener, err));
@@ -96,9 +98,17 @@ export class Accepting {
 
   get accepting(): boolean { return this.#servers.size > 0; }
 
+  /** At each heartbeat: the descriptors counted again; near the limit it stops accepting. True while so. */
+  recount(): boolean {
+    const was = this.#room.full;
+    this.#room.count();
+    if (this.#room.full && !was) this.#full();
+    else if (!this.#room.full && was) this.#onRoom();
+    return this.#room.full;
+  }
+
   /** Near the open-file limit: closing the copies now also ends libuv's accept loop for this turn. */
   #full(): void {
-    if (!this.#servers.size) return;
     this.stop();
     this.#onFull();
   }

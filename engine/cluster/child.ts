@@ -64,6 +64,7 @@ async function main(): Promise<void> {
         `worker ${index} is near its open-file limit: it accepts no new connections until descriptors are free (they wait for another worker, or in the port's queue)`);
       send({ t: 'full' });
     },
+    onRoom: () => log.info({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit }, `worker ${index} has descriptors to spare again: it may accept`),
     onError: (listener, err) => log.error({ listener, err: { message: err.message } }, 'accepting on the listener failed'),
   });
   const early: Array<[Message, Socket | undefined]> = [];
@@ -164,12 +165,7 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config, counters, () => {
-    const wasFull = fileRoom.full;
-    fileRoom.count();
-    if (wasFull && !fileRoom.full) log.info({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit }, `worker ${index} has descriptors to spare again: it may accept`);
-    return fileRoom.full;
-  });
+  startWatchdog(loaded.config, counters, () => accepting.recount());
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();

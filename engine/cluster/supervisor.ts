@@ -463,6 +463,7 @@ export class Supervisor {
     const workers = this.#children.filter((c) => c.kind === 'worker');
     const able = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS && !c.full);
     const chosen = new Set(able.slice(0, able.length ? acceptingCount(able, this.#spare) : 0));
+    let changed = false;
     for (const c of workers) {
       const accept = chosen.has(c);
       if (accept === c.accepting) continue;
@@ -475,7 +476,9 @@ export class Supervisor {
       } else {
         c.proc.send({ t: 'accept-stop' });
       }
+      changed = true;
     }
+    if (changed) void this.#saveStatus(); // who accepts, in cluster.json (`postern status` asks live)
   }
 
   /**
