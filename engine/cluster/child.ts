@@ -6,7 +6,7 @@
  */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
-import type { Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -76,11 +76,14 @@ async function main(): Promise<void> {
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
     if (m.t === 'accept') return handle ? accepting.start(m.listener!, handle as unknown as { close(): void }) : undefined;
+    if (m.t === 'listen') return handle ? listenOnce(handle as unknown as { close(): void }) : undefined;
     if (m.t === 'accept-stop') return accepting.stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
   });
+  // Listening from here on: the supervisor may send what is only useful before this process is ready.
+  if (role === 'worker') send({ t: 'hello' });
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
       const key = m.key;
@@ -172,6 +175,19 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+
+/**
+ * Make a listener's socket the supervisor holds listen, without accepting on it: listen() and close this
+ * process's copy in the same turn (libuv accepts only in a later one). The socket, open in the supervisor,
+ * stays listening: from the server's start, connections wait in its queue until the first worker accepts
+ * instead of being refused (held-socket.ts).
+ */
+function listenOnce(handle: { close(): void }): void {
+  const server = createServer();
+  server.on('error', () => undefined); // the first worker's accept tries again
+  server.listen(handle as unknown as Server);
+  server.close();
+}
 /** This process's descriptors against its limit (accepting.ts), counted at each heartbeat. */
 const fileRoom = new FileRoom();
 /** The number of the last connection the supervisor handed over (its descriptor is ours now). */

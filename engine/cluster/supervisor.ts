@@ -316,6 +316,10 @@ export class Supervisor {
         this.#got(child, (m as { got?: number }).got ?? 0);
         this.#chooseAccepting();
         return this.#dispatch();
+      case 'hello':
+        // A worker started: until a worker has accepted, it makes the held sockets listen (child.ts listenOnce).
+        if (!this.#heldListening) for (const held of this.#held.values()) proc.send({ t: 'listen' }, held.handle as unknown as net.Server);
+        return;
       case 'full':
         // It stopped accepting at once, near its open-file limit (child.ts): another worker takes over.
         child.full = true;

@@ -8,7 +8,10 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, workerPid, TWO_WORKERS, ONE_WORKER } from '../helpers/cluster.ts';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import net from 'node:net';
+import { startCluster, workerPid, freePort, TWO_WORKERS, ONE_WORKER } from '../helpers/cluster.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
 import { LOCK_FILE } from '../../engine/spool/data-dir-lock.ts';
 
@@ -58,19 +61,63 @@ test('maxConnectionsPerIp holds over two workers that each accepted a connection
   }
 });
 
+/** A `sleep` process written into `dir`'s lock as its holder (a process of an earlier server, to a worker starting there). */
+function holdLock(dir: string): ReturnType<typeof spawn> {
+  const holder = spawn('sleep', ['600'], { stdio: 'ignore' });
+  const stat = readFileSync(`/proc/${holder.pid}/stat`, 'latin1');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, LOCK_FILE), `${holder.pid} ${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}\n`);
+  return holder;
+}
+
+test('a connection made before the first worker is ready waits in the port\'s queue and is served', { timeout: 180_000 }, async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'postern-accept-'));
+  // Worker 0 waits for this holder of its spool before it can start.
+  const holder = holdLock(workerSpoolDir(dataDir, 0));
+  const port = await freePort();
+  const starting = startCluster({ config: ONE_WORKER.replace('{PORT:in}', String(port)), dataDir });
+  let client: SmtpTestClient | null = null;
+  try {
+    // Refused until a worker process has booted and made the supervisor's socket listen; then queued.
+    client = await (async () => {
+      for (;;) {
+        const connected = await new Promise<boolean>((resolve) => {
+          const probe = net.connect(port, '127.0.0.1');
+          probe.once('connect', () => { probe.destroy(); resolve(true); });
+          probe.once('error', () => resolve(false));
+        });
+        if (connected) return SmtpTestClient.connect(port);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    assert.equal(await greetingOf(client, 500), null, 'nobody greets before a worker is ready');
+    holder.kill('SIGKILL');
+    const c = await starting;
+    try {
+      assert.equal((await client.read(120_000)).code, 220, 'greeted once the worker is ready');
+      assert.ok(c.logs.some((l) => String(l.msg).startsWith(`waiting for process ${holder.pid}`)), 'the worker waited for the holder');
+    } finally {
+      await c.stop();
+    }
+  } finally {
+    holder.kill('SIGKILL');
+    client?.destroy();
+    await starting.then((c) => c.stop(), () => undefined);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
 test('a connection made while the only worker is dead waits in the port\'s queue and is served by its replacement', { timeout: 180_000 }, async () => {
   const c = await startCluster({ config: ONE_WORKER });
-  // Stands for a process of an earlier server still holding worker 0's spool: the replacement waits for it
-  // to end, so the connection below is certainly made while no worker runs.
-  const holder = spawn('sleep', ['600'], { stdio: 'ignore' });
+  let holder: ReturnType<typeof spawn> | null = null;
   let client: SmtpTestClient | null = null;
   try {
     const worker = await workerPid(c, 0);
-    const started = readFileSync(`/proc/${holder.pid}/stat`, 'latin1');
-    const startTime = started.slice(started.lastIndexOf(')') + 2).split(' ')[19];
-    writeFileSync(join(workerSpoolDir(c.dataDir, 0), LOCK_FILE), `${holder.pid} ${startTime}\n`);
+    // Stands for a process of an earlier server still holding worker 0's spool: the replacement waits for it
+    // to end, so the connection below is certainly made while no worker runs.
+    holder = holdLock(workerSpoolDir(c.dataDir, 0));
     process.kill(worker, 'SIGKILL');
-    await c.waitFor('the replacement waiting for the spool', () => c.logs.some((l) => String(l.msg).startsWith(`waiting for process ${holder.pid}`)));
+    await c.waitFor('the replacement waiting for the spool', () => c.logs.some((l) => String(l.msg).startsWith(`waiting for process ${holder!.pid}`)));
     assert.ok(!(await c.cluster()).processes.some((p) => p.role === 'worker' && p.ready), 'no worker is ready');
     // The port answers: the connection is made (the kernel queues it on the supervisor's socket).
     client = await SmtpTestClient.connect(c.port('in'));
@@ -83,7 +130,7 @@ test('a connection made while the only worker is dead waits in the port\'s queue
     assert.notEqual(await workerPid(c, 0), worker);
     await client.quit();
   } finally {
-    holder.kill('SIGKILL');
+    holder?.kill('SIGKILL');
     client?.destroy();
     await c.stop();
   }
