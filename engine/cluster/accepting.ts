@@ -28,12 +28,20 @@ export class FileRoom {
 
   constructor() { this.count(); }
 
-  /** Count again (heartbeat): the limit too, which `prlimit` may change under a running process. */
+  /** Counts since the limit was last read. */
+  #counts = 0;
+
+  /**
+   * Count again (each heartbeat, about 20 µs); the limit too every tenth time (`prlimit` may change it under
+   * a running process), or while near it.
+   */
   count(): void {
     try {
       this.#open = readdirSync('/proc/self/fd').length;
-      const m = /Max open files\s+(\d+|unlimited)/.exec(readFileSync('/proc/self/limits', 'latin1'));
-      this.#limit = m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+      if (this.#counts++ % 10 === 0 || this.#limit - this.#open < 2 * FILES_KEPT_FREE) {
+        const m = /Max open files\s+(\d+|unlimited)/.exec(readFileSync('/proc/self/limits', 'latin1'));
+        this.#limit = m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+      }
     } catch {
       this.#limit = Infinity;
     }
