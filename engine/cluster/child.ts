@@ -58,7 +58,7 @@ async function main(): Promise<void> {
   // Accepting on the listening sockets the supervisor holds, when it says so (workerChoice: fill; accepting.ts).
   const accepting = new Accepting({
     room: fileRoom,
-    onConnection: (listener, socket) => running!.acceptOwnConnection(listener, socket),
+    onConnection: (listener, socket) => (running ? running.acceptOwnConnection(listener, socket) : socket.destroy()), // told only once ready
     onFull() {
       log.warn({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit },
         `worker ${index} is near its open-file limit: it accepts no new connections until descriptors are free (they wait for another worker, or in the port's queue)`);

@@ -19,7 +19,11 @@
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
  *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
  *                                                           come from the supervisor; answered by
- *   supervisor → worker  { t: 'conn+r', q, ok, total, failures }  ok: under the limit (the slot is taken);
+ *   worker → supervisor  { t: 'conn+', q, key, ip, take: true }  take it whatever the count, as a hand-over
+ *                                                           does (a connection the worker accepted itself:
+ *                                                           over the limit it still reads its 421), answered by
+ *   supervisor → worker  { t: 'conn+r', q, ok, open, total, failures }  ok: under the limit (the slot is taken);
+ *                                                           open: the key's count with this one (take: true);
  *                                                           total: the listener's connections over every
  *                                                           worker (its maxConnections, as with 'conn');
  *                                                           failures: that IP's recent auth failure times
@@ -38,11 +42,19 @@ import type { FailureMap } from '../auth/failure-limiter.ts';
  * every worker, the listener's open connections with this one (for its maxConnections). */
 export interface Admission { ok: boolean; total?: number }
 
+/** take()'s answer: the address's open connections with this one, and the listener's over every worker. */
+export interface Taken { open: number; total?: number }
+
 /** Open-connection counts; `acquire` may answer later (a round trip to the supervisor). */
 export interface ConnectionCounts {
   /** `port`: the client's port, which with the key names the connection. */
   acquire(key: string, ip: string, limit: number, port?: number): Admission | Promise<Admission>;
   release(key: string): void;
+  /**
+   * A slot for a connection this worker accepted itself, taken whatever the count (given back by release()),
+   * as the supervisor takes one for a connection it hands over: the caller decides on the count.
+   */
+  take?(key: string, ip: string): Promise<Taken>;
   /**
    * The count the supervisor sent with a handed-over connection (key and client port), once: the caller then
    * holds its slot and gives it back with releaseHanded() when the connection ends.
@@ -100,7 +112,7 @@ export class SharedFailureStore extends Map<string, number[]> implements Failure
 export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
-  readonly #waiting = new Map<number, (answer: Admission) => void>();
+  readonly #waiting = new Map<number, (answer: Admission & { open?: number }) => void>();
   /** Open counts (per address, and the listener's total) of connections handed over with their slot, by "key|client port", until claimed. */
   readonly #handed = new Map<string, { open: number; total: number | undefined }>();
   /** Slots taken by round trip, given back by release(). */
@@ -169,6 +181,18 @@ export class WorkerCounters implements ConnectionCounts {
     });
   }
 
+  take(key: string, ip: string): Promise<Taken> {
+    const q = ++this.#next;
+    this.flush(); // the supervisor counts on: the slots given back here first
+    return new Promise((resolve) => {
+      this.#waiting.set(q, (answer) => {
+        this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
+        resolve({ open: answer.open ?? 1, total: answer.total });
+      });
+      this.#channel.send({ t: 'conn+', q, key, ip, take: true });
+    });
+  }
+
   release(key: string): void {
     const n = this.#requested.get(key) ?? 0;
     if (n === 0) return; // a handed-over slot: it goes back when its socket closes
@@ -204,12 +228,12 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
-  handle(message: { t?: string; q?: number; ok?: boolean; total?: number; ip?: string; at?: number; failures?: number[] }): boolean {
+  handle(message: { t?: string; q?: number; ok?: boolean; open?: number; total?: number; ip?: string; at?: number; failures?: number[] }): boolean {
     if (message.t === 'conn+r') {
       if (message.ip !== undefined) this.failures.replace(message.ip, message.failures ?? []);
       const resolve = this.#waiting.get(message.q!);
       this.#waiting.delete(message.q!);
-      resolve?.({ ok: message.ok === true, total: message.total });
+      resolve?.({ ok: message.ok === true, open: message.open, total: message.total });
       return true;
     }
     if (message.t === 'authfail') {
@@ -236,11 +260,16 @@ export class CounterHost {
    * One message from worker `worker`; `reply` answers it, `broadcast` tells every other worker.
    * Returns false for messages that are not about counters.
    */
-  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; ip?: string; limit?: number; at?: number },
+  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; ip?: string; limit?: number; at?: number; take?: boolean },
     reply: (m: object) => void, broadcast: (m: object) => void): boolean {
     switch (message.t) {
       case 'conn+': {
         const key = message.key!;
+        if (message.take) {
+          const open = this.take(worker, key);
+          reply({ t: 'conn+r', q: message.q, ok: true, open, total: this.total(listenerOf(key)), ip: message.ip, failures: this.failures(message.ip!) });
+          return true;
+        }
         const open = (this.#open.get(key) ?? 0) + 1;
         const ok = open <= message.limit!;
         if (ok) {

@@ -199,7 +199,7 @@ export class PosternServer extends SMTPServer {
     if (!proxy && this.#ownAccepted.has(socket)) {
       // Accepted by this worker itself: the client's slot from the supervisor's count over every worker.
       const handshake = !!(this.options as { secure?: boolean }).secure;
-      this.#countProxied(socket, countedAddress(clientAddress(socket), this.ipv6PrefixLength), socket.remotePort ?? 0, handshake).then(
+      this.#countOwn(socket, countedAddress(clientAddress(socket), this.ipv6PrefixLength), handshake).then(
         (counted) => (counted ? callback(null, { id: newSessionId() }) : callback(new Error('closed before the session'))),
         (err: Error) => { socket.destroy(); callback(err); },
       );
@@ -249,6 +249,24 @@ export class PosternServer extends SMTPServer {
     if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
     return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release);
+  }
+
+  /**
+   * The slot of a connection this worker accepted itself, from the supervisor's count over every worker, taken
+   * whatever the count as for a connection the supervisor hands over: over the limit it reads its 421 (on
+   * implicit TLS after the handshake, up to twice the limit; beyond, it is closed before TLS).
+   */
+  async #countOwn(socket: net.Socket, ip: string, handshake: boolean): Promise<boolean> {
+    const shared = this.runtime.connections!;
+    const key = `${this.listenerName} ${ip}`;
+    const { open, total } = await shared.take!(key, ip);
+    const release = (): void => shared.release(key);
+    if (socket.destroyed) { // gone while asking: no 'close' will come to give the slot back
+      release();
+      return false;
+    }
+    if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
+    return this.#count(socket, ip, open, handshake, release);
   }
 
   /**

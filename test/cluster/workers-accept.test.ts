@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki } from '../helpers/pki.ts';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
@@ -160,6 +162,41 @@ test('fill at light load: the second worker is never told to accept, and the fir
     assert.deepEqual(round, Array(10).fill(first), 'every session on worker 0');
     assert.equal((await worker1()).acceptTurns, turns, 'worker 1 was not told to accept meanwhile');
   } finally {
+    await c.stop();
+  }
+});
+
+test('a TLS-on-connect listener under serve: the worker that accepted takes the slot before the handshake; over the limit, 421 after it', { timeout: 180_000 }, async () => {
+  const pki = await makeTestPki();
+  const c = await startCluster({
+    config: `
+workers: 1
+localDomains: [example.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1 }
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
+`,
+  });
+  const open: SmtpTestClient[] = [];
+  try {
+    const ca = await readFile(pki.ca.cert, 'utf8');
+    const first = await SmtpTestClient.connect(c.port('in'), { implicitTls: { ca, servername: 'localhost' } });
+    open.push(first);
+    assert.equal((await first.read(30_000)).code, 220);
+    const second = await SmtpTestClient.connect(c.port('in'), { implicitTls: { ca, servername: 'localhost' } });
+    open.push(second);
+    assert.match((await second.read(30_000)).text, /^421 4\.7\.0 Too many connections from your address/);
+    await first.quit();
+    await c.waitFor('a slot again', async () => {
+      const client = await SmtpTestClient.connect(c.port('in'), { implicitTls: { ca, servername: 'localhost' } });
+      open.push(client);
+      return (await client.read(30_000)).code === 220;
+    });
+  } finally {
+    for (const o of open) o.destroy();
     await c.stop();
   }
 });
