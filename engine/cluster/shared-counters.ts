@@ -79,6 +79,8 @@ export class LocalConnectionCounts implements ConnectionCounts {
     const left = (this.#open.get(key) ?? 1) - 1;
     if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
   }
+  /** Open with this key now. */
+  count(key: string): number { return this.#open.get(key) ?? 0; }
 }
 
 /** The IPC channel of a child process (process.send / process.on('message')), or a test stand-in. */
@@ -122,10 +124,19 @@ export class WorkerCounters implements ConnectionCounts {
   /** Slots given back whose return the supervisor has not been told yet, by key (flush()). */
   readonly #returning = new Map<string, number>();
   #next = 0;
+  /**
+   * The server's only worker (`workers: 1`): the slots of the connections it accepts itself are counted here
+   * alone, without a round trip. No other worker process ever runs beside it (a replacement starts once it
+   * has exited), so its counts are the server's.
+   */
+  readonly #sole: LocalConnectionCounts | null;
+  /** Slots taken in #sole, by listener: its maxConnections total. */
+  readonly #soleTotals = new Map<string, number>();
 
-  constructor(channel: Channel, authWindowMs: number) {
+  constructor(channel: Channel, authWindowMs: number, opts: { soleWorker?: boolean } = {}) {
     this.#channel = channel;
     this.failures = new SharedFailureStore(channel, authWindowMs);
+    this.#sole = opts.soleWorker ? new LocalConnectionCounts() : null;
   }
 
   /**
@@ -170,6 +181,10 @@ export class WorkerCounters implements ConnectionCounts {
       this.#handed.delete(`${key}|${port}`);
       return { ok: handed.open <= limit, total: handed.total };
     }
+    if (this.#sole) {
+      if (!this.#sole.acquire(key, ip, limit).ok) return { ok: false };
+      return { ok: true, total: this.#soleTaken(key) };
+    }
     const q = ++this.#next;
     this.flush(); // the supervisor decides on its counts: the slots given back here first
     return new Promise((resolve) => {
@@ -182,6 +197,10 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   take(key: string, ip: string): Promise<Taken> {
+    if (this.#sole) {
+      this.#sole.acquire(key, ip, Infinity);
+      return Promise.resolve({ open: this.#sole.count(key), total: this.#soleTaken(key) });
+    }
     const q = ++this.#next;
     this.flush(); // the supervisor counts on: the slots given back here first
     return new Promise((resolve) => {
@@ -193,7 +212,22 @@ export class WorkerCounters implements ConnectionCounts {
     });
   }
 
+  /** One more slot of the listener's counted in #sole; returns the listener's total with it. */
+  #soleTaken(key: string): number {
+    const listener = listenerOf(key);
+    const total = (this.#soleTotals.get(listener) ?? 0) + 1;
+    this.#soleTotals.set(listener, total);
+    return total;
+  }
+
   release(key: string): void {
+    if (this.#sole?.count(key)) {
+      this.#sole.release(key);
+      const listener = listenerOf(key);
+      const total = (this.#soleTotals.get(listener) ?? 1) - 1;
+      if (total > 0) this.#soleTotals.set(listener, total); else this.#soleTotals.delete(listener);
+      return;
+    }
     const n = this.#requested.get(key) ?? 0;
     if (n === 0) return; // a handed-over slot: it goes back when its socket closes
     if (n > 1) this.#requested.set(key, n - 1); else this.#requested.delete(key);

@@ -283,6 +283,7 @@ export class Supervisor {
       execArgv: childExecArgv(),
       env: {
         ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
+        POSTERN_WORKERS: String(this.#children.filter((c) => c.kind === 'worker').length),
         // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
         POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
       },
