@@ -169,7 +169,8 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config, counters, () => accepting.recount());
+  // With each heartbeat: near the open-file limit, and accepting on the supervisor's sockets (it was told to, and the sockets came).
+  startWatchdog(loaded.config, counters, () => ({ ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}) }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
@@ -223,7 +224,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 const WATCHDOG_RETRY_MS = 1000;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, full: () => boolean): void {
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => object): void {
   const dataDir = config.dataDir;
   const workerData = {
     marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
@@ -267,7 +268,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' && full() ? { full: true } : {}) });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : {}) });
   }, HEARTBEAT_MS).unref();
 }
 

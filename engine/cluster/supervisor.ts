@@ -93,8 +93,10 @@ interface Child {
   elu: number;
   cpu: number;
   fresh: number;
-  /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
+  /** Since when (monotonic) handed-over connections (or the listening sockets) have waited without the worker taking one; null when none wait. */
   takingSince: number | null;
+  /** Told to accept, and its heartbeat has not said it does yet (the sockets' descriptors are on their way). */
+  acceptPending: boolean;
   /** Told to accept on the held listening sockets (workerChoice: fill), and how many times it was told so. */
   accepting: boolean;
   acceptTurns: number;
@@ -273,7 +275,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, accepting: false, acceptTurns: 0, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -289,7 +291,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, accepting: false, full: false, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -315,6 +317,11 @@ export class Supervisor {
         child.fresh = 0;
         child.full = (m as { full?: boolean }).full === true;
         this.#got(child, (m as { got?: number }).got ?? 0);
+        // It accepts on the sockets it was told to accept on: their descriptors reached it.
+        if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
+          child.acceptPending = false;
+          this.#taking(child);
+        }
         this.#chooseAccepting();
         return this.#dispatch();
       case 'hello':
@@ -325,6 +332,8 @@ export class Supervisor {
         // It stopped accepting at once, near its open-file limit (child.ts): another worker takes over.
         child.full = true;
         child.accepting = false;
+        child.acceptPending = false;
+        this.#taking(child);
         return this.#chooseAccepting();
       case 'metrics-r': {
         const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
@@ -335,6 +344,7 @@ export class Supervisor {
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
         child.ready = false;
         child.accepting = false; // it closed its copies of the listening sockets itself
+        child.acceptPending = false;
         this.#chooseAccepting();
         this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason, scripts: (m as { scripts?: unknown }).scripts },
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
@@ -474,6 +484,8 @@ export class Supervisor {
       if (accept === c.accepting) continue;
       c.accepting = accept;
       if (!c.proc?.connected) continue;
+      c.acceptPending = accept;
+      this.#taking(c);
       if (accept) {
         c.acceptTurns++;
         this.#heldListening = true;
@@ -568,7 +580,7 @@ export class Supervisor {
 
   /** Hand-overs moved on: the wait for the worker to take what is left (if anything) counts from now. */
   #taking(child: Child): void {
-    child.takingSince = child.inflight.size || child.copies.length ? performance.now() : null;
+    child.takingSince = child.inflight.size || child.copies.length || child.acceptPending ? performance.now() : null;
   }
 
   /** When #tick last ran (monotonic). */
@@ -597,8 +609,9 @@ export class Supervisor {
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
       } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {
-        // It beats, yet takes no connection: its channel cannot pass descriptors any more (one it could not
-        // accept, at its file limit, leaves Node waiting for an acknowledgement for ever). The rest of its
+        // It beats, yet takes no connection (or does not accept on the sockets sent to it): its channel cannot
+        // pass descriptors any more (one it could not accept, at its file limit, leaves Node waiting for an
+        // acknowledgement for ever, and every later message behind it). The rest of its
         // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.size + c.copies.length, waitedMs: Math.round(now - c.takingSince) },
           `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
