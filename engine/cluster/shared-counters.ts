@@ -34,7 +34,9 @@
  * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
  * failures reach other workers asynchronously, but every new connection also brings that IP's current
  * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.
- * When a worker dies, the supervisor drops every slot it held.
+ * When a worker dies, the supervisor drops every slot it held. The only worker of a server (`workers: 1`)
+ * counts the slots of the connections it accepts itself, and of PROXY protocol clients, alone (no message):
+ * no other worker process runs beside it.
  */
 import type { FailureMap } from '../auth/failure-limiter.ts';
 

@@ -8,7 +8,7 @@
  * (held-socket.ts) and the workers accept on it themselves, as Postfix's smtpd processes accept on the
  * sockets its master holds: the supervisor only decides which workers accept at all (the first, the next
  * ones while those before are busy: worker-choice.ts), at each heartbeat, and takes each connection's
- * per-IP slot by round trip ('conn+', shared-counters.ts). Handing every connection over cost the
+ * per-IP slot by round trip ('conn+', shared-counters.ts; with workers: 1 the worker counts alone). Handing every connection over cost the
  * supervisor about 110–150 µs of CPU per connection (docs/benchmarks.md). With `roundRobin`, and for
  * policy services, the supervisor accepts and passes each socket itself (like node:cluster's round-robin
  * mode). Rather than workers each binding the port with SO_REUSEPORT: the kernel would keep queueing new
