@@ -69,9 +69,11 @@ export class Accepting {
   readonly #onFull: () => void;
   readonly #onRoom: () => void;
   readonly #onError: (listener: string, err: Error) => void;
+  readonly #onListening: (listener: string) => void;
   #closed = false;
 
-  constructor(opts: { room: FileRoom; onConnection(listener: string, socket: net.Socket): void; onFull(): void; onRoom(): void; onError(listener: string, err: Error): void }) {
+  constructor(opts: { room: FileRoom; onConnection(listener: string, socket: net.Socket): void; onFull(): void; onRoom(): void; onError(listener: string, err: Error): void; onListening(listener: string): void }) {
+    this.#onListening = opts.onListening;
     this.#room = opts.room;
     this.#onConnection = opts.onConnection;
     this.#onFull = opts.onFull;
@@ -90,6 +92,7 @@ export class Accepting {
     server.on('error', (err) => this.#onError(listener, err));
     server.listen(handle as unknown as net.Server);
     this.#servers.set(listener, server);
+    if (server.listening) this.#onListening(listener);
   }
 
   /** Stop accepting: this process's copies of the sockets close (the sessions they gave go on). */

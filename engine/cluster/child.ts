@@ -67,6 +67,7 @@ async function main(): Promise<void> {
     },
     onRoom: () => log.info({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit }, `worker ${index} has descriptors to spare again: it may accept`),
     onError: (listener, err) => log.error({ listener, err: { message: err.message } }, 'accepting on the listener failed'),
+    onListening: (listener) => send({ t: 'listened', listener }), // the supervisor logs `listening` at the first
   });
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
@@ -77,7 +78,7 @@ async function main(): Promise<void> {
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
     if (m.t === 'accept') return handle ? accepting.start(m.listener!, handle as unknown as { close(): void }) : undefined;
-    if (m.t === 'listen') return handle ? listenOnce(handle as unknown as { close(): void }) : undefined;
+    if (m.t === 'listen') return handle ? listenOnce(m.listener!, handle as unknown as { close(): void }) : undefined;
     if (m.t === 'accept-stop') return accepting.stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
     if (!running) return void early.push([m, handle]);
@@ -184,11 +185,13 @@ let tellReloadState: () => void = () => undefined;
  * stays listening: from the server's start, connections wait in its queue until the first worker accepts
  * instead of being refused (held-socket.ts).
  */
-function listenOnce(handle: { close(): void }): void {
+function listenOnce(listener: string, handle: { close(): void }): void {
   const server = createServer();
-  server.on('error', () => undefined); // the first worker's accept tries again
+  server.on('error', () => undefined); // the next worker's (or the first accepting worker's) listen tries again
   server.listen(handle as unknown as Server);
+  const listened = server.listening;
   server.close();
+  if (listened) send({ t: 'listened', listener });
 }
 /** This process's descriptors against its limit (accepting.ts), counted at each heartbeat. */
 const fileRoom = new FileRoom();

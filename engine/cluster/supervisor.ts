@@ -129,8 +129,10 @@ export class Supervisor {
   readonly #listeners: net.Server[] = [];
   /** The SMTP listeners' sockets the workers accept on (workerChoice: fill), by listener name. */
   readonly #held = new Map<string, HeldSocket>();
-  /** A worker has listened on the held sockets: from then on they queue connections whatever the workers do. */
+  /** Every held socket listens (a worker made it): from then on they queue connections whatever the workers do. */
   #heldListening = false;
+  /** The held sockets that listen, by listener name. */
+  readonly #listening = new Set<string>();
   readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
   readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean }> = [];
@@ -230,7 +232,8 @@ export class Supervisor {
         });
         this.#held.set(l.name, held);
         this.addresses.set(l.name, { address: held.address, port: held.port });
-        this.log.info({ listener: l.name, address: `${held.address}:${held.port}`, tls: l.tls.mode }, 'listening');
+        // 'listening' is logged once a worker has made it listen (the 'listened' message): until then it refuses.
+        this.log.debug({ listener: l.name, address: `${held.address}:${held.port}` }, 'bound');
         continue;
       }
       // Paused: the supervisor never reads a byte; the worker that gets the socket does.
@@ -326,8 +329,19 @@ export class Supervisor {
         return this.#dispatch();
       case 'hello':
         // A worker started: until a worker has accepted, it makes the held sockets listen (child.ts listenOnce).
-        if (!this.#heldListening) for (const held of this.#held.values()) proc.send({ t: 'listen' }, held.handle as unknown as net.Server);
+        if (!this.#heldListening) for (const [listener, held] of this.#held) proc.send({ t: 'listen', listener }, held.handle as unknown as net.Server);
         return;
+      case 'listened': {
+        // The held socket listens from now on (its queue keeps connections whatever the workers do).
+        const listener = (m as { listener?: string }).listener!;
+        const held = this.#held.get(listener);
+        if (!held || this.#listening.has(listener)) return;
+        this.#listening.add(listener);
+        this.#heldListening = this.#listening.size === this.#held.size;
+        const l = this.config.config.listeners.find((x) => x.name === listener);
+        this.log.info({ listener, address: `${held.address}:${held.port}`, tls: l?.tls.mode }, 'listening');
+        return;
+      }
       case 'full':
         // It stopped accepting at once, near its open-file limit (child.ts): another worker takes over.
         child.full = true;
@@ -488,7 +502,6 @@ export class Supervisor {
       this.#taking(c);
       if (accept) {
         c.acceptTurns++;
-        this.#heldListening = true;
         for (const [listener, held] of this.#held) c.proc.send({ t: 'accept', listener }, held.handle as unknown as net.Server);
       } else {
         c.proc.send({ t: 'accept-stop' });
