@@ -94,6 +94,8 @@ export interface RunningPostern {
    * service); `open`: a policy service's connections over all workers, this one included (its maxConnections).
    */
   acceptConnection(listener: string, socket: Socket, open?: number): void;
+  /** A worker accepted `socket` itself on the listener's socket the supervisor holds: its slot is taken by round trip. */
+  acceptOwnConnection(listener: string, socket: Socket): void;
   close(): Promise<void>;
 }
 
@@ -333,6 +335,11 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       const server = servers.get(listener);
       if (!server) return void socket.destroy();
       server.server.emit('connection', socket);
+    },
+    acceptOwnConnection(listener, socket) {
+      const server = servers.get(listener);
+      if (!server) return void socket.destroy();
+      server.acceptOwn(socket);
     },
     async close() {
       stopShadowing();

@@ -6,7 +6,7 @@
  */
 import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
-import type { Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +24,7 @@ import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runni
 import { abandonedRunningScripts, onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
 import { writeCrashRecord } from './crash-record.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
+import { Accepting, FileRoom } from './accepting.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -47,12 +48,27 @@ async function main(): Promise<void> {
     runningCall.setFenced(JSON.parse(readFileSync(join(crashDir(loaded.config.dataDir), 'fenced.json'), 'utf8')) as RunningScript[]);
   } catch { /* none yet */ }
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
-  const counters = new WorkerCounters({ send }, windowMs);
+  // The only worker of the server counts its own connections' slots itself (shared-counters.ts).
+  const counters = new WorkerCounters({ send }, windowMs, { soleWorker: role === 'worker' && process.env.POSTERN_WORKERS === '1' });
   // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).
   const store = new ForwardingCounterStore({ send, get connected() { return process.connected; } }, STORE_CALL_MS,
     new MemoryAuthFailureStore(counters.failures));
   // Messages can arrive before startup is done (fences, relayed failures): handle those at once.
   let running: Awaited<ReturnType<typeof startPostern>> | null = null;
+  const log = createLogger(loaded.config.log.level, undefined, loaded.config.log.format).child({ component: role });
+  // Accepting on the listening sockets the supervisor holds, when it says so (workerChoice: fill; accepting.ts).
+  const accepting = new Accepting({
+    room: fileRoom,
+    onConnection: (listener, socket) => (running ? running.acceptOwnConnection(listener, socket) : socket.destroy()), // told only once ready
+    onFull() {
+      log.warn({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit },
+        `worker ${index} is near its open-file limit: it accepts no new connections until descriptors are free (they wait for another worker, or in the port's queue)`);
+      send({ t: 'full' });
+    },
+    onRoom: () => log.info({ worker: index, openFiles: fileRoom.open, limit: fileRoom.limit }, `worker ${index} has descriptors to spare again: it may accept`),
+    onError: (listener, err) => log.error({ listener, err: { message: err.message } }, 'accepting on the listener failed'),
+    onListening: (listener) => send({ t: 'listened', listener }), // the supervisor logs `listening` at the first
+  });
   const early: Array<[Message, Socket | undefined]> = [];
   process.on('message', (m: Message, handle?: Socket) => {
     // Counted at once: the heartbeat tells the supervisor to close its copies up to here (supervisor.ts).
@@ -61,10 +77,15 @@ async function main(): Promise<void> {
     if (store.handle(m)) return;
     if (m.t === 'fences') return runningCall.setFenced(m.list ?? []);
     if (m.t === 'stop') return void stop();
+    if (m.t === 'accept') return handle ? accepting.start(m.listener!, handle as unknown as { close(): void }) : undefined;
+    if (m.t === 'listen') return handle ? listenOnce(m.listener!, handle as unknown as { close(): void }) : undefined;
+    if (m.t === 'accept-stop') return accepting.stop();
     if (m.t === 'metrics') return void registry.getMetricsAsJSON().then((metrics) => send({ t: 'metrics-r', q: (m as { q?: number }).q, metrics }));
     if (!running) return void early.push([m, handle]);
     dispatch(m, handle);
   });
+  // Listening from here on: the supervisor may send what is only useful before this process is ready.
+  if (role === 'worker') send({ t: 'hello' });
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
       const key = m.key;
@@ -88,6 +109,7 @@ async function main(): Promise<void> {
   };
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
+    accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
     await running?.close();
     end();
   })());
@@ -149,13 +171,31 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  startWatchdog(loaded.config, counters);
+  // With each heartbeat: near the open-file limit, and accepting on the supervisor's sockets (it was told to, and the sockets came).
+  startWatchdog(loaded.config, counters, () => ({ ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}) }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
 }
 
 let tellReloadState: () => void = () => undefined;
+
+/**
+ * Make a listener's socket the supervisor holds listen, without accepting on it: listen() and close this
+ * process's copy in the same turn (libuv accepts only in a later one). The socket, open in the supervisor,
+ * stays listening: from the server's start, connections wait in its queue until the first worker accepts
+ * instead of being refused (held-socket.ts).
+ */
+function listenOnce(listener: string, handle: { close(): void }): void {
+  const server = createServer();
+  server.on('error', () => undefined); // the next worker's (or the first accepting worker's) listen tries again
+  server.listen(handle as unknown as Server);
+  const listened = server.listening;
+  server.close();
+  if (listened) send({ t: 'listened', listener });
+}
+/** This process's descriptors against its limit (accepting.ts), counted at each heartbeat. */
+const fileRoom = new FileRoom();
 /** The number of the last connection the supervisor handed over (its descriptor is ours now). */
 let connectionsGot = 0;
 
@@ -188,7 +228,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 const WATCHDOG_RETRY_MS = 1000;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters): void {
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => object): void {
   const dataDir = config.dataDir;
   const workerData = {
     marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
@@ -232,7 +272,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000 });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : {}) });
   }, HEARTBEAT_MS).unref();
 }
 

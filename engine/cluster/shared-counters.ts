@@ -21,7 +21,11 @@
  *                        names with 'conn+' (below) and gives it back with 'conn-'.
  *   worker → supervisor  { t: 'conn+', q, key, ip, limit }  take a slot for a connection that did not
  *                                                           come from the supervisor; answered by
- *   supervisor → worker  { t: 'conn+r', q, ok, total, failures, seen }  ok: under the limit (the slot is taken);
+ *   worker → supervisor  { t: 'conn+', q, key, ip, take: true }  take it whatever the count, as a hand-over
+ *                                                           does (a connection the worker accepted itself:
+ *                                                           over the limit it still reads its 421), answered by
+ *   supervisor → worker  { t: 'conn+r', q, ok, open, total, failures, seen }  ok: under the limit (the slot is taken);
+ *                                                           open: the key's count with this one (take: true);
  *                                                           total: the listener's connections over every
  *                                                           worker (its maxConnections, as with 'conn');
  *                                                           failures: that IP's recent auth failure times
@@ -32,7 +36,9 @@
  * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
  * failures reach other workers asynchronously, but every new connection also brings that IP's current
  * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.
- * When a worker dies, the supervisor drops every slot it held.
+ * When a worker dies, the supervisor drops every slot it held. The only worker of a server (`workers: 1`)
+ * counts the slots of the connections it accepts itself, and of PROXY protocol clients, alone (no message):
+ * no other worker process runs beside it.
  */
 import type { FailureMap } from '../auth/failure-limiter.ts';
 
@@ -40,11 +46,19 @@ import type { FailureMap } from '../auth/failure-limiter.ts';
  * every worker, the listener's open connections with this one (for its maxConnections). */
 export interface Admission { ok: boolean; total?: number }
 
+/** take()'s answer: the address's open connections with this one, and the listener's over every worker. */
+export interface Taken { open: number; total?: number }
+
 /** Open-connection counts; `acquire` may answer later (a round trip to the supervisor). */
 export interface ConnectionCounts {
   /** `port`: the client's port, which with the key names the connection. */
   acquire(key: string, ip: string, limit: number, port?: number): Admission | Promise<Admission>;
   release(key: string): void;
+  /**
+   * A slot for a connection this worker accepted itself, taken whatever the count (given back by release()),
+   * as the supervisor takes one for a connection it hands over: the caller decides on the count.
+   */
+  take?(key: string, ip: string): Promise<Taken>;
   /**
    * The count the supervisor sent with a handed-over connection (key and client port), once: the caller then
    * holds its slot and gives it back with releaseHanded() when the connection ends.
@@ -69,6 +83,8 @@ export class LocalConnectionCounts implements ConnectionCounts {
     const left = (this.#open.get(key) ?? 1) - 1;
     if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
   }
+  /** Open with this key now. */
+  count(key: string): number { return this.#open.get(key) ?? 0; }
 }
 
 /** The IPC channel of a child process (process.send / process.on('message')), or a test stand-in. */
@@ -102,7 +118,7 @@ export class SharedFailureStore extends Map<string, number[]> implements Failure
 export class WorkerCounters implements ConnectionCounts {
   readonly failures: SharedFailureStore;
   readonly #channel: Channel;
-  readonly #waiting = new Map<number, (answer: Admission) => void>();
+  readonly #waiting = new Map<number, (answer: Admission & { open?: number }) => void>();
   /** Open counts (per address, and the listener's total) of connections handed over with their slot, by "key|client port", until claimed. */
   readonly #handed = new Map<string, { open: number; total: number | undefined }>();
   /** Slots taken by round trip, given back by release(). */
@@ -119,10 +135,19 @@ export class WorkerCounters implements ConnectionCounts {
   /** The number of the last 'conn-' sent. */
   #sent = 0;
   #next = 0;
+  /**
+   * The server's only worker (`workers: 1`): the slots of the connections it accepts itself are counted here
+   * alone, without a round trip. No other worker process ever runs beside it (a replacement starts once it
+   * has exited), so its counts are the server's.
+   */
+  readonly #sole: LocalConnectionCounts | null;
+  /** Slots taken in #sole, by listener: its maxConnections total. */
+  readonly #soleTotals = new Map<string, number>();
 
-  constructor(channel: Channel, authWindowMs: number) {
+  constructor(channel: Channel, authWindowMs: number, opts: { soleWorker?: boolean } = {}) {
     this.#channel = channel;
     this.failures = new SharedFailureStore(channel, authWindowMs);
+    this.#sole = opts.soleWorker ? new LocalConnectionCounts() : null;
   }
 
   /**
@@ -184,6 +209,10 @@ export class WorkerCounters implements ConnectionCounts {
       this.#handed.delete(`${key}|${port}`);
       return { ok: handed.open <= limit, total: handed.total };
     }
+    if (this.#sole) {
+      if (!this.#sole.acquire(key, ip, limit).ok) return { ok: false };
+      return { ok: true, total: this.#soleTaken(key) };
+    }
     const q = ++this.#next;
     this.flush(); // the supervisor decides on its counts: the slots given back here first
     return new Promise((resolve) => {
@@ -196,7 +225,42 @@ export class WorkerCounters implements ConnectionCounts {
     });
   }
 
+  take(key: string, ip: string): Promise<Taken> {
+    if (this.#sole) {
+      this.#sole.acquire(key, ip, Infinity);
+      return Promise.resolve({ open: this.#sole.count(key), total: this.#soleTaken(key) });
+    }
+    const q = ++this.#next;
+    this.flush(); // the supervisor counts on: the slots given back here first
+    return new Promise((resolve) => {
+      this.#waiting.set(q, (answer) => {
+        this.#requested.set(key, (this.#requested.get(key) ?? 0) + 1);
+        // As with a hand-over: less the returns the supervisor had not read of (handle() has read its `seen`).
+        resolve({
+          open: this.uncounted(key, answer.open ?? 1, undefined),
+          total: answer.total === undefined ? undefined : answer.total - this.#returningOf(listenerOf(key)),
+        });
+      });
+      this.#channel.send({ t: 'conn+', q, key, ip, take: true });
+    });
+  }
+
+  /** One more slot of the listener's counted in #sole; returns the listener's total with it. */
+  #soleTaken(key: string): number {
+    const listener = listenerOf(key);
+    const total = (this.#soleTotals.get(listener) ?? 0) + 1;
+    this.#soleTotals.set(listener, total);
+    return total;
+  }
+
   release(key: string): void {
+    if (this.#sole?.count(key)) {
+      this.#sole.release(key);
+      const listener = listenerOf(key);
+      const total = (this.#soleTotals.get(listener) ?? 1) - 1;
+      if (total > 0) this.#soleTotals.set(listener, total); else this.#soleTotals.delete(listener);
+      return;
+    }
     const n = this.#requested.get(key) ?? 0;
     if (n === 0) return; // a handed-over slot: it goes back when its socket closes
     if (n > 1) this.#requested.set(key, n - 1); else this.#requested.delete(key);
@@ -237,13 +301,13 @@ export class WorkerCounters implements ConnectionCounts {
   }
 
   /** Feed every message from the supervisor; true when it was one of ours. */
-  handle(message: { t?: string; q?: number; ok?: boolean; total?: number; ip?: string; at?: number; failures?: number[]; seen?: number }): boolean {
+  handle(message: { t?: string; q?: number; ok?: boolean; open?: number; total?: number; ip?: string; at?: number; failures?: number[]; seen?: number }): boolean {
     if (message.t === 'conn+r') {
       if (message.ip !== undefined) this.failures.replace(message.ip, message.failures ?? []);
       const resolve = this.#waiting.get(message.q!);
       this.#waiting.delete(message.q!);
       this.#read(message.seen);
-      resolve?.({ ok: message.ok === true, total: message.total });
+      resolve?.({ ok: message.ok === true, open: message.open, total: message.total });
       return true;
     }
     if (message.t === 'authfail') {
@@ -272,11 +336,16 @@ export class CounterHost {
    * One message from worker `worker`; `reply` answers it, `broadcast` tells every other worker.
    * Returns false for messages that are not about counters.
    */
-  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; s?: number; ip?: string; limit?: number; at?: number },
+  handle(worker: number, message: { t?: string; q?: number; key?: string; keys?: string[]; s?: number; ip?: string; limit?: number; at?: number; take?: boolean },
     reply: (m: object) => void, broadcast: (m: object) => void): boolean {
     switch (message.t) {
       case 'conn+': {
         const key = message.key!;
+        if (message.take) {
+          const open = this.take(worker, key);
+          reply({ t: 'conn+r', q: message.q, ok: true, open, total: this.total(listenerOf(key)), ip: message.ip, failures: this.failures(message.ip!), seen: this.seen(worker) });
+          return true;
+        }
         const open = (this.#open.get(key) ?? 0) + 1;
         const ok = open <= message.limit!;
         if (ok) {

@@ -4,12 +4,19 @@
  * or stop answering, hosts the counters limits need summed over workers (shared-counters.ts), keeps the
  * fence list (fence-book.ts) and writes <dataDir>/cluster.json for `postern status`.
  *
- * Why the supervisor accepts and passes sockets itself (like node:cluster's round-robin mode) rather
- * than workers sharing the port with SO_REUSEPORT: with SO_REUSEPORT the kernel keeps queueing new
- * connections on a hung worker's socket until it is killed, and node:cluster's primary closes the port
- * when its last worker is gone (workers: 1 would refuse connections during every restart). Here the
- * port stays open whatever the workers do: a connection goes only to a worker that has acknowledged
- * the previous one and beat recently, and waits in the supervisor while none can take it.
+ * Who accepts. With `workerChoice: fill` (the default) the supervisor holds each SMTP listener's socket
+ * (held-socket.ts) and the workers accept on it themselves, as Postfix's smtpd processes accept on the
+ * sockets its master holds: the supervisor only decides which workers accept at all (the first, the next
+ * ones while those before are busy: worker-choice.ts), at each heartbeat, and takes each connection's
+ * per-IP slot by round trip ('conn+', shared-counters.ts; with workers: 1 the worker counts alone). Handing every connection over cost the
+ * supervisor about 110–150 µs of CPU per connection (docs/benchmarks.md). With `roundRobin`, and for
+ * policy services, the supervisor accepts and passes each socket itself (like node:cluster's round-robin
+ * mode). Rather than workers each binding the port with SO_REUSEPORT: the kernel would keep queueing new
+ * connections on a hung worker's socket until it is killed, and node:cluster's primary closes the port when
+ * its last worker is gone (workers: 1 would refuse connections during every restart). Either way the port
+ * stays open whatever the workers do: the socket is the supervisor's, and a connection waits in the kernel's
+ * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
+ * late the next worker accepts instead.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -42,11 +49,13 @@ import { StoreHost } from './shared-store.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
-import { chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
+import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
+import { holdSocket, type HeldSocket } from './held-socket.ts';
+import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
-import { readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 
 /**
  * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
@@ -86,8 +95,15 @@ interface Child {
   elu: number;
   cpu: number;
   fresh: number;
-  /** Since when (monotonic) handed-over connections have waited without the worker taking one; null when none wait. */
+  /** Since when (monotonic) handed-over connections (or the listening sockets) have waited without the worker taking one; null when none wait. */
   takingSince: number | null;
+  /** Told to accept, and its heartbeat has not said it does yet (the sockets' descriptors are on their way). */
+  acceptPending: boolean;
+  /** Told to accept on the held listening sockets (workerChoice: fill), and how many times it was told so. */
+  accepting: boolean;
+  acceptTurns: number;
+  /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
+  full: boolean;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -113,6 +129,12 @@ export class Supervisor {
   readonly policyAddresses = new Map<string, string>();
   readonly #configPath: string | undefined;
   readonly #listeners: net.Server[] = [];
+  /** The SMTP listeners' sockets the workers accept on (workerChoice: fill), by listener name. */
+  readonly #held = new Map<string, HeldSocket>();
+  /** Every held socket listens (a worker made it): from then on they queue connections whatever the workers do. */
+  #heldListening = false;
+  /** The held sockets that listen, by listener name. */
+  readonly #listening = new Set<string>();
   readonly #policyListeners: net.Server[] = [];
   readonly #children: Child[] = [];
   /** `key` and `ip`: a counted SMTP connection's slot and client (not for PROXY or policy connections). */
@@ -206,10 +228,21 @@ export class Supervisor {
   }
 
   async #listen(): Promise<void> {
+    const workersAccept = this.config.config.workerChoice === 'fill';
     for (const l of this.config.config.listeners) {
       const sep = l.listen.lastIndexOf(':');
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
+      if (workersAccept) {
+        const held = await holdSocket(host, port, () => this.#earlierServerChild()).catch((err: Error) => {
+          throw new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`);
+        });
+        this.#held.set(l.name, held);
+        this.addresses.set(l.name, { address: held.address, port: held.port });
+        // 'listening' is logged once a worker has made it listen (the 'listened' message): until then it refuses.
+        this.log.debug({ listener: l.name, address: `${held.address}:${held.port}` }, 'bound');
+        continue;
+      }
       // Paused: the supervisor never reads a byte; the worker that gets the socket does.
       const proxy = l.proxyProtocol ? new TrustedProxies(l.proxyProtocol.trusted) : null;
       const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket, proxy));
@@ -236,8 +269,23 @@ export class Supervisor {
     }
   }
 
+  /**
+   * A live process of an earlier server on this data directory (its supervisor killed, the service started
+   * again): a worker finishing its sessions, which may still hold the earlier listening socket.
+   */
+  #earlierServerChild(): number | null {
+    const spool = join(this.config.config.dataDir, 'spool');
+    if (!existsSync(spool)) return null;
+    for (const name of readdirSync(spool)) {
+      if (!/^worker-\d+$/.test(name)) continue;
+      const pid = lockHolder(join(spool, name));
+      if (pid !== null) return pid;
+    }
+    return null;
+  }
+
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -247,12 +295,13 @@ export class Supervisor {
       execArgv: childExecArgv(),
       env: {
         ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
+        POSTERN_WORKERS: String(this.#children.filter((c) => c.kind === 'worker').length),
         // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
         POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -276,8 +325,37 @@ export class Supervisor {
         child.elu = (m as { elu?: number }).elu ?? 0;
         child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
+        child.full = (m as { full?: boolean }).full === true;
         this.#got(child, (m as { got?: number }).got ?? 0);
+        // It accepts on the sockets it was told to accept on: their descriptors reached it.
+        if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
+          child.acceptPending = false;
+          this.#taking(child);
+        }
+        this.#chooseAccepting();
         return this.#dispatch();
+      case 'hello':
+        // A worker started: until a worker has accepted, it makes the held sockets listen (child.ts listenOnce).
+        if (!this.#heldListening) for (const [listener, held] of this.#held) proc.send({ t: 'listen', listener }, held.handle as unknown as net.Server);
+        return;
+      case 'listened': {
+        // The held socket listens from now on (its queue keeps connections whatever the workers do).
+        const listener = (m as { listener?: string }).listener!;
+        const held = this.#held.get(listener);
+        if (!held || this.#listening.has(listener)) return;
+        this.#listening.add(listener);
+        this.#heldListening = this.#listening.size === this.#held.size;
+        const l = this.config.config.listeners.find((x) => x.name === listener);
+        this.log.info({ listener, address: `${held.address}:${held.port}`, tls: l?.tls.mode }, 'listening');
+        return;
+      }
+      case 'full':
+        // It stopped accepting at once, near its open-file limit (child.ts): another worker takes over.
+        child.full = true;
+        child.accepting = false;
+        child.acceptPending = false;
+        this.#taking(child);
+        return this.#chooseAccepting();
       case 'metrics-r': {
         const r = m as { q?: number; metrics?: MetricObjectWithValues<MetricValue<string>>[] };
         this.#metricsWaiting.get(r.q!)?.(r.metrics ?? null);
@@ -286,6 +364,9 @@ export class Supervisor {
       case 'draining':
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
         child.ready = false;
+        child.accepting = false; // it closed its copies of the listening sockets itself
+        child.acceptPending = false;
+        this.#chooseAccepting();
         this.log.warn({ [child.kind]: child.index, childPid: proc.pid, reason: (m as { reason?: string }).reason, scripts: (m as { scripts?: unknown }).scripts },
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
@@ -301,6 +382,7 @@ export class Supervisor {
           this.#firstStart = null;
         }
         void this.#saveStatus();
+        this.#chooseAccepting();
         return this.#dispatch();
       case 'reload-state':
         this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
@@ -323,6 +405,8 @@ export class Supervisor {
     for (const { socket } of child.copies.splice(0)) socket.destroy();
     child.inflight.clear();
     if (child.kind === 'worker') this.#counters.workerGone(child.index);
+    child.accepting = false;
+    this.#chooseAccepting();
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
     // Blame is bookkeeping: whatever fails there (the disk), the process is replaced below.
@@ -455,6 +539,37 @@ export class Supervisor {
   }
 
   /**
+   * Which workers accept on the held listening sockets (workerChoice: fill): the first able one, and the
+   * next ones while those before are busy (worker-choice.ts). Able: ready, beating (a hung worker accepts
+   * nothing, so the next takes over once its heartbeat is late), not at its open-file limit. A worker told
+   * to accept gets the sockets with the message (it closes its copies when told to stop).
+   */
+  #chooseAccepting(): void {
+    if (!this.#held.size || this.#stopping) return;
+    const now = performance.now();
+    const workers = this.#children.filter((c) => c.kind === 'worker');
+    const able = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS && !c.full);
+    const chosen = new Set(able.slice(0, able.length ? acceptingCount(able, this.#spare) : 0));
+    let changed = false;
+    for (const c of workers) {
+      const accept = chosen.has(c);
+      if (accept === c.accepting) continue;
+      c.accepting = accept;
+      if (!c.proc?.connected) continue;
+      c.acceptPending = accept;
+      this.#taking(c);
+      if (accept) {
+        c.acceptTurns++;
+        for (const [listener, held] of this.#held) c.proc.send({ t: 'accept', listener }, held.handle as unknown as net.Server);
+      } else {
+        c.proc.send({ t: 'accept-stop' });
+      }
+      changed = true;
+    }
+    if (changed) void this.#saveStatus(); // who accepts, in cluster.json (`postern status` asks live)
+  }
+
+  /**
    * Hand waiting connections to workers able to take one now: SMTP connections to the first that is not
    * busy (worker-choice.ts), policy-service connections (and all with `workerChoice: roundRobin`) round
    * robin (Postfix keeps each for minutes, and spreading those long-lived connections spreads their load).
@@ -531,7 +646,7 @@ export class Supervisor {
 
   /** Hand-overs moved on: the wait for the worker to take what is left (if anything) counts from now. */
   #taking(child: Child): void {
-    child.takingSince = child.inflight.size || child.copies.length ? performance.now() : null;
+    child.takingSince = child.inflight.size || child.copies.length || child.acceptPending ? performance.now() : null;
   }
 
   /** When #tick last ran (monotonic). */
@@ -560,8 +675,9 @@ export class Supervisor {
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
       } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {
-        // It beats, yet takes no connection: its channel cannot pass descriptors any more (one it could not
-        // accept, at its file limit, leaves Node waiting for an acknowledgement for ever). The rest of its
+        // It beats, yet takes no connection (or does not accept on the sockets sent to it): its channel cannot
+        // pass descriptors any more (one it could not accept, at its file limit, leaves Node waiting for an
+        // acknowledgement for ever, and every later message behind it). The rest of its
         // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.size + c.copies.length, waitedMs: Math.round(now - c.takingSince) },
           `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
@@ -572,6 +688,7 @@ export class Supervisor {
         setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
       }
     }
+    this.#chooseAccepting();
     this.#dispatch();
   }
 
@@ -603,7 +720,8 @@ export class Supervisor {
         const lastError = (await reloadStatus()).lastError;
         const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
         return {
-          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
+            ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
           spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool.minFreeBytes),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
@@ -671,6 +789,9 @@ export class Supervisor {
     // the wait would never end (and Postfix keeps policy connections open for minutes). Accepting stops at
     // once; the children's stop ends their sessions.
     for (const s of [...this.#policyListeners, ...this.#listeners]) s.close();
+    // The workers close their copies as they stop: the port closes with the last one.
+    for (const held of this.#held.values()) held.handle.close();
+    this.#held.clear();
     for (const w of this.#waiting.splice(0)) {
       if (w.key !== undefined) this.#waitingCounts.remove(w.listener, w.key);
       w.socket.destroy();
@@ -700,6 +821,7 @@ export class Supervisor {
       policyServices: Object.fromEntries(this.policyAddresses),
       processes: this.#children.map((c) => ({
         role: c.kind, index: c.index, pid: c.proc?.pid ?? null, ready: c.ready,
+        ...(c.kind === 'worker' && this.#held.size ? { accepting: c.accepting, acceptTurns: c.acceptTurns, ...(c.full ? { full: true } : {}) } : {}),
         startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
       })),
       fences: this.#fences.fences,

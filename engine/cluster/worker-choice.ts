@@ -79,6 +79,22 @@ export function chooseWorker(candidates: readonly WorkerLoad[], spareCores: numb
   return best;
 }
 
+/**
+ * How many of `candidates` (workers able to accept now, in fill order) accept connections on the listening
+ * sockets themselves: the first, and each next one only while every one before it is busy by the rule of
+ * chooseWorker (busy with a core to spare, or saturated). Decided at each heartbeat: the workers that accept
+ * take what the kernel queues, so a burst between two heartbeats stays with them.
+ */
+export function acceptingCount(candidates: readonly WorkerLoad[], spareCores: number): number {
+  for (const [i, c] of candidates.entries()) {
+    const load = c.elu + c.fresh * NEW_CONNECTION_LOAD;
+    if (load < FILL_UP_TO) return i + 1;
+    const saturated = load >= SATURATED && c.cpu >= ON_CPU_TO_SATURATE;
+    if (spareCores < SPARE_TO_SPREAD && !saturated) return i + 1;
+  }
+  return candidates.length;
+}
+
 /** The machine's CPU time so far (any unit): idle (with I/O wait) and in all, with its number of cores. */
 export interface CpuSample { idle: number; total: number; cores: number }
 

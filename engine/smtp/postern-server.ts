@@ -113,6 +113,8 @@ export class PosternServer extends SMTPServer {
   readonly #overListenerLimit = new WeakSet<net.Socket>();
   /** The client a PROXY header named, by the raw socket it came on. */
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
+  /** Sockets a worker accepted itself (not handed over with a slot): counted by round trip, as proxied ones. */
+  readonly #ownAccepted = new WeakSet<net.Socket>();
   /** Uncounts an accepted socket (once), by the socket, raw or TLS, its connection is built on. */
   readonly #uncount = new WeakMap<net.Socket, () => void>();
   /** Sockets counted over maxConnectionsPerIp, recounted as their earlier connections close (see onConnect). */
@@ -157,6 +159,8 @@ export class PosternServer extends SMTPServer {
       socket.destroy();
       return false;
     }
+    // A worker's own accept: its slot is taken before the session starts (_handleProxy), by round trip.
+    if (this.#ownAccepted.has(socket)) return super._acceptSocket(socket, handshake);
     const ip = countedAddress(clientAddress(socket), this.ipv6PrefixLength);
     const total = this.runtime.connections?.handedTotal?.(`${this.listenerName} ${ip}`, socket.remotePort);
     if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
@@ -205,6 +209,15 @@ export class PosternServer extends SMTPServer {
    */
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
     const proxy = this.proxy;
+    if (!proxy && this.#ownAccepted.has(socket)) {
+      // Accepted by this worker itself: the client's slot from the supervisor's count over every worker.
+      const handshake = !!(this.options as { secure?: boolean }).secure;
+      this.#countOwn(socket, countedAddress(clientAddress(socket), this.ipv6PrefixLength), handshake).then(
+        (counted) => (counted ? callback(null, { id: newSessionId() }) : callback(new Error('closed before the session'))),
+        (err: Error) => { socket.destroy(); callback(err); },
+      );
+      return;
+    }
     if (!proxy) {
       // smtp-server's own path without a header (Postern never sets its useProxy nor ignoredHosts), with a cheaper id.
       const options = this.options as { useProxy?: unknown; ignoredHosts?: unknown };
@@ -249,6 +262,33 @@ export class PosternServer extends SMTPServer {
     if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
     // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
     return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release, false);
+  }
+
+  /**
+   * The slot of a connection this worker accepted itself, from the supervisor's count over every worker, taken
+   * whatever the count as for a connection the supervisor hands over: over the limit it reads its 421 (on
+   * implicit TLS after the handshake, up to twice the limit; beyond, it is closed before TLS).
+   */
+  async #countOwn(socket: net.Socket, ip: string, handshake: boolean): Promise<boolean> {
+    const shared = this.runtime.connections!;
+    const key = `${this.listenerName} ${ip}`;
+    const { open, total } = await shared.take!(key, ip);
+    const release = (): void => shared.release(key);
+    if (socket.destroyed) { // gone while asking: no 'close' will come to give the slot back
+      release();
+      return false;
+    }
+    if (total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
+    return this.#count(socket, ip, open, handshake, release);
+  }
+
+  /**
+   * A socket this worker accepted on the listener's socket the supervisor holds (workerChoice: fill): it
+   * counts against its client by round trip to the supervisor before the session starts, as a proxied one.
+   */
+  acceptOwn(socket: net.Socket): void {
+    this.#ownAccepted.add(socket);
+    this.server.emit('connection', socket);
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */

@@ -93,6 +93,13 @@ function releaseFile(lockFile: string): void {
   if (readOrNull(lockFile) === mine) try { unlinkSync(lockFile); } catch { /* gone already */ }
 }
 
+/** The PID of the live process that holds `dir`'s lock (not this one), or null: none, or a stale lock. */
+export function lockHolder(dir: string): number | null {
+  const theirs = readOrNull(join(resolve(dir), LOCK_FILE));
+  const holder = theirs === null ? null : /^(\d+) (\d+|-)\n$/.exec(theirs);
+  return holder && alive(Number(holder[1]), holder[2] === '-' ? null : holder[2]!) ? Number(holder[1]) : null;
+}
+
 /** Whether the process that wrote a lock still runs (not this one: its own locks are in `held`). */
 function alive(pid: number, started: string | null): boolean {
   if (pid === process.pid) return false; // a lock from an earlier process that had our PID (containers: PID 1)

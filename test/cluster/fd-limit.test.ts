@@ -1,16 +1,18 @@
 /**
- * A worker at its open-file limit (EMFILE) while the supervisor hands it connections: a descriptor it cannot
- * accept leaves Node's channel waiting for an acknowledgement that never comes, so every later connection
- * handed to it waited for ever while its heartbeats went on. With one worker the server greeted no one
- * again, also once descriptors were free (seen with the limit raised again). The supervisor now replaces a worker that takes no handed-over
- * connection for 10 s. (The supervisor at its own limit closes what it cannot accept and carries on.)
+ * A worker at its open-file limit (EMFILE). It accepts on the listening socket the supervisor holds
+ * (workerChoice: fill): libuv, when accept() fails with EMFILE, accepts and closes every connection queued on
+ * the socket, so a worker near its limit stops accepting by itself (engine/cluster/accepting.ts); the
+ * connections wait in the port's queue and are served once descriptors are free. (With hand-over, a descriptor
+ * the worker could not receive left Node's channel waiting for ever: with workerChoice roundRobin the
+ * supervisor still replaces a worker that takes no handed-over connection for 10 s.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { greeted, spooled, startCluster, workerPid, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { greeted, spooled, startCluster, workerPid, ONE_WORKER, ROUND_ROBIN, deliveryToSink } from '../helpers/cluster.ts';
 import { startSink } from '../helpers/sink.ts';
 
 /** The soft and hard open-file limits of a process. */
@@ -19,9 +21,35 @@ function fileLimits(pid: number): { soft: string; hard: string } {
   return { soft: m[1]!, hard: m[2]! };
 }
 
-test('a worker that ran out of file descriptors while connections were handed to it is replaced; the server greets and accepts again', { timeout: 120_000 }, async () => {
+test('a worker near its open-file limit stops accepting; connections made meanwhile wait in the port\'s queue and are all served once descriptors are free', { timeout: 120_000 }, async () => {
   const c = await startCluster({
     config: ONE_WORKER,
+  });
+  const sockets: SmtpTestClient[] = [];
+  try {
+    const worker = await workerPid(c, 0);
+    const limits = fileLimits(worker);
+    const limit = readdirSync(`/proc/${worker}/fd`).length + 3;
+    // Room for a few more descriptors only: far under what the worker keeps free.
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=${limit}:${limits.hard}`]);
+    await c.waitFor('the worker to stop accepting', () => c.logs.some((l) => /worker 0 is near its open-file limit: it accepts no new connections/.test(String(l.msg))));
+    for (let i = 0; i < 12; i++) sockets.push(await SmtpTestClient.connect(c.port('in')));
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=${limits.soft}:${limits.hard}`]);
+    // None dropped: each is greeted, and can send.
+    for (const s of sockets) assert.equal((await s.read(60_000)).code, 220);
+    assert.equal((await sockets[0]!.command('EHLO client.test', 30_000)).code, 250);
+    assert.equal((await sockets[0]!.sendMail('a@example.test', ['b@example.test'])).code, 250);
+    assert.equal(await workerPid(c, 0), worker, 'the same worker: nothing replaced');
+    assert.ok(c.logs.some((l) => /worker 0 has descriptors to spare again/.test(String(l.msg))));
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});
+
+test('workerChoice roundRobin: a worker that ran out of file descriptors while connections were handed to it is replaced; the server greets and accepts again', { timeout: 120_000 }, async () => {
+  const c = await startCluster({
+    config: `${ONE_WORKER}${ROUND_ROBIN}`,
   });
   const sockets: net.Socket[] = [];
   try {

@@ -107,3 +107,26 @@ test('returns told but not yet read by the supervisor are subtracted from the co
   assert.deepEqual(claim(worker, 3004), { open: 2, total: 2 }, 'a second open connection still counts');
   other.emit('close');
 });
+
+test('a connection a worker accepted itself takes its slot whatever the count (over the limit it reads its 421); the only worker of the server counts alone, without a message', async () => {
+  const { host, worker, sent } = wired();
+  assert.deepEqual(await worker.take(KEY, '192.0.2.7'), { open: 1, total: 1 });
+  assert.deepEqual(await worker.take(KEY, '192.0.2.7'), { open: 2, total: 2 }, 'counted over the limit too: the caller decides');
+  assert.equal(host.open(KEY), 2);
+  worker.release(KEY);
+  assert.deepEqual(await worker.take(KEY, '192.0.2.7'), { open: 2, total: 2 }, 'the slot given back was told before the next take');
+  assert.ok(sent.every((m) => m.t === 'conn+' || m.t === 'conn-'));
+
+  const messages: object[] = [];
+  const sole = new WorkerCounters({ send: (m) => messages.push(m) }, 60_000, { soleWorker: true });
+  assert.deepEqual(await sole.take(KEY, '192.0.2.7'), { open: 1, total: 1 });
+  assert.deepEqual(await sole.take(KEY, '192.0.2.7'), { open: 2, total: 2 });
+  assert.deepEqual(await sole.acquire(KEY, '192.0.2.7', 2), { ok: false }, 'a PROXY listener\'s slot, over its limit');
+  sole.release(KEY);
+  assert.deepEqual(await sole.acquire(KEY, '192.0.2.7', 2), { ok: true, total: 2 });
+  sole.release(KEY);
+  sole.release(KEY);
+  sole.flush();
+  assert.deepEqual(await sole.take(KEY, '192.0.2.7'), { open: 1, total: 1 }, 'every slot back');
+  assert.deepEqual(messages, [], 'nothing sent to the supervisor');
+});

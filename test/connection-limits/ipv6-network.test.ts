@@ -110,13 +110,13 @@ test('authFailuresPerIp: guesses from several addresses of one /64 add up, and r
   assert.ok(server.logs.some((l) => l.ip === '2001:db8:7::2' && l.msg === 'authentication failed'), 'the log names the address');
 });
 
-test('postern serve, two workers round robin: addresses of one /64 share maxConnectionsPerIp over both workers', async () => {
+for (const [choice, how] of [[ROUND_ROBIN, 'two workers round robin (the supervisor hands connections over)'], ['', 'workerChoice fill (the workers accept themselves)']] as const) test(`postern serve, ${how}: addresses of one /64 share maxConnectionsPerIp over the workers`, async () => {
   const c = await startCluster({
-    config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', 'proxyProtocol: { trusted: [127.0.0.0/8] }\n    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }')}${ROUND_ROBIN}`,
+    config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', 'proxyProtocol: { trusted: [127.0.0.0/8] }\n    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }')}${choice}`,
   });
   const open: SmtpTestClient[] = [];
   try {
-    // Round robin: the first two land on different workers; the supervisor counts for both.
+    // Round robin: the first two land on different workers; the supervisor counts for both (as it does for what workers accept).
     for (const [address, port] of [['2001:db8:5:1::1', 4000], ['2001:db8:5:1::2', 4002]] as const) {
       const client = await SmtpTestClient.connect(c.port('in'), { proxyHeader: proxyV2(address, port) });
       assert.match((await client.read()).text, /^220 /);
