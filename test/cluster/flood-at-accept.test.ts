@@ -3,7 +3,9 @@
 // to get its 421 later, and filled the queue every other client waits in. A connection that would be more
 // than its client's maxConnectionsPerIp waiting, or more than its listener's maxConnections waiting, is now
 // closed at accept, unanswered. Here the only worker is stopped (SIGSTOP): the supervisor hands it a few
-// connections it never takes, then queues; it replaces the worker a few seconds later.
+// connections it never takes, then queues; it replaces the worker a few seconds later. With workerChoice:
+// roundRobin, where the supervisor accepts and hands over (with the default fill the workers accept on the
+// socket the supervisor holds, so connections no worker takes wait in the kernel's listen backlog instead).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -41,6 +43,7 @@ for (const [name, limits, address] of [
     const c = await startCluster({
       config: `
 workers: 1
+workerChoice: roundRobin
 listeners:
   - name: in
     listen: 127.0.0.1:{PORT:in}
