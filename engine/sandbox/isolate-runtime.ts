@@ -304,13 +304,16 @@ export function installRuntime(
   /** The calls of each batch by its tag, for deliveries to their continuations (forgotten past 4096 batches). */
   let tagSizes: Record<number, number> = create(null);
   let tagSizeCount = 0;
-  const allowance = (limit: number, over: (fn: string) => string) => {
+  /** Set until the first call: the top levels, which run once per isolate within their own time limit. */
+  let loading = true;
+  const allowance = (limit: number, over: (fn: string) => string, atTopLevel = true) => {
     let of: Record<number, number> = create(null);
     let owners = 0;
     let unattributed = 0;
     return {
       spend(fn: string, amount: number): void {
         const owner = currentCall;
+        if (loading && !atTopLevel) return;
         const before = owner >= 0 ? of[owner] : unattributed;
         const total = (before ?? 0) + amount;
         if (total > (owner >= 0 ? limit : limit * entryCalls)) fail(over(fn));
@@ -334,11 +337,11 @@ export function installRuntime(
    */
   const MAX_HOST_CALLS_PER_CALL = 500;
   const hostCalls = allowance(MAX_HOST_CALLS_PER_CALL, (fn) =>
-    `${fn}(): more than ${MAX_HOST_CALLS_PER_CALL} calls of lookup(), hashing and message.text() in one call (each runs on the server's own thread)`);
+    `${fn}(): more than ${MAX_HOST_CALLS_PER_CALL} calls of lookup(), hashing and message.text() in one call (each runs on the server's own thread)`, false);
   /** Characters of lookup() tables and keys one call may send to the host in all: it folds, hashes and parses each. */
   const MAX_LOOKUP_CHARS_PER_CALL = 1 << 20;
   const lookupChars = allowance(MAX_LOOKUP_CHARS_PER_CALL, (fn) =>
-    `${fn}(): more than ${MAX_LOOKUP_CHARS_PER_CALL} characters of tables and keys looked up in one call (each lookup runs on the server's own thread)`);
+    `${fn}(): more than ${MAX_LOOKUP_CHARS_PER_CALL} characters of tables and keys looked up in one call (each lookup runs on the server's own thread)`, false);
   function hashInput(fn: string, data: unknown, extra = 0): string {
     const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
@@ -877,6 +880,7 @@ export function installRuntime(
     },
     run(callsJson, wait, tag, taken) {
       begin(taken);
+      loading = false;
       unattributedOps = 0;
       hashedChars.entered();
       hostCalls.entered();
@@ -932,6 +936,7 @@ export function installRuntime(
     takeSettled,
     deliver(answersJson, fast, taken) {
       begin(taken);
+      loading = false;
       const done = settleAnswers(answersJson);
       // On the event-loop thread the continuations (and settleAnswers' own turns) run before the entry ends.
       return fast ? settledBox('') : done.then(takeSettled);
