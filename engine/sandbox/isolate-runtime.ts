@@ -294,16 +294,29 @@ export function installRuntime(
    * isolate (reset by run() and deliver()). Calls stopped mid-way never clear theirs: past 4096 calls known, the
    * record starts again.
    */
-  const allowance = (limit: number, over: (fn: string) => string) => {
+  /**
+   * The calls whose code may run unattributed in this entry: the continuations of a batch's calls run together under
+   * its tag (see run()), each with its own call's allowance in principle, so theirs together is that many times one
+   * call's. With one call's only, one client's continuation could use it up and fail the others' (a data hook's
+   * `await rate()` then a lookup() per header: another client's lookups in the same batch threw).
+   */
+  let entryCalls = 1;
+  /** The calls of each batch by its tag, for deliveries to their continuations (forgotten past 4096 batches). */
+  let tagSizes: Record<number, number> = create(null);
+  let tagSizeCount = 0;
+  /** Set until the first call: the top levels, which run once per isolate within their own time limit. */
+  let loading = true;
+  const allowance = (limit: number, over: (fn: string) => string, atTopLevel = true) => {
     let of: Record<number, number> = create(null);
     let owners = 0;
     let unattributed = 0;
     return {
       spend(fn: string, amount: number): void {
         const owner = currentCall;
+        if (loading && !atTopLevel) return;
         const before = owner >= 0 ? of[owner] : unattributed;
         const total = (before ?? 0) + amount;
-        if (total > limit) fail(over(fn));
+        if (total > (owner >= 0 ? limit : limit * entryCalls)) fail(over(fn));
         if (owner < 0) {
           unattributed = total;
           return;
@@ -324,11 +337,11 @@ export function installRuntime(
    */
   const MAX_HOST_CALLS_PER_CALL = 500;
   const hostCalls = allowance(MAX_HOST_CALLS_PER_CALL, (fn) =>
-    `${fn}(): more than ${MAX_HOST_CALLS_PER_CALL} calls of lookup(), hashing and message.text() in one call (each runs on the server's own thread)`);
+    `${fn}(): more than ${MAX_HOST_CALLS_PER_CALL} calls of lookup(), hashing and message.text() in one call (each runs on the server's own thread)`, false);
   /** Characters of lookup() tables and keys one call may send to the host in all: it folds, hashes and parses each. */
   const MAX_LOOKUP_CHARS_PER_CALL = 1 << 20;
   const lookupChars = allowance(MAX_LOOKUP_CHARS_PER_CALL, (fn) =>
-    `${fn}(): more than ${MAX_LOOKUP_CHARS_PER_CALL} characters of tables and keys looked up in one call (each lookup runs on the server's own thread)`);
+    `${fn}(): more than ${MAX_LOOKUP_CHARS_PER_CALL} characters of tables and keys looked up in one call (each lookup runs on the server's own thread)`, false);
   function hashInput(fn: string, data: unknown, extra = 0): string {
     const value = text(fn, 'data', data) ?? fail(`${fn}(): data is required`);
     if (value.length + extra > MAX_HASH_INPUT) fail(`${fn}(): data is longer than ${MAX_HASH_INPUT} characters`);
@@ -375,7 +388,7 @@ export function installRuntime(
     // less) counts as not known here.
     const owner = currentCall;
     const started = owner >= 0 ? (opsOf[owner] ?? 0) + 1 : ++unattributedOps;
-    if (started > MAX_OPS_PER_CALL) throw new ErrorCtor(`more than ${MAX_OPS_PER_CALL} host operations (rate(), counter(), dns.resolve(), dnsbl()) in one call`);
+    if (started > (owner >= 0 ? MAX_OPS_PER_CALL : MAX_OPS_PER_CALL * entryCalls)) throw new ErrorCtor(`more than ${MAX_OPS_PER_CALL} host operations (rate(), counter(), dns.resolve(), dnsbl()) in one call`);
     if (owner >= 0) {
       if (started === 1 && ++opsOwners > 4096) { opsOf = create(null); opsOwners = 1; }
       opsOf[owner] = started;
@@ -867,6 +880,7 @@ export function installRuntime(
     },
     run(callsJson, wait, tag, taken) {
       begin(taken);
+      loading = false;
       unattributedOps = 0;
       hashedChars.entered();
       hostCalls.entered();
@@ -874,6 +888,11 @@ export function installRuntime(
       batchCount = 0;
       collected = null;
       const calls = parse(callsJson) as CallWire[];
+      entryCalls = calls.length > 0 ? calls.length : 1;
+      if (calls.length > 1) {
+        if (++tagSizeCount > 4096) { tagSizes = create(null); tagSizeCount = 1; }
+        tagSizes[tag] = calls.length;
+      }
       const outcomes: Record<number, string | Promise<string>> | null = wait ? create(null) : null;
       let promised = false;
       for (let i = 0; i < calls.length; i++) {
@@ -917,6 +936,7 @@ export function installRuntime(
     takeSettled,
     deliver(answersJson, fast, taken) {
       begin(taken);
+      loading = false;
       const done = settleAnswers(answersJson);
       // On the event-loop thread the continuations (and settleAnswers' own turns) run before the entry ends.
       return fast ? settledBox('') : done.then(takeSettled);
@@ -947,6 +967,9 @@ export function installRuntime(
       }
       byOwner[op.owner]![counts[op.owner]!++] = [answer, op];
     }
+    entryCalls = 0;
+    for (let o = 0; o < ownerCount; o++) entryCalls += owners[o]! < -1 ? tagSizes[owners[o]!] ?? 1 : 1;
+    if (entryCalls === 0) entryCalls = 1;
     for (let o = 0; o < ownerCount; o++) {
       const owner = owners[o]!;
       currentCall = owner;

@@ -13,6 +13,7 @@ import { ScriptFailure } from '../../engine/sandbox/index.ts';
 import { heldStore } from './helpers/held-store.ts';
 import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
+import { MemoryCounterStore } from '../../engine/store/index.ts';
 
 const failure = (kind: string) => (e: unknown): boolean => e instanceof ScriptFailure && e.kind === kind;
 
@@ -135,5 +136,23 @@ test('a call whose store never answers fails at its deadline, and the isolate ke
     held.answerAll(); // too late: the answer is dropped
     assert.deepEqual(await sandbox.invoke('helo', {}, 'c3'), { verdict: 'accept' });
     assert.equal((await sandbox.stats()).rebuilds, 0);
+  });
+});
+
+test('the continuations of a batch\'s calls each have a call\'s allowances, not one call\'s between them', async () => {
+  // With a store that answers at once, what a call does after its first `await` runs at the end of its batch's
+  // entry, under the batch's tag: one client's continuation could use up that shared allowance and make the
+  // next client's rate() or lookup() throw (451 to a client whose own call stayed within every bound).
+  const memory = new MemoryCounterStore();
+  await withSandbox({ host: { ...recordingHost(), store: memory }, isolates: 1, timeoutMs: 30_000, fastPathMs: 1000,
+    scripts: [js('rcptto', `export default async (ctx) => {
+      await rate('first' + ctx.n, 100, 60);
+      for (let i = 0; i < 60; i++) await rate('k' + ctx.n + ':' + i, 100, 60);
+      for (let i = 0; i < 20; i++) lookup('users', ctx.n + ':' + i);
+      return accept({ text: 'ok ' + ctx.n });
+    }`)] }, async (sandbox) => {
+    const calls = Array.from({ length: 32 }, (_, n) => sandbox.invoke('rcptto', { n }, `c${n}`));
+    assert.deepEqual(await Promise.all(calls), Array.from({ length: 32 }, (_, n) => ({ verdict: 'accept', text: `ok ${n}` })));
+    assert.equal((await sandbox.stats()).fastPath.batches, 1, 'one entry: the continuations ran together');
   });
 });
