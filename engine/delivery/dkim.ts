@@ -11,6 +11,7 @@ import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
+import { declared } from './declared.ts';
 
 export interface DkimKey {
   name: string;
@@ -37,7 +38,7 @@ export function chooseDkimKey(delivery: DeliveryConfig, chosen: string | null | 
 
 /** Read and check `delivery.dkim.<name>`. Throws with `<file>: delivery.dkim.<name>.privateKey: …` (no key material). */
 export async function loadDkimKey(delivery: DeliveryConfig, name: string): Promise<DkimKey> {
-  const entry = delivery.dkim[name];
+  const entry = declared(delivery.dkim, name);
   const at = `delivery.dkim.${name}`;
   if (!entry) throw new Error(`${at}: no such DKIM key`);
   const where = `${entry.privateKey}: ${at}.privateKey`;
@@ -78,7 +79,7 @@ export class DkimKeys {
   readonly #cache = new WeakMap<object, Map<string, Promise<DkimKey>>>();
 
   key(delivery: DeliveryConfig, scope: object, name: string): Promise<DkimKey> {
-    if (!delivery.dkim[name]) return Promise.reject(new DeliveryFailure(`no DKIM key named "${name}" under delivery.dkim`, { permanent: false, enhanced: '4.7.0' }));
+    if (!declared(delivery.dkim, name)) return Promise.reject(new DeliveryFailure(`no DKIM key named "${name}" under delivery.dkim`, { permanent: false, enhanced: '4.7.0' }));
     let m = this.#cache.get(scope);
     if (!m) this.#cache.set(scope, (m = new Map()));
     let p = m.get(name);

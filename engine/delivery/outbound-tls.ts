@@ -10,6 +10,7 @@ import type { ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { loadKeyPair, loadTrustMaterial, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
+import { declared } from './declared.ts';
 
 export type TlsMode = 'none' | 'may' | 'encrypt' | 'verify';
 
@@ -72,7 +73,7 @@ function naming(message: string, file: string, key: string): string {
  * and `postern check`.
  */
 export async function loadOutboundCertificate(delivery: DeliveryConfig, name: string, now = new Date()): Promise<OutboundMaterial> {
-  const files = delivery.clientCertificates[name];
+  const files = declared(delivery.clientCertificates, name);
   const at = `delivery.clientCertificates.${name}`;
   if (!files) throw new Error(`${at}: no such client certificate`);
   let pair: { cert: string; key: string };
@@ -103,7 +104,7 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
 
 /** Read `delivery.caFiles.<name>` (PEM certificates). Throws with `<file>: delivery.caFiles.<name>: …`. */
 export async function loadOutboundCa(delivery: DeliveryConfig, name: string): Promise<OutboundMaterial> {
-  const file = delivery.caFiles[name];
+  const file = declared(delivery.caFiles, name);
   const at = `delivery.caFiles.${name}`;
   if (file === undefined) throw new Error(`${at}: no such CA file`);
   let trust: TrustMaterial;
@@ -151,14 +152,14 @@ export class OutboundTlsMaterial {
   }
 
   clientCertificate(delivery: DeliveryConfig, scope: object, name: string): Promise<OutboundMaterial> {
-    if (!delivery.clientCertificates[name]) return Promise.reject(new DeliveryFailure(`no client certificate named "${name}" under delivery.clientCertificates`, { permanent: false, enhanced: '4.7.0' }));
+    if (!declared(delivery.clientCertificates, name)) return Promise.reject(new DeliveryFailure(`no client certificate named "${name}" under delivery.clientCertificates`, { permanent: false, enhanced: '4.7.0' }));
     return this.#get(scope, `cert ${name}`, () => loadOutboundCertificate(delivery, name).catch((err: Error) => {
       throw new DeliveryFailure(err.message, { permanent: false, enhanced: '4.7.0' });
     }));
   }
 
   ca(delivery: DeliveryConfig, scope: object, name: string): Promise<OutboundMaterial> {
-    if (delivery.caFiles[name] === undefined) return Promise.reject(new DeliveryFailure(`no CA named "${name}" under delivery.caFiles`, { permanent: false, enhanced: '4.7.0' }));
+    if (declared(delivery.caFiles, name) === undefined) return Promise.reject(new DeliveryFailure(`no CA named "${name}" under delivery.caFiles`, { permanent: false, enhanced: '4.7.0' }));
     return this.#get(scope, `ca ${name}`, () => loadOutboundCa(delivery, name).catch((err: Error) => {
       throw new DeliveryFailure(err.message, { permanent: false, enhanced: '4.7.0' });
     }));

@@ -24,6 +24,7 @@ export default (ctx) => {
   if (ctx.message.sender.endsWith('@example.org')) return deliver({ dkim: 'org-ed25519' });
   if (ctx.message.sender.startsWith('unsigned@')) return deliver({ dkim: null });
   if (ctx.message.sender.startsWith('nokey@')) return deliver({ dkim: 'no-such-key' });
+  if (ctx.message.sender.startsWith('proto@')) return deliver({ dkim: 'constructor' });
 };`;
 
 before(async () => {
@@ -91,6 +92,10 @@ test('a verdict naming a key that does not exist defers the delivery (4.7.0), no
   const e = await s.nextAttempt((x) => x.id === id, { past: true });
   assert.equal(e.outcomes[0]!.status, 'temporary');
   assert.match(e.outcomes[0]!.reply, /no DKIM key named "no-such-key" under delivery\.dkim/);
+  // A name of Object.prototype's is no key either (the table is looked up by own names only).
+  const proto = await s.send('proto@example.com', ['friend@example.net'], MESSAGE);
+  const p = await s.nextAttempt((x) => x.id === proto, { past: true });
+  assert.match(p.outcomes[0]!.reply, /no DKIM key named "constructor" under delivery\.dkim/);
   assert.equal(sink.messages.length, before);
 });
 
