@@ -38,10 +38,11 @@ export class SmtpReply {
   toString(): string { return `SmtpReply: ${this.message}`; }
 }
 
+// C0, DEL, C1 (NEL among them) and U+2028/U+2029: line breaks or controls to some reader of the reply or its log.
 // eslint-disable-next-line no-control-regex
-const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
+const CONTROL_CHARACTER = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
 // eslint-disable-next-line no-control-regex
-const CONTROL_CHARACTERS = /[\x00-\x1f\x7f]+/g;
+const CONTROL_CHARACTERS = /[\x00-\x1f\x7f-\x9f\u2028\u2029]+/g;
 
 /** Reply text must never contain a line break or control character (response splitting). */
 export function sanitizeReplyText(text: string): string {
