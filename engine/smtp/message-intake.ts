@@ -113,6 +113,9 @@ export async function receiveMessage(
     if (err instanceof SmtpReply) throw err;
     if ((err as NodeJS.ErrnoException).code === 'ECONNECTION') throw err; // client went away; nobody to answer
     runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
+    // A full disk (or quota) is said as such, as at MAIL FROM under spool.minFreeBytes: the client retries later.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw reply('spoolWriteFull');
     throw reply('localError', { id: conn.id });
   }
 }

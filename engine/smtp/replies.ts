@@ -53,6 +53,7 @@ export const REPLIES = {
   authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },
   certificateRevoked: { code: 550, enhanced: '5.7.1', text: 'Client certificate has been revoked', reason: 'client certificate revoked since the session began (CRL reloaded)' },
   certificatePinRemoved: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'client certificate pin removed since the session began (pin table reloaded)' },
+  spoolWriteFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'the spool\'s disk is full (ENOSPC)' },
   storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },
   tooMuchMailFromIdentity: { code: 450, enhanced: '4.7.1', text: 'Error: too much mail from {identity}, try again later', reason: 'limits.messagesPerIdentity' },
   limitStoreUnavailable: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'limits.messagesPerIdentity: store unavailable (fail closed)' },

@@ -464,6 +464,16 @@ const ROWS = {
   authDeferred: { server: 'main', stage: 'AUTH', values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-defer')]) },
   deferredDisconnect: { server: 'main', stage: 'HELO', values: { hook: 'helo' }, drive: async () => (await session('main', 'mx', undefined, 'deferclose.example')).seen },
   policyFailed: { server: 'main', stage: 'MAIL', serverFault: /^policy script mailfrom failed: .*mailfrom\.ts:\d+:\d+: Error: a bug in the script$/, values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<throw@sender.example>']) },
+  spoolWriteFull: {
+    server: 'main', stage: 'END-OF-MESSAGE', serverFault: /^spooling failed$/,
+    async drive() {
+      const s = await session('main', 'mx');
+      faultyDisk.failWrite();
+      await message(s, 'Subject: full disk\r\n\r\nbody');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
   localError: {
     server: 'main', stage: 'END-OF-MESSAGE', serverFault: /^spooling failed$/, text: /^Temporary local problem, try again later \([\w-]+\)$/,
     async drive() {

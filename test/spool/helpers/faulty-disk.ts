@@ -15,6 +15,8 @@ interface Range { at: number; bytes: number }
 export interface FaultyDisk {
   /** The fdatasync after `skip` more of them (on segment files) fails. */
   failSync(opts?: { skip?: number }): void;
+  /** The next write to a segment file fails with ENOSPC (a full disk), writing nothing. */
+  failWrite(): void;
   /** Failures injected so far. */
   readonly failures: number;
   restore(): void;
@@ -28,6 +30,14 @@ export function installFaultyDisk(): FaultyDisk {
   /** Open file descriptions that have a write-back error still to report. */
   const unreported = new Set<number>();
   let armed: number | null = null;
+  let fullDisk = false;
+  const enospc = (): NodeJS.ErrnoException => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+  const full = (fd: number): boolean => {
+    if (!fullDisk || !inodeOf.has(fd)) return false;
+    fullDisk = false;
+    failures++;
+    return true;
+  };
   let failures = 0;
 
   const track = (fd: number, at: unknown, bytes: number): void => {
@@ -51,11 +61,13 @@ export function installFaultyDisk(): FaultyDisk {
       real.closeSync(fd);
     },
     writeSync(fd: number, buffer: unknown, ...rest: unknown[]): number {
+      if (full(fd)) throw enospc();
       const n = (real.writeSync as (...a: unknown[]) => number)(fd, buffer, ...rest);
       if (Buffer.isBuffer(buffer)) track(fd, rest[2], n);
       return n;
     },
     writevSync(fd: number, buffers: NodeJS.ArrayBufferView[], position?: number): number {
+      if (full(fd)) throw enospc();
       const n = real.writevSync(fd, buffers, position);
       track(fd, position, n);
       return n;
@@ -86,6 +98,7 @@ export function installFaultyDisk(): FaultyDisk {
   syncBuiltinESMExports();
   return {
     failSync(opts = {}) { armed = opts.skip ?? 0; },
+    failWrite() { fullDisk = true; },
     get failures() { return failures; },
     restore() {
       Object.assign(fs, real);
