@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
+import { ASYNC_MAILFROM, BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { cpuSeconds, load, measure, median, startServer } from './measure.ts';
 
 const pki = await makeTestPki();
@@ -25,11 +25,6 @@ async function config(name: string, mailfrom: string | null, store: string, defe
   return { port, baseDir: dir, configText: benchConfig(dir, port, pki) + LIMITS + store, deferredStore };
 }
 
-/** The same mailfrom script made async without a store call: what leaving the fast path costs by itself. */
-const ASYNC_MAILFROM = `export default async function (ctx) {
-  if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked');
-  await null;
-}`;
 
 // Time limits raised for every target alike (the script's from 100 ms to 2 s, the Redis store's from 50 ms to 1 s): on a loaded shared
 // machine a call and its round trip can take longer, and this benchmark measures cost, not what a timeout does (test/store covers that).
