@@ -46,12 +46,14 @@ for (const [i, rate] of targets.entries()) {
   const tracer = perf
     ? spawn('perf', ['record', '-F', String(HZ), '-e', 'cpu-clock', '-o', out, '-p', String(s.pid)], { stdio: 'ignore' })
     : spawn('strace', ['-c', '-f', '-o', out, '-p', String(s.pid)], { stdio: 'ignore' });
+  // Listened for now: a tracer that ends early (perf running out of room) must not leave the run waiting for ever.
+  const traced = new Promise((r) => tracer.once('exit', r));
   await new Promise((r) => setTimeout(r, 500));
   const e0 = await entriesOf(s.child);
   const m = await load(pki, port, 100, messages, true);
   const e1 = await entriesOf(s.child);
   tracer.kill('SIGINT');
-  await new Promise((r) => tracer.once('exit', r));
+  await traced;
   const calls = new Map<string, number>();
   if (e0 && e1) {
     calls.set('(isolate entries, event loop)', (e1.eventLoop - e0.eventLoop) / m.messages);
