@@ -10,6 +10,7 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { fork } from 'node:child_process';
+import type ivm from 'isolated-vm';
 import { median } from './measure.ts';
 
 const CALLS = Number(process.env.CALLS ?? 300_000);
@@ -19,13 +20,13 @@ const MODES = ['plain', 'async', 'rate'] as const;
 
 if (process.argv[2] === '--child') {
   const [, , , runtimeFile, mode] = process.argv;
-  const { default: ivm } = await import('isolated-vm');
+  const { default: ivmModule } = await import('isolated-vm');
   const { installRuntime } = await import(pathToFileURL(runtimeFile!).href) as { installRuntime: (...a: unknown[]) => unknown };
-  const isolate = new ivm.Isolate({ memoryLimit: 128 });
+  const isolate = new ivmModule.Isolate({ memoryLimit: 128 });
   const context = isolate.createContextSync();
   const answer = JSON.stringify({ allowed: true, count: 1, resetSeconds: 3600 });
   // sha1, sha256, md5, hmac, lookup, log, startOperation, message text: the runtime's host callbacks, in order.
-  const callbacks = [() => '', () => '', () => '', () => '', () => null, () => undefined, () => answer, () => ''].map((f) => new ivm.Callback(f));
+  const callbacks = [() => '', () => '', () => '', () => '', () => null, () => undefined, () => answer, () => ''].map((f) => new ivmModule.Callback(f));
   const runtime = context.evalClosureSync(`return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7);`, callbacks, { result: { reference: true } }) as ivm.Reference<Record<string, unknown>>;
   const run = runtime.getSync('run', { reference: true }) as ivm.Reference<(...a: unknown[]) => unknown>;
   const register = runtime.getSync('register', { reference: true }) as ivm.Reference<(...a: unknown[]) => unknown>;
