@@ -96,9 +96,9 @@ export function hostCallbacks(host: HostBridge, current: () => CurrentRun | null
       // logging is best effort: it must not decide a policy call
     }
   };
-  const start = (opId: unknown, callId: unknown, kind: unknown, args: unknown): string | null => {
+  const start = (opId: unknown, callId: unknown, kind: unknown, a: unknown, b: unknown, c: unknown): string | null => {
     slot.admit(Number(callId));
-    const list = Array.isArray(args) ? args as unknown[] : [];
+    const list = [a, b, c];
     const answer = slot.operate(Number(opId), Number(callId), String(kind), list, () => startHostOperation(kind, list, host));
     if (answer === null || typeof answer === 'string') return answer;
     // Settled later, through the slot, which handles a rejection too (never an unhandled one in this process).

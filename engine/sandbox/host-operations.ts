@@ -6,7 +6,7 @@
  * promise (fail closed: 451 unless the script catches it).
  *
  * Adding an async helper (dns.resolve, dnsbl, …) is one function here and one line in isolate-runtime.ts
- * that calls `hostAsync('<kind>', [args…])` — the protocol, batching, time limits and log attribution
+ * that calls `hostAsync('<kind>', a, b, c)` — the protocol, batching, time limits and log attribution
  * come with it.
  */
 import { isIP } from 'node:net';

@@ -624,7 +624,7 @@ export class IsolateSlot {
     try {
       if (this.#refusing) throw new OperationRefused(`${kind}: code left over from a stopped fast-path attempt`, true);
       // Unknown: the top level, or a call that already ended (a promise it did not wait for): never run again.
-      return owner ? owner.start(kind, JSON.stringify(args), live) : live();
+      return owner ? owner.start(kind, args, live) : live();
     } catch (e) {
       if (!(e instanceof OperationRefused) || !e.park) throw e;
       this.#answers.push([opId, 2, '']);

@@ -26,7 +26,8 @@
 /** One operation started: what it was, and its answer (text now, or the promise of it). */
 interface Recorded {
   kind: string;
-  args: string;
+  /** As the isolate gave them (primitives), compared one by one on a re-run; no JSON text made per operation. */
+  args: readonly unknown[];
   answer: string | Promise<string>;
 }
 
@@ -50,7 +51,7 @@ export class SharedOperations {
   /** Set when the entry was stopped or lost: code still running under its tag is a stopped attempt's. */
   closed = false;
 
-  start(kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+  start(kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> {
     if (this.closed) throw new OperationRefused(`${kind}: this attempt of the call was stopped`, true);
     const answer = live();
     this.#ops.push({ kind, args, answer, taken: false });
@@ -62,8 +63,8 @@ export class SharedOperations {
   }
 
   /** A recorded operation of this kind and arguments that no re-run has taken yet; taken now. */
-  take(kind: string, args: string): Recorded | undefined {
-    const found = this.#ops.find((r) => !r.taken && r.kind === kind && r.args === args);
+  take(kind: string, args: readonly unknown[]): Recorded | undefined {
+    const found = this.#ops.find((r) => !r.taken && r.kind === kind && sameArgs(r.args, args));
     if (found) found.taken = true;
     return found;
   }
@@ -107,15 +108,15 @@ export class OperationJournal {
   }
 
   /** The Nth operation: the recorded answer when an earlier attempt started it, else started now (live()). */
-  start(n: number, kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+  start(n: number, kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> {
     if (this.over) throw new OperationRefused(`${kind}: the call is over (its deadline passed)`, true);
     if (this.diverged !== null) throw new OperationRefused(`${kind}: ${this.diverged}`, false);
     const ops = this.#ops;
     const earlier = ops?.[n];
     if (earlier) {
-      if (earlier.kind === kind && earlier.args === args) return earlier.answer;
-      this.diverged = `run again after a stop, the call's host operation #${n + 1} was ${kind}${args} where the stopped attempt's was ` +
-        `${earlier.kind}${earlier.args}; what it should count is unknown, so it fails`;
+      if (earlier.kind === kind && sameArgs(earlier.args, args)) return earlier.answer;
+      this.diverged = `run again after a stop, the call's host operation #${n + 1} was ${kind}${JSON.stringify(args)} where the stopped attempt's was ` +
+        `${earlier.kind}${JSON.stringify(earlier.args)}; what it should count is unknown, so it fails`;
       throw new OperationRefused(`${kind}: ${this.diverged}`, false);
     }
     if (this.#shared !== null) for (const shared of this.#pools()) {
@@ -138,6 +139,13 @@ export class OperationJournal {
 
 const NO_POOLS: readonly SharedOperations[] = [];
 
+/** The same arguments: as many, each the same primitive (they crossed out of the isolate as copies). */
+function sameArgs(a: readonly unknown[], b: readonly unknown[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false;
+  return true;
+}
+
 /** One run of a call: its position in the journal, and whether it was stopped (then it starts nothing). */
 export class Attempt {
   readonly journal: OperationJournal;
@@ -148,7 +156,7 @@ export class Attempt {
     this.journal = journal;
   }
 
-  start(kind: string, args: string, live: () => string | Promise<string>): string | Promise<string> {
+  start(kind: string, args: readonly unknown[], live: () => string | Promise<string>): string | Promise<string> {
     if (this.closed) throw new OperationRefused(`${kind}: this attempt of the call was stopped`, true);
     return this.journal.start(this.#next++, kind, args, live);
   }

@@ -8,6 +8,8 @@
  * AB_WORKERS=N runs both as `postern serve` with N worker processes (server CPU: the whole process tree);
  * AB_RATE=redis (or memory) adds an `await rate()` to the mailfrom script, with a Redis store (one
  * redis-server started here, a key prefix per tree) or the memory store: what a store change costs;
+ * AB_RATE_A, AB_RATE_B, … give one tree its own (none, async — mailfrom made async without a store call —, memory
+ * or redis): the same tree twice then shows what an async hook or a rate() adds (`AB_RATE_A=none AB_RATE_B=async … . .`);
  * AB_CONFIG_EXTRA is YAML appended to every configuration (e.g. `sandbox: { fastPathMs: 50 }`).
  * More than two trees (e.g. commits along a history, to find where a cost came in): each is measured in every
  * round and compared with A like B is.
@@ -18,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
+import { ASYNC_MAILFROM, BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { load, measure, median, startServer, type Measured } from './measure.ts';
 
 const trees = process.argv.slice(2).map((t) => resolve(t));
@@ -33,23 +35,27 @@ const withScripts = process.env.AB_SCRIPTS !== '0';
 const workers = process.env.AB_WORKERS ? Number(process.env.AB_WORKERS) : 0;
 const withRate = process.env.AB_RATE;
 if (withRate && withRate !== 'redis' && withRate !== 'memory') throw new Error('AB_RATE: redis or memory');
-const redis = withRate === 'redis' ? await startRedis() : null;
+const names = trees.map((_, i) => String.fromCharCode(65 + i));
+const rateOf = (name: string): string => process.env[`AB_RATE_${name}`] ?? withRate ?? 'none';
+for (const n of names) if (!['none', 'async', 'memory', 'redis'].includes(rateOf(n))) throw new Error(`AB_RATE_${n}: none, async, memory or redis`);
+const redis = names.some((n) => rateOf(n) === 'redis') ? await startRedis() : null;
 
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-ab-'));
-const names = trees.map((_, i) => String.fromCharCode(65 + i));
 const servers: Array<{ name: string; port: number; pid: number; stop: () => void }> = [];
 // Servers (and Redis) are stopped however the run ends (a failed load would leave them running otherwise).
 process.on('exit', () => { for (const s of servers) s.stop(); if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await writeBenchFolder(dir, !withScripts ? {} : withRate ? { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM } : BENCH_SCRIPTS);
+  const rate = rateOf(names[i]!);
+  const mailfrom = rate === 'none' ? null : rate === 'async' ? ASYNC_MAILFROM : RATE_MAILFROM;
+  await writeBenchFolder(dir, !withScripts ? {} : mailfrom ? { ...BENCH_SCRIPTS, 'mailfrom.ts': mailfrom } : BENCH_SCRIPTS);
   const port = benchPort();
   const nodeArgs = process.env[`AB_NODE_ARGS_${names[i]}`]?.split(' ').filter(Boolean);
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
   // With rate(): time limits raised (script 2 s, Redis 1 s) so a loaded machine measures cost, not timeouts.
-  const store = (withRate ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
+  const store = (mailfrom ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (rate === 'redis' ? `store: { redis: { url: "${redis!.url}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
   const extra = process.env.AB_CONFIG_EXTRA ? `${process.env.AB_CONFIG_EXTRA}\n` : '';
   const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store + extra, baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: names[i]! });
@@ -71,7 +77,7 @@ const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
 const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] }));
-console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${withRate ? `, mailfrom awaits rate() (${withRate} store)` : ''}, ${messages} messages per round, ${perConnection} per connection\n`);
+console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${names.map((n) => `, ${n}: ${rateOf(n)}`).join('')}, ${messages} messages per round, ${perConnection} per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();

@@ -50,6 +50,12 @@ export const RATE_MAILFROM = `export default async function (ctx) {
   if (!r.allowed) return defer('slow down');
 }`;
 
+/** (a)'s mailfrom script made async without a store call: what leaving a plain function costs by itself. */
+export const ASYNC_MAILFROM = `export default async function (ctx) {
+  if (lookup('senders', ctx.address.domain) === 'blocked') return reject('blocked');
+  await null;
+}`;
+
 /** (a)'s data script returning header edits (strip one field, add one naming the certificate): what editing at end of data costs. */
 export const EDIT_DATA = `export default function (ctx) {
   if (ctx.data.size > 10000000) return reject('big');

@@ -4,6 +4,7 @@ import '../../engine/app/timer-slack.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { MemoryCounterStore, type CounterStore } from '../../engine/store/index.ts';
+import * as isolateSlot from '../../engine/sandbox/isolate-slot.ts';
 
 const { configText, baseDir, deferredStore } = JSON.parse(process.argv[2]!) as { configText: string; baseDir: string; deferredStore?: boolean };
 
@@ -19,4 +20,8 @@ function deferred(): CounterStore {
 
 await startPostern({ configText, baseDir, logger: createLogger(process.env.BENCH_LOG_LEVEL ?? 'warn'), ...(deferredStore ? { memoryStore: deferred() } : {}) }); // BENCH_LOG_LEVEL=info: with every decision's log line
 process.on('SIGINT', () => process.exit(0));
+// Isolate entries so far, for the benchmarks that count them per message (absent in trees from before the counter).
+process.on('message', (m) => {
+  if (m === 'slot-entries') process.send?.({ slotEntries: (isolateSlot as { slotEntries?: object }).slotEntries ?? null });
+});
 process.send?.('ready');

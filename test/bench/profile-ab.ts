@@ -10,13 +10,15 @@
  * connection (1: a connection, STARTTLS and client certificate per message, per-connection costs).
  * PROF_RATE=redis|memory: the mailfrom script also awaits rate() (as AB_RATE in bench:ab), on a Redis store (one
  * redis-server started here, a key prefix per tree; its CPU and system calls per message are printed too) or the memory one.
+ * PROF_RATE_A / PROF_RATE_B: that side's own (none, async — the mailfrom script made async without a store call —,
+ * memory or redis), e.g. the same tree twice to see what a rate() adds: `PROF_RATE_A=none PROF_RATE_B=memory … . .`.
  */
 import { mkdtemp, writeFile, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fork, type ChildProcess } from 'node:child_process';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
+import { ASYNC_MAILFROM, BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { cpuSeconds, load, measure } from './measure.ts';
 import { startRedis } from '../helpers/redis-server.ts';
 
@@ -26,7 +28,9 @@ const rounds = Number(process.env.PROF_ROUNDS ?? 2);
 const perConnection = Number(process.env.PROF_PER_CONN ?? 100);
 const withRate = process.env.PROF_RATE;
 if (withRate && withRate !== 'redis' && withRate !== 'memory') throw new Error('PROF_RATE: redis or memory');
-const redis = withRate === 'redis' ? await startRedis() : null;
+const rateOf = (side: 'A' | 'B'): string => process.env[`PROF_RATE_${side}`] ?? withRate ?? 'none';
+for (const side of ['A', 'B'] as const) if (!['none', 'async', 'memory', 'redis'].includes(rateOf(side))) throw new Error(`PROF_RATE_${side}: none, async, memory or redis`);
+const redis = rateOf('A') === 'redis' || rateOf('B') === 'redis' ? await startRedis() : null;
 process.on('exit', () => { if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 const pki = await makeTestPki();
 const work = await mkdtemp(join(tmpdir(), 'postern-profab-'));
@@ -64,10 +68,12 @@ interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
 const servers: Array<{ name: string; child: ChildProcess; port: number; self: Map<string, number>; owner: Map<string, number>; fn: Map<string, number>; incl: Map<string, number>; io: Map<string, number>; msgs: number; cpu: number; main: number }> = [];
 for (const [i, tree] of trees.entries()) {
   const dir = join(work, String(i));
-  await writeBenchFolder(dir, withRate ? { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM } : BENCH_SCRIPTS);
+  const rate = rateOf(i === 0 ? 'A' : 'B');
+  const mailfrom = rate === 'none' ? null : rate === 'async' ? ASYNC_MAILFROM : RATE_MAILFROM;
+  await writeBenchFolder(dir, mailfrom ? { ...BENCH_SCRIPTS, 'mailfrom.ts': mailfrom } : BENCH_SCRIPTS);
   const port = benchPort();
   // With rate(): time limits raised as in bench:ab (a loaded machine measures cost, not timeouts).
-  const store = (withRate ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "p${i}:", timeoutMs: 1000 } }\n` : '');
+  const store = (mailfrom ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (rate === 'redis' ? `store: { redis: { url: "${redis!.url}", keyPrefix: "p${i}:", timeoutMs: 1000 } }\n` : '');
   const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki) + store, baseDir: dir })], { execArgv: ['--import', hook], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await new Promise((r) => child.once('message', r));
   servers.push({ name: i === 0 ? 'A' : 'B', child, port, self: new Map(), owner: new Map(), fn: new Map(), incl: new Map(), io: new Map(), msgs: 0, cpu: 0, main: 0 });

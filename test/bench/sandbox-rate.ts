@@ -6,7 +6,8 @@
  * on the memory store (answers at once), on the memory store answering by promise (as a remote store does,
  * without I/O) and on Redis (a redis-server started here on a free loopback port). BATCH calls are made at
  * once (default 10: connections whose commands arrive in one turn), CALLS per round (20 000), ROUNDS (4),
- * rounds interleaving the targets; CPU is the median of the rounds.
+ * rounds interleaving the targets; CPU is the median of the rounds. TARGETS (e.g. `plain,memory`: plain, async,
+ * memory, later, redis) runs only those, for a profile of one (`perf record -g node --perf-basic-prof …`).
  *
  *   node test/bench/sandbox-rate.ts
  */
@@ -20,6 +21,9 @@ import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { median } from './measure.ts';
 
 const BATCH = Number(process.env.BATCH ?? 10);
+/** MIXED=1: the isolate also runs an rcptto script (sync), and every other call of a batch is one, as in a server. */
+const MIXED = process.env.MIXED === '1';
+const RCPTTO = `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }`;
 const CALLS = Number(process.env.CALLS ?? 20_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 4);
 
@@ -37,24 +41,26 @@ function deferred(m: MemoryCounterStore): CounterStore {
   return { kind: 'memory', rate: (k, l, w) => m.rate(k, l, w), get: (k) => m.get(k), add: (k, n, t) => m.add(k, n, t), authFailures: () => m.authFailures(), close: () => m.close() };
 }
 
+const only = process.env.TARGETS?.split(',');
 const redis = await startRedis();
 const redisStore = new RedisCounterStore({ url: redis.url, keyPrefix: 'bench:', timeoutMs: 1000 }, createLogger('warn'));
 const memory = new MemoryCounterStore();
 const targets: Array<{ name: string; script: string; store?: CounterStore }> = [
-  { name: 'plain mailfrom', script: SCRIPTS.plain },
-  { name: 'async, no rate()', script: SCRIPTS.async },
-  { name: 'rate() memory', script: SCRIPTS.rate, store: memory },
-  { name: 'rate() memory, answered later', script: SCRIPTS.rate, store: deferred(memory) },
-  { name: 'rate() redis', script: SCRIPTS.rate, store: redisStore },
-];
+  { id: 'plain', name: 'plain mailfrom', script: SCRIPTS.plain },
+  { id: 'async', name: 'async, no rate()', script: SCRIPTS.async },
+  { id: 'memory', name: 'rate() memory', script: SCRIPTS.rate, store: memory },
+  { id: 'later', name: 'rate() memory, answered later', script: SCRIPTS.rate, store: deferred(memory) },
+  { id: 'redis', name: 'rate() redis', script: SCRIPTS.rate, store: redisStore },
+].filter((t) => !only || only.includes(t.id));
 const sandboxes = await Promise.all(targets.map((t) => Sandbox.create({
-  host: { ...recordingHost({ senders: {} }), store: t.store }, scripts: [js('mailfrom', t.script)], timeoutMs: 2000,
+  host: { ...recordingHost({ senders: {} }), store: t.store }, scripts: MIXED ? [js('mailfrom', t.script), js('rcptto', RCPTTO)] : [js('mailfrom', t.script)], timeoutMs: 2000,
 })));
 
 const connection = authContext().connection;
 const ctx = (i: number): object => ({
   connection, transaction: { id: 'x', sender: null, recipients: [] },
   address: { address: `a${i % 50}@b.c`, localPart: 'a', domain: 'b.c', params: {} },
+  builtin: { accepted: true },
 });
 const cpuMicros = (u: NodeJS.CpuUsage): number => u.user + u.system;
 // Counted since the entries counter exists; a tree from before it (run for a comparison) shows NaN.
@@ -65,7 +71,7 @@ async function round(sandbox: Sandbox, n: number): Promise<{ cpu: number; thread
   const c0 = process.cpuUsage();
   const t0 = process.threadCpuUsage();
   for (let i = 0; i < n; i += BATCH) {
-    await Promise.all(Array.from({ length: BATCH }, (_, j) => sandbox.invoke('mailfrom', ctx(i + j), `c${j}`, `k${j}`)));
+    await Promise.all(Array.from({ length: BATCH }, (_, j) => sandbox.invoke(MIXED && j % 2 ? 'rcptto' : 'mailfrom', ctx(i + j), `c${j}`, `k${j}`)));
   }
   return {
     cpu: cpuMicros(process.cpuUsage(c0)) / n,

@@ -6,6 +6,8 @@
  * ticker runs first there), one made in the next turn's poll phase (an answer read from Redis) counts 1 too,
  * one made after the next check phase 2. The ticker keeps the loop from sleeping, so rates here mean nothing;
  * the shares of commands by turns are the figure (load-independent). ROUNDS (2) × MESSAGES (2000).
+ * A tree written `<tree>@none|async|memory|redis` runs that mailfrom script instead (none: (a)'s own; async: made
+ * async without a store call), e.g. `node test/bench/turns.ts .@none .@async .@memory`.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -13,14 +15,15 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
-import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
+import { ASYNC_MAILFROM, BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
 import { load } from './measure.ts';
 
-const trees = process.argv.slice(2).map((t) => resolve(t));
-if (trees.length === 0) throw new Error('usage: node test/bench/turns.ts <tree> [<tree>…]');
+const args = process.argv.slice(2).map((a) => { const at = a.lastIndexOf('@'); return at > 0 ? { tree: resolve(a.slice(0, at)), rate: a.slice(at + 1) } : { tree: resolve(a), rate: process.env.TURNS_RATE ?? 'redis' }; });
+if (args.length === 0) throw new Error('usage: node test/bench/turns.ts <tree>[@none|async|memory|redis] […]');
+for (const a of args) if (!['none', 'async', 'memory', 'redis'].includes(a.rate)) throw new Error(`${a.rate}: none, async, memory or redis`);
 const rounds = Number(process.env.ROUNDS ?? 2);
 const messages = Number(process.env.MESSAGES ?? 2000);
-const withRedis = (process.env.TURNS_RATE ?? 'redis') === 'redis';
+const withRedis = args.some((a) => a.rate === 'redis');
 const pki = await makeTestPki();
 const redis = withRedis ? await startRedis() : null;
 const work = await mkdtemp(join(tmpdir(), 'postern-turns-'));
@@ -58,17 +61,18 @@ const servers: Array<{ name: string; child: ChildProcess; port: number }> = [];
 process.on('exit', () => { for (const s of servers) s.child.kill('SIGKILL'); if (redis?.pid) process.kill(redis.pid, 'SIGKILL'); });
 const turnsOf = (child: ChildProcess): Promise<Record<string, Record<string, number>>> =>
   new Promise((r) => { child.once('message', (m) => r((m as { turns: Record<string, Record<string, number>> }).turns)); child.send('turns'); });
-for (const [i, tree] of trees.entries()) {
+for (const [i, { tree, rate }] of args.entries()) {
   const dir = join(work, String(i));
-  await writeBenchFolder(dir, { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM });
+  const mailfrom = rate === 'none' ? BENCH_SCRIPTS['mailfrom.ts']! : rate === 'async' ? ASYNC_MAILFROM : RATE_MAILFROM;
+  await writeBenchFolder(dir, { ...BENCH_SCRIPTS, 'mailfrom.ts': mailfrom });
   const port = benchPort();
-  const store = redis ? `store: { redis: { url: "${redis.url}", keyPrefix: "t${i}:", timeoutMs: 1000 } }\n` : '';
+  const store = rate === 'redis' ? `store: { redis: { url: "${redis!.url}", keyPrefix: "t${i}:", timeoutMs: 1000 } }\n` : '';
   const child = fork(join(tree, 'test/bench/postern-server.ts'), [JSON.stringify({ configText: benchConfig(dir, port, pki) + 'sandbox: { timeoutMs: 2000 }\n' + store, baseDir: dir })], {
     execArgv: ['--import', hook], env: { ...process.env, TURNS_SMTP_CONNECTION: join(tree, 'node_modules/smtp-server/dist/esm/smtp-connection.js') },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   await new Promise((r) => child.once('message', r));
-  servers.push({ name: tree, child, port });
+  servers.push({ name: `${tree} (${rate})`, child, port });
   // Warm-up; a Redis store connects in the background and refuses until then.
   for (let attempt = 1; ; attempt++) {
     try {
@@ -86,7 +90,7 @@ const shares = (byTurns: Record<string, number> = {}): string => {
   const n = Object.values(byTurns).reduce((a, b) => a + b, 0);
   return Object.entries(byTurns).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([t, c]) => `${t}: ${(c / n).toFixed(2)}`).join(', ');
 };
-console.log(`turns from a command to its reply (share of commands, the 3 commonest), ${rounds} × ${messages} messages, rate() on ${withRedis ? 'Redis' : 'the memory store'}`);
+console.log(`turns from a command to its reply (share of commands, the 3 commonest), ${rounds} × ${messages} messages`);
 for (let round = 0; round < rounds; round++) {
   for (const s of servers) {
     await load(pki, s.port, 100, messages, true);

@@ -102,6 +102,59 @@ test('a store failure fails the call (closed) unless the script catches it', asy
   }
 });
 
+test('a bad argument to rate() rejects its promise, as an async helper\'s throw does: nothing is thrown at the call', async () => {
+  const sandbox = await sandboxWith(new MemoryCounterStore(), `export default async () => {
+    let p;
+    try { p = rate('', 1, 60); } catch (e) { return reject('thrown at the call: ' + e.message); }
+    try { await p; return accept(); } catch (e) { return defer(e.name + ': ' + e.message); }
+  }`);
+  try {
+    const verdict = await sandbox.invoke('helo', {}, 'c') as { verdict: string; text: string };
+    assert.equal(verdict.verdict, 'defer', verdict.text);
+    assert.match(verdict.text, /^TypeError: rate\(\): key must be a string/);
+  } finally {
+    await sandbox.dispose();
+  }
+});
+
+/** A store that answers at once (as the memory store does) but fails: the answer comes within the entry, or an error. */
+function failingAtOnce(): CounterStore & { calls: number } {
+  const memory = new MemoryCounterStore();
+  const store = {
+    kind: 'memory', calls: 0,
+    immediate: {
+      rateNow: (): never => { store.calls++; throw new StoreUnavailable('store unavailable (memory): broken on purpose'); },
+      getNow: () => 0, addNow: () => 0,
+    },
+    rate: (k: string, l: number, w: number) => memory.rate(k, l, w), get: (k: string) => memory.get(k),
+    add: (k: string, n: number, t: number) => memory.add(k, n, t), authFailures: () => memory.authFailures(), close: () => memory.close(),
+  };
+  return store;
+}
+
+for (const fastPathMs of [5, 0]) {
+  test(`a store that answers at once and fails fails the call closed unless the script catches it (fastPathMs ${fastPathMs})`, async () => {
+    const store = failingAtOnce();
+    const uncaught = await sandboxWith(store, RATE_SCRIPT, fastPathMs);
+    try {
+      const failure = await uncaught.invoke('helo', { who: 'a' }, 'c').then(() => null, (e: unknown) => e);
+      assert.ok(failure instanceof ScriptFailure && failure.kind === 'error', String(failure));
+      assert.match(failure.message, /broken on purpose/);
+    } finally {
+      await uncaught.dispose();
+    }
+    const caught = await sandboxWith(store, `export default async () => {
+      try { await rate('k', 1, 60); return accept(); } catch (e) { return defer('no store: ' + e.message); }
+    }`, fastPathMs);
+    try {
+      assert.deepEqual(await caught.invoke('helo', {}, 'c'), { verdict: 'defer', text: 'no store: store unavailable (memory): broken on purpose' });
+      assert.equal(store.calls, 2, 'each call asked the store once');
+    } finally {
+      await caught.dispose();
+    }
+  });
+}
+
 test('without a store (postern check), rate() rejects', async () => {
   const sandbox = await sandboxWith(undefined, RATE_SCRIPT);
   try {
