@@ -229,12 +229,15 @@ export class QueueRunner {
     const state = reserve.state;
     if (state === 'kept') return;
     const floor = this.#generation().config.spool.minFreeBytes;
-    void statfs(dirname(reserve.path))
+    this.#reserving = statfs(dirname(reserve.path))
       .then((fs) => reserve.keep(fs.bavail * fs.bsize, floor))
       .then((made) => {
         if (made && state === 'released') this.#log.warn({ reserve: reserve.path }, 'spool: there is room again and the reserve is kept again: new mail is taken again');
       }, (err: unknown) => this.#log.warn({ reserve: reserve.path, err: (err as Error).message }, 'spool: the reserve for the queue\'s bookkeeping could not be made'));
   }
+
+  /** The reserve being made (#keepReserve): close() waits for it, so nothing is written in the spool after it. */
+  #reserving: Promise<void> = Promise.resolve();
 
   /** The disk is full: release the reserve so that outcomes can be recorded and finished segments go. False: none left. */
   #useReserve(): boolean {
@@ -565,6 +568,7 @@ export class QueueRunner {
     this.#pool.close();
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
+    await this.#reserving;
     this.#pool.close();
   }
 }
