@@ -12,6 +12,7 @@ import { submitMessage } from '../helpers/smtp-client.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { checkVerdict } from '../../engine/policy/verdict.ts';
 import { startCluster } from '../helpers/cluster.ts';
+import { until } from '../helpers/wait.ts';
 
 let sink: Sink;
 let s: DeliveryServer;
@@ -50,8 +51,8 @@ test('accept({ hold }): 250, kept on hold with the reason, delivered only once r
   // Another message after it is delivered; the held one is not.
   await submitMessage(s.port('in'), 'me@origin.test', ['you@dest.test'], 'Subject: ordinary\r\n\r\nhello\r\n');
   await sink.waitFor(1);
-  await s.nextAttempt(() => true, { past: true }).catch(() => undefined);
-  for (let scan = 0; scan < 3; scan++) await new Promise((r) => setTimeout(r, 150)); // a few scans pass it over
+  // The queue came to it and passed it over (its log line), rather than waiting some time and hoping it did.
+  await until('the held message passed over', () => s.logs.some((l) => l.id === id && l.held === true));
   assert.deepEqual(subjects(), ['ordinary']);
 
   const show = await cli('show', id);
@@ -93,7 +94,7 @@ delivery:
     const id = await submitMessage(c.port('in'), 'me@origin.test', ['you@dest.test'], 'Subject: hold me\r\n\r\nhello\r\n');
     await submitMessage(c.port('in'), 'me@origin.test', ['you@dest.test'], 'Subject: go\r\n\r\nhello\r\n');
     await next.waitFor(1);
-    for (let scan = 0; scan < 3; scan++) await new Promise((r) => setTimeout(r, 150));
+    await c.waitFor('the held message passed over', () => c.logs.some((l) => l.id === id && l.held === true));
     assert.equal(next.messages.length, 1);
     const show = await runCli(['queue', 'show', id, '-c', join(c.dir, 'postern.yaml')]);
     assert.match(show.stdout, /^held: yes, since \S+ by script \S*\/data\.ts: asked to /m);
