@@ -36,6 +36,19 @@ export interface NamedFolder {
 /** The label of the built-in configuration (engine/config/default-config.ts), which names `scripts` for the docs' sake only. */
 export const EMBEDDED_DEFAULT = '(embedded default)';
 
+/**
+ * The document as plain values. The yaml package refuses, while building them, an alias expanded too often (a
+ * "billion laughs" file: a few lines that would expand to gigabytes) with a bare ReferenceError: a
+ * configuration error naming the file, like any other, and the running generation kept at a reload.
+ */
+function documentValue(doc: Document, file: string): unknown {
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    throw new ConfigError([{ file, message: `cannot be read: ${(err as Error).message} (YAML aliases expand to too much)` }]);
+  }
+}
+
 /** Parse and validate configuration text. `file` names it in messages; `baseDir` anchors relative paths. */
 export function parseConfig(text: string, file: string, baseDir: string): LoadedConfig {
   const lineCounter = new LineCounter();
@@ -52,7 +65,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
     const lp = lineCounter.linePos(pos);
     return { line: lp.line, column: lp.col };
   };
-  const parsed = configSchema.safeParse(doc.toJS() ?? {});
+  const parsed = configSchema.safeParse(documentValue(doc, file) ?? {});
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((issue) => {
       // An unknown key is reported at the key itself, not at its parent object.

@@ -34,6 +34,15 @@ test('YAML syntax errors carry a position', () => {
   assert.match(p[0]!, /^\/etc\/postern\.yaml:\d+:\d+: /);
 });
 
+test('a YAML alias bomb is a configuration error naming the file, not a crash', () => {
+  // Nine levels of ten aliases each would expand to 10^9 values.
+  const lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]'];
+  for (let i = 1; i < 9; i++) lines.push(`a${i}: &a${i} [${Array(10).fill(`*a${i - 1}`).join(', ')}]`);
+  lines.push('listeners: *a8');
+  const p = problems(lines.join('\n') + '\n');
+  assert.match(p[0]!, /^\/etc\/postern\.yaml: cannot be read: .*aliases/);
+});
+
 test('cross-field rules: TLS needs cert and key; EXTERNAL needs client certificates; pins need a table', () => {
   const p = problems(`listeners:
   - name: a
