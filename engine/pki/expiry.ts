@@ -1,5 +1,6 @@
 /**
- * Client certificates about to expire: those seen in the last 30 days (sightings.ts) whose notAfter is
+ * Client certificates about to expire: those seen in the last 30 days (sightings.ts) that named someone
+ * (gave an identity, or are a device of ours: a stranger's made-up certificate is nobody's concern) whose notAfter is
  * within `pki.warnDays`. Each is logged as a warning at most once a day, and every recently seen
  * certificate's remaining life is the gauge postern_client_certificate_expiry_seconds{identity,device}.
  * One process per server runs the watch (the single server, or the queue process under `postern serve`).
@@ -29,7 +30,7 @@ export interface DeviceNames { byFingerprint: ReadonlyMap<string, string>; byPin
 
 function describe(s: Sighting, names: DeviceNames, now: number): ExpiringCertificate {
   return {
-    fingerprintSha256: s.fingerprintSha256, identity: s.identity ?? '', subject: s.subject, serial: s.serial, notAfter: s.notAfter,
+    fingerprintSha256: s.fingerprintSha256, identity: s.identity ?? s.knownAs ?? '', subject: s.subject, serial: s.serial, notAfter: s.notAfter,
     device: names.byFingerprint.get(s.fingerprintSha256) ?? names.byPin.get(s.pinSha256) ?? '',
     lastSeen: s.lastSeen, listener: s.listener, expiresInSeconds: Math.round((Date.parse(s.notAfter) - now) / 1000),
   };
@@ -37,8 +38,11 @@ function describe(s: Sighting, names: DeviceNames, now: number): ExpiringCertifi
 
 /** The recently seen certificates, soonest expiry first; `expiring` those within warnDays. */
 export function recentCertificates(sightings: Iterable<Sighting>, names: DeviceNames, warnDays: number, now = Date.now()): { recent: ExpiringCertificate[]; expiring: ExpiringCertificate[] } {
+  // Only certificates that named someone (an identity, now or before, or a device of ours): any client may
+  // present a made-up one, expired or about to be, and it must not raise an alert or a daily warning each.
   const recent = [...sightings].filter((s) => now - Date.parse(s.lastSeen) <= RECENT_DAYS * DAY)
-    .map((s) => describe(s, names, now)).sort((a, b) => a.expiresInSeconds - b.expiresInSeconds);
+    .map((s) => describe(s, names, now)).filter((c) => c.identity !== '' || c.device !== '')
+    .sort((a, b) => a.expiresInSeconds - b.expiresInSeconds);
   return { recent, expiring: recent.filter((c) => c.expiresInSeconds <= warnDays * 86400) };
 }
 

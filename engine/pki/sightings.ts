@@ -21,6 +21,11 @@ export interface Sighting {
   listener: string;
   /** The identity the certificate gave (pin or field), null when none. */
   identity: string | null;
+  /**
+   * The identity it gave at its last sighting that gave one, kept when later ones give none (an expired or
+   * unpinned device certificate still names its owner); null for a certificate that never named anyone.
+   */
+  knownAs?: string | null;
   /** `verified`, `pinned`, or why the chain failed (expired, revoked, unknown-issuer, …). */
   verdict: string;
   firstSeen: string;
@@ -38,7 +43,7 @@ const MAX_RECORDS = 20_000;
 
 export function sightingsDir(dataDir: string): string { return join(dataDir, 'certificates'); }
 
-type Fresh = Omit<Sighting, 'firstSeen' | 'lastSeen'>;
+type Fresh = Omit<Sighting, 'firstSeen' | 'lastSeen' | 'knownAs'>;
 
 export class SightingRecorder {
   readonly #file: string;
@@ -79,7 +84,8 @@ export class SightingRecorder {
     this.#marked.set(s.fingerprintSha256, now);
     const at = new Date(now).toISOString();
     const old = this.#records.get(s.fingerprintSha256);
-    this.#records.set(s.fingerprintSha256, { ...s, firstSeen: old?.firstSeen ?? at, lastSeen: at });
+    const knownAs = s.identity ?? old?.knownAs ?? old?.identity ?? null;
+    this.#records.set(s.fingerprintSha256, { ...s, knownAs, firstSeen: old?.firstSeen ?? at, lastSeen: at });
     this.#dirty = true;
     this.#schedule(this.#delayMs);
   }

@@ -61,6 +61,36 @@ test('a certificate expiring within warnDays, once seen: one warning a day, the 
   assert.match(text.stdout, /! expires within 14 days/);
 });
 
+test("a stranger's expired certificate (it names no one) raises no warning and no gauge series; a device's keeps its owner once expired", async () => {
+  // `expired` is from the test CA, which this server does not trust: to it, a made-up certificate any client could present.
+  const stranger = pki.clients.expired;
+  const client = await SmtpTestClient.connect(s.server.port('submission'));
+  await client.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: await readFile(stranger.cert, 'utf8'), key: await readFile(stranger.key, 'utf8'), servername: 'localhost' } });
+  await client.quit();
+  const data = join(s.server.dir, 'data');
+  await until('the sighting is written', async () => (await readSightings(data)).has(stranger.fingerprintSha256));
+  assert.equal((await readSightings(data)).get(stranger.fingerprintSha256)!.identity, null);
+
+  const expiring = await s.server.certificates.expiry!.check();
+  assert.equal(expiring.find((c) => c.fingerprintSha256 === stranger.fingerprintSha256), undefined);
+  assert.equal(s.server.logs.filter((l) => l.serial === stranger.serial).length, 0, 'no warning about it');
+  const gauge = (await registry.getSingleMetric('postern_client_certificate_expiry_seconds')!.get()).values;
+  assert.equal(gauge.filter((v) => v.labels.identity === '').length, 0, 'no series without an identity');
+
+  // A certificate that named someone and later names no one (expired, unpinned) is still that person's.
+  const dir = await mkdtemp(join(tmpdir(), 'postern-known-as-'));
+  const recorder = new SightingRecorder(dir, 'single', { delayMs: 10 });
+  const base = { fingerprintSha256: 'ab'.repeat(32), pinSha256: 'cd'.repeat(32), serial: '01', subject: 'CN=dev', issuer: 'CN=ca',
+    notAfter: new Date(Date.now() - 86400_000).toISOString(), listener: 'submission', lastConnection: 'c1' };
+  recorder.seen({ ...base, identity: 'erin@example.com', verdict: 'verified' }, Date.now() - 2 * SIGHTING_MS);
+  recorder.seen({ ...base, identity: null, verdict: 'expired', lastConnection: 'c2' });
+  await recorder.close();
+  const [seen] = (await readSightings(dir)).values();
+  assert.equal(seen!.identity, null);
+  assert.equal(seen!.knownAs, 'erin@example.com');
+  await rm(dir, { recursive: true, force: true });
+});
+
 test('sightings: per-process files merged on read, at most one write a minute per certificate, first-seen kept across a restart', async () => {
   const dataDir = await mkdtemp(join(tmpdir(), 'postern-seen-'));
   try {
