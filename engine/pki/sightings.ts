@@ -40,6 +40,12 @@ export const SIGHTING_MS = 60_000;
 const KEEP_MS = 400 * 86400_000;
 /** At most this many certificates per process (a few MB of JSON). */
 const MAX_RECORDS = 20_000;
+/**
+ * Of those, at most this many that never named anyone: any client may present a new made-up certificate at each
+ * handshake, and each would otherwise take a record, rewritten with the whole file every second, from the
+ * devices the records are for. Kept at all for `postern pins learn` (a new device's first connection).
+ */
+export const MAX_NAMELESS_RECORDS = 2_000;
 
 export function sightingsDir(dataDir: string): string { return join(dataDir, 'certificates'); }
 
@@ -125,12 +131,21 @@ export class SightingRecorder {
     await this.flush().catch(this.#onError);
   }
 
-  /** Forget records not seen since `cutoff`, and beyond MAX_RECORDS the least recently seen (an MX meets many). */
+  /**
+   * Forget records not seen since `cutoff`, beyond MAX_NAMELESS_RECORDS the least recently seen of those that never
+   * named anyone, and beyond MAX_RECORDS the least recently seen of all (an MX meets many).
+   */
   #prune(cutoff: number): void {
     for (const [fp, r] of this.#records) if (Date.parse(r.lastSeen) < cutoff) this.#forget(fp);
-    if (this.#records.size <= MAX_RECORDS) return;
-    const oldest = [...this.#records].sort(([, a], [, b]) => a.lastSeen.localeCompare(b.lastSeen));
-    for (const [fp] of oldest.slice(0, this.#records.size - MAX_RECORDS)) this.#forget(fp);
+    const nameless = [...this.#records].filter(([, r]) => (r.knownAs ?? r.identity) === null);
+    this.#forgetOldest(nameless, nameless.length - MAX_NAMELESS_RECORDS);
+    this.#forgetOldest([...this.#records], this.#records.size - MAX_RECORDS);
+  }
+
+  #forgetOldest(records: Array<[string, Sighting]>, count: number): void {
+    if (count <= 0) return;
+    records.sort(([, a], [, b]) => a.lastSeen.localeCompare(b.lastSeen));
+    for (const [fp] of records.slice(0, count)) this.#forget(fp);
   }
 
   #forget(fp: string): void {

@@ -11,7 +11,7 @@ import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { postern, posternJson, startPkiServer, type PkiServer } from './helpers.ts';
-import { initCa, issueDevice, readInventory, readSightings, SightingRecorder, SIGHTING_MS } from '../../engine/pki/index.ts';
+import { initCa, issueDevice, readInventory, readSightings, SightingRecorder, SIGHTING_MS, MAX_NAMELESS_RECORDS } from '../../engine/pki/index.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
 
 let pki: TestPki;
@@ -88,6 +88,26 @@ test("a stranger's expired certificate (it names no one) raises no warning and n
   const [seen] = (await readSightings(dir)).values();
   assert.equal(seen!.identity, null);
   assert.equal(seen!.knownAs, 'erin@example.com');
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('sightings: certificates that never named anyone keep at most MAX_NAMELESS_RECORDS records, the latest; named ones are not pushed out', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-nameless-'));
+  const recorder = new SightingRecorder(dir, 'single', { delayMs: 10 });
+  const start = Date.now() - 3600_000;
+  const record = (i: number, identity: string | null) => ({
+    fingerprintSha256: i.toString(16).padStart(64, '0'), pinSha256: 'cd'.repeat(32), serial: String(i), subject: `CN=${i}`, issuer: 'CN=ca',
+    notAfter: new Date().toISOString(), listener: 'mx', identity, verdict: identity ? 'verified' : 'self-signed', lastConnection: `c${i}`,
+  });
+  recorder.seen(record(0, 'owner@example.com'), start);
+  const flood = MAX_NAMELESS_RECORDS + 100;
+  for (let i = 1; i <= flood; i++) recorder.seen(record(i, null), start + i);
+  await recorder.close();
+  const seen = await readSightings(dir);
+  assert.equal(seen.size, MAX_NAMELESS_RECORDS + 1);
+  assert.equal(seen.get(record(0, null).fingerprintSha256)?.identity, 'owner@example.com', 'the oldest record, but it named someone');
+  assert.ok(!seen.has(record(100, null).fingerprintSha256), 'the oldest nameless ones went');
+  assert.ok(seen.has(record(flood, null).fingerprintSha256));
   await rm(dir, { recursive: true, force: true });
 });
 
