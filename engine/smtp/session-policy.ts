@@ -214,7 +214,7 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable);
+    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust);
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
     const protocol = socket.getProtocol();
@@ -502,7 +502,8 @@ export class SessionPolicy {
     const st = conn.state;
     const cert = st.certificate;
     if (!cert) return null;
-    if (cert.verified && conn.trust.isRevoked(cert)) {
+    // Verified or pinned at the handshake: either way a CRL loaded since that lists it withdraws it.
+    if ((cert.verified || st.identity.pinned) && conn.trust.isRevoked(cert)) {
       this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
       return reply('certificateRevoked');
     }
