@@ -50,7 +50,7 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
   if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
-  const id = certificateIdentity(listener, certificate, pins);
+  const id = certificateIdentity(listener, certificate, pins, trust);
   return { certificate, identity: id.identity, via: id.via };
 }
 
@@ -66,7 +66,8 @@ export function sessionStands(s: Session, listener: ListenerConfig, generation: 
   if (c.by === 'pin') {
     const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
     const account = (pins?.get(c.pinSha256) ?? '').split(/[\s,]+/)[0] ?? '';
-    return account.toLowerCase() === s.identity;
+    // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
+    return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem });
   }
   return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem });
 }

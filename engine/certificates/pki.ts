@@ -36,6 +36,11 @@ export interface SubjectOptions {
   country?: string;
   /** PKCS#9 emailAddress subject attribute (not a SAN; see `sanEmails`). */
   emailAddress?: string;
+  /**
+   * The whole subject instead of the fields above, RDN by RDN in DER order, e.g. `[{ CN: ['a'] }, { CN: ['b'] }]`
+   * (several values in one RDN: a multi-valued RDN). For certificates a CA should never sign, in tests.
+   */
+  rdns?: Array<Record<string, string[]>>;
 }
 
 export interface LeafOptions extends SubjectOptions {
@@ -109,6 +114,7 @@ function serialNumber(): string {
 }
 
 function subjectName(s: SubjectOptions): x509.Name {
+  if (s.rdns) return new x509.Name(s.rdns);
   // DER order is least specific first; RFC 4514 strings print it reversed (CN first).
   const rdns: Array<Record<string, string[]>> = [];
   if (s.country) rdns.push({ C: [s.country] });

@@ -18,11 +18,29 @@ export interface TrustMaterial {
 
 const message = (err: unknown): string => (err as Error).message;
 
-async function read(file: string): Promise<Buffer> {
+/** Which setting a file was named by: the certificate, the key, a CA bundle or a CRL. */
+export type TlsFileRole = 'cert' | 'key' | 'ca' | 'crl';
+
+/**
+ * A TLS file that cannot be used. The message starts with the file's path; `file` and `role` let the caller
+ * name the configuration key (and its line) that points at it.
+ */
+export class TlsFileError extends Error {
+  readonly file: string;
+  readonly role: TlsFileRole;
+  constructor(file: string, role: TlsFileRole, problem: string) {
+    super(`${file}: ${problem}`);
+    this.name = 'TlsFileError';
+    this.file = file;
+    this.role = role;
+  }
+}
+
+async function read(file: string, role: TlsFileRole): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (err) {
-    throw new Error(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? message(err)}`);
+    throw new TlsFileError(file, role, `cannot read: ${(err as NodeJS.ErrnoException).code ?? message(err)}`);
   }
 }
 
@@ -31,23 +49,23 @@ async function read(file: string): Promise<Buffer> {
  * certificate file, so a combined key+cert file works without the key riding along as "cert".
  */
 export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ cert: string; key: string }> {
-  const certs = pemBlocks((await read(certFile)).toString('utf8'), ['CERTIFICATE']);
-  if (!certs.length) throw new Error(`${certFile}: not a PEM certificate`);
+  const certs = pemBlocks((await read(certFile, 'cert')).toString('utf8'), ['CERTIFICATE']);
+  if (!certs.length) throw new TlsFileError(certFile, 'cert', 'not a PEM certificate');
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(certs[0]!);
   } catch (err) {
-    throw new Error(`${certFile}: unreadable certificate: ${message(err)}`);
+    throw new TlsFileError(certFile, 'cert', `unreadable certificate: ${message(err)}`);
   }
-  const key = (await read(keyFile)).toString('utf8');
+  const key = (await read(keyFile, 'key')).toString('utf8');
   let fromKey: Buffer;
   try {
     fromKey = createPublicKey(createPrivateKey(key)).export({ type: 'spki', format: 'der' });
   } catch (err) {
-    throw new Error(`${keyFile}: not a usable private key: ${message(err)}`);
+    throw new TlsFileError(keyFile, 'key', `not a usable private key: ${message(err)}`);
   }
   if (!fromKey.equals(leaf.publicKey.export({ type: 'spki', format: 'der' }))) {
-    throw new Error(`${keyFile}: private key does not match certificate ${certFile}`);
+    throw new TlsFileError(keyFile, 'key', `private key does not match certificate ${certFile}`);
   }
   return { cert: certs.join(''), key };
 }
@@ -59,14 +77,14 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
   const warnings: string[] = [];
   const now = new Date();
   for (const file of files.caFiles) {
-    const pems = pemBlocks((await read(file)).toString('utf8'), ['CERTIFICATE']);
-    if (!pems.length) throw new Error(`${file}: not a PEM certificate`);
+    const pems = pemBlocks((await read(file, 'ca')).toString('utf8'), ['CERTIFICATE']);
+    if (!pems.length) throw new TlsFileError(file, 'ca', 'not a PEM certificate');
     for (const pem of pems) {
       let cert: x509.X509Certificate;
       try {
         cert = new x509.X509Certificate(pemToDer(pem));
       } catch (err) {
-        throw new Error(`${file}: unreadable certificate: ${message(err)}`);
+        throw new TlsFileError(file, 'ca', `unreadable certificate: ${message(err)}`);
       }
       if (cert.notAfter < now) warnings.push(`${file}: CA "${cert.subject}" expired on ${cert.notAfter.toISOString()}`);
       if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) warnings.push(`${file}: "${cert.subject}" is not a CA certificate`);
@@ -76,19 +94,19 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
   }
   const crl: string[] = [];
   for (const file of files.crlFiles) {
-    const raw = await read(file);
+    const raw = await read(file, 'crl');
     const text = raw.toString('latin1');
     const pems = pemBlocks(text, ['X509 CRL', 'CRL']);
-    if (!pems.length && text.includes('-----BEGIN')) throw new Error(`${file}: not a PEM CRL`);
+    if (!pems.length && text.includes('-----BEGIN')) throw new TlsFileError(file, 'crl', 'not a PEM CRL');
     for (const der of pems.length ? pems.map(pemToDer) : [raw]) {
       let parsed: x509.X509Crl;
       try {
         parsed = new x509.X509Crl(der);
       } catch (err) {
-        throw new Error(`${file}: not a CRL (PEM or DER): ${message(err)}`);
+        throw new TlsFileError(file, 'crl', `not a CRL (PEM or DER): ${message(err)}`);
       }
       if (!await signedByOneOf(parsed, authorities)) {
-        throw new Error(`${file}: CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
+        throw new TlsFileError(file, 'crl', `CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
       }
       if (parsed.nextUpdate && parsed.nextUpdate < now) {
         warnings.push(`${file}: CRL expired on ${parsed.nextUpdate.toISOString()}; every certificate of "${parsed.issuer}" fails with CRL_HAS_EXPIRED`);

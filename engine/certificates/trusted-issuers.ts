@@ -5,6 +5,7 @@
  * verified when its session began has been revoked since (a reloaded CRL; checked at each MAIL FROM).
  */
 import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
 import { x509 } from './x509-provider.ts';
 import { pemToDer } from './digests.ts';
 
@@ -35,6 +36,22 @@ export class TrustedIssuers {
     if (!issuers) return false;
     const issuer = Buffer.from(new x509.X509Certificate(pemToDer(cert.pem)).issuerName.toArrayBuffer());
     return issuers.some((i) => i.equals(issuer));
+  }
+
+  /**
+   * Does the chain the handshake of `socket` verified still end in one of these CAs? For a session older than
+   * this CA list (a reload replaced it): a CA taken out of caFiles withdraws its certificates, as a CRL does.
+   * The chain is OpenSSL's, completed from the store of the context the handshake used; its last certificate
+   * is the CA the verdict rested on.
+   */
+  stillAnchors(socket: TLSSocket): boolean {
+    let cert = socket.getPeerCertificate(true);
+    if (!cert?.raw) return false;
+    // A root is its own issuer (Node links it to itself); 100 is OpenSSL's verify depth.
+    for (let depth = 0; depth < 100 && cert.issuerCertificate?.raw && cert.issuerCertificate !== cert
+      && cert.issuerCertificate.fingerprint256 !== cert.fingerprint256; depth++) cert = cert.issuerCertificate;
+    const anchor = cert.raw;
+    return this.#cas.some((ca) => ca.raw.equals(anchor));
   }
 
   /** The code to report for a certificate whose CRL check failed (authorizationError UNABLE_TO_GET_CRL). */

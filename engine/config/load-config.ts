@@ -23,6 +23,11 @@ export interface LoadedConfig {
    * leaves the key out, nor when the file is the embedded default.
    */
   scriptFolders?: readonly NamedFolder[];
+  /**
+   * Where a key path of the configuration is written (line and column of its value, else of the nearest
+   * key above it that is written): for problems found after the parse, such as a file a key names.
+   */
+  locate?(path: ReadonlyArray<PropertyKey>): { line?: number; column?: number };
 }
 
 export interface NamedFolder {
@@ -78,7 +83,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: hideKeyMaterial(p.message) }));
   if (problems.length) throw new ConfigError(problems);
   const scriptFolders = namedScriptFolders(config, file !== EMBEDDED_DEFAULT && doc.has('scripts')).map((f) => ({ ...f, key: keyPath(f.path), ...locate(f.path) }));
-  return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f) };
+  return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f), locate: (path) => locate(path) };
 }
 
 /** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */

@@ -44,7 +44,7 @@ const tlsSchema = z.strictObject({
 
 const identitySchema = z.strictObject({
   field: z.enum(['none', 'emailAddress', 'CN', 'sanEmail']).default('none')
-    .describe('Which field of the certificate names the account. This is read only from a certificate that verified against `caFiles` (not revoked, not expired). `emailAddress` is the PKCS#9 subject attribute, `CN` the subject common name (for both, the first one in DER order), `sanEmail` the first e-mail subject alternative name. This is Dovecot\'s `ssl_cert_username_field`. Needs `tls.caFiles`.'),
+    .describe('Which field of the certificate names the account. This is read only from a certificate that verified against `caFiles` (not revoked, not expired). `emailAddress` is the PKCS#9 subject attribute, `CN` the subject common name (for both, a subject with two of them names no account), `sanEmail` the first e-mail subject alternative name. A value with control, format or space characters, longer than 254 characters, or that lowercasing would turn into ASCII it did not have (U+212A KELVIN SIGN becomes `k`), names no account. This is Dovecot\'s `ssl_cert_username_field`. Needs `tls.caFiles`.'),
   pins: z.string().optional().meta({ format: 'table name' })
     .describe('A [table](#tables) that maps SPKI SHA-256 pins to accounts. It matches whatever the chain verdict is, so self-signed, expired and foreign-CA certificates can match, as in mox. A pin is tried before `field`. The key may be hex, colon hex, base64 or base64url (see [client-certificates.md](client-certificates.md#identities-field-and-pins)). The table must exist under `tables`.'),
   autoLogin: z.boolean().default(false)

@@ -8,7 +8,7 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
-import { loadKeyPair, loadTrustMaterial, type TrustMaterial } from '../certificates/index.ts';
+import { loadKeyPair, loadTrustMaterial, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
 
@@ -45,6 +45,8 @@ export const EXPIRY_WARNING_DAYS = 14;
 export interface OutboundTlsReport {
   /** Unusable: a file that cannot be read, no certificate in it, a key that does not match its certificate. */
   errors: string[];
+  /** The same, as thrown (an OutboundFileError names the configuration key of the file). */
+  failures: unknown[];
   /** Usable but wrong: an expired client certificate (delivery still presents it; the next hop decides). */
   problems: string[];
   /** Worth a look: expiring within EXPIRY_WARNING_DAYS, not yet valid, an expired or non-CA certificate in a CA file. */
@@ -66,6 +68,23 @@ function naming(message: string, file: string, key: string): string {
 }
 
 /**
+ * An outbound TLS file that cannot be used: `<file>: <config key>: <problem>`, and the key's path, so that a
+ * build can name the line of the configuration that points at the file.
+ */
+export class OutboundFileError extends Error {
+  /** e.g. `['delivery', 'clientCertificates', 'laptop', 'key']`. */
+  readonly path: string[];
+  /** `<file>: <problem>`, as the certificates module said it. */
+  readonly fileProblem: string;
+  constructor(err: TlsFileError, path: string[]) {
+    super(naming(err.message, err.file, path.join('.')));
+    this.name = 'OutboundFileError';
+    this.path = path;
+    this.fileProblem = err.message;
+  }
+}
+
+/**
  * Read `delivery.clientCertificates.<name>`: the certificate chain (PEM, leaf first; a combined key+cert
  * file works) and the private key (PEM: RSA, ECDSA, Ed25519, …), which must match the leaf. Throws with
  * `<file>: delivery.clientCertificates.<name>.cert|key: …`; the leaf's validity period becomes problems
@@ -80,10 +99,9 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
   try {
     pair = await loadKeyPair(files.cert, files.key);
   } catch (err) {
-    const msg = (err as Error).message;
-    // Which of the two files is at fault: the key for key problems, else whichever file the message names.
-    const keyFault = msg.startsWith(`${files.key}: `) && (files.key !== files.cert || /: (not a usable private key|private key does not match)/.test(msg));
-    throw new Error(keyFault ? naming(msg, files.key, `${at}.key`) : naming(msg, files.cert, `${at}.cert`));
+    if (!(err instanceof TlsFileError)) throw err;
+    // Which of the two settings is at fault: the key's for key problems (a mismatch among them), else the certificate's.
+    throw new OutboundFileError(err, ['delivery', 'clientCertificates', name, err.role === 'key' ? 'key' : 'cert']);
   }
   const leaf = new X509Certificate(pair.cert); // the first block, already parsed once by loadKeyPair
   const problems: string[] = [];
@@ -111,7 +129,8 @@ export async function loadOutboundCa(delivery: DeliveryConfig, name: string): Pr
   try {
     trust = await loadTrustMaterial({ caFiles: [file], crlFiles: [] });
   } catch (err) {
-    throw new Error(naming((err as Error).message, file, at));
+    if (!(err instanceof TlsFileError)) throw err;
+    throw new OutboundFileError(err, ['delivery', 'caFiles', name]);
   }
   const id = createHash('sha256').update(trust.ca.join('')).digest('hex').slice(0, 16);
   return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => naming(w, file, at)) };
@@ -126,9 +145,12 @@ export function checkOutboundTls(delivery: DeliveryConfig, now = new Date()): Pr
 }
 
 async function report(jobs: Array<Promise<OutboundMaterial>>): Promise<OutboundTlsReport> {
-  const out: OutboundTlsReport = { errors: [], problems: [], warnings: [] };
+  const out: OutboundTlsReport = { errors: [], failures: [], problems: [], warnings: [] };
   for (const r of await Promise.allSettled(jobs)) {
-    if (r.status === 'rejected') out.errors.push((r.reason as Error).message);
+    if (r.status === 'rejected') {
+      out.errors.push((r.reason as Error).message);
+      out.failures.push(r.reason);
+    }
     else { out.problems.push(...r.value.problems); out.warnings.push(...r.value.warnings); }
   }
   return out;

@@ -12,14 +12,15 @@ import type { CounterStore } from '../store/counter-store.ts';
 import { prefixedStore } from '../store/prefixed-store.ts';
 import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
-import { ConfigError, type ConfigProblem } from '../config/config-error.ts';
+import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
+import { TlsFileError } from '../certificates/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
-import { loadListenerTls, listenerSetup } from '../smtp/listener-options.ts';
+import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
-import { checkOutboundTls } from '../delivery/outbound-tls.ts';
+import { checkOutboundTls, OutboundFileError } from '../delivery/outbound-tls.ts';
 import { checkDkimKeys } from '../delivery/dkim.ts';
 import type { Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
@@ -147,21 +148,22 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   // configuration the next start would refuse would only defer the failure to that restart.
   progress.step = 'the listeners\' TLS files';
   const listeners = new Map<string, ListenerSetup>();
-  for (const l of config.listeners) {
+  for (const [i, l] of config.listeners.entries()) {
     if (l.limits.connectionsPerIpInStore && !config.store.redis) {
       warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
     }
     try {
       listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
     } catch (err) {
-      failed(err);
+      // A file that cannot be used is reported at the key (file and line) that names it.
+      failed(err instanceof TlsFileError ? located(loaded, ['listeners', i, ...listenerTlsKey(l, err)], err.message) : err);
     }
   }
 
   // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
   progress.step = 'delivery\'s TLS files';
   const outbound = await checkOutboundTls(config.delivery);
-  for (const line of outbound.errors) failed(line);
+  for (const err of outbound.failures) failed(err instanceof OutboundFileError ? located(loaded, err.path, err.fileProblem) : err);
   for (const line of outbound.problems) {
     if (options.strict) failed(line);
     else warnings.push({ message: line });
@@ -181,6 +183,11 @@ async function prepareListener(l: ListenerConfig, hostname: string, logger: Logg
   const tls = await loadListenerTls(l);
   for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
   return listenerSetup(l, tls, hostname, logger);
+}
+
+/** `<config file>:<line>:<col>: <key path>: <message>`, as the configuration's own problems are written. */
+function located(loaded: LoadedConfig, path: PropertyKey[], message: string): string {
+  return formatProblem({ file: loaded.file, ...loaded.locate?.(path), path: keyPath(path), message });
 }
 
 /** One line per problem, each beginning with the file it is about. */

@@ -8,6 +8,7 @@ import type { DistinguishedName, PostfixClientCertificate } from '../sandbox/api
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { LookupTable } from '../policy/lookup-tables.ts';
 import { parseSenderList } from '../policy/sender-logins.ts';
+import { accountName } from '../policy/certificate-identity.ts';
 import { colonHex, normalizeFingerprint } from '../certificates/index.ts';
 
 type Digest = PolicyServiceConfig['fingerprintDigest'];
@@ -88,7 +89,8 @@ export function postfixCertificateIdentity(service: PolicyServiceConfig, cert: P
   if (!cert) return null;
   const [account] = parseSenderList((cert.pin.sha256 && pins?.get(cert.pin.sha256)) || '');
   if (account) return account;
-  if (service.certificateIdentity.field === 'CN' && cert.verified && cert.subject.CN) return cert.subject.CN.toLowerCase();
+  // As a listener's: no control, format or space characters, nothing that lowercases into another name.
+  if (service.certificateIdentity.field === 'CN' && cert.verified) return accountName(cert.subject.CN);
   return null;
 }
 

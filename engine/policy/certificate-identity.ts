@@ -19,18 +19,68 @@ export interface CertificateIdentity {
 
 export const NO_IDENTITY: CertificateIdentity = { identity: null, pinned: false, via: null, senders: [] };
 
+/** What the listener's CRLs say about a certificate (TrustedIssuers). */
+export interface RevocationList {
+  isRevoked(cert: { serial: string; pem: string }): boolean;
+}
+
+/**
+ * `trust`: the listener's CRLs. A certificate they list names no account, pinned or not: a pin accepts a chain
+ * that does not verify (self-signed, a foreign CA, expired), not one its own CA has withdrawn. (OpenSSL gives
+ * one verdict, so a certificate both expired and revoked says only "expired": the CRLs are asked here.)
+ */
 export function certificateIdentity(
-  listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined,
+  listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined, trust?: RevocationList,
 ): CertificateIdentity {
   if (!cert) return NO_IDENTITY;
+  if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
   if (account) return { identity: account, pinned: true, via: 'pin', senders };
   if (!cert.verified) return NO_IDENTITY;
   const field = listener.certificateIdentity.field;
-  const value = field === 'emailAddress' ? cert.subject.emailAddress
-    : field === 'CN' ? cert.subject.CN
-      : field === 'sanEmail' ? cert.san.email[0]
-        : undefined;
-  return value ? { identity: value.toLowerCase(), pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+  const value = field === 'emailAddress' || field === 'CN' ? onlyValue(cert, field)
+    : field === 'sanEmail' ? cert.san.email[0]
+      : undefined;
+  const identity = accountName(value);
+  return identity ? { identity, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+}
+
+/**
+ * The subject's one `field` attribute, or undefined when it has none or several. With two CNs (or two
+ * emailAddress attributes, in separate RDNs or in one multi-valued RDN) which one is "the" name depends on
+ * who reads it: OpenSSL's first, another tool's last, a multi-valued RDN's order is the DER sort of its
+ * values. A CA that checks one of them and copies the rest from a request would vouch for the other.
+ */
+function onlyValue(cert: PeerCertificate, field: 'CN' | 'emailAddress'): string | undefined {
+  let found: string | undefined;
+  for (const [type, value] of cert.subject.attributes) {
+    if (type !== field) continue;
+    if (found !== undefined) return undefined;
+    found = value;
+  }
+  return found;
+}
+
+/** RFC 5321's longest path is 256 octets with its brackets; no account is longer. */
+const MAX_ACCOUNT_LENGTH = 254;
+/**
+ * Characters no account name holds: controls (NUL among them: "alice\0.evil"), format characters (bidi
+ * overrides, zero-width joiners), spaces and line separators of every kind, lone surrogates, private use,
+ * unassigned code points.
+ */
+const NOT_IN_AN_ACCOUNT = /[\p{Cc}\p{Cf}\p{Z}\p{Cs}\p{Co}\p{Cn}]/u;
+// eslint-disable-next-line no-control-regex
+const ASCII = /[\x00-\x7f]/g;
+
+/**
+ * A certificate field's value as an account name (lowercased, as every identity), or null when it cannot
+ * name one. Lowercasing must not turn what is not ASCII into ASCII: U+212A KELVIN SIGN lowercases to `k`
+ * and U+0130 to `i` + a combining dot, so a certificate for "\u212Aate" would otherwise speak for kate.
+ */
+export function accountName(value: string | undefined): string | null {
+  if (!value || value.length > MAX_ACCOUNT_LENGTH || NOT_IN_AN_ACCOUNT.test(value)) return null;
+  const lower = value.toLowerCase();
+  if ((lower.match(ASCII)?.length ?? 0) !== (value.match(ASCII)?.length ?? 0)) return null;
+  return lower;
 }

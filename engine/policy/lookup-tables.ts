@@ -31,11 +31,13 @@ export class LookupTable {
     this.#caseSensitive = caseSensitive;
   }
 
+  /** False when the key was there already, in this spelling or (a digest) in another: hex, colon hex, base64. */
   set(key: string, value: string): boolean {
     const k = this.#fold(key);
-    const had = this.#entries.has(k);
-    this.#entries.set(k, value);
     const canonical = normalizeFingerprint(key);
+    // One pin written twice, in two spellings, for two accounts: the later line silently won.
+    const had = this.#entries.has(k) || (canonical !== null && this.#entries.has(canonical.hex));
+    this.#entries.set(k, value);
     if (canonical && canonical.hex !== k) this.#entries.set(canonical.hex, value);
     return !had;
   }

@@ -25,6 +25,8 @@ export class ConnectionState {
   /** The certificate was requested (Received header: "did not present" vs "not requested"). */
   certificateRequested = false;
   identity: CertificateIdentity = NO_IDENTITY;
+  /** The listener's CA list the certificate was verified against (replaced by a reload: checked again at MAIL FROM). */
+  certificateTrust: object | null = null;
   /** Authenticated user and how. */
   user: string | null = null;
   mechanism: string | null = null;

@@ -7,7 +7,7 @@ import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
 import { constants } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
-import { loadTrustMaterial, loadKeyPair, TrustedIssuers } from '../certificates/index.ts';
+import { loadTrustMaterial, loadKeyPair, TrustedIssuers, type TlsFileError } from '../certificates/index.ts';
 import type { ListenerSetup } from './postern-server.ts';
 import { reply } from './replies.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
@@ -30,6 +30,14 @@ export async function loadListenerTls(l: ListenerConfig): Promise<ListenerTls> {
     ? { ca: [], crl: [], warnings: [] }
     : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles });
   return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
+}
+
+/** The listener's key (below the listener) that names the file a TlsFileError is about, e.g. `['tls', 'caFiles', 1]`. */
+export function listenerTlsKey(l: ListenerConfig, err: TlsFileError): PropertyKey[] {
+  if (err.role === 'cert' || err.role === 'key') return ['tls', err.role];
+  const files = err.role === 'ca' ? l.tls.caFiles : l.tls.crlFiles;
+  const index = files.indexOf(err.file);
+  return ['tls', err.role === 'ca' ? 'caFiles' : 'crlFiles', ...(index < 0 ? [] : [index])];
 }
 
 export function greetingDelay(l: ListenerConfig): number {

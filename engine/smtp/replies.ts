@@ -52,6 +52,7 @@ export const REPLIES = {
   tlsRequired: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first', reason: 'requireTls' },
   authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },
   certificateRevoked: { code: 550, enhanced: '5.7.1', text: 'Client certificate has been revoked', reason: 'client certificate revoked since the session began (CRL reloaded)' },
+  certificateCaWithdrawn: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'client certificate\'s CA removed from caFiles since the session began (reloaded)' },
   certificatePinRemoved: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'client certificate pin removed since the session began (pin table reloaded)' },
   spoolWriteFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'the spool\'s disk is full (ENOSPC)' },
   storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },

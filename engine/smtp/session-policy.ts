@@ -214,7 +214,8 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable);
+    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust);
+    st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
     const protocol = socket.getProtocol();
@@ -502,9 +503,18 @@ export class SessionPolicy {
     const st = conn.state;
     const cert = st.certificate;
     if (!cert) return null;
-    if (cert.verified && conn.trust.isRevoked(cert)) {
+    // Verified or pinned at the handshake: either way a CRL loaded since that lists it withdraws it.
+    if ((cert.verified || st.identity.pinned) && conn.trust.isRevoked(cert)) {
       this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
       return reply('certificateRevoked');
+    }
+    if (cert.verified && st.certificateTrust !== conn.trust) {
+      // The CA list was replaced since the handshake (a reload): the CA the chain ended in may be gone from it.
+      if (!conn.trust.stillAnchors(conn._socket as TLSSocket)) {
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s CA no longer in caFiles: MAIL FROM refused');
+        return reply('certificateCaWithdrawn');
+      }
+      st.certificateTrust = conn.trust;
     }
     const loggedInByCertificate = st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
     if (st.identity.via === 'pin' && loggedInByCertificate) {

@@ -96,3 +96,27 @@ test('matchesPin: a certificate against its pin computed by openssl, in every sp
     }
   }
 });
+
+test('a pin table naming one key twice, in two spellings, is refused (the later line silently won: another account)', async () => {
+  const { mkdtemp, writeFile, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { loadTable } = await import('../../engine/policy/lookup-tables.ts');
+  const dir = await mkdtemp(join(tmpdir(), 'postern-pin-dup-'));
+  try {
+    for (const second of [ABC_COLON, ABC_BASE64URL, ABC_BASE64, `sha256//${ABC_BASE64}`]) {
+      const file = join(dir, 'devices');
+      await writeFile(file, `${ABC_HEX} alice@example.com\n${second} mallory@example.com\n`);
+      await assert.rejects(loadTable('devices', file), /devices:2: duplicate key /, second);
+      // The other order too.
+      await writeFile(file, `${second} mallory@example.com\n${ABC_HEX} alice@example.com\n`);
+      await assert.rejects(loadTable('devices', file), /devices:2: duplicate key /, second);
+    }
+    // Two different keys are two entries (the check can pass).
+    await writeFile(join(dir, 'ok'), `${ABC_HEX} alice@example.com\n${'00'.repeat(32)} bob@example.com\n`);
+    const table = await loadTable('ok', join(dir, 'ok'));
+    assert.equal(table.get(ABC_BASE64URL), 'alice@example.com');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

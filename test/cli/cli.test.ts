@@ -214,7 +214,7 @@ test('check reads delivery.clientCertificates: a good Ed25519 and ECDSA certific
   assert.equal(r.code, 0);
 });
 
-test('check: a missing key file, a key that does not match, a missing CA file → exit 1, each as <file>: <config key>: …', async () => {
+test('check: a missing key file, a key that does not match, a missing CA file → exit 1, each as <config file>:<line>:<col>: <config key>: <file>: …', async () => {
   const { dir, config } = await deliveryFolder('outbound-bad', `  clientCertificates:
     laptop: { cert: out/laptop.crt, key: out/laptop.key }
     phone: { cert: out/phone.crt, key: out/phone.key }
@@ -229,10 +229,13 @@ test('check: a missing key file, a key that does not match, a missing CA file �
   assert.equal(r.code, 1);
   assert.equal(r.stdout, '');
   const out = (f: string): string => join(dir, 'out', f);
+  // The line of each key in the file deliveryFolder wrote (the columns are those of the values).
+  const text = await readFile(config, 'utf8');
+  const lineOf = (needle: string): number => text.split('\n').findIndex((l) => l.includes(needle)) + 1;
   assert.deepEqual(r.stderr.split('\n'), [
-    `${out('laptop.key')}: delivery.clientCertificates.laptop.key: cannot read: ENOENT`,
-    `${out('phone.key')}: delivery.clientCertificates.phone.key: private key does not match certificate ${out('phone.crt')}`,
-    `${out('partners.crt')}: delivery.caFiles.partners: cannot read: ENOENT`,
+    `${config}:${lineOf('laptop:')}:42: delivery.clientCertificates.laptop.key: ${out('laptop.key')}: cannot read: ENOENT`,
+    `${config}:${lineOf('phone:')}:40: delivery.clientCertificates.phone.key: ${out('phone.key')}: private key does not match certificate ${out('phone.crt')}`,
+    `${config}:${lineOf('partners:')}:15: delivery.caFiles.partners: ${out('partners.crt')}: cannot read: ENOENT`,
     '',
   ]);
 });

@@ -21,8 +21,9 @@ delivery:
   clientCertificates: { laptop: { cert: ./laptop.crt, key: ${key} } }
 `;
   const start = (key: string) => startPostern({ configText: config(key), baseDir: dir, watch: false, logger: createLogger('silent') });
-  await assert.rejects(start('./missing.key'), /missing\.key: delivery\.clientCertificates\.laptop\.key: cannot read/);
-  await assert.rejects(start('./laptop.key'), /laptop\.key: delivery\.clientCertificates\.laptop\.key: private key does not match certificate/);
+  // Named at the key's line of the configuration (here inline text: `(inline)`), then the file.
+  await assert.rejects(start('./missing.key'), /^GenerationError: \(inline\):6:60: delivery\.clientCertificates\.laptop\.key: \S*missing\.key: cannot read/);
+  await assert.rejects(start('./laptop.key'), /^GenerationError: \(inline\):6:60: delivery\.clientCertificates\.laptop\.key: \S*laptop\.key: private key does not match certificate/);
   await copyFile(pki.clients.alice.key, join(dir, 'laptop.key'));
   const running = await start('./laptop.key');
   await running.close();

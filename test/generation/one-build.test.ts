@@ -85,9 +85,10 @@ async function breakEverything(): Promise<void> {
 const expectedProblems = (): string[] => [
   `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue`,
   `${join(dir, 'scripts', 'mailfrom.ts')}:1:39: SyntaxError: Expected ident`,
-  `${join(dir, 'tls', 'server.key')}: cannot read: ENOENT`,
-  `${join(dir, 'tls', 'extra.crt')}: cannot read: ENOENT`,
-  `${join(dir, 'out', 'laptop.key')}: delivery.clientCertificates.laptop.key: private key does not match certificate ${join(dir, 'out', 'laptop.crt')}`,
+  // A TLS file's problem names the configuration's line (and key) that points at the file, then the file.
+  `${join(dir, 'postern.yaml')}:9:55: listeners[0].tls.key: ${join(dir, 'tls', 'server.key')}: cannot read: ENOENT`,
+  `${join(dir, 'postern.yaml')}:12:34: listeners[1].tls.cert: ${join(dir, 'tls', 'extra.crt')}: cannot read: ENOENT`,
+  `${join(dir, 'postern.yaml')}:15:42: delivery.clientCertificates.laptop.key: ${join(dir, 'out', 'laptop.key')}: private key does not match certificate ${join(dir, 'out', 'laptop.crt')}`,
 ];
 
 function start(logs: string[] = []): Promise<RunningPostern> {

@@ -90,7 +90,7 @@ before(async () => {
   const pinOfStranger = pki.clients.stranger.pinSha256;
   const closedPort = await freePort();
   servers.main = await startTestServer({
-    files: { users, 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n` },
+    files: { users, 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n`, 'trusted-ca.crt': await readFile(pki.ca.cert, 'utf8') },
     scripts: SCRIPTS,
     config: configYaml({
       hostname: 'mx.test',
@@ -124,6 +124,7 @@ before(async () => {
         testListener('require', { tls: testServerTls(pki, { clientCertificates: 'require' }) }),
         testListener('crl', { tls: { ...testServerTls(pki, { clientCertificates: 'request' }), crlFiles: ['./ca.crl'] }, certificateIdentity: { field: 'emailAddress', autoLogin: true } }),
         testListener('pinned', { tls: testServerTls(pki, { clientCertificates: 'request' }), certificateIdentity: { pins: 'pins', autoLogin: true } }),
+        testListener('catrust', { tls: { ...testServerTls(pki, { clientCertificates: 'request' }), caFiles: ['./trusted-ca.crt'] }, certificateIdentity: { field: 'emailAddress', autoLogin: true } }),
       ],
     }),
   });
@@ -331,6 +332,19 @@ const ROWS = {
       const generation = main.runtime.generation;
       await writeFile(join(main.dir, 'ca.crl'), await createCrl(pki.authorities.ca, [pki.clients.alice.serial]));
       await until('the CRL that revokes alice is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
+      await s.say('MAIL FROM:<alice@example.com>');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  certificateCaWithdrawn: {
+    server: 'main', stage: 'MAIL', check: (line) => { expectCertificate('alice')(line); expectUser('alice@example.com')(line); },
+    async drive() {
+      const s = await session('main', 'catrust', alice);
+      const main = servers.main!;
+      const generation = main.runtime.generation;
+      await writeFile(join(main.dir, 'trusted-ca.crt'), await readFile(pki.otherCa.cert, 'utf8'));
+      await until('the CA file without alice\'s CA is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<alice@example.com>');
       await s.c.quit();
       return s.seen;

@@ -1,0 +1,67 @@
+// A CA taken out of a listener's caFiles withdraws its certificates from sessions already open, as a CRL that
+// revokes them does: a session verified (and logged in) by that CA gets no new transaction after the reload.
+// A reload that keeps the CA (here: another CA added beside it) changes nothing for the session.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { until } from '../helpers/wait.ts';
+
+let pki: TestPki;
+let server: TestServer;
+
+before(async () => {
+  pki = await makeTestPki();
+  server = await startTestServer({
+    files: { 'trusted.crt': await readFile(pki.ca.cert, 'utf8') },
+    config: `
+localDomains: [example.com]
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    reverseDns: false
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [./trusted.crt] }
+    relayClientCertificates: true
+    certificateIdentity: { field: emailAddress, autoLogin: true }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+});
+after(() => server.stop());
+
+async function replaceCaFile(text: string): Promise<void> {
+  const generation = server.runtime.generation;
+  await writeFile(join(server.dir, 'trusted.crt'), text);
+  await until('the CA file is reloaded', () => server.runtime.generation !== generation, { timeoutMs: 60_000 });
+}
+
+test('a session verified by a CA: still served after a reload that keeps the CA, refused once the CA is gone from caFiles', async () => {
+  const c = await SmtpTestClient.connect(server.port('sub'), { implicitTls: await clientTlsOptions(pki, 'alice') });
+  await c.read();
+  await c.command('EHLO laptop.example');
+  assert.equal((await c.command('MAIL FROM:<alice@example.com>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<someone@elsewhere.example>')).code, 250, 'relayed: verified and logged in');
+  await c.command('RSET');
+
+  // The CA stays (another one beside it): nothing changes for the session.
+  await replaceCaFile(await readFile(pki.ca.cert, 'utf8') + await readFile(pki.otherCa.cert, 'utf8'));
+  assert.equal((await c.command('MAIL FROM:<alice@example.com>')).code, 250);
+  await c.command('RSET');
+
+  // The CA is gone: a new handshake would not verify, and neither does this session any longer.
+  await replaceCaFile(await readFile(pki.otherCa.cert, 'utf8'));
+  assert.equal((await c.command('MAIL FROM:<alice@example.com>')).text, '550 5.7.1 Client certificate is no longer accepted');
+  await c.quit();
+  assert.ok(server.logs.some((l) => l.msg === 'client certificate\'s CA no longer in caFiles: MAIL FROM refused'));
+
+  // The same certificate on a new connection: unverified, no identity (the check above agrees with OpenSSL's).
+  const fresh = await SmtpTestClient.connect(server.port('sub'), { implicitTls: await clientTlsOptions(pki, 'alice') });
+  await fresh.read();
+  await fresh.command('EHLO laptop.example');
+  await fresh.command('MAIL FROM:<alice@example.com>');
+  assert.equal((await fresh.command('RCPT TO:<someone@elsewhere.example>')).code, 554);
+  await fresh.quit();
+});
