@@ -29,6 +29,8 @@ export class HeaderReader {
   /** Fields seen so far: lines of the section that start with neither a space nor a tab (folded lines are not fields). */
   #fields = 0;
   #tooManyFields = false;
+  /** A CR not followed by LF in the section (seen so far). */
+  #bareCr = false;
   /**
    * Keep the chunks of the section for headers(). The SMTP intake does not: its spool writer has the bytes (in
    * its file, past the memory it may hold), and chunks kept here would hold up to maxHeaderBytes per connection.
@@ -55,14 +57,27 @@ export class HeaderReader {
   /** The header section is over `maxBytes` or `maxFields`: the message must be refused. */
   get tooLarge(): boolean { return this.#tooLarge; }
 
+  /**
+   * The header section holds a CR not followed by LF: the message must be refused (push() returns false, the
+   * section is still read to its end). Delivery sends every bare CR as a
+   * line end (engine/delivery/dkim.ts withCrlf, nodemailer), while the fields here, the data hook's header edits
+   * and a DKIM check split lines at LF only: `Subject: a<CR>X-Trusted: yes` was one field to the script (its
+   * `remove` of X-Trusted missed it) and two to the next hop.
+   */
+  get bareCr(): boolean { return this.#bareCr; }
+
   /** The header section has more than `maxFields` fields (tooLarge is set too). */
   get tooManyFields(): boolean { return this.#tooManyFields; }
 
   /** Fields counted so far (all of them once the section has ended). */
   get fields(): number { return this.#fields; }
 
-  /** Take the next chunk of the message; returns false once the header section is known to be too large. */
+  /** Take the next chunk of the message; returns false once the header section is known to be refused (tooLarge, bareCr). */
   push(chunk: Buffer): boolean {
+    return this.#take(chunk) && !this.#bareCr;
+  }
+
+  #take(chunk: Buffer): boolean {
     if (this.#sectionBytes >= 0 || this.#tooLarge) return !this.#tooLarge;
     const end = this.#findEnd(chunk);
     if (this.#fields > this.#maxFields) {
@@ -130,6 +145,7 @@ export class HeaderReader {
   #findEnd(chunk: Buffer): number {
     const c0 = chunk.length > 0 ? chunk[0]! : -1;
     const c1 = chunk.length > 1 ? chunk[1]! : -1;
+    if (this.#last === CR && c0 !== -1 && c0 !== LF) this.#bareCr = true; // a CR that ended the previous chunk
     // Across the seam, earliest start first: LF CR | LF, then LF | LF and LF | CR LF.
     if (this.#beforeLast === LF && this.#last === CR) {
       if (c0 === LF) return this.#seen - 1;
@@ -143,7 +159,11 @@ export class HeaderReader {
     // ends within the first few hundred bytes, sooner than two native searches are set up.
     const n = chunk.length;
     for (let i = 0; i < n; i++) {
-      if (chunk[i] !== LF) continue;
+      if (chunk[i] !== LF) {
+        // A CR at the chunk's end is decided at the next chunk's seam.
+        if (chunk[i] === CR && i + 1 < n && chunk[i + 1] !== LF) this.#bareCr = true;
+        continue;
+      }
       const next = i + 1 < n ? chunk[i + 1]! : -1;
       if (next === LF || (next === CR && i + 2 < n && chunk[i + 2] === LF)) {
         scanned += i + 1;

@@ -436,6 +436,15 @@ const ROWS = {
       return s.seen;
     },
   },
+  bareCrInHeader: {
+    server: 'main', stage: 'END-OF-MESSAGE',
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'Subject: a\rX-B: 2\r\n\r\nbody');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
 
   // Script verdicts without their own text.
   connectRefused: {
