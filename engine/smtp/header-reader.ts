@@ -11,6 +11,19 @@ const HT = 0x09;
 
 let scanned = 0;
 
+/** Spaces and tabs around a field name (RFC 5322 obs-optional allows them before the colon). */
+const NAME_WSP = /^[ \t]+|[ \t]+$/g;
+
+/**
+ * The name of the field `line` holds, its colon at `colon`: without the spaces and tabs around it, and nothing
+ * else. String.prototype.trim() also took U+00A0, U+3000, a vertical tab or a BOM off: the data hook saw
+ * `X-Trusted` where the message had `X-Trusted<U+3000>`, which a header edit (header-edit.ts, by the same
+ * rule) rightly does not match, so a script's `remove` of the field it saw left it in.
+ */
+export function fieldName(line: string, colon: number): string {
+  return line.slice(0, colon).replace(NAME_WSP, '');
+}
+
 /** Bytes the header readers of this process have searched so far (tests check it grows linearly). */
 export function headerBytesScanned(): number { return scanned; }
 
@@ -125,7 +138,7 @@ export class HeaderReader {
         continue;
       }
       const colon = line.indexOf(':');
-      if (colon > 0) out.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
+      if (colon > 0) out.push([fieldName(line, colon), line.slice(colon + 1).trim()]);
     }
     return out;
   }
