@@ -6,6 +6,7 @@
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { verifyPassword } from '../auth/password-hash.ts';
 import { ownsSender } from './sender-logins.ts';
+import { domainKey } from './domain-key.ts';
 
 export interface AuthAttempt {
   mechanism: string;
@@ -82,6 +83,7 @@ export function builtinSender(address: string, facts: SenderFacts): BuiltinSende
 }
 
 export interface RelayFacts {
+  /** By domainKey() (A-labels, lower case). */
   localDomains: ReadonlySet<string>;
   authenticated: boolean;
   /** The listener lets any CA-verified certificate relay, and this one verified. */
@@ -98,7 +100,7 @@ const SENDER_ROUTED = /[%!@]/;
 /** `barePostmaster`: the client wrote `<postmaster>`, which every SMTP server must accept (RFC 5321 §4.5.1). */
 export function builtinRelay(recipient: { localPart: string; domain: string }, facts: RelayFacts, barePostmaster = false): BuiltinRelayDecision {
   if (barePostmaster) return RELAY.postmaster;
-  if (facts.localDomains.has(recipient.domain.toLowerCase()) && !SENDER_ROUTED.test(recipient.localPart)) return RELAY.localDomain;
+  if (facts.localDomains.has(domainKey(recipient.domain)) && !SENDER_ROUTED.test(recipient.localPart)) return RELAY.localDomain;
   if (facts.authenticated) return RELAY.authenticated;
   if (facts.trustedCertificateMayRelay) return RELAY.clientCertificate;
   return RELAY.denied;

@@ -10,6 +10,7 @@ import type { Sandbox } from '../sandbox/index.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import type { CounterStore } from '../store/counter-store.ts';
+import { domainKey } from './domain-key.ts';
 
 let nextSerial = 1;
 
@@ -43,7 +44,7 @@ export class PolicyGeneration {
     this.config = source.config;
     this.tables = tables;
     this.users = users;
-    this.localDomains = new Set(source.config.localDomains.map((d) => d.toLowerCase()));
+    this.localDomains = new Set(source.config.localDomains.map((d) => domainKey(d) || d.toLowerCase())); // compared by domainKey()
     this.#sandboxes = sandboxes;
     this.#shadows = shadows;
     this.scriptFolders = scriptFolders;

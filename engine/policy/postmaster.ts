@@ -4,13 +4,18 @@
  * first local domain, else its `hostname`, before any rule or script sees it.
  */
 import type { Config } from '../config/schema.ts';
+import { domainKey } from './domain-key.ts';
 
 /** Parsed recipients that were the bare postmaster (the relay rule accepts them whatever the listener). */
 const barePostmasters = new WeakSet<object>();
 
-/** The domain the bare postmaster is rewritten to: the first of `localDomains`, else `hostname`. */
+/**
+ * The domain the bare postmaster is rewritten to: the first of `localDomains`, else `hostname`, as A-labels (an
+ * IDN written `bücher.example` made the address non-ASCII: refused as undeclared UTF-8 in an ASCII transaction).
+ */
 export function postmasterDomain(config: Pick<Config, 'localDomains' | 'hostname'>): string {
-  return (config.localDomains[0] ?? config.hostname).toLowerCase();
+  const name = config.localDomains[0] ?? config.hostname;
+  return domainKey(name) || name.toLowerCase();
 }
 
 /** Rewrites `recipient.address` if it is the bare postmaster; true when it did. */

@@ -4,6 +4,7 @@
  * over them still verify; new fields are one line each, ended with CRLF.
  */
 import type { HeaderEdit } from '../sandbox/api/index.ts';
+import { fieldName } from './header-reader.ts';
 
 interface Field {
   /** Lowercased name; null for a line that is not a field (kept as it is, never matched). */
@@ -63,7 +64,9 @@ function splitFields(section: Buffer): Field[] {
     if (raw[raw.length - 1] !== 0x0a) raw = Buffer.concat([raw, Buffer.from('\r\n')]); // a last line without its break
     const colon = raw.indexOf(0x3a);
     const lf = raw.indexOf(0x0a);
-    const key = colon > 0 && (lf < 0 || colon < lf) ? raw.subarray(0, colon).toString('latin1').trim().toLowerCase() : null;
+    // Decoded as the data hook's view decodes it (header-reader.ts), the name found by the same rule.
+    const name = colon > 0 && (lf < 0 || colon < lf) ? raw.toString('utf8', 0, colon) : null;
+    const key = name === null ? null : fieldName(name, name.length).toLowerCase();
     fields.push({ key, raw });
     start = end;
   }

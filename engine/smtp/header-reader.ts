@@ -11,6 +11,19 @@ const HT = 0x09;
 
 let scanned = 0;
 
+/** Spaces and tabs around a field name (RFC 5322 obs-optional allows them before the colon). */
+const NAME_WSP = /^[ \t]+|[ \t]+$/g;
+
+/**
+ * The name of the field `line` holds, its colon at `colon`: without the spaces and tabs around it, and nothing
+ * else. String.prototype.trim() also took U+00A0, U+3000, a vertical tab or a BOM off: the data hook saw
+ * `X-Trusted` where the message had `X-Trusted<U+3000>`, which a header edit (header-edit.ts, by the same
+ * rule) rightly does not match, so a script's `remove` of the field it saw left it in.
+ */
+export function fieldName(line: string, colon: number): string {
+  return line.slice(0, colon).replace(NAME_WSP, '');
+}
+
 /** Bytes the header readers of this process have searched so far (tests check it grows linearly). */
 export function headerBytesScanned(): number { return scanned; }
 
@@ -29,6 +42,8 @@ export class HeaderReader {
   /** Fields seen so far: lines of the section that start with neither a space nor a tab (folded lines are not fields). */
   #fields = 0;
   #tooManyFields = false;
+  /** A CR not followed by LF in the section (seen so far). */
+  #bareCr = false;
   /**
    * Keep the chunks of the section for headers(). The SMTP intake does not: its spool writer has the bytes (in
    * its file, past the memory it may hold), and chunks kept here would hold up to maxHeaderBytes per connection.
@@ -55,14 +70,27 @@ export class HeaderReader {
   /** The header section is over `maxBytes` or `maxFields`: the message must be refused. */
   get tooLarge(): boolean { return this.#tooLarge; }
 
+  /**
+   * The header section holds a CR not followed by LF: the message must be refused (push() returns false, the
+   * section is still read to its end). Delivery sends every bare CR as a
+   * line end (engine/delivery/dkim.ts withCrlf, nodemailer), while the fields here, the data hook's header edits
+   * and a DKIM check split lines at LF only: `Subject: a<CR>X-Trusted: yes` was one field to the script (its
+   * `remove` of X-Trusted missed it) and two to the next hop.
+   */
+  get bareCr(): boolean { return this.#bareCr; }
+
   /** The header section has more than `maxFields` fields (tooLarge is set too). */
   get tooManyFields(): boolean { return this.#tooManyFields; }
 
   /** Fields counted so far (all of them once the section has ended). */
   get fields(): number { return this.#fields; }
 
-  /** Take the next chunk of the message; returns false once the header section is known to be too large. */
+  /** Take the next chunk of the message; returns false once the header section is known to be refused (tooLarge, bareCr). */
   push(chunk: Buffer): boolean {
+    return this.#take(chunk) && !this.#bareCr;
+  }
+
+  #take(chunk: Buffer): boolean {
     if (this.#sectionBytes >= 0 || this.#tooLarge) return !this.#tooLarge;
     const end = this.#findEnd(chunk);
     if (this.#fields > this.#maxFields) {
@@ -110,7 +138,7 @@ export class HeaderReader {
         continue;
       }
       const colon = line.indexOf(':');
-      if (colon > 0) out.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
+      if (colon > 0) out.push([fieldName(line, colon), line.slice(colon + 1).trim()]);
     }
     return out;
   }
@@ -130,6 +158,7 @@ export class HeaderReader {
   #findEnd(chunk: Buffer): number {
     const c0 = chunk.length > 0 ? chunk[0]! : -1;
     const c1 = chunk.length > 1 ? chunk[1]! : -1;
+    if (this.#last === CR && c0 !== -1 && c0 !== LF) this.#bareCr = true; // a CR that ended the previous chunk
     // Across the seam, earliest start first: LF CR | LF, then LF | LF and LF | CR LF.
     if (this.#beforeLast === LF && this.#last === CR) {
       if (c0 === LF) return this.#seen - 1;
@@ -143,7 +172,11 @@ export class HeaderReader {
     // ends within the first few hundred bytes, sooner than two native searches are set up.
     const n = chunk.length;
     for (let i = 0; i < n; i++) {
-      if (chunk[i] !== LF) continue;
+      if (chunk[i] !== LF) {
+        // A CR at the chunk's end is decided at the next chunk's seam.
+        if (chunk[i] === CR && i + 1 < n && chunk[i + 1] !== LF) this.#bareCr = true;
+        continue;
+      }
       const next = i + 1 < n ? chunk[i + 1]! : -1;
       if (next === LF || (next === CR && i + 2 < n && chunk[i + 2] === LF)) {
         scanned += i + 1;

@@ -9,7 +9,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
 import net from 'node:net';
-import { isUtf8 } from 'node:buffer';
+import { isAscii, isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
@@ -22,6 +22,7 @@ import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { rewriteBarePostmaster } from '../policy/postmaster.ts';
+import { envelopeForm, unquotedPath } from './envelope-path.ts';
 
 type Callback = () => void;
 
@@ -369,8 +370,34 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   override _parseAddressCommand(name: string, command: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
     const parsed = super._parseAddressCommand(name, command);
-    if (parsed && name.toUpperCase() === 'RCPT TO') rewriteBarePostmaster(parsed, this.state.generation.config);
+    if (!parsed) return parsed;
+    const rcpt = name.toUpperCase() === 'RCPT TO';
+    if (rcpt && rewriteBarePostmaster(parsed, this.state.generation.config)) return parsed;
+    // The domain in envelope form (envelope-path.ts): the A-labels of an ASCII transaction stay A-labels.
+    const mail = rcpt ? this.session.envelope.mailFrom : parsed;
+    const utf8 = !!(mail && mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
+    const address = envelopeForm(parsed.address, utf8, typeof command === 'string' ? !/[^\x00-\x7f]/.test(command) : isAscii(command));
+    if (address === false) return false;
+    parsed.address = address;
     return parsed;
+  }
+
+  /** MAIL FROM and RCPT TO: a quoted local part unquoted, or refused when it needs its quotes (envelope-path.ts). */
+  override handler_MAIL(command: Buffer, callback: Callback): void {
+    const path = unquotedPath(command);
+    if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
+    super.handler_MAIL(path, callback);
+  }
+
+  override handler_RCPT(command: Buffer, callback: Callback): void {
+    const path = unquotedPath(command);
+    if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
+    super.handler_RCPT(path, callback);
+  }
+
+  #answerPath(stage: 'MAIL' | 'RCPT', refusal: SmtpReply, callback: Callback): void {
+    this.#answer(stage, refusal);
+    callback();
   }
 
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }

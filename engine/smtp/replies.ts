@@ -46,6 +46,7 @@ export const REPLIES = {
 
   // MAIL FROM and RCPT TO.
   parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
+  quotedLocalPart: { code: 553, enhanced: '5.1.3', text: 'Quoted local parts with spaces or special characters are not accepted', reason: 'a quoted local part that needs its quotes ("a b"@, "a@b"@): not carried' },
   utf8AddressUndeclared: { code: 553, enhanced: '5.6.7', text: 'Must declare SMTPUTF8 to send unicode address', reason: 'a non-ASCII address in a transaction whose MAIL FROM has no SMTPUTF8 (RFC 6531 §3.4)' },
 
   // MAIL FROM.
@@ -70,6 +71,7 @@ export const REPLIES = {
   messageTooBig: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size', reason: 'limits.maxMessageSize' },
   tooManyHeaderFields: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum of {n} fields', reason: 'limits.maxHeaderFields' },
   headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
+  bareCrInHeader: { code: 554, enhanced: '5.6.0', text: 'Message header section contains a bare CR (a CR not followed by LF)', reason: 'a bare CR in the header section (a line end to the next hop, none to scripts and header edits)' },
   dataTimeout: { code: 421, enhanced: '4.4.2', text: 'Timeout - closing connection', reason: 'limits.dataTimeoutMs' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 

@@ -408,6 +408,7 @@ const ROWS = {
     drive: () => ending('main', 'owned', [plainLogin('alice@example.com'), 'MAIL FROM:<>']),
   },
 
+  quotedLocalPart: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<"a b"@example.com>']) },
   relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
 
   messageTooBig: {
@@ -446,6 +447,15 @@ const ROWS = {
     async drive() {
       const s = await session('main', 'mx');
       await message(s, `Subject: ${'h'.repeat(300)}\r\n\r\nbody`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
+  bareCrInHeader: {
+    server: 'main', stage: 'END-OF-MESSAGE',
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'Subject: a\rX-B: 2\r\n\r\nbody');
       await s.c.quit();
       return s.seen;
     },

@@ -17,7 +17,8 @@ for (const section of SECTIONS) {
   test(`fields of ${JSON.stringify(section.slice(0, 24))}… are counted alike at every split`, () => {
     const bytes = Buffer.from(section);
     const whole = new HeaderReader(1 << 20);
-    assert.equal(whole.push(bytes), true);
+    whole.push(bytes); // false for the lone CR's section (bareCr): it is still read to its end
+    assert.equal(whole.tooLarge, false);
     const expected = whole.headers().length;
     assert.equal(whole.fields, expected);
     for (let a = 0; a <= bytes.length; a++) {

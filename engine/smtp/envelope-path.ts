@@ -1,0 +1,65 @@
+/**
+ * The canonical form of a MAIL FROM or RCPT TO path, before anything (relay rule, scripts, lookup tables,
+ * smtp-server's duplicate index, the spool) sees it: one address is written one way.
+ *
+ * - A quoted local part that needs no quotes loses them (RFC 5321 §4.1.2: `"ceo"@x` and `"c\eo"@x` are
+ *   `ceo@x`, which the next hop delivers them to): kept quoted, a rcptto script or table that refuses or
+ *   routes `ceo@x` missed them. One that needs its quotes (`"a b"@x`, `"a@b"@x`) is refused with 553 5.1.3,
+ *   not smtp-server's bare syntax error: Postern does not carry such local parts (they are how routing hides
+ *   in a local part, and few systems handle them alike).
+ * - The domain: smtp-server decodes A-labels to U-labels; an ASCII transaction keeps the A-labels the client
+ *   sent (else `user@xn--bcher-kva.example` became non-ASCII and was refused as undeclared UTF-8), an SMTPUTF8
+ *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
+ *   refuses (an A-label that decodes to a control character) is a syntax error.
+ */
+import { envelopeDomain } from '../policy/domain-key.ts';
+import { reply } from './replies.ts';
+import type { SmtpReply } from './reply.ts';
+
+/** RFC 5321 atext (and UTF-8, RFC 6531), dot-separated: a local part that needs no quotes. */
+const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
+/** The path's start in a command: `FROM:` or `TO:`, spaces, `<`, an optional source route, then a `"`. */
+const QUOTED_PATH = /^([A-Za-z]+ *[A-Za-z]+ *: *<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)"/;
+
+/**
+ * `command` (a MAIL or RCPT line, without its line end) with a quoted local part unquoted; the refusal when
+ * it needs its quotes; the command itself when it has none, or a quoted string smtp-server will refuse anyway.
+ */
+export function unquotedPath(command: Buffer): Buffer | SmtpReply {
+  const quote = command.indexOf(0x22);
+  if (quote < 0) return command; // the usual case: no quote, nothing to look at
+  const text = command.toString('utf8');
+  const start = QUOTED_PATH.exec(text);
+  if (!start) return command;
+  let local = '';
+  let i = start[0].length;
+  for (; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) break;
+    if (c === 0x5c) { // quoted-pairSMTP: a backslash and any printable ASCII character
+      const next = text.charCodeAt(++i);
+      if (!(next >= 0x20 && next <= 0x7e)) return command;
+      local += text[i];
+    } else if ((c >= 0x20 && c <= 0x7e) || c >= 0x80) {
+      local += text[i];
+    } else {
+      return command; // a control character: smtp-server's syntax error
+    }
+  }
+  if (i >= text.length || text[i + 1] !== '@') return command;
+  if (!DOT_ATOM.test(local)) return reply('quotedLocalPart');
+  return Buffer.from(start[1] + local + text.slice(i + 1));
+}
+
+/**
+ * The address smtp-server parsed, its domain in envelope form (see above); false when IDNA refuses the
+ * domain. `utf8`: the transaction declared SMTPUTF8. `asciiCommand`: the command was ASCII (else a non-ASCII
+ * address without SMTPUTF8 is left as it is, for the refusal of undeclared UTF-8).
+ */
+export function envelopeForm(address: string, utf8: boolean, asciiCommand: boolean): string | false {
+  const at = address.lastIndexOf('@');
+  if (at < 0 || (!utf8 && !asciiCommand)) return address;
+  const domain = envelopeDomain(address.slice(at + 1), utf8);
+  if (!domain) return false;
+  return address.slice(0, at + 1) + domain;
+}
