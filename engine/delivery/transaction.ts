@@ -15,9 +15,16 @@ import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbo
 import { DeliveryFailure, oneLine, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
 import type { NextHop } from './routing.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
+import { DestinationSuspensions } from './suspensions.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
+/**
+ * Next-hop names looked up per transaction. A domain's DNS chooses its MX set: thousands of names that do not
+ * resolve (or whose lookups time out) made one transaction look up every one of them in turn, holding its
+ * delivery slot for hours; the connection limit above counted only addresses actually tried.
+ */
+export const MAX_HOST_LOOKUPS = 10;
 /**
  * SMTP transactions per delivery attempt of one plan when the next hop keeps answering RCPT with "too many
  * recipients": the first plus up to 99 following ones. Recipients left over wait for the next attempt.
@@ -38,6 +45,8 @@ export interface TransactionEnv {
   dkim: DkimKeys;
   overall: Limiter;
   perDestination: KeyedLimiter;
+  /** Destinations that could not be reached lately: their mail is deferred without a connection. */
+  suspensions: DestinationSuspensions;
   delivery: DeliveryConfig;
   /** The generation whose key material applies. */
   scope: object;
@@ -142,11 +151,16 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
 async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Transaction): Promise<Round> {
   let last: DeliveryFailure | null = null;
   let tries = 0;
+  let lookups = 0;
   for (const hop of plan.hops) {
     if (tries >= MAX_CONNECT_TRIES) break;
+    const destination = `${hop.host}:${hop.port}`;
+    const suspended = env.suspensions.failure(destination);
+    if (suspended) { last = DestinationSuspensions.deferral(destination, suspended); continue; }
     let addresses: string[];
     let security: ConnectionSecurity;
     try {
+      if (!hop.addresses && lookups++ >= MAX_HOST_LOOKUPS) break;
       addresses = hop.addresses ?? await env.resolver.addresses(hop.host);
     } catch (err) {
       last = asFailure(err);
@@ -157,10 +171,15 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
     } catch (err) {
       return everyone(tx, asFailure(err)); // a configuration problem: no other host would fare better
     }
-    const destination = `${hop.host}:${hop.port}`;
     const releaseDestination = await env.perDestination.acquire(destination);
     const releaseOverall = await env.overall.acquire();
+    // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
+    let unreachable: DeliveryFailure | null = null;
+    let otherFailure = false;
     try {
+      // Suspended while this waited for its slot: an attempt ahead of it found the destination dead.
+      const meanwhile = env.suspensions.failure(destination);
+      if (meanwhile) { last = DestinationSuspensions.deferral(destination, meanwhile); continue; }
       const idle = env.pool.takeIdle(poolKey(hop.host, hop.port, security));
       if (idle) {
         const r = await sendOn(env, idle, tx);
@@ -174,10 +193,14 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
         let pc: PooledConnection;
         try {
           pc = await env.pool.open(endpoint, connectOptions(env));
+          env.suspensions.lift(destination);
         } catch (err) {
           last = connectionFailure(err as NodemailerError, remote);
           const e = err as NodemailerError & { tlsStarted?: boolean };
-          if (security.mode !== 'may' || security.secure || !(e.code === 'ETLS' || e.tlsStarted)) continue;
+          const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
+          if (tlsFailed || e.code === 'EDNS') otherFailure = true; // our TLS policy against its TLS: other mail may fare better
+          else unreachable = last;
+          if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
           // Opportunistic TLS failed: the same host in plaintext (Postfix does the same).
           env.log.info({ id: tx.id, remote, err: last.message }, 'TLS failed in may mode, retrying without TLS');
           try {
@@ -191,12 +214,26 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
         if (r === 'retry') { last = new DeliveryFailure(`${remote}: connection lost before MAIL FROM`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }); continue; }
         return { ...r, hop };
       }
+      if (unreachable && !otherFailure) suspend(env, destination, unreachable);
     } finally {
       releaseOverall();
       releaseDestination();
     }
   }
   return everyone(tx, last ?? new DeliveryFailure('no next hop could be reached', { permanent: false, enhanced: '4.4.1' }));
+}
+
+/**
+ * Suspend `destination` until the first retry delay has passed: the messages queued for it are deferred
+ * without each waiting out a connection of its own (they come back at their own retry times, by which the
+ * suspension is over and one of them tries again).
+ */
+function suspend(env: TransactionEnv, destination: string, failure: DeliveryFailure): void {
+  const ms = Math.round(env.delivery.retrySchedule[0]! * 1000);
+  if (env.suspensions.suspend(destination, failure, ms)) {
+    env.log.warn({ destination, err: failure.message, seconds: ms / 1000 },
+      `${destination}: delivery temporarily suspended for ${ms / 1000} s: ${failure.message}`);
+  }
 }
 
 function connectOptions(env: TransactionEnv): { heloName: string; connectTimeoutMs: number; commandTimeoutMs: number } {
@@ -239,6 +276,10 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
     };
   } catch (err) {
     const e = err as NodemailerError;
+    // A next hop that lets a reply time out (a dripping or stalled host) would hold every message queued for it for as long.
+    if (e.code === 'ETIMEDOUT') {
+      suspend(env, pc.destination, new DeliveryFailure(`${remote}: timed out in session (${e.message})`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }));
+    }
     // nodemailer keeps the envelope of the transaction under way (our object, annotated); an older one
     // means ours never got as far as MAIL FROM.
     const current = (pc.conn as unknown as { _envelope?: unknown })._envelope;

@@ -20,6 +20,7 @@ import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../del
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
 import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
+import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { spoolBounce } from './bounce.ts';
@@ -86,6 +87,7 @@ export class QueueRunner {
   readonly #dkim = new DkimKeys();
   readonly #overall: Limiter;
   readonly #perDestination: KeyedLimiter;
+  readonly #suspensions = new DestinationSuspensions();
   readonly #listeners = new Set<(e: AttemptEvent) => void>();
   #scanned = false;
   #scanning: Promise<void> | null = null;
@@ -368,7 +370,7 @@ export class QueueRunner {
       const delivery = gen.config.delivery;
       const resolver = this.#resolverFor(delivery);
       const env: TransactionEnv = {
-        pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination,
+        pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination, suspensions: this.#suspensions,
         delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, log: this.#log,
       };
       const hops = receivedCount(message);

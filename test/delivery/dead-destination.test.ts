@@ -1,0 +1,59 @@
+// A destination that takes connections and never greets (a dead or hostile MX, a firewall that accepts and
+// stalls) with many messages queued for it used to hold every delivery slot: each message waited for its
+// own connection to time out, one per perDestinationConcurrency slot, and the other attempts queued behind
+// them for the same destination held the rest of the runner's slots, so mail for every other domain waited
+// until each of them had timed out in turn. Once a destination fails to connect it is suspended (Postfix's
+// "delivery temporarily suspended"): the messages for it are deferred without a connection until its first
+// retry delay has passed, and the other domains' mail goes on.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startSink } from '../helpers/sink.ts';
+import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+
+/** Takes connections on `host:port` and says nothing; counts them. */
+async function startSilentPeer(host: string, port: number): Promise<{ connections: number; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  const state = { connections: 0 };
+  const server = net.createServer((s) => { state.connections++; sockets.add(s); s.on('error', () => undefined); s.once('close', () => sockets.delete(s)); });
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, resolve); });
+  return { get connections() { return state.connections; }, close: () => { for (const s of sockets) s.destroy(); server.close(); } };
+}
+
+test('a destination that never greets is suspended after its first failure: the rest of its mail is deferred at once, other domains are not starved', async () => {
+  const sink = await startSink();
+  const dead = await startSilentPeer('127.0.0.5', sink.port);
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: {
+        enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' },
+        concurrency: 1, perDestinationConcurrency: 1, retrySchedule: [3600], connectTimeoutMs: 2000,
+      },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({
+      'dead.test': [{ exchange: 'mx.dead.test', priority: 10 }],
+      'healthy.test': [{ exchange: 'mx.healthy.test', priority: 10 }],
+    }, { 'mx.dead.test': ['127.0.0.5'], 'mx.healthy.test': ['127.0.0.1'] }),
+  });
+  try {
+    const deadIds: string[] = [];
+    for (let i = 0; i < 6; i++) deadIds.push(await s.send('a@origin.test', [`x${i}@dead.test`]));
+    const healthy = await s.send('a@origin.test', ['z@healthy.test']);
+    await s.nextAttempt((e) => e.id === healthy && e.removed, { timeoutMs: 60_000, past: true });
+    for (const id of deadIds) {
+      const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 60_000, past: true });
+      assert.equal(e.outcomes[0]!.status, 'temporary');
+    }
+    assert.equal(dead.connections, 1, 'one connection found the destination dead; the other messages did not each wait for their own');
+    const suspended = s.logs.filter((l) => deadIds.includes(String(l.id)) && /delivery temporarily suspended/.test(String(l.reply)));
+    assert.equal(suspended.length, 5, 'the other five are deferred as suspended, naming why');
+    assert.match(String(suspended[0]!.reply), /mx\.dead\.test\[127\.0\.0\.5\]:\d+: connection failed: Greeting never received/);
+  } finally {
+    await s.stop();
+    dead.close();
+    await sink.close();
+  }
+});
