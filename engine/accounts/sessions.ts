@@ -11,7 +11,11 @@ export interface Session {
   identity: string;
   via: 'password' | 'certificate';
   /** The certificate signed in with (checked again at each request: revoked or unpinned ends the session). */
-  certificate: { serial: string; pem: string; pinSha256: string; by: 'pin' | 'field' } | null;
+  certificate: {
+    serial: string; pem: string; pinSha256: string; by: 'pin' | 'field';
+    /** By field: the SHA-256 fingerprint of the CA it verified against (taken out of caFiles: the session ends). */
+    anchor?: string | null;
+  } | null;
   /** Last request, ms. */
   seen: number;
 }

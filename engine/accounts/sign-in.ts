@@ -34,6 +34,8 @@ export interface PresentedCertificate {
   certificate: PeerCertificate;
   identity: string | null;
   via: 'pin' | 'field' | null;
+  /** Verified: the fingerprint of the configured CA its chain ends in (TrustedIssuers.anchorOf). */
+  anchor: string | null;
 }
 
 /** The certificate this HTTPS connection presented, and the account the listener would name from it. */
@@ -47,11 +49,14 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const described = describePeerCertificate(der, { verified, errorCode });
   if ('unreadable' in described) return null; // grants nothing: the page offers the password sign-in
   let certificate = described;
-  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
+  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate, and its
+  // CA may be gone from caFiles since.
+  const anchor = verified ? trust.anchorOf(socket) : null;
   if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
+  else if (verified && anchor === null) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
   const id = certificateIdentity(listener, certificate, pins, trust);
-  return { certificate, identity: id.identity, via: id.via };
+  return { certificate, identity: id.identity, via: id.via, anchor };
 }
 
 /**
@@ -69,5 +74,6 @@ export function sessionStands(s: Session, listener: ListenerConfig, generation: 
     // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
     return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem });
   }
-  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem });
+  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem })
+    && (c.anchor === undefined || (c.anchor !== null && trust.hasCa(c.anchor)));
 }

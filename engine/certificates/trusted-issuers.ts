@@ -45,13 +45,23 @@ export class TrustedIssuers {
    * is the CA the verdict rested on.
    */
   stillAnchors(socket: TLSSocket): boolean {
+    return this.anchorOf(socket) !== null;
+  }
+
+  /** The SHA-256 fingerprint (as Node prints it) of the CA of these that the handshake's chain ends in, or null. */
+  anchorOf(socket: TLSSocket): string | null {
     let cert = socket.getPeerCertificate(true);
-    if (!cert?.raw) return false;
+    if (!cert?.raw) return null;
     // A root is its own issuer (Node links it to itself); 100 is OpenSSL's verify depth.
     for (let depth = 0; depth < 100 && cert.issuerCertificate?.raw && cert.issuerCertificate !== cert
       && cert.issuerCertificate.fingerprint256 !== cert.fingerprint256; depth++) cert = cert.issuerCertificate;
     const anchor = cert.raw;
-    return this.#cas.some((ca) => ca.raw.equals(anchor));
+    return this.#cas.find((ca) => ca.raw.equals(anchor))?.fingerprint256 ?? null;
+  }
+
+  /** Is the CA of this SHA-256 fingerprint (anchorOf) still one of these? */
+  hasCa(fingerprint256: string): boolean {
+    return this.#cas.some((ca) => ca.fingerprint256 === fingerprint256);
   }
 
   /** The code to report for a certificate whose CRL check failed (authorizationError UNABLE_TO_GET_CRL). */
