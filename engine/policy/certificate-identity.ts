@@ -1,7 +1,7 @@
 /**
  * Which account a client certificate speaks for, per listener: a pin table (SPKI SHA-256 → account,
  * whatever the chain verdict, as in mox) or a field of a CA-verified, unrevoked certificate (Dovecot).
- * A pin is tried first; it is the more specific statement.
+ * A pin is tried first; it is the more specific statement, unless a verified field names another account.
  */
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -36,14 +36,21 @@ export function certificateIdentity(
   if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
-  if (account) return { identity: account, pinned: true, via: 'pin', senders };
-  if (!cert.verified) return NO_IDENTITY;
+  const named = cert.verified ? fieldIdentity(listener, cert) : null;
+  // A CA-verified certificate whose field names an account speaks for that account, whatever a pin says:
+  // a user may pin any public key to their own account (the account page takes a pasted certificate), and
+  // certificates are public, so a pin naming another account would hand the owner's connections to them.
+  if (account && (named === null || named === account)) return { identity: account, pinned: true, via: 'pin', senders };
+  return named ? { identity: named, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+}
+
+/** The account the listener's `field` of a verified certificate names, or null. */
+function fieldIdentity(listener: ListenerConfig, cert: PeerCertificate): string | null {
   const field = listener.certificateIdentity.field;
   const value = field === 'emailAddress' || field === 'CN' ? onlyValue(cert, field)
     : field === 'sanEmail' ? cert.san.email[0]
       : undefined;
-  const identity = accountName(value);
-  return identity ? { identity, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+  return accountName(value);
 }
 
 /**
