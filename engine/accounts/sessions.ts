@@ -4,6 +4,7 @@
  * downloaded is gone: the user issues another and revokes the first).
  */
 import { randomBytes } from 'node:crypto';
+import type { TrustedIssuers } from '../certificates/index.ts';
 
 export interface Session {
   id: string;
@@ -13,8 +14,9 @@ export interface Session {
   /** The certificate signed in with (checked again at each request: revoked or unpinned ends the session). */
   certificate: {
     serial: string; pem: string; pinSha256: string; by: 'pin' | 'field';
-    /** By field: the SHA-256 fingerprint of the CA it verified against (taken out of caFiles: the session ends). */
+    /** By field: the CA list it was verified against and the fingerprint of its CA there (taken out of caFiles: the session ends). */
     anchor?: string | null;
+    trust?: TrustedIssuers;
   } | null;
   /** Last request, ms. */
   seen: number;

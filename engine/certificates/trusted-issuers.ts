@@ -5,7 +5,7 @@
  * verified when its session began has been revoked since (a reloaded CRL; checked at each MAIL FROM).
  */
 import { X509Certificate } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { x509 } from './x509-provider.ts';
 import { pemToDer } from './digests.ts';
 import { children, readTlv } from './der.ts';
@@ -50,29 +50,24 @@ export class TrustedIssuers {
   }
 
   /**
-   * Does the chain the handshake of `socket` verified still end in one of these CAs? For a session older than
-   * this CA list (a reload replaced it): a CA taken out of caFiles withdraws its certificates, as a CRL does.
-   * The chain is OpenSSL's, completed from the store of the context the handshake used; its last certificate
-   * is the CA the verdict rested on.
+   * The SHA-256 fingerprint (as Node prints it) of the CA of these that the chain of `socket`'s handshake ends
+   * in, or null when it cannot be told. Node gives a server no certificate the client sent but its own, so the
+   * chain is the one Node completes from the store of the handshake's context: an intermediate only the client
+   * sent breaks it (null).
    */
-  stillAnchors(socket: TLSSocket): boolean {
-    return this.anchorOf(socket) !== null;
-  }
-
-  /** The SHA-256 fingerprint (as Node prints it) of the CA of these that the handshake's chain ends in, or null. */
   anchorOf(socket: TLSSocket): string | null {
-    let cert = socket.getPeerCertificate(true);
-    if (!cert?.raw) return null;
-    // A root is its own issuer (Node links it to itself); 100 is OpenSSL's verify depth.
-    for (let depth = 0; depth < 100 && cert.issuerCertificate?.raw && cert.issuerCertificate !== cert
-      && cert.issuerCertificate.fingerprint256 !== cert.fingerprint256; depth++) cert = cert.issuerCertificate;
-    const anchor = cert.raw;
-    return this.#cas.find((ca) => ca.raw.equals(anchor))?.fingerprint256 ?? null;
+    const root = storeChain(socket).at(-1);
+    return root && isRoot(root) ? this.#cas.find((ca) => ca.raw.equals(root.raw))?.fingerprint256 ?? null : null;
   }
 
-  /** Is the CA of this SHA-256 fingerprint (anchorOf) still one of these? */
-  hasCa(fingerprint256: string): boolean {
-    return this.#cas.some((ca) => ca.fingerprint256 === fingerprint256);
+  /**
+   * Does this CA list still trust a chain verified against `older` that ended in `anchor` (anchorOf)? Yes when
+   * no CA of `older` is gone from it (whatever the chain), or when its anchor is still here. A CA taken out of
+   * caFiles withdraws what it verified, as a CRL does; a chain that cannot be told is withdrawn with any CA.
+   */
+  stillTrusts(older: TrustedIssuers, anchor: string | null): boolean {
+    if (older === this || older.#cas.every((ca) => this.#cas.some((kept) => kept.raw.equals(ca.raw)))) return true;
+    return anchor !== null && this.#cas.some((ca) => ca.fingerprint256 === anchor);
   }
 
   /** The code to report for a certificate whose CRL check failed (authorizationError UNABLE_TO_GET_CRL). */
@@ -96,3 +91,24 @@ function crlIssuerDer(der: Buffer): Buffer {
 }
 
 const serialKey = (hex: string): string => hex.toLowerCase().replace(/^(00)+(?=.)/, '');
+
+/** A certificate Node describes (getPeerCertificate(true)), with the issuer it found for it. */
+export type ChainCertificate = DetailedPeerCertificate;
+
+/** A root: Node links it to itself as its own issuer. */
+export const isRoot = (c: ChainCertificate): boolean => c.issuerCertificate === c || c.issuerCertificate?.fingerprint256 === c.fingerprint256;
+
+/**
+ * The peer's certificate, then each issuer Node found for it in the store of the handshake's context, up to a
+ * root (its own issuer) or the first certificate whose issuer is not there (100 at most, OpenSSL's depth).
+ */
+export function storeChain(socket: TLSSocket): ChainCertificate[] {
+  let cert = socket.getPeerCertificate(true);
+  if (!cert?.raw) return [];
+  const chain = [cert];
+  for (let depth = 0; depth < 100 && cert.issuerCertificate?.raw && !isRoot(cert); depth++) {
+    cert = cert.issuerCertificate;
+    chain.push(cert);
+  }
+  return chain;
+}

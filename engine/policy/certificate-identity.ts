@@ -7,6 +7,7 @@ import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import { parseSenderList } from './sender-logins.ts';
+import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
   identity: string | null;
@@ -31,12 +32,13 @@ export interface RevocationList {
  */
 export function certificateIdentity(
   listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined, trust?: RevocationList,
+  chainConstraints?: () => readonly EmailConstraints[] | null,
 ): CertificateIdentity {
   if (!cert) return NO_IDENTITY;
   if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
-  const named = cert.verified ? fieldIdentity(listener, cert) : null;
+  const named = cert.verified ? fieldIdentity(listener, cert, chainConstraints) : null;
   // A CA-verified certificate whose field names an account speaks for that account, whatever a pin says:
   // a user may pin any public key to their own account (the account page takes a pasted certificate), and
   // certificates are public, so a pin naming another account would hand the owner's connections to them.
@@ -44,13 +46,23 @@ export function certificateIdentity(
   return named ? { identity: named, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
 }
 
-/** The account the listener's `field` of a verified certificate names, or null. */
-function fieldIdentity(listener: ListenerConfig, cert: PeerCertificate): string | null {
+/**
+ * The account the listener's `field` of a verified certificate names, or null. `chainConstraints`: the e-mail
+ * name constraints of the chain's CAs (null: the chain cannot be seen, an intermediate only the client sent),
+ * which OpenSSL applied to the SAN e-mails and emailAddress but not to the CN (only as a host name): a CN names
+ * an account only within them (engine/certificates/name-constraints.ts).
+ */
+function fieldIdentity(listener: ListenerConfig, cert: PeerCertificate, chainConstraints?: () => readonly EmailConstraints[] | null): string | null {
   const field = listener.certificateIdentity.field;
   const value = field === 'emailAddress' || field === 'CN' ? onlyValue(cert, field)
     : field === 'sanEmail' ? cert.san.email[0]
       : undefined;
-  return accountName(value);
+  const name = accountName(value);
+  if (name && field === 'CN' && chainConstraints) {
+    const constraints = chainConstraints();
+    if (constraints === null || !emailPermitted(value!, constraints)) return null;
+  }
+  return name;
 }
 
 /**
