@@ -6,7 +6,7 @@
  */
 import type { TLSSocket } from 'node:tls';
 import { children, oid, readTlv, type Tlv } from './der.ts';
-import { isRoot, storeChain } from './trusted-issuers.ts';
+import { isRoot, storeChain } from './peer-chain.ts';
 
 const NAME_CONSTRAINTS_OID = '2.5.29.30';
 
@@ -19,7 +19,7 @@ export interface EmailConstraints {
 /**
  * The e-mail constraints of each CA above the leaf in the chain of `socket`'s handshake, or null when that chain
  * cannot be seen to its root: Node gives a server no intermediate the client sent, only what it finds in the
- * listener's caFiles (trusted-issuers.ts storeChain), and such an intermediate's constraints are unknown.
+ * listener's caFiles (peer-chain.ts), and such an intermediate's constraints are unknown.
  */
 export function chainEmailConstraints(socket: TLSSocket): EmailConstraints[] | null {
   const chain = storeChain(socket);

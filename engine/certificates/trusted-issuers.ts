@@ -5,11 +5,12 @@
  * verified when its session began has been revoked since (a reloaded CRL; checked at each MAIL FROM).
  */
 import { X509Certificate } from 'node:crypto';
-import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import { x509 } from './x509-provider.ts';
 import { pemToDer } from './digests.ts';
 import { children, readTlv } from './der.ts';
 import { issuerNameDer } from './x509-fields.ts';
+import { isRoot, storeChain } from './peer-chain.ts';
 
 export class TrustedIssuers {
   readonly #cas: X509Certificate[];
@@ -91,24 +92,3 @@ function crlIssuerDer(der: Buffer): Buffer {
 }
 
 const serialKey = (hex: string): string => hex.toLowerCase().replace(/^(00)+(?=.)/, '');
-
-/** A certificate Node describes (getPeerCertificate(true)), with the issuer it found for it. */
-export type ChainCertificate = DetailedPeerCertificate;
-
-/** A root: Node links it to itself as its own issuer. */
-export const isRoot = (c: ChainCertificate): boolean => c.issuerCertificate === c || c.issuerCertificate?.fingerprint256 === c.fingerprint256;
-
-/**
- * The peer's certificate, then each issuer Node found for it in the store of the handshake's context, up to a
- * root (its own issuer) or the first certificate whose issuer is not there (100 at most, OpenSSL's depth).
- */
-export function storeChain(socket: TLSSocket): ChainCertificate[] {
-  let cert = socket.getPeerCertificate(true);
-  if (!cert?.raw) return [];
-  const chain = [cert];
-  for (let depth = 0; depth < 100 && cert.issuerCertificate?.raw && !isRoot(cert); depth++) {
-    cert = cert.issuerCertificate;
-    chain.push(cert);
-  }
-  return chain;
-}
