@@ -4,6 +4,7 @@
  * downloaded is gone: the user issues another and revokes the first).
  */
 import { randomBytes } from 'node:crypto';
+import type { TrustedIssuers } from '../certificates/index.ts';
 
 export interface Session {
   id: string;
@@ -11,7 +12,12 @@ export interface Session {
   identity: string;
   via: 'password' | 'certificate';
   /** The certificate signed in with (checked again at each request: revoked or unpinned ends the session). */
-  certificate: { serial: string; pem: string; pinSha256: string; by: 'pin' | 'field' } | null;
+  certificate: {
+    serial: string; pem: string; pinSha256: string; by: 'pin' | 'field';
+    /** By field: the CA list it was verified against and the fingerprint of its CA there (taken out of caFiles: the session ends). */
+    anchor?: string | null;
+    trust?: TrustedIssuers;
+  } | null;
   /** Last request, ms. */
   seen: number;
 }

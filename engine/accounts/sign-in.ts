@@ -7,7 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { verifyPassword } from '../auth/password-hash.ts';
-import { describeCertificate, describePeerCertificate, type TrustedIssuers } from '../certificates/index.ts';
+import { chainEmailConstraints, describeCertificate, describePeerCertificate, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -34,7 +34,14 @@ export interface PresentedCertificate {
   certificate: PeerCertificate;
   identity: string | null;
   via: 'pin' | 'field' | null;
+  /** Verified: the fingerprint of the configured CA its chain ends in (TrustedIssuers.anchorOf). */
+  anchor: string | null;
+  /** The CA list it was verified against. */
+  trust: TrustedIssuers;
 }
+
+/** The CA list in force at each HTTPS connection's first request (a reload may replace it while the connection lives). */
+const firstTrust = new WeakMap<TLSSocket, TrustedIssuers>();
 
 /** The certificate this HTTPS connection presented, and the account the listener would name from it. */
 export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig, generation: PolicyGeneration, trust: TrustedIssuers): PresentedCertificate | null {
@@ -47,11 +54,16 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const described = describePeerCertificate(der, { verified, errorCode });
   if ('unreadable' in described) return null; // grants nothing: the page offers the password sign-in
   let certificate = described;
-  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate.
+  // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate, and its
+  // CA may be gone from caFiles since (the CA list of the connection's first request stands for its handshake's).
+  const first = firstTrust.get(socket) ?? trust;
+  firstTrust.set(socket, first);
+  const anchor = verified ? first.anchorOf(socket) : null;
   if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
+  else if (verified && !trust.stillTrusts(first, anchor)) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
-  const id = certificateIdentity(listener, certificate, pins, trust);
-  return { certificate, identity: id.identity, via: id.via };
+  const id = certificateIdentity(listener, certificate, pins, trust, () => chainEmailConstraints(socket));
+  return { certificate, identity: id.identity, via: id.via, anchor, trust: first };
 }
 
 /**
@@ -69,5 +81,6 @@ export function sessionStands(s: Session, listener: ListenerConfig, generation: 
     // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
     return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem });
   }
-  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem });
+  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem })
+    && (c.trust === undefined || trust.stillTrusts(c.trust, c.anchor ?? null));
 }

@@ -18,20 +18,43 @@ export interface ChainVerdict {
 type Parsed = Omit<PeerCertificate, 'verified' | 'verifyError' | 'verifyErrorCode'>;
 
 const CACHE_SIZE = 1000;
+/**
+ * The cache holds at most this many bytes of DER, and no certificate larger than CACHE_ENTRY_MAX: a described
+ * certificate takes about six times its DER on the heap (names as strings and as attributes, the PEM), so 1000
+ * self-made certificates of 100 KB (OpenSSL takes a list up to 100 KB) held 600 MB for good. A device's is 1-2 KB.
+ */
+const CACHE_BYTES = 2 * 1024 * 1024;
+const CACHE_ENTRY_MAX = 16 * 1024;
 /** Insertion-ordered Map as an LRU: a hit is moved to the end, the first key is the oldest. */
-const cache = new Map<string, Parsed>();
+const cache = new Map<string, { parsed: Parsed; bytes: number }>();
+let cachedBytes = 0;
+
+/** What the cache of described certificates holds now (tests). */
+export function describedCertificatesCached(): { entries: number; bytes: number } {
+  return { entries: cache.size, bytes: cachedBytes };
+}
 
 export function describeCertificate(der: Buffer | Uint8Array, verdict: ChainVerdict): PeerCertificate {
   // One-shot hash: a Hash object per connection cost three times as much.
   const sha256 = hash('sha256', der, 'hex');
-  let parsed = cache.get(sha256);
-  if (parsed) {
+  const hit = cache.get(sha256);
+  let parsed: Parsed;
+  if (hit) {
+    parsed = hit.parsed;
     cache.delete(sha256);
+    cache.set(sha256, hit);
   } else {
     parsed = deepFreeze(parse(der, sha256));
-    if (cache.size >= CACHE_SIZE) cache.delete(cache.keys().next().value!);
+    if (der.byteLength <= CACHE_ENTRY_MAX) {
+      while (cache.size && (cache.size >= CACHE_SIZE || cachedBytes + der.byteLength > CACHE_BYTES)) {
+        const [oldest, entry] = cache.entries().next().value!;
+        cache.delete(oldest);
+        cachedBytes -= entry.bytes;
+      }
+      cache.set(sha256, { parsed, bytes: der.byteLength });
+      cachedBytes += der.byteLength;
+    }
   }
-  cache.set(sha256, parsed);
   // The parsed part is frozen and shared between connections; only the verdict is per connection.
   return {
     ...parsed,

@@ -11,3 +11,4 @@ export {
 export { exportPkcs12, pkcs12Bytes, type Pkcs12Encryption } from './pkcs12.ts';
 export { writeDevelopmentPki, DEVELOPMENT_P12_PASSWORD, type DevelopmentPki } from './dev-pki.ts';
 export { TrustedIssuers } from './trusted-issuers.ts';
+export { chainEmailConstraints, emailPermitted, type EmailConstraints } from './name-constraints.ts';

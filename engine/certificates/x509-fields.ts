@@ -59,6 +59,19 @@ const FIXED_BITS: Record<string, number> = { ed25519: 256, x25519: 256, ed448: 4
 
 const SAN_OID = '2.5.29.17';
 
+/**
+ * The DER of the certificate's issuer Name as it is written (what a CRL's issuer is compared with), without
+ * reading anything else: a lookup per handshake, on certificates a client may have built to be large.
+ */
+export function issuerNameDer(der: Uint8Array): Buffer {
+  const buf = Buffer.isBuffer(der) ? der : Buffer.from(der.buffer, der.byteOffset, der.byteLength);
+  const tbs = children(buf, readTlv(buf, 0, buf.length))[0] ?? malformed();
+  let fields = children(buf, tbs);
+  if (fields[0]?.tag === 0xa0) fields = fields.slice(1); // [0] EXPLICIT version
+  const issuer = fields[2] ?? malformed(); // serialNumber, signature, issuer
+  return buf.subarray(issuer.start, issuer.end);
+}
+
 export function readCertificate(der: Uint8Array): CertificateFields {
   const buf = Buffer.isBuffer(der) ? der : Buffer.from(der.buffer, der.byteOffset, der.byteLength);
   const certificate = readTlv(buf, 0, buf.length);

@@ -11,7 +11,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
 import {
-  initCa, issueDevice, listDevices, parseKeyType, parseReason, pkiDirOf, refreshCrl, revokeDevice,
+  initCa, issueDevice, listDevices, parseKeyType, parseReason, pinTableFiles, pkiDirOf, refreshCrl, removePin, revokeDevice,
   type CertificateFacts, type RevokeSelector,
 } from '../pki/index.ts';
 
@@ -179,16 +179,26 @@ export function columns(rows: string[][]): string {
 
 export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: string; all?: boolean; reason?: string }): Promise<number> {
   return guarded(async () => {
-    const dir = pkiDirOf(configOf(opts), opts.dir);
+    const config = configOf(opts);
+    const dir = pkiDirOf(config, opts.dir);
     const selector = await revokeSelector(what, opts);
     const r = await revokeDevice(dir, selector, { reason: opts.reason ? parseReason(opts.reason) : undefined, all: opts.all });
+    // A pin names an account whatever the chain verdict, and a listener without this CA's CRL never sees the
+    // revocation: the revoked keys leave the pin tables too (as the account page's revoke does).
+    const unpinned: Array<{ file: string; identity: string; pinSha256: string }> = [];
+    for (const file of pinTableFiles(config)) {
+      for (const c of r.revoked) {
+        for (const gone of await removePin(file, { pin: c.pinSha256 })) unpinned.push({ file, identity: gone.identity, pinSha256: gone.pinSha256 });
+      }
+    }
     if (opts.json) {
-      printJson(r);
+      printJson({ ...r, unpinned });
       return 0;
     }
     for (const c of r.revoked) print(`revoked ${c.identity} (device ${c.device}), serial ${c.serial}: ${c.revoked!.reason}`);
     for (const c of r.alreadyRevoked) print(`already revoked on ${c.revoked!.at}: ${c.identity} (device ${c.device}), serial ${c.serial}`);
     if (r.unrecorded) print(`revoked serial ${r.unrecorded} (not in this CA's inventory)`);
+    for (const u of unpinned) print(`unpinned ${u.identity} (pin ${Buffer.from(u.pinSha256, 'hex').toString('base64url')}) from ${u.file}`);
     if (r.crl) print(`CRL ${r.crl.file}: number ${r.crl.number}, ${r.crl.revoked} revoked, next update ${r.crl.nextUpdate}. A running server applies it to new handshakes at its reload; a session already logged in with the certificate is refused at its next MAIL FROM.`);
     return 0;
   });

@@ -58,11 +58,16 @@ export async function deviceNames(config: Config): Promise<{ byFingerprint: Map<
     const inv = await readInventory(dir).catch(() => null);
     for (const c of inv?.certificates ?? []) byFingerprint.set(c.fingerprintSha256, c.device);
   }
+  for (const f of pinTableFiles(config)) for (const p of await listPins(f).catch(() => [])) if (p.device) byPin.set(p.pinSha256, p.device);
+  return { byFingerprint, byPin };
+}
+
+/** The files of every listener's pin table that `postern pins` can edit (postfix format), each once. */
+export function pinTableFiles(config: Config): string[] {
   const files = new Set<string>();
   for (const l of config.listeners) {
     const spec = l.certificateIdentity.pins ? config.tables[l.certificateIdentity.pins] : undefined;
     if (spec && (typeof spec === 'string' || spec.format === 'postfix')) files.add(typeof spec === 'string' ? spec : spec.file);
   }
-  for (const f of files) for (const p of await listPins(f).catch(() => [])) if (p.device) byPin.set(p.pinSha256, p.device);
-  return { byFingerprint, byPin };
+  return [...files];
 }

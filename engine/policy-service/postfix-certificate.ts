@@ -84,14 +84,16 @@ function deepFreeze<T extends object>(o: T): T {
   return Object.freeze(o);
 }
 
-/** The account the certificate speaks for: a pin (any chain verdict) first, then the CN of a verified one. */
+/**
+ * The account the certificate speaks for: a pin (any chain verdict) first, then the CN of a verified one; as a
+ * listener's, a verified CN that names another account than the pin wins (anyone may pin a public key).
+ */
 export function postfixCertificateIdentity(service: PolicyServiceConfig, cert: PostfixClientCertificate | null, pins: LookupTable | undefined): string | null {
   if (!cert) return null;
   const [account] = parseSenderList((cert.pin.sha256 && pins?.get(cert.pin.sha256)) || '');
-  if (account) return account;
   // As a listener's: no control, format or space characters, nothing that lowercases into another name.
-  if (service.certificateIdentity.field === 'CN' && cert.verified) return accountName(cert.subject.CN);
-  return null;
+  const named = service.certificateIdentity.field === 'CN' && cert.verified ? accountName(cert.subject.CN) : null;
+  return named ?? account ?? null;
 }
 
 /** permit_tls_clientcerts: the public-key fingerprint, then the certificate's, is a key of the table. */

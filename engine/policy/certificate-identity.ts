@@ -1,12 +1,13 @@
 /**
  * Which account a client certificate speaks for, per listener: a pin table (SPKI SHA-256 → account,
  * whatever the chain verdict, as in mox) or a field of a CA-verified, unrevoked certificate (Dovecot).
- * A pin is tried first; it is the more specific statement.
+ * A pin is tried first; it is the more specific statement, unless a verified field names another account.
  */
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import { parseSenderList } from './sender-logins.ts';
+import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
   identity: string | null;
@@ -31,19 +32,37 @@ export interface RevocationList {
  */
 export function certificateIdentity(
   listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined, trust?: RevocationList,
+  chainConstraints?: () => readonly EmailConstraints[] | null,
 ): CertificateIdentity {
   if (!cert) return NO_IDENTITY;
   if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
-  if (account) return { identity: account, pinned: true, via: 'pin', senders };
-  if (!cert.verified) return NO_IDENTITY;
+  const named = cert.verified ? fieldIdentity(listener, cert, chainConstraints) : null;
+  // A CA-verified certificate whose field names an account speaks for that account, whatever a pin says:
+  // a user may pin any public key to their own account (the account page takes a pasted certificate), and
+  // certificates are public, so a pin naming another account would hand the owner's connections to them.
+  if (account && (named === null || named === account)) return { identity: account, pinned: true, via: 'pin', senders };
+  return named ? { identity: named, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+}
+
+/**
+ * The account the listener's `field` of a verified certificate names, or null. `chainConstraints`: the e-mail
+ * name constraints of the chain's CAs (null: the chain cannot be seen, an intermediate only the client sent),
+ * which OpenSSL applied to the SAN e-mails and emailAddress but not to the CN (only as a host name): a CN names
+ * an account only within them (engine/certificates/name-constraints.ts).
+ */
+function fieldIdentity(listener: ListenerConfig, cert: PeerCertificate, chainConstraints?: () => readonly EmailConstraints[] | null): string | null {
   const field = listener.certificateIdentity.field;
   const value = field === 'emailAddress' || field === 'CN' ? onlyValue(cert, field)
     : field === 'sanEmail' ? cert.san.email[0]
       : undefined;
-  const identity = accountName(value);
-  return identity ? { identity, pinned: false, via: 'field', senders: [] } : NO_IDENTITY;
+  const name = accountName(value);
+  if (name && field === 'CN' && chainConstraints) {
+    const constraints = chainConstraints();
+    if (constraints === null || !emailPermitted(value!, constraints)) return null;
+  }
+  return name;
 }
 
 /**

@@ -3,6 +3,7 @@
  * hook may rely on is visible here.
  */
 import type { PeerCertificate } from '../sandbox/api/index.ts';
+import type { TrustedIssuers } from '../certificates/index.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
@@ -26,7 +27,7 @@ export class ConnectionState {
   certificateRequested = false;
   identity: CertificateIdentity = NO_IDENTITY;
   /** The listener's CA list the certificate was verified against (replaced by a reload: checked again at MAIL FROM). */
-  certificateTrust: object | null = null;
+  certificateTrust: TrustedIssuers | null = null;
   /** Authenticated user and how. */
   user: string | null = null;
   mechanism: string | null = null;

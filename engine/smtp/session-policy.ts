@@ -18,7 +18,7 @@ import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
-import { boundedName, describePeerCertificate } from '../certificates/index.ts';
+import { boundedName, chainEmailConstraints, describePeerCertificate } from '../certificates/index.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
@@ -214,7 +214,7 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust);
+    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, () => chainEmailConstraints(socket));
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
@@ -508,9 +508,10 @@ export class SessionPolicy {
       this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
       return reply('certificateRevoked');
     }
-    if (cert.verified && st.certificateTrust !== conn.trust) {
+    const older = st.certificateTrust;
+    if (cert.verified && older && older !== conn.trust) {
       // The CA list was replaced since the handshake (a reload): the CA the chain ended in may be gone from it.
-      if (!conn.trust.stillAnchors(conn._socket as TLSSocket)) {
+      if (!conn.trust.stillTrusts(older, older.anchorOf(conn._socket as TLSSocket))) {
         this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s CA no longer in caFiles: MAIL FROM refused');
         return reply('certificateCaWithdrawn');
       }

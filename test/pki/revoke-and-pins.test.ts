@@ -112,6 +112,27 @@ test('pins add from a certificate file: authenticates; pins remove: the open ses
   assert.doesNotMatch(await readFile(s.pins, 'utf8'), /phone/, 'the device comment went with the pin');
 });
 
+test('pki revoke also unpins the revoked key: a listener without the CA\'s CRL (pins only) stops taking the device too', async () => {
+  const d = await posternJson<Issued>(['pki', 'issue', 'erin@example.com', '--device', 'tablet', '-c', s.config]);
+  const pem = await readFile(d.files.pem, 'utf8');
+  const table = () => s.server.runtime.generation.tables.get('pins')!;
+  const pinHex = (await posternJson<{ added: { pinSha256: string } }>(['pins', 'add', 'erin@example.com', d.files.cert, '--device', 'tablet', '-c', s.config])).added.pinSha256;
+  await until('the pin table is reloaded with the pin', () => table().get(pinHex) === 'erin@example.com');
+  const open = await session('pinned', pem, pem);
+  assert.equal(open.auth, 235);
+
+  const r = await posternJson<{ revoked: Array<{ serial: string }>; unpinned: Array<{ file: string; identity: string; pinSha256: string }> }>(
+    ['pki', 'revoke', 'erin@example.com', '--device', 'tablet', '-c', s.config]);
+  assert.deepEqual(r.revoked.map((c) => c.serial), [d.certificate.serial]);
+  assert.deepEqual(r.unpinned, [{ file: s.pins, identity: 'erin@example.com', pinSha256: pinHex }]);
+  await until('the pin table is reloaded without the pin', () => table().get(pinHex) === null);
+  assert.equal((await open.client.command('MAIL FROM:<erin@example.com>')).text, '550 5.7.1 Client certificate is no longer accepted');
+  await open.client.quit();
+  const again = await session('pinned', pem, pem);
+  assert.equal(again.auth, 535);
+  await again.client.quit();
+});
+
 test('pins learn: shows the certificate of a logged connection, adds it with --yes; also found by connection id in the last-seen records', async () => {
   const device = await createSelfSignedCertificate({ commonName: 'dave laptop', keyType: 'ecdsa' });
   const first = await session('pinned', device.cert, device.key);

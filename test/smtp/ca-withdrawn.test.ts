@@ -1,6 +1,7 @@
 // A CA taken out of a listener's caFiles withdraws its certificates from sessions already open, as a CRL that
 // revokes them does: a session verified (and logged in) by that CA gets no new transaction after the reload.
-// A reload that keeps the CA (here: another CA added beside it) changes nothing for the session.
+// A reload that keeps the CA (here: another CA added beside it) changes nothing for the session, also for a
+// chain through an intermediate only the client sends (which Node does not show a server: its CA cannot be told).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -8,13 +9,18 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { createCertificateAuthority, issueClientCertificate } from '../../engine/certificates/index.ts';
 import { until } from '../helpers/wait.ts';
 
 let pki: TestPki;
 let server: TestServer;
+let chained: { cert: string; key: string; ca: string };
 
 before(async () => {
   pki = await makeTestPki();
+  const intermediate = await createCertificateAuthority({ commonName: 'Laptops', keyType: 'ecdsa', issuer: pki.authorities.ca });
+  const leaf = await issueClientCertificate(intermediate, { commonName: 'carol', emailAddress: 'carol@example.com', keyType: 'ecdsa' });
+  chained = { cert: leaf.cert + intermediate.cert, key: leaf.key, ca: await readFile(pki.ca.cert, 'utf8') };
   server = await startTestServer({
     files: { 'trusted.crt': await readFile(pki.ca.cert, 'utf8') },
     config: `
@@ -45,16 +51,26 @@ test('a session verified by a CA: still served after a reload that keeps the CA,
   assert.equal((await c.command('MAIL FROM:<alice@example.com>')).code, 250);
   assert.equal((await c.command('RCPT TO:<someone@elsewhere.example>')).code, 250, 'relayed: verified and logged in');
   await c.command('RSET');
+  const viaIntermediate = await SmtpTestClient.connect(server.port('sub'), { implicitTls: chained });
+  await viaIntermediate.read();
+  await viaIntermediate.command('EHLO laptop.example');
+  assert.equal((await viaIntermediate.command('MAIL FROM:<carol@example.com>')).code, 250);
+  assert.equal((await viaIntermediate.command('RCPT TO:<someone@elsewhere.example>')).code, 250, 'relayed: verified through the intermediate');
+  await viaIntermediate.command('RSET');
 
-  // The CA stays (another one beside it): nothing changes for the session.
+  // The CA stays (another one beside it): nothing changes for either session.
   await replaceCaFile(await readFile(pki.ca.cert, 'utf8') + await readFile(pki.otherCa.cert, 'utf8'));
   assert.equal((await c.command('MAIL FROM:<alice@example.com>')).code, 250);
   await c.command('RSET');
+  assert.equal((await viaIntermediate.command('MAIL FROM:<carol@example.com>')).code, 250);
+  await viaIntermediate.command('RSET');
 
-  // The CA is gone: a new handshake would not verify, and neither does this session any longer.
+  // The CA is gone: a new handshake would not verify, and neither do these sessions any longer.
   await replaceCaFile(await readFile(pki.otherCa.cert, 'utf8'));
   assert.equal((await c.command('MAIL FROM:<alice@example.com>')).text, '550 5.7.1 Client certificate is no longer accepted');
   await c.quit();
+  assert.equal((await viaIntermediate.command('MAIL FROM:<carol@example.com>')).text, '550 5.7.1 Client certificate is no longer accepted');
+  await viaIntermediate.quit();
   assert.ok(server.logs.some((l) => l.msg === 'client certificate\'s CA no longer in caFiles: MAIL FROM refused'));
 
   // The same certificate on a new connection: unverified, no identity (the check above agrees with OpenSSL's).

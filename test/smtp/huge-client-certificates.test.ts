@@ -84,3 +84,17 @@ test('a 60 KB subject reaches scripts whole; log lines and the sightings file ke
   // "CN=" and 509 of the name's characters: 512 in all.
   assert.ok(file.includes(`"CN=${'x'.repeat(509)}..."`) && !file.includes('x'.repeat(510)), 'the sighting keeps the subject cut at 512 characters');
 });
+
+test('large certificates are described on each connection but not kept: 1000 of 100 KB held 600 MB of heap for good', { timeout: 120_000 }, async () => {
+  const { describedCertificatesCached } = await import('../../engine/certificates/describe.ts');
+  const small = await issueClientCertificate(root, { commonName: 'small', keyType: 'ecdsa' });
+  const before = describedCertificatesCached();
+  assert.equal(await session('request', small.cert, small.key), 'true 0 8');
+  const afterSmall = describedCertificatesCached();
+  assert.equal(afterSmall.entries, before.entries + 1, 'a device certificate is kept (the check can fail)');
+  for (let i = 0; i < 3; i++) {
+    const large = await issueClientCertificate(root, { commonName: `large-${i}`, keyType: 'ecdsa', dnsNames: Array.from({ length: 1000 }, (_, n) => `host${n}.example.org`) }); // ~21 KB DER
+    assert.equal(await session('request', large.cert, large.key), `true 1000 ${`CN=large-${i}`.length}`);
+  }
+  assert.deepEqual(describedCertificatesCached(), afterSmall);
+});

@@ -103,3 +103,15 @@ test('a pinned, unverified certificate revoked after its session logged in: the 
   assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '550 5.7.1 Client certificate has been revoked');
   c.socket.destroy();
 });
+
+test('a self-made certificate of 70 KB with a serial the CRL lists: an ordinary session without identity (its issuer is read by the DER walk, not a schema parse that gives up on it)', async () => {
+  const { createSelfSignedCertificate } = await import('../../engine/certificates/index.ts');
+  const huge = await createSelfSignedCertificate({ commonName: 'x', keyType: 'ecdsa', rdns: Array.from({ length: 1500 }, (_, i) => ({ OU: [`unit-${i}`.padEnd(16, '.')] })) });
+  const generation = server.runtime.generation;
+  await writeFile(join(server.dir, 'crl.pem'), await createCrl(pki.authorities.ca, [pki.clients.revoked.serial, expired.serial, laptop.serial, huge.serial]));
+  await until('the CRL listing its serial is reloaded', () => server.runtime.generation !== generation, { timeoutMs: 60_000 });
+  const c = await connect('request', huge);
+  assert.equal((await c.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
+  assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '550 5.7.1 none');
+  c.socket.destroy();
+});

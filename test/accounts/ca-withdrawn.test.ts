@@ -1,0 +1,73 @@
+// The account page and a CA taken out of the listener's caFiles: a session signed in with a certificate that
+// CA verified ends at its next request, and a keep-alive connection whose handshake that CA verified no
+// longer names an account (its verdict is its handshake's). Node's https client with the device certificate
+// issued by the server's CA (engine/pki), one keep-alive connection throughout.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import https from 'node:https';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startAccounts, USERS, type AccountsSetup } from './helpers.ts';
+import { issueDevice, pkiPaths } from '../../engine/pki/index.ts';
+import { until } from '../helpers/wait.ts';
+
+let s: AccountsSetup;
+let scratch: string;
+let agent: https.Agent;
+
+before(async () => {
+  scratch = await mkdtemp(join(tmpdir(), 'postern-accounts-ca-'));
+  s = await startAccounts(scratch);
+  const device = await issueDevice(s.caDir, { identity: USERS.alice, device: 'laptop' });
+  agent = new https.Agent({ keepAlive: true, maxSockets: 1, cert: device.certPem, key: device.keyPem, rejectUnauthorized: false });
+});
+after(async () => {
+  agent?.destroy();
+  await s?.server.stop();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+/** One request on the agent's one connection: status, location, body, cookies set. */
+function request(path: string, opts: { method?: string; cookies?: string[]; body?: string } = {}): Promise<{ status: number; location?: string; body: string; cookies: string[]; socket: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(`${s.url}${path}`, {
+      agent, method: opts.method ?? 'GET',
+      headers: { ...(opts.cookies?.length ? { cookie: opts.cookies.join('; ') } : {}), ...(opts.body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({
+        status: res.statusCode!, location: res.headers.location, body, socket: res.socket,
+        cookies: (res.headers['set-cookie'] ?? []).map((c) => c.split(';')[0]!),
+      }));
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+test('a certificate session ends, and the open connection names no account, once its CA is out of caFiles', async () => {
+  const page = await request('/signin');
+  assert.match(page.body, /presented a certificate for <b>alice@example\.com<\/b>/);
+  const csrf = /name="_csrf" value="([^"]+)"/.exec(page.body)![1]!;
+  const signedIn = await request('/signin/certificate', { method: 'POST', cookies: page.cookies, body: `_csrf=${encodeURIComponent(csrf)}` });
+  assert.equal(signedIn.status, 303);
+  assert.equal(signedIn.location, '/devices');
+  const cookies = [...page.cookies, ...signedIn.cookies];
+  assert.equal((await request('/devices', { cookies })).status, 200);
+  const connection = signedIn.socket;
+
+  // The listener no longer trusts the server's CA (another CA and its CRL in its place).
+  const generation = s.server.runtime.generation;
+  const file = join(s.server.dir, 'postern.yaml');
+  const paths = pkiPaths(s.caDir);
+  await writeFile(file, (await readFile(file, 'utf8')).replaceAll(paths.caCert, s.pki.otherCa.cert).replaceAll(paths.crl, s.pki.otherCa.crl));
+  await until('the configuration without the CA is reloaded', () => s.server.runtime.generation !== generation, { timeoutMs: 60_000 });
+
+  // The page takes the new CA list a moment after the SMTP listener (its own reload hook).
+  await until('the certificate session to end', async () => (await request('/devices', { cookies })).location === '/signin', { timeoutMs: 60_000 });
+  const again = await request('/signin');
+  assert.equal(again.socket, connection, 'still the connection whose handshake the old CA verified');
+  assert.doesNotMatch(again.body, /presented a certificate for <b>alice@example\.com<\/b>/);
+  assert.ok(s.server.logs.some((l) => l.msg === 'account page: session ended (its password or certificate is no longer valid)' && l.via === 'certificate'));
+});
