@@ -7,7 +7,8 @@
  *   routes `ceo@x` missed them. One that needs its quotes (`"a b"@x`, `"a@b"@x`) is refused with 553 5.1.3,
  *   not smtp-server's bare syntax error: Postern does not carry such local parts (they are how routing hides
  *   in a local part, and few systems handle them alike).
- * - Any other local part must be a dot-atom (RFC 5321 Dot-string), not smtp-server's looser idea of one.
+ * - Any other local part must be a dot-atom (RFC 5321 Dot-string), not smtp-server's looser idea of one; a
+ *   UTF-8 one (SMTPUTF8) is in NFC.
  * - The domain: smtp-server decodes A-labels to U-labels; an ASCII transaction keeps the A-labels the client
  *   sent (else `user@xn--bcher-kva.example` became non-ASCII and was refused as undeclared UTF-8), an SMTPUTF8
  *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
@@ -67,5 +68,7 @@ export function envelopeForm(address: string, utf8: boolean, asciiCommand: boole
   if (!utf8 && !asciiCommand) return address;
   const domain = envelopeDomain(address.slice(at + 1), utf8);
   if (!domain) return false;
-  return address.slice(0, at + 1) + domain;
+  // A UTF-8 local part in NFC (RFC 6532 §3.1): `jose<U+0301>` is josé, as a script or table writes it.
+  const local = asciiCommand ? address.slice(0, at) : address.slice(0, at).normalize('NFC');
+  return `${local}@${domain}`;
 }

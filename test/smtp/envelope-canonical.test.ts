@@ -136,6 +136,9 @@ test('an A-label that decodes to a control character is a syntax error; IDNA-map
     assert.equal(r.code, 550, `${rcpt}: ${r.text}`);
   }
   assert.equal((await c.command('RCPT TO:<bob@ex\u00adample.com>')).code, 250);
-  assert.deepEqual((await spooled(uLabels, c)).recipients, ['bob@example.com']);
+  // A decomposed UTF-8 local part is the composed one (NFC): one recipient.
+  assert.equal((await c.command('RCPT TO:<jos\u00e9@example.com>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<jose\u0301@example.com>')).code, 250);
+  assert.deepEqual((await spooled(uLabels, c)).recipients, ['bob@example.com', 'jos\u00e9@example.com']);
   await c.quit();
 });
