@@ -21,7 +21,7 @@ import type { SmtpReply } from './reply.ts';
 /** RFC 5321 atext (and UTF-8, RFC 6531), dot-separated: a local part that needs no quotes. */
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
 /** The path's start in a command: `FROM:` or `TO:`, spaces, `<`, an optional source route, then a `"`. */
-const QUOTED_PATH = /^([A-Za-z]+ *[A-Za-z]+ *: *<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)"/;
+const QUOTED_PATH = /^((?:MAIL +FROM|RCPT +TO) *: *<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)"/i;
 
 /**
  * `command` (a MAIL or RCPT line, without its line end) with a quoted local part unquoted; the refusal when
