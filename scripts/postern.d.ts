@@ -199,7 +199,11 @@ declare module "postern" {
 
   /** An envelope address, split for convenience. */
   export interface EnvelopeAddress {
-    /** The whole address as given (empty string for the null sender `<>`). */
+    /**
+     * The whole address (empty string for the null sender `<>`), in one canonical form: a quoted local part that
+     * needs no quotes unquoted (`"ceo"@x` is `ceo@x`), an IDN domain in A-labels (in U-labels in an SMTPUTF8
+     * transaction), a UTF-8 local part in NFC.
+     */
     address: string;
     /** Part before the last `@`. */
     localPart: string;

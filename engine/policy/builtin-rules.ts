@@ -5,7 +5,7 @@
  */
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { verifyPassword } from '../auth/password-hash.ts';
-import { ownsSender } from './sender-logins.ts';
+import { ownsSender, senderKey } from './sender-logins.ts';
 import { domainKey } from './domain-key.ts';
 
 export interface AuthAttempt {
@@ -77,7 +77,7 @@ export function builtinSender(address: string, facts: SenderFacts): BuiltinSende
   if (!facts.enforce) return SENDER.notEnforced;
   if (!facts.user) return SENDER.notAuthenticated;
   if (address === '') return facts.allowNullSender ? SENDER.nullSenderAllowed : SENDER.nullSender;
-  if (address.toLowerCase() === facts.user.toLowerCase()) return SENDER.ownAddress;
+  if (senderKey(address) === senderKey(facts.user)) return SENDER.ownAddress;
   if (ownsSender(facts.user, facts.extra, address)) return SENDER.listed;
   return SENDER.mismatch;
 }

@@ -4,6 +4,7 @@
  * and from the words after the account on its pin line. An entry `@domain` allows every address there.
  */
 import type { LookupTable } from './lookup-tables.ts';
+import { domainKey } from './domain-key.ts';
 
 /** `"a@x.example, b@y.example  @z.example"` → the entries, lowercased; commas and whitespace separate. */
 export function parseSenderList(text: string): string[] {
@@ -18,8 +19,18 @@ export function extraSenders(user: string, table: LookupTable | undefined, pinSe
 
 /** May `user` send as `address` (not the null sender), given its extra senders? Compared case-insensitively. */
 export function ownsSender(user: string, extra: readonly string[], address: string): boolean {
-  const a = address.toLowerCase();
-  if (a === user.toLowerCase()) return true;
+  const a = senderKey(address);
+  if (a === senderKey(user)) return true;
   const domain = a.slice(a.lastIndexOf('@'));
-  return extra.some((e) => e === a || (e.startsWith('@') && e === domain));
+  return extra.some((e) => senderKey(e) === a || (e.startsWith('@') && senderKey(e) === domain));
+}
+
+/**
+ * An address (or `@domain`) as sender bindings compare it: lower case, its domain by its A-labels (domain-key.ts),
+ * so `alice@bücher.example` in a table or login binds the `alice@xn--bcher-kva.example` an ASCII transaction carries.
+ */
+export function senderKey(address: string): string {
+  const at = address.lastIndexOf('@');
+  if (at < 0) return address.toLowerCase();
+  return `${address.slice(0, at).toLowerCase()}@${domainKey(address.slice(at + 1)) || address.slice(at + 1).toLowerCase()}`;
 }

@@ -7,6 +7,8 @@
  *   routes `ceo@x` missed them. One that needs its quotes (`"a b"@x`, `"a@b"@x`) is refused with 553 5.1.3,
  *   not smtp-server's bare syntax error: Postern does not carry such local parts (they are how routing hides
  *   in a local part, and few systems handle them alike).
+ * - Any other local part must be a dot-atom (RFC 5321 Dot-string), not smtp-server's looser idea of one; a
+ *   UTF-8 one (SMTPUTF8) is in NFC.
  * - The domain: smtp-server decodes A-labels to U-labels; an ASCII transaction keeps the A-labels the client
  *   sent (else `user@xn--bcher-kva.example` became non-ASCII and was refused as undeclared UTF-8), an SMTPUTF8
  *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
@@ -19,7 +21,7 @@ import type { SmtpReply } from './reply.ts';
 /** RFC 5321 atext (and UTF-8, RFC 6531), dot-separated: a local part that needs no quotes. */
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
 /** The path's start in a command: `FROM:` or `TO:`, spaces, `<`, an optional source route, then a `"`. */
-const QUOTED_PATH = /^([A-Za-z]+ *[A-Za-z]+ *: *<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)"/;
+const QUOTED_PATH = /^((?:MAIL +FROM|RCPT +TO) *: *<(?:@[^\s,:@<>]+(?:,@[^\s,:@<>]+)*:)?)"/i;
 
 /**
  * `command` (a MAIL or RCPT line, without its line end) with a quoted local part unquoted; the refusal when
@@ -52,14 +54,21 @@ export function unquotedPath(command: Buffer): Buffer | SmtpReply {
 }
 
 /**
- * The address smtp-server parsed, its domain in envelope form (see above); false when IDNA refuses the
- * domain. `utf8`: the transaction declared SMTPUTF8. `asciiCommand`: the command was ASCII (else a non-ASCII
+ * The address smtp-server parsed, its domain in envelope form (see above); false (a syntax error) when IDNA
+ * refuses the domain, or when the local part is no dot-atom (RFC 5321 Dot-string: quoted ones were unquoted
+ * before): smtp-server takes `ce"o"`, `c\eo`, `ceo(x)` or `c,eo`, which a next hop parsing the address the
+ * RFC 5322 way reads as ceo (a comment dropped, a quoted-pair unescaped) or as two addresses, while the rcptto
+ * script saw another string. `utf8`: the transaction declared SMTPUTF8. `asciiCommand`: the command was ASCII (else a non-ASCII
  * address without SMTPUTF8 is left as it is, for the refusal of undeclared UTF-8).
  */
 export function envelopeForm(address: string, utf8: boolean, asciiCommand: boolean): string | false {
   const at = address.lastIndexOf('@');
-  if (at < 0 || (!utf8 && !asciiCommand)) return address;
+  if (at < 0) return address;
+  if (!DOT_ATOM.test(address.slice(0, at))) return false;
+  if (!utf8 && !asciiCommand) return address;
   const domain = envelopeDomain(address.slice(at + 1), utf8);
   if (!domain) return false;
-  return address.slice(0, at + 1) + domain;
+  // A UTF-8 local part in NFC (RFC 6532 §3.1): `jose<U+0301>` is josé, as a script or table writes it.
+  const local = asciiCommand ? address.slice(0, at) : address.slice(0, at).normalize('NFC');
+  return `${local}@${domain}`;
 }

@@ -43,10 +43,14 @@ export class SpoolReserve {
   /**
    * Make the reserve when it is absent or released and `freeBytes` leaves twice its size above `floor`.
    * Random bytes, not zeros, which a compressing filesystem would not store. Written on the thread pool (a
-   * slow disk must not hold the event loop). Resolves true when it was made now.
+   * slow disk must not hold the event loop). Resolves true when it was made now, false (after it is written)
+   * when another call is making it.
    */
   keep(freeBytes: number, floor: number): Promise<boolean> {
-    if (this.#making || this.state === 'kept' || freeBytes < floor + 2 * this.bytes) return Promise.resolve(false);
+    // One being made already: this call resolves once it is written too (the queue runner's close() awaits its
+    // latest call, and a second one resolving at once let the test helpers remove the folder mid-write: ENOTEMPTY).
+    if (this.#making) return this.#making.then(() => false, () => false);
+    if (this.state === 'kept' || freeBytes < floor + 2 * this.bytes) return Promise.resolve(false);
     this.#making = this.#make().finally(() => { this.#making = null; });
     return this.#making;
   }

@@ -78,6 +78,21 @@ test('a quoted local part that needs its quotes is refused with 553 5.1.3, at MA
   await c.quit();
 });
 
+test('a local part that is neither a dot-atom nor quoted is a syntax error: a next hop would read ceo in several', async () => {
+  const c = await session(uLabels);
+  // RFC 5322 readers drop a comment, unescape a quoted-pair, join a quoted string to an atom, split at a comma.
+  for (const rcpt of ['"ce"o@example.com', 'c"e"o@example.com', 'c\\eo@example.com', 'ceo(x)@example.com', 'x,ceo@example.com', 'c;eo@example.com', 'c[eo]@example.com']) {
+    const r = await c.command(`RCPT TO:<${rcpt}>`);
+    assert.equal(r.code, 501, `${rcpt}: ${r.text}`);
+  }
+  for (const rcpt of ["o'brien+tag@example.com", 'a.b-c_d=e/f{g}|h~i#j$k&l*m?n^o`pq@example.com']) {
+    assert.equal((await c.command(`RCPT TO:<${rcpt}>`)).code, 250, rcpt);
+  }
+  await c.command('RSET');
+  assert.equal((await c.command('MAIL FROM:<x(y)@sender.example>')).code, 501);
+  await c.quit();
+});
+
 test('python smtplib: user@xn--… without SMTPUTF8 is a local recipient (localDomains in U-labels), spooled in A-labels', async () => {
   const py = `
 import smtplib, sys
@@ -121,6 +136,9 @@ test('an A-label that decodes to a control character is a syntax error; IDNA-map
     assert.equal(r.code, 550, `${rcpt}: ${r.text}`);
   }
   assert.equal((await c.command('RCPT TO:<bob@ex\u00adample.com>')).code, 250);
-  assert.deepEqual((await spooled(uLabels, c)).recipients, ['bob@example.com']);
+  // A decomposed UTF-8 local part is the composed one (NFC): one recipient.
+  assert.equal((await c.command('RCPT TO:<jos\u00e9@example.com>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<jose\u0301@example.com>')).code, 250);
+  assert.deepEqual((await spooled(uLabels, c)).recipients, ['bob@example.com', 'jos\u00e9@example.com']);
   await c.quit();
 });
