@@ -46,6 +46,8 @@ export interface SinkOptions {
   maxRecipients?: number;
   /** Default: 452 4.5.3 Too many recipients. */
   tooManyReply?: Refusal;
+  /** The SIZE it advertises and enforces (default 10 MiB). */
+  size?: number;
 }
 
 export interface Sink {
@@ -82,7 +84,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     ...(opts.cert ? { cert: readFileSync(opts.cert), key: readFileSync(opts.key!) } : {}),
     ...(opts.ca ? { ca: [readFileSync(opts.ca)], requestCert: true, rejectUnauthorized: !!opts.requireClientCertificate } : {}),
     banner: opts.banner ?? 'test sink',
-    size: 10 * 1024 * 1024,
+    size: opts.size ?? 10 * 1024 * 1024,
     onConnect(_session, cb) { connections++; cb(); },
     onSecure(socket, session, cb) {
       const tls = socket as TLSSocket;
