@@ -29,8 +29,12 @@ async function config(name: string, mailfrom: string | null, store: string, defe
 // Time limits raised for every target alike (the script's from 100 ms to 2 s, the Redis store's from 50 ms to 1 s): on a loaded shared
 // machine a call and its round trip can take longer, and this benchmark measures cost, not what a timeout does (test/store covers that).
 const LIMITS = 'sandbox: { timeoutMs: 2000 }\n';
+const control = process.env.BENCH_CONTROL !== '0';
 const targets = [
   { name: '(a)', config: () => config('a', null, '') },
+  // A/A control: (a) again in a server process of its own. What separate processes differ by with the same
+  // work (start order, JIT, heap layout) shows here, and bounds what the other rows can be trusted to.
+  ...(control ? [{ name: '(a) again (A/A control)', config: () => config('a2', null, '') }] : []),
   { name: '(a), mailfrom async, no rate()', config: () => config('async', ASYNC_MAILFROM, '') },
   { name: '(a) + rate() memory', config: () => config('mem', RATE_MAILFROM, '') },
   // The memory store answering by promise, as Redis does, but without I/O: the cost of delivering the answer into the isolate later.
@@ -39,6 +43,8 @@ const targets = [
 ];
 const messages = Number(process.env.BENCH_REUSE ?? 4000);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
+/** Warm-up messages per target before anything counts (JIT tiers, isolates, heap growth), as bench:ab. */
+const warm = Number(process.env.BENCH_WARM ?? 2000);
 const servers: Array<{ port: number; pid: number; stop: () => void }> = [];
 // Servers are stopped however the run ends (a failed load would leave them running otherwise).
 process.on('exit', () => { for (const s of servers) s.stop(); if (redis.pid) process.kill(redis.pid, 'SIGKILL'); });
@@ -57,6 +63,8 @@ for (const t of targets) {
   }
   servers.push(s);
 }
+// Warmed after all have started, each alike: the first-started server would otherwise also be the longest running.
+for (const s of servers) await load(pki, s.port, 100, warm, true);
 const rates = targets.map(() => [] as number[]);
 /** redis-server's own CPU per message (µs) while the Redis target runs: on a small machine it competes with Postern. */
 const redisCpu: number[] = [];
@@ -69,15 +77,23 @@ const p50 = targets.map(() => [] as number[]);
 const ratios = targets.map(() => [] as number[]);
 /** Each round's server CPU per message over (a)'s: on a machine shared with other work, steadier than the rate. */
 const cpuRatios = targets.map(() => [] as number[]);
+/** The whole machine's busy CPU per message (µs; server, load client, redis-server, kernel, and other work). */
+const machine = targets.map(() => [] as number[]);
+/** Server CPU plus redis-server's per message over (a)'s server CPU: what a user pays when Redis runs on the same machine. */
+const withRedisRatios: number[] = [];
 try {
   for (let round = 0; round < rounds; round++) {
-    const order = [...targets.keys()];
+    // Each round starts one target further on and runs the other way round every second round: over the
+    // rounds every target is measured in every position and after every other (what ran just before, e.g.
+    // Redis work or a garbage collection, and the load's drift within a round, fall on all alike).
+    const order = [...targets.keys()].map((_, k) => (k + Math.floor(round / 2)) % targets.length);
     if (round % 2 === 1) order.reverse();
     const got: number[] = [];
     for (const i of order) {
       const redis0 = i === REDIS_TARGET ? await cpuSeconds(redis.pid!) : 0;
       const m = await measure(pki, servers[i]!, 100, messages, true);
       if (i === REDIS_TARGET) redisCpu.push((await cpuSeconds(redis.pid!) - redis0) / m.messages * 1e6);
+      machine[i]!.push(m.machineUs);
       rates[i]!.push(m.rate);
       cpu[i]!.push(m.cpuUs);
       client[i]!.push(m.clientCpuUs);
@@ -88,14 +104,15 @@ try {
       ratios[i]!.push(got[i]! / got[0]!);
       cpuRatios[i]!.push(cpu[i]!.at(-1)! / cpu[0]!.at(-1)!);
     }
+    withRedisRatios.push((cpu[REDIS_TARGET]!.at(-1)! + redisCpu.at(-1)!) / cpu[0]!.at(-1)!);
   }
-  console.log(`reuse (100/conn), ${messages} messages, ${rounds} rounds; medians`);
-  console.log('target\tmsg/s\tserver CPU µs/msg\tclient CPU µs/msg\tp50 ms\tserver CPU / (a) (range)\trate / (a) (range)');
+  console.log(`reuse (100/conn), ${messages} messages, ${rounds} rounds, ${warm} warm-up messages each; medians`);
+  console.log('target\tmsg/s\tserver CPU µs/msg\tclient CPU µs/msg\tmachine µs/msg\tp50 ms\tserver CPU / (a) (range)\trate / (a) (range)');
   const range = (xs: number[]): string => `${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
   for (const [i, t] of targets.entries()) {
-    console.log(`${t.name}\t${median(rates[i]!).toFixed(0)}\t${median(cpu[i]!).toFixed(0)}\t${median(client[i]!).toFixed(0)}\t${median(p50[i]!).toFixed(2)}\t${range(cpuRatios[i]!)}\t${range(ratios[i]!)}`);
+    console.log(`${t.name}\t${median(rates[i]!).toFixed(0)}\t${median(cpu[i]!).toFixed(0)}\t${median(client[i]!).toFixed(0)}\t${median(machine[i]!).toFixed(0)}\t${median(p50[i]!).toFixed(2)}\t${range(cpuRatios[i]!)}\t${range(ratios[i]!)}`);
   }
-  console.log(`redis-server itself: ${median(redisCpu).toFixed(0)} µs CPU per message (not in the server CPU above)`);
+  console.log(`redis-server itself: ${median(redisCpu).toFixed(0)} µs CPU per message (not in the server CPU above); server + redis-server CPU / (a): ${range(withRedisRatios)}`);
 } finally {
   for (const s of servers) s.stop();
   await redis.stop();
