@@ -83,7 +83,7 @@ test('the calls of one turn go as one message, run in their order; a refused cal
   assert.equal(await results[1], 3);
   assert.deepEqual(await results[2], { allowed: true, count: 2, resetSeconds: 60 });
   await assert.rejects(results[3]!, (e: Error) => e instanceof StoreUnavailable && /invalid call/.test(e.message));
-  assert.equal((await results[4]!).allowed, false);
+  assert.equal(((await results[4]!) as { allowed: boolean }).allowed, false);
   assert.equal(await results[5], 3);
   // The next turn's calls are a message of their own.
   const later = store.get('c');
