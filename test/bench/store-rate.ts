@@ -1,9 +1,20 @@
 /**
  * `npm run bench:store`: what a rate() per message costs benchmark (a) (a script on every context), with
- * connection reuse: (a) as is, (a) whose mailfrom script also awaits rate() on the memory store, and the
- * same with a Redis store (a redis-server started here on a free port). One more target answers from memory
- * by promise, like Redis but without I/O: the share of Redis's cost that is the isolate re-entry. Rounds interleave the three; the
- * ratios are medians of each round's paired ratios to (a). Targets: memory ≥ 0.95, Redis ≥ 0.85 of (a)'s rate.
+ * connection reuse: (a) as is, (a) whose mailfrom script is made async (no store call), awaits rate() on the
+ * memory store, on the memory store answering by promise like Redis but without I/O (the share of Redis's
+ * cost that is the isolate re-entry), and on a Redis store (a redis-server started here on a free port);
+ * then (a) under `postern serve` (workers: 1), where the memory store is the supervisor's, plain, with a memory
+ * and with a Redis rate() (BENCH_SERVE=0 leaves these out). Each row's ratios are the medians of each round's
+ * paired ratios to its base ((a), or (a) under serve), with their ranges. Targets: memory ≥ 0.95, Redis ≥ 0.85
+ * of the base's rate.
+ *
+ * Method: every server is a process of its own, so a row also differs from its base by what two processes
+ * running the same work differ by; the A/A row, (a) again (BENCH_CONTROL=0 leaves it out), shows that spread in
+ * each run: a row within it is not told apart from its base. Every target is warmed up (BENCH_WARM messages,
+ * default 2000) after all have started, and each round starts one target further on, alternating direction,
+ * so that no target always runs first, last or after the same neighbour. The server CPU per message counts every
+ * process of the server; redis-server's own CPU is given apart, and with the server's against the base: on one
+ * machine the user pays both.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -135,6 +146,8 @@ try {
   }
 } finally {
   for (const s of servers) s.stop();
+  // The workers of a served target end once they see their supervisor gone: Redis stays up until then (else they log it as an outage).
+  await new Promise((r) => setTimeout(r, 1000));
   await redis.stop();
   await rm(work, { recursive: true, force: true });
 }
