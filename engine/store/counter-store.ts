@@ -28,7 +28,7 @@ export interface ImmediateCounterStore {
 /**
  * What the rest of Postern needs of a store. Keys are full keys: callers put their namespace in front
  * (see STORE_KEYS). A store for the worker processes of one multi-process server forwards these calls to
- * the process that holds a MemoryCounterStore, one message per call.
+ * the process that holds a MemoryCounterStore, the calls of one turn in one message.
  */
 export interface CounterStore {
   /** `memory` or `redis`, for logs. */

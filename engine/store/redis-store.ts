@@ -30,16 +30,22 @@ export interface RedisStoreOptions {
  * INCR and PTTL (or PEXPIRE, opening a window), where reading first made it three; each command a script
  * runs costs Redis several times the command's own work (measured: docs/benchmarks.md). A refused call is
  * three (INCR, DECR, PTTL), and writes (a limit below 1 deletes the key it made). The script runs as a whole:
- * nothing sees the count over the limit.
+ * nothing sees the count over the limit. A key Redis cannot count (not an integer: another program's value
+ * under the prefix) fails its own call alone (-1 and Redis's message in its place, nothing written): as an
+ * error of the whole script it failed every other client's call of the turn too.
  */
 const RATE = `
 local out = {}
 for i, key in ipairs(KEYS) do
   local window = ARGV[2 * i]
-  local count = redis.call('INCR', key)
+  local count = redis.pcall('INCR', key)
   local allowed = 1
   local ttl
-  if count > tonumber(ARGV[2 * i - 1]) then
+  if type(count) == 'table' then
+    allowed = -1
+    ttl = 0
+    count = tostring(count.err)
+  elseif count > tonumber(ARGV[2 * i - 1]) then
     allowed = 0
     count = redis.call('DECR', key)
     if count == 0 then redis.call('DEL', key) end
@@ -312,16 +318,21 @@ class RateCalls {
     });
   }
 
-  /** RATE's reply: three numbers per call, in the calls' order. */
+  /** RATE's reply: three numbers per call, in the calls' order (-1, Redis's message, 0 for a call Redis refused). */
   answered(reply: unknown): void {
-    const r = reply as number[];
+    const r = reply as unknown[];
     // Anything but numbers (a proxy or a server that answers something else) fails closed, not as "not allowed".
-    if (!Array.isArray(r) || r.length !== 3 * this.size || !r.every((n) => Number.isInteger(n))) {
+    if (!Array.isArray(r) || r.length !== 3 * this.size || !r.every((n, i) => Number.isInteger(n) || (i % 3 === 1 && r[i - 1] === -1))) {
       this.failed(new StoreUnavailable(`store unavailable (redis): unexpected reply to ${this.size} rate() calls`));
       return;
     }
     for (let i = 0; i < this.size; i++) {
-      this.#resolve[i]!({ allowed: r[3 * i] === 1, count: r[3 * i + 1]!, resetSeconds: Math.max(0, Math.ceil(r[3 * i + 2]! / 1000)) });
+      const allowed = r[3 * i] as number;
+      if (allowed === -1) {
+        this.#reject[i]!(new StoreUnavailable(`store unavailable (redis): ${String(r[3 * i + 1])}`));
+        continue;
+      }
+      this.#resolve[i]!({ allowed: allowed === 1, count: r[3 * i + 1] as number, resetSeconds: Math.max(0, Math.ceil(r[3 * i + 2] as number / 1000)) });
     }
   }
 

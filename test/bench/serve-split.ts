@@ -2,7 +2,7 @@
  * Developer aid: where `postern serve`'s CPU goes, process by process (supervisor, each worker, the queue
  * process) and thread by thread (event loop, V8's GC helpers, libuv's pool: the journal's fdatasyncs), against
  * the single-process server, for one load run of benchmark (a) after a warm-up. SPLIT_WORKERS (default 1; 0:
- * the single process), SPLIT_MESSAGES (3000), SPLIT_PER_CONN (100), SPLIT_SCRIPTS=0 (benchmark (b)),
+ * the single process), SPLIT_MESSAGES (3000), SPLIT_PER_CONN (100), SPLIT_SCRIPTS=0 (benchmark (b)), SPLIT_RATE=memory (mailfrom awaits rate() on the memory store),
  * SPLIT_STRACE=1 (system calls per message of each process, `strace -c -f`; =threads: per thread name, slow),
  * SPLIT_PROF=1 (--cpu-prof in every process; the hottest functions of the measured run alone), SPLIT_NODE_ARGS,
  * SPLIT_PERF=1 (`perf record -e cpu-clock` of each process during the run, on-CPU: the hottest symbols per
@@ -16,7 +16,7 @@ import { mkdtemp, mkdir, writeFile, readFile, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
-import { BENCH_SCRIPTS, benchConfig, benchPort } from './bench-config.ts';
+import { BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort } from './bench-config.ts';
 import { cpuSeconds, load, startServer } from './measure.ts';
 
 const workers = Number(process.env.SPLIT_WORKERS ?? 1);
@@ -25,7 +25,9 @@ const perConn = Number(process.env.SPLIT_PER_CONN ?? 100);
 const pki = await makeTestPki();
 const dir = await mkdtemp(join(tmpdir(), 'postern-split-'));
 await mkdir(join(dir, 'scripts'));
-if (process.env.SPLIT_SCRIPTS !== '0') for (const [f, t] of Object.entries(BENCH_SCRIPTS)) await writeFile(join(dir, 'scripts', f), t);
+// SPLIT_RATE=memory: the mailfrom script also awaits rate() on the memory store (under serve, the supervisor's).
+const scripts = process.env.SPLIT_RATE === 'memory' ? { ...BENCH_SCRIPTS, 'mailfrom.ts': RATE_MAILFROM } : BENCH_SCRIPTS;
+if (process.env.SPLIT_SCRIPTS !== '0') for (const [f, t] of Object.entries(scripts)) await writeFile(join(dir, 'scripts', f), t);
 await writeFile(join(dir, 'senders'), 'example.org blocked\n');
 const port = benchPort();
 const script = workers ? 'postern-serve.ts' : 'postern-server.ts';

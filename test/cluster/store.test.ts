@@ -66,3 +66,28 @@ test('with 2 workers, limits.messagesPerIdentity and a script rate() count the m
     await c.stop();
   }
 });
+
+// The calls one hook makes at once go to the supervisor in one message (shared-store.ts): run there in
+// their order, each counted exactly once, one refused while the other of the same key is allowed.
+const PAIR_RCPTTO = `export default async function (ctx) {
+  const key = "pair:" + ctx.address.address;
+  const [a, b, seen] = await Promise.all([rate(key, 3, 3600), rate(key, 3, 3600), counter("seen").add(1, 3600)]);
+  if (!a.allowed || !b.allowed) return defer("over: " + a.count + " " + a.allowed + " " + b.count + " " + b.allowed + " seen " + seen, { code: 450, enhanced: "4.7.1" });
+}
+`;
+
+test('with workers, the store calls of one hook go together and count in order, each once', async () => {
+  const c = await startCluster({ config: CONFIG.replace('workers: 2', 'workers: 1'), scripts: { 'rcptto.js': PAIR_RCPTTO },
+    files: { users: `alice@example.com:${await hashPassword('alice-Password-1')}\n` } });
+  try {
+    const a = await login(c);
+    assert.equal((await a.command('MAIL FROM:<alice@example.com>')).code, 250);
+    assert.equal((await a.command('RCPT TO:<p@example.net>')).code, 250); // counts 1 and 2
+    assert.equal((await a.command('RCPT TO:<p@example.net>')).text, '450 4.7.1 over: 3 true 3 false seen 2');
+    assert.equal((await a.command('RCPT TO:<p@example.net>')).text, '450 4.7.1 over: 3 false 3 false seen 3');
+    assert.equal((await a.command('RCPT TO:<q@example.net>')).code, 250);
+    await a.quit();
+  } finally {
+    await c.stop();
+  }
+});

@@ -198,6 +198,62 @@ test('the rate() calls of one turn go as one command (at most 100 each), each co
   }
 });
 
+test('a key Redis cannot count fails its own rate() call alone, not the others of its turn', opts, async () => {
+  const s = await ready(store('onebad:'));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  try {
+    // Another program's values under the prefix: a string that is no number, and a list.
+    await raw.set('onebad:text', 'hello');
+    await raw.lPush('onebad:list', 'x');
+    await raw.configResetStat();
+    const results = await Promise.allSettled([s.rate('a', 5, 60), s.rate('text', 5, 60), s.rate('a', 5, 60), s.rate('list', 5, 60), s.rate('b', 5, 60)]);
+    const stats = Object.fromEntries([...(await raw.info('commandstats')).matchAll(/^cmdstat_([\w|]+):calls=(\d+)/gm)]
+      .map((m) => [m[1]!, Number(m[2])]));
+    assert.equal(stats.evalsha, 1, `one command for the turn: ${JSON.stringify(stats)}`);
+    assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled']);
+    const value = (i: number) => (results[i] as PromiseFulfilledResult<unknown>).value;
+    const reason = (i: number) => (results[i] as PromiseRejectedResult).reason as Error;
+    assert.deepEqual([value(0), value(2), value(4)], [
+      { allowed: true, count: 1, resetSeconds: 60 }, { allowed: true, count: 2, resetSeconds: 60 }, { allowed: true, count: 1, resetSeconds: 60 },
+    ]);
+    assert.ok(reason(1) instanceof StoreUnavailable && /^store unavailable \(redis\): .*not an integer/.test(reason(1).message), reason(1).message);
+    assert.ok(reason(3) instanceof StoreUnavailable && /WRONGTYPE/.test(reason(3).message), reason(3).message);
+    // Nothing written for the refused keys; the counted ones were, with their window.
+    assert.equal(await raw.get('onebad:text'), 'hello');
+    assert.equal(await raw.pTTL('onebad:text'), -1);
+    assert.equal(await raw.get('onebad:a'), '2');
+    assert.ok(Number(await raw.pTTL('onebad:a')) > 55_000);
+  } finally {
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});
+
+test('Redis gone while a turn\'s command is in flight: each of its calls fails closed at once (not at the time limit); back: counted again', opts, async () => {
+  // A time limit no test reaches: the failures must come from the lost connection.
+  const s = await ready(store('midbatch:', 60_000));
+  try {
+    assert.equal((await s.rate('k', 10, 60)).count, 1);
+    redis.pause(); // the command is written, and not answered
+    const calls = Promise.allSettled([s.rate('k', 10, 60), s.rate('j', 10, 60), s.get('c')]);
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+    await redis.stop();
+    for (const c of await calls) {
+      assert.equal(c.status, 'rejected');
+      const e = (c as PromiseRejectedResult).reason as Error;
+      assert.ok(e instanceof StoreUnavailable && !/timeout/.test(e.message), e.message);
+    }
+    await redis.start();
+    // Redis came back empty: the failed calls left nothing, the next turn counts from 1.
+    await eventually(async () => (await s.rate('k', 10, 60)).count === 1, 'the store works again');
+    assert.equal((await s.rate('j', 10, 60)).count, 1);
+  } finally {
+    await s.close();
+  }
+});
+
 test('a script Redis lost (SCRIPT FLUSH) is sent once by its text: the call still counts, exactly once', opts, async () => {
   const s = await ready(store('flushed:'));
   const raw = createClient({ url: redis.url });
