@@ -80,7 +80,19 @@ export function copyMessageText(token: unknown): BodyReader | null {
   return (maxBytes) => copy.subarray(0, maxBytes);
 }
 
-/** The body text for a script: UTF-8 (invalid bytes become U+FFFD), at most `maxBytes` bytes of it. */
+/** A line end the next hop would not read as the message has it: a CR without its LF, or an LF without its CR. */
+const LONE_LINE_END = /\r(?!\n)|(?<!\r)\n/;
+
+/**
+ * The text with every line end CRLF, as delivery sends it (and DKIM signs it): a bare CR or bare LF is a line
+ * end to the next hop, so it is one to the script too (a content check splitting at CRLF or LF would otherwise
+ * read `text<CR>Content-Type: …` as one line that the next hop reads as two).
+ */
+function lineEndsAsSent(text: string): string {
+  return LONE_LINE_END.test(text) ? text.replace(/\r\n|\r|\n/g, '\r\n') : text;
+}
+
+/** The body text for a script: UTF-8 (invalid bytes become U+FFFD), at most `maxBytes` bytes of it, line ends as sent. */
 export function readMessageText(token: unknown, maxBytes: unknown): string {
   const reader = find(token);
   if (!reader) throw new Error('message.text(): the message is only readable while its data hook runs');
@@ -88,5 +100,5 @@ export function readMessageText(token: unknown, maxBytes: unknown): string {
   if (!Number.isSafeInteger(max) || max < 1 || max > MAX_MESSAGE_TEXT_BYTES) {
     throw new RangeError(`message.text(): maxBytes must be a whole number from 1 to ${MAX_MESSAGE_TEXT_BYTES}`);
   }
-  return reader(max).toString('utf8');
+  return lineEndsAsSent(reader(max).toString('utf8'));
 }

@@ -120,7 +120,8 @@ export interface MessageBody {
   /**
    * The first `maxBytes` bytes of the body (1 to 1 048 576; default 65 536) as text, decoded as UTF-8
    * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
-   * encodings are not decoded. Readable only while the data hook runs.
+   * encodings are not decoded, and every line end is CRLF, as the next hop receives it (a bare CR or bare LF
+   * the client sent is a line end there, so it is one here). Readable only while the data hook runs.
    */
   text(maxBytes?: number): Promise<string>;
 }
