@@ -22,7 +22,9 @@ import { ConnectionState } from '../smtp/connection-state.ts';
 import { SessionPolicy } from '../smtp/session-policy.ts';
 import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
-import type { SmtpReply } from '../smtp/reply.ts';
+import { SmtpReply } from '../smtp/reply.ts';
+import { envelopeForm, unquotedPath } from '../smtp/envelope-path.ts';
+import { rewriteBarePostmaster } from '../policy/postmaster.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
 import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
@@ -244,6 +246,8 @@ export class TrySession {
   async mailFrom(address: string, args: Record<string, string> = {}): Promise<StepResult> {
     const parsed = smtpAddress(address, args);
     return this.#step('mailfrom', `MAIL FROM:<${address}>${params(args)}`, async () => {
+      const refused = this.#canonical('MAIL FROM', parsed, !!args.SMTPUTF8);
+      if (refused) return asLine(refused);
       const decided = await this.#policy.mailFrom(this.#conn, parsed, this.#conn.session);
       if (decided?.refuses) return asLine(decided);
       this.#conn.session.envelope.mailFrom = parsed;
@@ -255,11 +259,28 @@ export class TrySession {
     const parsed = smtpAddress(address, args);
     return this.#step('rcptto', `RCPT TO:<${address}>${params(args)}`, async () => {
       if (!this.#conn.session.envelope.mailFrom) return { reply: '503 5.5.1 Error: need MAIL command', code: 503 };
+      const mailArgs = this.#conn.session.envelope.mailFrom.args as Record<string, unknown> | false;
+      const refused = this.#canonical('RCPT TO', parsed, !!(mailArgs && mailArgs.SMTPUTF8));
+      if (refused) return asLine(refused);
       const decided = await this.#policy.rcptTo(this.#conn, parsed, this.#conn.session);
       if (decided?.refuses) return asLine(decided);
       this.#conn.session.envelope.rcptTo.push(parsed);
       return asLine(decided ?? reply('recipientAccepted'));
     });
+  }
+
+  /**
+   * The address in the form the server's listener gives scripts and rules (postern-connection.ts): a quoted local
+   * part unquoted (or refused when it needs its quotes), a bare postmaster rewritten, the domain in envelope form.
+   */
+  #canonical(verb: 'MAIL FROM' | 'RCPT TO', parsed: SMTPServerAddress, utf8: boolean): SmtpReply | null {
+    const path = unquotedPath(Buffer.from(`${verb}:<${parsed.address}>`));
+    if (path instanceof SmtpReply) return path;
+    parsed.address = path.toString('utf8').slice(verb.length + 2, -1);
+    if (verb === 'RCPT TO' && rewriteBarePostmaster(parsed, this.built.generation.config)) return null;
+    const address = envelopeForm(parsed.address, utf8, !/[^\x00-\x7f]/.test(parsed.address));
+    if (address !== false) parsed.address = address;
+    return null;
   }
 
   /** DATA with `message` (headers and body, as the client sends it after dot-unstuffing). */

@@ -240,6 +240,21 @@ test('connect, helo, data and a script error, with --scripts: reply lines, logs 
   assert.equal(failure.line, 2);
 });
 
+test('addresses in the form the listener gives them: a quoted local part unquoted or refused, a bare postmaster rewritten, A-labels kept', async () => {
+  const base = ['-c', laptop.config, '--ip', '127.0.0.1', '--helo', 'laptop', '--from', 'a@example.com', '--json'];
+  const rcptAddress = async (to: string): Promise<{ code: number | null; reply: string; address?: string }> => {
+    const r = await cli(['try', 'rcptto', ...base, '--to', to]);
+    const j = json(r);
+    return { code: r.code, reply: last(j).reply, address: callOf(j, 'rcptto')?.context.address.address };
+  };
+  assert.equal((await rcptAddress('"b"@elsewhere.example')).address, 'b@elsewhere.example');
+  const quoted = await rcptAddress('"b c"@elsewhere.example');
+  assert.equal(quoted.code, 1);
+  assert.match(quoted.reply, /^553 5\.1\.3 /);
+  assert.match((await rcptAddress('postmaster')).address ?? '', /^postmaster@/);
+  assert.equal((await rcptAddress('b@xn--bcher-kva.example')).address, 'b@xn--bcher-kva.example');
+});
+
 test('--session: a whole session through every hook in order, like exim -bh', async () => {
   const scripts = await extraScripts(laptop.dir);
   const session = join(laptop.dir, 'session.txt');
