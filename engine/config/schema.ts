@@ -14,6 +14,15 @@ const path = () => z.string().meta({ format: 'path' });
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected address:port, e.g. 127.0.0.1:2525')
   .meta({ format: '`address:port`' });
 const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
+/**
+ * A host name as it goes on the wire (greeting, EHLO, Received): ASCII labels of letters, digits, hyphens (and
+ * underscores, which some sites use), at most 253 characters. Anything else — a space, a line end a quoted YAML
+ * string can carry, a U-label — would break the reply it stands in or forge a header line.
+ */
+const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
+  'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
+/** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
+const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
 /**
  * A time a timer waits for: Node's timers take at most 2^31-1 ms (about 24.8 days) and run a longer one
@@ -135,8 +144,8 @@ export const listenerSchema = z.strictObject({
     .describe('Scripts folder for this listener only. It must exist and be readable (an empty folder holds no scripts).'),
   shadowScripts: path().optional().meta({ defaultText: 'none' })
     .describe('A candidate scripts folder run beside the live one on this listener\'s traffic ("shadow mode"): after each live script call has decided, the same hook of this folder runs on the same context, off the client\'s path, in isolates of its own (never on the event-loop thread); a different verdict is logged and counted (`postern_shadow_calls_total`, `postern status`). It never changes a reply, spools or delivers; its errors and timeouts are counted, not fatal; calls beyond what its isolates can take are skipped and counted. Reloads like the live folder. A hook runs in shadow only where the live folder has a script for it. See [authoring.md](authoring.md#shadow-scripts).'),
-  banner: z.string().optional().meta({ defaultText: '`Postern`' })
-    .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`.'),
+  banner: replyText().optional().meta({ defaultText: '`Postern`' })
+    .describe('Text after `ESMTP` in the greeting: `220 <hostname> ESMTP <banner>`. Printable ASCII, at most 200 characters.'),
   proxyProtocol: z.strictObject({
     trusted: z.array(z.string().refine((t) => parseCidr(t) !== null, 'expected an address or CIDR, e.g. 10.0.0.0/24 or fd00::/64'))
       .min(1).meta({ format: 'addresses / CIDRs' })
@@ -257,7 +266,7 @@ const deliverySchema = z.strictObject({
     .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh).'),
   maxAgeHours: z.number().positive().meta({ unit: 'hours' }).default(120)
     .describe('A message still undelivered this long after it was accepted bounces at its next failed attempt.'),
-  heloName: z.string().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
+  heloName: wireHostname().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
   connectTimeoutMs: timerMs().default(30_000)
     .describe('Time limit for the connection, the greeting and the TLS handshake.'),
   commandTimeoutMs: timerMs().default(300_000)
@@ -271,8 +280,8 @@ const deliverySchema = z.strictObject({
 }).prefault({ enabled: false });
 
 export const configSchema = z.strictObject({
-  hostname: z.string().default('localhost')
-    .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers. With no `localDomains`, the bare `RCPT TO:<postmaster>` is rewritten to `postmaster@<hostname>`.'),
+  hostname: wireHostname().default('localhost')
+    .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers: ASCII letters, digits and hyphens (an internationalised name in its A-labels, `xn--…`). With no `localDomains`, the bare `RCPT TO:<postmaster>` is rewritten to `postmaster@<hostname>`.'),
   dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
   scripts: path().default('./scripts')
     .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),

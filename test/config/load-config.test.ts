@@ -43,6 +43,24 @@ test('a YAML alias bomb is a configuration error naming the file, not a crash', 
   assert.match(p[0]!, /^\/etc\/postern\.yaml: cannot be read: .*aliases/);
 });
 
+test('hostname, delivery.heloName and banner go on the wire: a line end, a space or a U-label is an error at its line', () => {
+  for (const [yaml, key] of [
+    ['hostname: "mx.example.com\\r\\nX-Injected: yes"\n', 'hostname'],
+    ['hostname: mx example\n', 'hostname'],
+    ['hostname: bücher.example\n', 'hostname'],
+    ['delivery:\n  heloName: "a\\nb"\n', 'delivery.heloName'],
+    ['listeners:\n  - name: a\n    listen: 127.0.0.1:25\n    banner: "hi\\r\\n250 fake"\n', 'listeners[0].banner'],
+  ] as const) {
+    const p = problems(yaml);
+    assert.equal(p.length, 1, p.join('\n'));
+    assert.match(p[0]!, new RegExp(`^/etc/postern\\.yaml:\\d+:\\d+: ${key.replace(/[[\].]/g, '\\$&')}: expected`), p[0]);
+  }
+  for (const name of ['mx.example.com', 'xn--bcher-kva.example', 'localhost', 'mail_1.example.', 'a']) {
+    const listener = 'listeners:\n  - name: a\n    listen: 127.0.0.1:25\n';
+    assert.equal(parseConfig(`hostname: ${name}\n${listener}`, '/etc/postern.yaml', '/etc').config.hostname, name);
+  }
+});
+
 test('cross-field rules: TLS needs cert and key; EXTERNAL needs client certificates; pins need a table', () => {
   const p = problems(`listeners:
   - name: a
