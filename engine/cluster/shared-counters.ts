@@ -33,12 +33,26 @@
  *                                                           slot); `s` numbers the worker's 'conn-' messages
  *   worker → supervisor  { t: 'authfail', ip, at }          an authentication failed here
  *   supervisor → children { t: 'authfail', ip, at }         …relayed to every other child (workers, and the queue process: the account page)
- * Slots are counted in the supervisor alone, so the connection limit holds exactly; auth
- * failures reach other workers asynchronously, but every new connection also brings that IP's current
- * list with its slot, so the per-IP refusal at connect sees every failure recorded before it.
- * When a worker dies, the supervisor drops every slot it held. The only worker of a server (`workers: 1`)
- * counts the slots of the connections it accepts itself, and of PROXY protocol clients, alone (no message):
- * no other worker process runs beside it.
+ *   supervisor → worker  { t: 'failures', list }            as it becomes ready: every IP's recent failures (relays reach it from then on)
+ * The counting lease, while one worker alone accepts (`workers: 1`, or `workers: N` at light load):
+ *   supervisor → worker  { t: 'lease', counts, seen }       count alone from now on: `counts`, every slot held now by
+ *                                                           key (`seen` as with 'conn'); requests not yet answered
+ *                                                           were sent before this and count as taken (SoleCounter)
+ *   supervisor → holder  { t: 'lease-', keys }              other workers' slots given back (their 'conn-')
+ *   supervisor → holder  { t: 'lease-end' }                 another worker is to accept, or asked for a slot
+ *   holder → supervisor  { t: 'lease-table', keys }         the slots it took alone and that are still open (one key
+ *                                                           per slot), in the same turn as it goes back to 'conn+'
+ * Slots are counted in one place at a time, so the connection limit holds exactly: in the supervisor, or
+ * in the lease's holder. The supervisor grants the lease only when one worker accepts and every other has
+ * said it stopped; a 'conn+' of another worker is parked and the lease ended first, and no other worker
+ * is told to accept until the holder's table is merged. A holder that does not answer (hung, stopped) is
+ * waited for until it is dead: its connections, which only it counted, close with it (its watchdog kills
+ * a stuck event loop after 1 s, the supervisor a silent process after 3 s). Why a lease: the round trip
+ * per connection cost the supervisor and the worker about 50–70 µs (docs/benchmarks.md, "The counting lease").
+ * Auth failures reach other workers asynchronously; a connection by round trip brings that IP's current
+ * list with its slot, so the per-IP refusal at connect sees every failure the supervisor read before; the
+ * holder decides on the failures relayed to it (and the list it got when ready), as `workers: 1` always did.
+ * When a worker dies, the supervisor drops every slot it held.
  */
 import type { FailureMap } from '../auth/failure-limiter.ts';
 

@@ -8,7 +8,9 @@
  * (held-socket.ts) and the workers accept on it themselves, as Postfix's smtpd processes accept on the
  * sockets its master holds: the supervisor only decides which workers accept at all (the first, the next
  * ones while those before are busy: worker-choice.ts), at each heartbeat, and takes each connection's
- * per-IP slot by round trip ('conn+', shared-counters.ts; with workers: 1 the worker counts alone). Handing every connection over cost the
+ * per-IP slot by round trip ('conn+', shared-counters.ts) — but while one worker alone accepts, that worker
+ * holds the counting lease and counts alone; another worker is told to accept only once the lease has ended
+ * (the holder's table merged here, or the holder dead). Handing every connection over cost the
  * supervisor about 110–150 µs of CPU per connection (docs/benchmarks.md). With `roundRobin`, and for
  * policy services, the supervisor accepts and passes each socket itself (like node:cluster's round-robin
  * mode). Rather than workers each binding the port with SO_REUSEPORT: the kernel would keep queueing new
@@ -16,7 +18,7 @@
  * its last worker is gone (workers: 1 would refuse connections during every restart). Either way the port
  * stays open whatever the workers do: the socket is the supervisor's, and a connection waits in the kernel's
  * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
- * late the next worker accepts instead.
+ * late the next worker accepts instead (if the hung one held the counting lease: once it was killed).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
