@@ -422,8 +422,9 @@ export class Supervisor {
     for (const socket of child.inflight) socket.destroy();
     for (const { socket } of child.copies.splice(0)) socket.destroy();
     child.inflight.clear();
-    if (child.kind === 'worker') this.#counters.workerGone(child.index);
     child.accepting = false;
+    child.stopPending = false; // it takes no slot any more (nor does the lease wait for it)
+    if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#chooseAccepting();
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
