@@ -84,23 +84,6 @@ export interface ConnectionCounts {
   handedTotal?(key: string, port?: number): number | undefined;
 }
 
-/** One process: a map. */
-export class LocalConnectionCounts implements ConnectionCounts {
-  readonly #open = new Map<string, number>();
-  acquire(key: string, _ip: string, limit: number): Admission {
-    const open = (this.#open.get(key) ?? 0) + 1;
-    if (open > limit) return { ok: false };
-    this.#open.set(key, open);
-    return { ok: true };
-  }
-  release(key: string): void {
-    const left = (this.#open.get(key) ?? 1) - 1;
-    if (left > 0) this.#open.set(key, left); else this.#open.delete(key);
-  }
-  /** Open with this key now. */
-  count(key: string): number { return this.#open.get(key) ?? 0; }
-}
-
 /** The IPC channel of a child process (process.send / process.on('message')), or a test stand-in. */
 export interface Channel {
   send(message: object): void;
