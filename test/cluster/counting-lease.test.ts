@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { CounterHost, WorkerCounters, type Taken } from '../../engine/cluster/shared-counters.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { startCluster, workerPid, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 
 const KEY = 'in 192.0.2.7';
@@ -224,6 +225,63 @@ test('serve: a hung holder — no other worker accepts until it is killed, so it
     await c.waitFor('worker 0\'s connections closed for their clients', () => open.slice(0, 2).every((s) => s.closed));
   } finally {
     try { process.kill(w0, 'SIGCONT'); } catch { /* gone */ }
+    for (const o of open) o.destroy();
+    await c.stop();
+  }
+});
+
+test('serve: auth failures and the connection rate hold while the lease moves from worker 0 to worker 1', { timeout: 180_000 }, async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+localDomains: [example.test]
+users: ./users
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
+`,
+    files: { users: `alice:${await hashPassword('right')}\n` },
+  });
+  const open: SmtpTestClient[] = [];
+  let restore: (() => void) | null = null;
+  const connect = async (localAddress: string): Promise<SmtpTestClient> => {
+    const client = await SmtpTestClient.connect(c.port('in'), { localAddress });
+    open.push(client);
+    return client;
+  };
+  try {
+    const w0 = await workerPid(c, 0);
+    await workerPid(c, 1);
+    await c.waitFor('worker 0 counting alone', async () => (await proc(c, 0)).countsAlone === true);
+    // On worker 0: two failed authentications from 127.0.0.1, two connections from 127.0.0.2.
+    for (let i = 0; i < 2; i++) {
+      const client = await connect('127.0.0.1');
+      assert.equal((await client.read(60_000)).code, 220);
+      await client.command('EHLO client.test', 60_000);
+      assert.equal((await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`, 60_000)).code, 535);
+      await client.quit();
+      const other = await connect('127.0.0.2');
+      assert.equal((await other.read(60_000)).code, 220);
+      await other.quit();
+    }
+    // Worker 0 stops accepting (near its open-file limit); worker 1 accepts, then holds the lease itself and
+    // decides alone: on the failures relayed to it and on the supervisor's connection-rate store.
+    const limits = readFileSync(`/proc/${w0}/limits`, 'utf8');
+    const [, soft, hard] = /Max open files\s+(\S+)\s+(\S+)/.exec(limits)!;
+    execFileSync('prlimit', ['--pid', String(w0), `--nofile=${readdirSync(`/proc/${w0}/fd`).length + 3}:${hard}`]);
+    restore = () => { try { execFileSync('prlimit', ['--pid', String(w0), `--nofile=${soft}:${hard}`], { stdio: 'ignore' }); } catch { /* gone */ } };
+    await c.waitFor('worker 1 counting alone', async () => (await proc(c, 1)).countsAlone === true);
+    const refused = await connect('127.0.0.1');
+    assert.match((await refused.read(60_000)).text, /^421 4\.7\.0 Too many authentication failures/, 'worker 0\'s failures count on worker 1');
+    const third = await connect('127.0.0.2');
+    assert.equal((await third.read(60_000)).code, 220, 'the third connection within the window');
+    const fourth = await connect('127.0.0.2');
+    assert.match((await fourth.read(60_000)).text, /^421 4\.7\.0 Error: too many connections from 127\.0\.0\.2/, 'the fourth, two of them on worker 0');
+  } finally {
+    restore?.();
     for (const o of open) o.destroy();
     await c.stop();
   }
