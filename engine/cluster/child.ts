@@ -48,8 +48,8 @@ async function main(): Promise<void> {
     runningCall.setFenced(JSON.parse(readFileSync(join(crashDir(loaded.config.dataDir), 'fenced.json'), 'utf8')) as RunningScript[]);
   } catch { /* none yet */ }
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
-  // The only worker of the server counts its own connections' slots itself (shared-counters.ts).
-  const counters = new WorkerCounters({ send }, windowMs, { soleWorker: role === 'worker' && process.env.POSTERN_WORKERS === '1' });
+  // Per-IP slots: by round trip to the supervisor, or alone while it holds the counting lease (shared-counters.ts).
+  const counters = new WorkerCounters({ send }, windowMs);
   // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).
   const store = new ForwardingCounterStore({ send, get connected() { return process.connected; } }, STORE_CALL_MS,
     new MemoryAuthFailureStore(counters.failures));

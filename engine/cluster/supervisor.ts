@@ -8,7 +8,9 @@
  * (held-socket.ts) and the workers accept on it themselves, as Postfix's smtpd processes accept on the
  * sockets its master holds: the supervisor only decides which workers accept at all (the first, the next
  * ones while those before are busy: worker-choice.ts), at each heartbeat, and takes each connection's
- * per-IP slot by round trip ('conn+', shared-counters.ts; with workers: 1 the worker counts alone). Handing every connection over cost the
+ * per-IP slot by round trip ('conn+', shared-counters.ts) — but while one worker alone accepts, that worker
+ * holds the counting lease and counts alone; another worker is told to accept only once the lease has ended
+ * (the holder's table merged here, or the holder dead). Handing every connection over cost the
  * supervisor about 110–150 µs of CPU per connection (docs/benchmarks.md). With `roundRobin`, and for
  * policy services, the supervisor accepts and passes each socket itself (like node:cluster's round-robin
  * mode). Rather than workers each binding the port with SO_REUSEPORT: the kernel would keep queueing new
@@ -16,7 +18,7 @@
  * its last worker is gone (workers: 1 would refuse connections during every restart). Either way the port
  * stays open whatever the workers do: the socket is the supervisor's, and a connection waits in the kernel's
  * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
- * late the next worker accepts instead.
+ * late the next worker accepts instead (if the hung one held the counting lease: once it was killed).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -102,6 +104,8 @@ interface Child {
   /** Told to accept on the held listening sockets (workerChoice: fill), and how many times it was told so. */
   accepting: boolean;
   acceptTurns: number;
+  /** Told to stop accepting, and no heartbeat since has said it stopped: it may still take slots of connections it accepted. */
+  stopPending: boolean;
   /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
   full: boolean;
   startedAt: number;
@@ -171,7 +175,17 @@ export class Supervisor {
     this.#configPath = configPath;
     this.log = log;
     this.#store = new StoreHost(createMemoryStore(config.config.store, log));
-    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)));
+    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)), {
+      sendTo: (index, m) => {
+        const worker = this.#children.find((c) => c.kind === 'worker' && c.index === index);
+        if (worker?.proc?.connected) worker.proc.send(m);
+      },
+      // The holder's slots are counted here (or it died): the workers waiting to accept may now.
+      onLeaseFree: () => {
+        this.#chooseAccepting();
+        void this.#saveStatus();
+      },
+    });
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     setFenceProbe(() => this.#fences.fences.length);
@@ -285,7 +299,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -301,7 +315,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, full: false, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -332,6 +346,8 @@ export class Supervisor {
           child.acceptPending = false;
           this.#taking(child);
         }
+        // It stopped accepting: every slot of what it accepted was asked for before this beat (the lease may go to another).
+        if (!(m as { accepting?: boolean }).accepting) child.stopPending = false;
         this.#chooseAccepting();
         return this.#dispatch();
       case 'hello':
@@ -374,6 +390,8 @@ export class Supervisor {
       case 'ready':
         child.ready = true;
         send({ t: 'fences', list: this.#fences.fences });
+        // The auth failures recorded before it ran (those after are relayed to it as they come).
+        if (child.kind === 'worker') send({ t: 'failures', list: this.#counters.failureTable() });
         // An edit told to the others while this one was starting: a check (no build when it read the same).
         send({ t: 'reload', reason: 'change' });
         this.log.info({ [child.kind]: child.index, childPid: proc.pid }, `${child.kind} ready`);
@@ -404,8 +422,9 @@ export class Supervisor {
     for (const socket of child.inflight) socket.destroy();
     for (const { socket } of child.copies.splice(0)) socket.destroy();
     child.inflight.clear();
-    if (child.kind === 'worker') this.#counters.workerGone(child.index);
     child.accepting = false;
+    child.stopPending = false; // it takes no slot any more (nor does the lease wait for it)
+    if (child.kind === 'worker') this.#counters.workerGone(child.index);
     this.#chooseAccepting();
     this.#reloads.forget(`${child.kind} ${child.index}`);
     child.lastExit = why ?? (signal ? `signal ${signal}` : `exit code ${code}`);
@@ -545,11 +564,25 @@ export class Supervisor {
    * to accept gets the sockets with the message (it closes its copies when told to stop).
    */
   #chooseAccepting(): void {
-    if (!this.#held.size || this.#stopping) return;
+    if (this.#stopping) return;
     const now = performance.now();
     const workers = this.#children.filter((c) => c.kind === 'worker');
+    if (!this.#held.size) {
+      // roundRobin: the supervisor takes the slot of each connection it hands over. A server's only worker
+      // still counts its PROXY protocol clients' slots alone (the lease, never ended: no other worker runs).
+      const only = workers.length === 1 ? workers[0]! : null;
+      if (only?.ready && only.proc?.connected && this.#counters.leaseHolder === null) this.#counters.grant(only.index);
+      return;
+    }
     const able = workers.filter((c) => c.ready && c.proc?.connected && now - c.lastBeat < STALE_FOR_CONNECTIONS_MS && !c.full);
     const chosen = new Set(able.slice(0, able.length ? acceptingCount(able, this.#spare) : 0));
+    const holder = this.#counters.leaseHolder;
+    if (holder !== null && [...chosen].some((c) => c.index !== holder)) {
+      // Another worker is to accept: not before the holder's slots are counted here, or it died (a hung
+      // holder's connections are visible nowhere until its death closes them). This runs again then.
+      this.#counters.endLease();
+      for (const c of chosen) if (c.index !== holder) chosen.delete(c);
+    }
     let changed = false;
     for (const c of workers) {
       const accept = chosen.has(c);
@@ -563,9 +596,14 @@ export class Supervisor {
         for (const [listener, held] of this.#held) c.proc.send({ t: 'accept', listener }, held.handle as unknown as net.Server);
       } else {
         c.proc.send({ t: 'accept-stop' });
+        c.stopPending = true;
       }
       changed = true;
     }
+    // One worker accepts, and every other has said it stopped (so none asks for slots any more, but by a
+    // rare straggler, which ends the lease): that one counts alone, without a round trip per connection.
+    const [only] = chosen;
+    if (holder === null && only && chosen.size === 1 && workers.every((c) => c === only || (!c.accepting && !c.stopPending))) changed = this.#counters.grant(only.index) || changed;
     if (changed) void this.#saveStatus(); // who accepts, in cluster.json (`postern status` asks live)
   }
 
@@ -822,6 +860,8 @@ export class Supervisor {
       processes: this.#children.map((c) => ({
         role: c.kind, index: c.index, pid: c.proc?.pid ?? null, ready: c.ready,
         ...(c.kind === 'worker' && this.#held.size ? { accepting: c.accepting, acceptTurns: c.acceptTurns, ...(c.full ? { full: true } : {}) } : {}),
+        // It holds the counting lease (shared-counters.ts): the per-IP slots of what it accepts are counted there alone.
+        ...(c.kind === 'worker' && this.#counters.leaseHolder === c.index ? { countsAlone: true } : {}),
         startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
       })),
       fences: this.#fences.fences,

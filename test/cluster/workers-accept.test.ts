@@ -1,7 +1,7 @@
 // `workerChoice: fill`: the supervisor holds each listener's socket and the workers accept on it themselves
 // (engine/cluster/held-socket.ts, accepting.ts). The port queues connections while no worker can take them;
-// per-IP limits hold over workers that each accepted their own connections; the second worker accepts only
-// while the first is busy.
+// the second worker accepts only while the first is busy. (Per-IP limits over workers that each accepted
+// their own connections: counting-lease.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -25,43 +25,6 @@ async function greetingOf(client: SmtpTestClient, ms: number): Promise<string | 
     return null;
   }
 }
-
-test('maxConnectionsPerIp holds over two workers that each accepted a connection themselves', { timeout: 180_000 }, async () => {
-  const c = await startCluster({ config: TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', 'limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }') });
-  const open: SmtpTestClient[] = [];
-  const [w0, w1] = [await workerPid(c, 0), await workerPid(c, 1)];
-  try {
-    // Worker 1 held still: only worker 0 can take connections from the port (a stopped process accepts nothing).
-    process.kill(w1, 'SIGSTOP');
-    const a = await SmtpTestClient.connect(c.port('in'));
-    open.push(a);
-    assert.equal((await a.read(60_000)).code, 220, 'greeted by worker 0');
-    // Now the other way round: worker 0 still, worker 1 takes over once worker 0's heartbeat is late.
-    process.kill(w1, 'SIGCONT');
-    process.kill(w0, 'SIGSTOP');
-    const b = await SmtpTestClient.connect(c.port('in'));
-    open.push(b);
-    assert.equal((await b.read(60_000)).code, 220, 'greeted by worker 1 (worker 0 is stopped)');
-    // One connection on each worker, each accepted there: the third from the address is over the server's limit.
-    const third = await SmtpTestClient.connect(c.port('in'));
-    open.push(third);
-    assert.match((await third.read(60_000)).text, /^421 4\.7\.0 Too many connections from your address/);
-    process.kill(w0, 'SIGCONT');
-    // A slot freed is free for the whole server again.
-    await b.quit();
-    await c.waitFor('a slot again', async () => {
-      const client = await SmtpTestClient.connect(c.port('in'));
-      open.push(client);
-      return (await client.read(60_000)).code === 220;
-    });
-    const status = (await c.cluster()).processes.filter((p) => p.role === 'worker') as Array<{ acceptTurns?: number }>;
-    assert.ok(status.every((p) => (p.acceptTurns ?? 0) >= 1), `both workers were told to accept: ${JSON.stringify(status)}`);
-  } finally {
-    for (const pid of [w0, w1]) try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
-    for (const o of open) o.destroy();
-    await c.stop();
-  }
-});
 
 /** A `sleep` process written into `dir`'s lock as its holder (a process of an earlier server, to a worker starting there). */
 function holdLock(dir: string): ReturnType<typeof spawn> {
