@@ -28,22 +28,14 @@ listeners:
 });
 after(() => server?.stop());
 
-async function send(c: SmtpTestClient, body: string): Promise<{ code: number; text: string }> {
-  assert.equal((await c.command('MAIL FROM:<a@example.com>')).code, 250);
-  assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
-  assert.equal((await c.command('DATA')).code, 354);
-  c.socket.write(`Subject: t\r\n\r\n${body}.\r\n`);
-  return c.read(60_000);
-}
-
 test('a line behind a bare CR or a bare LF in the body is a line to the data script, as to the next hop', async () => {
   const c = await SmtpTestClient.connect(server.port('mx'));
   await c.hello();
   for (const body of ['X-Evil: 1\r\n', 'text\rX-Evil: 1\r\n', 'text\nX-Evil: 1\r\n', 'text\r\rX-Evil: 1\r\n']) {
-    const r = await send(c, body);
+    const r = await c.sendMail('a@example.com', ['b@example.com'], `Subject: t\r\n\r\n${body}`);
     assert.equal(r.code, 550, `${JSON.stringify(body)}: ${r.text}`);
   }
-  const fine = await send(c, 'text X-Evil: 1 inside a line\r\n');
+  const fine = await c.sendMail('a@example.com', ['b@example.com'], 'Subject: t\r\n\r\ntext X-Evil: 1 inside a line\r\n');
   assert.equal(fine.code, 250, fine.text);
   await c.quit();
 });
