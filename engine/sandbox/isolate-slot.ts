@@ -11,7 +11,7 @@ import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type Ru
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
-import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
+import { reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
@@ -36,6 +36,10 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
  * limit, and isolated-vm's promise then never settles.
  */
 export const LOAD_SLACK_MS = 500;
+/** Why a top level failed to load when it could not be stopped (`before`: in an earlier load in this process, so not run again). */
+const stuckMessage = (limitMs: number, before: boolean): string => before
+  ? `top level did not finish within ${limitMs} ms and could not be stopped, in an earlier load in this process: not run again until the file changes`
+  : `top level did not finish within ${limitMs} ms and could not be stopped`;
 
 export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
@@ -1222,6 +1226,9 @@ export class IsolateSlot {
         'types come from `import type … from "postern"`, which is erased)');
     }
     const limit = topLevelTimeout(this.#options.timeoutMs);
+    const script = { hook, file, sha256: runningCall.hash(source) };
+    // Each run of it would park one more thread for good: refused at once until the file changes.
+    if (stuckAtLoad(script)) return new ScriptError(file, 1, 1, stuckMessage(limit, true));
     try {
       this.#current = { connectionId: null, file };
       this.#loading = true;
@@ -1231,8 +1238,8 @@ export class IsolateSlot {
     } catch (e) {
       if (e instanceof NeverSettled) {
         void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
-        reportAbandonedRunning({ hook, file, sha256: runningCall.hash(source) });
-        return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
+        reportAbandonedRunning(script, 'load');
+        return new ScriptError(file, 1, 1, stuckMessage(limit, false));
       }
       return this.#topLevelError(file, e);
     } finally {
