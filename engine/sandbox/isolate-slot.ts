@@ -11,7 +11,7 @@ import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type Ru
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
-import { reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
+import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
@@ -1197,10 +1197,12 @@ export class IsolateSlot {
    */
   async #load(script: ScriptSource): Promise<ScriptError | null> {
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(script.hook));
+    loadStarted();
     try {
       return await this.#compileAndRun(script);
     } finally {
       runningCall.exitAsync(running);
+      loadEnded();
     }
   }
 

@@ -91,7 +91,21 @@ export function stuckAtLoad(script: RunningScript): boolean {
  * call given up on, or a signal no abandonment explains, still means the process is replaced.
  */
 export function mustRecycle(): boolean {
-  return reasons.length > 0 && (abandonedCalls > 0 || stuckLoads.size === 0);
+  return reasons.length > 0 && (abandonedCalls > 0 || (stuckLoads.size === 0 && loading === 0));
+}
+
+/** Top levels being loaded now: a signal that comes meanwhile (a V8 out-of-memory in one) waits for their outcome. */
+let loading = 0;
+
+/** A top level starts loading (see mustRecycle). */
+export function loadStarted(): void {
+  loading++;
+}
+
+/** It ended: loaded, failed, or given up on while running (reportAbandonedRunning, 'load', before this). */
+export function loadEnded(): void {
+  loading--;
+  tellRecycle();
 }
 
 const recycleListeners = new Set<UnrecoverableListener>();

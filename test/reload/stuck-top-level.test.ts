@@ -51,3 +51,20 @@ test('a reload whose top level cannot be stopped keeps the running generation in
     await c.stop();
   }
 });
+
+test('a reload whose top level makes V8 run out of memory in a builtin (the thread sleeps for good at once, before the load is given up on) keeps the running generation too', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') } });
+  const script = join(c.dir, 'scripts', 'mailfrom.js');
+  try {
+    await workerPid(c, 0);
+    await writeFile(script, 'const sorted = Array.prototype.sort.call({ length: 2 ** 32 - 1 });\nexport default (ctx) => reject("oom", { code: 550 });\n');
+    const refused = await c.waitFor('the reload refused', async () => (await c.cluster()).reload.lastError);
+    assert.match(refused.join('\n'), /mailfrom\.js:1:1: top level did not finish/);
+    const worker = await c.waitFor('the worker decides', () => c.logs.find((l) => /^worker 0 (serves on|is being replaced)/.test(String(l.msg))), 60_000);
+    assert.match(String(worker.msg), /^worker 0 serves on/);
+    assert.match(await mailFromReply(c.port('in')), /^550 5\.7\.1 v1/);
+    assert.equal((await c.cluster()).processes.find((p) => p.role === 'worker')!.restarts, 0);
+  } finally {
+    await c.stop();
+  }
+});
