@@ -13,7 +13,7 @@ import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
-import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
+import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 
@@ -25,7 +25,7 @@ export interface SlotOptions {
   runningId?: number;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -1181,7 +1181,8 @@ export class IsolateSlot {
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
     });
-    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
+    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, [...callbacks, sharedInto(runningCall.buffer), runningCall.hookBitsJson],
+      { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
     this.#deliver = await runtime.get('deliver', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
