@@ -91,8 +91,15 @@ export function stuckAtLoad(script: RunningScript): boolean {
  * call given up on, or a signal no abandonment explains, still means the process is replaced.
  */
 export function mustRecycle(): boolean {
-  return reasons.length > 0 && (abandonedCalls > 0 || (stuckLoads.size === 0 && loading === 0));
+  return reasons.length > 0 && (abandonedCalls > 0 || stuckLoads.size >= MAX_STUCK_LOADS || (stuckLoads.size === 0 && loading === 0));
 }
+
+/**
+ * Distinct sources given up on while loading that a process keeps serving with: each keeps its parked thread and
+ * its isolate's memory (up to memoryLimitMb) for good, so an operator's fourth broken save does recycle it (its
+ * replacement loads what is on disk then; a source that fails that start again is fenced after three).
+ */
+export const MAX_STUCK_LOADS = 4;
 
 /** Top levels being loaded now: a signal that comes meanwhile (a V8 out-of-memory in one) waits for their outcome. */
 let loading = 0;
