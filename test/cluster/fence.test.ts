@@ -126,9 +126,11 @@ test('a hang is blamed on the call that hung, not on another hook\'s call batche
         return b;
       }));
       // Written together: the worker reads them in one turn of its event loop, and runs the calls as one batch.
-      const replies = [culprit.command('RCPT TO:<hang@example.test>', 60_000), ...bystanders.map((b) => b.command('EHLO b', 60_000))];
+      // Their sessions die with the worker: the rejections are expected, and handled from the start.
+      const replies = [culprit.command('RCPT TO:<hang@example.test>', 60_000), ...bystanders.map((b) => b.command('EHLO b', 60_000))]
+        .map((p) => p.catch(() => null));
       await c.waitFor(`hang ${i} logged`, () => hangs().length >= i);
-      await Promise.allSettled(replies);
+      await Promise.all(replies);
       for (const client of [culprit, ...bystanders]) client.destroy();
     }
     for (const l of hangs()) assert.match(String(l.msg), /^worker 0 hung in rcptto \([^)]*\): killing it$/, 'only the call that hung is named');
