@@ -97,7 +97,12 @@ export interface RunningPostern {
   acceptConnection(listener: string, socket: Socket, open?: number): void;
   /** A worker accepted `socket` itself on the listener's socket the supervisor holds: its slot is taken by round trip. */
   acceptOwnConnection(listener: string, socket: Socket): void;
-  close(): Promise<void>;
+  /**
+   * `endsWithSignal`: the caller ends the process with SIGKILL once this resolves (its sandbox cannot recover):
+   * the isolates are disposed, but their teardown (up to seconds, for one a stuck thread never leaves) is not
+   * waited for — the process was going to skip it anyway, and its replacement waits for this process's spool.
+   */
+  close(opts?: { endsWithSignal?: boolean }): Promise<void>;
 }
 
 /** Postfix's words for a recipient's outcome: status=sent|deferred|bounced. */
@@ -140,7 +145,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   try {
     const running = await startWithDataDir(opts, loaded);
     if (released) running.runtime.logger.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that this process could start; new mail is refused (452 4.3.1) until there is room again');
-    return { ...running, close: () => running.close().finally(() => lock.release()) };
+    return { ...running, close: (o) => running.close(o).finally(() => lock.release()) };
   } catch (err) {
     lock.release();
     throw err;
@@ -343,7 +348,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       if (!server) return void socket.destroy();
       server.acceptOwn(socket);
     },
-    async close() {
+    async close(closeOpts) {
       stopShadowing();
       await recording.stop();
       if (collector) clearInterval(collector);
@@ -365,7 +370,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       // Every generation of this server goes now, also one a lingering session or the queue still holds
       // (its script calls then fail closed): isolated-vm may abort a process that exits with isolates alive
       // or still being torn down.
-      await Promise.all([...generations].map((g) => g.dispose()));
+      const disposed = Promise.all([...generations].map((g) => g.dispose()));
+      if (!closeOpts?.endsWithSignal) await disposed;
       await closeStore();
     },
   };

@@ -21,7 +21,7 @@ import { runningCall, type RunningCallTable, type RunningScript } from '../sandb
 import { typescriptWorker } from './typescript-children.ts';
 import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
-import { abandonedRunningScripts, onUnrecoverable, unrecoverableReasons } from '../sandbox/index.ts';
+import { abandonedRunningScripts, exitMayHang, mustRecycle as mustRecycleNow, onMustRecycle, onUnrecoverable, stuckLoadScripts } from '../sandbox/index.ts';
 import { writeCrashRecord } from './crash-record.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
@@ -110,18 +110,18 @@ async function main(): Promise<void> {
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
-    await running?.close();
+    await running?.close({ endsWithSignal: recycling });
     end();
   })());
   // A parked isolate thread keeps process.exit() from returning (unrecoverable.ts): then end with a signal.
   const end = (): void => {
-    if (unrecoverableReasons().length) process.kill(process.pid, 'SIGKILL');
+    if (exitMayHang()) process.kill(process.pid, 'SIGKILL');
     process.exit(0);
   };
   // The sandbox cannot recover in this process: no new connections (the supervisor hands them to the
   // others), the sessions here get their chance to end, then this process ends and is replaced.
   let recycling = false;
-  onUnrecoverable((reason) => {
+  onMustRecycle((reason) => {
     if (recycling) return;
     recycling = true;
     // The scripts abandoned while running made it so: their crash, for the supervisor's fence, as a hang is.
@@ -135,6 +135,15 @@ async function main(): Promise<void> {
     send({ t: 'draining', reason, scripts });
     setTimeout(() => process.kill(process.pid, 'SIGKILL'), RECYCLE_GRACE_MS).unref();
     void stop();
+  });
+  // A thread parked by a top level that could not be stopped while loading (a reload, refused): the running
+  // generation serves on, and this process is not emptied for it (a replacement would load that same file).
+  onUnrecoverable((reason) => {
+    const loads = stuckLoadScripts();
+    if (recycling || mustRecycleNow() || !loads.length) return;
+    log.error({ [role]: index, reason, scripts: loads },
+      `${role} ${index} serves on with its running scripts: the isolate that cannot recover was loading ${loads.map((s) => s.file).join(', ')} (refused); ` +
+      'that source is not run again in this process until the file changes');
   });
   // The supervisor went away: so do we (its sockets are gone; nothing would reach us).
   process.on('disconnect', () => void stop());
@@ -278,5 +287,17 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
 
 main().catch((err: unknown) => {
   process.stderr.write(`postern ${role} ${index}: ${(err as Error).stack ?? String(err)}\n`);
-  process.exit(1);
+  if (!exitMayHang()) process.exit(1);
+  // Its start failed on a script that could not be stopped (a top level stuck in a builtin, in the file on disk):
+  // blamed, so that the supervisor fences it after repeated starts instead of starting into it for ever; and ended
+  // with a signal, as process.exit() would hang or crash on the parked thread.
+  const scripts = [...stuckLoadScripts(), ...abandonedRunningScripts()];
+  if (scripts.length) {
+    try {
+      const dataDir = loadStartConfig({ configPath }).config.dataDir;
+      writeCrashRecord(crashDir(dataDir), runningMirror(dataDir, process.pid),
+        { at: new Date().toISOString(), pid: process.pid, worker: index, reason: 'unrecoverable', scripts });
+    } catch { /* the replacement matters more than the record */ }
+  }
+  process.kill(process.pid, 'SIGKILL');
 });

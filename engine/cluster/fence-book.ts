@@ -2,7 +2,7 @@
  * The supervisor's record of scripts that crash or hang their worker: crash records the watchdog
  * threads write (<dataDir>/fences/crash-*.json), and those the supervisor makes itself from a dead
  * worker's running-call mirror (a death at once, by signal or abnormal exit), are counted per script (hook, file, SHA-256 of its
- * source; a crash in a batch of n scripts counts 1/n for each); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
+ * source; a crash in a batch of n scripts counts 1/n for each, when the record could not tell which one ran: see running-call.ts); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
  * running it — until its file changes (checked every few seconds while a fence stands).
  * `<dataDir>/fences/fenced.json` keeps the list across restarts; `postern status` shows it.
  */

@@ -41,7 +41,7 @@ setInterval(() => {
     return;
   }
   if (now - lastChange < hangMs) return;
-  const scripts = describeRunning(Atomics.load(running, 0), table);
+  const scripts = describeRunning(Atomics.load(running, 0), table, running.length > 1 ? Atomics.load(running, 1) : 0);
   const stalledMs = Math.round(now - lastChange);
   const record: CrashRecordFile = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
   try {

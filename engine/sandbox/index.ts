@@ -16,7 +16,7 @@ export { HOOK_NAMES, isHookName, parseScriptFileName } from './hooks.ts';
 export { DEADLINE_SLACK_MS } from './sandbox.ts';
 export { runningCall, runningCallTable, describeRunning, readMirror, removeMirror } from './running-call.ts';
 export type { RunningScript, RunningCallTable } from './running-call.ts';
-export { abandonedRunningScripts, exitMayHang, onUnrecoverable, unrecoverableReasons } from './unrecoverable.ts';
+export { abandonedRunningScripts, exitMayHang, mustRecycle, onMustRecycle, onUnrecoverable, stuckLoadScripts, unrecoverableReasons } from './unrecoverable.ts';
 export type { UnrecoverableListener } from './unrecoverable.ts';
 export { openMessageText, closeMessageText, copyMessageText, MAX_MESSAGE_TEXT_BYTES } from './message-texts.ts';
 export type { BodyReader } from './message-texts.ts';

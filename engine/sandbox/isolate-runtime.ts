@@ -103,6 +103,7 @@ export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStart: RuntimeHost['startOperation'], hostMessageText: (token: string, maxBytes: number) => string,
+  runningMarker: SharedArrayBuffer, hookBitsJson: string,
 ): RuntimeHandle {
   // Strict, as the scripts are: V8 tells a sloppy function its caller (`f.caller`) unless that caller is strict. A
   // script's own sloppy function (made with Function()) used as a getter of a thrown error's message was called by
@@ -124,6 +125,13 @@ export function installRuntime(
   const StringCtor = String;
   const apply = Reflect.apply;
   const slice = String.prototype.slice;
+  /**
+   * The process's running-call marker (engine/sandbox/running-call.ts): on the event-loop thread, word 1 names the
+   * hook of the call whose synchronous part runs, so that a watchdog blames a call stuck in a builtin alone, not
+   * the calls batched with it. Held here only: scripts have no SharedArrayBuffer.
+   */
+  const runningNow = new Int32Array(runningMarker);
+  const hookBits = parse(hookBitsJson) as Record<string, number>;
   const MAX_LOG = 8192;
   const MAX_LOG_LINES = 1000;
   /** What one call may log in all: each character is copied out, parsed and written by the server's thread. */
@@ -916,6 +924,7 @@ export function installRuntime(
         collected = wait ? null : callLogs;
         collectedCount = 0;
         let outcome: string | Promise<string>;
+        if (!wait) runningNow[1] = hookBits[c[0]] ?? 0;
         try {
           outcome = call(c[0], c[1], c, c[8], wait);
         } finally {
@@ -938,6 +947,7 @@ export function installRuntime(
       // they start is the one call's, or, with several, one of theirs (the host keeps those apart).
       const continuations = calls.length === 1 ? calls[0]![8] : tag;
       if (!wait) {
+        runningNow[1] = calls.length === 1 ? runningNow[1]! : 0; // one call's continuations are its own
         const entries = takeBatch();
         currentCall = continuations;
         return promised || finishedCount > 0 ? settledBox(entries) : entries;

@@ -11,9 +11,9 @@ import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type Ru
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
-import { reportAbandonedRunning, reportUnrecoverable } from './unrecoverable.ts';
+import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
-import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin } from './ivm-workarounds.ts';
+import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 
@@ -25,7 +25,7 @@ export interface SlotOptions {
   runningId?: number;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -36,6 +36,10 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
  * limit, and isolated-vm's promise then never settles.
  */
 export const LOAD_SLACK_MS = 500;
+/** Why a top level failed to load when it could not be stopped (`before`: in an earlier load in this process, so not run again). */
+const stuckMessage = (limitMs: number, before: boolean): string => before
+  ? `top level did not finish within ${limitMs} ms and could not be stopped, in an earlier load in this process: not run again until the file changes`
+  : `top level did not finish within ${limitMs} ms and could not be stopped`;
 
 export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
@@ -1177,7 +1181,8 @@ export class IsolateSlot {
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#awaiting.get(callId),
     });
-    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, callbacks, { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
+    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, [...callbacks, sharedInto(runningCall.buffer), runningCall.hookBitsJson],
+      { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
     this.#deliver = await runtime.get('deliver', { reference: true });
     this.#takeBatch = await runtime.get('takeBatch', { reference: true });
@@ -1193,10 +1198,12 @@ export class IsolateSlot {
    */
   async #load(script: ScriptSource): Promise<ScriptError | null> {
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(script.hook));
+    loadStarted();
     try {
       return await this.#compileAndRun(script);
     } finally {
       runningCall.exitAsync(running);
+      loadEnded();
     }
   }
 
@@ -1222,6 +1229,9 @@ export class IsolateSlot {
         'types come from `import type … from "postern"`, which is erased)');
     }
     const limit = topLevelTimeout(this.#options.timeoutMs);
+    const script = { hook, file, sha256: runningCall.hash(source) };
+    // Each run of it would park one more thread for good: refused at once until the file changes.
+    if (stuckAtLoad(script)) return new ScriptError(file, 1, 1, stuckMessage(limit, true));
     try {
       this.#current = { connectionId: null, file };
       this.#loading = true;
@@ -1231,8 +1241,8 @@ export class IsolateSlot {
     } catch (e) {
       if (e instanceof NeverSettled) {
         void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
-        reportAbandonedRunning({ hook, file, sha256: runningCall.hash(source) });
-        return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms and could not be stopped`);
+        reportAbandonedRunning(script, 'load');
+        return new ScriptError(file, 1, 1, stuckMessage(limit, false));
       }
       return this.#topLevelError(file, e);
     } finally {

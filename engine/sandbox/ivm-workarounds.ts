@@ -85,3 +85,12 @@ export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise
   }
 }
 
+
+/**
+ * A SharedArrayBuffer for an isolate's runtime, sharing its memory with this process (isolated-vm's copy of one
+ * keeps the backing store): the runtime writes the running-call marker's word 1 (running-call.ts) without a
+ * crossing per call.
+ */
+export function sharedInto(buffer: SharedArrayBuffer): ivm.Copy<SharedArrayBuffer> {
+  return new ivm.ExternalCopy(buffer).copyInto({ release: true });
+}

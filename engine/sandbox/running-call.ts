@@ -26,7 +26,13 @@ export interface RunningScript { hook: HookName; file: string; sha256: string }
 export type RunningCallTable = Record<number, Partial<Record<HookName, RunningScript>>>;
 
 const HOOK_BITS = 128; // 7 hooks
-const marker = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * Word 0: the marker. Word 1: the hook bit of the call of that entry whose synchronous part runs now, written by
+ * the isolate's runtime itself (isolate-runtime.ts), 0 when not known (between calls, in continuations): a batch
+ * mixes hooks, and a call stuck in a builtin must be blamed alone, not with the calls that ran beside it (each of
+ * those would take a share of every crash, and one always batched beside it would be fenced with it).
+ */
+const marker = new Int32Array(new SharedArrayBuffer(8));
 const heartbeat = new Int32Array(new SharedArrayBuffer(4));
 const table: RunningCallTable = {};
 /** Scripts fenced off by the supervisor, as "hook\0file\0sha256". */
@@ -85,11 +91,15 @@ export function runningCallTable(): RunningCallTable {
   return structuredClone(table);
 }
 
-/** The scripts a marker value names; [] when idle or unknown. Pure: usable in the watchdog thread. */
-export function describeRunning(value: number, scripts: RunningCallTable): RunningScript[] {
+/**
+ * The scripts a marker value names; [] when idle or unknown. `now`: the marker's word 1 (the hook bit of the call
+ * running now), which narrows them to that one when it is among them. Pure: usable in the watchdog thread.
+ */
+export function describeRunning(value: number, scripts: RunningCallTable, now = 0): RunningScript[] {
   if (value <= 0) return [];
   const id = Math.floor(value / HOOK_BITS);
-  const mask = value % HOOK_BITS;
+  let mask = value % HOOK_BITS;
+  if (now > 0 && (mask & now) === now) mask = now;
   const entry = scripts[id] ?? {};
   return HOOK_NAMES.filter((hook, i) => (mask & (1 << i)) !== 0 && entry[hook]).map((hook) => entry[hook]!);
 }
@@ -125,7 +135,9 @@ export const runningCall = {
   isFencedSource(hook: HookName, file: string, source: string): boolean {
     return fenced.size > 0 && fenced.has(`${hook}\0${file}\0${runningCall.hash(source)}`);
   },
-  /** The marker (one Int32): pass it to the watchdog thread and read it with Atomics.load. */
+  /** Hook bits by hook name, as JSON: the isolate runtime's own copy, to write word 1 of the marker. */
+  hookBitsJson: JSON.stringify(HOOK_BITS_BY_NAME),
+  /** The marker (two Int32: see `marker`): pass it to the watchdog thread and read it with Atomics.load. */
   get buffer(): SharedArrayBuffer {
     return marker.buffer as SharedArrayBuffer;
   },
@@ -150,6 +162,7 @@ export const runningCall = {
   /** `hookMask`: the OR of hookBit() of the calls about to run. */
   enter(id: number, hookMask: number): void {
     const value = markerValue(id, hookMask);
+    marker[1] = 0; // the runtime names the call it runs; the watchdog reads both only after a stall of a second
     Atomics.store(marker, 0, value);
     if (mirrorFd >= 0) mirror(0, value);
   },

@@ -32,19 +32,32 @@ export function reportUnrecoverable(reason: string): void {
   for (const listener of listeners) {
     try { listener(reason); } catch { /* idem */ }
   }
+  tellRecycle();
 }
 
 let abandonedRunning = 0;
+/** Calls given up on while running (a top level's load does not count here: see mustRecycle). */
+let abandonedCalls = 0;
 const abandonedScripts = new Map<string, RunningScript>();
+/** Sources whose top level was given up on while running, by hook, file and SHA-256. */
+const stuckLoads = new Map<string, RunningScript>();
+const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
 /**
- * An isolate was given up while a call or top level was still running in it (its deadline passed): its
- * thread may be stuck for good, which isolated-vm says only seconds later (reportUnrecoverable). `script`:
- * the call's script, when known — it is blamed if the process then has to be replaced.
+ * An isolate was given up while a call (`what`: 'call') or a top level ('load') was still running in it (its
+ * deadline passed): its thread may be stuck for good, which isolated-vm says only seconds later
+ * (reportUnrecoverable). `script`: the call's script, when known — it is blamed if the process then has to be
+ * replaced; a top level's is remembered so that the same source is not run again in this process (stuckAtLoad).
  */
-export function reportAbandonedRunning(script?: RunningScript): void {
+export function reportAbandonedRunning(script?: RunningScript, what: 'call' | 'load' = 'call'): void {
   abandonedRunning++;
-  if (script) abandonedScripts.set(`${script.hook}\0${script.file}\0${script.sha256}`, script);
+  if (what === 'load') {
+    if (script) stuckLoads.set(keyOf(script), script);
+  } else {
+    abandonedCalls++;
+    if (script) abandonedScripts.set(keyOf(script), script);
+  }
+  tellRecycle();
 }
 
 /**
@@ -55,6 +68,71 @@ export function reportAbandonedRunning(script?: RunningScript): void {
  */
 export function abandonedRunningScripts(): RunningScript[] {
   return [...abandonedScripts.values()];
+}
+
+/** The scripts whose top level was given up on while loading in this process (see stuckAtLoad). */
+export function stuckLoadScripts(): RunningScript[] {
+  return [...stuckLoads.values()];
+}
+
+/**
+ * Whether this source's top level was given up on while loading earlier in this process: it is not run again
+ * (each run would park one more thread), until its file changes (another SHA-256).
+ */
+export function stuckAtLoad(script: RunningScript): boolean {
+  return stuckLoads.size > 0 && stuckLoads.has(keyOf(script));
+}
+
+/**
+ * Whether the process must be replaced: the signal was given, and not only for top levels given up on while
+ * loading. A reload whose top level could not be stopped was refused and the running generation serves on;
+ * the thread it parked costs memory, not service (and the same source is not run again: stuckAtLoad), so a
+ * worker is not emptied for it — a replacement would load that same file from disk, and fail as it did. A
+ * call given up on, or a signal no abandonment explains, still means the process is replaced.
+ */
+export function mustRecycle(): boolean {
+  return reasons.length > 0 && (abandonedCalls > 0 || stuckLoads.size >= MAX_STUCK_LOADS || (stuckLoads.size === 0 && loading === 0));
+}
+
+/**
+ * Distinct sources given up on while loading that a process keeps serving with: each keeps its parked thread and
+ * its isolate's memory (up to memoryLimitMb) for good, so an operator's fourth broken save does recycle it (its
+ * replacement loads what is on disk then; a source that fails that start again is fenced after three).
+ */
+export const MAX_STUCK_LOADS = 4;
+
+/** Top levels being loaded now: a signal that comes meanwhile (a V8 out-of-memory in one) waits for their outcome. */
+let loading = 0;
+
+/** A top level starts loading (see mustRecycle). */
+export function loadStarted(): void {
+  loading++;
+}
+
+/** It ended: loaded, failed, or given up on while running (reportAbandonedRunning, 'load', before this). */
+export function loadEnded(): void {
+  loading--;
+  tellRecycle();
+}
+
+const recycleListeners = new Set<UnrecoverableListener>();
+let recycleTold = false;
+
+/** Listen for mustRecycle() becoming true (once; at once if it is already). Returns an unsubscribe. */
+export function onMustRecycle(listener: UnrecoverableListener): () => void {
+  recycleListeners.add(listener);
+  if (recycleTold) {
+    try { listener(reasons[0]!); } catch { /* a listener must not break the sandbox */ }
+  }
+  return () => recycleListeners.delete(listener);
+}
+
+function tellRecycle(): void {
+  if (recycleTold || !mustRecycle()) return;
+  recycleTold = true;
+  for (const listener of recycleListeners) {
+    try { listener(reasons[0]!); } catch { /* idem */ }
+  }
 }
 
 /**

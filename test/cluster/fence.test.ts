@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, type ClusterProcess, TWO_WORKERS } from '../helpers/cluster.ts';
+import { startCluster, type ClusterProcess, ONE_WORKER, TWO_WORKERS } from '../helpers/cluster.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -102,6 +102,40 @@ test('a script that hangs on isolate threads (no fast path) gets 451 at its dead
     const r = await rcpt(c, 'hang@example.test');
     assert.match((r as { text: string }).text, /^451 4\.3\.0/);
     assert.equal((await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0), restarts);
+  } finally {
+    await c.stop();
+  }
+});
+
+test('a hang is blamed on the call that hung, not on another hook\'s call batched with it: the culprit is fenced after 3, the bystander never', async () => {
+  const c = await startCluster({
+    config: ONE_WORKER,
+    scripts: { 'helo.js': 'export default function () {}\n', 'rcptto.js': HANG_SCRIPT },
+  });
+  try {
+    const hangs = () => c.logs.filter((l) => /hung in/.test(String(l.msg)));
+    for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
+      await c.waitFor('the worker ready', async () => (await readyWorkers(c)) === 1);
+      const culprit = await SmtpTestClient.connect(c.port('in'));
+      await culprit.read(30_000);
+      await culprit.command('EHLO a', 30_000);
+      await culprit.command('MAIL FROM:<a@example.test>', 30_000);
+      const bystanders = await Promise.all([0, 1, 2].map(async () => {
+        const b = await SmtpTestClient.connect(c.port('in'));
+        await b.read(30_000);
+        return b;
+      }));
+      // Written together: the worker reads them in one turn of its event loop, and runs the calls as one batch.
+      // Their sessions die with the worker: the rejections are expected, and handled from the start.
+      const replies = [culprit.command('RCPT TO:<hang@example.test>', 60_000), ...bystanders.map((b) => b.command('EHLO b', 60_000))]
+        .map((p) => p.catch(() => null));
+      await c.waitFor(`hang ${i} logged`, () => hangs().length >= i);
+      await Promise.all(replies);
+      for (const client of [culprit, ...bystanders]) client.destroy();
+    }
+    for (const l of hangs()) assert.match(String(l.msg), /^worker 0 hung in rcptto \([^)]*\): killing it$/, 'only the call that hung is named');
+    const status = await c.waitFor('the culprit fenced', async () => (await c.cluster()).fences.length > 0 && (await c.cluster()));
+    assert.deepEqual(status.fences.map((f) => f.hook), ['rcptto']);
   } finally {
     await c.stop();
   }
