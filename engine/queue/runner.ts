@@ -597,10 +597,13 @@ function hasEightBit(buf: Buffer): boolean {
   return !isAscii(buf);
 }
 
-/** Received header fields in the message header (up to the first empty line). */
+/**
+ * Received header fields in the message header (up to the first empty line, whatever its line ends: with only
+ * CRLF CRLF looked for, a bare-LF message's body was counted too, and one quoting 51 Received lines bounced as a loop).
+ */
 function receivedCount(message: Buffer): number {
-  let end = message.indexOf('\r\n\r\n');
-  if (end < 0) end = Math.min(message.length, 1024 * 1024);
+  const ends = [message.indexOf('\r\n\r\n'), message.indexOf('\n\n'), message.indexOf('\r\n\n'), message.indexOf('\n\r\n')].filter((i) => i >= 0);
+  const end = ends.length ? Math.min(...ends) : Math.min(message.length, 1024 * 1024);
   const head = message.subarray(0, end).toString('latin1');
   return (head.match(/^Received:/gim) ?? []).length;
 }
