@@ -198,7 +198,9 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           last = connectionFailure(err as NodemailerError, remote);
           const e = err as NodemailerError & { tlsStarted?: boolean };
           const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
-          if (tlsFailed || e.code === 'EDNS') otherFailure = true; // our TLS policy against its TLS: other mail may fare better
+          // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
+          // client certificate, say), or whose TLS does not suit our policy, may take other mail, or this one later.
+          if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
           // Opportunistic TLS failed: the same host in plaintext (Postfix does the same).

@@ -142,6 +142,7 @@ export class QueueRunner {
   /** A reload swapped the generation: delivery may have been switched on or off, or limits changed. */
   reconfigured(): void {
     if (!this.#started || this.#closing) return;
+    this.#suspensions.clear(); // a changed route, TLS setting or certificate may reach what could not be reached
     void this.scan().then(() => this.#kick());
   }
 
@@ -187,6 +188,7 @@ export class QueueRunner {
     const full = !this.#scanned || stamp !== this.#rescanStamp;
     this.#rescanStamp = stamp;
     if (full) this.#broken.clear(); // `postern queue retry` may have repaired them: read them again
+    if (full && this.#scanned) this.#suspensions.clear(); // and retry means now, suspended destinations too
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
     for (const { id, hasState, held } of entries) {
