@@ -47,13 +47,20 @@ export function parseReply(reply: string): { code: number; enhanced: string | nu
   return { code, enhanced, text };
 }
 
-/** One line for logs, state files and DSNs: multi-line replies joined, control characters removed. */
+/** Characters of a next hop's reply kept (a reply may be up to 1 MB: nodemailer's limit). */
+const MAX_REPLY_CHARS = 1000;
+
+/**
+ * One line for logs, state files and DSNs: multi-line replies joined, control characters removed, at most
+ * MAX_REPLY_CHARS (a single-line reply was kept whole: 1 MB in each log line, in the state file up to 20
+ * times, in previousErrors, and in the bounce).
+ */
 export function oneLine(reply: string): string {
   const lines = reply.split(/\r?\n/).filter((l) => l.length);
-  if (lines.length <= 1) return (lines[0] ?? '').replace(/[\x00-\x1f\x7f]/g, ' ').trim();
+  if (lines.length <= 1) return (lines[0] ?? '').slice(0, MAX_REPLY_CHARS).replace(/[\x00-\x1f\x7f]/g, ' ').trim();
   const code = /^(\d{3})[ -]/.exec(lines[0]!)?.[1];
   const body = lines.map((l, i) => (i === 0 ? l.replace(/^(\d{3})-/, '$1 ') : code && l.startsWith(code) ? l.slice(4) : l)).join(' ');
-  return body.replace(/[\x00-\x1f\x7f]/g, ' ').slice(0, 1000).trim();
+  return body.slice(0, MAX_REPLY_CHARS).replace(/[\x00-\x1f\x7f]/g, ' ').trim();
 }
 
 /** Outcome of a recipient for an SMTP reply code (2xx delivered, 5xx permanent, anything else temporary). */

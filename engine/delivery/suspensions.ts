@@ -27,6 +27,11 @@ export class DestinationSuspensions {
     return fresh;
   }
 
+  /** Every suspension lifted: `postern queue retry` or a reload (the operator may have fixed what failed). */
+  clear(): void {
+    this.#entries.clear();
+  }
+
   /** A connection to `destination` worked. */
   lift(destination: string): void {
     this.#entries.delete(destination);

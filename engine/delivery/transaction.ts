@@ -198,7 +198,9 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           last = connectionFailure(err as NodemailerError, remote);
           const e = err as NodemailerError & { tlsStarted?: boolean };
           const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
-          if (tlsFailed || e.code === 'EDNS') otherFailure = true; // our TLS policy against its TLS: other mail may fare better
+          // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
+          // client certificate, say), or whose TLS does not suit our policy, may take other mail, or this one later.
+          if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
           // Opportunistic TLS failed: the same host in plaintext (Postfix does the same).
@@ -342,13 +344,14 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
   if (e.response && e.responseCode && e.command !== 'STARTTLS') {
     // The server refused the session (greeting, EHLO, after the handshake): its own reply says why. Temporary
     // here, as Postfix's smtp_skip_5xx_greeting: another host or a later attempt may do better.
-    const response = e.response.replace(/\s+/g, ' ');
+    const response = oneLine(e.response);
     const code = /^\d{3}[ -]([245])\.(\d{1,3}\.\d{1,3})\b/.exec(response);
     const at = e.command && e.command !== 'CONN' && e.command !== 'API' ? ` after ${e.command}` : '';
     return new DeliveryFailure(`${remote}: refused${at}: ${response}`, { permanent: false, enhanced: code ? `4.${code[2]}` : '4.4.1', remoteMta: remote });
   }
-  const reply = e.response && e.responseCode ? ` (${e.response.replace(/\s+/g, ' ')})` : '';
-  const base = (e.message || String(e)).replace(/: \d{3}[ -].*$/s, '');
+  // The next hop's words, whether a reply or in nodemailer's message: one bounded line, no control characters.
+  const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : '';
+  const base = oneLine((e.message || String(e)).replace(/: \d{3}[ -].*$/s, ''));
   const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;
   const enhanced = tls ? '4.7.5' : e.code === 'ETIMEDOUT' ? '4.4.2' : '4.4.1';
   const what = tls ? 'TLS failed' : e.command && e.command !== 'CONN' && e.command !== 'API' ? `${e.command} failed` : 'connection failed';

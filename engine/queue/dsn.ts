@@ -112,16 +112,32 @@ function originalHeader(message: Buffer): Buffer {
   return Buffer.from(text.endsWith('\r\n') ? text : `${text}\r\n`, 'latin1');
 }
 
+/** Longest piece of one word on a line of the text part (RFC 5322: 998 characters a line at most). */
+const MAX_WORD = 900;
+
+/**
+ * `line` broken at spaces into lines of about `width` characters, the following ones indented; a word longer
+ * than MAX_WORD is cut in pieces. (Folding used to look for a space in the indentation it had just added: a
+ * word over 72 characters on a continuation line — a long address in "550 5.1.1 <…>: User unknown", any
+ * next hop's long token — made it add the same line for ever, and the queue process hung, growing, at the bounce.)
+ */
 function fold(line: string, width: number): string[] {
   const out: string[] = [];
-  let rest = line;
-  while (rest.length > width) {
-    const cut = rest.lastIndexOf(' ', width);
-    if (cut <= 0) break;
-    out.push(rest.slice(0, cut));
-    rest = `    ${rest.slice(cut + 1)}`;
+  let current = '';
+  for (const word of line.split(' ')) {
+    let rest = word;
+    do {
+      const piece = rest.slice(0, MAX_WORD);
+      rest = rest.slice(MAX_WORD);
+      if (current.trim() && current.length + 1 + piece.length > width) {
+        out.push(current);
+        current = `    ${piece}`;
+      } else {
+        current = current ? `${current} ${piece}` : piece;
+      }
+    } while (rest.length);
   }
-  out.push(rest);
+  out.push(current);
   return out;
 }
 

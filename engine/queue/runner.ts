@@ -142,6 +142,7 @@ export class QueueRunner {
   /** A reload swapped the generation: delivery may have been switched on or off, or limits changed. */
   reconfigured(): void {
     if (!this.#started || this.#closing) return;
+    this.#suspensions.clear(); // a changed route, TLS setting or certificate may reach what could not be reached
     void this.scan().then(() => this.#kick());
   }
 
@@ -187,6 +188,7 @@ export class QueueRunner {
     const full = !this.#scanned || stamp !== this.#rescanStamp;
     this.#rescanStamp = stamp;
     if (full) this.#broken.clear(); // `postern queue retry` may have repaired them: read them again
+    if (full && this.#scanned) this.#suspensions.clear(); // and retry means now, suspended destinations too
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
     for (const { id, hasState, held } of entries) {
@@ -597,10 +599,13 @@ function hasEightBit(buf: Buffer): boolean {
   return !isAscii(buf);
 }
 
-/** Received header fields in the message header (up to the first empty line). */
+/**
+ * Received header fields in the message header (up to the first empty line, whatever its line ends: with only
+ * CRLF CRLF looked for, a bare-LF message's body was counted too, and one quoting 51 Received lines bounced as a loop).
+ */
 function receivedCount(message: Buffer): number {
-  let end = message.indexOf('\r\n\r\n');
-  if (end < 0) end = Math.min(message.length, 1024 * 1024);
+  const ends = [message.indexOf('\r\n\r\n'), message.indexOf('\n\n'), message.indexOf('\r\n\n'), message.indexOf('\n\r\n')].filter((i) => i >= 0);
+  const end = ends.length ? Math.min(...ends) : Math.min(message.length, 1024 * 1024);
   const head = message.subarray(0, end).toString('latin1');
   return (head.match(/^Received:/gim) ?? []).length;
 }

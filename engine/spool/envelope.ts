@@ -47,3 +47,26 @@ export interface SpoolHold {
   /** Held at acceptance by a data script's `accept({ hold })`: the script's file and its reason. */
   script?: { file: string; reason: string };
 }
+
+/**
+ * `value` (a parsed `<id>.state`) as a SpoolState, or an Error naming `file`: a file that is JSON but not a
+ * state (`null` read as "no state yet" sent every recipient the message again; a field of another type threw
+ * in every attempt, retried for ever) is as unreadable as one that is not JSON.
+ */
+export function checkState(value: unknown, file: string): SpoolState {
+  const bad = (what: string): Error => new Error(`${file}: not a delivery state (${what})`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not an object');
+  const v = value as Record<string, unknown>;
+  if (typeof v.attempts !== 'number' || !Number.isInteger(v.attempts) || v.attempts < 0) throw bad('attempts');
+  if (typeof v.nextAttemptAt !== 'string') throw bad('nextAttemptAt');
+  if (!Array.isArray(v.errors) || !v.errors.every((e) => typeof e === 'string')) throw bad('errors');
+  if (!Array.isArray(v.recipients)) throw bad('recipients');
+  for (const r of v.recipients as unknown[]) {
+    const x = r as Record<string, unknown> | null;
+    if (typeof x !== 'object' || x === null || typeof x.address !== 'string') throw bad('a recipient without an address');
+    if (x.status !== undefined && x.status !== 'delivered' && x.status !== 'bounced') throw bad(`a recipient's status ${JSON.stringify(x.status)}`);
+    if (x.notify !== undefined && !(Array.isArray(x.notify) && x.notify.every((n) => typeof n === 'string'))) throw bad('a recipient\'s notify');
+    if (x.lastError !== undefined && typeof x.lastError !== 'string') throw bad('a recipient\'s lastError');
+  }
+  return value as SpoolState;
+}

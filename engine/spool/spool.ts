@@ -16,7 +16,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
-import type { SpoolEnvelope, SpoolHold, SpoolState } from './envelope.ts';
+import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
 import { FreeSpace } from './free-space.ts';
 import { SpoolReserve } from './reserve.ts';
@@ -397,7 +397,8 @@ export class Spool {
   /** The delivery state alone (null when the message has none yet). */
   async readState(id: string): Promise<SpoolState | null> {
     try {
-      return JSON.parse(await readFile(this.statePath(id), 'utf8')) as SpoolState;
+      const file = this.statePath(id);
+      return checkState(JSON.parse(await readFile(file, 'utf8')), file);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;

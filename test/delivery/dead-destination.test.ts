@@ -11,6 +11,8 @@ import net from 'node:net';
 import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
+import { retryMessages } from '../../engine/queue/admin.ts';
 
 /** Takes connections on `host:port` and says nothing; counts them. */
 async function startSilentPeer(host: string, port: number): Promise<{ connections: number; close(): void }> {
@@ -55,5 +57,37 @@ test('a destination that never greets is suspended after its first failure: the 
     await s.stop();
     dead.close();
     await sink.close();
+  }
+});
+
+test('a suspension is lifted by postern queue retry (and a reload): the next hop that came back gets the mail at once', async () => {
+  // Nothing listens on 127.0.0.9 at first: connections are refused.
+  const probe = await startSink();
+  const port = probe.port;
+  await probe.close();
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600], connectTimeoutMs: 5000 },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'back.test': [{ exchange: 'mx.back.test', priority: 10 }] }, { 'mx.back.test': ['127.0.0.9'] }),
+  });
+  let peer: Awaited<ReturnType<typeof startScriptedPeer>> | null = null;
+  try {
+    const a = await s.send('a@origin.test', ['x@back.test']);
+    await s.nextAttempt((e) => e.id === a, { past: true });
+    const b = await s.send('a@origin.test', ['y@back.test']);
+    const deferred = await s.nextAttempt((e) => e.id === b, { past: true });
+    assert.match(deferred.outcomes[0]!.reply, /^delivery temporarily suspended: mx\.back\.test\[127\.0\.0\.9\]:\d+: connection failed/);
+    let delivered = 0;
+    peer = await startScriptedPeer({ endOfData: () => { delivered++; } }, '127.0.0.9', port);
+    await retryMessages(s.spools, 'all'); // `postern queue retry --all`
+    await s.nextAttempt((e) => e.id === a && e.removed, { timeoutMs: 30_000, past: true });
+    await s.nextAttempt((e) => e.id === b && e.removed, { timeoutMs: 30_000, past: true });
+    assert.equal(delivered, 2);
+  } finally {
+    await s.stop();
+    peer?.close();
   }
 });
