@@ -34,6 +34,19 @@ export interface TestServerOptions {
   memoryStore?: CounterStore;
 }
 
+/**
+ * The usual setup of a protocol test: local domain example.com and one plain listener `mx` on a free port, no
+ * greeting pause.
+ */
+export const PLAIN_MX_CONFIG = `
+localDomains: [example.com]
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0 }
+`;
+
 export async function startTestServer(opts: TestServerOptions): Promise<TestServer> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-test-'));
   await mkdir(join(dir, 'scripts'));

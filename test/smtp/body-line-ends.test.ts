@@ -3,21 +3,14 @@
 // `text<CR>X-Evil: 1` was one line to a content check and two once relayed: a line the check refuses got through.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 let server: TestServer;
 
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: PLAIN_MX_CONFIG,
     scripts: {
       'data.ts': `export default async (ctx) => {
   const lines = (await ctx.message.text()).split('\\r\\n');

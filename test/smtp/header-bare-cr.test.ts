@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { HeaderReader } from '../../engine/smtp/header-reader.ts';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const CASES: Array<[string, boolean]> = [
@@ -46,14 +46,7 @@ let server: TestServer;
 
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: PLAIN_MX_CONFIG,
     // The script strips what clients may not set; the spool must never hold a client's X-Trusted.
     scripts: { 'data.ts': 'export default () => accept({ headers: [{ op: "remove", name: "X-Trusted" }] });' },
   });

@@ -3,7 +3,7 @@
 // edit fails closed with 451 4.3.0 and spools nothing.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 let server: TestServer;
@@ -46,14 +46,7 @@ export default async (ctx) => {
 
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: PLAIN_MX_CONFIG,
     scripts: {
       'data.ts': DATA_SCRIPT,
       'mailfrom.ts': `export default (ctx) => ctx.address.localPart === 'edits' ? accept({ headers: [{ op: 'remove', name: 'X-A' }] }) : undefined;`,

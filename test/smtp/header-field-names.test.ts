@@ -7,21 +7,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { HeaderReader } from '../../engine/smtp/header-reader.ts';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 let server: TestServer;
 
 before(async () => {
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`,
+    config: PLAIN_MX_CONFIG,
     scripts: {
       'data.ts': `export default (ctx) => {
         const seen = ctx.data.headers.filter(([n]) => n.toLowerCase() === 'x-trusted').map(([, v]) => v);
