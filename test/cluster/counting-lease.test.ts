@@ -155,20 +155,26 @@ async function proc(c: ClusterProcess, index: number): Promise<{ pid: number | n
 
 const LIMIT_2 = TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', 'limits: { greetingDelayMs: 0, maxConnectionsPerIp: 2 }');
 
+/** Both workers up, worker 0 holding the lease, and two connections from 127.0.0.1 open on it (into `open`); worker 0's pid. */
+async function twoConnectionsOnTheHolder(c: Awaited<ReturnType<typeof startCluster>>, open: SmtpTestClient[]): Promise<number> {
+  const w0 = await workerPid(c, 0);
+  await workerPid(c, 1);
+  await c.waitFor('worker 0 counting alone', async () => (await proc(c, 0)).countsAlone === true);
+  for (let i = 0; i < 2; i++) {
+    const client = await SmtpTestClient.connect(c.port('in'));
+    open.push(client);
+    assert.equal((await client.read(60_000)).code, 220);
+  }
+  return w0;
+}
+
 test('serve: the lease moves to the second worker while the first holds the address\'s connections: the next one from it gets 421', { timeout: 180_000 }, async () => {
   const c = await startCluster({ config: LIMIT_2 });
   const open: SmtpTestClient[] = [];
   let w0 = 0;
   let restore: (() => void) | null = null;
   try {
-    w0 = await workerPid(c, 0);
-    await workerPid(c, 1);
-    await c.waitFor('worker 0 counting alone', async () => (await proc(c, 0)).countsAlone === true);
-    for (let i = 0; i < 2; i++) {
-      const client = await SmtpTestClient.connect(c.port('in'));
-      open.push(client);
-      assert.equal((await client.read(60_000)).code, 220);
-    }
+    w0 = await twoConnectionsOnTheHolder(c, open);
     assert.equal((await proc(c, 0)).countsAlone, true, 'both counted by worker 0 alone');
     // Worker 0 near its open-file limit stops accepting (accepting.ts): worker 1 is to accept, once worker 0's
     // table is counted in the supervisor. Worker 0 keeps its two sessions.
@@ -201,14 +207,7 @@ test('serve: a hung holder — no other worker accepts until it is killed, so it
   const open: SmtpTestClient[] = [];
   let w0 = 0;
   try {
-    w0 = await workerPid(c, 0);
-    await workerPid(c, 1);
-    await c.waitFor('worker 0 counting alone', async () => (await proc(c, 0)).countsAlone === true);
-    for (let i = 0; i < 2; i++) {
-      const client = await SmtpTestClient.connect(c.port('in'));
-      open.push(client);
-      assert.equal((await client.read(60_000)).code, 220);
-    }
+    w0 = await twoConnectionsOnTheHolder(c, open);
     // Hung (its watchdog stopped too): nobody can learn its slots. A connection from the same address waits.
     process.kill(w0, 'SIGSTOP');
     const extra = await SmtpTestClient.connect(c.port('in'));
