@@ -14,7 +14,9 @@
  *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
  *   refuses (an A-label that decodes to a control character) is a syntax error.
  */
+import type { Config } from '../config/schema.ts';
 import { envelopeDomain } from '../policy/domain-key.ts';
+import { rewriteBarePostmaster } from '../policy/postmaster.ts';
 import { reply } from './replies.ts';
 import type { SmtpReply } from './reply.ts';
 
@@ -71,4 +73,17 @@ export function envelopeForm(address: string, utf8: boolean, asciiCommand: boole
   // A UTF-8 local part in NFC (RFC 6532 §3.1): `jose<U+0301>` is josé, as a script or table writes it.
   const local = asciiCommand ? address.slice(0, at) : address.slice(0, at).normalize('NFC');
   return `${local}@${domain}`;
+}
+
+/**
+ * What the listener does to the path smtp-server parsed (postern-connection.ts), and `postern try` too: a bare
+ * RCPT TO:<postmaster> rewritten (postmaster.ts), else the address in envelope form. false: a syntax error.
+ */
+export function canonicalAddress(parsed: { address: string }, rcpt: boolean, utf8: boolean, asciiCommand: boolean,
+  config: Pick<Config, 'localDomains' | 'hostname'>): boolean {
+  if (rcpt && rewriteBarePostmaster(parsed, config)) return true;
+  const address = envelopeForm(parsed.address, utf8, asciiCommand);
+  if (address === false) return false;
+  parsed.address = address;
+  return true;
 }

@@ -21,8 +21,7 @@ import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
-import { rewriteBarePostmaster } from '../policy/postmaster.ts';
-import { envelopeForm, unquotedPath } from './envelope-path.ts';
+import { canonicalAddress, unquotedPath } from './envelope-path.ts';
 
 type Callback = () => void;
 
@@ -372,14 +371,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const parsed = super._parseAddressCommand(name, command);
     if (!parsed) return parsed;
     const rcpt = name.toUpperCase() === 'RCPT TO';
-    if (rcpt && rewriteBarePostmaster(parsed, this.state.generation.config)) return parsed;
     // The domain in envelope form (envelope-path.ts): the A-labels of an ASCII transaction stay A-labels.
     const mail = rcpt ? this.session.envelope.mailFrom : parsed;
     const utf8 = !!(mail && mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
-    const address = envelopeForm(parsed.address, utf8, typeof command === 'string' ? !/[^\x00-\x7f]/.test(command) : isAscii(command));
-    if (address === false) return false;
-    parsed.address = address;
-    return parsed;
+    const asciiCommand = typeof command === 'string' ? !/[^\x00-\x7f]/.test(command) : isAscii(command);
+    return canonicalAddress(parsed, rcpt, utf8, asciiCommand, this.state.generation.config) ? parsed : false;
   }
 
   /** MAIL FROM and RCPT TO: a quoted local part unquoted, or refused when it needs its quotes (envelope-path.ts). */

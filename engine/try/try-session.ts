@@ -23,8 +23,7 @@ import { SessionPolicy } from '../smtp/session-policy.ts';
 import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { SmtpReply } from '../smtp/reply.ts';
-import { envelopeForm, unquotedPath } from '../smtp/envelope-path.ts';
-import { rewriteBarePostmaster } from '../policy/postmaster.ts';
+import { canonicalAddress, unquotedPath } from '../smtp/envelope-path.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
 import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
@@ -277,9 +276,7 @@ export class TrySession {
     const path = unquotedPath(Buffer.from(`${verb}:<${parsed.address}>`));
     if (path instanceof SmtpReply) return path;
     parsed.address = path.toString('utf8').slice(verb.length + 2, -1);
-    if (verb === 'RCPT TO' && rewriteBarePostmaster(parsed, this.built.generation.config)) return null;
-    const address = envelopeForm(parsed.address, utf8, !/[^\x00-\x7f]/.test(parsed.address));
-    if (address !== false) parsed.address = address;
+    canonicalAddress(parsed, verb === 'RCPT TO', utf8, !/[^\x00-\x7f]/.test(parsed.address), this.built.generation.config);
     return null;
   }
 
