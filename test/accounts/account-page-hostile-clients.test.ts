@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { until } from '../helpers/wait.ts';
+import { closed, until } from '../helpers/wait.ts';
 import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 import { startAccounts, type AccountsSetup } from './helpers.ts';
 
@@ -56,7 +56,7 @@ function rawConnection(localAddress = '127.0.0.1'): Promise<net.Socket> {
 
 test('a TLS handshake never started, and a request body sent a byte at a time: both closed; others are served meanwhile', { timeout: 120_000 }, async () => {
   const silent = await rawConnection();
-  const silentClosed = once(silent, 'close');
+  const silentClosed = closed(silent);
 
   const slow = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost' });
   await once(slow, 'secureConnect');
@@ -66,7 +66,7 @@ test('a TLS handshake never started, and a request body sent a byte at a time: b
   slow.on('error', () => undefined);
   slow.write('POST /signin HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\n');
   const drip = setInterval(() => { if (!slow.destroyed) slow.write('a'); }, 500);
-  const slowClosed = once(slow, 'close');
+  const slowClosed = closed(slow);
 
   assert.equal(await get('/signin'), 200, 'another client is served while the slow ones hold their connections');
   await silentClosed;
@@ -82,7 +82,7 @@ test('beyond 256 open connections a new one is closed at once; the page serves a
   let crowdClosed = 0;
   for (const c of crowd) c.once('close', () => crowdClosed++);
   const extra = await rawConnection('127.0.1.99');
-  await once(extra, 'close');
+  await closed(extra);
   assert.equal(crowdClosed, 0, 'the 257th was closed while all the others were still open (not by a timeout)');
   for (const c of crowd) c.destroy();
   await until('the page to serve again', async () => (await get('/signin').catch(() => 0)) === 200);

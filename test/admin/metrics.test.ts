@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import net from 'node:net';
 import { once } from 'node:events';
-import { until } from '../helpers/wait.ts';
+import { closed, until } from '../helpers/wait.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 import { assertPerAddressCap } from '../helpers/http-per-address.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
@@ -128,7 +128,7 @@ test('a request sent slowly is answered 408 and closed; beyond 64 connections a 
   slow.on('data', (d: Buffer) => { reply += d.toString(); });
   slow.write('GET /metrics HTTP/1.1\r\n');
   const drip = setInterval(() => { if (!slow.destroyed) slow.write('X-Slow: 1\r\n'); }, 500);
-  await once(slow, 'close');
+  await closed(slow);
   clearInterval(drip);
   assert.match(reply, /^HTTP\/1\.1 408 /);
 

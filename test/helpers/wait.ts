@@ -21,3 +21,12 @@ export async function until(what: string, condition: () => boolean | Promise<boo
     await sleep(intervalMs);
   }
 }
+
+/**
+ * Resolves when `socket` closes, however it closes. A server that closes on bytes it has not read (a
+ * client still dripping a request) sends RST, and the client sees ECONNRESET before the close:
+ * `events.once(socket, 'close')` would reject on that 'error', which is a close too.
+ */
+export function closed(socket: { once(event: 'close', listener: () => void): unknown }): Promise<void> {
+  return new Promise((resolve) => { socket.once('close', () => resolve()); });
+}

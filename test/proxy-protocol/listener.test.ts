@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { until } from '../helpers/wait.ts';
+import { closed, until } from '../helpers/wait.ts';
 import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
 
 const CONNECT = `import type { ConnectContext } from "postern";
@@ -62,7 +62,7 @@ async function closedWith(port: number, send?: Buffer | string): Promise<string>
   s.on('error', () => undefined);
   await once(s, 'connect');
   if (send !== undefined) s.write(send);
-  await once(s, 'close');
+  await closed(s);
   return got;
 }
 

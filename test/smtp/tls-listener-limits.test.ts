@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { until } from '../helpers/wait.ts';
+import { closed, until } from '../helpers/wait.ts';
 import type { LocalConnectionCounter } from '../../engine/smtp/postern-server.ts';
 
 let pki: TestPki;
@@ -126,7 +126,7 @@ test('STARTTLS listener: a connection over the per-IP limit gets 421 4.7.0 in cl
 
 test('a connection that never completes its TLS handshake is closed after tlsHandshakeTimeoutMs', { timeout: 60_000 }, async () => {
   const s = await silent(server.port('quick'));
-  await once(s, 'close'); // the idle timeout (5 minutes) would be far beyond the test's timeout
+  await closed(s); // the idle timeout (5 minutes) would be far beyond the test's timeout
   await until('count released', () => openFrom('quick', '127.0.0.1') === 0);
   // A client that does handshake is not cut off by that timeout.
   const c = await SmtpTestClient.connect(server.port('quick'), { implicitTls: { ca } });
@@ -146,7 +146,7 @@ test('implicit TLS: a handshake sent a byte at a time is closed after tlsHandsha
   s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
   const drip = setInterval(() => { if (!s.destroyed) s.write(Buffer.from([0x01])); }, 100);
   try {
-    await once(s, 'close');
+    await closed(s);
   } finally {
     clearInterval(drip);
   }
@@ -186,7 +186,7 @@ async function tlsEnding(port: number, send: string, read = 1): Promise<{ text: 
   });
   s.on('end', () => { if (ending === 'close without end') ending = 'end'; });
   s.on('error', (err: NodeJS.ErrnoException) => { ending = `error ${err.code}`; });
-  await once(s, 'close');
+  await closed(s);
   return { text, ending };
 }
 
