@@ -136,7 +136,7 @@ test('a request sent slowly is answered 408 and closed; beyond 64 connections a 
   const crowd = await Promise.all(Array.from({ length: 64 }, (_, i) => connect(`127.0.1.${1 + (i % 16)}`)));
   let crowdClosed = 0;
   for (const c of crowd) c.once('close', () => crowdClosed++);
-  await once(await connect('127.0.1.99'), 'close');
+  await closed(await connect('127.0.1.99'));
   assert.equal(crowdClosed, 0, 'the 65th was closed while all the others were still open (not by a timeout)');
   for (const c of crowd) c.destroy();
   await until('/healthz to answer again', async () => (await curl('curl', ['-s', `http://127.0.0.1:${port}/healthz`]).catch(() => ({ stdout: '' }))).stdout === 'ok\n');

@@ -21,6 +21,7 @@ import { needs } from '../helpers/example.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
 import { freePort } from '../helpers/free-port.ts';
+import { closed } from '../helpers/wait.ts';
 
 /** Debian's, by its path: /usr/sbin is not on every PATH. */
 const HAPROXY = '/usr/sbin/haproxy';
@@ -297,7 +298,7 @@ async function haproxyStats(): Promise<Array<Record<string, string>>> {
   s.on('data', (d: Buffer) => { text += d; });
   await once(s, 'connect');
   s.end('show stat\n');
-  await once(s, 'close');
+  await closed(s);
   const [header, ...rows] = text.trim().split('\n');
   const names = header!.replace(/^# /, '').split(',');
   return rows.map((r) => Object.fromEntries(r.split(',').map((v, i) => [names[i], v])));

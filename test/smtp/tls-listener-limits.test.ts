@@ -132,7 +132,7 @@ test('a connection that never completes its TLS handshake is closed after tlsHan
   const c = await SmtpTestClient.connect(server.port('quick'), { implicitTls: { ca } });
   await c.hello();
   // Proof that the timeout has passed for it too: a silent connection opened after it is cut off by now.
-  await once(await silent(server.port('quick')), 'close');
+  await closed(await silent(server.port('quick')));
   assert.equal((await c.command('NOOP')).code, 250);
   await c.quit();
 });
