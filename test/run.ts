@@ -3,7 +3,8 @@
  * Runs on the pinned Node 24 (node_modules/.bin/node comes first on npm's PATH).
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const major = Number(process.versions.node.split('.')[0]);
@@ -35,11 +36,19 @@ const files = only.length ? only : [...testFiles('test'), ...testFiles('examples
 // The whole run is bounded too: a test process whose event loop is stuck in native code never reaches
 // its own per-test timeout, and would otherwise hold CI until CI's own limit.
 const RUN_LIMIT_MS = 15 * 60 * 1000;
-const run = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-concurrency=2', '--test-timeout=120000', ...files], {
+// Each failure's error also goes to a file as it happens, printed if the run is stopped before the spec
+// reporter's summary at the end.
+const failures = join(mkdtempSync(join(tmpdir(), 'postern-test-run-')), 'failures.txt');
+const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/failure-details.ts', `--test-reporter-destination=${failures}`];
+const run = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-concurrency=2', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_NO_WARNINGS: '1' },
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
-if (run.error || run.signal) console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
+if (run.error || run.signal) {
+  console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
+  const details = existsSync(failures) ? readFileSync(failures, 'utf8') : '';
+  if (details) console.error(`postern: the failures up to then:\n${details}`);
+}
 process.exit(run.status ?? 1);
