@@ -36,6 +36,11 @@ export interface PendingDownload {
 const DOWNLOAD_MS = 10 * 60_000;
 /** Sessions kept at most: past it the longest idle go first (signing in again and again must not grow memory). */
 const MAX_SESSIONS = 10_000;
+/**
+ * Sessions of one account kept at most (its browsers and devices): past it its own longest idle goes. Without
+ * it one user signing in over and over filled MAX_SESSIONS and so signed every other user out.
+ */
+const MAX_SESSIONS_PER_ACCOUNT = 20;
 const token = (): string => randomBytes(32).toString('base64url');
 
 export class SessionBook {
@@ -44,6 +49,8 @@ export class SessionBook {
 
   create(identity: string, via: Session['via'], certificate: Session['certificate'], passwordHash: string | null = null): Session {
     this.#sweep();
+    const own = [...this.#sessions.values()].filter((o) => o.identity === identity.toLowerCase()).sort((a, b) => a.seen - b.seen);
+    for (const o of own.slice(0, own.length - MAX_SESSIONS_PER_ACCOUNT + 1)) this.end(o.id);
     const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: Date.now() };
     this.#sessions.set(s.id, s);
     return s;
