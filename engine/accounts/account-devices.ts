@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, listPins, pinTableOf, pkiDirOf, pkiPaths, readSightings, removePin, revokeDevice,
+  addPin, issueDevice, listDevices, listPins, pinOf, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 
@@ -138,14 +138,28 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   else if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
   await refuseDuplicateName(ctx, identity, device);
   try {
+    await refuseAnotherAccountsKey(ctx, identity, pinOf(pin));
     return await addPin(file, { identity, certificateOrPin: pin, device });
   } catch (err) {
+    if (err instanceof AccountError) throw err;
     // addPin names the account a key is already pinned for: maybe another user's; say less.
     if (/already pinned/.test((err as Error).message)) throw new AccountError('That key is already registered.');
     // A message naming a file is the server's problem (logged as such); the rest is about the input.
     if ((err as Error).message.startsWith('/')) throw err;
     throw new AccountError(`Not added: ${(err as Error).message}`);
   }
+}
+
+/**
+ * The key of a certificate this server's CA issued to another account (certificates are public): pinned here
+ * it would name this account whenever that certificate stops verifying (expired), so its owner's device
+ * would sign in as this account. Refused as any key already registered, without saying whose it is.
+ */
+async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, pinSha256: string): Promise<void> {
+  const dir = caDir(ctx);
+  if (!dir || !existsSync(pkiPaths(dir).caCert)) return;
+  const issued = (await readInventory(pkiPaths(dir))).certificates;
+  if (issued.some((c) => c.pinSha256 === pinSha256 && !same(c.identity, identity))) throw new AccountError('That key is already registered.');
 }
 
 /** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */

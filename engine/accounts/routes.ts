@@ -87,8 +87,12 @@ export function accountRoutes(state: AccountsState) {
         canIssue: canIssue(c), canPin: !!c.listener.certificateIdentity.pins,
       }));
     };
-    const startSession = (reply: FastifyReply, s: Session): FastifyReply =>
-      reply.setCookie(SESSION_COOKIE, s.id, COOKIE).redirect('/devices', 303);
+    /** The new session's cookie; the one this browser had before is ended, not left alive behind it. */
+    const startSession = (req: FastifyRequest, reply: FastifyReply, s: Session): FastifyReply => {
+      const before = req.cookies[SESSION_COOKIE];
+      if (before) state.sessions.end(before);
+      return reply.setCookie(SESSION_COOKIE, s.id, COOKIE).redirect('/devices', 303);
+    };
 
     /** Runs `fn` for a signed-in request; otherwise back to the sign-in page. */
     const signedIn = (fn: (req: FastifyRequest, reply: FastifyReply, s: Session) => Promise<FastifyReply>) =>
@@ -110,7 +114,8 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/signin', protect, async (req, reply) => {
       const user = field(req.body, 'user').trim().toLowerCase();
-      const outcome = await checkPassword(state.limiter, state.listener(), state.generation().users, ip(req), user, field(req.body, 'password'));
+      const users = state.generation().users;
+      const outcome = await checkPassword(state.limiter, state.listener(), users, ip(req), user, field(req.body, 'password'));
       if (outcome === 'too-many') {
         state.log.warn({ user, client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
         return signIn(req, reply, 429, 'Too many failed sign-ins from your address: try again later.', user);
@@ -119,9 +124,9 @@ export function accountRoutes(state: AccountsState) {
         state.log.info({ user, client: ip(req) }, 'account page: sign-in failed (wrong account or password)');
         return signIn(req, reply, 401, 'Wrong account or password.', user);
       }
-      const s = state.sessions.create(user, 'password', null);
+      const s = state.sessions.create(user, 'password', null, users.get(user));
       state.log.info({ identity: s.identity, via: 'password', client: ip(req) }, 'account page: signed in');
-      return startSession(reply, s);
+      return startSession(req, reply, s);
     });
 
     app.post('/signin/certificate', protect, async (req, reply) => {
@@ -130,7 +135,7 @@ export function accountRoutes(state: AccountsState) {
       const c = presented.certificate;
       const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust });
       state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
-      return startSession(reply, s);
+      return startSession(req, reply, s);
     });
 
     app.post('/signout', protect, async (req, reply) => {
@@ -157,15 +162,18 @@ export function accountRoutes(state: AccountsState) {
 
     app.get('/devices/issued/:token', signedIn(async (req, reply, s) => {
       const download = (req.params as { token: string }).token;
-      const shown = state.sessions.show(s.id, download);
+      // HEAD (a download manager's or a link checker's first look) shows nothing and spends nothing.
+      const shown = req.method === 'HEAD' ? state.sessions.peek(s.id, download) : state.sessions.show(s.id, download);
       if (!shown) return html(reply, 404, errorPage(404, 'Nothing to show: the certificate was issued in another session, or more than ten minutes ago.'));
       return html(reply, 200, issuedPage({ ...shown, download }));
     }));
 
     app.get('/devices/download/:token', signedIn(async (req, reply, s) => {
-      const d = state.sessions.take(s.id, (req.params as { token: string }).token);
+      const t = (req.params as { token: string }).token;
+      // HEAD learns the file's type and name, and leaves the one download to the GET.
+      const d = req.method === 'HEAD' ? state.sessions.peek(s.id, t) : state.sessions.take(s.id, t);
       if (!d) return html(reply, 404, errorPage(404, 'This download is gone: it can be fetched once, within ten minutes, by the session that issued it.'));
-      changeLog(s, req, { action: 'download', file: d.fileName }, 'PKCS#12 downloaded');
+      if (req.method !== 'HEAD') changeLog(s, req, { action: 'download', file: d.fileName }, 'PKCS#12 downloaded');
       return reply.type('application/x-pkcs12').header('content-disposition', `attachment; filename="${d.fileName}"`).send(d.p12);
     }));
 

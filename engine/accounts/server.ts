@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
-import fastify, { type FastifyInstance } from 'fastify';
+import fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import formbody from '@fastify/formbody';
 import cookie from '@fastify/cookie';
 import csrf from '@fastify/csrf-protection';
@@ -31,6 +31,16 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
  * `accounts.maxConnectionsPerIp` of them from one address, so one client cannot be that crowd.
  */
 const PAGE_LIMITS = { handshakeTimeoutMs: 10_000, requestTimeoutMs: 10_000, checkEveryMs: 1000, maxConnections: 256 };
+
+/** Every answer's: nothing cached, framed, sniffed, scripted or referred. */
+const SECURITY_HEADERS = {
+  'cache-control': 'no-store',
+  'content-security-policy': "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'strict-transport-security': 'max-age=31536000',
+};
 
 export interface AccountsServerOptions {
   listen: string;
@@ -88,6 +98,13 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     bodyLimit: 64 * 1024,
     requestTimeout: PAGE_LIMITS.requestTimeoutMs,
     trustProxy: false,
+    // A URL the router cannot decode (`/%zz`) or a parameter too long: fastify's own JSON answer, sent
+    // before any hook, would echo the URL without the headers below; the page's error page instead.
+    frameworkErrors: (err, _req, reply) => {
+      const status = (err as { statusCode?: number }).statusCode ?? 400;
+      void (reply as FastifyReply).code(status).headers(SECURITY_HEADERS).type('text/html; charset=utf-8')
+        .send(errorPage(status, 'Not an address of this page.'));
+    },
   });
   app.server.maxConnections = PAGE_LIMITS.maxConnections;
   capConnectionsPerAddress(app.server, {
@@ -107,12 +124,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     csrfOpts: { hmacKey: randomBytes(32) },
   });
   app.addHook('onSend', async (_req, reply) => {
-    reply.header('cache-control', 'no-store');
-    reply.header('content-security-policy', "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'");
-    reply.header('x-frame-options', 'DENY');
-    reply.header('x-content-type-options', 'nosniff');
-    reply.header('referrer-policy', 'no-referrer');
-    reply.header('strict-transport-security', 'max-age=31536000');
+    reply.headers(SECURITY_HEADERS);
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;

@@ -11,6 +11,8 @@ export interface Session {
   /** The account, lowercase. */
   identity: string;
   via: 'password' | 'certificate';
+  /** Signed in by password: the users file's hash it was checked against (another hash there since: a changed password ends the session). */
+  passwordHash: string | null;
   /** The certificate signed in with (checked again at each request: revoked or unpinned ends the session). */
   certificate: {
     serial: string; pem: string; pinSha256: string; by: 'pin' | 'field';
@@ -34,15 +36,22 @@ export interface PendingDownload {
 const DOWNLOAD_MS = 10 * 60_000;
 /** Sessions kept at most: past it the longest idle go first (signing in again and again must not grow memory). */
 const MAX_SESSIONS = 10_000;
+/**
+ * Sessions of one account kept at most (its browsers and devices): past it its own longest idle goes. Without
+ * it one user signing in over and over filled MAX_SESSIONS and so signed every other user out.
+ */
+const MAX_SESSIONS_PER_ACCOUNT = 20;
 const token = (): string => randomBytes(32).toString('base64url');
 
 export class SessionBook {
   readonly #sessions = new Map<string, Session>();
   readonly #downloads = new Map<string, PendingDownload>();
 
-  create(identity: string, via: Session['via'], certificate: Session['certificate']): Session {
+  create(identity: string, via: Session['via'], certificate: Session['certificate'], passwordHash: string | null = null): Session {
     this.#sweep();
-    const s: Session = { id: token(), identity: identity.toLowerCase(), via, certificate, seen: Date.now() };
+    const own = [...this.#sessions.values()].filter((o) => o.identity === identity.toLowerCase()).sort((a, b) => a.seen - b.seen);
+    for (const o of own.slice(0, own.length - MAX_SESSIONS_PER_ACCOUNT + 1)) this.end(o.id);
+    const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: Date.now() };
     this.#sessions.set(s.id, s);
     return s;
   }
@@ -79,6 +88,13 @@ export class SessionBook {
     const shown = { ...d.shown, fileName: d.fileName };
     d.shown.password = null;
     return shown;
+  }
+
+  /** This session's pending download as it stands, nothing spent (no password: that is show's to give once). */
+  peek(sessionId: string, t: string): PendingDownload & PendingDownload['shown'] & { fileName: string } | null {
+    const d = this.#downloads.get(t);
+    if (!d || d.sessionId !== sessionId || d.expires <= Date.now()) return null;
+    return { ...d, ...d.shown, password: null };
   }
 
   /** The download, once: taken by its session, it is gone. */

@@ -6,7 +6,7 @@
 import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import { verifyPassword } from '../auth/password-hash.ts';
+import { someHash, verifyPassword } from '../auth/password-hash.ts';
 import { chainEmailConstraints, describeCertificate, describePeerCertificate, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
@@ -23,7 +23,7 @@ export function checkPassword(limiter: AuthFailureLimiter, listener: ListenerCon
   const counted = countedAddress(ip, listener.limits.ipv6PrefixLength); // as the listener's SMTP AUTH counts it
   return limiter.oneAtATime(counted, async () => {
     if (await limiter.refused(counted, listener.limits)) return 'too-many';
-    if (await verifyPassword(users.get(user.trim().toLowerCase()), password)) return 'ok';
+    if (await verifyPassword(users.get(user.trim().toLowerCase()), password, someHash(users))) return 'ok';
     const failures = await limiter.record(counted);
     await sleep(AuthFailureLimiter.delayMs(failures, listener.limits));
     return 'wrong';
@@ -67,12 +67,13 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
 }
 
 /**
- * Whether a session still stands: its password user is still in the users file; its certificate is still
+ * Whether a session still stands: its password user is still in the users file with the same hash; its certificate is still
  * pinned to the account, or not revoked by the CRLs now loaded. Revoking or unpinning a device (here or with
  * `postern pki` / `postern pins`) ends the sessions signed in with it at their next request.
  */
 export function sessionStands(s: Session, listener: ListenerConfig, generation: PolicyGeneration, trust: TrustedIssuers): boolean {
-  if (s.via === 'password') return generation.users.has(s.identity);
+  // A password reset (a stolen one replaced) must end the sessions its old value opened, not only a removal.
+  if (s.via === 'password') return s.passwordHash !== null && generation.users.get(s.identity) === s.passwordHash;
   const c = s.certificate;
   if (!c) return false;
   if (c.by === 'pin') {

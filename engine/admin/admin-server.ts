@@ -4,6 +4,7 @@
  * administrator chooses (loopback by default); it answers GETs only and never changes anything.
  */
 import http from 'node:http';
+import { isIP } from 'node:net';
 import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
@@ -28,13 +29,19 @@ export interface AdminLimits {
   ipv6PrefixLength: number;
   /** An address went over it (once until it is back under). */
   refused?(client: string, limit: number): void;
+  /**
+   * Names a request's Host header may give, besides IP addresses and `localhost` (lowercase). A browser
+   * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
+   */
+  hosts?: readonly string[];
 }
 
-/** The configured limits of `admin`, an address over its cap logged on `logger`. */
-export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLength: number }, logger: Logger): AdminLimits {
+/** The configured limits of `admin`, an address over its cap logged on `logger`; `hostname` is the server's. */
+export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLength: number; hosts: readonly string[] }, logger: Logger, hostname: string): AdminLimits {
   return {
     maxConnectionsPerIp: admin.maxConnectionsPerIp,
     ipv6PrefixLength: admin.ipv6PrefixLength,
+    hosts: [hostname, ...admin.hosts].map(hostName),
     refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
   };
 }
@@ -52,6 +59,11 @@ export interface AdminServer {
 export async function startAdminServer(listen: string, target: AdminTarget, limits?: AdminLimits): Promise<AdminServer> {
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+    if (limits?.hosts && !hostAllowed(req.headers.host, limits.hosts)) {
+      res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
+      res.end('unknown host name: add it to admin.hosts, or use the address\n');
+      return;
+    }
     void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
@@ -93,6 +105,19 @@ export async function startAdminServer(listen: string, target: AdminTarget, limi
       server.closeAllConnections();
     }),
   };
+}
+
+/** A Host header's name: lowercase, without port, brackets or a final dot. */
+function hostName(host: string): string {
+  const name = host.startsWith('[') ? host.slice(1).split(']')[0]! : host.replace(/:\d*$/, '');
+  return name.toLowerCase().replace(/\.$/, '');
+}
+
+/** No Host (HTTP/1.0: no browser), an IP address, localhost, or a name of `hosts`. */
+function hostAllowed(host: string | undefined, hosts: readonly string[]): boolean {
+  if (host === undefined) return true;
+  const name = hostName(host);
+  return isIP(name) !== 0 || name === 'localhost' || hosts.includes(name);
 }
 
 async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {

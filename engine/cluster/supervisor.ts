@@ -233,7 +233,7 @@ export class Supervisor {
     if (Buffer.byteLength(socket) < 100) sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
     else log.warn({ socket }, 'data directory path too long for a unix socket: postern status reads the state files only');
     if (loaded.config.admin) {
-      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log));
+      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
     }
     // Last: "started" means every part answers, the status socket and admin listener included.

@@ -375,6 +375,8 @@ export const configSchema = z.strictObject({
       .describe('Connections one client address may hold open on the admin listener (of 64 in all). One more is closed as it is accepted, without a reply. On loopback every local client shares one address.'),
     ipv6PrefixLength: z.number().int().min(32).max(128).default(64)
       .describe('An IPv6 client of the admin listener is counted by its network of this many bits for `maxConnectionsPerIp`, as the SMTP listeners count theirs (`limits.ipv6PrefixLength`): per address, a host with a /64 could hold the cap from each of its addresses, and so all 64 connections. 128 counts each address.'),
+    hosts: z.array(z.string().min(1)).default([])
+      .describe('Host names, besides IP addresses, `localhost` and `hostname`, by which clients (a Prometheus scrape target) reach the admin listener. A request whose Host header names any other gets 421: a web page that a browser on this host or network visits cannot rebind its own name to this address and read /metrics (the accounts and devices of certificates) or /status (DNS rebinding). Taken at start.'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
 });
 

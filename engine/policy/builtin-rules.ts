@@ -4,7 +4,7 @@
  * certificates).
  */
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
-import { verifyPassword } from '../auth/password-hash.ts';
+import { someHash, verifyPassword } from '../auth/password-hash.ts';
 import { ownsSender, senderKey } from './sender-logins.ts';
 import { domainKey } from './domain-key.ts';
 
@@ -32,7 +32,7 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
   }
   const username = attempt.username.toLowerCase();
   if (!attempt.password) return refuse('empty-password');
-  const ok = await verifyPassword(facts.users.get(username), attempt.password);
+  const ok = await verifyPassword(facts.users.get(username), attempt.password, someHash(facts.users));
   if (!ok) return refuse('bad-password');
   if (attempt.authzid && attempt.authzid.toLowerCase() !== username) return refuse('authzid-not-permitted');
   // mox: a password login on a connection whose certificate names another account is refused.

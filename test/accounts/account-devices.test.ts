@@ -88,3 +88,17 @@ test('uploads: DER certificate, DER and PEM public key; a private key, garbage a
   assert.equal(await findDevice(ctx, 'dave@example.com', erinPhone!.id), null);
   assert.equal((await findDevice(ctx, 'ERIN@example.com', erinPhone!.id))?.name, 'phone');
 });
+
+test('the key of a certificate the CA issued to another account is refused, in every form; its own account may pin it', async () => {
+  // Field mode: frank's certificate is not pinned, and certificates are public (signed mail carries them).
+  const frank = await issueAccountDevice(ctx, 'frank@example.com', 'desk', 30);
+  assert.equal((await listPins(pinsFile)).some((p) => p.pinSha256 === frank.facts.pin.sha256), false);
+  const publicPem = new X509Certificate(frank.certPem).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  for (const given of [frank.certPem, Buffer.from(new X509Certificate(frank.certPem).raw), publicPem, frank.facts.pin.sha256]) {
+    // Pinned to grace, it would name grace once frank's certificate expires: frank's device signing in as grace.
+    await assert.rejects(addAccountKey(ctx, 'grace@example.com', 'borrowed', given),
+      (err: Error) => err instanceof AccountError && err.message === 'That key is already registered.');
+  }
+  assert.equal((await listPins(pinsFile)).some((p) => p.pinSha256 === frank.facts.pin.sha256), false, 'nothing pinned');
+  assert.equal((await addAccountKey(ctx, 'Frank@example.com', 'desk-pin', frank.certPem)).identity, 'frank@example.com');
+});

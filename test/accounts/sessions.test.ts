@@ -32,3 +32,13 @@ test('a download is taken once and its password shown once, to the session that 
   book.end(a.id);
   assert.equal(book.take(a.id, u), null, 'signed out: gone');
 });
+
+test('one account signing in over and over ends its own idlest sessions, never another account\'s', () => {
+  const book = new SessionBook();
+  const alice = book.create('alice@example.com', 'password', null);
+  // Far past the book's 10,000: before, the idlest of all went, alice among them.
+  for (let i = 0; i < 10_050; i++) book.create('mallory@example.com', 'password', null);
+  assert.equal(book.get(alice.id, 60_000)?.identity, 'alice@example.com', 'alice is still signed in');
+  const latest = book.create('mallory@example.com', 'password', null);
+  assert.equal(book.get(latest.id, 60_000)?.id, latest.id);
+});

@@ -1,0 +1,54 @@
+// Every answer of the account page carries its protections (no-store, a CSP with no script, no framing, no
+// sniffing, no referrer, HSTS), the ones fastify itself makes too: a URL the router cannot decode or a
+// parameter past its length was answered by fastify's own JSON, before any hook, echoing the URL bare.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startAccounts, PASSWORDS, USERS, type AccountsSetup } from './helpers.ts';
+import { PageClient, type PageAnswer } from './page-client.ts';
+
+let s: AccountsSetup;
+let dir = '';
+let page: PageClient;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'postern-accounts-responses-'));
+  s = await startAccounts(dir);
+  page = new PageClient(s.url, await readFile(s.pki.ca.cert, 'utf8'));
+});
+after(async () => {
+  await s?.server.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+function protectedAnswer(r: PageAnswer, what: string): void {
+  assert.equal(r.headers['cache-control'], 'no-store', what);
+  assert.match(String(r.headers['content-security-policy']), /default-src 'none'.*frame-ancestors 'none'/, what);
+  assert.doesNotMatch(String(r.headers['content-security-policy']), /script-src/, what);
+  assert.equal(r.headers['x-frame-options'], 'DENY', what);
+  assert.equal(r.headers['x-content-type-options'], 'nosniff', what);
+  assert.equal(r.headers['referrer-policy'], 'no-referrer', what);
+  assert.match(String(r.headers['strict-transport-security']), /max-age=\d+/, what);
+}
+
+test('pages, redirects, refusals and the router\'s own errors all carry the page\'s headers; no error echoes the URL as markup', async () => {
+  const answers: Array<[string, PageAnswer]> = [
+    ['sign-in page', await page.request('GET', '/signin')],
+    ['redirect', await page.request('GET', '/')],
+    ['unknown page', await page.request('GET', '/nothing<b>here</b>')],
+    ['CSRF refusal', await page.request('POST', '/signin', { user: USERS.alice, password: PASSWORDS.alice })],
+    ['undecodable URL', await page.request('GET', '/%zz<script>alert(1)</script>')],
+    ['undecodable parameter', await page.request('POST', '/devices/%zz%3Cscript%3E/revoke', {})],
+    ['parameter too long', await page.request('GET', `/devices/issued/${'x'.repeat(200)}`)],
+  ];
+  for (const [what, r] of answers) {
+    protectedAnswer(r, what);
+    assert.doesNotMatch(r.body, /<script|<b>here/i, what);
+  }
+  const bad = answers.find(([w]) => w === 'undecodable URL')![1];
+  assert.equal(bad.status, 400);
+  assert.match(String(bad.headers['content-type']), /^text\/html/);
+  assert.match(bad.body, /Not an address of this page/);
+});

@@ -1,0 +1,130 @@
+// The account page against a web attacker who holds a session or guesses accounts: a password reset ends
+// the sessions the old password opened; signing in again ends the browser's previous session (a copied
+// cookie of it is dead); a HEAD on the one-time .p12 page and download spends neither the password nor the
+// file; and a sign-in takes as long for an unknown account or an empty password as for a wrong password, with
+// the users file's own argon2 costs.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { hash } from '@node-rs/argon2';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { startAccounts, PASSWORDS, USERS, type AccountsSetup } from './helpers.ts';
+import { PageClient } from './page-client.ts';
+
+let s: AccountsSetup;
+let dir = '';
+let ca = '';
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'postern-accounts-sessions-'));
+  s = await startAccounts(dir, { authFailuresPerIp: 1000 });
+  ca = await readFile(s.pki.ca.cert, 'utf8');
+  usualUsers = (await readFile(join(dir, 'users'), 'utf8')).trim().split('\n');
+});
+after(async () => {
+  await s?.server.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const client = (): PageClient => new PageClient(s.url, ca);
+
+let usualUsers: string[] = [];
+/** The users file as startAccounts wrote it. */
+const usual = (): string[] => usualUsers;
+
+async function writeUsers(lines: string[]): Promise<void> {
+  await writeFile(join(dir, 'users'), `${lines.join('\n')}\n`);
+  assert.equal((await s.server.reloader.reload('test')).ok, true);
+}
+
+test('a password changed in the users file ends the sessions signed in with the old one', async () => {
+  const alice = client();
+  assert.equal((await alice.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  assert.equal((await alice.request('GET', '/devices')).status, 200);
+  // The administrator resets alice's password (it leaked): the thief's session must not outlive it.
+  await writeUsers([`${USERS.alice}:${await hashPassword('a new secret')}`, `${USERS.bob}:${await hashPassword(PASSWORDS.bob)}`]);
+  try {
+    const after = await alice.request('GET', '/devices');
+    assert.equal(after.status, 303, 'back to the sign-in page');
+    assert.equal(after.headers.location, '/signin');
+    assert.ok(s.server.logs.some((l) => l.msg === 'account page: session ended (its password or certificate is no longer valid)' && l.identity === USERS.alice));
+    // The new password signs in; the old one no longer does.
+    assert.equal((await client().signIn(USERS.alice, PASSWORDS.alice)).status, 401);
+    const again = client();
+    assert.equal((await again.signIn(USERS.alice, 'a new secret')).status, 303);
+    assert.equal((await again.request('GET', '/devices')).status, 200);
+  } finally {
+    await writeUsers(usual());
+  }
+});
+
+test('signing in again ends the session the browser had: its cookie, copied before, is dead', async () => {
+  const browser = client();
+  assert.equal((await browser.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const first = browser.cookies.get('__Host-postern-session')!;
+  assert.equal((await browser.signIn(USERS.bob, PASSWORDS.bob)).status, 303);
+  const second = browser.cookies.get('__Host-postern-session')!;
+  assert.notEqual(second, first, 'a new session id at each sign-in');
+  const copy = client();
+  copy.cookies.set('__Host-postern-session', first);
+  assert.equal((await copy.request('GET', '/devices')).status, 303, 'the first session is gone');
+  assert.match((await browser.request('GET', '/devices')).body, /Devices of bob@example\.com/);
+});
+
+test('HEAD on the issued page and on the download spends neither the one-time password nor the file', async () => {
+  const alice = client();
+  assert.equal((await alice.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const issued = await alice.post('/devices/issue', { device: 'head-test' });
+  assert.equal(issued.status, 303);
+  const page = String(issued.headers.location);
+  assert.match(page, /^\/devices\/issued\/[\w-]+$/);
+  const download = page.replace('/issued/', '/download/');
+  const headPage = await alice.request('HEAD', page);
+  assert.equal(headPage.status, 200);
+  const headDownload = await alice.request('HEAD', download);
+  assert.equal(headDownload.status, 200);
+  assert.equal(headDownload.headers['content-type'], 'application/x-pkcs12');
+  // The GETs still get what they are for, once.
+  assert.match((await alice.request('GET', page)).body, /id="p12-password"/);
+  assert.doesNotMatch((await alice.request('GET', page)).body, /id="p12-password"/);
+  const file = await alice.request('GET', download);
+  assert.equal(file.status, 200);
+  assert.equal(file.headers['content-type'], 'application/x-pkcs12');
+  assert.equal((await alice.request('GET', download)).status, 404);
+  assert.equal(s.server.logs.filter((l) => l.action === 'download' && String(l.file).includes('head-test')).length, 1, 'one download logged');
+});
+
+/** Median time of `n` sign-ins (each run in turn with the others, so a load spike hits them alike). */
+async function medians(attempts: Record<string, [string, string]>, n: number): Promise<Record<string, number>> {
+  const times: Record<string, number[]> = Object.fromEntries(Object.keys(attempts).map((k) => [k, []]));
+  const c = client();
+  for (let i = 0; i < n; i++) {
+    for (const [name, [user, password]] of Object.entries(attempts)) {
+      const token = await c.csrf('/signin');
+      const start = performance.now();
+      const r = await c.request('POST', '/signin', { _csrf: token, user, password });
+      times[name]!.push(performance.now() - start);
+      assert.equal(r.status, 401, name);
+    }
+  }
+  return Object.fromEntries(Object.entries(times).map(([k, v]) => [k, v.sort((a, b) => a - b)[Math.floor(n / 2)]!]));
+}
+
+test('an unknown account and an empty password cost a verification like a wrong password, at the users file\'s own argon2 costs', { timeout: 180_000 }, async () => {
+  // Hashes brought from elsewhere, costlier than hash-password's: each check costs tens of times a page's round trip.
+  const costly = { timeCost: 40 };
+  await writeUsers([`${USERS.alice}:${await hash(PASSWORDS.alice, costly)}`, `${USERS.bob}:${await hash(PASSWORDS.bob, costly)}`]);
+  try {
+    const m = await medians({
+      wrong: [USERS.alice, 'not the password'], empty: [USERS.alice, ''], unknown: [`nobody@example.com`, 'not the password'],
+    }, 5);
+    // Told apart by time, the two would be an oracle of which accounts exist. Before: empty and unknown took a
+    // round trip (no verification, or one at hash-password's cost), a small fraction of a wrong password's.
+    const said = `medians (ms): ${JSON.stringify(m)}`;
+    assert.ok(m.empty! > m.wrong! / 2 && m.unknown! > m.wrong! / 2, said);
+  } finally {
+    await writeUsers(usual());
+  }
+});
