@@ -55,6 +55,7 @@ import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } f
 import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
+import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
@@ -79,6 +80,9 @@ interface Child {
   ready: boolean;
   /** When it was last heard from, on the monotonic clock (a wall-clock step must not look like silence). */
   lastBeat: number;
+  /** While it is silent: its main thread's read and write calls (a busy poll is no hang), and when they last moved. */
+  progress: ThreadProgress | null;
+  lastProgress: number;
   /** Connections handed over whose descriptor Node has not yet written to the worker's channel. */
   inflight: Set<net.Socket>;
   /**
@@ -299,7 +303,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -315,7 +319,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err) => {
@@ -706,9 +710,10 @@ export class Supervisor {
         c.lastBeat = Math.max(c.lastBeat, now);
         if (c.takingSince !== null) c.takingSince = now;
       }
+      this.#watchProgress(c, now);
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
-      if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit) {
+      if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit && !this.#busy(c, now)) {
         this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
@@ -728,6 +733,24 @@ export class Supervisor {
     }
     this.#chooseAccepting();
     this.#dispatch();
+  }
+
+  /**
+   * A silent child whose main thread still makes read and write calls is working through a long poll (a
+   * crowd of TLS handshakes: thread-progress.ts), not hung; for at most BUSY_WITHOUT_TIMERS_MS. Looked at
+   * on every tick of a silence longer than three heartbeats, so the readings are there by the limit.
+   */
+  #busy(c: Child, now: number): boolean {
+    return now - c.lastBeat < BUSY_WITHOUT_TIMERS_MS && now - c.lastProgress < SUPERVISOR_HANG_MS;
+  }
+
+  #watchProgress(c: Child, now: number): void {
+    if (!c.ready || !c.proc?.pid || c.proc.exitCode !== null || now - c.lastBeat < 3 * HEARTBEAT_MS) {
+      c.progress = null;
+      return;
+    }
+    c.progress ??= new ThreadProgress(c.proc.pid);
+    if (c.progress.moved()) c.lastProgress = now;
   }
 
   /** SIGHUP: every child reloads, once. */

@@ -1,6 +1,7 @@
 /**
  * Runs on its own thread in every worker process and watches the main thread's heartbeat. A main thread
- * stuck for longer than hangMs (inside a V8 builtin a script started, which no time limit interrupts)
+ * stuck for longer than hangMs (inside a V8 builtin a script started, which no time limit interrupts;
+ * a main thread still making read and write calls is busy, not stuck: thread-progress.ts)
  * cannot save itself: this thread writes a crash record naming the scripts that were running, so the
  * supervisor can fence them, and kills the process. Only synchronous writes: nothing here may wait for
  * the main thread.
@@ -10,6 +11,7 @@ import { writeSync } from 'node:fs';
 import { writeCrashRecord, type CrashRecordFile } from './crash-record.ts';
 import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
+import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 
 const { marker, heartbeat, crashDir, worker, hangMs, mirror, logBuffer, role = 'worker' } = workerData as {
   marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number; mirror: string;
@@ -26,8 +28,10 @@ parentPort!.on('message', (t: RunningCallTable) => { table = t; });
 const tickMs = Math.max(20, Math.floor(hangMs / 10));
 // Monotonic time: a step of the wall clock (NTP, an administrator) is no hang.
 let last = Atomics.load(beats, 0);
-let lastChange = performance.now();
-let lastTick = lastChange;
+let lastBeat = performance.now(); // the main thread's timers last ran
+let lastProgress = lastBeat; // …or it last made a read or write call (thread-progress.ts: a busy poll is no hang)
+let lastTick = lastBeat;
+const progress = new ThreadProgress(process.pid);
 setInterval(() => {
   const beat = Atomics.load(beats, 0);
   const now = performance.now();
@@ -37,12 +41,14 @@ setInterval(() => {
   lastTick = now;
   if (beat !== last || late) {
     last = beat;
-    lastChange = now;
+    lastBeat = lastProgress = now;
+    progress.reset();
     return;
   }
-  if (now - lastChange < hangMs) return;
+  if (progress.moved()) lastProgress = now;
+  if (now - lastProgress < hangMs && now - lastBeat < BUSY_WITHOUT_TIMERS_MS) return;
   const scripts = describeRunning(Atomics.load(running, 0), table, running.length > 1 ? Atomics.load(running, 1) : 0);
-  const stalledMs = Math.round(now - lastChange);
+  const stalledMs = Math.round(now - lastBeat);
   const record: CrashRecordFile = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
   try {
     writeCrashRecord(crashDir, mirror, record);

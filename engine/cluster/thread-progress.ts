@@ -1,0 +1,47 @@
+/**
+ * Whether a process's main thread is still working through I/O, for the hang checks (the watchdog thread
+ * and the supervisor), which judge an event loop by its timer heartbeat. A heartbeat missing for a second is
+ * not always a hang: libuv runs every ready I/O callback of a poll (up to 48 × 1024 events) before the timers
+ * again, and a crowd of TLS handshakes in one poll (each a signature with the server's key: 500 with an
+ * RSA-4096 key is seconds of CPU) held the timers back long enough for a healthy worker to be killed as hung,
+ * with every session on it. A thread stuck in a script's builtin, or blocked on a lock, makes no system calls;
+ * one that reads and writes its sockets does. Linux counts each thread's read and write calls in
+ * /proc/PID/task/TID/io; the main thread's id is the process id.
+ */
+import { readFileSync } from 'node:fs';
+
+/** How long a main thread may keep the timers back while its I/O moves on, before it counts as hung anyway. */
+export const BUSY_WITHOUT_TIMERS_MS = 30_000;
+
+export class ThreadProgress {
+  readonly #path: string;
+  #last: string | null = null;
+
+  constructor(pid: number) {
+    this.#path = `/proc/${pid}/task/${pid}/io`;
+  }
+
+  /** Whether the thread made read or write calls since the last look (false on the first look, or without /proc). */
+  moved(): boolean {
+    const now = this.#calls();
+    const moved = now !== null && this.#last !== null && now !== this.#last;
+    this.#last = now;
+    return moved;
+  }
+
+  /** Start over: the next look only takes a reading. */
+  reset(): void {
+    this.#last = null;
+  }
+
+  #calls(): string | null {
+    try {
+      const text = readFileSync(this.#path, 'latin1');
+      const calls = /^syscr: (\d+)$/m.exec(text)?.[1];
+      const writes = /^syscw: (\d+)$/m.exec(text)?.[1];
+      return calls === undefined || writes === undefined ? null : `${calls}/${writes}`;
+    } catch {
+      return null; // no /proc, or the process is gone: no evidence of progress
+    }
+  }
+}
