@@ -6,7 +6,7 @@
  * `npm run bench`. No SMTP, TLS or spool: what the sandbox and the isolate cost per message, which the
  * benchmark's server CPU resolves only to a few percent on a shared machine. Median of ROUNDS (7) runs of
  * MESSAGES (6000) per tree, trees alternating, each in a process of its own. Default: this tree alone.
- * NO_TX=1 leaves the transaction out of the contexts (what building and crossing it costs, at most); `--child
+ * WARM (3000) messages are run first. NO_TX=1 leaves the transaction out of the contexts (what building and crossing it costs, at most); `--child
  * <tree>` runs one measurement and prints it.
  */
 import { resolve } from 'node:path';
@@ -17,6 +17,8 @@ import { median } from './measure.ts';
 const MESSAGES = Number(process.env.MESSAGES ?? 6000);
 const ROUNDS = Number(process.env.ROUNDS ?? 7);
 const CONNS = Number(process.env.CONNS ?? 5);
+/** Messages before measuring (the isolate's runtime reaches V8's optimising tier only after thousands of calls). */
+const WARM = Number(process.env.WARM ?? 3000);
 
 if (process.argv[2] === '--child') {
   const tree = process.argv[3]!;
@@ -53,7 +55,7 @@ if (process.argv[2] === '--child') {
       data: { size: 1073, headers: [['From', 'bench@example.com'], ['To', 'sink@example.com'], ['Subject', 'bench']] },
     }, c.connection.id, c.key)));
   };
-  for (let i = 0; i < 3000; i += CONNS) await messages(); // warm-up: past the JIT's tiers
+  for (let i = 0; i < WARM; i += CONNS) await messages(); // warm-up
   const c0 = process.cpuUsage();
   for (let i = 0; i < MESSAGES; i += CONNS) await messages();
   const cu = process.cpuUsage(c0);
