@@ -16,7 +16,11 @@
  * and sync requests), GC, JSON on the host; else the JavaScript frame nearest the leaf, by owner
  * (`engine/<folder>`, a package, Node's own modules); else `native` (the event loop, reading and
  * decrypting, epoll). PERF_WARM (2000), PERF_MESSAGES (3000), PERF_ROUNDS (2), PERF_TARGETS (a,b,c),
- * PERF_HZ (2000).
+ * PERF_HZ (2000). PERF_DETAIL=<the start of a category's name> (e.g. `JSON`, `engine/smtp`, `fs`) splits that
+ * category by the PERF_DETAIL_DEPTH (2) JavaScript frames nearest the leaf (which code the cost comes from), or
+ * with PERF_DETAIL_LEAF=1 by the frames nearest the leaf, native ones included (what V8 or the kernel did).
+ * Frames inside an isolate's own code are not named reliably (perf's map is the process's, isolates reuse
+ * addresses): an isolate entry splits by leaf only.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -41,7 +45,26 @@ const work = await mkdtemp(join(tmpdir(), 'postern-perfabc-'));
 // JIT'd functions get their names in /tmp/perf-<pid>.map; frames below them in native code stay walkable.
 const nodeArgs = ['--perf-basic-prof-only-functions', '--interpreted-frames-native-stack'];
 
-interface Target { name: string; server: StartedServer; port: number; auth: boolean; threads: Map<string, number>; loop: Map<string, number>; messages: number }
+interface Target { name: string; server: StartedServer; port: number; auth: boolean; threads: Map<string, number>; loop: Map<string, number>; detail: Map<string, number>; messages: number }
+/** PERF_DETAIL=<start of a category>: that category's samples also by the nearest JavaScript frames (where its cost comes from). */
+const detailOf = process.env.PERF_DETAIL;
+const detailDepth = Number(process.env.PERF_DETAIL_DEPTH ?? 2);
+/** PERF_DETAIL_LEAF=1: by the `detailDepth` frames nearest the leaf, native ones included, instead. */
+const detailLeaf = process.env.PERF_DETAIL_LEAF === '1';
+function leafSymbols(frames: string[]): string {
+  return frames.slice(0, detailDepth).map((f) => f.replace(/^[0-9a-f]+\s+/, '').replace(/\(\S*\)$/, '').slice(0, 70)).join(' < ');
+}
+/** The nearest `detailDepth` JavaScript frames of a sample (leaf first), shortened to function and file. */
+function jsCallers(frames: string[]): string {
+  const names: string[] = [];
+  for (const f of frames) {
+    const js = /JS:[*~^+-]?(\S*) (?:file:\/\/)?(\S+)/.exec(f);
+    if (!js) continue;
+    names.push(`${js[1]!.replace(/^'/, '') || '(anonymous)'} ${js[2]!.replace(/^.*\/(engine|node_modules)\//, '$1/').replace(/:\d+:\d+$/, '')}`);
+    if (names.length === detailDepth) break;
+  }
+  return names.join(' < ') || '(no JavaScript frame)';
+}
 const targets: Target[] = [];
 for (const name of names) {
   const port = benchPort();
@@ -53,7 +76,7 @@ for (const name of names) {
     await writeBenchFolder(dir, name === 'a' ? undefined : {});
     server = await startServer('postern-server.ts', { configText: benchConfig(dir, port, pki), baseDir: dir }, false, nodeArgs);
   }
-  targets.push({ name, server, port, auth: name !== 'c', threads: new Map(), loop: new Map(), messages: 0 });
+  targets.push({ name, server, port, auth: name !== 'c', threads: new Map(), loop: new Map(), detail: new Map(), messages: 0 });
 }
 process.on('exit', () => { for (const t of targets) t.server.stop(); });
 for (const t of targets) await load(pki, t.port, 100, warm, t.auth);
@@ -90,7 +113,11 @@ async function tally(file: string, t: Target): Promise<void> {
     if (!head) return;
     const thread = head.comm === 'MainThread' ? 'event loop' : head.comm === 'V8Worker' ? 'V8 helpers (JIT, GC)' : head.comm === 'libuv-worker' ? 'libuv pool (fdatasync)' : 'other threads';
     add(t.threads, thread, head.us);
-    if (thread === 'event loop') add(t.loop, category(frames), head.us);
+    if (thread === 'event loop') {
+      const what = category(frames);
+      add(t.loop, what, head.us);
+      if (detailOf !== undefined && what.startsWith(detailOf)) add(t.detail, detailLeaf ? leafSymbols(frames) : jsCallers(frames), head.us);
+    }
     head = null;
     frames = [];
   };
@@ -141,3 +168,11 @@ const table = (title: string, pick: (t: Target) => Map<string, number>): void =>
 console.log(`server CPU µs per message (perf cpu-clock, ${hz} Hz), ${rounds} × ${messages} messages per target, 100 per connection, after ${warm} of warm-up`);
 table('by thread', (t) => t.threads);
 table('event-loop thread, by what it was doing', (t) => t.loop);
+if (detailOf !== undefined) {
+  for (const t of targets) {
+    const rows = [...t.detail].sort((x, y) => y[1] - x[1]).slice(0, 40);
+    if (rows.length === 0) continue;
+    console.log(`\n(${t.name}): samples of "${detailOf}…" by their ${detailDepth} nearest ${detailLeaf ? 'frames' : 'JavaScript frames'}, µs per message`);
+    for (const [k, v] of rows) console.log(`${(v / t.messages).toFixed(2).padStart(8)}  ${k}`);
+  }
+}
