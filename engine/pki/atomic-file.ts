@@ -1,36 +1,14 @@
 /**
- * Whole-file writes for files a running server rereads (CRL, pin tables) or other processes read (the
- * inventory, the sightings): write a temporary file beside the target, fsync it, rename it over the target,
- * fsync the folder. A reader, or the reload watcher, sees the old file or the new one, never half of one;
- * and once the call returns the new one survives a power loss (a revocation or an unpin that a command
- * reported done is not undone by it).
+ * Whole-file writes (writeFileAtomic, engine/spool/fsync.ts) for files a running server rereads (CRL, pin
+ * tables) or other processes read (the inventory, the sightings): the old file or the new one, never half of
+ * one, and a revocation or an unpin that a command reported done survives a power loss.
  * And one writer at a time per folder: `postern pki` and a web page may change the same inventory.
  */
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { fsyncDirectory } from '../spool/fsync.ts';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../spool/fsync.ts';
 
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
-  const dir = dirname(file);
-  await mkdir(dir, { recursive: true });
-  // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(tmp, 'wx', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode); // the umask may have narrowed it
-    await handle.sync();
-    await handle.close();
-    await rename(tmp, file);
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  // The rename is durable only once the folder is: until then a power loss may bring the old file back.
-  await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
-}
+export { writeFileAtomic };
 
 /** A file's text, or null when it does not exist. */
 export async function readIfExists(file: string): Promise<string | null> {

@@ -1,8 +1,10 @@
 /**
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
- * so N concurrent messages cost about two directory syncs, not N.
+ * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { open } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 export async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
@@ -34,4 +36,31 @@ export class DirectorySyncer {
     });
     return this.#next;
   }
+}
+
+/**
+ * Replaces `file` whole: a temporary file beside it (created with `mode`, never wider on the way), fsynced,
+ * renamed over it, the folder fsynced. A reader sees the old file or the new one, never half of one; after a
+ * kill or a power loss the old one or the new one is there, never an empty or torn one; and once this
+ * returns the new one survives a power loss.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const dir = dirname(file);
+  await mkdir(dir, { recursive: true });
+  // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
+  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const handle = await open(tmp, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.chmod(mode); // the umask may have narrowed it
+    await handle.sync();
+    await handle.close();
+    await rename(tmp, file);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  // The rename is durable only once the folder is: until then a power loss may bring the old file back.
+  await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
 }
