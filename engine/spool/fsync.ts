@@ -2,7 +2,8 @@
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -49,10 +50,12 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   await mkdir(dir, { recursive: true });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const before = await stat(file).catch(() => null);
   const handle = await open(tmp, 'wx', mode);
   try {
     await handle.writeFile(data);
     await handle.chmod(mode); // the umask may have narrowed it
+    if (before) await keepOwner(handle, before);
     await handle.sync();
     await handle.close();
     await rename(tmp, file);
@@ -63,4 +66,14 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
   // The rename is durable only once the folder is: until then a power loss may bring the old file back.
   await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
+}
+
+/**
+ * The file replaced keeps its owner and group: `sudo postern pins remove` would otherwise leave a root-owned
+ * table (0640, say) that a server running as `postern` cannot read, and its reload would keep the removed pin.
+ * Root can give the file back; another user can at least keep a group it is in.
+ */
+async function keepOwner(handle: FileHandle, was: Stats): Promise<void> {
+  if (was.uid === process.getuid?.() && was.gid === process.getgid?.()) return;
+  await handle.chown(was.uid, was.gid).catch(() => handle.chown(-1, was.gid)).catch(() => undefined);
 }

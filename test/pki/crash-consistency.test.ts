@@ -1,10 +1,12 @@
 // `postern pki revoke` killed (SIGKILL, as an OOM kill or a power loss would stop it) between its whole-file
 // writes: the CRL, the inventory, the pin table. Whatever point it died at, running it again finishes the
 // revocation, the CRL never loses a revoked serial, and its number never repeats. And a write that may not
-// be durable (the folder's fsync fails) is an error, not "revoked".
+// be durable (the folder's fsync fails) is an error, not "revoked"; a table replaced by root keeps its owner.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -117,4 +119,21 @@ test('pki revoke whose CRL may not be durable (the folder\'s fsync fails) says s
   assert.doesNotMatch(r.stdout, /revoked dave/);
   await posternJson(['pki', 'revoke', 'dave@example.com', '--device', 'laptop', '-c', f.config]);
   assert.ok((await crlOnDisk(f.ca)).serials.includes(laptop.certificate.serial));
+});
+
+test('pins add/remove run as root keep the table\'s owner and mode: a server running as another user still reads it', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  const f = await caFolder('owner');
+  const serverUser = { uid: 65534, gid: 65534 }; // nobody: the server's own user
+  for (const dir of [scratch.path, join(scratch.path, 'owner')]) await chmod(dir, 0o755);
+  await chown(f.pins, serverUser.uid, serverUser.gid);
+  await chmod(f.pins, 0o640);
+  const laptop = await posternJson<Issued>(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config]);
+  for (const args of [['pins', 'add', 'erin@example.com', laptop.files.cert, '--device', 'laptop'], ['pins', 'remove', 'erin@example.com']]) {
+    const r = await postern([...args, '-c', f.config]);
+    assert.equal(r.code, 0, r.stderr);
+    const st = await stat(f.pins);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [serverUser.uid, serverUser.gid, 0o640], `after ${args.slice(0, 2).join(' ')}`);
+    // What the server's reload does: read the table as its user.
+    await promisify(execFile)('cat', [f.pins], { ...serverUser });
+  }
 });
