@@ -5,7 +5,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
@@ -136,4 +136,18 @@ test('pins add/remove run as root keep the table\'s owner and mode: a server run
     // What the server's reload does: read the table as its user.
     await promisify(execFile)('cat', [f.pins], { ...serverUser });
   }
+});
+
+test('pki init killed between the CA key and its certificate: init again names the key left over, and works once it is deleted', async () => {
+  const ca = join(scratch.path, 'init-killed');
+  faults.armFor('rename-kill', '/ca.crt');
+  const killed = await postern(['pki', 'init', '--dir', ca], undefined, faults.env);
+  assert.ok(faults.taken('rename-kill'));
+  assert.equal(killed.signal, 'SIGKILL');
+  const again = await postern(['pki', 'init', '--dir', ca]);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /ca\.key: exists without .*ca\.crt: an earlier "postern pki init" was stopped before it finished.*delete it and run init again/);
+  await rm(join(ca, 'ca.key'));
+  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  assert.ok((await crlOnDisk(ca)).number >= 1);
 });
