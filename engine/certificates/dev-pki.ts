@@ -9,7 +9,7 @@ import { createCertificateAuthority, createCrl, issueClientCertificate, issueSer
 import { exportPkcs12 } from './pkcs12.ts';
 import { pemToDer } from './digests.ts';
 import { x509 } from './x509-provider.ts';
-import { writeFileAtomic } from '../spool/fsync.ts';
+import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 
 export interface DevelopmentPki {
   ca: string;
@@ -43,6 +43,7 @@ export async function writeDevelopmentPki(dir: string, opts: { hostname: string;
   };
   const p12 = p.clientP12!;
   await mkdir(dir, { recursive: true, mode: 0o700 });
+  await removeLeftoverTemporaries(dir); // a start killed while writing a key leaves a copy of it
   // Whole or not at all: a start killed (or a power loss) while writing leaves no empty or torn file that the
   // next start would take for a finished one. Keys are 0600 from their creation.
   const write = async (file: string, text: string, secret = false): Promise<void> => {

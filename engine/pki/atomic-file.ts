@@ -6,7 +6,7 @@
  */
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../spool/fsync.ts';
+import { processAlive, removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 
 export { writeFileAtomic };
 
@@ -39,7 +39,7 @@ export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Prom
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const holder = Number(await readFile(lock, 'utf8').catch(() => ''));
-      if (!holder || !alive(holder)) {
+      if (!holder || !processAlive(holder)) {
         // Empty: being written right now, or its writer died between open and write; old enough to judge.
         const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
         if (holder || age > 2000) { await rm(lock, { force: true }); continue; }
@@ -49,17 +49,10 @@ export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Prom
     }
   }
   try {
+    // What a writer killed here before left behind (a CA key's copy among them): no writer runs now.
+    await removeLeftoverTemporaries(dir);
     return await fn();
   } finally {
     await rm(lock, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

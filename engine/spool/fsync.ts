@@ -2,7 +2,7 @@
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -76,4 +76,32 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
 async function keepOwner(handle: FileHandle, was: Stats): Promise<void> {
   if (was.uid === process.getuid?.() && was.gid === process.getgid?.()) return;
   await handle.chown(was.uid, was.gid).catch(() => handle.chown(-1, was.gid)).catch(() => undefined);
+}
+
+const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes the temporary files of writeFileAtomic calls in `dir` whose process is gone (killed before its
+ * rename): a hidden copy of a CA key would otherwise outlive the key it copies. Returns their names.
+ */
+export async function removeLeftoverTemporaries(dir: string): Promise<string[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = Number(TEMPORARY.exec(name)?.[1]);
+    if (!pid || processAlive(pid)) continue;
+    await rm(join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/** Whether a process with this id runs (as another user too). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

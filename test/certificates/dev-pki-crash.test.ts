@@ -52,6 +52,7 @@ for (const file of ['ca.crt', 'ca.key', 'ca.crl', 'server.key', 'demo.key']) {
     assert.ok(!existsSync(join(dir, file)) || statSync(join(dir, file)).size > 0, `${file}: absent or whole`);
     await writeDevelopmentPki(dir, OPTIONS);
     await checkWhole(dir);
+    assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], 'no copy of a key left behind by the killed start');
   });
 }
 

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { readdirSync } from 'node:fs';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
@@ -99,6 +100,7 @@ for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json
       assert.doesNotMatch(await readFile(f.pins, 'utf8'), new RegExp(Buffer.from(laptop.certificate.pinSha256, 'hex').toString('base64url')), 'its key is unpinned');
       const listed = await posternJson<{ certificates: Array<{ serial: string; status: string }> }>(['pki', 'list', '-c', f.config]);
       assert.equal(listed.certificates.find((d) => d.serial === laptop.certificate.serial)?.status, 'revoked');
+      for (const dir of [f.ca, dirname(f.pins)]) assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], `nothing left behind in ${dir}`);
 
       // The next change signs the CRL again from the inventory.
       await issue('carol@example.com');
