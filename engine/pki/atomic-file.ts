@@ -4,9 +4,9 @@
  * one, and a revocation or an unpin that a command reported done survives a power loss.
  * And one writer at a time per folder: `postern pki` and a web page may change the same inventory.
  */
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { processAlive, removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
+import { mkdir, readFile } from 'node:fs/promises';
+import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
+import { acquireDirectoryLock, DirectoryLockedError, type DirectoryLock } from '../spool/data-dir-lock.ts';
 
 export { writeFileAtomic };
 
@@ -23,28 +23,21 @@ export async function readIfExists(file: string): Promise<string | null> {
 const LOCK_WAIT_MS = 15_000;
 
 /**
- * Runs `fn` holding `<dir>/.lock` (created exclusively, holding our pid). A lock left by a process that is
- * gone is taken over; one held by a live process is waited for, up to 15 s, then an error names it.
+ * Runs `fn` holding `<dir>/.lock` (data-dir-lock.ts: it names our PID and start time). A lock left by a
+ * process that is gone (killed, a power loss; a PID reused since by another process does not count) is taken
+ * over; one held by a live process, this one included, is waited for, up to 15 s, then an error names it.
  */
 export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
   await mkdir(dir, { recursive: true });
-  const lock = join(dir, '.lock');
   const deadline = Date.now() + LOCK_WAIT_MS;
+  let lock: DirectoryLock;
   for (;;) {
     try {
-      const h = await open(lock, 'wx', 0o600);
-      await h.writeFile(String(process.pid));
-      await h.close();
+      lock = acquireDirectoryLock(dir, '.lock');
       break;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(await readFile(lock, 'utf8').catch(() => ''));
-      if (!holder || !processAlive(holder)) {
-        // Empty: being written right now, or its writer died between open and write; old enough to judge.
-        const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
-        if (holder || age > 2000) { await rm(lock, { force: true }); continue; }
-      }
-      if (Date.now() > deadline) throw new Error(`${lock}: held by process ${holder || '?'}; another postern pki/pins command is running`);
+      if (!(err instanceof DirectoryLockedError)) throw err;
+      if (Date.now() > deadline) throw new Error(`${err.lockFile}: held by process ${err.pid}; another postern pki/pins command is running`);
       await new Promise((r) => setTimeout(r, 50));
     }
   }
@@ -53,6 +46,6 @@ export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Prom
     await removeLeftoverTemporaries(dir);
     return await fn();
   } finally {
-    await rm(lock, { force: true });
+    lock.release();
   }
 }

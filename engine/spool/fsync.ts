@@ -97,7 +97,7 @@ export async function removeLeftoverTemporaries(dir: string): Promise<string[]> 
 }
 
 /** Whether a process with this id runs (as another user too). */
-export function processAlive(pid: number): boolean {
+function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -153,3 +153,15 @@ test('pki init killed between the CA key and its certificate: init again names t
   assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
   assert.ok((await crlOnDisk(ca)).number >= 1);
 });
+
+test('a CA folder lock left by a command that died, whose PID a live process has now (after a reboot): the next command takes it over', async () => {
+  const ca = join(scratch.path, 'stale-lock');
+  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  // This test's own process: alive, and no postern command. As an older version wrote it (PID only), and as now.
+  for (const stale of [`${process.pid}`, `${process.pid} 1\n`]) {
+    await writeFile(join(ca, '.lock'), stale);
+    const r = await postern(['pki', 'crl', '--dir', ca]);
+    assert.equal(r.code, 0, `${JSON.stringify(stale)}: ${r.stderr}`);
+    assert.ok(!readdirSync(ca).includes('.lock'), 'released');
+  }
+});
