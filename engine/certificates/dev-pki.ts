@@ -2,13 +2,14 @@
  * The development PKI `npm start` uses on first start: a CA with an empty CRL, a server certificate for
  * localhost and the configured hostname, and one demo client certificate. Existing files are kept.
  */
-import { access, chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createCertificateAuthority, createCrl, issueClientCertificate, issueServerCertificate, loadAuthority } from './pki.ts';
 import { exportPkcs12 } from './pkcs12.ts';
 import { pemToDer } from './digests.ts';
 import { x509 } from './x509-provider.ts';
+import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 
 export interface DevelopmentPki {
   ca: string;
@@ -42,9 +43,11 @@ export async function writeDevelopmentPki(dir: string, opts: { hostname: string;
   };
   const p12 = p.clientP12!;
   await mkdir(dir, { recursive: true, mode: 0o700 });
+  await removeLeftoverTemporaries(dir); // a start killed while writing a key leaves a copy of it
+  // Whole or not at all: a start killed (or a power loss) while writing leaves no empty or torn file that the
+  // next start would take for a finished one. Keys are 0600 from their creation.
   const write = async (file: string, text: string, secret = false): Promise<void> => {
-    await writeFile(file, text, { mode: secret ? 0o600 : 0o644 });
-    if (secret) await chmod(file, 0o600); // writeFile's mode applies only to a new file
+    await writeFileAtomic(file, text, secret ? 0o600 : 0o644);
     p.created.push(file);
   };
 
@@ -52,13 +55,21 @@ export async function writeDevelopmentPki(dir: string, opts: { hostname: string;
   const fresh = !(await exists(p.ca) && await exists(p.caKey));
   const ca = fresh
     ? await createCertificateAuthority({ commonName: 'Postern Development CA', organization: 'Postern' })
-    : await loadAuthority(await readFile(p.ca, 'utf8'), await readFile(p.caKey, 'utf8'));
+    : await loadAuthority(await readFile(p.ca, 'utf8'), await readFile(p.caKey, 'utf8')).catch((err: Error) => {
+      throw new Error(`${p.ca} and ${p.caKey}: not a usable CA certificate and key (${err.message}); to make a new development PKI, move ${dir} away`);
+    });
   if (fresh) {
     await write(p.ca, ca.cert);
     await write(p.caKey, ca.key, true);
   }
   // Valid as long as the CA: an expired CRL fails every development certificate (CRL_HAS_EXPIRED),
   // so an expired one is signed anew with the same entries.
+  // `postern pki revoke` works on this CA too, and records in issued.json what its CRL revokes: a CRL gone
+  // is made again from that record (postern pki crl), never empty, which would let revoked devices back in.
+  const inventory = join(dir, 'issued.json');
+  if (!fresh && !await exists(p.crl) && await exists(inventory)) {
+    throw new Error(`${p.crl}: missing, and ${inventory} records what it revoked: restore it, or make it again with postern pki crl --dir ${dir}`);
+  }
   const revoked = fresh || !await exists(p.crl) ? [] : await expiredCrlEntries(p.crl);
   if (revoked) await write(p.crl, await createCrl(ca, revoked, { nextUpdate: ca.certificate.notAfter }));
   if (fresh || !await exists(p.serverCert) || !await exists(p.serverKey)) {
@@ -97,6 +108,13 @@ export async function writeDevelopmentPki(dir: string, opts: { hostname: string;
 
 /** The serials of an expired CRL (to reissue it), or null while it is still valid. */
 async function expiredCrlEntries(file: string): Promise<string[] | null> {
-  const crl = new x509.X509Crl(pemToDer(await readFile(file, 'utf8')));
+  let crl: x509.X509Crl;
+  try {
+    crl = new x509.X509Crl(pemToDer(await readFile(file, 'utf8')));
+  } catch (err) {
+    // Not made again empty: it may revoke certificates (postern pki revoke works on this CA too).
+    const dir = dirname(file);
+    throw new Error(`${file}: not a readable CRL (${(err as Error).message}); restore it, make it again from ${join(dir, 'issued.json')} with postern pki crl --dir ${dir}, or (if nothing was ever revoked) delete it`);
+  }
   return crl.nextUpdate && crl.nextUpdate < new Date() ? crl.entries.map((e) => e.serialNumber) : null;
 }

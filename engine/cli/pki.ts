@@ -184,10 +184,11 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     const selector = await revokeSelector(what, opts);
     const r = await revokeDevice(dir, selector, { reason: opts.reason ? parseReason(opts.reason) : undefined, all: opts.all });
     // A pin names an account whatever the chain verdict, and a listener without this CA's CRL never sees the
-    // revocation: the revoked keys leave the pin tables too (as the account page's revoke does).
+    // revocation: the revoked keys leave the pin tables too (as the account page's revoke does). Those revoked
+    // before as well: a revoke killed after its CRL and before this step is finished by running it again.
     const unpinned: Array<{ file: string; identity: string; pinSha256: string }> = [];
     for (const file of pinTableFiles(config)) {
-      for (const c of r.revoked) {
+      for (const c of [...r.revoked, ...r.alreadyRevoked]) {
         for (const gone of await removePin(file, { pin: c.pinSha256 })) unpinned.push({ file, identity: gone.identity, pinSha256: gone.pinSha256 });
       }
     }

@@ -10,7 +10,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { Spool } from '../spool/spool.ts';
 import {
-  deleteMessage, holdMessages, listQueue, queueEntries, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
+  deleteMessage, evenWhenFull, holdMessages, listQueue, queueEntries, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
 } from '../queue/admin.ts';
 import { operator, recordQueueOperation } from '../queue/operations.ts';
 import { formatMessageReport } from '../queue/show.ts';
@@ -215,8 +215,12 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
       const held = new Set(await spools.heldIds());
       targets = targets.filter((t) => held.has(t) === (op === 'release'));
     }
+    const reserveBefore = spools.reserve.state;
     const outcome = await act(spools, op, targets);
-    await recordQueueOperation(spools.root, op, outcome.changed);
+    await evenWhenFull(spools, () => recordQueueOperation(spools.root, op, outcome.changed));
+    if (reserveBefore !== spools.reserve.state) {
+      process.stderr.write(`postern: the disk is full: the spool's reserve (${spools.reserve.path}) was released for this change; the server refuses new mail (452 4.3.1) until it has made the reserve again, once there is room\n`);
+    }
     const n = outcome.changed.length;
     if (op === 'delete') for (const id of outcome.changed) process.stdout.write(`${id}: deleted\n`);
     else process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${SAID[op].done}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);

@@ -1,31 +1,14 @@
 /**
- * Whole-file writes for files a running server rereads (CRL, pin tables) or other processes read (the
- * inventory, the sightings): write a temporary file beside the target, fsync it, rename it over the target.
- * A reader, or the reload watcher, sees the old file or the new one, never half of one.
+ * Whole-file writes (writeFileAtomic, engine/spool/fsync.ts) for files a running server rereads (CRL, pin
+ * tables) or other processes read (the inventory, the sightings): the old file or the new one, never half of
+ * one, and a revocation or an unpin that a command reported done survives a power loss.
  * And one writer at a time per folder: `postern pki` and a web page may change the same inventory.
  */
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
+import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
+import { acquireDirectoryLock, DirectoryLockedError, type DirectoryLock } from '../spool/data-dir-lock.ts';
 
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
-  const dir = dirname(file);
-  await mkdir(dir, { recursive: true });
-  // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(tmp, 'wx', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode); // the umask may have narrowed it
-    await handle.sync();
-    await handle.close();
-    await rename(tmp, file);
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
-}
+export { writeFileAtomic };
 
 /** A file's text, or null when it does not exist. */
 export async function readIfExists(file: string): Promise<string | null> {
@@ -40,43 +23,29 @@ export async function readIfExists(file: string): Promise<string | null> {
 const LOCK_WAIT_MS = 15_000;
 
 /**
- * Runs `fn` holding `<dir>/.lock` (created exclusively, holding our pid). A lock left by a process that is
- * gone is taken over; one held by a live process is waited for, up to 15 s, then an error names it.
+ * Runs `fn` holding `<dir>/.lock` (data-dir-lock.ts: it names our PID and start time). A lock left by a
+ * process that is gone (killed, a power loss; a PID reused since by another process does not count) is taken
+ * over; one held by a live process, this one included, is waited for, up to 15 s, then an error names it.
  */
 export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
   await mkdir(dir, { recursive: true });
-  const lock = join(dir, '.lock');
   const deadline = Date.now() + LOCK_WAIT_MS;
+  let lock: DirectoryLock;
   for (;;) {
     try {
-      const h = await open(lock, 'wx', 0o600);
-      await h.writeFile(String(process.pid));
-      await h.close();
+      lock = acquireDirectoryLock(dir, '.lock');
       break;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(await readFile(lock, 'utf8').catch(() => ''));
-      if (!holder || !alive(holder)) {
-        // Empty: being written right now, or its writer died between open and write; old enough to judge.
-        const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
-        if (holder || age > 2000) { await rm(lock, { force: true }); continue; }
-      }
-      if (Date.now() > deadline) throw new Error(`${lock}: held by process ${holder || '?'}; another postern pki/pins command is running`);
+      if (!(err instanceof DirectoryLockedError)) throw err;
+      if (Date.now() > deadline) throw new Error(`${err.lockFile}: held by process ${err.pid}; another postern pki/pins command is running`);
       await new Promise((r) => setTimeout(r, 50));
     }
   }
   try {
+    // What a writer killed here before left behind (a CA key's copy among them): no writer runs now.
+    await removeLeftoverTemporaries(dir);
     return await fn();
   } finally {
-    await rm(lock, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    lock.release();
   }
 }

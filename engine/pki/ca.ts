@@ -40,6 +40,11 @@ export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<Ini
   await mkdir(paths.dir, { recursive: true, mode: 0o700 });
   await chmod(paths.dir, 0o700);
   return withFolderLock(paths.dir, async () => {
+    // An init stopped after the key and before the certificate (killed, a power loss) left a key that never
+    // signed anything: said so, as no command can use that folder.
+    if (await exists(paths.caKey) && !await exists(paths.caCert)) {
+      throw new Error(`${paths.caKey}: exists without ${paths.caCert}: an earlier "postern pki init" was stopped before it finished, and this key never signed anything; delete it and run init again`);
+    }
     for (const f of [paths.caKey, paths.caCert, paths.inventory]) {
       if (await exists(f)) throw new Error(`${f}: already exists; a CA is never overwritten (choose another --dir)`);
     }

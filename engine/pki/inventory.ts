@@ -4,7 +4,7 @@
  * issue and revoke rewrite it (atomically, under the folder lock); crl.ts makes the CRL from it.
  */
 import { X509Certificate } from 'node:crypto';
-import { pkiPaths, type PkiPaths, type RevocationReason } from './layout.ts';
+import { pkiPaths, REVOCATION_REASONS, type PkiPaths, type RevocationReason } from './layout.ts';
 import { readIfExists, writeFileAtomic } from './atomic-file.ts';
 import { x509 } from '../certificates/x509-provider.ts';
 import { pemToDer } from '../certificates/digests.ts';
@@ -48,30 +48,54 @@ export interface Inventory {
 
 export const DEFAULT_CRL_DAYS = 365;
 
-/** The inventory of a CA folder; a folder without one (the development PKI) starts with its CRL's entries. */
+/**
+ * The inventory of a CA folder, with every revocation its CRL lists: a command is killed (or the power goes)
+ * between writing the CRL and writing the inventory, so the CRL may be a step ahead; what it revokes stays
+ * revoked, and its number is never handed out again. A folder without an inventory (the development PKI)
+ * starts with its CRL's entries.
+ */
 export async function readInventory(dirOrPaths: string | PkiPaths): Promise<Inventory> {
   const paths = typeof dirOrPaths === 'string' ? pkiPaths(dirOrPaths) : dirOrPaths;
   const text = await readIfExists(paths.inventory);
+  const crlText = await readIfExists(paths.crl);
+  let crl: x509.X509Crl | null = null;
+  try {
+    crl = crlText === null ? null : new x509.X509Crl(pemToDer(crlText));
+  } catch (err) {
+    // With an inventory, the next change writes the CRL anew from it; without one there is nothing to go by.
+    if (text === null) throw new Error(`${paths.crl}: unreadable CRL (${(err as Error).message}), and no ${paths.inventory} to make it again from`);
+  }
+  let inv: Inventory;
   if (text !== null) {
     try {
-      const inv = JSON.parse(text) as Inventory;
+      inv = JSON.parse(text) as Inventory;
       if (inv.version !== 1 || !Array.isArray(inv.certificates)) throw new Error('not a version 1 inventory');
       inv.otherRevoked ??= [];
-      return inv;
     } catch (err) {
       throw new Error(`${paths.inventory}: unreadable: ${(err as Error).message}`);
     }
+  } else {
+    inv = { version: 1, crlNumber: 0, crlDays: DEFAULT_CRL_DAYS, certificates: [], otherRevoked: [] };
   }
-  const inv: Inventory = { version: 1, crlNumber: 0, crlDays: DEFAULT_CRL_DAYS, certificates: [], otherRevoked: [] };
-  const crl = await readIfExists(paths.crl);
-  if (crl !== null) {
-    const parsed = new x509.X509Crl(pemToDer(crl));
-    inv.crlNumber = crlNumberOf(parsed);
-    for (const e of parsed.entries) {
-      inv.otherRevoked.push({ serial: normalizeSerial(e.serialNumber), at: e.revocationDate.toISOString(), reason: 'unspecified' });
-    }
-  }
+  if (crl) takeCrlRevocations(inv, crl);
   return inv;
+}
+
+/** Adds the CRL's revocations the inventory lacks, and its number when it is ahead. */
+function takeCrlRevocations(inv: Inventory, crl: x509.X509Crl): void {
+  inv.crlNumber = Math.max(inv.crlNumber, crlNumberOf(crl));
+  for (const e of crl.entries) {
+    const serial = normalizeSerial(e.serialNumber);
+    const revoked: Revoked = { at: e.revocationDate.toISOString(), reason: reasonName(e.reason) };
+    const issued = inv.certificates.find((c) => c.serial === serial);
+    if (issued) issued.revoked ??= revoked;
+    else if (!inv.otherRevoked.some((r) => r.serial === serial)) inv.otherRevoked.push({ serial, ...revoked });
+  }
+}
+
+function reasonName(code: x509.X509CrlReason | undefined): RevocationReason {
+  const name = Object.entries(REVOCATION_REASONS).find(([, c]) => c === code)?.[0];
+  return (name ?? 'unspecified') as RevocationReason;
 }
 
 export async function writeInventory(paths: PkiPaths, inv: Inventory): Promise<void> {

@@ -5,6 +5,22 @@
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
+import { isNoSpace } from '../spool/reserve.ts';
+
+/**
+ * A change to the spool, made on a full disk too: the spool's reserve (engine/spool/reserve.ts) is released and
+ * the change made once more. Deleting queued mail is how an administrator frees a full spool, and marking a
+ * journal message removed takes a little room: without it `queue delete --all` failed at its first message and
+ * freed nothing. (The server makes the reserve again once there is room; the command says it was used.)
+ */
+export async function evenWhenFull<T>(spool: Pick<QueueSpool, 'reserve'>, change: () => Promise<T>): Promise<T> {
+  try {
+    return await change();
+  } catch (err) {
+    if (!isNoSpace(err) || !spool.reserve.release()) throw err;
+    return change();
+  }
+}
 
 export interface QueueEntry {
   id: string;
@@ -67,7 +83,7 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
     if (await makeDue(spool, id, ids === 'all' || missing !== undefined)) changed.push(id);
     else missing?.push(id);
   }
-  await spool.requestRescan();
+  await evenWhenFull(spool, () => spool.requestRescan());
   return changed;
 }
 
@@ -85,7 +101,7 @@ async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean):
     // may get a second copy; at least once, never lost).
     env = await spool.readEnvelope(id, { withState: false });
   }
-  await spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients });
+  await evenWhenFull(spool, () => spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients }));
   if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
   return true;
 }
@@ -93,9 +109,9 @@ async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean):
 /** Remove a message without delivering or bouncing it (held or not). False if it was not there. */
 export async function deleteMessage(spool: QueueSpool, id: string): Promise<boolean> {
   if (!(await spool.has(id))) return false;
-  await spool.remove(id);
+  await evenWhenFull(spool, () => spool.remove(id));
   await spool.release(id); // after the message: a crash in between leaves a hold without a message, removed at start
-  await spool.requestRescan();
+  await evenWhenFull(spool, () => spool.requestRescan());
   return true;
 }
 
@@ -152,12 +168,12 @@ export async function holdMessages(spool: QueueSpool, ids: readonly string[], ho
   for (const id of ids) {
     if (!(await spool.has(id))) { out.missing.push(id); continue; }
     if (await spool.isHeld(id)) { out.unchanged.push(id); continue; }
-    await spool.hold(id, hold);
+    await evenWhenFull(spool, () => spool.hold(id, hold));
     // Finished meanwhile (an attempt under way): no hold without a message.
     if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
     out.changed.push(id);
   }
-  if (out.changed.length) await spool.requestRescan();
+  if (out.changed.length) await evenWhenFull(spool, () => spool.requestRescan());
   return out;
 }
 
@@ -170,6 +186,6 @@ export async function releaseMessages(spool: QueueSpool, ids: readonly string[])
     if (await makeDue(spool, id, true)) out.changed.push(id);
     else out.missing.push(id);
   }
-  if (out.changed.length) await spool.requestRescan();
+  if (out.changed.length) await evenWhenFull(spool, () => spool.requestRescan());
   return out;
 }

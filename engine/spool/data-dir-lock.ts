@@ -35,10 +35,11 @@ export interface DirectoryLock {
 const held = new Map<string, string>();
 let exitHook = false;
 
-export function acquireDirectoryLock(dir: string): DirectoryLock {
+/** `name`: the lock file's name (another lock of the same folder: `postern pki`'s of a folder that may be the data directory). */
+export function acquireDirectoryLock(dir: string, name = LOCK_FILE): DirectoryLock {
   const absolute = resolve(dir);
   mkdirSync(absolute, { recursive: true, mode: 0o700 });
-  const lockFile = join(absolute, LOCK_FILE);
+  const lockFile = join(absolute, name);
   if (held.has(lockFile)) throw new DirectoryLockedError(dir, lockFile, process.pid);
   const mine = `${process.pid} ${startTime(process.pid) ?? '-'}\n`;
   for (let tries = 0; tries < 10; tries++) {

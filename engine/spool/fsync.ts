@@ -1,8 +1,11 @@
 /**
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
- * so N concurrent messages cost about two directory syncs, not N.
+ * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { open } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 export async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
@@ -33,5 +36,72 @@ export class DirectorySyncer {
       return this.sync();
     });
     return this.#next;
+  }
+}
+
+/**
+ * Replaces `file` whole: a temporary file beside it (created with `mode`, never wider on the way), fsynced,
+ * renamed over it, the folder fsynced. A reader sees the old file or the new one, never half of one; after a
+ * kill or a power loss the old one or the new one is there, never an empty or torn one; and once this
+ * returns the new one survives a power loss.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const dir = dirname(file);
+  await mkdir(dir, { recursive: true });
+  // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
+  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const before = await stat(file).catch(() => null);
+  const handle = await open(tmp, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.chmod(mode); // the umask may have narrowed it
+    if (before) await keepOwner(handle, before);
+    await handle.sync();
+    await handle.close();
+    await rename(tmp, file);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  // The rename is durable only once the folder is: until then a power loss may bring the old file back.
+  await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
+}
+
+/**
+ * The file replaced keeps its owner and group: `sudo postern pins remove` would otherwise leave a root-owned
+ * table (0640, say) that a server running as `postern` cannot read, and its reload would keep the removed pin.
+ * Root can give the file back; another user can at least keep a group it is in.
+ */
+async function keepOwner(handle: FileHandle, was: Stats): Promise<void> {
+  if (was.uid === process.getuid?.() && was.gid === process.getgid?.()) return;
+  await handle.chown(was.uid, was.gid).catch(() => handle.chown(-1, was.gid)).catch(() => undefined);
+}
+
+const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes the temporary files of writeFileAtomic calls in `dir` whose process is gone (killed before its
+ * rename): a hidden copy of a CA key would otherwise outlive the key it copies. Returns their names.
+ */
+export async function removeLeftoverTemporaries(dir: string): Promise<string[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = Number(TEMPORARY.exec(name)?.[1]);
+    if (!pid || processAlive(pid)) continue;
+    await rm(join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/** Whether a process with this id runs (as another user too). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -13,13 +13,15 @@ export interface CliOptions {
   cwd?: string;
   /** Hang guard; the child is killed after it. */
   timeoutMs?: number;
+  /** More environment (test/helpers/disk-faults.ts's, say). */
+  env?: Record<string, string>;
 }
 
 export function runCli(args: readonly string[], opts: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [MAIN, ...args], {
       cwd: opts.cwd ?? tmpdir(), stdio: ['pipe', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 60_000,
-      env: { ...process.env, NODE_NO_WARNINGS: '1' },
+      env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env },
     });
     let stdout = '';
     let stderr = '';

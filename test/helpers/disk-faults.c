@@ -10,6 +10,10 @@
  *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
  *   open-watchdog-emfile  open() of the watchdog thread's module fails with EMFILE (out of descriptors as
  *                  the thread starts)
+ * And faults on any file, whose trigger file holds the end of the path they are for:
+ *   fsync-eio      fsync() of a file or folder whose path ends so fails with EIO
+ *   rename-kill    the process is killed (SIGKILL) as it renames a file over a path that ends so: a crash
+ *                  between two whole-file writes
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -21,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -47,11 +52,45 @@ static int claim_on(const char *fault, int fd, const char *suffix) {
 
 static int claim(const char *fault, int fd) { return claim_on(fault, fd, ".seg"); }
 
+/* The suffix an any-file fault's trigger file holds, or 0 when it is not armed. */
+static int armed_suffix(const char *fault, char *trigger, char *suffix) {
+  const char *dir = getenv("POSTERN_DISK_FAULTS");
+  if (!dir) return 0;
+  snprintf(trigger, PATH_MAX, "%s/%s", dir, fault);
+  FILE *f = fopen(trigger, "r");
+  if (!f) return 0;
+  size_t n = fread(suffix, 1, PATH_MAX - 1, f);
+  fclose(f);
+  suffix[n] = 0;
+  return n > 0;
+}
+
+static int ends_with(const char *path, const char *suffix) {
+  size_t n = strlen(path), k = strlen(suffix);
+  return n >= k && strcmp(path + n - k, suffix) == 0;
+}
+
+/* An any-file fault armed for `path` (or, without one, the file open at `fd`), claimed by this call. */
+static int claim_any(const char *fault, int fd, const char *path) {
+  char trigger[PATH_MAX], suffix[PATH_MAX];
+  if (!armed_suffix(fault, trigger, suffix)) return 0;
+  if (path ? !ends_with(path, suffix) : !path_ends_with(fd, suffix)) return 0;
+  return unlink(trigger) == 0;
+}
+
 int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fsync");
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
+  if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
   return real(fd);
+}
+
+int rename(const char *from, const char *to) {
+  static int (*real)(const char *, const char *);
+  if (!real) real = dlsym(RTLD_NEXT, "rename");
+  if (to && claim_any("rename-kill", -1, to)) kill(getpid(), SIGKILL);
+  return real(from, to);
 }
 
 int fdatasync(int fd) {

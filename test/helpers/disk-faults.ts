@@ -8,14 +8,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile';
+/** Faults on any file: armed with the end of the path they are for (see the C file). */
+export type FileFault = 'fsync-eio' | 'rename-kill';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
   env: Record<string, string>;
   /** The next matching call (on a journal segment or queue folder, in any process of the server) gets `fault`. */
   arm(fault: DiskFault): void;
+  /** The next matching call on a file or folder whose path ends with `pathEnd` (in any process) gets `fault`. */
+  armFor(fault: FileFault, pathEnd: string): void;
   /** Whether an armed fault has been taken. */
-  taken(fault: DiskFault): boolean;
+  taken(fault: DiskFault | FileFault): boolean;
 }
 
 const SOURCE = new URL('./disk-faults.c', import.meta.url).pathname;
@@ -29,6 +33,7 @@ export function diskFaults(): DiskFaults {
   return {
     env: { LD_PRELOAD: library, POSTERN_DISK_FAULTS: armed },
     arm: (fault) => writeFileSync(join(armed, fault), ''),
+    armFor: (fault, pathEnd) => writeFileSync(join(armed, fault), pathEnd),
     taken: (fault) => !existsSync(join(armed, fault)),
   };
 }

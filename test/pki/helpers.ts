@@ -17,7 +17,7 @@ export const run = promisify(execFile);
 export type { CliResult };
 
 /** `postern ARGS…`, from a folder unrelated to the configuration. */
-export const postern = (args: string[], input?: string): Promise<CliResult> => runCli(args, { input, timeoutMs: 120_000 });
+export const postern = (args: string[], input?: string, env?: Record<string, string>): Promise<CliResult> => runCli(args, { input, env, timeoutMs: 120_000 });
 
 /** `postern ARGS… --json`, which must succeed: the parsed output. */
 export async function posternJson<T = Record<string, unknown>>(args: string[]): Promise<T> {

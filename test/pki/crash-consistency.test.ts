@@ -1,0 +1,167 @@
+// `postern pki revoke` killed (SIGKILL, as an OOM kill or a power loss would stop it) between its whole-file
+// writes: the CRL, the inventory, the pin table. Whatever point it died at, running it again finishes the
+// revocation, the CRL never loses a revoked serial, and its number never repeats. And a write that may not
+// be durable (the folder's fsync fails) is an error, not "revoked"; a table replaced by root keeps its owner.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { dirname, join } from 'node:path';
+import { readdirSync } from 'node:fs';
+import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+import { postern, posternJson } from './helpers.ts';
+import { pemToDer } from '../../engine/certificates/digests.ts';
+import { x509 } from '../../engine/certificates/x509-provider.ts';
+import { crlNumberOf, normalizeSerial } from '../../engine/pki/inventory.ts';
+
+const scratch = useScratchDir('postern-pki-crash-');
+let pki: TestPki;
+let faults: DiskFaults;
+
+before(async () => {
+  pki = await makeTestPki();
+  faults = diskFaults();
+});
+
+interface Issued { certificate: { serial: string; pinSha256: string }; files: { cert: string } }
+
+/** A CA folder made by `pki init`, a pin table, and a configuration naming both. */
+async function caFolder(name: string): Promise<{ ca: string; pins: string; config: string }> {
+  const root = join(scratch.path, name);
+  await mkdir(root);
+  const ca = join(root, 'ca');
+  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  const pins = join(root, 'pins');
+  await writeFile(pins, '# pins managed by postern pins\n');
+  const config = join(root, 'postern.yaml');
+  await writeFile(config, `
+dataDir: ${join(root, 'data')}
+localDomains: [example.com]
+pki: { dir: ${ca} }
+tables: { pins: ${pins} }
+listeners:
+  - name: pinned
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { pins: pins }
+`);
+  return { ca, pins, config };
+}
+
+/** The CA's CRL as on disk: its text, its number and the serials it revokes. */
+async function crlOnDisk(ca: string): Promise<{ pem: string; number: number; serials: string[] }> {
+  const pem = await readFile(join(ca, 'ca.crl'), 'utf8');
+  const crl = new x509.X509Crl(pemToDer(pem));
+  return { pem, number: crlNumberOf(crl), serials: crl.entries.map((e) => normalizeSerial(e.serialNumber)) };
+}
+
+/**
+ * Every CRL the folder had, in order: a new one has a higher number (two different CRLs with one number are
+ * one too many: RFC 5280 5.2.3), and a serial one of them revoked is revoked by every later one.
+ */
+function checkHistory(history: Array<{ pem: string; number: number; serials: string[] }>): void {
+  for (let i = 1; i < history.length; i++) {
+    const [a, b] = [history[i - 1]!, history[i]!];
+    if (a.pem === b.pem) continue;
+    assert.ok(b.number > a.number, `CRL number ${b.number} after ${a.number}: ${history.map((h) => h.number).join(', ')}`);
+    for (const serial of a.serials) assert.ok(b.serials.includes(serial), `serial ${serial}, revoked by CRL ${a.number}, is not in CRL ${b.number}`);
+  }
+}
+
+for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json'], ['pin table', '/pins']] as const) {
+  for (const next of ['revoke again', 'issue another']) {
+    test(`pki revoke killed as it replaces the ${point}, then ${next}: the revocation is finished, never dropped, no CRL number reused`, async () => {
+      const f = await caFolder(`${point}-${next}`.replace(/ /g, '-'));
+      const laptop = await posternJson<Issued>(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', f.config]);
+      assert.equal((await postern(['pins', 'add', 'alice@example.com', laptop.files.cert, '--device', 'laptop', '-c', f.config])).code, 0);
+      const history = [await crlOnDisk(f.ca)];
+      const revoke = ['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '--reason', 'keyCompromise', '-c', f.config];
+
+      faults.armFor('rename-kill', killedAt);
+      const killed = await postern(revoke, undefined, faults.env);
+      assert.ok(faults.taken('rename-kill'), 'the command got to that write');
+      assert.equal(killed.signal, 'SIGKILL', killed.stderr);
+      history.push(await crlOnDisk(f.ca));
+
+      // Another command comes first (a colleague's issue), or the administrator, who saw the command die, runs it again.
+      const issue = (identity: string): Promise<Issued> => posternJson<Issued>(['pki', 'issue', identity, '--device', 'phone', '-c', f.config]);
+      if (next === 'issue another') {
+        await issue('bob@example.com');
+        history.push(await crlOnDisk(f.ca));
+        checkHistory(history);
+      }
+      await posternJson(revoke);
+      history.push(await crlOnDisk(f.ca));
+      assert.ok(history.at(-1)!.serials.includes(laptop.certificate.serial), 'the CRL revokes the laptop');
+      assert.doesNotMatch(await readFile(f.pins, 'utf8'), new RegExp(Buffer.from(laptop.certificate.pinSha256, 'hex').toString('base64url')), 'its key is unpinned');
+      const listed = await posternJson<{ certificates: Array<{ serial: string; status: string }> }>(['pki', 'list', '-c', f.config]);
+      assert.equal(listed.certificates.find((d) => d.serial === laptop.certificate.serial)?.status, 'revoked');
+      for (const dir of [f.ca, dirname(f.pins)]) assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], `nothing left behind in ${dir}`);
+
+      // The next change signs the CRL again from the inventory.
+      await issue('carol@example.com');
+      history.push(await crlOnDisk(f.ca));
+      checkHistory(history);
+    });
+  }
+}
+
+test('pki revoke whose CRL may not be durable (the folder\'s fsync fails) says so and fails; run again, it is done', async () => {
+  const f = await caFolder('fsync');
+  const laptop = await posternJson<Issued>(['pki', 'issue', 'dave@example.com', '--device', 'laptop', '-c', f.config]);
+  faults.armFor('fsync-eio', '/ca');
+  const r = await postern(['pki', 'revoke', 'dave@example.com', '--device', 'laptop', '-c', f.config], undefined, faults.env);
+  assert.ok(faults.taken('fsync-eio'), 'the folder was synced');
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /ca\.crl: written, but its folder could not be synced to disk .*do it again/);
+  assert.doesNotMatch(r.stdout, /revoked dave/);
+  await posternJson(['pki', 'revoke', 'dave@example.com', '--device', 'laptop', '-c', f.config]);
+  assert.ok((await crlOnDisk(f.ca)).serials.includes(laptop.certificate.serial));
+});
+
+test('pins add/remove run as root keep the table\'s owner and mode: a server running as another user still reads it', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  const f = await caFolder('owner');
+  const serverUser = { uid: 65534, gid: 65534 }; // nobody: the server's own user
+  for (const dir of [scratch.path, join(scratch.path, 'owner')]) await chmod(dir, 0o755);
+  await chown(f.pins, serverUser.uid, serverUser.gid);
+  await chmod(f.pins, 0o640);
+  const laptop = await posternJson<Issued>(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config]);
+  for (const args of [['pins', 'add', 'erin@example.com', laptop.files.cert, '--device', 'laptop'], ['pins', 'remove', 'erin@example.com']]) {
+    const r = await postern([...args, '-c', f.config]);
+    assert.equal(r.code, 0, r.stderr);
+    const st = await stat(f.pins);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [serverUser.uid, serverUser.gid, 0o640], `after ${args.slice(0, 2).join(' ')}`);
+    // What the server's reload does: read the table as its user.
+    await promisify(execFile)('cat', [f.pins], { ...serverUser });
+  }
+});
+
+test('pki init killed between the CA key and its certificate: init again names the key left over, and works once it is deleted', async () => {
+  const ca = join(scratch.path, 'init-killed');
+  faults.armFor('rename-kill', '/ca.crt');
+  const killed = await postern(['pki', 'init', '--dir', ca], undefined, faults.env);
+  assert.ok(faults.taken('rename-kill'));
+  assert.equal(killed.signal, 'SIGKILL');
+  const again = await postern(['pki', 'init', '--dir', ca]);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /ca\.key: exists without .*ca\.crt: an earlier "postern pki init" was stopped before it finished.*delete it and run init again/);
+  await rm(join(ca, 'ca.key'));
+  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  assert.ok((await crlOnDisk(ca)).number >= 1);
+});
+
+test('a CA folder lock left by a command that died, whose PID a live process has now (after a reboot): the next command takes it over', async () => {
+  const ca = join(scratch.path, 'stale-lock');
+  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  // This test's own process: alive, and no postern command. As an older version wrote it (PID only), and as now.
+  for (const stale of [`${process.pid}`, `${process.pid} 1\n`]) {
+    await writeFile(join(ca, '.lock'), stale);
+    const r = await postern(['pki', 'crl', '--dir', ca]);
+    assert.equal(r.code, 0, `${JSON.stringify(stale)}: ${r.stderr}`);
+    assert.ok(!readdirSync(ca).includes('.lock'), 'released');
+  }
+});
