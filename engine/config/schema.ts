@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
+import { redisUrlProblem } from '../store/redis-url.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -312,8 +313,11 @@ export const configSchema = z.strictObject({
     .describe('Which workers of `postern serve` take new SMTP connections. `fill`: the workers accept on the listening sockets the supervisor holds, and only those it tells to, at each heartbeat: the first worker, and the next only while those before it are busy (event-loop utilisation 0.6 or more over the last 100 ms) and the machine has a whole core idle, or they are saturated (busy 95% with its thread on a CPU 85% of the time): work done once per event-loop turn is shared by more sessions, so fewer CPU per message. `roundRobin`: the supervisor accepts each connection and hands it to the workers in turn, each gets a share even at light load (about 100 µs more of the supervisor\'s CPU per connection). Policy-service connections are handed round robin either way. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
   store: z.strictObject({
     redis: z.strictObject({
-      url: z.string().regex(/^rediss?:\/\//, 'expected redis://… or rediss://…').meta({ format: 'URL' })
-        .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.'),
+      url: z.string().superRefine((url, ctx) => {
+        const problem = redisUrlProblem(url);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      }).meta({ format: 'URL' })
+        .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS. Characters such as `# / ? @ : %` in the user name or password are written percent-encoded (`#` as `%23`); `postern check` refuses a URL the client could not read, without repeating it.'),
       keyPrefix: z.string().default('postern:')
         .describe('Put in front of every key. Servers that should count together (one limit over several machines) use the same prefix; unrelated ones a different one.'),
       timeoutMs: timerMs().default(50)
