@@ -85,6 +85,10 @@ test('v1 header: scripts see the original address and port', async () => {
   c.destroy();
   // The decision line names the client too.
   await until('the refusal is logged', () => server.logs.some((l) => l.stage === 'CONNECT' && l.client === '192.0.2.99' && l.decision !== undefined));
+  // The same client as an IPv4-mapped address in TCP6, its IPv4 part in hex: the IPv4 client scripts know.
+  const mapped = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 0:0:0:0:0:ffff:c000:0263 ::1 51235 25\r\n' });
+  assert.equal((await mapped.read()).text, '554 5.7.1 No mail from 192.0.2.99 port 51235');
+  mapped.destroy();
 });
 
 test('implicit TLS: the handshake follows the v2 header in the same write', async () => {

@@ -24,6 +24,19 @@ test('v1: TCP4 and TCP6 name the source; UNKNOWN is local; the length excludes w
   assert.deepEqual(ok('PROXY UNKNOWN\r\n'), { version: 1, command: 'local', length: 15 });
 });
 
+test('v1: an IPv6 address written any valid way is named as v2 names it (RFC 5952, IPv4-mapped as ::ffff:a.b.c.d); a zone is refused', () => {
+  // Before: kept as written (lowercased), so one client had as many keys for its limits as ways to write it,
+  // and a mapped address in hex (::ffff:c000:263) was an IPv6 client of the network ::/64 — every such client one.
+  const source = (a: string) => (ok(`PROXY TCP6 ${a} ::1 1 25\r\n`) as { source: { address: string } }).source.address;
+  assert.equal(source('2001:0DB8:0000:0000:0000:0000:0000:0007'), '2001:db8::7');
+  assert.equal(source('2001:db8:0:0:1:0:0:1'), '2001:db8::1:0:0:1');
+  assert.equal(source('::ffff:c000:263'), '::ffff:192.0.2.99');
+  assert.equal(source('0:0:0:0:0:FFFF:192.0.2.99'), '::ffff:192.0.2.99');
+  assert.equal(source('::'), '::');
+  assert.deepEqual((ok('PROXY TCP6 ::1 0:0::0001 1 25\r\n') as { destination: unknown }).destination, { address: '::1', port: 25 });
+  invalid('PROXY TCP6 fe80::1%eth0 ::1 1 25\r\n', /zone/);
+});
+
 test('v1: malformed lines are refused', () => {
   invalid('PROXY TCP4 192.0.2.7 198.51.100.1 40001\r\n', /two ports/);
   invalid('PROXY TCP4 2001:db8::1 198.51.100.1 1 2\r\n', /not TCP4/);
