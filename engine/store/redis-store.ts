@@ -109,9 +109,14 @@ const RECONNECT_AFTER_READONLY_MS = 1000;
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
 
+type RedisClient = ReturnType<typeof createClient>;
+
 export class RedisCounterStore implements CounterStore {
   readonly kind = 'redis';
-  readonly #client;
+  #client: RedisClient;
+  readonly #url: string;
+  /** The time limit of a connection, and of its first commands' answers (ms). */
+  readonly #connectTimeout: number;
   readonly #prefix: string;
   readonly #timeoutMs: number;
   readonly #log: Logger;
@@ -125,24 +130,50 @@ export class RedisCounterStore implements CounterStore {
   #unanswered = 0;
   /** rate() calls of this turn not sent yet: they go as one command at its end (#sendRates). */
   #rates: RateCalls | null = null;
+  /** Runs out when a new connection has not answered its first commands in time (see #handshakeHung). */
+  #handshake: NodeJS.Timeout | undefined;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
     this.#timeoutMs = options.timeoutMs;
     this.#log = logger.child({ component: 'store' });
-    this.#client = createClient({
-      url: options.url,
+    this.#url = options.url;
+    this.#connectTimeout = Math.max(1000, options.timeoutMs);
+    this.#client = this.#newClient();
+    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
+      options.connectionLeaseSeconds ?? 30, this.#log);
+  }
+
+  /**
+   * A client, connecting: its events count only while it is the store's. The first connection is not waited
+   * for: until it is up, calls fail closed like during any outage.
+   */
+  #newClient(): RedisClient {
+    const client = createClient({
+      url: this.#url,
       disableOfflineQueue: true,
-      socket: { connectTimeout: Math.max(1000, options.timeoutMs), reconnectStrategy: reconnectDelay },
+      socket: { connectTimeout: this.#connectTimeout, reconnectStrategy: reconnectDelay },
+    });
+    const current = (): boolean => client === this.#client && !this.#closed;
+    // The client's connectTimeout ends with the TCP (or TLS) connection; its first commands (AUTH, CLIENT
+    // SETINFO) have no time limit. A server that takes the connection and never answers them (hung, paused,
+    // a proxy holding connections without a backend) left the client connected and never ready: every call
+    // failed, closed, with nothing logged, and that connection was waited on for good.
+    client.on('connect', () => {
+      if (!current()) return;
+      clearTimeout(this.#handshake);
+      this.#handshake = setTimeout(() => this.#handshakeHung(), this.#connectTimeout).unref();
     });
     // Without an 'error' listener a lost connection would end the process; one line per outage.
-    this.#client.on('error', (err: Error) => {
-      if (this.#down || this.#closed) return;
+    client.on('error', (err: Error) => {
+      if (this.#down || !current()) return;
       this.#down = true;
       metrics.storeUnreachable.set(1);
       this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
     });
-    this.#client.on('ready', () => {
+    client.on('ready', () => {
+      if (!current()) return;
+      clearTimeout(this.#handshake);
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
       metrics.storeUnreachable.set(0);
@@ -150,10 +181,8 @@ export class RedisCounterStore implements CounterStore {
       // its script, even the first after a Redis restart, so each call is one round trip.
       for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
     });
-    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
-      options.connectionLeaseSeconds ?? 30, this.#log);
-    // The first connection is not waited for: until it is up, calls fail closed like during any outage.
-    this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+    client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+    return client;
   }
 
   /**
@@ -200,6 +229,7 @@ export class RedisCounterStore implements CounterStore {
   async close(): Promise<void> {
     await this.connectionSlots.close();
     this.#closed = true;
+    clearTimeout(this.#handshake);
     this.#deadlines.expireAll();
     try {
       this.#client.destroy();
@@ -277,13 +307,35 @@ export class RedisCounterStore implements CounterStore {
     const now = performance.now();
     if (this.#closed || now - this.#reconnectedAt < RECONNECT_AFTER_READONLY_MS) return;
     this.#reconnectedAt = now;
-    if (!this.#down) {
-      this.#down = true;
-      metrics.storeUnreachable.set(1);
-      this.#log.error({ err: { message } }, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
-    }
+    this.#outage(message, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
     this.#client.destroy();
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+  }
+
+  /**
+   * A new connection's first commands not answered in time (see #newClient): an outage, and a new client. Not
+   * the same client connected again: destroyed while it waits for those answers, its own reconnection loop
+   * went on beside the new one, each making connections.
+   */
+  #handshakeHung(): void {
+    if (this.#closed) return;
+    this.#outage(`no answer to the first commands within ${this.#connectTimeout} ms`,
+      'store: Redis took the connection but did not answer its first commands (hung?); calls that need it fail closed; connecting again');
+    const old = this.#client;
+    this.#client = this.#newClient();
+    try {
+      old.destroy();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Logged once per outage. */
+  #outage(message: string, line: string): void {
+    if (this.#down) return;
+    this.#down = true;
+    metrics.storeUnreachable.set(1);
+    this.#log.error({ err: { message } }, line);
   }
 }
 

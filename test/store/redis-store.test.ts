@@ -5,11 +5,15 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Writable } from 'node:stream';
 import { createClient } from 'redis';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { until } from '../helpers/wait.ts';
+import { registry } from '../../engine/metrics/metrics.ts';
 
 const opts = needsRedis();
 const quiet = createLogger('silent');
@@ -134,6 +138,47 @@ test('a hung Redis under load: calls fail closed without piling up in the client
     assert.ok(ran <= 1000, `Redis ran ${ran} of the calls that had failed (at most the 1,000 sent and unanswered)`);
   } finally {
     await s.close();
+  }
+});
+
+test('a server that takes the connection and never answers its first commands: logged as an outage, and connected again until one answers', opts, async () => {
+  // A relay to the real Redis that, while `hold` is set, takes connections and passes nothing (a hung server
+  // at connect, a proxy holding connections without a backend). The client, connected but never ready, failed
+  // every call without a log line or the unreachable gauge, and waited on that connection for good.
+  let hold = true;
+  const held = new Set<net.Socket>();
+  const relay = net.createServer((client) => {
+    client.on('error', () => undefined);
+    if (hold) {
+      held.add(client);
+      client.resume(); // read (and drop) what it sends, so that its close is seen
+      client.on('close', () => held.delete(client));
+      return;
+    }
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+  const lines: string[] = [];
+  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+  const s = new RedisCounterStore({ url: `redis://127.0.0.1:${(relay.address() as net.AddressInfo).port}`, keyPrefix: 'handshake:', timeoutMs: 200 },
+    createLogger('info', sink));
+  const unreachable = async () => (await registry.getSingleMetric('postern_store_unreachable')!.get()).values[0]?.value;
+  try {
+    await until('the outage is logged', () => lines.some((l) => /store: Redis took the connection but did not answer/.test(l)));
+    assert.equal(await unreachable(), 1);
+    await assert.rejects(s.rate('r', 10, 60), StoreUnavailable);
+    hold = false;
+    await eventually(async () => (await s.rate('r', 10, 60)).count === 1, 'answered on a new connection');
+    assert.equal(await unreachable(), 0);
+    await until('the held connections are closed by the store', () => held.size === 0);
+  } finally {
+    hold = false;
+    await s.close();
+    for (const c of held) c.destroy();
+    relay.close();
   }
 });
 
