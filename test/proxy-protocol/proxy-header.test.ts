@@ -46,6 +46,7 @@ test('v1: malformed lines are refused', () => {
   invalid('PROXY TCP4 192.0.2.7 198.51.100.1 1 25\n', /CRLF/);
   invalid('PROXY UDP4 192.0.2.7 198.51.100.1 1 25\r\n', /not TCP4, TCP6 or UNKNOWN/);
   invalid('PROXY TCP4 host.example 198.51.100.1 1 25\r\n', /not TCP4/);
+  invalid('PROXY TCP4 192.0.002.7 198.51.100.1 1 25\r\n', /not TCP4/); // leading zeros: octal to some parsers
   invalid(`PROXY TCP4 ${'1'.repeat(120)}`, /longer than 107/);
   invalid('EHLO client\r\n', /not a PROXY protocol header/);
   invalid('PROXX TCP4', /not a PROXY protocol header/);
