@@ -241,8 +241,9 @@ export class PosternServer extends SMTPServer {
         : { address: balancer, port: socket.remotePort ?? 0 };
       if (!await this.#countProxied(socket, countedAddress(client.address, this.ipv6PrefixLength), client.port, handshake)) return callback(new Error('closed before the session'));
       this.#proxiedClient.set(socket, client.address);
-      // The session id in smtp-server's form (its own _handleProxy is not called).
-      callback(null, { id: newSessionId(), remoteAddress: client.address, remotePort: client.port });
+      // The session id in smtp-server's form (its own _handleProxy is not called); fromBalancer: PosternConnection's.
+      const options = { id: newSessionId(), remoteAddress: client.address, remotePort: client.port, fromBalancer: header.command === 'local' };
+      callback(null, options);
     }).catch(refuse);
   }
 

@@ -47,6 +47,10 @@ listeners:
     listen: 127.0.0.1:0
     proxyProtocol: { trusted: [10.0.0.0/8, "fd00::/8"] }
     limits: { greetingDelayMs: 0 }
+  - name: rated
+    listen: 127.0.0.1:0
+    proxyProtocol: { trusted: [127.0.0.0/8] }
+    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 2, windowSeconds: 3600 } }
 `,
     scripts: { 'connect.ts': CONNECT },
   });
@@ -128,6 +132,26 @@ test('maxConnectionsPerIp counts the original client, not the balancer', async (
     c.destroy();
     return ok;
   });
+});
+
+test('connectionRatePerIp counts the clients a header names, not the balancer\'s own health checks (LOCAL, v1 UNKNOWN)', async () => {
+  // Counted under the balancer's address, its checks (HAProxy's every 2 s by default, from each balancer) used
+  // up that address's rate: the check then read 421, and the balancer took every node out of service. The
+  // balancer is a trusted proxy, as Postfix's mynetworks are exempt from its anvil rate by default.
+  const greeting = async (proxyHeader: Buffer | string): Promise<string> => {
+    const c = await SmtpTestClient.connect(server.port('rated'), { proxyHeader });
+    const text = (await c.read()).text;
+    c.destroy();
+    return text;
+  };
+  for (let i = 0; i < 4; i++) {
+    assert.match(await greeting(proxyV2('192.0.2.60', 1, { local: true })), /^220 /, `health check ${i + 1} (v2 LOCAL)`);
+    assert.match(await greeting('PROXY UNKNOWN\r\n'), /^220 /, `health check ${i + 1} (v1 UNKNOWN)`);
+  }
+  // A client the header names is still counted.
+  assert.match(await greeting(proxyV2('192.0.2.61', 1)), /^220 /);
+  assert.match(await greeting(proxyV2('192.0.2.61', 2)), /^220 /);
+  assert.equal(await greeting(proxyV2('192.0.2.61', 3)), '421 4.7.0 Error: too many connections from 192.0.2.61, try again later');
 });
 
 test('an untrusted peer, a malformed header and a header that never comes: closed without a reply', async () => {
