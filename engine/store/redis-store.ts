@@ -5,7 +5,7 @@
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
 import { randomBytes } from 'node:crypto';
-import { createClient } from 'redis';
+import { createClient, ErrorReply } from 'redis';
 import type { AuthFailureStore } from '../auth/failure-limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
@@ -132,6 +132,8 @@ export class RedisCounterStore implements CounterStore {
   #rates: RateCalls | null = null;
   /** Runs out when a new connection has not answered its first commands in time (see #handshakeHung). */
   #handshake: NodeJS.Timeout | undefined;
+  /** Since when commands have waited with nothing heard from Redis (performance.now()); null: none waiting. */
+  #silentSince: number | null = null;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -277,6 +279,7 @@ export class RedisCounterStore implements CounterStore {
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
     this.#unanswered += calls;
+    this.#silentSince ??= performance.now();
     const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script, calls);
     this.#deadlines.add(command);
     this.#client.sendCommand(args).then(command.answered, command.failed);
@@ -285,12 +288,15 @@ export class RedisCounterStore implements CounterStore {
 
   /** What the commands in flight report back (see PendingCommand). */
   readonly #commands: CommandOwner = {
-    replied: (command) => {
+    replied: (command, heard) => {
       this.#unanswered -= command.calls;
+      if (heard) this.#silentSince = this.#unanswered > 0 ? performance.now() : null;
+      else if (this.#unanswered === 0) this.#silentSince = null;
       if (!command.settled) this.#deadlines.settle(command);
     },
     timedOut: (command) => {
       command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
+      if (this.#silentSince !== null && performance.now() - this.#silentSince >= this.#connectTimeout) this.#connectionSilent();
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
     readOnly: (message) => this.#reconnect(message),
@@ -321,6 +327,25 @@ export class RedisCounterStore implements CounterStore {
     if (this.#closed) return;
     this.#outage(`no answer to the first commands within ${this.#connectTimeout} ms`,
       'store: Redis took the connection but did not answer its first commands (hung?); calls that need it fail closed; connecting again');
+    this.#replaceClient();
+  }
+
+  /**
+   * Commands have waited for connectTimeout (at least 1 s) with nothing heard on the connection: its far end
+   * may be gone without a reset (a host powered off or partitioned away; behind a DNS name or virtual address,
+   * another server answers now). Kept, every call timed out until TCP gave up on it, up to a quarter of an
+   * hour. A server merely hung is connected to again the same way, and answers once it wakes.
+   */
+  #connectionSilent(): void {
+    if (this.#closed) return;
+    this.#outage(`no answer for ${this.#connectTimeout} ms`,
+      'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
+    this.#silentSince = null;
+    this.#replaceClient();
+  }
+
+  /** The client replaced by a new one, connecting; the old one closed (its commands fail). */
+  #replaceClient(): void {
     const old = this.#client;
     this.#client = this.#newClient();
     try {
@@ -395,8 +420,8 @@ class RateCalls {
 }
 
 interface CommandOwner {
-  /** Its reply (or failure) came, in time or not. */
-  replied(command: PendingCommand): void;
+  /** Its reply (or failure) came, in time or not; `heard`: from Redis (a reply or an error reply), not the client. */
+  replied(command: PendingCommand, heard: boolean): void;
   /** Its deadline passed before a reply: fail it (the reply, if one comes, is dropped). */
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
@@ -440,13 +465,13 @@ class PendingCommand implements Waiting {
 
   readonly answered = (value: unknown): void => {
     const late = this.settled;
-    this.#owner.replied(this);
+    this.#owner.replied(this, true);
     if (!late) this.resolve(value);
   };
 
   readonly failed = (err: unknown): void => {
     const late = this.settled;
-    this.#owner.replied(this);
+    this.#owner.replied(this, err instanceof ErrorReply);
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
     if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));

@@ -182,6 +182,43 @@ test('a server that takes the connection and never answers its first commands: l
   }
 });
 
+test('a connection that goes silent for good (its host gone without a reset): calls fail closed, and a new connection is made once it answers nothing for a second', opts, async () => {
+  // A relay to the real Redis whose connections can be cut off without a close: nothing passes either way, as
+  // when the Redis host is powered off or partitioned away (a DNS name or virtual address then leads elsewhere).
+  // The client kept its connection, each call timed out, and TCP took up to a quarter of an hour to give up.
+  const links = new Set<{ client: net.Socket; upstream: net.Socket; cut: boolean }>();
+  const relay = net.createServer((client) => {
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    const link = { client, upstream, cut: false };
+    links.add(link);
+    client.on('error', () => undefined);
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => { upstream.destroy(); links.delete(link); });
+    client.on('data', (d) => { if (!link.cut) upstream.write(d); });
+    upstream.on('data', (d) => { if (!link.cut) client.write(d); });
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+  const lines: string[] = [];
+  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+  const s = new RedisCounterStore({ url: `redis://127.0.0.1:${(relay.address() as net.AddressInfo).port}`, keyPrefix: 'silent:', timeoutMs: 100 },
+    createLogger('info', sink));
+  try {
+    await ready(s);
+    for (const link of links) link.cut = true;
+    const cutOff = [...links];
+    const err = await s.rate('r', 10, 60).then(() => null, (e: unknown) => e);
+    assert.ok(err instanceof StoreUnavailable, String(err));
+    // Calls keep failing closed until the store has given up on that connection and made another.
+    await eventually(async () => (await s.rate('r', 10, 60)).allowed, 'answered on a new connection');
+    assert.ok(cutOff.every((link) => !links.has(link)), 'the silent connection was closed');
+    assert.ok(lines.some((l) => /store: Redis answered nothing for a while/.test(l)), lines.join('\n'));
+  } finally {
+    await s.close();
+    for (const link of links) link.client.destroy();
+    relay.close();
+  }
+});
+
 test('each call is one round trip: one EVALSHA, no SCRIPT or EVAL per call, also the first after a Redis restart', opts, async () => {
   const s = await ready(store('trips:'));
   const raw = createClient({ url: redis.url });
