@@ -141,80 +141,77 @@ test('a hung Redis under load: calls fail closed without piling up in the client
   }
 });
 
-test('a server that takes the connection and never answers its first commands: logged as an outage, and connected again until one answers', opts, async () => {
-  // A relay to the real Redis that, while `hold` is set, takes connections and passes nothing (a hung server
-  // at connect, a proxy holding connections without a backend). The client, connected but never ready, failed
-  // every call without a log line or the unreachable gauge, and waited on that connection for good.
-  let hold = true;
-  const held = new Set<net.Socket>();
-  const relay = net.createServer((client) => {
-    client.on('error', () => undefined);
-    if (hold) {
-      held.add(client);
-      client.resume(); // read (and drop) what it sends, so that its close is seen
-      client.on('close', () => held.delete(client));
-      return;
-    }
+interface Link { client: net.Socket; silent: boolean }
+
+/**
+ * A relay to the real Redis whose connections can go silent without closing: nothing passes either way, as
+ * with a server hung at connect, a proxy holding connections with no backend, or a host gone without a reset.
+ * `silent`: new connections start so. What each connection sends is read (and dropped), so its close is seen.
+ */
+async function silentRelay(): Promise<{ url: string; silent: boolean; links: Set<Link>; close(): void }> {
+  const links = new Set<Link>();
+  const relay = { url: '', silent: false, links, close: () => { for (const l of links) l.client.destroy(); server.close(); } };
+  const server = net.createServer((client) => {
     const upstream = net.connect(redis.port, '127.0.0.1');
+    const link: Link = { client, silent: relay.silent };
+    links.add(link);
+    client.on('error', () => undefined);
     upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    client.pipe(upstream).pipe(client);
+    client.on('close', () => { upstream.destroy(); links.delete(link); });
+    client.on('data', (d) => { if (!link.silent) upstream.write(d); });
+    upstream.on('data', (d) => { if (!link.silent) client.write(d); });
   });
-  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  relay.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  return relay;
+}
+
+/** A store whose log lines are kept. */
+function loggedStore(url: string, keyPrefix: string, timeoutMs: number): { store: RedisCounterStore; lines: string[] } {
   const lines: string[] = [];
   const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  const s = new RedisCounterStore({ url: `redis://127.0.0.1:${(relay.address() as net.AddressInfo).port}`, keyPrefix: 'handshake:', timeoutMs: 200 },
-    createLogger('info', sink));
+  return { store: new RedisCounterStore({ url, keyPrefix, timeoutMs }, createLogger('info', sink)), lines };
+}
+
+test('a server that takes the connection and never answers its first commands: logged as an outage, and connected again until one answers', opts, async () => {
+  // The client's connect timeout ends at the TCP connection: connected but never ready, it failed every call
+  // without a log line or the unreachable gauge, and waited on that connection for good.
+  const relay = await silentRelay();
+  relay.silent = true;
+  const { store: s, lines } = loggedStore(relay.url, 'handshake:', 200);
   const unreachable = async () => (await registry.getSingleMetric('postern_store_unreachable')!.get()).values[0]?.value;
   try {
     await until('the outage is logged', () => lines.some((l) => /store: Redis took the connection but did not answer/.test(l)));
     assert.equal(await unreachable(), 1);
     await assert.rejects(s.rate('r', 10, 60), StoreUnavailable);
-    hold = false;
+    const held = [...relay.links];
+    relay.silent = false;
     await eventually(async () => (await s.rate('r', 10, 60)).count === 1, 'answered on a new connection');
     assert.equal(await unreachable(), 0);
-    await until('the held connections are closed by the store', () => held.size === 0);
+    await until('the silent connections are closed by the store', () => held.every((l) => !relay.links.has(l)));
   } finally {
-    hold = false;
     await s.close();
-    for (const c of held) c.destroy();
     relay.close();
   }
 });
 
 test('a connection that goes silent for good (its host gone without a reset): calls fail closed, and a new connection is made once it answers nothing for a second', opts, async () => {
-  // A relay to the real Redis whose connections can be cut off without a close: nothing passes either way, as
-  // when the Redis host is powered off or partitioned away (a DNS name or virtual address then leads elsewhere).
-  // The client kept its connection, each call timed out, and TCP took up to a quarter of an hour to give up.
-  const links = new Set<{ client: net.Socket; upstream: net.Socket; cut: boolean }>();
-  const relay = net.createServer((client) => {
-    const upstream = net.connect(redis.port, '127.0.0.1');
-    const link = { client, upstream, cut: false };
-    links.add(link);
-    client.on('error', () => undefined);
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => { upstream.destroy(); links.delete(link); });
-    client.on('data', (d) => { if (!link.cut) upstream.write(d); });
-    upstream.on('data', (d) => { if (!link.cut) client.write(d); });
-  });
-  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
-  const lines: string[] = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  const s = new RedisCounterStore({ url: `redis://127.0.0.1:${(relay.address() as net.AddressInfo).port}`, keyPrefix: 'silent:', timeoutMs: 100 },
-    createLogger('info', sink));
+  // The host powered off or partitioned away (a DNS name or virtual address then leads elsewhere): the client
+  // kept its connection, each call timed out, and TCP took up to a quarter of an hour to give up.
+  const relay = await silentRelay();
+  const { store: s, lines } = loggedStore(relay.url, 'silent:', 100);
   try {
     await ready(s);
-    for (const link of links) link.cut = true;
-    const cutOff = [...links];
+    const cutOff = [...relay.links];
+    for (const link of cutOff) link.silent = true;
     const err = await s.rate('r', 10, 60).then(() => null, (e: unknown) => e);
     assert.ok(err instanceof StoreUnavailable, String(err));
     // Calls keep failing closed until the store has given up on that connection and made another.
     await eventually(async () => (await s.rate('r', 10, 60)).allowed, 'answered on a new connection');
-    assert.ok(cutOff.every((link) => !links.has(link)), 'the silent connection was closed');
+    assert.ok(cutOff.every((link) => !relay.links.has(link)), 'the silent connection was closed');
     assert.ok(lines.some((l) => /store: Redis answered nothing for a while/.test(l)), lines.join('\n'));
   } finally {
     await s.close();
-    for (const link of links) link.client.destroy();
     relay.close();
   }
 });
