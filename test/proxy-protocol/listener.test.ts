@@ -18,6 +18,7 @@ import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
 const CONNECT = `import type { ConnectContext } from "postern";
 export default function (ctx: ConnectContext) {
   if (ctx.connection.remoteAddress === "192.0.2.99") return reject("No mail from " + ctx.connection.remoteAddress + " port " + ctx.connection.remotePort);
+  if (ctx.connection.remoteAddress === "192.0.2.98") return reject("Connected to " + ctx.connection.localAddress + " port " + ctx.connection.localPort);
 }
 `;
 
@@ -92,6 +93,21 @@ test('v1 header: scripts see the original address and port', async () => {
   // The same client as an IPv4-mapped address in TCP6, its IPv4 part in hex: the IPv4 client scripts know.
   const mapped = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 0:0:0:0:0:ffff:c000:0263 ::1 51235 25\r\n' });
   assert.equal((await mapped.read()).text, '554 5.7.1 No mail from 192.0.2.99 port 51235');
+  mapped.destroy();
+});
+
+test('the address and port the client connected to are the ones the header names (the balancer\'s), as scripts are told', async () => {
+  // They were the node's own: scripts choosing by the address or port a client reached (docs: "Address and
+  // port the client connected to") saw the balancer's connection to the node instead. Postfix takes them from
+  // the header too.
+  const v2 = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.98', 1, { destination: '198.51.100.1', destinationPort: 587 }) });
+  assert.equal((await v2.read()).text, '554 5.7.1 Connected to 198.51.100.1 port 587');
+  v2.destroy();
+  const v1 = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 ::ffff:192.0.2.98 2001:DB8::1 2 25\r\n' });
+  assert.equal((await v1.read()).text, '554 5.7.1 Connected to 2001:db8::1 port 25');
+  v1.destroy();
+  const mapped = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 ::ffff:192.0.2.98 ::ffff:198.51.100.2 3 465\r\n' });
+  assert.equal((await mapped.read()).text, '554 5.7.1 Connected to 198.51.100.2 port 465');
   mapped.destroy();
 });
 
