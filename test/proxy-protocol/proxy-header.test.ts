@@ -62,6 +62,12 @@ test('v2: IPv4 and IPv6 PROXY, TLVs skipped, LOCAL and UNSPEC keep the balancer'
   assert.deepEqual(ok(proxyV2('192.0.2.7', 1, { local: true })), { version: 2, command: 'local', length: 28 });
   const unspec = Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x00, 0x00, 0x00])]);
   assert.deepEqual(ok(unspec), { version: 2, command: 'local', length: 16 });
+  // AF_UNIX (two 108-byte paths): no IP to name, the balancer's own address.
+  const unix = Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x31, 0x00, 216]), Buffer.alloc(216, 0x2f)]);
+  assert.deepEqual(ok(unix), { version: 2, command: 'local', length: 232 });
+  // TLVs are skipped unread: one of length 0, one claiming more than the header holds.
+  const tlvs = proxyV2('192.0.2.7', 1, { tlv: Buffer.from([0x04, 0x00, 0x00, 0x05, 0xff, 0xff, 0x01]) });
+  assert.deepEqual((ok(tlvs) as { source: unknown }).source, { address: '192.0.2.7', port: 1 });
 });
 
 test('v2: partial input waits; malformed headers are refused', () => {
