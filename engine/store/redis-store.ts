@@ -276,6 +276,7 @@ export class RedisCounterStore implements CounterStore {
     // A server that stopped answering while its connection stays up (paused, swapping) keeps every command
     // sent to it waiting in the client, and each would run once it wakes: past this many calls, fail at once.
     if (this.#unanswered + calls > MAX_UNANSWERED) {
+      this.#checkSilence(); // no call is sent, so none times out: checked here too
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
     this.#unanswered += calls;
@@ -296,7 +297,7 @@ export class RedisCounterStore implements CounterStore {
     },
     timedOut: (command) => {
       command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
-      if (this.#silentSince !== null && performance.now() - this.#silentSince >= this.#connectTimeout) this.#connectionSilent();
+      this.#checkSilence();
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
     readOnly: (message) => this.#reconnect(message),
@@ -336,8 +337,8 @@ export class RedisCounterStore implements CounterStore {
    * another server answers now). Kept, every call timed out until TCP gave up on it, up to a quarter of an
    * hour. A server merely hung is connected to again the same way, and answers once it wakes.
    */
-  #connectionSilent(): void {
-    if (this.#closed) return;
+  #checkSilence(): void {
+    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#connectTimeout) return;
     this.#outage(`no answer for ${this.#connectTimeout} ms`,
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
