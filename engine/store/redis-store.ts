@@ -168,7 +168,9 @@ export class RedisCounterStore implements CounterStore {
     });
     // Without an 'error' listener a lost connection would end the process; one line per outage.
     client.on('error', (err: Error) => {
-      if (this.#down || !current()) return;
+      if (!current()) return;
+      clearTimeout(this.#handshake); // the connection failed: the client's own reconnection takes over
+      if (this.#down) return;
       this.#down = true;
       metrics.storeUnreachable.set(1);
       this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
