@@ -4,6 +4,10 @@ import assert from 'node:assert/strict';
 import { parseProxyHeader, V2_SIGNATURE } from '../../engine/proxy-protocol/proxy-header.ts';
 import { TrustedProxies } from '../../engine/proxy-protocol/trusted-proxies.ts';
 import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
+import { runCli } from '../helpers/cli.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-proxy-header-');
 
 const ok = (data: Buffer | string) => {
   const r = parseProxyHeader(Buffer.from(data));
@@ -106,4 +110,16 @@ test('changing a listener\'s proxyProtocol needs a restart (the supervisor decid
   assert.deepEqual(restartNeeded(cfg(', proxyProtocol: { trusted: [10.0.0.1] }'), cfg(', proxyProtocol: { trusted: [10.0.0.2] }')), ['listener mx changes proxyProtocol']);
   assert.throws(() => cfg(', proxyProtocol: { trusted: [10.0.0.0/40] }'), /expected an address or CIDR/);
   assert.throws(() => cfg(', proxyProtocol: { trusted: [] }'), /proxyProtocol\.trusted/);
+});
+
+test('postern check warns about a trusted list that takes a PROXY header from every address (0.0.0.0/0, ::/0)', async () => {
+  // Set when the balancers' addresses change (containers): any client could then name any address, and pass
+  // per-address limits and scripts' address checks. Allowed (a private network may be the boundary), but said.
+  const config = (trusted: string) => scratch.file('postern.yaml', `dataDir: ${scratch.path}/data\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", proxyProtocol: { trusted: [${trusted}] } }\n`);
+  const open = await runCli(['check', '--config', await config('10.0.0.1, "::/0"')]);
+  assert.equal(open.code, 0, open.stderr);
+  assert.match(open.stderr, /warning: proxyProtocol\.trusted ::\/0 trusts every address/);
+  const narrow = await runCli(['check', '--config', await config('10.0.0.0/8, "fd00::/8"')]);
+  assert.equal(narrow.code, 0, narrow.stderr);
+  assert.doesNotMatch(narrow.stderr, /trusts every address/);
 });
