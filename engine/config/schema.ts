@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
+import { redisUrlProblem } from '../store/redis-url.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -112,7 +113,7 @@ const limitsSchema = z.strictObject({
     windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
       .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0.'),
   }).optional().meta({ defaultText: 'no limit' })
-    .describe('New connections per client address (IPv6: per `ipv6PrefixLength` network), as Postfix `smtpd_client_connection_rate_limit` (anvil): a client that reconnects in a loop, each time with a TLS handshake, costs the server CPU that `maxConnectionsPerIp` (which counts only open connections) does not bound. Counted in the [store](#store), so over every worker process and, with Redis, every server. The connection over the limit gets `421 4.7.0 Error: too many connections from <ip>, try again later` before the greeting (on implicit TLS, after the handshake); when the store cannot be reached, `421 4.7.0 Connection rate cannot be checked, try again later` (fail closed). Refused connections are not counted.'),
+    .describe('New connections per client address (IPv6: per `ipv6PrefixLength` network), as Postfix `smtpd_client_connection_rate_limit` (anvil): a client that reconnects in a loop, each time with a TLS handshake, costs the server CPU that `maxConnectionsPerIp` (which counts only open connections) does not bound. Counted in the [store](#store), so over every worker process and, with Redis, every server. The connection over the limit gets `421 4.7.0 Error: too many connections from <ip>, try again later` before the greeting (on implicit TLS, after the handshake); when the store cannot be reached, `421 4.7.0 Connection rate cannot be checked, try again later` (fail closed). Refused connections are not counted, nor, on a `proxyProtocol` listener, the balancer\'s own connections (a `LOCAL` or `UNKNOWN` header: its health checks), as Postfix exempts `mynetworks` from this limit.'),
   messagesPerIdentity: z.strictObject({
     count: z.number().int().positive().describe('Messages (MAIL FROM commands) one identity may start within the window.'),
     windowSeconds: z.number().int().positive().max(31 * 24 * 3600).meta({ unit: 'seconds' })
@@ -153,7 +154,7 @@ export const listenerSchema = z.strictObject({
     headerTimeoutMs: timerMs().default(5000)
       .describe('Time from the TCP accept to a complete header; later, the connection is closed.'),
   }).optional().meta({ defaultText: 'off' })
-    .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
+    .describe('Take HAProxy\'s PROXY protocol header (version 1 or 2, detected per connection) before SMTP or the implicit-TLS handshake, and use the client address it names everywhere: scripts, `maxConnectionsPerIp` and the auth-failure counts, logs, decision lines and `Received:`; the address it names as the one the client connected to is scripts\' `localAddress`/`localPort`. A `LOCAL` (v2) or `UNKNOWN` (v1) header, as a balancer\'s health check sends, keeps the balancer\'s own address. Every connection to the listener must then come through a trusted balancer. Needs a restart to change. See [scaling.md](scaling.md).'),
   reverseDns: z.boolean().default(true)
     .describe('Before the greeting, look up the client\'s PTR name, waiting at most 1.5 s, and confirm it: the name counts only when its A (AAAA) records include the client\'s address (Postfix\'s verified client name); otherwise the client is `unknown`. The name is used in logs, the EHLO reply and the `Received:` header. When `false`, `[address]` is used instead.'),
 });
@@ -312,8 +313,11 @@ export const configSchema = z.strictObject({
     .describe('Which workers of `postern serve` take new SMTP connections. `fill`: the workers accept on the listening sockets the supervisor holds, and only those it tells to, at each heartbeat: the first worker, and the next only while those before it are busy (event-loop utilisation 0.6 or more over the last 100 ms) and the machine has a whole core idle, or they are saturated (busy 95% with its thread on a CPU 85% of the time): work done once per event-loop turn is shared by more sessions, so fewer CPU per message. `roundRobin`: the supervisor accepts each connection and hands it to the workers in turn, each gets a share even at light load (about 100 µs more of the supervisor\'s CPU per connection). Policy-service connections are handed round robin either way. Needs a restart to change. See [operations.md § Process model](operations.md#process-model).'),
   store: z.strictObject({
     redis: z.strictObject({
-      url: z.string().regex(/^rediss?:\/\//, 'expected redis://… or rediss://…').meta({ format: 'URL' })
-        .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.'),
+      url: z.string().superRefine((url, ctx) => {
+        const problem = redisUrlProblem(url);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      }).meta({ format: 'URL' })
+        .describe('`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS. Characters such as `# / ? @ : %` in the user name or password are written percent-encoded (`#` as `%23`); `postern check` refuses a URL the client could not read, without repeating it.'),
       keyPrefix: z.string().default('postern:')
         .describe('Put in front of every key. Servers that should count together (one limit over several machines) use the same prefix; unrelated ones a different one.'),
       timeoutMs: timerMs().default(50)

@@ -25,6 +25,7 @@ import { checkDkimKeys } from '../delivery/dkim.ts';
 import type { Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
+import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 
 export interface BuildOptions {
   /** Receives what scripts log from their top level, and the listeners' smtp-server logs. */
@@ -151,6 +152,10 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const [i, l] of config.listeners.entries()) {
     if (l.limits.connectionsPerIpInStore && !config.store.redis) {
       warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
+    }
+    const everyone = l.proxyProtocol?.trusted.find((cidr) => parseCidr(cidr)?.prefix === 0);
+    if (everyone !== undefined) {
+      warnings.push({ listener: l.name, message: `proxyProtocol.trusted ${everyone} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers` });
     }
     try {
       listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));

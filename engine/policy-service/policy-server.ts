@@ -71,6 +71,9 @@ export class PolicyServer {
     metrics.policyConnections.inc({ service: this.name });
     socket.on('close', () => this.#sockets.delete(socket));
     socket.on('error', (err) => log.info({ service: this.name, cid, err: { message: err.message } }, 'policy connection error'));
+    // A client that half-closes after its requests (a script, `nc -N`) still gets every answer: with Node's
+    // default the socket ended its side at the client's FIN, and answers not yet decided were dropped.
+    socket.allowHalfOpen = true;
     socket.setEncoding('utf8');
     socket.setNoDelay(true);
     socket.setTimeout(service.limits.idleTimeoutMs, () => {

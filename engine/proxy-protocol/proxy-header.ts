@@ -57,10 +57,30 @@ function parseV1(data: Buffer): ParseResult {
   const isFamily = family === 'TCP4' ? isIPv4 : family === 'TCP6' ? isIPv6 : null;
   if (!isFamily) return invalid(`v1 protocol ${family.slice(0, 16)} is not TCP4, TCP6 or UNKNOWN`);
   if (!isFamily(src) || !isFamily(dst)) return invalid(`v1 address is not ${family}`);
+  // A zone (fe80::1%eth0) names an interface of the balancer, not one the client's address could be on here.
+  if (src.includes('%') || dst.includes('%')) return invalid('v1 address with a zone');
   const sourcePort = v1Port(sport);
   const destinationPort = v1Port(dport);
   if (sourcePort === null || destinationPort === null) return invalid('v1 port is not 0 to 65535 in decimal');
-  return { status: 'ok', header: { version: 1, command: 'proxy', source: { address: src.toLowerCase(), port: sourcePort }, destination: { address: dst.toLowerCase(), port: destinationPort }, length } };
+  const text = family === 'TCP6' ? canonicalIpv6 : (a: string): string => a;
+  return { status: 'ok', header: { version: 1, command: 'proxy', source: { address: text(src), port: sourcePort }, destination: { address: text(dst), port: destinationPort }, length } };
+}
+
+/**
+ * A v1 IPv6 address in the text a v2 header's bytes give (RFC 5952, an IPv4-mapped one as ::ffff:a.b.c.d):
+ * written any other valid way (leading zeros, no ::, the mapped IPv4 part in hex) it named the same client
+ * under another key — for the per-address limits, scripts and logs — and a mapped one was not taken as the
+ * IPv4 client it is.
+ */
+function canonicalIpv6(text: string): string {
+  // The URL parser writes every group in hex, compressed: expanded into the 16 bytes ipv6() reads.
+  const [head, tail] = new URL(`http://[${text}]/`).hostname.slice(1, -1).split('::') as [string, string | undefined];
+  const front = head ? head.split(':') : [];
+  const back = tail ? tail.split(':') : [];
+  const groups = [...front, ...Array<string>(8 - front.length - back.length).fill('0'), ...back];
+  const bytes = Buffer.alloc(16);
+  groups.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), 2 * i));
+  return ipv6(bytes);
 }
 
 /** Decimal without leading zeros (as the spec writes them), 0–65535. */

@@ -51,6 +51,11 @@ export class ConnectionState {
   overListenerLimit = false;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
+  /**
+   * The PROXY header said the balancer speaks for itself (v2 LOCAL, v1 UNKNOWN: its health checks): not a
+   * client, and not held to connectionRatePerIp under the balancer's address.
+   */
+  fromBalancer = false;
   /** Gives back the connection's slot in the store (limits.connectionsPerIpInStore), once. */
   releaseSlot: (() => void) | null = null;
   /** The session closed (a slot taken after that goes back at once). */

@@ -112,6 +112,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     super(server as unknown as SMTPServer, socket, options);
     const generation = server.runtime.generation.acquire();
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));
+    this.state.fromBalancer = options?.fromBalancer === true; // set by the server's _handleProxy
     this.#lineDeadline = new LineDeadline(this.state.listener.limits.socketTimeoutMs, () => this.#lineTooSlow());
   }
 

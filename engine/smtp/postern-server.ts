@@ -236,13 +236,17 @@ export class PosternServer extends SMTPServer {
       callback(err);
     };
     readProxyHeader(socket, proxy.headerTimeoutMs).then(async (header) => {
+      const unmapped = (address: string): string => address.replace(/^::ffff:(?=\d+\.)/i, '');
       const client = header.command === 'proxy'
-        ? { address: header.source.address.replace(/^::ffff:(?=\d+\.)/i, ''), port: header.source.port }
+        ? { address: unmapped(header.source.address), port: header.source.port }
         : { address: balancer, port: socket.remotePort ?? 0 };
       if (!await this.#countProxied(socket, countedAddress(client.address, this.ipv6PrefixLength), client.port, handshake)) return callback(new Error('closed before the session'));
       this.#proxiedClient.set(socket, client.address);
-      // The session id in smtp-server's form (its own _handleProxy is not called).
-      callback(null, { id: newSessionId(), remoteAddress: client.address, remotePort: client.port });
+      // The session id in smtp-server's form (its own _handleProxy is not called); fromBalancer: PosternConnection's.
+      // What the client connected to is the balancer's address the header names (scripts' localAddress/localPort, as Postfix's).
+      const reached = header.command === 'proxy' ? { localAddress: unmapped(header.destination.address), localPort: header.destination.port } : {};
+      const options = { id: newSessionId(), remoteAddress: client.address, remotePort: client.port, ...reached, fromBalancer: header.command === 'local' };
+      callback(null, options);
     }).catch(refuse);
   }
 

@@ -143,13 +143,15 @@ export class SessionPolicy {
   /**
    * limits.connectionRatePerIp: this connection counted for its client (its network, for IPv6) in the store;
    * over the limit, 421 (Postfix anvil's smtpd_client_connection_rate_limit). A store that cannot answer
-   * refuses too: the limit would not hold (fail closed).
+   * refuses too: the limit would not hold (fail closed). Not a trusted balancer's own connections (its health
+   * checks): counted under its address they used up its rate, their 421 took the node out of service, as
+   * Postfix exempts mynetworks from anvil's rate by default.
    */
   async #connectionRate(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<SmtpReply | null> {
     const limit = limits.connectionRatePerIp;
     const st = conn.state;
     const store = st.generation.store;
-    if (!limit || !store) return null;
+    if (!limit || !store || st.fromBalancer) return null;
     let result;
     try {
       result = await store.rate(STORE_KEYS.connectionRate(st.listener.name, ip), limit.count, limit.windowSeconds);

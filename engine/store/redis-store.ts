@@ -5,7 +5,7 @@
  * queued while the connection is down: they fail at once, and the client reconnects in the background.
  */
 import { randomBytes } from 'node:crypto';
-import { createClient } from 'redis';
+import { createClient, ErrorReply } from 'redis';
 import type { AuthFailureStore } from '../auth/failure-limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import { StoreUnavailable, STORE_KEYS, type CounterStore, type RateResult } from './counter-store.ts';
@@ -109,9 +109,14 @@ const RECONNECT_AFTER_READONLY_MS = 1000;
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
 
+type RedisClient = ReturnType<typeof createClient>;
+
 export class RedisCounterStore implements CounterStore {
   readonly kind = 'redis';
-  readonly #client;
+  #client: RedisClient;
+  readonly #url: string;
+  /** The time limit of a connection, and of its first commands' answers (ms). */
+  readonly #connectTimeout: number;
   readonly #prefix: string;
   readonly #timeoutMs: number;
   readonly #log: Logger;
@@ -125,24 +130,54 @@ export class RedisCounterStore implements CounterStore {
   #unanswered = 0;
   /** rate() calls of this turn not sent yet: they go as one command at its end (#sendRates). */
   #rates: RateCalls | null = null;
+  /** Runs out when a new connection has not answered its first commands in time (see #handshakeHung). */
+  #handshake: NodeJS.Timeout | undefined;
+  /** Since when commands have waited with nothing heard from Redis (performance.now()); null: none waiting. */
+  #silentSince: number | null = null;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
     this.#timeoutMs = options.timeoutMs;
     this.#log = logger.child({ component: 'store' });
-    this.#client = createClient({
-      url: options.url,
+    this.#url = options.url;
+    this.#connectTimeout = Math.max(1000, options.timeoutMs);
+    this.#client = this.#newClient();
+    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
+      options.connectionLeaseSeconds ?? 30, this.#log);
+  }
+
+  /**
+   * A client, connecting: its events count only while it is the store's. The first connection is not waited
+   * for: until it is up, calls fail closed like during any outage.
+   */
+  #newClient(): RedisClient {
+    const client = createClient({
+      url: this.#url,
       disableOfflineQueue: true,
-      socket: { connectTimeout: Math.max(1000, options.timeoutMs), reconnectStrategy: reconnectDelay },
+      socket: { connectTimeout: this.#connectTimeout, reconnectStrategy: reconnectDelay },
+    });
+    const current = (): boolean => client === this.#client && !this.#closed;
+    // The client's connectTimeout ends with the TCP (or TLS) connection; its first commands (AUTH, CLIENT
+    // SETINFO) have no time limit. A server that takes the connection and never answers them (hung, paused,
+    // a proxy holding connections without a backend) left the client connected and never ready: every call
+    // failed, closed, with nothing logged, and that connection was waited on for good.
+    client.on('connect', () => {
+      if (!current()) return;
+      clearTimeout(this.#handshake);
+      this.#handshake = setTimeout(() => this.#handshakeHung(), this.#connectTimeout).unref();
     });
     // Without an 'error' listener a lost connection would end the process; one line per outage.
-    this.#client.on('error', (err: Error) => {
-      if (this.#down || this.#closed) return;
+    client.on('error', (err: Error) => {
+      if (!current()) return;
+      clearTimeout(this.#handshake); // the connection failed: the client's own reconnection takes over
+      if (this.#down) return;
       this.#down = true;
       metrics.storeUnreachable.set(1);
       this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
     });
-    this.#client.on('ready', () => {
+    client.on('ready', () => {
+      if (!current()) return;
+      clearTimeout(this.#handshake);
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
       metrics.storeUnreachable.set(0);
@@ -150,10 +185,8 @@ export class RedisCounterStore implements CounterStore {
       // its script, even the first after a Redis restart, so each call is one round trip.
       for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
     });
-    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
-      options.connectionLeaseSeconds ?? 30, this.#log);
-    // The first connection is not waited for: until it is up, calls fail closed like during any outage.
-    this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+    client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+    return client;
   }
 
   /**
@@ -200,6 +233,7 @@ export class RedisCounterStore implements CounterStore {
   async close(): Promise<void> {
     await this.connectionSlots.close();
     this.#closed = true;
+    clearTimeout(this.#handshake);
     this.#deadlines.expireAll();
     try {
       this.#client.destroy();
@@ -244,9 +278,11 @@ export class RedisCounterStore implements CounterStore {
     // A server that stopped answering while its connection stays up (paused, swapping) keeps every command
     // sent to it waiting in the client, and each would run once it wakes: past this many calls, fail at once.
     if (this.#unanswered + calls > MAX_UNANSWERED) {
+      this.#checkSilence(); // no call is sent, so none times out: checked here too
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
     this.#unanswered += calls;
+    this.#silentSince ??= performance.now();
     const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script, calls);
     this.#deadlines.add(command);
     this.#client.sendCommand(args).then(command.answered, command.failed);
@@ -255,12 +291,15 @@ export class RedisCounterStore implements CounterStore {
 
   /** What the commands in flight report back (see PendingCommand). */
   readonly #commands: CommandOwner = {
-    replied: (command) => {
+    replied: (command, heard) => {
       this.#unanswered -= command.calls;
+      if (heard) this.#silentSince = this.#unanswered > 0 ? performance.now() : null;
+      else if (this.#unanswered === 0) this.#silentSince = null;
       if (!command.settled) this.#deadlines.settle(command);
     },
     timedOut: (command) => {
       command.reject(new StoreUnavailable(`store unavailable (redis): no answer within ${this.#timeoutMs} ms (timeout)`));
+      this.#checkSilence();
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
     readOnly: (message) => this.#reconnect(message),
@@ -277,13 +316,54 @@ export class RedisCounterStore implements CounterStore {
     const now = performance.now();
     if (this.#closed || now - this.#reconnectedAt < RECONNECT_AFTER_READONLY_MS) return;
     this.#reconnectedAt = now;
-    if (!this.#down) {
-      this.#down = true;
-      metrics.storeUnreachable.set(1);
-      this.#log.error({ err: { message } }, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
-    }
+    this.#outage(message, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
     this.#client.destroy();
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
+  }
+
+  /**
+   * A new connection's first commands not answered in time (see #newClient): an outage, and a new client. Not
+   * the same client connected again: destroyed while it waits for those answers, its own reconnection loop
+   * went on beside the new one, each making connections.
+   */
+  #handshakeHung(): void {
+    if (this.#closed) return;
+    this.#outage(`no answer to the first commands within ${this.#connectTimeout} ms`,
+      'store: Redis took the connection but did not answer its first commands (hung?); calls that need it fail closed; connecting again');
+    this.#replaceClient();
+  }
+
+  /**
+   * Commands have waited for connectTimeout (at least 1 s) with nothing heard on the connection: its far end
+   * may be gone without a reset (a host powered off or partitioned away; behind a DNS name or virtual address,
+   * another server answers now). Kept, every call timed out until TCP gave up on it, up to a quarter of an
+   * hour. A server merely hung is connected to again the same way, and answers once it wakes.
+   */
+  #checkSilence(): void {
+    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#connectTimeout) return;
+    this.#outage(`no answer for ${this.#connectTimeout} ms`,
+      'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
+    this.#silentSince = null;
+    this.#replaceClient();
+  }
+
+  /** The client replaced by a new one, connecting; the old one closed (its commands fail). */
+  #replaceClient(): void {
+    const old = this.#client;
+    this.#client = this.#newClient();
+    try {
+      old.destroy();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Logged once per outage. */
+  #outage(message: string, line: string): void {
+    if (this.#down) return;
+    this.#down = true;
+    metrics.storeUnreachable.set(1);
+    this.#log.error({ err: { message } }, line);
   }
 }
 
@@ -343,8 +423,8 @@ class RateCalls {
 }
 
 interface CommandOwner {
-  /** Its reply (or failure) came, in time or not. */
-  replied(command: PendingCommand): void;
+  /** Its reply (or failure) came, in time or not; `heard`: from Redis (a reply or an error reply), not the client. */
+  replied(command: PendingCommand, heard: boolean): void;
   /** Its deadline passed before a reply: fail it (the reply, if one comes, is dropped). */
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
@@ -388,13 +468,13 @@ class PendingCommand implements Waiting {
 
   readonly answered = (value: unknown): void => {
     const late = this.settled;
-    this.#owner.replied(this);
+    this.#owner.replied(this, true);
     if (!late) this.resolve(value);
   };
 
   readonly failed = (err: unknown): void => {
     const late = this.settled;
-    this.#owner.replied(this);
+    this.#owner.replied(this, err instanceof ErrorReply);
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
     if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));

@@ -143,6 +143,18 @@ test('200 concurrent connections are all served, also while one client has sent 
   stalled.close();
 });
 
+test('a client that half-closes after sending several requests gets every answer, then the close', async () => {
+  // As `printf … | nc -N` or a script does: the requests and the FIN in one go. Node's default ended the
+  // service's side at the FIN, and the answers still being decided were dropped (only the first came).
+  const c = await PolicyClient.connect(tcp('main'));
+  let text = '';
+  c.socket.on('data', (chunk: string) => { text += chunk; });
+  const recipients = ['a@example.org', 'x@elsewhere.example', 'defer@x.example', 'b@example.org'];
+  c.socket.end(recipients.map((r) => requestText(rcptRequest({ recipient: r }))).join(''));
+  await c.closed;
+  assert.equal(text, ['action=DUNNO', 'action=554 5.7.1 Relay access denied: no listed certificate', 'action=DEFER_IF_PERMIT try later', 'action=DUNNO'].map((a) => `${a}\n\n`).join(''));
+});
+
 test('a request split anywhere (one byte per write, CRLF line ends) is read whole', async () => {
   const c = await PolicyClient.connect(tcp('main'));
   const text = requestText(rcptRequest({ recipient: 'x@example.org' })).replace(/\n/g, '\r\n');

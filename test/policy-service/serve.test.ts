@@ -41,6 +41,16 @@ test('requests over TCP and the unix socket are answered by the workers', async 
   assert.ok(pids.size >= 1 && !pids.has(c.proc.pid), 'answered in worker processes, not the supervisor');
 });
 
+test('a client that half-closes after its requests gets every answer from the worker', async () => {
+  const client = await PolicyClient.connect({ port: c.port('policy') });
+  let text = '';
+  client.socket.on('data', (chunk: string) => { text += chunk; });
+  const recipients = ['x@example.org', 'y@elsewhere.example', 'z@example.org'];
+  client.socket.end(recipients.map((r) => requestText(rcptRequest({ recipient: r }))).join(''));
+  await client.closed;
+  assert.equal(text, ['action=DUNNO', 'action=550 5.7.1 first version: postfix-policy', 'action=DUNNO'].map((a) => `${a}\n\n`).join(''));
+});
+
 test('a script edit applies to the next request on an open connection', async () => {
   const client = await PolicyClient.connect({ port: c.port('policy') });
   assert.equal(await client.ask(rcptRequest()), 'action=550 5.7.1 first version: postfix-policy');

@@ -18,6 +18,7 @@ import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
 const CONNECT = `import type { ConnectContext } from "postern";
 export default function (ctx: ConnectContext) {
   if (ctx.connection.remoteAddress === "192.0.2.99") return reject("No mail from " + ctx.connection.remoteAddress + " port " + ctx.connection.remotePort);
+  if (ctx.connection.remoteAddress === "192.0.2.98") return reject("Connected to " + ctx.connection.localAddress + " port " + ctx.connection.localPort);
 }
 `;
 
@@ -47,6 +48,10 @@ listeners:
     listen: 127.0.0.1:0
     proxyProtocol: { trusted: [10.0.0.0/8, "fd00::/8"] }
     limits: { greetingDelayMs: 0 }
+  - name: rated
+    listen: 127.0.0.1:0
+    proxyProtocol: { trusted: [127.0.0.0/8] }
+    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 2, windowSeconds: 3600 } }
 `,
     scripts: { 'connect.ts': CONNECT },
   });
@@ -85,6 +90,25 @@ test('v1 header: scripts see the original address and port', async () => {
   c.destroy();
   // The decision line names the client too.
   await until('the refusal is logged', () => server.logs.some((l) => l.stage === 'CONNECT' && l.client === '192.0.2.99' && l.decision !== undefined));
+  // The same client as an IPv4-mapped address in TCP6, its IPv4 part in hex: the IPv4 client scripts know.
+  const mapped = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 0:0:0:0:0:ffff:c000:0263 ::1 51235 25\r\n' });
+  assert.equal((await mapped.read()).text, '554 5.7.1 No mail from 192.0.2.99 port 51235');
+  mapped.destroy();
+});
+
+test('the address and port the client connected to are the ones the header names (the balancer\'s), as scripts are told', async () => {
+  // They were the node's own: scripts choosing by the address or port a client reached (docs: "Address and
+  // port the client connected to") saw the balancer's connection to the node instead. Postfix takes them from
+  // the header too.
+  const v2 = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: proxyV2('192.0.2.98', 1, { destination: '198.51.100.1', destinationPort: 587 }) });
+  assert.equal((await v2.read()).text, '554 5.7.1 Connected to 198.51.100.1 port 587');
+  v2.destroy();
+  const v1 = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 ::ffff:192.0.2.98 2001:DB8::1 2 25\r\n' });
+  assert.equal((await v1.read()).text, '554 5.7.1 Connected to 2001:db8::1 port 25');
+  v1.destroy();
+  const mapped = await SmtpTestClient.connect(server.port('mx'), { proxyHeader: 'PROXY TCP6 ::ffff:192.0.2.98 ::ffff:198.51.100.2 3 465\r\n' });
+  assert.equal((await mapped.read()).text, '554 5.7.1 Connected to 198.51.100.2 port 465');
+  mapped.destroy();
 });
 
 test('implicit TLS: the handshake follows the v2 header in the same write', async () => {
@@ -124,6 +148,26 @@ test('maxConnectionsPerIp counts the original client, not the balancer', async (
     c.destroy();
     return ok;
   });
+});
+
+test('connectionRatePerIp counts the clients a header names, not the balancer\'s own health checks (LOCAL, v1 UNKNOWN)', async () => {
+  // Counted under the balancer's address, its checks (HAProxy's every 2 s by default, from each balancer) used
+  // up that address's rate: the check then read 421, and the balancer took every node out of service. The
+  // balancer is a trusted proxy, as Postfix's mynetworks are exempt from its anvil rate by default.
+  const greeting = async (proxyHeader: Buffer | string): Promise<string> => {
+    const c = await SmtpTestClient.connect(server.port('rated'), { proxyHeader });
+    const text = (await c.read()).text;
+    c.destroy();
+    return text;
+  };
+  for (let i = 0; i < 4; i++) {
+    assert.match(await greeting(proxyV2('192.0.2.60', 1, { local: true })), /^220 /, `health check ${i + 1} (v2 LOCAL)`);
+    assert.match(await greeting('PROXY UNKNOWN\r\n'), /^220 /, `health check ${i + 1} (v1 UNKNOWN)`);
+  }
+  // A client the header names is still counted.
+  assert.match(await greeting(proxyV2('192.0.2.61', 1)), /^220 /);
+  assert.match(await greeting(proxyV2('192.0.2.61', 2)), /^220 /);
+  assert.equal(await greeting(proxyV2('192.0.2.61', 3)), '421 4.7.0 Error: too many connections from 192.0.2.61, try again later');
 });
 
 test('an untrusted peer, a malformed header and a header that never comes: closed without a reply', async () => {

@@ -4,6 +4,10 @@ import assert from 'node:assert/strict';
 import { parseProxyHeader, V2_SIGNATURE } from '../../engine/proxy-protocol/proxy-header.ts';
 import { TrustedProxies } from '../../engine/proxy-protocol/trusted-proxies.ts';
 import { proxyV1, proxyV2 } from '../helpers/proxy-header.ts';
+import { runCli } from '../helpers/cli.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-proxy-header-');
 
 const ok = (data: Buffer | string) => {
   const r = parseProxyHeader(Buffer.from(data));
@@ -24,6 +28,19 @@ test('v1: TCP4 and TCP6 name the source; UNKNOWN is local; the length excludes w
   assert.deepEqual(ok('PROXY UNKNOWN\r\n'), { version: 1, command: 'local', length: 15 });
 });
 
+test('v1: an IPv6 address written any valid way is named as v2 names it (RFC 5952, IPv4-mapped as ::ffff:a.b.c.d); a zone is refused', () => {
+  // Before: kept as written (lowercased), so one client had as many keys for its limits as ways to write it,
+  // and a mapped address in hex (::ffff:c000:263) was an IPv6 client of the network ::/64 — every such client one.
+  const source = (a: string) => (ok(`PROXY TCP6 ${a} ::1 1 25\r\n`) as { source: { address: string } }).source.address;
+  assert.equal(source('2001:0DB8:0000:0000:0000:0000:0000:0007'), '2001:db8::7');
+  assert.equal(source('2001:db8:0:0:1:0:0:1'), '2001:db8::1:0:0:1');
+  assert.equal(source('::ffff:c000:263'), '::ffff:192.0.2.99');
+  assert.equal(source('0:0:0:0:0:FFFF:192.0.2.99'), '::ffff:192.0.2.99');
+  assert.equal(source('::'), '::');
+  assert.deepEqual((ok('PROXY TCP6 ::1 0:0::0001 1 25\r\n') as { destination: unknown }).destination, { address: '::1', port: 25 });
+  invalid('PROXY TCP6 fe80::1%eth0 ::1 1 25\r\n', /zone/);
+});
+
 test('v1: malformed lines are refused', () => {
   invalid('PROXY TCP4 192.0.2.7 198.51.100.1 40001\r\n', /two ports/);
   invalid('PROXY TCP4 2001:db8::1 198.51.100.1 1 2\r\n', /not TCP4/);
@@ -33,6 +50,7 @@ test('v1: malformed lines are refused', () => {
   invalid('PROXY TCP4 192.0.2.7 198.51.100.1 1 25\n', /CRLF/);
   invalid('PROXY UDP4 192.0.2.7 198.51.100.1 1 25\r\n', /not TCP4, TCP6 or UNKNOWN/);
   invalid('PROXY TCP4 host.example 198.51.100.1 1 25\r\n', /not TCP4/);
+  invalid('PROXY TCP4 192.0.002.7 198.51.100.1 1 25\r\n', /not TCP4/); // leading zeros: octal to some parsers
   invalid(`PROXY TCP4 ${'1'.repeat(120)}`, /longer than 107/);
   invalid('EHLO client\r\n', /not a PROXY protocol header/);
   invalid('PROXX TCP4', /not a PROXY protocol header/);
@@ -48,6 +66,12 @@ test('v2: IPv4 and IPv6 PROXY, TLVs skipped, LOCAL and UNSPEC keep the balancer'
   assert.deepEqual(ok(proxyV2('192.0.2.7', 1, { local: true })), { version: 2, command: 'local', length: 28 });
   const unspec = Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x00, 0x00, 0x00])]);
   assert.deepEqual(ok(unspec), { version: 2, command: 'local', length: 16 });
+  // AF_UNIX (two 108-byte paths): no IP to name, the balancer's own address.
+  const unix = Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x31, 0x00, 216]), Buffer.alloc(216, 0x2f)]);
+  assert.deepEqual(ok(unix), { version: 2, command: 'local', length: 232 });
+  // TLVs are skipped unread: one of length 0, one claiming more than the header holds.
+  const tlvs = proxyV2('192.0.2.7', 1, { tlv: Buffer.from([0x04, 0x00, 0x00, 0x05, 0xff, 0xff, 0x01]) });
+  assert.deepEqual((ok(tlvs) as { source: unknown }).source, { address: '192.0.2.7', port: 1 });
 });
 
 test('v2: partial input waits; malformed headers are refused', () => {
@@ -86,4 +110,16 @@ test('changing a listener\'s proxyProtocol needs a restart (the supervisor decid
   assert.deepEqual(restartNeeded(cfg(', proxyProtocol: { trusted: [10.0.0.1] }'), cfg(', proxyProtocol: { trusted: [10.0.0.2] }')), ['listener mx changes proxyProtocol']);
   assert.throws(() => cfg(', proxyProtocol: { trusted: [10.0.0.0/40] }'), /expected an address or CIDR/);
   assert.throws(() => cfg(', proxyProtocol: { trusted: [] }'), /proxyProtocol\.trusted/);
+});
+
+test('postern check warns about a trusted list that takes a PROXY header from every address (0.0.0.0/0, ::/0)', async () => {
+  // Set when the balancers' addresses change (containers): any client could then name any address, and pass
+  // per-address limits and scripts' address checks. Allowed (a private network may be the boundary), but said.
+  const config = (trusted: string) => scratch.file('postern.yaml', `dataDir: ${scratch.path}/data\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", proxyProtocol: { trusted: [${trusted}] } }\n`);
+  const open = await runCli(['check', '--config', await config('10.0.0.1, "::/0"')]);
+  assert.equal(open.code, 0, open.stderr);
+  assert.match(open.stderr, /warning: proxyProtocol\.trusted ::\/0 trusts every address/);
+  const narrow = await runCli(['check', '--config', await config('10.0.0.0/8, "fd00::/8"')]);
+  assert.equal(narrow.code, 0, narrow.stderr);
+  assert.doesNotMatch(narrow.stderr, /trusts every address/);
 });

@@ -153,6 +153,27 @@ test('configuration: store.redis.timeoutMs must be below sandbox.timeoutMs; mess
     /windowSeconds/);
 });
 
+test('configuration: a store.redis.url the Redis client cannot read is refused by the check, naming the line, without repeating the password', async () => {
+  // These passed the check (only the scheme was looked at), and every worker of `postern serve` then died at
+  // start on the client's "TypeError: Invalid URL", with no file or line: a password with an unencoded #
+  // (common in generated ones) was enough.
+  const { createClient } = await import('redis');
+  const config = (url: string) => parseConfig(`listeners: [{ name: a, listen: "127.0.0.1:0" }]\nstore:\n  redis: { url: "${url}" }\n`, 'p.yaml', '/tmp');
+  for (const [url, why] of [
+    ['redis://default:s3cr#et@127.0.0.1:6379', /p\.yaml:3:\d+: store\.redis\.url: not a valid URL .*percent-encoded/],
+    ['redis://default:s3cr/et@127.0.0.1:6379', /not a valid URL/],
+    ['redis://default:s3cr%zzet@127.0.0.1:6379', /a % in the user name or password/],
+    ['redis://127.0.0.1:6379/s3cret', /database number/],
+  ] as const) {
+    assert.throws(() => createClient({ url }), `the client refuses ${url} too`);
+    assert.throws(() => config(url), (err: Error) => why.test(err.message) && !err.message.includes('s3cr'), url);
+  }
+  for (const url of ['redis://default:s3cr%23et@127.0.0.1:6379/2', 'rediss://:p%40ss@[::1]:6380', 'redis://redis.internal']) {
+    assert.equal(config(url).config.store.redis?.url, url);
+    createClient({ url }); // not connected: only read
+  }
+});
+
 test('memory store: connectionsPerIpInStore changes nothing (the server\'s own count), and the start says so', async () => {
   const server = await startTestServer({ config: `
 listeners:

@@ -5,11 +5,15 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Writable } from 'node:stream';
 import { createClient } from 'redis';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { until } from '../helpers/wait.ts';
+import { registry } from '../../engine/metrics/metrics.ts';
 
 const opts = needsRedis();
 const quiet = createLogger('silent');
@@ -134,6 +138,83 @@ test('a hung Redis under load: calls fail closed without piling up in the client
     assert.ok(ran <= 1000, `Redis ran ${ran} of the calls that had failed (at most the 1,000 sent and unanswered)`);
   } finally {
     await s.close();
+  }
+});
+
+interface Link { client: net.Socket; silent: boolean }
+
+/**
+ * A relay to the real Redis whose connections can go silent without closing: nothing passes either way, as
+ * with a server hung at connect, a proxy holding connections with no backend, or a host gone without a reset.
+ * `silent`: new connections start so. What each connection sends is read (and dropped), so its close is seen.
+ */
+async function silentRelay(): Promise<{ url: string; silent: boolean; links: Set<Link>; close(): void }> {
+  const links = new Set<Link>();
+  const relay = { url: '', silent: false, links, close: () => { for (const l of links) l.client.destroy(); server.close(); } };
+  const server = net.createServer((client) => {
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    const link: Link = { client, silent: relay.silent };
+    links.add(link);
+    client.on('error', () => undefined);
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => { upstream.destroy(); links.delete(link); });
+    client.on('data', (d) => { if (!link.silent) upstream.write(d); });
+    upstream.on('data', (d) => { if (!link.silent) client.write(d); });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  relay.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  return relay;
+}
+
+/** A store whose log lines are kept. */
+function loggedStore(url: string, keyPrefix: string, timeoutMs: number): { store: RedisCounterStore; lines: string[] } {
+  const lines: string[] = [];
+  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+  return { store: new RedisCounterStore({ url, keyPrefix, timeoutMs }, createLogger('info', sink)), lines };
+}
+
+test('a server that takes the connection and never answers its first commands: logged as an outage, and connected again until one answers', opts, async () => {
+  // The client's connect timeout ends at the TCP connection: connected but never ready, it failed every call
+  // without a log line or the unreachable gauge, and waited on that connection for good.
+  const relay = await silentRelay();
+  relay.silent = true;
+  const { store: s, lines } = loggedStore(relay.url, 'handshake:', 200);
+  const unreachable = async () => (await registry.getSingleMetric('postern_store_unreachable')!.get()).values[0]?.value;
+  try {
+    await until('the outage is logged', () => lines.some((l) => /store: Redis took the connection but did not answer/.test(l)));
+    assert.equal(await unreachable(), 1);
+    await assert.rejects(s.rate('r', 10, 60), StoreUnavailable);
+    const held = [...relay.links];
+    relay.silent = false;
+    await eventually(async () => (await s.rate('r', 10, 60)).count === 1, 'answered on a new connection');
+    assert.equal(await unreachable(), 0);
+    await until('the silent connections are closed by the store', () => held.every((l) => !relay.links.has(l)));
+  } finally {
+    await s.close();
+    relay.close();
+  }
+});
+
+test('a connection that goes silent for good (its host gone without a reset): calls fail closed, and a new connection is made once it answers nothing for a second', opts, async () => {
+  // The host powered off or partitioned away (a DNS name or virtual address then leads elsewhere): the client
+  // kept its connection, each call timed out, and TCP took up to a quarter of an hour to give up.
+  const relay = await silentRelay();
+  const { store: s, lines } = loggedStore(relay.url, 'silent:', 100);
+  try {
+    await ready(s);
+    const cutOff = [...relay.links];
+    for (const link of cutOff) link.silent = true;
+    // Under load: 1,000 calls sent and unanswered at once, the next ones fail without being sent, so no call
+    // times out any more; the silence must still be noticed.
+    const failures = await Promise.all(Array.from({ length: 1100 }, () => s.rate('r', 10, 60).then(() => null, (e: unknown) => e)));
+    assert.ok(failures.every((e) => e instanceof StoreUnavailable), 'every call failed closed');
+    // Calls keep failing closed until the store has given up on that connection and made another.
+    await eventually(async () => (await s.rate('r', 10, 60)).allowed, 'answered on a new connection');
+    assert.ok(cutOff.every((link) => !relay.links.has(link)), 'the silent connection was closed');
+    assert.ok(lines.some((l) => /store: Redis answered nothing for a while/.test(l)), lines.join('\n'));
+  } finally {
+    await s.close();
+    relay.close();
   }
 });
 

@@ -26,6 +26,7 @@ export interface ConnectionFacts {
   /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
   remoteAddress: string;
   remotePort: number;
+  /** The address the client connected to; behind a load balancer with `proxyProtocol`, the balancer's its header names. */
   localAddress: string;
   localPort: number;
   /** Name of the listener (from the configuration) that accepted the connection. */
