@@ -116,6 +116,16 @@ test('on a Node older than 24 the command re-runs itself on the pinned Node 24, 
   }
 });
 
+test('every file of examples/ that docs/operations.md tells an administrator to install is in the installed package', async () => {
+  const doc = await readFile(join(REPO, 'docs', 'operations.md'), 'utf8');
+  const named = [...new Set([...doc.matchAll(/examples\/[\w.-]+\/[\w.-]+/g)].map((m) => m[0]))];
+  assert.ok(named.length >= 3, `the unit, the logrotate file and the fail2ban filter: ${named.join(', ')}`);
+  const installed = join(root, 'prefix', 'lib', 'node_modules', 'postern');
+  const missing = [];
+  for (const file of named) if (!(await readFile(join(installed, file)).then(() => true, () => false))) missing.push(file);
+  assert.deepEqual(missing, [], `not in the tarball (package.json "files")`);
+});
+
 const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => spawnSync(p, ['--version']).status === 0);
 
 test('the example systemd unit passes systemd-analyze verify', { skip: !SYSTEMD_ANALYZE && 'systemd-analyze not installed' }, () => {
