@@ -6,6 +6,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../engine/config/load-config.ts';
+import { configJsonSchema } from '../../engine/config/describe.ts';
 import { ConfigError } from '../../engine/config/config-error.ts';
 
 function problems(yaml: string): string[] {
@@ -132,6 +133,69 @@ test('relative paths resolve against the configuration folder', () => {
   const { config } = parseConfig('dataDir: data\nlisteners:\n  - { name: a, listen: "127.0.0.1:25", tls: { mode: implicit, cert: c.pem, key: k.pem } }\n', '/srv/p/postern.yaml', '/srv/p');
   assert.equal(config.dataDir, '/srv/p/data');
   assert.equal(config.listeners[0]!.tls.cert, '/srv/p/c.pem');
+});
+
+/** Every key of the schema that names a file or folder (format `path`), as `listeners[].tls.cert`, `tables.<name>`. */
+function pathKeys(): string[] {
+  type Node = { properties?: Record<string, Node>; items?: Node; additionalProperties?: Node | boolean; anyOf?: Node[]; format?: string };
+  const out = new Set<string>();
+  const walk = (n: Node, at: string): void => {
+    if (n.format === 'path') out.add(at);
+    for (const [k, child] of Object.entries(n.properties ?? {})) walk(child, at ? `${at}.${k}` : k);
+    if (n.items && typeof n.items === 'object') walk(n.items, `${at}[]`);
+    if (n.additionalProperties && typeof n.additionalProperties === 'object') walk(n.additionalProperties, `${at}.<name>`);
+    for (const form of n.anyOf ?? []) walk(form, at);
+  };
+  walk(configJsonSchema() as Node, '');
+  return [...out];
+}
+
+/** The string values at `key` (a pathKeys() form) in a parsed configuration. */
+function valuesAt(config: unknown, key: string): string[] {
+  let nodes: unknown[] = [config];
+  for (const part of key.split('.')) {
+    const list = part.endsWith('[]');
+    const name = list ? part.slice(0, -2) : part;
+    nodes = nodes.flatMap((n) => {
+      if (typeof n !== 'object' || n === null) return [];
+      const v = name === '<name>' ? Object.values(n) : [(n as Record<string, unknown>)[name]];
+      return list ? v.flatMap((x) => (Array.isArray(x) ? x : [])) : v;
+    });
+  }
+  return nodes.filter((n): n is string => typeof n === 'string');
+}
+
+test('every file and folder key of the schema resolves against the configuration folder (docs/configuration.md: relative to postern.yaml)', () => {
+  const { config } = parseConfig(`
+dataDir: rel/data
+scripts: rel/scripts
+users: rel/users
+tables:
+  plain: rel/plain-table
+  typed: { file: rel/typed-table, format: postfix }
+listeners:
+  - name: a
+    listen: 127.0.0.1:25
+    scripts: rel/listener-scripts
+    shadowScripts: rel/shadow-scripts
+    tls: { mode: starttls, cert: rel/c.pem, key: rel/k.pem, clientCertificates: request, caFiles: [rel/ca.pem], crlFiles: [rel/ca.crl] }
+policyServices:
+  - { name: p, listen: 127.0.0.1:10040, scripts: rel/policy-scripts }
+delivery:
+  route: { smarthost: { host: relay.example.net } }
+  tls: { mode: verify, ca: relay, clientCertificate: out }
+  caFiles: { relay: rel/relay-ca.pem }
+  clientCertificates: { out: { cert: rel/out.crt, key: rel/out.key } }
+  dkim: { k: { domain: example.com, selector: s1, privateKey: rel/dkim.key, senderDomains: [example.com] } }
+pki: { dir: rel/pki }
+`, '/srv/p/postern.yaml', '/srv/p');
+  const keys = pathKeys();
+  assert.ok(keys.length > 10, keys.join(', '));
+  for (const key of keys) {
+    const values = valuesAt(config, key);
+    assert.ok(values.length > 0, `${key}: not set by this test's configuration (add it)`);
+    for (const v of values) assert.match(v, /^\/srv\/p\/rel\//, `${key}: ${v} is not resolved against the configuration's folder`);
+  }
 });
 
 test('postern check and serve refuse a bad configuration with the location, exit 1', () => {
