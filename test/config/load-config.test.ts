@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../engine/config/load-config.ts';
@@ -191,6 +191,10 @@ pki: { dir: rel/pki }
 `, '/srv/p/postern.yaml', '/srv/p');
   const keys = pathKeys();
   assert.ok(keys.length > 10, keys.join(', '));
+  // docs/configuration.md lists them where it says so.
+  const doc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+  const list = /Relative paths are resolved against[^\n]*\n\n([^]*?)\n\n/.exec(doc)?.[1] ?? '';
+  for (const key of keys) assert.ok(list.includes(`\`${key.replaceAll('<name>', '*')}\``), `docs/configuration.md's list of relative paths lacks ${key}`);
   for (const key of keys) {
     const values = valuesAt(config, key);
     assert.ok(values.length > 0, `${key}: not set by this test's configuration (add it)`);
