@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../engine/config/load-config.ts';
-import { configJsonSchema } from '../../engine/config/describe.ts';
+import { pathKeys, valuesAt } from '../helpers/config-paths.ts';
 import { ConfigError } from '../../engine/config/config-error.ts';
 
 function problems(yaml: string): string[] {
@@ -134,36 +134,6 @@ test('relative paths resolve against the configuration folder', () => {
   assert.equal(config.dataDir, '/srv/p/data');
   assert.equal(config.listeners[0]!.tls.cert, '/srv/p/c.pem');
 });
-
-/** Every key of the schema that names a file or folder (format `path`), as `listeners[].tls.cert`, `tables.<name>`. */
-function pathKeys(): string[] {
-  type Node = { properties?: Record<string, Node>; items?: Node; additionalProperties?: Node | boolean; anyOf?: Node[]; format?: string };
-  const out = new Set<string>();
-  const walk = (n: Node, at: string): void => {
-    if (n.format === 'path') out.add(at);
-    for (const [k, child] of Object.entries(n.properties ?? {})) walk(child, at ? `${at}.${k}` : k);
-    if (n.items && typeof n.items === 'object') walk(n.items, `${at}[]`);
-    if (n.additionalProperties && typeof n.additionalProperties === 'object') walk(n.additionalProperties, `${at}.<name>`);
-    for (const form of n.anyOf ?? []) walk(form, at);
-  };
-  walk(configJsonSchema() as Node, '');
-  return [...out];
-}
-
-/** The string values at `key` (a pathKeys() form) in a parsed configuration. */
-function valuesAt(config: unknown, key: string): string[] {
-  let nodes: unknown[] = [config];
-  for (const part of key.split('.')) {
-    const list = part.endsWith('[]');
-    const name = list ? part.slice(0, -2) : part;
-    nodes = nodes.flatMap((n) => {
-      if (typeof n !== 'object' || n === null) return [];
-      const v = name === '<name>' ? Object.values(n) : [(n as Record<string, unknown>)[name]];
-      return list ? v.flatMap((x) => (Array.isArray(x) ? x : [])) : v;
-    });
-  }
-  return nodes.filter((n): n is string => typeof n === 'string');
-}
 
 test('every file and folder key of the schema resolves against the configuration folder (docs/configuration.md: relative to postern.yaml)', () => {
   const { config } = parseConfig(`
