@@ -6,6 +6,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -106,4 +107,23 @@ test('fail2ban-regex finds each failed sign-in on the account page with the clie
     assert.match(r.stdout, new RegExp(`Lines: ${lines} lines, 0 ignored, 2 matched, ${lines - 2} missed`), `${r.source}: ${r.stdout}`);
     assert.match(r.stdout, /127\.0\.0\.1/, r.source);
   }
+});
+
+test("docs/operations.md's jail, with the shipped filter, passes fail2ban-client's configuration test", needs('fail2ban-client'), async () => {
+  const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+  const jail = /```ini\n(# \/etc\/fail2ban\/jail\.d\/postern\.conf\n[^]*?)\n```/.exec(doc)?.[1];
+  assert.ok(jail, 'the jail block of docs/operations.md');
+  // The system's fail2ban configuration (jail.conf, actions), with this jail alone in jail.d.
+  const conf = join(scratch.path, 'fail2ban');
+  await cp('/etc/fail2ban', conf, { recursive: true });
+  await rm(join(conf, 'jail.d'), { recursive: true, force: true });
+  await mkdir(join(conf, 'jail.d'));
+  await writeFile(join(conf, 'jail.d', 'postern.conf'), `${jail}\n`);
+  await cp(FILTER, join(conf, 'filter.d', 'postern.conf'));
+  const t = await run('fail2ban-client', ['-c', conf, '-t']);
+  assert.equal(t.code, 0, t.output);
+  const d = await run('fail2ban-client', ['-c', conf, '-d']);
+  assert.match(d.stdout, /\['add', 'postern', 'systemd'\]/, d.output);
+  assert.match(d.stdout, /\['set', 'postern', 'addjournalmatch', '_SYSTEMD_UNIT=postern\.service'\]/);
+  assert.match(d.stdout, /'addfailregex'.*authentication failed/);
 });
