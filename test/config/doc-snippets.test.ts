@@ -12,6 +12,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { parseConfig } from '../../engine/config/load-config.ts';
+import { DEFAULT_CONFIG_YAML } from '../../engine/config/default-config.ts';
 import { pathKeys, valuesAt } from '../helpers/config-paths.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { runCli } from '../helpers/cli.ts';
@@ -112,4 +113,12 @@ test('every postern.yaml snippet of the documentation passes postern check', { t
     if (r.code !== 0) failures.push(`${s.where}:\n${r.stdout}${r.stderr}`);
   }
   assert.deepEqual(failures, []);
+});
+
+test("docs/configuration.md shows the embedded default that `npm start` runs (engine/config/default-config.ts)", async () => {
+  const doc = await readFile(join(ROOT, 'docs', 'configuration.md'), 'utf8');
+  const section = doc.slice(doc.indexOf('## The embedded default'));
+  const shown = /```yaml\n([^]*?)\n```/.exec(section)?.[1];
+  assert.ok(shown, 'the yaml block of "The embedded default"');
+  assert.deepEqual(parse(shown), parse(DEFAULT_CONFIG_YAML));
 });
