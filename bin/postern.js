@@ -31,7 +31,9 @@ if (major >= NEEDED_MAJOR) {
     process.exit(1);
   }
   const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal));
+  // Every signal the server acts on or logs, SIGUSR1/2 included: left to this process, SIGUSR2 (what
+  // rotation setups send to the pid a service manager knows, this one) would end it and orphan the server.
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
     if (signal) process.kill(process.pid, signal);
     process.exit(code ?? 1);

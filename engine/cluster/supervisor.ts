@@ -221,6 +221,9 @@ export class Supervisor {
     const n = workerCount(loaded.config.workers);
     for (let i = 0; i < n; i++) sup.#children.push(sup.#newChild('worker', i));
     sup.#children.push(sup.#newChild('queue', 0));
+    // Each role's series exists from the start, at 0: Prometheus' increase() cannot count a series' first
+    // sample, so without it a fresh server's first restarts would be invisible to the restart alert.
+    for (const role of ['worker', 'queue'] as const) metrics.processRestarts.inc({ role }, 0);
     const started = new Promise<void>((resolve, reject) => { sup.#firstStart = { resolve, reject }; });
     await sup.#reloads.start(); // watching before the children read their inputs
     for (const c of sup.#children) sup.#spawn(c);

@@ -156,6 +156,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
     cc.key = abs(cc.key);
   }
   for (const [name, file] of Object.entries(c.delivery.caFiles)) c.delivery.caFiles[name] = abs(file);
+  for (const key of Object.values(c.delivery.dkim)) key.privateKey = abs(key.privateKey);
   if (c.pki.dir) c.pki.dir = abs(c.pki.dir);
   return c;
 }

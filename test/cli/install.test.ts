@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { OLD_NODE } from '../helpers/old-node.ts';
 
 const REPO = new URL('../..', import.meta.url).pathname;
 
@@ -89,10 +90,6 @@ test('the packed tarball installs a postern command that checks, serves and stop
   assert.ok((await readdir(site)).includes('data'), 'data lives where the configuration says, not in the package');
 });
 
-const OLD_NODE = ['/usr/bin/node', '/usr/local/bin/node'].find((node) => {
-  const major = Number(/^v(\d+)/.exec(spawnSync(node, ['--version'], { encoding: 'utf8' }).stdout ?? '')?.[1] ?? 99);
-  return major < 24;
-});
 
 test('on a Node older than 24 the command re-runs itself on the pinned Node 24, or says what it needs', { skip: !OLD_NODE && 'no Node older than 24 on this machine' }, async () => {
   const pinned = spawnSync(OLD_NODE!, [postern, '--version'], { encoding: 'utf8', timeout: 60_000 });
@@ -117,6 +114,16 @@ test('on a Node older than 24 the command re-runs itself on the pinned Node 24, 
     assert.match(npm.stderr, /needs Node\.js 24 or newer, this is v\d+/, `npm ${script.join(' ')}: ${npm.stderr}`);
     assert.doesNotMatch(npm.stderr, /ERR_UNKNOWN_FILE_EXTENSION/);
   }
+});
+
+test('every file of examples/ that docs/operations.md tells an administrator to install is in the installed package', async () => {
+  const doc = await readFile(join(REPO, 'docs', 'operations.md'), 'utf8');
+  const named = [...new Set([...doc.matchAll(/examples\/[\w.-]+\/[\w.-]+/g)].map((m) => m[0]))];
+  assert.ok(named.length >= 3, `the unit, the logrotate file and the fail2ban filter: ${named.join(', ')}`);
+  const installed = join(root, 'prefix', 'lib', 'node_modules', 'postern');
+  const missing = [];
+  for (const file of named) if (!(await readFile(join(installed, file)).then(() => true, () => false))) missing.push(file);
+  assert.deepEqual(missing, [], `not in the tarball (package.json "files")`);
 });
 
 const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => spawnSync(p, ['--version']).status === 0);

@@ -45,6 +45,11 @@ listeners:
   assert.equal(await metric('postern_messages_accepted_total{listener="mx"}') - before, 6, 'the sum over the workers');
   assert.ok(await metric('postern_smtp_connections_total{listener="mx"}') >= 6);
   assert.ok(await metric('postern_config_generation') >= 1, 'a gauge is not summed over processes');
+  // The restart counter's series exist before any restart: increase() in the documented alert sees the first one.
+  const scrape = (await curl('curl', ['-sf', `${base}/metrics`])).stdout;
+  for (const role of ['worker', 'queue']) {
+    assert.match(scrape, new RegExp(`^postern_worker_restarts_total\\{role="${role}"\\} 0$`, 'm'), `${role} restarts at 0 before any restart`);
+  }
 
   const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean; checks: Record<string, { ok: boolean }> };
   assert.equal(ready.ready, true, JSON.stringify(ready));

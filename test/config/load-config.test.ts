@@ -2,10 +2,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../engine/config/load-config.ts';
+import { pathKeys, valuesAt } from '../helpers/config-paths.ts';
 import { ConfigError } from '../../engine/config/config-error.ts';
 
 function problems(yaml: string): string[] {
@@ -132,6 +133,43 @@ test('relative paths resolve against the configuration folder', () => {
   const { config } = parseConfig('dataDir: data\nlisteners:\n  - { name: a, listen: "127.0.0.1:25", tls: { mode: implicit, cert: c.pem, key: k.pem } }\n', '/srv/p/postern.yaml', '/srv/p');
   assert.equal(config.dataDir, '/srv/p/data');
   assert.equal(config.listeners[0]!.tls.cert, '/srv/p/c.pem');
+});
+
+test('every file and folder key of the schema resolves against the configuration folder (docs/configuration.md: relative to postern.yaml)', () => {
+  const { config } = parseConfig(`
+dataDir: rel/data
+scripts: rel/scripts
+users: rel/users
+tables:
+  plain: rel/plain-table
+  typed: { file: rel/typed-table, format: postfix }
+listeners:
+  - name: a
+    listen: 127.0.0.1:25
+    scripts: rel/listener-scripts
+    shadowScripts: rel/shadow-scripts
+    tls: { mode: starttls, cert: rel/c.pem, key: rel/k.pem, clientCertificates: request, caFiles: [rel/ca.pem], crlFiles: [rel/ca.crl] }
+policyServices:
+  - { name: p, listen: 127.0.0.1:10040, scripts: rel/policy-scripts }
+delivery:
+  route: { smarthost: { host: relay.example.net } }
+  tls: { mode: verify, ca: relay, clientCertificate: out }
+  caFiles: { relay: rel/relay-ca.pem }
+  clientCertificates: { out: { cert: rel/out.crt, key: rel/out.key } }
+  dkim: { k: { domain: example.com, selector: s1, privateKey: rel/dkim.key, senderDomains: [example.com] } }
+pki: { dir: rel/pki }
+`, '/srv/p/postern.yaml', '/srv/p');
+  const keys = pathKeys();
+  assert.ok(keys.length > 10, keys.join(', '));
+  // docs/configuration.md lists them where it says so.
+  const doc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+  const list = /Relative paths are resolved against[^\n]*\n\n([^]*?)\n\n/.exec(doc)?.[1] ?? '';
+  for (const key of keys) assert.ok(list.includes(`\`${key.replaceAll('<name>', '*')}\``), `docs/configuration.md's list of relative paths lacks ${key}`);
+  for (const key of keys) {
+    const values = valuesAt(config, key);
+    assert.ok(values.length > 0, `${key}: not set by this test's configuration (add it)`);
+    for (const v of values) assert.match(v, /^\/srv\/p\/rel\//, `${key}: ${v} is not resolved against the configuration's folder`);
+  }
 });
 
 test('postern check and serve refuse a bad configuration with the location, exit 1', () => {

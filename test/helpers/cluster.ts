@@ -68,10 +68,10 @@ export function deliveryToSink(port: number, opts: { retrySchedule?: number[]; s
 
 /** `config` is YAML without dataDir/scripts; `{PORT:name}` placeholders become free ports. */
 /** `detached`: the server leads its own process group (a signal to `-pid` reaches it and all its children). */
-/** `installed`: started as the installed command (bin/postern.js) instead of engine/cli/main.ts; `nodeArgs`: options for node itself; `env`: more environment. */
+/** `installed`: started as the installed command (bin/postern.js) instead of engine/cli/main.ts; `node`: the Node that starts it (default: the pinned Node 24); `nodeArgs`: options for node itself; `env`: more environment. */
 /** `wrap`: a command that execs the server, e.g. `['setpriv', '--bounding-set=-dac_override']` (root without the capabilities that bypass file permissions). */
 /** `dataDir`: the data folder (default: `data` in the temporary folder), e.g. on a small filesystem of the test's own. */
-export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; detached?: boolean; installed?: boolean; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string }): Promise<ClusterProcess> {
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string }): Promise<ClusterProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
@@ -85,7 +85,7 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
   const dataDir = opts.dataDir ?? join(dir, 'data');
   await writeFile(join(dir, 'postern.yaml'), `dataDir: ${JSON.stringify(dataDir)}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n${config}`);
   const entry = join(ROOT, opts.installed ? 'bin/postern.js' : 'engine/cli/main.ts');
-  const command = [...(opts.wrap ?? []), join(ROOT, 'node_modules/.bin/node'), ...(opts.nodeArgs ?? []), entry, 'serve', '--config', join(dir, 'postern.yaml')];
+  const command = [...(opts.wrap ?? []), opts.node ?? join(ROOT, 'node_modules/.bin/node'), ...(opts.nodeArgs ?? []), entry, 'serve', '--config', join(dir, 'postern.yaml')];
   const proc = spawn(command[0]!, command.slice(1), {
     cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, detached: opts.detached ?? false,
   });

@@ -3,7 +3,9 @@
 // verdict check is strict, so a misspelled option fails closed on the wire instead of being ignored.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { REPLIES, documentedForm, type ReplySpec } from '../../engine/smtp/replies.ts';
 import { checkVerdict, FAIL_CLOSED } from '../../engine/policy/verdict.ts';
 import { verdictReply } from '../../engine/smtp/verdict-replies.ts';
@@ -14,7 +16,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 const DOC = readFileSync(new URL('../../docs/scripts.md', import.meta.url), 'utf8');
 
 /** Replies smtp-server writes itself, with its own text; the docs show them, the catalogue need not. */
-const SMTP_SERVER_OWN = new Set(['220 2.0.0 Ready to start TLS']);
+const SMTP_SERVER_OWN = new Set(['220 2.0.0 Ready to start TLS', '503 5.5.1 Error: send HELO/EHLO first']);
 
 interface DocumentedReply { code: string; enhanced: string; text: string | null; where: string }
 
@@ -160,4 +162,43 @@ test('no reply is built outside the catalogue: no SmtpReply constructed, no repl
     for (const m of code.matchAll(/['"`]([2-5]\d\d[ -][2-5]\.\d{1,3}\.\d{1,3} [^'"`]*)['"`]/g)) problems.push(`${file}: ${m[1]}`);
   }
   assert.deepEqual(problems, []);
+});
+
+test('every whole reply line the other pages show (docs/*.md, README.md, examples/*/README.md) is what the server sends', () => {
+  const root = new URL('../../', import.meta.url).pathname;
+  const pages = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md') && f !== 'scripts.md').map((f) => `docs/${f}`),
+    ...readdirSync(join(root, 'examples')).map((d) => `examples/${d}/README.md`).filter((f) => existsSync(join(root, f)))];
+  // Where a reply text may come from besides the catalogue: smtp-server's own replies, and the scripts of the
+  // examples (their string and template literals, `${…}` standing for anything).
+  const smtpServerDir = dirname(createRequire(import.meta.url).resolve('smtp-server'));
+  const smtpServerSource = readdirSync(smtpServerDir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(join(smtpServerDir, f), 'utf8')).join('\n');
+  const scriptTexts = readdirSync(join(root, 'examples')).map((d) => join(root, 'examples', d, 'scripts')).filter((d) => existsSync(d))
+    .flatMap((d) => readdirSync(d).map((f) => readFileSync(join(d, f), 'utf8')))
+    .flatMap((source) => [...source.matchAll(/(['"`])((?:\\.|(?!\1).)*)\1/g)].map((m) => m[2]!))
+    .map((literal) => new RegExp(literal.split(/\$\{[^}]*\}/).map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.+')));
+  const byScript = (text: string): boolean => {
+    // Behind Postfix (check_policy_service) a refusal reads "<rcpt>: Recipient address rejected: <the script's text>".
+    const own = text.replace(/^<[^>]*>: (?:Recipient|Sender|Client host|Helo command) (?:address )?rejected: /, '');
+    return scriptTexts.some((r) => r.test(own) && r.source.length > 8);
+  };
+  // `<address>` in a page and `{sender}` in the catalogue are both a placeholder.
+  const pattern = (text: string): RegExp => new RegExp(`^${text.split(/<\w+>|\{\w+\}/).map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('<?[^ ]*>?')}$`);
+  const catalogueLines = catalogue.map(([, spec]) => `${spec.code} ${spec.enhanced} ${spec.text}`);
+  let checked = 0;
+  const unknown: string[] = [];
+  for (const page of pages) {
+    for (const m of readFileSync(join(root, page), 'utf8').matchAll(/`([2-5]\d\d) ([2-5]\.\d{1,3}\.\d{1,3}) ([^`\n]+)`/g)) {
+      const [, code, enhanced, text] = m as unknown as [string, string, string, string];
+      if (text.includes('…') || /^<text>/.test(text)) continue; // shortened, or a script's own text
+      checked++;
+      const line = `${code} ${enhanced} ${text}`;
+      if (catalogueLines.some((l) => pattern(l).test(line) || pattern(line).test(l))) continue;
+      if (SMTP_SERVER_OWN.has(line) || byScript(text)) continue;
+      const literal = text.split(/<\w+>/).map((p) => p.trim()).filter(Boolean);
+      if (literal.every((p) => smtpServerSource.includes(p))) continue;
+      unknown.push(`${page}: ${line}`);
+    }
+  }
+  assert.ok(checked > 20, `${checked} reply lines checked`);
+  assert.deepEqual(unknown, [], 'reply lines no code sends');
 });
