@@ -48,13 +48,25 @@ const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits:
 const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH']);
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
 
-/** The refusal of the first parameter not in `known`, or null. */
+/**
+ * The longest value of the parameters whose values Postern keeps: ENVID 100 characters (RFC 3461 §4.4), ORCPT 500
+ * (§4.2), AUTH 500 (RFC 4954 §5), NOTIFY each keyword once (`SUCCESS,FAILURE,DELAY`). smtp-server keeps every
+ * recipient's parameters for the whole session (ORCPT whole, NOTIFY split into a list, which is spooled too), and
+ * checks no length: within its 16 KB command line, 100 recipients of `NOTIFY=SUCCESS,SUCCESS,…` held ~8 MB per
+ * session, so a few hundred sessions took gigabytes.
+ */
+const PARAMETER_MAX_LENGTH: ReadonlyMap<string, number> = new Map([['ENVID', 100], ['ORCPT', 500], ['AUTH', 500], ['NOTIFY', 'SUCCESS,FAILURE,DELAY'.length]]);
+
+/** The refusal of the first parameter not in `known`, or longer than it may be; null when there is none. */
 function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<string>): SmtpReply | null {
-  const args = address.args;
+  const args = address.args as Record<string, string | true> | false | undefined;
   if (!args) return null;
   // for…in, not Object.keys(): no array per MAIL and RCPT (smtp-server's args is a plain object literal).
   for (const name in args) {
     if (!known.has(name)) return reply('parameterUnsupported', { parameter: name.slice(0, 64) });
+    const value = args[name]!;
+    const max = PARAMETER_MAX_LENGTH.get(name);
+    if (max !== undefined && value !== true && value.length > max) return reply('parameterTooLong', { parameter: name, n: String(max) });
   }
   return null;
 }

@@ -22,6 +22,10 @@ listeners:
     listen: 127.0.0.1:0
     reverseDns: false
     limits: { greetingDelayMs: 0, maxRecipients: 5 }
+  - name: wide
+    listen: 127.0.0.1:0
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
   - name: tls
     listen: 127.0.0.1:0
     reverseDns: false
@@ -79,6 +83,27 @@ test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETL
   await t.hello({ starttls: { ca } });
   assert.equal((await t.command('MAIL FROM:<a@example.org> REQUIRETLS')).text, '555 5.5.4 Unsupported option: REQUIRETLS');
   await t.quit();
+});
+
+test('DSN and AUTH parameters over their RFC lengths get 501 5.5.4: what a session keeps of its 100 recipients stays within their bounds', async () => {
+  const c = await SmtpTestClient.connect(server.port('wide'));
+  await c.hello();
+  const tooLong = (name: string, n: number) => `501 5.5.4 Error: ${name} parameter exceeds ${n} characters`;
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(101)}`)).text, tooLong('ENVID', 100));
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> AUTH=${'a'.repeat(490)}@example.org`)).text, tooLong('AUTH', 500));
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(100)} AUTH=${'a'.repeat(488)}@example.org`)).code, 250);
+  // Within smtp-server's 16 KB command line: each of these held ~16 KB (a NOTIFY list of 2000 entries, spooled too).
+  assert.equal((await c.command(`RCPT TO:<u@example.com> ORCPT=rfc822;${'o'.repeat(494)}`)).text, tooLong('ORCPT', 500));
+  assert.equal((await c.command(`RCPT TO:<u@example.com> NOTIFY=${'SUCCESS,'.repeat(1990)}DELAY`)).text, tooLong('NOTIFY', 21));
+  assert.equal((await c.command('RCPT TO:<u@example.com> NOTIFY=SUCCESS,FAILURE,FAILURE')).text, tooLong('NOTIFY', 21));
+  const most = (i: number) => `RCPT TO:<u${i}@example.com> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;${'o'.repeat(493)}`;
+  const accepted = await pipelined(c, Array.from({ length: 100 }, (_, i) => most(i)));
+  assert.ok(accepted.every((r) => r.code === 250), accepted.find((r) => r.code !== 250)?.text);
+  const [conn] = server.servers.get('wide')!.connections;
+  const held = JSON.stringify(conn!.session.envelope).length;
+  // Each recipient's ORCPT is kept twice (args and dsn): ~1.2 KB a recipient; 16 KB parameters made it ~32 KB.
+  assert.ok(held < 100 * 2048, `the envelope holds ${held} bytes`);
+  await c.quit();
 });
 
 test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
