@@ -145,14 +145,23 @@ test('a recipient probe: the 20th refusal is followed by 421 and the close', asy
 
 test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; beyond, each counts as a refusal', async () => {
   const c = await client();
+  const overLimitLines = () => server.logs.filter((l) => l.reason === 'limits.maxRecipients').map((l) => l.overLimit);
+  const logged = overLimitLines().length;
   const first = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1005 }, (_, i) => `RCPT TO:<u${i}@example.com>`), 'DATA']);
   assert.equal(first.filter((r) => r.code === 250).length, 6, 'MAIL and five recipients');
   assert.equal(first.filter((r) => r.code === 452).length, 1000);
   assert.equal(first.at(-1)!.code, 354);
+  // Not a line each: a client made a thousand lines (~1.5 MB, 50 times its commands' bytes) per message.
+  assert.deepEqual(overLimitLines().slice(logged), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
   c.socket.write('Subject: many\r\n\r\nhi\r\n.\r\n');
   assert.equal((await c.read()).code, 250);
   const second = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1100 }, (_, i) => `RCPT TO:<u${i}@example.com>`)], 1027);
   assert.equal(second.filter((r) => r.code === 452).length, 1020);
   assert.match(second.at(-1)!.text, TOO_MANY_ERRORS);
   assert.ok(await c.waitClosed());
+  // The accepted message started the count again; past 1000 each is a refusal, with its line (at most maxErrors).
+  const beyond = Array.from({ length: 20 }, (_, i) => 1001 + i);
+  assert.deepEqual(overLimitLines().slice(logged + 10), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, ...beyond]);
+  const line = server.logs.find((l) => l.overLimit === 512)!;
+  assert.match(String(line.msg), /: 452 4\.5\.3 Error: too many recipients; from=<a@example\.org> proto=ESMTP helo=<\S+> over_limit=512$/);
 });
