@@ -24,6 +24,8 @@ import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { ListenerConfig } from '../config/schema.ts';
 
 /** No senders besides the identity's own (no array per MAIL FROM where the binding is off). */
 const NO_SENDERS: readonly string[] = Object.freeze([]);
@@ -114,7 +116,7 @@ export class SessionPolicy {
     const counted = countedAddress(conn.remoteAddress, limits.ipv6PrefixLength); // an IPv6 client by its network
     const slotRefusal = await this.#takeStoreSlot(conn, counted, limits);
     if (slotRefusal) return slotRefusal;
-    const rateRefusal = await this.#connectionRate(conn, counted, limits);
+    const rateRefusal = await this.#connectionRate(conn, counted);
     if (rateRefusal) return rateRefusal;
     if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
@@ -155,24 +157,35 @@ export class SessionPolicy {
   /**
    * limits.connectionRatePerIp: this connection counted for its client (its network, for IPv6) in the store;
    * over the limit, 421 (Postfix anvil's smtpd_client_connection_rate_limit). A store that cannot answer
-   * refuses too: the limit would not hold (fail closed).
+   * refuses too: the limit would not hold (fail closed). On an implicit-TLS listener it was counted before the
+   * handshake already (PosternServer).
    */
-  async #connectionRate(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<SmtpReply | null> {
-    const limit = limits.connectionRatePerIp;
+  async #connectionRate(conn: SmtpClient, ip: string): Promise<SmtpReply | null> {
     const st = conn.state;
-    const store = st.generation.store;
+    if (st.connectionRateDecided !== undefined) return st.connectionRateDecided;
+    return (await this.countConnection(st.generation, st.listener, ip, conn.remoteAddress, conn.id))?.refusal ?? null;
+  }
+
+  /**
+   * Count one connection of `ip` (the counted address of `client`) against the listener's connectionRatePerIp:
+   * null when allowed (or there is no limit), else its refusal, and whether the client is over the rate (not
+   * merely uncounted: the store could not answer).
+   */
+  async countConnection(generation: PolicyGeneration, listener: ListenerConfig, ip: string, client: string, cid?: string): Promise<{ refusal: SmtpReply; overRate: boolean } | null> {
+    const limit = listener.limits.connectionRatePerIp;
+    const store = generation.store;
     if (!limit || !store) return null;
     let result;
     try {
-      result = await store.rate(STORE_KEYS.connectionRate(st.listener.name, ip), limit.count, limit.windowSeconds);
+      result = await store.rate(STORE_KEYS.connectionRate(listener.name, ip), limit.count, limit.windowSeconds);
     } catch (err) {
-      this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
-      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
-      return reply('connectionRateStoreUnavailable');
+      this.#log.debug({ cid, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
+      metrics.connectionsRefused.inc({ listener: listener.name, reason: 'store-unavailable' });
+      return { refusal: reply('connectionRateStoreUnavailable'), overRate: false };
     }
     if (result.allowed) return null;
-    metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'connection-rate' });
-    return reply('connectionRateFromAddress', { ip: conn.remoteAddress });
+    metrics.connectionsRefused.inc({ listener: listener.name, reason: 'connection-rate' });
+    return { refusal: reply('connectionRateFromAddress', { ip: client }), overRate: true };
   }
 
   /**
