@@ -106,3 +106,32 @@ listeners:
     await server.stop();
   }
 });
+
+test('postern serve, implicit TLS: over the rate counted over both workers, closed before the handshake', async () => {
+  const pki = await makeTestPki();
+  const ca = await readFile(pki.ca.cert, 'utf8');
+  const c = await startCluster({
+    config: `
+workers: 2
+${ROUND_ROBIN}localDomains: [example.test]
+listeners:
+  - name: smtps
+    listen: 127.0.0.1:{PORT:smtps}
+    reverseDns: false
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
+`,
+  });
+  try {
+    const connect = () => SmtpTestClient.connect(c.port('smtps'), { implicitTls: { ca, servername: 'localhost' } });
+    for (let i = 0; i < 3; i++) {
+      const s = await connect();
+      assert.match((await s.read()).text, /^220 /, `connection ${i + 1} of 3`);
+      s.destroy();
+    }
+    for (let i = 0; i < 3; i++) await assert.rejects(connect(), `connection ${i + 4} is closed before TLS`);
+    await c.waitFor('the three decision lines', () => c.logs.filter((l) => l.reason === 'limits.connectionRatePerIp: over the rate (closed before TLS)').length === 3);
+  } finally {
+    await c.stop();
+  }
+});
