@@ -69,20 +69,24 @@ test('postern serve, two workers round robin: the count holds over both', async 
   }
 });
 
-test('implicit TLS: a connection over the rate is closed before its handshake, not handshaken to read a 421', async () => {
+/** An implicit-TLS listener `smtps` on `listen` allowing 3 connections an hour per address, and the CA its clients trust. */
+async function implicitTlsRate(listen: string): Promise<{ config: string; ca: string }> {
   const pki = await makeTestPki();
-  const ca = await readFile(pki.ca.cert, 'utf8');
-  const server = await startTestServer({
-    config: `
+  const config = `
 localDomains: [example.test]
 listeners:
   - name: smtps
-    listen: 127.0.0.1:0
+    listen: ${listen}
     reverseDns: false
     tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
     limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
-`,
-  });
+`;
+  return { config, ca: await readFile(pki.ca.cert, 'utf8') };
+}
+
+test('implicit TLS: a connection over the rate is closed before its handshake, not handshaken to read a 421', async () => {
+  const { config, ca } = await implicitTlsRate('127.0.0.1:0');
+  const server = await startTestServer({ config });
   const handshakes = async () => (await metrics.tlsHandshakes.get()).values.filter((v) => v.labels.listener === 'smtps').reduce((n, v) => n + v.value, 0);
   try {
     const port = server.port('smtps');
@@ -108,20 +112,8 @@ listeners:
 });
 
 test('postern serve, implicit TLS: over the rate counted over both workers, closed before the handshake', async () => {
-  const pki = await makeTestPki();
-  const ca = await readFile(pki.ca.cert, 'utf8');
-  const c = await startCluster({
-    config: `
-workers: 2
-${ROUND_ROBIN}localDomains: [example.test]
-listeners:
-  - name: smtps
-    listen: 127.0.0.1:{PORT:smtps}
-    reverseDns: false
-    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
-    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
-`,
-  });
+  const { config, ca } = await implicitTlsRate('127.0.0.1:{PORT:smtps}');
+  const c = await startCluster({ config: `workers: 2\n${ROUND_ROBIN}${config}` });
   try {
     const connect = () => SmtpTestClient.connect(c.port('smtps'), { implicitTls: { ca, servername: 'localhost' } });
     for (let i = 0; i < 3; i++) {
