@@ -12,6 +12,7 @@ import type { SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo } from '../sandbox/api/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { OverLimit } from '../connection-limits/over-limit-recount.ts';
+import type { SmtpReply } from './reply.ts';
 
 export class ConnectionState {
   /** The generation this session started with (held until close; transactions keep theirs). */
@@ -43,6 +44,11 @@ export class ConnectionState {
   recipientOvershoot = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
+  /**
+   * limits.connectionRatePerIp decided before the TLS handshake (implicit TLS), not again at connect: null,
+   * counted and allowed; a reply, the refusal for a store that could not answer. Undefined: not decided yet.
+   */
+  connectionRateDecided: SmtpReply | null | undefined = undefined;
   /** Accepted over the listener's per-IP connection limit: refused with 421 at connect. */
   overIpLimit = false;
   /** With overIpLimit: its count, lowered as connections counted before it close (recounted at connect). */

@@ -23,6 +23,8 @@ export interface DecisionFacts {
   to?: string | readonly string[];
   /** Queue id, when the transaction has one. */
   id?: string | null;
+  /** A RCPT over maxRecipients: which one since the last accepted message (not each has a line). */
+  overLimit?: number;
 }
 
 /** The connection a refusal is about. */
@@ -59,13 +61,14 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
     to !== undefined ? `to=<${to}>` : null,
     `proto=${st.heloCommand === 'EHLO' ? 'ESMTP' : 'SMTP'}`,
     st.heloName ? `helo=<${st.heloName}>` : null,
+    facts.overLimit !== undefined ? `over_limit=${facts.overLimit}` : null,
   ].filter(Boolean).join(' ');
   const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
   log.info({
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
     listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     script: scriptFileOf(st, reply.reason),
-    from: facts.from, to, helo: st.heloName, user: st.user, identity: st.identity.identity,
+    from: facts.from, to, helo: st.heloName, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
 }

@@ -59,6 +59,16 @@ function commandVerb(command: Buffer): string {
  */
 const RECIPIENT_OVERSHOOT = 1000;
 
+/**
+ * Whether the `n`th RCPT over maxRecipients (since the last accepted message) gets its decision line: within
+ * RECIPIENT_OVERSHOOT only the 1st, 2nd, 4th, 8th … (the line says which), beyond it each (a refusal, so at most
+ * limits.maxErrors). A line each let one client write a thousand lines (~1.5 MB) per transaction, 50 times the
+ * bytes of its commands, again after each message accepted; Postfix logs none of them.
+ */
+function loggedOvershoot(n: number): boolean {
+  return n > RECIPIENT_OVERSHOOT || (n & (n - 1)) === 0;
+}
+
 const socketReadyState = Object.getOwnPropertyDescriptor(net.Socket.prototype, 'readyState')!.get!;
 
 /**
@@ -336,9 +346,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
     const reason = smtpServerReason(code, text, context);
     refusalCounted(stage, code, reason);
+    const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
+    if (overLimit !== undefined && !loggedOvershoot(overLimit)) return;
     logRefusal(this.#server.runtime.logger, this, stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason },
-      { from: mail ? mail.address : undefined, id: this.state.transactionId });
+      { from: mail ? mail.address : undefined, id: this.state.transactionId, overLimit });
   }
 
   /** Mechanisms offered to this client right now. */

@@ -111,6 +111,8 @@ export class PosternServer extends SMTPServer {
   readonly #overIpLimit = new WeakSet<net.Socket>();
   /** Sockets a worker got over the listener's maxConnections, counted over every worker (421 once the session starts). */
   readonly #overListenerLimit = new WeakSet<net.Socket>();
+  /** limits.connectionRatePerIp decided before the handshake of an implicit-TLS socket (see #rateFirst): null, allowed. */
+  readonly #rateDecided = new WeakMap<net.Socket, SmtpReply | null>();
   /** The client a PROXY header named, by the raw socket it came on. */
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Sockets a worker accepted itself (not handed over with a slot): counted by round trip, as proxied ones. */
@@ -208,6 +210,7 @@ export class PosternServer extends SMTPServer {
    * (smtp-server's socket options), so scripts, limits, logs and Received all see the client.
    */
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+    if ((this.options as { secure?: boolean }).secure) callback = this.#rateFirst(socket, callback);
     const proxy = this.proxy;
     if (!proxy && this.#ownAccepted.has(socket)) {
       // Accepted by this worker itself: the client's slot from the supervisor's count over every worker.
@@ -248,6 +251,38 @@ export class PosternServer extends SMTPServer {
       const options = { id: newSessionId(), remoteAddress: client.address, remotePort: client.port, ...reached, fromBalancer: header.command === 'local' };
       callback(null, options);
     }).catch(refuse);
+  }
+
+  /**
+   * Implicit TLS: the connection is counted against limits.connectionRatePerIp before its handshake, once the
+   * client is known (after the PROXY header, and the per-IP count). One over the rate is closed at once, without
+   * TLS and without a reply: counted only after the handshake, as on a plain listener, it cost the server a full
+   * handshake each (its certificate chain verified too) to send a 421, so a client reconnecting in a loop had
+   * the CPU the limit is there to keep. A store that cannot answer is refused as before: with its 421 after TLS.
+   */
+  #rateFirst(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): Parameters<SMTPServer['_handleProxy']>[1] {
+    return (err, info) => {
+      const generation = this.runtime.generation;
+      const listener = generation.listener(this.listenerName);
+      // Over a connection limit it gets that 421 (after TLS, a bounded number): refused connections are not counted.
+      // Nor a trusted balancer's own connections (its health checks: session-policy.ts #connectionRate).
+      if (err || !listener.limits.connectionRatePerIp || this.#overIpLimit.has(socket) || this.#overListenerLimit.has(socket)
+        || (info as { fromBalancer?: boolean } | undefined)?.fromBalancer) return callback(err, info);
+      const client = (info as { remoteAddress?: string } | undefined)?.remoteAddress ?? clientAddress(socket);
+      const ip = countedAddress(client, listener.limits.ipv6PrefixLength);
+      this.policy.countConnection(generation, listener, ip, client).then((counted) => {
+        if (socket.destroyed) return callback(new Error('closed before the session'));
+        if (!counted?.overRate) {
+          this.#rateDecided.set(socket, counted?.refusal ?? null);
+          return callback(null, info);
+        }
+        this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('CONNECT', client, 'limits.connectionRatePerIp: over the rate (closed before TLS)'), ip },
+          'too many connections from this address within limits.connectionRatePerIp, closed before TLS');
+        socket.on('error', () => undefined);
+        socket.destroy();
+        callback(new Error('closed before the session'));
+      }, (e: Error) => { socket.destroy(); callback(e); });
+    };
   }
 
   /** A proxied connection's slot: in this process, or (a worker) from the supervisor's count, by round trip. */
@@ -342,6 +377,7 @@ export class PosternServer extends SMTPServer {
     // connect() gets the TLS socket.
     if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
     if (this.#overListenerLimit.has(socket)) this.#overListenerLimit.add(tlsSocket);
+    if (this.#rateDecided.has(socket)) this.#rateDecided.set(tlsSocket, this.#rateDecided.get(socket)!);
     const over = this.#overCount.get(socket);
     if (over) this.#overCount.set(tlsSocket, over);
     const uncount = this.#uncount.get(socket);
@@ -355,6 +391,7 @@ export class PosternServer extends SMTPServer {
     connection.state.overIpLimit = this.#overIpLimit.has(socket);
     connection.state.ipCountNow = this.#overCount.get(socket) ?? null;
     connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
+    connection.state.connectionRateDecided = this.#rateDecided.get(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
     connectionOf.set(connection.session, connection);
     self.connections.add(connection);

@@ -24,6 +24,8 @@ import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import type { ListenerConfig } from '../config/schema.ts';
 
 /** No senders besides the identity's own (no array per MAIL FROM where the binding is off). */
 const NO_SENDERS: readonly string[] = Object.freeze([]);
@@ -48,13 +50,25 @@ const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits:
 const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH']);
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
 
-/** The refusal of the first parameter not in `known`, or null. */
+/**
+ * The longest value of the parameters whose values Postern keeps: ENVID 100 characters (RFC 3461 §4.4), ORCPT 500
+ * (§4.2), AUTH 500 (RFC 4954 §5), NOTIFY each keyword once (`SUCCESS,FAILURE,DELAY`). smtp-server keeps every
+ * recipient's parameters for the whole session (ORCPT whole, NOTIFY split into a list, which is spooled too), and
+ * checks no length: within its 16 KB command line, 100 recipients of `NOTIFY=SUCCESS,SUCCESS,…` held ~8 MB per
+ * session, so a few hundred sessions took gigabytes.
+ */
+const PARAMETER_MAX_LENGTH: ReadonlyMap<string, number> = new Map([['ENVID', 100], ['ORCPT', 500], ['AUTH', 500], ['NOTIFY', 'SUCCESS,FAILURE,DELAY'.length]]);
+
+/** The refusal of the first parameter not in `known`, or longer than it may be; null when there is none. */
 function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<string>): SmtpReply | null {
-  const args = address.args;
+  const args = address.args as Record<string, string | true> | false | undefined;
   if (!args) return null;
   // for…in, not Object.keys(): no array per MAIL and RCPT (smtp-server's args is a plain object literal).
   for (const name in args) {
     if (!known.has(name)) return reply('parameterUnsupported', { parameter: name.slice(0, 64) });
+    const value = args[name]!;
+    const max = PARAMETER_MAX_LENGTH.get(name);
+    if (max !== undefined && value !== true && value.length > max) return reply('parameterTooLong', { parameter: name, n: String(max) });
   }
   return null;
 }
@@ -102,7 +116,7 @@ export class SessionPolicy {
     const counted = countedAddress(conn.remoteAddress, limits.ipv6PrefixLength); // an IPv6 client by its network
     const slotRefusal = await this.#takeStoreSlot(conn, counted, limits);
     if (slotRefusal) return slotRefusal;
-    const rateRefusal = await this.#connectionRate(conn, counted, limits);
+    const rateRefusal = await this.#connectionRate(conn, counted);
     if (rateRefusal) return rateRefusal;
     if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
@@ -143,26 +157,38 @@ export class SessionPolicy {
   /**
    * limits.connectionRatePerIp: this connection counted for its client (its network, for IPv6) in the store;
    * over the limit, 421 (Postfix anvil's smtpd_client_connection_rate_limit). A store that cannot answer
-   * refuses too: the limit would not hold (fail closed). Not a trusted balancer's own connections (its health
-   * checks): counted under its address they used up its rate, their 421 took the node out of service, as
-   * Postfix exempts mynetworks from anvil's rate by default.
+   * refuses too: the limit would not hold (fail closed). On an implicit-TLS listener it was counted before the
+   * handshake already (PosternServer). Not a trusted balancer's own connections (its health checks): counted
+   * under its address they used up its rate, their 421 took the node out of service, as Postfix exempts
+   * mynetworks from anvil's rate by default.
    */
-  async #connectionRate(conn: SmtpClient, ip: string, limits: SmtpClient['state']['listener']['limits']): Promise<SmtpReply | null> {
-    const limit = limits.connectionRatePerIp;
+  async #connectionRate(conn: SmtpClient, ip: string): Promise<SmtpReply | null> {
     const st = conn.state;
-    const store = st.generation.store;
-    if (!limit || !store || st.fromBalancer) return null;
+    if (st.connectionRateDecided !== undefined) return st.connectionRateDecided;
+    if (st.fromBalancer) return null;
+    return (await this.countConnection(st.generation, st.listener, ip, conn.remoteAddress, conn.id))?.refusal ?? null;
+  }
+
+  /**
+   * Count one connection of `ip` (the counted address of `client`) against the listener's connectionRatePerIp:
+   * null when allowed (or there is no limit), else its refusal, and whether the client is over the rate (not
+   * merely uncounted: the store could not answer).
+   */
+  async countConnection(generation: PolicyGeneration, listener: ListenerConfig, ip: string, client: string, cid?: string): Promise<{ refusal: SmtpReply; overRate: boolean } | null> {
+    const limit = listener.limits.connectionRatePerIp;
+    const store = generation.store;
+    if (!limit || !store) return null;
     let result;
     try {
-      result = await store.rate(STORE_KEYS.connectionRate(st.listener.name, ip), limit.count, limit.windowSeconds);
+      result = await store.rate(STORE_KEYS.connectionRate(listener.name, ip), limit.count, limit.windowSeconds);
     } catch (err) {
-      this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
-      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
-      return reply('connectionRateStoreUnavailable');
+      this.#log.debug({ cid, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
+      metrics.connectionsRefused.inc({ listener: listener.name, reason: 'store-unavailable' });
+      return { refusal: reply('connectionRateStoreUnavailable'), overRate: false };
     }
     if (result.allowed) return null;
-    metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'connection-rate' });
-    return reply('connectionRateFromAddress', { ip: conn.remoteAddress });
+    metrics.connectionsRefused.inc({ listener: listener.name, reason: 'connection-rate' });
+    return { refusal: reply('connectionRateFromAddress', { ip: client }), overRate: true };
   }
 
   /**

@@ -11,6 +11,9 @@ import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
 import { startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+import { readFile } from 'node:fs/promises';
+import { metrics } from '../../engine/metrics/metrics.ts';
 
 const REFUSED = /^421 4\.7\.0 Error: too many connections from (\S+), try again later$/;
 
@@ -61,6 +64,65 @@ test('postern serve, two workers round robin: the count holds over both', async 
   const c = await startCluster({ config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', LIMITS)}${ROUND_ROBIN}` });
   try {
     await assertRateLimit(c.port('in'));
+  } finally {
+    await c.stop();
+  }
+});
+
+/** An implicit-TLS listener `smtps` on `listen` allowing 3 connections an hour per address, and the CA its clients trust. */
+async function implicitTlsRate(listen: string): Promise<{ config: string; ca: string }> {
+  const pki = await makeTestPki();
+  const config = `
+localDomains: [example.test]
+listeners:
+  - name: smtps
+    listen: ${listen}
+    reverseDns: false
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
+`;
+  return { config, ca: await readFile(pki.ca.cert, 'utf8') };
+}
+
+test('implicit TLS: a connection over the rate is closed before its handshake, not handshaken to read a 421', async () => {
+  const { config, ca } = await implicitTlsRate('127.0.0.1:0');
+  const server = await startTestServer({ config });
+  const handshakes = async () => (await metrics.tlsHandshakes.get()).values.filter((v) => v.labels.listener === 'smtps').reduce((n, v) => n + v.value, 0);
+  try {
+    const port = server.port('smtps');
+    const before = await handshakes();
+    const connect = (localAddress: string) => SmtpTestClient.connect(port, { implicitTls: { ca, servername: 'localhost' }, localAddress });
+    for (let i = 0; i < 3; i++) {
+      const c = await connect('127.0.0.1');
+      assert.match((await c.read()).text, /^220 /, `connection ${i + 1} of 3`);
+      c.destroy();
+    }
+    // Each of these was a full handshake (the server's CPU the limit is there to bound) to send a 421.
+    for (let i = 0; i < 10; i++) await assert.rejects(connect('127.0.0.1'), `connection ${i + 4} is closed before TLS`);
+    assert.equal(await handshakes() - before, 3, 'no handshake for a connection over the rate');
+    const lines = server.logs.filter((l) => l.reason === 'limits.connectionRatePerIp: over the rate (closed before TLS)');
+    assert.equal(lines.length, 10);
+    assert.deepEqual([lines[0]!.decision, lines[0]!.stage, lines[0]!.client, lines[0]!.reply], ['reject', 'CONNECT', '127.0.0.1', null]);
+    const other = await connect('127.0.0.2');
+    assert.match((await other.read()).text, /^220 /, 'another address has its own count');
+    other.destroy();
+  } finally {
+    await server.stop();
+  }
+});
+
+test('postern serve, implicit TLS: over the rate counted over both workers, closed before the handshake', async () => {
+  const { config, ca } = await implicitTlsRate('127.0.0.1:{PORT:smtps}');
+  const c = await startCluster({ config: `workers: 2\n${ROUND_ROBIN}${config}` });
+  try {
+    const connect = () => SmtpTestClient.connect(c.port('smtps'), { implicitTls: { ca, servername: 'localhost' } });
+    for (let i = 0; i < 3; i++) {
+      const s = await connect();
+      assert.match((await s.read()).text, /^220 /, `connection ${i + 1} of 3`);
+      s.destroy();
+    }
+    for (let i = 0; i < 3; i++) await assert.rejects(connect(), `connection ${i + 4} is closed before TLS`);
+    await c.waitFor('the three decision lines', () => c.logs.filter((l) => l.reason === 'limits.connectionRatePerIp: over the rate (closed before TLS)').length === 3);
   } finally {
     await c.stop();
   }

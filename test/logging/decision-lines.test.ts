@@ -321,6 +321,7 @@ const ROWS = {
   authInvalid: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', [plainLogin('alice@example.com', 'wrong')]) },
 
   parameterUnsupported: { server: 'main', stage: 'MAIL', values: { parameter: 'FOO' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> FOO=BAR']) },
+  parameterTooLong: { server: 'main', stage: 'MAIL', values: { parameter: 'ENVID', n: '100' }, drive: () => ending('main', 'mx', [`MAIL FROM:<someone@example.net> ENVID=${'e'.repeat(101)}`]) },
   utf8AddressUndeclared: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'mx', ['MAIL FROM:<jürgen@example.net>']) },
   tlsRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'reqtls', ['MAIL FROM:<someone@example.net>']) },
   authRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'sub', ['MAIL FROM:<someone@example.net>']) },

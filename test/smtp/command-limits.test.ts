@@ -22,6 +22,10 @@ listeners:
     listen: 127.0.0.1:0
     reverseDns: false
     limits: { greetingDelayMs: 0, maxRecipients: 5 }
+  - name: wide
+    listen: 127.0.0.1:0
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
   - name: tls
     listen: 127.0.0.1:0
     reverseDns: false
@@ -81,6 +85,27 @@ test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETL
   await t.quit();
 });
 
+test('DSN and AUTH parameters over their RFC lengths get 501 5.5.4: what a session keeps of its 100 recipients stays within their bounds', async () => {
+  const c = await SmtpTestClient.connect(server.port('wide'));
+  await c.hello();
+  const tooLong = (name: string, n: number) => `501 5.5.4 Error: ${name} parameter exceeds ${n} characters`;
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(101)}`)).text, tooLong('ENVID', 100));
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> AUTH=${'a'.repeat(490)}@example.org`)).text, tooLong('AUTH', 500));
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(100)} AUTH=${'a'.repeat(488)}@example.org`)).code, 250);
+  // Within smtp-server's 16 KB command line: each of these held ~16 KB (a NOTIFY list of 2000 entries, spooled too).
+  assert.equal((await c.command(`RCPT TO:<u@example.com> ORCPT=rfc822;${'o'.repeat(494)}`)).text, tooLong('ORCPT', 500));
+  assert.equal((await c.command(`RCPT TO:<u@example.com> NOTIFY=${'SUCCESS,'.repeat(1990)}DELAY`)).text, tooLong('NOTIFY', 21));
+  assert.equal((await c.command('RCPT TO:<u@example.com> NOTIFY=SUCCESS,FAILURE,FAILURE')).text, tooLong('NOTIFY', 21));
+  const most = (i: number) => `RCPT TO:<u${i}@example.com> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;${'o'.repeat(493)}`;
+  const accepted = await pipelined(c, Array.from({ length: 100 }, (_, i) => most(i)));
+  assert.ok(accepted.every((r) => r.code === 250), accepted.find((r) => r.code !== 250)?.text);
+  const [conn] = server.servers.get('wide')!.connections;
+  const held = JSON.stringify(conn!.session.envelope).length;
+  // Each recipient's ORCPT is kept twice (args and dsn): ~1.2 KB a recipient; 16 KB parameters made it ~32 KB.
+  assert.ok(held < 100 * 2048, `the envelope holds ${held} bytes`);
+  await c.quit();
+});
+
 test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
   const c = await client(); // its EHLO is the first junk command
   const replies = await pipelined(c, Array.from({ length: 200 }, (_, i) => ['NOOP', 'RSET', 'EHLO again.example'][i % 3]!), 119);
@@ -120,14 +145,23 @@ test('a recipient probe: the 20th refusal is followed by 421 and the close', asy
 
 test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; beyond, each counts as a refusal', async () => {
   const c = await client();
+  const overLimitLines = () => server.logs.filter((l) => l.reason === 'limits.maxRecipients').map((l) => l.overLimit);
+  const logged = overLimitLines().length;
   const first = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1005 }, (_, i) => `RCPT TO:<u${i}@example.com>`), 'DATA']);
   assert.equal(first.filter((r) => r.code === 250).length, 6, 'MAIL and five recipients');
   assert.equal(first.filter((r) => r.code === 452).length, 1000);
   assert.equal(first.at(-1)!.code, 354);
+  // Not a line each: a client made a thousand lines (~1.5 MB, 50 times its commands' bytes) per message.
+  assert.deepEqual(overLimitLines().slice(logged), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
   c.socket.write('Subject: many\r\n\r\nhi\r\n.\r\n');
   assert.equal((await c.read()).code, 250);
   const second = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1100 }, (_, i) => `RCPT TO:<u${i}@example.com>`)], 1027);
   assert.equal(second.filter((r) => r.code === 452).length, 1020);
   assert.match(second.at(-1)!.text, TOO_MANY_ERRORS);
   assert.ok(await c.waitClosed());
+  // The accepted message started the count again; past 1000 each is a refusal, with its line (at most maxErrors).
+  const beyond = Array.from({ length: 20 }, (_, i) => 1001 + i);
+  assert.deepEqual(overLimitLines().slice(logged + 10), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, ...beyond]);
+  const line = server.logs.find((l) => l.overLimit === 512)!;
+  assert.match(String(line.msg), /: 452 4\.5\.3 Error: too many recipients; from=<a@example\.org> proto=ESMTP helo=<\S+> over_limit=512$/);
 });

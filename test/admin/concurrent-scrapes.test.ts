@@ -1,0 +1,50 @@
+// A crowd of concurrent /metrics (or /status) requests: each gathered every process's registry (under `postern
+// serve` a round trip to each worker, which serializes its metrics: 60 concurrent scrapers took ~10% of each
+// worker's CPU, the supervisor's ~30%). Now one gathering at a time, shared by the requests made meanwhile.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { startAdminServer } from '../../engine/admin/admin-server.ts';
+
+/** Sends a GET on a connection of its own: `sent` once the request is written, `body` with the answer. */
+function get(port: number, path: string): { sent: Promise<void>; body: Promise<string> } {
+  let sent!: () => void;
+  const written = new Promise<void>((r) => { sent = r; });
+  const body = new Promise<string>((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => resolve(text));
+    });
+    req.on('finish', sent);
+    req.on('error', reject);
+  });
+  return { sent: written, body };
+}
+
+test('30 concurrent /metrics and 30 /status requests: one gathering each, its result answers all; the next request gathers again', async () => {
+  const calls = { metrics: 0, status: 0 };
+  let open!: () => void;
+  const gate = new Promise<void>((r) => { open = r; });
+  const admin = await startAdminServer('127.0.0.1:0', {
+    metrics: async () => { const n = ++calls.metrics; await gate; return { contentType: 'text/plain', text: `scrape ${n}\n` }; },
+    readiness: async () => ({}),
+    status: async () => { const n = ++calls.status; await gate; return { n }; },
+  }, { maxConnectionsPerIp: 64, ipv6PrefixLength: 64 });
+  try {
+    const port = admin.address.port;
+    const requests = [...Array.from({ length: 30 }, () => get(port, '/metrics')), ...Array.from({ length: 30 }, () => get(port, '/status'))];
+    await Promise.all(requests.map((r) => r.sent));
+    // Their bytes were in before this connection was opened: once it is answered, the server has read them all.
+    assert.equal(await get(port, '/healthz').body, 'ok\n');
+    open();
+    const bodies = await Promise.all(requests.map((r) => r.body));
+    assert.deepEqual(calls, { metrics: 1, status: 1 });
+    assert.ok(bodies.slice(0, 30).every((b) => b === 'scrape 1\n'));
+    assert.ok(bodies.slice(30).every((b) => JSON.parse(b).n === 1));
+    assert.equal(await get(port, '/metrics').body, 'scrape 2\n', 'nothing is kept once answered');
+  } finally {
+    await admin.close();
+  }
+});
