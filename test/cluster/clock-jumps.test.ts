@@ -8,37 +8,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { until } from '../helpers/wait.ts';
 import { startCluster, greeted, type ClusterProcess, ONE_WORKER } from '../helpers/cluster.ts';
+import { needsFaketime, startSteppableCluster } from '../helpers/faketime.ts';
 
-const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
-const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;
-
-/** A server whose wall clock is the real one plus what `step()` sets. */
-async function startSteppableCluster(config: string, files?: Record<string, string>): Promise<{ c: ClusterProcess; step(offset: string): void; close(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
-  const offsetFile = join(dir, 'offset');
-  writeFileSync(offsetFile, '+0\n');
-  const c = await startCluster({
-    config,
-    files,
-    env: { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
-  });
-  return {
-    c,
-    step: (offset) => writeFileSync(offsetFile, `${offset}\n`),
-    async close() {
-      await c.stop();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+const skip = needsFaketime;
 
 const config = (sinkPort: number, retry: string): string => `${ONE_WORKER}delivery:
   route: { smarthost: { host: 127.0.0.1, port: ${sinkPort} } }
@@ -132,7 +109,7 @@ listeners:
     reverseDns: false
     auth: { mechanisms: [PLAIN] }
     limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10, authFailureWindowMs: 3000 }
-`, { users: `alice:${await hashPassword('right')}\n` });
+`, { files: { users: `alice:${await hashPassword('right')}\n` } });
   const greeting = async (): Promise<string> => {
     const client = await SmtpTestClient.connect(s.c.port('sub'));
     try {
