@@ -25,7 +25,7 @@ export interface SteppableCluster {
 }
 
 /** `postern serve` whose wall clock is the real one plus what `step()` sets. */
-export async function startSteppableCluster(config: string, opts: { files?: Record<string, string>; dataDir?: string } = {}): Promise<SteppableCluster> {
+export async function startSteppableCluster(config: string, opts: { files?: Record<string, string>; scripts?: Record<string, string>; dataDir?: string } = {}): Promise<SteppableCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
   const offsetFile = join(dir, 'offset');
   writeFileSync(offsetFile, '+0\n');
