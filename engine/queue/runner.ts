@@ -23,6 +23,7 @@ import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
+import { ClockSteps } from './clock-steps.ts';
 import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { isAscii } from 'node:buffer';
@@ -99,6 +100,7 @@ export class QueueRunner {
   #closing = false;
   #started = false;
   #lastSerial = -1;
+  readonly #clockSteps = new ClockSteps();
 
   constructor(opts: QueueRunnerOptions) {
     this.#spool = opts.spool;
@@ -111,6 +113,15 @@ export class QueueRunner {
   }
 
   #delivery(): DeliveryConfig { return this.#generation().config.delivery; }
+
+  /** A step forward of the wall clock, logged once; the messages queued before it do not age by it. */
+  #noticeClockSteps(): void {
+    const step = this.#clockSteps.observe();
+    if (step) {
+      this.#log.warn({ seconds: Math.round(step.ms / 1000) },
+        `the wall clock jumped forward by ${Math.round(step.ms / 1000)} s: that time does not count toward delivery.maxAgeHours of the mail queued before it`);
+    }
+  }
 
   /** Scan the spool now and then every delivery.scanIntervalMs. */
   start(): void {
@@ -165,6 +176,7 @@ export class QueueRunner {
 
   async #scanOnce(): Promise<void> {
     if (this.#closing) return;
+    this.#noticeClockSteps();
     this.#keepReserve();
     // Delivery on or off, what `postern queue` did is logged (who, what).
     if (this.#operationsRoot) await logQueueOperations(this.#operationsRoot, this.#log);
@@ -459,8 +471,9 @@ export class QueueRunner {
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
     const delivery = gen.config.delivery;
+    this.#noticeClockSteps();
     const now = Date.now();
-    const expired = isExpired(delivery, envelope.receivedAt, now);
+    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
     const newlyBounced = new Set<string>();
