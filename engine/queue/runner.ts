@@ -24,6 +24,7 @@ import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
+import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
 import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { isAscii } from 'node:buffer';
@@ -101,6 +102,7 @@ export class QueueRunner {
   #started = false;
   #lastSerial = -1;
   readonly #clockSteps = new ClockSteps();
+  #own: { serial: number; own: OwnAddress } | null = null;
 
   constructor(opts: QueueRunnerOptions) {
     this.#spool = opts.spool;
@@ -335,6 +337,12 @@ export class QueueRunner {
     this.#wakeTimer.unref();
   }
 
+  /** The generation's listeners, as next hops that would be ourselves (a mail loop). */
+  #ownListeners(gen: PolicyGeneration): OwnAddress {
+    if (this.#own?.serial !== gen.serial) this.#own = { serial: gen.serial, own: ownListeners(gen.config.listeners.map((l) => l.listen)) };
+    return this.#own.own;
+  }
+
   #resolverFor(delivery: DeliveryConfig): DeliveryResolver {
     if (this.#injectedResolver) return this.#injectedResolver;
     const key = JSON.stringify([delivery.hostLookup, delivery.dnsServers]);
@@ -386,7 +394,7 @@ export class QueueRunner {
       const resolver = this.#resolverFor(delivery);
       const env: TransactionEnv = {
         pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination, suspensions: this.#suspensions,
-        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, log: this.#log,
+        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, own: this.#ownListeners(gen), log: this.#log,
       };
       const hops = receivedCount(message);
       const groups = hops > MAX_HOPS
