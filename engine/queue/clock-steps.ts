@@ -4,8 +4,8 @@
  * forward (an NTP server gone wrong, a typo) made every deferred message that old at once, and each bounced
  * at its next attempt. Steps are told from the monotonic clock, which steps do not move: the wall clock's lead
  * over it changes by the step. A slew (NTP's normal correction) stays below STEP_MS between two looks, and a
- * step back needs nothing (messages only live longer by it). The time a stopped server (a suspended VM) did
- * not run counts as a step as well: no attempt was made in it.
+ * step back needs nothing (messages only live longer by it). A machine's sleep (a suspend, during which the
+ * monotonic clock stands still) counts as a step as well: no attempt was made in it.
  */
 
 /** A change of the wall clock's lead over the monotonic one, between two looks, that counts as a step. */
