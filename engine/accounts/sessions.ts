@@ -1,7 +1,9 @@
 /**
  * Signed-in sessions of the account page, and the one-time downloads of issued PKCS#12 files. Both live in
  * the memory of the one process that serves the page (a restart signs everybody out, and a .p12 not yet
- * downloaded is gone: the user issues another and revokes the first).
+ * downloaded is gone: the user issues another and revokes the first). Idle times and download deadlines are
+ * on the monotonic clock: on the wall clock, a step back (NTP, a restored VM) kept an idle session signed in,
+ * and a .p12 with its password on offer, for as long as the step.
  */
 import { randomBytes } from 'node:crypto';
 import type { TrustedIssuers } from '../certificates/index.ts';
@@ -20,7 +22,7 @@ export interface Session {
     anchor?: string | null;
     trust?: TrustedIssuers;
   } | null;
-  /** Last request, ms. */
+  /** Last request, ms on the book's clock (monotonic). */
   seen: number;
 }
 
@@ -46,18 +48,24 @@ const token = (): string => randomBytes(32).toString('base64url');
 export class SessionBook {
   readonly #sessions = new Map<string, Session>();
   readonly #downloads = new Map<string, PendingDownload>();
+  readonly #now: () => number;
+
+  /** `now`: milliseconds on a clock that never goes back (tests pass their own). */
+  constructor(now: () => number = () => performance.now()) {
+    this.#now = now;
+  }
 
   create(identity: string, via: Session['via'], certificate: Session['certificate'], passwordHash: string | null = null): Session {
     this.#sweep();
     const own = [...this.#sessions.values()].filter((o) => o.identity === identity.toLowerCase()).sort((a, b) => a.seen - b.seen);
     for (const o of own.slice(0, own.length - MAX_SESSIONS_PER_ACCOUNT + 1)) this.end(o.id);
-    const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: Date.now() };
+    const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: this.#now() };
     this.#sessions.set(s.id, s);
     return s;
   }
 
   /** The session of this cookie value, unless idle for longer than `idleMs` (then it is ended). */
-  get(id: string | undefined, idleMs: number, now = Date.now()): Session | null {
+  get(id: string | undefined, idleMs: number, now = this.#now()): Session | null {
     if (!id) return null;
     const s = this.#sessions.get(id);
     if (!s) return null;
@@ -77,14 +85,14 @@ export class SessionBook {
   /** Keep a .p12 for one download by this session, and its password for one showing; returns its token. */
   offer(sessionId: string, fileName: string, p12: Buffer, shown: PendingDownload['shown']): string {
     const t = token();
-    this.#downloads.set(t, { sessionId, fileName, p12, shown, expires: Date.now() + DOWNLOAD_MS });
+    this.#downloads.set(t, { sessionId, fileName, p12, shown, expires: this.#now() + DOWNLOAD_MS });
     return t;
   }
 
   /** The issued page's facts, the password the first time only; null when not this session's or gone. */
   show(sessionId: string, t: string): PendingDownload['shown'] & { fileName: string } | null {
     const d = this.#downloads.get(t);
-    if (!d || d.sessionId !== sessionId || d.expires <= Date.now()) return null;
+    if (!d || d.sessionId !== sessionId || d.expires <= this.#now()) return null;
     const shown = { ...d.shown, fileName: d.fileName };
     d.shown.password = null;
     return shown;
@@ -93,7 +101,7 @@ export class SessionBook {
   /** This session's pending download as it stands, nothing spent (no password: that is show's to give once). */
   peek(sessionId: string, t: string): PendingDownload & PendingDownload['shown'] & { fileName: string } | null {
     const d = this.#downloads.get(t);
-    if (!d || d.sessionId !== sessionId || d.expires <= Date.now()) return null;
+    if (!d || d.sessionId !== sessionId || d.expires <= this.#now()) return null;
     return { ...d, ...d.shown, password: null };
   }
 
@@ -102,11 +110,11 @@ export class SessionBook {
     const d = this.#downloads.get(t);
     if (!d || d.sessionId !== sessionId) return null;
     this.#downloads.delete(t);
-    return d.expires > Date.now() ? d : null;
+    return d.expires > this.#now() ? d : null;
   }
 
   #sweep(): void {
-    const now = Date.now();
+    const now = this.#now();
     for (const [t, d] of this.#downloads) if (d.expires <= now) this.#downloads.delete(t);
     // Sessions idle a day are gone whatever the setting (the setting is at most a day).
     for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000) this.end(id);

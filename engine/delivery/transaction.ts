@@ -13,7 +13,8 @@ import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
 import { DeliveryFailure, oneLine, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
-import type { NextHop } from './routing.ts';
+import { recipientDomain, type NextHop } from './routing.ts';
+import type { OwnAddress } from './own-listeners.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
 
@@ -51,6 +52,8 @@ export interface TransactionEnv {
   /** The generation whose key material applies. */
   scope: object;
   heloName: string;
+  /** This server's own listeners (own-listeners.ts): a next hop among them is a mail loop. */
+  own?: OwnAddress;
   log: Logger;
 }
 
@@ -152,7 +155,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
   let last: DeliveryFailure | null = null;
   let tries = 0;
   let lookups = 0;
-  for (const hop of plan.hops) {
+  for (const [index, hop] of plan.hops.entries()) {
     if (tries >= MAX_CONNECT_TRIES) break;
     const destination = `${hop.host}:${hop.port}`;
     const suspended = env.suspensions.failure(destination);
@@ -165,6 +168,12 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
     } catch (err) {
       last = asFailure(err);
       continue;
+    }
+    if (env.own && addresses.some((a) => env.own!(a, hop.port))) {
+      // Ourselves: this hop and the ones after it (no better than we are) would only send it back here. As the
+      // best one it is a loop (bounced, as Postfix does); behind better ones we are their backup: it waits for them.
+      if (index > 0) break;
+      return everyone(tx, new DeliveryFailure(`mail for ${recipientDomain(tx.to[0] ?? '')} loops back to myself (${hop.host}[${addresses.find((a) => env.own!(a, hop.port))}]:${hop.port})`, { permanent: true, enhanced: '5.4.6' }));
     }
     try {
       security = await env.material.security(env.delivery, env.scope, plan.tls, hop.host, hop.implicitTls);

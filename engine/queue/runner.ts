@@ -23,6 +23,8 @@ import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
+import { ClockSteps } from './clock-steps.ts';
+import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
 import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { isAscii } from 'node:buffer';
@@ -99,6 +101,8 @@ export class QueueRunner {
   #closing = false;
   #started = false;
   #lastSerial = -1;
+  readonly #clockSteps = new ClockSteps();
+  #own: { serial: number; own: OwnAddress } | null = null;
 
   constructor(opts: QueueRunnerOptions) {
     this.#spool = opts.spool;
@@ -111,6 +115,15 @@ export class QueueRunner {
   }
 
   #delivery(): DeliveryConfig { return this.#generation().config.delivery; }
+
+  /** A step forward of the wall clock, logged once; the messages queued before it do not age by it. */
+  #noticeClockSteps(): void {
+    const step = this.#clockSteps.observe();
+    if (step) {
+      this.#log.warn({ seconds: Math.round(step.ms / 1000) },
+        `the wall clock jumped forward by ${Math.round(step.ms / 1000)} s: that time does not count toward delivery.maxAgeHours of the mail queued before it`);
+    }
+  }
 
   /** Scan the spool now and then every delivery.scanIntervalMs. */
   start(): void {
@@ -165,6 +178,7 @@ export class QueueRunner {
 
   async #scanOnce(): Promise<void> {
     if (this.#closing) return;
+    this.#noticeClockSteps();
     this.#keepReserve();
     // Delivery on or off, what `postern queue` did is logged (who, what).
     if (this.#operationsRoot) await logQueueOperations(this.#operationsRoot, this.#log);
@@ -323,6 +337,12 @@ export class QueueRunner {
     this.#wakeTimer.unref();
   }
 
+  /** The generation's listeners, as next hops that would be ourselves (a mail loop). */
+  #ownListeners(gen: PolicyGeneration): OwnAddress {
+    if (this.#own?.serial !== gen.serial) this.#own = { serial: gen.serial, own: ownListeners(gen.config.listeners.map((l) => l.listen)) };
+    return this.#own.own;
+  }
+
   #resolverFor(delivery: DeliveryConfig): DeliveryResolver {
     if (this.#injectedResolver) return this.#injectedResolver;
     const key = JSON.stringify([delivery.hostLookup, delivery.dnsServers]);
@@ -374,7 +394,7 @@ export class QueueRunner {
       const resolver = this.#resolverFor(delivery);
       const env: TransactionEnv = {
         pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination, suspensions: this.#suspensions,
-        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, log: this.#log,
+        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, own: this.#ownListeners(gen), log: this.#log,
       };
       const hops = receivedCount(message);
       const groups = hops > MAX_HOPS
@@ -459,8 +479,9 @@ export class QueueRunner {
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
     const delivery = gen.config.delivery;
+    this.#noticeClockSteps();
     const now = Date.now();
-    const expired = isExpired(delivery, envelope.receivedAt, now);
+    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
     const newlyBounced = new Set<string>();

@@ -71,7 +71,7 @@ export class FastPathPolicy {
     if (this.budgetMs === 0 || ISOLATE_THREAD_ONLY.has(hook)) return 0;
     const until = this.#slowUntil.get(hook);
     if (until === undefined) return this.budgetMs;
-    if (Date.now() < until) return 0;
+    if (performance.now() < until) return 0;
     this.#slowUntil.delete(hook);
     return this.budgetMs;
   }
@@ -83,7 +83,7 @@ export class FastPathPolicy {
       this.stats.descheduled++;
       return;
     }
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a clock set back must not keep a hook off the fast path that long
     const recent = (this.#overrunsAt.get(hook) ?? []).filter((t) => now - t < OVERRUN_WINDOW_MS);
     recent.push(now);
     this.#overrunsAt.set(hook, recent);

@@ -75,7 +75,7 @@ interface Member {
   calls: number;
   failures: number;
   rebuilds: number;
-  /** When a broken member may try to rebuild again. */
+  /** When a broken member may try to rebuild again (performance.now(): a clock set back must not put it off). */
   retryAt: number;
   /** Bumped whenever the member gets a new slot: a call on an abandoned slot must not release the new one. */
   epoch: number;
@@ -628,7 +628,7 @@ export class Sandbox {
       return Promise.resolve(idle);
     }
     if (!this.#members.some((m) => m.state === 'busy' || m.state === 'rebuilding' || m.state === 'idle')) {
-      const now = Date.now();
+      const now = performance.now();
       const retry = this.#members.filter((m) => m.state === 'broken' && m.retryAt <= now);
       if (retry.length === 0) return Promise.reject(new Error('no isolate is available: rebuilding them failed'));
       for (const m of retry) void this.#rebuild(m);
@@ -660,7 +660,7 @@ export class Sandbox {
     if (this.#disposed || member.epoch !== epoch) return;
     for (let i = 0; i < this.#members.length; i++) {
       const m = this.#members[i]!;
-      if (m.state === 'broken' && m.retryAt <= Date.now()) void this.#rebuild(m);
+      if (m.state === 'broken' && m.retryAt <= performance.now()) void this.#rebuild(m);
     }
     if (member.slot!.lost) {
       this.#log(file, 'warn', `isolate ${member.index} was lost (memory limit or a call that never settled); rebuilding it`);
@@ -787,7 +787,7 @@ export class Sandbox {
     }
     for (const e of built.errors) this.#log(e.file, 'error', `rebuilding isolate ${member.index} failed: ${e.toString()}`);
     member.state = 'broken';
-    member.retryAt = Date.now() + REBUILD_RETRY_MS;
+    member.retryAt = performance.now() + REBUILD_RETRY_MS;
     if (!this.#members.some((m) => m.state === 'idle' || m.state === 'busy' || m.state === 'rebuilding')) {
       for (const w of this.#waiting.splice(0)) w.refuse(new Error('no isolate is available: rebuilding them failed'));
     }

@@ -5,22 +5,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { needs, run } from '../helpers/example.ts';
+import { needs } from '../helpers/example.ts';
+import { webSignIn } from './helpers.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { startCluster, workerPid } from '../helpers/cluster.ts';
 
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
-
-/** One sign-in attempt with curl: the form's CSRF token first, then the POST; the HTTP status. */
-async function webSignIn(url: string, jar: string, user: string, password: string): Promise<string> {
-  const form = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, `${url}/signin`]);
-  const token = /name="_csrf" value="([^"]+)"/.exec(form.stdout)?.[1];
-  assert.ok(token, form.output);
-  const r = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
-    '--data-urlencode', `_csrf=${token}`, '--data-urlencode', `user=${user}`, '--data-urlencode', `password=${password}`, `${url}/signin`]);
-  return r.stdout;
-}
 
 test('under postern serve the page runs in the queue process and shares the auth-failure count with the workers', needs('curl'), async () => {
   const pki = await makeTestPki();

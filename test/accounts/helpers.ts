@@ -3,6 +3,7 @@
  * submission listener that requires a client certificate (CA-verified by emailAddress, or pinned), and the
  * page on a free port. Plus headless Chromium (Debian's) driven by playwright-core.
  */
+import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
@@ -11,7 +12,7 @@ import { initCa } from '../../engine/pki/index.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { needs } from '../helpers/example.ts';
+import { needs, run } from '../helpers/example.ts';
 
 export const CHROMIUM = '/usr/bin/chromium';
 export const needsBrowser = (): { skip: string | false } => needs(CHROMIUM, 'curl', 'openssl');
@@ -64,4 +65,14 @@ export async function startAccounts(scratchDir: string, limits: { authFailuresPe
 export async function launchChromium(): Promise<Browser> {
   // --no-sandbox: a container's root user has no user namespaces for Chromium's sandbox.
   return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+}
+
+/** One sign-in attempt with curl: the form's CSRF token first, then the POST; the HTTP status. */
+export async function webSignIn(url: string, jar: string, user: string, password: string): Promise<string> {
+  const form = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, `${url}/signin`]);
+  const token = /name="_csrf" value="([^"]+)"/.exec(form.stdout)?.[1];
+  assert.ok(token, form.output);
+  const r = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
+    '--data-urlencode', `_csrf=${token}`, '--data-urlencode', `user=${user}`, '--data-urlencode', `password=${password}`, `${url}/signin`]);
+  return r.stdout;
 }

@@ -8,37 +8,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { until } from '../helpers/wait.ts';
 import { startCluster, greeted, type ClusterProcess, ONE_WORKER } from '../helpers/cluster.ts';
+import { needsFaketime, startSteppableCluster } from '../helpers/faketime.ts';
 
-const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
-const skip = existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`;
-
-/** A server whose wall clock is the real one plus what `step()` sets. */
-async function startSteppableCluster(config: string, files?: Record<string, string>): Promise<{ c: ClusterProcess; step(offset: string): void; close(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
-  const offsetFile = join(dir, 'offset');
-  writeFileSync(offsetFile, '+0\n');
-  const c = await startCluster({
-    config,
-    files,
-    env: { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
-  });
-  return {
-    c,
-    step: (offset) => writeFileSync(offsetFile, `${offset}\n`),
-    async close() {
-      await c.stop();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+const skip = needsFaketime;
 
 const config = (sinkPort: number, retry: string): string => `${ONE_WORKER}delivery:
   route: { smarthost: { host: 127.0.0.1, port: ${sinkPort} } }
@@ -78,18 +55,23 @@ test('the wall clock stepped an hour forward: no process is taken for hung, an o
   }
 });
 
-test('the wall clock stepped an hour back: retries keep their pace instead of waiting for the clock to catch up', { skip, timeout: 180_000 }, async () => {
+/**
+ * A message deferred by the next hop, then the clock stepped by `offset`: two more attempts, deferred (no bounce
+ * meanwhile), then delivered. `extra`: more of the delivery section.
+ */
+async function deferredAcrossStep(offset: string, extra = ''): Promise<void> {
   let refuse = true;
   const sink = await startSink({ decide: (stage) => (stage === 'rcpt' && refuse ? { code: 451, text: '4.3.0 Try again later' } : null) });
-  const s = await startSteppableCluster(config(sink.port, '0.5'));
+  const s = await startSteppableCluster(`${config(sink.port, '0.5')}${extra}`);
   try {
     const client = await greeted(s.c);
     assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: deferred\r\n\r\nx\r\n')).code, 250);
     await client.quit();
     await until('a first attempt, deferred', () => sink.attempts.length >= 1, { timeoutMs: 60_000 });
-    s.step('-3600');
+    s.step(offset);
     const before = sink.attempts.length;
-    await until('two more attempts after the step back', () => sink.attempts.length >= before + 2, { timeoutMs: 60_000 });
+    await until('two more attempts after the step', () => sink.attempts.length >= before + 2, { timeoutMs: 60_000 });
+    assert.deepEqual(s.c.logs.filter((l) => /sender non-delivery notification/.test(String(l.msg))).map((l) => l.msg), [], 'no bounce');
     refuse = false;
     await sink.waitFor(1, 60_000);
     assert.deepEqual(killedLines(s.c), []);
@@ -97,6 +79,16 @@ test('the wall clock stepped an hour back: retries keep their pace instead of wa
     await s.close();
     await sink.close();
   }
+}
+
+test('the wall clock stepped an hour back: retries keep their pace instead of waiting for the clock to catch up', { skip, timeout: 180_000 }, async () => {
+  await deferredAcrossStep('-3600');
+});
+
+// A message's age for maxAgeHours was the wall clock's alone: stepped forward past it (an NTP server gone
+// wrong, a typo), every deferred message, however young, bounced at its next attempt as expired.
+test('the wall clock stepped forward past maxAgeHours: deferred mail is retried, not bounced', { skip, timeout: 180_000 }, async () => {
+  await deferredAcrossStep('+7200', '  maxAgeHours: 1\n');
 });
 
 test('the whole server stopped for longer than the hang limits and continued (a suspended VM, SIGSTOP to its process group): no process is taken for hung', { timeout: 180_000 }, async () => {
@@ -132,7 +124,7 @@ listeners:
     reverseDns: false
     auth: { mechanisms: [PLAIN] }
     limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10, authFailureWindowMs: 3000 }
-`, { users: `alice:${await hashPassword('right')}\n` });
+`, { files: { users: `alice:${await hashPassword('right')}\n` } });
   const greeting = async (): Promise<string> => {
     const client = await SmtpTestClient.connect(s.c.port('sub'));
     try {

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isExpired, retryDelayMs } from '../../engine/queue/schedule.ts';
 import { DueQueue } from '../../engine/queue/due-queue.ts';
+import { ClockSteps } from '../../engine/queue/clock-steps.ts';
 import { buildDsn } from '../../engine/queue/dsn.ts';
 import { parseDsn } from '../helpers/delivery-server.ts';
 
@@ -12,6 +13,28 @@ test('retry delays follow the schedule and repeat its last step; maximum age', (
   const received = '2026-01-01T00:00:00.000Z';
   assert.equal(isExpired({ maxAgeHours: 120 }, received, Date.parse(received) + 119 * 3600_000), false);
   assert.equal(isExpired({ maxAgeHours: 120 }, received, Date.parse(received) + 120 * 3600_000), true);
+});
+
+test('clock steps: a step forward is left out of the age of what came before it; a slew is not a step; a step back undoes it', () => {
+  const H = 3600_000;
+  let wall = 1_000 * H;
+  let mono = 0;
+  const steps = new ClockSteps(() => wall, () => mono);
+  const before = wall;
+  mono += H; wall += H + 30_000; // an hour, slewed by 30 s
+  assert.equal(steps.observe(), null);
+  assert.equal(steps.elapsedSince(before), H + 30_000);
+  wall += 48 * H; // stepped two days forward
+  assert.deepEqual(steps.observe(), { after: wall, ms: 48 * H });
+  const after = wall;
+  mono += H; wall += H;
+  assert.equal(steps.elapsedSince(before), 2 * H + 30_000, 'queued before the step: two hours old, not two days');
+  assert.equal(steps.elapsedSince(after), H, 'queued after it: its own age');
+  assert.equal(isExpired({ maxAgeHours: 24 }, new Date(before).toISOString(), wall, (t, now) => steps.elapsedSince(t, now)), false);
+  assert.equal(isExpired({ maxAgeHours: 24 }, new Date(before).toISOString(), wall), true, 'on the wall clock alone it had expired');
+  wall -= 48 * H; // put right
+  assert.equal(steps.observe(), null);
+  assert.equal(steps.elapsedSince(before), 2 * H + 30_000, 'the clock is right again: its age is the wall clock\'s');
 });
 
 test('due queue: earliest first, re-timing and deletion', () => {

@@ -23,6 +23,10 @@ before(async () => {
     'mail.bank.example': [{ type: 'A', value: '192.0.2.25' }],
     // A name with no address at all.
     [ptrName('127.0.6.3')]: [{ type: 'PTR', value: 'nowhere.example' }],
+    // Control characters, a space and non-ASCII in a PTR name whose forward record does lead back: node:dns
+    // hands the name out escaped (\\013) and will not ask for it, so it is never the client's name.
+    [ptrName('127.0.6.4')]: [{ type: 'PTR', value: 'mail\r\nX-Injected: yes\u00e9.evil.example' }],
+    'mail\r\nx-injected: yes\u00e9.evil.example': [{ type: 'A', value: '127.0.6.4' }],
   });
   dns.setServers([zone.address]);
   server = await startTestServer({
@@ -65,4 +69,9 @@ test('a confirmed PTR name is the client\'s name; one whose forward records do n
   const nowhere = await from('127.0.6.3');
   assert.match(nowhere.received, /^Received: from client\.example \(unknown \[127\.0\.6\.3\]\)$/);
   assert.ok((zone.queries.get('A mail.bank.example') ?? 0) >= 1, 'the forward lookup was made');
+
+  const hostile = await from('127.0.6.4');
+  assert.match(hostile.received, /^Received: from client\.example \(unknown \[127\.0\.6\.4\]\)$/);
+  assert.doesNotMatch(hostile.ehlo, /evil|Injected/);
+  assert.ok(!server.logs.some((l) => /Injected/.test(JSON.stringify(l))), 'nor in a log line');
 });

@@ -8,9 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, statfsSync, writeFileSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync, statfsSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -18,40 +16,10 @@ import { deliveryToSink, greeted, ONE_WORKER, startCluster, type ClusterProcess 
 import { until } from '../helpers/wait.ts';
 import { RESERVE_BYTES } from '../../engine/spool/reserve.ts';
 import { runCli } from '../helpers/cli.ts';
+import { needsTmpfs, testFilesystem } from '../helpers/tmpfs.ts';
 
-/** A filesystem of the test's own, so that filling it harms nothing else (root only: mount). */
-function smallFilesystem(megabytes: number): { dir: string; unmount(): void } | string {
-  if (process.getuid?.() !== 0) return 'needs root, to mount a small tmpfs for the spool';
-  const dir = mkdtempSync(join(tmpdir(), 'postern-full-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', dir], { stdio: 'pipe' });
-  } catch (err) {
-    rmSync(dir, { recursive: true, force: true });
-    return `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0]}`;
-  }
-  return {
-    dir,
-    unmount() {
-      execFileSync('umount', ['-l', dir]);
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+const skip = needsTmpfs();
 
-/** Whether a tmpfs can be mounted here (tried once, and unmounted at once): else why not, for the skip. */
-const skip = ((): string | false => {
-  const probe = smallFilesystem(1);
-  if (typeof probe === 'string') return probe;
-  probe.unmount();
-  return false;
-})();
-
-/** A 32 MiB filesystem for one test, mounted inside it (a skipped or filtered test leaves no mount behind). */
-function testFilesystem(): { dir: string; unmount(): void } {
-  const made = smallFilesystem(32);
-  if (typeof made === 'string') throw new Error(made);
-  return made;
-}
 /** ~400 KB: a journal record each (up to 1 MiB), so the journal is what fills the disk. */
 const BODY = `${'x'.repeat(76)}\r\n`.repeat(5000);
 

@@ -6,14 +6,13 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { fakeClock, needsFaketime } from '../helpers/faketime.ts';
 
-const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
-const skip = needsRedis().skip || (existsSync(LIBFAKETIME) ? false : `libfaketime is not installed (${LIBFAKETIME}; test/setup-system.sh installs it)`);
+const skip = needsRedis().skip || needsFaketime;
 
 const config = (redisUrl: string): string => `
 workers: 1
@@ -39,7 +38,7 @@ before(async () => {
   const files = { users: `alice:${await hashPassword('right')}\n` };
   slow = await startCluster({
     config: config(redis.url), files,
-    env: { LD_PRELOAD: LIBFAKETIME, FAKETIME: '-3600', FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
+    env: fakeClock('-3600'),
   });
   right = await startCluster({ config: config(redis.url), files });
 });

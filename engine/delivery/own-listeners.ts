@@ -1,0 +1,55 @@
+/**
+ * Whether a next hop is this server's own listener: an MX record (or a smarthost) that leads back here. Mail
+ * for it would come in again and go out again, a copy each hop, until the hop count bounced it (50 copies);
+ * Postfix bounces it at once ("mail for … loops back to myself"). A listener on a wildcard address is any
+ * address of this machine's interfaces, loopback included; port 0 listeners (any free port) cannot be told.
+ */
+import { BlockList, isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+
+/** Is `address`:`port` one of ours? */
+export type OwnAddress = (address: string, port: number) => boolean;
+
+interface Bound { addresses: BlockList; anyV4: boolean; anyV6: boolean }
+
+export function ownListeners(listens: readonly string[]): OwnAddress {
+  const byPort = new Map<number, Bound>();
+  for (const listen of listens) {
+    const m = /^\[?([0-9a-fA-F:.]+)\]?:(\d+)$/.exec(listen);
+    const port = m ? Number(m[2]) : 0;
+    if (!m || port === 0 || !isIP(m[1]!)) continue; // unix sockets, host names, any free port
+    const host = m[1]!;
+    let bound = byPort.get(port);
+    if (!bound) byPort.set(port, (bound = { addresses: new BlockList(), anyV4: false, anyV6: false }));
+    if (host === '0.0.0.0') bound.anyV4 = true;
+    else if (host === '::') bound.anyV4 = bound.anyV6 = true; // dual-stack: IPv4 clients too
+    else bound.addresses.addAddress(host, isIP(host) === 6 ? 'ipv6' : 'ipv4');
+  }
+  if (!byPort.size) return () => false;
+  return (address, port) => {
+    const bound = byPort.get(port);
+    if (!bound) return false;
+    const v4 = unmapped(address);
+    const family = isIP(v4) === 4 ? 'ipv4' : 'ipv6';
+    if (bound.addresses.check(v4, family)) return true;
+    if (!(family === 'ipv4' ? bound.anyV4 : bound.anyV6)) return false;
+    return localAddresses().check(v4, family);
+  };
+}
+
+/** `::ffff:192.0.2.1` as `192.0.2.1`. */
+function unmapped(address: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return m ? m[1]! : address;
+}
+
+/** This machine's addresses now (interfaces come and go), all of 127.0.0.0/8 with them. */
+function localAddresses(): BlockList {
+  const list = new BlockList();
+  list.addSubnet('127.0.0.0', 8, 'ipv4');
+  list.addAddress('::1', 'ipv6');
+  for (const infos of Object.values(networkInterfaces())) {
+    for (const i of infos ?? []) list.addAddress(i.address.replace(/%.*$/, ''), i.family === 'IPv4' ? 'ipv4' : 'ipv6');
+  }
+  return list;
+}

@@ -1,0 +1,62 @@
+/**
+ * An MX record that leads back to this server (its own listener address and port, by name or through a
+ * wildcard listener's loopback): the mail came in again and went out again, a new copy each hop, until the
+ * hop count bounced it after 50 copies. It bounces at once now, 5.4.6 "loops back to myself", as in Postfix.
+ * Where this server is a backup MX behind a better one that is down, it keeps the mail for it instead.
+ * Real DNS (a test server on loopback, delivery.dnsServers), real SMTP to the server's own listener.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { greeted, startCluster } from '../helpers/cluster.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
+
+test('an MX that is this server bounces at once (5.4.6); as a backup MX behind a better one that is down, mail waits', { timeout: 120_000 }, async () => {
+  const dns = await startDnsServer({
+    'loop.test': [{ type: 'MX', value: { exchange: 'mx.loop.test', priority: 10 } }],
+    'mx.loop.test': [{ type: 'A', value: '127.0.0.1' }],
+    // The primary is down (TEST-NET: no answer); we are the backup.
+    'backup.test': [{ type: 'MX', value: { exchange: 'primary.backup.test', priority: 10 } }, { type: 'MX', value: { exchange: 'mx.loop.test', priority: 20 } }],
+    'primary.backup.test': [{ type: 'A', value: '192.0.2.1' }],
+  });
+  const c = await startCluster({
+    config: `
+workers: 1
+localDomains: [loop.test, backup.test]
+listeners:
+  - name: in
+    listen: 0.0.0.0:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+delivery:
+  route: { mx: true, port: {PORT:in} }
+  dnsServers: ["${dns.address}"]
+  tls: { mode: none }
+  scanIntervalMs: 200
+  retrySchedule: [3600]
+  connectTimeoutMs: 3000
+`,
+  });
+  try {
+    const send = async (to: string): Promise<string> => {
+      const client = await greeted(c);
+      const r = await client.sendMail('a@sender.test', [to], `Subject: to ${to}\r\n\r\nx\r\n`);
+      await client.quit();
+      assert.equal(r.code, 250, r.text);
+      return /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+    };
+    const loop = await send('u@loop.test');
+    const bounced = await c.waitFor('the delivery line', () => c.logs.find((l) => l.id === loop && l.status === 'bounced'));
+    assert.match(String(bounced.reply), /^mail for loop\.test loops back to myself \(mx\.loop\.test\[127\.0\.0\.1\]:\d+\)$/, JSON.stringify(bounced));
+
+    const backup = await send('v@backup.test');
+    const deferred = await c.waitFor('the delivery line', () => c.logs.find((l) => l.id === backup && l.status === 'deferred'));
+    assert.match(String(deferred.reply), /primary\.backup\.test\[192\.0\.2\.1\]/, 'the primary\'s failure');
+    assert.ok(!c.logs.some((l) => l.id === backup && l.status === 'bounced'));
+
+    const accepted = c.logs.filter((l) => /: accepted from=/.test(String(l.msg)));
+    assert.equal(accepted.length, 2, `no copy came back in: ${accepted.map((l) => l.msg).join('\n')}`);
+  } finally {
+    await c.stop();
+    await dns.stop();
+  }
+});
