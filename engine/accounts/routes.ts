@@ -5,7 +5,7 @@
  */
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Logger } from '../logging/logger.ts';
+import { clientText, type Logger } from '../logging/logger.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
@@ -117,11 +117,11 @@ export function accountRoutes(state: AccountsState) {
       const users = state.generation().users;
       const outcome = await checkPassword(state.limiter, state.listener(), users, ip(req), user, field(req.body, 'password'));
       if (outcome === 'too-many') {
-        state.log.warn({ user, client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
+        state.log.warn({ user: clientText(user), client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
         return signIn(req, reply, 429, 'Too many failed sign-ins from your address: try again later.', user);
       }
       if (outcome === 'wrong') {
-        state.log.info({ user, client: ip(req) }, 'account page: sign-in failed (wrong account or password)');
+        state.log.info({ user: clientText(user), client: ip(req) }, 'account page: sign-in failed (wrong account or password)');
         return signIn(req, reply, 401, 'Wrong account or password.', user);
       }
       const s = state.sessions.create(user, 'password', null, users.get(user));

@@ -21,3 +21,12 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
   }
   return pino(options, destination ?? turnBufferedStdout());
 }
+
+/**
+ * A value a client chose (an AUTH username, a sign-in name) as a log field: at most `max` characters, then
+ * "...". Logged at each failure, a name the size of a command line (12 KB; 64 KiB in a form) made every
+ * failed attempt that much log.
+ */
+export function clientText(value: string, max = 256): string {
+  return value.length <= max ? value : `${value.slice(0, max)}...`;
+}

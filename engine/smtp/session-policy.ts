@@ -19,6 +19,7 @@ import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type Sender
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { boundedName, chainEmailConstraints, describePeerCertificate } from '../certificates/index.ts';
+import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
@@ -350,7 +351,7 @@ export class SessionPolicy {
     if (ipFailures !== null) {
       st.authFailures++;
       // The reason is for the administrator only: the client gets the same reply whatever it was.
-      this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: attempt.username, reason, failures: st.authFailures, ipFailures },
+      this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: clientText(attempt.username), reason, failures: st.authFailures, ipFailures },
         'authentication failed');
       // The slow-down runs outside oneAtATime: it holds back this connection, not the address's others.
       const delay = AuthFailureLimiter.delayMs(st.authFailures, st.listener.limits);

@@ -128,3 +128,12 @@ test('an unknown account and an empty password cost a verification like a wrong 
     await writeUsers(usual());
   }
 });
+
+test('a failed sign-in with a name the size of a form field is logged with the name cut at 256 characters', async () => {
+  const c = client();
+  const logged = s.server.logs.length;
+  const r = await c.request('POST', '/signin', { _csrf: await c.csrf('/signin'), user: 'y'.repeat(60_000), password: 'not the password' });
+  assert.equal(r.status, 401);
+  const line = s.server.logs.slice(logged).find((l) => l.msg === 'account page: sign-in failed (wrong account or password)');
+  assert.equal(line?.user, `${'y'.repeat(256)}...`, 'cut: each failure would otherwise log the whole name');
+});

@@ -111,6 +111,16 @@ test('wrong password, unknown user, empty password (PLAIN and LOGIN): 535 5.7.8,
   await c.quit();
 });
 
+test('a failed AUTH with a username the size of a command line is logged with the name cut at 256 characters', async () => {
+  const c = await tlsClient(server.port('sub'));
+  const long = `${'x'.repeat(5000)}@example.com`;
+  const logged = server.logs.length;
+  assert.equal((await c.command(plain(long, 'wrong'))).text, INVALID);
+  await c.quit();
+  const line = server.logs.slice(logged).find((l) => l.msg === 'authentication failed');
+  assert.equal(line?.username, `${'x'.repeat(256)}...`, 'cut: each failure would otherwise log the whole name');
+});
+
 test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange; 538, 504 and 501 are not counted as failures', async () => {
   const c = await SmtpTestClient.connect(server.port('sub'));
   const ehlo = await c.hello();
