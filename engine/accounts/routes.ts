@@ -6,6 +6,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { clientText, type Logger } from '../logging/logger.ts';
+import type { ChangeBudget } from './change-budget.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
@@ -32,6 +33,8 @@ export interface AccountsState {
   limiter: AuthFailureLimiter;
   log: Logger;
   sessions: SessionBook;
+  /** Devices each account may still add this hour (accounts.deviceAdditionsPerHour). */
+  additions: ChangeBudget;
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
   trust: TrustedIssuers;
 }
@@ -149,10 +152,21 @@ export function accountRoutes(state: AccountsState) {
 
     app.get('/devices', signedIn((req, reply, s) => devices(req, reply, s)));
 
+    /** accounts.deviceAdditionsPerHour: null when this account may add one more device now, else the 429 page. */
+    const overAdditions = (req: FastifyRequest, reply: FastifyReply, s: Session, action: string): Promise<FastifyReply> | null => {
+      if (state.additions.allows(s.identity)) return null;
+      state.log.warn({ by: s.identity, client: ip(req), action, limit: state.settings().deviceAdditionsPerHour },
+        'account page: refused a device addition, accounts.deviceAdditionsPerHour used up for this account');
+      return devices(req, reply, s, 429, `Your account has added ${state.settings().deviceAdditionsPerHour} devices within the last hour: try again later. Revoking and removing devices still work.`);
+    };
+
     app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
+      const refused = overAdditions(req, reply, s, 'issue');
+      if (refused) return refused;
       const c = ctx();
       const issued = await issueAccountDevice(c, s.identity, device, state.settings().issueDays);
+      state.additions.count(s.identity);
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
       const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
       changeLog(s, req, { action: 'issue', device, serial: issued.record.serial, pin: issued.facts.pin.sha256Base64Url, notAfter: issued.record.notAfter }, 'device certificate issued');
@@ -179,7 +193,10 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
+      const refused = overAdditions(req, reply, s, 'pin');
+      if (refused) return refused;
       const entry = await addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'));
+      state.additions.count(s.identity);
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));

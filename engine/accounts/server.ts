@@ -16,6 +16,7 @@ import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import { loadListenerTls, serverTlsOptions } from '../smtp/listener-options.ts';
 import { TrustedIssuers } from '../certificates/index.ts';
+import { ChangeBudget } from './change-budget.ts';
 import { SessionBook } from './sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
@@ -85,6 +86,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   const tls = await tlsOptions(first);
   const state: AccountsState = {
     generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
+    additions: new ChangeBudget(() => settings().deviceAdditionsPerHour),
     listener: () => opts.generation().listener(settings().listener),
   };
   const app: FastifyInstance = fastify({

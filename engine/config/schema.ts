@@ -369,6 +369,8 @@ export const configSchema = z.strictObject({
       .describe('A signed-in session ends after this long without a request.'),
     issueDays: z.number().int().positive().meta({ unit: 'days' }).default(730)
       .describe('Lifetime of a device certificate the page issues (from the CA of `pki.dir`).'),
+    deviceAdditionsPerHour: z.number().int().positive().default(20)
+      .describe('Devices one account may add on the page (issue a certificate, register a certificate or key) within an hour; one more is refused with 429 and logged. Each addition reloads every process and grows the CA\'s records and the pin table: without a bound one signed-in user, or a stolen session, could add in a loop. Revoking and removing are never refused (a lost laptop must always be revocable). Counted by the page\'s process, per account.'),
     maxConnectionsPerIp: z.number().int().positive().default(16)
       .describe('Connections one client address may hold open on the page (of 256 in all); an IPv6 client is counted by its network, as its listener counts it (`limits.ipv6PrefixLength`). One more is closed as it is accepted, before the TLS handshake, without a reply: a browser uses about 6, and reuses them. Users behind one NAT share its address: raise it for a large office.'),
   }).optional()

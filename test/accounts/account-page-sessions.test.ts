@@ -137,3 +137,26 @@ test('a failed sign-in with a name the size of a form field is logged with the n
   const line = s.server.logs.slice(logged).find((l) => l.msg === 'account page: sign-in failed (wrong account or password)');
   assert.equal(line?.user, `${'y'.repeat(256)}...`, 'cut: each failure would otherwise log the whole name');
 });
+
+test('an account adds at most accounts.deviceAdditionsPerHour (20) devices an hour: the next is 429 and logged, revoking still works', { timeout: 180_000 }, async () => {
+  const bob = client();
+  assert.equal((await bob.signIn(USERS.bob, PASSWORDS.bob)).status, 303);
+  // A refused name is no addition: it does not use the budget up.
+  assert.equal((await bob.post('/devices/issue', { device: 'not a name!' })).status, 400);
+  for (let i = 1; i <= 20; i++) assert.equal((await bob.post('/devices/issue', { device: `budget-${i}` })).status, 303, `issue ${i}`);
+  const over = await bob.post('/devices/issue', { device: 'budget-21' });
+  assert.equal(over.status, 429);
+  assert.match(over.body, /added 20 devices within the last hour/);
+  assert.equal((await bob.post('/devices/add', { device: 'budget-key', key: 'AAAA' })).status, 429, 'registering a key counts too');
+  assert.equal(s.server.logs.filter((l) => String(l.msg).includes('deviceAdditionsPerHour used up') && l.by === USERS.bob).length, 2);
+  const list = (await bob.request('GET', '/devices')).body;
+  const id = /action="\/devices\/([^/"]+)\/revoke"/.exec(list)?.[1];
+  assert.ok(id, 'a device to revoke');
+  const revoked = await bob.post(`/devices/${id}/revoke`, {});
+  assert.equal(revoked.status, 200);
+  assert.match(revoked.body, /revoked: its next connection is refused/);
+  // Another account has its own budget.
+  const alice = client();
+  assert.equal((await alice.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  assert.equal((await alice.post('/devices/issue', { device: 'own-budget' })).status, 303);
+});
