@@ -35,7 +35,12 @@ if (major >= NEEDED_MAJOR) {
   // rotation setups send to the pid a service manager knows, this one) would end it and orphan the server.
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
-    if (signal) process.kill(process.pid, signal);
+    // Ended by a signal: end by the same one (its forwarding listener removed first, or it would only be
+    // forwarded again and this process exit 1).
+    if (signal && signal !== 'SIGUSR1') { // (SIGUSR1 without a listener opens an older Node's inspector)
+      process.removeAllListeners(signal);
+      process.kill(process.pid, signal);
+    }
     process.exit(code ?? 1);
   });
 }

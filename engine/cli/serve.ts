@@ -17,12 +17,16 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   let supervisor: Supervisor | null = null;
   let stopSignal: string | null = null;
   let reloadAsked = false;
-  const stop = async (signal: string): Promise<void> => {
-    stopSignal = signal;
-    if (!supervisor) return; // once started, stopped at once (below)
-    supervisor.log.info({ signal }, 'shutting down');
-    await supervisor.stop();
-    process.exit(0);
+  let stopping: Promise<void> | null = null;
+  const stop = (signal: string): Promise<void> => {
+    stopSignal ??= signal;
+    const running = supervisor;
+    if (!running) return Promise.resolve(); // once started, stopped at once (below)
+    return (stopping ??= (async () => {
+      running.log.info({ signal }, 'shutting down');
+      await running.stop();
+      process.exit(0);
+    })());
   };
   process.on('SIGHUP', () => { if (supervisor) supervisor.reload(); else reloadAsked = true; });
   // What log rotation setups send to reopen a log file. Postern has none to reopen (its log is stdout: see
@@ -31,8 +35,11 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
     process.on(signal, () => supervisor?.log.info({ signal }, `${signal} ignored: the log is stdout, nothing to reopen (rotate with journald, or logrotate copytruncate)`));
   }
-  process.once('SIGINT', () => void stop('SIGINT'));
-  process.once('SIGTERM', () => void stop('SIGTERM'));
+  // Handled for as long as the process lives: the same signal often comes twice (Ctrl-C or a service manager
+  // signals the whole process group, and bin/postern.js on an older Node forwards it too), and once the
+  // handler is gone the second one would end the supervisor in the middle of its stop.
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
   try {
     supervisor = await Supervisor.start({
       configPath: opts.config,

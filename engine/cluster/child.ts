@@ -150,9 +150,10 @@ async function main(): Promise<void> {
   // A message sent after the supervisor died but before 'disconnect' is read (a heartbeat) fails with EPIPE,
   // reported as an 'error' event that would end this process at once, sessions mid-transaction included.
   process.on('error', () => undefined);
-  // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process.
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  // Ctrl-C and service managers signal the whole process group: stop cleanly like a single process. Kept
+  // (stop() runs once): a second signal must not end the process in the middle of its stop.
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
   // SIGHUP to the whole process group reaches the supervisor too, which tells every child once: a child
   // reloading on its own signal as well would reload twice.
   process.on('SIGHUP', () => undefined);

@@ -128,10 +128,19 @@ test('every file of examples/ that docs/operations.md tells an administrator to 
 
 const SYSTEMD_ANALYZE = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => spawnSync(p, ['--version']).status === 0);
 
-test('the example systemd unit passes systemd-analyze verify', { skip: !SYSTEMD_ANALYZE && 'systemd-analyze not installed' }, () => {
+test('the example systemd unit passes systemd-analyze verify, with its log-file lines on too', { skip: !SYSTEMD_ANALYZE && 'systemd-analyze not installed' }, async () => {
   const unit = join(REPO, 'examples', 'systemd', 'postern.service');
   const r = spawnSync(SYSTEMD_ANALYZE!, ['verify', unit], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   // verify reports unknown keys and bad values on stderr without failing; none may appear.
   assert.equal(r.stderr.split('\n').filter((l) => l.includes('postern.service')).join('\n'), '');
+  // The same with the commented-out log-file lines on (docs/operations.md, "Log rotation").
+  const text = await readFile(unit, 'utf8');
+  assert.match(text, /^#StandardOutput=append:\/var\/log\/postern\/postern\.log$/m);
+  assert.match(text, /^#LogsDirectory=postern$/m);
+  const withFile = join(root, 'postern.service');
+  await writeFile(withFile, text.replace(/^#(StandardOutput|LogsDirectory)=/gm, '$1='));
+  const f = spawnSync(SYSTEMD_ANALYZE!, ['verify', withFile], { encoding: 'utf8' });
+  assert.equal(f.status, 0, f.stderr);
+  assert.equal(f.stderr.split('\n').filter((l) => l.includes('postern.service')).join('\n'), '');
 });

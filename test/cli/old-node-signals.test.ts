@@ -6,11 +6,15 @@
 // systemd a main process dead by a signal restarts the whole service, cutting every session).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ONE_WORKER, startCluster } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { OLD_NODE } from '../helpers/old-node.ts';
+import { until } from '../helpers/wait.ts';
+
+const POSTERN = new URL('../../bin/postern.js', import.meta.url).pathname;
 
 test('under an older Node, SIGUSR1/SIGUSR2 to the command are logged and ignored by the server; SIGTERM still stops it with exit 0',
   { timeout: 180_000, skip: !OLD_NODE && 'no Node older than 24 on this machine' }, async () => {
@@ -31,5 +35,20 @@ test('under an older Node, SIGUSR1/SIGUSR2 to the command are logged and ignored
       // Should the command have died, its server is left behind: end it by its own pid.
       try { process.kill(supervisorPid, 'SIGTERM'); } catch { /* already gone */ }
       await c.stop();
+    }
+  });
+
+test('under an older Node, a command that a signal ends ends the same way (a shell sees the signal, not exit 1)',
+  { timeout: 120_000, skip: !OLD_NODE && 'no Node older than 24 on this machine' }, async () => {
+    // hash-password waits for stdin and, unlike serve, has no handler of SIGUSR2: its default ends it.
+    const command = spawn(OLD_NODE!, [POSTERN, 'hash-password'], { stdio: ['pipe', 'ignore', 'ignore'] });
+    const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => command.once('exit', (code, signal) => resolve({ code, signal })));
+    try {
+      // The command forwards signals once it has started the pinned Node: wait for that child.
+      await until('the command to start its Node 24 child', () => spawnSync('pgrep', ['-P', String(command.pid)]).status === 0);
+      command.kill('SIGUSR2');
+      assert.deepEqual(await ended, { code: null, signal: 'SIGUSR2' });
+    } finally {
+      command.kill('SIGKILL');
     }
   });
