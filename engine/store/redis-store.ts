@@ -34,6 +34,8 @@ export interface RedisStoreOptions {
  * under the prefix) fails its own call alone (-1 and Redis's message in its place, nothing written): as an
  * error of the whole script it failed every other client's call of the turn too.
  */
+/** See RedisCounterStore's #silenceMs. */
+const SILENCE_MS = 5000;
 const RATE = `
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -117,6 +119,13 @@ export class RedisCounterStore implements CounterStore {
   readonly #url: string;
   /** The time limit of a connection, and of its first commands' answers (ms). */
   readonly #connectTimeout: number;
+  /**
+   * How long a new connection's first commands, or commands on an open one, may go unanswered before the
+   * connection is given up on (a hung or vanished server). Seconds, not the call's time limit: a redis-server
+   * (or this process) descheduled for a second on a loaded machine is slow, not gone, and each replacement
+   * fails the calls in flight.
+   */
+  readonly #silenceMs: number;
   readonly #prefix: string;
   readonly #timeoutMs: number;
   readonly #log: Logger;
@@ -141,6 +150,7 @@ export class RedisCounterStore implements CounterStore {
     this.#log = logger.child({ component: 'store' });
     this.#url = options.url;
     this.#connectTimeout = Math.max(1000, options.timeoutMs);
+    this.#silenceMs = Math.max(SILENCE_MS, options.timeoutMs);
     this.#client = this.#newClient();
     this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
       options.connectionLeaseSeconds ?? 30, this.#log);
@@ -164,7 +174,7 @@ export class RedisCounterStore implements CounterStore {
     client.on('connect', () => {
       if (!current()) return;
       clearTimeout(this.#handshake);
-      this.#handshake = setTimeout(() => this.#handshakeHung(), this.#connectTimeout).unref();
+      this.#handshake = setTimeout(() => this.#handshakeHung(), this.#silenceMs).unref();
     });
     // Without an 'error' listener a lost connection would end the process; one line per outage.
     client.on('error', (err: Error) => {
@@ -328,20 +338,32 @@ export class RedisCounterStore implements CounterStore {
    */
   #handshakeHung(): void {
     if (this.#closed) return;
-    this.#outage(`no answer to the first commands within ${this.#connectTimeout} ms`,
+    this.#outage(`no answer to the first commands within ${this.#silenceMs} ms`,
       'store: Redis took the connection but did not answer its first commands (hung?); calls that need it fail closed; connecting again');
     this.#replaceClient();
   }
 
   /**
-   * Commands have waited for connectTimeout (at least 1 s) with nothing heard on the connection: its far end
+   * Commands have waited for #silenceMs (at least 5 s) with nothing heard on the connection: its far end
    * may be gone without a reset (a host powered off or partitioned away; behind a DNS name or virtual address,
    * another server answers now). Kept, every call timed out until TCP gave up on it, up to a quarter of an
    * hour. A server merely hung is connected to again the same way, and answers once it wakes.
    */
   #checkSilence(): void {
-    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#connectTimeout) return;
-    this.#outage(`no answer for ${this.#connectTimeout} ms`,
+    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs || this.#silenceCheck) return;
+    // Judged after this turn's I/O: when this process's own event loop was held (a long poll, a pause), the
+    // timers run before the replies waiting in the socket are read, and Redis only looks silent.
+    this.#silenceCheck = setImmediate(() => {
+      this.#silenceCheck = null;
+      if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs) return;
+      this.#silent();
+    });
+  }
+
+  #silenceCheck: NodeJS.Immediate | null = null;
+
+  #silent(): void {
+    this.#outage(`no answer for ${this.#silenceMs} ms`,
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
     this.#replaceClient();
