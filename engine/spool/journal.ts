@@ -795,7 +795,9 @@ function createJournalKey(dir: string, key = randomBytes(32).toString('hex')): s
   const temp = join(dir, `${KEY_FILE}.new`);
   const fd = openSync(temp, 'w', 0o600);
   try {
-    writeSync(fd, `${key}\n`);
+    // A write the disk cut short is reported by its length, not an error: a key file missing its end would
+    // make every record checksummed with the whole key unreadable at the next start.
+    if (writeSync(fd, `${key}\n`) !== key.length + 1) throw Object.assign(new Error(`ENOSPC: no space left on device, write (${temp} cut short)`), { code: 'ENOSPC', syscall: 'write' });
     fsyncSync(fd);
   } finally {
     closeSync(fd);
