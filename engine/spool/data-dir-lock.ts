@@ -75,7 +75,15 @@ export function acquireDirectoryLock(dir: string, name = LOCK_FILE): DirectoryLo
 /** Create the lock file with its content in one step; false if it exists. */
 function create(lockFile: string, content: string): boolean {
   const tmp = `${lockFile}.${process.pid}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o600 });
+  // Created exclusively: never written through a file or symbolic link already at that name (left by a process
+  // that had our PID, or put there by another user where they can write: a pin table's folder, say).
+  try {
+    writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(tmp);
+    writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  }
   try {
     linkSync(tmp, lockFile);
     return true;

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -117,4 +117,18 @@ test('a data directory other local users can write to is warned about at start, 
     await c.stop();
     rmSync(join(dataDir, '..'), { recursive: true, force: true });
   }
+});
+
+test('a symbolic link planted where the lock is written aside is not written through', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-lock-planted-'));
+  const victim = join(dir, 'victim');
+  writeFileSync(victim, 'precious\n');
+  for (const name of [LOCK_FILE, '.lock']) {
+    symlinkSync(victim, join(dir, `${name}.${process.pid}.tmp`));
+    const lock = acquireDirectoryLock(dir, name);
+    assert.equal(readFileSync(victim, 'utf8'), 'precious\n', name);
+    assert.match(readFileSync(join(dir, name), 'utf8'), new RegExp(`^${process.pid} `));
+    lock.release();
+  }
+  rmSync(dir, { recursive: true, force: true });
 });
