@@ -8,6 +8,7 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
+import { openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { createStore, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
@@ -145,6 +146,9 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   try {
     const running = await startWithDataDir(opts, loaded);
     if (released) running.runtime.logger.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that this process could start; new mail is refused (452 4.3.1) until there is room again');
+    // A process of `postern serve` (its own lockDir): its supervisor says it.
+    const open = opts.lockDir === undefined ? openToOthers(loaded.config.dataDir) : null;
+    if (open) running.runtime.logger.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
     return { ...running, close: (o) => running.close(o).finally(() => lock.release()) };
   } catch (err) {
     lock.release();

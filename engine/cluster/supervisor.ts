@@ -36,7 +36,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
-import { acquireDirectoryLock } from '../spool/data-dir-lock.ts';
+import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
@@ -209,6 +209,8 @@ export class Supervisor {
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
     if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
+    const open = openToOthers(loaded.config.dataDir);
+    if (open) log.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {

@@ -5,7 +5,7 @@
  * (recording-files.ts); a write that fails is logged once and recording goes on with the next file, never
  * touching a session.
  */
-import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, fstatSync, mkdirSync, openSync, readSync, type WriteStream } from 'node:fs';
 import { observeHookCalls } from '../policy/hook-calls.ts';
 import type { Logger } from '../logging/logger.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
@@ -52,7 +52,11 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
     if (!out || out.day !== day) {
       void close();
       mkdirSync(replayDir(dataDir), { recursive: true, mode: 0o700 }); // personal data: the server's user only
-      const stream = createWriteStream(recordingFile(dataDir, day), { flags: 'a', mode: 0o600 });
+      const file = recordingFile(dataDir, day);
+      const stream = createWriteStream(file, { flags: 'a', mode: 0o600 });
+      // A process with this PID killed mid-line today (a container's PIDs repeat at each restart): the next
+      // record starts on a line of its own instead of being glued to that fragment, and lost with it.
+      if (endsMidLine(file)) stream.write('\n');
       stream.on('error', (err) => {
         log.warn({ err: { message: err.message } }, 'replay recording failed; starting a new file');
         if (out?.stream === stream) out = null;
@@ -97,4 +101,21 @@ function withoutSecrets(hook: string, ctx: Record<string, unknown>): Record<stri
   const auth = ctx.auth as Record<string, unknown> | undefined;
   if (hook !== 'auth' || typeof auth !== 'object' || auth === null || !('password' in auth)) return ctx;
   return { ...ctx, auth: { ...auth, password: '' } };
+}
+
+/** Whether `file` exists and its last line has no newline (a write cut short). */
+function endsMidLine(file: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const last = Buffer.alloc(1);
+    return size > 0 && readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+  } finally {
+    closeSync(fd);
+  }
 }

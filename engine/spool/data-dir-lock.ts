@@ -8,7 +8,7 @@
  * The file is created whole (written aside, then linked into place), so a reader never sees it half
  * written. Taking over a stale lock moves it aside first and checks that it moved the stale one.
  */
-import { linkSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export const LOCK_FILE = 'postern.lock';
@@ -75,7 +75,15 @@ export function acquireDirectoryLock(dir: string, name = LOCK_FILE): DirectoryLo
 /** Create the lock file with its content in one step; false if it exists. */
 function create(lockFile: string, content: string): boolean {
   const tmp = `${lockFile}.${process.pid}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o600 });
+  // Created exclusively: never written through a file or symbolic link already at that name (left by a process
+  // that had our PID, or put there by another user where they can write: a pin table's folder, say).
+  try {
+    writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(tmp);
+    writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  }
   try {
     linkSync(tmp, lockFile);
     return true;
@@ -134,4 +142,22 @@ function readOrNull(file: string): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Why other local users could plant files or symbolic links in `dir` (made 0700 by the server, but an existing
+ * one is used as it is): a folder writable by its group or by everyone, or owned by another user. Null: only
+ * this server's user (and root) can. A warning at start, not a refusal: containers' shared volumes are often 0777.
+ */
+export function openToOthers(dir: string): string | null {
+  const st = statSync(dir);
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) return `owned by uid ${st.uid}, not by this server's user (uid ${uid})`;
+  if ((st.mode & 0o022) && !(st.mode & 0o1000)) return `writable by ${st.mode & 0o002 ? 'every local user' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`;
+  return null;
+}
+
+/** The warning for openToOthers(), for the log. */
+export function openToOthersWarning(dir: string, why: string): string {
+  return `${dir}: ${why}: another local user could put files or symbolic links there that the server would read or write through; make it the server user's own (chmod 700 ${dir})`;
 }

@@ -604,7 +604,14 @@ export class Journal {
   #appendDone(segment: Segment, id: string): void {
     segment.doneFd ??= openSync(segment.donePath, 'a', 0o600);
     // One write per line on an O_APPEND file: lines from the server and the queue command never interleave.
-    writeSync(segment.doneFd, `${id}\n`); // refresh() reads it back too: harmless, and keeps the offset simple
+    // A newline first as well: a line some process's write left cut short (a full disk takes part of a write,
+    // and libuv reports the part, not the error) is ended by it instead of glued to this id, which would leave
+    // neither readable as done. Readers skip the empty lines.
+    const line = `\n${id}\n`;
+    const written = writeSync(segment.doneFd, line); // refresh() reads it back too: harmless, and keeps the offset simple
+    if (written < Buffer.byteLength(line)) {
+      throw Object.assign(new Error(`ENOSPC: no space left on device, write (${segment.donePath}: the done line of ${id} was cut short)`), { code: 'ENOSPC', syscall: 'write' });
+    }
   }
 
   #retire(segment: Segment): void {
@@ -788,7 +795,9 @@ function createJournalKey(dir: string, key = randomBytes(32).toString('hex')): s
   const temp = join(dir, `${KEY_FILE}.new`);
   const fd = openSync(temp, 'w', 0o600);
   try {
-    writeSync(fd, `${key}\n`);
+    // A write the disk cut short is reported by its length, not an error: a key file missing its end would
+    // make every record checksummed with the whole key unreadable at the next start.
+    if (writeSync(fd, `${key}\n`) !== key.length + 1) throw Object.assign(new Error(`ENOSPC: no space left on device, write (${temp} cut short)`), { code: 'ENOSPC', syscall: 'write' });
     fsyncSync(fd);
   } finally {
     closeSync(fd);

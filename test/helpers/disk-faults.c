@@ -14,6 +14,8 @@
  *   fsync-eio      fsync() of a file or folder whose path ends so fails with EIO
  *   rename-kill    the process is killed (SIGKILL) as it renames a file over a path that ends so: a crash
  *                  between two whole-file writes
+ *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
+ *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -84,6 +86,15 @@ int fsync(int fd) {
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
   if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
   return real(fd);
+}
+
+ssize_t write(int fd, const void *buf, size_t n) {
+  static ssize_t (*real)(int, const void *, size_t);
+  if (!real) real = dlsym(RTLD_NEXT, "write");
+  static int full = -1; /* the file cut short: its next write finds the disk full */
+  if (fd == full) { full = -1; errno = ENOSPC; return -1; }
+  if (n > 1 && fd > 2 && claim_any("write-short", fd, NULL)) { full = fd; return real(fd, buf, n / 2); }
+  return real(fd, buf, n);
 }
 
 int rename(const char *from, const char *to) {

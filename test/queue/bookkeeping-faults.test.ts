@@ -10,13 +10,13 @@ import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 
-/** Makes the journal's done-list writes (`<id>\n`, one write each) fail with ENOSPC until restored. */
+/** Makes the journal's done-list writes (`\n<id>\n`, one write each) fail with ENOSPC until restored. */
 function failDoneMarks(): { failures: number; reached(n: number): Promise<void>; restore(): void } {
   const real = fs.writeSync;
   let failures = 0;
   const waiting: Array<{ n: number; resolve(): void }> = [];
   (fs as { writeSync: unknown }).writeSync = (fd: number, data: unknown, ...rest: unknown[]): number => {
-    if (typeof data === 'string' && /^[0-9a-z]{8,32}\n$/.test(data)) {
+    if (typeof data === 'string' && /^\n?[0-9a-z]{8,32}\n$/.test(data)) {
       failures++;
       for (const w of waiting.filter((w) => failures >= w.n)) w.resolve();
       throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });

@@ -158,3 +158,28 @@ test('what is written between looks at the folder counts: records with large hea
     await server.stop();
   }
 });
+
+test('a recording file whose last line a killed process left cut short: the next records are whole lines', async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.com'], replay: { keepDays: 2 }, listeners: [testListener('in')] } as never),
+    scripts: { 'rcptto.ts': LIVE_RCPT },
+  });
+  try {
+    // What an earlier process with this PID (a container restarted the same day) was writing as it was killed.
+    const dataDir = join(server.dir, 'data');
+    const file = join(dataDir, 'replay', `${new Date().toISOString().slice(0, 10)}.${process.pid}.jsonl`);
+    await mkdir(join(dataDir, 'replay'), { recursive: true });
+    await writeFile(file, '{"t":"2026-01-01T00:00:00.000Z","listener":"in","hook":"rcptto","cid":"x","ctx":{"addr');
+    const c = await SmtpTestClient.connect(server.port('in'));
+    await c.hello();
+    await c.command('MAIL FROM:<a@good.example>');
+    await c.command('RCPT TO:<alice@example.com>');
+    await c.command('RCPT TO:<spam9@example.com>');
+    await c.quit();
+    const records = async (): Promise<unknown[]> => (await readFile(file, 'utf8')).split('\n').slice(1).filter(Boolean).map((l) => JSON.parse(l));
+    await until('both calls recorded', async () => (await readFile(file, 'utf8')).split('\n').filter(Boolean).length === 3);
+    assert.equal((await records()).length, 2, 'each new record is a line of its own, after the fragment');
+  } finally {
+    await server.stop();
+  }
+});

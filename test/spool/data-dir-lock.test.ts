@@ -5,12 +5,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { ONE_WORKER, startCluster } from '../helpers/cluster.ts';
 import { acquireDirectoryLock, DirectoryLockedError, LOCK_FILE } from '../../engine/spool/data-dir-lock.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
@@ -103,4 +104,31 @@ test('a directory lock is exclusive within a process too, is given back by relea
   // A lock left by a process that is gone (a PID that no longer runs) is taken over.
   writeFileSync(join(dir, LOCK_FILE), '999999999 12345\n');
   acquireDirectoryLock(dir).release();
+});
+
+test('a data directory other local users can write to is warned about at start, naming it', { timeout: 90_000 }, async () => {
+  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-open-data-')), 'data');
+  mkdirSync(dataDir);
+  chmodSync(dataDir, 0o777); // made beforehand (a shared volume, a careless mkdir): used as it is
+  const c = await startCluster({ config: ONE_WORKER, dataDir });
+  try {
+    await c.waitFor('the warning', () => c.logs.some((l) => l.level === 40 && String(l.msg).startsWith(`${dataDir}: writable by every local user (mode 777)`)));
+  } finally {
+    await c.stop();
+    rmSync(join(dataDir, '..'), { recursive: true, force: true });
+  }
+});
+
+test('a symbolic link planted where the lock is written aside is not written through', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-lock-planted-'));
+  const victim = join(dir, 'victim');
+  writeFileSync(victim, 'precious\n');
+  for (const name of [LOCK_FILE, '.lock']) {
+    symlinkSync(victim, join(dir, `${name}.${process.pid}.tmp`));
+    const lock = acquireDirectoryLock(dir, name);
+    assert.equal(readFileSync(victim, 'utf8'), 'precious\n', name);
+    assert.match(readFileSync(join(dir, name), 'utf8'), new RegExp(`^${process.pid} `));
+    lock.release();
+  }
+  rmSync(dir, { recursive: true, force: true });
 });
