@@ -804,11 +804,11 @@ export class Sandbox {
     member.epoch++;
     const client = member.client;
     this.#unhold(member);
-    if (client !== null) this.#offerIdle(); // a call of its client may take an idle isolate now
     // Returns at once, even when a call is stuck in it (isolated-vm does not wait); calls waiting on it run again.
     if (member.slot) this.#retire(member.slot.abandon());
     member.slot = null;
     member.state = 'rebuilding';
+    if (client !== null) this.#offerIdle(); // a waiting call of its client may take an idle isolate now
     member.rebuilds++;
     let built: Awaited<ReturnType<typeof IsolateSlot.build>>;
     try {
