@@ -298,6 +298,8 @@ export const configSchema = z.strictObject({
     memoryLimitMb: z.number().int().min(8).meta({ unit: 'MiB' }).default(32).describe('Heap limit of each isolate.'),
     isolates: z.number().int().positive().max(64).default(2)
       .describe('Isolates per scripts folder. An isolate runs one call at a time; further calls wait for a free one. A folder without scripts gets no isolates.'),
+    isolatesPerClient: z.number().int().positive().max(64).optional()
+      .describe('Isolates one client (its address; an IPv6 client by its /64, as the connection limits count it) may hold at once with calls on isolate threads (calls that outran the fast path, a hook off it, `fastPathMs: 0`); its further calls wait for one of them, while the rest of the pool stays free for other clients, even when idle. Default: half of `isolates`, rounded up (1 of the default 2). Calls on the fast path and `predelivery` calls are not counted. See [scripts.md](scripts.md#limits-and-the-sandbox).'),
     fastPathMs: z.number().int().min(0).max(50).meta({ unit: 'ms' }).default(5)
       .describe('A call first runs on the server\'s event-loop thread for at most this long (calls of one event-loop turn run together, within one such limit); a call still running then is stopped and run again on an isolate thread with the full `timeoutMs`. `0` sends every call to an isolate thread. See [scripts.md](scripts.md#limits-and-the-sandbox).'),
   }).prefault({}).describe('Script limits.'),

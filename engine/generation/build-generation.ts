@@ -108,6 +108,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       timeoutMs: config.sandbox.timeoutMs,
       memoryLimitMb: config.sandbox.memoryLimitMb,
       isolates: config.sandbox.isolates,
+      isolatesPerClient: config.sandbox.isolatesPerClient,
       // Shadow calls never run on the event-loop thread: a slow or looping candidate must not hold up live sessions.
       fastPathMs: shadow ? 0 : config.sandbox.fastPathMs,
       host: {

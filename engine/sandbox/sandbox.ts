@@ -23,6 +23,11 @@ export interface SandboxOptions {
   /** Isolates in the pool. Default 2. */
   isolates?: number;
   /**
+   * Isolates one client (see client-shares.ts) may hold at once on isolate threads; its further calls wait
+   * while the others stay free for other clients. Default: half the pool, rounded up.
+   */
+  isolatesPerClient?: number;
+  /**
    * How long a call may run on the event-loop thread before it is moved to an isolate thread (see
    * IsolateSlot.call). 0: always on an isolate thread. Default 5.
    */
@@ -208,8 +213,11 @@ export class Sandbox {
   readonly #retiring = new Set<Promise<void>>();
   /** Isolate time per client lately: who goes first when calls queue (see #nextWaiter). */
   readonly #shares = new ClientShares();
+  /** Isolates one client may hold at once (see SandboxOptions.isolatesPerClient). */
+  readonly #perClient: number;
 
-  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number) {
+  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number, perClient: number) {
+    this.#perClient = perClient;
     this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
@@ -247,9 +255,10 @@ export class Sandbox {
       host: withLogBudget(options.host),
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
+    const perClient = positiveInteger('isolatesPerClient', options.isolatesPerClient ?? Math.ceil(size / 2), 1);
     const fastPathMs = options.fastPathMs ?? 5;
     if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
-    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs); // nothing to run: no isolates
+    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs, perClient); // nothing to run: no isolates
 
     slotOptions.runningId = runningCall.register(scripts);
     try {
@@ -271,7 +280,7 @@ export class Sandbox {
         await teardownGrace();
         throw problem;
       }
-      return new Sandbox(scripts, slotOptions, slots, fastPathMs);
+      return new Sandbox(scripts, slotOptions, slots, fastPathMs, perClient);
     } catch (e) {
       runningCall.unregister(slotOptions.runningId);
       throw e;
@@ -622,7 +631,7 @@ export class Sandbox {
   /** An idle member, now or when one is free; `call` (null for a batch) is dropped from the queue at its deadline. */
   #acquire(call: Call | null): Promise<Member> {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
-    const idle = this.#idleMember();
+    const idle = this.#atLimit(call) ? null : this.#idleMember();
     if (idle) {
       this.#hold(idle, call);
       return Promise.resolve(idle);
@@ -668,6 +677,14 @@ export class Sandbox {
       return;
     }
     this.#handOver(member);
+  }
+
+  /** Hand idle isolates to waiting calls that may now take them (their client's own isolate was given up on). */
+  #offerIdle(): void {
+    for (let i = 0; i < this.#members.length && this.#waiting.length > 0; i++) {
+      const m = this.#members[i]!;
+      if (m.state === 'idle' && !this.#disposed) this.#handOver(m);
+    }
   }
 
   #handOver(member: Member): void {
@@ -736,13 +753,15 @@ export class Sandbox {
    */
   #nextWaiter(): Waiter | undefined {
     const waiting = this.#waiting;
-    if (waiting.length <= 1) return waiting.shift();
-    let best = 0;
+    if (waiting.length === 0) return undefined;
+    if (waiting.length === 1) return this.#atLimit(waiting[0]!.call) ? undefined : waiting.shift();
+    let best = -1;
     let bestRank = Infinity;
     let bestUse = Infinity;
     let now = -1;
     for (let i = 0; i < waiting.length; i++) {
       const call = waiting[i]!.call;
+      if (this.#atLimit(call)) continue; // it waits for one of its client's own isolates
       const rank = call === null ? 0 : call.rerun ? -1 : this.#held(call.hook);
       if (rank > bestRank) continue;
       const client = call === null ? null : this.#clientOf(call);
@@ -757,16 +776,39 @@ export class Sandbox {
         bestUse = use;
       }
     }
-    return waiting.splice(best, 1)[0];
+    return best < 0 ? undefined : waiting.splice(best, 1)[0];
+  }
+
+  /**
+   * Whether `call`'s client holds its share of isolates already (isolatesPerClient): then it waits for one of
+   * them, even with an isolate idle. A client's calls that run to their time limit hold isolates for that long,
+   * and fair order among waiting calls (#nextWaiter) only helps a call that is already waiting: another client's
+   * call, arriving while this one held every isolate, still waited up to timeoutMs — and on a busy machine, with
+   * the CPU shared by the isolate threads spinning for that one client, ran out of its deadline (451). This way
+   * the rest of the pool is always free for other clients. Batches (call null: fast-path calls, which hold an
+   * isolate for fastPathMs at most) and calls of no client (predelivery) are not limited.
+   */
+  #atLimit(call: Call | null): boolean {
+    if (call === null) return false;
+    const client = this.#clientOf(call);
+    if (client === null) return false;
+    let held = 0;
+    for (let i = 0; i < this.#members.length; i++) {
+      const m = this.#members[i]!;
+      if (m.client === client && ++held >= this.#perClient) return true;
+    }
+    return false;
   }
 
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
+    const client = member.client;
     this.#unhold(member);
     // Returns at once, even when a call is stuck in it (isolated-vm does not wait); calls waiting on it run again.
     if (member.slot) this.#retire(member.slot.abandon());
     member.slot = null;
     member.state = 'rebuilding';
+    if (client !== null) this.#offerIdle(); // a waiting call of its client may take an idle isolate now
     member.rebuilds++;
     let built: Awaited<ReturnType<typeof IsolateSlot.build>>;
     try {

@@ -60,3 +60,51 @@ test("a client's call queued behind another client's heavy calls of the same hoo
   for (const r of await Promise.all(heavyReplies)) assert.match(r.text, /^451 /);
   await Promise.all([...heavy, other].map((c) => c.quit()));
 });
+
+/**
+ * Fair order helps a call that is already waiting; one that arrives while a client's heavy calls hold every
+ * isolate waited up to timeoutMs for one of them (and, on a machine whose CPU those calls kept busy, ran out of
+ * its deadline: measured with test/bench/client-starvation.ts). One client holds at most isolatesPerClient
+ * isolates (default: half the pool): its next heavy call waits with an isolate idle, and another client's call
+ * runs on that one at once, answered while the heavy call still runs.
+ */
+test("a client's heavy calls hold at most half the isolates: another client's call runs at once", async () => {
+  const pool = await startTestServer({
+    // A heavy call holds its isolate for 15 s: the other client's reply must come well within it, however loaded the machine.
+    config: CONFIG.replace('isolates: 1', 'isolates: 2').replace('timeoutMs: 5000', 'timeoutMs: 15000'),
+    scripts: SCRIPTS,
+  });
+  try {
+    const sandbox = (): ReturnType<typeof pool.runtime.generation.sandboxFor> => pool.runtime.generation.sandboxFor(undefined);
+    const startedHere = (): string[] => pool.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('start ')).map((m) => m.slice(6));
+    const open = async (localAddress: string): Promise<SmtpTestClient> => {
+      const c = await SmtpTestClient.connect(pool.port('mx'), { localAddress });
+      await c.hello();
+      assert.match((await c.command('MAIL FROM:<a@sender.example>')).text, /^250 /);
+      return c;
+    };
+    const heavy = await Promise.all([1, 2, 3].map(() => open('127.0.0.2')));
+    const other = await open('127.0.0.1');
+    let heavyAnswered = 0;
+    const heavyReplies: Array<Promise<string>> = [];
+    const send = (i: number): void => {
+      heavyReplies.push(heavy[i]!.command(`RCPT TO:<heavy${i + 1}@example.com>`, 30_000).then((r) => { heavyAnswered++; return r.text; }));
+    };
+    send(0);
+    await until('the first heavy call runs', () => startedHere().includes('heavy1'));
+    send(1);
+    send(2);
+    // Both further heavy calls wait — with an isolate idle — instead of taking it (without the limit heavy2 ran on it).
+    await until('two heavy calls queued', async () => (await sandbox().stats()).queued === 2 || startedHere().includes('heavy2'));
+    const stats = await sandbox().stats();
+    assert.deepEqual([stats.queued, stats.isolates.filter((i) => i.state === 'idle').length], [2, 1], 'the excess waits, one isolate stays free');
+    const reply = await other.command('RCPT TO:<user@example.com>', 30_000);
+    assert.match(reply.text, /^250 /, 'its own verdict');
+    assert.equal(heavyAnswered, 0, 'answered while the first heavy call still held its isolate, not after it');
+    assert.deepEqual(startedHere(), ['heavy1', 'user']);
+    for (const text of await Promise.all(heavyReplies)) assert.match(text, /^451 /);
+    await Promise.all([...heavy, other].map((c) => c.quit()));
+  } finally {
+    await pool.stop();
+  }
+});
