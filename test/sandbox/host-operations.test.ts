@@ -156,3 +156,15 @@ test('the continuations of a batch\'s calls each have a call\'s allowances, not 
     assert.equal((await sandbox.stats()).fastPath.batches, 1, 'one entry: the continuations ran together');
   });
 });
+
+test('a lone call\'s code left running after its verdict logs under its own connection', async () => {
+  const host = { ...recordingHost(), store: new MemoryCounterStore() };
+  await withSandbox({ host, isolates: 1, scripts: [js('rcptto', `export default (ctx) => {
+    counter('c').add(1, 60).then((n) => log('counted', ctx.n, n)); // not awaited: runs after the verdict
+    return accept();
+  }`)] }, async (sandbox) => {
+    for (let n = 0; n < 3; n++) await sandbox.invoke('rcptto', { n }, `c${n}`);
+    assert.deepEqual(host.logs.map((l) => [l.connectionId, l.file, l.message]),
+      [0, 1, 2].map((n) => [`c${n}`, '/srv/postern/scripts/rcptto.js', `counted ${n} ${n + 1}`]));
+  });
+});
