@@ -507,6 +507,10 @@ export class IsolateSlot {
     }
     if (count === 1 && entries.length === 1) heldOwner = 0;
     else if (promised !== 1) heldOwner = -1;
+    // Unless another call of the batch started an operation and returned its verdict: its promise's callbacks
+    // (`counter().add().then(log)`, not awaited) ran there too, and their lines were told under the other client's
+    // connection. Lines that cannot be told apart name no connection rather than the wrong one.
+    else if (journals) for (let i = 0; i < count; i++) if (i !== heldOwner && journals[i]!.ownStarted && entries[i]?.outcome != null) heldOwner = -1;
     if (settledNow !== null) this.#fillSettled(entries, ids, settledNow);
     if (this.#entryPool?.pool && promised && !stopped) this.#rememberTag(tag, ids);
     this.#entryPool = null;
