@@ -10,6 +10,7 @@
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
+import { domainToASCII } from 'node:url';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
@@ -72,6 +73,7 @@ export class ScriptDns {
 
   /** `name` of a PTR query may be an address (its in-addr.arpa / ip6.arpa name is asked). */
   resolve(name: string, type: DnsType, timeoutMs = this.timeoutMs): Promise<DnsAnswer> {
+    if (!askable(name)) return Promise.resolve({ ok: false, error: 'badname', message: `not a domain name: ${JSON.stringify(name)}` });
     const query = type === 'PTR' && isIP(name) ? reverseName(name) : name.replace(/\.$/, '').toLowerCase();
     const key = `${type} ${query}`;
     const now = this.#now();
@@ -153,6 +155,19 @@ export class ScriptDns {
     }
   }
 }
+
+/**
+ * Whether the resolver asks for `name` itself. c-ares reads the name as a C string with escapes: a NUL ends it
+ * (`evil.test\0.allow.test`, from a header a client wrote, asked for `evil.test`, whose owner answers as it likes)
+ * and a backslash escapes (`\.`, `\046`: a dot inside a label, moving the name out of the zone a script appended);
+ * and a name with no IDNA form (a lone surrogate, U+FFFD from bytes that are not UTF-8) was asked as the root.
+ * Such a name is `badname`, never asked: the answer a script gets is always for the name it gave.
+ */
+function askable(name: string): boolean {
+  if (name.includes('\0') || name.includes('\\')) return false;
+  return isAscii(name) || domainToASCII(name) !== '';
+}
+const isAscii = (s: string): boolean => !/[^\x00-\x7f]/.test(s);
 
 /** A kept answer with the TTL it has left. */
 function aged(a: DnsAnswer, until: number, now: number): DnsAnswer {

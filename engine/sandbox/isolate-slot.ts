@@ -497,13 +497,20 @@ export class IsolateSlot {
         return calls.map(() => 'alone');
       }
     }
-    // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did.
+    // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did;
+    // with one call in the entry, to it whatever it returned: the runtime ran its continuations under its id, as the
+    // operations they start are its own (a `counter().add().then(log)` it did not wait for was logged under no connection).
     let promised = 0;
     let heldOwner = -1;
     for (let i = 0; i < entries.length; i++) {
       if (entries[i]!.outcome === null && promised++ === 0) heldOwner = i;
     }
-    if (promised !== 1) heldOwner = -1;
+    if (count === 1 && entries.length === 1) heldOwner = 0;
+    else if (promised !== 1) heldOwner = -1;
+    // Unless another call of the batch started an operation and returned its verdict: its promise's callbacks
+    // (`counter().add().then(log)`, not awaited) ran there too, and their lines were told under the other client's
+    // connection. Lines that cannot be told apart name no connection rather than the wrong one.
+    else if (journals) for (let i = 0; i < count; i++) if (i !== heldOwner && journals[i]!.ownStarted && entries[i]?.outcome != null) heldOwner = -1;
     if (settledNow !== null) this.#fillSettled(entries, ids, settledNow);
     if (this.#entryPool?.pool && promised && !stopped) this.#rememberTag(tag, ids);
     this.#entryPool = null;

@@ -88,6 +88,11 @@ export class OperationJournal {
     return false;
   }
 
+  /** Whether an attempt started anything under the call's own id (not in a pool it shares). */
+  get ownStarted(): boolean {
+    return this.#ops !== null && this.#ops.length > 0;
+  }
+
   /** The pools this call's entries shared (usually none or one). */
   #pools(): Iterable<SharedOperations> {
     const s = this.#shared;

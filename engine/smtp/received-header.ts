@@ -27,7 +27,14 @@ export interface ReceivedFacts extends ReceivedClientFacts {
   date?: Date;
 }
 
-const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f"\\()]/g, '?');
+/**
+ * A name as the header shows it: no control, no quote or parenthesis that would end the comment it sits in. The C1
+ * controls (NEL among them) and U+2028/U+2029 too, which an SMTPUTF8 message otherwise kept: readers that split lines
+ * the Unicode way (Python's str.splitlines()) broke the field there, and a client's AUTH name accepted by a script
+ * (`dév<U+2028>X-Spam-Flag: NO`) or its certificate's CN became a field of its choosing in our own trace header.
+ */
+// eslint-disable-next-line no-control-regex
+const clean = (s: string): string => s.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029"\\()]/g, '?');
 
 /**
  * For a message that is not SMTPUTF8 the header must be 7-bit (RFC 5322; a next hop without 8BITMIME or

@@ -1,7 +1,8 @@
 /**
  * dns.resolve() and dnsbl() in policy scripts, against a DNS server run by the test (`dns.servers`): a
  * DNSBL check at connect keyed by the client address, an MX check at MAIL FROM, a failure as a result
- * (the script decides) and, with `{ throw: true }`, as a rejection that fails the hook closed.
+ * (the script decides) and, with `{ throw: true }`, as a rejection that fails the hook closed; a name a client
+ * wrote with a NUL in it is not cut there (an allow-list check asked for the client's own zone).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -34,6 +35,16 @@ export default async function (ctx: MailFromContext) {
 }
 `;
 
+// An allow-list check on the From header's domain, which the client wrote.
+const DATA = `import type { DataContext } from "postern";
+export default async function (ctx: DataContext) {
+  const from = ctx.data.headers.find(([name]) => name.toLowerCase() === "from")?.[1] ?? "";
+  const r = await dns.resolve(from.slice(from.indexOf("@") + 1) + ".allow.test", "A");
+  if (r.ok && r.records.length > 0) return accept({ text: "allow-listed" });
+  return reject("not allow-listed: " + (r.ok ? "no record" : r.error));
+}
+`;
+
 let dns: TestDnsServer;
 let server: TestServer;
 
@@ -43,6 +54,8 @@ before(async () => {
     'good.test': [{ type: 'MX', value: { exchange: 'mx.good.test', priority: 10 } }, { type: 'A', value: '192.0.2.1' }],
     'nomx.test': [{ type: 'A', value: '192.0.2.2' }],
     'strict.test': [{ type: 'MX', value: { exchange: 'mx.strict.test', priority: 10 } }],
+    'good.test.allow.test': [{ type: 'A', value: '127.0.0.2' }],
+    'evil.test': [{ type: 'A', value: '192.0.2.66' }], // the client's own zone
   });
   dns.servfail.add('broken.test');
   dns.servfail.add('servfail.test');
@@ -58,7 +71,7 @@ listeners:
     reverseDns: false
     limits: { greetingDelayMs: 0 }
 `,
-    scripts: { 'connect.ts': CONNECT, 'mailfrom.ts': MAILFROM },
+    scripts: { 'connect.ts': CONNECT, 'mailfrom.ts': MAILFROM, 'data.ts': DATA },
   });
 });
 after(async () => {
@@ -106,6 +119,16 @@ test('a call may have at most 32 DNS queries in flight: further ones reject in t
   const sent = [...dns.queries].filter(([k]) => k.endsWith('.flood.test')).reduce((n, [, v]) => n + v, 0);
   // A fast-path attempt stopped at its budget and run again may have sent its own 32 first.
   assert.ok(sent >= 32 && sent <= 64, `${sent} queries reached the DNS server`);
+});
+
+test('a NUL in a header\'s domain: the allow-list query is badname, not cut to the client\'s own name', async () => {
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  assert.match((await c.sendMail('a@good.test', ['u@example.com'], 'From: a@good.test\r\n\r\nhi\r\n')).text, /^250 .*allow-listed/);
+  // Before: c-ares stopped at the NUL and asked for evil.test, which answered: allow-listed.
+  assert.equal((await c.sendMail('a@good.test', ['u@example.com'], 'From: a@evil.test\0.x\r\n\r\nhi\r\n')).text, '550 5.7.1 not allow-listed: badname');
+  assert.equal(dns.queries.get('A evil.test'), undefined);
+  await c.quit();
 });
 
 test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are addresses', () => {

@@ -101,3 +101,17 @@ test('dnsbl: listed with its codes, not listed, and the list refusing the resolv
   assert.equal(reverseLabels('2001:db8::567:89ab'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2');
   assert.equal(reverseLabels('::ffff:192.0.2.1'), '1.0.2.0.0.0.0.c.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0');
 });
+
+test('a name c-ares would not ask as given (NUL, backslash, no IDNA form) is badname, and nothing is asked', async () => {
+  const r = dns();
+  // Before: the NUL ended the name and `evil.test` was asked; `\.` made a dot inside a label; a lone surrogate asked the root.
+  for (const name of ['mail.example.test\0.allow.test', 'mail\\.example.test', 'mail.example\\046test', 'a\uD800.example.test', 'a\uFFFD.example.test']) {
+    const before = [...server.queries.values()].reduce((a, b) => a + b, 0);
+    assert.deepEqual(await r.resolve(name, 'A'), { ok: false, error: 'badname', message: `not a domain name: ${JSON.stringify(name)}` }, name);
+    assert.equal([...server.queries.values()].reduce((a, b) => a + b, 0), before, name);
+  }
+  const listed = await r.dnsbl('bl.test\0.example', '127.0.0.2');
+  assert.equal(listed.ok, false);
+  // An IDN is still asked, as its A-label.
+  assert.equal((await r.resolve('é.example.test', 'A')).ok, true);
+});

@@ -156,3 +156,29 @@ test('the continuations of a batch\'s calls each have a call\'s allowances, not 
     assert.equal((await sandbox.stats()).fastPath.batches, 1, 'one entry: the continuations ran together');
   });
 });
+
+test('a lone call\'s code left running after its verdict logs under its own connection', async () => {
+  const host = { ...recordingHost(), store: new MemoryCounterStore() };
+  await withSandbox({ host, isolates: 1, scripts: [js('rcptto', `export default (ctx) => {
+    counter('c').add(1, 60).then((n) => log('counted', ctx.n, n)); // not awaited: runs after the verdict
+    return accept();
+  }`)] }, async (sandbox) => {
+    for (let n = 0; n < 3; n++) await sandbox.invoke('rcptto', { n }, `c${n}`);
+    assert.deepEqual(host.logs.map((l) => [l.connectionId, l.file, l.message]),
+      [0, 1, 2].map((n) => [`c${n}`, '/srv/postern/scripts/rcptto.js', `counted ${n} ${n + 1}`]));
+  });
+});
+
+test('in a batch, the callbacks of a call that returned its verdict do not log under another client\'s connection', async () => {
+  const host = { ...recordingHost(), store: new MemoryCounterStore() };
+  await withSandbox({ host, isolates: 1, scripts: [js('rcptto', `export default (ctx) => {
+    if (ctx.n === 0) { counter('c').add(1, 60).then(() => log('from 0')); return accept(); } // not awaited
+    return (async () => { await rate('k', 100, 60); log('from 1'); return accept(); })();
+  }`)] }, async (sandbox) => {
+    // Invoked in one turn: one batch, whose callbacks run mixed at the end of its entry.
+    await Promise.all([sandbox.invoke('rcptto', { n: 0 }, 'c0'), sandbox.invoke('rcptto', { n: 1 }, 'c1')]);
+    assert.equal(host.logs.length, 2);
+    // Before: both were told under c1, the one call that returned a promise.
+    for (const line of host.logs) assert.ok(line.connectionId === null || line.connectionId === `c${line.message.slice(-1)}`, `${line.message} under ${line.connectionId}`);
+  });
+});
