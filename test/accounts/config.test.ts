@@ -26,7 +26,7 @@ function problems(yaml: string): string[] {
 test('off without the section; defaults with it', () => {
   assert.equal(parseConfig(LISTENERS, '/etc/postern.yaml', '/etc').config.accounts, undefined);
   const { accounts } = parseConfig(`${LISTENERS}accounts: { listen: "127.0.0.1:8443", listener: submission }\n`, '/etc/postern.yaml', '/etc').config;
-  assert.deepEqual(accounts, { listen: '127.0.0.1:8443', listener: 'submission', sessionMinutes: 30, issueDays: 730, maxConnectionsPerIp: 16 });
+  assert.deepEqual(accounts, { listen: '127.0.0.1:8443', listener: 'submission', sessionMinutes: 30, issueDays: 730, deviceAdditionsPerHour: 20, maxConnectionsPerIp: 16 });
 });
 
 test('the listener must exist and have TLS (the page is HTTPS with its certificate)', () => {
