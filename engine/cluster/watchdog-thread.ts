@@ -50,11 +50,14 @@ setInterval(() => {
   const scripts = describeRunning(Atomics.load(running, 0), table, running.length > 1 ? Atomics.load(running, 1) : 0);
   const stalledMs = Math.round(now - lastBeat);
   const record: CrashRecordFile = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };
-  try {
-    writeCrashRecord(crashDir, mirror, record);
-  } catch { /* the kill matters more than the record */ }
+  // The log line before the record: the supervisor may kill this process at any point here (its own limit came
+  // too, on a loaded machine), and it names the scripts itself (from the running-call mirror) only when no record
+  // exists. Record first, a kill between the two left the hang counted but named in no log line (seen under load).
   const msg = scripts.length ? `${role} ${worker} hung in ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}: killing it` : `${role} ${worker} hung: killing it`;
   try { flushPendingLog(logBuffer, 1, false); } catch { /* stdout gone */ }
   try { writeSync(1, `${JSON.stringify({ level: 50, time: record.at, pid: process.pid, worker, stalledMs, scripts, msg })}\n`); } catch { /* stdout gone */ }
+  try {
+    writeCrashRecord(crashDir, mirror, record);
+  } catch { /* the kill matters more than the record */ }
   process.kill(process.pid, 'SIGKILL');
 }, tickMs);

@@ -1302,9 +1302,11 @@ export class IsolateSlot {
     }
     if (this.#disposedByUs) return new ScriptFailure('error', hook, file, null, null, 'the sandbox was disposed during the call');
     // A timeout first: a delivery that timed out gives its isolate up, and the call it ran fails as it did.
+    // The message names the call's time limit (sandbox.timeoutMs), not what was left of it for this run: a call
+    // that waited for an isolate, or was stopped on the fast path first, ran on with less ("after 93 ms" for 100).
     if (isTimeout(e) && !isMemoryLimit(e)) {
       const p = e instanceof Error ? frameIn(String(e.stack), file) : null;
-      return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${timeoutMs} ms`);
+      return new ScriptFailure('timeout', hook, file, p?.line ?? null, p?.column ?? null, `timed out after ${this.#options.timeoutMs} ms`);
     }
     if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);

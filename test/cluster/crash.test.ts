@@ -61,15 +61,24 @@ test('a worker hung inside a builtin is replaced; a client on another connection
     const hanging = await greeted(c);
     assert.equal((await hanging.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
     hanging.write('RCPT TO:<hang@example.test>');
-    // Whichever worker took it is stuck now; a new client is served by the other (or a replacement).
-    const ordinary = await greeted(c);
+    // Whichever worker took it is stuck now; a new client is served by the other (or a replacement). Until that
+    // worker's heartbeat is stale (STALE_FOR_CONNECTIONS_MS) the supervisor may still hand it one more connection,
+    // which ends ungreeted when it is killed (seen under load: the RCPT had not hung it yet when the client came);
+    // a client then connects again, as an MTA does. Only that one connection may be lost.
+    const ordinary = await greeted(c).catch((e: unknown) => {
+      if (!/connection closed/.test(String(e))) throw e;
+      return greeted(c);
+    });
     const r = await ordinary.sendMail('sender@example.test', ['user@example.test']);
     assert.equal(r.code, 250, r.text);
     await ordinary.quit();
     assert.ok(await hanging.waitClosed(60_000), 'the hung worker\'s connection ends when it is killed');
     await c.waitFor('the hung worker replaced', async () => (await c.cluster()).processes.some((p) => p.role === 'worker' && p.restarts > 0 && p.ready));
-    // The supervisor's log line may come after the replacement is ready: wait for it (a hang guard, not a time limit).
-    await c.waitFor('the watchdog names the script', () => c.logs.some((l) => l.level === 50 && /hung in rcptto/.test(String(l.msg))));
+    // The hang is blamed on the script, by whichever saw it first: the worker's watchdog thread ("hung in rcptto"),
+    // or, on a loaded machine where that thread's own ticks came late (each late tick restarts its count), the
+    // supervisor, which killed the silent worker and read the script from its running-call mirror ("died (signal
+    // SIGKILL) while running rcptto"). The line may come after the replacement is ready: wait for it (a hang guard).
+    await c.waitFor('the hang is blamed on the script', () => c.logs.some((l) => l.level === 50 && /hung in rcptto|while running rcptto/.test(String(l.msg))));
     void hung;
   } finally {
     await c.stop();
