@@ -42,7 +42,9 @@ const failures = join(mkdtempSync(join(tmpdir(), 'postern-test-run-')), 'failure
 const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/failure-details.ts', `--test-reporter-destination=${failures}`];
 // Every test process ends without V8's teardown once an isolate was abandoned while its script ran: see the helper.
 const exitHook = ['--import', './test/helpers/exit-without-teardown.ts'];
-const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=2', '--test-timeout=120000', ...reporters, ...files], {
+// Three files at once on two cores: many tests spend most of their time waiting (a real minute of a session's
+// idle time, a server's restart back-off, a peer's timeout), and with two at once such a file held half the run.
+const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=3', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_NO_WARNINGS: '1' },
   timeout: RUN_LIMIT_MS,
