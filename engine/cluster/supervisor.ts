@@ -327,8 +327,12 @@ export class Supervisor {
     Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
-    proc.on('error', (err) => {
-      this.log.error({ err, [child.kind]: child.index }, 'child process error');
+    proc.on('error', (err: NodeJS.ErrnoException) => {
+      // A message to a child that is exiting (its channel closed while the message was on its way: a stop, a
+      // crash) fails with EPIPE or ERR_IPC_CHANNEL_CLOSED; its 'exit' tells the rest. Not an error of its own.
+      const channelGone = proc.pid !== undefined && (err.code === 'EPIPE' || err.code === 'ERR_IPC_CHANNEL_CLOSED');
+      if (channelGone) this.log.info({ err: { code: err.code, message: err.message }, [child.kind]: child.index }, 'a message to a child that is exiting was not delivered');
+      else this.log.error({ err, [child.kind]: child.index }, 'child process error');
       // Never started (fork failed: EAGAIN, ENOMEM): no 'exit' will come, so treat it as one.
       if (proc.pid === undefined) this.#exited(child, proc, null, null, `could not start: ${err.message}`);
     });

@@ -350,19 +350,7 @@ export class RedisCounterStore implements CounterStore {
    * hour. A server merely hung is connected to again the same way, and answers once it wakes.
    */
   #checkSilence(): void {
-    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs || this.#silenceCheck) return;
-    // Judged after this turn's I/O: when this process's own event loop was held (a long poll, a pause), the
-    // timers run before the replies waiting in the socket are read, and Redis only looks silent.
-    this.#silenceCheck = setImmediate(() => {
-      this.#silenceCheck = null;
-      if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs) return;
-      this.#silent();
-    });
-  }
-
-  #silenceCheck: NodeJS.Immediate | null = null;
-
-  #silent(): void {
+    if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs) return;
     this.#outage(`no answer for ${this.#silenceMs} ms`,
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
