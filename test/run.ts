@@ -30,7 +30,17 @@ function testFiles(dir: string): string[] {
   });
 }
 const only = process.argv.slice(2);
-const files = only.length ? only : [...testFiles('test'), ...testFiles('examples')];
+// The longest files first (the sums of their tests' times in a fresh-clone run, 2026-12-06: 70–140 s each,
+// most of it waiting), so that none of them starts near the end and runs on alone after the rest.
+const LONGEST_FIRST = [
+  'test/sandbox/fast-path-clock.test.ts', 'test/accounts/session-clock.test.ts', 'test/spool/disk-full.test.ts',
+  'test/pki/crash-consistency.test.ts', 'test/reload/many-reloads.test.ts', 'test/cluster/fence.test.ts',
+  'test/cluster/chaos-kills.test.ts', 'test/queue/hold-serve.test.ts', 'test/queue/hold-release.test.ts',
+  'test/cli/status.test.ts', 'test/reload/stuck-top-level.test.ts', 'test/cli/install.test.ts',
+];
+const everything = [...testFiles('test'), ...testFiles('examples')];
+const rank = (file: string): number => { const i = LONGEST_FIRST.indexOf(file); return i < 0 ? LONGEST_FIRST.length : i; };
+const files = only.length ? only : everything.map((file, i) => ({ file, i })).sort((a, b) => rank(a.file) - rank(b.file) || a.i - b.i).map((x) => x.file);
 // --test-force-exit: each test process ends with process.exit() rather than by tearing V8's heap down,
 // where isolated-vm 7 can abort on a handle still in the young generation (see engine/cli/main.ts).
 // The whole run is bounded too: a test process whose event loop is stuck in native code never reaches
