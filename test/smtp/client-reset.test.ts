@@ -3,18 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-
-const CONFIG = `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0 }
-`;
 
 const resetLines = (s: TestServer, level: number): Array<Record<string, unknown>> =>
   s.logs.filter((l) => l.level === level && /ECONNRESET/.test(JSON.stringify(l)));
@@ -28,7 +19,7 @@ async function resetAfter(s: TestServer, commands: string[]): Promise<void> {
 
 
 test('a reset outside a transaction is logged at debug only; inside one it is logged at info as the client\'s fault, without a stack trace', async () => {
-  const s = await startTestServer({ config: CONFIG });
+  const s = await startTestServer({ config: PLAIN_MX_CONFIG });
   try {
     await resetAfter(s, []);
     await until('the reset logged at debug', () => resetLines(s, 20).length > 0);
@@ -43,7 +34,7 @@ test('a reset outside a transaction is logged at debug only; inside one it is lo
 });
 
 test('a client that leaves mid-DATA leaves no message and no partial file; the next one is spooled', async () => {
-  const s = await startTestServer({ config: CONFIG });
+  const s = await startTestServer({ config: PLAIN_MX_CONFIG });
   try {
     const c = await SmtpTestClient.connect(s.port('mx'));
     await c.hello();
