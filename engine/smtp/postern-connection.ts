@@ -14,6 +14,7 @@ import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
+import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
 import { LineDeadline } from './line-deadline.ts';
@@ -451,8 +452,33 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       // smtp-server's own AUTH refuses any AUTH once session.user is set, but a certificate auto-login is not a
       // SASL login: one AUTH is still allowed, so run its mechanism directly (a failure keeps the cert login).
       const mechanism = (sasl as unknown as Record<string, (this: SMTPConnection, args: string[], cb: Callback) => void>)[`SASL_${method}`]!;
-      mechanism.call(this, args.slice(2), callback);
+      const initial = args[2];
+      if (args.length === 3 && initial !== '=' && !isSaslBase64(initial!)) return refuse(reply('authBadBase64'));
+      mechanism.call(this, args.slice(2), () => this.#base64Checked(callback));
     }, (err: unknown) => refuse(this.#server.policy.internalError(this, err)));
+  }
+
+  /**
+   * smtp-server's PLAIN and LOGIN decode each response with Node's lenient base64 (characters outside the
+   * alphabet skipped, anything after padding dropped): the response line smtp-server now waits for, if any, is
+   * checked first, and one that is not base64 (nor empty, nor `=`) is refused with 501; `*` cancels with the reply
+   * EXTERNAL's cancel gets.
+   */
+  #base64Checked(callback: Callback): void {
+    const next = this._nextHandler;
+    if (next) {
+      this._nextHandler = (line: Buffer, cb: Callback) => {
+        const text = line.toString().trim();
+        // An empty line or `=` is an empty response (curl answers a 334 with `=`, as EXTERNAL accepts).
+        const refusal = text === '*' ? reply('authAborted') : text !== '' && text !== '=' && !isSaslBase64(text) ? reply('authBadBase64') : null;
+        if (refusal) {
+          this.#answer('AUTH', refusal);
+          return cb();
+        }
+        next.call(this, line, () => this.#base64Checked(cb));
+      };
+    }
+    callback();
   }
 
   #authExternal(rest: string[], callback: Callback): void {
