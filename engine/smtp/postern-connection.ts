@@ -17,6 +17,7 @@ import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
+import { PipelinedInput } from './pipelined-input.ts';
 import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
@@ -294,6 +295,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * AUTH continuation lines and anything before the greeting or during a TLS upgrade are smtp-server's.
    */
   override _onCommand(command: Buffer, callback?: () => void): void {
+    // smtp-server builds its parser in its constructor, before this class's fields exist: found by the parser.
+    const input = this._parser ? PipelinedInput.of(this._parser) : undefined;
+    input?.lineTaken();
     if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {
       if (!isUtf8(command)) {
         this.#answer('SMTP', reply('badUtf8'));
@@ -302,6 +306,13 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
+      // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
+      // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
+      // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
+      if (verb === 'DATA' && !this.session.envelope.rcptTo.length && input?.more) {
+        this.#answer('DATA', reply('pipelinedAfterRefusedData', {}, { disconnect: true }));
+        return;
+      }
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);
@@ -316,6 +327,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override _createParser(): ReturnType<SMTPConnection['_createParser']> {
     const parser = super._createParser();
     useMessageStream(parser); // each message on a MessageStream, not a PassThrough
+    PipelinedInput.follow(parser);
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
     parser.on('pipe', (source: net.Socket) => this.#timeLines(parser, source));

@@ -311,6 +311,16 @@ const ROWS = {
     },
   },
 
+  pipelinedAfterRefusedData: {
+    server: 'main', stage: 'DATA',
+    async drive() {
+      const s = await session('main', 'mx');
+      s.c.socket.write('DATA\r\nSubject: sent before the reply\r\n\r\nhi\r\n.\r\n');
+      s.seen.push(await s.c.read());
+      return s.seen;
+    },
+  },
+
   authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
   authNeedsTls: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'mx', [plainLogin('alice@example.com')]) },
