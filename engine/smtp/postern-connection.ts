@@ -313,6 +313,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
         this.#answer('DATA', reply('pipelinedAfterRefusedData', {}, { disconnect: true }));
         return;
       }
+      // BDAT (CHUNKING, not offered): its chunk follows at once, whatever the reply (RFC 3030), and is no lines:
+      // read as commands, any line in it would run. Refused and closed, as for the DATA above.
+      if (verb === 'BDAT') {
+        this.#answer('BDAT', reply('chunkingNotOffered', {}, { disconnect: true }));
+        return;
+      }
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);

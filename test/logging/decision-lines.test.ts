@@ -321,6 +321,16 @@ const ROWS = {
     },
   },
 
+  chunkingNotOffered: {
+    server: 'main', stage: 'BDAT',
+    async drive() {
+      const s = await session('main', 'mx');
+      s.c.socket.write('BDAT 12 LAST\r\nRSET\r\nNOOP\r\n');
+      s.seen.push(await s.c.read());
+      return s.seen;
+    },
+  },
+
   authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
   authNeedsTls: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'mx', [plainLogin('alice@example.com')]) },

@@ -55,6 +55,16 @@ test('the same without a transaction: DATA and a message pipelined right after E
   assert.equal((await server.runtime.spool.list()).length, spooled, 'nothing spooled');
 });
 
+test('BDAT (CHUNKING is not offered): refused and closed, its chunk never read as commands', async () => {
+  const spooled = (await server.runtime.spool.list()).length;
+  const c = await SmtpTestClient.connect(server.port('mx'));
+  await c.hello();
+  const chunk = `MAIL FROM:<forged@example.org>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n${SMUGGLING_BODY}`;
+  c.socket.write(`BDAT ${chunk.length} LAST\r\n${chunk}`);
+  assert.deepEqual((await c.repliesUntilClosed()).map((r) => r.text), ['554 5.5.1 Error: BDAT without CHUNKING (not offered), the chunk cannot be read']);
+  assert.equal((await server.runtime.spool.list()).length, spooled, 'nothing spooled');
+});
+
 test('a client that waits for the refusal of DATA goes on; content pipelined after an accepted DATA is the message', async () => {
   const c = await SmtpTestClient.connect(server.port('mx'));
   await c.hello();
