@@ -28,7 +28,14 @@ export class PipelinedInput {
   #cursor = 0;
   /** The length of the chunk the stream handed the parser (counted in its writableLength until it is done). */
   #handedLength = 0;
-  #handing = false;
+  /** The stream's callback for that chunk while the parser is on it (else null). */
+  #handedDone: WriteCallback | null = null;
+  /** Called in its place: one function per parser, not a closure per chunk. */
+  readonly #handedDoneNow = (err?: Error | null): void => {
+    const done = this.#handedDone!;
+    this.#handedDone = null;
+    done(err);
+  };
 
   private constructor(parser: Writable) {
     this.#parser = parser;
@@ -38,11 +45,10 @@ export class PipelinedInput {
     (parser as unknown as { _write: ChunkWriter })._write = (chunk, encoding, next) => {
       this.#chunk = chunk;
       this.#cursor = 0;
-      if (!this.#handing) {
-        this.#handing = true;
+      if (this.#handedDone === null) {
         this.#handedLength = chunk.length;
-        const done = next;
-        next = (err) => { this.#handing = false; done(err); };
+        this.#handedDone = next;
+        next = this.#handedDoneNow;
       }
       write.call(parser, chunk, encoding, next);
     };
