@@ -17,10 +17,13 @@ import { FactsMemo, requestContext } from './request-context.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
 /**
- * Requests read ahead of their answers on one connection before the socket is paused (Postfix sends one at a
- * time); one chunk read may hold more, so the bound is this plus one chunk's requests.
+ * Requests read ahead of their answers on one connection (Postfix sends one at a time, of about 1 KB): at most
+ * this many, and no more once they weigh this many characters. Counting alone let a client queue 32 requests
+ * of maxAttributes × maxLineBytes (50 MB by default) behind a slow one. The request being decided is always
+ * taken, whatever its size (the limits bound it); text not parsed yet stays text (one chunk at most).
  */
 const MAX_QUEUED = 32;
+const MAX_QUEUED_CHARS = 64 * 1024;
 
 /** The protocol_state values Postfix sends (SMTPD_POLICY_README), and `UNKNOWN` for a request without one. */
 const POSTFIX_STATES: ReadonlySet<string> = new Set(['CONNECT', 'EHLO', 'HELO', 'MAIL', 'RCPT', 'DATA', 'END-OF-MESSAGE', 'VRFY', 'ETRN', 'UNKNOWN']);
@@ -85,39 +88,24 @@ export class PolicyServer {
     // This connection's requests in order: each answer is written as soon as it is decided, and the next
     // request starts then (a loop, not a promise chain: nothing allocated per request for the order).
     const queue: PolicyRequest[] = [];
+    let queuedChars = 0;
     let draining: Promise<void> | null = null;
     let ending = false;
-    // Read on only while few requests wait for their answers and the answers written so far have left:
-    // a client that sends requests and never reads the answers must not grow this process's memory.
-    const flow = (): void => {
-      if (socket.destroyed) return;
-      if (!ending && queue.length < MAX_QUEUED && !socket.writableNeedDrain && !reader.failed) socket.resume();
-      else socket.pause();
-    };
-    socket.on('drain', flow);
-    const drain = async (): Promise<void> => {
-      try {
-        while (queue.length) {
-          if (socket.destroyed) { queue.length = 0; break; } // a closed connection's read-ahead requests are not decided
-          const { action } = await this.#decide(queue[0]!, cid, memo);
-          queue.shift();
-          if (socket.destroyed) continue;
-          socket.write(answerBuffer(action));
-          if (socket.isPaused()) flow();
-        }
-      } finally {
-        draining = null;
-      }
-    };
+    const room = (): boolean => queue.length === 0 || (queue.length < MAX_QUEUED && queuedChars < MAX_QUEUED_CHARS);
     /** Resolves once every request read so far is answered. */
     const answered = (): Promise<void> => draining ?? Promise.resolve();
-    socket.on('data', (chunk: string) => {
-      const { requests, fatal } = reader.push(chunk);
-      if (requests.length) {
-        for (const r of requests) queue.push(r);
-        draining ??= drain();
+    // Parse what was read into requests while there is room for them; a broken limit answers what came
+    // before, then the failure action, and closes.
+    const take = (): void => {
+      while (room()) {
+        const request = reader.next();
+        if (!request) break;
+        queue.push(request);
+        queuedChars += request.size;
       }
-      if (fatal) {
+      if (queue.length) draining ??= drain();
+      const fatal = reader.fatal;
+      if (fatal && !ending) {
         ending = true;
         socket.pause();
         void answered().then(() => {
@@ -127,11 +115,41 @@ export class PolicyServer {
           if (!socket.destroyed) socket.end(formatAnswer(current.failureAction));
         });
       }
+    };
+    // Read on only while there is room for more requests (take() has then parsed all the whole ones read)
+    // and the answers written so far have left: a client that sends requests and never reads the answers,
+    // or sends them behind a slow one, must not grow this process's memory.
+    const flow = (): void => {
+      if (socket.destroyed) return;
+      if (!ending && room() && !socket.writableNeedDrain) socket.resume();
+      else socket.pause();
+    };
+    socket.on('drain', flow);
+    const drain = async (): Promise<void> => {
+      try {
+        while (queue.length) {
+          if (socket.destroyed) { queue.length = 0; break; } // a closed connection's read-ahead requests are not decided
+          const { action } = await this.#decide(queue[0]!, cid, memo);
+          queuedChars -= queue.shift()!.size;
+          if (socket.destroyed) continue;
+          socket.write(answerBuffer(action));
+          take();
+          if (socket.isPaused()) flow();
+        }
+      } finally {
+        draining = null;
+      }
+    };
+    socket.on('data', (chunk: string) => {
+      reader.push(chunk);
+      take();
       flow();
     });
     socket.on('end', () => {
-      if (reader.incomplete) log.info({ service: this.name, cid }, 'policy connection closed in the middle of a request');
-      void answered().then(() => socket.end());
+      void answered().then(() => {
+        if (reader.incomplete) log.info({ service: this.name, cid }, 'policy connection closed in the middle of a request');
+        socket.end();
+      });
     });
     socket.resume();
   }

@@ -17,13 +17,8 @@ export interface PolicyRequest {
   attributes: Record<string, string>;
   /** Why the request cannot be decided (a line without `=`, no `request=smtpd_access_policy`), or null. */
   malformed: string | null;
-}
-
-/** What a chunk of input completed: whole requests, and possibly a fault that ends the connection. */
-export interface ReadResult {
-  requests: PolicyRequest[];
-  /** The input broke a limit: answer what came before, then the failure action, then close. */
-  fatal: string | null;
+  /** Its length in characters, line ends included: what it weighs while it waits for its answer. */
+  size: number;
 }
 
 const EQUALS = 61; // '='
@@ -49,50 +44,62 @@ Object.setPrototypeOf(PostfixAttributes.prototype, null);
 Reflect.deleteProperty(PostfixAttributes.prototype, 'constructor');
 const newAttributes = (): Record<string, string> => new PostfixAttributes() as unknown as Record<string, string>;
 
-/** Splits the text of one connection into requests, chunk by chunk (the socket's utf8 decoding keeps characters whole). */
+/**
+ * Splits the text of one connection into requests (the socket's utf8 decoding keeps characters whole). Input
+ * is only parsed as requests are taken (next()): a caller that stops taking them holds the unread text, not
+ * the thousands of request objects a chunk of tiny requests would make.
+ */
 export class RequestReader {
   readonly #limits: RequestLimits;
-  #pending = '';
+  /** Input not read yet: text[start…]. */
+  #text = '';
+  #start = 0;
   #attributes = newAttributes();
   #count = 0;
+  #size = 0;
   #malformed: string | null = null;
-  #failed = false;
+  #fatal: string | null = null;
 
   constructor(limits: RequestLimits) {
     this.#limits = limits;
   }
 
-  push(chunk: string): ReadResult {
-    const requests: PolicyRequest[] = [];
-    if (this.#failed) return { requests, fatal: null };
-    let text = this.#pending + chunk;
-    let start = 0;
-    for (let nl = text.indexOf('\n', start); nl >= 0; nl = text.indexOf('\n', start)) {
-      const end = nl > start && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl; // tolerate CRLF
-      if (end - start > this.#limits.maxLineBytes) return this.#fail(requests, `line longer than ${this.#limits.maxLineBytes} characters`);
-      const fatal = this.#line(text, start, end, requests);
-      if (fatal) return this.#fail(requests, fatal);
-      start = nl + 1;
-    }
-    text = text.slice(start);
-    if (text.length > this.#limits.maxLineBytes) return this.#fail(requests, `line longer than ${this.#limits.maxLineBytes} characters`);
-    this.#pending = text;
-    return { requests, fatal: null };
+  /** More input, read by the next calls of next(). */
+  push(chunk: string): void {
+    if (this.#fatal !== null) return;
+    this.#text = this.#start < this.#text.length ? this.#text.slice(this.#start) + chunk : chunk;
+    this.#start = 0;
   }
 
-  /** A limit was broken: nothing more is read from this connection. */
-  get failed(): boolean { return this.#failed; }
+  /** The next whole request of the input, or null: more input is needed, or a limit was broken (fatal). */
+  next(): PolicyRequest | null {
+    if (this.#fatal !== null) return null;
+    const text = this.#text;
+    for (let nl = text.indexOf('\n', this.#start); nl >= 0; nl = text.indexOf('\n', this.#start)) {
+      const start = this.#start;
+      const end = nl > start && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl; // tolerate CRLF
+      if (end - start > this.#limits.maxLineBytes) return this.#fail(`line longer than ${this.#limits.maxLineBytes} characters`);
+      this.#start = nl + 1;
+      this.#size += nl + 1 - start;
+      if (end === start) {
+        if (this.#count === 0 && this.#malformed === null) { this.#size = 0; continue; } // stray empty line between requests
+        return this.#finish();
+      }
+      const fatal = this.#line(text, start, end);
+      if (fatal) return this.#fail(fatal);
+    }
+    if (text.length - this.#start > this.#limits.maxLineBytes) return this.#fail(`line longer than ${this.#limits.maxLineBytes} characters`);
+    return null;
+  }
+
+  /** Why a limit was broken (nothing more is read from this connection), or null. */
+  get fatal(): string | null { return this.#fatal; }
 
   /** Input ended in the middle of a request (the peer closed). */
-  get incomplete(): boolean { return this.#count > 0 || this.#pending.length > 0 || this.#malformed !== null; }
+  get incomplete(): boolean { return this.#count > 0 || this.#start < this.#text.length || this.#malformed !== null; }
 
   /** The line text[start, end): the name and value are cut from the chunk directly (no string per line). */
-  #line(text: string, start: number, end: number, requests: PolicyRequest[]): string | null {
-    if (end === start) {
-      if (this.#count === 0 && this.#malformed === null) return null; // stray empty line between requests
-      requests.push(this.#finish());
-      return null;
-    }
+  #line(text: string, start: number, end: number): string | null {
     if (++this.#count > this.#limits.maxAttributes) return `more than ${this.#limits.maxAttributes} attributes in one request`;
     let eq = start;
     while (eq < end && text.charCodeAt(eq) !== EQUALS) eq++; // within the line only: indexOf could scan the whole chunk per line
@@ -110,16 +117,19 @@ export class RequestReader {
     if (!malformed && attributes.request !== 'smtpd_access_policy') {
       malformed = attributes.request === undefined ? 'no request= attribute' : `unknown request type ${JSON.stringify(attributes.request.slice(0, 80))}`;
     }
+    const size = this.#size;
     this.#attributes = newAttributes();
     this.#count = 0;
+    this.#size = 0;
     this.#malformed = null;
-    return { attributes, malformed };
+    return { attributes, malformed, size };
   }
 
-  #fail(requests: PolicyRequest[], why: string): ReadResult {
-    this.#failed = true;
-    this.#pending = '';
-    return { requests, fatal: why };
+  #fail(why: string): null {
+    this.#fatal = why;
+    this.#text = '';
+    this.#start = 0;
+    return null;
   }
 }
 

@@ -14,8 +14,10 @@ import { ConnectionState } from './connection-state.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
+import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
+import { PipelinedInput } from './pipelined-input.ts';
 import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
@@ -293,6 +295,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * AUTH continuation lines and anything before the greeting or during a TLS upgrade are smtp-server's.
    */
   override _onCommand(command: Buffer, callback?: () => void): void {
+    // smtp-server builds its parser in its constructor, before this class's fields exist: found by the parser.
+    const input = this._parser ? PipelinedInput.of(this._parser) : undefined;
+    input?.lineTaken();
     if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {
       if (!isUtf8(command)) {
         this.#answer('SMTP', reply('badUtf8'));
@@ -301,6 +306,19 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
+      // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
+      // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
+      // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
+      if (verb === 'DATA' && !this.session.envelope.rcptTo.length && input?.more) {
+        this.#answer('DATA', reply('pipelinedAfterRefusedData', {}, { disconnect: true }));
+        return;
+      }
+      // BDAT (CHUNKING, not offered): its chunk follows at once, whatever the reply (RFC 3030), and is no lines:
+      // read as commands, any line in it would run. Refused and closed, as for the DATA above.
+      if (verb === 'BDAT') {
+        this.#answer('BDAT', reply('chunkingNotOffered', {}, { disconnect: true }));
+        return;
+      }
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);
@@ -315,6 +333,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override _createParser(): ReturnType<SMTPConnection['_createParser']> {
     const parser = super._createParser();
     useMessageStream(parser); // each message on a MessageStream, not a PassThrough
+    PipelinedInput.follow(parser);
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
     parser.on('pipe', (source: net.Socket) => this.#timeLines(parser, source));
@@ -451,8 +470,33 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       // smtp-server's own AUTH refuses any AUTH once session.user is set, but a certificate auto-login is not a
       // SASL login: one AUTH is still allowed, so run its mechanism directly (a failure keeps the cert login).
       const mechanism = (sasl as unknown as Record<string, (this: SMTPConnection, args: string[], cb: Callback) => void>)[`SASL_${method}`]!;
-      mechanism.call(this, args.slice(2), callback);
+      const initial = args[2];
+      if (args.length === 3 && initial !== '=' && !isSaslBase64(initial!)) return refuse(reply('authBadBase64'));
+      mechanism.call(this, args.slice(2), () => this.#base64Checked(callback));
     }, (err: unknown) => refuse(this.#server.policy.internalError(this, err)));
+  }
+
+  /**
+   * smtp-server's PLAIN and LOGIN decode each response with Node's lenient base64 (characters outside the
+   * alphabet skipped, anything after padding dropped): the response line smtp-server now waits for, if any, is
+   * checked first, and one that is not base64 (nor empty, nor `=`) is refused with 501; `*` cancels with the reply
+   * EXTERNAL's cancel gets.
+   */
+  #base64Checked(callback: Callback): void {
+    const next = this._nextHandler;
+    if (next) {
+      this._nextHandler = (line: Buffer, cb: Callback) => {
+        const text = line.toString().trim();
+        // An empty line or `=` is an empty response (curl answers a 334 with `=`, as EXTERNAL accepts).
+        const refusal = text === '*' ? reply('authAborted') : text !== '' && text !== '=' && !isSaslBase64(text) ? reply('authBadBase64') : null;
+        if (refusal) {
+          this.#answer('AUTH', refusal);
+          return cb();
+        }
+        next.call(this, line, () => this.#base64Checked(cb));
+      };
+    }
+    callback();
   }
 
   #authExternal(rest: string[], callback: Callback): void {

@@ -2,9 +2,10 @@
  * Parsing of the SASL EXTERNAL response (RFC 4422 appendix A, RFC 4954 §4): `=` or an empty line is the
  * empty authzid; anything else must be strict base64 of a UTF-8 string without NUL or controls.
  */
+import { isSaslBase64 } from './sasl-base64.ts';
+
 export type ExternalResponse = { ok: true; authzid: string } | { ok: false; cancelled: boolean };
 
-const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 export function parseExternalResponse(line: string, continuation: boolean): ExternalResponse {
@@ -12,7 +13,7 @@ export function parseExternalResponse(line: string, continuation: boolean): Exte
   // curl answers a 334 with "=" although RFC 4954 defines it only for the initial response: accept it.
   if (text === '=' || (continuation && text === '')) return { ok: true, authzid: '' };
   if (continuation && text === '*') return { ok: false, cancelled: true };
-  if (!BASE64.test(text) || text.length % 4 !== 0) return { ok: false, cancelled: false };
+  if (!isSaslBase64(text)) return { ok: false, cancelled: false };
   let authzid: string;
   try {
     authzid = utf8.decode(Buffer.from(text, 'base64'));

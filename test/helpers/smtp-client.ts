@@ -99,6 +99,19 @@ export class SmtpTestClient {
     }
   }
 
+  /** Every reply until the server closes the connection. */
+  async repliesUntilClosed(): Promise<Reply[]> {
+    const replies: Reply[] = [];
+    for (;;) {
+      try {
+        replies.push(await this.read());
+      } catch (e) {
+        if (this.#closed) return replies;
+        throw e;
+      }
+    }
+  }
+
   #takeReply(): Reply | null {
     const lines: string[] = [];
     let offset = 0;

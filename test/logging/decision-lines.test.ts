@@ -195,6 +195,13 @@ async function ending(server: ServerName, listener: string, lines: string[], tls
   return s.seen;
 }
 
+/** A session on main's mx that sends `raw` in one write after EHLO, which the server answers and closes. */
+async function closedAfter(raw: string): Promise<Reply[]> {
+  const s = await session('main', 'mx');
+  s.c.socket.write(raw);
+  return [...s.seen, ...await s.c.repliesUntilClosed()];
+}
+
 /** MAIL, RCPT, DATA and a message; every reply. */
 async function message(s: Awaited<ReturnType<typeof session>>, body: string, from = 'someone@example.net', to = 'user@example.test'): Promise<void> {
   if ((await s.say(`MAIL FROM:<${from}>`)).code !== 250) return;
@@ -310,6 +317,9 @@ const ROWS = {
       return s.seen;
     },
   },
+
+  pipelinedAfterRefusedData: { server: 'main', stage: 'DATA', drive: () => closedAfter('DATA\r\nSubject: sent before the reply\r\n\r\nhi\r\n.\r\n') },
+  chunkingNotOffered: { server: 'main', stage: 'BDAT', drive: () => closedAfter('BDAT 12 LAST\r\nRSET\r\nNOOP\r\n') },
 
   authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },

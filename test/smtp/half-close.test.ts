@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 
@@ -28,19 +28,6 @@ before(async () => {
 });
 after(() => server.stop());
 
-/** Every reply until the server closes the connection. */
-async function repliesUntilClosed(c: SmtpTestClient): Promise<Reply[]> {
-  const replies: Reply[] = [];
-  for (;;) {
-    try {
-      replies.push(await c.read());
-    } catch (e) {
-      if (c.closed) return replies;
-      throw e;
-    }
-  }
-}
-
 const TRANSACTION = 'MAIL FROM:<a@example.org>\r\nRCPT TO:<nobody@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: half\r\n\r\nhi\r\n.\r\n';
 
 for (const listener of ['mx', 'tls', 'implicit'] as const) {
@@ -48,7 +35,7 @@ for (const listener of ['mx', 'tls', 'implicit'] as const) {
     const c = await SmtpTestClient.connect(server.port(listener), listener === 'implicit' ? { implicitTls: { ca } } : {});
     await c.hello(listener === 'tls' ? { starttls: { ca } } : {});
     c.socket.end(`${TRANSACTION}QUIT\r\n`);
-    const replies = await repliesUntilClosed(c);
+    const replies = await c.repliesUntilClosed();
     assert.deepEqual(replies.map((r) => r.text.replace(/queued as \S+/, 'queued as <id>')), [
       '250 2.1.0 Accepted', '550 5.1.1 No such user', '250 2.1.5 Accepted', '354 End data with <CR><LF>.<CR><LF>',
       '250 2.0.0 Ok: queued as <id>', '221 2.0.0 Bye',
@@ -62,7 +49,7 @@ test('FIN without QUIT: the commands sent are answered, then the server closes i
   const c = await SmtpTestClient.connect(server.port('mx'));
   await c.hello();
   c.socket.end('MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n');
-  assert.deepEqual((await repliesUntilClosed(c)).map((r) => r.text), ['250 2.1.0 Accepted', '250 2.1.5 Accepted']);
+  assert.deepEqual((await c.repliesUntilClosed()).map((r) => r.text), ['250 2.1.0 Accepted', '250 2.1.5 Accepted']);
 });
 
 test('FIN in the middle of a message: nothing is spooled, the server closes', async () => {
@@ -70,6 +57,6 @@ test('FIN in the middle of a message: nothing is spooled, the server closes', as
   const c = await SmtpTestClient.connect(server.port('mx'));
   await c.hello();
   c.socket.end('MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: cut\r\n\r\nno final dot\r\n');
-  assert.deepEqual((await repliesUntilClosed(c)).map((r) => r.code), [250, 250, 354]);
+  assert.deepEqual((await c.repliesUntilClosed()).map((r) => r.code), [250, 250, 354]);
   assert.equal((await server.runtime.spool.list()).length, before, 'a message without its final dot is never spooled');
 });
