@@ -59,7 +59,11 @@ export interface ExpiryWatchOptions {
 
 export class ExpiryWatch {
   readonly #opts: ExpiryWatchOptions;
-  /** When each certificate was last warned about. */
+  /**
+   * When each certificate was last warned about, in monotonic ms (performance.now()). Not the wall clock: set back
+   * a week, no day would pass for a week (no warning while the certificate runs out); set forward, each step
+   * would be a day.
+   */
   readonly #warned = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
 
@@ -81,15 +85,18 @@ export class ExpiryWatch {
     this.#timer = null;
   }
 
-  /** One look: sets the gauge, logs what expires within warnDays and was not logged in the last day. */
-  async check(now = Date.now()): Promise<ExpiringCertificate[]> {
+  /**
+   * One look: sets the gauge, logs what expires within warnDays and was not logged in the last day. `now` (wall
+   * clock) is what certificates' validity is measured against; `elapsed` (monotonic) paces the warnings.
+   */
+  async check(now = Date.now(), elapsed = performance.now()): Promise<ExpiringCertificate[]> {
     const { recent, expiring } = recentCertificates((await readSightings(this.#opts.dataDir)).values(), await this.#opts.names(), this.#opts.warnDays(), now);
     metrics.clientCertificateExpiry.reset();
     for (const c of recent) metrics.clientCertificateExpiry.set({ identity: c.identity, device: c.device }, c.expiresInSeconds);
     for (const c of expiring) {
       const last = this.#warned.get(c.fingerprintSha256);
-      if (last !== undefined && now - last < DAY) continue;
-      this.#warned.set(c.fingerprintSha256, now);
+      if (last !== undefined && elapsed - last < DAY) continue;
+      this.#warned.set(c.fingerprintSha256, elapsed);
       this.#opts.logger.warn({
         identity: c.identity || null, device: c.device || null, subject: c.subject, serial: c.serial, notAfter: c.notAfter,
         expiresInDays: Math.floor(c.expiresInSeconds / 86400), lastSeen: c.lastSeen, listener: c.listener,
