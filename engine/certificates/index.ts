@@ -11,4 +11,5 @@ export {
 export { exportPkcs12, pkcs12Bytes, type Pkcs12Encryption } from './pkcs12.ts';
 export { writeDevelopmentPki, DEVELOPMENT_P12_PASSWORD, type DevelopmentPki } from './dev-pki.ts';
 export { TrustedIssuers } from './trusted-issuers.ts';
+export { chainIssuers, type ChainIssuer } from './peer-chain.ts';
 export { chainEmailConstraints, emailPermitted, type EmailConstraints } from './name-constraints.ts';

@@ -10,7 +10,7 @@ import { x509 } from './x509-provider.ts';
 import { pemToDer } from './digests.ts';
 import { children, readTlv } from './der.ts';
 import { issuerNameDer } from './x509-fields.ts';
-import { isRoot, storeChain } from './peer-chain.ts';
+import { chainIssuers, isRoot, storeChain, type ChainIssuer } from './peer-chain.ts';
 
 export class TrustedIssuers {
   readonly #cas: X509Certificate[];
@@ -49,8 +49,12 @@ export class TrustedIssuers {
    * not seen here.
    */
   revokesIssuerOf(socket: TLSSocket): boolean {
-    if (this.#revoked.size === 0) return false;
-    return storeChain(socket).slice(1).some((ca) => this.#listed(ca.serialNumber, () => ca.raw));
+    return this.#revoked.size > 0 && this.revokesAnyOf(chainIssuers(socket));
+  }
+
+  /** Is one of these CAs (chainIssuers() of a handshake, kept by a session that outlives it) listed by these CRLs? */
+  revokesAnyOf(issuers: readonly ChainIssuer[]): boolean {
+    return this.#revoked.size > 0 && issuers.some((ca) => this.#listed(ca.serial, () => ca.der));
   }
 
   /** A Map lookup by serial; only a hit reads the certificate's issuer name, to match the CRL's. */
