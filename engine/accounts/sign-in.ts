@@ -62,7 +62,7 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   if (verified && (trust.isRevoked(certificate) || trust.revokesIssuerOf(socket))) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   else if (verified && !trust.stillTrusts(first, anchor)) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
-  const id = certificateIdentity(listener, certificate, pins, trust, () => chainEmailConstraints(socket));
+  const id = certificateIdentity(listener, certificate, pins, trust, { emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => trust.revokesIssuerOf(socket) });
   return { certificate, identity: id.identity, via: id.via, anchor, trust: first };
 }
 

@@ -243,7 +243,9 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, () => chainEmailConstraints(socket));
+    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, {
+      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
+    });
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
