@@ -2,7 +2,7 @@
 export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, boundedName, type ChainVerdict } from './describe.ts';
 export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
 export { colonHex } from './digests.ts';
-export { loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
+export { crlDeadlines, loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
 export {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
   loadAuthority, type Authority, type AuthorityOptions, type CrlOptions, type IssuedCertificate, type KeyType,

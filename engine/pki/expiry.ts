@@ -7,6 +7,7 @@
  */
 import type { Logger } from '../logging/logger.ts';
 import { metrics } from '../metrics/metrics.ts';
+import { crlDeadlines } from '../certificates/index.ts';
 import { readSightings, type Sighting } from './sightings.ts';
 
 const DAY = 86400_000;
@@ -55,6 +56,11 @@ export interface ExpiryWatchOptions {
   names: () => Promise<DeviceNames>;
   /** Between checks; default one hour (each certificate is still logged at most once a day). */
   intervalMs?: number;
+  /**
+   * The listeners' crlFiles, read at each check: a CRL past its nextUpdate fails every certificate of its CA
+   * (CRL_HAS_EXPIRED), which is otherwise only logged when the file is loaded, months before it runs out.
+   */
+  crlFiles?: () => readonly string[];
 }
 
 export class ExpiryWatch {
@@ -102,6 +108,34 @@ export class ExpiryWatch {
         expiresInDays: Math.floor(c.expiresInSeconds / 86400), lastSeen: c.lastSeen, listener: c.listener,
       }, c.expiresInSeconds > 0 ? 'client certificate expires soon' : 'client certificate has expired');
     }
+    await this.#checkCrls(now, elapsed);
     return expiring;
+  }
+
+  /** Sets each CRL's gauge; logs one that runs out within warnDays, or has, at most once a day. */
+  async #checkCrls(now: number, elapsed: number): Promise<void> {
+    metrics.crlNextUpdate.reset();
+    for (const file of new Set(this.#opts.crlFiles?.() ?? [])) {
+      let crls: Awaited<ReturnType<typeof crlDeadlines>>;
+      try {
+        crls = await crlDeadlines(file);
+      } catch (err) {
+        this.#opts.logger.warn({ file, err: { message: (err as Error).message } }, 'CRL unreadable: its expiry not checked');
+        continue;
+      }
+      for (const crl of crls) {
+        if (!crl.nextUpdate) continue;
+        const left = Math.round((crl.nextUpdate.getTime() - now) / 1000);
+        metrics.crlNextUpdate.set({ file, issuer: crl.issuer }, left);
+        if (left > this.#opts.warnDays() * 86400) continue;
+        const key = `crl ${file} ${crl.issuer}`;
+        const last = this.#warned.get(key);
+        if (last !== undefined && elapsed - last < DAY) continue;
+        this.#warned.set(key, elapsed);
+        this.#opts.logger.warn({ file, issuer: crl.issuer, nextUpdate: crl.nextUpdate.toISOString(), expiresInDays: Math.floor(left / 86400) },
+          left > 0 ? 'CRL expires soon: replace it (postern pki crl) before every certificate of its CA fails'
+            : 'CRL has expired: every certificate of its CA fails (CRL_HAS_EXPIRED) until it is replaced');
+      }
+    }
   }
 }

@@ -4,7 +4,8 @@
 // minute; a restarted process keeps its first-seen times. Concurrent commands do not lose an update.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { createCrl } from '../../engine/certificates/index.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -182,6 +183,43 @@ test('the wall clock stepped: warnings and sightings are paced by elapsed time, 
     assert.equal(warnings(), 2, 'a step back silences nothing');
   } finally {
     await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('CRLs of the listeners: their remaining life is a gauge, and one that runs out within warnDays or has is a warning once a day', async () => {
+  // The server's own watch reads the listeners' crlFiles: the CA folder's CRL, a year ahead.
+  await s.server.certificates.expiry!.check();
+  const crlGauge = async () => (await registry.getSingleMetric('postern_crl_next_update_seconds')!.get()).values;
+  const served = (await crlGauge()).find((v) => v.labels.file === join(s.ca, 'ca.crl'));
+  assert.equal(served?.labels.issuer, 'CN=Example Mail CA');
+  assert.ok(served!.value > 300 * 86400, String(served?.value));
+
+  const dir = await mkdtemp(join(tmpdir(), 'postern-crl-watch-'));
+  try {
+    const DAY = 86400_000;
+    const soon = join(dir, 'soon.crl');
+    const gone = join(dir, 'gone.crl');
+    await writeFile(soon, await createCrl(pki.authorities.ca, [], { nextUpdate: new Date(Date.now() + 2 * DAY) }));
+    await writeFile(gone, await createCrl(pki.authorities.otherCa, [], { thisUpdate: new Date(Date.now() - 10 * DAY), nextUpdate: new Date(Date.now() - DAY) }));
+    const logs: Array<{ msg: string; file?: string; expiresInDays?: number }> = [];
+    const logger = { warn: (fields: object, msg: string) => logs.push({ ...fields, msg }) } as unknown as Logger;
+    const watch = new ExpiryWatch({ dataDir: dir, logger, warnDays: () => 14, names: async () => ({ byFingerprint: new Map(), byPin: new Map() }), crlFiles: () => [soon, gone, soon] });
+    const wall = Date.now();
+    const elapsed = performance.now();
+    await watch.check(wall, elapsed);
+    assert.deepEqual(logs.map((l) => [l.file, l.msg, l.expiresInDays]), [
+      [soon, 'CRL expires soon: replace it (postern pki crl) before every certificate of its CA fails', 1],
+      [gone, 'CRL has expired: every certificate of its CA fails (CRL_HAS_EXPIRED) until it is replaced', -2],
+    ]);
+    const gauge = await crlGauge();
+    assert.ok(gauge.find((v) => v.labels.file === soon)!.value > DAY / 1000);
+    assert.ok(gauge.find((v) => v.labels.file === gone)!.value < 0);
+    await watch.check(wall + 3600_000, elapsed + 3600_000);
+    assert.equal(logs.length, 2, 'once a day');
+    await watch.check(wall + DAY + 1000, elapsed + DAY + 1000);
+    assert.equal(logs.length, 4);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
 
