@@ -8,7 +8,7 @@ import https from 'node:https';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startAccounts, USERS, type AccountsSetup } from './helpers.ts';
+import { requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
 import { pkiPaths } from '../../engine/pki/index.ts';
 import { createCertificateAuthority, createCrl, issueClientCertificate, loadAuthority, type Authority } from '../../engine/certificates/index.ts';
 import { until } from '../helpers/wait.ts';
@@ -16,6 +16,8 @@ import { until } from '../helpers/wait.ts';
 let s: AccountsSetup;
 let scratch: string;
 let agent: https.Agent;
+/** One request on the agent's one connection. */
+let request: ReturnType<typeof requestsOn>;
 let root: Authority;
 let sub: Authority;
 let cas: string;
@@ -38,6 +40,7 @@ before(async () => {
   await writeFile(file, (await readFile(file, 'utf8')).replaceAll(paths.caCert, cas).replaceAll(paths.crl, crls));
   await until('the configuration with the intermediate is reloaded', () => s.server.runtime.generation !== generation, { timeoutMs: 60_000 });
   agent = new https.Agent({ keepAlive: true, maxSockets: 1, cert: device.cert + sub.cert, key: device.key, rejectUnauthorized: false });
+  request = requestsOn(agent, s.url);
   // The page takes the new CA list a moment after the SMTP listener (its own reload hook): a new connection each look.
   await until('the page trusts the intermediate', async () => {
     const look = await request('/signin');
@@ -50,23 +53,6 @@ after(async () => {
   await s?.server.stop();
   await rm(scratch, { recursive: true, force: true });
 });
-
-function request(path: string, opts: { method?: string; cookies?: string[]; body?: string } = {}): Promise<{ status: number; location?: string; body: string; cookies: string[]; socket: unknown }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(`${s.url}${path}`, {
-      agent, method: opts.method ?? 'GET',
-      headers: { ...(opts.cookies?.length ? { cookie: opts.cookies.join('; ') } : {}), ...(opts.body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
-    }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({
-        status: res.statusCode!, location: res.headers.location, body, socket: res.socket,
-        cookies: (res.headers['set-cookie'] ?? []).map((c) => c.split(';')[0]!),
-      }));
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
 
 test('the root\'s CRL reloaded listing the intermediate: the certificate session ends, the open connection names no account', async () => {
   const page = await request('/signin');
