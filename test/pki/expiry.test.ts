@@ -199,12 +199,13 @@ test('CRLs of the listeners: their remaining life is a gauge, and one that runs 
     const DAY = 86400_000;
     const soon = join(dir, 'soon.crl');
     const gone = join(dir, 'gone.crl');
-    await writeFile(soon, await createCrl(pki.authorities.ca, [], { nextUpdate: new Date(Date.now() + 2 * DAY) }));
-    await writeFile(gone, await createCrl(pki.authorities.otherCa, [], { thisUpdate: new Date(Date.now() - 10 * DAY), nextUpdate: new Date(Date.now() - DAY) }));
+    // CRL times are whole seconds: the clock the watch is given is too, and no bound is near a day's edge.
+    const wall = Math.floor(Date.now() / 1000) * 1000;
+    await writeFile(soon, await createCrl(pki.authorities.ca, [], { nextUpdate: new Date(wall + 2 * DAY - 3600_000) }));
+    await writeFile(gone, await createCrl(pki.authorities.otherCa, [], { thisUpdate: new Date(wall - 10 * DAY), nextUpdate: new Date(wall - DAY - 3600_000) }));
     const logs: Array<{ msg: string; file?: string; expiresInDays?: number }> = [];
     const logger = { warn: (fields: object, msg: string) => logs.push({ ...fields, msg }) } as unknown as Logger;
     const watch = new ExpiryWatch({ dataDir: dir, logger, warnDays: () => 14, names: async () => ({ byFingerprint: new Map(), byPin: new Map() }), crlFiles: () => [soon, gone, soon] });
-    const wall = Date.now();
     const elapsed = performance.now();
     await watch.check(wall, elapsed);
     assert.deepEqual(logs.map((l) => [l.file, l.msg, l.expiresInDays]), [
