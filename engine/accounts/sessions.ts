@@ -6,7 +6,7 @@
  * and a .p12 with its password on offer, for as long as the step.
  */
 import { randomBytes } from 'node:crypto';
-import type { TrustedIssuers } from '../certificates/index.ts';
+import type { ChainIssuer, TrustedIssuers } from '../certificates/index.ts';
 
 export interface Session {
   id: string;
@@ -21,6 +21,8 @@ export interface Session {
     /** By field: the CA list it was verified against and the fingerprint of its CA there (taken out of caFiles: the session ends). */
     anchor?: string | null;
     trust?: TrustedIssuers;
+    /** The CAs above it in its chain at sign-in (chainIssuers): a CRL that lists one since ends the session. */
+    issuers?: readonly ChainIssuer[];
   } | null;
   /** Last request, ms on the book's clock (monotonic). */
   seen: number;

@@ -59,10 +59,10 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const first = firstTrust.get(socket) ?? trust;
   firstTrust.set(socket, first);
   const anchor = verified ? first.anchorOf(socket) : null;
-  if (verified && trust.isRevoked(certificate)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
+  if (verified && (trust.isRevoked(certificate) || trust.revokesIssuerOf(socket))) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   else if (verified && !trust.stillTrusts(first, anchor)) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
-  const id = certificateIdentity(listener, certificate, pins, trust, () => chainEmailConstraints(socket));
+  const id = certificateIdentity(listener, certificate, pins, trust, { emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => trust.revokesIssuerOf(socket) });
   return { certificate, identity: id.identity, via: id.via, anchor, trust: first };
 }
 
@@ -80,8 +80,8 @@ export function sessionStands(s: Session, listener: ListenerConfig, generation: 
     const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
     const account = (pins?.get(c.pinSha256) ?? '').split(/[\s,]+/)[0] ?? '';
     // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
-    return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem });
+    return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? []);
   }
-  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem })
+  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? [])
     && (c.trust === undefined || trust.stillTrusts(c.trust, c.anchor ?? null));
 }

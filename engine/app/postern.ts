@@ -197,6 +197,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     dataDir: config.dataDir, logger,
     warnDays: () => runtime.generation.config.pki.warnDays,
     names: () => deviceNames(runtime.generation.config),
+    crlFiles: () => runtime.generation.config.listeners.flatMap((l) => l.tls.crlFiles),
   });
   expiry?.start();
 

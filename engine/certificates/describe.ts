@@ -168,11 +168,16 @@ export function chainFailureReason(errorCode: string | null): ChainFailureReason
  * A certificate name for a log line or a sighting record: at most DN_MAX characters, then "...". A client's
  * certificate may carry a subject of tens of kilobytes (OpenSSL takes a certificate list up to 100 KB); logged
  * on every connection, or kept for each of 20,000 certificates seen, it would cost that much each time.
- * Scripts still see the whole name.
+ * And nothing a reader's terminal acts on or shows other than it is: the DN escapes C0 controls already; C1
+ * controls (U+009B is a terminal's CSI), format characters (a bidi override shows `al\u202Eecila` as
+ * "alalice"; zero-width characters) and line separators are written as RFC 4514 escapes of their UTF-8 bytes.
+ * Scripts still see the whole name, as it is.
  */
 const DN_MAX = 512;
+const UNSHOWABLE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
 export function boundedName(dn: string): string {
-  return dn.length <= DN_MAX ? dn : `${dn.slice(0, DN_MAX)}...`;
+  const shown = dn.replace(UNSHOWABLE, (c) => Buffer.from(c).toString('hex').toUpperCase().replace(/../g, '\\$&'));
+  return shown.length <= DN_MAX ? shown : `${shown.slice(0, DN_MAX)}...`;
 }
 
 /** What the queue keeps about the submitting client's certificate. */

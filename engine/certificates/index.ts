@@ -2,7 +2,7 @@
 export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, boundedName, type ChainVerdict } from './describe.ts';
 export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
 export { colonHex } from './digests.ts';
-export { loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
+export { crlDeadlines, loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
 export {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
   loadAuthority, type Authority, type AuthorityOptions, type CrlOptions, type IssuedCertificate, type KeyType,
@@ -11,4 +11,5 @@ export {
 export { exportPkcs12, pkcs12Bytes, type Pkcs12Encryption } from './pkcs12.ts';
 export { writeDevelopmentPki, DEVELOPMENT_P12_PASSWORD, type DevelopmentPki } from './dev-pki.ts';
 export { TrustedIssuers } from './trusted-issuers.ts';
+export { chainIssuers, type ChainIssuer } from './peer-chain.ts';
 export { chainEmailConstraints, emailPermitted, type EmailConstraints } from './name-constraints.ts';

@@ -25,3 +25,15 @@ export function storeChain(socket: TLSSocket): ChainCertificate[] {
   }
   return chain;
 }
+
+/** A CA above the leaf in a handshake's chain: what a CRL names it by. */
+export interface ChainIssuer {
+  /** As Node prints it (upper-case hex). */
+  serial: string;
+  der: Buffer;
+}
+
+/** The CAs above the peer's certificate in the chain Node shows (storeChain): those of the handshake's caFiles. */
+export function chainIssuers(socket: TLSSocket): ChainIssuer[] {
+  return storeChain(socket).slice(1).map((c) => ({ serial: c.serialNumber, der: c.raw }));
+}

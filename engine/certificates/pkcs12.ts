@@ -3,23 +3,18 @@
  * Node has no PKCS#12 writer. A convenience: without openssl there is simply no .p12.
  */
 import { execFile } from 'node:child_process';
-import { chmod, rm, writeFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../spool/fsync.ts';
 
 /**
  * Writes `outFile` (mode 0600) holding the key, the certificate and the CA chain, encrypted with
  * `password`. Returns false when openssl is not installed; throws, naming outFile, if openssl fails.
+ * Whole or not at all: openssl writes to a pipe, and the file is replaced in one rename. Written in place, a
+ * start killed while openssl ran left an empty .p12 that every later start took for a finished one.
  */
 export async function exportPkcs12(certPem: string, keyPem: string, caPem: string | null, password: string, outFile: string): Promise<boolean> {
-  const args = ['pkcs12', '-export', '-name', 'Postern client certificate', ...pkcs12Encryption('modern'),
-    // The password travels in the environment, not argv (visible to every user in `ps`).
-    '-passout', 'env:POSTERN_P12_PASSWORD', '-out', outFile];
-  // Created 0600 first, so the file is never readable by others, not even while openssl writes it.
-  await writeFile(outFile, '', { mode: 0o600 });
-  await chmod(outFile, 0o600);
-  const failure = await run('openssl', args, keyPem + certPem + (caPem ?? ''), { ...process.env, POSTERN_P12_PASSWORD: password });
-  if (failure) await rm(outFile, { force: true });
-  if (failure === 'missing') return false;
-  if (failure) throw new Error(`${outFile}: openssl pkcs12 -export failed: ${failure}`);
+  const der = await opensslPkcs12(certPem, keyPem, caPem, password, {}).catch((err: Error) => { throw new Error(`${outFile}: ${err.message}`); });
+  if (der === 'missing') return false;
+  await writeFileAtomic(outFile, der, 0o600); // never readable by others, not even while written
   return true;
 }
 
@@ -45,11 +40,21 @@ export async function pkcs12Bytes(
   certPem: string, keyPem: string, caPem: string | null, password: string,
   opts: { encryption?: Pkcs12Encryption; friendlyName?: string } = {},
 ): Promise<Buffer> {
+  const der = await opensslPkcs12(certPem, keyPem, caPem, password, opts);
+  if (der === 'missing') throw new Error('openssl is not installed: no PKCS#12 can be made');
+  return der;
+}
+
+/** `openssl pkcs12 -export` to a pipe: the DER, or 'missing' when openssl is not installed; throws when it fails. */
+async function opensslPkcs12(
+  certPem: string, keyPem: string, caPem: string | null, password: string, opts: { encryption?: Pkcs12Encryption; friendlyName?: string },
+): Promise<Buffer | 'missing'> {
   const args = ['pkcs12', '-export', '-name', opts.friendlyName ?? 'Postern client certificate', ...pkcs12Encryption(opts.encryption ?? 'modern'),
+    // The password travels in the environment, not argv (visible to every user in `ps`).
     '-passout', 'env:POSTERN_P12_PASSWORD'];
   const out: Buffer[] = [];
   const failure = await run('openssl', args, keyPem + certPem + (caPem ?? ''), { ...process.env, POSTERN_P12_PASSWORD: password }, out);
-  if (failure === 'missing') throw new Error('openssl is not installed: no PKCS#12 can be made');
+  if (failure === 'missing') return 'missing';
   if (failure) throw new Error(`openssl pkcs12 -export failed: ${failure}`);
   return out[0]!;
 }

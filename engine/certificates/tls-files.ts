@@ -94,17 +94,7 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
   }
   const crl: string[] = [];
   for (const file of files.crlFiles) {
-    const raw = await read(file, 'crl');
-    const text = raw.toString('latin1');
-    const pems = pemBlocks(text, ['X509 CRL', 'CRL']);
-    if (!pems.length && text.includes('-----BEGIN')) throw new TlsFileError(file, 'crl', 'not a PEM CRL');
-    for (const der of pems.length ? pems.map(pemToDer) : [raw]) {
-      let parsed: x509.X509Crl;
-      try {
-        parsed = new x509.X509Crl(der);
-      } catch (err) {
-        throw new TlsFileError(file, 'crl', `not a CRL (PEM or DER): ${message(err)}`);
-      }
+    for (const parsed of await readCrls(file)) {
       if (!await signedByOneOf(parsed, authorities)) {
         throw new TlsFileError(file, 'crl', `CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
       }
@@ -116,6 +106,26 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
     }
   }
   return { ca, crl, warnings };
+}
+
+/** The CRLs of a file: PEM (`X509 CRL` or `CRL` blocks, several per file) or DER. */
+async function readCrls(file: string): Promise<x509.X509Crl[]> {
+  const raw = await read(file, 'crl');
+  const text = raw.toString('latin1');
+  const pems = pemBlocks(text, ['X509 CRL', 'CRL']);
+  if (!pems.length && text.includes('-----BEGIN')) throw new TlsFileError(file, 'crl', 'not a PEM CRL');
+  return (pems.length ? pems.map(pemToDer) : [raw]).map((der) => {
+    try {
+      return new x509.X509Crl(der);
+    } catch (err) {
+      throw new TlsFileError(file, 'crl', `not a CRL (PEM or DER): ${message(err)}`);
+    }
+  });
+}
+
+/** When each CRL of a file runs out: its issuer and its nextUpdate (null when it names none). */
+export async function crlDeadlines(file: string): Promise<Array<{ issuer: string; nextUpdate: Date | null }>> {
+  return (await readCrls(file)).map((c) => ({ issuer: c.issuer, nextUpdate: c.nextUpdate ?? null }));
 }
 
 async function signedByOneOf(crl: x509.X509Crl, authorities: readonly x509.X509Certificate[]): Promise<boolean> {

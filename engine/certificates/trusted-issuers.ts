@@ -10,7 +10,7 @@ import { x509 } from './x509-provider.ts';
 import { pemToDer } from './digests.ts';
 import { children, readTlv } from './der.ts';
 import { issuerNameDer } from './x509-fields.ts';
-import { isRoot, storeChain } from './peer-chain.ts';
+import { chainIssuers, isRoot, storeChain, type ChainIssuer } from './peer-chain.ts';
 
 export class TrustedIssuers {
   readonly #cas: X509Certificate[];
@@ -39,11 +39,31 @@ export class TrustedIssuers {
    */
   isRevoked(cert: { serial: string; pem: string }): boolean {
     if (this.#revoked.size === 0) return false; // no CRL, or none lists anything: nothing to normalise
-    const issuers = this.#revoked.get(serialKey(cert.serial));
+    return this.#listed(cert.serial, () => pemToDer(cert.pem));
+  }
+
+  /**
+   * Is a CA above the leaf in the chain of `socket`'s handshake listed by one of these CRLs? A CRL reloaded since
+   * the handshake that revokes an intermediate withdraws what it issued, as new handshakes find (CERT_REVOKED).
+   * Only the CAs Node shows a server (those of caFiles, peer-chain.ts): an intermediate only the client sent is
+   * not seen here.
+   */
+  revokesIssuerOf(socket: TLSSocket): boolean {
+    return this.#revoked.size > 0 && this.revokesAnyOf(chainIssuers(socket));
+  }
+
+  /** Is one of these CAs (chainIssuers() of a handshake, kept by a session that outlives it) listed by these CRLs? */
+  revokesAnyOf(issuers: readonly ChainIssuer[]): boolean {
+    return this.#revoked.size > 0 && issuers.some((ca) => this.#listed(ca.serial, () => ca.der));
+  }
+
+  /** A Map lookup by serial; only a hit reads the certificate's issuer name, to match the CRL's. */
+  #listed(serial: string, der: () => Buffer): boolean {
+    const issuers = this.#revoked.get(serialKey(serial));
     if (!issuers) return false;
     let issuer: Buffer;
     try {
-      issuer = issuerNameDer(pemToDer(cert.pem));
+      issuer = issuerNameDer(der());
     } catch {
       return false; // not a certificate this reader can walk: described already, so never seen here
     }

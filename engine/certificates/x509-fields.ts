@@ -44,7 +44,7 @@ const SHORT_NAMES: Record<string, string> = {
 
 /** SPKI algorithm OID → Node's key type name. */
 const KEY_TYPES: Record<string, string> = {
-  '1.2.840.113549.1.1.1': 'rsa', '1.2.840.113549.1.1.10': 'rsa', '1.2.840.10045.2.1': 'ec', '1.2.840.10040.4.1': 'dsa',
+  '1.2.840.113549.1.1.1': 'rsa', '1.2.840.113549.1.1.10': 'rsa-pss', '1.2.840.10045.2.1': 'ec', '1.2.840.10040.4.1': 'dsa',
   '1.3.101.110': 'x25519', '1.3.101.111': 'x448', '1.3.101.112': 'ed25519', '1.3.101.113': 'ed448',
   '2.16.840.1.101.3.4.3.17': 'ml-dsa-44', '2.16.840.1.101.3.4.3.18': 'ml-dsa-65', '2.16.840.1.101.3.4.3.19': 'ml-dsa-87',
 };
@@ -111,7 +111,7 @@ function keyFacts(buf: Buffer, spki: Tlv): { keyType: string; keyBits: number } 
   const id = oid(buf, algorithmOid ?? malformed());
   const keyType = KEY_TYPES[id] ?? id;
   if (keyType === 'ec') return { keyType, keyBits: parameters?.tag === 0x06 ? CURVE_BITS[oid(buf, parameters)] ?? 0 : 0 };
-  if (keyType === 'rsa' && bitString) {
+  if ((keyType === 'rsa' || keyType === 'rsa-pss') && bitString) {
     // BIT STRING: one byte of unused bits, then RSAPublicKey ::= SEQUENCE { modulus, publicExponent }
     const rsaKey = readTlv(buf, bitString.body + 1, bitString.end);
     return { keyType, keyBits: integerBits(unsignedBytes(buf, children(buf, rsaKey)[0] ?? malformed())) };

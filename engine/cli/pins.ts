@@ -12,6 +12,7 @@ import { addPin, listPins, pinTableOf, readSightings, removePin, type RemovePinS
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 import { columns, configOf, guarded, print, printJson } from './pki.ts';
+import { boundedName } from '../certificates/index.ts';
 
 interface PinsOptions { config?: string; listener?: string; json?: boolean }
 
@@ -98,13 +99,13 @@ async function findConnection(id: string, dataDir: string, log: string | undefin
     try {
       const env = await spools.readEnvelope(id).catch(() => null);
       const c = env?.session.clientCertificate;
-      if (c) return { pinSha256: c.pinSha256, subject: c.subject, identity: env!.session.authenticatedUser, source: `queued message ${id}` };
+      if (c) return { pinSha256: c.pinSha256, subject: boundedName(c.subject), identity: env!.session.authenticatedUser, source: `queued message ${id}` };
     } finally {
       spools.close();
     }
   }
   for (const s of (await readSightings(dataDir)).values()) {
-    if (s.lastConnection === id) return { pinSha256: s.pinSha256, subject: s.subject, identity: s.identity, source: `connection ${id} (last seen ${s.lastSeen})` };
+    if (s.lastConnection === id) return { pinSha256: s.pinSha256, subject: boundedName(s.subject), identity: s.identity, source: `connection ${id} (last seen ${s.lastSeen})` };
   }
   if (!log) return null;
   const lines = createInterface({ input: log === '-' ? process.stdin : createReadStream(log), crlfDelay: Infinity });
@@ -114,7 +115,7 @@ async function findConnection(id: string, dataDir: string, log: string | undefin
     try {
       const rec = JSON.parse(line) as { cid?: string; msg?: string; identity?: string | null; cert?: { subject?: string; pin?: string } | null };
       if (rec.cid !== id || rec.msg !== 'TLS established' || !rec.cert?.pin) continue;
-      hit = { pinSha256: Buffer.from(rec.cert.pin, 'base64url').toString('hex'), subject: rec.cert.subject ?? null, identity: rec.identity ?? null, source: `connection ${id} in ${log === '-' ? 'the log on stdin' : log}` };
+      hit = { pinSha256: Buffer.from(rec.cert.pin, 'base64url').toString('hex'), subject: rec.cert.subject === undefined ? null : boundedName(rec.cert.subject), identity: rec.identity ?? null, source: `connection ${id} in ${log === '-' ? 'the log on stdin' : log}` };
     } catch { /* not a JSON log line */ }
   }
   return hit;

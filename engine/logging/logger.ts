@@ -23,10 +23,14 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
 }
 
 /**
- * A value a client chose (an AUTH username, a sign-in name) as a log field: at most `max` characters, then
- * "...". Logged at each failure, a name the size of a command line (12 KB; 64 KiB in a form) made every
- * failed attempt that much log.
+ * A value a client chose (an AUTH username, an EXTERNAL authzid, a sign-in name) as a log field: at most `max`
+ * characters, then "...". Logged at each failure, a name the size of a command line (12 KB; 64 KiB in a form)
+ * made every failed attempt that much log. And what a reader's terminal would act on or show as something else
+ * is written as `\u{…}`: JSON escapes C0 controls, not C1 ones (U+009B is a terminal's CSI), bidi overrides
+ * (`\u202E` shows "evil" as "live"), zero-width characters or line separators.
  */
+const UNSHOWABLE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
 export function clientText(value: string, max = 256): string {
-  return value.length <= max ? value : `${value.slice(0, max)}...`;
+  const cut = value.length <= max ? value : `${value.slice(0, max)}...`;
+  return cut.replace(UNSHOWABLE, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
 }

@@ -106,6 +106,12 @@ export const metrics = {
     labelNames: ['identity', 'device'] as const, registers: [registry],
     aggregator: 'min', // across processes: only the one that watches expiry sets it
   }),
+  crlNextUpdate: new Gauge({
+    name: 'postern_crl_next_update_seconds',
+    help: 'Seconds until each CRL of the listeners\' crlFiles must be replaced (its nextUpdate; negative: past it, every certificate of its CA fails), by file and issuer',
+    labelNames: ['file', 'issuer'] as const, registers: [registry],
+    aggregator: 'min', // across processes: only the one that watches expiry sets it
+  }),
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',

@@ -5,10 +5,10 @@
  * And one writer at a time per folder: `postern pki` and a web page may change the same inventory.
  */
 import { mkdir, readFile } from 'node:fs/promises';
-import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
+import { makeFolderLikeParent, removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { acquireDirectoryLock, DirectoryLockedError, type DirectoryLock } from '../spool/data-dir-lock.ts';
 
-export { writeFileAtomic };
+export { makeFolderLikeParent, writeFileAtomic };
 
 /** A file's text, or null when it does not exist. */
 export async function readIfExists(file: string): Promise<string | null> {

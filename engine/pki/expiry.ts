@@ -7,6 +7,7 @@
  */
 import type { Logger } from '../logging/logger.ts';
 import { metrics } from '../metrics/metrics.ts';
+import { crlDeadlines } from '../certificates/index.ts';
 import { readSightings, type Sighting } from './sightings.ts';
 
 const DAY = 86400_000;
@@ -55,11 +56,20 @@ export interface ExpiryWatchOptions {
   names: () => Promise<DeviceNames>;
   /** Between checks; default one hour (each certificate is still logged at most once a day). */
   intervalMs?: number;
+  /**
+   * The listeners' crlFiles, read at each check: a CRL past its nextUpdate fails every certificate of its CA
+   * (CRL_HAS_EXPIRED), which is otherwise only logged when the file is loaded, months before it runs out.
+   */
+  crlFiles?: () => readonly string[];
 }
 
 export class ExpiryWatch {
   readonly #opts: ExpiryWatchOptions;
-  /** When each certificate was last warned about. */
+  /**
+   * When each certificate was last warned about, in monotonic ms (performance.now()). Not the wall clock: set back
+   * a week, no day would pass for a week (no warning while the certificate runs out); set forward, each step
+   * would be a day.
+   */
   readonly #warned = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
 
@@ -81,20 +91,51 @@ export class ExpiryWatch {
     this.#timer = null;
   }
 
-  /** One look: sets the gauge, logs what expires within warnDays and was not logged in the last day. */
-  async check(now = Date.now()): Promise<ExpiringCertificate[]> {
+  /**
+   * One look: sets the gauge, logs what expires within warnDays and was not logged in the last day. `now` (wall
+   * clock) is what certificates' validity is measured against; `elapsed` (monotonic) paces the warnings.
+   */
+  async check(now = Date.now(), elapsed = performance.now()): Promise<ExpiringCertificate[]> {
     const { recent, expiring } = recentCertificates((await readSightings(this.#opts.dataDir)).values(), await this.#opts.names(), this.#opts.warnDays(), now);
     metrics.clientCertificateExpiry.reset();
     for (const c of recent) metrics.clientCertificateExpiry.set({ identity: c.identity, device: c.device }, c.expiresInSeconds);
     for (const c of expiring) {
       const last = this.#warned.get(c.fingerprintSha256);
-      if (last !== undefined && now - last < DAY) continue;
-      this.#warned.set(c.fingerprintSha256, now);
+      if (last !== undefined && elapsed - last < DAY) continue;
+      this.#warned.set(c.fingerprintSha256, elapsed);
       this.#opts.logger.warn({
         identity: c.identity || null, device: c.device || null, subject: c.subject, serial: c.serial, notAfter: c.notAfter,
         expiresInDays: Math.floor(c.expiresInSeconds / 86400), lastSeen: c.lastSeen, listener: c.listener,
       }, c.expiresInSeconds > 0 ? 'client certificate expires soon' : 'client certificate has expired');
     }
+    await this.#checkCrls(now, elapsed);
     return expiring;
+  }
+
+  /** Sets each CRL's gauge; logs one that runs out within warnDays, or has, at most once a day. */
+  async #checkCrls(now: number, elapsed: number): Promise<void> {
+    metrics.crlNextUpdate.reset();
+    for (const file of new Set(this.#opts.crlFiles?.() ?? [])) {
+      let crls: Awaited<ReturnType<typeof crlDeadlines>>;
+      try {
+        crls = await crlDeadlines(file);
+      } catch (err) {
+        this.#opts.logger.warn({ file, err: { message: (err as Error).message } }, 'CRL unreadable: its expiry not checked');
+        continue;
+      }
+      for (const crl of crls) {
+        if (!crl.nextUpdate) continue;
+        const left = Math.round((crl.nextUpdate.getTime() - now) / 1000);
+        metrics.crlNextUpdate.set({ file, issuer: crl.issuer }, left);
+        if (left > this.#opts.warnDays() * 86400) continue;
+        const key = `crl ${file} ${crl.issuer}`;
+        const last = this.#warned.get(key);
+        if (last !== undefined && elapsed - last < DAY) continue;
+        this.#warned.set(key, elapsed);
+        this.#opts.logger.warn({ file, issuer: crl.issuer, nextUpdate: crl.nextUpdate.toISOString(), expiresInDays: Math.floor(left / 86400) },
+          left > 0 ? 'CRL expires soon: replace it (postern pki crl) before every certificate of its CA fails'
+            : 'CRL has expired: every certificate of its CA fails (CRL_HAS_EXPIRED) until it is replaced');
+      }
+    }
   }
 }

@@ -5,10 +5,9 @@
  * never kept by the CA folder: the caller hands it over (files, a one-time download).
  */
 import { randomInt } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { issueClientCertificate, pkcs12Bytes, type Pkcs12Encryption } from '../certificates/index.ts';
-import { withFolderLock } from './atomic-file.ts';
+import { makeFolderLikeParent, withFolderLock, writeFileAtomic } from './atomic-file.ts';
 import { keyTypeOptions, pkiPaths, type DeviceKeyType } from './layout.ts';
 import { openCa } from './ca.ts';
 import { readInventory, writeInventory, type DeviceCertificate } from './inventory.ts';
@@ -105,8 +104,9 @@ export async function issueDevice(dir: string, opts: IssueDeviceOptions): Promis
       notBefore: facts.notBefore, notAfter: facts.notAfter, issuedAt: new Date().toISOString(),
       fingerprintSha256: facts.fingerprint.sha256, pinSha256: facts.pin.sha256, revoked: null,
     };
-    await mkdir(paths.issued, { recursive: true, mode: 0o700 });
-    await writeFile(join(paths.issued, `${facts.serial}.crt`), issued.cert, { mode: 0o644 });
+    // Owned like the CA folder: `sudo postern pki issue` must leave a folder the server (the account page) writes to.
+    await makeFolderLikeParent(paths.issued, 0o700);
+    await writeFileAtomic(join(paths.issued, `${facts.serial}.crt`), issued.cert, 0o644);
     inv.certificates.push(record);
     // Every change re-signs the CRL: its nextUpdate moves on with the CA's use.
     const crl = await writeCrl(paths, ca, inv);

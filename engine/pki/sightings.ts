@@ -57,7 +57,11 @@ export class SightingRecorder {
   readonly #retryMs: number;
   #closed = false;
   readonly #records = new Map<string, Sighting>();
-  /** When each record was last marked for writing (ms): within SIGHTING_MS it is not marked again. */
+  /**
+   * When each record was last marked for writing, in monotonic ms (performance.now()): within SIGHTING_MS it is
+   * not marked again. Not the wall clock: set back a day (an NTP step, a VM restored from a snapshot), no minute
+   * would have passed for a day, and a device in use all that time would look unseen (no expiry warning for it).
+   */
   readonly #marked = new Map<string, number>();
   #dirty = false;
   #timer: NodeJS.Timeout | null = null;
@@ -78,16 +82,19 @@ export class SightingRecorder {
 
   get file(): string { return this.#file; }
 
-  /** This certificate's sighting was recorded less than a minute ago (seen() would change nothing). */
-  seenRecently(fingerprintSha256: string, now = Date.now()): boolean {
+  /** This certificate's sighting was recorded less than a minute ago (seen() would change nothing). `elapsed`: monotonic ms. */
+  seenRecently(fingerprintSha256: string, elapsed = performance.now()): boolean {
     const last = this.#marked.get(fingerprintSha256);
-    return last !== undefined && now - last < SIGHTING_MS;
+    return last !== undefined && elapsed - last < SIGHTING_MS;
   }
 
-  /** A handshake presented this certificate. Cheap: one Map lookup unless its minute is up. */
-  seen(s: Fresh, now = Date.now()): void {
-    if (this.seenRecently(s.fingerprintSha256, now)) return;
-    this.#marked.set(s.fingerprintSha256, now);
+  /**
+   * A handshake presented this certificate. Cheap: one Map lookup unless its minute is up. `now` (wall clock)
+   * is what the record says; `elapsed` (monotonic) paces it.
+   */
+  seen(s: Fresh, now = Date.now(), elapsed = performance.now()): void {
+    if (this.seenRecently(s.fingerprintSha256, elapsed)) return;
+    this.#marked.set(s.fingerprintSha256, elapsed);
     const at = new Date(now).toISOString();
     const old = this.#records.get(s.fingerprintSha256);
     const knownAs = s.identity ?? old?.knownAs ?? old?.identity ?? null;

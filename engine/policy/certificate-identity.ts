@@ -20,6 +20,14 @@ export interface CertificateIdentity {
 
 export const NO_IDENTITY: CertificateIdentity = { identity: null, pinned: false, via: null, senders: [] };
 
+/** What the handshake's chain says, asked only when needed (each costs a walk of the chain Node shows). */
+export interface ChainFacts {
+  /** The e-mail name constraints of the chain's CAs; null when the chain cannot be seen to its root. */
+  emailConstraints(): readonly EmailConstraints[] | null;
+  /** A CA above the certificate in the chain is listed by the listener's CRLs. */
+  issuerRevoked(): boolean;
+}
+
 /** What the listener's CRLs say about a certificate (TrustedIssuers). */
 export interface RevocationList {
   isRevoked(cert: { serial: string; pem: string }): boolean;
@@ -32,13 +40,16 @@ export interface RevocationList {
  */
 export function certificateIdentity(
   listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined, trust?: RevocationList,
-  chainConstraints?: () => readonly EmailConstraints[] | null,
+  chain?: ChainFacts,
 ): CertificateIdentity {
   if (!cert) return NO_IDENTITY;
   if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
-  const named = cert.verified ? fieldIdentity(listener, cert, chainConstraints) : null;
+  // Likewise a CA of its chain that the CRLs list (an intermediate): OpenSSL's one verdict for an expired leaf
+  // under a revoked intermediate is "expired", which a pin would accept. (A verified chain has none.)
+  if (account && !cert.verified && chain?.issuerRevoked()) return NO_IDENTITY;
+  const named = cert.verified ? fieldIdentity(listener, cert, chain?.emailConstraints) : null;
   // A CA-verified certificate whose field names an account speaks for that account, whatever a pin says:
   // a user may pin any public key to their own account (the account page takes a pasted certificate), and
   // certificates are public, so a pin naming another account would hand the owner's connections to them.

@@ -1,6 +1,6 @@
 /**
  * Parsing of the SASL EXTERNAL response (RFC 4422 appendix A, RFC 4954 §4): `=` or an empty line is the
- * empty authzid; anything else must be strict base64 of a UTF-8 string without NUL or controls.
+ * empty authzid; anything else must be strict base64 of a UTF-8 string without NUL or controls (C0 or C1).
  */
 import { isSaslBase64 } from './sasl-base64.ts';
 
@@ -20,7 +20,8 @@ export function parseExternalResponse(line: string, continuation: boolean): Exte
   } catch {
     return { ok: false, cancelled: false };
   }
+  // C0 and C1 controls, as smtp-server refuses them in a PLAIN or LOGIN username (SASLprep prohibits both).
   // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x1f\x7f]/.test(authzid)) return { ok: false, cancelled: false };
+  if (/[\x00-\x1f\x7f-\x9f]/.test(authzid)) return { ok: false, cancelled: false };
   return { ok: true, authzid: authzid.normalize('NFC') };
 }

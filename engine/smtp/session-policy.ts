@@ -243,7 +243,9 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, () => chainEmailConstraints(socket));
+    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, {
+      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
+    });
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
@@ -538,9 +540,14 @@ export class SessionPolicy {
       return reply('certificateRevoked');
     }
     const older = st.certificateTrust;
-    if (cert.verified && older && older !== conn.trust) {
+    if (older && older !== conn.trust) {
+      // A CRL reloaded since the handshake may list a CA of the chain (an intermediate): what it issued is withdrawn.
+      if ((cert.verified || st.identity.pinned) && conn.trust.revokesIssuerOf(conn._socket as TLSSocket)) {
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s issuing CA revoked since the handshake: MAIL FROM refused');
+        return reply('certificateRevoked');
+      }
       // The CA list was replaced since the handshake (a reload): the CA the chain ended in may be gone from it.
-      if (!conn.trust.stillTrusts(older, older.anchorOf(conn._socket as TLSSocket))) {
+      if (cert.verified && !conn.trust.stillTrusts(older, older.anchorOf(conn._socket as TLSSocket))) {
         this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s CA no longer in caFiles: MAIL FROM refused');
         return reply('certificateCaWithdrawn');
       }

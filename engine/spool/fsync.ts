@@ -2,7 +2,7 @@
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { chown, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -50,12 +50,13 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   await mkdir(dir, { recursive: true });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const before = await stat(file).catch(() => null);
+  // A new file takes the folder's owner and group, as a replaced one keeps its own.
+  const owner = await stat(file).catch(() => null) ?? await stat(dir);
   const handle = await open(tmp, 'wx', mode);
   try {
     await handle.writeFile(data);
     await handle.chmod(mode); // the umask may have narrowed it
-    if (before) await keepOwner(handle, before);
+    await keepOwner(handle, owner);
     await handle.sync();
     await handle.close();
     await rename(tmp, file);
@@ -69,13 +70,22 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
 }
 
 /**
- * The file replaced keeps its owner and group: `sudo postern pins remove` would otherwise leave a root-owned
- * table (0640, say) that a server running as `postern` cannot read, and its reload would keep the removed pin.
+ * The file replaced keeps its owner and group, and a new one gets its folder's: `sudo postern pins remove` would
+ * otherwise leave a root-owned table (0640, say) that a server running as `postern` cannot read, and its reload
+ * would keep the removed pin; `sudo postern pki issue` a root-owned 0600 inventory in the server's CA folder.
  * Root can give the file back; another user can at least keep a group it is in.
  */
 async function keepOwner(handle: FileHandle, was: Stats): Promise<void> {
   if (was.uid === process.getuid?.() && was.gid === process.getgid?.()) return;
   await handle.chown(was.uid, was.gid).catch(() => handle.chown(-1, was.gid)).catch(() => undefined);
+}
+
+/** mkdir -p whose new last folder takes its parent's owner and group, as writeFileAtomic's new files do. */
+export async function makeFolderLikeParent(dir: string, mode: number): Promise<void> {
+  if (await mkdir(dir, { recursive: true, mode }) === undefined) return; // there already
+  const parent = await stat(dirname(dir));
+  if (parent.uid === process.getuid?.() && parent.gid === process.getgid?.()) return;
+  await chown(dir, parent.uid, parent.gid).catch(() => chown(dir, -1, parent.gid)).catch(() => undefined);
 }
 
 const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;

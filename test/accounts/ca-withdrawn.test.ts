@@ -8,43 +8,28 @@ import https from 'node:https';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startAccounts, USERS, type AccountsSetup } from './helpers.ts';
+import { requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
 import { issueDevice, pkiPaths } from '../../engine/pki/index.ts';
 import { until } from '../helpers/wait.ts';
 
 let s: AccountsSetup;
 let scratch: string;
 let agent: https.Agent;
+/** One request on the agent's one connection. */
+let request: ReturnType<typeof requestsOn>;
 
 before(async () => {
   scratch = await mkdtemp(join(tmpdir(), 'postern-accounts-ca-'));
   s = await startAccounts(scratch);
   const device = await issueDevice(s.caDir, { identity: USERS.alice, device: 'laptop' });
   agent = new https.Agent({ keepAlive: true, maxSockets: 1, cert: device.certPem, key: device.keyPem, rejectUnauthorized: false });
+  request = requestsOn(agent, s.url);
 });
 after(async () => {
   agent?.destroy();
   await s?.server.stop();
   await rm(scratch, { recursive: true, force: true });
 });
-
-/** One request on the agent's one connection: status, location, body, cookies set. */
-function request(path: string, opts: { method?: string; cookies?: string[]; body?: string } = {}): Promise<{ status: number; location?: string; body: string; cookies: string[]; socket: unknown }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(`${s.url}${path}`, {
-      agent, method: opts.method ?? 'GET',
-      headers: { ...(opts.cookies?.length ? { cookie: opts.cookies.join('; ') } : {}), ...(opts.body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
-    }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({
-        status: res.statusCode!, location: res.headers.location, body, socket: res.socket,
-        cookies: (res.headers['set-cookie'] ?? []).map((c) => c.split(';')[0]!),
-      }));
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
 
 test('a certificate session ends, and the open connection names no account, once its CA is out of caFiles', async () => {
   const page = await request('/signin');

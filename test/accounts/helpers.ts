@@ -4,6 +4,7 @@
  * page on a free port. Plus headless Chromium (Debian's) driven by playwright-core.
  */
 import assert from 'node:assert/strict';
+import https from 'node:https';
 import { writeFile } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
@@ -75,4 +76,23 @@ export async function webSignIn(url: string, jar: string, user: string, password
   const r = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
     '--data-urlencode', `_csrf=${token}`, '--data-urlencode', `user=${user}`, '--data-urlencode', `password=${password}`, `${url}/signin`]);
   return r.stdout;
+}
+
+/** Requests on `agent` (a keep-alive agent, one connection): status, location, body, cookies set, and the socket. */
+export function requestsOn(agent: https.Agent, url: string) {
+  return (path: string, opts: { method?: string; cookies?: string[]; body?: string } = {}): Promise<{ status: number; location?: string; body: string; cookies: string[]; socket: unknown }> =>
+    new Promise((resolve, reject) => {
+      const req = https.request(`${url}${path}`, {
+        agent, method: opts.method ?? 'GET',
+        headers: { ...(opts.cookies?.length ? { cookie: opts.cookies.join('; ') } : {}), ...(opts.body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
+      }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({
+          status: res.statusCode!, location: res.headers.location, body, socket: res.socket,
+          cookies: (res.headers['set-cookie'] ?? []).map((c) => c.split(';')[0]!),
+        }));
+      });
+      req.on('error', reject);
+      req.end(opts.body);
+    });
 }

@@ -121,6 +121,16 @@ test('a failed AUTH with a username the size of a command line is logged with th
   assert.equal(line?.username, `${'x'.repeat(256)}...`, 'cut: each failure would otherwise log the whole name');
 });
 
+test('a failed AUTH whose username holds a bidi override, a zero-width space or a line separator is logged with them escaped', async () => {
+  // smtp-server itself refuses C0 and C1 controls in a PLAIN username (501).
+  const c = await tlsClient(server.port('sub'));
+  const logged = server.logs.length;
+  assert.equal((await c.command(plain('adm\u202Enimda\u200b\u2028x@example.com', 'wrong'))).text, INVALID);
+  await c.quit();
+  const line = server.logs.slice(logged).find((l) => l.msg === 'authentication failed');
+  assert.equal(line?.username, 'adm\\u{202e}nimda\\u{200b}\\u{2028}x@example.com');
+});
+
 test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange; 538, 504 and 501 are not counted as failures', async () => {
   const c = await SmtpTestClient.connect(server.port('sub'));
   const ehlo = await c.hello();

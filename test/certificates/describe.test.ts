@@ -32,6 +32,8 @@ before(async () => {
   const cnf = join(dir, 'bmp.cnf');
   await writeFile(cnf, '[req]\ndistinguished_name=dn\nstring_mask=default\n[dn]\n');
   req('bmp', ['-config', cnf, '-newkey', 'rsa:1024', '-days', '1', '-utf8', '-subj', '/DC=com/DC=example/title=Boss/CN=Жук/O=Jörg']);
+  // An RSA-PSS key (SPKI algorithm id-RSASSA-PSS): Node calls it rsa-pss, not rsa.
+  req('pss', ['-newkey', 'rsa-pss', '-pkeyopt', 'rsa_keygen_bits:2048', '-days', '1', '-subj', '/CN=pss']);
 });
 after(() => rm(dir, { recursive: true, force: true }));
 
@@ -97,7 +99,7 @@ test('SHA-1 and MD5 fingerprints match openssl; the test PKI helper computed the
 test('key type and size match node:crypto', async () => {
   const expected: Record<string, [string, number]> = {
     alice: ['rsa', 2048], ecdsa: ['ec', 256], ed25519: ['ed25519', 256], selfsigned: ['ed25519', 256],
-    p384: ['ec', 384], ed448: ['ed448', 448], bmp: ['rsa', 1024],
+    p384: ['ec', 384], ed448: ['ed448', 448], bmp: ['rsa', 1024], pss: ['rsa-pss', 2048],
   };
   for (const [name, file] of certificates()) {
     const pc = describeCertificate(await der(file), { verified: true, errorCode: null });

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { runCli } from '../helpers/cli.ts';
-import { writeDevelopmentPki } from '../../engine/certificates/index.ts';
+import { promisify } from 'node:util';
+import { DEVELOPMENT_P12_PASSWORD, writeDevelopmentPki } from '../../engine/certificates/index.ts';
 
 const scratch = useScratchDir('postern-dev-pki-crash-');
 const OPTIONS = { hostname: 'localhost', demoUser: { name: 'demo', email: 'demo@example.test' } };
@@ -83,4 +84,20 @@ test('a development CRL lost after postern pki revoke used this CA: npm start re
   const crl = await runCli(['pki', 'crl', '--dir', dir], { cwd });
   assert.equal(crl.code, 0, crl.stderr);
   assert.match((await writeDevelopmentPki(dir, OPTIONS)).created.join(), /^$/, 'the CRL made again is kept');
+});
+
+test('the first start killed while openssl writes demo.p12: the next start writes it whole (an empty one left in place was kept for good)', async () => {
+  const dir = join(scratch.path, 'killed-p12');
+  // An openssl that kills the start that ran it, as a kill -9 or a power loss while the .p12 is written.
+  const bin = join(scratch.path, 'killing-openssl');
+  await mkdir(bin);
+  await writeFile(join(bin, 'openssl'), '#!/bin/sh\nkill -KILL $PPID\nsleep 5\n', { mode: 0o755 });
+  const first = await writeInChild(dir, { PATH: `${bin}:${process.env.PATH}` });
+  assert.equal(first.signal, 'SIGKILL');
+  assert.ok(!existsSync(join(dir, 'demo.p12')) || statSync(join(dir, 'demo.p12')).size > 0, 'demo.p12: absent or whole');
+  await writeDevelopmentPki(dir, OPTIONS);
+  await checkWhole(dir);
+  const read = await promisify(execFile)('openssl', ['pkcs12', '-in', join(dir, 'demo.p12'), '-nokeys', '-passin', `pass:${DEVELOPMENT_P12_PASSWORD}`]);
+  assert.match(read.stdout, /BEGIN CERTIFICATE/, 'demo.p12 is a PKCS#12 with the demo certificate');
+  assert.equal(statSync(join(dir, 'demo.p12')).mode & 0o777, 0o600);
 });

@@ -15,13 +15,15 @@ export interface CliOptions {
   timeoutMs?: number;
   /** More environment (test/helpers/disk-faults.ts's, say). */
   env?: Record<string, string>;
+  /** Run as this user (the test runs as root): a server's own user, say. */
+  as?: { uid: number; gid: number };
 }
 
 export function runCli(args: readonly string[], opts: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [MAIN, ...args], {
       cwd: opts.cwd ?? tmpdir(), stdio: ['pipe', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 60_000,
-      env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env },
+      env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, ...opts.as,
     });
     let stdout = '';
     let stderr = '';

@@ -12,7 +12,8 @@ import { readdirSync } from 'node:fs';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
-import { postern, posternJson } from './helpers.ts';
+import { postern, posternJson, run } from './helpers.ts';
+import { runCli } from '../helpers/cli.ts';
 import { pemToDer } from '../../engine/certificates/digests.ts';
 import { x509 } from '../../engine/certificates/x509-provider.ts';
 import { crlNumberOf, normalizeSerial } from '../../engine/pki/inventory.ts';
@@ -163,5 +164,27 @@ test('a CA folder lock left by a command that died, whose PID a live process has
     const r = await postern(['pki', 'crl', '--dir', ca]);
     assert.equal(r.code, 0, `${JSON.stringify(stale)}: ${r.stderr}`);
     assert.ok(!readdirSync(ca).includes('.lock'), 'released');
+  }
+});
+
+test('pki issue run as root in a CA folder of the server\'s user: the server can still read the inventory and issue into the folder (the account page)', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  const f = await caFolder('issue-owner');
+  const serverUser = { uid: 65534, gid: 65534 }; // nobody: the server's own user, which made the CA (pki init)
+  for (const dir of [scratch.path, join(scratch.path, 'issue-owner')]) await chmod(dir, 0o755);
+  await rm(join(f.ca, 'issued.json')); // as the development PKI's folder: no inventory until a command writes one
+  await run('chown', ['-R', `${serverUser.uid}:${serverUser.gid}`, f.ca]);
+  const r = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config]);
+  assert.equal(r.code, 0, r.stderr);
+  // What the server does as its user: list the devices (the inventory), issue one (the account page).
+  const out = join(scratch.path, 'issue-owner', 'phone');
+  await mkdir(out);
+  await chown(out, serverUser.uid, serverUser.gid);
+  for (const args of [['pki', 'list'], ['pki', 'issue', 'erin@example.com', '--device', 'phone', '--out', out]]) {
+    const asServer = await runCli([...args, '-c', f.config], { as: serverUser });
+    assert.equal(asServer.code, 0, `${args.join(' ')} as the server's user: ${asServer.stderr}`);
+  }
+  for (const file of ['issued.json', 'issued', 'ca.crl']) {
+    const st = await stat(join(f.ca, file));
+    assert.deepEqual([st.uid, st.gid], [serverUser.uid, serverUser.gid], `${file} is the folder owner's`);
   }
 });

@@ -4,14 +4,16 @@
 // minute; a restarted process keeps its first-seen times. Concurrent commands do not lose an update.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { createCrl } from '../../engine/certificates/index.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { postern, posternJson, startPkiServer, type PkiServer } from './helpers.ts';
-import { initCa, issueDevice, readInventory, readSightings, SightingRecorder, SIGHTING_MS, MAX_NAMELESS_RECORDS } from '../../engine/pki/index.ts';
+import { ExpiryWatch, initCa, issueDevice, readInventory, readSightings, SightingRecorder, SIGHTING_MS, MAX_NAMELESS_RECORDS } from '../../engine/pki/index.ts';
+import type { Logger } from '../../engine/logging/logger.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
 
 let pki: TestPki;
@@ -44,7 +46,7 @@ test('a certificate expiring within warnDays, once seen: one warning a day, the 
   await watch.check();
   assert.equal(warned().length, 1);
   // A day later it is logged again.
-  await watch.check(Date.now() + 86400_000 + 1000);
+  await watch.check(Date.now() + 86400_000 + 1000, performance.now() + 86400_000 + 1000);
   assert.equal(warned().length, 2);
 
   const gauge = (await registry.getSingleMetric('postern_client_certificate_expiry_seconds')!.get()).values;
@@ -82,7 +84,7 @@ test("a stranger's expired certificate (it names no one) raises no warning and n
   const recorder = new SightingRecorder(dir, 'single', { delayMs: 10 });
   const base = { fingerprintSha256: 'ab'.repeat(32), pinSha256: 'cd'.repeat(32), serial: '01', subject: 'CN=dev', issuer: 'CN=ca',
     notAfter: new Date(Date.now() - 86400_000).toISOString(), listener: 'submission', lastConnection: 'c1' };
-  recorder.seen({ ...base, identity: 'erin@example.com', verdict: 'verified' }, Date.now() - 2 * SIGHTING_MS);
+  recorder.seen({ ...base, identity: 'erin@example.com', verdict: 'verified' }, Date.now() - 2 * SIGHTING_MS, performance.now() - 2 * SIGHTING_MS);
   recorder.seen({ ...base, identity: null, verdict: 'expired', lastConnection: 'c2' });
   await recorder.close();
   const [seen] = (await readSightings(dir)).values();
@@ -118,7 +120,7 @@ test('sightings: per-process files merged on read, at most one write a minute pe
     const t0 = Date.parse('2026-01-01T00:00:00Z');
     const w0 = new SightingRecorder(dataDir, 'worker-0', { delayMs: 10 });
     const w1 = new SightingRecorder(dataDir, 'worker-1', { delayMs: 10 });
-    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c1' }, t0);
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c1' }, t0, t0);
     w1.seen({ ...base, fingerprintSha256: 'aa', listener: 'submissions', lastConnection: 'c2' }, t0 + 5000);
     w1.seen({ ...base, fingerprintSha256: 'bb', listener: 'submissions', lastConnection: 'c3' }, t0 + 6000);
     await Promise.all([w0.flush(), w1.flush()]);
@@ -132,10 +134,10 @@ test('sightings: per-process files merged on read, at most one write a minute pe
     // seenRecently() tells a caller so before it builds a record.
     assert.deepEqual([w0.seenRecently('aa', t0 + SIGHTING_MS - 1), w0.seenRecently('aa', t0 + SIGHTING_MS), w0.seenRecently('cc', t0)], [true, false, false]);
     const before = await readFile(w0.file, 'utf8');
-    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c4' }, t0 + SIGHTING_MS - 1);
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c4' }, t0 + SIGHTING_MS - 1, t0 + SIGHTING_MS - 1);
     await w0.flush();
     assert.equal(await readFile(w0.file, 'utf8'), before);
-    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c5' }, t0 + SIGHTING_MS);
+    w0.seen({ ...base, fingerprintSha256: 'aa', listener: 'submission', lastConnection: 'c5' }, t0 + SIGHTING_MS, t0 + SIGHTING_MS);
     await w0.close();
     await w1.close();
     merged = await readSightings(dataDir);
@@ -150,6 +152,75 @@ test('sightings: per-process files merged on read, at most one write a minute pe
     assert.equal(mine.certificates.aa!.lastSeen, new Date(t0 + 10 * SIGHTING_MS).toISOString());
   } finally {
     await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('the wall clock stepped: warnings and sightings are paced by elapsed time, so a step back silences neither and a step forward is no day', async () => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'postern-seen-clock-'));
+  try {
+    const DAY = 86400_000;
+    const wall = Date.now();
+    const elapsed = performance.now();
+    const base = { pinSha256: 'p', serial: '0c', subject: 'CN=g', issuer: 'CN=ca', notAfter: new Date(wall + 3 * DAY).toISOString(), identity: 'gina@example.com', verdict: 'verified', listener: 'submission' };
+    const w = new SightingRecorder(dataDir, 'single', { delayMs: 10 });
+    w.seen({ ...base, fingerprintSha256: 'cc', lastConnection: 'c1' }, wall, elapsed);
+    // Set back a day, then a minute goes by: the device seen again is recorded (it was not, for a day).
+    w.seen({ ...base, fingerprintSha256: 'cc', lastConnection: 'c2' }, wall - DAY + SIGHTING_MS, elapsed + SIGHTING_MS);
+    await w.close();
+    assert.equal((await readSightings(dataDir)).get('cc')!.lastConnection, 'c2');
+
+    const logs: Array<{ msg: string; serial?: string }> = [];
+    const logger = { warn: (fields: { serial?: string }, msg: string) => logs.push({ ...fields, msg }) } as unknown as Logger;
+    const watch = new ExpiryWatch({ dataDir, logger, warnDays: () => 14, names: async () => ({ byFingerprint: new Map(), byPin: new Map() }) });
+    const warnings = (): number => logs.filter((l) => l.serial === '0c').length;
+    await watch.check(wall, elapsed);
+    assert.equal(warnings(), 1);
+    // Set forward two days, an hour later: no day has passed, no second warning.
+    await watch.check(wall + 2 * DAY, elapsed + 3600_000);
+    assert.equal(warnings(), 1, 'a step forward is no day');
+    // Set back two days, a day and an hour later: a day has passed, it is warned about again.
+    await watch.check(wall - 2 * DAY + DAY + 3600_000, elapsed + DAY + 3600_000);
+    assert.equal(warnings(), 2, 'a step back silences nothing');
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('CRLs of the listeners: their remaining life is a gauge, and one that runs out within warnDays or has is a warning once a day', async () => {
+  // The server's own watch reads the listeners' crlFiles: the CA folder's CRL, a year ahead.
+  await s.server.certificates.expiry!.check();
+  const crlGauge = async () => (await registry.getSingleMetric('postern_crl_next_update_seconds')!.get()).values;
+  const served = (await crlGauge()).find((v) => v.labels.file === join(s.ca, 'ca.crl'));
+  assert.equal(served?.labels.issuer, 'CN=Example Mail CA');
+  assert.ok(served!.value > 300 * 86400, String(served?.value));
+
+  const dir = await mkdtemp(join(tmpdir(), 'postern-crl-watch-'));
+  try {
+    const DAY = 86400_000;
+    const soon = join(dir, 'soon.crl');
+    const gone = join(dir, 'gone.crl');
+    // CRL times are whole seconds: the clock the watch is given is too, and no bound is near a day's edge.
+    const wall = Math.floor(Date.now() / 1000) * 1000;
+    await writeFile(soon, await createCrl(pki.authorities.ca, [], { nextUpdate: new Date(wall + 2 * DAY - 3600_000) }));
+    await writeFile(gone, await createCrl(pki.authorities.otherCa, [], { thisUpdate: new Date(wall - 10 * DAY), nextUpdate: new Date(wall - DAY - 3600_000) }));
+    const logs: Array<{ msg: string; file?: string; expiresInDays?: number }> = [];
+    const logger = { warn: (fields: object, msg: string) => logs.push({ ...fields, msg }) } as unknown as Logger;
+    const watch = new ExpiryWatch({ dataDir: dir, logger, warnDays: () => 14, names: async () => ({ byFingerprint: new Map(), byPin: new Map() }), crlFiles: () => [soon, gone, soon] });
+    const elapsed = performance.now();
+    await watch.check(wall, elapsed);
+    assert.deepEqual(logs.map((l) => [l.file, l.msg, l.expiresInDays]), [
+      [soon, 'CRL expires soon: replace it (postern pki crl) before every certificate of its CA fails', 1],
+      [gone, 'CRL has expired: every certificate of its CA fails (CRL_HAS_EXPIRED) until it is replaced', -2],
+    ]);
+    const gauge = await crlGauge();
+    assert.ok(gauge.find((v) => v.labels.file === soon)!.value > DAY / 1000);
+    assert.ok(gauge.find((v) => v.labels.file === gone)!.value < 0);
+    await watch.check(wall + 3600_000, elapsed + 3600_000);
+    assert.equal(logs.length, 2, 'once a day');
+    await watch.check(wall + DAY + 1000, elapsed + DAY + 1000);
+    assert.equal(logs.length, 4);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
 

@@ -29,6 +29,7 @@ listeners:
     scripts: {
       'mailfrom.ts': `export default (ctx) => { const c = ctx.connection.clientCertificate;
         if (ctx.address.localPart === 'verdict') return reject(c ? String(c.verified) + ' ' + c.verifyError : 'none', { code: 550 });
+        if (ctx.address.localPart === 'cn') return reject(c ? [...c.subject.CN].map((ch) => ch.codePointAt(0).toString(16)).join(' ') : 'none', { code: 550 });
         if (ctx.address.localPart === 'names') return reject(c ? [c.subject.CN.length, c.subject.O.length, c.san.dns.length, c.san.email.length].join(' ') : 'none', { code: 550 }); };`,
     },
   });
@@ -120,6 +121,19 @@ test('a certificate with hostile names (8 KB CN, control characters, 2000 SANs):
   for (const line of head.split('\r\n')) assert.ok(line.length <= 998, `a header line of ${line.length} characters`);
   assert.match(head, /\r\n\t\(Client CN "eve\?\?\?X-Injected: yes A{42}\.\.\.", Issuer "eve\?\?\?X-Injected: yes A{42}\.\.\." \(not verified\)\)\r\n/);
   assert.ok(!/^X-Injected/m.test(head), head);
+});
+
+test('a CN with C1 controls, a bidi override, a zero-width space and a line separator: scripts see it as it is, the log line shows escapes', async () => {
+  const cn = 'al\u202Eecila\u009b2J\u200b\u2028x';
+  const odd = await createSelfSignedCertificate({ commonName: cn, keyType: 'ecdsa' });
+  const c = await SmtpTestClient.connect(server.port('request'));
+  await c.hello({ starttls: { ca, cert: odd.cert, key: odd.key } });
+  assert.equal((await c.command('MAIL FROM:<cn@x.example>')).text, `550 5.7.1 ${[...cn].map((ch) => ch.codePointAt(0)!.toString(16)).join(' ')}`);
+  await c.quit();
+  const line = server.logs.find((l) => l.msg === 'TLS established' && String((l.cert as { subject?: string } | null)?.subject).startsWith('CN=al'));
+  const subject = (line!.cert as { subject: string }).subject;
+  assert.equal(subject, 'CN=al\\E2\\80\\AEecila\\C2\\9B2J\\E2\\80\\8B\\E2\\80\\A8x');
+  assert.doesNotMatch(subject, /[\p{Cc}\p{Cf}\u2028\u2029]/u);
 });
 
 test('a certificate OpenSSL takes but whose fields cannot be read (a notBefore that is no time): no certificate in request mode, 421 in require mode', async () => {

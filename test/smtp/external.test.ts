@@ -100,6 +100,15 @@ test('AUTH EXTERNAL with bad base64 as initial response is 501 5.5.2', async () 
   await c.quit();
 });
 
+test('an authzid with a control character, C0 or C1 (U+009B, a terminal\'s CSI), is refused as PLAIN refuses such a username: 501', async () => {
+  const c = await startTls('alice');
+  for (const authzid of ['alice@example.com\x1b[2J', 'alice@example.com\u009b2J', 'alice@example.com\u0085']) {
+    assert.match((await c.command(`AUTH EXTERNAL ${Buffer.from(authzid).toString('base64')}`)).text, /^501 5\.5\.2 /, JSON.stringify(authzid));
+  }
+  assert.equal((await c.command('AUTH EXTERNAL =')).code, 235, 'the session goes on');
+  await c.quit();
+});
+
 test('certificates without identity: no certificate, untrusted, revoked, expired, self-signed → 535 5.7.8', async () => {
   for (const name of [null, 'stranger', 'revoked', 'expired', 'selfsigned'] as const) {
     const c = await startTls(name);

@@ -7,7 +7,11 @@
 export interface DistinguishedName {
   /** RFC 4514 string, most specific attribute first, e.g. `CN=alice,O=Example`. */
   dn: string;
-  /** Common name. */
+  /**
+   * Common name: the first in DER order, as OpenSSL (Postfix, Dovecot) picks it. A subject may hold several
+   * CNs (see `attributes`); which one a CA checked is unknown, so `certificateIdentity` takes none of them then.
+   * Likewise for every field here.
+   */
   CN?: string;
   /** Organisation. */
   O?: string;
@@ -65,12 +69,12 @@ export interface PeerCertificate {
   issuer: DistinguishedName;
   /** Subject alternative names. */
   san: { email: string[]; dns: string[]; ip: string[]; uri: string[] };
-  /** Serial number, lowercase hex without leading zeros stripped. */
+  /** Serial number: the INTEGER's magnitude in lowercase hex (`openssl x509 -serial` in upper case), without DER's 00 sign byte. */
   serial: string;
   /** ISO 8601 timestamps. */
   notBefore: string;
   notAfter: string;
-  /** `rsa`, `ec`, `ed25519`, `ed448` … */
+  /** Node's `asymmetricKeyType`: `rsa`, `rsa-pss`, `ec`, `ed25519`, `ed448` … */
   keyType: string;
   /** Key size in bits (RSA modulus, EC curve size); 0 when not meaningful. */
   keyBits: number;

@@ -47,7 +47,11 @@ export interface ConnectionFacts {
 /** A client of Postern's own SMTP listener: the whole certificate, every field filled. */
 export interface SmtpConnectionInfo extends ConnectionFacts {
   source: 'smtp';
-  /** The client's certificate, when one was presented in the TLS handshake. */
+  /**
+   * The client's certificate, when one was presented in the TLS handshake. Its names are whatever the client
+   * put there unless `verified` is true (a self-made certificate may say `CN=alice@example.com`, or carry two
+   * CNs): to know who it is, use `certificateIdentity`, which reads a field only from a verified chain.
+   */
   clientCertificate: PeerCertificate | null;
 }
 
