@@ -25,7 +25,8 @@ import net from 'node:net';
 import { availableParallelism } from 'node:os';
 import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { MetricObjectWithValues, MetricValue } from 'prom-client';
+import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import { metrics, registry, setFenceProbe } from '../metrics/metrics.ts';
@@ -168,6 +169,8 @@ export class Supervisor {
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
+  /** The children's last metrics, and those of children that exited: the server's counters never go down. */
+  readonly #clusterMetrics = new ClusterMetrics();
   #saving: Promise<void> = Promise.resolve();
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
@@ -431,6 +434,7 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.proc = null;
     child.ready = false;
+    this.#clusterMetrics.exited(proc);
     // Never reached it, or died with it: the client sees the close.
     for (const socket of child.inflight) socket.destroy();
     for (const { socket } of child.copies.splice(0)) socket.destroy();
@@ -781,9 +785,8 @@ export class Supervisor {
     };
     return {
       metrics: async () => {
-        const answers = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
-        const all = [await registry.getMetricsAsJSON(), ...answers.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null)];
-        const merged = AggregatorRegistry.aggregate(all);
+        const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
         return { contentType: merged.contentType, text: await merged.metrics() };
       },
       readiness: async () => {
@@ -801,7 +804,7 @@ export class Supervisor {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
         // unrelated reload must not make a listener that still runs on its old port look settled.
-        const children = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const children = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
         const shadow = shadowCounts(children.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null));
         const pendingRestart = this.#pendingRestart();
         const queue = await this.#queueSize();
@@ -838,12 +841,19 @@ export class Supervisor {
     }
   }
 
+  /** A child's metrics now; a child that does not answer within 2 s (hung, busy): the last it gave (cluster-metrics.ts). */
   #childMetrics(child: Child): Promise<MetricObjectWithValues<MetricValue<string>>[] | null> {
     const q = ++this.#metricsNext;
+    const proc = child.proc!;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.#metricsWaiting.delete(q); resolve(null); }, 2000); // a hung child: leave it out
-      this.#metricsWaiting.set(q, (metrics) => { clearTimeout(timer); this.#metricsWaiting.delete(q); resolve(metrics); });
-      child.proc!.send({ t: 'metrics', q });
+      const answered = (metrics: MetricObjectWithValues<MetricValue<string>>[] | null): void => {
+        clearTimeout(timer);
+        this.#metricsWaiting.delete(q);
+        resolve(proc === child.proc ? this.#clusterMetrics.answered(proc, metrics) : null);
+      };
+      const timer = setTimeout(() => answered(null), 2000);
+      this.#metricsWaiting.set(q, answered);
+      proc.send({ t: 'metrics', q });
     });
   }
 
