@@ -35,7 +35,7 @@ export const metrics = {
     labelNames: ['listener'] as const, registers: [registry],
   }),
   connectionsRefused: new Counter({
-    name: 'postern_smtp_connections_refused_total', help: 'Connections refused at connect (limits, greeting pause, auth-failure block), by listener and reason',
+    name: 'postern_smtp_connections_refused_total', help: 'Connections refused at connect, answered or closed unanswered before any SMTP (limits, greeting pause, auth-failure block, PROXY header), by listener and reason',
     labelNames: ['listener', 'reason'] as const, registers: [registry],
   }),
   tlsHandshakes: new Counter({
