@@ -85,3 +85,24 @@ listeners:
   assert.match(stoppedBroken.stderr, /the configuration has errors[^]*not running/);
   assert.doesNotMatch(stoppedBroken.stderr, /the running server/);
 });
+
+test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
+  const hung = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const config = join(hung.dir, 'postern.yaml');
+    assert.equal(status(config).code, 0);
+    process.kill(hung.proc.pid!, 'SIGSTOP');
+    let stopped;
+    try {
+      stopped = status(config);
+    } finally {
+      process.kill(hung.proc.pid!, 'SIGCONT');
+    }
+    assert.equal(stopped.code, 4, stopped.stderr);
+    assert.match(stopped.stderr, /does not answer/);
+    assert.doesNotMatch(stopped.stderr, /not running/);
+    assert.equal(stopped.json, null);
+  } finally {
+    await hung.stop();
+  }
+});
