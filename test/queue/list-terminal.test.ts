@@ -3,15 +3,22 @@
  * whoever runs that host chose (any recipient domain's MX). Its control characters never reach the operator's
  * terminal: C1 ones included (U+009B is CSI to a terminal that takes C1 controls in UTF-8, as xterm does),
  * and the line separators U+2028/U+2029. Stored that way, the log line and the bounce carry none either.
+ * `queue show` prints the envelope too: the client certificate's subject, which the client chose (any
+ * certificate, on a listener that requests one), is shown with its controls escaped like the message's.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
-import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 import { needs } from '../helpers/example.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
@@ -43,5 +50,27 @@ test('a next hop\'s reply with terminal controls: queue list and show on a termi
     const onTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }).toString('utf8');
     assert.match(onTerminal, /mailbox busy/, onTerminal);
     assert.doesNotMatch(onTerminal.replace(/\r\n/g, '\n'), CONTROL, `${args.join(' ')}: ${JSON.stringify(onTerminal)}`);
+  }
+});
+
+test('a client certificate whose subject carries C1 controls: queue show on a terminal shows none of them', { ...needs('script'), timeout: 90_000 }, async () => {
+  const pki = await makeTestPki();
+  const device = await createSelfSignedCertificate({ commonName: 'printer\u009b2J\u009b]0;owned\u0085 lobby' });
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: testServerTls(pki, { clientCertificates: 'request' }) })] }),
+  });
+  try {
+    const c = await SmtpTestClient.connect(server.port('in'));
+    await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: device.cert, key: device.key } });
+    const r = await c.sendMail('a@example.test', ['b@example.test']);
+    assert.equal(r.code, 250, r.text);
+    await c.quit();
+    const id = /queued as (\w+)/.exec(r.text)![1]!;
+    const command = [process.execPath, MAIN, 'queue', 'show', id, '--envelope', '-c', join(server.dir, 'postern.yaml')].map((a) => `'${a}'`).join(' ');
+    const onTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }).toString('utf8');
+    assert.match(onTerminal, /client_certificate: CN=printer.*lobby/, onTerminal);
+    assert.doesNotMatch(onTerminal.replace(/\r\n/g, '\n'), CONTROL, JSON.stringify(onTerminal));
+  } finally {
+    await server.stop();
   }
 });
