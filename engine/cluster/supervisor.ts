@@ -45,6 +45,7 @@ import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { statusSummary } from './status-summary.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
+import { closedUnansweredCounted } from '../smtp/connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
@@ -151,6 +152,8 @@ export class Supervisor {
   readonly #waitingCounts = new WaitingCounts();
   /** Client slots (and listeners, by name) refused at accept, until they come back under: logged once per episode. */
   readonly #floodReported = new Set<string>();
+  /** The waiting queue was full (MAX_WAITING) at an accept: logged once until one is accepted again. */
+  #waitingFullReported = false;
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
@@ -512,11 +515,13 @@ export class Supervisor {
   /** `proxy`: the listener's trusted PROXY-protocol senders; `policy`: a policy service's connection. */
   #accepted(listener: string, socket: net.Socket, proxy: TrustedProxies | null, policy = false): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
-    if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
+    if (this.#waiting.length >= MAX_WAITING) return this.#waitingFull(listener, socket);
+    this.#waitingFullReported = false;
     if (proxy && !proxy.has(socket.remoteAddress)) {
       const peer = clientAddress(socket);
       this.log.info({ listener, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null, peer },
         'PROXY protocol: connection from an untrusted address closed');
+      closedUnansweredCounted(listener, 'untrusted-proxy');
       return void socket.destroy();
     }
     if (policy) {
@@ -558,6 +563,8 @@ export class Supervisor {
       if (this.#floodReported.size) { this.#floodReported.delete(key); this.#floodReported.delete(listener); }
       return false;
     }
+    // Logged once an episode, counted each time: the metric shows how big the flood is.
+    closedUnansweredCounted(listener, perIp ? 'per-ip-limit' : 'max-connections');
     if (!this.#floodReported.has(what)) {
       this.#floodReported.add(what);
       if (this.#floodReported.size > 10_000) this.#floodReported.clear();
@@ -567,6 +574,17 @@ export class Supervisor {
         : 'too many connections to this listener waiting for a worker, closed at accept (logged once until it comes back under)');
     }
     return true;
+  }
+
+  /** MAX_WAITING connections wait for a worker already: closed at accept, counted, logged once until there is room. */
+  #waitingFull(listener: string, socket: net.Socket): void {
+    closedUnansweredCounted(listener, 'server-busy');
+    if (!this.#waitingFullReported) {
+      this.#waitingFullReported = true;
+      this.log.warn({ listener, decision: 'reject', stage: 'CONNECT', client: clientAddress(socket), reply: null, waiting: this.#waiting.length, reason: `${MAX_WAITING} connections waiting for a worker (closed at accept)` },
+        'too many connections waiting for a worker, new ones closed at accept (logged once until there is room)');
+    }
+    socket.destroy();
   }
 
   /** limits of listener `name`, as the configuration the supervisor runs names it. */

@@ -10,7 +10,7 @@ import { REPLIES } from './replies.ts';
 import { GREETING_PAUSE_REASON } from './decision-log.ts';
 
 export type ConnectionRefusal = 'max-connections' | 'per-ip-limit' | 'connection-rate' | 'store-unavailable' | 'auth-failures'
-  | 'greeting-pause' | 'untrusted-proxy' | 'proxy-header';
+  | 'greeting-pause' | 'untrusted-proxy' | 'proxy-header' | 'server-busy';
 
 const BY_REASON: ReadonlyMap<string, ConnectionRefusal> = new Map([
   [REPLIES.tooManyClients.reason, 'max-connections'],
