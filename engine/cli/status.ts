@@ -12,6 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { loadStartConfig } from '../app/postern.ts';
 import { statusSocket } from '../cluster/process-model.ts';
+import { shortSocketPath } from '../admin/unix-socket-path.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
@@ -59,8 +60,9 @@ function dataDirOf(configPath: string | undefined): string {
 class NoAnswer extends Error {}
 
 function ask<T>(socketPath: string, path: string): Promise<T> {
-  return new Promise((resolvePromise, reject) => {
-    const req = http.get({ socketPath, path }, (res) => {
+  const socket = shortSocketPath(socketPath);
+  return new Promise<T>((resolvePromise, reject) => {
+    const req = http.get({ socketPath: socket.path, path }, (res) => {
       let body = '';
       res.setEncoding('utf8').on('data', (d: string) => { body += d; });
       res.on('end', () => {
@@ -76,5 +78,5 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
       clearTimeout(deadline);
       reject(err);
     });
-  });
+  }).finally(socket.release);
 }

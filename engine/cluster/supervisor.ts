@@ -245,8 +245,11 @@ export class Supervisor {
     await sup.#saveStatus();
     // `postern status` asks here, with or without an admin listener.
     const socket = statusSocket(loaded.config.dataDir);
-    if (Buffer.byteLength(socket) < 100) sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
-    else log.warn({ socket }, 'data directory path too long for a unix socket: postern status reads the state files only');
+    try {
+      sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+    } catch (err) {
+      log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
+    }
     if (loaded.config.admin) {
       sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');

@@ -6,8 +6,9 @@ import { test, after } from 'node:test';
 // (the cluster helpers start `postern serve` as a child process)
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 
@@ -104,5 +105,21 @@ test('a supervisor that does not answer (stopped, hung): not "not running", its 
     assert.equal(stopped.json, null);
   } finally {
     await hung.stop();
+  }
+});
+
+test('a data directory whose socket path is too long for a unix socket address: postern status still asks the running server', { timeout: 120_000 }, async () => {
+  // sun_path holds 108 bytes: <dataDir>/postern.sock is longer than that here.
+  const dataDir = join(await mkdtemp(join(tmpdir(), 'postern-status-')), 'a-data-directory-with-a-long-name'.repeat(3));
+  assert.ok(Buffer.byteLength(join(dataDir, 'postern.sock')) > 108);
+  const long = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const running = status(join(long.dir, 'postern.yaml'));
+    assert.equal(running.code, 0, running.stderr);
+    assert.equal((running.json!.cluster as { pid: number }).pid, long.proc.pid);
+    assert.ok(!long.logs.some((l) => /too long for a unix socket/.test(String(l.msg))), 'no warning: it works');
+  } finally {
+    await long.stop();
+    await rm(dirname(dataDir), { recursive: true, force: true });
   }
 });
