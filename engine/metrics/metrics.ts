@@ -47,7 +47,7 @@ export const metrics = {
     labelNames: ['listener', 'protocol', 'client_certificate'] as const, registers: [registry],
   }),
   tlsHandshakeFailures: new Counter({
-    name: 'postern_tls_handshake_failures_total', help: 'Inbound TLS handshakes that failed, by listener',
+    name: 'postern_tls_handshake_failures_total', help: 'Inbound TLS handshakes that failed (refused by TLS, or not completed in time), by listener',
     labelNames: ['listener'] as const, registers: [registry],
   }),
   authAttempts: new Counter({

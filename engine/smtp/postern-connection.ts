@@ -4,7 +4,7 @@
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
 import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
-import { refusalCounted } from '../metrics/metrics.ts';
+import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { connectRefusalCounted } from './connection-refusals.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
@@ -225,6 +225,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const timer = setTimeout(() => {
       if (!this._upgrading || raw.destroyed) return;
       this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
       raw.destroy();
     }, this.#server.tlsHandshakeTimeoutMs);
     timer.unref();

@@ -370,10 +370,12 @@ export class PosternServer extends SMTPServer {
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    const client = this.#proxiedClient.get(socket);
-    // A failed handshake is reported with the client the PROXY header named, not the balancer.
-    super._upgrade(socket, client === undefined ? callback : (err, tlsSocket) => {
-      if (err) (err as Error & { remoteAddress?: string }).remoteAddress = client;
+    // A failed handshake is reported with its client (the one the PROXY header named, not the balancer):
+    // smtp-server names it only in err.meta, and the error then read as the listener's own (error level,
+    // stack trace), for every client that sent no ClientHello in time or a broken one.
+    const client = this.#proxiedClient.get(socket) ?? clientAddress(socket);
+    super._upgrade(socket, (err, tlsSocket) => {
+      if (err) Object.assign(err, { remoteAddress: client, tlsHandshake: true });
       callback(err, tlsSocket);
     });
     const tlsSocket = this._pendingSockets.get(socket);
