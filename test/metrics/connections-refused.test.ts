@@ -11,7 +11,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { makeTestPki } from '../helpers/pki.ts';
-import { closed } from '../helpers/wait.ts';
+import { closed, until } from '../helpers/wait.ts';
 import { metrics } from '../../engine/metrics/metrics.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 
@@ -151,9 +151,13 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
 for (const row of ROWS) {
   test(`${row.listener}: one refused connection counted once, as ${row.reason}`, { timeout: 90_000 }, async () => {
     const before = await refused(row.listener);
+    const mark = server.logs.length;
     await row.drive();
     const after = await refused(row.listener);
     const moved = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, d]) => d !== 0));
     assert.deepEqual(moved, { [row.reason]: 1 });
+    // Its decision line (written as it is refused); a client's doing is never a warning or an error.
+    await until('its decision line', () => server.logs.slice(mark).some((l) => l.decision === 'reject' || l.decision === 'defer'));
+    assert.deepEqual(server.logs.slice(mark).filter((l) => Number(l.level) >= 40).map((l) => l.msg), []);
   });
 }
