@@ -3,7 +3,7 @@
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
  * succeeded, 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
- * time (hung, or too busy). A configuration file with errors does not stop it: the data directory is still
+ * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
@@ -16,13 +16,14 @@ import { shortSocketPath } from '../admin/unix-socket-path.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
+export const DEGRADED = 5;
 /** The whole answer, not only each read: a server that answers a byte at a time is not answering either. */
 const ANSWER_WITHIN_MS = 10_000;
 
 export async function statusCommand(opts: { config?: string }): Promise<number> {
   const dataDir = dataDirOf(opts.config);
   const socket = statusSocket(dataDir);
-  let status: { lastError?: string[] | null };
+  let status: { lastError?: string[] | null; cluster?: { processes?: Array<{ role: string; index: number; ready: boolean }> } };
   try {
     status = await ask(socket, '/status');
   } catch (err) {
@@ -35,7 +36,13 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
     return NOT_RUNNING;
   }
   process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
-  return status.lastError ? 2 : 0;
+  if (status.lastError) return 2;
+  const down = (status.cluster?.processes ?? []).filter((p) => !p.ready).map((p) => `${p.role} ${p.index}`);
+  if (down.length) {
+    process.stderr.write(`postern: running, but not ready: ${down.join(', ')} (a process that died is being replaced; see cluster.processes)\n`);
+    return DEGRADED;
+  }
+  return 0;
 }
 
 /**

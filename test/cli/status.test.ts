@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -121,5 +121,26 @@ test('a data directory whose socket path is too long for a unix socket address: 
   } finally {
     await long.stop();
     await rm(dirname(dataDir), { recursive: true, force: true });
+  }
+});
+
+test('a worker down (dead, being replaced): exit 5 with what is not ready, until it is back', { timeout: 120_000 }, async () => {
+  const degraded = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const config = join(degraded.dir, 'postern.yaml');
+    assert.equal(status(config).code, 0);
+    // Killed as soon as it is back, a few times: its replacement then waits (restart backoff).
+    let down: ReturnType<typeof status> | null = null;
+    for (let kills = 0; kills < 6 && !down; kills++) {
+      process.kill(await workerPid(degraded, 0), 'SIGKILL');
+      const s = status(config);
+      if (s.code === 5) down = s;
+    }
+    assert.ok(down, 'status while the worker was down');
+    assert.match(down.stderr, /not ready: worker 0/);
+    assert.match(String(down.json!.summary), /^0\/1 workers ready \(not ready: worker 0\)/);
+    await degraded.waitFor('the worker back', () => status(config).code === 0);
+  } finally {
+    await degraded.stop();
   }
 });
