@@ -17,6 +17,18 @@ import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 const LIMIT = 2;
 const CONNECTIONS = 16;
 
+/** One worker the supervisor hands connections to (roundRobin), an admin listener, and listener `in` with `limits`. */
+const roundRobinListener = (limits: string): string => `
+workers: 1
+workerChoice: roundRobin
+admin: { listen: "127.0.0.1:{PORT:admin}" }
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: ${limits}
+`;
+
 /** A raw connection from `localAddress`; resolves once it is closed, with what it received. */
 async function open(port: number, localAddress: string, header?: string | Buffer): Promise<{ socket: net.Socket; outcome: Promise<string> }> {
   const socket = net.connect({ host: '127.0.0.1', port, localAddress });
@@ -41,18 +53,7 @@ for (const [name, limits, address] of [
     proxyProtocol: { trusted: [127.0.0.1]`, (_i: number) => '127.0.0.1'],
 ] as const) {
   test(`${name} waiting for a worker: closed at accept, unanswered`, { timeout: 120_000 }, async () => {
-    const c = await startCluster({
-      config: `
-workers: 1
-workerChoice: roundRobin
-admin: { listen: "127.0.0.1:{PORT:admin}" }
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0, ${limits} }
-`,
-    });
+    const c = await startCluster({ config: roundRobinListener(`{ greetingDelayMs: 0, ${limits} }`) });
     const sockets: net.Socket[] = [];
     try {
       const pid = await workerPid(c, 0);
@@ -85,19 +86,7 @@ listeners:
 }
 
 test('roundRobin: a connection from an address that is no trusted proxy, closed by the supervisor, is logged and counted', { timeout: 120_000 }, async () => {
-  const c = await startCluster({
-    config: `
-workers: 1
-workerChoice: roundRobin
-admin: { listen: "127.0.0.1:{PORT:admin}" }
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-    proxyProtocol: { trusted: [10.0.0.0/8] }
-`,
-  });
+  const c = await startCluster({ config: roundRobinListener('{ greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [10.0.0.0/8] }') });
   try {
     await workerPid(c, 0);
     const { outcome } = await open(c.port('in'), '127.0.0.1');

@@ -68,29 +68,19 @@ async function closedUnanswered(listener: string, data?: string): Promise<void> 
   assert.equal(got, '', 'no reply');
 }
 
+/** One connection held (greeted), one more refused with 421. */
+async function oneOver(listener: string): Promise<void> {
+  const held = await greeting(listener);
+  assert.equal(held.code, 220);
+  const over = await greeting(listener);
+  assert.equal(over.code, 421);
+  held.c.destroy();
+  over.c.destroy();
+}
+
 const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> = [
-  {
-    listener: 'cap', reason: 'max-connections',
-    async drive() {
-      const held = await greeting('cap');
-      assert.equal(held.code, 220);
-      const over = await greeting('cap');
-      assert.equal(over.code, 421);
-      held.c.destroy();
-      over.c.destroy();
-    },
-  },
-  {
-    listener: 'perip', reason: 'per-ip-limit',
-    async drive() {
-      const held = await greeting('perip');
-      assert.equal(held.code, 220);
-      const over = await greeting('perip');
-      assert.equal(over.code, 421);
-      held.c.destroy();
-      over.c.destroy();
-    },
-  },
+  { listener: 'cap', reason: 'max-connections', drive: () => oneOver('cap') },
+  { listener: 'perip', reason: 'per-ip-limit', drive: () => oneOver('perip') },
   {
     listener: 'rate', reason: 'connection-rate',
     async drive() {
