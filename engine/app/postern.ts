@@ -309,7 +309,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     for (const o of e.outcomes) deliveryCounted(OUTCOME_RESULT[o.status], o.remoteMta);
     if (e.bounceId) metrics.bounces.inc();
   });
-  if (role !== 'worker') setQueueProbe(() => spools.census());
+  // Under `postern serve` the supervisor reads the queue for the gauges (it outlives a queue process that dies).
+  if (role === 'single') setQueueProbe(() => spools.census());
   let admin: AdminServer | null = null;
   // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {

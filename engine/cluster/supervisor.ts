@@ -29,7 +29,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
-import { metrics, registry, setFenceProbe } from '../metrics/metrics.ts';
+import { metrics, registry, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
@@ -199,6 +199,9 @@ export class Supervisor {
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     setFenceProbe(() => this.#fences.fences.length);
+    // The queue gauges are read here, from the spools (as postern status does): read by the queue process, they
+    // fell to 0 whenever it was down (crashed, being replaced), and the queue alerts cleared when mail was stuck.
+    setQueueProbe(() => this.#census());
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
@@ -850,13 +853,16 @@ export class Supervisor {
     return out;
   }
 
-  /** Messages (held ones, the oldest's age) in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
+  /** Messages (held ones, the oldest's age) in every spool of the data directory, or why they cannot be counted. */
   async #queueSize(): Promise<QueueCensus | { error: string }> {
+    return this.#census().catch((err: Error) => ({ error: err.message }));
+  }
+
+  /** Every spool of the data directory counted, read as `postern queue` reads them (safe while they run). */
+  async #census(): Promise<QueueCensus> {
     const spools = new SpoolSet(new Spool(join(this.config.config.dataDir, 'spool')));
     try {
       return await spools.census();
-    } catch (err) {
-      return { error: (err as Error).message };
     } finally {
       spools.close();
     }

@@ -73,7 +73,7 @@ export const metrics = {
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
   queueMessages: new Gauge({
     name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced), held ones included', registers: [registry],
-    aggregator: 'max', // across processes: only the queue process knows it
+    aggregator: 'max', // across processes: only the one that reads the queue (the supervisor of `postern serve`) knows it
     async collect() { if (queueProbe) this.set((await lookAtQueue()).messages); },
   }),
   queueHeld: new Gauge({
