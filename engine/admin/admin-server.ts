@@ -9,6 +9,7 @@ import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedRemoteAddress } from '../connection-limits/counted-address.ts';
+import { shortSocketPath } from './unix-socket-path.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
@@ -98,7 +99,9 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {
       rmSync(listen.slice(5), { force: true });
-      server.listen(listen.slice(5), () => resolve());
+      const socket = shortSocketPath(listen.slice(5));
+      server.once('listening', socket.release).once('error', socket.release);
+      server.listen(socket.path, () => resolve());
       return;
     }
     const sep = listen.lastIndexOf(':');

@@ -215,7 +215,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.
         if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
         reported.add(err);
-        if (err.remoteAddress && (err as { library?: string }).library === 'SSL routines') metrics.tlsHandshakeFailures.inc({ listener: l.name });
+        if (err.remoteAddress && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
         if (err.remoteAddress) logger.info({ listener: l.name, client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
         else logger.error({ listener: l.name, err }, 'listener error');
       });
@@ -310,7 +310,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     for (const o of e.outcomes) deliveryCounted(OUTCOME_RESULT[o.status], o.remoteMta);
     if (e.bounceId) metrics.bounces.inc();
   });
-  if (role !== 'worker') setQueueProbe(() => spools.census());
+  // Under `postern serve` the supervisor reads the queue for the gauges (it outlives a queue process that dies).
+  if (role === 'single') setQueueProbe(() => spools.census());
   let admin: AdminServer | null = null;
   // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {
@@ -394,4 +395,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     reloader.onReload((o) => { if (o.ok && o.changed) void accounts?.reloaded(); });
   }
   return running;
+}
+
+/**
+ * A client's TLS handshake that did not complete: refused by TLS, or not finished within
+ * limits.tlsHandshakeTimeoutMs. Not a client that closed before it: a port check, or one that went away.
+ */
+function handshakeFailed(err: Error & { code?: string; library?: string; tlsHandshake?: boolean }): boolean {
+  return err.library === 'SSL routines' || (err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
 }

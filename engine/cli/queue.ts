@@ -121,6 +121,11 @@ export function queueListCommand(opts: { config?: string; json?: boolean }): Pro
   });
 }
 
+/** Text for stdout: on a terminal, the control characters of what clients and next hops chose shown, not acted on. */
+function forTerminal(text: string): string | Buffer {
+  return process.stdout.isTTY ? terminalSafe(Buffer.from(text)) : text;
+}
+
 /** stdout in chunks of about 64 KiB (a write per line of a 100,000-message listing was as many system calls). */
 class ChunkedOutput {
   #parts: string[] = [];
@@ -143,7 +148,7 @@ class ChunkedOutput {
   flush(): void {
     if (!this.#parts.length) return;
     this.#flushed = true;
-    process.stdout.write(this.#parts.join(''));
+    process.stdout.write(forTerminal(this.#parts.join('')));
     this.#parts = [];
     this.#length = 0;
   }
@@ -169,7 +174,8 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
         return 0;
       }
       const message = opts.envelope ? null : await spool.readMessage(id);
-      process.stdout.write(formatMessageReport(envelope, hold));
+      // Clients chose much of it (HELO name, certificate subject, a next hop's reply): on a terminal, its controls shown.
+      process.stdout.write(forTerminal(formatMessageReport(envelope, hold)));
       if (message) {
         process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
         // The bytes as spooled (CRLF, 8-bit), as postcat prints them; on a terminal, its control characters shown.

@@ -2,30 +2,47 @@
  * `postern status`: asks the running server (the supervisor's status socket in the data directory) for
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
- * succeeded, 2 when that reload was refused, 3 when no server answers. A configuration file with errors
- * does not stop it: the data directory is still found, the errors are printed, the server still answers.
+ * succeeded, 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
+ * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting). A configuration file with errors does not stop it: the data directory is still
+ * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { loadStartConfig } from '../app/postern.ts';
 import { statusSocket } from '../cluster/process-model.ts';
+import { shortSocketPath } from '../admin/unix-socket-path.ts';
 
 export const NOT_RUNNING = 3;
+export const NOT_ANSWERING = 4;
+export const DEGRADED = 5;
+/** The whole answer, not only each read: a server that answers a byte at a time is not answering either. */
+const ANSWER_WITHIN_MS = 10_000;
 
 export async function statusCommand(opts: { config?: string }): Promise<number> {
   const dataDir = dataDirOf(opts.config);
   const socket = statusSocket(dataDir);
-  let status: { lastError?: string[] | null };
+  let status: { lastError?: string[] | null; cluster?: { processes?: Array<{ role: string; index: number; ready: boolean }> } };
   try {
     status = await ask(socket, '/status');
   } catch (err) {
+    // A socket that accepted the connection has a server behind it (a dead one's refuses it, or is gone).
+    if (err instanceof NoAnswer) {
+      process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
+      return NOT_ANSWERING;
+    }
     process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})\n`);
     return NOT_RUNNING;
   }
   process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
-  return status.lastError ? 2 : 0;
+  if (status.lastError) return 2;
+  const down = (status.cluster?.processes ?? []).filter((p) => !p.ready).map((p) => `${p.role} ${p.index}`);
+  if (down.length) {
+    process.stderr.write(`postern: running, but not ready: ${down.join(', ')} (a process that died is being replaced; see cluster.processes)\n`);
+    return DEGRADED;
+  }
+  return 0;
 }
 
 /**
@@ -46,16 +63,27 @@ function dataDirOf(configPath: string | undefined): string {
   }
 }
 
+/** Connected, and no whole answer in time. */
+class NoAnswer extends Error {}
+
 function ask<T>(socketPath: string, path: string): Promise<T> {
-  return new Promise((resolvePromise, reject) => {
-    const req = http.get({ socketPath, path, timeout: 5000 }, (res) => {
+  const socket = shortSocketPath(socketPath);
+  return new Promise<T>((resolvePromise, reject) => {
+    const req = http.get({ socketPath: socket.path, path }, (res) => {
       let body = '';
       res.setEncoding('utf8').on('data', (d: string) => { body += d; });
       res.on('end', () => {
+        clearTimeout(deadline);
         try { resolvePromise(JSON.parse(body) as T); } catch (err) { reject(err as Error); }
       });
+      res.on('error', () => undefined); // the request's error (the deadline's) rejects
     });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', reject);
-  });
+    let connected = false;
+    req.once('socket', (s) => s.once('connect', () => { connected = true; }));
+    const deadline = setTimeout(() => req.destroy(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
+    req.on('error', (err) => {
+      clearTimeout(deadline);
+      reject(err);
+    });
+  }).finally(socket.release);
 }

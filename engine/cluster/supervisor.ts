@@ -25,10 +25,11 @@ import net from 'node:net';
 import { availableParallelism } from 'node:os';
 import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { MetricObjectWithValues, MetricValue } from 'prom-client';
+import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
-import { metrics, registry, setFenceProbe } from '../metrics/metrics.ts';
+import { metrics, registry, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
@@ -44,6 +45,7 @@ import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { statusSummary } from './status-summary.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
+import { closedUnansweredCounted } from '../smtp/connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
@@ -150,6 +152,8 @@ export class Supervisor {
   readonly #waitingCounts = new WaitingCounts();
   /** Client slots (and listeners, by name) refused at accept, until they come back under: logged once per episode. */
   readonly #floodReported = new Set<string>();
+  /** The waiting queue was full (MAX_WAITING) at an accept: logged once until one is accepted again. */
+  #waitingFullReported = false;
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
@@ -168,6 +172,8 @@ export class Supervisor {
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
+  /** The children's last metrics, and those of children that exited: the server's counters never go down. */
+  readonly #clusterMetrics = new ClusterMetrics();
   #saving: Promise<void> = Promise.resolve();
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
@@ -193,6 +199,9 @@ export class Supervisor {
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     setFenceProbe(() => this.#fences.fences.length);
+    // The queue gauges are read here, from the spools (as postern status does): read by the queue process, they
+    // fell to 0 whenever it was down (crashed, being replaced), and the queue alerts cleared when mail was stuck.
+    setQueueProbe(() => this.#census());
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
@@ -239,8 +248,11 @@ export class Supervisor {
     await sup.#saveStatus();
     // `postern status` asks here, with or without an admin listener.
     const socket = statusSocket(loaded.config.dataDir);
-    if (Buffer.byteLength(socket) < 100) sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
-    else log.warn({ socket }, 'data directory path too long for a unix socket: postern status reads the state files only');
+    try {
+      sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+    } catch (err) {
+      log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
+    }
     if (loaded.config.admin) {
       sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
       log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
@@ -431,6 +443,7 @@ export class Supervisor {
     if (child.proc !== proc) return;
     child.proc = null;
     child.ready = false;
+    this.#clusterMetrics.exited(proc);
     // Never reached it, or died with it: the client sees the close.
     for (const socket of child.inflight) socket.destroy();
     for (const { socket } of child.copies.splice(0)) socket.destroy();
@@ -508,11 +521,13 @@ export class Supervisor {
   /** `proxy`: the listener's trusted PROXY-protocol senders; `policy`: a policy service's connection. */
   #accepted(listener: string, socket: net.Socket, proxy: TrustedProxies | null, policy = false): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
-    if (this.#waiting.length >= MAX_WAITING) return void socket.destroy();
+    if (this.#waiting.length >= MAX_WAITING) return this.#waitingFull(listener, socket);
+    this.#waitingFullReported = false;
     if (proxy && !proxy.has(socket.remoteAddress)) {
       const peer = clientAddress(socket);
       this.log.info({ listener, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null, peer },
         'PROXY protocol: connection from an untrusted address closed');
+      closedUnansweredCounted(listener, 'untrusted-proxy');
       return void socket.destroy();
     }
     if (policy) {
@@ -554,6 +569,8 @@ export class Supervisor {
       if (this.#floodReported.size) { this.#floodReported.delete(key); this.#floodReported.delete(listener); }
       return false;
     }
+    // Logged once an episode, counted each time: the metric shows how big the flood is.
+    closedUnansweredCounted(listener, perIp ? 'per-ip-limit' : 'max-connections');
     if (!this.#floodReported.has(what)) {
       this.#floodReported.add(what);
       if (this.#floodReported.size > 10_000) this.#floodReported.clear();
@@ -563,6 +580,17 @@ export class Supervisor {
         : 'too many connections to this listener waiting for a worker, closed at accept (logged once until it comes back under)');
     }
     return true;
+  }
+
+  /** MAX_WAITING connections wait for a worker already: closed at accept, counted, logged once until there is room. */
+  #waitingFull(listener: string, socket: net.Socket): void {
+    closedUnansweredCounted(listener, 'server-busy');
+    if (!this.#waitingFullReported) {
+      this.#waitingFullReported = true;
+      this.log.warn({ listener, decision: 'reject', stage: 'CONNECT', client: clientAddress(socket), reply: null, waiting: this.#waiting.length, reason: `${MAX_WAITING} connections waiting for a worker (closed at accept)` },
+        'too many connections waiting for a worker, new ones closed at accept (logged once until there is room)');
+    }
+    socket.destroy();
   }
 
   /** limits of listener `name`, as the configuration the supervisor runs names it. */
@@ -781,9 +809,8 @@ export class Supervisor {
     };
     return {
       metrics: async () => {
-        const answers = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
-        const all = [await registry.getMetricsAsJSON(), ...answers.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null)];
-        const merged = AggregatorRegistry.aggregate(all);
+        const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
         return { contentType: merged.contentType, text: await merged.metrics() };
       },
       readiness: async () => {
@@ -801,7 +828,7 @@ export class Supervisor {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
         // unrelated reload must not make a listener that still runs on its old port look settled.
-        const children = await Promise.all(this.#children.filter((c) => c.ready && c.proc?.connected).map((c) => this.#childMetrics(c)));
+        const children = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
         const shadow = shadowCounts(children.filter((a): a is MetricObjectWithValues<MetricValue<string>>[] => a !== null));
         const pendingRestart = this.#pendingRestart();
         const queue = await this.#queueSize();
@@ -826,24 +853,34 @@ export class Supervisor {
     return out;
   }
 
-  /** Messages (held ones, the oldest's age) in every spool of the data directory, read as `postern queue` reads them (safe while they run). */
+  /** Messages (held ones, the oldest's age) in every spool of the data directory, or why they cannot be counted. */
   async #queueSize(): Promise<QueueCensus | { error: string }> {
+    return this.#census().catch((err: Error) => ({ error: err.message }));
+  }
+
+  /** Every spool of the data directory counted, read as `postern queue` reads them (safe while they run). */
+  async #census(): Promise<QueueCensus> {
     const spools = new SpoolSet(new Spool(join(this.config.config.dataDir, 'spool')));
     try {
       return await spools.census();
-    } catch (err) {
-      return { error: (err as Error).message };
     } finally {
       spools.close();
     }
   }
 
+  /** A child's metrics now; a child that does not answer within 2 s (hung, busy): the last it gave (cluster-metrics.ts). */
   #childMetrics(child: Child): Promise<MetricObjectWithValues<MetricValue<string>>[] | null> {
     const q = ++this.#metricsNext;
+    const proc = child.proc!;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.#metricsWaiting.delete(q); resolve(null); }, 2000); // a hung child: leave it out
-      this.#metricsWaiting.set(q, (metrics) => { clearTimeout(timer); this.#metricsWaiting.delete(q); resolve(metrics); });
-      child.proc!.send({ t: 'metrics', q });
+      const answered = (metrics: MetricObjectWithValues<MetricValue<string>>[] | null): void => {
+        clearTimeout(timer);
+        this.#metricsWaiting.delete(q);
+        resolve(proc === child.proc ? this.#clusterMetrics.answered(proc, metrics) : null);
+      };
+      const timer = setTimeout(() => answered(null), 2000);
+      this.#metricsWaiting.set(q, answered);
+      proc.send({ t: 'metrics', q });
     });
   }
 

@@ -2,6 +2,8 @@
  * What became of each recipient of a delivery attempt, and the classification of replies and errors
  * into delivered / temporary (retry later) / permanent (bounce now).
  */
+import { withoutControls } from '../smtp/reply.ts';
+
 export type RecipientStatus = 'delivered' | 'temporary' | 'permanent';
 
 export interface RecipientOutcome {
@@ -53,14 +55,15 @@ const MAX_REPLY_CHARS = 1000;
 /**
  * One line for logs, state files and DSNs: multi-line replies joined, control characters removed, at most
  * MAX_REPLY_CHARS (a single-line reply was kept whole: 1 MB in each log line, in the state file up to 20
- * times, in previousErrors, and in the bounce).
+ * times, in previousErrors, and in the bounce). The C1 ones and U+2028/U+2029 too: the next hop's operator
+ * chose the text, and `postern queue list` prints it to a terminal (U+009B is CSI to xterm).
  */
 export function oneLine(reply: string): string {
   const lines = reply.split(/\r?\n/).filter((l) => l.length);
-  if (lines.length <= 1) return (lines[0] ?? '').slice(0, MAX_REPLY_CHARS).replace(/[\x00-\x1f\x7f]/g, ' ').trim();
+  if (lines.length <= 1) return withoutControls((lines[0] ?? '').slice(0, MAX_REPLY_CHARS)).trim();
   const code = /^(\d{3})[ -]/.exec(lines[0]!)?.[1];
   const body = lines.map((l, i) => (i === 0 ? l.replace(/^(\d{3})-/, '$1 ') : code && l.startsWith(code) ? l.slice(4) : l)).join(' ');
-  return body.slice(0, MAX_REPLY_CHARS).replace(/[\x00-\x1f\x7f]/g, ' ').trim();
+  return withoutControls(body.slice(0, MAX_REPLY_CHARS)).trim();
 }
 
 /** Outcome of a recipient for an SMTP reply code (2xx delivered, 5xx permanent, anything else temporary). */

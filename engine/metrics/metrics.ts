@@ -10,6 +10,9 @@ import { HotCounter, HotHistogram } from './hot-metrics.ts';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry, prefix: 'postern_' }); // postern_process_* and postern_nodejs_*
+// Gauges named like counters (`_total`): promtool check metrics refuses the scrape for them. Each is the sum of
+// the series of its namesake without the suffix (by type), which stays.
+for (const name of ['active_handles_total', 'active_requests_total', 'active_resources_total']) registry.removeSingleMetric(`postern_nodejs_${name}`);
 
 /** What the queue gauges read at each scrape: set by the server that owns the spool. */
 type QueueLook = Promise<{ messages: number; held: number; oldestAgeSeconds: number }>;
@@ -35,7 +38,7 @@ export const metrics = {
     labelNames: ['listener'] as const, registers: [registry],
   }),
   connectionsRefused: new Counter({
-    name: 'postern_smtp_connections_refused_total', help: 'Connections refused at connect (limits, greeting pause, auth-failure block), by listener and reason',
+    name: 'postern_smtp_connections_refused_total', help: 'Connections refused at connect, answered or closed unanswered before any SMTP (limits, greeting pause, auth-failure block, PROXY header), by listener and reason',
     labelNames: ['listener', 'reason'] as const, registers: [registry],
   }),
   tlsHandshakes: new Counter({
@@ -44,7 +47,7 @@ export const metrics = {
     labelNames: ['listener', 'protocol', 'client_certificate'] as const, registers: [registry],
   }),
   tlsHandshakeFailures: new Counter({
-    name: 'postern_tls_handshake_failures_total', help: 'Inbound TLS handshakes that failed, by listener',
+    name: 'postern_tls_handshake_failures_total', help: 'Inbound TLS handshakes that failed (refused by TLS, or not completed in time), by listener',
     labelNames: ['listener'] as const, registers: [registry],
   }),
   authAttempts: new Counter({
@@ -70,7 +73,7 @@ export const metrics = {
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
   queueMessages: new Gauge({
     name: 'postern_queue_messages', help: 'Messages in the delivery queue (spooled, not yet delivered or bounced), held ones included', registers: [registry],
-    aggregator: 'max', // across processes: only the queue process knows it
+    aggregator: 'max', // across processes: only the one that reads the queue (the supervisor of `postern serve`) knows it
     async collect() { if (queueProbe) this.set((await lookAtQueue()).messages); },
   }),
   queueHeld: new Gauge({

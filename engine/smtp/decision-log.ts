@@ -73,6 +73,9 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
 }
 
+/** smtp-server's 421 to a client that talked before the greeting. */
+export const GREETING_PAUSE_REASON = 'limits.greetingDelayMs: the client talked before the greeting';
+
 /** Why smtp-server refused a command on its own: the Postern setting behind the refusal, where there is one. */
 export function smtpServerReason(code: number, text: string, context: string | false | undefined): string {
   if (context === 'TOO_MANY_RECIPIENTS') return 'limits.maxRecipients';
@@ -81,6 +84,6 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === 421 && text === REPLIES.shuttingDown.text) return REPLIES.shuttingDown.reason;
   if (code === 421 && text.startsWith('Timeout')) return 'limits.socketTimeoutMs';
   if (code === 421 && text.endsWith('Command line too long')) return "a command line over smtp-server's length limit (closed)";
-  if (code === 421 && text.endsWith('You talk too soon')) return 'limits.greetingDelayMs: the client talked before the greeting';
+  if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
   return 'SMTP protocol rule (smtp-server)';
 }

@@ -4,7 +4,8 @@
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
 import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
-import { refusalCounted } from '../metrics/metrics.ts';
+import { metrics, refusalCounted } from '../metrics/metrics.ts';
+import { connectRefusalCounted } from './connection-refusals.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
 import type { SMTPServer } from 'smtp-server';
@@ -226,6 +227,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const timer = setTimeout(() => {
       if (!this._upgrading || raw.destroyed) return;
       this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
       raw.destroy();
     }, this.#server.tlsHandshakeTimeoutMs);
     timer.unref();
@@ -247,7 +249,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (decided !== null && decided.reply.responseCode === code) {
       const { reply: sent, stage, facts } = decided;
       if (sent.refuses) {
-        refusalCounted(stage, code, sent.reason);
+        this.#refusalCounted(stage, code, sent.reason);
         logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
       }
       super.send(code, sent.message, false);
@@ -355,6 +357,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     super._onError(err);
   }
 
+  /** Every refusal sent, by stage and reason; one at connect is a refused connection too. */
+  #refusalCounted(stage: DecisionStage, code: number, reason: string | undefined): void {
+    refusalCounted(stage, code, reason);
+    if (stage === 'CONNECT') connectRefusalCounted(this.state.listener.name, reason);
+  }
+
   /** A refusal smtp-server wrote itself: logged and counted like Postern's, with the enhanced code the wire has. */
   #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined): void {
     const line = Array.isArray(data) ? data.join(' ') : data ?? '';
@@ -364,7 +372,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
     const reason = smtpServerReason(code, text, context);
-    refusalCounted(stage, code, reason);
+    this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
     if (overLimit !== undefined && !loggedOvershoot(overLimit)) return;
     logRefusal(this.#server.runtime.logger, this, stage,

@@ -19,6 +19,7 @@ import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
+import { closedUnansweredCounted } from './connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 
@@ -157,6 +158,7 @@ export class PosternServer extends SMTPServer {
       const peer = clientAddress(socket);
       this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', peer, 'listeners.proxyProtocol.trustedProxies: not a trusted proxy'), peer },
         'PROXY protocol: connection from an untrusted address closed');
+      closedUnansweredCounted(this.listenerName, 'untrusted-proxy');
       socket.on('error', () => undefined);
       socket.destroy();
       return false;
@@ -194,6 +196,7 @@ export class PosternServer extends SMTPServer {
       if (handshake && open > 2 * this.maxConnectionsPerIp) {
         this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('CONNECT', ip, 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)'), ip, open },
           'too many connections from this address, closed before TLS');
+        closedUnansweredCounted(this.listenerName, 'per-ip-limit');
         socket.on('error', () => undefined);
         socket.destroy();
         return false;
@@ -234,6 +237,7 @@ export class PosternServer extends SMTPServer {
     const refuse = (err: Error): void => {
       this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', balancer, err.message), peer: balancer },
         'PROXY protocol: connection closed');
+      closedUnansweredCounted(this.listenerName, 'proxy-header');
       socket.on('error', () => undefined);
       socket.destroy();
       callback(err);
@@ -278,6 +282,7 @@ export class PosternServer extends SMTPServer {
         }
         this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('CONNECT', client, 'limits.connectionRatePerIp: over the rate (closed before TLS)'), ip },
           'too many connections from this address within limits.connectionRatePerIp, closed before TLS');
+        closedUnansweredCounted(this.listenerName, 'connection-rate');
         socket.on('error', () => undefined);
         socket.destroy();
         callback(new Error('closed before the session'));
@@ -365,10 +370,12 @@ export class PosternServer extends SMTPServer {
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    const client = this.#proxiedClient.get(socket);
-    // A failed handshake is reported with the client the PROXY header named, not the balancer.
-    super._upgrade(socket, client === undefined ? callback : (err, tlsSocket) => {
-      if (err) (err as Error & { remoteAddress?: string }).remoteAddress = client;
+    // A failed handshake is reported with its client (the one the PROXY header named, not the balancer):
+    // smtp-server names it only in err.meta, and the error then read as the listener's own (error level,
+    // stack trace), for every client that sent no ClientHello in time or a broken one.
+    const client = this.#proxiedClient.get(socket) ?? clientAddress(socket);
+    super._upgrade(socket, (err, tlsSocket) => {
+      if (err) Object.assign(err, { remoteAddress: client, tlsHandshake: true });
       callback(err, tlsSocket);
     });
     const tlsSocket = this._pendingSockets.get(socket);
@@ -427,7 +434,6 @@ export class PosternServer extends SMTPServer {
   }
 
   #refuseOverIpLimit(conn: PosternConnection, callback: Done): void {
-    metrics.connectionsRefused.inc({ listener: conn.state.listener.name, reason: 'per-ip-limit' });
     callback(conn.decide('CONNECT', reply('tooManyConnectionsFromAddress')));
   }
 

@@ -46,9 +46,14 @@ const CONTROL_CHARACTERS = /[\x00-\x1f\x7f-\x9f\u2028\u2029]+/g;
 
 /** Reply text must never contain a line break or control character (response splitting). */
 export function sanitizeReplyText(text: string): string {
-  // Most texts are clean and short: checked first, they are returned as they are (no copy).
-  const clean = CONTROL_CHARACTER.test(text) ? text.replace(CONTROL_CHARACTERS, ' ') : text;
+  const clean = withoutControls(text);
   return clean.length > 400 ? clean.slice(0, 400) : clean;
+}
+
+/** `text` with each run of control characters (C0, DEL, C1, U+2028/U+2029) as one space. */
+export function withoutControls(text: string): string {
+  // Most texts are clean: checked first, they are returned as they are (no copy).
+  return CONTROL_CHARACTER.test(text) ? text.replace(CONTROL_CHARACTERS, ' ') : text;
 }
 
 /** A reply line's text already carries an enhanced status code. */

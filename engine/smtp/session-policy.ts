@@ -143,13 +143,9 @@ export class SessionPolicy {
       release = await slots.acquire(STORE_KEYS.connections(st.listener.name, ip), limits.maxConnectionsPerIp);
     } catch (err) {
       this.#log.debug({ cid: conn.id, ip, err: { message: (err as Error).message } }, 'connection refused: connection slots unavailable (store)');
-      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'store-unavailable' });
       return reply('connectionLimitStoreUnavailable');
     }
-    if (!release) {
-      metrics.connectionsRefused.inc({ listener: st.listener.name, reason: 'per-ip-limit' });
-      return reply('tooManyConnectionsFromAddress');
-    }
+    if (!release) return reply('tooManyConnectionsFromAddress');
     st.releaseSlot = release;
     if (st.closed) release(); // the client left while the slot was being taken
     return null;
@@ -184,11 +180,9 @@ export class SessionPolicy {
       result = await store.rate(STORE_KEYS.connectionRate(listener.name, ip), limit.count, limit.windowSeconds);
     } catch (err) {
       this.#log.debug({ cid, ip, err: { message: (err as Error).message } }, 'connection refused: connection rate unavailable (store)');
-      metrics.connectionsRefused.inc({ listener: listener.name, reason: 'store-unavailable' });
       return { refusal: reply('connectionRateStoreUnavailable'), overRate: false };
     }
     if (result.allowed) return null;
-    metrics.connectionsRefused.inc({ listener: listener.name, reason: 'connection-rate' });
     return { refusal: reply('connectionRateFromAddress', { ip: client }), overRate: true };
   }
 

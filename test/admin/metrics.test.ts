@@ -3,7 +3,7 @@
 // delivery did; /healthz and /readyz answer (that every metric is documented: test/metrics/metrics.test.ts).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import net from 'node:net';
@@ -16,6 +16,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
+import { needs } from '../helpers/example.ts';
 
 const curl = promisify(execFile);
 let pki: TestPki;
@@ -90,6 +91,13 @@ test('counters move by what one TLS session with a client certificate, scripts a
   assert.equal(sent.attempt, 1);
   assert.equal(typeof sent.delay, 'number');
   assert.match(String(sent.msg), new RegExp(`^${accepted.id}: to=<someone@example\\.test>, relay=127\\.0\\.0\\.1\\[127\\.0\\.0\\.1\\]:${sink.port}, delay=[\\d.]+, attempt=1, tls=none, client_certificate=none, status=sent \\(250 `));
+});
+
+test('/metrics passes promtool check metrics: format and naming (what a scrape of Prometheus and its lint accept)', needs('promtool'), async () => {
+  const { stdout } = await curl('curl', ['-sf', `http://127.0.0.1:${s.admin!.address.port}/metrics`]);
+  assert.match(stdout, /^postern_spool_commit_duration_seconds_bucket\{le="\+Inf"\} [1-9]/m, 'after traffic: histograms with observations');
+  const r = spawnSync('promtool', ['check', 'metrics'], { input: stdout, encoding: 'utf8' });
+  assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
 });
 
 test('/healthz and /readyz answer; a refused reload makes /readyz fail until it is fixed', async () => {

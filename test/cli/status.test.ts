@@ -6,9 +6,10 @@ import { test, after } from 'node:test';
 // (the cluster helpers start `postern serve` as a child process)
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -84,4 +85,62 @@ listeners:
   assert.equal(stoppedBroken.code, 3);
   assert.match(stoppedBroken.stderr, /the configuration has errors[^]*not running/);
   assert.doesNotMatch(stoppedBroken.stderr, /the running server/);
+});
+
+test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
+  const hung = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const config = join(hung.dir, 'postern.yaml');
+    assert.equal(status(config).code, 0);
+    process.kill(hung.proc.pid!, 'SIGSTOP');
+    let stopped;
+    try {
+      stopped = status(config);
+    } finally {
+      process.kill(hung.proc.pid!, 'SIGCONT');
+    }
+    assert.equal(stopped.code, 4, stopped.stderr);
+    assert.match(stopped.stderr, /does not answer/);
+    assert.doesNotMatch(stopped.stderr, /not running/);
+    assert.equal(stopped.json, null);
+  } finally {
+    await hung.stop();
+  }
+});
+
+test('a data directory whose socket path is too long for a unix socket address: postern status still asks the running server', { timeout: 120_000 }, async () => {
+  // sun_path holds 108 bytes: <dataDir>/postern.sock is longer than that here.
+  const dataDir = join(await mkdtemp(join(tmpdir(), 'postern-status-')), 'a-data-directory-with-a-long-name'.repeat(3));
+  assert.ok(Buffer.byteLength(join(dataDir, 'postern.sock')) > 108);
+  const long = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const running = status(join(long.dir, 'postern.yaml'));
+    assert.equal(running.code, 0, running.stderr);
+    assert.equal((running.json!.cluster as { pid: number }).pid, long.proc.pid);
+    assert.ok(!long.logs.some((l) => /too long for a unix socket/.test(String(l.msg))), 'no warning: it works');
+  } finally {
+    await long.stop();
+    await rm(dirname(dataDir), { recursive: true, force: true });
+  }
+});
+
+test('a worker down (dead, being replaced): exit 5 with what is not ready, until it is back', { timeout: 120_000 }, async () => {
+  const degraded = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    const config = join(degraded.dir, 'postern.yaml');
+    assert.equal(status(config).code, 0);
+    // Killed as soon as it is back, a few times: its replacement then waits (restart backoff).
+    let down: ReturnType<typeof status> | null = null;
+    for (let kills = 0; kills < 6 && !down; kills++) {
+      process.kill(await workerPid(degraded, 0), 'SIGKILL');
+      const s = status(config);
+      if (s.code === 5) down = s;
+    }
+    assert.ok(down, 'status while the worker was down');
+    assert.match(down.stderr, /not ready: worker 0/);
+    assert.match(String(down.json!.summary), /^0\/1 workers ready \(not ready: worker 0\)/);
+    await degraded.waitFor('the worker back', () => status(config).code === 0);
+  } finally {
+    await degraded.stop();
+  }
 });

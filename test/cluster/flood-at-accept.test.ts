@@ -12,9 +12,22 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { startCluster, workerPid } from '../helpers/cluster.ts';
 import { proxyV1 } from '../helpers/proxy-header.ts';
+import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 
 const LIMIT = 2;
 const CONNECTIONS = 16;
+
+/** One worker the supervisor hands connections to (roundRobin), an admin listener, and listener `in` with `limits`. */
+const roundRobinListener = (limits: string): string => `
+workers: 1
+workerChoice: roundRobin
+admin: { listen: "127.0.0.1:{PORT:admin}" }
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: ${limits}
+`;
 
 /** A raw connection from `localAddress`; resolves once it is closed, with what it received. */
 async function open(port: number, localAddress: string, header?: string | Buffer): Promise<{ socket: net.Socket; outcome: Promise<string> }> {
@@ -40,17 +53,7 @@ for (const [name, limits, address] of [
     proxyProtocol: { trusted: [127.0.0.1]`, (_i: number) => '127.0.0.1'],
 ] as const) {
   test(`${name} waiting for a worker: closed at accept, unanswered`, { timeout: 120_000 }, async () => {
-    const c = await startCluster({
-      config: `
-workers: 1
-workerChoice: roundRobin
-listeners:
-  - name: in
-    listen: 127.0.0.1:{PORT:in}
-    reverseDns: false
-    limits: { greetingDelayMs: 0, ${limits} }
-`,
-    });
+    const c = await startCluster({ config: roundRobinListener(`{ greetingDelayMs: 0, ${limits} }`) });
     const sockets: net.Socket[] = [];
     try {
       const pid = await workerPid(c, 0);
@@ -71,9 +74,27 @@ listeners:
       assert.ok(got.some((g) => /^(220|421) /.test(g)), 'the connections that waited are served by the replacement');
       await c.waitFor('one line for the episode', () => c.logs.some((l) => /waiting for a worker, closed at accept/.test(String(l.msg))), 30_000);
       assert.equal(c.logs.filter((l) => /waiting for a worker, closed at accept/.test(String(l.msg))).length, 1, 'logged once, not per connection');
+      // Logged once, but each counted: the metric shows the flood's size.
+      const reason = limits.startsWith('maxConnectionsPerIp') ? 'per-ip-limit' : 'max-connections';
+      const refused = (await scrapeMetrics(c.port('admin'))).get(`postern_smtp_connections_refused_total{listener="in",reason="${reason}"}`) ?? 0;
+      assert.ok(refused > 0 && refused <= unanswered, `${refused} counted as ${reason}, ${unanswered} closed unanswered`);
     } finally {
       for (const s of sockets) s.destroy();
       await c.stop();
     }
   });
 }
+
+test('roundRobin: a connection from an address that is no trusted proxy, closed by the supervisor, is logged and counted', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: roundRobinListener('{ greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [10.0.0.0/8] }') });
+  try {
+    await workerPid(c, 0);
+    const { outcome } = await open(c.port('in'), '127.0.0.1');
+    assert.equal(await outcome, '', 'closed unanswered');
+    await c.waitFor('its line', () => c.logs.some((l) => l.stage === 'PROXY' && l.decision === 'reject'));
+    const refused = (await scrapeMetrics(c.port('admin'))).get('postern_smtp_connections_refused_total{listener="in",reason="untrusted-proxy"}');
+    assert.equal(refused, 1);
+  } finally {
+    await c.stop();
+  }
+});

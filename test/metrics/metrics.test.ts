@@ -9,12 +9,15 @@ import { AggregatorRegistry, Counter, Histogram, Registry } from 'prom-client';
 import { registry } from '../../engine/metrics/metrics.ts';
 import { HotCounter, HotHistogram } from '../../engine/metrics/hot-metrics.ts';
 
-test('every metric is documented in docs/operations.md, and every documented metric exists', async () => {
+test('every metric has its row in docs/operations.md\'s table, and every metric the page names exists', async () => {
   const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
-  const documented = new Set([...doc.matchAll(/`(postern_[a-z_]+)`/g)].map((m) => m[1]!).filter((n) => !/^postern_(process|nodejs)_/.test(n)));
-  const ours = (await registry.getMetricsAsJSON()).map((m) => m.name).filter((n) => !/^postern_(process|nodejs)_/.test(n));
-  assert.deepEqual([...ours].sort().filter((n) => !documented.has(n)), [], 'metrics missing from docs/operations.md');
-  assert.deepEqual([...documented].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md lists metrics that do not exist');
+  const own = (n: string): boolean => !/^postern_(process|nodejs)_/.test(n);
+  // The table's rows, not any mention: a metric named only in prose (or an alert) has no type, labels or meaning given.
+  const rows = new Set([...doc.matchAll(/^\| `(postern_[a-z_]+)` \|/gm)].map((m) => m[1]!));
+  const named = new Set([...doc.matchAll(/\b(postern_[a-z_]+[a-z])\b/g)].map((m) => m[1]!).filter(own));
+  const ours = (await registry.getMetricsAsJSON()).map((m) => m.name).filter(own);
+  assert.deepEqual([...ours].sort().filter((n) => !rows.has(n)), [], 'metrics without a row in docs/operations.md');
+  assert.deepEqual([...named].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md names metrics that do not exist');
 });
 
 test('docs/operations.md gives each metric its type and labels as the code has them', async () => {

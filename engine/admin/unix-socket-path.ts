@@ -1,0 +1,19 @@
+/**
+ * A unix socket's address holds about 100 bytes (sun_path: 108 on Linux, 104 elsewhere), and
+ * `<dataDir>/postern.sock` under a deep data directory is longer: binding or connecting to it failed, so
+ * `postern status` told a running server "not running". A longer path is reached through its folder's
+ * open descriptor (/proc/self/fd/N/name, Linux): the socket is the same file in the data directory, with
+ * its permissions.
+ */
+import { closeSync, openSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
+
+/** Bytes of a path that bind() and connect() take on every platform. */
+const MAX_SOCKET_PATH = 100;
+
+/** `path`, or a short path to the same socket, and what to call once bound or connected. */
+export function shortSocketPath(path: string): { path: string; release(): void } {
+  if (Buffer.byteLength(path) < MAX_SOCKET_PATH || process.platform !== 'linux') return { path, release: () => undefined };
+  const folder = openSync(dirname(path), 'r');
+  return { path: `/proc/self/fd/${folder}/${basename(path)}`, release: () => closeSync(folder) };
+}

@@ -1,0 +1,46 @@
+/**
+ * The metrics of `postern serve` as one server: the supervisor's own and every child's answer, merged by each
+ * metric's aggregator (prom-client's; counters summed). A child's counters live in the child: replaced (killed,
+ * hung, recycled), its counts went with it and the sum went down, and a child that did not answer in time was
+ * left out of that scrape the same way. To Prometheus a counter that goes down was reset: rate() and increase()
+ * then count the whole remaining sum again as new (a spike in every alert on refusals, deliveries, restarts).
+ * So the last answer of each child is kept: it stands in for the child when it does not answer, and when the
+ * child exits its counters and histograms (not its gauges: what it held is gone with it) are added to every
+ * scrape from then on. What a child counted after its last scrape is lost with it, as before.
+ */
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
+
+export type MetricsAnswer = MetricObjectWithValues<MetricValue<string>>[];
+
+/** What only grows (as JSON names its type): kept for a child that exited. */
+const CUMULATIVE = new Set(['counter', 'histogram']);
+
+export class ClusterMetrics {
+  /** Each live child's last answer, by the child's process. */
+  readonly #last = new Map<object, MetricsAnswer>();
+  /** The counters and histograms of every exited child as last seen, merged into one. */
+  #retired: MetricsAnswer = [];
+
+  /** A child's answer to this scrape, or (null: it did not answer in time) the last one it gave. */
+  answered(child: object, answer: MetricsAnswer | null): MetricsAnswer | null {
+    if (answer === null) return this.#last.get(child) ?? null;
+    this.#last.set(child, answer);
+    return answer;
+  }
+
+  /** The child's process exited: what it counted stays counted. */
+  exited(child: object): void {
+    const last = this.#last.get(child);
+    this.#last.delete(child);
+    if (!last) return;
+    const kept = last.filter((m) => CUMULATIVE.has(String(m.type)));
+    // aggregate() registers each merged metric as its plain values (and a get() that returns them): read at once.
+    this.#retired = AggregatorRegistry.aggregate([this.#retired, kept]).getMetricsAsArray()
+      .map((m) => { const { name, help, type, values, aggregator } = m as unknown as MetricsAnswer[number]; return { name, help, type, values, aggregator }; }) as unknown as MetricsAnswer;
+  }
+
+  /** The server's metrics: `own` (the supervisor's), the children's `answers`, and those of exited children. */
+  merged(own: MetricsAnswer, answers: ReadonlyArray<MetricsAnswer | null>): Registry {
+    return AggregatorRegistry.aggregate([own, ...answers.filter((a): a is MetricsAnswer => a !== null), this.#retired]);
+  }
+}
