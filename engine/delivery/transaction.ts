@@ -17,6 +17,7 @@ import { recipientDomain, type NextHop } from './routing.ts';
 import type { OwnAddress } from './own-listeners.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
+import { wireEnvelope } from './wire-envelope.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
@@ -258,8 +259,28 @@ function plaintext(s: ConnectionSecurity): ConnectionSecurity {
 /**
  * Run the transaction on `pc` and give the connection back to the pool. 'retry': the connection died
  * before the server saw any recipient (a pooled connection the server had closed), so nothing was sent.
+ * Only what the next hop's EHLO reply allows is sent (wire-envelope.ts); the rest fails here.
  */
 async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<Round | 'retry'> {
+  const extensions = (pc.conn as unknown as { _supportedExtensions?: string[] })._supportedExtensions ?? [];
+  const wire = wireEnvelope(tx, { eightBitMime: extensions.includes('8BITMIME'), smtputf8: extensions.includes('SMTPUTF8') }, pc.info.remote);
+  if (!wire.to.length) {
+    env.pool.release(pc, true); // nothing was sent on it
+    return { connection: pc.info, outcomes: wire.refused, tooMany: [], delivered: false };
+  }
+  const r = await sendWire(env, pc, { ...tx, from: wire.from, to: wire.to });
+  if (r === 'retry' || (!wire.refused.length && wire.to.every((w, i) => w === tx.to[i]))) return r;
+  // Back to the recipients as queued.
+  const byRecipient = new Map(wire.refused.map((o) => [o.recipient, o]));
+  for (const o of r.outcomes) for (const q of wire.queued.get(o.recipient) ?? []) byRecipient.set(q, { ...o, recipient: q });
+  return {
+    ...r,
+    outcomes: tx.to.map((q) => byRecipient.get(q)!),
+    tooMany: r.tooMany.flatMap((w) => wire.queued.get(w) ?? []),
+  };
+}
+
+async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<Round | 'retry'> {
   const remote = pc.info.remote;
   const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit };
   try {
