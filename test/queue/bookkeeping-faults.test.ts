@@ -102,3 +102,54 @@ test('a recipient accepted by the next hop is not sent to again when the state f
     await sink.close();
   }
 });
+
+// The state file of a partly delivered message is the only record of the recipients delivered in earlier
+// attempts. Its removal, once the last one was delivered, followed a done mark of the journal message that was
+// never synced: a power cut could keep the state file's removal (its folder was synced) and lose the mark, and
+// the message came back without its state, to be sent to every recipient again. The mark is now synced first;
+// when that fails, the state file stays and the removal is tried again later.
+test('the state file of a partly delivered message is removed only once its done mark is on disk', async () => {
+  let refuseLater = true;
+  const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
+    }),
+  });
+  const realFsync = fs.fsync;
+  let failures = 0;
+  (fs as { fsync: unknown }).fsync = (fd: number, cb: (err: Error | null) => void): void => {
+    if (fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('.done')) {
+      failures++;
+      process.nextTick(cb, Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO', errno: -5, syscall: 'fsync' }));
+      return;
+    }
+    realFsync(fd, cb);
+  };
+  syncBuiltinESMExports();
+  const restore = (): void => { fs.fsync = realFsync; syncBuiltinESMExports(); };
+  try {
+    const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
+    await s.nextAttempt((e) => e.id === id && e.attempt === 1, { past: true });
+    const state = join(s.dir, 'data', 'spool', 'queue', `${id}.state`);
+    assert.ok(fs.existsSync(state), 'the first attempt recorded ok@ as delivered');
+    refuseLater = false;
+    const second = await s.nextAttempt((e) => e.id === id && e.outcomes.some((o) => o.recipient === 'later@example.test' && o.status === 'delivered'), { past: true });
+    assert.ok(failures >= 1, 'the done mark was synced before the state file was removed');
+    assert.equal(second.removed, false, 'not reported removed: its removal is not on disk');
+    assert.ok(fs.existsSync(state), 'the state file, the record of ok@\'s delivery, is still there');
+    const removed = s.nextAttempt((e) => e.id === id && e.removed);
+    restore();
+    await removed;
+    assert.equal(fs.existsSync(state), false);
+    assert.equal(await s.runtime.spool.has(id), false);
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'ok@ got it once');
+    assert.equal(sink.messages.filter((m) => m.to.includes('later@example.test')).length, 1, 'later@ got it once');
+  } finally {
+    restore();
+    await s.stop();
+    await sink.close();
+  }
+});
