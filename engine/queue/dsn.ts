@@ -4,6 +4,7 @@
  * original message's header.
  */
 import { randomBytes } from 'node:crypto';
+import { isAscii } from 'node:buffer';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 
 export interface FailedRecipient {
@@ -66,7 +67,10 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n\r\n');
 
   const headers = originalHeader(input.originalMessage);
+  // 7-bit throughout (8-bit parts quoted-printable): a next hop without 8BITMIME is sent no 8-bit content, and a
+  // bounce is not one to lose for that (it has the null sender: it would be discarded).
   const ascii = /^[\x00-\x7f]*$/.test(text);
+  const headersAscii = isAscii(headers);
   const parts = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
@@ -82,9 +86,9 @@ export function buildDsn(input: DsnInput): Buffer {
     `--${boundary}`,
     'Content-Description: Notification',
     `Content-Type: text/plain; charset=${ascii ? 'us-ascii' : 'utf-8'}`,
-    ...(ascii ? [] : ['Content-Transfer-Encoding: 8bit']),
+    ...(ascii ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',
-    text,
+    ascii ? text : quotedPrintable(Buffer.from(text)),
     `--${boundary}`,
     'Content-Description: Delivery report',
     'Content-Type: message/delivery-status',
@@ -94,13 +98,32 @@ export function buildDsn(input: DsnInput): Buffer {
     `--${boundary}`,
     'Content-Description: Undelivered Message Headers',
     'Content-Type: text/rfc822-headers',
+    ...(headersAscii ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',
   ].join('\r\n');
   return Buffer.concat([
     Buffer.from(parts + '\r\n'),
-    headers,
+    headersAscii ? headers : Buffer.from(quotedPrintable(headers)),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
+}
+
+/** RFC 2045 §6.7 quoted-printable of CRLF-separated text (its line ends kept as line ends), lines within 76 characters. */
+export function quotedPrintable(data: Buffer): string {
+  const text = data.toString('latin1');
+  return text.split('\r\n').map((line) => {
+    let out = '';
+    let width = 0;
+    for (let i = 0; i < line.length; i++) {
+      const b = line.charCodeAt(i);
+      const literal = (b >= 33 && b <= 126 && b !== 61) || ((b === 32 || b === 9) && i < line.length - 1);
+      const piece = literal ? line[i]! : `=${b.toString(16).toUpperCase().padStart(2, '0')}`;
+      if (width + piece.length > 75) { out += '=\r\n'; width = 0; }
+      out += piece;
+      width += piece.length;
+    }
+    return out;
+  }).join('\r\n');
 }
 
 /** The header block of a message (up to the empty line), with CRLF line ends, at most MAX_HEADER_BYTES. */

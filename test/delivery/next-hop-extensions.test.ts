@@ -55,9 +55,11 @@ async function withServer(offers: string[], run: (s: Awaited<ReturnType<typeof s
   }
 }
 
-test('8-bit content to a next hop without 8BITMIME: not sent as is; bounced with 5.6.3', async () => {
+// The bounce itself is 7-bit (quoted-printable where the returned header or the text has 8-bit content): built
+// with the 8-bit header as it was, it would have met the same refusal and, from the null sender, been discarded.
+test('8-bit content to a next hop without 8BITMIME: not sent as is; bounced with 5.6.3, the bounce 7-bit', async () => {
   await withServer(['PIPELINING'], async (s, seen) => {
-    const id = await s.send('a@example.test', ['b@example.net'], 'Subject: plain\r\n\r\nGr\u00fc\u00dfe aus K\u00f6ln\r\n');
+    const id = await s.send('a@example.test', ['b@example.net'], 'Subject: Gr\u00fc\u00dfe\r\n\r\nGr\u00fc\u00dfe aus K\u00f6ln\r\n');
     const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
     assert.equal(e.outcomes[0]!.status, 'permanent');
     assert.equal(e.outcomes[0]!.enhanced, '5.6.3');
@@ -69,6 +71,9 @@ test('8-bit content to a next hop without 8BITMIME: not sent as is; bounced with
     const dsn = parseDsn(seen.messages[0]!);
     assert.equal(dsn.recipients[0]!['status'], '5.6.3');
     assert.equal(dsn.recipients[0]!['final-recipient'], 'rfc822; b@example.net');
+    assert.ok(!/[^\x00-\x7f]/.test(seen.messages[0]!), 'the bounce is 7-bit');
+    const returned = Buffer.from(dsn.returnedHeader.replace(/=\r\n/g, '').replace(/=([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8');
+    assert.match(returned, /^Subject: Gr\u00fc\u00dfe$/m, 'the returned header, quoted-printable, decodes to the original');
   });
 });
 
