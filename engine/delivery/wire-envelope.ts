@@ -39,19 +39,17 @@ function asciiAddress(address: string): string | null {
 }
 
 export function wireEnvelope(tx: { from: string; to: string[]; eightBit: boolean }, offers: Offers, remote: string): WireEnvelope {
-  const fail = (f: DeliveryFailure): WireEnvelope => ({ from: tx.from, to: [], refused: tx.to.map((r) => outcomeForFailure(r, f)), queued: new Map() });
-  if (tx.eightBit && !offers.eightBitMime) {
-    return fail(new DeliveryFailure(`${remote} does not offer 8BITMIME and the message has 8-bit content: it is not sent as is (RFC 6152), and conversion is not supported`,
-      { permanent: true, enhanced: '5.6.3', remoteMta: remote }));
-  }
-  const utf8Required = (): DeliveryFailure => new DeliveryFailure(`SMTPUTF8 is required, but was not offered by host ${remote}`, { permanent: true, enhanced: '5.6.7', remoteMta: remote });
-  if (offers.smtputf8) return { from: tx.from, to: [...tx.to], refused: [], queued: new Map(tx.to.map((r) => [r, [r]])) };
-  const from = asciiAddress(tx.from);
-  if (from === null) return fail(utf8Required());
-  const out: WireEnvelope = { from, to: [], refused: [], queued: new Map() };
+  const utf8Required = new DeliveryFailure(`SMTPUTF8 is required, but was not offered by host ${remote}`, { permanent: true, enhanced: '5.6.7', remoteMta: remote });
+  const eightBitRefused = new DeliveryFailure(`${remote} does not offer 8BITMIME and the message has 8-bit content: it is not sent as is (RFC 6152), and conversion is not supported`,
+    { permanent: true, enhanced: '5.6.3', remoteMta: remote });
+  const form = (address: string): string | null => (offers.smtputf8 ? address : asciiAddress(address));
+  const from = form(tx.from);
+  const out: WireEnvelope = { from: from ?? tx.from, to: [], refused: [], queued: new Map() };
   for (const r of tx.to) {
-    const wire = asciiAddress(r);
-    if (wire === null) { out.refused.push(outcomeForFailure(r, utf8Required())); continue; }
+    // The address first: a UTF-8 local part is the more precise reason (an SMTPUTF8 message has 8-bit content too).
+    const wire = from === null ? null : form(r);
+    if (wire === null) { out.refused.push(outcomeForFailure(r, utf8Required)); continue; }
+    if (tx.eightBit && !offers.eightBitMime) { out.refused.push(outcomeForFailure(r, eightBitRefused)); continue; }
     const same = out.queued.get(wire);
     if (same) same.push(r);
     else { out.queued.set(wire, [r]); out.to.push(wire); }

@@ -53,15 +53,15 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    `Final-Recipient: rfc822; ${f.recipient}`,
+    `Final-Recipient: ${addressField(f.recipient)}`,
     'Action: failed',
     `Status: ${f.status}`,
     ...(f.remoteMta ? [`Remote-MTA: dns; ${mtaName(f.remoteMta)}`] : []),
-    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${clip(f.diagnostic, 900)}`,
+    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${escapeNonAscii(clip(f.diagnostic, 900))}`,
     `Last-Attempt-Date: ${rfc5322Date(now)}`,
   ].join('\r\n'));
   const status = [
-    [`Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: rfc822; ${input.original.sender}`,
+    [`Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: ${addressField(input.original.sender)}`,
       `Arrival-Date: ${rfc5322Date(new Date(input.original.receivedAt))}`].join('\r\n'),
     ...perRecipient,
   ].join('\r\n\r\n');
@@ -162,6 +162,20 @@ function fold(line: string, width: number): string[] {
   }
   out.push(current);
   return out;
+}
+
+/**
+ * The delivery-status part is 7-bit (RFC 3464 §2.1.1): a UTF-8 address is written as RFC 6533's `utf-8` address
+ * type, its non-ASCII characters as `\x{HHHH}`, and so is any non-ASCII character of a diagnostic.
+ */
+function addressField(address: string): string {
+  if (isAscii(Buffer.from(address))) return `rfc822; ${address}`;
+  // utf-8-addr-xtext: "+", "=" and "\\" escaped as well.
+  return `utf-8; ${escapeNonAscii(address.replace(/[+=\\]/g, (c) => `\\x{${c.charCodeAt(0).toString(16).toUpperCase()}}`))}`;
+}
+
+function escapeNonAscii(s: string): string {
+  return s.replace(/[^\x00-\x7f]/gu, (c) => `\\x{${c.codePointAt(0)!.toString(16).toUpperCase()}}`);
 }
 
 function clip(s: string, n: number): string {

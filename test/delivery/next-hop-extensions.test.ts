@@ -113,3 +113,21 @@ test('a next hop that offers 8BITMIME and SMTPUTF8 gets the message and the addr
     assert.match(seen.messages[0]!, /Gr\u00fc\u00dfe/);
   });
 });
+
+// The bounce for a UTF-8 recipient names it in the delivery-status part as RFC 6533's `utf-8` type with `\x{HHHH}`
+// escapes, and its text part is quoted-printable: 7-bit, it reaches a next hop that offers neither extension.
+test('the bounce for a UTF-8 recipient is 7-bit and reaches a next hop without 8BITMIME or SMTPUTF8', async () => {
+  await withServer([], async (s, seen) => {
+    const id = await sendUtf8(s.port(), 'a@example.test', ['j\u00f6rg+x@example.net'], 'Subject: hi\r\n\r\nhello\r\n');
+    const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
+    assert.equal(e.outcomes[0]!.enhanced, '5.6.7');
+    assert.ok(e.bounceId);
+    const bounce = await s.nextAttempt((x) => x.id === e.bounceId, { timeoutMs: 30_000, past: true });
+    assert.equal(bounce.outcomes[0]!.status, 'delivered', bounce.outcomes[0]!.reply);
+    assert.equal(seen.messages.length, 1);
+    assert.ok(!/[^\x00-\x7f]/.test(seen.messages[0]!), 'the bounce is 7-bit');
+    const dsn = parseDsn(seen.messages[0]!);
+    assert.equal(dsn.recipients[0]!['final-recipient'], 'utf-8; j\\x{F6}rg\\x{2B}x@example.net');
+    assert.equal(dsn.recipients[0]!['status'], '5.6.7');
+  });
+});
