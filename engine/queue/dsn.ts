@@ -27,6 +27,12 @@ export interface DsnInput {
   failed: FailedRecipient[];
   /** The message outlived delivery.maxAgeHours. */
   expired: boolean;
+  /**
+   * `success`: a notice for recipients whose RCPT TO asked for one (NOTIFY=SUCCESS), `Action: relayed` (RFC 3461
+   * §6.2.3.3): the next hop is not asked for notifications, so this is the last this system can give. `failed`
+   * then names those recipients and their next hop's 2yz reply.
+   */
+  kind?: 'failure' | 'success';
   now?: Date;
 }
 
@@ -41,12 +47,15 @@ export function buildDsn(input: DsnInput): Buffer {
     const where = f.remoteReply && f.remoteMta ? `host ${f.remoteMta} said: ` : '';
     return `<${f.recipient}>: ${where}${f.diagnostic}`;
   });
+  const success = input.kind === 'success';
   const text = [
     `This is the mail system at host ${host}.`,
     '',
-    input.expired
-      ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
-      : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
+    success
+      ? 'Your message was relayed to the following recipients, as you asked to be told. Their next hop was not asked for a further notification.'
+      : input.expired
+        ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
+        : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
     'The delivery status of each one follows; the header of your message is attached.',
     '',
     ...human.flatMap((l) => [...fold(l, 76), '']),
@@ -54,7 +63,7 @@ export function buildDsn(input: DsnInput): Buffer {
 
   const perRecipient = input.failed.map((f) => [
     `Final-Recipient: ${addressField(f.recipient)}`,
-    'Action: failed',
+    `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
     ...(f.remoteMta ? [`Remote-MTA: dns; ${mtaName(f.remoteMta)}`] : []),
     `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${escapeNonAscii(clip(f.diagnostic, 900))}`,
@@ -75,7 +84,7 @@ export function buildDsn(input: DsnInput): Buffer {
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
     `To: <${input.original.sender}>`,
-    `Subject: Undelivered Mail Returned to Sender`,
+    `Subject: ${success ? 'Successful Mail Delivery Report' : 'Undelivered Mail Returned to Sender'}`,
     `Message-ID: <${input.original.id}.${randomBytes(4).toString('hex')}.dsn@${host}>`,
     'Auto-Submitted: auto-replied',
     'MIME-Version: 1.0',
@@ -96,7 +105,7 @@ export function buildDsn(input: DsnInput): Buffer {
     status,
     '',
     `--${boundary}`,
-    'Content-Description: Undelivered Message Headers',
+    `Content-Description: ${success ? 'Message Headers' : 'Undelivered Message Headers'}`,
     'Content-Type: text/rfc822-headers',
     ...(headersAscii ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',

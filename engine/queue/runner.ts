@@ -484,14 +484,18 @@ export class QueueRunner {
     const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
+    const relayed: FailedRecipient[] = [];
     const newlyBounced = new Set<string>();
     const recipients: SpoolRecipient[] = envelope.recipients.map((r) => {
       const o = r.status ? undefined : byRecipient.get(r.address);
       if (!o) return r;
-      if (o.status === 'delivered') return { ...r, status: 'delivered', lastError: undefined };
+      if (o.status === 'delivered') {
+        if (wants(r, 'SUCCESS')) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
+        return { ...r, status: 'delivered', lastError: undefined };
+      }
       if (o.status === 'permanent' || expired) {
         newlyBounced.add(r.address);
-        if (wantsFailureNotice(r)) {
+        if (wants(r, 'FAILURE')) {
           failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
         }
         return { ...r, status: 'bounced', lastError: o.reply };
@@ -514,6 +518,17 @@ export class QueueRunner {
       }
     } else if (newlyBounced.size && envelope.sender === '') {
       this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+    }
+    if (relayed.length && envelope.sender !== '') {
+      // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
+      try {
+        const notice = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success');
+        this.#log.info({ id, notice, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${notice}`);
+        this.notify(notice);
+      } catch (err) {
+        this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
+        if (isNoSpace(err)) this.#useReserve();
+      }
     }
     const newErrors = outcomes.filter((o) => o.status !== 'delivered')
       .map((o) => (o.remoteReply && o.remoteMta ? `${o.recipient}: ${o.remoteMta} said: ${o.reply}` : `${o.recipient}: ${o.reply}`));
@@ -608,11 +623,14 @@ function isSystemError(err: unknown): boolean {
   return typeof e?.errno === 'number' && typeof e.code === 'string';
 }
 
-/** DSN NOTIFY: no parameter means the default (failures are reported); NEVER or a list without FAILURE suppresses it. */
-function wantsFailureNotice(r: SpoolRecipient): boolean {
-  if (!r.notify?.length) return true;
+/**
+ * DSN NOTIFY (RFC 3461 §4.1): without the parameter failures are reported and successes are not; NEVER reports
+ * nothing; otherwise what the list names.
+ */
+function wants(r: SpoolRecipient, what: 'FAILURE' | 'SUCCESS'): boolean {
+  if (!r.notify?.length) return what === 'FAILURE';
   const n = r.notify.map((x) => x.toUpperCase());
-  return !n.includes('NEVER') && n.includes('FAILURE');
+  return !n.includes('NEVER') && n.includes(what);
 }
 
 /** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */
