@@ -18,6 +18,7 @@ import type { OwnAddress } from './own-listeners.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
 import { wireEnvelope } from './wire-envelope.ts';
+import { passDsnOn, type TransactionDsn } from './dsn-params.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
@@ -64,6 +65,8 @@ export interface Transaction {
   to: string[];
   message: Buffer;
   eightBit: boolean;
+  /** DSN parameters to pass on to a next hop that offers DSN. */
+  dsn?: TransactionDsn;
 }
 
 export interface TransactionResult {
@@ -268,8 +271,12 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
     env.pool.release(pc, true); // nothing was sent on it
     return { connection: pc.info, outcomes: wire.refused, tooMany: [], delivered: false };
   }
-  const r = await sendWire(env, pc, { ...tx, from: wire.from, to: wire.to });
-  if (r === 'retry' || (!wire.refused.length && wire.to.every((w, i) => w === tx.to[i]))) return r;
+  const dsn = passDsnOn(pc.conn, tx.dsn, (sent) => tx.dsn?.recipients.get(wire.queued.get(sent)?.[0] ?? ''));
+  const r = await sendWire(env, pc, { ...tx, from: wire.from, to: wire.to }, dsn.mailFrom);
+  if (r === 'retry') return r;
+  // A next hop that offers DSN took each recipient's NOTIFY: its notices are its own to send, not ours.
+  if (dsn.offered) r.outcomes = r.outcomes.map((o) => ({ ...o, dsnPassedOn: true }));
+  if (!wire.refused.length && wire.to.every((w, i) => w === tx.to[i])) return r;
   // Back to the recipients as queued.
   const byRecipient = new Map(wire.refused.map((o) => [o.recipient, o]));
   for (const o of r.outcomes) for (const q of wire.queued.get(o.recipient) ?? []) byRecipient.set(q, { ...o, recipient: q });
@@ -280,9 +287,9 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
   };
 }
 
-async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<Round | 'retry'> {
+async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transaction, mailDsn?: { ret?: string; envid?: string }): Promise<Round | 'retry'> {
   const remote = pc.info.remote;
-  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit };
+  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit, ...(mailDsn ? { dsn: mailDsn } : {}) };
   try {
     const info = await pc.send(envelope, tx.message);
     if (info.accepted.length && !isVerdict(info.response)) {

@@ -17,11 +17,13 @@ export interface FailedRecipient {
   remoteReply: boolean;
   /** `host[address]:port` of the next hop, when one answered. */
   remoteMta: string | null;
+  /** The recipient's DSN ORCPT (`rfc822;…`), when RCPT TO had one. */
+  orcpt?: string;
 }
 
 export interface DsnInput {
   hostname: string;
-  original: Pick<SpoolEnvelope, 'id' | 'sender' | 'receivedAt'>;
+  original: Pick<SpoolEnvelope, 'id' | 'sender' | 'receivedAt' | 'dsn'>;
   /** The spooled message (our Received header first); its header goes into the report. */
   originalMessage: Buffer;
   failed: FailedRecipient[];
@@ -62,6 +64,7 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
+    ...(f.orcpt ? [`Original-Recipient: ${escapeNonAscii(f.orcpt)}`] : []),
     `Final-Recipient: ${addressField(f.recipient)}`,
     `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
@@ -70,7 +73,8 @@ export function buildDsn(input: DsnInput): Buffer {
     `Last-Attempt-Date: ${rfc5322Date(now)}`,
   ].join('\r\n'));
   const status = [
-    [`Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: ${addressField(input.original.sender)}`,
+    [...(input.original.dsn?.envid ? [`Original-Envelope-Id: ${escapeNonAscii(input.original.dsn.envid)}`] : []),
+      `Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: ${addressField(input.original.sender)}`,
       `Arrival-Date: ${rfc5322Date(new Date(input.original.receivedAt))}`].join('\r\n'),
     ...perRecipient,
   ].join('\r\n\r\n');

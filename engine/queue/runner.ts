@@ -19,6 +19,7 @@ import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../de
 import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import type { TransactionDsn } from '../delivery/dsn-params.ts';
 import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
@@ -417,8 +418,12 @@ export class QueueRunner {
         else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
       }
       const eightBit = hasEightBit(message);
+      const dsn: TransactionDsn = {
+        ...envelope.dsn,
+        recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
+      };
       const results = await Promise.all([...transactions.values()].map(async (t) => {
-        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit });
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
         return r.outcomes;
       }));
@@ -490,13 +495,13 @@ export class QueueRunner {
       const o = r.status ? undefined : byRecipient.get(r.address);
       if (!o) return r;
       if (o.status === 'delivered') {
-        if (wants(r, 'SUCCESS')) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
+        if (wants(r, 'SUCCESS') && !o.dsnPassedOn) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
         return { ...r, status: 'delivered', lastError: undefined };
       }
       if (o.status === 'permanent' || expired) {
         newlyBounced.add(r.address);
         if (wants(r, 'FAILURE')) {
-          failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
+          failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
         }
         return { ...r, status: 'bounced', lastError: o.reply };
       }
