@@ -81,9 +81,10 @@ export function buildDsn(input: DsnInput): Buffer {
 
   const headers = originalHeader(input.originalMessage);
   // 7-bit throughout (8-bit parts quoted-printable): a next hop without 8BITMIME is sent no 8-bit content, and a
-  // bounce is not one to lose for that (it has the null sender: it would be discarded).
+  // bounce is not one to lose for that (it has the null sender: it would be discarded). So is a returned header with
+  // a NUL or a line over RFC 5322's 998 characters (a client's 60 KB header field): next hops refuse such lines.
   const ascii = /^[\x00-\x7f]*$/.test(text);
-  const headersAscii = isAscii(headers);
+  const headersAscii = isAscii(headers) && !headers.includes(0) && !hasLongLine(headers);
   const parts = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
@@ -119,6 +120,16 @@ export function buildDsn(input: DsnInput): Buffer {
     headersAscii ? headers : Buffer.from(quotedPrintable(headers)),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
+}
+
+/** A line (CRLF-separated) longer than RFC 5322's 998 characters. */
+function hasLongLine(data: Buffer): boolean {
+  let start = 0;
+  for (let end = data.indexOf('\r\n'); ; end = data.indexOf('\r\n', start)) {
+    if ((end < 0 ? data.length : end) - start > 998) return true;
+    if (end < 0) return false;
+    start = end + 2;
+  }
 }
 
 /** RFC 2045 §6.7 quoted-printable of CRLF-separated text (its line ends kept as line ends), lines within 76 characters. */
