@@ -357,6 +357,13 @@ function isVerdict(reply: string): boolean {
 }
 
 function outcomesForError(to: string[], e: NodemailerError, pendingRejected: NodemailerError[], remote: string): RecipientOutcome[] {
+  if (e.code === 'EPROTOCOL' && e.command === 'DATA' && e.response) {
+    // A 2yz to DATA (connection-pool.ts): nothing was sent; recipients refused at RCPT keep their replies.
+    const f = new DeliveryFailure(`${remote}: ${oneLine(e.response)} in reply to DATA command, not a go-ahead (354): the message was not sent`,
+      { permanent: false, enhanced: '4.5.0', remoteMta: remote });
+    const refused = new Map(pendingRejected.filter((re) => re.recipient && re.response).map((re) => [re.recipient!, outcomeForReply(re.recipient!, re.response!, remote)]));
+    return to.map((r) => refused.get(r) ?? outcomeForFailure(r, f));
+  }
   if (e.responseCode && e.response && e.responseCode >= 400) {
     const byRecipient = new Map<string, RecipientOutcome>();
     // A refused MAIL FROM is the answer for everyone (pipelined RCPTs then only got 503 "need MAIL").

@@ -12,6 +12,8 @@ export interface PeerHooks {
   ehlo?(s: net.Socket, line: string): Taken;
   mail?(s: net.Socket, line: string): Taken;
   rcpt?(s: net.Socket, line: string): Taken;
+  /** 'answered': no message follows (the peer stays in command mode). */
+  data?(s: net.Socket, line: string): Taken;
   endOfData?(s: net.Socket, message: string): Taken;
 }
 
@@ -46,7 +48,7 @@ export async function startScriptedPeer(hooks: PeerHooks, host = '127.0.0.1', po
           if (/^EHLO/i.test(line)) { if (!(taken = hooks.ehlo?.(s, line))) s.write('250-peer\r\n250 8BITMIME\r\n'); }
           else if (/^MAIL/i.test(line)) { if (!(taken = hooks.mail?.(s, line))) s.write('250 2.1.0 ok\r\n'); }
           else if (/^RCPT/i.test(line)) { if (!(taken = hooks.rcpt?.(s, line))) s.write('250 2.1.5 ok\r\n'); }
-          else if (/^DATA/i.test(line)) { s.write('354 go on\r\n'); inData = true; }
+          else if (/^DATA/i.test(line)) { if (!(taken = hooks.data?.(s, line))) { s.write('354 go on\r\n'); inData = true; } }
           else if (/^QUIT/i.test(line)) { s.end('221 bye\r\n'); return; }
           else s.write('250 ok\r\n');
         }
