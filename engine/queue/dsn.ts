@@ -84,7 +84,7 @@ export function buildDsn(input: DsnInput): Buffer {
   // bounce is not one to lose for that (it has the null sender: it would be discarded). So is a returned header with
   // a NUL or a line over RFC 5322's 998 characters (a client's 60 KB header field): next hops refuse such lines.
   const ascii = /^[\x00-\x7f]*$/.test(text);
-  const headersAscii = isAscii(headers) && !headers.includes(0) && !hasLongLine(headers);
+  const headersAsIs = isAscii(headers) && !headers.includes(0) && !hasLongLine(headers);
   const parts = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
@@ -112,12 +112,12 @@ export function buildDsn(input: DsnInput): Buffer {
     `--${boundary}`,
     `Content-Description: ${success ? 'Message Headers' : 'Undelivered Message Headers'}`,
     'Content-Type: text/rfc822-headers',
-    ...(headersAscii ? [] : ['Content-Transfer-Encoding: quoted-printable']),
+    ...(headersAsIs ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',
   ].join('\r\n');
   return Buffer.concat([
     Buffer.from(parts + '\r\n'),
-    headersAscii ? headers : Buffer.from(quotedPrintable(headers)),
+    headersAsIs ? headers : Buffer.from(quotedPrintable(headers)),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
 }

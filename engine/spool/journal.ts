@@ -65,6 +65,8 @@ interface Segment {
    */
   zeroFd: number | null;
   doneFd: number | null;
+  /** The folder synced since this process first wrote to `.done` (its entry on disk, whoever made it); null: not yet. */
+  doneEntry?: Promise<void> | null;
   /** Bytes of `.done` already applied to the index. */
   doneRead: number;
   size: number;
@@ -373,11 +375,14 @@ export class Journal {
   async markDoneDurably(id: string): Promise<boolean> {
     const at = this.#index.get(id);
     if (!at) return false;
-    const opened = at.segment.doneFd === null;
-    this.#appendDone(at.segment, id);
-    const fd = at.segment.doneFd!;
+    const segment = at.segment;
+    this.#appendDone(segment, id);
+    const fd = segment.doneFd!;
     await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
-    if (opened) await this.#dirSync.sync();
+    // The done list may be new (made now, or by a markDone that did not sync, or by another process): its entry
+    // in the folder once per segment, shared by the calls that come meanwhile; a failure is tried again next time.
+    segment.doneEntry ??= this.#dirSync.sync().catch((err: unknown) => { segment.doneEntry = null; throw err; });
+    await segment.doneEntry;
     this.#forget(id);
     return true;
   }
