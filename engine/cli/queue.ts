@@ -223,7 +223,8 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
     }
     const reserveBefore = spools.reserve.state;
     const outcome = await act(spools, op, targets);
-    await evenWhenFull(spools, () => recordQueueOperation(spools.root, op, outcome.changed));
+    // Done either way: said so below; a record that may be lost is said too, and fails the command.
+    const unrecorded = await evenWhenFull(spools, () => recordQueueOperation(spools.root, op, outcome.changed)).then(() => null, (err: Error) => err.message);
     if (reserveBefore !== spools.reserve.state) {
       process.stderr.write(`postern: the disk is full: the spool's reserve (${spools.reserve.path}) was released for this change; the server refuses new mail (452 4.3.1) until it has made the reserve again, once there is room\n`);
     }
@@ -232,6 +233,10 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
     else process.stdout.write(`${n} message${n === 1 ? '' : 's'} ${SAID[op].done}${n ? `: ${outcome.changed.join(' ')}` : ''}\n`);
     for (const u of outcome.unchanged) process.stderr.write(`postern: ${u}: ${SAID[op].unchanged(u)}\n`);
     for (const m of outcome.missing) process.stderr.write(`postern: ${m}: no such message in the queue${filtered ? ' (finished meanwhile)' : ''}\n`);
+    if (unrecorded) {
+      process.stderr.write(`postern: queue ${op} is done, but its record for the server's log (who did it) may be lost: ${unrecorded}\n`);
+      return 1;
+    }
     return outcome.missing.length && !filtered ? 1 : 0;
   });
 }

@@ -56,7 +56,19 @@ export class PooledConnection {
     this.destination = destination;
     this.info = info;
     // nodemailer tells no one when the message is out: its send stream (created once DATA got 354) ends then.
-    const internals = conn as unknown as { _createSendStream(cb: unknown): NodeJS.ReadableStream; _envelope?: { size?: number } };
+    const internals = conn as unknown as {
+      _createSendStream(cb: unknown): NodeJS.ReadableStream; _envelope?: { size?: number };
+      _actionDATA(str: string, cb: (err: Error | null) => void): void; _formatError(message: string, code: string, response: string, command: string): Error;
+    };
+    // nodemailer sends the message after a 2yz reply to DATA as well as after 354. A 2yz is no go-ahead (RFC 5321
+    // §4.3.2): the next hop is not taking a message, and would read its lines as commands (a RCPT TO in the body
+    // sent to someone else); or its replies are out of step with our commands. Deferred, as Postfix does ("in
+    // reply to DATA command"), without the message, and the connection is not used again (EPROTOCOL).
+    const actionData = internals._actionDATA.bind(conn);
+    internals._actionDATA = (str, cb) => {
+      if (!/^2/.test(str)) return actionData(str, cb);
+      cb(internals._formatError('No go-ahead (354) in reply to DATA command', 'EPROTOCOL', str, 'DATA'));
+    };
     const createSendStream = internals._createSendStream.bind(conn);
     internals._createSendStream = (cb) => {
       const stream = createSendStream(cb);

@@ -17,6 +17,8 @@ export interface RecipientOutcome {
   remoteMta: string | null;
   /** Whether `reply` came from a remote server (DSN Diagnostic-Code: smtp) rather than from us. */
   remoteReply: boolean;
+  /** The next hop offered DSN and was given the recipient's DSN parameters: a success notice is its to send. */
+  dsnPassedOn?: boolean;
 }
 
 /** A failure that applies to every recipient of a transaction. */

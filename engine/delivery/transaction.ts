@@ -17,6 +17,8 @@ import { recipientDomain, type NextHop } from './routing.ts';
 import type { OwnAddress } from './own-listeners.ts';
 import { signMessage, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
+import { wireEnvelope } from './wire-envelope.ts';
+import { passDsnOn, type TransactionDsn } from './dsn-params.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
@@ -63,6 +65,8 @@ export interface Transaction {
   to: string[];
   message: Buffer;
   eightBit: boolean;
+  /** DSN parameters to pass on to a next hop that offers DSN. */
+  dsn?: TransactionDsn;
 }
 
 export interface TransactionResult {
@@ -258,10 +262,34 @@ function plaintext(s: ConnectionSecurity): ConnectionSecurity {
 /**
  * Run the transaction on `pc` and give the connection back to the pool. 'retry': the connection died
  * before the server saw any recipient (a pooled connection the server had closed), so nothing was sent.
+ * Only what the next hop's EHLO reply allows is sent (wire-envelope.ts); the rest fails here.
  */
 async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction): Promise<Round | 'retry'> {
+  const extensions = (pc.conn as unknown as { _supportedExtensions?: string[] })._supportedExtensions ?? [];
+  const wire = wireEnvelope(tx, { eightBitMime: extensions.includes('8BITMIME'), smtputf8: extensions.includes('SMTPUTF8') }, pc.info.remote);
+  if (!wire.to.length) {
+    env.pool.release(pc, true); // nothing was sent on it
+    return { connection: pc.info, outcomes: wire.refused, tooMany: [], delivered: false };
+  }
+  const dsn = passDsnOn(pc.conn, tx.dsn, (sent) => tx.dsn?.recipients.get(wire.queued.get(sent)?.[0] ?? ''));
+  const r = await sendWire(env, pc, { ...tx, from: wire.from, to: wire.to }, dsn.mailFrom);
+  if (r === 'retry') return r;
+  // A next hop that offers DSN took each recipient's NOTIFY: its notices are its own to send, not ours.
+  if (dsn.offered) r.outcomes = r.outcomes.map((o) => ({ ...o, dsnPassedOn: true }));
+  if (!wire.refused.length && wire.to.every((w, i) => w === tx.to[i])) return r;
+  // Back to the recipients as queued.
+  const byRecipient = new Map(wire.refused.map((o) => [o.recipient, o]));
+  for (const o of r.outcomes) for (const q of wire.queued.get(o.recipient) ?? []) byRecipient.set(q, { ...o, recipient: q });
+  return {
+    ...r,
+    outcomes: tx.to.map((q) => byRecipient.get(q)!),
+    tooMany: r.tooMany.flatMap((w) => wire.queued.get(w) ?? []),
+  };
+}
+
+async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transaction, mailDsn?: { ret?: string; envid?: string }): Promise<Round | 'retry'> {
   const remote = pc.info.remote;
-  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit };
+  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit, ...(mailDsn ? { dsn: mailDsn } : {}) };
   try {
     const info = await pc.send(envelope, tx.message);
     if (info.accepted.length && !isVerdict(info.response)) {
@@ -329,6 +357,13 @@ function isVerdict(reply: string): boolean {
 }
 
 function outcomesForError(to: string[], e: NodemailerError, pendingRejected: NodemailerError[], remote: string): RecipientOutcome[] {
+  if (e.code === 'EPROTOCOL' && e.command === 'DATA' && e.response) {
+    // A 2yz to DATA (connection-pool.ts): nothing was sent; recipients refused at RCPT keep their replies.
+    const f = new DeliveryFailure(`${remote}: ${oneLine(e.response)} in reply to DATA command, not a go-ahead (354): the message was not sent`,
+      { permanent: false, enhanced: '4.5.0', remoteMta: remote });
+    const refused = new Map(pendingRejected.filter((re) => re.recipient && re.response).map((re) => [re.recipient!, outcomeForReply(re.recipient!, re.response!, remote)]));
+    return to.map((r) => refused.get(r) ?? outcomeForFailure(r, f));
+  }
   if (e.responseCode && e.response && e.responseCode >= 400) {
     const byRecipient = new Map<string, RecipientOutcome>();
     // A refused MAIL FROM is the answer for everyone (pipelined RCPTs then only got 503 "need MAIL").

@@ -8,12 +8,13 @@ import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
   spool: Pick<QueueSpool, 'newId' | 'create'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  kind: 'failure' | 'success' = 'failure',
 ): Promise<string> {
   const id = spool.newId();
   const now = new Date();
   const writer = spool.create(id);
   try {
-    writer.write(buildDsn({ hostname, original, originalMessage: message, failed, expired, now }));
+    writer.write(buildDsn({ hostname, original, originalMessage: message, failed, expired, kind, now }));
     await writer.commit({
       version: 1,
       id,

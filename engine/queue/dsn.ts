@@ -4,6 +4,7 @@
  * original message's header.
  */
 import { randomBytes } from 'node:crypto';
+import { isAscii } from 'node:buffer';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 
 export interface FailedRecipient {
@@ -16,16 +17,24 @@ export interface FailedRecipient {
   remoteReply: boolean;
   /** `host[address]:port` of the next hop, when one answered. */
   remoteMta: string | null;
+  /** The recipient's DSN ORCPT (`rfc822;…`), when RCPT TO had one. */
+  orcpt?: string;
 }
 
 export interface DsnInput {
   hostname: string;
-  original: Pick<SpoolEnvelope, 'id' | 'sender' | 'receivedAt'>;
+  original: Pick<SpoolEnvelope, 'id' | 'sender' | 'receivedAt' | 'dsn'>;
   /** The spooled message (our Received header first); its header goes into the report. */
   originalMessage: Buffer;
   failed: FailedRecipient[];
   /** The message outlived delivery.maxAgeHours. */
   expired: boolean;
+  /**
+   * `success`: a notice for recipients whose RCPT TO asked for one (NOTIFY=SUCCESS), `Action: relayed` (RFC 3461
+   * §6.2.3.3): the next hop is not asked for notifications, so this is the last this system can give. `failed`
+   * then names those recipients and their next hop's 2yz reply.
+   */
+  kind?: 'failure' | 'success';
   now?: Date;
 }
 
@@ -40,38 +49,47 @@ export function buildDsn(input: DsnInput): Buffer {
     const where = f.remoteReply && f.remoteMta ? `host ${f.remoteMta} said: ` : '';
     return `<${f.recipient}>: ${where}${f.diagnostic}`;
   });
+  const success = input.kind === 'success';
   const text = [
     `This is the mail system at host ${host}.`,
     '',
-    input.expired
-      ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
-      : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
+    success
+      ? 'Your message was relayed to the following recipients, as you asked to be told. Their next hop was not asked for a further notification.'
+      : input.expired
+        ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
+        : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
     'The delivery status of each one follows; the header of your message is attached.',
     '',
     ...human.flatMap((l) => [...fold(l, 76), '']),
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    `Final-Recipient: rfc822; ${f.recipient}`,
-    'Action: failed',
+    ...(f.orcpt ? [`Original-Recipient: ${escapeNonAscii(f.orcpt)}`] : []),
+    `Final-Recipient: ${addressField(f.recipient)}`,
+    `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
     ...(f.remoteMta ? [`Remote-MTA: dns; ${mtaName(f.remoteMta)}`] : []),
-    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${clip(f.diagnostic, 900)}`,
+    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${escapeNonAscii(clip(f.diagnostic, 900))}`,
     `Last-Attempt-Date: ${rfc5322Date(now)}`,
   ].join('\r\n'));
   const status = [
-    [`Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: rfc822; ${input.original.sender}`,
+    [...(input.original.dsn?.envid ? [`Original-Envelope-Id: ${escapeNonAscii(input.original.dsn.envid)}`] : []),
+      `Reporting-MTA: dns; ${host}`, `X-Postern-Queue-ID: ${input.original.id}`, `X-Postern-Sender: ${addressField(input.original.sender)}`,
       `Arrival-Date: ${rfc5322Date(new Date(input.original.receivedAt))}`].join('\r\n'),
     ...perRecipient,
   ].join('\r\n\r\n');
 
   const headers = originalHeader(input.originalMessage);
+  // 7-bit throughout (8-bit parts quoted-printable): a next hop without 8BITMIME is sent no 8-bit content, and a
+  // bounce is not one to lose for that (it has the null sender: it would be discarded). So is a returned header with
+  // a NUL or a line over RFC 5322's 998 characters (a client's 60 KB header field): next hops refuse such lines.
   const ascii = /^[\x00-\x7f]*$/.test(text);
+  const headersAsIs = isAscii(headers) && !headers.includes(0) && !hasLongLine(headers);
   const parts = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
     `To: <${input.original.sender}>`,
-    `Subject: Undelivered Mail Returned to Sender`,
+    `Subject: ${success ? 'Successful Mail Delivery Report' : 'Undelivered Mail Returned to Sender'}`,
     `Message-ID: <${input.original.id}.${randomBytes(4).toString('hex')}.dsn@${host}>`,
     'Auto-Submitted: auto-replied',
     'MIME-Version: 1.0',
@@ -82,9 +100,9 @@ export function buildDsn(input: DsnInput): Buffer {
     `--${boundary}`,
     'Content-Description: Notification',
     `Content-Type: text/plain; charset=${ascii ? 'us-ascii' : 'utf-8'}`,
-    ...(ascii ? [] : ['Content-Transfer-Encoding: 8bit']),
+    ...(ascii ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',
-    text,
+    ascii ? text : quotedPrintable(Buffer.from(text)),
     `--${boundary}`,
     'Content-Description: Delivery report',
     'Content-Type: message/delivery-status',
@@ -92,15 +110,44 @@ export function buildDsn(input: DsnInput): Buffer {
     status,
     '',
     `--${boundary}`,
-    'Content-Description: Undelivered Message Headers',
+    `Content-Description: ${success ? 'Message Headers' : 'Undelivered Message Headers'}`,
     'Content-Type: text/rfc822-headers',
+    ...(headersAsIs ? [] : ['Content-Transfer-Encoding: quoted-printable']),
     '',
   ].join('\r\n');
   return Buffer.concat([
     Buffer.from(parts + '\r\n'),
-    headers,
+    headersAsIs ? headers : Buffer.from(quotedPrintable(headers)),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
+}
+
+/** A line (CRLF-separated) longer than RFC 5322's 998 characters. */
+function hasLongLine(data: Buffer): boolean {
+  let start = 0;
+  for (let end = data.indexOf('\r\n'); ; end = data.indexOf('\r\n', start)) {
+    if ((end < 0 ? data.length : end) - start > 998) return true;
+    if (end < 0) return false;
+    start = end + 2;
+  }
+}
+
+/** RFC 2045 §6.7 quoted-printable of CRLF-separated text (its line ends kept as line ends), lines within 76 characters. */
+export function quotedPrintable(data: Buffer): string {
+  const text = data.toString('latin1');
+  return text.split('\r\n').map((line) => {
+    let out = '';
+    let width = 0;
+    for (let i = 0; i < line.length; i++) {
+      const b = line.charCodeAt(i);
+      const literal = (b >= 33 && b <= 126 && b !== 61) || ((b === 32 || b === 9) && i < line.length - 1);
+      const piece = literal ? line[i]! : `=${b.toString(16).toUpperCase().padStart(2, '0')}`;
+      if (width + piece.length > 75) { out += '=\r\n'; width = 0; }
+      out += piece;
+      width += piece.length;
+    }
+    return out;
+  }).join('\r\n');
 }
 
 /** The header block of a message (up to the empty line), with CRLF line ends, at most MAX_HEADER_BYTES. */
@@ -139,6 +186,20 @@ function fold(line: string, width: number): string[] {
   }
   out.push(current);
   return out;
+}
+
+/**
+ * The delivery-status part is 7-bit (RFC 3464 §2.1.1): a UTF-8 address is written as RFC 6533's `utf-8` address
+ * type, its non-ASCII characters as `\x{HHHH}`, and so is any non-ASCII character of a diagnostic.
+ */
+function addressField(address: string): string {
+  if (isAscii(Buffer.from(address))) return `rfc822; ${address}`;
+  // utf-8-addr-xtext: "+", "=" and "\\" escaped as well.
+  return `utf-8; ${escapeNonAscii(address.replace(/[+=\\]/g, (c) => `\\x{${c.charCodeAt(0).toString(16).toUpperCase()}}`))}`;
+}
+
+function escapeNonAscii(s: string): string {
+  return s.replace(/[^\x00-\x7f]/gu, (c) => `\\x{${c.codePointAt(0)!.toString(16).toUpperCase()}}`);
 }
 
 function clip(s: string, n: number): string {

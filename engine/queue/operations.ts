@@ -5,7 +5,8 @@
  * next start, when none was running — and removes it, so the server's log (journald, a shipper) has every
  * operation, as Postfix's has postsuper's `ID: removed`.
  */
-import { mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
+import { fsyncDirectory, removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { hostname, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -37,11 +38,13 @@ export async function recordQueueOperation(spoolRoot: string, op: QueueOperation
   if (!ids.length) return;
   const record: QueueOperation = { op, ids: [...ids], at: new Date().toISOString(), by: operator() };
   const dir = folder(spoolRoot);
-  await mkdir(dir, { recursive: true });
+  // The folder made now: its own entry on disk too.
+  if (await mkdir(dir, { recursive: true })) await fsyncDirectory(spoolRoot);
   const name = `${Date.now()}-${process.pid}-${randomBytes(4).toString('hex')}.json`;
-  // Whole or not at all: the runner may read the folder at any moment.
-  await writeFile(join(dir, `.${name}`), JSON.stringify(record));
-  await rename(join(dir, `.${name}`), join(dir, name));
+  // Whole or not at all (the runner may read the folder at any moment), and on disk before the command says it
+  // is done: a record written but not synced could vanish in a power cut, or come back empty, and with it the
+  // only account of who deleted the mail.
+  await writeFileAtomic(join(dir, name), JSON.stringify(record));
 }
 
 // Postfix's postsuper words where it has them (`removed`, `placed on hold`, `released from hold`).
@@ -56,6 +59,7 @@ export async function logQueueOperations(spoolRoot: string, log: Logger): Promis
   } catch {
     return; // no operation yet
   }
+  await removeLeftoverTemporaries(dir); // of a command killed as it wrote its record
   for (const name of names) {
     const file = join(dir, name);
     try {

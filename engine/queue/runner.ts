@@ -19,6 +19,7 @@ import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../de
 import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import type { TransactionDsn } from '../delivery/dsn-params.ts';
 import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
@@ -417,8 +418,12 @@ export class QueueRunner {
         else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
       }
       const eightBit = hasEightBit(message);
+      const dsn: TransactionDsn = {
+        ...envelope.dsn,
+        recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
+      };
       const results = await Promise.all([...transactions.values()].map(async (t) => {
-        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit });
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
         return r.outcomes;
       }));
@@ -484,15 +489,19 @@ export class QueueRunner {
     const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
+    const relayed: FailedRecipient[] = [];
     const newlyBounced = new Set<string>();
     const recipients: SpoolRecipient[] = envelope.recipients.map((r) => {
       const o = r.status ? undefined : byRecipient.get(r.address);
       if (!o) return r;
-      if (o.status === 'delivered') return { ...r, status: 'delivered', lastError: undefined };
+      if (o.status === 'delivered') {
+        if (wants(r, 'SUCCESS') && !o.dsnPassedOn) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
+        return { ...r, status: 'delivered', lastError: undefined };
+      }
       if (o.status === 'permanent' || expired) {
         newlyBounced.add(r.address);
-        if (wantsFailureNotice(r)) {
-          failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta });
+        if (wants(r, 'FAILURE')) {
+          failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
         }
         return { ...r, status: 'bounced', lastError: o.reply };
       }
@@ -514,6 +523,17 @@ export class QueueRunner {
       }
     } else if (newlyBounced.size && envelope.sender === '') {
       this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+    }
+    if (relayed.length && envelope.sender !== '') {
+      // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
+      try {
+        const notice = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success');
+        this.#log.info({ id, notice, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${notice}`);
+        this.notify(notice);
+      } catch (err) {
+        this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
+        if (isNoSpace(err)) this.#useReserve();
+      }
     }
     const newErrors = outcomes.filter((o) => o.status !== 'delivered')
       .map((o) => (o.remoteReply && o.remoteMta ? `${o.recipient}: ${o.remoteMta} said: ${o.reply}` : `${o.recipient}: ${o.reply}`));
@@ -608,11 +628,14 @@ function isSystemError(err: unknown): boolean {
   return typeof e?.errno === 'number' && typeof e.code === 'string';
 }
 
-/** DSN NOTIFY: no parameter means the default (failures are reported); NEVER or a list without FAILURE suppresses it. */
-function wantsFailureNotice(r: SpoolRecipient): boolean {
-  if (!r.notify?.length) return true;
+/**
+ * DSN NOTIFY (RFC 3461 §4.1): without the parameter failures are reported and successes are not; NEVER reports
+ * nothing; otherwise what the list names.
+ */
+function wants(r: SpoolRecipient, what: 'FAILURE' | 'SUCCESS'): boolean {
+  if (!r.notify?.length) return what === 'FAILURE';
   const n = r.notify.map((x) => x.toUpperCase());
-  return !n.includes('NEVER') && n.includes('FAILURE');
+  return !n.includes('NEVER') && n.includes(what);
 }
 
 /** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */

@@ -79,7 +79,8 @@ export async function receiveMessage(
       id,
       receivedAt: now,
       sender: mailFrom ? mailFrom.address : '',
-      recipients: session.envelope.rcptTo.map((r) => (r.dsn?.notify ? { address: r.address, notify: r.dsn.notify } : { address: r.address })),
+      recipients: session.envelope.rcptTo.map((r) => spooledRecipient(r)),
+      ...spooledDsn(session.envelope.dsn),
       size: 0,
       session: client.spooled,
       attempts: 0,
@@ -203,4 +204,16 @@ function drain(stream: Pick<Readable, 'on'>, take: (chunk: Buffer, total: number
     // 'close' follows every 'end': an Error built there anyway costs a stack trace per message (perf: ~3%).
     stream.on('close', () => { if (!ended) reject(new Error('the message stream closed before its end')); });
   });
+}
+
+/** A recipient as spooled: its DSN NOTIFY and ORCPT with it, when RCPT TO had them. */
+function spooledRecipient(r: { address: string; dsn?: { notify?: string[]; orcpt?: string } }): SpoolEnvelope['recipients'][number] {
+  return { address: r.address, ...(r.dsn?.notify ? { notify: r.dsn.notify } : {}), ...(r.dsn?.orcpt ? { orcpt: r.dsn.orcpt } : {}) };
+}
+
+/** MAIL FROM's DSN RET and ENVID, when it had them. */
+function spooledDsn(dsn: { ret?: string | null; envid?: string | null } | undefined): Pick<SpoolEnvelope, 'dsn'> {
+  const ret = dsn?.ret === 'FULL' || dsn?.ret === 'HDRS' ? dsn.ret : undefined;
+  const envid = dsn?.envid || undefined;
+  return ret || envid ? { dsn: { ...(ret ? { ret } : {}), ...(envid ? { envid } : {}) } } : {};
 }

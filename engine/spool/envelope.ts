@@ -5,6 +5,8 @@ export interface SpoolRecipient {
   address: string;
   /** DSN NOTIFY values from RCPT TO, if any. */
   notify?: string[];
+  /** DSN ORCPT from RCPT TO (`rfc822;bob@example.com`, xtext decoded), if any: passed on, and named in notices. */
+  orcpt?: string;
   /** Set once this recipient is finished. */
   status?: 'delivered' | 'bounced';
   /** Last reply or error for this recipient. */
@@ -19,6 +21,8 @@ export interface SpoolEnvelope {
   /** Envelope sender; '' for the null sender. */
   sender: string;
   recipients: SpoolRecipient[];
+  /** DSN parameters of MAIL FROM (RFC 3461), if any: passed on to a next hop that offers DSN; ENVID is named in notices. */
+  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
   /** Bytes of the stored message (with our Received header). */
   size: number;
   /** SHA-256 of those bytes, to detect a damaged message file before relaying it (journal records have a CRC-32 instead). */
@@ -67,6 +71,7 @@ export function checkState(value: unknown, file: string): SpoolState {
     if (x.status !== undefined && x.status !== 'delivered' && x.status !== 'bounced') throw bad(`a recipient's status ${JSON.stringify(x.status)}`);
     if (x.notify !== undefined && !(Array.isArray(x.notify) && x.notify.every((n) => typeof n === 'string'))) throw bad('a recipient\'s notify');
     if (x.lastError !== undefined && typeof x.lastError !== 'string') throw bad('a recipient\'s lastError');
+    if (x.orcpt !== undefined && typeof x.orcpt !== 'string') throw bad('a recipient\'s orcpt');
   }
   return value as SpoolState;
 }

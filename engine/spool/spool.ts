@@ -325,15 +325,22 @@ export class Spool {
    * `hasState: false`: the caller knows there is no state file to remove.
    */
   async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
-    if (this.#readJournal(id)?.markDone(id)) {
-      if (opts.hasState !== false) {
-        await unlink(this.statePath(id)).catch(ignoreMissing);
-        await this.#dirSync.sync();
-      }
+    const journal = this.#readJournal(id);
+    if (opts.hasState === false) {
+      // Nothing else records its progress: a done mark lost in a power cut only means delivering it again.
+      if (journal?.markDone(id)) return;
+      await unlink(this.messagePath(id)).catch(ignoreMissing);
+      await this.#dirSync.sync();
       return;
     }
-    await unlink(this.messagePath(id)).catch(ignoreMissing);
-    if (opts.hasState !== false) await unlink(this.statePath(id)).catch(ignoreMissing);
+    // The state file names the recipients delivered in earlier attempts: the message's removal is on disk
+    // before it goes, or a power cut between the two would bring the message back without it, to be sent to
+    // every recipient again. (`postern queue delete` gets the same promise: a deleted message stays deleted.)
+    if (!(await journal?.markDoneDurably(id))) {
+      await unlink(this.messagePath(id)).catch(ignoreMissing);
+      await this.#dirSync.sync();
+    }
+    await unlink(this.statePath(id)).catch(ignoreMissing);
     await this.#dirSync.sync();
   }
 

@@ -2,16 +2,19 @@
  * A next hop for delivery tests that misbehaves on cue: a minimal SMTP command loop on a raw socket (EHLO,
  * MAIL, RCPT, DATA, the end of the message, QUIT) whose answers a test may take over at any of those points.
  * A hook returns 'answered' when it wrote the reply itself, 'stop' when it took the connection over (a drip,
- * a reset: nothing more is read from this chunk), or nothing for the usual reply.
+ * a reset: nothing more is read from this chunk), or nothing for the usual reply. Each hook gets the command
+ * line it answers (the message, without its final dot, for `endOfData`).
  */
 import net from 'node:net';
 
 type Taken = 'answered' | 'stop' | void;
 export interface PeerHooks {
-  ehlo?(s: net.Socket): Taken;
-  mail?(s: net.Socket): Taken;
-  rcpt?(s: net.Socket): Taken;
-  endOfData?(s: net.Socket): Taken;
+  ehlo?(s: net.Socket, line: string): Taken;
+  mail?(s: net.Socket, line: string): Taken;
+  rcpt?(s: net.Socket, line: string): Taken;
+  /** 'answered': no message follows (the peer stays in command mode). */
+  data?(s: net.Socket, line: string): Taken;
+  endOfData?(s: net.Socket, message: string): Taken;
 }
 
 export interface ScriptedPeer { port: number; close(): void }
@@ -32,19 +35,20 @@ export async function startScriptedPeer(hooks: PeerHooks, host = '127.0.0.1', po
         if (inData) {
           const end = buf.indexOf('\r\n.\r\n');
           if (end < 0) return;
+          const message = buf.slice(0, end + 2);
           buf = buf.slice(end + 5);
           inData = false;
-          taken = hooks.endOfData?.(s);
+          taken = hooks.endOfData?.(s, message);
           if (!taken) s.write('250 2.0.0 queued\r\n');
         } else {
           const nl = buf.indexOf('\r\n');
           if (nl < 0) return;
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 2);
-          if (/^EHLO/i.test(line)) { if (!(taken = hooks.ehlo?.(s))) s.write('250-peer\r\n250 8BITMIME\r\n'); }
-          else if (/^MAIL/i.test(line)) { if (!(taken = hooks.mail?.(s))) s.write('250 2.1.0 ok\r\n'); }
-          else if (/^RCPT/i.test(line)) { if (!(taken = hooks.rcpt?.(s))) s.write('250 2.1.5 ok\r\n'); }
-          else if (/^DATA/i.test(line)) { s.write('354 go on\r\n'); inData = true; }
+          if (/^EHLO/i.test(line)) { if (!(taken = hooks.ehlo?.(s, line))) s.write('250-peer\r\n250 8BITMIME\r\n'); }
+          else if (/^MAIL/i.test(line)) { if (!(taken = hooks.mail?.(s, line))) s.write('250 2.1.0 ok\r\n'); }
+          else if (/^RCPT/i.test(line)) { if (!(taken = hooks.rcpt?.(s, line))) s.write('250 2.1.5 ok\r\n'); }
+          else if (/^DATA/i.test(line)) { if (!(taken = hooks.data?.(s, line))) { s.write('354 go on\r\n'); inData = true; } }
           else if (/^QUIT/i.test(line)) { s.end('221 bye\r\n'); return; }
           else s.write('250 ok\r\n');
         }

@@ -62,7 +62,8 @@ test('a delivered message whose done mark cannot be written is not delivered aga
   }
 });
 
-test('a recipient accepted by the next hop is not sent to again when the state file of a partly delivered message cannot be written', async () => {
+/** A server delivering to a sink that refuses later@… with 451 until `acceptLater()`; retried every 50 ms. */
+async function startRefusingLater(): Promise<{ sink: Awaited<ReturnType<typeof startSink>>; s: Awaited<ReturnType<typeof startDeliveryServer>>; acceptLater(): void }> {
   let refuseLater = true;
   const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && refuseLater && address.startsWith('later@') ? { code: 451, text: '4.2.0 Try again later' } : null) });
   const s = await startDeliveryServer({
@@ -72,6 +73,11 @@ test('a recipient accepted by the next hop is not sent to again when the state f
       delivery: smarthostDelivery(sink.port, { retrySchedule: [0.05] }),
     }),
   });
+  return { sink, s, acceptLater: () => { refuseLater = false; } };
+}
+
+test('a recipient accepted by the next hop is not sent to again when the state file of a partly delivered message cannot be written', async () => {
+  const { sink, s, acceptLater } = await startRefusingLater();
   const fsp = (await import('node:fs/promises')).default;
   const realRename = fsp.rename;
   let failures = 0;
@@ -92,10 +98,53 @@ test('a recipient accepted by the next hop is not sent to again when the state f
     assert.deepEqual(readdirSync(join(s.dir, 'data', 'spool', 'queue')).filter((f) => f.endsWith('.tmp')), [], 'no temporary state file is left behind by a failed write');
     const removed = s.nextAttempt((e) => e.id === id && e.removed);
     restore();
-    refuseLater = false;
+    acceptLater();
     await removed;
     assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1);
     assert.equal(sink.messages.filter((m) => m.to.includes('later@example.test')).length, 1);
+  } finally {
+    restore();
+    await s.stop();
+    await sink.close();
+  }
+});
+
+// The state file of a partly delivered message is the only record of the recipients delivered in earlier
+// attempts. Its removal, once the last one was delivered, followed a done mark of the journal message that was
+// never synced: a power cut could keep the state file's removal (its folder was synced) and lose the mark, and
+// the message came back without its state, to be sent to every recipient again. The mark is now synced first;
+// when that fails, the state file stays and the removal is tried again later.
+test('the state file of a partly delivered message is removed only once its done mark is on disk', async () => {
+  const { sink, s, acceptLater } = await startRefusingLater();
+  const realFsync = fs.fsync;
+  let failures = 0;
+  (fs as { fsync: unknown }).fsync = (fd: number, cb: (err: Error | null) => void): void => {
+    if (fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('.done')) {
+      failures++;
+      process.nextTick(cb, Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO', errno: -5, syscall: 'fsync' }));
+      return;
+    }
+    realFsync(fd, cb);
+  };
+  syncBuiltinESMExports();
+  const restore = (): void => { fs.fsync = realFsync; syncBuiltinESMExports(); };
+  try {
+    const id = await s.send('a@example.test', ['ok@example.test', 'later@example.test']);
+    await s.nextAttempt((e) => e.id === id && e.attempt === 1, { past: true });
+    const state = join(s.dir, 'data', 'spool', 'queue', `${id}.state`);
+    assert.ok(fs.existsSync(state), 'the first attempt recorded ok@ as delivered');
+    acceptLater();
+    const second = await s.nextAttempt((e) => e.id === id && e.outcomes.some((o) => o.recipient === 'later@example.test' && o.status === 'delivered'), { past: true });
+    assert.ok(failures >= 1, 'the done mark was synced before the state file was removed');
+    assert.equal(second.removed, false, 'not reported removed: its removal is not on disk');
+    assert.ok(fs.existsSync(state), 'the state file, the record of ok@\'s delivery, is still there');
+    const removed = s.nextAttempt((e) => e.id === id && e.removed);
+    restore();
+    await removed;
+    assert.equal(fs.existsSync(state), false);
+    assert.equal(await s.runtime.spool.has(id), false);
+    assert.equal(sink.messages.filter((m) => m.to.includes('ok@example.test')).length, 1, 'ok@ got it once');
+    assert.equal(sink.messages.filter((m) => m.to.includes('later@example.test')).length, 1, 'later@ got it once');
   } finally {
     restore();
     await s.stop();

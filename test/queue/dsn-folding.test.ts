@@ -3,7 +3,8 @@
 // a common "550 5.1.1 <a-long-address@example.com>: Recipient address rejected: User unknown" for an address
 // of 73+ characters, or any next hop's long token, hung the queue process at the bounce (memory growing; under
 // postern serve its watchdog killed it, and the restarted one hung on the same message). Built in a worker
-// thread here, so that the old code fails the test by its deadline instead of hanging it.
+// thread here, so that the old code fails the test by its deadline instead of hanging it. The returned header
+// likewise: a field of 5000 characters (or a NUL) was copied as it was, and a next hop refused the bounce.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
@@ -19,7 +20,7 @@ import(${JSON.stringify(new URL('../../engine/queue/dsn.ts', import.meta.url).hr
   ];
   const raw = buildDsn({
     hostname: 'postern.test', original: { id: 'q1', sender: 'a@origin.test', receivedAt: new Date().toISOString() },
-    originalMessage: Buffer.from('Subject: x\\r\\n\\r\\nbody\\r\\n'), expired: false,
+    originalMessage: Buffer.from('Subject: x\\r\\nX-Long: ' + 'h'.repeat(5000) + '\\r\\nX-Nul: a\\0b\\r\\n\\r\\nbody\\r\\n'), expired: false,
     failed: diagnostics.map((d, i) => ({ recipient: i ? 'b@example.com' : address, status: '5.1.1', diagnostic: d, remoteReply: true, remoteMta: 'mx.example.com[192.0.2.1]:25' })),
   }).toString('latin1');
   parentPort.postMessage(raw);
@@ -41,6 +42,12 @@ test('a bounce whose diagnostics hold words longer than a line is built, every l
     const words = text.replace(/\r\n {4}/g, ' ').replace(/\s+/g, ' ');
     assert.match(words, /<a-rather-long-local-part-of-forty-chars@a-subdomain\.of-a-long-domain\.example\.com>: Recipient address rejected: User unknown in virtual mailbox table/);
     assert.equal((text.match(/x{100,}/g) ?? []).join('').length, 5000, 'the long token is kept, in pieces');
+    // The returned header's 5000-character field and NUL: quoted-printable, kept whole once decoded.
+    assert.ok(!raw.includes('\0'), 'no NUL in the bounce');
+    const returned = raw.slice(raw.indexOf('Content-Type: text/rfc822-headers'));
+    assert.match(returned, /^Content-Type: text\/rfc822-headers\r\nContent-Transfer-Encoding: quoted-printable\r\n/);
+    const decoded = returned.replace(/=\r\n/g, '').replace(/=([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+    assert.ok(decoded.includes(`X-Long: ${'h'.repeat(5000)}\r\nX-Nul: a\0b\r\n`));
   } finally {
     clearTimeout(timer);
     await worker.terminate();

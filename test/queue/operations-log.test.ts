@@ -9,6 +9,7 @@ import { userInfo } from 'node:os';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
+import { diskFaults } from '../helpers/disk-faults.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 
@@ -47,4 +48,19 @@ test('delete and retry from the command line are logged by the running server wi
   // Each record is removed once logged: none is logged twice.
   assert.deepEqual((await readdir(join(s.dir, 'data', 'spool', 'operations'))).filter((n) => !n.startsWith('.')), []);
   assert.ok(existsSync(join(s.dir, 'data', 'spool', 'operations')));
+});
+
+// The record was written and renamed into place but never synced: a power cut could lose it, or leave it empty,
+// and with it the only account of who deleted the mail. It is synced now (file and folder), and when that fails
+// the command says the operation is done but its record may be lost, and exits 1.
+test('a queue operation\'s record is synced to disk before the command returns; a failed sync is said', async () => {
+  const id = await submitMessage(s.port('in'), 'a@example.net', ['d@example.test']);
+  const faults = diskFaults();
+  faults.armFor('fsync-eio', '/spool/operations');
+  const deleted = await runCli(['queue', 'delete', id, '-c', join(s.dir, 'postern.yaml')], { env: faults.env });
+  assert.ok(faults.taken('fsync-eio'), 'the record\'s folder was synced');
+  assert.equal(deleted.code, 1, deleted.stderr);
+  assert.match(deleted.stdout, new RegExp(`^${id}: deleted$`, 'm'), 'the deletion itself is reported');
+  assert.match(deleted.stderr, /queue delete is done, but its record for the server's log \(who did it\) may be lost: .*EIO/);
+  assert.ok(!(await s.runtime.spool.list()).includes(id), 'deleted');
 });

@@ -54,6 +54,15 @@ after(async () => {
 
 const dsnTo = (rcpt: string) => sink.messages.filter((m) => m.from === '' && m.to[0] === rcpt);
 
+/** One message on `c`; each of `rcpts` is a whole RCPT TO argument (`<a@b> NOTIFY=NEVER`). Returns the queue id. */
+async function sendWithParams(c: SmtpTestClient, from: string, rcpts: string[], body: string): Promise<string> {
+  assert.equal((await c.command(`MAIL FROM:<${from}>`)).code, 250);
+  for (const r of rcpts) assert.equal((await c.command(`RCPT TO:${r}`)).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  c.write(`${body}.`);
+  return /queued as (\w+)/.exec((await c.read()).text)![1]!;
+}
+
 test('temporary failures are retried on the schedule (0.25 s, then 0.75 s repeating) until accepted', async () => {
   const id = await s.send('me@origin.test', ['later3@dest.test']);
   const first = await s.nextAttempt((e) => e.id === id, { past: true });
@@ -113,13 +122,7 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
 test('no bounce for the null sender or for NOTIFY=NEVER; NOTIFY=FAILURE still gets one', async () => {
   const c = await SmtpTestClient.connect(s.port());
   await c.hello();
-  const send = async (from: string, rcpts: string[]): Promise<string> => {
-    assert.equal((await c.command(`MAIL FROM:<${from}>`)).code, 250);
-    for (const r of rcpts) assert.equal((await c.command(`RCPT TO:${r}`)).code, 250);
-    assert.equal((await c.command('DATA')).code, 354);
-    c.write('Subject: n\r\n\r\nx\r\n.');
-    return /queued as (\w+)/.exec((await c.read()).text)![1]!;
-  };
+  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, from, rcpts, 'Subject: n\r\n\r\nx\r\n');
   const nullSender = await send('', ['<bad-null@dest.test>']);
   const never = await send('never@origin.test', ['<bad-never@dest.test> NOTIFY=NEVER']);
   const failure = await send('failure@origin.test', ['<bad-failure@dest.test> NOTIFY=FAILURE,DELAY']);
@@ -127,6 +130,29 @@ test('no bounce for the null sender or for NOTIFY=NEVER; NOTIFY=FAILURE still ge
   const events = await Promise.all([nullSender, never, failure].map((id) => s.nextAttempt((e) => e.id === id && e.removed, { past: true })));
   assert.deepEqual(events.map((e) => !!e.bounceId), [false, false, true]);
   assert.ok(s.logs.some((l) => l.msg === 'undeliverable bounce (null sender): discarded' && l.id === nullSender));
+});
+
+// NOTIFY=SUCCESS was kept with the recipient but never acted on: a sender who asked to be told of the delivery
+// heard nothing (RFC 3461 §6.2.3: the next hop is not asked for notifications, so the relay sends a "relayed" one).
+test('NOTIFY=SUCCESS gets a relayed notice once delivered; the default, FAILURE alone and NEVER get none', async () => {
+  const c = await SmtpTestClient.connect(s.port());
+  await c.hello();
+  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, from, rcpts, 'Subject: tell me\r\n\r\nx\r\n');
+  const asked = await send('asked@origin.test', ['<ok-success@dest.test> NOTIFY=SUCCESS,FAILURE', '<ok-plain@dest.test>', '<bad-success@dest.test> NOTIFY=SUCCESS']);
+  const quiet = await send('quiet@origin.test', ['<ok-never@dest.test> NOTIFY=NEVER', '<ok-failure@dest.test> NOTIFY=FAILURE']);
+  const fromNull = await send('', ['<ok-null@dest.test> NOTIFY=SUCCESS']);
+  await c.quit();
+  const events = await Promise.all([asked, quiet, fromNull].map((id) => s.nextAttempt((e) => e.id === id && e.removed, { past: true })));
+  assert.deepEqual(events.map((e) => e.bounceId), [null, null, null], 'no failure notice: bad-success@ asked for successes only');
+  await until('the success notice delivered', () => dsnTo('asked@origin.test').length === 1);
+  const dsn = parseDsn(dsnTo('asked@origin.test')[0]!.data);
+  assert.equal(dsn.headers['subject'], 'Successful Mail Delivery Report');
+  assert.deepEqual(dsn.recipients.map((r) => [r['final-recipient'], r.action, r.status]), [['rfc822; ok-success@dest.test', 'relayed', '2.0.0']]);
+  assert.match(dsn.recipients[0]!['diagnostic-code']!, /^smtp; 250 /);
+  assert.match(dsn.returnedHeader, /^Subject: tell me\r\n/m);
+  await s.scans(2);
+  assert.equal(dsnTo('quiet@origin.test').length, 0);
+  assert.equal(dsnTo('asked@origin.test').length, 1);
 });
 
 test('pre-delivery reject bounces at once with the script\'s reply; defer retries with the reason in previousErrors', async () => {

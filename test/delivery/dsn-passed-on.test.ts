@@ -1,0 +1,92 @@
+// The DSN parameters a client gives (RFC 3461) go on to a next hop that offers DSN: RET and ENVID on MAIL FROM,
+// each recipient's own NOTIFY and ORCPT on its RCPT TO. They were kept only in part (NOTIFY) and never passed on:
+// a recipient's NOTIFY=NEVER did not stop the next hop's bounces, and ORCPT and ENVID were lost. To a next hop
+// without DSN nothing is passed on, and this server's own notices carry Original-Envelope-Id and Original-Recipient.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
+import { parseDsn, startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+
+async function startPeer(offers: string[]): Promise<{ port: number; mail: string[]; rcpt: string[]; messages: string[]; close(): void }> {
+  const seen = { mail: [] as string[], rcpt: [] as string[], messages: [] as string[] };
+  const peer = await startScriptedPeer({
+    ehlo: (s) => { s.write(['peer', ...offers].map((l, i, all) => `250${i === all.length - 1 ? ' ' : '-'}${l}\r\n`).join('')); return 'answered'; },
+    mail: (_s, line) => { seen.mail.push(line); },
+    rcpt: (s, line) => {
+      seen.rcpt.push(line);
+      if (/<bad/.test(line)) { s.write('550 5.1.1 no such user\r\n'); return 'answered'; }
+    },
+    endOfData: (_s, message) => { seen.messages.push(message); },
+  });
+  return { port: peer.port, ...seen, close: peer.close };
+}
+
+async function sendWithDsn(port: number): Promise<string> {
+  const c = await SmtpTestClient.connect(port);
+  try {
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test> RET=HDRS ENVID=env+2B42')).code, 250);
+    assert.equal((await c.command('RCPT TO:<never@example.net> NOTIFY=NEVER')).code, 250);
+    assert.equal((await c.command('RCPT TO:<asked@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Asked+2Bx@example.org')).code, 250);
+    assert.equal((await c.command('RCPT TO:<plain@example.net>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<bad@example.net> ORCPT=rfc822;bad-orig@example.org')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: dsn\r\n\r\nhello\r\n.');
+    const r = await c.read();
+    return /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+  } finally {
+    await c.quit();
+  }
+}
+
+async function withServer(offers: string[], run: (s: Awaited<ReturnType<typeof startDeliveryServer>>, peer: Awaited<ReturnType<typeof startPeer>>) => Promise<void>): Promise<void> {
+  const peer = await startPeer(offers);
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [3600] }) }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    await run(s, peer);
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+}
+
+test('to a next hop that offers DSN: RET and ENVID on MAIL FROM, each recipient\'s NOTIFY and ORCPT on its RCPT TO; no notice of ours for NOTIFY=SUCCESS', async () => {
+  await withServer(['8BITMIME', 'DSN'], async (s, peer) => {
+    const id = await sendWithDsn(s.port());
+    const e = await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
+    assert.match(peer.mail[0]!, /^MAIL FROM:<a@example\.test> .*RET=HDRS/);
+    assert.match(peer.mail[0]!, / ENVID=env\+2B42(\s|$)/);
+    assert.deepEqual(peer.rcpt, [
+      'RCPT TO:<never@example.net> NOTIFY=NEVER',
+      'RCPT TO:<asked@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Asked+2Bx@example.org',
+      'RCPT TO:<plain@example.net>',
+      'RCPT TO:<bad@example.net> ORCPT=rfc822;bad-orig@example.org',
+    ]);
+    assert.ok(e.bounceId, 'bad@ bounced by this server (refused at RCPT)');
+    await s.nextAttempt((x) => x.id === e.bounceId && x.removed, { timeoutMs: 30_000, past: true });
+    await s.scans(1);
+    assert.equal(peer.messages.filter((m) => /Successful Mail Delivery Report/.test(m)).length, 0, 'the next hop answers for NOTIFY=SUCCESS');
+    const bounce = parseDsn(peer.messages.find((m) => /Undelivered Mail/.test(m))!);
+    assert.equal(bounce.perMessage['original-envelope-id'], 'env+42');
+    assert.equal(bounce.recipients[0]!['original-recipient'], 'rfc822;bad-orig@example.org');
+  });
+});
+
+test('to a next hop without DSN: nothing passed on; the success notice is ours, with Original-Envelope-Id and Original-Recipient', async () => {
+  await withServer(['8BITMIME'], async (s, peer) => {
+    const id = await sendWithDsn(s.port());
+    await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
+    assert.ok(!/RET=|ENVID=/.test(peer.mail[0]!), peer.mail[0]);
+    assert.ok(peer.rcpt.every((r) => !/NOTIFY=|ORCPT=/.test(r)), peer.rcpt.join(' | '));
+    await until('the success notice delivered', () => peer.messages.some((m) => /Successful Mail Delivery Report/.test(m)));
+    const notice = parseDsn(peer.messages.find((m) => /Successful Mail Delivery Report/.test(m))!);
+    assert.equal(notice.perMessage['original-envelope-id'], 'env+42');
+    assert.deepEqual(notice.recipients.map((r) => [r['original-recipient'], r['final-recipient'], r.action]), [['rfc822;Asked+x@example.org', 'rfc822; asked@example.net', 'relayed']]);
+  });
+});
