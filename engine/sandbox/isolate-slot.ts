@@ -36,6 +36,10 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
  * limit, and isolated-vm's promise then never settles.
  */
 export const LOAD_SLACK_MS = 500;
+/** Whether an abandoned top level's evaluation settled within LOAD_SLACK_MS of its isolate's disposal: its thread is back. */
+const cameBack = (evaluation: Promise<unknown>): Promise<boolean> =>
+  settledWithin(evaluation.then(() => true, () => true), LOAD_SLACK_MS).catch(() => false);
+
 /** Why a top level failed to load when it could not be stopped (`before`: in an earlier load in this process, so not run again). */
 const stuckMessage = (limitMs: number, before: boolean): string => before
   ? `top level did not finish within ${limitMs} ms and could not be stopped, in an earlier load in this process: not run again until the file changes`
@@ -1239,15 +1243,20 @@ export class IsolateSlot {
     const script = { hook, file, sha256: runningCall.hash(source) };
     // Each run of it would park one more thread for good: refused at once until the file changes.
     if (stuckAtLoad(script)) return new ScriptError(file, 1, 1, stuckMessage(limit, true));
+    let evaluation: Promise<unknown> | undefined;
     try {
       this.#current = { connectionId: null, file };
       this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
-      await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
+      evaluation = this.#track(module.evaluate({ timeout: limit, promise: true }));
+      await settledWithin(evaluation, limit + LOAD_SLACK_MS);
     } catch (e) {
       if (e instanceof NeverSettled) {
         void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        // isolated-vm also loses its stop when it comes while the top level waits for a host helper (a loop of
+        // lookup() or sha256()): disposing ends that at once. Only a thread that does not come back is stuck.
+        if (await cameBack(evaluation!)) return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms`);
         reportAbandonedRunning(script, 'load');
         return new ScriptError(file, 1, 1, stuckMessage(limit, false));
       }
