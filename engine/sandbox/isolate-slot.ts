@@ -254,6 +254,8 @@ export class IsolateSlot {
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
+  /** The hooks whose code runs on the isolate's thread now (a call alone, or a delivery's continuations): see #start. */
+  #onThread: readonly HookName[] = [];
   readonly #keptConnections = new KeptKeys();
   readonly #keptCertificates = new KeptKeys();
   #disposedByUs = false;
@@ -786,8 +788,13 @@ export class IsolateSlot {
     }, watchdogDelay(timeoutMs));
     // The continuations' scripts are named in the running-call mirror meanwhile, should the process die under them.
     let hooks = 0;
-    for (const owner of owners) { const a = this.#awaiting.get(owner); if (a) hooks |= hookBit(a.hook); }
+    const onThread: HookName[] = [];
+    for (const owner of owners) {
+      const a = this.#awaiting.get(owner);
+      if (a) { hooks |= hookBit(a.hook); onThread.push(a.hook); }
+    }
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hooks);
+    this.#onThread = onThread;
     try {
       slotEntries.isolateThread++;
       const taken = this.#takeBoxFlag();
@@ -799,6 +806,7 @@ export class IsolateSlot {
       runningCall.exitAsync(running);
       clearTimeout(watchdog);
       this.#delivering = false;
+      this.#onThread = [];
     }
     if (this.#answers.length || this.#collect) this.#scheduleFlush();
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
@@ -1095,6 +1103,7 @@ export class IsolateSlot {
    */
   async #onIsolateThread(hook: HookName, file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
+    this.#onThread = [hook];
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(hook));
     this.#cutOff = false;
     const watchdog = setTimeout(() => {
@@ -1107,6 +1116,7 @@ export class IsolateSlot {
       clearTimeout(watchdog);
       runningCall.exitAsync(running);
       this.#current = null;
+      this.#onThread = [];
     }
   }
 
@@ -1182,6 +1192,9 @@ export class IsolateSlot {
     // The process cannot get a parked thread back (see newIsolate): say so, loudly, and signal it.
     this.#isolate = newIsolate(memoryLimitMb, (message) => {
       const reason = `an isolate failed catastrophically: ${message}`;
+      // The code on its thread did it (a V8 out-of-memory comes long before that call's deadline, which would blame
+      // it): blamed before the signal, on which a worker is replaced at once, naming the scripts to fence.
+      for (const hook of this.#onThread) reportAbandonedRunning(runningCall.scriptOf(this.#options.runningId ?? 0, hook));
       try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
       reportUnrecoverable(reason);
     });

@@ -61,6 +61,15 @@ test('a call waiting for an isolate that is stuck waits no longer than its own d
   assert.deepEqual(r.after, { value: { verdict: 'reject', text: 'no 2' } });
 });
 
+test('a call whose isolate runs out of memory outside its heap limit is blamed when the process is told to recycle', async () => {
+  const r = await runChild('oom');
+  assert.match(String(r.unrecoverable), /out-of-memory/i);
+  assert.equal(r.settled, false, 'the signal came long before the call\'s deadline');
+  // Blamed only at the deadline before: a worker, replaced at the signal, wrote a crash record naming no script, so
+  // the supervisor never fenced it, and every worker that ran it was replaced in turn.
+  assert.deepEqual(r.blamed, [`rcptto:${SCRIPT_DIR}/rcptto.js`]);
+});
+
 test('a top level stuck in an uninterruptible builtin fails the load, naming the file', async () => {
   const r = await runChild('load');
   assert.deepEqual(r.loadError, [{ file: `${SCRIPT_DIR}/helo.js`, line: 1, message: 'top level did not finish within 1000 ms and could not be stopped' }]);
