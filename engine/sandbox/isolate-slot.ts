@@ -36,6 +36,10 @@ const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTi
  * limit, and isolated-vm's promise then never settles.
  */
 export const LOAD_SLACK_MS = 500;
+/** Whether an abandoned top level's evaluation settled within LOAD_SLACK_MS of its isolate's disposal: its thread is back. */
+const cameBack = (evaluation: Promise<unknown>): Promise<boolean> =>
+  settledWithin(evaluation.then(() => true, () => true), LOAD_SLACK_MS).catch(() => false);
+
 /** Why a top level failed to load when it could not be stopped (`before`: in an earlier load in this process, so not run again). */
 const stuckMessage = (limitMs: number, before: boolean): string => before
   ? `top level did not finish within ${limitMs} ms and could not be stopped, in an earlier load in this process: not run again until the file changes`
@@ -250,6 +254,8 @@ export class IsolateSlot {
   #register!: ivm.Reference<RuntimeHandle['register']>;
   #context!: ivm.Context;
   #current: CurrentRun | null = null;
+  /** The hooks whose code runs on the isolate's thread now (a call alone, or a delivery's continuations): see #start. */
+  #onThread: readonly HookName[] = [];
   readonly #keptConnections = new KeptKeys();
   readonly #keptCertificates = new KeptKeys();
   #disposedByUs = false;
@@ -782,8 +788,13 @@ export class IsolateSlot {
     }, watchdogDelay(timeoutMs));
     // The continuations' scripts are named in the running-call mirror meanwhile, should the process die under them.
     let hooks = 0;
-    for (const owner of owners) { const a = this.#awaiting.get(owner); if (a) hooks |= hookBit(a.hook); }
+    const onThread: HookName[] = [];
+    for (const owner of owners) {
+      const a = this.#awaiting.get(owner);
+      if (a) { hooks |= hookBit(a.hook); onThread.push(a.hook); }
+    }
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hooks);
+    this.#onThread = onThread;
     try {
       slotEntries.isolateThread++;
       const taken = this.#takeBoxFlag();
@@ -795,6 +806,7 @@ export class IsolateSlot {
       runningCall.exitAsync(running);
       clearTimeout(watchdog);
       this.#delivering = false;
+      this.#onThread = [];
     }
     if (this.#answers.length || this.#collect) this.#scheduleFlush();
     try { this.listener?.delivered(); } catch { /* the pool's own problem */ }
@@ -1091,6 +1103,7 @@ export class IsolateSlot {
    */
   async #onIsolateThread(hook: HookName, file: string, connectionId: string | null, timeoutMs: number, enter: () => Promise<unknown>): Promise<unknown> {
     this.#current = { connectionId, file };
+    this.#onThread = [hook];
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(hook));
     this.#cutOff = false;
     const watchdog = setTimeout(() => {
@@ -1103,6 +1116,7 @@ export class IsolateSlot {
       clearTimeout(watchdog);
       runningCall.exitAsync(running);
       this.#current = null;
+      this.#onThread = [];
     }
   }
 
@@ -1178,6 +1192,9 @@ export class IsolateSlot {
     // The process cannot get a parked thread back (see newIsolate): say so, loudly, and signal it.
     this.#isolate = newIsolate(memoryLimitMb, (message) => {
       const reason = `an isolate failed catastrophically: ${message}`;
+      // The code on its thread did it (a V8 out-of-memory comes long before that call's deadline, which would blame
+      // it): blamed before the signal, on which a worker is replaced at once, naming the scripts to fence.
+      for (const hook of this.#onThread) reportAbandonedRunning(runningCall.scriptOf(this.#options.runningId ?? 0, hook));
       try { host.log(null, '(sandbox)', 'fatal', `${reason}; this process should be restarted`); } catch { /* nothing left to tell */ }
       reportUnrecoverable(reason);
     });
@@ -1239,15 +1256,20 @@ export class IsolateSlot {
     const script = { hook, file, sha256: runningCall.hash(source) };
     // Each run of it would park one more thread for good: refused at once until the file changes.
     if (stuckAtLoad(script)) return new ScriptError(file, 1, 1, stuckMessage(limit, true));
+    let evaluation: Promise<unknown> | undefined;
     try {
       this.#current = { connectionId: null, file };
       this.#loading = true;
       await this.#track(module.instantiate(this.#context, () => { throw new Error('imports are not allowed'); }));
       // isolated-vm stops the top level at `limit`, unless it is inside a builtin that never checks.
-      await settledWithin(this.#track(module.evaluate({ timeout: limit, promise: true })), limit + LOAD_SLACK_MS);
+      evaluation = this.#track(module.evaluate({ timeout: limit, promise: true }));
+      await settledWithin(evaluation, limit + LOAD_SLACK_MS);
     } catch (e) {
       if (e instanceof NeverSettled) {
         void this.dispose(); // abandoned: its thread may never come back (see unrecoverable.ts)
+        // isolated-vm also loses its stop when it comes while the top level waits for a host helper (a loop of
+        // lookup() or sha256()): disposing ends that at once. Only a thread that does not come back is stuck.
+        if (await cameBack(evaluation!)) return new ScriptError(file, 1, 1, `top level did not finish within ${limit} ms`);
         reportAbandonedRunning(script, 'load');
         return new ScriptError(file, 1, 1, stuckMessage(limit, false));
       }

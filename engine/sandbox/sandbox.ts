@@ -802,13 +802,14 @@ export class Sandbox {
 
   async #rebuild(member: Member): Promise<void> {
     member.epoch++;
-    const client = member.client;
-    this.#unhold(member);
     // Returns at once, even when a call is stuck in it (isolated-vm does not wait); calls waiting on it run again.
     if (member.slot) this.#retire(member.slot.abandon());
     member.slot = null;
     member.state = 'rebuilding';
-    if (client !== null) this.#offerIdle(); // a waiting call of its client may take an idle isolate now
+    // The client whose call lost it (its memory limit, or stuck at its deadline) still holds it until it is rebuilt
+    // (#handOver) or given up (broken), and is charged the time: let go now, that client's next call took the other
+    // isolate, and another client's call waited for the rebuild — behind a script stuck in a builtin on a loaded
+    // machine, each call abandoned one isolate and took the next, and other clients' calls failed at their deadlines.
     member.rebuilds++;
     let built: Awaited<ReturnType<typeof IsolateSlot.build>>;
     try {
@@ -828,7 +829,10 @@ export class Sandbox {
       return;
     }
     for (const e of built.errors) this.#log(e.file, 'error', `rebuilding isolate ${member.index} failed: ${e.toString()}`);
+    const client = member.client;
+    this.#unhold(member);
     member.state = 'broken';
+    if (client !== null) this.#offerIdle(); // a waiting call of its client may take an idle isolate now
     member.retryAt = performance.now() + REBUILD_RETRY_MS;
     if (!this.#members.some((m) => m.state === 'idle' || m.state === 'busy' || m.state === 'rebuilding')) {
       for (const w of this.#waiting.splice(0)) w.refuse(new Error('no isolate is available: rebuilding them failed'));

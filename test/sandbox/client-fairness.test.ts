@@ -11,6 +11,9 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { withSandbox } from '../helpers/sandbox.ts';
+import { js } from '../helpers/sandbox-fixtures.ts';
+import { ScriptFailure } from '../../engine/sandbox/index.ts';
 
 // fastPathMs 0: every call goes to an isolate thread, as a hook's calls do once its script overran the fast path.
 const CONFIG = `
@@ -107,4 +110,38 @@ test("a client's heavy calls hold at most half the isolates: another client's ca
   } finally {
     await pool.stop();
   }
+});
+
+/**
+ * An isolate a client's call lost (its memory limit, or given up on at its deadline) is rebuilt; meanwhile it still
+ * counts as that client's. It was let go at once, and the client's next call took the other isolate: the pool then
+ * had one isolate rebuilding and the other spinning for that client, and another client's call of another hook
+ * waited for the rebuild (a script stuck in a builtin on a loaded machine: each of its calls abandoned one isolate
+ * and took the next, and other clients' calls failed at their deadlines).
+ */
+test("while an isolate a client's call lost is rebuilt, that client's next call waits; another client's runs at once", async () => {
+  const logs: string[] = [];
+  const connection = (remoteAddress: string) => ({ id: 'c', remoteAddress, remotePort: 1, localAddress: '127.0.0.1', localPort: 25 });
+  await withSandbox({
+    host: { lookup: () => null, log: (_cid, _file, _level, message) => { logs.push(message); } },
+    isolates: 2, isolatesPerClient: 1, fastPathMs: 0, timeoutMs: 15_000, memoryLimitMb: 16,
+    scripts: [
+      js('rcptto', `export default function (ctx) {
+        if (ctx.oom) { const kept = []; for (;;) kept.push(new Array(1e5).fill(1)); }
+        log('spin starts');
+        for (const end = Date.now() + 15_000; Date.now() < end;);
+      }`),
+      js('helo', 'export default function () { log("helo runs"); return accept(); }'),
+    ],
+  }, async (sandbox) => {
+    await assert.rejects(sandbox.invoke('rcptto', { connection: connection('192.0.2.1'), oom: true }, 'x1'), (e) => e instanceof ScriptFailure && e.kind === 'memory');
+    assert.equal((await sandbox.stats()).isolates.filter((i) => i.state === 'rebuilding').length, 1, 'its isolate is being rebuilt');
+    const spin = sandbox.invoke('rcptto', { connection: connection('192.0.2.1') }, 'x2').catch((e: unknown) => e);
+    assert.deepEqual(await sandbox.invoke('helo', { connection: connection('198.51.100.1') }, 'y1'), { verdict: 'accept' });
+    assert.deepEqual(logs.filter((m) => m === 'spin starts' || m === 'helo runs'), ['helo runs'],
+      'the other client\'s call ran first, on the isolate that stayed free');
+    await until('the spinning call runs on the rebuilt isolate', () => logs.includes('spin starts'));
+    await sandbox.dispose();
+    await spin;
+  });
 });

@@ -56,7 +56,6 @@ const PATCHES = [
   'Object.getPrototypeOf(async function () {}).constructor = null',
   'Object.getPrototypeOf([][Symbol.iterator]()).next = () => ({ done: true })',
   'Object.getPrototypeOf(Uint8Array).prototype.includes = () => true',
-  'Intl.Collator.prototype.compare = () => 0',
   'lookup.call = () => "ok"',
   'globalThis.URL = class { constructor() { this.hostname = "example.com"; } }',
   'Object.defineProperty(accept, "x", { value: 1 })',

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Sandbox, ScriptFailure, runningCall, runningCallTable, describeRunning } from '../../engine/sandbox/index.ts';
+import { Sandbox, ScriptFailure, runningCall, runningCallTable, describeRunning, stuckLoadScripts } from '../../engine/sandbox/index.ts';
 import { js, recordingHost, SCRIPT_DIR } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
@@ -61,6 +61,15 @@ test('a call waiting for an isolate that is stuck waits no longer than its own d
   assert.deepEqual(r.after, { value: { verdict: 'reject', text: 'no 2' } });
 });
 
+test('a call whose isolate runs out of memory outside its heap limit is blamed when the process is told to recycle', async () => {
+  const r = await runChild('oom');
+  assert.match(String(r.unrecoverable), /out-of-memory/i);
+  assert.equal(r.settled, false, 'the signal came long before the call\'s deadline');
+  // Blamed only at the deadline before: a worker, replaced at the signal, wrote a crash record naming no script, so
+  // the supervisor never fenced it, and every worker that ran it was replaced in turn.
+  assert.deepEqual(r.blamed, [`rcptto:${SCRIPT_DIR}/rcptto.js`]);
+});
+
 test('a top level stuck in an uninterruptible builtin fails the load, naming the file', async () => {
   const r = await runChild('load');
   assert.deepEqual(r.loadError, [{ file: `${SCRIPT_DIR}/helo.js`, line: 1, message: 'top level did not finish within 1000 ms and could not be stopped' }]);
@@ -75,6 +84,24 @@ test('a top level that loops is stopped with its file and line', async () => {
     assert.equal(e.errors?.[0]?.line, 2);
     return true;
   });
+});
+
+/**
+ * isolated-vm loses its stop when it comes while the isolate waits for a host helper (lookup(), sha256()): a top
+ * level looping on one ran past its limit and its load gave up on it as stuck in a builtin — "could not be stopped",
+ * the source refused in this process until its file changed (a top level bounded by a table's size, run again after
+ * the table shrank, was refused unread), counted towards the stuck loads that recycle a worker. Disposing the
+ * isolate ends such a loop at once: its thread comes back, so it is a top level that did not finish, no more.
+ */
+test('a top level looping on a host helper fails as one that did not finish, not as stuck; the same source is run again', async () => {
+  const scripts = [js('rcptto', 'let i = 0;\nfor (;;) sha256(String(i++));\nexport default () => accept();')];
+  for (const attempt of ['first', 'second']) {
+    await assert.rejects(Sandbox.create({ host: recordingHost(), timeoutMs: 100, isolates: 1, scripts }), (e: Error & { errors?: Array<{ message: string }> }) => {
+      assert.deepEqual(e.errors?.map((x) => x.message), ['top level did not finish within 1000 ms'], attempt);
+      return true;
+    });
+  }
+  assert.deepEqual(stuckLoadScripts(), [], 'no source is held as stuck');
 });
 
 test('a nested endless loop that catches is still stopped, and the isolate serves the next call', async () => {

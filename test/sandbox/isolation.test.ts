@@ -35,7 +35,7 @@ test('no host capabilities in scope: process, require, timers, fetch, Buffer …
       js('connect', `export default function () {
         const names = ['process', 'require', 'module', 'Buffer', 'setTimeout', 'setInterval', 'setImmediate',
           'clearTimeout', 'fetch', 'XMLHttpRequest', 'WebSocket', 'WebAssembly', 'SharedArrayBuffer', 'Atomics',
-          'FinalizationRegistry', 'console', 'global', 'navigator', 'performance', 'structuredClone'];
+          'FinalizationRegistry', 'console', 'global', 'navigator', 'performance', 'structuredClone', 'Intl'];
         const found = {};
         for (const n of names) found[n] = typeof globalThis[n];
         found.viaFunction = Function('return typeof process')();

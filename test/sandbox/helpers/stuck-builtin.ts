@@ -4,7 +4,7 @@
  * no longer exit normally (process.exit() waits for that thread). The child prints what it saw as one
  * JSON line, then ends itself with SIGKILL — as a worker told onUnrecoverable() would.
  */
-import { Sandbox, ScriptErrors, ScriptFailure, onUnrecoverable } from '../../../engine/sandbox/index.ts';
+import { Sandbox, ScriptErrors, ScriptFailure, abandonedRunningScripts, onMustRecycle, onUnrecoverable } from '../../../engine/sandbox/index.ts';
 import { js, recordingHost } from '../../helpers/sandbox-fixtures.ts';
 import { MemoryCounterStore } from '../../../engine/store/index.ts';
 
@@ -78,6 +78,20 @@ if (scenario === 'call') {
   out.after = await store.get('script:counter:after');
   const stats = await sandbox.stats();
   out.abandoned = stats.abandoned;
+} else if (scenario === 'oom') {
+  // V8 runs out of memory outside the heap limit (a Map grown to 2 ** 24 entries): isolated-vm reports it and parks
+  // the call's thread, long before the call's deadline. A worker acts on the signal at once (cluster/child.ts):
+  // what it blames then is what the supervisor fences.
+  const blamed = new Promise<string[]>((resolve) => onMustRecycle(() => resolve(abandonedRunningScripts().map((s) => `${s.hook}:${s.file}`))));
+  const sandbox = await Sandbox.create({
+    host: recordingHost(), isolates: 2, timeoutMs: 30_000, fastPathMs: 0,
+    scripts: [js('rcptto', 'export default function (ctx) { const m = new Map(); for (let i = 0; i < 2 ** 24; i++) m.set(i, i); }'),
+      js('helo', 'export default () => accept();')],
+  });
+  const call = outcome(sandbox.invoke('rcptto', {}, 's1'));
+  out.unrecoverable = await unrecoverable;
+  out.blamed = await blamed;
+  out.settled = await Promise.race([call.then(() => true), new Promise((resolve) => setTimeout(resolve, 100, false))]);
 } else if (scenario === 'load') {
   try {
     await Sandbox.create({
