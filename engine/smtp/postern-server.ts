@@ -365,9 +365,12 @@ export class PosternServer extends SMTPServer {
 
   /** smtp-server gives the handshake the idle timeout (minutes); ours is short. */
   override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    const client = this.#proxiedClient.get(socket);
-    // A failed handshake is reported with the client the PROXY header named, not the balancer.
-    super._upgrade(socket, client === undefined ? callback : (err, tlsSocket) => {
+    // A failed handshake is the client's: app/postern.ts logs an error with a remoteAddress at info and counts
+    // it. smtp-server puts the address only in err.meta here (STARTTLS's errors carry it), so without this
+    // every failed implicit TLS handshake was a server fault at error level. Behind a balancer it is the client
+    // the PROXY header named.
+    const client = this.#proxiedClient.get(socket) ?? clientAddress(socket);
+    super._upgrade(socket, (err, tlsSocket) => {
       if (err) (err as Error & { remoteAddress?: string }).remoteAddress = client;
       callback(err, tlsSocket);
     });
