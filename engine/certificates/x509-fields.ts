@@ -64,12 +64,22 @@ const SAN_OID = '2.5.29.17';
  * reading anything else: a lookup per handshake, on certificates a client may have built to be large.
  */
 export function issuerNameDer(der: Uint8Array): Buffer {
+  return tbsField(der, 2); // serialNumber, signature, issuer
+}
+
+/** The DER of the certificate's subject Name as it is written (a CA's, to find the CRLs it issued). */
+export function subjectNameDer(der: Uint8Array): Buffer {
+  return tbsField(der, 4); // serialNumber, signature, issuer, validity, subject
+}
+
+/** The TBSCertificate field at `index`, counted after the optional version. */
+function tbsField(der: Uint8Array, index: number): Buffer {
   const buf = Buffer.isBuffer(der) ? der : Buffer.from(der.buffer, der.byteOffset, der.byteLength);
   const tbs = children(buf, readTlv(buf, 0, buf.length))[0] ?? malformed();
   let fields = children(buf, tbs);
   if (fields[0]?.tag === 0xa0) fields = fields.slice(1); // [0] EXPLICIT version
-  const issuer = fields[2] ?? malformed(); // serialNumber, signature, issuer
-  return buf.subarray(issuer.start, issuer.end);
+  const field = fields[index] ?? malformed();
+  return buf.subarray(field.start, field.end);
 }
 
 export function readCertificate(der: Uint8Array): CertificateFields {

@@ -42,14 +42,16 @@ export function certificateIdentity(
   listener: ListenerConfig, cert: PeerCertificate | null, pins: LookupTable | undefined, trust?: RevocationList,
   chain?: ChainFacts,
 ): CertificateIdentity {
-  if (!cert) return NO_IDENTITY;
-  if (cert.verifyError === 'revoked' || trust?.isRevoked(cert)) return NO_IDENTITY;
+  if (!cert || cert.verifyError === 'revoked') return NO_IDENTITY;
   // A pin line is `pin  account [more senders…]`: the first word is the account.
   const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
   // Likewise a CA of its chain that the CRLs list (an intermediate): OpenSSL's one verdict for an expired leaf
   // under a revoked intermediate is "expired", which a pin would accept. (A verified chain has none.)
   if (account && !cert.verified && chain?.issuerRevoked()) return NO_IDENTITY;
   const named = cert.verified ? fieldIdentity(listener, cert, chain?.emailConstraints) : null;
+  // Only a certificate that would name an account is looked up: any client may present one of its own making,
+  // large, with a serial the (public) CRL lists.
+  if ((account || named) && trust?.isRevoked(cert)) return NO_IDENTITY;
   // A CA-verified certificate whose field names an account speaks for that account, whatever a pin says:
   // a user may pin any public key to their own account (the account page takes a pasted certificate), and
   // certificates are public, so a pin naming another account would hand the owner's connections to them.

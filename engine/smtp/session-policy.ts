@@ -367,6 +367,8 @@ export class SessionPolicy {
     // Never authenticates, whatever a script says.
     if (attempt.mechanism !== 'EXTERNAL' && !attempt.password) return invalid('empty-password');
     if (attempt.mechanism === 'EXTERNAL' && !st.certificate) return invalid('no-certificate');
+    // The handshake's identity, unless a CRL, the CA list or the pin table reloaded since takes it back.
+    if (attempt.mechanism === 'EXTERNAL' && this.#certificateWithdrawn(conn, 'AUTH')) return invalid('certificate-withdrawn');
     const builtin = await builtinAuth(attempt, { certificateIdentity: st.identity.identity, users: st.generation.users });
     const verdict = await this.#run(conn, 'auth', { connection: connectionInfo(conn.session, st), auth: { ...attempt }, builtin });
     if (!verdict) return builtin.accepted && builtin.username ? { user: builtin.username } : invalid(builtin.reason);
@@ -390,7 +392,7 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.#adoptCurrentGeneration(conn);
-    const withdrawn = this.#certificateWithdrawn(conn);
+    const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM');
     if (withdrawn) return withdrawn;
     if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
     return this.#senderDecision(conn, address, session);
@@ -522,37 +524,40 @@ export class SessionPolicy {
   /**
    * The certificate this session was verified or pinned with at its handshake, taken back since: its
    * serial is now on a (reloaded) CRL, or the pin that named the logged-in account is gone from the
-   * current pin table. No new transaction then (new handshakes are refused by the CRL, or get no identity).
+   * current pin table. No new transaction then, and no AUTH EXTERNAL (new handshakes are refused by the CRL,
+   * or get no identity). AUTH comes before a transaction adopts the newest generation: its pin table is read.
    */
-  #certificateWithdrawn(conn: SmtpClient): SmtpReply | null {
+  #certificateWithdrawn(conn: SmtpClient, command: 'MAIL FROM' | 'AUTH'): SmtpReply | null {
     const st = conn.state;
+    const refused = `${command} refused`;
     const cert = st.certificate;
     if (!cert) return null;
     // Verified or pinned at the handshake: either way a CRL loaded since that lists it withdraws it.
     if ((cert.verified || st.identity.pinned) && conn.trust.isRevoked(cert)) {
-      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, 'client certificate revoked since the handshake: MAIL FROM refused');
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, `client certificate revoked since the handshake: ${refused}`);
       return reply('certificateRevoked');
     }
     const older = st.certificateTrust;
     if (older && older !== conn.trust) {
       // A CRL reloaded since the handshake may list a CA of the chain (an intermediate): what it issued is withdrawn.
       if ((cert.verified || st.identity.pinned) && conn.trust.revokesIssuerOf(conn._socket as TLSSocket)) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s issuing CA revoked since the handshake: MAIL FROM refused');
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, `client certificate's issuing CA revoked since the handshake: ${refused}`);
         return reply('certificateRevoked');
       }
       // The CA list was replaced since the handshake (a reload): the CA the chain ended in may be gone from it.
       if (cert.verified && !conn.trust.stillTrusts(older, older.anchorOf(conn._socket as TLSSocket))) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, 'client certificate\'s CA no longer in caFiles: MAIL FROM refused');
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), issuer: boundedName(cert.issuer.dn), user: st.user }, `client certificate's CA no longer in caFiles: ${refused}`);
         return reply('certificateCaWithdrawn');
       }
       st.certificateTrust = conn.trust;
     }
-    const loggedInByCertificate = st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
-    if (st.identity.via === 'pin' && loggedInByCertificate) {
+    const byCertificate = command === 'AUTH' || st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
+    if (st.identity.via === 'pin' && byCertificate) {
       const name = st.listener.certificateIdentity.pins;
-      const line = name ? st.generation.tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
+      const tables = command === 'AUTH' ? this.#runtime.generation.tables : st.generation.tables;
+      const line = name ? tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
       if (parseSenderList(line)[0] !== st.identity.identity) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, 'client certificate pin removed since the handshake: MAIL FROM refused');
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
         return reply('certificatePinRemoved');
       }
     }

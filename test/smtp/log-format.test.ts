@@ -4,10 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { closed, until } from '../helpers/wait.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { metrics } from '../../engine/metrics/metrics.ts';
 import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
@@ -17,7 +19,10 @@ let s: TestServer;
 before(async () => {
   pki = await makeTestPki();
   s = await startTestServer({
-    config: configYaml({ listeners: [testListener('mx', { tls: testServerTls(pki) })] }),
+    config: configYaml({ listeners: [
+      testListener('mx', { tls: testServerTls(pki) }),
+      testListener('smtps', { tls: testServerTls(pki, { mode: 'implicit', clientCertificates: 'request' }) }),
+    ] }),
   });
 });
 after(() => s?.stop());
@@ -52,6 +57,28 @@ test('a client that fails the TLS handshake is logged at info with the reason, w
     assert.equal(l.err, undefined, 'no error object (pino would print its stack)');
     assert.match(String((l.clientError as { message: string }).message), /wrong version|SSL|TLS|packet/i);
   }
+  assert.equal(await failures(), before + 1);
+});
+
+// smtp-server reports an implicit TLS listener's failed handshake with the client's address in err.meta only
+// (STARTTLS's in err.remoteAddress): each one was logged as a server fault, `listener error` at error level
+// with a stack trace, and not counted. A client offering TLS 1.1, or a client-certificate chain over
+// OpenSSL's 100 KB, could write error lines at will.
+test('implicit TLS: a client that fails the handshake is logged at info with its address, without a stack trace, and counted', async () => {
+  const failures = async (): Promise<number> => (await metrics.tlsHandshakeFailures.get()).values.find((v) => v.labels.listener === 'smtps')?.value ?? 0;
+  const before = await failures();
+  const logged = s.logs.length;
+  const client = tls.connect({ port: s.port('smtps'), host: '127.0.0.1', maxVersion: 'TLSv1.1', minVersion: 'TLSv1', ciphers: 'DEFAULT:@SECLEVEL=0', rejectUnauthorized: false });
+  client.on('error', () => undefined); // the server's protocol_version alert
+  await closed(client);
+  await until('the failure is logged', () => s.logs.slice(logged).some((l) => (l.clientError || l.err) && Number(l.level) >= 30));
+  const lines = s.logs.slice(logged).filter((l) => (l.clientError || l.err) && Number(l.level) >= 30);
+  assert.equal(lines.length, 1, 'the failure is logged once at info or above');
+  const [line] = lines;
+  assert.equal(line!.level, 30, JSON.stringify(line));
+  assert.equal(line!.err, undefined, 'no error object (pino would print its stack)');
+  assert.equal(line!.client, '127.0.0.1');
+  assert.match(String((line!.clientError as { message: string }).message), /unsupported protocol/i);
   assert.equal(await failures(), before + 1);
 });
 

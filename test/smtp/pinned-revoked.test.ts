@@ -115,3 +115,25 @@ test('a self-made certificate of 70 KB with a serial the CRL lists: an ordinary 
   assert.equal((await c.command('MAIL FROM:<x@example.com>')).text, '550 5.7.1 none');
   c.socket.destroy();
 });
+
+// AUTH EXTERNAL after the handshake: the identity the handshake found, unless it was taken back since. It
+// was granted (235, an `authenticated` line, the auth script told the built-in rule accepts) with a pin
+// removed or a certificate revoked since, only the MAIL FROM after it refused.
+test('AUTH EXTERNAL on a session whose pin was removed, then whose certificate was revoked, since the handshake: refused', async () => {
+  const devices = join(server.dir, 'devices');
+  const pinned = await readFile(devices, 'utf8');
+  const reloaded = async (what: string, write: () => Promise<void>): Promise<void> => {
+    const generation = server.runtime.generation;
+    await write();
+    await until(what, () => server.runtime.generation !== generation, { timeoutMs: 60_000 });
+  };
+  const unpinned = await connect('request', await files('alice'));
+  await reloaded('the pin table without alice', () => writeFile(devices, pinned.split('\n').filter((l) => !l.endsWith(' alice@example.com')).join('\n')));
+  assert.equal((await unpinned.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
+  unpinned.socket.destroy();
+  await reloaded('the pin table with alice again', () => writeFile(devices, pinned));
+  const revoked = await connect('request', await files('alice'));
+  await reloaded('a CRL revoking alice', async () => writeFile(join(server.dir, 'crl.pem'), await createCrl(pki.authorities.ca, [pki.clients.alice.serial])));
+  assert.equal((await revoked.command('AUTH EXTERNAL =')).text, '535 5.7.8 Authentication credentials invalid');
+  revoked.socket.destroy();
+});
