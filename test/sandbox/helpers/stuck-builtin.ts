@@ -88,10 +88,17 @@ if (scenario === 'call') {
     scripts: [js('rcptto', 'export default function (ctx) { const m = new Map(); for (let i = 0; i < 2 ** 24; i++) m.set(i, i); }'),
       js('helo', 'export default () => accept();')],
   });
-  const call = outcome(sandbox.invoke('rcptto', {}, 's1'));
-  out.unrecoverable = await unrecoverable;
+  // The isolate's heap limit may stop the Map first (an ordinary memory failure, where the collector's timing
+  // lets it): on a loaded machine it did in 2 of 6 runs. Such a call is tried again, in a new isolate.
+  let call: Promise<unknown> | undefined;
+  for (let attempt = 1; attempt <= 20 && !out.unrecoverable; attempt++) {
+    call = outcome(sandbox.invoke('rcptto', {}, `s${attempt}`));
+    const first = await Promise.race([unrecoverable.then((u) => ({ u })), call.then(() => null)]);
+    if (first) out.unrecoverable = first.u;
+    out.attempts = attempt;
+  }
   out.blamed = await blamed;
-  out.settled = await Promise.race([call.then(() => true), new Promise((resolve) => setTimeout(resolve, 100, false))]);
+  out.settled = await Promise.race([call!.then(() => true), new Promise((resolve) => setTimeout(resolve, 100, false))]);
 } else if (scenario === 'load') {
   try {
     await Sandbox.create({
