@@ -38,6 +38,7 @@ import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
 import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
+import { removeLeftoverTemporaries } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
@@ -191,7 +192,8 @@ export class Supervisor {
       },
     });
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
-      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'),
+    (message) => log.error(message));
     setFenceProbe(() => this.#fences.fences.length);
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
@@ -211,6 +213,8 @@ export class Supervisor {
     if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
     const open = openToOthers(loaded.config.dataDir);
     if (open) log.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
+    // A crash record or fence list cut short by a kill is only ever a temporary file (written whole): gone with its writer.
+    await removeLeftoverTemporaries(crashDir(loaded.config.dataDir));
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {

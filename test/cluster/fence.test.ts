@@ -37,9 +37,9 @@ test('a script that hangs its worker repeatedly is fenced until its file changes
     scripts: { 'rcptto.js': HANG_SCRIPT },
   });
   try {
-    // A directory where the fence list's temporary file goes: writing it fails, as on a full disk. The
+    // A directory where the fence list goes: writing it fails, as on a full disk. The
     // supervisor must neither die nor stop replacing workers; the fence holds in memory.
-    await mkdir(join(c.dir, 'data', 'fences', 'fenced.json.tmp'), { recursive: true });
+    await mkdir(join(c.dir, 'data', 'fences', 'fenced.json'), { recursive: true });
     for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
       await c.waitFor('both workers ready', async () => (await readyWorkers(c)) === 2);
       // On the event-loop thread the hang kills the worker and the session with it; on an isolate thread
