@@ -3,7 +3,7 @@
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
  * base64 forms of the same digest all find the entry.
  */
-import { readFile } from 'node:fs/promises';
+import { readInputFile, readProblem } from '../config/input-file.ts';
 import { parse as parseYaml } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
@@ -59,9 +59,9 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
     ? { file: spec, format: 'postfix' as const, caseSensitive: false } : spec;
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readInputFile(file)).toString('utf8');
   } catch (err) {
-    throw new TableError(file, undefined, `table "${name}": cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new TableError(file, undefined, `table "${name}": cannot read: ${readProblem(err)}`);
   }
   // Errors quote table lines: a private key named here by mistake must not reach the terminal or the log.
   if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);

@@ -1,0 +1,85 @@
+// A file the configuration names replaced by something that is not a regular file (a FIFO made by mistake, a
+// tool's named pipe): opening it for reading blocks until a writer comes. A reload must refuse it at once, naming
+// the file, keep the running generation, and go on reloading — for a table as for postern.yaml itself.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { constants } from 'node:fs';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { until } from '../helpers/wait.ts';
+import { mailFromReply, verdictScript } from './helpers.ts';
+
+const CONFIG = `
+localDomains: [example.com]
+tables:
+  senders: ./senders
+listeners:
+  - name: mx
+    listen: 127.0.0.1:0
+    limits: { greetingDelayMs: 0 }
+`;
+
+/** A FIFO at `file`, in place of what was there. */
+function fifoAt(file: string): Promise<void> {
+  return rm(file, { force: true }).then(() => { execFileSync('mkfifo', [file]); });
+}
+
+/** Ends a read blocked on the FIFO (as the code before the fix left one): a writer opens and closes it. */
+async function releaseReaders(file: string): Promise<void> {
+  const writer = await open(file, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => null); // ENXIO: nobody reads
+  await writer?.close();
+}
+
+function lastError(s: TestServer): string {
+  return s.reloader.status.data.lastError?.join('\n') ?? '';
+}
+
+test('a table replaced by a FIFO: the reload is refused at once naming the table, the running generation decides, a file back reloads', async () => {
+  const s = await startTestServer({ config: CONFIG, files: { senders: '' }, scripts: { 'mailfrom.ts': verdictScript('v1') } });
+  // Before the fix the build waited on the FIFO until its deadline and was reported as a top level that never returns.
+  s.reloader.tuning.buildTimeoutMs = 20_000;
+  const table = join(s.dir, 'senders');
+  try {
+    await fifoAt(table);
+    await until('the reload refused', () => lastError(s) !== '', { timeoutMs: 60_000 });
+    assert.match(lastError(s), new RegExp(`${table}: table "senders": cannot read: not a regular file`));
+    assert.equal(await mailFromReply(s.port('mx')), '550 5.7.1 v1');
+
+    await releaseReaders(table);
+    await rm(table);
+    await writeFile(table, 'a@example.com OK\n');
+    await writeFile(join(s.dir, 'scripts', 'mailfrom.ts'), verdictScript('v2'));
+    await s.reloader.whenIdle();
+    assert.equal(s.reloader.status.data.lastError, null);
+    assert.equal(await mailFromReply(s.port('mx')), '550 5.7.1 v2');
+  } finally {
+    await releaseReaders(table);
+    await s.stop();
+  }
+});
+
+test('postern.yaml replaced by a FIFO: the reload is refused naming it, and reloading goes on once a file is back', async () => {
+  const s = await startTestServer({ config: CONFIG, files: { senders: '' }, scripts: { 'mailfrom.ts': verdictScript('v1') } });
+  const config = join(s.dir, 'postern.yaml');
+  const text = await readFile(config, 'utf8');
+  try {
+    await fifoAt(config);
+    // Before the fix the reload waited on the FIFO for ever, outside the build's deadline: no reload ever again.
+    await until('the reload refused', () => lastError(s) !== '', { timeoutMs: 60_000 });
+    assert.equal(lastError(s), `${config}: cannot read: not a regular file`);
+    assert.equal(await mailFromReply(s.port('mx')), '550 5.7.1 v1');
+
+    await releaseReaders(config);
+    await rm(config);
+    await writeFile(config, text);
+    await writeFile(join(s.dir, 'scripts', 'mailfrom.ts'), verdictScript('v2'));
+    await until('the edit in force', async () => (await mailFromReply(s.port('mx'))) === '550 5.7.1 v2', { timeoutMs: 60_000 });
+    await s.reloader.whenIdle();
+    assert.equal(s.reloader.status.data.lastError, null);
+  } finally {
+    await releaseReaders(config);
+    await s.stop();
+  }
+});
