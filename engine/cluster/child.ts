@@ -38,7 +38,7 @@ const send = (m: object): void => { if (process.connected) process.send!(m); };
 type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[]; seen?: number };
 
 async function main(): Promise<void> {
-  const loaded = loadStartConfig({ configPath });
+  const loaded = loadStartConfig({ configPath, regularFileOnly: true });
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true });
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, role, workerIndex: index, counters, memoryStore: store,
+    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
@@ -294,7 +294,7 @@ main().catch((err: unknown) => {
   const scripts = [...stuckLoadScripts(), ...abandonedRunningScripts()];
   if (scripts.length) {
     try {
-      const dataDir = loadStartConfig({ configPath }).config.dataDir;
+      const dataDir = loadStartConfig({ configPath, regularFileOnly: true }).config.dataDir;
       writeCrashRecord(crashDir(dataDir), runningMirror(dataDir, process.pid),
         { at: new Date().toISOString(), pid: process.pid, worker: index, reason: 'unrecoverable', scripts });
     } catch { /* the replacement matters more than the record */ }

@@ -58,7 +58,9 @@ export class ReloadCoordinator {
     // The configuration may name other tables or script folders now: watch those too (the old ones stay
     // watched, since a refused configuration leaves the children on them).
     try {
-      this.#inputs = unionInputs(this.#inputs, watchedInputs(loadStartConfig({ configPath: this.#configPath })));
+      // Only a regular file is read: this is the supervisor's event loop, which a FIFO there would block for good.
+      const loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      this.#inputs = unionInputs(this.#inputs, watchedInputs(loaded));
       void this.#watcher.watch(this.#inputs);
     } catch { /* a broken configuration: the children refuse it and say why */ }
     this.#tell('change');

@@ -9,7 +9,7 @@
  * until the process had none left for its spool; the configuration's own read is outside the deadline, so a
  * FIFO there stopped reloading altogether.
  */
-import { constants } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 /**
@@ -47,6 +47,23 @@ export async function readInputFile(file: string, maxBytes = MAX_INPUT_BYTES): P
     return buffer.subarray(0, length);
   } finally {
     await handle.close();
+  }
+}
+
+/** readInputFile for a caller that cannot wait (the supervisor reading postern.yaml for what to watch). */
+export function readInputFileSync(file: string, maxBytes = MAX_INPUT_BYTES): Buffer {
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const info = fstatSync(fd);
+    if (!info.isFile()) throw new InputFileError('not a file', info.size, 'not a regular file');
+    if (info.size > maxBytes) throw new InputFileError('too long', info.size, `is ${info.size} bytes, longer than the ${maxBytes} read at most: not read`);
+    const buffer = Buffer.alloc(info.size + 1);
+    let length = 0;
+    for (let n = -1; n !== 0 && length < buffer.length; length += n) n = readSync(fd, buffer, length, buffer.length - length, length);
+    if (length > info.size) throw new InputFileError('changed', info.size, 'changed while it was read (a write in progress?): not read');
+    return buffer.subarray(0, length);
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -8,6 +8,7 @@ import { constants } from 'node:fs';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
 import { mailFromReply, verdictScript } from './helpers.ts';
 
@@ -81,5 +82,37 @@ test('postern.yaml replaced by a FIFO: the reload is refused naming it, and relo
   } finally {
     await releaseReaders(config);
     await s.stop();
+  }
+});
+
+test('postern serve, postern.yaml replaced by a FIFO: every process refuses it naming the file, and the supervisor goes on working', async () => {
+  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') } });
+  const config = join(c.dir, 'postern.yaml');
+  const text = await readFile(config, 'utf8');
+  try {
+    const pid = await workerPid(c, 0);
+    await fifoAt(config);
+    // Before the fix the supervisor read it for what to watch with a blocking open, on its event loop: it stopped
+    // for good (no reload told, no worker replaced, no cluster.json written).
+    const refused = await c.waitFor('the refusal in cluster.json', async () => {
+      const r = (await c.cluster()).reload;
+      return ['worker 0', 'queue 0'].every((p) => r.processes[p]?.lastError) && r.lastError;
+    });
+    assert.deepEqual(refused, [`${config}: cannot read: not a regular file`]);
+    // A worker lost meanwhile: the supervisor sees it and starts another, which cannot read the file either: it
+    // ends with the reason on its stderr (exit code 1, retried with back-off) rather than wait on the FIFO for ever.
+    const starts = c.logs.length;
+    process.kill(pid, 'SIGKILL');
+    await c.waitFor('the replacement refusing the FIFO', () => c.logs.slice(starts).some((l) => /exit code 1/.test(String(l.msg))));
+
+    await releaseReaders(config);
+    await rm(config);
+    await writeFile(config, text);
+    await writeFile(join(c.dir, 'scripts', 'mailfrom.js'), verdictScript('v2'));
+    await c.waitFor('the edit in force', async () => (await mailFromReply(c.port('in'))) === '550 5.7.1 v2');
+    await c.waitFor('no refusal left', async () => (await c.cluster()).reload.lastError === null);
+  } finally {
+    await releaseReaders(config);
+    await c.stop();
   }
 });
