@@ -77,6 +77,8 @@ export class FenceBook {
   /** Crash records counted but still on disk (they could not be removed). */
   readonly #counted = new Set<string>();
   readonly #crashes = new Map<string, number>();
+  /** Fences whose file changed while some process still ran an older generation (reported once). */
+  readonly #kept = new WeakSet<Fence>();
   #fences: Fence[] = [];
 
   /**
@@ -168,9 +170,15 @@ export class FenceBook {
     return { fenced, crashes };
   }
 
-  /** Fences whose file changed since (or is gone) are lifted; returns them. */
-  async lift(): Promise<Fence[]> {
-    const lifted: Fence[] = [];
+  /**
+   * Fences whose file changed since (or is gone) are lifted, once `inForce` says every process runs a generation
+   * built from what is on disk now; returns them. Until then a process may still hold the fenced source: a reload
+   * of the edit refused (a syntax error, the scripts folder gone for a moment in a deploy, the file unreadable)
+   * keeps the running generation, and lifting the fence then had that generation run the crashing script again.
+   * `kept` hears of each fence whose file changed but that stays for that reason (once per fence).
+   */
+  async lift(inForce: () => Promise<boolean> = async () => true, kept: (f: Fence) => void = () => undefined): Promise<Fence[]> {
+    let lifted: Fence[] = [];
     for (const f of this.#fences) {
       let sha: string | null = null;
       try {
@@ -178,6 +186,11 @@ export class FenceBook {
         sha = runningCall.hash(script.source);
       } catch { /* unreadable or broken now: changed all the same */ }
       if (sha !== f.sha256) lifted.push(f);
+    }
+    // Asked after the files were read: an edit since then is not in force everywhere yet, so nothing is lifted for it.
+    if (lifted.length && !(await inForce())) {
+      for (const f of lifted) if (!this.#kept.has(f)) { this.#kept.add(f); kept(f); }
+      lifted = [];
     }
     if (lifted.length) {
       this.#fences = this.#fences.filter((f) => !lifted.includes(f));

@@ -500,7 +500,9 @@ export class Supervisor {
     for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'fences', list: this.#fences.fences });
     void this.#saveStatus();
     if (this.#fences.fences.length && !this.#fenceTimer) {
-      this.#fenceTimer = setInterval(() => void this.#fences.lift().then((lifted) => {
+      const kept = (f: Fence): void => this.log.info({ hook: f.hook, script: f.file },
+        `fence kept: ${f.file} changed, but not every process runs a generation built from it yet (a refused reload?); lifted once they do`);
+      this.#fenceTimer = setInterval(() => void this.#fences.lift(() => this.#reloads.inForceEverywhere(), kept).then((lifted) => {
         for (const f of lifted) this.log.warn({ hook: f.hook, script: f.file }, `fence lifted: ${f.file} changed`);
         if (lifted.length) this.#broadcastFences();
         if (!this.#fences.fences.length && this.#fenceTimer) { clearInterval(this.#fenceTimer); this.#fenceTimer = null; }
