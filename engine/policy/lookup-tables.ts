@@ -96,8 +96,15 @@ function parseMapping(table: LookupTable, text: string, file: string, format: 'y
   if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
   for (const [k, v] of Object.entries(data)) {
     if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${quoteToken(k)} must be a scalar`);
-    table.set(k, String(v));
+    // The same key in two spellings (a pin as hex and as base64url, or in two cases): one entry each would be lost.
+    if (!table.set(k, String(v))) throw new TableError(file, lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
   }
+}
+
+/** The first line whose entry starts with `key` (quoted or not), for a problem found after the parse. */
+function lineOfKey(text: string, key: string): number | undefined {
+  const i = text.split(/\r?\n/).findIndex((line) => line.trimStart().replace(/^[{,]\s*/, '').replace(/^["']/, '').startsWith(key));
+  return i < 0 ? undefined : i + 1;
 }
 
 /**
