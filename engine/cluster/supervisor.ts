@@ -822,7 +822,7 @@ export class Supervisor {
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
     try {
-      onDisk = loadStartConfig({ configPath: this.#configPath });
+      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true }); // its event loop: never wait on a FIFO
     } catch {
       return []; // a broken file: the reload error says so
     }

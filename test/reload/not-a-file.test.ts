@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
+import { runCli } from '../helpers/cli.ts';
 import { mailFromReply, verdictScript } from './helpers.ts';
 
 const CONFIG = `
@@ -99,6 +100,11 @@ test('postern serve, postern.yaml replaced by a FIFO: every process refuses it n
       return ['worker 0', 'queue 0'].every((p) => r.processes[p]?.lastError) && r.lastError;
     });
     assert.deepEqual(refused, [`${config}: cannot read: not a regular file`]);
+    // postern status, run to see what is wrong, answers (it waited on the FIFO for ever) and says what is wrong
+    // with the file (which alone names the data folder, so the server itself is not found).
+    const status = await runCli(['status', '--config', config], { timeoutMs: 30_000 });
+    assert.equal(status.signal, null, 'postern status ended by itself');
+    assert.match(status.stderr, new RegExp(`${config}: cannot read: not a regular file`));
     // A worker lost meanwhile: the supervisor sees it and starts another, which cannot read the file either: it
     // ends with the reason on its stderr (exit code 1, retried with back-off) rather than wait on the FIFO for ever.
     const starts = c.logs.length;
