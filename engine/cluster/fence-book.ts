@@ -11,7 +11,7 @@
  * reported (`onDamaged`), never read as the empty list in silence, and never let through to the workers in a
  * shape that throws there (a fence list that is not a list took every worker down at start, and the server).
  */
-import { readdirSync, readFileSync, unlinkSync, mkdirSync, renameSync } from 'node:fs';
+import { readdirSync, unlinkSync, mkdirSync, renameSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunningScript } from '../sandbox/running-call.ts';
@@ -19,6 +19,7 @@ import { prepareScript } from '../sandbox/script-source.ts';
 import { runningCall } from '../sandbox/running-call.ts';
 import { HOOK_NAMES } from '../sandbox/hooks.ts';
 import { writeFileAtomicSync } from '../spool/fsync.ts';
+import { readInputFileSync } from '../config/input-file.ts';
 import { CRASHES_TO_FENCE } from './process-model.ts';
 
 export interface Fence extends RunningScript { since: string; crashes: number }
@@ -27,6 +28,17 @@ export interface CrashRecord { worker: number; scripts: RunningScript[] }
 const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
 const FENCE_LIST = 'fenced.json';
+
+/** Far more than any fence list or crash record holds. */
+const MAX_STATE_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A state file's text: a regular file only (a FIFO in its place would block the supervisor's event loop, and every
+ * worker's start, for ever), and not past MAX_STATE_BYTES.
+ */
+function readState(file: string): string {
+  return readInputFileSync(file, MAX_STATE_BYTES).toString('utf8');
+}
 
 function isRunningScript(x: unknown): x is RunningScript {
   const s = x as Partial<RunningScript> | null;
@@ -62,7 +74,7 @@ const crashRecordShape = (v: unknown): CrashRecord | null => {
 export function readFenceList(dir: string): RunningScript[] {
   let text: string;
   try {
-    text = readFileSync(join(dir, FENCE_LIST), 'utf8');
+    text = readState(join(dir, FENCE_LIST));
   } catch {
     return [];
   }
@@ -92,7 +104,7 @@ export class FenceBook {
     mkdirSync(dir, { recursive: true });
     let text: string | null = null;
     try {
-      text = readFileSync(join(dir, FENCE_LIST), 'utf8');
+      text = readState(join(dir, FENCE_LIST));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         onDamaged(`the fence list ${join(dir, FENCE_LIST)} cannot be read (${(err as Error).message}): the scripts it fenced run again until they crash their worker ${CRASHES_TO_FENCE} times more`);
@@ -134,7 +146,7 @@ export class FenceBook {
         // Written whole (crash-record.ts): a record that does not read is damaged, not one being written.
         let record: CrashRecord | string;
         try {
-          record = parseRecord(readFileSync(path, 'utf8'), crashRecordShape);
+          record = parseRecord(readState(path), crashRecordShape);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
           record = (err as Error).message;

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { FenceBook, readFenceList } from '../../engine/cluster/fence-book.ts';
 import { writeCrashRecord } from '../../engine/cluster/crash-record.ts';
 import { CRASHES_TO_FENCE } from '../../engine/cluster/process-model.ts';
@@ -97,6 +98,27 @@ test('postern serve with a fence list of the wrong shape starts, serves, replace
       return p?.ready && p.pid !== pid;
     });
     assert.deepEqual((await c.cluster()).fences, []);
+  } finally {
+    await c.stop();
+  }
+});
+
+test('postern serve with a FIFO as the fence list and as a crash record: it starts, says so, and sets the record aside', async () => {
+  const dataDir = join(scratch.path, 'data-fifo');
+  const fences = join(dataDir, 'fences');
+  await mkdir(fences, { recursive: true });
+  execFileSync('mkfifo', [join(fences, 'fenced.json'), join(fences, 'crash-1-1.json')]);
+  // Before: the supervisor's blocking read of fenced.json waited for a writer for ever; it never started.
+  const c = await startCluster({ config: ONE_WORKER, dataDir });
+  try {
+    const pid = await workerPid(c, 0);
+    assert.ok(c.logs.some((l) => l.level === 50 && l.msg === `the fence list ${join(fences, 'fenced.json')} cannot be read (not a regular file): the scripts it fenced run again until they crash their worker ${CRASHES_TO_FENCE} times more`));
+    process.kill(pid, 'SIGKILL'); // its death has the crash records read
+    await c.waitFor('the record set aside', () => c.logs.some((l) => l.level === 50 && String(l.msg).startsWith(`crash record ${join(fences, 'crash-1-1.json')} is damaged (not a regular file); kept as`)));
+    await c.waitFor('the worker replaced', async () => {
+      const p = (await c.cluster()).processes.find((x) => x.role === 'worker');
+      return p?.ready && p.pid !== pid;
+    });
   } finally {
     await c.stop();
   }
