@@ -11,17 +11,9 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
 import { runCli } from '../helpers/cli.ts';
-import { mailFromReply, verdictScript } from './helpers.ts';
+import { MX_WITH_TABLE_CONFIG, mailFromReply, verdictScript } from './helpers.ts';
 
-const CONFIG = `
-localDomains: [example.com]
-tables:
-  senders: ./senders
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`;
+const CONFIG = MX_WITH_TABLE_CONFIG;
 
 /** A FIFO at `file`, in place of what was there. */
 function fifoAt(file: string): Promise<void> {
