@@ -3,6 +3,7 @@
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
  * base64 forms of the same digest all find the entry.
  */
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { parse as parseYaml } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
@@ -66,16 +67,40 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   // Errors quote table lines: a private key named here by mistake must not reach the terminal or the log.
   if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);
   const table = new LookupTable(name, file, caseSensitive);
-  if (format === 'postfix') parsePostfix(table, text, file);
-  else parseMapping(table, text, file, format);
+  if (format === 'postfix') await parsePostfix(table, text, file);
+  else await parseMapping(table, text, file, format);
   return table;
 }
 
+/**
+ * Tables are read on the event loop that serves mail, at a reload too, and a large one is seconds of work (some
+ * 150,000 lines a second): done in one go it held every session of the process, and past a second the worker's
+ * watchdog took it for a hung script and killed it, each worker at once, with every connection. The parse gives
+ * way this often.
+ */
+const PARSE_SLICE_MS = 20;
+
+/** Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. */
+function slicer(): () => Promise<void> | undefined {
+  let since = performance.now();
+  let n = 0;
+  return () => {
+    if ((++n & 255) !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
+    return yieldToEventLoop().then(() => { since = performance.now(); });
+  };
+}
+
 /** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
-function parsePostfix(table: LookupTable, text: string, file: string): void {
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
+async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
+  const giveWay = slicer();
+  // Line by line rather than split(): one split of a large file is itself a long stretch without a turn.
+  for (let i = 0, start = 0; start <= text.length; i++) {
+    const newline = text.indexOf('\n', start);
+    const end = newline < 0 ? text.length : newline;
+    const raw = text.slice(start, end > start && text[end - 1] === '\r' ? end - 1 : end);
+    start = end + 1;
+    const turn = giveWay();
+    if (turn) await turn;
     if (/^\s*(#|$)/.test(raw)) continue;
     if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
     const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
@@ -84,7 +109,7 @@ function parsePostfix(table: LookupTable, text: string, file: string): void {
   }
 }
 
-function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): void {
+async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {
   let data: unknown;
   try {
     data = format === 'json' ? JSON.parse(text) : parseYaml(text);
@@ -94,7 +119,10 @@ function parseMapping(table: LookupTable, text: string, file: string, format: 'y
     throw new TableError(file, e.linePos?.[0]?.line ?? (jsonLine ? Number(jsonLine) : undefined), parseErrorText(e.message, format));
   }
   if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  const giveWay = slicer();
   for (const [k, v] of Object.entries(data)) {
+    const turn = giveWay();
+    if (turn) await turn;
     if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${quoteToken(k)} must be a scalar`);
     // The same key in two spellings (a pin as hex and as base64url, or in two cases): one entry each would be lost.
     if (!table.set(k, String(v))) throw new TableError(file, lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
