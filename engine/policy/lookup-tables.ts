@@ -5,7 +5,7 @@
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { readInputFile, readProblem } from '../config/input-file.ts';
-import { parse as parseYaml } from 'yaml';
+import { LineCounter, isAlias, isMap, isNode, isScalar, parseDocument } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
@@ -110,23 +110,49 @@ async function parsePostfix(table: LookupTable, text: string, file: string): Pro
 }
 
 async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {
-  let data: unknown;
-  try {
-    data = format === 'json' ? JSON.parse(text) : parseYaml(text);
-  } catch (err) {
-    const e = err as { linePos?: Array<{ line: number }>; message: string };
-    const jsonLine = /\(line (\d+) column \d+\)/.exec(e.message)?.[1];
-    throw new TableError(file, e.linePos?.[0]?.line ?? (jsonLine ? Number(jsonLine) : undefined), parseErrorText(e.message, format));
-  }
-  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  const entries = format === 'json' ? jsonEntries(text, file) : yamlEntries(text, file);
   const giveWay = slicer();
-  for (const [k, v] of Object.entries(data)) {
+  for (const [k, v, line] of entries) {
     const turn = giveWay();
     if (turn) await turn;
-    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${quoteToken(k)} must be a scalar`);
-    // The same key in two spellings (a pin as hex and as base64url, or in two cases): one entry each would be lost.
-    if (!table.set(k, String(v))) throw new TableError(file, lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, line, `value of ${quoteToken(k)} must be a scalar`);
+    // The same key twice, or in two spellings (a pin as hex and as base64url, or in two cases): one would be lost.
+    if (!table.set(k, String(v))) throw new TableError(file, line ?? lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
   }
+}
+
+type Entry = [key: string, value: unknown, line?: number];
+
+function jsonEntries(text: string, file: string): Entry[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    const jsonLine = /\(line (\d+) column \d+\)/.exec((err as Error).message)?.[1];
+    throw new TableError(file, jsonLine ? Number(jsonLine) : undefined, parseErrorText((err as Error).message, 'json'));
+  }
+  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  return Object.entries(data);
+}
+
+/**
+ * A YAML mapping's entries with their lines. The yaml package's own check for keys given twice compares each key
+ * with every one before it: a table of 10,000 entries took 7 s, 100,000 some minutes, all of it on the event loop
+ * (every worker killed as hung at a reload). Keys given twice are found by the table itself instead (set()).
+ */
+function yamlEntries(text: string, file: string): Entry[] {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { uniqueKeys: false, lineCounter });
+  const error = doc.errors[0];
+  if (error) throw new TableError(file, error.linePos?.[0]?.line, parseErrorText(error.message, 'yaml'));
+  if (doc.contents === null) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  if (!isMap(doc.contents)) throw new TableError(file, lineCounter.linePos(doc.contents.range?.[0] ?? 0).line, 'expected a mapping of keys to values');
+  return doc.contents.items.map((pair): Entry => {
+    const key = isAlias(pair.key) ? pair.key.resolve(doc) : pair.key;
+    const value = isAlias(pair.value) ? pair.value.resolve(doc) : pair.value;
+    const line = isNode(pair.key) && pair.key.range ? lineCounter.linePos(pair.key.range[0]).line : undefined;
+    return [String(isScalar(key) ? key.value : key), isScalar(value) ? value.value : value, line];
+  });
 }
 
 /** The first line whose entry starts with `key` (quoted or not), for a problem found after the parse. */
