@@ -40,6 +40,11 @@ export interface StartOptions {
   configPath?: string;
   /** Configuration text instead of a file (tests). */
   configText?: string;
+  /**
+   * Read the configuration only if it is a regular file (load-config.ts loadConfigFile): a process of `postern
+   * serve`, started again by its supervisor at any time, must fail with the reason, not wait on a FIFO for ever.
+   */
+  regularFileOnly?: boolean;
   baseDir?: string;
   logger?: Logger;
   /** Called before listeners start, e.g. to create the development PKI. */
@@ -118,7 +123,7 @@ const WORKER_SEGMENT_BYTES = 4 * 1024 * 1024;
 
 export function loadStartConfig(opts: StartOptions): LoadedConfig {
   if (opts.configText !== undefined) return parseConfig(opts.configText, opts.configPath ?? '(inline)', opts.baseDir ?? process.cwd());
-  if (opts.configPath) return loadConfigFile(opts.configPath);
+  if (opts.configPath) return loadConfigFile(opts.configPath, { regularFileOnly: opts.regularFileOnly });
   return parseConfig(DEFAULT_CONFIG_YAML, '(embedded default)', opts.baseDir ?? process.cwd());
 }
 

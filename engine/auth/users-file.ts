@@ -2,7 +2,7 @@
  * The users file: one `name:hash` per line (`#` comments), hashes made by `postern hash-password`.
  * Plaintext passwords are refused when loading.
  */
-import { readFile } from 'node:fs/promises';
+import { readInputFile, readProblem } from '../config/input-file.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../certificates/key-material.ts';
 
 export class UsersFileError extends Error {}
@@ -10,9 +10,9 @@ export class UsersFileError extends Error {}
 export async function loadUsersFile(file: string): Promise<Map<string, string>> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readInputFile(file)).toString('utf8');
   } catch (err) {
-    throw new UsersFileError(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsersFileError(`${file}: cannot read: ${readProblem(err)}`);
   }
   if (containsPrivateKey(text)) throw new UsersFileError(`${file}: ${privateKeyFileMessage('a users file')}`);
   const users = new Map<string, string>();

@@ -2,7 +2,7 @@
  * Reads TLS material from disk with errors that start with the file's path: the listener's key pair (the
  * key must match the certificate), CA bundles and CRLs (each CRL must be signed by one of the CAs).
  */
-import { readFile } from 'node:fs/promises';
+import { readInputFile, readProblem } from '../config/input-file.ts';
 import { X509Certificate, createPrivateKey, createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import { x509 } from './x509-provider.ts';
 import { children, readTlv } from './der.ts';
@@ -38,9 +38,9 @@ export class TlsFileError extends Error {
 
 async function read(file: string, role: TlsFileRole): Promise<Buffer> {
   try {
-    return await readFile(file);
+    return await readInputFile(file);
   } catch (err) {
-    throw new TlsFileError(file, role, `cannot read: ${(err as NodeJS.ErrnoException).code ?? message(err)}`);
+    throw new TlsFileError(file, role, `cannot read: ${readProblem(err)}`);
   }
 }
 

@@ -7,10 +7,10 @@
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
-import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { loadStartConfig } from '../app/postern.ts';
+import { readInputFileSync } from '../config/input-file.ts';
 import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
 
@@ -50,14 +50,15 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
  * names it: then only `dataDir` is read from the YAML, and the problems go to stderr.
  */
 function dataDirOf(configPath: string | undefined): string {
+  // Regular files only: a FIFO in its place (the very fault status must show) would block the read for ever.
   try {
-    return loadStartConfig({ configPath }).config.dataDir;
+    return loadStartConfig({ configPath, regularFileOnly: true }).config.dataDir;
   } catch (err) {
     process.stderr.write(`postern: the configuration has errors (a running server keeps its last good one):\n${(err as Error).message}\n`);
     if (!configPath) return resolve('data');
     let dataDir: unknown;
     try {
-      dataDir = (parse(readFileSync(configPath, 'utf8')) as { dataDir?: unknown } | null)?.dataDir;
+      dataDir = (parse(readInputFileSync(configPath).toString('utf8')) as { dataDir?: unknown } | null)?.dataDir;
     } catch { /* not even YAML: the default */ }
     return resolve(dirname(configPath), typeof dataDir === 'string' ? dataDir : './data');
   }

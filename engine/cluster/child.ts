@@ -8,7 +8,7 @@ import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
@@ -23,6 +23,7 @@ import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
 import { abandonedRunningScripts, exitMayHang, mustRecycle as mustRecycleNow, onMustRecycle, onUnrecoverable, stuckLoadScripts } from '../sandbox/index.ts';
 import { writeCrashRecord } from './crash-record.ts';
+import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
 
@@ -37,16 +38,14 @@ const send = (m: object): void => { if (process.connected) process.send!(m); };
 type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[]; seen?: number };
 
 async function main(): Promise<void> {
-  const loaded = loadStartConfig({ configPath });
+  const loaded = loadStartConfig({ configPath, regularFileOnly: true });
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true });
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
   // The fences as the supervisor saved them, before the first generation loads: a script fenced for crashing
   // its worker while loading must not run its top level again in the replacement (the supervisor's list
   // comes with 'ready', too late for that).
-  try {
-    runningCall.setFenced(JSON.parse(readFileSync(join(crashDir(loaded.config.dataDir), 'fenced.json'), 'utf8')) as RunningScript[]);
-  } catch { /* none yet */ }
+  runningCall.setFenced(readFenceList(crashDir(loaded.config.dataDir)));
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Per-IP slots: by round trip to the supervisor, or alone while it holds the counting lease (shared-counters.ts).
   const counters = new WorkerCounters({ send }, windowMs);
@@ -169,7 +168,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, role, workerIndex: index, counters, memoryStore: store,
+    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
@@ -295,7 +294,7 @@ main().catch((err: unknown) => {
   const scripts = [...stuckLoadScripts(), ...abandonedRunningScripts()];
   if (scripts.length) {
     try {
-      const dataDir = loadStartConfig({ configPath }).config.dataDir;
+      const dataDir = loadStartConfig({ configPath, regularFileOnly: true }).config.dataDir;
       writeCrashRecord(crashDir(dataDir), runningMirror(dataDir, process.pid),
         { at: new Date().toISOString(), pid: process.pid, worker: index, reason: 'unrecoverable', scripts });
     } catch { /* the replacement matters more than the record */ }

@@ -13,7 +13,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from '../reload/change-watcher.ts';
-import { unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
+import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
 
 /** What a child answers after a reload (Reloader.state()). */
 export interface ChildReloadState {
@@ -58,7 +58,9 @@ export class ReloadCoordinator {
     // The configuration may name other tables or script folders now: watch those too (the old ones stay
     // watched, since a refused configuration leaves the children on them).
     try {
-      this.#inputs = unionInputs(this.#inputs, watchedInputs(loadStartConfig({ configPath: this.#configPath })));
+      // Only a regular file is read: this is the supervisor's event loop, which a FIFO there would block for good.
+      const loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      this.#inputs = unionInputs(this.#inputs, watchedInputs(loaded));
       void this.#watcher.watch(this.#inputs);
     } catch { /* a broken configuration: the children refuse it and say why */ }
     this.#tell('change');
@@ -86,6 +88,22 @@ export class ReloadCoordinator {
     const lines = new Set<string>();
     for (const s of this.#states.values()) for (const line of s.lastError ?? []) lines.add(line);
     return lines.size ? [...lines] : null;
+  }
+
+  /**
+   * Whether every process that answered runs a generation built from the inputs as they are on disk now (the
+   * digest each child reports, Reloader.state(), against the same digest taken here). False while an edit is
+   * being reloaded, when a process refused it, and when the configuration cannot be read.
+   */
+  async inForceEverywhere(): Promise<boolean> {
+    if (!this.#states.size) return false;
+    let disk: string;
+    try {
+      disk = await digestInputs(watchedInputs(loadStartConfig({ configPath: this.#configPath, regularFileOnly: true })));
+    } catch {
+      return false;
+    }
+    return [...this.#states.values()].every((s) => s.digest === disk);
   }
 
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */

@@ -39,6 +39,7 @@ import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
 import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
+import { removeLeftoverTemporaries } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
@@ -197,7 +198,8 @@ export class Supervisor {
       },
     });
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
-      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'),
+    (message) => log.error(message));
     setFenceProbe(() => this.#fences.fences.length);
     // The queue gauges are read here, from the spools (as postern status does): read by the queue process, they
     // fell to 0 whenever it was down (crashed, being replaced), and the queue alerts cleared when mail was stuck.
@@ -220,6 +222,8 @@ export class Supervisor {
     if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
     const open = openToOthers(loaded.config.dataDir);
     if (open) log.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
+    // A crash record or fence list cut short by a kill is only ever a temporary file (written whole): gone with its writer.
+    await removeLeftoverTemporaries(crashDir(loaded.config.dataDir));
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {
@@ -509,7 +513,9 @@ export class Supervisor {
     for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'fences', list: this.#fences.fences });
     void this.#saveStatus();
     if (this.#fences.fences.length && !this.#fenceTimer) {
-      this.#fenceTimer = setInterval(() => void this.#fences.lift().then((lifted) => {
+      const kept = (f: Fence): void => this.log.info({ hook: f.hook, script: f.file },
+        `fence kept: ${f.file} changed, but not every process runs a generation built from it yet (a refused reload?); lifted once they do`);
+      this.#fenceTimer = setInterval(() => void this.#fences.lift(() => this.#reloads.inForceEverywhere(), kept).then((lifted) => {
         for (const f of lifted) this.log.warn({ hook: f.hook, script: f.file }, `fence lifted: ${f.file} changed`);
         if (lifted.length) this.#broadcastFences();
         if (!this.#fences.fences.length && this.#fenceTimer) { clearInterval(this.#fenceTimer); this.#fenceTimer = null; }
@@ -843,7 +849,7 @@ export class Supervisor {
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
     try {
-      onDisk = loadStartConfig({ configPath: this.#configPath });
+      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true }); // its event loop: never wait on a FIFO
     } catch {
       return []; // a broken file: the reload error says so
     }

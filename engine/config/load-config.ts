@@ -9,6 +9,7 @@ import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
+import { readInputFileSync } from './input-file.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
 export interface LoadedConfig {
@@ -97,11 +98,15 @@ function namedScriptFolders(c: Config, topLevel: boolean): Array<{ folder: strin
   return out;
 }
 
-export function loadConfigFile(path: string): LoadedConfig {
+/**
+ * `regularFileOnly`: a reload's look at the file (readInputFileSync: a FIFO in its place is refused, not opened,
+ * which would block for ever). A start reads whatever the path is: `--config <(generate)` has its writer then.
+ */
+export function loadConfigFile(path: string, { regularFileOnly = false }: { regularFileOnly?: boolean } = {}): LoadedConfig {
   const file = resolve(path);
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = regularFileOnly ? readInputFileSync(file).toString('utf8') : readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
   }

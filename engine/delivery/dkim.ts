@@ -8,7 +8,7 @@
  * whose configuration has DKIM keys ever holds it.
  */
 import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readInputFile, readProblem } from '../config/input-file.ts';
 import { Readable } from 'node:stream';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
@@ -45,9 +45,9 @@ export async function loadDkimKey(delivery: DeliveryConfig, name: string): Promi
   const where = `${entry.privateKey}: ${at}.privateKey`;
   let text: string;
   try {
-    text = await readFile(entry.privateKey, 'utf8');
+    text = (await readInputFile(entry.privateKey)).toString('utf8');
   } catch (err) {
-    throw new Error(`${where}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new Error(`${where}: cannot be read (${readProblem(err)})`);
   }
   let key: KeyObject;
   try {

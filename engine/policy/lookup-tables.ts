@@ -3,8 +3,9 @@
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
  * base64 forms of the same digest all find the entry.
  */
-import { readFile } from 'node:fs/promises';
-import { parse as parseYaml } from 'yaml';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { readInputFile, readProblem } from '../config/input-file.ts';
+import { LineCounter, isAlias, isMap, isNode, isScalar, parseDocument } from 'yaml';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
@@ -59,23 +60,47 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
     ? { file: spec, format: 'postfix' as const, caseSensitive: false } : spec;
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readInputFile(file)).toString('utf8');
   } catch (err) {
-    throw new TableError(file, undefined, `table "${name}": cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new TableError(file, undefined, `table "${name}": cannot read: ${readProblem(err)}`);
   }
   // Errors quote table lines: a private key named here by mistake must not reach the terminal or the log.
   if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);
   const table = new LookupTable(name, file, caseSensitive);
-  if (format === 'postfix') parsePostfix(table, text, file);
-  else parseMapping(table, text, file, format);
+  if (format === 'postfix') await parsePostfix(table, text, file);
+  else await parseMapping(table, text, file, format);
   return table;
 }
 
+/**
+ * Tables are read on the event loop that serves mail, at a reload too, and a large one is seconds of work (some
+ * 150,000 lines a second): done in one go it held every session of the process, and past a second the worker's
+ * watchdog took it for a hung script and killed it, each worker at once, with every connection. The parse gives
+ * way this often.
+ */
+const PARSE_SLICE_MS = 20;
+
+/** Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. */
+function slicer(): () => Promise<void> | undefined {
+  let since = performance.now();
+  let n = 0;
+  return () => {
+    if ((++n & 255) !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
+    return yieldToEventLoop().then(() => { since = performance.now(); });
+  };
+}
+
 /** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
-function parsePostfix(table: LookupTable, text: string, file: string): void {
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
+async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
+  const giveWay = slicer();
+  // Line by line rather than split(): one split of a large file is itself a long stretch without a turn.
+  for (let i = 0, start = 0; start <= text.length; i++) {
+    const newline = text.indexOf('\n', start);
+    const end = newline < 0 ? text.length : newline;
+    const raw = text.slice(start, end > start && text[end - 1] === '\r' ? end - 1 : end);
+    start = end + 1;
+    const turn = giveWay();
+    if (turn) await turn;
     if (/^\s*(#|$)/.test(raw)) continue;
     if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
     const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
@@ -84,20 +109,56 @@ function parsePostfix(table: LookupTable, text: string, file: string): void {
   }
 }
 
-function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): void {
+async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {
+  const entries = format === 'json' ? jsonEntries(text, file) : yamlEntries(text, file);
+  const giveWay = slicer();
+  for (const [k, v, line] of entries) {
+    const turn = giveWay();
+    if (turn) await turn;
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, line, `value of ${quoteToken(k)} must be a scalar`);
+    // The same key twice, or in two spellings (a pin as hex and as base64url, or in two cases): one would be lost.
+    if (!table.set(k, String(v))) throw new TableError(file, line ?? lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
+  }
+}
+
+type Entry = [key: string, value: unknown, line?: number];
+
+function jsonEntries(text: string, file: string): Entry[] {
   let data: unknown;
   try {
-    data = format === 'json' ? JSON.parse(text) : parseYaml(text);
+    data = JSON.parse(text);
   } catch (err) {
-    const e = err as { linePos?: Array<{ line: number }>; message: string };
-    const jsonLine = /\(line (\d+) column \d+\)/.exec(e.message)?.[1];
-    throw new TableError(file, e.linePos?.[0]?.line ?? (jsonLine ? Number(jsonLine) : undefined), parseErrorText(e.message, format));
+    const jsonLine = /\(line (\d+) column \d+\)/.exec((err as Error).message)?.[1];
+    throw new TableError(file, jsonLine ? Number(jsonLine) : undefined, parseErrorText((err as Error).message, 'json'));
   }
   if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
-  for (const [k, v] of Object.entries(data)) {
-    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, undefined, `value of ${quoteToken(k)} must be a scalar`);
-    table.set(k, String(v));
-  }
+  return Object.entries(data);
+}
+
+/**
+ * A YAML mapping's entries with their lines. The yaml package's own check for keys given twice compares each key
+ * with every one before it: a table of 10,000 entries took 7 s, 100,000 some minutes, all of it on the event loop
+ * (every worker killed as hung at a reload). Keys given twice are found by the table itself instead (set()).
+ */
+function yamlEntries(text: string, file: string): Entry[] {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { uniqueKeys: false, lineCounter });
+  const error = doc.errors[0];
+  if (error) throw new TableError(file, error.linePos?.[0]?.line, parseErrorText(error.message, 'yaml'));
+  if (doc.contents === null) throw new TableError(file, undefined, 'expected a mapping of keys to values');
+  if (!isMap(doc.contents)) throw new TableError(file, lineCounter.linePos(doc.contents.range?.[0] ?? 0).line, 'expected a mapping of keys to values');
+  return doc.contents.items.map((pair): Entry => {
+    const key = isAlias(pair.key) ? pair.key.resolve(doc) : pair.key;
+    const value = isAlias(pair.value) ? pair.value.resolve(doc) : pair.value;
+    const line = isNode(pair.key) && pair.key.range ? lineCounter.linePos(pair.key.range[0]).line : undefined;
+    return [String(isScalar(key) ? key.value : key), isScalar(value) ? value.value : value, line];
+  });
+}
+
+/** The first line whose entry starts with `key` (quoted or not), for a problem found after the parse. */
+function lineOfKey(text: string, key: string): number | undefined {
+  const i = text.split(/\r?\n/).findIndex((line) => line.trimStart().replace(/^[{,]\s*/, '').replace(/^["']/, '').startsWith(key));
+  return i < 0 ? undefined : i + 1;
 }
 
 /**

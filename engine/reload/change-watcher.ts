@@ -12,10 +12,12 @@
  * the reloader's own) is recognised by an unchanged status change time and ignored.
  *
  * A scripts folder can itself be replaced (deleted and created again by a deploy, or a `scripts` symlink
- * renamed over to point elsewhere): a watch stays on the folder it was set on, so later edits in the new
- * one would go unseen. An event about the folder itself, or a change of what its path leads to (checked
- * every second: a folder created again is not always reported), sets the watch up afresh, then looks at
- * the inputs again (an edit made before the new watch was ready counts).
+ * renamed over to point elsewhere), and so can the folder of postern.yaml or of a table (a release-style deploy
+ * swapping `/etc/postern` as a whole): a watch stays on the folder it was set on, so the swap and later edits in
+ * the new one would go unseen. An event about a scripts folder itself, or a change of what a watched folder's
+ * path leads to (checked every second: a folder created again is not always reported, and a swapped parent is
+ * not in a watched folder), sets the watch up afresh, then looks at the inputs again (an edit made before the
+ * new watch was ready counts).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { stat } from 'node:fs/promises';
@@ -34,7 +36,7 @@ export class ChangeWatcher {
   #watchQueue: Promise<void> = Promise.resolve();
   #rewatching = false;
   #rewatchAgain = false;
-  /** What each scripts folder's path led to when it was last watched, and the timer that compares. */
+  /** What each watched folder's path led to when it was last watched, and the timer that compares. */
   #folderIds = '';
   #folderCheck: NodeJS.Timeout | null = null;
   #isInput: (path: string) => boolean = () => false;
@@ -89,7 +91,7 @@ export class ChangeWatcher {
       await this.#watcher?.close();
       this.#watcher = null;
     }
-    this.#folderIds = await folderIdentities(inputs.folders);
+    this.#folderIds = await folderIdentities(watchedFolders(inputs));
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
     const watcher = watch([...targets], {
       ignoreInitial: true,
@@ -141,7 +143,7 @@ export class ChangeWatcher {
   async #checkFolders(): Promise<void> {
     const inputs = this.#inputs;
     if (!inputs || this.#rewatching || this.#closed) return;
-    if (await folderIdentities(inputs.folders) !== this.#folderIds && inputs === this.#inputs) this.#rewatch();
+    if (await folderIdentities(watchedFolders(inputs)) !== this.#folderIds && inputs === this.#inputs) this.#rewatch();
   }
 
   /** A scripts folder itself was replaced: watch the one now at its path, then look at the inputs again. */
@@ -195,6 +197,15 @@ export class ChangeWatcher {
 
 /** The scripts folders' paths are looked at this often to see one replaced as a whole. */
 const FOLDER_CHECK_MS = 1000;
+
+/**
+ * Every folder watched: the scripts folders and the folders of the input files. A release-style deploy swaps
+ * the configuration's folder as a whole (`ln -sfn releases/42 /etc/postern`, or a `mv` of the folder): the watch
+ * stays on the old one, where nothing changes any more, and the swap itself happens in a folder not watched.
+ */
+function watchedFolders(inputs: WatchedInputs): string[] {
+  return [...new Set([...inputs.files.map((f) => dirname(f)), ...inputs.folders])].sort();
+}
 
 /** Which folder each path leads to now (device and inode, through symlinks), as one string. */
 async function folderIdentities(folders: readonly string[]): Promise<string> {

@@ -16,10 +16,10 @@
  * reload-coordinator.ts) and asks every child to reload; each child answers with its state() and the
  * supervisor reports a refused build once, for all of them.
  */
-import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import { ConfigError } from '../config/config-error.ts';
+import { readInputFile } from '../config/input-file.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { restartNeeded } from './restart-needed.ts';
@@ -283,7 +283,7 @@ export class Reloader {
     const file = resolve(s.configPath);
     let bytes: Buffer;
     try {
-      bytes = await readFile(file);
+      bytes = await readInputFile(file);
     } catch (err) {
       throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
     }

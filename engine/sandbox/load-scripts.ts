@@ -2,8 +2,8 @@
  * Reads a scripts folder: `<hook>.ts`, `.js` or `.mjs` for each known hook, TypeScript stripped. Other
  * files (notes, editor swap and backup files) are ignored.
  */
-import { constants } from 'node:fs';
-import { open, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
+import { InputFileError, readInputFile } from '../config/input-file.ts';
 import { join } from 'node:path';
 import { containsPrivateKey, privateKeyFileMessage } from '../certificates/key-material.ts';
 import type { HookName } from './api/index.ts';
@@ -66,22 +66,15 @@ export async function loadScriptDirectory(dir: string): Promise<ScriptSource[]> 
 export const MAX_SCRIPT_BYTES = 8 * 1024 * 1024;
 
 /**
- * A script file's text. Opened without blocking (a FIFO in its place would block the open for ever), checked to
- * be a regular file no longer than MAX_SCRIPT_BYTES on the open handle, and never read past that.
+ * A script file's text (readInputFile: a FIFO in its place is not opened for ever, nothing past MAX_SCRIPT_BYTES is
+ * read); a file too long or written to as it is read is refused at its first line.
  */
 async function readScript(file: string): Promise<string> {
-  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
-    const info = await handle.stat();
-    if (!info.isFile()) throw new Error('not a regular file');
-    if (info.size > MAX_SCRIPT_BYTES) throw new ScriptError(file, 1, 1, `is ${info.size} bytes, longer than a policy script may be (${MAX_SCRIPT_BYTES}): not read`);
-    // One byte more than it holds: a file that grows while it is read (a write in progress) is not taken half-written.
-    const buffer = Buffer.alloc(info.size + 1);
-    let length = 0;
-    for (let n = -1; n !== 0 && length < buffer.length; length += n) n = (await handle.read(buffer, length, buffer.length - length, length)).bytesRead;
-    if (length > info.size) throw new ScriptError(file, 1, 1, 'changed while it was read (a write in progress?): not read');
-    return buffer.toString('utf8', 0, length);
-  } finally {
-    await handle.close();
+    return (await readInputFile(file, MAX_SCRIPT_BYTES)).toString('utf8');
+  } catch (err) {
+    if (err instanceof InputFileError && err.reason === 'too long') throw new ScriptError(file, 1, 1, `is ${err.size} bytes, longer than a policy script may be (${MAX_SCRIPT_BYTES}): not read`);
+    if (err instanceof InputFileError && err.reason === 'changed') throw new ScriptError(file, 1, 1, err.message);
+    throw err;
   }
 }

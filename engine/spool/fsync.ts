@@ -3,6 +3,7 @@
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
 import { chown, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -67,6 +68,33 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
   // The rename is durable only once the folder is: until then a power loss may bring the old file back.
   await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
+}
+
+/**
+ * writeFileAtomic for callers that may not wait (a watchdog thread whose main thread is stuck, a supervisor's
+ * bookkeeping in an exit handler): the same promise, a reader never sees half of the file, and a kill or a power
+ * loss leaves the old file or the new one. The temporary file is a dot name, which no reader of the folder takes
+ * for the real one. `durable: false` skips the syncs: whole against a kill, not against a power loss (for a
+ * process about to be killed, that must not wait on a busy disk first).
+ */
+export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o644, durable = true }: { mode?: number; durable?: boolean } = {}): void {
+  const dir = dirname(file);
+  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const fd = openSync(tmp, 'wx', mode);
+  try {
+    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+    for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off, bytes.length - off);
+    if (durable) fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, file);
+  } catch (err) {
+    try { closeSync(fd); } catch { /* closed already */ }
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  if (!durable) return;
+  const dirFd = openSync(dir, 'r');
+  try { fsyncSync(dirFd); } finally { closeSync(dirFd); }
 }
 
 /**

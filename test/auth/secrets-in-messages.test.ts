@@ -59,7 +59,7 @@ test('postern check: key text without PEM armour in a postfix, JSON or YAML tabl
   const cases: Array<[string, string, RegExp]> = [
     ['./bare', bare, /bare:1: expected "key value", got \(a line that looks like key material: not shown\)\n$/],
     ['{ file: ./bare, format: json }', bare, /bare: not valid JSON: unexpected token\n$/],
-    ['{ file: ./bare, format: yaml }', bare, /bare: expected a mapping of keys to values\n$/],
+    ['{ file: ./bare, format: yaml }', bare, /bare:1: expected a mapping of keys to values\n$/],
     ['./dup', `${body[0]} a\n${body[0]} b\n`, /dup:2: duplicate key \(a value that looks like key material: not shown\)\n$/],
   ];
   for (const [i, [table, text, expected]] of cases.entries()) {

@@ -112,6 +112,15 @@ test('a pin table naming one key twice, in two spellings, is refused (the later 
       await writeFile(file, `${second} mallory@example.com\n${ABC_HEX} alice@example.com\n`);
       await assert.rejects(loadTable('devices', file), /devices:2: duplicate key /, second);
     }
+    // A YAML or JSON table too: the later key silently won there.
+    for (const second of [ABC_COLON, ABC_BASE64URL, ABC_HEX.toUpperCase()]) {
+      const file = join(dir, 'devices.yaml');
+      await writeFile(file, `# pins\n${ABC_HEX}: alice@example.com\n'${second}': mallory@example.com\n`);
+      await assert.rejects(loadTable('devices', { file, format: 'yaml', caseSensitive: false }), /devices\.yaml:3: duplicate key /, second);
+      const json = join(dir, 'devices.json');
+      await writeFile(json, `{\n  "${ABC_HEX}": "alice@example.com",\n  "${second}": "mallory@example.com"\n}\n`);
+      await assert.rejects(loadTable('devices', { file: json, format: 'json', caseSensitive: false }), /devices\.json:3: duplicate key /, second);
+    }
     // Two different keys are two entries (the check can pass).
     await writeFile(join(dir, 'ok'), `${ABC_HEX} alice@example.com\n${'00'.repeat(32)} bob@example.com\n`);
     const table = await loadTable('ok', join(dir, 'ok'));

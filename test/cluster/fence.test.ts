@@ -37,9 +37,9 @@ test('a script that hangs its worker repeatedly is fenced until its file changes
     scripts: { 'rcptto.js': HANG_SCRIPT },
   });
   try {
-    // A directory where the fence list's temporary file goes: writing it fails, as on a full disk. The
+    // A directory where the fence list goes: writing it fails, as on a full disk. The
     // supervisor must neither die nor stop replacing workers; the fence holds in memory.
-    await mkdir(join(c.dir, 'data', 'fences', 'fenced.json.tmp'), { recursive: true });
+    await mkdir(join(c.dir, 'data', 'fences', 'fenced.json'), { recursive: true });
     for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
       await c.waitFor('both workers ready', async () => (await readyWorkers(c)) === 2);
       // On the event-loop thread the hang kills the worker and the session with it; on an isolate thread
@@ -138,6 +138,43 @@ test('a hang is blamed on the call that hung, not on another hook\'s call batche
     for (const l of hangs()) assert.match(String(l.msg), /^worker 0 hung in rcptto \([^)]*\): killing it$/, 'only the call that hung is named');
     const status = await c.waitFor('the culprit fenced', async () => (await c.cluster()).fences.length > 0 && (await c.cluster()));
     assert.deepEqual(status.fences.map((f) => f.hook), ['rcptto']);
+  } finally {
+    await c.stop();
+  }
+});
+
+test('a fenced script edited into one whose reload is refused stays fenced: the running generation still holds the crashing source', async () => {
+  const c = await startCluster({ config: ONE_WORKER, scripts: { 'rcptto.js': HANG_SCRIPT } });
+  const script = join(c.dir, 'scripts', 'rcptto.js');
+  const restarts = async (): Promise<number> => (await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0);
+  try {
+    for (let i = 1; i <= CRASHES_TO_FENCE; i++) {
+      await c.waitFor('the worker ready', async () => (await readyWorkers(c)) === 1);
+      await rcpt(c, 'hang@example.test');
+      await c.waitFor(`crash ${i} counted`, async () => (await restarts()) >= i);
+    }
+    await c.waitFor('the fence', async () => (await c.cluster()).fences.length > 0);
+    await c.waitFor('the worker ready', async () => (await readyWorkers(c)) === 1);
+
+    // A hurried fix with a syntax error: every process refuses it and serves on with the source that hangs.
+    await writeFile(script, 'export default function ( {\n');
+    await c.waitFor('the edit refused', async () => (await c.cluster()).reload.lastError !== null);
+    // Before: the file had changed, so the fence was lifted at its next check, and the next call hung the worker again.
+    const verdict = await c.waitFor('the fence checked', () => c.logs.find((l) => /^fence (kept|lifted)/.test(String(l.msg))));
+    assert.match(String(verdict.msg), /^fence kept: .*rcptto\.js changed, but not every process runs a generation built from it yet/);
+    assert.equal((await c.cluster()).fences.length, 1);
+    const before = await restarts();
+    const r = await rcpt(c, 'hang@example.test');
+    assert.notEqual(r, 'closed');
+    assert.match((r as { text: string }).text, /^451 4\.3\.0/, 'still fenced: answered without running');
+    assert.equal(await restarts(), before);
+
+    // A fix that loads everywhere lifts it.
+    await writeFile(script, 'export default function () { return accept(); }\n');
+    await c.waitFor('the fence lifted', async () => (await c.cluster()).fences.length === 0);
+    assert.ok(c.logs.some((l) => /^fence lifted/.test(String(l.msg))));
+    const after = await rcpt(c, 'hang@example.test');
+    assert.ok(after !== 'closed' && after.code === 250);
   } finally {
     await c.stop();
   }

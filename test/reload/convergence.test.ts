@@ -5,17 +5,9 @@ import { writeFile, rename, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { mailFromReply, verdictScript } from './helpers.ts';
+import { MX_WITH_TABLE_CONFIG, mailFromReply, verdictScript } from './helpers.ts';
 
-const CONFIG = `
-localDomains: [example.com]
-tables:
-  senders: ./senders
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`;
+const CONFIG = MX_WITH_TABLE_CONFIG;
 
 /** A script rejecting MAIL FROM with `text`; `slow` adds a top level that computes for a while (within limits). */
 interface StatusFile { generation: number; reloads: number; failedReloads: number; lastError: string[] | null }

@@ -7,17 +7,9 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import type { ReloadOutcome } from '../../engine/reload/reloader.ts';
 import { until } from '../helpers/wait.ts';
-import { mailFromReply, verdictScript } from './helpers.ts';
+import { MX_WITH_TABLE_CONFIG, mailFromReply, verdictScript } from './helpers.ts';
 
-const CONFIG = `
-localDomains: [example.com]
-tables:
-  senders: ./senders
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    limits: { greetingDelayMs: 0 }
-`;
+const CONFIG = MX_WITH_TABLE_CONFIG;
 /** Collect reload outcomes until `count` arrived or the time is up. */
 function reloads(s: TestServer): { list: ReloadOutcome[]; next(timeoutMs?: number): Promise<ReloadOutcome>; stop(): void } {
   const list: ReloadOutcome[] = [];
