@@ -74,3 +74,26 @@ test('a client certificate whose subject carries C1 controls: queue show on a te
     await server.stop();
   }
 });
+
+test('an SMTPUTF8 recipient with bidi overrides and isolates: queue list on a terminal shows them escaped', { ...needs('script'), timeout: 90_000 }, async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: { mode: 'none' } })] }),
+  });
+  try {
+    const c = await SmtpTestClient.connect(server.port('in'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test> SMTPUTF8')).code, 250);
+    // U+202E shows "evil" backwards; U+2066 … U+2069 an isolate around it.
+    const rcpt = await c.command('RCPT TO:<ceo\u202Elive\u202C\u2066x\u2069@example.test>');
+    assert.equal(rcpt.code, 250, rcpt.text);
+    assert.equal((await c.command('DATA')).code, 354);
+    assert.equal((await c.command('Subject: t\r\n\r\nhi\r\n.')).code, 250);
+    await c.quit();
+    const command = [process.execPath, MAIN, 'queue', 'list', '-c', join(server.dir, 'postern.yaml')].map((a) => `'${a}'`).join(' ');
+    const onTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }).toString('utf8');
+    assert.match(onTerminal, /ceo<U\+202E>live<U\+202C><U\+2066>x<U\+2069>@example\.test/, onTerminal);
+    assert.doesNotMatch(onTerminal, /[\u202a-\u202e\u2066-\u2069]/u, JSON.stringify(onTerminal));
+  } finally {
+    await server.stop();
+  }
+});
