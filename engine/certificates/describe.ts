@@ -180,10 +180,21 @@ export function boundedName(dn: string): string {
   return shown.length <= DN_MAX ? shown : `${shown.slice(0, DN_MAX)}...`;
 }
 
-/** What the queue keeps about the submitting client's certificate. */
+/**
+ * A name as the queue keeps it: at most DN_MAX characters, then "..." (not escaped: predelivery scripts read
+ * it). Kept whole, a subject of tens of KB was copied into every queued message's envelope.
+ */
+function storedName(dn: string): string {
+  if (dn.length <= DN_MAX) return dn;
+  const high = dn.charCodeAt(DN_MAX - 1);
+  const end = high >= 0xd800 && high <= 0xdbff ? DN_MAX - 1 : DN_MAX; // never half a surrogate pair
+  return `${dn.slice(0, end)}...`;
+}
+
+/** What the queue keeps about the submitting client's certificate (its names cut at DN_MAX characters). */
 export function summarizeCertificate(pc: PeerCertificate): CertificateSummary {
   return {
-    subject: pc.subject.dn, issuer: pc.issuer.dn, fingerprintSha256: pc.fingerprint.sha256, pinSha256: pc.pin.sha256,
+    subject: storedName(pc.subject.dn), issuer: storedName(pc.issuer.dn), fingerprintSha256: pc.fingerprint.sha256, pinSha256: pc.pin.sha256,
     verified: pc.verified, verifyError: pc.verifyError,
   };
 }

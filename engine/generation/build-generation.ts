@@ -22,7 +22,7 @@ import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener
 import type { ListenerSetup } from '../smtp/postern-server.ts';
 import { checkOutboundTls, OutboundFileError } from '../delivery/outbound-tls.ts';
 import { checkDkimKeys } from '../delivery/dkim.ts';
-import type { Logger } from '../logging/logger.ts';
+import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
@@ -113,7 +113,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       fastPathMs: shadow ? 0 : config.sandbox.fastPathMs,
       host: {
         lookup: (table: string, key: string) => tables.get(table)?.get(key) ?? null,
-        log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file, ...(shadow ? { shadow: true } : {}) }, message),
+        log: (cid: string | null, file: string, level: 'info' | 'warn' | 'error' | 'fatal', message: string) => log[level]({ cid, script: file, ...(shadow ? { shadow: true } : {}) }, scriptText(message)),
         // A shadow script's counters live apart from the live scripts' (its calls must not use up their limits).
         store: shadow && options.store ? shadowStore : options.store,
         dns,

@@ -34,3 +34,15 @@ export function clientText(value: string, max = 256): string {
   const cut = value.length <= max ? value : `${value.slice(0, max)}...`;
   return cut.replace(UNSHOWABLE, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
 }
+
+/**
+ * Text a script wrote (its log() lines, the message of an error it threw), which may carry what a client sent
+ * (a header, an address): what a reader's terminal would act on or show as something else is written as
+ * `\u{…}`, as clientText() does, not cut (log() has its own limit); C0 controls are left to JSON's own
+ * escapes (`\n`). The line is scanned once, and replaced only when it has such a character.
+ */
+const UNSHOWABLE_IN_JSON = /[\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
+const UNSHOWABLE_IN_JSON_ALL = new RegExp(UNSHOWABLE_IN_JSON.source, 'gu');
+export function scriptText(value: string): string {
+  return UNSHOWABLE_IN_JSON.test(value) ? value.replace(UNSHOWABLE_IN_JSON_ALL, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`) : value;
+}

@@ -15,6 +15,19 @@ export type MetricsAnswer = MetricObjectWithValues<MetricValue<string>>[];
 /** What only grows (as JSON names its type): kept for a child that exited. */
 const CUMULATIVE = new Set(['counter', 'histogram']);
 
+/**
+ * Labels whose values belong to one process (a generation serial: each process numbers its own, and drops a
+ * generation's series once it no longer runs). An exited child's counts are kept under `exited` instead: kept
+ * under its last generation, each exit after a reload would add series for the life of the supervisor.
+ */
+const PROCESS_LABELS: Readonly<Record<string, string>> = { postern_script_verdicts_total: 'generation' };
+
+function withoutProcessLabels(m: MetricsAnswer[number]): MetricsAnswer[number] {
+  const label = PROCESS_LABELS[m.name];
+  if (label === undefined) return m;
+  return { ...m, values: m.values.map((v) => ({ ...v, labels: { ...v.labels, [label]: 'exited' } })) };
+}
+
 export class ClusterMetrics {
   /** Each live child's last answer, by the child's process. */
   readonly #last = new Map<object, MetricsAnswer>();
@@ -33,7 +46,7 @@ export class ClusterMetrics {
     const last = this.#last.get(child);
     this.#last.delete(child);
     if (!last) return;
-    const kept = last.filter((m) => CUMULATIVE.has(String(m.type)));
+    const kept = last.filter((m) => CUMULATIVE.has(String(m.type))).map(withoutProcessLabels);
     // aggregate() registers each merged metric as its plain values (and a get() that returns them): read at once.
     this.#retired = AggregatorRegistry.aggregate([this.#retired, kept]).getMetricsAsArray()
       .map((m) => { const { name, help, type, values, aggregator } = m as unknown as MetricsAnswer[number]; return { name, help, type, values, aggregator }; }) as unknown as MetricsAnswer;

@@ -66,6 +66,23 @@ class SeriesIndex<S> {
 
   get entries(): ReadonlyArray<{ values: readonly LabelValue[]; series: S }> { return this.#all; }
 
+  /** Drop the series whose label at `index` is `value` (rare: the index is rebuilt from what is kept). */
+  removeWhere(index: number, value: LabelValue): void {
+    const kept = this.#all.filter((e) => e.values[index] !== value);
+    if (kept.length === this.#all.length) return;
+    this.clear();
+    for (const e of kept) {
+      let node = this.#root;
+      for (let i = 0; i < e.values.length - 1; i++) {
+        let next = node.get(e.values[i]!) as Map<LabelValue, unknown> | undefined;
+        if (next === undefined) node.set(e.values[i]!, next = new Map());
+        node = next;
+      }
+      node.set(e.values.length ? e.values.at(-1)! : '', e.series);
+      this.#all.push(e);
+    }
+  }
+
   clear(): void {
     this.#root = new Map();
     this.#all = [];
@@ -103,6 +120,13 @@ export class HotCounter {
   /** Add `amount` (≥ 0) to the series of the label values given. */
   add(amount: number, v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
     this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value += amount;
+  }
+
+  /** Drop every series whose label `name` has `value` (prom-client's remove(), for one label). */
+  removeWhere(name: string, value: LabelValue): void {
+    const index = this.#labelNames.indexOf(name);
+    if (index < 0) throw new RangeError(`${this.name} has no label ${name}`);
+    this.#series.removeWhere(index, value);
   }
 
   get(): MetricJson {

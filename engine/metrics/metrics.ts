@@ -156,6 +156,15 @@ export function scriptCalled(hook: string, generation: number, seconds: number, 
   if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
 }
 
+/**
+ * A generation no longer running (its last session let go): its verdict series go. Each reload that changes
+ * something makes a new generation, and a site regenerating its tables every few minutes would otherwise
+ * grow /metrics (and Prometheus's series) without bound.
+ */
+export function generationRetired(generation: number): void {
+  metrics.verdicts.removeWhere('generation', generation);
+}
+
 /** A command refused (5xx) or deferred (4xx) at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …), and why. */
 export function refusalCounted(stage: string, responseCode: number, reason: string | undefined): void {
   metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx', reason ?? 'unknown');

@@ -8,7 +8,7 @@
 import type { Socket } from 'node:net';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
-import type { Logger } from '../logging/logger.ts';
+import { clientText, type Logger } from '../logging/logger.ts';
 import type { Verdict } from '../sandbox/api/index.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
@@ -195,11 +195,14 @@ export class PolicyServer {
       // A refusal's line has the fields of a listener's decision line (decision, stage, reason, script), so one
       // query (`jq 'select(.decision)'`) finds the refusals of both.
       const refused = result.reason !== undefined;
+      // What Postfix passes on is what its client sent (an SMTPUTF8 address may carry C1 controls or bidi
+      // overrides), and any local client of the service may send anything: shown as clientText() shows it.
+      const shown = (v: string | undefined) => v === undefined ? undefined : clientText(v);
       log[level]({
-        service: this.name, cid, state, client: a.client_address, clientName: a.client_name, sender: a.sender, recipient: a.recipient,
-        queueId: a.queue_id, ccert: a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined, action: result.action,
+        service: this.name, cid, state: shown(state), client: shown(a.client_address), clientName: shown(a.client_name), sender: shown(a.sender), recipient: shown(a.recipient),
+        queueId: shown(a.queue_id), ccert: shown(a.ccert_pubkey_fingerprint || a.ccert_fingerprint || undefined), action: result.action,
         ...(refused ? {
-          decision: /^(5|REJECT)/i.test(result.action) ? 'reject' : 'defer', stage: state, reason: result.reason,
+          decision: /^(5|REJECT)/i.test(result.action) ? 'reject' : 'defer', stage: shown(state), reason: result.reason,
           script,
         } : {}),
       }, 'policy answer');

@@ -11,6 +11,7 @@ import type { HookName } from '../sandbox/api/index.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import type { CounterStore } from '../store/counter-store.ts';
 import { domainKey } from './domain-key.ts';
+import { generationRetired } from '../metrics/metrics.ts';
 
 let nextSerial = 1;
 
@@ -97,6 +98,7 @@ export class PolicyGeneration {
   dispose(): Promise<void> {
     if (this.#disposed) return this.#teardown ?? Promise.resolve();
     this.#disposed = true;
+    generationRetired(this.serial); // no session holds it: no verdict will be counted under it again
     const teardown = Promise.all([...this.#sandboxes.values(), ...this.#shadows.values()].map((s) => s.dispose())).then(() => undefined);
     this.#teardown = teardown;
     tearingDown.add(teardown);

@@ -7,7 +7,7 @@ import type { ListenerConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from './generation.ts';
 import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
-import type { Logger } from '../logging/logger.ts';
+import { scriptText, type Logger } from '../logging/logger.ts';
 import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
 import { hookCallsObserved, notifyHookCall } from './hook-calls.ts';
 
@@ -34,8 +34,9 @@ export async function runHook(
       notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
         failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line, column: e.column } });
     }
-    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: e.message },
-      `policy script ${hook} failed: ${String(err)}`);
+    // The message of what a script threw may carry a client's text (a header, an address).
+    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: scriptText(e.message) },
+      `policy script ${hook} failed: ${scriptText(String(err))}`);
     return FAIL_CLOSED;
   }
 }

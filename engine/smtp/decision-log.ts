@@ -19,7 +19,7 @@ export interface LoggedReply { responseCode: number; enhanced: string; text: str
 export interface DecisionFacts {
   /** Envelope sender so far (MAIL FROM), '' for the null sender, undefined before MAIL. */
   from?: string;
-  /** The recipient this decision is about (RCPT), or the transaction's recipients (DATA). */
+  /** The recipient this decision is about (RCPT), or the transaction's recipients (DATA: the line names the first LOGGED_RECIPIENTS). */
   to?: string | readonly string[];
   /** Queue id, when the transaction has one. */
   id?: string | null;
@@ -47,18 +47,27 @@ function scriptFileOf(st: ConnectionState, reason: string | undefined): string |
   return hook ? st.generation.sandboxFor(st.listener).scriptFile(hook as HookName) : undefined;
 }
 
+/**
+ * Recipients a DATA-stage line names (then `nrcpt=` says how many there were): all of maxRecipients' worth
+ * made lines of ~50 KB, past the 4096 bytes a pipe writes at once, so the lines of the processes sharing
+ * stdout could interleave. The queue id and the first recipients find the message.
+ */
+export const LOGGED_RECIPIENTS = 5;
+
 /** Called by PosternConnection.send() alone, as the reply is written. */
 export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}): void {
   const st = conn.state;
   const name = clientName(conn.clientHostname);
   const client = `${name ?? 'unknown'}[${conn.remoteAddress}]`;
-  const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.join(',');
+  const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.slice(0, LOGGED_RECIPIENTS).join(',');
+  const nrcpt = typeof facts.to === 'object' ? facts.to.length : undefined;
   const address = stage === 'RCPT' ? to : stage === 'MAIL' ? facts.from : undefined;
   // Postfix names the address the reply is about, unless the reply text already starts with it.
   const subject = address !== undefined && !reply.text.startsWith('<') ? ` <${address}>:` : '';
   const parts = [
     facts.from !== undefined ? `from=<${facts.from}>` : null,
     to !== undefined ? `to=<${to}>` : null,
+    nrcpt !== undefined ? `nrcpt=${nrcpt}` : null,
     `proto=${st.heloCommand === 'EHLO' ? 'ESMTP' : 'SMTP'}`,
     st.heloName ? `helo=<${st.heloName}>` : null,
     facts.overLimit !== undefined ? `over_limit=${facts.overLimit}` : null,
@@ -68,7 +77,7 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
     listener: st.listener.name, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     script: scriptFileOf(st, reply.reason),
-    from: facts.from, to, helo: st.heloName, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
+    from: facts.from, to, nrcpt, helo: st.heloName, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}`);
 }

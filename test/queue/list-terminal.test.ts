@@ -4,7 +4,8 @@
  * terminal: C1 ones included (U+009B is CSI to a terminal that takes C1 controls in UTF-8, as xterm does),
  * and the line separators U+2028/U+2029. Stored that way, the log line and the bounce carry none either.
  * `queue show` prints the envelope too: the client certificate's subject, which the client chose (any
- * certificate, on a listener that requests one), is shown with its controls escaped like the message's.
+ * certificate, on a listener that requests one), is shown with its controls escaped like the message's, and
+ * kept at most 512 characters long (scripts of the SMTP hooks see it whole).
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
-import { makeTestPki } from '../helpers/pki.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startTestServer } from '../helpers/postern.ts';
 import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
@@ -53,6 +54,16 @@ test('a next hop\'s reply with terminal controls: queue list and show on a termi
   }
 });
 
+/** The queue id of a message sent over STARTTLS with `device`'s certificate. */
+async function queuedWithCertificate(port: number, pki: TestPki, device: { cert: string; key: string }): Promise<string> {
+  const c = await SmtpTestClient.connect(port);
+  await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: device.cert, key: device.key } });
+  const r = await c.sendMail('a@example.test', ['b@example.test']);
+  assert.equal(r.code, 250, r.text);
+  await c.quit();
+  return /queued as (\w+)/.exec(r.text)![1]!;
+}
+
 test('a client certificate whose subject carries C1 controls: queue show on a terminal shows none of them', { ...needs('script'), timeout: 90_000 }, async () => {
   const pki = await makeTestPki();
   const device = await createSelfSignedCertificate({ commonName: 'printer\u009b2J\u009b]0;owned\u0085 lobby' });
@@ -60,16 +71,53 @@ test('a client certificate whose subject carries C1 controls: queue show on a te
     config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: testServerTls(pki, { clientCertificates: 'request' }) })] }),
   });
   try {
-    const c = await SmtpTestClient.connect(server.port('in'));
-    await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: device.cert, key: device.key } });
-    const r = await c.sendMail('a@example.test', ['b@example.test']);
-    assert.equal(r.code, 250, r.text);
-    await c.quit();
-    const id = /queued as (\w+)/.exec(r.text)![1]!;
+    const id = await queuedWithCertificate(server.port('in'), pki, device);
     const command = [process.execPath, MAIN, 'queue', 'show', id, '--envelope', '-c', join(server.dir, 'postern.yaml')].map((a) => `'${a}'`).join(' ');
     const onTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }).toString('utf8');
     assert.match(onTerminal, /client_certificate: CN=printer.*lobby/, onTerminal);
     assert.doesNotMatch(onTerminal.replace(/\r\n/g, '\n'), CONTROL, JSON.stringify(onTerminal));
+  } finally {
+    await server.stop();
+  }
+});
+
+test('an SMTPUTF8 recipient with bidi overrides and isolates: queue list on a terminal shows them escaped', { ...needs('script'), timeout: 90_000 }, async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: { mode: 'none' } })] }),
+  });
+  try {
+    const c = await SmtpTestClient.connect(server.port('in'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test> SMTPUTF8')).code, 250);
+    // U+202E shows "evil" backwards; U+2066 … U+2069 an isolate around it.
+    const rcpt = await c.command('RCPT TO:<ceo\u202Elive\u202C\u2066x\u2069@example.test>');
+    assert.equal(rcpt.code, 250, rcpt.text);
+    assert.equal((await c.command('DATA')).code, 354);
+    assert.equal((await c.command('Subject: t\r\n\r\nhi\r\n.')).code, 250);
+    await c.quit();
+    const command = [process.execPath, MAIN, 'queue', 'list', '-c', join(server.dir, 'postern.yaml')].map((a) => `'${a}'`).join(' ');
+    const onTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }).toString('utf8');
+    assert.match(onTerminal, /ceo<U\+202E>live<U\+202C><U\+2066>x<U\+2069>@example\.test/, onTerminal);
+    assert.doesNotMatch(onTerminal, /[\u202a-\u202e\u2066-\u2069]/u, JSON.stringify(onTerminal));
+  } finally {
+    await server.stop();
+  }
+});
+
+test('a 20,000-character certificate subject: scripts see it whole, the queued envelope keeps 512 characters and "..."', { timeout: 90_000 }, async () => {
+  const pki = await makeTestPki();
+  const name = `device-${'x'.repeat(20_000)}`;
+  const device = await createSelfSignedCertificate({ commonName: name });
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: testServerTls(pki, { clientCertificates: 'request' }) })] }),
+    scripts: { 'rcptto.ts': `export default (ctx: RcptToContext) => ctx.connection.clientCertificate?.subject.dn === ${JSON.stringify(`CN=${name}`)} ? undefined : reject('not the whole name');` },
+  });
+  try {
+    const id = await queuedWithCertificate(server.port('in'), pki, device);
+    const shown = execFileSync(process.execPath, [MAIN, 'queue', 'show', id, '--json', '-c', join(server.dir, 'postern.yaml')], { timeout: 30_000 }).toString('utf8');
+    const { subject, issuer } = (JSON.parse(shown) as { session: { clientCertificate: { subject: string; issuer: string } } }).session.clientCertificate;
+    assert.equal(subject, `CN=${name}`.slice(0, 512) + '...');
+    assert.equal(issuer, subject, 'self-signed: the issuer is the subject, cut the same way');
   } finally {
     await server.stop();
   }
