@@ -18,6 +18,10 @@ import { crc32 } from 'node:zlib';
 const MAGIC_V4 = Buffer.from('POSTERN-RECORD-V4 ');
 const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|([234]) ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
 const MAX_HEADER = 80;
+/** The newest record version this release reads (journal.ts writes it). */
+export const RECORD_VERSION = 4;
+/** Any release's record header, to tell a record of a newer release from damage. */
+const ANY_VERSION = /^POSTERN-RECORD-V(\d{1,6}) /;
 const ZERO_CHUNK = Buffer.alloc(64 * 1024);
 
 /**
@@ -43,6 +47,21 @@ export function keyedRecordSeedFrom(keyCrc: number, id: string, length: number):
 
 /** Thrown when a V4 record is read in sequence and there is no key to check it with. */
 export class MissingJournalKeyError extends Error {}
+
+/**
+ * Thrown when a record of a version this release does not know is read in sequence: a newer release wrote
+ * this journal (a downgrade). Its records are mail that was acknowledged; taken for damage, they would be
+ * moved to quarantine/ as a torn tail and their segment deleted, and the queue would look empty.
+ */
+export class NewerRecordError extends Error {
+  readonly offset: number;
+  readonly version: number;
+  constructor(offset: number, version: number) {
+    super(`a record of version ${version} at offset ${offset}, written by a newer release of Postern (this one reads records up to version ${RECORD_VERSION})`);
+    this.offset = offset;
+    this.version = version;
+  }
+}
 
 export interface ScannedRecord {
   id: string;
@@ -70,6 +89,7 @@ export function scanSegment(data: Buffer, key: string | null): { records: Scanne
   while (offset < data.length) {
     const h = headerAt(data, offset, key);
     if (h?.keyed && key === null) throw new MissingJournalKeyError(`a V4 record at offset ${offset}, and no journal key to check it with`);
+    if (!h) newerRecord(data, offset);
     const record = recordAt(data, offset, key);
     if (record) {
       records.push(record);
@@ -86,6 +106,16 @@ export function scanSegment(data: Buffer, key: string | null): { records: Scanne
     offset = next;
   }
   return { records, damaged };
+}
+
+/**
+ * Throws NewerRecordError when a record of a newer version starts at `offset`. Asked only where a record must
+ * start (the segment's start, right after an intact record): a client's message, inside a record, is never
+ * read there.
+ */
+function newerRecord(data: Buffer, offset: number): void {
+  const m = ANY_VERSION.exec(data.toString('latin1', offset, Math.min(data.length, offset + 32)));
+  if (m && Number(m[1]) > RECORD_VERSION) throw new NewerRecordError(offset, Number(m[1]));
 }
 
 /** The header at `offset`, if it parses (its record may still be damaged). */
