@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Spool, type ScanEntry, type SpoolWriter } from '../spool/spool.ts';
 import type { SpoolEnvelope, SpoolHold, SpoolState } from '../spool/envelope.ts';
+import type { Logger } from '../logging/logger.ts';
 
 /** Where worker `index` keeps its spool. */
 export function workerSpoolDir(dataDir: string, index: number): string {
@@ -31,9 +32,13 @@ export class SpoolSet {
   readonly #workers = new Map<string, Spool>();
   readonly #owner = new Map<string, Spool>();
 
-  constructor(home: Spool) {
+  /** For the process that delivers: the workers this server runs, and its logger (see #all). */
+  readonly #writers: { workers: number; logger: Logger } | null;
+
+  constructor(home: Spool, writers?: { workers: number; logger: Logger }) {
     this.home = home;
     this.root = home.root;
+    this.#writers = writers ?? null;
   }
 
   /** The data folder's reserve for the queue's bookkeeping (in the home spool's folder). */
@@ -49,7 +54,13 @@ export class SpoolSet {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    for (const n of names) if (!this.#workers.has(n)) this.#workers.set(n, new Spool(join(this.root, n)));
+    for (const n of names) {
+      if (this.#workers.has(n)) continue;
+      // A spool of a worker this server does not run (it had more) is written by nobody, so nobody would report
+      // its damaged records at start: its reader does, as it finds them (a worker's own reports them at its start).
+      const orphan = this.#writers !== null && Number(n.slice('worker-'.length)) >= this.#writers.workers;
+      this.#workers.set(n, new Spool(join(this.root, n), orphan ? { readerLogger: this.#writers!.logger } : {}));
+    }
     return [this.home, ...this.#workers.values()];
   }
 

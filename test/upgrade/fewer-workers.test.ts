@@ -1,0 +1,39 @@
+// An upgrade that also lowers `workers` (or a new machine with fewer cores and `workers: auto`): the spool of a
+// worker the new server does not run is still delivered by its queue process, which only reads it. A damaged
+// record in it was skipped without a word: the worker that would report it at its start never starts, and the
+// reader kept what it found to itself. Now the reader of such a spool reports it, with segment and offset.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
+import { startSink } from '../helpers/sink.ts';
+
+const FIXTURE = new URL('./fixtures/7dd6e65/', import.meta.url).pathname;
+
+test('a damaged record in the spool of a worker the server no longer runs is reported with its segment and offset; the rest is delivered', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'postern-fewer-workers-'));
+  cpSync(FIXTURE, root, { recursive: true });
+  // The fixture's server ran two workers; worker-1's journal holds deferred0, deferred1, deferred2 and inflight1.
+  const segment = join(root, 'data/spool/worker-1/journal/0000000001.seg');
+  const bytes = readFileSync(segment);
+  const at = bytes.indexOf('Subject: deferred1');
+  bytes[at + 2] ^= 0x20; // a flipped bit on the disk
+  writeFileSync(segment, bytes);
+  const sink = await startSink({});
+  const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port)}`, dataDir: join(root, 'data') });
+  try {
+    const subjects = (): string[] => sink.messages.map((m) => /^Subject: (\S+)/m.exec(m.data.toString())![1]!);
+    await c.waitFor('the other messages of both spools delivered', () => ['deferred0', 'deferred2', 'inflight1', 'deferred3', 'inflight0'].every((s) => subjects().includes(s)));
+    const line = await c.waitFor('the damage reported', () => c.logs.find((l) => l.segment === segment));
+    assert.equal(line.level, 50);
+    assert.match(String(line.msg), new RegExp(`^journal: damaged record in ${segment} at offset \\d+ \\(\\d+ bytes\\) skipped, the records after it recovered; no process of this server writes ${join(root, 'data/spool/worker-1')}: the segment is kept$`));
+    assert.ok(Number(line.offset) <= at && at < Number(line.offset) + Number(line.bytes), 'the range holds the damaged message');
+    assert.equal(c.logs.filter((l) => l.segment === segment).length, 1, 'reported once, not at every scan');
+    assert.ok(!subjects().includes('deferred1'));
+  } finally {
+    await c.stop();
+    await sink.close();
+  }
+});
