@@ -19,6 +19,34 @@ export interface CrashRecord { worker: number; scripts: RunningScript[] }
 
 const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
+const FENCE_LIST = 'fenced.json';
+
+/**
+ * The fences saved in `dir` ([] when there is no list yet); throws, naming the file, when the file is not a list of
+ * fences: taken for none, a list cut short was dropped without a word, and a list of another shape (a newer
+ * release's) made each worker throw at start ("list is not iterable").
+ */
+export function readFenceList(dir: string): Fence[] {
+  const path = join(dir, FENCE_LIST);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new Error(`${path}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: not JSON (${(err as Error).message})`);
+  }
+  const isFence = (f: unknown): boolean => typeof f === 'object' && f !== null
+    && ['hook', 'file', 'sha256'].every((k) => typeof (f as Record<string, unknown>)[k] === 'string');
+  if (!Array.isArray(list) || !list.every(isFence)) throw new Error(`${path}: not a list of fences (hook, file, sha256), as this release writes it`);
+  return list as Fence[];
+}
+
 export class FenceBook {
   readonly #dir: string;
   readonly #onSaveError: (err: unknown) => void;
@@ -27,14 +55,23 @@ export class FenceBook {
   readonly #crashes = new Map<string, number>();
   #fences: Fence[] = [];
 
-  /** `onSaveError`: the fence list could not be written (it stays in force in memory). */
-  constructor(dir: string, onSaveError: (err: unknown) => void = () => undefined) {
+  /**
+   * `onSaveError`: the fence list could not be written (it stays in force in memory). `onUnreadable`: the list
+   * on disk could not be read (cut short, hand-edited, or another release's format): it is moved aside to
+   * `fenced.json.unreadable` (not overwritten by the next save) and the server starts without those fences.
+   */
+  constructor(dir: string, onSaveError: (err: unknown) => void = () => undefined, onUnreadable: (err: Error, keptAs: string | null) => void = () => undefined) {
     this.#dir = dir;
     this.#onSaveError = onSaveError;
     mkdirSync(dir, { recursive: true });
     try {
-      this.#fences = JSON.parse(readFileSync(join(dir, 'fenced.json'), 'utf8')) as Fence[];
-    } catch { /* none yet */ }
+      this.#fences = readFenceList(dir);
+    } catch (err) {
+      const path = join(dir, FENCE_LIST);
+      let keptAs: string | null = `${path}.unreadable`;
+      try { renameSync(path, keptAs); } catch { keptAs = null; }
+      onUnreadable(err as Error, keptAs);
+    }
   }
 
   get fences(): readonly Fence[] { return this.#fences; }
@@ -99,7 +136,7 @@ export class FenceBook {
 
   /** The fence list on disk, for the next start; one that cannot be written (a full disk) still holds in memory. */
   #save(): void {
-    const path = join(this.#dir, 'fenced.json');
+    const path = join(this.#dir, FENCE_LIST);
     try {
       writeFileSync(`${path}.tmp`, JSON.stringify(this.#fences, null, 2));
       renameSync(`${path}.tmp`, path);

@@ -191,7 +191,8 @@ export class Supervisor {
       },
     });
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
-      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'),
+    (err, keptAs) => log.error({ err: { message: err.message }, keptAs }, `the fence list is unreadable: ${err.message}; starting without its fences (${keptAs ? `the file is kept as ${keptAs}` : 'it could not be moved aside'})`));
     setFenceProbe(() => this.#fences.fences.length);
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
