@@ -15,7 +15,7 @@ const FIXTURE = new URL('./fixtures/7dd6e65/', import.meta.url).pathname;
 test('a damaged record in the spool of a worker the server no longer runs is reported with its segment and offset; the rest is delivered', async () => {
   const root = mkdtempSync(join(tmpdir(), 'postern-fewer-workers-'));
   cpSync(FIXTURE, root, { recursive: true });
-  // The fixture's server ran two workers; worker-1's journal holds deferred0, deferred1, deferred2 and inflight1.
+  // The fixture's server ran two workers; worker-1's journal holds done0-2 (delivered), deferred0-2, held1 and inflight1.
   const segment = join(root, 'data/spool/worker-1/journal/0000000001.seg');
   const bytes = readFileSync(segment);
   const at = bytes.indexOf('Subject: deferred1');
@@ -32,6 +32,8 @@ test('a damaged record in the spool of a worker the server no longer runs is rep
     assert.ok(Number(line.offset) <= at && at < Number(line.offset) + Number(line.bytes), 'the range holds the damaged message');
     assert.equal(c.logs.filter((l) => l.segment === segment).length, 1, 'reported once, not at every scan');
     assert.ok(!subjects().includes('deferred1'));
+    // The rest of that spool is read as its worker would: done stays done, held stays held.
+    for (const s of ['done0', 'done1', 'done2', 'held1']) assert.ok(!subjects().includes(s), `${s} must not be delivered`);
   } finally {
     await c.stop();
     await sink.close();
