@@ -21,6 +21,36 @@ const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
 
 const FENCE_LIST = 'fenced.json';
 
+/** A crash record (crash-record.ts), or an error naming the file. */
+function readCrashRecord(path: string): CrashRecord {
+  const text = readFileSync(path, 'utf8');
+  let record: unknown;
+  try {
+    record = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: not JSON (${(err as Error).message})`);
+  }
+  const r = record as Partial<CrashRecord> | null;
+  if (typeof r !== 'object' || r === null || typeof r.worker !== 'number' || !Array.isArray(r.scripts) || !r.scripts.every(isScript)) {
+    throw new Error(`${path}: not a crash record (worker, scripts), as this release writes it`);
+  }
+  return r as CrashRecord;
+}
+
+function isScript(f: unknown): boolean {
+  return typeof f === 'object' && f !== null && ['hook', 'file', 'sha256'].every((k) => typeof (f as Record<string, unknown>)[k] === 'string');
+}
+
+/** Rename an unreadable file to `<file>.unreadable` (kept for the administrator, never read again); its new name, or null. */
+function setAside(path: string): string | null {
+  try {
+    renameSync(path, `${path}.unreadable`);
+    return `${path}.unreadable`;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * The fences saved in `dir` ([] when there is no list yet); throws, naming the file, when the file is not a list of
  * fences: taken for none, a list cut short was dropped without a word, and a list of another shape (a newer
@@ -41,15 +71,14 @@ export function readFenceList(dir: string): Fence[] {
   } catch (err) {
     throw new Error(`${path}: not JSON (${(err as Error).message})`);
   }
-  const isFence = (f: unknown): boolean => typeof f === 'object' && f !== null
-    && ['hook', 'file', 'sha256'].every((k) => typeof (f as Record<string, unknown>)[k] === 'string');
-  if (!Array.isArray(list) || !list.every(isFence)) throw new Error(`${path}: not a list of fences (hook, file, sha256), as this release writes it`);
+  if (!Array.isArray(list) || !list.every(isScript)) throw new Error(`${path}: not a list of fences (hook, file, sha256), as this release writes it`);
   return list as Fence[];
 }
 
 export class FenceBook {
   readonly #dir: string;
   readonly #onSaveError: (err: unknown) => void;
+  readonly #onUnreadable: (message: string, keptAs: string | null) => void;
   /** Crash records counted but still on disk (they could not be removed). */
   readonly #counted = new Set<string>();
   readonly #crashes = new Map<string, number>();
@@ -58,19 +87,19 @@ export class FenceBook {
   /**
    * `onSaveError`: the fence list could not be written (it stays in force in memory). `onUnreadable`: the list
    * on disk could not be read (cut short, hand-edited, or another release's format): it is moved aside to
-   * `fenced.json.unreadable` (not overwritten by the next save) and the server starts without those fences.
+   * `fenced.json.unreadable` (not overwritten by the next save) and the server starts without those fences; a
+   * crash record likewise (`<record>.unreadable`), uncounted. `onUnreadable` gets the line to log.
    */
-  constructor(dir: string, onSaveError: (err: unknown) => void = () => undefined, onUnreadable: (err: Error, keptAs: string | null) => void = () => undefined) {
+  constructor(dir: string, onSaveError: (err: unknown) => void = () => undefined, onUnreadable: (message: string, keptAs: string | null) => void = () => undefined) {
     this.#dir = dir;
     this.#onSaveError = onSaveError;
+    this.#onUnreadable = onUnreadable;
     mkdirSync(dir, { recursive: true });
     try {
       this.#fences = readFenceList(dir);
     } catch (err) {
-      const path = join(dir, FENCE_LIST);
-      let keptAs: string | null = `${path}.unreadable`;
-      try { renameSync(path, keptAs); } catch { keptAs = null; }
-      onUnreadable(err as Error, keptAs);
+      const keptAs = setAside(join(dir, FENCE_LIST));
+      onUnreadable(`the fence list is unreadable: ${(err as Error).message}; starting without its fences (${keptAs ? `the file is kept as ${keptAs}` : 'it could not be moved aside'})`, keptAs);
     }
   }
 
@@ -86,11 +115,18 @@ export class FenceBook {
       if (!/^crash-.*\.json$/.test(name)) continue;
       const path = join(this.#dir, name);
       if (!this.#counted.has(name)) {
+        let record: CrashRecord;
         try {
-          crashes.push(JSON.parse(readFileSync(path, 'utf8')) as CrashRecord);
-        } catch {
-          continue; // being written
+          record = readCrashRecord(path);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // taken meanwhile
+          // Written whole (crash-record.ts), so never read mid-write: cut short by a crash of the disk or an older
+          // release's writer, or of another shape. Taken for "being written", it was skipped at every look for ever.
+          const keptAs = setAside(path);
+          this.#onUnreadable(`a crash record is unreadable: ${(err as Error).message}; not counted (${keptAs ? `kept as ${keptAs}` : 'it could not be moved aside'})`, keptAs);
+          continue;
         }
+        crashes.push(record);
         this.#counted.add(name);
       }
       // Counted once, even when it cannot be taken away (a broken disk): forgotten once it is gone.
