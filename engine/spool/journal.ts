@@ -262,7 +262,7 @@ export class Journal {
         if (n === 0) break;
         got += n;
       }
-      const { records } = this.#scanWithKey(data.subarray(0, got), segment.path);
+      const { records } = this.#scanWithKey(data.subarray(0, got), segment.path, segment.readTo === 0);
       const base = segment.readTo;
       for (const r of records) this.#indexRecord(segment, { ...r, offset: base + r.offset });
       const last = records.at(-1);
@@ -277,14 +277,14 @@ export class Journal {
   }
 
   /** scanSegment, reading the key again if a reader meets a V4 record before the writer's first key was there. */
-  #scanWithKey(data: Buffer, path: string): ReturnType<typeof scanSegment> {
+  #scanWithKey(data: Buffer, path: string, fromStart: boolean): ReturnType<typeof scanSegment> {
     try {
-      return scanSegment(data, this.#key);
+      return scanSegment(data, this.#key, fromStart);
     } catch (err) {
       if (err instanceof NewerRecordError) throw newerJournal(path, err);
       if (!(err instanceof MissingJournalKeyError)) throw err;
       this.#key ??= this.#writable ? null : readJournalKey(this.dir);
-      if (this.#key !== null) return scanSegment(data, this.#key);
+      if (this.#key !== null) return scanSegment(data, this.#key, fromStart);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
   }

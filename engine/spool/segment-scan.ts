@@ -81,15 +81,18 @@ export interface DamagedRange {
   tail: boolean;
 }
 
-/** `key`: the journal's secret (journal/key); null when it has none yet (then it has no V4 records). */
-export function scanSegment(data: Buffer, key: string | null): { records: ScannedRecord[]; damaged: DamagedRange[] } {
+/**
+ * `key`: the journal's secret (journal/key); null when it has none yet (then it has no V4 records). `fromStart`:
+ * `data` starts at the segment's first byte (a reader reading on from its last record passes false).
+ */
+export function scanSegment(data: Buffer, key: string | null, fromStart = true): { records: ScannedRecord[]; damaged: DamagedRange[] } {
   const records: ScannedRecord[] = [];
   const damaged: DamagedRange[] = [];
   let offset = 0;
   while (offset < data.length) {
     const h = headerAt(data, offset, key);
     if (h?.keyed && key === null) throw new MissingJournalKeyError(`a V4 record at offset ${offset}, and no journal key to check it with`);
-    if (!h) newerRecord(data, offset);
+    if (!h && offset === 0 && fromStart) newerRecord(data, key);
     const record = recordAt(data, offset, key);
     if (record) {
       records.push(record);
@@ -109,13 +112,25 @@ export function scanSegment(data: Buffer, key: string | null): { records: Scanne
 }
 
 /**
- * Throws NewerRecordError when a record of a newer version starts at `offset`. Asked only where a record must
- * start (the segment's start, right after an intact record): a client's message, inside a record, is never
- * read there.
+ * Throws NewerRecordError when the segment starts with a record of a newer version. A writer starts a segment of
+ * its own at each start, so a newer release's records begin a segment: only there is an unknown version taken
+ * for one (elsewhere it is damage, as before). A header whose version digit a bit flip changed still checks as
+ * the V4 record it was (the checksum does not cover that digit) and is followed by a V4 record, or by nothing:
+ * damage too, not a newer release.
  */
-function newerRecord(data: Buffer, offset: number): void {
-  const m = ANY_VERSION.exec(data.toString('latin1', offset, Math.min(data.length, offset + 32)));
-  if (m && Number(m[1]) > RECORD_VERSION) throw new NewerRecordError(offset, Number(m[1]));
+function newerRecord(data: Buffer, key: string | null): void {
+  const head = data.toString('latin1', 0, Math.min(data.length, MAX_HEADER));
+  const version = Number(ANY_VERSION.exec(head)?.[1] ?? 0);
+  if (version <= RECORD_VERSION) return;
+  const v4 = /^POSTERN-RECORD-V\d+ ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8})\n/.exec(head);
+  if (v4 && key !== null) {
+    const start = v4[0].length;
+    const end = start + Number(v4[2]);
+    const checks = end < data.length && data[end] === 0x0a && crc32(data.subarray(start, end), keyedRecordSeed(key, v4[1]!, Number(v4[2]))) === parseInt(v4[3]!, 16);
+    const next = Number(ANY_VERSION.exec(data.toString('latin1', end + 1, Math.min(data.length, end + 1 + MAX_HEADER)))?.[1] ?? 0);
+    if (checks && next !== version) return;
+  }
+  throw new NewerRecordError(0, version);
 }
 
 /** The header at `offset`, if it parses (its record may still be damaged). */
