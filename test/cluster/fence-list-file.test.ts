@@ -6,16 +6,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, greeted, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-fence-list-');
 
 for (const [what, content] of [
   ['of another shape (an object, as a newer release might write)', '{"version":2,"fences":[{"hook":"rcptto","file":"/etc/postern/scripts/rcptto.js","sha256":"ab","since":"2026-12-06T00:00:00.000Z","crashes":3}]}\n'],
   ['cut short', '[{"hook":"rcptto","file":"/etc/postern/scripts/rcpt'],
 ] as const) {
   test(`a fence list ${what} is reported naming the file and kept aside; the server starts without it`, async () => {
-    const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-fence-list-')), 'data');
+    const dataDir = join(mkdtempSync(join(scratch.path, 'postern-fence-list-')), 'data');
     const list = join(dataDir, 'fences', 'fenced.json');
     mkdirSync(join(dataDir, 'fences'), { recursive: true });
     writeFileSync(list, content);
@@ -38,7 +40,7 @@ for (const [what, content] of [
 }
 
 test('a crash record that cannot be read (cut short by a kill during an older release\'s write, or of another shape) is reported naming the file and kept aside, not skipped at every look', async () => {
-  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-fence-list-')), 'data');
+  const dataDir = join(mkdtempSync(join(scratch.path, 'postern-fence-list-')), 'data');
   const fences = join(dataDir, 'fences');
   mkdirSync(fences, { recursive: true });
   const torn = join(fences, 'crash-4194301-1765000000000.json');

@@ -7,12 +7,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, TWO_WORKERS, deliveryToSink, type ClusterProcess } from '../helpers/cluster.ts';
 import { startSink } from '../helpers/sink.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-upgrade-');
 
 const FIXTURES = new URL('./fixtures/', import.meta.url).pathname;
 
@@ -54,7 +56,7 @@ const device = (root: string, name: string): string => join(root, 'ca/devices', 
 for (const commit of readdirSync(FIXTURES).filter((n) => /^[0-9a-f]{7,}$/.test(n))) {
   const expected = JSON.parse(readFileSync(join(FIXTURES, commit, 'expected.json'), 'utf8')) as Expected;
   test(`the data directory of ${commit}, killed with mail queued, held and under way: delivered by this release, holds${expected.pki ? ', revocations and pins' : ''} kept`, async () => {
-    const root = mkdtempSync(join(tmpdir(), `postern-upgrade-${commit}-`));
+    const root = mkdtempSync(join(scratch.path, `postern-upgrade-${commit}-`));
     cpSync(join(FIXTURES, commit), root, { recursive: true });
     const sink = await startSink({});
     const c = await startCluster({ config: `${TWO_WORKERS}${expected.pki ? pkiConfig(root) : ''}${deliveryToSink(sink.port)}`, dataDir: join(root, 'data') });

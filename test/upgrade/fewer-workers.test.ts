@@ -5,15 +5,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 import { startSink } from '../helpers/sink.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-fewer-workers-');
 
 const FIXTURE = new URL('./fixtures/7dd6e65/', import.meta.url).pathname;
 
 test('a damaged record in the spool of a worker the server no longer runs is reported with its segment and offset; the rest is delivered', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'postern-fewer-workers-'));
+  const root = mkdtempSync(join(scratch.path, 'postern-fewer-workers-'));
   cpSync(FIXTURE, root, { recursive: true });
   // The fixture's server ran two workers; worker-1's journal holds done0-2 (delivered), deferred0-2, held1 and inflight1.
   const segment = join(root, 'data/spool/worker-1/journal/0000000001.seg');

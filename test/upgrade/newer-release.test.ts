@@ -6,7 +6,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../../engine/spool/journal.ts';
 import { Spool } from '../../engine/spool/spool.ts';
@@ -17,6 +16,9 @@ import { keyedRecordSeed } from '../../engine/spool/segment-scan.ts';
 import { startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 import { startSink } from '../helpers/sink.ts';
 import { runCli } from '../helpers/cli.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const scratch = useScratchDir('postern-newer-');
 
 const KEY = 'ab'.repeat(32);
 const envelope = (id: string, version = 1): SpoolEnvelope => ({
@@ -51,7 +53,7 @@ function snapshot(dir: string): Map<string, Buffer | null> {
 }
 
 test('a journal segment of records newer than this release is refused with its file named, and nothing in the journal changes', () => {
-  const dir = join(mkdtempSync(join(tmpdir(), 'postern-newer-')), 'journal');
+  const dir = join(mkdtempSync(join(scratch.path, 'postern-newer-')), 'journal');
   const { newer, files } = journalWithNewerSegment(dir);
   for (const writable of [true, false]) {
     assert.throws(() => Journal.open(dir, { writable }), (err: Error) => {
@@ -68,7 +70,7 @@ test('a journal segment of records newer than this release is refused with its f
 });
 
 test('a bit flip that raises a record\'s version is damage, not a newer release: the journal is read and the record kept aside', () => {
-  const dir = join(mkdtempSync(join(tmpdir(), 'postern-newer-')), 'journal');
+  const dir = join(mkdtempSync(join(scratch.path, 'postern-newer-')), 'journal');
   mkdirSync(dir);
   writeFileSync(join(dir, 'key'), `${KEY}\n`);
   const flipped = (r: Buffer): Buffer => { const b = Buffer.from(r); b['POSTERN-RECORD-V'.length] ^= 0x01; return b; }; // '4' -> '5'
@@ -83,7 +85,7 @@ test('a bit flip that raises a record\'s version is damage, not a newer release:
 
 test('postern serve on a data directory whose worker spool a newer release wrote refuses to start, naming the segment; the spool is left as it was', async () => {
   const sink = await startSink({});
-  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-newer-')), 'data');
+  const dataDir = join(mkdtempSync(join(scratch.path, 'postern-newer-')), 'data');
   const { newer, files } = journalWithNewerSegment(join(dataDir, 'spool', 'worker-0', 'journal'));
   try {
     const outcome = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port)}`, dataDir }).catch((err: unknown) => err as Error);
@@ -106,7 +108,7 @@ test('postern serve on a data directory whose worker spool a newer release wrote
 });
 
 test('a message file whose envelope a newer release wrote is reported as such and not delivered', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'postern-newer-'));
+  const root = mkdtempSync(join(scratch.path, 'postern-newer-'));
   const spool = new Spool(root);
   await spool.init();
   const id = '0mxaaaaaa0000000009';
