@@ -64,6 +64,16 @@ export class SpoolSet {
     return [this.home, ...this.#workers.values()];
   }
 
+  /** Worker spools found unreadable, with what was logged (once per spool and error, not at every scan). */
+  readonly #reported = new Map<Spool, string>();
+
+  #unreadable(spool: Spool, err: Error): void {
+    if (this.#reported.get(spool) === err.message) return;
+    this.#reported.set(spool, err.message);
+    this.#writers!.logger.error({ spool: spool.root, err: { message: err.message } },
+      `spool ${spool.root} cannot be read: ${err.message}; its messages are not delivered (the other spools' are)`);
+  }
+
   /** A worker announced a message it committed to the spool in `dir`. */
   locate(id: string, dir: string): void {
     const name = dir.slice(this.root.length + 1);
@@ -96,8 +106,13 @@ export class SpoolSet {
         entries = await spool.scan(opts);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // a worker spool not created yet
-        throw err;
+        // For the process that delivers, a worker spool it cannot read (a newer release's records, its journal key
+        // lost) costs that spool's messages, not every spool's: it was the whole scan, at every scan, for ever.
+        if (!this.#writers || spool === this.home) throw err;
+        this.#unreadable(spool, err as Error);
+        continue;
       }
+      this.#reported.delete(spool);
       for (const e of entries) { out.push(e); seen.set(e.id, spool); }
     }
     this.#owner.clear();
@@ -111,7 +126,9 @@ export class SpoolSet {
       try {
         for (const id of await spool.list()) { ids.push(id); this.#owner.set(id, spool); }
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        if (!this.#writers || spool === this.home) throw err;
+        this.#unreadable(spool, err as Error); // as in scan()
       }
     }
     return ids.sort();
