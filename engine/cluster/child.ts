@@ -8,7 +8,7 @@ import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
@@ -23,7 +23,6 @@ import { registry } from '../metrics/metrics.ts';
 import { HEARTBEAT_MS, HANG_MS, RECYCLE_GRACE_MS, STORE_CALL_MS, crashDir, runningMirror } from './process-model.ts';
 import { abandonedRunningScripts, exitMayHang, mustRecycle as mustRecycleNow, onMustRecycle, onUnrecoverable, stuckLoadScripts } from '../sandbox/index.ts';
 import { writeCrashRecord } from './crash-record.ts';
-import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
 
@@ -46,8 +45,8 @@ async function main(): Promise<void> {
   // its worker while loading must not run its top level again in the replacement (the supervisor's list
   // comes with 'ready', too late for that).
   try {
-    runningCall.setFenced(readFenceList(crashDir(loaded.config.dataDir)));
-  } catch { /* unreadable: the supervisor reports it (and sets it aside) */ }
+    runningCall.setFenced(JSON.parse(readFileSync(join(crashDir(loaded.config.dataDir), 'fenced.json'), 'utf8')) as RunningScript[]);
+  } catch { /* none yet */ }
   const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Per-IP slots: by round trip to the supervisor, or alone while it holds the counting lease (shared-counters.ts).
   const counters = new WorkerCounters({ send }, windowMs);

@@ -4,7 +4,7 @@
  * the worker itself when its sandbox cannot recover (a call abandoned on a parked isolate thread). Synchronous
  * only: the watchdog thread may not wait for the stuck main thread.
  */
-import { mkdirSync, renameSync, writeFileSync, truncateSync } from 'node:fs';
+import { mkdirSync, writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RunningScript } from '../sandbox/running-call.ts';
 
@@ -23,10 +23,6 @@ export interface CrashRecordFile {
  */
 export function writeCrashRecord(dir: string, mirror: string, record: CrashRecordFile): void {
   mkdirSync(dir, { recursive: true });
-  // Whole or not at all (the supervisor may kill this process mid-write): a record it finds is complete, and one
-  // it cannot read is reported, not waited for. The temporary name is not a record's (see FenceBook.collect).
-  const name = `crash-${record.pid}-${Date.now()}.json`;
-  writeFileSync(join(dir, `.${name}.tmp`), JSON.stringify(record));
-  renameSync(join(dir, `.${name}.tmp`), join(dir, name));
+  writeFileSync(join(dir, `crash-${record.pid}-${Date.now()}.json`), JSON.stringify(record));
   truncateSync(`${mirror}.bin`, 0);
 }

@@ -191,16 +191,14 @@ export class Supervisor {
       },
     });
     this.#fences = new FenceBook(crashDir(config.config.dataDir), (err) =>
-      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'),
-    (message, keptAs) => log.error({ keptAs }, message));
+      log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'));
     setFenceProbe(() => this.#fences.fences.length);
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     });
-    // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now), and
-    // crash records a killed child had not finished writing (crash-record.ts).
+    // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
-      if (name.startsWith('running-') || /^\.crash-.*\.tmp$/.test(name)) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
+      if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
     }
   }
 
