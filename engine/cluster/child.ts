@@ -169,7 +169,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, role, workerIndex: index, workers: Number(process.env.POSTERN_WORKERS), counters, memoryStore: store,
+    configPath, role, workerIndex: index, counters, memoryStore: store,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
@@ -178,6 +178,8 @@ async function main(): Promise<void> {
       if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
       spooled.push(id);
     },
+    // The queue process: spools of workers beyond these are written by none (spool-set.ts reports their damage).
+    workers: Number(process.env.POSTERN_WORKERS),
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
