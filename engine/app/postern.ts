@@ -65,6 +65,8 @@ export interface StartOptions {
   role?: 'single' | 'worker' | 'queue';
   /** A worker's number: its spool is <dataDir>/spool/worker-<n>. */
   workerIndex?: number;
+  /** The queue process: how many workers the server runs (spools of workers beyond them are written by none). */
+  workers?: number;
   /** A worker's counters shared with the other workers through the supervisor. */
   counters?: WorkerCounters;
   /** A worker: a message was committed to its spool (tell the queue process). */
@@ -186,7 +188,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0), { journalSegmentBytes: WORKER_SEGMENT_BYTES, reserve: home.reserve.path }) : home;
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
-  const spools = new SpoolSet(home);
+  // The process that delivers reports the damage in spools no worker of this server writes (a single process: all of them).
+  const spools = new SpoolSet(home, role === 'worker' ? undefined : { workers: role === 'queue' ? opts.workers ?? 0 : 0, logger });
   const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.

@@ -177,6 +177,8 @@ async function main(): Promise<void> {
       if (spooled.length === 0) setTimeout(announce, ANNOUNCE_BATCH_MS, dir);
       spooled.push(id);
     },
+    // The queue process: spools of workers beyond these are written by none (spool-set.ts reports their damage).
+    workers: Number(process.env.POSTERN_WORKERS),
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too

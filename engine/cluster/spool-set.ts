@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Spool, type ScanEntry, type SpoolWriter } from '../spool/spool.ts';
 import type { SpoolEnvelope, SpoolHold, SpoolState } from '../spool/envelope.ts';
+import type { Logger } from '../logging/logger.ts';
 
 /** Where worker `index` keeps its spool. */
 export function workerSpoolDir(dataDir: string, index: number): string {
@@ -31,9 +32,13 @@ export class SpoolSet {
   readonly #workers = new Map<string, Spool>();
   readonly #owner = new Map<string, Spool>();
 
-  constructor(home: Spool) {
+  /** For the process that delivers: the workers this server runs, and its logger (see #all). */
+  readonly #writers: { workers: number; logger: Logger } | null;
+
+  constructor(home: Spool, writers?: { workers: number; logger: Logger }) {
     this.home = home;
     this.root = home.root;
+    this.#writers = writers ?? null;
   }
 
   /** The data folder's reserve for the queue's bookkeeping (in the home spool's folder). */
@@ -49,8 +54,24 @@ export class SpoolSet {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    for (const n of names) if (!this.#workers.has(n)) this.#workers.set(n, new Spool(join(this.root, n)));
+    for (const n of names) {
+      if (this.#workers.has(n)) continue;
+      // A spool of a worker this server does not run (it had more) is written by nobody, so nobody would report
+      // its damaged records at start: its reader does, as it finds them (a worker's own reports them at its start).
+      const orphan = this.#writers !== null && Number(n.slice('worker-'.length)) >= this.#writers.workers;
+      this.#workers.set(n, new Spool(join(this.root, n), orphan ? { readerLogger: this.#writers!.logger } : {}));
+    }
     return [this.home, ...this.#workers.values()];
+  }
+
+  /** Worker spools found unreadable, with what was logged (once per spool and error, not at every scan). */
+  readonly #reported = new Map<Spool, string>();
+
+  #unreadable(spool: Spool, err: Error): void {
+    if (this.#reported.get(spool) === err.message) return;
+    this.#reported.set(spool, err.message);
+    this.#writers!.logger.error({ spool: spool.root, err: { message: err.message } },
+      `spool ${spool.root} cannot be read: ${err.message}; its messages are not delivered (the other spools' are)`);
   }
 
   /** A worker announced a message it committed to the spool in `dir`. */
@@ -85,8 +106,13 @@ export class SpoolSet {
         entries = await spool.scan(opts);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // a worker spool not created yet
-        throw err;
+        // For the process that delivers, a worker spool it cannot read (a newer release's records, its journal key
+        // lost) costs that spool's messages, not every spool's: it was the whole scan, at every scan, for ever.
+        if (!this.#writers || spool === this.home) throw err;
+        this.#unreadable(spool, err as Error);
+        continue;
       }
+      this.#reported.delete(spool);
       for (const e of entries) { out.push(e); seen.set(e.id, spool); }
     }
     this.#owner.clear();
@@ -100,7 +126,9 @@ export class SpoolSet {
       try {
         for (const id of await spool.list()) { ids.push(id); this.#owner.set(id, spool); }
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        if (!this.#writers || spool === this.home) throw err;
+        this.#unreadable(spool, err as Error); // as in scan()
       }
     }
     return ids.sort();

@@ -36,7 +36,7 @@ import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
 import { randomBytes } from 'node:crypto';
-import { keyedRecordSeedFrom, MissingJournalKeyError, scanSegment } from './segment-scan.ts';
+import { keyedRecordSeedFrom, MissingJournalKeyError, NewerRecordError, scanSegment } from './segment-scan.ts';
 
 const HEADER = 'POSTERN-RECORD-V4';
 /** The journal's secret key (see keyedRecordSeed): 64 hex digits. */
@@ -163,7 +163,12 @@ export class Journal {
       .filter((s): s is string => s !== undefined)
       .map(Number)
       .sort((a, b) => a - b);
-    for (const seq of seqs) journal.#load(seq, seq === seqs.at(-1));
+    try {
+      for (const seq of seqs) journal.#load(seq, seq === seqs.at(-1));
+    } catch (err) {
+      journal.close(); // nothing was changed: a journal that cannot be read whole is not written either
+      throw err;
+    }
     journal.#nextSeq = (seqs.at(-1) ?? 0) + 1;
     if (opts.writable) {
       journal.#key ??= createJournalKey(dir);
@@ -260,7 +265,7 @@ export class Journal {
         if (n === 0) break;
         got += n;
       }
-      const { records } = this.#scanWithKey(data.subarray(0, got), segment.path);
+      const { records } = this.#scanWithKey(data.subarray(0, got), segment.path, segment.readTo === 0);
       const base = segment.readTo;
       for (const r of records) this.#indexRecord(segment, { ...r, offset: base + r.offset });
       const last = records.at(-1);
@@ -275,13 +280,14 @@ export class Journal {
   }
 
   /** scanSegment, reading the key again if a reader meets a V4 record before the writer's first key was there. */
-  #scanWithKey(data: Buffer, path: string): ReturnType<typeof scanSegment> {
+  #scanWithKey(data: Buffer, path: string, fromStart: boolean): ReturnType<typeof scanSegment> {
     try {
-      return scanSegment(data, this.#key);
+      return scanSegment(data, this.#key, fromStart);
     } catch (err) {
+      if (err instanceof NewerRecordError) throw newerJournal(path, err);
       if (!(err instanceof MissingJournalKeyError)) throw err;
       this.#key ??= this.#writable ? null : readJournalKey(this.dir);
-      if (this.#key !== null) return scanSegment(data, this.#key);
+      if (this.#key !== null) return scanSegment(data, this.#key, fromStart);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
   }
@@ -696,10 +702,15 @@ export class Journal {
     try {
       scanned = scanSegment(data.subarray(0, read), this.#key);
     } catch (err) {
-      if (!(err instanceof MissingJournalKeyError)) throw err;
+      if (!(err instanceof MissingJournalKeyError)) {
+        this.#segments.delete(seq);
+        closeSync(fd);
+        throw err instanceof NewerRecordError ? newerJournal(path, err) : err;
+      }
       // A reader that looked for the key just before the server's first start made it: look again.
       this.#key ??= this.#writable ? null : readJournalKey(this.dir);
       if (this.#key !== null) return this.#load(seq, last, fd);
+      this.#segments.delete(seq);
       closeSync(fd);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
@@ -798,6 +809,11 @@ function segmentsOf(batch: readonly Waiter[]): Segment[] {
   let one = true;
   for (const w of batch) if (w.segment !== first) { one = false; break; }
   return one ? [first] : [...new Set(batch.map((w) => w.segment))];
+}
+
+/** The error for a segment a newer release wrote: which file, and what the administrator can do. */
+function newerJournal(path: string, err: NewerRecordError): Error {
+  return new Error(`${path}: ${err.message}; nothing in this spool was read or changed: run the newer release again to deliver it (or release or delete its messages there) before starting this one on the data directory`);
 }
 
 /** The journal's key, or null when it has none yet. */

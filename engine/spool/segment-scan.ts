@@ -18,6 +18,10 @@ import { crc32 } from 'node:zlib';
 const MAGIC_V4 = Buffer.from('POSTERN-RECORD-V4 ');
 const HEADER_PATTERN = /^POSTERN-RECORD-V(?:1 ([0-9a-z]{8,32}) (\d{1,12})|([234]) ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8}))\n/;
 const MAX_HEADER = 80;
+/** The newest record version this release reads (journal.ts writes it). */
+export const RECORD_VERSION = 4;
+/** Any release's record header, to tell a record of a newer release from damage. */
+const ANY_VERSION = /^POSTERN-RECORD-V(\d{1,6}) /;
 const ZERO_CHUNK = Buffer.alloc(64 * 1024);
 
 /**
@@ -44,6 +48,21 @@ export function keyedRecordSeedFrom(keyCrc: number, id: string, length: number):
 /** Thrown when a V4 record is read in sequence and there is no key to check it with. */
 export class MissingJournalKeyError extends Error {}
 
+/**
+ * Thrown when a record of a version this release does not know is read in sequence: a newer release wrote
+ * this journal (a downgrade). Its records are mail that was acknowledged; taken for damage, they would be
+ * moved to quarantine/ as a torn tail and their segment deleted, and the queue would look empty.
+ */
+export class NewerRecordError extends Error {
+  readonly offset: number;
+  readonly version: number;
+  constructor(offset: number, version: number) {
+    super(`a record of version ${version} at offset ${offset}, written by a newer release of Postern (this one reads records up to version ${RECORD_VERSION})`);
+    this.offset = offset;
+    this.version = version;
+  }
+}
+
 export interface ScannedRecord {
   id: string;
   /** Where the record's bytes (after its header) start, and how many there are. */
@@ -62,14 +81,18 @@ export interface DamagedRange {
   tail: boolean;
 }
 
-/** `key`: the journal's secret (journal/key); null when it has none yet (then it has no V4 records). */
-export function scanSegment(data: Buffer, key: string | null): { records: ScannedRecord[]; damaged: DamagedRange[] } {
+/**
+ * `key`: the journal's secret (journal/key); null when it has none yet (then it has no V4 records). `fromStart`:
+ * `data` starts at the segment's first byte (a reader reading on from its last record passes false).
+ */
+export function scanSegment(data: Buffer, key: string | null, fromStart = true): { records: ScannedRecord[]; damaged: DamagedRange[] } {
   const records: ScannedRecord[] = [];
   const damaged: DamagedRange[] = [];
   let offset = 0;
   while (offset < data.length) {
     const h = headerAt(data, offset, key);
     if (h?.keyed && key === null) throw new MissingJournalKeyError(`a V4 record at offset ${offset}, and no journal key to check it with`);
+    if (!h && offset === 0 && fromStart) newerRecord(data, key);
     const record = recordAt(data, offset, key);
     if (record) {
       records.push(record);
@@ -86,6 +109,28 @@ export function scanSegment(data: Buffer, key: string | null): { records: Scanne
     offset = next;
   }
   return { records, damaged };
+}
+
+/**
+ * Throws NewerRecordError when the segment starts with a record of a newer version. A writer starts a segment of
+ * its own at each start, so a newer release's records begin a segment: only there is an unknown version taken
+ * for one (elsewhere it is damage, as before). A header whose version digit a bit flip changed still checks as
+ * the V4 record it was (the checksum does not cover that digit) and is followed by a V4 record, or by nothing:
+ * damage too, not a newer release.
+ */
+function newerRecord(data: Buffer, key: string | null): void {
+  const head = data.toString('latin1', 0, Math.min(data.length, MAX_HEADER));
+  const version = Number(ANY_VERSION.exec(head)?.[1] ?? 0);
+  if (version <= RECORD_VERSION) return;
+  const v4 = /^POSTERN-RECORD-V\d+ ([0-9a-z]{8,32}) (\d{1,12}) ([0-9a-f]{8})\n/.exec(head);
+  if (v4 && key !== null) {
+    const start = v4[0].length;
+    const end = start + Number(v4[2]);
+    const checks = end < data.length && data[end] === 0x0a && crc32(data.subarray(start, end), keyedRecordSeed(key, v4[1]!, Number(v4[2]))) === parseInt(v4[3]!, 16);
+    const next = Number(ANY_VERSION.exec(data.toString('latin1', end + 1, Math.min(data.length, end + 1 + MAX_HEADER)))?.[1] ?? 0);
+    if (checks && next !== version) return;
+  }
+  throw new NewerRecordError(0, version);
 }
 
 /** The header at `offset`, if it parses (its record may still be damaged). */

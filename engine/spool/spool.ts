@@ -51,6 +51,13 @@ export class Spool {
   #logger: Logger | null = null;
   /** A reader's view of the journal, read again on every call so it is never stale. */
   #view: Journal | null = null;
+  /**
+   * A reader that reports the damage its view finds (`readerLogger`): for a spool no process writes, whose
+   * writer would report it at its start (a worker spool a server with more workers left).
+   */
+  readonly #readerLogger: Logger | null;
+  /** Entries of the view's damage already reported. */
+  #damageReported = 0;
 
   /** Size at which the journal starts a new segment (default: the journal's). */
   readonly #segmentBytes: number | undefined;
@@ -63,8 +70,9 @@ export class Spool {
    * `reserve`: the data folder's reserve file (default `<root>/reserve`): a worker's spool is refused new
    * mail while the queue runner uses it.
    */
-  constructor(root: string, opts: { journalSegmentBytes?: number; reserve?: string } = {}) {
+  constructor(root: string, opts: { journalSegmentBytes?: number; reserve?: string; readerLogger?: Logger } = {}) {
     this.#segmentBytes = opts.journalSegmentBytes;
+    this.#readerLogger = opts.readerLogger ?? null;
     this.root = root;
     this.queueDir = join(root, 'queue');
     this.incomingDir = join(root, 'incoming');
@@ -149,6 +157,7 @@ export class Spool {
     const view = this.#openView();
     // What was appended since the last look; a message not found there is looked for everywhere.
     if (view && !view.catchUp(0) && (id === undefined || !view.has(id))) view.catchUp();
+    this.#reportDamage();
     return view;
   }
 
@@ -164,7 +173,17 @@ export class Spool {
     }
     const view = this.#openView();
     while (view && !view.catchUp(READ_STEP_BYTES)) await new Promise((resolve) => setImmediate(resolve));
+    this.#reportDamage();
     return view;
+  }
+
+  /** A reporting reader's: what its view found since the last look that is not an intact record (see #readerLogger). */
+  #reportDamage(): void {
+    const damage = this.#view?.damage ?? [];
+    if (!this.#readerLogger) return;
+    for (; this.#damageReported < damage.length; this.#damageReported++) {
+      logDamage(this.#readerLogger, damage[this.#damageReported]!, `no process of this server writes ${this.root}: the segment is kept`);
+    }
   }
 
   /** A reader's view of the journal (read only once it catches up), made when the journal exists. */
@@ -690,9 +709,9 @@ async function readMessageFile(file: string): Promise<Buffer> {
   }
 }
 
-function logDamage(logger: Logger, d: JournalDamage): void {
+/** `kept`: where the bytes are (default: the quarantine copy, or the segment when the copy failed). */
+function logDamage(logger: Logger, d: JournalDamage, kept = d.quarantine ? `kept in ${d.quarantine}` : 'could not be copied aside: the segment is kept'): void {
   const where = { segment: d.segment, offset: d.offset, bytes: d.length, quarantine: d.quarantine };
-  const kept = d.quarantine ? `kept in ${d.quarantine}` : 'could not be copied aside: the segment is kept';
   if (d.tail && d.lastSegment) {
     logger.warn(where, `journal: unreadable record at the end of ${d.segment} (offset ${d.offset}), a write cut short by a crash, never acknowledged; ${kept}`);
   } else {
