@@ -3,8 +3,8 @@
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
  * base64 forms of the same digest all find the entry.
  */
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { readInputFile, readProblem } from '../config/input-file.ts';
+import { linesOf, slicer } from '../config/give-way.ts';
 import type { Worker } from 'node:worker_threads';
 import { typescriptWorker } from '../cluster/typescript-children.ts';
 import type { Entry } from './mapping-entries.ts';
@@ -75,40 +75,17 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   return table;
 }
 
-/**
- * Tables are read on the event loop that serves mail, at a reload too, and a large one is seconds of work (some
- * 150,000 lines a second): done in one go it held every session of the process, and past a second the worker's
- * watchdog took it for a hung script and killed it, each worker at once, with every connection. The parse gives
- * way this often.
- */
-const PARSE_SLICE_MS = 20;
-
-/** Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. */
-function slicer(): () => Promise<void> | undefined {
-  let since = performance.now();
-  let n = 0;
-  return () => {
-    if ((++n & 255) !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
-    return yieldToEventLoop().then(() => { since = performance.now(); });
-  };
-}
-
 /** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
 async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
   const giveWay = slicer();
-  // Line by line rather than split(): one split of a large file is itself a long stretch without a turn.
-  for (let i = 0, start = 0; start <= text.length; i++) {
-    const newline = text.indexOf('\n', start);
-    const end = newline < 0 ? text.length : newline;
-    const raw = text.slice(start, end > start && text[end - 1] === '\r' ? end - 1 : end);
-    start = end + 1;
+  for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
     if (/^\s*(#|$)/.test(raw)) continue;
-    if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
+    if (/^\s/.test(raw)) throw new TableError(file, line, 'line starts with whitespace but there is no entry to continue');
     const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
-    if (!m) throw new TableError(file, i + 1, `expected "key value", got ${quoteLine(raw)}`);
-    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, i + 1, `duplicate key ${quoteToken(m[1]!)}`);
+    if (!m) throw new TableError(file, line, `expected "key value", got ${quoteLine(raw)}`);
+    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, line, `duplicate key ${quoteToken(m[1]!)}`);
   }
 }
 
