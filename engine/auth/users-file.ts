@@ -3,6 +3,7 @@
  * Plaintext passwords are refused when loading.
  */
 import { readInputFile, readProblem } from '../config/input-file.ts';
+import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../certificates/key-material.ts';
 
 export class UsersFileError extends Error {}
@@ -16,16 +17,20 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
   }
   if (containsPrivateKey(text)) throw new UsersFileError(`${file}: ${privateKeyFileMessage('a users file')}`);
   const users = new Map<string, string>();
-  text.split(/\r?\n/).forEach((raw, i) => {
+  // Line by line, giving way to the sessions (give-way.ts): a file of a million users is a second of work.
+  const giveWay = slicer();
+  for (const [raw, i] of linesOf(text)) {
+    const turn = giveWay();
+    if (turn) await turn;
     const line = raw.trim();
-    if (!line || line.startsWith('#')) return;
+    if (!line || line.startsWith('#')) continue;
     const colon = line.indexOf(':');
     const name = line.slice(0, colon).trim().toLowerCase();
     const hash = line.slice(colon + 1).trim();
-    if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i + 1}: expected "name:hash"`);
-    if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i + 1}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);
-    if (users.has(name)) throw new UsersFileError(`${file}:${i + 1}: duplicate user ${quoteToken(name)}`);
+    if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i}: expected "name:hash"`);
+    if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);
+    if (users.has(name)) throw new UsersFileError(`${file}:${i}: duplicate user ${quoteToken(name)}`);
     users.set(name, hash);
-  });
+  }
   return users;
 }

@@ -3,12 +3,15 @@
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
  * base64 forms of the same digest all find the entry.
  */
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { readInputFile, readProblem } from '../config/input-file.ts';
-import { LineCounter, isAlias, isMap, isNode, isScalar, parseDocument } from 'yaml';
+import { linesOf, slicer } from '../config/give-way.ts';
+import type { Worker } from 'node:worker_threads';
+import { typescriptWorker } from '../cluster/typescript-children.ts';
+import type { Entry } from './mapping-entries.ts';
+import type { MappingReply } from './mapping-parse-thread.ts';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
-import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
+import { containsPrivateKey, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
 
 export class TableError extends Error {
   readonly file: string;
@@ -72,86 +75,59 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   return table;
 }
 
-/**
- * Tables are read on the event loop that serves mail, at a reload too, and a large one is seconds of work (some
- * 150,000 lines a second): done in one go it held every session of the process, and past a second the worker's
- * watchdog took it for a hung script and killed it, each worker at once, with every connection. The parse gives
- * way this often.
- */
-const PARSE_SLICE_MS = 20;
-
-/** Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. */
-function slicer(): () => Promise<void> | undefined {
-  let since = performance.now();
-  let n = 0;
-  return () => {
-    if ((++n & 255) !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
-    return yieldToEventLoop().then(() => { since = performance.now(); });
-  };
-}
-
 /** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
 async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
   const giveWay = slicer();
-  // Line by line rather than split(): one split of a large file is itself a long stretch without a turn.
-  for (let i = 0, start = 0; start <= text.length; i++) {
-    const newline = text.indexOf('\n', start);
-    const end = newline < 0 ? text.length : newline;
-    const raw = text.slice(start, end > start && text[end - 1] === '\r' ? end - 1 : end);
-    start = end + 1;
+  for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
     if (/^\s*(#|$)/.test(raw)) continue;
-    if (/^\s/.test(raw)) throw new TableError(file, i + 1, 'line starts with whitespace but there is no entry to continue');
+    if (/^\s/.test(raw)) throw new TableError(file, line, 'line starts with whitespace but there is no entry to continue');
     const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
-    if (!m) throw new TableError(file, i + 1, `expected "key value", got ${quoteLine(raw)}`);
-    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, i + 1, `duplicate key ${quoteToken(m[1]!)}`);
+    if (!m) throw new TableError(file, line, `expected "key value", got ${quoteLine(raw)}`);
+    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, line, `duplicate key ${quoteToken(m[1]!)}`);
   }
 }
 
 async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {
-  const entries = format === 'json' ? jsonEntries(text, file) : yamlEntries(text, file);
   const giveWay = slicer();
-  for (const [k, v, line] of entries) {
+  for await (const [k, v, line] of mappingEntriesOffThread(text, file, format)) {
     const turn = giveWay();
     if (turn) await turn;
-    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new TableError(file, line, `value of ${quoteToken(k)} must be a scalar`);
+    if (v === null) throw new TableError(file, line, `value of ${quoteToken(k)} must be a scalar`);
     // The same key twice, or in two spellings (a pin as hex and as base64url, or in two cases): one would be lost.
     if (!table.set(k, String(v))) throw new TableError(file, line ?? lineOfKey(text, k), `duplicate key ${quoteToken(k)}`);
   }
 }
 
-type Entry = [key: string, value: unknown, line?: number];
-
-function jsonEntries(text: string, file: string): Entry[] {
-  let data: unknown;
+/**
+ * The parse of a YAML or JSON file is one call (some 20,000 to 100,000 entries a second): on the event loop, a
+ * table of tens of thousands of entries held every session for seconds at a reload, and the watchdogs killed each
+ * process as hung (under postern serve, all at once). It runs on a thread of its own, which hands the entries
+ * back a batch at a time.
+ */
+async function* mappingEntriesOffThread(text: string, file: string, format: 'yaml' | 'json'): AsyncGenerator<Entry> {
+  const thread = typescriptWorker(new URL('./mapping-parse-thread.ts', import.meta.url), { workerData: { text, format } });
   try {
-    data = JSON.parse(text);
-  } catch (err) {
-    const jsonLine = /\(line (\d+) column \d+\)/.exec((err as Error).message)?.[1];
-    throw new TableError(file, jsonLine ? Number(jsonLine) : undefined, parseErrorText((err as Error).message, 'json'));
+    for (;;) {
+      const reply = await nextReply(thread, file);
+      if ('error' in reply) throw new TableError(file, reply.error.line, reply.error.message);
+      yield* reply.entries;
+      if (reply.done) return;
+      thread.postMessage('next');
+    }
+  } finally {
+    void thread.terminate();
   }
-  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new TableError(file, undefined, 'expected a mapping of keys to values');
-  return Object.entries(data);
 }
 
-/**
- * A YAML mapping's entries with their lines. The yaml package's own check for keys given twice compares each key
- * with every one before it: a table of 10,000 entries took 7 s, 100,000 some minutes, all of it on the event loop
- * (every worker killed as hung at a reload). Keys given twice are found by the table itself instead (set()).
- */
-function yamlEntries(text: string, file: string): Entry[] {
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { uniqueKeys: false, lineCounter });
-  const error = doc.errors[0];
-  if (error) throw new TableError(file, error.linePos?.[0]?.line, parseErrorText(error.message, 'yaml'));
-  if (doc.contents === null) throw new TableError(file, undefined, 'expected a mapping of keys to values');
-  if (!isMap(doc.contents)) throw new TableError(file, lineCounter.linePos(doc.contents.range?.[0] ?? 0).line, 'expected a mapping of keys to values');
-  return doc.contents.items.map((pair): Entry => {
-    const key = isAlias(pair.key) ? pair.key.resolve(doc) : pair.key;
-    const value = isAlias(pair.value) ? pair.value.resolve(doc) : pair.value;
-    const line = isNode(pair.key) && pair.key.range ? lineCounter.linePos(pair.key.range[0]).line : undefined;
-    return [String(isScalar(key) ? key.value : key), isScalar(value) ? value.value : value, line];
+function nextReply(thread: Worker, file: string): Promise<MappingReply> {
+  return new Promise((resolve, reject) => {
+    const settle = (): void => { thread.off('message', onMessage).off('error', onError).off('exit', onExit); };
+    const onMessage = (reply: MappingReply): void => { settle(); resolve(reply); };
+    const onError = (err: Error): void => { settle(); reject(new TableError(file, undefined, `cannot parse: ${err.message}`)); };
+    const onExit = (): void => { settle(); reject(new TableError(file, undefined, 'cannot parse: the parsing thread stopped')); };
+    thread.on('message', onMessage).on('error', onError).on('exit', onExit);
   });
 }
 
@@ -159,17 +135,6 @@ function yamlEntries(text: string, file: string): Entry[] {
 function lineOfKey(text: string, key: string): number | undefined {
   const i = text.split(/\r?\n/).findIndex((line) => line.trimStart().replace(/^[{,]\s*/, '').replace(/^["']/, '').startsWith(key));
   return i < 0 ? undefined : i + 1;
-}
-
-/**
- * A parser's message without the file content it quotes: V8's JSON errors carry an excerpt of the input
- * (`Unexpected token 'M', "MIIEvQIBAD"... is not valid JSON`), yaml's first line may carry a token.
- */
-function parseErrorText(message: string, format: 'yaml' | 'json'): string {
-  const first = message.split('\n')[0]!;
-  if (format === 'yaml') return hideKeyMaterial(first);
-  return `not valid JSON: ${first.replace(/^Unexpected token .*? is not valid JSON$/, 'unexpected token')
-    .replace(/ at position \d+ \(line \d+ column \d+\)$/, '').replace(/"[^"]*"(\.\.\.)?/g, '…')}`;
 }
 
 export async function loadTables(config: Config): Promise<Map<string, LookupTable>> {
