@@ -99,21 +99,23 @@ test('a YAML table of 50,000 entries loads in one go (the key check compared eac
 });
 
 test('a users file of 300,000 users is read giving way to the sessions (it was one stretch: a million users held the loop a second)', { timeout: 60_000 }, async () => {
-  // Measured against the load itself, not a clock: before, its longest stretch without a turn was nearly all of it.
+  // Measured against the load itself, in the event-loop thread's CPU time (a loaded machine that deschedules the
+  // thread stretches wall time, not this): before, its longest stretch without a turn was nearly all of it.
   const dir = await mkdtemp(join(tmpdir(), 'postern-users-file-'));
   try {
     const file = join(dir, 'users');
     const hash = '$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$QmFzZTY0SGFzaEJhc2U2NEhhc2hCYXNlNjRIYXNo';
     await writeFile(file, Array.from({ length: 300_000 }, (_, i) => `user${i}@example.test:${hash}\n`).join(''));
+    const cpuMs = (): number => { const u = process.threadCpuUsage(); return (u.user + u.system) / 1000; };
     let longest = 0;
-    let last = performance.now();
-    const turns = setInterval(() => { const now = performance.now(); longest = Math.max(longest, now - last); last = now; }, 1);
-    const started = performance.now();
+    let last = cpuMs();
+    const turns = setInterval(() => { const now = cpuMs(); longest = Math.max(longest, now - last); last = now; }, 1);
+    const started = cpuMs();
     const users = await loadUsersFile(file).finally(() => clearInterval(turns));
-    const took = performance.now() - started;
-    longest = Math.max(longest, performance.now() - last);
+    const took = cpuMs() - started;
+    longest = Math.max(longest, cpuMs() - last);
     assert.equal(users.size, 300_000);
-    assert.ok(longest < took / 2, `the longest stretch without a turn was ${Math.round(longest)} ms of ${Math.round(took)} ms`);
+    assert.ok(longest < took / 2, `the longest stretch without a turn was ${Math.round(longest)} ms of CPU of ${Math.round(took)} ms`);
     // Errors still name the line, and a user given twice is still refused.
     await writeFile(file, `a@example.test:${hash}\n# comment\r\nA@example.test:${hash}\n`);
     await assert.rejects(loadUsersFile(file), /users:3: duplicate user a@example\.test$/);
