@@ -73,11 +73,11 @@ test('unreadable files: the error names the file and the reason', async () => {
   const folder = join(scratch.path, 'a-directory.pem');
   await mkdir(folder);
   const missing = join(scratch.path, 'missing.pem');
-  await rejectsWith(loadKeyPair(folder, pki.server.key), `${folder}: cannot read: EISDIR`);
-  await rejectsWith(loadKeyPair(pki.server.cert, folder), `${folder}: cannot read: EISDIR`);
+  await rejectsWith(loadKeyPair(folder, pki.server.key), `${folder}: cannot read: not a regular file`);
+  await rejectsWith(loadKeyPair(pki.server.cert, folder), `${folder}: cannot read: not a regular file`);
   await rejectsWith(loadKeyPair(missing, pki.server.key), `${missing}: cannot read: ENOENT`);
-  await rejectsWith(loadTrustMaterial({ caFiles: [folder], crlFiles: [] }), `${folder}: cannot read: EISDIR`);
-  await rejectsWith(loadTrustMaterial({ caFiles: [pki.ca.cert], crlFiles: [folder] }), `${folder}: cannot read: EISDIR`);
+  await rejectsWith(loadTrustMaterial({ caFiles: [folder], crlFiles: [] }), `${folder}: cannot read: not a regular file`);
+  await rejectsWith(loadTrustMaterial({ caFiles: [pki.ca.cert], crlFiles: [folder] }), `${folder}: cannot read: not a regular file`);
   await rejectsWith(loadTrustMaterial({ caFiles: [pki.ca.cert], crlFiles: [missing] }), `${missing}: cannot read: ENOENT`);
 });
 
