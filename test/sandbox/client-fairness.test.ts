@@ -138,7 +138,8 @@ test("while an isolate a client's call lost is rebuilt, that client's next call 
     assert.equal((await sandbox.stats()).isolates.filter((i) => i.state === 'rebuilding').length, 1, 'its isolate is being rebuilt');
     const spin = sandbox.invoke('rcptto', { connection: connection('192.0.2.1') }, 'x2').catch((e: unknown) => e);
     assert.deepEqual(await sandbox.invoke('helo', { connection: connection('198.51.100.1') }, 'y1'), { verdict: 'accept' });
-    assert.deepEqual(logs.filter((m) => m === 'spin starts' || m === 'helo runs'), ['helo runs'],
+    // The rebuild may end (and the spin start on it) before this line runs, on a loaded machine: the order is what counts.
+    assert.equal(logs.find((m) => m === 'spin starts' || m === 'helo runs'), 'helo runs',
       'the other client\'s call ran first, on the isolate that stayed free');
     await until('the spinning call runs on the rebuilt isolate', () => logs.includes('spin starts'));
     await sandbox.dispose();
