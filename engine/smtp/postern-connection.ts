@@ -56,6 +56,11 @@ function commandVerb(command: Buffer): string {
   return command.toString('latin1', 0, space < 0 ? Math.min(command.length, 8) : Math.min(space, 8)).toUpperCase();
 }
 
+/** A command with anything but spaces after its verb (`DATA x`; `DATA ` is a bare DATA, as in Postfix). */
+function hasArgument(command: Buffer): boolean {
+  return /^\S+\s+\S/.test(command.toString('latin1').trim());
+}
+
 /**
  * RCPTs over maxRecipients (each answered 452 4.5.3) tolerated before each counts as a refusal: a client may
  * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
@@ -311,7 +316,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
       // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
       // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
-      if (verb === 'DATA' && !this.session.envelope.rcptTo.length && input?.more) {
+      if (verb === 'DATA' && (!this.session.envelope.rcptTo.length || hasArgument(command)) && input?.more) {
         this.#answer('DATA', reply('pipelinedAfterRefusedData', {}, { disconnect: true }));
         return;
       }
@@ -431,9 +436,20 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     super.handler_RCPT(path, callback);
   }
 
-  #answerPath(stage: 'MAIL' | 'RCPT', refusal: SmtpReply, callback: Callback): void {
+  #answerPath(stage: DecisionStage, refusal: SmtpReply, callback: Callback): void {
     this.#answer(stage, refusal);
     callback();
+  }
+
+  /** DATA and RSET with an argument: 501, as Postfix (DATA without recipients is still smtp-server's 503 first). */
+  override handler_DATA(command: Buffer, callback: Callback): void {
+    if (this.session.envelope.rcptTo.length && hasArgument(command)) return this.#answerPath('DATA', reply('dataSyntax'), callback);
+    super.handler_DATA(command, callback);
+  }
+
+  override handler_RSET(command: Buffer, callback: Callback): void {
+    if (hasArgument(command)) return this.#answerPath('RSET', reply('rsetSyntax'), callback);
+    super.handler_RSET(command, callback);
   }
 
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }

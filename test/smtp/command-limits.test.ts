@@ -165,3 +165,22 @@ test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; b
   const line = server.logs.find((l) => l.overLimit === 512)!;
   assert.match(String(line.msg), /: 452 4\.5\.3 Error: too many recipients; from=<a@example\.org> proto=ESMTP helo=<\S+> over_limit=512$/);
 });
+
+test('DATA and RSET with an argument get 501 (RFC 5321 allows none) and change nothing; QUIT with one still ends the session', async () => {
+  const c = await client();
+  assert.equal((await c.command('RSET x')).text, '501 5.5.4 Syntax: RSET');
+  assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
+  assert.equal((await c.command('DATA x')).text, '501 5.5.4 Syntax: DATA');
+  assert.equal((await c.command('RSET now')).text, '501 5.5.4 Syntax: RSET');
+  // The transaction survived both: a bare DATA goes on with it.
+  assert.equal((await c.command('DATA ')).code, 354);
+  assert.match((await c.command('Subject: t\r\n\r\nbody\r\n.')).text, /^250 2\.0\.0 Ok: queued as /);
+  // A DATA with an argument is refused: a message pipelined behind it is not read as commands.
+  c.socket.write('MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA x\r\nMAIL FROM:<forged@example.org>\r\n.\r\n');
+  assert.deepEqual((await c.repliesUntilClosed()).map((r) => r.text), ['250 2.1.0 Accepted', '250 2.1.5 Accepted',
+    '554 5.5.0 Error: SMTP protocol synchronization (message content sent before the reply to DATA)']);
+  const q = await client();
+  q.socket.write('QUIT now\r\n');
+  assert.deepEqual((await q.repliesUntilClosed()).map((r) => r.code), [221]);
+});
