@@ -125,6 +125,8 @@ export function installRuntime(
   const StringCtor = String;
   const apply = Reflect.apply;
   const slice = String.prototype.slice;
+  const SetCtor = Set;
+  const { add: setAdd, has: setHas, delete: setDelete } = Set.prototype;
   /**
    * The process's running-call marker (engine/sandbox/running-call.ts): on the event-loop thread, word 1 names the
    * hook of the call whose synchronous part runs, so that a watchdog blames a call stuck in a builtin alone, not
@@ -276,14 +278,21 @@ export function installRuntime(
     if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
     if (typeof value === 'bigint') return `${value}n`;
     if (value === undefined || typeof value === 'symbol') return StringCtor(value);
-    const seen: Record<number, unknown> = create(null);
-    let seenCount = 0;
+    // Only an object inside itself is circular (one met twice side by side is printed twice): the objects
+    // being written, outermost first, in a stack and a set. The replacer runs with the object holding `v` as
+    // `this`, so the objects above it on the stack are done. Linear: a list of every object seen made a log
+    // of 100,000 objects quadratic (seconds of the call's time).
+    const open: Record<number, unknown> = create(null);
+    let depth = 0;
+    const inside = new SetCtor<unknown>();
     try {
-      return stringify(value, (_key, v: unknown) => {
+      return stringify(value, function (this: unknown, _key, v: unknown) {
         if (typeof v === 'bigint') return `${v}n`;
+        while (depth > 0 && open[depth - 1] !== this) apply(setDelete, inside, [open[--depth]]);
         if (v !== null && typeof v === 'object') {
-          for (let i = 0; i < seenCount; i++) if (seen[i] === v) return '[circular]';
-          seen[seenCount++] = v;
+          if (apply(setHas, inside, [v])) return '[circular]';
+          open[depth++] = v;
+          apply(setAdd, inside, [v]);
         }
         return v;
       }) ?? StringCtor(value);

@@ -98,6 +98,32 @@ test('lookup and log reach the host, tagged with the connection id and script fi
   });
 });
 
+test('log() prints [circular] for an object inside itself only, not for one shared, and in linear time', async () => {
+  const host = recordingHost();
+  await withSandbox({
+    host,
+    isolates: 1,
+    // A guard only: the log of 200,000 objects takes milliseconds; the check against every object seen took minutes.
+    timeoutMs: 30_000,
+    scripts: [js('helo', `export default function (ctx) {
+      const a = { x: 1 };
+      const self = { a, list: [a, a] };
+      self.me = self;
+      self.list.push(self.list);
+      log({ p: a, q: a }, self);
+      const many = [];
+      for (let i = 0; i < ctx.n; i++) many.push({ i });
+      log(many);
+      return accept();
+    }`)],
+  }, async (sandbox) => {
+    await sandbox.invoke('helo', { n: 200_000 }, 'c1');
+    const lines = host.logs.map((l) => l.message);
+    assert.equal(lines[0], '{"p":{"x":1},"q":{"x":1}} {"a":{"x":1},"list":[{"x":1},{"x":1},"[circular]"],"me":"[circular]"}');
+    assert.match(lines[1]!, /^\[\{"i":0\},\{"i":1\},/);
+  });
+});
+
 test('an isolate remembers lookup answers (tables belong to a generation); a failed lookup is asked again', async () => {
   let failNext = 0;
   const host = recordingHost({ t: { a: 'one' } });
