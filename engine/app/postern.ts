@@ -199,6 +199,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // Each process that serves connections keeps its own sightings file; one process per server watches expiry.
   const sightings = role === 'queue' ? null : new SightingRecorder(config.dataDir, role === 'worker' ? `worker-${opts.workerIndex ?? 0}` : 'single', {
     onError: (err) => logger.warn({ err: { message: (err as Error).message } }, 'client certificate sightings not written'),
+    onWarning: (message) => logger.warn(message),
   });
   if (sightings) runtime.sightings = sightings;
   const expiry = role === 'worker' ? null : new ExpiryWatch({

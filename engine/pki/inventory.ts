@@ -69,11 +69,16 @@ export async function readInventory(dirOrPaths: string | PkiPaths): Promise<Inve
   if (text !== null) {
     try {
       inv = JSON.parse(text) as Inventory;
-      if (inv.version !== 1 || !Array.isArray(inv.certificates)) throw new Error('not a version 1 inventory');
-      inv.otherRevoked ??= [];
     } catch (err) {
       throw new Error(`${paths.inventory}: unreadable: ${(err as Error).message}`);
     }
+    const version: unknown = (inv as { version?: unknown } | null)?.version;
+    // An administrator going back a release: say so, rather than call the file damaged (it is left as it is).
+    if (typeof version === 'number' && version > 1) {
+      throw new Error(`${paths.inventory}: version ${version}, written by a newer release of Postern (this release reads version 1); left as it is`);
+    }
+    if (version !== 1 || !Array.isArray(inv.certificates)) throw new Error(`${paths.inventory}: unreadable: not a version 1 inventory`);
+    inv.otherRevoked ??= [];
   } else {
     inv = { version: 1, crlNumber: 0, crlDays: DEFAULT_CRL_DAYS, certificates: [], otherRevoked: [] };
   }

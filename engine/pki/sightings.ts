@@ -6,8 +6,8 @@
  * by a timer, off the connection. Every process writes its own file, `<dataDir>/certificates/seen-<process>.json`
  * (a worker, the single server), whole and atomically; readers merge them. No two processes ever write one file.
  */
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, rename } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { readIfExists, writeFileAtomic } from './atomic-file.ts';
 
 export interface Sighting {
@@ -68,16 +68,20 @@ export class SightingRecorder {
   #loaded: Promise<void> | null = null;
   #writing: Promise<void> = Promise.resolve();
   readonly #onError: (err: unknown) => void;
+  readonly #onWarning: (message: string) => void;
+  /** The file on disk is a newer release's: left as it is, and nothing written over it. */
+  #refused = false;
 
   /**
    * `process`: this process's name in the file name (`single`, `worker-2`). `delayMs`: from the first change
    * to the write. `retryMs`: from a failed write (a full disk) to the next try.
    */
-  constructor(dataDir: string, process: string, opts: { delayMs?: number; retryMs?: number; onError?: (err: unknown) => void } = {}) {
+  constructor(dataDir: string, process: string, opts: { delayMs?: number; retryMs?: number; onError?: (err: unknown) => void; onWarning?: (message: string) => void } = {}) {
     this.#file = join(sightingsDir(dataDir), `seen-${process}.json`);
     this.#delayMs = opts.delayMs ?? 1000;
     this.#retryMs = opts.retryMs ?? 30_000;
     this.#onError = opts.onError ?? (() => undefined);
+    this.#onWarning = opts.onWarning ?? (() => undefined);
   }
 
   get file(): string { return this.#file; }
@@ -119,6 +123,7 @@ export class SightingRecorder {
         await (this.#loaded ??= this.#load().catch((err: unknown) => { this.#loaded = null; throw err; }));
         this.#dirty = false;
         this.#prune(Date.now() - KEEP_MS);
+        if (this.#refused) return;
         const certificates = Object.fromEntries(this.#records);
         await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
       } catch (err) {
@@ -162,7 +167,19 @@ export class SightingRecorder {
 
   /** What an earlier run of this process wrote: kept, so a restart does not forget first-seen times. */
   async #load(): Promise<void> {
-    for (const [fp, r] of Object.entries(await readFileRecords(this.#file))) {
+    const file = await readSightingsFile(this.#file);
+    if (file.newer !== undefined) {
+      this.#refused = true;
+      this.#onWarning(`${this.#file}: version ${file.newer}, written by a newer release of Postern: left as it is, and this process records no client certificate sightings`);
+      return;
+    }
+    if (file.unreadable !== undefined) {
+      // Not written over unseen: kept aside (readers take seen-*.json only) for whoever wants to look.
+      const aside = join(dirname(this.#file), `damaged-${Date.now()}-${basename(this.#file)}`);
+      await rename(this.#file, aside);
+      this.#onWarning(`${this.#file}: unreadable (${file.unreadable}): moved to ${aside}; this process's client certificate sightings start afresh`);
+    }
+    for (const [fp, r] of Object.entries(file.records)) {
       const mine = this.#records.get(fp);
       if (mine) mine.firstSeen = r.firstSeen < mine.firstSeen ? r.firstSeen : mine.firstSeen;
       else this.#records.set(fp, r);
@@ -170,14 +187,30 @@ export class SightingRecorder {
   }
 }
 
-async function readFileRecords(file: string): Promise<Record<string, Sighting>> {
+interface SightingsFile {
+  records: Record<string, Sighting>;
+  /** Why the file cannot be read (written atomically, so never half: hand-edited, or damaged on disk). */
+  unreadable?: string;
+  /** The version of a newer release's file. */
+  newer?: number;
+}
+
+async function readSightingsFile(file: string): Promise<SightingsFile> {
   const text = await readIfExists(file);
-  if (!text) return {};
+  if (text === null) return { records: {} };
+  let parsed: { version?: unknown; certificates?: unknown } | null;
   try {
-    return (JSON.parse(text) as { certificates?: Record<string, Sighting> }).certificates ?? {};
-  } catch {
-    return {}; // written atomically, so never half; a hand-edited file is simply started afresh
+    parsed = JSON.parse(text) as typeof parsed;
+  } catch (err) {
+    return { records: {}, unreadable: (err as Error).message };
   }
+  const version = parsed?.version;
+  if (typeof version === 'number' && version > 1) return { records: {}, newer: version };
+  const certificates = parsed?.certificates;
+  if (version !== 1 || typeof certificates !== 'object' || certificates === null || Array.isArray(certificates)) {
+    return { records: {}, unreadable: 'not a version 1 sightings file' };
+  }
+  return { records: certificates as Record<string, Sighting> };
 }
 
 /** Every process's sightings merged: earliest first sighting, the latest one's other facts. */
@@ -186,7 +219,8 @@ export async function readSightings(dataDir: string): Promise<Map<string, Sighti
   const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /^seen-.+\.json$/.test(n));
   const merged = new Map<string, Sighting>();
   for (const name of names) {
-    for (const [fp, r] of Object.entries(await readFileRecords(join(dir, name)))) {
+    // A file this release cannot read (damaged, or a newer release's) adds nothing; its process's recorder warns.
+    for (const [fp, r] of Object.entries((await readSightingsFile(join(dir, name))).records)) {
       const m = merged.get(fp);
       if (!m) merged.set(fp, { ...r });
       else merged.set(fp, { ...(r.lastSeen > m.lastSeen ? r : m), firstSeen: r.firstSeen < m.firstSeen ? r.firstSeen : m.firstSeen });

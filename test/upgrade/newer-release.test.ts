@@ -17,6 +17,7 @@ import { startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts'
 import { startSink } from '../helpers/sink.ts';
 import { runCli } from '../helpers/cli.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
+import { readInventory, readSightings, SightingRecorder } from '../../engine/pki/index.ts';
 
 const scratch = useScratchDir('postern-newer-');
 
@@ -119,4 +120,47 @@ test('a message file whose envelope a newer release wrote is reported as such an
   await assert.rejects(spool.readEnvelope(id), /written by a newer release of Postern \(footer version 2/);
   assert.deepEqual((await new SpoolSet(spool).list()), [id], 'still in the queue');
   spool.close();
+});
+
+test('a CA record (issued.json) of a newer release is refused saying so, and left as it is', async () => {
+  const dir = mkdtempSync(join(scratch.path, 'postern-newer-pki-'));
+  const text = `${JSON.stringify({ version: 2, crlNumber: 3, certificates: {} })}\n`;
+  writeFileSync(join(dir, 'issued.json'), text);
+  await assert.rejects(readInventory(dir), (err: Error) => {
+    assert.equal(err.message, `${join(dir, 'issued.json')}: version 2, written by a newer release of Postern (this release reads version 1); left as it is`);
+    return true;
+  });
+  assert.equal(readFileSync(join(dir, 'issued.json'), 'utf8'), text);
+  writeFileSync(join(dir, 'issued.json'), '{"version": 1');
+  await assert.rejects(readInventory(dir), /issued\.json: unreadable: /);
+});
+
+test('last-seen records a newer release wrote are left as they are (nothing recorded over them); unreadable ones are moved aside; each with a warning naming the file', async () => {
+  const dataDir = mkdtempSync(join(scratch.path, 'postern-newer-seen-'));
+  mkdirSync(join(dataDir, 'certificates'));
+  const sighting = (fp: string) => ({ fingerprintSha256: fp, pinSha256: 'p', serial: '01', subject: 'CN=x', issuer: 'CN=ca', notAfter: '2030-01-01T00:00:00.000Z',
+    listener: 'mx', identity: 'x@example.com', verdict: 'verified', lastConnection: 'c1' });
+  const newerFile = join(dataDir, 'certificates', 'seen-worker-0.json');
+  const newerText = `${JSON.stringify({ version: 2, sightings: [{ fingerprintSha256: 'aa' }] })}\n`;
+  writeFileSync(newerFile, newerText);
+  const damagedFile = join(dataDir, 'certificates', 'seen-worker-1.json');
+  writeFileSync(damagedFile, '{"version":1,"certificates":{"aa":');
+
+  const warnings: string[] = [];
+  const errors: unknown[] = [];
+  for (const name of ['worker-0', 'worker-1']) {
+    const w = new SightingRecorder(dataDir, name, { delayMs: 10, onWarning: (m) => warnings.push(m), onError: (e) => errors.push(e) });
+    w.seen(sighting('bb'));
+    await w.close();
+  }
+  assert.deepEqual(errors, []);
+  assert.equal(warnings.length, 2, warnings.join('\n'));
+  assert.equal(warnings[0], `${newerFile}: version 2, written by a newer release of Postern: left as it is, and this process records no client certificate sightings`);
+  assert.equal(readFileSync(newerFile, 'utf8'), newerText, 'the newer file untouched');
+  const aside = readdirSync(join(dataDir, 'certificates')).find((n) => n.startsWith('damaged-'));
+  assert.match(warnings[1]!, new RegExp(`^${damagedFile}: unreadable \\(.+\\): moved to ${join(dataDir, 'certificates', aside ?? '?')}; this process's client certificate sightings start afresh$`));
+  assert.equal(readFileSync(join(dataDir, 'certificates', aside!), 'utf8'), '{"version":1,"certificates":{"aa":', 'the damaged file kept aside');
+  // Readers take what they can read: the fresh file of worker 1, not the newer release's.
+  assert.deepEqual([...(await readSightings(dataDir)).keys()], ['bb']);
+  assert.match(readFileSync(damagedFile, 'utf8'), /"bb"/);
 });
