@@ -98,6 +98,22 @@ test('a YAML table of 50,000 entries loads in one go (the key check compared eac
   }
 });
 
+test('a JSON table with a key given twice is refused at the later one\'s line, as YAML and Postfix tables are (JSON.parse kept the last)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-json-table-'));
+  try {
+    const file = join(dir, 'senders.json');
+    // The same key inside a nested value or a string is no top-level key; \u0061 is the same key as a.
+    await writeFile(file, '{\n  "a@example.test": "1",\n  "b": {"a@example.test": "x", "c": ["{\\"", "a"]},\n  "c\\\\": "a@example.test",\n  "\\u0061@example.test": "3"\n}\n');
+    await assert.rejects(loadTable('senders', { file, format: 'json', caseSensitive: true }), /senders\.json:5: duplicate key a@example\.test$/);
+    await writeFile(file, '{"a@example.test": "1", "b@example.test": {"a@example.test": "2"}, "c\\"": "{"}');
+    await assert.rejects(loadTable('senders', { file, format: 'json', caseSensitive: true }), /senders\.json: value of b@example\.test must be a scalar$/);
+    await writeFile(file, '{"a@example.test": "1", "b@example.test": "2"}');
+    assert.equal((await loadTable('senders', { file, format: 'json', caseSensitive: true })).size, 2);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a users file of 300,000 users is read giving way to the sessions (it was one stretch: a million users held the loop a second)', { timeout: 60_000 }, async () => {
   // Measured against the load itself, in the event-loop thread's CPU time (a loaded machine that deschedules the
   // thread stretches wall time, not this): before, its longest stretch without a turn was nearly all of it.
