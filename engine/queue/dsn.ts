@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { isAscii } from 'node:buffer';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
+import { asciiOrcpt, utf8AddrXtext } from '../delivery/dsn-params.ts';
 
 export interface FailedRecipient {
   recipient: string;
@@ -72,7 +73,7 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    ...(f.orcpt ? [`Original-Recipient: ${escapeNonAscii(f.orcpt)}`] : []),
+    ...(f.orcpt ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
     `Final-Recipient: ${addressField(f.recipient)}`,
     `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
@@ -217,8 +218,7 @@ function fold(line: string, width: number): string[] {
  */
 function addressField(address: string): string {
   if (isAscii(Buffer.from(address))) return `rfc822; ${address}`;
-  // utf-8-addr-xtext: "+", "=" and "\\" escaped as well.
-  return `utf-8; ${escapeNonAscii(address.replace(/[+=\\]/g, (c) => `\\x{${c.charCodeAt(0).toString(16).toUpperCase()}}`))}`;
+  return `utf-8; ${utf8AddrXtext(address)}`;
 }
 
 function escapeNonAscii(s: string): string {
