@@ -18,7 +18,8 @@ export async function spoolBounce(
 ): Promise<string> {
   let id = noticeId(original.id, kind, attempt);
   if (await spool.has(id)) {
-    const reported = new Set((await spool.readEnvelope(id)).noticeOf?.reported ?? []);
+    // Unreadable: taken as reporting no one (a second notice rather than none).
+    const reported = new Set((await spool.readEnvelope(id).catch(() => null))?.noticeOf?.reported ?? []);
     failed = failed.filter((f) => !reported.has(f.recipient));
     if (!failed.length) return id;
     id = spool.newId(); // recipients that failed only in the retry: a notice of their own

@@ -489,15 +489,16 @@ export class QueueRunner {
   }
 
   /**
-   * Whether the attempt that spooled a notice has not had its outcome recorded yet: its message is still
-   * spooled, deliverable (not held, readable) and its recorded attempts (on disk, or kept here) fewer.
+   * Whether the attempt that spooled a notice has not had its outcome recorded on disk yet: its message is still
+   * spooled (held or not) and its state file counts fewer attempts. Kept in memory only (#unrecorded) is not enough:
+   * a crash would make the attempt run again under the same number, and a notice gone by then would be spooled
+   * again, under the same id (which the journal must never see twice).
    */
   async #noticeAwaitsRecord(of: NonNullable<SpoolEnvelope['noticeOf']>): Promise<boolean> {
     if (this.#broken.has(of.id)) return false;
     try {
-      if (!(await this.#spool.has(of.id)) || (await this.#spool.isHeld(of.id))) return false;
-      const recorded = this.#unrecorded.get(of.id) ?? await this.#spool.readState(of.id);
-      return (recorded?.attempts ?? 0) < of.attempt;
+      if (!(await this.#spool.has(of.id))) return false;
+      return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
     } catch {
       return false; // unreadable: the notice is not held back for it
     }
