@@ -6,6 +6,7 @@
  * Without this a recipient's NOTIFY=NEVER was not passed on (the next hop bounced to the sender all the same) and
  * its ORCPT was lost.
  */
+import { isUtf8 } from 'node:buffer';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 
 export interface RecipientDsn { notify?: string[]; orcpt?: string }
@@ -26,12 +27,34 @@ export function xtext(value: string): string {
   return out;
 }
 
-/** The recipient's RCPT TO arguments (with their leading space), or ''. An ORCPT that is not ASCII is not passed on (RFC 6533 is another encoding). */
+/** RFC 6533 utf-8-addr-xtext of a UTF-8 address: its non-ASCII characters, "+", "=" and "\\" as `\x{HHHH}`. */
+export function utf8AddrXtext(address: string): string {
+  return address.replace(/[^\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]/gu, (c) => `\\x{${c.codePointAt(0)!.toString(16).toUpperCase()}}`);
+}
+
+/**
+ * An ORCPT as 7-bit text: one that is not ASCII as RFC 6533's `utf-8` address type with `\x{HHHH}` escapes, the
+ * 7-bit form a next hop takes with or without SMTPUTF8 (RFC 6533 §3). A client's xtext `+HH` arrives decoded byte
+ * by byte (smtp-server): when those bytes are UTF-8, they are read as such.
+ */
+export function asciiOrcpt(orcpt: string): string {
+  if (/^[\x00-\x7f]*$/.test(orcpt)) return orcpt;
+  const semi = orcpt.indexOf(';');
+  let address = orcpt.slice(semi + 1);
+  const bytes = /^[\x00-\xff]*$/.test(address) ? Buffer.from(address, 'latin1') : null;
+  if (bytes && isUtf8(bytes)) address = bytes.toString('utf8');
+  // A utf-8 type's `\x{…}` escapes are kept as they are; another type's address is a plain mailbox.
+  const utf8Type = orcpt.slice(0, semi).toLowerCase() === 'utf-8';
+  return `utf-8;${utf8Type ? address.split(/(\\x\{[0-9A-Fa-f]{1,6}\})/).map((p, i) => (i % 2 ? p : utf8AddrXtext(p))).join('') : utf8AddrXtext(address)}`;
+}
+
+/** The recipient's RCPT TO arguments (with their leading space), or ''. */
 export function rcptArgs(dsn: RecipientDsn | undefined): string {
   const args: string[] = [];
   if (dsn?.notify?.length) args.push(`NOTIFY=${dsn.notify.map((n) => n.toUpperCase()).join(',')}`);
+  const orcpt = dsn?.orcpt && asciiOrcpt(dsn.orcpt);
   // eslint-disable-next-line no-control-regex
-  if (dsn?.orcpt && /^[\x21-\x7e]+;[\x20-\x7e]+$/.test(dsn.orcpt)) args.push(`ORCPT=${xtext(dsn.orcpt)}`);
+  if (orcpt && /^[\x21-\x7e]+;[\x20-\x7e]+$/.test(orcpt)) args.push(`ORCPT=${xtext(orcpt)}`);
   return args.length ? ` ${args.join(' ')}` : '';
 }
 

@@ -1,16 +1,29 @@
 /**
  * Spools a bounce: the DSN for the failed recipients of a message becomes a new message from the null
  * sender to the original envelope sender, committed durably before the failures are recorded.
+ *
+ * Its id is derived from the original's id, the attempt and the kind of notice: a crash after the notice was
+ * spooled and before the attempt's outcome was recorded makes the attempt run again under the same number, and
+ * that retry finds the notice instead of sending the sender a second one (the notice waits for that record
+ * before it is delivered: QueueRunner). Only recipients it does not report get a new notice.
  */
+import { createHash } from 'node:crypto';
 import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
-  spool: Pick<QueueSpool, 'newId' | 'create'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
-  kind: 'failure' | 'success' = 'failure',
+  spool: Pick<QueueSpool, 'newId' | 'create' | 'has' | 'readEnvelope'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  kind: 'failure' | 'success', attempt: number,
 ): Promise<string> {
-  const id = spool.newId();
+  let id = noticeId(original.id, kind, attempt);
+  if (await spool.has(id)) {
+    // Unreadable: taken as reporting no one (a second notice rather than none).
+    const reported = new Set((await spool.readEnvelope(id).catch(() => null))?.noticeOf?.reported ?? []);
+    failed = failed.filter((f) => !reported.has(f.recipient));
+    if (!failed.length) return id;
+    id = spool.newId(); // recipients that failed only in the retry: a notice of their own
+  }
   const now = new Date();
   const writer = spool.create(id);
   try {
@@ -21,6 +34,7 @@ export async function spoolBounce(
       receivedAt: now.toISOString(),
       sender: '',
       recipients: [{ address: original.sender }],
+      noticeOf: { id: original.id, attempt, reported: failed.map((f) => f.recipient) },
       size: 0,
       // Generated here: no client session. A pre-delivery script sees listener "" and sender "".
       session: { listener: '', remoteAddress: '', helo: null, authenticatedUser: null, clientCertificate: null },
@@ -33,4 +47,13 @@ export async function spoolBounce(
     throw err;
   }
   return id;
+}
+
+/**
+ * The notice's id: the original's time prefix (the queue's order), then `y` (failure) or `z` (success), never in
+ * the hexadecimal part of a fresh id (Spool.newId), then a digest of the original's id and the attempt.
+ */
+export function noticeId(originalId: string, kind: 'failure' | 'success', attempt: number): string {
+  const digest = createHash('sha256').update(`${originalId}/${attempt}`).digest('hex');
+  return `${originalId.slice(0, 9)}${kind === 'failure' ? 'y' : 'z'}${digest.slice(0, 22)}`;
 }

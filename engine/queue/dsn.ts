@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { isAscii } from 'node:buffer';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
+import { asciiOrcpt, utf8AddrXtext } from '../delivery/dsn-params.ts';
 
 export interface FailedRecipient {
   recipient: string;
@@ -39,6 +40,8 @@ export interface DsnInput {
 }
 
 const MAX_HEADER_BYTES = 64 * 1024;
+/** RET=FULL returns a message up to this size whole; a larger one, its header only (with a note). */
+export const MAX_RETURNED_BYTES = 1024 * 1024;
 
 export function buildDsn(input: DsnInput): Buffer {
   const now = input.now ?? new Date();
@@ -50,6 +53,10 @@ export function buildDsn(input: DsnInput): Buffer {
     return `<${f.recipient}>: ${where}${f.diagnostic}`;
   });
   const success = input.kind === 'success';
+  // RFC 3461 §4.3: RET=FULL asks for the whole message in a failure notice. Returned whole only when it is 7-bit
+  // as it stands (message/rfc822 may not be quoted-printable, RFC 2046 §5.2.1, and re-encoding its body would break
+  // its signatures) and within MAX_RETURNED_BYTES; otherwise its header, and the text part says why.
+  const full = !success && input.original.dsn?.ret === 'FULL' ? returnable(input.originalMessage) : null;
   const text = [
     `This is the mail system at host ${host}.`,
     '',
@@ -58,13 +65,15 @@ export function buildDsn(input: DsnInput): Buffer {
       : input.expired
         ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
         : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
-    'The delivery status of each one follows; the header of your message is attached.',
+    full === 'whole' ? 'The delivery status of each one follows; your message is attached.'
+      : 'The delivery status of each one follows; the header of your message is attached.',
+    ...(full && full !== 'whole' ? [`You asked for the whole message (RET=FULL): ${full}, so only its header is returned.`] : []),
     '',
     ...human.flatMap((l) => [...fold(l, 76), '']),
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    ...(f.orcpt ? [`Original-Recipient: ${escapeNonAscii(f.orcpt)}`] : []),
+    ...(f.orcpt ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
     `Final-Recipient: ${addressField(f.recipient)}`,
     `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
@@ -110,16 +119,31 @@ export function buildDsn(input: DsnInput): Buffer {
     status,
     '',
     `--${boundary}`,
-    `Content-Description: ${success ? 'Message Headers' : 'Undelivered Message Headers'}`,
-    'Content-Type: text/rfc822-headers',
-    ...(headersAsIs ? [] : ['Content-Transfer-Encoding: quoted-printable']),
-    '',
+    ...(full === 'whole' ? ['Content-Description: Undelivered Message', 'Content-Type: message/rfc822', ''] : [
+      `Content-Description: ${success ? 'Message Headers' : 'Undelivered Message Headers'}`,
+      'Content-Type: text/rfc822-headers',
+      ...(headersAsIs ? [] : ['Content-Transfer-Encoding: quoted-printable']),
+      '']),
   ].join('\r\n');
   return Buffer.concat([
     Buffer.from(parts + '\r\n'),
-    headersAsIs ? headers : Buffer.from(quotedPrintable(headers)),
+    full === 'whole' ? crlf(input.originalMessage) : headersAsIs ? headers : Buffer.from(quotedPrintable(headers)),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
+}
+
+/** Whether a message can be returned whole (`whole`), or why not. */
+function returnable(message: Buffer): string {
+  if (message.length > MAX_RETURNED_BYTES) return `it is larger than ${MAX_RETURNED_BYTES / 1024} KiB`;
+  const lines = crlf(message);
+  if (!isAscii(lines) || lines.includes(0) || hasLongLine(lines)) return 'it has 8-bit content or lines too long to be returned unencoded';
+  return 'whole';
+}
+
+/** `data` with CRLF line ends, ending with one. */
+function crlf(data: Buffer): Buffer {
+  const text = data.toString('latin1').replace(/\r?\n/g, '\r\n');
+  return Buffer.from(text.endsWith('\r\n') ? text : `${text}\r\n`, 'latin1');
 }
 
 /** A line (CRLF-separated) longer than RFC 5322's 998 characters. */
@@ -194,8 +218,7 @@ function fold(line: string, width: number): string[] {
  */
 function addressField(address: string): string {
   if (isAscii(Buffer.from(address))) return `rfc822; ${address}`;
-  // utf-8-addr-xtext: "+", "=" and "\\" escaped as well.
-  return `utf-8; ${escapeNonAscii(address.replace(/[+=\\]/g, (c) => `\\x{${c.charCodeAt(0).toString(16).toUpperCase()}}`))}`;
+  return `utf-8; ${utf8AddrXtext(address)}`;
 }
 
 function escapeNonAscii(s: string): string {

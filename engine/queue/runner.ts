@@ -383,6 +383,14 @@ export class QueueRunner {
       const envelope = unrecorded ? { ...read.envelope, ...unrecorded } : read.envelope;
       const pending = envelope.recipients.filter((r) => !r.status).map((r) => r.address);
       const attempt = envelope.attempts + 1;
+      if (envelope.noticeOf && await this.#noticeAwaitsRecord(envelope.noticeOf)) {
+        // Spooled by an attempt whose outcome a crash kept from being recorded: that attempt runs again first and
+        // finds this notice (engine/queue/bounce.ts); delivered before, the retry would send a second one.
+        this.#log.info({ id, of: envelope.noticeOf.id }, `${id}: waits for the outcome of ${envelope.noticeOf.id}'s attempt ${envelope.noticeOf.attempt} to be recorded`);
+        if (!this.#active.has(envelope.noticeOf.id)) this.#due.set(envelope.noticeOf.id, this.#dueAt(Date.now()));
+        if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(gen.config.delivery, 1)));
+        return;
+      }
       if (!pending.length) {
         // Finished earlier (the removal may have failed then: retried until it works).
         await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
@@ -480,6 +488,22 @@ export class QueueRunner {
     return { recipients, plan: { hops, tls, ...(dkim ? { dkim } : {}) }, final: [] };
   }
 
+  /**
+   * Whether the attempt that spooled a notice has not had its outcome recorded on disk yet: its message is still
+   * spooled (held or not) and its state file counts fewer attempts. Kept in memory only (#unrecorded) is not enough:
+   * a crash would make the attempt run again under the same number, and a notice gone by then would be spooled
+   * again, under the same id (which the journal must never see twice).
+   */
+  async #noticeAwaitsRecord(of: NonNullable<SpoolEnvelope['noticeOf']>): Promise<boolean> {
+    if (this.#broken.has(of.id)) return false;
+    try {
+      if (!(await this.#spool.has(of.id))) return false;
+      return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
+    } catch {
+      return false; // unreadable: the notice is not held back for it
+    }
+  }
+
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
@@ -510,7 +534,7 @@ export class QueueRunner {
     let bounceId: string | null = null;
     if (failed.length && envelope.sender !== '') {
       try {
-        bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')));
+        bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
         this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
           `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
@@ -527,7 +551,7 @@ export class QueueRunner {
     if (relayed.length && envelope.sender !== '') {
       // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
       try {
-        const notice = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success');
+        const notice = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
         this.#log.info({ id, notice, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${notice}`);
         this.notify(notice);
       } catch (err) {

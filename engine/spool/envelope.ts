@@ -23,6 +23,12 @@ export interface SpoolEnvelope {
   recipients: SpoolRecipient[];
   /** DSN parameters of MAIL FROM (RFC 3461), if any: passed on to a next hop that offers DSN; ENVID is named in notices. */
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  /**
+   * A notice (bounce or NOTIFY=SUCCESS notice) names the message and the delivery attempt it reports on, and the
+   * recipients it reports: its id is derived from those (engine/queue/bounce.ts), so a retry of an attempt whose
+   * outcome was not recorded (a crash after the notice was spooled) finds it instead of spooling another.
+   */
+  noticeOf?: { id: string; attempt: number; reported: string[] };
   /** Bytes of the stored message (with our Received header). */
   size: number;
   /** SHA-256 of those bytes, to detect a damaged message file before relaying it (journal records have a CRC-32 instead). */

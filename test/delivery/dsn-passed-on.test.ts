@@ -2,6 +2,7 @@
 // each recipient's own NOTIFY and ORCPT on its RCPT TO. They were kept only in part (NOTIFY) and never passed on:
 // a recipient's NOTIFY=NEVER did not stop the next hop's bounces, and ORCPT and ENVID were lost. To a next hop
 // without DSN nothing is passed on, and this server's own notices carry Original-Envelope-Id and Original-Recipient.
+// A UTF-8 ORCPT was not passed on at all: it goes as RFC 6533's 7-bit utf-8 type.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
@@ -32,7 +33,7 @@ async function sendWithDsn(port: number): Promise<string> {
     assert.equal((await c.command('RCPT TO:<never@example.net> NOTIFY=NEVER')).code, 250);
     assert.equal((await c.command('RCPT TO:<asked@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Asked+2Bx@example.org')).code, 250);
     assert.equal((await c.command('RCPT TO:<plain@example.net>')).code, 250);
-    assert.equal((await c.command('RCPT TO:<bad@example.net> ORCPT=rfc822;bad-orig@example.org')).code, 250);
+    assert.equal((await c.command('RCPT TO:<bad@example.net> ORCPT=rfc822;b+C3+A4d-orig@example.org')).code, 250);
     assert.equal((await c.command('DATA')).code, 354);
     c.write('Subject: dsn\r\n\r\nhello\r\n.');
     const r = await c.read();
@@ -66,7 +67,8 @@ test('to a next hop that offers DSN: RET and ENVID on MAIL FROM, each recipient\
       'RCPT TO:<never@example.net> NOTIFY=NEVER',
       'RCPT TO:<asked@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Asked+2Bx@example.org',
       'RCPT TO:<plain@example.net>',
-      'RCPT TO:<bad@example.net> ORCPT=rfc822;bad-orig@example.org',
+      // A UTF-8 ORCPT (its xtext bytes UTF-8) as RFC 6533's 7-bit utf-8 type.
+      'RCPT TO:<bad@example.net> ORCPT=utf-8;b\\x{E4}d-orig@example.org',
     ]);
     assert.ok(e.bounceId, 'bad@ bounced by this server (refused at RCPT)');
     await s.nextAttempt((x) => x.id === e.bounceId && x.removed, { timeoutMs: 30_000, past: true });
@@ -74,7 +76,7 @@ test('to a next hop that offers DSN: RET and ENVID on MAIL FROM, each recipient\
     assert.equal(peer.messages.filter((m) => /Successful Mail Delivery Report/.test(m)).length, 0, 'the next hop answers for NOTIFY=SUCCESS');
     const bounce = parseDsn(peer.messages.find((m) => /Undelivered Mail/.test(m))!);
     assert.equal(bounce.perMessage['original-envelope-id'], 'env+42');
-    assert.equal(bounce.recipients[0]!['original-recipient'], 'rfc822;bad-orig@example.org');
+    assert.equal(bounce.recipients[0]!['original-recipient'], 'utf-8;b\\x{E4}d-orig@example.org');
   });
 });
 

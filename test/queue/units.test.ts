@@ -49,6 +49,24 @@ test('due queue: earliest first, re-timing and deletion', () => {
   assert.equal(q.size, 0);
 });
 
+test('DSN: RET=FULL returns the whole message when 7-bit and within 1 MiB, else the header with a note', () => {
+  const bounce = (body: string, ret: 'FULL' | 'HDRS' = 'FULL'): string => buildDsn({
+    hostname: 'mx.example', original: { id: 'abc123def', sender: 'a@example.org', receivedAt: '2026-01-01T00:00:00Z', dsn: { ret } },
+    originalMessage: Buffer.from(`Subject: hi\r\n\r\n${body}\r\n`),
+    failed: [{ recipient: 'a@x.test', status: '5.1.1', diagnostic: '550 5.1.1 unknown', remoteReply: true, remoteMta: null }], expired: false,
+  }).toString('latin1');
+  const whole = bounce('secret body');
+  assert.match(whole, /Content-Type: message\/rfc822\r\n\r\nSubject: hi\r\n\r\nsecret body\r\n/);
+  assert.doesNotMatch(bounce('secret body', 'HDRS'), /secret body/);
+  for (const [body, why] of [['x'.repeat(1024 * 1024), /larger than 1024 KiB/], ['b\u00e4r', /8-bit content/]] as const) {
+    const raw = bounce(body);
+    assert.match(raw, /RET=FULL\): /);
+    assert.match(raw, why);
+    assert.match(raw, /Content-Type: text\/rfc822-headers/);
+    assert.ok(raw.split('\r\n').every((l) => l.length <= 998) && /^[\x00-\x7f]*$/.test(raw), '7-bit, short lines');
+  }
+});
+
 test('DSN: RFC 3464 fields per recipient, UTF-8 text, header only of the original', () => {
   const raw = buildDsn({
     hostname: 'mx.example', original: { id: 'abc123def', sender: 'jörg@example.org', receivedAt: '2026-01-01T00:00:00Z' },
