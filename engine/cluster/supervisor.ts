@@ -34,6 +34,7 @@ import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
+import { GenerationError, policySocketLines } from '../generation/build-generation.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
@@ -228,6 +229,9 @@ export class Supervisor {
     sup.#lock = lock;
     try {
       await opts.prepare?.(loaded);
+      // Refused as `postern check` refuses it, before binding anything (the children build the rest).
+      const sockets = await policySocketLines(loaded);
+      if (sockets.length) throw new GenerationError(loaded.file, sockets);
       await sup.#listen();
     } catch (err) {
       lock.release();
