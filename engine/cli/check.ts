@@ -4,21 +4,29 @@
  * expired outbound client certificate fails the check, where a reload only logs it.
  */
 import { loadStartConfig } from '../app/postern.ts';
+import type { LoadedConfig } from '../config/load-config.ts';
+import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
+import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
 import { EMBEDDED_DEFAULT } from '../config/load-config.ts';
 import { formatProblem } from '../config/config-error.ts';
-import { readFileSync } from 'node:fs';
-import { access, constants, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { access, constants, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, sep } from 'node:path';
 
 export async function checkCommand(opts: { config?: string }): Promise<number> {
+  let temporary: string | null = null;
   try {
     const loaded = loadStartConfig({ configPath: opts.config });
+    const pki = loaded.file === EMBEDDED_DEFAULT ? await withFreshDevelopmentPki(loaded) : null;
+    temporary = pki?.dir ?? null;
     // What scripts log from their top level is not the check's output.
-    const built = await buildGeneration(loaded, { logger: createLogger('silent'), strict: true });
+    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: true });
     await built.generation.dispose();
+    if (pki) built.warnings.unshift({ message: `${developmentPkiDir(loaded.config.dataDir)}: no development PKI yet: postern serve makes it on its first start (checked with a new one made aside)` });
     // A start also needs its data directory (a reload cannot change it, so the builder does not look).
     const dataDirProblem = await dataDirUnusable(loaded.config.dataDir);
     if (dataDirProblem) {
@@ -39,7 +47,31 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
       process.stderr.write(`${err instanceof ConfigError ? err.message : String(err)}\n`);
     }
     return 1;
+  } finally {
+    if (temporary) await rm(temporary, { recursive: true, force: true });
   }
+}
+
+/**
+ * The embedded default's listeners use the development PKI that `postern serve` makes in the data directory on
+ * its first start (serve.ts), all new when its CA is not there (writeDevelopmentPki). Before that start, a check
+ * would find no certificate where the start makes one: it builds with a PKI made the same way in a temporary
+ * folder instead (never in the data directory). Null when the CA is there: its files are checked as they are.
+ */
+async function withFreshDevelopmentPki(loaded: LoadedConfig): Promise<{ loaded: LoadedConfig; dir: string } | null> {
+  const home = developmentPkiDir(loaded.config.dataDir);
+  if (existsSync(join(home, 'ca.crt')) && existsSync(join(home, 'ca.key'))) return null;
+  const dir = await mkdtemp(join(tmpdir(), 'postern-check-pki-'));
+  await writeDevelopmentPki(dir, { hostname: loaded.config.hostname, demoUser: DEMO_USER });
+  const aside = (p: string): string => (p.startsWith(home + sep) ? join(dir, relative(home, p)) : p);
+  const config = structuredClone(loaded.config);
+  for (const l of config.listeners) {
+    if (l.tls.cert) l.tls.cert = aside(l.tls.cert);
+    if (l.tls.key) l.tls.key = aside(l.tls.key);
+    l.tls.caFiles = l.tls.caFiles.map(aside);
+    l.tls.crlFiles = l.tls.crlFiles.map(aside);
+  }
+  return { loaded: { ...loaded, config }, dir };
 }
 
 /**
