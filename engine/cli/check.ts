@@ -10,9 +10,9 @@ import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
-import { EMBEDDED_DEFAULT } from '../config/load-config.ts';
+import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN } from '../config/load-config.ts';
 import { formatProblem } from '../config/config-error.ts';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { access, constants, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
@@ -34,6 +34,8 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
       process.stderr.write(`${formatProblem({ file: loaded.file, line: line >= 0 ? line + 1 : undefined, column: 1, path: 'dataDir', message: dataDirProblem })}\n`);
       return 1;
     }
+    // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
+    if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
     const n = loaded.config.listeners.length;
     const p = loaded.config.policyServices.length;

@@ -215,7 +215,9 @@ export class Supervisor {
   }
 
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
-    const loaded = loadStartConfig({ configPath: opts.configPath });
+    // A regular file only, as every process of the server and every reload reads it again: from a pipe
+    // (`--config <(generate)`) the workers found it gone and the first of them died with the reason.
+    const loaded = loadStartConfig({ configPath: opts.configPath, regularFileOnly: true });
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
     // One server per data directory; the children run under this lock (they start with lockDir: false).
