@@ -11,11 +11,11 @@ import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
 import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN } from '../config/load-config.ts';
-import { formatProblem } from '../config/config-error.ts';
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { access, constants, mkdtemp, rm, stat } from 'node:fs/promises';
+import { dataDirError } from '../config/data-dir-check.ts';
+import { existsSync, statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative, sep } from 'node:path';
+import { join, relative, sep } from 'node:path';
 
 export async function checkCommand(opts: { config?: string }): Promise<number> {
   let temporary: string | null = null;
@@ -28,12 +28,8 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     await built.generation.dispose();
     if (pki) built.warnings.unshift({ message: `${developmentPkiDir(loaded.config.dataDir)}: no development PKI yet: postern serve makes it on its first start (checked with a new one made aside)` });
     // A start also needs its data directory (a reload cannot change it, so the builder does not look).
-    const dataDirProblem = await dataDirUnusable(loaded.config.dataDir);
-    if (dataDirProblem) {
-      const line = loaded.file === EMBEDDED_DEFAULT ? -1 : readFileSync(loaded.file, 'utf8').split('\n').findIndex((l) => /^dataDir\s*:/.test(l));
-      process.stderr.write(`${formatProblem({ file: loaded.file, line: line >= 0 ? line + 1 : undefined, column: 1, path: 'dataDir', message: dataDirProblem })}\n`);
-      return 1;
-    }
+    const dataDir = await dataDirError(loaded);
+    if (dataDir) throw dataDir;
     // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
     if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
@@ -74,23 +70,4 @@ async function withFreshDevelopmentPki(loaded: LoadedConfig): Promise<{ loaded: 
     l.tls.crlFiles = l.tls.crlFiles.map(aside);
   }
   return { loaded: { ...loaded, config }, dir };
-}
-
-/**
- * Why a server could not use `dir` as its data directory (it creates it when missing), or null: it must be a
- * writable folder, or not exist yet under a writable one.
- */
-async function dataDirUnusable(dir: string): Promise<string | null> {
-  let at = dir;
-  for (;;) {
-    try {
-      if (!(await stat(at)).isDirectory()) return at === dir ? `${dir} is not a folder` : `${dir} cannot be created: ${at} is not a folder`;
-      await access(at, constants.W_OK | constants.X_OK);
-      return null;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if ((code === 'ENOENT' || code === 'ENOTDIR') && dirname(at) !== at) { at = dirname(at); continue; }
-      return `${at === dir ? dir : `${dir} cannot be created: ${at}`} cannot be written by this user (${code})`;
-    }
-  }
 }

@@ -35,6 +35,7 @@ import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
 import { GenerationError, policySocketLines } from '../generation/build-generation.ts';
+import { dataDirError } from '../config/data-dir-check.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
@@ -220,6 +221,9 @@ export class Supervisor {
     const loaded = loadStartConfig({ configPath: opts.configPath, regularFileOnly: true });
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
+    // Refused as `postern check` refuses it, before anything is locked or written there.
+    const unusable = await dataDirError(loaded);
+    if (unusable) throw unusable;
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
     if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
