@@ -10,6 +10,7 @@ import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
+import { MemoryCounterStore } from '../store/index.ts';
 import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN } from '../config/load-config.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
 import { existsSync, statSync } from 'node:fs';
@@ -23,9 +24,12 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     const loaded = loadStartConfig({ configPath: opts.config });
     const pki = loaded.file === EMBEDDED_DEFAULT ? await withFreshDevelopmentPki(loaded) : null;
     temporary = pki?.dir ?? null;
-    // What scripts log from their top level is not the check's output.
-    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: true });
+    // What scripts log from their top level is not the check's output. Counters in this process's memory:
+    // a top level that counts (rate(), counter()) runs as at a start, without touching the server's store.
+    const store = new MemoryCounterStore();
+    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: true, store });
     await built.generation.dispose();
+    await store.close();
     if (pki) built.warnings.unshift({ message: `${developmentPkiDir(loaded.config.dataDir)}: no development PKI yet: postern serve makes it on its first start (checked with a new one made aside)` });
     // A start also needs its data directory (a reload cannot change it, so the builder does not look).
     const dataDir = await dataDirError(loaded);

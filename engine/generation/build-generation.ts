@@ -39,7 +39,7 @@ export interface BuildOptions {
   strict?: boolean;
   /** Set to what is being read now, for the message of a build that misses its deadline. */
   progress?: { step: string };
-  /** The server's counter store (engine/store), for scripts' rate() and counter(); none in `postern check`. */
+  /** The server's counter store (engine/store), for scripts' rate() and counter(); `postern check`'s own in memory. */
   store?: CounterStore;
   /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
   addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
