@@ -43,6 +43,9 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
   return { server, address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`, port: a.port };
 }
 
+/** The longest unix socket path bind(2) takes: sun_path holds it with its NUL (108 bytes on Linux, 104 on the BSDs and macOS). */
+const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;
+
 /**
  * What would stop listenPolicyService from making a unix socket, found without binding (a start, a reload and
  * `postern check` build through here: generation/build-generation.ts): its folder missing, something else than
@@ -56,6 +59,9 @@ export async function policySocketProblems(service: PolicyServiceConfig): Promis
   const folder = await stat(dirname(path)).catch((err: NodeJS.ErrnoException) => err.code ?? 'EIO');
   if (typeof folder === 'string' || !folder.isDirectory()) {
     out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: folder ${dirname(path)} ${typeof folder === 'string' ? `cannot be used (${folder})` : 'is not a folder'}` });
+  }
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: the path is ${Buffer.byteLength(path)} bytes, longer than the ${MAX_SOCKET_PATH_BYTES} a unix socket's may be (bind fails with EINVAL): use a shorter one` });
   }
   const there = await lstat(path).catch(() => null);
   if (there && !there.isSocket()) out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: ${path} exists and is not a socket` });
