@@ -4,14 +4,13 @@
  * expired outbound client certificate fails the check, where a reload only logs it.
  */
 import { loadStartConfig } from '../app/postern.ts';
-import type { LoadedConfig } from '../config/load-config.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
 import { MemoryCounterStore } from '../store/index.ts';
-import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN } from '../config/load-config.ts';
+import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN, type LoadedConfig } from '../config/load-config.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
 import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
