@@ -4,6 +4,7 @@
  */
 import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
+import { dataDirError } from '../config/data-dir-check.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
@@ -148,6 +149,9 @@ class MutableRuntime implements Runtime {
 
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
+  // Refused as `postern check` refuses it (a child of `postern serve`, lockDir false: its supervisor asked).
+  const unusable = opts.lockDir === false ? null : await dataDirError(loaded);
+  if (unusable) throw unusable;
   // One server per data directory: a second one would take the first's half-received messages for a crash's.
   const { lock, released } = opts.lockDir === false ? { lock: { release() {} }, released: false } : lockEvenWhenFull(opts.lockDir ?? loaded.config.dataDir, loaded.config.dataDir);
   try {

@@ -4,28 +4,39 @@
  * expired outbound client certificate fails the check, where a reload only logs it.
  */
 import { loadStartConfig } from '../app/postern.ts';
+import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
+import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';
-import { EMBEDDED_DEFAULT } from '../config/load-config.ts';
-import { formatProblem } from '../config/config-error.ts';
-import { readFileSync } from 'node:fs';
-import { access, constants, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { MemoryCounterStore } from '../store/index.ts';
+import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN, type LoadedConfig } from '../config/load-config.ts';
+import { dataDirError } from '../config/data-dir-check.ts';
+import { privilegedPortWarnings } from '../config/privileged-ports.ts';
+import { existsSync, statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative, sep } from 'node:path';
 
 export async function checkCommand(opts: { config?: string }): Promise<number> {
+  let temporary: string | null = null;
   try {
     const loaded = loadStartConfig({ configPath: opts.config });
-    // What scripts log from their top level is not the check's output.
-    const built = await buildGeneration(loaded, { logger: createLogger('silent'), strict: true });
+    const pki = loaded.file === EMBEDDED_DEFAULT ? await withFreshDevelopmentPki(loaded) : null;
+    temporary = pki?.dir ?? null;
+    // What scripts log from their top level is not the check's output. Counters in this process's memory:
+    // a top level that counts (rate(), counter()) runs as at a start, without touching the server's store.
+    const store = new MemoryCounterStore();
+    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: true, store });
     await built.generation.dispose();
+    await store.close();
+    if (pki) built.warnings.unshift({ message: `${developmentPkiDir(loaded.config.dataDir)}: no development PKI yet: postern serve makes it on its first start (checked with a new one made aside)` });
     // A start also needs its data directory (a reload cannot change it, so the builder does not look).
-    const dataDirProblem = await dataDirUnusable(loaded.config.dataDir);
-    if (dataDirProblem) {
-      const line = loaded.file === EMBEDDED_DEFAULT ? -1 : readFileSync(loaded.file, 'utf8').split('\n').findIndex((l) => /^dataDir\s*:/.test(l));
-      process.stderr.write(`${formatProblem({ file: loaded.file, line: line >= 0 ? line + 1 : undefined, column: 1, path: 'dataDir', message: dataDirProblem })}\n`);
-      return 1;
-    }
+    const dataDir = await dataDirError(loaded);
+    if (dataDir) throw dataDir;
+    // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
+    if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
+    for (const message of privilegedPortWarnings(loaded.config)) built.warnings.push({ message });
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
     const n = loaded.config.listeners.length;
     const p = loaded.config.policyServices.length;
@@ -39,24 +50,29 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
       process.stderr.write(`${err instanceof ConfigError ? err.message : String(err)}\n`);
     }
     return 1;
+  } finally {
+    if (temporary) await rm(temporary, { recursive: true, force: true });
   }
 }
 
 /**
- * Why a server could not use `dir` as its data directory (it creates it when missing), or null: it must be a
- * writable folder, or not exist yet under a writable one.
+ * The embedded default's listeners use the development PKI that `postern serve` makes in the data directory on
+ * its first start (serve.ts), all new when its CA is not there (writeDevelopmentPki). Before that start, a check
+ * would find no certificate where the start makes one: it builds with a PKI made the same way in a temporary
+ * folder instead (never in the data directory). Null when the CA is there: its files are checked as they are.
  */
-async function dataDirUnusable(dir: string): Promise<string | null> {
-  let at = dir;
-  for (;;) {
-    try {
-      if (!(await stat(at)).isDirectory()) return at === dir ? `${dir} is not a folder` : `${dir} cannot be created: ${at} is not a folder`;
-      await access(at, constants.W_OK | constants.X_OK);
-      return null;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if ((code === 'ENOENT' || code === 'ENOTDIR') && dirname(at) !== at) { at = dirname(at); continue; }
-      return `${at === dir ? dir : `${dir} cannot be created: ${at}`} cannot be written by this user (${code})`;
-    }
+async function withFreshDevelopmentPki(loaded: LoadedConfig): Promise<{ loaded: LoadedConfig; dir: string } | null> {
+  const home = developmentPkiDir(loaded.config.dataDir);
+  if (existsSync(join(home, 'ca.crt')) && existsSync(join(home, 'ca.key'))) return null;
+  const dir = await mkdtemp(join(tmpdir(), 'postern-check-pki-'));
+  await writeDevelopmentPki(dir, { hostname: loaded.config.hostname, demoUser: DEMO_USER });
+  const aside = (p: string): string => (p.startsWith(home + sep) ? join(dir, relative(home, p)) : p);
+  const config = structuredClone(loaded.config);
+  for (const l of config.listeners) {
+    if (l.tls.cert) l.tls.cert = aside(l.tls.cert);
+    if (l.tls.key) l.tls.key = aside(l.tls.key);
+    l.tls.caFiles = l.tls.caFiles.map(aside);
+    l.tls.crlFiles = l.tls.crlFiles.map(aside);
   }
+  return { loaded: { ...loaded, config }, dir };
 }

@@ -3,10 +3,9 @@
  * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
-import { join } from 'node:path';
 import { Supervisor } from '../cluster/supervisor.ts';
 import { ConfigError } from '../config/config-error.ts';
-import { DEMO_USER } from '../config/default-config.ts';
+import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
 import { printQuickStart } from './quick-start.ts';
 
@@ -45,7 +44,7 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       configPath: opts.config,
       async prepare(loaded) {
         if (!embedded) return;
-        const pki = await writeDevelopmentPki(join(loaded.config.dataDir, 'pki'), { hostname: loaded.config.hostname, demoUser: DEMO_USER });
+        const pki = await writeDevelopmentPki(developmentPkiDir(loaded.config.dataDir), { hostname: loaded.config.hostname, demoUser: DEMO_USER });
         printQuickStart(pki, new Map(loaded.config.listeners.map((l) => [l.name, l.listen])));
       },
     });

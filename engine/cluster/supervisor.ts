@@ -34,6 +34,8 @@ import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../app/postern.ts';
+import { GenerationError, policySocketLines } from '../generation/build-generation.ts';
+import { dataDirError } from '../config/data-dir-check.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
@@ -214,9 +216,14 @@ export class Supervisor {
   }
 
   static async start(opts: SupervisorOptions): Promise<Supervisor> {
-    const loaded = loadStartConfig({ configPath: opts.configPath });
+    // A regular file only, as every process of the server and every reload reads it again: from a pipe
+    // (`--config <(generate)`) the workers found it gone and the first of them died with the reason.
+    const loaded = loadStartConfig({ configPath: opts.configPath, regularFileOnly: true });
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
+    // Refused as `postern check` refuses it, before anything is locked or written there.
+    const unusable = await dataDirError(loaded);
+    if (unusable) throw unusable;
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
     if (released) log.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that the server could start; new mail is refused (452 4.3.1) until there is room again');
@@ -228,6 +235,9 @@ export class Supervisor {
     sup.#lock = lock;
     try {
       await opts.prepare?.(loaded);
+      // Refused as `postern check` refuses it, before binding anything (the children build the rest).
+      const sockets = await policySocketLines(loaded);
+      if (sockets.length) throw new GenerationError(loaded.file, sockets);
       await sup.#listen();
     } catch (err) {
       lock.release();

@@ -2,6 +2,8 @@
  * The embedded default: what `npm start` runs when no --config is given. Paths are relative to the
  * working directory; the development PKI under data/pki is created on first start.
  */
+import { join } from 'node:path';
+
 export const DEFAULT_CONFIG_YAML = `# Postern embedded default (development). Copy to postern.yaml and edit for real use.
 hostname: localhost
 dataDir: ./data
@@ -33,3 +35,8 @@ delivery:
 `;
 
 export const DEMO_USER = { name: 'demo', email: 'demo@example.test' };
+
+/** Where `postern serve` writes the development PKI the embedded default's listeners use, on its first start. */
+export function developmentPkiDir(dataDir: string): string {
+  return join(dataDir, 'pki');
+}

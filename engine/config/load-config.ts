@@ -9,7 +9,7 @@ import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
-import { readInputFileSync } from './input-file.ts';
+import { InputFileError, readInputFileSync } from './input-file.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
 export interface LoadedConfig {
@@ -98,9 +98,13 @@ function namedScriptFolders(c: Config, topLevel: boolean): Array<{ folder: strin
   return out;
 }
 
+/** Why postern.yaml must be a regular file for `postern serve` (`postern check` reads a pipe, and says this). */
+export const SERVE_READS_AGAIN = ' (each process of postern serve, and each reload, reads it again: give it a file)';
+
 /**
  * `regularFileOnly`: a reload's look at the file (readInputFileSync: a FIFO in its place is refused, not opened,
- * which would block for ever). A start reads whatever the path is: `--config <(generate)` has its writer then.
+ * which would block for ever), and `postern serve`'s start (its processes read it again). Other commands read
+ * whatever the path is: `postern check --config <(generate)` has its writer then.
  */
 export function loadConfigFile(path: string, { regularFileOnly = false }: { regularFileOnly?: boolean } = {}): LoadedConfig {
   const file = resolve(path);
@@ -108,7 +112,7 @@ export function loadConfigFile(path: string, { regularFileOnly = false }: { regu
   try {
     text = regularFileOnly ? readInputFileSync(file).toString('utf8') : readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
+    throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}${err instanceof InputFileError && err.reason === 'not a file' ? SERVE_READS_AGAIN : ''}` }]);
   }
   if (containsPrivateKey(text)) throw new ConfigError([{ file, message: privateKeyFileMessage('a configuration') }]);
   return parseConfig(text, file, dirname(file));

@@ -26,6 +26,7 @@ import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
+import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
   /** Receives what scripts log from their top level, and the listeners' smtp-server logs. */
@@ -38,7 +39,7 @@ export interface BuildOptions {
   strict?: boolean;
   /** Set to what is being read now, for the message of a build that misses its deadline. */
   progress?: { step: string };
-  /** The server's counter store (engine/store), for scripts' rate() and counter(); none in `postern check`. */
+  /** The server's counter store (engine/store), for scripts' rate() and counter(); `postern check`'s own in memory. */
   store?: CounterStore;
   /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
   addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
@@ -166,6 +167,10 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     }
   }
 
+  // A policy service's unix socket that the start could not make (a reload's too: it would only defer the failure).
+  progress.step = 'the policy services\' sockets';
+  for (const line of await policySocketLines(loaded)) failed(line);
+
   // Outbound certificates are part of the configuration too: a half-rotated key pair is refused like a listener's.
   progress.step = 'delivery\'s TLS files';
   const outbound = await checkOutboundTls(config.delivery);
@@ -183,6 +188,19 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     throw new GenerationError(loaded.file, problems, warnings);
   }
   return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present), listeners, warnings };
+}
+
+/**
+ * Why the policy services' unix sockets could not be made, as problem lines. Also what `postern serve`'s
+ * supervisor checks before it binds them (it binds before any generation is built), so that its start is
+ * refused with the lines `postern check` prints.
+ */
+export async function policySocketLines(loaded: LoadedConfig): Promise<string[]> {
+  const lines: string[] = [];
+  for (const [i, p] of loaded.config.policyServices.entries()) {
+    for (const problem of await policySocketProblems(p)) lines.push(located(loaded, ['policyServices', i, ...problem.key], problem.message));
+  }
+  return lines;
 }
 
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {

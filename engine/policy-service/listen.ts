@@ -4,7 +4,8 @@
  * (the supervisor under `postern serve`, else the single process).
  */
 import net from 'node:net';
-import { chmod, chown, lstat, readFile, unlink } from 'node:fs/promises';
+import { chmod, chown, lstat, readFile, stat, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 
 /** A bound service: how to show its address, and how to close it. */
@@ -29,7 +30,7 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
     const path = service.listen.slice(5);
     await removeStaleSocket(path).catch((err: Error) => { throw fail(err); });
     await bind(server, (cb) => server.listen(path, cb)).catch((err: Error) => { throw fail(err); });
-    await chmod(path, parseInt(service.socket.mode, 8));
+    await chmod(path, parseInt(service.socket.mode, 8)).catch((err: Error) => { throw fail(err); });
     if (service.socket.owner || service.socket.group) {
       await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: Error) => { throw fail(err); });
     }
@@ -40,6 +41,34 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
   await bind(server, (cb) => server.listen(Number(service.listen.slice(sep + 1)), host, cb)).catch((err: Error) => { throw fail(err); });
   const a = server.address() as net.AddressInfo;
   return { server, address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`, port: a.port };
+}
+
+/** The longest unix socket path bind(2) takes: sun_path holds it with its NUL (108 bytes on Linux, 104 on the BSDs and macOS). */
+const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;
+
+/**
+ * What would stop listenPolicyService from making a unix socket, found without binding (a start, a reload and
+ * `postern check` build through here: generation/build-generation.ts): its folder missing, something else than
+ * a socket at its path, an owner or group no one has. Each with the `socket` key it is about. A live server's
+ * own socket at the path is fine (removeStaleSocket tells a live one apart only when binding).
+ */
+export async function policySocketProblems(service: PolicyServiceConfig): Promise<Array<{ key: string[]; message: string }>> {
+  if (!service.listen.startsWith('unix:')) return [];
+  const path = service.listen.slice(5);
+  const out: Array<{ key: string[]; message: string }> = [];
+  const folder = await stat(dirname(path)).catch((err: NodeJS.ErrnoException) => err.code ?? 'EIO');
+  if (typeof folder === 'string' || !folder.isDirectory()) {
+    out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: folder ${dirname(path)} ${typeof folder === 'string' ? `cannot be used (${folder})` : 'is not a folder'}` });
+  }
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: the path is ${Buffer.byteLength(path)} bytes, longer than the ${MAX_SOCKET_PATH_BYTES} a unix socket's may be (bind fails with EINVAL): use a shorter one` });
+  }
+  const there = await lstat(path).catch(() => null);
+  if (there && !there.isSocket()) out.push({ key: ['listen'], message: `cannot listen on ${service.listen}: ${path} exists and is not a socket` });
+  for (const [key, id] of [['owner', () => userId(service.socket.owner)], ['group', () => groupId(service.socket.group)]] as const) {
+    await id().catch((err: Error) => out.push({ key: ['socket', key], message: err.message }));
+  }
+  return out;
 }
 
 function bind(server: net.Server, listen: (cb: () => void) => void): Promise<void> {

@@ -19,18 +19,22 @@ async function config(name: string, dataDir: string): Promise<string> {
   return file;
 }
 
-test('check: a dataDir that is a file, or lies under one, is refused with file:line; one still to be created is fine', async () => {
+test('check and serve: a dataDir that is a file, or lies under one, is refused with the same file:line:col; one still to be created is fine', async () => {
   const file = await config('file', './data');
   await writeFile(join(root, 'file', 'data'), 'not a folder\n');
   let r = await runCli(['check', '--config', file]);
   assert.equal(r.code, 1);
-  assert.equal(r.stderr, `${file}:4:1: dataDir: ${join(root, 'file', 'data')} is not a folder\n`);
+  assert.equal(r.stderr, `${file}:4:10: dataDir: ${join(root, 'file', 'data')} is not a folder\n`);
 
   const under = await config('under', './data/inner');
   await writeFile(join(root, 'under', 'data'), 'not a folder\n');
   r = await runCli(['check', '--config', under]);
   assert.equal(r.code, 1);
-  assert.equal(r.stderr, `${under}:4:1: dataDir: ${join(root, 'under', 'data', 'inner')} cannot be created: ${join(root, 'under', 'data')} is not a folder\n`);
+  assert.equal(r.stderr, `${under}:4:10: dataDir: ${join(root, 'under', 'data', 'inner')} cannot be created: ${join(root, 'under', 'data')} is not a folder\n`);
+  // A start is refused with the same line (it used to be a bare `ENOTDIR: not a directory, mkdir …`).
+  const serve = await runCli(['serve', '--config', under], { timeoutMs: 30_000 });
+  assert.equal(serve.code, 1);
+  assert.equal(serve.stderr, `postern: configuration refused:\n${r.stderr}`);
 
   const fresh = await config('fresh', './not/yet/there');
   r = await runCli(['check', '--config', fresh]);
