@@ -96,7 +96,7 @@ for (let round = 0; round < rounds; round++) {
 }
 for (const s of servers) s.stop();
 await redis?.stop();
-await rm(work, { recursive: true, force: true });
+await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }); // serve's children may still be ending
 const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
 for (const [i, name] of names.slice(1).entries()) {
   const r = ratios[i]!;
