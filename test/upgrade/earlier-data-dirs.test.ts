@@ -76,7 +76,10 @@ for (const commit of readdirSync(FIXTURES).filter((n) => /^[0-9a-f]{7,}$/.test(n
       const queued = (JSON.parse(list.stdout) as { messages: Array<{ held: unknown }> }).messages;
       assert.equal(queued.length, expected.held.length, list.stdout);
       assert.ok(queued.every((m) => m.held), 'only the held messages are left, held');
-      const spoolTrouble = c.logs.filter((l) => Number(l.level) >= 40 && /spool|journal|unreadable|damaged|quarantine|removed unacknowledged/i.test(String(l.msg)));
+      // A message the old tree was still receiving when it was killed (never acknowledged) may be removed, with a
+      // warning: seen once in three fresh-clone runs (removedOrphans: 1). Anything else about the spool is trouble.
+      const spoolTrouble = c.logs.filter((l) => Number(l.level) >= 40 && /spool|journal|unreadable|damaged|quarantine/i.test(String(l.msg))
+        && String(l.msg) !== 'removed unacknowledged spool files');
       assert.deepEqual(spoolTrouble, []);
 
       if (!expected.pki) return;
