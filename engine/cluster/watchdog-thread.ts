@@ -9,7 +9,7 @@
 import { workerData, parentPort } from 'node:worker_threads';
 import { writeSync } from 'node:fs';
 import { writeCrashRecord, type CrashRecordFile } from './crash-record.ts';
-import { describeRunning, type RunningCallTable } from '../sandbox/running-call.ts';
+import { describeRunning, StallMirror, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 
@@ -32,9 +32,21 @@ let lastBeat = performance.now(); // the main thread's timers last ran
 let lastProgress = lastBeat; // …or it last made a read or write call (thread-progress.ts: a busy poll is no hang)
 let lastTick = lastBeat;
 const progress = new ThreadProgress(process.pid);
+// The call running now, copied into the mirror half-way to a hang: also named alone when the supervisor's
+// own limit ends this process first. Its own beat tracking: late ticks (below) must not delay it.
+const stall = new StallMirror(mirror, marker);
+let stallBeat = last;
+let stallSince = lastBeat;
 setInterval(() => {
   const beat = Atomics.load(beats, 0);
   const now = performance.now();
+  if (beat !== stallBeat) {
+    stallBeat = beat;
+    stallSince = now;
+    stall.resumed();
+  } else if (now - stallSince >= hangMs / 2 && Atomics.load(running, 0) !== 0) {
+    stall.stalled();
+  }
   // A tick this late means this thread did not run either (SIGSTOP, a frozen cgroup, a suspended VM):
   // the main thread had no chance to beat, which proves nothing; count from now.
   const late = now - lastTick > hangMs / 2;

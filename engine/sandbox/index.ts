@@ -14,7 +14,7 @@ export type { FailureKind } from './errors.ts';
 export type { HostBridge, LogLevel } from './host-callbacks.ts';
 export { HOOK_NAMES, isHookName, parseScriptFileName } from './hooks.ts';
 export { DEADLINE_SLACK_MS } from './sandbox.ts';
-export { runningCall, runningCallTable, describeRunning, readMirror, removeMirror } from './running-call.ts';
+export { runningCall, runningCallTable, describeRunning, readMirror, removeMirror, StallMirror } from './running-call.ts';
 export type { RunningScript, RunningCallTable } from './running-call.ts';
 export { abandonedRunningScripts, exitMayHang, mustRecycle, onMustRecycle, onUnrecoverable, stuckLoadScripts, unrecoverableReasons } from './unrecoverable.ts';
 export type { UnrecoverableListener } from './unrecoverable.ts';

@@ -43,6 +43,14 @@ let nextId = 1;
 /** Calls on isolate threads tracked at most at once (one per isolate runs at a time); more go unnamed. */
 const ASYNC_SLOTS = 63;
 const asyncBusy = new Uint8Array(ASYNC_SLOTS + 1); // index 0 unused: it is the event-loop marker's word
+/**
+ * After the isolate-thread words, two written by the watchdog thread during a stall (StallMirror): the marker's
+ * word 0 then, and its word 1 (the call running now). Word 1 is not mirrored per call (a pwrite per call); without
+ * this copy a process the supervisor kills before its watchdog names the call (a loaded machine) was blamed on
+ * every hook of the batch.
+ */
+const STALL_SLOT = ASYNC_SLOTS + 1;
+const MIRROR_WORDS = STALL_SLOT + 2;
 let mirrorFd = -1;
 let mirrorPath: string | null = null;
 const word = new Int32Array(1);
@@ -194,7 +202,7 @@ export const runningCall = {
   mirrorTo(path: string): void {
     mirrorFd = openSync(`${path}.bin`, 'w+');
     mirrorPath = path;
-    writeSync(mirrorFd, new Uint8Array(4 * (ASYNC_SLOTS + 1)), 0, 4 * (ASYNC_SLOTS + 1), 0);
+    writeSync(mirrorFd, new Uint8Array(4 * MIRROR_WORDS), 0, 4 * MIRROR_WORDS, 0);
     writeTableMirror();
   },
   /** The marker now (0: idle). */
@@ -224,10 +232,49 @@ export function readMirror(path: string): RunningScript[] {
     return [];
   }
   const found = new Map<string, RunningScript>();
-  for (const value of words) {
-    for (const s of describeRunning(value, scripts)) found.set(`${s.hook}\0${s.file}\0${s.sha256}`, s);
+  // The event-loop call the watchdog saw stalled, when the marker is still the one it saw.
+  const now = words.length > STALL_SLOT + 1 && words[STALL_SLOT] === words[0] ? words[STALL_SLOT + 1]! : 0;
+  for (let i = 0; i < Math.min(words.length, STALL_SLOT); i++) {
+    for (const s of describeRunning(words[i]!, scripts, i === 0 ? now : 0)) found.set(`${s.hook}\0${s.file}\0${s.sha256}`, s);
   }
   return [...found.values()];
+}
+
+/**
+ * The watchdog thread's copy of the marker into the mirror while the event loop stalls (see STALL_SLOT): the
+ * call stuck in a builtin is then blamed alone also when the supervisor, not the watchdog, ends the process.
+ * Written only when what it holds changes, and cleared once the event loop beats again. Best effort, as the mirror.
+ */
+export class StallMirror {
+  readonly #path: string;
+  readonly #marker: Int32Array;
+  #fd = -1;
+  readonly #pair = new Int32Array(2);
+
+  constructor(path: string, marker: SharedArrayBuffer) {
+    this.#path = path;
+    this.#marker = new Int32Array(marker);
+  }
+
+  /** The event loop has not beaten for a while: record the call it runs now. */
+  stalled(): void {
+    this.#write(Atomics.load(this.#marker, 0), Atomics.load(this.#marker, 1));
+  }
+
+  /** It beats again: what was recorded no longer holds. */
+  resumed(): void {
+    this.#write(0, 0);
+  }
+
+  #write(value: number, now: number): void {
+    if (this.#pair[0] === value && this.#pair[1] === now) return;
+    try {
+      if (this.#fd < 0) this.#fd = openSync(`${this.#path}.bin`, 'r+');
+      this.#pair[0] = value;
+      this.#pair[1] = now;
+      writeSync(this.#fd, new Uint8Array(this.#pair.buffer), 0, 8, STALL_SLOT * 4);
+    } catch { /* no mirror (yet, or any more): nothing to name from */ }
+  }
 }
 
 /** Remove a mirror's files (after reading it, or when the process ended cleanly). */

@@ -139,7 +139,8 @@ listeners:
       try {
         assert.equal((await client.read(30_000)).code, 220);
         await client.command('EHLO client.test', 30_000);
-        assert.equal((await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`, 30_000)).code, 535);
+        const r = await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`, 30_000);
+        assert.equal(r.code, 535, `failure ${i + 1}, under the limit: ${r.text}; server: ${JSON.stringify(s.c.logs.slice(-8).map((l) => l.msg))}`);
       } finally {
         client.destroy();
       }
