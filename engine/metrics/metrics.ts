@@ -28,6 +28,9 @@ function lookAtQueue(): QueueLook {
 /** The number of fenced scripts, read at each scrape: set by the supervisor of `postern serve`. */
 let fenceProbe: (() => number) | null = null;
 export function setFenceProbe(probe: typeof fenceProbe): void { fenceProbe = probe; }
+let authFailureProbe: (() => number) | null = null;
+/** Where this process keeps its auth-failure counts (the supervisor's, a worker's, a single server's; none with Redis). */
+export function setAuthFailureProbe(probe: typeof authFailureProbe): void { authFailureProbe = probe; }
 
 const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 const SPOOL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
@@ -127,6 +130,12 @@ export const metrics = {
     name: 'postern_fenced_scripts', help: 'Scripts fenced for crashing or hanging their worker (their hook answers 451 4.3.0 until the file changes)',
     registers: [registry], aggregator: 'max', // only the supervisor knows
     collect() { if (fenceProbe) this.set(fenceProbe()); },
+  }),
+  authFailureAddresses: new Gauge({
+    name: 'postern_auth_failure_addresses',
+    help: 'Client addresses (IPv6: networks) with failed authentications kept in memory for limits.authFailuresPerIp: those that failed within authFailureWindowMs, and expired ones until the next failure drops them; the most any process keeps',
+    registers: [registry], aggregator: 'max', // each process keeps its own copy of the server's counts
+    collect() { if (authFailureProbe) this.set(authFailureProbe()); },
   }),
   storeUnreachable: new Gauge({
     name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached (what needs it fails closed), else 0',
