@@ -185,7 +185,7 @@ export function refusalCounted(stage: string, responseCode: number, reason: stri
  * bounce's sender domain) names, and whoever controls that DNS names as many as it likes. Past this many,
  * deliveries count under `other` (the log line of each still names its relay).
  */
-const MAX_NEXT_HOPS = 100;
+export const MAX_NEXT_HOPS = 100;
 const nextHops = new Set<string>();
 
 /** A recipient's delivery outcome: `remoteMta` is `host[address]:port` (the address left out: one label per next hop, not per address). */
