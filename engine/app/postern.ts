@@ -21,7 +21,7 @@ import { loadDkimSigner } from '../delivery/dkim.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
-import { deliveryCounted, metrics, setQueueProbe } from '../metrics/metrics.ts';
+import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
@@ -199,6 +199,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // worker processes (through the supervisor); else in this process.
   const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
   const failures = new AuthFailureLimiter(windowMs, failureStore);
+  if (failureStore instanceof MemoryAuthFailureStore) setAuthFailureProbe(() => failureStore.addresses);
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);
   // Each process that serves connections keeps its own sightings file; one process per server watches expiry.
   const sightings = role === 'queue' ? null : new SightingRecorder(config.dataDir, role === 'worker' ? `worker-${opts.workerIndex ?? 0}` : 'single', {

@@ -33,17 +33,50 @@ export interface FailureMap {
 
 const NO_FAILURES = Promise.resolve(0);
 
+/**
+ * `at`, a failure of `key`, recorded in `failures` with `times` (its earlier ones still counted), and the
+ * addresses whose failures are all at or before `since` dropped. The map is kept in order of each address's
+ * latest failure (the key moves to the end), so the expired ones are at its front: dropping them costs a step
+ * per address dropped, not a walk over every address. Without it an address that failed once stayed for the
+ * process's life unless it came back (a process told of other processes' failures never looked again).
+ */
+export function failureRecorded(failures: FailureMap, key: string, times: number[], at: number, since: number): number[] {
+  times.push(at);
+  failures.delete(key);
+  failures.set(key, times);
+  dropExpired(failures, since);
+  return times;
+}
+
+/** Drop, from the front of `failures`, the addresses with no failure after `since` (see failureRecorded). */
+function dropExpired(failures: FailureMap, since: number): void {
+  const now = Date.now();
+  for (const key of failures.keys()) {
+    const times = failures.get(key);
+    const latest = times?.length ? times[times.length - 1]! : -Infinity;
+    if (latest > now) {
+      // Recorded before the clock was set back: counted as now from here on (as #recent does), and moved to
+      // the end, so that it neither stays for the length of the step nor holds back the pruning behind it.
+      failures.delete(key);
+      failures.set(key, times!.map((t) => Math.min(t, now)));
+      continue;
+    }
+    if (latest > since) return;
+    failures.delete(key);
+  }
+}
+
 export class MemoryAuthFailureStore implements AuthFailureStore {
   readonly #failures: FailureMap;
 
   constructor(failures: FailureMap = new Map<string, number[]>()) { this.#failures = failures; }
 
+  /** Addresses whose failures are kept now (the metric postern_auth_failure_addresses). */
+  get addresses(): number { return this.#failures.size; }
+
   add(key: string, now: number, since: number): Promise<number> {
-    // Many failing addresses (rotating IPv6) must not grow the map without bound: drop expired entries.
-    if (this.#failures.size > 10_000) for (const k of [...this.#failures.keys()]) this.#recent(k, since);
-    const list = this.#recent(key, since);
-    list.push(now);
-    this.#failures.set(key, list);
+    // Many failing addresses (rotating IPv4 addresses, IPv6 networks) must not grow the map: expired ones go.
+    const list = failureRecorded(this.#failures, key, this.#recent(key, since), now, since);
     this.#failures.recorded?.(key, now);
     return Promise.resolve(list.length);
   }

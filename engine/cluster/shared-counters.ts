@@ -54,7 +54,7 @@
  * holder decides on the failures relayed to it (and the list it got when ready), as `workers: 1` always did.
  * When a worker dies, the supervisor drops every slot it held.
  */
-import type { FailureMap } from '../auth/failure-limiter.ts';
+import { failureRecorded, type FailureMap } from '../auth/failure-limiter.ts';
 
 /** acquire()'s answer: `ok`, under the per-address limit (the slot is taken); `total`, when counted over
  * every worker, the listener's open connections with this one (for its maxConnections). */
@@ -99,15 +99,15 @@ export class SharedFailureStore extends Map<string, number[]> implements Failure
     this.#windowMs = windowMs;
   }
   recorded(ip: string, at: number): void { this.#channel.send({ t: 'authfail', ip, at }); }
-  /** Another worker's failure, relayed by the supervisor. */
+  /** Another worker's failure, relayed by the supervisor (the addresses whose failures all expired go). */
   add(ip: string, at: number): void {
-    const list = (this.get(ip) ?? []).filter((t) => t > Date.now() - this.#windowMs);
-    list.push(at);
-    this.set(ip, list);
+    const since = Date.now() - this.#windowMs;
+    failureRecorded(this, ip, (this.get(ip) ?? []).filter((t) => t > since), at, since);
   }
   /** The supervisor's list for `ip` (every worker's failures, ours included: they were sent before). */
   replace(ip: string, times: number[]): void {
-    if (times.length) this.set(ip, times); else this.delete(ip);
+    this.delete(ip); // set again at the end: the map stays in order of latest failure (failureRecorded)
+    if (times.length) this.set(ip, times);
   }
 }
 
@@ -548,10 +548,7 @@ export class CounterHost {
         return true;
       }
       case 'authfail': {
-        const list = this.failures(message.ip!);
-        list.push(message.at!);
-        this.#failures.set(message.ip!, list);
-        if (this.#failures.size > 10_000) for (const ip of [...this.#failures.keys()]) if (!this.failures(ip).length) this.#failures.delete(ip);
+        failureRecorded(this.#failures, message.ip!, this.failures(message.ip!), message.at!, Date.now() - this.#windowMs);
         broadcast({ t: 'authfail', ip: message.ip, at: message.at });
         return true;
       }
@@ -584,6 +581,9 @@ export class CounterHost {
     // The holder's own slots went with it: the kernel closed their connections as it died.
     if (this.#lease?.worker === worker) this.#leaseFree();
   }
+
+  /** Addresses whose failures are kept now (the metric postern_auth_failure_addresses). */
+  get failureAddresses(): number { return this.#failures.size; }
 
   /** Open connections with this key, over all workers (tests, status). */
   open(key: string): number { return this.#open.get(key) ?? 0; }

@@ -29,7 +29,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
-import { metrics, registry, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
+import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
@@ -203,6 +203,7 @@ export class Supervisor {
       log.error({ err: { message: (err as Error).message } }, 'the fence list could not be written; the fences hold in memory until restart'),
     (message) => log.error(message));
     setFenceProbe(() => this.#fences.fences.length);
+    setAuthFailureProbe(() => this.#counters.failureAddresses);
     // The queue gauges are read here, from the spools (as postern status does): read by the queue process, they
     // fell to 0 whenever it was down (crashed, being replaced), and the queue alerts cleared when mail was stuck.
     setQueueProbe(() => this.#census());

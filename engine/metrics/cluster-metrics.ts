@@ -9,6 +9,7 @@
  * scrape from then on. What a child counted after its last scrape is lost with it, as before.
  */
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
+import { MAX_NEXT_HOPS } from './metrics.ts';
 
 export type MetricsAnswer = MetricObjectWithValues<MetricValue<string>>[];
 
@@ -22,6 +23,16 @@ const CUMULATIVE = new Set(['counter', 'histogram']);
  */
 const PROCESS_LABELS: Readonly<Record<string, string>> = { postern_script_verdicts_total: 'generation' };
 
+/**
+ * Labels whose values each process bounds (metrics.ts), bounded again over the processes: a replaced queue
+ * process's next hops stayed in every scrape beside its successor's, so each replacement could add as many
+ * series again, for the supervisor's life. The first values shown stay shown (a series that vanished would
+ * look like a counter reset); later ones are counted under `other`, as within one process.
+ */
+const BOUNDED_LABELS: Readonly<Record<string, { label: string; max: number; other: string }>> = {
+  postern_deliveries_total: { label: 'next_hop', max: MAX_NEXT_HOPS, other: 'other' },
+};
+
 function withoutProcessLabels(m: MetricsAnswer[number]): MetricsAnswer[number] {
   const label = PROCESS_LABELS[m.name];
   if (label === undefined) return m;
@@ -33,6 +44,30 @@ export class ClusterMetrics {
   readonly #last = new Map<object, MetricsAnswer>();
   /** The counters and histograms of every exited child as last seen, merged into one. */
   #retired: MetricsAnswer = [];
+  /** Per metric of BOUNDED_LABELS, the values of its label shown so far. */
+  readonly #shown = new Map<string, Set<string>>();
+
+  /** `answer` with the values of BOUNDED_LABELS past their bound counted under `other`. */
+  #bounded(answer: MetricsAnswer): MetricsAnswer {
+    return answer.map((m) => {
+      const bound = BOUNDED_LABELS[m.name];
+      if (bound === undefined) return m;
+      let shown = this.#shown.get(m.name);
+      if (!shown) this.#shown.set(m.name, shown = new Set());
+      const kept = shown;
+      return {
+        ...m, values: m.values.map((v) => {
+          const value = String(v.labels[bound.label]);
+          if (value === bound.other || kept.has(value)) return v;
+          if (kept.size < bound.max) {
+            kept.add(value);
+            return v;
+          }
+          return { ...v, labels: { ...v.labels, [bound.label]: bound.other } };
+        }),
+      };
+    });
+  }
 
   /** A child's answer to this scrape, or (null: it did not answer in time) the last one it gave. */
   answered(child: object, answer: MetricsAnswer | null): MetricsAnswer | null {
@@ -46,7 +81,7 @@ export class ClusterMetrics {
     const last = this.#last.get(child);
     this.#last.delete(child);
     if (!last) return;
-    const kept = last.filter((m) => CUMULATIVE.has(String(m.type))).map(withoutProcessLabels);
+    const kept = this.#bounded(last.filter((m) => CUMULATIVE.has(String(m.type))).map(withoutProcessLabels));
     // aggregate() registers each merged metric as its plain values (and a get() that returns them): read at once.
     this.#retired = AggregatorRegistry.aggregate([this.#retired, kept]).getMetricsAsArray()
       .map((m) => { const { name, help, type, values, aggregator } = m as unknown as MetricsAnswer[number]; return { name, help, type, values, aggregator }; }) as unknown as MetricsAnswer;
@@ -54,6 +89,8 @@ export class ClusterMetrics {
 
   /** The server's metrics: `own` (the supervisor's), the children's `answers`, and those of exited children. */
   merged(own: MetricsAnswer, answers: ReadonlyArray<MetricsAnswer | null>): Registry {
-    return AggregatorRegistry.aggregate([own, ...answers.filter((a): a is MetricsAnswer => a !== null), this.#retired]);
+    // (The exited children's values are among those shown already: bounded as they exited.)
+    const live = [own, ...answers.filter((a): a is MetricsAnswer => a !== null)].map((a) => this.#bounded(a));
+    return AggregatorRegistry.aggregate([...live, this.#retired]);
   }
 }

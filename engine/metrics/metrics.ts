@@ -28,6 +28,9 @@ function lookAtQueue(): QueueLook {
 /** The number of fenced scripts, read at each scrape: set by the supervisor of `postern serve`. */
 let fenceProbe: (() => number) | null = null;
 export function setFenceProbe(probe: typeof fenceProbe): void { fenceProbe = probe; }
+let authFailureProbe: (() => number) | null = null;
+/** Where this process keeps its auth-failure counts (the supervisor's, a worker's, a single server's; none with Redis). */
+export function setAuthFailureProbe(probe: typeof authFailureProbe): void { authFailureProbe = probe; }
 
 const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 const SPOOL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
@@ -128,6 +131,12 @@ export const metrics = {
     registers: [registry], aggregator: 'max', // only the supervisor knows
     collect() { if (fenceProbe) this.set(fenceProbe()); },
   }),
+  authFailureAddresses: new Gauge({
+    name: 'postern_auth_failure_addresses',
+    help: 'Client addresses (IPv6: networks) with failed authentications kept in memory for limits.authFailuresPerIp: those that failed within authFailureWindowMs, and expired ones until the next failure drops them; the most any process keeps',
+    registers: [registry], aggregator: 'max', // each process keeps its own copy of the server's counts
+    collect() { if (authFailureProbe) this.set(authFailureProbe()); },
+  }),
   storeUnreachable: new Gauge({
     name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached (what needs it fails closed), else 0',
     registers: [registry], aggregator: 'max', // any process that cannot reach it
@@ -176,7 +185,7 @@ export function refusalCounted(stage: string, responseCode: number, reason: stri
  * bounce's sender domain) names, and whoever controls that DNS names as many as it likes. Past this many,
  * deliveries count under `other` (the log line of each still names its relay).
  */
-const MAX_NEXT_HOPS = 100;
+export const MAX_NEXT_HOPS = 100;
 const nextHops = new Set<string>();
 
 /** A recipient's delivery outcome: `remoteMta` is `host[address]:port` (the address left out: one label per next hop, not per address). */

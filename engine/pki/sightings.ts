@@ -127,6 +127,9 @@ export class SightingRecorder {
         const certificates = Object.fromEntries(this.#records);
         await writeFileAtomic(this.#file, `${JSON.stringify({ version: 1, certificates })}\n`);
       } catch (err) {
+        // Held to the same bounds unwritten: a file that cannot be read (another user's, a folder in its place, a
+        // failing disk) stays so for as long as nobody looks, while every made-up certificate adds a record.
+        this.#prune(Date.now() - KEEP_MS);
         // Still to be written: tried again later, not only when another certificate comes.
         this.#dirty = true;
         this.#schedule(this.#retryMs);

@@ -93,14 +93,17 @@ test("a stranger's expired certificate (it names no one) raises no warning and n
   await rm(dir, { recursive: true, force: true });
 });
 
+/** The `i`-th of a flood of certificates' sightings (`identity` null: a made-up certificate that names nobody). */
+const floodRecord = (i: number, identity: string | null) => ({
+  fingerprintSha256: i.toString(16).padStart(64, '0'), pinSha256: 'cd'.repeat(32), serial: String(i), subject: `CN=${i}`, issuer: 'CN=ca',
+  notAfter: new Date().toISOString(), listener: 'mx', identity, verdict: identity ? 'verified' : 'self-signed', lastConnection: `c${i}`,
+});
+
 test('sightings: certificates that never named anyone keep at most MAX_NAMELESS_RECORDS records, the latest; named ones are not pushed out', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-nameless-'));
   const recorder = new SightingRecorder(dir, 'single', { delayMs: 10 });
   const start = Date.now() - 3600_000;
-  const record = (i: number, identity: string | null) => ({
-    fingerprintSha256: i.toString(16).padStart(64, '0'), pinSha256: 'cd'.repeat(32), serial: String(i), subject: `CN=${i}`, issuer: 'CN=ca',
-    notAfter: new Date().toISOString(), listener: 'mx', identity, verdict: identity ? 'verified' : 'self-signed', lastConnection: `c${i}`,
-  });
+  const record = floodRecord;
   recorder.seen(record(0, 'owner@example.com'), start);
   const flood = MAX_NAMELESS_RECORDS + 100;
   for (let i = 1; i <= flood; i++) recorder.seen(record(i, null), start + i);
@@ -111,6 +114,32 @@ test('sightings: certificates that never named anyone keep at most MAX_NAMELESS_
   assert.ok(!seen.has(record(100, null).fingerprintSha256), 'the oldest nameless ones went');
   assert.ok(seen.has(record(flood, null).fingerprintSha256));
   await rm(dir, { recursive: true, force: true });
+});
+
+test('sightings: a file that cannot be read keeps the records in memory to the same bounds (they were pruned only on the way to a write)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-unreadable-seen-'));
+  try {
+    // A folder where the file should be (root reads any file; a folder fails reading and writing alike).
+    await mkdir(join(dir, 'certificates', 'seen-single.json'), { recursive: true });
+    const warnings: unknown[] = [];
+    const recorder = new SightingRecorder(dir, 'single', { delayMs: 3_600_000, retryMs: 3_600_000, onError: (err) => warnings.push(err) });
+    const start = Date.now() - 3600_000;
+    const flood = MAX_NAMELESS_RECORDS + 100;
+    for (let i = 1; i <= flood; i++) recorder.seen(floodRecord(i, null), start + i, 0);
+    await assert.rejects(recorder.flush(), /EISDIR/);
+    // seenRecently() answers from the records' marks: a forgotten record has none.
+    assert.equal(recorder.seenRecently(floodRecord(1, null).fingerprintSha256, 0), false, 'the oldest nameless records are forgotten unwritten');
+    assert.equal(recorder.seenRecently(floodRecord(100, null).fingerprintSha256, 0), false);
+    assert.equal(recorder.seenRecently(floodRecord(101, null).fingerprintSha256, 0), true, 'the latest MAX_NAMELESS_RECORDS are kept');
+    assert.equal(recorder.seenRecently(floodRecord(flood, null).fingerprintSha256, 0), true);
+    // The folder gone, the next write has the kept records.
+    await rm(join(dir, 'certificates', 'seen-single.json'), { recursive: true });
+    await recorder.close();
+    assert.equal((await readSightings(dir)).size, MAX_NAMELESS_RECORDS);
+    assert.deepEqual(warnings, []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('sightings: per-process files merged on read, at most one write a minute per certificate, first-seen kept across a restart', async () => {

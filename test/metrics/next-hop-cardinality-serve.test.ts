@@ -1,0 +1,73 @@
+/**
+ * postern_deliveries_total's next_hop under `postern serve`: each process keeps at most 100 values, but the
+ * supervisor keeps the counts of a child that exited (cluster-metrics.ts), and kept each of its next hops as a
+ * series beside those of its successor. A queue process replaced (killed, hung, recycled) after delivering to
+ * new next hops added as many series again, for the supervisor's life. Here the queue process defers mail for
+ * 150 next hops, is killed, and its successor defers mail for 150 others: the scrape keeps 100 values and
+ * counts the rest as `other`, with nothing lost from the totals.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
+import { freePort } from '../helpers/free-port.ts';
+import { until } from '../helpers/wait.ts';
+
+const PER_ROUND = 150;
+
+let c: ClusterProcess | undefined;
+after(() => c?.stop());
+
+test('next_hop keeps at most 100 values in the scrape of postern serve, its queue process replaced included', { timeout: 300_000 }, async () => {
+  const base = await freePort(); // next hops on base+1 … base+300: nothing listens there, each attempt is deferred
+  const domains = Array.from({ length: 2 * PER_ROUND }, (_, n) => `d${n}.example`);
+  c = await startCluster({
+    config: `
+workers: 1
+localDomains: [${domains.join(', ')}]
+admin: { listen: "127.0.0.1:{PORT:admin}" }
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxRecipients: ${PER_ROUND} }
+delivery:
+  route: { smarthost: { host: 127.0.0.1, port: ${base} } }
+  tls: { mode: none }
+  retrySchedule: [3600]
+  scanIntervalMs: 200
+`,
+    scripts: {
+      'predelivery.ts': `export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict {
+  return deliver({ host: '127.0.0.1', port: ${base} + 1 + Number(/^d(\\d+)\\./.exec(ctx.destination.domain)![1]) });
+}`,
+    },
+  });
+  const deliveries = async (): Promise<Array<[string, number]>> =>
+    [...(await scrapeMetrics(c!.port('admin')))].filter(([k]) => k.startsWith('postern_deliveries_total{'));
+  const counted = async (): Promise<number> => (await deliveries()).reduce((sum, [, v]) => sum + v, 0);
+  const queueProcess = async (): Promise<number | null> => {
+    const p = (await c!.cluster()).processes.find((x) => x.role === 'queue');
+    return p?.ready && p.pid ? p.pid : null;
+  };
+  const round = async (n: number): Promise<void> => {
+    const client = await SmtpTestClient.connect(c!.port('in'));
+    await client.hello();
+    const r = await client.sendMail('a@sender.example', domains.slice(n * PER_ROUND, (n + 1) * PER_ROUND).map((d) => `user@${d}`), 'Subject: many hops\r\n\r\nx\r\n');
+    assert.equal(r.code, 250, r.text);
+    await client.quit();
+    await until(`${(n + 1) * PER_ROUND} outcomes counted`, async () => await counted() === (n + 1) * PER_ROUND, { timeoutMs: 120_000, intervalMs: 200 });
+  };
+
+  await round(0);
+  const first = await c.waitFor('the queue process', queueProcess);
+  process.kill(first, 'SIGKILL');
+  await c.waitFor('its successor', async () => { const pid = await queueProcess(); return pid !== null && pid !== first ? pid : null; });
+  await round(1);
+
+  const hops = (await deliveries()).map(([k]) => /next_hop="([^"]*)"/.exec(k)![1]!);
+  assert.ok(new Set(hops).size <= 101, `${new Set(hops).size} next_hop values`);
+  assert.ok(hops.includes('other'), 'the rest counted as other');
+  assert.equal(await counted(), 2 * PER_ROUND, 'every outcome counted, the killed process\'s too');
+});
