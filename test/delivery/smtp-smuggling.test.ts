@@ -6,58 +6,10 @@
 // the exact bytes of the DATA phase.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { once } from 'node:events';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-
-/** A next hop without extensions that records the raw bytes of each DATA phase (ended strictly by CRLF.CRLF). */
-interface RawSink { port: number; messages: Buffer[]; close(): Promise<void> }
-
-async function startRawSink(): Promise<RawSink> {
-  const messages: Buffer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = Buffer.alloc(0);
-    let inData = false;
-    socket.write('220 sink ESMTP\r\n');
-    socket.on('data', (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      for (;;) {
-        if (inData) {
-          const end = buffered.indexOf('\r\n.\r\n');
-          if (end < 0) return;
-          messages.push(buffered.subarray(0, end + 2));
-          buffered = buffered.subarray(end + 5);
-          inData = false;
-          socket.write('250 2.0.0 kept\r\n');
-          continue;
-        }
-        const nl = buffered.indexOf('\r\n');
-        if (nl < 0) return;
-        const line = buffered.toString('latin1', 0, nl).toUpperCase();
-        buffered = buffered.subarray(nl + 2);
-        if (line.startsWith('DATA')) { inData = true; socket.write('354 go ahead\r\n'); }
-        else if (line.startsWith('QUIT')) socket.end('221 bye\r\n');
-        else socket.write(line.startsWith('EHLO') ? '250 sink\r\n' : '250 ok\r\n');
-      }
-    });
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    messages,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}
+import { startRawSink, type RawSink } from '../helpers/raw-sink.ts';
 
 let sink: RawSink;
 let s: DeliveryServer;
