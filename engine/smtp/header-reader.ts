@@ -64,6 +64,8 @@ export class HeaderReader {
   #tooManyFields = false;
   /** A CR not followed by LF in the section (seen so far). */
   #bareCr = false;
+  /** A NUL in a field of the section (seen so far). */
+  #nul = false;
   /**
    * Keep the chunks of the section for headers(). The SMTP intake does not: its spool writer has the bytes (in
    * its file, past the memory it may hold), and chunks kept here would hold up to maxHeaderBytes per connection.
@@ -120,15 +122,23 @@ export class HeaderReader {
    */
   get bareCr(): boolean { return this.#bareCr; }
 
+  /**
+   * A field of the header section holds a NUL: the message must be refused, as for a bare CR. A next hop written
+   * in C ends the field there: a real Postfix delivered `From: ceo@example.com<NUL>@evil.test` as
+   * `From: ceo@example.com`, while the data hook saw the whole value (a sender domain evil.test). A NUL that
+   * starts a line or sits in a field name makes that line no field (noEmptyLine): body, which keeps it.
+   */
+  get nul(): boolean { return this.#nul; }
+
   /** The header section has more than `maxFields` fields (tooLarge is set too). */
   get tooManyFields(): boolean { return this.#tooManyFields; }
 
   /** Fields counted so far (all of them once the section has ended). */
   get fields(): number { return this.#fields; }
 
-  /** Take the next chunk of the message; returns false once the header section is known to be refused (tooLarge, bareCr). */
+  /** Take the next chunk of the message; returns false once the header section is known to be refused (tooLarge, bareCr, nul). */
   push(chunk: Buffer): boolean {
-    return this.#take(chunk) && !this.#bareCr;
+    return this.#take(chunk) && !this.#bareCr && !this.#nul;
   }
 
   #take(chunk: Buffer): boolean {
@@ -222,10 +232,12 @@ export class HeaderReader {
         case VALUE:
           if (b === LF) at = LINE_START;
           else if (b === CR) at = VALUE_CR;
+          else if (b === 0) this.#nul = true;
           break;
         case VALUE_CR:
           if (b === LF) at = LINE_START;
           else if (b !== CR) { this.#bareCr = true; at = VALUE; } else this.#bareCr = true;
+          if (b === 0) this.#nul = true;
           break;
       }
     }

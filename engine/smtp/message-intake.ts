@@ -172,9 +172,10 @@ function unpooledBytes(text: string): Buffer {
   return bytes;
 }
 
-/** Why a header section was refused: a bare CR, too many fields, or too many bytes. */
+/** Why a header section was refused: a bare CR, a NUL, too many fields, or too many bytes. */
 export function headerRefusal(headers: HeaderReader, limits: { maxHeaderBytes: number; maxHeaderFields: number }): SmtpReply {
   if (headers.bareCr) return reply('bareCrInHeader');
+  if (headers.nul) return reply('nulInHeader');
   return headers.tooManyFields
     ? reply('tooManyHeaderFields', { n: String(limits.maxHeaderFields) })
     : reply('headerTooBig', { n: String(limits.maxHeaderBytes) });

@@ -4,6 +4,7 @@
 // next empty line (none: the whole message), so the data hook's ctx.message.text() was "" and a content check
 // passed `Subject: x<CRLF>Buy viagra now<CRLF>`, while a real Postfix next hop delivered "Buy viagra now" as the
 // body. Now the hook reads the body the next hop delivers, and the spool holds the empty line Postfix would write.
+// And a NUL in a field, where a C next hop ends the field and the hook saw all of it, is refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { HeaderReader } from '../../engine/smtp/header-reader.ts';
@@ -45,6 +46,30 @@ for (const [message, end, emptyLine, fields] of SECTIONS) {
   });
 }
 
+// A NUL in a field's value: refused (a real Postfix ends the field there: `From: ceo@example.com<NUL>@evil.test` was
+// delivered as `From: ceo@example.com`, while the data hook saw the domain evil.test). A NUL that starts a line or is in
+// a field name makes the line no field: body, where a NUL is taken (Postfix keeps it too).
+const NULS: Array<[string, boolean, number]> = [
+  ['From: <ceo@example.com\0@evil.test>\r\n\r\nbody\r\n', true, -1],
+  ['Subject: a\r\nX-B: b\r\n fold\0ed\r\n\r\n', true, -1],
+  ['Subject: a\r\n\0X: y\r\n', false, 12],
+  ['Subject: a\r\nX\0: y\r\n', false, 12],
+  ['Subject: a\r\n\r\nbody \0 NUL\r\n', false, 12],
+];
+
+for (const [message, refused, end] of NULS) {
+  test(`a NUL in ${JSON.stringify(message.slice(0, 28))}: ${refused ? 'refused' : `taken, the section ends at ${end}`}, at every split`, () => {
+    const bytes = Buffer.from(message);
+    for (let a = 0; a <= bytes.length; a++) {
+      const r = new HeaderReader(1 << 20);
+      const taken = [r.push(bytes.subarray(0, a)), r.push(bytes.subarray(a))];
+      assert.equal(r.nul, refused, `split at ${a}`);
+      assert.equal(taken.includes(false), refused, `split at ${a}`);
+      if (!refused) assert.equal(r.sectionBytes, end, `split at ${a}`);
+    }
+  });
+}
+
 /** The data hook refuses a message whose body (as it reads it) says "viagra". */
 const CONTENT_CHECK = {
   'data.ts': `export default async (ctx) => {
@@ -82,6 +107,8 @@ test('the data hook reads the body of a message without the empty line; the spoo
     const r = await c.sendMail('a@example.org', ['b@example.com'], message);
     assert.equal(r.code, 550, `${JSON.stringify(message)}: ${r.text}`);
   }
+  const nul = await c.sendMail('a@example.org', ['b@example.com'], 'From: <ceo@example.com\0@evil.test>\r\nSubject: hi\r\n\r\nbody\r\n');
+  assert.match(nul.text, /^554 5\.6\.0 Message header section contains a NUL character/);
   const r = await c.sendMail('a@example.org', ['b@example.com'], 'Subject: fine\r\nX-A: 1\r\nHello there\r\n more\r\n');
   assert.match(r.text, /^250 .*body "Hello there\\r\\n more\\r\\n"/);
   await c.quit();
