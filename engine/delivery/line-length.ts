@@ -93,12 +93,21 @@ function breakLine(message: Buffer, start: number, end: number, limit: number, o
   out.copy(message, at, end);
 }
 
-/** The last space or tab in line[from, to), or -1 (native searches, bounded to the range). */
+/**
+ * The last space or tab in line[from, to) that follows a byte that is none, or -1: the line cut there ends in
+ * text, never in a run of blanks (a folded line of blanks only is one some readers take for the empty line).
+ * Native searches, bounded to the range.
+ */
 function lastSpace(line: Buffer, from: number, to: number): number {
-  if (from >= to) return -1;
-  const range = line.subarray(from, to);
-  const at = Math.max(range.lastIndexOf(SP), range.lastIndexOf(HT));
-  return at < 0 ? -1 : from + at;
+  for (let end = to; end > from;) {
+    const range = line.subarray(from, end);
+    const at = Math.max(range.lastIndexOf(SP), range.lastIndexOf(HT));
+    if (at < 0) return -1;
+    const i = from + at;
+    if (line[i - 1] !== SP && line[i - 1] !== HT) return i;
+    end = i;
+  }
+  return -1;
 }
 
 /** `cut`, moved back to the start of the UTF-8 character it falls in (never before `min + 1`). */
