@@ -53,7 +53,10 @@ async function sendTransaction(c: SmtpTestClient, mode: typeof MODES[number], me
   }
   const bytes = Buffer.from(commands.map((l) => `${l}\r\n`).join('') + message);
   if (mode === 'pipelined') c.socket.write(bytes);
-  else for (const byte of bytes) await new Promise((resolve) => c.socket.write(Buffer.from([byte]), resolve));
+  else {
+    c.socket.setNoDelay(true); // each byte its own packet, as far as the kernel goes
+    for (const byte of bytes) await new Promise((resolve) => c.socket.write(Buffer.from([byte]), resolve));
+  }
   const replies = [];
   for (let i = 0; i < 4; i++) replies.push(await c.read());
   assert.deepEqual(replies.map((r) => r.code), [250, 250, 354, 250], replies.map((r) => r.text).join(' | '));
