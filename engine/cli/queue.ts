@@ -169,7 +169,9 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
         process.stdout.write(`${JSON.stringify({ ...envelope, held: hold }, null, 2)}\n`);
         if (opts.message) {
           const message = await spool.readMessage(id);
-          process.stdout.write(`\n${(process.stdout.isTTY ? terminalSafe(message) : message).toString('utf8')}`);
+          // The bytes as spooled, as without --json: decoded as UTF-8, an 8-bit message's other bytes became U+FFFD.
+          process.stdout.write('\n');
+          process.stdout.write(process.stdout.isTTY ? terminalSafe(message) : message);
         }
         return 0;
       }

@@ -74,7 +74,7 @@ const limitsSchema = z.strictObject({
   maxMessageSize: z.number().int().positive().meta({ unit: 'bytes' }).default(25 * 1024 * 1024)
     .describe('Advertised as `SIZE`. A `MAIL FROM … SIZE=` above it gets `552 5.3.4 Error: message exceeds fixed maximum message size <n>`. A larger DATA gets `552 5.3.4 Message size exceeds fixed maximum message size` and is not kept: writing to the spool stops, and what was written is dropped, as soon as the message passes the limit. The rest is read and discarded up to the final `.`, and the reply comes after it (as in Postfix), so the connection can go on with the next transaction and is not kept.'),
   maxHeaderBytes: z.number().int().positive().meta({ unit: 'bytes' }).default(1024 * 1024)
-    .describe('Largest header section of a message: everything up to the first empty line (all of a message that has none). A larger one gets `552 5.3.4 Message header section exceeds fixed maximum size of <n> bytes` after the final `.`, and the message is not kept. The `data` hook sees the whole header section.'),
+    .describe('Largest header section of a message: everything up to the first empty line, or up to the first line that is neither a field nor a folded line (all of a message that has neither). A larger one gets `552 5.3.4 Message header section exceeds fixed maximum size of <n> bytes` after the final `.`, and the message is not kept. The `data` hook sees the whole header section.'),
   maxHeaderFields: z.number().int().positive().default(5000)
     .describe('Most fields in the header section of a message (a folded field counts once). More get `552 5.3.4 Message header section exceeds fixed maximum of <n> fields` after the final `.`, and the message is not kept. Each field is an entry of the `data` hook\'s `ctx.data.headers`: without this bound, a header section within `maxHeaderBytes` could hold some 250,000 short fields, and a script going through them runs out of its `sandbox.timeoutMs` (a `451` the client retries for ever).'),
   maxRecipients: z.number().int().positive().default(100)
@@ -272,6 +272,9 @@ const deliverySchema = z.strictObject({
     .describe('Time limit for the connection, the greeting and the TLS handshake.'),
   commandTimeoutMs: timerMs().default(300_000)
     .describe('Time limit for each reply of the next hop, from when it is awaited, however its bytes trickle in; the message itself must go out at 1 byte/ms at least beyond it.'),
+  lineLengthLimit: z.number().int().min(0).refine((n) => n === 0 || n >= 78, 'expected 0 (lines sent as they are) or at least 78')
+    .meta({ unit: 'bytes' }).default(998)
+    .describe('Longest line sent to a next hop, its CRLF not counted (RFC 5321: 1000 octets with it), as Postfix `smtp_line_length_limit`. A longer line of the message (a client may send any length) is broken by a line end and a space: before a space or tab of the line when there is one, never inside a UTF-8 character, so that in a header the rest is a folded line of the same field. A DKIM signature Postern adds covers the message as sent; one the message came with no longer verifies (as with Postfix). `0`: lines are sent as they are, which next hops that hold to the limit refuse (the message then bounces). See [long lines](#long-lines).'),
   scanIntervalMs: timerMs().default(5000)
     .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')

@@ -21,6 +21,7 @@ import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.t
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
 import type { TransactionDsn } from '../delivery/dsn-params.ts';
 import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
+import { withLinesWithin } from '../delivery/line-length.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
@@ -426,12 +427,14 @@ export class QueueRunner {
         else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
       }
       const eightBit = hasEightBit(message);
+      // What goes on the wire (and is DKIM-signed): lines within delivery.lineLengthLimit. Bounces quote the message as spooled.
+      const sent = withLinesWithin(message, delivery.lineLengthLimit);
       const dsn: TransactionDsn = {
         ...envelope.dsn,
         recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
       };
       const results = await Promise.all([...transactions.values()].map(async (t) => {
-        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message, eightBit, dsn });
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
         return r.outcomes;
       }));

@@ -15,6 +15,7 @@ import { reply } from './replies.ts';
 import { clientName } from './decision-log.ts';
 import { HeaderReader } from './header-reader.ts';
 import { editHeaderSection } from './header-edit.ts';
+import type { HeaderEdit } from '../sandbox/api/index.ts';
 import { receivedClientPart, receivedHeaderEnd, receivedHeaderStart } from './received-header.ts';
 import { sharedConnectionFacts } from './script-context.ts';
 import { summarizeCertificate } from '../certificates/index.ts';
@@ -58,20 +59,14 @@ export async function receiveMessage(
     });
     // The client's header section: after our Received header, up to the empty line (all of a message without one).
     const sectionBytes = headers.sectionBytes >= 0 ? headers.sectionBytes : size;
-    const bodyAt = (): number => {
-      if (headers.sectionBytes < 0) return writer.bytes;
-      const at = receivedBytes + sectionBytes;
-      return at + (writer.read(at, 1)[0] === 0x0d ? 2 : 1); // the empty line: CR LF or LF
-    };
+    const bodyAt = (): number => (headers.sectionBytes < 0 ? writer.bytes
+      : receivedBytes + headers.bodyAt(writer.read(receivedBytes + sectionBytes, 1)[0]));
     // The fields are read back from the writer (the reader kept no chunks: see HeaderReader).
     const fields = (): Array<[string, string]> => headers.headers(writer.read(receivedBytes, sectionBytes));
     const decision = await policy.data(conn, session, id, size, fields, (max) => writer.read(bodyAt(), max));
     const decided = decision.reply;
     if (decided?.refuses) throw decided;
-    const edits = decision.headerEdits;
-    const replace = edits?.length
-      ? { at: receivedBytes, length: sectionBytes, bytes: editHeaderSection(writer.read(receivedBytes, sectionBytes), edits) }
-      : undefined;
+    const replace = editedSection(headers, decision.headerEdits, receivedBytes, sectionBytes, () => writer.read(receivedBytes, sectionBytes));
     const mailFrom = session.envelope.mailFrom;
     const now = new Date().toISOString();
     const envelope: SpoolEnvelope = {
@@ -159,6 +154,17 @@ function keptClient(conn: SmtpClient, session: SMTPServerSession, hostname: stri
   return st.receivedClient;
 }
 
+/**
+ * The header section as spooled, when it is not as the client sent it: with the data hook's edits, and with the
+ * empty line written before the body when the client's section was ended by a line that is no field
+ * (HeaderReader.noEmptyLine), so that every next hop starts the body where the hook's ctx.message.text() did.
+ */
+function editedSection(headers: HeaderReader, edits: readonly HeaderEdit[] | null | undefined, at: number, length: number, section: () => Buffer): { at: number; length: number; bytes: Buffer } | undefined {
+  if (!edits?.length && !headers.noEmptyLine) return undefined;
+  const bytes = edits?.length ? editHeaderSection(section(), edits) : section();
+  return { at, length, bytes: headers.noEmptyLine ? Buffer.concat([bytes, CRLF]) : bytes };
+}
+
 /** A buffer of its own: one kept for a connection's life must not hold a slab of Node's shared pool. */
 function unpooledBytes(text: string): Buffer {
   const bytes = Buffer.allocUnsafeSlow(Buffer.byteLength(text));
@@ -166,9 +172,10 @@ function unpooledBytes(text: string): Buffer {
   return bytes;
 }
 
-/** Why a header section was refused: a bare CR, too many fields, or too many bytes. */
+/** Why a header section was refused: a bare CR, a NUL, too many fields, or too many bytes. */
 export function headerRefusal(headers: HeaderReader, limits: { maxHeaderBytes: number; maxHeaderFields: number }): SmtpReply {
   if (headers.bareCr) return reply('bareCrInHeader');
+  if (headers.nul) return reply('nulInHeader');
   return headers.tooManyFields
     ? reply('tooManyHeaderFields', { n: String(limits.maxHeaderFields) })
     : reply('headerTooBig', { n: String(limits.maxHeaderBytes) });

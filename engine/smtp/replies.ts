@@ -79,6 +79,7 @@ export const REPLIES = {
   tooManyHeaderFields: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum of {n} fields', reason: 'limits.maxHeaderFields' },
   headerTooBig: { code: 552, enhanced: '5.3.4', text: 'Message header section exceeds fixed maximum size of {n} bytes', reason: 'limits.maxHeaderBytes' },
   bareCrInHeader: { code: 554, enhanced: '5.6.0', text: 'Message header section contains a bare CR (a CR not followed by LF)', reason: 'a bare CR in the header section (a line end to the next hop, none to scripts and header edits)' },
+  nulInHeader: { code: 554, enhanced: '5.6.0', text: 'Message header section contains a NUL character', reason: 'a NUL in a header field (next hops end the field there, scripts see all of it)' },
   dataTimeout: { code: 421, enhanced: '4.4.2', text: 'Timeout - closing connection', reason: 'limits.dataTimeoutMs' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 

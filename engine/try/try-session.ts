@@ -295,7 +295,7 @@ export class TrySession {
       if ((message[0] === 0x20 || message[0] === 0x09) && headers.push(Buffer.from('\r\n'))) message = Buffer.concat([Buffer.from('\r\n'), message]);
       if (!headers.push(message)) return asLine(headerRefusal(headers, this.listener.limits));
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
-      const bodyAt = headers.sectionBytes < 0 ? message.length : headers.sectionBytes + (message[headers.sectionBytes] === 0x0d ? 2 : 1);
+      const bodyAt = headers.sectionBytes < 0 ? message.length : headers.bodyAt(message[headers.sectionBytes]);
       const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
       this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address) };
       st.transactionId = null;

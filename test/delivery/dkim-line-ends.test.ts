@@ -5,9 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink, type Sink } from '../helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
-import { dkimKeyPair, verifyDkim } from '../helpers/dkim.ts';
-import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import type { DeliveryServer } from '../helpers/delivery-server.ts';
+import { startSigningServer, verifyDkim } from '../helpers/dkim.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 
 const scratch = useScratchDir('postern-dkim-ends-');
@@ -16,20 +15,8 @@ let s: DeliveryServer;
 let records: Record<string, string>;
 
 before(async () => {
-  const rsa = dkimKeyPair('rsa');
-  records = { 'sel._domainkey.example.com.': rsa.txt };
   sink = await startSink();
-  s = await startDeliveryServer({
-    config: configYaml({
-      hostname: 'postern.test',
-      listeners: [testListener('in')],
-      delivery: smarthostDelivery(sink.port, {
-        retrySchedule: [3600],
-        dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['example.com'] } },
-      }),
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
-  });
+  ({ server: s, records } = await startSigningServer(sink.port, scratch));
 });
 after(async () => {
   await s?.stop();

@@ -3,61 +3,14 @@
 // behind it. Postern ends DATA only at <CR><LF>.<CR><LF>, so the variant and the forgery are one message's
 // text; on the way out every line ends in CRLF and every line-start dot is doubled, so a next hop that
 // ends DATA at any of the variants still reads one message. The next hop here is a raw socket recording
-// the exact bytes of the DATA phase.
+// the exact bytes of the DATA phase. The client waits for each reply, pipelines the whole transaction, or sends
+// it a byte per write (every split of an ending across packets).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { once } from 'node:events';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-
-/** A next hop without extensions that records the raw bytes of each DATA phase (ended strictly by CRLF.CRLF). */
-interface RawSink { port: number; messages: Buffer[]; close(): Promise<void> }
-
-async function startRawSink(): Promise<RawSink> {
-  const messages: Buffer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = Buffer.alloc(0);
-    let inData = false;
-    socket.write('220 sink ESMTP\r\n');
-    socket.on('data', (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      for (;;) {
-        if (inData) {
-          const end = buffered.indexOf('\r\n.\r\n');
-          if (end < 0) return;
-          messages.push(buffered.subarray(0, end + 2));
-          buffered = buffered.subarray(end + 5);
-          inData = false;
-          socket.write('250 2.0.0 kept\r\n');
-          continue;
-        }
-        const nl = buffered.indexOf('\r\n');
-        if (nl < 0) return;
-        const line = buffered.toString('latin1', 0, nl).toUpperCase();
-        buffered = buffered.subarray(nl + 2);
-        if (line.startsWith('DATA')) { inData = true; socket.write('354 go ahead\r\n'); }
-        else if (line.startsWith('QUIT')) socket.end('221 bye\r\n');
-        else socket.write(line.startsWith('EHLO') ? '250 sink\r\n' : '250 ok\r\n');
-      }
-    });
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    messages,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}
+import { startRawSink, type RawSink } from '../helpers/raw-sink.ts';
 
 let sink: RawSink;
 let s: DeliveryServer;
@@ -84,19 +37,41 @@ const ENDINGS: Record<string, string> = {
   '<CR>.<CR><LF>': '\r.\r\n', '<CR><LF>.<CR>': '\r\n.\r', '<LF>..<CR><LF>': '\n..\r\n',
 };
 
-for (const [name, ending] of Object.entries(ENDINGS)) {
-  test(`a message "ended" with ${name} and a forged one behind it: one message in, one message out, no bare line end on the wire`, async () => {
+/**
+ * How the client sends the transaction: after each reply (`after 354`); MAIL, RCPT, DATA and the message in one
+ * write (`pipelined`, no wait for the 354); or all of that a byte per write (`a byte at a time`: every split of an
+ * ending across packets, the parser's seams).
+ */
+const MODES = ['after 354', 'pipelined', 'a byte at a time'] as const;
+
+async function sendTransaction(c: SmtpTestClient, mode: typeof MODES[number], message: string): Promise<string> {
+  const commands = ['MAIL FROM:<a@example.org>', 'RCPT TO:<b@example.com>', 'DATA'];
+  if (mode === 'after 354') {
+    for (const command of commands) assert.ok((await c.command(command)).code < 400);
+    c.socket.write(message);
+    return (await c.read()).text;
+  }
+  const bytes = Buffer.from(commands.map((l) => `${l}\r\n`).join('') + message);
+  if (mode === 'pipelined') c.socket.write(bytes);
+  else {
+    c.socket.setNoDelay(true); // each byte its own packet, as far as the kernel goes
+    for (const byte of bytes) await new Promise((resolve) => c.socket.write(Buffer.from([byte]), resolve));
+  }
+  const replies = [];
+  for (let i = 0; i < 4; i++) replies.push(await c.read());
+  assert.deepEqual(replies.map((r) => r.code), [250, 250, 354, 250], replies.map((r) => r.text).join(' | '));
+  return replies[3]!.text;
+}
+
+for (const mode of MODES) for (const [name, ending] of Object.entries(ENDINGS)) {
+  test(`${mode}: a message "ended" with ${name} and a forged one behind it: one message in, one message out, no bare line end on the wire`, async () => {
     const c = await SmtpTestClient.connect(s.port());
     await c.hello();
-    assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
-    assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
-    assert.equal((await c.command('DATA')).code, 354);
-    c.socket.write(`Subject: smuggling ${name}\r\n\r\nhello${ending}${FORGED}.\r\n`);
-    const r = await c.read();
-    assert.match(r.text, /^250 2\.0\.0 Ok: queued as /);
+    const reply = await sendTransaction(c, mode, `Subject: smuggling ${name} ${mode}\r\n\r\nhello${ending}${FORGED}.\r\n`);
+    assert.match(reply, /^250 2\.0\.0 Ok: queued as /);
     assert.equal((await c.command('NOOP')).code, 250, 'nothing of the forgery was read as a command');
     await c.quit();
-    const id = /queued as (\S+)/.exec(r.text)![1]!;
+    const id = /queued as (\S+)/.exec(reply)![1]!;
     const e = await s.nextAttempt((x) => x.id === id, { past: true });
     assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
     const wire = sink.messages.find((m) => m.includes(` id ${id}`))!;
@@ -104,7 +79,7 @@ for (const [name, ending] of Object.entries(ENDINGS)) {
     assert.equal(sink.messages.filter((m) => m.includes('Subject: forged')).length, sink.messages.filter((m) => m.includes('Subject: smuggling')).length,
       'the forged text only ever arrives inside the smuggling message');
     const text = wire.toString('latin1');
-    assert.ok(text.includes(`Subject: smuggling ${name}`) && text.includes('\r\nSubject: forged\r\n'), 'both parts in the one message');
+    assert.ok(text.includes(`Subject: smuggling ${name} ${mode}`) && text.includes('\r\nSubject: forged\r\n'), 'both parts in the one message');
     assert.doesNotMatch(text, /\r(?!\n)|(?<!\r)\n/, 'every line ends in CRLF');
     assert.doesNotMatch(text, /\r\n\.(?!\.)/, 'every line-start dot is doubled');
   });

@@ -473,6 +473,15 @@ const ROWS = {
       return s.seen;
     },
   },
+  nulInHeader: {
+    server: 'main', stage: 'END-OF-MESSAGE',
+    async drive() {
+      const s = await session('main', 'mx');
+      await message(s, 'From: <ceo@example.com\u0000@evil.test>\r\n\r\nbody');
+      await s.c.quit();
+      return s.seen;
+    },
+  },
 
   // Script verdicts without their own text.
   connectRefused: {

@@ -9,6 +9,7 @@ import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;
@@ -105,4 +106,26 @@ test('an unreadable state file holds its message back until `queue retry` starts
   const done = await s.nextAttempt((e) => e.id === id && e.removed, { past: true }); // may be over before the command returns
   assert.equal(done.attempt, 1, 'the state started again from the message as accepted');
   assert.deepEqual(sink.messages.at(-1)!.to, ['hold3@dest.test']);
+});
+
+test('show --json --message prints the message\'s bytes as spooled: 8-bit bytes that are not UTF-8 are not made U+FFFD', async () => {
+  holding = true;
+  const latin1 = Buffer.concat([Buffer.from('Subject: caf'), Buffer.from([0xe9]), Buffer.from('\r\n\r\nd'), Buffer.from([0xe9, 0xff, 0x00]), Buffer.from('j\r\n')]);
+  const c = await SmtpTestClient.connect(s.port());
+  await c.hello();
+  assert.equal((await c.command('MAIL FROM:<me@origin.test>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<hold4@dest.test>')).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  c.socket.write(Buffer.concat([latin1, Buffer.from('.\r\n')]));
+  const id = /queued as (\S+)/.exec((await c.read()).text)![1]!;
+  await c.quit();
+  const { message } = await s.runtime.spool.readForDelivery(id);
+  assert.ok(message.subarray(message.length - latin1.length).equals(latin1));
+  const out = await new Promise<Buffer>((resolve, reject) => {
+    execFile(process.execPath, [MAIN, 'queue', 'show', id, '--json', '--message', '-c', join(s.dir, 'postern.yaml')], { encoding: 'buffer', timeout: 30_000 },
+      (err, stdout) => (err ? reject(err) : resolve(stdout)));
+  });
+  assert.ok(out.subarray(out.length - message.length).equals(message), 'the message after the JSON, byte for byte');
+  assert.equal(JSON.parse(out.subarray(0, out.length - message.length).toString()).id, id);
+  assert.equal((await cli('delete', id)).code, 0);
 });
