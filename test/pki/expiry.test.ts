@@ -194,7 +194,8 @@ test('the wall clock stepped: warnings and sightings are paced by elapsed time, 
     const w = new SightingRecorder(dataDir, 'single', { delayMs: 10 });
     w.seen({ ...base, fingerprintSha256: 'cc', lastConnection: 'c1' }, wall, elapsed);
     // Set back a day, then a minute goes by: the device seen again is recorded (it was not, for a day).
-    w.seen({ ...base, fingerprintSha256: 'cc', lastConnection: 'c2' }, wall - DAY + SIGHTING_MS, elapsed + SIGHTING_MS);
+    // (A millisecond past the minute: performance.now() has a fraction, and (t + 60000) - t can come out under 60000.)
+    w.seen({ ...base, fingerprintSha256: 'cc', lastConnection: 'c2' }, wall - DAY + SIGHTING_MS, elapsed + SIGHTING_MS + 1);
     await w.close();
     assert.equal((await readSightings(dataDir)).get('cc')!.lastConnection, 'c2');
 
