@@ -48,6 +48,7 @@ const MESSAGES: Record<string, string> = {
   ...Object.fromEntries(Object.entries(BODIES).map(([name, body]) => [name, HEAD + body])),
   'bare LF everywhere, header too': HEAD.replace(/\r\n/g, '\n') + 'one\ntwo\n',
   'no empty line: all header section': 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: no body\r\n',
+  'no line end at the end, after spaces': HEAD + 'one\r\ntwo  \t',
 };
 
 for (const [name, message] of Object.entries(MESSAGES)) {
