@@ -90,3 +90,22 @@ for (const [key, from] of [['RSA', 'boss@example.com'], ['Ed25519', 'boss@exampl
     assert.deepEqual(await verifyDkim(added(copy, 'X-Spam-Score: 0.1'), records), [true]);
   });
 }
+
+// A message with two From: fields is the other half of the same attack: a verifier and a DMARC check may take
+// one From, the reader's client shows the other (RFC 7489 §6.6.1; mox refuses it at submission, rspamd does not
+// sign it). Signing it would lend the domain's signature to an author it does not vouch for; a message without
+// From: can never be signed (RFC 6376 §5.4). Both are bounced at once (5.6.0), not retried for days.
+for (const [name, head] of [
+  ['two From: fields', 'From: <boss@example.com>\r\nFrom: <ceo@bank.example>\r\n'],
+  ['no From: field', 'Sender: <boss@example.com>\r\n'],
+] as const) {
+  test(`${name}: not signed, not sent, bounced at once (5.6.0)`, async () => {
+    const before = sink.messages.length;
+    const id = await s.send('boss@example.com', ['staff@example.net'], `${head}To: <staff@example.net>\r\nSubject: s\r\n\r\nbody\r\n`);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true });
+    assert.equal(e.outcomes[0]!.status, 'permanent', e.outcomes[0]!.reply);
+    assert.equal(e.outcomes[0]!.enhanced, '5.6.0');
+    assert.match(e.outcomes[0]!.reply, /DKIM signing with delivery\.dkim\.com refused: the message has [02] From: header fields \(exactly one is signed, RFC 5322 §3\.6\)/);
+    assert.equal(sink.messages.slice(before).filter((m) => m.to.includes('staff@example.net')).length, 0, 'nothing sent to the recipient');
+  });
+}
