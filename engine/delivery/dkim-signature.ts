@@ -35,12 +35,18 @@ export interface SigningKey {
 /** Bytes of the body hashed per turn of the event loop (extended to the next line end). */
 const BODY_PIECE_BYTES = 256 * 1024;
 
-/** The `DKIM-Signature: …` field, CRLF-terminated, for `message` (CRLF line ends). Throws when it has no From: field. */
+/** A message that no retry can sign: its content is the problem, not the key. */
+export class UnsignableMessage extends Error {}
+
+/** The `DKIM-Signature: …` field, CRLF-terminated, for `message` (CRLF line ends). Throws UnsignableMessage unless it has one From: field. */
 export async function dkimSignatureField(message: Buffer, key: SigningKey, now: Date = new Date()): Promise<string> {
   const split = headerEnd(message);
   const fields = headerFields(message.subarray(0, split.header).toString('latin1'));
+  const froms = fields.filter((f) => f.key === 'from').length;
+  // None: nothing to sign for (§5.4). Two: a verifier or DMARC check may take one and the reader's client show the
+  // other (RFC 7489 §6.6.1), so the signature would vouch for an author it does not cover; rspamd does not sign it.
+  if (froms !== 1) throw new UnsignableMessage(`the message has ${froms} From: header fields (exactly one is signed, RFC 5322 §3.6)`);
   const names = signedNames(fields);
-  if (!names.signed.includes('from')) throw new Error('a message without a From: header field cannot be signed');
   const bh = await bodyHash(message.subarray(split.body));
   const tags = [
     'v=1;', `a=${key.algorithm};`, 'c=relaxed/relaxed;', `d=${key.domain};`, `s=${key.selector};`,

@@ -10,7 +10,7 @@ import { readInputFile, readProblem } from '../config/input-file.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
-import { dkimSignatureField } from './dkim-signature.ts';
+import { dkimSignatureField, UnsignableMessage } from './dkim-signature.ts';
 
 export interface DkimKey {
   name: string;
@@ -101,6 +101,8 @@ export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer
   try {
     field = await dkimSignatureField(crlf, key);
   } catch (err) {
+    // A message no retry can sign bounces now; anything else (the key) is retried.
+    if (err instanceof UnsignableMessage) throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} refused: ${err.message}`, { permanent: true, enhanced: '5.6.0' });
     throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
   }
   return Buffer.concat([Buffer.from(field, 'latin1'), crlf]);
