@@ -109,3 +109,21 @@ for (const [name, head] of [
     assert.equal(sink.messages.slice(before).filter((m) => m.to.includes('staff@example.net')).length, 0, 'nothing sent to the recipient');
   });
 }
+
+test('folded fields, and 8-bit (UTF-8) fields are signed as sent, and still over-signed', async () => {
+  const head = [
+    'From: =?utf-8?q?J=C3=B6rg?= <boss@example.com>',
+    'Subject: a subject folded over\r\n   three lines,\twith tabs  \r\n\tand trailing spaces   ',
+    'To: Zoë Ünal <staff@example.net>,\r\n Ana <ana@example.net>',
+    'Content-Type: text/plain;\r\n\tcharset=utf-8',
+  ].join('\r\n');
+  const id = await s.send('boss@example.com', ['staff@example.net'], `${head}\r\n\r\nGrüße\r\n`);
+  const e = await s.nextAttempt((x) => x.id === id, { past: true });
+  assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+  const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
+  assert.ok(copy.includes(Buffer.from('Zoë Ünal')), 'the 8-bit field went as is');
+  assert.deepEqual(await verifyDkim(copy, records), [true]);
+  assert.deepEqual(await verifyDkim(Buffer.concat([Buffer.from('Subject: other\r\n'), copy]), records), [false]);
+  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('three lines', 'three  lines'), 'latin1'), records), [true], 'relaxed: spaces');
+  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('Ana', 'Bob'), 'latin1'), records), [false]);
+});
