@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../helpers/dkim.ts';
+import { deliveredCopy } from '../helpers/dkim-delivery.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
@@ -38,12 +39,8 @@ after(async () => {
 
 const record = (pair: DkimKeyPair) => ({ 'sel._domainkey.example.com.': pair.txt });
 
-async function delivered(): Promise<Buffer> {
-  const id = await s.send('a@example.com', ['b@example.net'], 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: key\r\n\r\nbody\r\n');
-  const e = await s.nextAttempt((x) => x.id === id, { past: true });
-  assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-  return sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
-}
+const delivered = (): Promise<Buffer> =>
+  deliveredCopy(s, sink, 'a@example.com', ['b@example.net'], 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: key\r\n\r\nbody\r\n');
 
 const nextReload = () => new Promise<{ ok: boolean; errors: string[] }>((resolve) => { const off = s.reloader.onReload((o) => { off(); resolve(o); }); });
 

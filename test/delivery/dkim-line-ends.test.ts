@@ -2,39 +2,12 @@
 // a bare LF into CRLF and a bare CR into CRLF too (a lone CR could otherwise end the data at a receiver
 // that takes it as a line end: SMTP smuggling). The signature must be over those bytes, or the next hop's
 // copy fails DKIM (worse than no signature: DMARC fails). A real sink receives; dkimpy verifies.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from '../helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
-import { dkimKeyPair, verifyDkim } from '../helpers/dkim.ts';
-import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
-import { useScratchDir } from '../helpers/scratch.ts';
+import { verifyDkim } from '../helpers/dkim.ts';
+import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
 
-const scratch = useScratchDir('postern-dkim-ends-');
-let sink: Sink;
-let s: DeliveryServer;
-let records: Record<string, string>;
-
-before(async () => {
-  const rsa = dkimKeyPair('rsa');
-  records = { 'sel._domainkey.example.com.': rsa.txt };
-  sink = await startSink();
-  s = await startDeliveryServer({
-    config: configYaml({
-      hostname: 'postern.test',
-      listeners: [testListener('in')],
-      delivery: smarthostDelivery(sink.port, {
-        retrySchedule: [3600],
-        dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['example.com'] } },
-      }),
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
-  });
-});
-after(async () => {
-  await s?.stop();
-  await sink?.close();
-});
+const setup = useSigningDelivery({ com: { type: 'rsa', domain: 'example.com', selector: 'sel', senderDomains: ['example.com'] } });
 
 const HEAD = 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: line ends\r\n\r\n';
 const BODIES: Record<string, string> = {
@@ -53,11 +26,8 @@ const MESSAGES: Record<string, string> = {
 
 for (const [name, message] of Object.entries(MESSAGES)) {
   test(`DKIM verifies at the next hop: ${name}`, async () => {
-    const id = await s.send('a@example.com', ['b@example.net'], message);
-    const e = await s.nextAttempt((x) => x.id === id, { past: true });
-    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-    const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
+    const copy = await deliveredCopy(setup.server, setup.sink, 'a@example.com', ['b@example.net'], message);
     assert.match(copy.toString('latin1'), /^DKIM-Signature: /);
-    assert.deepEqual(await verifyDkim(copy, records), [true]);
+    assert.deepEqual(await verifyDkim(copy, setup.records), [true]);
   });
 }

@@ -5,42 +5,14 @@
 // signer's domain, and the reader sees the added one. Over-signing (each such field named once more in h= than
 // it occurs) makes any added instance break the signature. A real next hop records the bytes; dkimpy
 // (python3-dkim, independent of Postern) verifies them, before and after the addition.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from '../helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
-import { dkimKeyPair, verifyDkim } from '../helpers/dkim.ts';
-import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
-import { useScratchDir } from '../helpers/scratch.ts';
+import { verifyDkim } from '../helpers/dkim.ts';
+import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
 
-const scratch = useScratchDir('postern-dkim-oversign-');
-let sink: Sink;
-let s: DeliveryServer;
-let records: Record<string, string>;
-
-before(async () => {
-  const rsa = dkimKeyPair('rsa');
-  const ed = dkimKeyPair('ed25519');
-  records = { 'sel._domainkey.example.com.': rsa.txt, 'ed._domainkey.example.org.': ed.txt };
-  sink = await startSink();
-  s = await startDeliveryServer({
-    config: configYaml({
-      hostname: 'postern.test',
-      listeners: [testListener('in')],
-      delivery: smarthostDelivery(sink.port, {
-        retrySchedule: [3600],
-        dkim: {
-          com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['example.com'] },
-          org: { domain: 'example.org', selector: 'ed', privateKey: await scratch.file('org.key', ed.privateKey), senderDomains: ['example.org'] },
-        },
-      }),
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
-  });
-});
-after(async () => {
-  await s?.stop();
-  await sink?.close();
+const setup = useSigningDelivery({
+  com: { type: 'rsa', domain: 'example.com', selector: 'sel', senderDomains: ['example.com'] },
+  org: { type: 'ed25519', domain: 'example.org', selector: 'ed', senderDomains: ['example.org'] },
 });
 
 const message = (from: string) => [
@@ -57,12 +29,8 @@ const message = (from: string) => [
   '',
 ].join('\r\n');
 
-async function delivered(from: string): Promise<string> {
-  const id = await s.send(from, ['staff@example.net'], message(from));
-  const e = await s.nextAttempt((x) => x.id === id, { past: true });
-  assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-  return sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data.toString('latin1');
-}
+const delivered = async (from: string): Promise<string> =>
+  (await deliveredCopy(setup.server, setup.sink, from, ['staff@example.net'], message(from))).toString('latin1');
 
 /** The copy with `field` added at the top of the header section, where a mail client reads it. */
 const added = (copy: string, field: string) => Buffer.from(`${field}\r\n${copy}`, 'latin1');
@@ -82,12 +50,12 @@ const ADDITIONS = [
 for (const [key, from] of [['RSA', 'boss@example.com'], ['Ed25519', 'boss@example.org']] as const) {
   test(`${key}: the copy verifies, and stops verifying once a second instance of a signed field is added above it`, async () => {
     const copy = await delivered(from);
-    assert.deepEqual(await verifyDkim(Buffer.from(copy, 'latin1'), records), [true]);
+    assert.deepEqual(await verifyDkim(Buffer.from(copy, 'latin1'), setup.records), [true]);
     for (const field of ADDITIONS) {
-      assert.deepEqual(await verifyDkim(added(copy, field), records), [false], `added ${field}`);
+      assert.deepEqual(await verifyDkim(added(copy, field), setup.records), [false], `added ${field}`);
     }
     // A field no one reads for display (a trace field) may still be added by the path: the signature holds.
-    assert.deepEqual(await verifyDkim(added(copy, 'X-Spam-Score: 0.1'), records), [true]);
+    assert.deepEqual(await verifyDkim(added(copy, 'X-Spam-Score: 0.1'), setup.records), [true]);
   });
 }
 
@@ -100,6 +68,7 @@ for (const [name, head] of [
   ['no From: field', 'Sender: <boss@example.com>\r\n'],
 ] as const) {
   test(`${name}: not signed, not sent, bounced at once (5.6.0)`, async () => {
+    const { server: s, sink } = setup;
     const before = sink.messages.length;
     const id = await s.send('boss@example.com', ['staff@example.net'], `${head}To: <staff@example.net>\r\nSubject: s\r\n\r\nbody\r\n`);
     const e = await s.nextAttempt((x) => x.id === id, { past: true });
@@ -117,13 +86,10 @@ test('folded fields, and 8-bit (UTF-8) fields are signed as sent, and still over
     'To: Zoë Ünal <staff@example.net>,\r\n Ana <ana@example.net>',
     'Content-Type: text/plain;\r\n\tcharset=utf-8',
   ].join('\r\n');
-  const id = await s.send('boss@example.com', ['staff@example.net'], `${head}\r\n\r\nGrüße\r\n`);
-  const e = await s.nextAttempt((x) => x.id === id, { past: true });
-  assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-  const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
+  const copy = await deliveredCopy(setup.server, setup.sink, 'boss@example.com', ['staff@example.net'], `${head}\r\n\r\nGrüße\r\n`);
   assert.ok(copy.includes(Buffer.from('Zoë Ünal')), 'the 8-bit field went as is');
-  assert.deepEqual(await verifyDkim(copy, records), [true]);
-  assert.deepEqual(await verifyDkim(Buffer.concat([Buffer.from('Subject: other\r\n'), copy]), records), [false]);
-  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('three lines', 'three  lines'), 'latin1'), records), [true], 'relaxed: spaces');
-  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('Ana', 'Bob'), 'latin1'), records), [false]);
+  assert.deepEqual(await verifyDkim(copy, setup.records), [true]);
+  assert.deepEqual(await verifyDkim(Buffer.concat([Buffer.from('Subject: other\r\n'), copy]), setup.records), [false]);
+  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('three lines', 'three  lines'), 'latin1'), setup.records), [true], 'relaxed: spaces');
+  assert.deepEqual(await verifyDkim(Buffer.from(copy.toString('latin1').replace('Ana', 'Bob'), 'latin1'), setup.records), [false]);
 });
