@@ -32,7 +32,7 @@ export interface SigningKey {
   privateKey: KeyObject;
 }
 
-/** Bytes of the body hashed per turn of the event loop (extended to the next line end). */
+/** Bytes of the body hashed per turn of the event loop (extended past a run of WSP or a CR, see pieceEnd). */
 const BODY_PIECE_BYTES = 256 * 1024;
 
 /** A message that no retry can sign: its content is the problem, not the key. */
@@ -111,18 +111,18 @@ const asciiLower = (s: string): string => s.replace(/[A-Z]+/g, (m) => m.toLowerC
 
 /**
  * RFC 6376 §3.4.4 relaxed body hash (SHA-256, base64): WSP runs one space, none at line ends, empty lines at
- * the end dropped, a last line without CRLF given one. A piece of lines per turn of the event loop, so a large
- * message or one very long line never holds the queue process's thread (its watchdog is 1 s).
+ * the end dropped, a last line without CRLF given one. A piece per turn of the event loop, so a large message
+ * or one very long line never holds the queue process's thread (its watchdog is 1 s).
  */
 async function bodyHash(body: Buffer): Promise<string> {
   const hash = createHash('sha256');
   let pendingLineEnds = 0; // CRLFs held back: they are dropped if only empty lines follow
   let any = false;
   for (let at = 0; at < body.length;) {
-    const lf = body.indexOf(0x0a, Math.min(at + BODY_PIECE_BYTES, body.length) - 1);
-    const end = lf < 0 ? body.length : lf + 1;
+    const end = pieceEnd(body, at + BODY_PIECE_BYTES);
     // Collapse first, then drop the single space left before a line end: both linear (a lookahead is not).
-    const text = body.subarray(at, end).toString('latin1').replace(/[ \t]+/g, ' ').replace(/ \r\n/g, '\r\n').replace(/ $/, '');
+    let text = body.subarray(at, end).toString('latin1').replace(/[ \t]+/g, ' ').replace(/ \r\n/g, '\r\n');
+    if (end === body.length) text = text.replace(/ $/, ''); // the last line, given its CRLF below
     let content = text.length;
     while (content >= 2 && text.charCodeAt(content - 1) === 0x0a && text.charCodeAt(content - 2) === 0x0d) content -= 2;
     if (content > 0) {
@@ -130,14 +130,27 @@ async function bodyHash(body: Buffer): Promise<string> {
       hash.update(text.slice(0, content), 'latin1');
       any = true;
       pendingLineEnds = (text.length - content) / 2;
-    } else if (any) {
-      pendingLineEnds += text.length / 2;
+    } else {
+      pendingLineEnds += text.length / 2; // empty lines: kept if a line with content follows, at the start too
     }
     at = end;
     if (at < body.length) await nextTurn();
   }
   if (any) hash.update('\r\n', 'latin1');
   return hash.digest('base64');
+}
+
+/**
+ * Where a piece of the body may end, at `from` or after: after a byte that is not SP, HTAB or CR, so that no run
+ * of WSP and no CRLF is cut in two (the canonicalization of each piece is then that of the whole). Within a line
+ * too: a line of megabytes is hashed a piece at a time like any other.
+ */
+function pieceEnd(body: Buffer, from: number): number {
+  for (let at = from; at < body.length; at++) {
+    const before = body[at - 1];
+    if (before !== 0x20 && before !== 0x09 && before !== 0x0d) return at;
+  }
+  return body.length;
 }
 
 /** The h= tag's words: names joined by colons, each a place to fold at (FWS is allowed around them, §3.5). */
