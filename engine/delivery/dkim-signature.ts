@@ -90,12 +90,11 @@ function headerFields(header: string): Field[] {
  * The fields to sign, bottom-up as a verifier pairs h= names with instances (§5.4.2), and h=: those names,
  * then the over-signed ones once more (a name with no instance left stands for the null string, §5.4).
  */
-function signedNames(fields: Field[]): { instances: string[]; signed: string[]; all: string[] } {
+function signedNames(fields: Field[]): { instances: string[]; all: string[] } {
   const picked = fields.filter((f) => SIGNED.includes(f.key)).reverse();
   const present = new Set(picked.map((f) => f.key));
   const extra = SIGNED.filter((k) => OVERSIGNED_ALWAYS.has(k) || (OVERSIGNED_PRESENT.has(k) && present.has(k)));
-  const signed = picked.map((f) => f.key);
-  return { instances: picked.map((f) => f.text), signed, all: [...signed, ...extra] };
+  return { instances: picked.map((f) => f.text), all: [...picked.map((f) => f.key), ...extra] };
 }
 
 /** RFC 6376 §3.4.2: name lowercased, unfolded, runs of WSP one space, none at the ends or around the colon. */
