@@ -79,8 +79,9 @@ function headerFields(header: string): Field[] {
     else if (line) fields.push({ key: '', text: line });
   }
   for (const f of fields) {
-    // A field name is printable ASCII but the colon (RFC 5322 §3.6.8); WSP before the colon is tolerated, as by verifiers.
-    const name = /^([!-9;-~]+)[ \t]*:/.exec(f.text);
+    // A field name is printable ASCII but the colon (RFC 5322 §3.6.8). WSP before the colon (obsolete syntax) and
+    // even a fold there are read as mail clients read them: such a From: counts as one.
+    const name = /^([!-9;-~]+)[ \t\r\n]*:/.exec(f.text);
     f.key = name ? asciiLower(name[1]!) : '';
   }
   return fields;
@@ -100,7 +101,7 @@ function signedNames(fields: Field[]): { instances: string[]; all: string[] } {
 /** RFC 6376 §3.4.2: name lowercased, unfolded, runs of WSP one space, none at the ends or around the colon. */
 function relaxedField(text: string): string {
   const colon = text.indexOf(':');
-  const name = asciiLower(text.slice(0, colon).replace(/[ \t]+$/, ''));
+  const name = asciiLower(text.slice(0, colon).replace(/[ \t\r\n]+$/, ''));
   const value = text.slice(colon + 1).replace(/\r\n/g, '').replace(/[ \t]+/g, ' ').replace(/^ | $/g, '');
   return `${name}:${value}`;
 }
