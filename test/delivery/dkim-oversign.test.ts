@@ -79,7 +79,7 @@ for (const [name, head] of [
   });
 }
 
-test('folded fields, and 8-bit (UTF-8) fields are signed as sent, and still over-signed', async () => {
+test('folded fields and 8-bit (UTF-8) fields are signed as sent, and still over-signed', async () => {
   const head = [
     'From: =?utf-8?q?J=C3=B6rg?= <boss@example.com>',
     'Subject: a subject folded over\r\n   three lines,\twith tabs  \r\n\tand trailing spaces   ',
