@@ -22,6 +22,7 @@ const MESSAGES: Record<string, string> = {
   'bare LF everywhere, header too': HEAD.replace(/\r\n/g, '\n') + 'one\ntwo\n',
   'no empty line: all header section': 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: no body\r\n',
   'no line end at the end, after spaces': HEAD + 'one\r\ntwo  \t',
+  'lines of dots (dot-stuffed on the wire, unstuffed by the next hop)': HEAD + 'one\r\n.\r\n..two\r\n.\r\n',
   // The body is hashed in pieces of 256 KiB, cut inside lines too: what is cut must not change the hash.
   'empty lines at the start, beyond a piece': HEAD + '\r\n'.repeat(300_000) + 'x\r\n',
   'a long line with WSP around the cut': HEAD + 'a'.repeat(262_140) + ' \t '.repeat(8) + 'b\r\n\r\n',
