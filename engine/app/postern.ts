@@ -17,7 +17,6 @@ import type { Runtime } from '../smtp/runtime.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
-import { loadDkimSigner } from '../delivery/dkim.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
@@ -310,7 +309,6 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     collector.unref();
   } else {
     runtime.onSpooled = (id) => queue.notify(id);
-    if (Object.keys(config.delivery.dkim).length) await loadDkimSigner().catch(() => undefined); // a failure is the first signature's to report
     queue.start();
   }
 

@@ -1,26 +1,24 @@
 /**
- * DKIM signing of outbound mail (mailauth's signer), with the keys of `delivery.dkim`. Which key signs a
+ * DKIM signing of outbound mail (dkim-signature.ts), with the keys of `delivery.dkim`. Which key signs a
  * delivery: the one a predelivery verdict names, else the one listing the sender's domain, else none.
  * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
  * reaches a script. The signature covers the exact bytes sent: line ends (bare LF, bare CR) are made CRLF
  * before signing, which is what the SMTP client would otherwise do to them on the wire.
- * mailauth (with joi and undici, a large heap) is loaded at the first signature, so only a queue process
- * whose configuration has DKIM keys ever holds it.
  */
 import { createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readInputFile, readProblem } from '../config/input-file.ts';
-import { Readable } from 'node:stream';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
+import { dkimSignatureField, UnsignableMessage } from './dkim-signature.ts';
 
 export interface DkimKey {
   name: string;
   domain: string;
   selector: string;
   algorithm: 'rsa-sha256' | 'ed25519-sha256';
-  /** PEM (PKCS#8) of the checked key, as mailauth takes it. */
-  pem: string;
+  /** The checked key (it stays in this process). */
+  privateKey: KeyObject;
   /** Changes with the key's content (for logs: which key signed). */
   id: string;
 }
@@ -64,7 +62,7 @@ export async function loadDkimKey(delivery: DeliveryConfig, name: string): Promi
   }
   const pem = key.export({ type: 'pkcs8', format: 'pem' }).toString();
   return {
-    name, domain: entry.domain, selector: entry.selector, algorithm: type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256', pem,
+    name, domain: entry.domain, selector: entry.selector, algorithm: type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256', privateKey: key,
     id: createHash('sha256').update(pem).digest('hex').slice(0, 16),
   };
 }
@@ -96,68 +94,31 @@ export class DkimKeys {
   }
 }
 
-let signer: Promise<typeof import('mailauth').dkimSign> | null = null;
-/**
- * mailauth, loaded at the first signature, or earlier: loading it holds the thread (synchronous CommonJS,
- * 0.4–0.8 s on a loaded machine), so a queue process with DKIM keys loads it while it starts, before its
- * watchdog (1 s) watches; loaded at the first message instead, a slow load got the process killed as hung.
- */
-export function loadDkimSigner(): Promise<typeof import('mailauth').dkimSign> {
-  signer ??= import('mailauth').then((m) => m.dkimSign, (err: Error) => {
-    signer = null;
-    throw new DeliveryFailure(`DKIM signer cannot be loaded: ${err.message}`, { permanent: false, enhanced: '4.7.0' });
-  });
-  return signer;
-}
-
 /** The message with its DKIM-Signature header in front (and CRLF line ends). Throws DeliveryFailure when signing fails. */
 export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer> {
   const crlf = withCrlf(message);
-  const signature = { signingDomain: key.domain, selector: key.selector, privateKey: key.pem, algorithm: key.algorithm, canonicalization: 'relaxed/relaxed' };
-  // The signer reads only `signatureData` (its typings want the fields at the top level as well).
-  const dkimSign = await loadDkimSigner();
-  const result = await dkimSign(linesPaced(crlf), { ...signature, signatureData: [signature] });
-  if (!result.signatures) {
-    const why = result.errors.map((e) => e.err?.message ?? String(e)).join('; ') || 'no signature';
-    throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${why}`, { permanent: false, enhanced: '4.7.0' });
+  let field: string;
+  try {
+    field = await dkimSignatureField(crlf, key);
+  } catch (err) {
+    // A message no retry can sign bounces now; anything else (the key) is retried.
+    if (err instanceof UnsignableMessage) throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} refused: ${err.message}`, { permanent: true, enhanced: '5.6.0' });
+    throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
   }
-  return Buffer.concat([Buffer.from(result.signatures), crlf]);
-}
-
-/** Bytes of the message handed to the signer per turn of the event loop (extended to the next line end). */
-const SIGN_PIECE_BYTES = 256 * 1024;
-
-/**
- * The message for the signer in pieces that end at a line end, one per turn of the event loop. Given a Buffer,
- * mailauth cuts it in 64 KiB pieces regardless of lines and joins a line it has not seen the end of onto each
- * next piece, scanning it again: quadratic in a line's length. And its writes drain through promises, so the
- * whole message went through in one turn: a message with a 24 MB line held the queue process's thread for
- * seconds, and its watchdog (1 s) killed the process at every attempt of that message — no mail went out.
- */
-function linesPaced(message: Buffer): Readable {
-  let at = 0;
-  return new Readable({
-    read() {
-      setImmediate(() => {
-        if (at >= message.length) { this.push(null); return; }
-        const lf = message.indexOf(0x0a, Math.min(at + SIGN_PIECE_BYTES, message.length) - 1);
-        const end = lf < 0 ? message.length : lf + 1;
-        this.push(message.subarray(at, end));
-        at = end;
-      });
-    },
-  });
+  return Buffer.concat([Buffer.from(field, 'latin1'), crlf]);
 }
 
 /**
  * Bare LF and bare CR line ends made CRLF: the message as the SMTP client sends it (nodemailer's data
- * stream turns both into CRLF; a lone CR left alone would be an SMTP smuggling vector). The same buffer
- * when there are none.
+ * stream turns both into CRLF; a lone CR left alone would be an SMTP smuggling vector), and a CRLF at the end
+ * if there is no line end there. The same buffer when there is nothing to change.
  */
 export function withCrlf(message: Buffer): Buffer {
   // Found with indexOf (native) line end by line end, not byte by byte in JS: a 25 MB message held the thread 100+ ms.
   let bare = false;
   for (let at = message.indexOf(0x0a); at >= 0 && !bare; at = message.indexOf(0x0a, at + 1)) bare = at === 0 || message[at - 1] !== 0x0d;
   for (let at = message.indexOf(0x0d); at >= 0 && !bare; at = message.indexOf(0x0d, at + 1)) bare = message[at + 1] !== 0x0a;
-  return bare ? Buffer.from(message.toString('latin1').replace(/\r\n|\r|\n/g, '\r\n'), 'latin1') : message;
+  const crlf = bare ? Buffer.from(message.toString('latin1').replace(/\r\n|\r|\n/g, '\r\n'), 'latin1') : message;
+  // The SMTP client ends a message that does not end with a line end with one before the final dot: signed too.
+  return crlf.length && crlf[crlf.length - 1] !== 0x0a ? Buffer.concat([crlf, Buffer.from('\r\n')]) : crlf;
 }

@@ -2,26 +2,12 @@
 // a bare LF into CRLF and a bare CR into CRLF too (a lone CR could otherwise end the data at a receiver
 // that takes it as a line end: SMTP smuggling). The signature must be over those bytes, or the next hop's
 // copy fails DKIM (worse than no signature: DMARC fails). A real sink receives; dkimpy verifies.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink, type Sink } from '../helpers/sink.ts';
-import type { DeliveryServer } from '../helpers/delivery-server.ts';
-import { startSigningServer, verifyDkim } from '../helpers/dkim.ts';
-import { useScratchDir } from '../helpers/scratch.ts';
+import { verifyDkim } from '../helpers/dkim.ts';
+import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
 
-const scratch = useScratchDir('postern-dkim-ends-');
-let sink: Sink;
-let s: DeliveryServer;
-let records: Record<string, string>;
-
-before(async () => {
-  sink = await startSink();
-  ({ server: s, records } = await startSigningServer(sink.port, scratch));
-});
-after(async () => {
-  await s?.stop();
-  await sink?.close();
-});
+const setup = useSigningDelivery({ com: { type: 'rsa', domain: 'example.com', selector: 'sel', senderDomains: ['example.com'] } });
 
 const HEAD = 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: line ends\r\n\r\n';
 const BODIES: Record<string, string> = {
@@ -35,15 +21,17 @@ const MESSAGES: Record<string, string> = {
   ...Object.fromEntries(Object.entries(BODIES).map(([name, body]) => [name, HEAD + body])),
   'bare LF everywhere, header too': HEAD.replace(/\r\n/g, '\n') + 'one\ntwo\n',
   'no empty line: all header section': 'From: <a@example.com>\r\nTo: <b@example.net>\r\nSubject: no body\r\n',
+  'no line end at the end, after spaces': HEAD + 'one\r\ntwo  \t',
+  'lines of dots (dot-stuffed on the wire, unstuffed by the next hop)': HEAD + 'one\r\n.\r\n..two\r\n.\r\n',
+  // The body is hashed in pieces of 256 KiB, cut inside lines too: what is cut must not change the hash.
+  'empty lines at the start, beyond a piece': HEAD + '\r\n'.repeat(300_000) + 'x\r\n',
+  'a long line with WSP around the cut': HEAD + 'a'.repeat(262_140) + ' \t '.repeat(8) + 'b\r\n\r\n',
 };
 
 for (const [name, message] of Object.entries(MESSAGES)) {
   test(`DKIM verifies at the next hop: ${name}`, async () => {
-    const id = await s.send('a@example.com', ['b@example.net'], message);
-    const e = await s.nextAttempt((x) => x.id === id, { past: true });
-    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-    const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
+    const copy = await deliveredCopy(setup.server, setup.sink, 'a@example.com', ['b@example.net'], message);
     assert.match(copy.toString('latin1'), /^DKIM-Signature: /);
-    assert.deepEqual(await verifyDkim(copy, records), [true]);
+    assert.deepEqual(await verifyDkim(copy, setup.records), [true]);
   });
 }

@@ -1,23 +1,16 @@
 // DKIM signing of outbound mail: the key a predelivery verdict names, else the sender domain's default, else
 // none; RSA and Ed25519. The next hop (a real SMTP sink) receives messages that dkimpy (python3-dkim, an
 // independent verifier, given the public keys directly) verifies, and that fail once a signed header changes.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { startSink, type Sink } from '../helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
-import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../helpers/dkim.ts';
-import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { verifyDkim } from '../helpers/dkim.ts';
+import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { loadDkimKey } from '../../engine/delivery/dkim.ts';
 import type { DeliveryConfig } from '../../engine/config/schema.ts';
 
 const scratch = useScratchDir('postern-dkim-');
-let sink: Sink;
-let s: DeliveryServer;
-let rsa: DkimKeyPair;
-let ed: DkimKeyPair;
-let records: Record<string, string>;
 
 const PREDELIVERY = `
 export default (ctx) => {
@@ -27,56 +20,34 @@ export default (ctx) => {
   if (ctx.message.sender.startsWith('proto@')) return deliver({ dkim: 'constructor' });
 };`;
 
-before(async () => {
-  rsa = dkimKeyPair('rsa');
-  ed = dkimKeyPair('ed25519');
-  records = { 'rsa2026._domainkey.example.com.': rsa.txt, 'ed2026._domainkey.example.org.': ed.txt };
-  sink = await startSink();
-  s = await startDeliveryServer({
-    config: configYaml({
-      hostname: 'postern.test',
-      listeners: [testListener('in')],
-      delivery: smarthostDelivery(sink.port, {
-        retrySchedule: [3600],
-        dkim: {
-          'com-rsa': { domain: 'example.com', selector: 'rsa2026', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['Example.COM'] },
-          'org-ed25519': { domain: 'example.org', selector: 'ed2026', privateKey: await scratch.file('org.key', ed.privateKey) },
-        },
-      }),
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();', 'predelivery.ts': PREDELIVERY },
-  });
-});
-after(async () => {
-  await s?.stop();
-  await sink?.close();
-});
+const setup = useSigningDelivery({
+  'com-rsa': { type: 'rsa', domain: 'example.com', selector: 'rsa2026', senderDomains: ['Example.COM'] },
+  'org-ed25519': { type: 'ed25519', domain: 'example.org', selector: 'ed2026' },
+}, { 'rcptto.ts': 'export default () => accept();', 'predelivery.ts': PREDELIVERY });
 
 const MESSAGE = 'From: Someone <someone@example.com>\r\nTo: <friend@example.net>\r\nSubject: signed\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nHello.\r\n.dot line\r\n';
 
-async function delivered(from: string): Promise<Buffer> {
-  const id = await s.send(from, ['friend@example.net'], MESSAGE.replace('someone@example.com', from));
-  const e = await s.nextAttempt((x) => x.id === id, { past: true });
-  assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-  return sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
-}
+const delivered = (from: string): Promise<Buffer> =>
+  deliveredCopy(setup.server, setup.sink, from, ['friend@example.net'], MESSAGE.replace('someone@example.com', from));
 
 test('the sender domain\'s default key (RSA) signs; the next hop\'s copy verifies with dkimpy, and fails once a signed header changes', async () => {
   const data = await delivered('someone@example.com');
   const text = data.toString();
   assert.match(text, /^DKIM-Signature: v=1; a=rsa-sha256; c=relaxed\/relaxed; d=example\.com;[^]*? s=rsa2026;/);
   assert.match(text, /^DKIM-Signature:[^]*?\r\nReceived: from client\.example/, 'the signature first, then our Received header');
-  assert.deepEqual(await verifyDkim(data, records), [true]);
-  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('Subject: signed', 'Subject: changed')), records), [false]);
-  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('Hello.', 'Hullo.')), records), [false], 'the body is covered too');
+  assert.deepEqual(await verifyDkim(data, setup.records), [true]);
+  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('Subject: signed', 'Subject: changed')), setup.records), [false]);
+  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('Hello.', 'Hullo.')), setup.records), [false], 'the body is covered too');
+  assert.doesNotMatch(text.slice(0, text.indexOf('\r\nReceived:')), /[;\s]l=/, 'all of it: no l= tag, so nothing can be appended');
+  assert.deepEqual(await verifyDkim(Buffer.from(text + 'Appended.\r\n'), setup.records), [false]);
 });
 
 test('a predelivery verdict chooses the Ed25519 key; dkimpy verifies it and fails on a changed From', async () => {
   const data = await delivered('someone@example.org');
   const text = data.toString();
   assert.match(text, /^DKIM-Signature: v=1; a=ed25519-sha256;[^]*?d=example\.org;/);
-  assert.deepEqual(await verifyDkim(data, records), [true]);
-  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('From: Someone <someone@example.org>', 'From: Someone <ceo@example.org>')), records), [false]);
+  assert.deepEqual(await verifyDkim(data, setup.records), [true]);
+  assert.deepEqual(await verifyDkim(Buffer.from(text.replace('From: Someone <someone@example.org>', 'From: Someone <ceo@example.org>')), setup.records), [false]);
 });
 
 test('deliver({ dkim: null }) sends unsigned, whatever the default; so is mail from a domain without a key', async () => {
@@ -87,6 +58,7 @@ test('deliver({ dkim: null }) sends unsigned, whatever the default; so is mail f
 });
 
 test('a verdict naming a key that does not exist defers the delivery (4.7.0), nothing is sent', async () => {
+  const { server: s, sink } = setup;
   const before = sink.messages.length;
   const id = await s.send('nokey@example.com', ['friend@example.net'], MESSAGE);
   const e = await s.nextAttempt((x) => x.id === id, { past: true });

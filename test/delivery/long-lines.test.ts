@@ -5,37 +5,26 @@
 // line when it has one, never inside a UTF-8 character): every line on the wire is within 998 octets, a header
 // stays the same field with the same value, and the DKIM signature Postern adds verifies. The spool keeps the
 // message as it came. The next hop is a raw socket that refuses a line over 998 octets, as such hosts do.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
-import { startRawSink, type RawSink } from '../helpers/raw-sink.ts';
-import { startSigningServer, verifyDkim } from '../helpers/dkim.ts';
-import { useScratchDir } from '../helpers/scratch.ts';
+import { startRawSink } from '../helpers/raw-sink.ts';
+import { verifyDkim } from '../helpers/dkim.ts';
+import { useSigningDelivery } from '../helpers/dkim-delivery.ts';
 import { HeaderReader } from '../../engine/smtp/header-reader.ts';
 import { parseConfig } from '../../engine/config/load-config.ts';
 
-const scratch = useScratchDir('postern-long-lines-');
-let sink: RawSink;
-let s: DeliveryServer;
-let records: Record<string, string>;
-
-before(async () => {
-  sink = await startRawSink({ maxLineOctets: 998, eightBitMime: true });
-  ({ server: s, records } = await startSigningServer(sink.port, scratch));
-});
-after(async () => {
-  await s?.stop();
-  await sink?.close();
-});
+const setup = useSigningDelivery({ com: { type: 'rsa', domain: 'example.com', selector: 'sel', senderDomains: ['example.com'] } }, undefined,
+  () => startRawSink({ maxLineOctets: 998, eightBitMime: true }));
 
 /** What was sent: the message on the wire for queue id `id`, dot-stuffing undone. */
 async function sent(id: string): Promise<string> {
-  const e = await s.nextAttempt((x) => x.id === id, { past: true });
+  const e = await setup.server.nextAttempt((x) => x.id === id, { past: true });
   assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-  const wire = sink.messages.find((m) => m.includes(` id ${id}`))!;
+  const wire = setup.sink.messages.find((m) => m.includes(` id ${id}`))!;
   for (const line of wire.toString('latin1').split('\r\n')) assert.ok(line.length <= 998 + (line.startsWith('..') ? 1 : 0), `a line of ${line.length} octets was sent`);
-  assert.deepEqual(await verifyDkim(wire, records), [true], 'the DKIM signature Postern added verifies');
+  assert.deepEqual(await verifyDkim(wire, setup.records), [true], 'the DKIM signature Postern added verifies');
   return wire.toString('latin1').replace(/^\./gm, '');
 }
 
@@ -43,7 +32,7 @@ const RECIPIENTS = Array.from({ length: 200 }, (_, i) => `user${i}@example.net`)
 
 test('a header of 200 addresses and a body line of 2500 octets: delivered, every line within 998 octets, the header the same field', async () => {
   const body = `${'x'.repeat(2500)}\r\n`;
-  const id = await s.send('a@example.com', ['b@example.net'], `From: <a@example.com>\r\nTo: ${RECIPIENTS.join(', ')}\r\nSubject: long\r\n\r\n${body}`);
+  const id = await setup.server.send('a@example.com', ['b@example.net'], `From: <a@example.com>\r\nTo: ${RECIPIENTS.join(', ')}\r\nSubject: long\r\n\r\n${body}`);
   const text = await sent(id);
   const reader = new HeaderReader(1 << 20);
   reader.push(Buffer.from(text, 'latin1'));
@@ -52,13 +41,13 @@ test('a header of 200 addresses and a body line of 2500 octets: delivered, every
   const lines = text.slice(text.indexOf('\r\n\r\n') + 4).split('\r\n');
   assert.deepEqual(lines.map((l) => l.length), [998, 998, 506, 0], 'the body line cut at the limit, each continuation with a space in front');
   assert.equal(lines.map((l, i) => (i ? l.slice(1) : l)).join(''), 'x'.repeat(2500));
-  const { message } = await s.runtime.spool.readForDelivery(id).catch(() => ({ message: null }));
+  const { message } = await setup.server.runtime.spool.readForDelivery(id).catch(() => ({ message: null }));
   assert.equal(message, null, 'delivered and removed');
 });
 
 test('a long line of UTF-8 text is never cut inside a character', async () => {
   const line = 'é'.repeat(1500); // 3000 octets
-  const id = await s.send('a@example.com', ['b@example.net'], `From: <a@example.com>\r\nSubject: utf-8\r\n\r\n${line}\r\n`);
+  const id = await setup.server.send('a@example.com', ['b@example.net'], `From: <a@example.com>\r\nSubject: utf-8\r\n\r\n${line}\r\n`);
   const text = Buffer.from(await sent(id), 'latin1');
   const body = text.subarray(text.indexOf('\r\n\r\n') + 4).toString('utf8');
   assert.ok(!body.includes('\ufffd'), 'every character whole');
@@ -67,7 +56,7 @@ test('a long line of UTF-8 text is never cut inside a character', async () => {
 
 test('lineLengthLimit 0: lines go out as they are (and the host that holds to the limit refuses them)', async () => {
   const t = await startDeliveryServer({
-    config: configYaml({ hostname: 'postern.test', listeners: [testListener('in')], delivery: smarthostDelivery(sink.port, { retrySchedule: [3600], lineLengthLimit: 0 }) }),
+    config: configYaml({ hostname: 'postern.test', listeners: [testListener('in')], delivery: smarthostDelivery(setup.sink.port, { retrySchedule: [3600], lineLengthLimit: 0 }) }),
     scripts: { 'rcptto.ts': 'export default () => accept();' },
   });
   try {

@@ -5,9 +5,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createPublicKey } from 'node:crypto';
-import { startDeliveryServer, type DeliveryServer } from './delivery-server.ts';
-import { configYaml, smarthostDelivery, testListener } from './config.ts';
-import type { ScratchDir } from './scratch.ts';
 
 export interface DkimKeyPair {
   /** PEM private key. */
@@ -62,24 +59,4 @@ export function verifyDkim(message: Buffer, records: Record<string, string>): Pr
     });
     py.stdin.end(message);
   });
-}
-
-/**
- * A Postern that takes any recipient, relays everything to 127.0.0.1:`port` and signs mail from example.com with a
- * fresh RSA key (selector `sel`); `records` is what verifyDkim() needs for its signatures. The key file goes in `scratch`.
- */
-export async function startSigningServer(port: number, scratch: ScratchDir): Promise<{ server: DeliveryServer; records: Record<string, string> }> {
-  const rsa = dkimKeyPair('rsa');
-  const server = await startDeliveryServer({
-    config: configYaml({
-      hostname: 'postern.test',
-      listeners: [testListener('in')],
-      delivery: smarthostDelivery(port, {
-        retrySchedule: [3600],
-        dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', rsa.privateKey), senderDomains: ['example.com'] } },
-      }),
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
-  });
-  return { server, records: { 'sel._domainkey.example.com.': rsa.txt } };
 }
