@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -105,4 +105,30 @@ export default function (ctx: HeloContext) {
   assert.match(output, /data\.ts\(4,\d+\): error TS2322: Type 'string \| null' is not assignable to type 'string'/);
   assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
+});
+
+/**
+ * Every script the project shows an author — the scripts folder's own, each example's, each whole module
+ * (`import type … from "postern"`) in docs/scripts.md — type-checks as an author's editor would check it: a
+ * published example that the published types refuse teaches the wrong thing (or the types are wrong).
+ */
+test('the shipped scripts, the examples\' scripts and the docs\' script modules type-check against the declarations', async () => {
+  const files: Record<string, string> = {};
+  for (const file of await readdir(join(ROOT, 'scripts'))) {
+    if (file.endsWith('.ts') && file !== 'postern.d.ts') files[`scripts-${file}`] = await readFile(join(ROOT, 'scripts', file), 'utf8');
+  }
+  for (const example of await readdir(join(ROOT, 'examples'))) {
+    const folder = join(ROOT, 'examples', example, 'scripts');
+    const scripts = await readdir(folder).catch(() => [] as string[]);
+    for (const file of scripts) if (file.endsWith('.ts')) files[`${example}-${file}`] = await readFile(join(folder, file), 'utf8');
+  }
+  const doc = await readFile(join(ROOT, 'docs/scripts.md'), 'utf8');
+  let blocks = 0;
+  for (const [, block] of doc.matchAll(/```ts\n([\s\S]*?)```/g)) {
+    if (!block!.startsWith('import type ')) continue; // a fragment (a line of a script), not a whole module
+    files[`docs-scripts-${++blocks}.ts`] = block!;
+  }
+  assert.ok(blocks >= 8 && Object.keys(files).length >= blocks + 10, `found ${Object.keys(files).join(', ')}`);
+  const { ok, output } = await typeCheck(files);
+  assert.ok(ok, output);
 });
