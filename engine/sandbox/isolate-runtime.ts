@@ -228,17 +228,18 @@ export function installRuntime(
   };
 
   // Copies the allowed keys of an options object, refusing unknown ones (typos) and wrong types.
-  const options = (fn: string, value: unknown, allowed: Record<string, (v: unknown) => boolean>): Record<string, unknown> => {
+  /** `within`: the option whose own options these are (deliver's `tls`), named in the errors. */
+  const options = (fn: string, value: unknown, allowed: Record<string, (v: unknown) => boolean>, within?: string): Record<string, unknown> => {
     const out: Record<string, unknown> = {};
     if (value === undefined) return out;
-    if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): options must be an object`);
+    if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): ${within ?? 'options'} must be an object, not ${formatValue(value)}`);
     const own = keys(value as object);
     for (let i = 0; i < own.length; i++) {
       const key = own[i]!;
       const v = (value as Record<string, unknown>)[key];
-      if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
+      if (!hasOwn(allowed, key)) fail(`${fn}(): unknown ${within === undefined ? '' : `${within} `}option "${key}"`);
       if (v === undefined) continue;
-      if (!allowed[key]!(v)) fail(`${fn}(): invalid ${key} ${formatValue(v)}`);
+      if (!allowed[key]!(v)) fail(`${fn}(): invalid ${within === undefined ? '' : `${within}.`}${key} ${formatValue(v)}`);
       defineProperty(out, key, { value: v, writable: true, enumerable: true, configurable: true }); // no inherited setter runs
     }
     return out;
@@ -268,7 +269,7 @@ export function installRuntime(
     options('deliver', v, {
       mode: (m) => m === 'none' || m === 'may' || m === 'encrypt' || m === 'verify',
       clientCertificate: (c) => isString(c) || c === null, serverName: isString, ca: isString,
-    });
+    }, 'tls');
     return true;
   };
 
