@@ -125,6 +125,7 @@ export function installRuntime(
   const StringCtor = String;
   const apply = Reflect.apply;
   const slice = String.prototype.slice;
+  const indexOf = String.prototype.indexOf;
   const SetCtor = Set;
   const { add: setAdd, has: setHas, delete: setDelete } = Set.prototype;
   /**
@@ -735,6 +736,19 @@ export function installRuntime(
   const clip = (text: string): string =>
     (text.length > MAX_LOG ? `${apply(slice, text, [0, MAX_LOG]) as string}… (${text.length - MAX_LOG} more characters)` : text);
 
+  /**
+   * The stack without the `Name: message` it starts with: the host takes the first frame in the script's file as
+   * where it threw, and a message made of a client's text (`throw new Error('bad body: ' + body)`) could hold a
+   * line `    at x (/etc/postern/scripts/data.ts:999:1)` of the client's making before the real frames.
+   */
+  const framesOf = (stack: string, message: string): string => {
+    if (message.length === 0) return stack;
+    const at = apply(indexOf, stack, [message]) as number;
+    return at >= 0 && at <= MAX_HEADER_NAME ? apply(slice, stack, [at + message.length]) as string : stack;
+  };
+  /** Where in a stack the message may start: after the error's name (`RangeError: `, a subclass's own). */
+  const MAX_HEADER_NAME = 256;
+
   function failed(error: unknown): string {
     try {
       if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
@@ -745,7 +759,7 @@ export function installRuntime(
         // message lost the isolate to its memory limit there. Past a few MB the failure keeps its (clipped) message
         // without the frames that locate it.
         const stack = name.length + message.length > MAX_STACK_HEADER ? '' : (error as Error).stack;
-        return failure(name, message, isString(stack) ? stack : '');
+        return failure(name, message, isString(stack) ? framesOf(stack as string, message) : '');
       }
       return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {
