@@ -533,6 +533,8 @@ export function installRuntime(
       return value;
     },
     log(...args: unknown[]): void {
+      // The process's log budget is spent for this second (running-call.ts's word 2): a line would be dropped.
+      if (runningNow[2] !== 0) return;
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
