@@ -231,6 +231,22 @@ test('a failure is logged at the line where the script threw, whatever client te
   });
 });
 
+test('a promise the script left rejected fails the call, logged with the error\'s name and the line that made it', async () => {
+  await withServer({
+    'rcptto.ts': 'async function audit(address) {\n  await null;\n  throw new RangeError("audit failed for " + address);\n}\nexport default function (ctx) {\n  audit(ctx.address.address); // not awaited\n  return accept();\n}\n',
+  }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@b.example>')).code, 250);
+    assert.match((await c.command('RCPT TO:<x@example.com>')).text, /^451 4\.3\.0 /);
+    await c.quit();
+    const failure = s.logs.find((l) => String(l.msg).startsWith('policy script rcptto failed'));
+    assert.equal(failure?.err, 'RangeError: audit failed for x@example.com');
+    assert.equal(failure?.script, join(s.dir, 'scripts', 'rcptto.ts'));
+    assert.deepEqual([failure?.line, failure?.column], [3, 9], String(failure?.msg));
+  });
+});
+
 test('concurrent sessions each get verdicts and log lines from their own facts (script calls of a turn share an isolate entry)', async () => {
   await withServer({
     'rcptto.ts': `export default (ctx) => {
