@@ -6,14 +6,24 @@
 import { normalizeFingerprint } from './pins.ts';
 
 /** RSA, EC, ENCRYPTED, OPENSSH … PRIVATE KEY blocks. */
-const PRIVATE_KEY_PEM = /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/;
+const PRIVATE_KEY_PEM = /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/g;
+/** Where a block's key material starts after its BEGIN line: at once, or after RFC 1421 headers (Proc-Type, DEK-Info). */
+const KEY_MATERIAL_WITHIN = 300;
 /** Runs that may be base64 or base64url key material (a PEM body line is 64 characters). */
 const BASE64_RUN = /[A-Za-z0-9+/_-]{32,}={0,2}/g;
 const PEM_ARMOUR = /^\s*-----(BEGIN|END) /;
 
-/** Does the text hold a PEM private key block? */
+/**
+ * Does the text hold a PEM private key block: a BEGIN line followed by key material (in a file, or in a string
+ * literal with `\n` escapes)? The BEGIN line alone is no key: a data script that refuses mail carrying one
+ * (`body.includes("-----BEGIN PRIVATE KEY-----")`, docs/scripts.md's own example) was refused as a key.
+ */
 export function containsPrivateKey(text: string): boolean {
-  return PRIVATE_KEY_PEM.test(text);
+  for (const begin of text.matchAll(PRIVATE_KEY_PEM)) {
+    const from = begin.index + begin[0].length;
+    for (const run of text.slice(from, from + KEY_MATERIAL_WITHIN).matchAll(BASE64_RUN)) if (keyLike(run[0])) return true;
+  }
+  return false;
 }
 
 /** The message for a file that holds a private key: names the file, quotes nothing of it. */

@@ -9,6 +9,7 @@ import type {
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
+import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';
 
 /** Postfix's protocol_state → the hook that decides it. Other states (VRFY, ETRN) have none: DUNNO. */
@@ -115,6 +116,8 @@ export class FactsMemo {
  * The hook and context of a well-formed request, or null when its protocol_state has no hook. The context
  * holds `a` itself as `ctx.postfix.attributes` (the sandbox copies it): the caller must not change it.
  */
+const NO_BODY_MESSAGE = Object.freeze({ token: NO_MESSAGE_BODY });
+
 export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo()): RequestContext | null {
   const state = (a.protocol_state ?? '').toUpperCase();
   const hook = hookOfState(state);
@@ -152,7 +155,8 @@ export function requestContext(a: Record<string, string>, service: PolicyService
       ctx = { connection, postfix, transaction, address, builtin };
       break;
     }
-    default: ctx = { connection, postfix, transaction, data: { size: Number(a.size) || 0, headers: [] } };
+    // ctx.message as on a listener, but Postfix sends no body: its text() says so (a script's own TypeError otherwise).
+    default: ctx = { connection, postfix, transaction, data: { size: Number(a.size) || 0, headers: [] }, message: NO_BODY_MESSAGE };
   }
   return { hook, ctx, key, builtin };
 }

@@ -21,7 +21,7 @@ export async function runHook(
   if (!sandbox.has(hook)) return undefined;
   const start = performance.now();
   try {
-    const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey));
+    const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey), sandbox.scriptFile(hook));
     const seconds = secondsSince(start);
     scriptCalled(hook, generation.serial, seconds, verdict?.verdict ?? 'none', undefined, source);
     if (hookCallsObserved(generation)) notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict, failure: null, seconds });

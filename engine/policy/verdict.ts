@@ -9,7 +9,16 @@ import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../san
 import { checkHeaderEdits, HeaderEditError } from './header-edits.ts';
 
 export class VerdictError extends Error {
+  /** A failure of this kind, in the log and the metrics (as ScriptFailure's `error`, `timeout`, `memory`). */
+  readonly kind = 'verdict';
+  /** The script that returned the verdict, when the caller named it (the line of its `return` is not known). */
+  file: string | undefined;
   constructor(message: string) { super(message); this.name = 'VerdictError'; }
+
+  /** As ScriptFailure's: `file: verdict: message`, so the log line names the script as any other failure's does. */
+  override toString(): string {
+    return this.file === undefined ? `${this.name}: ${this.message}` : `${this.file}: verdict: ${this.message}`;
+  }
 }
 
 /** What any script failure becomes: a deferral, never an accept (fail closed). Its reply is the catalogue's `policyFailed`. */
@@ -28,8 +37,20 @@ const OPTIONS: Record<string, ReadonlySet<string>> = {
 };
 const TLS_OPTIONS = new Set(['mode', 'clientCertificate', 'serverName', 'ca']);
 
-/** Validate a script's return value; `undefined` means "apply the default". */
-export function checkVerdict(hook: HookName, value: unknown): Verdict | PredeliveryVerdict | undefined {
+/**
+ * Validate a script's return value; `undefined` means "apply the default". `file`: the script that returned
+ * it, named by the VerdictError a malformed verdict throws.
+ */
+export function checkVerdict(hook: HookName, value: unknown, file?: string): Verdict | PredeliveryVerdict | undefined {
+  try {
+    return checked(hook, value);
+  } catch (err) {
+    if (err instanceof VerdictError) err.file = file;
+    throw err;
+  }
+}
+
+function checked(hook: HookName, value: unknown): Verdict | PredeliveryVerdict | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'object' || Array.isArray(value)) throw new VerdictError(`${hook} returned ${Array.isArray(value) ? 'an array' : typeof value}, expected a verdict object or nothing`);
   const v = value as Record<string, unknown>;

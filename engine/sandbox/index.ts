@@ -18,5 +18,5 @@ export { runningCall, runningCallTable, describeRunning, readMirror, removeMirro
 export type { RunningScript, RunningCallTable } from './running-call.ts';
 export { abandonedRunningScripts, exitMayHang, mustRecycle, onMustRecycle, onUnrecoverable, stuckLoadScripts, unrecoverableReasons } from './unrecoverable.ts';
 export type { UnrecoverableListener } from './unrecoverable.ts';
-export { openMessageText, closeMessageText, copyMessageText, MAX_MESSAGE_TEXT_BYTES } from './message-texts.ts';
+export { openMessageText, closeMessageText, copyMessageText, MAX_MESSAGE_TEXT_BYTES, NO_MESSAGE_BODY } from './message-texts.ts';
 export type { BodyReader } from './message-texts.ts';

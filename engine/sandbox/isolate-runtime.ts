@@ -125,6 +125,7 @@ export function installRuntime(
   const StringCtor = String;
   const apply = Reflect.apply;
   const slice = String.prototype.slice;
+  const indexOf = String.prototype.indexOf;
   const SetCtor = Set;
   const { add: setAdd, has: setHas, delete: setDelete } = Set.prototype;
   /**
@@ -228,17 +229,18 @@ export function installRuntime(
   };
 
   // Copies the allowed keys of an options object, refusing unknown ones (typos) and wrong types.
-  const options = (fn: string, value: unknown, allowed: Record<string, (v: unknown) => boolean>): Record<string, unknown> => {
+  /** `within`: the option whose own options these are (deliver's `tls`), named in the errors. */
+  const options = (fn: string, value: unknown, allowed: Record<string, (v: unknown) => boolean>, within?: string): Record<string, unknown> => {
     const out: Record<string, unknown> = {};
     if (value === undefined) return out;
-    if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): options must be an object`);
+    if (value === null || typeof value !== 'object' || isArray(value)) fail(`${fn}(): ${within ?? 'options'} must be an object, not ${formatValue(value)}`);
     const own = keys(value as object);
     for (let i = 0; i < own.length; i++) {
       const key = own[i]!;
       const v = (value as Record<string, unknown>)[key];
-      if (!hasOwn(allowed, key)) fail(`${fn}(): unknown option "${key}"`);
+      if (!hasOwn(allowed, key)) fail(`${fn}(): unknown ${within === undefined ? '' : `${within} `}option "${key}"`);
       if (v === undefined) continue;
-      if (!allowed[key]!(v)) fail(`${fn}(): invalid ${key} ${formatValue(v)}`);
+      if (!allowed[key]!(v)) fail(`${fn}(): invalid ${within === undefined ? '' : `${within}.`}${key} ${formatValue(v)}`);
       defineProperty(out, key, { value: v, writable: true, enumerable: true, configurable: true }); // no inherited setter runs
     }
     return out;
@@ -268,7 +270,7 @@ export function installRuntime(
     options('deliver', v, {
       mode: (m) => m === 'none' || m === 'may' || m === 'encrypt' || m === 'verify',
       clientCertificate: (c) => isString(c) || c === null, serverName: isString, ca: isString,
-    });
+    }, 'tls');
     return true;
   };
 
@@ -531,6 +533,8 @@ export function installRuntime(
       return value;
     },
     log(...args: unknown[]): void {
+      // The process's log budget is spent for this second (running-call.ts's word 2): a line would be dropped.
+      if (runningNow[2] !== 0) return;
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;
@@ -734,6 +738,19 @@ export function installRuntime(
   const clip = (text: string): string =>
     (text.length > MAX_LOG ? `${apply(slice, text, [0, MAX_LOG]) as string}… (${text.length - MAX_LOG} more characters)` : text);
 
+  /**
+   * The stack without the `Name: message` it starts with: the host takes the first frame in the script's file as
+   * where it threw, and a message made of a client's text (`throw new Error('bad body: ' + body)`) could hold a
+   * line `    at x (/etc/postern/scripts/data.ts:999:1)` of the client's making before the real frames.
+   */
+  const framesOf = (stack: string, message: string): string => {
+    if (message.length === 0) return stack;
+    const at = apply(indexOf, stack, [message]) as number;
+    return at >= 0 && at <= MAX_HEADER_NAME ? apply(slice, stack, [at + message.length]) as string : stack;
+  };
+  /** Where in a stack the message may start: after the error's name (`RangeError: `, a subclass's own). */
+  const MAX_HEADER_NAME = 256;
+
   function failed(error: unknown): string {
     try {
       if (error === notPlain && error !== null) return failure('TypeError', StringCtor((error as Error).message), '');
@@ -744,7 +761,7 @@ export function installRuntime(
         // message lost the isolate to its memory limit there. Past a few MB the failure keeps its (clipped) message
         // without the frames that locate it.
         const stack = name.length + message.length > MAX_STACK_HEADER ? '' : (error as Error).stack;
-        return failure(name, message, isString(stack) ? stack : '');
+        return failure(name, message, isString(stack) ? framesOf(stack as string, message) : '');
       }
       return failure('', `threw a value that is not an Error: ${formatValue(error)}`, '');
     } catch {

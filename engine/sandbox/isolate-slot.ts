@@ -8,7 +8,7 @@ import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
 import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
-import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, type Position } from './locations.ts';
+import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, stackFrames, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
@@ -1332,6 +1332,12 @@ export class IsolateSlot {
     }
     if (this.#isolate.isDisposed || isMemoryLimit(e)) {
       return new ScriptFailure('memory', hook, file, null, null, `exceeded the memory limit of ${memoryLimitMb} MB`);
+    }
+    // An error isolated-vm carried out itself: a promise the call left rejected without a handler (`Promise.reject(e)`,
+    // an async helper not awaited). Named and located as the runner's own failures are.
+    if (e instanceof Error) {
+      const p = frameIn(stackFrames(String(e.stack), message), file);
+      return new ScriptFailure('error', hook, file, p?.line ?? null, p?.column ?? null, e.name ? `${e.name}: ${message}` : message);
     }
     return new ScriptFailure('error', hook, file, null, null, message);
   }

@@ -22,6 +22,16 @@ export function frameIn(stack: string, file: string): Position | null {
   return null;
 }
 
+/**
+ * The frames of an error's stack, without the `Name: message` it starts with: a message made of a client's text
+ * could hold a line that reads like a frame of the script (the runner does the same in the isolate).
+ */
+export function stackFrames(stack: string, message: string): string {
+  if (message.length === 0) return stack;
+  const at = stack.indexOf(message);
+  return at >= 0 && at <= 256 ? stack.slice(at + message.length) : stack;
+}
+
 /** isolated-vm appends the position to compile errors: `Unexpected token ';' [/path/auth.js:3:13]`. */
 export function splitCompileMessage(message: string, file: string): { message: string; position: Position | null } {
   const suffix = ` [${file}:`;

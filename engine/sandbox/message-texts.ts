@@ -52,6 +52,12 @@ function newToken(): string {
   return token;
 }
 
+/**
+ * The token of a data hook with no body to read: a Postfix policy request carries none (only its size). Never
+ * an open body's (those are longer), so text() says why instead of the script meeting no ctx.message at all.
+ */
+export const NO_MESSAGE_BODY = 'none';
+
 /** Make a body readable by scripts until close(token). */
 export function openMessageText(reader: BodyReader): string {
   const at = free.pop() ?? slots.push({ token: '', reader: null }) - 1;
@@ -94,6 +100,7 @@ function lineEndsAsSent(text: string): string {
 
 /** The body text for a script: UTF-8 (invalid bytes become U+FFFD), at most `maxBytes` bytes of it, line ends as sent. */
 export function readMessageText(token: unknown, maxBytes: unknown): string {
+  if (token === NO_MESSAGE_BODY) throw new Error('message.text(): a Postfix policy request carries no message body (ctx.connection.source is "postfix-policy")');
   const reader = find(token);
   if (!reader) throw new Error('message.text(): the message is only readable while its data hook runs');
   const max = Number(maxBytes);

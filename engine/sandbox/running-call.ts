@@ -31,8 +31,12 @@ const HOOK_BITS = 128; // 7 hooks
  * the isolate's runtime itself (isolate-runtime.ts), 0 when not known (between calls, in continuations): a batch
  * mixes hooks, and a call stuck in a builtin must be blamed alone, not with the calls that ran beside it (each of
  * those would take a share of every crash, and one always batched beside it would be fenced with it).
+ * Word 2: 1 while the scripts' log budget of this second is spent (log-budget.ts): the runtimes then make no
+ * line of a log() call at all, instead of formatting and copying out lines that would be dropped.
  */
-const marker = new Int32Array(new SharedArrayBuffer(8));
+const marker = new Int32Array(new SharedArrayBuffer(12));
+/** The word of `marker` that says the scripts' log budget is spent (read by isolate-runtime.ts, by index). */
+export const LOG_CLOSED_WORD = 2;
 const heartbeat = new Int32Array(new SharedArrayBuffer(4));
 const table: RunningCallTable = {};
 /** Scripts fenced off by the supervisor, as "hook\0file\0sha256". */
@@ -145,7 +149,11 @@ export const runningCall = {
   },
   /** Hook bits by hook name, as JSON: the isolate runtime's own copy, to write word 1 of the marker. */
   hookBitsJson: JSON.stringify(HOOK_BITS_BY_NAME),
-  /** The marker (two Int32: see `marker`): pass it to the watchdog thread and read it with Atomics.load. */
+  /** Scripts' log() calls make no lines (true) until reopened: the process's log budget is spent for this second. */
+  closeScriptLog(closed: boolean): void {
+    Atomics.store(marker, LOG_CLOSED_WORD, closed ? 1 : 0);
+  },
+  /** The marker (Int32 words: see `marker`): pass it to the watchdog thread and read it with Atomics.load. */
   get buffer(): SharedArrayBuffer {
     return marker.buffer as SharedArrayBuffer;
   },

@@ -88,7 +88,7 @@ async function runShadow(sandbox: Sandbox, call: HookCall): Promise<{ label: str
   // A hook the candidate has no script for: its decision is the built-in rules', as a missing live script's.
   if (!sandbox.has(call.hook)) return { label: verdictLabel(undefined), failure: null };
   try {
-    return { label: verdictLabel(checkVerdict(call.hook, await sandbox.invoke(call.hook, call.ctx, call.connectionId, call.connectionKey))), failure: null };
+    return { label: verdictLabel(checkVerdict(call.hook, await sandbox.invoke(call.hook, call.ctx, call.connectionId, call.connectionKey), sandbox.scriptFile(call.hook))), failure: null };
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; message: string };
     return { label: 'failed', failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line } };

@@ -44,10 +44,35 @@ const CONTROL_CHARACTER = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
 // eslint-disable-next-line no-control-regex
 const CONTROL_CHARACTERS = /[\x00-\x1f\x7f-\x9f\u2028\u2029]+/g;
 
-/** Reply text must never contain a line break or control character (response splitting). */
+/**
+ * Most bytes of a reply's text. RFC 5321 §4.5.3.1.5 allows a reply line 512 octets with its code and CRLF; with
+ * the longest code and enhanced code (`550 5.999.999 `) this leaves room to spare. Counted in UTF-8 bytes, as
+ * the line goes out: a script's text built from a client's non-ASCII HELO name or address, cut at 400
+ * characters, made lines of 1210 bytes.
+ */
+export const MAX_REPLY_TEXT_BYTES = 400;
+
+/** Reply text must never contain a line break or control character (response splitting), nor be too long for one line. */
 export function sanitizeReplyText(text: string): string {
-  const clean = withoutControls(text);
-  return clean.length > 400 ? clean.slice(0, 400) : clean;
+  return clipUtf8(withoutControls(text), MAX_REPLY_TEXT_BYTES);
+}
+
+/** `text` cut to at most `maxBytes` bytes of UTF-8, at a character's end (a surrogate pair is never split). */
+export function clipUtf8(text: string, maxBytes: number): string {
+  // A UTF-16 unit is at most 3 bytes of UTF-8 (a pair, two units, is 4): short texts need no count.
+  if (text.length * 3 <= maxBytes) return text;
+  let bytes = 0;
+  let end = 0;
+  while (end < text.length) {
+    const unit = text.charCodeAt(end);
+    const pair = unit >= 0xd800 && unit <= 0xdbff && end + 1 < text.length &&
+      text.charCodeAt(end + 1) >= 0xdc00 && text.charCodeAt(end + 1) <= 0xdfff;
+    const size = pair ? 4 : unit < 0x80 ? 1 : unit < 0x800 ? 2 : 3; // a lone surrogate goes out as U+FFFD: 3
+    if (bytes + size > maxBytes) break;
+    bytes += size;
+    end += pair ? 2 : 1;
+  }
+  return end === text.length ? text : text.slice(0, end);
 }
 
 /** `text` with each run of control characters (C0, DEL, C1, U+2028/U+2029) as one space. */

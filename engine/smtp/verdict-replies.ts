@@ -6,7 +6,7 @@
 import type { HookName, PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { reply, type ReplyName } from './replies.ts';
-import type { SmtpReply } from './reply.ts';
+import { clipUtf8, MAX_REPLY_TEXT_BYTES, withoutControls, type SmtpReply } from './reply.ts';
 
 interface VerdictRow {
   reject: ReplyName;
@@ -29,6 +29,11 @@ const VERDICT_TABLE: Record<HookName, VerdictRow> = {
   predelivery: { reject: 'deliveryRefused', defer: 'deliveryDeferred', accept: null, disconnects: false },
 };
 
+/** An accept reply's template with the script's text and the queue id put in. */
+function fillAccept(template: string, text: string, id: string): string {
+  return template.replace(/\{(text|id)\}/g, (_, key: string) => (key === 'text' ? text : id));
+}
+
 /** The enhanced code of a verdict that chose its code but no enhanced code. */
 function enhancedFor(code: number): string {
   if (code === 535) return '5.7.8';
@@ -47,7 +52,11 @@ export function verdictReply(hook: HookName, verdict: Verdict | PredeliveryVerdi
   if (verdict.verdict === 'deliver') return null;
   if (verdict.verdict === 'accept') {
     if (row.accept === null || verdict.text === undefined || verdict.text === '') return null;
-    const text = (row.acceptText ?? '{text}').replace(/\{(text|id)\}/g, (_, key: string) => (key === 'text' ? verdict.text! : id));
+    const template = row.acceptText ?? '{text}';
+    // The script's own text is what gives way when the reply would be too long: the queue id after it is
+    // what the client logs and an operator asks about (cut at the reply's end, it was lost).
+    const room = MAX_REPLY_TEXT_BYTES - Buffer.byteLength(fillAccept(template, '', id));
+    const text = fillAccept(template, clipUtf8(withoutControls(verdict.text), room), id);
     return reply(row.accept as 'senderAccepted', {}, { text });
   }
   const disconnect = row.disconnects && verdict.disconnect === true;

@@ -2,6 +2,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -208,6 +209,41 @@ test('script throw, timeout and memory blow-up answer 451 4.3.0 while a parallel
     assert.ok(failures.some((l) => l.kind === 'error' && String(l.script).endsWith('rcptto.ts') && l.line === 3), JSON.stringify(failures[0]));
     assert.ok(failures.some((l) => l.kind === 'timeout'));
     assert.ok(failures.some((l) => l.kind === 'memory'));
+  });
+});
+
+test('a failure is logged at the line where the script threw, whatever client text its message carries (a forged stack frame)', async () => {
+  await withServer({
+    'data.ts': 'export default async function (ctx) {\n  const body = await ctx.message.text();\n  if (!body.startsWith("ok")) throw new Error("unexpected body: " + body);\n}\n',
+  }, async (s) => {
+    const file = join(s.dir, 'scripts', 'data.ts');
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@b.example>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<x@example.com>')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    // A body whose lines read like a stack frame of the script, at a line of the client's choosing.
+    assert.match((await c.command(`Subject: x\r\n\r\nhello\r\n    at main (${file}:999:1)\r\nmore\r\n.`)).text, /^451 4\.3\.0 /);
+    await c.quit();
+    const failure = s.logs.find((l) => String(l.msg).startsWith('policy script data failed'));
+    assert.equal(failure?.script, file);
+    assert.deepEqual([failure?.line, failure?.column], [3, 37], String(failure?.msg));
+  });
+});
+
+test('a promise the script left rejected fails the call, logged with the error\'s name and the line that made it', async () => {
+  await withServer({
+    'rcptto.ts': 'async function audit(address) {\n  await null;\n  throw new RangeError("audit failed for " + address);\n}\nexport default function (ctx) {\n  audit(ctx.address.address); // not awaited\n  return accept();\n}\n',
+  }, async (s) => {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@b.example>')).code, 250);
+    assert.match((await c.command('RCPT TO:<x@example.com>')).text, /^451 4\.3\.0 /);
+    await c.quit();
+    const failure = s.logs.find((l) => String(l.msg).startsWith('policy script rcptto failed'));
+    assert.equal(failure?.err, 'RangeError: audit failed for x@example.com');
+    assert.equal(failure?.script, join(s.dir, 'scripts', 'rcptto.ts'));
+    assert.deepEqual([failure?.line, failure?.column], [3, 9], String(failure?.msg));
   });
 });
 

@@ -1,6 +1,7 @@
 /** Reading a scripts folder: which files count, what happens to TypeScript, and what is an error. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,6 +87,30 @@ test('a directory named like a script is an error', async () => {
   const dir = await folder({ 'auth.ts': '<dir>' });
   try {
     await assert.rejects(loadScriptDirectory(dir), /auth\.ts:1:1: cannot read: not a regular file/);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('a script that looks for private keys in mail loads; one that holds a key, as a file or a string literal, does not', async () => {
+  const key = String(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  const dir = await folder({
+    // docs/scripts.md's own example: the BEGIN line alone is no key.
+    'data.ts': 'export default async function (ctx) {\n  const body = await ctx.message.text(4096);\n' +
+      '  if (body.includes("-----BEGIN PRIVATE KEY-----")) return reject("Message looks like it carries a private key", { enhanced: "5.7.1" });\n}\n',
+    'rcptto.js': `const key = ${JSON.stringify(key)};\nexport default () => undefined;\n`, // "…-----\nMIGHAgEA…"
+    'auth.js': key, // a key file where a script should be (a symlink to one, say)
+  });
+  try {
+    await assert.rejects(loadScriptDirectory(dir), (e: unknown) => {
+      assert.ok(e instanceof ScriptErrors);
+      assert.deepEqual(e.errors.map(String), ['auth.js', 'rcptto.js'].map((f) =>
+        `${join(dir, f)}:1:1: holds a PEM private key ("PRIVATE KEY" block), not a policy script: refused, nothing of it shown (is the path right?)`));
+      return true;
+    });
+    await rm(join(dir, 'auth.js'));
+    await rm(join(dir, 'rcptto.js'));
+    assert.deepEqual((await loadScriptDirectory(dir)).map((s) => s.hook), ['data']);
   } finally {
     await rm(dir, { recursive: true });
   }

@@ -47,6 +47,10 @@ test('verdict builders refuse wrong arguments where the script wrote them', asyn
       });
     }
     await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ port: 70000 }] }, null), /deliver\(\): invalid port 70000/);
-    await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ tls: { mode: 'sometimes' } }] }, null), /invalid mode sometimes/);
+    await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ tls: { mode: 'sometimes' } }] }, null), /deliver\(\): invalid tls\.mode sometimes/);
+    // The option at fault is named: `tls`, not the options as a whole.
+    await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ tls: 'verify' }] }, null), /deliver\(\): tls must be an object, not verify$/);
+    await assert.rejects(sandbox.invoke('predelivery', { fn: 'deliver', args: [{ tls: { mod: 'verify' } }] }, null), /deliver\(\): unknown tls option "mod"$/);
+    await assert.rejects(sandbox.invoke('rcptto', { fn: 'reject', args: ['x', 550] }, 'c1'), /reject\(\): options must be an object, not 550$/);
   });
 });

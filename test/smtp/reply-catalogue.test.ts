@@ -121,7 +121,13 @@ test('a literal verdict with a misspelled option fails closed (451 4.3.0) instea
     await c.quit();
     const line = s.logs.find((l) => l.decision === 'defer' && l.stage === 'MAIL');
     assert.equal(line?.reason, 'script mailfrom failed (fail closed)');
-    assert.ok(s.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('policy script mailfrom failed') && /dissconnect/.test(String(l.err))));
+    const failure = s.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('policy script mailfrom failed'));
+    assert.match(String(failure?.err), /dissconnect/);
+    // Named as any other script failure is: which script returned it (a listener may have its own folder).
+    const file = join(s.dir, 'scripts', 'mailfrom.ts');
+    assert.equal(failure?.kind, 'verdict');
+    assert.equal(failure?.script, file);
+    assert.ok(String(failure?.msg).startsWith(`policy script mailfrom failed: ${file}: verdict: `), String(failure?.msg));
   } finally { await s.stop(); }
 });
 

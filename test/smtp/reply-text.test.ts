@@ -1,11 +1,14 @@
 // A script's reply text reaches the client as one line: line breaks of any kind (CR, LF, NEL, U+2028/2029)
 // and other controls become spaces, so a verdict cannot split the reply (a forged "250" after its 550) nor
-// carry terminal controls to whoever reads the client's transcript. Real SMTP on 127.0.0.1.
+// carry terminal controls to whoever reads the client's transcript; nor be longer than a reply line may be
+// (512 octets, RFC 5321 §4.5.3.1.5), counted in bytes, whatever a client fed it. Real SMTP on 127.0.0.1.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestServer } from '../helpers/postern.ts';
+import net from 'node:net';
+import { startTestServer, PLAIN_MX_CONFIG } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { closed } from '../helpers/wait.ts';
 
 test('verdict texts with CR LF, NEL, C1 controls and Unicode line separators stay one clean line', async () => {
   const server = await startTestServer({
@@ -37,4 +40,72 @@ export default function (ctx) { return reject(TEXTS[ctx.address.localPart]); }`,
   } finally {
     await server.stop();
   }
+});
+
+/** Every reply line the server writes, as bytes: the greeting, then one reply per command, each awaited. */
+async function rawReplyLines(port: number, commands: Buffer[]): Promise<Buffer[]> {
+  const socket = net.connect(port, '127.0.0.1');
+  let all = Buffer.alloc(0);
+  let wake: () => void = () => undefined;
+  socket.on('data', (d: Buffer) => { all = Buffer.concat([all, d]); wake(); });
+  socket.on('error', () => undefined);
+  const linesOf = (): Buffer[] => {
+    const lines: Buffer[] = [];
+    for (let from = 0, at = all.indexOf('\r\n'); at !== -1; from = at + 2, at = all.indexOf('\r\n', from)) lines.push(all.subarray(from, at + 2));
+    return lines;
+  };
+  /** Until `n` replies have ended (a line `ddd ` ends one; `ddd-` goes on). */
+  const replies = async (n: number): Promise<void> => {
+    while (linesOf().filter((l) => l[3] === 0x20).length < n) await new Promise<void>((resolve) => { wake = resolve; });
+  };
+  await replies(1);
+  for (const [i, command] of commands.entries()) {
+    socket.write(command);
+    await replies(i + 2);
+  }
+  socket.end('QUIT\r\n');
+  await closed(socket);
+  return linesOf().filter((l) => !l.toString().startsWith('250-'));
+}
+
+test('a script\'s reply text is one line of at most 512 octets (RFC 5321), whatever a client\'s non-ASCII name puts in it, and no character is cut in half', async () => {
+  const s = await startTestServer({
+    config: PLAIN_MX_CONFIG,
+    scripts: {
+      // A careless script: the client's HELO name repeated into the reply.
+      'helo.ts': `export default (ctx) => ctx.helo.name.startsWith('x') ? reject('bad ' + ctx.helo.name.repeat(200)) : undefined;`,
+      'mailfrom.ts': `export default (ctx) => ctx.address.localPart === 'emoji' ? reject('a' + '\\u{1F600}'.repeat(200)) : undefined;`,
+    },
+  });
+  try {
+    const lines = await rawReplyLines(s.port('mx'), [
+      Buffer.from(`EHLO x${'ü'.repeat(20)}.example\r\n`), // 49 bytes of UTF-8 in 29 characters, 200 times
+      Buffer.from('EHLO client.example\r\n'),
+      Buffer.from('MAIL FROM:<emoji@b.example>\r\n'),
+    ]);
+    for (const line of lines) assert.ok(line.length <= 512, `a reply line of ${line.length} octets: ${line.toString().slice(0, 60)}…`);
+    const text = lines.map((l) => l.toString('utf8'));
+    assert.ok(!text.join('').includes('\uFFFD'), 'no character cut in half');
+    assert.match(text[1]!, /^550 5\.7\.1 bad (xü{20}\.example)+xü*\r\n$/);
+    const emoji = text.find((t) => t.startsWith('550 5.7.1 a\u{1F600}'));
+    assert.equal(emoji, `550 5.7.1 a${'\u{1F600}'.repeat(99)}\r\n`); // 1 + 99 × 4 = 397 bytes of text: the 100th would pass 400
+  } finally { await s.stop(); }
+});
+
+test('the data hook\'s long accept text gives way to the queue id: the reply still says which message was queued', async () => {
+  const s = await startTestServer({
+    config: PLAIN_MX_CONFIG,
+    scripts: { 'data.ts': `export default () => accept({ text: 'Thank you '.repeat(40) });` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    const r = await c.sendMail('a@b.example', ['x@example.com']);
+    const id = /: queued as ([0-9a-z]+)$/.exec(r.text)?.[1];
+    assert.ok(id, r.text);
+    assert.ok(r.text.startsWith('250 2.0.0 Thank you Thank you'), r.text);
+    assert.ok(Buffer.byteLength(r.text) + 2 <= 512);
+    await s.runtime.spool.readEnvelope(id); // the id names the message spooled
+    await c.quit();
+  } finally { await s.stop(); }
 });

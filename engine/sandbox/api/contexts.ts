@@ -109,7 +109,10 @@ export interface DataContext {
     /** Header fields in order, `[name, value]`, unfolded. */
     headers: Array<[string, string]>;
   };
-  /** The message's body, read only when asked (a script that does not ask costs no copy). */
+  /**
+   * The message's body, read only when asked (a script that does not ask costs no copy). From a Postfix policy
+   * request (`connection.source` `postfix-policy`) there is none: `text()` throws, and the call fails closed.
+   */
   message: MessageBody;
   /** Only from a Postfix policy service. */
   postfix?: PostfixPolicyRequest;
