@@ -114,16 +114,17 @@ const RECONNECT_AFTER_READONLY_MS = 1000;
  * dataset loading, a long script (BUSY), a replica cut off from its master. Connected and answering, it
  * refused every call (each failed closed) with nothing logged above debug and postern_store_unreachable at 0:
  * the documented alert never fired. Not an error about one key (WRONGTYPE, a value that is no integer).
- * The first group also refuses reads; the second (writes) still lets GET and read-only scripts through, so
- * only a write that succeeds ends it.
+ * The first group refuses reads and writes alike; the second only some commands (OOM and MISCONF refuse
+ * writes and let GET and read-only scripts through, an ACL may deny one command), so only a command of the
+ * kind refused (read, write) that goes through ends it: the others do not make the log flap.
  */
 const REFUSES_ALL = new Set(['NOAUTH', 'WRONGPASS', 'LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'MOVED', 'ASK']);
-const REFUSES_WRITES = new Set(['OOM', 'MISCONF', 'NOREPLICAS', 'NOPERM']);
+const REFUSES_SOME = new Set(['OOM', 'MISCONF', 'NOREPLICAS', 'NOPERM']);
 
-/** The refusal an error message carries ('all' or 'writes', see REFUSES_ALL), or null. */
-function refusalOf(message: string): 'all' | 'writes' | null {
+/** The refusal an error message carries ('all' or 'some', see REFUSES_ALL), or null. */
+function refusalOf(message: string): 'all' | 'some' | null {
   const code = /^[A-Z]+/.exec(message)?.[0] ?? '';
-  return REFUSES_ALL.has(code) ? 'all' : REFUSES_WRITES.has(code) ? 'writes' : null;
+  return REFUSES_ALL.has(code) ? 'all' : REFUSES_SOME.has(code) ? 'some' : null;
 }
 
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
@@ -161,8 +162,8 @@ export class RedisCounterStore implements CounterStore {
   #handshake: NodeJS.Timeout | undefined;
   /** Since when commands have waited with nothing heard from Redis (performance.now()); null: none waiting. */
   #silentSince: number | null = null;
-  /** Redis answers but refuses commands (see REFUSES_ALL): what it refuses; null when it does not. */
-  #refusing: 'all' | 'writes' | null = null;
+  /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
+  #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -346,9 +347,9 @@ export class RedisCounterStore implements CounterStore {
       this.#checkSilence();
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
-    errorReply: (message) => {
+    errorReply: (message, args) => {
       if (message.startsWith('READONLY')) this.#reconnect(message);
-      else this.#refused(message);
+      else this.#refused(message, writes(args));
     },
   };
 
@@ -356,20 +357,30 @@ export class RedisCounterStore implements CounterStore {
    * Redis refused a command (see REFUSES_ALL): an outage like an unreachable server, logged once and in the
    * gauge, until a command it refused goes through again (#served). Other error replies are one call's.
    */
-  #refused(message: string): void {
+  #refused(message: string, wrote: boolean): void {
     const refusal = refusalOf(message);
     if (refusal === null || this.#closed) return;
-    if (this.#refusing !== 'all') this.#refusing = refusal;
+    const r = this.#refusing ??= { all: false, reads: false, writes: false };
+    if (refusal === 'all') r.all = true;
+    else if (wrote) r.writes = true;
+    else r.reads = true;
     this.#outage(message, 'store: Redis refuses commands (a password, an ACL, memory full, a failed save?); calls that need it fail closed until it accepts them again');
   }
 
   /**
-   * A command answered (`wrote`: one that writes). It ends a refusal outage when it is of a kind that refusal
-   * stopped; `refusal`: a refusal found in the answer itself (a rate() call's, see RateCalls.answered).
+   * A command answered (`wrote`: one that writes). It ends a refusal outage of every command, or the refusal of
+   * its kind (reads, writes) when only some were refused; `refusal`: a refusal found in the answer itself (a
+   * rate() call's, see RateCalls.answered).
    */
   #served(wrote: boolean, refusal: string | null = null): void {
-    if (refusal !== null) return this.#refused(refusal);
-    if (this.#refusing === null || (this.#refusing === 'writes' && !wrote)) return;
+    if (refusal !== null) return this.#refused(refusal, true);
+    const r = this.#refusing;
+    if (r === null) return;
+    if (!r.all) {
+      if (wrote) r.writes = false;
+      else r.reads = false;
+      if (r.reads || r.writes) return;
+    }
     this.#refusing = null;
     this.#down = false;
     metrics.storeUnreachable.set(0);
@@ -436,6 +447,12 @@ export class RedisCounterStore implements CounterStore {
     metrics.storeUnreachable.set(1);
     this.#log.error({ err: { message } }, line);
   }
+}
+
+/** Whether a command writes: every script but the AUTH failure count (GET and SCRIPT LOAD do not). */
+function writes(args: readonly string[]): boolean {
+  const [name, script] = args;
+  return name === 'EVALSHA' ? script !== SCRIPTS.failureCount.sha : name === 'EVAL' && script !== SCRIPTS.failureCount.text;
 }
 
 /**
@@ -507,8 +524,8 @@ interface CommandOwner {
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
   resend(args: string[], calls: number): Promise<unknown>;
-  /** Redis answered an error: READONLY (the connection reaches a replica), or one it may refuse everything with. */
-  errorReply(message: string): void;
+  /** Redis answered `args` with an error: READONLY (the connection reaches a replica), or one it may refuse everything with. */
+  errorReply(message: string, args: readonly string[]): void;
 }
 
 /**
@@ -556,7 +573,7 @@ class PendingCommand implements Waiting {
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
     if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
-    if (err instanceof ErrorReply || message.startsWith('READONLY')) this.#owner.errorReply(message);
+    if (err instanceof ErrorReply || message.startsWith('READONLY')) this.#owner.errorReply(message, this.#args);
     this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
   };
 }

@@ -85,6 +85,30 @@ test('a Redis that wants a password the URL does not give (NOAUTH): logged as an
   }
 });
 
+test('an ACL that denies one command Postern uses (GET: counter().get()): an outage until it is allowed, one line however the other calls go', opts, async () => {
+  await cli('ACL', 'SETUSER', 'postern', 'on', '>pw', '~*', '+@all', '-get');
+  const lines: string[] = [];
+  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+  const store = new RedisCounterStore({ url: `redis://postern:pw@127.0.0.1:${redis.port}`, keyPrefix: 'acl:', timeoutMs: 1000 }, createLogger('info', sink));
+  try {
+    await eventually(async () => (await store.rate('r', 100, 60)).count === 1, 'store connected');
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(store.get('c'), (err: Error) => err instanceof StoreUnavailable && /NOPERM/.test(err.message));
+      assert.equal((await store.rate('r', 100, 60)).count, i + 2, 'writes go through');
+      assert.equal(await unreachable(), 1);
+    }
+    assert.equal(refusedLines(lines), 1, 'one line, not one per read and write');
+    assert.ok(!lines.some((l) => l.includes('accepts commands again')));
+    await cli('ACL', 'SETUSER', 'postern', '+get');
+    assert.equal(await store.get('c'), 0);
+    assert.equal(await unreachable(), 0);
+    assert.equal(lines.filter((l) => l.includes('store: Redis accepts commands again')).length, 1);
+  } finally {
+    await store.close();
+    await cli('ACL', 'DELUSER', 'postern');
+  }
+});
+
 test('an error about one key (a value that is no integer) is that call\'s alone: no outage', opts, async () => {
   const { store, lines } = loggedStore('onekey:');
   try {
