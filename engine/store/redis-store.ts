@@ -118,7 +118,7 @@ const RECONNECT_AFTER_READONLY_MS = 1000;
  * writes and let GET and read-only scripts through, an ACL may deny one command), so only a command of the
  * kind refused (read, write) that goes through ends it: the others do not make the log flap.
  */
-const REFUSES_ALL = new Set(['NOAUTH', 'WRONGPASS', 'LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'MOVED', 'ASK']);
+const REFUSES_ALL = new Set(['NOAUTH', 'WRONGPASS', 'LOADING', 'BUSY', 'MASTERDOWN']);
 const REFUSES_SOME = new Set(['OOM', 'MISCONF', 'NOREPLICAS', 'NOPERM']);
 
 /** The refusal an error message carries ('all' or 'some', see REFUSES_ALL), or null. */
