@@ -105,6 +105,14 @@ const MAX_UNANSWERED = 1000;
 /** rate() calls of one turn per command at most: one script run holds Redis for all of them. */
 const MAX_RATES_PER_COMMAND = 100;
 
+/**
+ * A connection that sent nothing for this long is sent a PING (ms): checked this often, so at most twice this
+ * passes without a command. A Redis with `timeout` set (managed services often do; whole seconds, 1 at least)
+ * closed it while the server was idle: each time an outage at error level and the gauge at 1, and a call sent
+ * as it closed failed closed. Two PINGs a second cost an idle Redis nothing it would notice.
+ */
+const IDLE_PING_MS = 500;
+
 /** After a READONLY answer the connection is made again, at most this often (ms). */
 const RECONNECT_AFTER_READONLY_MS = 1000;
 
@@ -162,6 +170,9 @@ export class RedisCounterStore implements CounterStore {
   #handshake: NodeJS.Timeout | undefined;
   /** Since when commands have waited with nothing heard from Redis (performance.now()); null: none waiting. */
   #silentSince: number | null = null;
+  /** When the last command was given to the client (performance.now()), for the idle PING. */
+  #lastSent = performance.now();
+  readonly #idlePing: NodeJS.Timeout;
   /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
   #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
 
@@ -173,6 +184,7 @@ export class RedisCounterStore implements CounterStore {
     this.#connectTimeout = Math.max(1000, options.timeoutMs);
     this.#silenceMs = Math.max(SILENCE_MS, options.timeoutMs);
     this.#client = this.#newClient();
+    this.#idlePing = setInterval(() => this.#pingIfIdle(), IDLE_PING_MS).unref();
     this.connectionSlots = new RedisConnectionSlots(async (s, keys, args) => {
       const value = await this.#eval(s, keys, args);
       this.#served(true);
@@ -279,12 +291,24 @@ export class RedisCounterStore implements CounterStore {
     await this.connectionSlots.close();
     this.#closed = true;
     clearTimeout(this.#handshake);
+    clearInterval(this.#idlePing);
     this.#deadlines.expireAll();
     try {
       this.#client.destroy();
     } catch {
       // already closed
     }
+  }
+
+  /**
+   * Straight to the client, not through #send: its answer says nothing about calls (an ACL user need not be
+   * allowed PING), and a hung server is found by the calls' own time limits (#checkSilence).
+   */
+  #pingIfIdle(): void {
+    const client = this.#client;
+    if (this.#closed || !client.isReady || performance.now() - this.#lastSent < IDLE_PING_MS) return;
+    this.#lastSent = performance.now();
+    client.sendCommand(['PING']).catch(() => undefined);
   }
 
   /**
@@ -327,8 +351,9 @@ export class RedisCounterStore implements CounterStore {
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
     this.#unanswered += calls;
-    this.#silentSince ??= performance.now();
-    const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script, calls);
+    const now = this.#lastSent = performance.now();
+    this.#silentSince ??= now;
+    const command = new PendingCommand(this.#commands, now + this.#timeoutMs, args, script, calls);
     this.#deadlines.add(command);
     this.#client.sendCommand(args).then(command.answered, command.failed);
     return command.promise;

@@ -4,6 +4,7 @@
  * nothing said so: no error line, postern_store_unreachable at 0, so the documented alert never fired while
  * every AUTH got 454 and every MAIL FROM under messagesPerIdentity 451. Now each is an outage, logged once and
  * in the gauge, and its end is logged once a command of the refused kind goes through again, with no restart.
+ * And a Redis that closes idle connections (`timeout`, as managed services often set) is no outage at all.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -120,6 +121,23 @@ test('an error about one key (a value that is no integer) is that call\'s alone:
     assert.equal(refusedLines(lines), 0);
     assert.equal(await unreachable(), 0);
   } finally {
+    await store.close();
+  }
+});
+
+test('a Redis that closes idle connections (timeout 1 s): an idle store keeps its connection, no outage is logged, calls after the idle time count', opts, async () => {
+  await cli('CONFIG', 'SET', 'timeout', '1');
+  const { store, lines } = loggedStore('idle:');
+  try {
+    await eventually(async () => (await store.rate('r', 100, 60)).count === 1, 'store connected');
+    for (let i = 2; i <= 3; i++) {
+      // Idle well past Redis's timeout (the server checks idle clients about ten times a second).
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.equal((await store.rate('r', 100, 60)).count, i);
+    }
+    assert.deepEqual(lines.filter((l) => /store: Redis (unreachable|reachable again)/.test(l)), [], 'no outage');
+  } finally {
+    await cli('CONFIG', 'SET', 'timeout', '0');
     await store.close();
   }
 });
