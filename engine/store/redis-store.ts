@@ -173,6 +173,8 @@ export class RedisCounterStore implements CounterStore {
   /** When the last command was given to the client (performance.now()), for the idle PING. */
   #lastSent = performance.now();
   readonly #idlePing: NodeJS.Timeout;
+  /** When the idle PING in flight was sent; null: none is. */
+  #pingSince: number | null = null;
   /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
   #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
 
@@ -306,9 +308,18 @@ export class RedisCounterStore implements CounterStore {
    */
   #pingIfIdle(): void {
     const client = this.#client;
-    if (this.#closed || !client.isReady || performance.now() - this.#lastSent < IDLE_PING_MS) return;
-    this.#lastSent = performance.now();
-    client.sendCommand(['PING']).catch(() => undefined);
+    if (this.#closed || !client.isReady) return;
+    const now = performance.now();
+    if (this.#pingSince !== null) {
+      // One at a time (a hung server must not gather one a tick for days); one unanswered for #silenceMs is
+      // the silence of #checkSilence, found before a call meets it.
+      if (now - this.#pingSince >= this.#silenceMs) this.#silenceFor(now - this.#pingSince);
+      return;
+    }
+    if (now - this.#lastSent < IDLE_PING_MS) return;
+    this.#lastSent = this.#pingSince = now;
+    const answered = (): void => { if (this.#client === client) this.#pingSince = null; };
+    client.sendCommand(['PING']).then(answered, answered);
   }
 
   /**
@@ -448,7 +459,12 @@ export class RedisCounterStore implements CounterStore {
    */
   #checkSilence(): void {
     if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs) return;
-    this.#outage(`no answer for ${this.#silenceMs} ms`,
+    this.#silenceFor(this.#silenceMs);
+  }
+
+  /** Nothing heard for `ms`: an outage, and a new connection. */
+  #silenceFor(ms: number): void {
+    this.#outage(`no answer for ${Math.round(ms)} ms`,
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
     this.#replaceClient();
@@ -456,6 +472,7 @@ export class RedisCounterStore implements CounterStore {
 
   /** The client replaced by a new one, connecting; the old one closed (its commands fail). */
   #replaceClient(): void {
+    this.#pingSince = null;
     const old = this.#client;
     this.#client = this.#newClient();
     try {

@@ -141,3 +141,22 @@ test('a Redis that closes idle connections (timeout 1 s): an idle store keeps it
     await store.close();
   }
 });
+
+test('an idle store whose Redis hangs finds out by its PING, before any call meets the silence; answered again: reachable', opts, async () => {
+  const { store, lines } = loggedStore('idle-hung:');
+  try {
+    await eventually(async () => (await store.rate('r', 100, 60)).count === 1, 'store connected');
+    redis.pause();
+    try {
+      await until('the silence found with no call made', () => lines.some((l) => l.includes('store: Redis answered nothing for a while')), { timeoutMs: 30_000 });
+      assert.equal(await unreachable(), 1);
+    } finally {
+      redis.resume();
+    }
+    await until('reachable again', () => lines.some((l) => l.includes('store: Redis reachable again')), { timeoutMs: 30_000 });
+    assert.equal((await store.rate('r', 100, 60)).count, 2);
+    assert.equal(await unreachable(), 0);
+  } finally {
+    await store.close();
+  }
+});
