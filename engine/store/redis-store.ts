@@ -303,8 +303,8 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /**
-   * Straight to the client, not through #send: its answer says nothing about calls (an ACL user need not be
-   * allowed PING), and a hung server is found by the calls' own time limits (#checkSilence).
+   * See IDLE_PING_MS. Straight to the client, not through #send: its answer, or its error, says nothing about
+   * calls (an ACL user need not be allowed PING).
    */
   #pingIfIdle(): void {
     const client = this.#client;
