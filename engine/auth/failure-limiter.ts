@@ -33,45 +33,17 @@ export interface FailureMap {
 
 const NO_FAILURES = Promise.resolve(0);
 
-/** Addresses whose failures are kept, at most: past it, those whose latest failure is oldest are forgotten. */
-export const MAX_FAILING_ADDRESSES = 100_000;
-
-/**
- * Record a failure of `ip` at `at` (`list`: its recent failures, `at` included): the address moves to the end
- * of `failures`, which is so kept in the order of each address's latest failure, and the map is pruned from
- * its other end (pruneFailures).
- */
-export function recordFailure(failures: FailureMap, ip: string, list: number[], since: number): void {
-  failures.delete(ip);
-  failures.set(ip, list);
-  pruneFailures(failures, since);
-}
-
-/**
- * Drop, from the oldest end of `failures` (see recordFailure), the addresses whose latest failure is at or
- * before `since`, and past MAX_FAILING_ADDRESSES the oldest ones. Each step drops one, so a failure costs
- * O(1) on average. Walking every address at each failure once there were 10 000 (a /48 holds 65 536 IPv6
- * /64s, each counted apart) took 13 ms of the event loop per failed AUTH at 15 000 addresses, growing with
- * each, in every process (the supervisor that serves the memory store too), and the map had no bound.
- */
-export function pruneFailures(failures: FailureMap, since: number): void {
-  for (const ip of failures.keys()) {
-    const list = failures.get(ip);
-    if (failures.size <= MAX_FAILING_ADDRESSES && list !== undefined && list.length > 0 && list[list.length - 1]! > since) return;
-    failures.delete(ip);
-  }
-}
-
 export class MemoryAuthFailureStore implements AuthFailureStore {
   readonly #failures: FailureMap;
 
   constructor(failures: FailureMap = new Map<string, number[]>()) { this.#failures = failures; }
 
   add(key: string, now: number, since: number): Promise<number> {
+    // Many failing addresses (rotating IPv6) must not grow the map without bound: drop expired entries.
+    if (this.#failures.size > 10_000) for (const k of [...this.#failures.keys()]) this.#recent(k, since);
     const list = this.#recent(key, since);
     list.push(now);
-    // Many failing addresses (rotating IPv6) must not grow the map without bound, nor cost a walk of it.
-    recordFailure(this.#failures, key, list, since);
+    this.#failures.set(key, list);
     this.#failures.recorded?.(key, now);
     return Promise.resolve(list.length);
   }

@@ -54,7 +54,7 @@
  * holder decides on the failures relayed to it (and the list it got when ready), as `workers: 1` always did.
  * When a worker dies, the supervisor drops every slot it held.
  */
-import { recordFailure, type FailureMap } from '../auth/failure-limiter.ts';
+import type { FailureMap } from '../auth/failure-limiter.ts';
 
 /** acquire()'s answer: `ok`, under the per-address limit (the slot is taken); `total`, when counted over
  * every worker, the listener's open connections with this one (for its maxConnections). */
@@ -101,10 +101,9 @@ export class SharedFailureStore extends Map<string, number[]> implements Failure
   recorded(ip: string, at: number): void { this.#channel.send({ t: 'authfail', ip, at }); }
   /** Another worker's failure, relayed by the supervisor. */
   add(ip: string, at: number): void {
-    const since = Date.now() - this.#windowMs;
-    const list = (this.get(ip) ?? []).filter((t) => t > since);
+    const list = (this.get(ip) ?? []).filter((t) => t > Date.now() - this.#windowMs);
     list.push(at);
-    recordFailure(this, ip, list, since);
+    this.set(ip, list);
   }
   /** The supervisor's list for `ip` (every worker's failures, ours included: they were sent before). */
   replace(ip: string, times: number[]): void {
@@ -551,7 +550,8 @@ export class CounterHost {
       case 'authfail': {
         const list = this.failures(message.ip!);
         list.push(message.at!);
-        recordFailure(this.#failures, message.ip!, list, Date.now() - this.#windowMs);
+        this.#failures.set(message.ip!, list);
+        if (this.#failures.size > 10_000) for (const ip of [...this.#failures.keys()]) if (!this.failures(ip).length) this.#failures.delete(ip);
         broadcast({ t: 'authfail', ip: message.ip, at: message.at });
         return true;
       }

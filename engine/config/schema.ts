@@ -107,7 +107,7 @@ const limitsSchema = z.strictObject({
   authFailuresPerIp: z.number().int().positive().default(20)
     .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
-    .describe('The sliding window for `authFailuresPerIp`. Without `store.redis`, the failures of at most 100 000 addresses (IPv6 networks, see `ipv6PrefixLength`) are kept: past that, those whose latest failure is oldest are forgotten, so failures from a whole IPv6 /48 neither grow the server\'s memory without bound nor slow every failure down.'),
+    .describe('The sliding window for `authFailuresPerIp`.'),
   connectionRatePerIp: z.strictObject({
     count: z.number().int().positive().describe('Connections one client address may open to this listener within the window.'),
     windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
