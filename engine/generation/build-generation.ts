@@ -8,7 +8,7 @@
  * whatever was built is released and one GenerationError lists them all, one `file[:line[:col]]: message`
  * per line.
  */
-import type { CounterStore } from '../store/counter-store.ts';
+import { SHADOW_KEY_PREFIX, type CounterStore } from '../store/counter-store.ts';
 import { prefixedStore } from '../store/prefixed-store.ts';
 import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
@@ -101,7 +101,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const dns = new ScriptDns({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs ?? Math.max(1, Math.floor(config.sandbox.timeoutMs * 0.8)) });
   const log = options.logger.child({ component: 'script' });
   const dirs = new Set([config.scripts, ...[...config.listeners, ...config.policyServices].map((l) => l.scripts ?? config.scripts)]);
-  const shadowStore = options.store && prefixedStore(options.store, 'shadow:');
+  const shadowStore = options.store && prefixedStore(options.store, SHADOW_KEY_PREFIX);
   const sandboxOf = async (dir: string, shadow: boolean): Promise<Sandbox> => {
     const scripts = await loadScriptDirectory(dir);
     return Sandbox.create({

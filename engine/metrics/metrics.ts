@@ -138,7 +138,7 @@ export const metrics = {
     collect() { if (authFailureProbe) this.set(authFailureProbe()); },
   }),
   storeUnreachable: new Gauge({
-    name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached (what needs it fails closed), else 0',
+    name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached or refuses commands (what needs it fails closed), else 0',
     registers: [registry], aggregator: 'max', // any process that cannot reach it
   }),
   shadowCalls: new Counter({

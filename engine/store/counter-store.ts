@@ -76,6 +76,9 @@ export const STORE_KEYS = {
   connectionRate: (listener: string, ip: string) => `limit:connrate:${listener}:${ip}`,
 } as const;
 
+/** Put in front of every key of shadow scripts (prefixedStore): their counts apart from the live scripts'. */
+export const SHADOW_KEY_PREFIX = 'shadow:';
+
 /** A store call failed (unreachable, timed out, refused): the caller must refuse temporarily. */
 export class StoreUnavailable extends Error {
   constructor(message: string, options?: { cause?: unknown }) {

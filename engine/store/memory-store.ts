@@ -3,13 +3,14 @@
  * multi-process server the supervisor holds one of these and the workers reach it over IPC.
  *
  * Bounded: scripts name their own keys (`rate('per-sender:' + address, …)`), so a client that makes a
- * script count millions of distinct keys must not exhaust the server's memory. Scripts' keys and the
- * built-in limits' keys (`limit:…`) are held apart, each at most `maxKeys`: when one side is full, its
- * expired keys are swept out, and if that frees nothing the keys created longest ago are dropped (their
- * counts start again from 0). Scripts can therefore never push out a built-in limit's count.
+ * script count millions of distinct keys must not exhaust the server's memory. Scripts' keys, the
+ * built-in limits' keys (`limit:…`) and shadow scripts' keys (`shadow:…`) are held apart, each at most
+ * `maxKeys`: when one side is full, its expired keys are swept out, and if that frees nothing the keys
+ * created longest ago are dropped (their counts start again from 0). Scripts can therefore never push out
+ * a built-in limit's count, nor a candidate run in shadow a live script's.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
-import type { CounterStore, ImmediateCounterStore, RateResult } from './counter-store.ts';
+import { SHADOW_KEY_PREFIX, type CounterStore, type ImmediateCounterStore, type RateResult } from './counter-store.ts';
 
 interface Entry { value: number; expiresAt: number }
 
@@ -103,6 +104,11 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
   readonly kind = 'memory';
   readonly #scripts: BoundedCounters;
   readonly #builtin: BoundedCounters;
+  /**
+   * Shadow scripts' keys: kept with the live scripts', a candidate that counts a key per message (the
+   * change being tried out) dropped the live scripts' counts, and their limits started again from 0.
+   */
+  readonly #shadow: BoundedCounters;
   readonly #now: () => number;
   readonly #authFailures = new MemoryAuthFailureStore();
 
@@ -113,6 +119,7 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
     if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RangeError(`maxKeys must be a positive whole number, not ${maxKeys}`);
     this.#scripts = new BoundedCounters(maxKeys, options.onEvict);
     this.#builtin = new BoundedCounters(maxKeys, options.onEvict);
+    this.#shadow = new BoundedCounters(maxKeys, options.onEvict);
   }
 
   get immediate(): ImmediateCounterStore {
@@ -159,18 +166,19 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
 
   /** Keys held now, expired ones not yet swept included (tests). */
   get size(): number {
-    return this.#scripts.size + this.#builtin.size;
+    return this.#scripts.size + this.#builtin.size + this.#shadow.size;
   }
 
   close(): Promise<void> {
     this.#scripts.clear();
     this.#builtin.clear();
+    this.#shadow.clear();
     return Promise.resolve();
   }
 
-  /** The built-in limits' keys (STORE_KEYS.messagesPerIdentity, …) are `limit:…`; anything else is a script's. */
+  /** The built-in limits' keys (STORE_KEYS.messagesPerIdentity, …) are `limit:…`, shadow scripts' `shadow:…`; anything else is a script's. */
   #side(key: string): BoundedCounters {
-    return key.startsWith('limit:') ? this.#builtin : this.#scripts;
+    return key.startsWith('limit:') ? this.#builtin : key.startsWith(SHADOW_KEY_PREFIX) ? this.#shadow : this.#scripts;
   }
 }
 

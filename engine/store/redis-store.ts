@@ -105,8 +105,35 @@ const MAX_UNANSWERED = 1000;
 /** rate() calls of one turn per command at most: one script run holds Redis for all of them. */
 const MAX_RATES_PER_COMMAND = 100;
 
+/**
+ * A connection that sent nothing for this long is sent a PING (ms): checked this often, so at most twice this
+ * passes without a command. A Redis with `timeout` set (managed services often do; whole seconds, 1 at least)
+ * closed it while the server was idle: each time an outage at error level and the gauge at 1, and a call sent
+ * as it closed failed closed. Two PINGs a second cost an idle Redis nothing it would notice.
+ */
+const IDLE_PING_MS = 500;
+
 /** After a READONLY answer the connection is made again, at most this often (ms). */
 const RECONNECT_AFTER_READONLY_MS = 1000;
+
+/**
+ * Error codes with which Redis refuses commands for a while, whatever their keys: a password or ACL it
+ * wants (NOAUTH, WRONGPASS, NOPERM), memory full under noeviction (OOM), a failed snapshot (MISCONF), a
+ * dataset loading, a long script (BUSY), a replica cut off from its master. Connected and answering, it
+ * refused every call (each failed closed) with nothing logged above debug and postern_store_unreachable at 0:
+ * the documented alert never fired. Not an error about one key (WRONGTYPE, a value that is no integer).
+ * The first group refuses reads and writes alike; the second only some commands (OOM and MISCONF refuse
+ * writes and let GET and read-only scripts through, an ACL may deny one command), so only a command of the
+ * kind refused (read, write) that goes through ends it: the others do not make the log flap.
+ */
+const REFUSES_ALL = new Set(['NOAUTH', 'WRONGPASS', 'LOADING', 'BUSY', 'MASTERDOWN']);
+const REFUSES_SOME = new Set(['OOM', 'MISCONF', 'NOREPLICAS', 'NOPERM']);
+
+/** The refusal an error message carries ('all' or 'some', see REFUSES_ALL), or null. */
+function refusalOf(message: string): 'all' | 'some' | null {
+  const code = /^[A-Z]+/.exec(message)?.[0] ?? '';
+  return REFUSES_ALL.has(code) ? 'all' : REFUSES_SOME.has(code) ? 'some' : null;
+}
 
 /** How long the client waits between reconnection attempts (ms), growing to at most 2 s. */
 const reconnectDelay = (retries: number): number => Math.min(50 * 2 ** Math.min(retries, 6), 2000);
@@ -143,6 +170,13 @@ export class RedisCounterStore implements CounterStore {
   #handshake: NodeJS.Timeout | undefined;
   /** Since when commands have waited with nothing heard from Redis (performance.now()); null: none waiting. */
   #silentSince: number | null = null;
+  /** When the last command was given to the client (performance.now()), for the idle PING. */
+  #lastSent = performance.now();
+  readonly #idlePing: NodeJS.Timeout;
+  /** When the idle PING in flight was sent; null: none is. */
+  #pingSince: number | null = null;
+  /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
+  #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -152,7 +186,12 @@ export class RedisCounterStore implements CounterStore {
     this.#connectTimeout = Math.max(1000, options.timeoutMs);
     this.#silenceMs = Math.max(SILENCE_MS, options.timeoutMs);
     this.#client = this.#newClient();
-    this.connectionSlots = new RedisConnectionSlots((s, keys, args) => this.#eval(s, keys, args), this.#prefix,
+    this.#idlePing = setInterval(() => this.#pingIfIdle(), IDLE_PING_MS).unref();
+    this.connectionSlots = new RedisConnectionSlots(async (s, keys, args) => {
+      const value = await this.#eval(s, keys, args);
+      this.#served(true);
+      return value;
+    }, this.#prefix,
       options.connectionLeaseSeconds ?? 30, this.#log);
   }
 
@@ -190,6 +229,7 @@ export class RedisCounterStore implements CounterStore {
       clearTimeout(this.#handshake);
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
+      this.#refusing = null; // a new connection: its first answers tell again
       metrics.storeUnreachable.set(0);
       // Sent before any call can be (this runs as the connection becomes ready): every EVALSHA then finds
       // its script, even the first after a Redis restart, so each call is one round trip.
@@ -215,11 +255,14 @@ export class RedisCounterStore implements CounterStore {
 
   async get(key: string): Promise<number> {
     const value = await this.#send(['GET', this.#prefix + key]);
+    this.#served(false);
     return value === null ? 0 : integer(value, 'GET');
   }
 
   async add(key: string, n: number, ttlSeconds: number): Promise<number> {
-    return integer(await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000)), 'add()');
+    const value = await this.#evalKey(SCRIPTS.add, this.#prefix + key, String(n), String(ttlSeconds * 1000));
+    this.#served(true);
+    return integer(value, 'add()');
   }
 
   /** The window is what the limiter asks for (`now - since`); the times themselves are Redis's (FAILURE_ADD). */
@@ -228,11 +271,17 @@ export class RedisCounterStore implements CounterStore {
       add: async (ip, now, since) => {
         // A unique member per failure: two at the same millisecond are two failures.
         const member = `${now}:${randomBytes(6).toString('hex')}`;
-        return integer(await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
-          [String(Math.max(1, now - since)), member]), 'an AUTH failure');
+        const value = await this.#eval(SCRIPTS.failureAdd, [this.#prefix + STORE_KEYS.authFailures(ip)],
+          [String(Math.max(1, now - since)), member]);
+        this.#served(true);
+        return integer(value, 'an AUTH failure');
       },
-      count: async (ip, since) => integer(await this.#eval(SCRIPTS.failureCount, [this.#prefix + STORE_KEYS.authFailures(ip)],
-        [String(Math.max(1, Date.now() - since))]), 'AUTH failures'),
+      count: async (ip, since) => {
+        const value = await this.#eval(SCRIPTS.failureCount, [this.#prefix + STORE_KEYS.authFailures(ip)],
+          [String(Math.max(1, Date.now() - since))]);
+        this.#served(false);
+        return integer(value, 'AUTH failures');
+      },
     };
   }
 
@@ -244,12 +293,33 @@ export class RedisCounterStore implements CounterStore {
     await this.connectionSlots.close();
     this.#closed = true;
     clearTimeout(this.#handshake);
+    clearInterval(this.#idlePing);
     this.#deadlines.expireAll();
     try {
       this.#client.destroy();
     } catch {
       // already closed
     }
+  }
+
+  /**
+   * See IDLE_PING_MS. Straight to the client, not through #send: its answer, or its error, says nothing about
+   * calls (an ACL user need not be allowed PING).
+   */
+  #pingIfIdle(): void {
+    const client = this.#client;
+    if (this.#closed || !client.isReady) return;
+    const now = performance.now();
+    if (this.#pingSince !== null) {
+      // One at a time (a hung server must not gather one a tick for days); one unanswered for #silenceMs is
+      // the silence of #checkSilence, found before a call meets it.
+      if (now - this.#pingSince >= this.#silenceMs) this.#silenceFor(now - this.#pingSince);
+      return;
+    }
+    if (now - this.#lastSent < IDLE_PING_MS) return;
+    this.#lastSent = this.#pingSince = now;
+    const answered = (): void => { if (this.#client === client) this.#pingSince = null; };
+    client.sendCommand(['PING']).then(answered, answered);
   }
 
   /**
@@ -265,7 +335,7 @@ export class RedisCounterStore implements CounterStore {
     const n = calls.size;
     try {
       this.#send(['EVALSHA', SCRIPTS.rate.sha, String(n)].concat(calls.keys, calls.args), SCRIPTS.rate.text, n)
-        .then((reply) => calls.answered(reply), (err: unknown) => calls.failed(err));
+        .then((reply) => this.#served(true, calls.answered(reply)), (err: unknown) => calls.failed(err));
     } catch (err) {
       // Never an exception out of a microtask (it would end the process): the calls fail closed.
       calls.failed(new StoreUnavailable(`store unavailable (redis): ${err instanceof Error ? err.message : String(err)}`, { cause: err }));
@@ -292,8 +362,9 @@ export class RedisCounterStore implements CounterStore {
       return Promise.reject(new StoreUnavailable(`store unavailable (redis): ${this.#unanswered} calls sent and not answered (a hung server?)`));
     }
     this.#unanswered += calls;
-    this.#silentSince ??= performance.now();
-    const command = new PendingCommand(this.#commands, performance.now() + this.#timeoutMs, args, script, calls);
+    const now = this.#lastSent = performance.now();
+    this.#silentSince ??= now;
+    const command = new PendingCommand(this.#commands, now + this.#timeoutMs, args, script, calls);
     this.#deadlines.add(command);
     this.#client.sendCommand(args).then(command.answered, command.failed);
     return command.promise;
@@ -312,8 +383,45 @@ export class RedisCounterStore implements CounterStore {
       this.#checkSilence();
     },
     resend: (args, calls) => this.#send(args, undefined, calls),
-    readOnly: (message) => this.#reconnect(message),
+    errorReply: (message, args) => {
+      if (message.startsWith('READONLY')) this.#reconnect(message);
+      else this.#refused(message, writes(args));
+    },
   };
+
+  /**
+   * Redis refused a command (see REFUSES_ALL): an outage like an unreachable server, logged once and in the
+   * gauge, until a command it refused goes through again (#served). Other error replies are one call's.
+   */
+  #refused(message: string, wrote: boolean): void {
+    const refusal = refusalOf(message);
+    if (refusal === null || this.#closed) return;
+    const r = this.#refusing ??= { all: false, reads: false, writes: false };
+    if (refusal === 'all') r.all = true;
+    else if (wrote) r.writes = true;
+    else r.reads = true;
+    this.#outage(message, 'store: Redis refuses commands (a password, an ACL, memory full, a failed save?); calls that need it fail closed until it accepts them again');
+  }
+
+  /**
+   * A command answered (`wrote`: one that writes). It ends a refusal outage of every command, or the refusal of
+   * its kind (reads, writes) when only some were refused; `refusal`: a refusal found in the answer itself (a
+   * rate() call's, see RateCalls.answered).
+   */
+  #served(wrote: boolean, refusal: string | null = null): void {
+    if (refusal !== null) return this.#refused(refusal, true);
+    const r = this.#refusing;
+    if (r === null) return;
+    if (!r.all) {
+      if (wrote) r.writes = false;
+      else r.reads = false;
+      if (r.reads || r.writes) return;
+    }
+    this.#refusing = null;
+    this.#down = false;
+    metrics.storeUnreachable.set(0);
+    this.#log.info('store: Redis accepts commands again');
+  }
 
   /**
    * Redis answered READONLY: this connection reaches a replica now. After a failover behind a proxy, a
@@ -351,7 +459,12 @@ export class RedisCounterStore implements CounterStore {
    */
   #checkSilence(): void {
     if (this.#closed || this.#silentSince === null || performance.now() - this.#silentSince < this.#silenceMs) return;
-    this.#outage(`no answer for ${this.#silenceMs} ms`,
+    this.#silenceFor(this.#silenceMs);
+  }
+
+  /** Nothing heard for `ms`: an outage, and a new connection. */
+  #silenceFor(ms: number): void {
+    this.#outage(`no answer for ${Math.round(ms)} ms`,
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
     this.#replaceClient();
@@ -359,6 +472,7 @@ export class RedisCounterStore implements CounterStore {
 
   /** The client replaced by a new one, connecting; the old one closed (its commands fail). */
   #replaceClient(): void {
+    this.#pingSince = null;
     const old = this.#client;
     this.#client = this.#newClient();
     try {
@@ -375,6 +489,12 @@ export class RedisCounterStore implements CounterStore {
     metrics.storeUnreachable.set(1);
     this.#log.error({ err: { message } }, line);
   }
+}
+
+/** Whether a command writes: every script but the AUTH failure count (GET and SCRIPT LOAD do not). */
+function writes(args: readonly string[]): boolean {
+  const [name, script] = args;
+  return name === 'EVALSHA' ? script !== SCRIPTS.failureCount.sha : name === 'EVAL' && script !== SCRIPTS.failureCount.text;
 }
 
 /**
@@ -408,22 +528,29 @@ class RateCalls {
     });
   }
 
-  /** RATE's reply: three numbers per call, in the calls' order (-1, Redis's message, 0 for a call Redis refused). */
-  answered(reply: unknown): void {
+  /**
+   * RATE's reply: three numbers per call, in the calls' order (-1, Redis's message, 0 for a call Redis refused).
+   * → the message of a call Redis refused as it refuses every command (see REFUSES_ALL), else null.
+   */
+  answered(reply: unknown): string | null {
     const r = reply as unknown[];
     // Anything but numbers (a proxy or a server that answers something else) fails closed, not as "not allowed".
     if (!Array.isArray(r) || r.length !== 3 * this.size || !r.every((n, i) => Number.isInteger(n) || (i % 3 === 1 && r[i - 1] === -1))) {
       this.failed(new StoreUnavailable(`store unavailable (redis): unexpected reply to ${this.size} rate() calls`));
-      return;
+      return null;
     }
+    let refusal: string | null = null;
     for (let i = 0; i < this.size; i++) {
       const allowed = r[3 * i] as number;
       if (allowed === -1) {
-        this.#reject[i]!(new StoreUnavailable(`store unavailable (redis): ${String(r[3 * i + 1])}`));
+        const message = String(r[3 * i + 1]);
+        if (refusal === null && refusalOf(message) !== null) refusal = message;
+        this.#reject[i]!(new StoreUnavailable(`store unavailable (redis): ${message}`));
         continue;
       }
       this.#resolve[i]!({ allowed: allowed === 1, count: r[3 * i + 1] as number, resetSeconds: Math.max(0, Math.ceil(r[3 * i + 2] as number / 1000)) });
     }
+    return refusal;
   }
 
   /** The command failed (unreachable, timeout, refused): every call of it fails closed. */
@@ -439,8 +566,8 @@ interface CommandOwner {
   timedOut(command: PendingCommand): void;
   /** Redis did not have the script: send its text (one more round trip, once per script after a SCRIPT FLUSH). */
   resend(args: string[], calls: number): Promise<unknown>;
-  /** Redis answered READONLY: the connection reaches a replica. */
-  readOnly(message: string): void;
+  /** Redis answered `args` with an error: READONLY (the connection reaches a replica), or one it may refuse everything with. */
+  errorReply(message: string, args: readonly string[]): void;
 }
 
 /**
@@ -488,7 +615,7 @@ class PendingCommand implements Waiting {
     if (late) return;
     const message = err instanceof Error ? err.message : String(err);
     if (this.#script !== undefined && message.startsWith('NOSCRIPT')) return this.resolve(this.#owner.resend(['EVAL', this.#script, ...this.#args.slice(2)], this.calls));
-    if (message.startsWith('READONLY')) this.#owner.readOnly(message);
+    if (err instanceof ErrorReply || message.startsWith('READONLY')) this.#owner.errorReply(message, this.#args);
     this.reject(new StoreUnavailable(`store unavailable (redis): ${message}`, { cause: err }));
   };
 }

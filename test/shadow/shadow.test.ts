@@ -158,6 +158,49 @@ test('shadow scripts count in a store namespace of their own: they never use up 
   }
 });
 
+test('a shadow script counting many keys in the memory store never pushes out a live script\'s count (held apart, each side bounded)', async () => {
+  // With store.maxKeys 1000, each shadow call counts 190 keys never seen again (a candidate that keys per
+  // message): the live scripts' side was the same one, its oldest key — the live limit's — was dropped, and
+  // the live limit started again from 0.
+  const shadowDir = await mkdtemp(join(tmpdir(), 'postern-shadow-'));
+  await writeFile(join(shadowDir, 'mailfrom.ts'), `export default async function () {
+  const n = await counter('calls').add(1, 3600);
+  for (let i = 0; i < 190; i++) await rate('once:' + n + ':' + i, 5, 3600);
+  return accept();
+}`);
+  const server = await startTestServer({
+    config: configYaml({
+      localDomains: ['example.com'],
+      sandbox: { timeoutMs: 10000 },
+      store: { maxKeys: 1000 },
+      admin: { listen: '127.0.0.1:0' },
+      listeners: [testListener('shadow-keys', { shadowScripts: shadowDir })],
+    } as never),
+    scripts: { 'mailfrom.ts': `export default async function () {
+  const r = await rate('per-server', 2, 3600);
+  if (!r.allowed) return defer('Slow down', { code: 450, enhanced: '4.7.1' });
+}` },
+  });
+  const shadowCalls = async (): Promise<number> => await shadowCount('shadow-keys', 'mailfrom', 'same')
+    + await shadowCount('shadow-keys', 'mailfrom', 'different') + await shadowCount('shadow-keys', 'mailfrom', 'error');
+  try {
+    const c = await SmtpTestClient.connect(server.port('shadow-keys'));
+    await c.hello();
+    for (let i = 1; i <= 8; i++) {
+      assert.equal((await c.command('MAIL FROM:<a@example.org>')).text, i <= 2 ? '250 2.1.0 Accepted' : '450 4.7.1 Slow down', `message ${i}`);
+      await until(`shadow call ${i} settled`, async () => (await shadowCalls()) === i);
+      await c.command('RSET');
+    }
+    assert.equal(await shadowCount('shadow-keys', 'mailfrom', 'error'), 0, 'the shadow calls ran to the end');
+    assert.ok(server.logs.some((l) => /^store: more than 1000 keys in memory; dropped/.test(String(l.msg))), 'the shadow side was trimmed');
+    assert.equal((await c.command('MAIL FROM:<a@example.org>')).text, '450 4.7.1 Slow down', 'the live count is still there');
+    await c.quit();
+  } finally {
+    await server.stop();
+    await rm(shadowDir, { recursive: true, force: true });
+  }
+});
+
 test('postern check (and so a reload) refuses a shadow folder that does not compile, naming file and line', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-shadow-check-'));
   const shadowDir = join(dir, 'candidate');
