@@ -959,7 +959,7 @@ export class Supervisor {
     this.#saving = this.#saving.then(async () => {
       const file = clusterStatusFile(this.config.config.dataDir);
       const tmp = `${file}.${process.pid}.tmp`;
-      await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`).then(() => rename(tmp, file)).catch(() => undefined);
+      await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`, { mode: 0o600 }).then(() => rename(tmp, file)).catch(() => undefined);
     });
     return this.#saving;
   }

@@ -61,7 +61,7 @@ export class ReloadStatus {
     if (!WRITES_FILE) return Promise.resolve();
     this.#saving = this.#saving.then(async () => {
       const tmp = `${this.#file}.${process.pid}.tmp`;
-      await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);
+      await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n', { mode: 0o600 }).then(() => rename(tmp, this.#file)).catch(() => undefined);
     });
     return this.#saving;
   }

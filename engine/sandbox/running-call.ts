@@ -62,7 +62,7 @@ function mirror(slot: number, value: number): void {
 function writeTableMirror(): void {
   if (mirrorPath === null) return;
   try {
-    writeFileSync(`${mirrorPath}.json.tmp`, JSON.stringify(table));
+    writeFileSync(`${mirrorPath}.json.tmp`, JSON.stringify(table), { mode: 0o600 });
     renameSync(`${mirrorPath}.json.tmp`, `${mirrorPath}.json`);
   } catch { /* best effort, as the words */ }
 }
@@ -192,7 +192,7 @@ export const runningCall = {
    * after this one died. Once per process, before scripts run.
    */
   mirrorTo(path: string): void {
-    mirrorFd = openSync(`${path}.bin`, 'w+');
+    mirrorFd = openSync(`${path}.bin`, 'w+', 0o600);
     mirrorPath = path;
     writeSync(mirrorFd, new Uint8Array(4 * (ASYNC_SLOTS + 1)), 0, 4 * (ASYNC_SLOTS + 1), 0);
     writeTableMirror();

@@ -44,11 +44,12 @@ export class DirectorySyncer {
  * Replaces `file` whole: a temporary file beside it (created with `mode`, never wider on the way), fsynced,
  * renamed over it, the folder fsynced. A reader sees the old file or the new one, never half of one; after a
  * kill or a power loss the old one or the new one is there, never an empty or torn one; and once this
- * returns the new one survives a power loss.
+ * returns the new one survives a power loss. The server user's only unless `mode` says otherwise, and so is a
+ * folder made for it: the umask may be 000.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
   const dir = dirname(file);
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   // A new file takes the folder's owner and group, as a replaced one keeps its own.
@@ -77,7 +78,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
  * for the real one. `durable: false` skips the syncs: whole against a kill, not against a power loss (for a
  * process about to be killed, that must not wait on a busy disk first).
  */
-export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o644, durable = true }: { mode?: number; durable?: boolean } = {}): void {
+export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o600, durable = true }: { mode?: number; durable?: boolean } = {}): void {
   const dir = dirname(file);
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const fd = openSync(tmp, 'wx', mode);
