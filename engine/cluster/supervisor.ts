@@ -222,7 +222,7 @@ export class Supervisor {
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
     // Refused as `postern check` refuses it, before anything is locked or written there.
-    const unusable = await dataDirError(loaded);
+    const unusable = await dataDirError(loaded, { starting: true });
     if (unusable) throw unusable;
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
