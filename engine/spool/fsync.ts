@@ -45,9 +45,11 @@ export class DirectorySyncer {
  * renamed over it, the folder fsynced. A reader sees the old file or the new one, never half of one; after a
  * kill or a power loss the old one or the new one is there, never an empty or torn one; and once this
  * returns the new one survives a power loss. The server user's only unless `mode` says otherwise, and so is a
- * folder made for it: the umask may be 000.
+ * folder made for it: the umask may be 000. The temporary file is created exclusively under a random name: a
+ * symbolic link another user planted in the folder is never written through. `durable: false` skips the syncs
+ * (a status file rewritten often: whole against a kill, not against a power loss).
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, { durable = true }: { durable?: boolean } = {}): Promise<void> {
   const dir = dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
@@ -59,7 +61,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await handle.writeFile(data);
     await handle.chmod(mode); // the umask may have narrowed it
     await keepOwner(handle, owner);
-    await handle.sync();
+    if (durable) await handle.sync();
     await handle.close();
     await rename(tmp, file);
   } catch (err) {
@@ -67,6 +69,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await rm(tmp, { force: true });
     throw err;
   }
+  if (!durable) return;
   // The rename is durable only once the folder is: until then a power loss may bring the old file back.
   await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
 }

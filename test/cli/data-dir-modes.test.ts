@@ -6,12 +6,12 @@
 // status files writable, and the status socket open to every local user.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, lstat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, lstat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { lstatSync } from 'node:fs';
-import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { listenOwnerOnly } from '../../engine/admin/unix-socket-path.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
@@ -82,4 +82,30 @@ test('a unix socket made by listenOwnerOnly (the status socket, a policy service
   server.close();
   assert.equal(mode.toString(8), '600');
   assert.equal(process.umask(), 0o000);
+});
+
+test('a data directory every local user may write (warned, not refused: shared volumes): a symbolic link planted at the name cluster.json is written under is not written through', async () => {
+  const dataDir = join(outer, 'shared');
+  await mkdir(dataDir, { mode: 0o777 });
+  await chmod(dataDir, 0o777); // no sticky bit: the kernel's protected_symlinks does not cover it
+  const victim = join(outer, 'victim');
+  await writeFile(victim, 'precious\n', { mode: 0o600 }); // any file the server's user may write: a journal segment, say
+  const d = await startCluster({
+    dataDir,
+    config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 } }\n',
+  });
+  try {
+    assert.ok(d.logs.some((l) => String(l.msg).includes('writable by every local user')), 'the server warns');
+    // The supervisor's pid is the server's: the name it rewrote cluster.json through was `cluster.json.<pid>.tmp`.
+    await symlink(victim, join(dataDir, `cluster.json.${d.proc.pid}.tmp`));
+    const worker = await workerPid(d, 0);
+    process.kill(worker, 'SIGKILL'); // the supervisor rewrites cluster.json: the worker died, then its replacement
+    await d.waitFor('the replacement', async () => {
+      const p = (await d.cluster()).processes.find((x) => x.role === 'worker');
+      return p?.ready && p.pid !== worker;
+    });
+    assert.equal(await readFile(victim, 'utf8'), 'precious\n', 'not written through the link');
+  } finally {
+    await d.stop();
+  }
 });
