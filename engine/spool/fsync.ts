@@ -2,7 +2,7 @@
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { chown, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { lchown, lstat, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -117,7 +117,10 @@ export async function makeFolderLikeParent(dir: string, mode: number): Promise<v
   if (await mkdir(dir, { recursive: true, mode }) === undefined) return; // there already
   const parent = await stat(dirname(dir));
   if (parent.uid === process.getuid?.() && parent.gid === process.getgid?.()) return;
-  await chown(dir, parent.uid, parent.gid).catch(() => chown(dir, -1, parent.gid)).catch(() => undefined);
+  // The parent's owner may write it, and swap the new folder for a link (to /etc, say) before the chown: root
+  // chowning by name gave them the link's target. lchown never follows one; a link found there is refused.
+  if (!(await lstat(dir)).isDirectory()) throw new Error(`${dir}: replaced by a symbolic link as it was made (another user can write ${dirname(dir)}); nothing written there`);
+  await lchown(dir, parent.uid, parent.gid).catch(() => lchown(dir, -1, parent.gid)).catch(() => undefined);
 }
 
 const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;

@@ -188,3 +188,23 @@ test('pki issue run as root in a CA folder of the server\'s user: the server can
     assert.deepEqual([st.uid, st.gid], [serverUser.uid, serverUser.gid], `${file} is the folder owner's`);
   }
 });
+
+test('pki issue run as root in a CA folder of the server\'s user: an issued/ folder swapped for a symbolic link as it is made gives that user nothing', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  // The server's user (after a compromise, say) may write its CA folder; root then made issued/ and chowned it by
+  // name: a link swapped in between had root chown the link's target (/etc, say) to that user.
+  const f = await caFolder('issue-swap');
+  const serverUser = { uid: 65534, gid: 65534 };
+  for (const dir of [scratch.path, join(scratch.path, 'issue-swap')]) await chmod(dir, 0o755);
+  await rm(join(f.ca, 'issued'), { recursive: true, force: true });
+  await run('chown', ['-R', `${serverUser.uid}:${serverUser.gid}`, f.ca]);
+  const precious = join(scratch.path, 'issue-swap', 'precious'); // root's
+  await mkdir(precious, { mode: 0o755 });
+  faults.swapFolder('/issued', precious);
+  const r = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config], undefined, faults.env);
+  assert.ok(faults.taken('mkdir-swap'), 'the folder was swapped');
+  const st = await stat(precious);
+  assert.deepEqual([st.uid, st.gid], [0, 0], 'the link\'s target is still root\'s');
+  assert.equal(r.code, 1, 'refused: the folder is not the one made');
+  assert.match(r.stderr, /issued: replaced by a symbolic link as it was made/);
+  assert.deepEqual(readdirSync(precious), [], 'nothing written through the link');
+});
