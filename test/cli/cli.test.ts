@@ -240,6 +240,27 @@ test('check: a private key every local user can read (a listener\'s, an outbound
   assert.equal(quiet.stderr, '');
 });
 
+test('check: inputs every local user can change (the users file, a table, a CA file, a scripts folder and a script in it, a folder holding an input) are warnings; as installed, none', async () => {
+  const { dir, config } = await configFolder('writable-inputs');
+  for (const [file, mode] of [['users', 0o666], ['senders', 0o646], ['tls/ca.crt', 0o666], ['scripts', 0o777], ['scripts/auth.js', 0o666], ['tls', 0o777]] as const) await chmod(join(dir, file), mode);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 0, r.stderr);
+  const warnings = r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+ /, ''));
+  const changeable = (key: string, file: string, what: string): string => `${key}: ${join(dir, file)}: ${what}: any local user could change what the server decides; chmod o-w`;
+  assert.deepEqual(warnings, [
+    changeable('scripts', 'scripts', 'every local user may write this folder (mode 0777)'),
+    changeable('scripts', 'scripts/auth.js', 'every local user may write this file (mode 0666)'),
+    changeable('users', 'users', 'every local user may write this file (mode 0666)'),
+    changeable('tables.senders', 'senders', 'every local user may write this file (mode 0646)'),
+    changeable('listeners[0].tls.cert', 'tls', `every local user may write this folder, which holds ${join(dir, 'tls/server.crt')} (mode 0777)`),
+    changeable('listeners[0].tls.caFiles[0]', 'tls/ca.crt', 'every local user may write this file (mode 0666)'),
+  ]);
+  for (const w of r.stderr.trimEnd().split('\n')) assert.match(w, new RegExp(`^warning: ${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(:\\d+:\\d+)?: `));
+  for (const [file, mode] of [['users', 0o640], ['senders', 0o644], ['tls/ca.crt', 0o644], ['scripts', 0o755], ['scripts/auth.js', 0o644], ['tls', 0o1777]] as const) await chmod(join(dir, file), mode);
+  const quiet = await cli(['check', '--config', config], null);
+  assert.equal(quiet.stderr, '', 'a sticky folder (/tmp) lets no one replace another\'s file');
+});
+
 test('check: a missing key file, a key that does not match, a missing CA file → exit 1, each as <config file>:<line>:<col>: <config key>: <file>: …', async () => {
   const { dir, config } = await deliveryFolder('outbound-bad', `  clientCertificates:
     laptop: { cert: out/laptop.crt, key: out/laptop.key }
