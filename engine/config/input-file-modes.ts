@@ -22,7 +22,8 @@ export function readableKeyWarnings(loaded: LoadedConfig): string[] {
   const warned = new Set<string>();
   const out: string[] = [];
   for (const [path, file] of keys) {
-    const mode = modeOf(file);
+    const bits = modeOf(file);
+    const mode = bits === null ? null : bits & 0o777;
     if (mode === null || !(mode & 0o004) || warned.has(file)) continue; // a file that cannot be read is a problem reported elsewhere
     warned.add(file);
     out.push(formatProblem({
@@ -31,14 +32,6 @@ export function readableKeyWarnings(loaded: LoadedConfig): string[] {
     }));
   }
   return out;
-}
-
-function modeOf(file: string): number | null {
-  try {
-    return statSync(file).mode & 0o777;
-  } catch {
-    return null;
-  }
 }
 
 /**
@@ -76,7 +69,7 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
     for (const [at, what] of [[file, kind === 'folder' ? 'this folder' : 'this file'], [dirname(file), `this folder, which holds ${file}`]] as const) {
       if (seen.has(at)) continue;
       seen.add(at);
-      const mode = fullModeOf(at);
+      const mode = modeOf(at);
       if (mode === null || !(mode & 0o002) || (mode & 0o1000 && at !== file)) continue;
       warn(path, at, `every local user may write ${what} (mode ${(mode & 0o777).toString(8).padStart(4, '0')})`);
     }
@@ -84,7 +77,8 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
   return out;
 }
 
-function fullModeOf(file: string): number | null {
+/** Permission bits with set-id and sticky bits. */
+function modeOf(file: string): number | null {
   try {
     return statSync(file).mode & 0o7777;
   } catch {
