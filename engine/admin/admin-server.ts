@@ -9,7 +9,7 @@ import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedRemoteAddress } from '../connection-limits/counted-address.ts';
-import { shortSocketPath } from './unix-socket-path.ts';
+import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
@@ -55,7 +55,7 @@ export interface AdminServer {
 /**
  * `listen` is `address:port`, or `unix:PATH` for a socket file (the status socket in the data directory,
  * which `postern status` asks; a file left by a dead server is replaced: the data directory's lock says
- * nobody else serves it).
+ * nobody else serves it). The socket is mode 0600: only the server's user and root may ask it.
  */
 export async function startAdminServer(listen: string, given: AdminTarget, limits?: AdminLimits): Promise<AdminServer> {
   // /metrics and /status gather every process's registry (under `postern serve` a round trip to each worker;
@@ -101,7 +101,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       rmSync(listen.slice(5), { force: true });
       const socket = shortSocketPath(listen.slice(5));
       server.once('listening', socket.release).once('error', socket.release);
-      server.listen(socket.path, () => resolve());
+      listenOwnerOnly(server, socket.path, () => resolve()); // status for the server's user (and root) only
       return;
     }
     const sep = listen.lastIndexOf(':');

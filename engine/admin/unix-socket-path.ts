@@ -6,6 +6,7 @@
  * its permissions.
  */
 import { closeSync, openSync } from 'node:fs';
+import type { Server } from 'node:net';
 import { basename, dirname } from 'node:path';
 
 /** Bytes of a path that bind() and connect() take on every platform. */
@@ -16,4 +17,19 @@ export function shortSocketPath(path: string): { path: string; release(): void }
   if (Buffer.byteLength(path) < MAX_SOCKET_PATH || process.platform !== 'linux') return { path, release: () => undefined };
   const folder = openSync(dirname(path), 'r');
   return { path: `/proc/self/fd/${folder}/${basename(path)}`, release: () => closeSync(folder) };
+}
+
+/**
+ * `server.listen(path)` on a socket only this user (and root) can connect to from its first moment, whatever the
+ * umask (000 makes it 0777). A chmod after the bind leaves a moment in which any local user may connect, and a
+ * connection made then stays open. bind() runs within listen() (no cluster worker here), so the narrowed umask
+ * covers it and nothing else.
+ */
+export function listenOwnerOnly(server: Server, path: string, listening: () => void): void {
+  const umask = process.umask(0o177);
+  try {
+    server.listen(path, listening);
+  } finally {
+    process.umask(umask);
+  }
 }

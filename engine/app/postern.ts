@@ -149,7 +149,7 @@ class MutableRuntime implements Runtime {
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
   // Refused as `postern check` refuses it (a child of `postern serve`, lockDir false: its supervisor asked).
-  const unusable = opts.lockDir === false ? null : await dataDirError(loaded);
+  const unusable = opts.lockDir === false ? null : await dataDirError(loaded, { starting: true });
   if (unusable) throw unusable;
   // One server per data directory: a second one would take the first's half-received messages for a crash's.
   const { lock, released } = opts.lockDir === false ? { lock: { release() {} }, released: false } : lockEvenWhenFull(opts.lockDir ?? loaded.config.dataDir, loaded.config.dataDir);

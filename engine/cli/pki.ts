@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
+import { openToOthers } from '../spool/data-dir-lock.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
 import {
@@ -77,13 +78,17 @@ export function pkiIssueCommand(identity: string, opts: IssueCommandOptions): Pr
     const dir = pkiDirOf(config, opts.dir);
     const password = opts.p12PasswordFile ? (await readFile(opts.p12PasswordFile, 'utf8')).split(/\r?\n/)[0]! : undefined;
     if (opts.p12PasswordFile && !password) throw new Error(`${opts.p12PasswordFile}: the first line (the password) is empty`);
+    // The device's files, for the administrator to hand over; the key is not kept anywhere else. Checked before
+    // anything is issued: in a folder another user owns or may write (devices/ made beforehand by the server's
+    // user, who may write the CA folder) that user could swap or remove them before they are handed over.
+    const out = resolve(opts.out ?? join(dir, 'devices'));
+    await mkdir(out, { recursive: true, mode: 0o700 });
+    const open = openToOthers(out, 'this user');
+    if (open) throw new Error(`--out ${out}: ${open}: the private key and .p12 written there could be swapped or removed by that user; give a folder of your own (nothing was issued)`);
     const d = await issueDevice(dir, {
       identity, device: opts.device, days: days(opts.days, '--days'), keyType: opts.key ? parseKeyType(opts.key) : undefined,
       emails: opts.email, p12Password: password, p12Encryption: opts.legacyP12 ? 'legacy' : 'modern',
     });
-    // The device's files, for the administrator to hand over; the key is not kept anywhere else.
-    const out = resolve(opts.out ?? join(dir, 'devices'));
-    await mkdir(out, { recursive: true, mode: 0o700 });
     const base = join(out, `${d.record.identity}-${d.record.device}-${d.record.serial.slice(0, 8)}`);
     const files = { cert: `${base}.crt`, key: `${base}.key`, pem: `${base}.pem`, p12: `${base}.p12` };
     const secret = async (file: string, data: string | Buffer): Promise<void> => {

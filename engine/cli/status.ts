@@ -2,7 +2,7 @@
  * `postern status`: asks the running server (the supervisor's status socket in the data directory) for
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
- * succeeded, 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
+ * succeeded, 1 when this user may not ask (the socket is the server user's), 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
  * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
@@ -31,6 +31,12 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
     if (err instanceof NoAnswer) {
       process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
       return NOT_ANSWERING;
+    }
+    // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM') {
+      process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern status as the server's user, or as root\n`);
+      return 1;
     }
     process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})\n`);
     return NOT_RUNNING;

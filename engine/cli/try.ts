@@ -26,6 +26,8 @@ export interface TryOptions extends Omit<HookFlags, 'message'> {
   message?: string;
   scripts?: string;
   session?: string;
+  /** The AUTH password's file (its first line), `-` for stdin: unlike --password, not in the process's arguments. */
+  passwordFile?: string;
   tls?: boolean;
   json?: boolean;
 }
@@ -35,6 +37,7 @@ const CANNOT_TRY = 3;
 export async function tryCommand(hook: string | undefined, opts: TryOptions): Promise<number> {
   if (!hook === !opts.session) return usage('give a hook (connect, helo, auth, mailfrom, rcptto, data, predelivery) or --session FILE, not both');
   if (hook && !isHookName(hook)) return usage(`unknown hook ${JSON.stringify(hook)} (expected one of ${HOOK_NAMES.join(', ')})`);
+  if (opts.password !== undefined && opts.passwordFile !== undefined) return usage('give --password or --password-file, not both');
   let session: TrySession | null = null;
   try {
     const loaded = loadStartConfig({ configPath: opts.config });
@@ -44,7 +47,7 @@ export async function tryCommand(hook: string | undefined, opts: TryOptions): Pr
     const result = opts.session
       ? await runSessionFile(session, readSessionFile(opts.session))
       : await tryHook(session, hook as HookName, {
-        helo: opts.helo, user: opts.user, password: opts.password, mechanism: opts.mechanism, authzid: opts.authzid,
+        helo: opts.helo, user: opts.user, password: opts.passwordFile === undefined ? opts.password : passwordFrom(opts.passwordFile), mechanism: opts.mechanism, authzid: opts.authzid,
         from: opts.from, to: opts.to, message: message(opts),
       });
     process.stdout.write(opts.json ? `${JSON.stringify(asJson(session, result), null, 2)}\n` : asText(session, result, hook as HookName | undefined));
@@ -98,6 +101,11 @@ function readBytes(file: string): Buffer {
   } catch (err) {
     throw new Error(`${file}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+}
+
+/** The first line of `file` (`-`: stdin, fd 0). */
+function passwordFrom(file: string): string {
+  return readFileSync(file === '-' ? 0 : file, 'utf8').split(/\r?\n/)[0]!;
 }
 
 function message(opts: TryOptions): Buffer | undefined {

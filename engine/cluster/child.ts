@@ -40,7 +40,7 @@ type Message = { t?: string; n?: number; reason?: string; listener?: string; pol
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath, regularFileOnly: true });
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
-  mkdirSync(crashDir(loaded.config.dataDir), { recursive: true });
+  mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
   // The fences as the supervisor saved them, before the first generation loads: a script fenced for crashing
   // its worker while loading must not run its top level again in the replacement (the supervisor's list

@@ -26,7 +26,7 @@ export interface CrashRecordFile {
  * for nothing.
  */
 export function writeCrashRecord(dir: string, mirror: string, record: CrashRecordFile): void {
-  mkdirSync(dir, { recursive: true });
-  writeFileAtomicSync(join(dir, `crash-${record.pid}-${Date.now()}.json`), JSON.stringify(record), { durable: false });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileAtomicSync(join(dir, `crash-${record.pid}-${Date.now()}.json`), JSON.stringify(record), { mode: 0o600, durable: false });
   truncateSync(`${mirror}.bin`, 0);
 }

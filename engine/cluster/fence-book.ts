@@ -101,7 +101,7 @@ export class FenceBook {
     this.#dir = dir;
     this.#onSaveError = onSaveError;
     this.#onDamaged = onDamaged;
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 }); // another user's crash record here would fence a script
     let text: string | null = null;
     try {
       text = readState(join(dir, FENCE_LIST));
@@ -215,7 +215,7 @@ export class FenceBook {
   /** The fence list on disk, for the next start; one that cannot be written (a full disk) still holds in memory. */
   #save(): void {
     try {
-      writeFileAtomicSync(join(this.#dir, FENCE_LIST), JSON.stringify(this.#fences, null, 2));
+      writeFileAtomicSync(join(this.#dir, FENCE_LIST), JSON.stringify(this.#fences, null, 2), { mode: 0o600 });
     } catch (err) {
       this.#onSaveError(err);
     }

@@ -23,7 +23,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { availableParallelism } from 'node:os';
-import { writeFile, rename, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
@@ -41,7 +41,7 @@ import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
 import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
-import { removeLeftoverTemporaries } from '../spool/fsync.ts';
+import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
@@ -223,7 +223,7 @@ export class Supervisor {
     const root = opts.logger ?? createLogger(loaded.config.log.level, undefined, loaded.config.log.format);
     const log = root.child({ component: 'supervisor' });
     // Refused as `postern check` refuses it, before anything is locked or written there.
-    const unusable = await dataDirError(loaded);
+    const unusable = await dataDirError(loaded, { starting: true });
     if (unusable) throw unusable;
     // One server per data directory; the children run under this lock (they start with lockDir: false).
     const { lock, released } = lockEvenWhenFull(loaded.config.dataDir, loaded.config.dataDir);
@@ -232,6 +232,7 @@ export class Supervisor {
     if (open) log.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
     // A crash record or fence list cut short by a kill is only ever a temporary file (written whole): gone with its writer.
     await removeLeftoverTemporaries(crashDir(loaded.config.dataDir));
+    await removeLeftoverTemporaries(loaded.config.dataDir); // cluster.json's and status.json's
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {
@@ -958,9 +959,8 @@ export class Supervisor {
   /** Writes are queued: two at once into the one temporary file could leave a torn file behind. */
   #saveStatus(): Promise<void> {
     this.#saving = this.#saving.then(async () => {
-      const file = clusterStatusFile(this.config.config.dataDir);
-      const tmp = `${file}.${process.pid}.tmp`;
-      await writeFile(tmp, `${JSON.stringify(this.status(), null, 2)}\n`).then(() => rename(tmp, file)).catch(() => undefined);
+      // Not through a fixed temporary name: in a data directory others may write, a link planted there was written through.
+      await writeFileAtomic(clusterStatusFile(this.config.config.dataDir), `${JSON.stringify(this.status(), null, 2)}\n`, 0o600, { durable: false }).catch(() => undefined);
     });
     return this.#saving;
   }

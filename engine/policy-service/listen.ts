@@ -7,6 +7,7 @@ import net from 'node:net';
 import { chmod, chown, lstat, readFile, stat, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { PolicyServiceConfig } from '../config/schema.ts';
+import { listenOwnerOnly } from '../admin/unix-socket-path.ts';
 
 /** A bound service: how to show its address, and how to close it. */
 export interface BoundPolicyService {
@@ -29,11 +30,13 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
   if (service.listen.startsWith('unix:')) {
     const path = service.listen.slice(5);
     await removeStaleSocket(path).catch((err: Error) => { throw fail(err); });
-    await bind(server, (cb) => server.listen(path, cb)).catch((err: Error) => { throw fail(err); });
-    await chmod(path, parseInt(service.socket.mode, 8)).catch((err: Error) => { throw fail(err); });
+    // Made 0600, given its owner and group, and only then its mode: with umask 000 a bind-then-chmod left it open
+    // to every local user for a moment (a connection made then stays), and a chmod before the chown to this user's group.
+    await bind(server, (cb) => listenOwnerOnly(server, path, cb)).catch((err: Error) => { throw fail(err); });
     if (service.socket.owner || service.socket.group) {
       await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: Error) => { throw fail(err); });
     }
+    await chmod(path, parseInt(service.socket.mode, 8)).catch((err: Error) => { throw fail(err); });
     return { server, address: `unix:${path}`, port: 0 };
   }
   const sep = service.listen.lastIndexOf(':');

@@ -39,12 +39,13 @@ export async function recordQueueOperation(spoolRoot: string, op: QueueOperation
   const record: QueueOperation = { op, ids: [...ids], at: new Date().toISOString(), by: operator() };
   const dir = folder(spoolRoot);
   // The folder made now: its own entry on disk too.
-  if (await mkdir(dir, { recursive: true })) await fsyncDirectory(spoolRoot);
+  // Only the server's user may add records (the umask may be 000): the server logs each as the operator's.
+  if (await mkdir(dir, { recursive: true, mode: 0o700 })) await fsyncDirectory(spoolRoot);
   const name = `${Date.now()}-${process.pid}-${randomBytes(4).toString('hex')}.json`;
   // Whole or not at all (the runner may read the folder at any moment), and on disk before the command says it
   // is done: a record written but not synced could vanish in a power cut, or come back empty, and with it the
   // only account of who deleted the mail.
-  await writeFileAtomic(join(dir, name), JSON.stringify(record));
+  await writeFileAtomic(join(dir, name), JSON.stringify(record), 0o600);
 }
 
 // Postfix's postsuper words where it has them (`removed`, `placed on hold`, `released from hold`).

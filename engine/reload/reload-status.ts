@@ -2,7 +2,7 @@
  * The operator-visible state of hot reloading: counters, the generation in force and the last error.
  * Kept in memory and mirrored to `<dataDir>/status.json` so `postern status` can read it from outside.
  */
-import { writeFile, rename } from 'node:fs/promises';
+import { writeFileAtomic } from '../spool/fsync.ts';
 import { join } from 'node:path';
 
 /**
@@ -60,8 +60,8 @@ export class ReloadStatus {
   save(): Promise<void> {
     if (!WRITES_FILE) return Promise.resolve();
     this.#saving = this.#saving.then(async () => {
-      const tmp = `${this.#file}.${process.pid}.tmp`;
-      await writeFile(tmp, JSON.stringify(this.data, null, 2) + '\n').then(() => rename(tmp, this.#file)).catch(() => undefined);
+      // Not through a fixed temporary name: in a data directory others may write, a link planted there was written through.
+      await writeFileAtomic(this.#file, JSON.stringify(this.data, null, 2) + '\n', 0o600, { durable: false }).catch(() => undefined);
     });
     return this.#saving;
   }

@@ -74,9 +74,23 @@ function mirror(slot: number, value: number): void {
 function writeTableMirror(): void {
   if (mirrorPath === null) return;
   try {
-    writeFileSync(`${mirrorPath}.json.tmp`, JSON.stringify(table));
+    writeOwnFile(`${mirrorPath}.json.tmp`, JSON.stringify(table));
     renameSync(`${mirrorPath}.json.tmp`, `${mirrorPath}.json`);
   } catch { /* best effort, as the words */ }
+}
+
+/**
+ * A file under this process's own name (its pid's), created anew: whatever is at the name is removed first, a
+ * symbolic link another user planted there included, which a plain open would follow (and truncate its target).
+ */
+function openOwnFile(file: string): number {
+  rmSync(file, { force: true });
+  return openSync(file, 'wx+', 0o600);
+}
+
+function writeOwnFile(file: string, data: string): void {
+  const fd = openOwnFile(file);
+  try { writeFileSync(fd, data); } finally { closeSync(fd); }
 }
 
 /** The value of a marker word for a sandbox id and the OR of hookBit()s. */
@@ -208,7 +222,7 @@ export const runningCall = {
    * after this one died. Once per process, before scripts run.
    */
   mirrorTo(path: string): void {
-    mirrorFd = openSync(`${path}.bin`, 'w+');
+    mirrorFd = openOwnFile(`${path}.bin`);
     mirrorPath = path;
     writeSync(mirrorFd, new Uint8Array(4 * MIRROR_WORDS), 0, 4 * MIRROR_WORDS, 0);
     writeTableMirror();

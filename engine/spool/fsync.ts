@@ -2,7 +2,7 @@
  * Directory fsync, coalesced: commits that arrive while a directory sync is running share the next one,
  * so N concurrent messages cost about two directory syncs, not N. And a whole file replaced durably.
  */
-import { chown, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { lchown, lstat, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -44,11 +44,14 @@ export class DirectorySyncer {
  * Replaces `file` whole: a temporary file beside it (created with `mode`, never wider on the way), fsynced,
  * renamed over it, the folder fsynced. A reader sees the old file or the new one, never half of one; after a
  * kill or a power loss the old one or the new one is there, never an empty or torn one; and once this
- * returns the new one survives a power loss.
+ * returns the new one survives a power loss. The server user's only unless `mode` says otherwise, and so is a
+ * folder made for it: the umask may be 000. The temporary file is created exclusively under a random name: a
+ * symbolic link another user planted in the folder is never written through. `durable: false` skips the syncs
+ * (a status file rewritten often: whole against a kill, not against a power loss).
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, { durable = true }: { durable?: boolean } = {}): Promise<void> {
   const dir = dirname(file);
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   // A new file takes the folder's owner and group, as a replaced one keeps its own.
@@ -58,7 +61,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await handle.writeFile(data);
     await handle.chmod(mode); // the umask may have narrowed it
     await keepOwner(handle, owner);
-    await handle.sync();
+    if (durable) await handle.sync();
     await handle.close();
     await rename(tmp, file);
   } catch (err) {
@@ -66,6 +69,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await rm(tmp, { force: true });
     throw err;
   }
+  if (!durable) return;
   // The rename is durable only once the folder is: until then a power loss may bring the old file back.
   await fsyncDirectory(dir).catch((err: Error) => { throw new Error(`${file}: written, but its folder could not be synced to disk (${err.message}): it may not survive a power loss; do it again`); });
 }
@@ -77,7 +81,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
  * for the real one. `durable: false` skips the syncs: whole against a kill, not against a power loss (for a
  * process about to be killed, that must not wait on a busy disk first).
  */
-export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o644, durable = true }: { mode?: number; durable?: boolean } = {}): void {
+export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o600, durable = true }: { mode?: number; durable?: boolean } = {}): void {
   const dir = dirname(file);
   const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const fd = openSync(tmp, 'wx', mode);
@@ -113,7 +117,10 @@ export async function makeFolderLikeParent(dir: string, mode: number): Promise<v
   if (await mkdir(dir, { recursive: true, mode }) === undefined) return; // there already
   const parent = await stat(dirname(dir));
   if (parent.uid === process.getuid?.() && parent.gid === process.getgid?.()) return;
-  await chown(dir, parent.uid, parent.gid).catch(() => chown(dir, -1, parent.gid)).catch(() => undefined);
+  // The parent's owner may write it, and swap the new folder for a link (to /etc, say) before the chown: root
+  // chowning by name gave them the link's target. lchown never follows one; a link found there is refused.
+  if (!(await lstat(dir)).isDirectory()) throw new Error(`${dir}: replaced by a symbolic link as it was made (another user can write ${dirname(dir)}); nothing written there`);
+  await lchown(dir, parent.uid, parent.gid).catch(() => lchown(dir, -1, parent.gid)).catch(() => undefined);
 }
 
 const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;

@@ -247,7 +247,7 @@ export class Spool {
 
   /** Ask a running queue runner to re-read every message's state (after `postern queue retry`). */
   async requestRescan(): Promise<void> {
-    await writeFile(join(this.root, 'rescan'), `${Date.now()} ${randomBytes(4).toString('hex')}\n`);
+    await writeFile(join(this.root, 'rescan'), `${Date.now()} ${randomBytes(4).toString('hex')}\n`, { mode: 0o600 });
   }
 
   /** Changes whenever requestRescan() ran. */

@@ -4,8 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { X509Certificate, generateKeyPairSync } from 'node:crypto';
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -119,7 +119,7 @@ listeners:
   };
   for (const [file, text] of Object.entries({ ...defaults, ...files })) {
     await mkdir(join(dir, file, '..'), { recursive: true });
-    await writeFile(join(dir, file), text);
+    await writeFile(join(dir, file), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : 0o644 }); // keys as an administrator keeps them
   }
   return { dir, config: join(dir, 'postern.yaml') };
 }
@@ -212,6 +212,53 @@ test('check reads delivery.clientCertificates: a good Ed25519 and ECDSA certific
   assert.equal(r.stderr, '');
   assert.equal(r.stdout, `${config}: OK (2 listeners)\n`);
   assert.equal(r.code, 0);
+});
+
+test('check: a private key every local user can read (a listener\'s, an outbound client certificate\'s, a DKIM key) is a warning at its key\'s line; 0640 is not', async () => {
+  const dkim = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const { dir, config } = await deliveryFolder('readable-keys', `  clientCertificates:
+    laptop: { cert: out/ed.crt, key: out/ed.key }
+  dkim:
+    main: { domain: example.com, selector: s1, privateKey: out/dkim.key }
+`, {
+    'out/ed.crt': await readFile(pki.clients.ed25519.cert, 'utf8'),
+    'out/ed.key': await readFile(pki.clients.ed25519.key, 'utf8'),
+    'out/dkim.key': dkim,
+  });
+  for (const key of ['tls/server.key', 'out/ed.key', 'out/dkim.key']) await chmod(join(dir, key), 0o644);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 0, r.stderr);
+  const warnings = r.stderr.trimEnd().split('\n');
+  assert.deepEqual(warnings.map((w) => w.replace(/^warning: [^ ]+ /, '')), [
+    `listeners[0].tls.key: ${join(dir, 'tls/server.key')}: a private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'tls/server.key')} (0640, group of the server's user)`,
+    `delivery.clientCertificates.laptop.key: ${join(dir, 'out/ed.key')}: a private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'out/ed.key')} (0640, group of the server's user)`,
+    `delivery.dkim.main.privateKey: ${join(dir, 'out/dkim.key')}: a private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'out/dkim.key')} (0640, group of the server's user)`,
+  ], 'one per file: the second listener\'s same key is not said again');
+  for (const w of warnings) assert.match(w, new RegExp(`^warning: ${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: `), 'at the key\'s line');
+  for (const key of ['tls/server.key', 'out/ed.key', 'out/dkim.key']) await chmod(join(dir, key), 0o640);
+  const quiet = await cli(['check', '--config', config], null);
+  assert.equal(quiet.stderr, '');
+});
+
+test('check: inputs every local user can change (the users file, a table, a CA file, a scripts folder and a script in it, a folder holding an input) are warnings; as installed, none', async () => {
+  const { dir, config } = await configFolder('writable-inputs');
+  for (const [file, mode] of [['users', 0o666], ['senders', 0o646], ['tls/ca.crt', 0o666], ['scripts', 0o777], ['scripts/auth.js', 0o666], ['tls', 0o777]] as const) await chmod(join(dir, file), mode);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 0, r.stderr);
+  const warnings = r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+ /, ''));
+  const changeable = (key: string, file: string, what: string): string => `${key}: ${join(dir, file)}: ${what}: any local user could change what the server decides; chmod o-w`;
+  assert.deepEqual(warnings, [
+    changeable('scripts', 'scripts', 'every local user may write this folder (mode 0777)'),
+    changeable('scripts', 'scripts/auth.js', 'every local user may write this file (mode 0666)'),
+    changeable('users', 'users', 'every local user may write this file (mode 0666)'),
+    changeable('tables.senders', 'senders', 'every local user may write this file (mode 0646)'),
+    changeable('listeners[0].tls.cert', 'tls', `every local user may write this folder, which holds ${join(dir, 'tls/server.crt')} (mode 0777)`),
+    changeable('listeners[0].tls.caFiles[0]', 'tls/ca.crt', 'every local user may write this file (mode 0666)'),
+  ]);
+  for (const w of r.stderr.trimEnd().split('\n')) assert.match(w, new RegExp(`^warning: ${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(:\\d+:\\d+)?: `));
+  for (const [file, mode] of [['users', 0o640], ['senders', 0o644], ['tls/ca.crt', 0o644], ['scripts', 0o755], ['scripts/auth.js', 0o644], ['tls', 0o1777]] as const) await chmod(join(dir, file), mode);
+  const quiet = await cli(['check', '--config', config], null);
+  assert.equal(quiet.stderr, '', 'a sticky folder (/tmp) lets no one replace another\'s file');
 });
 
 test('check: a missing key file, a key that does not match, a missing CA file → exit 1, each as <config file>:<line>:<col>: <config key>: <file>: …', async () => {

@@ -16,6 +16,9 @@
  *                  between two whole-file writes
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
+ *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
+ *                  path in $POSTERN_DISK_FAULTS/mkdir-swap.target: another user who may write the parent folder
+ *                  swapping it before the caller's next step
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -95,6 +98,23 @@ ssize_t write(int fd, const void *buf, size_t n) {
   if (fd == full) { full = -1; errno = ENOSPC; return -1; }
   if (n > 1 && fd > 2 && claim_any("write-short", fd, NULL)) { full = fd; return real(fd, buf, n / 2); }
   return real(fd, buf, n);
+}
+
+int mkdir(const char *path, mode_t mode) {
+  static int (*real)(const char *, mode_t);
+  if (!real) real = dlsym(RTLD_NEXT, "mkdir");
+  int made = real(path, mode);
+  if (made == 0 && claim_any("mkdir-swap", -1, path)) {
+    char file[PATH_MAX], target[PATH_MAX];
+    snprintf(file, sizeof file, "%s/mkdir-swap.target", getenv("POSTERN_DISK_FAULTS"));
+    FILE *f = fopen(file, "r");
+    size_t n = f ? fread(target, 1, sizeof target - 1, f) : 0;
+    if (f) fclose(f);
+    target[n] = 0;
+    rmdir(path);
+    symlink(target, path);
+  }
+  return made;
 }
 
 int rename(const char *from, const char *to) {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile';
 /** Faults on any file: armed with the end of the path they are for (see the C file). */
-export type FileFault = 'fsync-eio' | 'rename-kill' | 'write-short';
+export type FileFault = 'fsync-eio' | 'rename-kill' | 'write-short' | 'mkdir-swap';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
@@ -18,6 +18,8 @@ export interface DiskFaults {
   arm(fault: DiskFault): void;
   /** The next matching call on a file or folder whose path ends with `pathEnd` (in any process) gets `fault`. */
   armFor(fault: FileFault, pathEnd: string): void;
+  /** The folder `pathEnd` made next is swapped for a symbolic link to `target` (the mkdir-swap fault). */
+  swapFolder(pathEnd: string, target: string): void;
   /** Whether an armed fault has been taken. */
   taken(fault: DiskFault | FileFault): boolean;
 }
@@ -34,6 +36,10 @@ export function diskFaults(): DiskFaults {
     env: { LD_PRELOAD: library, POSTERN_DISK_FAULTS: armed },
     arm: (fault) => writeFileSync(join(armed, fault), ''),
     armFor: (fault, pathEnd) => writeFileSync(join(armed, fault), pathEnd),
+    swapFolder: (pathEnd, target) => {
+      writeFileSync(join(armed, 'mkdir-swap.target'), target);
+      writeFileSync(join(armed, 'mkdir-swap'), pathEnd);
+    },
     taken: (fault) => !existsSync(join(armed, fault)),
   };
 }

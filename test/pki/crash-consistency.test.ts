@@ -188,3 +188,45 @@ test('pki issue run as root in a CA folder of the server\'s user: the server can
     assert.deepEqual([st.uid, st.gid], [serverUser.uid, serverUser.gid], `${file} is the folder owner's`);
   }
 });
+
+test('pki issue run as root in a CA folder of the server\'s user: an issued/ folder swapped for a symbolic link as it is made gives that user nothing', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  // The server's user (after a compromise, say) may write its CA folder; root then made issued/ and chowned it by
+  // name: a link swapped in between had root chown the link's target (/etc, say) to that user.
+  const f = await caFolder('issue-swap');
+  const serverUser = { uid: 65534, gid: 65534 };
+  for (const dir of [scratch.path, join(scratch.path, 'issue-swap')]) await chmod(dir, 0o755);
+  await rm(join(f.ca, 'issued'), { recursive: true, force: true });
+  await run('chown', ['-R', `${serverUser.uid}:${serverUser.gid}`, f.ca]);
+  const precious = join(scratch.path, 'issue-swap', 'precious'); // root's
+  await mkdir(precious, { mode: 0o755 });
+  faults.swapFolder('/issued', precious);
+  const r = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config], undefined, faults.env);
+  assert.ok(faults.taken('mkdir-swap'), 'the folder was swapped');
+  const st = await stat(precious);
+  assert.deepEqual([st.uid, st.gid], [0, 0], 'the link\'s target is still root\'s');
+  assert.equal(r.code, 1, 'refused: the folder is not the one made');
+  assert.match(r.stderr, /issued: replaced by a symbolic link as it was made/);
+  assert.deepEqual(readdirSync(precious), [], 'nothing written through the link');
+});
+
+test('pki issue as root: a --out folder (devices/ by default) that another user owns or may write is refused before anything is issued', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+  // The server's user may write its CA folder, so it can make devices/ before root's first issue: the key and
+  // .p12 root then wrote there could be swapped or removed by that user before they were handed over.
+  const f = await caFolder('issue-out');
+  const serverUser = { uid: 65534, gid: 65534 };
+  for (const dir of [scratch.path, join(scratch.path, 'issue-out')]) await chmod(dir, 0o755);
+  await run('chown', ['-R', `${serverUser.uid}:${serverUser.gid}`, f.ca]);
+  const devices = join(f.ca, 'devices');
+  await mkdir(devices, { mode: 0o700 });
+  await chown(devices, serverUser.uid, serverUser.gid);
+  const before = await readFile(join(f.ca, 'issued.json'), 'utf8').catch(() => null);
+  const r = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config]);
+  assert.equal(r.code, 1, r.stdout);
+  assert.equal(r.stderr, `postern: --out ${devices}: owned by uid 65534, not by this user (uid 0): the private key and .p12 written there could be swapped or removed by that user; give a folder of your own (nothing was issued)\n`);
+  assert.deepEqual(readdirSync(devices), []);
+  assert.equal(await readFile(join(f.ca, 'issued.json'), 'utf8').catch(() => null), before, 'nothing issued');
+  // A folder of root's own, in the same CA folder, is fine.
+  const mine = join(f.ca, 'mine');
+  const ok = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '--out', mine, '-c', f.config]);
+  assert.equal(ok.code, 0, ok.stderr);
+});

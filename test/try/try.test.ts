@@ -119,6 +119,20 @@ test('auth with a password (postfix-permit-tls-all-clientcerts): the built-in ru
   assert.equal(relayed.code, 0, relayed.stdout);
 });
 
+test('auth with --password-file (a file, or - for stdin): the password stays out of the command line, which every local user reads in ps', async () => {
+  const file = join(permit.dir, 'carol.password');
+  await writeFile(join(permit.dir, 'carol.password'), 'carol-secret\nignored second line\n', { mode: 0o600 });
+  const ok = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password-file', file, '--json']);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(last(json(ok)).reply, '235 2.7.0 Authentication successful');
+  const stdin = await runCli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password-file', '-'], { input: 'wrong\n' });
+  assert.equal(stdin.code, 1, stdin.stderr);
+  assert.match(stdin.stdout, /^< 535 5\.7\.8 Authentication credentials invalid$/m);
+  const both = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'x', '--password-file', file]);
+  assert.equal(both.code, 3);
+  assert.match(both.stderr, /--password or --password-file, not both/);
+});
+
 test('implicit TLS: the handshake comes before connect, whose context has the certificate; no STARTTLS step', async () => {
   const r = await cli(['try', 'connect', '-c', implicit.config, ...cert(implicit, 'alice'), '--json']);
   assert.equal(r.code, 0, r.stderr);
