@@ -9,6 +9,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { startPostern } from '../../engine/app/postern.ts';
 import { startSink } from '../helpers/sink.ts';
 import { until } from '../helpers/wait.ts';
 import { startCluster, greeted, spooled, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
@@ -66,6 +68,36 @@ test('the supervisor killed while the next hop has the whole message, and the se
       second.kill('SIGTERM');
       await new Promise((r) => second!.once('exit', r));
     }
+    await c.stop();
+    await sink.close();
+  }
+});
+
+test('the supervisor killed while its queue process ends a delivery, and a one-process server started on the data directory at once: refused, naming that process; started once it is gone, nothing is delivered twice', { timeout: 180_000 }, async () => {
+  const sink = await startSink({ dataDelayMs: VERDICT_DELAY_MS });
+  const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port)}` });
+  try {
+    const queuePid = (await c.waitFor('the queue process', async () => (await c.cluster()).processes.find((p) => p.role === 'queue' && p.ready)?.pid))!;
+    const client = await greeted(c);
+    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: once\r\n\r\nbody\r\n')).code, 250);
+    await client.quit();
+    await until('the message\'s end at the next hop', () => sink.endsOfData === 1, { timeoutMs: 60_000 });
+    c.proc.kill('SIGKILL');
+    await new Promise((r) => c.proc.once('exit', r));
+    // The same data directory and delivery, on a port of its own (the old worker may still hold the listener's).
+    const configText = (await readFile(join(c.dir, 'postern.yaml'), 'utf8')).replace(/listen: 127\.0\.0\.1:\d+/, 'listen: 127.0.0.1:0');
+    const spoolDir = join(c.dataDir, 'spool');
+    await assert.rejects(startPostern({ configText, baseDir: c.dir, watch: false }),
+      new RegExp(`${spoolDir} is in use by another Postern process \\(PID ${queuePid};`));
+    await until('the old queue process gone', () => { try { process.kill(queuePid, 0); return false; } catch { return true; } }, { timeoutMs: 60_000 });
+    const single = await startPostern({ configText, baseDir: c.dir, watch: false });
+    try {
+      assert.deepEqual(await single.spools.list(), [], 'the old queue process recorded its delivery');
+      assert.equal(sink.messages.length, 1, 'the next hop got it once');
+    } finally {
+      await single.close();
+    }
+  } finally {
     await c.stop();
     await sink.close();
   }
