@@ -11,22 +11,29 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { startPostern } from '../../engine/app/postern.ts';
-import { startSink } from '../helpers/sink.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
 import { until } from '../helpers/wait.ts';
-import { startCluster, greeted, spooled, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
+import { startCluster, greeted, spooled, ONE_WORKER, deliveryToSink, type ClusterProcess } from '../helpers/cluster.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** The next hop's wait before its verdict: the stop lands in it (well below the queue's 20 s limit on that wait). */
 const VERDICT_DELAY_MS = 5000;
 
+/** A message accepted, and sent whole to the next hop, which has not answered yet; resolves with the queue process's PID. */
+async function awaitingVerdict(c: ClusterProcess, sink: Sink): Promise<number> {
+  const queuePid = (await c.waitFor('the queue process', async () => (await c.cluster()).processes.find((p) => p.role === 'queue' && p.ready)?.pid))!;
+  const client = await greeted(c);
+  assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: once\r\n\r\nbody\r\n')).code, 250);
+  await client.quit();
+  await until('the message\'s end at the next hop', () => sink.endsOfData === 1, { timeoutMs: 60_000 });
+  return queuePid;
+}
+
 test('SIGTERM while the next hop has the whole message and has not answered yet: the verdict is waited for, recorded, and the message is not sent again', { timeout: 120_000 }, async () => {
   const sink = await startSink({ dataDelayMs: VERDICT_DELAY_MS });
   const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port)}` });
   try {
-    const client = await greeted(c);
-    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: once\r\n\r\nbody\r\n')).code, 250);
-    await client.quit();
-    await until('the message\'s end at the next hop', () => sink.endsOfData === 1, { timeoutMs: 60_000 });
+    await awaitingVerdict(c, sink);
     const exited = new Promise<number | null>((r) => c.proc.once('exit', (code) => r(code)));
     c.proc.kill('SIGTERM');
     assert.equal(await exited, 0);
@@ -45,11 +52,7 @@ test('the supervisor killed while the next hop has the whole message, and the se
   let second: ReturnType<typeof spawn> | null = null;
   let out = '';
   try {
-    const queuePid = (await c.waitFor('the queue process', async () => (await c.cluster()).processes.find((p) => p.role === 'queue' && p.ready)?.pid))!;
-    const client = await greeted(c);
-    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: once\r\n\r\nbody\r\n')).code, 250);
-    await client.quit();
-    await until('the message\'s end at the next hop', () => sink.endsOfData === 1, { timeoutMs: 60_000 });
+    const queuePid = await awaitingVerdict(c, sink);
     c.proc.kill('SIGKILL');
     await new Promise((r) => c.proc.once('exit', r));
     second = spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'serve', '--config', join(c.dir, 'postern.yaml')], {
@@ -77,11 +80,7 @@ test('the supervisor killed while its queue process ends a delivery, and a one-p
   const sink = await startSink({ dataDelayMs: VERDICT_DELAY_MS });
   const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port)}` });
   try {
-    const queuePid = (await c.waitFor('the queue process', async () => (await c.cluster()).processes.find((p) => p.role === 'queue' && p.ready)?.pid))!;
-    const client = await greeted(c);
-    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: once\r\n\r\nbody\r\n')).code, 250);
-    await client.quit();
-    await until('the message\'s end at the next hop', () => sink.endsOfData === 1, { timeoutMs: 60_000 });
+    const queuePid = await awaitingVerdict(c, sink);
     c.proc.kill('SIGKILL');
     await new Promise((r) => c.proc.once('exit', r));
     // The same data directory and delivery, on a port of its own (the old worker may still hold the listener's).

@@ -35,6 +35,21 @@ function serve(config: string): Served {
   return { child, stderr, started, exited };
 }
 
+/** One worker, a listener on a free port, data and scripts in `dir`: the configuration file's path. */
+function writeConfig(dir: string): string {
+  const config = join(dir, 'postern.yaml');
+  mkdirSync(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
+  writeFileSync(config, `
+dataDir: ${join(dir, 'data')}
+scripts: ${join(dir, 'scripts')}
+localDomains: [example.test]
+workers: 1
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+`);
+  return config;
+}
+
 function kill9(s: Served): Promise<unknown> {
   if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
   return s.exited;
@@ -47,16 +62,7 @@ async function until(check: () => boolean, what: string): Promise<void> {
 
 test('a second server on the same data directory is refused, naming the first one\'s PID, and leaves its half-received message alone', { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-lock-'));
-  const config = join(dir, 'postern.yaml');
-  mkdirSync(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
-  writeFileSync(config, `
-dataDir: ${join(dir, 'data')}
-scripts: ${join(dir, 'scripts')}
-localDomains: [example.test]
-workers: 1
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-`);
+  const config = writeConfig(dir);
   const first = serve(config);
   const servers = [first];
   try {
@@ -135,18 +141,9 @@ test('a symbolic link planted where the lock is written aside is not written thr
 
 test('a FIFO where a lock goes (the data directory\'s, a worker spool\'s) does not hang the start: taken for a stale lock, and the server stops on SIGTERM', { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-lock-fifo-'));
-  const config = join(dir, 'postern.yaml');
-  mkdirSync(join(dir, 'scripts'));
+  const config = writeConfig(dir);
   mkdirSync(join(dir, 'data', 'spool', 'worker-0'), { recursive: true });
   for (const lock of [join(dir, 'data', LOCK_FILE), join(dir, 'data', 'spool', 'worker-0', LOCK_FILE)]) execFileSync('mkfifo', [lock]);
-  writeFileSync(config, `
-dataDir: ${join(dir, 'data')}
-scripts: ${join(dir, 'scripts')}
-localDomains: [example.test]
-workers: 1
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-`);
   const server = serve(config);
   try {
     await server.started;
