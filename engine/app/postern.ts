@@ -152,7 +152,19 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
   const unusable = opts.lockDir === false ? null : await dataDirError(loaded, { starting: true });
   if (unusable) throw unusable;
   // One server per data directory: a second one would take the first's half-received messages for a crash's.
-  const { lock, released } = opts.lockDir === false ? { lock: { release() {} }, released: false } : lockEvenWhenFull(opts.lockDir ?? loaded.config.dataDir, loaded.config.dataDir);
+  const taken = opts.lockDir === false ? { lock: { release() {} }, released: false } : lockEvenWhenFull(opts.lockDir ?? loaded.config.dataDir, loaded.config.dataDir);
+  // A single process delivers the spool as the queue process of `postern serve` does, so it takes that process's
+  // lock too: a queue process whose supervisor was killed still holds it while it ends its deliveries (both would
+  // deliver the same messages).
+  let spoolLock: { release(): void } | null = null;
+  try {
+    if (opts.lockDir === undefined) spoolLock = lockEvenWhenFull(join(loaded.config.dataDir, 'spool'), loaded.config.dataDir).lock;
+  } catch (err) {
+    taken.lock.release();
+    throw err;
+  }
+  const released = taken.released;
+  const lock = { release: () => { spoolLock?.release(); taken.lock.release(); } };
   try {
     const running = await startWithDataDir(opts, loaded);
     if (released) running.runtime.logger.error({ reserve: reservePath(loaded.config.dataDir) }, 'spool: the disk is full: the reserve is released so that this process could start; new mail is refused (452 4.3.1) until there is room again');

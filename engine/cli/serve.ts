@@ -3,7 +3,7 @@
  * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
-import { Supervisor } from '../cluster/supervisor.ts';
+import { StartStopped, Supervisor } from '../cluster/supervisor.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
@@ -17,10 +17,14 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   let stopSignal: string | null = null;
   let reloadAsked = false;
   let stopping: Promise<void> | null = null;
+  const startStopped = new AbortController();
   const stop = (signal: string): Promise<void> => {
     stopSignal ??= signal;
     const running = supervisor;
-    if (!running) return Promise.resolve(); // once started, stopped at once (below)
+    if (!running) { // the start ends and stops what it started (below)
+      startStopped.abort();
+      return Promise.resolve();
+    }
     return (stopping ??= (async () => {
       running.log.info({ signal }, 'shutting down');
       await running.stop();
@@ -42,6 +46,7 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   try {
     supervisor = await Supervisor.start({
       configPath: opts.config,
+      stop: startStopped.signal,
       async prepare(loaded) {
         if (!embedded) return;
         const pki = await writeDevelopmentPki(developmentPkiDir(loaded.config.dataDir), { hostname: loaded.config.hostname, demoUser: DEMO_USER });
@@ -49,6 +54,13 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       },
     });
   } catch (err) {
+    // Stopped while starting: what was asked (a service manager's stop), not a failure, whichever it ended first: the
+    // start, or a child that had no handler for the signal yet (signalled with its process group). A refused
+    // configuration is still one.
+    if (stopSignal && !(err instanceof ConfigError)) {
+      process.stderr.write(`postern: ${stopSignal} while starting: stopped${err instanceof StartStopped ? '' : ` (${(err as Error).message})`}\n`);
+      process.exit(0);
+    }
     process.stderr.write(`postern: ${err instanceof ConfigError ? `configuration refused:\n${err.message}` : (err as Error).message}\n`);
     process.exit(1);
   }

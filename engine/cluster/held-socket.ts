@@ -15,6 +15,7 @@
  * raw handle (documented: "net.Native" handles), which the worker's net.Server.listen(handle) takes.
  */
 import net from 'node:net';
+import { constants } from 'node:os';
 import { lookup } from 'node:dns/promises';
 import { getSystemErrorName } from 'node:util';
 
@@ -48,14 +49,29 @@ export async function holdSocket(host: string, port: number, earlierServerAlive:
   const address = net.isIP(host) ? host : (await lookup(host)).address;
   const type = net.isIPv6(address) ? 6 : 4;
   // The probe (not for port 0: any free port): the port free for a socket of our own, as a plain listen() finds it.
-  const probe = port === 0 ? null : internals._createServerHandle(address, port, type, undefined, 0);
+  const probe = port === 0 ? null : boundOrError(internals._createServerHandle(address, port, type, undefined, 0));
   if (typeof probe === 'number' && !(getSystemErrorName(probe) === 'EADDRINUSE' && earlierServerAlive() !== null)) throw bindError(probe, address, port);
   if (typeof probe !== 'number') probe?.close();
-  const handle = internals._createServerHandle(address, port, type, undefined, UV_TCP_REUSEPORT);
+  const handle = boundOrError(internals._createServerHandle(address, port, type, undefined, UV_TCP_REUSEPORT));
   if (typeof handle === 'number') throw bindError(handle, address, port);
   const bound: Record<string, unknown> = {};
   handle.getsockname(bound);
   return { handle, address: String(bound.address), port: Number(bound.port) };
+}
+
+/**
+ * The handle, or the bind's error number. libuv keeps a bind's EADDRINUSE for the listen() that follows (its
+ * delayed_error) and reports the bind done: such a handle is bound to nothing. The supervisor never listens on
+ * it, and in the worker it reached the flag stays behind (only the descriptor travels), so listen() there bound
+ * the socket to a port the kernel chose on every interface (0.0.0.0): with another program on the port, the
+ * server said `listening` and took connections on a random port of every address instead.
+ */
+function boundOrError(handle: TcpHandle | number): TcpHandle | number {
+  if (typeof handle === 'number') return handle;
+  const address: Record<string, unknown> = {};
+  if (handle.getsockname(address) === 0 && typeof address.port === 'number') return handle;
+  handle.close();
+  return -constants.errno.EADDRINUSE;
 }
 
 /** The error net.Server.listen() would give, e.g. "listen EADDRINUSE: address already in use 127.0.0.1:25". */

@@ -126,8 +126,20 @@ interface Child {
 
 export interface SupervisorOptions {
   configPath?: string;
+  /**
+   * Aborted by a stop signal that comes while the server starts: the start ends at once with StartStopped,
+   * everything started stopped (a child waiting for an earlier server's spool could keep it waiting 100 s).
+   */
+  stop?: AbortSignal;
   prepare?(config: LoadedConfig): Promise<void>;
   logger?: Logger;
+}
+
+/** The start was ended by a stop signal (SupervisorOptions.stop): not a failure. */
+export class StartStopped extends Error {
+  constructor() {
+    super('stopped while starting');
+  }
 }
 
 export function workerCount(setting: number | 'auto'): number {
@@ -252,26 +264,36 @@ export class Supervisor {
     // sample, so without it a fresh server's first restarts would be invisible to the restart alert.
     for (const role of ['worker', 'queue'] as const) metrics.processRestarts.inc({ role }, 0);
     const started = new Promise<void>((resolve, reject) => { sup.#firstStart = { resolve, reject }; });
-    await sup.#reloads.start(); // watching before the children read their inputs
-    for (const c of sup.#children) sup.#spawn(c);
-    sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
+    // A stop signal now ends the start (a child's death it causes is no failure to start: the first to settle wins).
+    const stopAsked = (): void => {
+      sup.#firstStart?.reject(new StartStopped());
+      sup.#firstStart = null;
+    };
+    if (opts.stop?.aborted) stopAsked();
+    opts.stop?.addEventListener('abort', stopAsked, { once: true });
     try {
+      await sup.#reloads.start(); // watching before the children read their inputs
+      for (const c of sup.#children) sup.#spawn(c);
+      sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
       await started; // a configuration or script error stops `serve` at once, as in one process
+      await sup.#saveStatus();
+      // `postern status` asks here, with or without an admin listener.
+      const socket = statusSocket(loaded.config.dataDir);
+      try {
+        sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+      } catch (err) {
+        log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
+      }
+      if (loaded.config.admin) {
+        sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
+        log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
+      }
     } catch (err) {
+      // The children stopped (not left to notice the supervisor's exit), the status socket closed, the lock given back.
       await sup.stop();
       throw err;
-    }
-    await sup.#saveStatus();
-    // `postern status` asks here, with or without an admin listener.
-    const socket = statusSocket(loaded.config.dataDir);
-    try {
-      sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
-    } catch (err) {
-      log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
-    }
-    if (loaded.config.admin) {
-      sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
-      log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
+    } finally {
+      opts.stop?.removeEventListener('abort', stopAsked);
     }
     // Last: "started" means every part answers, the status socket and admin listener included.
     log.info({ workers: n }, 'supervisor started');
@@ -933,6 +955,8 @@ export class Supervisor {
         if (proc.connected && c.ready) proc.send({ t: 'stop' }); else proc.kill('SIGTERM');
       });
     }));
+    // A cluster.json write under way (a child's last reload state, say) finishes: cut by the exit, it left its temporary file.
+    await this.#saving;
     this.#lock?.release();
     this.#lock = null;
   }

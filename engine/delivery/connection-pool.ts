@@ -12,6 +12,11 @@ import { ReplyDeadline } from './reply-deadline.ts';
 const MAX_MESSAGES = 100;
 const IDLE_MS = 5000;
 const QUIT_WAIT_MS = 2000;
+/**
+ * At a stop, how long a transaction whose message went out whole is left to get its verdict: below the 30 s
+ * after which `postern serve`'s supervisor kills a child that has not stopped (supervisor.ts stop()).
+ */
+export const STOP_VERDICT_WAIT_MS = 20_000;
 
 export interface Endpoint {
   /** Host name (for logs and TLS); `address` is what we connect to. */
@@ -46,8 +51,12 @@ export class PooledConnection {
   messages = 0;
   /** The current transaction's message, up to its final dot, has been handed to the socket. */
   endOfDataSent = false;
+  /** A transaction (send()) is under way. */
+  #sending = false;
   #alive = true;
   idleTimer: NodeJS.Timeout | null = null;
+  /** A stop's limit on the wait for a verdict (closeAfterVerdict). */
+  #stopTimer: NodeJS.Timeout | null = null;
   readonly #onGone = new Set<(err: Error) => void>();
 
   constructor(conn: SMTPConnection, key: string, destination: string, info: ConnectionInfo, deadline?: ReplyDeadline) {
@@ -101,6 +110,7 @@ export class PooledConnection {
       const finish = (err: Error | null, info?: SMTPConnectionSendInfo): void => {
         if (settled) return;
         settled = true;
+        this.#sending = false;
         off();
         if (err) reject(err);
         else resolve(info!);
@@ -108,6 +118,7 @@ export class PooledConnection {
       if (!this.alive) return finish(Object.assign(new Error('connection closed'), { code: 'ECONNECTION', command: 'API' }));
       this.messages++;
       this.endOfDataSent = false;
+      this.#sending = true;
       this.conn.send(envelope, message, (err, info) => finish(err ?? null, info));
     });
   }
@@ -121,11 +132,25 @@ export class PooledConnection {
     });
   }
 
+  /** The whole message went out and its verdict (the reply to the final dot) has not come yet. */
+  get awaitingVerdict(): boolean { return this.#sending && this.endOfDataSent; }
+
+  /**
+   * A stop while the verdict is awaited: dropping the connection now would leave the next hop with the message
+   * and us without its answer, so the retry would deliver it twice (RFC 1047). The transaction is left to end
+   * (the pool closes the connection at its release) for up to `ms`, then dropped.
+   */
+  closeAfterVerdict(ms: number): void {
+    this.#stopTimer ??= setTimeout(() => this.close(false), ms);
+  }
+
   /** QUIT politely when idle (`graceful`), else drop the connection (a transaction on it fails). */
   close(graceful = true): void {
     this.#alive = false;
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
+    if (this.#stopTimer) clearTimeout(this.#stopTimer);
+    this.#stopTimer = null;
     try {
       if (graceful && this.conn.stage === 'connected' && !this.conn.destroyed) {
         this.conn.quit();
@@ -263,13 +288,26 @@ export class ConnectionPool {
     }
   }
 
-  /** Close everything: idle connections with QUIT, busy ones at once (their transactions fail). */
+  /**
+   * Close everything: idle connections with QUIT, busy ones at once (their transactions fail, the next hop
+   * never saw the end of the message), except those awaiting the verdict on a message that went out whole:
+   * closed at their release once it comes, or after STOP_VERDICT_WAIT_MS (closeAfterVerdict).
+   */
   close(): void {
     this.#closed = true;
     for (const conn of this.#opening) conn.close();
     const idle = new Set([...this.#idle.values()].flat());
     this.#idle.clear();
-    for (const set of [...this.#open.values()]) for (const pc of [...set]) { pc.close(idle.has(pc)); this.#forget(pc); }
+    for (const set of [...this.#open.values()]) {
+      for (const pc of [...set]) {
+        if (!idle.has(pc) && pc.awaitingVerdict) {
+          pc.closeAfterVerdict(STOP_VERDICT_WAIT_MS);
+          continue;
+        }
+        pc.close(idle.has(pc));
+        this.#forget(pc);
+      }
+    }
   }
 }
 

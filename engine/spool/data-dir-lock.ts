@@ -8,7 +8,7 @@
  * The file is created whole (written aside, then linked into place), so a reader never sees it half
  * written. Taking over a stale lock moves it aside first and checks that it moved the stale one.
  */
-import { linkSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export const LOCK_FILE = 'postern.lock';
@@ -136,11 +136,24 @@ function procStat(pid: number): { state: string; started: string } | null {
   return { state: fields[0]!, started: fields[19]! };
 }
 
+/**
+ * The file's text; '' for what is not a regular file (no lock of ours: taken for a stale one). A FIFO at a lock's
+ * path (left there, or planted in a folder others can write) blocked the read, and the start with it, for good:
+ * the thread stuck in open(), SIGTERM could not stop the process either. Opened without waiting for a writer.
+ */
 function readOrNull(file: string): string | null {
+  let fd: number;
   try {
-    return readFileSync(file, 'latin1');
+    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch {
     return null;
+  }
+  try {
+    return fstatSync(fd).isFile() ? readFileSync(fd, 'latin1') : '';
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -5,8 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { greeted, spooled, startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
+import { readdir, readFile } from 'node:fs/promises';
+import { greeted, spooled, startCluster, ONE_WORKER, ROUND_ROBIN, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
@@ -67,4 +67,21 @@ test('SIGTERM drains: a transaction in progress finishes and is spooled, an idle
   assert.ok((await spooled(cluster)).has(id), `the message ${id} accepted during the stop is in the spool`);
   assert.ok(cluster.logs.some((l) => l.decision === 'defer' && l.reason === 'the server is stopping'), 'the forced close is logged with its reason');
   await cluster.stop();
+});
+
+test('a stopped server leaves no temporary file of cluster.json behind (the last write, as the only worker gave up its counting lease, was cut by the exit: one file per stop)', async () => {
+  const clusters: ClusterProcess[] = [];
+  try {
+    for (let round = 0; round < 3; round++) {
+      const cluster = await startCluster({ config: ONE_WORKER, ...(clusters.length ? { dataDir: clusters[0]!.dataDir } : {}) });
+      clusters.push(cluster);
+      await cluster.waitFor('every process ready', async () => (await cluster.cluster()).processes.every((p) => p.ready));
+      const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+      cluster.proc.kill('SIGTERM');
+      assert.equal(await exited, 0);
+      assert.deepEqual((await readdir(cluster.dataDir)).filter((n) => n.endsWith('.tmp')), [], `after stop ${round + 1}`);
+    }
+  } finally {
+    for (const c of clusters.reverse()) await c.stop();
+  }
 });

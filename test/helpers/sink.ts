@@ -58,6 +58,8 @@ export interface Sink {
   connections: number;
   /** Connections that have ended. */
   closedConnections: number;
+  /** Messages whose end (the final dot) arrived, counted before dataDelayMs. */
+  endsOfData: number;
   waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
   /** Resolves once `count` connections have ended. */
   waitForClosed(count: number, timeoutMs?: number): Promise<void>;
@@ -73,6 +75,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   const waiters = new Set<() => void>();
   let connections = 0;
   let closedConnections = 0;
+  let endsOfData = 0;
   const closeWaiters = new Set<() => void>();
   const refuse = (r: Refusal): Error => Object.assign(new Error(r.text), { responseCode: r.code });
   const server = new SMTPServer({
@@ -113,6 +116,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
       const chunks: Buffer[] = [];
       stream.on('data', (c: Buffer) => chunks.push(c));
       stream.on('end', async () => {
+        endsOfData++;
         if (opts.dataDelayMs) await new Promise((r) => setTimeout(r, opts.dataDelayMs));
         const r = opts.decide?.('data', '', peer(session));
         if (r) return cb(refuse(r));
@@ -140,6 +144,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     port, messages, attempts,
     get connections() { return connections; },
     get closedConnections() { return closedConnections; },
+    get endsOfData() { return endsOfData; },
     waitForClosed(count, timeoutMs = 15_000) {
       if (closedConnections >= count) return Promise.resolve();
       return new Promise((resolve, reject) => {

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,6 +35,21 @@ function serve(config: string): Served {
   return { child, stderr, started, exited };
 }
 
+/** One worker, a listener on a free port, data and scripts in `dir`: the configuration file's path. */
+function writeConfig(dir: string): string {
+  const config = join(dir, 'postern.yaml');
+  mkdirSync(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
+  writeFileSync(config, `
+dataDir: ${join(dir, 'data')}
+scripts: ${join(dir, 'scripts')}
+localDomains: [example.test]
+workers: 1
+listeners:
+  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
+`);
+  return config;
+}
+
 function kill9(s: Served): Promise<unknown> {
   if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
   return s.exited;
@@ -47,16 +62,7 @@ async function until(check: () => boolean, what: string): Promise<void> {
 
 test('a second server on the same data directory is refused, naming the first one\'s PID, and leaves its half-received message alone', { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-lock-'));
-  const config = join(dir, 'postern.yaml');
-  mkdirSync(join(dir, 'scripts')); // named, so it must exist (empty: the built-in rules)
-  writeFileSync(config, `
-dataDir: ${join(dir, 'data')}
-scripts: ${join(dir, 'scripts')}
-localDomains: [example.test]
-workers: 1
-listeners:
-  - { name: in, listen: 127.0.0.1:0, limits: { greetingDelayMs: 0 } }
-`);
+  const config = writeConfig(dir);
   const first = serve(config);
   const servers = [first];
   try {
@@ -131,4 +137,21 @@ test('a symbolic link planted where the lock is written aside is not written thr
     lock.release();
   }
   rmSync(dir, { recursive: true, force: true });
+});
+
+test('a FIFO where a lock goes (the data directory\'s, a worker spool\'s) does not hang the start: taken for a stale lock, and the server stops on SIGTERM', { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-lock-fifo-'));
+  const config = writeConfig(dir);
+  mkdirSync(join(dir, 'data', 'spool', 'worker-0'), { recursive: true });
+  for (const lock of [join(dir, 'data', LOCK_FILE), join(dir, 'data', 'spool', 'worker-0', LOCK_FILE)]) execFileSync('mkfifo', [lock]);
+  const server = serve(config);
+  try {
+    await server.started;
+    assert.match(readFileSync(join(dir, 'data', LOCK_FILE), 'utf8'), new RegExp(`^${server.child.pid} `), 'the lock is the server\'s');
+    server.child.kill('SIGTERM');
+    assert.equal(await server.exited, 0);
+  } finally {
+    await kill9(server);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
