@@ -9,6 +9,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { needs, run } from '../helpers/example.ts';
 
 let pki: TestPki;
 let ca: string;
@@ -110,6 +111,17 @@ test('a certificate autoLogin (no AUTH) is bound as a password login is', async 
   assert.equal(await send(c, ['From: ceo@example.com']), FORGED('ceo@example.com'));
   assert.match(await send(c, ['From: alice@example.com']), /^250 /);
   await c.quit();
+});
+
+test('swaks with the laptop\'s certificate: its own From: passes, a colleague\'s is refused after the data', needs('swaks'), async () => {
+  const swaks = (extra: string[]) => run('swaks', ['--server', '127.0.0.1', '--port', String(server.port('sub')), '--tls', '--tls-ca-path', pki.ca.cert,
+    '--tls-cert', pki.clients.alice.cert, '--tls-key', pki.clients.alice.key, '--ehlo', 'laptop.example',
+    '--from', 'alice@example.com', '--to', 'bob@example.com', ...extra]);
+  const own = await swaks([]);
+  assert.equal(own.code, 0, own.output);
+  const forged = await swaks(['--header', 'From: The CEO <ceo@example.com>']);
+  assert.notEqual(forged.code, 0, forged.output);
+  assert.match(forged.stdout, /<~\* 550 5\.7\.1 <ceo@example\.com>: From: header address rejected: not owned by user alice@example\.com/);
 });
 
 test('a From: after a line that is no field is body, not header: the message has no author and is refused', async () => {
