@@ -68,6 +68,8 @@ const senderLoginSchema = z.strictObject({
     .describe('A [table](#tables) whose key is the login identity (the username of a password login, the certificate identity otherwise) and whose value lists the further senders it may use, separated by commas or spaces. An entry `@domain` allows every address in exactly that domain (not its subdomains). The table must exist under `tables`.'),
   allowNullSender: z.boolean().default(false)
     .describe('Whether a logged-in session may use the null sender `<>`. When not allowed: `553 5.7.1 <>: Sender address rejected: null sender not allowed for user <identity>`. (Postfix never checks `<>`; set `true` for the same behaviour.)'),
+  headerFrom: z.boolean().default(true)
+    .describe('With `enforce`, also bind the message\'s header to the login at the end of DATA, as mox does: the From: field (the author a reader is shown, and the one DKIM signs and DMARC aligns on) must be exactly one field whose every address (of a list or a group, and any address written in a display name) the identity may use as `MAIL FROM`, else `550 5.7.1 <address>: From: header address rejected: not owned by user <identity>`; the same for each address of a `Sender:` field. No From: field or two get `550 5.6.0 Message must have exactly one From: header field, not <n>`, one without an address `550 5.6.0 Message From: header field names no address`. This runs before the `data` script. `false` binds only the envelope, as Postfix\'s `smtpd_sender_login_maps` does.'),
 }).prefault({});
 
 const limitsSchema = z.strictObject({

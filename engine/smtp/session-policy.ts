@@ -17,6 +17,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
+import { headerSenderRefusal } from '../policy/header-senders.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import { boundedName, chainEmailConstraints, describePeerCertificate } from '../certificates/index.ts';
 import { clientText } from '../logging/logger.ts';
@@ -486,13 +487,17 @@ export class SessionPolicy {
     conn: SmtpClient, session: SMTPServerSession, id: string, size: number, headers: () => Array<[string, string]>, body: BodyReader,
   ): Promise<DataDecision> {
     const st = conn.state;
+    let fields: Array<[string, string]> | undefined;
+    const read = (): Array<[string, string]> => (fields ??= headers());
+    const unbound = this.#headerSenderRefusal(conn, read);
+    if (unbound) return { reply: unbound, headerEdits: null, hold: null };
     if (!st.generation.hasScript(st.listener, 'data')) return NO_DATA_DECISION;
     const token = openMessageText(body);
     let verdict: Verdict | undefined;
     try {
       const facts = sharedConnectionFacts(session, st);
       verdict = await this.#run(conn, 'data', {
-        connection: facts.info, transaction: transactionInfo(session, st), data: { size, headers: headers() },
+        connection: facts.info, transaction: transactionInfo(session, st), data: { size, headers: read() },
         message: { token },
       }, facts.key);
     } finally {
@@ -505,6 +510,19 @@ export class SessionPolicy {
       headerEdits: accepted?.headers ?? null,
       hold: accepted?.hold === undefined ? null : { file: st.generation.sandboxFor(st.listener).scriptFile('data') ?? 'data', reason: accepted.hold },
     };
+  }
+
+  /** senderLogin.headerFrom: the header's From: and Sender: bound to the login as MAIL FROM is (header-senders.ts). */
+  #headerSenderRefusal(conn: SmtpClient, headers: () => Array<[string, string]>): SmtpReply | null {
+    const st = conn.state;
+    if (!st.listener.senderLogin.headerFrom) return null;
+    const facts = this.#senderFacts(conn);
+    if (!facts.enforce || !facts.user) return null;
+    const refusal = headerSenderRefusal(headers(), facts.user, facts.extra);
+    if (!refusal) return null;
+    if (refusal.problem === 'from-count') return reply('fromHeaderCount', { n: String(refusal.count) });
+    if (refusal.problem === 'no-address') return reply('fromHeaderNoAddress');
+    return reply(refusal.field === 'From' ? 'fromHeaderNotOwned' : 'senderHeaderNotOwned', { address: refusal.address, login: facts.user });
   }
 
   /** Last seen, per certificate (written at most once a minute, off this path: engine/pki/sightings.ts). */

@@ -68,7 +68,7 @@ ctx.load_cert_chain(${JSON.stringify(selfsigned.cert)}, ${JSON.stringify(selfsig
 s = smtplib.SMTP_SSL("localhost", ${ex.port()}, local_hostname="laptop.example", context=ctx)
 out = {"ehlo": s.ehlo()[1].decode()}
 s.mail("mjl@mox.example"); s.rcpt("r@elsewhere.example")
-reply = s.data(b"Subject: pinned\\r\\n\\r\\nhi\\r\\n")
+reply = s.data(b"From: mjl@mox.example\\r\\nSubject: pinned\\r\\n\\r\\nhi\\r\\n")
 out["data"] = [reply[0], reply[1].decode()]
 s.quit()
 print(json.dumps(out))
@@ -82,7 +82,7 @@ print(json.dumps(out))
 
 test('curl: AUTH EXTERNAL with the pinned device works too', needs('curl'), async () => {
   const msg = join(ex.dir, 'msg.txt');
-  await writeFile(msg, 'Subject: curl\r\n\r\nhello\r\n');
+  await writeFile(msg, 'From: mjl@mox.example\r\nSubject: curl\r\n\r\nhello\r\n');
   const r = await run('curl', ['-sS', '-v', '--url', `smtps://localhost:${ex.port()}/laptop.example`, '--cacert', ex.pki.ca.cert,
     '--cert', ex.pki.clients.selfsigned.pem, '--login-options', 'AUTH=EXTERNAL', '--sasl-ir',
     '--mail-from', 'mjl@mox.example', '--mail-rcpt', 'r@elsewhere.example', '--upload-file', msg]);

@@ -32,7 +32,7 @@ after(async () => {
 async function send(client: ClientName, from: string): Promise<string> {
   const c = await smtpClient(ex, { client });
   try {
-    return (await c.sendMail(from, ['friend@elsewhere.example'])).text;
+    return (await c.sendMail(from, ['friend@elsewhere.example'], `From: ${from}\r\nSubject: test\r\n\r\nhello\r\n`)).text;
   } finally {
     await c.quit();
   }

@@ -211,6 +211,15 @@ async function message(s: Awaited<ReturnType<typeof session>>, body: string, fro
   s.seen.push(await s.c.read());
 }
 
+/** A message from alice@example.com, logged in on the listener that binds senders. */
+async function loggedInMessage(body: string): Promise<Reply[]> {
+  const s = await session('main', 'owned');
+  await s.say(plainLogin('alice@example.com'));
+  await message(s, body, 'alice@example.com', 'bob@example.com');
+  await s.c.quit();
+  return s.seen;
+}
+
 const expectCertificate = (client: keyof TestPki['clients']) => (line: Line): void => {
   const cert = line.certificate as { sha256?: string } | null;
   assert.equal(cert?.sha256, pki.clients[client].fingerprintSha256, 'the certificate\'s SHA-256 is on the line');
@@ -472,6 +481,22 @@ const ROWS = {
       await s.c.quit();
       return s.seen;
     },
+  },
+  fromHeaderCount: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { n: '2' }, check: expectUser('alice@example.com'),
+    drive: () => loggedInMessage('From: alice@example.com\r\nFrom: alice@example.com\r\n\r\nbody'),
+  },
+  fromHeaderNoAddress: {
+    server: 'main', stage: 'END-OF-MESSAGE', check: expectUser('alice@example.com'),
+    drive: () => loggedInMessage('From: undisclosed:;\r\n\r\nbody'),
+  },
+  fromHeaderNotOwned: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { address: 'ceo@example.com', login: 'alice@example.com' }, check: expectUser('alice@example.com'),
+    drive: () => loggedInMessage('From: The CEO <ceo@example.com>\r\n\r\nbody'),
+  },
+  senderHeaderNotOwned: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { address: 'ceo@example.com', login: 'alice@example.com' }, check: expectUser('alice@example.com'),
+    drive: () => loggedInMessage('From: alice@example.com\r\nSender: ceo@example.com\r\n\r\nbody'),
   },
   nulInHeader: {
     server: 'main', stage: 'END-OF-MESSAGE',

@@ -11,10 +11,7 @@ export default function data(ctx: DataContext): Verdict {
   if (connection.source !== "smtp") throw new Error("not a client of the submission listener"); // fails closed (4xx)
   const cert = connection.clientCertificate!; // clientCertificates: require
   const identity = connection.certificateIdentity ?? "unknown";
-  // Exactly one From: (as mox requires on submission). Without one the message cannot be signed; with two, a
-  // reader may be shown one author while DKIM and DMARC check the other. Refused here, not bounced later.
-  const froms = ctx.data.headers.filter(([name]) => name.toLowerCase() === "from").length;
-  if (froms !== 1) return reject(`Message must have exactly one From header, not ${froms}`, { code: 550, enhanced: "5.6.0" });
+  // The From: is already bound to the certificate's account (senderLogin, before this script runs).
   const edits: HeaderEdit[] = PRIVATE_FIELDS.map((name) => ({ op: "remove", name }));
   edits.push(
     { op: "set", name: "X-Postern-Client-Cert", value: cert.fingerprint.sha256 },

@@ -1,0 +1,68 @@
+/**
+ * Sender binding of the header section (listener `senderLogin.headerFrom`, as mox does on submission): the
+ * From: field is the author a reader is shown, the one DKIM signs with the domain's key and DMARC aligns on, so
+ * a logged-in identity may name there only what it may use as MAIL FROM (sender-logins.ts); a Sender: likewise.
+ * Addresses are read with nodemailer's addressparser, every mailbox of a list or a group.
+ */
+import addressparser from 'nodemailer/lib/addressparser';
+import { ownsSender } from './sender-logins.ts';
+
+export type HeaderSenderRefusal =
+  | { problem: 'from-count'; count: number }
+  | { problem: 'no-address' }
+  | { problem: 'not-owned'; field: 'From' | 'Sender'; address: string };
+
+/**
+ * An address in a display name. addressparser is lenient: of `<alice@x> ceo@x` or `Alice <alice@x> <ceo@x>` it
+ * takes alice@x for the address and makes the rest the name, where a reader's client or a DMARC verifier may take
+ * ceo@x. So an address-shaped word of a name must be one the login owns too (and `"ceo@x" <alice@x>` is refused).
+ */
+function addressesInName(name: string): string[] {
+  if (!name.includes('@')) return [];
+  // Split, then looked at word by word: a regex for `x@y.z` anywhere in the name backtracked quadratically on a long word.
+  return name.split(NAME_DELIMITERS).filter((word) => {
+    const at = word.indexOf('@');
+    return at > 0 && word.indexOf('.', at) > at + 1;
+  });
+}
+const NAME_DELIMITERS = /[\s<>()[\],;:"]+/;
+
+/**
+ * What no plain addr-spec holds once addressparser has taken quotes and comments off: a second `@`, an angle
+ * bracket, a space. Readers split such a leftover differently (`ceo@example.com@alice.example` is alice.example's
+ * to one, example.com's to another), so it is owned by nobody, whatever `@domain` entry its last part matches.
+ */
+const AMBIGUOUS = /@[^@]*@|[\s<>()",;:\\]/;
+
+/** Why `fields` (the message's header fields, [name, value]) name an author `user` may not use; null when none. */
+export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, string]>, user: string, extra: readonly string[]): HeaderSenderRefusal | null {
+  const froms = fields.filter(([name]) => name.toLowerCase() === 'from');
+  // None: no author to bind (and nothing for DKIM to sign). Two: a reader may be shown one, DMARC check the other.
+  if (froms.length !== 1) return { problem: 'from-count', count: froms.length };
+  const from = addresses(froms[0]![1]);
+  if (!from.some((a) => a.address)) return { problem: 'no-address' };
+  const owned = new Set<string>(); // each address judged once: a From: of the same address many times over stays cheap
+  const notOwned = (field: 'From' | 'Sender', list: ReturnType<typeof addresses>): HeaderSenderRefusal | null => {
+    for (const a of list) {
+      for (const address of [a.address, ...addressesInName(a.name)]) {
+        if (!address || owned.has(address)) continue;
+        if (AMBIGUOUS.test(address) || !ownsSender(user, extra, address)) return { problem: 'not-owned', field, address };
+        owned.add(address);
+      }
+    }
+    return null;
+  };
+  const refusal = notOwned('From', from);
+  if (refusal) return refusal;
+  for (const [name, value] of fields) {
+    if (name.toLowerCase() !== 'sender') continue;
+    const sender = notOwned('Sender', addresses(value));
+    if (sender) return sender;
+  }
+  return null;
+}
+
+/** The mailboxes of an address field, groups flattened; a folded value unfolded first. */
+function addresses(value: string): Array<{ name: string; address: string }> {
+  return addressparser(value.replace(/\r?\n(?=[ \t])/g, ''), { flatten: true });
+}
