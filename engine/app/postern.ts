@@ -14,6 +14,7 @@ import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limi
 import { createStore, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import type { Runtime } from '../smtp/runtime.ts';
+import { parseAddressList } from '../delivery/address-list.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
@@ -136,6 +137,7 @@ class MutableRuntime implements Runtime {
   readonly authFailures: AuthFailureLimiter;
   readonly connections: ConnectionCounts | undefined;
   sightings?: SightingRecorder;
+  readonly parseAddressList = parseAddressList;
   onSpooled?: (id: string) => void;
   constructor(generation: PolicyGeneration, spool: Spool, logger: Logger, authFailures: AuthFailureLimiter, connections?: ConnectionCounts) {
     this.generation = generation;

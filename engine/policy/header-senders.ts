@@ -2,10 +2,13 @@
  * Sender binding of the header section (listener `senderLogin.headerFrom`, as mox does on submission): the
  * From: field is the author a reader is shown, the one DKIM signs with the domain's key and DMARC aligns on, so
  * a logged-in identity may name there only what it may use as MAIL FROM (sender-logins.ts); a Sender: likewise.
- * Addresses are read with nodemailer's addressparser, every mailbox of a list or a group.
+ * Addresses are read by the parser the caller passes (nodemailer's addressparser, engine/delivery/address-list.ts),
+ * every mailbox of a list or a group.
  */
-import addressparser from 'nodemailer/lib/addressparser';
 import { ownsSender } from './sender-logins.ts';
+
+/** The mailboxes of an address field's value, groups flattened (engine/delivery/address-list.ts). */
+export type AddressListParser = (value: string) => Array<{ name: string; address: string }>;
 
 export type HeaderSenderRefusal =
   | { problem: 'from-count'; count: number }
@@ -35,14 +38,14 @@ const NAME_DELIMITERS = /[\s<>()[\],;:"]+/;
 const AMBIGUOUS = /@[^@]*@|[\s<>()",;:\\]/;
 
 /** Why `fields` (the message's header fields, [name, value]) name an author `user` may not use; null when none. */
-export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, string]>, user: string, extra: readonly string[]): HeaderSenderRefusal | null {
+export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, string]>, user: string, extra: readonly string[], addresses: AddressListParser): HeaderSenderRefusal | null {
   const froms = fields.filter(([name]) => name.toLowerCase() === 'from');
   // None: no author to bind (and nothing for DKIM to sign). Two: a reader may be shown one, DMARC check the other.
   if (froms.length !== 1) return { problem: 'from-count', count: froms.length };
   const from = addresses(froms[0]![1]);
   if (!from.some((a) => a.address)) return { problem: 'no-address' };
   const owned = new Set<string>(); // each address judged once: a From: of the same address many times over stays cheap
-  const notOwned = (field: 'From' | 'Sender', list: ReturnType<typeof addresses>): HeaderSenderRefusal | null => {
+  const notOwned = (field: 'From' | 'Sender', list: ReturnType<AddressListParser>): HeaderSenderRefusal | null => {
     for (const a of list) {
       for (const address of [a.address, ...addressesInName(a.name)]) {
         if (!address || owned.has(address)) continue;
@@ -60,9 +63,4 @@ export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, stri
     if (sender) return sender;
   }
   return null;
-}
-
-/** The mailboxes of an address field, groups flattened; a folded value unfolded first. */
-function addresses(value: string): Array<{ name: string; address: string }> {
-  return addressparser(value.replace(/\r?\n(?=[ \t])/g, ''), { flatten: true });
 }

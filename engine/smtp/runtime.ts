@@ -8,6 +8,7 @@ import type { Logger } from '../logging/logger.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { SightingRecorder } from '../pki/sightings.ts';
+import type { AddressListParser } from '../policy/header-senders.ts';
 
 export type CertificateSightings = Pick<SightingRecorder, 'seen' | 'seenRecently'>;
 
@@ -21,6 +22,8 @@ export interface Runtime {
   readonly connections?: ConnectionCounts;
   /** Records which client certificates were seen (engine/pki/sightings.ts); absent in tests that need none. */
   readonly sightings?: CertificateSightings;
+  /** Reads the mailboxes of a From: or Sender: field (senderLogin.headerFrom); engine/delivery/address-list.ts. */
+  readonly parseAddressList: AddressListParser;
   /** Called when a message has been committed to the spool (the queue runner wakes up). */
   onSpooled?(id: string): void;
 }

@@ -518,7 +518,7 @@ export class SessionPolicy {
     if (!st.listener.senderLogin.headerFrom) return null;
     const facts = this.#senderFacts(conn);
     if (!facts.enforce || !facts.user) return null;
-    const refusal = headerSenderRefusal(headers(), facts.user, facts.extra);
+    const refusal = headerSenderRefusal(headers(), facts.user, facts.extra, this.#runtime.parseAddressList);
     if (!refusal) return null;
     if (refusal.problem === 'from-count') return reply('fromHeaderCount', { n: String(refusal.count) });
     if (refusal.problem === 'no-address') return reply('fromHeaderNoAddress');

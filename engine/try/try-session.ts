@@ -29,6 +29,7 @@ import { HeaderReader } from '../smtp/header-reader.ts';
 import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
 import { Spool } from '../spool/spool.ts';
 import { runPredelivery } from '../delivery/predelivery.ts';
+import { parseAddressList } from '../delivery/address-list.ts';
 import type { HookName, PredeliveryContext } from '../sandbox/api/index.ts';
 import { HOOK_NAMES, loadScriptDirectory } from '../sandbox/index.ts';
 import { loopbackHandshake, type ClientCredentials, type LoopbackHandshake } from './loopback-tls.ts';
@@ -118,6 +119,7 @@ export class TrySession {
       // Only ids and the free-space check are asked of the spool at MAIL FROM; nothing is written.
       spool: { newId: () => Spool.prototype.newId.call(undefined), freeSpace: { below: () => false } } as unknown as Spool,
       authFailures: new AuthFailureLimiter(this.listener.limits.authFailureWindowMs),
+      parseAddressList,
     };
     this.#policy = new SessionPolicy(runtime);
     this.#conn = new TryConnection(generation.acquire(), this.listener, facts, setup.trust, (setup.options as { size?: number }).size);
