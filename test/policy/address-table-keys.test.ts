@@ -4,6 +4,10 @@
 // matched no client. Real connections to a `[::]` listener, over IPv4 (mapped) and IPv6 loopback.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadTable } from '../../engine/policy/lookup-tables.ts';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
@@ -34,3 +38,13 @@ for (const host of ['127.0.0.1', '::1']) {
     }
   });
 }
+
+test('one address written twice in two spellings is a duplicate key, reported at the later line', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-table-'));
+  try {
+    await writeFile(join(dir, 'deny'), '2001:db8::1 REJECT\n# the same client\n2001:DB8:0:0::1 OK\n');
+    await assert.rejects(loadTable('deny', join(dir, 'deny')), /deny:3: duplicate key/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
