@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { needs } from '../helpers/example.ts';
 import { freePort } from '../helpers/free-port.ts';
@@ -25,15 +26,10 @@ const ports: Record<string, number> = {};
 before(async () => {
   if (opts.skip) return;
   s = await startTestServer({
-    config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    reverseDns: false
-    proxyProtocol: { trusted: [127.0.0.1] }
-    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1 }
-`,
+    config: configYaml({
+      localDomains: ['example.com'],
+      listeners: [testListener('mx', { reverseDns: false, proxyProtocol: { trusted: ['127.0.0.1'] }, limits: { maxConnectionsPerIp: 1 } })],
+    }),
     scripts: { 'mailfrom.ts': `export default (ctx) => accept({ text: 'client ' + ctx.connection.remoteAddress });` },
   });
   const frontends = [['v4v2', '127.0.0.1', 'send-proxy-v2'], ['v4v1', '127.0.0.1', 'send-proxy'], ['dualv2', ':::', 'send-proxy-v2'], ['dualv1', ':::', 'send-proxy']] as const;
