@@ -595,7 +595,8 @@ declare module "postern" {
     dns: Dns;
     /**
      * Is `ip` (IPv4 or IPv6) listed in the DNS blocklist `zone` (e.g. `zen.spamhaus.org`)? Asks the A record
-     * of the reversed address under the zone. An answer in 127.255.255.0/24 (the list refusing this resolver)
+     * of the reversed address under the zone (an IPv4-mapped address, `::ffff:192.0.2.1`, as its IPv4 address).
+     * An answer in 127.255.255.0/24 (the list refusing this resolver)
      * is `{ ok: false, error: "refused" }`, never a listing.
      */
     dnsbl(zone: string, ip: string, options?: DnsOptions): Promise<DnsblResult>;
@@ -656,7 +657,8 @@ declare module "postern" {
     const dns: Dns;
     /**
        * Is `ip` (IPv4 or IPv6) listed in the DNS blocklist `zone` (e.g. `zen.spamhaus.org`)? Asks the A record
-       * of the reversed address under the zone. An answer in 127.255.255.0/24 (the list refusing this resolver)
+       * of the reversed address under the zone (an IPv4-mapped address, `::ffff:192.0.2.1`, as its IPv4 address).
+       * An answer in 127.255.255.0/24 (the list refusing this resolver)
        * is `{ ok: false, error: "refused" }`, never a listing.
        */
     function dnsbl(zone: string, ip: string, options?: DnsOptions): Promise<DnsblResult>;

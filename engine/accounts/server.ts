@@ -113,7 +113,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     limit: () => settings().maxConnectionsPerIp,
     refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
     // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
-    countedAs: (address) => countedAddress(address.replace(/^::ffff:(?=\d+\.)/i, '').toLowerCase(), state.listener().limits.ipv6PrefixLength),
+    countedAs: (address) => countedAddress(address, state.listener().limits.ipv6PrefixLength),
   });
   await app.register(formbody);
   acceptMultipart(app);

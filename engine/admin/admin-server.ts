@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
-import { countedRemoteAddress } from '../connection-limits/counted-address.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import type { Logger } from '../logging/logger.ts';
 
@@ -92,7 +92,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     capConnectionsPerAddress(server, {
       limit: () => limits.maxConnectionsPerIp,
       refused: (client, limit) => limits.refused?.(client, limit),
-      countedAs: (address) => countedRemoteAddress(address, limits.ipv6PrefixLength),
+      countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
     });
   }
   await new Promise<void>((resolve, reject) => {

@@ -5,16 +5,29 @@
  * let one client open `maxConnectionsPerIp` connections, and make `authFailuresPerIp` guesses, from each
  * of 2^64 addresses. mox counts IPv6 clients by /64 too; Postfix 3.9 by `smtpd_client_ipv6_prefix_length`.
  */
-import { isIPv6 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 
-/** A socket's remoteAddress as counted: an IPv4-mapped IPv6 address as the IPv4 one, IPv6 by its network. */
-export function countedRemoteAddress(remoteAddress: string, ipv6PrefixLength: number): string {
-  return countedAddress(remoteAddress.replace(/^::ffff:(?=\d+\.)/i, '').toLowerCase(), ipv6PrefixLength);
+/**
+ * One spelling per client address, as Node names a peer and as the SMTP listeners give it to limits, scripts,
+ * logs and Received: an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, `0:0:0:0:0:FFFF:c000:201`) as the IPv4
+ * one, any other IPv6 address lowercase and compressed (RFC 5952); a zone is kept. Not an IP address: as given.
+ * For addresses that come in as text (a Postfix policy request, a table key, a script's argument): written
+ * another way, one client was another key to every per-address rule, and a table entry matched no client.
+ */
+export function canonicalIp(text: string): string {
+  if (isIPv4(text) || !text.includes(':') || !isIPv6(text)) return text;
+  const zone = text.indexOf('%');
+  const groups = hextets(text);
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    return `${groups[6]! >> 8}.${groups[6]! & 0xff}.${groups[7]! >> 8}.${groups[7]! & 0xff}`;
+  }
+  return compress(groups.map((g) => g.toString(16))) + (zone >= 0 ? text.slice(zone) : '');
 }
 
-/** `ip` as counted: itself for IPv4 (and for IPv6 with a prefix of 128), else its network as `<address>/<prefix>`. */
+/** `ip` as counted: itself for IPv4 (and for IPv6 with a prefix of 128), else its network as `<address>/<prefix>`; in one spelling (canonicalIp). */
 export function countedAddress(ip: string, ipv6PrefixLength: number): string {
-  if (ipv6PrefixLength >= 128 || !ip.includes(':') || !isIPv6(ip)) return ip;
+  ip = canonicalIp(ip);
+  if (ipv6PrefixLength >= 128 || !ip.includes(':')) return ip;
   const groups = hextets(ip);
   const out: string[] = [];
   for (let i = 0; i < 8; i++) {

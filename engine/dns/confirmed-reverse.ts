@@ -7,6 +7,7 @@
  */
 import { promises as dns } from 'node:dns';
 import { isIPv4, isIPv6 } from 'node:net';
+import { canonicalIp } from '../connection-limits/counted-address.ts';
 
 type ReverseCallback = (err: Error | null, hostnames?: string[]) => void;
 
@@ -27,20 +28,15 @@ export async function confirmedNames(ip: string): Promise<string[]> {
   const v4 = isIPv4(ip);
   if (!v4 && !isIPv6(ip)) return [];
   const names = (await dns.reverse(ip)).slice(0, MAX_NAMES);
-  const wanted = canonical(ip);
+  const wanted = canonicalIp(ip);
   const confirmed = await Promise.all(names.map(async (name) => {
     try {
       const addresses = v4 ? await dns.resolve4(name) : await dns.resolve6(name);
-      return addresses.some((a) => canonical(a) === wanted);
+      return addresses.some((a) => canonicalIp(a) === wanted);
     } catch {
       return false; // no such name, no address of that family, or no answer: not confirmed
     }
   }));
   const first = names.find((_, i) => confirmed[i]);
   return first === undefined ? [] : [first];
-}
-
-/** One text per address (IPv6 compressed and lowercased, as the URL parser writes it). */
-function canonical(ip: string): string {
-  return isIPv6(ip) ? new URL(`http://[${ip}]/`).hostname : ip;
 }

@@ -10,6 +10,7 @@
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
+import { canonicalIp } from '../connection-limits/counted-address.ts';
 import { domainToASCII } from 'node:url';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
@@ -195,8 +196,12 @@ function withTimeout(answer: Promise<DnsAnswer>, ms: number, name: string, type:
   return Promise.race([answer, late]).finally(() => clearTimeout(timer));
 }
 
-/** 192.0.2.1 → 1.2.0.192; 2001:db8::1 → its 32 nibbles, last first. */
-export function reverseLabels(ip: string): string {
+/**
+ * 192.0.2.1 → 1.2.0.192; 2001:db8::1 → its 32 nibbles, last first. An IPv4-mapped address is its IPv4 client
+ * (canonicalIp): asked in ip6.arpa form, no DNSBL lists it (they list the IPv4 address), and no PTR exists.
+ */
+export function reverseLabels(address: string): string {
+  const ip = canonicalIp(address);
   if (isIPv4(ip)) return ip.split('.').reverse().join('.');
   if (isIP(ip) !== 6) throw new TypeError(`not an IP address: ${ip}`);
   const [head, tail = ''] = ip.toLowerCase().split('::');
@@ -215,7 +220,7 @@ export function reverseLabels(ip: string): string {
 }
 
 export function reverseName(ip: string): string {
-  return `${reverseLabels(ip)}.${isIPv4(ip) ? 'in-addr.arpa' : 'ip6.arpa'}`;
+  return `${reverseLabels(ip)}.${isIPv4(canonicalIp(ip)) ? 'in-addr.arpa' : 'ip6.arpa'}`;
 }
 
 /** `address`, `address:port`, `[v6]` or `[v6]:port`, as node:dns's setServers() takes them. */

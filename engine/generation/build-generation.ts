@@ -25,7 +25,7 @@ import { checkDkimKeys } from '../delivery/dkim.ts';
 import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
-import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
+import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
@@ -155,7 +155,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     if (l.limits.connectionsPerIpInStore && !config.store.redis) {
       warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
     }
-    const everyone = l.proxyProtocol?.trusted.find((cidr) => parseCidr(cidr)?.prefix === 0);
+    const everyone = l.proxyProtocol?.trusted.find(trustsEveryClient);
     if (everyone !== undefined) {
       warnings.push({ listener: l.name, message: `proxyProtocol.trusted ${everyone} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers` });
     }

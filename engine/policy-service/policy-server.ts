@@ -13,7 +13,7 @@ import type { Verdict } from '../sandbox/api/index.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
-import { FactsMemo, requestContext } from './request-context.ts';
+import { FactsMemo, requestContext, sameSpellingOfAddresses } from './request-context.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
 /**
@@ -159,6 +159,7 @@ export class PolicyServer {
     const generation = this.#runtime.generation.acquire();
     const service = this.#service(generation);
     const log = this.#runtime.logger;
+    sameSpellingOfAddresses(request.attributes);
     const state = (request.attributes.protocol_state ?? 'unknown').toUpperCase();
     let result: PolicyAction;
     /** The script whose verdict or failure refused, for the log line. */

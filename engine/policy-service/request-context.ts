@@ -9,6 +9,7 @@ import type {
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
+import { canonicalIp } from '../connection-limits/counted-address.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';
 
@@ -28,6 +29,18 @@ export interface RequestContext {
   key: string;
   /** The built-in relay rule's decision (rcptto only). */
   builtin: BuiltinRelayDecision | null;
+}
+
+/**
+ * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp),
+ * before anything reads them: a request naming its client as `2001:DB8:0:0::1` or `::ffff:192.0.2.1` (a
+ * client of the service other than Postfix, a proxy's header passed on) was another client than
+ * `2001:db8::1` or `192.0.2.1` to rate() keys built from ctx.connection.remoteAddress, to a table keyed by
+ * address, to dnsbl() (a mapped address was asked in ip6.arpa form) and to a grep of the log.
+ */
+export function sameSpellingOfAddresses(a: Record<string, string>): void {
+  if (a.client_address !== undefined) a.client_address = canonicalIp(a.client_address);
+  if (a.server_address !== undefined) a.server_address = canonicalIp(a.server_address);
 }
 
 const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);

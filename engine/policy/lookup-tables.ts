@@ -1,7 +1,7 @@
 /**
  * Key/value tables named in the configuration (`tables:`), loaded from files for scripts' lookup() and
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
- * base64 forms of the same digest all find the entry.
+ * base64 forms of the same digest all find the entry; IP address keys in the one spelling of canonicalIp.
  */
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { linesOf, slicer } from '../config/give-way.ts';
@@ -11,6 +11,7 @@ import type { Entry } from './mapping-entries.ts';
 import type { MappingReply } from './mapping-parse-thread.ts';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
+import { canonicalIp } from '../connection-limits/counted-address.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
 
 export class TableError extends Error {
@@ -38,24 +39,34 @@ export class LookupTable {
   /** False when the key was there already, in this spelling or (a digest) in another: hex, colon hex, base64. */
   set(key: string, value: string): boolean {
     const k = this.#fold(key);
-    const canonical = normalizeFingerprint(key);
-    // One pin written twice, in two spellings, for two accounts: the later line silently won.
-    const had = this.#entries.has(k) || (canonical !== null && this.#entries.has(canonical.hex));
+    const canonical = normalizeFingerprint(key)?.hex ?? ipKey(key);
+    // One pin (or address) written twice, in two spellings, for two accounts: the later line silently won.
+    const had = this.#entries.has(k) || (canonical !== null && this.#entries.has(canonical));
     this.#entries.set(k, value);
-    if (canonical && canonical.hex !== k) this.#entries.set(canonical.hex, value);
+    if (canonical && canonical !== k) this.#entries.set(canonical, value);
     return !had;
   }
 
   get(key: string): string | null {
     const hit = this.#entries.get(this.#fold(key));
     if (hit !== undefined) return hit;
-    const canonical = normalizeFingerprint(key);
-    return canonical ? this.#entries.get(canonical.hex) ?? null : null;
+    const canonical = normalizeFingerprint(key)?.hex ?? ipKey(key);
+    return canonical ? this.#entries.get(canonical) ?? null : null;
   }
 
   get size(): number { return this.#entries.size; }
 
   #fold(key: string): string { return this.#caseSensitive ? key : key.toLowerCase(); }
+}
+
+/**
+ * An address key in the spelling clients are named in (canonicalIp): `2001:DB8:0:0::1` or `::ffff:192.0.2.1`
+ * in a table matched no client, whose address scripts have as `2001:db8::1` or `192.0.2.1`. Null: not an
+ * address, or already in that spelling.
+ */
+function ipKey(key: string): string | null {
+  const canonical = canonicalIp(key);
+  return canonical === key ? null : canonical;
 }
 
 export async function loadTable(name: string, spec: TableConfig): Promise<LookupTable> {

@@ -13,6 +13,20 @@ export function parseCidr(text: string): { address: string; prefix: number; fami
   return prefix <= max ? { address, prefix, family } : null;
 }
 
+/**
+ * Whether the CIDR `text` takes a header from every client: `0.0.0.0/0`, `::/0`, or an IPv6 network that
+ * holds all of ::ffff:0:0/96 (`::ffff:0.0.0.0/96`, `::/64`): every IPv4 client of a dual-stack listener is
+ * named in that range, and the check of a peer is made in both spellings.
+ */
+export function trustsEveryClient(text: string): boolean {
+  const cidr = parseCidr(text);
+  if (!cidr) return false;
+  if (cidr.prefix === 0) return true;
+  const one = new BlockList();
+  one.addSubnet(cidr.address, cidr.prefix, cidr.family);
+  return one.check('0.0.0.0', 'ipv4') && one.check('255.255.255.255', 'ipv4');
+}
+
 export class TrustedProxies {
   readonly #list = new BlockList();
 

@@ -24,6 +24,7 @@ import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { SmtpReply } from '../smtp/reply.ts';
 import { canonicalAddress, unquotedPath } from '../smtp/envelope-path.ts';
+import { canonicalIp } from '../connection-limits/counted-address.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
 import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
@@ -359,7 +360,8 @@ class TryConnection implements SmtpClient {
   readonly maxMessageSize: number;
 
   constructor(generation: ConnectionState['generation'], listener: ListenerConfig, facts: TryFacts, trust: SmtpClient['trust'], size: number | undefined) {
-    this.remoteAddress = facts.ip ?? '127.0.0.1';
+    // As a listener names the client (--ip ::FFFF:127.0.0.1 is 127.0.0.1): scripts see here what they see live.
+    this.remoteAddress = canonicalIp(facts.ip ?? '127.0.0.1');
     this.clientHostname = `[${this.remoteAddress}]`;
     this.state = new ConnectionState(generation, listener);
     this.trust = trust;

@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ScriptDns, FIXED_CACHE_SECONDS, reverseLabels } from '../../engine/dns/script-dns.ts';
+import { ScriptDns, FIXED_CACHE_SECONDS, reverseLabels, reverseName } from '../../engine/dns/script-dns.ts';
 import { startDnsServer, ptrName, type TestDnsServer } from '../helpers/dns-server.ts';
 
 let server: TestDnsServer;
@@ -99,7 +99,17 @@ test('dnsbl: listed with its codes, not listed, and the list refusing the resolv
   assert.deepEqual(await r.dnsbl('bl.test.', '127.0.0.1'), { ok: true, listed: false, codes: [], query: '1.0.0.127.bl.test' });
   assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.3'), { ok: false, error: 'refused', message: 'bl.test refused the query (answer 127.255.255.254)', query: '3.0.0.127.bl.test' });
   assert.equal(reverseLabels('2001:db8::567:89ab'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2');
-  assert.equal(reverseLabels('::ffff:192.0.2.1'), '1.0.2.0.0.0.0.c.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0');
+});
+
+test('an IPv4-mapped address is its IPv4 client: dnsbl() and PTR ask in in-addr form, however it is written', async () => {
+  // Before: asked as 32 nibbles under the list's zone, which lists IPv4 clients by their four labels: not listed.
+  const r = dns();
+  for (const mapped of ['::ffff:127.0.0.2', '::FFFF:7f00:2', '0:0:0:0:0:ffff:127.0.0.2']) {
+    assert.deepEqual(await r.dnsbl('bl.test', mapped), { ok: true, listed: true, codes: ['127.0.0.2', '127.0.0.4'], query: '2.0.0.127.bl.test' }, mapped);
+  }
+  assert.equal(reverseLabels('::ffff:192.0.2.1'), '1.2.0.192');
+  assert.equal(reverseName('::ffff:c000:201'), '1.2.0.192.in-addr.arpa');
+  assert.equal(reverseName('2001:DB8::567:89AB'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa');
 });
 
 test('a name c-ares would not ask as given (NUL, backslash, no IDNA form) is badname, and nothing is asked', async () => {

@@ -119,7 +119,13 @@ test('postern check warns about a trusted list that takes a PROXY header from ev
   const open = await runCli(['check', '--config', await config('10.0.0.1, "::/0"')]);
   assert.equal(open.code, 0, open.stderr);
   assert.match(open.stderr, /warning: proxyProtocol\.trusted ::\/0 trusts every address/);
-  const narrow = await runCli(['check', '--config', await config('10.0.0.0/8, "fd00::/8"')]);
+  // Every IPv4 client in its mapped spelling (a dual-stack listener names them so, and the check is made in both): as open.
+  for (const mapped of ['"::ffff:0.0.0.0/96"', '"::/64"']) {
+    const r = await runCli(['check', '--config', await config(`10.0.0.1, ${mapped}`)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /trusts every address/, mapped);
+  }
+  const narrow = await runCli(['check', '--config', await config('10.0.0.0/8, "fd00::/8", "::ffff:10.0.0.0/104"')]);
   assert.equal(narrow.code, 0, narrow.stderr);
   assert.doesNotMatch(narrow.stderr, /trusts every address/);
 });

@@ -194,6 +194,10 @@ test('rcptto (postfix-laptop-relay): --ip decides; the loopback address relays, 
   assert.equal(remote.code, 1);
   assert.match(remote.stdout, /^ {2}verdict: none \(the built-in rule decides\)$/m);
   assert.match(remote.stdout, /^< 554 5\.7\.1 <x@elsewhere\.example>: Relay access denied$/m);
+  // The address as a listener would name that client: scripts and the built-in rule see one spelling.
+  const mapped = await cli(['try', 'rcptto', '-c', laptop.config, '--ip', '0:0:0:0:0:FFFF:7F00:1', '--to', 'x@elsewhere.example', '--json']);
+  assert.equal(mapped.code, 0, mapped.stdout + mapped.stderr);
+  assert.equal(callOf(json(mapped), 'rcptto').context.connection.remoteAddress, '127.0.0.1');
 });
 
 /** Scripts for the hooks no example has (connect, helo, data), and one that throws. */
