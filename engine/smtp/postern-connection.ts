@@ -466,6 +466,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
     };
     if (parts.length !== 2) return runBase(); // smtp-server answers the syntax error
+    // A transaction keeps its generation, even past an EHLO refused (which leaves it as it was).
+    if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
     this.#server.policy.helo(this, parts[1]!, verb).then((refusal) => {
       if (refusal) {
         this.#answer('HELO', refusal);
@@ -485,6 +487,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const refuse = (refusal: SmtpReply): void => { this.#answer('AUTH', refusal); callback(); };
     if (st.saslAuthenticated) return refuse(reply('authAlreadyDone'));
     if (this.session.envelope.mailFrom) return refuse(reply('authInTransaction'));
+    this.#server.policy.adoptCurrentGeneration(this);
     if (st.listener.tls.mode !== 'none' && !this.secure) return refuse(reply('authNeedsTls'));
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(reply('authMechanismUnknown'));
     // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.

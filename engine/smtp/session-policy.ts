@@ -392,7 +392,7 @@ export class SessionPolicy {
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
-    this.#adoptCurrentGeneration(conn);
+    this.adoptCurrentGeneration(conn);
     const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM');
     if (withdrawn) return withdrawn;
     if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
@@ -543,7 +543,7 @@ export class SessionPolicy {
    * The certificate this session was verified or pinned with at its handshake, taken back since: its
    * serial is now on a (reloaded) CRL, or the pin that named the logged-in account is gone from the
    * current pin table. No new transaction then, and no AUTH EXTERNAL (new handshakes are refused by the CRL,
-   * or get no identity). AUTH comes before a transaction adopts the newest generation: its pin table is read.
+   * or get no identity). AUTH reads the newest generation's pin table (its session adopts that generation only while its listener is in it).
    */
   #certificateWithdrawn(conn: SmtpClient, command: 'MAIL FROM' | 'AUTH'): SmtpReply | null {
     const st = conn.state;
@@ -582,8 +582,12 @@ export class SessionPolicy {
     return null;
   }
 
-  /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */
-  #adoptCurrentGeneration(conn: SmtpClient): void {
+  /**
+   * A new transaction takes the newest generation, if its listener still exists there (hot reload); so do AUTH
+   * and HELO/EHLO outside a transaction. A session may stay open for hours: what it does after a reload (log in
+   * with a password changed since, run the helo script) is decided by the configuration in force.
+   */
+  adoptCurrentGeneration(conn: SmtpClient): void {
     const st = conn.state;
     const current = this.#runtime.generation;
     if (current === st.generation) return;
