@@ -15,7 +15,7 @@ import type { OverLimit } from '../connection-limits/over-limit-recount.ts';
 import type { SmtpReply } from './reply.ts';
 
 export class ConnectionState {
-  /** The generation this session started with (held until close; transactions keep theirs). */
+  /** The generation in force at the session's last command outside a transaction (a transaction keeps the one it began with). */
   generation: PolicyGeneration;
   /** The listener's configuration in that generation. */
   listener: ListenerConfig;

@@ -326,6 +326,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
         this.#answer('BDAT', reply('chunkingNotOffered', {}, { disconnect: true }));
         return;
       }
+      // Outside a transaction each command takes the configuration in force (a transaction keeps its own): a
+      // session kept open across reloads (NOOPs, EHLOs, AUTH) would otherwise log in against a users file changed
+      // since, run the helo script of then, and hold that generation's isolates for as long as it stays.
+      if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);
@@ -466,8 +470,6 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
     };
     if (parts.length !== 2) return runBase(); // smtp-server answers the syntax error
-    // A transaction keeps its generation, even past an EHLO refused (which leaves it as it was).
-    if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
     this.#server.policy.helo(this, parts[1]!, verb).then((refusal) => {
       if (refusal) {
         this.#answer('HELO', refusal);
@@ -487,7 +489,6 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const refuse = (refusal: SmtpReply): void => { this.#answer('AUTH', refusal); callback(); };
     if (st.saslAuthenticated) return refuse(reply('authAlreadyDone'));
     if (this.session.envelope.mailFrom) return refuse(reply('authInTransaction'));
-    this.#server.policy.adoptCurrentGeneration(this);
     if (st.listener.tls.mode !== 'none' && !this.secure) return refuse(reply('authNeedsTls'));
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(reply('authMechanismUnknown'));
     // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.

@@ -583,9 +583,8 @@ export class SessionPolicy {
   }
 
   /**
-   * A new transaction takes the newest generation, if its listener still exists there (hot reload); so do AUTH
-   * and HELO/EHLO outside a transaction. A session may stay open for hours: what it does after a reload (log in
-   * with a password changed since, run the helo script) is decided by the configuration in force.
+   * The session takes the newest generation, if its listener still exists there (hot reload): at each command
+   * outside a transaction (postern-connection.ts) and at MAIL FROM; a transaction keeps the one it began with.
    */
   adoptCurrentGeneration(conn: SmtpClient): void {
     const st = conn.state;

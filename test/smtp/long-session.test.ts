@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import type { PosternConnection } from '../../engine/smtp/postern-connection.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { INVALID, plain, submissionConfig } from '../auth/helpers/submission.ts';
 
@@ -30,30 +31,51 @@ before(async () => {
 });
 after(() => server.stop());
 
+/** `file` (in the server's folder) written, and the generation built from it in force. */
+async function reloadedWith(file: string, text: string): Promise<void> {
+  const before = server.runtime.generation;
+  await writeFile(join(server.dir, file), text);
+  await server.reloader.reload('SIGHUP');
+  await server.reloader.whenIdle();
+  assert.notEqual(server.runtime.generation, before, `${file}: a new generation`);
+}
+
 test('a password changed and reloaded while a session stays open: its AUTH is checked against the new users file', async () => {
   const c = await SmtpTestClient.connect(server.port('sub'));
   await c.hello({ starttls: { ca } });
-  await writeFile(join(server.dir, 'users'), await users('new-Secret-2'));
-  const outcome = await server.reloader.reload('SIGHUP');
-  assert.equal(outcome.ok, true, outcome.errors.join('\n'));
+  await reloadedWith('users', await users('new-Secret-2'));
   assert.equal((await c.command(plain('alice@example.com', 'old-Secret-1'))).text, INVALID, 'the old password no longer logs in');
   assert.equal((await c.command(plain('alice@example.com', 'new-Secret-2'))).text, OK);
   await c.quit();
-  await writeFile(join(server.dir, 'users'), await users('old-Secret-1'));
-  assert.equal((await server.reloader.reload('SIGHUP')).ok, true);
+  await reloadedWith('users', await users('old-Secret-1'));
 });
 
 test('a helo script replaced while a session stays open: its next EHLO runs the new one; one mid-transaction keeps the old', async () => {
   const c = await SmtpTestClient.connect(server.port('sub'));
   await c.hello({ starttls: { ca } });
   assert.equal((await c.command('EHLO blocked.example')).text, '550 5.7.1 old helo script');
-  await writeFile(join(server.dir, 'scripts', 'helo.ts'), `export default (ctx) => ctx.helo.name === 'blocked.example' ? reject('new helo script') : undefined;`);
-  assert.equal((await server.reloader.reload('SIGHUP')).ok, true);
+  await reloadedWith('scripts/helo.ts', `export default (ctx) => ctx.helo.name === 'blocked.example' ? reject('new helo script') : undefined;`);
   assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
-  await writeFile(join(server.dir, 'scripts', 'helo.ts'), `export default (ctx) => ctx.helo.name === 'blocked.example' ? reject('third helo script') : undefined;`);
-  assert.equal((await server.reloader.reload('SIGHUP')).ok, true);
+  await reloadedWith('scripts/helo.ts', `export default (ctx) => ctx.helo.name === 'blocked.example' ? reject('third helo script') : undefined;`);
   assert.equal((await c.command('EHLO blocked.example')).text, '550 5.7.1 new helo script', 'the transaction\'s generation');
   assert.equal((await c.command('RSET')).code, 250);
   assert.equal((await c.command('EHLO blocked.example')).text, '550 5.7.1 third helo script');
   await c.quit();
+});
+
+test('a session kept open with NOOPs across reloads holds no retired generation: its next command lets go of it', async () => {
+  const c = await SmtpTestClient.connect(server.port('sub'));
+  await c.hello({ starttls: { ca } });
+  const conn = [...server.servers.get('sub')!.connections][0] as unknown as PosternConnection;
+  const held = [conn.state.generation];
+  for (let i = 0; i < 5; i++) {
+    await reloadedWith('users', await users(`pass-${i}-Secret`));
+    assert.equal((await c.command('NOOP')).code, 250);
+    assert.equal(conn.state.generation, server.runtime.generation, 'the session is on the generation in force');
+    held.push(conn.state.generation);
+  }
+  // Each retired generation (and its isolates) was let go as soon as the session moved on.
+  assert.deepEqual(held.slice(0, -1).map((g) => g.disposed), [true, true, true, true, true]);
+  await c.quit();
+  await reloadedWith('users', await users('old-Secret-1'));
 });
