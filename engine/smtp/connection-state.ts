@@ -32,6 +32,11 @@ export class ConnectionState {
   /** Authenticated user and how. */
   user: string | null = null;
   mechanism: string | null = null;
+  /**
+   * The users-file entry a password login was checked against (the built-in rule decided it): a reload that
+   * changes or removes it withdraws the login (as a CRL withdraws a certificate) at the next MAIL FROM. Null for any other login.
+   */
+  passwordEntry: string | null = null;
   /** A SASL AUTH succeeded (only one is allowed, RFC 4954 §4). */
   saslAuthenticated = false;
   authFailures = 0;
@@ -86,6 +91,7 @@ export class ConnectionState {
     this.heloName = null;
     this.user = null;
     this.mechanism = null;
+    this.passwordEntry = null;
     this.saslAuthenticated = false;
     this.transactionId = null;
   }

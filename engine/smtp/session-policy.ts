@@ -372,7 +372,12 @@ export class SessionPolicy {
     if (attempt.mechanism === 'EXTERNAL' && this.#certificateWithdrawn(conn, 'AUTH')) return invalid('certificate-withdrawn');
     const builtin = await builtinAuth(attempt, { certificateIdentity: st.identity.identity, users: st.generation.users });
     const verdict = await this.#run(conn, 'auth', { connection: connectionInfo(conn.session, st), auth: { ...attempt }, builtin });
-    if (!verdict) return builtin.accepted && builtin.username ? { user: builtin.username } : invalid(builtin.reason);
+    if (!verdict) {
+      if (!builtin.accepted || !builtin.username) return invalid(builtin.reason);
+      // A password login is kept with the entry it matched (see ConnectionState.passwordEntry).
+      if (builtin.reason === 'password') st.passwordEntry = st.generation.users.get(builtin.username) ?? null;
+      return { user: builtin.username };
+    }
     if (verdict.verdict !== 'accept') return { reply: verdictReply('auth', verdict)!, reason: `script ${verdict.verdict} (built-in: ${builtin.reason})` };
     const username = verdict.username ?? builtin.username
       ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
@@ -393,7 +398,7 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.adoptCurrentGeneration(conn);
-    const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM');
+    const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM') ?? this.#loginWithdrawn(conn);
     if (withdrawn) return withdrawn;
     if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
     return this.#senderDecision(conn, address, session);
@@ -580,6 +585,19 @@ export class SessionPolicy {
       }
     }
     return null;
+  }
+
+  /**
+   * A password login whose users-file entry a reload changed or removed since (a password reset after a leak):
+   * no new transaction on it, and the connection is closed (421): one AUTH per session, so the client logs in
+   * again on a new one. A temporary reply: an entry re-hashed with a new salt for the same password (a users
+   * file regenerated whole) costs a legitimate client a reconnection, never a bounce.
+   */
+  #loginWithdrawn(conn: SmtpClient): SmtpReply | null {
+    const st = conn.state;
+    if (st.passwordEntry === null || st.user === null || st.generation.users.get(st.user) === st.passwordEntry) return null;
+    this.#log.info({ cid: conn.id, user: st.user }, 'password changed or user removed since the login: MAIL FROM refused');
+    return reply('loginWithdrawn');
   }
 
   /**

@@ -385,6 +385,26 @@ const ROWS = {
       return s.seen;
     },
   },
+  loginWithdrawn: {
+    server: 'main', stage: 'MAIL', check: expectUser('alice@example.com'),
+    async drive() {
+      const s = await session('main', 'plain');
+      await s.say(plainLogin('alice@example.com'));
+      const main = servers.main!;
+      const usersFile = join(main.dir, 'users');
+      const before = await readFile(usersFile, 'utf8');
+      const reloaded = async (text: string, what: string): Promise<void> => {
+        const generation = main.runtime.generation;
+        await writeFile(usersFile, text);
+        await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
+      };
+      await reloaded(`alice@example.com:${await hashPassword('alice-Secret-2')}\n`, 'the users file with alice\'s new password is reloaded');
+      await s.say('MAIL FROM:<alice@example.com>');
+      await s.c.quit();
+      await reloaded(before, 'the users file is back');
+      return s.seen;
+    },
+  },
   storageFull: { server: 'full', stage: 'MAIL', drive: () => ending('full', 'mx', ['MAIL FROM:<someone@example.net>']) },
   tooMuchMailFromIdentity: {
     server: 'main', stage: 'MAIL', values: { identity: 'alice@example.com' }, check: expectUser('alice@example.com'),

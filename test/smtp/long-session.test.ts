@@ -79,3 +79,23 @@ test('a session kept open with NOOPs across reloads holds no retired generation:
   await c.quit();
   await reloadedWith('users', await users('old-Secret-1'));
 });
+
+test('a password changed after the login: the session\'s next MAIL FROM gets 421 and the close; the new password logs in on a new one', async () => {
+  const c = await SmtpTestClient.connect(server.port('sub'));
+  await c.hello({ starttls: { ca } });
+  assert.equal((await c.command(plain('alice@example.com', 'old-Secret-1'))).text, OK);
+  assert.equal((await c.sendMail('alice@example.com', ['friend@elsewhere.example'])).code, 250, 'logged in: may relay');
+  await reloadedWith('users', await users('leaked-then-reset-3'));
+  assert.equal((await c.command('MAIL FROM:<alice@example.com>')).text, '421 4.7.0 Login no longer valid, log in again');
+  assert.ok(await c.waitClosed());
+  assert.ok(server.logs.some((l) => l.msg === 'password changed or user removed since the login: MAIL FROM refused' && l.user === 'alice@example.com'));
+  const again = await SmtpTestClient.connect(server.port('sub'));
+  await again.hello({ starttls: { ca } });
+  assert.equal((await again.command(plain('alice@example.com', 'leaked-then-reset-3'))).text, OK);
+  assert.equal((await again.sendMail('alice@example.com', ['friend@elsewhere.example'])).code, 250);
+  // A reload that leaves the entry as it was (another file changed) keeps the login.
+  await reloadedWith('scripts/helo.ts', 'export default () => undefined;');
+  assert.equal((await again.sendMail('alice@example.com', ['friend@elsewhere.example'])).code, 250);
+  await again.quit();
+  await reloadedWith('users', await users('old-Secret-1'));
+});
