@@ -46,6 +46,8 @@ export class ConnectionState {
    */
   errors = 0;
   junkCommands = 0;
+  /** Messages accepted on this connection (limits.maxMessagesPerConnection). */
+  messagesAccepted = 0;
   recipientOvershoot = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;

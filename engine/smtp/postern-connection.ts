@@ -280,7 +280,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #counted(code: number, text: string, stage: DecisionStage | null): void {
     const st = this.state;
     if (code < 400) {
-      if (stage === 'END-OF-MESSAGE') st.errors = st.junkCommands = st.recipientOvershoot = 0;
+      if (stage === 'END-OF-MESSAGE') {
+        st.errors = st.junkCommands = st.recipientOvershoot = 0;
+        st.messagesAccepted++;
+      }
       return;
     }
     if (code === 421 || this._closing) return;

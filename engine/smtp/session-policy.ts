@@ -398,6 +398,8 @@ export class SessionPolicy {
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
     this.adoptCurrentGeneration(conn);
+    const maxMessages = st.listener.limits.maxMessagesPerConnection;
+    if (maxMessages > 0 && st.messagesAccepted >= maxMessages) return reply('tooManyMessages');
     const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM') ?? this.#loginWithdrawn(conn);
     if (withdrawn) return withdrawn;
     if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);

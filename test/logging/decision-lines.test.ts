@@ -117,6 +117,7 @@ before(async () => {
         testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
+        testListener('onemessage', { tls: { mode: 'none' }, limits: { maxMessagesPerConnection: 1 } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
@@ -382,6 +383,17 @@ const ROWS = {
       await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<carol@example.com>');
       await s.c.quit();
+      return s.seen;
+    },
+  },
+  tooManyMessages: {
+    // The accepted message's delivery is deferred by the predelivery script (a warning of its own, not this row's).
+    server: 'main', stage: 'MAIL', serverFault: /status=deferred \(451 4\.3\.0 Delivery deferred by policy\)$/,
+    async drive() {
+      const s = await session('main', 'onemessage');
+      await message(s, 'Subject: one\r\n\r\nhi');
+      await s.say('MAIL FROM:<someone@example.net>');
+      assert.ok(await s.c.waitClosed());
       return s.seen;
     },
   },

@@ -24,7 +24,13 @@ before(async () => {
   pki = await makeTestPki();
   ca = await readFile(pki.ca.cert, 'utf8');
   server = await startTestServer({
-    config: submissionConfig(pki, '{ greetingDelayMs: 0, authFailuresPerIp: 1000, authFailuresBeforeDelay: 100 }'),
+    config: `${submissionConfig(pki, '{ greetingDelayMs: 0, authFailuresPerIp: 1000, authFailuresBeforeDelay: 100 }')}
+  - name: capped
+    listen: 127.0.0.1:0
+    reverseDns: false
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0, maxMessagesPerConnection: 3 }
+`,
     files: { users: await users('old-Secret-1') },
     scripts: { 'helo.ts': `export default (ctx) => ctx.helo.name === 'blocked.example' ? reject('old helo script') : undefined;` },
   });
@@ -98,4 +104,20 @@ test('a password changed after the login: the session\'s next MAIL FROM gets 421
   assert.equal((await again.sendMail('alice@example.com', ['friend@elsewhere.example'])).code, 250);
   await again.quit();
   await reloadedWith('users', await users('old-Secret-1'));
+});
+
+test('limits.maxMessagesPerConnection: after its 3rd message a session\'s MAIL FROM gets 421 and the close; refusals and RSETs do not count', async () => {
+  const c = await SmtpTestClient.connect(server.port('capped'));
+  await c.hello();
+  for (let i = 0; i < 3; i++) {
+    assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+    assert.equal((await c.command('RSET')).code, 250);
+    assert.equal((await c.sendMail('a@example.org', ['b@example.com'])).code, 250);
+  }
+  assert.equal((await c.command('MAIL FROM:<a@example.org>')).text, '421 4.7.0 Error: too many messages in this connection, reconnect');
+  assert.ok(await c.waitClosed());
+  const next = await SmtpTestClient.connect(server.port('capped'));
+  await next.hello();
+  assert.equal((await next.sendMail('a@example.org', ['b@example.com'])).code, 250, 'a new connection starts again');
+  await next.quit();
 });
