@@ -23,6 +23,7 @@ export const REPLIES = {
   connectionRateStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection rate cannot be checked, try again later', reason: 'limits.connectionRatePerIp: store unavailable (fail closed)' },
   connectionLimitStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection limit cannot be checked, try again later', reason: 'limits.connectionsPerIpInStore: store unavailable (fail closed)' },
   tooManyErrors: { code: 421, enhanced: '4.7.0', text: '{hostname} Error: too many errors', reason: 'limits.maxErrors' },
+  listenerRemoved: { code: 421, enhanced: '4.3.2', text: 'Service not available, closing transmission channel', reason: 'listener removed from the configuration by a reload (its port is closed at the next restart)' },
   shuttingDown: { code: 421, enhanced: '4.4.2', text: 'Server shutting down', reason: 'the server is stopping' },
   tooManyAuthFailures: { code: 421, enhanced: '4.7.0', text: 'Too many authentication failures, try again later', reason: 'limits.authFailuresPerIp' },
   certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },

@@ -397,7 +397,7 @@ export class SessionPolicy {
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
-    this.adoptCurrentGeneration(conn);
+    if (!this.adoptCurrentGeneration(conn)) return reply('listenerRemoved');
     const maxMessages = st.listener.limits.maxMessagesPerConnection;
     if (maxMessages > 0 && st.messagesAccepted >= maxMessages) return reply('tooManyMessages');
     const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM') ?? this.#loginWithdrawn(conn);
@@ -605,17 +605,19 @@ export class SessionPolicy {
   /**
    * The session takes the newest generation, if its listener still exists there (hot reload): at each command
    * outside a transaction (postern-connection.ts) and at MAIL FROM; a transaction keeps the one it began with.
+   * False: a reload removed its listener (MAIL FROM then refuses: the listener is to take no more mail).
    */
-  adoptCurrentGeneration(conn: SmtpClient): void {
+  adoptCurrentGeneration(conn: SmtpClient): boolean {
     const st = conn.state;
     const current = this.#runtime.generation;
-    if (current === st.generation) return;
+    if (current === st.generation) return true;
     const listener = current.config.listeners.find((l) => l.name === st.listener.name);
-    if (!listener) return;
+    if (!listener) return false;
     const old = st.generation;
     st.generation = current.acquire();
     st.listener = listener;
     old.release();
+    return true;
   }
 }
 

@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type Reply, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
@@ -118,6 +119,7 @@ before(async () => {
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
         testListener('onemessage', { tls: { mode: 'none' }, limits: { maxMessagesPerConnection: 1 } }),
+        testListener('doomed', { tls: { mode: 'none' } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
@@ -394,6 +396,32 @@ const ROWS = {
       await message(s, 'Subject: one\r\n\r\nhi');
       await s.say('MAIL FROM:<someone@example.net>');
       assert.ok(await s.c.waitClosed());
+      return s.seen;
+    },
+  },
+  listenerRemoved: {
+    // The reloads that remove the listener and put it back each warn that only a restart applies them.
+    server: 'main', stage: 'MAIL', serverFault: /^configuration change needs a restart: (listener doomed removed|new listener doomed )/,
+    async drive() {
+      const s = await session('main', 'doomed');
+      const main = servers.main!;
+      const file = join(main.dir, 'postern.yaml');
+      const before = await readFile(file, 'utf8');
+      const config = parse(before) as { listeners: Array<{ name: string }> };
+      config.listeners = config.listeners.filter((l) => l.name !== 'doomed');
+      const reloaded = async (text: string, what: string): Promise<void> => {
+        const generation = main.runtime.generation;
+        await writeFile(file, text);
+        await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
+      };
+      await reloaded(stringify(config), 'the configuration without the listener is reloaded');
+      await s.say('MAIL FROM:<someone@example.net>');
+      assert.ok(await s.c.waitClosed());
+      // A new connection to its port (bound until a restart) gets the same reply at once.
+      const late = await SmtpTestClient.connect(port('main', 'doomed'));
+      assert.equal((await late.read()).text, '421 4.3.2 Service not available, closing transmission channel');
+      assert.ok(await late.waitClosed());
+      await reloaded(before, 'the listener is back');
       return s.seen;
     },
   },
