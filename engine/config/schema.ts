@@ -102,6 +102,8 @@ const limitsSchema = z.strictObject({
     .describe('Refusals (4xx and 5xx replies) one connection may get before it is closed with `421 4.7.0 <hostname> Error: too many errors`, as Postfix `smtpd_hard_error_limit`. An accepted message starts the count again. Bounds a session that probes recipients or loops on commands without sending mail.'),
   maxJunkCommands: z.number().int().min(0).default(100)
     .describe('NOOP, RSET, VRFY, HELP, EXPN, HELO and EHLO commands one connection may send before each further one counts as a refusal towards `maxErrors`, as Postfix `smtpd_junk_command_limit`. An accepted message starts the count again.'),
+  maxMessagesPerConnection: z.number().int().min(0).default(1000)
+    .describe('Messages one connection may have accepted; its next `MAIL FROM` gets `421 4.7.0 Error: too many messages in this connection, reconnect` and the connection is closed, as Exim\'s `smtp_accept_max_per_connection` (default 1000). What is decided once per connection (the `connect` script, `connectionRatePerIp`, the per-IP counts, the worker it landed on) is decided again for a client that holds its connection for days: a client blocked at connect since, or an address over its connection rate, cannot go on sending on a connection opened before. Every client reconnects on a 421. `0`: no limit.'),
   authFailuresBeforeDelay: z.number().int().min(0).default(3)
     .describe('Failed AUTHs on one connection before the failure replies slow down.'),
   authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)

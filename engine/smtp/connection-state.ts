@@ -15,7 +15,7 @@ import type { OverLimit } from '../connection-limits/over-limit-recount.ts';
 import type { SmtpReply } from './reply.ts';
 
 export class ConnectionState {
-  /** The generation this session started with (held until close; transactions keep theirs). */
+  /** The generation in force at the session's last command outside a transaction (a transaction keeps the one it began with). */
   generation: PolicyGeneration;
   /** The listener's configuration in that generation. */
   listener: ListenerConfig;
@@ -32,6 +32,11 @@ export class ConnectionState {
   /** Authenticated user and how. */
   user: string | null = null;
   mechanism: string | null = null;
+  /**
+   * The users-file entry a password login was checked against (the built-in rule decided it): a reload that
+   * changes or removes it withdraws the login (as a CRL withdraws a certificate) at the next MAIL FROM. Null for any other login.
+   */
+  passwordEntry: string | null = null;
   /** A SASL AUTH succeeded (only one is allowed, RFC 4954 §4). */
   saslAuthenticated = false;
   authFailures = 0;
@@ -41,6 +46,8 @@ export class ConnectionState {
    */
   errors = 0;
   junkCommands = 0;
+  /** Messages accepted on this connection (limits.maxMessagesPerConnection). */
+  messagesAccepted = 0;
   recipientOvershoot = 0;
   /** Queue id of the current transaction (set at MAIL FROM). */
   transactionId: string | null = null;
@@ -86,6 +93,7 @@ export class ConnectionState {
     this.heloName = null;
     this.user = null;
     this.mechanism = null;
+    this.passwordEntry = null;
     this.saslAuthenticated = false;
     this.transactionId = null;
   }

@@ -280,7 +280,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #counted(code: number, text: string, stage: DecisionStage | null): void {
     const st = this.state;
     if (code < 400) {
-      if (stage === 'END-OF-MESSAGE') st.errors = st.junkCommands = st.recipientOvershoot = 0;
+      if (stage === 'END-OF-MESSAGE') {
+        st.errors = st.junkCommands = st.recipientOvershoot = 0;
+        st.messagesAccepted++;
+      }
       return;
     }
     if (code === 421 || this._closing) return;
@@ -326,6 +329,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
         this.#answer('BDAT', reply('chunkingNotOffered', {}, { disconnect: true }));
         return;
       }
+      // Outside a transaction each command takes the configuration in force (a transaction keeps its own): a
+      // session kept open across reloads (NOOPs, EHLOs, AUTH) would otherwise log in against a users file changed
+      // since, run the helo script of then, and hold that generation's isolates for as long as it stays.
+      if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
     }
     super._onCommand(command, callback);

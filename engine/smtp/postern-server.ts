@@ -4,7 +4,7 @@
  * callbacks get the refusals as errors.
  */
 import type { DecisionFacts, DecisionStage } from './decision-log.ts';
-import { metrics } from '../metrics/metrics.ts';
+import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -14,12 +14,13 @@ import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import type { Runtime } from './runtime.ts';
+import type { ListenerConfig } from '../config/schema.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
 import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
-import { closedUnansweredCounted } from './connection-refusals.ts';
+import { closedUnansweredCounted, connectRefusalCounted } from './connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 
@@ -267,10 +268,10 @@ export class PosternServer extends SMTPServer {
   #rateFirst(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): Parameters<SMTPServer['_handleProxy']>[1] {
     return (err, info) => {
       const generation = this.runtime.generation;
-      const listener = generation.listener(this.listenerName);
+      const listener = this.#listenerInForce();
       // Over a connection limit it gets that 421 (after TLS, a bounded number): refused connections are not counted.
       // Nor a trusted balancer's own connections (its health checks: session-policy.ts #connectionRate).
-      if (err || !listener.limits.connectionRatePerIp || this.#overIpLimit.has(socket) || this.#overListenerLimit.has(socket)
+      if (err || !listener?.limits.connectionRatePerIp || this.#overIpLimit.has(socket) || this.#overListenerLimit.has(socket)
         || (info as { fromBalancer?: boolean } | undefined)?.fromBalancer) return callback(err, info);
       const client = (info as { remoteAddress?: string } | undefined)?.remoteAddress ?? clientAddress(socket);
       const ip = countedAddress(client, listener.limits.ipv6PrefixLength);
@@ -391,9 +392,17 @@ export class PosternServer extends SMTPServer {
     if (uncount) this.#uncount.set(tlsSocket, uncount);
   }
 
+  /** This listener in the configuration in force: undefined once a reload removed it (its port stays bound until a restart). */
+  #listenerInForce(): ListenerConfig | undefined {
+    return this.runtime.generation.config.listeners.find((l) => l.name === this.listenerName);
+  }
+
   /** smtp-server's connect(), creating our connection class. */
   override connect(socket: net.Socket, socketOptions?: Record<string, unknown>): void {
     const self = this as unknown as { connections: Set<unknown>; _onError(e: Error): void; _onClientConnect(d: unknown): void };
+    // A listener a reload removed has no configuration to run a session under (a session needs its limits,
+    // scripts and TLS): what the administrator asked for is that it take no more mail. Its socket's close uncounts it.
+    if (!this.#listenerInForce()) return this.#refuseRemoved(socket);
     const connection = new PosternConnection(this, socket, socketOptions);
     connection.state.overIpLimit = this.#overIpLimit.has(socket);
     connection.state.ipCountNow = this.#overCount.get(socket) ?? null;
@@ -405,6 +414,16 @@ export class PosternServer extends SMTPServer {
     connection.on('error', (err: Error) => self._onError(err));
     connection.on('connect', (data: unknown) => self._onClientConnect(data));
     connection.init();
+  }
+
+  #refuseRemoved(socket: net.Socket): void {
+    const refusal = reply('listenerRemoved');
+    this.runtime.logger.info({ listener: this.listenerName, client: clientAddress(socket), reason: refusal.reason },
+      `connection refused: ${refusal.responseCode} ${refusal.message}`);
+    refusalCounted('CONNECT', refusal.responseCode, refusal.reason);
+    connectRefusalCounted(this.listenerName, refusal.reason);
+    socket.on('error', () => undefined);
+    socket.end(`${refusal.responseCode} ${refusal.message}\r\n`);
   }
 
   #conn(session: SMTPServerSession): PosternConnection {

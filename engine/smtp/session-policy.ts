@@ -372,7 +372,12 @@ export class SessionPolicy {
     if (attempt.mechanism === 'EXTERNAL' && this.#certificateWithdrawn(conn, 'AUTH')) return invalid('certificate-withdrawn');
     const builtin = await builtinAuth(attempt, { certificateIdentity: st.identity.identity, users: st.generation.users });
     const verdict = await this.#run(conn, 'auth', { connection: connectionInfo(conn.session, st), auth: { ...attempt }, builtin });
-    if (!verdict) return builtin.accepted && builtin.username ? { user: builtin.username } : invalid(builtin.reason);
+    if (!verdict) {
+      if (!builtin.accepted || !builtin.username) return invalid(builtin.reason);
+      // A password login is kept with the entry it matched (see ConnectionState.passwordEntry).
+      if (builtin.reason === 'password') st.passwordEntry = st.generation.users.get(builtin.username) ?? null;
+      return { user: builtin.username };
+    }
     if (verdict.verdict !== 'accept') return { reply: verdictReply('auth', verdict)!, reason: `script ${verdict.verdict} (built-in: ${builtin.reason})` };
     const username = verdict.username ?? builtin.username
       ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
@@ -392,8 +397,10 @@ export class SessionPolicy {
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
     if (spoolIsFull(this.#runtime)) return reply('storageFull');
-    this.#adoptCurrentGeneration(conn);
-    const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM');
+    if (!this.adoptCurrentGeneration(conn)) return reply('listenerRemoved');
+    const maxMessages = st.listener.limits.maxMessagesPerConnection;
+    if (maxMessages > 0 && st.messagesAccepted >= maxMessages) return reply('tooManyMessages');
+    const withdrawn = this.#certificateWithdrawn(conn, 'MAIL FROM') ?? this.#loginWithdrawn(conn);
     if (withdrawn) return withdrawn;
     if (st.listener.limits.messagesPerIdentity) return this.#countedMailFrom(conn, address, session);
     return this.#senderDecision(conn, address, session);
@@ -543,7 +550,7 @@ export class SessionPolicy {
    * The certificate this session was verified or pinned with at its handshake, taken back since: its
    * serial is now on a (reloaded) CRL, or the pin that named the logged-in account is gone from the
    * current pin table. No new transaction then, and no AUTH EXTERNAL (new handshakes are refused by the CRL,
-   * or get no identity). AUTH comes before a transaction adopts the newest generation: its pin table is read.
+   * or get no identity). AUTH reads the newest generation's pin table (its session adopts that generation only while its listener is in it).
    */
   #certificateWithdrawn(conn: SmtpClient, command: 'MAIL FROM' | 'AUTH'): SmtpReply | null {
     const st = conn.state;
@@ -582,17 +589,35 @@ export class SessionPolicy {
     return null;
   }
 
-  /** A new transaction takes the newest generation, if its listener still exists there (hot reload). */
-  #adoptCurrentGeneration(conn: SmtpClient): void {
+  /**
+   * A password login whose users-file entry a reload changed or removed since (a password reset after a leak):
+   * no new transaction on it, and the connection is closed (421): one AUTH per session, so the client logs in
+   * again on a new one. A temporary reply: an entry re-hashed with a new salt for the same password (a users
+   * file regenerated whole) costs a legitimate client a reconnection, never a bounce.
+   */
+  #loginWithdrawn(conn: SmtpClient): SmtpReply | null {
+    const st = conn.state;
+    if (st.passwordEntry === null || st.user === null || st.generation.users.get(st.user) === st.passwordEntry) return null;
+    this.#log.info({ cid: conn.id, user: st.user }, 'password changed or user removed since the login: MAIL FROM refused');
+    return reply('loginWithdrawn');
+  }
+
+  /**
+   * The session takes the newest generation, if its listener still exists there (hot reload): at each command
+   * outside a transaction (postern-connection.ts) and at MAIL FROM; a transaction keeps the one it began with.
+   * False: a reload removed its listener (MAIL FROM then refuses: the listener is to take no more mail).
+   */
+  adoptCurrentGeneration(conn: SmtpClient): boolean {
     const st = conn.state;
     const current = this.#runtime.generation;
-    if (current === st.generation) return;
+    if (current === st.generation) return true;
     const listener = current.config.listeners.find((l) => l.name === st.listener.name);
-    if (!listener) return;
+    if (!listener) return false;
     const old = st.generation;
     st.generation = current.acquire();
     st.listener = listener;
     old.release();
+    return true;
   }
 }
 

@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type Reply, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
@@ -117,6 +118,8 @@ before(async () => {
         testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
+        testListener('onemessage', { tls: { mode: 'none' }, limits: { maxMessagesPerConnection: 1 } }),
+        testListener('doomed', { tls: { mode: 'none' } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
@@ -382,6 +385,69 @@ const ROWS = {
       await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<carol@example.com>');
       await s.c.quit();
+      return s.seen;
+    },
+  },
+  tooManyMessages: {
+    // The accepted message is refused by the predelivery script, from the null sender: no bounce, nothing left
+    // queued for a later row's reload to retry. Its delivery lines are its own, not this refusal's.
+    server: 'main', stage: 'MAIL', serverFault: /(status=bounced \(550 5\.7\.1 Delivery refused by policy\)|^undeliverable bounce \(null sender\): discarded)$/,
+    async drive() {
+      const logs = servers.main!.logs;
+      const mark = logs.length;
+      const s = await session('main', 'onemessage');
+      await message(s, 'Subject: one\r\n\r\nhi', '', 'refuse-delivery@example.test');
+      await s.say('MAIL FROM:<someone@example.net>');
+      assert.ok(await s.c.waitClosed());
+      await until('the message delivered (refused)', () => logs.slice(mark).some((l) => l.msg === 'undeliverable bounce (null sender): discarded'), { timeoutMs: 60_000 });
+      return s.seen;
+    },
+  },
+  listenerRemoved: {
+    // The reloads that remove the listener and put it back each warn that only a restart applies them.
+    server: 'main', stage: 'MAIL', serverFault: /^configuration change needs a restart: (listener doomed removed|new listener doomed )/,
+    async drive() {
+      const s = await session('main', 'doomed');
+      const main = servers.main!;
+      const file = join(main.dir, 'postern.yaml');
+      const before = await readFile(file, 'utf8');
+      const config = parse(before) as { listeners: Array<{ name: string }> };
+      config.listeners = config.listeners.filter((l) => l.name !== 'doomed');
+      const reloaded = async (text: string, what: string): Promise<void> => {
+        const generation = main.runtime.generation;
+        await writeFile(file, text);
+        await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
+        await main.reloader.whenIdle(); // no build left running into the rows after this one
+      };
+      await reloaded(stringify(config), 'the configuration without the listener is reloaded');
+      await s.say('MAIL FROM:<someone@example.net>');
+      assert.ok(await s.c.waitClosed());
+      // A new connection to its port (bound until a restart) gets the same reply at once.
+      const late = await SmtpTestClient.connect(port('main', 'doomed'));
+      assert.equal((await late.read()).text, '421 4.3.2 Service not available, closing transmission channel');
+      assert.ok(await late.waitClosed());
+      await reloaded(before, 'the listener is back');
+      return s.seen;
+    },
+  },
+  loginWithdrawn: {
+    server: 'main', stage: 'MAIL', check: expectUser('alice@example.com'),
+    async drive() {
+      const s = await session('main', 'plain');
+      await s.say(plainLogin('alice@example.com'));
+      const main = servers.main!;
+      const usersFile = join(main.dir, 'users');
+      const before = await readFile(usersFile, 'utf8');
+      const reloaded = async (text: string, what: string): Promise<void> => {
+        const generation = main.runtime.generation;
+        await writeFile(usersFile, text);
+        await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
+        await main.reloader.whenIdle(); // no build left running into the rows after this one
+      };
+      await reloaded(`alice@example.com:${await hashPassword('alice-Secret-2')}\n`, 'the users file with alice\'s new password is reloaded');
+      await s.say('MAIL FROM:<alice@example.com>');
+      await s.c.quit();
+      await reloaded(before, 'the users file is back');
       return s.seen;
     },
   },
