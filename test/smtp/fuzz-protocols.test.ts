@@ -45,7 +45,7 @@ listeners:
     reverseDns: false
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
     # A STARTTLS case's plain bytes after the 220 are no handshake: waited for this long, then closed.
-    limits: { greetingDelayMs: 0, maxConnectionsPerIp: 1000, tlsHandshakeTimeoutMs: 1000 }
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 1000000, maxConnectionsPerIp: 1000, tlsHandshakeTimeoutMs: 1000 }
   - name: sub
     listen: 127.0.0.1:0
     reverseDns: false
@@ -234,7 +234,7 @@ test(`${CASES} fuzz cases from seed ${SEED}: well-formed replies, no hang, nothi
     counts[kind] = (counts[kind] ?? 0) + 1;
     if (process.env.FUZZ_VERBOSE) console.log(`seed ${seed} ${kind}: ${Date.now() - started} ms`);
     if (problems.length) failures.push(`case seed ${seed} (${kind}):\n  ${[...new Set(problems)].join('\n  ')}`);
-    await healthy();
+    await healthy().catch((e: Error) => { throw new Error(`after case seed ${seed} (${kind}): ${e.message}`); });
   }
   if (process.env.FUZZ_CASES) console.log(`fuzz: ${CASES} cases ${JSON.stringify(counts)}`);
   assert.deepEqual(failures, [], `replay one with FUZZ_SEED=<seed> FUZZ_CASES=1\n${failures.join('\n')}`);
