@@ -20,7 +20,7 @@ import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { Random, dataBody, httpRequest, pieces, policyRequest, proxyHeader, smtpSession } from './fuzz-grammar.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261206);
-const CASES = Number(process.env.FUZZ_CASES ?? 60);
+const CASES = Number(process.env.FUZZ_CASES ?? 200);
 /** A fuzzing connection must get its replies and its close within this (a guard, not a speed test). */
 const CLOSE_DEADLINE_MS = 20_000;
 
