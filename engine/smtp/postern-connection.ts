@@ -18,6 +18,7 @@ import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { useMessageStream } from './message-stream.ts';
+import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
 import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
@@ -347,6 +348,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override _createParser(): ReturnType<SMTPConnection['_createParser']> {
     const parser = super._createParser();
     useMessageStream(parser); // each message on a MessageStream, not a PassThrough
+    continueInOrder(parser); // messages pipelined one behind another each resume the input
     PipelinedInput.follow(parser);
     // Whichever socket feeds this parser (plain, or the TLS socket after STARTTLS) waits for us to close it.
     parser.on('pipe', keepAnsweringAfterFin);
