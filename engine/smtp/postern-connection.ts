@@ -114,6 +114,9 @@ export interface ListenerHost {
 /** A reply Postern decided, waiting for the send() that writes it. */
 interface DecidedReply { reply: SmtpReply; stage: DecisionStage; facts: DecisionFacts | undefined }
 
+/** How long a client waits for our greeting (RFC 5321 §4.5.3.2.1): the connect phase's bound on the idle timeout's pause. */
+const GREETING_WAIT_MS = 5 * 60_000;
+
 export class PosternConnection extends SMTPConnection implements SmtpClient {
   readonly state: ConnectionState;
   /**
@@ -299,6 +302,25 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     this.#answer('SMTP', reply('tooManyErrors', { hostname: this.name }));
     return true;
   }
+
+  /**
+   * smtp-server's idle timeout, which it arms at the connection's start: not while the greeting is still ours to
+   * send (the early-talker pause, reverse DNS, the connect script, the limits' checks). The client waits for us
+   * then; a short `socketTimeoutMs` on a loaded machine answered `421 Timeout` in place of the greeting. Up to the
+   * five minutes a client waits for a greeting (RFC 5321 §4.5.3.2.1), so a connect phase that never ended would
+   * still be closed.
+   */
+  override _onTimeout(): void {
+    if (!this._ready && !this._closing && !this._closed) {
+      this.#greetingWaitSince ??= performance.now();
+      if (performance.now() - this.#greetingWaitSince < GREETING_WAIT_MS) {
+        this._armTimeout();
+        return;
+      }
+    }
+    super._onTimeout();
+  }
+  #greetingWaitSince: number | undefined;
 
   /**
    * Before smtp-server reads a command: a command that is not UTF-8 is refused (decoding it would put U+FFFD
