@@ -75,8 +75,10 @@ export class Reloader {
   /** The last refused content, so it is not rebuilt until it changes. */
   #failed: { inputs: WatchedInputs; digest: string } | null = null;
   #running: Promise<ReloadOutcome> | null = null;
-  #again = false;
+  /** The run after the one under way, which calls made during it wait for. */
+  #followUp: Promise<ReloadOutcome> | null = null;
   #againForced = false;
+  #closing = false;
   /** Builds past their deadline that may still finish: what they made is disposed then. */
   #abandoned = new Set<Promise<unknown>>();
   #listeners = new Set<(o: ReloadOutcome) => void>();
@@ -127,9 +129,13 @@ export class Reloader {
   async whenIdle(): Promise<void> {
     for (;;) {
       const activity = new Promise<void>((resolve) => this.#activity.add(resolve));
-      if (!this.#running && !this.#watcher.pending && await this.#upToDate() && !this.#running && !this.#watcher.pending) return;
+      if (this.#quiet() && await this.#upToDate() && this.#quiet()) return;
       await activity;
     }
+  }
+
+  #quiet(): boolean {
+    return !this.#running && !this.#followUp && !this.#watcher.pending;
   }
 
   async #upToDate(): Promise<boolean> {
@@ -143,20 +149,25 @@ export class Reloader {
     for (const fn of waiting) fn();
   }
 
-  /** Reload now (SIGHUP, file change). Concurrent calls coalesce into at most one more run. */
+  /**
+   * Reload now (SIGHUP, file change). Calls during a run coalesce into one more run after it, and get that
+   * run's outcome: the run under way may have read the inputs before the caller's edit, so its "ok" would
+   * tell the caller of a content that is not theirs.
+   */
   reload(reason: string): Promise<ReloadOutcome> {
     if (this.#running) {
-      this.#again = true;
       if (reason === 'SIGHUP') this.#againForced = true;
-      return this.#running;
+      this.#followUp ??= this.#running.then(() => undefined, () => undefined).then(() => {
+        const forced = this.#againForced;
+        this.#againForced = false;
+        this.#followUp = null;
+        if (this.#closing) return { changed: false, ok: false, errors: ['the server is stopping'], pendingRestart: [], ms: 0 };
+        return this.reload(forced ? 'SIGHUP' : 'change');
+      });
+      return this.#followUp;
     }
     this.#running = this.#reloadOnce(reason).finally(() => {
       this.#running = null;
-      if (this.#again) {
-        const forced = this.#againForced;
-        this.#again = this.#againForced = false;
-        void this.reload(forced ? 'SIGHUP' : 'change');
-      }
       this.#notify();
     });
     this.#notify();
@@ -298,8 +309,9 @@ export class Reloader {
   }
 
   async close(): Promise<void> {
+    this.#closing = true;
     await this.#watcher.close();
-    await this.#running?.catch(() => undefined);
+    await (this.#followUp ?? this.#running)?.catch(() => undefined);
     // A stuck build may still hold isolates; give it its deadline to let go (the process must not exit under them).
     if (this.#abandoned.size) {
       let timer: NodeJS.Timeout | undefined;

@@ -6,7 +6,7 @@
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 export { freePort } from './free-port.ts';
@@ -149,17 +149,21 @@ export async function startSmtpSink(): Promise<SmtpSink> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-smtp-sink-'));
   await chmod(dir, 0o777);
   const port = await freePort();
-  const child: ChildProcess = spawn('timeout', ['300', SMTP_SINK, '-u', 'postfix', '-d', `${dir}/%H%M%S.`, `127.0.0.1:${port}`, '100'], { stdio: 'ignore' });
-  // Wait until it listens.
-  const deadline = Date.now() + 10_000;
+  const child: ChildProcess = spawn('timeout', ['300', SMTP_SINK, '-u', 'postfix', '-d', `${dir}/%H%M%S.`, `127.0.0.1:${port}`, '100'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
+  // Wait until it listens: by connecting. (Probing by binding the port itself held it, now and then, at the
+  // moment smtp-sink bound it on a loaded machine: smtp-sink exited on EADDRINUSE and never came up.)
+  const deadline = Date.now() + 30_000;
   for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once('error', () => resolve(true)); // in use: smtp-sink is up
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(false)));
+    if (child.exitCode !== null) throw new Error(`smtp-sink exited (${child.exitCode}) before it listened: ${stderr.trim()}`);
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
     });
-    if (ok) break;
-    if (Date.now() > deadline) throw new Error('smtp-sink did not start');
+    if (up) break;
+    if (Date.now() > deadline) throw new Error(`smtp-sink did not listen on ${port} within 30 s: ${stderr.trim()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   const messages = async (): Promise<string[]> => {
