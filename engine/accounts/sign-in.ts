@@ -18,16 +18,16 @@ import type { Session } from './sessions.ts';
 export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
 
 /** One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; a failure is counted and slowed. */
-export function checkPassword(limiter: AuthFailureLimiter, listener: ListenerConfig, users: ReadonlyMap<string, string>,
+export async function checkPassword(limiter: AuthFailureLimiter, listener: ListenerConfig, users: ReadonlyMap<string, string>,
   ip: string, user: string, password: string): Promise<PasswordOutcome> {
   const counted = countedAddress(ip, listener.limits.ipv6PrefixLength); // as the listener's SMTP AUTH counts it
-  return limiter.oneAtATime(counted, async () => {
-    if (await limiter.refused(counted, listener.limits)) return 'too-many';
-    if (await verifyPassword(users.get(user.trim().toLowerCase()), password, someHash(users))) return 'ok';
-    const failures = await limiter.record(counted);
-    await sleep(AuthFailureLimiter.delayMs(failures, listener.limits));
-    return 'wrong';
-  });
+  const outcome = await limiter.guess(counted, listener.limits,
+    () => verifyPassword(users.get(user.trim().toLowerCase()), password, someHash(users)), (right) => !right);
+  if (outcome.kind === 'uncounted') throw outcome.error;
+  if (outcome.kind === 'refused') return 'too-many';
+  if (outcome.result) return 'ok';
+  await sleep(AuthFailureLimiter.delayMs(outcome.failures ?? 0, listener.limits));
+  return 'wrong';
 }
 
 export interface PresentedCertificate {

@@ -4,6 +4,7 @@
  * Shared by all listeners and all connections, so a client cannot reset its count by switching ports or
  * by keeping connections open; the store is pluggable so worker processes can share one count.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ListenerConfig } from '../config/schema.ts';
 
 /**
@@ -15,7 +16,35 @@ export interface AuthFailureStore {
   add(key: string, now: number, since: number): Promise<number>;
   /** Failures of `key` since `since`. */
   count(key: string, since: number): Promise<number>;
+  /**
+   * A store shared by processes that decide guesses at once (Redis: every node's workers): in one step, count
+   * the failures of `key` since `since` and the guesses being decided, and when together they are fewer than
+   * `limit`, count this guess among the latter. Checked, then recorded after the verification, a guess in each
+   * process passed the check before any of them was recorded. Without it, the processes deciding guesses are
+   * this one alone (oneAtATime) or share a count that cannot take a guess back (the supervisor's relay), and
+   * the check is made before the guess.
+   */
+  claim?(key: string, now: number, since: number, limit: number): Promise<FailureClaim>;
 }
+
+/** See AuthFailureStore.claim. */
+export interface FailureClaim {
+  /** Counted among the guesses being decided. */
+  readonly granted: boolean;
+  /** The failures within the window (guesses being decided not included). */
+  readonly failures: number;
+  /** Granted: the guess is decided. A failure is recorded (→ the failures with it), else the place is given back (→ null). */
+  settle(failed: boolean): Promise<number | null>;
+}
+
+/** How a guess was decided (AuthFailureLimiter.guess). */
+export type GuessOutcome<T> =
+  /** The address reached its limit: not decided. */
+  | { kind: 'refused' }
+  /** The store could not tell whether it did: not decided (fail closed). */
+  | { kind: 'uncounted'; error: unknown }
+  /** `failures`: the address's failures within the window with this one (-1: not recorded), null when it did not fail. */
+  | { kind: 'decided'; result: T; failures: number | null };
 
 /**
  * The failure times of one process, in a Map — or in a Map-like store that also tells the other worker
@@ -97,6 +126,26 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
   }
 }
 
+/**
+ * While the failures are below the limit but the places left are all taken by guesses being decided elsewhere
+ * (logins in parallel from one address: a NAT), a guess waits for them this long at most, looking again this
+ * often, then fails closed. They are decided within the time of one verification and one auth script.
+ */
+const CLAIM_WAIT_MS = 10_000;
+const CLAIM_RETRY_MS = 20;
+
+/** A place among the guesses of `ip` (see AuthFailureStore.claim): refused only when the failures reach the limit. */
+async function claimPlace(claim: NonNullable<AuthFailureStore['claim']>, ip: string, windowMs: number, limit: number): Promise<FailureClaim> {
+  const deadline = performance.now() + CLAIM_WAIT_MS;
+  for (;;) {
+    const now = Date.now();
+    const claimed = await claim(ip, now, now - windowMs, limit);
+    if (claimed.granted || claimed.failures >= limit) return claimed;
+    if (performance.now() > deadline) throw new Error(`auth failures: the places below the limit stayed held by guesses being decided for ${CLAIM_WAIT_MS} ms`);
+    await sleep(CLAIM_RETRY_MS);
+  }
+}
+
 type FailureLimits = Pick<ListenerConfig['limits'], 'authFailuresPerIp' | 'authFailuresBeforeDelay' | 'authFailureDelayMs'>;
 
 /** The longest extra wait of one failure reply. */
@@ -128,6 +177,45 @@ export class AuthFailureLimiter {
    */
   async refused(ip: string, limits: FailureLimits, now = Date.now()): Promise<boolean> {
     return (await this.count(ip, now)) >= limits.authFailuresPerIp;
+  }
+
+  /**
+   * One guess from `ip`, decided by `decide` (verify the credentials) unless the address reached its limit,
+   * with its failure counted when `failed` says so. With a store that claims (see AuthFailureStore.claim) the
+   * guess is counted before it is decided, in one step with the check: the limit bounds the guesses decided over
+   * every process and node sharing the store. A right password uses up nothing. A store that cannot
+   * answer the check decides nothing (fail closed).
+   */
+  guess<T>(ip: string, limits: FailureLimits, decide: () => Promise<T>, failed: (result: T) => boolean): Promise<GuessOutcome<T>> {
+    const claim = this.#store.claim?.bind(this.#store);
+    return this.oneAtATime(ip, async (): Promise<GuessOutcome<T>> => {
+      if (!claim) {
+        try {
+          if (await this.refused(ip, limits)) return { kind: 'refused' };
+        } catch (error) {
+          return { kind: 'uncounted', error };
+        }
+        const result = await decide();
+        return { kind: 'decided', result, failures: failed(result) ? await this.record(ip).catch(() => -1) : null };
+      }
+      let claimed: FailureClaim;
+      try {
+        claimed = await claimPlace(claim, ip, this.windowMs, limits.authFailuresPerIp);
+      } catch (error) {
+        return { kind: 'uncounted', error };
+      }
+      if (!claimed.granted) return { kind: 'refused' };
+      let result: T;
+      try {
+        result = await decide();
+      } catch (err) {
+        // Not decided: the place is given back. One the store keeps (gone since) lapses (a minute in Redis).
+        await claimed.settle(false).catch(() => undefined);
+        throw err;
+      }
+      const isFailure = failed(result);
+      return { kind: 'decided', result, failures: await claimed.settle(isFailure).catch(() => isFailure ? -1 : null) };
+    });
   }
 
   /**

@@ -109,7 +109,7 @@ const limitsSchema = z.strictObject({
   authFailureDelayMs: z.number().int().min(0).meta({ unit: 'ms' }).default(1000)
     .describe('Delay added to failure *n* is (*n* − `authFailuresBeforeDelay`) × this, capped at 30 s.'),
   authFailuresPerIp: z.number().int().positive().default(20)
-    .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`.'),
+    .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`. With `store.redis` this bounds the guesses checked over every node and worker together, guesses sent in parallel included: a guess takes its place in Redis before its password is checked, and gives it back when the password was right; while the places left below the limit are held by guesses being decided, the next waits for them (their verification\'s time), and fails closed (`454 4.7.0`) after 10 s.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
     .describe('The sliding window for `authFailuresPerIp`.'),
   connectionRatePerIp: z.strictObject({

@@ -311,14 +311,21 @@ export class SessionPolicy {
       const limits = conn.state.listener.limits;
       refused = await this.#runtime.authFailures.refused(countedAddress(conn.remoteAddress, limits.ipv6PrefixLength), limits);
     } catch (err) {
-      // Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure. Debug: the
-      // outage is logged once at error by the store, each refusal once by its decision line.
-      this.#log.debug({ cid: conn.id, ip: conn.remoteAddress, err: { message: (err as Error).message } }, 'AUTH refused: auth-failure count unavailable (store)');
-      return reply('authStoreUnavailable');
+      return this.#failuresUncounted(conn, err).reply;
     }
-    if (!refused) return null;
+    return refused ? this.#tooManyFailures(conn).reply : null;
+  }
+
+  /** Guesses that cannot be counted are not allowed (fail closed): RFC 4954's temporary failure. */
+  #failuresUncounted(conn: SmtpClient, err: unknown): { reply: SmtpReply; reason: string; ipFailures: null } {
+    // Debug: the outage is logged once at error by the store, each refusal once by its decision line.
+    this.#log.debug({ cid: conn.id, ip: conn.remoteAddress, err: { message: (err as Error).message } }, 'AUTH refused: auth-failure count unavailable (store)');
+    return { reply: reply('authStoreUnavailable'), reason: 'too-many-failures', ipFailures: null };
+  }
+
+  #tooManyFailures(conn: SmtpClient): { reply: SmtpReply; reason: string; ipFailures: null } {
     this.#log.info({ cid: conn.id, ip: conn.remoteAddress }, 'AUTH refused: too many authentication failures from this address');
-    return reply('tooManyAuthFailures');
+    return { reply: reply('tooManyAuthFailures'), reason: 'too-many-failures', ipFailures: null };
   }
 
   /** Decide an AUTH attempt; returns the username to log in as, or the failure reply. */
@@ -327,15 +334,13 @@ export class SessionPolicy {
     const ip = conn.remoteAddress;
     const counted = countedAddress(ip, st.listener.limits.ipv6PrefixLength); // the failures' key
     const limiter = this.#runtime.authFailures;
-    const result = await limiter.oneAtATime(counted, async () => {
-      // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
-      const refused = await this.authAllowed(conn);
-      if (refused) return { reply: refused, reason: 'too-many-failures', ipFailures: null };
-      const decision = await this.#decideAuth(conn, attempt);
-      if ('user' in decision || decision.reply.responseCode < 500) return { ...decision, ipFailures: null };
-      // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
-      return { ...decision, ipFailures: await limiter.record(counted).catch(() => -1) };
-    });
+    // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
+    // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
+    const result = await limiter.guess(counted, st.listener.limits, () => this.#decideAuth(conn, attempt),
+      (decision) => !('user' in decision) && decision.reply.responseCode >= 500)
+      .then((outcome) => outcome.kind === 'refused' ? this.#tooManyFailures(conn)
+        : outcome.kind === 'uncounted' ? this.#failuresUncounted(conn, outcome.error)
+          : { ...outcome.result, ipFailures: outcome.failures });
     metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: 'user' in result ? 'success' : 'failure' });
     if ('user' in result) {
       st.user = result.user;

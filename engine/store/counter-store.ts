@@ -72,6 +72,8 @@ export const STORE_KEYS = {
   scriptCounter: (key: string) => `script:counter:${key}`,
   messagesPerIdentity: (identity: string) => `limit:messages:${identity}`,
   authFailures: (ip: string) => `limit:authfail:${ip}`,
+  /** AUTH guesses being decided (AuthFailureStore.claim). */
+  authGuesses: (ip: string) => `limit:authguess:${ip}`,
   connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,
   connectionRate: (listener: string, ip: string) => `limit:connrate:${listener}:${ip}`,
 } as const;

@@ -94,7 +94,40 @@ return redis.call('ZCARD', KEYS[1])`;
 const FAILURE_COUNT = `${REDIS_NOW}
 return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')`;
 
-const SCRIPTS = { rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD), failureCount: luaScript(FAILURE_COUNT) };
+/**
+ * A guess about to be decided (AuthFailureStore.claim): KEYS[1] the address's failures, KEYS[2] its guesses being
+ * decided (scored with when their place lapses). Drops what is past, and when the failures and the guesses
+ * together are fewer than ARGV[3], adds this guess (ARGV[2]: its member) for ARGV[4] ms at most. ARGV[1] is the
+ * window (ms). → {1 granted or 0, the failures}.
+ */
+const GUESS_CLAIM = `${REDIS_NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local failures = redis.call('ZCARD', KEYS[1])
+if failures + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {0, failures} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {1, failures}`;
+
+/** The guess ARGV[2] decided: its place given back, and when ARGV[3] is 1 its failure recorded as FAILURE_ADD does. → the failures, or -1. */
+const GUESS_SETTLE = `${REDIS_NOW}
+redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[3] ~= '1' then return -1 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return redis.call('ZCARD', KEYS[1])`;
+
+/**
+ * How long a guess's place lasts at most (ms): a process that dies deciding it never gives it back. Longer
+ * than any decision (an argon2 verification and an auth script, within sandbox.timeoutMs).
+ */
+const GUESS_PLACE_MS = 60_000;
+
+const SCRIPTS = {
+  rate: luaScript(RATE), add: luaScript(ADD), failureAdd: luaScript(FAILURE_ADD), failureCount: luaScript(FAILURE_COUNT),
+  guessClaim: luaScript(GUESS_CLAIM), guessSettle: luaScript(GUESS_SETTLE),
+};
 
 /**
  * Calls sent and not yet answered, at most: each keeps memory in the client until its reply, and a
@@ -275,6 +308,23 @@ export class RedisCounterStore implements CounterStore {
           [String(Math.max(1, now - since)), member]);
         this.#served(true);
         return integer(value, 'an AUTH failure');
+      },
+      claim: async (ip, now, since, limit) => {
+        const keys = [this.#prefix + STORE_KEYS.authFailures(ip), this.#prefix + STORE_KEYS.authGuesses(ip)];
+        const window = String(Math.max(1, now - since));
+        const member = `${now}:${randomBytes(6).toString('hex')}`;
+        const reply = await this.#eval(SCRIPTS.guessClaim, keys, [window, member, String(limit), String(GUESS_PLACE_MS)]);
+        this.#served(true);
+        const [granted, failures] = Array.isArray(reply) ? reply : [];
+        return {
+          granted: integer(granted, 'an AUTH guess') === 1,
+          failures: integer(failures, 'an AUTH guess'),
+          settle: async (failed) => {
+            const value = integer(await this.#eval(SCRIPTS.guessSettle, keys, [window, member, failed ? '1' : '0']), 'an AUTH guess');
+            this.#served(true);
+            return failed ? value : null;
+          },
+        };
       },
       count: async (ip, since) => {
         const value = await this.#eval(SCRIPTS.failureCount, [this.#prefix + STORE_KEYS.authFailures(ip)],
