@@ -229,7 +229,8 @@ function revokedSerial(r: Revocation): string {
 
 /** A CRL signed by `ca`, listing the revoked serials (empty: a valid "nothing revoked" CRL). PEM `X509 CRL`. */
 export async function createCrl(ca: Authority, revoked: readonly Revocation[] = [], opts: CrlOptions = {}): Promise<string> {
-  const thisUpdate = opts.thisUpdate ?? new Date(Date.now() - 60_000);
+  // An hour back, as certificates are dated: a verifier whose clock is behind must not see a CRL from the future.
+  const thisUpdate = opts.thisUpdate ?? new Date(Date.now() - 3600_000);
   const crl = await x509.X509CrlGenerator.create({
     issuer: ca.certificate.subjectName,
     thisUpdate,

@@ -101,6 +101,9 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
       if (parsed.nextUpdate && parsed.nextUpdate < now) {
         warnings.push(`${file}: CRL expired on ${parsed.nextUpdate.toISOString()}; every certificate of "${parsed.issuer}" fails with CRL_HAS_EXPIRED`);
       }
+      if (parsed.thisUpdate > now) {
+        warnings.push(`${file}: CRL issued on ${parsed.thisUpdate.toISOString()}, after this server's clock (${now.toISOString()}: behind the clock that signed it?); every certificate of "${parsed.issuer}" fails with CRL_NOT_YET_VALID until then`);
+      }
       // OpenSSL wants the `X509 CRL` label; a DER file is re-framed as PEM.
       crl.push(toPem(parsed.rawData, 'X509 CRL'));
     }

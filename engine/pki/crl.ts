@@ -9,6 +9,7 @@ import { REVOCATION_REASONS, type PkiPaths } from './layout.ts';
 import type { Inventory } from './inventory.ts';
 
 const DAY = 86400_000;
+const CLOCK_SKEW_MS = 3600_000;
 
 export interface CrlWritten {
   file: string;
@@ -24,8 +25,11 @@ export async function writeCrl(paths: PkiPaths, ca: Authority, inv: Inventory, n
     ...inv.certificates.filter((c) => c.revoked).map((c) => ({ serial: c.serial, ...c.revoked! })),
     ...inv.otherRevoked,
   ].map((r) => ({ serial: r.serial, date: new Date(r.at), reason: REVOCATION_REASONS[r.reason] }));
-  // A minute back: a server whose clock is a little behind must not see a CRL from the future.
-  const thisUpdate = new Date(now.getTime() - 60_000);
+  // An hour back, as the certificates' notBefore (issue.ts): a server whose clock is behind this one's (another
+  // node the CRL is copied to) must not see a CRL from the future. It fails every certificate of the CA
+  // (CRL_NOT_YET_VALID) until its clock catches up: dated a minute back, a node five minutes behind took the
+  // certificates and refused them all for their CRL.
+  const thisUpdate = new Date(now.getTime() - CLOCK_SKEW_MS);
   const nextUpdate = new Date(now.getTime() + inv.crlDays * DAY);
   // Never past the CA: OpenSSL would then see a CRL outliving its issuer.
   const until = nextUpdate > ca.certificate.notAfter ? ca.certificate.notAfter : nextUpdate;

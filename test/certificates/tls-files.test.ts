@@ -76,6 +76,15 @@ test('an expired CRL loads with a warning that names the file', async () => {
   assert.match(trust.warnings[0]!, new RegExp(`^${expired}: CRL expired on 2020-02-01T00:00:00.000Z`));
 });
 
+test('a CRL issued after this server\'s clock (a node behind the CA\'s clock) loads with a warning that names the file', async () => {
+  const issued = new Date(Date.now() + 600_000);
+  const future = await file('future.crl', await createCrl(pki.authorities.ca, [], { thisUpdate: issued, nextUpdate: new Date(issued.getTime() + 86400_000) }));
+  const trust = await loadTrustMaterial({ caFiles: [pki.ca.cert], crlFiles: [future] });
+  assert.equal(trust.crl.length, 1);
+  assert.equal(trust.warnings.length, 1);
+  assert.match(trust.warnings[0]!, new RegExp(`^${future}: CRL issued on ${issued.toISOString().replace(/\d{3}Z$/, '000Z')}, after this server's clock .* fails with CRL_NOT_YET_VALID until then$`));
+});
+
 test('a non-CA certificate in a CA file is a warning', async () => {
   const trust = await loadTrustMaterial({ caFiles: [pki.clients.alice.cert], crlFiles: [] });
   assert.equal(trust.ca.length, 1);
