@@ -313,14 +313,20 @@ export class RedisCounterStore implements CounterStore {
         const keys = [this.#prefix + STORE_KEYS.authFailures(ip), this.#prefix + STORE_KEYS.authGuesses(ip)];
         const window = String(Math.max(1, now - since));
         const member = `${now}:${randomBytes(6).toString('hex')}`;
-        const reply = await this.#eval(SCRIPTS.guessClaim, keys, [window, member, String(limit), String(GUESS_PLACE_MS)]);
+        const giveBack = (): Promise<unknown> => this.#eval(SCRIPTS.guessSettle, keys, [window, member, '0']);
+        const reply = await this.#eval(SCRIPTS.guessClaim, keys, [window, member, String(limit), String(GUESS_PLACE_MS)]).catch((err: unknown) => {
+          // Not answered in time, it may still have run: a place nobody settles would hold up the address's next
+          // logins for GUESS_PLACE_MS. Given back in passing (in order after it on the connection).
+          giveBack().catch(() => undefined);
+          throw err;
+        });
         this.#served(true);
         const [granted, failures] = Array.isArray(reply) ? reply : [];
         return {
           granted: integer(granted, 'an AUTH guess') === 1,
           failures: integer(failures, 'an AUTH guess'),
           settle: async (failed) => {
-            const value = integer(await this.#eval(SCRIPTS.guessSettle, keys, [window, member, failed ? '1' : '0']), 'an AUTH guess');
+            const value = integer(await (failed ? this.#eval(SCRIPTS.guessSettle, keys, [window, member, '1']) : giveBack()), 'an AUTH guess');
             this.#served(true);
             return failed ? value : null;
           },

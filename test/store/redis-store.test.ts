@@ -358,3 +358,38 @@ test('a script Redis lost (SCRIPT FLUSH) is sent once by its text: the call stil
     await s.close();
   }
 });
+
+test('AUTH guesses: a place is claimed before the guess is decided; a right one gives it back, a wrong one is a failure; one claimed after its time limit is given back', opts, async () => {
+  const s = await ready(store('guesses:', 200));
+  const raw = createClient({ url: redis.url });
+  raw.on('error', () => undefined);
+  await raw.connect();
+  const failures = s.authFailures();
+  const claim = (ip: string) => failures.claim!(ip, Date.now(), Date.now() - 600_000, 2);
+  try {
+    const [first, second] = [await claim('192.0.2.50'), await claim('192.0.2.50')];
+    assert.deepEqual([first.granted, second.granted, first.failures], [true, true, 0]);
+    const third = await claim('192.0.2.50');
+    assert.deepEqual([third.granted, third.failures], [false, 0], 'both places below the limit are being decided');
+    assert.equal(await first.settle(false), null);
+    assert.equal(await second.settle(true), 1);
+    assert.equal(await failures.count('192.0.2.50', Date.now() - 600_000), 1, 'the right guess is no failure');
+    const fourth = await claim('192.0.2.50');
+    assert.deepEqual([fourth.granted, fourth.failures], [true, 1]);
+    assert.equal(await fourth.settle(true), 2);
+    assert.deepEqual([(await claim('192.0.2.50')).granted], [false], 'the limit reached');
+
+    // Redis hangs while a claim is written: it runs once Redis wakes, after the caller gave up on it.
+    redis.pause();
+    const late = claim('192.0.2.51');
+    await assert.rejects(late, StoreUnavailable);
+    redis.resume();
+    await eventually(async () => await raw.zCard('guesses:limit:authguess:192.0.2.51') === 0 && await raw.exists('guesses:limit:authguess:192.0.2.51') === 0,
+      'the place of the claim nobody waited for is given back');
+    assert.equal(await failures.count('192.0.2.51', Date.now() - 600_000), 0);
+  } finally {
+    redis.resume();
+    await raw.close().catch(() => undefined);
+    await s.close();
+  }
+});
