@@ -11,7 +11,7 @@ import { Spool } from '../spool/spool.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
-import { createStore, type CounterStore } from '../store/index.ts';
+import { createStore, guessPlaces, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { parseAddressList } from '../delivery/address-list.ts';
@@ -210,7 +210,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.
-  const failureStore = !config.store.redis && opts.counters ? new MemoryAuthFailureStore(opts.counters.failures) : store.authFailures();
+  // Without Redis the failures are each process's list, relayed; the places of guesses being decided are counted
+  // in the supervisor's store (guess-places.ts), so parallel guesses to several workers stay within the limit.
+  const failureStore = !config.store.redis && opts.counters
+    ? new MemoryAuthFailureStore(opts.counters.failures, given ? guessPlaces(store) : undefined) : store.authFailures();
   const failures = new AuthFailureLimiter(windowMs, failureStore);
   if (failureStore instanceof MemoryAuthFailureStore) setAuthFailureProbe(() => failureStore.addresses);
   const runtime = new MutableRuntime(generation.acquire(), spool, logger, failures, opts.counters);

@@ -17,12 +17,11 @@ export interface AuthFailureStore {
   /** Failures of `key` since `since`. */
   count(key: string, since: number): Promise<number>;
   /**
-   * A store shared by processes that decide guesses at once (Redis: every node's workers): in one step, count
-   * the failures of `key` since `since` and the guesses being decided, and when together they are fewer than
-   * `limit`, count this guess among the latter. Checked, then recorded after the verification, a guess in each
-   * process passed the check before any of them was recorded. Without it, the processes deciding guesses are
-   * this one alone (oneAtATime) or share a count that cannot take a guess back (the supervisor's relay), and
-   * the check is made before the guess.
+   * A store shared by processes that decide guesses at once (Redis: every node's workers; the supervisor's
+   * store: one server's): count the failures of `key` since `since` and the guesses being decided, and when
+   * together they are fewer than `limit`, count this guess among the latter. Checked, then recorded after the
+   * verification, a guess in each process passed the check before any of them was recorded. Without it, the
+   * process deciding guesses is this one alone (oneAtATime), and the check is made before the guess.
    */
   claim?(key: string, now: number, since: number, limit: number): Promise<FailureClaim>;
 }
@@ -35,6 +34,13 @@ export interface FailureClaim {
   readonly failures: number;
   /** Granted: the guess is decided. A failure is recorded (→ the failures with it), else the place is given back (→ null). */
   settle(failed: boolean): Promise<number | null>;
+}
+
+/** Places of guesses being decided, counted by every process of a server (MemoryAuthFailureStore's claim). */
+export interface GuessPlaces {
+  /** Take a place for `key` when fewer than `room` are taken: the places with it, or null. */
+  take(key: string, room: number): Promise<number | null>;
+  giveBack(key: string): Promise<void>;
 }
 
 /** How a guess was decided (AuthFailureLimiter.guess). */
@@ -98,7 +104,43 @@ function dropExpired(failures: FailureMap, since: number): void {
 export class MemoryAuthFailureStore implements AuthFailureStore {
   readonly #failures: FailureMap;
 
-  constructor(failures: FailureMap = new Map<string, number[]>()) { this.#failures = failures; }
+  /** See AuthFailureStore.claim: set when the failures are shared with other processes through `places`. */
+  readonly claim?: AuthFailureStore['claim'];
+
+  constructor(failures: FailureMap = new Map<string, number[]>(), places?: GuessPlaces) {
+    this.#failures = failures;
+    if (places) this.claim = (key, now, since, limit) => this.#claim(places, key, now, since, limit);
+  }
+
+  /**
+   * The failures are this process's list (the other processes' relayed to it), the places a count the
+   * processes share (the supervisor's store). A process's failure is sent before its place is given back,
+   * and the relays to this process come before the answer to its own take: a guess being decided elsewhere
+   * is counted here as a place, or as a failure, or (for a moment) as both, which only makes this one wait.
+   */
+  async #claim(places: GuessPlaces, key: string, now: number, since: number, limit: number): Promise<FailureClaim> {
+    const window = now - since;
+    const refused = (failures: number): FailureClaim => ({ granted: false, failures, settle: () => Promise.resolve(null) });
+    const before = this.#recent(key, since).length;
+    if (before >= limit) return refused(before);
+    const taken = await places.take(key, limit - before);
+    const failures = this.#recent(key, Date.now() - window).length; // failures relayed while the place was taken
+    if (taken === null) return refused(failures);
+    if (failures + taken > limit) {
+      await places.giveBack(key);
+      return refused(failures);
+    }
+    return {
+      granted: true,
+      failures,
+      settle: async (failed) => {
+        // Recorded (and sent to the others) before the place is given back: see above.
+        const count = failed ? await this.add(key, Date.now(), Date.now() - window) : null;
+        await places.giveBack(key);
+        return count;
+      },
+    };
+  }
 
   /** Addresses whose failures are kept now (the metric postern_auth_failure_addresses). */
   get addresses(): number { return this.#failures.size; }

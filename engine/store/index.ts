@@ -12,6 +12,7 @@ export type { CounterStore, RateResult } from './counter-store.ts';
 export { STORE_KEYS, StoreUnavailable } from './counter-store.ts';
 export { MemoryCounterStore } from './memory-store.ts';
 export { prefixedStore } from './prefixed-store.ts';
+export { guessPlaces } from './guess-places.ts';
 
 export async function createStore(config: Config['store'], logger: Logger): Promise<CounterStore> {
   if (config.redis) {
