@@ -8,68 +8,34 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { INVALID, TOO_MANY, plain } from '../auth/helpers/submission.ts';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { greetedFrom, guessAtOnce, guessesConfig } from '../helpers/parallel-guesses.ts';
 
 const LIMIT = 1;
-const CONNECTIONS = 8;
-
-const config = `
-workers: 2
-workerChoice: roundRobin
-users: ./users
-listeners:
-  - name: sub
-    listen: 127.0.0.1:{PORT:sub}
-    reverseDns: false
-    auth: { mechanisms: [PLAIN] }
-    limits: { greetingDelayMs: 0, authFailuresPerIp: ${LIMIT}, authFailuresBeforeDelay: 10, authFailureWindowMs: 600000, maxConnectionsPerIp: 20 }
-`;
-
 let server: ClusterProcess;
 
 before(async () => {
-  server = await startCluster({ config, files: { users: `alice:${await hashPassword('right')}\n` } });
+  server = await startCluster({ config: guessesConfig({ workers: 2, limit: LIMIT }), files: { users: `alice:${await hashPassword('right')}\n` } });
 });
 
 after(async () => {
   await server?.stop();
 });
 
-const plain = (user: string, password: string): string => `AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`;
-
-async function ready(localAddress: string): Promise<SmtpTestClient> {
-  const client = await SmtpTestClient.connect(server.port('sub'), { localAddress });
-  assert.equal((await client.read(30_000)).code, 220);
-  assert.equal((await client.command('EHLO guesser.test', 30_000)).code, 250);
-  return client;
-}
-
-async function allAtOnce(localAddress: string, password: (i: number) => string): Promise<string[]> {
-  const open: SmtpTestClient[] = [];
-  for (let i = 0; i < CONNECTIONS; i++) open.push(await ready(localAddress));
-  try {
-    // Written before any reply is read: the guesses are decided in parallel in both workers.
-    for (const [i, c] of open.entries()) c.write(`${plain('alice', password(i))}\r\n`);
-    return (await Promise.all(open.map((c) => c.read(60_000)))).map((r) => r.text);
-  } finally {
-    for (const c of open) c.destroy();
-  }
-}
+const ports = (): number[] => Array.from({ length: 8 }, () => server.port('sub'));
 
 test('wrong passwords sent at once to two workers: no more than authFailuresPerIp are checked', { timeout: 180_000 }, async () => {
-  const replies = await allAtOnce('127.0.0.1', (i) => `guess-${i}`);
-  const checked = replies.filter((r) => r.startsWith('535 ')).length;
-  assert.equal(checked + replies.filter((r) => r.startsWith('421 4.7.0 Too many authentication failures')).length, CONNECTIONS, replies.join('\n'));
-  assert.equal(checked, LIMIT, replies.join('\n'));
+  const replies = await guessAtOnce(ports(), '127.0.0.1', (i) => `guess-${i}`);
+  assert.deepEqual([replies.filter((r) => r === INVALID).length, replies.filter((r) => r === TOO_MANY).length], [LIMIT, 8 - LIMIT], replies.join('\n'));
 });
 
 test('right passwords sent at once to two workers all log in, and leave the address its guess', { timeout: 180_000 }, async () => {
-  const replies = await allAtOnce('127.0.0.3', () => 'right');
+  const replies = await guessAtOnce(ports(), '127.0.0.3', () => 'right');
   assert.deepEqual(replies.map((r) => r.slice(0, 3)), replies.map(() => '235'), replies.join('\n'));
-  const c = await ready('127.0.0.3');
+  const c = await greetedFrom(server.port('sub'), '127.0.0.3');
   try {
-    assert.equal((await c.command(plain('alice', 'wrong'), 30_000)).code, 535, 'the one guess the limit allows');
+    assert.equal((await c.command(plain('alice', 'wrong'), 30_000)).text, INVALID, 'the one guess the limit allows');
   } finally {
     c.destroy();
   }

@@ -10,36 +10,24 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { INVALID, TOO_MANY, plain } from '../auth/helpers/submission.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { greetedFrom, guessAtOnce, guessesConfig } from '../helpers/parallel-guesses.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 
 const skip = needsRedis().skip;
 const LIMIT = 1;
-const PER_NODE = 4;
-
-const config = (redisUrl: string): string => `
-workers: 1
-users: ./users
-sandbox: { timeoutMs: 3000 }
-store:
-  redis: { url: "${redisUrl}", keyPrefix: "parallel-guesses:", timeoutMs: 1000 }
-listeners:
-  - name: sub
-    listen: 127.0.0.1:{PORT:sub}
-    reverseDns: false
-    auth: { mechanisms: [PLAIN] }
-    limits: { greetingDelayMs: 0, authFailuresPerIp: ${LIMIT}, authFailuresBeforeDelay: 10, authFailureWindowMs: 600000, maxConnectionsPerIp: 20 }
-`;
 
 let redis: TestRedis;
-let nodes: ClusterProcess[] = [];
+const nodes: ClusterProcess[] = [];
 
 before(async () => {
   if (skip) return;
   redis = await startRedis();
   const files = { users: `alice:${await hashPassword('right')}\n` };
-  for (let i = 0; i < 2; i++) nodes.push(await startCluster({ config: config(redis.url), files }));
+  const store = `store:\n  redis: { url: "${redis.url}", keyPrefix: "parallel-guesses:", timeoutMs: 1000 }`;
+  for (let i = 0; i < 2; i++) nodes.push(await startCluster({ config: guessesConfig({ workers: 1, limit: LIMIT, store }), files }));
 });
 
 after(async () => {
@@ -47,34 +35,17 @@ after(async () => {
   await redis?.stop();
 });
 
-const plain = (user: string, password: string): string => `AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`;
-
-/** A connection to `node`, greeted and past EHLO. */
-async function ready(node: ClusterProcess, localAddress = '127.0.0.1'): Promise<SmtpTestClient> {
-  const client = await SmtpTestClient.connect(node.port('sub'), { localAddress });
-  assert.equal((await client.read(30_000)).code, 220);
-  assert.equal((await client.command('EHLO guesser.test', 30_000)).code, 250);
-  return client;
-}
+/** Four connections to each node. */
+const ports = (): number[] => nodes.flatMap((n) => Array.from({ length: 4 }, () => n.port('sub')));
 
 test('wrong passwords sent at once to two servers: no more than authFailuresPerIp are checked over both', { skip, timeout: 180_000 }, async () => {
-  const open = (await Promise.all(nodes.map((n) => Promise.all(Array.from({ length: PER_NODE }, () => ready(n)))))).flat();
-  try {
-    // Written before any reply is read: the guesses are decided in parallel on both servers.
-    for (const [i, c] of open.entries()) c.write(`${plain('alice', `guess-${i}`)}\r\n`);
-    const replies = await Promise.all(open.map((c) => c.read(60_000)));
-    const checked = replies.filter((r) => r.code === 535).length;
-    const refused = replies.filter((r) => /^421 4\.7\.0 Too many authentication failures/.test(r.text)).length;
-    assert.equal(checked + refused, open.length, replies.map((r) => r.text).join('\n'));
-    assert.equal(checked, LIMIT, `guesses checked over both servers:\n${replies.map((r) => r.text).join('\n')}`);
-  } finally {
-    for (const c of open) c.destroy();
-  }
+  const replies = await guessAtOnce(ports(), '127.0.0.1', (i) => `guess-${i}`);
+  assert.deepEqual([replies.filter((r) => r === INVALID).length, replies.filter((r) => r === TOO_MANY).length], [LIMIT, 8 - LIMIT], replies.join('\n'));
   // The right password is refused too now, on either server: the address used up its guesses.
   for (const n of nodes) {
     const c = await SmtpTestClient.connect(n.port('sub'));
     try {
-      assert.match((await c.read(30_000)).text, /^421 4\.7\.0 Too many authentication failures/);
+      assert.equal((await c.read(30_000)).text, TOO_MANY);
     } finally {
       c.destroy();
     }
@@ -83,18 +54,11 @@ test('wrong passwords sent at once to two servers: no more than authFailuresPerI
 
 test('a right password does not use up a guess: logins in parallel on both servers, then the limit still allows its one', { skip, timeout: 180_000 }, async () => {
   // Another client address than the first test's, whose guesses are used up.
-  const client = '127.0.0.2';
-  const open = (await Promise.all(nodes.map((n) => Promise.all(Array.from({ length: PER_NODE }, () => ready(n, client)))))).flat();
+  const replies = await guessAtOnce(ports(), '127.0.0.2', () => 'right');
+  assert.deepEqual(replies.map((r) => r.slice(0, 3)), replies.map(() => '235'), replies.join('\n'));
+  const c = await greetedFrom(nodes[1]!.port('sub'), '127.0.0.2');
   try {
-    for (const c of open) c.write(`${plain('alice', 'right')}\r\n`);
-    const replies = await Promise.all(open.map((c) => c.read(60_000)));
-    assert.deepEqual(replies.map((r) => r.code), open.map(() => 235), replies.map((r) => r.text).join('\n'));
-  } finally {
-    for (const c of open) c.destroy();
-  }
-  const c = await ready(nodes[1]!, client);
-  try {
-    assert.equal((await c.command(plain('alice', 'wrong'), 30_000)).code, 535, 'the one guess the limit allows');
+    assert.equal((await c.command(plain('alice', 'wrong'), 30_000)).text, INVALID, 'the one guess the limit allows');
   } finally {
     c.destroy();
   }
