@@ -9,9 +9,10 @@ import { STORE_KEYS, type CounterStore } from './counter-store.ts';
 
 /**
  * How long a count of places lives (s): a process that dies deciding a guess never gives its place back. Longer
- * than any decision (an argon2 verification and an auth script).
+ * than any decision (an argon2 verification and an auth script); short, because each address guessing keeps a
+ * key among the built-in limits' (store.maxKeys) this long after its first guess.
  */
-const PLACES_SECONDS = 60;
+const PLACES_SECONDS = 30;
 
 export function guessPlaces(store: CounterStore): GuessPlaces {
   return {
