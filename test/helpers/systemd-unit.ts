@@ -9,7 +9,7 @@
  * `<root>/var-lib-postern`, …); its user is a uid of no one (`SERVICE_USER`).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -87,6 +87,10 @@ export async function startUnderUnit(opts: UnitOptions): Promise<UnitServer> {
   }
   const root = await mkdtemp(join(tmpdir(), 'postern-unit-'));
   await chmod(root, 0o755);
+  return startIn(root, unit, opts).catch(async (err: unknown) => { await rm(root, { recursive: true, force: true }); throw err; });
+}
+
+async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOptions): Promise<UnitServer> {
   const mapping = new Map<string, string>([['/usr/bin/node', NODE], ['/usr/lib/node_modules/postern', ROOT]]);
   const mapped = (p: string): string => {
     for (const [from, to] of [...mapping].sort((a, b) => b[0].length - a[0].length)) {
@@ -127,7 +131,7 @@ export async function startUnderUnit(opts: UnitOptions): Promise<UnitServer> {
   await groupReadable(mapped('/etc/postern'));
 
   const command = (line: string): string[] => line.replace(/^[-@+!]+/, '').split(/\s+/).map((w) => (w.startsWith('/') ? mapped(w) : w));
-  const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit), ...argv];
+  const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit, root), ...argv];
   const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', HOME: mapped('/var/lib/postern') };
   for (const pre of unit.get('ExecStartPre') ?? []) {
     const argv = confined(command(pre));
@@ -175,7 +179,7 @@ function mappedOrNull(mapped: (p: string) => string, p: string): string | null {
 }
 
 /** User=, Group=, SupplementaryGroups=, the capabilities, NoNewPrivileges=, RestrictAddressFamilies=. */
-function privileges(unit: Map<string, string[]>): string[] {
+function privileges(unit: Map<string, string[]>, root: string): string[] {
   const caps = (key: string): string[] => (unit.get(key) ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean).map((c) => c.replace(/^CAP_/, '').toLowerCase());
   const ambient = caps('AmbientCapabilities');
   const bounding = caps('CapabilityBoundingSet');
@@ -189,19 +193,15 @@ function privileges(unit: Map<string, string[]>): string[] {
   const families = (directive(unit, 'RestrictAddressFamilies') ?? '').split(/\s+/).filter(Boolean);
   if (families.length) {
     const numbers: Record<string, number> = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, AF_NETLINK: 16, AF_PACKET: 17 };
-    out.push(restrictAddressFamilies(), families.map((f) => { if (!(f in numbers)) throw new Error(`${f}: add its number`); return numbers[f]; }).join(','), '--');
+    out.push(restrictAddressFamilies(root), families.map((f) => { if (!(f in numbers)) throw new Error(`${f}: add its number`); return numbers[f]; }).join(','), '--');
   }
   return out;
 }
 
-let built: string | null = null;
-/** test/helpers/restrict-address-families.c, built once per test process. */
-function restrictAddressFamilies(): string {
-  if (built) return built;
-  const dir = execFileSync('mktemp', ['-d', join(tmpdir(), 'postern-raf-XXXXXX')], { encoding: 'utf8' }).trim();
-  execFileSync('chmod', ['755', dir]);
-  built = join(dir, 'restrict-address-families');
-  execFileSync('gcc', ['-O2', '-o', built, new URL('./restrict-address-families.c', import.meta.url).pathname]);
+/** test/helpers/restrict-address-families.c, built into `root`. */
+function restrictAddressFamilies(root: string): string {
+  const built = join(root, 'restrict-address-families');
+  if (!existsSync(built)) execFileSync('gcc', ['-O2', '-o', built, new URL('./restrict-address-families.c', import.meta.url).pathname]);
   return built;
 }
 

@@ -5,7 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { SERVICE_USER, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
+import { rcptRequest, requestText } from '../policy-service/helpers/policy-client.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const skip = unitEmulationSkip();
@@ -51,4 +54,62 @@ delivery:
     const line = await s.waitFor('the delivery line', () => s.logs.find((l) => l.id === id && (l.status === 'bounced' || l.status === 'deferred')), 20_000).catch((err: Error) => { throw new Error(`${err.message}\n${s.lines.slice(-15).join('\n')}`); });
     assert.match(String(line.reply), /loops back to myself/, JSON.stringify(line));
   } finally { await s.stop(); }
+});
+
+/** What a client running as `user` gets from the unix socket at `path`: the answer line, or the error code. */
+function askAs(user: { uid: number; gid: number }, path: string): string {
+  const client = `const s = require('net').connect(process.argv[1]);
+s.on('error', (e) => { process.stdout.write(e.code); });
+s.on('connect', () => s.write(process.argv[2]));
+s.on('data', (d) => { process.stdout.write(String(d).split('\\n')[0]); s.destroy(); });`;
+  const r = spawnSync(process.execPath, ['-e', client, path, requestText(rcptRequest({ recipient: 'x@example.org' }))], { ...user, encoding: 'utf8', timeout: 30_000 });
+  return r.stdout;
+}
+
+const postfix = (() => {
+  const [uid, gid] = /^postfix:[^:]*:(\d+):(\d+):/m.exec(readFileSync('/etc/passwd', 'utf8'))?.slice(1).map(Number) ?? [];
+  return uid === undefined ? null : { uid, gid: gid! };
+})();
+
+test('under the unit: the policy service socket of docs/postfix-policy.md is made in Postfix\'s queue folder, for Postfix and no one else, with no CAP_CHOWN', { skip: skip || (!postfix && 'no postfix user'), timeout: 120_000 }, async () => {
+  const docs = readFileSync(new URL('../../docs/postfix-policy.md', import.meta.url), 'utf8');
+  // The docs' lines, as an administrator copies them.
+  const folder = /^install -d -o postern -g postfix -m (\d+) (\/var\/spool\/postfix\/\S+)$/m.exec(docs);
+  assert.ok(folder, 'docs/postfix-policy.md: the install line of the socket folder');
+  const listen = /^ {4}listen: (unix:\S+)$/m.exec(docs)?.[1];
+  const socket = /^ {4}socket: (\{.*\})$/m.exec(docs)?.[1];
+  assert.ok(listen && socket, 'docs/postfix-policy.md: the listen and socket lines');
+  assert.ok(listen.startsWith(`unix:${folder[2]}/`), `${listen} in ${folder[2]}`);
+  const s = await startUnderUnit({
+    folders: [{ unitPath: folder[2]!, uid: SERVICE_USER.uid, gid: postfix!.gid, mode: parseInt(folder[1]!, 8) }],
+    config: `dataDir: /var/lib/postern
+workers: 1
+localDomains: [example.org]
+policyServices:
+  - name: postfix
+    listen: ${listen}
+    socket: ${socket}
+`,
+  });
+  try {
+    const path = s.path(listen.slice(5));
+    await s.waitFor('the policy service', () => s.logs.some((l) => l.msg === 'supervisor started'));
+    assert.equal(askAs(postfix!, path), 'action=DUNNO');
+    assert.equal(askAs({ uid: 65534, gid: 65534 }, path), 'EACCES', 'another local user');
+    const st = statSync(path);
+    assert.equal(st.uid, SERVICE_USER.uid);
+    assert.equal(st.gid, postfix!.gid);
+  } finally { await s.stop(); }
+});
+
+test('under the unit: a socket.owner it cannot give fails the start naming CAP_CHOWN and what works without it', { skip: skip || (!postfix && 'no postfix user'), timeout: 120_000 }, async () => {
+  const started = startUnderUnit({
+    folders: [{ unitPath: '/var/spool/postfix/postern', uid: SERVICE_USER.uid, gid: postfix!.gid, mode: 0o2750 }],
+    config: `dataDir: /var/lib/postern
+workers: 1
+policyServices:
+  - { name: postfix, listen: "unix:/var/spool/postfix/postern/policy", socket: { owner: postfix, mode: '0660' } }
+`,
+  });
+  await assert.rejects(started, /policy service postfix: cannot listen on unix:.*EPERM.*needs root or CAP_CHOWN; leave socket\.owner out/);
 });
