@@ -9,6 +9,8 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { SERVICE_USER, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
 import { rcptRequest, requestText } from '../policy-service/helpers/policy-client.ts';
+import { runCli } from '../helpers/cli.ts';
+import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const skip = unitEmulationSkip();
@@ -112,4 +114,32 @@ policyServices:
 `,
   });
   await assert.rejects(started, /policy service postfix: cannot listen on unix:.*EPERM.*needs root or CAP_CHOWN; leave socket\.owner out/);
+});
+
+test('`sudo postern pki init` in /etc/postern/ca (docs/client-certificates.md) and in the data directory: the server under the unit reads the CA it made, and issues with it in its own folder (the account page)', { skip, timeout: 180_000 }, async () => {
+  const s = await startUnderUnit({
+    config: `dataDir: /var/lib/postern
+workers: 1
+localDomains: [example.test]
+listeners:
+  - { name: in, listen: "127.0.0.1:{PORT:in}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+`,
+  });
+  try {
+    for (const dir of [s.path('/etc/postern/ca'), join(s.path('/var/lib/postern'), 'ca')]) {
+      const init = await runCli(['pki', 'init', '--dir', dir, '--name', 'Example Mail CA']); // as root: sudo
+      assert.equal(init.code, 0, init.stderr);
+      for (const file of ['ca.crt', 'ca.crl']) {
+        const read = spawnSync('cat', [join(dir, file)], { ...SERVICE_USER, encoding: 'utf8' });
+        assert.equal(read.status, 0, `${dir}/${file} as the server's user: ${read.stderr}`);
+      }
+    }
+    // The account page issues as the server's user into a CA folder of the data directory.
+    const ca = join(s.path('/var/lib/postern'), 'ca');
+    const out = join(s.path('/var/lib/postern'), 'out');
+    const issued = await runCli(['pki', 'issue', 'a@example.test', '--device', 'laptop', '--dir', ca, '--out', out], { as: SERVICE_USER, cwd: s.path('/var/lib/postern') });
+    assert.equal(issued.code, 0, issued.stderr);
+    // Root's CA in /etc/postern/ca: its key stays out of the server's reach.
+    assert.notEqual(spawnSync('cat', [join(s.path('/etc/postern/ca'), 'ca.key')], SERVICE_USER).status, 0);
+  } finally { await s.stop(); }
 });
