@@ -143,6 +143,12 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   const server = await watchServer(proc, { dir: root, dataDir: mapped('/var/lib/postern'), ports });
   return {
     ...server, root, path: mapped,
+    // Whatever the test checked: the server wrote nothing outside ReadWritePaths (it would have met EROFS).
+    async stop() {
+      await server.stop();
+      const outside = server.lines.filter((l) => /EROFS|read-only file system/i.test(l));
+      if (outside.length) throw new Error(`the server tried to write outside the unit's ReadWritePaths:\n${outside.join('\n')}`);
+    },
     reload() {
       const line = directive(unit, 'ExecReload')!.replaceAll('$MAINPID', String(proc.pid));
       execFileSync(line.split(/\s+/)[0]!, line.split(/\s+/).slice(1));

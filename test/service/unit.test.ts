@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { until } from '../helpers/wait.ts';
 import { SERVICE_USER, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
 import { rcptRequest, requestText } from '../policy-service/helpers/policy-client.ts';
 import { runCli } from '../helpers/cli.ts';
@@ -141,5 +143,49 @@ listeners:
     assert.equal(issued.code, 0, issued.stderr);
     // Root's CA in /etc/postern/ca: its key stays out of the server's reach.
     assert.notEqual(spawnSync('cat', [join(s.path('/etc/postern/ca'), 'ca.key')], SERVICE_USER).status, 0);
+  } finally { await s.stop(); }
+});
+
+test('under the unit: ExecReload takes an edited script; KillSignal stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {
+  const unit = unitService();
+  const s = await startUnderUnit({
+    config: `dataDir: /var/lib/postern
+workers: 1
+scripts: /etc/postern/scripts
+localDomains: [example.test]
+listeners:
+  - { name: in, listen: "127.0.0.1:{PORT:in}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+`,
+    files: { '/etc/postern/scripts/rcptto.ts': `export default () => reject('first');` },
+  });
+  try {
+    const greeted = async (): Promise<SmtpTestClient> => {
+      const c = await SmtpTestClient.connect(s.port('in'));
+      assert.equal((await c.read(30_000)).code, 220);
+      assert.equal((await c.command('EHLO client.test', 30_000)).code, 250);
+      assert.equal((await c.command('MAIL FROM:<a@example.net>', 30_000)).code, 250);
+      return c;
+    };
+    const before = await greeted();
+    assert.match((await before.command('RCPT TO:<b@example.test>', 30_000)).text, /first/);
+    writeFileSync(s.path('/etc/postern/scripts/rcptto.ts'), `export default () => reject('second');`);
+    const reloads = s.logs.filter((l) => l.msg === 'reloaded').length;
+    s.reload();
+    await s.waitFor('the reload', () => s.logs.filter((l) => l.msg === 'reloaded').length > reloads);
+    await until('the edited script answers', async () => {
+      const c = await greeted();
+      const r = await c.command('RCPT TO:<b@example.test>', 30_000);
+      c.destroy();
+      return /second/.test(r.text);
+    });
+    // A client in the middle of a transaction that says nothing more: the server's own stop waits end first.
+    const idle = await greeted();
+    const started = Date.now();
+    s.proc.kill(directive(unit, 'KillSignal') as NodeJS.Signals);
+    const [code] = await once(s.proc, 'exit') as [number | null];
+    assert.equal(code, 0, 'a stop, not a failure to restart after');
+    assert.ok(Date.now() - started < unitSeconds(directive(unit, 'TimeoutStopSec')!), 'stopped before systemd would SIGKILL it');
+    idle.destroy();
+    before.destroy();
   } finally { await s.stop(); }
 });
