@@ -26,7 +26,7 @@ export const SERVICE_USER = { uid: 64123, gid: 64123 };
 /** Directives emulated here, and those left to systemd (they only take away more than the test needs). */
 const EMULATED = new Set(['Type', 'User', 'Group', 'SupplementaryGroups', 'ExecStartPre', 'ExecStart', 'ExecReload', 'KillSignal', 'TimeoutStopSec',
   'AmbientCapabilities', 'CapabilityBoundingSet', 'NoNewPrivileges', 'UMask', 'StateDirectory', 'StateDirectoryMode', 'ReadWritePaths',
-  'ProtectSystem', 'RestrictAddressFamilies', 'Restart', 'RestartSec', 'SyslogIdentifier']);
+  'ProtectSystem', 'RestrictAddressFamilies', 'Restart', 'RestartSec', 'SyslogIdentifier', 'NotifyAccess', 'TimeoutStartSec']);
 const NOT_EMULATED = new Set(['ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ProtectKernelTunables', 'ProtectKernelModules',
   'ProtectControlGroups', 'RestrictNamespaces', 'LockPersonality', 'LimitNOFILE', 'StandardOutput', 'LogsDirectory']);
 
@@ -66,6 +66,8 @@ export interface UnitServer extends ClusterProcess {
   path(unitPath: string): string;
   /** Runs the unit's ExecReload (`$MAINPID` is the server's). */
   reload(): void;
+  /** With Type=notify: the sd_notify lines systemd would take (NotifyAccess= applied), in order. */
+  notifications: string[];
 }
 
 export interface UnitOptions {
@@ -138,11 +140,19 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
     const r = spawnSync(argv[0]!, argv.slice(1), { env, encoding: 'utf8', timeout: 120_000 });
     if (r.status !== 0) throw new Error(`ExecStartPre ${pre} failed (${r.status}): ${r.stderr}${r.stdout}`);
   }
+  const notify = directive(unit, 'Type') === 'notify' ? await notifySocket(root) : null;
   const argv = confined(command(directive(unit, 'ExecStart')!));
-  const proc = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(argv[0]!, argv.slice(1), { env: { ...env, ...notify?.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const notifications: string[] = [];
+  // NotifyAccess=main (the default) takes only the main process's messages; all, any process's of the unit.
+  // BARRIER=1 is systemd-notify's wait for systemd to have taken the message, not a state.
+  notify?.lines((pid, line) => { if (line !== 'BARRIER=1' && (directive(unit, 'NotifyAccess') === 'all' || pid === proc.pid)) notifications.push(line); });
+  proc.once('exit', () => notify?.stop());
   const server = await watchServer(proc, { dir: root, dataDir: mapped('/var/lib/postern'), ports });
+  // Type=notify: started once READY=1 came, within TimeoutStartSec (systemd's default 90 s).
+  if (notify) await server.waitFor('READY=1', () => notifications.includes('READY=1'), unitSeconds(directive(unit, 'TimeoutStartSec') ?? '90'));
   return {
-    ...server, root, path: mapped,
+    ...server, root, path: mapped, notifications,
     // Whatever the test checked: the server wrote nothing outside ReadWritePaths (it would have met EROFS).
     async stop() {
       await server.stop();
@@ -154,6 +164,27 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
       execFileSync(line.split(/\s+/)[0]!, line.split(/\s+/).slice(1));
     },
   };
+}
+
+/** systemd's NOTIFY_SOCKET (test/helpers/notify-socket.py), the service's user may send to. */
+async function notifySocket(root: string): Promise<{ env: Record<string, string>; lines(on: (pid: number, line: string) => void): void; stop(): void }> {
+  const path = join(root, 'notify');
+  const receiver = spawn('python3', [new URL('./notify-socket.py', import.meta.url).pathname, path, String(SERVICE_USER.uid)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const listeners: Array<(pid: number, line: string) => void> = [];
+  let partial = '';
+  const listening = new Promise<void>((resolve) => {
+    receiver.stdout.setEncoding('utf8').on('data', (d: string) => {
+      const lines = (partial + d).split('\n');
+      partial = lines.pop()!;
+      for (const l of lines) {
+        const [pid, line] = [Number(l.slice(0, l.indexOf(' '))), l.slice(l.indexOf(' ') + 1)];
+        if (line === 'LISTENING') resolve();
+        else for (const on of listeners) on(pid, line);
+      }
+    });
+  });
+  await listening;
+  return { env: { NOTIFY_SOCKET: path }, lines: (on) => listeners.push(on), stop: () => receiver.kill() };
 }
 
 /** Files root wrote into /etc/postern: group-readable for the service (what `install -m 0640 -g postern` gives). */

@@ -48,6 +48,8 @@ delivery:
 `,
   });
   try {
+    // Type=notify: startUnderUnit returned at READY=1, as systemctl start does; the port answers then.
+    assert.deepEqual(s.notifications, ['READY=1']);
     const c = await SmtpTestClient.connect(port);
     assert.equal((await c.read(30_000)).code, 220);
     assert.equal((await c.command('EHLO client.test', 30_000)).code, 250);
@@ -146,7 +148,7 @@ listeners:
   } finally { await s.stop(); }
 });
 
-test('under the unit: ExecReload takes an edited script; KillSignal stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {
+test('under the unit: ExecReload takes an edited script; KillSignal (STOPPING=1 told) stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {
   const unit = unitService();
   const s = await startUnderUnit({
     config: `dataDir: /var/lib/postern
@@ -182,6 +184,7 @@ listeners:
     const idle = await greeted();
     const started = Date.now();
     s.proc.kill(directive(unit, 'KillSignal') as NodeJS.Signals);
+    await until('STOPPING=1', () => s.notifications.includes('STOPPING=1'));
     const [code] = await once(s.proc, 'exit') as [number | null];
     assert.equal(code, 0, 'a stop, not a failure to restart after');
     assert.ok(Date.now() - started < unitSeconds(directive(unit, 'TimeoutStopSec')!), 'stopped before systemd would SIGKILL it');
