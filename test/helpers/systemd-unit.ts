@@ -79,6 +79,8 @@ export interface UnitOptions {
   folders?: Array<{ unitPath: string; uid: number; gid: number; mode: number }>;
   /** Ports chosen by the test (`{PORT:mx}` given a privileged one). */
   ports?: Record<string, number>;
+  /** What an administrator does before the start (`sudo postern pki init`), given where the unit's paths are. */
+  prepare?: (path: (unitPath: string) => string) => Promise<void>;
 }
 
 /** The server as the unit starts it: its ExecStartPre first (a failure is thrown with its output). */
@@ -131,6 +133,7 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
     await chown(at, 0, SERVICE_USER.gid);
   }
   await groupReadable(mapped('/etc/postern'));
+  await opts.prepare?.(mapped);
 
   const command = (line: string): string[] => line.replace(/^[-@+!]+/, '').split(/\s+/).map((w) => (w.startsWith('/') ? mapped(w) : w));
   const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit, root), ...argv];

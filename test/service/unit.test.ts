@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { makeTestPki } from '../helpers/pki.ts';
 import { once } from 'node:events';
 import { until } from '../helpers/wait.ts';
 import { SERVICE_USER, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
@@ -120,31 +121,48 @@ policyServices:
   await assert.rejects(started, /policy service postfix: cannot listen on unix:.*EPERM.*needs root or CAP_CHOWN; leave socket\.owner out/);
 });
 
-test('`sudo postern pki init` in /etc/postern/ca (docs/client-certificates.md) and in the data directory: the server under the unit reads the CA it made, and issues with it in its own folder (the account page)', { skip, timeout: 180_000 }, async () => {
+test('`sudo postern pki init` in /etc/postern/ca (docs/client-certificates.md): the server under the unit verifies the devices it issues; in the data directory, the server issues with it itself (the account page)', { skip, timeout: 180_000 }, async () => {
+  const tls = await makeTestPki(); // the server's own certificate
+  let device = '';
   const s = await startUnderUnit({
+    files: { '/etc/postern/tls/mx.crt': readFileSync(tls.server.cert, 'utf8'), '/etc/postern/tls/mx.key': readFileSync(tls.server.key, 'utf8') },
+    async prepare(path) {
+      const ca = path('/etc/postern/ca');
+      const init = await runCli(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']); // as root: sudo
+      assert.equal(init.code, 0, init.stderr);
+      const issued = await runCli(['pki', 'issue', 'alice@example.test', '--device', 'laptop', '--dir', ca, '--json']);
+      assert.equal(issued.code, 0, issued.stderr);
+      device = join(ca, 'devices', readdirSync(join(ca, 'devices')).find((f) => f.endsWith('.pem'))!);
+    },
     config: `dataDir: /var/lib/postern
 workers: 1
 localDomains: [example.test]
 listeners:
-  - { name: in, listen: "127.0.0.1:{PORT:in}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+  - name: in
+    listen: "127.0.0.1:{PORT:in}"
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+    tls: { mode: starttls, cert: /etc/postern/tls/mx.crt, key: /etc/postern/tls/mx.key, clientCertificates: request, caFiles: [/etc/postern/ca/ca.crt], crlFiles: [/etc/postern/ca/ca.crl] }
+    certificateIdentity: { field: emailAddress }
 `,
   });
   try {
-    for (const dir of [s.path('/etc/postern/ca'), join(s.path('/var/lib/postern'), 'ca')]) {
-      const init = await runCli(['pki', 'init', '--dir', dir, '--name', 'Example Mail CA']); // as root: sudo
-      assert.equal(init.code, 0, init.stderr);
-      for (const file of ['ca.crt', 'ca.crl']) {
-        const read = spawnSync('cat', [join(dir, file)], { ...SERVICE_USER, encoding: 'utf8' });
-        assert.equal(read.status, 0, `${dir}/${file} as the server's user: ${read.stderr}`);
-      }
-    }
-    // The account page issues as the server's user into a CA folder of the data directory.
-    const ca = join(s.path('/var/lib/postern'), 'ca');
-    const out = join(s.path('/var/lib/postern'), 'out');
-    const issued = await runCli(['pki', 'issue', 'a@example.test', '--device', 'laptop', '--dir', ca, '--out', out], { as: SERVICE_USER, cwd: s.path('/var/lib/postern') });
-    assert.equal(issued.code, 0, issued.stderr);
+    const c = await SmtpTestClient.connect(s.port('in'));
+    const pem = readFileSync(device, 'utf8');
+    await c.hello({ starttls: { cert: pem, key: pem, ca: readFileSync(tls.ca.cert, 'utf8') } });
+    const r = await c.sendMail('alice@example.test', ['b@example.test']);
+    assert.equal(r.code, 250, r.text);
+    await c.quit();
+    assert.ok(s.logs.some((l) => l.identity === 'alice@example.test'), 'the issued certificate named its account');
     // Root's CA in /etc/postern/ca: its key stays out of the server's reach.
     assert.notEqual(spawnSync('cat', [join(s.path('/etc/postern/ca'), 'ca.key')], SERVICE_USER).status, 0);
+
+    // The account page's CA, in the data directory: made by root, the server's to issue with.
+    const ca = join(s.path('/var/lib/postern'), 'ca');
+    const init = await runCli(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']);
+    assert.equal(init.code, 0, init.stderr);
+    const issued = await runCli(['pki', 'issue', 'a@example.test', '--device', 'phone', '--dir', ca, '--out', join(s.path('/var/lib/postern'), 'out')], { as: SERVICE_USER });
+    assert.equal(issued.code, 0, issued.stderr);
   } finally { await s.stop(); }
 });
 
