@@ -245,10 +245,10 @@ function restrictAddressFamilies(root: string): string {
   return built;
 }
 
-/** Whether this machine can run the emulation (root, unshare, setpriv, gcc). */
+/** Whether this machine can run the emulation (root, unshare, setpriv, gcc; python3 and systemd-notify for Type=notify). */
 export function unitEmulationSkip(): string | false {
   if (process.getuid?.() !== 0) return 'needs root (a mount namespace, setpriv)';
-  for (const tool of ['unshare', 'setpriv', 'gcc']) if (spawnSync(tool, ['--version']).status !== 0) return `${tool} not installed`;
+  for (const tool of ['unshare', 'setpriv', 'gcc', 'python3', 'systemd-notify']) if (spawnSync(tool, ['--version']).status !== 0) return `${tool} not installed`;
   if (spawnSync('unshare', ['--mount', '--', 'true']).status !== 0) return 'no mount namespaces here';
   return false;
 }
