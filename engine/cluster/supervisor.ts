@@ -126,6 +126,7 @@ interface Child {
 
 /** Older releases wrote cluster.json and status.json through `<name>.<pid>.tmp`: a kill -9 left one for good. */
 const OLDER_STATUS_TEMPORARY = /^(?:cluster|status)\.json\.(\d+)\.tmp$/;
+
 export interface SupervisorOptions {
   configPath?: string;
   /**

@@ -150,10 +150,18 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   // NotifyAccess=main (the default) takes only the main process's messages; all, any process's of the unit.
   // BARRIER=1 is systemd-notify's wait for systemd to have taken the message, not a state.
   notify?.lines((pid, line) => { if (line !== 'BARRIER=1' && (directive(unit, 'NotifyAccess') === 'all' || pid === proc.pid)) notifications.push(line); });
-  proc.once('exit', () => notify?.stop());
-  const server = await watchServer(proc, { dir: root, dataDir: mapped('/var/lib/postern'), ports });
-  // Type=notify: started once READY=1 came, within TimeoutStartSec (systemd's default 90 s).
-  if (notify) await server.waitFor('READY=1', () => notifications.includes('READY=1'), unitSeconds(directive(unit, 'TimeoutStartSec') ?? '90'));
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => { notify?.stop(); resolve(); }));
+  const server = await (async () => {
+    const watched = await watchServer(proc, { dir: root, dataDir: mapped('/var/lib/postern'), ports });
+    // Type=notify: started once READY=1 came, within TimeoutStartSec (systemd's default 90 s).
+    if (notify) await watched.waitFor('READY=1', () => notifications.includes('READY=1'), unitSeconds(directive(unit, 'TimeoutStartSec') ?? '90'));
+    return watched;
+  })().catch(async (err: unknown) => {
+    // As systemd ends a start that failed: nothing of it outlives the test.
+    if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGKILL'); await exited; }
+    notify?.stop();
+    throw err;
+  });
   return {
     ...server, root, path: mapped, notifications,
     // Whatever the test checked: the server wrote nothing outside ReadWritePaths (it would have met EROFS).
