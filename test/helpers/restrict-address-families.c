@@ -1,7 +1,8 @@
 /*
  * systemd's RestrictAddressFamilies= for a test: `restrict-address-families 1,2,10 -- command args…` runs the
  * command with a seccomp filter that fails socket(2) with EAFNOSUPPORT for any other family (systemd's filter
- * does the same). Needs no_new_privs (setpriv --no-new-privs before it) or CAP_SYS_ADMIN.
+ * does the same). Needs no_new_privs (setpriv --no-new-privs before it) or CAP_SYS_ADMIN. x86-64 only: on another
+ * architecture the command runs unfiltered (socket(2) has other numbers there).
  */
 #include <errno.h>
 #include <stddef.h>
