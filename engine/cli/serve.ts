@@ -8,6 +8,7 @@ import { ConfigError } from '../config/config-error.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
 import { printQuickStart } from './quick-start.ts';
+import { notifyServiceManager } from './service-manager.ts';
 
 export async function serveCommand(opts: { config?: string }): Promise<void> {
   const embedded = !opts.config;
@@ -27,6 +28,7 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
     }
     return (stopping ??= (async () => {
       running.log.info({ signal }, 'shutting down');
+      void notifyServiceManager('STOPPING=1', running.log);
       await running.stop();
       process.exit(0);
     })());
@@ -66,4 +68,5 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   }
   if (stopSignal) return stop(stopSignal);
   if (reloadAsked) supervisor.reload();
+  await notifyServiceManager('READY=1', supervisor.log);
 }

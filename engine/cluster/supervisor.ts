@@ -124,6 +124,9 @@ interface Child {
   restartTimer: NodeJS.Timeout | null;
 }
 
+/** Older releases wrote cluster.json and status.json through `<name>.<pid>.tmp`: a kill -9 left one for good. */
+const OLDER_STATUS_TEMPORARY = /^(?:cluster|status)\.json\.(\d+)\.tmp$/;
+
 export interface SupervisorOptions {
   configPath?: string;
   /**
@@ -244,7 +247,7 @@ export class Supervisor {
     if (open) log.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
     // A crash record or fence list cut short by a kill is only ever a temporary file (written whole): gone with its writer.
     await removeLeftoverTemporaries(crashDir(loaded.config.dataDir));
-    await removeLeftoverTemporaries(loaded.config.dataDir); // cluster.json's and status.json's
+    await removeLeftoverTemporaries(loaded.config.dataDir, OLDER_STATUS_TEMPORARY); // cluster.json's and status.json's
     const sup = new Supervisor(loaded, opts.configPath, log, root);
     sup.#lock = lock;
     try {

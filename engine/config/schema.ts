@@ -169,11 +169,11 @@ export const policyServiceSchema = z.strictObject({
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the service in logs, metrics and `postern status`, and to scripts as `connection.listener`. Must be unique among listeners and policy services.'),
   listen: z.string().regex(/^(unix:.+|(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5})$/, 'expected address:port or unix:/path')
     .meta({ format: '`address:port` or `unix:/path`' })
-    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches as `check_policy_service unix:private/<name>` (the path then lies in Postfix\'s `private/` directory). Port `0` binds any free port.'),
+    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches from its queue folder (`unix:/var/spool/postfix/postern/policy` is `check_policy_service unix:postern/policy`; see postfix-policy.md for the folder). Port `0` binds any free port.'),
   socket: z.strictObject({
     mode: z.string().regex(/^0?[0-7]{3}$/, 'octal mode, e.g. 0660').default('0660').describe('Permissions of the unix socket.'),
-    owner: z.string().optional().describe('User (name or number) that owns the unix socket, e.g. `postfix`. Needs root.'),
-    group: z.string().optional().describe('Group (name or number) of the unix socket.'),
+    owner: z.string().optional().describe('User (name or number) that owns the unix socket. Changing it needs root or CAP_CHOWN, which the systemd unit does not grant: give the socket a `group` instead.'),
+    group: z.string().optional().describe('Group (name or number) of the unix socket: without root or CAP_CHOWN, one the server\'s user is in or the one its folder already gives it (a set-group-ID folder, as postfix-policy.md makes).'),
   }).prefault({}).describe('Unix socket only: its mode and owner.'),
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
     .describe('Scripts folder for this service. The same `connect`, `helo`, `mailfrom`, `rcptto` and `data` scripts as a listener\'s; `ctx.connection.source` is `postfix-policy`.'),

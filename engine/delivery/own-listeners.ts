@@ -5,6 +5,7 @@
  * address of this machine's interfaces, loopback included; port 0 listeners (any free port) cannot be told.
  */
 import { BlockList, isIP } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 
 /** Is `address`:`port` one of ours? */
@@ -48,8 +49,41 @@ function localAddresses(): BlockList {
   const list = new BlockList();
   list.addSubnet('127.0.0.0', 8, 'ipv4');
   list.addAddress('::1', 'ipv6');
-  for (const infos of Object.values(networkInterfaces())) {
-    for (const i of infos ?? []) list.addAddress(i.address.replace(/%.*$/, ''), i.family === 'IPv4' ? 'ipv4' : 'ipv6');
-  }
+  for (const [address, family] of interfaceAddresses()) list.addAddress(address, family);
   return list;
+}
+
+/**
+ * Node asks the kernel over a netlink socket, which a sandbox may forbid (the systemd unit's
+ * RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX: EAFNOSUPPORT, thrown at every delivery to a port this
+ * server listens on). /proc/net has the same addresses for any process.
+ */
+function interfaceAddresses(): Array<[string, 'ipv4' | 'ipv6']> {
+  try {
+    return Object.values(networkInterfaces()).flatMap((infos) => (infos ?? []).map((i): [string, 'ipv4' | 'ipv6'] => [i.address.replace(/%.*$/, ''), i.family === 'IPv4' ? 'ipv4' : 'ipv6']));
+  } catch {
+    return [...procAddresses('/proc/net/fib_trie', readIpv4Locals), ...procAddresses('/proc/net/if_inet6', readIpv6)];
+  }
+}
+
+function procAddresses(file: string, parse: (text: string) => Array<[string, 'ipv4' | 'ipv6']>): Array<[string, 'ipv4' | 'ipv6']> {
+  try { return parse(readFileSync(file, 'utf8')); } catch { return []; }
+}
+
+/** fib_trie's local table: an address line (`|-- 192.0.2.2`) followed by `/32 host LOCAL`. */
+function readIpv4Locals(text: string): Array<[string, 'ipv4']> {
+  const out: Array<[string, 'ipv4']> = [];
+  let last = '';
+  for (const line of text.split('\n')) {
+    const address = /\|-- (\d+\.\d+\.\d+\.\d+)$/.exec(line.trim())?.[1];
+    if (address) last = address;
+    else if (/^\/32 host LOCAL$/.test(line.trim()) && last) out.push([last, 'ipv4']);
+  }
+  return out;
+}
+
+/** if_inet6: 32 hex digits per address, first on each line. */
+function readIpv6(text: string): Array<[string, 'ipv6']> {
+  return text.split('\n').map((l) => /^([0-9a-f]{32})\s/.exec(l)?.[1]).filter((h): h is string => !!h)
+    .map((h) => [h.match(/.{4}/g)!.join(':'), 'ipv6']);
 }

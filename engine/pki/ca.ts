@@ -2,10 +2,10 @@
  * A production CA for device certificates (`postern pki init`): its certificate, its key (0600, never
  * printed), an empty CRL and the inventory; and opening an existing CA folder to sign with it.
  */
-import { access, chmod, mkdir, readFile } from 'node:fs/promises';
+import { access, chmod, readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { createCertificateAuthority, loadAuthority, type Authority } from '../certificates/index.ts';
-import { writeFileAtomic, withFolderLock } from './atomic-file.ts';
+import { makeFolderLikeParent, writeFileAtomic, withFolderLock } from './atomic-file.ts';
 import { keyTypeOptions, pkiPaths, type DeviceKeyType, type PkiPaths } from './layout.ts';
 import { DEFAULT_CRL_DAYS, writeInventory, type Inventory } from './inventory.ts';
 import { writeCrl, type CrlWritten } from './crl.ts';
@@ -37,8 +37,11 @@ const exists = (p: string): Promise<boolean> => access(p).then(() => true, () =>
 
 export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<InitializedCa> {
   const paths = pkiPaths(resolve(dir));
-  await mkdir(paths.dir, { recursive: true, mode: 0o700 });
-  await chmod(paths.dir, 0o700);
+  // `sudo postern pki init`: a new folder is its parent's user's and group's (the server's data directory, or
+  // /etc/postern's group), as the files written into it are, not root's: the server reads ca.crt and ca.crl
+  // (group: 0750; the key and inventory stay 0600) and, in a folder of its own, issues (the account page).
+  await makeFolderLikeParent(paths.dir, 0o750);
+  await chmod(paths.dir, 0o750);
   return withFolderLock(paths.dir, async () => {
     // An init stopped after the key and before the certificate (killed, a power loss) left a key that never
     // signed anything: said so, as no command can use that folder.

@@ -34,7 +34,11 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
     // to every local user for a moment (a connection made then stays), and a chmod before the chown to this user's group.
     await bind(server, (cb) => listenOwnerOnly(server, path, cb)).catch((err: Error) => { throw fail(err); });
     if (service.socket.owner || service.socket.group) {
-      await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: Error) => { throw fail(err); });
+      await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EPERM') throw fail(err);
+        // The systemd unit grants no CAP_CHOWN: say which settings work without it.
+        throw fail(new Error(`${err.message}: changing the socket's owner or group needs root or CAP_CHOWN; leave socket.owner out and give the socket a group this user is in, or one its folder gives (set-group-ID: docs/postfix-policy.md)`));
+      });
     }
     await chmod(path, parseInt(service.socket.mode, 8)).catch((err: Error) => { throw fail(err); });
     return { server, address: `unix:${path}`, port: 0 };

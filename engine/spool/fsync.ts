@@ -127,13 +127,14 @@ const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 
 /**
  * Removes the temporary files of writeFileAtomic calls in `dir` whose process is gone (killed before its
- * rename): a hidden copy of a CA key would otherwise outlive the key it copies. Returns their names.
+ * rename): a hidden copy of a CA key would otherwise outlive the key it copies. `olderNames`: the names an older
+ * release wrote through, the writer's pid as its first group. Returns their names.
  */
-export async function removeLeftoverTemporaries(dir: string): Promise<string[]> {
+export async function removeLeftoverTemporaries(dir: string, olderNames?: RegExp): Promise<string[]> {
   const names = await readdir(dir).catch(() => [] as string[]);
   const removed: string[] = [];
   for (const name of names) {
-    const pid = Number(TEMPORARY.exec(name)?.[1]);
+    const pid = Number((TEMPORARY.exec(name) ?? olderNames?.exec(name))?.[1]);
     if (!pid || processAlive(pid)) continue;
     await rm(join(dir, name), { force: true });
     removed.push(name);

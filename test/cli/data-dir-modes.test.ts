@@ -10,6 +10,7 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rm, lstat, symlink, writeFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
+import { spawnSync } from 'node:child_process';
 import { lstatSync } from 'node:fs';
 import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { listenOwnerOnly } from '../../engine/admin/unix-socket-path.ts';
@@ -105,6 +106,23 @@ test('a data directory every local user may write (warned, not refused: shared v
       return p?.ready && p.pid !== worker;
     });
     assert.equal(await readFile(victim, 'utf8'), 'precious\n', 'not written through the link');
+  } finally {
+    await d.stop();
+  }
+});
+
+test('temporary files an older release\'s killed supervisor and queue process left (cluster.json.<pid>.tmp, status.json.<pid>.tmp) are removed at start; a live process\'s are not', async () => {
+  const dataDir = join(outer, 'older');
+  await mkdir(dataDir, { mode: 0o700 });
+  const gone = spawnSync('true').pid!; // a process that has exited
+  const left = [`cluster.json.${gone}.tmp`, `status.json.${gone}.tmp`];
+  for (const name of left) await writeFile(join(dataDir, name), '{"cut": ', { mode: 0o600 });
+  await writeFile(join(dataDir, `cluster.json.${process.pid}.tmp`), '{}', { mode: 0o600 });
+  const d = await startCluster({ dataDir, config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  try {
+    const names = await readdir(dataDir);
+    for (const name of left) assert.ok(!names.includes(name), `${name} removed: ${names.join(' ')}`);
+    assert.ok(names.includes(`cluster.json.${process.pid}.tmp`), 'a running process\'s is left');
   } finally {
     await d.stop();
   }

@@ -89,6 +89,15 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
   const proc = spawn(command[0]!, command.slice(1), {
     cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, detached: opts.detached ?? false,
   });
+  return watchServer(proc, { dir, dataDir, ports });
+}
+
+/**
+ * A `postern serve` child started by the caller, watched as startCluster's are: its JSON log lines collected,
+ * resolved once the supervisor has started; `stop()` sends SIGTERM, waits for the exit and removes `dir`.
+ */
+export async function watchServer(proc: ChildProcess, where: { dir: string; dataDir: string; ports: ReadonlyMap<string, number> }): Promise<ClusterProcess> {
+  const { dir, dataDir, ports } = where;
   const logs: Array<Record<string, unknown>> = [];
   const written: string[] = [];
   let partial = '';
