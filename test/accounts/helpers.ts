@@ -32,7 +32,7 @@ export interface AccountsSetup {
 }
 
 /** `page`: the page's own settings (its listen address, its per-address cap) over the defaults here. */
-export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number } = {}): Promise<AccountsSetup> {
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}): Promise<AccountsSetup> {
   // Never the working directory: the CA, its key and the users file would land in the checkout.
   if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
