@@ -136,7 +136,7 @@ export function accountRoutes(state: AccountsState) {
       const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
-      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket) });
+      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket), notAfter: c.notAfter });
       state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
       return startSession(req, reply, s);
     });

@@ -23,6 +23,8 @@ export interface Session {
     trust?: TrustedIssuers;
     /** The CAs above it in its chain at sign-in (chainIssuers): a CRL that lists one since ends the session. */
     issuers?: readonly ChainIssuer[];
+    /** Its end (ISO): signed in by a field, the session ends with it, as a new handshake with it names no account. */
+    notAfter?: string | null;
   } | null;
   /** Last request, ms on the book's clock (monotonic). */
   seen: number;
