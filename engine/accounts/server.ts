@@ -115,6 +115,9 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
     countedAs: (address) => countedAddress(address, state.listener().limits.ipv6PrefixLength),
   });
+  // Only what the page's forms send: fastify's own JSON and text/plain parsers let a script post the same
+  // fields in bodies no form makes (415 now), and parse input (JSON) no route needs.
+  app.removeAllContentTypeParsers();
   await app.register(formbody);
   acceptMultipart(app);
   await app.register(cookie);

@@ -1,6 +1,7 @@
 // Every answer of the account page carries its protections (no-store, a CSP with no script, no framing, no
 // sniffing, no referrer, HSTS), the ones fastify itself makes too: a URL the router cannot decode or a
-// parameter past its length was answered by fastify's own JSON, before any hook, echoing the URL bare.
+// parameter past its length was answered by fastify's own JSON, before any hook, echoing the URL bare. And
+// a body no form sends (fastify parsed JSON and text/plain too) is refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -51,4 +52,21 @@ test('pages, redirects, refusals and the router\'s own errors all carry the page
   assert.equal(bad.status, 400);
   assert.match(String(bad.headers['content-type']), /^text\/html/);
   assert.match(bad.body, /Not an address of this page/);
+});
+
+test('a form\'s fields in a body no form sends (JSON, text/plain) are refused with 415, the CSRF token with them: nothing is issued', async () => {
+  const alice = new PageClient(s.url, await readFile(s.pki.ca.cert, 'utf8'));
+  assert.equal((await alice.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const _csrf = await alice.csrf('/devices');
+  const bodies = [
+    { type: 'application/json', body: JSON.stringify({ _csrf, device: 'by-json' }) },
+    { type: 'text/plain', body: new URLSearchParams({ _csrf, device: 'by-text' }).toString() },
+  ];
+  for (const raw of bodies) {
+    const r = await alice.request('POST', '/devices/issue', undefined, raw);
+    assert.equal(r.status, 415, raw.type);
+    protectedAnswer(r, raw.type);
+  }
+  assert.doesNotMatch((await alice.request('GET', '/devices')).body, /by-json|by-text/);
+  assert.equal((await alice.post('/devices/issue', { device: 'by-form' })).status, 303, 'the form itself still works');
 });
