@@ -8,7 +8,7 @@ import https from 'node:https';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
+import { certificateSession, requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
 import { issueDevice } from '../../engine/pki/index.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -34,14 +34,7 @@ after(async () => {
 });
 
 test('a certificate session ends at the certificate\'s end, and the open connection names no account past it', async () => {
-  const page = await request('/signin');
-  assert.match(page.body, /presented a certificate for <b>alice@example\.com<\/b>/);
-  const csrf = /name="_csrf" value="([^"]+)"/.exec(page.body)![1]!;
-  const signedIn = await request('/signin/certificate', { method: 'POST', cookies: page.cookies, body: `_csrf=${encodeURIComponent(csrf)}` });
-  assert.equal(signedIn.location, '/devices', 'signed in before the end');
-  const cookies = [...page.cookies, ...signedIn.cookies];
-  assert.equal((await request('/devices', { cookies })).status, 200);
-  const connection = signedIn.socket;
+  const { cookies, connection } = await certificateSession(request);
 
   // Polled on the one connection (its keep-alive never idles out); the deadline is a guard, not a measure.
   await until('the certificate session to end', async () => (await request('/devices', { cookies })).location === '/signin', { timeoutMs: 60_000 });

@@ -96,3 +96,18 @@ export function requestsOn(agent: https.Agent, url: string) {
       req.end(opts.body);
     });
 }
+
+/**
+ * Signs in with the client certificate of `request`'s one keep-alive connection (requestsOn), as `identity`:
+ * the session's cookies, and that connection (to check later answers came on it).
+ */
+export async function certificateSession(request: ReturnType<typeof requestsOn>, identity: string = USERS.alice): Promise<{ cookies: string[]; connection: unknown }> {
+  const page = await request('/signin');
+  assert.ok(page.body.includes(`presented a certificate for <b>${identity}</b>`), page.body);
+  const csrf = /name="_csrf" value="([^"]+)"/.exec(page.body)![1]!;
+  const signedIn = await request('/signin/certificate', { method: 'POST', cookies: page.cookies, body: `_csrf=${encodeURIComponent(csrf)}` });
+  assert.equal(signedIn.location, '/devices');
+  const cookies = [...page.cookies, ...signedIn.cookies];
+  assert.equal((await request('/devices', { cookies })).status, 200);
+  return { cookies, connection: signedIn.socket };
+}
