@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startAccounts, PASSWORDS, USERS, type AccountsSetup } from './helpers.ts';
 import { PageClient, type PageAnswer } from './page-client.ts';
+import { needs, run } from '../helpers/example.ts';
 
 let s: AccountsSetup;
 let dir = '';
@@ -69,4 +70,21 @@ test('a form\'s fields in a body no form sends (JSON, text/plain) are refused wi
   }
   assert.doesNotMatch((await alice.request('GET', '/devices')).body, /by-json|by-text/);
   assert.equal((await alice.post('/devices/issue', { device: 'by-form' })).status, 303, 'the form itself still works');
+});
+
+test('a host name not of the page (DNS rebinding: attacker.example rebound to the page\'s address) is refused with 421; its certificate\'s names, the hostname and addresses are served', needs('curl'), async () => {
+  const port = new URL(s.url).port;
+  /** curl to https://<name>:<port>/signin, the name resolved to the page's address: status, headers and body. */
+  const as = async (name: string): Promise<{ status: string; text: string }> => {
+    const r = await run('curl', ['-sS', '-k', '-i', '--resolve', `${name}:${port}:127.0.0.1`, `https://${name}:${port}/signin`]);
+    return { status: /^HTTP\/1\.1 (\d+)/.exec(r.stdout)?.[1] ?? r.output, text: r.stdout };
+  };
+  const logged = s.server.logs.length;
+  const rebound = await as('attacker.example');
+  assert.equal(rebound.status, '421');
+  assert.match(rebound.text, /does not answer to that name/);
+  assert.doesNotMatch(rebound.text, /name="_csrf"/, 'no form, no token');
+  assert.match(rebound.text, /content-security-policy: default-src 'none'/i);
+  assert.ok(s.server.logs.slice(logged).some((l) => l.msg === 'account page: refused a request for a host name not of its certificate' && l.host === `attacker.example:${port}`));
+  for (const name of ['mail.example.com', 'MAIL.Example.COM', 'localhost', '127.0.0.1']) assert.equal((await as(name)).status, '200', name);
 });
