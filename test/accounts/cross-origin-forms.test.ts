@@ -1,7 +1,8 @@
 // The account page's forms posted by another web page in a real browser (Chromium) where the user is signed
 // in: from another site (https://localhost:N, the browser sends no SameSite=Strict cookie) and from the
 // same site (https://127.0.0.1:N, another port of the page's host: the cookies go along, only the CSRF token
-// can refuse). Revoke, issue and sign-out are each refused; the device stays valid and the session stands.
+// can refuse). Revoke, issue, sign-out and a sign-in to the attacker's account are each refused; the device
+// stays valid and the session stands.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
@@ -51,7 +52,7 @@ async function visit(page: Page, origin: string, name: string, action: string, f
   return { url: page.url(), text: await page.locator('body').innerText() };
 }
 
-test('another site\'s and the same site\'s forms revoke, issue and sign out nothing', opts, async () => {
+test('another site\'s and the same site\'s forms revoke, issue, sign out and sign in nothing', opts, async () => {
   const context: BrowserContext = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   await page.goto(`${s.url}/signin`);
@@ -70,6 +71,9 @@ test('another site\'s and the same site\'s forms revoke, issue and sign out noth
       ['signout', '/signout', {}],
       // A token of the attacker's own session is bound to that session: refused as well.
       ['revoke-with-token', `/devices/cert-${laptop.serial}/revoke`, { reason: 'keyCompromise', _csrf: await attackerToken() }],
+      // Login CSRF: the user signed into the attacker's account (where their next device would go), with a
+      // sign-in token the attacker fetched signed out.
+      ['signin', '/signin', { user: USERS.bob, password: PASSWORDS.bob, _csrf: await new PageClient(s.url, await readFile(s.pki.ca.cert, 'utf8')).csrf('/signin') }],
     ] as const) {
       const answer = await visit(page, origin, `${name}-${site.replaceAll(' ', '-')}`, action, fields);
       assert.match(answer.text, /did not come from this page/, `${name} from ${site}: ${answer.text}`);
@@ -79,6 +83,7 @@ test('another site\'s and the same site\'s forms revoke, issue and sign out noth
   assert.deepEqual(after.map((c) => [c.device, c.revoked]), [['laptop', null]], 'nothing revoked, nothing issued');
   await page.goto(`${s.url}/devices`);
   assert.equal(page.url(), `${s.url}/devices`, 'still signed in');
+  assert.match(await page.locator('h1').innerText(), /Devices of alice@example\.com/, 'as alice');
   await context.close();
 });
 
