@@ -210,9 +210,13 @@ export function accountRoutes(state: AccountsState) {
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
         }
         const change = await retireAccountDevice(ctx(), device, reason);
-        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined },
+        // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
+        // password would otherwise go on issuing itself devices as fast as they are revoked).
+        const stolen = change.revoked && reason === 'keyCompromise';
+        const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
+        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
-        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.`);
+        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.${stolen ? ' Your account is signed out everywhere else.' : ''}`);
       }));
     }
   };

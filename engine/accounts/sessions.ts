@@ -89,6 +89,13 @@ export class SessionBook {
     return s;
   }
 
+  /** Ends every session of `identity` but `keep`; how many ended. */
+  endOthers(identity: string, keep: string): number {
+    const others = [...this.#sessions.values()].filter((o) => o.identity === identity && o.id !== keep);
+    for (const o of others) this.end(o.id);
+    return others.length;
+  }
+
   end(id: string): void {
     this.#sessions.delete(id);
     for (const [t, d] of this.#downloads) if (d.sessionId === id) this.#downloads.delete(t);
