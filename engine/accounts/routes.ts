@@ -136,7 +136,7 @@ export function accountRoutes(state: AccountsState) {
       const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
-      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket) });
+      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket), notAfter: c.notAfter });
       state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
       return startSession(req, reply, s);
     });
@@ -152,9 +152,8 @@ export function accountRoutes(state: AccountsState) {
 
     app.get('/devices', signedIn((req, reply, s) => devices(req, reply, s)));
 
-    /** accounts.deviceAdditionsPerHour: null when this account may add one more device now, else the 429 page. */
-    const overAdditions = (req: FastifyRequest, reply: FastifyReply, s: Session, action: string): Promise<FastifyReply> | null => {
-      if (state.additions.allows(s.identity)) return null;
+    /** The 429 page of an addition over accounts.deviceAdditionsPerHour. */
+    const overAdditions = (req: FastifyRequest, reply: FastifyReply, s: Session, action: string): Promise<FastifyReply> => {
       state.log.warn({ by: s.identity, client: ip(req), action, limit: state.settings().deviceAdditionsPerHour },
         'account page: refused a device addition, accounts.deviceAdditionsPerHour used up for this account');
       return devices(req, reply, s, 429, `Your account has added ${state.settings().deviceAdditionsPerHour} devices within the last hour: try again later. Revoking and removing devices still work.`);
@@ -162,11 +161,8 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const refused = overAdditions(req, reply, s, 'issue');
-      if (refused) return refused;
-      const c = ctx();
-      const issued = await issueAccountDevice(c, s.identity, device, state.settings().issueDays);
-      state.additions.count(s.identity);
+      const issued = await state.additions.add(s.identity, () => issueAccountDevice(ctx(), s.identity, device, state.settings().issueDays));
+      if (!issued) return overAdditions(req, reply, s, 'issue');
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
       const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
       changeLog(s, req, { action: 'issue', device, serial: issued.record.serial, pin: issued.facts.pin.sha256Base64Url, notAfter: issued.record.notAfter }, 'device certificate issued');
@@ -193,10 +189,8 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const refused = overAdditions(req, reply, s, 'pin');
-      if (refused) return refused;
-      const entry = await addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'));
-      state.additions.count(s.identity);
+      const entry = await state.additions.add(s.identity, () => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key')));
+      if (!entry) return overAdditions(req, reply, s, 'pin');
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -216,9 +210,13 @@ export function accountRoutes(state: AccountsState) {
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
         }
         const change = await retireAccountDevice(ctx(), device, reason);
-        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined },
+        // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
+        // password would otherwise go on issuing itself devices as fast as they are revoked).
+        const stolen = change.revoked && reason === 'keyCompromise';
+        const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
+        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
-        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.`);
+        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.${stolen ? ' Your account is signed out everywhere else.' : ''}`);
       }));
     }
   };

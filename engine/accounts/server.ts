@@ -4,7 +4,7 @@
  * listener's on every reload (a revoked certificate's next handshake here is checked against the new CRL).
  * Sessions, CSRF and the pages are in the neighbouring files; the routes in routes.ts.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
 import fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -23,6 +23,8 @@ import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
+import { hostAllowed } from '../admin/host-header.ts';
+import { clientText } from '../logging/logger.ts';
 
 /**
  * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
@@ -61,7 +63,7 @@ export interface AccountsServer {
 
 type AccountsConfig = NonNullable<Config['accounts']>;
 
-async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: TrustedIssuers }> {
+async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: TrustedIssuers; certificate: X509Certificate }> {
   const tls = await loadListenerTls(l);
   const asking = l.tls.clientCertificates !== 'none';
   return {
@@ -74,6 +76,8 @@ async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: 
       ...(asking ? { ca: tls.ca ?? [], crl: tls.crl } : {}),
     },
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
+    // Its first certificate: the server's own, whose names the page answers to.
+    certificate: new X509Certificate(tls.cert!),
   };
 }
 
@@ -84,6 +88,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   const settings = (): AccountsConfig => opts.generation().config.accounts ?? started;
   const first = opts.generation().listener(started.listener);
   const tls = await tlsOptions(first);
+  let certificate = tls.certificate;
   const state: AccountsState = {
     generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
     additions: new ChangeBudget(() => settings().deviceAdditionsPerHour),
@@ -115,6 +120,9 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
     countedAs: (address) => countedAddress(address, state.listener().limits.ipv6PrefixLength),
   });
+  // Only what the page's forms send: fastify's own JSON and text/plain parsers let a script post the same
+  // fields in bodies no form makes (415 now), and parse input (JSON) no route needs.
+  app.removeAllContentTypeParsers();
   await app.register(formbody);
   acceptMultipart(app);
   await app.register(cookie);
@@ -127,6 +135,14 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   });
   app.addHook('onSend', async (_req, reply) => {
     reply.headers(SECURITY_HEADERS);
+  });
+  // DNS rebinding (host-header.ts): a browser that went on past the certificate warning for attacker.example
+  // would offer its client certificate there, and the attacker's script sign in with it. The page answers
+  // only to the names of its certificate, the server's hostname, addresses and localhost.
+  app.addHook('onRequest', async (req, reply) => {
+    if (hostAllowed(req.headers.host, (name) => name === opts.generation().config.hostname.toLowerCase() || certificate.checkHost(name) !== undefined)) return;
+    log.warn({ client: req.ip, host: clientText(String(req.headers.host)) }, 'account page: refused a request for a host name not of its certificate');
+    return reply.code(421).type('text/html; charset=utf-8').send(errorPage(421, 'This page does not answer to that name: open it by the name on its certificate.'));
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
@@ -155,6 +171,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
         const next = await tlsOptions(state.listener());
         (app.server as HttpsServer).setSecureContext(next.context);
         state.trust = next.trust;
+        certificate = next.certificate;
       } catch (err) {
         // The reload that got here read the same files: only a change since then fails; keep what runs.
         log.warn({ err: { message: (err as Error).message } }, 'account page keeps its previous TLS material');

@@ -23,9 +23,13 @@ export interface Session {
     trust?: TrustedIssuers;
     /** The CAs above it in its chain at sign-in (chainIssuers): a CRL that lists one since ends the session. */
     issuers?: readonly ChainIssuer[];
+    /** Its end (ISO): signed in by a field, the session ends with it, as a new handshake with it names no account. */
+    notAfter?: string | null;
   } | null;
   /** Last request, ms on the book's clock (monotonic). */
   seen: number;
+  /** Sign-in, ms on the book's clock. */
+  started: number;
 }
 
 export interface PendingDownload {
@@ -45,6 +49,11 @@ const MAX_SESSIONS = 10_000;
  * it one user signing in over and over filled MAX_SESSIONS and so signed every other user out.
  */
 const MAX_SESSIONS_PER_ACCOUNT = 20;
+/**
+ * A session's longest life however busy (OWASP ASVS 3.3.2's twelve hours): a stolen cookie kept in use by a
+ * request every few minutes would otherwise stand for as long as the password or certificate does.
+ */
+const MAX_SESSION_MS = 12 * 3600_000;
 const token = (): string => randomBytes(32).toString('base64url');
 
 export class SessionBook {
@@ -61,22 +70,30 @@ export class SessionBook {
     this.#sweep();
     const own = [...this.#sessions.values()].filter((o) => o.identity === identity.toLowerCase()).sort((a, b) => a.seen - b.seen);
     for (const o of own.slice(0, own.length - MAX_SESSIONS_PER_ACCOUNT + 1)) this.end(o.id);
-    const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: this.#now() };
+    const now = this.#now();
+    const s: Session = { id: token(), identity: identity.toLowerCase(), via, passwordHash, certificate, seen: now, started: now };
     this.#sessions.set(s.id, s);
     return s;
   }
 
-  /** The session of this cookie value, unless idle for longer than `idleMs` (then it is ended). */
+  /** The session of this cookie value, unless idle for longer than `idleMs` or older than MAX_SESSION_MS (then it is ended). */
   get(id: string | undefined, idleMs: number, now = this.#now()): Session | null {
     if (!id) return null;
     const s = this.#sessions.get(id);
     if (!s) return null;
-    if (now - s.seen > idleMs) {
+    if (now - s.seen > idleMs || now - s.started > MAX_SESSION_MS) {
       this.end(id);
       return null;
     }
     s.seen = now;
     return s;
+  }
+
+  /** Ends every session of `identity` but `keep`; how many ended. */
+  endOthers(identity: string, keep: string): number {
+    const others = [...this.#sessions.values()].filter((o) => o.identity === identity && o.id !== keep);
+    for (const o of others) this.end(o.id);
+    return others.length;
   }
 
   end(id: string): void {
@@ -119,7 +136,7 @@ export class SessionBook {
     const now = this.#now();
     for (const [t, d] of this.#downloads) if (d.expires <= now) this.#downloads.delete(t);
     // Sessions idle a day are gone whatever the setting (the setting is at most a day).
-    for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000) this.end(id);
+    for (const [id, s] of this.#sessions) if (now - s.seen > 86400_000 || now - s.started > MAX_SESSION_MS) this.end(id);
     if (this.#sessions.size >= MAX_SESSIONS) {
       const idlest = [...this.#sessions.values()].sort((a, b) => a.seen - b.seen);
       for (const s of idlest.slice(0, this.#sessions.size - MAX_SESSIONS + 1)) this.end(s.id);

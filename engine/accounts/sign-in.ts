@@ -15,6 +15,9 @@ import type { PeerCertificate } from '../sandbox/api/index.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { Session } from './sessions.ts';
 
+/** A certificate's end (ISO) is past, on the wall clock as the TLS library judges validity. */
+const expired = (notAfter: string | null | undefined): boolean => !!notAfter && Date.parse(notAfter) <= Date.now();
+
 export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
 
 /** One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; a failure is counted and slowed. */
@@ -61,6 +64,8 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const anchor = verified ? first.anchorOf(socket) : null;
   if (verified && (trust.isRevoked(certificate) || trust.revokesIssuerOf(socket))) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
   else if (verified && !trust.stillTrusts(first, anchor)) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
+  // Its handshake's verdict predates the certificate's end: past it, a new handshake would get CERT_HAS_EXPIRED.
+  else if (verified && expired(certificate.notAfter)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_HAS_EXPIRED' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
   const id = certificateIdentity(listener, certificate, pins, trust, { emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => trust.revokesIssuerOf(socket) });
   return { certificate, identity: id.identity, via: id.via, anchor, trust: first };
@@ -82,6 +87,7 @@ export function sessionStands(s: Session, listener: ListenerConfig, generation: 
     // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
     return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? []);
   }
-  return listener.certificateIdentity.field !== 'none' && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? [])
+  // By a field the certificate names the account only while it verifies: not past its end (a pin names it whatever the verdict).
+  return listener.certificateIdentity.field !== 'none' && !expired(c.notAfter) && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? [])
     && (c.trust === undefined || trust.stillTrusts(c.trust, c.anchor ?? null));
 }

@@ -4,12 +4,12 @@
  * administrator chooses (loopback by default); it answers GETs only and never changes anything.
  */
 import http from 'node:http';
-import { isIP } from 'node:net';
 import { rmSync } from 'node:fs';
 import { registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
+import { hostAllowed, hostName } from './host-header.ts';
 import type { Logger } from '../logging/logger.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
@@ -68,7 +68,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
-    if (limits?.hosts && !hostAllowed(req.headers.host, limits.hosts)) {
+    const hosts = limits?.hosts;
+    if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {
       res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
       return;
@@ -116,19 +117,6 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       server.closeAllConnections();
     }),
   };
-}
-
-/** A Host header's name: lowercase, without port, brackets or a final dot. */
-function hostName(host: string): string {
-  const name = host.startsWith('[') ? host.slice(1).split(']')[0]! : host.replace(/:\d*$/, '');
-  return name.toLowerCase().replace(/\.$/, '');
-}
-
-/** No Host (HTTP/1.0: no browser), an IP address, localhost, or a name of `hosts`. */
-function hostAllowed(host: string | undefined, hosts: readonly string[]): boolean {
-  if (host === undefined) return true;
-  const name = hostName(host);
-  return isIP(name) !== 0 || name === 'localhost' || hosts.includes(name);
 }
 
 async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {

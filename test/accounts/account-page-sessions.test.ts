@@ -2,7 +2,8 @@
 // the sessions the old password opened; signing in again ends the browser's previous session (a copied
 // cookie of it is dead); a HEAD on the one-time .p12 page and download spends neither the password nor the
 // file; and a sign-in takes as long for an unknown account or an empty password as for a wrong password, with
-// the users file's own argon2 costs.
+// the users file's own argon2 costs; a device revoked as lost or stolen signs the account out everywhere
+// else (a browser left signed in on that laptop).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -163,4 +164,25 @@ test('an account adds at most accounts.deviceAdditionsPerHour (20) devices an ho
   const alice = client();
   assert.equal((await alice.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
   assert.equal((await alice.post('/devices/issue', { device: 'own-budget' })).status, 303);
+});
+
+test('revoking a device as lost or stolen signs the account out everywhere else; as replaced, not', async () => {
+  const here = client();
+  assert.equal((await here.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  /** Issues a device here, another browser signs in, the device is revoked here for `reason`: is that browser still in? */
+  const otherStaysAfter = async (device: string, reason: string): Promise<boolean> => {
+    assert.equal((await here.post('/devices/issue', { device })).status, 303);
+    const there = client(); // the thief's browser on the lost laptop, signed in by password
+    assert.equal((await there.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+    const id = new RegExp(`<tr data-device="([^"]+)"><td>${device}<`).exec((await here.request('GET', '/devices')).body)?.[1];
+    assert.ok(id, device);
+    const revoked = await here.post(`/devices/${id}/revoke`, { reason });
+    assert.equal(revoked.status, 200);
+    assert.equal((await here.request('GET', '/devices')).status, 200, 'the session that revoked stays');
+    return (await there.request('GET', '/devices')).status === 200;
+  };
+  assert.equal(await otherStaysAfter('replaced-one', 'superseded'), true);
+  assert.equal(await otherStaysAfter('stolen-one', 'keyCompromise'), false);
+  const line = s.server.logs.find((l) => l.msg === 'account page: device certificate revoked' && l.device === 'stolen-one');
+  assert.ok(typeof line?.signedOut === 'number' && line.signedOut >= 1, JSON.stringify(line));
 });

@@ -32,7 +32,7 @@ export interface AccountsSetup {
 }
 
 /** `page`: the page's own settings (its listen address, its per-address cap) over the defaults here. */
-export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number } = {}): Promise<AccountsSetup> {
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}): Promise<AccountsSetup> {
   // Never the working directory: the CA, its key and the users file would land in the checkout.
   if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
@@ -95,4 +95,19 @@ export function requestsOn(agent: https.Agent, url: string) {
       req.on('error', reject);
       req.end(opts.body);
     });
+}
+
+/**
+ * Signs in with the client certificate of `request`'s one keep-alive connection (requestsOn), as `identity`:
+ * the session's cookies, and that connection (to check later answers came on it).
+ */
+export async function certificateSession(request: ReturnType<typeof requestsOn>, identity: string = USERS.alice): Promise<{ cookies: string[]; connection: unknown }> {
+  const page = await request('/signin');
+  assert.ok(page.body.includes(`presented a certificate for <b>${identity}</b>`), page.body);
+  const csrf = /name="_csrf" value="([^"]+)"/.exec(page.body)![1]!;
+  const signedIn = await request('/signin/certificate', { method: 'POST', cookies: page.cookies, body: `_csrf=${encodeURIComponent(csrf)}` });
+  assert.equal(signedIn.location, '/devices');
+  const cookies = [...page.cookies, ...signedIn.cookies];
+  assert.equal((await request('/devices', { cookies })).status, 200);
+  return { cookies, connection: signedIn.socket };
 }

@@ -18,13 +18,15 @@ export class PageClient {
     this.#ca = ca;
   }
 
-  request(method: string, path: string, form?: Record<string, string>): Promise<PageAnswer> {
-    const body = form ? new URLSearchParams(form).toString() : undefined;
+  /** `form` posted as the page's forms post it, or a `raw` body of a chosen type. */
+  request(method: string, path: string, form?: Record<string, string>, raw?: { type: string; body: string }): Promise<PageAnswer> {
+    const body = raw ? raw.body : form ? new URLSearchParams(form).toString() : undefined;
+    const type = raw ? raw.type : 'application/x-www-form-urlencoded';
     const cookie = [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
     return new Promise((resolve, reject) => {
       const req = https.request(`${this.#url}${path}`, {
         method, ca: this.#ca, servername: 'localhost', agent: false,
-        headers: { ...(cookie ? { cookie } : {}), ...(body !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
+        headers: { ...(cookie ? { cookie } : {}), ...(body !== undefined ? { 'content-type': type } : {}) },
       }, (res) => {
         for (const c of res.headers['set-cookie'] ?? []) {
           const [pair = ''] = c.split(';');

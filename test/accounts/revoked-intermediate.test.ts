@@ -8,7 +8,7 @@ import https from 'node:https';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
+import { certificateSession, requestsOn, startAccounts, USERS, type AccountsSetup } from './helpers.ts';
 import { pkiPaths } from '../../engine/pki/index.ts';
 import { createCertificateAuthority, createCrl, issueClientCertificate, loadAuthority, type Authority } from '../../engine/certificates/index.ts';
 import { until } from '../helpers/wait.ts';
@@ -55,14 +55,7 @@ after(async () => {
 });
 
 test('the root\'s CRL reloaded listing the intermediate: the certificate session ends, the open connection names no account', async () => {
-  const page = await request('/signin');
-  assert.match(page.body, /presented a certificate for <b>alice@example\.com<\/b>/);
-  const csrf = /name="_csrf" value="([^"]+)"/.exec(page.body)![1]!;
-  const signedIn = await request('/signin/certificate', { method: 'POST', cookies: page.cookies, body: `_csrf=${encodeURIComponent(csrf)}` });
-  assert.equal(signedIn.location, '/devices');
-  const cookies = [...page.cookies, ...signedIn.cookies];
-  assert.equal((await request('/devices', { cookies })).status, 200);
-  const connection = signedIn.socket;
+  const { cookies, connection } = await certificateSession(request);
 
   const generation = s.server.runtime.generation;
   await writeFile(crls, await createCrl(root, [sub.serial]) + await createCrl(sub, []));

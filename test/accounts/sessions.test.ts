@@ -42,3 +42,16 @@ test('one account signing in over and over ends its own idlest sessions, never a
   const latest = book.create('mallory@example.com', 'password', null);
   assert.equal(book.get(latest.id, 60_000)?.id, latest.id);
 });
+
+test('a session kept busy ends all the same twelve hours after its sign-in; a new sign-in starts afresh', () => {
+  let now = 1_000_000;
+  const book = new SessionBook(() => now);
+  const signedInAt = now;
+  const s = book.create('alice@example.com', 'password', null);
+  const idle = 30 * 60_000;
+  // A request every ten minutes: never idle, as a stolen cookie kept in use would be.
+  for (now += 10 * 60_000; now - signedInAt <= 12 * 3600_000; now += 10 * 60_000) assert.equal(book.get(s.id, idle)?.id, s.id, `at ${now - signedInAt} ms`);
+  assert.equal(book.get(s.id, idle), null, 'past twelve hours');
+  const again = book.create('alice@example.com', 'password', null);
+  assert.equal(book.get(again.id, idle)?.id, again.id);
+});
