@@ -1,0 +1,72 @@
+// Bounces as others read them: Python's email package (a real MIME parser, the one bounce processors such as
+// flufl.bounce build on) parses what buildDsn writes for hostile inputs — a next hop's reply in another script,
+// a long hostname, a sender at an IDN domain — and finds a multipart/report of three parts, one delivery-status
+// block per recipient, no defects, 7-bit lines within 998 characters and a boundary within RFC 2046's 70.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { buildDsn, type DsnInput } from '../../engine/queue/dsn.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+
+const run = promisify(execFile);
+const scratch = useScratchDir('postern-dsn-parsers-');
+
+const READ = `
+import sys, json, email
+from email import policy
+raw = open(sys.argv[1], 'rb').read()
+m = email.message_from_bytes(raw, policy=policy.default)
+defects = [f'{p.get_content_type()}: {d!r}' for p in m.walk() for d in p.defects]
+to = m['To']
+defects += [f'To: {d!r}' for d in to.defects]
+blocks = []
+for p in m.walk():
+    if p.get_content_type() == 'message/delivery-status':
+        blocks = [dict(b.items()) for b in p.get_payload()]
+lines = raw.split(b'\\r\\n')
+print(json.dumps({
+    'type': m.get_content_type(), 'reportType': m.get_param('report-type'), 'boundary': m.get_boundary(),
+    'parts': [p.get_content_type() for p in m.get_payload()], 'blocks': blocks, 'defects': defects,
+    'to': [a.addr_spec for a in to.addresses], 'eightBit': any(b > 127 for b in raw), 'longest': max(len(l) for l in lines),
+}))
+`;
+
+interface Read { type: string; reportType: string; boundary: string; parts: string[]; blocks: Array<Record<string, string>>; defects: string[]; to: string[]; eightBit: boolean; longest: number }
+
+async function pythonReads(raw: Buffer): Promise<Read> {
+  const file = await scratch.file(`dsn-${Math.random().toString(36).slice(2)}.eml`, raw);
+  const { stdout } = await run('python3', ['-c', READ, file]);
+  return JSON.parse(stdout) as Read;
+}
+
+const original = (sender: string): DsnInput['original'] => ({ id: '0mabcdefg1a2b3c4d5e', sender, receivedAt: '2026-01-01T00:00:00Z' });
+
+test('a next hop\'s reply in another script, a long hostname, a sender at an IDN domain: Python reads a well-formed, 7-bit report', async () => {
+  // A localized refusal (a next hop may answer in UTF-8), long enough to be clipped: each character is 8 when escaped.
+  const localized = `550 5.1.1 ${'\u65e5\u672c\u8a9e\u306e\u30a8\u30e9\u30fc'.repeat(150)}`;
+  const raw = buildDsn({
+    hostname: 'reporting-host-with-a-long-name.mail.internal.example.org',
+    original: original('info@m\u00fcnchen.example'),
+    originalMessage: Buffer.from('From: info@xn--mnchen-3ya.example\r\nSubject: hi\r\n\r\nbody\r\n'),
+    failed: [
+      { recipient: 'a@x.test', status: '5.1.1', diagnostic: localized, remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25' },
+      // Boundary- and header-looking text from a next hop: one line, inside its field.
+      { recipient: 'b@x.test', status: '5.7.1', diagnostic: '550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html', remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25' },
+    ],
+    expired: false,
+  });
+  const read = await pythonReads(raw);
+  assert.deepEqual(read.defects, []);
+  assert.equal(read.type, 'multipart/report');
+  assert.equal(read.reportType, 'delivery-status');
+  assert.deepEqual(read.parts, ['text/plain', 'message/delivery-status', 'text/rfc822-headers']);
+  assert.ok(read.boundary.length <= 70, `boundary of ${read.boundary.length} characters (RFC 2046: 70 at most; Dovecot keeps 80)`);
+  assert.equal(read.eightBit, false, 'the bounce is 7-bit: a next hop without 8BITMIME takes it');
+  assert.ok(read.longest <= 998, `a line of ${read.longest} characters`);
+  assert.deepEqual(read.to, ['info@xn--mnchen-3ya.example']);
+  assert.deepEqual(read.blocks.slice(1).map((b) => [b['Final-Recipient'], b.Action, b.Status]), [['rfc822; a@x.test', 'failed', '5.1.1'], ['rfc822; b@x.test', 'failed', '5.7.1']]);
+  const diagnostic = read.blocks[1]!['Diagnostic-Code']!;
+  assert.match(diagnostic, /^smtp; 550 5\.1\.1 (\\x\{[0-9A-F]+\})+\.\.\.$/, 'clipped between escapes, not inside one');
+  assert.equal(read.blocks[2]!['Diagnostic-Code'], 'smtp; 550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html');
+});
