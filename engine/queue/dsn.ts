@@ -76,7 +76,8 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    ...(f.orcpt ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
+    // Optional, and it has no place to fold: left out where 7-bit (\x{65E5} for 日) it would pass RFC 5322's 998 characters.
+    ...(f.orcpt && asciiOrcpt(f.orcpt).length <= 900 ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
     `Final-Recipient: ${addressField(f.recipient)}`,
     `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,

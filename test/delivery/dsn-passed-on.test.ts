@@ -10,6 +10,7 @@ import { parseDsn, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { startTestServer } from '../helpers/postern.ts';
 
 async function startPeer(offers: string[]): Promise<{ port: number; mail: string[]; rcpt: string[]; messages: string[]; close(): void }> {
   const seen = { mail: [] as string[], rcpt: [] as string[], messages: [] as string[] };
@@ -91,4 +92,38 @@ test('to a next hop without DSN: nothing passed on; the success notice is ours, 
     assert.equal(notice.perMessage['original-envelope-id'], 'env+42');
     assert.deepEqual(notice.recipients.map((r) => [r['original-recipient'], r['final-recipient'], r.action]), [['rfc822;Asked+x@example.org', 'rfc822; asked@example.net', 'relayed']]);
   });
+});
+
+test('to Postern as the next hop: an ORCPT longer than RFC 3461\'s 500 characters once written 7-bit is not passed on, and the recipient is delivered, not bounced for it', async () => {
+  // The next hop: a second Postern (it offers DSN and refuses an ORCPT over 500 characters, 501 5.5.4).
+  const next = await startTestServer({
+    config: configYaml({ listeners: [testListener('mx')], localDomains: ['example.net'] }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(next.port('mx'), { retrySchedule: [3600] }) }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    // A UTF-8 address of 82 characters (a 70-character local part in CJK: within 500 as sent), 578 as RFC 6533's 7-bit utf-8 type.
+    const orcpt = `rfc822;${'\u65e5'.repeat(70)}@example.org`;
+    const c = await SmtpTestClient.connect(s.port());
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test> SMTPUTF8')).code, 250);
+    const r1 = await c.command(`RCPT TO:<long@example.net> ORCPT=${orcpt}`); assert.equal(r1.code, 250, r1.text);
+    assert.equal((await c.command('RCPT TO:<short@example.net> ORCPT=rfc822;short-orig@example.org')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: dsn\r\n\r\nhello\r\n.');
+    const id = /queued as ([0-9a-z]+)/.exec((await c.read()).text)![1]!;
+    await c.quit();
+    const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(e.outcomes.map((o) => [o.recipient, o.status, o.reply]).filter(([, status]) => status !== 'delivered'), []);
+    assert.equal(e.bounceId, null);
+    const [relayed] = await next.runtime.spool.list();
+    const env = await next.runtime.spool.readEnvelope(relayed!);
+    assert.deepEqual(env.recipients.map((r) => [r.address, r.orcpt]), [['long@example.net', undefined], ['short@example.net', 'rfc822;short-orig@example.org']]);
+  } finally {
+    await s.stop();
+    await next.stop();
+  }
 });

@@ -52,7 +52,9 @@ test('a next hop\'s reply in another script, a long hostname, a sender at an IDN
     failed: [
       { recipient: 'a@x.test', status: '5.1.1', diagnostic: localized, remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25' },
       // Boundary- and header-looking text from a next hop: one line, inside its field.
-      { recipient: 'b@x.test', status: '5.7.1', diagnostic: '550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html', remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25' },
+      { recipient: 'b@x.test', status: '5.7.1', diagnostic: '550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html', remoteReply: true, remoteMta: 'mx.x.test[192.0.2.1]:25',
+        // An ORCPT a client may give (500 characters): 4,000 as \x{65E5} escapes, with no place to fold.
+        orcpt: `rfc822;${'\u65e5'.repeat(480)}@x.example` },
     ],
     expired: false,
   });
@@ -69,4 +71,5 @@ test('a next hop\'s reply in another script, a long hostname, a sender at an IDN
   const diagnostic = read.blocks[1]!['Diagnostic-Code']!;
   assert.match(diagnostic, /^smtp; 550 5\.1\.1 (\\x\{[0-9A-F]+\})+\.\.\.$/, 'clipped between escapes, not inside one');
   assert.equal(read.blocks[2]!['Diagnostic-Code'], 'smtp; 550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html');
+  assert.equal(read.blocks[2]!['Original-Recipient'], undefined, 'an ORCPT too long for one line is left out (it is optional)');
 });
