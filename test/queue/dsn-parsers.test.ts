@@ -1,13 +1,18 @@
 // Bounces as others read them: Python's email package (a real MIME parser, the one bounce processors such as
 // flufl.bounce build on) parses what buildDsn writes for hostile inputs — a next hop's reply in another script,
 // a long hostname, a sender at an IDN domain — and finds a multipart/report of three parts, one delivery-status
-// block per recipient, no defects, 7-bit lines within 998 characters and a boundary within RFC 2046's 70.
+// block per recipient, no defects, 7-bit lines within 998 characters and a boundary within RFC 2046's 70. And a
+// bounce storm: a message to 500 recipients that all fail makes one report, not one a recipient or a transaction.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { buildDsn, type DsnInput } from '../../engine/queue/dsn.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
+import { startSink } from '../helpers/sink.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+import { until } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 const scratch = useScratchDir('postern-dsn-parsers-');
@@ -72,4 +77,37 @@ test('a next hop\'s reply in another script, a long hostname, a sender at an IDN
   assert.match(diagnostic, /^smtp; 550 5\.1\.1 (\\x\{[0-9A-F]+\})+\.\.\.$/, 'clipped between escapes, not inside one');
   assert.equal(read.blocks[2]!['Diagnostic-Code'], 'smtp; 550 5.7.1 --0mabcdefg1a2b3c4d5e Content-Type: text/html');
   assert.equal(read.blocks[2]!['Original-Recipient'], undefined, 'an ORCPT too long for one line is left out (it is optional)');
+});
+
+test('a bounce storm: one message to 500 recipients the next hop refuses (100 a transaction) gets one report of 500, which Python reads', { timeout: 120_000 }, async () => {
+  const sink = await startSink({
+    maxRecipients: 100,
+    decide: (stage, address) => (stage === 'rcpt' && address.startsWith('gone') ? { code: 550, text: `5.1.1 <${address}>: Recipient address rejected: User unknown` } : null),
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      hostname: 'postern.test', listeners: [testListener('in', { limits: { maxRecipients: 500 } })], localDomains: ['example.test'],
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [3600] }),
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    const to = Array.from({ length: 500 }, (_, i) => `gone${i}@${['a', 'b', 'c', 'd', 'e'][i % 5]}.example`);
+    const id = await s.send('sender@example.test', to);
+    const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 60_000, past: true });
+    assert.ok(e.removed && e.bounceId, 'every recipient bounced in one attempt');
+    await until('the bounce delivered', () => sink.messages.some((m) => m.from === '' && m.to[0] === 'sender@example.test'), { timeoutMs: 60_000 });
+    await s.scans(1);
+    const bounces = sink.messages.filter((m) => m.from === '');
+    assert.equal(bounces.length, 1, 'one report, not one a recipient or a transaction');
+    const read = await pythonReads(bounces[0]!.data);
+    assert.deepEqual(read.defects, []);
+    assert.equal(read.blocks.length, 501, 'the per-message block and one for each recipient');
+    assert.deepEqual(new Set(read.blocks.slice(1).map((b) => b['Final-Recipient'])), new Set(to.map((r) => `rfc822; ${r}`)));
+    assert.ok(read.blocks.slice(1).every((b) => b.Action === 'failed' && b.Status === '5.1.1'));
+    assert.ok(read.longest <= 998 && !read.eightBit);
+  } finally {
+    await s.stop();
+    await sink.close();
+  }
 });
