@@ -72,6 +72,9 @@ export function passDsnOn(conn: SMTPConnection, dsn: TransactionDsn | undefined,
   const internals = conn as unknown as Internals;
   const offered = (internals._supportedExtensions ?? []).includes('DSN');
   internals._getDsnRcptToArgs = () => (offered ? rcptArgs(forRecipient(internals._recipientQueue.at(-1) ?? '')) : '');
-  if (!offered || !dsn || (!dsn.ret && !dsn.envid)) return { offered };
-  return { offered, mailFrom: { ...(dsn.ret ? { ret: dsn.ret } : {}), ...(dsn.envid ? { envid: dsn.envid } : {}) } };
+  // Printable US-ASCII only (RFC 3461 §4.4; refused at MAIL FROM since, spooled so by an earlier release): a next hop
+  // refuses MAIL FROM for another (Postfix: 501), and the message would bounce for an optional parameter.
+  const envid = dsn?.envid && /^[\x20-\x7e]+$/.test(dsn.envid) ? dsn.envid : undefined;
+  if (!offered || !dsn || (!dsn.ret && !envid)) return { offered };
+  return { offered, mailFrom: { ...(dsn.ret ? { ret: dsn.ret } : {}), ...(envid ? { envid } : {}) } };
 }

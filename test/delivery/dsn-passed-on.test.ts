@@ -2,7 +2,8 @@
 // each recipient's own NOTIFY and ORCPT on its RCPT TO. They were kept only in part (NOTIFY) and never passed on:
 // a recipient's NOTIFY=NEVER did not stop the next hop's bounces, and ORCPT and ENVID were lost. To a next hop
 // without DSN nothing is passed on, and this server's own notices carry Original-Envelope-Id and Original-Recipient.
-// A UTF-8 ORCPT was not passed on at all: it goes as RFC 6533's 7-bit utf-8 type.
+// A UTF-8 ORCPT was not passed on at all: it goes as RFC 6533's 7-bit utf-8 type, unless that makes it longer than 500
+// characters. An ENVID that is not printable ASCII (spooled by an earlier release) is not passed on: a next hop refuses it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
@@ -125,5 +126,37 @@ test('to Postern as the next hop: an ORCPT longer than RFC 3461\'s 500 character
   } finally {
     await s.stop();
     await next.stop();
+  }
+});
+
+test('an ENVID spooled by an earlier release that is not printable US-ASCII is not passed on: the next hop refused MAIL FROM for it (as Postfix does), and the message bounced', async () => {
+  const peer = await startScriptedPeer({
+    ehlo: (s) => { s.write('250-peer\r\n250-8BITMIME\r\n250 DSN\r\n'); return 'answered'; },
+    mail: (s, line) => {
+      // Postfix: xtext-decoded, it must be printable ASCII (allprint), else 501.
+      const envid = / ENVID=(\S+)/.exec(line)?.[1];
+      const decoded = envid && Buffer.from(envid.replace(/\+([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1');
+      if (decoded && !decoded.every((b) => b >= 0x20 && b <= 0x7e)) { s.write('501 5.5.4 Bad ENVID parameter syntax\r\n'); return 'answered'; }
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [3600] }) }),
+  });
+  try {
+    const id = s.runtime.spool.newId();
+    const w = s.runtime.spool.create(id);
+    w.write(Buffer.from('Subject: old\r\n\r\nhello\r\n'));
+    await w.commit({
+      version: 1, id, receivedAt: new Date().toISOString(), sender: 'a@example.test', recipients: [{ address: 'b@example.net' }], size: 0,
+      dsn: { ret: 'HDRS', envid: 'caf\u00e9' },
+      session: { listener: 'in', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
+      attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+    });
+    s.queue.notify(id);
+    const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(e.outcomes.map((o) => [o.recipient, o.status, o.reply]).filter(([, status]) => status !== 'delivered'), []);
+  } finally {
+    await s.stop();
+    peer.close();
   }
 });
