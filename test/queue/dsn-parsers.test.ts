@@ -3,6 +3,8 @@
 // a long hostname, a sender at an IDN domain — and finds a multipart/report of three parts, one delivery-status
 // block per recipient, no defects, 7-bit lines within 998 characters and a boundary within RFC 2046's 70. And a
 // bounce storm: a message to 500 recipients that all fail makes one report, not one a recipient or a transaction.
+// And the bounce to a sender at an IDN domain reaches a next hop without 8BITMIME (its To: was raw UTF-8: refused
+// there, 5.6.3, and discarded as the null sender's).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -13,6 +15,8 @@ import { startSink } from '../helpers/sink.ts';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const run = promisify(execFile);
 const scratch = useScratchDir('postern-dsn-parsers-');
@@ -109,5 +113,39 @@ test('a bounce storm: one message to 500 recipients the next hop refuses (100 a 
   } finally {
     await s.stop();
     await sink.close();
+  }
+});
+
+test('the bounce to a sender at an IDN domain reaches a next hop that offers neither 8BITMIME nor SMTPUTF8 (its To: in A-labels), instead of being refused and discarded', async () => {
+  const seen = { rcpt: [] as string[], messages: [] as string[] };
+  const peer = await startScriptedPeer({
+    ehlo: (sock) => { sock.write('250 peer\r\n'); return 'answered'; },
+    rcpt: (sock, line) => {
+      seen.rcpt.push(line);
+      if (/<gone@/.test(line)) { sock.write('550 5.1.1 no such user\r\n'); return 'answered'; }
+    },
+    endOfData: (_sock, message) => { seen.messages.push(message); },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [3600] }) }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port());
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<info@m\u00fcnchen.example> SMTPUTF8')).code, 250);
+    assert.equal((await c.command('RCPT TO:<gone@example.net>')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('From: info@xn--mnchen-3ya.example\r\nSubject: hi\r\n\r\nhello\r\n.');
+    const id = /queued as ([0-9a-z]+)/.exec((await c.read()).text)![1]!;
+    await c.quit();
+    const e = await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
+    const b = await s.nextAttempt((x) => x.id === e.bounceId, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(b.outcomes.map((o) => [o.recipient, o.status, o.reply]), [['info@m\u00fcnchen.example', 'delivered', '250 2.0.0 queued']]);
+    assert.ok(seen.rcpt.includes('RCPT TO:<info@xn--mnchen-3ya.example>'), seen.rcpt.join(' | '));
+    assert.match(seen.messages.at(-1)!, /^To: <info@xn--mnchen-3ya\.example>\r$/m);
+  } finally {
+    await s.stop();
+    peer.close();
   }
 });
