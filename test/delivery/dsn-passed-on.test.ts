@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
-import { parseDsn, startDeliveryServer } from '../helpers/delivery-server.ts';
+import { parseDsn, sleep, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
@@ -159,4 +159,23 @@ test('an ENVID spooled by an earlier release that is not printable US-ASCII is n
     await s.stop();
     peer.close();
   }
+});
+
+test('a success notice is tried once its message\'s outcome is on disk: on a slow disk it went out before and waited a whole retry delay', async () => {
+  await withServer(['8BITMIME'], async (s, peer) => {
+    // A slow disk: the delivered message is removed from the spool a second later.
+    const remove = s.spools.remove.bind(s.spools);
+    s.spools.remove = async (...args: Parameters<typeof remove>) => { await sleep(1000); return remove(...args); };
+    const c = await SmtpTestClient.connect(s.port());
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.test>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<asked@example.net> NOTIFY=SUCCESS')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354);
+    c.write('Subject: dsn\r\n\r\nhello\r\n.');
+    assert.equal((await c.read()).code, 250);
+    await c.quit();
+    // The retry delay is an hour (withServer): the notice arrives now or not within the test.
+    await until('the success notice delivered', () => peer.messages.some((m) => /Successful Mail Delivery Report/.test(m)), { timeoutMs: 20_000 });
+    assert.equal(s.logs.filter((l) => /waits for the outcome/.test(String(l.msg))).length, 0);
+  });
 });
