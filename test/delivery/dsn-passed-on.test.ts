@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { parseDsn, sleep, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, sendWithParams } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { startTestServer } from '../helpers/postern.ts';
 
@@ -110,12 +110,7 @@ test('to Postern as the next hop: an ORCPT longer than RFC 3461\'s 500 character
     const orcpt = `rfc822;${'\u65e5'.repeat(70)}@example.org`;
     const c = await SmtpTestClient.connect(s.port());
     await c.hello();
-    assert.equal((await c.command('MAIL FROM:<a@example.test> SMTPUTF8')).code, 250);
-    const r1 = await c.command(`RCPT TO:<long@example.net> ORCPT=${orcpt}`); assert.equal(r1.code, 250, r1.text);
-    assert.equal((await c.command('RCPT TO:<short@example.net> ORCPT=rfc822;short-orig@example.org')).code, 250);
-    assert.equal((await c.command('DATA')).code, 354);
-    c.write('Subject: dsn\r\n\r\nhello\r\n.');
-    const id = /queued as ([0-9a-z]+)/.exec((await c.read()).text)![1]!;
+    const id = await sendWithParams(c, '<a@example.test> SMTPUTF8', [`<long@example.net> ORCPT=${orcpt}`, '<short@example.net> ORCPT=rfc822;short-orig@example.org'], 'Subject: dsn\r\n\r\nhello\r\n');
     await c.quit();
     const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
     assert.deepEqual(e.outcomes.map((o) => [o.recipient, o.status, o.reply]).filter(([, status]) => status !== 'delivered'), []);
@@ -168,11 +163,7 @@ test('a success notice is tried once its message\'s outcome is on disk: on a slo
     s.spools.remove = async (...args: Parameters<typeof remove>) => { await sleep(1000); return remove(...args); };
     const c = await SmtpTestClient.connect(s.port());
     await c.hello();
-    assert.equal((await c.command('MAIL FROM:<a@example.test>')).code, 250);
-    assert.equal((await c.command('RCPT TO:<asked@example.net> NOTIFY=SUCCESS')).code, 250);
-    assert.equal((await c.command('DATA')).code, 354);
-    c.write('Subject: dsn\r\n\r\nhello\r\n.');
-    assert.equal((await c.read()).code, 250);
+    await sendWithParams(c, '<a@example.test>', ['<asked@example.net> NOTIFY=SUCCESS'], 'Subject: dsn\r\n\r\nhello\r\n');
     await c.quit();
     // The retry delay is an hour (withServer): the notice arrives now or not within the test.
     await until('the success notice delivered', () => peer.messages.some((m) => /Successful Mail Delivery Report/.test(m)), { timeoutMs: 20_000 });

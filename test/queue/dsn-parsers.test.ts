@@ -16,7 +16,7 @@ import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, sendWithParams } from '../helpers/smtp-client.ts';
 
 const run = promisify(execFile);
 const scratch = useScratchDir('postern-dsn-parsers-');
@@ -133,11 +133,7 @@ test('the bounce to a sender at an IDN domain reaches a next hop that offers nei
   try {
     const c = await SmtpTestClient.connect(s.port());
     await c.hello();
-    assert.equal((await c.command('MAIL FROM:<info@m\u00fcnchen.example> SMTPUTF8')).code, 250);
-    assert.equal((await c.command('RCPT TO:<gone@example.net>')).code, 250);
-    assert.equal((await c.command('DATA')).code, 354);
-    c.write('From: info@xn--mnchen-3ya.example\r\nSubject: hi\r\n\r\nhello\r\n.');
-    const id = /queued as ([0-9a-z]+)/.exec((await c.read()).text)![1]!;
+    const id = await sendWithParams(c, '<info@m\u00fcnchen.example> SMTPUTF8', ['<gone@example.net>'], 'From: info@xn--mnchen-3ya.example\r\nSubject: hi\r\n\r\nhello\r\n');
     await c.quit();
     const e = await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
     const b = await s.nextAttempt((x) => x.id === e.bounceId, { timeoutMs: 30_000, past: true });
