@@ -48,13 +48,19 @@ export function asciiOrcpt(orcpt: string): string {
   return `utf-8;${utf8Type ? address.split(/(\\x\{[0-9A-Fa-f]{1,6}\})/).map((p, i) => (i % 2 ? p : utf8AddrXtext(p))).join('') : utf8AddrXtext(address)}`;
 }
 
+/** RFC 3461 §4.2: the longest ORCPT value. */
+const MAX_ORCPT = 500;
+
 /** The recipient's RCPT TO arguments (with their leading space), or ''. */
 export function rcptArgs(dsn: RecipientDsn | undefined): string {
   const args: string[] = [];
   if (dsn?.notify?.length) args.push(`NOTIFY=${dsn.notify.map((n) => n.toUpperCase()).join(',')}`);
   const orcpt = dsn?.orcpt && asciiOrcpt(dsn.orcpt);
   // eslint-disable-next-line no-control-regex
-  if (orcpt && /^[\x21-\x7e]+;[\x20-\x7e]+$/.test(orcpt)) args.push(`ORCPT=${xtext(orcpt)}`);
+  const encoded = orcpt && /^[\x21-\x7e]+;[\x20-\x7e]+$/.test(orcpt) ? xtext(orcpt) : '';
+  // RFC 3461 §4.2: 500 characters at most. Written 7-bit (\x{65E5} for 日, +2B for +) an ORCPT taken within 500 can be
+  // longer, and a next hop refused the RCPT for it (Postern: 501 5.5.4): the recipient bounced. It is optional; left out.
+  if (encoded && encoded.length <= MAX_ORCPT) args.push(`ORCPT=${encoded}`);
   return args.length ? ` ${args.join(' ')}` : '';
 }
 
@@ -66,6 +72,9 @@ export function passDsnOn(conn: SMTPConnection, dsn: TransactionDsn | undefined,
   const internals = conn as unknown as Internals;
   const offered = (internals._supportedExtensions ?? []).includes('DSN');
   internals._getDsnRcptToArgs = () => (offered ? rcptArgs(forRecipient(internals._recipientQueue.at(-1) ?? '')) : '');
-  if (!offered || !dsn || (!dsn.ret && !dsn.envid)) return { offered };
-  return { offered, mailFrom: { ...(dsn.ret ? { ret: dsn.ret } : {}), ...(dsn.envid ? { envid: dsn.envid } : {}) } };
+  // Printable US-ASCII only (RFC 3461 §4.4; refused at MAIL FROM since, spooled so by an earlier release): a next hop
+  // refuses MAIL FROM for another (Postfix: 501), and the message would bounce for an optional parameter.
+  const envid = dsn?.envid && /^[\x20-\x7e]+$/.test(dsn.envid) ? dsn.envid : undefined;
+  if (!offered || !dsn || (!dsn.ret && !envid)) return { offered };
+  return { offered, mailFrom: { ...(dsn.ret ? { ret: dsn.ret } : {}), ...(envid ? { envid } : {}) } };
 }

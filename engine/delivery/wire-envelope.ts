@@ -29,7 +29,7 @@ export interface WireEnvelope {
 const ASCII = /^[\x00-\x7f]*$/;
 
 /** `address` as a host without SMTPUTF8 can read it (its domain in A-labels), or null when it has none. */
-function asciiAddress(address: string): string | null {
+export function asciiAddress(address: string): string | null {
   if (ASCII.test(address)) return address;
   const at = address.lastIndexOf('@');
   if (at < 0) return null;

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { isAscii } from 'node:buffer';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { asciiOrcpt, utf8AddrXtext } from '../delivery/dsn-params.ts';
+import { asciiAddress } from '../delivery/wire-envelope.ts';
 
 export interface FailedRecipient {
   recipient: string;
@@ -46,7 +47,9 @@ export const MAX_RETURNED_BYTES = 1024 * 1024;
 export function buildDsn(input: DsnInput): Buffer {
   const now = input.now ?? new Date();
   const host = input.hostname;
-  const boundary = `${input.original.id}.${randomBytes(6).toString('hex')}/${host}`;
+  // RFC 2046 §5.1.1: at most 70 characters. A longer one (a long hostname) is cut by readers: Dovecot keeps 80, and
+  // then never finds the closing delimiter.
+  const boundary = `${input.original.id}.${randomBytes(6).toString('hex')}/${host}`.slice(0, 70);
   const mtaName = (mta: string): string => mta.replace(/\[[^\]]*\](:\d+)?$/, '').replace(/:\d+$/, '');
   const human = input.failed.map((f) => {
     const where = f.remoteReply && f.remoteMta ? `host ${f.remoteMta} said: ` : '';
@@ -73,12 +76,14 @@ export function buildDsn(input: DsnInput): Buffer {
   ].join('\r\n');
 
   const perRecipient = input.failed.map((f) => [
-    ...(f.orcpt ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
+    // Optional, and it has no place to fold: left out where 7-bit (\x{65E5} for 日) it would pass RFC 5322's 998 characters.
+    ...(f.orcpt && asciiOrcpt(f.orcpt).length <= 900 ? [`Original-Recipient: ${asciiOrcpt(f.orcpt)}`] : []),
     `Final-Recipient: ${addressField(f.recipient)}`,
     `Action: ${success ? 'relayed' : 'failed'}`,
     `Status: ${f.status}`,
     ...(f.remoteMta ? [`Remote-MTA: dns; ${mtaName(f.remoteMta)}`] : []),
-    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${escapeNonAscii(clip(f.diagnostic, 900))}`,
+    // Escaped, then clipped: each non-ASCII character is up to 10 (`\x{HHHHH}`), and 900 of them made a 7,000-character line.
+    `Diagnostic-Code: ${f.remoteReply ? 'smtp' : 'X-Postern'}; ${clip(escapeNonAscii(f.diagnostic), 900)}`,
     `Last-Attempt-Date: ${rfc5322Date(now)}`,
   ].join('\r\n'));
   const status = [
@@ -97,7 +102,8 @@ export function buildDsn(input: DsnInput): Buffer {
   const parts = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
-    `To: <${input.original.sender}>`,
+    // 7-bit when it can be: a UTF-8 domain in its A-labels (a UTF-8 local part has no other form; its bounce needs SMTPUTF8 anyway).
+    `To: <${asciiAddress(input.original.sender) ?? input.original.sender}>`,
     `Subject: ${success ? 'Successful Mail Delivery Report' : 'Undelivered Mail Returned to Sender'}`,
     `Message-ID: <${input.original.id}.${randomBytes(4).toString('hex')}.dsn@${host}>`,
     'Auto-Submitted: auto-replied',
@@ -227,7 +233,8 @@ function escapeNonAscii(s: string): string {
 
 function clip(s: string, n: number): string {
   const one = s.replace(/[\r\n]+/g, ' ');
-  return one.length > n ? `${one.slice(0, n)}...` : one;
+  // Not in the middle of an escape (`\x{6` would read as a backslash and text).
+  return one.length > n ? `${one.slice(0, n).replace(/\\(x(\{[0-9A-F]*)?)?$/, '')}...` : one;
 }
 
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];

@@ -551,12 +551,12 @@ export class QueueRunner {
     } else if (newlyBounced.size && envelope.sender === '') {
       this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
+    let successNoticeId: string | null = null;
     if (relayed.length && envelope.sender !== '') {
       // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
       try {
-        const notice = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
-        this.#log.info({ id, notice, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${notice}`);
-        this.notify(notice);
+        successNoticeId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
+        this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
       } catch (err) {
         this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
         if (isNoSpace(err)) this.#useReserve();
@@ -592,11 +592,12 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      if (bounceId) this.notify(bounceId);
+      for (const notice of [bounceId, successNoticeId]) if (notice) this.notify(notice);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
-    if (bounceId) this.notify(bounceId);
+    // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
+    for (const notice of [bounceId, successNoticeId]) if (notice) this.notify(notice);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
   }
 

@@ -71,6 +71,9 @@ function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<str
     const value = args[name]!;
     const max = PARAMETER_MAX_LENGTH.get(name);
     if (max !== undefined && value !== true && value.length > max) return reply('parameterTooLong', { parameter: name, n: String(max) });
+    // RFC 3461 §4.4: printable US-ASCII. Another (xtext +E9, raw UTF-8) was taken and passed on, and a next hop that
+    // offers DSN refused MAIL FROM for it (Postfix: 501 Bad ENVID parameter syntax): the accepted message bounced.
+    if (name === 'ENVID' && value !== true && !/^[\x20-\x7e]*$/.test(value)) return reply('envidSyntax');
   }
   return null;
 }

@@ -214,6 +214,26 @@ function tlsOptions(o: TlsClientOptions): tls.ConnectionOptions {
   };
 }
 
+/**
+ * One message on a greeted `c` with DSN or other parameters: `mail` and each of `rcpts` are whole command arguments
+ * (`<a@b> SMTPUTF8`, `<c@d> NOTIFY=NEVER`), each must be accepted. Resolves with the queue id.
+ */
+export async function sendWithParams(c: SmtpTestClient, mail: string, rcpts: string[], body: string): Promise<string> {
+  const expect = async (command: string, code: number): Promise<Reply> => {
+    const r = await c.command(command);
+    if (r.code !== code) throw new Error(`${command.slice(0, 80)}: ${r.text}`);
+    return r;
+  };
+  await expect(`MAIL FROM:${mail}`, 250);
+  for (const r of rcpts) await expect(`RCPT TO:${r}`, 250);
+  await expect('DATA', 354);
+  c.write(`${body}.`);
+  const r = await c.read();
+  const id = /queued as (\w+)/.exec(r.text)?.[1];
+  if (!id) throw new Error(`not queued: ${r.text}`);
+  return id;
+}
+
 /** Submit one message over plain SMTP on 127.0.0.1:`port`; resolves with the queue id of `… queued as <id>`. */
 export async function submitMessage(port: number, from: string, to: string[], body?: string, helo?: string): Promise<string> {
   const c = await SmtpTestClient.connect(port);

@@ -346,6 +346,7 @@ const ROWS = {
 
   parameterUnsupported: { server: 'main', stage: 'MAIL', values: { parameter: 'FOO' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> FOO=BAR']) },
   parameterTooLong: { server: 'main', stage: 'MAIL', values: { parameter: 'ENVID', n: '100' }, drive: () => ending('main', 'mx', [`MAIL FROM:<someone@example.net> ENVID=${'e'.repeat(101)}`]) },
+  envidSyntax: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> ENVID=a+E9b']) },
   utf8AddressUndeclared: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'mx', ['MAIL FROM:<jürgen@example.net>']) },
   tlsRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'reqtls', ['MAIL FROM:<someone@example.net>']) },
   authRequired: { server: 'main', stage: 'MAIL', drive: () => ending('main', 'sub', ['MAIL FROM:<someone@example.net>']) },

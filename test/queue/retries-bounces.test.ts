@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, sendWithParams } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, parseDsn, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
@@ -53,15 +53,6 @@ after(async () => {
 });
 
 const dsnTo = (rcpt: string) => sink.messages.filter((m) => m.from === '' && m.to[0] === rcpt);
-
-/** One message on `c`; each of `rcpts` is a whole RCPT TO argument (`<a@b> NOTIFY=NEVER`). Returns the queue id. */
-async function sendWithParams(c: SmtpTestClient, from: string, rcpts: string[], body: string): Promise<string> {
-  assert.equal((await c.command(`MAIL FROM:<${from}>`)).code, 250);
-  for (const r of rcpts) assert.equal((await c.command(`RCPT TO:${r}`)).code, 250);
-  assert.equal((await c.command('DATA')).code, 354);
-  c.write(`${body}.`);
-  return /queued as (\w+)/.exec((await c.read()).text)![1]!;
-}
 
 test('temporary failures are retried on the schedule (0.25 s, then 0.75 s repeating) until accepted', async () => {
   const id = await s.send('me@origin.test', ['later3@dest.test']);
@@ -122,7 +113,7 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
 test('no bounce for the null sender or for NOTIFY=NEVER; NOTIFY=FAILURE still gets one', async () => {
   const c = await SmtpTestClient.connect(s.port());
   await c.hello();
-  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, from, rcpts, 'Subject: n\r\n\r\nx\r\n');
+  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, `<${from}>`, rcpts, 'Subject: n\r\n\r\nx\r\n');
   const nullSender = await send('', ['<bad-null@dest.test>']);
   const never = await send('never@origin.test', ['<bad-never@dest.test> NOTIFY=NEVER']);
   const failure = await send('failure@origin.test', ['<bad-failure@dest.test> NOTIFY=FAILURE,DELAY']);
@@ -137,7 +128,7 @@ test('no bounce for the null sender or for NOTIFY=NEVER; NOTIFY=FAILURE still ge
 test('NOTIFY=SUCCESS gets a relayed notice once delivered; the default, FAILURE alone and NEVER get none', async () => {
   const c = await SmtpTestClient.connect(s.port());
   await c.hello();
-  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, from, rcpts, 'Subject: tell me\r\n\r\nx\r\n');
+  const send = (from: string, rcpts: string[]): Promise<string> => sendWithParams(c, `<${from}>`, rcpts, 'Subject: tell me\r\n\r\nx\r\n');
   const asked = await send('asked@origin.test', ['<ok-success@dest.test> NOTIFY=SUCCESS,FAILURE', '<ok-plain@dest.test>', '<bad-success@dest.test> NOTIFY=SUCCESS']);
   const quiet = await send('quiet@origin.test', ['<ok-never@dest.test> NOTIFY=NEVER', '<ok-failure@dest.test> NOTIFY=FAILURE']);
   const fromNull = await send('', ['<ok-null@dest.test> NOTIFY=SUCCESS']);

@@ -106,6 +106,16 @@ test('DSN and AUTH parameters over their RFC lengths get 501 5.5.4: what a sessi
   await c.quit();
 });
 
+test('an ENVID that is not printable US-ASCII once xtext-decoded gets 501 5.5.4, as Postfix answers it: passed on, a next hop that offers DSN refused it, and the accepted message with it', async () => {
+  const c = await client();
+  for (const envid of ['caf+E9', 'caf\u00e9', '\u65e5\u672c']) {
+    assert.equal((await c.command(`MAIL FROM:<a@example.org> SMTPUTF8 ENVID=${envid}`)).text, '501 5.5.4 Bad ENVID parameter syntax', envid);
+  }
+  // Printable ASCII, spaces and "+" included, once decoded: taken.
+  assert.equal((await c.command('MAIL FROM:<a@example.org> ENVID=a+20b+2Bc+3D')).code, 250);
+  await c.quit();
+});
+
 test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
   const c = await client(); // its EHLO is the first junk command
   const replies = await pipelined(c, Array.from({ length: 200 }, (_, i) => ['NOOP', 'RSET', 'EHLO again.example'][i % 3]!), 119);
