@@ -16,8 +16,15 @@ import { until } from '../helpers/wait.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
+import { loggedStore } from '../helpers/redis-server.ts';
 
-type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent';
+type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent' | 'endless-bulk' | 'endless-array';
+
+/** An endless reply is streamed until the connection closes, or this much is sent (the test then fails). */
+const STREAM_CAP = 64 * 1024 * 1024;
+
+/** What the peer streamed of its last endless reply, and how that ended. */
+interface Stream { bytes: number; ended: 'closed' | 'cap' | null; peakRss: number }
 
 /** Commands of the RESP protocol as clients send them: arrays of bulk strings. */
 function* commands(buf: { data: Buffer }): Generator<string[]> {
@@ -43,11 +50,30 @@ function* commands(buf: { data: Buffer }): Generator<string[]> {
 }
 
 /**
- * A RESP peer whose answers to scripts (rate()) follow `mode`; everything else is answered plainly. A silent
+ * An endless reply on `s` (`$999999999` and bytes, or `*999999999` and integers), written as fast as the
+ * socket takes it, until it closes or STREAM_CAP is sent. The process's RSS is sampled at each write.
+ */
+function streamEndless(s: net.Socket, kind: 'bulk' | 'array', stream: Stream): void {
+  const chunk = Buffer.alloc(64 * 1024, kind === 'bulk' ? 'x' : ':1\r\n');
+  s.write(kind === 'bulk' ? '$999999999\r\n' : '*999999999\r\n');
+  s.once('close', () => { stream.ended ??= 'closed'; });
+  const pump = (): void => {
+    while (!s.destroyed) {
+      stream.peakRss = Math.max(stream.peakRss, process.memoryUsage.rss());
+      if (stream.bytes >= STREAM_CAP) { stream.ended = 'cap'; return; }
+      stream.bytes += chunk.length;
+      if (!s.write(chunk)) { s.once('drain', pump); return; }
+    }
+  };
+  pump();
+}
+
+/**
+ * A RESP peer whose answers to scripts (rate()) and GET follow `mode`; everything else is answered plainly. A silent
  * peer answers what it held back once its mode changes, in order, as a paused Redis does when it wakes.
  */
-async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; close(): void }> {
-  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0 };
+async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; stream: Stream; close(): void }> {
+  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0, stream: { bytes: 0, ended: null, peakRss: 0 } as Stream };
   const sockets = new Set<net.Socket>();
   const held: Array<() => void> = [];
   const answer = (calls: number): string => `*${3 * calls}\r\n${':1\r\n:1\r\n:60000\r\n'.repeat(calls)}`;
@@ -62,6 +88,13 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
         const name = args[0]!.toUpperCase();
         if (name === 'SCRIPT') { s.write(`$40\r\n${'0'.repeat(40)}\r\n`); continue; }
         if (name === 'GET' || name === 'ZCOUNT') state.commands++;
+        if ((name === 'GET' || name === 'EVALSHA') && state.mode.startsWith('endless-')) {
+          state.commands++;
+          if (name === 'EVALSHA') state.scripts++;
+          state.stream = { bytes: 0, ended: null, peakRss: process.memoryUsage.rss() };
+          streamEndless(s, state.mode === 'endless-bulk' ? 'bulk' : 'array', state.stream);
+          return;
+        }
         if (name !== 'EVALSHA' && name !== 'EVAL') { s.write(state.mode === 'strings' ? '$1\r\nx\r\n' : name === 'GET' ? '$-1\r\n' : name === 'ZCOUNT' ? ':0\r\n' : '+OK\r\n'); continue; }
         state.commands++;
         state.scripts++;
@@ -87,6 +120,7 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
     },
     get scripts() { return state.scripts; },
     get commands() { return state.commands; },
+    get stream() { return state.stream; },
     close() { for (const s of sockets) s.destroy(); server.close(); },
   };
 }
@@ -133,7 +167,7 @@ async function rcpt(): Promise<string> {
 test('rate() against a Redis that answers errors, garbage or nothing fails closed with 451; served again once it answers properly', async () => {
   redis.mode = 'ok';
   await until('the store connected and answering', async () => (await rcpt()).startsWith('250'), { timeoutMs: 30_000 });
-  for (const mode of ['oom', 'busy', 'not-resp', 'strings', 'silent'] as const) {
+  for (const mode of ['oom', 'busy', 'not-resp', 'strings', 'silent', 'endless-bulk', 'endless-array'] as const) {
     redis.mode = mode;
     const before = redis.scripts;
     const reply = await rcpt();
@@ -163,6 +197,35 @@ test('counter values and AUTH failure counts from a Redis that answers strings f
       const before = redis.commands;
       await assert.rejects(call(), (err) => err instanceof StoreUnavailable && /unexpected reply/.test(err.message), `${what}: fails closed`);
       assert.ok(redis.commands > before, `${what}: answered by the peer`);
+    }
+  } finally {
+    redis.mode = 'ok';
+    await store.close();
+  }
+});
+
+test('a peer streaming an endless reply (a bulk string, an array) is cut after 1 MiB: the call fails closed, one outage line, memory flat, served again after', async () => {
+  // A time limit of a minute: the silence check (5 s or timeoutMs) must not be what cuts the stream. The client
+  // buffered the reply whole: 2 GB of RSS in 7 s for a bulk string, 1.3 GB for 64 MiB of an array.
+  const { store, lines } = loggedStore(redis.url, 'endless:', 60_000);
+  try {
+    redis.mode = 'ok';
+    await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)), { timeoutMs: 30_000 });
+    for (const mode of ['endless-bulk', 'endless-array'] as const) {
+      redis.mode = mode;
+      const before = redis.commands;
+      const outages = lines.filter((l) => l.includes('store: Redis sent a reply larger')).length;
+      await assert.rejects(store.get('c'), StoreUnavailable, `${mode}: fails closed`);
+      assert.ok(redis.commands > before, `${mode}: reached the peer`);
+      await until(`${mode}: the stream ended`, () => redis.stream.ended !== null, { timeoutMs: 60_000 });
+      const { bytes, ended, peakRss } = redis.stream;
+      const grew = Math.round((peakRss - process.memoryUsage.rss()) / 1048576);
+      assert.equal(ended, 'closed', `${mode}: the connection was cut (the peer sent ${bytes} bytes; RSS peaked ${grew} MiB above now)`);
+      // 1 MiB read, the rest in the two kernel socket buffers.
+      assert.ok(bytes < 32 * 1024 * 1024, `${mode}: cut after ${bytes} bytes`);
+      assert.equal(lines.filter((l) => l.includes('store: Redis sent a reply larger')).length, outages + 1, `${mode}: one outage line`);
+      redis.mode = 'ok';
+      await until(`${mode}: served again`, async () => (await store.get('c').then((v) => v === 0, () => false)), { timeoutMs: 30_000 });
     }
   } finally {
     redis.mode = 'ok';
