@@ -47,6 +47,15 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
   };
 }
 
+/**
+ * A response must have left (been taken by the client's socket) within this long of its request (ms). A client
+ * that pipelines requests and never reads the answers held its connection for good once the socket buffers
+ * were full (no timeout applies to a connection writing: requests complete, not idle): on loopback, where every
+ * local client shares one address, admin.maxConnectionsPerIp of them kept the scraper out. A client reading a
+ * byte at a time is cut the same way. Long enough for /status to count a large spool.
+ */
+export const RESPONSE_DEADLINE_MS = 30_000;
+
 export interface AdminServer {
   readonly address: { address: string; port: number };
   close(): Promise<void>;
@@ -68,6 +77,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    res.once('close', () => clearTimeout(deadline));
     if (limits?.hosts && !hostAllowed(req.headers.host, limits.hosts)) {
       res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
