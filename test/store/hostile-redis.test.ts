@@ -211,6 +211,12 @@ test('a peer streaming an endless reply (a bulk string, an array) is cut after 1
   try {
     redis.mode = 'ok';
     await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)), { timeoutMs: 30_000 });
+    // A byte that is no RESP type: the client drops the connection and makes a new one itself (its
+    // 'reconnecting'), which must be watched as the first was.
+    redis.mode = 'not-resp';
+    await assert.rejects(store.rate('r', 100, 60), StoreUnavailable);
+    redis.mode = 'ok';
+    await until('served again', async () => (await store.get('c').then((v) => v === 0, () => false)), { timeoutMs: 30_000 });
     for (const mode of ['endless-bulk', 'endless-array'] as const) {
       redis.mode = mode;
       const before = redis.commands;
