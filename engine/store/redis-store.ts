@@ -484,14 +484,13 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /**
-   * The connection sent more than MAX_REPLY_BYTES toward one reply (see reply-bytes.ts): an outage, and a new
-   * connection. Commands waiting on it fail closed.
+   * The connection sent more than MAX_REPLY_BYTES toward one reply: an outage. reply-bytes.ts closes it; the
+   * client fails the commands on it (closed) and connects again.
    */
   #replyTooLarge(bytes: number): void {
     if (this.#closed) return;
     this.#outage(`${bytes} bytes toward one reply (at most ${MAX_REPLY_BYTES})`,
       'store: Redis sent a reply larger than any Postern asks for (not Redis, or broken?); calls that need it fail closed; connecting again');
-    this.#replaceClient();
   }
 
   /** The client replaced by a new one, connecting; the old one closed (its commands fail). */

@@ -34,7 +34,12 @@ export class ReplyBytes {
   #atReply = 0;
   #socket: net.Socket | null = null;
 
-  /** `over`: the socket was given more than `limit` bytes toward one reply (it is called once per socket). */
+  /**
+   * `over`: the socket was given more than `limit` bytes toward one reply (called once per socket, which is then
+   * destroyed with an error of that message: the client fails the commands on it and connects again with its
+   * own growing delay, where a new client at once made a connection every few ms to a peer that streams at
+   * the first command of each).
+   */
   constructor(over: (bytes: number) => void, limit = MAX_REPLY_BYTES) {
     this.#over = over;
     this.#limit = limit;
@@ -74,7 +79,10 @@ export class ReplyBytes {
       this.#read += chunk.length;
       if (this.#read - this.#atReply <= this.#limit) return;
       socket.off('data', count);
-      if (this.#socket === socket) this.#over(this.#read - this.#atReply);
+      if (this.#socket !== socket) return;
+      const bytes = this.#read - this.#atReply;
+      this.#over(bytes);
+      socket.destroy(new Error(`${bytes} bytes toward one reply (at most ${this.#limit})`));
     };
     socket.on('data', count);
   }

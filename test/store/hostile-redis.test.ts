@@ -18,7 +18,7 @@ import { StoreUnavailable } from '../../engine/store/index.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { loggedStore } from '../helpers/redis-server.ts';
 
-type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent' | 'endless-bulk' | 'endless-array';
+type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent' | 'endless-bulk' | 'endless-array' | 'endless-at-connect';
 
 /** An endless reply is streamed until the connection closes, or this much is sent (the test then fails). */
 const STREAM_CAP = 64 * 1024 * 1024;
@@ -72,18 +72,24 @@ function streamEndless(s: net.Socket, kind: 'bulk' | 'array', stream: Stream): v
  * A RESP peer whose answers to scripts (rate()) and GET follow `mode`; everything else is answered plainly. A silent
  * peer answers what it held back once its mode changes, in order, as a paused Redis does when it wakes.
  */
-async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; stream: Stream; close(): void }> {
-  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0, stream: { bytes: 0, ended: null, startRss: 0, peakRss: 0 } as Stream };
+async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; connections: number; stream: Stream; close(): void }> {
+  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0, connections: 0, stream: { bytes: 0, ended: null, startRss: 0, peakRss: 0 } as Stream };
   const sockets = new Set<net.Socket>();
   const held: Array<() => void> = [];
   const answer = (calls: number): string => `*${3 * calls}\r\n${':1\r\n:1\r\n:60000\r\n'.repeat(calls)}`;
   const server = net.createServer((s) => {
+    state.connections++;
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => undefined);
     const buf = { data: Buffer.alloc(0) };
     s.on('data', (chunk) => {
       buf.data = Buffer.concat([buf.data, chunk]);
+      if (state.mode === 'endless-at-connect') { // the client's first commands (CLIENT SETINFO) get no answer but this
+        s.removeAllListeners('data');
+        streamEndless(s, 'bulk', state.stream = { bytes: 0, ended: null, startRss: 0, peakRss: 0 });
+        return;
+      }
       for (const args of commands(buf)) {
         const name = args[0]!.toUpperCase();
         if (name === 'SCRIPT') { s.write(`$40\r\n${'0'.repeat(40)}\r\n`); continue; }
@@ -120,6 +126,7 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
     },
     get scripts() { return state.scripts; },
     get commands() { return state.commands; },
+    get connections() { return state.connections; },
     get stream() { return state.stream; },
     close() { for (const s of sockets) s.destroy(); server.close(); },
   };
@@ -237,5 +244,30 @@ test('a peer streaming an endless reply (a bulk string, an array) is cut after 1
   } finally {
     redis.mode = 'ok';
     await store.close();
+  }
+});
+
+test('a peer streaming without end at every new connection is connected to with a growing delay, not in a loop', async () => {
+  // Cut at 1 MiB, each connection was replaced by a new one at once: about 100 connections a second, each
+  // reading 1 MiB (a third of a core). The client's own delay between attempts (50 ms doubling to 2 s) now
+  // applies: 7 connections take at least 50 + 100 + 200 + 400 + 800 + 1600 ms (a lower bound: load only adds).
+  const peer = await startFakeRedis();
+  peer.mode = 'endless-at-connect';
+  const { store, lines } = loggedStore(peer.url, 'loop:', 500);
+  const start = performance.now();
+  try {
+    await until('the first stream', () => peer.stream.bytes > 0, { timeoutMs: 30_000 });
+    const first = peer.stream;
+    await until('7 connections', () => peer.connections >= 7, { timeoutMs: 60_000 });
+    // Cut during the client's first commands too (the 5 s wait for their answers let it stream on till then).
+    assert.equal(first.ended, 'closed');
+    assert.ok(first.bytes < 32 * 1024 * 1024, `cut after ${first.bytes} bytes`);
+    const took = performance.now() - start;
+    assert.ok(took >= 2000, `7 connections in ${Math.round(took)} ms`);
+    assert.equal(lines.filter((l) => l.includes('store: Redis sent a reply larger')).length, 1, 'one outage line');
+    await assert.rejects(store.get('c'), StoreUnavailable);
+  } finally {
+    await store.close();
+    peer.close();
   }
 });
