@@ -65,11 +65,6 @@ export class ReplyBytes {
     this.#atReply = this.#read;
   }
 
-  /** Whether a socket is watched (the claim met one). */
-  get watching(): boolean {
-    return this.#socket !== null && !this.#socket.destroyed;
-  }
-
   #watch(socket: net.Socket): void {
     this.#socket = socket;
     this.#read = this.#atReply = 0;
