@@ -77,8 +77,6 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
-    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
-    res.once('close', () => clearTimeout(deadline));
     if (limits?.hosts && !hostAllowed(req.headers.host, limits.hosts)) {
       res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
@@ -99,6 +97,10 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.maxConnections = 64;
+  server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
+    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    res.once('close', () => clearTimeout(deadline));
+  });
   if (limits) {
     capConnectionsPerAddress(server, {
       limit: () => limits.maxConnectionsPerIp,
