@@ -29,10 +29,8 @@ function onClientSocket(message: unknown): void {
 export class ReplyBytes {
   readonly #limit: number;
   readonly #over: (bytes: number) => void;
-  /** Bytes read on the current socket, and that count when its last reply came. */
-  #read = 0;
-  #atReply = 0;
-  #socket: net.Socket | null = null;
+  /** The current socket: bytes read on it, and that count when its last reply came. */
+  #current: { read: number; atReply: number } | null = null;
 
   /**
    * `over`: the socket was given more than `limit` bytes toward one reply (called once per socket, which is then
@@ -62,21 +60,20 @@ export class ReplyBytes {
 
   /** A reply came whole: what follows is the next one's. */
   replied(): void {
-    this.#atReply = this.#read;
+    const c = this.#current;
+    if (c) c.atReply = c.read;
   }
 
   #watch(socket: net.Socket): void {
-    this.#socket = socket;
-    this.#read = this.#atReply = 0;
+    const c = this.#current = { read: 0, atReply: 0 };
     // Added before the client's own 'data' listener (it adds its own once connected), so a chunk is counted
-    // before it is decoded, and the replies it completes (settled after it) move #atReply past it.
+    // before it is decoded, and the replies it completes (settled after it) move atReply past it.
     const count = (chunk: Buffer): void => {
-      this.#read += chunk.length;
-      if (this.#read - this.#atReply <= this.#limit) return;
+      c.read += chunk.length;
+      if (c.read - c.atReply <= this.#limit) return;
       socket.off('data', count);
-      if (this.#socket !== socket) return;
-      const bytes = this.#read - this.#atReply;
-      this.#over(bytes);
+      const bytes = c.read - c.atReply;
+      if (this.#current === c) this.#over(bytes);
       socket.destroy(new Error(`${bytes} bytes toward one reply (at most ${this.#limit})`));
     };
     socket.on('data', count);
