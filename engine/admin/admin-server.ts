@@ -47,6 +47,15 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
   };
 }
 
+/**
+ * A response must have left (been taken by the client's socket) within this long of its request (ms). A client
+ * that pipelines requests and never reads the answers held its connection for good once the socket buffers
+ * were full (no timeout applies to a connection writing: requests complete, not idle): on loopback, where every
+ * local client shares one address, admin.maxConnectionsPerIp of them kept the scraper out. A client reading a
+ * byte at a time is cut the same way. Long enough for /status to count a large spool.
+ */
+export const RESPONSE_DEADLINE_MS = 30_000;
+
 export interface AdminServer {
   readonly address: { address: string; port: number };
   close(): Promise<void>;
@@ -89,6 +98,10 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.maxConnections = 64;
+  server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
+    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    res.once('close', () => clearTimeout(deadline));
+  });
   if (limits) {
     capConnectionsPerAddress(server, {
       limit: () => limits.maxConnectionsPerIp,

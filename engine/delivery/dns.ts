@@ -26,6 +26,12 @@ export interface ResolverOptions {
 }
 
 const CACHE_MS = 60_000;
+/**
+ * Records kept of one answer: MX records by priority, addresses IPv4 first. A transaction looks up at most
+ * 10 next-hop names and tries at most 5 addresses (transaction.ts); a domain's DNS chooses how many it answers
+ * (2 500 MX records in one UDP answer: 157 KB each in the cache, whose 10 000 entries then held ~1.5 GB).
+ */
+export const MAX_RECORDS = 20;
 const NOT_FOUND = new Set(['ENOTFOUND', 'NXDOMAIN']);
 const NO_DATA = new Set(['ENODATA', 'NODATA']);
 
@@ -48,7 +54,8 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
       return cached(`mx ${domain}`, async () => {
         try {
           const records = await resolver.resolveMx(domain);
-          return records.map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }));
+          return records.sort((a, b) => a.priority - b.priority).slice(0, MAX_RECORDS)
+            .map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }));
         } catch (err) {
           const code = (err as NodeJS.ErrnoException).code ?? '';
           if (NO_DATA.has(code)) return [];
@@ -65,14 +72,14 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
         if (opts.hostLookup === 'native') {
           try {
             const all = await lookup(host, { all: true });
-            return [...all.filter((a) => a.family === 4), ...all.filter((a) => a.family === 6)].map((a) => a.address);
+            return [...all.filter((a) => a.family === 4), ...all.filter((a) => a.family === 6)].slice(0, MAX_RECORDS).map((a) => a.address);
           } catch (err) {
             throw hostFailure(host, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
           }
         }
         const [v4, v6] = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
         const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
-        if (addresses.length) return addresses;
+        if (addresses.length) return addresses.slice(0, MAX_RECORDS);
         const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code ?? '' : 'ENODATA'));
         throw hostFailure(host, codes.find((c) => !NOT_FOUND.has(c) && !NO_DATA.has(c)) ?? codes[0]!);
       });

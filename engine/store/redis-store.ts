@@ -13,6 +13,7 @@ import { luaScript, type LuaScript } from './lua-script.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RedisConnectionSlots, SLOT_SCRIPTS } from './redis-connection-slots.ts';
 import { DeadlineQueue, type Waiting } from './deadline-queue.ts';
+import { MAX_REPLY_BYTES, ReplyBytes } from './reply-bytes.ts';
 
 export interface RedisStoreOptions {
   url: string;
@@ -210,6 +211,8 @@ export class RedisCounterStore implements CounterStore {
   #pingSince: number | null = null;
   /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
   #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
+  /** The bytes the connection sent toward its next reply, capped (see reply-bytes.ts). */
+  readonly #replyBytes = new ReplyBytes((bytes) => this.#replyTooLarge(bytes));
 
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
@@ -257,8 +260,11 @@ export class RedisCounterStore implements CounterStore {
       metrics.storeUnreachable.set(1);
       this.#log.error({ err: { message: err.message } }, 'store: Redis unreachable; calls that need it fail closed until it is back');
     });
+    // The client makes its next socket right after this event (reply-bytes.ts).
+    client.on('reconnecting', () => { if (current()) this.#replyBytes.claim(); });
     client.on('ready', () => {
       if (!current()) return;
+      this.#replyBytes.replied(); // the first commands' answers (AUTH, CLIENT SETINFO) are the client's own
       clearTimeout(this.#handshake);
       if (this.#down) this.#log.info('store: Redis reachable again');
       this.#down = false;
@@ -268,6 +274,7 @@ export class RedisCounterStore implements CounterStore {
       // its script, even the first after a Redis restart, so each call is one round trip.
       for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
     });
+    this.#replyBytes.claim();
     client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
     return client;
   }
@@ -374,7 +381,11 @@ export class RedisCounterStore implements CounterStore {
     }
     if (now - this.#lastSent < IDLE_PING_MS) return;
     this.#lastSent = this.#pingSince = now;
-    const answered = (): void => { if (this.#client === client) this.#pingSince = null; };
+    const answered = (): void => {
+      if (this.#client !== client) return;
+      this.#pingSince = null;
+      this.#replyBytes.replied();
+    };
     client.sendCommand(['PING']).then(answered, answered);
   }
 
@@ -429,6 +440,7 @@ export class RedisCounterStore implements CounterStore {
   /** What the commands in flight report back (see PendingCommand). */
   readonly #commands: CommandOwner = {
     replied: (command, heard) => {
+      if (heard) this.#replyBytes.replied();
       this.#unanswered -= command.calls;
       if (heard) this.#silentSince = this.#unanswered > 0 ? performance.now() : null;
       else if (this.#unanswered === 0) this.#silentSince = null;
@@ -492,6 +504,7 @@ export class RedisCounterStore implements CounterStore {
     this.#reconnectedAt = now;
     this.#outage(message, 'store: Redis answers READONLY (a replica: failed over?); calls that need it fail closed; connecting again');
     this.#client.destroy();
+    this.#replyBytes.claim();
     this.#client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
   }
 
@@ -524,6 +537,16 @@ export class RedisCounterStore implements CounterStore {
       'store: Redis answered nothing for a while (connection lost, or the server hung); calls that need it fail closed; connecting again');
     this.#silentSince = null;
     this.#replaceClient();
+  }
+
+  /**
+   * The connection sent more than MAX_REPLY_BYTES toward one reply: an outage. reply-bytes.ts closes it; the
+   * client fails the commands on it (closed) and connects again.
+   */
+  #replyTooLarge(bytes: number): void {
+    if (this.#closed) return;
+    this.#outage(`${bytes} bytes toward one reply (at most ${MAX_REPLY_BYTES})`,
+      'store: Redis sent a reply larger than any Postern asks for (not Redis, or broken?); calls that need it fail closed; connecting again');
   }
 
   /** The client replaced by a new one, connecting; the old one closed (its commands fail). */

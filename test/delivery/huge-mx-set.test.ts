@@ -8,7 +8,8 @@ import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { MAX_HOST_LOOKUPS } from '../../engine/delivery/transaction.ts';
-import type { DeliveryResolver } from '../../engine/delivery/dns.ts';
+import { createResolver, MAX_RECORDS, type DeliveryResolver } from '../../engine/delivery/dns.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
 
 test('an MX set of 3000 names that do not resolve: at most MAX_HOST_LOOKUPS looked up per attempt, then deferred', async () => {
   const sink = await startSink();
@@ -34,5 +35,25 @@ test('an MX set of 3000 names that do not resolve: at most MAX_HOST_LOOKUPS look
   } finally {
     await s.stop();
     await sink.close();
+  }
+});
+
+test('a domain answering 2500 MX records, a host 2500 addresses: the resolver keeps the 20 best of each, not every one in its cache', async () => {
+  // Each answer is one UDP datagram from a real DNS server; kept whole, 10 000 of them held ~1.5 GB in the
+  // delivery cache (a sender's domain chooses them: its bounces go there).
+  const mx = Array.from({ length: 2500 }, (_, i) => ({ type: 'MX' as const, value: { exchange: `h${i}.e`, priority: 3000 - i } }));
+  const a = Array.from({ length: 2500 }, (_, i) => ({ type: 'A' as const, value: `10.0.${i >> 8}.${i & 255}` }));
+  const dns = await startDnsServer({ 'many.test': mx, 'mx.many.test': a });
+  try {
+    const resolver = createResolver({ hostLookup: 'dns', servers: [dns.address] });
+    const records = await resolver.mx('many.test');
+    assert.equal(records.length, MAX_RECORDS);
+    // The best (lowest) priorities, which came last in the answer.
+    assert.deepEqual(records.map((r) => r.priority), Array.from({ length: MAX_RECORDS }, (_, i) => 501 + i));
+    assert.equal(records[0]!.exchange, 'h2499.e');
+    const addresses = await resolver.addresses('mx.many.test');
+    assert.equal(addresses.length, MAX_RECORDS);
+  } finally {
+    await dns.stop();
   }
 });

@@ -16,8 +16,15 @@ import { until } from '../helpers/wait.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
+import { loggedStore } from '../helpers/redis-server.ts';
 
-type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent';
+type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent' | 'endless-bulk' | 'endless-array' | 'endless-at-connect';
+
+/** An endless reply is streamed until the connection closes, or this much is sent (the test then fails). */
+const STREAM_CAP = 64 * 1024 * 1024;
+
+/** What the peer streamed of its last endless reply, and how that ended. */
+interface Stream { bytes: number; ended: 'closed' | 'cap' | null; startRss: number; peakRss: number }
 
 /** Commands of the RESP protocol as clients send them: arrays of bulk strings. */
 function* commands(buf: { data: Buffer }): Generator<string[]> {
@@ -43,25 +50,57 @@ function* commands(buf: { data: Buffer }): Generator<string[]> {
 }
 
 /**
- * A RESP peer whose answers to scripts (rate()) follow `mode`; everything else is answered plainly. A silent
+ * An endless reply on `s` (`$999999999` and bytes, or `*999999999` and integers), written as fast as the
+ * socket takes it, until it closes or STREAM_CAP is sent. The process's RSS is sampled at each write.
+ */
+function streamEndless(s: net.Socket, kind: 'bulk' | 'array', stream: Stream): void {
+  const chunk = Buffer.alloc(64 * 1024, kind === 'bulk' ? 'x' : ':1\r\n');
+  s.write(kind === 'bulk' ? '$999999999\r\n' : '*999999999\r\n');
+  s.once('close', () => { stream.ended ??= 'closed'; });
+  const pump = (): void => {
+    while (!s.destroyed) {
+      stream.peakRss = Math.max(stream.peakRss, process.memoryUsage.rss());
+      if (stream.bytes >= STREAM_CAP) { stream.ended = 'cap'; return; }
+      stream.bytes += chunk.length;
+      if (!s.write(chunk)) { s.once('drain', pump); return; }
+    }
+  };
+  pump();
+}
+
+/**
+ * A RESP peer whose answers to scripts (rate()) and GET follow `mode`; everything else is answered plainly. A silent
  * peer answers what it held back once its mode changes, in order, as a paused Redis does when it wakes.
  */
-async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; close(): void }> {
-  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0 };
+async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: number; commands: number; connections: number; stream: Stream; close(): void }> {
+  const state = { mode: 'ok' as Mode, scripts: 0, commands: 0, connections: 0, stream: { bytes: 0, ended: null, startRss: 0, peakRss: 0 } as Stream };
   const sockets = new Set<net.Socket>();
   const held: Array<() => void> = [];
   const answer = (calls: number): string => `*${3 * calls}\r\n${':1\r\n:1\r\n:60000\r\n'.repeat(calls)}`;
   const server = net.createServer((s) => {
+    state.connections++;
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => undefined);
     const buf = { data: Buffer.alloc(0) };
     s.on('data', (chunk) => {
       buf.data = Buffer.concat([buf.data, chunk]);
+      if (state.mode === 'endless-at-connect') { // the client's first commands (CLIENT SETINFO) get no answer but this
+        s.removeAllListeners('data');
+        streamEndless(s, 'bulk', state.stream = { bytes: 0, ended: null, startRss: 0, peakRss: 0 });
+        return;
+      }
       for (const args of commands(buf)) {
         const name = args[0]!.toUpperCase();
         if (name === 'SCRIPT') { s.write(`$40\r\n${'0'.repeat(40)}\r\n`); continue; }
         if (name === 'GET' || name === 'ZCOUNT') state.commands++;
+        if ((name === 'GET' || name === 'EVALSHA') && state.mode.startsWith('endless-')) {
+          state.commands++;
+          if (name === 'EVALSHA') state.scripts++;
+          state.stream = { bytes: 0, ended: null, startRss: process.memoryUsage.rss(), peakRss: 0 };
+          streamEndless(s, state.mode === 'endless-bulk' ? 'bulk' : 'array', state.stream);
+          return;
+        }
         if (name !== 'EVALSHA' && name !== 'EVAL') { s.write(state.mode === 'strings' ? '$1\r\nx\r\n' : name === 'GET' ? '$-1\r\n' : name === 'ZCOUNT' ? ':0\r\n' : '+OK\r\n'); continue; }
         state.commands++;
         state.scripts++;
@@ -87,6 +126,8 @@ async function startFakeRedis(): Promise<{ url: string; mode: Mode; scripts: num
     },
     get scripts() { return state.scripts; },
     get commands() { return state.commands; },
+    get connections() { return state.connections; },
+    get stream() { return state.stream; },
     close() { for (const s of sockets) s.destroy(); server.close(); },
   };
 }
@@ -133,7 +174,7 @@ async function rcpt(): Promise<string> {
 test('rate() against a Redis that answers errors, garbage or nothing fails closed with 451; served again once it answers properly', async () => {
   redis.mode = 'ok';
   await until('the store connected and answering', async () => (await rcpt()).startsWith('250'), { timeoutMs: 30_000 });
-  for (const mode of ['oom', 'busy', 'not-resp', 'strings', 'silent'] as const) {
+  for (const mode of ['oom', 'busy', 'not-resp', 'strings', 'silent', 'endless-bulk', 'endless-array'] as const) {
     redis.mode = mode;
     const before = redis.scripts;
     const reply = await rcpt();
@@ -167,5 +208,66 @@ test('counter values and AUTH failure counts from a Redis that answers strings f
   } finally {
     redis.mode = 'ok';
     await store.close();
+  }
+});
+
+test('a peer streaming an endless reply (a bulk string, an array) is cut after 1 MiB: the call fails closed, one outage line, memory flat, served again after', async () => {
+  // A time limit of a minute: the silence check (5 s or timeoutMs) must not be what cuts the stream. The client
+  // buffered the reply whole: 2 GB of RSS in 7 s for a bulk string, 1.3 GB for 64 MiB of an array.
+  const { store, lines } = loggedStore(redis.url, 'endless:', 60_000);
+  try {
+    redis.mode = 'ok';
+    await until('the store connected', async () => (await store.get('probe').then(() => true, () => false)), { timeoutMs: 30_000 });
+    // A byte that is no RESP type: the client drops the connection and makes a new one itself (its
+    // 'reconnecting'), which must be watched as the first was.
+    redis.mode = 'not-resp';
+    await assert.rejects(store.rate('r', 100, 60), StoreUnavailable);
+    redis.mode = 'ok';
+    await until('served again', async () => (await store.get('c').then((v) => v === 0, () => false)), { timeoutMs: 30_000 });
+    for (const mode of ['endless-bulk', 'endless-array'] as const) {
+      redis.mode = mode;
+      const before = redis.commands;
+      const outages = lines.filter((l) => l.includes('store: Redis sent a reply larger')).length;
+      const call = store.get('c');
+      call.catch(() => undefined);
+      await until(`${mode}: the stream ended`, () => redis.commands > before && redis.stream.ended !== null, { timeoutMs: 60_000 });
+      const { bytes, ended, startRss, peakRss } = redis.stream;
+      const grew = Math.round((peakRss - startRss) / 1048576);
+      assert.equal(ended, 'closed', `${mode}: the connection was cut (the peer sent ${bytes} bytes; RSS grew ${grew} MiB)`);
+      await assert.rejects(call, StoreUnavailable, `${mode}: fails closed`);
+      // 1 MiB read, the rest in the two kernel socket buffers.
+      assert.ok(bytes < 32 * 1024 * 1024, `${mode}: cut after ${bytes} bytes`);
+      assert.equal(lines.filter((l) => l.includes('store: Redis sent a reply larger')).length, outages + 1, `${mode}: one outage line`);
+      redis.mode = 'ok';
+      await until(`${mode}: served again`, async () => (await store.get('c').then((v) => v === 0, () => false)), { timeoutMs: 30_000 });
+    }
+  } finally {
+    redis.mode = 'ok';
+    await store.close();
+  }
+});
+
+test('a peer streaming without end at every new connection is connected to with a growing delay, not in a loop', async () => {
+  // Cut at 1 MiB, each connection was replaced by a new one at once: about 100 connections a second, each
+  // reading 1 MiB (a third of a core). The client's own delay between attempts (50 ms doubling to 2 s) now
+  // applies: 7 connections take at least 50 + 100 + 200 + 400 + 800 + 1600 ms (a lower bound: load only adds).
+  const peer = await startFakeRedis();
+  peer.mode = 'endless-at-connect';
+  const { store, lines } = loggedStore(peer.url, 'loop:', 500);
+  const start = performance.now();
+  try {
+    await until('the first stream', () => peer.stream.bytes > 0, { timeoutMs: 30_000 });
+    const first = peer.stream;
+    await until('7 connections', () => peer.connections >= 7, { timeoutMs: 60_000 });
+    // Cut during the client's first commands too (the 5 s wait for their answers let it stream on till then).
+    assert.equal(first.ended, 'closed');
+    assert.ok(first.bytes < 32 * 1024 * 1024, `cut after ${first.bytes} bytes`);
+    const took = performance.now() - start;
+    assert.ok(took >= 2000, `7 connections in ${Math.round(took)} ms`);
+    assert.equal(lines.filter((l) => l.includes('store: Redis sent a reply larger')).length, 1, 'one outage line');
+    await assert.rejects(store.get('c'), StoreUnavailable);
+  } finally {
+    await store.close();
+    peer.close();
   }
 });

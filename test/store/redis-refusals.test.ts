@@ -10,12 +10,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { Writable } from 'node:stream';
 import { StoreUnavailable } from '../../engine/store/index.ts';
-import { RedisCounterStore } from '../../engine/store/redis-store.ts';
-import { createLogger } from '../../engine/logging/logger.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
-import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { eventually, loggedStore as loggedRedisStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { until } from '../helpers/wait.ts';
 
 const opts = needsRedis();
@@ -28,11 +25,7 @@ const cli = async (...args: string[]): Promise<string> =>
 
 const unreachable = async (): Promise<number | undefined> => (await registry.getSingleMetric('postern_store_unreachable')!.get()).values[0]?.value;
 
-function loggedStore(keyPrefix: string): { store: RedisCounterStore; lines: string[] } {
-  const lines: string[] = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  return { store: new RedisCounterStore({ url: redis.url, keyPrefix, timeoutMs: 1000 }, createLogger('info', sink)), lines };
-}
+const loggedStore = (keyPrefix: string): ReturnType<typeof loggedRedisStore> => loggedRedisStore(redis.url, keyPrefix, 1000);
 
 const refusedLines = (lines: string[]): number => lines.filter((l) => l.includes('store: Redis refuses commands')).length;
 
@@ -88,9 +81,7 @@ test('a Redis that wants a password the URL does not give (NOAUTH): logged as an
 
 test('an ACL that denies one command Postern uses (GET: counter().get()): an outage until it is allowed, one line however the other calls go', opts, async () => {
   await cli('ACL', 'SETUSER', 'postern', 'on', '>pw', '~*', '+@all', '-get');
-  const lines: string[] = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  const store = new RedisCounterStore({ url: `redis://postern:pw@127.0.0.1:${redis.port}`, keyPrefix: 'acl:', timeoutMs: 1000 }, createLogger('info', sink));
+  const { store, lines } = loggedRedisStore(`redis://postern:pw@127.0.0.1:${redis.port}`, 'acl:', 1000);
   try {
     await eventually(async () => (await store.rate('r', 100, 60)).count === 1, 'store connected');
     for (let i = 0; i < 3; i++) {

@@ -6,12 +6,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { Writable } from 'node:stream';
 import { createClient } from 'redis';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
-import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { eventually, loggedStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { until } from '../helpers/wait.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
 
@@ -164,13 +163,6 @@ async function silentRelay(): Promise<{ url: string; silent: boolean; links: Set
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   relay.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
   return relay;
-}
-
-/** A store whose log lines are kept. */
-function loggedStore(url: string, keyPrefix: string, timeoutMs: number): { store: RedisCounterStore; lines: string[] } {
-  const lines: string[] = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  return { store: new RedisCounterStore({ url, keyPrefix, timeoutMs }, createLogger('info', sink)), lines };
 }
 
 test('a server that takes the connection and never answers its first commands: logged as an outage, and connected again until one answers', opts, async () => {
