@@ -202,6 +202,8 @@ export const policyServiceSchema = z.strictObject({
     maxLineBytes: z.number().int().min(64).meta({ unit: 'bytes' }).default(8192)
       .describe('Longest attribute line. A longer one is answered with `failureAction` and the connection is closed.'),
     maxAttributes: z.number().int().positive().default(200).describe('Attributes in one request; more are answered with `failureAction` and the connection is closed.'),
+    maxRequestBytes: z.number().int().min(1024).meta({ unit: 'bytes' }).default(64 * 1024)
+      .describe('One request, all its lines together (Postfix sends about 1 KB). A larger one is answered with `failureAction` and the connection is closed: `maxAttributes` × `maxLineBytes` alone let each connection hold 1.6 MB of a request that never ends, 1.7 GB over `maxConnections`.'),
     idleTimeoutMs: timerMs().default(330_000)
       .describe('A connection idle this long is closed (Postfix closes its own after `smtpd_policy_service_max_idle`, 300 s).'),
   }).prefault({}).describe('Per-service connection and request limits.'),

@@ -10,6 +10,8 @@ export interface RequestLimits {
   maxLineBytes: number;
   /** Most attributes in one request. */
   maxAttributes: number;
+  /** Most characters in one request, line ends included. */
+  maxRequestBytes: number;
 }
 
 export interface PolicyRequest {
@@ -81,6 +83,7 @@ export class RequestReader {
       if (end - start > this.#limits.maxLineBytes) return this.#fail(`line longer than ${this.#limits.maxLineBytes} characters`);
       this.#start = nl + 1;
       this.#size += nl + 1 - start;
+      if (this.#size > this.#limits.maxRequestBytes) return this.#fail(`request longer than ${this.#limits.maxRequestBytes} characters`);
       if (end === start) {
         if (this.#count === 0 && this.#malformed === null) { this.#size = 0; continue; } // stray empty line between requests
         return this.#finish();

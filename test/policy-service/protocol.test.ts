@@ -143,7 +143,7 @@ test('200 concurrent connections are all served, also while one client has sent 
   stalled.close();
 });
 
-test('a client that half-closes after sending several requests gets every answer, then the close', async () => {
+test('a client that half-closes after sending several requests gets every answer, then the close', { timeout: 60_000 }, async () => {
   // As `printf … | nc -N` or a script does: the requests and the FIN in one go. Node's default ended the
   // service's side at the FIN, and the answers still being decided were dropped (only the first came).
   const c = await PolicyClient.connect(tcp('main'));
@@ -188,6 +188,17 @@ test('an over-long line: the failure action, then the connection is closed', asy
   assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
   await c.closed;
   assert.ok(s.logs.some((l) => /line longer than 512 characters; connection closed/.test(String(l.msg))));
+});
+
+test('a request that never ends (lines within maxLineBytes and maxAttributes): the failure action at maxRequestBytes, then the close', { timeout: 60_000 }, async () => {
+  // 200 lines of 500 characters (maxAttributes × maxLineBytes: 100 KB) pass both line limits; the request does not.
+  const c = await PolicyClient.connect(tcp('main'));
+  const lines = Array.from({ length: 199 }, (_, i) => `x_filler_${i}=${'a'.repeat(480)}\n`).join('');
+  c.send(requestText(rcptRequest({ recipient: 'a@example.org' })) + `request=smtpd_access_policy\n${lines}`);
+  assert.equal(await c.next(), 'action=DUNNO', 'the request before it is answered first');
+  assert.equal(await c.next(), 'action=DEFER_IF_PERMIT Service temporarily unavailable');
+  await c.closed;
+  assert.ok(s.logs.some((l) => /request longer than 65536 characters; connection closed/.test(String(l.msg))));
 });
 
 test('a script that times out or throws answers the failure action, never an accept', async () => {
