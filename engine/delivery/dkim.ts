@@ -112,13 +112,50 @@ export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer
  * Bare LF and bare CR line ends made CRLF: the message as the SMTP client sends it (nodemailer's data
  * stream turns both into CRLF; a lone CR left alone would be an SMTP smuggling vector), and a CRLF at the end
  * if there is no line end there. The same buffer when there is nothing to change.
+ *
+ * Two passes over the bytes in JS, a few milliseconds a megabyte whatever the lines: a native search per line
+ * end cost a call per line (24 MB of short lines held the queue's thread ~0.5 s with nothing to change), and
+ * the rewrite with a regex over the message as a string ~2 s for 24 MB of bare LFs, past the queue's watchdog.
  */
 export function withCrlf(message: Buffer): Buffer {
-  // Found with indexOf (native) line end by line end, not byte by byte in JS: a 25 MB message held the thread 100+ ms.
-  let bare = false;
-  for (let at = message.indexOf(0x0a); at >= 0 && !bare; at = message.indexOf(0x0a, at + 1)) bare = at === 0 || message[at - 1] !== 0x0d;
-  for (let at = message.indexOf(0x0d); at >= 0 && !bare; at = message.indexOf(0x0d, at + 1)) bare = message[at + 1] !== 0x0a;
-  const crlf = bare ? Buffer.from(message.toString('latin1').replace(/\r\n|\r|\n/g, '\r\n'), 'latin1') : message;
+  const bare = bareLineEnds(message);
+  const crlf = bare === 0 ? message : crlfCopy(message, bare);
   // The SMTP client ends a message that does not end with a line end with one before the final dot: signed too.
   return crlf.length && crlf[crlf.length - 1] !== 0x0a ? Buffer.concat([crlf, Buffer.from('\r\n')]) : crlf;
+}
+
+const CR = 0x0d;
+const LF = 0x0a;
+
+/** Line ends that are not CRLF: an LF without its CR, a CR without its LF. */
+function bareLineEnds(message: Buffer): number {
+  let bare = 0;
+  const n = message.length;
+  for (let i = 0; i < n; i++) {
+    const b = message[i];
+    if (b === LF) bare++;
+    else if (b === CR) {
+      if (message[i + 1] === LF) i++;
+      else bare++;
+    }
+  }
+  return bare;
+}
+
+/** `message` with each of its `bare` bare line ends written CRLF. */
+function crlfCopy(message: Buffer, bare: number): Buffer {
+  const out = Buffer.allocUnsafe(message.length + bare);
+  const n = message.length;
+  let o = 0;
+  for (let i = 0; i < n; i++) {
+    const b = message[i]!;
+    if (b === LF || b === CR) {
+      if (b === CR && message[i + 1] === LF) i++; // a CRLF: as it is
+      out[o++] = CR;
+      out[o++] = LF;
+    } else {
+      out[o++] = b;
+    }
+  }
+  return out;
 }

@@ -48,28 +48,39 @@ class Output {
  * The first line longer than `limit` from `from` on (a line ends at LF or at a bare CR; `from` is a line start or
  * a line end): where it starts and where its line end is; null when there is none. Short lines are stepped over a
  * window at a time (the last LF within `limit` octets, found natively), so a message of many short lines costs a
- * native search per ~`limit` octets, not one per line; bytes are looked at in JS only in a line that may be long.
+ * native search per ~`limit` octets, not one per line; bytes are looked at in JS only in a line that may be long,
+ * and only up to its LF or the point it is known long: each byte once over all calls. Native searches that went
+ * on past the line (for its LF, to the message's end; for the window's last LF, back to the message's start) did
+ * so again for each long line: 10 MB of long lines cut by bare CRs held the queue process for seconds, past its
+ * watchdog.
  */
 function longLine(message: Buffer, limit: number, from: number): { start: number; end: number } | null {
   let start = from;
   while (message.length - start > limit) {
-    const lf = message.lastIndexOf(LF, start + limit);
-    if (lf >= start) { start = lf + 1; continue; }
+    // Within the window only: lastIndexOf from its end goes on back to the message's start when the window has no LF.
+    const lf = message.subarray(start, start + limit + 1).lastIndexOf(LF);
+    if (lf >= 0) { start += lf + 1; continue; }
     // No LF within limit + 1 octets: long, unless a bare CR cuts it, or a CR before its LF is all that is over.
-    const next = message.indexOf(LF, start);
-    const end = next < 0 ? message.length : next;
     let lineStart = start;
-    for (let i = start; i < end; i++) {
-      if (message[i] === CR) lineStart = i + 1;
-      else if (i - lineStart >= limit) {
-        const cr = message.subarray(i, end).indexOf(CR);
-        return { start: lineStart, end: cr < 0 ? end : i + cr };
-      }
+    let i = start;
+    for (; i < message.length; i++) {
+      const b = message[i];
+      if (b === LF) break;
+      if (b === CR) lineStart = i + 1;
+      else if (i - lineStart >= limit) return { start: lineStart, end: lineEnd(message, i) };
     }
-    if (next < 0) return null;
-    start = next + 1;
+    start = i + 1;
   }
   return null;
+}
+
+/** The first LF or CR at `from` or after (the end of the line `from` is in), or the message's length. */
+function lineEnd(message: Buffer, from: number): number {
+  for (let i = from; i < message.length; i++) {
+    const b = message[i];
+    if (b === LF || b === CR) return i;
+  }
+  return message.length;
 }
 
 /** message[start, end) (one line, no line end in it) into `out`, in lines of at most `limit` octets, each after the first starting with a space or tab. */
@@ -96,16 +107,15 @@ function breakLine(message: Buffer, start: number, end: number, limit: number, o
 /**
  * The last space or tab in line[from, to) that follows a byte that is none, or -1: the line cut there ends in
  * text, never in a run of blanks (a folded line of blanks only is one some readers take for the empty line).
- * Native searches, bounded to the range.
+ * One pass back over the range: searching it again for each blank of a run cost the range's square per cut (a
+ * line of megabytes of spaces held the queue process for seconds).
  */
 function lastSpace(line: Buffer, from: number, to: number): number {
-  for (let end = to; end > from;) {
-    const range = line.subarray(from, end);
-    const at = Math.max(range.lastIndexOf(SP), range.lastIndexOf(HT));
-    if (at < 0) return -1;
-    const i = from + at;
-    if (line[i - 1] !== SP && line[i - 1] !== HT) return i;
-    end = i;
+  for (let i = to - 1; i >= from; i--) {
+    const b = line[i];
+    if (b !== SP && b !== HT) continue;
+    const before = line[i - 1];
+    if (before !== SP && before !== HT) return i;
   }
   return -1;
 }

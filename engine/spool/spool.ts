@@ -29,6 +29,12 @@ const SYNC_READ_BYTES = 256 * 1024;
 const READ_STEP_BYTES = 4 * 1024 * 1024;
 /** Messages up to this size (with envelope) go to the journal; larger ones get a file of their own. */
 const JOURNAL_MAX_BYTES = 1024 * 1024;
+/**
+ * What a writer past its spool's memory bound (receivingMemoryBytes) still gathers before it writes to its file:
+ * writing each chunk at once cost a system call per chunk, and a chunk is a line when a client sends dot-stuffed
+ * lines (`..`), so a message of them cost a write per line. A few KiB per writer stays within "the chunk each is reading".
+ */
+const OVER_BOUND_GATHER_BYTES = 4 * 1024;
 
 /** One message found by Spool.scan(). */
 export interface ScanEntry { id: string; hasState: boolean; held: boolean }
@@ -493,7 +499,8 @@ export class SpoolWriter {
     this.#pendingBytes += chunk.length;
     const held = this.#spool.heldBytes += chunk.length;
     const limit = this.#fd === null && this.#journal ? JOURNAL_MAX_BYTES : 256 * 1024;
-    if (this.#pendingBytes >= limit || held > this.#maxHeldBytes) this.#flush();
+    // Past the memory bound: at once, into a file of its own; once it has one, a few KiB at a time (see OVER_BOUND_GATHER_BYTES).
+    if (this.#pendingBytes >= limit || (held > this.#maxHeldBytes && (this.#fd === null || this.#pendingBytes >= OVER_BOUND_GATHER_BYTES))) this.#flush();
   }
 
   /** What this writer holds in memory no longer counts in its spool's heldBytes (written, handed on or dropped). */
@@ -642,13 +649,16 @@ export class SpoolWriter {
     this.#fd ??= openSync(this.#partFile, 'wx+', 0o600); // read too: read() and #rewrite() read it back
     this.#hash ??= createHash('sha256');
     const buffers = this.#pending;
+    const bytes = this.#pendingBytes;
     this.#pending = [];
     this.#release();
-    for (const b of buffers) {
-      this.#hash.update(b);
-      writeAll(this.#fd, b);
-      this.#flushed += b.length;
-    }
+    if (buffers.length === 0) return;
+    // Joined: one hash update and one write, not one per chunk. A chunk is what the SMTP parser hands on, which is
+    // a line when dot-stuffed lines follow one another: a system call per line, some 100 times a plain message's CPU.
+    const joined = buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers, bytes);
+    this.#hash.update(joined);
+    writeAll(this.#fd, joined);
+    this.#flushed += joined.length;
   }
 }
 

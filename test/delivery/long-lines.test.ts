@@ -14,6 +14,7 @@ import { verifyDkim } from '../helpers/dkim.ts';
 import { useSigningDelivery } from '../helpers/dkim-delivery.ts';
 import { HeaderReader } from '../../engine/smtp/header-reader.ts';
 import { parseConfig } from '../../engine/config/load-config.ts';
+import { withLinesWithin } from '../../engine/delivery/line-length.ts';
 
 const setup = useSigningDelivery({ com: { type: 'rsa', domain: 'example.com', selector: 'sel', senderDomains: ['example.com'] } }, undefined,
   () => startRawSink({ maxLineOctets: 998, eightBitMime: true }));
@@ -74,4 +75,41 @@ test('lineLengthLimit below 78 (but 0) is a configuration error naming the file 
   assert.throws(() => parseConfig(yaml, '/etc/postern.yaml', '/etc'),
     /\/etc\/postern\.yaml:\d+:\d+: delivery\.lineLengthLimit: expected 0 \(lines sent as they are\) or at least 78/);
   assert.equal(parseConfig(yaml.replace('lineLengthLimit: 10', 'lineLengthLimit: 0'), '/etc/postern.yaml', '/etc').config.delivery.lineLengthLimit, 0);
+});
+
+/** CPU milliseconds `f` takes (a guard only: the cost it guards against is minutes). */
+function cpuMs(f: () => void): number {
+  const start = process.cpuUsage();
+  f();
+  const used = process.cpuUsage(start);
+  return (used.user + used.system) / 1000;
+}
+
+/** Every line of `out` (ended by LF or a bare CR) is at most `limit` octets. */
+function longestLine(out: Buffer): number {
+  let longest = 0;
+  for (const line of out.toString('latin1').split(/\r\n|\r|\n/)) longest = Math.max(longest, line.length);
+  return longest;
+}
+
+test('long lines cut by bare CRs, one LF at the end: each byte is looked at once, not the message once per long line', () => {
+  // 8 MB of 80-octet lines ended by bare CRs, over a limit of 78: the search for each line's LF ran to the
+  // message's end and the window's back to its start (about 95 s here), in the queue process, whose watchdog kills it at 1 s.
+  const message = Buffer.from(`${'x'.repeat(80)}\r`.repeat(100_000) + '\n', 'latin1');
+  let out: Buffer = Buffer.alloc(0);
+  const ms = cpuMs(() => { out = withLinesWithin(message, 78); });
+  assert.ok(ms < 5000, `${ms} ms of CPU`);
+  assert.equal(longestLine(out), 78);
+  assert.equal(out.length, message.length + 100_000 * 3, 'each line cut once (CR LF and a space)');
+});
+
+test('a line of blanks only, megabytes long: each cut looks back over its room once', () => {
+  // Each cut searched its room again for every blank of the run it was in: the room's square per cut (some
+  // 20 s for 8 MB at a limit of 1,000,000; at the default 998 some 90 ns an octet, 2 s for a 25 MB line).
+  const message = Buffer.from(`x${' '.repeat(8_000_000)}\r\n`, 'latin1');
+  let out: Buffer = Buffer.alloc(0);
+  const ms = cpuMs(() => { out = withLinesWithin(message, 1_000_000); });
+  assert.ok(ms < 5000, `${ms} ms of CPU`);
+  assert.ok(longestLine(out) <= 1_000_000);
+  assert.equal(out.toString('latin1').replace(/\r\n /g, ''), message.toString('latin1'), 'only cut, nothing lost');
 });
