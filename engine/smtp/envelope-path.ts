@@ -14,6 +14,7 @@
  *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
  *   refuses (an A-label that decodes to a control character) is a syntax error.
  */
+import type { SMTPServerAddress } from 'smtp-server';
 import type { Config } from '../config/schema.ts';
 import { envelopeDomain } from '../policy/domain-key.ts';
 import { rewriteBarePostmaster } from '../policy/postmaster.ts';
@@ -86,4 +87,9 @@ export function canonicalAddress(parsed: { address: string }, rcpt: boolean, utf
   if (address === false) return false;
   parsed.address = address;
   return true;
+}
+
+/** The MAIL FROM `mail` declared SMTPUTF8: its transaction may carry UTF-8 (addresses, header, replies). */
+export function declaresUtf8(mail: Pick<SMTPServerAddress, 'args'>): boolean {
+  return !!(mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
 }
