@@ -6,6 +6,7 @@
  * every mailbox of a list or a group.
  */
 import { ownsSender } from './sender-logins.ts';
+import { decodeEncodedWords } from './encoded-words.ts';
 
 /** The mailboxes of an address field's value, groups flattened (engine/delivery/address-list.ts). */
 export type AddressListParser = (value: string) => Array<{ name: string; address: string }>;
@@ -21,14 +22,26 @@ export type HeaderSenderRefusal =
  * ceo@x. So an address-shaped word of a name must be one the login owns too (and `"ceo@x" <alice@x>` is refused).
  */
 function addressesInName(name: string): string[] {
-  if (!name.includes('@')) return [];
+  const shown = readerForm(name);
+  if (!shown.includes('@')) return [];
   // Split, then looked at word by word: a regex for `x@y.z` anywhere in the name backtracked quadratically on a long word.
-  return name.split(NAME_DELIMITERS).filter((word) => {
+  return shown.split(NAME_DELIMITERS).filter((word) => {
     const at = word.indexOf('@');
     return at > 0 && word.indexOf('.', at) > at + 1;
   });
 }
 const NAME_DELIMITERS = /[\s<>()[\],;:"]+/;
+
+/**
+ * A display name as a reader is shown it: its RFC 2047 encoded-words decoded (`=?utf-8?q?ceo=40example.com?=`
+ * shows ceo@example.com), then in NFKC with the IDNA full stops as dots, so that fullwidth `ｃｅｏ＠ｅｘａｍｐｌｅ．ｃｏｍ`
+ * or `ceo@example。com`, which a reader takes for the CEO's address, is that address to the check too.
+ */
+function readerForm(name: string): string {
+  const decoded = decodeEncodedWords(name);
+  // eslint-disable-next-line no-control-regex
+  return /^[\x00-\x7f]*$/.test(decoded) ? decoded : decoded.normalize('NFKC').replace(/[\u3002\uff0e\uff61]/g, '.');
+}
 
 /**
  * What no plain addr-spec holds once addressparser has taken quotes and comments off: a second `@`, an angle
@@ -49,7 +62,9 @@ export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, stri
     for (const a of list) {
       for (const address of [a.address, ...addressesInName(a.name)]) {
         if (!address || owned.has(address)) continue;
-        if (AMBIGUOUS.test(address) || !ownsSender(user, extra, address)) return { problem: 'not-owned', field, address };
+        // An encoded-word in the address itself (which RFC 2047 forbids there, and some clients decode): the
+        // address a reader may be shown must be as plain as the one the check compares.
+        if (AMBIGUOUS.test(address) || AMBIGUOUS.test(readerForm(address)) || !ownsSender(user, extra, address)) return { problem: 'not-owned', field, address };
         owned.add(address);
       }
     }
