@@ -77,6 +77,7 @@ export async function receiveMessage(
       sender: mailFrom ? mailFrom.address : '',
       recipients: session.envelope.rcptTo.map((r) => spooledRecipient(r)),
       ...spooledDsn(session.envelope.dsn),
+      ...(mailFrom && declaresUtf8(mailFrom) ? { smtputf8: true as const } : {}),
       size: 0,
       session: client.spooled,
       attempts: 0,
