@@ -233,7 +233,7 @@ const dkimKeySchema = z.strictObject({
   privateKey: path()
     .describe('Private key file (PEM, PKCS#8 or PKCS#1): RSA of at least 1024 bits (2048 recommended), signing `rsa-sha256`, or Ed25519, signing `ed25519-sha256` (RFC 8463). Read by the server (checked at every start, reload and `postern check`; used by the queue process to sign); it never enters the sandbox.'),
   senderDomains: z.array(z.string()).default([])
-    .describe('Envelope-sender domains (compared case-insensitively, exact) whose mail is signed with this key unless a `predelivery` script chooses otherwise (`deliver({ dkim })`). A domain may be listed under one key only.'),
+    .describe('Envelope-sender domains (compared case-insensitively and by their A-labels: an IDN may be written `bücher.example` or `xn--bcher-kva.example`) whose mail is signed with this key unless a `predelivery` script chooses otherwise (`deliver({ dkim })`). A domain may be listed under one key only.'),
 });
 
 const deliverySchema = z.strictObject({
