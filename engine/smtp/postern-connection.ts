@@ -25,7 +25,7 @@ import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
-import { canonicalAddress, declaresUtf8, unquotedPath } from './envelope-path.ts';
+import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 
 type Callback = () => void;
 
@@ -471,15 +471,15 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     return canonicalAddress(parsed, rcpt, utf8, asciiCommand, this.state.generation.config) ? parsed : false;
   }
 
-  /** MAIL FROM and RCPT TO: a quoted local part unquoted, or refused when it needs its quotes (envelope-path.ts). */
+  /** MAIL FROM and RCPT TO: refused for a character no address carries, a quoted local part unquoted or refused when it needs its quotes (envelope-path.ts). */
   override handler_MAIL(command: Buffer, callback: Callback): void {
-    const path = unquotedPath(command);
+    const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
     super.handler_MAIL(path, callback);
   }
 
   override handler_RCPT(command: Buffer, callback: Callback): void {
-    const path = unquotedPath(command);
+    const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
     super.handler_RCPT(path, callback);
   }
