@@ -6,7 +6,8 @@
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
-import { parseSenderList } from './sender-logins.ts';
+import { parseSenderList, senderKey } from './sender-logins.ts';
+import { domainKey } from './domain-key.ts';
 import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
@@ -73,9 +74,20 @@ function fieldIdentity(listener: ListenerConfig, cert: PeerCertificate, chainCon
   const name = accountName(value);
   if (name && field === 'CN' && chainConstraints) {
     const constraints = chainConstraints();
-    if (constraints === null || !emailPermitted(value!, constraints)) return null;
+    if (constraints === null || !emailPermitted(constrainedForm(name), constraints)) return null;
   }
   return name;
+}
+
+/**
+ * The CN as the constraints must see it: as the account it names binds an envelope (sender-logins.ts), case-folded
+ * and its domain by its A-labels. Compared as written, a sub-CA kept out of example.com issued CN=admin@ｅｘａｍｐｌｅ.com
+ * (or admin@example。com, or admin@bücher.example past xn--bcher-kva.example), which then sent as admin@example.com.
+ * A domain IDNA refuses is no host a constraint can allow ('' then: not an address).
+ */
+function constrainedForm(name: string): string {
+  const at = name.lastIndexOf('@');
+  return at < 0 || domainKey(name.slice(at + 1)) ? senderKey(name) : '';
 }
 
 /**
