@@ -7,7 +7,7 @@ import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import { parseSenderList, senderKey } from './sender-logins.ts';
-import { domainKey } from './domain-key.ts';
+import { domainKey, envelopeDomain } from './domain-key.ts';
 import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
@@ -121,10 +121,21 @@ const ASCII = /[\x00-\x7f]/g;
  * A certificate field's value as an account name (lowercased, as every identity), or null when it cannot
  * name one. Lowercasing must not turn what is not ASCII into ASCII: U+212A KELVIN SIGN lowercases to `k`
  * and U+0130 to `i` + a combining dot, so a certificate for "\u212Aate" would otherwise speak for kate.
+ * Likewise an address must be written in one of its two plain forms, NFC and its domain in A-labels or in
+ * U-labels exactly: `admin@ｅｘａｍｐｌｅ.com`, `admin@example。com` or `admin@example.com.` is admin@example.com to
+ * the sender binding (IDNA-mapped), so a CA that refuses requests for @example.com would otherwise issue it.
  */
 export function accountName(value: string | undefined): string | null {
   if (!value || value.length > MAX_ACCOUNT_LENGTH || NOT_IN_AN_ACCOUNT.test(value)) return null;
   const lower = value.toLowerCase();
   if ((lower.match(ASCII)?.length ?? 0) !== (value.match(ASCII)?.length ?? 0)) return null;
+  if (lower !== lower.normalize('NFC')) return null;
+  const at = lower.lastIndexOf('@');
+  if (at >= 0 && !plainDomain(lower.slice(at + 1))) return null;
   return lower;
+}
+
+/** `domain` is its own A-label or U-label form (envelopeDomain), with no trailing dot. */
+function plainDomain(domain: string): boolean {
+  return domain !== '' && !domain.endsWith('.') && (domain === envelopeDomain(domain, false) || domain === envelopeDomain(domain, true));
 }
