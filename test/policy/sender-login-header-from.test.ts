@@ -97,6 +97,10 @@ test('password login: From: and Sender: must be addresses the login may use; eac
     [['From: =?utf-8?q?=EF=BD=83=EF=BD=85=EF=BD=8F=EF=BC=A0example=E3=80=82com?= <alice@example.com>'], FORGED('ceo@example.com')],
     [['From: =?utf-8?q?ceo=40example.com?=@alice.example'], FORGED('=?utf-8?q?ceo=40example.com?=@alice.example')],
     [['From: =?utf-8?q?Alice_=28alice=40example.com=29?= <alice@example.com>'], /^250 /],
+    // A group's name is shown too (RFC 6854 allows a group as the author).
+    [['From: "ceo@example.com": alice@example.com;'], FORGED('ceo@example.com')],
+    [['From: =?utf-8?q?ceo=40example.com?=: alice@example.com;'], FORGED('ceo@example.com')],
+    [['From: team: alice@example.com;'], /^250 /],
     // Two @: example.com's to one reader, alice.example's (listed as @alice.example) to another.
     [['From: ceo@example.com@alice.example'], FORGED('ceo@example.com@alice.example')],
     [['Subject: no author'], '550 5.6.0 Message must have exactly one From: header field, not 0'],
