@@ -23,6 +23,8 @@ export type HeaderSenderRefusal =
  */
 function addressesInName(name: string): string[] {
   const shown = readerForm(name);
+  // Reordered for display, the name shows what no word of it says: "\u202Emoc.elpmaxe@oec" reads ceo@example.com.
+  if (BIDI_CONTROL.test(shown)) return [shown];
   if (!shown.includes('@')) return [];
   // Split, then looked at word by word: a regex for `x@y.z` anywhere in the name backtracked quadratically on a long word.
   return shown.split(NAME_DELIMITERS).filter((word) => {
@@ -31,6 +33,8 @@ function addressesInName(name: string): string[] {
   });
 }
 const NAME_DELIMITERS = /[\s<>()[\],;:"]+/;
+/** Bidi embeddings, overrides and isolates: a name holding one is owned by nobody (no login's address is it). */
+const BIDI_CONTROL = /[\u202a-\u202e\u2066-\u2069]/;
 
 /**
  * A display name as a reader is shown it: its RFC 2047 encoded-words decoded (`=?utf-8?q?ceo=40example.com?=`

@@ -101,6 +101,8 @@ test('password login: From: and Sender: must be addresses the login may use; eac
     [['From: "ceo@example.com": alice@example.com;'], FORGED('ceo@example.com')],
     [['From: =?utf-8?q?ceo=40example.com?=: alice@example.com;'], FORGED('ceo@example.com')],
     [['From: team: alice@example.com;'], /^250 /],
+    // A bidi override shows "moc.elpmaxe@oec" as ceo@example.com: a name with one is nobody's.
+    [['From: =?utf-8?q?=E2=80=AEmoc.elpmaxe=40oec?= <alice@example.com>'], FORGED('?moc.elpmaxe@oec')],
     // Two @: example.com's to one reader, alice.example's (listed as @alice.example) to another.
     [['From: ceo@example.com@alice.example'], FORGED('ceo@example.com@alice.example')],
     [['Subject: no author'], '550 5.6.0 Message must have exactly one From: header field, not 0'],
