@@ -6,7 +6,7 @@
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
-import { parseSenderList, senderKey } from './sender-logins.ts';
+import { asciiSafeLowerCase, parseSenderList, senderKey } from './sender-logins.ts';
 import { domainKey, envelopeDomain } from './domain-key.ts';
 import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
 
@@ -114,8 +114,6 @@ const MAX_ACCOUNT_LENGTH = 254;
  * unassigned code points.
  */
 const NOT_IN_AN_ACCOUNT = /[\p{Cc}\p{Cf}\p{Z}\p{Cs}\p{Co}\p{Cn}]/u;
-// eslint-disable-next-line no-control-regex
-const ASCII = /[\x00-\x7f]/g;
 
 /**
  * A certificate field's value as an account name (lowercased, as every identity), or null when it cannot
@@ -127,9 +125,8 @@ const ASCII = /[\x00-\x7f]/g;
  */
 export function accountName(value: string | undefined): string | null {
   if (!value || value.length > MAX_ACCOUNT_LENGTH || NOT_IN_AN_ACCOUNT.test(value)) return null;
-  const lower = value.toLowerCase();
-  if ((lower.match(ASCII)?.length ?? 0) !== (value.match(ASCII)?.length ?? 0)) return null;
-  if (lower !== lower.normalize('NFC')) return null;
+  const lower = asciiSafeLowerCase(value);
+  if (lower === null || lower !== lower.normalize('NFC')) return null;
   const at = lower.lastIndexOf('@');
   if (at >= 0 && !plainDomain(lower.slice(at + 1))) return null;
   return lower;
