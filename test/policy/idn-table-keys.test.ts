@@ -37,7 +37,7 @@ listeners:
 after(() => s?.stop());
 
 /** Each recipient's RCPT reply from python smtplib, in one transaction with or without SMTPUTF8. */
-async function rcptReplies(recipients: string[], smtputf8: boolean): Promise<string[]> {
+async function rcptReplies(recipients: string[], smtputf8: boolean, server: TestServer = s): Promise<string[]> {
   const py = `
 import smtplib, sys, json
 s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=60)
@@ -47,7 +47,7 @@ for r in json.loads(sys.argv[3]):
     c, m = s.rcpt(r); print(c, m.decode())
 s.quit()
 `;
-  const { stdout } = await run('python3', ['-c', py, String(s.port('mx')), smtputf8 ? '1' : '0', JSON.stringify(recipients)]);
+  const { stdout } = await run('python3', ['-c', py, String(server.port('mx')), smtputf8 ? '1' : '0', JSON.stringify(recipients)]);
   return stdout.trim().split('\n');
 }
 
@@ -76,5 +76,38 @@ test('one domain written twice in a table, as U-labels and as A-labels, is a dup
     await assert.rejects(loadTable('routes', join(dir, 'routes')), /routes:3: duplicate key/);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+// The same holds for a script's own keys: `domain` is in the transaction's form (A-labels or U-labels), so a rate()
+// per recipient domain keyed by it counted bücher.example twice over, once per form. `asciiDomain` is one key.
+test('a rate() per recipient domain keyed by asciiDomain counts ASCII and SMTPUTF8 transactions as one domain', async () => {
+  const limited = await startTestServer({
+    config: `
+localDomains: [bücher.example]
+listeners:
+  - { name: mx, listen: 127.0.0.1:0, reverseDns: false, limits: { greetingDelayMs: 0 } }
+`,
+    scripts: {
+      'rcptto.ts': `export default async (ctx) => {
+  const r = await rate('rcpt-domain:' + ctx.address.asciiDomain, 2, 3600);
+  return r.allowed ? accept() : reject('limit for ' + ctx.address.asciiDomain + ' (' + ctx.address.domain + ')');
+};`,
+    },
+  });
+  try {
+    assert.deepEqual([
+      ...await rcptReplies(['a@xn--bcher-kva.example'], false, limited),
+      ...await rcptReplies(['b@b\u00fccher.example'], true, limited),
+      ...await rcptReplies(['c@XN--BCHER-KVA.example'], false, limited),
+      ...await rcptReplies(['d@B\u00dcCHER.example'], true, limited),
+    ], [
+      '250 2.1.5 Accepted',
+      '250 2.1.5 Accepted',
+      '550 5.7.1 limit for xn--bcher-kva.example (xn--bcher-kva.example)',
+      '550 5.7.1 limit for xn--bcher-kva.example (b\u00fccher.example)',
+    ]);
+  } finally {
+    await limited.stop();
   }
 });
