@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { verifyDkim } from '../helpers/dkim.ts';
 import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { parseConfig } from '../../engine/config/load-config.ts';
 
 const setup = useSigningDelivery({
   ulabels: { type: 'ed25519', domain: 'xn--bcher-kva.example', selector: 'sel', senderDomains: ['Bücher.example'] },
@@ -40,4 +41,15 @@ test('an SMTPUTF8 transaction\'s U-label sender is signed by the key that lists 
   const copy = setup.sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
   assertSigned(copy, 'xn--mnchen-3ya.example');
   assert.deepEqual(await verifyDkim(copy, setup.records), [true]);
+});
+
+test('one domain under two keys, as U-labels and as A-labels, is refused at its line (which key signs is not left to the order of keys)', () => {
+  assert.throws(() => parseConfig(`
+listeners:
+  - { name: a, listen: "127.0.0.1:25" }
+delivery:
+  dkim:
+    one: { domain: xn--bcher-kva.example, selector: a, privateKey: /k1, senderDomains: [Bücher.example] }
+    two: { domain: xn--bcher-kva.example, selector: b, privateKey: /k2, senderDomains: [XN--BCHER-KVA.example.] }
+`, 'postern.yaml', '/tmp'), /postern\.yaml:7:\d+: delivery\.dkim\.two\.senderDomains\[0\]: XN--BCHER-KVA\.example\. is already signed by delivery\.dkim\.one/);
 });
