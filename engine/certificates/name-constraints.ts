@@ -64,17 +64,16 @@ function rfc822Base(der: Buffer, subtree: Tlv, into: string[]): void {
 
 /**
  * May `address` be named under every CA's e-mail constraints (RFC 5280 §4.2.1.10)? A constraint with `@` is one
- * mailbox; one starting with `.` any host below that domain; otherwise that one host. Hosts compare without case.
+ * mailbox; one starting with `.` any host below that domain; otherwise that one host. Compared without case, the
+ * mailbox's local part too: accounts are case-folded, so `Boss@x` would otherwise pass an excluded `boss@x`. The
+ * caller passes the address in the form its account binds (IDNA-mapped A-labels, lower case).
  */
 export function emailPermitted(address: string, constraints: readonly EmailConstraints[]): boolean {
   const at = address.lastIndexOf('@');
   if (at <= 0) return constraints.length === 0; // not an address: none of them can allow it
   const matches = (c: string): boolean => {
     if (c === '') return false;
-    if (c.includes('@')) {
-      const cat = c.lastIndexOf('@');
-      return c.slice(0, cat) === address.slice(0, at) && c.slice(cat + 1).toLowerCase() === address.slice(at + 1).toLowerCase();
-    }
+    if (c.includes('@')) return c.toLowerCase() === address.toLowerCase();
     const host = address.slice(at + 1).toLowerCase();
     const base = c.toLowerCase();
     return base.startsWith('.') ? host.endsWith(base) : host === base;

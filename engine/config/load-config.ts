@@ -4,6 +4,7 @@
  * all are reported together and the configuration is refused.
  */
 import { readFileSync } from 'node:fs';
+import { domainToASCII } from 'node:url';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.ts';
@@ -247,9 +248,11 @@ function crossCheck(c: Config): PathProblem[] {
   const signedBy = new Map<string, string>();
   for (const [name, key] of Object.entries(d.dkim)) {
     for (const [i, domain] of key.senderDomains.entries()) {
-      const other = signedBy.get(domain.toLowerCase());
+      // By A-labels, as the key is chosen (delivery/dkim.ts): bücher.example and xn--bcher-kva.example are one domain.
+      const id = domainToASCII(domain.replace(/\.$/, '')) || domain.toLowerCase();
+      const other = signedBy.get(id);
       if (other !== undefined) out.push({ path: ['delivery', 'dkim', name, 'senderDomains', i], message: `${domain} is already signed by delivery.dkim.${other}` });
-      signedBy.set(domain.toLowerCase(), name);
+      signedBy.set(id, name);
     }
   }
   if (c.accounts) {

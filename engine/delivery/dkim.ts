@@ -10,6 +10,7 @@ import { readInputFile, readProblem } from '../config/input-file.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
+import { domainKey } from '../policy/domain-key.ts';
 import { dkimSignatureField, UnsignableMessage } from './dkim-signature.ts';
 
 export interface DkimKey {
@@ -23,14 +24,19 @@ export interface DkimKey {
   id: string;
 }
 
-/** The key name for a delivery: the verdict's choice (`null`: none), else the sender domain's default. */
+/**
+ * The key name for a delivery: the verdict's choice (`null`: none), else the sender domain's default. Domains compare
+ * by their A-labels (domain-key.ts): an ASCII transaction's sender is `alice@xn--bcher-kva.example`, an SMTPUTF8 one's
+ * `alice@bücher.example`, and `senderDomains` may list it either way.
+ */
 export function chooseDkimKey(delivery: DeliveryConfig, chosen: string | null | undefined, sender: string): string | null {
   if (chosen !== undefined) return chosen;
   const at = sender.lastIndexOf('@');
   if (at < 0) return null; // the null sender (bounces): no domain to sign for by default
-  const domain = sender.slice(at + 1).toLowerCase();
+  const domain = domainKey(sender.slice(at + 1));
+  if (!domain) return null;
   for (const [name, key] of Object.entries(delivery.dkim)) {
-    if (key.senderDomains.some((d) => d.toLowerCase() === domain)) return name;
+    if (key.senderDomains.some((d) => domainKey(d) === domain)) return name;
   }
   return null;
 }

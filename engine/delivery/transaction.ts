@@ -19,6 +19,7 @@ import { signMessage, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
 import { wireEnvelope } from './wire-envelope.ts';
 import { passDsnOn, type TransactionDsn } from './dsn-params.ts';
+import { declareUtf8OnMailFrom } from './mail-from-utf8.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
@@ -65,6 +66,8 @@ export interface Transaction {
   to: string[];
   message: Buffer;
   eightBit: boolean;
+  /** An SMTPUTF8 message whose header holds UTF-8: it needs SMTPUTF8 whatever its addresses (wire-envelope.ts). */
+  utf8Header: boolean;
   /** DSN parameters to pass on to a next hop that offers DSN. */
   dsn?: TransactionDsn;
 }
@@ -271,6 +274,7 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
     env.pool.release(pc, true); // nothing was sent on it
     return { connection: pc.info, outcomes: wire.refused, tooMany: [], delivered: false };
   }
+  declareUtf8OnMailFrom(pc.conn, wire.declareUtf8);
   const dsn = passDsnOn(pc.conn, tx.dsn, (sent) => tx.dsn?.recipients.get(wire.queued.get(sent)?.[0] ?? ''));
   const r = await sendWire(env, pc, { ...tx, from: wire.from, to: wire.to }, dsn.mailFrom);
   if (r === 'retry') return r;

@@ -7,6 +7,9 @@
  * domain travels in its A-label form, which every host reads; a UTF-8 local part cannot be written another
  * way, so that recipient fails (5.6.7, as Postfix's "SMTPUTF8 is required, but was not offered"), and so does
  * 8-bit content (5.6.3 conversion required but not supported: MIME conversion would also break a DKIM signature).
+ * An SMTPUTF8 message whose header holds UTF-8 (RFC 6532) is internationalized whatever its addresses: nodemailer
+ * declared SMTPUTF8 only for a UTF-8 address, so it went undeclared to a host offering SMTPUTF8 and, as plain 8-bit
+ * mail, to one that does not; now it is declared there, and fails with 5.6.7 here, as Postfix does.
  */
 import { envelopeDomain } from '../policy/domain-key.ts';
 import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from './outcome.ts';
@@ -23,6 +26,8 @@ export interface WireEnvelope {
   refused: RecipientOutcome[];
   /** The queued recipient(s) each recipient as sent stands for. */
   queued: Map<string, string[]>;
+  /** MAIL FROM must declare SMTPUTF8 though every address is ASCII: the header holds UTF-8. */
+  declareUtf8: boolean;
 }
 
 // eslint-disable-next-line no-control-regex
@@ -38,15 +43,15 @@ export function asciiAddress(address: string): string | null {
   return ASCII.test(local) && domain ? `${local}@${domain}` : null;
 }
 
-export function wireEnvelope(tx: { from: string; to: string[]; eightBit: boolean }, offers: Offers, remote: string): WireEnvelope {
+export function wireEnvelope(tx: { from: string; to: string[]; eightBit: boolean; utf8Header: boolean }, offers: Offers, remote: string): WireEnvelope {
   const utf8Required = new DeliveryFailure(`SMTPUTF8 is required, but was not offered by host ${remote}`, { permanent: true, enhanced: '5.6.7', remoteMta: remote });
   const eightBitRefused = new DeliveryFailure(`${remote} does not offer 8BITMIME and the message has 8-bit content: it is not sent as is (RFC 6152), and conversion is not supported`,
     { permanent: true, enhanced: '5.6.3', remoteMta: remote });
   const form = (address: string): string | null => (offers.smtputf8 ? address : asciiAddress(address));
-  const from = form(tx.from);
-  const out: WireEnvelope = { from: from ?? tx.from, to: [], refused: [], queued: new Map() };
+  const from = tx.utf8Header && !offers.smtputf8 ? null : form(tx.from);
+  const out: WireEnvelope = { from: from ?? tx.from, to: [], refused: [], queued: new Map(), declareUtf8: tx.utf8Header && offers.smtputf8 };
   for (const r of tx.to) {
-    // The address first: a UTF-8 local part is the more precise reason (an SMTPUTF8 message has 8-bit content too).
+    // The address (or the header) first: the more precise reason (an SMTPUTF8 message has 8-bit content too).
     const wire = from === null ? null : form(r);
     if (wire === null) { out.refused.push(outcomeForFailure(r, utf8Required)); continue; }
     if (tx.eightBit && !offers.eightBitMime) { out.refused.push(outcomeForFailure(r, eightBitRefused)); continue; }

@@ -10,6 +10,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
 import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { asciiDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';
 
@@ -51,6 +52,7 @@ function envelopeAddress(address: string): EnvelopeAddress {
     address,
     localPart: at < 0 ? address : address.slice(0, at),
     domain: at < 0 ? '' : address.slice(at + 1).toLowerCase(),
+    asciiDomain: at < 0 ? '' : asciiDomain(address.slice(at + 1)),
     params: {},
   };
 }

@@ -25,6 +25,11 @@ export function domainKey(domain: string): string {
   return aLabels(name);
 }
 
+/** `domain`'s A-labels for a script (EnvelopeAddress.asciiDomain): its key, or as it is, lowercased, when IDNA refuses it. */
+export function asciiDomain(domain: string): string {
+  return domainKey(domain) || domain.toLowerCase();
+}
+
 /**
  * `domain` as an envelope carries it: the A-label form, or with `utf8` (an SMTPUTF8 transaction) the U-label
  * form of that same name; '' when IDNA refuses it. A plain ASCII name is kept as written.

@@ -6,6 +6,7 @@
  * every mailbox of a list or a group.
  */
 import { ownsSender } from './sender-logins.ts';
+import { decodeEncodedWords } from './encoded-words.ts';
 
 /** The mailboxes of an address field's value, groups flattened (engine/delivery/address-list.ts). */
 export type AddressListParser = (value: string) => Array<{ name: string; address: string }>;
@@ -21,14 +22,30 @@ export type HeaderSenderRefusal =
  * ceo@x. So an address-shaped word of a name must be one the login owns too (and `"ceo@x" <alice@x>` is refused).
  */
 function addressesInName(name: string): string[] {
-  if (!name.includes('@')) return [];
+  const shown = readerForm(name);
+  // Reordered for display, the name shows what no word of it says: "\u202Emoc.elpmaxe@oec" reads ceo@example.com.
+  if (BIDI_CONTROL.test(shown)) return [shown];
+  if (!shown.includes('@')) return [];
   // Split, then looked at word by word: a regex for `x@y.z` anywhere in the name backtracked quadratically on a long word.
-  return name.split(NAME_DELIMITERS).filter((word) => {
+  return shown.split(NAME_DELIMITERS).filter((word) => {
     const at = word.indexOf('@');
     return at > 0 && word.indexOf('.', at) > at + 1;
   });
 }
 const NAME_DELIMITERS = /[\s<>()[\],;:"]+/;
+/** Bidi embeddings, overrides and isolates: a name holding one is owned by nobody (no login's address is it). */
+const BIDI_CONTROL = /[\u202a-\u202e\u2066-\u2069]/;
+
+/**
+ * A display name as a reader is shown it: its RFC 2047 encoded-words decoded (`=?utf-8?q?ceo=40example.com?=`
+ * shows ceo@example.com), then in NFKC with the IDNA full stops as dots, so that fullwidth `ｃｅｏ＠ｅｘａｍｐｌｅ．ｃｏｍ`
+ * or `ceo@example。com`, which a reader takes for the CEO's address, is that address to the check too.
+ */
+function readerForm(name: string): string {
+  const decoded = decodeEncodedWords(name);
+  // eslint-disable-next-line no-control-regex
+  return /^[\x00-\x7f]*$/.test(decoded) ? decoded : decoded.normalize('NFKC').replace(/[\u3002\uff0e\uff61]/g, '.');
+}
 
 /**
  * What no plain addr-spec holds once addressparser has taken quotes and comments off: a second `@`, an angle
@@ -49,7 +66,9 @@ export function headerSenderRefusal(fields: ReadonlyArray<readonly [string, stri
     for (const a of list) {
       for (const address of [a.address, ...addressesInName(a.name)]) {
         if (!address || owned.has(address)) continue;
-        if (AMBIGUOUS.test(address) || !ownsSender(user, extra, address)) return { problem: 'not-owned', field, address };
+        // An encoded-word in the address itself (which RFC 2047 forbids there, and some clients decode): the
+        // address a reader may be shown must be as plain as the one the check compares.
+        if (AMBIGUOUS.test(address) || AMBIGUOUS.test(readerForm(address)) || !ownsSender(user, extra, address)) return { problem: 'not-owned', field, address };
         owned.add(address);
       }
     }

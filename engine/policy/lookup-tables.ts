@@ -1,7 +1,8 @@
 /**
  * Key/value tables named in the configuration (`tables:`), loaded from files for scripts' lookup() and
  * for pin tables. Fingerprint-shaped keys are indexed in canonical hex too, so colon-hex, plain hex and
- * base64 forms of the same digest all find the entry; IP address keys in the one spelling of canonicalIp.
+ * base64 forms of the same digest all find the entry; IP address keys in the one spelling of canonicalIp; domain
+ * and address keys with an IDN by their A-labels (U-label and A-label spellings find each other).
  */
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { linesOf, slicer } from '../config/give-way.ts';
@@ -12,6 +13,7 @@ import type { MappingReply } from './mapping-parse-thread.ts';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
 import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { domainKey } from './domain-key.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
 
 export class TableError extends Error {
@@ -39,7 +41,7 @@ export class LookupTable {
   /** False when the key was there already, in this spelling or (a digest) in another: hex, colon hex, base64. */
   set(key: string, value: string): boolean {
     const k = this.#fold(key);
-    const canonical = normalizeFingerprint(key)?.hex ?? ipKey(key);
+    const canonical = this.#canonical(key);
     // One pin (or address) written twice, in two spellings, for two accounts: the later line silently won.
     const had = this.#entries.has(k) || (canonical !== null && this.#entries.has(canonical));
     this.#entries.set(k, value);
@@ -50,8 +52,14 @@ export class LookupTable {
   get(key: string): string | null {
     const hit = this.#entries.get(this.#fold(key));
     if (hit !== undefined) return hit;
-    const canonical = normalizeFingerprint(key)?.hex ?? ipKey(key);
+    const canonical = this.#canonical(key);
     return canonical ? this.#entries.get(canonical) ?? null : null;
+  }
+
+  /** The key's one spelling when it is a digest, an IP address, or a domain or address with an IDN (else null). */
+  #canonical(key: string): string | null {
+    const name = normalizeFingerprint(key)?.hex ?? ipKey(key) ?? nameKey(key);
+    return name === null ? null : this.#fold(name);
   }
 
   get size(): number { return this.#entries.size; }
@@ -66,6 +74,24 @@ export class LookupTable {
  */
 function ipKey(key: string): string | null {
   const canonical = canonicalIp(key);
+  return canonical === key ? null : canonical;
+}
+
+// eslint-disable-next-line no-control-regex
+const INTERNATIONAL_NAME = /[^\x00-\x7f]|(?:^|[.@])xn--/i;
+
+/**
+ * A domain or address key with an IDN in the spelling domains are compared in (domain-key.ts: A-labels, IDNA-mapped,
+ * lower case), its local part in NFC as the envelope has it: `bücher.example` or `jörg@bücher.example` in a table
+ * matched the U-labels of an SMTPUTF8 transaction but not the A-labels of an ASCII one (`xn--…` keys the reverse),
+ * so a client chose by its MAIL FROM whether a deny entry saw it. Null: no such key, or already in that spelling.
+ */
+function nameKey(key: string): string | null {
+  if (!INTERNATIONAL_NAME.test(key)) return null;
+  const at = key.lastIndexOf('@');
+  const domain = domainKey(key.slice(at + 1));
+  if (!domain) return null;
+  const canonical = at < 0 ? domain : `${key.slice(0, at).normalize('NFC')}@${domain}`;
   return canonical === key ? null : canonical;
 }
 

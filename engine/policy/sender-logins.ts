@@ -28,9 +28,29 @@ export function ownsSender(user: string, extra: readonly string[], address: stri
 /**
  * An address (or `@domain`) as sender bindings compare it: lower case, its domain by its A-labels (domain-key.ts),
  * so `alice@bücher.example` in a table or login binds the `alice@xn--bcher-kva.example` an ASCII transaction carries.
+ * A local part that lowercasing would turn into ASCII it did not have keeps its case (asciiSafeLowerCase).
  */
 export function senderKey(address: string): string {
   const at = address.lastIndexOf('@');
-  if (at < 0) return address.toLowerCase();
-  return `${address.slice(0, at).toLowerCase()}@${domainKey(address.slice(at + 1)) || address.slice(at + 1).toLowerCase()}`;
+  if (at < 0) return foldedLocalPart(address);
+  return `${foldedLocalPart(address.slice(0, at))}@${domainKey(address.slice(at + 1)) || address.slice(at + 1).toLowerCase()}`;
+}
+
+function foldedLocalPart(local: string): string {
+  return asciiSafeLowerCase(local) ?? local;
+}
+
+// eslint-disable-next-line no-control-regex
+const ASCII = /[\x00-\x7f]/g;
+
+/**
+ * `value` in lower case, or null when lowercasing turns what is not ASCII into ASCII: U+212A KELVIN SIGN becomes
+ * `k`, U+0130 `i` and a combining dot. A login `\u212Aate@x` (a certificate field, a script's accept) must not
+ * own kate@x, nor a From: `\u212Aate@x` pass for kate's.
+ */
+export function asciiSafeLowerCase(value: string): string | null {
+  const lower = value.toLowerCase();
+  // eslint-disable-next-line no-control-regex
+  if (/^[\x00-\x7f]*$/.test(value)) return lower;
+  return (lower.match(ASCII)?.length ?? 0) === (value.match(ASCII)?.length ?? 0) ? lower : null;
 }

@@ -427,6 +427,7 @@ export class QueueRunner {
         else transactions.set(key, { plan: g.plan, recipients: [...g.recipients] });
       }
       const eightBit = hasEightBit(message);
+      const utf8Header = envelope.smtputf8 === true && eightBit && hasEightBit(message.subarray(0, headerEnd(message)));
       // What goes on the wire (and is DKIM-signed): lines within delivery.lineLengthLimit. Bounces quote the message as spooled.
       const sent = withLinesWithin(message, delivery.lineLengthLimit);
       const dsn: TransactionDsn = {
@@ -434,7 +435,7 @@ export class QueueRunner {
         recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
       };
       const results = await Promise.all([...transactions.values()].map(async (t) => {
-        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, dsn });
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
         return r.outcomes;
       }));
@@ -671,13 +672,18 @@ function hasEightBit(buf: Buffer): boolean {
   return !isAscii(buf);
 }
 
+/** Where the header section ends: its first empty line, whatever its line ends; the message's end without one. */
+function headerEnd(message: Buffer): number {
+  const ends = [message.indexOf('\r\n\r\n'), message.indexOf('\n\n'), message.indexOf('\r\n\n'), message.indexOf('\n\r\n')].filter((i) => i >= 0);
+  return ends.length ? Math.min(...ends) : message.length;
+}
+
 /**
  * Received header fields in the message header (up to the first empty line, whatever its line ends: with only
  * CRLF CRLF looked for, a bare-LF message's body was counted too, and one quoting 51 Received lines bounced as a loop).
  */
 function receivedCount(message: Buffer): number {
-  const ends = [message.indexOf('\r\n\r\n'), message.indexOf('\n\n'), message.indexOf('\r\n\n'), message.indexOf('\n\r\n')].filter((i) => i >= 0);
-  const end = ends.length ? Math.min(...ends) : Math.min(message.length, 1024 * 1024);
-  const head = message.subarray(0, end).toString('latin1');
+  const end = headerEnd(message);
+  const head = message.subarray(0, end === message.length ? Math.min(end, 1024 * 1024) : end).toString('latin1');
   return (head.match(/^Received:/gim) ?? []).length;
 }

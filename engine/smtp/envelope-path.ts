@@ -14,11 +14,38 @@
  *   one gets the U-labels of the same name (IDNA-mapped: no soft hyphen or fullwidth spelling), and a name IDNA
  *   refuses (an A-label that decodes to a control character) is a syntax error.
  */
+import { isAscii } from 'node:buffer';
+import type { SMTPServerAddress } from 'smtp-server';
 import type { Config } from '../config/schema.ts';
 import { envelopeDomain } from '../policy/domain-key.ts';
 import { rewriteBarePostmaster } from '../policy/postmaster.ts';
 import { reply } from './replies.ts';
 import type { SmtpReply } from './reply.ts';
+
+/**
+ * What no address carries (RFC 6530 §10.1, PRECIS IdentifierClass): controls, format characters (soft hyphen, bidi
+ * embeddings, overrides and isolates, word joiner, tags), surrogates, private use and unassigned code points. They
+ * make `ce<U+00AD>o@x` or `<U+E0041>ceo@x` read as ceo@x to a person, a log and a lenient next hop while every
+ * string compare (a script, a table, a binding) sees another address, and `<U+202E>` turns what follows around.
+ * ZWNJ and ZWJ stay: Persian, Indic scripts and emoji sequences need them (IDNA2008 allows them in context).
+ */
+const NOT_IN_AN_ADDRESS = /[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}/u;
+
+/**
+ * `command` (MAIL or RCPT) ready for smtp-server's parser: refused when its local part holds a character no address
+ * carries (above), else with a quoted local part unquoted (unquotedPath).
+ */
+export function preparedPath(command: Buffer): Buffer | SmtpReply {
+  if (!isAscii(command)) {
+    const text = command.toString('utf8');
+    const open = text.indexOf('<');
+    const close = text.indexOf('>', open);
+    const path = open < 0 ? '' : text.slice(open + 1, close < 0 ? undefined : close);
+    // The local part: a domain is IDNA-mapped instead (a soft hyphen there is ignored, envelopeForm).
+    if (NOT_IN_AN_ADDRESS.test(path.slice(0, Math.max(0, path.lastIndexOf('@'))))) return reply('invisibleInAddress');
+  }
+  return unquotedPath(command);
+}
 
 /** RFC 5321 atext (and UTF-8, RFC 6531), dot-separated: a local part that needs no quotes. */
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
@@ -86,4 +113,9 @@ export function canonicalAddress(parsed: { address: string }, rcpt: boolean, utf
   if (address === false) return false;
   parsed.address = address;
   return true;
+}
+
+/** The MAIL FROM `mail` declared SMTPUTF8: its transaction may carry UTF-8 (addresses, header, replies). */
+export function declaresUtf8(mail: Pick<SMTPServerAddress, 'args'>): boolean {
+  return !!(mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
 }

@@ -22,6 +22,7 @@ import { summarizeCertificate } from '../certificates/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { SpoolWriter } from '../spool/spool.ts';
 import { spoolIsFull } from './runtime.ts';
+import { declaresUtf8 } from './envelope-path.ts';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -76,6 +77,7 @@ export async function receiveMessage(
       sender: mailFrom ? mailFrom.address : '',
       recipients: session.envelope.rcptTo.map((r) => spooledRecipient(r)),
       ...spooledDsn(session.envelope.dsn),
+      ...(mailFrom && declaresUtf8(mailFrom) ? { smtputf8: true as const } : {}),
       size: 0,
       session: client.spooled,
       attempts: 0,
@@ -139,7 +141,7 @@ function keptClient(conn: SmtpClient, session: SMTPServerSession, hostname: stri
   const kept = st.receivedClient;
   const clientHostname = conn.clientHostname || null;
   const mailFrom = session.envelope.mailFrom;
-  const utf8 = !!(mailFrom && mailFrom.args && (mailFrom.args as Record<string, unknown>).SMTPUTF8);
+  const utf8 = !!mailFrom && declaresUtf8(mailFrom);
   if (kept !== null && kept.facts === facts && kept.heloCommand === st.heloCommand && kept.clientHostname === clientHostname
     && kept.remoteAddress === conn.remoteAddress && kept.hostname === hostname && kept.utf8 === utf8) return kept;
   const tls = facts.info.tls;

@@ -12,7 +12,7 @@ import type { SMTPServer } from 'smtp-server';
 import net from 'node:net';
 import { isAscii, isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
-import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
+import { asciiReplyText, ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
@@ -25,7 +25,7 @@ import type { SmtpClient } from './smtp-client.ts';
 import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
-import { canonicalAddress, unquotedPath } from './envelope-path.ts';
+import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 
 type Callback = () => void;
 
@@ -261,7 +261,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
         this.#refusalCounted(stage, code, sent.reason);
         logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
       }
-      super.send(code, sent.message, false);
+      super.send(code, this.#utf8Replies() ? sent.message : asciiReplyText(sent.message), false);
       // smtp-server closes after a 421 itself.
       if (sent.disconnect && code !== 421) this.close();
       this.#counted(code, sent.message, stage);
@@ -273,9 +273,25 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     // Once closed, a reply reaches nobody (smtp-server's 450 for a message cut off by the close): no decision line.
     if (code >= 400 && !this._closed) this.#logProtocolRefusal(code, data, context);
+    if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
   }
+
+  /**
+   * Replies may carry UTF-8 only within a transaction whose MAIL FROM declared SMTPUTF8, and in the reply to that
+   * MAIL FROM itself (RFC 6531 §3.7.4.2); to any other client (or outside the transaction) they are 7-bit, as RFC
+   * 5321 §2.4 has them: a script's text built from a client's UTF-8 HELO name, or written in the script's own
+   * language, went out as UTF-8 to clients that read replies as ASCII or Latin-1.
+   */
+  #utf8Replies(): boolean {
+    const mail = this.session.envelope?.mailFrom;
+    if (mail) return declaresUtf8(mail);
+    return this.#stage === 'MAIL' && this.#mailDeclaredUtf8;
+  }
+
+  /** The last MAIL FROM command parsed declared SMTPUTF8 (its reply may be UTF-8 even when it refuses it). */
+  #mailDeclaredUtf8 = false;
 
   /**
    * Postfix's hard error limit: every refusal counts, and at limits.maxErrors the connection gets its 421 and
@@ -449,20 +465,21 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const rcpt = name.toUpperCase() === 'RCPT TO';
     // The domain in envelope form (envelope-path.ts): the A-labels of an ASCII transaction stay A-labels.
     const mail = rcpt ? this.session.envelope.mailFrom : parsed;
-    const utf8 = !!(mail && mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
+    const utf8 = !!mail && declaresUtf8(mail);
+    if (!rcpt) this.#mailDeclaredUtf8 = utf8;
     const asciiCommand = typeof command === 'string' ? !/[^\x00-\x7f]/.test(command) : isAscii(command);
     return canonicalAddress(parsed, rcpt, utf8, asciiCommand, this.state.generation.config) ? parsed : false;
   }
 
-  /** MAIL FROM and RCPT TO: a quoted local part unquoted, or refused when it needs its quotes (envelope-path.ts). */
+  /** MAIL FROM and RCPT TO: refused for a character no address carries, a quoted local part unquoted or refused when it needs its quotes (envelope-path.ts). */
   override handler_MAIL(command: Buffer, callback: Callback): void {
-    const path = unquotedPath(command);
+    const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
     super.handler_MAIL(path, callback);
   }
 
   override handler_RCPT(command: Buffer, callback: Callback): void {
-    const path = unquotedPath(command);
+    const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
     super.handler_RCPT(path, callback);
   }

@@ -3,6 +3,7 @@
  * Postfix writes (smtpd_tls_received_header) and the RFC 3848 protocol name (ESMTPSA when authenticated).
  */
 import { domainToASCII } from 'node:url';
+import { envelopeDomain } from '../policy/domain-key.ts';
 import type { ConnectionState } from './connection-state.ts';
 
 /** What the header says about the client: the same for every message of a connection while they hold. */
@@ -101,9 +102,21 @@ export function receivedHeaderStart(client: { lines: string; protocol: string },
   return `${client.lines}\tby ${hostname} (Postern) with ${client.protocol} id `;
 }
 
+/**
+ * A recipient whose local part is ASCII with its domain in A-labels: in an SMTPUTF8 message such an address can
+ * still go to a next hop without SMTPUTF8 (wire-envelope.ts), and a U-label in this header would then make the
+ * header need SMTPUTF8 (the message bounced for our own trace field). A UTF-8 local part is kept: it needs SMTPUTF8.
+ */
+function downgradable(address: string): string {
+  const at = address.lastIndexOf('@');
+  // eslint-disable-next-line no-control-regex
+  if (at < 0 || /[^\x00-\x7f]/.test(address.slice(0, at)) || !/[^\x00-\x7f]/.test(address)) return address;
+  return `${address.slice(0, at)}@${envelopeDomain(address.slice(at + 1), false) || address.slice(at + 1)}`;
+}
+
 /** The rest of the header, for one message: its queue id, its recipient when it has one only, and the date. */
 export function receivedHeaderEnd(f: Pick<ReceivedFacts, 'queueId' | 'recipients' | 'date'>): string {
-  const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(f.recipients[0]!)}>` : '';
+  const forClause = f.recipients.length === 1 ? `\r\n\tfor <${clean(downgradable(f.recipients[0]!))}>` : '';
   return `${f.queueId}${forClause};\r\n\t${f.date ? rfc5322Date(f.date) : currentDate()}\r\n`;
 }
 

@@ -55,6 +55,7 @@ export const REPLIES = {
   parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
   parameterTooLong: { code: 501, enhanced: '5.5.4', text: 'Error: {parameter} parameter exceeds {n} characters', reason: 'a MAIL or RCPT parameter longer than its extension allows (RFC 3461 §4.2, §4.4; RFC 4954 §5)' },
   envidSyntax: { code: 501, enhanced: '5.5.4', text: 'Bad ENVID parameter syntax', reason: 'an ENVID that is not printable US-ASCII once xtext-decoded (RFC 3461 §4.4): passed on, a next hop refuses it (Postfix: 501), and the message with it' },
+  invisibleInAddress: { code: 553, enhanced: '5.1.3', text: 'Control, format or unassigned characters in an address are not accepted', reason: 'an address holding an invisible, bidi, control, private-use or unassigned character (ceo<U+00AD>@, <U+202E>…): shown as another address' },
   quotedLocalPart: { code: 553, enhanced: '5.1.3', text: 'Quoted local parts with spaces or special characters are not accepted', reason: 'a quoted local part that needs its quotes ("a b"@, "a@b"@): not carried' },
   utf8AddressUndeclared: { code: 553, enhanced: '5.6.7', text: 'Must declare SMTPUTF8 to send unicode address', reason: 'a non-ASCII address in a transaction whose MAIL FROM has no SMTPUTF8 (RFC 6531 §3.4)' },
 

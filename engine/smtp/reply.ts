@@ -81,5 +81,18 @@ export function withoutControls(text: string): string {
   return CONTROL_CHARACTER.test(text) ? text.replace(CONTROL_CHARACTERS, ' ') : text;
 }
 
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+// eslint-disable-next-line no-control-regex
+const NON_ASCII_CHARACTERS = /[^\x00-\x7f]/gu;
+
+/**
+ * `text` in 7 bits, each non-ASCII character as "?" (as Postfix's printable() writes it): the reply text for a
+ * client that did not declare SMTPUTF8, to which replies must be ASCII (RFC 5321 §2.4, RFC 6531 §3.7.4.2).
+ */
+export function asciiReplyText(text: string): string {
+  return NON_ASCII.test(text) ? text.replace(NON_ASCII_CHARACTERS, '?') : text;
+}
+
 /** A reply line's text already carries an enhanced status code. */
 export const ENHANCED_CODE_PREFIX = /^[245]\.\d{1,3}\.\d{1,3}( |$)/;

@@ -2,6 +2,7 @@
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from '../sandbox/api/index.ts';
 import type { ConnectionState, FactsMemo } from './connection-state.ts';
+import { asciiDomain } from '../policy/domain-key.ts';
 
 /**
  * The connection facts of the per-message hooks, built once per connection and again only when one of
@@ -74,6 +75,7 @@ export function envelopeAddress(addr: SMTPServerAddress | false | undefined): En
     address: addr.address,
     localPart: at < 0 ? addr.address : addr.address.slice(0, at),
     domain: at < 0 ? '' : addr.address.slice(at + 1).toLowerCase(),
+    asciiDomain: at < 0 ? '' : asciiDomain(addr.address.slice(at + 1)),
     params,
   };
 }

@@ -13,6 +13,7 @@ import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
 import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
+import { declaresUtf8 } from './envelope-path.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
@@ -85,7 +86,7 @@ function unsupportedParameter(address: SMTPServerAddress, known: ReadonlySet<str
 function undeclaredUtf8(address: SMTPServerAddress, mail: SMTPServerAddress | false | undefined): boolean {
   // eslint-disable-next-line no-control-regex
   if (!/[^\x00-\x7f]/.test(address.address)) return false;
-  return !(mail && mail.args && (mail.args as Record<string, unknown>).SMTPUTF8);
+  return !(mail && declaresUtf8(mail));
 }
 
 export class SessionPolicy {

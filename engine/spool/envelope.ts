@@ -24,6 +24,11 @@ export interface SpoolEnvelope {
   /** DSN parameters of MAIL FROM (RFC 3461), if any: passed on to a next hop that offers DSN; ENVID is named in notices. */
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
   /**
+   * The MAIL FROM declared SMTPUTF8 (RFC 6531): the header may hold UTF-8 (RFC 6532), which goes only to a next hop
+   * that offers SMTPUTF8, declared. Without it, 8-bit header text is a legacy client's, sent as it always was.
+   */
+  smtputf8?: true;
+  /**
    * A notice (bounce or NOTIFY=SUCCESS notice) names the message and the delivery attempt it reports on, and the
    * recipients it reports: its id is derived from those (engine/queue/bounce.ts), so a retry of an attempt whose
    * outcome was not recorded (a crash after the notice was spooled) finds it instead of spooling another.

@@ -23,7 +23,7 @@ import { SessionPolicy } from '../smtp/session-policy.ts';
 import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { SmtpReply } from '../smtp/reply.ts';
-import { canonicalAddress, unquotedPath } from '../smtp/envelope-path.ts';
+import { canonicalAddress, preparedPath } from '../smtp/envelope-path.ts';
 import { canonicalIp } from '../connection-limits/counted-address.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
@@ -276,7 +276,7 @@ export class TrySession {
    * part unquoted (or refused when it needs its quotes), a bare postmaster rewritten, the domain in envelope form.
    */
   #canonical(verb: 'MAIL FROM' | 'RCPT TO', parsed: SMTPServerAddress, utf8: boolean): SmtpReply | null {
-    const path = unquotedPath(Buffer.from(`${verb}:<${parsed.address}>`));
+    const path = preparedPath(Buffer.from(`${verb}:<${parsed.address}>`));
     if (path instanceof SmtpReply) return path;
     parsed.address = path.toString('utf8').slice(verb.length + 2, -1);
     canonicalAddress(parsed, verb === 'RCPT TO', utf8, !/[^\x00-\x7f]/.test(parsed.address), this.built.generation.config);

@@ -131,3 +131,53 @@ test('the bounce for a UTF-8 recipient is 7-bit and reaches a next hop without 8
     assert.equal(dsn.recipients[0]!['status'], '5.6.7');
   });
 });
+
+// An SMTPUTF8 message is internationalized by its header too (RFC 6532): a raw UTF-8 `From:` or `Subject:` with
+// ASCII addresses. nodemailer declares SMTPUTF8 only for a UTF-8 address, so such a message went to a host that
+// offers SMTPUTF8 without it (the next hop then takes the UTF-8 header for undeclared 8-bit text), and to one that
+// offers only 8BITMIME as if it were plain 8-bit mail (RFC 6531 §3.2 forbids sending it there). Now it is
+// declared where SMTPUTF8 is offered, and fails with 5.6.7 (as Postfix: "SMTPUTF8 is required") where it is not.
+test('an SMTPUTF8 message with a UTF-8 header and ASCII addresses: declared to a host that offers SMTPUTF8', async () => {
+  await withServer(['8BITMIME', 'SMTPUTF8'], async (s, seen) => {
+    const id = await sendUtf8(s.port(), 'a@example.test', ['b@example.net'], 'From: J\u00f6rg <a@example.test>\r\nSubject: K\u00f6ln\r\n\r\nhello\r\n');
+    const e = await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
+    assert.equal(e.outcomes[0]!.status, 'delivered');
+    assert.match(seen.mail[0]!, /^MAIL FROM:<a@example\.test> .*SMTPUTF8/);
+    assert.match(seen.messages[0]!, /Subject: K\u00f6ln/);
+  });
+});
+
+test('an SMTPUTF8 message with a UTF-8 header to a host without SMTPUTF8: not sent, bounced with 5.6.7', async () => {
+  await withServer(['8BITMIME'], async (s, seen) => {
+    const id = await sendUtf8(s.port(), 'a@example.test', ['b@example.net', 'c@example.net'], 'From: J\u00f6rg <a@example.test>\r\nSubject: K\u00f6ln\r\n\r\nhello\r\n');
+    const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(e.outcomes.map((o) => [o.status, o.enhanced]), [['permanent', '5.6.7'], ['permanent', '5.6.7']]);
+    assert.match(e.outcomes[0]!.reply, /SMTPUTF8 is required, but was not offered/);
+    assert.equal(seen.messages.filter((m) => m.includes('K\u00f6ln')).length, 0, 'the UTF-8 header was not sent');
+  });
+});
+
+test('an ASCII-header SMTPUTF8 message, or 8-bit header text without SMTPUTF8 (legacy clients), still goes to a host without SMTPUTF8', async () => {
+  await withServer(['8BITMIME'], async (s, seen) => {
+    const utf8 = await sendUtf8(s.port(), 'a@example.test', ['b@example.net'], 'Subject: hi\r\n\r\nGr\u00fc\u00dfe\r\n');
+    assert.equal((await s.nextAttempt((x) => x.id === utf8 && x.removed, { timeoutMs: 30_000, past: true })).outcomes[0]!.status, 'delivered');
+    const c = await SmtpTestClient.connect(s.port());
+    await c.hello();
+    const r = await c.sendMail('a@example.test', ['c@example.net'], 'Subject: K\u00f6ln\r\n\r\nhello\r\n');
+    await c.quit();
+    const legacy = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+    assert.equal((await s.nextAttempt((x) => x.id === legacy && x.removed, { timeoutMs: 30_000, past: true })).outcomes[0]!.status, 'delivered');
+    assert.doesNotMatch(seen.mail.join('\n'), /SMTPUTF8/);
+  });
+});
+
+test('an SMTPUTF8 message to one IDN recipient with an ASCII header goes to a host without SMTPUTF8, all 7-bit', async () => {
+  await withServer(['8BITMIME'], async (s, seen) => {
+    const id = await sendUtf8(s.port(), 'a@example.test', ['bob@b\u00fccher.example'], 'Subject: hi\r\n\r\nhello\r\n');
+    const e = await s.nextAttempt((x) => x.id === id && x.removed, { timeoutMs: 30_000, past: true });
+    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+    // Our own Received: names the recipient by its A-labels, so the header needs no SMTPUTF8.
+    assert.match(seen.messages[0]!, /\tfor <bob@xn--bcher-kva\.example>;/);
+    assert.ok(!/[^\x00-\x7f]/.test(seen.messages[0]!), 'the message is 7-bit');
+  });
+});

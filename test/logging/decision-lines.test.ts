@@ -497,6 +497,7 @@ const ROWS = {
     drive: () => ending('main', 'owned', [plainLogin('alice@example.com'), 'MAIL FROM:<>']),
   },
 
+  invisibleInAddress: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> SMTPUTF8', 'RCPT TO:<ce\u00ado@example.com>']) },
   quotedLocalPart: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<"a b"@example.com>']) },
   relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
 

@@ -9,7 +9,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { needs, run } from '../helpers/example.ts';
+import { needs, python, run } from '../helpers/example.ts';
 
 let pki: TestPki;
 let ca: string;
@@ -86,6 +86,23 @@ test('password login: From: and Sender: must be addresses the login may use; eac
     [['From: Alice <alice@example.com> <ceo@example.com>'], FORGED('ceo@example.com')],
     [['From: "ceo@example.com" <alice@example.com>'], FORGED('ceo@example.com')],
     [['From: "Alice (alice@example.com)" <alice@example.com>'], /^250 /],
+    // RFC 2047 encoded-words show the reader what they encode (in a name, a comment, even a quoted string, as
+    // mail clients decode them), and a fullwidth ＠ or ideographic full stop reads as @ and a dot.
+    [['From: =?utf-8?q?ceo=40example.com?= <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: =?UTF-8?B?Y2VvQGV4YW1wbGUuY29t?= <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: =?utf-8?q?ceo?= =?utf-8?q?=40example.com?= <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: alice@example.com (=?iso-8859-1?q?ceo=40example=2Ecom?=)'], FORGED('ceo@example.com')],
+    [['From: "=?utf-8?q?CEO_=3Cceo=40example.com=3E?=" <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: =?utf-7?q?ceo+AEA-example.com?= <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: =?utf-8?q?=EF=BD=83=EF=BD=85=EF=BD=8F=EF=BC=A0example=E3=80=82com?= <alice@example.com>'], FORGED('ceo@example.com')],
+    [['From: =?utf-8?q?ceo=40example.com?=@alice.example'], FORGED('=?utf-8?q?ceo=40example.com?=@alice.example')],
+    [['From: =?utf-8?q?Alice_=28alice=40example.com=29?= <alice@example.com>'], /^250 /],
+    // A group's name is shown too (RFC 6854 allows a group as the author).
+    [['From: "ceo@example.com": alice@example.com;'], FORGED('ceo@example.com')],
+    [['From: =?utf-8?q?ceo=40example.com?=: alice@example.com;'], FORGED('ceo@example.com')],
+    [['From: team: alice@example.com;'], /^250 /],
+    // A bidi override shows "moc.elpmaxe@oec" as ceo@example.com: a name with one is nobody's.
+    [['From: =?utf-8?q?=E2=80=AEmoc.elpmaxe=40oec?= <alice@example.com>'], FORGED('?moc.elpmaxe@oec')],
     // Two @: example.com's to one reader, alice.example's (listed as @alice.example) to another.
     [['From: ceo@example.com@alice.example'], FORGED('ceo@example.com@alice.example')],
     [['Subject: no author'], '550 5.6.0 Message must have exactly one From: header field, not 0'],
@@ -122,6 +139,35 @@ test('swaks with the laptop\'s certificate: its own From: passes, a colleague\'s
   const forged = await swaks(['--header', 'From: The CEO <ceo@example.com>']);
   assert.notEqual(forged.code, 0, forged.output);
   assert.match(forged.stdout, /<~\* 550 5\.7\.1 <ceo@example\.com>: From: header address rejected: not owned by user alice@example\.com/);
+});
+
+// A real client's encoding: python's email package writes a non-ASCII display name as an RFC 2047 encoded-word,
+// which every mail client decodes and shows. Before, the binding read only the encoded form, which holds no `@`.
+test('python email + smtplib: a display name encoded by the client that shows a colleague\'s address is refused', async () => {
+  const replies = await python<Array<[number, string]>>(`
+import json, smtplib, ssl
+from email.message import EmailMessage
+from email.headerregistry import Address
+ctx = ssl.create_default_context(cadata=${JSON.stringify(ca)})
+out = []
+for name in ('ceo\uff20example.com', 'Alice \u00c5ngstr\u00f6m'):
+    m = EmailMessage()
+    m['From'] = Address(display_name=name, addr_spec='alice@example.com')
+    m['To'] = 'bob@example.com'
+    m['Subject'] = 'hi'
+    m.set_content('hello')
+    s = smtplib.SMTP('127.0.0.1', ${server.port('sub')}, timeout=30)
+    s.starttls(context=ctx)
+    s.login('alice@example.com', ${JSON.stringify(PASSWORD)})
+    try:
+        s.send_message(m)
+        out.append([250, 'sent'])
+    except smtplib.SMTPDataError as e:
+        out.append([e.smtp_code, e.smtp_error.decode()])
+    s.quit()
+print(json.dumps(out))
+`);
+  assert.deepEqual(replies, [[550, FORGED('ceo@example.com').slice(4)], [250, 'sent']]);
 });
 
 test('a From: after a line that is no field is body, not header: the message has no author and is refused', async () => {

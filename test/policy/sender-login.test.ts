@@ -145,3 +145,28 @@ test("the repository's default scripts/mailfrom.ts leaves the decision to sender
     }
   }
 });
+
+// An auth script that logs in a name of its own directory (accept() with the name as sent) may log in `\u212Aate`,
+// another user than kate there. The binding lowercased it to kate@example.com and let it send as kate; likewise a
+// header From `\u212Aate@…` passed for kate's. Lowercasing that makes ASCII out of what was not now keeps the case.
+test('a login whose name lowercases into ASCII it did not have (U+212A KELVIN SIGN) does not own the ASCII address', async () => {
+  const s = await startTestServer({
+    config: config('{ enforce: true }'),
+    files: { users: `kate@example.com:${await hashPassword(PASSWORD)}\n`, sender_logins: '' },
+    scripts: { 'auth.ts': `export default (ctx) => ctx.auth.username.startsWith('\\u212A') && ctx.auth.password === 'directory-pw' ? accept() : undefined;` },
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    await c.hello({ starttls: { ca } });
+    assert.equal((await c.command(plain('\u212Aate@example.com', 'directory-pw'))).code, 235);
+    assert.equal(await mailFrom(c, 'kate@example.com'), '553 5.7.1 <kate@example.com>: Sender address rejected: not owned by user ?ate@example.com');
+    await c.quit();
+    const kate = await SmtpTestClient.connect(s.port('sub'));
+    await kate.hello({ starttls: { ca } });
+    assert.equal((await kate.command(plain('kate@example.com', PASSWORD))).code, 235);
+    assert.equal(await mailFrom(kate, 'kate@example.com'), '250 2.1.0 Accepted', 'kate herself (the test can fail)');
+    await kate.quit();
+  } finally {
+    await s.stop();
+  }
+});

@@ -79,3 +79,18 @@ test('two CNs, in two RDNs or in one multi-valued RDN, name no account', async (
 test('a CN longer than any address names no account', async () => {
   assert.deepEqual(await tryName([{ CN: ['a'.repeat(250) + '@x.example'] }]), { external: 535, as: [null, null], auto: [null, null] });
 });
+
+// The sender binding compares an identity's domain IDNA-mapped (senderKey): admin@ｅｘａｍｐｌｅ.com sends as
+// admin@example.com. A CA that checks requests for @example.com by string issued such a CN, and it spoke for the
+// account. An address must be NFC with its domain in its A-label or U-label form exactly; both forms still work.
+test('an address CN in another spelling of a domain (fullwidth, ideographic full stop, trailing dot, NFD) names no account', async () => {
+  for (const cn of ['admin@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com', 'admin@example\u3002com', 'admin@example.com.', 'admin@ex\u00adample.com', 'jose\u0301@example.com']) {
+    assert.deepEqual(await tryName([{ CN: [cn] }]), { external: 535, as: [null, null], auto: [null, null] }, JSON.stringify(cn));
+  }
+  for (const [cn, as] of [['Alice@B\u00dcCHER.example', 'alice@b\u00fccher.example'], ['alice@xn--bcher-kva.example', 'alice@xn--bcher-kva.example'], ['jos\u00e9@example.com', 'jos\u00e9@example.com']]) {
+    const r = await tryName([{ CN: [cn!] }]);
+    assert.equal(r.external, 235, cn);
+    // The script's reply is 7-bit here (no SMTPUTF8): the identity's non-ASCII characters come back as "?".
+    assert.deepEqual(r.as, [as!.replace(/[^\x00-\x7f]/gu, '?'), as!.replace(/[^\x00-\x7f]/gu, '?')], cn);
+  }
+});

@@ -142,3 +142,24 @@ test('an A-label that decodes to a control character is a syntax error; IDNA-map
   assert.deepEqual((await spooled(uLabels, c)).recipients, ['bob@example.com', 'jos\u00e9@example.com']);
   await c.quit();
 });
+
+// An invisible or bidi character in a local part made another address that reads as ceo@ (`ce<U+00AD>o@`, a tag
+// character, a zero-width space), or reverses what follows it (U+202E) in a log line, a queue listing or a bounce:
+// the rcptto script's check for ceo@ passed it, and a person or a lenient next hop takes it for ceo. Refused now
+// with a reply that says why; ZWNJ and ZWJ, which Persian, Indic scripts and emoji need, stay.
+test('a local part with a control, format, private-use or unassigned character is refused with 553 5.1.3', async () => {
+  const c = await session(uLabels, 'MAIL FROM:<a@sender.example> SMTPUTF8');
+  const refused = '553 5.1.3 Control, format or unassigned characters in an address are not accepted';
+  for (const ch of ['\u00ad', '\u200b', '\u2060', '\ufeff', '\u202e', '\u2066', '\u{e0041}', '\u0085', '\ue000', '\u0378', '\u180e']) {
+    const r = await c.command(`RCPT TO:<ce${ch}o@example.com>`);
+    assert.equal(`${r.code} ${r.text.slice(4)}`, refused, `U+${ch.codePointAt(0)!.toString(16)}: ${r.text}`);
+  }
+  // ZWNJ in Persian, ZWJ in a Devanagari conjunct: real names, accepted; a soft hyphen in the domain is IDNA-mapped.
+  for (const rcpt of ['\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645@example.com', '\u0915\u094d\u200d\u0937@example.com', 'bob@ex\u00adample.com']) {
+    assert.equal((await c.command(`RCPT TO:<${rcpt}>`)).code, 250, rcpt);
+  }
+  await c.command('RSET');
+  const mail = await c.command('MAIL FROM:<"ce\u202eo"@sender.example> SMTPUTF8');
+  assert.equal(`${mail.code} ${mail.text.slice(4)}`, refused);
+  await c.quit();
+});

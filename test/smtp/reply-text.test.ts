@@ -81,12 +81,12 @@ test('a script\'s reply text is one line of at most 512 octets (RFC 5321), whate
     const lines = await rawReplyLines(s.port('mx'), [
       Buffer.from(`EHLO x${'ü'.repeat(20)}.example\r\n`), // 49 bytes of UTF-8 in 29 characters, 200 times
       Buffer.from('EHLO client.example\r\n'),
-      Buffer.from('MAIL FROM:<emoji@b.example>\r\n'),
+      Buffer.from('MAIL FROM:<emoji@b.example> SMTPUTF8\r\n'), // UTF-8 replies only to SMTPUTF8 (see below)
     ]);
     for (const line of lines) assert.ok(line.length <= 512, `a reply line of ${line.length} octets: ${line.toString().slice(0, 60)}…`);
     const text = lines.map((l) => l.toString('utf8'));
     assert.ok(!text.join('').includes('\uFFFD'), 'no character cut in half');
-    assert.match(text[1]!, /^550 5\.7\.1 bad (xü{20}\.example)+xü*\r\n$/);
+    assert.match(text[1]!, /^550 5\.7\.1 bad (x\?{20}\.example)+x\?*\r\n$/); // 7-bit: the client did not say SMTPUTF8
     const emoji = text.find((t) => t.startsWith('550 5.7.1 a\u{1F600}'));
     assert.equal(emoji, `550 5.7.1 a${'\u{1F600}'.repeat(99)}\r\n`); // 1 + 99 × 4 = 397 bytes of text: the 100th would pass 400
   } finally { await s.stop(); }
@@ -107,5 +107,47 @@ test('the data hook\'s long accept text gives way to the queue id: the reply sti
     assert.ok(Buffer.byteLength(r.text) + 2 <= 512);
     await s.runtime.spool.readEnvelope(id); // the id names the message spooled
     await c.quit();
+  } finally { await s.stop(); }
+});
+
+// RFC 5321 §2.4, RFC 6531 §3.7.4.2: replies are ASCII unless the transaction's MAIL FROM declared SMTPUTF8. A
+// script's text in the operator's language, or built from a client's UTF-8 HELO name or address, went out as
+// UTF-8 to every client (one reading replies as Latin-1 or ASCII shows mojibake, a strict one fails the reply).
+test('UTF-8 in reply texts goes only to a transaction that declared SMTPUTF8; any other reply is 7-bit, each character "?"', async () => {
+  const s = await startTestServer({
+    config: PLAIN_MX_CONFIG,
+    scripts: {
+      'helo.ts': `export default (ctx) => ctx.helo.name.startsWith('r') ? reject('Nom refusé: ' + ctx.helo.name) : undefined;`,
+      'mailfrom.ts': `export default (ctx) => ctx.address.localPart === 'no' ? reject('Expéditeur refusé') : undefined;`,
+      'rcptto.ts': `export default (ctx) => reject('Destinataire inconnu: ' + ctx.address.address + ' 🚫');`,
+    },
+  });
+  try {
+    const lines = await rawReplyLines(s.port('mx'), [
+      Buffer.from('EHLO réseau.example\r\n'),
+      Buffer.from('EHLO client.example\r\n'),
+      Buffer.from('MAIL FROM:<no@b.example>\r\n'),
+      Buffer.from('MAIL FROM:<a@b.example>\r\n'),
+      Buffer.from('RCPT TO:<x@xn--bcher-kva.example>\r\n'),
+      Buffer.from('RSET\r\n'),
+      Buffer.from('MAIL FROM:<no@b.example> SMTPUTF8\r\n'),
+      Buffer.from('MAIL FROM:<a@b.example> SMTPUTF8\r\n'),
+      Buffer.from('RCPT TO:<jörg@bücher.example>\r\n'),
+      Buffer.from('RSET\r\n'),
+      Buffer.from('MAIL FROM:<a@b.example>\r\n'),
+      Buffer.from('RCPT TO:<x@example.com>\r\n'),
+    ]);
+    const text = lines.map((l) => l.toString('utf8').trimEnd());
+    assert.deepEqual(text.filter((t) => /^5/.test(t)), [
+      '550 5.7.1 Nom refus?: r?seau.example',
+      '550 5.7.1 Exp?diteur refus?',
+      '550 5.7.1 Destinataire inconnu: x@xn--bcher-kva.example ?',
+      '550 5.7.1 Expéditeur refusé', // the MAIL FROM that declared SMTPUTF8: its own reply may be UTF-8
+      '550 5.7.1 Destinataire inconnu: jörg@bücher.example 🚫',
+      '550 5.7.1 Destinataire inconnu: x@example.com ?', // a new transaction without SMTPUTF8
+    ]);
+    // eslint-disable-next-line no-control-regex
+    const eightBit = lines.filter((l) => /[^\x00-\x7f]/.test(l.toString('latin1')));
+    assert.equal(eightBit.length, 2, 'only the two replies within SMTPUTF8 carry 8-bit octets');
   } finally { await s.stop(); }
 });

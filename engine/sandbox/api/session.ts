@@ -83,6 +83,12 @@ export interface EnvelopeAddress {
   localPart: string;
   /** Part after the last `@`, lowercased. */
   domain: string;
+  /**
+   * The domain in its A-labels, lowercased (`xn--bcher-kva.example`), whichever form the address has: an ASCII
+   * transaction carries an IDN in A-labels and an SMTPUTF8 one in U-labels, so `domain` gives one domain two keys
+   * (a `rate()` per domain counted twice over, a comparison that misses one). The one spelling to key and compare by.
+   */
+  asciiDomain: string;
   /** ESMTP parameters (`SIZE`, `BODY`, `NOTIFY` …), upper-case keys; `true` for a parameter without value. */
   params: Record<string, string | true>;
 }
