@@ -82,7 +82,8 @@ export async function receiveMessage(
       nextAttemptAt: now,
       errors: [],
     };
-    if (spoolIsFull(runtime)) throw reply('storageFull');
+    const full = spoolIsFull(runtime);
+    if (full) throw reply(full);
     // Held before it is committed: once committed the queue may take it at once. A hold whose message then
     // fails to commit is left behind, harmless (its id is never used again), and removed at the next start.
     if (decision.hold) await runtime.spool.hold(id, { at: now, by: null, script: decision.hold });
