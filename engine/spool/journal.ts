@@ -571,9 +571,10 @@ export class Journal {
       done(err);
     };
     fdatasync(segment.fd, (err) => {
-      // Deleted meanwhile (the spool's folder removed under the server): durable only in a file nobody will
-      // read. The segment fails; its records are written again to a new one (see the settle of #flush).
-      if (!err && !hasName(segment.fd)) this.#fail(segment);
+      // Deleted meanwhile (the spool's folder removed under the server), or moved (a folder above the data
+      // directory renamed): durable only in a file nobody will read, the queue looks for it at its path. The
+      // segment fails; its records are written again to a new one (see the settle of #flush).
+      if (!err && !namedAt(segment.path, segment.fd)) this.#fail(segment);
       if (err || segment.entrySynced) { finish(err); return; }
       this.#dirSync.sync().then(() => { segment.entrySynced = true; finish(null); }, finish);
     });
@@ -785,9 +786,13 @@ function isZero(data: Buffer): boolean {
 }
 
 /** Whether the open file still has a name (a link in some folder); false too when it cannot be asked (closed meanwhile). */
-function hasName(fd: number): boolean {
+/** Whether the open file `fd` is still the file at `path` (not deleted, not moved away with a folder above it). */
+function namedAt(path: string, fd: number): boolean {
   try {
-    return fstatSync(fd).nlink > 0;
+    const open = fstatSync(fd);
+    if (open.nlink === 0) return false;
+    const named = statSync(path);
+    return named.ino === open.ino && named.dev === open.dev;
   } catch {
     return false;
   }
