@@ -448,12 +448,21 @@ export class Journal {
 
   /** Put a record at the end of the active segment, to be written by the next flush. */
   #place(w: Waiter): void {
-    const segment = this.#activeSegment();
+    let segment = this.#activeSegment();
     try {
       this.#zeroAhead(segment, w.bytes);
     } catch (err) {
       this.#retire(segment);
-      throw err;
+      // The process's file size limit (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=) reached: this segment is full
+      // for it, not failing; the record goes to a new one (refused only if it does not fit in an empty segment).
+      if ((err as NodeJS.ErrnoException).code !== 'EFBIG' || segment.size === 0) throw err;
+      segment = this.#activeSegment();
+      try {
+        this.#zeroAhead(segment, w.bytes);
+      } catch (again) {
+        this.#retire(segment);
+        throw again;
+      }
     }
     if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
     segment.unwritten.push(w.header);
