@@ -45,7 +45,7 @@ test('below spool.minFreeInodes new mail gets 452 4.3.1; deliveries are recorded
       const r = await send('while short');
       assert.ok(r.code === 250 || r.code === 452, r.text); // 250 until the next look at the filesystem (once a second)
       return r.code === 452 && /^452 4\.3\.1 /.test(r.text);
-    }, { timeoutMs: 30_000 });
+    }, { timeoutMs: 30_000, intervalMs: 300 }); // a few taken before the look, not enough to use up what is left
     await c.waitFor('the decision line names the floor', () => c.logs.some((l) => l.decision === 'defer' && l.reason === 'spool.minFreeInodes'));
 
     // The queue still has files for its bookkeeping: a deferral recorded (a state file), then the delivery finished.
