@@ -3,7 +3,7 @@
  * tmpfs with `nr_inodes=` here). Small messages go into journal segments that already exist and need no inode,
  * so they were still taken while the queue could no longer create a state file or a segment's done list: the
  * outcomes of deliveries were kept only in memory. Below spool.minFreeInodes new mail gets 452 4.3.1 (the decision
- * line names the floor), the queue records and finishes what it holds, and mail is taken again once files are freed.
+ * line and /readyz name the floor), the queue records and finishes what it holds, and mail is taken again once files are freed.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +22,7 @@ test('below spool.minFreeInodes new mail gets 452 4.3.1; deliveries are recorded
   let defer = true;
   const sink = await startSink({ decide: (stage) => (stage === 'data' && defer ? { code: 451, text: '4.3.0 try later' } : null) });
   const dataDir = join(mount.dir, 'data');
-  const c = await startCluster({ config: `${ONE_WORKER}spool: { minFreeBytes: 0, minFreeInodes: ${FLOOR} }\n${deliveryToSink(sink.port, { retrySchedule: [1] })}`, dataDir });
+  const c = await startCluster({ config: `${ONE_WORKER}admin: { listen: "127.0.0.1:{PORT:admin}" }\nspool: { minFreeBytes: 0, minFreeInodes: ${FLOOR} }\n${deliveryToSink(sink.port, { retrySchedule: [1] })}`, dataDir });
   try {
     await c.waitFor('the reserve', () => { try { return statSync(join(dataDir, 'spool', 'reserve')).size > 0; } catch { return false; } });
     const send = async (subject: string): Promise<{ code: number; text: string }> => {
@@ -47,6 +47,9 @@ test('below spool.minFreeInodes new mail gets 452 4.3.1; deliveries are recorded
       return r.code === 452 && /^452 4\.3\.1 /.test(r.text);
     }, { timeoutMs: 30_000, intervalMs: 300 }); // a few taken before the look, not enough to use up what is left
     await c.waitFor('the decision line names the floor', () => c.logs.some((l) => l.decision === 'defer' && l.reason === 'spool.minFreeInodes'));
+    const ready = await fetch(`http://127.0.0.1:${c.port('admin')}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.match((await ready.json() as { checks: { spool: { detail: string } } }).checks.spool.detail, /^\d+ inodes free on the spool's filesystem, below spool\.minFreeInodes \(100\)/);
 
     // The queue still has files for its bookkeeping: a deferral recorded (a state file), then the delivery finished.
     await c.waitFor('a deferral recorded', () => c.logs.some((l) => l.status === 'deferred' && l.component === 'queue'));
