@@ -1,15 +1,16 @@
 /**
  * /readyz's spool check: every spool folder of the data directory can be written — `<dataDir>/spool` (the
  * queue process's bounces, a single process's mail) and, under `postern serve`, each worker's `worker-<n>` —
- * and its filesystem has more free space than `spool.minFreeBytes` (below it every new message is refused), and
- * the spool's reserve is not in use (engine/spool/reserve.ts).
+ * and its filesystem has more free space than `spool.minFreeBytes` and more free inodes than `spool.minFreeInodes`
+ * (below either every new message is refused), and the spool's reserve is not in use (engine/spool/reserve.ts).
  */
 import { access, constants, readdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ReadinessCheck } from './admin-server.ts';
 import { reserveState } from '../spool/reserve.ts';
 
-export async function spoolWritable(dataDir: string, minFreeBytes = 0): Promise<ReadinessCheck> {
+export async function spoolWritable(dataDir: string, floors: { minFreeBytes: number; minFreeInodes: number } = { minFreeBytes: 0, minFreeInodes: 0 }): Promise<ReadinessCheck> {
+  const { minFreeBytes, minFreeInodes } = floors;
   const root = join(dataDir, 'spool');
   try {
     const workers = (await readdir(root, { withFileTypes: true }))
@@ -19,6 +20,10 @@ export async function spoolWritable(dataDir: string, minFreeBytes = 0): Promise<
     const free = fs.bavail * fs.bsize;
     if (free < minFreeBytes) {
       return { ok: false, detail: `${free} bytes free on the spool's filesystem, below spool.minFreeBytes (${minFreeBytes}): new mail is refused (452 4.3.1)` };
+    }
+    // A filesystem without a fixed number of inodes (btrfs) reports none.
+    if (fs.files > 0 && fs.ffree < minFreeInodes) {
+      return { ok: false, detail: `${fs.ffree} inodes free on the spool's filesystem, below spool.minFreeInodes (${minFreeInodes}): new mail is refused (452 4.3.1)` };
     }
     if (reserveState(join(root, 'reserve')) === 'released') {
       return { ok: false, detail: `the spool's filesystem filled up and its reserve is in use for the queue's bookkeeping: new mail is refused (452 4.3.1) until ${free} bytes free grow past twice the reserve above spool.minFreeBytes` };

@@ -350,7 +350,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
-          spool: await spoolWritable(config.dataDir, config.spool.minFreeBytes),
+          spool: await spoolWritable(config.dataDir, config.spool),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },

@@ -863,7 +863,7 @@ export class Supervisor {
           listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
             ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
-          spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool.minFreeBytes),
+          spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
           reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
         };
       },

@@ -315,6 +315,8 @@ export const configSchema = z.strictObject({
   spool: z.strictObject({
     minFreeBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(100 * 1024 * 1024)
       .describe('Free space the spool\'s filesystem must keep: below it new mail is refused with `452 4.3.1 Insufficient system storage` at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix `queue_minfree`; `0`: no floor).'),
+    minFreeInodes: z.number().int().min(0).default(1000)
+      .describe('Free inodes (files) the spool\'s filesystem must keep, as `minFreeBytes` keeps bytes: below it new mail is refused with `452 4.3.1 Insufficient system storage`, so the queue can still create the files that record deliveries (a state file per deferred message, a done list per journal segment). A filesystem without a fixed number of inodes (btrfs) reports none and is never below it. `0`: no floor.'),
     receivingMemoryBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(64 * 1024 * 1024)
       .describe('Memory the messages being received may hold together, per process (each worker of `postern serve` has its own). A message is held in memory up to 1 MiB and then goes to the journal in one write; past this total, the bytes of every message still coming in go to its own file in the spool\'s `incoming/` folder at once, a few KiB at a time (a file per message, as for messages over 1 MiB), so however many clients send large messages at the same time, what they hold in memory stays near this bound (plus the chunk each is reading). Nothing is refused for it. `0`: every message goes to its own file.'),
   }).prefault({}).describe('Free space the spool keeps, and the memory of the messages being received. See [spool](#spool).'),

@@ -253,9 +253,19 @@ export class QueueRunner {
     this.#reserving = statfs(dirname(reserve.path))
       .then((fs) => reserve.keep(fs.bavail * fs.bsize, floor))
       .then((made) => {
+        if (made) this.#reserveError = null;
         if (made && state === 'released') this.#log.warn({ reserve: reserve.path }, 'spool: there is room again and the reserve is kept again: new mail is taken again');
-      }, (err: unknown) => this.#log.warn({ reserve: reserve.path, err: (err as Error).message }, 'spool: the reserve for the queue\'s bookkeeping could not be made'));
+      }, (err: unknown) => {
+        // Tried at every scan: said once per cause (no inode free, a file size limit below it, a read-only disk), not every few seconds.
+        const message = (err as Error).message;
+        if (message === this.#reserveError) return;
+        this.#reserveError = message;
+        this.#log.warn({ reserve: reserve.path, err: message }, 'spool: the reserve for the queue\'s bookkeeping could not be made');
+      });
   }
+
+  /** Why the reserve could not be made, as last logged (null: made, or not tried yet). */
+  #reserveError: string | null = null;
 
   /** The reserve being made (#keepReserve): close() waits for it, so nothing is written in the spool after it. */
   #reserving: Promise<void> = Promise.resolve();

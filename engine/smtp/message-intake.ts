@@ -84,7 +84,8 @@ export async function receiveMessage(
       nextAttemptAt: now,
       errors: [],
     };
-    if (spoolIsFull(runtime)) throw reply('storageFull');
+    const full = spoolIsFull(runtime);
+    if (full) throw reply(full);
     // Held before it is committed: once committed the queue may take it at once. A hold whose message then
     // fails to commit is left behind, harmless (its id is never used again), and removed at the next start.
     if (decision.hold) await runtime.spool.hold(id, { at: now, by: null, script: decision.hold });
@@ -110,9 +111,13 @@ export async function receiveMessage(
     st.transactionId = null;
     if (err instanceof SmtpReply) throw err;
     if ((err as NodeJS.ErrnoException).code === 'ECONNECTION') throw err; // client went away; nobody to answer
-    runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed');
-    // A full disk (or quota) is said as such, as at MAIL FROM under spool.minFreeBytes: the client retries later.
     const code = (err as NodeJS.ErrnoException).code;
+    // EFBIG: a file of the spool would grow past the process's file size limit (Node ignores SIGXFSZ, so the
+    // write fails instead of killing the worker); the journal starts a new segment at it, so it is the message.
+    runtime.logger.error({ cid: conn.id, id, err }, code === 'EFBIG'
+      ? 'spooling failed: the message is larger than the file size limit of this process (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=)'
+      : 'spooling failed');
+    // A full disk (or quota) is said as such, as at MAIL FROM under spool.minFreeBytes: the client retries later.
     if (code === 'ENOSPC' || code === 'EDQUOT') throw reply('spoolWriteFull');
     throw reply('localError', { id: conn.id });
   }

@@ -28,7 +28,12 @@ export interface Runtime {
   onSpooled?(id: string): void;
 }
 
-/** Free space is below spool.minFreeBytes (current configuration): new mail gets 452 4.3.1. */
-export function spoolIsFull(runtime: Runtime): boolean {
-  return runtime.spool.freeSpace.below(runtime.generation.config.spool.minFreeBytes);
+/**
+ * Free space is below spool.minFreeBytes or free inodes below spool.minFreeInodes (current configuration): the
+ * refusal for new mail (452 4.3.1, its reason naming which), else null.
+ */
+export function spoolIsFull(runtime: Runtime): 'storageFull' | 'inodesFull' | null {
+  const { minFreeBytes, minFreeInodes } = runtime.generation.config.spool;
+  const short = runtime.spool.freeSpace.short(minFreeBytes, minFreeInodes);
+  return short === 'bytes' ? 'storageFull' : short === 'inodes' ? 'inodesFull' : null;
 }

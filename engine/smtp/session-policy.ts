@@ -405,7 +405,8 @@ export class SessionPolicy {
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
-    if (spoolIsFull(this.#runtime)) return reply('storageFull');
+    const full = spoolIsFull(this.#runtime);
+    if (full) return reply(full);
     if (!this.adoptCurrentGeneration(conn)) return reply('listenerRemoved');
     const maxMessages = st.listener.limits.maxMessagesPerConnection;
     if (maxMessages > 0 && st.messagesAccepted >= maxMessages) return reply('tooManyMessages');

@@ -5,6 +5,9 @@
  * spool's reserve (reserve.ts: the disk filled up) the spool counts as below its floor, whatever the floor.
  * The second is measured on the monotonic clock: on the wall clock, a step back (NTP, a restored VM) stopped
  * the looking until the clock caught up, mail refused that long though the disk had room again.
+ * Free inodes count too: a filesystem out of them (many small files beside the spool, ext4's fixed count) takes
+ * journal records into segments that exist but no state file, journal done list or new segment, so deliveries
+ * could not be recorded while new mail was still taken; and the reserve, which frees bytes, frees no inode.
  */
 import { statfs, statfsSync } from 'node:fs';
 import { reserveState } from './reserve.ts';
@@ -16,6 +19,7 @@ export class FreeSpace {
   /** `<dataDir>/spool/reserve` (null: not watched). */
   readonly #reserve: string | null;
   #bytes = Number.POSITIVE_INFINITY;
+  #inodes = Number.POSITIVE_INFINITY;
   #reserveReleased = false;
   #checkedAt = Number.NEGATIVE_INFINITY;
   #checking = false;
@@ -28,27 +32,40 @@ export class FreeSpace {
   /** Bytes available to this (unprivileged) process, as last seen. */
   get bytes(): number { return this.#bytes; }
 
+  /** Free inodes, as last seen (infinite on a filesystem without a fixed count, e.g. btrfs, which reports none). */
+  get inodes(): number { return this.#inodes; }
+
+  #take(s: { bavail: number; bsize: number; files: number; ffree: number }): void {
+    this.#bytes = s.bavail * s.bsize;
+    this.#inodes = s.files > 0 ? s.ffree : Number.POSITIVE_INFINITY;
+  }
+
   /** Look now: at start, so the first transaction already knows. */
   refreshSync(): void {
-    const s = statfsSync(this.dir);
-    this.#bytes = s.bavail * s.bsize;
+    this.#take(statfsSync(this.dir));
     this.#reserveReleased = this.#reserve !== null && reserveState(this.#reserve) === 'released';
     this.#checkedAt = performance.now();
   }
 
-  /** Whether free space is below `floor` (0: no floor), or the spool's reserve is in use. */
-  below(floor: number): boolean {
-    if (floor <= 0 && this.#reserve === null) return false;
+  /** Whether free space is below `floor` bytes or `inodeFloor` inodes (0: no floor), or the spool's reserve is in use. */
+  below(floor: number, inodeFloor = 0): boolean {
+    return this.short(floor, inodeFloor) !== null;
+  }
+
+  /** What is short: `bytes` (below `floor`, or the reserve in use), `inodes` (below `inodeFloor`), or null. */
+  short(floor: number, inodeFloor = 0): 'bytes' | 'inodes' | null {
+    if (floor <= 0 && inodeFloor <= 0 && this.#reserve === null) return null;
     if (!this.#checking && performance.now() - this.#checkedAt >= INTERVAL_MS) {
       this.#checking = true;
       statfs(this.dir, (err, s) => {
         this.#checking = false;
         this.#checkedAt = performance.now();
-        if (!err) this.#bytes = s.bavail * s.bsize;
+        if (!err) this.#take(s);
         // One stat a second, beside the statfs: the hot path only reads the flag.
         this.#reserveReleased = this.#reserve !== null && reserveState(this.#reserve) === 'released';
       });
     }
-    return this.#reserveReleased || (floor > 0 && this.#bytes < floor);
+    if (this.#reserveReleased || (floor > 0 && this.#bytes < floor)) return 'bytes';
+    return inodeFloor > 0 && this.#inodes < inodeFloor ? 'inodes' : null;
   }
 }

@@ -448,12 +448,21 @@ export class Journal {
 
   /** Put a record at the end of the active segment, to be written by the next flush. */
   #place(w: Waiter): void {
-    const segment = this.#activeSegment();
+    let segment = this.#activeSegment();
     try {
       this.#zeroAhead(segment, w.bytes);
     } catch (err) {
       this.#retire(segment);
-      throw err;
+      // The process's file size limit (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=) reached: this segment is full
+      // for it, not failing; the record goes to a new one (refused only if it does not fit in an empty segment).
+      if ((err as NodeJS.ErrnoException).code !== 'EFBIG' || segment.size === 0) throw err;
+      segment = this.#activeSegment();
+      try {
+        this.#zeroAhead(segment, w.bytes);
+      } catch (again) {
+        this.#retire(segment);
+        throw again;
+      }
     }
     if (segment.unwritten.length === 0) segment.unwrittenAt = segment.size;
     segment.unwritten.push(w.header);
@@ -571,9 +580,10 @@ export class Journal {
       done(err);
     };
     fdatasync(segment.fd, (err) => {
-      // Deleted meanwhile (the spool's folder removed under the server): durable only in a file nobody will
-      // read. The segment fails; its records are written again to a new one (see the settle of #flush).
-      if (!err && !hasName(segment.fd)) this.#fail(segment);
+      // Deleted meanwhile (the spool's folder removed under the server), or moved (a folder above the data
+      // directory renamed): durable only in a file nobody will read, the queue looks for it at its path. The
+      // segment fails; its records are written again to a new one (see the settle of #flush).
+      if (!err && !namedAt(segment.path, segment.fd)) this.#fail(segment);
       if (err || segment.entrySynced) { finish(err); return; }
       this.#dirSync.sync().then(() => { segment.entrySynced = true; finish(null); }, finish);
     });
@@ -785,9 +795,13 @@ function isZero(data: Buffer): boolean {
 }
 
 /** Whether the open file still has a name (a link in some folder); false too when it cannot be asked (closed meanwhile). */
-function hasName(fd: number): boolean {
+/** Whether the open file `fd` is still the file at `path` (not deleted, not moved away with a folder above it). */
+function namedAt(path: string, fd: number): boolean {
   try {
-    return fstatSync(fd).nlink > 0;
+    const open = fstatSync(fd);
+    if (open.nlink === 0) return false;
+    const named = statSync(path);
+    return named.ino === open.ino && named.dev === open.dev;
   } catch {
     return false;
   }

@@ -6,12 +6,12 @@ import { join } from 'node:path';
 
 export interface SmallFilesystem { dir: string; unmount(): void }
 
-/** A tmpfs of `megabytes`, or why none can be mounted here. */
-export function smallFilesystem(megabytes: number): SmallFilesystem | string {
+/** A tmpfs of `megabytes` (and at most `inodes` files and folders), or why none can be mounted here. */
+export function smallFilesystem(megabytes: number, opts: { inodes?: number } = {}): SmallFilesystem | string {
   if (process.getuid?.() !== 0) return 'needs root, to mount a small tmpfs for the spool';
   const dir = mkdtempSync(join(tmpdir(), 'postern-full-'));
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m`, 'tmpfs', dir], { stdio: 'pipe' });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${megabytes}m${opts.inodes ? `,nr_inodes=${opts.inodes}` : ''}`, 'tmpfs', dir], { stdio: 'pipe' });
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     return `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0]}`;
@@ -34,8 +34,8 @@ export function needsTmpfs(): string | false {
 }
 
 /** A filesystem for one test, mounted inside it (a skipped or filtered test leaves no mount behind). */
-export function testFilesystem(megabytes = 32): SmallFilesystem {
-  const made = smallFilesystem(megabytes);
+export function testFilesystem(megabytes = 32, opts: { inodes?: number } = {}): SmallFilesystem {
+  const made = smallFilesystem(megabytes, opts);
   if (typeof made === 'string') throw new Error(made);
   return made;
 }

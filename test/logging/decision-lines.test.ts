@@ -22,7 +22,7 @@ import { createCrl } from '../../engine/certificates/index.ts';
 import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
-type ServerName = 'main' | 'redis' | 'full';
+type ServerName = 'main' | 'redis' | 'full' | 'inodes';
 /** Catalogue replies that are not refusals: no decision line. */
 type Accepting = 'authSucceeded' | 'senderAccepted' | 'recipientAccepted' | 'queued';
 type RefusalName = Exclude<ReplyName, Accepting>;
@@ -133,6 +133,9 @@ before(async () => {
   });
   servers.full = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
+  });
+  servers.inodes = await startTestServer({
+    config: configYaml({ spool: { minFreeBytes: 0, minFreeInodes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
   });
   if (!needsRedis().skip) {
     redis = await startRedis();
@@ -453,6 +456,7 @@ const ROWS = {
     },
   },
   storageFull: { server: 'full', stage: 'MAIL', drive: () => ending('full', 'mx', ['MAIL FROM:<someone@example.net>']) },
+  inodesFull: { server: 'inodes', stage: 'MAIL', drive: () => ending('inodes', 'mx', ['MAIL FROM:<someone@example.net>']) },
   tooMuchMailFromIdentity: {
     server: 'main', stage: 'MAIL', values: { identity: 'alice@example.com' }, check: expectUser('alice@example.com'),
     drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), 'MAIL FROM:<alice@example.com>', 'RSET', 'MAIL FROM:<alice@example.com>']),
