@@ -794,8 +794,7 @@ function isZero(data: Buffer): boolean {
   return true;
 }
 
-/** Whether the open file still has a name (a link in some folder); false too when it cannot be asked (closed meanwhile). */
-/** Whether the open file `fd` is still the file at `path` (not deleted, not moved away with a folder above it). */
+/** Whether the open file `fd` is still the file at `path` (not deleted, not moved away with a folder above it); false too when it cannot be asked (closed meanwhile). */
 function namedAt(path: string, fd: number): boolean {
   try {
     const open = fstatSync(fd);
