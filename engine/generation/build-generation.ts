@@ -26,6 +26,7 @@ import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
+import { cleartextPasswordListeners } from '../config/cleartext-passwords.ts';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
@@ -155,9 +156,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     if (l.limits.connectionsPerIpInStore && !config.store.redis) {
       warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
     }
-    const everyone = l.proxyProtocol?.trusted.find(trustsEveryClient);
-    if (everyone !== undefined) {
-      warnings.push({ listener: l.name, message: `proxyProtocol.trusted ${everyone} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers` });
+    const everyone = l.proxyProtocol?.trusted.findIndex(trustsEveryClient) ?? -1;
+    if (everyone >= 0) {
+      warnings.push({ listener: l.name, message: located(loaded, ['listeners', i, 'proxyProtocol', 'trusted', everyone], `${l.proxyProtocol!.trusted[everyone]} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers`) });
     }
     try {
       listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
@@ -165,6 +166,10 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       // A file that cannot be used is reported at the key (file and line) that names it.
       failed(err instanceof TlsFileError ? located(loaded, ['listeners', i, ...listenerTlsKey(l, err)], err.message) : err);
     }
+  }
+
+  for (const c of cleartextPasswordListeners(config)) {
+    warnings.push({ listener: config.listeners[c.listener]!.name, message: located(loaded, ['listeners', c.listener, 'auth', 'mechanisms'], c.message) });
   }
 
   // A policy service's unix socket that the start could not make (a reload's too: it would only defer the failure).

@@ -69,3 +69,48 @@ delivery:
   const fine = await runCli(['check', '--config', await scratch.file('own.yaml', own)]);
   assert.equal(fine.code, 0, fine.stderr);
 });
+
+test('PLAIN or LOGIN on a tls.mode none listener reachable beyond loopback: postern check and the start say so at the key\'s line', async () => {
+  // Accepted as it is (a balancer may end TLS), but never silently: every password would cross in clear text.
+  const listener = (listen: string, tls = '') => `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+localDomains: [example.com]
+listeners:
+  - name: submission
+    listen: "${listen}"
+    auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN] }
+${tls}`;
+  const warned = /^warning: (.*): listeners\[0\]\.auth\.mechanisms: PLAIN and LOGIN on tls\.mode none: passwords cross the network in clear text/m;
+  for (const listen of ['0.0.0.0:0', '[::]:0', '192.0.2.1:0']) {
+    const text = listener(listen).replace('EXTERNAL, ', '');
+    const config = await scratch.file('cleartext.yaml', text);
+    const r = await runCli(['check', '--config', config]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(warned.exec(r.stderr)?.[1], `${config}:${at(text, '[PLAIN')}`, `${listen}: ${r.stderr}`);
+  }
+  const quiet = [
+    listener('127.0.0.1:0').replace('EXTERNAL, ', ''), listener('[::1]:0').replace('EXTERNAL, ', ''), listener('localhost:0').replace('EXTERNAL, ', ''),
+    listener('0.0.0.0:0', `    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }\n`),
+  ];
+  for (const text of quiet) {
+    const r = await runCli(['check', '--config', await scratch.file('quiet.yaml', text)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /clear text/, text);
+  }
+
+  // The start's log says it too, with the same line.
+  const text = listener('0.0.0.0:0').replace('EXTERNAL, ', '');
+  const config = await scratch.file('start.yaml', text);
+  let log = '';
+  const sink = new Writable({ write(chunk, _enc, cb) { log += String(chunk); cb(); } });
+  const app = await startPostern({ configPath: config, logger: createLogger('info', sink) });
+  try {
+    const line = log.split('\n').find((l) => l.includes('clear text'));
+    assert.ok(line, log);
+    const entry = JSON.parse(line) as { level: number; msg: string };
+    assert.equal(entry.level, 40);
+    assert.ok(entry.msg.startsWith(`${config}:${at(text, '[PLAIN')}: listeners[0].auth.mechanisms: PLAIN and LOGIN on tls.mode none`), entry.msg);
+  } finally {
+    await app.close();
+  }
+});
