@@ -130,7 +130,7 @@ export const listenerSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only')
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the listener in logs and spool records, and to scripts as `connection.listener`. Must be unique.'),
   listen: hostPort
-    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0.'),
+    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0. On port 587 or 465 (submission) without `auth.required`, a start, a reload and `postern check` warn at this key\'s line: such a port takes anyone\'s mail for the local domains without a login (RFC 6409 §4.3).'),
   tls: tlsSchema.prefault({}),
   requireTls: z.boolean().default(false)
     .describe('Before TLS, MAIL FROM gets `530 5.7.0 Must issue a STARTTLS command first`. Needs `tls.mode` `starttls` or `implicit`. AUTH before TLS is refused on any TLS-capable listener, whatever this says (see [auth](#listenersauth)).'),
@@ -169,7 +169,7 @@ export const policyServiceSchema = z.strictObject({
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the service in logs, metrics and `postern status`, and to scripts as `connection.listener`. Must be unique among listeners and policy services.'),
   listen: z.string().regex(/^(unix:.+|(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5})$/, 'expected address:port or unix:/path')
     .meta({ format: '`address:port` or `unix:/path`' })
-    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches from its queue folder (`unix:/var/spool/postfix/postern/policy` is `check_policy_service unix:postern/policy`; see postfix-policy.md for the folder). Port `0` binds any free port.'),
+    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication; any other address is warned about at start, reload and by `postern check`), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches from its queue folder (`unix:/var/spool/postfix/postern/policy` is `check_policy_service unix:postern/policy`; see postfix-policy.md for the folder). Port `0` binds any free port.'),
   socket: z.strictObject({
     mode: z.string().regex(/^0?[0-7]{3}$/, 'octal mode, e.g. 0660').default('0660').describe('Permissions of the unix socket.'),
     owner: z.string().optional().describe('User (name or number) that owns the unix socket. Changing it needs root or CAP_CHOWN, which the systemd unit does not grant: give the socket a `group` instead.'),

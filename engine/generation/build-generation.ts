@@ -26,7 +26,7 @@ import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
-import { cleartextPasswordListeners } from '../config/cleartext-passwords.ts';
+import { exposures } from '../config/exposure.ts';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
@@ -168,9 +168,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     }
   }
 
-  for (const c of cleartextPasswordListeners(config)) {
-    warnings.push({ listener: config.listeners[c.listener]!.name, message: located(loaded, ['listeners', c.listener, 'auth', 'mechanisms'], c.message) });
-  }
+  for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
 
   // A policy service's unix socket that the start could not make (a reload's too: it would only defer the failure).
   progress.step = 'the policy services\' sockets';

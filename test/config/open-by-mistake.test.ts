@@ -114,3 +114,31 @@ ${tls}`;
     await app.close();
   }
 });
+
+test('a submission port without auth.required, and a policy service beyond loopback: said at the key\'s line', async () => {
+  // Port 587 set up like the MX: any client may submit without a login (RFC 6409 §4.3 wants MAIL refused).
+  // The literal port is what is known (a balancer's 587 forwarded to another port is not).
+  const text = `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+localDomains: [example.com]
+listeners:
+  - name: submission
+    listen: "127.0.0.1:587"
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    auth: { mechanisms: [PLAIN] }
+  - name: submissions
+    listen: "127.0.0.1:465"
+    tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
+    auth: { mechanisms: [PLAIN], required: true }
+policyServices:
+  - { name: policy, listen: "0.0.0.0:10040" }
+  - { name: local, listen: "127.0.0.1:10041" }
+`;
+  const config = await scratch.file('submission.yaml', text);
+  const r = await runCli(['check', '--config', config]);
+  assert.equal(r.code, 0, r.stderr);
+  const warned = r.stderr.split('\n').filter((l) => l.startsWith(`warning: ${config}:`));
+  assert.equal(warned.length, 2, r.stderr);
+  assert.ok(warned[0]!.startsWith(`warning: ${config}:${at(text, '"127.0.0.1:587"')}: listeners[0].listen: port 587 is for submission, but auth.required is false: any client may send here without a login`), warned[0]);
+  assert.ok(warned[1]!.startsWith(`warning: ${config}:${at(text, '"0.0.0.0:10040"')}: policyServices[0].listen: the policy protocol has no authentication`), warned[1]);
+});
