@@ -27,6 +27,8 @@ import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
+import { unloadedCrls } from '../pki/index.ts';
+import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
@@ -169,6 +171,12 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
 
   for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
+  for (const u of config.pki.dir ? await unloadedCrls(config, config.pki.dir) : []) {
+    const key = ['listeners', u.listener, 'tls', config.listeners[u.listener]!.tls.crlFiles.length ? 'crlFiles' : 'caFiles'];
+    if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
+    else warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}: a certificate revoked by postern pki revoke or the account page would still verify here; add it to tls.crlFiles`) });
+  }
 
   // A policy service's unix socket that the start could not make (a reload's too: it would only defer the failure).
   progress.step = 'the policy services\' sockets';
