@@ -15,7 +15,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
-import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
@@ -128,6 +128,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const present = new Set<string>();
   const folderThere = async (dir: string): Promise<void> => {
     if (await checkScriptsFolder(dir, loaded, options.scriptFoldersInForce) === 'present') present.add(dir);
+    for (const file of await strayScriptFiles(dir)) {
+      warnings.push({ message: `${file}: not a hook's script, so it never runs (the hooks are ${HOOK_NAMES.map((h) => `${h}.ts`).join(', ')}, or .js, .mjs)` });
+    }
   };
   for (const dir of dirs) {
     progress.step = `the scripts in ${dir}`;

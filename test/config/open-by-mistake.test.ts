@@ -2,7 +2,8 @@
 // by `postern check` and the start's log at the line of the key, never taken silently.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -141,4 +142,31 @@ policyServices:
   assert.equal(warned.length, 2, r.stderr);
   assert.ok(warned[0]!.startsWith(`warning: ${config}:${at(text, '"127.0.0.1:587"')}: listeners[0].listen: port 587 is for submission, but auth.required is false: any client may send here without a login`), warned[0]);
   assert.ok(warned[1]!.startsWith(`warning: ${config}:${at(text, '"0.0.0.0:10040"')}: policyServices[0].listen: the policy protocol has no authentication`), warned[1]);
+});
+
+test('a script file that implements no hook (rcptTo.ts, mail_from.js, rcptto.cjs) is said, not silently skipped', async () => {
+  // Its author meant a policy (here: refuse every recipient) that never runs: the built-in rules decide alone.
+  const dir = join(scratch.path, 'stray-scripts');
+  await mkdir(dir);
+  for (const name of ['rcptTo.ts', 'mail_from.js', 'rcptto.cjs']) await writeFile(join(dir, name), 'export default function () { return reject("no"); }\n');
+  await writeFile(join(dir, 'data.ts'), 'export default function () { return undefined; }\n');
+  // Not scripts: declarations for editors, editor leftovers, notes.
+  for (const name of ['postern.d.ts', '.rcptto.ts.swp', 'rcptto.ts~', '#rcptto.ts#', 'README.md', 'tsconfig.json']) await writeFile(join(dir, name), '');
+  const text = `dataDir: ${scratch.path}/data
+scripts: ${dir}
+localDomains: [example.com]
+listeners:
+  - { name: mx, listen: "127.0.0.1:0" }
+`;
+  const config = await scratch.file('stray.yaml', text);
+  const r = await runCli(['check', '--config', config]);
+  assert.equal(r.code, 0, r.stderr);
+  const warned = r.stderr.split('\n').filter((l) => l.includes('never runs')).map((l) => l.slice(0, l.indexOf(': not a hook')));
+  assert.deepEqual(warned, ['mail_from.js', 'rcptTo.ts', 'rcptto.cjs'].map((n) => `warning: ${join(dir, n)}`), r.stderr);
+
+  let log = '';
+  const sink = new Writable({ write(chunk, _enc, cb) { log += String(chunk); cb(); } });
+  const app = await startPostern({ configPath: config, logger: createLogger('info', sink) });
+  await app.close();
+  assert.ok(log.includes(`"msg":"${join(dir, 'rcptTo.ts')}: not a hook's script, so it never runs`), log);
 });
