@@ -31,19 +31,16 @@ test('a public CA in a listener\'s caFiles (the system bundle) is refused: any w
   // With relayClientCertificates (or a certificate field naming accounts, or EXTERNAL), anyone with a
   // certificate from a public CA (a Let's Encrypt one had clientAuth) would relay as a trusted client.
   const bundle = await scratch.file('clients-ca.crt', (await readFile(pki.ca.cert, 'utf8')) + rootCertificates.slice(0, 3).join('\n') + '\n');
-  const text = `dataDir: ${scratch.path}/data
+  /** A listener that lets every certificate verified against `caFile` relay; `more` is added to the file. */
+  const relaying = (caFile: string, more = '') => `dataDir: ${scratch.path}/data
 scripts: ${scratch.path}/scripts
 listeners:
   - name: submission
     listen: 127.0.0.1:0
     relayClientCertificates: true
-    tls:
-      mode: starttls
-      cert: ${pki.server.cert}
-      key: ${pki.server.key}
-      clientCertificates: request
-      caFiles: [${bundle}]
-`;
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${caFile}] }
+${more}`;
+  const text = relaying(bundle);
   const config = await scratch.file('postern.yaml', text);
   const line = new RegExp(`^${config}:${at(text, bundle)}: listeners\\[0\\]\\.tls\\.caFiles\\[0\\]: ${bundle}: ".*" is a public CA \\(the root ".*" of Mozilla's store, or issued by it\\): every certificate it issues, to anyone who asks, would verify as a client's`);
   const checked = await runCli(['check', '--config', config]);
@@ -57,16 +54,7 @@ listeners:
   });
 
   // Our own CA alone is fine; and delivery may verify next hops against public roots (that is what they are for).
-  const own = `dataDir: ${scratch.path}/data
-scripts: ${scratch.path}/scripts
-listeners:
-  - name: submission
-    listen: 127.0.0.1:0
-    relayClientCertificates: true
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-delivery:
-  caFiles: { public: ${bundle} }
-`;
+  const own = relaying(pki.ca.cert, `delivery:\n  caFiles: { public: ${bundle} }\n`);
   const fine = await runCli(['check', '--config', await scratch.file('own.yaml', own)]);
   assert.equal(fine.code, 0, fine.stderr);
 });

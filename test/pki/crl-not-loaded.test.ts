@@ -27,13 +27,8 @@ pki: { dir: ${ca} }
 listeners:
   - name: submission
     listen: 127.0.0.1:0
-    tls:
-      mode: starttls
-      cert: ${pki.server.cert}
-      key: ${pki.server.key}
-      clientCertificates: request
-      caFiles: [${copy}]
-${crl}    auth: { mechanisms: [EXTERNAL], required: true }
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${copy}]${crl} }
+    auth: { mechanisms: [EXTERNAL], required: true }
     certificateIdentity: { field: emailAddress, autoLogin: true }
   - name: inbound
     listen: 127.0.0.1:0
@@ -57,7 +52,7 @@ ${crl}    auth: { mechanisms: [EXTERNAL], required: true }
   assert.equal(revoked.stderr, `${line}, which revokes 1 certificate: here they would still verify (log in, relay); add it to tls.crlFiles\n`);
 
   // Loaded (by its path: a copy of the CRL would not see the next revocation): nothing to say.
-  const fixed = await postern(['check', '--config', await scratch.file('postern.yaml', text(`      crlFiles: [${join(ca, 'ca.crl')}]\n`))]);
+  const fixed = await postern(['check', '--config', await scratch.file('postern.yaml', text(`, crlFiles: [${join(ca, 'ca.crl')}]`))]);
   assert.equal(fixed.code, 0, fixed.stderr);
   assert.equal(fixed.stderr, '');
   const again = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
