@@ -15,7 +15,16 @@ const publicRoots = (): readonly X509Certificate[] => (roots ??= rootCertificate
 export function publicRootOf(ca: X509Certificate): string | null {
   for (const root of publicRoots()) {
     // A re-issued root (same name and key, other dates) is the same authority; so is the issuer of an intermediate.
-    if (root.raw.equals(ca.raw) || (ca.checkIssued(root) && ca.verify(root.publicKey))) return root.subject.split('\n').join(', ');
+    if (root.raw.equals(ca.raw) || (ca.checkIssued(root) && signedBy(ca, root))) return root.subject.split('\n').join(', ');
   }
   return null;
+}
+
+/** A signature OpenSSL cannot check (an algorithm it lacks) is no signature by that root. */
+function signedBy(ca: X509Certificate, root: X509Certificate): boolean {
+  try {
+    return ca.verify(root.publicKey);
+  } catch {
+    return false;
+  }
 }
