@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
+import { domainKey } from '../policy/domain-key.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -22,6 +23,12 @@ const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
  */
 const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
   'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
+const DOMAIN_LABELS = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
+/** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
+const isLocalDomain = (d: string): boolean => {
+  const key = domainKey(d);
+  return key.length <= 253 && (DOMAIN_LABELS.test(key) || /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
+};
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
@@ -295,8 +302,9 @@ export const configSchema = z.strictObject({
   dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
   scripts: path().default('./scripts')
     .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),
-  localDomains: z.array(z.string()).default([])
-    .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively and by their A-labels (an IDN may be written `bücher.example` or `xn--bcher-kva.example`, a recipient may use either). A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
+  // A wildcard or a stray `@` matched no recipient, silently: the domain meant to be local was refused as relay.
+  localDomains: z.array(z.string().refine(isLocalDomain, 'expected a domain name (no wildcards: list each domain, subdomains too) or an address literal such as [192.0.2.1]')).default([])
+    .describe('Recipient domains accepted at RCPT TO without relay permission: domain names, or address literals (`[192.0.2.1]`). A wildcard (`*.example.com`) or an `@` is refused: it would match no recipient, so the domain meant would be refused as relay; list each domain, subdomains too. Compared case-insensitively and by their A-labels (an IDN may be written `bücher.example` or `xn--bcher-kva.example`, a recipient may use either). A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
   users: path().optional()
     .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
   tables: z.record(z.string(), tableSchema).default({})

@@ -12,6 +12,7 @@ import { useScratchDir } from '../helpers/scratch.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { ConfigError } from '../../engine/config/config-error.ts';
+import { parseConfig } from '../../engine/config/load-config.ts';
 
 let pki: TestPki;
 const scratch = useScratchDir('postern-open-by-mistake-');
@@ -157,4 +158,18 @@ listeners:
   const app = await startPostern({ configPath: config, logger: createLogger('info', sink) });
   await app.close();
   assert.ok(log.includes(`"msg":"${join(dir, 'rcptTo.ts')}: not a hook's script, so it never runs`), log);
+});
+
+test('a localDomains entry no recipient can match (a wildcard, an @, an empty name) is refused at its line', () => {
+  // `*.example.com` meant "every subdomain" and matched nothing: their mail was refused as relay, silently.
+  const parse = (domains: string) => parseConfig(`localDomains: [${domains}]\nlisteners: [{ name: mx, listen: "127.0.0.1:0" }]\n`, 'p.yaml', '/tmp');
+  for (const bad of ['"*.example.com"', '"*"', '""', '"@example.com"', '"a b.example"']) {
+    assert.throws(() => parse(`example.com, ${bad}`), (err: Error) => {
+      assert.match(err.message, /^p\.yaml:1:\d+: localDomains\[1\]: expected a domain name \(no wildcards: list each domain, subdomains too\)/);
+      return true;
+    }, bad);
+  }
+  for (const good of ['example.com', 'Example.COM.', 'bücher.example', 'xn--bcher-kva.example', '"[192.0.2.1]"', '"[IPv6:2001:db8::1]"', 'localhost']) {
+    assert.deepEqual(parse(good).config.localDomains.length, 1, good);
+  }
 });
