@@ -39,3 +39,13 @@ export async function verifyPassword(phc: string | undefined, password: string, 
 
 /** A hash of `users` for verifyPassword's `like`: the parameters an unknown user's decoy is hashed with. */
 export const someHash = (users: ReadonlyMap<string, string>): string | undefined => users.values().next().value;
+
+/** Whether `phc` is an argon2 hash this library can read (a truncated or mistyped one matches no password, ever). */
+export function readableHash(phc: string): boolean {
+  try {
+    parseOptions(phc);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -5,6 +5,7 @@
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteToken } from '../certificates/key-material.ts';
+import { readableHash } from './password-hash.ts';
 
 export class UsersFileError extends Error {}
 
@@ -29,6 +30,8 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
     const hash = line.slice(colon + 1).trim();
     if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i}: expected "name:hash"`);
     if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);
+    // Cut short or mistyped in copying: that user could never log in, and nothing would say why.
+    if (!readableHash(hash)) throw new UsersFileError(`${file}:${i}: ${quoteToken(name)}: not a readable argon2 hash (cut short in copying?): make one with: postern hash-password`);
     if (users.has(name)) throw new UsersFileError(`${file}:${i}: duplicate user ${quoteToken(name)}`);
     users.set(name, hash);
   }

@@ -7,6 +7,7 @@ import { X509Certificate, createPrivateKey, createPublicKey, verify as cryptoVer
 import { x509 } from './x509-provider.ts';
 import { children, readTlv } from './der.ts';
 import { pemBlocks, pemToDer, toPem } from './digests.ts';
+import { publicRootOf } from './public-roots.ts';
 
 /** PEM strings for tls.createSecureContext's `ca` and `crl`, plus what is worth a log line. */
 export interface TrustMaterial {
@@ -70,8 +71,12 @@ export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ 
   return { cert: certs.join(''), key };
 }
 
-/** CA bundles (PEM) and CRLs (PEM or DER), checked; a CRL must be signed by one of the CAs. */
-export async function loadTrustMaterial(files: { caFiles: readonly string[]; crlFiles: readonly string[] }): Promise<TrustMaterial> {
+/**
+ * CA bundles (PEM) and CRLs (PEM or DER), checked; a CRL must be signed by one of the CAs. `forClients`: the
+ * CAs a listener verifies client certificates against, where a public CA is refused (public-roots.ts); a
+ * next hop's CA (delivery) may well be public.
+ */
+export async function loadTrustMaterial(files: { caFiles: readonly string[]; crlFiles: readonly string[]; forClients?: boolean }): Promise<TrustMaterial> {
   const ca: string[] = [];
   const authorities: x509.X509Certificate[] = [];
   const warnings: string[] = [];
@@ -85,6 +90,10 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
         cert = new x509.X509Certificate(pemToDer(pem));
       } catch (err) {
         throw new TlsFileError(file, 'ca', `unreadable certificate: ${message(err)}`);
+      }
+      const publicRoot = files.forClients ? publicRootOf(new X509Certificate(pemToDer(pem))) : null;
+      if (publicRoot !== null) {
+        throw new TlsFileError(file, 'ca', `"${cert.subject}" is a public CA (the root "${publicRoot}" of Mozilla's store, or issued by it): every certificate it issues, to anyone who asks, would verify as a client's (relay, certificate identity, AUTH EXTERNAL); list only the CA that issues your clients' certificates (not the system bundle)`);
       }
       if (cert.notAfter < now) warnings.push(`${file}: CA "${cert.subject}" expired on ${cert.notAfter.toISOString()}`);
       if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) warnings.push(`${file}: "${cert.subject}" is not a CA certificate`);

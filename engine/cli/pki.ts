@@ -12,7 +12,7 @@ import { openToOthers } from '../spool/data-dir-lock.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
 import {
-  initCa, issueDevice, listDevices, parseKeyType, parseReason, pinTableFiles, pkiDirOf, refreshCrl, removePin, revokeDevice,
+  initCa, issueDevice, listDevices, unloadedCrls, parseKeyType, parseReason, pinTableFiles, pkiDirOf, refreshCrl, removePin, revokeDevice,
   type CertificateFacts, type RevokeSelector,
 } from '../pki/index.ts';
 
@@ -197,8 +197,11 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
         for (const gone of await removePin(file, { pin: c.pinSha256 })) unpinned.push({ file, identity: gone.identity, pinSha256: gone.pinSha256 });
       }
     }
+    // A listener that trusts this CA without loading its CRL takes the revoked certificate as before: said, never implied.
+    const notLoaded = await unloadedCrls(config, dir);
+    for (const u of notLoaded) process.stderr.write(`warning: listener ${u.name} trusts this CA but does not load ${u.crl}: the revocation has no effect there; add it to its tls.crlFiles\n`);
     if (opts.json) {
-      printJson({ ...r, unpinned });
+      printJson({ ...r, unpinned, crlNotLoadedBy: notLoaded.map((u) => u.name) });
       return 0;
     }
     for (const c of r.revoked) print(`revoked ${c.identity} (device ${c.device}), serial ${c.serial}: ${c.revoked!.reason}`);

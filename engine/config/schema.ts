@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
+import { domainKey } from '../policy/domain-key.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -22,6 +23,12 @@ const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
  */
 const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
   'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
+const DOMAIN_LABELS = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
+/** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
+const isLocalDomain = (d: string): boolean => {
+  const key = domainKey(d);
+  return key.length <= 253 && (DOMAIN_LABELS.test(key) || /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
+};
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
@@ -44,7 +51,7 @@ const tlsSchema = z.strictObject({
   clientCertificates: z.enum(['none', 'request', 'require']).default('none')
     .describe('`none`: never ask. `request`: ask, and continue without a certificate or with an untrusted one. `require`: without a trusted (or pinned) certificate, reply `421 4.7.1` and close. See [client-certificates.md](client-certificates.md).'),
   caFiles: z.array(path()).default([])
-    .describe('PEM bundles, one or more certificates per file. These are the only CAs a client certificate is verified against; system and public roots are never used. Each bundle must include the root. A CA that has expired, or a certificate that is not a CA, is logged as a warning. Read only when `clientCertificates` is not `none`.'),
+    .describe('PEM bundles, one or more certificates per file. These are the only CAs a client certificate is verified against; system and public roots are never used. Each bundle must include the root. A public CA (one of the roots of Mozilla\'s store that Node ships, or a CA one of them issued, as in the system bundle) is refused: every certificate it issues, to anyone, would verify as a client\'s. A CA that has expired, or a certificate that is not a CA, is logged as a warning. Read only when `clientCertificates` is not `none`.'),
   crlFiles: z.array(path()).default([])
     .describe('CRLs in PEM (`X509 CRL` or `CRL` blocks, several per file) or DER. Each must be signed by a CA in `caFiles`, or the load fails. Once any CRL is configured, every CA in a client\'s chain needs its own CRL; a missing one gives the verdict `crl-missing`. An expired CRL is logged as a warning, and every certificate of its CA then fails with `CRL_HAS_EXPIRED`.'),
   strict: z.boolean().default(false)
@@ -130,13 +137,13 @@ export const listenerSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only')
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the listener in logs and spool records, and to scripts as `connection.listener`. Must be unique.'),
   listen: hostPort
-    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0.'),
+    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0. On port 587 or 465 (submission) without `auth.required`, a start, a reload and `postern check` warn at this key\'s line: such a port takes anyone\'s mail for the local domains without a login (RFC 6409 §4.3).'),
   tls: tlsSchema.prefault({}),
   requireTls: z.boolean().default(false)
     .describe('Before TLS, MAIL FROM gets `530 5.7.0 Must issue a STARTTLS command first`. Needs `tls.mode` `starttls` or `implicit`. AUTH before TLS is refused on any TLS-capable listener, whatever this says (see [auth](#listenersauth)).'),
   auth: z.strictObject({
     mechanisms: z.array(mechanism).default([])
-      .describe('SASL mechanisms. With an empty list, the AUTH command itself is disabled (`500 5.5.2 Error: command not recognized`). On a listener with `tls.mode` other than `none`, nothing is offered before TLS, and AUTH gets `538 5.7.11`. `EXTERNAL` is offered only after TLS and only with a usable client certificate; see [client-certificates.md](client-certificates.md#ehlo-what-is-offered-when). A response (initial or after `334`) that is not base64 gets `501 5.5.2 Invalid base64 in SASL response`, and `*` cancels with `501 5.7.0 Authentication aborted` (RFC 4954), for every mechanism.'),
+      .describe('SASL mechanisms. With an empty list, the AUTH command itself is disabled (`500 5.5.2 Error: command not recognized`). On a listener with `tls.mode` other than `none`, nothing is offered before TLS, and AUTH gets `538 5.7.11`. On `tls.mode: none`, `PLAIN` and `LOGIN` send passwords in clear text: unless the listener listens on loopback only, a start, a reload and `postern check` warn at this key\'s line (a balancer that ends TLS in front of it is the one sound use). `EXTERNAL` is offered only after TLS and only with a usable client certificate; see [client-certificates.md](client-certificates.md#ehlo-what-is-offered-when). A response (initial or after `334`) that is not base64 gets `501 5.5.2 Invalid base64 in SASL response`, and `*` cancels with `501 5.7.0 Authentication aborted` (RFC 4954), for every mechanism.'),
     required: z.boolean().default(false)
       .describe('MAIL, RCPT and DATA before a login get `530 5.7.0 Authentication required`. A login is a successful AUTH or a certificate `autoLogin`. With an empty `mechanisms` list the configuration must use `certificateIdentity` with `autoLogin` (the only way to log in), else it is refused.'),
   }).prefault({}).describe('SMTP AUTH: the mechanisms offered, and whether a login is required.'),
@@ -169,7 +176,7 @@ export const policyServiceSchema = z.strictObject({
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the service in logs, metrics and `postern status`, and to scripts as `connection.listener`. Must be unique among listeners and policy services.'),
   listen: z.string().regex(/^(unix:.+|(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5})$/, 'expected address:port or unix:/path')
     .meta({ format: '`address:port` or `unix:/path`' })
-    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches from its queue folder (`unix:/var/spool/postfix/postern/policy` is `check_policy_service unix:postern/policy`; see postfix-policy.md for the folder). Port `0` binds any free port.'),
+    .describe('TCP `address:port` (keep it on loopback: the protocol has no authentication; any other address is warned about at start, reload and by `postern check`), or `unix:/path` (relative to the configuration file\'s folder) for a socket Postfix reaches from its queue folder (`unix:/var/spool/postfix/postern/policy` is `check_policy_service unix:postern/policy`; see postfix-policy.md for the folder). Port `0` binds any free port.'),
   socket: z.strictObject({
     mode: z.string().regex(/^0?[0-7]{3}$/, 'octal mode, e.g. 0660').default('0660').describe('Permissions of the unix socket.'),
     owner: z.string().optional().describe('User (name or number) that owns the unix socket. Changing it needs root or CAP_CHOWN, which the systemd unit does not grant: give the socket a `group` instead.'),
@@ -295,8 +302,9 @@ export const configSchema = z.strictObject({
   dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
   scripts: path().default('./scripts')
     .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),
-  localDomains: z.array(z.string()).default([])
-    .describe('Recipient domains accepted at RCPT TO without relay permission. Compared case-insensitively and by their A-labels (an IDN may be written `bücher.example` or `xn--bcher-kva.example`, a recipient may use either). A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
+  // A wildcard or a stray `@` matched no recipient, silently: the domain meant to be local was refused as relay.
+  localDomains: z.array(z.string().refine(isLocalDomain, 'expected a domain name (no wildcards: list each domain, subdomains too) or an address literal such as [192.0.2.1]')).default([])
+    .describe('Recipient domains accepted at RCPT TO without relay permission: domain names, or address literals (`[192.0.2.1]`). A wildcard (`*.example.com`) or an `@` is refused: it would match no recipient, so the domain meant would be refused as relay; list each domain, subdomains too. Compared case-insensitively and by their A-labels (an IDN may be written `bücher.example` or `xn--bcher-kva.example`, a recipient may use either). A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
   users: path().optional()
     .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
   tables: z.record(z.string(), tableSchema).default({})
@@ -370,7 +378,7 @@ export const configSchema = z.strictObject({
     .describe('Record, for `postern replay`, the context each script call saw and the verdict it gave (no message bodies; headers of the data hook are included) in `<dataDir>/replay/`, one file per day and process. **Personal data**: addresses, client addresses, certificate subjects, login names and message headers; keep `keepDays` as short as your use needs and say so in your records of processing. Only hooks with a live script are recorded. See [authoring.md](authoring.md#replay).'),
   pki: z.strictObject({
     dir: path().optional()
-      .describe('The CA folder of `postern pki` (made by `postern pki init --dir`): `ca.crt`, `ca.key`, `ca.crl` and `issued.json`. Without it the commands look for a listener\'s `caFiles` entry with a `ca.key` beside it (the development PKI), or take `--dir`. See [client-certificates.md](client-certificates.md#issuing-and-revoking-device-certificates).'),
+      .describe('The CA folder of `postern pki` (made by `postern pki init --dir`): `ca.crt`, `ca.key`, `ca.crl` and `issued.json`. Without it the commands look for a listener\'s `caFiles` entry with a `ca.key` beside it (the development PKI), or take `--dir`. A listener that trusts this CA must load its `ca.crl` in `tls.crlFiles`, where revocations are written: without it a warning, and once the CRL revokes a certificate the configuration is refused (a revoked certificate would still verify there). See [client-certificates.md](client-certificates.md#issuing-and-revoking-device-certificates).'),
     warnDays: z.number().int().min(0).meta({ unit: 'days' }).default(14)
       .describe('A client certificate seen in the last 30 days that expires within this many days is logged as a warning once a day, and listed first by `postern pki list`.'),
   }).prefault({}).describe('Device certificates: where the CA of `postern pki` lives, and when an expiring certificate is reported.'),

@@ -15,7 +15,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
 import type { ListenerConfig } from '../config/schema.ts';
-import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, type ScriptSource } from '../sandbox/index.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
@@ -26,6 +26,9 @@ import { scriptText, type Logger } from '../logging/logger.ts';
 import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
+import { exposures } from '../config/exposure.ts';
+import { unloadedCrls } from '../pki/index.ts';
+import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
 export interface BuildOptions {
@@ -125,6 +128,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const present = new Set<string>();
   const folderThere = async (dir: string): Promise<void> => {
     if (await checkScriptsFolder(dir, loaded, options.scriptFoldersInForce) === 'present') present.add(dir);
+    for (const file of await strayScriptFiles(dir)) {
+      warnings.push({ message: `${file}: not a hook's script, so it never runs (the hooks are ${HOOK_NAMES.map((h) => `${h}.ts`).join(', ')}, or .js, .mjs)` });
+    }
   };
   for (const dir of dirs) {
     progress.step = `the scripts in ${dir}`;
@@ -155,9 +161,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     if (l.limits.connectionsPerIpInStore && !config.store.redis) {
       warnings.push({ listener: l.name, message: 'limits.connectionsPerIpInStore has no effect without store.redis: maxConnectionsPerIp is counted by this server alone' });
     }
-    const everyone = l.proxyProtocol?.trusted.find(trustsEveryClient);
-    if (everyone !== undefined) {
-      warnings.push({ listener: l.name, message: `proxyProtocol.trusted ${everyone} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers` });
+    const everyone = l.proxyProtocol?.trusted.findIndex(trustsEveryClient) ?? -1;
+    if (everyone >= 0) {
+      warnings.push({ listener: l.name, message: located(loaded, ['listeners', i, 'proxyProtocol', 'trusted', everyone], `${l.proxyProtocol!.trusted[everyone]} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers`) });
     }
     try {
       listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
@@ -165,6 +171,14 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       // A file that cannot be used is reported at the key (file and line) that names it.
       failed(err instanceof TlsFileError ? located(loaded, ['listeners', i, ...listenerTlsKey(l, err)], err.message) : err);
     }
+  }
+
+  for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
+  for (const u of config.pki.dir ? await unloadedCrls(config, config.pki.dir) : []) {
+    const key = ['listeners', u.listener, 'tls', config.listeners[u.listener]!.tls.crlFiles.length ? 'crlFiles' : 'caFiles'];
+    if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
+    else warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}: a certificate revoked by postern pki revoke or the account page would still verify here; add it to tls.crlFiles`) });
   }
 
   // A policy service's unix socket that the start could not make (a reload's too: it would only defer the failure).

@@ -10,6 +10,7 @@ export { listDevices, type DeviceRow, type DeviceStatus, type ListDevicesOptions
 export { readInventory, normalizeSerial, type DeviceCertificate, type Inventory } from './inventory.ts';
 export { addPin, removePin, listPins, pinOf, type AddPinOptions, type PinEntry, type RemovePinSelector } from './pins-file.ts';
 export { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
+export { unloadedCrls, type UnloadedCrl } from './crl-coverage.ts';
 export { pkiDirOf, pinTableOf, pinTableFiles, deviceNames, type PinTableRef } from './locate.ts';
 export { pkiPaths, KEY_TYPES, REVOCATION_REASONS, parseKeyType, parseReason, type DeviceKeyType, type PkiPaths, type RevocationReason } from './layout.ts';
 export { SightingRecorder, readSightings, sightingsDir, SIGHTING_MS, MAX_NAMELESS_RECORDS, type Sighting } from './sightings.ts';

@@ -6,7 +6,7 @@ export { Sandbox } from './sandbox.ts';
 export type { SandboxOptions, SandboxStats, IsolateStats, IsolateState } from './sandbox.ts';
 export { checkScripts, checkScriptDirectory } from './check-scripts.ts';
 export type { CheckOptions } from './check-scripts.ts';
-export { loadScriptDirectory } from './load-scripts.ts';
+export { loadScriptDirectory, strayScriptFiles } from './load-scripts.ts';
 export { prepareScript, prepareScripts } from './script-source.ts';
 export type { ScriptSource, ScriptFile } from './script-source.ts';
 export { ScriptError, ScriptErrors, ScriptFailure } from './errors.ts';

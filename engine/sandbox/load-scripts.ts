@@ -58,6 +58,23 @@ export async function loadScriptDirectory(dir: string): Promise<ScriptSource[]> 
   return scripts.sort((a, b) => order(a) - order(b));
 }
 
+/** What a script's name ends with, as an author may write it (every one a module Node or tsc would take). */
+const LOOKS_LIKE_A_SCRIPT = /\.(?:[cm]?[jt]s|tsx|jsx)$/i;
+/** Declarations (`postern.d.ts`, made for editors) and editor leftovers are no scripts. */
+const NOT_A_SCRIPT = /\.d\.[cm]?ts$|^[.#]|~$/i;
+
+/**
+ * Files of `dir` that look like a script but implement no hook, so never run: `rcptTo.ts`, `mail_from.ts`,
+ * `rcptto.cjs`. The policy their author meant to add is silently missing (and the built-in rules decide), so
+ * each is worth a warning. Nothing when the folder cannot be read (loadScriptDirectory reports that).
+ */
+export async function strayScriptFiles(dir: string): Promise<string[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  return names.sort()
+    .filter((name) => LOOKS_LIKE_A_SCRIPT.test(name) && !NOT_A_SCRIPT.test(name) && !parseScriptFileName(name))
+    .map((name) => join(dir, name));
+}
+
 /**
  * The longest script file read. Every isolate compiles and holds its own copy of a script, and the reloader
  * digests the folder too: a 1.5 GB file there (a log or an image copied in by mistake, a symlink to one) was read

@@ -28,7 +28,7 @@ export async function loadListenerTls(l: ListenerConfig): Promise<ListenerTls> {
   const pair = await loadKeyPair(l.tls.cert!, l.tls.key!);
   const trust = l.tls.clientCertificates === 'none'
     ? { ca: [], crl: [], warnings: [] }
-    : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles });
+    : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles, forClients: true });
   return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
 }
 

@@ -189,6 +189,14 @@ test('check reports every problem at once: a table, a users file and a script', 
   ]);
 });
 
+test('check refuses a users file whose hash was cut short: that user could never log in, and nothing said why', async () => {
+  const whole = '$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$QmFzZTY0SGFzaEJhc2U2NEhhc2hCYXNlNjRIYXNoISE';
+  const { dir, config } = await configFolder('cut-hash', { users: `alice@example.com:${whole}\nbob@example.com:${whole.slice(0, 40)}\n` });
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, `${join(dir, 'users')}:2: bob@example.com: not a readable argon2 hash (cut short in copying?): make one with: postern hash-password\n`);
+});
+
 /** The valid folder plus a delivery section naming outbound client certificates (and CA files). */
 async function deliveryFolder(name: string, delivery: string, files: Record<string, string> = {}): Promise<{ dir: string; config: string }> {
   const folder = await configFolder(name, files);

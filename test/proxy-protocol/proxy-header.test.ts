@@ -118,7 +118,7 @@ test('postern check warns about a trusted list that takes a PROXY header from ev
   const config = (trusted: string) => scratch.file('postern.yaml', `dataDir: ${scratch.path}/data\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", proxyProtocol: { trusted: [${trusted}] } }\n`);
   const open = await runCli(['check', '--config', await config('10.0.0.1, "::/0"')]);
   assert.equal(open.code, 0, open.stderr);
-  assert.match(open.stderr, /warning: proxyProtocol\.trusted ::\/0 trusts every address/);
+  assert.match(open.stderr, /warning: .*postern\.yaml:3:\d+: listeners\[0\]\.proxyProtocol\.trusted\[1\]: ::\/0 trusts every address/);
   // Every IPv4 client in its mapped spelling (a dual-stack listener names them so, and the check is made in both): as open.
   for (const mapped of ['"::ffff:0.0.0.0/96"', '"::/64"']) {
     const r = await runCli(['check', '--config', await config(`10.0.0.1, ${mapped}`)]);

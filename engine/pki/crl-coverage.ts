@@ -1,0 +1,48 @@
+/**
+ * Listeners that trust the CA `postern pki` manages but do not load the CRL it rewrites on each revocation:
+ * there a revoked certificate (a lost laptop, revoked by the command or the account page) still verifies,
+ * so it still logs in, relays and names its account. A copy of ca.crt elsewhere trusts the same
+ * certificates, so CAs are compared by content; a copy of ca.crl is not rewritten, so the CRL by path.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Config } from '../config/schema.ts';
+import { pemBlocks, pemToDer } from '../certificates/digests.ts';
+import { pkiPaths } from './layout.ts';
+import { readInventory } from './inventory.ts';
+
+export interface UnloadedCrl {
+  /** Index in `config.listeners`. */
+  listener: number;
+  name: string;
+  /** The CRL `postern pki revoke` writes. */
+  crl: string;
+  /** Certificates it revokes now (0: none yet; a revocation would still have no effect there). */
+  revoked: number;
+}
+
+const certificatesIn = async (file: string): Promise<Buffer[]> => {
+  try {
+    return pemBlocks(await readFile(file, 'utf8'), ['CERTIFICATE']).map(pemToDer);
+  } catch {
+    return []; // unreadable: the listener's own load reports it
+  }
+};
+
+/** The listeners that trust the CA of the folder `dir` without loading its CRL. */
+export async function unloadedCrls(config: Config, dir: string): Promise<UnloadedCrl[]> {
+  const paths = pkiPaths(dir);
+  const [ca] = await certificatesIn(paths.caCert);
+  if (!ca) return [];
+  const out: UnloadedCrl[] = [];
+  let revoked: number | undefined;
+  for (const [i, l] of config.listeners.entries()) {
+    if (l.tls.mode === 'none' || l.tls.clientCertificates === 'none') continue;
+    if (l.tls.crlFiles.some((f) => resolve(f) === resolve(paths.crl))) continue;
+    const trusts = (await Promise.all(l.tls.caFiles.map(certificatesIn))).some((certs) => certs.some((c) => c.equals(ca)));
+    if (!trusts) continue;
+    revoked ??= await readInventory(paths).then((inv) => inv.certificates.filter((c) => c.revoked).length + inv.otherRevoked.length, () => 0);
+    out.push({ listener: i, name: l.name, crl: paths.crl, revoked });
+  }
+  return out;
+}

@@ -1,0 +1,61 @@
+// A listener that trusts the CA of pki.dir but does not load the CRL `postern pki revoke` rewrites took a revoked
+// certificate as before: a lost laptop, revoked, still logged in (autoLogin) and relayed, while the command said
+// the server applies the revocation. Now the command says so, and a start, reload and check refuse it.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { useScratchDir } from '../helpers/scratch.ts';
+import { postern } from './helpers.ts';
+
+let pki: TestPki;
+const scratch = useScratchDir('postern-crl-not-loaded-');
+before(async () => { pki = await makeTestPki(); });
+
+test('trusting pki.dir\'s CA (a copy of ca.crt too) without its CRL: a warning, and once it revokes anything a refusal, at the key\'s line', async () => {
+  const ca = join(scratch.path, 'ca');
+  assert.equal((await postern(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA'])).code, 0);
+  await mkdir(join(scratch.path, 'scripts'));
+  // The administrator copied the CA certificate to /etc/postern and forgot crlFiles.
+  const copy = join(scratch.path, 'clients-ca.crt');
+  await copyFile(join(ca, 'ca.crt'), copy);
+  const text = (crl: string) => `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+localDomains: [example.com]
+pki: { dir: ${ca} }
+listeners:
+  - name: submission
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${copy}]${crl} }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { field: emailAddress, autoLogin: true }
+  - name: inbound
+    listen: 127.0.0.1:0
+`;
+  const config = await scratch.file('postern.yaml', text(''));
+  const before = text('').slice(0, text('').indexOf(`[${copy}]`)).split('\n');
+  const line = `${config}:${before.length}:${before.at(-1)!.length + 1}: listeners[0].tls.caFiles: trusts the CA of ${ca} but does not load its CRL ${join(ca, 'ca.crl')}`;
+
+  const none = await postern(['check', '--config', config]);
+  assert.equal(none.code, 0, none.stderr);
+  assert.ok(none.stderr.includes(`warning: ${line}: a certificate revoked by postern pki revoke or the account page would still verify here; add it to tls.crlFiles`), none.stderr);
+
+  assert.equal((await postern(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', scratch.path])).code, 0);
+  const revoke = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
+  assert.equal(revoke.code, 0, revoke.stderr);
+  assert.match(revoke.stdout, /^revoked alice@example\.com \(device laptop\)/m);
+  assert.equal(revoke.stderr, `warning: listener submission trusts this CA but does not load ${join(ca, 'ca.crl')}: the revocation has no effect there; add it to its tls.crlFiles\n`);
+
+  const revoked = await postern(['check', '--config', config]);
+  assert.equal(revoked.code, 1, revoked.stderr);
+  assert.equal(revoked.stderr, `${line}, which revokes 1 certificate: here they would still verify (log in, relay); add it to tls.crlFiles\n`);
+
+  // Loaded (by its path: a copy of the CRL would not see the next revocation): nothing to say.
+  const fixed = await postern(['check', '--config', await scratch.file('postern.yaml', text(`, crlFiles: [${join(ca, 'ca.crl')}]`))]);
+  assert.equal(fixed.code, 0, fixed.stderr);
+  assert.equal(fixed.stderr, '');
+  const again = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(again.stderr, '');
+});
