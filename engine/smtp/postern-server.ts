@@ -418,8 +418,12 @@ export class PosternServer extends SMTPServer {
 
   #refuseRemoved(socket: net.Socket): void {
     const refusal = reply('listenerRemoved');
-    this.runtime.logger.info({ listener: this.listenerName, client: clientAddress(socket), reason: refusal.reason },
-      `connection refused: ${refusal.responseCode} ${refusal.message}`);
+    const client = clientAddress(socket);
+    // A decision line as every refusal a client reads has (decision-log.ts): no session, so no helo, user or certificate.
+    this.runtime.logger.info({
+      decision: 'defer', stage: 'CONNECT', client, listener: this.listenerName,
+      code: refusal.responseCode, enhanced: refusal.enhanced, reply: refusal.text, reason: refusal.reason,
+    }, `NOQUEUE: defer: CONNECT from unknown[${client}]: ${refusal.responseCode} ${refusal.enhanced} ${refusal.text}; proto=SMTP`);
     refusalCounted('CONNECT', refusal.responseCode, refusal.reason);
     connectRefusalCounted(this.listenerName, refusal.reason);
     socket.on('error', () => undefined);
