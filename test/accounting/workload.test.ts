@@ -88,7 +88,7 @@ before(async () => {
         name: 'require', listen: '127.0.0.1:{PORT:require}', reverseDns: false,
         tls: { mode: 'starttls', cert: pki.server.cert, key: pki.server.key, clientCertificates: 'require', caFiles: [pki.ca.cert] }, limits,
       },
-      { name: 'smtps', listen: '127.0.0.1:{PORT:smtps}', reverseDns: false, tls: { mode: 'implicit', cert: pki.server.cert, key: pki.server.key }, limits },
+      { name: 'smtps', listen: '127.0.0.1:{PORT:smtps}', reverseDns: false, tls: { mode: 'implicit', cert: pki.server.cert, key: pki.server.key, clientCertificates: 'request', caFiles: [pki.ca.cert] }, limits },
     ],
   };
   c = await startCluster({ config: stringify(config), scripts: SCRIPTS, files: { users: `alice@example.test:${await hashPassword(PASSWORD)}\n` } });
@@ -105,6 +105,13 @@ const seen = {
   connections: {} as Record<string, number>,
   /** Sessions whose first reply (the greeting's place) refused them. */
   refusedAtConnect: 0,
+  /** TLS handshakes the clients completed, by whether they showed a certificate. */
+  tls: { none: 0, verified: 0 },
+  /**
+   * Of those, the clients that left right after their handshake: smtp-server drops a handshake whose 'secure' event
+   * comes after the client's close, so the server may not count it (nor log `TLS established`).
+   */
+  tlsLeftAtOnce: 0,
 };
 
 /** One client session: its replies go into `seen` as they are read. */
@@ -114,7 +121,13 @@ class Session {
   constructor(client: SmtpTestClient) { this.client = client; }
   static async open(listener: string, opts: { implicitTls?: TlsClientOptions; localAddress?: string } = {}): Promise<Session> {
     seen.connections[listener] = (seen.connections[listener] ?? 0) + 1;
-    return new Session(await SmtpTestClient.connect(c.port(listener), opts));
+    const session = new Session(await SmtpTestClient.connect(c.port(listener), opts));
+    if (opts.implicitTls) seen.tls[opts.implicitTls.cert ? 'verified' : 'none']++;
+    return session;
+  }
+  async starttls(opts: TlsClientOptions): Promise<void> {
+    await this.client.starttls(opts);
+    seen.tls[opts.cert ? 'verified' : 'none']++;
   }
   note(r: Reply): Reply {
     if (r.code >= 400) seen.refusals.push(r.text.split('\n').at(-1)!);
@@ -129,7 +142,7 @@ class Session {
     const helo = opts.helo ?? 'client.example';
     if ((await this.say(`EHLO ${helo}`)).code !== 250) return false;
     if (opts.tls) {
-      await this.client.starttls(opts.tls);
+      await this.starttls(opts.tls);
       if ((await this.say(`EHLO ${helo}`)).code !== 250) return false;
     }
     return true;
@@ -252,7 +265,8 @@ const SCENARIOS: Record<string, Scenario> = {
     await s.say('EHLO client.example');
     if (at === 'ehlo') return s.leave();
     if (at === 'tls') {
-      await s.client.starttls(anonymousTls);
+      await s.starttls(anonymousTls);
+      seen.tlsLeftAtOnce++;
       return s.leave();
     }
     if (at === 'deciding') {
@@ -375,6 +389,10 @@ test(`a seeded mix of ${SESSIONS} sessions (seed ${SEED}): logs, metrics and sta
   assert.equal(sum('postern_auth_attempts_total', (l) => l.includes('result="failure"')), seen.authFailure, 'failed AUTH attempts');
   const connections = Object.fromEntries(Object.keys(seen.connections).map((listener) => [listener, sum('postern_smtp_connections_total', (l) => l.includes(`listener="${listener}"`))]));
   assert.deepEqual(connections, seen.connections, 'connections by listener');
+  assert.equal(sum('postern_tls_handshakes_total', (l) => l.includes('client_certificate="verified"')), seen.tls.verified, 'TLS handshakes with a verified certificate');
+  const handshakes = sum('postern_tls_handshakes_total', (l) => l.includes('client_certificate="none"'));
+  assert.ok(handshakes <= seen.tls.none && handshakes >= seen.tls.none - seen.tlsLeftAtOnce, `TLS handshakes without a certificate: ${handshakes} of ${seen.tls.none} (${seen.tlsLeftAtOnce} left at once)`);
+  assert.equal(sum('postern_tls_handshake_failures_total'), 0, 'no failed handshake');
   assert.equal(sum('postern_smtp_connections_refused_total'), seen.refusedAtConnect, 'connections refused in place of the greeting');
   // A script's defer() and a script's failure read the same to the client (451 4.3.0): the lines' reasons tell them apart.
   const failedLines = decisions().filter((l) => /^script \w+ failed/.test(String(l.reason)));
