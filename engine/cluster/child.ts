@@ -110,8 +110,25 @@ async function main(): Promise<void> {
   const stop = (): Promise<void> => (stopping ??= (async () => {
     accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
     await running?.close({ endsWithSignal: recycling });
+    await lastWords();
     end();
   })());
+  // The counters as they are at the end, for the supervisor's /metrics (cluster-metrics.ts): what this process
+  // counted since the last scrape would otherwise go with it. Sent before the exit (its callback: written to
+  // the channel), waited for a few seconds at most.
+  const lastWords = async (): Promise<void> => {
+    if (!process.connected) return;
+    const metrics = await registry.getMetricsAsJSON();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 5000);
+      try {
+        process.send!({ t: 'metrics-last', metrics }, undefined, {}, () => { clearTimeout(timer); resolve(); });
+      } catch {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  };
   // A parked isolate thread keeps process.exit() from returning (unrecoverable.ts): then end with a signal.
   const end = (): void => {
     if (exitMayHang()) process.kill(process.pid, 'SIGKILL');

@@ -392,6 +392,8 @@ export class Supervisor {
   }
 
   #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
+    // A stopping child's counters, sent before it exits (child.ts): read even if its exit was seen first.
+    if (m.t === 'metrics-last') return this.#clusterMetrics.lastWords(proc, (m as { metrics?: MetricObjectWithValues<MetricValue<string>>[] }).metrics ?? []);
     if (child.proc !== proc) return;
     child.lastBeat = performance.now();
     const send = (msg: object): void => { if (proc.connected) proc.send(msg); };

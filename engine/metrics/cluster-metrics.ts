@@ -6,7 +6,9 @@
  * then count the whole remaining sum again as new (a spike in every alert on refusals, deliveries, restarts).
  * So the last answer of each child is kept: it stands in for the child when it does not answer, and when the
  * child exits its counters and histograms (not its gauges: what it held is gone with it) are added to every
- * scrape from then on. What a child counted after its last scrape is lost with it, as before.
+ * scrape from then on. A child that stops of its own accord (recycled: its sandbox cannot recover; stopped) sends its
+ * counters as its last words, so what it counted after its last scrape stays counted too; what a killed child
+ * (crashed, hung) counted after its last scrape is lost with it.
  */
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import { MAX_NEXT_HOPS } from './metrics.ts';
@@ -76,11 +78,24 @@ export class ClusterMetrics {
     return answer;
   }
 
+  /** Children whose exit was seen (their last words may come after it: IPC and the exit are not ordered). */
+  readonly #gone = new WeakSet<object>();
+
+  /** The child's final answer, sent as it stops: it stands for the child from now on, and after its exit. */
+  lastWords(child: object, answer: MetricsAnswer): void {
+    if (this.#gone.has(child)) this.#retire(answer);
+    else this.#last.set(child, answer);
+  }
+
   /** The child's process exited: what it counted stays counted. */
   exited(child: object): void {
     const last = this.#last.get(child);
     this.#last.delete(child);
-    if (!last) return;
+    this.#gone.add(child);
+    if (last) this.#retire(last);
+  }
+
+  #retire(last: MetricsAnswer): void {
     const kept = this.#bounded(last.filter((m) => CUMULATIVE.has(String(m.type))).map(withoutProcessLabels));
     // aggregate() registers each merged metric as its plain values (and a get() that returns them): read at once.
     this.#retired = AggregatorRegistry.aggregate([this.#retired, kept]).getMetricsAsArray()

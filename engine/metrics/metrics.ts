@@ -37,7 +37,7 @@ const SPOOL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 
 export const metrics = {
   connections: new Counter({
-    name: 'postern_smtp_connections_total', help: 'SMTP connections accepted, by listener',
+    name: 'postern_smtp_connections_total', help: 'SMTP connections accepted, by listener (those refused in place of the greeting included)',
     labelNames: ['listener'] as const, registers: [registry],
   }),
   connectionsRefused: new Counter({

@@ -73,6 +73,8 @@ export class ConnectionState {
   releaseSlot: (() => void) | null = null;
   /** The session closed (a slot taken after that goes back at once). */
   closed = false;
+  /** Postern closed the connection without sending its refusal (tls.strict): a refusal still, though unsent. */
+  closedUnanswered = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
   /** The start of the Received header (up to the queue id) and the spool envelope's session, and the facts they were built from. */

@@ -86,6 +86,13 @@ export async function receiveMessage(
     };
     const full = spoolIsFull(runtime);
     if (full) throw reply(full);
+    // The client left while its message was decided on (a slow data script): no 250 can reach it, so it will send
+    // the message again. Kept, it would be delivered twice, and counted and logged as accepted by no client.
+    if (st.closed || conn._socket.destroyed) {
+      runtime.logger.info({ cid: conn.id, id, client: conn.remoteAddress },
+        `${id}: the client left before its message was acknowledged: not kept (nrcpt=${recipients.length}, size=${writer.bytes})`);
+      throw Object.assign(new Error('the client left before the end of its message was answered'), { code: 'ECONNECTION' });
+    }
     // Held before it is committed: once committed the queue may take it at once. A hold whose message then
     // fails to commit is left behind, harmless (its id is never used again), and removed at the next start.
     if (decision.hold) await runtime.spool.hold(id, { at: now, by: null, script: decision.hold });

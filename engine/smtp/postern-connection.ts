@@ -257,9 +257,15 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     // otherwise (its own size limit, a timeout), and then its reply goes out as its own.
     if (decided !== null && decided.reply.responseCode === code) {
       const { reply: sent, stage, facts } = decided;
+      const clientLeft = !this.#replyReaches() && !this.state.closedUnanswered;
       if (sent.refuses) {
-        this.#refusalCounted(stage, code, sent.reason);
-        logRefusal(this.#server.runtime.logger, this, stage, sent, facts);
+        // The decision stands (its line says why), but a client that left got no refusal: not counted as one.
+        if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
+        logRefusal(this.#server.runtime.logger, this, stage, sent, facts, !clientLeft);
+      } else if (clientLeft && stage === 'END-OF-MESSAGE') {
+        // Spooled (and delivered), but the client never read its 250: it may send the message again.
+        this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },
+          `the client left before its 250 after DATA: the message stays spooled and may come again (${sent.message})`);
       }
       super.send(code, this.#utf8Replies() ? sent.message : asciiReplyText(sent.message), false);
       // smtp-server closes after a 421 itself.
@@ -271,11 +277,18 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
-    // Once closed, a reply reaches nobody (smtp-server's 450 for a message cut off by the close): no decision line.
-    if (code >= 400 && !this._closed) this.#logProtocolRefusal(code, data, context);
+    // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the
+    // client left): no decision line, no refusal counted.
+    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context);
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
+  }
+
+  /** Whether a reply sent now is written (smtp-server's own test in its send()): not once the client has left. */
+  #replyReaches(): boolean {
+    const socket = this._socket as net.Socket | undefined;
+    return !this._closed && !this._upgrading && !!socket && !socket.destroyed && socket.readyState === 'open';
   }
 
   /**

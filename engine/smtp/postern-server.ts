@@ -409,6 +409,9 @@ export class PosternServer extends SMTPServer {
     connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
     connection.state.connectionRateDecided = this.#rateDecided.get(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
+    // Counted as it starts: a connection refused before onConnect (too many clients, talking before the greeting)
+    // is one too, as postern_smtp_connections_refused_total counts it (refused never more than taken).
+    metrics.connections.inc({ listener: connection.state.listener.name });
     connectionOf.set(connection.session, connection);
     self.connections.add(connection);
     connection.on('error', (err: Error) => self._onError(err));
@@ -418,8 +421,13 @@ export class PosternServer extends SMTPServer {
 
   #refuseRemoved(socket: net.Socket): void {
     const refusal = reply('listenerRemoved');
-    this.runtime.logger.info({ listener: this.listenerName, client: clientAddress(socket), reason: refusal.reason },
-      `connection refused: ${refusal.responseCode} ${refusal.message}`);
+    const client = clientAddress(socket);
+    // A decision line as every refusal a client reads has (decision-log.ts): no session, so no helo, user or certificate.
+    this.runtime.logger.info({
+      decision: 'defer', stage: 'CONNECT', client, listener: this.listenerName,
+      code: refusal.responseCode, enhanced: refusal.enhanced, reply: refusal.text, reason: refusal.reason,
+    }, `NOQUEUE: defer: CONNECT from unknown[${client}]: ${refusal.responseCode} ${refusal.enhanced} ${refusal.text}; proto=SMTP`);
+    metrics.connections.inc({ listener: this.listenerName });
     refusalCounted('CONNECT', refusal.responseCode, refusal.reason);
     connectRefusalCounted(this.listenerName, refusal.reason);
     socket.on('error', () => undefined);
@@ -434,7 +442,6 @@ export class PosternServer extends SMTPServer {
 
   override onConnect(session: SMTPServerSession, callback: Done): void {
     const conn = this.#conn(session);
-    metrics.connections.inc({ listener: conn.state.listener.name });
     if (conn.state.overIpLimit) {
       const over = conn.state.ipCountNow;
       if (!over) return this.#refuseOverIpLimit(conn, callback);

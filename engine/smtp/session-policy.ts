@@ -259,6 +259,7 @@ export class SessionPolicy {
     }
     if (tls.strict && cert && !cert.verified && !st.identity.pinned) {
       // Strict: no SMTP session at all for an untrusted certificate (mox's handshake-level refusal).
+      conn.state.closedUnanswered = true;
       socket.destroy();
       return reply('certificateNotTrustedStrict');
     }
@@ -282,6 +283,7 @@ export class SessionPolicy {
     const tls = conn.state.listener.tls;
     this.#log.info({ cid: conn.id, reason }, 'client certificate unreadable: treated as none');
     if (tls.strict) {
+      conn.state.closedUnanswered = true;
       socket.destroy();
       return reply('certificateNotTrustedStrict');
     }

@@ -426,10 +426,17 @@ const ROWS = {
       await reloaded(stringify(config), 'the configuration without the listener is reloaded');
       await s.say('MAIL FROM:<someone@example.net>');
       assert.ok(await s.c.waitClosed());
-      // A new connection to its port (bound until a restart) gets the same reply at once.
+      // A new connection to its port (bound until a restart) gets the same reply at once, and its own line.
       const late = await SmtpTestClient.connect(port('main', 'doomed'));
-      assert.equal((await late.read()).text, '421 4.3.2 Service not available, closing transmission channel');
+      const refused = await late.read();
+      assert.equal(refused.text, '421 4.3.2 Service not available, closing transmission channel');
       assert.ok(await late.waitClosed());
+      await until('the late connection\'s decision line', () => main.logs.some((l) => isDecision(l) && l.stage === 'CONNECT' && l.reason === REPLIES.listenerRemoved.reason));
+      const lateLines = main.logs.filter((l) => isDecision(l) && l.stage === 'CONNECT' && l.reason === REPLIES.listenerRemoved.reason);
+      assert.equal(lateLines.length, 1, JSON.stringify(lateLines));
+      assert.equal(`${lateLines[0]!.code} ${lateLines[0]!.enhanced} ${lateLines[0]!.reply}`, refused.text, 'the line has the reply the client got');
+      assert.match(String(lateLines[0]!.msg), /^NOQUEUE: defer: CONNECT from unknown\[127\.0\.0\.1\]: 421 4\.3\.2 /);
+      main.logs.splice(main.logs.indexOf(lateLines[0]!), 1); // checked here: the row's checks that follow are of the session's one line
       await reloaded(before, 'the listener is back');
       return s.seen;
     },

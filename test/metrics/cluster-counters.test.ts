@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startCluster, workerPid, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, workerPid, greeted, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { needs } from '../helpers/example.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
@@ -82,5 +82,31 @@ test('the queue gauges while the queue process is down: the queue as it is, not 
     assert.equal(during, 1, 'the message is still queued');
   } finally {
     await q.stop();
+  }
+});
+
+test('a worker that is recycled (its sandbox cannot recover) sends its counters as it stops: what it counted since the last scrape stays counted', { timeout: 180_000 }, async () => {
+  // An isolate thread parked for good (a builtin V8 cannot interrupt, on an isolate thread): the worker drains and is replaced.
+  const hang = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n";
+  const r = await startCluster({ config: `${ONE_WORKER}admin: { listen: "127.0.0.1:{PORT:admin}" }\nsandbox: { fastPathMs: 0 }\n`, scripts: { 'rcptto.js': hang } });
+  try {
+    const first = await workerPid(r, 0);
+    // Never scraped before the worker goes: all it counted reaches /metrics only as its last words.
+    for (let i = 0; i < 2; i++) await submitMessage(r.port('in'), 'a@example.net', ['b@example.test']);
+    const client = await greeted(r);
+    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
+    assert.match((await client.command('RCPT TO:<hang@example.test>', 30_000)).text, /^451 4\.3\.0/);
+    await client.quit().catch(() => undefined);
+    await r.waitFor('the worker replaced', async () => {
+      const p = (await r.cluster()).processes.find((x) => x.role === 'worker' && x.index === 0);
+      return p?.ready && p.pid && p.pid !== first;
+    });
+    assert.ok(r.logs.some((l) => /^worker 0 is being replaced: its sandbox cannot recover/.test(String(l.msg))), 'recycled, not killed');
+    const m = await scrapeMetrics(r.port('admin'));
+    assert.equal(m.get('postern_messages_accepted_total{listener="in"}'), 2, 'its accepted messages');
+    assert.equal(m.get('postern_smtp_refusals_total{stage="RCPT",class="4xx",reason="script rcptto failed (fail closed)"}'), 1, 'its refusal');
+    assert.equal(m.get('postern_script_failures_total{hook="rcptto",kind="timeout",source="smtp"}'), 1, 'its script failure');
+  } finally {
+    await r.stop();
   }
 });
