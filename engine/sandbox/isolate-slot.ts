@@ -7,6 +7,7 @@ import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
+import { KEPT_LIST_MIN, KeptLists, ListView, type ListWire } from './kept-lists.ts';
 import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, stackFrames, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
@@ -258,6 +259,7 @@ export class IsolateSlot {
   #onThread: readonly HookName[] = [];
   readonly #keptConnections = new KeptKeys();
   readonly #keptCertificates = new KeptKeys();
+  readonly #keptLists = new KeptLists();
   #disposedByUs = false;
   #cutOff = false;
   /** CPU time (ms) the isolate spent on the last fast-path entry that was stopped at its budget. */
@@ -394,15 +396,23 @@ export class IsolateSlot {
    * One call as it crosses, with what crosses of `ctx.connection` given what the isolate keeps; the isolate
    * will keep what it is sent (the host counts it kept now: see callBatch for when it forgets).
    */
-  #wire({ hook, ctx, shared }: BatchCall, callId: number): CallWire {
-    if (!shared) return [hook, ctx, null, null, false, null, null, false, callId];
+  #wire({ hook, ctx: given, shared }: BatchCall, callId: number): CallWire {
+    // A long recipient list crosses as what this isolate has not seen of it (kept-lists.ts); a short one whole.
+    let ctx = given;
+    let recipients: ListWire | null = null;
+    const transaction = (given as { transaction?: { recipients?: unknown } }).transaction;
+    if (transaction?.recipients instanceof ListView && transaction.recipients.length >= KEPT_LIST_MIN) {
+      recipients = this.#keptLists.wire(transaction.recipients);
+      ctx = { ...given, transaction: { ...transaction, recipients: null } };
+    }
+    if (!shared) return [hook, ctx, null, null, false, null, null, false, callId, recipients];
     const { key, certificateKey } = shared;
     const connection = key === undefined ? SEND : this.#keptConnections.need(key);
     const keyName = key === undefined ? null : this.#keptConnections.name(key);
     this.#keptConnections.add(key);
     // The certificate only matters when the connection itself crosses.
     if (!connection.send || certificateKey === undefined) {
-      return [hook, ctx, keyName, connection.send ? shared.connection : null, connection.forget, null, null, false, callId];
+      return [hook, ctx, keyName, connection.send ? shared.connection : null, connection.forget, null, null, false, callId, recipients];
     }
     const certificate = this.#keptCertificates.need(certificateKey);
     const certificateName = this.#keptCertificates.name(certificateKey);
@@ -410,7 +420,7 @@ export class IsolateSlot {
     // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
     return [
       hook, ctx, keyName, { ...shared.connection, clientCertificate: null }, connection.forget,
-      certificateName, certificate.send ? shared.certificate ?? null : null, certificate.forget, callId,
+      certificateName, certificate.send ? shared.certificate ?? null : null, certificate.forget, callId, recipients,
     ];
   }
 
@@ -476,6 +486,7 @@ export class IsolateSlot {
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
+      this.#keptLists.reset();
       entries = [];
       stopped = isTimeout(e) && !this.#isolate.isDisposed;
       // The stopped entry's leftover continuations run first in the next one: code of attempts that are run
@@ -1084,6 +1095,7 @@ export class IsolateSlot {
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
+      this.#keptLists.reset();
       const cause = this.#failedWith.get(callId) ?? e;
       this.#failedWith.delete(callId);
       if (cause instanceof RunAgain) throw cause; // another call's code lost the isolate under this one
