@@ -50,9 +50,10 @@ export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
 /**
  * Entries into isolates by this process, on the event-loop thread and on isolate threads: what a call costs
- * is mostly how often it enters (test/bench/sandbox-rate.ts reads these).
+ * is mostly how often it enters (test/bench/sandbox-rate.ts reads these); and the characters of the calls'
+ * JSON sent in (what a call copies in: test/sandbox/kept-recipients.test.ts counts it).
  */
-export const slotEntries = { eventLoop: 0, isolateThread: 0 };
+export const slotEntries = { eventLoop: 0, isolateThread: 0, callChars: 0 };
 
 /**
  * Deliveries started without waiting for the end of the turn (see IsolateSlot.#scheduleFlush): one per turn of
@@ -471,7 +472,9 @@ export class IsolateSlot {
     try {
       slotEntries.eventLoop++;
       // A promise that settled within the entry (its awaits answered at once) comes out in the same copy.
-      const out = this.#run.applySync(undefined, [JSON.stringify(wire), false, tag, this.#boxTaken], this.#entryOptions(fastPathMs)) as unknown;
+      const calls = JSON.stringify(wire);
+      slotEntries.callChars += calls.length;
+      const out = this.#run.applySync(undefined, [calls, false, tag, this.#boxTaken], this.#entryOptions(fastPathMs)) as unknown;
       this.#boxTaken = true;
       if (out !== null && typeof out === 'object') {
         const { e, f } = out as Partial<SettledBox>;
@@ -1083,6 +1086,7 @@ export class IsolateSlot {
   ): Promise<unknown> {
     const callId = ++this.#nextCallId;
     const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId)]);
+    slotEntries.callChars += calls.length;
     let wire: unknown;
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     this.#owners.set(callId, journal.attempt());
