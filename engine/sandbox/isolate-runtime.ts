@@ -864,7 +864,11 @@ export function installRuntime(
         if (copy === undefined) {
           copy = new Array<unknown>(length);
           for (let i = 0; i < length; i++) copy[i] = copyData(items[i]);
-          own(copy);
+          try {
+            own(copy);
+          } catch {
+            // The script froze ctx.transaction: the property stays a getter, giving this same copy.
+          }
         }
         return copy;
       },

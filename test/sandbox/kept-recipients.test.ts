@@ -24,12 +24,18 @@ listeners:
 const SCRIPTS = {
   // `probe`: refused, with what the call saw (count, a replaced entry, a digest of the whole list).
   // `slow`: outruns the fast path (the entry is stopped, what the isolate keeps is unknown to the host).
+  // `frozen`: the script freezes ctx.transaction before it reads the list (which is made as it is first read).
   // Every other call vandalises its own copy in every way it can.
   'rcptto.ts': `
     const summary = (r) => r.length + ' ' + (r[5]?.address ?? '-') + ' ' + sha256(JSON.stringify(r));
     export default function (ctx) {
       if (ctx.address.localPart === 'probe') return reject('seen ' + summary(ctx.transaction.recipients));
       if (ctx.address.localPart === 'slow') { const until = Date.now() + 30; while (Date.now() < until); }
+      if (ctx.address.localPart === 'frozen') {
+        Object.freeze(ctx.transaction);
+        if (ctx.transaction.recipients !== ctx.transaction.recipients || !ctx.transaction.recipients.length) return reject('frozen');
+        return;
+      }
       const r = ctx.transaction.recipients;
       if (r.length) { r[0].address = 'evil@example.net'; r[0].params.EVIL = true; r[r.length - 1].domain = 'evil'; }
       r.push({ address: 'extra@example.net', localPart: 'extra', domain: 'example.net', params: {} });
@@ -59,7 +65,10 @@ function expected(addresses: string[]): string {
 /** RCPT each of `addresses`, pipelined; every one must be accepted. */
 async function recipients(c: SmtpTestClient, addresses: string[]): Promise<void> {
   for (const a of addresses) c.write(`RCPT TO:<${a}>`);
-  for (const a of addresses) assert.equal((await c.read()).code, 250, a);
+  for (const a of addresses) {
+    const r = await c.read();
+    assert.equal(r.code, 250, `${a}: ${r.text}`);
+  }
 }
 
 async function probe(c: SmtpTestClient): Promise<string> {
@@ -88,8 +97,8 @@ test('every call sees the whole list as its own copy: short and long, two connec
   listA[5] = 'A5@example.com';
   assert.equal(await probe(a), expected(listA));
   // A call stopped at the fast path's budget: the host no longer knows what the isolate keeps, and sends it all again.
-  await recipients(a, ['slow@example.com', ...names('a', 40, 60)]);
-  listA.push('slow@example.com', ...names('a', 40, 60));
+  await recipients(a, ['slow@example.com', 'frozen@example.com', ...names('a', 40, 60)]);
+  listA.push('slow@example.com', 'frozen@example.com', ...names('a', 40, 60));
   assert.equal(await probe(a), expected(listA));
   await recipients(b, names('b', 25, 30));
   listB.push(...names('b', 25, 30));
@@ -111,12 +120,16 @@ test('what a RCPT copies into the isolate does not grow with the recipients befo
     return (slotEntries.callChars - start) / count;
   };
   await perRcpt(0, 20);
-  const early = await perRcpt(20, 20);
-  // Over many RCPTs: each isolate is sent each recipient once (a call on another isolate than the last one's
-  // catches that isolate up), so the average, not every RCPT, is what stays the same.
-  const late = await perRcpt(40, 600);
-  // Before: each call carried every recipient so far (about 90 characters each): 30 times as much here.
-  assert.ok(late < early * 2, `per RCPT ${early} characters at 20-40 recipients, ${late} at 40-640`);
+  // Windows of 20 RCPTs, compared by their median: a call stopped at the fast path's budget (a loaded machine)
+  // makes the host send that isolate every list whole once more, and so does a call on another isolate than
+  // the last one's the first time; neither is the cost of a RCPT.
+  const windows: number[] = [];
+  for (let from = 20; from < 640; from += 20) windows.push(await perRcpt(from, 20));
+  const median = (xs: number[]) => xs.toSorted((x, y) => x - y)[xs.length >> 1]!;
+  const early = median(windows.slice(0, 5));
+  const late = median(windows.slice(-7));
+  // Before: each call carried every recipient so far (about 90 characters each): 20 times as much here.
+  assert.ok(late < early * 1.5, `per RCPT ${early} characters at 20-120 recipients, ${late} at 500-640`);
   await c.quit();
 });
 
