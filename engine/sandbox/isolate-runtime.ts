@@ -847,12 +847,14 @@ export function installRuntime(
   function keptRecipients(transaction: unknown, w: ListWire): void {
     if (w[3]) lists = create(null);
     let list = lists[w[0]];
-    if (w[1] === 0) list = lists[w[0]] = { items: [], seen: 0 };
-    // The host's count of what is kept is wrong: no list to show, so the call fails (closed).
-    if (list === undefined || list.seen !== w[1]) throw new Error('the runner lost the recipient list');
+    if (list === undefined && w[1] === 0) list = lists[w[0]] = { items: [], seen: 0 };
+    // The host counts only what it knows arrived: this isolate never has fewer changes. Else there is no list
+    // to show, and the call fails (closed).
+    if (list === undefined || list.seen < w[1]) throw new Error('the runner lost the recipient list');
+    // The changes it has (sent again after a stopped entry that had taken them) are skipped.
     const changes = w[2];
-    for (let i = 0; i < changes.length; i++) list.items[changes[i]![0]] = changes[i]![1];
-    list.seen += changes.length;
+    for (let i = list.seen - w[1]; i < changes.length; i++) list.items[changes[i]![0]] = changes[i]![1];
+    if (w[1] + changes.length > list.seen) list.seen = w[1] + changes.length;
     if (transaction === null || typeof transaction !== 'object') return;
     const items = list.items;
     const length = w[4];

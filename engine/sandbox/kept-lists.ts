@@ -81,17 +81,24 @@ export type ListWire = [name: string, from: number, changes: Change[], forget: b
 const KEPT_LISTS = 64;
 const KEPT_ITEMS = 16_384;
 
+/** A list as sent with one call: confirm() it once the call ran (the isolate then has its changes). */
+export interface SentList { readonly wire: ListWire; readonly kept: { confirmed: number }; readonly count: number }
+
 /**
- * Which lists one isolate keeps, as far as the host knows, and how many changes of each it has. As with the
- * connection facts (KeptKeys), counted as the call is sent: reset() when an entry is stopped or fails.
+ * Which lists one isolate keeps, as far as the host knows, and how many changes of each it has for certain: a
+ * call is sent the changes past that (confirmed once the call ran). A stopped entry leaves the count where it
+ * was: the isolate may have taken the changes or not, and it skips those it has (see keptRecipients in
+ * isolate-runtime.ts), so a stop costs no list being sent whole again.
  */
 export class KeptLists {
-  #kept = new Map<readonly Change[], { name: string; seen: number }>();
+  #kept = new Map<readonly Change[], { name: string; confirmed: number; length: number }>();
   #items = 0;
   #nextName = 0;
   #forgetNext = false;
+  /** A call that told the isolate to forget every list, not known to have run. */
+  #forgetSent: SentList | null = null;
 
-  wire(view: ListView<unknown>): ListWire {
+  wire(view: ListView<unknown>): SentList {
     let forget = this.#forgetNext;
     if (!forget && !this.#kept.has(view.changes) && (this.#kept.size >= KEPT_LISTS || this.#items + view.length > KEPT_ITEMS)) forget = true;
     if (forget) {
@@ -100,15 +107,29 @@ export class KeptLists {
       this.#items = 0;
     }
     let kept = this.#kept.get(view.changes);
-    if (kept === undefined || kept.seen > view.changeCount) {
+    if (kept === undefined || kept.confirmed > view.changeCount) {
       // Names are never given again (a list forgotten and sent anew is another list to the isolate).
-      kept = { name: `l${(this.#nextName++).toString(36)}`, seen: 0 };
+      kept = { name: `l${(this.#nextName++).toString(36)}`, confirmed: 0, length: 0 };
       this.#kept.set(view.changes, kept);
     }
-    const from = kept.seen;
-    this.#items += view.changeCount - from;
-    kept.seen = view.changeCount;
-    return [kept.name, from, view.changes.slice(from, view.changeCount) as Change[], forget, view.length];
+    if (view.length > kept.length) {
+      this.#items += view.length - kept.length;
+      kept.length = view.length;
+    }
+    const from = kept.confirmed;
+    const sent: SentList = { wire: [kept.name, from, view.changes.slice(from, view.changeCount) as Change[], forget, view.length], kept, count: view.changeCount };
+    if (forget) this.#forgetSent = sent;
+    return sent;
+  }
+
+  confirm(sent: SentList): void {
+    if (sent.kept.confirmed < sent.count) sent.kept.confirmed = sent.count;
+    if (this.#forgetSent === sent) this.#forgetSent = null;
+  }
+
+  /** An entry was stopped or failed: only a forget it may not have done makes the host's counts unknown. */
+  stopped(): void {
+    if (this.#forgetSent !== null) this.reset();
   }
 
   /** The host no longer knows what the isolate keeps: every list is sent anew, and the isolate forgets first. */
@@ -116,5 +137,6 @@ export class KeptLists {
     this.#kept.clear();
     this.#items = 0;
     this.#forgetNext = true;
+    this.#forgetSent = null;
   }
 }

@@ -97,7 +97,9 @@ test('every call sees the whole list as its own copy: short and long, two connec
   listA[5] = 'A5@example.com';
   assert.equal(await probe(a), expected(listA));
   // A call stopped at the fast path's budget: the host no longer knows what the isolate keeps, and sends it all again.
+  const onThreads = slotEntries.isolateThread;
   await recipients(a, ['slow@example.com', 'frozen@example.com', ...names('a', 40, 60)]);
+  assert.ok(slotEntries.isolateThread > onThreads, 'the slow call was stopped and ran again on an isolate thread');
   listA.push('slow@example.com', 'frozen@example.com', ...names('a', 40, 60));
   assert.equal(await probe(a), expected(listA));
   await recipients(b, names('b', 25, 30));
@@ -135,16 +137,23 @@ test('what a RCPT copies into the isolate does not grow with the recipients befo
 
 test('an isolate forgets the lists it keeps past its bound; names are never given again; a list of repeats stays bounded', () => {
   const kept = new KeptLists();
+  const send = (view: ReturnType<GrowingList<number>['view']>, ran = true) => {
+    const sent = kept.wire(view);
+    if (ran) kept.confirm(sent);
+    return sent.wire;
+  };
   const lists = Array.from({ length: 70 }, () => new GrowingList<number>());
   for (const l of lists) for (let i = 0; i < 20; i++) l.push(i);
-  const wires = lists.map((l) => kept.wire(l.view()));
+  const wires = lists.map((l) => send(l.view()));
   assert.equal(wires.filter((w) => w[3]).length, 1); // the 65th forgets the 64 before it
   assert.equal(new Set(wires.map((w) => w[0])).size, 70);
-  const again = kept.wire(lists[0]!.view());
+  const again = send(lists[0]!.view());
   assert.deepEqual([again[1], again[2].length], [0, 20]); // forgotten: sent whole
   lists[69]!.push(20);
-  const next = kept.wire(lists[69]!.view());
+  const next = send(lists[69]!.view(), false); // its entry stopped: the host does not know whether it arrived
   assert.deepEqual([next[0], next[1], next[2]], [wires[69]![0], 20, [[20, 20]]]); // kept: only the change
+  lists[69]!.push(21);
+  assert.deepEqual(send(lists[69]!.view()).slice(1, 3), [20, [[20, 20], [21, 21]]]); // sent again from what is certain
   const repeats = new GrowingList<number>();
   for (let i = 0; i < 20; i++) repeats.push(i);
   for (let i = 0; i < 10_000; i++) repeats.set(5, i);
