@@ -833,10 +833,16 @@ export function installRuntime(
       for (let i = 0; i < value.length; i++) out[i] = copyData(value[i]);
       return out;
     }
-    const out = {};
+    const out: Record<string, unknown> = {};
     const own = keys(value);
-    // define(), not assignment: a key `__proto__` (JSON.parse makes it an own property) stays a property.
-    for (let i = 0; i < own.length; i++) define(out, own[i]!, copyData((value as Record<string, unknown>)[own[i]!]));
+    for (let i = 0; i < own.length; i++) {
+      const key = own[i]!;
+      const item = copyData((value as Record<string, unknown>)[key]);
+      // Assigned (defining each property made every copy a slow dictionary object), but a key `__proto__`
+      // (JSON.parse makes it an own property) is defined: assigned, it would set the copy's prototype.
+      if (key === '__proto__') define(out, key, item);
+      else out[key] = item;
+    }
     return out;
   };
   /**

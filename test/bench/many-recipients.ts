@@ -2,7 +2,8 @@
  * Server CPU for one transaction of N pipelined RCPTs with an rcptto script (default 100, 1000 and 4000):
  * what a RCPT costs as the recipient list grows. The server runs in this process; the client only writes
  * the commands and counts reply lines, so the process's CPU over the RCPTs is the server's.
- * `node test/bench/many-recipients.ts [counts…]`, `ROUNDS` (default 3) rounds each, the median printed.
+ * `node test/bench/many-recipients.ts [counts…]`, `ROUNDS` (default 3) rounds each, the median printed; `READS=1`: the
+ * script reads ctx.transaction.recipients on every call.
  */
 import net from 'node:net';
 import { startTestServer } from '../helpers/postern.ts';
@@ -20,7 +21,10 @@ listeners:
     tls: { mode: none }
     limits: { greetingDelayMs: 0, maxRecipients: ${max} }
 `,
-  scripts: { 'rcptto.ts': `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }` },
+  // READS=1: the script reads the recipient list too (docs/scripts.md's example: a limit on its length).
+  scripts: { 'rcptto.ts': process.env.READS === '1'
+    ? `export default function (ctx) { if (ctx.transaction.recipients.length > 5000) return defer('later'); if (!ctx.builtin.accepted) return reject('relay'); }`
+    : `export default function (ctx) { if (!ctx.builtin.accepted) return reject('relay'); }` },
 });
 
 /** CPU ms the process spent over one transaction of `n` pipelined RCPTs, and how many got 250. */
