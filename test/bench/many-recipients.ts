@@ -6,21 +6,14 @@
  * script reads ctx.transaction.recipients on every call.
  */
 import net from 'node:net';
-import { startTestServer } from '../helpers/postern.ts';
+import { PLAIN_MX_CONFIG, startTestServer } from '../helpers/postern.ts';
 
 const counts = process.argv.slice(2).map(Number).filter((n) => n > 0);
 const rounds = Number(process.env.ROUNDS ?? 3);
 const max = Math.max(...(counts.length ? counts : [4000]));
 
 const server = await startTestServer({
-  config: `
-localDomains: [example.com]
-listeners:
-  - name: mx
-    listen: 127.0.0.1:0
-    tls: { mode: none }
-    limits: { greetingDelayMs: 0, maxRecipients: ${max} }
-`,
+  config: PLAIN_MX_CONFIG.replace('greetingDelayMs: 0', `greetingDelayMs: 0, maxRecipients: ${max}`),
   // READS=1: the script reads the recipient list too (docs/scripts.md's example: a limit on its length).
   scripts: { 'rcptto.ts': process.env.READS === '1'
     ? `export default function (ctx) { if (ctx.transaction.recipients.length > 5000) return defer('later'); if (!ctx.builtin.accepted) return reject('relay'); }`
