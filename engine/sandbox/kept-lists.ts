@@ -23,10 +23,6 @@ export class GrowingList<T> {
     return this.#items.length;
   }
 
-  at(index: number): T | undefined {
-    return this.#items[index];
-  }
-
   push(item: T): void {
     this.#change(this.#items.length, item);
   }
