@@ -10,6 +10,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { openTransaction, type SmtpTestClient } from '../helpers/smtp-client.ts';
 import { slotEntries } from '../../engine/sandbox/isolate-slot.ts';
 import { GrowingList, KeptLists } from '../../engine/sandbox/kept-lists.ts';
+import { envelopeAddress } from '../../engine/smtp/script-context.ts';
 
 const CONFIG = `
 localDomains: [example.com]
@@ -53,12 +54,9 @@ let server: TestServer;
 before(async () => { server = await startTestServer({ config: CONFIG, scripts: SCRIPTS }); });
 after(() => server.stop());
 
-/** What scripts should see of `addresses`: EnvelopeAddress objects as JSON, digested as the scripts do. */
+/** What scripts should see of `addresses` (the EnvelopeAddress of each, as JSON), digested as the scripts do. */
 function expected(addresses: string[]): string {
-  const list = addresses.map((address) => {
-    const at = address.lastIndexOf('@');
-    return { address, localPart: address.slice(0, at), domain: address.slice(at + 1).toLowerCase(), params: {} };
-  });
+  const list = addresses.map((address) => envelopeAddress({ address, args: false }));
   return `${addresses.length} ${addresses[5] ?? '-'} ${createHash('sha256').update(JSON.stringify(list)).digest('hex')}`;
 }
 
