@@ -16,7 +16,7 @@ export interface HookCall {
   /** The SMTP listener, or a policy service (which has no shadow scripts); undefined for predelivery. */
   listener: (Pick<ListenerConfig, 'scripts'> & Partial<Pick<ListenerConfig, 'name' | 'shadowScripts'>>) | undefined;
   hook: HookName;
-  /** The context the script saw (plain data, as it crossed into the sandbox). */
+  /** The context the script saw (plain data, as it crossed into the sandbox; an SMTP transaction's recipients are a ListView, whose JSON is the array). */
   ctx: object;
   connectionId: string | null;
   connectionKey: string | undefined;

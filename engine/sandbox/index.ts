@@ -20,3 +20,4 @@ export { abandonedRunningScripts, exitMayHang, mustRecycle, onMustRecycle, onUnr
 export type { UnrecoverableListener } from './unrecoverable.ts';
 export { openMessageText, closeMessageText, copyMessageText, MAX_MESSAGE_TEXT_BYTES, NO_MESSAGE_BODY } from './message-texts.ts';
 export type { BodyReader } from './message-texts.ts';
+export { GrowingList, KEPT_LIST_MIN, ListView } from './kept-lists.ts';

@@ -3,6 +3,7 @@
  * evaluated once in each isolate's context, where it defines the helper globals and the call runner.
  * It must therefore be self-contained — no imports, no references to anything outside its body.
  */
+import type { ListWire } from './kept-lists.ts';
 
 /** The host callbacks the runtime is given (isolated-vm Callbacks: arguments and results are copied). */
 export interface RuntimeHost {
@@ -49,6 +50,8 @@ export type CallWire = [
   certificateKey: string | null, certificate: unknown, certificateForget: boolean,
   /** The host's id of the call, unique in the isolate's life: a promise it returns settles under it (takeSettled). */
   callId: number,
+  /** `ctx.transaction.recipients` when long: what changed of the list the isolate keeps (kept-lists.ts), null when it is in ctx. */
+  recipients: ListWire | null,
 ];
 
 /**
@@ -819,6 +822,68 @@ export function installRuntime(
     // A literal and an object spread define their properties: no setter on Object.prototype is called.
     return { connection, ...(ctx as object) };
   }
+
+  // Long lists the host sent as their changes (kept-lists.ts), by name: `items` as of `seen` changes.
+  let lists: Record<string, { items: unknown[]; seen: number }> = create(null);
+  /** Plain data (as parsed from JSON) copied: the script's own copy, sharing nothing with what is kept. */
+  const copyData = (value: unknown): unknown => {
+    if (value === null || typeof value !== 'object') return value;
+    if (isArray(value)) {
+      const out = new Array<unknown>(value.length);
+      for (let i = 0; i < value.length; i++) out[i] = copyData(value[i]);
+      return out;
+    }
+    const out: Record<string, unknown> = {};
+    const own = keys(value);
+    for (let i = 0; i < own.length; i++) {
+      const key = own[i]!;
+      const item = copyData((value as Record<string, unknown>)[key]);
+      // Assigned (defining each property made every copy a slow dictionary object), but a key `__proto__`
+      // (JSON.parse makes it an own property) is defined: assigned, it would set the copy's prototype.
+      if (key === '__proto__') define(out, key, item);
+      else out[key] = item;
+    }
+    return out;
+  };
+  /**
+   * `ctx.transaction.recipients` from the list the isolate keeps, brought up to date with the changes sent. The
+   * script's copy is made when it first reads the property (a script that never reads it costs nothing per
+   * recipient), then is an ordinary property: reading it again gives the same array, assigning replaces it.
+   */
+  function keptRecipients(transaction: unknown, w: ListWire): void {
+    if (w[3]) lists = create(null);
+    let list = lists[w[0]];
+    if (list === undefined && w[1] === 0) list = lists[w[0]] = { items: [], seen: 0 };
+    // The host counts only what it knows arrived: this isolate never has fewer changes. Else there is no list
+    // to show, and the call fails (closed).
+    if (list === undefined || list.seen < w[1]) throw new Error('the runner lost the recipient list');
+    // The changes it has (sent again after a stopped entry that had taken them) are skipped.
+    const changes = w[2];
+    for (let i = list.seen - w[1]; i < changes.length; i++) list.items[changes[i]![0]] = changes[i]![1];
+    if (w[1] + changes.length > list.seen) list.seen = w[1] + changes.length;
+    if (transaction === null || typeof transaction !== 'object') return;
+    const items = list.items;
+    const length = w[4];
+    let copy: unknown[] | undefined;
+    const own = (value: unknown): void => define(transaction, 'recipients', value);
+    defineProperty(transaction, 'recipients', {
+      // The items past `length` are later calls' (a getter kept by a script and called later does not see them).
+      get: () => {
+        if (copy === undefined) {
+          copy = new Array<unknown>(length);
+          for (let i = 0; i < length; i++) copy[i] = copyData(items[i]);
+          try {
+            own(copy);
+          } catch {
+            // The script froze ctx.transaction: the property stays a getter, giving this same copy.
+          }
+        }
+        return copy;
+      },
+      set: own,
+      enumerable: true, configurable: true,
+    });
+  }
   // Outcomes of promises calls returned that have settled, by call id (see takeSettled()), and how many
   // (a for…in to ask whether there are any would build a key list per entry).
   let finished: Record<number, string> = create(null);
@@ -865,6 +930,7 @@ export function installRuntime(
     loggedChars = 0;
     currentCall = callId;
     try {
+      if (c[9] !== null) keptRecipients((ctx as { transaction?: unknown }).transaction, c[9]);
       const context = assemble(ctx, c) as Record<string, unknown>;
       // The host sends the data hook's message as a token; the script sees ctx.message.text() instead.
       const message = hook === 'data' && context !== null && typeof context === 'object' ? context.message as { token?: unknown } | undefined : undefined;

@@ -7,6 +7,7 @@ import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
+import { KEPT_LIST_MIN, KeptLists, ListView, type SentList } from './kept-lists.ts';
 import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, stackFrames, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
@@ -49,9 +50,10 @@ export { TEARDOWN_GRACE_MS, teardownGrace } from './ivm-workarounds.ts';
 
 /**
  * Entries into isolates by this process, on the event-loop thread and on isolate threads: what a call costs
- * is mostly how often it enters (test/bench/sandbox-rate.ts reads these).
+ * is mostly how often it enters (test/bench/sandbox-rate.ts reads these); and the characters of the calls'
+ * JSON sent in (what a call copies in: test/sandbox/kept-recipients.test.ts counts it).
  */
-export const slotEntries = { eventLoop: 0, isolateThread: 0 };
+export const slotEntries = { eventLoop: 0, isolateThread: 0, callChars: 0 };
 
 /**
  * Deliveries started without waiting for the end of the turn (see IsolateSlot.#scheduleFlush): one per turn of
@@ -258,6 +260,10 @@ export class IsolateSlot {
   #onThread: readonly HookName[] = [];
   readonly #keptConnections = new KeptKeys();
   readonly #keptCertificates = new KeptKeys();
+  readonly #keptLists = new KeptLists();
+  /** The long lists sent with the calls of the batch being run, and the index of the call of each (see callBatch). */
+  readonly #sentLists: SentList[] = [];
+  readonly #sentListCalls: number[] = [];
   #disposedByUs = false;
   #cutOff = false;
   /** CPU time (ms) the isolate spent on the last fast-path entry that was stopped at its budget. */
@@ -394,15 +400,26 @@ export class IsolateSlot {
    * One call as it crosses, with what crosses of `ctx.connection` given what the isolate keeps; the isolate
    * will keep what it is sent (the host counts it kept now: see callBatch for when it forgets).
    */
-  #wire({ hook, ctx, shared }: BatchCall, callId: number): CallWire {
-    if (!shared) return [hook, ctx, null, null, false, null, null, false, callId];
+  #wire({ hook, ctx: given, shared }: BatchCall, callId: number, sent?: SentList[]): CallWire {
+    // A long recipient list crosses as what this isolate has not seen of it (kept-lists.ts); a short one whole.
+    // `sent` collects it, to confirm once the call ran.
+    let ctx = given;
+    let recipients: CallWire[9] = null;
+    const transaction = (given as { transaction?: { recipients?: unknown } }).transaction;
+    if (transaction?.recipients instanceof ListView && transaction.recipients.length >= KEPT_LIST_MIN) {
+      const list = this.#keptLists.wire(transaction.recipients);
+      sent?.push(list);
+      recipients = list.wire;
+      ctx = { ...given, transaction: { ...transaction, recipients: null } };
+    }
+    if (!shared) return [hook, ctx, null, null, false, null, null, false, callId, recipients];
     const { key, certificateKey } = shared;
     const connection = key === undefined ? SEND : this.#keptConnections.need(key);
     const keyName = key === undefined ? null : this.#keptConnections.name(key);
     this.#keptConnections.add(key);
     // The certificate only matters when the connection itself crosses.
     if (!connection.send || certificateKey === undefined) {
-      return [hook, ctx, keyName, connection.send ? shared.connection : null, connection.forget, null, null, false, callId];
+      return [hook, ctx, keyName, connection.send ? shared.connection : null, connection.forget, null, null, false, callId, recipients];
     }
     const certificate = this.#keptCertificates.need(certificateKey);
     const certificateName = this.#keptCertificates.name(certificateKey);
@@ -410,7 +427,7 @@ export class IsolateSlot {
     // With a certificate key the certificate crosses apart (or not at all), never inside the connection.
     return [
       hook, ctx, keyName, { ...shared.connection, clientCertificate: null }, connection.forget,
-      certificateName, certificate.send ? shared.certificate ?? null : null, certificate.forget, callId,
+      certificateName, certificate.send ? shared.certificate ?? null : null, certificate.forget, callId, recipients,
     ];
   }
 
@@ -446,7 +463,9 @@ export class IsolateSlot {
       const journal = c.journal ?? new OperationJournal();
       if (journals) journals[i] = journal;
       this.#owners.set(id, journal.attempt());
-      wire[i] = this.#wire(c, id); // the isolate keeps them as it runs the batch, before the next call needs them
+      const listsBefore = this.#sentLists.length;
+      wire[i] = this.#wire(c, id, this.#sentLists); // the isolate keeps them as it runs the batch, before the next call needs them
+      if (this.#sentLists.length > listsBefore) this.#sentListCalls.push(i);
     }
     this.#entryPool = journals && { tag, journals, pool: null };
     // Log lines outside any call's own (a promise's callbacks, run after the batch) are held, then told.
@@ -461,7 +480,9 @@ export class IsolateSlot {
     try {
       slotEntries.eventLoop++;
       // A promise that settled within the entry (its awaits answered at once) comes out in the same copy.
-      const out = this.#run.applySync(undefined, [JSON.stringify(wire), false, tag, this.#boxTaken], this.#entryOptions(fastPathMs)) as unknown;
+      const calls = JSON.stringify(wire);
+      slotEntries.callChars += calls.length;
+      const out = this.#run.applySync(undefined, [calls, false, tag, this.#boxTaken], this.#entryOptions(fastPathMs)) as unknown;
       this.#boxTaken = true;
       if (out !== null && typeof out === 'object') {
         const { e, f } = out as Partial<SettledBox>;
@@ -476,6 +497,7 @@ export class IsolateSlot {
       // Which calls' facts the isolate took in is unknown now.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
+      this.#keptLists.stopped();
       entries = [];
       stopped = isTimeout(e) && !this.#isolate.isDisposed;
       // The stopped entry's leftover continuations run first in the next one: code of attempts that are run
@@ -500,9 +522,13 @@ export class IsolateSlot {
         this.#current = null;
         this.#entryPool = null;
         for (const id of ids) this.#retire(id, true);
+        this.#sentLists.length = this.#sentListCalls.length = 0;
         return calls.map(() => 'alone');
       }
     }
+    // The lists of the calls that ran (before a stopped one, or all) are in the isolate now.
+    for (let k = 0; k < this.#sentLists.length; k++) if (entries[this.#sentListCalls[k]!] !== undefined) this.#keptLists.confirm(this.#sentLists[k]!);
+    this.#sentLists.length = this.#sentListCalls.length = 0;
     // Log lines after the calls' own (a promise's callbacks) belong to the one call that returned a promise, if one did;
     // with one call in the entry, to it whatever it returned: the runtime ran its continuations under its id, as the
     // operations they start are its own (a `counter().add().then(log)` it did not wait for was logged under no connection).
@@ -1071,7 +1097,9 @@ export class IsolateSlot {
     journal: OperationJournal,
   ): Promise<unknown> {
     const callId = ++this.#nextCallId;
-    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId)]);
+    const lists: SentList[] = [];
+    const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId, lists)]);
+    slotEntries.callChars += calls.length;
     let wire: unknown;
     this.#awaiting.set(callId, { hook, file, connectionId }); // for its log lines told during deliveries
     this.#owners.set(callId, journal.attempt());
@@ -1084,6 +1112,7 @@ export class IsolateSlot {
       // Stopped, out of memory or disposed (a script's own error is an outcome): what the isolate kept is unknown.
       this.#keptConnections.reset();
       this.#keptCertificates.reset();
+      this.#keptLists.stopped();
       const cause = this.#failedWith.get(callId) ?? e;
       this.#failedWith.delete(callId);
       if (cause instanceof RunAgain) throw cause; // another call's code lost the isolate under this one
@@ -1092,6 +1121,7 @@ export class IsolateSlot {
     this.#failedWith.delete(callId);
     this.#awaiting.delete(callId);
     this.#owners.delete(callId);
+    if (lists.length) this.#keptLists.confirm(lists[0]!);
     const entry = this.#entries(wire)[0];
     return this.#value(hook, file, entry?.outcome ?? null);
   }

@@ -8,7 +8,9 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { CertificateIdentity } from '../policy/certificate-identity.ts';
 import { NO_IDENTITY } from '../policy/certificate-identity.ts';
-import type { SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import type { EnvelopeAddress } from '../sandbox/api/index.ts';
+import type { GrowingList } from '../sandbox/index.ts';
 import type { ConnectionInfo } from '../sandbox/api/index.ts';
 import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { OverLimit } from '../connection-limits/over-limit-recount.ts';
@@ -77,6 +79,8 @@ export class ConnectionState {
   closedUnanswered = false;
   /** The connection facts scripts see, and what they were built from (see sharedConnectionFacts()). */
   factsMemo: FactsMemo | null = null;
+  /** The transaction's recipients as scripts see them, kept up to date one RCPT at a time (see recipientsView()). */
+  recipientsMemo: RecipientsMemo | null = null;
   /** The start of the Received header (up to the queue id) and the spool envelope's session, and the facts they were built from. */
   receivedClient: {
     facts: FactsMemo; heloCommand: 'HELO' | 'EHLO'; clientHostname: string | null; remoteAddress: string; hostname: string;
@@ -99,6 +103,18 @@ export class ConnectionState {
     this.saslAuthenticated = false;
     this.transactionId = null;
   }
+}
+
+/** What recipientsView() (script-context.ts) built the recipients scripts see from, with the list. */
+export interface RecipientsMemo {
+  /** smtp-server's list (a new array for each transaction), and its entries each item was made from. */
+  rcptTo: SMTPServerAddress[];
+  parsed: SMTPServerAddress[];
+  list: GrowingList<EnvelopeAddress>;
+  /** Index of each address, lower-cased (as smtp-server finds a repeated recipient to replace it), once the list is long. */
+  index: Map<string, number> | null;
+  /** The RCPT of the last rcptto call: the only entry smtp-server may have replaced since. */
+  pending: SMTPServerAddress | null;
 }
 
 /** What sharedConnectionFacts() (script-context.ts) built its facts from, with the facts. */

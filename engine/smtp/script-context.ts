@@ -1,7 +1,8 @@
 /** Builds the plain-data contexts that cross into the sandbox from smtp-server session + our state. */
 import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
-import type { ConnectionInfo, EnvelopeAddress, TransactionInfo } from '../sandbox/api/index.ts';
-import type { ConnectionState, FactsMemo } from './connection-state.ts';
+import type { ConnectionInfo, EnvelopeAddress } from '../sandbox/api/index.ts';
+import { GrowingList, KEPT_LIST_MIN, type ListView } from '../sandbox/index.ts';
+import type { ConnectionState, FactsMemo, RecipientsMemo } from './connection-state.ts';
 import { asciiDomain } from '../policy/domain-key.ts';
 
 /**
@@ -80,10 +81,51 @@ export function envelopeAddress(addr: SMTPServerAddress | false | undefined): En
   };
 }
 
-export function transactionInfo(session: SMTPServerSession, state: ConnectionState): TransactionInfo {
+/** ctx.transaction as it crosses: TransactionInfo, its recipients a view the sandbox sends long ones of as changes. */
+export interface TransactionFacts { id: string; sender: EnvelopeAddress | null; recipients: ListView<EnvelopeAddress> }
+
+/** `rcpt`: the recipient an rcptto call decides (not yet in the list; smtp-server may replace an entry with it). */
+export function transactionInfo(session: SMTPServerSession, state: ConnectionState, rcpt?: SMTPServerAddress): TransactionFacts {
   return {
     id: state.transactionId ?? '',
     sender: envelopeAddress(session.envelope.mailFrom),
-    recipients: session.envelope.rcptTo.map((r) => envelopeAddress(r)!),
+    recipients: recipientsView(session.envelope.rcptTo, state, rcpt),
   };
+}
+
+/**
+ * The recipients so far, each made once: a RCPT's call costs the same however many came before it. Items are
+ * appended as smtp-server appends them; a repeated address replaces its entry in smtp-server's list, which
+ * only the last rcptto call's RCPT can have done since (found by address in a long list), and anything else (a
+ * short list, the data call, a transaction without rcptto calls) compares every entry.
+ */
+function recipientsView(rcptTo: SMTPServerAddress[], state: ConnectionState, rcpt: SMTPServerAddress | undefined): ListView<EnvelopeAddress> {
+  let memo = state.recipientsMemo;
+  if (memo === null || memo.rcptTo !== rcptTo || memo.parsed.length > rcptTo.length) {
+    memo = state.recipientsMemo = { rcptTo, parsed: [], list: new GrowingList(), index: null, pending: null };
+  } else if (memo.pending !== null && rcpt !== undefined && memo.parsed.length >= KEPT_LIST_MIN) {
+    if (memo.index === null) {
+      memo.index = new Map();
+      for (let i = 0; i < memo.parsed.length; i++) memo.index.set(memo.parsed[i]!.address.toLowerCase(), i);
+    }
+    const i = memo.index.get(memo.pending.address.toLowerCase());
+    if (i !== undefined) refresh(memo, i);
+  } else {
+    for (let i = 0; i < memo.parsed.length; i++) refresh(memo, i);
+  }
+  for (let i = memo.parsed.length; i < rcptTo.length; i++) {
+    const entry = rcptTo[i]!;
+    memo.parsed.push(entry);
+    memo.index?.set(entry.address.toLowerCase(), i);
+    memo.list.push(envelopeAddress(entry)!);
+  }
+  memo.pending = rcpt ?? null;
+  return memo.list.view();
+}
+
+function refresh(memo: RecipientsMemo, i: number): void {
+  const entry = memo.rcptTo[i]!;
+  if (entry === memo.parsed[i]) return;
+  memo.parsed[i] = entry;
+  memo.list.set(i, envelopeAddress(entry)!);
 }

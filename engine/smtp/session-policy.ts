@@ -489,12 +489,15 @@ export class SessionPolicy {
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     }, wasBarePostmaster(address));
     if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
-    return this.#recipientScript(conn, session, rcpt, builtin);
+    return this.#recipientScript(conn, session, address, rcpt, builtin);
   }
 
-  async #recipientScript(conn: SmtpClient, session: SMTPServerSession, rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): Promise<SmtpReply | null> {
+  async #recipientScript(
+    conn: SmtpClient, session: SMTPServerSession, address: SMTPServerAddress, rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision,
+  ): Promise<SmtpReply | null> {
     const facts = sharedConnectionFacts(session, conn.state);
-    const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction: transactionInfo(session, conn.state), address: rcpt, builtin }, facts.key);
+    const transaction = transactionInfo(session, conn.state, address);
+    const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction, address: rcpt, builtin }, facts.key);
     return verdict ? verdictReply('rcptto', verdict) : relayReply(rcpt, builtin);
   }
 
