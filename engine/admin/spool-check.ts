@@ -2,12 +2,14 @@
  * /readyz's spool check: every spool folder of the data directory can be written — `<dataDir>/spool` (the
  * queue process's bounces, a single process's mail) and, under `postern serve`, each worker's `worker-<n>` —
  * and its filesystem has more free space than `spool.minFreeBytes` and more free inodes than `spool.minFreeInodes`
- * (below either every new message is refused), and the spool's reserve is not in use (engine/spool/reserve.ts).
+ * (below either every new message is refused), the spool's reserve is not in use (engine/spool/reserve.ts), and
+ * the filesystem is not read-only.
  */
 import { access, constants, readdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ReadinessCheck } from './admin-server.ts';
 import { reserveState } from '../spool/reserve.ts';
+import { writable } from '../spool/free-space.ts';
 
 export async function spoolWritable(dataDir: string, floors: { minFreeBytes: number; minFreeInodes: number } = { minFreeBytes: 0, minFreeInodes: 0 }): Promise<ReadinessCheck> {
   const { minFreeBytes, minFreeInodes } = floors;
@@ -16,6 +18,8 @@ export async function spoolWritable(dataDir: string, floors: { minFreeBytes: num
     const workers = (await readdir(root, { withFileTypes: true }))
       .filter((d) => d.isDirectory() && d.name.startsWith('worker-')).map((d) => join(root, d.name));
     for (const dir of [root, ...workers]) await access(dir, constants.W_OK);
+    // access(W_OK) passes on a read-only filesystem for root, and on ext4's emergency read-only state for anyone.
+    if (!await writable(root)) return { ok: false, detail: `the spool's filesystem (${root}) is read-only: new mail is refused (451 4.3.0); after an I/O error ext4 remounts read-only (see dmesg)` };
     const fs = await statfs(root);
     const free = fs.bavail * fs.bsize;
     if (free < minFreeBytes) {

@@ -126,6 +126,7 @@ export async function receiveMessage(
       : 'spooling failed');
     // A full disk (or quota) is said as such, as at MAIL FROM under spool.minFreeBytes: the client retries later.
     if (code === 'ENOSPC' || code === 'EDQUOT') throw reply('spoolWriteFull');
+    if (code === 'EROFS') throw reply('spoolReadOnly');
     throw reply('localError', { id: conn.id });
   }
 }

@@ -70,6 +70,7 @@ export const REPLIES = {
   spoolWriteFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'the spool\'s disk is full (ENOSPC)' },
   storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },
   inodesFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeInodes' },
+  spoolReadOnly: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'the spool\'s filesystem is read-only (EROFS)' },
   tooMuchMailFromIdentity: { code: 450, enhanced: '4.7.1', text: 'Error: too much mail from {identity}, try again later', reason: 'limits.messagesPerIdentity' },
   limitStoreUnavailable: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'limits.messagesPerIdentity: store unavailable (fail closed)' },
   senderNotOwned: { code: 553, enhanced: '5.7.1', text: '<{sender}>: Sender address rejected: not owned by user {login}', reason: 'senderLogin: {rule}' },

@@ -29,11 +29,11 @@ export interface Runtime {
 }
 
 /**
- * Free space is below spool.minFreeBytes or free inodes below spool.minFreeInodes (current configuration): the
- * refusal for new mail (452 4.3.1, its reason naming which), else null.
+ * The spool's filesystem is read-only (451 4.3.0), or free space is below spool.minFreeBytes or free inodes below
+ * spool.minFreeInodes (current configuration; 452 4.3.1): the refusal for new mail, its reason naming which, else null.
  */
-export function spoolIsFull(runtime: Runtime): 'storageFull' | 'inodesFull' | null {
+export function spoolIsFull(runtime: Runtime): 'spoolReadOnly' | 'storageFull' | 'inodesFull' | null {
   const { minFreeBytes, minFreeInodes } = runtime.generation.config.spool;
   const short = runtime.spool.freeSpace.short(minFreeBytes, minFreeInodes);
-  return short === 'bytes' ? 'storageFull' : short === 'inodes' ? 'inodesFull' : null;
+  return short === 'readOnly' ? 'spoolReadOnly' : short === 'bytes' ? 'storageFull' : short === 'inodes' ? 'inodesFull' : null;
 }

@@ -100,6 +100,11 @@ export class Spool {
     this.#logger = opts.logger ?? null;
     this.#journal?.close();
     this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
+    const logger = opts.logger;
+    // Once per change, not per refused client: the kernel's own line (dmesg) says why it went read-only.
+    if (logger) this.freeSpace.onReadOnly = (readOnly) => readOnly
+      ? logger.error({ spool: this.root }, `spool: the filesystem of ${this.root} is read-only (EROFS; after an I/O error ext4 remounts read-only, see dmesg): new mail is refused (451 4.3.0) until it is writable again`)
+      : logger.warn({ spool: this.root }, `spool: the filesystem of ${this.root} is writable again: new mail is taken again`);
     this.freeSpace.refreshSync();
     for (const d of this.#journal.damage) if (opts.logger) logDamage(opts.logger, d);
     let removedOrphans = 0;

@@ -32,6 +32,8 @@ export interface TestServerOptions {
   resolver?: DeliveryResolver;
   /** Counter store to use instead of the server's own memory (see StartOptions.memoryStore). */
   memoryStore?: CounterStore;
+  /** The data folder (default: `data` in the temp folder), e.g. on a small filesystem of the test's own. */
+  dataDir?: string;
 }
 
 /**
@@ -62,7 +64,7 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
       cb();
     },
   });
-  const base = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
+  const base = `dataDir: ${JSON.stringify(opts.dataDir ?? join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n`;
   await writeFile(join(dir, 'postern.yaml'), base + opts.config);
   const running = await startPostern({
     configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs, resolver: opts.resolver, memoryStore: opts.memoryStore,

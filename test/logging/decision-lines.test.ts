@@ -15,6 +15,7 @@ import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
 import { installFaultyDisk, type FaultyDisk } from '../spool/helpers/faulty-disk.ts';
 import { until } from '../helpers/wait.ts';
+import { needsTmpfs, remountReadOnly, testFilesystem, type SmallFilesystem } from '../helpers/tmpfs.ts';
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 import { REPLIES, type ReplyName, type ReplySpec } from '../../engine/smtp/replies.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
@@ -22,7 +23,7 @@ import { createCrl } from '../../engine/certificates/index.ts';
 import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
-type ServerName = 'main' | 'redis' | 'full' | 'inodes';
+type ServerName = 'main' | 'redis' | 'full' | 'inodes' | 'readonly';
 /** Catalogue replies that are not refusals: no decision line. */
 type Accepting = 'authSucceeded' | 'senderAccepted' | 'recipientAccepted' | 'queued';
 type RefusalName = Exclude<ReplyName, Accepting>;
@@ -52,6 +53,10 @@ interface Row {
 let pki: TestPki;
 let faultyDisk: FaultyDisk;
 let redis: TestRedis | null = null;
+/** The read-only server's own filesystem (root only: else why not, and its row is skipped). */
+const readOnlySkip = needsTmpfs();
+let readOnlyFs: SmallFilesystem | null = null;
+let readOnlyAgain: { writable(): void } | null = null;
 const servers: Partial<Record<ServerName, TestServer>> = {};
 let alice: TlsClientOptions;
 let stranger: TlsClientOptions;
@@ -131,6 +136,10 @@ before(async () => {
       ],
     }),
   });
+  if (!readOnlySkip) {
+    readOnlyFs = testFilesystem(16);
+    servers.readonly = await startTestServer({ dataDir: join(readOnlyFs.dir, 'data'), config: configYaml({ spool: { minFreeBytes: 0, minFreeInodes: 0 }, listeners: [testListener('mx')] }) });
+  }
   servers.full = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
   });
@@ -155,9 +164,11 @@ before(async () => {
 });
 
 after(async () => {
+  readOnlyAgain?.writable();
   for (const s of Object.values(servers)) await s?.stop().catch(() => undefined);
   await redis?.stop();
   faultyDisk?.restore();
+  readOnlyFs?.unmount();
 });
 
 
@@ -464,6 +475,15 @@ const ROWS = {
   },
   storageFull: { server: 'full', stage: 'MAIL', drive: () => ending('full', 'mx', ['MAIL FROM:<someone@example.net>']) },
   inodesFull: { server: 'inodes', stage: 'MAIL', drive: () => ending('inodes', 'mx', ['MAIL FROM:<someone@example.net>']) },
+  spoolReadOnly: {
+    server: 'readonly', stage: 'MAIL', serverFault: /^spool: the filesystem of .* is read-only \(EROFS/,
+    async drive() {
+      readOnlyAgain = remountReadOnly(readOnlyFs!);
+      const freeSpace = servers.readonly!.runtime.spool.freeSpace;
+      await until('the server sees the read-only filesystem', () => freeSpace.short(0) === 'readOnly'); // looks once a second
+      return ending('readonly', 'mx', ['MAIL FROM:<someone@example.net>']);
+    },
+  },
   tooMuchMailFromIdentity: {
     server: 'main', stage: 'MAIL', values: { identity: 'alice@example.com' }, check: expectUser('alice@example.com'),
     drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), 'MAIL FROM:<alice@example.com>', 'RSET', 'MAIL FROM:<alice@example.com>']),
@@ -689,7 +709,7 @@ test('every refusal in the reply catalogue has a row here', () => {
 
 for (const [name, row] of Object.entries(ROWS) as Array<[RefusalName, Row]>) {
   const spec: ReplySpec = REPLIES[name];
-  test(`${name} (${spec.code} ${spec.enhanced}): one line with client, stage, reply and reason`, { timeout: 90_000, skip: row.server === 'redis' ? needsRedis().skip : false }, async () => {
+  test(`${name} (${spec.code} ${spec.enhanced}): one line with client, stage, reply and reason`, { timeout: 90_000, skip: row.server === 'redis' ? needsRedis().skip : row.server === 'readonly' ? readOnlySkip : false }, async () => {
     const server = servers[row.server]!;
     const logs = server.logs;
     const mark = logs.length;
