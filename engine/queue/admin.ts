@@ -5,19 +5,24 @@
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
-import { isNoSpace } from '../spool/reserve.ts';
+import { dirname } from 'node:path';
+import { inodesError, isNoSpace } from '../spool/reserve.ts';
 
 /**
  * A change to the spool, made on a full disk too: the spool's reserve (engine/spool/reserve.ts) is released and
  * the change made once more. Deleting queued mail is how an administrator frees a full spool, and marking a
  * journal message removed takes a little room: without it `queue delete --all` failed at its first message and
- * freed nothing. (The server makes the reserve again once there is room; the command says it was used.)
+ * freed nothing. (The server makes the reserve again once there is room; the command says it was used.) Out of
+ * inodes the reserve is no help (reserve.ts): kept, and the error says inodes.
  */
 export async function evenWhenFull<T>(spool: Pick<QueueSpool, 'reserve'>, change: () => Promise<T>): Promise<T> {
   try {
     return await change();
   } catch (err) {
-    if (!isNoSpace(err) || !spool.reserve.release()) throw err;
+    if (!isNoSpace(err)) throw err;
+    const used = spool.reserve.useOnNoSpace();
+    if (used === 'inodes') throw inodesError(err as NodeJS.ErrnoException, dirname(spool.reserve.path));
+    if (used === 'none') throw err;
     return change();
   }
 }

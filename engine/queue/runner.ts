@@ -31,7 +31,7 @@ import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
-import { isNoSpace } from '../spool/reserve.ts';
+import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
 import type { FailedRecipient } from './dsn.ts';
 
 /** Errors kept per message for `previousErrors` and `postern queue show`. */
@@ -270,15 +270,24 @@ export class QueueRunner {
   /** The reserve being made (#keepReserve): close() waits for it, so nothing is written in the spool after it. */
   #reserving: Promise<void> = Promise.resolve();
 
-  /** The disk is full: release the reserve so that outcomes can be recorded and finished segments go. False: none left. */
+  /**
+   * The disk is full: release the reserve so that outcomes can be recorded and finished segments go. False: none
+   * left, or the filesystem is out of inodes, not bytes (the reserve, which frees bytes, is kept: reserve.ts).
+   */
   #useReserve(): boolean {
-    let released: boolean;
+    let used: ReturnType<SpoolReserve['useOnNoSpace']>;
     try {
-      released = this.#spool.reserve.release();
+      used = this.#spool.reserve.useOnNoSpace();
     } catch (err) {
       this.#log.error({ reserve: this.#spool.reserve.path, err: (err as Error).message }, 'spool: the disk is full and the reserve cannot be released');
       return false;
     }
+    if (used === 'inodes') {
+      this.#log.error({ reserve: this.#spool.reserve.path },
+        'spool: the filesystem is out of inodes (files), not bytes: outcomes that need a new file wait in memory; the reserve frees bytes, not inodes, and is kept; delete files on that filesystem (spool.minFreeInodes refuses new mail before this)');
+      return false;
+    }
+    const released = used === 'released';
     if (released) {
       this.#log.error({ reserve: this.#spool.reserve.path, bytes: this.#spool.reserve.bytes },
         'spool: the disk is full: the reserve is released for the queue\'s bookkeeping; new mail is refused (452 4.3.1) until there is room again');

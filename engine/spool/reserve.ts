@@ -9,11 +9,15 @@
  * records what it could not, and the segments it finishes are deleted. While the file is empty every process
  * refuses new mail as below the spool's floor (free-space.ts), so the room goes to the bookkeeping; the
  * runner makes the reserve again once there is twice its size free above the floor.
+ *
+ * ENOSPC is also what a filesystem out of inodes says (ext4's count is fixed at mkfs). The reserve frees bytes,
+ * not inodes: released then, it gave the bookkeeping nothing, refused new mail as "the disk is full" and could
+ * not be made again (its new file needs an inode) until files were freed. So it is kept, and the log says inodes.
  */
-import { statSync, truncateSync } from 'node:fs';
+import { statfsSync, statSync, truncateSync } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { acquireDirectoryLock, type DirectoryLock } from './data-dir-lock.ts';
 
 export const RESERVE_BYTES = 4 * 1024 * 1024;
@@ -82,6 +86,33 @@ export class SpoolReserve {
     truncateSync(this.path, 0);
     return true;
   }
+
+  /**
+   * A write failed with ENOSPC or EDQUOT: release the reserve if its bytes can help. `inodes`: the filesystem is
+   * out of inodes with bytes to spare, and the reserve is kept; `released`; `none`: none was kept to release.
+   */
+  useOnNoSpace(): 'inodes' | 'released' | 'none' {
+    if (outOfInodes(dirname(this.path), this.bytes)) return 'inodes';
+    return this.release() ? 'released' : 'none';
+  }
+}
+
+/**
+ * Whether `dir`'s filesystem has no inode free while it has at least `bytes` free (what the reserve would give):
+ * an ENOSPC there is the inodes', and freeing bytes does not help it.
+ */
+export function outOfInodes(dir: string, bytes: number = RESERVE_BYTES): boolean {
+  try {
+    const fs = statfsSync(dir);
+    return fs.files > 0 && fs.ffree === 0 && fs.bavail * fs.bsize >= bytes;
+  } catch {
+    return false;
+  }
+}
+
+/** An ENOSPC of a filesystem out of inodes, said so: "no space left on device" reads as bytes. */
+export function inodesError(err: NodeJS.ErrnoException, dir: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${err.message} (the filesystem of ${dir} is out of inodes, with bytes free: delete files on it; the spool's reserve frees bytes, not inodes)`), { code: err.code, syscall: err.syscall, path: err.path });
 }
 
 /** The filesystem is full (or the user's quota used up). */
@@ -104,7 +135,10 @@ export function lockEvenWhenFull(dir: string, dataDir: string): { lock: Director
   try {
     return { lock: acquireDirectoryLock(dir), released: false };
   } catch (err) {
-    if (!isNoSpace(err) || !new SpoolReserve(reservePath(dataDir)).release()) throw err;
+    if (!isNoSpace(err)) throw err;
+    const used = new SpoolReserve(reservePath(dataDir)).useOnNoSpace();
+    if (used === 'inodes') throw inodesError(err as NodeJS.ErrnoException, dir);
+    if (used === 'none') throw err;
     return { lock: acquireDirectoryLock(dir), released: true };
   }
 }

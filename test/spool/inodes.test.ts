@@ -13,6 +13,7 @@ import { startSink } from '../helpers/sink.ts';
 import { deliveryToSink, greeted, ONE_WORKER, startCluster } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
 import { needsTmpfs, testFilesystem } from '../helpers/tmpfs.ts';
+import { RESERVE_BYTES } from '../../engine/spool/reserve.ts';
 
 const skip = needsTmpfs();
 const FLOOR = 100;
@@ -60,6 +61,46 @@ test('below spool.minFreeInodes new mail gets 452 4.3.1; deliveries are recorded
 
     rmSync(filler, { recursive: true });
     await until('mail taken again', async () => (await send('after')).code === 250, { timeoutMs: 30_000 });
+  } finally {
+    await c.stop();
+    await sink.close();
+    mount.unmount();
+  }
+});
+
+test('out of inodes, the queue says so and keeps the reserve (it frees bytes, not inodes); nothing is lost and mail goes once files are freed', { skip, timeout: 240_000 }, async () => {
+  const mount = testFilesystem(64, { inodes: 500 });
+  let defer = true;
+  const sink = await startSink({ decide: (stage) => (stage === 'data' && defer ? { code: 451, text: '4.3.0 try later' } : null) });
+  const dataDir = join(mount.dir, 'data');
+  const reserve = join(dataDir, 'spool', 'reserve');
+  // No inode floor: the queue meets the ENOSPC itself (files made beside the spool faster than the floor is looked at).
+  const c = await startCluster({ config: `${ONE_WORKER}spool: { minFreeBytes: 0, minFreeInodes: 0 }\n${deliveryToSink(sink.port, { retrySchedule: [1] })}`, dataDir });
+  try {
+    await c.waitFor('the reserve', () => { try { return statSync(reserve).size === RESERVE_BYTES; } catch { return false; } });
+    const client = await greeted(c);
+    assert.equal((await client.sendMail('a@example.test', ['b@example.test'], 'Subject: queued\r\n\r\nbody\r\n')).code, 250);
+    await client.quit();
+    await c.waitFor('a deferral recorded', () => c.logs.some((l) => l.status === 'deferred' && l.component === 'queue'));
+
+    // Every inode taken; bytes stay plentiful. The next deferral's state file cannot be made.
+    const filler = join(mount.dir, 'filler');
+    mkdirSync(filler);
+    try {
+      for (let n = 0; ; n++) closeSync(openSync(join(filler, String(n)), 'w'));
+    } catch (err) {
+      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
+    }
+    assert.ok(statfsSync(mount.dir).bavail * statfsSync(mount.dir).bsize > 32 * 1024 * 1024, 'bytes are free');
+    await c.waitFor('the queue cannot record an outcome', () => c.logs.some((l) => /cannot record the outcome|delivery attempt failed/.test(String(l.msg))));
+    await c.waitFor('the log says inodes', () => c.logs.some((l) => /^spool: the filesystem is out of inodes \(files\), not bytes/.test(String(l.msg))));
+    assert.ok(!c.logs.some((l) => /disk is full/.test(String(l.msg))), `not called a full disk: ${JSON.stringify(c.logs.filter((l) => /disk is full/.test(String(l.msg))).map((l) => l.msg))}`);
+    assert.equal(statSync(reserve).size, RESERVE_BYTES, 'the reserve is kept');
+
+    rmSync(filler, { recursive: true });
+    defer = false;
+    await until('delivered', () => sink.messages.some((m) => m.data.toString().includes('Subject: queued')), { timeoutMs: 60_000 });
+    await c.waitFor('removed from the spool', () => c.logs.some((l) => /message finished, removed from the spool/.test(String(l.msg))));
   } finally {
     await c.stop();
     await sink.close();
