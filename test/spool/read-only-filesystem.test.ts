@@ -10,7 +10,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { greeted, ONE_WORKER, startCluster } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
-import { ext4Filesystem, needsExt4 } from '../helpers/tmpfs.ts';
+import { ext4Filesystem, needsExt4, needsTmpfs, remountReadOnly, testFilesystem } from '../helpers/tmpfs.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
 
 const skip = needsExt4();
 
@@ -53,5 +56,42 @@ test('on a spool the kernel made read-only MAIL FROM gets 451 4.3.0; a transacti
   } finally {
     await c.stop();
     fs.unmount();
+  }
+});
+
+test('a spool remounted read-only and then writable again: refused meanwhile, taken again after, with a line each way', { skip: needsTmpfs(), timeout: 120_000 }, async () => {
+  const fs = testFilesystem(32);
+  const s = await startTestServer({ dataDir: join(fs.dir, 'data'), config: configYaml({ localDomains: ['example.test'], spool: { minFreeBytes: 0, minFreeInodes: 0 }, listeners: [testListener('in')] }) });
+  let readOnly: { writable(): void } | null = null;
+  try {
+    const send = async (): Promise<string> => {
+      const c = await SmtpTestClient.connect(s.port('in'));
+      try {
+        await c.hello();
+        return (await c.sendMail('a@example.test', ['b@example.test'])).text;
+      } finally {
+        await c.quit();
+      }
+    };
+    // Before any message: a remount cannot make read-only a filesystem with files open for writing (a journal
+    // segment), which the kernel's emergency state after an error (the test above) does.
+    readOnly = remountReadOnly(fs);
+    await until('the server sees it', () => s.runtime.spool.freeSpace.short(0) === 'readOnly'); // looks once a second
+    assert.match(await send(), /^451 4\.3\.0 /);
+    assert.ok(s.logs.some((l) => l.level === 50 && /^spool: the filesystem of .* is read-only \(EROFS/.test(String(l.msg))), 'said once read-only');
+    assert.ok(!s.logs.some((l) => l.msg === 'spooling failed'), 'refused before the message was sent');
+
+    readOnly.writable();
+    readOnly = null;
+    await until('mail taken again', async () => /^250 /.test(await send()), { timeoutMs: 30_000, intervalMs: 200 });
+    assert.ok(s.logs.some((l) => l.level === 40 && /^spool: the filesystem of .* is writable again/.test(String(l.msg))), 'said once writable again');
+    assert.equal((await s.runtime.spool.list()).length, 1, 'the one acknowledged message');
+  } finally {
+    try {
+      readOnly?.writable();
+      await s.stop();
+    } finally {
+      fs.unmount();
+    }
   }
 });
