@@ -13,7 +13,9 @@ import { startSink } from '../helpers/sink.ts';
 import { deliveryToSink, greeted, ONE_WORKER, startCluster } from '../helpers/cluster.ts';
 import { until } from '../helpers/wait.ts';
 import { needsTmpfs, testFilesystem } from '../helpers/tmpfs.ts';
-import { RESERVE_BYTES } from '../../engine/spool/reserve.ts';
+import { writeFile } from 'node:fs/promises';
+import { RESERVE_BYTES, SpoolReserve } from '../../engine/spool/reserve.ts';
+import { evenWhenFull } from '../../engine/queue/admin.ts';
 
 const skip = needsTmpfs();
 const FLOOR = 100;
@@ -104,6 +106,25 @@ test('out of inodes, the queue says so and keeps the reserve (it frees bytes, no
   } finally {
     await c.stop();
     await sink.close();
+    mount.unmount();
+  }
+});
+
+test('a change by postern queue out of inodes: the error says inodes, and the reserve is kept (releasing it frees no inode)', { skip }, async () => {
+  const mount = testFilesystem(16, { inodes: 50 });
+  try {
+    const reserve = new SpoolReserve(join(mount.dir, 'reserve'));
+    assert.equal(await reserve.keep(Number.MAX_SAFE_INTEGER, 0), true);
+    for (let n = 0; ; n++) {
+      try { closeSync(openSync(join(mount.dir, `f${n}`), 'w')); } catch (err) { assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC'); break; }
+    }
+    await assert.rejects(evenWhenFull({ reserve }, () => writeFile(join(mount.dir, 'record'), 'x')), (err: NodeJS.ErrnoException) => {
+      assert.equal(err.code, 'ENOSPC');
+      assert.match(err.message, /is out of inodes, with bytes free/);
+      return true;
+    });
+    assert.equal(reserve.state, 'kept');
+  } finally {
     mount.unmount();
   }
 });
