@@ -19,7 +19,8 @@ export function smallFilesystem(megabytes: number, opts: { inodes?: number } = {
   return {
     dir,
     unmount() {
-      execFileSync('umount', ['-l', dir]);
+      // Never an error of its own: thrown from a test's finally, it would hide the failure that led there.
+      try { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); } catch (err) { console.error(`umount ${dir}: ${(err as Error).message.split('\n')[0]}`); }
       rmSync(dir, { recursive: true, force: true });
     },
   };
