@@ -2,6 +2,7 @@
 export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, boundedName, type ChainVerdict } from './describe.ts';
 export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
 export { strongEnoughKey, MIN_RSA_BITS, MIN_EC_BITS } from './key-strength.ts';
+export { spkiFacts } from './x509-fields.ts';
 export { colonHex } from './digests.ts';
 export { crlDeadlines, loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
 export {
