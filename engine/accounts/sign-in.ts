@@ -7,7 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
-import { chainEmailConstraints, describeCertificate, describePeerCertificate, type TrustedIssuers } from '../certificates/index.ts';
+import { chainEmailConstraints, describeCertificate, describePeerCertificate, explainUnspecified, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { ListenerConfig } from '../config/schema.ts';
@@ -54,6 +54,7 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   const verified = listener.tls.caFiles.length > 0 && socket.authorized;
   let errorCode = verified ? null : listener.tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
   if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = trust.explainMissingCrl(der);
+  errorCode = explainUnspecified(errorCode, der);
   const described = describePeerCertificate(der, { verified, errorCode });
   if ('unreadable' in described) return null; // grants nothing: the page offers the password sign-in
   let certificate = described;

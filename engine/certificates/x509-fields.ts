@@ -115,6 +115,11 @@ function name(buf: Buffer, t: Tlv): NameAttribute[][] {
   }));
 }
 
+/** The key type and size of a DER SubjectPublicKeyInfo, as a certificate's are read (a public key given on its own). */
+export function spkiFacts(spkiDer: Buffer): { keyType: string; keyBits: number } {
+  return keyFacts(spkiDer, readTlv(spkiDer, 0, spkiDer.length));
+}
+
 function keyFacts(buf: Buffer, spki: Tlv): { keyType: string; keyBits: number } {
   const [algorithm, bitString] = children(buf, spki);
   const [algorithmOid, parameters] = children(buf, algorithm ?? malformed());

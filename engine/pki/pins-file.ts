@@ -4,10 +4,10 @@
  * and removing rewrite the file atomically (mox's `config tlspubkey add/rm`), and the server's reload
  * applies the change to the next handshakes. Other lines and comments are kept as they are.
  */
-import { createHash, createPublicKey } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { normalizePin } from '../certificates/index.ts';
+import { normalizePin, spkiFacts, strongEnoughKey, MIN_RSA_BITS } from '../certificates/index.ts';
 import { readIfExists, withFolderLock, writeFileAtomic } from './atomic-file.ts';
 import { certificateFacts } from './certificate-facts.ts';
 import { checkName } from './issue.ts';
@@ -86,7 +86,8 @@ export type RemovePinSelector = { pin: string } | { identity: string; device?: s
 
 /** Removes the matching pin lines (and their device comments); returns what went. */
 export async function removePin(file: string, selector: RemovePinSelector): Promise<PinEntry[]> {
-  const hex = 'pin' in selector ? pinOf(selector.pin) : null;
+  // A weak key pinned before it was refused can still be removed by its certificate.
+  const hex = 'pin' in selector ? pinOf(selector.pin, { refuseWeak: false }) : null;
   return withFolderLock(dirname(file), async () => {
     const text = await readIfExists(file);
     if (text === null) throw new Error(`${file}: no such pin table`);
@@ -104,10 +105,18 @@ export async function removePin(file: string, selector: RemovePinSelector): Prom
   });
 }
 
-/** The SPKI SHA-256 (hex) of a certificate or public key (PEM), or of a pin in any spelling. */
-export function pinOf(input: string): string {
+/**
+ * The SPKI SHA-256 (hex) of a certificate or public key (PEM), or of a pin in any spelling. A key too weak to
+ * trust is refused here (unless `refuseWeak: false`, to find one), so the administrator learns it at once: its
+ * pin would never name the account (engine/policy/certificate-identity.ts).
+ */
+export function pinOf(input: string, { refuseWeak = true } = {}): string {
   const text = input.trim();
-  if (text.includes('-----BEGIN CERTIFICATE-----')) return certificateFacts(text).pin.sha256;
+  if (text.includes('-----BEGIN CERTIFICATE-----')) {
+    const pin = certificateFacts(text).pin.sha256;
+    if (refuseWeak) strongEnough(spkiFacts(new X509Certificate(text).publicKey.export({ type: 'spki', format: 'der' })));
+    return pin;
+  }
   if (text.includes('-----BEGIN PUBLIC KEY-----')) {
     let spki: Buffer;
     try {
@@ -115,11 +124,17 @@ export function pinOf(input: string): string {
     } catch (err) {
       throw new Error(`not a readable public key: ${(err as Error).message}`);
     }
+    // The same DER read as a certificate's key (x509-fields.ts) gives its type and size.
+    if (refuseWeak) strongEnough(spkiFacts(spki));
     return createHash('sha256').update(spki).digest('hex');
   }
   const hex = text.includes('-----BEGIN') ? null : normalizePin(text);
   if (!hex) throw new Error('not a certificate or public key (PEM) nor a SHA-256 public-key pin (hex, colon hex, base64 or base64url)');
   return hex;
+}
+
+function strongEnough(key: { keyType: string; keyBits: number }): void {
+  if (!strongEnoughKey(key)) throw new Error(`a ${key.keyBits}-bit ${key.keyType} key is too weak to pin (RSA needs ${MIN_RSA_BITS} bits, EC a curve of 224 bits or more)`);
 }
 
 async function modeOf(file: string): Promise<number> {

@@ -8,7 +8,7 @@ import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import { asciiSafeLowerCase, parseSenderList, senderKey } from './sender-logins.ts';
 import { domainKey, envelopeDomain } from './domain-key.ts';
-import { emailPermitted, type EmailConstraints } from '../certificates/index.ts';
+import { emailPermitted, strongEnoughKey, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
   identity: string | null;
@@ -44,8 +44,10 @@ export function certificateIdentity(
   chain?: ChainFacts,
 ): CertificateIdentity {
   if (!cert || cert.verifyError === 'revoked') return NO_IDENTITY;
-  // A pin line is `pin  account [more senders…]`: the first word is the account.
-  const [account, ...senders] = parseSenderList(pins?.get(cert.pin.sha256) ?? '');
+  // A pin line is `pin  account [more senders…]`: the first word is the account. A pin of a key too weak to
+  // trust (RSA under 2048 bits) names none: the pin skips the chain check that refuses such a key.
+  const pinLine = strongEnoughKey(cert) ? pins?.get(cert.pin.sha256) : undefined;
+  const [account, ...senders] = parseSenderList(pinLine ?? '');
   // Likewise a CA of its chain that the CRLs list (an intermediate): OpenSSL's one verdict for an expired leaf
   // under a revoked intermediate is "expired", which a pin would accept. (A verified chain has none.)
   if (account && !cert.verified && chain?.issuerRevoked()) return NO_IDENTITY;

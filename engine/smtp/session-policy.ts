@@ -20,7 +20,7 @@ import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type Sender
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { headerSenderRefusal } from '../policy/header-senders.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
-import { boundedName, chainEmailConstraints, describePeerCertificate } from '../certificates/index.ts';
+import { boundedName, chainEmailConstraints, describePeerCertificate, explainUnspecified } from '../certificates/index.ts';
 import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS } from '../store/counter-store.ts';
@@ -230,6 +230,7 @@ export class SessionPolicy {
       // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
       // shows up as "no CRL". Report the more fundamental reason.
       if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = conn.trust.explainMissingCrl(der);
+      errorCode = explainUnspecified(errorCode, der);
       const described = describePeerCertificate(der, { verified, errorCode });
       if ('unreadable' in described) {
         const refusal = this.#unreadableCertificate(conn, socket, described.unreadable);

@@ -18,6 +18,8 @@ export interface TlsClientOptions {
   ca?: string;
   servername?: string;
   maxVersion?: tls.SecureVersion;
+  /** OpenSSL cipher string, e.g. `DEFAULT@SECLEVEL=0` for a legacy client that still presents a weak key. */
+  ciphers?: string;
   /** A TLS session from an earlier connection, to ask for resumption. */
   session?: Buffer;
 }
@@ -210,7 +212,7 @@ export class SmtpTestClient {
 function tlsOptions(o: TlsClientOptions): tls.ConnectionOptions {
   return {
     cert: o.cert, key: o.key, ca: o.ca, servername: o.servername ?? 'localhost',
-    rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion, session: o.session,
+    rejectUnauthorized: !!o.ca, maxVersion: o.maxVersion, session: o.session, ciphers: o.ciphers,
   };
 }
 

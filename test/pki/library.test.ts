@@ -80,6 +80,11 @@ test('pin tables: add and remove keep the other lines and comments; the table st
   assert.equal(pinOf(spkiPem), added.pinSha256);
   assert.equal((await addPin(file, { identity: 'ann@mox.example', certificateOrPin: spkiPem })).pinSha256, added.pinSha256);
   assert.throws(() => pinOf('-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIP\n-----END PRIVATE KEY-----\n'), /not a certificate or public key/);
+  // A key too weak to trust is refused, as a certificate and as a public key: its pin would never name the account.
+  const old = await createSelfSignedCertificate({ commonName: 'old-printer', keyType: 'rsa', rsaBits: 1024 });
+  await assert.rejects(addPin(file, { identity: 'ann@mox.example', certificateOrPin: old.cert }), /a 1024-bit rsa key is too weak to pin/);
+  assert.throws(() => pinOf(new X509Certificate(old.cert).publicKey.export({ type: 'spki', format: 'pem' }).toString()), /1024-bit rsa key is too weak/);
+  assert.equal(pinOf(old.cert, { refuseWeak: false }).length, 64);
 
   const config = parseConfig(`
 tables: { a: ./a, b: { file: ./b, format: json } }
