@@ -4,6 +4,7 @@
  * for speed: a schema-driven parse (@peculiar/x509) costs milliseconds, node:crypto tens of microseconds.
  */
 import { children, directoryString, malformed, oid, readTlv, time, unsignedBytes, type Tlv } from './der.ts';
+import { ipv6Groups, ipv6Text } from '../addresses/ip-text.ts';
 
 /** One attribute of a name. */
 export interface NameAttribute {
@@ -155,23 +156,10 @@ function subjectAltNames(buf: Buffer, extensions: Tlv): CertificateFields['san']
       else if (gn.tag === 0x87) { // [7] iPAddress
         const bytes = buf.subarray(gn.body, gn.end);
         if (bytes.length === 4) san.ip.push(bytes.join('.'));
-        else if (bytes.length === 16) san.ip.push(ipv6(bytes));
+        else if (bytes.length === 16) san.ip.push(ipv6Text(ipv6Groups(bytes)));
       }
     }
   }
   return san;
 }
 
-/** RFC 5952 text form: lowercase, the longest run of two or more zero groups as `::`. */
-function ipv6(bytes: Buffer): string {
-  const groups = Array.from({ length: 8 }, (_, i) => bytes.readUInt16BE(i * 2));
-  let best = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8; i++) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) [best, bestLength] = [i, j - i];
-  }
-  const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(':');
-  return best < 0 ? hex(groups) : `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLength))}`;
-}

@@ -7,7 +7,7 @@
  */
 import { promises as dns } from 'node:dns';
 import { isIPv4, isIPv6 } from 'node:net';
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 
 type ReverseCallback = (err: Error | null, hostnames?: string[]) => void;
 

@@ -10,7 +10,7 @@
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';

@@ -9,7 +9,7 @@ import type {
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 import { asciiDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';

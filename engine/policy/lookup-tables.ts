@@ -12,7 +12,7 @@ import type { Entry } from './mapping-entries.ts';
 import type { MappingReply } from './mapping-parse-thread.ts';
 import type { Config, TableConfig } from '../config/schema.ts';
 import { normalizeFingerprint } from '../certificates/index.ts';
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainKey } from './domain-key.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine, quoteToken } from '../certificates/key-material.ts';
 

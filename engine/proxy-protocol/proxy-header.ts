@@ -4,6 +4,7 @@
  * anything malformed is refused, since the address it carries ends up in limits, logs and Received.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { ipv6Groups, ipv6Text, ipv6TextGroups } from '../addresses/ip-text.ts';
 
 /** The v2 signature: 12 bytes no text protocol can start with. */
 export const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -73,14 +74,7 @@ function parseV1(data: Buffer): ParseResult {
  * IPv4 client it is.
  */
 function canonicalIpv6(text: string): string {
-  // The URL parser writes every group in hex, compressed: expanded into the 16 bytes ipv6() reads.
-  const [head, tail] = new URL(`http://[${text}]/`).hostname.slice(1, -1).split('::') as [string, string | undefined];
-  const front = head ? head.split(':') : [];
-  const back = tail ? tail.split(':') : [];
-  const groups = [...front, ...Array<string>(8 - front.length - back.length).fill('0'), ...back];
-  const bytes = Buffer.alloc(16);
-  groups.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), 2 * i));
-  return ipv6(bytes);
+  return ipv6Text(ipv6TextGroups(text));
 }
 
 /** Decimal without leading zeros (as the spec writes them), 0–65535. */
@@ -129,21 +123,4 @@ function ok2(src: string, dst: string, sport: number, dport: number, length: num
 const ipv4 = (b: Buffer): string => `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
 
 /** RFC 5952 text, as Node names IPv6 peers (an IPv4-mapped one stays mapped: clientAddress() unmaps it). */
-function ipv6(b: Buffer): string {
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i));
-  // The longest run of two or more zero groups becomes "::" (the first such run on a tie).
-  let best = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) { best = i; bestLength = j - i; }
-    i = j;
-  }
-  const hex = (g: number[]): string => g.map((x) => x.toString(16)).join(':');
-  if (best < 0) return hex(groups);
-  if (best === 0 && bestLength === 5 && groups[5] === 0xffff) return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  return `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLength))}`;
-}
+const ipv6 = (b: Buffer): string => ipv6Text(ipv6Groups(b));

@@ -24,7 +24,7 @@ import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { SmtpReply } from '../smtp/reply.ts';
 import { canonicalAddress, preparedPath } from '../smtp/envelope-path.ts';
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
 import { headerRefusal, spooledSession } from '../smtp/message-intake.ts';
