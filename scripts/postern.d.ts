@@ -321,10 +321,12 @@ declare module "postern" {
     implicitTls?: boolean;
     tls?: DeliveryTls;
     /**
-     * Name of a DKIM key declared in the configuration (`delivery.dkim`) to sign this delivery with; `null`:
-     * do not sign, even where a key is the default for the sender's domain.
+     * Name of a DKIM key declared in the configuration (`delivery.dkim`) to sign this delivery with, or several
+     * (at most 8, each once) to sign it once with each, e.g. an RSA and an Ed25519 key (RFC 8463 §4: verifiers
+     * that do not know Ed25519 check the RSA signature); `null` or `[]`: do not sign, even where a key is the
+     * default for the sender's domain.
      */
-    dkim?: string | null;
+    dkim?: string | readonly string[] | null;
   }
 
   export type PredeliveryVerdict = DeliverVerdict | RejectVerdict | DeferVerdict;

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { domainToASCII } from 'node:url';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
-import { configSchema, type Config } from './schema.ts';
+import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
@@ -245,14 +245,26 @@ function crossCheck(c: Config): PathProblem[] {
     out.push({ path: ['delivery', 'tls', 'clientCertificate'], message: `no client certificate named "${d.tls.clientCertificate}" under delivery.clientCertificates` });
   }
   if (d.tls.ca && !(d.tls.ca in d.caFiles)) out.push({ path: ['delivery', 'tls', 'ca'], message: `no CA named "${d.tls.ca}" under delivery.caFiles` });
-  const signedBy = new Map<string, string>();
+  // A domain listed under several keys is signed with each (an RSA and an Ed25519 key, RFC 8463 §4), at most
+  // MAX_DKIM_SIGNATURES; listed twice under one key, one spelling is a mistake for another domain.
+  const signers = new Map<string, string[]>();
   for (const [name, key] of Object.entries(d.dkim)) {
+    const own = new Set<string>();
     for (const [i, domain] of key.senderDomains.entries()) {
-      // By A-labels, as the key is chosen (delivery/dkim.ts): bücher.example and xn--bcher-kva.example are one domain.
+      // By A-labels, as the keys are chosen (delivery/dkim.ts): bücher.example and xn--bcher-kva.example are one domain.
       const id = domainToASCII(domain.replace(/\.$/, '')) || domain.toLowerCase();
-      const other = signedBy.get(id);
-      if (other !== undefined) out.push({ path: ['delivery', 'dkim', name, 'senderDomains', i], message: `${domain} is already signed by delivery.dkim.${other}` });
-      signedBy.set(id, name);
+      const at = ['delivery', 'dkim', name, 'senderDomains', i];
+      if (own.has(id)) {
+        out.push({ path: at, message: `${domain} is listed twice under delivery.dkim.${name}` });
+        continue;
+      }
+      own.add(id);
+      const keys = signers.get(id) ?? [];
+      if (keys.length === MAX_DKIM_SIGNATURES) {
+        out.push({ path: at, message: `${domain} is listed under more than ${MAX_DKIM_SIGNATURES} keys (one signature each): ${keys.map((k) => `delivery.dkim.${k}`).join(', ')} already sign it` });
+        continue;
+      }
+      signers.set(id, [...keys, name]);
     }
   }
   if (c.accounts) {

@@ -1,6 +1,6 @@
 /**
- * DKIM signing of outbound mail (dkim-signature.ts), with the keys of `delivery.dkim`. Which key signs a
- * delivery: the one a predelivery verdict names, else the one listing the sender's domain, else none.
+ * DKIM signing of outbound mail (dkim-signature.ts), with the keys of `delivery.dkim`. Which keys sign a
+ * delivery (one signature each): those a predelivery verdict names, else those listing the sender's domain, else none.
  * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
  * reaches a script. The signature covers the exact bytes sent: line ends (bare LF, bare CR) are made CRLF
  * before signing, which is what the SMTP client would otherwise do to them on the wire.
@@ -25,20 +25,18 @@ export interface DkimKey {
 }
 
 /**
- * The key name for a delivery: the verdict's choice (`null`: none), else the sender domain's default. Domains compare
- * by their A-labels (domain-key.ts): an ASCII transaction's sender is `alice@xn--bcher-kva.example`, an SMTPUTF8 one's
- * `alice@bücher.example`, and `senderDomains` may list it either way.
+ * The key names for a delivery, one signature each ([]: unsigned): the verdict's choice, else the keys that list
+ * the sender's domain, in the configuration's order (an RSA and an Ed25519 key: both sign). Domains compare by
+ * their A-labels (domain-key.ts): an ASCII transaction's sender is `alice@xn--bcher-kva.example`, an SMTPUTF8
+ * one's `alice@bücher.example`, and `senderDomains` may list it either way.
  */
-export function chooseDkimKey(delivery: DeliveryConfig, chosen: string | null | undefined, sender: string): string | null {
+export function chooseDkimKeys(delivery: DeliveryConfig, chosen: readonly string[] | undefined, sender: string): readonly string[] {
   if (chosen !== undefined) return chosen;
   const at = sender.lastIndexOf('@');
-  if (at < 0) return null; // the null sender (bounces): no domain to sign for by default
+  if (at < 0) return []; // the null sender (bounces): no domain to sign for by default
   const domain = domainKey(sender.slice(at + 1));
-  if (!domain) return null;
-  for (const [name, key] of Object.entries(delivery.dkim)) {
-    if (key.senderDomains.some((d) => domainKey(d) === domain)) return name;
-  }
-  return null;
+  if (!domain) return [];
+  return Object.entries(delivery.dkim).filter(([, key]) => key.senderDomains.some((d) => domainKey(d) === domain)).map(([name]) => name);
 }
 
 /** Read and check `delivery.dkim.<name>`. Throws with `<file>: delivery.dkim.<name>.privateKey: …` (no key material). */
@@ -100,18 +98,24 @@ export class DkimKeys {
   }
 }
 
-/** The message with its DKIM-Signature header in front (and CRLF line ends). Throws DeliveryFailure when signing fails. */
-export async function signMessage(message: Buffer, key: DkimKey): Promise<Buffer> {
+/**
+ * The message with a DKIM-Signature header per key in front, the first key's on top (and CRLF line ends). Each
+ * signs the message as received, not the others' signatures: none depends on another. Throws DeliveryFailure
+ * when signing fails.
+ */
+export async function signMessage(message: Buffer, keys: readonly DkimKey[]): Promise<Buffer> {
   const crlf = withCrlf(message);
-  let field: string;
-  try {
-    field = await dkimSignatureField(crlf, key);
-  } catch (err) {
-    // A message no retry can sign bounces now; anything else (the key) is retried.
-    if (err instanceof UnsignableMessage) throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} refused: ${err.message}`, { permanent: true, enhanced: '5.6.0' });
-    throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
+  const fields: Buffer[] = [];
+  for (const key of keys) {
+    try {
+      fields.push(Buffer.from(await dkimSignatureField(crlf, key), 'latin1'));
+    } catch (err) {
+      // A message no retry can sign bounces now; anything else (the key) is retried.
+      if (err instanceof UnsignableMessage) throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} refused: ${err.message}`, { permanent: true, enhanced: '5.6.0' });
+      throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
+    }
   }
-  return Buffer.concat([Buffer.from(field, 'latin1'), crlf]);
+  return Buffer.concat([...fields, crlf]);
 }
 
 /**

@@ -14,7 +14,7 @@ import { DeliveryFailure } from './outcome.ts';
 import type { TlsPolicy } from './outbound-tls.ts';
 
 export type PredeliveryDecision =
-  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls; dkim?: string | null }
+  | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls; dkim?: readonly string[] }
   | { action: 'reject' | 'defer'; failure: DeliveryFailure; reason: string | undefined };
 
 /** A script's TLS choices; `clientCertificate: null` means none, even where the configuration has a default. */
@@ -47,6 +47,7 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
     ...(verdict.host !== undefined ? { host: withoutBrackets(verdict.host) } : {}),
     ...(verdict.port !== undefined ? { port: verdict.port } : {}),
     ...(verdict.implicitTls !== undefined ? { implicitTls: verdict.implicitTls } : {}),
-    ...(verdict.dkim !== undefined ? { dkim: verdict.dkim } : {}),
+    // The keys as a list ([]: unsigned); a copy, the verdict's own array is the script's.
+    ...(verdict.dkim !== undefined ? { dkim: verdict.dkim === null ? [] : typeof verdict.dkim === 'string' ? [verdict.dkim] : [...verdict.dkim] } : {}),
   };
 }

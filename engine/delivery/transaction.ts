@@ -38,8 +38,8 @@ export const MAX_TRANSACTIONS = 100;
 export interface DeliveryPlan {
   hops: NextHop[];
   tls: TlsPolicy;
-  /** Name of the `delivery.dkim` key that signs the message; none: unsigned. */
-  dkim?: string;
+  /** Names of the `delivery.dkim` keys that sign the message, one signature each, in this order; none: unsigned. */
+  dkim?: readonly string[];
 }
 
 export interface TransactionEnv {
@@ -112,10 +112,11 @@ interface NodemailerError extends Error {
  */
 export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan, unsigned: Transaction): Promise<TransactionResult> {
   let tx = unsigned;
-  if (plan.dkim) {
+  if (plan.dkim?.length) {
     // Signed once per attempt and plan; a key that cannot be read or used is a configuration problem: retry later.
     try {
-      tx = { ...unsigned, message: await signMessage(unsigned.message, await env.dkim.key(env.delivery, env.scope, plan.dkim)) };
+      const keys = await Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name)));
+      tx = { ...unsigned, message: await signMessage(unsigned.message, keys) };
     } catch (err) {
       const { outcomes } = everyone(unsigned, asFailure(err));
       return { outcomes, connection: null, transactions: [{ outcomes, connection: null }] };

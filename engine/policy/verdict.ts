@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
 import { checkHeaderEdits, HeaderEditError } from './header-edits.ts';
+import { MAX_DKIM_SIGNATURES } from '../config/schema.ts';
 
 export class VerdictError extends Error {
   /** A failure of this kind, in the log and the metrics (as ScriptFailure's `error`, `timeout`, `memory`). */
@@ -101,12 +102,20 @@ function checked(hook: HookName, value: unknown): Verdict | PredeliveryVerdict |
   return v as unknown as Verdict;
 }
 
+/** A verdict's `dkim` as a checked list of key names, or null when it is not one (a name, or distinct names). */
+function dkimNames(value: unknown): string[] | null {
+  const names = typeof value === 'string' ? [value] : Array.isArray(value) ? value as unknown[] : null;
+  if (!names || names.length > MAX_DKIM_SIGNATURES) return null;
+  if (!names.every((n): n is string => typeof n === 'string' && n.length > 0)) return null;
+  return new Set(names).size === names.length ? names : null;
+}
+
 /** A deliver verdict's route and TLS options. */
 function checkDeliver(v: Record<string, unknown>): void {
   if (v.host !== undefined && (typeof v.host !== 'string' || !(HOST.test(v.host) || isIP(withoutBrackets(v.host))))) throw new VerdictError(`deliver: invalid host ${JSON.stringify(v.host)}`);
   if (v.port !== undefined && (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535)) throw new VerdictError(`deliver: invalid port ${JSON.stringify(v.port)}`);
   if (v.implicitTls !== undefined && typeof v.implicitTls !== 'boolean') throw new VerdictError('deliver: implicitTls must be a boolean');
-  if (v.dkim !== undefined && v.dkim !== null && (typeof v.dkim !== 'string' || !v.dkim)) throw new VerdictError('deliver: dkim must be the name of a key or null');
+  if (v.dkim !== undefined && v.dkim !== null && !dkimNames(v.dkim)) throw new VerdictError(`deliver: dkim must be the name of a key, a list of at most ${MAX_DKIM_SIGNATURES} different names, or null`);
   if (v.tls === undefined) return;
   if (typeof v.tls !== 'object' || v.tls === null || Array.isArray(v.tls)) throw new VerdictError('deliver: tls must be an object');
   const t = v.tls as Record<string, unknown>;

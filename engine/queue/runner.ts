@@ -20,7 +20,7 @@ import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../del
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
 import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
 import type { TransactionDsn } from '../delivery/dsn-params.ts';
-import { chooseDkimKey, DkimKeys } from '../delivery/dkim.ts';
+import { chooseDkimKeys, DkimKeys } from '../delivery/dkim.ts';
 import { withLinesWithin } from '../delivery/line-length.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
@@ -507,8 +507,8 @@ export class QueueRunner {
     if (cert) tls.clientCertificate = cert;
     if (ca) tls.ca = ca;
     if (decision.tls.serverName) tls.serverName = decision.tls.serverName;
-    const dkim = chooseDkimKey(delivery, decision.dkim, envelope.sender);
-    return { recipients, plan: { hops, tls, ...(dkim ? { dkim } : {}) }, final: [] };
+    const dkim = chooseDkimKeys(delivery, decision.dkim, envelope.sender);
+    return { recipients, plan: { hops, tls, ...(dkim.length ? { dkim } : {}) }, final: [] };
   }
 
   /**
@@ -642,9 +642,9 @@ export class QueueRunner {
       const to = these.map((o) => o.recipient);
       this.#log[status === 'delivered' ? 'info' : 'warn']({
         id, from: envelope.sender, to, status: word, relay, delay: Number(delay.toFixed(2)), attempt,
-        tls, clientCertificate, dkim: plan?.dkim ?? null, reply: these[0]!.reply, reason,
+        tls, clientCertificate, dkim: plan?.dkim?.join(',') ?? null, reply: these[0]!.reply, reason,
       }, `${id}: ${to.map((r) => `to=<${r}>`).join(', ')}, relay=${relay}, delay=${delay.toFixed(2)}, attempt=${attempt}, tls=${tls ?? 'none'}, ` +
-        `client_certificate=${clientCertificate ?? 'none'}${plan?.dkim ? `, dkim=${plan.dkim}` : ''}, status=${word} (${these[0]!.reply})`);
+        `client_certificate=${clientCertificate ?? 'none'}${plan?.dkim ? `, dkim=${plan.dkim.join(',')}` : ''}, status=${word} (${these[0]!.reply})`);
     }
   }
 

@@ -269,6 +269,14 @@ export function installRuntime(
   };
   const isBool = (v: unknown): boolean => typeof v === 'boolean';
   const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
+  /** deliver()'s dkim: a key name, a list of them (checked in full by the host: distinct, at most 8), or null. */
+  const isKeyNames = (v: unknown): boolean => {
+    if (isString(v) || v === null) return true;
+    if (!isArray(v)) return false;
+    for (let i = 0; i < v.length; i++) if (!isString(v[i])) return false;
+    return true;
+  };
+
   const isTls = (v: unknown): boolean => {
     options('deliver', v, {
       mode: (m) => m === 'none' || m === 'may' || m === 'encrypt' || m === 'verify',
@@ -567,7 +575,7 @@ export function installRuntime(
     }),
     deliver: (opts?: unknown) => ({
       verdict: 'deliver',
-      ...options('deliver', opts, { host: isString, port: isPort, implicitTls: isBool, tls: isTls, dkim: (v) => isString(v) || v === null }),
+      ...options('deliver', opts, { host: isString, port: isPort, implicitTls: isBool, tls: isTls, dkim: isKeyNames }),
     }),
   };
   for (const name of keys(helpers)) {

@@ -74,7 +74,7 @@ const pem = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', fo
 writeFileSync(dir + '/k.pem', pem);
 const delivery = { dkim: { main: { domain: 'example.test', selector: 's1', privateKey: dir + '/k.pem', senderDomains: [] } } };
 const key = await loadDkimKey(delivery, 'main');
-const signed = await signMessage(Buffer.from('From: a@example.test\\r\\nSubject: hi\\r\\n\\r\\nbody\\r\\n'), key);
+const signed = await signMessage(Buffer.from('From: a@example.test\\r\\nSubject: hi\\r\\n\\r\\nbody\\r\\n'), [key]);
 if (!signed.toString().startsWith('DKIM-Signature:')) throw new Error('not signed');`);
   assert.deepEqual(OPTIONAL.filter((p) => loaded.has(p)), []);
 });

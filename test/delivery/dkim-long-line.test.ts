@@ -28,7 +28,7 @@ test('signing a message whose body is one 4 MB line copies it about once, and th
   }) as typeof Buffer.concat;
   let signed: Buffer;
   try {
-    signed = await signMessage(message, key);
+    signed = await signMessage(message, [key]);
   } finally {
     Buffer.concat = concat;
   }
