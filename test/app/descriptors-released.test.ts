@@ -150,7 +150,15 @@ function describeOutbound(): void {
       await startScriptedPeer({ ehlo: (s) => { s.end('421 4.3.2 going away\r\n'); return 'stop'; } }, '127.0.0.3', port),
       await startScriptedPeer({ endOfData: (s) => { s.destroy(); return 'stop'; } }, '127.0.0.4', port),
       await startScriptedPeer({ rcpt: (s) => { s.write('550 5.1.1 no such user\r\n'); return 'answered'; } }, '127.0.0.5', port),
-      await startScriptedPeer({ ehlo: (s) => { s.write('250-peer\r\n250 STARTTLS\r\n'); return 'answered'; } }, '127.0.0.6', port),
+      // Offers STARTTLS, says 220 to it, then sends what no TLS handshake can read (tls.mode may: a plain retry may follow).
+      await startScriptedPeer({
+        ehlo: (s) => {
+          s.removeAllListeners('data');
+          s.write('250-peer\r\n250 STARTTLS\r\n');
+          s.once('data', () => { s.write('220 2.0.0 ready\r\n'); s.once('data', () => s.end(Buffer.alloc(100, 0x15))); });
+          return 'stop';
+        },
+      }, '127.0.0.6', port),
     ];
     const mx = (name: string): Array<{ exchange: string; priority: number }> => [{ exchange: `mx.${name}`, priority: 10 }];
     server = await startDeliveryServer({
@@ -179,7 +187,9 @@ function describeOutbound(): void {
   async function oneOfEach(): Promise<void> {
     const ids = await Promise.all(DOMAINS.map((d) => server.send('sender@example.com', [`someone@${d}`], 'Subject: t\r\n\r\nbody\r\n')));
     const attempts = await Promise.all(ids.map((id) => server.nextAttempt((e) => e.id === id, { past: true, timeoutMs: 60_000 })));
-    for (const [i, a] of attempts.entries()) assert.notEqual(a.outcomes[0]!.status, 'delivered', `${DOMAINS[i]}: a failure path`);
+    for (const [i, a] of attempts.entries()) {
+      if (DOMAINS[i] !== 'bad-starttls.test') assert.notEqual(a.outcomes[0]!.status, 'delivered', `${DOMAINS[i]}: a failure path`);
+    }
   }
 
   test('outbound: refused, cut, 4xx/5xx and failed-STARTTLS attempts and the bounces they make give their descriptors back', async () => {
