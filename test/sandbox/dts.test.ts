@@ -102,6 +102,13 @@ export default function (ctx: DataContext) {
   if (cert) { const fingerprint: string = cert.fingerprint.sha256; log(fingerprint); }
 }
 `,
+    // ctx.connection is frozen in the sandbox: an assignment or an in-place sort there would throw (fail closed).
+    'mailfrom.ts': `import type { MailFromContext } from "postern";
+export default function (ctx: MailFromContext) {
+  ctx.connection.helo = 'rewritten.example';
+  const c = ctx.connection; if (c.source === 'smtp' && c.clientCertificate) c.clientCertificate.san.dns.sort();
+}
+`,
     'helo.ts': `import type { HeloContext } from "postern";
 export default function (ctx: HeloContext) {
   setTimeout(() => {}, 1);
@@ -113,6 +120,8 @@ export default function (ctx: HeloContext) {
   assert.match(output, /rcptto\.ts\(3,\d+\): error TS2322: Type '"maybe"' is not assignable/);
   // Without a look at the source, the certificate may be Postfix's, whose fingerprints may be null.
   assert.match(output, /data\.ts\(4,\d+\): error TS2322: Type 'string \| null' is not assignable to type 'string'/);
+  assert.match(output, /mailfrom\.ts\(3,18\): error TS2540: Cannot assign to 'helo' because it is a read-only property/);
+  assert.match(output, /mailfrom\.ts\(4,\d+\): error TS2339: Property 'sort' does not exist on type 'readonly string\[\]'/);
   assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
 });

@@ -125,8 +125,9 @@ export interface MessageBody {
    * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
    * encodings are not decoded, and every line end is CRLF, as the next hop receives it (a bare CR or bare LF
    * the client sent is a line end there, so it is one here). Readable only while the data hook runs.
+   * Read-only, as `ctx.connection` is: the object is frozen.
    */
-  text(maxBytes?: number): Promise<string>;
+  readonly text: (maxBytes?: number) => Promise<string>;
 }
 
 /** A short summary of the certificate the original client presented, kept in the queue. */

@@ -1,0 +1,191 @@
+/**
+ * What a script author reads in scripts/postern.d.ts is what the script gets. The declared shape of each hook's
+ * context is read from postern.d.ts with the TypeScript checker (so the test follows the typings as they change);
+ * each hook's script walks its real `ctx` against it inside the sandbox, over real SMTP sessions of every kind
+ * (no TLS, STARTTLS without and with a client certificate, implicit TLS, AUTH PLAIN and EXTERNAL, HELO and EHLO,
+ * pipelined commands, a second transaction after RSET, the null sender, an IDN domain in A-labels and in U-labels
+ * under SMTPUTF8), Postfix policy requests, and the queue's predelivery. Any property missing, of another kind,
+ * read-only where it is declared writable, or present without being declared is a failure.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { DTS_PATH } from '../../engine/sandbox/api/generate-dts.ts';
+import type { HookName } from '../../engine/sandbox/api/index.ts';
+import { HOOK_NAMES } from '../../engine/sandbox/index.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+import { startSink } from '../helpers/sink.ts';
+import { startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, smarthostDelivery, testListener, testServerTls } from '../helpers/config.ts';
+import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
+import { declaredShapes } from './helpers/declared-shapes.ts';
+import { shapeWalkingScript } from './helpers/shape-walker.ts';
+
+const CONTEXT_TYPE: Record<HookName, string> = {
+  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
+  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
+};
+
+const expectCode = async (c: SmtpTestClient, command: string, code: number): Promise<Reply> => {
+  const r = await c.command(command);
+  assert.equal(r.code, code, `${command}: ${r.text}`);
+  return r;
+};
+
+/** DATA, the message, its 250. */
+async function message(c: SmtpTestClient, text: string): Promise<void> {
+  await expectCode(c, 'DATA', 354);
+  c.write(`${text}\r\n.`);
+  const r = await c.read();
+  assert.equal(r.code, 250, r.text);
+}
+
+test('every hook\'s ctx, on every kind of session, has exactly the shape postern.d.ts declares', async () => {
+  const shapes = declaredShapes(DTS_PATH, Object.values(CONTEXT_TYPE));
+  const pki = await makeTestPki();
+  const sink = await startSink();
+  const tls = testServerTls(pki, { clientCertificates: 'request' });
+  const s = await startDeliveryServer({
+    files: { users: `bob@example.com:${await hashPassword('s3cret')}\n` },
+    scripts: Object.fromEntries(HOOK_NAMES.map((hook) => [`${hook}.js`, shapeWalkingScript(hook, shapes[CONTEXT_TYPE[hook]]!)])),
+    config: configYaml({
+      users: './users',
+      localDomains: ['example.com', 'bücher.example'],
+      listeners: [
+        testListener('plain'),
+        testListener('sub', { tls, auth: { mechanisms: ['EXTERNAL', 'PLAIN'] }, certificateIdentity: { field: 'emailAddress' } }),
+        testListener('smtps', { tls: { ...tls, mode: 'implicit' }, certificateIdentity: { field: 'emailAddress' } }),
+      ],
+      delivery: smarthostDelivery(sink.port),
+      policyServices: [{ name: 'postfix', listen: '127.0.0.1:0' }],
+    }),
+  });
+  const [ca, aliceCert, aliceKey] = await Promise.all([pki.ca.cert, pki.clients.alice.cert, pki.clients.alice.key].map((f) => readFile(f, 'utf8')));
+  const alice = { ca: ca!, cert: aliceCert!, key: aliceKey! };
+  const sessions: string[] = [];
+  try {
+    // No TLS, no login: EHLO, one recipient.
+    sessions.push('plain.test');
+    let c = await SmtpTestClient.connect(s.port('plain'));
+    await c.hello({ name: 'plain.test' });
+    await expectCode(c, 'MAIL FROM:<someone@sender.example>', 250);
+    await expectCode(c, 'RCPT TO:<user@example.com>', 250);
+    await message(c, 'Subject: plain\r\n\r\nbody');
+    await c.quit();
+
+    // HELO (not EHLO) and the null sender.
+    sessions.push('helo.test');
+    c = await SmtpTestClient.connect(s.port('plain'));
+    await c.read();
+    await expectCode(c, 'HELO helo.test', 250);
+    await expectCode(c, 'MAIL FROM:<>', 250);
+    await expectCode(c, 'RCPT TO:<postmaster@example.com>', 250);
+    await message(c, 'Subject: bounce\r\n\r\nbody');
+    await c.quit();
+
+    // STARTTLS without a certificate, AUTH PLAIN, a relayed and a local recipient.
+    sessions.push('nocert.test');
+    c = await SmtpTestClient.connect(s.port('sub'));
+    await c.hello({ name: 'nocert.test', starttls: { ca: ca! } });
+    await expectCode(c, `AUTH PLAIN ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`, 235);
+    await expectCode(c, 'MAIL FROM:<bob@example.com> SIZE=100 BODY=8BITMIME', 250);
+    await expectCode(c, 'RCPT TO:<far@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;far@example.net', 250);
+    await expectCode(c, 'RCPT TO:<user@example.com>', 250);
+    await message(c, 'Subject: relayed\r\nX-Two: a\r\n\r\nbody');
+    await c.quit();
+
+    // STARTTLS with a client certificate, AUTH EXTERNAL.
+    sessions.push('external.test');
+    c = await SmtpTestClient.connect(s.port('sub'));
+    await c.hello({ name: 'external.test', starttls: alice });
+    await expectCode(c, 'AUTH EXTERNAL =', 235);
+    await expectCode(c, 'MAIL FROM:<alice@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<far@example.net>', 250);
+    await message(c, 'Subject: external\r\n\r\nbody');
+    await c.quit();
+
+    // Implicit TLS with a certificate, not logged in.
+    sessions.push('implicit.test');
+    c = await SmtpTestClient.connect(s.port('smtps'), { implicitTls: alice });
+    await c.hello({ name: 'implicit.test' });
+    await expectCode(c, 'MAIL FROM:<alice@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<user@example.com>', 250);
+    await message(c, 'Subject: implicit\r\n\r\nbody');
+    await c.quit();
+
+    // Pipelined (RFC 2920): MAIL, two RCPTs and DATA in one write; then RSET and a second transaction.
+    sessions.push('pipelined.test');
+    c = await SmtpTestClient.connect(s.port('plain'));
+    await c.hello({ name: 'pipelined.test' });
+    c.socket.write('MAIL FROM:<one@sender.example>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n');
+    assert.deepEqual([(await c.read()).code, (await c.read()).code, (await c.read()).code, (await c.read()).code], [250, 250, 250, 354]);
+    c.write('Subject: first\r\n\r\nbody\r\n.');
+    assert.equal((await c.read()).code, 250);
+    await expectCode(c, 'MAIL FROM:<two@sender.example>', 250);
+    await expectCode(c, 'RCPT TO:<c@example.com>', 250);
+    await expectCode(c, 'RSET', 250);
+    await expectCode(c, 'MAIL FROM:<three@sender.example>', 250);
+    await expectCode(c, 'RCPT TO:<d@example.com>', 250);
+    await message(c, 'Subject: second\r\n\r\nbody');
+    await c.quit();
+
+    // An IDN domain in A-labels without SMTPUTF8; in U-labels, with a UTF-8 local part, under SMTPUTF8.
+    sessions.push('idn.test');
+    c = await SmtpTestClient.connect(s.port('plain'));
+    await c.hello({ name: 'idn.test' });
+    await expectCode(c, 'MAIL FROM:<someone@xn--bcher-kva.example>', 250);
+    await expectCode(c, 'RCPT TO:<leser@xn--bcher-kva.example>', 250);
+    await message(c, 'Subject: idn\r\n\r\nbody');
+    await c.quit();
+    sessions.push('utf8.test');
+    c = await SmtpTestClient.connect(s.port('plain'));
+    await c.hello({ name: 'utf8.test' });
+    await expectCode(c, 'MAIL FROM:<josé@bücher.example> SMTPUTF8', 250);
+    await expectCode(c, 'RCPT TO:<léser@bücher.example>', 250);
+    await message(c, 'Subject: grüße\r\nFrom: José <josé@bücher.example>\r\n\r\nbody');
+    await c.quit();
+
+    // The same hooks asked by Postfix.
+    sessions.push('postfix.test');
+    const postfix = await PolicyClient.connect({ port: Number(s.policyAddresses.get('postfix')!.split(':').pop()) });
+    const certificate = { ccert_subject: 'alice', ccert_issuer: 'Example CA', ccert_fingerprint: 'AB:'.repeat(31) + 'AB', ccert_pubkey_fingerprint: 'CD:'.repeat(31) + 'CD' };
+    for (const [state, extra] of [['CONNECT', {}], ['EHLO', {}], ['MAIL', { sasl_method: 'PLAIN', sasl_username: 'alice' }], ['RCPT', certificate], ['DATA', { queue_id: '4XyZ1' }], ['END-OF-MESSAGE', { size: 1234 }]] as const) {
+      assert.match(await postfix.ask(rcptRequest({ protocol_state: state, helo_name: 'postfix.test', ...extra })), /^action=/);
+    }
+    postfix.close();
+
+    const lines = (): Array<{ hook: string; session: string; kind: string; text: string }> => s.logs.map((l) => String(l.msg))
+      .filter((m) => m.startsWith('SHAPE '))
+      .map((m) => {
+        const [, hook, session, kind, ...text] = m.split(' ');
+        return { hook: hook!, session: session!, kind: kind!, text: text.join(' ') };
+      });
+    const ran = (hook: string, session: string): boolean => lines().some((r) => r.hook === hook && r.session === session && r.kind === 'done');
+    // Every session ran each of its hooks (connect is labelled by port: it has no HELO name yet).
+    await until('every session\'s hooks ran, predelivery included', () =>
+      sessions.every((session) => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => ran(hook, session)))
+      && sessions.filter((x) => x !== 'postfix.test').every((session) => ran('predelivery', session)));
+    assert.ok(ran('auth', 'nocert.test') && ran('auth', 'external.test'));
+    const failures = new Map<string, Set<string>>();
+    for (const { hook, session, kind, text } of lines()) {
+      if (kind === 'problem') failures.set(`${hook}: ${text}`, (failures.get(`${hook}: ${text}`) ?? new Set()).add(session.startsWith('port-') ? 'connect' : session));
+    }
+    assert.deepEqual([...failures].map(([p, where]) => `${p} (${[...where].join(', ')})`), [], 'ctx differs from postern.d.ts');
+    // The sessions met each side of the unions they were meant to.
+    const seen = new Set(lines().filter((l) => l.kind === 'met').map((l) => `${l.hook} ${l.text}`));
+    for (const expected of [
+      'connect ctx.connection.tls=null', 'connect ctx.connection.tls=TlsInfo', 'mailfrom ctx.connection.tls=TlsInfo',
+      'mailfrom ctx.connection.clientCertificate=null', 'mailfrom ctx.connection.clientCertificate=PeerCertificate',
+      'rcptto ctx.connection.clientCertificate=PostfixClientCertificate', 'mailfrom ctx.connection.auth=AuthInfo',
+      'mailfrom ctx.connection.auth=null', 'rcptto ctx.transaction.sender=EnvelopeAddress', 'mailfrom ctx.transaction.sender=null',
+      'predelivery ctx.session.clientCertificate=CertificateSummary', 'predelivery ctx.session.authenticatedUser=string',
+      'predelivery ctx.session.authenticatedUser=null', 'data ctx.connection.certificateIdentity=string',
+    ]) assert.ok(seen.has(expected), `not met: ${expected} (met: ${[...seen].sort().join(', ')})`);
+  } finally {
+    await s.stop();
+    await sink.close();
+  }
+});
