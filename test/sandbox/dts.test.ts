@@ -126,6 +126,11 @@ export default function (ctx: HeloContext) {
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
 });
 
+const CONTEXT_TYPE: Record<HookName, string> = {
+  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
+  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
+};
+
 /**
  * Every script the project shows an author — the scripts folder's own, each example's, each whole module
  * (`import type … from "postern"`) in docs/scripts.md — type-checks as an author's editor would check it: a
@@ -141,13 +146,28 @@ test('the shipped scripts, the examples\' scripts and the docs\' script modules 
     const scripts = await readdir(folder).catch(() => [] as string[]);
     for (const file of scripts) if (file.endsWith('.ts')) files[`${example}-${file}`] = await readFile(join(folder, file), 'utf8');
   }
-  const doc = await readFile(join(ROOT, 'docs/scripts.md'), 'utf8');
   let blocks = 0;
-  for (const [, block] of doc.matchAll(/```ts\n([\s\S]*?)```/g)) {
-    if (!block!.startsWith('import type ')) continue; // a fragment (a line of a script), not a whole module
-    files[`docs-scripts-${++blocks}.ts`] = block!;
+  const fragments: Record<string, string> = {};
+  for (const doc of ['scripts.md', 'authoring.md']) {
+    const text = await readFile(join(ROOT, 'docs', doc), 'utf8');
+    for (const match of text.matchAll(/```(?:ts|js|typescript|javascript)\n([\s\S]*?)```/g)) {
+      const block = match[1]!;
+      const name = `docs-${doc.replace('.md', '')}-${++blocks}.ts`;
+      if (/^export default /m.test(block)) { files[name] = block; continue; }
+      // A fragment (lines of a script) is checked in the hook of its section, as the body of that hook's function.
+      const hook = [...text.slice(0, match.index).matchAll(/^## (\w+)$/gm)].map((m) => m[1]!).findLast((h) => h in CONTEXT_TYPE);
+      assert.ok(hook, `${doc}: the section of ${block.slice(0, 80)}`);
+      fragments[name] = `import type { ${CONTEXT_TYPE[hook as HookName]} } from "postern";\n__DECLARED__export default async function (ctx: ${CONTEXT_TYPE[hook as HookName]}) {\n${block}}\n`;
+    }
   }
-  assert.ok(blocks >= 8 && Object.keys(files).length >= blocks + 10, `found ${Object.keys(files).join(', ')}`);
+  assert.ok(blocks >= 10 && Object.keys(files).length >= blocks - Object.keys(fragments).length + 10, `found ${Object.keys(files).join(', ')}`);
+  // A fragment's own variables (`score`, `fingerprint`) are whatever the script around it made: declared `any`, so
+  // what is checked is its use of the API (the builder's options, the verdict it returns).
+  const firstPass = await typeCheck(Object.fromEntries(Object.entries(fragments).map(([n, f]) => [n, f.replace('__DECLARED__', '')])));
+  for (const [name, fragment] of Object.entries(fragments)) {
+    const unknown = [...firstPass.output.matchAll(new RegExp(`${name}\\(\\d+,\\d+\\): error TS2304: Cannot find name '(\\w+)'`, 'g'))].map((m) => m[1]!);
+    files[name] = fragment.replace('__DECLARED__', [...new Set(unknown)].map((n) => `declare const ${n}: any;\n`).join(''));
+  }
   const { ok, output } = await typeCheck(files);
   assert.ok(ok, output);
   // And each docs module loads as the script of its hook, as `postern check` would load it.
@@ -166,10 +186,6 @@ test('the shipped scripts, the examples\' scripts and the docs\' script modules 
   }
 });
 
-const CONTEXT_TYPE: Record<HookName, string> = {
-  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
-  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
-};
 
 /** Every hook logs its whole context as JSON (a function as a marker), then lets the default decide. */
 const CONTEXT_LOGGER = (hook: HookName): string =>
