@@ -22,7 +22,9 @@ import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 import { declaredShapes } from './helpers/declared-shapes.ts';
-import { shapeWalkingScript } from './helpers/shape-walker.ts';
+import { SHAPE_WALKER, shapeWalkingScript } from './helpers/shape-walker.ts';
+import { startDnsServer } from '../helpers/dns-server.ts';
+import { startTestServer } from '../helpers/postern.ts';
 
 const CONTEXT_TYPE: Record<HookName, string> = {
   connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
@@ -187,5 +189,99 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
   } finally {
     await s.stop();
     await sink.close();
+  }
+});
+
+/** Each helper call of the script below, by name: the declared type of what it gives (a postern type expression). */
+const HELPER_RESULTS: Record<string, string> = {
+  rate: 'RateResult',
+  rateRefused: 'RateResult',
+  counter: 'Counter',
+  dns: 'Dns',
+  counterAdd: 'Awaited<ReturnType<P.Counter["add"]>>',
+  counterGet: 'Awaited<ReturnType<P.Counter["get"]>>',
+  dnsA: 'P.DnsResult<string>',
+  dnsTxt: 'P.DnsResult<string>',
+  dnsMx: 'P.DnsResult<P.MxRecord>',
+  dnsNxdomain: 'P.DnsResult<string>',
+  dnsServfail: 'P.DnsResult<string>',
+  dnsTimeout: 'P.DnsResult<string>',
+  dnsblListed: 'DnsblResult',
+  dnsblClean: 'DnsblResult',
+  dnsblRefused: 'DnsblResult',
+  lookupFound: 'ReturnType<P.PosternHelpers["lookup"]>',
+  lookupMissing: 'ReturnType<P.PosternHelpers["lookup"]>',
+  sha256: 'ReturnType<P.PosternHelpers["sha256"]>',
+  hmac: 'ReturnType<P.PosternHelpers["hmac"]>',
+  accept: 'AcceptVerdict',
+  reject: 'RejectVerdict',
+  defer: 'DeferVerdict',
+  deliver: 'DeliverVerdict',
+};
+
+const HELPER_CALLS = `{
+  rate: await rate('k', 1, 60),
+  rateRefused: await rate('k', 1, 60),
+  counter: counter('c'),
+  dns,
+  counterAdd: await counter('c').add(2, 60),
+  counterGet: await counter('c').get(),
+  dnsA: await dns.resolve('host.test', 'A'),
+  dnsTxt: await dns.resolve('host.test', 'TXT'),
+  dnsMx: await dns.resolve('host.test', 'MX'),
+  dnsNxdomain: await dns.resolve('nothing.test', 'A'),
+  dnsServfail: await dns.resolve('broken.test', 'A'),
+  dnsTimeout: await dns.resolve('silent.test', 'A', { timeoutMs: 50 }),
+  dnsblListed: await dnsbl('bl.test', '192.0.2.1'),
+  dnsblClean: await dnsbl('bl.test', '192.0.2.2'),
+  dnsblRefused: await dnsbl('bl.test', '192.0.2.3'),
+  lookupFound: lookup('t', 'found'),
+  lookupMissing: lookup('t', 'missing'),
+  sha256: sha256('x'),
+  hmac: hmac('sha256', 'k', 'x'),
+  accept: accept({ text: 'ok' }),
+  reject: reject('no', { code: 550 }),
+  defer: defer('later', { disconnect: false }),
+  deliver: deliver({ port: 25 }),
+}`;
+
+test('what each helper gives a script has the shape postern.d.ts declares for it', async () => {
+  const shapes = declaredShapes(DTS_PATH, Object.values(HELPER_RESULTS));
+  const dns = await startDnsServer({
+    'host.test': [{ type: 'A', value: '192.0.2.9', ttl: 300 }, { type: 'TXT', value: ['v=spf1', ' -all'] }, { type: 'MX', value: { exchange: 'mx.host.test', priority: 10 } }],
+    '1.2.0.192.bl.test': [{ type: 'A', value: '127.0.0.2' }],
+    '3.2.0.192.bl.test': [{ type: 'A', value: '127.255.255.254' }],
+  });
+  dns.servfail.add('broken.test');
+  dns.silent.add('silent.test');
+  const script = `${SHAPE_WALKER}
+const SHAPES = ${JSON.stringify(Object.fromEntries(Object.entries(HELPER_RESULTS).map(([name, type]) => [name, shapes[type]])))};
+export default async function (ctx) {
+  const results = ${HELPER_CALLS};
+  for (const [name, value] of Object.entries(results)) {
+    const problems = [];
+    walk(value, SHAPES[name], name, problems, {});
+    for (const p of problems) log('HELPER problem ' + p);
+  }
+  log('HELPER done ' + Object.keys(results).length);
+}
+`;
+  const s = await startTestServer({
+    files: { t: 'found value\n' },
+    scripts: { 'rcptto.js': script },
+    config: configYaml({ localDomains: ['example.com'], tables: { t: './t' }, dns: { servers: [dns.address], timeoutMs: 1000 }, sandbox: { timeoutMs: 5000 }, listeners: [testListener('in')] }),
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('in'));
+    await c.hello({ name: 'helpers.test' });
+    await expectCode(c, 'MAIL FROM:<someone@sender.example>', 250);
+    await expectCode(c, 'RCPT TO:<user@example.com>', 250);
+    await c.quit();
+    const lines = s.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('HELPER '));
+    assert.deepEqual(lines.filter((l) => !l.startsWith('HELPER done')), [], 'a helper gives other than postern.d.ts declares');
+    assert.deepEqual(lines, [`HELPER done ${Object.keys(HELPER_RESULTS).length}`]);
+  } finally {
+    await s.stop();
+    await dns.stop();
   }
 });

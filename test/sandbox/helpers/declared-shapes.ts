@@ -20,27 +20,32 @@ export type Shape =
 
 export interface DeclaredProperty { name: string; optional: boolean; readonly: boolean; shape: Shape }
 
-/** The shapes of the named exports of `declare module "postern"` in `dtsPath`, checked as scripts/tsconfig.json checks. */
-export function declaredShapes(dtsPath: string, names: readonly string[]): Record<string, Shape> {
+/**
+ * The shapes of `types`, each a name exported by `declare module "postern"` in `dtsPath` or a type expression over
+ * them (`P.DnsResult<P.MxRecord>`, `Awaited<ReturnType<P.PosternHelpers["rate"]>>`), checked as scripts/tsconfig.json
+ * checks scripts.
+ */
+export function declaredShapes(dtsPath: string, types: readonly string[]): Record<string, Shape> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-shapes-'));
   const api = new API({ cwd: dir });
   try {
     copyFileSync(dtsPath, join(dir, 'postern.d.ts'));
+    // Each type as an alias of a module of its own, read back by its name.
+    writeFileSync(join(dir, 'types.ts'), 'import type * as P from "postern";\n' + types.map((t, i) => `export type T${i} = ${/^\w+$/.test(t) ? `P.${t}` : t};\n`).join(''));
     writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
       compilerOptions: { target: 'es2024', lib: ['es2024'], types: [], strict: true, noEmit: true, module: 'esnext', moduleResolution: 'bundler' },
-      files: ['postern.d.ts'],
+      files: ['postern.d.ts', 'types.ts'],
     }));
     const project = api.updateSnapshot({ openProject: join(dir, 'tsconfig.json') }).getProject(join(dir, 'tsconfig.json'))!;
     const checker = project.checker;
-    const source = project.program.getSourceFile(join(dir, 'postern.d.ts'))!;
-    const module = source.statements.find((s) => (s as { name?: { text?: string } }).name?.text === 'postern') as { name: Node } | undefined;
-    if (!module) throw new Error(`${dtsPath}: no declare module "postern"`);
-    const exports = checker.getExportsOfModule(checker.getSymbolAtLocation(module.name)!);
+    const source = project.program.getSourceFile(join(dir, 'types.ts'))!;
+    const exports = checker.getExportsOfModule(checker.getSymbolAtLocation(source as unknown as Node)!);
     const out: Record<string, Shape> = {};
-    for (const name of names) {
-      const symbol = exports.find((s) => s.name === name);
-      if (!symbol) throw new Error(`${dtsPath}: "postern" exports no ${name}`);
-      out[name] = shapeOf(checker, checker.getDeclaredTypeOfSymbol(symbol), 0);
+    for (const [i, type] of types.entries()) {
+      const symbol = exports.find((s) => s.name === `T${i}`)!;
+      const declared = checker.getDeclaredTypeOfSymbol(symbol);
+      if (declared.flags & TypeFlags.Any) throw new Error(`${dtsPath}: ${type} is not a type of "postern"`);
+      out[type] = shapeOf(checker, declared, 0);
     }
     return out;
   } finally {

@@ -12,7 +12,7 @@ import type { Shape } from './declared-shapes.ts';
  * Plain JavaScript, run in the isolate: walk(value, shape, path, problems, seen) adds what differs to `problems`, and
  * answers false when the value is not even of the shape's kind (what picks the member of a union to report against).
  */
-const WALKER = String.raw`
+export const SHAPE_WALKER = String.raw`
 const describe = (v) => {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -86,7 +86,7 @@ function walk(v, s, path, problems, seen) {
  * the HELO name once there is one, else the client's port.
  */
 export function shapeWalkingScript(hook: string, shape: Shape): string {
-  return `${WALKER}
+  return `${SHAPE_WALKER}
 const SHAPE = ${JSON.stringify(shape)};
 export default async function (ctx) {
   const problems = [];
