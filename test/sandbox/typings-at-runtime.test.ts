@@ -3,7 +3,7 @@
  * context is read from postern.d.ts with the TypeScript checker (so the test follows the typings as they change);
  * each hook's script walks its real `ctx` against it inside the sandbox, over real SMTP sessions of every kind
  * (no TLS, STARTTLS without and with a client certificate, implicit TLS, AUTH PLAIN and EXTERNAL, HELO and EHLO,
- * pipelined commands, a second transaction after RSET, the null sender, an IDN domain in A-labels and in U-labels
+ * pipelined commands, a second transaction after RSET, twenty recipients, the null sender, an IDN domain in A-labels and in U-labels
  * under SMTPUTF8), Postfix policy requests, and the queue's predelivery. Any property missing, of another kind,
  * read-only where it is declared writable, or present without being declared is a failure.
  */
@@ -134,6 +134,15 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     await message(c, 'Subject: second\r\n\r\nbody');
     await c.quit();
 
+    // Recipients past 16: the isolate keeps the list, and ctx.transaction.recipients is a getter until read.
+    sessions.push('many.test');
+    c = await SmtpTestClient.connect(s.port('plain'));
+    await c.hello({ name: 'many.test' });
+    await expectCode(c, 'MAIL FROM:<many@sender.example>', 250);
+    for (let i = 0; i < 20; i++) await expectCode(c, `RCPT TO:<r${i}@example.com>`, 250);
+    await message(c, 'Subject: many\r\n\r\nbody');
+    await c.quit();
+
     // An IDN domain in A-labels without SMTPUTF8; in U-labels, with a UTF-8 local part, under SMTPUTF8.
     sessions.push('idn.test');
     c = await SmtpTestClient.connect(s.port('plain'));
@@ -185,7 +194,13 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
       'mailfrom ctx.connection.auth=null', 'rcptto ctx.transaction.sender=EnvelopeAddress', 'mailfrom ctx.transaction.sender=null',
       'predelivery ctx.session.clientCertificate=CertificateSummary', 'predelivery ctx.session.authenticatedUser=string',
       'predelivery ctx.session.authenticatedUser=null', 'data ctx.connection.certificateIdentity=string',
+      'mailfrom ctx.address.params[key]=true', 'mailfrom ctx.address.params[key]=string',
     ]) assert.ok(seen.has(expected), `not met: ${expected} (met: ${[...seen].sort().join(', ')})`);
+    // `postfix` is there exactly when Postfix asked (docs: "Only from a Postfix policy service").
+    for (const { hook, session, kind, text } of lines()) {
+      if (kind !== 'met' || !text.startsWith('ctx.postfix=')) continue;
+      assert.equal(text, session === 'postfix.test' ? 'ctx.postfix=present' : 'ctx.postfix=absent', `${hook} (${session})`);
+    }
   } finally {
     await s.stop();
     await sink.close();

@@ -4,7 +4,7 @@
  * (string, number, boolean, null vs undefined, array vs tuple, plain object vs Date or class instance, bigint),
  * whether what is declared writable can be written, and that the object holds nothing undeclared. It logs
  * `SHAPE <hook> <label> problem <text>` for each problem, `… met <path>=<member>` for the member of each union it met
- * (the run's coverage), then `… done`.
+ * and whether each optional property was there (the run's coverage), then `… done`.
  */
 import type { Shape } from './declared-shapes.ts';
 
@@ -61,6 +61,7 @@ function walk(v, s, path, problems, seen) {
       for (const p of s.props) {
         declared.add(p.name);
         const d = Object.getOwnPropertyDescriptor(v, p.name);
+        if (p.optional) (seen[path + '.' + p.name] ??= {})[d === undefined ? 'absent' : 'present'] = true;
         if (d === undefined) { if (!p.optional) bad('.' + p.name + ' missing, declared required'); continue; }
         if (!p.readonly && ('value' in d ? !d.writable : d.set === undefined)) bad('.' + p.name + ' is read-only, declared writable (no readonly): an assignment type-checks and throws');
         const x = v[p.name];
