@@ -48,7 +48,7 @@ async function typeCheck(files: Record<string, string>): Promise<{ ok: boolean; 
   }
 }
 
-const GOOD = `import type { AuthContext, PredeliveryContext, PredeliveryVerdict, Verdict } from "postern";
+const GOOD = `import type { AuthContext, PolicyHooks, PredeliveryContext, PredeliveryVerdict, Verdict } from "postern";
 
 export default function (ctx: AuthContext): Verdict | void {
   if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? undefined });
@@ -59,6 +59,11 @@ export default function (ctx: AuthContext): Verdict | void {
   if (pinned === null) return reject('unknown certificate', { code: 535, enhanced: '5.7.8' });
   return defer(undefined, { disconnect: true });
 }
+
+// The hooks' declared signatures take what the runtime takes: an async hook, a promise, null for the default.
+export const asyncHook: PolicyHooks['data'] = async (ctx) => (ctx.data.size > 10 ? reject('big') : undefined);
+export const promiseHook: PolicyHooks['rcptto'] = () => Promise.resolve(defer('later'));
+export const nullHook: PolicyHooks['predelivery'] = () => null;
 
 export function route(ctx: PredeliveryContext): PredeliveryVerdict {
   return ctx.destination.kind === 'mx' ? deliver({ tls: { mode: 'verify', serverName: ctx.destination.host } }) : deliver();
