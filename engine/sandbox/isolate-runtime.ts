@@ -150,6 +150,8 @@ export function installRuntime(
    * so `reject(\`spam: ${body}\`)` is the documented 5xx with its text cut, not a failure of a return value too long.
    */
   const MAX_VERDICT_TEXT = 1000;
+  /** Past this, a text is refused as too long, not cut: cutting flattens a rope (`'x'.repeat(1e8)`: 100 MB, the isolate lost). */
+  const MAX_CUT_TEXT = 1 << 20;
   /** The longest error name and message whose stack (which repeats them) the runner reads: see failed(). */
   const MAX_STACK_HEADER = 4 << 20;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
@@ -697,7 +699,7 @@ export function installRuntime(
         if (value === value && value !== Infinity && value !== -Infinity) return `${value}`;
         throw NotPlain(`return value holds ${value} at ${path}, not a finite number`);
       case 'string':
-        if (value.length > MAX_VERDICT_TEXT && path === 'result.text') return quote(apply(slice, value, [0, MAX_VERDICT_TEXT]) as string);
+        if (value.length > MAX_VERDICT_TEXT && value.length <= MAX_CUT_TEXT && path === 'result.text') return quote(apply(slice, value, [0, MAX_VERDICT_TEXT]) as string);
         // Refused before it is quoted: quoting `'x'.repeat(1e8)` (a rope, cheap to make) wrote 100 MB and lost the isolate.
         if (value.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
         return quote(value);
