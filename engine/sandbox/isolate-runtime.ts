@@ -274,6 +274,18 @@ export function installRuntime(
     }
     return dots === 2 && digits > 0;
   };
+  // The server's checks of these (engine/policy/verdict.ts), made here too so that the error names the script's line.
+  /** A string of `min` to `max` characters without C0 controls (and, `c1`, without C1 controls and U+2028/9). */
+  const plainText = (min: number, max: number, c1: boolean) => (v: unknown): boolean => {
+    if (!isString(v) || v.length < min || v.length > max) return false;
+    for (let i = 0; i < v.length; i++) {
+      const c = v[i]!;
+      if (c < ' ' || (c1 && ((c >= '\x7f' && c <= '\x9f') || c === '\u2028' || c === '\u2029'))) return false;
+    }
+    return true;
+  };
+  const isUsername = plainText(1, Infinity, false);
+  const isHoldReason = plainText(1, 200, true);
   const isBool = (v: unknown): boolean => typeof v === 'boolean';
   const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
   const isTls = (v: unknown): boolean => {
@@ -562,7 +574,7 @@ export function installRuntime(
     accept: (opts?: unknown) => ({
       verdict: 'accept',
       // headers: the data hook's header edits, checked in full by the host (engine/policy/header-edits.ts).
-      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString, headers: isArray, hold: isString }),
+      ...options('accept', opts, { username: isUsername, text: isString, headers: isArray, hold: isHoldReason }),
     }),
     reject: (reply?: unknown, opts?: unknown) => ({
       verdict: 'reject',

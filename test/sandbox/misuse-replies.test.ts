@@ -20,6 +20,8 @@ const CASES: Array<[string, string, string, RegExp | null, boolean]> = [
   ['builder-nan', 'return reject("x", { code: NaN });', FAILED, /reject\(\): invalid code NaN/, true],
   ['builder-class', 'return defer("x", { enhanced: "5.7.1" });', FAILED, /defer\(\): invalid enhanced 5\.7\.1/, true],
   ['builder-unknown', 'return reject("x", { disconect: true });', FAILED, /reject\(\): unknown option "disconect"/, true],
+  ['builder-username', 'return accept({ username: "alice\\r\\nbob" });', FAILED, /accept\(\): invalid username alice/, true],
+  ['builder-hold', 'return accept({ hold: "x".repeat(201) });', FAILED, /accept\(\): invalid hold x{201}/, true],
   ['builder-elsewhere', 'return deliver();', FAILED, /rcptto returned verdict "deliver", expected one of accept, reject, defer/, false],
   ['headers-elsewhere', 'return accept({ headers: [{ op: "add", name: "X-A", value: "1" }] });', FAILED, /headers: only a data hook can edit the message, not rcptto/, false],
   ['hold-elsewhere', 'return accept({ hold: "look" });', FAILED, /hold: only a data hook can hold a message, not rcptto/, false],
