@@ -7,9 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer } from '../helpers/postern.ts';
-import { configYaml, testListener } from '../helpers/config.ts';
+import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { readFile } from 'node:fs/promises';
+import { makeTestPki } from '../helpers/pki.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
 
 const FAILED = '451 4.3.0 Temporary policy failure, try again later';
 
@@ -96,6 +99,60 @@ test('each misuse of the script API gets the reply the docs give it, and log lin
     }
     await c.quit();
     assert.deepEqual(wrong, []);
+  } finally {
+    await s.stop();
+  }
+});
+
+/**
+ * "Failing closed … treated as this defer, in every hook": a throw in each SMTP hook gets that hook's documented
+ * failure reply (docs/scripts.md, the lifecycle and the defaults table), and connect's closes the connection.
+ */
+test('a throw in each hook gets the failure reply the docs give that hook', async () => {
+  const hooks = ['connect', 'helo', 'auth', 'mailfrom', 'rcptto', 'data'] as const;
+  const pki = await makeTestPki();
+  const s = await startTestServer({
+    files: { users: `bob@example.com:${await hashPassword('s3cret')}\n` },
+    // Each hook's script throws on the listener named after it.
+    scripts: Object.fromEntries(hooks.map((hook) => [`${hook}.js`, `export default function (ctx) {\n  if (ctx.connection.listener === '${hook}') throw new Error('${hook} broke');\n}\n`])),
+    config: configYaml({
+      users: './users', localDomains: ['example.com'],
+      listeners: hooks.map((hook) => testListener(hook, { tls: testServerTls(pki), auth: { mechanisms: ['PLAIN'] } })),
+    }),
+  });
+  try {
+    const ca = await readFile(pki.ca.cert, 'utf8');
+    const replies: Record<string, string> = {};
+    for (const hook of hooks) {
+      const c = await SmtpTestClient.connect(s.port(hook));
+      const steps = async (): Promise<string> => {
+        const greeting = await c.read();
+        if (hook === 'connect') return greeting.text;
+        const ehlo = await c.command('EHLO client.example');
+        if (hook === 'helo') return ehlo.text;
+        await c.starttls({ ca });
+        await c.command('EHLO client.example');
+        const auth = await c.command(`AUTH PLAIN ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`);
+        if (hook === 'auth') return auth.text;
+        const mail = await c.command('MAIL FROM:<bob@example.com>');
+        if (hook === 'mailfrom') return mail.text;
+        const rcpt = await c.command('RCPT TO:<user@example.com>');
+        if (hook === 'rcptto') return rcpt.text;
+        await c.command('DATA');
+        c.write('Subject: x\r\n\r\nbody\r\n.');
+        return (await c.read()).text;
+      };
+      replies[hook] = await steps();
+      if (hook === 'connect') assert.ok(await c.waitClosed(), 'connect: closed after the reply');
+      c.destroy();
+    }
+    assert.deepEqual(replies, {
+      connect: FAILED, helo: FAILED, auth: '454 4.7.0 Temporary policy failure, try again later',
+      mailfrom: FAILED, rcptto: FAILED, data: FAILED,
+    });
+    for (const hook of hooks) {
+      assert.ok(s.logs.some((l) => l.msg === `policy script ${hook} failed: ${s.dir}/scripts/${hook}.js:2:${hook.length + 50}: Error: ${hook} broke` || (String(l.msg).startsWith(`policy script ${hook} failed:`) && l.line === 2)), hook);
+    }
   } finally {
     await s.stop();
   }
