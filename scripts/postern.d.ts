@@ -380,16 +380,15 @@ declare module "postern" {
     accepted: boolean;
     /** Username the built-in rule would log in as. */
     username: string | null;
-    /** Why (for logs): e.g. `certificate-identity`, `password`, `bad-password`, `no-identity`. */
-    reason: string;
+    /** Why: accepted by `certificate-identity` or `password`; refused for the others. */
+    reason: 'certificate-identity' | 'password' | 'no-identity' | 'authzid-not-permitted' | 'empty-password' | 'bad-password' | 'certificate-account-mismatch';
   }
 
   /** auth: an AUTH exchange completed its SASL steps (on Postern's own listener only). Default: the built-in rule. */
   export interface AuthContext {
     connection: SmtpConnectionInfo;
     auth: {
-      /** EXTERNAL, PLAIN or LOGIN. */
-      mechanism: string;
+      mechanism: 'EXTERNAL' | 'PLAIN' | 'LOGIN';
       /** PLAIN/LOGIN: the authentication identity; EXTERNAL: the authzid (may be empty). */
       username: string;
       /** PLAIN/LOGIN password; always empty for EXTERNAL. */
@@ -403,8 +402,8 @@ declare module "postern" {
   /** The built-in sender binding's decision (listener `senderLogin`) for this MAIL FROM. */
   export interface BuiltinSenderDecision {
     accepted: boolean;
-    /** `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
-    reason: string;
+    /** Accepted: `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
+    reason: 'not-enforced' | 'not-authenticated' | 'own-address' | 'listed' | 'null-sender-allowed' | 'sender-login-mismatch' | 'null-sender';
   }
 
   /** mailfrom: MAIL FROM received. Default: the built-in sender binding (accept unless `senderLogin.enforce` refuses). */
@@ -420,8 +419,8 @@ declare module "postern" {
   /** The built-in relay rule's decision for this recipient. */
   export interface BuiltinRelayDecision {
     accepted: boolean;
-    /** `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
-    reason: string;
+    /** Accepted: `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`; refused: `relay-denied`. */
+    reason: 'postmaster' | 'local-domain' | 'authenticated' | 'client-certificate' | 'relay-denied';
   }
 
   /** rcptto: RCPT TO received. Default: the built-in relay rule. */

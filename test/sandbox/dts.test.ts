@@ -99,6 +99,7 @@ test('wrong scripts do not type-check', async () => {
     'rcptto.ts': `import type { RcptToContext, Verdict } from "postern";
 export default function (ctx: RcptToContext): Verdict | void {
   if (ctx.builtin.accepted) return { verdict: 'maybe' };
+  if (ctx.builtin.reason === 'local_domain') return reject();
 }
 `,
     'data.ts': `import type { DataContext } from "postern";
@@ -123,6 +124,8 @@ export default function (ctx: HeloContext) {
   });
   assert.equal(ok, false);
   assert.match(output, /rcptto\.ts\(3,\d+\): error TS2322: Type '"maybe"' is not assignable/);
+  // The built-in rules' reasons are their documented values: a misspelt one is a type error, not a branch never taken.
+  assert.match(output, /rcptto\.ts\(4,\d+\): error TS2367: This comparison appears to be unintentional/);
   // Without a look at the source, the certificate may be Postfix's, whose fingerprints may be null.
   assert.match(output, /data\.ts\(4,\d+\): error TS2322: Type 'string \| null' is not assignable to type 'string'/);
   assert.match(output, /mailfrom\.ts\(3,18\): error TS2540: Cannot assign to 'helo' because it is a read-only property/);

@@ -2,7 +2,7 @@
  * What a script author reads in scripts/postern.d.ts is what the script gets. The declared shape of each hook's
  * context is read from postern.d.ts with the TypeScript checker (so the test follows the typings as they change);
  * each hook's script walks its real `ctx` against it inside the sandbox, over real SMTP sessions of every kind
- * (no TLS, STARTTLS without and with a client certificate, implicit TLS, AUTH PLAIN and EXTERNAL, HELO and EHLO,
+ * (no TLS, STARTTLS without and with a client certificate, implicit TLS, AUTH PLAIN, LOGIN and EXTERNAL, HELO and EHLO,
  * pipelined commands, a second transaction after RSET, twenty recipients, the null sender, an IDN domain in A-labels and in U-labels
  * under SMTPUTF8), Postfix policy requests, and the queue's predelivery. Any property missing, of another kind,
  * read-only where it is declared writable, or present without being declared is a failure.
@@ -58,7 +58,7 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
       localDomains: ['example.com', 'bücher.example'],
       listeners: [
         testListener('plain'),
-        testListener('sub', { tls, auth: { mechanisms: ['EXTERNAL', 'PLAIN'] }, certificateIdentity: { field: 'emailAddress' } }),
+        testListener('sub', { tls, auth: { mechanisms: ['EXTERNAL', 'PLAIN', 'LOGIN'] }, certificateIdentity: { field: 'emailAddress' } }),
         testListener('smtps', { tls: { ...tls, mode: 'implicit' }, certificateIdentity: { field: 'emailAddress' } }),
       ],
       delivery: smarthostDelivery(sink.port),
@@ -84,7 +84,7 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     await c.read();
     await expectCode(c, 'HELO helo.test', 250);
     await expectCode(c, 'MAIL FROM:<>', 250);
-    await expectCode(c, 'RCPT TO:<postmaster@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<postmaster>', 250);
     await message(c, 'Subject: bounce\r\n\r\nbody');
     await c.quit();
 
@@ -92,11 +92,23 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     sessions.push('nocert.test');
     c = await SmtpTestClient.connect(s.port('sub'));
     await c.hello({ name: 'nocert.test', starttls: { ca: ca! } });
-    await expectCode(c, `AUTH PLAIN ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`, 235);
+    await expectCode(c, `auth plain ${Buffer.from('\0bob@example.com\0s3cret').toString('base64')}`, 235); // the mechanism in any case
     await expectCode(c, 'MAIL FROM:<bob@example.com> SIZE=100 BODY=8BITMIME', 250);
     await expectCode(c, 'RCPT TO:<far@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;far@example.net', 250);
     await expectCode(c, 'RCPT TO:<user@example.com>', 250);
     await message(c, 'Subject: relayed\r\nX-Two: a\r\n\r\nbody');
+    await c.quit();
+
+    // AUTH LOGIN, a relayed recipient only.
+    sessions.push('login.test');
+    c = await SmtpTestClient.connect(s.port('sub'));
+    await c.hello({ name: 'login.test', starttls: { ca: ca! } });
+    await expectCode(c, 'AUTH LOGIN', 334);
+    await expectCode(c, Buffer.from('bob@example.com').toString('base64'), 334);
+    await expectCode(c, Buffer.from('s3cret').toString('base64'), 235);
+    await expectCode(c, 'MAIL FROM:<bob@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<far@example.net>', 250);
+    await message(c, 'Subject: login\r\n\r\nbody');
     await c.quit();
 
     // STARTTLS with a client certificate, AUTH EXTERNAL.
@@ -179,7 +191,7 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     await until('every session\'s hooks ran, predelivery included', () =>
       sessions.every((session) => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => ran(hook, session)))
       && sessions.filter((x) => x !== 'postfix.test').every((session) => ran('predelivery', session)));
-    assert.ok(ran('auth', 'nocert.test') && ran('auth', 'external.test'));
+    assert.ok(ran('auth', 'nocert.test') && ran('auth', 'external.test') && ran('auth', 'login.test'));
     const failures = new Map<string, Set<string>>();
     for (const { hook, session, kind, text } of lines()) {
       if (kind === 'problem') failures.set(`${hook}: ${text}`, (failures.get(`${hook}: ${text}`) ?? new Set()).add(session.startsWith('port-') ? 'connect' : session));
@@ -195,7 +207,10 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
       'predelivery ctx.session.clientCertificate=CertificateSummary', 'predelivery ctx.session.authenticatedUser=string',
       'predelivery ctx.session.authenticatedUser=null', 'data ctx.connection.certificateIdentity=string',
       'mailfrom ctx.address.params[key]=true', 'mailfrom ctx.address.params[key]=string',
-    ]) assert.ok(seen.has(expected), `not met: ${expected} (met: ${[...seen].sort().join(', ')})`);
+      'auth ctx.auth.mechanism="PLAIN"', 'auth ctx.auth.mechanism="LOGIN"', 'auth ctx.auth.mechanism="EXTERNAL"',
+      'auth ctx.builtin.reason="password"', 'auth ctx.builtin.reason="certificate-identity"',
+      'rcptto ctx.builtin.reason="local-domain"', 'rcptto ctx.builtin.reason="authenticated"', 'rcptto ctx.builtin.reason="postmaster"',
+    ]) assert.ok(seen.has(expected), `not met: ${expected} (met: ${[...seen].filter((x) => x.startsWith(expected.split('=')[0]!)).join(', ')})`);
     // `postfix` is there exactly when Postfix asked (docs: "Only from a Postfix policy service").
     for (const { hook, session, kind, text } of lines()) {
       if (kind !== 'met' || !text.startsWith('ctx.postfix=')) continue;
