@@ -20,6 +20,7 @@ import { configYaml, smarthostDelivery, testListener, testServerTls } from '../h
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
+import { CONTEXT_TYPE } from './helpers/declared-shapes.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc');
@@ -133,11 +134,6 @@ export default function (ctx: HeloContext) {
   assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
 });
-
-const CONTEXT_TYPE: Record<HookName, string> = {
-  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
-  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
-};
 
 /**
  * Every script the project shows an author — the scripts folder's own, each example's, each whole module

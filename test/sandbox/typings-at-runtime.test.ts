@@ -21,15 +21,10 @@ import { configYaml, smarthostDelivery, testListener, testServerTls } from '../h
 import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
-import { declaredShapes } from './helpers/declared-shapes.ts';
+import { CONTEXT_TYPE, declaredShapes } from './helpers/declared-shapes.ts';
 import { SHAPE_WALKER, shapeWalkingScript } from './helpers/shape-walker.ts';
 import { startDnsServer } from '../helpers/dns-server.ts';
 import { startTestServer } from '../helpers/postern.ts';
-
-const CONTEXT_TYPE: Record<HookName, string> = {
-  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
-  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
-};
 
 const expectCode = async (c: SmtpTestClient, command: string, code: number): Promise<Reply> => {
   const r = await c.command(command);

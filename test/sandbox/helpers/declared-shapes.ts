@@ -8,7 +8,14 @@ import { mkdtempSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SyntaxKind, type Node } from 'typescript/unstable/ast';
+import type { HookName } from '../../../engine/sandbox/api/index.ts';
 import { API, SignatureKind, SymbolFlags, TypeFlags, type Checker, type Type, type TypeReference, type TupleType } from 'typescript/unstable/sync';
+
+/** Each hook's context type, as postern.d.ts names it. */
+export const CONTEXT_TYPE: Readonly<Record<HookName, string>> = {
+  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
+  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
+};
 
 export type Shape =
   | { k: 'string' | 'number' | 'boolean' | 'null' | 'undefined' | 'function' | 'unknown' }
