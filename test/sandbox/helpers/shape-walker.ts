@@ -83,17 +83,19 @@ function walk(v, s, path, problems, seen) {
 
 /**
  * The script of `hook`: walks its ctx against `shape`, reads the data hook's body through `message.text()` (its
- * declared return, Promise<string>), and returns nothing (the default decides). `label` names the session:
+ * declared return, Promise<string>; unless `readBody` is false), and returns nothing (the default decides), or with
+ * `rejectOnProblem` a reject naming the first problems (what `postern replay` compares). `label` names the session:
  * the HELO name once there is one, else the client's port.
  */
-export function shapeWalkingScript(hook: string, shape: Shape): string {
+export function shapeWalkingScript(hook: string, shape: Shape, opts: { readBody?: boolean; rejectOnProblem?: boolean } = {}): string {
+  const { readBody = true, rejectOnProblem = false } = opts;
   return `${SHAPE_WALKER}
 const SHAPE = ${JSON.stringify(shape)};
 export default async function (ctx) {
   const problems = [];
   const seen = {};
   walk(ctx, SHAPE, 'ctx', problems, seen);
-  if (${JSON.stringify(hook)} === 'data' && ctx.connection.source === 'smtp') {
+  if (${readBody} && ${JSON.stringify(hook)} === 'data' && ctx.connection.source === 'smtp') {
     const pending = ctx.message.text(16);
     if (!(pending instanceof Promise)) problems.push('ctx.message.text(): ' + describe(pending) + ', declared Promise<string>');
     const body = await pending;
@@ -103,6 +105,7 @@ export default async function (ctx) {
   for (const p of problems.slice(0, 200)) log('SHAPE ${hook} ' + session + ' problem ' + p.slice(0, 400));
   for (const p of Object.keys(seen)) for (const m of Object.keys(seen[p])) log('SHAPE ${hook} ' + session + ' met ' + p + '=' + m);
   log('SHAPE ${hook} ' + session + ' done');
+  if (${rejectOnProblem} && problems.length > 0) return reject('shape: ' + problems.slice(0, 3).join('; ').slice(0, 300));
 }
 `;
 }
