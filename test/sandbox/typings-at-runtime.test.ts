@@ -43,7 +43,8 @@ async function message(c: SmtpTestClient, text: string): Promise<void> {
 test('every hook\'s ctx, on every kind of session, has exactly the shape postern.d.ts declares', async () => {
   const shapes = declaredShapes(DTS_PATH, Object.values(CONTEXT_TYPE));
   const pki = await makeTestPki();
-  const sink = await startSink();
+  // The next hop refuses one recipient for good: its bounce, from Postern itself, goes through predelivery too.
+  const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && address === 'refused@example.net' ? { code: 550, text: '5.1.1 No such user' } : null) });
   const tls = testServerTls(pki, { clientCertificates: 'request' });
   const s = await startDeliveryServer({
     files: { users: `bob@example.com:${await hashPassword('s3cret')}\n` },
@@ -91,6 +92,7 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     await expectCode(c, 'MAIL FROM:<bob@example.com> SIZE=100 BODY=8BITMIME', 250);
     await expectCode(c, 'RCPT TO:<far@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;far@example.net', 250);
     await expectCode(c, 'RCPT TO:<user@example.com>', 250);
+    await expectCode(c, 'RCPT TO:<refused@example.net>', 250);
     await message(c, 'Subject: relayed\r\nX-Two: a\r\n\r\nbody');
     await c.quit();
 
@@ -185,7 +187,8 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     // Every session ran each of its hooks (connect is labelled by port: it has no HELO name yet).
     await until('every session\'s hooks ran, predelivery included', () =>
       sessions.every((session) => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => ran(hook, session)))
-      && sessions.filter((x) => x !== 'postfix.test').every((session) => ran('predelivery', session)));
+      && sessions.filter((x) => x !== 'postfix.test').every((session) => ran('predelivery', session))
+      && ran('predelivery', 'null')); // the bounce: no session, no HELO name
     assert.ok(ran('auth', 'nocert.test') && ran('auth', 'external.test') && ran('auth', 'login.test'));
     const failures = new Map<string, Set<string>>();
     for (const { hook, session, kind, text } of lines()) {
