@@ -4,7 +4,7 @@
  * each hook's script walks its real `ctx` against it inside the sandbox, over real SMTP sessions of every kind
  * (no TLS, STARTTLS without and with a client certificate, implicit TLS, AUTH PLAIN, LOGIN and EXTERNAL, HELO and EHLO,
  * pipelined commands, a second transaction after RSET, twenty recipients, the null sender, an IDN domain in A-labels and in U-labels
- * under SMTPUTF8), Postfix policy requests, and the queue's predelivery. Any property missing, of another kind,
+ * under SMTPUTF8), Postfix policy requests, shadow scripts, and the queue's predelivery (a bounce's too). Any property missing, of another kind,
  * read-only where it is declared writable, or present without being declared is a failure.
  */
 import { test } from 'node:test';
@@ -47,13 +47,17 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
   const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && address === 'refused@example.net' ? { code: 550, text: '5.1.1 No such user' } : null) });
   const tls = testServerTls(pki, { clientCertificates: 'request' });
   const s = await startDeliveryServer({
-    files: { users: `bob@example.com:${await hashPassword('s3cret')}\n` },
     scripts: Object.fromEntries(HOOK_NAMES.map((hook) => [`${hook}.js`, shapeWalkingScript(hook, shapes[CONTEXT_TYPE[hook]]!)])),
+    files: {
+      users: `bob@example.com:${await hashPassword('s3cret')}\n`,
+      ...Object.fromEntries(HOOK_NAMES.filter((h) => h !== 'predelivery').map((hook) => [`shadow/${hook}.js`, shapeWalkingScript(hook, shapes[CONTEXT_TYPE[hook]]!, { tag: 'SHADOW' })])),
+    },
     config: configYaml({
       users: './users',
       localDomains: ['example.com', 'bücher.example'],
       listeners: [
-        testListener('plain'),
+        // Shadow scripts (docs/authoring.md) see the live context: the same walk, tagged SHADOW.
+        testListener('plain', { shadowScripts: './shadow' }),
         testListener('sub', { tls, auth: { mechanisms: ['EXTERNAL', 'PLAIN', 'LOGIN'] }, certificateIdentity: { field: 'emailAddress' } }),
         testListener('smtps', { tls: { ...tls, mode: 'implicit' }, certificateIdentity: { field: 'emailAddress' } }),
       ],
@@ -195,6 +199,11 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
       if (kind === 'problem') failures.set(`${hook}: ${text}`, (failures.get(`${hook}: ${text}`) ?? new Set()).add(session.startsWith('port-') ? 'connect' : session));
     }
     assert.deepEqual([...failures].map(([p, where]) => `${p} (${[...where].join(', ')})`), [], 'ctx differs from postern.d.ts');
+    // The shadow scripts of the plain listener walked the same contexts and found nothing either.
+    const shadow = (): string[] => s.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('SHADOW '));
+    // Shadow calls run beside the live ones, and may end after them.
+    await until('the shadow scripts ran', () => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => shadow().includes(`SHADOW ${hook} pipelined.test done`)));
+    assert.deepEqual(shadow().filter((m) => m.split(' ')[3] === 'problem'), [], 'a shadow script\'s ctx differs from postern.d.ts');
     // The sessions met each side of the unions they were meant to.
     const seen = new Set(lines().filter((l) => l.kind === 'met').map((l) => `${l.hook} ${l.text}`));
     for (const expected of [

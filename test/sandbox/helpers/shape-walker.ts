@@ -84,11 +84,11 @@ function walk(v, s, path, problems, seen) {
 /**
  * The script of `hook`: walks its ctx against `shape`, reads the data hook's body through `message.text()` (its
  * declared return, Promise<string>; unless `readBody` is false), and returns nothing (the default decides), or with
- * `rejectOnProblem` a reject naming the first problems (what `postern replay` compares). `label` names the session:
+ * `rejectOnProblem` a reject naming the first problems (what `postern replay` compares). `tag` starts its log lines. `label` names the session:
  * the HELO name once there is one, else the client's port.
  */
-export function shapeWalkingScript(hook: string, shape: Shape, opts: { readBody?: boolean; rejectOnProblem?: boolean } = {}): string {
-  const { readBody = true, rejectOnProblem = false } = opts;
+export function shapeWalkingScript(hook: string, shape: Shape, opts: { readBody?: boolean; rejectOnProblem?: boolean; tag?: string } = {}): string {
+  const { readBody = true, rejectOnProblem = false, tag = 'SHAPE' } = opts;
   return `${SHAPE_WALKER}
 const SHAPE = ${JSON.stringify(shape)};
 export default async function (ctx) {
@@ -102,9 +102,9 @@ export default async function (ctx) {
     if (typeof body !== 'string') problems.push('await ctx.message.text(): ' + describe(body) + ', declared string');
   }
   const session = ctx.connection ? (ctx.connection.helo ?? 'port-' + ctx.connection.remotePort) : ctx.session.helo;
-  for (const p of problems.slice(0, 200)) log('SHAPE ${hook} ' + session + ' problem ' + p.slice(0, 400));
-  for (const p of Object.keys(seen)) for (const m of Object.keys(seen[p])) log('SHAPE ${hook} ' + session + ' met ' + p + '=' + m);
-  log('SHAPE ${hook} ' + session + ' done');
+  for (const p of problems.slice(0, 200)) log('${tag} ${hook} ' + session + ' problem ' + p.slice(0, 400));
+  for (const p of Object.keys(seen)) for (const m of Object.keys(seen[p])) log('${tag} ${hook} ' + session + ' met ' + p + '=' + m);
+  log('${tag} ${hook} ' + session + ' done');
   if (${rejectOnProblem} && problems.length > 0) return reject('shape: ' + problems.slice(0, 3).join('; ').slice(0, 300));
 }
 `;
