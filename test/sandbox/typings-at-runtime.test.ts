@@ -187,13 +187,15 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
         const [, hook, session, kind, ...text] = m.split(' ');
         return { hook: hook!, session: session!, kind: kind!, text: text.join(' ') };
       });
-    const ran = (hook: string, session: string): boolean => lines().some((r) => r.hook === hook && r.session === session && r.kind === 'done');
+    const done = (): Set<string> => new Set(s.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('SHAPE ') && m.endsWith(' done')).map((m) => m.split(' ').slice(1, 3).join(' ')));
     // Every session ran each of its hooks (connect is labelled by port: it has no HELO name yet).
-    await until('every session\'s hooks ran, predelivery included', () =>
-      sessions.every((session) => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => ran(hook, session)))
-      && sessions.filter((x) => x !== 'postfix.test').every((session) => ran('predelivery', session))
-      && ran('predelivery', 'null')); // the bounce: no session, no HELO name
-    assert.ok(ran('auth', 'nocert.test') && ran('auth', 'external.test') && ran('auth', 'login.test'));
+    const expected = [
+      ...sessions.flatMap((session) => ['helo', 'mailfrom', 'rcptto', 'data'].map((hook) => `${hook} ${session}`)),
+      ...sessions.filter((x) => x !== 'postfix.test').map((session) => `predelivery ${session}`),
+      'predelivery null', // the bounce: no session, no HELO name
+      'auth nocert.test', 'auth external.test', 'auth login.test',
+    ];
+    await until('every session\'s hooks ran, predelivery included', () => { const d = done(); return expected.every((x) => d.has(x)); }, { timeoutMs: 60_000 });
     const failures = new Map<string, Set<string>>();
     for (const { hook, session, kind, text } of lines()) {
       if (kind === 'problem') failures.set(`${hook}: ${text}`, (failures.get(`${hook}: ${text}`) ?? new Set()).add(session.startsWith('port-') ? 'connect' : session));
@@ -201,8 +203,9 @@ test('every hook\'s ctx, on every kind of session, has exactly the shape postern
     assert.deepEqual([...failures].map(([p, where]) => `${p} (${[...where].join(', ')})`), [], 'ctx differs from postern.d.ts');
     // The shadow scripts of the plain listener walked the same contexts and found nothing either.
     const shadow = (): string[] => s.logs.map((l) => String(l.msg)).filter((m) => m.startsWith('SHADOW '));
-    // Shadow calls run beside the live ones, and may end after them.
-    await until('the shadow scripts ran', () => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => shadow().includes(`SHADOW ${hook} pipelined.test done`)));
+    // Shadow calls run beside the live ones, and may end after them; one the shadow's isolates cannot take is
+    // skipped (docs/authoring.md), so each hook is awaited in some session of the listener, not in each.
+    await until('the shadow scripts ran', () => ['helo', 'mailfrom', 'rcptto', 'data'].every((hook) => shadow().some((m) => m.startsWith(`SHADOW ${hook} `) && m.endsWith(' done'))));
     assert.deepEqual(shadow().filter((m) => m.split(' ')[3] === 'problem'), [], 'a shadow script\'s ctx differs from postern.d.ts');
     // The sessions met each side of the unions they were meant to.
     const seen = new Set(lines().filter((l) => l.kind === 'met').map((l) => `${l.hook} ${l.text}`));
