@@ -9,33 +9,33 @@ declare module "postern" {
 
   /**
    * What a policy script sees of a TLS peer (client) certificate. Plain data, copied into the
-   * sandbox when the hook starts; the private key never exists here.
+   * sandbox when the hook starts; the private key never exists here. Read-only (frozen, with the connection).
    */
 
   /** A distinguished name, whole and split into attributes. */
   export interface DistinguishedName {
     /** RFC 4514 string, most specific attribute first, e.g. `CN=alice,O=Example`. */
-    dn: string;
+    readonly dn: string;
     /**
      * Common name: the first in DER order, as OpenSSL (Postfix, Dovecot) picks it. A subject may hold several
      * CNs (see `attributes`); which one a CA checked is unknown, so `certificateIdentity` takes none of them then.
      * Likewise for every field here.
      */
-    CN?: string;
+    readonly CN?: string;
     /** Organisation. */
-    O?: string;
+    readonly O?: string;
     /** Organisational unit. */
-    OU?: string;
+    readonly OU?: string;
     /** Country. */
-    C?: string;
+    readonly C?: string;
     /** State or province. */
-    ST?: string;
+    readonly ST?: string;
     /** Locality. */
-    L?: string;
+    readonly L?: string;
     /** PKCS#9 emailAddress attribute (what Dovecot's `ssl_cert_username_field = emailAddress` reads). */
-    emailAddress?: string;
+    readonly emailAddress?: string;
     /** Every attribute in order as `[shortName, value]` (multi-valued names appear more than once). */
-    attributes: Array<[string, string]>;
+    readonly attributes: ReadonlyArray<readonly [string, string]>;
   }
 
   /** Why a chain did not verify. `null` when it did. */
@@ -52,51 +52,51 @@ declare module "postern" {
 
   /** Fingerprints over the DER certificate: lowercase hex, and Postfix's uppercase colon form. */
   export interface Fingerprints {
-    sha1: string;
-    sha256: string;
-    md5: string;
+    readonly sha1: string;
+    readonly sha256: string;
+    readonly md5: string;
     /** Postfix form, e.g. `5B:57:FE:...` (`openssl x509 -fingerprint`). */
-    sha1Colon: string;
-    sha256Colon: string;
-    md5Colon: string;
+    readonly sha1Colon: string;
+    readonly sha256Colon: string;
+    readonly md5Colon: string;
   }
 
   /** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
   export interface PublicKeyPin {
     /** Lowercase hex. */
-    sha256: string;
+    readonly sha256: string;
     /** Postfix `pkey_fingerprint` form: uppercase colon hex. */
-    sha256Colon: string;
+    readonly sha256Colon: string;
     /** Standard base64 with padding (HPKP style). */
-    sha256Base64: string;
+    readonly sha256Base64: string;
     /** base64url without padding (mox's TLS public key fingerprint). */
-    sha256Base64Url: string;
+    readonly sha256Base64Url: string;
   }
 
   export interface PeerCertificate {
-    subject: DistinguishedName;
-    issuer: DistinguishedName;
+    readonly subject: DistinguishedName;
+    readonly issuer: DistinguishedName;
     /** Subject alternative names. */
-    san: { email: string[]; dns: string[]; ip: string[]; uri: string[] };
+    readonly san: { readonly email: readonly string[]; readonly dns: readonly string[]; readonly ip: readonly string[]; readonly uri: readonly string[] };
     /** Serial number: the INTEGER's magnitude in lowercase hex (`openssl x509 -serial` in upper case), without DER's 00 sign byte. */
-    serial: string;
+    readonly serial: string;
     /** ISO 8601 timestamps. */
-    notBefore: string;
-    notAfter: string;
+    readonly notBefore: string;
+    readonly notAfter: string;
     /** Node's `asymmetricKeyType`: `rsa`, `rsa-pss`, `ec`, `ed25519`, `ed448` … */
-    keyType: string;
+    readonly keyType: string;
     /** Key size in bits (RSA modulus, EC curve size); 0 when not meaningful. */
-    keyBits: number;
-    fingerprint: Fingerprints;
-    pin: PublicKeyPin;
+    readonly keyBits: number;
+    readonly fingerprint: Fingerprints;
+    readonly pin: PublicKeyPin;
     /** The certificate in PEM form. */
-    pem: string;
+    readonly pem: string;
     /** True when the chain verified against the listener's CA bundle and CRLs. */
-    verified: boolean;
+    readonly verified: boolean;
     /** Why it did not verify; `null` when verified. */
-    verifyError: ChainFailureReason | null;
+    readonly verifyError: ChainFailureReason | null;
     /** The underlying OpenSSL error code, e.g. `CERT_HAS_EXPIRED`; `null` when verified. */
-    verifyErrorCode: string | null;
+    readonly verifyErrorCode: string | null;
   }
 
   /**
@@ -108,86 +108,90 @@ declare module "postern" {
    */
   export interface PostfixClientCertificate {
     /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
-    subject: DistinguishedName;
+    readonly subject: DistinguishedName;
     /** The issuer's CN, likewise. */
-    issuer: DistinguishedName;
-    san: null;
-    serial: null;
-    notBefore: null;
-    notAfter: null;
-    keyType: null;
-    keyBits: null;
-    fingerprint: { [K in keyof Fingerprints]: string | null };
-    pin: { [K in keyof PublicKeyPin]: string | null };
+    readonly issuer: DistinguishedName;
+    readonly san: null;
+    readonly serial: null;
+    readonly notBefore: null;
+    readonly notAfter: null;
+    readonly keyType: null;
+    readonly keyBits: null;
+    readonly fingerprint: { readonly [K in keyof Fingerprints]: string | null };
+    readonly pin: { readonly [K in keyof PublicKeyPin]: string | null };
     /** The digest Postfix used. */
-    digest: 'sha256' | 'sha1' | 'md5';
+    readonly digest: 'sha256' | 'sha1' | 'md5';
     /** `ccert_pubkey_fingerprint` as Postfix sent it (colon hex in `digest`), or null. */
-    publicKeyFingerprint: string | null;
-    pem: null;
+    readonly publicKeyFingerprint: string | null;
+    readonly pem: null;
     /** Postfix verified the chain against its own CA files (it sent the subject and issuer). */
-    verified: boolean;
+    readonly verified: boolean;
     /** `invalid` when Postfix did not verify it (Postfix does not say why); null when verified. */
-    verifyError: ChainFailureReason | null;
+    readonly verifyError: ChainFailureReason | null;
     /** `POSTFIX_NOT_VERIFIED`, or null when verified. */
-    verifyErrorCode: string | null;
+    readonly verifyErrorCode: string | null;
   }
 
   // ---- session.ts
 
-  /** Connection and transaction facts, as copied into each hook's context. */
+  /**
+   * Connection and transaction facts, as copied into each hook's context. The connection's facts are read-only
+   * (`readonly`, deeply: the sandbox freezes them, so an assignment or an in-place `sort()` throws); the transaction's
+   * are the call's own copy.
+   */
 
   export interface TlsInfo {
     /** e.g. `TLSv1.3`. */
-    protocol: string;
+    readonly protocol: string;
     /** OpenSSL cipher name, e.g. `TLS_AES_256_GCM_SHA384`. */
-    cipher: string;
+    readonly cipher: string;
     /** Server name the client asked for (SNI), if any. */
-    sni: string | null;
+    readonly sni: string | null;
     /** How TLS started on this connection. */
-    mode: 'starttls' | 'implicit';
+    readonly mode: 'starttls' | 'implicit';
   }
 
   export interface AuthInfo {
     /** The identity the session is logged in as. */
-    username: string;
+    readonly username: string;
     /** `EXTERNAL`, `PLAIN`, `LOGIN`, or `CERTIFICATE` when the certificate logged the session in without AUTH. */
-    mechanism: string;
+    readonly mechanism: string;
   }
 
   /** What every hook knows of the connection, whichever `source` the facts come from. */
   export interface ConnectionFacts {
     /** Connection id, also in every log line of this connection. */
-    id: string;
+    readonly id: string;
     /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
-    remoteAddress: string;
-    remotePort: number;
+    readonly remoteAddress: string;
+    readonly remotePort: number;
     /** The address the client connected to; behind a load balancer with `proxyProtocol`, the balancer's its header names. */
-    localAddress: string;
-    localPort: number;
+    readonly localAddress: string;
+    readonly localPort: number;
     /** Name of the listener (from the configuration) that accepted the connection. */
-    listener: string;
+    readonly listener: string;
     /** The HELO/EHLO name, once given. */
-    helo: string | null;
+    readonly helo: string | null;
     /** Set once the session has authenticated. */
-    auth: AuthInfo | null;
+    readonly auth: AuthInfo | null;
     /** Set once TLS is up. */
-    tls: TlsInfo | null;
+    readonly tls: TlsInfo | null;
     /**
      * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
      * verified certificate, or a pin table), or `null`.
      */
-    certificateIdentity: string | null;
+    readonly certificateIdentity: string | null;
   }
 
   /** A client of Postern's own SMTP listener: the whole certificate, every field filled. */
   export interface SmtpConnectionInfo extends ConnectionFacts {
-    source: 'smtp';
+    readonly source: 'smtp';
     /**
      * The client's certificate, when one was presented in the TLS handshake. Its names are whatever the client
      * put there unless `verified` is true (a self-made certificate may say `CN=alice@example.com`, or carry two
      * CNs): to know who it is, use `certificateIdentity`, which reads a field only from a verified chain.
      */
-    clientCertificate: PeerCertificate | null;
+    readonly clientCertificate: PeerCertificate | null;
   }
 
   /**
@@ -195,9 +199,9 @@ declare module "postern" {
    * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
    */
   export interface PolicyServiceConnectionInfo extends ConnectionFacts {
-    source: 'postfix-policy';
+    readonly source: 'postfix-policy';
     /** Only subject and issuer CN, one digest of fingerprints, the rest null. */
-    clientCertificate: PostfixClientCertificate | null;
+    readonly clientCertificate: PostfixClientCertificate | null;
   }
 
   /**
@@ -378,16 +382,15 @@ declare module "postern" {
     accepted: boolean;
     /** Username the built-in rule would log in as. */
     username: string | null;
-    /** Why (for logs): e.g. `certificate-identity`, `password`, `bad-password`, `no-identity`. */
-    reason: string;
+    /** Why: accepted by `certificate-identity` or `password`; refused for the others. */
+    reason: 'certificate-identity' | 'password' | 'no-identity' | 'authzid-not-permitted' | 'empty-password' | 'bad-password' | 'certificate-account-mismatch';
   }
 
   /** auth: an AUTH exchange completed its SASL steps (on Postern's own listener only). Default: the built-in rule. */
   export interface AuthContext {
     connection: SmtpConnectionInfo;
     auth: {
-      /** EXTERNAL, PLAIN or LOGIN. */
-      mechanism: string;
+      mechanism: 'EXTERNAL' | 'PLAIN' | 'LOGIN';
       /** PLAIN/LOGIN: the authentication identity; EXTERNAL: the authzid (may be empty). */
       username: string;
       /** PLAIN/LOGIN password; always empty for EXTERNAL. */
@@ -401,8 +404,8 @@ declare module "postern" {
   /** The built-in sender binding's decision (listener `senderLogin`) for this MAIL FROM. */
   export interface BuiltinSenderDecision {
     accepted: boolean;
-    /** `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
-    reason: string;
+    /** Accepted: `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
+    reason: 'not-enforced' | 'not-authenticated' | 'own-address' | 'listed' | 'null-sender-allowed' | 'sender-login-mismatch' | 'null-sender';
   }
 
   /** mailfrom: MAIL FROM received. Default: the built-in sender binding (accept unless `senderLogin.enforce` refuses). */
@@ -418,8 +421,8 @@ declare module "postern" {
   /** The built-in relay rule's decision for this recipient. */
   export interface BuiltinRelayDecision {
     accepted: boolean;
-    /** `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
-    reason: string;
+    /** Accepted: `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`; refused: `relay-denied`. */
+    reason: 'postmaster' | 'local-domain' | 'authenticated' | 'client-certificate' | 'relay-denied';
   }
 
   /** rcptto: RCPT TO received. Default: the built-in relay rule. */
@@ -458,8 +461,9 @@ declare module "postern" {
      * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
      * encodings are not decoded, and every line end is CRLF, as the next hop receives it (a bare CR or bare LF
      * the client sent is a line end there, so it is one here). Readable only while the data hook runs.
+     * Read-only, as `ctx.connection` is: the object is frozen.
      */
-    text(maxBytes?: number): Promise<string>;
+    readonly text: (maxBytes?: number) => Promise<string>;
   }
 
   /** A short summary of the certificate the original client presented, kept in the queue. */
@@ -509,19 +513,19 @@ declare module "postern" {
   /** What rate() answers. */
   export interface RateResult {
     /** True when this call was within the limit; it was then counted. */
-    allowed: boolean;
+    readonly allowed: boolean;
     /** Calls counted in the current window, this one included when allowed. */
-    count: number;
+    readonly count: number;
     /** Seconds until the window ends and the count starts again from 0. */
-    resetSeconds: number;
+    readonly resetSeconds: number;
   }
 
-  /** A named counter in the store (see counter()). */
+  /** A named counter in the store (see counter()). Frozen, as rate()'s answers and `dns` are: read-only here. */
   export interface Counter {
     /** Its value; 0 when it does not exist or has expired. */
-    get(): Promise<number>;
+    readonly get: () => Promise<number>;
     /** Add `n` (a whole number, may be negative); a new counter expires `ttlSeconds` after this first add. The new value. */
-    add(n: number, ttlSeconds: number): Promise<number>;
+    readonly add: (n: number, ttlSeconds: number) => Promise<number>;
   }
 
   /** An MX record of dns.resolve(name, 'MX'). */
@@ -571,10 +575,12 @@ declare module "postern" {
 
   /** The `dns` global: lookups on the configured servers (`dns.servers`), cached (see docs/scripts.md § DNS). */
   export interface Dns {
-    /** A, AAAA, TXT (each record's strings joined) or PTR (`name` may be an IP address) records. */
-    resolve(name: string, type: 'A' | 'AAAA' | 'TXT' | 'PTR', options?: DnsOptions): Promise<DnsResult<string>>;
-    /** MX records, lowest priority first. */
-    resolve(name: string, type: 'MX', options?: DnsOptions): Promise<DnsResult<MxRecord>>;
+    readonly resolve: {
+      /** A, AAAA, TXT (each record's strings joined) or PTR (`name` may be an IP address) records. */
+      (name: string, type: 'A' | 'AAAA' | 'TXT' | 'PTR', options?: DnsOptions): Promise<DnsResult<string>>;
+      /** MX records, lowest priority first. */
+      (name: string, type: 'MX', options?: DnsOptions): Promise<DnsResult<MxRecord>>;
+    };
   }
 
   export interface PosternHelpers {
@@ -624,15 +630,21 @@ declare module "postern" {
    * The script-facing API: source of truth for scripts/postern.d.ts. Types only; nothing here runs.
    */
 
+  /**
+   * What a hook may return: a verdict, nothing (`undefined` or `null`: the default decides), or a promise of either
+   * (an `async` hook, or one that returns a promise).
+   */
+  export type HookResult<V> = V | null | void | Promise<V | null | void>;
+
   /** Hook name → the signature of the default export of the script file of that name. */
   export interface PolicyHooks {
-    connect(ctx: ConnectContext): Verdict | void;
-    helo(ctx: HeloContext): Verdict | void;
-    auth(ctx: AuthContext): Verdict | void;
-    mailfrom(ctx: MailFromContext): Verdict | void;
-    rcptto(ctx: RcptToContext): Verdict | void;
-    data(ctx: DataContext): Verdict | void;
-    predelivery(ctx: PredeliveryContext): PredeliveryVerdict | void;
+    connect(ctx: ConnectContext): HookResult<Verdict>;
+    helo(ctx: HeloContext): HookResult<Verdict>;
+    auth(ctx: AuthContext): HookResult<Verdict>;
+    mailfrom(ctx: MailFromContext): HookResult<Verdict>;
+    rcptto(ctx: RcptToContext): HookResult<Verdict>;
+    data(ctx: DataContext): HookResult<Verdict>;
+    predelivery(ctx: PredeliveryContext): HookResult<PredeliveryVerdict>;
   }
 
   export type HookName = keyof PolicyHooks;

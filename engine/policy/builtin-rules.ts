@@ -22,7 +22,7 @@ export interface AuthFacts {
 }
 
 export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promise<BuiltinAuthDecision> {
-  const refuse = (reason: string): BuiltinAuthDecision => ({ accepted: false, username: null, reason });
+  const refuse = (reason: BuiltinAuthDecision['reason']): BuiltinAuthDecision => ({ accepted: false, username: null, reason });
   if (attempt.mechanism === 'EXTERNAL') {
     const identity = facts.certificateIdentity;
     if (!identity) return refuse('no-identity');

@@ -145,6 +145,13 @@ export function installRuntime(
   const MAX_DEPTH = 32;
   /** A verdict is a few hundred characters; anything this long is a script bug, not a verdict. */
   const MAX_RESULT = 65536;
+  /**
+   * A verdict's `text` is cut to this many characters as it leaves: a reply keeps 400 bytes of it (engine/smtp/reply.ts),
+   * so `reject(\`spam: ${body}\`)` is the documented 5xx with its text cut, not a failure of a return value too long.
+   */
+  const MAX_VERDICT_TEXT = 1000;
+  /** Past this, a text is refused as too long, not cut: cutting flattens a rope (`'x'.repeat(1e8)`: 100 MB, the isolate lost). */
+  const MAX_CUT_TEXT = 1 << 20;
   /** The longest error name and message whose stack (which repeats them) the runner reads: see failed(). */
   const MAX_STACK_HEADER = 4 << 20;
   // While a batched call runs, its log lines are collected here and leave with its outcome.
@@ -267,6 +274,18 @@ export function installRuntime(
     }
     return dots === 2 && digits > 0;
   };
+  // The server's checks of these (engine/policy/verdict.ts), made here too so that the error names the script's line.
+  /** A string of `min` to `max` characters without C0 controls (and, `c1`, without C1 controls and U+2028/9). */
+  const plainText = (min: number, max: number, c1: boolean) => (v: unknown): boolean => {
+    if (!isString(v) || v.length < min || v.length > max) return false;
+    for (let i = 0; i < v.length; i++) {
+      const c = v[i]!;
+      if (c < ' ' || (c1 && ((c >= '\x7f' && c <= '\x9f') || c === '\u2028' || c === '\u2029'))) return false;
+    }
+    return true;
+  };
+  const isUsername = plainText(1, Infinity, false);
+  const isHoldReason = plainText(1, 200, true);
   const isBool = (v: unknown): boolean => typeof v === 'boolean';
   const isPort = (v: unknown): boolean => typeof v === 'number' && v % 1 === 0 && v >= 1 && v <= 65535;
   /** deliver()'s dkim: a key name, a list of them (checked in full by the host: distinct, at most 8), or null. */
@@ -290,7 +309,8 @@ export function installRuntime(
     if (value instanceof ErrorCtor) return `${value.name}: ${value.message}`;
     if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
     if (typeof value === 'bigint') return `${value}n`;
-    if (value === undefined || typeof value === 'symbol') return StringCtor(value);
+    // NaN and Infinity by name: JSON would print null, and `invalid code null` misleads about a computed NaN.
+    if (value === undefined || typeof value === 'symbol' || typeof value === 'number') return StringCtor(value);
     // Only an object inside itself is circular (one met twice side by side is printed twice): the objects
     // being written, outermost first, in a stack and a set. The replacer runs with the object holding `v` as
     // `this`, so the objects above it on the stack are done. Linear: a list of every object seen made a log
@@ -301,6 +321,7 @@ export function installRuntime(
     try {
       return stringify(value, function (this: unknown, _key, v: unknown) {
         if (typeof v === 'bigint') return `${v}n`;
+        if (typeof v === 'number' && (v !== v || v === Infinity || v === -Infinity)) return StringCtor(v);
         while (depth > 0 && open[depth - 1] !== this) apply(setDelete, inside, [open[--depth]]);
         if (v !== null && typeof v === 'object') {
           if (apply(setHas, inside, [v])) return '[circular]';
@@ -561,7 +582,7 @@ export function installRuntime(
     accept: (opts?: unknown) => ({
       verdict: 'accept',
       // headers: the data hook's header edits, checked in full by the host (engine/policy/header-edits.ts).
-      ...options('accept', opts, { username: (v) => isString(v) && v !== '', text: isString, headers: isArray, hold: isString }),
+      ...options('accept', opts, { username: isUsername, text: isString, headers: isArray, hold: isHoldReason }),
     }),
     reject: (reply?: unknown, opts?: unknown) => ({
       verdict: 'reject',
@@ -693,8 +714,12 @@ export function installRuntime(
     switch (typeof value) {
       case 'undefined': return undefined;
       case 'boolean': return value ? 'true' : 'false';
-      case 'number': return value === value && value !== Infinity && value !== -Infinity ? `${value}` : 'null';
+      case 'number':
+        // JSON would make NaN null, and the server's check would then say "got null" of a code the script computed.
+        if (value === value && value !== Infinity && value !== -Infinity) return `${value}`;
+        throw NotPlain(`return value holds ${value} at ${path}, not a finite number`);
       case 'string':
+        if (value.length > MAX_VERDICT_TEXT && value.length <= MAX_CUT_TEXT && path === 'result.text') return quote(apply(slice, value, [0, MAX_VERDICT_TEXT]) as string);
         // Refused before it is quoted: quoting `'x'.repeat(1e8)` (a rope, cheap to make) wrote 100 MB and lost the isolate.
         if (value.length > MAX_RESULT) throw NotPlain(`return value is longer than ${MAX_RESULT} characters as JSON`);
         return quote(value);

@@ -109,6 +109,8 @@ export const REPLIES = {
 
   // Failures: never an accept, never a bounce (fail closed).
   policyFailed: { code: 451, enhanced: '4.3.0', text: 'Temporary policy failure, try again later', reason: 'script {hook} failed (fail closed)' },
+  /** AUTH's: RFC 4954's temporary failure (454 4.7.0), as the auth script's own defer and a store outage at AUTH get. */
+  authPolicyFailed: { code: 454, enhanced: '4.7.0', text: 'Temporary policy failure, try again later', reason: 'script {hook} failed (fail closed)' },
   localError: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later ({id})', reason: 'local error' },
 } as const satisfies Record<string, ReplySpec>;
 

@@ -294,8 +294,7 @@ export class SessionPolicy {
   async helo(conn: SmtpClient, name: string, verb: 'HELO' | 'EHLO'): Promise<SmtpReply | null> {
     const st = conn.state;
     if (!st.generation.hasScript(st.listener, 'helo')) return null;
-    const connection = connectionInfo(conn.session, st);
-    connection.helo = name; // the name this EHLO gives (a fresh object: no copy needed)
+    const connection = { ...connectionInfo(conn.session, st), helo: name }; // the name this EHLO gives
     const verdict = await this.#run(conn, 'helo', { connection, helo: { name, command: verb } });
     return verdict ? verdictReply('helo', verdict) : null;
   }

@@ -48,7 +48,7 @@ function enhancedFor(code: number): string {
  */
 export function verdictReply(hook: HookName, verdict: Verdict | PredeliveryVerdict, id = ''): SmtpReply | null {
   const row = VERDICT_TABLE[hook];
-  if (verdict === FAIL_CLOSED) return reply('policyFailed', { hook });
+  if (verdict === FAIL_CLOSED) return reply(hook === 'auth' ? 'authPolicyFailed' : 'policyFailed', { hook });
   if (verdict.verdict === 'deliver') return null;
   if (verdict.verdict === 'accept') {
     if (row.accept === null || verdict.text === undefined || verdict.text === '') return null;

@@ -317,7 +317,8 @@ export class TrySession {
    * the domain stands in for its MX host (try makes no DNS queries).
    */
   async predelivery(envelope?: { sender: string; recipients: string[]; size?: number }): Promise<StepResult> {
-    const message = envelope ? { id: Spool.prototype.newId.call(undefined), size: envelope.size ?? 0, ...envelope } : this.#predelivery;
+    // The envelope's own `size: undefined` (no --message given) must not cover the 0: ctx.message.size is a number.
+    const message = envelope ? { ...envelope, id: Spool.prototype.newId.call(undefined), size: envelope.size ?? 0 } : this.#predelivery;
     if (!message || !message.recipients.length) {
       return this.#step('predelivery', 'predelivery', async () => ({ reply: '503 5.5.1 Error: no message was accepted, nothing to deliver', code: 503 }));
     }

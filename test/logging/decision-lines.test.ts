@@ -72,6 +72,7 @@ const SCRIPTS = {
   'auth.ts': `export default (ctx: AuthContext) => {
   if (ctx.auth.username === 'scripted-reject') return reject();
   if (ctx.auth.username === 'scripted-defer') return defer();
+  if (ctx.auth.username === 'scripted-throw') throw new Error('a bug in the auth script');
 };`,
   'mailfrom.ts': `export default (ctx: MailFromContext) => {
   if (ctx.address.address === 'reject@sender.example') return reject();
@@ -632,6 +633,7 @@ const ROWS = {
   },
   policyDeferred: { server: 'main', stage: 'MAIL', values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<defer@sender.example>']) },
   authDeferred: { server: 'main', stage: 'AUTH', values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-defer')]) },
+  authPolicyFailed: { server: 'main', stage: 'AUTH', serverFault: /^policy script auth failed: .*auth\.ts:\d+:\d+: Error: a bug in the auth script$/, values: { hook: 'auth' }, drive: () => ending('main', 'plain', [plainLogin('scripted-throw')]) },
   deferredDisconnect: { server: 'main', stage: 'HELO', values: { hook: 'helo' }, drive: async () => (await session('main', 'mx', undefined, 'deferclose.example')).seen },
   policyFailed: { server: 'main', stage: 'MAIL', serverFault: /^policy script mailfrom failed: .*mailfrom\.ts:\d+:\d+: Error: a bug in the script$/, values: { hook: 'mailfrom' }, drive: () => ending('main', 'mx', ['MAIL FROM:<throw@sender.example>']) },
   spoolWriteFull: {

@@ -36,7 +36,7 @@ const SCRIPTS = {
     const local = ctx.address.localPart;
     if (ctx.address.domain !== 'example.com') throw new Error('relay check failed');
     if (local === 'hang') return new Promise(() => {});
-    if (local === 'huge') return reject('x'.repeat(1e6));
+    if (local === 'huge') return reject('x'.repeat(2e6));
     if (local === 'deep') { const f = (n) => f(n + 1) + 1; return f(0); }
     if (local === 'proxy') return new Proxy({}, { ownKeys() { throw new Error('no'); } });
     if (local === 'getter') return { get verdict() { throw new Error('no'); } };

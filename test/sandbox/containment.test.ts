@@ -115,7 +115,9 @@ test('hostile verdict objects: each read once, copied as data, or the call fails
           case 'proxy': return new Proxy({}, { ownKeys: () => ['verdict'], getOwnPropertyDescriptor: () => ({ value: 'reject', enumerable: true, configurable: true }), get: () => 'reject' });
           case 'proxy that throws': return new Proxy({}, { ownKeys() { throw new Error('no keys'); } });
           case 'toPrimitive': return { verdict: 'reject', text: { [Symbol.toPrimitive]: () => 'hidden', toString: () => 'hidden' } };
-          case 'huge string': return reject('x'.repeat(5_000_000));
+          case 'huge string': return { verdict: 'reject', enhanced: 'x'.repeat(5_000_000) };
+          case 'long text': return reject('x'.repeat(100_000));
+          case 'huge text': return reject('x'.repeat(5_000_000));
           case 'deep recursion': { const f = (i) => f(i + 1) + 1; return f(0); }
           case 'deep value': { let v = {}; for (let i = 0; i < 100; i++) v = { v }; return v; }
           case 'bigint': return { verdict: 'reject', text: 10n };
@@ -138,6 +140,9 @@ test('hostile verdict objects: each read once, copied as data, or the call fails
     assert.equal(await outcome('proxy that throws'), 'failure');
     assert.deepEqual(await outcome('toPrimitive'), 'failure', 'an object where a string belongs is not converted');
     assert.equal(await outcome('huge string'), 'failure');
+    // A verdict's text is cut as it leaves (a reply keeps 400 bytes of it): the reject stands; past 1 MiB it is refused.
+    assert.deepEqual(await outcome('long text'), { verdict: 'reject', text: 'x'.repeat(1000) });
+    assert.equal(await outcome('huge text'), 'failure');
     assert.equal(await outcome('deep recursion'), 'failure');
     assert.equal(await outcome('deep value'), 'failure');
     assert.equal(await outcome('bigint'), 'failure');

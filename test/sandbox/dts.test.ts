@@ -20,6 +20,7 @@ import { configYaml, smarthostDelivery, testListener, testServerTls } from '../h
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
+import { CONTEXT_TYPE } from './helpers/declared-shapes.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc');
@@ -48,7 +49,7 @@ async function typeCheck(files: Record<string, string>): Promise<{ ok: boolean; 
   }
 }
 
-const GOOD = `import type { AuthContext, PredeliveryContext, PredeliveryVerdict, Verdict } from "postern";
+const GOOD = `import type { AuthContext, PolicyHooks, PredeliveryContext, PredeliveryVerdict, Verdict } from "postern";
 
 export default function (ctx: AuthContext): Verdict | void {
   if (ctx.connection.clientCertificate?.verified) return accept({ username: ctx.connection.certificateIdentity ?? undefined });
@@ -59,6 +60,11 @@ export default function (ctx: AuthContext): Verdict | void {
   if (pinned === null) return reject('unknown certificate', { code: 535, enhanced: '5.7.8' });
   return defer(undefined, { disconnect: true });
 }
+
+// The hooks' declared signatures take what the runtime takes: an async hook, a promise, null for the default.
+export const asyncHook: PolicyHooks['data'] = async (ctx) => (ctx.data.size > 10 ? reject('big') : undefined);
+export const promiseHook: PolicyHooks['rcptto'] = () => Promise.resolve(defer('later'));
+export const nullHook: PolicyHooks['predelivery'] = () => null;
 
 export function route(ctx: PredeliveryContext): PredeliveryVerdict {
   return ctx.destination.kind === 'mx' ? deliver({ tls: { mode: 'verify', serverName: ctx.destination.host } }) : deliver();
@@ -94,12 +100,20 @@ test('wrong scripts do not type-check', async () => {
     'rcptto.ts': `import type { RcptToContext, Verdict } from "postern";
 export default function (ctx: RcptToContext): Verdict | void {
   if (ctx.builtin.accepted) return { verdict: 'maybe' };
+  if (ctx.builtin.reason === 'local_domain') return reject();
 }
 `,
     'data.ts': `import type { DataContext } from "postern";
 export default function (ctx: DataContext) {
   const cert = ctx.connection.clientCertificate;
   if (cert) { const fingerprint: string = cert.fingerprint.sha256; log(fingerprint); }
+}
+`,
+    // ctx.connection is frozen in the sandbox: an assignment or an in-place sort there would throw (fail closed).
+    'mailfrom.ts': `import type { MailFromContext } from "postern";
+export default function (ctx: MailFromContext) {
+  ctx.connection.helo = 'rewritten.example';
+  const c = ctx.connection; if (c.source === 'smtp' && c.clientCertificate) c.clientCertificate.san.dns.sort();
 }
 `,
     'helo.ts': `import type { HeloContext } from "postern";
@@ -111,8 +125,12 @@ export default function (ctx: HeloContext) {
   });
   assert.equal(ok, false);
   assert.match(output, /rcptto\.ts\(3,\d+\): error TS2322: Type '"maybe"' is not assignable/);
+  // The built-in rules' reasons are their documented values: a misspelt one is a type error, not a branch never taken.
+  assert.match(output, /rcptto\.ts\(4,\d+\): error TS2367: This comparison appears to be unintentional/);
   // Without a look at the source, the certificate may be Postfix's, whose fingerprints may be null.
   assert.match(output, /data\.ts\(4,\d+\): error TS2322: Type 'string \| null' is not assignable to type 'string'/);
+  assert.match(output, /mailfrom\.ts\(3,18\): error TS2540: Cannot assign to 'helo' because it is a read-only property/);
+  assert.match(output, /mailfrom\.ts\(4,\d+\): error TS2339: Property 'sort' does not exist on type 'readonly string\[\]'/);
   assert.match(output, /helo\.ts\(3,3\): error TS2304: Cannot find name 'setTimeout'/);
   assert.match(output, /helo\.ts\(4,\d+\): error TS2353: Object literal may only specify known properties, and 'user'/);
 });
@@ -132,13 +150,28 @@ test('the shipped scripts, the examples\' scripts and the docs\' script modules 
     const scripts = await readdir(folder).catch(() => [] as string[]);
     for (const file of scripts) if (file.endsWith('.ts')) files[`${example}-${file}`] = await readFile(join(folder, file), 'utf8');
   }
-  const doc = await readFile(join(ROOT, 'docs/scripts.md'), 'utf8');
   let blocks = 0;
-  for (const [, block] of doc.matchAll(/```ts\n([\s\S]*?)```/g)) {
-    if (!block!.startsWith('import type ')) continue; // a fragment (a line of a script), not a whole module
-    files[`docs-scripts-${++blocks}.ts`] = block!;
+  const fragments: Record<string, string> = {};
+  for (const doc of ['scripts.md', 'authoring.md']) {
+    const text = await readFile(join(ROOT, 'docs', doc), 'utf8');
+    for (const match of text.matchAll(/```(?:ts|js|typescript|javascript)\n([\s\S]*?)```/g)) {
+      const block = match[1]!;
+      const name = `docs-${doc.replace('.md', '')}-${++blocks}.ts`;
+      if (/^export default /m.test(block)) { files[name] = block; continue; }
+      // A fragment (lines of a script) is checked in the hook of its section, as the body of that hook's function.
+      const hook = [...text.slice(0, match.index).matchAll(/^## (\w+)$/gm)].map((m) => m[1]!).findLast((h) => h in CONTEXT_TYPE);
+      assert.ok(hook, `${doc}: the section of ${block.slice(0, 80)}`);
+      fragments[name] = `import type { ${CONTEXT_TYPE[hook as HookName]} } from "postern";\n__DECLARED__export default async function (ctx: ${CONTEXT_TYPE[hook as HookName]}) {\n${block}}\n`;
+    }
   }
-  assert.ok(blocks >= 8 && Object.keys(files).length >= blocks + 10, `found ${Object.keys(files).join(', ')}`);
+  assert.ok(blocks >= 10 && Object.keys(files).length >= blocks - Object.keys(fragments).length + 10, `found ${Object.keys(files).join(', ')}`);
+  // A fragment's own variables (`score`, `fingerprint`) are whatever the script around it made: declared `any`, so
+  // what is checked is its use of the API (the builder's options, the verdict it returns).
+  const firstPass = await typeCheck(Object.fromEntries(Object.entries(fragments).map(([n, f]) => [n, f.replace('__DECLARED__', '')])));
+  for (const [name, fragment] of Object.entries(fragments)) {
+    const unknown = [...firstPass.output.matchAll(new RegExp(`${name}\\(\\d+,\\d+\\): error TS2304: Cannot find name '(\\w+)'`, 'g'))].map((m) => m[1]!);
+    files[name] = fragment.replace('__DECLARED__', [...new Set(unknown)].map((n) => `declare const ${n}: any;\n`).join(''));
+  }
   const { ok, output } = await typeCheck(files);
   assert.ok(ok, output);
   // And each docs module loads as the script of its hook, as `postern check` would load it.
@@ -157,10 +190,6 @@ test('the shipped scripts, the examples\' scripts and the docs\' script modules 
   }
 });
 
-const CONTEXT_TYPE: Record<HookName, string> = {
-  connect: 'ConnectContext', helo: 'HeloContext', auth: 'AuthContext', mailfrom: 'MailFromContext',
-  rcptto: 'RcptToContext', data: 'DataContext', predelivery: 'PredeliveryContext',
-};
 
 /** Every hook logs its whole context as JSON (a function as a marker), then lets the default decide. */
 const CONTEXT_LOGGER = (hook: HookName): string =>

@@ -10,12 +10,14 @@ import type { ConnectionInfo } from '../../engine/sandbox/api/index.ts';
 import { authContext, js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
 
-const sample = (): ConnectionInfo => authContext().connection;
+/** The facts as the host builds them, before they are frozen for a script. */
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
+const sample = (): Writable<ConnectionInfo> => authContext().connection;
 
 test('the connection key changes with every fact that can change within a connection', () => {
   // Fixed for the life of a connection, so its id stands for them.
   const fixedById = new Set(['id', 'source', 'remoteAddress', 'remotePort', 'localAddress', 'localPort', 'listener']);
-  const changes: Record<string, (c: ConnectionInfo) => void> = {
+  const changes: Record<string, (c: Writable<ConnectionInfo>) => void> = {
     helo: (c) => { c.helo = 'other.example'; },
     auth: (c) => { c.auth = { username: 'alice', mechanism: 'EXTERNAL' }; },
     tls: (c) => { c.tls = { ...c.tls!, sni: 'other.example' }; },

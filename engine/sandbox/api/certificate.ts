@@ -1,32 +1,32 @@
 /**
  * What a policy script sees of a TLS peer (client) certificate. Plain data, copied into the
- * sandbox when the hook starts; the private key never exists here.
+ * sandbox when the hook starts; the private key never exists here. Read-only (frozen, with the connection).
  */
 
 /** A distinguished name, whole and split into attributes. */
 export interface DistinguishedName {
   /** RFC 4514 string, most specific attribute first, e.g. `CN=alice,O=Example`. */
-  dn: string;
+  readonly dn: string;
   /**
    * Common name: the first in DER order, as OpenSSL (Postfix, Dovecot) picks it. A subject may hold several
    * CNs (see `attributes`); which one a CA checked is unknown, so `certificateIdentity` takes none of them then.
    * Likewise for every field here.
    */
-  CN?: string;
+  readonly CN?: string;
   /** Organisation. */
-  O?: string;
+  readonly O?: string;
   /** Organisational unit. */
-  OU?: string;
+  readonly OU?: string;
   /** Country. */
-  C?: string;
+  readonly C?: string;
   /** State or province. */
-  ST?: string;
+  readonly ST?: string;
   /** Locality. */
-  L?: string;
+  readonly L?: string;
   /** PKCS#9 emailAddress attribute (what Dovecot's `ssl_cert_username_field = emailAddress` reads). */
-  emailAddress?: string;
+  readonly emailAddress?: string;
   /** Every attribute in order as `[shortName, value]` (multi-valued names appear more than once). */
-  attributes: Array<[string, string]>;
+  readonly attributes: ReadonlyArray<readonly [string, string]>;
 }
 
 /** Why a chain did not verify. `null` when it did. */
@@ -43,51 +43,51 @@ export type ChainFailureReason =
 
 /** Fingerprints over the DER certificate: lowercase hex, and Postfix's uppercase colon form. */
 export interface Fingerprints {
-  sha1: string;
-  sha256: string;
-  md5: string;
+  readonly sha1: string;
+  readonly sha256: string;
+  readonly md5: string;
   /** Postfix form, e.g. `5B:57:FE:...` (`openssl x509 -fingerprint`). */
-  sha1Colon: string;
-  sha256Colon: string;
-  md5Colon: string;
+  readonly sha1Colon: string;
+  readonly sha256Colon: string;
+  readonly md5Colon: string;
 }
 
 /** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
 export interface PublicKeyPin {
   /** Lowercase hex. */
-  sha256: string;
+  readonly sha256: string;
   /** Postfix `pkey_fingerprint` form: uppercase colon hex. */
-  sha256Colon: string;
+  readonly sha256Colon: string;
   /** Standard base64 with padding (HPKP style). */
-  sha256Base64: string;
+  readonly sha256Base64: string;
   /** base64url without padding (mox's TLS public key fingerprint). */
-  sha256Base64Url: string;
+  readonly sha256Base64Url: string;
 }
 
 export interface PeerCertificate {
-  subject: DistinguishedName;
-  issuer: DistinguishedName;
+  readonly subject: DistinguishedName;
+  readonly issuer: DistinguishedName;
   /** Subject alternative names. */
-  san: { email: string[]; dns: string[]; ip: string[]; uri: string[] };
+  readonly san: { readonly email: readonly string[]; readonly dns: readonly string[]; readonly ip: readonly string[]; readonly uri: readonly string[] };
   /** Serial number: the INTEGER's magnitude in lowercase hex (`openssl x509 -serial` in upper case), without DER's 00 sign byte. */
-  serial: string;
+  readonly serial: string;
   /** ISO 8601 timestamps. */
-  notBefore: string;
-  notAfter: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
   /** Node's `asymmetricKeyType`: `rsa`, `rsa-pss`, `ec`, `ed25519`, `ed448` … */
-  keyType: string;
+  readonly keyType: string;
   /** Key size in bits (RSA modulus, EC curve size); 0 when not meaningful. */
-  keyBits: number;
-  fingerprint: Fingerprints;
-  pin: PublicKeyPin;
+  readonly keyBits: number;
+  readonly fingerprint: Fingerprints;
+  readonly pin: PublicKeyPin;
   /** The certificate in PEM form. */
-  pem: string;
+  readonly pem: string;
   /** True when the chain verified against the listener's CA bundle and CRLs. */
-  verified: boolean;
+  readonly verified: boolean;
   /** Why it did not verify; `null` when verified. */
-  verifyError: ChainFailureReason | null;
+  readonly verifyError: ChainFailureReason | null;
   /** The underlying OpenSSL error code, e.g. `CERT_HAS_EXPIRED`; `null` when verified. */
-  verifyErrorCode: string | null;
+  readonly verifyErrorCode: string | null;
 }
 
 /**
@@ -99,26 +99,26 @@ export interface PeerCertificate {
  */
 export interface PostfixClientCertificate {
   /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
-  subject: DistinguishedName;
+  readonly subject: DistinguishedName;
   /** The issuer's CN, likewise. */
-  issuer: DistinguishedName;
-  san: null;
-  serial: null;
-  notBefore: null;
-  notAfter: null;
-  keyType: null;
-  keyBits: null;
-  fingerprint: { [K in keyof Fingerprints]: string | null };
-  pin: { [K in keyof PublicKeyPin]: string | null };
+  readonly issuer: DistinguishedName;
+  readonly san: null;
+  readonly serial: null;
+  readonly notBefore: null;
+  readonly notAfter: null;
+  readonly keyType: null;
+  readonly keyBits: null;
+  readonly fingerprint: { readonly [K in keyof Fingerprints]: string | null };
+  readonly pin: { readonly [K in keyof PublicKeyPin]: string | null };
   /** The digest Postfix used. */
-  digest: 'sha256' | 'sha1' | 'md5';
+  readonly digest: 'sha256' | 'sha1' | 'md5';
   /** `ccert_pubkey_fingerprint` as Postfix sent it (colon hex in `digest`), or null. */
-  publicKeyFingerprint: string | null;
-  pem: null;
+  readonly publicKeyFingerprint: string | null;
+  readonly pem: null;
   /** Postfix verified the chain against its own CA files (it sent the subject and issuer). */
-  verified: boolean;
+  readonly verified: boolean;
   /** `invalid` when Postfix did not verify it (Postfix does not say why); null when verified. */
-  verifyError: ChainFailureReason | null;
+  readonly verifyError: ChainFailureReason | null;
   /** `POSTFIX_NOT_VERIFIED`, or null when verified. */
-  verifyErrorCode: string | null;
+  readonly verifyErrorCode: string | null;
 }

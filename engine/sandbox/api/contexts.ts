@@ -45,16 +45,15 @@ export interface BuiltinAuthDecision {
   accepted: boolean;
   /** Username the built-in rule would log in as. */
   username: string | null;
-  /** Why (for logs): e.g. `certificate-identity`, `password`, `bad-password`, `no-identity`. */
-  reason: string;
+  /** Why: accepted by `certificate-identity` or `password`; refused for the others. */
+  reason: 'certificate-identity' | 'password' | 'no-identity' | 'authzid-not-permitted' | 'empty-password' | 'bad-password' | 'certificate-account-mismatch';
 }
 
 /** auth: an AUTH exchange completed its SASL steps (on Postern's own listener only). Default: the built-in rule. */
 export interface AuthContext {
   connection: SmtpConnectionInfo;
   auth: {
-    /** EXTERNAL, PLAIN or LOGIN. */
-    mechanism: string;
+    mechanism: 'EXTERNAL' | 'PLAIN' | 'LOGIN';
     /** PLAIN/LOGIN: the authentication identity; EXTERNAL: the authzid (may be empty). */
     username: string;
     /** PLAIN/LOGIN password; always empty for EXTERNAL. */
@@ -68,8 +67,8 @@ export interface AuthContext {
 /** The built-in sender binding's decision (listener `senderLogin`) for this MAIL FROM. */
 export interface BuiltinSenderDecision {
   accepted: boolean;
-  /** `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
-  reason: string;
+  /** Accepted: `not-enforced`, `not-authenticated`, `own-address`, `listed`, `null-sender-allowed`; refused: `sender-login-mismatch`, `null-sender`. */
+  reason: 'not-enforced' | 'not-authenticated' | 'own-address' | 'listed' | 'null-sender-allowed' | 'sender-login-mismatch' | 'null-sender';
 }
 
 /** mailfrom: MAIL FROM received. Default: the built-in sender binding (accept unless `senderLogin.enforce` refuses). */
@@ -85,8 +84,8 @@ export interface MailFromContext {
 /** The built-in relay rule's decision for this recipient. */
 export interface BuiltinRelayDecision {
   accepted: boolean;
-  /** `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`, or `relay-denied`. */
-  reason: string;
+  /** Accepted: `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`; refused: `relay-denied`. */
+  reason: 'postmaster' | 'local-domain' | 'authenticated' | 'client-certificate' | 'relay-denied';
 }
 
 /** rcptto: RCPT TO received. Default: the built-in relay rule. */
@@ -125,8 +124,9 @@ export interface MessageBody {
    * (bytes that are not UTF-8, and a character cut at the limit, read as U+FFFD), as sent: transfer
    * encodings are not decoded, and every line end is CRLF, as the next hop receives it (a bare CR or bare LF
    * the client sent is a line end there, so it is one here). Readable only while the data hook runs.
+   * Read-only, as `ctx.connection` is: the object is frozen.
    */
-  text(maxBytes?: number): Promise<string>;
+  readonly text: (maxBytes?: number) => Promise<string>;
 }
 
 /** A short summary of the certificate the original client presented, kept in the queue. */

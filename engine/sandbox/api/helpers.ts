@@ -7,19 +7,19 @@ import type { AcceptVerdict, DeferVerdict, DeliverVerdict, HeaderEdit, RejectVer
 /** What rate() answers. */
 export interface RateResult {
   /** True when this call was within the limit; it was then counted. */
-  allowed: boolean;
+  readonly allowed: boolean;
   /** Calls counted in the current window, this one included when allowed. */
-  count: number;
+  readonly count: number;
   /** Seconds until the window ends and the count starts again from 0. */
-  resetSeconds: number;
+  readonly resetSeconds: number;
 }
 
-/** A named counter in the store (see counter()). */
+/** A named counter in the store (see counter()). Frozen, as rate()'s answers and `dns` are: read-only here. */
 export interface Counter {
   /** Its value; 0 when it does not exist or has expired. */
-  get(): Promise<number>;
+  readonly get: () => Promise<number>;
   /** Add `n` (a whole number, may be negative); a new counter expires `ttlSeconds` after this first add. The new value. */
-  add(n: number, ttlSeconds: number): Promise<number>;
+  readonly add: (n: number, ttlSeconds: number) => Promise<number>;
 }
 
 /** An MX record of dns.resolve(name, 'MX'). */
@@ -69,10 +69,12 @@ export interface DnsOptions {
 
 /** The `dns` global: lookups on the configured servers (`dns.servers`), cached (see docs/scripts.md § DNS). */
 export interface Dns {
-  /** A, AAAA, TXT (each record's strings joined) or PTR (`name` may be an IP address) records. */
-  resolve(name: string, type: 'A' | 'AAAA' | 'TXT' | 'PTR', options?: DnsOptions): Promise<DnsResult<string>>;
-  /** MX records, lowest priority first. */
-  resolve(name: string, type: 'MX', options?: DnsOptions): Promise<DnsResult<MxRecord>>;
+  readonly resolve: {
+    /** A, AAAA, TXT (each record's strings joined) or PTR (`name` may be an IP address) records. */
+    (name: string, type: 'A' | 'AAAA' | 'TXT' | 'PTR', options?: DnsOptions): Promise<DnsResult<string>>;
+    /** MX records, lowest priority first. */
+    (name: string, type: 'MX', options?: DnsOptions): Promise<DnsResult<MxRecord>>;
+  };
 }
 
 export interface PosternHelpers {

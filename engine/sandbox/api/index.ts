@@ -12,15 +12,21 @@ export type * from './verdicts.ts';
 export type * from './contexts.ts';
 export type * from './helpers.ts';
 
+/**
+ * What a hook may return: a verdict, nothing (`undefined` or `null`: the default decides), or a promise of either
+ * (an `async` hook, or one that returns a promise).
+ */
+export type HookResult<V> = V | null | void | Promise<V | null | void>;
+
 /** Hook name → the signature of the default export of the script file of that name. */
 export interface PolicyHooks {
-  connect(ctx: ConnectContext): Verdict | void;
-  helo(ctx: HeloContext): Verdict | void;
-  auth(ctx: AuthContext): Verdict | void;
-  mailfrom(ctx: MailFromContext): Verdict | void;
-  rcptto(ctx: RcptToContext): Verdict | void;
-  data(ctx: DataContext): Verdict | void;
-  predelivery(ctx: PredeliveryContext): PredeliveryVerdict | void;
+  connect(ctx: ConnectContext): HookResult<Verdict>;
+  helo(ctx: HeloContext): HookResult<Verdict>;
+  auth(ctx: AuthContext): HookResult<Verdict>;
+  mailfrom(ctx: MailFromContext): HookResult<Verdict>;
+  rcptto(ctx: RcptToContext): HookResult<Verdict>;
+  data(ctx: DataContext): HookResult<Verdict>;
+  predelivery(ctx: PredeliveryContext): HookResult<PredeliveryVerdict>;
 }
 
 export type HookName = keyof PolicyHooks;

@@ -1,58 +1,62 @@
-/** Connection and transaction facts, as copied into each hook's context. */
+/**
+ * Connection and transaction facts, as copied into each hook's context. The connection's facts are read-only
+ * (`readonly`, deeply: the sandbox freezes them, so an assignment or an in-place `sort()` throws); the transaction's
+ * are the call's own copy.
+ */
 import type { PeerCertificate, PostfixClientCertificate } from './certificate.ts';
 
 export interface TlsInfo {
   /** e.g. `TLSv1.3`. */
-  protocol: string;
+  readonly protocol: string;
   /** OpenSSL cipher name, e.g. `TLS_AES_256_GCM_SHA384`. */
-  cipher: string;
+  readonly cipher: string;
   /** Server name the client asked for (SNI), if any. */
-  sni: string | null;
+  readonly sni: string | null;
   /** How TLS started on this connection. */
-  mode: 'starttls' | 'implicit';
+  readonly mode: 'starttls' | 'implicit';
 }
 
 export interface AuthInfo {
   /** The identity the session is logged in as. */
-  username: string;
+  readonly username: string;
   /** `EXTERNAL`, `PLAIN`, `LOGIN`, or `CERTIFICATE` when the certificate logged the session in without AUTH. */
-  mechanism: string;
+  readonly mechanism: string;
 }
 
 /** What every hook knows of the connection, whichever `source` the facts come from. */
 export interface ConnectionFacts {
   /** Connection id, also in every log line of this connection. */
-  id: string;
+  readonly id: string;
   /** The client's address (an IPv4 client of a dual-stack listener as a.b.c.d); behind a load balancer with `proxyProtocol`, the client its header names. */
-  remoteAddress: string;
-  remotePort: number;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
   /** The address the client connected to; behind a load balancer with `proxyProtocol`, the balancer's its header names. */
-  localAddress: string;
-  localPort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
   /** Name of the listener (from the configuration) that accepted the connection. */
-  listener: string;
+  readonly listener: string;
   /** The HELO/EHLO name, once given. */
-  helo: string | null;
+  readonly helo: string | null;
   /** Set once the session has authenticated. */
-  auth: AuthInfo | null;
+  readonly auth: AuthInfo | null;
   /** Set once TLS is up. */
-  tls: TlsInfo | null;
+  readonly tls: TlsInfo | null;
   /**
    * The account the certificate maps to under the listener's `certificateIdentity` setting (field of a
    * verified certificate, or a pin table), or `null`.
    */
-  certificateIdentity: string | null;
+  readonly certificateIdentity: string | null;
 }
 
 /** A client of Postern's own SMTP listener: the whole certificate, every field filled. */
 export interface SmtpConnectionInfo extends ConnectionFacts {
-  source: 'smtp';
+  readonly source: 'smtp';
   /**
    * The client's certificate, when one was presented in the TLS handshake. Its names are whatever the client
    * put there unless `verified` is true (a self-made certificate may say `CN=alice@example.com`, or carry two
    * CNs): to know who it is, use `certificateIdentity`, which reads a field only from a verified chain.
    */
-  clientCertificate: PeerCertificate | null;
+  readonly clientCertificate: PeerCertificate | null;
 }
 
 /**
@@ -60,9 +64,9 @@ export interface SmtpConnectionInfo extends ConnectionFacts {
  * `localAddress`/`localPort` are Postfix's server address and the certificate is what Postfix sent.
  */
 export interface PolicyServiceConnectionInfo extends ConnectionFacts {
-  source: 'postfix-policy';
+  readonly source: 'postfix-policy';
   /** Only subject and issuer CN, one digest of fingerprints, the rest null. */
-  clientCertificate: PostfixClientCertificate | null;
+  readonly clientCertificate: PostfixClientCertificate | null;
 }
 
 /**
