@@ -98,7 +98,7 @@ export interface PeerCertificate {
  * `pin` is filled only with sha256. Fields Postfix never sends (SANs, dates, serial, key, PEM) are null.
  */
 export interface PostfixClientCertificate {
-  /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
+  /** Postfix's subject CN (sent as xtext, decoded here) as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
   subject: DistinguishedName;
   /** The issuer's CN, likewise. */
   issuer: DistinguishedName;
