@@ -103,6 +103,7 @@ function describe(attrs: Record<string, string>, digest: Digest): PostfixClientC
   const issuer = commonName(attrs.ccert_issuer ?? '');
   const verified = subject !== NO_NAME || issuer !== NO_NAME;
   const one = (d: Digest) => (d === digest ? fp : null);
+  const key = (d: Digest) => (d === digest ? pk : null);
   const colon = (h: string | null) => (h ? colonHex(h) : null);
   const pin = digest === 'sha256' && pk ? Buffer.from(pk, 'hex') : null;
   return deepFreeze<PostfixClientCertificate>({
@@ -114,6 +115,7 @@ function describe(attrs: Record<string, string>, digest: Digest): PostfixClientC
     pin: {
       sha256: pin ? pk : null, sha256Colon: pin ? colonHex(pk!) : null,
       sha256Base64: pin ? pin.toString('base64') : null, sha256Base64Url: pin ? pin.toString('base64url') : null,
+      sha1: key('sha1'), sha1Colon: colon(key('sha1')), md5: key('md5'), md5Colon: colon(key('md5')),
     },
     digest,
     publicKeyFingerprint: pk ? colonHex(pk) : null,

@@ -52,7 +52,11 @@ export interface Fingerprints {
   md5Colon: string;
 }
 
-/** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
+/**
+ * Digests of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use (SHA-256). Postfix
+ * computes its `pkey_fingerprint` in its `smtpd_tls_fingerprint_digest`, md5 below compatibility_level 3.6: a
+ * `relay_clientcerts` or `check_ccert_access` table of that time holds MD5 public-key fingerprints.
+ */
 export interface PublicKeyPin {
   /** Lowercase hex. */
   sha256: string;
@@ -62,6 +66,11 @@ export interface PublicKeyPin {
   sha256Base64: string;
   /** base64url without padding (mox's TLS public key fingerprint). */
   sha256Base64Url: string;
+  /** SHA-1 and MD5 of the SubjectPublicKeyInfo, lowercase hex and Postfix's colon form (`smtpd_tls_fingerprint_digest = sha1 / md5`). */
+  sha1: string;
+  sha1Colon: string;
+  md5: string;
+  md5Colon: string;
 }
 
 export interface PeerCertificate {
