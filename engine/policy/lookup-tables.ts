@@ -64,6 +64,9 @@ export class LookupTable {
 
   get size(): number { return this.#entries.size; }
 
+  /** The keys as indexed (a digest also in its canonical hex). */
+  keys(): IterableIterator<string> { return this.#entries.keys(); }
+
   #fold(key: string): string { return this.#caseSensitive ? key : key.toLowerCase(); }
 }
 
