@@ -181,7 +181,7 @@ export class PolicyServer {
         result = { action: MALFORMED_ACTION, kind: 'malformed', reason: 'malformed policy request' };
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
-        if (rc && !rc.ctx.connection.clientCertificate && request.attributes.ccert_fingerprint) this.#checkDigest(request.attributes, service, cid);
+        if (rc && !rc.ctx.connection.clientCertificate && (request.attributes.ccert_fingerprint || request.attributes.ccert_pubkey_fingerprint)) this.#checkDigest(request.attributes, service, cid);
         if (!rc) {
           result = DUNNO;
         } else {
