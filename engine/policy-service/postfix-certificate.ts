@@ -11,7 +11,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { LookupTable } from '../policy/lookup-tables.ts';
 import { parseSenderList } from '../policy/sender-logins.ts';
 import { accountName } from '../policy/certificate-identity.ts';
-import { colonHex, normalizeFingerprint } from '../certificates/index.ts';
+import { colonHex, digestOfLength, normalizeFingerprint } from '../certificates/index.ts';
 
 type Digest = PolicyServiceConfig['fingerprintDigest'];
 
@@ -73,9 +73,6 @@ export function postfixCertificate(attrs: Record<string, string>, digest: Digest
   return cert;
 }
 
-/** Postfix's smtpd_tls_fingerprint_digest by the length of what it sent (it also offers sha512). */
-const DIGEST_OF_LENGTH: Readonly<Record<number, string>> = { 16: 'md5', 20: 'sha1', 32: 'sha256', 64: 'sha512' };
-
 /**
  * Why a request's fingerprints describe no certificate, when that is because Postfix computes them with another
  * digest than the service's `fingerprintDigest` (Postfix's default is md5 below compatibility_level 3.6, the
@@ -86,9 +83,9 @@ export function fingerprintDigestMismatch(attrs: Record<string, string>, digest:
   for (const name of ['ccert_fingerprint', 'ccert_pubkey_fingerprint'] as const) {
     const n = attrs[name] ? normalizeFingerprint(attrs[name]) : null;
     if (!n) continue;
-    const sent = DIGEST_OF_LENGTH[n.length];
+    const sent = digestOfLength(n.length); // Postfix's smtpd_tls_fingerprint_digest (it also offers sha512)
     if (sent === digest) return null;
-    return `${name} is ${sent ? `a ${sent} digest` : `${n.length} bytes long`}, but fingerprintDigest is ${digest}: `
+    return `${name} is ${sent === 'md5' ? 'an' : 'a'} ${sent} digest, but fingerprintDigest is ${digest}: `
       + `set it to Postfix's smtpd_tls_fingerprint_digest (md5 unless compatibility_level is 3.6 or later)`
       + `${sent === 'sha512' ? ', and use sha256 there (Postern knows md5, sha1 and sha256)' : ''}; until then client certificates are ignored`;
   }

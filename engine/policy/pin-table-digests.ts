@@ -7,9 +7,7 @@
  */
 import type { Config } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
-import { normalizeFingerprint } from '../certificates/index.ts';
-
-const DIGEST_OF_LENGTH: Readonly<Record<number, string>> = { 16: 'md5', 20: 'sha1', 48: 'sha384', 64: 'sha512' };
+import { digestOfLength, normalizeFingerprint } from '../certificates/index.ts';
 
 export interface PinTableWarning { path: PropertyKey[]; name: string; message: string }
 
@@ -25,7 +23,7 @@ export function pinTableDigests(config: Config, tables: ReadonlyMap<string, Look
     const wrong = new Map<string, string>(); // canonical hex → its digest's name
     for (const key of t.keys()) {
       const n = normalizeFingerprint(key);
-      if (n && n.length !== 32) wrong.set(n.hex, DIGEST_OF_LENGTH[n.length] ?? `${n.length}-byte`);
+      if (n && n.length !== 32) wrong.set(n.hex, digestOfLength(n.length)!);
     }
     if (!wrong.size) continue;
     const shown = [...wrong].slice(0, 3).map(([hex, digest]) => `${hex} (${digest})`).join(', ');

@@ -84,7 +84,7 @@ test('the CNs Postfix sends as xtext are the certificate\'s names: a non-ASCII C
 test('fingerprints in another digest than fingerprintDigest: the certificate is ignored, and the log says which digest Postfix used', { skip }, async () => {
   const r = await swaks(md5Port);
   assert.match(r.stdout, /<~\* 554 .*no certificate identity/, r.output);
-  const warning = () => s.logs.find((l) => l.level === 40 && /ccert_fingerprint is a md5 digest, but fingerprintDigest is sha256/.test(String(l.msg)));
+  const warning = () => s.logs.find((l) => l.level === 40 && /ccert_fingerprint is an md5 digest, but fingerprintDigest is sha256/.test(String(l.msg)));
   await until('the digest warning', () => warning() !== undefined);
   assert.match(String(warning()!.msg), /smtpd_tls_fingerprint_digest/);
   // Once: Postfix sends the same in every request.
