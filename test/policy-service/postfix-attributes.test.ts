@@ -53,7 +53,11 @@ policyServices:
     listen: 127.0.0.1:${policyPort}
     authoritative: true
     certificateIdentity: { field: CN }
+    relayClientCertificatesTable: relay_clientcerts
+tables: { relay_clientcerts: ./relay_clientcerts }
 `,
+    // An md5 relay_clientcerts kept from before compatibility_level 3.6, while Postfix now sends sha256.
+    files: { relay_clientcerts: `${pki.clients.alice.fingerprintMd5.toUpperCase().match(/../g)!.join(':')}   laptop.example\n` },
     scripts: {
       'rcptto.ts': `
 export default function (ctx) {
@@ -90,4 +94,11 @@ test('fingerprints in another digest than fingerprintDigest: the certificate is 
   // Once: Postfix sends the same in every request.
   await swaks(md5Port);
   assert.equal(s.logs.filter((l) => /fingerprintDigest is sha256/.test(String(l.msg))).length, 1);
+});
+
+test('a relay table in another digest than fingerprintDigest is warned about at start: its keys can never match', { skip }, () => {
+  const warning = s.logs.find((l) => l.level === 40 && /relay table relay_clientcerts .* can never match/.test(String(l.msg)));
+  assert.ok(warning, JSON.stringify(s.logs.filter((l) => l.level === 40)));
+  assert.match(String(warning.msg), new RegExp(`${pki.clients.alice.fingerprintMd5} \\(md5\\).*fingerprintDigest sha256`));
+  assert.match(String(warning.msg), /postern\.yaml:\d+:\d+: policyServices\[0\]\.relayClientCertificatesTable/);
 });
