@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, listPins, pinOf, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, issueDevice, listDevices, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 
@@ -206,7 +206,11 @@ export async function retireAccountDevice(ctx: AccountContext, device: AccountDe
   }
   let unpinned = false;
   const file = pinFile(ctx);
-  if (device.pinned && file) unpinned = (await removePin(file, { pin: device.pinSha256 })).length > 0;
+  // A revoked certificate leaves every pin table, as with postern pki revoke: another listener's, or a policy
+  // service's (Postfix checks no CRL), would still name its account.
+  const files = new Set(revoked ? pinTableFiles(ctx.config) : []);
+  if (device.pinned && file) files.add(file);
+  for (const f of files) if ((await removePin(f, { pin: device.pinSha256 })).length) unpinned = true;
   if (!revoked && !unpinned) throw new AccountError(`Device "${device.name}" is already ${device.status}.`);
   return { device, revoked, unpinned };
 }

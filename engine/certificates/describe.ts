@@ -86,6 +86,9 @@ function parse(der: Uint8Array, sha256: string): Parsed {
   const sha1 = hex('sha1', der);
   const md5 = hex('md5', der);
   const pinHex = spkiDigest.toString('hex');
+  // Postfix's pkey_fingerprint in its other digests (tables of a main.cf below compatibility_level 3.6: md5).
+  const pinSha1 = hex('sha1', fields.spki);
+  const pinMd5 = hex('md5', fields.spki);
   return {
     subject: distinguishedName(fields.subject),
     issuer: distinguishedName(fields.issuer),
@@ -101,6 +104,7 @@ function parse(der: Uint8Array, sha256: string): Parsed {
       sha256Colon: colonHex(pinHex),
       sha256Base64: spkiDigest.toString('base64'),
       sha256Base64Url: spkiDigest.toString('base64url'),
+      sha1: pinSha1, sha1Colon: colonHex(pinSha1), md5: pinMd5, md5Colon: colonHex(pinMd5),
     },
     pem: toPem(der, 'CERTIFICATE'),
   };

@@ -1,6 +1,6 @@
 /** Certificates: describing peer certificates, reading trust material, pins, generating PKI. No SMTP here. */
 export { describeCertificate, describePeerCertificate, chainFailureReason, summarizeCertificate, boundedName, type ChainVerdict } from './describe.ts';
-export { normalizeFingerprint, normalizePin, matchesPin } from './pins.ts';
+export { normalizeFingerprint, normalizePin, matchesPin, digestOfLength } from './pins.ts';
 export { strongEnoughKey, explainUnspecified, MIN_RSA_BITS, MIN_EC_BITS } from './key-strength.ts';
 export { spkiFacts } from './x509-fields.ts';
 export { colonHex } from './digests.ts';

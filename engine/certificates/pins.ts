@@ -5,7 +5,13 @@
 import type { PeerCertificate } from '../sandbox/api/index.ts';
 
 /** Digest lengths in bytes that fingerprint tables hold: md5, sha1, sha256, sha384, sha512. */
-const DIGEST_BYTES = new Set([16, 20, 32, 48, 64]);
+const DIGEST_OF_LENGTH: ReadonlyMap<number, string> = new Map([[16, 'md5'], [20, 'sha1'], [32, 'sha256'], [48, 'sha384'], [64, 'sha512']]);
+const DIGEST_BYTES: ReadonlySet<number> = new Set(DIGEST_OF_LENGTH.keys());
+
+/** The digest a fingerprint of `bytes` bytes is written in (`md5` … `sha512`): to name it in a message. */
+export function digestOfLength(bytes: number): string | undefined {
+  return DIGEST_OF_LENGTH.get(bytes);
+}
 const COLON_HEX = /^[0-9a-f]{2}(?::[0-9a-f]{2})+$/i;
 const PLAIN_HEX = /^(?:[0-9a-f]{2})+$/i;
 /** 32 bytes in base64 are 43 characters plus an optional `=`; either alphabet (`+/` or `-_`), not mixed. */

@@ -221,7 +221,7 @@ const tableSchema = z.union([
   z.strictObject({
     file: path().describe('The table file.'),
     format: z.enum(['postfix', 'yaml', 'json']).default('postfix')
-      .describe('`postfix`: one `key<whitespace>value` per line; the value is the rest of the line, trimmed. Blank lines and `#` comment lines are skipped. A line without a value, a duplicate key, or a line that starts with whitespace (there are no continuation lines) is an error, reported with file and line. `yaml` / `json`: a flat mapping whose values are strings, numbers or booleans (stored as strings); two keys that are one entry (the same key given twice, also in JSON, in two cases, a pin in two spellings) are an error at the later one\'s line.'),
+      .describe('`postfix`: one `key<whitespace>value` per line; the value is the rest of the line, trimmed. Blank lines and `#` comment lines are skipped. A line that starts with whitespace continues the entry before it, as postmap reads it (the lines joined as they are: `a  b,` then `  c` is `b,  c`). A line without a value, a duplicate key, or a continuation line with no entry before it is an error, reported with file and line. `yaml` / `json`: a flat mapping whose values are strings, numbers or booleans (stored as strings); two keys that are one entry (the same key given twice, also in JSON, in two cases, a pin in two spellings) are an error at the later one\'s line.'),
     caseSensitive: z.boolean().default(false)
       .describe('When `false`, keys are folded to lowercase, both when the table is loaded and when it is looked up.'),
   }),

@@ -27,6 +27,7 @@ import { PolicyGeneration } from '../policy/generation.ts';
 import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
+import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
 import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
@@ -174,6 +175,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
 
   for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
   for (const u of config.pki.dir ? await unloadedCrls(config, config.pki.dir) : []) {
     const key = ['listeners', u.listener, 'tls', config.listeners[u.listener]!.tls.crlFiles.length ? 'crlFiles' : 'caFiles'];

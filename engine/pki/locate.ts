@@ -29,11 +29,12 @@ export interface PinTableRef {
   file: string;
 }
 
-/** The pin table of `listener` (or the one all listeners with pins share). */
+/** The pin table of `listener` (a listener or a policy service; or the one all of them with pins share). */
 export function pinTableOf(config: Config, listener?: string): PinTableRef {
-  if (listener && !config.listeners.some((l) => l.name === listener)) throw new Error(`no listener named "${listener}"`);
+  const users = [...config.listeners, ...config.policyServices];
+  if (listener && !users.some((l) => l.name === listener)) throw new Error(`no listener or policy service named "${listener}"`);
   const tables = new Map<string, PinTableRef & { format: string }>();
-  for (const l of config.listeners) {
+  for (const l of users) {
     const name = l.certificateIdentity.pins;
     if (!name || (listener && l.name !== listener)) continue;
     const spec = config.tables[name]!;
@@ -41,7 +42,7 @@ export function pinTableOf(config: Config, listener?: string): PinTableRef {
     ref.listeners.push(l.name);
     tables.set(name, ref);
   }
-  if (!tables.size) throw new Error(listener ? `listener ${listener} has no certificateIdentity.pins table` : 'no listener has a certificateIdentity.pins table');
+  if (!tables.size) throw new Error(listener ? `${listener} has no certificateIdentity.pins table` : 'no listener or policy service has a certificateIdentity.pins table');
   if (tables.size > 1) throw new Error(`listeners use different pin tables (${[...tables.values()].map((t) => `${t.table}: ${t.listeners.join(', ')}`).join('; ')}): choose one with --listener`);
   const { format, ...ref } = [...tables.values()][0]!;
   if (format !== 'postfix') throw new Error(`table "${ref.table}" (${ref.file}) is ${format}: postern pins writes postfix-format tables ("pin account" lines) only`);
@@ -62,10 +63,13 @@ export async function deviceNames(config: Config): Promise<{ byFingerprint: Map<
   return { byFingerprint, byPin };
 }
 
-/** The files of every listener's pin table that `postern pins` can edit (postfix format), each once. */
+/**
+ * The files of every pin table that `postern pins` can edit (postfix format), each once: the listeners' and the
+ * policy services' (Postfix checks no CRL, so there a revoked key names its account until its line goes).
+ */
 export function pinTableFiles(config: Config): string[] {
   const files = new Set<string>();
-  for (const l of config.listeners) {
+  for (const l of [...config.listeners, ...config.policyServices]) {
     const spec = l.certificateIdentity.pins ? config.tables[l.certificateIdentity.pins] : undefined;
     if (spec && (typeof spec === 'string' || spec.format === 'postfix')) files.add(typeof spec === 'string' ? spec : spec.file);
   }

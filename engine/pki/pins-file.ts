@@ -24,6 +24,8 @@ export interface PinEntry {
   added: string | null;
   /** 1-based line of the entry. */
   line: number;
+  /** 1-based last line: the entry's value may go on in lines that start with whitespace (postmap's continuation). */
+  lastLine: number;
 }
 
 const DEVICE_COMMENT = /^#\s*device:\s*([^;]*?)\s*(?:;\s*added\s+(\S+))?\s*$/;
@@ -34,17 +36,20 @@ function parse(file: string, text: string): { lines: string[]; entries: PinEntry
   if (lines.at(-1) === '') lines.pop();
   const entries: PinEntry[] = [];
   for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!.replace(/\r$/, '');
+    const first = i;
+    let raw = lines[i]!.replace(/\r$/, '');
     if (/^\s*(#|$)/.test(raw)) continue;
+    // Continuation lines, as the server's table reads them (lookup-tables.ts).
+    while (i + 1 < lines.length && /^\s+\S/.test(lines[i + 1]!) && !/^\s*#/.test(lines[i + 1]!)) raw += lines[++i]!.replace(/\r$/, '');
     const m = ENTRY.exec(raw);
-    if (!m) throw new Error(`${file}:${i + 1}: expected "pin account", not a pin table line`);
+    if (!m) throw new Error(`${file}:${first + 1}: expected "pin account", not a pin table line`);
     const hex = normalizePin(m[1]!);
     if (!hex) continue; // a fingerprint-shaped key of another length, or a plain key: not ours to manage
     const [identity = '', ...senders] = m[2]!.split(/[\s,]+/).filter(Boolean);
-    const comment = i > 0 ? DEVICE_COMMENT.exec(lines[i - 1]!) : null;
+    const comment = first > 0 ? DEVICE_COMMENT.exec(lines[first - 1]!) : null;
     entries.push({
       pinSha256: hex, pinBase64Url: Buffer.from(hex, 'hex').toString('base64url'), identity, senders,
-      device: comment?.[1] && comment[1] !== '-' ? comment[1] : null, added: comment?.[2] ?? null, line: i + 1,
+      device: comment?.[1] && comment[1] !== '-' ? comment[1] : null, added: comment?.[2] ?? null, line: first + 1, lastLine: i + 1,
     });
   }
   return { lines, entries };
@@ -78,7 +83,7 @@ export async function addPin(file: string, opts: AddPinOptions): Promise<PinEntr
     const pin64 = Buffer.from(hex, 'hex').toString('base64url');
     lines.push(`# device: ${device ?? '-'}; added ${added}`, `${pin64} ${[identity, ...(opts.senders ?? [])].join(' ')}`);
     await writeFileAtomic(file, lines.join('\n') + '\n', await modeOf(file));
-    return { pinSha256: hex, pinBase64Url: pin64, identity, senders: opts.senders ?? [], device, added, line: lines.length };
+    return { pinSha256: hex, pinBase64Url: pin64, identity, senders: opts.senders ?? [], device, added, line: lines.length, lastLine: lines.length };
   });
 }
 
@@ -97,7 +102,7 @@ export async function removePin(file: string, selector: RemovePinSelector): Prom
     if (!gone.length) return [];
     const drop = new Set<number>();
     for (const e of gone) {
-      drop.add(e.line - 1);
+      for (let l = e.line; l <= e.lastLine; l++) drop.add(l - 1);
       if (DEVICE_COMMENT.test(lines[e.line - 2] ?? '')) drop.add(e.line - 2);
     }
     await writeFileAtomic(file, lines.filter((_, i) => !drop.has(i)).map((l) => `${l}\n`).join(''), await modeOf(file));

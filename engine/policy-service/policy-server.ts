@@ -14,6 +14,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext, sameSpellingOfAddresses } from './request-context.ts';
+import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 
 /**
@@ -42,6 +43,8 @@ export class PolicyServer {
   /** The settings the service was started with: its socket, and the fallback if a reload drops the entry. */
   readonly #started: PolicyServiceConfig;
   readonly #sockets = new Set<Socket>();
+  /** The digest mismatches warned about (once each per process: Postfix repeats them in every request). */
+  readonly #digestWarnings = new Set<string>();
 
   constructor(runtime: PolicyRuntime, service: PolicyServiceConfig) {
     this.name = service.name;
@@ -154,6 +157,14 @@ export class PolicyServer {
     socket.resume();
   }
 
+  /** A certificate Postfix described in another digest than the service's: said once, at warn. */
+  #checkDigest(attributes: Record<string, string>, service: PolicyServiceConfig, cid: string): void {
+    const why = fingerprintDigestMismatch(attributes, service.fingerprintDigest);
+    if (!why || this.#digestWarnings.has(`${service.fingerprintDigest}\n${why}`)) return;
+    this.#digestWarnings.add(`${service.fingerprintDigest}\n${why}`);
+    this.#runtime.logger.warn({ service: this.name, cid, fingerprintDigest: service.fingerprintDigest }, `policy service ${this.name}: ${why}`);
+  }
+
   /** The answer to one request; never throws (an internal error answers the failure action). */
   async #decide(request: PolicyRequest, cid: string, memo: FactsMemo): Promise<PolicyAction> {
     const generation = this.#runtime.generation.acquire();
@@ -170,6 +181,7 @@ export class PolicyServer {
         result = { action: MALFORMED_ACTION, kind: 'malformed', reason: 'malformed policy request' };
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
+        if (rc && !rc.ctx.connection.clientCertificate && (request.attributes.ccert_fingerprint || request.attributes.ccert_pubkey_fingerprint)) this.#checkDigest(request.attributes, service, cid);
         if (!rc) {
           result = DUNNO;
         } else {

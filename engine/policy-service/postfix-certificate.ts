@@ -2,20 +2,43 @@
  * The client certificate as a Postfix policy request describes it (ccert_subject, ccert_issuer,
  * ccert_fingerprint, ccert_pubkey_fingerprint), and the account it names under a service's
  * `certificateIdentity`. Postfix sends the subject and issuer CN only for a certificate it verified
- * (smtpd_check.c: nothing for an untrusted one), so their presence is the chain verdict.
+ * (smtpd_check.c: nothing for an untrusted one), so their presence is the chain verdict. It sends them as
+ * xtext (SMTPD_POLICY_README, Postfix 2.2.11 and later: `ccert_issuer=Wietse+20Venema`).
  */
+import { isUtf8 } from 'node:buffer';
 import type { DistinguishedName, PostfixClientCertificate } from '../sandbox/api/index.ts';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { LookupTable } from '../policy/lookup-tables.ts';
 import { parseSenderList } from '../policy/sender-logins.ts';
 import { accountName } from '../policy/certificate-identity.ts';
-import { colonHex, normalizeFingerprint } from '../certificates/index.ts';
+import { colonHex, digestOfLength, normalizeFingerprint } from '../certificates/index.ts';
 
 type Digest = PolicyServiceConfig['fingerprintDigest'];
 
 const NO_NAME: DistinguishedName = Object.freeze({ dn: '', attributes: [] }) as DistinguishedName;
 
-function commonName(cn: string): DistinguishedName {
+/**
+ * Postfix's xtext (xtext_quote: `+`, and any byte outside `!`…`~`, as `+HH` of the CN's UTF-8 bytes) as
+ * text; null for what Postfix would not write: a `+` without two hex digits, bytes that are not UTF-8.
+ */
+export function xtextDecode(value: string): string | null {
+  if (!value.includes('+')) return value;
+  const parts: Buffer[] = [];
+  let from = 0;
+  for (let plus = value.indexOf('+'); plus >= 0; plus = value.indexOf('+', from)) {
+    const hex = value.slice(plus + 1, plus + 3);
+    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return null;
+    parts.push(Buffer.from(value.slice(from, plus), 'utf8'), Buffer.from(hex, 'hex'));
+    from = plus + 3;
+  }
+  parts.push(Buffer.from(value.slice(from), 'utf8'));
+  const bytes = Buffer.concat(parts);
+  return isUtf8(bytes) ? bytes.toString('utf8') : null;
+}
+
+function commonName(xtext: string): DistinguishedName {
+  // Not decodable: no name, as for an unverified certificate (fails closed: no CN identity, not verified).
+  const cn = xtextDecode(xtext);
   if (!cn) return NO_NAME;
   // RFC 4514 escaping of the characters that would change the DN's structure.
   const escaped = cn.replace(/([,+"\\<>;=])/g, '\\$1').replace(/^([ #])/, '\\$1').replace(/ $/, '\\ ');
@@ -50,6 +73,25 @@ export function postfixCertificate(attrs: Record<string, string>, digest: Digest
   return cert;
 }
 
+/**
+ * Why a request's fingerprints describe no certificate, when that is because Postfix computes them with another
+ * digest than the service's `fingerprintDigest` (Postfix's default is md5 below compatibility_level 3.6, the
+ * service's sha256): the certificate would otherwise vanish without a word, and with it relay and identity.
+ * Null when the lengths agree, or nothing was sent.
+ */
+export function fingerprintDigestMismatch(attrs: Record<string, string>, digest: Digest): string | null {
+  for (const name of ['ccert_fingerprint', 'ccert_pubkey_fingerprint'] as const) {
+    const n = attrs[name] ? normalizeFingerprint(attrs[name]) : null;
+    if (!n) continue;
+    const sent = digestOfLength(n.length); // Postfix's smtpd_tls_fingerprint_digest (it also offers sha512)
+    if (sent === digest) return null;
+    return `${name} is ${sent === 'md5' ? 'an' : 'a'} ${sent} digest, but fingerprintDigest is ${digest}: `
+      + `set it to Postfix's smtpd_tls_fingerprint_digest (md5 unless compatibility_level is 3.6 or later)`
+      + `${sent === 'sha512' ? ', and use sha256 there (Postern knows md5, sha1 and sha256)' : ''}; until then client certificates are ignored`;
+  }
+  return null;
+}
+
 function describe(attrs: Record<string, string>, digest: Digest): PostfixClientCertificate | null {
   const fp = digestHex(attrs.ccert_fingerprint, digest);
   const pk = digestHex(attrs.ccert_pubkey_fingerprint, digest);
@@ -58,6 +100,7 @@ function describe(attrs: Record<string, string>, digest: Digest): PostfixClientC
   const issuer = commonName(attrs.ccert_issuer ?? '');
   const verified = subject !== NO_NAME || issuer !== NO_NAME;
   const one = (d: Digest) => (d === digest ? fp : null);
+  const key = (d: Digest) => (d === digest ? pk : null);
   const colon = (h: string | null) => (h ? colonHex(h) : null);
   const pin = digest === 'sha256' && pk ? Buffer.from(pk, 'hex') : null;
   return deepFreeze<PostfixClientCertificate>({
@@ -69,6 +112,7 @@ function describe(attrs: Record<string, string>, digest: Digest): PostfixClientC
     pin: {
       sha256: pin ? pk : null, sha256Colon: pin ? colonHex(pk!) : null,
       sha256Base64: pin ? pin.toString('base64') : null, sha256Base64Url: pin ? pin.toString('base64url') : null,
+      sha1: key('sha1'), sha1Colon: colon(key('sha1')), md5: key('md5'), md5Colon: colon(key('md5')),
     },
     digest,
     publicKeyFingerprint: pk ? colonHex(pk) : null,

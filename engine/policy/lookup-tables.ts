@@ -64,6 +64,9 @@ export class LookupTable {
 
   get size(): number { return this.#entries.size; }
 
+  /** The keys as indexed (a digest also in its canonical hex). */
+  keys(): IterableIterator<string> { return this.#entries.keys(); }
+
   #fold(key: string): string { return this.#caseSensitive ? key : key.toLowerCase(); }
 }
 
@@ -112,18 +115,35 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   return table;
 }
 
-/** Postfix-style: `key  value` per line, `#` comments. (Continuation lines are not supported: an error.) */
+/**
+ * Postfix-style (postmap's source format): `key  value` per logical line, `#` comment lines. A line that starts
+ * with whitespace continues the logical line before it, as postmap reads it (readllines(): joined as they are,
+ * comment and blank lines in between skipped), so a migrated table's long value lists load unchanged. Postfix
+ * only warns about a continuation with nothing to continue and drops it; here that is an error.
+ */
 async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
   const giveWay = slicer();
+  let entry: { text: string; line: number } | null = null;
+  const add = (): void => {
+    if (!entry) return;
+    const m = /^(\S+)\s+(.*\S)\s*$/.exec(entry.text);
+    if (!m) throw new TableError(file, entry.line, `expected "key value", got ${quoteLine(entry.text)}`);
+    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, entry.line, `duplicate key ${quoteToken(m[1]!)}`);
+    entry = null;
+  };
   for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
     if (/^\s*(#|$)/.test(raw)) continue;
-    if (/^\s/.test(raw)) throw new TableError(file, line, 'line starts with whitespace but there is no entry to continue');
-    const m = /^(\S+)\s+(.*\S)\s*$/.exec(raw);
-    if (!m) throw new TableError(file, line, `expected "key value", got ${quoteLine(raw)}`);
-    if (!table.set(m[1]!, m[2]!)) throw new TableError(file, line, `duplicate key ${quoteToken(m[1]!)}`);
+    if (/^\s/.test(raw)) {
+      if (!entry) throw new TableError(file, line, 'line starts with whitespace but there is no entry to continue');
+      entry.text += raw;
+      continue;
+    }
+    add();
+    entry = { text: raw, line };
   }
+  add();
 }
 
 async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {

@@ -249,6 +249,13 @@ export class SessionPolicy {
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
+    if (cert && pinTable && !st.identity.pinned && pinTable.get(cert.fingerprint.sha256) !== null) {
+      // A Postfix relay_clientcerts line copied as it was (openssl x509 -fingerprint -sha256): the certificate's
+      // digest has a pin's length, so only a certificate that shows it tells the two apart. It names no account.
+      this.#log.warn({ cid: conn.id, table: pinTable.name, fingerprint: cert.fingerprint.sha256Colon, pin: cert.pin.sha256Base64Url },
+        `pin table ${pinTable.name} lists this client certificate's SHA-256 fingerprint, not its public key's: it names no account; `
+        + `a pin is the SHA-256 of the public key (${cert.pin.sha256Base64Url}, postern pins add), which also outlives a renewal with the same key`);
+    }
     const protocol = socket.getProtocol();
     metrics.tlsHandshakes.inc({ listener: st.listener.name, protocol: protocol ?? 'unknown', client_certificate: certificateOutcome(cert, st.identity.pinned) });
     if (this.#log.isLevelEnabled('info')) { // the fields are built only for a line that is written

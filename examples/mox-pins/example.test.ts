@@ -101,3 +101,24 @@ test('an unknown key (even from a real CA) or no certificate gets 530 5.7.0 at M
     await c.quit();
   }
 });
+
+test('openssl renews the device\'s certificate with the same key (new serial, new dates, new name): the pin still logs it in', needs('python3'), async () => {
+  // What mox pins is the key, not the certificate: a device that renews its self-signed certificate keeps its account.
+  const { selfsigned } = ex.pki.clients;
+  const renewed = join(ex.dir, 'renewed.crt');
+  const r = await run('openssl', ['req', '-x509', '-new', '-key', selfsigned.key, '-subj', '/CN=eve renewed', '-days', '3650', '-set_serial', '4242', '-out', renewed]);
+  assert.equal(r.code, 0, r.output);
+  const fingerprint = await run('openssl', ['x509', '-in', renewed, '-noout', '-fingerprint', '-sha256']);
+  assert.ok(!fingerprint.stdout.includes(selfsigned.fingerprintSha256Colon), 'another certificate');
+  const replies = await python<Array<[number, string]>>(`
+import json, smtplib, ssl
+ctx = ssl.create_default_context(cafile=${JSON.stringify(ex.pki.ca.cert)})
+ctx.load_cert_chain(${JSON.stringify(renewed)}, ${JSON.stringify(selfsigned.key)})
+s = smtplib.SMTP_SSL("localhost", ${ex.port()}, local_hostname="laptop.example", context=ctx)
+s.ehlo()
+code, text = s.mail("mjl@mox.example")
+s.quit()
+print(json.dumps([[code, text.decode()]]))
+`);
+  assert.deepEqual(replies.map(([code]) => code), [250]);
+});

@@ -9,13 +9,22 @@ import type { ClientName } from '../../test/helpers/pki.ts';
 const colon = (hex: string): string => hex.toUpperCase().match(/../g)!.join(':');
 let ex: ExampleServer;
 before(async () => {
-  ex = await startExample('postfix-relay-clientcerts', (pki) => ({
+  ex = await startExample('postfix-relay-clientcerts', async (pki) => ({
     relay_clientcerts: [
       `${colon(pki.clients.alice.fingerprintMd5)}   laptop.example.net`, // openssl x509 -fingerprint -noout -md5, as in the seed
       `${pki.clients.selfsigned.pinColon}   phone.example.net`, // SHA-256 of the public key (Postfix pkey_fingerprint)
+      `${await publicKeyMd5(pki.clients.ecdsa.cert)}   tablet.example.net`, // pkey_fingerprint with the md5 digest
     ].join('\n'),
   }));
 });
+
+/** The MD5 public-key fingerprint as the openssl pipeline prints it (lowercase colon hex), which Postfix computes too. */
+async function publicKeyMd5(cert: string): Promise<string> {
+  const r = await run('sh', ['-c', `openssl x509 -in '${cert}' -noout -pubkey | openssl pkey -pubin -outform DER | openssl dgst -md5 -c`]);
+  const fp = /= ([0-9a-f:]{47})$/m.exec(r.stdout)?.[1];
+  assert.ok(fp, r.output);
+  return fp;
+}
 after(() => ex.stop());
 
 const swaks = (client: ClientName) => run('swaks', ['--server', '127.0.0.1', '--port', String(ex.port()), '--tls', '--tls-ca-path', ex.pki.ca.cert,
@@ -32,6 +41,12 @@ test('swaks: a certificate listed by its MD5 fingerprint relays (its CA is not c
 
 test('swaks: a self-signed certificate listed by its public-key pin relays', needs('swaks'), async () => {
   const r = await swaks('selfsigned');
+  assert.equal(r.code, 0, r.output);
+  assert.ok(relayed(r.stdout), r.output);
+});
+
+test('swaks: a certificate listed by the MD5 of its public key (Postfix\'s pkey_fingerprint under smtpd_tls_fingerprint_digest = md5) relays', needs('swaks'), async () => {
+  const r = await swaks('ecdsa');
   assert.equal(r.code, 0, r.output);
   assert.ok(relayed(r.stdout), r.output);
 });

@@ -7,7 +7,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../engine/config/load-config.ts';
-import { initCa, listPins, readInventory } from '../../engine/pki/index.ts';
+import { addPin, initCa, listPins, readInventory } from '../../engine/pki/index.ts';
 import {
   AccountError, accountDevices, addAccountKey, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from '../../engine/accounts/account-devices.ts';
@@ -24,11 +24,14 @@ before(async () => {
   const ca = await initCa(join(dir, 'ca'));
   pinsFile = join(dir, 'pins');
   await writeFile(pinsFile, '');
+  await writeFile(join(dir, 'policy_pins'), '');
   const { config } = parseConfig(`
 dataDir: ${JSON.stringify(join(dir, 'data'))}
 pki: { dir: ${JSON.stringify(join(dir, 'ca'))} }
-tables: { pins: ${JSON.stringify(pinsFile)} }
+tables: { pins: ${JSON.stringify(pinsFile)}, policy_pins: ${JSON.stringify(join(dir, 'policy_pins'))} }
 accounts: { listen: "127.0.0.1:0", listener: submission }
+policyServices:
+  - { name: postfix, listen: "127.0.0.1:10040", certificateIdentity: { pins: policy_pins } }
 listeners:
   - name: submission
     listen: 127.0.0.1:0
@@ -53,10 +56,14 @@ test('an issued certificate is pinned only when the listener\'s field would not 
   assert.equal(row!.kind, 'issued');
   assert.equal(row!.pinned, true);
 
-  // Revoking it also unpins it: a pin would accept the revoked certificate.
+  // The same key pinned for the Postfix policy service (Postfix checks no CRL).
+  await addPin(join(dir, 'policy_pins'), { identity: 'carol', certificateOrPin: carol.facts.pin.sha256 });
+
+  // Revoking it also unpins it, everywhere: a pin would accept the revoked certificate.
   const change = await retireAccountDevice(ctx, row!, 'keyCompromise');
   assert.deepEqual([change.revoked, change.unpinned], [true, true]);
   assert.equal((await listPins(pinsFile)).length, 0);
+  assert.equal((await listPins(join(dir, 'policy_pins'))).length, 0);
   const inv = await readInventory(join(dir, 'ca'));
   assert.equal(inv.certificates.find((c) => c.serial === carol.record.serial)!.revoked?.reason, 'keyCompromise');
   await assert.rejects(retireAccountDevice(ctx, (await accountDevices(ctx, 'carol'))[0]!, 'keyCompromise'), /already revoked/);

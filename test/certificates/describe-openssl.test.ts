@@ -33,10 +33,10 @@ async function fingerprint(file: string, alg: 'sha256' | 'sha1' | 'md5'): Promis
 }
 
 /** The SPKI SHA-256 as the documentation computes it: x509 -pubkey | pkey -pubin -outform DER | dgst -sha256. */
-async function spkiDigest(file: string): Promise<Buffer> {
+async function spkiDigest(file: string, digest = 'sha256'): Promise<Buffer> {
   const pub = await opensslAsync(['x509', '-in', file, '-pubkey', '-noout']);
   const der = await opensslAsync(['pkey', '-pubin', '-outform', 'DER'], pub);
-  return opensslAsync(['dgst', '-sha256', '-binary'], der);
+  return opensslAsync(['dgst', `-${digest}`, '-binary'], der);
 }
 
 /** `subject=` / `issuer=` with `-nameopt sep_multiline,sname`: one `    type=value` line per attribute, DER order. */
@@ -81,6 +81,12 @@ test('the SPKI pin equals the openssl pipeline: hex, colon hex, base64 and base6
     assert.equal(pc.pin.sha256Base64Url.length, 43, name);
     // A pin is about the key, not the certificate.
     assert.notEqual(pc.pin.sha256, pc.fingerprint.sha256, name);
+    // Postfix's pkey_fingerprint under smtpd_tls_fingerprint_digest = sha1 / md5.
+    for (const d of ['sha1', 'md5'] as const) {
+      const other = (await spkiDigest(file, d)).toString('hex');
+      assert.equal(pc.pin[d], other, `${name} ${d}`);
+      assert.equal(pc.pin[`${d}Colon`], other.toUpperCase().match(/../g)!.join(':'), `${name} ${d}`);
+    }
   }
 });
 

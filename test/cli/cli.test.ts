@@ -173,7 +173,7 @@ test('check: a table with a broken line → exit 1 naming <file>:<line>', async 
 
 test('check reports every problem at once: a table, a users file and a script', async () => {
   const { dir, config } = await configFolder('everything-wrong', {
-    senders: 'a b\n  continued\n',
+    senders: '# a table\n  continued\n',
     users: 'alice@example.com:plaintext\n',
     // `}` at column 39 where a property name must follow `ctx.`
     'scripts/mailfrom.ts': 'export default (ctx) => { return ctx. };\n',

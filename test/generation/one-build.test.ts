@@ -74,7 +74,7 @@ async function write(files: Record<string, string>): Promise<void> {
 /** Five problems in five kinds of input, plus a new listener whose certificate is missing. */
 async function breakEverything(): Promise<void> {
   await write({
-    senders: 'a b\n  continued\n', // a table with a syntax error
+    senders: '# a table\n  continued\n', // a table with a syntax error
     'scripts/mailfrom.ts': 'export default (ctx) => { return ctx. };\n', // a script that does not compile
     'out/laptop.key': await readFile(pki.clients.bob.key, 'utf8'), // an outbound key that does not match its certificate
     'postern.yaml': configText(MX + EXTRA), // a new listener: its files are read too, though it needs a restart

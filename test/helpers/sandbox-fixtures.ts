@@ -63,7 +63,7 @@ export function authContext(): AuthContext {
           sha1: 'a'.repeat(40), sha256: 'b'.repeat(64), md5: 'c'.repeat(32),
           sha1Colon: 'AA:'.repeat(19) + 'AA', sha256Colon: 'BB:'.repeat(31) + 'BB', md5Colon: 'CC:'.repeat(15) + 'CC',
         },
-        pin: { sha256: 'd'.repeat(64), sha256Colon: 'DD:'.repeat(31) + 'DD', sha256Base64: 'x'.repeat(43) + '=', sha256Base64Url: 'y'.repeat(43) },
+        pin: { sha256: 'd'.repeat(64), sha256Colon: 'DD:'.repeat(31) + 'DD', sha256Base64: 'x'.repeat(43) + '=', sha256Base64Url: 'y'.repeat(43), sha1: 'e'.repeat(40), sha1Colon: 'EE:'.repeat(19) + 'EE', md5: 'f'.repeat(32), md5Colon: 'FF:'.repeat(15) + 'FF' },
         pem: fakePem(),
         verified: true, verifyError: null, verifyErrorCode: null,
       },

@@ -52,7 +52,11 @@ export interface Fingerprints {
   readonly md5Colon: string;
 }
 
-/** SHA-256 of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use. */
+/**
+ * Digests of the DER SubjectPublicKeyInfo: the key identity mox and Postfix pubkey pins use (SHA-256). Postfix
+ * computes its `pkey_fingerprint` in its `smtpd_tls_fingerprint_digest`, md5 below compatibility_level 3.6: a
+ * `relay_clientcerts` or `check_ccert_access` table of that time holds MD5 public-key fingerprints.
+ */
 export interface PublicKeyPin {
   /** Lowercase hex. */
   readonly sha256: string;
@@ -62,6 +66,11 @@ export interface PublicKeyPin {
   readonly sha256Base64: string;
   /** base64url without padding (mox's TLS public key fingerprint). */
   readonly sha256Base64Url: string;
+  /** SHA-1 and MD5 of the SubjectPublicKeyInfo, lowercase hex and Postfix's colon form (`smtpd_tls_fingerprint_digest = sha1 / md5`). */
+  readonly sha1: string;
+  readonly sha1Colon: string;
+  readonly md5: string;
+  readonly md5Colon: string;
 }
 
 export interface PeerCertificate {
@@ -98,7 +107,7 @@ export interface PeerCertificate {
  * `pin` is filled only with sha256. Fields Postfix never sends (SANs, dates, serial, key, PEM) are null.
  */
 export interface PostfixClientCertificate {
-  /** Postfix's subject CN as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
+  /** Postfix's subject CN (sent as xtext, decoded here) as `CN=<cn>`; empty (`dn: ''`) when Postfix did not verify the certificate (it sends no subject then). */
   readonly subject: DistinguishedName;
   /** The issuer's CN, likewise. */
   readonly issuer: DistinguishedName;
