@@ -1,0 +1,62 @@
+// A destination that is not down but slow (it takes a minute to answer the end of each message) with many
+// messages queued for it: no failure suspends it, each of its messages waits for one of its
+// perDestinationConcurrency slots, and those waiting used to hold the queue runner's own slots (2 ×
+// concurrency attempts under way at once) while they waited: the other domains' mail was not even tried until
+// the slow destination's backlog had gone through, a minute a message. The peer here answers only when the
+// test lets it, so the test does not depend on how slow "slow" is.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import { startSink } from '../helpers/sink.ts';
+import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
+import { until } from '../helpers/wait.ts';
+
+const SLOW_MESSAGES = 12;
+
+test('a slow destination with a backlog holds its own slots, not the queue runner\'s: another domain\'s mail is delivered meanwhile, the slow one\'s each once', { timeout: 120_000 }, async () => {
+  const sink = await startSink();
+  // The end of each message is answered only once the test says so.
+  const held: net.Socket[] = [];
+  let received = 0;
+  const slow = await startScriptedPeer({ endOfData: (sock) => { received++; held.push(sock); return 'answered'; } }, '127.0.0.6', sink.port);
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: {
+        enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' },
+        concurrency: 2, perDestinationConcurrency: 1, retrySchedule: [3600],
+      },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({
+      'slow.test': [{ exchange: 'mx.slow.test', priority: 10 }],
+      'healthy.test': [{ exchange: 'mx.healthy.test', priority: 10 }],
+    }, { 'mx.slow.test': ['127.0.0.6'], 'mx.healthy.test': ['127.0.0.1'] }),
+  });
+  try {
+    const slowIds: string[] = [];
+    for (let i = 0; i < SLOW_MESSAGES; i++) slowIds.push(await s.send('a@origin.test', [`x${i}@slow.test`]));
+    await until('the slow destination has the first message', () => held.length === 1, { timeoutMs: 30_000 });
+    const healthy = await s.send('a@origin.test', ['z@healthy.test']);
+    const e = await s.nextAttempt((x) => x.id === healthy, { timeoutMs: 30_000, past: true });
+    assert.equal(e.removed, true, 'delivered while the slow destination still sits on its first message');
+    assert.equal(held.length, 1, 'the slow destination has had one message at a time (perDestinationConcurrency: 1)');
+    assert.ok(s.queue.activeCount <= 2 * 1 + 1, `attempts under way: ${s.queue.activeCount}, not one per queued message`);
+    // It answers now, each message as it comes: every one delivered once, none deferred for being busy.
+    const answer = (): void => { for (const sock of held.splice(0)) sock.write('250 2.0.0 queued\r\n'); };
+    await until('every slow message delivered', () => {
+      answer();
+      return slowIds.every((id) => s.attempts.some((x) => x.id === id && x.removed));
+    }, { timeoutMs: 60_000 });
+    assert.equal(received, SLOW_MESSAGES, 'each message sent once');
+    for (const id of slowIds) {
+      assert.deepEqual(s.attempts.filter((x) => x.id === id).map((x) => [x.attempt, x.removed]), [[1, true]], `${id}: one attempt, which delivered it`);
+    }
+  } finally {
+    await s.stop();
+    slow.close();
+    await sink.close();
+  }
+});
