@@ -154,7 +154,7 @@ export class QueueRunner {
   notify(id: string): void {
     if (this.#closing || !this.#started || !this.#delivery().enabled) return;
     if (!this.#active.has(id)) {
-      this.#due.set(id, this.#dueAt(Date.now()));
+      this.#due.set(id, this.#dueAt(Date.now()), 'new');
       this.#noState.add(id);
       if (this.#scanning) this.#spooledDuringScan.add(id);
     }
@@ -226,7 +226,7 @@ export class QueueRunner {
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
-        this.#due.set(id, this.#dueAt(Spool.idTime(id)));
+        this.#due.set(id, this.#dueAt(Spool.idTime(id)), 'new');
         this.#noState.add(id);
         continue;
       }
