@@ -521,6 +521,7 @@ export class QueueRunner {
       // Nothing tried, only a slow destination's backlog found full: set aside until it has room, not an attempt.
       // (Some recipients tried as well: the attempt counts, and the busy ones wait for its retry like any deferral.)
       if (busy && outcomes.every((o) => o.destinationBusy)) return busy;
+      if (busy) this.#logTransaction(id, envelope, attempt, null, outcomes.filter((o) => o.destinationBusy), null, 'destination busy');
       await this.#record(gen, envelope, message, attempt, outcomes);
     } finally {
       gen.release();

@@ -60,3 +60,44 @@ test('a slow destination with a backlog holds its own slots, not the queue runne
     await sink.close();
   }
 });
+
+test('a message for the slow destination and another domain, while the slow one\'s line is full: delivered to the other, deferred for the slow one with why', { timeout: 120_000 }, async () => {
+  const sink = await startSink();
+  const held: net.Socket[] = [];
+  const slow = await startScriptedPeer({ endOfData: (sock) => { held.push(sock); return 'answered'; } }, '127.0.0.6', sink.port);
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: {
+        enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' },
+        concurrency: 4, perDestinationConcurrency: 1, retrySchedule: [3600],
+      },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({
+      'slow.test': [{ exchange: 'mx.slow.test', priority: 10 }],
+      'healthy.test': [{ exchange: 'mx.healthy.test', priority: 10 }],
+    }, { 'mx.slow.test': ['127.0.0.6'], 'mx.healthy.test': ['127.0.0.1'] }),
+  });
+  try {
+    // One on the slow peer, one waiting for its slot: its line (perDestinationConcurrency, 1) is full.
+    await s.send('a@origin.test', ['x0@slow.test']);
+    await until('the slow destination has the first message', () => held.length === 1, { timeoutMs: 30_000 });
+    await s.send('a@origin.test', ['x1@slow.test']);
+    await until('a second message waits for its slot', () => s.queue.activeCount === 2, { timeoutMs: 30_000 });
+    const both = await s.send('a@origin.test', ['y@slow.test', 'z@healthy.test']);
+    const e = await s.nextAttempt((x) => x.id === both, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(e.outcomes.map((o) => `${o.recipient} ${o.status}`).sort(), ['y@slow.test temporary', 'z@healthy.test delivered']);
+    assert.equal(e.removed, false);
+    assert.match(e.outcomes.find((o) => o.recipient === 'y@slow.test')!.reply, /mx\.slow\.test:\d+: every delivery slot of this destination is busy/);
+    assert.deepEqual(sink.messages.map((m) => m.to), [['z@healthy.test']], 'the other domain got it once');
+    assert.ok(s.logs.some((l) => l.id === both && l.status === 'deferred' && l.reason === 'destination busy'), 'the deferral is logged with why');
+    const state = await s.spools.readState(both);
+    assert.deepEqual(state?.recipients.map((r) => [r.address, r.status ?? 'pending']), [['y@slow.test', 'pending'], ['z@healthy.test', 'delivered']]);
+  } finally {
+    for (const sock of held) sock.destroy();
+    await s.stop();
+    slow.close();
+    await sink.close();
+  }
+});
