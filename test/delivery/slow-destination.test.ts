@@ -15,18 +15,21 @@ import { until } from '../helpers/wait.ts';
 
 const SLOW_MESSAGES = 12;
 
-test('a slow destination with a backlog holds its own slots, not the queue runner\'s: another domain\'s mail is delivered meanwhile, the slow one\'s each once', { timeout: 120_000 }, async () => {
+/**
+ * A sink for healthy.test and, on 127.0.0.6, a peer for slow.test that answers the end of each message only
+ * once the test writes the reply to the socket it keeps in `held`; Postern with perDestinationConcurrency 1.
+ */
+async function startWithSlowPeer(concurrency: number) {
   const sink = await startSink();
-  // The end of each message is answered only once the test says so.
   const held: net.Socket[] = [];
-  let received = 0;
-  const slow = await startScriptedPeer({ endOfData: (sock) => { received++; held.push(sock); return 'answered'; } }, '127.0.0.6', sink.port);
+  const peer = { received: 0 };
+  const slow = await startScriptedPeer({ endOfData: (sock) => { peer.received++; held.push(sock); return 'answered'; } }, '127.0.0.6', sink.port);
   const s = await startDeliveryServer({
     config: configYaml({
       listeners: [testListener('in')],
       delivery: {
         enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' },
-        concurrency: 2, perDestinationConcurrency: 1, retrySchedule: [3600],
+        concurrency, perDestinationConcurrency: 1, retrySchedule: [3600],
       },
     }),
     scripts: { 'rcptto.ts': 'export default () => accept();' },
@@ -35,6 +38,17 @@ test('a slow destination with a backlog holds its own slots, not the queue runne
       'healthy.test': [{ exchange: 'mx.healthy.test', priority: 10 }],
     }, { 'mx.slow.test': ['127.0.0.6'], 'mx.healthy.test': ['127.0.0.1'] }),
   });
+  const stop = async (): Promise<void> => {
+    for (const sock of held) sock.destroy();
+    await s.stop();
+    slow.close();
+    await sink.close();
+  };
+  return { s, sink, held, peer, stop };
+}
+
+test('a slow destination with a backlog holds its own slots, not the queue runner\'s: another domain\'s mail is delivered meanwhile, the slow one\'s each once', { timeout: 120_000 }, async () => {
+  const { s, held, peer, stop } = await startWithSlowPeer(2);
   let reads = 0;
   const readForDelivery = s.spools.readForDelivery.bind(s.spools);
   s.spools.readForDelivery = (...args) => { reads++; return readForDelivery(...args); };
@@ -53,37 +67,19 @@ test('a slow destination with a backlog holds its own slots, not the queue runne
       answer();
       return slowIds.every((id) => s.attempts.some((x) => x.id === id && x.removed));
     }, { timeoutMs: 60_000 });
-    assert.equal(received, SLOW_MESSAGES, 'each message sent once');
+    assert.equal(peer.received, SLOW_MESSAGES, 'each message sent once');
     // Set aside and let back in one per slot given back: a few reads a message, not one per message set aside at each slot.
     assert.ok(reads <= 3 * (SLOW_MESSAGES + 1), `${reads} reads of spooled messages for ${SLOW_MESSAGES + 1} deliveries`);
     for (const id of slowIds) {
       assert.deepEqual(s.attempts.filter((x) => x.id === id).map((x) => [x.attempt, x.removed]), [[1, true]], `${id}: one attempt, which delivered it`);
     }
   } finally {
-    await s.stop();
-    slow.close();
-    await sink.close();
+    await stop();
   }
 });
 
 test('a message for the slow destination and another domain, while the slow one\'s line is full: delivered to the other, deferred for the slow one with why', { timeout: 120_000 }, async () => {
-  const sink = await startSink();
-  const held: net.Socket[] = [];
-  const slow = await startScriptedPeer({ endOfData: (sock) => { held.push(sock); return 'answered'; } }, '127.0.0.6', sink.port);
-  const s = await startDeliveryServer({
-    config: configYaml({
-      listeners: [testListener('in')],
-      delivery: {
-        enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' },
-        concurrency: 4, perDestinationConcurrency: 1, retrySchedule: [3600],
-      },
-    }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
-    resolver: fakeResolver({
-      'slow.test': [{ exchange: 'mx.slow.test', priority: 10 }],
-      'healthy.test': [{ exchange: 'mx.healthy.test', priority: 10 }],
-    }, { 'mx.slow.test': ['127.0.0.6'], 'mx.healthy.test': ['127.0.0.1'] }),
-  });
+  const { s, sink, held, stop } = await startWithSlowPeer(4);
   try {
     // One on the slow peer, one waiting for its slot: its line (perDestinationConcurrency, 1) is full.
     await s.send('a@origin.test', ['x0@slow.test']);
@@ -100,9 +96,6 @@ test('a message for the slow destination and another domain, while the slow one\
     const state = await s.spools.readState(both);
     assert.deepEqual(state?.recipients.map((r) => [r.address, r.status ?? 'pending']), [['y@slow.test', 'pending'], ['z@healthy.test', 'delivered']]);
   } finally {
-    for (const sock of held) sock.destroy();
-    await s.stop();
-    slow.close();
-    await sink.close();
+    await stop();
   }
 });

@@ -14,6 +14,7 @@ import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
+import { spoolMessages } from '../helpers/spooled-queue.ts';
 
 const MESSAGES = 2000;
 
@@ -23,26 +24,11 @@ test('hold and delete on a 2,000-message queue: the running server does not rere
   try {
     const spool = new Spool(join(dir, 'data', 'spool'));
     await spool.init();
-    const ids: string[] = [];
-    const commits: Array<Promise<void>> = [];
-    const session = { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null };
-    const now = new Date().toISOString();
-    for (let i = 0; i <= MESSAGES; i++) {
-      const id = spool.newId();
-      ids.push(id);
-      const writer = spool.create(id);
-      writer.write(Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
-      // The last one for a next hop that takes it, held; the others deferred for an hour.
-      const to = i === MESSAGES ? 'z@live.test' : `r${i}@later.test`;
-      commits.push(writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: to }], size: 0, session, attempts: 0, nextAttemptAt: now, errors: [] }));
-    }
-    await Promise.all(commits);
-    const later = new Date(Date.now() + 3600_000).toISOString();
-    for (let i = 0; i < MESSAGES; i += 200) {
-      await Promise.all(ids.slice(i, Math.min(i + 200, MESSAGES)).map((id, j) => spool.updateState(id, { attempts: 1, nextAttemptAt: later, recipients: [{ address: `r${i + j}@later.test`, lastError: '451 4.3.0 later' }], errors: [] })));
-    }
+    // Deferred for an hour; the last one, for a next hop that takes it, held.
+    const ids = await spoolMessages(spool, Array.from({ length: MESSAGES }, (_, i) => `r${i}@later.test`), { deferredUntil: new Date(Date.now() + 3600_000) });
+    ids.push(...await spoolMessages(spool, ['z@live.test']));
     const released = ids[MESSAGES]!;
-    await spool.hold(released, { at: now, by: null });
+    await spool.hold(released, { at: new Date().toISOString(), by: null });
     spool.close();
 
     const s = await startDeliveryServer({

@@ -14,6 +14,7 @@ import { retryMessages } from '../../engine/queue/admin.ts';
 import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { spoolMessages } from '../helpers/spooled-queue.ts';
 
 const BACKLOG = 600;
 
@@ -23,22 +24,7 @@ test('new mail is not queued behind a backlog of retries due at once for a dead 
   try {
     const spool = new Spool(join(dir, 'data', 'spool'));
     await spool.init();
-    const ids: string[] = [];
-    const commits: Array<Promise<void>> = [];
-    const session = { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null };
-    const now = new Date().toISOString();
-    for (let i = 0; i < BACKLOG; i++) {
-      const id = spool.newId();
-      ids.push(id);
-      const writer = spool.create(id);
-      writer.write(Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
-      commits.push(writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: `r${i}@dead.test` }], size: 0, session, attempts: 0, nextAttemptAt: now, errors: [] }));
-    }
-    await Promise.all(commits);
-    const later = new Date(Date.now() + 3600_000).toISOString();
-    for (let i = 0; i < BACKLOG; i += 100) {
-      await Promise.all(ids.slice(i, i + 100).map((id, j) => spool.updateState(id, { attempts: 1, nextAttemptAt: later, recipients: [{ address: `r${i + j}@dead.test`, lastError: '421 4.4.2 down' }], errors: [] })));
-    }
+    const ids = await spoolMessages(spool, Array.from({ length: BACKLOG }, (_, i) => `r${i}@dead.test`), { deferredUntil: new Date(Date.now() + 3600_000) });
     spool.close();
 
     // Nothing listens on 127.0.0.8: dead.test's mail is refused at once, then deferred as suspended.
