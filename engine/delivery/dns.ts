@@ -27,6 +27,15 @@ export interface ResolverOptions {
 
 const CACHE_MS = 60_000;
 /**
+ * How long a lookup that timed out is answered from the cache with that failure. Every attempt for a domain whose
+ * DNS does not answer held a delivery slot for the resolver's whole timeout (about 15 s), and another the
+ * moment the last had failed: a backlog for one such domain kept the queue runner's slots busy for hours, and
+ * the other deferred mail waited behind it. (An answer that says no, or SERVFAIL, comes back at once: not kept.)
+ */
+const TIMEOUT_CACHE_MS = 30_000;
+/** Failures of lookups that timed out (TIMEOUT_CACHE_MS). */
+const timedOut = new WeakSet<object>();
+/**
  * Records kept of one answer: MX records by priority, addresses IPv4 first. A transaction looks up at most
  * 10 next-hop names and tries at most 5 addresses (transaction.ts); a domain's DNS chooses how many it answers
  * (2 500 MX records in one UDP answer: 157 KB each in the cache, whose 10 000 entries then held ~1.5 GB).
@@ -44,7 +53,11 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
     if (hit && hit.until > performance.now()) return hit.value as Promise<T>; // monotonic: a clock set back must not keep answers longer
     const value = fn();
     cache.set(key, { until: performance.now() + CACHE_MS, value });
-    value.catch(() => cache.delete(key)); // failures are not cached
+    value.catch((err: unknown) => {
+      // Other failures are not cached.
+      if (timedOut.has(err as object) && cache.get(key)?.value === value) cache.set(key, { until: performance.now() + TIMEOUT_CACHE_MS, value });
+      else if (cache.get(key)?.value === value) cache.delete(key);
+    });
     if (cache.size > 10_000) cache.delete(cache.keys().next().value!);
     return value;
   };
@@ -62,7 +75,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
           if (NOT_FOUND.has(code)) {
             throw new DeliveryFailure(`Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`, { permanent: true, enhanced: '5.1.2' });
           }
-          throw new DeliveryFailure(`Name service error for name=${domain} type=MX: ${code || (err as Error).message}`, { permanent: false, enhanced: '4.4.3' });
+          throw noted(new DeliveryFailure(`Name service error for name=${domain} type=MX: ${code || (err as Error).message}`, { permanent: false, enhanced: '4.4.3' }), code);
         }
       });
     },
@@ -74,14 +87,16 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
             const all = await lookup(host, { all: true });
             return [...all.filter((a) => a.family === 4), ...all.filter((a) => a.family === 6)].slice(0, MAX_RECORDS).map((a) => a.address);
           } catch (err) {
-            throw hostFailure(host, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
+            const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+            throw noted(hostFailure(host, code), code);
           }
         }
         const [v4, v6] = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
         const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
         if (addresses.length) return addresses.slice(0, MAX_RECORDS);
         const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code ?? '' : 'ENODATA'));
-        throw hostFailure(host, codes.find((c) => !NOT_FOUND.has(c) && !NO_DATA.has(c)) ?? codes[0]!);
+        const code = codes.find((c) => !NOT_FOUND.has(c) && !NO_DATA.has(c)) ?? codes[0]!;
+        throw noted(hostFailure(host, code), code);
       });
     },
   };
@@ -94,6 +109,12 @@ export class HostNotFound extends DeliveryFailure {
     super(`Host or domain name not found. Name service error for name=${host} type=A: Host not found`, { permanent: false, enhanced: '4.4.4' });
     this.host = host;
   }
+}
+
+/** `failure`, marked as a timed-out lookup when `code` says so (see TIMEOUT_CACHE_MS). */
+function noted(failure: DeliveryFailure, code: string): DeliveryFailure {
+  if (code === 'ETIMEOUT') timedOut.add(failure);
+  return failure;
 }
 
 function hostFailure(host: string, code: string): DeliveryFailure {

@@ -36,12 +36,19 @@ export class Limiter {
   }
 }
 
-/** One limiter per key (a destination), created on demand and dropped when idle. */
+/**
+ * One limiter per key (a destination), created on demand and dropped when idle. `released` is told each time a
+ * slot of a key is given back (the queue runner then lets in the next of the messages it set aside for it).
+ */
 export class KeyedLimiter {
   readonly #limit: () => number;
   readonly #limiters = new Map<string, Limiter>();
+  readonly #released: (key: string) => void;
 
-  constructor(limit: () => number) { this.#limit = limit; }
+  constructor(limit: () => number, released: (key: string) => void = () => undefined) {
+    this.#limit = limit;
+    this.#released = released;
+  }
 
   async acquire(key: string): Promise<() => void> {
     let l = this.#limiters.get(key);
@@ -51,11 +58,25 @@ export class KeyedLimiter {
     }
     const limiter = l;
     const release = await limiter.acquire();
+    let released = false;
     return () => {
+      if (released) return;
+      released = true;
       release();
       if (limiter.busy === 0 && limiter.waiting === 0) this.#limiters.delete(key);
+      this.#released(key);
     };
   }
 
   busy(key: string): number { return this.#limiters.get(key)?.busy ?? 0; }
+  waiting(key: string): number { return this.#limiters.get(key)?.waiting ?? 0; }
+
+  /**
+   * Every slot of `key` taken and as many callers again waiting for one: one more would only wait behind them
+   * (holding whatever it holds meanwhile), not make the key's work go faster.
+   */
+  backlogged(key: string): boolean {
+    const limit = this.#limit();
+    return this.busy(key) >= limit && this.waiting(key) >= limit;
+  }
 }

@@ -19,6 +19,12 @@ export interface RecipientOutcome {
   remoteReply: boolean;
   /** The next hop offered DSN and was given the recipient's DSN parameters: a success notice is its to send. */
   dsnPassedOn?: boolean;
+  /**
+   * Not tried: the destination (`host:port`) named here had every slot taken and as many transactions waiting
+   * (KeyedLimiter.backlogged). Not a failure of the recipient: the queue runner sets the message aside until
+   * that destination has room, without counting an attempt.
+   */
+  destinationBusy?: string;
 }
 
 /** A failure that applies to every recipient of a transaction. */

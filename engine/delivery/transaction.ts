@@ -188,6 +188,9 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
     } catch (err) {
       return everyone(tx, asFailure(err)); // a configuration problem: no other host would fare better
     }
+    // A backlog already waits for this destination (a slow one): waiting behind it would hold the queue
+    // runner's slot, which other destinations' mail needs (the runner sets this message aside instead).
+    if (env.perDestination.backlogged(destination)) return busy(tx, destination);
     const releaseDestination = await env.perDestination.acquire(destination);
     const releaseOverall = await env.overall.acquire();
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
@@ -410,6 +413,12 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
 function asFailure(err: unknown): DeliveryFailure {
   if (err instanceof DeliveryFailure) return err;
   return new DeliveryFailure((err as Error).message ?? String(err), { permanent: false });
+}
+
+/** Nothing tried: `destination`'s slots and its waiting line are full (RecipientOutcome.destinationBusy). */
+function busy(tx: Transaction, destination: string): Round {
+  const failure = new DeliveryFailure(`${destination}: every delivery slot of this destination is busy and as many transactions wait for one`, { permanent: false, enhanced: '4.4.5', remoteMta: null });
+  return { ...everyone(tx, failure), outcomes: tx.to.map((r) => ({ ...outcomeForFailure(r, failure), destinationBusy: destination })) };
 }
 
 function everyone(tx: Transaction, failure: DeliveryFailure): Round {

@@ -116,7 +116,8 @@ export async function deleteMessage(spool: QueueSpool, id: string): Promise<bool
   if (!(await spool.has(id))) return false;
   await evenWhenFull(spool, () => spool.remove(id));
   await spool.release(id); // after the message: a crash in between leaves a hold without a message, removed at start
-  await evenWhenFull(spool, () => spool.requestRescan());
+  // No rescan asked: the runner's next scan drops what it no longer lists, and an attempt finds it gone. A rescan
+  // rereads every state of the queue (every delete of a loop over a 30,000-message queue cost 1.5 s of its CPU).
   return true;
 }
 
@@ -178,7 +179,7 @@ export async function holdMessages(spool: QueueSpool, ids: readonly string[], ho
     if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
     out.changed.push(id);
   }
-  if (out.changed.length) await evenWhenFull(spool, () => spool.requestRescan());
+  // No rescan asked (it rereads every state of the queue): each scan lists the holds, and an attempt looks first.
   return out;
 }
 

@@ -93,6 +93,13 @@ export class QueueRunner {
   readonly #overall: Limiter;
   readonly #perDestination: KeyedLimiter;
   readonly #suspensions = new DestinationSuspensions();
+  /**
+   * Messages set aside, by destination (`host:port`), because that destination had a full backlog when they
+   * came to it (a slow next hop: RecipientOutcome.destinationBusy). Out of the due queue, so they hold no
+   * attempt slot; let back in one by one as the destination gives back slots (#unpark).
+   */
+  readonly #parked = new Map<string, Set<string>>();
+  readonly #parkedOn = new Map<string, string>();
   readonly #listeners = new Set<(e: AttemptEvent) => void>();
   #scanned = false;
   #scanning: Promise<void> | null = null;
@@ -113,7 +120,7 @@ export class QueueRunner {
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
-    this.#perDestination = new KeyedLimiter(() => this.#delivery().perDestinationConcurrency);
+    this.#perDestination = new KeyedLimiter(() => this.#delivery().perDestinationConcurrency, (destination) => this.#unpark(destination));
   }
 
   #delivery(): DeliveryConfig { return this.#generation().config.delivery; }
@@ -147,7 +154,7 @@ export class QueueRunner {
   notify(id: string): void {
     if (this.#closing || !this.#started || !this.#delivery().enabled) return;
     if (!this.#active.has(id)) {
-      this.#due.set(id, this.#dueAt(Date.now()));
+      this.#due.set(id, this.#dueAt(Date.now()), 'new');
       this.#noState.add(id);
       if (this.#scanning) this.#spooledDuringScan.add(id);
     }
@@ -168,7 +175,9 @@ export class QueueRunner {
   }
 
   get activeCount(): number { return this.#active.size; }
-  get queuedCount(): number { return this.#due.size; }
+  get queuedCount(): number { return this.#due.size + this.#parkedOn.size; }
+  /** Messages set aside until their destination has room (a slow next hop's backlog). */
+  get parkedCount(): number { return this.#parkedOn.size; }
 
   /** Re-read the spool: new messages, vanished ones, holds, and every state after `postern queue retry|release`. */
   scan(): Promise<void> {
@@ -188,6 +197,8 @@ export class QueueRunner {
     if (!delivery.enabled) {
       if (this.#scanned) this.#log.info('delivery disabled (no delivery section, or delivery.enabled: false): accepted mail stays in the spool');
       this.#due.clear();
+      this.#parked.clear();
+      this.#parkedOn.clear();
       this.#scanned = false;
       return;
     }
@@ -198,6 +209,7 @@ export class QueueRunner {
     const present = new Set([...entries.map((e) => e.id), ...this.#spooledDuringScan]);
     this.#spooledDuringScan.clear();
     for (const id of [...this.#due.ids()]) if (!present.has(id)) this.#due.delete(id);
+    for (const id of [...this.#parkedOn.keys()]) if (!present.has(id)) this.#unparkOne(id, false);
     for (const id of this.#broken) if (!present.has(id)) this.#broken.delete(id);
     for (const id of this.#noState) if (!present.has(id) && !this.#active.has(id)) this.#noState.delete(id);
     const stamp = await this.#spool.rescanStamp();
@@ -205,15 +217,16 @@ export class QueueRunner {
     this.#rescanStamp = stamp;
     if (full) this.#broken.clear(); // `postern queue retry` may have repaired them: read them again
     if (full && this.#scanned) this.#suspensions.clear(); // and retry means now, suspended destinations too
+    if (full) for (const id of [...this.#parkedOn.keys()]) this.#unparkOne(id, false); // read again below, due as their state says
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
     for (const { id, hasState, held } of entries) {
       if (this.#closing) return;
-      if (held) { this.#due.delete(id); continue; } // `postern queue hold`: until `queue release`
-      if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || (!full && this.#due.has(id))) continue;
+      if (held) { this.#due.delete(id); this.#unparkOne(id, false); continue; } // `postern queue hold`: until `queue release`
+      if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
-        this.#due.set(id, this.#dueAt(Spool.idTime(id)));
+        this.#due.set(id, this.#dueAt(Spool.idTime(id)), 'new');
         this.#noState.add(id);
         continue;
       }
@@ -238,7 +251,50 @@ export class QueueRunner {
     }
     this.#scanned = true;
     this.#attemptedDuringScan.clear();
+    // A destination that took fewer back than it gave room for (a message let back in that had gone elsewhere by then).
+    for (const destination of [...this.#parked.keys()]) if (!this.#perDestination.backlogged(destination)) this.#unpark(destination);
     this.#kick();
+  }
+
+  /**
+   * Set a message aside until `destination`, whose slots and waiting line are full, gives back a slot. Its
+   * attempt is not counted and nothing is recorded: nothing was tried.
+   */
+  #park(id: string, destination: string): void {
+    if (this.#closing) return; // the next start reads it from the spool
+    let ids = this.#parked.get(destination);
+    if (!ids) this.#parked.set(destination, ids = new Set());
+    ids.add(id);
+    this.#parkedOn.set(id, destination);
+    // The destination gave back slots between its refusal and now: no release is coming for this one.
+    if (!this.#perDestination.backlogged(destination)) this.#unpark(destination);
+  }
+
+  /**
+   * `destination` gave back a slot: let in as many of the messages set aside for it as its waiting line has
+   * room for (one, once it is going: each slot given back takes one waiter), oldest first.
+   */
+  #unpark(destination: string): void {
+    const ids = this.#parked.get(destination);
+    if (!ids) return;
+    const limit = this.#delivery().perDestinationConcurrency;
+    let n = Math.max(1, limit - this.#perDestination.waiting(destination));
+    for (const id of ids) {
+      if (n-- <= 0) break;
+      this.#unparkOne(id, true);
+    }
+    this.#kick();
+  }
+
+  /** Take `id` out of the set-aside messages; `due`: due now. */
+  #unparkOne(id: string, due: boolean): void {
+    const destination = this.#parkedOn.get(id);
+    if (destination === undefined) return;
+    this.#parkedOn.delete(id);
+    const ids = this.#parked.get(destination)!;
+    ids.delete(id);
+    if (!ids.size) this.#parked.delete(destination);
+    if (due && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
   }
 
   /**
@@ -323,9 +379,10 @@ export class QueueRunner {
           const now = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(this.#delivery(), 1);
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + now));
         })
-        .finally(() => {
+        .then((busy) => {
           this.#active.delete(id);
           if (this.#scanning) this.#attemptedDuringScan.add(id);
+          if (busy) this.#park(id, busy); // once it is no longer under way: let back in, it is taken again
           this.#kick();
         });
       this.#active.set(id, run);
@@ -373,7 +430,8 @@ export class QueueRunner {
     return this.#resolver.resolver;
   }
 
-  async #attempt(id: string): Promise<void> {
+  /** One attempt; returns the destination to set the message aside for when its backlog was full and nothing was tried. */
+  async #attempt(id: string): Promise<string | void> {
     if (this.#scanning) this.#attemptedDuringScan.add(id);
     // Held since it was scheduled: no attempt until `postern queue release` (its rescan schedules it again).
     if (await this.#spool.isHeld(id)) {
@@ -455,10 +513,15 @@ export class QueueRunner {
       };
       const results = await Promise.all([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn });
-        for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes, tr.connection);
+        for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
         return r.outcomes;
       }));
       for (const r of results) outcomes.push(...r);
+      const busy = outcomes.find((o) => o.destinationBusy)?.destinationBusy;
+      // Nothing tried, only a slow destination's backlog found full: set aside until it has room, not an attempt.
+      // (Some recipients tried as well: the attempt counts, and the busy ones wait for its retry like any deferral.)
+      if (busy && outcomes.every((o) => o.destinationBusy)) return busy;
+      if (busy) this.#logTransaction(id, envelope, attempt, null, outcomes.filter((o) => o.destinationBusy), null, 'destination busy');
       await this.#record(gen, envelope, message, attempt, outcomes);
     } finally {
       gen.release();

@@ -49,6 +49,23 @@ test('due queue: earliest first, re-timing and deletion', () => {
   assert.equal(q.size, 0);
 });
 
+test('due queue: new mail and retries take turns when both are due; each lane earliest first', () => {
+  const q = new DueQueue();
+  for (const [id, t] of [['r1', 1], ['r2', 2], ['r3', 3], ['r4', 4]] as const) q.set(id, t);
+  q.set('n2', 20, 'new');
+  q.set('n1', 10, 'new');
+  assert.equal(q.takeDue(5), 'r1', 'no new mail due yet: retries');
+  const out: string[] = [];
+  for (let id = q.takeDue(100); id; id = q.takeDue(100)) out.push(id);
+  assert.deepEqual(out, ['n1', 'r2', 'n2', 'r3', 'r4']);
+  q.set('x', 50, 'new');
+  q.set('x', 40); // re-timed into the retry lane: the stale new entry is skipped
+  assert.deepEqual(q.peek(), { id: 'x', time: 40 });
+  assert.equal(q.takeDue(100), 'x');
+  assert.equal(q.takeDue(100), null);
+  assert.equal(q.size, 0);
+});
+
 test('DSN: RET=FULL returns the whole message when 7-bit and within 1 MiB, else the header with a note', () => {
   const bounce = (body: string, ret: 'FULL' | 'HDRS' = 'FULL'): string => buildDsn({
     hostname: 'mx.example', original: { id: 'abc123def', sender: 'a@example.org', receivedAt: '2026-01-01T00:00:00Z', dsn: { ret } },

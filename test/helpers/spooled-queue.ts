@@ -1,0 +1,27 @@
+/**
+ * A long queue built quickly through the spool API (not SMTP): one small message per recipient, committed
+ * together, then optionally deferred (a state file saying one attempt failed and when the next is due).
+ */
+import { Spool } from '../../engine/spool/spool.ts';
+
+const SESSION = { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null };
+
+/** Spools one message per recipient into `spool` (initialised); returns their ids, in order. */
+export async function spoolMessages(spool: Spool, recipients: readonly string[], opts: { deferredUntil?: Date } = {}): Promise<string[]> {
+  const now = new Date().toISOString();
+  const ids = recipients.map(() => spool.newId());
+  await Promise.all(recipients.map((to, i) => {
+    const writer = spool.create(ids[i]!);
+    writer.write(Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    return writer.commit({ version: 1, id: ids[i]!, receivedAt: now, sender: 's@origin.test', recipients: [{ address: to }], size: 0, session: SESSION, attempts: 0, nextAttemptAt: now, errors: [] });
+  }));
+  const until = opts.deferredUntil;
+  if (until) {
+    for (let i = 0; i < ids.length; i += 200) {
+      await Promise.all(ids.slice(i, i + 200).map((id, j) => spool.updateState(id, {
+        attempts: 1, nextAttemptAt: until.toISOString(), recipients: [{ address: recipients[i + j]!, lastError: '451 4.3.0 try later' }], errors: [],
+      })));
+    }
+  }
+  return ids;
+}
