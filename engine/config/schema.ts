@@ -137,7 +137,7 @@ export const listenerSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, . _ - only')
     .describe('Letters, digits, `_`, `.` and `-`. Identifies the listener in logs and spool records, and to scripts as `connection.listener`. Must be unique.'),
   listen: hostPort
-    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, except with port 0. On port 587 or 465 (submission) without `auth.required`, a start, a reload and `postern check` warn at this key\'s line: such a port takes anyone\'s mail for the local domains without a login (RFC 6409 §4.3).'),
+    .describe('For example `127.0.0.1:2525`, `0.0.0.0:25` or `[::1]:587`. Port `0` binds any free port. Two listeners cannot use the same address, however it is written (`[::ffff:127.0.0.1]` is `127.0.0.1`, `[0:0:0:0:0:0:0:1]` is `[::1]`), nor a port that `0.0.0.0` (every IPv4 address) or `[::]` (every address) takes, except with port 0. On port 587 or 465 (submission) without `auth.required`, a start, a reload and `postern check` warn at this key\'s line: such a port takes anyone\'s mail for the local domains without a login (RFC 6409 §4.3).'),
   tls: tlsSchema.prefault({}),
   requireTls: z.boolean().default(false)
     .describe('Before TLS, MAIL FROM gets `530 5.7.0 Must issue a STARTTLS command first`. Needs `tls.mode` `starttls` or `implicit`. AUTH before TLS is refused on any TLS-capable listener, whatever this says (see [auth](#listenersauth)).'),
