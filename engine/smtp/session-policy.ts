@@ -124,7 +124,10 @@ export class SessionPolicy {
     if (slotRefusal) return slotRefusal;
     const rateRefusal = await this.#connectionRate(conn, counted);
     if (rateRefusal) return rateRefusal;
-    if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
+    // Only where AUTH is offered: the failures are counted over every listener, and an MX without AUTH (or a
+    // listener logging in by certificate only) has no password to guess; refused there, one address's failed
+    // logins on submission or the account page refused the mail of every server behind that address.
+    if (st.listener.auth.mechanisms.length && await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
