@@ -102,7 +102,8 @@ export class PosternServer extends SMTPServer {
   readonly policy: SessionPolicy;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
-  ipv6PrefixLength: number;
+  /** limits.ipv6PrefixLength, fixed until restart (restart-needed.ts): the supervisor counts by the one it started with. */
+  readonly ipv6PrefixLength: number;
   tlsHandshakeTimeoutMs: number;
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
