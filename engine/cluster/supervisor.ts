@@ -472,6 +472,7 @@ export class Supervisor {
         return this.#dispatch();
       case 'reload-state':
         this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
+        void this.#followLimits();
         return void this.#saveStatus();
       case 'spooled': {
         const queue = this.#children.find((c) => c.kind === 'queue');
@@ -640,7 +641,24 @@ export class Supervisor {
 
   /** limits of listener `name`, as the configuration the supervisor runs names it. */
   #limits(name: string): { maxConnectionsPerIp: number; maxConnections: number; ipv6PrefixLength: number } | undefined {
-    return this.config.config.listeners.find((l) => l.name === name)?.limits;
+    const started = this.config.config.listeners.find((l) => l.name === name)?.limits;
+    const followed = this.#followed.get(name);
+    // ipv6PrefixLength stays the start's: the slots are counted by it (restart-needed.ts).
+    return started && followed ? { ...started, ...followed } : started;
+  }
+
+  /**
+   * The listeners' connection limits of the configuration every process runs, once they all run the same: the
+   * waiting queue is bounded by the limits the workers apply. Without it a reload that raised maxConnectionsPerIp
+   * (a large office behind one address) still had the connections beyond the old value closed at accept.
+   */
+  readonly #followed = new Map<string, { maxConnectionsPerIp: number; maxConnections: number }>();
+
+  async #followLimits(): Promise<void> {
+    const loaded = await this.#reloads.inForce();
+    if (!loaded) return;
+    this.#followed.clear();
+    for (const l of loaded.config.listeners) this.#followed.set(l.name, { maxConnectionsPerIp: l.limits.maxConnectionsPerIp, maxConnections: l.limits.maxConnections });
   }
 
   /**

@@ -10,6 +10,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startCluster, workerPid } from '../helpers/cluster.ts';
 import { proxyV1 } from '../helpers/proxy-header.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
@@ -84,6 +86,35 @@ for (const [name, limits, address] of [
     }
   });
 }
+
+test('a reload that raised maxConnectionsPerIp raises what may wait for a worker too', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: roundRobinListener(`{ greetingDelayMs: 0, maxConnectionsPerIp: ${LIMIT} }`) });
+  const sockets: net.Socket[] = [];
+  try {
+    await workerPid(c, 0);
+    const before = (await c.cluster()).reload.processes['worker 0']!.digest;
+    const file = join(c.dir, 'postern.yaml');
+    await writeFile(file, (await readFile(file, 'utf8')).replace(`maxConnectionsPerIp: ${LIMIT}`, `maxConnectionsPerIp: ${CONNECTIONS + 4}`));
+    await c.waitFor('every process on the edit', async () => {
+      const r = (await c.cluster()).reload;
+      return r.converged && ['worker 0', 'queue 0'].every((p) => r.processes[p] && r.processes[p]!.digest !== before);
+    });
+    process.kill(await workerPid(c, 0), 'SIGSTOP');
+    const outcomes: Array<Promise<string>> = [];
+    for (let i = 0; i < CONNECTIONS; i++) {
+      const o = await open(c.port('in'), '127.0.4.2');
+      sockets.push(o.socket);
+      outcomes.push(o.outcome);
+    }
+    const got = await Promise.all(outcomes);
+    // Only those handed to the stopped worker (MAX_INFLIGHT + 1 at most) go unanswered; the rest waited for its replacement.
+    assert.ok(got.filter((g) => g === '').length <= 4, JSON.stringify(got));
+    assert.ok(!c.logs.some((l) => /waiting for a worker, closed at accept/.test(String(l.msg))), 'none closed at accept');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});
 
 test('roundRobin: a connection from an address that is no trusted proxy, closed by the supervisor, is logged and counted', { timeout: 120_000 }, async () => {
   const c = await startCluster({ config: roundRobinListener('{ greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [10.0.0.0/8] }') });
