@@ -577,7 +577,20 @@ export class Supervisor {
       return void socket.destroy();
     }
     if (policy) {
-      this.#waiting.push({ listener, socket, policy, proxied: false });
+      // Bounded by the service's maxConnections as a listener's are by theirs: a local client flooding the policy
+      // port while no worker could take them filled the queue every listener's clients wait in.
+      const max = this.config.config.policyServices.find((p) => p.name === listener)?.limits.maxConnections ?? Infinity;
+      const key = policyConnectionKey(listener);
+      if (this.#waitingCounts.ofListener(listener) >= max) {
+        if (!this.#floodReported.has(key)) {
+          this.#floodReported.add(key);
+          this.log.info({ policyService: listener, limit: max }, 'too many connections to this policy service waiting for a worker (limits.maxConnections), closed at accept (logged once until it comes back under)');
+        }
+        return void socket.destroy();
+      }
+      this.#floodReported.delete(key);
+      this.#waitingCounts.add(listener, key);
+      this.#waiting.push({ listener, socket, policy, proxied: false, key });
       return this.#dispatch();
     }
     const limits = this.#limits(listener);

@@ -205,7 +205,7 @@ export const policyServiceSchema = z.strictObject({
   relayRule: z.boolean().default(false)
     .describe('Without an `rcptto` script, the built-in relay rule decides (a refused recipient gets `554 5.7.1 <rcpt>: Relay access denied`). `false`: without a script the answer is `DUNNO` (scripts still see `ctx.builtin`).'),
   limits: z.strictObject({
-    maxConnections: z.number().int().positive().default(1000).describe('Concurrent connections to this service, over all worker processes under `postern serve` (Postfix keeps one per smtpd process); more are closed at once.'),
+    maxConnections: z.number().int().positive().default(1000).describe('Concurrent connections to this service, over all worker processes under `postern serve` (Postfix keeps one per smtpd process); more are closed at once. Under `postern serve` it also bounds the service\'s connections waiting for a worker (all busy, or being replaced): more are closed as they are accepted, so a flood of this port cannot fill the queue the listeners\' clients wait in.'),
     maxLineBytes: z.number().int().min(64).meta({ unit: 'bytes' }).default(8192)
       .describe('Longest attribute line. A longer one is answered with `failureAction` and the connection is closed.'),
     maxAttributes: z.number().int().positive().default(200).describe('Attributes in one request; more are answered with `failureAction` and the connection is closed.'),

@@ -116,6 +116,33 @@ test('a reload that raised maxConnectionsPerIp raises what may wait for a worker
   }
 });
 
+test('a policy service\'s connections waiting for a worker: over its maxConnections closed at accept, not queued before every listener\'s', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: `
+workers: 1
+listeners:
+  - { name: in, listen: "127.0.0.1:{PORT:in}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+policyServices:
+  - { name: policy, listen: "127.0.0.1:{PORT:policy}", limits: { maxConnections: ${LIMIT} } }
+` });
+  const sockets: net.Socket[] = [];
+  try {
+    process.kill(await workerPid(c, 0), 'SIGSTOP');
+    let closed = 0;
+    for (let i = 0; i < CONNECTIONS; i++) {
+      const o = await open(c.port('policy'), '127.0.0.1');
+      sockets.push(o.socket);
+      void o.outcome.then(() => closed++);
+    }
+    await c.waitFor('the flood to be logged', () => c.logs.some((l) => /too many connections to this policy service waiting for a worker/.test(String(l.msg))), 30_000);
+    // At most MAX_INFLIGHT + 1 handed to the stopped worker, LIMIT waiting: the others closed at accept.
+    await c.waitFor('the others closed', () => closed >= CONNECTIONS - LIMIT - 4, 30_000);
+    assert.equal(c.logs.filter((l) => /too many connections to this policy service/.test(String(l.msg))).length, 1, 'logged once, not per connection');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});
+
 test('roundRobin: a connection from an address that is no trusted proxy, closed by the supervisor, is logged and counted', { timeout: 120_000 }, async () => {
   const c = await startCluster({ config: roundRobinListener('{ greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [10.0.0.0/8] }') });
   try {
