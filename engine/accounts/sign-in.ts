@@ -59,12 +59,13 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
   if ('unreadable' in described) return null; // grants nothing: the page offers the password sign-in
   let certificate = described;
   // A keep-alive connection's verdict is its handshake's: a CRL loaded since may list the certificate, and its
-  // CA may be gone from caFiles since (the CA list of the connection's first request stands for its handshake's).
+  // CA may be gone from caFiles since (the CA list of the connection's first request stands for its handshake's;
+  // a handshake made before a reload and first read after it was made with another: its root must be in this one).
   const first = firstTrust.get(socket) ?? trust;
   firstTrust.set(socket, first);
   const anchor = verified ? first.anchorOf(socket) : null;
   if (verified && (trust.isRevoked(certificate) || trust.revokesIssuerOf(socket))) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_REVOKED' });
-  else if (verified && !trust.stillTrusts(first, anchor)) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
+  else if (verified && (!trust.stillTrusts(first, anchor) || !first.holdRootOf(socket))) certificate = describeCertificate(der, { verified: false, errorCode: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' });
   // Its handshake's verdict predates the certificate's end: past it, a new handshake would get CERT_HAS_EXPIRED.
   else if (verified && expired(certificate.notAfter)) certificate = describeCertificate(der, { verified: false, errorCode: 'CERT_HAS_EXPIRED' });
   const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;

@@ -96,6 +96,15 @@ export class TrustedIssuers {
   }
 
   /**
+   * Whether these CAs hold the root the chain of `socket`'s handshake ends in (see anchorOf), true when that
+   * cannot be told. For a verdict whose CA list is not known: a handshake made before a reload and read after it.
+   */
+  holdRootOf(socket: TLSSocket): boolean {
+    const root = storeChain(socket).at(-1);
+    return !root || !isRoot(root) || this.#cas.some((ca) => ca.raw.equals(root.raw));
+  }
+
+  /**
    * Does this CA list still trust a chain verified against `older` that ended in `anchor` (anchorOf)? Yes when
    * no CA of `older` is gone from it (whatever the chain), or when its anchor is still here. A CA taken out of
    * caFiles withdraws what it verified, as a CRL does; a chain that cannot be told is withdrawn with any CA.

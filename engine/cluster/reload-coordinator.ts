@@ -96,14 +96,21 @@ export class ReloadCoordinator {
    * being reloaded, when a process refused it, and when the configuration cannot be read.
    */
   async inForceEverywhere(): Promise<boolean> {
-    if (!this.#states.size) return false;
+    return (await this.inForce()) !== null;
+  }
+
+  /** The configuration on disk when every process that answered runs a generation built from it (inForceEverywhere), else null. */
+  async inForce(): Promise<LoadedConfig | null> {
+    if (!this.#states.size) return null;
+    let loaded: LoadedConfig;
     let disk: string;
     try {
-      disk = await digestInputs(watchedInputs(loadStartConfig({ configPath: this.#configPath, regularFileOnly: true })));
+      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      disk = await digestInputs(watchedInputs(loaded));
     } catch {
-      return false;
+      return null;
     }
-    return [...this.#states.values()].every((s) => s.digest === disk);
+    return [...this.#states.values()].every((s) => s.digest === disk) ? loaded : null;
   }
 
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */

@@ -472,6 +472,7 @@ export class Supervisor {
         return this.#dispatch();
       case 'reload-state':
         this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
+        void this.#followLimits();
         return void this.#saveStatus();
       case 'spooled': {
         const queue = this.#children.find((c) => c.kind === 'queue');
@@ -576,7 +577,20 @@ export class Supervisor {
       return void socket.destroy();
     }
     if (policy) {
-      this.#waiting.push({ listener, socket, policy, proxied: false });
+      // Bounded by the service's maxConnections as a listener's are by theirs: a local client flooding the policy
+      // port while no worker could take them filled the queue every listener's clients wait in.
+      const max = this.config.config.policyServices.find((p) => p.name === listener)?.limits.maxConnections ?? Infinity;
+      const key = policyConnectionKey(listener);
+      if (this.#waitingCounts.ofListener(listener) >= max) {
+        if (!this.#floodReported.has(key)) {
+          this.#floodReported.add(key);
+          this.log.info({ policyService: listener, limit: max }, 'too many connections to this policy service waiting for a worker (limits.maxConnections), closed at accept (logged once until it comes back under)');
+        }
+        return void socket.destroy();
+      }
+      this.#floodReported.delete(key);
+      this.#waitingCounts.add(listener, key);
+      this.#waiting.push({ listener, socket, policy, proxied: false, key });
       return this.#dispatch();
     }
     const limits = this.#limits(listener);
@@ -640,7 +654,24 @@ export class Supervisor {
 
   /** limits of listener `name`, as the configuration the supervisor runs names it. */
   #limits(name: string): { maxConnectionsPerIp: number; maxConnections: number; ipv6PrefixLength: number } | undefined {
-    return this.config.config.listeners.find((l) => l.name === name)?.limits;
+    const started = this.config.config.listeners.find((l) => l.name === name)?.limits;
+    const followed = this.#followed.get(name);
+    // ipv6PrefixLength stays the start's: the slots are counted by it (restart-needed.ts).
+    return started && followed ? { ...started, ...followed } : started;
+  }
+
+  /**
+   * The listeners' connection limits of the configuration every process runs, once they all run the same: the
+   * waiting queue is bounded by the limits the workers apply. Without it a reload that raised maxConnectionsPerIp
+   * (a large office behind one address) still had the connections beyond the old value closed at accept.
+   */
+  readonly #followed = new Map<string, { maxConnectionsPerIp: number; maxConnections: number }>();
+
+  async #followLimits(): Promise<void> {
+    const loaded = await this.#reloads.inForce();
+    if (!loaded) return;
+    this.#followed.clear();
+    for (const l of loaded.config.listeners) this.#followed.set(l.name, { maxConnectionsPerIp: l.limits.maxConnectionsPerIp, maxConnections: l.limits.maxConnections });
   }
 
   /**

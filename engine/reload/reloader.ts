@@ -327,7 +327,8 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   server.trust = setup.trust;
   server.greetingDelayMs = setup.greetingDelayMs;
   server.maxConnectionsPerIp = setup.maxConnectionsPerIp;
-  server.ipv6PrefixLength = setup.ipv6PrefixLength;
+  // Not ipv6PrefixLength: connections are counted by it as they are accepted, under `postern serve` by the
+  // supervisor, which keeps the one it started with; a worker counting by another claimed no slot (restart-needed.ts).
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
 }
 

@@ -1,6 +1,7 @@
 /**
  * What a new configuration asks for that only a restart applies: listeners added, removed, moved or
- * changing TLS mode or PROXY protocol (their sockets are bound once), and the counter store (made once at start).
+ * changing TLS mode or PROXY protocol (their sockets are bound once) or the prefix their IPv6 clients' connections
+ * are counted by, and the counter store (made once at start).
  * Compared with what is running: the reloader against its generation, the supervisor against the
  * listeners it has actually bound. The account page's address is bound once too.
  */
@@ -19,6 +20,8 @@ export function restartNeeded(
     else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
     // The supervisor decides at accept which addresses may send a header.
     else if (JSON.stringify(old.proxyProtocol ?? null) !== JSON.stringify(l.proxyProtocol ?? null)) out.push(`listener ${l.name} changes proxyProtocol`);
+    // The supervisor counts the connections it accepts by it (the per-IP slots every worker's count is of).
+    else if (old.limits.ipv6PrefixLength !== l.limits.ipv6PrefixLength) out.push(`listener ${l.name} changes limits.ipv6PrefixLength ${old.limits.ipv6PrefixLength} → ${l.limits.ipv6PrefixLength}`);
   }
   for (const r of running.listeners) if (!next.listeners.some((l) => l.name === r.name)) out.push(`listener ${r.name} removed`);
   // A policy service's socket is bound once too; its other settings apply at the next request.

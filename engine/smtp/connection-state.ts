@@ -31,6 +31,12 @@ export class ConnectionState {
   identity: CertificateIdentity = NO_IDENTITY;
   /** The listener's CA list the certificate was verified against (replaced by a reload: checked again at MAIL FROM). */
   certificateTrust: TrustedIssuers | null = null;
+  /**
+   * The listener's CA list when the TLS handshake began: its context is chosen at the ClientHello, and the client's
+   * certificate comes a round trip later, as late as the client likes. A reload in between leaves a verdict made
+   * with this list (session-policy.ts checks it against the new one).
+   */
+  handshakeTrust: TrustedIssuers | null = null;
   /** Authenticated user and how. */
   user: string | null = null;
   mechanism: string | null = null;

@@ -231,6 +231,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   override upgrade(callback: () => void, secureCallback?: () => void): void {
     this.#lineDeadline.stop(); // the handshake has its own deadline; the TLS socket's lines get this one again
+    this.state.handshakeTrust = this.trust;
     super.upgrade(callback, secureCallback);
     const raw = this._socket;
     const timer = setTimeout(() => {

@@ -102,7 +102,8 @@ export class PosternServer extends SMTPServer {
   readonly policy: SessionPolicy;
   greetingDelayMs: number;
   maxConnectionsPerIp: number;
-  ipv6PrefixLength: number;
+  /** limits.ipv6PrefixLength, fixed until restart (restart-needed.ts): the supervisor counts by the one it started with. */
+  readonly ipv6PrefixLength: number;
   tlsHandshakeTimeoutMs: number;
   /** The CAs client certificates are verified against (replaced on certificate rotation). */
   trust: TrustedIssuers;
@@ -115,6 +116,8 @@ export class PosternServer extends SMTPServer {
   readonly #overListenerLimit = new WeakSet<net.Socket>();
   /** limits.connectionRatePerIp decided before the handshake of an implicit-TLS socket (see #rateFirst): null, allowed. */
   readonly #rateDecided = new WeakMap<net.Socket, SmtpReply | null>();
+  /** The CA list when an implicit-TLS socket's handshake began (ConnectionState.handshakeTrust), by its TLS socket. */
+  readonly #handshakeTrust = new WeakMap<net.Socket, TrustedIssuers>();
   /** The client a PROXY header named, by the raw socket it came on. */
   readonly #proxiedClient = new WeakMap<net.Socket, string>();
   /** Sockets a worker accepted itself (not handed over with a slot): counted by round trip, as proxied ones. */
@@ -382,6 +385,7 @@ export class PosternServer extends SMTPServer {
     const tlsSocket = this._pendingSockets.get(socket);
     if (!tlsSocket || tlsSocket === socket) return;
     tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
+    this.#handshakeTrust.set(tlsSocket, this.trust);
     // connect() gets the TLS socket.
     if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);
     if (this.#overListenerLimit.has(socket)) this.#overListenerLimit.add(tlsSocket);
@@ -409,6 +413,7 @@ export class PosternServer extends SMTPServer {
     connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
     connection.state.connectionRateDecided = this.#rateDecided.get(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
+    connection.state.handshakeTrust = this.#handshakeTrust.get(socket) ?? null;
     // Counted as it starts: a connection refused before onConnect (too many clients, talking before the greeting)
     // is one too, as postern_smtp_connections_refused_total counts it (refused never more than taken).
     metrics.connections.inc({ listener: connection.state.listener.name });

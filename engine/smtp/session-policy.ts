@@ -124,7 +124,10 @@ export class SessionPolicy {
     if (slotRefusal) return slotRefusal;
     const rateRefusal = await this.#connectionRate(conn, counted);
     if (rateRefusal) return rateRefusal;
-    if (await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
+    // Only where AUTH is offered: the failures are counted over every listener, and an MX without AUTH (or a
+    // listener logging in by certificate only) has no password to guess; refused there, one address's failed
+    // logins on submission or the account page refused the mail of every server behind that address.
+    if (st.listener.auth.mechanisms.length && await this.#refusedAtConnect(conn, counted, limits)) return reply('tooManyAuthFailures');
     if (conn.secure) {
       st.tlsMode = 'implicit';
       const refusal = this.#tlsEstablished(conn, conn._socket as TLSSocket);
@@ -224,9 +227,11 @@ export class SessionPolicy {
     const der = st.certificateRequested ? socket.getPeerX509Certificate()?.raw : undefined;
     if (der) {
       // Without caFiles Node would verify against the public roots: that must never grant anything.
-      const verified = tls.caFiles.length > 0 && socket.authorized;
+      // A reload during the handshake: OpenSSL verified with the CA list of its start, which may hold a CA taken out since.
+      const withdrawn = socket.authorized && st.handshakeTrust !== null && st.handshakeTrust !== conn.trust && !conn.trust.holdRootOf(socket);
+      const verified = tls.caFiles.length > 0 && socket.authorized && !withdrawn;
       let errorCode = verified ? null
-        : tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : String(socket.authorizationError ?? 'UNKNOWN');
+        : tls.caFiles.length === 0 ? 'NO_CA_CONFIGURED' : withdrawn ? 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY' : String(socket.authorizationError ?? 'UNKNOWN');
       // OpenSSL checks the CRL before it gives up on the issuer: a foreign or self-signed certificate
       // shows up as "no CRL". Report the more fundamental reason.
       if (errorCode === 'UNABLE_TO_GET_CRL') errorCode = conn.trust.explainMissingCrl(der);

@@ -10,6 +10,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startCluster, workerPid } from '../helpers/cluster.ts';
 import { proxyV1 } from '../helpers/proxy-header.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
@@ -84,6 +86,62 @@ for (const [name, limits, address] of [
     }
   });
 }
+
+test('a reload that raised maxConnectionsPerIp raises what may wait for a worker too', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: roundRobinListener(`{ greetingDelayMs: 0, maxConnectionsPerIp: ${LIMIT} }`) });
+  const sockets: net.Socket[] = [];
+  try {
+    await workerPid(c, 0);
+    const before = (await c.cluster()).reload.processes['worker 0']!.digest;
+    const file = join(c.dir, 'postern.yaml');
+    await writeFile(file, (await readFile(file, 'utf8')).replace(`maxConnectionsPerIp: ${LIMIT}`, `maxConnectionsPerIp: ${CONNECTIONS + 4}`));
+    await c.waitFor('every process on the edit', async () => {
+      const r = (await c.cluster()).reload;
+      return r.converged && ['worker 0', 'queue 0'].every((p) => r.processes[p] && r.processes[p]!.digest !== before);
+    });
+    process.kill(await workerPid(c, 0), 'SIGSTOP');
+    const outcomes: Array<Promise<string>> = [];
+    for (let i = 0; i < CONNECTIONS; i++) {
+      const o = await open(c.port('in'), '127.0.4.2');
+      sockets.push(o.socket);
+      outcomes.push(o.outcome);
+    }
+    const got = await Promise.all(outcomes);
+    // Only those handed to the stopped worker (MAX_INFLIGHT + 1 at most) go unanswered; the rest waited for its replacement.
+    assert.ok(got.filter((g) => g === '').length <= 4, JSON.stringify(got));
+    assert.ok(!c.logs.some((l) => /waiting for a worker, closed at accept/.test(String(l.msg))), 'none closed at accept');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});
+
+test('a policy service\'s connections waiting for a worker: over its maxConnections closed at accept, not queued before every listener\'s', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: `
+workers: 1
+listeners:
+  - { name: in, listen: "127.0.0.1:{PORT:in}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+policyServices:
+  - { name: policy, listen: "127.0.0.1:{PORT:policy}", limits: { maxConnections: ${LIMIT} } }
+` });
+  const sockets: net.Socket[] = [];
+  try {
+    process.kill(await workerPid(c, 0), 'SIGSTOP');
+    let closed = 0;
+    for (let i = 0; i < CONNECTIONS; i++) {
+      const o = await open(c.port('policy'), '127.0.0.1');
+      sockets.push(o.socket);
+      void o.outcome.then(() => closed++);
+    }
+    await c.waitFor('the flood to be logged', () => c.logs.some((l) => /too many connections to this policy service waiting for a worker/.test(String(l.msg))), 30_000);
+    // At most MAX_INFLIGHT + 1 handed to the stopped worker, LIMIT waiting: the others closed at accept.
+    await c.waitFor('the others closed', () => closed >= CONNECTIONS - LIMIT - 4, 30_000);
+    assert.equal(c.logs.filter((l) => /too many connections to this policy service/.test(String(l.msg))).length, 1, 'logged once, not per connection');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await c.stop();
+  }
+});
 
 test('roundRobin: a connection from an address that is no trusted proxy, closed by the supervisor, is logged and counted', { timeout: 120_000 }, async () => {
   const c = await startCluster({ config: roundRobinListener('{ greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [10.0.0.0/8] }') });

@@ -179,18 +179,23 @@ listeners:
   }
 });
 
-test('authFailuresPerIp counts the failures on every worker', async () => {
+test('authFailuresPerIp counts the failures on every worker; the MX without AUTH still takes the address\'s mail', async () => {
   const c = await startCluster({
     config: `
 workers: 2
 workerChoice: roundRobin
 users: ./users
+localDomains: [example.test]
 listeners:
   - name: sub
     listen: 127.0.0.1:{PORT:sub}
     reverseDns: false
     auth: { mechanisms: [PLAIN] }
     limits: { greetingDelayMs: 0, authFailuresPerIp: 2, authFailuresBeforeDelay: 10 }
+  - name: mx
+    listen: 127.0.0.1:{PORT:mx}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 2 }
 `,
     files: { users: `alice:${await hashPassword('right')}\n` },
   });
@@ -210,6 +215,14 @@ listeners:
       const next = await SmtpTestClient.connect(c.port('sub'));
       clients.push(next);
       assert.match((await next.read(30_000)).text, /^421 4\.7\.0 Too many authentication failures/);
+      // On both workers (round robin): the MX has no AUTH, so nothing to refuse the address for.
+      for (let i = 0; i < 2; i++) {
+        const mx = await SmtpTestClient.connect(c.port('mx'));
+        clients.push(mx);
+        assert.equal((await mx.read(30_000)).code, 220);
+        await mx.command('EHLO client.test', 30_000);
+        assert.equal((await mx.sendMail('sender@elsewhere.example', ['postmaster@example.test'])).code, 250);
+      }
     } finally {
       for (const cl of clients) cl.destroy();
     }

@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,6 +102,34 @@ accounts: { listen: "[::]:9325", listener: a }
   assert.ok(!p.some((l) => /listeners\[6\]\.listen/.test(l)), 'port 0 is any free port');
   assert.ok(p.some((l) => /policyServices\[0\]\.listen: address already used by listeners\[0\]/.test(l)), p.join('\n'));
   assert.ok(p.some((l) => /admin\.listen: address already used by accounts\.listen \(\[::\]:9325/.test(l)), p.join('\n'));
+});
+
+test('an address written another way is the same address: postern check refuses exactly the pairs the kernel refuses', async () => {
+  // Each pair bound for real first (the second on the first's port), then checked as two listeners.
+  const pairs: Array<[string, string]> = [
+    ['127.0.0.1', '[::ffff:127.0.0.1]'], ['[::1]', '[0:0:0:0:0:0:0:1]'], ['[::1]', '[::0:1]'], ['0.0.0.0', '[::ffff:0.0.0.0]'],
+    ['[::ffff:0.0.0.0]', '127.0.0.1'], ['0.0.0.0', '[::ffff:127.0.0.1]'], ['[0::0]', '127.0.0.1'], ['[::FFFF:7F00:1]', '127.0.0.1'],
+    ['0.0.0.0', '[::1]'], ['127.0.0.1', '[::1]'], ['[::ffff:127.0.0.1]', '127.0.0.2'],
+  ];
+  for (const [a, b] of pairs) {
+    const first = createServer();
+    await new Promise<void>((resolve, reject) => { first.once('error', reject); first.listen(0, a.replace(/^\[|\]$/g, ''), resolve); });
+    const port = (first.address() as AddressInfo).port;
+    const second = createServer();
+    const kernel = await new Promise<string>((resolve) => {
+      second.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      second.listen(port, b.replace(/^\[|\]$/g, ''), () => resolve('bound'));
+    });
+    await Promise.all([first, second].map((s) => new Promise((r) => (s.listening ? s.close(r) : r(undefined)))));
+    let refused: string | undefined;
+    try {
+      parseConfig(`listeners:\n  - { name: a, listen: "${a}:${port}" }\n  - { name: b, listen: "${b}:${port}" }\n`, '/etc/postern.yaml', '/etc');
+    } catch (err) {
+      refused = (err as Error).message;
+    }
+    assert.equal(kernel === 'EADDRINUSE', refused !== undefined, `${a}:${port} then ${b}:${port}: the kernel says ${kernel}, the check ${refused ?? 'nothing'}`);
+    if (refused) assert.match(refused, new RegExp(`^/etc/postern\\.yaml:3:\\d+: listeners\\[1\\]\\.listen: address already used by listeners\\[0\\]`));
+  }
 });
 
 test('a time longer than a timer can wait is refused at its line (Node would run it after 1 ms)', () => {
