@@ -6,7 +6,7 @@
  * (`[::ffff:0.0.0.0]` every IPv4 address), `[0:0:0:0:0:0:0:1]` is `[::1]`. Host names are compared as written
  * (what they resolve to is not known here).
  */
-import { canonicalIp } from '../connection-limits/counted-address.ts';
+import { canonicalIp } from '../addresses/ip-text.ts';
 
 interface Bind { host: string; port: number }
 
