@@ -18,6 +18,7 @@ import { parseAddressList } from '../delivery/address-list.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
+import { longestAuthWindow } from '../reload/restart-needed.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
@@ -207,7 +208,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   // The process that delivers reports the damage in spools no worker of this server writes (a single process: all of them).
   const spools = new SpoolSet(home, role === 'worker' ? undefined : { workers: role === 'queue' ? opts.workers ?? 0 : 0, logger });
-  const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = longestAuthWindow(config);
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.
   // Without Redis the failures are each process's list, relayed; the places of guesses being decided are counted

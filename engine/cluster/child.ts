@@ -26,6 +26,7 @@ import { writeCrashRecord } from './crash-record.ts';
 import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
+import { longestAuthWindow } from '../reload/restart-needed.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -46,7 +47,7 @@ async function main(): Promise<void> {
   // its worker while loading must not run its top level again in the replacement (the supervisor's list
   // comes with 'ready', too late for that).
   runningCall.setFenced(readFenceList(crashDir(loaded.config.dataDir)));
-  const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = longestAuthWindow(loaded.config);
   // Per-IP slots: by round trip to the supervisor, or alone while it holds the counting lease (shared-counters.ts).
   const counters = new WorkerCounters({ send }, windowMs);
   // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).

@@ -36,9 +36,14 @@ export class ReloadCoordinator {
   #inputs: WatchedInputs;
   /** The errors last reported, so the same refusal is logged once whichever children answer with it. */
   #reported = '';
+  /** What the configuration on disk asks for that only a restart applies (the supervisor's view: what it bound). */
+  readonly #pending: () => string[];
+  /** The restarts already logged, so each is said once (the children log theirs at debug only). */
+  #restartsReported = new Set<string>();
 
-  constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void) {
+  constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void, pending: () => string[] = () => []) {
     this.#configPath = configPath;
+    this.#pending = pending;
     this.#log = log.child({ component: 'reload' });
     this.#tell = tell;
     this.#inputs = watchedInputs(loaded);
@@ -76,6 +81,14 @@ export class ReloadCoordinator {
       for (const line of errors!) this.#log.error({ processes: refusing }, `reload refused, keeping the running generation: ${line}`);
     }
     this.#reported = key;
+    if (!errors) this.#reportRestarts();
+  }
+
+  /** An accepted reload that asks for a restart says so once, as a single process's reloader does. */
+  #reportRestarts(): void {
+    const now = new Set(this.#pending());
+    for (const p of now) if (!this.#restartsReported.has(p)) this.#log.warn({ change: p }, `configuration change needs a restart: ${p}`);
+    this.#restartsReported = now;
   }
 
   /** A child is gone; its replacement answers once it is ready. */

@@ -33,6 +33,7 @@ import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } 
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
+import type { Config } from '../config/schema.ts';
 import { loadStartConfig } from '../app/postern.ts';
 import { GenerationError, policySocketLines } from '../generation/build-generation.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
@@ -43,7 +44,7 @@ import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spoo
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
-import { restartNeeded } from '../reload/restart-needed.ts';
+import { longestAuthWindow, restartNeeded } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { statusSummary } from './status-summary.ts';
@@ -145,6 +146,14 @@ export class StartStopped extends Error {
   }
 }
 
+/** What only a restart of `postern serve` applies: a single process's list, and the process model's own keys. */
+export function serveRestartNeeded(running: Config, next: Config): string[] {
+  const out = restartNeeded(running, next);
+  if (workerCount(next.workers) !== workerCount(running.workers)) out.push(`workers ${running.workers} → ${next.workers}`);
+  if (next.workerChoice !== running.workerChoice) out.push(`workerChoice ${running.workerChoice} → ${next.workerChoice}`);
+  return out;
+}
+
 export function workerCount(setting: number | 'auto'): number {
   return setting === 'auto' ? availableParallelism() : setting;
 }
@@ -203,7 +212,7 @@ export class Supervisor {
     this.#configPath = configPath;
     this.log = log;
     this.#store = new StoreHost(createMemoryStore(config.config.store, log));
-    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)), {
+    this.#counters = new CounterHost(longestAuthWindow(config.config), {
       sendTo: (index, m) => {
         const worker = this.#children.find((c) => c.kind === 'worker' && c.index === index);
         if (worker?.proc?.connected) worker.proc.send(m);
@@ -224,7 +233,7 @@ export class Supervisor {
     setQueueProbe(() => this.#census());
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
-    });
+    }, () => this.#pendingRestart());
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
       if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
@@ -892,10 +901,7 @@ export class Supervisor {
     } catch {
       return []; // a broken file: the reload error says so
     }
-    const out = restartNeeded(this.config.config, onDisk.config);
-    if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
-    if (onDisk.config.workerChoice !== this.config.config.workerChoice) out.push(`workerChoice ${this.config.config.workerChoice} → ${onDisk.config.workerChoice}`);
-    return out;
+    return serveRestartNeeded(this.config.config, onDisk.config);
   }
 
   /** Messages (held ones, the oldest's age) in every spool of the data directory, or why they cannot be counted. */
