@@ -44,7 +44,7 @@ import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spoo
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
-import { longestAuthWindow, restartNeeded } from '../reload/restart-needed.ts';
+import { longestAuthWindow, restartNeeded, runningSettings } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { statusSummary } from './status-summary.ts';
@@ -382,7 +382,7 @@ export class Supervisor {
         ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
         POSTERN_WORKERS: String(this.#children.filter((c) => c.kind === 'worker').length),
         // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
-        POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
+        POSTERN_SERVER_PID: String(process.pid), POSTERN_RUNNING: JSON.stringify(runningSettings(this.config.config)), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });

@@ -23,7 +23,7 @@ import { ConfigError } from '../config/config-error.ts';
 import { readInputFile } from '../config/input-file.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
-import { restartNeeded } from './restart-needed.ts';
+import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -77,6 +77,8 @@ export class Reloader {
    * many reloads came between (against the last generation, a second edit made a pending move look settled).
    */
   readonly #started: Config;
+  /** What a generation keeps of #started whatever the file says (the data directory its replay files go to, …). */
+  readonly #runsWith: RunningSettings;
   /** Digest of the content the generation in force was built from. */
   #digest = '';
   /** The last refused content, so it is not rebuilt until it changes. */
@@ -98,6 +100,7 @@ export class Reloader {
     this.#source = source;
     const gen = target.current();
     this.#started = gen.config;
+    this.#runsWith = runningSettings(gen.config);
     this.status = new ReloadStatus(gen.config.dataDir, gen.serial);
     this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
   }
@@ -211,8 +214,11 @@ export class Reloader {
     const asRead = new Map<string, Buffer>();
     let loaded: LoadedConfig | null = null;
     let errors: string[] | null = null;
+    let pendingRestart: string[] = [];
     try {
       loaded = await this.#loadConfig(asRead);
+      pendingRestart = restartNeeded(this.#started, loaded.config);
+      keepRunning(loaded.config, this.#runsWith);
     } catch (err) {
       errors = errorLines(err);
     }
@@ -250,7 +256,6 @@ export class Reloader {
       return this.#fail(t0, errors ?? ['reload failed'], log, reason);
     }
     const { next, setups } = built;
-    const pendingRestart = restartNeeded(this.#started, built.loaded.config);
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) {

@@ -59,3 +59,27 @@ function changed(out: string[], key: string, was: unknown, now: unknown): void {
   const b = JSON.stringify(now ?? 'off');
   if (a !== b) out.push(`${key} ${a} → ${b}`);
 }
+
+/**
+ * What a process of the server is made with once and keeps until a restart, whatever the file says since: its
+ * data directory, logger, counter store and the window its auth-failure counts are kept for. A worker the
+ * supervisor starts again (after a crash) is given the server's (POSTERN_RUNNING), not the file's: with the
+ * file's it spooled into a data directory no queue process delivers from.
+ */
+export interface RunningSettings {
+  dataDir: string;
+  log: Config['log'];
+  store: Config['store'];
+  authFailureWindowMs: number;
+}
+
+export function runningSettings(config: Config): RunningSettings {
+  return { dataDir: config.dataDir, log: config.log, store: config.store, authFailureWindowMs: longestAuthWindow(config) };
+}
+
+/** `config` as this process runs it: its start-only keys those it started with (restartNeeded names the difference). */
+export function keepRunning(config: Config, running: RunningSettings): void {
+  config.dataDir = running.dataDir;
+  config.log = running.log;
+  config.store = running.store;
+}
