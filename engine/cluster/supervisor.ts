@@ -184,6 +184,8 @@ export class Supervisor {
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
+  /** The listeners of the configuration every child runs, once a reload changed it (null: the one started with). */
+  #listenersInForce: Config['listeners'] | null = null;
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
   readonly #store: StoreHost;
   #next = 0;
@@ -233,7 +235,10 @@ export class Supervisor {
     setQueueProbe(() => this.#census());
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
-    }, () => this.#pendingRestart());
+    }, () => this.#pendingRestart(), (loaded) => {
+      this.#listenersInForce = loaded.config.listeners;
+      void this.#saveStatus();
+    });
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
       if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
@@ -647,9 +652,11 @@ export class Supervisor {
     socket.destroy();
   }
 
-  /** limits of listener `name`, as the configuration the supervisor runs names it. */
+  /** limits of listener `name`, as the configuration every process runs names it (they change at a reload). */
   #limits(name: string): { maxConnectionsPerIp: number; maxConnections: number; ipv6PrefixLength: number } | undefined {
-    return this.config.config.listeners.find((l) => l.name === name)?.limits;
+    const byName = (l: { name: string }): boolean => l.name === name;
+    // A listener the configuration in force no longer has is still bound until the restart: its limits as started.
+    return (this.#listenersInForce?.find(byName) ?? this.config.config.listeners.find(byName))?.limits;
   }
 
   /**
