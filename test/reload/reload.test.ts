@@ -206,6 +206,12 @@ test('a listener address change is logged as needing a restart; the rest applies
     const m = await c.sendMail('a@x.example', ['b@example.com']);
     assert.equal(m.code, 250);
     await c.quit();
+    // An unrelated edit after it: the listener still listens where it started, so the restart is still pending
+    // (compared with the generation before, it looked settled and status.json dropped it).
+    await writeFile(cfg, (await readFile(cfg, 'utf8')).replace('hostname: renamed.example', 'hostname: again.example'));
+    const later = await r.next();
+    assert.deepEqual(later.pendingRestart, ['listener mx moves from 127.0.0.1:0 to 127.0.0.1:2']);
+    assert.deepEqual(s.reloader.status.data.pendingRestart, later.pendingRestart);
   } finally { r.stop(); await s.stop(); }
 });
 
