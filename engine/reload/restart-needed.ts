@@ -19,7 +19,8 @@ export function restartNeeded(running: Compared, next: Compared): string[] {
     const old = running.listeners.find((r) => r.name === l.name);
     if (!old) out.push(`new listener ${l.name} (${l.listen})`);
     else if (old.listen !== l.listen) out.push(`listener ${l.name} moves from ${old.listen} to ${l.listen}`);
-    else if (old.tls.mode !== l.tls.mode) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
+    // Implicit TLS is the socket's from its first byte (smtp-server decides it once); none ↔ starttls is whether EHLO offers STARTTLS, applied at a reload.
+    else if (implicit(old) !== implicit(l)) out.push(`listener ${l.name} changes tls.mode ${old.tls.mode} → ${l.tls.mode}`);
     // The supervisor decides at accept which addresses may send a header.
     else if (JSON.stringify(old.proxyProtocol ?? null) !== JSON.stringify(l.proxyProtocol ?? null)) out.push(`listener ${l.name} changes proxyProtocol`);
   }
@@ -49,6 +50,8 @@ export function restartNeeded(running: Compared, next: Compared): string[] {
   return out;
 }
 
+const implicit = (l: { tls: { mode: string } }): boolean => l.tls.mode === 'implicit';
+
 /** The window the auth-failure counts are kept for (engine/app/postern.ts, engine/cluster). */
 export function longestAuthWindow(config: Pick<Config, 'listeners'>): number {
   return Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
@@ -67,6 +70,8 @@ function changed(out: string[], key: string, was: unknown, now: unknown): void {
  * file's it spooled into a data directory no queue process delivers from.
  */
 export interface RunningSettings {
+  /** Each bound listener's TLS as started, for a listener whose TLS changes to or from implicit (a restart applies it). */
+  listeners: Array<{ name: string; tls: Config['listeners'][number]['tls'] }>;
   dataDir: string;
   log: Config['log'];
   store: Config['store'];
@@ -74,7 +79,7 @@ export interface RunningSettings {
 }
 
 export function runningSettings(config: Config): RunningSettings {
-  return { dataDir: config.dataDir, log: config.log, store: config.store, authFailureWindowMs: longestAuthWindow(config) };
+  return { listeners: config.listeners.map((l) => ({ name: l.name, tls: l.tls })), dataDir: config.dataDir, log: config.log, store: config.store, authFailureWindowMs: longestAuthWindow(config) };
 }
 
 /** `config` as this process runs it: its start-only keys those it started with (restartNeeded names the difference). */
@@ -82,4 +87,9 @@ export function keepRunning(config: Config, running: RunningSettings): void {
   config.dataDir = running.dataDir;
   config.log = running.log;
   config.store = running.store;
+  // A process started again makes its listeners' servers anew: one to or from implicit TLS would not speak as the socket it is handed.
+  for (const l of config.listeners) {
+    const started = running.listeners.find((r) => r.name === l.name);
+    if (started && implicit(started) !== implicit(l)) l.tls = started.tls;
+  }
 }
