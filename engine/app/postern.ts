@@ -18,6 +18,7 @@ import { parseAddressList } from '../delivery/address-list.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
+import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
@@ -64,6 +65,11 @@ export interface StartOptions {
    * into its own folder; the 'queue' process delivers every spool and listens on nothing.
    */
   role?: 'single' | 'worker' | 'queue';
+  /**
+   * A process the supervisor starts: the data directory, logger, store and auth-failure window the server runs
+   * with (they need a restart to change), which the file may no longer say.
+   */
+  running?: RunningSettings;
   /** A worker's number: its spool is <dataDir>/spool/worker-<n>. */
   workerIndex?: number;
   /** The queue process: how many workers the server runs (spools of workers beyond them are written by none). */
@@ -150,6 +156,7 @@ class MutableRuntime implements Runtime {
 
 export async function startPostern(opts: StartOptions = {}): Promise<RunningPostern> {
   const loaded = loadStartConfig(opts);
+  if (opts.running) keepRunning(loaded.config, opts.running);
   // Refused as `postern check` refuses it (a child of `postern serve`, lockDir false: its supervisor asked).
   const unusable = opts.lockDir === false ? null : await dataDirError(loaded, { starting: true });
   if (unusable) throw unusable;
@@ -207,7 +214,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   // The process that delivers reports the damage in spools no worker of this server writes (a single process: all of them).
   const spools = new SpoolSet(home, role === 'worker' ? undefined : { workers: role === 'queue' ? opts.workers ?? 0 : 0, logger });
-  const windowMs = Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = opts.running?.authFailureWindowMs ?? longestAuthWindow(config);
   // Auth failures count where the limit must hold: in Redis across machines; else across this server's
   // worker processes (through the supervisor); else in this process.
   // Without Redis the failures are each process's list, relayed; the places of guesses being decided are counted

@@ -83,7 +83,8 @@ config.command('describe')
 program.command('status')
   .description('ask the running server for its state (exit 2 when its last reload was refused, 3 when it is not running)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (opts: { config?: string }) => exitWith(await statusCommand(opts)));
+  .option('--data-dir <dir>', 'the data directory the server runs with, when it is not the configuration\'s (dataDir changed since the server started)')
+  .action(async (opts: { config?: string; dataDir?: string }) => exitWith(await statusCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
 queue.command('list', { isDefault: true })

@@ -20,8 +20,8 @@ export const DEGRADED = 5;
 /** The whole answer, not only each read: a server that answers a byte at a time is not answering either. */
 const ANSWER_WITHIN_MS = 10_000;
 
-export async function statusCommand(opts: { config?: string }): Promise<number> {
-  const dataDir = dataDirOf(opts.config);
+export async function statusCommand(opts: { config?: string; dataDir?: string }): Promise<number> {
+  const dataDir = opts.dataDir ? resolve(opts.dataDir) : dataDirOf(opts.config);
   const socket = statusSocket(dataDir);
   let status: { lastError?: string[] | null; cluster?: { processes?: Array<{ role: string; index: number; ready: boolean }> } };
   try {
@@ -38,7 +38,9 @@ export async function statusCommand(opts: { config?: string }): Promise<number> 
       process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern status as the server's user, or as root\n`);
       return 1;
     }
-    process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})\n`);
+    // A server started before `dataDir` was edited runs on with the old one (a restart applies it): say where to ask.
+    const moved = opts.dataDir ? '' : `; a server started before dataDir was changed runs with its old one until restarted: postern status --data-dir <that folder>`;
+    process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})${moved}\n`);
     return NOT_RUNNING;
   }
   process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);

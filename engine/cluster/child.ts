@@ -26,6 +26,7 @@ import { writeCrashRecord } from './crash-record.ts';
 import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
+import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -39,6 +40,10 @@ type Message = { t?: string; n?: number; reason?: string; listener?: string; pol
 
 async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath, regularFileOnly: true });
+  // What the server runs with, which the file may no longer say (an edit waiting for a restart): a process started
+  // again takes the server's, or it would spool where no queue process looks.
+  const runningAs = process.env.POSTERN_RUNNING ? JSON.parse(process.env.POSTERN_RUNNING) as RunningSettings : undefined;
+  if (runningAs) keepRunning(loaded.config, runningAs);
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's
   runningCall.mirrorTo(runningMirror(loaded.config.dataDir, process.pid));
@@ -46,7 +51,7 @@ async function main(): Promise<void> {
   // its worker while loading must not run its top level again in the replacement (the supervisor's list
   // comes with 'ready', too late for that).
   runningCall.setFenced(readFenceList(crashDir(loaded.config.dataDir)));
-  const windowMs = Math.max(1, ...loaded.config.listeners.map((l) => l.limits.authFailureWindowMs));
+  const windowMs = runningAs?.authFailureWindowMs ?? longestAuthWindow(loaded.config);
   // Per-IP slots: by round trip to the supervisor, or alone while it holds the counting lease (shared-counters.ts).
   const counters = new WorkerCounters({ send }, windowMs);
   // store: memory is the supervisor's, shared by every process of the server (shared-store.ts).
@@ -185,7 +190,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store,
+    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.

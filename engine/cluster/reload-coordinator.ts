@@ -36,9 +36,21 @@ export class ReloadCoordinator {
   #inputs: WatchedInputs;
   /** The errors last reported, so the same refusal is logged once whichever children answer with it. */
   #reported = '';
+  /** What the configuration on disk asks for that only a restart applies (the supervisor's view: what it bound). */
+  readonly #pending: () => string[];
+  /** The restarts already logged, so each is said once (the children log theirs at debug only). */
+  #restartsReported = new Set<string>();
 
-  constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void) {
+  /** Told the configuration every process now runs (the supervisor's own checks at accept follow it). */
+  readonly #inForce: (loaded: LoadedConfig) => void;
+  /** The digest last told to #inForce. */
+  #adopted = '';
+
+  constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
+    pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined) {
     this.#configPath = configPath;
+    this.#pending = pending;
+    this.#inForce = inForce;
     this.#log = log.child({ component: 'reload' });
     this.#tell = tell;
     this.#inputs = watchedInputs(loaded);
@@ -76,6 +88,36 @@ export class ReloadCoordinator {
       for (const line of errors!) this.#log.error({ processes: refusing }, `reload refused, keeping the running generation: ${line}`);
     }
     this.#reported = key;
+    if (!errors) this.#reportRestarts();
+    void this.#adoptOnceAgreed();
+  }
+
+  /**
+   * Once every process that answered runs the same content and none refused it, the supervisor takes it too
+   * for what it checks itself at accept (the listeners' limits): with the configuration it started with, a
+   * lowered `maxConnectionsPerIp` was in force in the workers and not at the supervisor's door.
+   */
+  async #adoptOnceAgreed(): Promise<void> {
+    const states = [...this.#states.values()];
+    const digest = states[0]?.digest;
+    if (!digest || digest === this.#adopted || states.some((s) => s.lastError || s.digest !== digest)) return;
+    let loaded: LoadedConfig;
+    try {
+      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+    } catch {
+      return;
+    }
+    // The file as it is now is what they run (not a later edit, which a later answer brings).
+    if (await digestInputs(watchedInputs(loaded)) !== digest || digest === this.#adopted) return;
+    this.#adopted = digest;
+    this.#inForce(loaded);
+  }
+
+  /** An accepted reload that asks for a restart says so once, as a single process's reloader does. */
+  #reportRestarts(): void {
+    const now = new Set(this.#pending());
+    for (const p of now) if (!this.#restartsReported.has(p)) this.#log.warn({ change: p }, `configuration change needs a restart: ${p}`);
+    this.#restartsReported = now;
   }
 
   /** A child is gone; its replacement answers once it is ready. */
@@ -114,9 +156,10 @@ export class ReloadCoordinator {
   }
 
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */
-  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState> } {
+  /** `supervisor`: the content whose listener limits the supervisor checks at accept (null: the one it started with). */
+  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null } {
     const digests = new Set([...this.#states.values()].map((s) => s.digest));
-    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states) };
+    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states), supervisor: this.#adopted || null };
   }
 
   close(): Promise<void> {

@@ -33,6 +33,7 @@ import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } 
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
 import type { LoadedConfig } from '../config/load-config.ts';
+import type { Config } from '../config/schema.ts';
 import { loadStartConfig } from '../app/postern.ts';
 import { GenerationError, policySocketLines } from '../generation/build-generation.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
@@ -43,7 +44,7 @@ import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spoo
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
-import { restartNeeded } from '../reload/restart-needed.ts';
+import { longestAuthWindow, restartNeeded, runningSettings } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
 import { statusSummary } from './status-summary.ts';
@@ -145,6 +146,14 @@ export class StartStopped extends Error {
   }
 }
 
+/** What only a restart of `postern serve` applies: a single process's list, and the process model's own keys. */
+export function serveRestartNeeded(running: Config, next: Config): string[] {
+  const out = restartNeeded(running, next);
+  if (workerCount(next.workers) !== workerCount(running.workers)) out.push(`workers ${running.workers} → ${next.workers}`);
+  if (next.workerChoice !== running.workerChoice) out.push(`workerChoice ${running.workerChoice} → ${next.workerChoice}`);
+  return out;
+}
+
 export function workerCount(setting: number | 'auto'): number {
   return setting === 'auto' ? availableParallelism() : setting;
 }
@@ -175,6 +184,8 @@ export class Supervisor {
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
+  /** The listeners of the configuration every child runs, once a reload changed it (null: the one started with). */
+  #listenersInForce: Config['listeners'] | null = null;
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
   readonly #store: StoreHost;
   #next = 0;
@@ -203,7 +214,7 @@ export class Supervisor {
     this.#configPath = configPath;
     this.log = log;
     this.#store = new StoreHost(createMemoryStore(config.config.store, log));
-    this.#counters = new CounterHost(Math.max(1, ...config.config.listeners.map((l) => l.limits.authFailureWindowMs)), {
+    this.#counters = new CounterHost(longestAuthWindow(config.config), {
       sendTo: (index, m) => {
         const worker = this.#children.find((c) => c.kind === 'worker' && c.index === index);
         if (worker?.proc?.connected) worker.proc.send(m);
@@ -224,6 +235,9 @@ export class Supervisor {
     setQueueProbe(() => this.#census());
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
+    }, () => this.#pendingRestart(), (loaded) => {
+      this.#listenersInForce = loaded.config.listeners;
+      void this.#saveStatus();
     });
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
@@ -373,7 +387,7 @@ export class Supervisor {
         ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
         POSTERN_WORKERS: String(this.#children.filter((c) => c.kind === 'worker').length),
         // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
-        POSTERN_SERVER_PID: String(process.pid), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
+        POSTERN_SERVER_PID: String(process.pid), POSTERN_RUNNING: JSON.stringify(runningSettings(this.config.config)), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
@@ -472,7 +486,6 @@ export class Supervisor {
         return this.#dispatch();
       case 'reload-state':
         this.#reloads.answered(`${child.kind} ${child.index}`, (m as { state: ChildReloadState }).state);
-        void this.#followLimits();
         return void this.#saveStatus();
       case 'spooled': {
         const queue = this.#children.find((c) => c.kind === 'queue');
@@ -652,26 +665,14 @@ export class Supervisor {
     socket.destroy();
   }
 
-  /** limits of listener `name`, as the configuration the supervisor runs names it. */
+  /** limits of listener `name`, as the configuration every process runs names it (they change at a reload). */
   #limits(name: string): { maxConnectionsPerIp: number; maxConnections: number; ipv6PrefixLength: number } | undefined {
-    const started = this.config.config.listeners.find((l) => l.name === name)?.limits;
-    const followed = this.#followed.get(name);
+    const byName = (l: { name: string }): boolean => l.name === name;
+    const started = this.config.config.listeners.find(byName)?.limits;
+    // A listener the configuration in force no longer has is still bound until the restart: its limits as started.
+    const inForce = this.#listenersInForce?.find(byName)?.limits ?? started;
     // ipv6PrefixLength stays the start's: the slots are counted by it (restart-needed.ts).
-    return started && followed ? { ...started, ...followed } : started;
-  }
-
-  /**
-   * The listeners' connection limits of the configuration every process runs, once they all run the same: the
-   * waiting queue is bounded by the limits the workers apply. Without it a reload that raised maxConnectionsPerIp
-   * (a large office behind one address) still had the connections beyond the old value closed at accept.
-   */
-  readonly #followed = new Map<string, { maxConnectionsPerIp: number; maxConnections: number }>();
-
-  async #followLimits(): Promise<void> {
-    const loaded = await this.#reloads.inForce();
-    if (!loaded) return;
-    this.#followed.clear();
-    for (const l of loaded.config.listeners) this.#followed.set(l.name, { maxConnectionsPerIp: l.limits.maxConnectionsPerIp, maxConnections: l.limits.maxConnections });
+    return inForce && started ? { ...inForce, ipv6PrefixLength: started.ipv6PrefixLength } : inForce;
   }
 
   /**
@@ -923,10 +924,7 @@ export class Supervisor {
     } catch {
       return []; // a broken file: the reload error says so
     }
-    const out = restartNeeded(this.config.config, onDisk.config);
-    if (workerCount(onDisk.config.workers) !== workerCount(this.config.config.workers)) out.push(`workers ${this.config.config.workers} → ${onDisk.config.workers}`);
-    if (onDisk.config.workerChoice !== this.config.config.workerChoice) out.push(`workerChoice ${this.config.config.workerChoice} → ${onDisk.config.workerChoice}`);
-    return out;
+    return serveRestartNeeded(this.config.config, onDisk.config);
   }
 
   /** Messages (held ones, the oldest's age) in every spool of the data directory, or why they cannot be counted. */

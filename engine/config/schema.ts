@@ -118,7 +118,7 @@ const limitsSchema = z.strictObject({
   authFailuresPerIp: z.number().int().positive().default(20)
     .describe('Once one client address has this many failed AUTHs within `authFailureWindowMs`, it cannot authenticate: its new connections to this listener, and AUTH on its connections already open, get `421 4.7.0 Too many authentication failures, try again later`. The failures are counted over every listener (and the account page), but a listener without `auth.mechanisms` does not refuse the address: it has no login to guess, and an MX keeps taking mail from a server behind an address whose users mistyped their passwords on submission. This bounds the guesses checked over every worker (and, with `store.redis`, every node) together, guesses sent in parallel included: a guess takes its place in the store before its password is checked, and gives it back when the password was right; while the places left below the limit are held by guesses being decided, the next waits for them (their verification\'s time), and fails closed (`454 4.7.0`) after 10 s.'),
   authFailureWindowMs: z.number().int().positive().meta({ unit: 'ms' }).default(10 * 60_000)
-    .describe('The sliding window for `authFailuresPerIp`.'),
+    .describe('The sliding window for `authFailuresPerIp`. The counts are kept for the longest window of any listener, set at start: a change of that longest window needs a restart.'),
   connectionRatePerIp: z.strictObject({
     count: z.number().int().positive().describe('Connections one client address may open to this listener within the window.'),
     windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
@@ -181,7 +181,7 @@ export const policyServiceSchema = z.strictObject({
     mode: z.string().regex(/^0?[0-7]{3}$/, 'octal mode, e.g. 0660').default('0660').describe('Permissions of the unix socket.'),
     owner: z.string().optional().describe('User (name or number) that owns the unix socket. Changing it needs root or CAP_CHOWN, which the systemd unit does not grant: give the socket a `group` instead.'),
     group: z.string().optional().describe('Group (name or number) of the unix socket: without root or CAP_CHOWN, one the server\'s user is in or the one its folder already gives it (a set-group-ID folder, as postfix-policy.md makes).'),
-  }).prefault({}).describe('Unix socket only: its mode and owner.'),
+  }).prefault({}).describe('Unix socket only: its mode and owner, set when it is made: a change needs a restart.'),
   scripts: path().optional().meta({ defaultText: 'top-level `scripts`' })
     .describe('Scripts folder for this service. The same `connect`, `helo`, `mailfrom`, `rcptto` and `data` scripts as a listener\'s; `ctx.connection.source` is `postfix-policy`.'),
   authoritative: z.boolean().default(false)
@@ -302,7 +302,7 @@ const deliverySchema = z.strictObject({
 export const configSchema = z.strictObject({
   hostname: wireHostname().default('localhost')
     .describe('Name used in the `220` greeting, the EHLO reply and `Received:` headers: ASCII letters, digits and hyphens (an internationalised name in its A-labels, `xn--…`). With no `localDomains`, the bare `RCPT TO:<postmaster>` is rewritten to `postmaster@<hostname>`.'),
-  dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI.'),
+  dataDir: path().default('./data').describe('Holds the spool, `status.json` and the development PKI. Needs a restart to change: until then the server, and each of its processes started again, keeps the one it started with (ask `postern status --data-dir` that one).'),
   scripts: path().default('./scripts')
     .describe('Default policy-script folder. Written in the file, it must exist and be readable (an empty folder holds no scripts, so the built-in rules apply): a missing one is an error at start, reload and `postern check`. Left out, `./scripts` may be missing (no scripts) until a generation has read it. See [what a reload changes](#what-a-reload-changes).'),
   // A wildcard or a stray `@` matched no recipient, silently: the domain meant to be local was refused as relay.
@@ -365,7 +365,7 @@ export const configSchema = z.strictObject({
       .describe('pino log level. Logs are JSON lines on stdout.'),
     format: z.enum(['json', 'pretty']).default('json')
       .describe('json: one JSON object per line with an ISO-8601 time (for journald and log shippers); pretty: coloured, human-readable lines for a terminal'),
-  }).prefault({}).describe('Logging.'),
+  }).prefault({}).describe('Logging. Needs a restart to change.'),
   listeners: z.array(listenerSchema).default([]).meta({ defaultText: '`[]` (then `policyServices` needs an entry)' })
     .describe('One SMTP listener per entry. A configuration needs at least one listener or one policy service.'),
   policyServices: z.array(policyServiceSchema).default([])
@@ -407,7 +407,7 @@ export const configSchema = z.strictObject({
       .describe('An IPv6 client of the admin listener is counted by its network of this many bits for `maxConnectionsPerIp`, as the SMTP listeners count theirs (`limits.ipv6PrefixLength`): per address, a host with a /64 could hold the cap from each of its addresses, and so all 64 connections. 128 counts each address.'),
     hosts: z.array(z.string().min(1)).default([])
       .describe('Host names, besides IP addresses, `localhost` and `hostname`, by which clients (a Prometheus scrape target) reach the admin listener. A request whose Host header names any other gets 421: a web page that a browser on this host or network visits cannot rebind its own name to this address and read /metrics (the accounts and devices of certificates) or /status (DNS rebinding). Taken at start.'),
-  }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent.'),
+  }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent. Needs a restart to change (any of its keys).'),
 });
 
 export type Config = z.infer<typeof configSchema>;

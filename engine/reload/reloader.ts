@@ -18,11 +18,12 @@
  */
 import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
+import type { Config } from '../config/schema.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { readInputFile } from '../config/input-file.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
-import { restartNeeded } from './restart-needed.ts';
+import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
@@ -70,6 +71,14 @@ export class Reloader {
   readonly #target: ReloadTarget;
   readonly #source: { configPath?: string; configText?: string; baseDir: string; label: string };
   readonly #watcher: ChangeWatcher;
+  /**
+   * The configuration this process started with: what was bound and made once (sockets, store, data directory,
+   * logger). A restart is pending for as long as the configuration in force differs from it there, however
+   * many reloads came between (against the last generation, a second edit made a pending move look settled).
+   */
+  readonly #started: Config;
+  /** What a generation keeps of #started whatever the file says (the data directory its replay files go to, …). */
+  readonly #runsWith: RunningSettings;
   /** Digest of the content the generation in force was built from. */
   #digest = '';
   /** The last refused content, so it is not rebuilt until it changes. */
@@ -90,6 +99,8 @@ export class Reloader {
     this.#target = target;
     this.#source = source;
     const gen = target.current();
+    this.#started = gen.config;
+    this.#runsWith = runningSettings(gen.config);
     this.status = new ReloadStatus(gen.config.dataDir, gen.serial);
     this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
   }
@@ -203,8 +214,11 @@ export class Reloader {
     const asRead = new Map<string, Buffer>();
     let loaded: LoadedConfig | null = null;
     let errors: string[] | null = null;
+    let pendingRestart: string[] = [];
     try {
       loaded = await this.#loadConfig(asRead);
+      pendingRestart = restartNeeded(this.#started, loaded.config);
+      keepRunning(loaded.config, this.#runsWith);
     } catch (err) {
       errors = errorLines(err);
     }
@@ -242,7 +256,6 @@ export class Reloader {
       return this.#fail(t0, errors ?? ['reload failed'], log, reason);
     }
     const { next, setups } = built;
-    const pendingRestart = restartNeeded(this.#target.current().config, built.loaded.config);
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) {

@@ -162,7 +162,13 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
 
   get trust(): ListenerHost['trust'] { return this.#server.trust; }
 
-  get maxMessageSize(): number { return (this._server.options as { size?: number }).size ?? Infinity; }
+  /**
+   * The limits of the session's generation (a transaction keeps the one it began with), not smtp-server's options:
+   * a reload sets those at once for every connection, so a transaction under way got a lowered maxMessageSize
+   * or maxRecipients between its RCPTs or at its DATA while its scripts still ran the old generation (handler_RCPT).
+   */
+  get maxMessageSize(): number { return this.state.listener.limits.maxMessageSize; }
+
 
   decide(stage: DecisionStage, decided: SmtpReply | null, facts?: DecisionFacts): SmtpReply | null {
     this.#nextReply = decided ? { reply: decided, stage, facts } : null;
@@ -495,7 +501,15 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override handler_RCPT(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
-    super.handler_RCPT(path, callback);
+    // smtp-server compares with its options' maxRecipients at once, before any callback: the session's for that moment.
+    const options = this._server.options as { maxRecipients?: number };
+    const serverWide = options.maxRecipients;
+    options.maxRecipients = this.state.listener.limits.maxRecipients;
+    try {
+      super.handler_RCPT(path, callback);
+    } finally {
+      options.maxRecipients = serverWide;
+    }
   }
 
   #answerPath(stage: DecisionStage, refusal: SmtpReply, callback: Callback): void {

@@ -36,6 +36,8 @@ export interface ClusterStatus {
     converged: boolean;
     lastError: string[] | null;
     processes: Record<string, { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number }>;
+    /** The content whose listener limits the supervisor checks at accept (null: the one it started with). */
+    supervisor?: string | null;
   };
 }
 

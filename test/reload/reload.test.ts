@@ -167,6 +167,31 @@ test('a session mid-transaction keeps its generation; the next transaction uses 
   } finally { r.stop(); await s.stop(); }
 });
 
+test('a transaction under way keeps the maxRecipients and maxMessageSize it began with; the next one has the new ones', async () => {
+  const s = await startTestServer({ config: CONFIG, files: { senders: '' } });
+  const r = reloads(s);
+  const body = `Subject: x\r\n\r\n${'y'.repeat(500)}\r\n.`;
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@x.example>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<a@example.com>')).code, 250);
+    const file = join(s.dir, 'postern.yaml');
+    await writeFile(file, (await readFile(file, 'utf8')).replace('greetingDelayMs: 0', 'greetingDelayMs: 0, maxRecipients: 1, maxMessageSize: 100'));
+    assert.equal((await r.next()).ok, true);
+    // smtp-server's options changed for every connection at the reload: this transaction got 452 and 552 here.
+    assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250, 'same transaction, same recipient limit');
+    assert.equal((await c.command('DATA')).code, 354);
+    assert.equal((await c.command(body)).code, 250, 'same transaction, same size limit');
+    assert.equal((await c.command('MAIL FROM:<a@x.example>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<a@example.com>')).code, 250);
+    assert.equal((await c.command('RCPT TO:<b@example.com>')).text, '452 4.5.3 Error: too many recipients');
+    assert.equal((await c.command('DATA')).code, 354);
+    assert.match((await c.command(body)).text, /^552 5\.3\.4 /);
+    await c.quit();
+  } finally { r.stop(); await s.stop(); }
+});
+
 test('a listener address change is logged as needing a restart; the rest applies', async () => {
   const s = await startTestServer({ config: CONFIG, files: { senders: '' } });
   const r = reloads(s);
@@ -181,6 +206,12 @@ test('a listener address change is logged as needing a restart; the rest applies
     const m = await c.sendMail('a@x.example', ['b@example.com']);
     assert.equal(m.code, 250);
     await c.quit();
+    // An unrelated edit after it: the listener still listens where it started, so the restart is still pending
+    // (compared with the generation before, it looked settled and status.json dropped it).
+    await writeFile(cfg, (await readFile(cfg, 'utf8')).replace('hostname: renamed.example', 'hostname: again.example'));
+    const later = await r.next();
+    assert.deepEqual(later.pendingRestart, ['listener mx moves from 127.0.0.1:0 to 127.0.0.1:2']);
+    assert.deepEqual(s.reloader.status.data.pendingRestart, later.pendingRestart);
   } finally { r.stop(); await s.stop(); }
 });
 

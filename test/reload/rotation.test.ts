@@ -110,3 +110,53 @@ listeners:
     await c.quit();
   } finally { await s.stop(); }
 });
+
+test('tls.mode: to implicit waits for a restart and the listener goes on as it was; starttls to none applies at once', async () => {
+  const pki = await makeTestPki();
+  const ca = await readFile(pki.ca.cert, 'utf8');
+  const s = await startTestServer({
+    files: { 'server.crt': await readFile(pki.server.cert, 'utf8'), 'server.key': await readFile(pki.server.key, 'utf8') },
+    config: `
+localDomains: [example.com]
+listeners:
+  - name: sub
+    listen: 127.0.0.1:0
+    requireTls: true
+    tls: { mode: starttls, cert: ./server.crt, key: ./server.key }
+    limits: { greetingDelayMs: 0 }
+`,
+  });
+  const file = join(s.dir, 'postern.yaml');
+  const edit = async (from: string, to: string): Promise<{ ok: boolean; pendingRestart: string[] }> => {
+    const reloaded = new Promise<{ ok: boolean; pendingRestart: string[] }>((resolve) => s.reloader.onReload(resolve));
+    await writeFile(file, (await readFile(file, 'utf8')).replace(from, to));
+    return reloaded;
+  };
+  /** A plain connection: STARTTLS, then a transaction over TLS. */
+  const overStarttls = async (): Promise<number> => {
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    assert.equal((await c.read()).code, 220); // it was 451 and closed: the plain socket was taken for TLS
+    assert.match((await c.command('EHLO x.example')).text, /250-STARTTLS/);
+    await c.starttls({ ca });
+    await c.command('EHLO x.example');
+    const code = (await c.command('MAIL FROM:<a@x.example>')).code;
+    c.destroy();
+    return code;
+  };
+  try {
+    assert.equal(await overStarttls(), 250);
+    const implicit = await edit('mode: starttls', 'mode: implicit');
+    assert.deepEqual(implicit.pendingRestart, ['listener sub changes tls.mode starttls → implicit']);
+    assert.equal(await overStarttls(), 250, 'the listener serves as it started until the restart');
+    const back = await edit('mode: implicit', 'mode: starttls');
+    assert.deepEqual(back.pendingRestart, []);
+    assert.equal(await overStarttls(), 250);
+    const none = await edit('requireTls: true\n    tls: { mode: starttls', 'requireTls: false\n    tls: { mode: none');
+    assert.deepEqual(none.pendingRestart, [], 'none and starttls share a socket: the change applies at the reload');
+    const c = await SmtpTestClient.connect(s.port('sub'));
+    await c.read();
+    assert.doesNotMatch((await c.command('EHLO x.example')).text, /STARTTLS/);
+    assert.equal((await c.command('MAIL FROM:<a@x.example>')).code, 250);
+    c.destroy();
+  } finally { await s.stop(); }
+});
