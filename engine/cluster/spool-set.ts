@@ -170,6 +170,7 @@ export class SpoolSet {
     return (await this.#of(id)).readForDelivery(id, opts);
   }
   async updateState(id: string, state: SpoolState): Promise<void> { return (await this.#of(id)).updateState(id, state); }
+  async moveOutOfJournal(id: string): Promise<boolean> { return (await this.#of(id)).moveOutOfJournal(id); }
   async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
   async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
@@ -187,5 +188,5 @@ export class SpoolSet {
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
-  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'remove'
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
   | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;

@@ -36,6 +36,13 @@ import type { FailedRecipient } from './dsn.ts';
 
 /** Errors kept per message for `previousErrors` and `postern queue show`. */
 const MAX_ERRORS = 20;
+/**
+ * Failed attempts after which a deferred message leaves the journal for a file of its own (Spool.moveOutOfJournal),
+ * so that the journal's segments, kept while any of their records is pending, are deleted with the mail delivered
+ * around it. Not at the first: a greylisting next hop defers once and takes the retry.
+ */
+const MOVE_OUT_OF_JOURNAL_AFTER = 2;
+
 /** More Received headers than this is a mail loop (Postfix hopcount_limit). */
 const MAX_HOPS = 50;
 
@@ -665,7 +672,10 @@ export class QueueRunner {
         await this.#spool.updateState(id, state);
         this.#noState.delete(id);
         if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
-        else if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
+        else {
+          if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
+          if (attempt >= MOVE_OUT_OF_JOURNAL_AFTER) await this.#moveOutOfJournal(id);
+        }
       }
       this.#unrecorded.delete(id);
     } catch (err) {
@@ -682,6 +692,15 @@ export class QueueRunner {
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
     for (const notice of [bounceId, successNoticeId]) if (notice) this.notify(notice);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */
+  async #moveOutOfJournal(id: string): Promise<void> {
+    try {
+      await this.#spool.moveOutOfJournal(id);
+    } catch (err) {
+      this.#log.warn({ id, err }, `${id}: could not move the deferred message out of the journal into a file of its own (its journal segment stays on disk until it is delivered or expires): ${(err as Error).message}`);
+    }
   }
 
   /**

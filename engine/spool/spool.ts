@@ -14,7 +14,7 @@ import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, 
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
-import { DirectorySyncer } from './fsync.ts';
+import { DirectorySyncer, writeFileAtomic } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
@@ -256,6 +256,36 @@ export class Spool {
     return { envelope: state ? { ...envelope, ...state } : envelope, message };
   }
 
+  /**
+   * Moves a message out of the journal into a file of its own (`<id>.msg`, its SHA-256 in the envelope). A journal
+   * segment is deleted only once every record in it is done, so one message deferred for days kept a whole
+   * segment (up to 32 MB of mail delivered long ago) on disk, and during an outage of one destination every
+   * segment written meanwhile, until those messages expired. The file is on disk (synced, renamed into place,
+   * folder synced) before the record is marked done: at every moment one copy is. A crash between the two leaves
+   * both: scan() and list() name the message once, its journal copy is read first, and remove() removes both.
+   * Only a message with a state file (attempted) moves: removed meanwhile (`postern queue delete` from another
+   * process), its state file is gone once its removal is done, and the file just made goes too (see remove()).
+   * False when nothing moved (not in the journal, not attempted, or removed meanwhile).
+   */
+  async moveOutOfJournal(id: string): Promise<boolean> {
+    const journal = this.#readJournal(id);
+    const record = journal?.read(id);
+    if (!journal || !record || !(await this.#hasState(id))) return false;
+    const { envelope, messageBytes } = parseLayout(record, `${this.journalDir} (message ${id})`);
+    const message = record.subarray(0, messageBytes);
+    const sha256 = envelope.sha256 ?? createHash('sha256').update(message).digest('hex');
+    await writeFileAtomic(this.messagePath(id), Buffer.concat([message, encodeTrailer({ ...envelope, sha256 })]));
+    await journal.markDoneDurably(id);
+    if (await this.#hasState(id)) return true;
+    await unlink(this.messagePath(id)).catch(ignoreMissing);
+    await this.#dirSync.sync();
+    return false;
+  }
+
+  #hasState(id: string): Promise<boolean> {
+    return stat(this.statePath(id)).then(() => true, (err: NodeJS.ErrnoException) => { ignoreMissing(err); return false; });
+  }
+
   /** Ask a running queue runner to re-read every message's state (after `postern queue retry`). */
   async requestRescan(): Promise<void> {
     await writeFile(join(this.root, 'rescan'), `${Date.now()} ${randomBytes(4).toString('hex')}\n`, { mode: 0o600 });
@@ -366,12 +396,16 @@ export class Spool {
     // The state file names the recipients delivered in earlier attempts: the message's removal is on disk
     // before it goes, or a power cut between the two would bring the message back without it, to be sent to
     // every recipient again. (`postern queue delete` gets the same promise: a deleted message stays deleted.)
-    if (!(await journal?.markDoneDurably(id))) {
-      await unlink(this.messagePath(id)).catch(ignoreMissing);
-      await this.#dirSync.sync();
-    }
+    const inJournal = (await journal?.markDoneDurably(id)) ?? false;
+    // The file too: the message's own, or, beside its journal record, that of a move out of the journal cut short
+    // between its file and its done mark (moveOutOfJournal).
+    const fileRemoved = await unlink(this.messagePath(id)).then(() => true, (err: NodeJS.ErrnoException) => { ignoreMissing(err); return false; });
+    if (fileRemoved || !inJournal) await this.#dirSync.sync();
     await unlink(this.statePath(id)).catch(ignoreMissing);
     await this.#dirSync.sync();
+    // A move out of the journal by the queue process that renamed its file in after the unlink above (it checks
+    // for the state file after its rename, so one of the two removes the file).
+    if (inJournal) await unlink(this.messagePath(id)).then(() => this.#dirSync.sync(), ignoreMissing);
   }
 
   /**
@@ -385,11 +419,13 @@ export class Spool {
     const out: ScanEntry[] = [];
     const journal = await this.#currentJournal();
     const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
-    for (const id of journal?.ids() ?? []) out.push(entry(id));
+    const inJournal = new Set(journal?.ids() ?? []);
+    for (const id of inJournal) out.push(entry(id));
     for (const n of names) {
       if (!n.endsWith('.msg')) continue;
       const id = n.slice(0, -4);
-      if (Spool.isId(id)) out.push(entry(id));
+      // Both a record and a file: a move out of the journal cut short (moveOutOfJournal). One message.
+      if (Spool.isId(id) && !inJournal.has(id)) out.push(entry(id));
     }
     // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
     // at the next start. A hold made by `postern queue hold` was made after its message was committed, which
@@ -452,7 +488,7 @@ export class Spool {
     const names = await this.#queueNames();
     const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
-    return [...(journal?.ids() ?? []), ...files].sort();
+    return [...new Set([...(journal?.ids() ?? []), ...files])].sort(); // one id for a move cut short (moveOutOfJournal)
   }
 }
 
