@@ -44,8 +44,10 @@ test('new mail is not queued behind a backlog of retries due at once for a dead 
       await s.scans(1, 120_000);
       await retryMessages(s.spools, 'all');
       await s.scans(1, 120_000); // every retry read again and due now
-      const before = s.attempts.length;
+      // Counted from the new message's 250 (it is due from then on): the retries tried while the client was still
+      // sending it are not behind or ahead of it, and a loaded machine makes many of them.
       const live = await s.send('a@origin.test', ['z@live.test']);
+      const before = s.attempts.length;
       const e = await s.nextAttempt((x) => x.id === live, { timeoutMs: 180_000, past: true });
       assert.equal(e.removed, true);
       const retried = s.attempts.slice(before).filter((x) => ids.includes(x.id)).length;
