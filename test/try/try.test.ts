@@ -153,6 +153,8 @@ test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL F
   assert.equal(last(j).reply, '530 5.7.0 Must issue a STARTTLS command first');
   const text = await cli(['try', 'rcptto', '-c', permit.config, '--no-tls', '--from', 'me@example.com', '--to', 'r@example.com']);
   assert.match(text.stdout, /^\(the rcptto hook was not reached: the session stopped at mailfrom\)$/m);
+  // What the hooks before it saw is shown, so the reason can be read (here: no TLS, no certificate).
+  assert.match(text.stdout, /^> EHLO [^]*?^ {2}context: \{[^]*?"tls": null/m);
 });
 
 test('auth and mailfrom (halon-auth-external): AUTH EXTERNAL by fingerprint, the sender domain bound to the certificate', async () => {
