@@ -135,7 +135,7 @@ test('the shipped scripts, the examples\' scripts and the docs\' script modules 
   const doc = await readFile(join(ROOT, 'docs/scripts.md'), 'utf8');
   let blocks = 0;
   for (const [, block] of doc.matchAll(/```ts\n([\s\S]*?)```/g)) {
-    if (!block!.startsWith('import type ')) continue; // a fragment (a line of a script), not a whole module
+    if (!/^import type /m.test(block!)) continue; // a fragment (a line of a script), not a whole module (which may open with a comment naming its file)
     files[`docs-scripts-${++blocks}.ts`] = block!;
   }
   assert.ok(blocks >= 8 && Object.keys(files).length >= blocks + 10, `found ${Object.keys(files).join(', ')}`);
