@@ -65,6 +65,9 @@ function checkId(id: string): boolean {
   return false;
 }
 
+/** An id as `queue list` prints it: a held one with its `!` (Postfix's mailq mark), copied or piped from the listing. */
+const unmarked = (id: string): string => (id.endsWith('!') ? id.slice(0, -1) : id);
+
 const notFound = (id: string, err: unknown): number => {
   process.stderr.write(`postern: ${id}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such message in the queue' : (err as Error).message}\n`);
   return 1;
@@ -158,7 +161,8 @@ class ChunkedOutput {
  * One message, as Postfix's postcat shows it: the envelope and its delivery state, then the message
  * (`--envelope`: without it). `--json`: the envelope and state as JSON (`--message` adds the message).
  */
-export function queueShowCommand(id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
+export function queueShowCommand(listed: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
+  const id = unmarked(listed);
   return guarded(async () => {
     if (!checkId(id)) return 1;
     const spool = spoolOf(opts);
@@ -214,7 +218,7 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
       process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
       return 1;
     }
-    const given = ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids;
+    const given = (ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids).map(unmarked);
     if (given.filter((i) => !checkId(i)).length) return 1;
     const spools = spoolOf(opts);
     let targets = filtered ? await selectMessages(spools, opts) : given;
