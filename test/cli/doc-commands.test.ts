@@ -54,7 +54,7 @@ test('every postern command and flag the documentation quotes exists in the comm
   let seen = 0;
   for (const page of pages()) {
     for (const { line, code, tableRow } of codeOf(readFileSync(join(ROOT, page), 'utf8'))) {
-      const invocations = [...code.replaceAll('npm run postern --', 'postern').matchAll(/(?:^|[\s(`$])postern\s+(.*)/g)].map((m) => m[1]!);
+      const invocations = [...code.replace(/npm run (?:-s )?postern --/g, 'postern').matchAll(/(?:^|[\s(`$])postern\s+(.*)/g)].map((m) => m[1]!);
       // The README's command table (its first column) names commands without `postern` in front.
       if (tableRow && top.commands.has(code.split(/\s/)[0]!)) invocations.push(code);
       for (const invocation of invocations) {
