@@ -31,17 +31,21 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   }
 }
 
-/**
- * Every spool the server of this configuration uses (one per worker process, and the queue process's).
- * Never init(): that would clear a running server's incoming/.
- */
 function spoolOf(opts: { config?: string }): SpoolSet {
+  return spoolAndConfig(opts).spool;
+}
+
+/**
+ * Every spool the server of this configuration uses (one per worker process, and the queue process's), and
+ * whether it delivers at all. Never init(): that would clear a running server's incoming/.
+ */
+function spoolAndConfig(opts: { config?: string }): { spool: SpoolSet; deliveryOn: boolean } {
   const { config } = loadStartConfig({ configPath: opts.config });
   const root = join(config.dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
   else becomeSpoolOwner(root);
-  return new SpoolSet(new Spool(root));
+  return { spool: new SpoolSet(new Spool(root)), deliveryOn: config.delivery.enabled };
 }
 
 /**
@@ -165,7 +169,7 @@ export function queueShowCommand(listed: string, opts: { config?: string; messag
   const id = unmarked(listed);
   return guarded(async () => {
     if (!checkId(id)) return 1;
-    const spool = spoolOf(opts);
+    const { spool, deliveryOn } = spoolAndConfig(opts);
     try {
       const envelope = await spool.readEnvelope(id);
       const hold = await spool.readHold(id);
@@ -181,7 +185,7 @@ export function queueShowCommand(listed: string, opts: { config?: string; messag
       }
       const message = opts.envelope ? null : await spool.readMessage(id);
       // Clients chose much of it (HELO name, certificate subject, a next hop's reply): on a terminal, its controls shown.
-      process.stdout.write(forTerminal(formatMessageReport(envelope, hold)));
+      process.stdout.write(forTerminal(formatMessageReport(envelope, hold, deliveryOn)));
       if (message) {
         process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
         // The bytes as spooled (CRLF, 8-bit), as postcat prints them; on a terminal, its control characters shown.
