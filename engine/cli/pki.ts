@@ -42,6 +42,9 @@ function days(text: string | undefined, what: string): number | undefined {
   return n;
 }
 
+/** A path as one shell word, to paste. */
+const shellWord = (text: string): string => (/^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`);
+
 export function pkiInitCommand(opts: { dir: string; name?: string; days?: string; key?: string; crlDays?: string; json?: boolean }): Promise<number> {
   return guarded(async () => {
     const r = await initCa(opts.dir, {
@@ -62,7 +65,9 @@ export function pkiInitCommand(opts: { dir: string; name?: string; days?: string
       '',
       r.configLines.replace(/^/gm, '  ').trimEnd(),
       '',
-      'Then: postern pki issue user@example.com --device laptop',
+      // With --dir: run as printed, before postern.yaml names the CA, a bare `pki issue` found another CA (npm start's
+      // data/pki, from a clone's folder) and issued from it without a word, or none at all.
+      `Then: postern pki issue user@example.com --device laptop --dir ${shellWord(r.paths.dir)}   (or -c postern.yaml, once it has pki.dir)`,
     ].join('\n'));
     return 0;
   });

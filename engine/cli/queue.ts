@@ -31,17 +31,21 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   }
 }
 
-/**
- * Every spool the server of this configuration uses (one per worker process, and the queue process's).
- * Never init(): that would clear a running server's incoming/.
- */
 function spoolOf(opts: { config?: string }): SpoolSet {
+  return spoolAndConfig(opts).spool;
+}
+
+/**
+ * Every spool the server of this configuration uses (one per worker process, and the queue process's), and
+ * whether it delivers at all. Never init(): that would clear a running server's incoming/.
+ */
+function spoolAndConfig(opts: { config?: string }): { spool: SpoolSet; deliveryOn: boolean } {
   const { config } = loadStartConfig({ configPath: opts.config });
   const root = join(config.dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
   else becomeSpoolOwner(root);
-  return new SpoolSet(new Spool(root));
+  return { spool: new SpoolSet(new Spool(root)), deliveryOn: config.delivery.enabled };
 }
 
 /**
@@ -64,6 +68,9 @@ function checkId(id: string): boolean {
   process.stderr.write(`postern: not a queue id: ${JSON.stringify(id)}\n`);
   return false;
 }
+
+/** An id as `queue list` prints it: a held one with its `!` (Postfix's mailq mark), copied or piped from the listing. */
+const unmarked = (id: string): string => (id.endsWith('!') ? id.slice(0, -1) : id);
 
 const notFound = (id: string, err: unknown): number => {
   process.stderr.write(`postern: ${id}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such message in the queue' : (err as Error).message}\n`);
@@ -158,10 +165,11 @@ class ChunkedOutput {
  * One message, as Postfix's postcat shows it: the envelope and its delivery state, then the message
  * (`--envelope`: without it). `--json`: the envelope and state as JSON (`--message` adds the message).
  */
-export function queueShowCommand(id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
+export function queueShowCommand(listed: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }): Promise<number> {
+  const id = unmarked(listed);
   return guarded(async () => {
     if (!checkId(id)) return 1;
-    const spool = spoolOf(opts);
+    const { spool, deliveryOn } = spoolAndConfig(opts);
     try {
       const envelope = await spool.readEnvelope(id);
       const hold = await spool.readHold(id);
@@ -177,7 +185,7 @@ export function queueShowCommand(id: string, opts: { config?: string; message?: 
       }
       const message = opts.envelope ? null : await spool.readMessage(id);
       // Clients chose much of it (HELO name, certificate subject, a next hop's reply): on a terminal, its controls shown.
-      process.stdout.write(forTerminal(formatMessageReport(envelope, hold)));
+      process.stdout.write(forTerminal(formatMessageReport(envelope, hold, deliveryOn)));
       if (message) {
         process.stdout.write(`*** MESSAGE CONTENTS ${id} ***\n`);
         // The bytes as spooled (CRLF, 8-bit), as postcat prints them; on a terminal, its control characters shown.
@@ -214,7 +222,7 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
       process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
       return 1;
     }
-    const given = ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids;
+    const given = (ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids).map(unmarked);
     if (given.filter((i) => !checkId(i)).length) return 1;
     const spools = spoolOf(opts);
     let targets = filtered ? await selectMessages(spools, opts) : given;

@@ -130,10 +130,12 @@ function asJson(session: TrySession, result: TryResult): object {
 
 function asText(session: TrySession, result: TryResult, hook: HookName | undefined): string {
   const out: string[] = [`listener ${session.listener.name} (tls ${session.listener.tls.mode}), connection ${session.connectionId}`];
+  // A hook never reached (a built-in rule refused before it): every context is shown, the certificate's verdict among them.
+  const reached = hook === undefined || result.steps.some((s) => s.step === hook);
   for (const s of result.steps) {
     out.push(`> ${s.command}`);
     // try HOOK shows the hook asked for in full; a session file shows every call.
-    const detailed = hook === undefined || s.step === hook || s.outcome !== 'accept';
+    const detailed = !reached || hook === undefined || s.step === hook || s.outcome !== 'accept';
     for (const c of s.calls) {
       const own = session.hasScript(c.hook);
       out.push(own ? `  script ${c.hook} (${round(c.seconds * 1000)} ms)` : `  no ${c.hook} script: the built-in rules decide`);
@@ -144,7 +146,7 @@ function asText(session: TrySession, result: TryResult, hook: HookName | undefin
     out.push(`< ${s.reply}`);
   }
   const lastStep = result.steps.at(-1);
-  if (hook && lastStep && lastStep.step !== hook && !result.steps.some((s) => s.step === hook)) {
+  if (!reached && lastStep) {
     out.push(`(the ${hook} hook was not reached: the session stopped at ${lastStep.step})`);
   }
   out.push(`outcome: ${result.outcome} (exit ${result.exitCode})`);

@@ -1007,7 +1007,8 @@ export class Supervisor {
         ...(c.kind === 'worker' && this.#held.size ? { accepting: c.accepting, acceptTurns: c.acceptTurns, ...(c.full ? { full: true } : {}) } : {}),
         // It holds the counting lease (shared-counters.ts): the per-IP slots of what it accepts are counted there alone.
         ...(c.kind === 'worker' && this.#counters.leaseHolder === c.index ? { countsAlone: true } : {}),
-        startedAt: c.startedAt ? new Date(c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
+        // startedAt is on the monotonic clock (for back-off): shown as the wall-clock time it stands for.
+        startedAt: c.startedAt ? new Date(performance.timeOrigin + c.startedAt).toISOString() : null, restarts: c.restarts, lastExit: c.lastExit,
       })),
       fences: this.#fences.fences,
       reload: this.#reloads.status(),

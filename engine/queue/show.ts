@@ -4,7 +4,8 @@
  */
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
 
-export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null): string {
+/** `deliveryOn`: the configuration has delivery on (without it the queue runner attempts nothing, ever). */
+export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null, deliveryOn = true): string {
   const s = env.session;
   const lines = [
     `*** ENVELOPE RECORDS ${env.id} ***`,
@@ -16,7 +17,7 @@ export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null):
     `client_certificate: ${s.clientCertificate ? describeCertificate(s.clientCertificate) : '(none)'}`,
     `held: ${hold ? `yes, since ${hold.at ?? '?'}${hold.by ? ` by ${hold.by.user}${hold.by.sudoUser ? ` (sudo by ${hold.by.sudoUser})` : ''}` : ''}${hold.script ? ` by script ${hold.script.file}: ${hold.script.reason}` : ''} (postern queue release ${env.id})` : 'no'}`,
     `attempts: ${env.attempts}`,
-    `next_attempt: ${hold ? 'none while held' : env.attempts ? env.nextAttemptAt : 'as soon as the queue runner gets to it (never attempted)'}`,
+    `next_attempt: ${hold ? 'none while held' : !deliveryOn ? 'none: delivery is off (no delivery section, or delivery.enabled: false)' : env.attempts ? env.nextAttemptAt : 'as soon as the queue runner gets to it (never attempted)'}`,
   ];
   for (const r of env.recipients) {
     lines.push(`recipient: ${r.address} (${r.status ?? 'pending'})${r.notify?.length ? ` notify=${r.notify.join(',')}` : ''}`);

@@ -8,7 +8,7 @@ import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { connectRefusalCounted } from './connection-refusals.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import sasl from 'smtp-server/lib/sasl.js';
-import type { SMTPServer } from 'smtp-server';
+import type { SMTPServer, SMTPServerAddress } from 'smtp-server';
 import net from 'node:net';
 import { isAscii, isUtf8 } from 'node:buffer';
 import { ConnectionState } from './connection-state.ts';
@@ -127,6 +127,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #nextReply: DecidedReply | null = null;
   /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
   #stage: DecisionStage = 'CONNECT';
+  /** The MAIL command being answered: the sender of smtp-server's own refusal of it (530 before AUTH), as Postfix logs it. */
+  #mailCommand: Buffer | null = null;
   /** Each line the client sends must be complete within limits.socketTimeoutMs (see line-deadline.ts). */
   readonly #lineDeadline: LineDeadline;
 
@@ -375,6 +377,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
+      this.#mailCommand = verb === 'MAIL' ? command : null;
       // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
       // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
       // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
@@ -440,9 +443,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const line = Array.isArray(data) ? data.join(' ') : data ?? '';
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
-    const mail = this.session.envelope?.mailFrom;
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
+    const mail = (stage === 'MAIL' && this.#askedSender()) || this.session.envelope?.mailFrom;
     const reason = smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
@@ -450,6 +453,15 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     logRefusal(this.#server.runtime.logger, this, stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason },
       { from: mail ? mail.address : undefined, id: this.state.transactionId, overLimit });
+  }
+
+  /**
+   * The sender a MAIL command named, for the line of a refusal made before smtp-server read it (530 before AUTH):
+   * only an address the MAIL handler would take (no control or format characters), read without its side effects.
+   */
+  #askedSender(): SMTPServerAddress | false {
+    const path = this.#mailCommand && preparedPath(this.#mailCommand);
+    return path && !(path instanceof SmtpReply) ? super._parseAddressCommand('mail from', path) : false;
   }
 
   /** Mechanisms offered to this client right now. */

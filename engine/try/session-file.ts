@@ -1,6 +1,7 @@
 /**
  * A session file for `postern try --session`: the commands of one SMTP session, one per line, as a client
- * would send them (Exim's `-bh`). Blank lines and `#` comments are skipped; the connection is implied.
+ * would send them (Exim's `-bh`). Blank lines and `#` comments (a line's, or its end after a space) are skipped;
+ * the connection is implied.
  *
  *   EHLO laptop.example           HELO works too
  *   STARTTLS                      (TLS with the --cert given; implicit-TLS listeners need no line)
@@ -34,9 +35,11 @@ export function readSessionFile(file: string): SessionCommand[] {
   const out: SessionCommand[] = [];
   const fail = (line: number, message: string): never => { throw new SessionFileError(file, line, message); };
   for (let i = 0; i < lines.length; i++) {
-    const text = lines[i]!.trim();
+    // A `#` after a space starts a comment on a command line too (`DATA message.eml   # the message`);
+    // the lines of a message after DATA are taken as they are, below.
+    const text = lines[i]!.replace(/(^|\s)#.*$/, '').trim();
     const line = i + 1;
-    if (!text || text.startsWith('#')) continue;
+    if (!text) continue;
     const [verb = '', ...rest] = text.split(/\s+/);
     switch (verb.toUpperCase()) {
       case 'EHLO': case 'HELO':

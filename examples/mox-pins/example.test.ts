@@ -2,7 +2,7 @@
 // (base64url, as mox prints it) is added to device_keys.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startExample, smtpClient, needs, python, run, hashPassword, type ExampleServer } from '../../test/helpers/example.ts';
 
@@ -90,6 +90,17 @@ test('curl: AUTH EXTERNAL with the pinned device works too', needs('curl'), asyn
   assert.match(r.stderr, /^< 235 2\.7\.0 Authentication successful\r?$/m);
   const queued = /^< 250 2\.0\.0 Ok: queued as \w+/m.exec(r.stderr);
   assert.equal((await ex.queued(queued![0])).session.authenticatedUser, 'mjl@mox.example');
+});
+
+test("README.md's curl command, as written, is queued (the message it sends passes senderLogin.headerFrom)", needs('curl'), async () => {
+  const readme = await readFile(new URL('README.md', import.meta.url), 'utf8');
+  const shown = /^printf .*\| curl [^]*?-T -$/m.exec(readme)?.[0];
+  assert.ok(shown, 'the README\'s printf | curl command');
+  const command = shown.replace(/\\\n\s*/g, '').replace('localhost:2465', `localhost:${ex.port()}`)
+    .replace('data/pki/ca.crt', ex.pki.ca.cert).replace('/tmp/mox/device.pem', ex.pki.clients.selfsigned.pem);
+  const r = await run('sh', ['-c', command]);
+  assert.equal(r.code, 0, r.output);
+  assert.match(r.stderr, /^< 250 2\.0\.0 Ok: queued as \w+/m);
 });
 
 test('an unknown key (even from a real CA) or no certificate gets 530 5.7.0 at MAIL FROM', async () => {

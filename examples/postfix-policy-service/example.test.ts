@@ -37,7 +37,9 @@ before(async () => {
       .replace('/etc/postfix/client-ca.pem', ex.pki.ca.cert).replace('127.0.0.1:10040', `127.0.0.1:${policyPort}`);
   }
   smtpdPort = await freePort();
-  pf = await startPostfix('policy', { ...main, relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', relay_domains: 'example.net' },
+  pf = await startPostfix('policy', { ...main, relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', relay_domains: 'example.net',
+    // The clients (127.0.0.1) are not in mynetworks, as devices are not: permit_mynetworks must not decide.
+    mynetworks: '192.0.2.1/32' },
     [`127.0.0.1:${smtpdPort} inet n - n - - smtpd`]);
 });
 after(async () => {
@@ -50,6 +52,20 @@ after(async () => {
 const swaks = (client: ClientName | null, to: string) => run('swaks', ['--server', '127.0.0.1', '--port', String(smtpdPort), '--tls',
   '--ehlo', 'laptop.example', '--from', 'someone@example.net', '--to', to, '--header', `Subject: policy ${client ?? 'none'} ${to}`,
   ...client ? ['--tls-cert', ex.pki.clients[client].cert, '--tls-key', ex.pki.clients[client].key] : []]);
+
+test("docs/postfix-policy.md's main.cf lines are this folder's (which these tests run)", async () => {
+  const doc = await readFile(new URL('../../docs/postfix-policy.md', import.meta.url), 'utf8');
+  const shown = /```\n# main\.cf\n([^]*?)```/.exec(doc)?.[1];
+  assert.ok(shown, 'the main.cf block of docs/postfix-policy.md');
+  const lines = (text: string) => new Map([...text.matchAll(/^(\w+)\s*=[ \t]*(.*)$/gm)].map((m) => [m[1]!, m[2]!.trim()]));
+  const ours = lines(await readFile(new URL('./main.cf', import.meta.url), 'utf8'));
+  const page = lines(shown);
+  for (const [key, value] of page) assert.equal(ours.get(key), value, `main.cf: ${key}`);
+  // And the page leaves out none that the relay needs (smtpd_relay_restrictions's default defers a device before the
+  // policy service is asked); left to the reader: the server's own TLS files, and the DATA check shown under PREPEND.
+  const yours = new Set(['smtpd_tls_security_level', 'smtpd_tls_chain_files', 'smtpd_tls_CAfile', 'smtpd_data_restrictions']);
+  assert.deepEqual([...ours.keys()].filter((k) => !yours.has(k) && !page.has(k)), []);
+});
 
 test('a certificate listed by its SHA-256 fingerprint relays through Postfix', { skip }, async () => {
   const r = await swaks('alice', 'friend@elsewhere.example');

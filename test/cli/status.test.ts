@@ -36,10 +36,16 @@ listeners:
   const config = join(c.dir, 'postern.yaml');
   const running = status(config);
   assert.equal(running.code, 0, running.stderr);
-  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean; restarts: number }>; fences: unknown[] };
+  const cluster = running.json!.cluster as { pid: number; processes: Array<{ role: string; ready: boolean; restarts: number; startedAt: string }>; fences: unknown[] };
   assert.equal(cluster.pid, c.proc.pid);
   // What an on-call reads first: every process ready and how often it was replaced, fenced scripts, the queue.
   assert.deepEqual(cluster.processes.map((p) => [p.role, p.ready, p.restarts]), [['worker', true, 0], ['queue', true, 0]]);
+  // Each process's start is a time of this run (it was shown as 1970: a monotonic reading taken for a date).
+  const serverStart = Date.parse(String((running.json!.cluster as { startedAt: string }).startedAt));
+  for (const p of cluster.processes) {
+    const at = Date.parse(p.startedAt);
+    assert.ok(at >= serverStart - 1000 && at <= Date.now(), `${p.role} started at ${p.startedAt}, the server at ${new Date(serverStart).toISOString()}`);
+  }
   assert.deepEqual(cluster.fences, []);
   assert.equal(running.json!.summary, '1/1 workers ready, 0 restarts; no fenced script; last reload ok; queue 0');
   assert.deepEqual(running.json!.pendingRestart, []);

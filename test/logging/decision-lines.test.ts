@@ -756,6 +756,9 @@ for (const [name, row] of Object.entries(ROWS) as Array<[RefusalName, Row]>) {
     assert.ok(typeof line.listener === 'string');
     assert.ok('certificate' in line && 'identity' in line, 'certificate and identity fields');
     assert.match(String(line.msg), new RegExp(`^\\w+: ${line.decision}: ${escape(row.stage)} from [^\\s\\[]+\\[${escape(ip)}\\]: ${spec.code} ${escape(spec.enhanced)} `));
+    // A refusal of MAIL FROM names the sender, whoever refused it (smtp-server's 530 before AUTH too), as Postfix logs it.
+    if (row.stage === 'MAIL' && line.from === undefined) assert.fail(`${name}: no from on a MAIL line: ${String(line.msg)}`);
+    if (row.stage === 'MAIL') assert.match(String(line.msg), new RegExp(`; from=<${escape(String(line.from))}> `));
     const hook = row.values?.hook;
     if (hook) assert.equal(line.script, join(server.dir, 'scripts', `${hook}.ts`), 'the script that decided');
     else assert.equal(line.script, undefined);

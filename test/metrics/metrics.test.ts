@@ -5,6 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { AggregatorRegistry, Counter, Histogram, Registry } from 'prom-client';
 import { registry } from '../../engine/metrics/metrics.ts';
 import { HotCounter, HotHistogram } from '../../engine/metrics/hot-metrics.ts';
@@ -32,6 +34,29 @@ test('docs/operations.md gives each metric its type and labels as the code has t
     const documented = labels!.split(',').map((l) => l.trim()).filter(Boolean);
     assert.deepEqual(documented, [...(metric.labelNames ?? [])], `${name}: documented labels`);
   }
+});
+
+test('every metric the other pages name (README.md, docs/*.md, examples/*/README.md) exists, with the labels they give it', async () => {
+  const root = new URL('../../', import.meta.url).pathname;
+  const pages = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md') && f !== 'operations.md' && f !== 'benchmarks.md').map((f) => `docs/${f}`),
+    ...readdirSync(join(root, 'examples')).map((d) => `examples/${d}/README.md`).filter((f) => existsSync(join(root, f)))];
+  const own = (n: string): boolean => !/^postern_(process|nodejs)_/.test(n);
+  const ours = new Map((await registry.getMetricsAsJSON()).map((m) => [m.name, m]));
+  const wrong: string[] = [];
+  let named = 0;
+  for (const page of pages) {
+    for (const [, name, labels] of readFileSync(join(root, page), 'utf8').matchAll(/`(postern_[a-z_]+[a-z])(?:\{([a-z_,= "]*)\})?[`{ ]/g)) { // in code spans: not HAProxy's backend names
+      if (!own(name!)) continue;
+      named++;
+      const metric = registry.getSingleMetric(name!) as unknown as { labelNames?: readonly string[] } | undefined;
+      if (!ours.has(name!) || !metric) { wrong.push(`${page}: ${name} does not exist`); continue; }
+      const given = (labels ?? '').split(',').map((l) => l.split('=')[0]!.trim()).filter(Boolean);
+      const unknown = given.filter((l) => !(metric.labelNames ?? []).includes(l));
+      if (unknown.length) wrong.push(`${page}: ${name} has no label ${unknown.join(', ')} (it has ${(metric.labelNames ?? []).join(', ') || 'none'})`);
+    }
+  }
+  assert.ok(named >= 5, `found ${named} metric names`);
+  assert.deepEqual(wrong, []);
 });
 
 /** The same updates to a hot metric and to prom-client's, each in a registry of its own: their scrape text. */

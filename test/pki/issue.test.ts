@@ -3,7 +3,8 @@
 // certificate carries. `openssl pkcs12 -info` reads every .p12 without the legacy provider. Then last seen.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { until } from '../helpers/wait.ts';
@@ -43,6 +44,19 @@ test('pki init: CA key 0600, an empty CRL the server loaded, configuration lines
   const crl = await run('openssl', ['crl', '-in', join(s.ca, 'ca.crl'), '-noout', '-text']);
   assert.match(crl.stdout, /No Revoked Certificates/);
   assert.match(crl.stdout, /X509v3 CRL Number: \n\s+1\n/);
+  // The command it prints next, run as printed (no postern.yaml names the CA yet), issues from this CA.
+  const dir = await mkdtemp(join(tmpdir(), 'postern-init-then- '));
+  try {
+    const init = await postern(['pki', 'init', '--dir', join(dir, 'ca')]);
+    assert.equal(init.code, 0, init.stderr);
+    const then = /^Then: postern (pki issue .*?)\s{3}/m.exec(init.stdout)?.[1] ?? assert.fail(init.stdout);
+    const words = [...then.matchAll(/'((?:[^']|'\\'')*)'|(\S+)/g)].map((m) => m[1] !== undefined ? m[1].replaceAll("'\\''", "'") : m[2]!);
+    const issued = await postern([...words, '--json']);
+    assert.equal(issued.code, 0, issued.stderr);
+    assert.equal((JSON.parse(issued.stdout) as Issued).files.cert.startsWith(join(dir, 'ca')), true);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
   // A second init into the same folder refuses to overwrite the CA.
   const again = await postern(['pki', 'init', '--dir', s.ca]);
   assert.equal(again.code, 1);

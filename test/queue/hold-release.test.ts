@@ -141,8 +141,15 @@ test('hold by sender or recipient, ids from stdin, release --all; delete removes
   assert.match(list, new RegExp(`^${toB}! `, 'm'));
   assert.match(list, new RegExp(`^${bystander} `, 'm'));
 
-  // Ids on stdin, as `postsuper -H -` reads them.
-  const fromStdin = await runCli(['queue', 'release', '-', '-c', join(s.dir, 'postern.yaml')], { input: `${fromA}\n` });
+  // An id copied from the listing, held mark and all.
+  const shown = await cli('show', `${fromA}!`, '--envelope');
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /^held: /m);
+
+  // Ids on stdin, as `postsuper -H -` reads them: here the listing's first column, marks included.
+  const listed = list.split('\n').map((l) => l.split(' ')[0]!).filter((i) => i.startsWith(fromA));
+  assert.deepEqual(listed, [`${fromA}!`]);
+  const fromStdin = await runCli(['queue', 'release', '-', '-c', join(s.dir, 'postern.yaml')], { input: `${listed[0]}\n` });
   assert.equal(fromStdin.code, 0, fromStdin.stderr);
   assert.equal(fromStdin.stdout, `1 message released from hold (due now): ${fromA}\n`);
 

@@ -9,7 +9,9 @@ import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, submitMessage } from '../helpers/smtp-client.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { runCli } from '../helpers/cli.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 let sink: Sink;
@@ -128,4 +130,16 @@ test('show --json --message prints the message\'s bytes as spooled: 8-bit bytes 
   assert.ok(out.subarray(out.length - message.length).equals(message), 'the message after the JSON, byte for byte');
   assert.equal(JSON.parse(out.subarray(0, out.length - message.length).toString()).id, id);
   assert.equal((await cli('delete', id)).code, 0);
+});
+
+test('delivery off: queue show says no attempt will come, not "as soon as the queue runner gets to it"', async () => {
+  const off = await startTestServer({ config: configYaml({ localDomains: ['example.test'], listeners: [testListener('in', { tls: { mode: 'none' } })] }) });
+  try {
+    const id = await submitMessage(off.port('in'), 'a@example.net', ['b@example.test']);
+    const shown = await runCli(['queue', 'show', id, '--envelope', '-c', join(off.dir, 'postern.yaml')]);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /^next_attempt: none: delivery is off \(no delivery section, or delivery\.enabled: false\)$/m);
+  } finally {
+    await off.stop();
+  }
 });

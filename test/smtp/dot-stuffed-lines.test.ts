@@ -42,7 +42,10 @@ ${spool}listeners:
       const r = await c.sendMail('a@example.org', ['b@example.com'], body);
       const writes = writeCalls() - before;
       assert.equal(r.code, 250, r.text);
-      assert.ok(writes < LINES / 100, `${writes} write calls for a message of ${LINES} lines`);
+      // The count has the client's writes too (same process): on a loaded machine the server reads the socket in
+      // small pieces, and the client's 1.2 MB goes out in thousands of partial writes (9,198 in all seen in a run
+      // beside other tests, against a bound of 6,000). A write per line is 600,000: a bound of 30,000 still fails it.
+      assert.ok(writes < LINES / 20, `${writes} write calls for a message of ${LINES} lines`);
       const message = await server.runtime.spool.readMessage(/queued as (\S+)/.exec(r.text)![1]!);
       assert.ok(message.toString('latin1').endsWith(body), 'spooled intact');
       await c.quit();

@@ -4,11 +4,13 @@
 // listener's CA and CRL (a revoked one shows the revoked verdict), and a session file through every hook.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { copyExample, hashPassword } from '../helpers/example.ts';
 import type { TestPki } from '../helpers/pki.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
+import { readSessionFile } from '../../engine/try/session-file.ts';
 
 
 type Result = CliResult;
@@ -153,6 +155,8 @@ test('requireTls and built-in refusals before the hook: --no-tls stops at MAIL F
   assert.equal(last(j).reply, '530 5.7.0 Must issue a STARTTLS command first');
   const text = await cli(['try', 'rcptto', '-c', permit.config, '--no-tls', '--from', 'me@example.com', '--to', 'r@example.com']);
   assert.match(text.stdout, /^\(the rcptto hook was not reached: the session stopped at mailfrom\)$/m);
+  // What the hooks before it saw is shown, so the reason can be read (here: no TLS, no certificate).
+  assert.match(text.stdout, /^> EHLO [^]*?^ {2}context: \{[^]*?"tls": null/m);
 });
 
 test('auth and mailfrom (halon-auth-external): AUTH EXTERNAL by fingerprint, the sender domain bound to the certificate', async () => {
@@ -316,6 +320,23 @@ test('--session: a whole session through every hook in order, like exim -bh', as
   const bad = await cli(['try', '--session', session, '-c', laptop.config]);
   assert.equal(bad.code, 3);
   assert.match(bad.stderr, /session\.txt:4: unknown command "BOGUS"/);
+});
+
+test("docs/authoring.md's session file reads as the page says: each line's command, its trailing # comment skipped", async () => {
+  const doc = await readFile(new URL('../../docs/authoring.md', import.meta.url), 'utf8');
+  const block = /```text\n(# laptop-session\.txt[^]*?)```/.exec(doc)?.[1];
+  assert.ok(block, 'the session file of docs/authoring.md');
+  const dir = await mkdtemp(join(tmpdir(), 'postern-session-doc-'));
+  try {
+    await writeFile(join(dir, 'laptop-session.txt'), block);
+    await writeFile(join(dir, 'message.eml'), 'Subject: hello\r\n\r\nhi\r\n');
+    const commands = readSessionFile(join(dir, 'laptop-session.txt'));
+    assert.deepEqual(commands.map((c) => c.kind), ['helo', 'starttls', 'auth', 'mailfrom', 'rcptto', 'rcptto', 'data', 'predelivery', 'quit']);
+    assert.deepEqual(commands[2], { kind: 'auth', mechanism: 'PLAIN', username: 'alice', password: 'secret', authzid: '', line: 4 });
+    assert.equal((commands[6] as { message: Buffer }).message.toString(), 'Subject: hello\r\n\r\nhi\r\n');
+  } finally {
+    await rm(dir, { recursive: true });
+  }
 });
 
 test('usage errors and a missing key are exit 3 with a clear message', async () => {
