@@ -10,6 +10,7 @@ import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
+import { MAX_TIMER_MS } from './timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -36,7 +37,6 @@ const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected pr
  * A time a timer waits for: Node's timers take at most 2^31-1 ms (about 24.8 days) and run a longer one
  * after 1 ms, so a mistaken huge timeout would time out everything at once, and a scan interval spin.
  */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const timerMs = () => z.number().int().positive()
   .max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24.8 days): a timer runs a longer time after 1 ms`)
   .meta({ unit: 'ms' });

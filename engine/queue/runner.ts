@@ -29,6 +29,7 @@ import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
 import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
+import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
@@ -411,7 +412,7 @@ export class QueueRunner {
       this.#wakeTimer = null;
       this.#wakeAt = Infinity;
       this.#kick();
-    }, Math.max(0, Math.min(time - performance.now(), 2 ** 31 - 1)));
+    }, timerDelay(time - performance.now()));
     this.#wakeTimer.unref();
   }
 
