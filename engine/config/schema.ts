@@ -33,6 +33,8 @@ const isLocalDomain = (d: string): boolean => {
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
+/** The longest wait between two delivery attempts: 31 days. */
+const MAX_RETRY_STEP_SECONDS = 31 * 24 * 3600;
 /**
  * A time a timer waits for: Node's timers take at most 2^31-1 ms (about 24.8 days) and run a longer one
  * after 1 ms, so a mistaken huge timeout would time out everything at once, and a scan interval spin.
@@ -279,8 +281,11 @@ const deliverySchema = z.strictObject({
   concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),
   perDestinationConcurrency: z.number().int().positive().default(4)
     .describe('Transactions, and open connections, to one `host:port` at once.'),
-  retrySchedule: z.array(z.number().positive().meta({ unit: 'seconds' })).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
-    .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh).'),
+  // Bounded: far enough ahead (2.7e5 years) a step made the next attempt's date invalid, and the attempt's outcome was
+  // never recorded (a recipient delivered in it was sent to again after a restart).
+  retrySchedule: z.array(z.number().positive().max(MAX_RETRY_STEP_SECONDS, `at most ${MAX_RETRY_STEP_SECONDS} s (31 days) between two attempts`)
+    .meta({ unit: 'seconds' })).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
+    .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh). Each at most 31 days.'),
   maxAgeHours: z.number().positive().meta({ unit: 'hours' }).default(120)
     .describe('A message still undelivered this long after it was accepted bounces at its next failed attempt.'),
   heloName: wireHostname().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
