@@ -124,13 +124,13 @@ const limitsSchema = z.strictObject({
   connectionRatePerIp: z.strictObject({
     count: z.number().int().positive().describe('Connections one client address may open to this listener within the window.'),
     windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
-      .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0.'),
+      .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0. Shortened by a reload, a window already open ends within the new length.'),
   }).optional().meta({ defaultText: 'no limit' })
     .describe('New connections per client address (IPv6: per `ipv6PrefixLength` network), as Postfix `smtpd_client_connection_rate_limit` (anvil): a client that reconnects in a loop, each time with a TLS handshake, costs the server CPU that `maxConnectionsPerIp` (which counts only open connections) does not bound. Counted in the [store](#store), so over every worker process and, with Redis, every server. The connection over the limit gets `421 4.7.0 Error: too many connections from <ip>, try again later` before the greeting; on an implicit-TLS listener it is closed as it is accepted, before the TLS handshake (the cost this limit bounds), without a reply. When the store cannot be reached, `421 4.7.0 Connection rate cannot be checked, try again later` (fail closed). Refused connections are not counted, nor, on a `proxyProtocol` listener, the balancer\'s own connections (a `LOCAL` or `UNKNOWN` header: its health checks), as Postfix exempts `mynetworks` from this limit.'),
   messagesPerIdentity: z.strictObject({
     count: z.number().int().positive().describe('Messages (MAIL FROM commands) one identity may start within the window.'),
     windowSeconds: z.number().int().positive().max(31 * 24 * 3600).meta({ unit: 'seconds' })
-      .describe('Length of the window. It opens with the identity\'s first counted MAIL FROM; when it ends the count starts again from 0.'),
+      .describe('Length of the window. It opens with the identity\'s first counted MAIL FROM; when it ends the count starts again from 0. Shortened by a reload, a window already open ends within the new length.'),
   }).optional().meta({ defaultText: 'no limit' })
     .describe('Per-identity sending limit, as Postfix `smtpd_client_message_rate_limit` and mox\'s per-account limits, counted in the [store](#store) (so across processes and, with Redis, across servers). The identity is the logged-in user (AUTH or certificate `autoLogin`), else the client certificate\'s identity (`certificateIdentity`); sessions with neither are not counted. A MAIL FROM over the limit gets `450 4.7.1 Error: too much mail from <identity>, try again later`; when the store cannot be reached, `451 4.3.0 Temporary local problem, try again later` (fail closed). The count is kept per identity, whatever the listener: listeners with the same identities should have the same limit.'),
 }).prefault({}).describe('Sizes, connection counts, timeouts, auth-failure throttling.');
