@@ -597,7 +597,7 @@ export class QueueRunner {
     const delivery = gen.config.delivery;
     this.#noticeClockSteps();
     const now = Date.now();
-    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
+    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at), attempt);
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
     const relayed: FailedRecipient[] = [];
