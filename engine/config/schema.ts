@@ -296,8 +296,9 @@ const deliverySchema = z.strictObject({
   lineLengthLimit: z.number().int().min(0).refine((n) => n === 0 || n >= 78, 'expected 0 (lines sent as they are) or at least 78')
     .meta({ unit: 'bytes' }).default(998)
     .describe('Longest line sent to a next hop, its CRLF not counted (RFC 5321: 1000 octets with it), as Postfix `smtp_line_length_limit`. A longer line of the message (a client may send any length) is broken by a line end and a space: before a space or tab of the line when there is one, never inside a UTF-8 character, so that in a header the rest is a folded line of the same field. A DKIM signature Postern adds covers the message as sent; one the message came with no longer verifies (as with Postfix). `0`: lines are sent as they are, which next hops that hold to the limit refuse (the message then bounces). See [long lines](#long-lines).'),
-  scanIntervalMs: timerMs().default(5000)
-    .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
+  // Bounded below: each scan rereads the whole spool folder; at 1 ms a queue of 2 000 deferred messages kept half a core busy.
+  scanIntervalMs: timerMs().min(100, 'at least 100 ms: each scan rereads the whole spool').default(5000)
+    .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan. At least 100.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')
     .describe('How next-hop host names become addresses. `dns`: A and AAAA queries (`/etc/hosts` is not read). `native`: the system resolver (getaddrinfo: `/etc/hosts` first), as Postfix `smtp_host_lookup = native`. MX records always come from DNS.'),
   dnsServers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
