@@ -3,10 +3,10 @@
  * §4.1.2.5: GeneralizedTime has four digits of year); a later date was written as a malformed certificate,
  * and a sum beyond JavaScript's dates (about 100 million days) as "Bad time value".
  */
-export const DAY_MS = 86400_000;
+const DAY_MS = 86400_000;
 
 /** The latest end a certificate or CRL can have (RFC 5280's "no well-defined expiration date"). */
-export const LATEST_X509_END = new Date(Date.UTC(9999, 11, 31, 23, 59, 59));
+const LATEST_X509_END = new Date(Date.UTC(9999, 11, 31, 23, 59, 59));
 
 /** `days` after `from`, or `limit` when that is later (or beyond any date). */
 export function endAfterDays(from: Date, days: number, limit: Date = LATEST_X509_END): Date {
