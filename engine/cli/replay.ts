@@ -17,7 +17,7 @@ export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
     const loaded = loadStartConfig({ configPath: opts.config });
     if (!loaded.config.replay) process.stderr.write('note: the configuration has no `replay` section: nothing new is being recorded\n');
     const summary = await replay(loaded, createLogger('silent'), {
-      scripts: opts.scripts, policyScripts: opts.policyScripts, hook: opts.hook, since: opts.since === undefined ? undefined : Date.now() - duration(opts.since),
+      scripts: opts.scripts, policyScripts: opts.policyScripts, hook: opts.hook, since: opts.since === undefined ? undefined : since(opts.since),
       examples: opts.examples === undefined ? undefined : Number(opts.examples),
     });
     process.stdout.write(opts.json ? `${JSON.stringify(summary, null, 2)}\n` : asText(summary));
@@ -30,6 +30,9 @@ export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
 }
 
 const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** The time `--since` names; one before 1970 is 1970 (every recording): further back it was no date ("Invalid time value"). */
+const since = (text: string): number => Math.max(0, Date.now() - duration(text));
 
 /** `90m`, `24h`, `7d` → milliseconds. */
 export function duration(text: string): number {

@@ -10,6 +10,7 @@ import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
+import { MAX_TIMER_MS } from './timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -32,11 +33,12 @@ const isLocalDomain = (d: string): boolean => {
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
+/** The longest wait between two delivery attempts: 31 days. */
+const MAX_RETRY_STEP_SECONDS = 31 * 24 * 3600;
 /**
  * A time a timer waits for: Node's timers take at most 2^31-1 ms (about 24.8 days) and run a longer one
  * after 1 ms, so a mistaken huge timeout would time out everything at once, and a scan interval spin.
  */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const timerMs = () => z.number().int().positive()
   .max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24.8 days): a timer runs a longer time after 1 ms`)
   .meta({ unit: 'ms' });
@@ -122,13 +124,13 @@ const limitsSchema = z.strictObject({
   connectionRatePerIp: z.strictObject({
     count: z.number().int().positive().describe('Connections one client address may open to this listener within the window.'),
     windowSeconds: z.number().int().positive().max(24 * 3600).meta({ unit: 'seconds' })
-      .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0.'),
+      .describe('Length of the window. It opens with the address\'s first counted connection; when it ends the count starts again from 0. Shortened by a reload, a window already open ends within the new length.'),
   }).optional().meta({ defaultText: 'no limit' })
     .describe('New connections per client address (IPv6: per `ipv6PrefixLength` network), as Postfix `smtpd_client_connection_rate_limit` (anvil): a client that reconnects in a loop, each time with a TLS handshake, costs the server CPU that `maxConnectionsPerIp` (which counts only open connections) does not bound. Counted in the [store](#store), so over every worker process and, with Redis, every server. The connection over the limit gets `421 4.7.0 Error: too many connections from <ip>, try again later` before the greeting; on an implicit-TLS listener it is closed as it is accepted, before the TLS handshake (the cost this limit bounds), without a reply. When the store cannot be reached, `421 4.7.0 Connection rate cannot be checked, try again later` (fail closed). Refused connections are not counted, nor, on a `proxyProtocol` listener, the balancer\'s own connections (a `LOCAL` or `UNKNOWN` header: its health checks), as Postfix exempts `mynetworks` from this limit.'),
   messagesPerIdentity: z.strictObject({
     count: z.number().int().positive().describe('Messages (MAIL FROM commands) one identity may start within the window.'),
     windowSeconds: z.number().int().positive().max(31 * 24 * 3600).meta({ unit: 'seconds' })
-      .describe('Length of the window. It opens with the identity\'s first counted MAIL FROM; when it ends the count starts again from 0.'),
+      .describe('Length of the window. It opens with the identity\'s first counted MAIL FROM; when it ends the count starts again from 0. Shortened by a reload, a window already open ends within the new length.'),
   }).optional().meta({ defaultText: 'no limit' })
     .describe('Per-identity sending limit, as Postfix `smtpd_client_message_rate_limit` and mox\'s per-account limits, counted in the [store](#store) (so across processes and, with Redis, across servers). The identity is the logged-in user (AUTH or certificate `autoLogin`), else the client certificate\'s identity (`certificateIdentity`); sessions with neither are not counted. A MAIL FROM over the limit gets `450 4.7.1 Error: too much mail from <identity>, try again later`; when the store cannot be reached, `451 4.3.0 Temporary local problem, try again later` (fail closed). The count is kept per identity, whatever the listener: listeners with the same identities should have the same limit.'),
 }).prefault({}).describe('Sizes, connection counts, timeouts, auth-failure throttling.');
@@ -279,8 +281,11 @@ const deliverySchema = z.strictObject({
   concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),
   perDestinationConcurrency: z.number().int().positive().default(4)
     .describe('Transactions, and open connections, to one `host:port` at once.'),
-  retrySchedule: z.array(z.number().positive().meta({ unit: 'seconds' })).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
-    .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh).'),
+  // Bounded: far enough ahead (2.7e5 years) a step made the next attempt's date invalid, and the attempt's outcome was
+  // never recorded (a recipient delivered in it was sent to again after a restart).
+  retrySchedule: z.array(z.number().positive().max(MAX_RETRY_STEP_SECONDS, `at most ${MAX_RETRY_STEP_SECONDS} s (31 days) between two attempts`)
+    .meta({ unit: 'seconds' })).min(1).default([60, 300, 900, 1800, 3600, 7200, 14400])
+    .describe('Wait after failed attempt 1, 2, …; the last value repeats (so every 4 hours after the seventh). Each at most 31 days.'),
   maxAgeHours: z.number().positive().meta({ unit: 'hours' }).default(120)
     .describe('A message still undelivered this long after it was accepted bounces at its next failed attempt.'),
   heloName: wireHostname().optional().meta({ defaultText: '`hostname`' }).describe('EHLO name sent to next hops.'),
@@ -291,8 +296,9 @@ const deliverySchema = z.strictObject({
   lineLengthLimit: z.number().int().min(0).refine((n) => n === 0 || n >= 78, 'expected 0 (lines sent as they are) or at least 78')
     .meta({ unit: 'bytes' }).default(998)
     .describe('Longest line sent to a next hop, its CRLF not counted (RFC 5321: 1000 octets with it), as Postfix `smtp_line_length_limit`. A longer line of the message (a client may send any length) is broken by a line end and a space: before a space or tab of the line when there is one, never inside a UTF-8 character, so that in a header the rest is a folded line of the same field. A DKIM signature Postern adds covers the message as sent; one the message came with no longer verifies (as with Postfix). `0`: lines are sent as they are, which next hops that hold to the limit refuse (the message then bounces). See [long lines](#long-lines).'),
-  scanIntervalMs: timerMs().default(5000)
-    .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan.'),
+  // Bounded below: each scan rereads the whole spool folder; at 1 ms a queue of 2 000 deferred messages kept half a core busy.
+  scanIntervalMs: timerMs().min(100, 'at least 100 ms: each scan rereads the whole spool').default(5000)
+    .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan. At least 100.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')
     .describe('How next-hop host names become addresses. `dns`: A and AAAA queries (`/etc/hosts` is not read). `native`: the system resolver (getaddrinfo: `/etc/hosts` first), as Postfix `smtp_host_lookup = native`. MX records always come from DNS.'),
   dnsServers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })

@@ -10,6 +10,7 @@
  * with `transactionLog`), which is what this listens to.
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { timerDelay } from '../config/timer-limit.ts';
 
 /** The slowest a next hop may take the message: 1 byte per millisecond, about 1 MB per 17 minutes. */
 const BODY_BYTES_PER_MS = 1;
@@ -81,7 +82,7 @@ export class ReplyDeadline {
     this.#timer = setTimeout(() => {
       this.#timer = null;
       this.#conn?._onTimeout();
-    }, ms);
+    }, timerDelay(ms)); // commandTimeoutMs plus the message's bytes: past a timer's reach it fired after 1 ms
     this.#timer.unref();
   }
 

@@ -29,7 +29,8 @@ const LOCK_WAIT_MS = 15_000;
  */
 export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
   await mkdir(dir, { recursive: true });
-  const deadline = Date.now() + LOCK_WAIT_MS;
+  // Monotonic: a step of the wall clock ended the wait at once (forward) or stretched it by the step (back).
+  const deadline = performance.now() + LOCK_WAIT_MS;
   let lock: DirectoryLock;
   for (;;) {
     try {
@@ -37,7 +38,7 @@ export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Prom
       break;
     } catch (err) {
       if (!(err instanceof DirectoryLockedError)) throw err;
-      if (Date.now() > deadline) throw new Error(`${err.lockFile}: held by process ${err.pid}; another postern pki/pins command is running`);
+      if (performance.now() > deadline) throw new Error(`${err.lockFile}: held by process ${err.pid}; another postern pki/pins command is running`);
       await new Promise((r) => setTimeout(r, 50));
     }
   }

@@ -10,8 +10,7 @@ import { keyTypeOptions, pkiPaths, type DeviceKeyType, type PkiPaths } from './l
 import { DEFAULT_CRL_DAYS, writeInventory, type Inventory } from './inventory.ts';
 import { writeCrl, type CrlWritten } from './crl.ts';
 import { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
-
-const DAY = 86400_000;
+import { endAfterDays, fitsX509 } from './lifetime.ts';
 
 export interface InitCaOptions {
   /** The CA's common name; default "Postern Mail CA". */
@@ -54,9 +53,11 @@ export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<Ini
     const days = opts.days ?? 3650;
     if (!(days > 0)) throw new Error(`--days must be positive, got ${days}`);
     const notBefore = new Date(Date.now() - 3600_000);
+    // Refused before anything is written: the CA signed with such an end was malformed, its folder left unusable.
+    if (!fitsX509(notBefore, days)) throw new Error(`--days ${days}: the CA would end after 9999-12-31, the latest date a certificate can hold`);
     const ca = await createCertificateAuthority({
       commonName: opts.name ?? 'Postern Mail CA', organization: opts.organization,
-      ...keyTypeOptions(opts.keyType ?? 'ecdsa-p256'), notBefore, notAfter: new Date(notBefore.getTime() + days * DAY),
+      ...keyTypeOptions(opts.keyType ?? 'ecdsa-p256'), notBefore, notAfter: endAfterDays(notBefore, days),
     });
     // The key first: a folder with a certificate and no key would look like a CA that cannot sign.
     await writeFileAtomic(paths.caKey, ca.key, 0o600);

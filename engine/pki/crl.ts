@@ -7,8 +7,8 @@ import { createCrl, type Authority } from '../certificates/index.ts';
 import { writeFileAtomic } from './atomic-file.ts';
 import { REVOCATION_REASONS, type PkiPaths } from './layout.ts';
 import type { Inventory } from './inventory.ts';
+import { endAfterDays } from './lifetime.ts';
 
-const DAY = 86400_000;
 const CLOCK_SKEW_MS = 3600_000;
 
 export interface CrlWritten {
@@ -30,9 +30,8 @@ export async function writeCrl(paths: PkiPaths, ca: Authority, inv: Inventory, n
   // (CRL_NOT_YET_VALID) until its clock catches up: dated a minute back, a node five minutes behind took the
   // certificates and refused them all for their CRL.
   const thisUpdate = new Date(now.getTime() - CLOCK_SKEW_MS);
-  const nextUpdate = new Date(now.getTime() + inv.crlDays * DAY);
-  // Never past the CA: OpenSSL would then see a CRL outliving its issuer.
-  const until = nextUpdate > ca.certificate.notAfter ? ca.certificate.notAfter : nextUpdate;
+  // Never past the CA: OpenSSL would then see a CRL outliving its issuer (nor past any date a CRL can hold).
+  const until = endAfterDays(now, inv.crlDays, ca.certificate.notAfter);
   inv.crlNumber += 1;
   const pem = await createCrl(ca, revoked, { thisUpdate, nextUpdate: until, number: inv.crlNumber });
   await writeFileAtomic(paths.crl, pem, 0o644);

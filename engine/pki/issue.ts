@@ -13,8 +13,7 @@ import { openCa } from './ca.ts';
 import { readInventory, writeInventory, type DeviceCertificate } from './inventory.ts';
 import { writeCrl, type CrlWritten } from './crl.ts';
 import { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
-
-const DAY = 86400_000;
+import { endAfterDays } from './lifetime.ts';
 
 export interface IssueDeviceOptions {
   /** The account: the certificate's emailAddress, SAN e-mail and CN (what `certificateIdentity` reads). */
@@ -88,8 +87,9 @@ export async function issueDevice(dir: string, opts: IssueDeviceOptions): Promis
     const ca = await openCa(paths);
     const inv = await readInventory(paths);
     const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
-    const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + days * DAY);
+    // Never past the CA's own end (nor past any date: a huge --days or issueDays was a malformed certificate).
     const caEnd = ca.certificate.notAfter;
+    const notAfter = opts.notAfter ?? endAfterDays(notBefore, days, caEnd);
     const issued = await issueClientCertificate(ca, {
       commonName: identity, organizationalUnit: device, organization: ca.certificate.subjectName.getField('O')[0],
       emailAddress: emails[0], sanEmails: emails, ...keyTypeOptions(keyType),

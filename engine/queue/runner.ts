@@ -29,6 +29,7 @@ import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
 import { spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
+import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
@@ -418,7 +419,7 @@ export class QueueRunner {
       this.#wakeTimer = null;
       this.#wakeAt = Infinity;
       this.#kick();
-    }, Math.max(0, Math.min(time - performance.now(), 2 ** 31 - 1)));
+    }, timerDelay(time - performance.now()));
     this.#wakeTimer.unref();
   }
 
@@ -603,7 +604,7 @@ export class QueueRunner {
     const delivery = gen.config.delivery;
     this.#noticeClockSteps();
     const now = Date.now();
-    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at));
+    const expired = isExpired(delivery, envelope.receivedAt, now, (since, at) => this.#clockSteps.elapsedSince(since, at), attempt);
     const byRecipient = new Map(outcomes.map((o) => [o.recipient, o]));
     const failed: FailedRecipient[] = [];
     const relayed: FailedRecipient[] = [];

@@ -4,6 +4,7 @@
  * change free to start a fresh build.
  */
 import type { Config } from '../config/schema.ts';
+import { timerDelay } from '../config/timer-limit.ts';
 
 /** Hooks a scripts folder may hold (each top level runs once per isolate). */
 const HOOKS_PER_FOLDER = 7;
@@ -15,7 +16,8 @@ const HOOKS_PER_FOLDER = 7;
 export function buildDeadlineMs(config: Config): number {
   const folders = new Set([config.scripts, ...[...config.listeners, ...config.policyServices].map((l) => l.scripts ?? config.scripts)]).size;
   const topLevel = Math.max(1000, config.sandbox.timeoutMs);
-  return 5000 + folders * HOOKS_PER_FOLDER * config.sandbox.isolates * topLevel;
+  // A product of configured values: past a timer's reach it would end every build at once ("timed out").
+  return timerDelay(5000 + folders * HOOKS_PER_FOLDER * config.sandbox.isolates * topLevel);
 }
 
 export type DeadlineResult<T> = { kind: 'done'; value: T } | { kind: 'failed'; error: unknown } | { kind: 'timedOut' };

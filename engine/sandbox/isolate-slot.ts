@@ -17,6 +17,7 @@ import { OperationJournal, OperationRefused, SharedOperations, type Attempt } fr
 import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
+import { timerDelay } from '../config/timer-limit.ts';
 
 export interface SlotOptions {
   timeoutMs: number;
@@ -207,7 +208,8 @@ const NEVER_SETTLED_SLACK_MS = 250;
  * continuation, up to the call time limit) before those calls run again from the start elsewhere (see #moveAnswered).
  */
 export const BEHIND_DELIVERY_MS = 50;
-const watchdogDelay = (callTimeoutMs: number): number => callTimeoutMs + NEVER_SETTLED_SLACK_MS;
+// Through timerDelay(): at sandbox.timeoutMs's largest, the sum overflowed a timer and cut every call off after 1 ms.
+const watchdogDelay = (callTimeoutMs: number): number => timerDelay(callTimeoutMs + NEVER_SETTLED_SLACK_MS);
 
 /** A call whose promise has not settled yet, known by its id while it waits for host operations. */
 interface Awaiting {

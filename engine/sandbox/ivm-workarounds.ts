@@ -4,6 +4,7 @@
  */
 import './no-wasm-code-gc.ts'; // V8 flag set before the first isolate exists; see that file for the deadlock
 import ivm from 'isolated-vm';
+import { timerDelay } from '../config/timer-limit.ts';
 
 /**
  * isolated-vm reports limits only as error texts. "Script execution timed out." comes with the stack of
@@ -74,12 +75,12 @@ export class NeverSettled extends Error {}
 
 /**
  * `promise` (isolated-vm's: a module evaluation, a call on an isolate thread) or a NeverSettled rejection
- * after `ms`. Its own time limit does not end it while a builtin runs (see newIsolate), and then nothing does.
+ * after `ms` (a timer's longest at most). Its own time limit does not end it while a builtin runs (see newIsolate), and then nothing does.
  */
 export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    return await Promise.race([promise, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new NeverSettled()), ms); })]);
+    return await Promise.race([promise, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new NeverSettled()), timerDelay(ms)); })]);
   } finally {
     clearTimeout(timer);
   }

@@ -142,6 +142,8 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
     const now = this.#now();
     const side = this.#side(key);
     let entry = side.live(key, now);
+    // A window opened longer than `windowSeconds` (shortened by a reload since) ends no later than one opened now.
+    if (entry && entry.expiresAt > now + windowSeconds * 1000) entry.expiresAt = now + windowSeconds * 1000;
     if (entry && entry.value >= limit) return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
     entry ??= side.create(key, now + windowSeconds * 1000, now);
     entry.value++;

@@ -33,7 +33,9 @@ export interface RedisStoreOptions {
  * three (INCR, DECR, PTTL), and writes (a limit below 1 deletes the key it made). The script runs as a whole:
  * nothing sees the count over the limit. A key Redis cannot count (not an integer: another program's value
  * under the prefix) fails its own call alone (-1 and Redis's message in its place, nothing written): as an
- * error of the whole script it failed every other client's call of the turn too.
+ * error of the whole script it failed every other client's call of the turn too. A window ends at most `window`
+ * from now: one opened longer (the window shortened by a reload) or without an expiry (PERSIST, a copy of the keys
+ * without their TTLs) kept an address or identity refused as long, or for ever, since a refused call never set one.
  */
 /** See RedisCounterStore's #silenceMs. */
 const SILENCE_MS = 5000;
@@ -51,17 +53,21 @@ for i, key in ipairs(KEYS) do
   elseif count > tonumber(ARGV[2 * i - 1]) then
     allowed = 0
     count = redis.call('DECR', key)
-    if count == 0 then redis.call('DEL', key) end
-    ttl = redis.call('PTTL', key)
+    if count == 0 then
+      redis.call('DEL', key)
+      ttl = 0
+    else
+      ttl = redis.call('PTTL', key)
+    end
   elseif count == 1 then
     redis.call('PEXPIRE', key, window)
     ttl = tonumber(window)
   else
     ttl = redis.call('PTTL', key)
-    if ttl < 0 then
-      redis.call('PEXPIRE', key, window)
-      ttl = tonumber(window)
-    end
+  end
+  if allowed ~= -1 and count ~= 0 and (ttl < 0 or ttl > tonumber(window)) then
+    redis.call('PEXPIRE', key, window)
+    ttl = tonumber(window)
   end
   out[3 * i - 2] = allowed
   out[3 * i - 1] = count

@@ -149,6 +149,22 @@ sandbox:
   assert.ok(!p.some((l) => /commandTimeoutMs/.test(l)), 'the longest a timer takes is allowed');
 });
 
+test('a scan interval below 100 ms is refused at its line (each scan rereads the whole spool)', () => {
+  const p = problems(`delivery:
+  scanIntervalMs: 1
+`);
+  assert.deepEqual(p.filter((l) => /scanIntervalMs/.test(l)).map((l) => l.replace(/:\d+: /, ': ')),
+    ['/etc/postern.yaml:2: delivery.scanIntervalMs: at least 100 ms: each scan rereads the whole spool']);
+});
+
+test('a retry step beyond 31 days is refused at its line (far enough ahead, the next attempt had no valid date)', () => {
+  const p = problems(`delivery:
+  retrySchedule: [60, 2678400, 1e13]
+`);
+  assert.deepEqual(p.filter((l) => /retrySchedule/.test(l)).map((l) => l.replace(/:\d+: /, ': ')),
+    ['/etc/postern.yaml:2: delivery.retrySchedule[2]: at most 2678400 s (31 days) between two attempts']);
+});
+
 test('postern check refuses listeners that would fail the start on one port, at the line', () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-cfg-'));
   const file = join(dir, 'postern.yaml');

@@ -7,8 +7,9 @@ import { Spool } from '../../engine/spool/spool.ts';
 const SESSION = { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null };
 
 /** Spools one message per recipient into `spool` (initialised); returns their ids, in order. */
-export async function spoolMessages(spool: Spool, recipients: readonly string[], opts: { deferredUntil?: Date } = {}): Promise<string[]> {
-  const now = new Date().toISOString();
+/** `receivedAt`: when they say they were accepted (default now); `attempts`: the failed attempts a deferred one had (default 1). */
+export async function spoolMessages(spool: Spool, recipients: readonly string[], opts: { deferredUntil?: Date; receivedAt?: Date; attempts?: number } = {}): Promise<string[]> {
+  const now = (opts.receivedAt ?? new Date()).toISOString();
   const ids = recipients.map(() => spool.newId());
   await Promise.all(recipients.map((to, i) => {
     const writer = spool.create(ids[i]!);
@@ -19,7 +20,7 @@ export async function spoolMessages(spool: Spool, recipients: readonly string[],
   if (until) {
     for (let i = 0; i < ids.length; i += 200) {
       await Promise.all(ids.slice(i, i + 200).map((id, j) => spool.updateState(id, {
-        attempts: 1, nextAttemptAt: until.toISOString(), recipients: [{ address: recipients[i + j]!, lastError: '451 4.3.0 try later' }], errors: [],
+        attempts: opts.attempts ?? 1, nextAttemptAt: until.toISOString(), recipients: [{ address: recipients[i + j]!, lastError: '451 4.3.0 try later' }], errors: [],
       })));
     }
   }

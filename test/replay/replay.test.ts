@@ -87,6 +87,10 @@ test('replay finds exactly the changed decisions of a recorded run after a scrip
     assert.equal(text.code, 1);
     assert.match(text.stdout, /^rcptto: none → reject: 2$/m);
     assert.match(text.stdout, /address=bulk-1@example\.com/);
+    // A --since further back than any date (300 million days) is every recording, not "Invalid time value" (exit 3).
+    const forever = await cli(['replay', '-c', config, '--scripts', candidate, '--since', '300000000d']);
+    assert.equal(forever.code, 1, forever.stderr);
+    assert.match(forever.stdout, /^rcptto: none → reject: 2$/m);
     // The live scripts against themselves: nothing changes.
     const same = await cli(['replay', '-c', config, '--scripts', join(server.dir, 'scripts')]);
     assert.equal(same.code, 0, same.stdout + same.stderr);

@@ -15,6 +15,17 @@ test('rate(): up to limit per window, denied calls not counted, a new window aft
   assert.deepEqual(await store.rate('k', 2, 10), { allowed: true, count: 1, resetSeconds: 10 });
 });
 
+test('rate(): a window shortened (a reload) ends within the new length, not the one it opened with', async () => {
+  let now = 0;
+  const store = new MemoryCounterStore(() => now);
+  // messagesPerIdentity: { count: 1, windowSeconds: 2678400 } by mistake, then 3600.
+  assert.equal((await store.rate('limit:mail:alice', 1, 2_678_400)).allowed, true);
+  assert.deepEqual(await store.rate('limit:mail:alice', 1, 2_678_400), { allowed: false, count: 1, resetSeconds: 2_678_400 });
+  assert.deepEqual(await store.rate('limit:mail:alice', 1, 3600), { allowed: false, count: 1, resetSeconds: 3600 });
+  now += 3600_000;
+  assert.deepEqual(await store.rate('limit:mail:alice', 1, 3600), { allowed: true, count: 1, resetSeconds: 3600 });
+});
+
 test('counters: add creates with a ttl, later adds keep it; get of an expired counter is 0', async () => {
   let now = 0;
   const store = new MemoryCounterStore(() => now);

@@ -57,6 +57,31 @@ test('two clients share one rate limit; denied calls are not counted', opts, asy
   }
 });
 
+test('a rate window ends at most its length from now: one shortened by a reload, one whose key lost its expiry', opts, async () => {
+  const s = await ready(store('window:'));
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    // messagesPerIdentity: { count: 1, windowSeconds: 2678400 } by mistake, then 3600: refused for an hour at most.
+    assert.equal((await s.rate('shortened', 1, 2_678_400)).allowed, true);
+    assert.equal((await s.rate('shortened', 1, 2_678_400)).resetSeconds, 2_678_400);
+    const refused = await s.rate('shortened', 1, 3600);
+    assert.deepEqual([refused.allowed, refused.resetSeconds], [false, 3600]);
+    assert.ok(await raw.pTTL('window:shortened') <= 3600_000);
+    // A key over its limit without an expiry (PERSIST, keys copied without their TTLs): refused calls set none
+    // before, so the address or identity was refused for ever.
+    assert.equal((await s.rate('persisted', 1, 60)).allowed, true);
+    await raw.persist('window:persisted');
+    const again = await s.rate('persisted', 1, 60);
+    assert.deepEqual([again.allowed, again.resetSeconds], [false, 60]);
+    const ttl = await raw.pTTL('window:persisted');
+    assert.ok(ttl > 0 && ttl <= 60_000, String(ttl));
+  } finally {
+    await raw.quit();
+    await s.close();
+  }
+});
+
 test('every key the store writes expires; a window ends and counting starts again', opts, async () => {
   const s = await ready(store('expiry:'));
   const raw = createClient({ url: redis.url });
