@@ -124,6 +124,12 @@ export class Spool {
         removedOrphans++;
       }
     }
+    for (const name of names) {
+      const id = name.endsWith('.msg') ? name.slice(0, -4) : null;
+      if (id === null || names.has(`${id}.state`) || journal.has(id) || !(await this.#isMoveLeftover(id))) continue;
+      await this.#removeMoveLeftover(id);
+      removedOrphans++;
+    }
     return { removedOrphans, damage: this.#journal.damage };
   }
 
@@ -264,7 +270,9 @@ export class Spool {
    * folder synced) before the record is marked done: at every moment one copy is. A crash between the two leaves
    * both: scan() and list() name the message once, its journal copy is read first, and remove() removes both.
    * Only a message with a state file (attempted) moves: removed meanwhile (`postern queue delete` from another
-   * process), its state file is gone once its removal is done, and the file just made goes too (see remove()).
+   * process), its state file is gone once its removal is done, and the file just made goes too (see remove()); a
+   * mover killed before it saw that leaves a file marked movedFromJournal without a state file, which init() and
+   * scan() take for removed (see #isMoveLeftover), never for a message not yet attempted.
    * False when nothing moved (not in the journal, not attempted, or removed meanwhile).
    */
   async moveOutOfJournal(id: string): Promise<boolean> {
@@ -274,7 +282,7 @@ export class Spool {
     const { envelope, messageBytes } = parseLayout(record, `${this.journalDir} (message ${id})`);
     const message = record.subarray(0, messageBytes);
     const sha256 = envelope.sha256 ?? createHash('sha256').update(message).digest('hex');
-    await writeFileAtomic(this.messagePath(id), Buffer.concat([message, encodeTrailer({ ...envelope, sha256 })]));
+    await writeFileAtomic(this.messagePath(id), Buffer.concat([message, encodeTrailer({ ...envelope, sha256, movedFromJournal: true })]));
     await journal.markDoneDurably(id);
     if (await this.#hasState(id)) return true;
     await unlink(this.messagePath(id)).catch(ignoreMissing);
@@ -284,6 +292,35 @@ export class Spool {
 
   #hasState(id: string): Promise<boolean> {
     return stat(this.statePath(id)).then(() => true, (err: NodeJS.ErrnoException) => { ignoreMissing(err); return false; });
+  }
+
+  /**
+   * A message file without a state file that a move out of the journal wrote: a removal (`postern queue delete`, in
+   * another process) took the state file away between the move's check and its rename, and the mover was killed
+   * before it saw that and removed the file. Deleted, not a message never attempted (see movedFromJournal).
+   */
+  async #isMoveLeftover(id: string): Promise<boolean> {
+    let handle;
+    try {
+      handle = await open(this.messagePath(id), 'r');
+    } catch (err) {
+      ignoreMissing(err as NodeJS.ErrnoException);
+      return false;
+    }
+    try {
+      const { envelope } = await readLayout(handle, this.messagePath(id));
+      return envelope.movedFromJournal === true && !(await this.#hasState(id));
+    } catch {
+      return false; // unreadable: left to delivery, which reports it
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Remove a move's leftover (see #isMoveLeftover). */
+  async #removeMoveLeftover(id: string): Promise<void> {
+    await unlink(this.messagePath(id)).catch(ignoreMissing);
+    await this.#dirSync.sync();
   }
 
   /** Ask a running queue runner to re-read every message's state (after `postern queue retry`). */
@@ -425,7 +462,13 @@ export class Spool {
       if (!n.endsWith('.msg')) continue;
       const id = n.slice(0, -4);
       // Both a record and a file: a move out of the journal cut short (moveOutOfJournal). One message.
-      if (Spool.isId(id) && !inJournal.has(id)) out.push(entry(id));
+      if (!Spool.isId(id) || inJournal.has(id)) continue;
+      // Never attempted, or what a removal racing a move left: the trailer says which (rare: a large message's first minutes).
+      if (!names.has(`${id}.state`) && await this.#isMoveLeftover(id)) {
+        if (opts.tidy !== false) await this.#removeMoveLeftover(id);
+        continue;
+      }
+      out.push(entry(id));
     }
     // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
     // at the next start. A hold made by `postern queue hold` was made after its message was committed, which

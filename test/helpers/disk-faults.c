@@ -14,6 +14,9 @@
  *   fsync-eio      fsync() of a file or folder whose path ends so fails with EIO
  *   rename-kill    the process is killed (SIGKILL) as it renames a file over a path that ends so: a crash
  *                  between two whole-file writes
+ *   rename-stop    the process stops (SIGSTOP) as it renames a file over a path that ends so, before the rename:
+ *                  the test lets another process act, then continues it (SIGCONT)
+ *   fsync-kill     the process is killed (SIGKILL) as it calls fsync() of a file or folder whose path ends so
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
@@ -31,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -88,6 +92,7 @@ int fsync(int fd) {
   if (!real) real = dlsym(RTLD_NEXT, "fsync");
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
   if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
+  if (claim_any("fsync-kill", fd, NULL)) kill(getpid(), SIGKILL);
   return real(fd);
 }
 
@@ -121,6 +126,9 @@ int rename(const char *from, const char *to) {
   static int (*real)(const char *, const char *);
   if (!real) real = dlsym(RTLD_NEXT, "rename");
   if (to && claim_any("rename-kill", -1, to)) kill(getpid(), SIGKILL);
+  // To this thread: the stop then takes it before its next step (sent to the process, another thread may take it
+  // while this one goes on with the rename).
+  if (to && claim_any("rename-stop", -1, to)) syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGSTOP);
   return real(from, to);
 }
 
