@@ -452,9 +452,12 @@ export class Spool {
    * outlived where it is (`postern queue list` only looks).
    */
   async scan(opts: { tidy?: boolean } = {}): Promise<ScanEntry[]> {
+    // The journal before the folder: a message moving out of the journal (moveOutOfJournal: file renamed in, then its
+    // record marked done) is then seen in one or both, never in neither, as the other order could (a scan that read
+    // the folder before the rename and the journal after the done mark missed it: `queue delete --all` left it).
+    const journal = await this.#currentJournal();
     const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
-    const journal = await this.#currentJournal();
     const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
     const inJournal = new Set(journal?.ids() ?? []);
     for (const id of inJournal) out.push(entry(id));
@@ -472,13 +475,14 @@ export class Spool {
     }
     // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
     // at the next start. A hold made by `postern queue hold` was made after its message was committed, which
-    // the journal read after the listing has seen; a data script's hold is made just before its message is
-    // committed, so a recent one without its message is left alone (its commit may be under way).
+    // has() sees, as it looks after the listing (the journal read above may be older than the hold); a data
+    // script's hold is made just before its message is committed, so a recent one without its message is left
+    // alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of opts.tidy === false ? [] : names) {
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
-      if (await this.#awaitsCommit(path)) continue;
+      if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
       await unlink(path).catch(() => undefined);
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -528,8 +532,8 @@ export class Spool {
 
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
+    const journal = await this.#currentJournal(); // before the folder: see scan()
     const names = await this.#queueNames();
-    const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
     return [...new Set([...(journal?.ids() ?? []), ...files])].sort(); // one id for a move cut short (moveOutOfJournal)
   }

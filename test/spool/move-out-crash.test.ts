@@ -84,3 +84,35 @@ for (const first of ['the queue process', 'the worker'] as const) {
     assert.equal(existsSync(join(root, 'queue', `${id}.msg`)), false, 'the file the move left is gone');
   });
 }
+
+test('postern queue delete --all while a message moves out of the journal: it is deleted with the others, not missed between the queue folder and the journal', async () => {
+  const { root, config, id } = await setUp('delete-all');
+  const writer = new Spool(root);
+  await writer.init();
+  const other = await spoolMessage(writer, [Buffer.from('Subject: other\r\n\r\nbody\r\n')]);
+  writer.close();
+  faults.armFor('rename-stop', `${id}.msg`);
+  const mover = startMover(root, id);
+  let cliPid = 0;
+  let deleting: Promise<Awaited<ReturnType<typeof runCli>>> | null = null;
+  try {
+    await until('the mover stopped at its rename', () => faults.taken('rename-stop') && stopped(mover.pid));
+    // The delete has read the queue folder (no file yet) and is about to read the journal.
+    faults.armFor('open-stop', '/journal/key');
+    deleting = runCli(['queue', 'delete', '--all', '-c', config], { env: faults.env, onSpawn: (pid) => { cliPid = pid; } });
+    await until('the delete stopped before reading the journal', () => faults.taken('open-stop') && cliPid > 0 && stopped(cliPid));
+    // The move ends meanwhile: its file renamed in, its journal record marked done.
+    process.kill(mover.pid, 'SIGCONT');
+    const moved = await mover.ended;
+    assert.equal(moved.stdout.trim(), 'true', `the move ended (exit ${moved.code})`);
+    process.kill(cliPid, 'SIGCONT');
+  } catch (err) {
+    process.kill(mover.pid, 'SIGKILL');
+    if (cliPid) process.kill(cliPid, 'SIGKILL');
+    throw err;
+  }
+  const deleted = await deleting;
+  assert.equal(deleted.code, 0, deleted.stderr);
+  const listed = await runCli(['queue', 'list', '--json', '-c', config]);
+  assert.deepEqual((JSON.parse(listed.stdout) as { messages: Array<{ id: string }> }).messages.map((m) => m.id), [], `every message deleted (the delete said: ${deleted.stdout.trim()}; ${other} not deferred)`);
+});
