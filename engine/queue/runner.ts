@@ -327,6 +327,20 @@ export class QueueRunner {
       });
   }
 
+  /**
+   * Whether the disk has room for the copy a move out of the journal makes (the journal's room comes back only once
+   * every record of the message's segment is done, which an outage may keep for days). Not while the reserve is
+   * released: its room is for the outcomes of the attempts, and a few moves of large messages took it all, the
+   * delivered ones then not recorded, to be delivered again; nor when the copy would leave less than the floor plus
+   * twice the reserve (where the reserve is made again). The message stays in the journal, moved at a later deferral.
+   */
+  async #roomToMove(bytes: number): Promise<boolean> {
+    const reserve = this.#spool.reserve;
+    if (reserve.state === 'released') return false;
+    const fs = await statfs(dirname(reserve.path));
+    return fs.bavail * fs.bsize - bytes >= this.#generation().config.spool.minFreeBytes + 2 * reserve.bytes;
+  }
+
   /** Why the reserve could not be made, as last logged (null: made, or not tried yet). */
   #reserveError: string | null = null;
 
@@ -674,7 +688,7 @@ export class QueueRunner {
         if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
         else {
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
-          if (attempt >= MOVE_OUT_OF_JOURNAL_AFTER) await this.#moveOutOfJournal(id);
+          if (attempt >= MOVE_OUT_OF_JOURNAL_AFTER) await this.#moveOutOfJournal(id, message.length);
         }
       }
       this.#unrecorded.delete(id);
@@ -695,8 +709,9 @@ export class QueueRunner {
   }
 
   /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */
-  async #moveOutOfJournal(id: string): Promise<void> {
+  async #moveOutOfJournal(id: string, bytes: number): Promise<void> {
     try {
+      if (!(await this.#roomToMove(bytes))) return;
       await this.#spool.moveOutOfJournal(id);
     } catch (err) {
       this.#log.warn({ id, err }, `${id}: could not move the deferred message out of the journal into a file of its own (its journal segment stays on disk until it is delivered or expires): ${(err as Error).message}`);
