@@ -23,6 +23,8 @@ import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
+/** writeFileAtomic's temporary file for a message file (`.<id>.msg.<pid>.<random>.tmp`): a move out of the journal's. */
+const MOVE_TEMPORARY = /^\.[0-9a-z]{8,32}\.msg\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
 /** A reader's view of a long journal reads about this much before it yields to the event loop. */
@@ -484,6 +486,13 @@ export class Spool {
       const path = join(this.queueDir, n);
       if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
       await unlink(path).catch(() => undefined);
+    }
+    // The temporary file of a move out of the journal whose process was killed before its rename (writeFileAtomic
+    // names it with the mover's pid). Only the queue process moves, and after its restart nothing else removed it
+    // (a worker clears `.tmp` files at its own start, which may be weeks later): one copy of a message per kill.
+    for (const n of opts.tidy === false ? [] : names) {
+      const pid = MOVE_TEMPORARY.exec(n)?.[1];
+      if (pid !== undefined && Number(pid) !== process.pid) await unlink(join(this.queueDir, n)).catch(() => undefined);
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }

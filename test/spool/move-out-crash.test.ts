@@ -4,7 +4,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
@@ -115,4 +115,21 @@ test('postern queue delete --all while a message moves out of the journal: it is
   assert.equal(deleted.code, 0, deleted.stderr);
   const listed = await runCli(['queue', 'list', '--json', '-c', config]);
   assert.deepEqual((JSON.parse(listed.stdout) as { messages: Array<{ id: string }> }).messages.map((m) => m.id), [], `every message deleted (the delete said: ${deleted.stdout.trim()}; ${other} not deferred)`);
+});
+
+test('the mover killed at its rename: the message stays in the journal, and the queue process\'s next scan removes the temporary copy', async () => {
+  const { root, id } = await setUp('killed-at-rename');
+  faults.armFor('rename-kill', `${id}.msg`);
+  const end = await startMover(root, id).ended;
+  assert.equal(end.signal, 'SIGKILL');
+  const temporary = (): string[] => readdirSync(join(root, 'queue')).filter((n) => n.endsWith('.tmp'));
+  assert.equal(temporary().length, 1, 'the copy was written, not renamed in');
+  // The queue process again (no worker restart, which would clear it too).
+  const queue = new Spool(root);
+  assert.deepEqual((await queue.scan()).map((e) => [e.id, e.hasState]), [[id, true]], 'queued, from the journal');
+  assert.deepEqual(temporary(), [], 'the temporary copy is gone');
+  assert.equal(existsSync(queue.messagePath(id)), false);
+  assert.equal(await queue.moveOutOfJournal(id), true, 'and the move is made again');
+  assert.deepEqual((await queue.scan()).map((e) => e.id), [id]);
+  queue.close();
 });
