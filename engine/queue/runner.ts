@@ -688,7 +688,10 @@ export class QueueRunner {
         if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
         else {
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
-          if (attempt >= MOVE_OUT_OF_JOURNAL_AFTER) await this.#moveOutOfJournal(id, message.length);
+          // Read from a journal record (a file's envelope carries its SHA-256): a message moved already, or large enough
+          // for a file of its own, is not looked for in the journal at every deferral (for the queue process, a look
+          // through a worker's journal: its folder read, and each segment's file and done list looked at).
+          if (attempt >= MOVE_OUT_OF_JOURNAL_AFTER && envelope.sha256 === undefined) await this.#moveOutOfJournal(id, message.length);
         }
       }
       this.#unrecorded.delete(id);
