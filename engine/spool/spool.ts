@@ -166,13 +166,21 @@ export class Spool {
   /**
    * The server's journal, or for a reader (`postern queue`, the queue runner of another process's spool)
    * the journal as it is on disk now. A reader's view that already knows `id` is used as it is (records
-   * never change); otherwise it reads what the writer appended since its last look, not every segment again
+   * never change), the done list of its segment read again; otherwise it reads what the writer appended since its last look, not every segment again
    * (the queue process looks at each new message of every worker: reading the whole journal each time made
    * its cost grow with the queue, and a long queue held its event loop until the watchdog killed it).
    */
   #readJournal(id?: string): Journal | null {
-    if (this.#journal) return this.#journal;
-    if (id !== undefined && this.#view?.has(id)) return this.#view;
+    // A message known already: its segment's done list first, so that one `postern queue delete` marked done since
+    // the last look is not read, delivered, kept or moved out of the journal (into a file that would bring it back).
+    if (this.#journal) {
+      if (id !== undefined) this.#journal.refreshDoneOf(id);
+      return this.#journal;
+    }
+    if (id !== undefined && this.#view?.has(id)) {
+      this.#view.refreshDoneOf(id);
+      return this.#view;
+    }
     const view = this.#openView();
     // What was appended since the last look; a message not found there is looked for everywhere.
     if (view && !view.catchUp(0) && (id === undefined || !view.has(id))) view.catchUp();

@@ -133,3 +133,36 @@ test('the mover killed at its rename: the message stays in the journal, and the 
   assert.deepEqual((await queue.scan()).map((e) => e.id), [id]);
   queue.close();
 });
+
+test('postern queue delete during an attempt: the queue process\'s view of the journal, which still indexes the message, does not bring it back by moving it', async () => {
+  const { root, config, id } = await setUp('delete-during-attempt');
+  // The queue process: its view of the worker's journal indexes the message as the attempt reads it.
+  const queue = new Spool(root);
+  await queue.readForDelivery(id);
+  const deleted = await runCli(['queue', 'delete', id, '-c', config]);
+  assert.match(deleted.stdout, new RegExp(`${id}: deleted`));
+  // The attempt ends deferred, as the runner records it: the state written, then "still queued?", then the move.
+  await queue.updateState(id, { ...deferred, attempts: 3 });
+  const stillQueued = await queue.has(id);
+  if (stillQueued) await queue.moveOutOfJournal(id);
+  else await queue.remove(id); // the runner's "deleted meanwhile: no orphan state"
+  const moved = existsSync(queue.messagePath(id));
+  queue.close();
+  const restarted = new Spool(root);
+  assert.deepEqual((await restarted.scan()).map((e) => e.id), [], 'not queued again');
+  restarted.close();
+  assert.equal(moved, false, 'no file of its own made for it');
+  assert.equal(stillQueued, false, 'the queue process sees it deleted');
+});
+
+test('postern queue delete between two attempts, before the queue process\'s next scan: the next attempt finds it gone, through a view that still indexes it', async () => {
+  const { root, config, id } = await setUp('delete-before-attempt');
+  const queue = new Spool(root);
+  await queue.readForDelivery(id);
+  const deleted = await runCli(['queue', 'delete', id, '-c', config]);
+  assert.match(deleted.stdout, new RegExp(`${id}: deleted`));
+  // The runner takes ENOENT for "deleted meanwhile" and does not deliver.
+  await assert.rejects(queue.readForDelivery(id), (err: NodeJS.ErrnoException) => err.code === 'ENOENT');
+  assert.equal(await queue.has(id), false);
+  queue.close();
+});
