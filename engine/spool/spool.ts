@@ -166,9 +166,10 @@ export class Spool {
   /**
    * The server's journal, or for a reader (`postern queue`, the queue runner of another process's spool)
    * the journal as it is on disk now. A reader's view that already knows `id` is used as it is (records
-   * never change), the done list of its segment read again; otherwise it reads what the writer appended since its last look, not every segment again
-   * (the queue process looks at each new message of every worker: reading the whole journal each time made
-   * its cost grow with the queue, and a long queue held its event loop until the watchdog killed it).
+   * never change), the done list of its segment read again; otherwise it reads what the writer appended since
+   * its last look, not every segment again (the queue process looks at each new message of every worker:
+   * reading the whole journal each time made its cost grow with the queue, and a long queue held its event loop
+   * until the watchdog killed it).
    */
   #readJournal(id?: string): Journal | null {
     // A message known already: its segment's done list first, so that one `postern queue delete` marked done since
