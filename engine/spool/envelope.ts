@@ -38,6 +38,12 @@ export interface SpoolEnvelope {
   size: number;
   /** SHA-256 of those bytes, to detect a damaged message file before relaying it (journal records have a CRC-32 instead). */
   sha256?: string;
+  /**
+   * The file was written by a move out of the journal (Spool.moveOutOfJournal), made only while the message had a
+   * state file, which only its removal takes away: such a file without one is what a removal racing the move left
+   * (the mover killed between its rename and its own check), not a message never attempted.
+   */
+  movedFromJournal?: true;
   session: {
     listener: string;
     remoteAddress: string;

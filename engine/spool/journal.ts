@@ -140,6 +140,11 @@ export class Journal {
   #waiting: Waiter[] = [];
   #flushing = false;
   #flushes = 0;
+  /**
+   * Ids whose done line markDoneDurably() wrote and has not (or could not) sync: their line read back (refresh(),
+   * refreshDoneOf()) leaves them in the index, as their removal is not on disk yet.
+   */
+  readonly #doneNotDurable = new Set<string>();
   /** A reader's: the highest segment number on disk at its last catchUp() (null before the first). */
   #seenSeq: number | null = null;
 
@@ -382,6 +387,8 @@ export class Journal {
     const at = this.#index.get(id);
     if (!at) return false;
     const segment = at.segment;
+    // Its line, read back before it is synced (or after its sync failed), does not take it out of the index.
+    this.#doneNotDurable.add(id);
     this.#appendDone(segment, id);
     const fd = segment.doneFd!;
     await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
@@ -389,8 +396,19 @@ export class Journal {
     // in the folder once per segment, shared by the calls that come meanwhile; a failure is tried again next time.
     segment.doneEntry ??= this.#dirSync.sync().catch((err: unknown) => { segment.doneEntry = null; throw err; });
     await segment.doneEntry;
+    this.#doneNotDurable.delete(id);
     this.#forget(id);
     return true;
+  }
+
+  /**
+   * Apply the done lines appended since the last look to the segment that holds `id`: one look at one done list, for
+   * a caller about to read, move or keep the message, which another process (`postern queue delete`) may have
+   * marked done since this journal last looked.
+   */
+  refreshDoneOf(id: string): void {
+    const at = this.#index.get(id);
+    if (at) this.#readDone(at.segment);
   }
 
   /** Apply done lines other processes (`postern queue delete`) appended since the last look. */
@@ -781,7 +799,7 @@ export class Journal {
     segment.doneRead += complete;
     for (const id of text.slice(0, complete).split('\n')) {
       const at = id ? this.#index.get(id) : undefined;
-      if (at?.segment === segment) this.#forget(id);
+      if (at?.segment === segment && !this.#doneNotDurable.has(id)) this.#forget(id);
     }
   }
 }

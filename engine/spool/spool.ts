@@ -23,6 +23,8 @@ import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
+/** writeFileAtomic's temporary file for a message file (`.<id>.msg.<pid>.<random>.tmp`): a move out of the journal's. */
+const MOVE_TEMPORARY = /^\.[0-9a-z]{8,32}\.msg\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
 /** A reader's view of a long journal reads about this much before it yields to the event loop. */
@@ -124,6 +126,12 @@ export class Spool {
         removedOrphans++;
       }
     }
+    for (const name of names) {
+      const id = name.endsWith('.msg') ? name.slice(0, -4) : null;
+      if (id === null || names.has(`${id}.state`) || journal.has(id) || !(await this.#isMoveLeftover(id))) continue;
+      await this.#removeMoveLeftover(id);
+      removedOrphans++;
+    }
     return { removedOrphans, damage: this.#journal.damage };
   }
 
@@ -158,13 +166,22 @@ export class Spool {
   /**
    * The server's journal, or for a reader (`postern queue`, the queue runner of another process's spool)
    * the journal as it is on disk now. A reader's view that already knows `id` is used as it is (records
-   * never change); otherwise it reads what the writer appended since its last look, not every segment again
-   * (the queue process looks at each new message of every worker: reading the whole journal each time made
-   * its cost grow with the queue, and a long queue held its event loop until the watchdog killed it).
+   * never change), the done list of its segment read again; otherwise it reads what the writer appended since
+   * its last look, not every segment again (the queue process looks at each new message of every worker:
+   * reading the whole journal each time made its cost grow with the queue, and a long queue held its event loop
+   * until the watchdog killed it).
    */
   #readJournal(id?: string): Journal | null {
-    if (this.#journal) return this.#journal;
-    if (id !== undefined && this.#view?.has(id)) return this.#view;
+    // A message known already: its segment's done list first, so that one `postern queue delete` marked done since
+    // the last look is not read, delivered, kept or moved out of the journal (into a file that would bring it back).
+    if (this.#journal) {
+      if (id !== undefined) this.#journal.refreshDoneOf(id);
+      return this.#journal;
+    }
+    if (id !== undefined && this.#view?.has(id)) {
+      this.#view.refreshDoneOf(id);
+      return this.#view;
+    }
     const view = this.#openView();
     // What was appended since the last look; a message not found there is looked for everywhere.
     if (view && !view.catchUp(0) && (id === undefined || !view.has(id))) view.catchUp();
@@ -264,7 +281,9 @@ export class Spool {
    * folder synced) before the record is marked done: at every moment one copy is. A crash between the two leaves
    * both: scan() and list() name the message once, its journal copy is read first, and remove() removes both.
    * Only a message with a state file (attempted) moves: removed meanwhile (`postern queue delete` from another
-   * process), its state file is gone once its removal is done, and the file just made goes too (see remove()).
+   * process), its state file is gone once its removal is done, and the file just made goes too (see remove()); a
+   * mover killed before it saw that leaves a file marked movedFromJournal without a state file, which init() and
+   * scan() take for removed (see #isMoveLeftover), never for a message not yet attempted.
    * False when nothing moved (not in the journal, not attempted, or removed meanwhile).
    */
   async moveOutOfJournal(id: string): Promise<boolean> {
@@ -274,7 +293,7 @@ export class Spool {
     const { envelope, messageBytes } = parseLayout(record, `${this.journalDir} (message ${id})`);
     const message = record.subarray(0, messageBytes);
     const sha256 = envelope.sha256 ?? createHash('sha256').update(message).digest('hex');
-    await writeFileAtomic(this.messagePath(id), Buffer.concat([message, encodeTrailer({ ...envelope, sha256 })]));
+    await writeFileAtomic(this.messagePath(id), Buffer.concat([message, encodeTrailer({ ...envelope, sha256, movedFromJournal: true })]));
     await journal.markDoneDurably(id);
     if (await this.#hasState(id)) return true;
     await unlink(this.messagePath(id)).catch(ignoreMissing);
@@ -284,6 +303,35 @@ export class Spool {
 
   #hasState(id: string): Promise<boolean> {
     return stat(this.statePath(id)).then(() => true, (err: NodeJS.ErrnoException) => { ignoreMissing(err); return false; });
+  }
+
+  /**
+   * A message file without a state file that a move out of the journal wrote: a removal (`postern queue delete`, in
+   * another process) took the state file away between the move's check and its rename, and the mover was killed
+   * before it saw that and removed the file. Deleted, not a message never attempted (see movedFromJournal).
+   */
+  async #isMoveLeftover(id: string): Promise<boolean> {
+    let handle;
+    try {
+      handle = await open(this.messagePath(id), 'r');
+    } catch (err) {
+      ignoreMissing(err as NodeJS.ErrnoException);
+      return false;
+    }
+    try {
+      const { envelope } = await readLayout(handle, this.messagePath(id));
+      return envelope.movedFromJournal === true && !(await this.#hasState(id));
+    } catch {
+      return false; // unreadable: left to delivery, which reports it
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Remove a move's leftover (see #isMoveLeftover). */
+  async #removeMoveLeftover(id: string): Promise<void> {
+    await unlink(this.messagePath(id)).catch(ignoreMissing);
+    await this.#dirSync.sync();
   }
 
   /** Ask a running queue runner to re-read every message's state (after `postern queue retry`). */
@@ -415,9 +463,12 @@ export class Spool {
    * outlived where it is (`postern queue list` only looks).
    */
   async scan(opts: { tidy?: boolean } = {}): Promise<ScanEntry[]> {
+    // The journal before the folder: a message moving out of the journal (moveOutOfJournal: file renamed in, then its
+    // record marked done) is then seen in one or both, never in neither, as the other order could (a scan that read
+    // the folder before the rename and the journal after the done mark missed it: `queue delete --all` left it).
+    const journal = await this.#currentJournal();
     const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
-    const journal = await this.#currentJournal();
     const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
     const inJournal = new Set(journal?.ids() ?? []);
     for (const id of inJournal) out.push(entry(id));
@@ -425,18 +476,32 @@ export class Spool {
       if (!n.endsWith('.msg')) continue;
       const id = n.slice(0, -4);
       // Both a record and a file: a move out of the journal cut short (moveOutOfJournal). One message.
-      if (Spool.isId(id) && !inJournal.has(id)) out.push(entry(id));
+      if (!Spool.isId(id) || inJournal.has(id)) continue;
+      // Never attempted, or what a removal racing a move left: the trailer says which (rare: a large message's first minutes).
+      if (!names.has(`${id}.state`) && await this.#isMoveLeftover(id)) {
+        if (opts.tidy !== false) await this.#removeMoveLeftover(id);
+        continue;
+      }
+      out.push(entry(id));
     }
     // A hold its message outlived (an attempt under way when it was made finished the message): gone now, not
     // at the next start. A hold made by `postern queue hold` was made after its message was committed, which
-    // the journal read after the listing has seen; a data script's hold is made just before its message is
-    // committed, so a recent one without its message is left alone (its commit may be under way).
+    // has() sees, as it looks after the listing (the journal read above may be older than the hold); a data
+    // script's hold is made just before its message is committed, so a recent one without its message is left
+    // alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of opts.tidy === false ? [] : names) {
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
-      if (await this.#awaitsCommit(path)) continue;
+      if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
       await unlink(path).catch(() => undefined);
+    }
+    // The temporary file of a move out of the journal whose process was killed before its rename (writeFileAtomic
+    // names it with the mover's pid). Only the queue process moves, and after its restart nothing else removed it
+    // (a worker clears `.tmp` files at its own start, which may be weeks later): one copy of a message per kill.
+    for (const n of opts.tidy === false ? [] : names) {
+      const pid = MOVE_TEMPORARY.exec(n)?.[1];
+      if (pid !== undefined && Number(pid) !== process.pid) await unlink(join(this.queueDir, n)).catch(() => undefined);
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
@@ -485,8 +550,8 @@ export class Spool {
 
   /** Ids of committed messages, oldest first. */
   async list(): Promise<string[]> {
+    const journal = await this.#currentJournal(); // before the folder: see scan()
     const names = await this.#queueNames();
-    const journal = await this.#currentJournal();
     const files = names.filter((n) => n.endsWith('.msg')).map((n) => n.slice(0, -4)).filter((id) => Spool.isId(id));
     return [...new Set([...(journal?.ids() ?? []), ...files])].sort(); // one id for a move cut short (moveOutOfJournal)
   }

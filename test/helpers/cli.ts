@@ -17,6 +17,8 @@ export interface CliOptions {
   env?: Record<string, string>;
   /** Run as this user (the test runs as root): a server's own user, say. */
   as?: { uid: number; gid: number };
+  /** Told the child's process id once it is started (to stop or signal it). */
+  onSpawn?: (pid: number) => void;
 }
 
 export function runCli(args: readonly string[], opts: CliOptions = {}): Promise<CliResult> {
@@ -25,6 +27,7 @@ export function runCli(args: readonly string[], opts: CliOptions = {}): Promise<
       cwd: opts.cwd ?? tmpdir(), stdio: ['pipe', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 60_000,
       env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, ...opts.as,
     });
+    if (child.pid !== undefined) opts.onSpawn?.(child.pid);
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });

@@ -14,6 +14,10 @@
  *   fsync-eio      fsync() of a file or folder whose path ends so fails with EIO
  *   rename-kill    the process is killed (SIGKILL) as it renames a file over a path that ends so: a crash
  *                  between two whole-file writes
+ *   rename-stop    the process stops (SIGSTOP) as it renames a file over a path that ends so, before the rename:
+ *                  the test lets another process act, then continues it (SIGCONT)
+ *   fsync-kill     the process is killed (SIGKILL) as it calls fsync() of a file or folder whose path ends so
+ *   open-stop      the process stops (SIGSTOP) as it opens a file whose path ends so, before the open
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
@@ -31,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -83,11 +88,18 @@ static int claim_any(const char *fault, int fd, const char *path) {
   return unlink(trigger) == 0;
 }
 
+/*
+ * Stop the process (SIGSTOP, until the test sends SIGCONT) before this thread's next step: sent to this thread, as a
+ * stop sent to the process may be taken by another thread while this one goes on with the call.
+ */
+static void stop_this_thread(void) { syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGSTOP); }
+
 int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fsync");
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
   if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
+  if (claim_any("fsync-kill", fd, NULL)) kill(getpid(), SIGKILL);
   return real(fd);
 }
 
@@ -121,6 +133,7 @@ int rename(const char *from, const char *to) {
   static int (*real)(const char *, const char *);
   if (!real) real = dlsym(RTLD_NEXT, "rename");
   if (to && claim_any("rename-kill", -1, to)) kill(getpid(), SIGKILL);
+  if (to && claim_any("rename-stop", -1, to)) stop_this_thread();
   return real(from, to);
 }
 
@@ -184,6 +197,7 @@ static int claim_path(const char *fault, const char *path, const char *suffix) {
     mode_t mode = 0; \
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
     if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
+    if (claim_any("open-stop", -1, path)) stop_this_thread(); \
     return real(path, flags, mode); \
   }
 OPEN_WRAPPER(open)
@@ -196,6 +210,7 @@ OPEN_WRAPPER(open64)
     mode_t mode = 0; \
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
     if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
+    if (claim_any("open-stop", -1, path)) stop_this_thread(); \
     return real(dirfd, path, flags, mode); \
   }
 OPENAT_WRAPPER(openat)

@@ -6,7 +6,7 @@
 // read, listed and removed once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useScratchDir } from '../helpers/scratch.ts';
@@ -17,6 +17,8 @@ import { startDeliveryServer, fakeResolver } from '../helpers/delivery-server.ts
 import { configYaml, testListener } from '../helpers/config.ts';
 import { freePort } from '../helpers/free-port.ts';
 import { until } from '../helpers/wait.ts';
+import { needsTmpfs, testFilesystem } from '../helpers/tmpfs.ts';
+import { RESERVE_BYTES } from '../../engine/spool/reserve.ts';
 
 const scratch = useScratchDir('postern-out-of-journal-');
 
@@ -94,8 +96,12 @@ test('the queue runner moves a message out of the journal at its second deferral
     resolver: fakeResolver({ 'down.test': [{ exchange: 'mx.down.test', priority: 10 }] }, { 'mx.down.test': ['127.0.0.1'] }),
   });
   try {
-    const id = await s.send('sender@example.com', ['someone@down.test'], 'Subject: deferred\r\n\r\nbody\r\n');
     const spool = s.runtime.spool;
+    // Looked for in the journal when it may be there: not again once it has a file of its own.
+    const moves: string[] = [];
+    const move = spool.moveOutOfJournal.bind(spool);
+    spool.moveOutOfJournal = (which: string) => { moves.push(which); return move(which); };
+    const id = await s.send('sender@example.com', ['someone@down.test'], 'Subject: deferred\r\n\r\nbody\r\n');
     await s.nextAttempt((e) => e.id === id && e.attempt === 1, { past: true });
     assert.equal(existsSync(spool.messagePath(id)), false, 'still in the journal after the first deferral');
     await s.nextAttempt((e) => e.id === id && e.attempt === 2, { past: true });
@@ -103,7 +109,44 @@ test('the queue runner moves a message out of the journal at its second deferral
     assert.deepEqual((await spool.scan()).filter((e) => e.id === id).length, 1);
     await s.nextAttempt((e) => e.id === id && e.attempt === 3, { past: true });
     assert.equal((await spool.readEnvelope(id)).attempts >= 3, true, 'attempted again from its file');
+    assert.deepEqual(moves, [id], 'moved at its second deferral, not looked for in the journal at its third');
   } finally {
     await s.stop();
+  }
+});
+
+test('a move out of the journal leaves a released reserve\'s room to the bookkeeping: the message stays in the journal until there is room', { skip: needsTmpfs() }, async () => {
+  const mount = testFilesystem(32);
+  const deadPort = await freePort();
+  const s = await startDeliveryServer({
+    dataDir: join(mount.dir, 'data'),
+    config: configYaml({
+      listeners: [testListener('in')],
+      spool: { minFreeBytes: 0 },
+      delivery: { enabled: true, route: { mx: true, port: deadPort }, tls: { mode: 'none' }, retrySchedule: [0.5] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'down.test': [{ exchange: 'mx.down.test', priority: 10 }] }, { 'mx.down.test': ['127.0.0.1'] }),
+  });
+  try {
+    const spool = s.runtime.spool;
+    const reserve = spool.reserve.path;
+    await until('the reserve made', () => { try { return statSync(reserve).size === RESERVE_BYTES; } catch { return false; } });
+    const firstDeferral = s.nextAttempt((e) => e.attempt === 1);
+    const id = await s.send('sender@example.com', ['someone@down.test'], `Subject: large\r\n\r\n${`${'x'.repeat(76)}\r\n`.repeat(5000)}`);
+    await firstDeferral;
+    // At once (before the next attempt can start): the disk nearly full, and the reserve released for the
+    // bookkeeping, as the runner does on ENOSPC; too little room left for it to be made again.
+    const free = statfsSync(mount.dir);
+    writeFileSync(join(mount.dir, 'filler'), Buffer.alloc(free.bavail * free.bsize - 2 * 1024 * 1024));
+    truncateSync(reserve, 0);
+    const before = statfsSync(mount.dir).bavail;
+    await s.nextAttempt((e) => e.id === id && e.attempt === 3, { past: true });
+    assert.equal(existsSync(spool.messagePath(id)), false, 'not copied out of the journal into the room kept for the bookkeeping');
+    assert.ok(statfsSync(mount.dir).bavail >= before - 2, 'the free room is what it was (a state file aside)');
+    assert.deepEqual((await spool.scan()).map((e) => e.id), [id], 'still queued, from the journal');
+  } finally {
+    await s.stop();
+    mount.unmount();
   }
 });
