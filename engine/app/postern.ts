@@ -23,6 +23,7 @@ import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
+import { reloadCheck } from '../admin/reload-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
@@ -351,7 +352,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
           spool: await spoolWritable(config.dataDir, config.spool),
-          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
+          reload: reloadCheck(lastError),
         };
       },
       async status() {

@@ -53,6 +53,7 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
+import { reloadCheck } from '../admin/reload-check.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -866,7 +867,7 @@ export class Supervisor {
             ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
           spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
-          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
+          reload: reloadCheck(lastError),
         };
       },
       status: async () => {
