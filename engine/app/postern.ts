@@ -24,6 +24,7 @@ import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-
 import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
+import { storeCheck } from '../admin/store-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
@@ -96,6 +97,8 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
+  /** The counter store (`store`): a worker tells the supervisor when its Redis is unreachable (readiness). */
+  readonly store: CounterStore;
   /** The account page (`accounts`), in the single server or the queue process; null otherwise. */
   readonly accounts: AccountsServer | null;
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
@@ -352,6 +355,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
           spool: await spoolWritable(config.dataDir, config.spool),
+          store: storeCheck(runtime.generation.config.listeners, store.unreachable === true),
           reload: reloadCheck(lastError),
         };
       },
@@ -370,7 +374,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
 
   let accounts: AccountsServer | null = null;
   const running: RunningPostern = {
-    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, certificates: { sightings, expiry },
+    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, store, certificates: { sightings, expiry },
     get accounts() { return accounts; },
     acceptConnection(listener, socket, open) {
       const policy = policyServers.get(listener);

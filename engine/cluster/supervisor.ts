@@ -27,7 +27,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
-import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { adminLimits, startAdminServer, type AdminServer, type AdminTarget, type ReadinessCheck } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
@@ -54,6 +54,7 @@ import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
+import { storeReadiness } from '../admin/store-check.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -118,6 +119,8 @@ interface Child {
   stopPending: boolean;
   /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
   full: boolean;
+  /** Its heartbeat says its Redis store is unreachable, and whether its listeners can take mail so (store-check.ts); null: reachable. */
+  storeDown: ReadinessCheck | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -362,7 +365,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -378,7 +381,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err: NodeJS.ErrnoException) => {
@@ -409,6 +412,7 @@ export class Supervisor {
         child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
         child.full = (m as { full?: boolean }).full === true;
+        child.storeDown = (m as { store?: ReadinessCheck }).store ?? null;
         this.#got(child, (m as { got?: number }).got ?? 0);
         // It accepts on the sockets it was told to accept on: their descriptors reached it.
         if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
@@ -867,6 +871,7 @@ export class Supervisor {
             ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
           processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
           spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+          store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
           reload: reloadCheck(lastError),
         };
       },
