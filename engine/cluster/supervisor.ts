@@ -865,11 +865,10 @@ export class Supervisor {
       },
       readiness: async () => {
         const lastError = (await reloadStatus()).lastError;
-        const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
         return {
           listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
             ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
-          processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
+          processes: this.#processesCheck(),
           spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
           store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
           reload: reloadCheck(lastError),
@@ -888,6 +887,26 @@ export class Supervisor {
         return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, cluster, shadow };
       },
     };
+  }
+
+  /**
+   * /readyz's processes check: a worker takes connections (ready, its channel open, not at its open-file limit:
+   * what #dispatch and #chooseAccepting hand connections to) and the queue process runs (else accepted mail
+   * waits undelivered). Every worker ready but each at its open-file limit said ready while connections waited
+   * in the port's queue, unserved; one worker of several being replaced (a crash, a recycle, a back-off) said
+   * not ready while the others served, taking a working node out of its load balancer's pool.
+   */
+  #processesCheck(): ReadinessCheck {
+    const workers = this.#children.filter((c) => c.kind === 'worker');
+    const why = (c: Child): string => `${c.kind} ${c.index} ${!c.ready || !c.proc?.connected ? 'not ready' : 'at its open-file limit'}`;
+    const out = [...workers.filter((c) => !(c.ready && c.proc?.connected && !c.full)), ...this.#children.filter((c) => c.kind !== 'worker' && !c.ready)];
+    if (!out.length) return { ok: true };
+    const serving = workers.length - out.filter((c) => c.kind === 'worker').length;
+    const queueDown = out.some((c) => c.kind !== 'worker');
+    const detail = out.map(why).join(', ');
+    if (serving === 0) return { ok: false, detail: `no worker takes connections (${detail}): they wait unserved` };
+    if (queueDown) return { ok: false, detail: `${detail}: accepted mail waits undelivered` };
+    return { ok: true, detail: `${detail}; ${serving} of ${workers.length} workers take connections` };
   }
 
   /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */
