@@ -23,7 +23,7 @@ import { readInputFile } from '../config/input-file.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { restartNeeded } from './restart-needed.ts';
-import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
+import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
@@ -329,6 +329,7 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   server.maxConnectionsPerIp = setup.maxConnectionsPerIp;
   server.ipv6PrefixLength = setup.ipv6PrefixLength;
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
+  certificateInForce(setup);
 }
 
 function errorLines(err: unknown): string[] {
