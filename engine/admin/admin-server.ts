@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import { rmSync } from 'node:fs';
-import { registry } from '../metrics/metrics.ts';
+import { metrics, registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
@@ -70,8 +70,16 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   // /metrics and /status gather every process's registry (under `postern serve` a round trip to each worker;
   // /status counts the spool too): one at a time, shared by the requests that come meanwhile, so a crowd of
   // concurrent scrapes costs the workers what one scraper does (60 looping: 0.84 ms of a worker's CPU each, now 0.03).
+  const metricsText = given.metrics ?? (async () => ({ contentType: registry.contentType, text: await registry.metrics() }));
   const target: AdminTarget = {
-    metrics: oneAtATime(given.metrics ?? (async () => ({ contentType: registry.contentType, text: await registry.metrics() }))),
+    // With /readyz's checks as a gauge: an alert sees what the load balancer sees (a spool below its floor, read-only,
+    // no worker taking connections), which no other series shows before clients are refused.
+    metrics: oneAtATime(async () => {
+      const checks = await given.readiness();
+      metrics.readinessCheck.reset();
+      for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
+      return metricsText();
+    }),
     readiness: () => given.readiness(),
     status: oneAtATime(() => given.status()),
   };

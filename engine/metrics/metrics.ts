@@ -124,6 +124,12 @@ export const metrics = {
     labelNames: ['listener'] as const, registers: [registry],
     aggregator: 'min', // across workers: one still on an older generation serves the older certificate
   }),
+  readinessCheck: new Gauge({
+    name: 'postern_readiness_check_passed',
+    help: 'Each check of /readyz at this scrape, by check (listeners, spool, store, processes, reload): 1 passed, 0 failed (the load balancer takes the server out of its pool)',
+    labelNames: ['check'] as const, registers: [registry],
+    aggregator: 'min', // only the process that answers /readyz sets it
+  }),
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',

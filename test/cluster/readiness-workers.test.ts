@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { startCluster, workerPid, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
+import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 
 const curl = promisify(execFile);
 let c: ClusterProcess | undefined;
@@ -51,6 +52,9 @@ test('one worker of two at its open-file limit: ready (the other serves); both: 
   await until('/readyz fails', async () => (r = await readyz(admin)).code === '503', { timeoutMs: 30_000, intervalMs: 100 });
   assert.equal(r!.body.checks.processes!.ok, false);
   assert.match(String(r!.body.checks.processes!.detail), /^no worker takes connections \(worker 0 at its open-file limit, worker 1 at its open-file limit\): they wait unserved$/);
+  const scraped = await scrapeMetrics(admin);
+  assert.equal(scraped.get('postern_readiness_check_passed{check="processes"}'), 0, 'the failing check in /metrics too');
+  assert.equal(scraped.get('postern_readiness_check_passed{check="spool"}'), 1);
 
   undo0();
   undo1();
