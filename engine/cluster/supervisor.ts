@@ -857,23 +857,25 @@ export class Supervisor {
       const { lastError, converged, processes } = this.#reloads.status();
       return { ...JSON.parse(await readFile(statusFile, 'utf8').catch(() => '{}')) as object, lastError, converged, generations: processes };
     };
+    const metricsOfAll = async (): Promise<{ contentType: string; text: string }> => {
+      const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
+      const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
+      return { contentType: merged.contentType, text: await merged.metrics() };
+    };
+    const readiness = async (): Promise<Record<string, ReadinessCheck>> => {
+      const lastError = (await reloadStatus()).lastError;
+      return {
+        listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
+          ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+        processes: this.#processesCheck(),
+        spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+        store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
+        reload: reloadCheck(lastError),
+      };
+    };
     return {
-      metrics: async () => {
-        const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
-        const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
-        return { contentType: merged.contentType, text: await merged.metrics() };
-      },
-      readiness: async () => {
-        const lastError = (await reloadStatus()).lastError;
-        return {
-          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
-            ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
-          processes: this.#processesCheck(),
-          spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
-          store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
-          reload: reloadCheck(lastError),
-        };
-      },
+      metrics: metricsOfAll,
+      readiness,
       status: async () => {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
@@ -883,8 +885,11 @@ export class Supervisor {
         const pendingRestart = this.#pendingRestart();
         const queue = await this.#queueSize();
         const cluster = this.status();
-        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue });
-        return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, cluster, shadow };
+        // /readyz's checks: `postern status` says the server refuses mail (a spool read-only or full, Redis) as the load balancer sees it.
+        const checks = await readiness();
+        const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
+        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady });
+        return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };
       },
     };
   }
