@@ -39,7 +39,7 @@ import { dataDirError } from '../config/data-dir-check.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
-import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
+import { acquireDirectoryLock, openToOthers, openToOthersWarning, type DirectoryLock } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
@@ -63,7 +63,7 @@ import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
-import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 
@@ -188,7 +188,10 @@ export class Supervisor {
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
-  #lock: { release(): void } | null = null;
+  #lock: DirectoryLock | null = null;
+  /** The lock's last state, to log each change once (see #keepLock). */
+  #lockState = 'held';
+  #lockTimer: NodeJS.Timeout | null = null;
   #admin: AdminServer | null = null;
   #statusServer: AdminServer | null = null;
   /** Metrics requests waiting for children's answers, by request number. */
@@ -282,6 +285,8 @@ export class Supervisor {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
       sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
+      sup.#lockTimer = setInterval(() => sup.#keepLock(), LOCK_CHECK_MS);
+      sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
       await sup.#saveStatus();
       // `postern status` asks here, with or without an admin listener.
@@ -869,6 +874,7 @@ export class Supervisor {
           ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
         processes: this.#processesCheck(),
         spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+        lock: this.#keepLock(),
         store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
         reload: reloadCheck(lastError),
       };
@@ -912,6 +918,28 @@ export class Supervisor {
     if (serving === 0) return { ok: false, detail: `no worker takes connections (${detail}): they wait unserved` };
     if (queueDown) return { ok: false, detail: `${detail}: accepted mail waits undelivered` };
     return { ok: true, detail: `${detail}; ${serving} of ${workers.length} workers take connections` };
+  }
+
+  /**
+   * The data directory's lock, checked every LOCK_CHECK_MS and for /readyz: removed while the server ran (a
+   * cleanup of the folder, systemd-tmpfiles on /tmp or /run), nothing stopped a second `postern serve` on the same
+   * data directory, which takes the other's half-received messages for a crash's leftovers and writes the same
+   * journals. Made again at once; held by another live process, the server is not ready (two serve one spool).
+   */
+  #keepLock(): ReadinessCheck {
+    const lock = this.#lock;
+    if (!lock) return { ok: true };
+    const kept = lock.keep();
+    const file = lock.lockFile;
+    if (kept.state !== this.#lockState) {
+      if (kept.state === 'restored') this.log.error({ lockFile: file }, 'data directory lock: its file was removed while the server ran; made again (another server could have started on this data directory meanwhile)');
+      else if (kept.state === 'taken') this.log.error({ lockFile: file, holder: kept.pid }, `data directory lock: held by process ${kept.pid} now: two servers use this data directory; stop one`);
+      else if (kept.state === 'unwritable') this.log.error({ lockFile: file, err: { message: kept.error } }, 'data directory lock: its file was removed and cannot be made again');
+      this.#lockState = kept.state === 'restored' ? 'held' : kept.state;
+    }
+    if (kept.state === 'taken') return { ok: false, detail: `the data directory's lock ${file} is held by process ${kept.pid}: two servers use this data directory` };
+    if (kept.state === 'unwritable') return { ok: false, detail: `the data directory's lock ${file} is gone and cannot be made again (${kept.error}): another server could start on this data directory` };
+    return { ok: true };
   }
 
   /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */
@@ -965,6 +993,7 @@ export class Supervisor {
     this.#statusServer = null;
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#lockTimer) clearInterval(this.#lockTimer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
     // Not waited for: a net.Server that handed sockets to children waits for each child to report them
     // closed, and smtp-server's STARTTLS strips the raw socket's listeners, the one that reports included:
