@@ -75,7 +75,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     // With /readyz's checks as a gauge: an alert sees what the load balancer sees (a spool below its floor, read-only,
     // no worker taking connections), which no other series shows before clients are refused.
     metrics: oneAtATime(async () => {
-      const checks = await given.readiness();
+      // A check that throws must not cost the scrape: the series are then absent (an alert on absent() sees it).
+      const checks = await given.readiness().catch(() => ({}));
       metrics.readinessCheck.reset();
       for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
       return metricsText();
