@@ -18,7 +18,11 @@ export interface AdminTarget {
   /** The metrics text; default: this process's registry (a supervisor aggregates its children's). */
   metrics?(): Promise<{ contentType: string; text: string }>;
   /** Each check that must pass for /readyz: listeners bound, spool writable, last reload state. */
-  readiness(): Promise<Record<string, ReadinessCheck>>;
+  /**
+   * `listener`: only what that SMTP listener needs (`/readyz?listener=NAME`, for a load balancer's backend of
+   * that port); null when the server has no such listener.
+   */
+  readiness(listener?: string): Promise<Record<string, ReadinessCheck> | null>;
   /** What `postern status` shows. */
   status(): Promise<object>;
 }
@@ -76,12 +80,12 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     // no worker taking connections), which no other series shows before clients are refused.
     metrics: oneAtATime(async () => {
       // A check that throws must not cost the scrape: the series are then absent (an alert on absent() sees it).
-      const checks = await given.readiness().catch(() => ({}));
+      const checks = await given.readiness().catch(() => null) ?? {};
       metrics.readinessCheck.reset();
       for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
       return metricsText();
     }),
-    readiness: () => given.readiness(),
+    readiness: (listener) => given.readiness(listener),
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
@@ -92,7 +96,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
       return;
     }
-    void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
+    const [path, query = ''] = (req.url ?? '/').split('?');
+    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
     }, (err: Error) => {
@@ -141,7 +146,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
 }
 
-async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
+async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
   if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
   switch (path) {
     case '/metrics': {
@@ -151,7 +156,9 @@ async function answer(method: string, path: string, target: AdminTarget): Promis
     case '/healthz':
       return { status: 200, type: 'text/plain', body: 'ok\n' };
     case '/readyz': {
-      const checks = await target.readiness();
+      const listener = query.get('listener') ?? undefined;
+      const checks = await target.readiness(listener);
+      if (!checks) return { status: 404, type: 'text/plain', body: `no listener ${JSON.stringify(listener)}\n` };
       const ready = Object.values(checks).every((c) => c.ok);
       return { status: ready ? 200 : 503, type: 'application/json', body: JSON.stringify({ ready, checks }) + '\n' };
     }

@@ -25,15 +25,30 @@ export function storeDependence(l: ListenerLimits): string[] {
   return out;
 }
 
-/** `unreachable`: a process of the server finds its Redis store unreachable now (a memory store never is). */
-export function storeCheck(listeners: readonly ListenerLimits[], unreachable: boolean): ReadinessCheck {
-  if (!unreachable) return { ok: true };
-  const failing = listeners.map((l) => ({ name: l.name, why: storeDependence(l) })).filter((l) => l.why.length);
-  if (!failing.length) return { ok: true, detail: 'the Redis store is unreachable: what needs it (scripts\' rate() and counter(), AUTH) fails closed' };
-  return { ok: false, detail: `the Redis store is unreachable: ${failing.map((l) => `listener ${l.name} refuses every client by ${l.why.join(', ')}`).join('; ')}` };
+/** What fails closed for every client of each listener while the store is unreachable, of those where something does. */
+export function storeDependences(listeners: readonly ListenerLimits[]): Record<string, string[]> {
+  return Object.fromEntries(listeners.map((l) => [l.name, storeDependence(l)] as const).filter(([, why]) => why.length));
 }
 
-/** The store check of a server of several workers, from what each said (null: its store is reachable): the first failing one, else the first with a detail. */
-export function storeReadiness(workers: ReadonlyArray<ReadinessCheck | null>): ReadinessCheck {
-  return workers.find((c) => c && !c.ok) ?? workers.find((c) => c !== null) ?? { ok: true };
+/** `unreachable`: this process finds its Redis store unreachable now (a memory store never is). */
+export function storeCheck(listeners: readonly ListenerLimits[], unreachable: boolean): ReadinessCheck {
+  return storeCheckOf(unreachable ? storeDependences(listeners) : null);
+}
+
+/**
+ * The check from what a process said: null, its store is reachable; else storeDependences() of its listeners.
+ * `only`: that listener's part.
+ */
+export function storeCheckOf(dependences: Record<string, readonly string[]> | null, only?: string): ReadinessCheck {
+  if (!dependences) return { ok: true };
+  const failing = Object.entries(dependences).filter(([name]) => only === undefined || name === only);
+  if (!failing.length) return { ok: true, detail: 'the Redis store is unreachable: what needs it (scripts\' rate() and counter(), AUTH) fails closed' };
+  return { ok: false, detail: `the Redis store is unreachable: ${failing.map(([name, why]) => `listener ${name} refuses every client by ${why.join(', ')}`).join('; ')}` };
+}
+
+/** Only `listener`'s part of the configuration (`/readyz?listener=`); null when there is no such listener. */
+export function onlyListener<T extends { name: string }>(listeners: readonly T[], listener: string | undefined): readonly T[] | null {
+  if (listener === undefined) return listeners;
+  const one = listeners.filter((l) => l.name === listener);
+  return one.length ? one : null;
 }

@@ -24,7 +24,7 @@ import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-
 import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
-import { storeCheck } from '../admin/store-check.ts';
+import { onlyListener, storeCheck } from '../admin/store-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
@@ -349,13 +349,15 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {
     admin = await startAdminServer(config.admin.listen, {
-      async readiness() {
-        const unbound = [...servers].filter(([, s]) => !s.server.listening).map(([name]) => name);
+      async readiness(listener) {
+        const listeners = onlyListener(runtime.generation.config.listeners, listener);
+        if (!listeners) return null;
+        const unbound = [...servers].filter(([name, s]) => !s.server.listening && listeners.some((l) => l.name === name)).map(([name]) => name);
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
           spool: await spoolWritable(config.dataDir, config.spool),
-          store: storeCheck(runtime.generation.config.listeners, store.unreachable === true),
+          store: storeCheck(listeners, store.unreachable === true),
           reload: reloadCheck(lastError),
         };
       },

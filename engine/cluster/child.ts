@@ -16,7 +16,7 @@ import { workerSpoolDir } from './spool-set.ts';
 import { DirectoryLockedError } from '../spool/data-dir-lock.ts';
 import { createLogger, type LogFormat } from '../logging/logger.ts';
 import { ForwardingCounterStore } from './shared-store.ts';
-import { storeCheck } from '../admin/store-check.ts';
+import { storeDependences } from '../admin/store-check.ts';
 import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningCallTable, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
@@ -205,7 +205,7 @@ async function main(): Promise<void> {
   const { store: counterStore, runtime } = running;
   startWatchdog(loaded.config, counters, () => ({
     ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}),
-    ...(counterStore.unreachable ? { store: storeCheck(runtime.generation.config.listeners, true) } : {}),
+    ...(counterStore.unreachable ? { store: storeDependences(runtime.generation.config.listeners) } : {}),
   }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });

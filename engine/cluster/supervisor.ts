@@ -54,7 +54,7 @@ import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
-import { storeReadiness } from '../admin/store-check.ts';
+import { storeCheckOf } from '../admin/store-check.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -119,8 +119,8 @@ interface Child {
   stopPending: boolean;
   /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
   full: boolean;
-  /** Its heartbeat says its Redis store is unreachable, and whether its listeners can take mail so (store-check.ts); null: reachable. */
-  storeDown: ReadinessCheck | null;
+  /** Its heartbeat says its Redis store is unreachable, with what that refuses on each listener (store-check.ts); null: reachable. */
+  storeDown: Record<string, string[]> | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -417,7 +417,7 @@ export class Supervisor {
         child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
         child.full = (m as { full?: boolean }).full === true;
-        child.storeDown = (m as { store?: ReadinessCheck }).store ?? null;
+        child.storeDown = (m as { store?: Record<string, string[]> }).store ?? null;
         this.#got(child, (m as { got?: number }).got ?? 0);
         // It accepts on the sockets it was told to accept on: their descriptors reached it.
         if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
@@ -867,7 +867,8 @@ export class Supervisor {
       const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
       return { contentType: merged.contentType, text: await merged.metrics() };
     };
-    const readiness = async (): Promise<Record<string, ReadinessCheck>> => {
+    const readiness = async (listener?: string): Promise<Record<string, ReadinessCheck> | null> => {
+      if (listener !== undefined && !this.addresses.has(listener)) return null;
       const lastError = (await reloadStatus()).lastError;
       return {
         listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
@@ -875,7 +876,7 @@ export class Supervisor {
         processes: this.#processesCheck(),
         spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
         lock: this.#keepLock(),
-        store: storeReadiness(this.#children.filter((c) => c.kind === 'worker' && c.ready).map((c) => c.storeDown)),
+        store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
         reload: reloadCheck(lastError),
       };
     };
@@ -892,7 +893,7 @@ export class Supervisor {
         const queue = await this.#queueSize();
         const cluster = this.status();
         // /readyz's checks: `postern status` says the server refuses mail (a spool read-only or full, Redis) as the load balancer sees it.
-        const checks = await readiness();
+        const checks = (await readiness())!;
         const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
         const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady });
         return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };

@@ -21,13 +21,13 @@ after(async () => {
 
 type Readyz = { code: string; body: { ready: boolean; checks: Record<string, { ok: boolean; detail?: string }> } };
 
-async function readyz(port: number): Promise<Readyz> {
-  const { stdout } = await curl('curl', ['-s', '-w', '\n%{http_code}', `http://127.0.0.1:${port}/readyz`]);
+async function readyz(port: number, query = ''): Promise<Readyz> {
+  const { stdout } = await curl('curl', ['-s', '-w', '\n%{http_code}', `http://127.0.0.1:${port}/readyz${query}`]);
   const nl = stdout.lastIndexOf('\n');
   return { code: stdout.slice(nl + 1), body: JSON.parse(stdout.slice(0, nl)) as Readyz['body'] };
 }
 
-test('postern serve: Redis down with limits.connectionRatePerIp: every connection 421, /readyz 503 naming the listener; ready again once Redis is back', { skip: needsRedis().skip, timeout: 120_000 }, async () => {
+test('postern serve: Redis down with limits.connectionRatePerIp: every connection 421, /readyz 503 naming the listener (?listener= of another: 200); ready again once Redis is back', { skip: needsRedis().skip, timeout: 120_000 }, async () => {
   const redis = await startRedis();
   cleanup.push(() => redis.stop());
   const c = await startCluster({
@@ -41,6 +41,10 @@ listeners:
     listen: 127.0.0.1:{PORT:sub}
     reverseDns: false
     limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 1000, windowSeconds: 60 } }
+  - name: mx
+    listen: 127.0.0.1:{PORT:mx}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
 `,
   });
   cleanup.push(() => c.stop());
@@ -61,6 +65,17 @@ listeners:
   await until('/readyz fails', async () => (down = await readyz(admin)).code === '503', { timeoutMs: 30_000, intervalMs: 200 });
   assert.equal(down!.body.checks.store!.ok, false);
   assert.match(String(down!.body.checks.store!.detail), /Redis store is unreachable: listener sub refuses every client by limits\.connectionRatePerIp \(every connection: 421 4\.7\.0\)/);
+  // One check per listener, for a load balancer's backend of that port: mx takes mail meanwhile.
+  assert.equal((await readyz(admin, '?listener=sub')).code, '503');
+  const mx = await readyz(admin, '?listener=mx');
+  assert.equal(mx.code, '200', JSON.stringify(mx.body));
+  assert.match(String(mx.body.checks.store!.detail), /Redis store is unreachable/);
+  const client = await SmtpTestClient.connect(c.port('mx'));
+  await client.hello();
+  assert.equal((await client.sendMail('a@example.net', ['b@example.test'])).code, 250, 'mx takes mail');
+  await client.quit();
+  const { stdout: unknown } = await curl('curl', ['-s', '-w', '%{http_code}', `http://127.0.0.1:${admin}/readyz?listener=nope`]);
+  assert.match(unknown, /^no listener "nope"\n404$/);
 
   await redis.start();
   await until('ready again', async () => (await readyz(admin)).code === '200', { timeoutMs: 30_000, intervalMs: 200 });
