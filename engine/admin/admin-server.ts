@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import { rmSync } from 'node:fs';
-import { registry } from '../metrics/metrics.ts';
+import { metrics, registry } from '../metrics/metrics.ts';
 import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
@@ -18,7 +18,11 @@ export interface AdminTarget {
   /** The metrics text; default: this process's registry (a supervisor aggregates its children's). */
   metrics?(): Promise<{ contentType: string; text: string }>;
   /** Each check that must pass for /readyz: listeners bound, spool writable, last reload state. */
-  readiness(): Promise<Record<string, ReadinessCheck>>;
+  /**
+   * `listener`: only what that SMTP listener needs (`/readyz?listener=NAME`, for a load balancer's backend of
+   * that port); null when the server has no such listener.
+   */
+  readiness(listener?: string): Promise<Record<string, ReadinessCheck> | null>;
   /** What `postern status` shows. */
   status(): Promise<object>;
 }
@@ -70,9 +74,18 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   // /metrics and /status gather every process's registry (under `postern serve` a round trip to each worker;
   // /status counts the spool too): one at a time, shared by the requests that come meanwhile, so a crowd of
   // concurrent scrapes costs the workers what one scraper does (60 looping: 0.84 ms of a worker's CPU each, now 0.03).
+  const metricsText = given.metrics ?? (async () => ({ contentType: registry.contentType, text: await registry.metrics() }));
   const target: AdminTarget = {
-    metrics: oneAtATime(given.metrics ?? (async () => ({ contentType: registry.contentType, text: await registry.metrics() }))),
-    readiness: () => given.readiness(),
+    // With /readyz's checks as a gauge: an alert sees what the load balancer sees (a spool below its floor, read-only,
+    // no worker taking connections), which no other series shows before clients are refused.
+    metrics: oneAtATime(async () => {
+      // A check that throws must not cost the scrape: the series are then absent (an alert on absent() sees it).
+      const checks = await given.readiness().catch(() => null) ?? {};
+      metrics.readinessCheck.reset();
+      for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
+      return metricsText();
+    }),
+    readiness: (listener) => given.readiness(listener),
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
@@ -83,7 +96,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
       return;
     }
-    void answer(req.method ?? 'GET', (req.url ?? '/').split('?')[0]!, target).then(({ status, type, body }) => {
+    const [path, query = ''] = (req.url ?? '/').split('?');
+    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
     }, (err: Error) => {
@@ -132,7 +146,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
 }
 
-async function answer(method: string, path: string, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
+async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
   if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
   switch (path) {
     case '/metrics': {
@@ -142,7 +156,9 @@ async function answer(method: string, path: string, target: AdminTarget): Promis
     case '/healthz':
       return { status: 200, type: 'text/plain', body: 'ok\n' };
     case '/readyz': {
-      const checks = await target.readiness();
+      const listener = query.get('listener') ?? undefined;
+      const checks = await target.readiness(listener);
+      if (!checks) return { status: 404, type: 'text/plain', body: `no listener ${JSON.stringify(listener)}\n` };
       const ready = Object.values(checks).every((c) => c.ok);
       return { status: ready ? 200 : 503, type: 'application/json', body: JSON.stringify({ ready, checks }) + '\n' };
     }

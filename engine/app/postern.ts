@@ -24,6 +24,8 @@ import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
+import { reloadCheck } from '../admin/reload-check.ts';
+import { onlyListener, storeCheck } from '../admin/store-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
 import { startShadowing } from '../shadow/shadow-runner.ts';
@@ -101,6 +103,8 @@ export interface RunningPostern {
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
   readonly spools: SpoolSet;
+  /** The counter store (`store`): a worker tells the supervisor when its Redis is unreachable (readiness). */
+  readonly store: CounterStore;
   /** The account page (`accounts`), in the single server or the queue process; null otherwise. */
   readonly accounts: AccountsServer | null;
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
@@ -352,13 +356,16 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // One admin listener per server: under `postern serve` the supervisor runs it, summing its children's metrics.
   if (config.admin && role === 'single') {
     admin = await startAdminServer(config.admin.listen, {
-      async readiness() {
-        const unbound = [...servers].filter(([, s]) => !s.server.listening).map(([name]) => name);
+      async readiness(listener) {
+        const listeners = onlyListener(runtime.generation.config.listeners, listener);
+        if (!listeners) return null;
+        const unbound = [...servers].filter(([name, s]) => !s.server.listening && listeners.some((l) => l.name === name)).map(([name]) => name);
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
           spool: await spoolWritable(config.dataDir, config.spool),
-          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
+          store: storeCheck(listeners, store.unreachable === true),
+          reload: reloadCheck(lastError),
         };
       },
       async status() {
@@ -376,7 +383,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
 
   let accounts: AccountsServer | null = null;
   const running: RunningPostern = {
-    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, certificates: { sightings, expiry },
+    runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, store, certificates: { sightings, expiry },
     get accounts() { return accounts; },
     acceptConnection(listener, socket, open) {
       const policy = policyServers.get(listener);

@@ -3,7 +3,7 @@
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
  * succeeded, 1 when this user may not ask (the socket is the server user's), 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
- * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting). A configuration file with errors does not stop it: the data directory is still
+ * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
@@ -23,7 +23,10 @@ const ANSWER_WITHIN_MS = 10_000;
 export async function statusCommand(opts: { config?: string; dataDir?: string }): Promise<number> {
   const dataDir = opts.dataDir ? resolve(opts.dataDir) : dataDirOf(opts.config);
   const socket = statusSocket(dataDir);
-  let status: { lastError?: string[] | null; cluster?: { processes?: Array<{ role: string; index: number; ready: boolean }> } };
+  let status: {
+    lastError?: string[] | null; cluster?: { processes?: Array<{ role: string; index: number; ready: boolean }> };
+    readiness?: { ready: boolean; checks: Record<string, { ok: boolean; detail?: string }> };
+  };
   try {
     status = await ask(socket, '/status');
   } catch (err) {
@@ -48,6 +51,12 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
   const down = (status.cluster?.processes ?? []).filter((p) => !p.ready).map((p) => `${p.role} ${p.index}`);
   if (down.length) {
     process.stderr.write(`postern: running, but not ready: ${down.join(', ')} (a process that died is being replaced; see cluster.processes)\n`);
+    return DEGRADED;
+  }
+  // What /readyz says: a spool read-only or below its floors, Redis for a listener that needs it, no worker taking connections.
+  const failing = Object.entries(status.readiness?.checks ?? {}).filter(([, c]) => !c.ok);
+  if (failing.length) {
+    process.stderr.write(`postern: running, but not ready (new mail is refused, /readyz answers 503): ${failing.map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`).join('; ')}\n`);
     return DEGRADED;
   }
   return 0;

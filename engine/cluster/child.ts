@@ -16,6 +16,7 @@ import { workerSpoolDir } from './spool-set.ts';
 import { DirectoryLockedError } from '../spool/data-dir-lock.ts';
 import { createLogger, type LogFormat } from '../logging/logger.ts';
 import { ForwardingCounterStore } from './shared-store.ts';
+import { storeDependences } from '../admin/store-check.ts';
 import { MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { runningCall, type RunningCallTable, type RunningScript } from '../sandbox/running-call.ts';
 import { typescriptWorker } from './typescript-children.ts';
@@ -204,8 +205,13 @@ async function main(): Promise<void> {
   });
   tellReloadState = (): void => send({ t: 'reload-state', state: running!.reloader.state() });
   running.reloader.onReload(tellReloadState); // a coalesced reload after the one asked for, too
-  // With each heartbeat: near the open-file limit, and accepting on the supervisor's sockets (it was told to, and the sockets came).
-  startWatchdog(loaded.config, counters, () => ({ ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}) }));
+  // With each heartbeat: near the open-file limit, accepting on the supervisor's sockets (it was told to, and the
+  // sockets came), and while its Redis store is unreachable what that refuses (the supervisor's /readyz).
+  const { store: counterStore, runtime } = running;
+  startWatchdog(loaded.config, counters, () => ({
+    ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}),
+    ...(counterStore.unreachable ? { store: storeDependences(runtime.generation.config.listeners) } : {}),
+  }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();

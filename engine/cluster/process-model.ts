@@ -37,3 +37,6 @@ export function clusterStatusFile(dataDir: string): string { return join(dataDir
 
 /** The supervisor's status socket: `postern status` asks the running server here. */
 export const statusSocket = (dataDir: string): string => join(dataDir, 'postern.sock');
+
+/** How often the supervisor checks that the data directory's lock file still names it (supervisor.ts #keepLock). */
+export const LOCK_CHECK_MS = 2000;

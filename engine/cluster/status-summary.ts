@@ -1,6 +1,6 @@
 /**
  * The first line of `postern status`: what an on-call reads before anything else, in words — are all
- * processes up (and how often they were replaced), is a script fenced, did the last reload fail, is a
+ * processes up (and how often they were replaced), does it refuse new mail (/readyz), is a script fenced, did the last reload fail, is a
  * restart pending, how much mail waits and for how long. The JSON below it has the details.
  */
 export interface SummaryFacts {
@@ -9,6 +9,8 @@ export interface SummaryFacts {
   lastError: readonly string[] | null;
   pendingRestart: readonly string[];
   queue: { messages: number; held: number; oldestAgeSeconds: number } | { error: string };
+  /** /readyz's failing checks (`spool: …`): the server refuses new mail. */
+  notReady?: readonly string[];
 }
 
 export function statusSummary(f: SummaryFacts): string {
@@ -18,6 +20,7 @@ export function statusSummary(f: SummaryFacts): string {
   const restarts = f.processes.reduce((n, p) => n + p.restarts, 0);
   parts.push(`${workers.length - down.filter((d) => d.startsWith('worker')).length}/${workers.length} workers ready` +
     `${down.length ? ` (not ready: ${down.join(', ')})` : ''}, ${restarts} restart${restarts === 1 ? '' : 's'}`);
+  if (f.notReady?.length) parts.push(`NOT READY: ${f.notReady.join('; ')}`);
   parts.push(f.fences.length ? `FENCED: ${f.fences.map((x) => `${x.hook} (${x.file})`).join(', ')}` : 'no fenced script');
   parts.push(f.lastError ? `LAST RELOAD REFUSED: ${f.lastError[0]}` : 'last reload ok');
   if (f.pendingRestart.length) parts.push(`restart pending: ${f.pendingRestart.join('; ')}`);

@@ -27,7 +27,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
-import { adminLimits, startAdminServer, type AdminServer, type AdminTarget } from '../admin/admin-server.ts';
+import { adminLimits, startAdminServer, type AdminServer, type AdminTarget, type ReadinessCheck } from '../admin/admin-server.ts';
 import { spoolWritable } from '../admin/spool-check.ts';
 import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
@@ -40,7 +40,7 @@ import { dataDirError } from '../config/data-dir-check.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { CounterHost } from './shared-counters.ts';
 import { WaitingCounts } from './waiting-counts.ts';
-import { acquireDirectoryLock, openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
+import { acquireDirectoryLock, openToOthers, openToOthersWarning, type DirectoryLock } from '../spool/data-dir-lock.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
@@ -54,6 +54,8 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
 import { StoreHost } from './shared-store.ts';
+import { reloadCheck } from '../admin/reload-check.ts';
+import { storeCheckOf } from '../admin/store-check.ts';
 import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
@@ -62,7 +64,7 @@ import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
-import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
+import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 
@@ -118,6 +120,8 @@ interface Child {
   stopPending: boolean;
   /** Its heartbeat says it is near its open-file limit: it accepts nothing until descriptors are free (child.ts). */
   full: boolean;
+  /** Its heartbeat says its Redis store is unreachable, with what that refuses on each listener (store-check.ts); null: reachable. */
+  storeDown: Record<string, string[]> | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -195,7 +199,10 @@ export class Supervisor {
   #timer: NodeJS.Timeout | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
-  #lock: { release(): void } | null = null;
+  #lock: DirectoryLock | null = null;
+  /** The lock's last state, to log each change once (see #keepLock). */
+  #lockState = 'held';
+  #lockTimer: NodeJS.Timeout | null = null;
   #admin: AdminServer | null = null;
   #statusServer: AdminServer | null = null;
   /** Metrics requests waiting for children's answers, by request number. */
@@ -292,6 +299,8 @@ export class Supervisor {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
       sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
+      sup.#lockTimer = setInterval(() => sup.#keepLock(), LOCK_CHECK_MS);
+      sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
       await sup.#saveStatus();
       // `postern status` asks here, with or without an admin listener.
@@ -375,7 +384,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
@@ -391,7 +400,7 @@ export class Supervisor {
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err: NodeJS.ErrnoException) => {
@@ -422,6 +431,7 @@ export class Supervisor {
         child.cpu = (m as { cpu?: number }).cpu ?? 0;
         child.fresh = 0;
         child.full = (m as { full?: boolean }).full === true;
+        child.storeDown = (m as { store?: Record<string, string[]> }).store ?? null;
         this.#got(child, (m as { got?: number }).got ?? 0);
         // It accepts on the sockets it was told to accept on: their descriptors reached it.
         if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
@@ -884,23 +894,27 @@ export class Supervisor {
       const { lastError, converged, processes } = this.#reloads.status();
       return { ...JSON.parse(await readFile(statusFile, 'utf8').catch(() => '{}')) as object, lastError, converged, generations: processes };
     };
+    const metricsOfAll = async (): Promise<{ contentType: string; text: string }> => {
+      const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
+      const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
+      return { contentType: merged.contentType, text: await merged.metrics() };
+    };
+    const readiness = async (listener?: string): Promise<Record<string, ReadinessCheck> | null> => {
+      if (listener !== undefined && !this.addresses.has(listener)) return null;
+      const lastError = (await reloadStatus()).lastError;
+      return {
+        listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
+          ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
+        processes: this.#processesCheck(),
+        spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+        lock: this.#keepLock(),
+        store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
+        reload: reloadCheck(lastError),
+      };
+    };
     return {
-      metrics: async () => {
-        const answers = await Promise.all(this.#children.filter((c) => c.proc?.connected).map((c) => this.#childMetrics(c)));
-        const merged = this.#clusterMetrics.merged(await registry.getMetricsAsJSON(), answers);
-        return { contentType: merged.contentType, text: await merged.metrics() };
-      },
-      readiness: async () => {
-        const lastError = (await reloadStatus()).lastError;
-        const notReady = this.#children.filter((c) => !c.ready).map((c) => `${c.kind} ${c.index}`);
-        return {
-          listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
-            ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
-          processes: notReady.length ? { ok: false, detail: `not ready: ${notReady.join(', ')}` } : { ok: true },
-          spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
-          reload: lastError ? { ok: false, detail: lastError.join('; ') } : { ok: true },
-        };
-      },
+      metrics: metricsOfAll,
+      readiness,
       status: async () => {
         const reload = await reloadStatus();
         // Against what this server has bound, not against the last generation a reload built: an
@@ -910,10 +924,55 @@ export class Supervisor {
         const pendingRestart = this.#pendingRestart();
         const queue = await this.#queueSize();
         const cluster = this.status();
-        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue });
-        return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, cluster, shadow };
+        // /readyz's checks: `postern status` says the server refuses mail (a spool read-only or full, Redis) as the load balancer sees it.
+        const checks = (await readiness())!;
+        const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
+        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady });
+        return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };
       },
     };
+  }
+
+  /**
+   * /readyz's processes check: a worker takes connections (ready, its channel open, not at its open-file limit:
+   * what #dispatch and #chooseAccepting hand connections to) and the queue process runs (else accepted mail
+   * waits undelivered). Every worker ready but each at its open-file limit said ready while connections waited
+   * in the port's queue, unserved; one worker of several being replaced (a crash, a recycle, a back-off) said
+   * not ready while the others served, taking a working node out of its load balancer's pool.
+   */
+  #processesCheck(): ReadinessCheck {
+    const workers = this.#children.filter((c) => c.kind === 'worker');
+    const why = (c: Child): string => `${c.kind} ${c.index} ${!c.ready || !c.proc?.connected ? 'not ready' : 'at its open-file limit'}`;
+    const out = [...workers.filter((c) => !(c.ready && c.proc?.connected && !c.full)), ...this.#children.filter((c) => c.kind !== 'worker' && !c.ready)];
+    if (!out.length) return { ok: true };
+    const serving = workers.length - out.filter((c) => c.kind === 'worker').length;
+    const queueDown = out.some((c) => c.kind !== 'worker');
+    const detail = out.map(why).join(', ');
+    if (serving === 0) return { ok: false, detail: `no worker takes connections (${detail}): they wait unserved` };
+    if (queueDown) return { ok: false, detail: `${detail}: accepted mail waits undelivered` };
+    return { ok: true, detail: `${detail}; ${serving} of ${workers.length} workers take connections` };
+  }
+
+  /**
+   * The data directory's lock, checked every LOCK_CHECK_MS and for /readyz: removed while the server ran (a
+   * cleanup of the folder, systemd-tmpfiles on /tmp or /run), nothing stopped a second `postern serve` on the same
+   * data directory, which takes the other's half-received messages for a crash's leftovers and writes the same
+   * journals. Made again at once; held by another live process, the server is not ready (two serve one spool).
+   */
+  #keepLock(): ReadinessCheck {
+    const lock = this.#lock;
+    if (!lock) return { ok: true };
+    const kept = lock.keep();
+    const file = lock.lockFile;
+    if (kept.state !== this.#lockState) {
+      if (kept.state === 'restored') this.log.error({ lockFile: file }, 'data directory lock: its file was removed while the server ran; made again (another server could have started on this data directory meanwhile)');
+      else if (kept.state === 'taken') this.log.error({ lockFile: file, holder: kept.pid }, `data directory lock: held by process ${kept.pid} now: two servers use this data directory; stop one`);
+      else if (kept.state === 'unwritable') this.log.error({ lockFile: file, err: { message: kept.error } }, 'data directory lock: its file was removed and cannot be made again');
+      this.#lockState = kept.state === 'restored' ? 'held' : kept.state;
+    }
+    if (kept.state === 'taken') return { ok: false, detail: `the data directory's lock ${file} is held by process ${kept.pid}: two servers use this data directory` };
+    if (kept.state === 'unwritable') return { ok: false, detail: `the data directory's lock ${file} is gone and cannot be made again (${kept.error}): another server could start on this data directory` };
+    return { ok: true };
   }
 
   /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */
@@ -964,6 +1023,7 @@ export class Supervisor {
     this.#statusServer = null;
     this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#lockTimer) clearInterval(this.#lockTimer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
     // Not waited for: a net.Server that handed sockets to children waits for each child to report them
     // closed, and smtp-server's STARTTLS strips the raw socket's listeners, the one that reports included:

@@ -118,6 +118,18 @@ export const metrics = {
     labelNames: ['file', 'issuer'] as const, registers: [registry],
     aggregator: 'min', // across processes: only the one that watches expiry sets it
   }),
+  tlsCertificateNotAfter: new Gauge({
+    name: 'postern_tls_certificate_not_after_timestamp_seconds',
+    help: 'When the server certificate each TLS listener serves expires (Unix time; the one in force, not the file on disk), by listener',
+    labelNames: ['listener'] as const, registers: [registry],
+    aggregator: 'min', // across workers: one still on an older generation serves the older certificate
+  }),
+  readinessCheck: new Gauge({
+    name: 'postern_readiness_check_passed',
+    help: 'Each check of /readyz at this scrape, by check (listeners, spool, store, processes, reload): 1 passed, 0 failed (the load balancer takes the server out of its pool)',
+    labelNames: ['check'] as const, registers: [registry],
+    aggregator: 'min', // only the process that answers /readyz sets it
+  }),
   lastReloadFailed: new Gauge({
     name: 'postern_config_last_reload_failed', help: '1 when the last reload was refused (the previous generation is still in force), else 0',
     registers: [registry], aggregator: 'max',

@@ -24,7 +24,7 @@ import { readInputFile } from '../config/input-file.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
-import type { ListenerSetup, PosternServer } from '../smtp/postern-server.ts';
+import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from './change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
@@ -343,6 +343,7 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   // Not ipv6PrefixLength: connections are counted by it as they are accepted, under `postern serve` by the
   // supervisor, which keeps the one it started with; a worker counting by another claimed no slot (restart-needed.ts).
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
+  certificateInForce(setup);
 }
 
 function errorLines(err: unknown): string[] {

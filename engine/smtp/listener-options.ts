@@ -4,7 +4,7 @@
  */
 import { forwardConfirmedReverse } from '../dns/confirmed-reverse.ts';
 import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
-import { constants } from 'node:crypto';
+import { constants, X509Certificate } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
 import { loadTrustMaterial, loadKeyPair, TrustedIssuers, type TlsFileError } from '../certificates/index.ts';
@@ -117,5 +117,6 @@ export function listenerSetup(l: ListenerConfig, tls: ListenerTls, hostname: str
     tlsHandshakeTimeoutMs: l.limits.tlsHandshakeTimeoutMs,
     trust: new TrustedIssuers(tls.ca ?? [], tls.crl ?? []),
     proxy: l.proxyProtocol ? { trusted: new TrustedProxies(l.proxyProtocol.trusted), headerTimeoutMs: l.proxyProtocol.headerTimeoutMs } : null,
+    certificateNotAfter: tls.cert ? Date.parse(new X509Certificate(tls.cert).validTo) / 1000 : null,
   };
 }

@@ -36,6 +36,17 @@ export interface ListenerSetup {
   trust: TrustedIssuers;
   /** `proxyProtocol`: who may send the header, and how long it may take (null: off). */
   proxy: ListenerProxy | null;
+  /** When the server certificate expires (Unix seconds); null without TLS. */
+  certificateNotAfter: number | null;
+}
+
+/**
+ * The certificate `setup` serves, as a gauge: renewed on disk but not in force (the reload refused, or never
+ * made) it still runs out, and clients that verify it then fail every handshake while every check passes.
+ */
+export function certificateInForce(setup: ListenerSetup): void {
+  if (setup.certificateNotAfter === null) metrics.tlsCertificateNotAfter.remove({ listener: setup.name });
+  else metrics.tlsCertificateNotAfter.set({ listener: setup.name }, setup.certificateNotAfter);
 }
 
 export interface ListenerProxy { trusted: TrustedProxies; headerTimeoutMs: number }
@@ -143,6 +154,7 @@ export class PosternServer extends SMTPServer {
     this.ipv6PrefixLength = setup.ipv6PrefixLength;
     this.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
     this.trust = setup.trust;
+    certificateInForce(setup);
     this.proxy = setup.proxy;
     // A worker process counts nothing itself: the supervisor counted the connection as it handed it over.
     if (runtime.connections) this.connectionCounter = handedOverCounter(runtime.connections, this.listenerName);

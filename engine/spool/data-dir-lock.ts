@@ -29,6 +29,12 @@ export interface DirectoryLock {
   readonly lockFile: string;
   /** Remove the lock (idempotent). */
   release(): void;
+  /**
+   * The lock file still names this process; one removed (a cleanup of the folder, tmpfiles) is made again
+   * ('restored'): without it a second server would start on the same directory. 'taken': another live process
+   * holds it now (with its PID); 'unwritable': gone, and cannot be made again (the error).
+   */
+  keep(): { state: 'held' | 'restored' } | { state: 'taken'; pid: number } | { state: 'unwritable'; error: string };
 }
 
 /** Lock files this process holds, and what each says. */
@@ -49,7 +55,7 @@ export function acquireDirectoryLock(dir: string, name = LOCK_FILE): DirectoryLo
         exitHook = true;
         process.on('exit', () => { for (const file of [...held.keys()]) releaseFile(file); });
       }
-      return { lockFile, release: () => releaseFile(lockFile) };
+      return { lockFile, release: () => releaseFile(lockFile), keep: () => keepFile(lockFile, mine) };
     }
     const theirs = readOrNull(lockFile);
     if (theirs === null) continue; // released meanwhile
@@ -93,6 +99,25 @@ function create(lockFile: string, content: string): boolean {
   } finally {
     unlinkSync(tmp);
   }
+}
+
+function keepFile(lockFile: string, mine: string): ReturnType<DirectoryLock['keep']> {
+  if (!held.has(lockFile)) return { state: 'unwritable', error: 'released' };
+  for (let tries = 0; tries < 3; tries++) {
+    const now = readOrNull(lockFile);
+    if (now === mine) return { state: 'held' };
+    if (now !== null) {
+      const holder = /^(\d+) (\d+|-)\n$/.exec(now);
+      if (holder && alive(Number(holder[1]), holder[2] === '-' ? null : holder[2]!)) return { state: 'taken', pid: Number(holder[1]) };
+      return { state: 'unwritable', error: `${lockFile} names no live process: ${JSON.stringify(now.slice(0, 40))}` };
+    }
+    try {
+      if (create(lockFile, mine)) return { state: 'restored' };
+    } catch (err) {
+      return { state: 'unwritable', error: (err as Error).message };
+    }
+  }
+  return { state: 'unwritable', error: `${lockFile} keeps changing` };
 }
 
 function releaseFile(lockFile: string): void {

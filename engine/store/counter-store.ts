@@ -51,6 +51,8 @@ export interface CounterStore {
    * between servers (Redis) has them; without, each server's own count is the only one.
    */
   readonly connectionSlots?: ConnectionSlots;
+  /** A store in another server (Redis): true while it cannot be reached or refuses commands, so every call fails closed. */
+  readonly unreachable?: boolean;
   close(): Promise<void>;
 }
 

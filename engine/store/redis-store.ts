@@ -220,6 +220,11 @@ export class RedisCounterStore implements CounterStore {
   /** The bytes the connection sent toward its next reply, capped (see reply-bytes.ts). */
   readonly #replyBytes = new ReplyBytes((bytes) => this.#replyTooLarge(bytes));
 
+  /** Unreachable, or refusing every command of a kind (see REFUSES_ALL): what postern_store_unreachable shows. */
+  get unreachable(): boolean {
+    return this.#down;
+  }
+
   constructor(options: RedisStoreOptions, logger: Logger) {
     this.#prefix = options.keyPrefix;
     this.#timeoutMs = options.timeoutMs;

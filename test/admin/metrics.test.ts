@@ -100,7 +100,7 @@ test('/metrics passes promtool check metrics: format and naming (what a scrape o
   assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
 });
 
-test('/healthz and /readyz answer; a refused reload makes /readyz fail until it is fixed', async () => {
+test('/healthz and /readyz answer; a refused reload leaves the server ready (the previous generation takes mail), with the reason in /readyz and the gauge at 1', async () => {
   const base = `http://127.0.0.1:${s.admin!.address.port}`;
   assert.equal((await curl('curl', ['-sf', `${base}/healthz`])).stdout, 'ok\n');
   const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean };
@@ -112,15 +112,25 @@ test('/healthz and /readyz answer; a refused reload makes /readyz fail until it 
   await writeFile(config, good + '\nnot a key: [\n');
   const refused = await s.reloader.reload('test');
   assert.equal(refused.ok, false);
-  const notReady = await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`]);
-  assert.equal(notReady.stdout, '503');
+  // A load balancer checking /readyz keeps sending mail: the same edit on every node would otherwise take them all out.
+  const stillReady = await curl('curl', ['-s', '-w', '\n%{http_code}', `${base}/readyz`]);
+  const [body, , code] = stillReady.stdout.split('\n'); // the body ends with its newline
+  assert.equal(code, '200', stillReady.stdout);
+  const readiness = JSON.parse(body!) as { ready: boolean; checks: { reload: { ok: boolean; detail?: string } } };
+  assert.equal(readiness.ready, true);
+  assert.match(readiness.checks.reload.detail ?? '', /^last reload refused, the previous configuration serves: /);
+  const client = await SmtpTestClient.connect(s.port('mx'));
+  await client.hello();
+  assert.equal((await client.sendMail('a@example.net', ['someone@example.test'])).code, 250, 'the previous generation takes mail');
+  await client.quit();
   const failedGauge = await scrape();
   assert.equal(failedGauge.get('postern_config_last_reload_failed'), 1);
 
   await writeFile(config, good);
   // A reload the watcher started for the broken write may still be running: reload() then answers its outcome.
   await until('a reload of the fixed file', async () => (await s.reloader.reload('test')).ok);
-  assert.equal((await curl('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/readyz`])).stdout, '200');
+  const fixed = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { checks: { reload: { detail?: string } } };
+  assert.equal(fixed.checks.reload.detail, undefined, 'the reason goes with the fix');
 });
 
 test('a request sent slowly is answered 408 and closed; beyond 64 connections a new one is closed at once; /healthz answers after', { timeout: 120_000 }, async () => {

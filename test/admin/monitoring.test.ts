@@ -42,7 +42,11 @@ test('below spool.minFreeBytes /readyz answers 503 with the reason, and the refu
   assert.match(String(ready.body.checks.spool!.detail), /below spool\.minFreeBytes \(9007199254740991\): new mail is refused \(452 4\.3\.1\)/);
 
   const sample = 'postern_smtp_refusals_total{stage="MAIL",class="4xx",reason="spool.minFreeBytes"}';
-  const before = (await scrape(port)).get(sample) ?? 0;
+  const scraped = await scrape(port);
+  const before = scraped.get(sample) ?? 0;
+  // /readyz's checks in /metrics, before any client is refused: what an alert needs.
+  assert.equal(scraped.get('postern_readiness_check_passed{check="spool"}'), 0);
+  assert.equal(scraped.get('postern_readiness_check_passed{check="listeners"}'), 1);
   const c = await SmtpTestClient.connect(s.port('mx'));
   await c.hello();
   assert.equal((await c.command('MAIL FROM:<a@example.net>')).text, '452 4.3.1 Insufficient system storage');

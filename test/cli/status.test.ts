@@ -150,3 +150,17 @@ test('a worker down (dead, being replaced): exit 5 with what is not ready, until
     await degraded.stop();
   }
 });
+
+test('a server that refuses new mail (its spool below spool.minFreeBytes): exit 5, and the summary and stderr say why, as /readyz does', { timeout: 120_000 }, async () => {
+  const full = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nspool: { minFreeBytes: ${Number.MAX_SAFE_INTEGER} }\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    await workerPid(full, 0);
+    const s = status(join(full.dir, 'postern.yaml'));
+    assert.equal(s.code, 5, s.stderr);
+    assert.match(s.stderr, /running, but not ready \(new mail is refused, \/readyz answers 503\): spool: \d+ bytes free on the spool's filesystem, below spool\.minFreeBytes/);
+    assert.match(String(s.json!.summary), /^1\/1 workers ready, 0 restarts; NOT READY: spool: .*452 4\.3\.1/);
+    assert.equal((s.json!.readiness as { ready: boolean }).ready, false);
+  } finally {
+    await full.stop();
+  }
+});

@@ -53,7 +53,7 @@ listeners:
 
   const ready = JSON.parse((await curl('curl', ['-sf', `${base}/readyz`])).stdout) as { ready: boolean; checks: Record<string, { ok: boolean }> };
   assert.equal(ready.ready, true, JSON.stringify(ready));
-  assert.deepEqual(Object.keys(ready.checks).sort(), ['listeners', 'processes', 'reload', 'spool']);
+  assert.deepEqual(Object.keys(ready.checks).sort(), ['listeners', 'lock', 'processes', 'reload', 'spool', 'store']);
   // A spool folder that cannot be written (here: gone) makes the server not ready, until it is back.
   const spool = join(c.dataDir, 'spool');
   await rename(spool, `${spool}.away`);

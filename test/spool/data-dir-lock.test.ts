@@ -155,3 +155,31 @@ test('a FIFO where a lock goes (the data directory\'s, a worker spool\'s) does n
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the lock file removed while the server runs is made again (a second server is still refused); one naming another live process makes /readyz fail', { timeout: 90_000 }, async () => {
+  const c = await startCluster({ config: `${ONE_WORKER}admin: { listen: "127.0.0.1:{PORT:admin}" }\n` });
+  const other = spawn('sleep', ['300'], { stdio: 'ignore' });
+  try {
+    const lockFile = join(c.dataDir, LOCK_FILE);
+    const mine = readFileSync(lockFile, 'utf8');
+    const readyz = async (): Promise<{ code: number; body: { checks: Record<string, { ok: boolean; detail?: string }> } }> => {
+      const r = await fetch(`http://127.0.0.1:${c.port('admin')}/readyz`);
+      return { code: r.status, body: await r.json() as { checks: Record<string, { ok: boolean; detail?: string }> } };
+    };
+    await c.waitFor('ready', async () => (await readyz()).code === 200);
+
+    rmSync(lockFile); // a cleanup of the folder
+    await c.waitFor('the lock made again', () => c.logs.some((l) => /^data directory lock: its file was removed while the server ran; made again/.test(String(l.msg))));
+    assert.equal(readFileSync(lockFile, 'utf8'), mine);
+    assert.throws(() => acquireDirectoryLock(c.dataDir), (err: unknown) => err instanceof DirectoryLockedError && err.pid !== process.pid, 'a second server is refused');
+
+    writeFileSync(lockFile, `${other.pid} -\n`); // another live process holds it now
+    const taken = await c.waitFor('/readyz fails', async () => { const r = await readyz(); return r.code === 503 && r; });
+    assert.match(String(taken.body.checks.lock!.detail), new RegExp(`held by process ${other.pid}: two servers use this data directory`));
+    writeFileSync(lockFile, mine);
+    await c.waitFor('ready again', async () => (await readyz()).code === 200);
+  } finally {
+    other.kill();
+    await c.stop();
+  }
+});
