@@ -200,8 +200,10 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     // A listener that trusts this CA without loading its CRL takes the revoked certificate as before: said, never implied.
     const notLoaded = await unloadedCrls(config, dir);
     for (const u of notLoaded) process.stderr.write(`warning: listener ${u.name} trusts this CA but does not load ${u.crl}: the revocation has no effect there; add it to its tls.crlFiles\n`);
-    // Postfix checks no CRL (not even one in smtpd_tls_CAfile): what it verified stays verified.
-    for (const p of config.policyServices.filter((s) => s.relayClientCertificates || s.certificateIdentity.field === 'CN')) {
+    // Postfix checks no CRL (not even one in smtpd_tls_CAfile): what it verified stays verified, unless the service
+    // knows the certificate's digests (pki.dir is this folder, and the certificate is in its issued.json).
+    const byDigest = config.pki.dir !== undefined && resolve(config.pki.dir) === resolve(dir) && !r.unrecorded;
+    for (const p of byDigest ? [] : config.policyServices.filter((s) => s.relayClientCertificates || s.certificateIdentity.field === 'CN')) {
       process.stderr.write(`warning: policy service ${p.name} takes certificates Postfix verified (${p.relayClientCertificates ? 'relayClientCertificates' : 'certificateIdentity.field CN'}), and Postfix checks no CRL: if its smtpd_tls_CAfile holds this CA, the revocation has no effect there; grant by pins or relayClientCertificatesTable instead, whose lines can be removed\n`);
     }
     if (opts.json) {

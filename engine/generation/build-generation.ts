@@ -29,6 +29,7 @@ import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
+import { NO_REVOKED_DEVICES, readRevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
@@ -97,6 +98,12 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
   let users = new Map<string, string>();
   if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
+  // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest.
+  let revokedDevices = NO_REVOKED_DEVICES;
+  if (config.pki.dir && config.policyServices.length) {
+    progress.step = `the revoked certificates of ${config.pki.dir}`;
+    await readRevokedDevices(config.pki.dir).then((r) => { revokedDevices = r; }, failed);
+  }
 
   // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so
   // that their own errors are reported too; nothing built is kept unless everything is fine.
@@ -203,7 +210,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     await Promise.all([...sandboxes.values(), ...shadows.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present, revokedDevices), listeners, warnings };
 }
 
 /**
