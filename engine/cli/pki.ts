@@ -214,7 +214,7 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     for (const c of r.alreadyRevoked) print(`already revoked on ${c.revoked!.at}: ${c.identity} (device ${c.device}), serial ${c.serial}`);
     if (r.unrecorded) print(`revoked serial ${r.unrecorded} (not in this CA's inventory)`);
     for (const u of unpinned) print(`unpinned ${u.identity} (pin ${Buffer.from(u.pinSha256, 'hex').toString('base64url')}) from ${u.file}`);
-    if (r.crl) print(`CRL ${r.crl.file}: number ${r.crl.number}, ${r.crl.revoked} revoked, next update ${r.crl.nextUpdate}. A running server applies it to new handshakes at its reload; a session already logged in with the certificate is refused at its next MAIL FROM.`);
+    if (r.crl) print(`CRL ${r.crl.file}: number ${r.crl.number}, ${r.crl.revoked} revoked, next update ${r.crl.nextUpdate}. A running server applies it to new handshakes at its reload; a session already open with the certificate is refused at its next MAIL FROM, RCPT TO or end of DATA.`);
     return 0;
   });
 }
