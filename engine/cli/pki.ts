@@ -211,6 +211,8 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
       return 0;
     }
     for (const c of r.revoked) print(`revoked ${c.identity} (device ${c.device}), serial ${c.serial}: ${c.revoked!.reason}`);
+    // Mail accepted from it before is delivered (it was accepted from a device trusted then): the way to stop it.
+    for (const c of r.revoked) print(`mail accepted with it before is still delivered; to hold what is queued: postern queue hold --certificate ${c.fingerprintSha256}`);
     for (const c of r.alreadyRevoked) print(`already revoked on ${c.revoked!.at}: ${c.identity} (device ${c.device}), serial ${c.serial}`);
     if (r.unrecorded) print(`revoked serial ${r.unrecorded} (not in this CA's inventory)`);
     for (const u of unpinned) print(`unpinned ${u.identity} (pin ${Buffer.from(u.pinSha256, 'hex').toString('base64url')}) from ${u.file}`);
