@@ -14,7 +14,7 @@ import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
-import type { ListenerConfig } from '../config/schema.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
@@ -53,6 +53,12 @@ export interface BuildOptions {
    * refused even where a start would take its absence as "no scripts" (the default top-level `scripts`).
    */
   scriptFoldersInForce?: ReadonlySet<string>;
+  /**
+   * A reload: the configuration in force. A listener that already trusted pki.dir's CA without its CRL there is
+   * warned about, not refused, once the CRL revokes something: a refused reload would keep the CRL from before
+   * the revocation on every listener, so the revoked device would still get in everywhere.
+   */
+  configInForce?: Config;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -184,9 +190,13 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
-  for (const u of config.pki.dir ? await unloadedCrls(config, config.pki.dir) : []) {
+  const gaps = config.pki.dir ? await unloadedCrls(config, config.pki.dir) : [];
+  // The same gap in the configuration in force: refusing would only keep the older CRL on the other listeners too.
+  const gapsInForce = new Set(gaps.length && options.configInForce && config.pki.dir ? (await unloadedCrls(options.configInForce, config.pki.dir)).map((u) => u.name) : []);
+  for (const u of gaps) {
     const key = ['listeners', u.listener, 'tls', config.listeners[u.listener]!.tls.crlFiles.length ? 'crlFiles' : 'caFiles'];
-    if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
+    if (u.revoked && gapsInForce.has(u.name)) warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they still verify (log in, relay); add it to tls.crlFiles (this reload is taken all the same, so that the other listeners apply the CRL; a start or postern check refuses it)`) });
+    else if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
     else warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}: a certificate revoked by postern pki revoke or the account page would still verify here; add it to tls.crlFiles`) });
   }
 

@@ -38,9 +38,9 @@ export interface PkiServer {
 
 /**
  * `pki init` in a new folder, then a server using that CA (listener `submission`; `required` with
- * `clientCertificates: require`) and a pin table (listener `pinned`).
+ * `clientCertificates: require`) and a pin table (listener `pinned`). `extraConfig` is appended (given the CA folder, when a function).
  */
-export async function startPkiServer(pki: TestPki, extraConfig = ''): Promise<PkiServer> {
+export async function startPkiServer(pki: TestPki, extraConfig: string | ((ca: string) => string) = ''): Promise<PkiServer> {
   const root = await mkdtemp(join(tmpdir(), 'postern-pki-cli-'));
   const ca = join(root, 'ca');
   const init = await postern(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']);
@@ -67,7 +67,7 @@ listeners:
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request }
     auth: { mechanisms: [EXTERNAL], required: true }
     certificateIdentity: { pins: pins }
-${extraConfig}`,
+${typeof extraConfig === 'string' ? extraConfig : extraConfig(ca)}`,
   });
   return { server, ca, pins, config: join(server.dir, 'postern.yaml') };
 }
