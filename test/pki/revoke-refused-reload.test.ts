@@ -1,0 +1,47 @@
+// `pki revoke` while the running server's last reload was refused (a script saved half-edited): the server keeps
+// its generation in force, with the CRL from before, so the revoked laptop still logs in until the script is
+// fixed, and the command said the revocation would apply at the reload. It now says the reload is refused.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { until } from '../helpers/wait.ts';
+import { postern, startPkiServer } from './helpers.ts';
+
+let pki: TestPki;
+before(async () => { pki = await makeTestPki(); });
+
+test('revoked while a reload is refused: the command says the revocation waits for the fix; after it the certificate is refused', async () => {
+  const { server, config } = await startPkiServer(pki);
+  try {
+    const out = await mkdtemp(join(tmpdir(), 'postern-revoke-refused-'));
+    assert.equal((await postern(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', out])).code, 0);
+    const stem = join(out, (await readdir(out)).find((f) => f.endsWith('.key'))!.slice(0, -4));
+    const laptop = { cert: await readFile(`${stem}.crt`, 'utf8'), key: await readFile(`${stem}.key`, 'utf8') };
+    const external = async (): Promise<number> => {
+      const c = await SmtpTestClient.connect(server.port('submission'));
+      try {
+        await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), ...laptop } });
+        return (await c.command('AUTH EXTERNAL =')).code;
+      } finally {
+        c.socket.destroy();
+      }
+    };
+    assert.equal(await external(), 235, 'logs in before (the test can fail)');
+    const script = join(server.dir, 'scripts', 'mailfrom.ts');
+    await writeFile(script, 'export default (ctx) => {\n  return reject(;\n};\n');
+    await until('the half-edited script refused', () => server.reloader.status.data.lastError !== null, { timeoutMs: 60_000 });
+    const revoke = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
+    assert.equal(revoke.code, 0, revoke.stderr);
+    assert.match(revoke.stderr, /^warning: the running server's last reload was refused \(.*mailfrom\.ts:2:.*\): it keeps its last good configuration, and with it the CRL and pins from before this revocation, until that is fixed \(postern status\)$/m);
+    assert.equal(await external(), 235, 'what the warning says: the server in force still takes it');
+
+    await writeFile(script, 'export default () => {};\n');
+    await until('the certificate refused once the script is fixed', async () => (await external()) === 535, { timeoutMs: 60_000 });
+  } finally {
+    await server.stop();
+  }
+});
