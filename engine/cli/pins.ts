@@ -8,6 +8,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
+import { refusedReloadWarning } from '../reload/reload-status.ts';
 import { addPin, listPins, pinTableOf, readSightings, removePin, type RemovePinSelector } from '../pki/index.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
@@ -55,12 +56,15 @@ export function pinsListCommand(opts: PinsOptions): Promise<number> {
 
 export function pinsRemoveCommand(what: string, opts: PinsOptions & { device?: string }): Promise<number> {
   return guarded(async () => {
-    const table = pinTableOf(configOf(opts), opts.listener);
+    const config = configOf(opts);
+    const table = pinTableOf(config, opts.listener);
     const input = await certificateOrPin(what);
     // A PEM or something pin-shaped is a pin; anything else an identity.
     const selector: RemovePinSelector = opts.device !== undefined || !(input.includes('-----BEGIN') || /^[A-Za-z0-9+/=_:-]{40,}$/.test(input.replace(/^sha256\/\//i, '')))
       ? { identity: what, device: opts.device } : { pin: input };
     const gone = await removePin(table.file, selector);
+    const refused = gone.length ? await refusedReloadWarning(config.dataDir, 'the pins from before this removal') : null;
+    if (refused) process.stderr.write(refused);
     if (opts.json) printJson({ table: table.table, file: table.file, removed: gone });
     else if (!gone.length) print(`${table.file}: nothing matched ${what}`);
     else for (const p of gone) print(`${table.file}: removed ${p.pinBase64Url} of ${p.identity}${p.device ? ` (device ${p.device})` : ''}`);

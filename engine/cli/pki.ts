@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
-import { refusedReloadOf } from '../reload/reload-status.ts';
+import { refusedReloadWarning } from '../reload/reload-status.ts';
 import { openToOthers } from '../spool/data-dir-lock.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
@@ -209,8 +209,8 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     }
     // A server whose last reload was refused (a script or table being edited) keeps its generation in force, and with
     // it the CRL and pin tables from before: the revocation waits for that to be fixed, which must not go unsaid.
-    const refused = await refusedReloadOf(config.dataDir);
-    if (refused) process.stderr.write(`warning: the running server's last reload was refused (${refused[0]}${refused.length > 1 ? `, and ${refused.length - 1} more` : ''}): it keeps its last good configuration, and with it the CRL and pins from before this revocation, until that is fixed (postern status)\n`);
+    const refused = await refusedReloadWarning(config.dataDir, 'the CRL and pins from before this revocation');
+    if (refused) process.stderr.write(refused);
     if (opts.json) {
       printJson({ ...r, unpinned, crlNotLoadedBy: notLoaded.map((u) => u.name) });
       return 0;

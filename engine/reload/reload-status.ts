@@ -88,3 +88,11 @@ export async function refusedReloadOf(dataDir: string): Promise<string[] | null>
   }
   return data.lastError.map(String);
 }
+
+/** The warning line of a command that changed `what` while the running server's reloads are refused, or null. */
+export async function refusedReloadWarning(dataDir: string, what: string): Promise<string | null> {
+  const refused = await refusedReloadOf(dataDir);
+  if (!refused) return null;
+  return `warning: the running server's last reload was refused (${refused[0]}${refused.length > 1 ? `, and ${refused.length - 1} more` : ''}): `
+    + `it keeps its last good configuration, and with it ${what}, until that is fixed (postern status)\n`;
+}
