@@ -29,7 +29,7 @@ import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
-import { NO_REVOKED_DEVICES, readRevokedDevices } from '../pki/revoked-devices.ts';
+import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
@@ -104,9 +104,10 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
   let users = new Map<string, string>();
   if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
-  // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest.
+  // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest. The account
+  // page ends the sessions of an account whose device was revoked as lost or stolen.
   let revokedDevices = NO_REVOKED_DEVICES;
-  if (config.pki.dir && config.policyServices.length) {
+  if (readsRevokedDevices(config)) {
     progress.step = `the revoked certificates of ${config.pki.dir}`;
     await readRevokedDevices(config.pki.dir).then((r) => { revokedDevices = r; }, failed);
   }

@@ -2,13 +2,15 @@
  * The revoked device certificates of the CA folder (`pki.dir`) by their digests, for what sees no serial: a Postfix
  * policy request carries only ccert_fingerprint and ccert_pubkey_fingerprint, and Postfix checks no CRL, so a
  * revoked certificate reaches the policy service as one Postfix verified. Postern issued it and recorded it
- * (issued.json, issued/<serial>.crt), so its digests can be matched against what was revoked.
+ * (issued.json, issued/<serial>.crt), so its digests can be matched against what was revoked. And for the account
+ * page, which certificates were revoked as lost or stolen, by whichever means (the page, `postern pki revoke`).
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pkiPaths } from './layout.ts';
 import { readInventory } from './inventory.ts';
+import type { Config } from '../config/schema.ts';
 
 export type DigestName = 'sha256' | 'sha1' | 'md5';
 
@@ -20,11 +22,14 @@ export interface RevokedDevices {
    * CA carries (a renewal with the same key keeps working): a stolen key in a certificate made elsewhere.
    */
   keys: Record<DigestName, ReadonlySet<string>>;
+  /** Certificates revoked as lost or stolen (keyCompromise): serial → account (lowercase), for the account page's sessions. */
+  compromised: ReadonlyMap<string, string>;
 }
 
 export const NO_REVOKED_DEVICES: RevokedDevices = Object.freeze({
   certificates: { sha256: new Set<string>(), sha1: new Set<string>(), md5: new Set<string>() },
   keys: { sha256: new Set<string>(), sha1: new Set<string>(), md5: new Set<string>() },
+  compromised: new Map<string, string>(),
 });
 
 const DIGESTS: readonly DigestName[] = ['sha256', 'sha1', 'md5'];
@@ -41,8 +46,10 @@ export async function readRevokedDevices(dir: string): Promise<RevokedDevices> {
   const keys = { sha256: new Set<string>(), sha1: new Set<string>(), md5: new Set<string>() };
   const keptKeys = new Set(inv.certificates.filter((c) => !c.revoked).map((c) => c.pinSha256));
   const revokedSerials = new Set(inv.otherRevoked.map((r) => r.serial));
+  const compromised = new Map<string, string>();
   for (const c of inv.certificates) {
     if (!c.revoked) continue;
+    if (c.revoked.reason === 'keyCompromise') compromised.set(c.serial, c.identity.toLowerCase());
     certificates.sha256.add(c.fingerprintSha256);
     if (!keptKeys.has(c.pinSha256)) keys.sha256.add(c.pinSha256);
     revokedSerials.add(c.serial);
@@ -58,7 +65,12 @@ export async function readRevokedDevices(dir: string): Promise<RevokedDevices> {
       if (!keptKey) keys[d].add(createHash(d).update(spki).digest('hex'));
     }
   }
-  return { certificates, keys };
+  return { certificates, keys, compromised };
+}
+
+/** Whether a generation reads them (and watches issued.json and ca.crl): pki.dir with policy services or the account page. */
+export function readsRevokedDevices(config: Config): config is Config & { pki: { dir: string } } {
+  return !!config.pki.dir && (config.policyServices.length > 0 || config.accounts !== undefined);
 }
 
 /** Whether a certificate described by its digests (lowercase hex, of `digest`) is a revoked device's. */

@@ -33,7 +33,7 @@ export class PolicyGeneration {
   readonly #shadows: ReadonlyMap<string, Sandbox>;
   /** The scripts folders that were there when it was built: a reload refuses to lose one (generation/scripts-folders.ts). */
   readonly scriptFolders: ReadonlySet<string>;
-  /** The revoked certificates of `pki.dir` by digest, for the policy services (Postfix sends no serial); none without policy services. */
+  /** The revoked certificates of `pki.dir` by digest, for the policy services (Postfix sends no serial) and the account page; none without them. */
   readonly revokedDevices: RevokedDevices;
   #refs = 0;
   #retired = false;
