@@ -29,7 +29,7 @@ import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
-import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices } from '../pki/revoked-devices.ts';
+import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
@@ -59,6 +59,8 @@ export interface BuildOptions {
    * the revocation on every listener, so the revoked device would still get in everywhere.
    */
   configInForce?: Config;
+  /** A reload: what the generation in force knew pki.dir revoked, kept when issued.json cannot be read now. */
+  revokedDevicesInForce?: RevokedDevices;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -109,7 +111,12 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   let revokedDevices = NO_REVOKED_DEVICES;
   if (readsRevokedDevices(config)) {
     progress.step = `the revoked certificates of ${config.pki.dir}`;
-    await readRevokedDevices(config.pki.dir).then((r) => { revokedDevices = r; }, failed);
+    // Unreadable (a root-owned issued.json of an older release, mode 0600; a file half-copied to this node): the
+    // revocations already known stay known, and it is said. Refusing the build would keep the older CRL everywhere.
+    await readRevokedDevices(config.pki.dir).then((r) => { revokedDevices = r; }, (err: Error) => {
+      revokedDevices = options.revokedDevicesInForce ?? NO_REVOKED_DEVICES;
+      warnings.push({ message: `${config.pki.dir}: cannot read what it revoked (${err.message}): policy services cannot tell a certificate revoked since apart (Postfix sends no serial), nor the account page end the sessions of a device revoked as lost or stolen; make issued.json readable by the server's user` });
+    });
   }
 
   // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so

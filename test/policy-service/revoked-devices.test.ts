@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { X509Certificate, createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -80,4 +80,17 @@ test('pki revoke alone reloads the policy services, which then take the certific
   // Another certificate of the revoked key: revoked too (Postfix would verify it if its CA signed it).
   assert.equal(await verdict('sha256', { ...verified(elsewhere, 'sha256'), ccert_fingerprint: colon('sha256', elsewhere.raw) }), 'revoked false null');
   assert.equal(await verdict('md5', verified(elsewhere, 'md5')), 'revoked false null');
+});
+
+test('issued.json unreadable since (damaged, or not readable by the server): the revocations known stay, the reload is taken, and it is said', async () => {
+  const issued = join(files, 'ca', 'issued.json');
+  const good = await readFile(issued, 'utf8');
+  await writeFile(issued, '{ half a file');
+  try {
+    await until('the warning of the reload', () => s.logs.some((l) => String(l.msg).includes('cannot read what it revoked')), { timeoutMs: 60_000 });
+    assert.equal(s.reloader.status.data.lastError, null, 'the reload was taken');
+    assert.equal(await verdict('sha256', verified(laptop, 'sha256')), 'revoked false null');
+  } finally {
+    await writeFile(issued, good);
+  }
 });
