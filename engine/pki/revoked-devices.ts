@@ -9,7 +9,8 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pkiPaths } from './layout.ts';
-import { readInventory } from './inventory.ts';
+import { readInventory, type DeviceCertificate } from './inventory.ts';
+import { readIfExists } from './atomic-file.ts';
 import type { Config } from '../config/schema.ts';
 
 export type DigestName = 'sha256' | 'sha1' | 'md5';
@@ -77,4 +78,16 @@ export function readsRevokedDevices(config: Config): config is Config & { pki: {
 export function isRevokedDevice(revoked: RevokedDevices, digest: DigestName, fingerprint: string | null, keyFingerprint: string | null): boolean {
   return (fingerprint !== null && revoked.certificates[digest].has(fingerprint))
     || (keyFingerprint !== null && revoked.keys[digest].has(keyFingerprint));
+}
+
+/**
+ * The revoked certificate of the CA folder `dir` whose key this is (SHA-256 pin, hex), unless a certificate not revoked
+ * carries it too (a renewal): pinning it would take back the revocation (a pin names the account whatever the chain
+ * verdict, so the stolen key in a certificate made anywhere would log in). Null when none, or no inventory.
+ */
+export async function revokedCertificateOfKey(dir: string, pinSha256: string): Promise<DeviceCertificate | null> {
+  const paths = pkiPaths(dir);
+  if ((await readIfExists(paths.inventory)) === null) return null;
+  const certs = (await readInventory(paths)).certificates.filter((c) => c.pinSha256 === pinSha256);
+  return certs.some((c) => !c.revoked) ? null : certs.find((c) => c.revoked) ?? null;
 }

@@ -216,3 +216,18 @@ test('revoked as lost or stolen by postern pki revoke: the account\'s sessions e
   assert.notEqual((await there.request('GET', '/devices')).status, 200, 'stolen: signed out');
   assert.ok(s.server.logs.some((l) => String(l.msg).includes('revoked as lost or stolen: its sessions ended') && l.identity === USERS.alice));
 });
+
+// A key whose certificate was revoked, registered again on the page (a thief signed in with the laptop's saved
+// password, registering the laptop's key): a pin names the account whatever the CRL says. Refused.
+test('the key of a revoked certificate cannot be registered again on the page', async () => {
+  const page = client();
+  assert.equal((await page.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  assert.equal((await page.post('/devices/issue', { device: 'rekeyed' })).status, 303);
+  const serial = /<tr data-device="cert-([^"]+)"><td>rekeyed</.exec((await page.request('GET', '/devices')).body)?.[1];
+  assert.ok(serial);
+  await revokeDevice(s.caDir, { serial }, { reason: 'superseded' });
+  const pem = await readFile(join(s.caDir, 'issued', `${serial}.crt`), 'utf8');
+  const again = await page.post('/devices/add', { device: 'rekeyed-again', key: pem });
+  assert.equal(again.status, 400, again.body);
+  assert.match(again.body, /certificate was revoked: it cannot be registered again/);
+});
