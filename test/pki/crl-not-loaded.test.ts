@@ -9,9 +9,7 @@ import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
-import { postern, startPkiServer } from './helpers.ts';
-import { readdir, readFile } from 'node:fs/promises';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { externalLogin, issueDevice, postern, startPkiServer } from './helpers.ts';
 import { until } from '../helpers/wait.ts';
 
 let pki: TestPki;
@@ -73,20 +71,8 @@ test('a running server with such a listener: the revocation reloads all the same
     certificateIdentity: { field: emailAddress }
 `);
   try {
-    const out = join(scratch.path, 'running');
-    await mkdir(out);
-    assert.equal((await postern(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', out])).code, 0);
-    const stem = join(out, (await readdir(out)).find((f) => f.endsWith('.key'))!.slice(0, -4));
-    const laptop = { cert: await readFile(`${stem}.crt`, 'utf8'), key: await readFile(`${stem}.key`, 'utf8') };
-    const external = async (listener: string): Promise<number> => {
-      const c = await SmtpTestClient.connect(server.port(listener));
-      try {
-        await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), ...laptop } });
-        return (await c.command('AUTH EXTERNAL =')).code;
-      } finally {
-        c.socket.destroy();
-      }
-    };
+    const laptop = await issueDevice(config, 'alice@example.com');
+    const external = (listener: string): Promise<number> => externalLogin(server, listener, pki, laptop);
     assert.equal(await external('submission'), 235, 'logs in before (the test can fail)');
     const revoke = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
     assert.equal(revoke.code, 0, revoke.stderr);

@@ -4,13 +4,11 @@
 // `pins remove` does.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
-import { postern, startPkiServer } from './helpers.ts';
+import { externalLogin, issueDevice, postern, startPkiServer } from './helpers.ts';
 
 let pki: TestPki;
 before(async () => { pki = await makeTestPki(); });
@@ -18,19 +16,8 @@ before(async () => { pki = await makeTestPki(); });
 test('revoked while a reload is refused: the command says the revocation waits for the fix; after it the certificate is refused', async () => {
   const { server, config } = await startPkiServer(pki);
   try {
-    const out = await mkdtemp(join(tmpdir(), 'postern-revoke-refused-'));
-    assert.equal((await postern(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', out])).code, 0);
-    const stem = join(out, (await readdir(out)).find((f) => f.endsWith('.key'))!.slice(0, -4));
-    const laptop = { cert: await readFile(`${stem}.crt`, 'utf8'), key: await readFile(`${stem}.key`, 'utf8') };
-    const external = async (): Promise<number> => {
-      const c = await SmtpTestClient.connect(server.port('submission'));
-      try {
-        await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), ...laptop } });
-        return (await c.command('AUTH EXTERNAL =')).code;
-      } finally {
-        c.socket.destroy();
-      }
-    };
+    const laptop = await issueDevice(config, 'alice@example.com');
+    const external = (): Promise<number> => externalLogin(server, 'submission', pki, laptop);
     assert.equal(await external(), 235, 'logs in before (the test can fail)');
     assert.equal((await postern(['pins', 'add', 'bob@example.com', pki.clients.alice.cert, '--listener', 'pinned', '-c', config])).code, 0);
     const script = join(server.dir, 'scripts', 'mailfrom.ts');

@@ -3,12 +3,12 @@
 // stolen key would log in again, in any certificate. Refused, naming the revocation.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { run } from '../helpers/example.ts';
-import { postern, startPkiServer } from './helpers.ts';
+import { issueDevice, postern, startPkiServer } from './helpers.ts';
 
 let pki: TestPki;
 before(async () => { pki = await makeTestPki(); });
@@ -16,13 +16,12 @@ before(async () => { pki = await makeTestPki(); });
 test('pins add of a revoked certificate\'s key, in that certificate or one made elsewhere: refused', async () => {
   const { server, config } = await startPkiServer(pki);
   try {
+    const laptop = await issueDevice(config, 'alice@example.com');
     const out = await mkdtemp(join(tmpdir(), 'postern-revoked-key-'));
-    assert.equal((await postern(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', out])).code, 0);
-    const stem = join(out, (await readdir(out)).find((f) => f.endsWith('.key'))!.slice(0, -4));
-    const made = await run('openssl', ['req', '-x509', '-key', `${stem}.key`, '-subj', '/CN=alice@example.com', '-days', '2', '-out', join(out, 'elsewhere.crt')]);
+    const made = await run('openssl', ['req', '-x509', '-key', laptop.files.key, '-subj', '/CN=alice@example.com', '-days', '2', '-out', join(out, 'elsewhere.crt')]);
     assert.equal(made.code, 0, made.output);
     assert.equal((await postern(['pki', 'revoke', 'alice@example.com', '--all', '--reason', 'keyCompromise', '-c', config])).code, 0);
-    for (const cert of [`${stem}.crt`, join(out, 'elsewhere.crt')]) {
+    for (const cert of [laptop.files.cert, join(out, 'elsewhere.crt')]) {
       const add = await postern(['pins', 'add', 'alice@example.com', cert, '--listener', 'pinned', '-c', config]);
       assert.equal(add.code, 1, add.stdout);
       assert.match(add.stderr, /^postern: that key's certificate \(serial [0-9a-f]+, alice@example\.com, device laptop\) was revoked on \S+ \(keyCompromise\): pinned, it would log in again; issue a new certificate instead$/m);
