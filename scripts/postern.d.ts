@@ -133,11 +133,11 @@ declare module "postern" {
     /** `ccert_pubkey_fingerprint` as Postfix sent it (colon hex in `digest`), or null. */
     readonly publicKeyFingerprint: string | null;
     readonly pem: null;
-    /** Postfix verified the chain against its own CA files (it sent the subject and issuer). */
+    /** Postfix verified the chain against its own CA files (it sent the subject and issuer), and `pki.dir` has not revoked it. */
     readonly verified: boolean;
-    /** `invalid` when Postfix did not verify it (Postfix does not say why); null when verified. */
+    /** `invalid` when Postfix did not verify it (Postfix does not say why); `revoked` when `pki.dir` revoked it (matched by its fingerprints: Postfix checks no CRL); null when verified. */
     readonly verifyError: ChainFailureReason | null;
-    /** `POSTFIX_NOT_VERIFIED`, or null when verified. */
+    /** `POSTFIX_NOT_VERIFIED`, `CERT_REVOKED`, or null when verified. */
     readonly verifyErrorCode: string | null;
   }
 

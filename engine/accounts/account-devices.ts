@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 
@@ -160,6 +160,8 @@ async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, p
   if (!dir || !existsSync(pkiPaths(dir).caCert)) return;
   const issued = (await readInventory(pkiPaths(dir))).certificates;
   if (issued.some((c) => c.pinSha256 === pinSha256 && !same(c.identity, identity))) throw new AccountError('That key is already registered.');
+  // The key of a device revoked (lost, stolen): pinned, it would log in again whatever the CRL says.
+  if (await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
 }
 
 /** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */

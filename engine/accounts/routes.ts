@@ -15,6 +15,7 @@ import { clientAddress } from '../smtp/postern-server.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { Session, SessionBook } from './sessions.ts';
 import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
+import type { CompromisedSessions } from './compromised-sessions.ts';
 import {
   AccountError, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
@@ -33,6 +34,8 @@ export interface AccountsState {
   limiter: AuthFailureLimiter;
   log: Logger;
   sessions: SessionBook;
+  /** Accounts whose device was revoked as lost or stolen elsewhere (postern pki revoke): their sessions end. */
+  compromised: CompromisedSessions;
   /** Devices each account may still add this hour (accounts.deviceAdditionsPerHour). */
   additions: ChangeBudget;
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
@@ -61,6 +64,10 @@ export function accountRoutes(state: AccountsState) {
     /** The signed-in session of this request, if it still stands. */
     const sessionOf = (req: FastifyRequest): Session | null => {
       const g = state.generation();
+      for (const identity of state.compromised.newlyCompromised(g.revokedDevices)) {
+        const signedOut = state.sessions.endOthers(identity, '');
+        state.log.info({ identity, signedOut }, 'account page: a device of this account was revoked as lost or stolen: its sessions ended');
+      }
       const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * 60_000);
       if (s && !sessionStands(s, state.listener(), g, state.trust)) {
         state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
@@ -209,6 +216,8 @@ export function accountRoutes(state: AccountsState) {
           try { reason = parseReason(asked); } catch { throw new AccountError(`Unknown reason "${asked}".`); }
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
         }
+        // Known before the reload that shows it, so that this session is not ended with the others.
+        if (reason === 'keyCompromise' && device.serial) state.compromised.revokedHere(device.serial);
         const change = await retireAccountDevice(ctx(), device, reason);
         // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
         // password would otherwise go on issuing itself devices as fast as they are revoked).

@@ -18,6 +18,7 @@ import { loadListenerTls, serverTlsOptions } from '../smtp/listener-options.ts';
 import { TrustedIssuers } from '../certificates/index.ts';
 import { ChangeBudget } from './change-budget.ts';
 import { SessionBook } from './sessions.ts';
+import { CompromisedSessions } from './compromised-sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
@@ -91,6 +92,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   let certificate = tls.certificate;
   const state: AccountsState = {
     generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
+    compromised: new CompromisedSessions(opts.generation().revokedDevices),
     additions: new ChangeBudget(() => settings().deviceAdditionsPerHour),
     listener: () => opts.generation().listener(settings().listener),
   };

@@ -116,7 +116,8 @@ const selection = (cmd: ReturnType<typeof queue.command>, verb: string): typeof 
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--all', `${verb} every message in the queue`)
   .option('--from <address>', `${verb} messages from this sender (user@domain, domain, or <> for bounces)`)
-  .option('--to <address>', `${verb} messages with this pending recipient (user@domain or domain)`);
+  .option('--to <address>', `${verb} messages with this pending recipient (user@domain or domain)`)
+  .option('--certificate <sha256>', `${verb} messages accepted with this client certificate: its SHA-256 fingerprint, or its key's (the pin: every certificate of the key)`);
 const QUEUE_ACTIONS: Array<[QueueAction, string]> = [
   ['retry', 'make messages due now, held ones excepted (Postfix postqueue -f / -i / -s); the running server attempts them at its next scan'],
   ['delete', 'remove messages without delivering or bouncing them (Postfix postsuper -d)'],

@@ -8,7 +8,9 @@ import { createReadStream, existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { addPin, listPins, pinTableOf, readSightings, removePin, type RemovePinSelector } from '../pki/index.ts';
+import type { Config } from '../config/schema.ts';
+import { refusedReloadWarning } from '../reload/reload-status.ts';
+import { addPin, listPins, pinOf, pinTableOf, readSightings, removePin, revokedCertificateOfKey, type RemovePinSelector } from '../pki/index.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 import { columns, configOf, guarded, print, printJson } from './pki.ts';
@@ -21,10 +23,24 @@ async function certificateOrPin(arg: string): Promise<string> {
   return existsSync(arg) ? readFile(arg, 'utf8') : arg;
 }
 
+/**
+ * A key whose certificate pki.dir revoked (a lost laptop's, learnt from the connection its thief made since): a pin
+ * names the account whatever the CRL says, so pinning it would undo the revocation. Said on stderr.
+ */
+async function refusedAsRevoked(config: Config, pinSha256: string): Promise<boolean> {
+  const revoked = config.pki.dir ? await revokedCertificateOfKey(config.pki.dir, pinSha256) : null;
+  if (!revoked) return false;
+  process.stderr.write(`postern: that key's certificate (serial ${revoked.serial}, ${revoked.identity}, device ${revoked.device}) was revoked on ${revoked.revoked!.at} (${revoked.revoked!.reason}): pinned, it would log in again; issue a new certificate instead\n`);
+  return true;
+}
+
 export function pinsAddCommand(identity: string, certOrPin: string, opts: PinsOptions & { device?: string; sender?: string[] }): Promise<number> {
   return guarded(async () => {
-    const table = pinTableOf(configOf(opts), opts.listener);
-    const entry = await addPin(table.file, { identity, certificateOrPin: await certificateOrPin(certOrPin), device: opts.device, senders: opts.sender });
+    const config = configOf(opts);
+    const table = pinTableOf(config, opts.listener);
+    const given = await certificateOrPin(certOrPin);
+    if (await refusedAsRevoked(config, pinOf(given))) return 1;
+    const entry = await addPin(table.file, { identity, certificateOrPin: given, device: opts.device, senders: opts.sender });
     if (opts.json) printJson({ table: table.table, file: table.file, listeners: table.listeners, added: entry });
     else print(`${table.file}: pinned ${entry.pinBase64Url} for ${entry.identity}${entry.device ? ` (device ${entry.device})` : ''}; listeners ${table.listeners.join(', ')} apply it at their reload`);
     return 0;
@@ -55,12 +71,15 @@ export function pinsListCommand(opts: PinsOptions): Promise<number> {
 
 export function pinsRemoveCommand(what: string, opts: PinsOptions & { device?: string }): Promise<number> {
   return guarded(async () => {
-    const table = pinTableOf(configOf(opts), opts.listener);
+    const config = configOf(opts);
+    const table = pinTableOf(config, opts.listener);
     const input = await certificateOrPin(what);
     // A PEM or something pin-shaped is a pin; anything else an identity.
     const selector: RemovePinSelector = opts.device !== undefined || !(input.includes('-----BEGIN') || /^[A-Za-z0-9+/=_:-]{40,}$/.test(input.replace(/^sha256\/\//i, '')))
       ? { identity: what, device: opts.device } : { pin: input };
     const gone = await removePin(table.file, selector);
+    const refused = gone.length ? await refusedReloadWarning(config.dataDir, 'the pins from before this removal') : null;
+    if (refused) process.stderr.write(refused);
     if (opts.json) printJson({ table: table.table, file: table.file, removed: gone });
     else if (!gone.length) print(`${table.file}: nothing matched ${what}`);
     else for (const p of gone) print(`${table.file}: removed ${p.pinBase64Url} of ${p.identity}${p.device ? ` (device ${p.device})` : ''}`);
@@ -85,6 +104,7 @@ export function pinsLearnCommand(id: string, identity: string | undefined, opts:
       else print(`Would add to ${table.file}:\n  ${pin64} ${account}${opts.device ? `   (device ${opts.device})` : ''}\n  certificate ${found.subject ?? '(subject unknown)'}, from ${found.source}\nRun again with --yes to add it.`);
       return opts.json ? 0 : 2;
     }
+    if (await refusedAsRevoked(config, found.pinSha256)) return 1;
     const entry = await addPin(table.file, { identity: account, certificateOrPin: found.pinSha256, device: opts.device });
     if (opts.json) printJson({ ...plan, added: true, entry });
     else print(`${table.file}: pinned ${entry.pinBase64Url} for ${account} (certificate ${found.subject ?? 'of ' + id}, from ${found.source})`);

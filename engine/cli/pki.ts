@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
+import { refusedReloadWarning } from '../reload/reload-status.ts';
 import { openToOthers } from '../spool/data-dir-lock.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
@@ -205,19 +206,27 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     // A listener that trusts this CA without loading its CRL takes the revoked certificate as before: said, never implied.
     const notLoaded = await unloadedCrls(config, dir);
     for (const u of notLoaded) process.stderr.write(`warning: listener ${u.name} trusts this CA but does not load ${u.crl}: the revocation has no effect there; add it to its tls.crlFiles\n`);
-    // Postfix checks no CRL (not even one in smtpd_tls_CAfile): what it verified stays verified.
-    for (const p of config.policyServices.filter((s) => s.relayClientCertificates || s.certificateIdentity.field === 'CN')) {
+    // Postfix checks no CRL (not even one in smtpd_tls_CAfile): what it verified stays verified, unless the service
+    // knows the certificate's digests (pki.dir is this folder, and the certificate is in its issued.json).
+    const byDigest = config.pki.dir !== undefined && resolve(config.pki.dir) === resolve(dir) && !r.unrecorded;
+    for (const p of byDigest ? [] : config.policyServices.filter((s) => s.relayClientCertificates || s.certificateIdentity.field === 'CN')) {
       process.stderr.write(`warning: policy service ${p.name} takes certificates Postfix verified (${p.relayClientCertificates ? 'relayClientCertificates' : 'certificateIdentity.field CN'}), and Postfix checks no CRL: if its smtpd_tls_CAfile holds this CA, the revocation has no effect there; grant by pins or relayClientCertificatesTable instead, whose lines can be removed\n`);
     }
+    // A server whose last reload was refused (a script or table being edited) keeps its generation in force, and with
+    // it the CRL and pin tables from before: the revocation waits for that to be fixed, which must not go unsaid.
+    const refused = await refusedReloadWarning(config.dataDir, 'the CRL and pins from before this revocation');
+    if (refused) process.stderr.write(refused);
     if (opts.json) {
       printJson({ ...r, unpinned, crlNotLoadedBy: notLoaded.map((u) => u.name) });
       return 0;
     }
     for (const c of r.revoked) print(`revoked ${c.identity} (device ${c.device}), serial ${c.serial}: ${c.revoked!.reason}`);
+    // Mail accepted from it before is delivered (it was accepted from a device trusted then): the way to stop it.
+    for (const c of r.revoked) print(`mail accepted with it before is still delivered; to hold what is queued: postern queue hold --certificate ${c.fingerprintSha256}`);
     for (const c of r.alreadyRevoked) print(`already revoked on ${c.revoked!.at}: ${c.identity} (device ${c.device}), serial ${c.serial}`);
     if (r.unrecorded) print(`revoked serial ${r.unrecorded} (not in this CA's inventory)`);
     for (const u of unpinned) print(`unpinned ${u.identity} (pin ${Buffer.from(u.pinSha256, 'hex').toString('base64url')}) from ${u.file}`);
-    if (r.crl) print(`CRL ${r.crl.file}: number ${r.crl.number}, ${r.crl.revoked} revoked, next update ${r.crl.nextUpdate}. A running server applies it to new handshakes at its reload; a session already logged in with the certificate is refused at its next MAIL FROM.`);
+    if (r.crl) print(`CRL ${r.crl.file}: number ${r.crl.number}, ${r.crl.revoked} revoked, next update ${r.crl.nextUpdate}. A running server applies it to new handshakes at its reload; a session already open with the certificate is refused at its next MAIL FROM, RCPT TO or end of DATA.`);
     return 0;
   });
 }

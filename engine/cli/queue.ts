@@ -1,5 +1,5 @@
 /**
- * `postern queue [list] | summary | show ID | retry|delete|hold|release ID…|-|--all|--from|--to`:
+ * `postern queue [list] | summary | show ID | retry|delete|hold|release ID…|-|--all|--from|--to|--certificate`:
  * the spool of the configuration given, safe while the server runs (atomic state updates; the server
  * rescans every delivery.scanIntervalMs). Retry, delete, hold and release leave a record the server logs,
  * with who ran them (queue/operations.ts).
@@ -17,6 +17,7 @@ import { formatMessageReport } from '../queue/show.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
+import { normalizePin } from '../certificates/index.ts';
 
 /** Configuration and I/O problems: a message on stderr and exit status 1, like the other commands. */
 async function guarded(fn: () => Promise<number>): Promise<number> {
@@ -212,20 +213,26 @@ const SAID: Record<QueueAction, { done: string; unchanged: (id: string) => strin
 
 /**
  * `queue retry|delete|hold|release`: the ids given (`-` reads more from stdin, one per line, as
- * postsuper), or those a selection picks (`--all`, `--from`, `--to`). Unknown ids are named on stderr
+ * postsuper), or those a selection picks (`--all`, `--from`, `--to`, `--certificate`). Unknown ids are named on stderr
  * (exit status 1); the others are still done. Each change is recorded for the server's log.
  */
 export function queueActionCommand(op: QueueAction, ids: string[], opts: SelectionOptions): Promise<number> {
   return guarded(async () => {
-    const filtered = !!opts.all || opts.from !== undefined || opts.to !== undefined;
+    const filtered = !!opts.all || opts.from !== undefined || opts.to !== undefined || opts.certificate !== undefined;
     if (filtered === (ids.length > 0)) {
-      process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from or --to (not both)\n`);
+      process.stderr.write(`postern: queue ${op} needs message ids, or --all, --from, --to or --certificate (not both)\n`);
+      return 1;
+    }
+    // A certificate's SHA-256 fingerprint or its key's (the pin), in any of the spellings pins take.
+    const certificate = opts.certificate === undefined ? undefined : normalizePin(opts.certificate);
+    if (certificate === null) {
+      process.stderr.write(`postern: --certificate ${JSON.stringify(opts.certificate)}: not a SHA-256 fingerprint or pin (hex, colon hex or base64)\n`);
       return 1;
     }
     const given = (ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids).map(unmarked);
     if (given.filter((i) => !checkId(i)).length) return 1;
     const spools = spoolOf(opts);
-    let targets = filtered ? await selectMessages(spools, opts) : given;
+    let targets = filtered ? await selectMessages(spools, { ...opts, certificate }) : given;
     if (filtered && (op === 'hold' || op === 'release')) {
       // A selection holds what is not held yet and releases what is held, quietly passing over the rest.
       const held = new Set(await spools.heldIds());

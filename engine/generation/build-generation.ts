@@ -14,7 +14,7 @@ import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
-import type { ListenerConfig } from '../config/schema.ts';
+import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES, type ScriptSource } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
@@ -29,6 +29,7 @@ import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
+import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
 import { policySocketProblems } from '../policy-service/listen.ts';
 
@@ -52,6 +53,14 @@ export interface BuildOptions {
    * refused even where a start would take its absence as "no scripts" (the default top-level `scripts`).
    */
   scriptFoldersInForce?: ReadonlySet<string>;
+  /**
+   * A reload: the configuration in force. A listener that already trusted pki.dir's CA without its CRL there is
+   * warned about, not refused, once the CRL revokes something: a refused reload would keep the CRL from before
+   * the revocation on every listener, so the revoked device would still get in everywhere.
+   */
+  configInForce?: Config;
+  /** A reload: what the generation in force knew pki.dir revoked, kept when issued.json cannot be read now. */
+  revokedDevicesInForce?: RevokedDevices;
 }
 
 /** Usable, but worth a log line (or a `warning:` line from `postern check`). */
@@ -97,6 +106,18 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
   let users = new Map<string, string>();
   if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
+  // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest. The account
+  // page ends the sessions of an account whose device was revoked as lost or stolen.
+  let revokedDevices = NO_REVOKED_DEVICES;
+  if (readsRevokedDevices(config)) {
+    progress.step = `the revoked certificates of ${config.pki.dir}`;
+    // Unreadable (a root-owned issued.json of an older release, mode 0600; a file half-copied to this node): the
+    // revocations already known stay known, and it is said. Refusing the build would keep the older CRL everywhere.
+    await readRevokedDevices(config.pki.dir).then((r) => { revokedDevices = r; }, (err: Error) => {
+      revokedDevices = options.revokedDevicesInForce ?? NO_REVOKED_DEVICES;
+      warnings.push({ message: `${config.pki.dir}: cannot read what it revoked (${err.message}): policy services cannot tell a certificate revoked since apart (Postfix sends no serial), nor the account page end the sessions of a device revoked as lost or stolen; make issued.json readable by the server's user` });
+    });
+  }
 
   // Scripts are compiled and their top level run even when a table failed (lookups of it find nothing), so
   // that their own errors are reported too; nothing built is kept unless everything is fine.
@@ -177,9 +198,13 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
-  for (const u of config.pki.dir ? await unloadedCrls(config, config.pki.dir) : []) {
+  const gaps = config.pki.dir ? await unloadedCrls(config, config.pki.dir) : [];
+  // The same gap in the configuration in force: refusing would only keep the older CRL on the other listeners too.
+  const gapsInForce = new Set(gaps.length && options.configInForce && config.pki.dir ? (await unloadedCrls(options.configInForce, config.pki.dir)).map((u) => u.name) : []);
+  for (const u of gaps) {
     const key = ['listeners', u.listener, 'tls', config.listeners[u.listener]!.tls.crlFiles.length ? 'crlFiles' : 'caFiles'];
-    if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
+    if (u.revoked && gapsInForce.has(u.name)) warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they still verify (log in, relay); add it to tls.crlFiles (this reload is taken all the same, so that the other listeners apply the CRL; a start or postern check refuses it)`) });
+    else if (u.revoked) failed(located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}, which revokes ${u.revoked} certificate${u.revoked === 1 ? '' : 's'}: here they would still verify (log in, relay); add it to tls.crlFiles`));
     else warnings.push({ listener: u.name, message: located(loaded, key, `trusts the CA of ${dirname(u.crl)} but does not load its CRL ${u.crl}: a certificate revoked by postern pki revoke or the account page would still verify here; add it to tls.crlFiles`) });
   }
 
@@ -203,7 +228,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     await Promise.all([...sandboxes.values(), ...shadows.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present, revokedDevices), listeners, warnings };
 }
 
 /**

@@ -11,6 +11,7 @@ export { readInventory, normalizeSerial, type DeviceCertificate, type Inventory 
 export { addPin, removePin, listPins, pinOf, type AddPinOptions, type PinEntry, type RemovePinSelector } from './pins-file.ts';
 export { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
 export { unloadedCrls, type UnloadedCrl } from './crl-coverage.ts';
+export { revokedCertificateOfKey } from './revoked-devices.ts';
 export { pkiDirOf, pinTableOf, pinTableFiles, deviceNames, type PinTableRef } from './locate.ts';
 export { pkiPaths, KEY_TYPES, REVOCATION_REASONS, parseKeyType, parseReason, type DeviceKeyType, type PkiPaths, type RevocationReason } from './layout.ts';
 export { SightingRecorder, readSightings, sightingsDir, SIGHTING_MS, MAX_NAMELESS_RECORDS, type Sighting } from './sightings.ts';

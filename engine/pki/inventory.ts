@@ -104,7 +104,9 @@ function reasonName(code: x509.X509CrlReason | undefined): RevocationReason {
 }
 
 export async function writeInventory(paths: PkiPaths, inv: Inventory): Promise<void> {
-  await writeFileAtomic(paths.inventory, `${JSON.stringify(inv, null, 2)}\n`, 0o600);
+  // Group-readable, as the CRL: the server (the folder's group in a root-owned CA folder) matches a policy service's
+  // certificates against its revocations (revoked-devices.ts). It holds no key.
+  await writeFileAtomic(paths.inventory, `${JSON.stringify(inv, null, 2)}\n`, 0o640);
 }
 
 /** Serials compared as written by OpenSSL: lowercase hex without leading zero bytes. */

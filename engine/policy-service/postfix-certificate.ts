@@ -11,6 +11,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { LookupTable } from '../policy/lookup-tables.ts';
 import { parseSenderList } from '../policy/sender-logins.ts';
 import { accountName } from '../policy/certificate-identity.ts';
+import { isRevokedDevice, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { colonHex, digestOfLength, normalizeFingerprint } from '../certificates/index.ts';
 
 type Digest = PolicyServiceConfig['fingerprintDigest'];
@@ -92,6 +93,16 @@ export function fingerprintDigestMismatch(attrs: Record<string, string>, digest:
   return null;
 }
 
+/**
+ * The certificate as revoked, when `pki.dir` revoked it (matched by digest: Postfix sends no serial, and verifies a
+ * revoked certificate, CRL or not): not verified, chain verdict `revoked`, so it names no account and relays
+ * by no rule, as on a listener.
+ */
+export function withRevocation(cert: PostfixClientCertificate | null, revoked: RevokedDevices): PostfixClientCertificate | null {
+  if (!cert || !isRevokedDevice(revoked, cert.digest, cert.fingerprint[cert.digest], cert.pin[cert.digest])) return cert;
+  return Object.freeze({ ...cert, verified: false, verifyError: 'revoked', verifyErrorCode: 'CERT_REVOKED' });
+}
+
 function describe(attrs: Record<string, string>, digest: Digest): PostfixClientCertificate | null {
   const fp = digestHex(attrs.ccert_fingerprint, digest);
   const pk = digestHex(attrs.ccert_pubkey_fingerprint, digest);
@@ -133,7 +144,7 @@ function deepFreeze<T extends object>(o: T): T {
  * listener's, a verified CN that names another account than the pin wins (anyone may pin a public key).
  */
 export function postfixCertificateIdentity(service: PolicyServiceConfig, cert: PostfixClientCertificate | null, pins: LookupTable | undefined): string | null {
-  if (!cert) return null;
+  if (!cert || cert.verifyError === 'revoked') return null;
   const [account] = parseSenderList((cert.pin.sha256 && pins?.get(cert.pin.sha256)) || '');
   // As a listener's: no control, format or space characters, nothing that lowercases into another name.
   const named = service.certificateIdentity.field === 'CN' && cert.verified ? accountName(cert.subject.CN) : null;
@@ -142,7 +153,7 @@ export function postfixCertificateIdentity(service: PolicyServiceConfig, cert: P
 
 /** permit_tls_clientcerts: the public-key fingerprint, then the certificate's, is a key of the table. */
 export function listedForRelay(cert: PostfixClientCertificate | null, table: LookupTable | undefined): boolean {
-  if (!cert || !table) return false;
+  if (!cert || !table || cert.verifyError === 'revoked') return false;
   return [cert.publicKeyFingerprint, cert.fingerprint.sha256 ?? cert.fingerprint.sha1 ?? cert.fingerprint.md5]
     .some((fp) => fp !== null && table.get(fp) !== null);
 }

@@ -12,7 +12,7 @@ import { builtinRelay } from '../policy/builtin-rules.ts';
 import { canonicalIp } from '../addresses/ip-text.ts';
 import { asciiDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
-import { listedForRelay, postfixCertificate, postfixCertificateIdentity } from './postfix-certificate.ts';
+import { listedForRelay, postfixCertificate, postfixCertificateIdentity, withRevocation } from './postfix-certificate.ts';
 
 /** Postfix's protocol_state → the hook that decides it. Other states (VRFY, ETRN) have none: DUNNO. */
 const HOOK_OF_STATE: Readonly<Record<string, HookName>> = {
@@ -59,7 +59,7 @@ function envelopeAddress(address: string): EnvelopeAddress {
 
 /** The connection facts of a request: Postfix's client, its SMTP server side and its TLS. */
 export function connectionFacts(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration): ConnectionInfo {
-  const cert: PostfixClientCertificate | null = postfixCertificate(a, service.fingerprintDigest);
+  const cert: PostfixClientCertificate | null = withRevocation(postfixCertificate(a, service.fingerprintDigest), generation.revokedDevices);
   const pins = service.certificateIdentity.pins ? generation.tables.get(service.certificateIdentity.pins) : undefined;
   const remotePort = Number(a.client_port) || 0;
   return {

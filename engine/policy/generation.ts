@@ -12,6 +12,7 @@ import type { LookupTable } from './lookup-tables.ts';
 import type { CounterStore } from '../store/counter-store.ts';
 import { domainKey } from './domain-key.ts';
 import { generationRetired } from '../metrics/metrics.ts';
+import { NO_REVOKED_DEVICES, type RevokedDevices } from '../pki/revoked-devices.ts';
 
 let nextSerial = 1;
 
@@ -32,6 +33,8 @@ export class PolicyGeneration {
   readonly #shadows: ReadonlyMap<string, Sandbox>;
   /** The scripts folders that were there when it was built: a reload refuses to lose one (generation/scripts-folders.ts). */
   readonly scriptFolders: ReadonlySet<string>;
+  /** The revoked certificates of `pki.dir` by digest, for the policy services (Postfix sends no serial) and the account page; none without them. */
+  readonly revokedDevices: RevokedDevices;
   #refs = 0;
   #retired = false;
   #disposed = false;
@@ -39,7 +42,7 @@ export class PolicyGeneration {
 
   /** Made by buildGeneration (engine/generation/build-generation.ts), which loads and checks every part first. */
   constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
-    shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set()) {
+    shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set(), revokedDevices: RevokedDevices = NO_REVOKED_DEVICES) {
     this.source = source;
     this.store = store;
     this.config = source.config;
@@ -49,6 +52,7 @@ export class PolicyGeneration {
     this.#sandboxes = sandboxes;
     this.#shadows = shadows;
     this.scriptFolders = scriptFolders;
+    this.revokedDevices = revokedDevices;
   }
 
   listener(name: string): ListenerConfig {

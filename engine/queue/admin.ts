@@ -122,7 +122,11 @@ export async function deleteMessage(spool: QueueSpool, id: string): Promise<bool
 }
 
 /** Which messages `queue retry|delete|hold|release` act on: every one, or those whose sender / a pending recipient matches. */
-export interface MessageFilter { all?: boolean; from?: string; to?: string }
+export interface MessageFilter {
+  all?: boolean; from?: string; to?: string;
+  /** SHA-256 (lowercase hex) of the client certificate, or of its public key (the pin), the message was accepted with. */
+  certificate?: string;
+}
 
 /**
  * An address pattern: `user@domain` (that address), `domain` or `@domain` (any address there), `<>` or
@@ -140,7 +144,7 @@ export function addressMatches(pattern: string, address: string): boolean {
 /** The ids of the messages a filter selects, oldest first (messages whose envelope cannot be read are skipped). */
 export async function selectMessages(spool: QueueSpool, filter: MessageFilter): Promise<string[]> {
   const ids = await spool.list();
-  if (filter.from === undefined && filter.to === undefined) return filter.all ? ids : [];
+  if (filter.from === undefined && filter.to === undefined && filter.certificate === undefined) return filter.all ? ids : [];
   const out: string[] = [];
   for (const id of ids) {
     let env: SpoolEnvelope;
@@ -151,6 +155,8 @@ export async function selectMessages(spool: QueueSpool, filter: MessageFilter): 
     }
     if (filter.from !== undefined && !addressMatches(filter.from, env.sender)) continue;
     if (filter.to !== undefined && !env.recipients.some((r) => !r.status && addressMatches(filter.to!, r.address))) continue;
+    const cert = env.session.clientCertificate;
+    if (filter.certificate !== undefined && (!cert || (cert.fingerprintSha256 !== filter.certificate && cert.pinSha256 !== filter.certificate))) continue;
     out.push(id);
   }
   return out;

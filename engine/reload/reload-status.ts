@@ -4,6 +4,7 @@
  */
 import { writeFileAtomic } from '../spool/fsync.ts';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 
 /**
  * Under `postern serve`'s supervisor every child reloads the same inputs; only the queue process writes
@@ -65,4 +66,33 @@ export class ReloadStatus {
     });
     return this.#saving;
   }
+}
+
+/**
+ * The refused reload of the server running on `dataDir`, if its status file says so and its process is there:
+ * what a command that changes an input (`pki revoke`) must say, since that server keeps its last good generation,
+ * the change left out. Null when none runs, the file cannot be read, or its last reload succeeded.
+ */
+export async function refusedReloadOf(dataDir: string): Promise<string[] | null> {
+  let data: Partial<ReloadStatusData>;
+  try {
+    data = JSON.parse(await readFile(join(dataDir, 'status.json'), 'utf8')) as Partial<ReloadStatusData>;
+  } catch {
+    return null;
+  }
+  if (!Array.isArray(data.lastError) || !data.lastError.length || typeof data.pid !== 'number') return null;
+  try {
+    process.kill(data.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return null; // gone: a file left by a server that stopped
+  }
+  return data.lastError.map(String);
+}
+
+/** The warning line of a command that changed `what` while the running server's reloads are refused, or null. */
+export async function refusedReloadWarning(dataDir: string, what: string): Promise<string | null> {
+  const refused = await refusedReloadOf(dataDir);
+  if (!refused) return null;
+  return `warning: the running server's last reload was refused (${refused[0]}${refused.length > 1 ? `, and ${refused.length - 1} more` : ''}): `
+    + `it keeps its last good configuration, and with it ${what}, until that is fixed (postern status)\n`;
 }

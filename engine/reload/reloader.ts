@@ -276,6 +276,7 @@ export class Reloader {
   async #build(loaded: LoadedConfig, log: Logger, progress: { step: string }): Promise<Built> {
     const built = await buildGeneration(loaded, {
       logger: this.#target.logger, progress, store: this.#target.current().store, scriptFoldersInForce: this.#target.current().scriptFolders,
+      configInForce: this.#target.current().config, revokedDevicesInForce: this.#target.current().revokedDevices,
     });
     try {
       progress.step = 'the afterBuild hook';

@@ -7,6 +7,8 @@ import { createHash } from 'node:crypto';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { LoadedConfig } from '../config/load-config.ts';
+import { pkiPaths } from '../pki/layout.ts';
+import { readsRevokedDevices } from '../pki/revoked-devices.ts';
 
 export interface WatchedInputs {
   /** Files whose content matters (config, tables, users, TLS material). */
@@ -30,6 +32,8 @@ export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   for (const cc of Object.values(c.delivery.clientCertificates)) { files.add(cc.cert); files.add(cc.key); }
   for (const f of Object.values(c.delivery.caFiles)) files.add(f);
   for (const k of Object.values(c.delivery.dkim)) files.add(k.privateKey);
+  // The policy services and the account page read what pki.dir revoked (generation.revokedDevices): a revocation reloads them.
+  if (readsRevokedDevices(c)) { const p = pkiPaths(c.pki.dir); files.add(p.inventory); files.add(p.crl); }
   const folders = new Set([
     c.scripts, ...[...c.listeners, ...c.policyServices].map((l) => l.scripts ?? c.scripts),
     ...c.listeners.flatMap((l) => (l.shadowScripts ? [l.shadowScripts] : [])),

@@ -494,6 +494,9 @@ export class SessionPolicy {
     const unsupported = unsupportedParameter(address, RCPT_PARAMETERS);
     if (unsupported) return unsupported;
     if (undeclaredUtf8(address, session.envelope.mailFrom)) return reply('utf8AddressUndeclared');
+    // A transaction begun before a revocation: the recipients after it are the next commands, refused as MAIL FROM would be.
+    const withdrawn = this.#certificateWithdrawn(conn, 'RCPT TO');
+    if (withdrawn) return withdrawn;
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt, {
       localDomains: st.generation.localDomains,
@@ -523,6 +526,9 @@ export class SessionPolicy {
     const st = conn.state;
     let fields: Array<[string, string]> | undefined;
     const read = (): Array<[string, string]> => (fields ??= headers());
+    // Revoked while the message came in (or since RCPT TO): refused before its 250, so nothing acknowledged is withdrawn.
+    const withdrawn = this.#certificateWithdrawn(conn, 'DATA');
+    if (withdrawn) return { reply: withdrawn, headerEdits: null, hold: null };
     const unbound = this.#headerSenderRefusal(conn, read);
     if (unbound) return { reply: unbound, headerEdits: null, hold: null };
     if (!st.generation.hasScript(st.listener, 'data')) return NO_DATA_DECISION;
@@ -576,10 +582,10 @@ export class SessionPolicy {
   /**
    * The certificate this session was verified or pinned with at its handshake, taken back since: its
    * serial is now on a (reloaded) CRL, or the pin that named the logged-in account is gone from the
-   * current pin table. No new transaction then, and no AUTH EXTERNAL (new handshakes are refused by the CRL,
+   * current pin table. No new transaction then, no more recipients or message in one already begun, and no AUTH EXTERNAL (new handshakes are refused by the CRL,
    * or get no identity). AUTH reads the newest generation's pin table (its session adopts that generation only while its listener is in it).
    */
-  #certificateWithdrawn(conn: SmtpClient, command: 'MAIL FROM' | 'AUTH'): SmtpReply | null {
+  #certificateWithdrawn(conn: SmtpClient, command: 'MAIL FROM' | 'RCPT TO' | 'DATA' | 'AUTH'): SmtpReply | null {
     const st = conn.state;
     const refused = `${command} refused`;
     const cert = st.certificate;
@@ -606,7 +612,8 @@ export class SessionPolicy {
     const byCertificate = command === 'AUTH' || st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
     if (st.identity.via === 'pin' && byCertificate) {
       const name = st.listener.certificateIdentity.pins;
-      const tables = command === 'AUTH' ? this.#runtime.generation.tables : st.generation.tables;
+      // MAIL FROM has just adopted the newest generation; a transaction keeps its own, so AUTH, RCPT TO and DATA read the newest's.
+      const tables = command === 'MAIL FROM' ? st.generation.tables : this.#runtime.generation.tables;
       const line = name ? tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
       if (parseSenderList(line)[0] !== st.identity.identity) {
         this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);

@@ -3,7 +3,7 @@
 // cookie of it is dead); a HEAD on the one-time .p12 page and download spends neither the password nor the
 // file; and a sign-in takes as long for an unknown account or an empty password as for a wrong password, with
 // the users file's own argon2 costs; a device revoked as lost or stolen signs the account out everywhere
-// else (a browser left signed in on that laptop).
+// else (a browser left signed in on that laptop), and revoked so by `postern pki revoke`, everywhere.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,6 +13,8 @@ import { hash } from '@node-rs/argon2';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { startAccounts, PASSWORDS, USERS, type AccountsSetup } from './helpers.ts';
 import { PageClient } from './page-client.ts';
+import { until } from '../helpers/wait.ts';
+import { revokeDevice } from '../../engine/pki/index.ts';
 
 let s: AccountsSetup;
 let dir = '';
@@ -183,6 +185,49 @@ test('revoking a device as lost or stolen signs the account out everywhere else;
   };
   assert.equal(await otherStaysAfter('replaced-one', 'superseded'), true);
   assert.equal(await otherStaysAfter('stolen-one', 'keyCompromise'), false);
+  // The reload of issued.json (which ends the sessions of a revocation made elsewhere) leaves the one that revoked.
+  await until('the page\'s revocation reloaded', () => s.server.runtime.generation.revokedDevices.compromised.size > 0);
+  assert.equal((await here.request('GET', '/devices')).status, 200, 'the session that revoked stays after the reload');
   const line = s.server.logs.find((l) => l.msg === 'account page: device certificate revoked' && l.device === 'stolen-one');
   assert.ok(typeof line?.signedOut === 'number' && line.signedOut >= 1, JSON.stringify(line));
+});
+
+// The administrator's `postern pki revoke --reason keyCompromise` (the library call it makes, here) reaches the page
+// only as the reloaded issued.json: the account's sessions ended all the same (a browser left signed in by password
+// on the stolen laptop went on issuing itself devices); revoked as replaced, they stay.
+test('revoked as lost or stolen by postern pki revoke: the account\'s sessions end at the reload; as replaced, not', async () => {
+  const there = client();
+  assert.equal((await there.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const serialOf = async (device: string): Promise<string> => {
+    assert.equal((await there.post('/devices/issue', { device })).status, 303);
+    const id = new RegExp(`<tr data-device="cert-([^"]+)"><td>${device}<`).exec((await there.request('GET', '/devices')).body)?.[1];
+    assert.ok(id, device);
+    return id;
+  };
+  const replaced = await serialOf('admin-replaced');
+  const stolen = await serialOf('admin-stolen');
+  const revokedInForce = (): number => s.server.runtime.generation.revokedDevices.certificates.sha256.size;
+  const before = revokedInForce();
+  await revokeDevice(s.caDir, { serial: replaced }, { reason: 'superseded' });
+  await until('the revocation as replaced reloaded', () => revokedInForce() > before);
+  assert.equal((await there.request('GET', '/devices')).status, 200, 'replaced: still signed in');
+  await revokeDevice(s.caDir, { serial: stolen }, { reason: 'keyCompromise' });
+  await until('the revocation as stolen reloaded', () => s.server.runtime.generation.revokedDevices.compromised.has(stolen));
+  assert.notEqual((await there.request('GET', '/devices')).status, 200, 'stolen: signed out');
+  assert.ok(s.server.logs.some((l) => String(l.msg).includes('revoked as lost or stolen: its sessions ended') && l.identity === USERS.alice));
+});
+
+// A key whose certificate was revoked, registered again on the page (a thief signed in with the laptop's saved
+// password, registering the laptop's key): a pin names the account whatever the CRL says. Refused.
+test('the key of a revoked certificate cannot be registered again on the page', async () => {
+  const page = client();
+  assert.equal((await page.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  assert.equal((await page.post('/devices/issue', { device: 'rekeyed' })).status, 303);
+  const serial = /<tr data-device="cert-([^"]+)"><td>rekeyed</.exec((await page.request('GET', '/devices')).body)?.[1];
+  assert.ok(serial);
+  await revokeDevice(s.caDir, { serial }, { reason: 'superseded' });
+  const pem = await readFile(join(s.caDir, 'issued', `${serial}.crt`), 'utf8');
+  const again = await page.post('/devices/add', { device: 'rekeyed-again', key: pem });
+  assert.equal(again.status, 400, again.body);
+  assert.match(again.body, /certificate was revoked: it cannot be registered again/);
 });

@@ -1,13 +1,16 @@
 // A listener that trusts the CA of pki.dir but does not load the CRL `postern pki revoke` rewrites took a revoked
 // certificate as before: a lost laptop, revoked, still logged in (autoLogin) and relayed, while the command said
-// the server applies the revocation. Now the command says so, and a start, reload and check refuse it.
+// the server applies the revocation. Now the command says so, and a start and check refuse it. A reload whose
+// configuration in force already had that gap takes it with a warning: refusing it kept the CRL from before the
+// revocation on every listener, so the revoked laptop still logged in on the listener that does load the CRL.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
-import { postern } from './helpers.ts';
+import { externalLogin, issueDevice, postern, startPkiServer } from './helpers.ts';
+import { until } from '../helpers/wait.ts';
 
 let pki: TestPki;
 const scratch = useScratchDir('postern-crl-not-loaded-');
@@ -58,4 +61,26 @@ listeners:
   const again = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
   assert.equal(again.code, 0, again.stderr);
   assert.equal(again.stderr, '');
+});
+
+test('a running server with such a listener: the revocation reloads all the same, and the listeners loading the CRL refuse the certificate', async () => {
+  const { server, config } = await startPkiServer(pki, (ca) => `  - name: nocrl
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${join(ca, 'ca.crt')}] }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { field: emailAddress }
+`);
+  try {
+    const laptop = await issueDevice(config, 'alice@example.com');
+    const external = (listener: string): Promise<number> => externalLogin(server, listener, pki, laptop);
+    assert.equal(await external('submission'), 235, 'logs in before (the test can fail)');
+    const revoke = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
+    assert.equal(revoke.code, 0, revoke.stderr);
+    assert.match(revoke.stderr, /listener nocrl trusts this CA but does not load/);
+    await until('the listener that loads the CRL refuses the revoked certificate', async () => (await external('submission')) === 535, { timeoutMs: 60_000 });
+    assert.equal(server.reloader.status.data.lastError, null);
+    assert.equal(await external('nocrl'), 235, 'what the warning says: the listener without the CRL still takes it');
+  } finally {
+    await server.stop();
+  }
 });

@@ -4,12 +4,13 @@
  * listener takes a pin table managed by `postern pins`.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import type { TestPki } from '../helpers/pki.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
 
 export const run = promisify(execFile);
@@ -38,9 +39,9 @@ export interface PkiServer {
 
 /**
  * `pki init` in a new folder, then a server using that CA (listener `submission`; `required` with
- * `clientCertificates: require`) and a pin table (listener `pinned`).
+ * `clientCertificates: require`) and a pin table (listener `pinned`). `extraConfig` is appended (given the CA folder, when a function).
  */
-export async function startPkiServer(pki: TestPki, extraConfig = ''): Promise<PkiServer> {
+export async function startPkiServer(pki: TestPki, extraConfig: string | ((ca: string) => string) = ''): Promise<PkiServer> {
   const root = await mkdtemp(join(tmpdir(), 'postern-pki-cli-'));
   const ca = join(root, 'ca');
   const init = await postern(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']);
@@ -67,7 +68,24 @@ listeners:
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request }
     auth: { mechanisms: [EXTERNAL], required: true }
     certificateIdentity: { pins: pins }
-${extraConfig}`,
+${typeof extraConfig === 'string' ? extraConfig : extraConfig(ca)}`,
   });
   return { server, ca, pins, config: join(server.dir, 'postern.yaml') };
+}
+
+/** A device certificate issued with `pki issue` (to the CA folder's devices/): its certificate and key, PEM, and their files. */
+export async function issueDevice(config: string, identity: string, device = 'laptop'): Promise<{ cert: string; key: string; files: { cert: string; key: string } }> {
+  const issued = await posternJson<{ files: { cert: string; key: string } }>(['pki', 'issue', identity, '--device', device, '-c', config]);
+  return { cert: await readFile(issued.files.cert, 'utf8'), key: await readFile(issued.files.key, 'utf8'), files: issued.files };
+}
+
+/** The reply code of AUTH EXTERNAL on a new STARTTLS session of `listener` with `device`'s certificate (235: logged in). */
+export async function externalLogin(server: TestServer, listener: string, pki: TestPki, device: { cert: string; key: string }): Promise<number> {
+  const c = await SmtpTestClient.connect(server.port(listener));
+  try {
+    await c.hello({ starttls: { ca: await readFile(pki.ca.cert, 'utf8'), cert: device.cert, key: device.key } });
+    return (await c.command('AUTH EXTERNAL =')).code;
+  } finally {
+    c.socket.destroy();
+  }
 }

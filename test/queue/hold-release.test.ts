@@ -109,7 +109,7 @@ test('hold, list, show, retry --all passes it over, release delivers it; unknown
   assert.match(typo.stderr, /unknown queue command: hodl/);
   const nothing = await cli('hold');
   assert.equal(nothing.code, 1);
-  assert.match(nothing.stderr, /needs message ids, or --all, --from or --to/);
+  assert.match(nothing.stderr, /needs message ids, or --all, --from, --to or --certificate/);
 
   const logged = (op: string, id: string): Record<string, unknown> | undefined => s.logs.find((l) => l.op === op && l.id === id);
   await until('hold and release logged', () => !!logged('hold', held) && !!logged('release', held), { timeoutMs: 30_000 });
