@@ -21,10 +21,8 @@ import { needs } from '../helpers/example.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
 import { freePort } from '../helpers/free-port.ts';
-import { closed } from '../helpers/wait.ts';
+import { HAPROXY, haproxyStats as statsAt } from '../helpers/haproxy.ts';
 
-/** Debian's, by its path: /usr/sbin is not on every PATH. */
-const HAPROXY = '/usr/sbin/haproxy';
 const opts = needs('redis-server', HAPROXY);
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 const PASSWORD = 'alice-Password-1';
@@ -291,18 +289,8 @@ test('maxConnectionsPerIp under serve: the worker takes the slot of the client t
   }, 'slots given back');
 });
 
-/** HAProxy's `show stat` over its stats socket: one record per proxy/server, by the CSV header's names. */
-async function haproxyStats(): Promise<Array<Record<string, string>>> {
-  const s = net.connect(join(dir, 'haproxy.sock'));
-  let text = '';
-  s.on('data', (d: Buffer) => { text += d; });
-  await once(s, 'connect');
-  s.end('show stat\n');
-  await closed(s);
-  const [header, ...rows] = text.trim().split('\n');
-  const names = header!.replace(/^# /, '').split(',');
-  return rows.map((r) => Object.fromEntries(r.split(',').map((v, i) => [names[i], v])));
-}
+/** HAProxy's `show stat` over its stats socket. */
+const haproxyStats = (): Promise<Array<Record<string, string>>> => statsAt(join(dir, 'haproxy.sock'));
 
 test('HAProxy\'s SMTP health checks, sent with a PROXY header (check-send-proxy, check-ssl on implicit TLS), find both nodes up', opts, async () => {
   await eventually(async () => {
