@@ -161,6 +161,20 @@ async function mxSession(client: string): Promise<{ node: NodeName; c: SmtpTestC
   return { node, c };
 }
 
+/**
+ * A session through HAProxy greeted by `node`: leastconn sends each new one to the node with fewer, so at most
+ * one other is opened (and closed) first. Each from its own address, 127.0.0.`firstHost` on.
+ */
+async function sessionOn(node: NodeName, firstHost: number): Promise<SmtpTestClient> {
+  const others: SmtpTestClient[] = [];
+  for (;;) {
+    const s = await mxSession(`127.0.0.${firstHost + others.length}`);
+    if (s.node !== node) { others.push(s.c); continue; }
+    for (const c of others) await c.quit();
+    return s.c;
+  }
+}
+
 /** A message over `c`; resolves with its queue id. */
 async function send(c: SmtpTestClient, client: string, to = 'user@example.net'): Promise<string> {
   assert.equal((await c.command('MAIL FROM:<sender@example.org>')).text, `250 2.1.0 Sender ok, client ${client}`);
@@ -263,16 +277,11 @@ async function onlyServedBy(by: NodeName, client: string, done: () => Promise<bo
 
 test('a node killed (SIGKILL of its supervisor) is taken out, clients meet the other node, and the mail it acknowledged is delivered when it is back', opts, async () => {
   // A message mx-a acknowledged, that the next hop defers: in mx-a's queue when it dies.
-  const held: Array<Awaited<ReturnType<typeof mxSession>>> = [];
-  let onA: Awaited<ReturnType<typeof mxSession>> | undefined;
-  while (!onA) {
-    const s = await mxSession(`127.0.0.${10 + held.length}`);
-    if (s.node === 'mx-a') onA = s; else held.push(s);
-  }
-  const id = await send(onA.c, onA.c.socket.localAddress!, 'later@example.net');
-  for (const s of [onA, ...held]) await s.c.quit();
+  const onA = await sessionOn('mx-a', 10);
+  const id = await send(onA, onA.socket.localAddress!, 'later@example.net');
+  await onA.quit();
   const a = nodes.get('mx-a')!;
-  await until('the next hop deferred it once', () => sink.attempts.length > 0 && a.lines.some((l) => l.includes(id) && l.includes('deferred')));
+  await until('the next hop deferred it once', () => sink.attempts.length > 0 && a.lines.some((l) => l.includes(id) && l.includes('deferred')), { timeoutMs: 30_000 });
 
   a.proc.kill('SIGKILL');
   // Its worker hears of the supervisor's death and closes the port (what it accepted in that instant gets 421 at its
@@ -290,32 +299,26 @@ test('a node killed (SIGKILL of its supervisor) is taken out, clients meet the o
 });
 
 test('a node stopping (SIGTERM) gets no new connection from HAProxy, and its transaction in progress finishes', opts, async () => {
-  const held: Array<Awaited<ReturnType<typeof mxSession>>> = [];
-  let onB: Awaited<ReturnType<typeof mxSession>> | undefined;
-  while (!onB) {
-    const s = await mxSession(`127.0.0.${20 + held.length}`);
-    if (s.node === 'mx-b') onB = s; else held.push(s);
-  }
-  for (const s of held) await s.c.quit();
-  const client = onB.c.socket.localAddress!;
-  assert.equal((await onB.c.command('MAIL FROM:<sender@example.org>')).text, `250 2.1.0 Sender ok, client ${client}`);
-  assert.equal((await onB.c.command('RCPT TO:<user@example.net>')).code, 250);
-  assert.equal((await onB.c.command('DATA')).code, 354);
-  onB.c.write('Subject: mid-DATA when the node stops\r\n\r\nfirst half');
+  const onB = await sessionOn('mx-b', 20);
+  const client = onB.socket.localAddress!;
+  assert.equal((await onB.command('MAIL FROM:<sender@example.org>')).text, `250 2.1.0 Sender ok, client ${client}`);
+  assert.equal((await onB.command('RCPT TO:<user@example.net>')).code, 250);
+  assert.equal((await onB.command('DATA')).code, 354);
+  onB.write('Subject: mid-DATA when the node stops\r\n\r\nfirst half');
 
   const b = nodes.get('mx-b')!;
   b.proc.kill('SIGTERM');
   await until('mx-b\'s port closed', () => portRefuses(b.port('mx')));
   // A new client goes to mx-a while mx-b's transaction is still under way (it has up to 5 s)...
   await onlyServedBy('mx-a', '127.0.0.6', async () => true);
-  onB.c.write('second half\r\n.');
-  const end = await onB.c.read();
+  onB.write('second half\r\n.');
+  const end = await onB.read();
   assert.match(end.text, /^250 2\.0\.0 .*queued as/, 'the transaction under way when the node stopped was acknowledged');
   // ...and every one until HAProxy's checks mark mx-b down.
   await onlyServedBy('mx-a', '127.0.0.6', async () => (await statusOf('mx-b')).every((s) => s === 'DOWN'));
   const id = /queued as ([0-9a-z]+)/.exec(end.text)![1]!;
-  onB.c.destroy();
-  await until('mx-b stopped', () => b.proc.exitCode !== null);
+  onB.destroy();
+  await until('mx-b stopped', () => b.proc.exitCode !== null, { timeoutMs: 30_000 });
   assert.equal(b.proc.exitCode, 0);
   const delivered = sink.messages.some((m) => m.data.toString().includes('second half'));
   assert.ok(delivered || (await spooled(b)).has(id), 'delivered, or in mx-b\'s spool for its next start');
