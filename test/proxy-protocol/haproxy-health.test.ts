@@ -175,6 +175,14 @@ async function sessionOn(node: NodeName, firstHost: number): Promise<SmtpTestCli
   }
 }
 
+/** A session through HAProxy's submission frontend from `client`, after STARTTLS and AUTH. */
+async function submissionSession(client: string): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(frontends.submission, { localAddress: client });
+  await c.hello({ starttls: { ca } });
+  assert.equal((await c.command(`AUTH PLAIN ${Buffer.from(`\0alice@example.com\0${PASSWORD}`).toString('base64')}`)).code, 235);
+  return c;
+}
+
 /** A message over `c`; resolves with its queue id. */
 async function send(c: SmtpTestClient, client: string, to = 'user@example.net'): Promise<string> {
   assert.equal((await c.command('MAIL FROM:<sender@example.org>')).text, `250 2.1.0 Sender ok, client ${client}`);
@@ -229,8 +237,18 @@ test('a refused reload keeps the node in rotation; a Redis outage takes both out
   const ready = await fetch(`http://127.0.0.1:${a.port('admin')}/readyz?listener=submission`);
   assert.equal(ready.status, 200, await ready.text());
 
+  // A submission under way when Redis goes: its node leaves the backend, and the transaction still finishes
+  // (HAProxy's `on-marked-down shutdown-sessions` would cut it here, mid-DATA).
+  const under = await submissionSession('127.0.0.7');
+  assert.equal((await under.command('MAIL FROM:<alice@example.com>')).code, 250);
+  assert.equal((await under.command('RCPT TO:<user@example.net>')).code, 250);
+  assert.equal((await under.command('DATA')).code, 354);
+  under.write('Subject: under way when Redis went\r\n\r\nfirst half');
   await redis.stop();
   for (const { name } of NODES) await waitStatus(name, 'DOWN', ['postern_submission']);
+  under.write('second half\r\n.');
+  assert.match((await under.read()).text, /^250 2\.0\.0 .*queued as/);
+  await under.quit();
   // The MX backend's mail needs no Redis: it stayed in, never even one check failed.
   assert.deepEqual([...await statusOf('mx-a', ['postern_smtp']), ...await statusOf('mx-b', ['postern_smtp'])], ['UP', 'UP']);
   const { node, c } = await mxSession('127.0.0.4');
@@ -241,10 +259,7 @@ test('a refused reload keeps the node in rotation; a Redis outage takes both out
   // Back, mx-a with its reload still refused.
   for (const { name } of NODES) await waitStatus(name, 'UP', ['postern_submission']);
   assert.ok((await a.cluster()).reload.lastError, 'mx-a came back while its reload is still refused');
-  const sub = await SmtpTestClient.connect(frontends.submission, { localAddress: '127.0.0.4' });
-  await sub.hello({ starttls: { ca } });
-  assert.equal((await sub.command(`AUTH PLAIN ${Buffer.from(`\0alice@example.com\0${PASSWORD}`).toString('base64')}`)).code, 235);
-  await sub.quit();
+  await (await submissionSession('127.0.0.4')).quit();
 
   await writeFile(join(a.dir, 'scripts', 'mailfrom.ts'), MAILFROM);
   await a.waitFor('the reload made', async () => (await a.cluster()).reload.lastError === null);
@@ -320,6 +335,6 @@ test('a node stopping (SIGTERM) gets no new connection from HAProxy, and its tra
   onB.destroy();
   await until('mx-b stopped', () => b.proc.exitCode !== null, { timeoutMs: 30_000 });
   assert.equal(b.proc.exitCode, 0);
-  const delivered = sink.messages.some((m) => m.data.toString().includes('second half'));
+  const delivered = sink.messages.some((m) => m.data.toString().includes('mid-DATA when the node stops'));
   assert.ok(delivered || (await spooled(b)).has(id), 'delivered, or in mx-b\'s spool for its next start');
 });
