@@ -123,7 +123,10 @@ before(async () => {
   ca = await readFile(pki.ca.cert, 'utf8');
   redis = await startRedis();
   sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && deferLater && address.startsWith('later@') ? { code: 451, text: '4.3.0 Try later' } : null) });
-  for (const [name, node] of await Promise.all(NODES.map(async ({ name }) => [name, await startNode(name)] as const))) nodes.set(name, node);
+  // Both at once; one that started is kept (and stopped after) even if the other failed.
+  const started = await Promise.allSettled(NODES.map(({ name }) => startNode(name)));
+  started.forEach((r, i) => { if (r.status === 'fulfilled') nodes.set(NODES[i]!.name, r.value); });
+  for (const r of started) if (r.status === 'rejected') throw r.reason;
   frontends.smtp = await freePort();
   frontends.submission = await freePort();
   haproxy = await startHaproxy(dir, await haproxyConfigFromDocs(frontends, nodes), 'postern_submission');
