@@ -8,6 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
+import { dataDirDespiteErrors } from '../config/load-config.ts';
 import { Spool } from '../spool/spool.ts';
 import {
   deleteMessage, evenWhenFull, holdMessages, listQueue, queueEntries, releaseMessages, retryMessages, selectMessages, type ActionOutcome, type MessageFilter,
@@ -32,21 +33,48 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
   }
 }
 
-function spoolOf(opts: { config?: string }): SpoolSet {
-  return spoolAndConfig(opts).spool;
+function spoolOf(opts: { config?: string }, use: SpoolUse): SpoolSet {
+  return spoolAndConfig(opts, use).spool;
 }
+
+/** What a command does with the queue: reads it (list, summary, show), or changes it (retry, delete, hold, release). */
+type SpoolUse = 'read' | 'change';
 
 /**
  * Every spool the server of this configuration uses (one per worker process, and the queue process's), and
  * whether it delivers at all. Never init(): that would clear a running server's incoming/.
  */
-function spoolAndConfig(opts: { config?: string }): { spool: SpoolSet; deliveryOn: boolean } {
-  const { config } = loadStartConfig({ configPath: opts.config });
-  const root = join(config.dataDir, 'spool');
+function spoolAndConfig(opts: { config?: string }, use: SpoolUse): { spool: SpoolSet; deliveryOn: boolean } {
+  const { dataDir, deliveryOn } = dataDirOf(opts, use);
+  const root = join(dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
   else becomeSpoolOwner(root);
-  return { spool: new SpoolSet(new Spool(root)), deliveryOn: config.delivery.enabled };
+  return { spool: new SpoolSet(new Spool(root)), deliveryOn };
+}
+
+/**
+ * The data directory of the configuration. A file with errors (the server refuses it) is when the queue most needs
+ * a look: a command that only reads the queue reads the data directory the file names (or the default, when it
+ * names none), its errors said as warnings. One that changes the queue does so only where the data directory is
+ * certain: named in the file, that key without error, and a spool there; else it is refused with the errors.
+ */
+function dataDirOf(opts: { config?: string }, use: SpoolUse): { dataDir: string; deliveryOn: boolean } {
+  try {
+    const { config } = loadStartConfig({ configPath: opts.config });
+    return { dataDir: config.dataDir, deliveryOn: config.delivery.enabled };
+  } catch (err) {
+    if (!(err instanceof ConfigError) || opts.config === undefined) throw err;
+    const found = dataDirDespiteErrors(opts.config, err);
+    const certain = found !== null && found.named && existsSync(join(found.dataDir, 'spool'));
+    if (found === null || (use === 'change' && !certain)) {
+      const why = found === null ? 'its dataDir cannot be read from it'
+        : `its dataDir is not certain (${found.named ? `no spool at ${join(found.dataDir, 'spool')}` : 'the file names none: the default would be taken'})`;
+      throw new ConfigError([...err.problems, { file: err.problems[0]?.file ?? opts.config, message: `postern queue ${use === 'change' ? 'changes nothing' : 'cannot read the queue'}: ${why}; fix the file${use === 'change' ? ' (or name dataDir in it)' : ''}` }]);
+    }
+    process.stderr.write(`postern: warning: the configuration has errors (the server refuses it); ${use === 'read' ? 'reading' : 'changing'} the queue of ${found.dataDir}${found.named ? ', the dataDir it names' : ' (it names no dataDir: the default)'}:\n${err.message}\n`);
+    return found;
+  }
 }
 
 /**
@@ -80,7 +108,7 @@ const notFound = (id: string, err: unknown): number => {
 
 export function queueSummaryCommand(opts: { config?: string; json?: boolean }): Promise<number> {
   return guarded(async () => {
-    const { entries, unreadable } = await listQueue(spoolOf(opts));
+    const { entries, unreadable } = await listQueue(spoolOf(opts, 'read'));
     const shape = queueShape(entries);
     process.stdout.write(opts.json ? `${JSON.stringify({ ...shape, unreadable }, null, 2)}\n` : formatQueueShape(shape));
     for (const u of opts.json ? [] : unreadable) process.stderr.write(`postern: ${u.id}: unreadable: ${u.error}\n`);
@@ -97,7 +125,7 @@ export function queueListCommand(opts: { config?: string; json?: boolean }): Pro
     let count = 0;
     let held = 0;
     if (opts.json) out.write('{\n  "messages": [');
-    for await (const e of queueEntries(spoolOf(opts))) {
+    for await (const e of queueEntries(spoolOf(opts, 'read'))) {
       if ('unreadable' in e) {
         unreadable.push({ id: e.id, error: e.unreadable });
         continue;
@@ -170,7 +198,7 @@ export function queueShowCommand(listed: string, opts: { config?: string; messag
   const id = unmarked(listed);
   return guarded(async () => {
     if (!checkId(id)) return 1;
-    const { spool, deliveryOn } = spoolAndConfig(opts);
+    const { spool, deliveryOn } = spoolAndConfig(opts, 'read');
     try {
       const envelope = await spool.readEnvelope(id);
       const hold = await spool.readHold(id);
@@ -231,7 +259,7 @@ export function queueActionCommand(op: QueueAction, ids: string[], opts: Selecti
     }
     const given = (ids.includes('-') ? [...ids.filter((i) => i !== '-'), ...(await readStdin()).split(/\s+/).filter(Boolean)] : ids).map(unmarked);
     if (given.filter((i) => !checkId(i)).length) return 1;
-    const spools = spoolOf(opts);
+    const spools = spoolOf(opts, 'change');
     let targets = filtered ? await selectMessages(spools, { ...opts, certificate }) : given;
     if (filtered && (op === 'hold' || op === 'release')) {
       // A selection holds what is not held yet and releases what is held, quietly passing over the rest.

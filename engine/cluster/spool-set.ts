@@ -170,6 +170,17 @@ export class SpoolSet {
     return (await this.#of(id)).readForDelivery(id, opts);
   }
   async updateState(id: string, state: SpoolState): Promise<void> { return (await this.#of(id)).updateState(id, state); }
+  /** Spool.updateStates for messages of any of the spools: one directory sync per spool. */
+  async updateStates(updates: ReadonlyArray<{ id: string; state: SpoolState }>): Promise<void> {
+    const bySpool = new Map<Spool, Array<{ id: string; state: SpoolState }>>();
+    for (const u of updates) {
+      const spool = await this.#of(u.id);
+      const own = bySpool.get(spool);
+      if (own) own.push(u);
+      else bySpool.set(spool, [u]);
+    }
+    for (const [spool, own] of bySpool) await spool.updateStates(own);
+  }
   async moveOutOfJournal(id: string): Promise<boolean> { return (await this.#of(id)).moveOutOfJournal(id); }
   async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
@@ -188,5 +199,5 @@ export class SpoolSet {
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
-  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'updateStates' | 'moveOutOfJournal' | 'remove'
   | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;

@@ -119,6 +119,38 @@ export function loadConfigFile(path: string, { regularFileOnly = false }: { regu
   return parseConfig(text, file, dirname(file));
 }
 
+/** What dataDirDespiteErrors found: the folder (resolved), and whether the file names it (else the default). */
+export interface DataDirDespiteErrors { dataDir: string; named: boolean; deliveryOn: boolean }
+
+/**
+ * The data directory a configuration file refused with `error` names, read from the file anyway: a broken
+ * postern.yaml is when an administrator may most need to look at the queue (`postern queue`). Null when it cannot
+ * be known: the file unreadable or not YAML (or not a mapping), or its `dataDir` key itself in error. `named`: the
+ * file sets `dataDir` (not the default). `deliveryOn`: what `delivery.enabled` seems to say (a display hint only).
+ */
+export function dataDirDespiteErrors(path: string, error: ConfigError): DataDirDespiteErrors | null {
+  if (error.problems.some((p) => p.path === undefined || p.path === 'dataDir')) return null; // the file as a whole, or dataDir itself
+  const file = resolve(path);
+  let value: unknown;
+  try {
+    const doc = parseDocument(readFileSync(file, 'utf8'), { merge: true });
+    if (doc.errors.length) return null;
+    value = documentValue(doc, file) ?? {};
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const raw = value as { dataDir?: unknown; delivery?: unknown };
+  const dataDir = configSchema.shape.dataDir.safeParse(raw.dataDir);
+  if (!dataDir.success) return null;
+  const delivery = raw.delivery as { enabled?: unknown } | null | undefined;
+  return {
+    dataDir: isAbsolute(dataDir.data) ? dataDir.data : resolve(dirname(file), dataDir.data),
+    named: raw.dataDir !== undefined,
+    deliveryOn: typeof delivery === 'object' && delivery !== null && delivery.enabled !== false,
+  };
+}
+
 /**
  * Character offset of what `path` names: the key itself when `atKey` (unknown keys), else the value,
  * falling back to the nearest ancestor that exists.

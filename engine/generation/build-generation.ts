@@ -15,7 +15,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
-import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES, type ScriptSource } from '../sandbox/index.ts';
+import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
@@ -46,8 +46,8 @@ export interface BuildOptions {
   progress?: { step: string };
   /** The server's counter store (engine/store), for scripts' rate() and counter(); `postern check`'s own in memory. */
   store?: CounterStore;
-  /** `postern try`: scripts to add to a folder's (for the hooks it has none for, so their context can be shown). */
-  addScripts?(dir: string, scripts: readonly ScriptSource[]): Promise<ScriptSource[]>;
+  /** `postern try`: call the hooks a folder has no script for too, so their context can be shown (SandboxOptions.standIns). */
+  standIns?: boolean;
   /**
    * A reload: the scripts folders the generation in force read (its scriptFolders). One of them gone is
    * refused even where a start would take its absence as "no scripts" (the default top-level `scripts`).
@@ -130,7 +130,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   const sandboxOf = async (dir: string, shadow: boolean): Promise<Sandbox> => {
     const scripts = await loadScriptDirectory(dir);
     return Sandbox.create({
-      scripts: options.addScripts && !shadow ? [...scripts, ...await options.addScripts(dir, scripts)] : scripts,
+      scripts,
+      standIns: options.standIns && !shadow ? HOOK_NAMES : [],
       timeoutMs: config.sandbox.timeoutMs,
       memoryLimitMb: config.sandbox.memoryLimitMb,
       isolates: config.sandbox.isolates,

@@ -36,20 +36,20 @@ class SeriesIndex<S> {
   }
 
   /**
-   * find() for the first `count` (≤ MAX_LABELS) of v0…v3, without an array of them: an update's rest
+   * find() for the first `count` (≤ MAX_LABELS) of v0…v4, without an array of them: an update's rest
    * parameter was an array per call (profile: ~300 B per message for the script and message counters).
    */
-  findOf(count: number, v0: LabelValue | undefined, v1: LabelValue | undefined, v2: LabelValue | undefined, v3: LabelValue | undefined): S {
+  findOf(count: number, v0: LabelValue | undefined, v1: LabelValue | undefined, v2: LabelValue | undefined, v3: LabelValue | undefined, v4: LabelValue | undefined): S {
     if (count === 0) return this.find(NO_VALUES);
     let node = this.#root;
     for (let i = 0; i < count - 1; i++) {
-      const v = (i === 0 ? v0 : i === 1 ? v1 : v2)!;
+      const v = (i === 0 ? v0 : i === 1 ? v1 : i === 2 ? v2 : v3)!;
       let next = node.get(v) as Map<LabelValue, unknown> | undefined;
       if (next === undefined) node.set(v, next = new Map());
       node = next;
     }
-    const key = (count === 1 ? v0 : count === 2 ? v1 : count === 3 ? v2 : v3)!;
-    return (node.get(key) as S | undefined) ?? this.#add(node, key, [v0, v1, v2, v3].slice(0, count) as LabelValue[]);
+    const key = (count === 1 ? v0 : count === 2 ? v1 : count === 3 ? v2 : count === 4 ? v3 : v4)!;
+    return (node.get(key) as S | undefined) ?? this.#add(node, key, [v0, v1, v2, v3, v4].slice(0, count) as LabelValue[]);
   }
 
   /** The series of a metric with one label (or none: value ''), without an array of values. */
@@ -91,7 +91,7 @@ class SeriesIndex<S> {
 
 const NO_VALUES: readonly LabelValue[] = [];
 /** Labels a hot counter may have (see SeriesIndex.findOf). */
-const MAX_LABELS = 4;
+const MAX_LABELS = 5;
 
 /** A counter over a fixed list of labels (none: one series). */
 export class HotCounter {
@@ -113,13 +113,13 @@ export class HotCounter {
   get labelNames(): readonly string[] { return this.#labelNames; }
 
   /** Count one for the label values given, in the order of the label names (all of them). */
-  inc(v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
-    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value++;
+  inc(v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue, v4?: LabelValue): void {
+    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3, v4).value++;
   }
 
   /** Add `amount` (≥ 0) to the series of the label values given. */
-  add(amount: number, v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue): void {
-    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3).value += amount;
+  add(amount: number, v0?: LabelValue, v1?: LabelValue, v2?: LabelValue, v3?: LabelValue, v4?: LabelValue): void {
+    this.#series.findOf(this.#labelNames.length, v0, v1, v2, v3, v4).value += amount;
   }
 
   /** Drop every series whose label `name` has `value` (prom-client's remove(), for one label). */

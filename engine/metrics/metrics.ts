@@ -57,7 +57,8 @@ export const metrics = {
     name: 'postern_auth_attempts_total', help: 'AUTH attempts by listener, mechanism and result (success, failure)',
     labelNames: ['listener', 'mechanism', 'result'] as const, registers: [registry],
   }),
-  verdicts: new HotCounter('postern_script_verdicts_total', 'Script verdicts by hook, verdict (accept, reject, defer, none, failed), configuration generation and source (smtp, postfix-policy)', ['hook', 'verdict', 'generation', 'source']),
+  // listener: a name from the configuration (an SMTP listener's or a policy service's; '' for predelivery): bounded.
+  verdicts: new HotCounter('postern_script_verdicts_total', 'Script verdicts by listener (SMTP listener or policy service; empty for predelivery), hook, verdict (accept, reject, defer, none, failed), configuration generation and source (smtp, postfix-policy)', ['listener', 'hook', 'verdict', 'generation', 'source']),
   scriptDuration: new HotHistogram('postern_script_call_duration_seconds', 'Wall time of a policy script call (waiting for an isolate included), by hook', 'hook', SCRIPT_BUCKETS),
   scriptFailures: new HotCounter('postern_script_failures_total', 'Script calls that failed closed, by hook, kind (timeout, memory, error, fenced, verdict, …) and source (smtp, postfix-policy)', ['hook', 'kind', 'source']),
   policyRequests: new Counter({
@@ -70,7 +71,7 @@ export const metrics = {
   }),
   // Hot: a server under a spam run refuses most of its commands.
   // reason: the decision line's (a setting, a rule, `script <hook>: <verdict>`): a few dozen values, never a client's text.
-  refusals: new HotCounter('postern_smtp_refusals_total', 'Commands refused or deferred (4xx/5xx), by stage, reply class and reason (the rule, limit or script verdict of the decision line)', ['stage', 'class', 'reason']),
+  refusals: new HotCounter('postern_smtp_refusals_total', 'Commands refused or deferred (4xx/5xx), by listener, stage, reply class and reason (the rule, limit or script verdict of the decision line)', ['listener', 'stage', 'class', 'reason']),
   messagesAccepted: new HotCounter('postern_messages_accepted_total', 'Messages acknowledged with 250 after DATA (committed to the spool), by listener', ['listener']),
   messageBytes: new HotCounter('postern_message_bytes_total', 'Bytes of messages accepted'),
   spoolCommit: new HotHistogram('postern_spool_commit_duration_seconds', 'Time from the end of DATA until the message was durably in the spool', null, SPOOL_BUCKETS),
@@ -170,10 +171,13 @@ export function secondsSince(startMs: number): number {
   return (performance.now() - startMs) / 1000;
 }
 
-/** One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed). */
-export function scriptCalled(hook: string, generation: number, seconds: number, verdict: string, failureKind?: string, source = 'smtp'): void {
+/**
+ * One script call's metrics: its time, its verdict (`failed` with the failure's kind when it failed closed).
+ * `listener`: the SMTP listener's or policy service's name, '' for predelivery (no listener runs it).
+ */
+export function scriptCalled(listener: string, hook: string, generation: number, seconds: number, verdict: string, failureKind?: string, source = 'smtp'): void {
   metrics.scriptDuration.observe(seconds, hook);
-  metrics.verdicts.inc(hook, verdict, generation, source);
+  metrics.verdicts.inc(listener, hook, verdict, generation, source);
   if (failureKind !== undefined) metrics.scriptFailures.inc(hook, failureKind, source);
 }
 
@@ -186,9 +190,9 @@ export function generationRetired(generation: number): void {
   metrics.verdicts.removeWhere('generation', generation);
 }
 
-/** A command refused (5xx) or deferred (4xx) at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …), and why. */
-export function refusalCounted(stage: string, responseCode: number, reason: string | undefined): void {
-  metrics.refusals.inc(stage, responseCode >= 500 ? '5xx' : '4xx', reason ?? 'unknown');
+/** A command refused (5xx) or deferred (4xx) on `listener` at `stage` (the command's verb, CONNECT, END-OF-MESSAGE …), and why. */
+export function refusalCounted(listener: string, stage: string, responseCode: number, reason: string | undefined): void {
+  metrics.refusals.inc(listener, stage, responseCode >= 500 ? '5xx' : '4xx', reason ?? 'unknown');
 }
 
 /**

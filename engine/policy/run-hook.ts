@@ -14,7 +14,7 @@ import { hookCallsObserved, notifyHookCall } from './hook-calls.ts';
 export { FAIL_CLOSED };
 
 export async function runHook(
-  generation: PolicyGeneration, listener: Pick<ListenerConfig, 'scripts'> | undefined, hook: HookName, ctx: object,
+  generation: PolicyGeneration, listener: Pick<ListenerConfig, 'scripts' | 'name'> | undefined, hook: HookName, ctx: object,
   connectionId: string | null, log: Logger, connectionKey?: string, source: 'smtp' | 'postfix-policy' = 'smtp',
 ): Promise<Verdict | PredeliveryVerdict | undefined> {
   const sandbox = generation.sandboxFor(listener);
@@ -23,13 +23,13 @@ export async function runHook(
   try {
     const verdict = checkVerdict(hook, await sandbox.invoke(hook, ctx, connectionId, connectionKey), sandbox.scriptFile(hook));
     const seconds = secondsSince(start);
-    scriptCalled(hook, generation.serial, seconds, verdict?.verdict ?? 'none', undefined, source);
+    scriptCalled(listener?.name ?? '', hook, generation.serial, seconds, verdict?.verdict ?? 'none', undefined, source);
     if (hookCallsObserved(generation)) notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict, failure: null, seconds });
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
     const seconds = secondsSince(start);
-    scriptCalled(hook, generation.serial, seconds, 'failed', e.kind ?? 'verdict', source);
+    scriptCalled(listener?.name ?? '', hook, generation.serial, seconds, 'failed', e.kind ?? 'verdict', source);
     if (hookCallsObserved(generation)) {
       notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
         failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line, column: e.column } });

@@ -4,7 +4,7 @@
  * files and unlinks, never spool.init().
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
-import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
+import type { SpoolEnvelope, SpoolHold, SpoolState } from '../spool/envelope.ts';
 import { dirname } from 'node:path';
 import { inodesError, isNoSpace } from '../spool/reserve.ts';
 
@@ -75,18 +75,38 @@ export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntr
   return { entries, unreadable };
 }
 
+/** Messages `retry` makes due per batch: their state files written side by side, then one directory sync. */
+const RETRY_BATCH = 512;
+
 /**
  * Make messages due now; a running server notices at its next scan. Returns the ids changed; a held
- * message is left as it is (`heldIds`: `queue release` makes it due).
+ * message is left as it is (`heldIds`: `queue release` makes it due). Done in batches (Spool.updateStates):
+ * one directory sync per batch, not per message; each message's new state is durable before it is returned.
  */
 export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', heldIds: string[] = [], missing?: string[]): Promise<string[]> {
   const targets = ids === 'all' ? await spool.list() : ids;
+  // `missing`: ids not in the queue (any more) are named there instead of failing the call.
+  const tolerateMissing = ids === 'all' || missing !== undefined;
   const changed: string[] = [];
-  for (const id of targets) {
-    if (await spool.isHeld(id) && await spool.has(id)) { heldIds.push(id); continue; }
-    // `missing`: ids not in the queue (any more) are named there instead of failing the call.
-    if (await makeDue(spool, id, ids === 'all' || missing !== undefined)) changed.push(id);
-    else missing?.push(id);
+  for (let i = 0; i < targets.length; i += RETRY_BATCH) {
+    const due: Array<{ id: string; state: SpoolState }> = [];
+    const outcome = new Map<string, 'held' | 'missing' | 'due'>();
+    for (const id of targets.slice(i, i + RETRY_BATCH)) {
+      if (outcome.has(id)) continue; // named twice
+      if (await spool.isHeld(id) && await spool.has(id)) { outcome.set(id, 'held'); continue; }
+      const state = await dueState(spool, id, tolerateMissing);
+      outcome.set(id, state ? 'due' : 'missing');
+      if (state) due.push({ id, state });
+    }
+    await evenWhenFull(spool, () => spool.updateStates(due));
+    for (const [id, what] of outcome) {
+      if (what === 'held') heldIds.push(id);
+      else if (what === 'due' && await spool.has(id)) changed.push(id);
+      else {
+        if (what === 'due') await spool.remove(id); // delivered meanwhile: its new state file goes too
+        missing?.push(id);
+      }
+    }
   }
   await evenWhenFull(spool, () => spool.requestRescan());
   return changed;
@@ -94,21 +114,28 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
 
 /** Set a message's next attempt to now. False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
 async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
+  const state = await dueState(spool, id, tolerateMissing);
+  if (!state) return false;
+  await evenWhenFull(spool, () => spool.updateState(id, state));
+  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
+  return true;
+}
+
+/** A message's state with its next attempt now. Null: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
+async function dueState(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<SpoolState | null> {
   let env: SpoolEnvelope;
   try {
     env = await spool.readEnvelope(id);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      if (tolerateMissing) return false;
+      if (tolerateMissing) return null;
       throw err;
     }
     // An unreadable state file: start again from the envelope as accepted (recipients already delivered
     // may get a second copy; at least once, never lost).
     env = await spool.readEnvelope(id, { withState: false });
   }
-  await evenWhenFull(spool, () => spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients }));
-  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
-  return true;
+  return { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients };
 }
 
 /** Remove a message without delivering or bouncing it (held or not). False if it was not there. */

@@ -32,8 +32,17 @@ export interface SandboxOptions {
    * IsolateSlot.call). 0: always on an isolate thread. Default 5.
    */
   fastPathMs?: number;
+  /**
+   * `postern try`: hooks without a script that are still called, so that the context they would get is shown.
+   * Each is answered at once with no verdict, on no isolate and under no deadline: what the administrator did
+   * not write must not be able to fail (the server runs no call at all for such a hook).
+   */
+  standIns?: readonly HookName[];
   host: HostBridge;
 }
+
+/** The file name a stand-in's calls show (SandboxOptions.standIns), before the hook's name. */
+export const STAND_IN_FILE = '(no script)';
 
 export type IsolateState = 'idle' | 'busy' | 'rebuilding' | 'broken' | 'disposed';
 
@@ -195,6 +204,8 @@ function positiveInteger(name: string, value: number, min: number): number {
 
 export class Sandbox {
   readonly #scripts: ReadonlyMap<HookName, ScriptSource>;
+  /** SandboxOptions.standIns, by hook: the file name a call of each shows. */
+  readonly #standIns: ReadonlyMap<HookName, string>;
   readonly #options: SlotOptions;
   readonly #members: Member[];
   readonly #waiting: Waiter[] = [];
@@ -216,8 +227,9 @@ export class Sandbox {
   /** Isolates one client may hold at once (see SandboxOptions.isolatesPerClient). */
   readonly #perClient: number;
 
-  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number, perClient: number) {
+  private constructor(scripts: readonly ScriptSource[], options: SlotOptions, slots: IsolateSlot[], fastPathMs: number, perClient: number, standIns: readonly HookName[]) {
     this.#perClient = perClient;
+    this.#standIns = new Map(standIns.filter((h) => !scripts.some((s) => s.hook === h)).map((h) => [h, `${STAND_IN_FILE} ${h}`]));
     this.#policy = new FastPathPolicy(fastPathMs, (hook, message) => this.#log(this.#scripts.get(hook)?.file ?? '(sandbox)', 'warn', message));
     this.#scripts = new Map(scripts.map((s) => [s.hook, s]));
     this.#options = options;
@@ -257,8 +269,9 @@ export class Sandbox {
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
     const perClient = positiveInteger('isolatesPerClient', options.isolatesPerClient ?? Math.ceil(size / 2), 1);
     const fastPathMs = options.fastPathMs ?? 5;
+    const standIns = options.standIns ?? [];
     if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
-    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs, perClient); // nothing to run: no isolates
+    if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs, perClient, standIns); // nothing to run: no isolates
 
     slotOptions.runningId = runningCall.register(scripts);
     try {
@@ -280,7 +293,7 @@ export class Sandbox {
         await teardownGrace();
         throw problem;
       }
-      return new Sandbox(scripts, slotOptions, slots, fastPathMs, perClient);
+      return new Sandbox(scripts, slotOptions, slots, fastPathMs, perClient, standIns);
     } catch (e) {
       runningCall.unregister(slotOptions.runningId);
       throw e;
@@ -289,16 +302,16 @@ export class Sandbox {
 
   /** Whether a script implements `hook`; callers skip the sandbox entirely when not. */
   has(hook: HookName): boolean {
-    return this.#scripts.has(hook);
+    return this.#scripts.has(hook) || this.#standIns.has(hook);
   }
 
   /** The file of `hook`'s script (for errors about what it returned), undefined when there is none. */
   scriptFile(hook: HookName): string | undefined {
-    return this.#scripts.get(hook)?.file;
+    return this.#scripts.get(hook)?.file ?? this.#standIns.get(hook);
   }
 
   get hooks(): HookName[] {
-    return [...this.#scripts.keys()];
+    return [...this.#scripts.keys(), ...this.#standIns.keys()];
   }
 
   /**
@@ -313,7 +326,7 @@ export class Sandbox {
   invoke(hook: HookName, ctx: object, connectionId: string | null, connectionKey?: string): Promise<unknown> {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const script = this.#scripts.get(hook);
-    if (!script) return Promise.reject(new Error(`no script for hook ${hook}`));
+    if (!script) return this.#standIns.has(hook) ? Promise.resolve(undefined) : Promise.reject(new Error(`no script for hook ${hook}`));
     if (runningCall.isFenced(hook, script.file)) {
       this.#failures.fenced++;
       return Promise.reject(new ScriptFailure('fenced', hook, script.file, null, null,

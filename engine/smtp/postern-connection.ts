@@ -434,7 +434,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
 
   /** Every refusal sent, by stage and reason; one at connect is a refused connection too. */
   #refusalCounted(stage: DecisionStage, code: number, reason: string | undefined): void {
-    refusalCounted(stage, code, reason);
+    refusalCounted(this.state.listener.name, stage, code, reason);
     if (stage === 'CONNECT') connectRefusalCounted(this.state.listener.name, reason);
   }
 

@@ -445,7 +445,7 @@ export class PosternServer extends SMTPServer {
       code: refusal.responseCode, enhanced: refusal.enhanced, reply: refusal.text, reason: refusal.reason,
     }, `NOQUEUE: defer: CONNECT from unknown[${client}]: ${refusal.responseCode} ${refusal.enhanced} ${refusal.text}; proto=SMTP`);
     metrics.connections.inc({ listener: this.listenerName });
-    refusalCounted('CONNECT', refusal.responseCode, refusal.reason);
+    refusalCounted(this.listenerName, 'CONNECT', refusal.responseCode, refusal.reason);
     connectRefusalCounted(this.listenerName, refusal.reason);
     socket.on('error', () => undefined);
     socket.end(`${refusal.responseCode} ${refusal.message}\r\n`);

@@ -32,7 +32,7 @@ import { Spool } from '../spool/spool.ts';
 import { runPredelivery } from '../delivery/predelivery.ts';
 import { parseAddressList } from '../delivery/address-list.ts';
 import type { HookName, PredeliveryContext } from '../sandbox/api/index.ts';
-import { HOOK_NAMES, loadScriptDirectory } from '../sandbox/index.ts';
+import { loadScriptDirectory } from '../sandbox/index.ts';
 import { loopbackHandshake, type ClientCredentials, type LoopbackHandshake } from './loopback-tls.ts';
 
 export type StepName = 'connect' | 'starttls' | 'helo' | 'auth' | 'login' | 'mailfrom' | 'rcptto' | 'data' | 'predelivery';
@@ -68,15 +68,11 @@ export interface TryFacts {
 
 const PINO_LEVELS: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
 
-/** Stands in for a hook without a script: returns nothing, so the built-in rules decide as they would. */
-const NO_SCRIPT = 'export default function () {}';
-/** The file name a stand-in has (how try tells it from a real script). */
-export const NO_SCRIPT_FILE = '(no script)';
-
 /**
  * The generation a try runs with: the configuration's own, with its scripts folder replaced by `scripts`
  * when given. A hook without a script gets a stand-in that returns nothing, so that the context it would
- * see is still shown; the decision is the built-in rules', as without it.
+ * see is still shown; the decision is the built-in rules', as without it. A stand-in runs in no isolate and
+ * under no deadline (SandboxOptions.standIns): the server runs nothing for such a hook, so nothing may fail.
  */
 export async function buildTryGeneration(loaded: LoadedConfig, logger: Logger, scripts?: string): Promise<BuiltGeneration> {
   const folders = scripts === undefined ? loaded.config : {
@@ -87,9 +83,7 @@ export async function buildTryGeneration(loaded: LoadedConfig, logger: Logger, s
   // seconds, crashing) the command's own thread.
   const config = { ...folders, sandbox: { ...folders.sandbox, fastPathMs: 0 } };
   return buildGeneration({ ...loaded, config }, {
-    logger, store: new MemoryCounterStore(),
-    addScripts: async (_dir, present) => HOOK_NAMES.filter((h) => !present.some((s) => s.hook === h))
-      .map((hook) => ({ hook, file: `${NO_SCRIPT_FILE} ${hook}`, source: NO_SCRIPT })),
+    logger, store: new MemoryCounterStore(), standIns: true,
   });
 }
 

@@ -31,7 +31,7 @@ before(async () => {
       hostname: 'postern.test',
       localDomains: ['example.test'],
       admin: { listen: '127.0.0.1:0' },
-      listeners: [testListener('mx', { tls: testServerTls(pki, { clientCertificates: 'request' }) })],
+      listeners: [testListener('mx', { tls: testServerTls(pki, { clientCertificates: 'request' }) }), testListener('submission')],
       delivery: smarthostDelivery(sink.port),
     }),
     scripts: {
@@ -70,8 +70,8 @@ test('counters move by what one TLS session with a client certificate, scripts a
 
   assert.equal(delta(start, end, 'postern_smtp_connections_total{listener="mx"}'), 1);
   assert.equal(delta(start, end, 'postern_tls_handshakes_total{listener="mx",protocol="TLSv1.3",client_certificate="verified"}'), 1);
-  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="reject",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
-  assert.equal(delta(start, end, 'postern_script_verdicts_total{hook="rcptto",verdict="failed",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{listener="mx",hook="rcptto",verdict="reject",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
+  assert.equal(delta(start, end, 'postern_script_verdicts_total{listener="mx",hook="rcptto",verdict="failed",generation="' + s.runtime.generation.serial + '",source="smtp"}'), 1);
   assert.equal(delta(start, end, 'postern_script_failures_total{hook="rcptto",kind="error",source="smtp"}'), 1);
   assert.equal(delta(start, end, 'postern_script_call_duration_seconds_count{hook="rcptto"}'), 3);
   assert.equal(delta(start, end, 'postern_messages_accepted_total{listener="mx"}'), 1);
@@ -91,6 +91,23 @@ test('counters move by what one TLS session with a client certificate, scripts a
   assert.equal(sent.attempt, 1);
   assert.equal(typeof sent.delay, 'number');
   assert.match(String(sent.msg), new RegExp(`^${accepted.id}: to=<someone@example\\.test>, relay=127\\.0\\.0\\.1\\[127\\.0\\.0\\.1\\]:${sink.port}, delay=[\\d.]+, attempt=1, tls=none, client_certificate=none, status=sent \\(250 `));
+});
+
+test('a port-25 listener\'s refusals and verdicts are told apart from a submission listener\'s (the listener label)', async () => {
+  const start = await scrape();
+  const serial = s.runtime.generation.serial;
+  const c = await SmtpTestClient.connect(s.port('submission'));
+  await c.hello();
+  assert.equal((await c.command('MAIL FROM:<alice@example.net>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<nobody@example.test>')).code, 550);
+  await c.quit();
+  const end = await scrape();
+  const refusal = (listener: string): string => `postern_smtp_refusals_total{listener="${listener}",stage="RCPT",class="5xx",reason="script rcptto: reject"}`;
+  const verdict = (listener: string): string => `postern_script_verdicts_total{listener="${listener}",hook="rcptto",verdict="reject",generation="${serial}",source="smtp"}`;
+  assert.equal(delta(start, end, refusal('submission')), 1);
+  assert.equal(delta(start, end, refusal('mx')), 0);
+  assert.equal(delta(start, end, verdict('submission')), 1);
+  assert.equal(delta(start, end, verdict('mx')), 0);
 });
 
 test('/metrics passes promtool check metrics: format and naming (what a scrape of Prometheus and its lint accept)', needs('promtool'), async () => {

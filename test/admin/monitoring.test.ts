@@ -41,7 +41,7 @@ test('below spool.minFreeBytes /readyz answers 503 with the reason, and the refu
   assert.equal(ready.body.checks.spool!.ok, false);
   assert.match(String(ready.body.checks.spool!.detail), /below spool\.minFreeBytes \(9007199254740991\): new mail is refused \(452 4\.3\.1\)/);
 
-  const sample = 'postern_smtp_refusals_total{stage="MAIL",class="4xx",reason="spool.minFreeBytes"}';
+  const sample = 'postern_smtp_refusals_total{listener="mx",stage="MAIL",class="4xx",reason="spool.minFreeBytes"}';
   const scraped = await scrape(port);
   const before = scraped.get(sample) ?? 0;
   // /readyz's checks in /metrics, before any client is refused: what an alert needs.
@@ -54,7 +54,7 @@ test('below spool.minFreeBytes /readyz answers 503 with the reason, and the refu
   await c.quit();
   const after = await scrape(port);
   assert.equal((after.get(sample) ?? 0) - before, 1);
-  assert.ok((after.get('postern_smtp_refusals_total{stage="UNKNOWN",class="5xx",reason="SMTP protocol rule (smtp-server)"}') ?? 0) >= 1);
+  assert.ok((after.get('postern_smtp_refusals_total{listener="mx",stage="UNKNOWN",class="5xx",reason="SMTP protocol rule (smtp-server)"}') ?? 0) >= 1);
 });
 
 test('a Redis outage shows as postern_store_unreachable 1, and 0 again once it is back', { skip: needsRedis().skip }, async () => {

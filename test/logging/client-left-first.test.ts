@@ -37,8 +37,8 @@ async function reset(c: SmtpTestClient): Promise<void> {
 }
 
 test('a refusal decided after the client left: its line says it was not sent, and it is not counted as a refusal', { timeout: 60_000 }, async () => {
-  const REFUSALS = ['postern_smtp_refusals_total', 'stage="RCPT",class="5xx",reason="script rcptto: reject"'] as const;
-  const VERDICTS = ['postern_script_verdicts_total', 'hook="rcptto",verdict="reject",generation="1",source="smtp"'] as const;
+  const REFUSALS = ['postern_smtp_refusals_total', 'listener="mx",stage="RCPT",class="5xx",reason="script rcptto: reject"'] as const;
+  const VERDICTS = ['postern_script_verdicts_total', 'listener="mx",hook="rcptto",verdict="reject",generation="1",source="smtp"'] as const;
   const refusalsBefore = await counter(...REFUSALS);
   const verdictsBefore = await counter(...VERDICTS);
   const mark = s.logs.length;

@@ -104,7 +104,7 @@ test('a worker that is recycled (its sandbox cannot recover) sends its counters 
     assert.ok(r.logs.some((l) => /^worker 0 is being replaced: its sandbox cannot recover/.test(String(l.msg))), 'recycled, not killed');
     const m = await scrapeMetrics(r.port('admin'));
     assert.equal(m.get('postern_messages_accepted_total{listener="in"}'), 2, 'its accepted messages');
-    assert.equal(m.get('postern_smtp_refusals_total{stage="RCPT",class="4xx",reason="script rcptto failed (fail closed)"}'), 1, 'its refusal');
+    assert.equal(m.get('postern_smtp_refusals_total{listener="in",stage="RCPT",class="4xx",reason="script rcptto failed (fail closed)"}'), 1, 'its refusal');
     assert.equal(m.get('postern_script_failures_total{hook="rcptto",kind="timeout",source="smtp"}'), 1, 'its script failure');
   } finally {
     await r.stop();

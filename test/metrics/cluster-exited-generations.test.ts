@@ -7,7 +7,7 @@ import { ClusterMetrics, type MetricsAnswer } from '../../engine/metrics/cluster
 
 const verdicts = (generation: number, value: number): MetricsAnswer => [{
   name: 'postern_script_verdicts_total', help: 'h', type: 'counter', aggregator: 'sum',
-  values: [{ labels: { hook: 'rcptto', verdict: 'reject', generation: String(generation), source: 'smtp' }, value }],
+  values: [{ labels: { listener: 'mx', hook: 'rcptto', verdict: 'reject', generation: String(generation), source: 'smtp' }, value }],
 }] as unknown as MetricsAnswer;
 
 test('20 children exiting each at another generation: one kept series per hook and verdict, every count in it', async () => {

@@ -262,6 +262,9 @@ test('metrics count requests by service, state and action', async () => {
   c.close();
   await until('the counter', async () => /postern_policy_requests_total\{service="authoritative",state="RCPT",action="ok"\} [1-9]/
     .test(await registry.getSingleMetricAsString('postern_policy_requests_total')));
+  // Its script's verdict counted under the service's name (the listener label), apart from the other services'.
+  assert.match(await registry.getSingleMetricAsString('postern_script_verdicts_total'),
+    /postern_script_verdicts_total\{listener="authoritative",hook="rcptto",verdict="accept",generation="\d+",source="postfix-policy"\} [1-9]/);
 });
 
 test('made-up protocol states are counted as OTHER, not one series each', async () => {
