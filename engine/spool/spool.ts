@@ -14,7 +14,7 @@ import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, 
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
-import { DirectorySyncer, writeFileAtomic } from './fsync.ts';
+import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
@@ -23,8 +23,6 @@ import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
-/** writeFileAtomic's temporary file for a message file (`.<id>.msg.<pid>.<random>.tmp`): a move out of the journal's. */
-const MOVE_TEMPORARY = /^\.[0-9a-z]{8,32}\.msg\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
 /** A reader's view of a long journal reads about this much before it yields to the event loop. */
@@ -119,7 +117,7 @@ export class Spool {
     for (const name of names) {
       // Never acknowledged: half-written messages, temporary files; state or a hold without a message.
       const beside = /^(.*)\.(state|held)$/.exec(name)?.[1];
-      const orphan = name.endsWith('.part') || name.endsWith('.tmp')
+      const orphan = name.endsWith('.part') || isLeftoverWrite(name)
         || (beside !== undefined && !names.has(`${beside}.msg`) && !journal.has(beside));
       if (orphan) {
         await rm(join(this.queueDir, name), { force: true });
@@ -352,7 +350,7 @@ export class Spool {
 
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
-    const tmp = join(this.queueDir, `${id}.state.${randomBytes(4).toString('hex')}.tmp`);
+    const tmp = temporaryPath(this.statePath(id)); // named by its writer: see scan()
     const handle = await open(tmp, 'w', 0o600);
     try {
       try {
@@ -375,7 +373,7 @@ export class Spool {
    * runner's own state writes never undo it. The queue runner does not attempt a held message.
    */
   async hold(id: string, hold: SpoolHold): Promise<void> {
-    const tmp = join(this.queueDir, `${id}.held.${randomBytes(4).toString('hex')}.tmp`);
+    const tmp = temporaryPath(this.heldPath(id));
     try {
       const handle = await open(tmp, 'w', 0o600);
       try {
@@ -496,13 +494,11 @@ export class Spool {
       if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
       await unlink(path).catch(() => undefined);
     }
-    // The temporary file of a move out of the journal whose process was killed before its rename (writeFileAtomic
-    // names it with the mover's pid). Only the queue process moves, and after its restart nothing else removed it
-    // (a worker clears `.tmp` files at its own start, which may be weeks later): one copy of a message per kill.
-    for (const n of opts.tidy === false ? [] : names) {
-      const pid = MOVE_TEMPORARY.exec(n)?.[1];
-      if (pid !== undefined && Number(pid) !== process.pid) await unlink(join(this.queueDir, n)).catch(() => undefined);
-    }
+    // The temporary file of a state, a hold or a move out of the journal whose writer was killed before its rename
+    // (named with the writer's pid): the queue process restarted, or a `postern queue` command killed. Nothing else
+    // removed it (a worker clears them at its own start, which may be weeks later): one file per kill, and a move's
+    // is a copy of the message.
+    for (const n of opts.tidy === false ? [] : names) if (isLeftoverWrite(n)) await unlink(join(this.queueDir, n)).catch(() => undefined);
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
@@ -823,6 +819,15 @@ async function readMessageFile(file: string): Promise<Buffer> {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * A temporary file in queue/ whose write will never finish: its writer (temporaryPath names it) is gone, or it has an
+ * older release's name, which does not say who writes it. One whose writer runs is not touched: a worker's start
+ * removed the queue process's state file on its way to its rename, and that attempt's outcome went unrecorded.
+ */
+function isLeftoverWrite(name: string): boolean {
+  return name.endsWith('.tmp') && (isLeftoverTemporary(name) || !name.startsWith('.'));
 }
 
 /** `kept`: where the bytes are (default: the quarantine copy, or the segment when the copy failed). */
