@@ -93,6 +93,8 @@ export class QueueRunner {
   readonly #spooledDuringScan = new Set<string>();
   /** Attempted while a scan was under way: the scan's view of them may predate that attempt. */
   readonly #attemptedDuringScan = new Set<string>();
+  /** Came due while an attempt of theirs was under way (its own retry, a scan's, an announcement's): due once it ends. */
+  readonly #dueAfterAttempt = new Set<string>();
   /**
    * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
@@ -164,12 +166,20 @@ export class QueueRunner {
   /** A message was just committed to the spool: deliver it as soon as a slot is free. */
   notify(id: string): void {
     if (this.#closing || !this.#started || !this.#delivery().enabled) return;
-    if (!this.#active.has(id)) {
+    // A message known already stays as it is: a worker's announcement reaches the queue process up to a batch later,
+    // after a scan may have found the message and an attempt recorded a state for it; taken for new, its next attempt
+    // read it without that state and sent to the recipients delivered before again (and its removal left the state).
+    if (!this.#knows(id)) {
       this.#due.set(id, this.#dueAt(Date.now()), 'new');
       this.#noState.add(id);
       if (this.#scanning) this.#spooledDuringScan.add(id);
     }
     this.#kick();
+  }
+
+  /** Whether the runner has `id` in hand: under way, scheduled, set aside, or held back. */
+  #knows(id: string): boolean {
+    return this.#active.has(id) || this.#due.has(id) || this.#parkedOn.has(id) || this.#broken.has(id) || this.#unrecorded.has(id);
   }
 
   /** A reload swapped the generation: delivery may have been switched on or off, or limits changed. */
@@ -397,7 +407,9 @@ export class QueueRunner {
     while (this.#active.size < maxActive) {
       const id = this.#due.takeDue(now);
       if (!id) break;
-      if (this.#active.has(id)) continue;
+      // Not a second attempt at once; nor dropped, or it would wait for the next scan (a retry due before its attempt's
+      // end, a deferral's move out of the journal under way).
+      if (this.#active.has(id)) { this.#dueAfterAttempt.add(id); continue; }
       const run = this.#attempt(id)
         .catch((err: unknown) => {
           this.#log.error({ id, err }, 'delivery attempt failed');
@@ -406,6 +418,7 @@ export class QueueRunner {
         })
         .then((busy) => {
           this.#active.delete(id);
+          if (this.#dueAfterAttempt.delete(id) && !this.#due.has(id) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
           if (this.#scanning) this.#attemptedDuringScan.add(id);
           if (busy) this.#park(id, busy); // once it is no longer under way: let back in, it is taken again
           this.#kick();
