@@ -174,6 +174,9 @@ export class SpoolSet {
   async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
   async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
+  async requestAttempt(id: string): Promise<void> { return (await this.#of(id)).requestAttempt(id); }
+  async readDueRequest(id: string): Promise<string | null> { return (await this.#of(id)).readDueRequest(id); }
+  async clearDueRequest(id: string): Promise<void> { return (await this.#of(id)).clearDueRequest(id); }
   async readHold(id: string): Promise<SpoolHold | null> { return (await this.#of(id)).readHold(id); }
   async remove(id: string, opts?: { hasState?: boolean }): Promise<void> {
     const spool = await this.#of(id);
@@ -189,4 +192,4 @@ export class SpoolSet {
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
   | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
-  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;
+  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'readDueRequest' | 'clearDueRequest'>;

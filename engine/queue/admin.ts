@@ -1,7 +1,7 @@
 /**
  * What `postern queue` does to the spool a server may be running on: list and show messages, make them
- * due now (retry), delete them, put them on hold and release them. Only atomic state replacements, hold
- * files and unlinks, never spool.init().
+ * due now (retry), delete them, put them on hold and release them. Only hold files, due requests, unlinks and (for
+ * a state file found unreadable) a state written anew, never spool.init().
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
@@ -48,7 +48,7 @@ export interface QueueEntry {
  * listing 100,000 messages take 15 s before its first line.
  */
 export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntry | { id: string; unreadable: string }> {
-  for (const { id, hasState, held } of await spool.scan({ tidy: false })) {
+  for (const { id, hasState, held, dueRequested } of await spool.scan({ tidy: false })) {
     let env: SpoolEnvelope;
     try {
       env = await spool.readEnvelope(id, { withState: hasState });
@@ -56,8 +56,11 @@ export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntr
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') yield { id, unreadable: (err as Error).message };
       continue;
     }
+    // Made due by `queue retry|release`, not yet taken by the queue runner (or no server runs): due since then.
+    const requested = dueRequested ? await spool.readDueRequest(id) : null;
+    const nextAttemptAt = requested !== null && Date.parse(requested) < Date.parse(env.nextAttemptAt) ? requested : env.nextAttemptAt;
     yield {
-      id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt: env.nextAttemptAt,
+      id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt,
       pending: env.recipients.filter((r) => !r.status).map((r) => ({ address: r.address, lastError: r.lastError ?? null })),
       done: env.recipients.filter((r) => r.status).length,
       held,
@@ -92,22 +95,26 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
   return changed;
 }
 
-/** Set a message's next attempt to now. False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
+/**
+ * Have a message attempted now: a due request beside its state (Spool.requestAttempt), which the state the queue runner
+ * writes never undoes, nor undoes it (a state rewritten here from what was read took back the outcome of an attempt
+ * recorded in between). False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown).
+ */
 async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
-  let env: SpoolEnvelope;
   try {
-    env = await spool.readEnvelope(id);
+    await spool.readEnvelope(id);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       if (tolerateMissing) return false;
       throw err;
     }
-    // An unreadable state file: start again from the envelope as accepted (recipients already delivered
-    // may get a second copy; at least once, never lost).
-    env = await spool.readEnvelope(id, { withState: false });
+    // An unreadable state file: start again from the envelope as accepted (recipients already delivered may get a
+    // second copy; at least once, never lost). The runner does not attempt a message it cannot read: none races this.
+    const env = await spool.readEnvelope(id, { withState: false });
+    await evenWhenFull(spool, () => spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients }));
   }
-  await evenWhenFull(spool, () => spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients }));
-  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
+  await evenWhenFull(spool, () => spool.requestAttempt(id));
+  if (!(await spool.has(id))) { await spool.clearDueRequest(id); return false; } // delivered meanwhile
   return true;
 }
 

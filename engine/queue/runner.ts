@@ -241,9 +241,18 @@ export class QueueRunner {
     if (full) for (const id of [...this.#parkedOn.keys()]) this.#unparkOne(id, false); // read again below, due as their state says
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
-    for (const { id, hasState, held } of entries) {
+    for (const { id, hasState, held, dueRequested } of entries) {
       if (this.#closing) return;
       if (held) { this.#due.delete(id); this.#unparkOne(id, false); continue; } // `postern queue hold`: until `queue release`
+      if (dueRequested && !this.#broken.has(id)) {
+        // `postern queue retry|release`: due now (once its attempt under way ends), its state as the runner wrote it.
+        if (this.#active.has(id)) this.#dueAfterAttempt.add(id);
+        else if (this.#parkedOn.has(id)) this.#unparkOne(id, true);
+        else this.#due.set(id, this.#dueAt(Date.now()), hasState ? 'retry' : 'new');
+        if (hasState) this.#noState.delete(id); // (none in the listing is not a claim: an attempt may have recorded one since)
+        await this.#spool.clearDueRequest(id).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: taken again at the next scan'));
+        continue;
+      }
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {

@@ -7,8 +7,9 @@
  * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
  * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message; a message
  * `postern queue hold` put on hold has a `queue/<id>.held` beside it (who, when), which the queue runner
- * never delivers. `rescan` in the root is rewritten by `postern queue retry|delete|hold|release` so a
- * running queue runner re-reads every state.
+ * never delivers, and one `postern queue retry|release` made due a `queue/<id>.due`, until the runner takes
+ * it (the command never rewrites the state the runner keeps). `rescan` in the root is rewritten by
+ * `postern queue retry|delete|hold|release` so a running queue runner re-reads every state.
  */
 import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
@@ -36,8 +37,8 @@ const JOURNAL_MAX_BYTES = 1024 * 1024;
  */
 const OVER_BOUND_GATHER_BYTES = 4 * 1024;
 
-/** One message found by Spool.scan(). */
-export interface ScanEntry { id: string; hasState: boolean; held: boolean }
+/** One message found by Spool.scan(); `dueRequested`: `postern queue retry|release` asked for an attempt now (requestAttempt). */
+export interface ScanEntry { id: string; hasState: boolean; held: boolean; dueRequested: boolean }
 
 /** How long a hold may wait for its message's commit (a data script's hold is written first) before a scan takes it for left over. */
 const HOLD_BEFORE_COMMIT_GRACE_MS = 10 * 60_000;
@@ -115,8 +116,8 @@ export class Spool {
     const names = new Set(await readdir(this.queueDir));
     const journal = this.#journal;
     for (const name of names) {
-      // Never acknowledged: half-written messages, temporary files; state or a hold without a message.
-      const beside = /^(.*)\.(state|held)$/.exec(name)?.[1];
+      // Never acknowledged: half-written messages, temporary files; state, a hold or a due request without a message.
+      const beside = /^(.*)\.(state|held|due)$/.exec(name)?.[1];
       const orphan = name.endsWith('.part') || isLeftoverWrite(name)
         || (beside !== undefined && !names.has(`${beside}.msg`) && !journal.has(beside));
       if (orphan) {
@@ -143,6 +144,7 @@ export class Spool {
   messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
   heldPath(id: string): string { return join(this.queueDir, `${id}.held`); }
+  dueRequestPath(id: string): string { return join(this.queueDir, `${id}.due`); }
 
   /**
    * Start writing a message (after init()). `maxHeldBytes`: while the writers of this spool hold more than this
@@ -350,22 +352,7 @@ export class Spool {
 
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
-    const tmp = temporaryPath(this.statePath(id)); // named by its writer: see scan()
-    const handle = await open(tmp, 'w', 0o600);
-    try {
-      try {
-        await handle.writeFile(JSON.stringify(state));
-        await handle.datasync();
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, this.statePath(id));
-    } catch (err) {
-      // On a full disk each failed try would otherwise leave its temporary file, filling it further.
-      await rm(tmp, { force: true }).catch(() => undefined);
-      throw err;
-    }
-    await this.#dirSync.sync();
+    await this.#writeBeside(this.statePath(id), JSON.stringify(state));
   }
 
   /**
@@ -373,16 +360,43 @@ export class Spool {
    * runner's own state writes never undo it. The queue runner does not attempt a held message.
    */
   async hold(id: string, hold: SpoolHold): Promise<void> {
-    const tmp = temporaryPath(this.heldPath(id));
+    await this.#writeBeside(this.heldPath(id), JSON.stringify(hold));
+  }
+
+  /**
+   * Ask for an attempt now (`postern queue retry|release`): a file of its own beside the state, as a hold is, which the
+   * queue runner takes at its next scan. The command rewrote the state itself, from what it had read: an attempt that
+   * recorded its outcome in between (a recipient delivered) was undone, and that recipient sent to again.
+   */
+  async requestAttempt(id: string): Promise<void> {
+    await this.#writeBeside(this.dueRequestPath(id), `${new Date().toISOString()}\n`);
+  }
+
+  /** When an attempt now was asked for (null: it was not, or the queue runner took the request). */
+  async readDueRequest(id: string): Promise<string | null> {
+    return readFile(this.dueRequestPath(id), 'utf8').then((t) => t.trim(), (err: NodeJS.ErrnoException) => { ignoreMissing(err); return null; });
+  }
+
+  /** The queue runner has scheduled the requested attempt (not synced: a request seen twice only makes it due twice). */
+  async clearDueRequest(id: string): Promise<void> {
+    await unlink(this.dueRequestPath(id)).catch(ignoreMissing);
+  }
+
+  /**
+   * A small file of the queue folder written whole and durably, through a temporary file named by its writer (see
+   * scan()); on a full disk the temporary file of a failed try is removed, or each would fill it further.
+   */
+  async #writeBeside(path: string, text: string): Promise<void> {
+    const tmp = temporaryPath(path);
     try {
       const handle = await open(tmp, 'w', 0o600);
       try {
-        await handle.writeFile(JSON.stringify(hold));
+        await handle.writeFile(text);
         await handle.datasync();
       } finally {
         await handle.close();
       }
-      await rename(tmp, this.heldPath(id));
+      await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => undefined);
       throw err;
@@ -467,7 +481,7 @@ export class Spool {
     const journal = await this.#currentJournal();
     const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
-    const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
+    const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`), dueRequested: names.has(`${id}.due`) });
     const inJournal = new Set(journal?.ids() ?? []);
     for (const id of inJournal) out.push(entry(id));
     for (const n of names) {
@@ -489,6 +503,8 @@ export class Spool {
     // alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of opts.tidy === false ? [] : names) {
+      // A due request its message outlived (finished as it was made): the id is never used again.
+      if (n.endsWith('.due') && !present.has(n.slice(0, -4)) && !(await this.has(n.slice(0, -4)))) await unlink(join(this.queueDir, n)).catch(() => undefined);
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
       if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;

@@ -4,12 +4,16 @@
 // its own retry timers, in any order.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
+import { runCli } from '../helpers/cli.ts';
+import { diskFaults } from '../helpers/disk-faults.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
+
+const stopped = (pid: number): boolean => / T /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
 
 test('a message\'s announcement arriving after its first attempt (the scan found it first): the next attempt reads that attempt\'s state, the delivered recipient is not sent to again', async () => {
   let refuseLater = true;
@@ -63,6 +67,45 @@ test('a message that comes due again while its attempt is still under way: not a
     assert.equal(last.attempt, 2);
     assert.equal(concurrent, 1, 'no second attempt started beside the first');
     assert.equal(sink.messages.length, 1);
+  } finally {
+    await s.stop();
+    await sink.close();
+  }
+});
+
+test('postern queue retry racing an attempt: the retry does not put back the state it read, undoing the attempt\'s record (the recipient it delivered sent to again)', async () => {
+  let mode: 'defer' | 'later' | 'accept' = 'defer';
+  const sink = await startSink({
+    decide: (stage, address) => (stage === 'rcpt' && (mode === 'defer' || (mode === 'later' && address.startsWith('later@'))) ? { code: 451, text: '4.2.0 Try again later' } : null),
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], delivery: smarthostDelivery(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 }) }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  const faults = diskFaults();
+  let cliPid = 0;
+  try {
+    const id = await s.send('a@origin.test', ['ok@dest.test', 'later@dest.test']);
+    await s.nextAttempt((e) => e.id === id, { past: true });
+    // `queue retry` reads the state of that attempt and stops as it starts writing (its first temporary file).
+    faults.armFor('open-stop', '.tmp');
+    const retrying = runCli(['queue', 'retry', id, '-c', join(s.dir, 'postern.yaml')], { env: faults.env, onSpawn: (pid) => { cliPid = pid; } });
+    try {
+      await until('the retry stopped as it writes', () => faults.taken('open-stop') && cliPid > 0 && stopped(cliPid));
+      // Meanwhile an attempt (`postern queue retry` run a moment before, say) delivers to ok@ and records that.
+      mode = 'later';
+      await runCli(['queue', 'retry', id, '-c', join(s.dir, 'postern.yaml')]);
+      await s.nextAttempt((e) => e.id === id && e.attempt === 2, { past: true });
+    } finally {
+      if (cliPid) process.kill(cliPid, 'SIGCONT');
+    }
+    const retried = await retrying;
+    assert.equal(retried.code, 0, retried.stderr);
+    mode = 'accept';
+    await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
+    const copies = (rcpt: string): number => sink.messages.filter((m) => m.to.includes(rcpt)).length;
+    assert.equal(copies('ok@dest.test'), 1, 'the recipient delivered at the second attempt: once');
+    assert.equal(copies('later@dest.test'), 1);
   } finally {
     await s.stop();
     await sink.close();
