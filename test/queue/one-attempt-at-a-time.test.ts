@@ -4,16 +4,15 @@
 // its own retry timers, in any order.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSink } from '../helpers/sink.ts';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { until } from '../helpers/wait.ts';
 import { runCli } from '../helpers/cli.ts';
-import { diskFaults } from '../helpers/disk-faults.ts';
+import { diskFaults, isStopped } from '../helpers/disk-faults.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
-const stopped = (pid: number): boolean => / T /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
 
 test('a message\'s announcement arriving after its first attempt (the scan found it first): the next attempt reads that attempt\'s state, the delivered recipient is not sent to again', async () => {
   let refuseLater = true;
@@ -91,7 +90,7 @@ test('postern queue retry racing an attempt: the retry does not put back the sta
     faults.armFor('open-stop', '.tmp');
     const retrying = runCli(['queue', 'retry', id, '-c', join(s.dir, 'postern.yaml')], { env: faults.env, onSpawn: (pid) => { cliPid = pid; } });
     try {
-      await until('the retry stopped as it writes', () => faults.taken('open-stop') && cliPid > 0 && stopped(cliPid));
+      await until('the retry stopped as it writes', () => faults.taken('open-stop') && cliPid > 0 && isStopped(cliPid));
       // Meanwhile an attempt (`postern queue retry` run a moment before, say) delivers to ok@ and records that.
       mode = 'later';
       await runCli(['queue', 'retry', id, '-c', join(s.dir, 'postern.yaml')]);

@@ -5,9 +5,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
+import { diskFaults, type DiskFaults, isStopped } from '../helpers/disk-faults.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { until } from '../helpers/wait.ts';
 import { Spool } from '../../engine/spool/spool.ts';
@@ -41,7 +41,6 @@ function startWriter(root: string, id: string, attempts: number): { pid: number;
   return { pid: child.pid!, ended: new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stdout, stderr }))) };
 }
 
-const stopped = (pid: number): boolean => / T /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
 const temporaries = (root: string): string[] => readdirSync(join(root, 'queue')).filter((n) => n.endsWith('.tmp'));
 
 test('a state write killed before its rename: the next scan removes its temporary file, the state before it stays', async () => {
@@ -63,7 +62,7 @@ test('a worker\'s start while the queue process writes a state: the write\'s tem
   faults.armFor('rename-stop', `${id}.state`);
   const writer = startWriter(root, id, 2);
   try {
-    await until('the writer stopped at its rename', () => faults.taken('rename-stop') && stopped(writer.pid));
+    await until('the writer stopped at its rename', () => faults.taken('rename-stop') && isStopped(writer.pid));
     // The worker starts again (its spool's init) while the write waits for its rename.
     const worker = new Spool(root);
     await worker.init();
