@@ -503,8 +503,11 @@ export class Spool {
     // alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of opts.tidy === false ? [] : names) {
-      // A due request its message outlived (finished as it was made): the id is never used again.
-      if (n.endsWith('.due') && !present.has(n.slice(0, -4)) && !(await this.has(n.slice(0, -4)))) await unlink(join(this.queueDir, n)).catch(() => undefined);
+      // A state or a due request its message outlived: a removal cut short by a kill after the message's done mark, a
+      // due request made as the message finished. Gone now, not at its spool's writer's next start (a worker's may be
+      // weeks later); has() looks after the listing, and an id is never used again.
+      const of = /^(.*)\.(state|due)$/.exec(n)?.[1];
+      if (of !== undefined && !present.has(of) && !(await this.has(of))) await unlink(join(this.queueDir, n)).catch(() => undefined);
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
       if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
