@@ -201,6 +201,9 @@ export function queueShowCommand(listed: string, opts: { config?: string; messag
     const { spool, deliveryOn } = spoolAndConfig(opts, 'read');
     try {
       const envelope = await spool.readEnvelope(id);
+      // Made due by `queue retry|release`, not yet taken by the queue runner (or no server runs): due since then.
+      const requested = await spool.readDueRequest(id);
+      if (requested !== null && Date.parse(requested) < Date.parse(envelope.nextAttemptAt)) envelope.nextAttemptAt = requested;
       const hold = await spool.readHold(id);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ ...envelope, held: hold }, null, 2)}\n`);

@@ -170,21 +170,24 @@ export class SpoolSet {
     return (await this.#of(id)).readForDelivery(id, opts);
   }
   async updateState(id: string, state: SpoolState): Promise<void> { return (await this.#of(id)).updateState(id, state); }
-  /** Spool.updateStates for messages of any of the spools: one directory sync per spool. */
-  async updateStates(updates: ReadonlyArray<{ id: string; state: SpoolState }>): Promise<void> {
-    const bySpool = new Map<Spool, Array<{ id: string; state: SpoolState }>>();
-    for (const u of updates) {
-      const spool = await this.#of(u.id);
-      const own = bySpool.get(spool);
-      if (own) own.push(u);
-      else bySpool.set(spool, [u]);
-    }
-    for (const [spool, own] of bySpool) await spool.updateStates(own);
-  }
   async moveOutOfJournal(id: string): Promise<boolean> { return (await this.#of(id)).moveOutOfJournal(id); }
   async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
   async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
+  async requestAttempt(id: string): Promise<void> { return (await this.#of(id)).requestAttempt(id); }
+  /** Spool.requestAttempts for messages of any of the spools: one directory sync per spool. */
+  async requestAttempts(ids: readonly string[]): Promise<void> {
+    const bySpool = new Map<Spool, string[]>();
+    for (const id of ids) {
+      const spool = await this.#of(id);
+      const own = bySpool.get(spool);
+      if (own) own.push(id);
+      else bySpool.set(spool, [id]);
+    }
+    for (const [spool, own] of bySpool) await spool.requestAttempts(own);
+  }
+  async readDueRequest(id: string): Promise<string | null> { return (await this.#of(id)).readDueRequest(id); }
+  async clearDueRequest(id: string): Promise<void> { return (await this.#of(id)).clearDueRequest(id); }
   async readHold(id: string): Promise<SpoolHold | null> { return (await this.#of(id)).readHold(id); }
   async remove(id: string, opts?: { hasState?: boolean }): Promise<void> {
     const spool = await this.#of(id);
@@ -199,5 +202,5 @@ export class SpoolSet {
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
-  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'updateStates' | 'moveOutOfJournal' | 'remove'
-  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds'>;
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
+  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'requestAttempts' | 'readDueRequest' | 'clearDueRequest'>;

@@ -1,10 +1,10 @@
 /**
  * What `postern queue` does to the spool a server may be running on: list and show messages, make them
- * due now (retry), delete them, put them on hold and release them. Only atomic state replacements, hold
- * files and unlinks, never spool.init().
+ * due now (retry), delete them, put them on hold and release them. Only hold files, due requests, unlinks and (for
+ * a state file found unreadable) a state written anew, never spool.init().
  */
 import type { QueueSpool } from '../cluster/spool-set.ts';
-import type { SpoolEnvelope, SpoolHold, SpoolState } from '../spool/envelope.ts';
+import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
 import { dirname } from 'node:path';
 import { inodesError, isNoSpace } from '../spool/reserve.ts';
 
@@ -48,7 +48,7 @@ export interface QueueEntry {
  * listing 100,000 messages take 15 s before its first line.
  */
 export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntry | { id: string; unreadable: string }> {
-  for (const { id, hasState, held } of await spool.scan({ tidy: false })) {
+  for (const { id, hasState, held, dueRequested } of await spool.scan({ tidy: false })) {
     let env: SpoolEnvelope;
     try {
       env = await spool.readEnvelope(id, { withState: hasState });
@@ -56,8 +56,11 @@ export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntr
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') yield { id, unreadable: (err as Error).message };
       continue;
     }
+    // Made due by `queue retry|release`, not yet taken by the queue runner (or no server runs): due since then.
+    const requested = dueRequested ? await spool.readDueRequest(id) : null;
+    const nextAttemptAt = requested !== null && Date.parse(requested) < Date.parse(env.nextAttemptAt) ? requested : env.nextAttemptAt;
     yield {
-      id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt: env.nextAttemptAt,
+      id, receivedAt: env.receivedAt, sender: env.sender, size: env.size, attempts: env.attempts, nextAttemptAt,
       pending: env.recipients.filter((r) => !r.status).map((r) => ({ address: r.address, lastError: r.lastError ?? null })),
       done: env.recipients.filter((r) => r.status).length,
       held,
@@ -75,13 +78,13 @@ export async function listQueue(spool: QueueSpool): Promise<{ entries: QueueEntr
   return { entries, unreadable };
 }
 
-/** Messages `retry` makes due per batch: their state files written side by side, then one directory sync. */
+/** Messages `retry` makes due per batch: their due requests written side by side, then one directory sync. */
 const RETRY_BATCH = 512;
 
 /**
  * Make messages due now; a running server notices at its next scan. Returns the ids changed; a held
- * message is left as it is (`heldIds`: `queue release` makes it due). Done in batches (Spool.updateStates):
- * one directory sync per batch, not per message; each message's new state is durable before it is returned.
+ * message is left as it is (`heldIds`: `queue release` makes it due). Done in batches (Spool.requestAttempts):
+ * one directory sync per batch, not per message; each message's request is durable before it is returned.
  */
 export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', heldIds: string[] = [], missing?: string[]): Promise<string[]> {
   const targets = ids === 'all' ? await spool.list() : ids;
@@ -89,21 +92,21 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
   const tolerateMissing = ids === 'all' || missing !== undefined;
   const changed: string[] = [];
   for (let i = 0; i < targets.length; i += RETRY_BATCH) {
-    const due: Array<{ id: string; state: SpoolState }> = [];
+    const due: string[] = [];
     const outcome = new Map<string, 'held' | 'missing' | 'due'>();
     for (const id of targets.slice(i, i + RETRY_BATCH)) {
       if (outcome.has(id)) continue; // named twice
       if (await spool.isHeld(id) && await spool.has(id)) { outcome.set(id, 'held'); continue; }
-      const state = await dueState(spool, id, tolerateMissing);
-      outcome.set(id, state ? 'due' : 'missing');
-      if (state) due.push({ id, state });
+      const there = await readable(spool, id, tolerateMissing);
+      outcome.set(id, there ? 'due' : 'missing');
+      if (there) due.push(id);
     }
-    await evenWhenFull(spool, () => spool.updateStates(due));
+    await evenWhenFull(spool, () => spool.requestAttempts(due));
     for (const [id, what] of outcome) {
       if (what === 'held') heldIds.push(id);
       else if (what === 'due' && await spool.has(id)) changed.push(id);
       else {
-        if (what === 'due') await spool.remove(id); // delivered meanwhile: its new state file goes too
+        if (what === 'due') await spool.clearDueRequest(id); // delivered meanwhile: its request goes too
         missing?.push(id);
       }
     }
@@ -112,30 +115,35 @@ export async function retryMessages(spool: QueueSpool, ids: string[] | 'all', he
   return changed;
 }
 
-/** Set a message's next attempt to now. False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
+/**
+ * Have a message attempted now: a due request beside its state (Spool.requestAttempt), which the state the queue runner
+ * writes never undoes, nor undoes it (a state rewritten here from what was read took back the outcome of an attempt
+ * recorded in between). False: it is gone (`tolerateMissing`; otherwise ENOENT is thrown).
+ */
 async function makeDue(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
-  const state = await dueState(spool, id, tolerateMissing);
-  if (!state) return false;
-  await evenWhenFull(spool, () => spool.updateState(id, state));
-  if (!(await spool.has(id))) { await spool.remove(id); return false; } // delivered meanwhile
+  if (!(await readable(spool, id, tolerateMissing))) return false;
+  await evenWhenFull(spool, () => spool.requestAttempt(id));
+  if (!(await spool.has(id))) { await spool.clearDueRequest(id); return false; } // delivered meanwhile
   return true;
 }
 
-/** A message's state with its next attempt now. Null: it is gone (`tolerateMissing`; otherwise ENOENT is thrown). */
-async function dueState(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<SpoolState | null> {
-  let env: SpoolEnvelope;
+/**
+ * Whether the message is there to be made due (false: gone, with `tolerateMissing`; otherwise ENOENT is thrown). An
+ * unreadable state file is written anew first: from the envelope as accepted (recipients already delivered may get a
+ * second copy; at least once, never lost). The runner does not attempt a message it cannot read: none races this.
+ */
+async function readable(spool: QueueSpool, id: string, tolerateMissing: boolean): Promise<boolean> {
   try {
-    env = await spool.readEnvelope(id);
+    await spool.readEnvelope(id);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      if (tolerateMissing) return null;
+      if (tolerateMissing) return false;
       throw err;
     }
-    // An unreadable state file: start again from the envelope as accepted (recipients already delivered
-    // may get a second copy; at least once, never lost).
-    env = await spool.readEnvelope(id, { withState: false });
+    const env = await spool.readEnvelope(id, { withState: false });
+    await evenWhenFull(spool, () => spool.updateState(id, { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients }));
   }
-  return { attempts: env.attempts, nextAttemptAt: new Date().toISOString(), errors: env.errors, recipients: env.recipients };
+  return true;
 }
 
 /** Remove a message without delivering or bouncing it (held or not). False if it was not there. */

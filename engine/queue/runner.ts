@@ -93,6 +93,8 @@ export class QueueRunner {
   readonly #spooledDuringScan = new Set<string>();
   /** Attempted while a scan was under way: the scan's view of them may predate that attempt. */
   readonly #attemptedDuringScan = new Set<string>();
+  /** Came due while an attempt of theirs was under way (its own retry, a scan's, an announcement's): due once it ends. */
+  readonly #dueAfterAttempt = new Set<string>();
   /**
    * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
@@ -164,12 +166,20 @@ export class QueueRunner {
   /** A message was just committed to the spool: deliver it as soon as a slot is free. */
   notify(id: string): void {
     if (this.#closing || !this.#started || !this.#delivery().enabled) return;
-    if (!this.#active.has(id)) {
+    // A message known already stays as it is: a worker's announcement reaches the queue process up to a batch later,
+    // after a scan may have found the message and an attempt recorded a state for it; taken for new, its next attempt
+    // read it without that state and sent to the recipients delivered before again (and its removal left the state).
+    if (!this.#knows(id)) {
       this.#due.set(id, this.#dueAt(Date.now()), 'new');
       this.#noState.add(id);
       if (this.#scanning) this.#spooledDuringScan.add(id);
     }
     this.#kick();
+  }
+
+  /** Whether the runner has `id` in hand: under way, scheduled, set aside, or held back. */
+  #knows(id: string): boolean {
+    return this.#active.has(id) || this.#due.has(id) || this.#parkedOn.has(id) || this.#broken.has(id) || this.#unrecorded.has(id);
   }
 
   /** A reload swapped the generation: delivery may have been switched on or off, or limits changed. */
@@ -231,9 +241,18 @@ export class QueueRunner {
     if (full) for (const id of [...this.#parkedOn.keys()]) this.#unparkOne(id, false); // read again below, due as their state says
     if (!this.#scanned) this.#log.info({ messages: entries.length }, 'queue runner started');
     let read = 0;
-    for (const { id, hasState, held } of entries) {
+    for (const { id, hasState, held, dueRequested } of entries) {
       if (this.#closing) return;
       if (held) { this.#due.delete(id); this.#unparkOne(id, false); continue; } // `postern queue hold`: until `queue release`
+      if (dueRequested && !this.#broken.has(id)) {
+        // `postern queue retry|release`: due now (once its attempt under way ends), its state as the runner wrote it.
+        if (this.#active.has(id)) this.#dueAfterAttempt.add(id);
+        else if (this.#parkedOn.has(id)) this.#unparkOne(id, true);
+        else this.#due.set(id, this.#dueAt(Date.now()), hasState ? 'retry' : 'new');
+        if (hasState) this.#noState.delete(id); // (none in the listing is not a claim: an attempt may have recorded one since)
+        await this.#spool.clearDueRequest(id).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: taken again at the next scan'));
+        continue;
+      }
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
@@ -397,7 +416,9 @@ export class QueueRunner {
     while (this.#active.size < maxActive) {
       const id = this.#due.takeDue(now);
       if (!id) break;
-      if (this.#active.has(id)) continue;
+      // Not a second attempt at once; nor dropped, or it would wait for the next scan (a retry due before its attempt's
+      // end, a deferral's move out of the journal under way).
+      if (this.#active.has(id)) { this.#dueAfterAttempt.add(id); continue; }
       const run = this.#attempt(id)
         .catch((err: unknown) => {
           this.#log.error({ id, err }, 'delivery attempt failed');
@@ -406,6 +427,7 @@ export class QueueRunner {
         })
         .then((busy) => {
           this.#active.delete(id);
+          if (this.#dueAfterAttempt.delete(id) && !this.#due.has(id) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
           if (this.#scanning) this.#attemptedDuringScan.add(id);
           if (busy) this.#park(id, busy); // once it is no longer under way: let back in, it is taken again
           this.#kick();

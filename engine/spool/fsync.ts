@@ -53,7 +53,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   const dir = dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   // A dot name: not a table, not a CRL, nothing the reload watcher counts as an input.
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = temporaryPath(file);
   // A new file takes the folder's owner and group, as a replaced one keeps its own.
   const owner = await stat(file).catch(() => null) ?? await stat(dir);
   const handle = await open(tmp, 'wx', mode);
@@ -83,7 +83,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
  */
 export function writeFileAtomicSync(file: string, data: string | Uint8Array, { mode = 0o600, durable = true }: { mode?: number; durable?: boolean } = {}): void {
   const dir = dirname(file);
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = temporaryPath(file);
   const fd = openSync(tmp, 'wx', mode);
   try {
     const bytes = typeof data === 'string' ? Buffer.from(data) : data;
@@ -126,6 +126,24 @@ export async function makeFolderLikeParent(dir: string, mode: number): Promise<v
 const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 
 /**
+ * A temporary file to write `file` through before its rename: a dot name beside it that names the writing process,
+ * so that once that process is gone (killed before its rename) the file can be told from one being written now
+ * (isLeftoverTemporary).
+ */
+export function temporaryPath(file: string): string {
+  return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+}
+
+/**
+ * Whether `name` is a temporary file (temporaryPath's; `olderNames`: another pattern, the writer's pid as its first
+ * group) whose writer is gone. One whose writer runs is left alone: its rename is still to come.
+ */
+export function isLeftoverTemporary(name: string, olderNames?: RegExp): boolean {
+  const pid = Number((TEMPORARY.exec(name) ?? olderNames?.exec(name))?.[1]);
+  return pid > 0 && !processAlive(pid);
+}
+
+/**
  * Removes the temporary files of writeFileAtomic calls in `dir` whose process is gone (killed before its
  * rename): a hidden copy of a CA key would otherwise outlive the key it copies. `olderNames`: the names an older
  * release wrote through, the writer's pid as its first group. Returns their names.
@@ -134,8 +152,7 @@ export async function removeLeftoverTemporaries(dir: string, olderNames?: RegExp
   const names = await readdir(dir).catch(() => [] as string[]);
   const removed: string[] = [];
   for (const name of names) {
-    const pid = Number((TEMPORARY.exec(name) ?? olderNames?.exec(name))?.[1]);
-    if (!pid || processAlive(pid)) continue;
+    if (!isLeftoverTemporary(name, olderNames)) continue;
     await rm(join(dir, name), { force: true });
     removed.push(name);
   }

@@ -7,14 +7,15 @@
  * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
  * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message; a message
  * `postern queue hold` put on hold has a `queue/<id>.held` beside it (who, when), which the queue runner
- * never delivers. `rescan` in the root is rewritten by `postern queue retry|delete|hold|release` so a
- * running queue runner re-reads every state.
+ * never delivers, and one `postern queue retry|release` made due a `queue/<id>.due`, until the runner takes
+ * it (the command never rewrites the state the runner keeps). `rescan` in the root is rewritten by
+ * `postern queue retry|delete|hold|release` so a running queue runner re-reads every state.
  */
 import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
-import { DirectorySyncer, writeFileAtomic } from './fsync.ts';
+import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } from './fsync.ts';
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
@@ -23,8 +24,6 @@ import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
 
 const ID_PATTERN = /^[0-9a-z]{8,32}$/;
-/** writeFileAtomic's temporary file for a message file (`.<id>.msg.<pid>.<random>.tmp`): a move out of the journal's. */
-const MOVE_TEMPORARY = /^\.[0-9a-z]{8,32}\.msg\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 /** Message files up to this size are read for delivery without the thread pool. */
 const SYNC_READ_BYTES = 256 * 1024;
 /** A reader's view of a long journal reads about this much before it yields to the event loop. */
@@ -38,13 +37,13 @@ const JOURNAL_MAX_BYTES = 1024 * 1024;
  */
 const OVER_BOUND_GATHER_BYTES = 4 * 1024;
 
-/** One message found by Spool.scan(). */
-export interface ScanEntry { id: string; hasState: boolean; held: boolean }
+/** One message found by Spool.scan(); `dueRequested`: `postern queue retry|release` asked for an attempt now (requestAttempt). */
+export interface ScanEntry { id: string; hasState: boolean; held: boolean; dueRequested: boolean }
 
 /** How long a hold may wait for its message's commit (a data script's hold is written first) before a scan takes it for left over. */
 const HOLD_BEFORE_COMMIT_GRACE_MS = 10 * 60_000;
-/** State files updateStates writes at once: enough to keep the thread pool's fsyncs busy, few open files. */
-const STATE_WRITES_AT_ONCE = 16;
+/** Due requests requestAttempts writes at once: enough to keep the thread pool's fsyncs busy, few open files. */
+const REQUESTS_AT_ONCE = 16;
 
 export class Spool {
   readonly root: string;
@@ -119,9 +118,9 @@ export class Spool {
     const names = new Set(await readdir(this.queueDir));
     const journal = this.#journal;
     for (const name of names) {
-      // Never acknowledged: half-written messages, temporary files; state or a hold without a message.
-      const beside = /^(.*)\.(state|held)$/.exec(name)?.[1];
-      const orphan = name.endsWith('.part') || name.endsWith('.tmp')
+      // Never acknowledged: half-written messages, temporary files; state, a hold or a due request without a message.
+      const beside = /^(.*)\.(state|held|due)$/.exec(name)?.[1];
+      const orphan = name.endsWith('.part') || isLeftoverWrite(name)
         || (beside !== undefined && !names.has(`${beside}.msg`) && !journal.has(beside));
       if (orphan) {
         await rm(join(this.queueDir, name), { force: true });
@@ -147,6 +146,7 @@ export class Spool {
   messagePath(id: string): string { return join(this.queueDir, `${id}.msg`); }
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
   heldPath(id: string): string { return join(this.queueDir, `${id}.held`); }
+  dueRequestPath(id: string): string { return join(this.queueDir, `${id}.due`); }
 
   /**
    * Start writing a message (after init()). `maxHeldBytes`: while the writers of this spool hold more than this
@@ -354,43 +354,7 @@ export class Spool {
 
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
-    await this.#writeState(id, state);
-    await this.#dirSync.sync();
-  }
-
-  /**
-   * updateState for many messages at once (`postern queue retry --all`): each state file written and fsynced and
-   * renamed into place as there, several at a time, then one directory sync for them all (not one per message:
-   * 50,000 of them one after another took minutes). Once this resolves each new state survives a power loss, as
-   * after updateState; a crash before leaves each message with its old state or its new one, never a torn one.
-   * Rejects with the first failure, once no write of the call is still running (a second call redoes them all).
-   */
-  async updateStates(updates: ReadonlyArray<{ id: string; state: SpoolState }>): Promise<void> {
-    for (let i = 0; i < updates.length; i += STATE_WRITES_AT_ONCE) {
-      const written = await Promise.allSettled(updates.slice(i, i + STATE_WRITES_AT_ONCE).map((u) => this.#writeState(u.id, u.state)));
-      const failed = written.find((r) => r.status === 'rejected');
-      if (failed) throw failed.reason;
-    }
-    if (updates.length) await this.#dirSync.sync();
-  }
-
-  /** A state file replaced whole (temporary file, fsync, rename); durable once its directory is synced. */
-  async #writeState(id: string, state: SpoolState): Promise<void> {
-    const tmp = join(this.queueDir, `${id}.state.${randomBytes(4).toString('hex')}.tmp`);
-    const handle = await open(tmp, 'w', 0o600);
-    try {
-      try {
-        await handle.writeFile(JSON.stringify(state));
-        await handle.datasync();
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, this.statePath(id));
-    } catch (err) {
-      // On a full disk each failed try would otherwise leave its temporary file, filling it further.
-      await rm(tmp, { force: true }).catch(() => undefined);
-      throw err;
-    }
+    await this.#writeBeside(this.statePath(id), JSON.stringify(state));
   }
 
   /**
@@ -398,21 +362,65 @@ export class Spool {
    * runner's own state writes never undo it. The queue runner does not attempt a held message.
    */
   async hold(id: string, hold: SpoolHold): Promise<void> {
-    const tmp = join(this.queueDir, `${id}.held.${randomBytes(4).toString('hex')}.tmp`);
+    await this.#writeBeside(this.heldPath(id), JSON.stringify(hold));
+  }
+
+  /**
+   * Ask for an attempt now (`postern queue retry|release`): a file of its own beside the state, as a hold is, which the
+   * queue runner takes at its next scan. The command rewrote the state itself, from what it had read: an attempt that
+   * recorded its outcome in between (a recipient delivered) was undone, and that recipient sent to again.
+   */
+  async requestAttempt(id: string): Promise<void> {
+    await this.#writeBeside(this.dueRequestPath(id), `${new Date().toISOString()}\n`);
+  }
+
+  /**
+   * requestAttempt for many messages at once (`postern queue retry --all`): each request written, fsynced and renamed
+   * into place as there, several at a time, then one directory sync for them all (not one per message: 50,000 of
+   * them one after another took minutes). Once this resolves each request survives a power loss, as after
+   * requestAttempt; a crash before leaves each message requested or not. Rejects with the first failure, once no
+   * write of the call is still running (a second call redoes them all).
+   */
+  async requestAttempts(ids: readonly string[]): Promise<void> {
+    const at = `${new Date().toISOString()}\n`;
+    for (let i = 0; i < ids.length; i += REQUESTS_AT_ONCE) {
+      const written = await Promise.allSettled(ids.slice(i, i + REQUESTS_AT_ONCE).map((id) => this.#writeBeside(this.dueRequestPath(id), at, false)));
+      const failed = written.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
+    }
+    if (ids.length) await this.#dirSync.sync();
+  }
+
+  /** When an attempt now was asked for (null: it was not, or the queue runner took the request). */
+  async readDueRequest(id: string): Promise<string | null> {
+    return readFile(this.dueRequestPath(id), 'utf8').then((t) => t.trim(), (err: NodeJS.ErrnoException) => { ignoreMissing(err); return null; });
+  }
+
+  /** The queue runner has scheduled the requested attempt (not synced: a request seen twice only makes it due twice). */
+  async clearDueRequest(id: string): Promise<void> {
+    await unlink(this.dueRequestPath(id)).catch(ignoreMissing);
+  }
+
+  /**
+   * A small file of the queue folder written whole and durably, through a temporary file named by its writer (see
+   * scan()); on a full disk the temporary file of a failed try is removed, or each would fill it further.
+   */
+  async #writeBeside(path: string, text: string, syncFolder = true): Promise<void> {
+    const tmp = temporaryPath(path);
     try {
       const handle = await open(tmp, 'w', 0o600);
       try {
-        await handle.writeFile(JSON.stringify(hold));
+        await handle.writeFile(text);
         await handle.datasync();
       } finally {
         await handle.close();
       }
-      await rename(tmp, this.heldPath(id));
+      await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => undefined);
       throw err;
     }
-    await this.#dirSync.sync();
+    if (syncFolder) await this.#dirSync.sync();
   }
 
   /** Take a message off hold; false if it was not held. */
@@ -492,7 +500,7 @@ export class Spool {
     const journal = await this.#currentJournal();
     const names = new Set(await this.#queueNames());
     const out: ScanEntry[] = [];
-    const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`) });
+    const entry = (id: string): ScanEntry => ({ id, hasState: names.has(`${id}.state`), held: names.has(`${id}.held`), dueRequested: names.has(`${id}.due`) });
     const inJournal = new Set(journal?.ids() ?? []);
     for (const id of inJournal) out.push(entry(id));
     for (const n of names) {
@@ -514,18 +522,21 @@ export class Spool {
     // alone (its commit may be under way).
     const present = new Set(out.map((e) => e.id));
     for (const n of opts.tidy === false ? [] : names) {
+      // A state or a due request its message outlived: a removal cut short by a kill after the message's done mark, a
+      // due request made as the message finished. Gone now, not at its spool's writer's next start (a worker's may be
+      // weeks later); has() looks after the listing, and an id is never used again.
+      const of = /^(.*)\.(state|due)$/.exec(n)?.[1];
+      if (of !== undefined && !present.has(of) && !(await this.has(of))) await unlink(join(this.queueDir, n)).catch(() => undefined);
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
       if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
       await unlink(path).catch(() => undefined);
     }
-    // The temporary file of a move out of the journal whose process was killed before its rename (writeFileAtomic
-    // names it with the mover's pid). Only the queue process moves, and after its restart nothing else removed it
-    // (a worker clears `.tmp` files at its own start, which may be weeks later): one copy of a message per kill.
-    for (const n of opts.tidy === false ? [] : names) {
-      const pid = MOVE_TEMPORARY.exec(n)?.[1];
-      if (pid !== undefined && Number(pid) !== process.pid) await unlink(join(this.queueDir, n)).catch(() => undefined);
-    }
+    // The temporary file of a state, a hold or a move out of the journal whose writer was killed before its rename
+    // (named with the writer's pid): the queue process restarted, or a `postern queue` command killed. Nothing else
+    // removed it (a worker clears them at its own start, which may be weeks later): one file per kill, and a move's
+    // is a copy of the message.
+    for (const n of opts.tidy === false ? [] : names) if (isLeftoverWrite(n)) await unlink(join(this.queueDir, n)).catch(() => undefined);
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
@@ -846,6 +857,15 @@ async function readMessageFile(file: string): Promise<Buffer> {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * A temporary file in queue/ whose write will never finish: its writer (temporaryPath names it) is gone, or it has an
+ * older release's name, which does not say who writes it. One whose writer runs is not touched: a worker's start
+ * removed the queue process's state file on its way to its rename, and that attempt's outcome went unrecorded.
+ */
+function isLeftoverWrite(name: string): boolean {
+  return name.endsWith('.tmp') && (isLeftoverTemporary(name) || !name.startsWith('.'));
 }
 
 /** `kept`: where the bytes are (default: the quarantine copy, or the segment when the copy failed). */

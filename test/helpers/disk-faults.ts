@@ -3,7 +3,7 @@
  * installed by test/setup-system.sh), and a folder whose files arm each fault once (see the C file).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -42,4 +42,9 @@ export function diskFaults(): DiskFaults {
     },
     taken: (fault) => !existsSync(join(armed, fault)),
   };
+}
+
+/** Whether process `pid` is stopped (a `rename-stop` or `open-stop` fault taken, until the test sends SIGCONT). */
+export function isStopped(pid: number): boolean {
+  return / T /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
 }

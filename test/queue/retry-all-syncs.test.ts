@@ -1,10 +1,10 @@
 /**
- * `postern queue retry --all` made each message due with a synced state file and a sync of the queue folder, one
- * message after the other: two syncs per message, ~2 minutes at 50,000 messages. Now each batch's state files are
- * written (each fsynced before its rename, as before) side by side and the folder synced once per batch. Counted
- * with strace (-y names each descriptor's file), not timed: the folder syncs far below one per message, every state
- * file fsynced before it was renamed into place, and the folder synced after the last rename (nothing the command
- * reports done rests on a rename not yet durable).
+ * `postern queue retry --all` made each message due with a synced file and a sync of the queue folder, one message
+ * after the other: two syncs per message, ~2 minutes at 50,000 messages. Now each batch's due requests
+ * (`<id>.due`, Spool.requestAttempts) are written (each fsynced before its rename) side by side and the folder
+ * synced once per batch. Counted with strace (-y names each descriptor's file), not timed: the folder syncs far
+ * below one per message, every request fsynced before it was renamed into place, and the folder synced after the
+ * last rename (nothing the command reports done rests on a rename not yet durable).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,7 +20,7 @@ import { spoolMessages } from '../helpers/spooled-queue.ts';
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
 const MESSAGES = 1200;
 
-test('queue retry --all on 1,200 messages: a few folder syncs, not one per message; each state file synced before its rename', { ...needs('strace'), timeout: 180_000 }, async () => {
+test('queue retry --all on 1,200 messages: a few folder syncs, not one per message; each due request synced before its rename', { ...needs('strace'), timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postern-retry-syncs-'));
   try {
     const queueDir = join(dir, 'data', 'spool', 'queue');
@@ -41,24 +41,25 @@ test('queue retry --all on 1,200 messages: a few folder syncs, not one per messa
     const lines = readFileSync(trace, 'utf8').split('\n');
     const folderSyncs = lines.flatMap((l, i) => (l.includes(`fsync(`) && l.includes(`<${queueDir}>`) ? [i] : []));
     assert.ok(folderSyncs.length >= 1 && folderSyncs.length <= 10, `${folderSyncs.length} syncs of the queue folder for ${MESSAGES} messages`);
-    // Each state file: fsynced (through its temporary file's descriptor) before the rename that puts it in place.
+    // Each due request: fsynced (through its temporary file's descriptor) before the rename that puts it in place.
     const synced = new Map<string, number>();
     const renamed = new Map<string, number>();
     lines.forEach((l, i) => {
-      const s = /fdatasync\(\d+<([^>]+\.state\.[0-9a-f]+\.tmp)>/.exec(l);
+      const s = /fdatasync\(\d+<([^>]+\.due\.\d+\.[0-9a-f]+\.tmp)>/.exec(l);
       if (s && !synced.has(s[1]!)) synced.set(s[1]!, i);
-      const r = /rename\("([^"]+\.state\.[0-9a-f]+\.tmp)", "[^"]+\.state"/.exec(l); // (its result may follow on a later line)
+      const r = /rename\("([^"]+\.due\.\d+\.[0-9a-f]+\.tmp)", "[^"]+\.due"/.exec(l); // (its result may follow on a later line)
       if (r) renamed.set(r[1]!, i);
     });
-    assert.equal(renamed.size, MESSAGES, 'a state file renamed into place per message');
+    assert.equal(renamed.size, MESSAGES, 'a due request renamed into place per message');
     for (const [tmp, at] of renamed) assert.ok((synced.get(tmp) ?? Infinity) < at, `${tmp} fsynced before its rename`);
     assert.ok(folderSyncs.at(-1)! > Math.max(...renamed.values()), 'the folder synced after the last rename');
 
     // Every message due now, none left behind half written.
     for (const id of ids) {
-      const state = JSON.parse(readFileSync(join(queueDir, `${id}.state`), 'utf8')) as { nextAttemptAt: string; attempts: number };
-      assert.ok(Date.parse(state.nextAttemptAt) >= before - 1000 && Date.parse(state.nextAttemptAt) < later.getTime(), `${id} due now`);
-      assert.equal(state.attempts, 1);
+      const requested = Date.parse(readFileSync(join(queueDir, `${id}.due`), 'utf8'));
+      assert.ok(requested >= before - 1000 && requested < later.getTime(), `${id} due now`);
+      const state = JSON.parse(readFileSync(join(queueDir, `${id}.state`), 'utf8')) as { attempts: number };
+      assert.equal(state.attempts, 1, 'its state as the runner left it');
     }
     assert.deepEqual(readdirSync(queueDir).filter((n) => n.endsWith('.tmp')), []);
   } finally {

@@ -4,10 +4,10 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
+import { diskFaults, type DiskFaults, isStopped } from '../helpers/disk-faults.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { runCli } from '../helpers/cli.ts';
 import { until } from '../helpers/wait.ts';
@@ -44,7 +44,6 @@ function startMover(root: string, id: string): { pid: number; ended: Promise<{ c
   return { pid: child.pid!, ended: new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stdout }))) };
 }
 
-const stopped = (pid: number): boolean => / T /.test(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
 
 for (const first of ['the queue process', 'the worker'] as const) {
   test(`postern queue delete between the move's state check and its rename, the mover killed after the rename: the message stays deleted (${first} looks first)`, async () => {
@@ -52,7 +51,7 @@ for (const first of ['the queue process', 'the worker'] as const) {
     faults.armFor('rename-stop', `${id}.msg`);
     const mover = startMover(root, id);
     try {
-      await until('the mover stopped at its rename', () => faults.taken('rename-stop') && stopped(mover.pid));
+      await until('the mover stopped at its rename', () => faults.taken('rename-stop') && isStopped(mover.pid));
       const deleted = await runCli(['queue', 'delete', id, '-c', config]);
       assert.equal(deleted.code, 0, deleted.stderr);
       assert.match(deleted.stdout, new RegExp(`${id}: deleted`));
@@ -96,11 +95,11 @@ test('postern queue delete --all while a message moves out of the journal: it is
   let cliPid = 0;
   let deleting: Promise<Awaited<ReturnType<typeof runCli>>> | null = null;
   try {
-    await until('the mover stopped at its rename', () => faults.taken('rename-stop') && stopped(mover.pid));
+    await until('the mover stopped at its rename', () => faults.taken('rename-stop') && isStopped(mover.pid));
     // The delete has read the queue folder (no file yet) and is about to read the journal.
     faults.armFor('open-stop', '/journal/key');
     deleting = runCli(['queue', 'delete', '--all', '-c', config], { env: faults.env, onSpawn: (pid) => { cliPid = pid; } });
-    await until('the delete stopped before reading the journal', () => faults.taken('open-stop') && cliPid > 0 && stopped(cliPid));
+    await until('the delete stopped before reading the journal', () => faults.taken('open-stop') && cliPid > 0 && isStopped(cliPid));
     // The move ends meanwhile: its file renamed in, its journal record marked done.
     process.kill(mover.pid, 'SIGCONT');
     const moved = await mover.ended;
