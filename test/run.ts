@@ -3,7 +3,7 @@
  * Runs on the pinned Node 24 (node_modules/.bin/node comes first on npm's PATH).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -68,6 +68,7 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
+rmSync(compileCache, { recursive: true, force: true });
 if (run.error || run.signal) {
   console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
   const details = existsSync(failures) ? readFileSync(failures, 'utf8') : '';
