@@ -19,6 +19,7 @@ if (major >= NEEDED_MAJOR) {
   // Before any TypeScript is stripped, i.e. before this process has any WebAssembly code: then no
   // collection of it can ever start (why: engine/sandbox/no-wasm-code-gc.ts).
   v8.setFlagsFromString('--no-wasm-code-gc');
+  (await import('./compile-cache.js')).enablePosternCompileCache();
   await import('./run-typescript.js');
   await import('../engine/cli/main.ts');
 } else {

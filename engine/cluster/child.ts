@@ -9,6 +9,7 @@ import '../app/timer-slack.ts';
 import { createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { mkdirSync } from 'node:fs';
+import { flushCompileCache } from 'node:module';
 import { join } from 'node:path';
 import { startPostern, loadStartConfig } from '../app/postern.ts';
 import { WorkerCounters } from './shared-counters.ts';
@@ -215,6 +216,9 @@ async function main(): Promise<void> {
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
   tellReloadState();
+  // The code compiled for this process, kept now for a replacement's start (bin/compile-cache.js; Node writes it only
+  // at a clean exit otherwise, which a worker killed as hung never has). Nothing when no cache is enabled.
+  flushCompileCache();
 }
 
 let tellReloadState: () => void = () => undefined;

@@ -25,7 +25,7 @@ export const SERVICE_USER = { uid: 64123, gid: 64123 };
 
 /** Directives emulated here, and those left to systemd (they only take away more than the test needs). */
 const EMULATED = new Set(['Type', 'User', 'Group', 'SupplementaryGroups', 'ExecStartPre', 'ExecStart', 'ExecReload', 'KillSignal', 'TimeoutStopSec',
-  'AmbientCapabilities', 'CapabilityBoundingSet', 'NoNewPrivileges', 'UMask', 'StateDirectory', 'StateDirectoryMode', 'ReadWritePaths',
+  'AmbientCapabilities', 'CapabilityBoundingSet', 'NoNewPrivileges', 'UMask', 'StateDirectory', 'StateDirectoryMode', 'CacheDirectory', 'CacheDirectoryMode', 'ReadWritePaths',
   'ProtectSystem', 'RestrictAddressFamilies', 'Restart', 'RestartSec', 'SyslogIdentifier', 'NotifyAccess', 'TimeoutStartSec']);
 const NOT_EMULATED = new Set(['ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ProtectKernelTunables', 'ProtectKernelModules',
   'ProtectControlGroups', 'RestrictNamespaces', 'LockPersonality', 'LimitNOFILE', 'StandardOutput', 'LogsDirectory']);
@@ -115,6 +115,9 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   for (const name of (directive(unit, 'StateDirectory') ?? '').split(/\s+/).filter(Boolean)) {
     await folder(`/var/lib/${name}`, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, 'StateDirectoryMode') ?? '0755', 8));
   }
+  // CacheDirectory=: /var/cache/<name>, likewise (CacheDirectoryMode, 0755 without it), named by $CACHE_DIRECTORY.
+  const caches = (directive(unit, 'CacheDirectory') ?? '').split(/\s+/).filter(Boolean).map((name) => `/var/cache/${name}`);
+  for (const cache of caches) await folder(cache, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, 'CacheDirectoryMode') ?? '0755', 8));
   for (const f of opts.folders ?? []) await folder(f.unitPath, f.uid, f.gid, f.mode);
 
   const ports = new Map<string, number>(Object.entries(opts.ports ?? {}));
@@ -137,7 +140,10 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
 
   const command = (line: string): string[] => line.replace(/^[-@+!]+/, '').split(/\s+/).map((w) => (w.startsWith('/') ? mapped(w) : w));
   const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit, root), ...argv];
-  const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', HOME: mapped('/var/lib/postern') };
+  const env = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', HOME: mapped('/var/lib/postern'),
+    ...(caches.length ? { CACHE_DIRECTORY: caches.map(mapped).join(':') } : {}),
+  };
   for (const pre of unit.get('ExecStartPre') ?? []) {
     const argv = confined(command(pre));
     const r = spawnSync(argv[0]!, argv.slice(1), { env, encoding: 'utf8', timeout: 120_000 });
@@ -205,7 +211,7 @@ async function groupReadable(dir: string): Promise<void> {
 }
 
 /**
- * ProtectSystem=strict with ReadWritePaths= and StateDirectory=: a mount namespace whose root is read-only, the
+ * ProtectSystem=strict with ReadWritePaths=, StateDirectory= and CacheDirectory=: a mount namespace whose root is read-only, the
  * writable paths bound over themselves read-write (a `-` path that does not exist is skipped, as systemd does).
  */
 function namespace(unit: Map<string, string[]>, mapped: (p: string) => string): string[] {
@@ -213,6 +219,7 @@ function namespace(unit: Map<string, string[]>, mapped: (p: string) => string): 
   const writable = [
     ...(unit.get('ReadWritePaths') ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean),
     ...(directive(unit, 'StateDirectory') ?? '').split(/\s+/).filter(Boolean).map((n) => `-/var/lib/${n}`),
+    ...(directive(unit, 'CacheDirectory') ?? '').split(/\s+/).filter(Boolean).map((n) => `-/var/cache/${n}`),
   ].map((p) => ({ optional: p.startsWith('-'), path: p.replace(/^-/, '') }))
     .filter((p) => !p.optional || mappedOrNull(mapped, p.path) !== null)
     .map((p) => mapped(p.path))

@@ -60,6 +60,9 @@ delivery:
     const id = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
     const line = await s.waitFor('the delivery line', () => s.logs.find((l) => l.id === id && (l.status === 'bounced' || l.status === 'deferred')), 20_000).catch((err: Error) => { throw new Error(`${err.message}\n${s.lines.slice(-15).join('\n')}`); });
     assert.match(String(line.reply), /loops back to myself/, JSON.stringify(line));
+    // CacheDirectory=: the code compiled for the service's processes is kept there (bin/compile-cache.js).
+    const cache = s.path('/var/cache/postern');
+    assert.ok(readdirSync(cache).flatMap((sub) => readdirSync(join(cache, sub))).length > 10, 'compiled code kept in /var/cache/postern');
   } finally { await s.stop(); }
 });
 
