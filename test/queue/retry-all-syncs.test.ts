@@ -56,7 +56,7 @@ test('queue retry --all on 1,200 messages: a few folder syncs, not one per messa
 
     // Every message due now, none left behind half written.
     for (const id of ids) {
-      const requested = Date.parse(readFileSync(join(queueDir, `${id}.due`), 'utf8'));
+      const requested = Date.parse(readFileSync(join(queueDir, `${id}.due`), 'utf8').trim());
       assert.ok(requested >= before - 1000 && requested < later.getTime(), `${id} due now`);
       const state = JSON.parse(readFileSync(join(queueDir, `${id}.state`), 'utf8')) as { attempts: number };
       assert.equal(state.attempts, 1, 'its state as the runner left it');
