@@ -248,6 +248,26 @@ test('check: a private key every local user can read (a listener\'s, an outbound
   assert.equal(quiet.stderr, '');
 });
 
+test('check: the CA key of pki.dir, or a postern.yaml whose store.redis.url holds a password, that every local user can read is a warning at its key\'s line; 0640 is not', async () => {
+  const { dir, config } = await configFolder('readable-secrets');
+  const init = await cli(['pki', 'init', '--dir', join(dir, 'ca')], null);
+  assert.equal(init.code, 0, init.stderr);
+  await writeFile(config, `${await readFile(config, 'utf8')}pki: { dir: ./ca }\nstore:\n  redis: { url: "redis://postern:Redis-Secret-1@127.0.0.1:6379" }\n`);
+  await chmod(join(dir, 'ca/ca.key'), 0o644);
+  await chmod(config, 0o644);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+:\d+:\d+: /, '')), [
+    `pki.dir: ${join(dir, 'ca/ca.key')}: the CA's private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'ca/ca.key')} (0640, group of the server's user)`,
+    `store.redis.url: ${config}: a Redis password every local user can read (mode 0644): chmod o-rwx ${config} (0640, group of the server's user)`,
+  ]);
+  assert.ok(!r.stderr.includes('Redis-Secret-1'), 'the password itself is not shown');
+  await chmod(join(dir, 'ca/ca.key'), 0o640);
+  await chmod(config, 0o640);
+  const quiet = await cli(['check', '--config', config], null);
+  assert.equal(quiet.stderr, '');
+});
+
 test('check: inputs every local user can change (the users file, a table, a CA file, a scripts folder and a script in it, a folder holding an input) are warnings; as installed, none', async () => {
   const { dir, config } = await configFolder('writable-inputs');
   for (const [file, mode] of [['users', 0o666], ['senders', 0o646], ['tls/ca.crt', 0o666], ['scripts', 0o777], ['scripts/auth.js', 0o666], ['tls', 0o777]] as const) await chmod(join(dir, file), mode);
