@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
+import { needs, python } from '../helpers/example.ts';
 import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
@@ -55,6 +56,34 @@ test('hash-password: the password on stdin (one trailing newline dropped) → an
   assert.equal(again.code, 0);
   assert.notEqual(again.stdout, r.stdout);
   assert.equal(await verifyPassword(again.stdout.trim(), 's3cret pass'), true);
+});
+
+test('hash-password at a terminal (a real pty): the password typed is not echoed, Backspace takes a character back, Enter ends it', needs('python3'), async () => {
+  // The password is typed as soon as the prompt shows, as a fast typist (or a paste) does.
+  const { out, code } = await python<{ out: string; code: number }>(`
+import os, pty, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ['NODE_NO_WARNINGS'] = '1'
+    os.execv(${JSON.stringify(process.execPath)}, [${JSON.stringify(process.execPath)}, ${JSON.stringify(MAIN)}, 'hash-password'])
+out = b''
+while b'Password' not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b'Tty-Secret-9\\x7fX\\r\\x04')  # Ctrl-D after it: what ended the input before
+while True:
+    try:
+        d = os.read(fd, 1024)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+print(json.dumps({'out': out.decode(), 'code': os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}))
+`);
+  assert.equal(code, 0, out);
+  assert.ok(!out.includes('Tty-Secret'), `echoed:\n${out}`);
+  const hash = /\$argon2id\S+/.exec(out)![0];
+  assert.equal(await verifyPassword(hash, 'Tty-Secret-X'), true, 'Backspace took the 9 back');
 });
 
 test('hash-password drops exactly one trailing newline (LF or CRLF), nothing else', async () => {
