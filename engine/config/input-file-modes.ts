@@ -2,10 +2,11 @@
  * What `postern check` says of the modes of the files the configuration names (the server uses them as they are).
  *
  * Secrets the configuration names (listeners' TLS keys, outbound client certificates' keys, DKIM keys, the CA key of
- * `pki.dir`) or holds (a `store.redis.url` with a password) that every local user
+ * `pki.dir`, the users file's password hashes) or holds (a `store.redis.url` with a password) that every local user
  * may read: Postern reads them as they are, so `postern check` (run by the systemd unit before each start) says so.
  * A key left 0644 by `openssl … -out`, a copy or an unpacked archive gives any local account the server's identity,
- * or the domain's DKIM signature; the CA key, a certificate that logs in as any account.
+ * or the domain's DKIM signature; the CA key, a certificate that logs in as any account; the hashes, guesses offline
+ * (Dovecot's passwd-file and Postfix's sasldb are 0640 for the same reason).
  */
 import { readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -21,6 +22,7 @@ export function readableKeyWarnings(loaded: LoadedConfig, caKey?: string): strin
     ...Object.entries(config.delivery?.clientCertificates ?? {}).map(([name, c]): [PropertyKey[], string, string] => [['delivery', 'clientCertificates', name, 'key'], c.key, key]),
     ...Object.entries(config.delivery?.dkim ?? {}).map(([name, d]): [PropertyKey[], string, string] => [['delivery', 'dkim', name, 'privateKey'], d.privateKey, key]),
     ...(caKey ? [[['pki', 'dir'], caKey, 'the CA\'s private key'] as [PropertyKey[], string, string]] : []),
+    ...(config.users ? [[['users'], config.users, 'password hashes'] as [PropertyKey[], string, string]] : []),
     ...(loaded.file !== EMBEDDED_DEFAULT && redisPassword(config.store.redis?.url) ? [[['store', 'redis', 'url'], loaded.file, 'a Redis password'] as [PropertyKey[], string, string]] : []),
   ];
   const warned = new Set<string>();

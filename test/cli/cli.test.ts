@@ -148,7 +148,7 @@ listeners:
   };
   for (const [file, text] of Object.entries({ ...defaults, ...files })) {
     await mkdir(join(dir, file, '..'), { recursive: true });
-    await writeFile(join(dir, file), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : 0o644 }); // keys as an administrator keeps them
+    await writeFile(join(dir, file), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : file === 'users' ? 0o640 : 0o644 }); // keys and hashes as an administrator keeps them
   }
   return { dir, config: join(dir, 'postern.yaml') };
 }
@@ -277,21 +277,24 @@ test('check: a private key every local user can read (a listener\'s, an outbound
   assert.equal(quiet.stderr, '');
 });
 
-test('check: the CA key of pki.dir, or a postern.yaml whose store.redis.url holds a password, that every local user can read is a warning at its key\'s line; 0640 is not', async () => {
+test('check: the CA key of pki.dir, the users file (password hashes), or a postern.yaml whose store.redis.url holds a password, that every local user can read is a warning at its key\'s line; 0640 is not', async () => {
   const { dir, config } = await configFolder('readable-secrets');
   const init = await cli(['pki', 'init', '--dir', join(dir, 'ca')], null);
   assert.equal(init.code, 0, init.stderr);
   await writeFile(config, `${await readFile(config, 'utf8')}pki: { dir: ./ca }\nstore:\n  redis: { url: "redis://postern:Redis-Secret-1@127.0.0.1:6379" }\n`);
   await chmod(join(dir, 'ca/ca.key'), 0o644);
+  await chmod(join(dir, 'users'), 0o644);
   await chmod(config, 0o644);
   const r = await cli(['check', '--config', config], null);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+:\d+:\d+: /, '')), [
     `pki.dir: ${join(dir, 'ca/ca.key')}: the CA's private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'ca/ca.key')} (0640, group of the server's user)`,
+    `users: ${join(dir, 'users')}: password hashes every local user can read (mode 0644): chmod o-rwx ${join(dir, 'users')} (0640, group of the server's user)`,
     `store.redis.url: ${config}: a Redis password every local user can read (mode 0644): chmod o-rwx ${config} (0640, group of the server's user)`,
   ]);
   assert.ok(!r.stderr.includes('Redis-Secret-1'), 'the password itself is not shown');
   await chmod(join(dir, 'ca/ca.key'), 0o640);
+  await chmod(join(dir, 'users'), 0o640);
   await chmod(config, 0o640);
   const quiet = await cli(['check', '--config', config], null);
   assert.equal(quiet.stderr, '');
@@ -305,6 +308,7 @@ test('check: inputs every local user can change (the users file, a table, a CA f
   const warnings = r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+ /, ''));
   const changeable = (key: string, file: string, what: string): string => `${key}: ${join(dir, file)}: ${what}: any local user could change what the server decides; chmod o-w`;
   assert.deepEqual(warnings, [
+    `users: ${join(dir, 'users')}: password hashes every local user can read (mode 0666): chmod o-rwx ${join(dir, 'users')} (0640, group of the server's user)`,
     changeable('scripts', 'scripts', 'every local user may write this folder (mode 0777)'),
     changeable('scripts', 'scripts/auth.js', 'every local user may write this file (mode 0666)'),
     changeable('users', 'users', 'every local user may write this file (mode 0666)'),
