@@ -9,6 +9,7 @@ import { loadStartConfig } from '../app/postern.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { GenerationError } from '../generation/build-generation.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
+import { withoutPassword } from '../policy/auth-password.ts';
 import { HOOK_NAMES, isHookName } from '../sandbox/hooks.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import { TrySession, type StepResult } from '../try/try-session.ts';
@@ -122,7 +123,7 @@ function asJson(session: TrySession, result: TryResult): object {
     steps: result.steps.map((s) => ({
       step: s.step, command: s.command, reply: s.reply, outcome: s.outcome, logs: s.logs,
       calls: s.calls.map((c) => ({
-        hook: c.hook, script: session.hasScript(c.hook), context: c.ctx, verdict: c.verdict === FAIL_CLOSED ? null : c.verdict ?? null, failure: c.failure, ms: round(c.seconds * 1000),
+        hook: c.hook, script: session.hasScript(c.hook), context: withoutPassword(c.hook, c.ctx), verdict: c.verdict === FAIL_CLOSED ? null : c.verdict ?? null, failure: c.failure, ms: round(c.seconds * 1000),
       })),
     })),
   };
@@ -139,7 +140,7 @@ function asText(session: TrySession, result: TryResult, hook: HookName | undefin
     for (const c of s.calls) {
       const own = session.hasScript(c.hook);
       out.push(own ? `  script ${c.hook} (${round(c.seconds * 1000)} ms)` : `  no ${c.hook} script: the built-in rules decide`);
-      if (detailed) out.push(`  context: ${indent(JSON.stringify(c.ctx, null, 2))}`);
+      if (detailed) out.push(`  context: ${indent(JSON.stringify(withoutPassword(c.hook, c.ctx), null, 2))}`);
       if (own) out.push(`  verdict: ${verdictText(c)}`);
     }
     for (const l of s.logs) out.push(`  log ${l.level}${l.script ? ` ${l.script}` : ''}: ${l.msg}`);

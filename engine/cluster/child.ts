@@ -28,7 +28,8 @@ import { writeCrashRecord } from './crash-record.ts';
 import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
-import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
+import { keepRunning, longestAuthWindow } from '../reload/restart-needed.ts';
+import { takeOver } from './running-handoff.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -44,7 +45,7 @@ async function main(): Promise<void> {
   const loaded = loadStartConfig({ configPath, regularFileOnly: true });
   // What the server runs with, which the file may no longer say (an edit waiting for a restart): a process started
   // again takes the server's, or it would spool where no queue process looks.
-  const runningAs = process.env.POSTERN_RUNNING ? JSON.parse(process.env.POSTERN_RUNNING) as RunningSettings : undefined;
+  const runningAs = takeOver();
   if (runningAs) keepRunning(loaded.config, runningAs);
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's

@@ -44,6 +44,7 @@ import { acquireDirectoryLock, openToOthers, openToOthersWarning, type Directory
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
+import { CHILD_STDIO, handOver, RUNNING_ENV } from './running-handoff.ts';
 import { longestAuthWindow, restartNeeded, runningSettings } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
@@ -396,10 +397,11 @@ export class Supervisor {
         ...process.env, POSTERN_ROLE: child.kind, POSTERN_WORKER: String(child.index), POSTERN_CONFIG: this.#configPath ?? '',
         POSTERN_WORKERS: String(this.#children.filter((c) => c.kind === 'worker').length),
         // status.json: written by the queue process alone, naming the supervisor (see reload-status.ts).
-        POSTERN_SERVER_PID: String(process.pid), POSTERN_RUNNING: JSON.stringify(runningSettings(this.config.config)), POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
+        POSTERN_SERVER_PID: String(process.pid), ...RUNNING_ENV, POSTERN_STATUS_WRITER: child.kind === 'queue' ? '1' : '0',
       },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      stdio: CHILD_STDIO,
     });
+    handOver(proc, runningSettings(this.config.config));
     Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));

@@ -1,34 +1,40 @@
 /**
  * What `postern check` says of the modes of the files the configuration names (the server uses them as they are).
  *
- * Private keys the configuration names (listeners' TLS keys, outbound client certificates' keys, DKIM keys) that
- * every local user may read: Postern reads them as they are, so `postern check` (run by the systemd unit before
- * each start) says so. A key left 0644 by `openssl … -out`, a copy or an unpacked archive gives any local
- * account the server's identity, or the domain's DKIM signature.
+ * Secrets the configuration names (listeners' TLS keys, outbound client certificates' keys, DKIM keys, the CA key of
+ * `pki.dir`, the users file's password hashes) or holds (a `store.redis.url` with a password) that every local user
+ * may read: Postern reads them as they are, so `postern check` (run by the systemd unit before each start) says so.
+ * A key left 0644 by `openssl … -out`, a copy or an unpacked archive gives any local account the server's identity,
+ * or the domain's DKIM signature; the CA key, a certificate that logs in as any account; the hashes, guesses offline
+ * (Dovecot's passwd-file and Postfix's sasldb are 0640 for the same reason).
  */
 import { readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { formatProblem, keyPath } from './config-error.ts';
 import { EMBEDDED_DEFAULT, type LoadedConfig } from './load-config.ts';
 
-/** One warning line per private key file readable by others (`file:line:col: key: …`). */
-export function readableKeyWarnings(loaded: LoadedConfig): string[] {
+/** One warning line per secret file readable by others (`file:line:col: key: …`); `caKey`: `pki.dir`'s CA key file. */
+export function readableKeyWarnings(loaded: LoadedConfig, caKey?: string): string[] {
   const { config } = loaded;
-  const keys: Array<[PropertyKey[], string]> = [
-    ...config.listeners.flatMap((l, i): Array<[PropertyKey[], string]> => (l.tls.key ? [[['listeners', i, 'tls', 'key'], l.tls.key]] : [])),
-    ...Object.entries(config.delivery?.clientCertificates ?? {}).map(([name, c]): [PropertyKey[], string] => [['delivery', 'clientCertificates', name, 'key'], c.key]),
-    ...Object.entries(config.delivery?.dkim ?? {}).map(([name, d]): [PropertyKey[], string] => [['delivery', 'dkim', name, 'privateKey'], d.privateKey]),
+  const key = 'a private key';
+  const secrets: Array<[PropertyKey[], string, string]> = [
+    ...config.listeners.flatMap((l, i): Array<[PropertyKey[], string, string]> => (l.tls.key ? [[['listeners', i, 'tls', 'key'], l.tls.key, key]] : [])),
+    ...Object.entries(config.delivery?.clientCertificates ?? {}).map(([name, c]): [PropertyKey[], string, string] => [['delivery', 'clientCertificates', name, 'key'], c.key, key]),
+    ...Object.entries(config.delivery?.dkim ?? {}).map(([name, d]): [PropertyKey[], string, string] => [['delivery', 'dkim', name, 'privateKey'], d.privateKey, key]),
+    ...(caKey ? [[['pki', 'dir'], caKey, 'the CA\'s private key'] as [PropertyKey[], string, string]] : []),
+    ...(config.users ? [[['users'], config.users, 'password hashes'] as [PropertyKey[], string, string]] : []),
+    ...(loaded.file !== EMBEDDED_DEFAULT && redisPassword(config.store.redis?.url) ? [[['store', 'redis', 'url'], loaded.file, 'a Redis password'] as [PropertyKey[], string, string]] : []),
   ];
   const warned = new Set<string>();
   const out: string[] = [];
-  for (const [path, file] of keys) {
+  for (const [path, file, what] of secrets) {
     const bits = modeOf(file);
     const mode = bits === null ? null : bits & 0o777;
     if (mode === null || !(mode & 0o004) || warned.has(file)) continue; // a file that cannot be read is a problem reported elsewhere
     warned.add(file);
     out.push(formatProblem({
       file: loaded.file, ...loaded.locate?.(path), path: keyPath(path),
-      message: `${file}: a private key every local user can read (mode ${mode.toString(8).padStart(4, '0')}): chmod o-rwx ${file} (0640, group of the server's user)`,
+      message: `${file}: ${what} every local user can read (mode ${mode.toString(8).padStart(4, '0')}): chmod o-rwx ${file} (0640, group of the server's user)`,
     }));
   }
   return out;
@@ -75,6 +81,15 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
     }
   }
   return out;
+}
+
+/** Whether a Redis URL holds a password (`redis://[user]:password@…`); an unreadable one holds none that works. */
+function redisPassword(url: string | undefined): boolean {
+  try {
+    return url !== undefined && new URL(url).password !== '';
+  } catch {
+    return false;
+  }
 }
 
 /** Permission bits with set-id and sticky bits. */

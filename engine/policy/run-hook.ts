@@ -10,6 +10,7 @@ import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
 import { scriptText, type Logger } from '../logging/logger.ts';
 import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
 import { hookCallsObserved, notifyHookCall } from './hook-calls.ts';
+import { hidePassword } from './auth-password.ts';
 
 export { FAIL_CLOSED };
 
@@ -28,15 +29,17 @@ export async function runHook(
     return verdict;
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; column?: number; message: string };
+    // An auth script's error may quote the client's password (V8 writes the value it could not parse).
+    const message = hidePassword(hook, ctx, e.message);
     const seconds = secondsSince(start);
     scriptCalled(listener?.name ?? '', hook, generation.serial, seconds, 'failed', e.kind ?? 'verdict', source);
     if (hookCallsObserved(generation)) {
       notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
-        failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line, column: e.column } });
+        failure: { kind: e.kind ?? 'verdict', message, file: e.file, line: e.line, column: e.column } });
     }
     // The message of what a script threw may carry a client's text (a header, an address).
-    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: scriptText(e.message) },
-      `policy script ${hook} failed: ${scriptText(String(err))}`);
+    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: scriptText(message) },
+      `policy script ${hook} failed: ${scriptText(hidePassword(hook, ctx, String(err)))}`);
     return FAIL_CLOSED;
   }
 }

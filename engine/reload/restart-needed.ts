@@ -69,7 +69,7 @@ function changed(out: string[], key: string, was: unknown, now: unknown): void {
 /**
  * What a process of the server is made with once and keeps until a restart, whatever the file says since: its
  * data directory, logger, counter store and the window its auth-failure counts are kept for. A worker the
- * supervisor starts again (after a crash) is given the server's (POSTERN_RUNNING), not the file's: with the
+ * supervisor starts again (after a crash) is given the server's (cluster/running-handoff.ts), not the file's: with the
  * file's it spooled into a data directory no queue process delivers from.
  */
 export interface RunningSettings {

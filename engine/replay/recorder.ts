@@ -7,6 +7,7 @@
  */
 import { closeSync, createWriteStream, fstatSync, mkdirSync, openSync, readSync, type WriteStream } from 'node:fs';
 import { observeHookCalls } from '../policy/hook-calls.ts';
+import { withoutPassword } from '../policy/auth-password.ts';
 import type { Logger } from '../logging/logger.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { dayOf, pruneRecordings, recordingFile, replayDir, sourceOf, type Recording } from './recording-files.ts';
@@ -65,7 +66,7 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
     }
     const record: Recording = {
       t: new Date(now).toISOString(), listener: call.listener?.name ?? null, source: call.listener ? sourceOf(call.ctx) : null, hook: call.hook, cid: call.connectionId,
-      ctx: withoutSecrets(call.hook, call.ctx as Record<string, unknown>), verdict: verdictLabel(call.verdict),
+      ctx: withoutPassword(call.hook, call.ctx, '') as Record<string, unknown>, verdict: verdictLabel(call.verdict),
     };
     if (out.stream.writableLength > MAX_PENDING_BYTES) {
       if (dropped++ === 0) log.warn({ pendingBytes: out.stream.writableLength }, 'replay recording cannot keep up with the calls: dropping records until the disk catches up');
@@ -94,13 +95,6 @@ export function startRecording(logger: Logger): { stop(): Promise<void> } {
       await close();
     },
   };
-}
-
-/** The auth hook's context without the client's password: a recording must never hold a secret. */
-function withoutSecrets(hook: string, ctx: Record<string, unknown>): Record<string, unknown> {
-  const auth = ctx.auth as Record<string, unknown> | undefined;
-  if (hook !== 'auth' || typeof auth !== 'object' || auth === null || !('password' in auth)) return ctx;
-  return { ...ctx, auth: { ...auth, password: '' } };
 }
 
 /** Whether `file` exists and its last line has no newline (a write cut short). */

@@ -9,6 +9,7 @@
  * delivery.
  */
 import { observeHookCalls, type HookCall } from '../policy/hook-calls.ts';
+import { hidePassword } from '../policy/auth-password.ts';
 import { checkVerdict } from '../policy/verdict.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { metrics } from '../metrics/metrics.ts';
@@ -91,6 +92,6 @@ async function runShadow(sandbox: Sandbox, call: HookCall): Promise<{ label: str
     return { label: verdictLabel(checkVerdict(call.hook, await sandbox.invoke(call.hook, call.ctx, call.connectionId, call.connectionKey), sandbox.scriptFile(call.hook))), failure: null };
   } catch (err) {
     const e = err as { kind?: string; file?: string; line?: number; message: string };
-    return { label: 'failed', failure: { kind: e.kind ?? 'verdict', message: e.message, file: e.file, line: e.line } };
+    return { label: 'failed', failure: { kind: e.kind ?? 'verdict', message: hidePassword(call.hook, call.ctx, e.message), file: e.file, line: e.line } };
   }
 }

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
+import { needs, python } from '../helpers/example.ts';
 import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
@@ -55,6 +56,34 @@ test('hash-password: the password on stdin (one trailing newline dropped) → an
   assert.equal(again.code, 0);
   assert.notEqual(again.stdout, r.stdout);
   assert.equal(await verifyPassword(again.stdout.trim(), 's3cret pass'), true);
+});
+
+test('hash-password at a terminal (a real pty): the password typed is not echoed, Backspace takes a character back, Enter ends it', needs('python3'), async () => {
+  // The password is typed as soon as the prompt shows, as a fast typist (or a paste) does.
+  const { out, code } = await python<{ out: string; code: number }>(`
+import os, pty, json
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ['NODE_NO_WARNINGS'] = '1'
+    os.execv(${JSON.stringify(process.execPath)}, [${JSON.stringify(process.execPath)}, ${JSON.stringify(MAIN)}, 'hash-password'])
+out = b''
+while b'Password' not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b'Tty-Secret-9\\x7fX\\r\\x04')  # Ctrl-D after it: what ended the input before
+while True:
+    try:
+        d = os.read(fd, 1024)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+print(json.dumps({'out': out.decode(), 'code': os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}))
+`);
+  assert.equal(code, 0, out);
+  assert.ok(!out.includes('Tty-Secret'), `echoed:\n${out}`);
+  const hash = /\$argon2id\S+/.exec(out)![0];
+  assert.equal(await verifyPassword(hash, 'Tty-Secret-X'), true, 'Backspace took the 9 back');
 });
 
 test('hash-password drops exactly one trailing newline (LF or CRLF), nothing else', async () => {
@@ -119,7 +148,7 @@ listeners:
   };
   for (const [file, text] of Object.entries({ ...defaults, ...files })) {
     await mkdir(join(dir, file, '..'), { recursive: true });
-    await writeFile(join(dir, file), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : 0o644 }); // keys as an administrator keeps them
+    await writeFile(join(dir, file), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : file === 'users' ? 0o640 : 0o644 }); // keys and hashes as an administrator keeps them
   }
   return { dir, config: join(dir, 'postern.yaml') };
 }
@@ -248,6 +277,29 @@ test('check: a private key every local user can read (a listener\'s, an outbound
   assert.equal(quiet.stderr, '');
 });
 
+test('check: the CA key of pki.dir, the users file (password hashes), or a postern.yaml whose store.redis.url holds a password, that every local user can read is a warning at its key\'s line; 0640 is not', async () => {
+  const { dir, config } = await configFolder('readable-secrets');
+  const init = await cli(['pki', 'init', '--dir', join(dir, 'ca')], null);
+  assert.equal(init.code, 0, init.stderr);
+  await writeFile(config, `${await readFile(config, 'utf8')}pki: { dir: ./ca }\nstore:\n  redis: { url: "redis://postern:Redis-Secret-1@127.0.0.1:6379" }\n`);
+  await chmod(join(dir, 'ca/ca.key'), 0o644);
+  await chmod(join(dir, 'users'), 0o644);
+  await chmod(config, 0o644);
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+:\d+:\d+: /, '')), [
+    `pki.dir: ${join(dir, 'ca/ca.key')}: the CA's private key every local user can read (mode 0644): chmod o-rwx ${join(dir, 'ca/ca.key')} (0640, group of the server's user)`,
+    `users: ${join(dir, 'users')}: password hashes every local user can read (mode 0644): chmod o-rwx ${join(dir, 'users')} (0640, group of the server's user)`,
+    `store.redis.url: ${config}: a Redis password every local user can read (mode 0644): chmod o-rwx ${config} (0640, group of the server's user)`,
+  ]);
+  assert.ok(!r.stderr.includes('Redis-Secret-1'), 'the password itself is not shown');
+  await chmod(join(dir, 'ca/ca.key'), 0o640);
+  await chmod(join(dir, 'users'), 0o640);
+  await chmod(config, 0o640);
+  const quiet = await cli(['check', '--config', config], null);
+  assert.equal(quiet.stderr, '');
+});
+
 test('check: inputs every local user can change (the users file, a table, a CA file, a scripts folder and a script in it, a folder holding an input) are warnings; as installed, none', async () => {
   const { dir, config } = await configFolder('writable-inputs');
   for (const [file, mode] of [['users', 0o666], ['senders', 0o646], ['tls/ca.crt', 0o666], ['scripts', 0o777], ['scripts/auth.js', 0o666], ['tls', 0o777]] as const) await chmod(join(dir, file), mode);
@@ -256,6 +308,7 @@ test('check: inputs every local user can change (the users file, a table, a CA f
   const warnings = r.stderr.trimEnd().split('\n').map((w) => w.replace(/^warning: [^ ]+ /, ''));
   const changeable = (key: string, file: string, what: string): string => `${key}: ${join(dir, file)}: ${what}: any local user could change what the server decides; chmod o-w`;
   assert.deepEqual(warnings, [
+    `users: ${join(dir, 'users')}: password hashes every local user can read (mode 0666): chmod o-rwx ${join(dir, 'users')} (0640, group of the server's user)`,
     changeable('scripts', 'scripts', 'every local user may write this folder (mode 0777)'),
     changeable('scripts', 'scripts/auth.js', 'every local user may write this file (mode 0666)'),
     changeable('users', 'users', 'every local user may write this file (mode 0666)'),

@@ -67,7 +67,7 @@ async function goodFiles(): Promise<Record<string, string>> {
 async function write(files: Record<string, string>): Promise<void> {
   for (const [name, text] of Object.entries(files)) {
     await mkdir(join(dir, name, '..'), { recursive: true });
-    await writeFile(join(dir, name), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : 0o644 }); // keys kept as an administrator keeps them (check warns otherwise)
+    await writeFile(join(dir, name), text, { mode: text.includes('PRIVATE KEY-----') ? 0o600 : name === 'users' ? 0o640 : 0o644 }); // keys and hashes kept as an administrator keeps them (check warns otherwise)
   }
 }
 

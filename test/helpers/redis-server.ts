@@ -27,11 +27,13 @@ export interface TestRedis {
 }
 
 
-export async function startRedis(): Promise<TestRedis> {
+/** `password`: the server requires it (`requirepass`), and `url` carries it (`redis://:password@…`). */
+export async function startRedis(opts: { password?: string } = {}): Promise<TestRedis> {
   const port = await freePort();
   let child: ChildProcess | null = null;
+  const auth = opts.password === undefined ? [] : ['--requirepass', opts.password];
   const launch = (): Promise<void> => new Promise((resolve, reject) => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...auth], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = proc;
     let output = '';
     const onData = (chunk: Buffer): void => {
@@ -46,7 +48,7 @@ export async function startRedis(): Promise<TestRedis> {
   await launch();
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `redis://${opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}@`}127.0.0.1:${port}`,
     get pid() { return (child as ChildProcess | null)?.pid ?? null; },
     async stop() {
       const proc = child;

@@ -26,7 +26,7 @@ export const SERVICE_USER = { uid: 64123, gid: 64123 };
 /** Directives emulated here, and those left to systemd (they only take away more than the test needs). */
 const EMULATED = new Set(['Type', 'User', 'Group', 'SupplementaryGroups', 'ExecStartPre', 'ExecStart', 'ExecReload', 'KillSignal', 'TimeoutStopSec',
   'AmbientCapabilities', 'CapabilityBoundingSet', 'NoNewPrivileges', 'UMask', 'StateDirectory', 'StateDirectoryMode', 'CacheDirectory', 'CacheDirectoryMode', 'ReadWritePaths',
-  'ProtectSystem', 'RestrictAddressFamilies', 'Restart', 'RestartSec', 'SyslogIdentifier', 'NotifyAccess', 'TimeoutStartSec']);
+  'ProtectSystem', 'RestrictAddressFamilies', 'Restart', 'RestartSec', 'SyslogIdentifier', 'NotifyAccess', 'TimeoutStartSec', 'LimitCORE']);
 const NOT_EMULATED = new Set(['ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ProtectKernelTunables', 'ProtectKernelModules',
   'ProtectControlGroups', 'RestrictNamespaces', 'LockPersonality', 'LimitNOFILE', 'StandardOutput', 'LogsDirectory']);
 
@@ -139,7 +139,7 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   await opts.prepare?.(mapped);
 
   const command = (line: string): string[] => line.replace(/^[-@+!]+/, '').split(/\s+/).map((w) => (w.startsWith('/') ? mapped(w) : w));
-  const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit, root), ...argv];
+  const confined = (argv: string[]): string[] => [...namespace(unit, mapped), ...privileges(unit, root), ...resourceLimits(unit), ...argv];
   const env = {
     PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', HOME: mapped('/var/lib/postern'),
     ...(caches.length ? { CACHE_DIRECTORY: caches.map(mapped).join(':') } : {}),
@@ -251,6 +251,12 @@ function privileges(unit: Map<string, string[]>, root: string): string[] {
     out.push(restrictAddressFamilies(root), families.map((f) => { if (!(f in numbers)) throw new Error(`${f}: add its number`); return numbers[f]; }).join(','), '--');
   }
   return out;
+}
+
+/** LimitCORE= (soft and hard, as systemd sets a single value), with prlimit. */
+function resourceLimits(unit: Map<string, string[]>): string[] {
+  const core = directive(unit, 'LimitCORE');
+  return core === undefined ? [] : ['prlimit', `--core=${core}:${core}`, '--'];
 }
 
 /** test/helpers/restrict-address-families.c, built into `root`. */

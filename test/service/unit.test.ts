@@ -33,7 +33,7 @@ async function freePrivilegedPort(): Promise<number> {
 // An address of this machine's interfaces other than loopback (which the loop check knows without asking).
 const interfaceAddress = Object.values(networkInterfaces()).flat().find((i) => i?.family === 'IPv4' && !i.internal)?.address ?? '127.0.0.1';
 
-test('under the unit: port 25 on every address as the service user; a next hop that is this server bounces as a loop (the interfaces are read without netlink)', { skip, timeout: 120_000 }, async () => {
+test('under the unit: port 25 on every address as the service user, no core dumps; a next hop that is this server bounces as a loop (the interfaces are read without netlink)', { skip, timeout: 120_000 }, async () => {
   const port = await freePrivilegedPort();
   const s = await startUnderUnit({
     ports: { mx: port },
@@ -63,6 +63,9 @@ delivery:
     // CacheDirectory=: the code compiled for the service's processes is kept there (bin/compile-cache.js).
     const cache = s.path('/var/cache/postern');
     assert.ok(readdirSync(cache).flatMap((sub) => readdirSync(join(cache, sub))).length > 10, 'compiled code kept in /var/cache/postern');
+    // LimitCORE=0: no process holding the keys (the supervisor, the worker, the queue process) can leave a core dump.
+    const pids = [s.proc.pid!, ...(await s.cluster()).processes.map((p) => p.pid!)];
+    for (const pid of pids) assert.match(readFileSync(`/proc/${pid}/limits`, 'utf8'), /^Max core file size +0 +0 +bytes/m, `process ${pid}`);
   } finally { await s.stop(); }
 });
 

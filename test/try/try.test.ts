@@ -111,7 +111,8 @@ test('auth with a password (postfix-permit-tls-all-clientcerts): the built-in ru
   const j = json(ok);
   assert.equal(last(j).reply, '235 2.7.0 Authentication successful');
   assert.deepEqual(callOf(j, 'auth').context.builtin, { accepted: true, username: 'carol@example.com', reason: 'password' });
-  assert.equal(callOf(j, 'auth').context.auth.password, 'carol-secret');
+  assert.equal(callOf(j, 'auth').context.auth.password, '********', 'the password the script saw is not printed');
+  assert.ok(!ok.stdout.includes('carol-secret'));
   const bad = await cli(['try', 'auth', '-c', permit.config, '--user', 'carol@example.com', '--password', 'wrong']);
   assert.equal(bad.code, 1);
   assert.match(bad.stdout, /^< 535 5\.7\.8 Authentication credentials invalid$/m);

@@ -1,0 +1,36 @@
+/**
+ * What the server runs with (restart-needed.ts RunningSettings), handed by the supervisor to each child it
+ * starts over a pipe of its own (the child's fd 4), read once at start and closed. Not in the environment: it
+ * holds `store.redis.url`, whose password an environment variable left in /proc/<pid>/environ of every child
+ * for its whole life, and in that of every program a child starts (openssl, for the account page's .p12).
+ */
+import { closeSync, readFileSync } from 'node:fs';
+import type { ChildProcess, StdioOptions } from 'node:child_process';
+import type { Writable } from 'node:stream';
+import type { RunningSettings } from '../reload/restart-needed.ts';
+
+const FD = 4;
+
+/** fork()'s stdio for a child: its output is the server's, fd 3 the IPC channel, fd 4 the handoff. */
+export const CHILD_STDIO: StdioOptions = ['ignore', 'inherit', 'inherit', 'ipc', 'pipe'];
+
+/** The child's environment entry that says the handoff comes (a child started otherwise reads the file alone). */
+export const RUNNING_ENV = { POSTERN_RUNNING_FD: String(FD) };
+
+/** Write `settings` to the child just forked, and close the pipe. */
+export function handOver(proc: ChildProcess, settings: RunningSettings): void {
+  const pipe = proc.stdio[FD] as Writable | null | undefined;
+  if (!pipe) return; // not started: its 'error' and 'exit' tell the supervisor
+  pipe.on('error', () => undefined); // a child that died before reading (EPIPE): its exit is what matters
+  pipe.end(JSON.stringify(settings));
+}
+
+/** In the child: the settings the supervisor wrote (a blocking read to the pipe's end), or undefined. */
+export function takeOver(): RunningSettings | undefined {
+  if (process.env.POSTERN_RUNNING_FD !== String(FD)) return undefined;
+  try {
+    return JSON.parse(readFileSync(FD, 'utf8')) as RunningSettings;
+  } finally {
+    closeSync(FD);
+  }
+}
