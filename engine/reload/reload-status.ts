@@ -66,6 +66,11 @@ export class ReloadStatus {
     });
     return this.#saving;
   }
+
+  /** Once the writes started so far are done (a stop waits for them: an exit would cut one and leave its temporary file). */
+  written(): Promise<void> {
+    return this.#saving;
+  }
 }
 
 /**

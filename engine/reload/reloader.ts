@@ -65,6 +65,9 @@ interface Built {
   setups: ReadonlyMap<string, ListenerSetup>;
 }
 
+/** The outcome of a reload asked for once the server is stopping: nothing is read or written. */
+const stopping = (): ReloadOutcome => ({ changed: false, ok: false, errors: ['the server is stopping'], pendingRestart: [], ms: 0 });
+
 export class Reloader {
   readonly status: ReloadStatus;
   readonly tuning: ReloaderTuning = {};
@@ -166,13 +169,15 @@ export class Reloader {
    * tell the caller of a content that is not theirs.
    */
   reload(reason: string): Promise<ReloadOutcome> {
+    // Told once the stop began (the supervisor's check at ready may arrive after SIGTERM): its status write would outlive close().
+    if (this.#closing) return Promise.resolve(stopping());
     if (this.#running) {
       if (reason === 'SIGHUP') this.#againForced = true;
       this.#followUp ??= this.#running.then(() => undefined, () => undefined).then(() => {
         const forced = this.#againForced;
         this.#againForced = false;
         this.#followUp = null;
-        if (this.#closing) return { changed: false, ok: false, errors: ['the server is stopping'], pendingRestart: [], ms: 0 };
+        if (this.#closing) return stopping();
         return this.reload(forced ? 'SIGHUP' : 'change');
       });
       return this.#followUp;
@@ -332,6 +337,8 @@ export class Reloader {
       const bound = new Promise<void>((r) => { timer = setTimeout(r, this.tuning.buildTimeoutMs ?? buildDeadlineMs(this.#target.current().config)); });
       await Promise.race([Promise.allSettled([...this.#abandoned]), bound]).finally(() => clearTimeout(timer));
     }
+    // A check's status write is not waited for by its run (`void save()`): the exit after close() would cut it.
+    await this.status.written();
   }
 }
 

@@ -5,7 +5,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { greeted, spooled, startCluster, ONE_WORKER, ROUND_ROBIN, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -83,5 +85,26 @@ test('a stopped server leaves no temporary file of cluster.json behind (the last
     }
   } finally {
     for (const c of clusters.reverse()) await c.stop();
+  }
+});
+
+test('a start removes the temporary status files a killed predecessor left (a kill -9 cuts a write; the file must not stay for ever)', async () => {
+  const first = await startCluster({ config: ONE_WORKER });
+  let second: ClusterProcess | null = null;
+  try {
+    await first.waitFor('every process ready', async () => (await first.cluster()).processes.every((p) => p.ready));
+    const exited = new Promise<number | null>((r) => first.proc.once('exit', (code) => r(code)));
+    first.proc.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    const gone = spawnSync(process.execPath, ['-e', '']).pid!; // a process id that no longer runs: the killed writer's
+    const left = [`.status.json.${gone}.c829654d.tmp`, `.cluster.json.${gone}.0123abcd.tmp`];
+    for (const name of left) await writeFile(join(first.dataDir, name), '{"pid":');
+    second = await startCluster({ config: ONE_WORKER, dataDir: first.dataDir });
+    await second.waitFor('every process ready', async () => (await second!.cluster()).processes.every((p) => p.ready));
+    const names = await readdir(first.dataDir);
+    for (const name of left) assert.ok(!names.includes(name), `${name} removed at the start`);
+  } finally {
+    await second?.stop();
+    await first.stop();
   }
 });
