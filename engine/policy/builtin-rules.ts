@@ -5,7 +5,8 @@
  */
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
-import { ownsSender, senderKey } from './sender-logins.ts';
+import { asciiSafeLowerCase, ownsSender, senderKey } from './sender-logins.ts';
+import { accountName } from './certificate-identity.ts';
 import { domainKey } from './domain-key.ts';
 
 export interface AuthAttempt {
@@ -38,6 +39,33 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
   // mox: a password login on a connection whose certificate names another account is refused.
   if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
   return { accepted: true, username, reason: 'password' };
+}
+
+/**
+ * An auth script's `accept({ username })` as a login identity: lowercased as every identity is (users file,
+ * certificate fields; Dovecot's %Lu), so one account is one key to `messagesPerIdentity`, the logs and the
+ * sender binding however the script or the client wrote its case. Lowercasing that would make ASCII of what is
+ * not (U+212A KELVIN SIGN is `k`) leaves the name as it is: `\u212Aate` is not kate.
+ */
+export function scriptLoginName(username: string): string {
+  return asciiSafeLowerCase(username) ?? username;
+}
+
+/**
+ * Whom a bare `accept()` of the auth script logs in when the built-in rule named nobody: the identity the client
+ * proved or claimed for itself, never one it asked to act for. EXTERNAL: the certificate identity, when the
+ * authzid is empty or names it. PLAIN, LOGIN: the username as sent, when it is a plain account name (as a
+ * certificate field must be: no spaces or controls, NFC, no mapped domain) and no other authzid was asked for.
+ * Else null: acting for another account (Dovecot's master users) needs the script to name it in `username`.
+ */
+export function requestedAccount(attempt: AuthAttempt, certificateIdentity: string | null): string | null {
+  if (attempt.mechanism === 'EXTERNAL') {
+    if (!attempt.authzid) return certificateIdentity;
+    return certificateIdentity && accountName(attempt.authzid) === certificateIdentity ? certificateIdentity : null;
+  }
+  const name = accountName(attempt.username);
+  if (!name || (attempt.authzid && accountName(attempt.authzid) !== name)) return null;
+  return name;
 }
 
 export interface SenderFacts {

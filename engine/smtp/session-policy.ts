@@ -16,7 +16,7 @@ import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo
 import { declaresUtf8 } from './envelope-path.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { wasBarePostmaster } from '../policy/postmaster.ts';
-import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
+import { builtinAuth, builtinRelay, builtinSender, requestedAccount, scriptLoginName, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { headerSenderRefusal } from '../policy/header-senders.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
@@ -402,9 +402,9 @@ export class SessionPolicy {
       return { user: builtin.username };
     }
     if (verdict.verdict !== 'accept') return { reply: verdictReply('auth', verdict)!, reason: `script ${verdict.verdict} (built-in: ${builtin.reason})` };
-    const username = verdict.username ?? builtin.username
-      ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
-    return username ? { user: username } : invalid('script accept without a username');
+    if (verdict.username !== undefined) return { user: scriptLoginName(verdict.username) };
+    const username = builtin.username ?? requestedAccount(attempt, st.identity.identity);
+    return username ? { user: username } : invalid('script accept without a username, and none the client proved');
   }
 
   /**

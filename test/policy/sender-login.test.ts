@@ -153,7 +153,7 @@ test('a login whose name lowercases into ASCII it did not have (U+212A KELVIN SI
   const s = await startTestServer({
     config: config('{ enforce: true }'),
     files: { users: `kate@example.com:${await hashPassword(PASSWORD)}\n`, sender_logins: '' },
-    scripts: { 'auth.ts': `export default (ctx) => ctx.auth.username.startsWith('\\u212A') && ctx.auth.password === 'directory-pw' ? accept() : undefined;` },
+    scripts: { 'auth.ts': `export default (ctx) => ctx.auth.username.startsWith('\\u212A') && ctx.auth.password === 'directory-pw' ? accept({ username: ctx.auth.username }) : undefined;` },
   });
   try {
     const c = await SmtpTestClient.connect(s.port('sub'));
