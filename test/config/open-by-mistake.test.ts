@@ -71,8 +71,11 @@ listeners:
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN] }
 ${tls}`;
   const warned = /^warning: (.*): listeners\[0\]\.auth\.mechanisms: PLAIN and LOGIN on tls\.mode none: passwords cross the network in clear text/m;
-  for (const listen of ['0.0.0.0:0', '[::]:0', '192.0.2.1:0']) {
-    const text = listener(listen).replace('EXTERNAL, ', '');
+  // Behind a balancer on the same host (HAProxy in TCP mode forwarding 587 to 127.0.0.1), a loopback address
+  // says nothing about where the client is: every client is remote, and so is its password unless the balancer ends TLS.
+  const proxied = '    proxyProtocol: { trusted: [127.0.0.0/8] }\n';
+  for (const [listen, more] of [['0.0.0.0:0', ''], ['[::]:0', ''], ['192.0.2.1:0', ''], ['127.0.0.1:0', proxied], ['localhost:0', proxied]]) {
+    const text = listener(listen!, more).replace('EXTERNAL, ', '');
     const config = await scratch.file('cleartext.yaml', text);
     const r = await runCli(['check', '--config', config]);
     assert.equal(r.code, 0, r.stderr);
