@@ -72,7 +72,7 @@ const identitySchema = z.strictObject({
 
 const senderLoginSchema = z.strictObject({
   enforce: z.boolean().default(false)
-    .describe('Check the sender of every `MAIL FROM` on a logged-in session (AUTH, or a certificate `autoLogin`). A sender the identity may not use gets `553 5.7.1 <address>: Sender address rejected: not owned by user <identity>`. Sessions that are not logged in (inbound mail) are not checked; use `auth.required` on submission listeners.'),
+    .describe('Check the sender of every `MAIL FROM` on a logged-in session (AUTH, or a certificate `autoLogin`). A sender the identity may not use gets `553 5.7.1 <address>: Sender address rejected: not owned by user <identity>`. Sessions that are not logged in (inbound mail) are not checked; use `auth.required` on submission listeners. Off, on a listener where clients log in and whose scripts have no `mailfrom` script, a start, a reload and `postern check` warn at `auth.mechanisms` (or `autoLogin`): any account could send as any other.'),
   table: z.string().optional()
     .describe('A [table](#tables) whose key is the login identity (the username of a password login, the certificate identity otherwise) and whose value lists the further senders it may use, separated by commas or spaces. An entry `@domain` allows every address in exactly that domain (not its subdomains). The table must exist under `tables`.'),
   allowNullSender: z.boolean().default(false)
