@@ -4,37 +4,24 @@
 // `Carol@…`, `carol@…` and `CAROL@…` were three identities, each with its own limits.messagesPerIdentity count.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { INVALID, b64, plain } from './helpers/submission.ts';
+import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
+import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
+import { INVALID, b64, plain, submissionConfig } from './helpers/submission.ts';
 
 const OK = '235 2.7.0 Authentication successful';
 const TOO_MUCH = /^450 4\.7\.1 /;
 
 let pki: TestPki;
-let ca: string;
-let alice: { cert: string; key: string };
+let alice: TlsClientOptions;
 let server: TestServer;
 
 before(async () => {
   pki = await makeTestPki();
-  ca = await readFile(pki.ca.cert, 'utf8');
-  alice = { cert: await readFile(pki.clients.alice.cert, 'utf8'), key: await readFile(pki.clients.alice.key, 'utf8') };
+  alice = await clientTlsOptions(pki, 'alice');
   server = await startTestServer({
-    config: `
-localDomains: [example.com]
-users: ./users
-listeners:
-  - name: sub
-    listen: 127.0.0.1:0
-    reverseDns: false
-    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }
-    auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }
-    certificateIdentity: { field: emailAddress }
-    limits: { authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, messagesPerIdentity: { count: 2, windowSeconds: 3600 } }
-`,
+    config: submissionConfig(pki, '{ authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, messagesPerIdentity: { count: 2, windowSeconds: 3600 } }',
+      { auth: '{ mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }' }),
     files: { users: '# none: the auth script decides\n' },
     // A device script (any certificate it was shown) and an app-token script (a token for any name), as written
     // without a thought for the authzid; and a master-user script that names the account it admits.
@@ -50,9 +37,9 @@ listeners:
 });
 after(() => server.stop());
 
-async function tlsClient(cert?: { cert: string; key: string }): Promise<SmtpTestClient> {
+async function tlsClient(cert?: TlsClientOptions): Promise<SmtpTestClient> {
   const c = await SmtpTestClient.connect(server.port('sub'));
-  await c.hello({ starttls: { ca, ...cert } });
+  await c.hello({ starttls: cert ?? { ca: alice.ca } });
   return c;
 }
 

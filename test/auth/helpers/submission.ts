@@ -9,8 +9,8 @@ export const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base6
 /** `AUTH PLAIN` with its initial response. */
 export const plain = (user: string, password: string, authzid = ''): string => `AUTH PLAIN ${b64(`${authzid}\0${user}\0${password}`)}`;
 
-/** A submission listener: STARTTLS, client certificate requested, identity from emailAddress, PLAIN + LOGIN; users in ./users. */
-export function submissionConfig(pki: TestPki, limits: string, opts: { crl?: boolean } = {}): string {
+/** A submission listener: STARTTLS, client certificate requested, identity from emailAddress, PLAIN + LOGIN (or `opts.auth`); users in ./users. */
+export function submissionConfig(pki: TestPki, limits: string, opts: { crl?: boolean; auth?: string } = {}): string {
   const crl = opts.crl ? `, crlFiles: [${pki.crl}]` : '';
   return `
 localDomains: [example.com]
@@ -20,7 +20,7 @@ listeners:
     listen: 127.0.0.1:0
     reverseDns: false
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}]${crl} }
-    auth: { mechanisms: [PLAIN, LOGIN] }
+    auth: ${opts.auth ?? '{ mechanisms: [PLAIN, LOGIN] }'}
     certificateIdentity: { field: emailAddress }
     limits: ${limits}
 `;
