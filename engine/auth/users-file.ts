@@ -26,7 +26,9 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
     const line = raw.trim();
     if (!line || line.startsWith('#')) continue;
     const colon = line.indexOf(':');
-    const name = line.slice(0, colon).trim().toLowerCase();
+    // As a login's name is compared (builtinAuth): NFC, so `josé` typed on a Mac (NFD) is the same account, and two
+    // lines that differ only by normalization are one user given twice, not two accounts that look the same.
+    const name = line.slice(0, colon).trim().normalize('NFC').toLowerCase();
     const hash = line.slice(colon + 1).trim();
     if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i}: expected "name:hash"`);
     if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);

@@ -22,6 +22,9 @@ export interface AuthFacts {
   users: ReadonlyMap<string, string>;
 }
 
+/** A PLAIN/LOGIN name as the users file keys it: NFC, lowercased. */
+const loginForm = (name: string): string => name.normalize('NFC').toLowerCase();
+
 export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promise<BuiltinAuthDecision> {
   const refuse = (reason: BuiltinAuthDecision['reason']): BuiltinAuthDecision => ({ accepted: false, username: null, reason });
   if (attempt.mechanism === 'EXTERNAL') {
@@ -31,24 +34,27 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
     if (!attempt.authzid || attempt.authzid.toLowerCase() === identity) return { accepted: true, username: identity, reason: 'certificate-identity' };
     return refuse('authzid-not-permitted');
   }
-  const username = attempt.username.toLowerCase();
+  // NFC as the users file's names (RFC 4616 asks SASLprep of a PLAIN authcid): a client that sends `josé` decomposed
+  // (macOS input) logs in as the `josé` of the file.
+  const username = loginForm(attempt.username);
   if (!attempt.password) return refuse('empty-password');
   const ok = await verifyPassword(facts.users.get(username), attempt.password, someHash(facts.users));
   if (!ok) return refuse('bad-password');
-  if (attempt.authzid && attempt.authzid.toLowerCase() !== username) return refuse('authzid-not-permitted');
+  if (attempt.authzid && loginForm(attempt.authzid) !== username) return refuse('authzid-not-permitted');
   // mox: a password login on a connection whose certificate names another account is refused.
   if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
   return { accepted: true, username, reason: 'password' };
 }
 
 /**
- * An auth script's `accept({ username })` as a login identity: lowercased as every identity is (users file,
+ * An auth script's `accept({ username })` as a login identity: NFC and lowercased as every identity is (users file,
  * certificate fields; Dovecot's %Lu), so one account is one key to `messagesPerIdentity`, the logs and the
  * sender binding however the script or the client wrote its case. Lowercasing that would make ASCII of what is
  * not (U+212A KELVIN SIGN is `k`) leaves the name as it is: `\u212Aate` is not kate.
  */
 export function scriptLoginName(username: string): string {
-  return asciiSafeLowerCase(username) ?? username;
+  const nfc = username.normalize('NFC');
+  return asciiSafeLowerCase(nfc) ?? nfc;
 }
 
 /**
@@ -63,8 +69,8 @@ export function requestedAccount(attempt: AuthAttempt, certificateIdentity: stri
     if (!attempt.authzid) return certificateIdentity;
     return certificateIdentity && accountName(attempt.authzid) === certificateIdentity ? certificateIdentity : null;
   }
-  const name = accountName(attempt.username);
-  if (!name || (attempt.authzid && accountName(attempt.authzid) !== name)) return null;
+  const name = accountName(attempt.username.normalize('NFC'));
+  if (!name || (attempt.authzid && accountName(attempt.authzid.normalize('NFC')) !== name)) return null;
   return name;
 }
 
