@@ -5,6 +5,7 @@
  */
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
+import { userKey } from '../auth/users-file.ts';
 import { asciiSafeLowerCase, ownsSender, senderKey } from './sender-logins.ts';
 import { accountName } from './certificate-identity.ts';
 import { domainKey } from './domain-key.ts';
@@ -22,9 +23,6 @@ export interface AuthFacts {
   users: ReadonlyMap<string, string>;
 }
 
-/** A PLAIN/LOGIN name as the users file keys it: NFC, lowercased. */
-const loginForm = (name: string): string => name.normalize('NFC').toLowerCase();
-
 export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promise<BuiltinAuthDecision> {
   const refuse = (reason: BuiltinAuthDecision['reason']): BuiltinAuthDecision => ({ accepted: false, username: null, reason });
   if (attempt.mechanism === 'EXTERNAL') {
@@ -34,13 +32,11 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
     if (!attempt.authzid || attempt.authzid.toLowerCase() === identity) return { accepted: true, username: identity, reason: 'certificate-identity' };
     return refuse('authzid-not-permitted');
   }
-  // NFC as the users file's names (RFC 4616 asks SASLprep of a PLAIN authcid): a client that sends `josé` decomposed
-  // (macOS input) logs in as the `josé` of the file.
-  const username = loginForm(attempt.username);
+  const username = userKey(attempt.username);
   if (!attempt.password) return refuse('empty-password');
   const ok = await verifyPassword(facts.users.get(username), attempt.password, someHash(facts.users));
   if (!ok) return refuse('bad-password');
-  if (attempt.authzid && loginForm(attempt.authzid) !== username) return refuse('authzid-not-permitted');
+  if (attempt.authzid && userKey(attempt.authzid) !== username) return refuse('authzid-not-permitted');
   // mox: a password login on a connection whose certificate names another account is refused.
   if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
   return { accepted: true, username, reason: 'password' };
