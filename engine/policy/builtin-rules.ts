@@ -49,15 +49,23 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
  * not (U+212A KELVIN SIGN is `k`) leaves the name as it is: `\u212Aate` is not kate.
  */
 export function scriptLoginName(username: string): string {
-  const nfc = username.normalize('NFC');
+  const nfc = safeNfc(username);
   return asciiSafeLowerCase(nfc) ?? nfc;
+}
+
+/**
+ * `text` in NFC (a name typed on a Mac comes decomposed), unless NFC maps a character to ASCII on its own
+ * (U+212A KELVIN SIGN is `K`, U+037E is `;`): then as it is, so that `\u212Aate` does not become kate.
+ */
+function safeNfc(text: string): string {
+  return [...text].some((c) => c > '\x7f' && /[\x00-\x7f]/.test(c.normalize('NFC'))) ? text : text.normalize('NFC');
 }
 
 /**
  * Whom a bare `accept()` of the auth script logs in when the built-in rule named nobody: the identity the client
  * proved or claimed for itself, never one it asked to act for. EXTERNAL: the certificate identity, when the
- * authzid is empty or names it. PLAIN, LOGIN: the username as sent, when it is a plain account name (as a
- * certificate field must be: no spaces or controls, NFC, no mapped domain) and no other authzid was asked for.
+ * authzid is empty or names it. PLAIN, LOGIN: the username as sent (in NFC), when it is a plain account name (as a
+ * certificate field must be: no spaces or controls, no mapped domain) and no other authzid was asked for.
  * Else null: acting for another account (Dovecot's master users) needs the script to name it in `username`.
  */
 export function requestedAccount(attempt: AuthAttempt, certificateIdentity: string | null): string | null {
@@ -65,8 +73,8 @@ export function requestedAccount(attempt: AuthAttempt, certificateIdentity: stri
     if (!attempt.authzid) return certificateIdentity;
     return certificateIdentity && accountName(attempt.authzid) === certificateIdentity ? certificateIdentity : null;
   }
-  const name = accountName(attempt.username.normalize('NFC'));
-  if (!name || (attempt.authzid && accountName(attempt.authzid.normalize('NFC')) !== name)) return null;
+  const name = accountName(safeNfc(attempt.username));
+  if (!name || (attempt.authzid && accountName(safeNfc(attempt.authzid)) !== name)) return null;
   return name;
 }
 

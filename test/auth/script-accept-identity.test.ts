@@ -71,10 +71,17 @@ test('a bare accept() of PLAIN or LOGIN: a foreign authzid, or a name that is no
   assert.equal((await c.command(plain('carol@example.com', 'app-token', 'ceo@example.com'))).text, INVALID);
   assert.equal((await c.command(plain('carol example', 'app-token'))).text, INVALID);
   assert.equal((await c.command(plain('carol@example.com\u2028X-Spam: no', 'app-token'))).text, INVALID);
+  // U+212A KELVIN SIGN lowercases (and normalizes) to k: a name of the script's directory, never kate's account.
+  assert.equal((await c.command(plain('\u212Aate@example.com', 'app-token'))).text, INVALID);
   // Acting for another account is for a script to allow by name (Dovecot's master users).
   assert.equal((await c.command(plain('carol@example.com', 'master-token', 'CEO@example.com'))).text, OK);
   assert.equal(await loggedInAs(c, 'ceo@example.com'), 'ceo@example.com');
   await c.quit();
+  // A name typed on a Mac comes decomposed (NFD): the one account of its composed form.
+  const d = await tlsClient();
+  assert.equal((await d.command(plain('Jos\u00e9@example.com'.normalize('NFD'), 'app-token'))).text, OK);
+  assert.equal(await loggedInAs(d, 'jose@example.com'), 'jos\u00e9@example.com');
+  await d.quit();
 });
 
 test("one account whatever its case: Carol@, carol@ and CAROL@ share one messagesPerIdentity count, and a script's named account is lowercased", async () => {
