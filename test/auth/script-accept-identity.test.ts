@@ -4,25 +4,19 @@
 // `Carol@…`, `carol@…` and `CAROL@…` were three identities, each with its own limits.messagesPerIdentity count.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient, type TlsClientOptions } from '../helpers/smtp-client.ts';
-import { clientTlsOptions, makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { INVALID, b64, plain, submissionConfig } from './helpers/submission.ts';
+import type { SmtpTestClient, TlsClientOptions } from '../helpers/smtp-client.ts';
+import { clientTlsOptions } from '../helpers/pki.ts';
+import { INVALID, b64, plain, startSubmission, type Submission } from './helpers/submission.ts';
 
 const OK = '235 2.7.0 Authentication successful';
 const TOO_MUCH = /^450 4\.7\.1 /;
 
-let pki: TestPki;
+let sub: Submission;
 let alice: TlsClientOptions;
-let server: TestServer;
 
 before(async () => {
-  pki = await makeTestPki();
-  alice = await clientTlsOptions(pki, 'alice');
-  server = await startTestServer({
-    config: submissionConfig(pki, '{ authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, messagesPerIdentity: { count: 2, windowSeconds: 3600 } }',
-      { auth: '{ mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }' }),
-    files: { users: '# none: the auth script decides\n' },
+  sub = await startSubmission('{ authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, messagesPerIdentity: { count: 2, windowSeconds: 3600 } }', {
+    auth: '{ mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }',
     // A device script (any certificate it was shown) and an app-token script (a token for any name), as written
     // without a thought for the authzid; and a master-user script that names the account it admits.
     scripts: {
@@ -34,20 +28,17 @@ before(async () => {
       };`,
     },
   });
+  alice = await clientTlsOptions(sub.pki, 'alice');
 });
-after(() => server.stop());
+after(() => sub.server.stop());
 
-async function tlsClient(cert?: TlsClientOptions): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server.port('sub'));
-  await c.hello({ starttls: cert ?? { ca: alice.ca } });
-  return c;
-}
+const tlsClient = (cert?: TlsClientOptions): Promise<SmtpTestClient> => sub.tlsClient(cert);
 
 /** The user a session logged in as, from the spooled envelope of a message it sends. */
 async function loggedInAs(c: SmtpTestClient, sender: string): Promise<string | null> {
   const r = await c.sendMail(sender, ['friend@example.com']);
   assert.equal(r.code, 250, r.text);
-  return (await server.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!)).session.authenticatedUser;
+  return (await sub.server.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!)).session.authenticatedUser;
 }
 
 test("a bare accept() of EXTERNAL never logs in as the authzid the client asked for: alice's certificate asking for the CEO gets 535", async () => {
@@ -62,7 +53,7 @@ test("a bare accept() of EXTERNAL never logs in as the authzid the client asked 
   assert.equal((await d.command('AUTH EXTERNAL =')).text, OK);
   assert.equal(await loggedInAs(d, 'alice@example.com'), 'alice@example.com');
   await d.quit();
-  const reasons = server.logs.filter((l) => l.msg === 'authentication failed').map((l) => l.reason);
+  const reasons = sub.server.logs.filter((l) => l.msg === 'authentication failed').map((l) => l.reason);
   assert.ok(reasons.includes('script accept without a username, and none the client proved'), JSON.stringify(reasons));
 });
 

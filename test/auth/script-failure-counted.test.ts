@@ -3,27 +3,17 @@
 // account, null when it refused) answered 454 to every wrong guess and 235 to the right one, without limit.
 // A failure is now counted unless the built-in rule found the credentials right; a deliberate defer() is not.
 import { test, before, after } from 'node:test';
-import { readFile } from 'node:fs/promises';
 import assert from 'node:assert/strict';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { TOO_MANY, plain, submissionConfig } from './helpers/submission.ts';
+import { TOO_MANY, plain, startSubmission, type Submission } from './helpers/submission.ts';
 
 const FAILED = '454 4.7.0 Temporary policy failure, try again later';
 const PASSWORD = 'alice-Secret-1';
 
-let pki: TestPki;
-let ca: string;
-let server: TestServer;
-
+let sub: Submission;
 before(async () => {
-  pki = await makeTestPki();
-  ca = await readFile(pki.ca.cert, 'utf8');
-  server = await startTestServer({
-    config: submissionConfig(pki, '{ authFailuresPerIp: 3, authFailuresBeforeDelay: 100 }'),
-    files: { users: `alice@example.com:${await hashPassword(PASSWORD)}\n` },
+  sub = await startSubmission('{ authFailuresPerIp: 3, authFailuresBeforeDelay: 100 }', {
+    users: { 'alice@example.com': PASSWORD },
     scripts: {
       'auth.ts': `export default (ctx) => {
         if (ctx.auth.password === 'directory-down') return defer();
@@ -32,11 +22,10 @@ before(async () => {
     },
   });
 });
-after(() => server.stop());
+after(() => sub.server.stop());
 
 async function attempt(password: string): Promise<string> {
-  const c = await SmtpTestClient.connect(server.port('sub'));
-  await c.hello({ starttls: { ca } });
+  const c = await sub.tlsClient();
   const r = await c.command(plain('alice@example.com', password));
   c.destroy();
   return r.text;
@@ -47,9 +36,9 @@ test('wrong passwords that make the auth script fail are counted: at authFailure
   for (let i = 0; i < 5; i++) assert.equal(await attempt('directory-down'), FAILED);
   for (let i = 0; i < 3; i++) assert.equal(await attempt(`guess-${i}`), FAILED, `guess ${i}`);
   // The address reached its limit: refused at the greeting, before the right password can be tried.
-  const c = await SmtpTestClient.connect(server.port('sub'));
+  const c = await SmtpTestClient.connect(sub.server.port('sub'));
   assert.equal((await c.read()).text, TOO_MANY);
   c.destroy();
-  const failed = server.logs.filter((l) => l.msg === 'authentication failed').map((l) => l.reason);
+  const failed = sub.server.logs.filter((l) => l.msg === 'authentication failed').map((l) => l.reason);
   assert.deepEqual(failed, Array(3).fill('script failed (built-in: bad-password)'));
 });

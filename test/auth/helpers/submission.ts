@@ -1,5 +1,9 @@
 /** What the password-AUTH tests share: the replies they expect, AUTH PLAIN lines, the submission listener. */
-import type { TestPki } from '../../helpers/pki.ts';
+import { readFile } from 'node:fs/promises';
+import { makeTestPki, type TestPki } from '../../helpers/pki.ts';
+import { startTestServer, type TestServer } from '../../helpers/postern.ts';
+import { SmtpTestClient, type TlsClientOptions } from '../../helpers/smtp-client.ts';
+import { hashPassword } from '../../../engine/auth/password-hash.ts';
 
 export const INVALID = '535 5.7.8 Authentication credentials invalid';
 export const TOO_MANY = '421 4.7.0 Too many authentication failures, try again later';
@@ -24,4 +28,28 @@ listeners:
     certificateIdentity: { field: emailAddress }
     limits: ${limits}
 `;
+}
+
+export interface Submission {
+  pki: TestPki;
+  /** The test CA, PEM. */
+  ca: string;
+  server: TestServer;
+  /** Connected, EHLO'd, STARTTLS done (presenting `cert`'s certificate, if given) and EHLO'd again. */
+  tlsClient(cert?: TlsClientOptions): Promise<SmtpTestClient>;
+}
+
+/** A server with the submission listener (submissionConfig); `users` (name → password) hashed into its users file. */
+export async function startSubmission(limits: string, opts: { users?: Record<string, string>; scripts?: Record<string, string>; auth?: string } = {}): Promise<Submission> {
+  const pki = await makeTestPki();
+  const ca = await readFile(pki.ca.cert, 'utf8');
+  let users = '# test users\n';
+  for (const [name, password] of Object.entries(opts.users ?? {})) users += `${name}:${await hashPassword(password)}\n`;
+  const server = await startTestServer({ config: submissionConfig(pki, limits, { auth: opts.auth }), files: { users }, scripts: opts.scripts });
+  const tlsClient = async (cert?: TlsClientOptions): Promise<SmtpTestClient> => {
+    const c = await SmtpTestClient.connect(server.port('sub'));
+    await c.hello({ starttls: { ca, ...cert } });
+    return c;
+  };
+  return { pki, ca, server, tlsClient };
 }
