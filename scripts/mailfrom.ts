@@ -7,7 +7,12 @@ export default function mailfrom(ctx: MailFromContext): Verdict | void {
   if (ctx.builtin.reason !== 'not-enforced') return;
   const user = ctx.connection.auth?.username;
   if (!user || ctx.address.address === '') return;
-  if (ctx.address.address.toLowerCase() !== user.toLowerCase()) {
+  if (asciiLowerCase(ctx.address.address) !== asciiLowerCase(user)) {
     return reject(`<${ctx.address.address}>: sender address not owned by ${user}`, { code: 553, enhanced: '5.7.1' });
   }
+}
+
+// Only A-Z: toLowerCase() makes `k` of U+212A KELVIN SIGN, so a login `\u212Aate@…` would own kate@….
+function asciiLowerCase(text: string): string {
+  return text.replace(/[A-Z]+/g, (s) => s.toLowerCase());
 }

@@ -9,6 +9,7 @@ import { clientText, type Logger } from '../logging/logger.ts';
 import type { ChangeBudget } from './change-budget.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
+import { userKey } from '../auth/users-file.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import { chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../smtp/postern-server.ts';
@@ -123,7 +124,7 @@ export function accountRoutes(state: AccountsState) {
     app.get('/signin', async (req, reply) => signIn(req, reply, 200));
 
     app.post('/signin', protect, async (req, reply) => {
-      const user = field(req.body, 'user').trim().toLowerCase();
+      const user = userKey(field(req.body, 'user').trim());
       const users = state.generation().users;
       const outcome = await checkPassword(state.limiter, state.listener(), users, ip(req), user, field(req.body, 'password'));
       if (outcome === 'too-many') {

@@ -7,6 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
+import { userKey } from '../auth/users-file.ts';
 import { chainEmailConstraints, describeCertificate, describePeerCertificate, explainUnspecified, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
@@ -25,7 +26,7 @@ export async function checkPassword(limiter: AuthFailureLimiter, listener: Liste
   ip: string, user: string, password: string): Promise<PasswordOutcome> {
   const counted = countedAddress(ip, listener.limits.ipv6PrefixLength); // as the listener's SMTP AUTH counts it
   const outcome = await limiter.guess(counted, listener.limits,
-    () => verifyPassword(users.get(user.trim().toLowerCase()), password, someHash(users)), (right) => !right);
+    () => verifyPassword(users.get(userKey(user.trim())), password, someHash(users)), (right) => !right);
   if (outcome.kind === 'uncounted') throw outcome.error;
   if (outcome.kind === 'refused') return 'too-many';
   if (outcome.result) return 'ok';

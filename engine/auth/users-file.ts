@@ -9,6 +9,13 @@ import { readableHash } from './password-hash.ts';
 
 export class UsersFileError extends Error {}
 
+/**
+ * A user's name as the file keys it, and as a login (AUTH PLAIN/LOGIN, the account page) is looked up: NFC and
+ * lowercased, so `josé` typed on a Mac (decomposed, NFD) is the file's `josé`, and two lines that differ only by
+ * case or normalization are one user given twice, not two accounts that look the same (RFC 4616 asks SASLprep).
+ */
+export const userKey = (name: string): string => name.normalize('NFC').toLowerCase();
+
 export async function loadUsersFile(file: string): Promise<Map<string, string>> {
   let text: string;
   try {
@@ -26,7 +33,7 @@ export async function loadUsersFile(file: string): Promise<Map<string, string>> 
     const line = raw.trim();
     if (!line || line.startsWith('#')) continue;
     const colon = line.indexOf(':');
-    const name = line.slice(0, colon).trim().toLowerCase();
+    const name = userKey(line.slice(0, colon).trim());
     const hash = line.slice(colon + 1).trim();
     if (colon <= 0 || !name) throw new UsersFileError(`${file}:${i}: expected "name:hash"`);
     if (!hash.startsWith('$argon2')) throw new UsersFileError(`${file}:${i}: ${quoteToken(name)}: not an argon2 hash (make one with: postern hash-password)`);

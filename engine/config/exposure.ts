@@ -1,9 +1,9 @@
 /**
  * Configurations that expose more than their author likely meant, said (at the key's line) by a start, a
  * reload and `postern check` rather than refused, since each has one sound use:
- * - PLAIN or LOGIN on `tls.mode: none` beyond loopback: passwords in clear text (a TLS listener refuses them
- *   before TLS, with 538). Postfix allows it (smtpd_tls_auth_only = no), Dovecot refuses it outside loopback;
- *   sound behind a balancer that ends TLS.
+ * - PLAIN or LOGIN on `tls.mode: none` beyond loopback, or behind PROXY protocol: passwords in clear text (a TLS
+ *   listener refuses them before TLS, with 538). Postfix allows it (smtpd_tls_auth_only = no), Dovecot refuses it
+ *   outside loopback; sound behind a balancer that ends TLS.
  * - A submission port (587, 465) without `auth.required`: RFC 6409 §4.3 has an MSA refuse MAIL before a login
  *   by default; without it the port takes anyone's mail for the local domains, as an MX does, past whatever
  *   the MX listener checks. Sound when a script requires the login itself.
@@ -43,7 +43,8 @@ export function exposures(config: Config): Exposure[] {
   const out: Exposure[] = [];
   config.listeners.forEach((l, i) => {
     const passwords = l.auth.mechanisms.filter((m) => m !== 'EXTERNAL');
-    if (l.tls.mode === 'none' && passwords.length && !loopbackOnly(l.listen)) {
+    // Behind PROXY protocol the clients are the balancer's, wherever it listens: a loopback address proves nothing.
+    if (l.tls.mode === 'none' && passwords.length && (l.proxyProtocol || !loopbackOnly(l.listen))) {
       out.push({
         path: ['listeners', i, 'auth', 'mechanisms'],
         name: l.name,

@@ -197,6 +197,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
 
   for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  for (const w of unboundLogins(config, sandboxes)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
   const gaps = config.pki.dir ? await unloadedCrls(config, config.pki.dir) : [];
@@ -249,6 +250,22 @@ async function prepareListener(l: ListenerConfig, hostname: string, logger: Logg
   const tls = await loadListenerTls(l);
   for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
   return listenerSetup(l, tls, hostname, logger);
+}
+
+/**
+ * Listeners where clients log in (AUTH, a certificate's autoLogin) with nothing binding a login to its senders:
+ * neither senderLogin.enforce nor a mailfrom script. Any account may then send as any other (MAIL FROM and From:
+ * of the CEO), which Postfix also allows until smtpd_sender_login_maps is set; said, not refused, since a
+ * server of one account, or a relay for devices that send for many, may mean it.
+ */
+function unboundLogins(config: Config, sandboxes: ReadonlyMap<string, Sandbox>): Array<{ name: string; path: PropertyKey[]; message: string }> {
+  return config.listeners.flatMap((l, i) => {
+    const logsIn = l.auth.mechanisms.length > 0 || l.certificateIdentity.autoLogin;
+    const sandbox = sandboxes.get(l.scripts ?? config.scripts); // absent: its folder failed, already a problem
+    if (!logsIn || l.senderLogin.enforce || !sandbox || sandbox.scriptFile('mailfrom')) return [];
+    const path = l.auth.mechanisms.length ? ['listeners', i, 'auth', 'mechanisms'] : ['listeners', i, 'certificateIdentity', 'autoLogin'];
+    return [{ name: l.name, path, message: 'clients log in here, but nothing binds a login to its senders: any account may send as any address, another user\'s included (MAIL FROM and From:); set senderLogin.enforce: true (Postfix reject_authenticated_sender_login_mismatch), or decide in a mailfrom script' }];
+  });
 }
 
 /** `<config file>:<line>:<col>: <key path>: <message>`, as the configuration's own problems are written. */

@@ -5,7 +5,9 @@
  */
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
-import { ownsSender, senderKey } from './sender-logins.ts';
+import { userKey } from '../auth/users-file.ts';
+import { asciiSafeLowerCase, ownsSender, senderKey } from './sender-logins.ts';
+import { accountName } from './certificate-identity.ts';
 import { domainKey } from './domain-key.ts';
 
 export interface AuthAttempt {
@@ -30,14 +32,50 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
     if (!attempt.authzid || attempt.authzid.toLowerCase() === identity) return { accepted: true, username: identity, reason: 'certificate-identity' };
     return refuse('authzid-not-permitted');
   }
-  const username = attempt.username.toLowerCase();
+  const username = userKey(attempt.username);
   if (!attempt.password) return refuse('empty-password');
   const ok = await verifyPassword(facts.users.get(username), attempt.password, someHash(facts.users));
   if (!ok) return refuse('bad-password');
-  if (attempt.authzid && attempt.authzid.toLowerCase() !== username) return refuse('authzid-not-permitted');
+  if (attempt.authzid && userKey(attempt.authzid) !== username) return refuse('authzid-not-permitted');
   // mox: a password login on a connection whose certificate names another account is refused.
   if (facts.certificateIdentity && facts.certificateIdentity !== username) return refuse('certificate-account-mismatch');
   return { accepted: true, username, reason: 'password' };
+}
+
+/**
+ * An auth script's `accept({ username })` as a login identity: NFC and lowercased as every identity is (users file,
+ * certificate fields; Dovecot's %Lu), so one account is one key to `messagesPerIdentity`, the logs and the
+ * sender binding however the script or the client wrote its case. Lowercasing that would make ASCII of what is
+ * not (U+212A KELVIN SIGN is `k`) leaves the name as it is: `\u212Aate` is not kate.
+ */
+export function scriptLoginName(username: string): string {
+  const nfc = safeNfc(username);
+  return asciiSafeLowerCase(nfc) ?? nfc;
+}
+
+/**
+ * `text` in NFC (a name typed on a Mac comes decomposed), unless NFC maps a character to ASCII on its own
+ * (U+212A KELVIN SIGN is `K`, U+037E is `;`): then as it is, so that `\u212Aate` does not become kate.
+ */
+function safeNfc(text: string): string {
+  return [...text].some((c) => c > '\x7f' && /[\x00-\x7f]/.test(c.normalize('NFC'))) ? text : text.normalize('NFC');
+}
+
+/**
+ * Whom a bare `accept()` of the auth script logs in when the built-in rule named nobody: the identity the client
+ * proved or claimed for itself, never one it asked to act for. EXTERNAL: the certificate identity, when the
+ * authzid is empty or names it. PLAIN, LOGIN: the username as sent (in NFC), when it is a plain account name (as a
+ * certificate field must be: no spaces or controls, no mapped domain) and no other authzid was asked for.
+ * Else null: acting for another account (Dovecot's master users) needs the script to name it in `username`.
+ */
+export function requestedAccount(attempt: AuthAttempt, certificateIdentity: string | null): string | null {
+  if (attempt.mechanism === 'EXTERNAL') {
+    if (!attempt.authzid) return certificateIdentity;
+    return certificateIdentity && accountName(attempt.authzid) === certificateIdentity ? certificateIdentity : null;
+  }
+  const name = accountName(safeNfc(attempt.username));
+  if (!name || (attempt.authzid && accountName(safeNfc(attempt.authzid)) !== name)) return null;
+  return name;
 }
 
 export interface SenderFacts {

@@ -14,9 +14,9 @@ import { verdictReply } from './verdict-replies.ts';
 import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { declaresUtf8 } from './envelope-path.ts';
-import { runHook } from '../policy/run-hook.ts';
+import { FAIL_CLOSED, runHook } from '../policy/run-hook.ts';
 import { wasBarePostmaster } from '../policy/postmaster.ts';
-import { builtinAuth, builtinRelay, builtinSender, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
+import { builtinAuth, builtinRelay, builtinSender, requestedAccount, scriptLoginName, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { headerSenderRefusal } from '../policy/header-senders.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
@@ -355,7 +355,7 @@ export class SessionPolicy {
     // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
     // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
     const result = await limiter.guess(counted, st.listener.limits, () => this.#decideAuth(conn, attempt),
-      (decision) => !('user' in decision) && decision.reply.responseCode >= 500)
+      (decision) => !('user' in decision) && (decision.reply.responseCode >= 500 || decision.guessFailed === true))
       .then((outcome) => outcome.kind === 'refused' ? this.#tooManyFailures(conn)
         : outcome.kind === 'uncounted' ? this.#failuresUncounted(conn, outcome.error)
           : { ...outcome.result, ipFailures: outcome.failures });
@@ -384,7 +384,7 @@ export class SessionPolicy {
    * Every refusal of the built-in rule gets the same reply: a different text for "right password, but not
    * for this identity" would tell a guesser the password was right. Only a script's own text differs.
    */
-  async #decideAuth(conn: SmtpClient, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string }> {
+  async #decideAuth(conn: SmtpClient, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string; guessFailed?: boolean }> {
     const st = conn.state;
     // The reason is logged by authenticate(), beside the attempt; the reply is the same whatever it is.
     const invalid = (reason: string) => ({ reply: reply('authInvalid'), reason });
@@ -401,10 +401,13 @@ export class SessionPolicy {
       if (builtin.reason === 'password') st.passwordEntry = st.generation.users.get(builtin.username) ?? null;
       return { user: builtin.username };
     }
+    // A script that failed (threw, timed out) decided nothing: its 454 is a failed guess unless the credentials were
+    // right, else a script failing only for wrong passwords answered every guess 454 and the right one 235, uncounted.
+    if (verdict === FAIL_CLOSED) return { reply: verdictReply('auth', verdict)!, reason: `script failed (built-in: ${builtin.reason})`, guessFailed: !builtin.accepted };
     if (verdict.verdict !== 'accept') return { reply: verdictReply('auth', verdict)!, reason: `script ${verdict.verdict} (built-in: ${builtin.reason})` };
-    const username = verdict.username ?? builtin.username
-      ?? (attempt.mechanism === 'EXTERNAL' ? attempt.authzid || st.identity.identity : attempt.username);
-    return username ? { user: username } : invalid('script accept without a username');
+    if (verdict.username !== undefined) return { user: scriptLoginName(verdict.username) };
+    const username = builtin.username ?? requestedAccount(attempt, st.identity.identity);
+    return username ? { user: username } : invalid('script accept without a username, and none the client proved');
   }
 
   /**

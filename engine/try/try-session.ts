@@ -229,6 +229,7 @@ export class TrySession {
   /** What PosternConnection refuses before an AUTH reaches the policy. */
   #auth(mechanism: string): SmtpReply | null {
     if (this.state.saslAuthenticated) return reply('authAlreadyDone');
+    if (this.#conn.session.envelope.mailFrom) return reply('authInTransaction');
     if (this.listener.tls.mode !== 'none' && !this.#conn.secure) return reply('authNeedsTls');
     if (!this.listener.auth.mechanisms.includes(mechanism as 'PLAIN')) return reply('authMechanismUnknown');
     return null;

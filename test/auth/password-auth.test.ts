@@ -3,12 +3,15 @@
 // per-IP limit, and the Received header of an authenticated submission.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient, type Reply } from '../helpers/smtp-client.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { loadUsersFile } from '../../engine/auth/users-file.ts';
 import { INVALID, TOO_MANY, b64, plain, submissionConfig } from './helpers/submission.ts';
 
 const PASSWORDS = { 'alice@example.com': 'alice-Secret-1', 'bob@example.com': 'b0b pass with spaces' } as const;
@@ -129,6 +132,32 @@ test('a failed AUTH whose username holds a bidi override, a zero-width space or 
   await c.quit();
   const line = server.logs.slice(logged).find((l) => l.msg === 'authentication failed');
   assert.equal(line?.username, 'adm\\u{202e}nimda\\u{200b}\\u{2028}x@example.com');
+});
+
+test('a name sent decomposed (NFD, as macOS input gives "é") logs in as the users file\'s composed one; a file with both forms is one user twice', async () => {
+  const composed = 'jos\u00e9@example.com';
+  const decomposed = 'jose\u0301@example.com';
+  const password = 'j0s\u00e9-pass';
+  const s = await startTestServer({ config: config('{ authFailuresPerIp: 1000 }'), files: { users: `${composed}:${await hashPassword(password)}\n` } });
+  try {
+    const c = await tlsClient(s.port('sub'));
+    assert.equal((await c.command(plain(decomposed.toUpperCase(), password))).text, OK);
+    const r = await c.sendMail('jose@example.com', ['friend@elsewhere.example']);
+    assert.equal((await s.runtime.spool.readEnvelope(/queued as (\S+)/.exec(r.text)![1]!)).session.authenticatedUser, composed);
+    await c.quit();
+  } finally {
+    await s.stop();
+  }
+  // Two lines that look alike were two accounts, each with its own password, limits and log lines.
+  const dir = await mkdtemp(join(tmpdir(), 'postern-users-nfc-'));
+  try {
+    const file = join(dir, 'users');
+    const hash = await hashPassword(password);
+    await writeFile(file, `${composed}:${hash}\n${decomposed}:${hash}\n`);
+    await assert.rejects(loadUsersFile(file), new RegExp(`users:2: duplicate user "?${composed}"?$`));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('AUTH before STARTTLS on a STARTTLS listener: 538 5.7.11, no SASL exchange; 538, 504 and 501 are not counted as failures', async () => {

@@ -5,36 +5,20 @@
 // well-formed ones, cancelling with `*`, and `=` keep their meaning.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { makeTestPki, type TestPki } from '../helpers/pki.ts';
-import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { b64, submissionConfig } from './helpers/submission.ts';
+import type { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { b64, startSubmission, type Submission } from './helpers/submission.ts';
 
 const BAD_BASE64 = '501 5.5.2 Invalid base64 in SASL response';
 const OK = '235 2.7.0 Authentication successful';
 const TOKEN = b64('\0alice@example.com\0alice-Secret-1');
 
-let pki: TestPki;
-let ca: string;
-let server: TestServer;
-
+let sub: Submission;
 before(async () => {
-  pki = await makeTestPki();
-  ca = await readFile(pki.ca.cert, 'utf8');
-  server = await startTestServer({
-    config: submissionConfig(pki, '{ authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, greetingDelayMs: 0 }'),
-    files: { users: `alice@example.com:${await hashPassword('alice-Secret-1')}\n` },
-  });
+  sub = await startSubmission('{ authFailuresPerIp: 1000, authFailuresBeforeDelay: 100, greetingDelayMs: 0 }', { users: { 'alice@example.com': 'alice-Secret-1' } });
 });
-after(() => server?.stop());
+after(() => sub?.server.stop());
 
-async function tlsClient(): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server.port('sub'));
-  await c.hello({ starttls: { ca } });
-  return c;
-}
+const tlsClient = (): Promise<SmtpTestClient> => sub.tlsClient();
 
 test('PLAIN: an initial response or a continuation line that is not base64 is 501, never a login', async () => {
   const c = await tlsClient();
@@ -74,8 +58,8 @@ test('a real client (swaks) still logs in with PLAIN and LOGIN', async () => {
   // Checked by the replies of well-formed base64 from a client that is not ours.
   for (const type of ['PLAIN', 'LOGIN']) {
     const { execFile } = await import('node:child_process');
-    const out = await new Promise<string>((resolve) => execFile('swaks', ['--server', '127.0.0.1', '--port', String(server.port('sub')), '--tls',
-      '--tls-ca-path', pki.ca.cert, '--auth', type, '--auth-user', 'alice@example.com', '--auth-password', 'alice-Secret-1',
+    const out = await new Promise<string>((resolve) => execFile('swaks', ['--server', '127.0.0.1', '--port', String(sub.server.port('sub')), '--tls',
+      '--tls-ca-path', sub.pki.ca.cert, '--auth', type, '--auth-user', 'alice@example.com', '--auth-password', 'alice-Secret-1',
       '--from', 'alice@example.com', '--to', 'bob@example.com', '--quit-after', 'AUTH'], (_err, stdout, stderr) => resolve(stdout + stderr)));
     assert.match(out, /<~ {1,2}235 2\.7\.0 Authentication successful/, `${type}: ${out}`);
   }

@@ -71,8 +71,11 @@ listeners:
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN] }
 ${tls}`;
   const warned = /^warning: (.*): listeners\[0\]\.auth\.mechanisms: PLAIN and LOGIN on tls\.mode none: passwords cross the network in clear text/m;
-  for (const listen of ['0.0.0.0:0', '[::]:0', '192.0.2.1:0']) {
-    const text = listener(listen).replace('EXTERNAL, ', '');
+  // Behind a balancer on the same host (HAProxy in TCP mode forwarding 587 to 127.0.0.1), a loopback address
+  // says nothing about where the client is: every client is remote, and so is its password unless the balancer ends TLS.
+  const proxied = '    proxyProtocol: { trusted: [127.0.0.0/8] }\n';
+  for (const [listen, more] of [['0.0.0.0:0', ''], ['[::]:0', ''], ['192.0.2.1:0', ''], ['127.0.0.1:0', proxied], ['localhost:0', proxied]]) {
+    const text = listener(listen!, more).replace('EXTERNAL, ', '');
     const config = await scratch.file('cleartext.yaml', text);
     const r = await runCli(['check', '--config', config]);
     assert.equal(r.code, 0, r.stderr);
@@ -116,10 +119,12 @@ listeners:
     listen: "127.0.0.1:587"
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
     auth: { mechanisms: [PLAIN] }
+    senderLogin: { enforce: true }
   - name: submissions
     listen: "127.0.0.1:465"
     tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
     auth: { mechanisms: [PLAIN], required: true }
+    senderLogin: { enforce: true }
 policyServices:
   - { name: policy, listen: "0.0.0.0:10040" }
   - { name: local, listen: "127.0.0.1:10041" }
@@ -131,6 +136,47 @@ policyServices:
   assert.equal(warned.length, 2, r.stderr);
   assert.ok(warned[0]!.startsWith(`warning: ${config}:${at(text, '"127.0.0.1:587"')}: listeners[0].listen: port 587 is for submission, but auth.required is false: any client may send here without a login`), warned[0]);
   assert.ok(warned[1]!.startsWith(`warning: ${config}:${at(text, '"0.0.0.0:10040"')}: policyServices[0].listen: the policy protocol has no authentication`), warned[1]);
+});
+
+test('a listener where clients log in with nothing binding a login to its senders (no senderLogin.enforce, no mailfrom script) is said at the key\'s line', async () => {
+  // The Dovecot-style submission listener as written from the migration table: alice logs in and sends as the CEO.
+  const bound = join(scratch.path, 'bound-scripts');
+  await mkdir(bound, { recursive: true });
+  await writeFile(join(bound, 'mailfrom.ts'), 'export default function () { return undefined; }\n');
+  const tls = `tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }`;
+  const text = `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+localDomains: [example.com]
+listeners:
+  - name: passwords
+    listen: "127.0.0.1:0"
+    ${tls}
+    auth: { mechanisms: [EXTERNAL, PLAIN], required: true }
+  - name: devices
+    listen: "127.0.0.1:0"
+    ${tls}
+    certificateIdentity: { field: emailAddress, autoLogin: true }
+  - name: enforced
+    listen: "127.0.0.1:0"
+    ${tls}
+    auth: { mechanisms: [PLAIN], required: true }
+    senderLogin: { enforce: true }
+  - name: scripted
+    listen: "127.0.0.1:0"
+    ${tls}
+    auth: { mechanisms: [PLAIN], required: true }
+    scripts: ${bound}
+  - { name: mx, listen: "127.0.0.1:0" }
+`;
+  const config = await scratch.file('unbound.yaml', text);
+  const r = await runCli(['check', '--config', config]);
+  assert.equal(r.code, 0, r.stderr);
+  const warned = r.stderr.split('\n').filter((l) => l.includes('nothing binds a login to its senders'));
+  const says = 'clients log in here, but nothing binds a login to its senders: any account may send as any address, another user\'s included (MAIL FROM and From:); set senderLogin.enforce: true';
+  assert.deepEqual(warned.map((l) => l.slice(0, l.indexOf(' (Postfix'))), [
+    `warning: ${config}:${at(text, '[EXTERNAL, PLAIN]')}: listeners[0].auth.mechanisms: ${says}`,
+    `warning: ${config}:${at(text, 'true }\n  - name: enforced')}: listeners[1].certificateIdentity.autoLogin: ${says}`,
+  ], r.stderr);
 });
 
 test('a script file that implements no hook (rcptTo.ts, mail_from.js, rcptto.cjs) is said, not silently skipped', async () => {

@@ -33,6 +33,7 @@ listeners:
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${copy}]${crl} }
     auth: { mechanisms: [EXTERNAL], required: true }
     certificateIdentity: { field: emailAddress, autoLogin: true }
+    senderLogin: { enforce: true }
   - name: inbound
     listen: 127.0.0.1:0
 `;

@@ -149,17 +149,23 @@ test("the repository's default scripts/mailfrom.ts leaves the decision to sender
 // An auth script that logs in a name of its own directory (accept() with the name as sent) may log in `\u212Aate`,
 // another user than kate there. The binding lowercased it to kate@example.com and let it send as kate; likewise a
 // header From `\u212Aate@…` passed for kate's. Lowercasing that makes ASCII out of what was not now keeps the case.
-test('a login whose name lowercases into ASCII it did not have (U+212A KELVIN SIGN) does not own the ASCII address', async () => {
+// The repository's default scripts/mailfrom.ts (a listener without senderLogin.enforce) compared with toLowerCase() too.
+test('a login whose name lowercases into ASCII it did not have (U+212A KELVIN SIGN) does not own the ASCII address (senderLogin, and the default mailfrom.ts)', async () => {
+  const defaultScript = await readFile(new URL('../../scripts/mailfrom.ts', import.meta.url), 'utf8');
+  for (const [senderLogin, scripts, refusal] of [
+    ['{ enforce: true }', {}, '553 5.7.1 <kate@example.com>: Sender address rejected: not owned by user ?ate@example.com'],
+    ['{}', { 'mailfrom.ts': defaultScript }, '553 5.7.1 <kate@example.com>: sender address not owned by ?ate@example.com'],
+  ] as const) {
   const s = await startTestServer({
-    config: config('{ enforce: true }'),
+    config: config(senderLogin),
     files: { users: `kate@example.com:${await hashPassword(PASSWORD)}\n`, sender_logins: '' },
-    scripts: { 'auth.ts': `export default (ctx) => ctx.auth.username.startsWith('\\u212A') && ctx.auth.password === 'directory-pw' ? accept() : undefined;` },
+    scripts: { ...scripts, 'auth.ts': `export default (ctx) => ctx.auth.username.startsWith('\\u212A') && ctx.auth.password === 'directory-pw' ? accept({ username: ctx.auth.username }) : undefined;` },
   });
   try {
     const c = await SmtpTestClient.connect(s.port('sub'));
     await c.hello({ starttls: { ca } });
     assert.equal((await c.command(plain('\u212Aate@example.com', 'directory-pw'))).code, 235);
-    assert.equal(await mailFrom(c, 'kate@example.com'), '553 5.7.1 <kate@example.com>: Sender address rejected: not owned by user ?ate@example.com');
+    assert.equal(await mailFrom(c, 'kate@example.com'), refusal, senderLogin);
     await c.quit();
     const kate = await SmtpTestClient.connect(s.port('sub'));
     await kate.hello({ starttls: { ca } });
@@ -168,5 +174,6 @@ test('a login whose name lowercases into ASCII it did not have (U+212A KELVIN SI
     await kate.quit();
   } finally {
     await s.stop();
+  }
   }
 });

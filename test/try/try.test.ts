@@ -323,6 +323,14 @@ test('--session: a whole session through every hook in order, like exim -bh', as
   assert.match(bad.stderr, /session\.txt:4: unknown command "BOGUS"/);
 });
 
+test('--session: AUTH inside a mail transaction is 503 as on the live listener, and its hook does not run', async () => {
+  const session = join(permit.dir, 'auth-in-transaction.txt');
+  await writeFile(session, 'EHLO laptop.example\nSTARTTLS\nMAIL FROM:<carol@example.com>\nAUTH PLAIN carol@example.com carol-secret\n');
+  const j = json(await cli(['try', '--session', session, '-c', permit.config, '--json']));
+  const auth = j.steps.find((s) => s.step === 'auth')!;
+  assert.deepEqual([auth.reply, auth.calls.length], ['503 5.5.1 AUTH not permitted during a mail transaction', 0]);
+});
+
 test("docs/authoring.md's session file reads as the page says: each line's command, its trailing # comment skipped", async () => {
   const doc = await readFile(new URL('../../docs/authoring.md', import.meta.url), 'utf8');
   const block = /```text\n(# laptop-session\.txt[^]*?)```/.exec(doc)?.[1];

@@ -2,7 +2,7 @@
 
 export interface AcceptVerdict {
   verdict: 'accept';
-  /** AUTH only: the username the session logs in as (default: the requested one). */
+  /** AUTH only: the username the session logs in as, lowercased and in NFC (default: the identity the built-in rule found, else the one the client proved, never an authzid it asked to act for). */
   username?: string;
   /** Text of the 2xx reply, in place of the default (MAIL FROM, RCPT TO and end of DATA). */
   text?: string;
