@@ -10,6 +10,11 @@ export interface DevPkiPaths {
 }
 
 export function printQuickStart(pki: DevPkiPaths, listeners: Map<string, string>): void {
+  process.stdout.write(quickStartText(pki, listeners));
+}
+
+/** The commands, as printed (test/cli/quick-start.test.ts runs them). */
+export function quickStartText(pki: DevPkiPaths, listeners: Map<string, string>): string {
   const rel = (p: string): string => relative(process.cwd(), p) || p;
   const port = (name: string): string => (listeners.get(name) ?? '').split(':').pop() ?? '';
   const lines = [
@@ -26,9 +31,9 @@ export function printQuickStart(pki: DevPkiPaths, listeners: Map<string, string>
     `    -cert ${rel(pki.clientCert)} -key ${rel(pki.clientKey)}`,
     '',
     'AUTH EXTERNAL with curl over implicit TLS:',
-    `  printf 'Subject: hi\\r\\n\\r\\nhello\\r\\n' | curl -sS --url smtps://localhost:${port('submissions')}/laptop.example --cacert ${rel(pki.ca)} \\`,
+    `  printf 'From: demo@example.test\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n' | curl -sS --url smtps://localhost:${port('submissions')}/laptop.example --cacert ${rel(pki.ca)} \\`,
     `    --cert ${rel(pki.clientPem)} --login-options AUTH=EXTERNAL --sasl-ir --mail-from demo@example.test --mail-rcpt someone@example.test -T -`,
     '',
   ];
-  process.stdout.write(lines.join('\n') + '\n');
+  return lines.join('\n') + '\n';
 }

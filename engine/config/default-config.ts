@@ -25,11 +25,13 @@ listeners:
     requireTls: true
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }
     certificateIdentity: { field: emailAddress, autoLogin: true }
+    senderLogin: { enforce: true }
   - name: submissions
     listen: 127.0.0.1:2465
     tls: { <<: *tls, mode: implicit }
     auth: { mechanisms: [EXTERNAL, PLAIN, LOGIN], required: true }
     certificateIdentity: { field: emailAddress, autoLogin: true }
+    senderLogin: { enforce: true }
 delivery:
   enabled: false
 `;
