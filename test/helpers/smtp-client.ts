@@ -24,6 +24,39 @@ export interface TlsClientOptions {
   session?: Buffer;
 }
 
+/** A recipient refused at RCPT and the reply it got. */
+export interface Refusal {
+  rcpt: string;
+  reply: Reply;
+}
+
+export interface SendOptions {
+  /**
+   * The RCPT refusals this send expects: `true` for any (they are returned for the test to assert), or the
+   * recipients that must be refused (each of them refused, every other one accepted). Default: none.
+   */
+  refusedOk?: true | string[];
+}
+
+export interface SendResult extends Reply {
+  /** The recipients refused at RCPT, in the order sent. */
+  refused: Refusal[];
+}
+
+/** Throws unless the refusals are the ones `expected` allows (see SendOptions.refusedOk). */
+function checkRefusals(refused: Refusal[], expected: SendOptions['refusedOk']): void {
+  if (expected === true) return;
+  const allowed = new Set(expected ?? []);
+  const unexpected = refused.filter((f) => !allowed.has(f.rcpt));
+  const refusedNames = new Set(refused.map((f) => f.rcpt));
+  const accepted = [...allowed].filter((rcpt) => !refusedNames.has(rcpt));
+  const problems = [
+    ...unexpected.map((f) => `RCPT TO:<${f.rcpt}> refused: ${f.reply.text}`),
+    ...accepted.map((rcpt) => `RCPT TO:<${rcpt}> accepted, expected a refusal`),
+  ];
+  if (problems.length) throw new Error(problems.join('\n'));
+}
+
 export class SmtpTestClient {
   #socket: net.Socket;
   #buffer = '';
@@ -170,22 +203,28 @@ export class SmtpTestClient {
     return ehlo;
   }
 
-  /** MAIL, RCPT…, DATA, message; returns the final reply (or the first failure). */
-  async sendMail(from: string, to: string[], body = 'Subject: test\r\n\r\nhello\r\n'): Promise<Reply> {
+  /**
+   * MAIL, RCPT…, DATA, message; returns the final reply (or the MAIL or DATA failure). Strict about recipients:
+   * a RCPT not answered 250/251 fails the send (naming the recipient and the reply, before DATA) unless
+   * `refusedOk` expects it, so a test cannot silently send to fewer recipients than it meant. The refusals come
+   * back in `refused`; when every recipient was refused the last RCPT reply is returned.
+   */
+  async sendMail(from: string, to: string[], body = 'Subject: test\r\n\r\nhello\r\n', opts: SendOptions = {}): Promise<SendResult> {
     let r = await this.command(`MAIL FROM:<${from}>`);
-    if (r.code !== 250) return r;
-    let accepted = 0;
+    if (r.code !== 250) return { ...r, refused: [] };
+    const refused: Refusal[] = [];
     let last = r;
     for (const rcpt of to) {
       last = await this.command(`RCPT TO:<${rcpt}>`);
-      if (last.code === 250) accepted++;
+      if (last.code !== 250 && last.code !== 251) refused.push({ rcpt, reply: last });
     }
-    if (!accepted) return last;
+    checkRefusals(refused, opts.refusedOk);
+    if (refused.length === to.length) return { ...last, refused };
     r = await this.command('DATA');
-    if (r.code !== 354) return r;
+    if (r.code !== 354) return { ...r, refused };
     this.transcript.push('C: <message>');
     this.#socket.write(body.replace(/^\./gm, '..') + (body.endsWith('\r\n') ? '' : '\r\n') + '.\r\n');
-    return this.read();
+    return { ...(await this.read()), refused };
   }
 
   async quit(): Promise<void> {
@@ -236,7 +275,10 @@ export async function sendWithParams(c: SmtpTestClient, mail: string, rcpts: str
   return id;
 }
 
-/** Submit one message over plain SMTP on 127.0.0.1:`port`; resolves with the queue id of `… queued as <id>`. */
+/**
+ * Submit one message over plain SMTP on 127.0.0.1:`port`; resolves with the queue id of `… queued as <id>`.
+ * Every recipient must be accepted (see SmtpTestClient.sendMail).
+ */
 export async function submitMessage(port: number, from: string, to: string[], body?: string, helo?: string): Promise<string> {
   const c = await SmtpTestClient.connect(port);
   try {
