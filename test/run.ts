@@ -62,13 +62,16 @@ const exitHook = ['--import', './test/helpers/exit-without-teardown.ts'];
 // (TypeScript stripped included) in one cache: a command's start-up then costs half the CPU (a pki test with
 // nine commands: 7.5 s of CPU without, 3.5 s with). mkdtemp's folder is the runner's alone (0700).
 const compileCache = mkdtempSync(join(tmpdir(), 'postern-test-compile-cache-'));
+// The ports test/helpers/free-port.ts hands out, one file each, so that no two test files get the same one.
+const portClaims = mkdtempSync(join(tmpdir(), 'postern-test-ports-'));
 const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=3', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
-  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache },
+  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims },
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
 rmSync(compileCache, { recursive: true, force: true });
+rmSync(portClaims, { recursive: true, force: true });
 if (run.error || run.signal) {
   console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
   const details = existsSync(failures) ? readFileSync(failures, 'utf8') : '';
