@@ -30,6 +30,12 @@ const EMULATED = new Set(['Type', 'User', 'Group', 'SupplementaryGroups', 'ExecS
 const NOT_EMULATED = new Set(['ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ProtectKernelTunables', 'ProtectKernelModules',
   'ProtectControlGroups', 'RestrictNamespaces', 'LockPersonality', 'LimitNOFILE', 'StandardOutput', 'LogsDirectory']);
 
+/** The folders systemd makes for StateDirectory= (/var/lib/<name>) or CacheDirectory= (/var/cache/<name>). */
+function serviceDirectories(unit: Map<string, string[]>, kind: 'State' | 'Cache'): string[] {
+  const base = kind === 'State' ? '/var/lib' : '/var/cache';
+  return (directive(unit, `${kind}Directory`) ?? '').split(/\s+/).filter(Boolean).map((name) => `${base}/${name}`);
+}
+
 /** `[Service]` of the unit: each directive's values in order (a directive may repeat). */
 export function unitService(file = UNIT_FILE): Map<string, string[]> {
   const out = new Map<string, string[]>();
@@ -111,13 +117,11 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   };
   // docs/operations.md: `install -d -o root -g postern -m 0750 /etc/postern`.
   await folder('/etc/postern', 0, SERVICE_USER.gid, 0o750);
-  // StateDirectory=: /var/lib/<name>, the service's, StateDirectoryMode (0755 without it).
-  for (const name of (directive(unit, 'StateDirectory') ?? '').split(/\s+/).filter(Boolean)) {
-    await folder(`/var/lib/${name}`, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, 'StateDirectoryMode') ?? '0755', 8));
+  // StateDirectory= and CacheDirectory=: the service's, with their modes (0755 without); the cache named by $CACHE_DIRECTORY.
+  for (const kind of ['State', 'Cache'] as const) {
+    for (const path of serviceDirectories(unit, kind)) await folder(path, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, `${kind}DirectoryMode`) ?? '0755', 8));
   }
-  // CacheDirectory=: /var/cache/<name>, likewise (CacheDirectoryMode, 0755 without it), named by $CACHE_DIRECTORY.
-  const caches = (directive(unit, 'CacheDirectory') ?? '').split(/\s+/).filter(Boolean).map((name) => `/var/cache/${name}`);
-  for (const cache of caches) await folder(cache, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, 'CacheDirectoryMode') ?? '0755', 8));
+  const caches = serviceDirectories(unit, 'Cache');
   for (const f of opts.folders ?? []) await folder(f.unitPath, f.uid, f.gid, f.mode);
 
   const ports = new Map<string, number>(Object.entries(opts.ports ?? {}));
@@ -218,8 +222,8 @@ function namespace(unit: Map<string, string[]>, mapped: (p: string) => string): 
   if (directive(unit, 'ProtectSystem') !== 'strict') throw new Error('ProtectSystem= other than strict: emulate it');
   const writable = [
     ...(unit.get('ReadWritePaths') ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean),
-    ...(directive(unit, 'StateDirectory') ?? '').split(/\s+/).filter(Boolean).map((n) => `-/var/lib/${n}`),
-    ...(directive(unit, 'CacheDirectory') ?? '').split(/\s+/).filter(Boolean).map((n) => `-/var/cache/${n}`),
+    ...serviceDirectories(unit, 'State').map((p) => `-${p}`),
+    ...serviceDirectories(unit, 'Cache').map((p) => `-${p}`),
   ].map((p) => ({ optional: p.startsWith('-'), path: p.replace(/^-/, '') }))
     .filter((p) => !p.optional || mappedOrNull(mapped, p.path) !== null)
     .map((p) => mapped(p.path))
