@@ -38,8 +38,8 @@ export const HELD_FACTOR = 10;
  * Hooks that never take the fast path. predelivery runs in the queue runner, where no client waits on a
  * call's latency, and a call stuck there in a builtin V8 does not interrupt would hold the event loop, so
  * every delivery, until the process is killed; killed again at every retry of that one message, the
- * script would be fenced and no message delivered at all. On an isolate thread it is abandoned at its
- * deadline and only its message is deferred.
+ * script would be fenced and no message delivered at all. On an isolate thread it fails at its deadline and
+ * only its message is deferred (its isolate is abandoned once shown stuck: sandbox.ts, Overdue).
  */
 const ISOLATE_THREAD_ONLY: ReadonlySet<HookName> = new Set<HookName>(['predelivery']);
 

@@ -6,6 +6,7 @@
 import type ivm from 'isolated-vm';
 import type { HookName } from './api/index.ts';
 import { ScriptError, ScriptFailure } from './errors.ts';
+import { installThreadHold } from './thread-hold.ts';
 import { hostCallbacks, type CurrentRun, type HostBridge } from './host-callbacks.ts';
 import { KEPT_LIST_MIN, KeptLists, ListView, type SentList } from './kept-lists.ts';
 import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
@@ -14,7 +15,7 @@ import type { ScriptSource } from './script-source.ts';
 import { hookBit, runningCall } from './running-call.ts';
 import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
-import { NeverSettled, abandon, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
+import { NeverSettled, abandon, executing, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
 import { timerDelay } from '../config/timer-limit.ts';
@@ -202,6 +203,9 @@ export class RunAgain extends Error {
  * cut-off, which says why, comes first.
  */
 const NEVER_SETTLED_SLACK_MS = 250;
+
+/** How often that cut-off looks again while the isolate still executes (see #onIsolateThread). */
+const WATCHDOG_RECHECK_MS = 50;
 
 /**
  * How long answers to fast-path calls may wait behind a delivery running on an isolate thread (another call's
@@ -1138,10 +1142,21 @@ export class IsolateSlot {
     this.#onThread = [hook];
     const running = runningCall.enterAsync(this.#options.runningId ?? 0, hookBit(hook));
     this.#cutOff = false;
-    const watchdog = setTimeout(() => {
+    const isolate = this.#isolate;
+    let watchdog: ReturnType<typeof setTimeout>;
+    const cutOffIfIdle = (): void => {
+      if (isolate.isDisposed) return; // given up on by the pool meanwhile
+      // Still executing (descheduled on a loaded machine, or stuck in a builtin): not a promise that never settles.
+      // The pool judges it from its call's deadline on (sandbox.ts, Overdue); disposing it here threw away isolates
+      // that were only descheduled, and rebuilding them cost the loaded machine more CPU.
+      if (executing(isolate)) {
+        watchdog = setTimeout(cutOffIfIdle, WATCHDOG_RECHECK_MS);
+        return;
+      }
       this.#cutOff = true;
-      abandon(this.#isolate);
-    }, watchdogDelay(timeoutMs));
+      abandon(isolate);
+    };
+    watchdog = setTimeout(cutOffIfIdle, watchdogDelay(timeoutMs));
     try {
       return await enter();
     } finally {
@@ -1231,6 +1246,7 @@ export class IsolateSlot {
       reportUnrecoverable(reason);
     });
     this.#context = await this.#track(this.#isolate.createContext());
+    await installThreadHold(this.#context);
     const callbacks = hostCallbacks(host, () => this.#current, {
       admit: (callId) => this.#admit(callId),
       operate: (opId, callId, kind, args, live) => this.#operate(opId, callId, kind, args, live),

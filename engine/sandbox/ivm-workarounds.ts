@@ -70,6 +70,17 @@ export function abandon(isolate: ivm.Isolate): void {
   if (!isolate.isDisposed) isolate.dispose();
 }
 
+/**
+ * Whether a task is executing in the isolate now — running, descheduled, or stuck in a builtin — as opposed to idle
+ * (a call waiting for its promise). isolated-vm's wallTime counts up only while a task executes (its cpuTime is not
+ * the thread's CPU time either: see thread-cpu.ts), so two readings differ only then.
+ */
+export function executing(isolate: ivm.Isolate): boolean {
+  if (isolate.isDisposed) return false;
+  const before = isolate.wallTime;
+  return isolate.wallTime > before;
+}
+
 /** Raised by settledWithin() when isolated-vm's own promise did not settle in time. */
 export class NeverSettled extends Error {}
 

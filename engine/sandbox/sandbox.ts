@@ -13,6 +13,7 @@ import type { ScriptSource } from './script-source.ts';
 import { reportAbandonedRunning } from './unrecoverable.ts';
 import { ClientShares, clientOf } from './client-shares.ts';
 import { withLogBudget } from './log-budget.ts';
+import { otherThreadsCpuMicros } from './thread-cpu.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -71,10 +72,25 @@ export interface SandboxStats {
 
 /**
  * Past timeoutMs, the most a call may take — waiting for an isolate included — before its caller gets a
- * failure whatever the script does. An isolate whose call is still running then is abandoned (disposing
- * it does not wait for it) and replaced.
+ * failure whatever the script does. An isolate whose call is still running then is watched (Overdue) and
+ * abandoned (disposing it does not wait for it) and replaced once it is shown stuck.
  */
 export const DEADLINE_SLACK_MS = 500;
+
+/**
+ * An isolate still running a call at the call's deadline is abandoned once threads other than the event loop's
+ * have had this much CPU time since (an upper bound of the isolate thread's) and it still has not stopped: its
+ * stop was asked for at timeoutMs, and a thread that only was descheduled stops within microseconds of getting the
+ * CPU back. Abandoning that one instead (a new isolate, every script compiled again) cost a loaded machine more CPU
+ * and made more calls miss their deadlines. Other isolates' work can reach this too: then it is abandoned as before.
+ */
+export const STUCK_CPU_MS = 200;
+/**
+ * However little CPU time it got, an isolate overdue this long past its call's deadline is abandoned: a thread
+ * starved that long serves nobody, and the pool needs the member (isolated-vm gives up on a thread 5 s after its
+ * time limit too, see ivm-workarounds.ts newIsolate).
+ */
+export const OVERDUE_CAP_MS = 5000;
 
 /**
  * How often deadlines are checked (one timer for all calls: a timer per call cost about a tenth of a quick
@@ -97,6 +113,16 @@ interface Member {
   hook: HookName | null;
   /** That call's client (see client-shares.ts), and since when it holds the member. */
   client: string | null;
+  since: number;
+}
+
+/** A call failed at its deadline while its isolate was still running it: abandoned once shown stuck. */
+interface Overdue {
+  call: Call;
+  member: Member;
+  epoch: number;
+  /** otherThreadsCpuMicros() and performance.now() at the deadline. */
+  cpuAt: number;
   since: number;
 }
 
@@ -219,6 +245,8 @@ export class Sandbox {
   readonly #live = new LiveCalls();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #abandoned = 0;
+  /** Isolates still running a call past its deadline, watched by the sweep until they stop or are abandoned. */
+  #overdue: Overdue[] = [];
   #disposed = false;
   /** Teardowns of isolates replaced by a rebuild (see #retire). */
   readonly #retiring = new Set<Promise<void>>();
@@ -395,19 +423,20 @@ export class Sandbox {
   #sweep(): void {
     const now = performance.now();
     for (const call of this.#live.all()) if (call.deadlineAt <= now) this.#expire(call);
-    if (this.#live.size === 0 && this.#sweeper) {
+    if (this.#overdue.length > 0) this.#watchOverdue(now);
+    if (this.#live.size === 0 && this.#overdue.length === 0 && this.#sweeper) {
       clearInterval(this.#sweeper);
       this.#sweeper = undefined;
     }
   }
 
-  /** The call's deadline has come: fail it, and abandon the isolate it is still running on, if any. */
+  /** The call's deadline has come: fail it, and watch the isolate it is still running on, if any. */
   #expire(call: Call): void {
     if (call.done) return;
     const { timeoutMs } = this.#options;
     const on = call.runningOn;
     this.#reject(call, new ScriptFailure('timeout', call.hook, call.file, null, null, on
-      ? `no result within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms: the script could not be stopped, its isolate is replaced`
+      ? `no result within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms: the script had not stopped`
       : call.cancel
         ? `did not finish within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms (a returned promise never settled)`
         : `no isolate became free within ${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms`));
@@ -419,12 +448,33 @@ export class Sandbox {
     call.cancel?.(); // waiting for a host operation, not running: nothing to abandon
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
-      this.#abandoned++;
-      reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, call.hook));
-      this.#log(call.file, 'error', `isolate ${on.member.index} was still running ${call.hook} at its deadline ` +
-        `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms); it is abandoned and replaced`);
-      void this.#rebuild(on.member);
+      // Its member stays busy until the call comes back (#invokeAlone releases it) or it is abandoned.
+      this.#overdue.push({ call, member: on.member, epoch: on.epoch, cpuAt: otherThreadsCpuMicros(), since: performance.now() });
     }
+  }
+
+  /**
+   * Abandon and replace the overdue isolates shown stuck: other threads had STUCK_CPU_MS of CPU time and it did not
+   * stop, or OVERDUE_CAP_MS passed. One whose call came back meanwhile was only descheduled: it serves on.
+   */
+  #watchOverdue(now: number): void {
+    const cpu = otherThreadsCpuMicros();
+    const { timeoutMs } = this.#options;
+    this.#overdue = this.#overdue.filter((o) => {
+      if (this.#disposed || o.member.epoch !== o.epoch || o.call.runningOn === null) return false; // back, or replaced
+      const cpuMs = (cpu - o.cpuAt) / 1000;
+      const overdueMs = now - o.since;
+      if (cpuMs < STUCK_CPU_MS && overdueMs < OVERDUE_CAP_MS) return true;
+      this.#abandoned++;
+      reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, o.call.hook));
+      const why = cpuMs >= STUCK_CPU_MS
+        ? `other threads had ${Math.round(cpuMs)} ms of CPU time since and it did not stop`
+        : `it did not stop within ${OVERDUE_CAP_MS} ms after`;
+      this.#log(o.call.file, 'error', `isolate ${o.member.index} was still running ${o.call.hook} at its deadline ` +
+        `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms) and ${why}; it is abandoned and replaced`);
+      void this.#rebuild(o.member);
+      return false;
+    });
   }
 
   /** What is left of a call's time for the isolate: its full timeoutMs unless waiting used up part of the slack. */
@@ -468,6 +518,7 @@ export class Sandbox {
         this.#reject(call, e);
       }
     } finally {
+      call.runningOn = null; // back: an overdue watch of it ends (#watchOverdue)
       this.#release(member, file, epoch);
     }
     if (again) {
@@ -618,6 +669,7 @@ export class Sandbox {
     // Calls running on an isolate that cannot be stopped would otherwise wait for their deadline.
     for (const q of this.#live.all()) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
     clearInterval(this.#sweeper);
+    this.#overdue = [];
     if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
     return this.#members.length ? Promise.all(quiet).then(teardownGrace) : Promise.resolve();
   }

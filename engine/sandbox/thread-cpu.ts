@@ -52,3 +52,14 @@ export class ThreadCpuClock {
     return Math.max(0, (this.#cpuAt - mark) / 1000);
   }
 }
+
+/**
+ * CPU time (µs) of this process's threads other than this one (isolate threads, V8's and libuv's helpers): at
+ * least what any one isolate thread used. The pool tells a call stuck past its deadline from one merely
+ * descheduled by it (sandbox.ts, Overdue): a thread that got CPU time and still did not stop is stuck.
+ */
+export function otherThreadsCpuMicros(): number {
+  const all = process.cpuUsage();
+  const own = process.threadCpuUsage();
+  return all.user + all.system - own.user - own.system;
+}

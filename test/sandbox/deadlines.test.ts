@@ -36,7 +36,7 @@ function runChild(scenario: string): Promise<Record<string, unknown>> {
   });
 }
 
-const deadlineFailure = { failure: 'timeout', message: 'no result within 1000 ms + 500 ms: the script could not be stopped, its isolate is replaced' };
+const deadlineFailure = { failure: 'timeout', message: 'no result within 1000 ms + 500 ms: the script had not stopped' };
 
 test('a call stuck in an uninterruptible builtin fails by its deadline; others are served during and after; the process is flagged unrecoverable', async () => {
   const r = await runChild('call');
