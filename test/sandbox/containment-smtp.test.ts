@@ -11,10 +11,11 @@ import { SmtpTestClient, openTransaction } from '../helpers/smtp-client.ts';
 
 const FAIL_CLOSED = '451 4.3.0 Temporary policy failure, try again later';
 
-// One isolate, so that the patching call and the others share one context.
+// One isolate, so that the patching call and the others share one context. Calls get 2 s: building the 100 MB
+// reply or the 50 MB error took over 300 ms on a loaded machine, and then failed as a timeout, not as itself.
 const CONFIG = `
 localDomains: [example.com]
-sandbox: { timeoutMs: 300, isolates: 1 }
+sandbox: { timeoutMs: 2000, isolates: 1 }
 listeners:
   - name: mx
     listen: 127.0.0.1:0
@@ -73,7 +74,6 @@ test('after a client patches builtins, an unauthenticated relay attempt still fa
   assert.deepEqual(await ordinary(), ORDINARY);
   const evil = await SmtpTestClient.connect(server.port('mx'));
   await evil.hello({ name: 'patch.example' });
-  assert.ok(server.logs.some((l) => /helo\.ts/.test(String(l.script)) && /JSON\.stringify|toJSON|then/.test(String(l.msg))) || true);
   assert.deepEqual(await ordinary(), ORDINARY, 'right after the patch');
   await evil.quit();
 });
@@ -109,13 +109,14 @@ test('clients of a server whose script got stuck in an uninterruptible builtin (
         for (const w of waiters.splice(0)) w();
       }
     });
-    const line = async (key: string): Promise<unknown> => {
+    const lineWhere = async (key: string, accept: (value: unknown) => boolean = () => true): Promise<unknown> => {
       for (;;) {
-        const found = lines.find((l) => key in l);
+        const found = lines.find((l) => key in l && accept(l[key]));
         if (found) return found[key];
         await new Promise<void>((resolve) => waiters.push(resolve));
       }
     };
+    const line = (key: string): Promise<unknown> => lineWhere(key);
     const port = await line('port') as number;
     // The other clients come from another address: the stuck call's own client holds its share of the isolates.
     const session = async (localAddress?: string): Promise<SmtpTestClient> => {
@@ -140,6 +141,9 @@ test('clients of a server whose script got stuck in an uninterruptible builtin (
       assert.equal((await reply).text, FAIL_CLOSED, `round ${round}: the stuck call fails closed`);
       assert.deepEqual(await verdicts(), expected, `round ${round}: another client after`);
       await stuck.quit();
+      // Its client's share of the isolates is held until the pool has shown the isolate stuck and abandoned it
+      // (a thread only descheduled past the deadline is kept): the next round's client is that client again.
+      await lineWhere('abandoned', (n) => n === round);
     }
     assert.match(String(await line('unrecoverable')), /Script failed to terminate/);
     assert.deepEqual(await verdicts(), expected, 'still serving after the unrecoverable signal');

@@ -1,8 +1,9 @@
 /**
  * Run by containment-smtp.test.ts in a child process: a real Postern whose rcptto script gets stuck in a
  * builtin that V8 never interrupts, for the recipient `stuck@…`. Such a process cannot exit normally
- * afterwards (see helpers/stuck-builtin.ts), so the test kills it. Prints {"port": n} once listening, and
- * a line {"unrecoverable": reason} when the sandbox signals it.
+ * afterwards (see helpers/stuck-builtin.ts), so the test kills it. Prints {"port": n} once listening,
+ * a line {"unrecoverable": reason} when the sandbox signals it, and {"abandoned": n} each time the pool has
+ * abandoned the n-th stuck isolate (its client's share of the isolates is held until then).
  */
 import { startTestServer } from '../../helpers/postern.ts';
 import { onUnrecoverable } from '../../../engine/sandbox/index.ts';
@@ -25,4 +26,9 @@ listeners:
   },
 });
 onUnrecoverable((reason) => process.stdout.write(`${JSON.stringify({ unrecoverable: reason })}\n`));
+let abandoned = 0;
+setInterval(() => {
+  const now = server.logs.filter((l) => /it is abandoned and replaced/.test(String(l.msg ?? l.message))).length;
+  for (; abandoned < now; ) process.stdout.write(`${JSON.stringify({ abandoned: ++abandoned })}\n`);
+}, 20).unref();
 process.stdout.write(`${JSON.stringify({ port: server.port('mx') })}\n`);
