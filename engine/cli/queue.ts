@@ -201,7 +201,7 @@ export function queueShowCommand(listed: string, opts: { config?: string; messag
     const { spool, deliveryOn } = spoolAndConfig(opts, 'read');
     try {
       const envelope = await spool.readEnvelope(id);
-      // Made due by `queue retry|release`, not yet taken by the queue runner (or no server runs): due since then.
+      // Made due by `queue retry|release`, its attempt not yet made (or no server runs): due since then.
       const requested = await spool.readDueRequest(id);
       if (requested !== null && Date.parse(requested) < Date.parse(envelope.nextAttemptAt)) envelope.nextAttemptAt = requested;
       const hold = await spool.readHold(id);

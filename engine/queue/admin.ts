@@ -56,7 +56,7 @@ export async function* queueEntries(spool: QueueSpool): AsyncGenerator<QueueEntr
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') yield { id, unreadable: (err as Error).message };
       continue;
     }
-    // Made due by `queue retry|release`, not yet taken by the queue runner (or no server runs): due since then.
+    // Made due by `queue retry|release`, its attempt not yet made (or no server runs): due since then.
     const requested = dueRequested ? await spool.readDueRequest(id) : null;
     const nextAttemptAt = requested !== null && Date.parse(requested) < Date.parse(env.nextAttemptAt) ? requested : env.nextAttemptAt;
     yield {

@@ -96,6 +96,13 @@ export class QueueRunner {
   /** Came due while an attempt of theirs was under way (its own retry, a scan's, an announcement's): due once it ends. */
   readonly #dueAfterAttempt = new Set<string>();
   /**
+   * `postern queue retry|release` requests taken into the schedule, by message: 'next' until the attempt they made due
+   * ends, 'after' while an attempt begun before the request is still under way (the request is for the one after it).
+   * Their files stay until then: a queue process killed in between finds them again at its next start, instead of
+   * leaving the message to its recorded retry time (hours, perhaps) as removing them at the scan did.
+   */
+  readonly #requestsTaken = new Map<string, 'next' | 'after'>();
+  /**
    * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
    */
@@ -233,6 +240,7 @@ export class QueueRunner {
     for (const id of [...this.#parkedOn.keys()]) if (!present.has(id)) this.#unparkOne(id, false);
     for (const id of this.#broken) if (!present.has(id)) this.#broken.delete(id);
     for (const id of this.#noState) if (!present.has(id) && !this.#active.has(id)) this.#noState.delete(id);
+    for (const id of this.#requestsTaken.keys()) if (!present.has(id) && !this.#active.has(id)) this.#requestsTaken.delete(id);
     const stamp = await this.#spool.rescanStamp();
     const full = !this.#scanned || stamp !== this.#rescanStamp;
     this.#rescanStamp = stamp;
@@ -243,14 +251,15 @@ export class QueueRunner {
     let read = 0;
     for (const { id, hasState, held, dueRequested } of entries) {
       if (this.#closing) return;
-      if (held) { this.#due.delete(id); this.#unparkOne(id, false); continue; } // `postern queue hold`: until `queue release`
+      if (held) { this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); continue; } // `postern queue hold`: until `queue release`
       if (dueRequested && !this.#broken.has(id)) {
+        if (this.#requestsTaken.has(id)) continue; // scheduled already: its file goes once that attempt ends (#requestDone)
         // `postern queue retry|release`: due now (once its attempt under way ends), its state as the runner wrote it.
         if (this.#active.has(id)) this.#dueAfterAttempt.add(id);
         else if (this.#parkedOn.has(id)) this.#unparkOne(id, true);
         else this.#due.set(id, this.#dueAt(Date.now()), hasState ? 'retry' : 'new');
+        this.#requestsTaken.set(id, this.#active.has(id) ? 'after' : 'next');
         if (hasState) this.#noState.delete(id); // (none in the listing is not a claim: an attempt may have recorded one since)
-        await this.#spool.clearDueRequest(id).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: taken again at the next scan'));
         continue;
       }
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
@@ -439,6 +448,18 @@ export class QueueRunner {
   }
 
   /**
+   * An attempt of `id` has recorded its outcome. The due request it was made for, if any, is done: its file goes;
+   * one taken while the attempt was under way is for the next.
+   */
+  #requestDone(id: string): void {
+    const taken = this.#requestsTaken.get(id);
+    if (taken === 'after') this.#requestsTaken.set(id, 'next');
+    if (taken !== 'next') return;
+    this.#requestsTaken.delete(id);
+    void this.#spool.clearDueRequest(id).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'));
+  }
+
+  /**
    * A wall-clock time (as the spool records it) as a due time on the monotonic clock, which the queue
    * keeps: a step of the wall clock then neither holds back nor hurries what is already scheduled. A time
    * further ahead than the longest retry delay can only come from a clock that was set back since it was
@@ -570,6 +591,9 @@ export class QueueRunner {
       if (busy && outcomes.every((o) => o.destinationBusy)) return busy;
       if (busy) this.#logTransaction(id, envelope, attempt, null, outcomes.filter((o) => o.destinationBusy), null, 'destination busy');
       await this.#record(gen, envelope, message, attempt, outcomes);
+      // Recorded: a due request it was made for is done. Not while stopping, when an attempt may have been cut
+      // short: the request is then made again at the next start (one early attempt at most).
+      if (!this.#closing) this.#requestDone(id);
     } finally {
       gen.release();
     }

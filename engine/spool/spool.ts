@@ -7,8 +7,8 @@
  * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
  * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message; a message
  * `postern queue hold` put on hold has a `queue/<id>.held` beside it (who, when), which the queue runner
- * never delivers, and one `postern queue retry|release` made due a `queue/<id>.due`, until the runner takes
- * it (the command never rewrites the state the runner keeps). `rescan` in the root is rewritten by
+ * never delivers, and one `postern queue retry|release` made due a `queue/<id>.due`, until the attempt the runner
+ * made for it has ended (the command never rewrites the state the runner keeps). `rescan` in the root is rewritten by
  * `postern queue retry|delete|hold|release` so a running queue runner re-reads every state.
  */
 import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
@@ -396,7 +396,7 @@ export class Spool {
     return readFile(this.dueRequestPath(id), 'utf8').then((t) => t.trim(), (err: NodeJS.ErrnoException) => { ignoreMissing(err); return null; });
   }
 
-  /** The queue runner has scheduled the requested attempt (not synced: a request seen twice only makes it due twice). */
+  /** The requested attempt was made (not synced: a request seen again after a crash only makes it due once more). */
   async clearDueRequest(id: string): Promise<void> {
     await unlink(this.dueRequestPath(id)).catch(ignoreMissing);
   }
