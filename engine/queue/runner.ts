@@ -253,7 +253,9 @@ export class QueueRunner {
       if (this.#closing) return;
       if (held) { this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); continue; } // `postern queue hold`: until `queue release`
       if (dueRequested && !this.#broken.has(id)) {
-        if (this.#requestsTaken.has(id)) continue; // scheduled already: its file goes once that attempt ends (#requestDone)
+        // Taken and still scheduled: its file goes once that attempt is recorded (#requestDone). Taken but no longer
+        // scheduled (its read failed, it was found broken and repaired since): taken again.
+        if (this.#requestsTaken.has(id) && (this.#due.has(id) || this.#active.has(id) || this.#parkedOn.has(id))) continue;
         // `postern queue retry|release`: due now (once its attempt under way ends), its state as the runner wrote it.
         if (this.#active.has(id)) this.#dueAfterAttempt.add(id);
         else if (this.#parkedOn.has(id)) this.#unparkOne(id, true);
