@@ -38,12 +38,14 @@ before(async () => {
       // A login is whoever the password names: "pw-<name>" logs in as <name>.
       'auth.ts': 'export default (ctx) => ctx.auth.password === "pw-" + ctx.auth.username ? accept({ username: ctx.auth.username }) : reject()',
       // A session whose HELO name starts with "slow" outruns the fast path: its batch is stopped and its calls run again.
-      'mailfrom.ts': `export default (ctx) => { const c = ctx.connection;
+      'mailfrom.ts': `export default (ctx) => { const c = ctx.connection; log("seen " + c.id + " " + c.remotePort);
         if (c.helo.startsWith("slow")) { const end = Date.now() + 20; while (Date.now() < end); }
         return accept({ text: ${SEEN} + "|from=" + ctx.address.address }); }`,
       // Async: its promise is pending at the end of the batch entry, settled by a later delivery of the store's answer.
       // A recipient "boom…" exhausts the isolate's memory: the isolate is lost under the calls batched with it.
-      'rcptto.ts': `export default async (ctx) => { await counter("r").add(1, 60); const c = ctx.connection;
+      // Log lines before and after the await: each must be told under its own connection's id.
+      'rcptto.ts': `export default async (ctx) => { log("seen " + ctx.connection.id + " " + ctx.connection.remotePort);
+        await counter("r").add(1, 60); const c = ctx.connection; log("seen " + c.id + " " + c.remotePort);
         if (ctx.address.localPart.startsWith("boom")) { const a = []; for (;;) a.push(new Array(1e5).fill(a.length)); }
         return accept({ text: ${SEEN} + "|from=" + ctx.transaction.sender.address + "|rcpt=" + ctx.address.address + "|n=" + ctx.transaction.recipients.length }); }`,
       'data.ts': `export default (ctx) => { const c = ctx.connection; return accept({ text: ${SEEN} + "|from=" + ctx.transaction.sender.address + "|n=" + ctx.transaction.recipients.length }); }`,
@@ -184,6 +186,11 @@ test('hundreds of interleaved sessions: every reply and Received header names it
     }
   }));
   assert.deepEqual(problems.slice(0, 20), [], `${problems.length} problems`);
+  // Every script log line is told under the connection whose call logged it (or under none), never another's.
+  const lines = server.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('seen '));
+  assert.ok(lines.length > SESSIONS * 8, `${lines.length} script log lines`);
+  const misattributed = lines.filter((l) => l.cid !== null && l.cid !== (l.msg as string).split(' ')[1]);
+  assert.deepEqual(misattributed.slice(0, 5), []);
   // The load did share entries: the check above ran on batches, not one call at a time.
   const stats = await server.runtime.generation.sandboxFor(undefined).stats();
   assert.ok(stats.fastPath.calls > stats.fastPath.batches, `calls ${stats.fastPath.calls}, batches ${stats.fastPath.batches}`);
