@@ -58,6 +58,8 @@ interface Who {
   cert: ClientName | 'none'; user: string | null; tls: boolean;
   /** A transaction in plaintext before STARTTLS: its facts must be replaced, not merged, once TLS is up. */
   late?: boolean;
+  /** Leaves with its calls in flight: pipelined MAIL and RCPTs, then the socket destroyed before any reply. */
+  abort?: boolean;
   /** Its MAIL FROM script outruns the fast path. */
   slow?: boolean;
   /** Its second recipient makes the isolate run out of memory (451 for that one). */
@@ -119,6 +121,10 @@ async function session(n: number, who: Who): Promise<string[]> {
       const from = `s${n}-${t}@sender.example`;
       const rcpts = [0, 1, 2].map((i) => `${who.boom && i === 1 ? 'boom' : 'r'}${n}-${t}-${i}@example.com`);
       c.socket.write([`MAIL FROM:<${from}>`, ...rcpts.map((r) => `RCPT TO:<${r}>`), 'DATA', ''].join('\r\n'));
+      if (who.abort) {
+        c.destroy();
+        return problems;
+      }
       expect(await c.read(), `t${t} MAIL`, { from });
       let taken = 0;
       for (let i = 0; i < rcpts.length; i++) {
@@ -170,6 +176,7 @@ test('hundreds of interleaved sessions: every reply and Received header names it
     { cert: 'bob', user: 'erin', tls: true }, { cert: 'none', user: null, tls: false },
     { cert: 'ecdsa', user: null, tls: true, late: true }, { cert: 'alice', user: 'frank', tls: true, slow: true },
     { cert: 'bob', user: null, tls: true, slow: true }, { cert: 'ed25519', user: null, tls: true, late: true },
+    { cert: 'alice', user: 'heidi', tls: true, abort: true },
   ];
   // Now and then a session that loses its isolate under the others (a rebuild costs every script's compilation).
   const boomEvery = 50;
