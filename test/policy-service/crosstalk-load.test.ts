@@ -2,6 +2,9 @@
 // ask at once: the requests of different clients follow each other on one policy connection and share the
 // sandbox's batched entries. Each answer must describe its own request's client (address, port, HELO name,
 // login, certificate and identity), never the previous request's on that connection or another connection's.
+// A Postfix certificate is only what a request's ccert_* attributes say, so one fingerprint may come with or without
+// ccert_pubkey_fingerprint (a Postfix before 2.9 sends none) or another subject: the certificate the sandbox keeps in
+// an isolate must follow each request.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -43,6 +46,23 @@ function client(i: number): { attrs: Attributes; expected: string } {
   const expected = [address, port, helo, user || '-', cert?.cn ?? '-', cert?.pin || '-', cert?.cn ?? '-'].join('|');
   return { attrs, expected };
 }
+
+test('one fingerprint described three ways, one request after another: each request sees its own description', async () => {
+  const port = Number(s.policyAddresses.get('p')!.split(':').pop());
+  const ask = async (subject: string, pin: string): Promise<string> => {
+    const c = await PolicyClient.connect({ port });
+    try {
+      const attrs = { client_port: 1, ccert_fingerprint: hex(1), ccert_subject: subject, ccert_issuer: 'Example CA', ccert_pubkey_fingerprint: pin };
+      return (await c.ask(rcptRequest({ ...attrs, recipient: 'r@example.com' }))).replace(/^action=\S+ (\S+ )?/, '');
+    } finally {
+      c.close();
+    }
+  };
+  const seen = (subject: string, pin: string): string => ['192.0.2.10', 1, 'laptop.example.org', '-', subject, pin || '-', subject, 'r@example.com'].join('|');
+  assert.equal(await ask('alice@example.org', hex(9)), seen('alice@example.org', hex(9)));
+  assert.equal(await ask('alice@example.org', ''), seen('alice@example.org', ''));
+  assert.equal(await ask('mallory@example.org', ''), seen('mallory@example.org', ''));
+});
 
 test('requests of many clients, interleaved on and across policy connections: each answer names its own client', { timeout: 300_000 }, async () => {
   const port = Number(s.policyAddresses.get('p')!.split(':').pop());
