@@ -1,8 +1,10 @@
 // One client's facts must never reach another's call: the sandbox batches calls of many sessions into one entry,
 // keeps each connection's facts (and each client certificate) in the isolate between calls, and the SMTP layer
-// batches replies. Hundreds of interleaved sessions — different client certificates, logins, HELO names, pipelined
-// transactions, RSET and a second EHLO — each check that every reply (written from what its script saw) and the
-// Received header of its message name its own client and nobody else.
+// batches replies. Hundreds of interleaved sessions — different client certificates, logins (after a failed one),
+// HELO names, pipelined transactions, RSET and a second EHLO, plaintext facts replaced by TLS ones, among sessions
+// whose calls stop their batch (too slow), lose the isolate under it (out of memory) or leave with calls in flight —
+// each check that every reply (written from what its script saw) and the Received header of its message name its
+// own client and nobody else, and every script log line is told under the connection that logged it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -41,7 +43,7 @@ before(async () => {
       'mailfrom.ts': `export default (ctx) => { const c = ctx.connection; log("seen " + c.id + " " + c.remotePort);
         if (c.helo.startsWith("slow")) { const end = Date.now() + 20; while (Date.now() < end); }
         return accept({ text: ${SEEN} + "|from=" + ctx.address.address }); }`,
-      // Async: its promise is pending at the end of the batch entry, settled by a later delivery of the store's answer.
+      // Async: its continuation runs after the batch's calls, mixed with the other calls' continuations.
       // A recipient "boom…" exhausts the isolate's memory: the isolate is lost under the calls batched with it.
       // Log lines before and after the await: each must be told under its own connection's id.
       'rcptto.ts': `export default async (ctx) => { log("seen " + ctx.connection.id + " " + ctx.connection.remotePort);
