@@ -209,15 +209,27 @@ const MAX_BATCH = 32;
 
 const REBUILD_RETRY_MS = 1000;
 
-interface CertificateFacts { fingerprint: { sha256: string }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown }
+interface CertificateFacts {
+  fingerprint: { sha256: string }; verified?: unknown; verifyError?: unknown; verifyErrorCode?: unknown;
+  subject?: { dn?: unknown }; issuer?: { dn?: unknown }; pin?: { sha256?: unknown }; publicKeyFingerprint?: unknown;
+}
 /** Keys of certificate objects seen (a session's certificate object is passed to each of its calls, unchanged). */
 const certificateKeys = new WeakMap<object, string>();
 
-/** The key a client certificate is kept under in an isolate. The chain verdict depends on the listener's CA, so it is part of the key. */
+/**
+ * The key a client certificate is kept under in an isolate: it must change with every fact of it that is not
+ * the fingerprint's. The chain verdict depends on the listener's CA. A Postfix policy request's certificate is only
+ * what its ccert_* attributes say, so one fingerprint may come with or without a public-key fingerprint (a Postfix
+ * before 2.9 sends none) or with another subject: keyed by the fingerprint alone, a request was shown the pin and
+ * subject an earlier request (another client's session) had left in the isolate.
+ */
 function certificateKey(cert: CertificateFacts): string {
   let key = certificateKeys.get(cert);
   if (key === undefined) {
-    key = `${cert.fingerprint.sha256}/${String(cert.verified)}/${String(cert.verifyError)}/${String(cert.verifyErrorCode)}`;
+    key = [
+      cert.fingerprint.sha256, cert.verified, cert.verifyError, cert.verifyErrorCode,
+      cert.pin?.sha256, cert.publicKeyFingerprint, cert.subject?.dn, cert.issuer?.dn,
+    ].map(String).join('\n');
     certificateKeys.set(cert, key);
   }
   return key;
