@@ -739,6 +739,9 @@ export class SpoolWriter {
   abort(): void {
     this.#pending = [];
     this.#release();
+    // Nothing left to read: read() would otherwise hand out an unfilled buffer of the old length (stale memory).
+    this.#bytes = 0;
+    this.#flushed = 0;
     if (this.#fd !== null) closeSync(this.#fd);
     this.#fd = null;
     if (this.#part === null) return; // never had a file of its own
