@@ -3,9 +3,10 @@
  * cache. DNS errors become DeliveryFailures: NXDOMAIN is permanent for a recipient domain, anything else
  * (SERVFAIL, timeouts, no resolver) is temporary.
  */
-import { Resolver, lookup } from 'node:dns/promises';
+import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { DeliveryFailure } from './outcome.ts';
+import { budgetResolver, withinBudget } from '../dns/within-budget.ts';
 
 export interface MxRecord { exchange: string; priority: number }
 
@@ -22,13 +23,14 @@ export interface ResolverOptions {
   servers?: string[];
   /** `dns`: A/AAAA queries; `native`: getaddrinfo (honours /etc/hosts), like Postfix smtp_host_lookup. */
   hostLookup: 'dns' | 'native';
+  /** The longest one try waits; a query is asked again until twice this has passed (within-budget.ts). */
   timeoutMs?: number;
 }
 
 const CACHE_MS = 60_000;
 /**
  * How long a lookup that timed out is answered from the cache with that failure. Every attempt for a domain whose
- * DNS does not answer held a delivery slot for the resolver's whole timeout (about 15 s), and another the
+ * DNS does not answer held a delivery slot for the resolver's whole timeout (10 s: within-budget.ts), and another the
  * moment the last had failed: a backlog for one such domain kept the queue runner's slots busy for hours, and
  * the other deferred mail waited behind it. (An answer that says no, or SERVFAIL, comes back at once: not kept.)
  */
@@ -45,8 +47,9 @@ const NOT_FOUND = new Set(['ENOTFOUND', 'NXDOMAIN']);
 const NO_DATA = new Set(['ENODATA', 'NODATA']);
 
 export function createResolver(opts: ResolverOptions): DeliveryResolver {
-  const resolver = new Resolver({ timeout: opts.timeoutMs ?? 5000, tries: 2 });
-  if (opts.servers?.length) resolver.setServers(opts.servers);
+  const tryMs = opts.timeoutMs ?? 5000;
+  const resolver = budgetResolver(tryMs, opts.servers);
+  const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query);
   const cache = new Map<string, { until: number; value: Promise<unknown> }>();
   const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
     const hit = cache.get(key);
@@ -66,7 +69,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
     mx(domain) {
       return cached(`mx ${domain}`, async () => {
         try {
-          const records = await resolver.resolveMx(domain);
+          const records = await ask(() => resolver.resolveMx(domain));
           return records.sort((a, b) => a.priority - b.priority).slice(0, MAX_RECORDS)
             .map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }));
         } catch (err) {
@@ -91,7 +94,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
             throw noted(hostFailure(host, code), code);
           }
         }
-        const [v4, v6] = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
+        const [v4, v6] = await Promise.allSettled([ask(() => resolver.resolve4(host)), ask(() => resolver.resolve6(host))]);
         const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
         if (addresses.length) return addresses.slice(0, MAX_RECORDS);
         const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code ?? '' : 'ENODATA'));

@@ -8,10 +8,11 @@
  * MAX_CACHE_SECONDS); MX, TXT and PTR answers, and "no such name / no such record" (whose TTL would come
  * from the SOA, which node:dns does not return), for FIXED_CACHE_SECONDS. Failures are not kept.
  */
-import { Resolver } from 'node:dns/promises';
+import type { Resolver } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
+import { budgetResolver, withinBudget } from './within-budget.ts';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
@@ -66,9 +67,7 @@ export class ScriptDns {
 
   constructor(options: ScriptDnsOptions, now: () => number = () => performance.now()) {
     this.timeoutMs = options.timeoutMs;
-    // One try: the per-call timer decides; a retry would only outlive it.
-    this.#resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
-    if (options.servers.length) this.#resolver.setServers(options.servers);
+    this.#resolver = budgetResolver(options.timeoutMs, options.servers);
     this.#now = now;
   }
 
@@ -131,25 +130,31 @@ export class ScriptDns {
     this.#cache.delete(key);
   }
 
+  /** One query, asked again while the configured time lasts when a try goes unanswered (within-budget.ts). */
+  #ask<T>(query: () => Promise<T>): Promise<T> {
+    return withinBudget(this.timeoutMs, query);
+  }
+
   async #lookup(name: string, type: DnsType): Promise<DnsAnswer> {
+    const resolver = this.#resolver;
     try {
       switch (type) {
         case 'A':
         case 'AAAA': {
-          const found = await (type === 'A' ? this.#resolver.resolve4(name, { ttl: true }) : this.#resolver.resolve6(name, { ttl: true }));
+          const found = await this.#ask(() => (type === 'A' ? resolver.resolve4(name, { ttl: true }) : resolver.resolve6(name, { ttl: true })));
           const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => r.ttl));
           return { ok: true, records: found.map((r) => r.address), ttl: Math.max(0, ttl), nxdomain: false };
         }
         case 'MX': {
-          const found = await this.#resolver.resolveMx(name);
+          const found = await this.#ask(() => resolver.resolveMx(name));
           const records = found.map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }))
             .sort((x, y) => x.priority - y.priority);
           return { ok: true, records, ttl: null, nxdomain: false };
         }
         case 'TXT':
-          return { ok: true, records: (await this.#resolver.resolveTxt(name)).map((chunks) => chunks.join('')), ttl: null, nxdomain: false };
+          return { ok: true, records: (await this.#ask(() => resolver.resolveTxt(name))).map((chunks) => chunks.join('')), ttl: null, nxdomain: false };
         case 'PTR':
-          return { ok: true, records: (await this.#resolver.resolvePtr(name)).map((n) => n.replace(/\.$/, '').toLowerCase()), ttl: null, nxdomain: false };
+          return { ok: true, records: (await this.#ask(() => resolver.resolvePtr(name))).map((n) => n.replace(/\.$/, '').toLowerCase()), ttl: null, nxdomain: false };
       }
     } catch (err) {
       return failure(err as NodeJS.ErrnoException, name, type);

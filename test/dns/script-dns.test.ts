@@ -125,3 +125,27 @@ test('a name c-ares would not ask as given (NUL, backslash, no IDNA form) is bad
   // An IDN is still asked, as its A-label.
   assert.equal((await r.resolve('é.example.test', 'A')).ok, true);
 });
+
+test('after many quick answers, a name whose recursion takes 2.5 s is answered within dns.timeoutMs, asked again meanwhile', async () => {
+  // c-ares times each try from the server's recent answers (at least ~1 s), not from `timeout`: behind a caching
+  // resolver answering in a millisecond, this lookup was `timeout` after 1 s, though dns.timeoutMs was 8 s.
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 8000 });
+  for (let i = 0; i < 10; i++) assert.equal((await r.resolve(`warm${i}.example.test`, 'A')).ok, true);
+  server.zone.set('recursing.example.test', [{ type: 'A', value: '192.0.2.25' }]);
+  server.recursing.set('recursing.example.test', 2500);
+  assert.deepEqual(await r.resolve('recursing.example.test', 'A'), { ok: true, records: ['192.0.2.25'], ttl: 300, nxdomain: false });
+  assert.ok(server.queries.get('A recursing.example.test')! >= 2, 'asked again when a try went unanswered');
+});
+
+test('a server that never answers: the lookup is a timeout once dns.timeoutMs has passed, asked again now and then, not in a loop', async () => {
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 3000 });
+  for (let i = 0; i < 10; i++) await r.resolve(`warm-silent${i}.example.test`, 'A');
+  server.silent.add('never.example.test');
+  const started = performance.now();
+  const a = await r.resolve('never.example.test', 'TXT');
+  assert.equal(a.ok, false);
+  assert.equal((a as { error: string }).error, 'timeout');
+  assert.ok(performance.now() - started >= 2900, 'not given up before its time');
+  const asked = server.queries.get('TXT never.example.test')!;
+  assert.ok(asked >= 1 && asked <= 5, `${asked} queries in 3 s: asked again, not in a loop`);
+});

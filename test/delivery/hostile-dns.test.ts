@@ -1,0 +1,86 @@
+// Delivery against a real DNS server on loopback (test/helpers/dns-server.ts) and a real SMTP next hop: what
+// each DNS answer means for the mail. NXDOMAIN and null MX bounce; SERVFAIL, REFUSED and a truncated answer
+// that cannot be had over TCP defer; an MX host without an address is skipped for the next, and when none
+// has one the mail waits (the domain's own A record is only for a domain without MX); and a name that takes
+// a few seconds to resolve is waited for (c-ares times each try from recent answers: see within-budget.ts).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts';
+
+let sink: Sink;
+let dns: TestDnsServer;
+let s: DeliveryServer;
+
+const here = [{ type: 'A' as const, value: '127.0.0.1' }];
+const mx = (...hosts: string[]) => hosts.map((exchange, i) => ({ type: 'MX' as const, value: { exchange, priority: 10 * (i + 1) } }));
+
+before(async () => {
+  sink = await startSink();
+  dns = await startDnsServer({
+    'live.test': mx('mx.live.test'),
+    'mx.live.test': here,
+    'servfail.test': [],
+    'refused.test': [],
+    'null.test': [{ type: 'MX', value: { exchange: '.', priority: 0 } }],
+    'second.test': mx('ghost.second.test', 'mx.live.test'),
+    'implicit.test': here,
+    'allfail.test': [...mx('ghost.allfail.test', 'empty.allfail.test'), ...here],
+    'empty.allfail.test': [{ type: 'TXT', value: ['no address here'] }],
+    'tc.test': mx('mx.live.test'),
+    'warm.test': mx('mx.live.test'),
+    'slow.test': mx('mx.live.test'),
+  });
+  dns.servfail.add('servfail.test');
+  dns.refused.add('refused.test');
+  dns.truncated.add('tc.test');
+  s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' }, dnsServers: [dns.address], retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+});
+after(async () => {
+  await s?.stop();
+  await dns?.stop();
+  await sink?.close();
+});
+
+test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test'];
+  const id = await s.send('me@origin.test', to);
+  const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
+  const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
+  assert.deepEqual(got, {
+    'a@live.test': 'delivered 2.0.0',
+    'b@nx.test': 'permanent 5.1.2',
+    'c@servfail.test': 'temporary 4.4.3',
+    'd@refused.test': 'temporary 4.4.3',
+    'e@null.test': 'permanent 5.1.10',
+    'f@second.test': 'delivered 2.0.0',
+    'g@implicit.test': 'delivered 2.0.0',
+    'h@allfail.test': 'temporary 4.4.4',
+    'i@tc.test': 'temporary 4.4.3',
+  }, JSON.stringify(e.outcomes, null, 1));
+  const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
+  assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test']);
+  assert.equal(dns.queries.get('A allfail.test'), undefined, 'the A record of a domain with MX is not a fallback');
+  assert.equal(dns.queries.get('MX null.test'), 1);
+});
+
+test('after many quick answers, a recipient domain whose MX takes 3 s to resolve is delivered, not deferred', { timeout: 120_000 }, async () => {
+  // Before: c-ares gave each of its 2 tries about 1 s once the server had answered quickly a few times
+  // (whatever the 5 s timeout said), so the lookup failed with ETIMEOUT after ~2 s: deferred, and the
+  // failure kept for 30 s for every other message to that domain.
+  const warm = await s.send('me@origin.test', ['w@warm.test']);
+  assert.equal((await s.nextAttempt((x) => x.id === warm, { timeoutMs: 60_000, past: true })).outcomes[0]!.status, 'delivered');
+  dns.recursing.set('slow.test', 3000);
+  const id = await s.send('me@origin.test', ['z@slow.test']);
+  const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 60_000, past: true });
+  assert.equal(e.outcomes[0]!.status, 'delivered', JSON.stringify(e.outcomes[0]));
+  assert.ok(dns.queries.get('MX slow.test')! >= 2, 'asked again while it waited');
+});
