@@ -13,6 +13,7 @@ import { isIP, isIPv4 } from 'node:net';
 import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
 import { budgetResolver, withinBudget } from './within-budget.ts';
+import { AnswerCache } from './answer-cache.ts';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
@@ -36,8 +37,8 @@ export interface ScriptDnsOptions {
   timeoutMs: number;
 }
 
-/** Kept answers before the oldest go. */
-const MAX_ENTRIES = 10_000;
+/** Kept answers before the oldest go (answer-cache.ts: names asked once go before names asked again). */
+export const MAX_ENTRIES = 10_000;
 /**
  * And the characters of their records, all together, before the oldest go: an answer can be 64 KB (a TXT record
  * of many strings, or thousands of A records, over UDP), so 10 000 names that a sender's domain controls
@@ -60,9 +61,8 @@ function charsOf(a: DnsAnswer): number {
 export class ScriptDns {
   readonly timeoutMs: number;
   readonly #resolver: Resolver;
-  readonly #cache = new Map<string, Entry>();
-  /** What the settled answers kept hold, in charsOf() units. */
-  #chars = 0;
+  /** Sizes of settled answers in charsOf() units (in flight: 0). */
+  readonly #cache = new AnswerCache<Entry>(MAX_ENTRIES, MAX_CACHED_CHARS);
   readonly #now: () => number;
 
   constructor(options: ScriptDnsOptions, now: () => number = () => performance.now()) {
@@ -77,23 +77,21 @@ export class ScriptDns {
     const query = type === 'PTR' && isIP(name) ? reverseName(name) : name.replace(/\.$/, '').toLowerCase();
     const key = `${type} ${query}`;
     const now = this.#now();
-    const hit = this.#cache.get(key);
+    const hit = this.#cache.use(key);
     const limit = Math.min(timeoutMs, this.timeoutMs);
     if (hit && hit.until > now) return withTimeout(hit.answer.then((a) => aged(a, hit.until, this.#now())), limit, query, type);
     const answer = this.#lookup(query, type);
     // In flight: later callers share it; settled, kept for its TTL (failures are dropped).
     const entry: Entry = { until: Infinity, answer, chars: 0 };
-    this.#remember(key, entry);
+    this.#cache.set(key, entry);
     void answer.then((a) => {
-      if (this.#cache.get(key) !== entry) return; // pushed out meanwhile
+      if (!this.#cache.holds(key, entry)) return; // pushed out meanwhile
       if (!a.ok) {
         this.#cache.delete(key);
         return;
       }
       entry.until = this.#now() + 1000 * (a.ttl ?? FIXED_CACHE_SECONDS);
-      entry.chars = charsOf(a);
-      this.#chars += entry.chars;
-      this.#trim();
+      this.#cache.resize(key, entry, charsOf(a));
     });
     return withTimeout(answer, limit, query, type);
   }
@@ -108,26 +106,6 @@ export class ScriptDns {
     const refused = codes.find((c) => c.startsWith('127.255.255.'));
     if (refused) return { ok: false, error: 'refused', message: `${zone} refused the query (answer ${refused})`, query };
     return { ok: true, listed: codes.some((c) => c.startsWith('127.')), codes, query };
-  }
-
-  #remember(key: string, entry: Entry): void {
-    this.#forget(key);
-    this.#cache.set(key, entry);
-    this.#trim();
-  }
-
-  /** The oldest answers go while there are too many, or they hold too much (the newest is kept, whatever its size). */
-  #trim(): void {
-    while (this.#cache.size > MAX_ENTRIES || (this.#chars > MAX_CACHED_CHARS && this.#cache.size > 1)) {
-      this.#forget(this.#cache.keys().next().value!);
-    }
-  }
-
-  #forget(key: string): void {
-    const old = this.#cache.get(key);
-    if (!old) return;
-    this.#chars -= old.chars;
-    this.#cache.delete(key);
   }
 
   /** One query, asked again while the configured time lasts when a try goes unanswered (within-budget.ts). */

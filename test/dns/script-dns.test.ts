@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ScriptDns, FIXED_CACHE_SECONDS, reverseLabels, reverseName } from '../../engine/dns/script-dns.ts';
+import { ScriptDns, FIXED_CACHE_SECONDS, MAX_ENTRIES, reverseLabels, reverseName } from '../../engine/dns/script-dns.ts';
 import { startDnsServer, ptrName, type TestDnsServer } from '../helpers/dns-server.ts';
 
 let server: TestDnsServer;
@@ -148,4 +148,24 @@ test('a server that never answers: the lookup is a timeout once dns.timeoutMs ha
   assert.ok(performance.now() - started >= 2900, 'not given up before its time');
   const asked = server.queries.get('TXT never.example.test')!;
   assert.ok(asked >= 1 && asked <= 5, `${asked} queries in 3 s: asked again, not in a loop`);
+});
+
+test('a flood of names asked once pushes out only names asked once: answers scripts ask again stay kept', { timeout: 120_000 }, async () => {
+  // Before: one list, oldest first, a hit not counting: MAX_ENTRIES made-up names (a client's HELO or From
+  // domains, one per command) pushed out every answer, the DNSBL and allow-list answers other clients reuse too.
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => 0);
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  await r.resolve('example.test', 'MX');
+  await r.resolve('example.test', 'MX');
+  const reused = asked('MX example.test');
+  for (let i = 0; i < MAX_ENTRIES + 100; i += 250) {
+    await Promise.all(Array.from({ length: 250 }, (_, j) => r.resolve(`n${i + j}.flood.test`, 'A')));
+  }
+  await r.resolve('example.test', 'MX');
+  assert.equal(asked('MX example.test'), reused, 'still kept');
+  // Still bounded: the oldest of the flood went.
+  await r.resolve('n0.flood.test', 'A');
+  assert.equal(asked('A n0.flood.test'), 2);
+  await r.resolve(`n${MAX_ENTRIES + 99}.flood.test`, 'A');
+  assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), 1);
 });
