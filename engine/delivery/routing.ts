@@ -67,8 +67,16 @@ export async function defaultRoute(delivery: DeliveryConfig, domain: string, res
     if (records.length === 1 && (records[0]!.exchange === '' || records[0]!.exchange === '.')) {
       return unusable(new DeliveryFailure(`Domain ${domain} does not accept mail (null MX)`, { permanent: true, enhanced: '5.1.10' }));
     }
+    // An MX record names a host, not an address (RFC 1035 3.3.9): one that reads as an address (the domain's DNS
+    // is broken) is not used, as Postfix ("numeric domain name in resource data of MX record") and Exim
+    // (allow_mx_to_ip false) refuse it. It was connected to as an address, no lookup made.
+    const numeric = records.filter((r) => isIP(r.exchange));
+    const usable = records.filter((r) => r.exchange && !isIP(r.exchange));
+    if (records.length && !usable.length && numeric.length) {
+      return unusable(new DeliveryFailure(`MX records of ${domain} name addresses, not hosts (${numeric.map((r) => r.exchange).join(', ')}): not used`, { permanent: false, enhanced: '4.4.4' }));
+    }
     if (records.length) {
-      const sorted = shuffle(records.filter((r) => r.exchange)).sort((a, b) => a.priority - b.priority);
+      const sorted = shuffle(usable).sort((a, b) => a.priority - b.priority);
       const hosts = [...new Set(sorted.map((r) => r.exchange))];
       return { kind: 'mx', domain, hops: hosts.map((host) => ({ host, port, implicitTls: false })), failure: null };
     }

@@ -1,8 +1,9 @@
 // Delivery against a real DNS server on loopback (test/helpers/dns-server.ts) and a real SMTP next hop: what
-// each DNS answer means for the mail. NXDOMAIN and null MX bounce; SERVFAIL, REFUSED and a truncated answer
-// that cannot be had over TCP defer; an MX host without an address is skipped for the next, and when none
-// has one the mail waits (the domain's own A record is only for a domain without MX); and a name that takes
-// a few seconds to resolve is waited for (c-ares times each try from recent answers: see within-budget.ts).
+// each DNS answer means for the mail. NXDOMAIN and null MX bounce; SERVFAIL, REFUSED, a truncated answer that
+// cannot be had over TCP, and MX records naming addresses rather than hosts defer; an MX host without an
+// address is skipped for the next, and when none has one the mail waits (the domain's own A record is only
+// for a domain without MX); and a name that takes a few seconds to resolve is waited for (c-ares times each
+// try from recent answers: see engine/dns/within-budget.ts).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink, type Sink } from '../helpers/sink.ts';
@@ -32,6 +33,8 @@ before(async () => {
     'tc.test': mx('mx.live.test'),
     'warm.test': mx('mx.live.test'),
     'slow.test': mx('mx.live.test'),
+    'numeric.test': mx('127.0.0.1'),
+    'mixed.test': mx('127.0.0.1', 'mx.live.test'),
   });
   dns.servfail.add('servfail.test');
   dns.refused.add('refused.test');
@@ -51,7 +54,7 @@ after(async () => {
 });
 
 test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
-  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test'];
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test'];
   const id = await s.send('me@origin.test', to);
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
   const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
@@ -65,9 +68,15 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
     'g@implicit.test': 'delivered 2.0.0',
     'h@allfail.test': 'temporary 4.4.4',
     'i@tc.test': 'temporary 4.4.3',
+    'j@numeric.test': 'temporary 4.4.4',
+    'k@mixed.test': 'delivered 2.0.0',
   }, JSON.stringify(e.outcomes, null, 1));
   const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
-  assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test']);
+  assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test']);
+  // An MX record naming an address is not used (Postfix and Exim refuse it too); before, it was connected to.
+  const outcome = (r: string) => e.outcomes.find((o) => o.recipient === r)!;
+  assert.equal(outcome('j@numeric.test').reply, 'MX records of numeric.test name addresses, not hosts (127.0.0.1): not used');
+  assert.match(outcome('k@mixed.test').remoteMta!, /^mx\.live\.test\[/);
   assert.equal(dns.queries.get('A allfail.test'), undefined, 'the A record of a domain with MX is not a fallback');
   assert.equal(dns.queries.get('MX null.test'), 1);
 });
