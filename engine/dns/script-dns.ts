@@ -120,8 +120,10 @@ export class ScriptDns {
         case 'A':
         case 'AAAA': {
           const found = await this.#ask(() => (type === 'A' ? resolver.resolve4(name, { ttl: true }) : resolver.resolve6(name, { ttl: true })));
-          const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => r.ttl));
-          return { ok: true, records: found.map((r) => r.address), ttl: Math.max(0, ttl), nxdomain: false };
+          // No address (an alias whose target has none): no TTL to go by, kept as "no such record" is.
+          if (!found.length) return { ok: true, records: [], ttl: null, nxdomain: false };
+          const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => ttlSeconds(r.ttl)));
+          return { ok: true, records: found.map((r) => r.address), ttl, nxdomain: false };
         }
         case 'MX': {
           const found = await this.#ask(() => resolver.resolveMx(name));
@@ -152,6 +154,11 @@ function askable(name: string): boolean {
   return isAscii(name) || domainToASCII(name) !== '';
 }
 const isAscii = (s: string): boolean => !/[^\x00-\x7f]/.test(s);
+
+/** A record's TTL: one with the top bit set means 0 (RFC 2181 §8), not 68 years (capped to an hour, it was kept an hour). */
+function ttlSeconds(ttl: number): number {
+  return ttl > 0x7fffffff || ttl < 0 ? 0 : ttl;
+}
 
 /** A kept answer with the TTL it has left. */
 function aged(a: DnsAnswer, until: number, now: number): DnsAnswer {

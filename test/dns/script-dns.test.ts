@@ -169,3 +169,28 @@ test('a flood of names asked once pushes out only names asked once: answers scri
   await r.resolve(`n${MAX_ENTRIES + 99}.flood.test`, 'A');
   assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), 1);
 });
+
+test('TTLs from a hostile server: the top bit set means 0 (RFC 2181), an alias to nothing is kept as "no such record", TTL 0 not kept', async () => {
+  // Before: 2^32-1 was capped to an hour and kept that long; a CNAME with no address behind it kept an hour too.
+  server.zone.set('ttl-max.example.test', [{ type: 'A', value: '192.0.2.31', ttl: 0xffffffff }]);
+  server.zone.set('ttl-signed.example.test', [{ type: 'A', value: '192.0.2.32', ttl: 0x7fffffff }]);
+  server.zone.set('ttl-zero.example.test', [{ type: 'A', value: '192.0.2.33', ttl: 0 }]);
+  server.zone.set('alias.example.test', [{ type: 'CNAME', value: 'gone.elsewhere.test' }]);
+  let now = 0;
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => now);
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  assert.deepEqual(await r.resolve('ttl-max.example.test', 'A'), { ok: true, records: ['192.0.2.31'], ttl: 0, nxdomain: false });
+  assert.deepEqual(await r.resolve('ttl-signed.example.test', 'A'), { ok: true, records: ['192.0.2.32'], ttl: 3600, nxdomain: false });
+  assert.deepEqual(await r.resolve('ttl-zero.example.test', 'A'), { ok: true, records: ['192.0.2.33'], ttl: 0, nxdomain: false });
+  assert.deepEqual(await r.resolve('alias.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: false });
+  now = 1;
+  for (const name of ['ttl-max', 'ttl-zero']) {
+    await r.resolve(`${name}.example.test`, 'A');
+    assert.equal(asked(`A ${name}.example.test`), 2, `${name}: not kept`);
+  }
+  await r.resolve('ttl-signed.example.test', 'A');
+  assert.equal(asked('A ttl-signed.example.test'), 1, 'kept, for at most an hour');
+  now = FIXED_CACHE_SECONDS * 1000 + 1;
+  await r.resolve('alias.example.test', 'A');
+  assert.equal(asked('A alias.example.test'), 2, 'asked again after the fixed time, not an hour');
+});

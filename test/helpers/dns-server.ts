@@ -10,11 +10,11 @@ import { once } from 'node:events';
 import { isIPv4 } from 'node:net';
 
 export type TestRecord =
-  | { type: 'A' | 'AAAA' | 'PTR'; value: string; ttl?: number }
+  | { type: 'A' | 'AAAA' | 'PTR' | 'CNAME'; value: string; ttl?: number }
   | { type: 'TXT'; value: string[]; ttl?: number }
   | { type: 'MX'; value: { exchange: string; priority: number }; ttl?: number };
 
-const TYPES: Record<string, number> = { A: 1, PTR: 12, MX: 15, TXT: 16, AAAA: 28 };
+const TYPES: Record<string, number> = { A: 1, CNAME: 5, PTR: 12, MX: 15, TXT: 16, AAAA: 28 };
 const TYPE_NAMES = Object.fromEntries(Object.entries(TYPES).map(([k, v]) => [v, k]));
 
 export interface TestDnsServer {
@@ -58,7 +58,8 @@ export async function startDnsServer(records: Record<string, TestRecord[]> = {})
     if (silent.has(q.name)) return;
     const known = zone.get(q.name);
     const rcode = servfail.has(q.name) ? 2 : refused.has(q.name) ? 5 : known ? 0 : 3;
-    const answers = (known ?? []).filter((r) => TYPES[r.type] === q.type);
+    // A CNAME answers every type (its target's records are not added: a test lists them under the name if it wants them).
+    const answers = (known ?? []).filter((r) => TYPES[r.type] === q.type || r.type === 'CNAME');
     const reply = response(query, q.end, rcode, rcode === 0 && !truncated.has(q.name) ? answers : [], truncated.has(q.name));
     const recursion = recursing.get(q.name);
     if (recursion === undefined) return socket.send(reply, peer.port, peer.address);
@@ -107,7 +108,8 @@ function rdata(r: TestRecord): Buffer {
       groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
       return out;
     }
-    case 'PTR': return encodeName(r.value);
+    case 'PTR':
+    case 'CNAME': return encodeName(r.value);
     case 'MX': {
       const pref = Buffer.alloc(2);
       pref.writeUInt16BE(r.value.priority);
