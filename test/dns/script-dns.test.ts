@@ -194,3 +194,14 @@ test('TTLs from a hostile server: the top bit set means 0 (RFC 2181), an alias t
   await r.resolve('alias.example.test', 'A');
   assert.equal(asked('A alias.example.test'), 2, 'asked again after the fixed time, not an hour');
 });
+
+test('100 callers of one name share one query; one caller\'s shorter time limit fails only that caller', async () => {
+  server.zone.set('shared.example.test', [{ type: 'TXT', value: ['shared'] }]);
+  server.recursing.set('shared.example.test', 400);
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 5000 });
+  const impatient = r.resolve('shared.example.test', 'TXT', 50);
+  const patient = Array.from({ length: 100 }, () => r.resolve('shared.example.test', 'TXT'));
+  assert.equal((await impatient as { error: string }).error, 'timeout');
+  for (const a of await Promise.all(patient)) assert.deepEqual(a, { ok: true, records: ['shared'], ttl: null, nxdomain: false });
+  assert.equal(server.queries.get('TXT shared.example.test'), 1);
+});
