@@ -7,6 +7,7 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { DeliveryFailure } from './outcome.ts';
 import { budgetResolver, withinBudget } from '../dns/within-budget.ts';
+import { AnswerCache } from '../dns/answer-cache.ts';
 
 export interface MxRecord { exchange: string; priority: number }
 
@@ -28,6 +29,8 @@ export interface ResolverOptions {
 }
 
 const CACHE_MS = 60_000;
+/** Lookups kept (answer-cache.ts: names looked up once go before names looked up again). */
+export const MAX_CACHED = 10_000;
 /**
  * How long a lookup that timed out is answered from the cache with that failure. Every attempt for a domain whose
  * DNS does not answer held a delivery slot for the resolver's whole timeout (10 s: within-budget.ts), and another the
@@ -50,19 +53,20 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
   const tryMs = opts.timeoutMs ?? 5000;
   const resolver = budgetResolver(tryMs, opts.servers);
   const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query);
-  const cache = new Map<string, { until: number; value: Promise<unknown> }>();
+  // Names looked up once (a bounce to each of a spammer's made-up sender domains) push out only each other.
+  const cache = new AnswerCache<{ until: number; value: Promise<unknown>; chars: 0 }>(MAX_CACHED, Infinity);
   const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
-    const hit = cache.get(key);
+    const hit = cache.use(key);
     if (hit && hit.until > performance.now()) return hit.value as Promise<T>; // monotonic: a clock set back must not keep answers longer
-    const value = fn();
-    cache.set(key, { until: performance.now() + CACHE_MS, value });
-    value.catch((err: unknown) => {
+    const entry = { until: performance.now() + CACHE_MS, value: fn() as Promise<unknown>, chars: 0 as const };
+    cache.set(key, entry);
+    entry.value.catch((err: unknown) => {
+      if (!cache.holds(key, entry)) return;
       // Other failures are not cached.
-      if (timedOut.has(err as object) && cache.get(key)?.value === value) cache.set(key, { until: performance.now() + TIMEOUT_CACHE_MS, value });
-      else if (cache.get(key)?.value === value) cache.delete(key);
+      if (timedOut.has(err as object)) entry.until = performance.now() + TIMEOUT_CACHE_MS;
+      else cache.delete(key);
     });
-    if (cache.size > 10_000) cache.delete(cache.keys().next().value!);
-    return value;
+    return entry.value as Promise<T>;
   };
 
   return {

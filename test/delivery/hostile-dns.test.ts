@@ -10,6 +10,7 @@ import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts';
+import { createResolver, MAX_CACHED } from '../../engine/delivery/dns.ts';
 
 let sink: Sink;
 let dns: TestDnsServer;
@@ -92,4 +93,23 @@ test('after many quick answers, a recipient domain whose MX takes 3 s to resolve
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 60_000, past: true });
   assert.equal(e.outcomes[0]!.status, 'delivered', JSON.stringify(e.outcomes[0]));
   assert.ok(dns.queries.get('MX slow.test')! >= 2, 'asked again while it waited');
+});
+
+test('the lookup cache: a flood of domains looked up once (bounces to made-up senders) does not push out one looked up again', { timeout: 120_000 }, async () => {
+  // Before: one list, oldest first, a hit not counting: MAX_CACHED other domains pushed every answer out.
+  const resolver = createResolver({ hostLookup: 'dns', servers: [dns.address] });
+  const asked = (key: string) => dns.queries.get(key) ?? 0;
+  await resolver.mx('warm.test');
+  await resolver.mx('warm.test');
+  const before = asked('MX warm.test');
+  const flood = (i: number) => `d${i}.flood.test`;
+  const count = MAX_CACHED + 250;
+  for (let i = 0; i < count; i++) dns.zone.set(flood(i), [{ type: 'TXT', value: ['no MX: an empty answer, kept'] }]);
+  for (let i = 0; i < count; i += 250) {
+    await Promise.all(Array.from({ length: 250 }, (_, j) => resolver.mx(flood(i + j))));
+  }
+  await resolver.mx('warm.test');
+  assert.equal(asked('MX warm.test'), before, 'still kept');
+  await resolver.mx(flood(0));
+  assert.equal(asked(`MX ${flood(0)}`), 2, 'bounded: the oldest of the flood went');
 });
