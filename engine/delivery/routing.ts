@@ -64,7 +64,8 @@ export async function defaultRoute(delivery: DeliveryConfig, domain: string, res
   if (literal) return { kind: 'mx', domain, hops: [{ host: literal, port, implicitTls: false, addresses: [literal] }], failure: null };
   try {
     const records = await resolver.mx(domain);
-    if (records.length === 1 && (records[0]!.exchange === '' || records[0]!.exchange === '.')) {
+    // Null MX (RFC 7505): also when it is there more than once (`0 .` and `10 .`), which left no host to try (4.4.1, retried for days).
+    if (records.length && records.every((r) => r.exchange === '' || r.exchange === '.')) {
       return unusable(new DeliveryFailure(`Domain ${domain} does not accept mail (null MX)`, { permanent: true, enhanced: '5.1.10' }));
     }
     // An MX record names a host, not an address (RFC 1035 3.3.9): one that reads as an address (the domain's DNS

@@ -35,6 +35,7 @@ before(async () => {
     'warm.test': mx('mx.live.test'),
     'slow.test': mx('mx.live.test'),
     'numeric.test': mx('127.0.0.1'),
+    'nulls.test': mx('.', '.'),
     'mixed.test': mx('127.0.0.1', 'mx.live.test'),
   });
   dns.servfail.add('servfail.test');
@@ -55,7 +56,7 @@ after(async () => {
 });
 
 test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
-  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test'];
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test'];
   const id = await s.send('me@origin.test', to);
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
   const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
@@ -71,6 +72,7 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
     'i@tc.test': 'temporary 4.4.3',
     'j@numeric.test': 'temporary 4.4.4',
     'k@mixed.test': 'delivered 2.0.0',
+    'l@nulls.test': 'permanent 5.1.10',
   }, JSON.stringify(e.outcomes, null, 1));
   const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
   assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test']);
