@@ -82,6 +82,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
           if (NOT_FOUND.has(code)) {
             throw new DeliveryFailure(`Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`, { permanent: true, enhanced: '5.1.2' });
           }
+          if (code === 'EBADNAME') throw new DeliveryFailure(badName(domain), { permanent: true, enhanced: '5.1.2' });
           throw noted(new DeliveryFailure(`Name service error for name=${domain} type=MX: ${code || (err as Error).message}`, { permanent: false, enhanced: '4.4.3' }), code);
         }
       });
@@ -124,7 +125,15 @@ function noted(failure: DeliveryFailure, code: string): DeliveryFailure {
   return failure;
 }
 
+/**
+ * A name DNS cannot hold (a label over 63 octets, a name over 253: smtp-server takes `RCPT TO:<a@{70 × x}.test>`):
+ * no server is asked, and asking again cannot help. It was a temporary failure, retried until the queue lifetime.
+ */
+function badName(name: string): string {
+  return `Host or domain name not found. Name service error for name=${name}: not a valid domain name (a label over 63 or a name over 253 characters)`;
+}
+
 function hostFailure(host: string, code: string): DeliveryFailure {
-  if (NOT_FOUND.has(code) || NO_DATA.has(code)) return new HostNotFound(host);
+  if (NOT_FOUND.has(code) || NO_DATA.has(code) || code === 'EBADNAME') return new HostNotFound(host);
   return new DeliveryFailure(`Name service error for name=${host} type=A: ${code}`, { permanent: false, enhanced: '4.4.3' });
 }

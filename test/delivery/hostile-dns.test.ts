@@ -1,9 +1,9 @@
 // Delivery against a real DNS server on loopback (test/helpers/dns-server.ts) and a real SMTP next hop: what
-// each DNS answer means for the mail. NXDOMAIN and null MX bounce; SERVFAIL, REFUSED, a truncated answer that
-// cannot be had over TCP, and MX records naming addresses rather than hosts defer; an MX host without an
-// address is skipped for the next, and when none has one the mail waits (the domain's own A record is only
-// for a domain without MX); and a name that takes a few seconds to resolve is waited for (c-ares times each
-// try from recent answers: see engine/dns/within-budget.ts).
+// each DNS answer means for the mail. NXDOMAIN, null MX and a name DNS cannot hold bounce; SERVFAIL, REFUSED,
+// a truncated answer that cannot be had over TCP, and MX records naming addresses rather than hosts defer; an
+// MX host without an address is skipped for the next, and when none has one the mail waits (the domain's own
+// A record is only for a domain without MX); and a name that takes a few seconds to resolve is waited for
+// (c-ares times each try from recent answers: see engine/dns/within-budget.ts).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink, type Sink } from '../helpers/sink.ts';
@@ -16,6 +16,8 @@ let sink: Sink;
 let dns: TestDnsServer;
 let s: DeliveryServer;
 
+/** A label DNS cannot hold (63 octets at most), which smtp-server's RCPT takes: no query is made (EBADNAME). */
+const LONG_LABEL = 'x'.repeat(70);
 const here = [{ type: 'A' as const, value: '127.0.0.1' }];
 const mx = (...hosts: string[]) => hosts.map((exchange, i) => ({ type: 'MX' as const, value: { exchange, priority: 10 * (i + 1) } }));
 
@@ -56,7 +58,7 @@ after(async () => {
 });
 
 test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
-  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test'];
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test', `m@${LONG_LABEL}.test`];
   const id = await s.send('me@origin.test', to);
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
   const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
@@ -73,6 +75,7 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
     'j@numeric.test': 'temporary 4.4.4',
     'k@mixed.test': 'delivered 2.0.0',
     'l@nulls.test': 'permanent 5.1.10',
+    [`m@${LONG_LABEL}.test`]: 'permanent 5.1.2',
   }, JSON.stringify(e.outcomes, null, 1));
   const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
   assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test']);
@@ -80,6 +83,8 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
   const outcome = (r: string) => e.outcomes.find((o) => o.recipient === r)!;
   assert.equal(outcome('j@numeric.test').reply, 'MX records of numeric.test name addresses, not hosts (127.0.0.1): not used');
   assert.match(outcome('k@mixed.test').remoteMta!, /^mx\.live\.test\[/);
+  // A name DNS cannot hold bounces (it was 4.4.3, retried until the queue lifetime).
+  assert.match(outcome(`m@${LONG_LABEL}.test`).reply, /not a valid domain name/);
   assert.equal(dns.queries.get('A allfail.test'), undefined, 'the A record of a domain with MX is not a fallback');
   assert.equal(dns.queries.get('MX null.test'), 1);
 });
