@@ -1,9 +1,10 @@
 // Delivery against a real DNS server on loopback (test/helpers/dns-server.ts) and a real SMTP next hop: what
 // each DNS answer means for the mail. NXDOMAIN, null MX and a name DNS cannot hold bounce; SERVFAIL, REFUSED,
 // a truncated answer that cannot be had over TCP, and MX records naming addresses rather than hosts defer; an
-// MX host without an address is skipped for the next, and when none has one the mail waits (the domain's own
-// A record is only for a domain without MX); and a name that takes a few seconds to resolve is waited for
-// (c-ares times each try from recent answers: see engine/dns/within-budget.ts).
+// MX host that is an alias is followed; one without an address (or an alias loop) is skipped for the next, and
+// when none has one the mail waits (the domain's own A record is only for a domain without MX); and a name
+// that takes a few seconds to resolve is waited for (c-ares times each try from recent answers: see
+// engine/dns/within-budget.ts).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSink, type Sink } from '../helpers/sink.ts';
@@ -38,6 +39,11 @@ before(async () => {
     'slow.test': mx('mx.live.test'),
     'numeric.test': mx('127.0.0.1'),
     'nulls.test': mx('.', '.'),
+    'viacname.test': mx('alias.live.test'),
+    'alias.live.test': [{ type: 'CNAME', value: 'mx.live.test' }],
+    'loop.test': mx('a.loop.test'),
+    'a.loop.test': [{ type: 'CNAME', value: 'b.loop.test' }],
+    'b.loop.test': [{ type: 'CNAME', value: 'a.loop.test' }],
     'mixed.test': mx('127.0.0.1', 'mx.live.test'),
   });
   dns.servfail.add('servfail.test');
@@ -58,7 +64,7 @@ after(async () => {
 });
 
 test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
-  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test', `m@${LONG_LABEL}.test`];
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test', `m@${LONG_LABEL}.test`, 'n@viacname.test', 'o@loop.test'];
   const id = await s.send('me@origin.test', to);
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
   const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
@@ -76,9 +82,11 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
     'k@mixed.test': 'delivered 2.0.0',
     'l@nulls.test': 'permanent 5.1.10',
     [`m@${LONG_LABEL}.test`]: 'permanent 5.1.2',
+    'n@viacname.test': 'delivered 2.0.0',
+    'o@loop.test': 'temporary 4.4.4',
   }, JSON.stringify(e.outcomes, null, 1));
   const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
-  assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test']);
+  assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test', 'n@viacname.test']);
   // An MX record naming an address is not used (Postfix and Exim refuse it too); before, it was connected to.
   const outcome = (r: string) => e.outcomes.find((o) => o.recipient === r)!;
   assert.equal(outcome('j@numeric.test').reply, 'MX records of numeric.test name addresses, not hosts (127.0.0.1): not used');

@@ -24,6 +24,8 @@ before(async () => {
     [ptrName('192.0.2.10')]: [{ type: 'PTR', value: 'mail.example.test.' }],
     '2.0.0.127.bl.test': [{ type: 'A', value: '127.0.0.2' }, { type: 'A', value: '127.0.0.4' }],
     '3.0.0.127.bl.test': [{ type: 'A', value: '127.255.255.254' }],
+    // Outside 127.0.0.0/8: not a listing (RFC 5782 §2.1; a lapsed list's domain parked on a wildcard answers so).
+    '5.0.0.127.bl.test': [{ type: 'A', value: '192.0.2.80' }],
     'nodata.example.test': [{ type: 'TXT', value: ['only text'] }],
   });
   server.servfail.add('broken.example.test');
@@ -98,6 +100,7 @@ test('dnsbl: listed with its codes, not listed, and the list refusing the resolv
   assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.2'), { ok: true, listed: true, codes: ['127.0.0.2', '127.0.0.4'], query: '2.0.0.127.bl.test' });
   assert.deepEqual(await r.dnsbl('bl.test.', '127.0.0.1'), { ok: true, listed: false, codes: [], query: '1.0.0.127.bl.test' });
   assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.3'), { ok: false, error: 'refused', message: 'bl.test refused the query (answer 127.255.255.254)', query: '3.0.0.127.bl.test' });
+  assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.5'), { ok: true, listed: false, codes: ['192.0.2.80'], query: '5.0.0.127.bl.test' });
   assert.equal(reverseLabels('2001:db8::567:89ab'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2');
 });
 

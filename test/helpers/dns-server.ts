@@ -3,6 +3,7 @@
  * records, NXDOMAIN for names it does not know, NODATA for a known name without the type asked; names
  * can be made to answer SERVFAIL or nothing at all, or to answer late (`recursing`). Counts the queries it gets,
  * so tests can see a cache.
+ * A CNAME is followed to its target's records when they are in the table (as a recursive resolver does).
  * Hand-rolled: one question per query, answers point back to it (RFC 1035 §4.1.4 compression).
  */
 import dgram from 'node:dgram';
@@ -58,8 +59,7 @@ export async function startDnsServer(records: Record<string, TestRecord[]> = {})
     if (silent.has(q.name)) return;
     const known = zone.get(q.name);
     const rcode = servfail.has(q.name) ? 2 : refused.has(q.name) ? 5 : known ? 0 : 3;
-    // A CNAME answers every type (its target's records are not added: a test lists them under the name if it wants them).
-    const answers = (known ?? []).filter((r) => TYPES[r.type] === q.type || r.type === 'CNAME');
+    const answers = chase(zone, q.name, q.type);
     const reply = response(query, q.end, rcode, rcode === 0 && !truncated.has(q.name) ? answers : [], truncated.has(q.name));
     const recursion = recursing.get(q.name);
     if (recursion === undefined) return socket.send(reply, peer.port, peer.address);
@@ -119,7 +119,27 @@ function rdata(r: TestRecord): Buffer {
   }
 }
 
-function response(query: Buffer, questionEnd: number, rcode: number, answers: TestRecord[], truncated = false): Buffer {
+/** A record of an answer; `owner` when it is not the question's name (a CNAME's target). */
+type AnswerRecord = TestRecord & { owner?: string };
+
+/**
+ * The records of `name` of `type`, as a recursive resolver answers: a CNAME (which answers every type) and then
+ * its target's records when the target is in the zone too, up to 8 links.
+ */
+function chase(zone: Map<string, TestRecord[]>, name: string, type: number): AnswerRecord[] {
+  const out: AnswerRecord[] = [];
+  let owner = name;
+  for (let link = 0; link < 8; link++) {
+    const records = zone.get(owner) ?? [];
+    const alias = records.find((r) => r.type === 'CNAME');
+    if (!alias || type === TYPES.CNAME) return [...out, ...records.filter((r) => TYPES[r.type] === type).map((r) => ({ ...r, owner: link ? owner : undefined }))];
+    out.push({ ...alias, owner: link ? owner : undefined });
+    owner = (alias.value as string).replace(/\.$/, '').toLowerCase();
+  }
+  return out;
+}
+
+function response(query: Buffer, questionEnd: number, rcode: number, answers: AnswerRecord[], truncated = false): Buffer {
   const header = Buffer.alloc(12);
   query.copy(header, 0, 0, 2); // id
   header.writeUInt16BE(0x8000 | 0x0400 | (truncated ? 0x0200 : 0) | (query.readUInt16BE(2) & 0x0100) | 0x0080 | rcode, 2); // QR AA TC RD(copied) RA rcode
@@ -127,13 +147,13 @@ function response(query: Buffer, questionEnd: number, rcode: number, answers: Te
   header.writeUInt16BE(answers.length, 6);
   const records = answers.map((r) => {
     const data = rdata(r);
-    const fixed = Buffer.alloc(12);
-    fixed.writeUInt16BE(0xc00c, 0); // the question's name
-    fixed.writeUInt16BE(TYPES[r.type]!, 2);
-    fixed.writeUInt16BE(1, 4);
-    fixed.writeUInt32BE(r.ttl ?? 300, 6);
-    fixed.writeUInt16BE(data.length, 10);
-    return Buffer.concat([fixed, data]);
+    const owner = r.owner === undefined ? Buffer.from([0xc0, 0x0c]) : encodeName(r.owner); // the question's name, or another
+    const fixed = Buffer.alloc(10);
+    fixed.writeUInt16BE(TYPES[r.type]!, 0);
+    fixed.writeUInt16BE(1, 2);
+    fixed.writeUInt32BE(r.ttl ?? 300, 4);
+    fixed.writeUInt16BE(data.length, 8);
+    return Buffer.concat([owner, fixed, data]);
   });
   return Buffer.concat([header, query.subarray(12, questionEnd), ...records]);
 }
