@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
+import { isHostName } from '../dns/host-name.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
 import { MAX_TIMER_MS } from './timer-limit.ts';
@@ -26,11 +27,10 @@ const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
  */
 const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
   'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
-const DOMAIN_LABELS = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
 /** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
 const isLocalDomain = (d: string): boolean => {
   const key = domainKey(d);
-  return key.length <= 253 && (DOMAIN_LABELS.test(key) || /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
+  return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
 };
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');

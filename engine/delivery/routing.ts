@@ -6,6 +6,7 @@
 import { isIP } from 'node:net';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { HostNotFound, type DeliveryResolver } from './dns.ts';
+import { isHostName } from '../dns/host-name.ts';
 import { DeliveryFailure } from './outcome.ts';
 
 export interface NextHop {
@@ -68,13 +69,15 @@ export async function defaultRoute(delivery: DeliveryConfig, domain: string, res
     if (records.length && records.every((r) => r.exchange === '' || r.exchange === '.')) {
       return unusable(new DeliveryFailure(`Domain ${domain} does not accept mail (null MX)`, { permanent: true, enhanced: '5.1.10' }));
     }
-    // An MX record names a host, not an address (RFC 1035 3.3.9): one that reads as an address (the domain's DNS
-    // is broken) is not used, as Postfix ("numeric domain name in resource data of MX record") and Exim
-    // (allow_mx_to_ip false) refuse it. It was connected to as an address, no lookup made.
-    const numeric = records.filter((r) => isIP(r.exchange));
-    const usable = records.filter((r) => r.exchange && !isIP(r.exchange));
-    if (records.length && !usable.length && numeric.length) {
-      return unusable(new DeliveryFailure(`MX records of ${domain} name addresses, not hosts (${numeric.map((r) => r.exchange).join(', ')}): not used`, { permanent: false, enhanced: '4.4.4' }));
+    // An MX record names a host (RFC 1035 3.3.9). One that reads as an address, or is no host name at all, is not
+    // used, as Postfix ("numeric" or "malformed domain name in resource data of MX record") and Exim
+    // (allow_mx_to_ip false) refuse it: an address was connected to with no lookup made, and a name with a space
+    // or a comma, or node:dns's escapes (`a\.b`, `\013`), was looked up as it came (a label with a dot in it
+    // asked for; the others a name service error, deferred again on every attempt).
+    const invalid = records.filter((r) => r.exchange && (isIP(r.exchange) || !isHostName(r.exchange)));
+    const usable = records.filter((r) => r.exchange && !invalid.includes(r));
+    if (records.length && !usable.length && invalid.length) {
+      return unusable(new DeliveryFailure(`MX records of ${domain} name no valid host (${invalid.map((r) => JSON.stringify(r.exchange)).join(', ')}): not used`, { permanent: false, enhanced: '4.4.4' }));
     }
     if (records.length) {
       const sorted = shuffle(usable).sort((a, b) => a.priority - b.priority);

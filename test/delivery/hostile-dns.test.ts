@@ -1,6 +1,6 @@
 // Delivery against a real DNS server on loopback (test/helpers/dns-server.ts) and a real SMTP next hop: what
 // each DNS answer means for the mail. NXDOMAIN, null MX and a name DNS cannot hold bounce; SERVFAIL, REFUSED,
-// a truncated answer that cannot be had over TCP, and MX records naming addresses rather than hosts defer; an
+// a truncated answer that cannot be had over TCP, and MX records naming addresses or no host name defer; an
 // MX host that is an alias is followed; one without an address (or an alias loop) is skipped for the next, and
 // when none has one the mail waits (the domain's own A record is only for a domain without MX); and a name
 // that takes a few seconds to resolve is waited for (c-ares times each try from recent answers: see
@@ -38,6 +38,8 @@ before(async () => {
     'warm.test': mx('mx.live.test'),
     'slow.test': mx('mx.live.test'),
     'numeric.test': mx('127.0.0.1'),
+    'forged.test': mx('x, status=sent.forged.test'),
+    'x, status=sent.forged.test': here,
     'nulls.test': mx('.', '.'),
     'viacname.test': mx('alias.live.test'),
     'alias.live.test': [{ type: 'CNAME', value: 'mx.live.test' }],
@@ -64,7 +66,7 @@ after(async () => {
 });
 
 test('each DNS answer for a recipient domain, end to end: delivered, bounced or deferred as it says', { timeout: 120_000 }, async () => {
-  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test', `m@${LONG_LABEL}.test`, 'n@viacname.test', 'o@loop.test'];
+  const to = ['a@live.test', 'b@nx.test', 'c@servfail.test', 'd@refused.test', 'e@null.test', 'f@second.test', 'g@implicit.test', 'h@allfail.test', 'i@tc.test', 'j@numeric.test', 'k@mixed.test', 'l@nulls.test', `m@${LONG_LABEL}.test`, 'n@viacname.test', 'o@loop.test', 'q@forged.test'];
   const id = await s.send('me@origin.test', to);
   const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 90_000, past: true });
   const got = Object.fromEntries(e.outcomes.map((o) => [o.recipient, `${o.status} ${o.enhanced ?? ''}`.trim()]));
@@ -84,12 +86,15 @@ test('each DNS answer for a recipient domain, end to end: delivered, bounced or 
     [`m@${LONG_LABEL}.test`]: 'permanent 5.1.2',
     'n@viacname.test': 'delivered 2.0.0',
     'o@loop.test': 'temporary 4.4.4',
+    'q@forged.test': 'temporary 4.4.4',
   }, JSON.stringify(e.outcomes, null, 1));
   const delivered = sink.messages.filter((m) => m.from === 'me@origin.test').flatMap((m) => m.to).sort();
   assert.deepEqual(delivered, ['a@live.test', 'f@second.test', 'g@implicit.test', 'k@mixed.test', 'n@viacname.test']);
   // An MX record naming an address is not used (Postfix and Exim refuse it too); before, it was connected to.
   const outcome = (r: string) => e.outcomes.find((o) => o.recipient === r)!;
-  assert.equal(outcome('j@numeric.test').reply, 'MX records of numeric.test name addresses, not hosts (127.0.0.1): not used');
+  assert.equal(outcome('j@numeric.test').reply, 'MX records of numeric.test name no valid host ("127.0.0.1"): not used');
+  // Nor one that is no host name (it was looked up as it came: a name service error on every attempt).
+  assert.equal(outcome('q@forged.test').reply, 'MX records of forged.test name no valid host ("x, status=sent.forged.test"): not used');
   assert.match(outcome('k@mixed.test').remoteMta!, /^mx\.live\.test\[/);
   // A name DNS cannot hold bounces (it was 4.4.3, retried until the queue lifetime).
   assert.match(outcome(`m@${LONG_LABEL}.test`).reply, /not a valid domain name/);
