@@ -1,7 +1,7 @@
 /**
  * Name lookups for delivery: MX records of a recipient domain and the addresses of a host, with a short
- * cache. DNS errors become DeliveryFailures: NXDOMAIN is permanent for a recipient domain, anything else
- * (SERVFAIL, timeouts, no resolver) is temporary.
+ * cache. DNS errors become DeliveryFailures: NXDOMAIN, and a name DNS cannot hold, are permanent for a
+ * recipient domain; anything else (SERVFAIL, REFUSED, timeouts, no resolver) is temporary.
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
