@@ -8,12 +8,15 @@
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
+import { isHostName } from '../dns/host-name.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
 import { MAX_TIMER_MS } from './timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
+/** A DNS server as node:dns's setServers() takes it (it throws on anything else, at the first lookup). */
+const dnsServer = () => z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port');
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected address:port, e.g. 127.0.0.1:2525')
   .meta({ format: '`address:port`' });
 const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
@@ -24,11 +27,10 @@ const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
  */
 const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
   'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
-const DOMAIN_LABELS = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
 /** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
 const isLocalDomain = (d: string): boolean => {
   const key = domainKey(d);
-  return key.length <= 253 && (DOMAIN_LABELS.test(key) || /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
+  return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
 };
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
@@ -301,7 +303,7 @@ const deliverySchema = z.strictObject({
     .describe('How often the queue runner rereads the spool. This is when it notices `postern queue retry` and `delete`. New mail does not wait for a scan. At least 100.'),
   hostLookup: z.enum(['dns', 'native']).default('dns')
     .describe('How next-hop host names become addresses. `dns`: A and AAAA queries (`/etc/hosts` is not read). `native`: the system resolver (getaddrinfo: `/etc/hosts` first), as Postfix `smtp_host_lookup = native`. MX records always come from DNS.'),
-  dnsServers: z.array(z.string()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+  dnsServers: z.array(dnsServer()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
     .describe('DNS servers for MX queries and, with `hostLookup: dns`, for address queries; each `address` or `address:port`.'),
 }).prefault({ enabled: false });
 
@@ -361,7 +363,7 @@ export const configSchema = z.strictObject({
   }).prefault({})
     .describe('Where counters live: `rate()` and `counter()` in scripts, `limits.messagesPerIdentity`, the per-address auth-failure counts (`limits.authFailuresPerIp`) and, with `redis`, the connection slots of `limits.connectionsPerIpInStore`. Without `redis`: in memory, shared by the listeners and by every worker process of one server (under `postern serve` the supervisor holds it; the calls a worker makes in one turn go to it as one message, and a call that gets no answer fails closed). See [store](#store). Read at start: a reload that changes it is logged and takes effect at the next restart.'),
   dns: z.strictObject({
-    servers: z.array(z.string().refine(isDnsServer, 'expected an IP address, address:port or [IPv6]:port')).default([]).meta({ defaultText: '`[]` (the system\'s)' })
+    servers: z.array(dnsServer()).default([]).meta({ defaultText: '`[]` (the system\'s)' })
       .describe('DNS servers for scripts\' `dns.resolve()` and `dnsbl()`, each `address` or `address:port` (delivery has its own, `delivery.dnsServers`).'),
     timeoutMs: timerMs().meta({ unit: 'ms', defaultText: '80% of `sandbox.timeoutMs`' }).optional()
       .describe('The most one lookup may take (a script may ask for less); then it answers `{ ok: false, error: "timeout" }`. A script waits for DNS within its own time limit, so this must be below `sandbox.timeoutMs`: raise that for scripts that use DNS.'),

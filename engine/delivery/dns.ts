@@ -1,11 +1,13 @@
 /**
  * Name lookups for delivery: MX records of a recipient domain and the addresses of a host, with a short
- * cache. DNS errors become DeliveryFailures: NXDOMAIN is permanent for a recipient domain, anything else
- * (SERVFAIL, timeouts, no resolver) is temporary.
+ * cache. DNS errors become DeliveryFailures: NXDOMAIN, and a name DNS cannot hold, are permanent for a
+ * recipient domain; anything else (SERVFAIL, REFUSED, timeouts, no resolver) is temporary.
  */
-import { Resolver, lookup } from 'node:dns/promises';
+import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { DeliveryFailure } from './outcome.ts';
+import { budgetResolver, withinBudget } from '../dns/within-budget.ts';
+import { AnswerCache } from '../dns/answer-cache.ts';
 
 export interface MxRecord { exchange: string; priority: number }
 
@@ -22,13 +24,16 @@ export interface ResolverOptions {
   servers?: string[];
   /** `dns`: A/AAAA queries; `native`: getaddrinfo (honours /etc/hosts), like Postfix smtp_host_lookup. */
   hostLookup: 'dns' | 'native';
+  /** The longest one try waits; a query is asked again until twice this has passed (within-budget.ts). */
   timeoutMs?: number;
 }
 
 const CACHE_MS = 60_000;
+/** Lookups kept (answer-cache.ts: names looked up once go before names looked up again). */
+export const MAX_CACHED = 10_000;
 /**
  * How long a lookup that timed out is answered from the cache with that failure. Every attempt for a domain whose
- * DNS does not answer held a delivery slot for the resolver's whole timeout (about 15 s), and another the
+ * DNS does not answer held a delivery slot for the resolver's whole timeout (10 s: within-budget.ts), and another the
  * moment the last had failed: a backlog for one such domain kept the queue runner's slots busy for hours, and
  * the other deferred mail waited behind it. (An answer that says no, or SERVFAIL, comes back at once: not kept.)
  */
@@ -45,28 +50,30 @@ const NOT_FOUND = new Set(['ENOTFOUND', 'NXDOMAIN']);
 const NO_DATA = new Set(['ENODATA', 'NODATA']);
 
 export function createResolver(opts: ResolverOptions): DeliveryResolver {
-  const resolver = new Resolver({ timeout: opts.timeoutMs ?? 5000, tries: 2 });
-  if (opts.servers?.length) resolver.setServers(opts.servers);
-  const cache = new Map<string, { until: number; value: Promise<unknown> }>();
+  const tryMs = opts.timeoutMs ?? 5000;
+  const resolver = budgetResolver(tryMs, opts.servers);
+  const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query);
+  // Names looked up once (a bounce to each of a spammer's made-up sender domains) push out only each other.
+  const cache = new AnswerCache<{ until: number; value: Promise<unknown>; chars: 0 }>(MAX_CACHED, Infinity);
   const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
-    const hit = cache.get(key);
+    const hit = cache.use(key);
     if (hit && hit.until > performance.now()) return hit.value as Promise<T>; // monotonic: a clock set back must not keep answers longer
-    const value = fn();
-    cache.set(key, { until: performance.now() + CACHE_MS, value });
-    value.catch((err: unknown) => {
+    const entry = { until: performance.now() + CACHE_MS, value: fn() as Promise<unknown>, chars: 0 as const };
+    cache.set(key, entry);
+    entry.value.catch((err: unknown) => {
+      if (!cache.holds(key, entry)) return;
       // Other failures are not cached.
-      if (timedOut.has(err as object) && cache.get(key)?.value === value) cache.set(key, { until: performance.now() + TIMEOUT_CACHE_MS, value });
-      else if (cache.get(key)?.value === value) cache.delete(key);
+      if (timedOut.has(err as object)) entry.until = performance.now() + TIMEOUT_CACHE_MS;
+      else cache.delete(key);
     });
-    if (cache.size > 10_000) cache.delete(cache.keys().next().value!);
-    return value;
+    return entry.value as Promise<T>;
   };
 
   return {
     mx(domain) {
       return cached(`mx ${domain}`, async () => {
         try {
-          const records = await resolver.resolveMx(domain);
+          const records = await ask(() => resolver.resolveMx(domain));
           return records.sort((a, b) => a.priority - b.priority).slice(0, MAX_RECORDS)
             .map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }));
         } catch (err) {
@@ -75,6 +82,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
           if (NOT_FOUND.has(code)) {
             throw new DeliveryFailure(`Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`, { permanent: true, enhanced: '5.1.2' });
           }
+          if (code === 'EBADNAME') throw new DeliveryFailure(badName(domain), { permanent: true, enhanced: '5.1.2' });
           throw noted(new DeliveryFailure(`Name service error for name=${domain} type=MX: ${code || (err as Error).message}`, { permanent: false, enhanced: '4.4.3' }), code);
         }
       });
@@ -91,7 +99,7 @@ export function createResolver(opts: ResolverOptions): DeliveryResolver {
             throw noted(hostFailure(host, code), code);
           }
         }
-        const [v4, v6] = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
+        const [v4, v6] = await Promise.allSettled([ask(() => resolver.resolve4(host)), ask(() => resolver.resolve6(host))]);
         const addresses = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
         if (addresses.length) return addresses.slice(0, MAX_RECORDS);
         const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code ?? '' : 'ENODATA'));
@@ -117,7 +125,15 @@ function noted(failure: DeliveryFailure, code: string): DeliveryFailure {
   return failure;
 }
 
+/**
+ * A name DNS cannot hold (a label over 63 octets, a name over 253: smtp-server takes `RCPT TO:<a@{70 × x}.test>`):
+ * no server is asked, and asking again cannot help. It was a temporary failure, retried until the queue lifetime.
+ */
+function badName(name: string): string {
+  return `Host or domain name not found. Name service error for name=${name}: not a valid domain name (a label over 63 or a name over 253 characters)`;
+}
+
 function hostFailure(host: string, code: string): DeliveryFailure {
-  if (NOT_FOUND.has(code) || NO_DATA.has(code)) return new HostNotFound(host);
+  if (NOT_FOUND.has(code) || NO_DATA.has(code) || code === 'EBADNAME') return new HostNotFound(host);
   return new DeliveryFailure(`Name service error for name=${host} type=A: ${code}`, { permanent: false, enhanced: '4.4.3' });
 }

@@ -6,6 +6,7 @@
 import { isIP } from 'node:net';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { HostNotFound, type DeliveryResolver } from './dns.ts';
+import { isHostName } from '../dns/host-name.ts';
 import { DeliveryFailure } from './outcome.ts';
 
 export interface NextHop {
@@ -64,11 +65,22 @@ export async function defaultRoute(delivery: DeliveryConfig, domain: string, res
   if (literal) return { kind: 'mx', domain, hops: [{ host: literal, port, implicitTls: false, addresses: [literal] }], failure: null };
   try {
     const records = await resolver.mx(domain);
-    if (records.length === 1 && (records[0]!.exchange === '' || records[0]!.exchange === '.')) {
+    // Null MX (RFC 7505): also when it is there more than once (`0 .` and `10 .`), which left no host to try (4.4.1, retried for days).
+    if (records.length && records.every((r) => r.exchange === '' || r.exchange === '.')) {
       return unusable(new DeliveryFailure(`Domain ${domain} does not accept mail (null MX)`, { permanent: true, enhanced: '5.1.10' }));
     }
+    // An MX record names a host (RFC 1035 3.3.9). One that reads as an address, or is no host name at all, is not
+    // used, as Postfix ("numeric" or "malformed domain name in resource data of MX record") and Exim
+    // (allow_mx_to_ip false) refuse it: an address was connected to with no lookup made, and a name with a space
+    // or a comma, or node:dns's escapes (`a\.b`, `\013`), was looked up as it came (a label with a dot in it
+    // asked for; the others a name service error, deferred again on every attempt).
+    const invalid = records.filter((r) => r.exchange && (isIP(r.exchange) || !isHostName(r.exchange)));
+    const usable = records.filter((r) => r.exchange && !invalid.includes(r));
+    if (records.length && !usable.length && invalid.length) {
+      return unusable(new DeliveryFailure(`MX records of ${domain} name no valid host (${invalid.map((r) => JSON.stringify(r.exchange)).join(', ')}): not used`, { permanent: false, enhanced: '4.4.4' }));
+    }
     if (records.length) {
-      const sorted = shuffle(records.filter((r) => r.exchange)).sort((a, b) => a.priority - b.priority);
+      const sorted = shuffle(usable).sort((a, b) => a.priority - b.priority);
       const hosts = [...new Set(sorted.map((r) => r.exchange))];
       return { kind: 'mx', domain, hops: hosts.map((host) => ({ host, port, implicitTls: false })), failure: null };
     }

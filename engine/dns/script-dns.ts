@@ -8,10 +8,12 @@
  * MAX_CACHE_SECONDS); MX, TXT and PTR answers, and "no such name / no such record" (whose TTL would come
  * from the SOA, which node:dns does not return), for FIXED_CACHE_SECONDS. Failures are not kept.
  */
-import { Resolver } from 'node:dns/promises';
+import type { Resolver } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
+import { budgetResolver, withinBudget } from './within-budget.ts';
+import { AnswerCache } from './answer-cache.ts';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
@@ -35,8 +37,8 @@ export interface ScriptDnsOptions {
   timeoutMs: number;
 }
 
-/** Kept answers before the oldest go. */
-const MAX_ENTRIES = 10_000;
+/** Kept answers before the oldest go (answer-cache.ts: names asked once go before names asked again). */
+export const MAX_ENTRIES = 10_000;
 /**
  * And the characters of their records, all together, before the oldest go: an answer can be 64 KB (a TXT record
  * of many strings, or thousands of A records, over UDP), so 10 000 names that a sender's domain controls
@@ -59,16 +61,13 @@ function charsOf(a: DnsAnswer): number {
 export class ScriptDns {
   readonly timeoutMs: number;
   readonly #resolver: Resolver;
-  readonly #cache = new Map<string, Entry>();
-  /** What the settled answers kept hold, in charsOf() units. */
-  #chars = 0;
+  /** Sizes of settled answers in charsOf() units (in flight: 0). */
+  readonly #cache = new AnswerCache<Entry>(MAX_ENTRIES, MAX_CACHED_CHARS);
   readonly #now: () => number;
 
   constructor(options: ScriptDnsOptions, now: () => number = () => performance.now()) {
     this.timeoutMs = options.timeoutMs;
-    // One try: the per-call timer decides; a retry would only outlive it.
-    this.#resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
-    if (options.servers.length) this.#resolver.setServers(options.servers);
+    this.#resolver = budgetResolver(options.timeoutMs, options.servers);
     this.#now = now;
   }
 
@@ -78,23 +77,21 @@ export class ScriptDns {
     const query = type === 'PTR' && isIP(name) ? reverseName(name) : name.replace(/\.$/, '').toLowerCase();
     const key = `${type} ${query}`;
     const now = this.#now();
-    const hit = this.#cache.get(key);
+    const hit = this.#cache.use(key);
     const limit = Math.min(timeoutMs, this.timeoutMs);
     if (hit && hit.until > now) return withTimeout(hit.answer.then((a) => aged(a, hit.until, this.#now())), limit, query, type);
     const answer = this.#lookup(query, type);
     // In flight: later callers share it; settled, kept for its TTL (failures are dropped).
     const entry: Entry = { until: Infinity, answer, chars: 0 };
-    this.#remember(key, entry);
+    this.#cache.set(key, entry);
     void answer.then((a) => {
-      if (this.#cache.get(key) !== entry) return; // pushed out meanwhile
+      if (!this.#cache.holds(key, entry)) return; // pushed out meanwhile
       if (!a.ok) {
         this.#cache.delete(key);
         return;
       }
       entry.until = this.#now() + 1000 * (a.ttl ?? FIXED_CACHE_SECONDS);
-      entry.chars = charsOf(a);
-      this.#chars += entry.chars;
-      this.#trim();
+      this.#cache.resize(key, entry, charsOf(a));
     });
     return withTimeout(answer, limit, query, type);
   }
@@ -111,45 +108,33 @@ export class ScriptDns {
     return { ok: true, listed: codes.some((c) => c.startsWith('127.')), codes, query };
   }
 
-  #remember(key: string, entry: Entry): void {
-    this.#forget(key);
-    this.#cache.set(key, entry);
-    this.#trim();
-  }
-
-  /** The oldest answers go while there are too many, or they hold too much (the newest is kept, whatever its size). */
-  #trim(): void {
-    while (this.#cache.size > MAX_ENTRIES || (this.#chars > MAX_CACHED_CHARS && this.#cache.size > 1)) {
-      this.#forget(this.#cache.keys().next().value!);
-    }
-  }
-
-  #forget(key: string): void {
-    const old = this.#cache.get(key);
-    if (!old) return;
-    this.#chars -= old.chars;
-    this.#cache.delete(key);
+  /** One query, asked again while the configured time lasts when a try goes unanswered (within-budget.ts). */
+  #ask<T>(query: () => Promise<T>): Promise<T> {
+    return withinBudget(this.timeoutMs, query);
   }
 
   async #lookup(name: string, type: DnsType): Promise<DnsAnswer> {
+    const resolver = this.#resolver;
     try {
       switch (type) {
         case 'A':
         case 'AAAA': {
-          const found = await (type === 'A' ? this.#resolver.resolve4(name, { ttl: true }) : this.#resolver.resolve6(name, { ttl: true }));
-          const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => r.ttl));
-          return { ok: true, records: found.map((r) => r.address), ttl: Math.max(0, ttl), nxdomain: false };
+          const found = await this.#ask(() => (type === 'A' ? resolver.resolve4(name, { ttl: true }) : resolver.resolve6(name, { ttl: true })));
+          // No address (an alias whose target has none): no TTL to go by, kept as "no such record" is.
+          if (!found.length) return { ok: true, records: [], ttl: null, nxdomain: false };
+          const ttl = Math.min(MAX_CACHE_SECONDS, ...found.map((r) => ttlSeconds(r.ttl)));
+          return { ok: true, records: found.map((r) => r.address), ttl, nxdomain: false };
         }
         case 'MX': {
-          const found = await this.#resolver.resolveMx(name);
+          const found = await this.#ask(() => resolver.resolveMx(name));
           const records = found.map((r) => ({ exchange: r.exchange.replace(/\.$/, '').toLowerCase(), priority: r.priority }))
             .sort((x, y) => x.priority - y.priority);
           return { ok: true, records, ttl: null, nxdomain: false };
         }
         case 'TXT':
-          return { ok: true, records: (await this.#resolver.resolveTxt(name)).map((chunks) => chunks.join('')), ttl: null, nxdomain: false };
+          return { ok: true, records: (await this.#ask(() => resolver.resolveTxt(name))).map((chunks) => chunks.join('')), ttl: null, nxdomain: false };
         case 'PTR':
-          return { ok: true, records: (await this.#resolver.resolvePtr(name)).map((n) => n.replace(/\.$/, '').toLowerCase()), ttl: null, nxdomain: false };
+          return { ok: true, records: (await this.#ask(() => resolver.resolvePtr(name))).map((n) => n.replace(/\.$/, '').toLowerCase()), ttl: null, nxdomain: false };
       }
     } catch (err) {
       return failure(err as NodeJS.ErrnoException, name, type);
@@ -169,6 +154,11 @@ function askable(name: string): boolean {
   return isAscii(name) || domainToASCII(name) !== '';
 }
 const isAscii = (s: string): boolean => !/[^\x00-\x7f]/.test(s);
+
+/** A record's TTL: one with the top bit set means 0 (RFC 2181 §8), not 68 years (capped to an hour, it was kept an hour). */
+function ttlSeconds(ttl: number): number {
+  return ttl > 0x7fffffff || ttl < 0 ? 0 : ttl;
+}
 
 /** A kept answer with the TTL it has left. */
 function aged(a: DnsAnswer, until: number, now: number): DnsAnswer {

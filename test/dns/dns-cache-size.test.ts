@@ -60,8 +60,11 @@ test('large answers push the oldest out of the DNS cache once it holds its limit
   assert.equal(await mail('s0.sender.test'), '250 2.1.0 TXT 60000');
   assert.equal(dns.queries.get('TXT s0.sender.test'), 1, 'kept while the cache has room');
   for (let i = 1; i < NAMES; i++) assert.equal(await mail(`s${i}.sender.test`), '250 2.1.0 TXT 60000', `s${i}`);
+  assert.equal(await mail('s1.sender.test'), '250 2.1.0 TXT 60000');
+  assert.equal(dns.queries.get('TXT s1.sender.test'), 2, 'the oldest answer asked once was pushed out: asked again');
+  // s0, asked twice, is in the cache's part for answers asked again (engine/dns/answer-cache.ts): still kept.
   assert.equal(await mail('s0.sender.test'), '250 2.1.0 TXT 60000');
-  assert.equal(dns.queries.get('TXT s0.sender.test'), 2, 'the oldest answer was pushed out: asked again');
+  assert.equal(dns.queries.get('TXT s0.sender.test'), 1);
   // The newest are still kept.
   assert.equal(await mail(`s${NAMES - 1}.sender.test`), '250 2.1.0 TXT 60000');
   assert.equal(dns.queries.get(`TXT s${NAMES - 1}.sender.test`), 1);

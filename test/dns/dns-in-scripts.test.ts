@@ -133,7 +133,7 @@ test('a NUL in a header\'s domain: the allow-list query is badname, not cut to t
   await c.quit();
 });
 
-test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are addresses', () => {
+test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; dns.servers and delivery.dnsServers are addresses', () => {
   const base = 'listeners: [{ name: a, listen: "127.0.0.1:0" }]\n';
   assert.throws(() => parseConfig(`${base}dns: { timeoutMs: 100 }\n`, 'p.yaml', '/tmp'), /dns\.timeoutMs.*must be below sandbox\.timeoutMs \(100 ms\)/s);
   assert.deepEqual(parseConfig(base, 'p.yaml', '/tmp').config.dns, { servers: [] });
@@ -141,5 +141,11 @@ test('configuration: dns.timeoutMs must be below sandbox.timeoutMs; servers are 
   assert.deepEqual(parseConfig(`${base}dns: { servers: ${JSON.stringify(servers)} }\n`, 'p.yaml', '/tmp').config.dns.servers, servers);
   for (const bad of ['dns.example', '192.0.2.53:0', '[192.0.2.53]:53', '192.0.2.53:99999']) {
     assert.throws(() => parseConfig(`${base}dns: { servers: ["${bad}"] }\n`, 'p.yaml', '/tmp'), /expected an IP address, address:port or \[IPv6\]:port/, bad);
+  }
+  // delivery.dnsServers too: a name there was accepted, and every delivery attempt then failed with setServers()'s
+  // TypeError (logged as "delivery attempt failed", the mail never deferred with a reason) until the config was fixed.
+  assert.deepEqual(parseConfig(`${base}delivery: { dnsServers: ${JSON.stringify(servers)} }\n`, 'p.yaml', '/tmp').config.delivery.dnsServers, servers);
+  for (const bad of ['dns.example', '192.0.2.53:0']) {
+    assert.throws(() => parseConfig(`${base}delivery:\n  dnsServers: ["${bad}"]\n`, 'p.yaml', '/tmp'), /p\.yaml:3:\d+: delivery\.dnsServers\[0\]: expected an IP address, address:port or \[IPv6\]:port/s, bad);
   }
 });

@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ScriptDns, FIXED_CACHE_SECONDS, reverseLabels, reverseName } from '../../engine/dns/script-dns.ts';
+import { ScriptDns, FIXED_CACHE_SECONDS, MAX_ENTRIES, reverseLabels, reverseName } from '../../engine/dns/script-dns.ts';
 import { startDnsServer, ptrName, type TestDnsServer } from '../helpers/dns-server.ts';
 
 let server: TestDnsServer;
@@ -24,6 +24,8 @@ before(async () => {
     [ptrName('192.0.2.10')]: [{ type: 'PTR', value: 'mail.example.test.' }],
     '2.0.0.127.bl.test': [{ type: 'A', value: '127.0.0.2' }, { type: 'A', value: '127.0.0.4' }],
     '3.0.0.127.bl.test': [{ type: 'A', value: '127.255.255.254' }],
+    // Outside 127.0.0.0/8: not a listing (RFC 5782 §2.1; a lapsed list's domain parked on a wildcard answers so).
+    '5.0.0.127.bl.test': [{ type: 'A', value: '192.0.2.80' }],
     'nodata.example.test': [{ type: 'TXT', value: ['only text'] }],
   });
   server.servfail.add('broken.example.test');
@@ -98,6 +100,7 @@ test('dnsbl: listed with its codes, not listed, and the list refusing the resolv
   assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.2'), { ok: true, listed: true, codes: ['127.0.0.2', '127.0.0.4'], query: '2.0.0.127.bl.test' });
   assert.deepEqual(await r.dnsbl('bl.test.', '127.0.0.1'), { ok: true, listed: false, codes: [], query: '1.0.0.127.bl.test' });
   assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.3'), { ok: false, error: 'refused', message: 'bl.test refused the query (answer 127.255.255.254)', query: '3.0.0.127.bl.test' });
+  assert.deepEqual(await r.dnsbl('bl.test', '127.0.0.5'), { ok: true, listed: false, codes: ['192.0.2.80'], query: '5.0.0.127.bl.test' });
   assert.equal(reverseLabels('2001:db8::567:89ab'), 'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2');
 });
 
@@ -124,4 +127,84 @@ test('a name c-ares would not ask as given (NUL, backslash, no IDNA form) is bad
   assert.equal(listed.ok, false);
   // An IDN is still asked, as its A-label.
   assert.equal((await r.resolve('é.example.test', 'A')).ok, true);
+});
+
+test('after many quick answers, a name whose recursion takes 2.5 s is answered within dns.timeoutMs, asked again meanwhile', async () => {
+  // c-ares times each try from the server's recent answers (at least ~1 s), not from `timeout`: behind a caching
+  // resolver answering in a millisecond, this lookup was `timeout` after 1 s, though dns.timeoutMs was 8 s.
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 8000 });
+  for (let i = 0; i < 10; i++) assert.equal((await r.resolve(`warm${i}.example.test`, 'A')).ok, true);
+  server.zone.set('recursing.example.test', [{ type: 'A', value: '192.0.2.25' }]);
+  server.recursing.set('recursing.example.test', 2500);
+  assert.deepEqual(await r.resolve('recursing.example.test', 'A'), { ok: true, records: ['192.0.2.25'], ttl: 300, nxdomain: false });
+  assert.ok(server.queries.get('A recursing.example.test')! >= 2, 'asked again when a try went unanswered');
+});
+
+test('a server that never answers: the lookup is a timeout once dns.timeoutMs has passed, asked again now and then, not in a loop', async () => {
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 3000 });
+  for (let i = 0; i < 10; i++) await r.resolve(`warm-silent${i}.example.test`, 'A');
+  server.silent.add('never.example.test');
+  const started = performance.now();
+  const a = await r.resolve('never.example.test', 'TXT');
+  assert.equal(a.ok, false);
+  assert.equal((a as { error: string }).error, 'timeout');
+  assert.ok(performance.now() - started >= 2900, 'not given up before its time');
+  const asked = server.queries.get('TXT never.example.test')!;
+  assert.ok(asked >= 1 && asked <= 5, `${asked} queries in 3 s: asked again, not in a loop`);
+});
+
+test('a flood of names asked once pushes out only names asked once: answers scripts ask again stay kept', { timeout: 120_000 }, async () => {
+  // Before: one list, oldest first, a hit not counting: MAX_ENTRIES made-up names (a client's HELO or From
+  // domains, one per command) pushed out every answer, the DNSBL and allow-list answers other clients reuse too.
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => 0);
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  await r.resolve('example.test', 'MX');
+  await r.resolve('example.test', 'MX');
+  const reused = asked('MX example.test');
+  for (let i = 0; i < MAX_ENTRIES + 100; i += 250) {
+    await Promise.all(Array.from({ length: 250 }, (_, j) => r.resolve(`n${i + j}.flood.test`, 'A')));
+  }
+  await r.resolve('example.test', 'MX');
+  assert.equal(asked('MX example.test'), reused, 'still kept');
+  // Still bounded: the oldest of the flood went.
+  await r.resolve('n0.flood.test', 'A');
+  assert.equal(asked('A n0.flood.test'), 2);
+  await r.resolve(`n${MAX_ENTRIES + 99}.flood.test`, 'A');
+  assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), 1);
+});
+
+test('TTLs from a hostile server: the top bit set means 0 (RFC 2181), an alias to nothing is kept as "no such record", TTL 0 not kept', async () => {
+  // Before: 2^32-1 was capped to an hour and kept that long; a CNAME with no address behind it kept an hour too.
+  server.zone.set('ttl-max.example.test', [{ type: 'A', value: '192.0.2.31', ttl: 0xffffffff }]);
+  server.zone.set('ttl-signed.example.test', [{ type: 'A', value: '192.0.2.32', ttl: 0x7fffffff }]);
+  server.zone.set('ttl-zero.example.test', [{ type: 'A', value: '192.0.2.33', ttl: 0 }]);
+  server.zone.set('alias.example.test', [{ type: 'CNAME', value: 'gone.elsewhere.test' }]);
+  let now = 0;
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => now);
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  assert.deepEqual(await r.resolve('ttl-max.example.test', 'A'), { ok: true, records: ['192.0.2.31'], ttl: 0, nxdomain: false });
+  assert.deepEqual(await r.resolve('ttl-signed.example.test', 'A'), { ok: true, records: ['192.0.2.32'], ttl: 3600, nxdomain: false });
+  assert.deepEqual(await r.resolve('ttl-zero.example.test', 'A'), { ok: true, records: ['192.0.2.33'], ttl: 0, nxdomain: false });
+  assert.deepEqual(await r.resolve('alias.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: false });
+  now = 1;
+  for (const name of ['ttl-max', 'ttl-zero']) {
+    await r.resolve(`${name}.example.test`, 'A');
+    assert.equal(asked(`A ${name}.example.test`), 2, `${name}: not kept`);
+  }
+  await r.resolve('ttl-signed.example.test', 'A');
+  assert.equal(asked('A ttl-signed.example.test'), 1, 'kept, for at most an hour');
+  now = FIXED_CACHE_SECONDS * 1000 + 1;
+  await r.resolve('alias.example.test', 'A');
+  assert.equal(asked('A alias.example.test'), 2, 'asked again after the fixed time, not an hour');
+});
+
+test('100 callers of one name share one query; one caller\'s shorter time limit fails only that caller', async () => {
+  server.zone.set('shared.example.test', [{ type: 'TXT', value: ['shared'] }]);
+  server.recursing.set('shared.example.test', 400);
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 5000 });
+  const impatient = r.resolve('shared.example.test', 'TXT', 50);
+  const patient = Array.from({ length: 100 }, () => r.resolve('shared.example.test', 'TXT'));
+  assert.equal((await impatient as { error: string }).error, 'timeout');
+  for (const a of await Promise.all(patient)) assert.deepEqual(a, { ok: true, records: ['shared'], ttl: null, nxdomain: false });
+  assert.equal(server.queries.get('TXT shared.example.test'), 1);
 });
