@@ -192,7 +192,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
     // runner's slot, which other destinations' mail needs (the runner sets this message aside instead).
     if (env.perDestination.backlogged(destination)) return busy(tx, destination);
     const releaseDestination = await env.perDestination.acquire(destination);
-    const releaseOverall = await env.overall.acquire();
+    const releaseOverall = await env.overall.acquire(tx.id); // taking turns with the other messages waiting (limiter.ts)
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
     let unreachable: DeliveryFailure | null = null;
     let otherFailure = false;
