@@ -558,11 +558,21 @@ export class QueueRunner {
         ...envelope.dsn,
         recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
       };
+      // Deliveries made while other transactions of this attempt still run are written as they come (#recordProgress).
+      let running = transactions.size;
+      const delivered = new Set<string>();
+      const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
+      let progressRecorded = Promise.resolve();
       const results = await Promise.all([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
+        running--;
+        const more = r.outcomes.filter((o) => o.status === 'delivered' && !delivered.has(o.recipient) && !awaitsSuccessNotice(envelope.sender, queued.get(o.recipient), o));
+        for (const o of more) delivered.add(o.recipient);
+        if (more.length && running > 0) progressRecorded = progressRecorded.then(() => this.#recordProgress(envelope, delivered));
         return r.outcomes;
       }));
+      await progressRecorded;
       for (const r of results) outcomes.push(...r);
       const busy = outcomes.find((o) => o.destinationBusy)?.destinationBusy;
       // Nothing tried, only a slow destination's backlog found full: set aside until it has room, not an attempt.
@@ -634,6 +644,25 @@ export class QueueRunner {
       return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
     } catch {
       return false; // unreadable: the notice is not held back for it
+    }
+  }
+
+  /**
+   * Recipients delivered while other transactions of the attempt still run, written at once: the attempt's record
+   * (#record) comes only once its slowest next hop is done (half an hour for a tarpit that answers each reply just in
+   * time), and a crash before it sent to these again at the restart. The attempt has not ended: its number, schedule
+   * and errors stay as they were, and its record writes over this. A failure to write leaves things as they were.
+   */
+  async #recordProgress(envelope: SpoolEnvelope, delivered: ReadonlySet<string>): Promise<void> {
+    const state: SpoolState = {
+      attempts: envelope.attempts, nextAttemptAt: envelope.nextAttemptAt, errors: envelope.errors,
+      recipients: envelope.recipients.map((r) => (!r.status && delivered.has(r.address) ? { ...r, status: 'delivered', lastError: undefined } : r)),
+    };
+    try {
+      await this.#spool.updateState(envelope.id, state);
+      this.#noState.delete(envelope.id);
+    } catch (err) {
+      this.#log.warn({ id: envelope.id, err: (err as Error).message }, `${envelope.id}: cannot record the recipients delivered so far before the attempt ends; recorded at its end`);
     }
   }
 
@@ -810,6 +839,14 @@ function wants(r: SpoolRecipient, what: 'FAILURE' | 'SUCCESS'): boolean {
   if (!r.notify?.length) return what === 'FAILURE';
   const n = r.notify.map((x) => x.toUpperCase());
   return !n.includes('NEVER') && n.includes(what);
+}
+
+/**
+ * A delivered recipient whose success notice (NOTIFY=SUCCESS, the next hop not taking it over) is ours to send: its
+ * delivery is recorded with the notice, at the attempt's end (a delivery recorded before, then a crash, and no notice).
+ */
+function awaitsSuccessNotice(sender: string, r: SpoolRecipient | undefined, o: RecipientOutcome): boolean {
+  return sender !== '' && !o.dsnPassedOn && !!r && wants(r, 'SUCCESS');
 }
 
 /** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */
