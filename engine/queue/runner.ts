@@ -256,7 +256,7 @@ export class QueueRunner {
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
-        this.#due.set(id, this.#dueAt(Spool.idTime(id)), 'new');
+        this.#due.set(id, this.#dueAt(Spool.idTime(id), 0), 'new');
         this.#noState.add(id);
         continue;
       }
@@ -265,7 +265,7 @@ export class QueueRunner {
         const state = await this.#spool.readState(id);
         if (this.#active.has(id)) continue;
         const at = state ? Date.parse(state.nextAttemptAt) : Spool.idTime(id);
-        this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now()));
+        this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now(), state ? retryDelayMs(delivery, state.attempts) : 0));
       } catch (err) {
         if (isSystemError(err)) {
           // Out of file descriptors, an I/O error: the file is not known to be bad. Tried again later.
@@ -441,13 +441,14 @@ export class QueueRunner {
   /**
    * A wall-clock time (as the spool records it) as a due time on the monotonic clock, which the queue
    * keeps: a step of the wall clock then neither holds back nor hurries what is already scheduled. A time
-   * further ahead than the longest retry delay can only come from a clock that was set back since it was
-   * written (or a message id from before that): it is due after that delay, not when the clock catches up.
+   * more than `furthest` ms ahead (the retry step that set it; 0 for a message never attempted, due since it
+   * was accepted) can only come from a clock that was set back since it was written: it is due after
+   * `furthest`, not when the clock catches up. (Capped at the longest retry step instead, a restart after the
+   * clock was set back held every message, new ones too, for up to that step: 4 hours by default.)
    * Past times stay in the past, in their order (oldest first).
    */
-  #dueAt(wallTime: number): number {
-    const longest = Math.max(...this.#delivery().retrySchedule) * 1000;
-    return performance.now() + Math.min(wallTime - Date.now(), longest);
+  #dueAt(wallTime: number, furthest = Math.max(...this.#delivery().retrySchedule) * 1000): number {
+    return performance.now() + Math.min(wallTime - Date.now(), furthest);
   }
 
   #wakeAtTime(time: number): void {
