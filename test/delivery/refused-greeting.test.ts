@@ -45,10 +45,11 @@ test('a next hop that refuses every session at its greeting is suspended: the re
   }
 });
 
-test('a refusal at the greeting while another connection of ours is in session is a limit on connections: not suspended, the next message goes', async () => {
+test('a refusal at the greeting while another connection of ours is in session is a limit on connections: not suspended', async () => {
   let open = 0;
   let refused = 0;
-  let delivered = 0;
+  let release = false;
+  let inData = 0;
   const peer = await startScriptedPeer({
     // One session at a time, as a host with a per-client connection limit.
     greeting: (s) => {
@@ -56,23 +57,27 @@ test('a refusal at the greeting while another connection of ours is in session i
       open++;
       s.once('close', () => { open--; });
     },
-    // The first message's verdict waits until a second connection was refused meanwhile.
+    // The session's verdict waits until the test lets it go: the others are refused meanwhile.
     endOfData: (s: net.Socket) => {
-      void until('a second connection refused', () => refused >= 1 || delivered >= 1, { timeoutMs: 60_000 }).then(() => { delivered++; s.write('250 2.0.0 queued\r\n'); });
+      inData++;
+      void until('the test to let the verdict go', () => release, { timeoutMs: 60_000 }).then(() => s.write('250 2.0.0 queued\r\n'));
       return 'answered';
     },
   });
   const s = await server(peer.port, { concurrency: 2, perDestinationConcurrency: 2 });
   try {
-    const first = await s.send('a@origin.test', ['a@full.test']);
-    const second = await s.send('a@origin.test', ['b@full.test']);
-    const refusedAttempt = await s.nextAttempt((e) => e.id === second, { timeoutMs: 60_000, past: true });
-    assert.match(refusedAttempt.outcomes[0]!.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/);
-    await s.nextAttempt((e) => e.id === first && e.removed, { timeoutMs: 60_000, past: true });
-    const third = await s.send('a@origin.test', ['c@full.test']);
-    const e = await s.nextAttempt((x) => x.id === third, { timeoutMs: 60_000, past: true });
-    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
-    assert.equal(delivered, 2);
+    const ids = [await s.send('a@origin.test', ['a@full.test'])];
+    await until('the first message in session, awaiting its verdict', () => inData >= 1, { timeoutMs: 60_000 });
+    ids.push(await s.send('a@origin.test', ['b@full.test']));
+    await until('a second connection refused', () => refused >= 1, { timeoutMs: 60_000 });
+    // Still in session on the one connection: a third message is refused at its own, and not suspended either.
+    ids.push(await s.send('a@origin.test', ['c@full.test']));
+    await until('a third connection refused', () => refused >= 2, { timeoutMs: 60_000 });
+    release = true;
+    const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
+    assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary', 'temporary']);
+    for (const o of outcomes.slice(1)) assert.match(o.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/, 'its own refusal, not a suspension');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))));
   } finally {
     await s.stop();
     peer.close();
