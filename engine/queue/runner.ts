@@ -302,13 +302,14 @@ export class QueueRunner {
 
   /**
    * `destination` gave back a slot: let in as many of the messages set aside for it as its waiting line has
-   * room for (one, once it is going: each slot given back takes one waiter), oldest first.
+   * room for (one, once it is going: each slot given back takes one waiter), oldest first. All of them when it
+   * is suspended: each is deferred at once without a slot, so none would be given back to let in the next.
    */
   #unpark(destination: string): void {
     const ids = this.#parked.get(destination);
     if (!ids) return;
     const limit = this.#delivery().perDestinationConcurrency;
-    let n = Math.max(1, limit - this.#perDestination.waiting(destination));
+    let n = this.#suspensions.failure(destination) ? ids.size : Math.max(1, limit - this.#perDestination.waiting(destination));
     for (const id of ids) {
       if (n-- <= 0) break;
       this.#unparkOne(id, true);
