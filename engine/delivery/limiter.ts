@@ -1,21 +1,32 @@
 /**
  * A counting semaphore whose limit is read on every acquire, so a reload that changes `concurrency`
- * applies to the next delivery. Waiters are served first come, first served.
+ * applies to the next delivery. Waiters may name who they wait for (`owner`: a message): a freed slot goes
+ * round the owners that wait, first come first served within each. One message with a transaction per
+ * destination (a list's post to a hundred domains, slow or dead ones among them) otherwise queued all of
+ * them ahead of any other message, which waited for every one to end. Waiters without an owner are each
+ * their own.
  */
 export class Limiter {
   readonly #limit: () => number;
   #busy = 0;
-  #waiting: Array<() => void> = [];
+  /** Owners in the order they are served next; each with its waiters, oldest first. */
+  readonly #waiting = new Map<unknown, Array<() => void>>();
+  #waitingCount = 0;
 
   constructor(limit: () => number) { this.#limit = limit; }
 
   get busy(): number { return this.#busy; }
-  get waiting(): number { return this.#waiting.length; }
+  get waiting(): number { return this.#waitingCount; }
 
   /** Resolves with a release function once a slot is free. Call it exactly once. */
-  async acquire(): Promise<() => void> {
-    if (this.#busy >= this.#limit() || this.#waiting.length) {
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+  async acquire(owner: unknown = Symbol('waiter')): Promise<() => void> {
+    if (this.#busy >= this.#limit() || this.#waitingCount) {
+      await new Promise<void>((resolve) => {
+        const line = this.#waiting.get(owner);
+        if (line) line.push(resolve);
+        else this.#waiting.set(owner, [resolve]);
+        this.#waitingCount++;
+      });
     } else {
       this.#busy++;
     }
@@ -29,9 +40,15 @@ export class Limiter {
   }
 
   #drain(): void {
-    while (this.#waiting.length && this.#busy < this.#limit()) {
+    while (this.#waitingCount && this.#busy < this.#limit()) {
+      const [owner, line] = this.#waiting.entries().next().value!;
+      const next = line.shift()!;
+      // Served: to the back of the round, behind the owners still waiting.
+      this.#waiting.delete(owner);
+      if (line.length) this.#waiting.set(owner, line);
+      this.#waitingCount--;
       this.#busy++;
-      this.#waiting.shift()!();
+      next();
     }
   }
 }

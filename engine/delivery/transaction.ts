@@ -192,7 +192,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
     // runner's slot, which other destinations' mail needs (the runner sets this message aside instead).
     if (env.perDestination.backlogged(destination)) return busy(tx, destination);
     const releaseDestination = await env.perDestination.acquire(destination);
-    const releaseOverall = await env.overall.acquire();
+    const releaseOverall = await env.overall.acquire(tx.id); // taking turns with the other messages waiting (limiter.ts)
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
     let unreachable: DeliveryFailure | null = null;
     let otherFailure = false;
@@ -220,7 +220,12 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
           // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
           // client certificate, say), or whose TLS does not suit our policy, may take other mail, or this one later.
-          if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
+          // But a refusal in plaintext at the greeting, before anything of ours was said, refuses every message
+          // alike (Postfix: "refused to talk to me"): unless a connection of ours to it is in session (then it is
+          // a limit on connections, and the mail goes on over that one), it is as unreachable. Connected to once
+          // per message, a host that came back from an outage saying 421 got one connection for each message queued.
+          if (refusedGreeting(e, security) && env.pool.openCount(destination) === 0 && !tlsFailed) unreachable = last;
+          else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
           // Opportunistic TLS failed: the same host in plaintext (Postfix does the same).
@@ -256,6 +261,11 @@ function suspend(env: TransactionEnv, destination: string, failure: DeliveryFail
     env.log.warn({ destination, err: failure.message, seconds: ms / 1000 },
       `${destination}: delivery temporarily suspended for ${ms / 1000} s: ${failure.message}`);
   }
+}
+
+/** The next hop's greeting was a 4yz or 5yz reply, on a connection that was not TLS from its start (no certificate of ours seen). */
+function refusedGreeting(e: NodemailerError, security: ConnectionSecurity): boolean {
+  return e.command === 'CONN' && !!e.responseCode && e.responseCode >= 400 && !security.secure;
 }
 
 function connectOptions(env: TransactionEnv): { heloName: string; connectTimeoutMs: number; commandTimeoutMs: number } {

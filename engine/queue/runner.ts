@@ -267,7 +267,7 @@ export class QueueRunner {
       if (this.#active.has(id) || this.#broken.has(id) || this.#attemptedDuringScan.has(id) || this.#parkedOn.has(id) || (!full && this.#due.has(id))) continue;
       // Never attempted: due since it was accepted; no need to open anything.
       if (!hasState) {
-        this.#due.set(id, this.#dueAt(Spool.idTime(id)), 'new');
+        this.#due.set(id, this.#dueAt(Spool.idTime(id), 0), 'new');
         this.#noState.add(id);
         continue;
       }
@@ -276,7 +276,7 @@ export class QueueRunner {
         const state = await this.#spool.readState(id);
         if (this.#active.has(id)) continue;
         const at = state ? Date.parse(state.nextAttemptAt) : Spool.idTime(id);
-        this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now()));
+        this.#due.set(id, this.#dueAt(Number.isFinite(at) ? at : Date.now(), state ? retryDelayMs(delivery, state.attempts) : 0));
       } catch (err) {
         if (isSystemError(err)) {
           // Out of file descriptors, an I/O error: the file is not known to be bad. Tried again later.
@@ -313,13 +313,14 @@ export class QueueRunner {
 
   /**
    * `destination` gave back a slot: let in as many of the messages set aside for it as its waiting line has
-   * room for (one, once it is going: each slot given back takes one waiter), oldest first.
+   * room for (one, once it is going: each slot given back takes one waiter), oldest first. All of them when it
+   * is suspended: each is deferred at once without a slot, so none would be given back to let in the next.
    */
   #unpark(destination: string): void {
     const ids = this.#parked.get(destination);
     if (!ids) return;
     const limit = this.#delivery().perDestinationConcurrency;
-    let n = Math.max(1, limit - this.#perDestination.waiting(destination));
+    let n = this.#suspensions.failure(destination) ? ids.size : Math.max(1, limit - this.#perDestination.waiting(destination));
     for (const id of ids) {
       if (n-- <= 0) break;
       this.#unparkOne(id, true);
@@ -464,13 +465,14 @@ export class QueueRunner {
   /**
    * A wall-clock time (as the spool records it) as a due time on the monotonic clock, which the queue
    * keeps: a step of the wall clock then neither holds back nor hurries what is already scheduled. A time
-   * further ahead than the longest retry delay can only come from a clock that was set back since it was
-   * written (or a message id from before that): it is due after that delay, not when the clock catches up.
+   * more than `furthest` ms ahead (the retry step that set it; 0 for a message never attempted, due since it
+   * was accepted) can only come from a clock that was set back since it was written: it is due after
+   * `furthest`, not when the clock catches up. (Capped at the longest retry step instead, a restart after the
+   * clock was set back held every message, new ones too, for up to that step: 4 hours by default.)
    * Past times stay in the past, in their order (oldest first).
    */
-  #dueAt(wallTime: number): number {
-    const longest = Math.max(...this.#delivery().retrySchedule) * 1000;
-    return performance.now() + Math.min(wallTime - Date.now(), longest);
+  #dueAt(wallTime: number, furthest = Math.max(...this.#delivery().retrySchedule) * 1000): number {
+    return performance.now() + Math.min(wallTime - Date.now(), furthest);
   }
 
   #wakeAtTime(time: number): void {
@@ -581,11 +583,21 @@ export class QueueRunner {
         ...envelope.dsn,
         recipients: new Map(envelope.recipients.map((r) => [r.address, { ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) }])),
       };
+      // Deliveries made while other transactions of this attempt still run are written as they come (#recordProgress).
+      let running = transactions.size;
+      const delivered = new Set<string>();
+      const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
+      let progressRecorded = Promise.resolve();
       const results = await Promise.all([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
+        running--;
+        const more = r.outcomes.filter((o) => o.status === 'delivered' && !delivered.has(o.recipient) && !awaitsSuccessNotice(envelope.sender, queued.get(o.recipient), o));
+        for (const o of more) delivered.add(o.recipient);
+        if (more.length && running > 0) progressRecorded = progressRecorded.then(() => this.#recordProgress(envelope, delivered));
         return r.outcomes;
       }));
+      await progressRecorded;
       for (const r of results) outcomes.push(...r);
       const busy = outcomes.find((o) => o.destinationBusy)?.destinationBusy;
       // Nothing tried, only a slow destination's backlog found full: set aside until it has room, not an attempt.
@@ -660,6 +672,25 @@ export class QueueRunner {
       return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
     } catch {
       return false; // unreadable: the notice is not held back for it
+    }
+  }
+
+  /**
+   * Recipients delivered while other transactions of the attempt still run, written at once: the attempt's record
+   * (#record) comes only once its slowest next hop is done (half an hour for a tarpit that answers each reply just in
+   * time), and a crash before it sent to these again at the restart. The attempt has not ended: its number, schedule
+   * and errors stay as they were, and its record writes over this. A failure to write leaves things as they were.
+   */
+  async #recordProgress(envelope: SpoolEnvelope, delivered: ReadonlySet<string>): Promise<void> {
+    const state: SpoolState = {
+      attempts: envelope.attempts, nextAttemptAt: envelope.nextAttemptAt, errors: envelope.errors,
+      recipients: envelope.recipients.map((r) => (!r.status && delivered.has(r.address) ? { ...r, status: 'delivered', lastError: undefined } : r)),
+    };
+    try {
+      await this.#spool.updateState(envelope.id, state);
+      this.#noState.delete(envelope.id);
+    } catch (err) {
+      this.#log.warn({ id: envelope.id, err: (err as Error).message }, `${envelope.id}: cannot record the recipients delivered so far before the attempt ends; recorded at its end`);
     }
   }
 
@@ -836,6 +867,14 @@ function wants(r: SpoolRecipient, what: 'FAILURE' | 'SUCCESS'): boolean {
   if (!r.notify?.length) return what === 'FAILURE';
   const n = r.notify.map((x) => x.toUpperCase());
   return !n.includes('NEVER') && n.includes(what);
+}
+
+/**
+ * A delivered recipient whose success notice (NOTIFY=SUCCESS, the next hop not taking it over) is ours to send: its
+ * delivery is recorded with the notice, at the attempt's end (a delivery recorded before, then a crash, and no notice).
+ */
+function awaitsSuccessNotice(sender: string, r: SpoolRecipient | undefined, o: RecipientOutcome): boolean {
+  return sender !== '' && !o.dsnPassedOn && !!r && wants(r, 'SUCCESS');
 }
 
 /** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */

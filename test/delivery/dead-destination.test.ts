@@ -7,21 +7,12 @@
 // retry delay has passed, and the other domains' mail goes on.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { startSink } from '../helpers/sink.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { retryMessages } from '../../engine/queue/admin.ts';
-
-/** Takes connections on `host:port` and says nothing; counts them. */
-async function startSilentPeer(host: string, port: number): Promise<{ connections: number; close(): void }> {
-  const sockets = new Set<net.Socket>();
-  const state = { connections: 0 };
-  const server = net.createServer((s) => { state.connections++; sockets.add(s); s.on('error', () => undefined); s.once('close', () => sockets.delete(s)); });
-  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, resolve); });
-  return { get connections() { return state.connections; }, close: () => { for (const s of sockets) s.destroy(); server.close(); } };
-}
+import { startSilentPeer } from '../helpers/silent-peer.ts';
 
 test('a destination that never greets is suspended after its first failure: the rest of its mail is deferred at once, other domains are not starved', async () => {
   const sink = await startSink();

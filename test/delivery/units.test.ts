@@ -35,6 +35,20 @@ test('limiter: never more than the limit at once, first come first served', asyn
   assert.deepEqual(order, [0, 1, 2, 3, 4, 5]);
 });
 
+test('limiter: a freed slot goes round the owners that wait, oldest first within each', async () => {
+  const l = new Limiter(() => 1);
+  const first = await l.acquire('list');
+  const order: string[] = [];
+  const wait = (owner: string, n: number): Promise<void> => l.acquire(owner).then((release) => { order.push(`${owner}${n}`); release(); });
+  // The list's four other transactions wait before the single one of another message, and one without an owner.
+  const waits = [wait('list', 1), wait('list', 2), wait('list', 3), wait('list', 4), wait('other', 1), l.acquire().then((r) => { order.push('anonymous'); r(); })];
+  assert.equal(l.waiting, 6);
+  first();
+  await Promise.all(waits);
+  assert.deepEqual(order, ['list1', 'other1', 'anonymous', 'list2', 'list3', 'list4']);
+  assert.equal(l.busy, 0);
+});
+
 test('routing helpers: grouping by domain, address literals', () => {
   assert.deepEqual([...groupByDomain(['a@X.test', 'b@y.test', 'c@x.test'])], [['x.test', ['a@X.test', 'c@x.test']], ['y.test', ['b@y.test']]]);
   assert.equal(addressLiteral('[192.0.2.1]'), '192.0.2.1');

@@ -3,12 +3,14 @@
  * MAIL, RCPT, DATA, the end of the message, QUIT) whose answers a test may take over at any of those points.
  * A hook returns 'answered' when it wrote the reply itself, 'stop' when it took the connection over (a drip,
  * a reset: nothing more is read from this chunk), or nothing for the usual reply. Each hook gets the command
- * line it answers (the message, without its final dot, for `endOfData`).
+ * line it answers (the message, without its final dot, for `endOfData`); `greeting` gets the new connection,
+ * and a greeting it takes over replaces the 220.
  */
 import net from 'node:net';
 
 type Taken = 'answered' | 'stop' | void;
 export interface PeerHooks {
+  greeting?(s: net.Socket): Taken;
   ehlo?(s: net.Socket, line: string): Taken;
   mail?(s: net.Socket, line: string): Taken;
   rcpt?(s: net.Socket, line: string): Taken;
@@ -25,6 +27,7 @@ export async function startScriptedPeer(hooks: PeerHooks, host = '127.0.0.1', po
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
     s.on('error', () => undefined);
+    if (hooks.greeting?.(s)) return;
     s.write('220 peer ESMTP\r\n');
     let buf = '';
     let inData = false;

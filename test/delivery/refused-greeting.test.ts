@@ -1,0 +1,85 @@
+// A next hop that refuses every session at its greeting (421 "too many connections", a host recovering from an
+// outage, a 554 block) was connected to once per queued message: after an outage thousands of messages came due,
+// and each opened a connection only to be told 421, hammering a host that had just said it had no room. Postfix
+// suspends such a destination ("delivery temporarily suspended: host … refused to talk to me"). So does Postern
+// now, when no connection of its own to that destination is open: a refusal while one is in session is that
+// host's limit on connections, and the mail goes on over the ones it has.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import { startScriptedPeer } from '../helpers/scripted-peer.ts';
+import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
+import { configYaml, testListener } from '../helpers/config.ts';
+import { until } from '../helpers/wait.ts';
+
+const MESSAGES = 20;
+
+function server(port: number, delivery: Record<string, unknown> = {}): ReturnType<typeof startDeliveryServer> {
+  return startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600], ...delivery },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'full.test': [{ exchange: 'mx.full.test', priority: 10 }] }, { 'mx.full.test': ['127.0.0.1'] }),
+  });
+}
+
+test('a next hop that refuses every session at its greeting is suspended: the rest of its mail is deferred without a connection each', async () => {
+  let connections = 0;
+  const peer = await startScriptedPeer({ greeting: (s) => { connections++; s.end('421 4.7.0 peer: too many connections, try again later\r\n'); return 'stop'; } });
+  const s = await server(peer.port, { concurrency: 4, perDestinationConcurrency: 4 });
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < MESSAGES; i++) ids.push(await s.send('a@origin.test', [`x${i}@full.test`]));
+    const outcomes = [];
+    for (const id of ids) outcomes.push((await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!);
+    assert.ok(outcomes.every((o) => o.status === 'temporary'));
+    assert.ok(connections <= 4, `${connections} connections for ${MESSAGES} messages: at most the ones opened before the first refusal`);
+    const suspended = outcomes.filter((o) => /^delivery temporarily suspended: mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: too many connections/.test(o.reply));
+    assert.equal(suspended.length, MESSAGES - connections, 'the others deferred as suspended, with the refusal');
+    assert.ok(s.logs.some((l) => /delivery temporarily suspended for 3600 s: .*refused: 421/.test(String(l.msg))), 'said once at warn');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
+
+test('a refusal at the greeting while another connection of ours is in session is a limit on connections: not suspended', async () => {
+  let open = 0;
+  let refused = 0;
+  let release = false;
+  let inData = 0;
+  const peer = await startScriptedPeer({
+    // One session at a time, as a host with a per-client connection limit.
+    greeting: (s) => {
+      if (open >= 1) { refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
+      open++;
+      s.once('close', () => { open--; });
+    },
+    // The session's verdict waits until the test lets it go: the others are refused meanwhile.
+    endOfData: (s: net.Socket) => {
+      inData++;
+      void until('the test to let the verdict go', () => release, { timeoutMs: 60_000 }).then(() => s.write('250 2.0.0 queued\r\n'));
+      return 'answered';
+    },
+  });
+  const s = await server(peer.port, { concurrency: 2, perDestinationConcurrency: 2 });
+  try {
+    const ids = [await s.send('a@origin.test', ['a@full.test'])];
+    await until('the first message in session, awaiting its verdict', () => inData >= 1, { timeoutMs: 60_000 });
+    ids.push(await s.send('a@origin.test', ['b@full.test']));
+    await until('a second connection refused', () => refused >= 1, { timeoutMs: 60_000 });
+    // Still in session on the one connection: a third message is refused at its own, and not suspended either.
+    ids.push(await s.send('a@origin.test', ['c@full.test']));
+    await until('a third connection refused', () => refused >= 2, { timeoutMs: 60_000 });
+    release = true;
+    const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
+    assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary', 'temporary']);
+    for (const o of outcomes.slice(1)) assert.match(o.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/, 'its own refusal, not a suspension');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))));
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
