@@ -166,6 +166,7 @@ export class SpoolSet {
   async readState(id: string): Promise<SpoolState | null> { return (await this.#of(id)).readState(id); }
   async readEnvelope(id: string, opts?: { withState?: boolean }): Promise<SpoolEnvelope> { return (await this.#of(id)).readEnvelope(id, opts); }
   async readMessage(id: string): Promise<Buffer> { return (await this.#of(id)).readMessage(id); }
+  async fileBytes(id: string): Promise<number> { return (await this.#of(id)).fileBytes(id); }
   async readForDelivery(id: string, opts?: { hasState?: boolean }): Promise<{ envelope: SpoolEnvelope; message: Buffer }> {
     return (await this.#of(id)).readForDelivery(id, opts);
   }
@@ -202,5 +203,5 @@ export class SpoolSet {
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
-  | 'readState' | 'readEnvelope' | 'readMessage' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
+  | 'readState' | 'readEnvelope' | 'readMessage' | 'fileBytes' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
   | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'requestAttempts' | 'readDueRequest' | 'clearDueRequest'>;

@@ -13,6 +13,7 @@ import type { Logger } from '../logging/logger.ts';
 import { logQueueOperations } from './operations.ts';
 import { ConnectionPool } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
+import { ByteBudget } from './byte-budget.ts';
 import { KeyedLimiter, Limiter } from '../delivery/limiter.ts';
 import { OutboundTlsMaterial, type TlsPolicy } from '../delivery/outbound-tls.ts';
 import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../delivery/outcome.ts';
@@ -111,6 +112,8 @@ export class QueueRunner {
   readonly #material = new OutboundTlsMaterial();
   readonly #dkim = new DkimKeys();
   readonly #overall: Limiter;
+  /** Bytes of large messages the attempts under way hold in memory (delivery.maxBytesInMemory). */
+  readonly #inMemory: ByteBudget;
   readonly #perDestination: KeyedLimiter;
   readonly #suspensions = new DestinationSuspensions();
   /**
@@ -140,6 +143,7 @@ export class QueueRunner {
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
+    this.#inMemory = new ByteBudget(() => this.#delivery().maxBytesInMemory);
     this.#perDestination = new KeyedLimiter(() => this.#delivery().perDestinationConcurrency, (destination) => this.#unpark(destination));
   }
 
@@ -510,6 +514,13 @@ export class QueueRunner {
       this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
       return;
     }
+    // Read whole below: a large message waits until it fits in what attempts may hold in memory together.
+    const bytes = await this.#spool.fileBytes(id).catch(() => 0);
+    if (!this.#inMemory.fitsNow(bytes)) {
+      this.#log.debug({ id, bytes, held: this.#inMemory.held }, `${id}: waits until its ${bytes} bytes fit in delivery.maxBytesInMemory`);
+    }
+    const releaseBytes = await this.#inMemory.take(bytes);
+    if (this.#closing) { releaseBytes(); return; }
     const gen = this.#generation().acquire();
     try {
       let read: { envelope: SpoolEnvelope; message: Buffer };
@@ -610,6 +621,7 @@ export class QueueRunner {
       if (!this.#closing) this.#requestDone(id);
     } finally {
       gen.release();
+      releaseBytes();
     }
   }
 

@@ -352,6 +352,15 @@ export class Spool {
     return stat(this.messagePath(id)).then(() => true, () => false);
   }
 
+  /**
+   * The size of a message's own file (a large message's), before it is read: 0 for one in the journal (at most
+   * JOURNAL_MAX_BYTES) or gone. The queue runner counts it against the bytes its attempts may hold in memory.
+   */
+  async fileBytes(id: string): Promise<number> {
+    if (this.#readJournal(id)?.has(id)) return 0;
+    return stat(this.messagePath(id)).then((s) => s.size, () => 0);
+  }
+
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
     await this.#writeBeside(this.statePath(id), JSON.stringify(state));

@@ -5,6 +5,7 @@ import { isExpired, retryDelayMs } from '../../engine/queue/schedule.ts';
 import { DueQueue } from '../../engine/queue/due-queue.ts';
 import { ClockSteps } from '../../engine/queue/clock-steps.ts';
 import { buildDsn } from '../../engine/queue/dsn.ts';
+import { ByteBudget } from '../../engine/queue/byte-budget.ts';
 import { parseDsn } from '../helpers/delivery-server.ts';
 
 test('retry delays follow the schedule and repeat its last step; maximum age', () => {
@@ -106,4 +107,28 @@ test('DSN: RFC 3464 fields per recipient, UTF-8 text, header only of the origina
   assert.doesNotMatch(raw.toString(), /secret body/);
   assert.match(raw.toString(), /charset=us-ascii/);
   assert.ok(raw.toString().split('\r\n').every((l) => Buffer.byteLength(l) <= 998));
+});
+
+test('byte budget: granted in order within the limit; one request over the limit once nothing is held; a release counts once', async () => {
+  const budget = new ByteBudget(() => 10);
+  const granted: string[] = [];
+  const take = (name: string, bytes: number): Promise<() => void> => budget.take(bytes).then((release) => { granted.push(name); return release; });
+  const a = await take('a', 6);
+  const big = take('big', 30); // over the whole limit: waits for nothing held
+  const small = take('small', 1); // fits beside a, but is behind big: not overtaking it
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(granted, ['a']);
+  assert.equal(budget.waiting, 2);
+  a();
+  a(); // twice: no effect
+  const releaseBig = await big;
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(granted, ['a', 'big'], 'small waits while big is held');
+  assert.equal(budget.held, 30);
+  releaseBig();
+  (await small)();
+  assert.equal(budget.held, 0);
+  assert.deepEqual(granted, ['a', 'big', 'small']);
+  assert.ok((await budget.take(0)) instanceof Function);
+  assert.equal(budget.held, 0, 'zero bytes hold nothing');
 });
