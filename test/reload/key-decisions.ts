@@ -205,6 +205,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'delivery.dkim.<name>.senderDomains': live((c) => { D(c).dkim.main.senderDomains = ['other.example']; }),
   'delivery.concurrency': live((c) => { D(c).concurrency = 1; }),
   'delivery.perDestinationConcurrency': live((c) => { D(c).perDestinationConcurrency = 1; }),
+  'delivery.maxBytesInMemory': live((c) => { D(c).maxBytesInMemory = 1; }),
   'delivery.retrySchedule': live((c) => { D(c).retrySchedule = [1]; }),
   'delivery.maxAgeHours': live((c) => { D(c).maxAgeHours = 1; }),
   'delivery.heloName': live((c) => { D(c).heloName = 'out.example.test'; }),
