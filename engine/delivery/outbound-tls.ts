@@ -6,9 +6,9 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
+import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
-import { loadKeyPair, loadTrustMaterial, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
+import { loadKeyPair, loadTrustMaterial, MIN_EC_BITS, MIN_RSA_BITS, spkiFacts, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
 
@@ -37,6 +37,9 @@ export interface ConnectionSecurity {
   /** Connections with equal keys are interchangeable (same TLS settings and key material). */
   key: string;
 }
+
+/** The lowest TLS version of every outbound connection. */
+const MIN_TLS_VERSION = 'TLSv1.2';
 
 /** Days before a client certificate's notAfter from which `postern check` and the queue runner warn. */
 export const EXPIRY_WARNING_DAYS = 14;
@@ -104,6 +107,8 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
     throw new OutboundFileError(err, ['delivery', 'clientCertificates', name, err.role === 'key' ? 'key' : 'cert']);
   }
   const leaf = new X509Certificate(pair.cert); // the first block, already parsed once by loadKeyPair
+  const refused = tlsRefusal(pair, leaf);
+  if (refused) throw new OutboundFileError(new TlsFileError(files.cert, 'cert', refused), ['delivery', 'clientCertificates', name, 'cert']);
   const problems: string[] = [];
   const warnings: string[] = [];
   const where = `${files.cert}: ${at}.cert: certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
@@ -118,6 +123,26 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
   if (notBefore.getTime() > now.getTime()) warnings.push(`${where} is not valid before ${notBefore.toISOString()}`);
   const id = createHash('sha256').update(pair.cert).update('\0').update(pair.key).digest('hex').slice(0, 16);
   return { pem: { cert: pair.cert, key: pair.key }, id, problems, warnings };
+}
+
+/**
+ * Why TLS would refuse to present this pair, or null. OpenSSL checks a certificate as it is loaded for a
+ * connection (security level 2: an RSA key under 2048 bits, say): such a pair passed the checks above but
+ * failed every delivery, and in `may` mode the retry without TLS sent the mail in plaintext, uncertified.
+ */
+function tlsRefusal(pair: { cert: string; key: string }, leaf: X509Certificate): string | null {
+  try {
+    createSecureContext({ cert: pair.cert, key: pair.key, minVersion: MIN_TLS_VERSION });
+    return null;
+  } catch (err) {
+    const subject = leaf.subject.replace(/\n/g, ', ');
+    if ((err as { code?: string }).code === 'ERR_SSL_EE_KEY_TOO_SMALL') {
+      const { keyType, keyBits } = spkiFacts(leaf.publicKey.export({ type: 'spki', format: 'der' }));
+      return `certificate "${subject}" has a ${keyBits}-bit ${keyType.toUpperCase()} key, which TLS refuses to present ` +
+        `(OpenSSL security level 2: RSA at least ${MIN_RSA_BITS} bits, EC at least ${MIN_EC_BITS}): issue one with a stronger key`;
+    }
+    return `certificate "${subject}" cannot be presented over TLS: ${(err as Error).message}`;
+  }
 }
 
 /** Read `delivery.caFiles.<name>` (PEM certificates). Throws with `<file>: delivery.caFiles.<name>: …`. */
@@ -199,7 +224,7 @@ export class OutboundTlsMaterial {
   async security(delivery: DeliveryConfig, scope: object, policy: TlsPolicy, host: string, implicitTls: boolean): Promise<ConnectionSecurity> {
     const mode = policy.mode;
     const servername = policy.serverName ?? (isIP(host) ? undefined : host);
-    const tls: ConnectionOptions = { minVersion: 'TLSv1.2', rejectUnauthorized: mode === 'verify' };
+    const tls: ConnectionOptions = { minVersion: MIN_TLS_VERSION, rejectUnauthorized: mode === 'verify' };
     if (servername) tls.servername = servername;
     const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', servername ?? ''];
     if (mode !== 'none' || implicitTls) {
