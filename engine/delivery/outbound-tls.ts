@@ -6,7 +6,7 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import { createSecureContext, type ConnectionOptions } from 'node:tls';
+import { checkServerIdentity, createSecureContext, type ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { loadKeyPair, loadTrustMaterial, MIN_EC_BITS, MIN_RSA_BITS, spkiFacts, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
@@ -223,10 +223,15 @@ export class OutboundTlsMaterial {
   /** Options for one connection to `host` under `policy`. Throws DeliveryFailure for unknown names or unreadable files. */
   async security(delivery: DeliveryConfig, scope: object, policy: TlsPolicy, host: string, implicitTls: boolean): Promise<ConnectionSecurity> {
     const mode = policy.mode;
-    const servername = policy.serverName ?? (isIP(host) ? undefined : host);
+    // The name the next hop's certificate must carry (verify). SNI is a host name only (RFC 6066 §3): an address,
+    // the script's `serverName` included, is never sent in it (Node sends what it is given); it is checked as an IP SAN.
+    const name = policy.serverName ?? host;
+    const servername = isIP(name) ? undefined : name;
     const tls: ConnectionOptions = { minVersion: MIN_TLS_VERSION, rejectUnauthorized: mode === 'verify' };
     if (servername) tls.servername = servername;
-    const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', servername ?? ''];
+    // Node checks the SNI name, or without one the address connected to, which need not be the name given.
+    else tls.checkServerIdentity = (_address, cert) => checkServerIdentity(name, cert);
+    const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', name];
     if (mode !== 'none' || implicitTls) {
       if (policy.clientCertificate) {
         const m = await this.clientCertificate(delivery, scope, policy.clientCertificate);
