@@ -2,7 +2,9 @@
 // the server refuses to start on it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, copyFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, copyFile, readFile, writeFile } from 'node:fs/promises';
+import { createPrivateKey } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPostern } from '../../engine/app/postern.ts';
@@ -48,4 +50,28 @@ delivery:
 `;
   await assert.rejects(startPostern({ configText, baseDir: dir, watch: false, logger: createLogger('silent') }),
     /^GenerationError: \(inline\):6:38: delivery\.clientCertificates\.old\.cert: \S*old\.crt: certificate "CN=old-device" has a 1024-bit RSA key, which TLS refuses to present \(OpenSSL security level 2: RSA at least 2048 bits/);
+});
+
+test('a passphrase-protected client key is refused at start with a message that says so', async () => {
+  // OpenSSL's own word for it, with no passphrase to ask for, was "interrupted or cancelled".
+  const pki = await makeTestPki();
+  const dir = await mkdtemp(join(tmpdir(), 'postern-outbound-'));
+  await copyFile(pki.clients.alice.cert, join(dir, 'laptop.crt'));
+  const key = createPrivateKey(await readFile(pki.clients.alice.key, 'utf8'));
+  await writeFile(join(dir, 'pkcs8.key'), key.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret' }));
+  // The traditional form (Proc-Type: 4,ENCRYPTED), as `openssl rsa -aes256 -traditional` writes it.
+  await writeFile(join(dir, 'plain.key'), key.export({ type: 'pkcs1', format: 'pem' }));
+  execFileSync('openssl', ['rsa', '-in', join(dir, 'plain.key'), '-aes256', '-traditional', '-passout', 'pass:secret', '-out', join(dir, 'traditional.key')], { stdio: 'ignore' });
+  assert.match(await readFile(join(dir, 'traditional.key'), 'utf8'), /Proc-Type: 4,ENCRYPTED/);
+  for (const file of ['pkcs8.key', 'traditional.key']) {
+    const configText = `
+dataDir: ${dir}/data
+listeners: [{ name: in, listen: "127.0.0.1:0" }]
+delivery:
+  route: { smarthost: { host: 127.0.0.1, port: 2525 } }
+  clientCertificates: { laptop: { cert: ./laptop.crt, key: ./${file} } }
+`;
+    await assert.rejects(startPostern({ configText, baseDir: dir, watch: false, logger: createLogger('silent') }),
+      new RegExp(`^GenerationError: \\(inline\\):6:\\d+: delivery\\.clientCertificates\\.laptop\\.key: \\S*${file.replace('.', '\\.')}: the private key is encrypted \\(passphrase-protected\\), and Postern takes no passphrase`), file);
+  }
 });
