@@ -197,6 +197,10 @@ export class ConnectionPool {
         list.splice(list.indexOf(pc), 1);
         if (!list.length) this.#idle.delete(key);
         pc.close();
+        // Gone from the count now, as at release: its QUIT is answered later, and counted until then every idle
+        // connection to the destination was closed to make room for one (each message with its own client
+        // certificate cost all the others their pooled connections).
+        this.#forget(pc);
         if (this.openCount(destination) < limit) return;
       }
     }

@@ -20,15 +20,24 @@ before(async () => {
   const routes: Record<string, unknown> = {
     'sni-ip.example': { host: '127.0.0.1', port: sink.port, tls: { ...verify, serverName: '127.0.0.1' } },
     'sni-other-ip.example': { host: '127.0.0.1', port: sink.port, tls: { ...verify, serverName: '127.0.0.2' } },
+    // One next hop, five identities: each connection must present the one its message's verdict chose.
+    'as-alice.example': { tls: { mode: 'encrypt', clientCertificate: 'alice' } },
+    'as-bob.example': { tls: { mode: 'encrypt', clientCertificate: 'bob' } },
+    'anonymous.example': { tls: { mode: 'encrypt', clientCertificate: null } },
+    'by-name.example': { tls: { ...verify, clientCertificate: 'alice', serverName: 'localhost' } },
+    'bob-by-name.example': { tls: { ...verify, clientCertificate: 'bob', serverName: 'localhost' } },
   };
   s = await startDeliveryServer({
-    files: { 'alice.crt': await readFile(pki.clients.alice.cert, 'utf8'), 'alice.key': await readFile(pki.clients.alice.key, 'utf8') },
+    files: {
+      'alice.crt': await readFile(pki.clients.alice.cert, 'utf8'), 'alice.key': await readFile(pki.clients.alice.key, 'utf8'),
+      'bob.crt': await readFile(pki.clients.bob.cert, 'utf8'), 'bob.key': await readFile(pki.clients.bob.key, 'utf8'),
+    },
     config: configYaml({
       listeners: [testListener('in')],
       delivery: {
         route: { smarthost: { host: '127.0.0.1', port: sink.port } }, retrySchedule: [3600], connectTimeoutMs: 10_000,
         caFiles: { 'test-ca': pki.ca.cert },
-        clientCertificates: { alice: { cert: './alice.crt', key: './alice.key' } },
+        clientCertificates: { alice: { cert: './alice.crt', key: './alice.key' }, bob: { cert: './bob.crt', key: './bob.key' } },
       },
     }),
     scripts: {
@@ -62,4 +71,26 @@ test('a serverName that is an IP address is checked against the certificate, and
   assert.equal(other.status, 'temporary', other.reply);
   assert.match(other.reply, /TLS failed: .*127\.0\.0\.2/);
   assert.equal(other.received, undefined);
+});
+
+test('a pooled connection is reused only for the identity it presents: certificate, none, and server name', async () => {
+  // Five identities to one next hop, one more than perDestinationConcurrency (4) lets stay open: the fifth closes
+  // one idle connection (the oldest identity's) to make room, and the others are then reused.
+  const order = ['as-alice', 'as-bob', 'anonymous', 'by-name', 'bob-by-name', 'as-bob', 'anonymous', 'by-name', 'as-alice'];
+  const got: Array<Sink['messages'][number]> = [];
+  for (const d of order) {
+    const r = await attempt(`${d}.example`);
+    assert.equal(r.status, 'delivered', `${d}: ${r.reply}`);
+    got.push(sink.messages.filter((m) => m.to[0] === `r@${d}.example`).at(-1)!);
+  }
+  const alice = pki.clients.alice.fingerprintSha256Colon;
+  const bob = pki.clients.bob.fingerprintSha256Colon;
+  assert.deepEqual(got.map((m) => m.clientFingerprint), [alice, bob, null, alice, bob, bob, null, alice, alice]);
+  assert.deepEqual(got.map((m) => m.servername), [null, null, null, 'localhost', 'localhost', null, null, 'localhost', null]);
+  // Each identity's later message went on its own earlier connection (so the fingerprints above were read off
+  // pooled connections too); making room for the fifth closed one connection, not every idle one.
+  const session = (i: number): string => got[i]!.sessionId;
+  assert.deepEqual([session(5), session(6), session(7)], [session(1), session(2), session(3)], 'bob, anonymous and by-name reused');
+  assert.notEqual(session(8), session(0), 'alice\'s idle connection made the room');
+  assert.equal(new Set(got.map((m) => m.sessionId)).size, 6);
 });
