@@ -228,6 +228,17 @@ export class ConnectionPool {
       transactionLog: true,
     });
     deadline.attach(conn);
+    // On implicit TLS the handshake starts as the TCP connection is made: from then on, a failure is TLS's (or the
+    // next hop's verdict on our certificate), not an unreachable host, as after STARTTLS.
+    let handshakeBegun = false;
+    if (s.secure) {
+      const internals = conn as unknown as { _connectToHost(opts: unknown, secure: boolean): void; _socket?: NodeJS.EventEmitter };
+      const connectToHost = internals._connectToHost.bind(conn);
+      internals._connectToHost = (opts, secure) => {
+        connectToHost(opts, secure);
+        internals._socket?.once('connect', () => { handshakeBegun = true; });
+      };
+    }
     this.#opening.add(conn);
     const destination = `${endpoint.host}:${endpoint.port}`;
     await new Promise<void>((resolve, reject) => {
@@ -241,7 +252,7 @@ export class ConnectionPool {
           // Whether TLS had started and failed: opportunistic TLS retries such a failure in plaintext. A reply
           // from the server after the handshake (421 to EHLO, say) is the server speaking, not TLS failing.
           const replied = typeof (err as { responseCode?: unknown }).responseCode === 'number';
-          Object.assign(err, { tlsStarted: !s.secure && !replied && (conn.secure || !!conn.upgrading) });
+          Object.assign(err, { tlsStarted: !replied && (s.secure ? handshakeBegun : conn.secure || !!conn.upgrading) });
           conn.close();
           reject(err);
         } else resolve();

@@ -32,6 +32,8 @@ export interface ConnectionSecurity {
   opportunisticTLS: boolean;
   /** Passed to tls.connect (both for implicit TLS and STARTTLS). */
   tls: ConnectionOptions;
+  /** The client certificate in `tls`, by its name, for the reason of a failed handshake. */
+  clientCertificate?: { name: string; notAfter: Date };
   servername?: string;
   mode: TlsMode;
   /** Connections with equal keys are interchangeable (same TLS settings and key material). */
@@ -60,6 +62,8 @@ export interface OutboundTlsReport {
 export interface OutboundMaterial {
   pem: { cert?: string; key?: string; ca?: string[] };
   id: string;
+  /** A client certificate's leaf's end of validity. */
+  notAfter?: Date;
   /** Lines for OutboundTlsReport.problems and .warnings. */
   problems: string[];
   warnings: string[];
@@ -122,7 +126,7 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
   }
   if (notBefore.getTime() > now.getTime()) warnings.push(`${where} is not valid before ${notBefore.toISOString()}`);
   const id = createHash('sha256').update(pair.cert).update('\0').update(pair.key).digest('hex').slice(0, 16);
-  return { pem: { cert: pair.cert, key: pair.key }, id, problems, warnings };
+  return { pem: { cert: pair.cert, key: pair.key }, id, notAfter, problems, warnings };
 }
 
 /**
@@ -232,12 +236,14 @@ export class OutboundTlsMaterial {
     // Node checks the SNI name, or without one the address connected to, which need not be the name given.
     else tls.checkServerIdentity = (_address, cert) => checkServerIdentity(name, cert);
     const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', name];
+    let clientCertificate: ConnectionSecurity['clientCertificate'];
     if (mode !== 'none' || implicitTls) {
       if (policy.clientCertificate) {
         const m = await this.clientCertificate(delivery, scope, policy.clientCertificate);
         tls.cert = m.pem.cert;
         tls.key = m.pem.key;
         ids.push(`cert:${m.id}`);
+        clientCertificate = { name: policy.clientCertificate, notAfter: m.notAfter! };
       }
       if (mode === 'verify' && policy.ca) {
         const m = await this.ca(delivery, scope, policy.ca);
@@ -251,6 +257,7 @@ export class OutboundTlsMaterial {
       requireTLS: (mode === 'encrypt' || mode === 'verify') && !implicitTls,
       opportunisticTLS: mode === 'may',
       tls,
+      ...(clientCertificate ? { clientCertificate } : {}),
       ...(servername ? { servername } : {}),
       mode,
       key: ids.join('|'),

@@ -10,12 +10,17 @@ import { configYaml, testListener } from '../helpers/config.ts';
 
 let pki: TestPki;
 let sink: Sink;
+/** Ends the connection right after a handshake without a client certificate its CA issued (as Postern's requireVerifiedCertificate does). */
+let strict: Sink;
+let strictImplicit: Sink;
 let s: DeliveryServer;
 
 before(async () => {
   pki = await makeTestPki();
   // Its certificate names localhost and 127.0.0.1; it asks for (and records) a client certificate.
   sink = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert });
+  strict = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
+  strictImplicit = await startSink({ tls: 'implicit', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
   const verify = { mode: 'verify', ca: 'test-ca' };
   const routes: Record<string, unknown> = {
     'sni-ip.example': { host: '127.0.0.1', port: sink.port, tls: { ...verify, serverName: '127.0.0.1' } },
@@ -26,9 +31,15 @@ before(async () => {
     'anonymous.example': { tls: { mode: 'encrypt', clientCertificate: null } },
     'by-name.example': { tls: { ...verify, clientCertificate: 'alice', serverName: 'localhost' } },
     'bob-by-name.example': { tls: { ...verify, clientCertificate: 'bob', serverName: 'localhost' } },
+    'expired.example': { port: strict.port, tls: { mode: 'encrypt', clientCertificate: 'expired' } },
+    'stranger.example': { port: strict.port, tls: { mode: 'encrypt', clientCertificate: 'stranger' } },
+    'stranger-implicit.example': { port: strictImplicit.port, implicitTls: true, tls: { mode: 'encrypt', clientCertificate: 'stranger' } },
+    'alice-implicit.example': { port: strictImplicit.port, implicitTls: true, tls: { mode: 'encrypt', clientCertificate: 'alice' } },
   };
   s = await startDeliveryServer({
     files: {
+      'expired.crt': await readFile(pki.clients.expired.cert, 'utf8'), 'expired.key': await readFile(pki.clients.expired.key, 'utf8'),
+      'stranger.crt': await readFile(pki.clients.stranger.cert, 'utf8'), 'stranger.key': await readFile(pki.clients.stranger.key, 'utf8'),
       'alice.crt': await readFile(pki.clients.alice.cert, 'utf8'), 'alice.key': await readFile(pki.clients.alice.key, 'utf8'),
       'bob.crt': await readFile(pki.clients.bob.cert, 'utf8'), 'bob.key': await readFile(pki.clients.bob.key, 'utf8'),
     },
@@ -37,7 +48,7 @@ before(async () => {
       delivery: {
         route: { smarthost: { host: '127.0.0.1', port: sink.port } }, retrySchedule: [3600], connectTimeoutMs: 10_000,
         caFiles: { 'test-ca': pki.ca.cert },
-        clientCertificates: { alice: { cert: './alice.crt', key: './alice.key' }, bob: { cert: './bob.crt', key: './bob.key' } },
+        clientCertificates: Object.fromEntries(['alice', 'bob', 'expired', 'stranger'].map((c) => [c, { cert: `./${c}.crt`, key: `./${c}.key` }])),
       },
     }),
     scripts: {
@@ -52,13 +63,16 @@ export default (ctx: PredeliveryContext) => ROUTES[ctx.destination.domain] ? del
 after(async () => {
   await s?.stop();
   await sink?.close();
+  await strict?.close();
+  await strictImplicit?.close();
 });
 
 /** Send to r@<domain>; the first attempt's outcome and what the next hop received for it. */
 async function attempt(domain: string): Promise<{ status: string; reply: string; received: Sink['messages'][number] | undefined }> {
   const id = await s.send('sender@example.org', [`r@${domain}`]);
   const e = await s.nextAttempt((x) => x.id === id, { past: true });
-  return { status: e.outcomes[0]!.status, reply: e.outcomes[0]!.reply, received: sink.messages.find((m) => m.to[0] === `r@${domain}`) };
+  const received = [sink, strict, strictImplicit].flatMap((k) => k.messages).find((m) => m.to[0] === `r@${domain}`);
+  return { status: e.outcomes[0]!.status, reply: e.outcomes[0]!.reply, received };
 }
 
 test('a serverName that is an IP address is checked against the certificate, and never sent as SNI', async () => {
@@ -93,4 +107,23 @@ test('a pooled connection is reused only for the identity it presents: certifica
   assert.deepEqual([session(5), session(6), session(7)], [session(1), session(2), session(3)], 'bob, anonymous and by-name reused');
   assert.notEqual(session(8), session(0), 'alice\'s idle connection made the room');
   assert.equal(new Set(got.map((m) => m.sessionId)).size, 6);
+});
+
+test('a next hop that drops the connection after the handshake (STARTTLS or implicit TLS): a TLS failure that names the certificate offered, and its expiry', async () => {
+  // The next hop says nothing (no alert, no reply): which certificate it saw is only known here.
+  const expired = await attempt('expired.example');
+  assert.equal(expired.status, 'temporary', expired.reply);
+  assert.match(expired.reply, /: TLS failed: .* \(client certificate "expired", which expired on 2021-01-01T00:00:00\.000Z\)$/);
+  for (const domain of ['stranger.example', 'stranger-implicit.example']) {
+    const r = await attempt(domain);
+    assert.equal(r.status, 'temporary', r.reply);
+    assert.match(r.reply, /: TLS failed: .* \(client certificate "stranger"\)$/, domain);
+    assert.equal(r.received, undefined);
+  }
+  // A refused certificate is no dead destination: the next message, with a certificate it takes, goes through
+  // at once (on implicit TLS the refusal was taken for an unreachable host, and the host suspended).
+  const alice = await attempt('alice-implicit.example');
+  assert.equal(alice.status, 'delivered', alice.reply);
+  assert.equal(alice.received?.clientFingerprint, pki.clients.alice.fingerprintSha256Colon);
+  assert.ok(!s.logs.some((l) => String(l.msg).includes('delivery temporarily suspended')), 'no destination suspended');
 });
