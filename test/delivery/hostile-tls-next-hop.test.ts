@@ -3,6 +3,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
@@ -14,12 +17,21 @@ let sink: Sink;
 let strict: Sink;
 let strictImplicit: Sink;
 let s: DeliveryServer;
+/** A next hop that does not offer STARTTLS and refuses it (what a stripping attacker leaves). */
+let stripped: RawPeer;
+/** Answers STARTTLS with 220 followed, in the same packet, by plaintext replies an attacker slipped in. */
+let injecting: RawPeer;
 
 before(async () => {
   pki = await makeTestPki();
   // Its certificate names localhost and 127.0.0.1; it asks for (and records) a client certificate.
   sink = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert });
   strict = await startSink({ tls: 'starttls', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
+  stripped = await startRawPeer({ offerStartTls: false });
+  injecting = await startRawPeer({
+    offerStartTls: true,
+    injectAfter220: '250-injected\r\n250 8BITMIME\r\n250 2.1.0 injected\r\n250 2.1.5 injected\r\n354 injected\r\n250 2.0.0 injected-queued\r\n',
+  });
   strictImplicit = await startSink({ tls: 'implicit', cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requireClientCertificate: true });
   const verify = { mode: 'verify', ca: 'test-ca' };
   const routes: Record<string, unknown> = {
@@ -34,6 +46,8 @@ before(async () => {
     'expired.example': { port: strict.port, tls: { mode: 'encrypt', clientCertificate: 'expired' } },
     'stranger.example': { port: strict.port, tls: { mode: 'encrypt', clientCertificate: 'stranger' } },
     'stranger-implicit.example': { port: strictImplicit.port, implicitTls: true, tls: { mode: 'encrypt', clientCertificate: 'stranger' } },
+    'stripped.example': { port: stripped.port, tls: { mode: 'encrypt', clientCertificate: 'alice' } },
+    'injected.example': { port: injecting.port, tls: { mode: 'encrypt', clientCertificate: 'alice' } },
     'alice-implicit.example': { port: strictImplicit.port, implicitTls: true, tls: { mode: 'encrypt', clientCertificate: 'alice' } },
   };
   s = await startDeliveryServer({
@@ -65,6 +79,8 @@ after(async () => {
   await sink?.close();
   await strict?.close();
   await strictImplicit?.close();
+  stripped?.close();
+  injecting?.close();
 });
 
 /** Send to r@<domain>; the first attempt's outcome and what the next hop received for it. */
@@ -127,3 +143,79 @@ test('a next hop that drops the connection after the handshake (STARTTLS or impl
   assert.equal(alice.received?.clientFingerprint, pki.clients.alice.fingerprintSha256Colon);
   assert.ok(!s.logs.some((l) => String(l.msg).includes('delivery temporarily suspended')), 'no destination suspended');
 });
+
+test('STARTTLS stripped where the route requires TLS: deferred, nothing of the message sent, no certificate offered', async () => {
+  const r = await attempt('stripped.example');
+  assert.equal(r.status, 'temporary', r.reply);
+  assert.match(r.reply, /TLS failed: .*502 5\.5\.1/);
+  assert.deepEqual(stripped.lines.filter((l) => !/^(EHLO|STARTTLS|QUIT)\b/i.test(l)), [], 'no MAIL FROM, RCPT TO or DATA in plaintext');
+  assert.equal(stripped.handshakes, 0);
+});
+
+test('plaintext slipped in after the 220 to STARTTLS is discarded, not read as the replies of the TLS session', async () => {
+  const r = await attempt('injected.example');
+  assert.equal(r.status, 'delivered', r.reply);
+  assert.match(r.reply, /^250 2\.0\.0 real-queued/, 'the verdict is the next hop\'s own, over TLS');
+  assert.equal(injecting.handshakes, 1);
+  assert.equal(injecting.messages, 1);
+});
+
+interface RawPeer { port: number; lines: string[]; handshakes: number; messages: number; close(): void }
+
+/** A minimal SMTP next hop on a raw socket whose STARTTLS is in the test's hands (pki's server certificate). */
+async function startRawPeer(opts: { offerStartTls: boolean; injectAfter220?: string }): Promise<RawPeer> {
+  const context = tls.createSecureContext({ cert: readFileSync(pki.server.cert), key: readFileSync(pki.server.key) });
+  const sockets = new Set<net.Socket>();
+  const peer: RawPeer = { port: 0, lines: [], handshakes: 0, messages: 0, close: () => { server.close(); for (const k of sockets) k.destroy(); } };
+  const server = net.createServer((plain) => {
+    sockets.add(plain);
+    plain.on('error', () => undefined);
+    let sock: net.Socket = plain;
+    let secure = false;
+    let buf = '';
+    let inData = false;
+    const onData = (d: Buffer): void => {
+      buf += d.toString('latin1');
+      for (;;) {
+        if (inData) {
+          const end = buf.indexOf('\r\n.\r\n');
+          if (end < 0) return;
+          buf = buf.slice(end + 5);
+          inData = false;
+          peer.messages++;
+          sock.write('250 2.0.0 real-queued\r\n');
+          continue;
+        }
+        const nl = buf.indexOf('\r\n');
+        if (nl < 0) return;
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        peer.lines.push(line);
+        if (/^EHLO/i.test(line)) sock.write(`250-peer\r\n${opts.offerStartTls && !secure ? '250-STARTTLS\r\n' : ''}250 8BITMIME\r\n`);
+        else if (/^STARTTLS/i.test(line)) {
+          if (!opts.offerStartTls || secure) { sock.write('502 5.5.1 STARTTLS not available\r\n'); continue; }
+          plain.off('data', onData);
+          plain.write(`220 2.0.0 Ready to start TLS\r\n${opts.injectAfter220 ?? ''}`);
+          const t = new tls.TLSSocket(plain, { isServer: true, secureContext: context });
+          t.on('error', () => undefined);
+          t.once('secure', () => { peer.handshakes++; });
+          t.on('data', onData);
+          sock = t;
+          secure = true;
+          buf = '';
+          return;
+        } else if (/^MAIL/i.test(line)) sock.write('250 2.1.0 ok\r\n');
+        else if (/^RCPT/i.test(line)) sock.write('250 2.1.5 ok\r\n');
+        else if (/^DATA/i.test(line)) { sock.write('354 go on\r\n'); inData = true; }
+        else if (/^QUIT/i.test(line)) { sock.end('221 2.0.0 bye\r\n'); return; }
+        else sock.write('502 5.5.2 unknown command\r\n');
+      }
+    };
+    plain.on('data', onData);
+    plain.once('close', () => sockets.delete(plain));
+    plain.write('220 peer ESMTP\r\n');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  peer.port = (server.address() as net.AddressInfo).port;
+  return peer;
+}
