@@ -230,7 +230,7 @@ export class OutboundTlsMaterial {
     // The name the next hop's certificate must carry (verify). SNI is a host name only (RFC 6066 §3): an address,
     // the script's `serverName` included, is never sent in it (Node sends what it is given); it is checked as an IP SAN.
     const name = policy.serverName ?? host;
-    const servername = isIP(name) ? undefined : name;
+    const servername = isIP(name) ? undefined : name.replace(/\.$/, ''); // nor with a trailing dot (an absolute name)
     const tls: ConnectionOptions = { minVersion: MIN_TLS_VERSION, rejectUnauthorized: mode === 'verify' };
     if (servername) tls.servername = servername;
     // Node checks the SNI name, or without one the address connected to, which need not be the name given.

@@ -8,7 +8,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
-import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
+import { startDeliveryServer, fakeResolver, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 
 let pki: TestPki;
@@ -158,6 +158,25 @@ test('plaintext slipped in after the 220 to STARTTLS is discarded, not read as t
   assert.match(r.reply, /^250 2\.0\.0 real-queued/, 'the verdict is the next hop\'s own, over TLS');
   assert.equal(injecting.handshakes, 1);
   assert.equal(injecting.messages, 1);
+});
+
+test('a smarthost written as an absolute name (trailing dot) is sent in SNI without the dot (RFC 6066 §3)', async () => {
+  const dotted = await startDeliveryServer({
+    resolver: fakeResolver({}, { 'localhost.': ['127.0.0.1'] }),
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { route: { smarthost: { host: 'localhost.', port: sink.port } }, tls: { mode: 'verify', ca: 'test-ca' }, caFiles: { 'test-ca': pki.ca.cert } },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    const id = await dotted.send('sender@example.org', ['r@dotted.example']);
+    const e = await dotted.nextAttempt((x) => x.id === id, { past: true });
+    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+    assert.equal(sink.messages.find((m) => m.to[0] === 'r@dotted.example')?.servername, 'localhost');
+  } finally {
+    await dotted.stop();
+  }
 });
 
 interface RawPeer { port: number; lines: string[]; handshakes: number; messages: number; close(): void }
