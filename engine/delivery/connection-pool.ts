@@ -228,15 +228,17 @@ export class ConnectionPool {
       transactionLog: true,
     });
     deadline.attach(conn);
-    // On implicit TLS the handshake starts as the TCP connection is made: from then on, a failure is TLS's (or the
-    // next hop's verdict on our certificate), not an unreachable host, as after STARTTLS.
-    let handshakeBegun = false;
+    // On implicit TLS, once the next hop took part in the handshake (completed it, or answered it with an alert), a
+    // failure is TLS's or the next hop's verdict on our certificate (a close right after the handshake), as after
+    // STARTTLS: not an unreachable host. A host that accepts the connection and says nothing stays unreachable.
+    let handshakeDone = false;
     if (s.secure) {
       const internals = conn as unknown as { _connectToHost(opts: unknown, secure: boolean): void; _socket?: NodeJS.EventEmitter };
       const connectToHost = internals._connectToHost.bind(conn);
       internals._connectToHost = (opts, secure) => {
         connectToHost(opts, secure);
-        internals._socket?.once('connect', () => { handshakeBegun = true; });
+        // 'secure': the handshake is over, before the certificate checks that may fail it; 'secureConnect': they passed.
+        for (const event of ['secure', 'secureConnect']) internals._socket?.once(event, () => { handshakeDone = true; });
       };
     }
     this.#opening.add(conn);
@@ -252,7 +254,8 @@ export class ConnectionPool {
           // Whether TLS had started and failed: opportunistic TLS retries such a failure in plaintext. A reply
           // from the server after the handshake (421 to EHLO, say) is the server speaking, not TLS failing.
           const replied = typeof (err as { responseCode?: unknown }).responseCode === 'number';
-          Object.assign(err, { tlsStarted: !replied && (s.secure ? handshakeBegun : conn.secure || !!conn.upgrading) });
+          const alert = /^ERR_SSL_/.test(String((err as { originalCode?: unknown }).originalCode ?? ''));
+          Object.assign(err, { tlsStarted: !replied && (s.secure ? handshakeDone || alert : conn.secure || !!conn.upgrading) });
           conn.close();
           reject(err);
         } else resolve();

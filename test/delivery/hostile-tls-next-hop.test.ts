@@ -179,6 +179,36 @@ test('a smarthost written as an absolute name (trailing dot) is sent in SNI with
   }
 });
 
+test('an implicit-TLS next hop that accepts connections and says nothing is still a dead destination (suspended)', async () => {
+  // What tells it from a refused certificate: it never takes part in a handshake.
+  const sockets = new Set<net.Socket>();
+  const hole = net.createServer((c) => { sockets.add(c); c.on('error', () => undefined); });
+  await new Promise<void>((resolve) => hole.listen(0, '127.0.0.1', () => resolve()));
+  const port = (hole.address() as net.AddressInfo).port;
+  const quiet = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      // Nothing is expected to answer within it: a short connection timeout only makes the test quick.
+      delivery: { route: { smarthost: { host: '127.0.0.1', port, implicitTls: true } }, tls: { mode: 'encrypt' }, connectTimeoutMs: 300, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    const first = await quiet.send('sender@example.org', ['r@quiet.example']);
+    const e1 = await quiet.nextAttempt((x) => x.id === first, { past: true });
+    assert.equal(e1.outcomes[0]!.status, 'temporary');
+    assert.doesNotMatch(e1.outcomes[0]!.reply, /TLS failed/);
+    const second = await quiet.send('sender@example.org', ['r2@quiet.example']);
+    const e2 = await quiet.nextAttempt((x) => x.id === second, { past: true });
+    assert.match(e2.outcomes[0]!.reply, /delivery temporarily suspended/);
+    assert.equal(sockets.size, 1, 'the second message did not wait out a connection of its own');
+  } finally {
+    await quiet.stop();
+    hole.close();
+    for (const c of sockets) c.destroy();
+  }
+});
+
 interface RawPeer { port: number; lines: string[]; handshakes: number; messages: number; close(): void }
 
 /** A minimal SMTP next hop on a raw socket whose STARTTLS is in the test's hands (pki's server certificate). */
