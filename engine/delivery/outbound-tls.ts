@@ -53,9 +53,19 @@ export interface OutboundTlsReport {
   /** The same, as thrown (an OutboundFileError names the configuration key of the file). */
   failures: unknown[];
   /** Usable but wrong: an expired client certificate (delivery still presents it; the next hop decides). */
-  problems: string[];
+  problems: OutboundFinding[];
   /** Worth a look: expiring within EXPIRY_WARNING_DAYS, not yet valid, an expired or non-CA certificate in a CA file. */
-  warnings: string[];
+  warnings: OutboundFinding[];
+}
+
+/**
+ * A finding about a usable file: `line` is `<file>: <config key>: <message>` (a log line); `path` is the key and
+ * `fileProblem` `<file>: <message>`, so that a build can put the configuration's line in front, as for errors.
+ */
+export interface OutboundFinding { line: string; path: string[]; fileProblem: string }
+
+function finding(fileProblem: string, file: string, path: string[]): OutboundFinding {
+  return { line: naming(fileProblem, file, path.join('.')), path, fileProblem };
 }
 
 /** Checked PEM material plus an id that changes with the content (part of the connection pool key). */
@@ -64,9 +74,9 @@ export interface OutboundMaterial {
   id: string;
   /** A client certificate's leaf's end of validity. */
   notAfter?: Date;
-  /** Lines for OutboundTlsReport.problems and .warnings. */
-  problems: string[];
-  warnings: string[];
+  /** For OutboundTlsReport.problems and .warnings. */
+  problems: OutboundFinding[];
+  warnings: OutboundFinding[];
 }
 
 /** `<file>: <rest>` (the certificates module's errors) → `<file>: <config key>: <rest>`. */
@@ -113,18 +123,19 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
   const leaf = new X509Certificate(pair.cert); // the first block, already parsed once by loadKeyPair
   const refused = tlsRefusal(pair, leaf);
   if (refused) throw new OutboundFileError(new TlsFileError(files.cert, 'cert', refused), ['delivery', 'clientCertificates', name, 'cert']);
-  const problems: string[] = [];
-  const warnings: string[] = [];
-  const where = `${files.cert}: ${at}.cert: certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
+  const problems: OutboundFinding[] = [];
+  const warnings: OutboundFinding[] = [];
+  const subject = `certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
+  const about = (message: string): OutboundFinding => finding(`${files.cert}: ${subject} ${message}`, files.cert, ['delivery', 'clientCertificates', name, 'cert']);
   const notAfter = leaf.validToDate;
   const notBefore = leaf.validFromDate;
   if (notAfter.getTime() < now.getTime()) {
-    problems.push(`${where} expired on ${notAfter.toISOString()}`);
+    problems.push(about(`expired on ${notAfter.toISOString()}`));
   } else if (notAfter.getTime() - now.getTime() < EXPIRY_WARNING_DAYS * 86400_000) {
     const days = Math.floor((notAfter.getTime() - now.getTime()) / 86400_000);
-    warnings.push(`${where} expires on ${notAfter.toISOString()} (in ${days === 0 ? 'less than a day' : days === 1 ? '1 day' : `${days} days`})`);
+    warnings.push(about(`expires on ${notAfter.toISOString()} (in ${days === 0 ? 'less than a day' : days === 1 ? '1 day' : `${days} days`})`));
   }
-  if (notBefore.getTime() > now.getTime()) warnings.push(`${where} is not valid before ${notBefore.toISOString()}`);
+  if (notBefore.getTime() > now.getTime()) warnings.push(about(`is not valid before ${notBefore.toISOString()}`));
   const id = createHash('sha256').update(pair.cert).update('\0').update(pair.key).digest('hex').slice(0, 16);
   return { pem: { cert: pair.cert, key: pair.key }, id, notAfter, problems, warnings };
 }
@@ -162,7 +173,7 @@ export async function loadOutboundCa(delivery: DeliveryConfig, name: string): Pr
     throw new OutboundFileError(err, ['delivery', 'caFiles', name]);
   }
   const id = createHash('sha256').update(trust.ca.join('')).digest('hex').slice(0, 16);
-  return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => naming(w, file, at)) };
+  return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => finding(w, file, ['delivery', 'caFiles', name])) };
 }
 
 /** Read every declared client certificate and CA file (`postern check`, a reload): all findings at once. */

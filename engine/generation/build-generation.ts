@@ -218,11 +218,12 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   progress.step = 'delivery\'s TLS files';
   const outbound = await checkOutboundTls(config.delivery);
   for (const err of outbound.failures) failed(err instanceof OutboundFileError ? located(loaded, err.path, err.fileProblem) : err);
-  for (const line of outbound.problems) {
+  for (const f of outbound.problems) {
+    const line = located(loaded, f.path, f.fileProblem);
     if (options.strict) failed(line);
     else warnings.push({ message: line });
   }
-  for (const line of outbound.warnings) warnings.push({ message: line });
+  for (const f of outbound.warnings) warnings.push({ message: located(loaded, f.path, f.fileProblem) });
   progress.step = 'delivery\'s DKIM keys';
   for (const line of await checkDkimKeys(config.delivery)) failed(line);
 
