@@ -209,6 +209,42 @@ test('an implicit-TLS next hop that accepts connections and says nothing is stil
   }
 });
 
+test('a next hop that offers only TLS below 1.2: deferred as a TLS failure, implicit TLS too, nothing sent and no suspension', async () => {
+  const context = tls.createSecureContext({
+    cert: readFileSync(pki.server.cert), key: readFileSync(pki.server.key), minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0',
+  });
+  const received: string[] = [];
+  const old = tls.createServer({ secureContext: context }, (c) => {
+    c.on('error', () => undefined);
+    c.on('data', (d) => received.push(d.toString()));
+    c.write('220 old ESMTP\r\n');
+  });
+  old.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', () => resolve()));
+  const port = (old.address() as net.AddressInfo).port;
+  const downgraded = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { route: { smarthost: { host: '127.0.0.1', port, implicitTls: true } }, tls: { mode: 'encrypt' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+  });
+  try {
+    for (const rcpt of ['r1@old.example', 'r2@old.example']) {
+      const id = await downgraded.send('sender@example.org', [rcpt]);
+      const e = await downgraded.nextAttempt((x) => x.id === id, { past: true });
+      assert.equal(e.outcomes[0]!.status, 'temporary');
+      assert.match(e.outcomes[0]!.reply, /: TLS failed: .*alert/i);
+      assert.equal(e.outcomes[0]!.enhanced, '4.7.5');
+    }
+    assert.deepEqual(received, []);
+    assert.ok(!downgraded.logs.some((l) => String(l.msg).includes('delivery temporarily suspended')), 'the next hop answered: no dead destination');
+  } finally {
+    await downgraded.stop();
+    old.close();
+  }
+});
+
 interface RawPeer { port: number; lines: string[]; handshakes: number; messages: number; close(): void }
 
 /** A minimal SMTP next hop on a raw socket whose STARTTLS is in the test's hands (pki's server certificate). */
