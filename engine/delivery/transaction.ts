@@ -407,13 +407,23 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
   }
   // The next hop's words, whether a reply or in nodemailer's message: one bounded line, no control characters.
   const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : '';
-  const base = oneLine((e.message || String(e)).replace(/: \d{3}[ -].*$/s, ''));
+  const base = oneLine(withoutOpensslFrame((e.message || String(e)).replace(/: \d{3}[ -].*$/s, '')));
   const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;
   const enhanced = tls ? '4.7.5' : e.code === 'ETIMEDOUT' ? '4.4.2' : '4.4.1';
   const what = tls ? 'TLS failed' : e.command && e.command !== 'CONN' && e.command !== 'API' ? `${e.command} failed` : 'connection failed';
   const expired = certificate && certificate.notAfter.getTime() < Date.now() ? `, which expired on ${certificate.notAfter.toISOString()}` : '';
   const offered = tls && certificate ? ` (client certificate ${JSON.stringify(certificate.name)}${expired})` : '';
   return new DeliveryFailure(`${remote}: ${what}: ${base}${reply}${offered}`, { permanent: false, enhanced, remoteMta: remote });
+}
+
+/**
+ * OpenSSL's error string, `40FD…:error:0A000410:SSL routines:ssl3_read_bytes:ssl/tls alert handshake failure:
+ * ../deps/openssl/…/rec_layer_s3.c:918:SSL alert number 40`, as its reason and alert: the rest (a thread id, a
+ * function and a source file of Node's build) tells the administrator or a bounce's reader nothing.
+ */
+function withoutOpensslFrame(message: string): string {
+  return message.replace(/\b[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+):[^\s:]+:\d+:(SSL alert number \d+)?/g,
+    (_all, reason: string, alert?: string) => (alert ? `${reason} (${alert})` : reason));
 }
 
 function asFailure(err: unknown): DeliveryFailure {
