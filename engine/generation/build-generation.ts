@@ -196,7 +196,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     }
   }
 
-  for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  for (const e of exposures(config)) warnings.push({ ...(e.name ? { listener: e.name } : {}), message: located(loaded, e.path, e.message) });
   for (const w of unboundLogins(config, sandboxes)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
