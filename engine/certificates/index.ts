@@ -3,6 +3,7 @@ export { describeCertificate, describePeerCertificate, chainFailureReason, summa
 export { normalizeFingerprint, normalizePin, matchesPin, digestOfLength } from './pins.ts';
 export { strongEnoughKey, explainUnspecified, MIN_RSA_BITS, MIN_EC_BITS } from './key-strength.ts';
 export { spkiFacts } from './x509-fields.ts';
+export { encryptedKeyProblem } from './key-material.ts';
 export { colonHex } from './digests.ts';
 export { crlDeadlines, loadKeyPair, loadTrustMaterial, TlsFileError, type TlsFileRole, type TrustMaterial } from './tls-files.ts';
 export {

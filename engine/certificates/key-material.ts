@@ -31,6 +31,19 @@ export function privateKeyFileMessage(what: string): string {
   return `holds a PEM private key ("PRIVATE KEY" block), not ${what}: refused, nothing of it shown (is the path right?)`;
 }
 
+/** A passphrase-protected PEM private key: PKCS#8 `ENCRYPTED PRIVATE KEY`, or a traditional block with `Proc-Type: 4,ENCRYPTED`. */
+const ENCRYPTED_KEY_PEM = /-----BEGIN ENCRYPTED PRIVATE KEY-----|-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----\r?\nProc-Type: *4, *ENCRYPTED/;
+
+/**
+ * Why a key file that node:crypto cannot read is unusable, when it is encrypted: OpenSSL then reports only
+ * "interrupted or cancelled" (no passphrase to ask for), which says nothing to an administrator.
+ */
+export function encryptedKeyProblem(text: string): string | null {
+  if (!ENCRYPTED_KEY_PEM.test(text)) return null;
+  return 'the private key is encrypted (passphrase-protected), and Postern takes no passphrase: ' +
+    'store it unencrypted, readable by Postern only (`openssl pkey -in <file> -out <new file>`)';
+}
+
 /** Base64 text of mixed case and digits, long and not a digest: likely part of a key. */
 function keyLike(run: string): boolean {
   return /\d/.test(run) && /[a-z]/.test(run) && /[A-Z]/.test(run) && !normalizeFingerprint(run);

@@ -8,6 +8,7 @@ import { x509 } from './x509-provider.ts';
 import { children, readTlv } from './der.ts';
 import { pemBlocks, pemToDer, toPem } from './digests.ts';
 import { publicRootOf } from './public-roots.ts';
+import { encryptedKeyProblem } from './key-material.ts';
 
 /** PEM strings for tls.createSecureContext's `ca` and `crl`, plus what is worth a log line. */
 export interface TrustMaterial {
@@ -63,7 +64,7 @@ export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ 
   try {
     fromKey = createPublicKey(createPrivateKey(key)).export({ type: 'spki', format: 'der' });
   } catch (err) {
-    throw new TlsFileError(keyFile, 'key', `not a usable private key: ${message(err)}`);
+    throw new TlsFileError(keyFile, 'key', encryptedKeyProblem(key) ?? `not a usable private key: ${message(err)}`);
   }
   if (!fromKey.equals(leaf.publicKey.export({ type: 'spki', format: 'der' }))) {
     throw new TlsFileError(keyFile, 'key', `private key does not match certificate ${certFile}`);

@@ -13,6 +13,7 @@ import { withoutPassword } from '../policy/auth-password.ts';
 import { HOOK_NAMES, isHookName } from '../sandbox/hooks.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import { TrySession, type StepResult } from '../try/try-session.ts';
+import { encryptedKeyProblem } from '../certificates/index.ts';
 import { readSessionFile } from '../try/session-file.ts';
 import { runSessionFile, tryHook, type HookFlags, type TryResult } from '../try/run-try.ts';
 
@@ -88,7 +89,7 @@ function credentials(certFile: string, keyFile: string | undefined): { cert: str
   try {
     privateKey = createPrivateKey(key);
   } catch (err) {
-    throw new Error(`${keyFile ?? certFile}: not a PEM private key (${(err as Error).message})`);
+    throw new Error(`${keyFile ?? certFile}: ${encryptedKeyProblem(key) ?? `not a PEM private key (${(err as Error).message})`}`);
   }
   if (!x509.checkPrivateKey(privateKey)) throw new Error(`${keyFile ?? certFile}: this private key is not the key of the certificate in ${certFile}`);
   return { cert, key };

@@ -9,6 +9,9 @@
  *   the MX listener checks. Sound when a script requires the login itself.
  * - A policy service on TCP beyond loopback: its protocol has no authentication, so anyone who reaches it
  *   can ask in a client's name (burning that client's `rate()` counts, learning the verdicts).
+ * - A default outbound client certificate on `delivery.tls.mode: may`: a next hop without STARTTLS, or an attacker
+ *   who strips it, gets the mail in plaintext and no certificate (a relay that relays for the certificate then
+ *   refuses it: a bounce). Postfix does the same at `may`; sound for MX delivery where some hosts ask for one.
  */
 import { BlockList } from 'node:net';
 import type { Config } from './schema.ts';
@@ -34,8 +37,8 @@ const SUBMISSION_PORTS = new Set([587, 465]);
 export interface Exposure {
   /** The key the warning is about, as a path into the configuration. */
   path: PropertyKey[];
-  /** The listener or policy service it concerns. */
-  name: string;
+  /** The listener or policy service it concerns (none: delivery). */
+  name?: string;
   message: string;
 }
 
@@ -68,5 +71,12 @@ export function exposures(config: Config): Exposure[] {
       message: 'the policy protocol has no authentication: anyone who reaches this address can ask in any client\'s name (using up its rate() counts, learning the verdicts); listen on loopback or a unix socket',
     });
   });
+  const tls = config.delivery.tls;
+  if (config.delivery.enabled && tls.mode === 'may' && tls.clientCertificate !== undefined) {
+    out.push({
+      path: ['delivery', 'tls', 'clientCertificate'],
+      message: 'presented on tls.mode may (the default): a next hop that does not offer STARTTLS, or an attacker on the path who strips it, gets the mail in plaintext and no certificate, and a relay that relays for the certificate then refuses it (the mail bounces); set tls.mode encrypt or verify, or let a predelivery script choose the mode per destination',
+    });
+  }
   return out;
 }

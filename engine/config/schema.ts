@@ -5,6 +5,7 @@
  * .meta() hints for the reference: `format` (what a string is), `unit`, `defaultText` (see describe.ts).
  * Paths stay as written here; the loader resolves them against the configuration file's folder.
  */
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
@@ -25,8 +26,21 @@ const mechanism = z.enum(['EXTERNAL', 'PLAIN', 'LOGIN']);
  * underscores, which some sites use), at most 253 characters. Anything else — a space, a line end a quoted YAML
  * string can carry, a U-label — would break the reply it stands in or forge a header line.
  */
-const wireHostname = () => z.string().max(253).regex(/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/,
+const WIRE_HOSTNAME = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+const wireHostname = () => z.string().max(253).regex(WIRE_HOSTNAME,
   'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…)');
+/**
+ * A next hop's host: a name (as wireHostname) or an IP address, as written. Postfix's `[host]` (no MX lookup) is
+ * refused with what to write instead: it was taken for a host name, whose lookup fails, so mail waited for days
+ * and bounced.
+ */
+const nextHopHost = () => z.string().max(253).superRefine((h, ctx) => {
+  if (/^\[.*\]$/.test(h)) {
+    ctx.addIssue({ code: 'custom', message: 'expected the host without brackets: a smarthost is never looked up in MX (what Postfix\'s `[host]` asks for), and an address is written as it is (`192.0.2.1`, `2001:db8::1`)' });
+  } else if (!isIP(h) && !WIRE_HOSTNAME.test(h)) {
+    ctx.addIssue({ code: 'custom', message: 'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…), or an IP address' });
+  }
+});
 /** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
 const isLocalDomain = (d: string): boolean => {
   const key = domainKey(d);
@@ -257,7 +271,7 @@ const deliverySchema = z.strictObject({
     .describe('Deliver spooled mail. `false`: accept and spool only.'),
   route: z.union([
     z.strictObject({ smarthost: z.strictObject({
-      host: z.string().describe('Host name or address of the smarthost. Its addresses come from A/AAAA (or `native`) lookups, never from MX.'),
+      host: nextHopHost().describe('Host name or address of the smarthost, without Postfix\'s brackets (`[relay.example.net]` is refused: a smarthost is never looked up in MX anyway). Its addresses come from A/AAAA (or `native`) lookups, never from MX.'),
       port: port().describe('Port of the smarthost.'),
       implicitTls: z.boolean().default(false).describe('TLS from the first byte (port 465 style) instead of STARTTLS.'),
     }).describe('Every recipient domain goes to this one host.') }),

@@ -197,6 +197,10 @@ export class ConnectionPool {
         list.splice(list.indexOf(pc), 1);
         if (!list.length) this.#idle.delete(key);
         pc.close();
+        // Gone from the count now, as at release: its QUIT is answered later, and counted until then every idle
+        // connection to the destination was closed to make room for one (each message with its own client
+        // certificate cost all the others their pooled connections).
+        this.#forget(pc);
         if (this.openCount(destination) < limit) return;
       }
     }
@@ -224,6 +228,19 @@ export class ConnectionPool {
       transactionLog: true,
     });
     deadline.attach(conn);
+    // On implicit TLS, once the next hop took part in the handshake (completed it, or answered it with an alert), a
+    // failure is TLS's or the next hop's verdict on our certificate (a close right after the handshake), as after
+    // STARTTLS: not an unreachable host. A host that accepts the connection and says nothing stays unreachable.
+    let handshakeDone = false;
+    if (s.secure) {
+      const internals = conn as unknown as { _connectToHost(opts: unknown, secure: boolean): void; _socket?: NodeJS.EventEmitter };
+      const connectToHost = internals._connectToHost.bind(conn);
+      internals._connectToHost = (opts, secure) => {
+        connectToHost(opts, secure);
+        // 'secure': the handshake is over, before the certificate checks that may fail it; 'secureConnect': they passed.
+        for (const event of ['secure', 'secureConnect']) internals._socket?.once(event, () => { handshakeDone = true; });
+      };
+    }
     this.#opening.add(conn);
     const destination = `${endpoint.host}:${endpoint.port}`;
     await new Promise<void>((resolve, reject) => {
@@ -237,7 +254,8 @@ export class ConnectionPool {
           // Whether TLS had started and failed: opportunistic TLS retries such a failure in plaintext. A reply
           // from the server after the handshake (421 to EHLO, say) is the server speaking, not TLS failing.
           const replied = typeof (err as { responseCode?: unknown }).responseCode === 'number';
-          Object.assign(err, { tlsStarted: !s.secure && !replied && (conn.secure || !!conn.upgrading) });
+          const alert = /^ERR_SSL_/.test(String((err as { originalCode?: unknown }).originalCode ?? ''));
+          Object.assign(err, { tlsStarted: !replied && (s.secure ? handshakeDone || alert : conn.secure || !!conn.upgrading) });
           conn.close();
           reject(err);
         } else resolve();

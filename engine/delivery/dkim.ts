@@ -10,6 +10,7 @@ import { readInputFile, readProblem } from '../config/input-file.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
+import { encryptedKeyProblem } from '../certificates/index.ts';
 import { domainKey } from '../policy/domain-key.ts';
 import { dkimSignatureField, UnsignableMessage } from './dkim-signature.ts';
 
@@ -55,7 +56,7 @@ export async function loadDkimKey(delivery: DeliveryConfig, name: string): Promi
   try {
     key = createPrivateKey(text);
   } catch {
-    throw new Error(`${where}: not a PEM private key`);
+    throw new Error(`${where}: ${encryptedKeyProblem(text) ?? 'not a PEM private key'}`);
   }
   const type = key.asymmetricKeyType;
   if (type === 'rsa') {

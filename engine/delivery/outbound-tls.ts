@@ -6,9 +6,9 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
+import { checkServerIdentity, createSecureContext, type ConnectionOptions } from 'node:tls';
 import type { DeliveryConfig } from '../config/schema.ts';
-import { loadKeyPair, loadTrustMaterial, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
+import { loadKeyPair, loadTrustMaterial, MIN_EC_BITS, MIN_RSA_BITS, spkiFacts, TlsFileError, type TrustMaterial } from '../certificates/index.ts';
 import { DeliveryFailure } from './outcome.ts';
 import { declared } from './declared.ts';
 
@@ -32,11 +32,16 @@ export interface ConnectionSecurity {
   opportunisticTLS: boolean;
   /** Passed to tls.connect (both for implicit TLS and STARTTLS). */
   tls: ConnectionOptions;
+  /** The client certificate in `tls`, by its name, for the reason of a failed handshake. */
+  clientCertificate?: { name: string; notAfter: Date };
   servername?: string;
   mode: TlsMode;
   /** Connections with equal keys are interchangeable (same TLS settings and key material). */
   key: string;
 }
+
+/** The lowest TLS version of every outbound connection. */
+const MIN_TLS_VERSION = 'TLSv1.2';
 
 /** Days before a client certificate's notAfter from which `postern check` and the queue runner warn. */
 export const EXPIRY_WARNING_DAYS = 14;
@@ -48,18 +53,30 @@ export interface OutboundTlsReport {
   /** The same, as thrown (an OutboundFileError names the configuration key of the file). */
   failures: unknown[];
   /** Usable but wrong: an expired client certificate (delivery still presents it; the next hop decides). */
-  problems: string[];
+  problems: OutboundFinding[];
   /** Worth a look: expiring within EXPIRY_WARNING_DAYS, not yet valid, an expired or non-CA certificate in a CA file. */
-  warnings: string[];
+  warnings: OutboundFinding[];
+}
+
+/**
+ * A finding about a usable file: `line` is `<file>: <config key>: <message>` (a log line); `path` is the key and
+ * `fileProblem` `<file>: <message>`, so that a build can put the configuration's line in front, as for errors.
+ */
+export interface OutboundFinding { line: string; path: string[]; fileProblem: string }
+
+function finding(fileProblem: string, file: string, path: string[]): OutboundFinding {
+  return { line: naming(fileProblem, file, path.join('.')), path, fileProblem };
 }
 
 /** Checked PEM material plus an id that changes with the content (part of the connection pool key). */
 export interface OutboundMaterial {
   pem: { cert?: string; key?: string; ca?: string[] };
   id: string;
-  /** Lines for OutboundTlsReport.problems and .warnings. */
-  problems: string[];
-  warnings: string[];
+  /** A client certificate's leaf's end of validity. */
+  notAfter?: Date;
+  /** For OutboundTlsReport.problems and .warnings. */
+  problems: OutboundFinding[];
+  warnings: OutboundFinding[];
 }
 
 /** `<file>: <rest>` (the certificates module's errors) → `<file>: <config key>: <rest>`. */
@@ -104,20 +121,43 @@ export async function loadOutboundCertificate(delivery: DeliveryConfig, name: st
     throw new OutboundFileError(err, ['delivery', 'clientCertificates', name, err.role === 'key' ? 'key' : 'cert']);
   }
   const leaf = new X509Certificate(pair.cert); // the first block, already parsed once by loadKeyPair
-  const problems: string[] = [];
-  const warnings: string[] = [];
-  const where = `${files.cert}: ${at}.cert: certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
+  const refused = tlsRefusal(pair, leaf);
+  if (refused) throw new OutboundFileError(new TlsFileError(files.cert, 'cert', refused), ['delivery', 'clientCertificates', name, 'cert']);
+  const problems: OutboundFinding[] = [];
+  const warnings: OutboundFinding[] = [];
+  const subject = `certificate "${leaf.subject.replace(/\n/g, ', ')}"`;
+  const about = (message: string): OutboundFinding => finding(`${files.cert}: ${subject} ${message}`, files.cert, ['delivery', 'clientCertificates', name, 'cert']);
   const notAfter = leaf.validToDate;
   const notBefore = leaf.validFromDate;
   if (notAfter.getTime() < now.getTime()) {
-    problems.push(`${where} expired on ${notAfter.toISOString()}`);
+    problems.push(about(`expired on ${notAfter.toISOString()}`));
   } else if (notAfter.getTime() - now.getTime() < EXPIRY_WARNING_DAYS * 86400_000) {
     const days = Math.floor((notAfter.getTime() - now.getTime()) / 86400_000);
-    warnings.push(`${where} expires on ${notAfter.toISOString()} (in ${days === 0 ? 'less than a day' : days === 1 ? '1 day' : `${days} days`})`);
+    warnings.push(about(`expires on ${notAfter.toISOString()} (in ${days === 0 ? 'less than a day' : days === 1 ? '1 day' : `${days} days`})`));
   }
-  if (notBefore.getTime() > now.getTime()) warnings.push(`${where} is not valid before ${notBefore.toISOString()}`);
+  if (notBefore.getTime() > now.getTime()) warnings.push(about(`is not valid before ${notBefore.toISOString()}`));
   const id = createHash('sha256').update(pair.cert).update('\0').update(pair.key).digest('hex').slice(0, 16);
-  return { pem: { cert: pair.cert, key: pair.key }, id, problems, warnings };
+  return { pem: { cert: pair.cert, key: pair.key }, id, notAfter, problems, warnings };
+}
+
+/**
+ * Why TLS would refuse to present this pair, or null. OpenSSL checks a certificate as it is loaded for a
+ * connection (security level 2: an RSA key under 2048 bits, say): such a pair passed the checks above but
+ * failed every delivery, and in `may` mode the retry without TLS sent the mail in plaintext, uncertified.
+ */
+function tlsRefusal(pair: { cert: string; key: string }, leaf: X509Certificate): string | null {
+  try {
+    createSecureContext({ cert: pair.cert, key: pair.key, minVersion: MIN_TLS_VERSION });
+    return null;
+  } catch (err) {
+    const subject = leaf.subject.replace(/\n/g, ', ');
+    if ((err as { code?: string }).code === 'ERR_SSL_EE_KEY_TOO_SMALL') {
+      const { keyType, keyBits } = spkiFacts(leaf.publicKey.export({ type: 'spki', format: 'der' }));
+      return `certificate "${subject}" has a ${keyBits}-bit ${keyType.toUpperCase()} key, which TLS refuses to present ` +
+        `(OpenSSL security level 2: RSA at least ${MIN_RSA_BITS} bits, EC at least ${MIN_EC_BITS}): issue one with a stronger key`;
+    }
+    return `certificate "${subject}" cannot be presented over TLS: ${(err as Error).message}`;
+  }
 }
 
 /** Read `delivery.caFiles.<name>` (PEM certificates). Throws with `<file>: delivery.caFiles.<name>: …`. */
@@ -133,7 +173,7 @@ export async function loadOutboundCa(delivery: DeliveryConfig, name: string): Pr
     throw new OutboundFileError(err, ['delivery', 'caFiles', name]);
   }
   const id = createHash('sha256').update(trust.ca.join('')).digest('hex').slice(0, 16);
-  return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => naming(w, file, at)) };
+  return { pem: { ca: trust.ca }, id, problems: [], warnings: trust.warnings.map((w) => finding(w, file, ['delivery', 'caFiles', name])) };
 }
 
 /** Read every declared client certificate and CA file (`postern check`, a reload): all findings at once. */
@@ -198,16 +238,23 @@ export class OutboundTlsMaterial {
   /** Options for one connection to `host` under `policy`. Throws DeliveryFailure for unknown names or unreadable files. */
   async security(delivery: DeliveryConfig, scope: object, policy: TlsPolicy, host: string, implicitTls: boolean): Promise<ConnectionSecurity> {
     const mode = policy.mode;
-    const servername = policy.serverName ?? (isIP(host) ? undefined : host);
-    const tls: ConnectionOptions = { minVersion: 'TLSv1.2', rejectUnauthorized: mode === 'verify' };
+    // The name the next hop's certificate must carry (verify). SNI is a host name only (RFC 6066 §3): an address,
+    // the script's `serverName` included, is never sent in it (Node sends what it is given); it is checked as an IP SAN.
+    const name = policy.serverName ?? host;
+    const servername = isIP(name) ? undefined : name.replace(/\.$/, ''); // nor with a trailing dot (an absolute name)
+    const tls: ConnectionOptions = { minVersion: MIN_TLS_VERSION, rejectUnauthorized: mode === 'verify' };
     if (servername) tls.servername = servername;
-    const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', servername ?? ''];
+    // Node checks the SNI name, or without one the address connected to, which need not be the name given.
+    else tls.checkServerIdentity = (_address, cert) => checkServerIdentity(name, cert);
+    const ids: string[] = [mode, implicitTls ? 'implicit' : 'starttls', name];
+    let clientCertificate: ConnectionSecurity['clientCertificate'];
     if (mode !== 'none' || implicitTls) {
       if (policy.clientCertificate) {
         const m = await this.clientCertificate(delivery, scope, policy.clientCertificate);
         tls.cert = m.pem.cert;
         tls.key = m.pem.key;
         ids.push(`cert:${m.id}`);
+        clientCertificate = { name: policy.clientCertificate, notAfter: m.notAfter! };
       }
       if (mode === 'verify' && policy.ca) {
         const m = await this.ca(delivery, scope, policy.ca);
@@ -221,6 +268,7 @@ export class OutboundTlsMaterial {
       requireTLS: (mode === 'encrypt' || mode === 'verify') && !implicitTls,
       opportunisticTLS: mode === 'may',
       tls,
+      ...(clientCertificate ? { clientCertificate } : {}),
       ...(servername ? { servername } : {}),
       mode,
       key: ids.join('|'),

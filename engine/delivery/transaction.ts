@@ -215,7 +215,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           pc = await env.pool.open(endpoint, connectOptions(env));
           env.suspensions.lift(destination);
         } catch (err) {
-          last = connectionFailure(err as NodemailerError, remote);
+          last = connectionFailure(err as NodemailerError, remote, security.clientCertificate);
           const e = err as NodemailerError & { tlsStarted?: boolean };
           const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
           // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
@@ -400,8 +400,12 @@ function outcomesForError(to: string[], e: NodemailerError, pendingRejected: Nod
   return to.map((r) => outcomeForFailure(r, f));
 }
 
-/** A connection-level problem (refused, timeout, TLS, lost connection): always temporary. */
-function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote: string): DeliveryFailure {
+/**
+ * A connection-level problem (refused, timeout, TLS, lost connection): always temporary. A TLS failure names the
+ * client certificate offered (and says if it has expired): a next hop that refuses one often only closes the
+ * connection, right after the handshake, and nothing else would tell the administrator which one it saw.
+ */
+function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote: string, certificate?: ConnectionSecurity['clientCertificate']): DeliveryFailure {
   if (e instanceof DeliveryFailure) return e;
   if (e.response && e.responseCode && e.command !== 'STARTTLS') {
     // The server refused the session (greeting, EHLO, after the handshake): its own reply says why. Temporary
@@ -413,11 +417,23 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
   }
   // The next hop's words, whether a reply or in nodemailer's message: one bounded line, no control characters.
   const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : '';
-  const base = oneLine((e.message || String(e)).replace(/: \d{3}[ -].*$/s, ''));
+  const base = oneLine(withoutOpensslFrame((e.message || String(e)).replace(/: \d{3}[ -].*$/s, '')));
   const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;
   const enhanced = tls ? '4.7.5' : e.code === 'ETIMEDOUT' ? '4.4.2' : '4.4.1';
   const what = tls ? 'TLS failed' : e.command && e.command !== 'CONN' && e.command !== 'API' ? `${e.command} failed` : 'connection failed';
-  return new DeliveryFailure(`${remote}: ${what}: ${base}${reply}`, { permanent: false, enhanced, remoteMta: remote });
+  const expired = certificate && certificate.notAfter.getTime() < Date.now() ? `, which expired on ${certificate.notAfter.toISOString()}` : '';
+  const offered = tls && certificate ? ` (client certificate ${JSON.stringify(certificate.name)}${expired})` : '';
+  return new DeliveryFailure(`${remote}: ${what}: ${base}${reply}${offered}`, { permanent: false, enhanced, remoteMta: remote });
+}
+
+/**
+ * OpenSSL's error string, `40FD…:error:0A000410:SSL routines:ssl3_read_bytes:ssl/tls alert handshake failure:
+ * ../deps/openssl/…/rec_layer_s3.c:918:SSL alert number 40`, as its reason and alert: the rest (a thread id, a
+ * function and a source file of Node's build) tells the administrator or a bounce's reader nothing.
+ */
+function withoutOpensslFrame(message: string): string {
+  return message.replace(/\b[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+):[^\s:]+:\d+:(SSL alert number \d+)?/g,
+    (_all, reason: string, alert?: string) => (alert ? `${reason} (${alert})` : reason));
 }
 
 function asFailure(err: unknown): DeliveryFailure {

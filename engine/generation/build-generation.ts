@@ -196,7 +196,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     }
   }
 
-  for (const e of exposures(config)) warnings.push({ listener: e.name, message: located(loaded, e.path, e.message) });
+  for (const e of exposures(config)) warnings.push({ ...(e.name ? { listener: e.name } : {}), message: located(loaded, e.path, e.message) });
   for (const w of unboundLogins(config, sandboxes)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
@@ -218,11 +218,12 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   progress.step = 'delivery\'s TLS files';
   const outbound = await checkOutboundTls(config.delivery);
   for (const err of outbound.failures) failed(err instanceof OutboundFileError ? located(loaded, err.path, err.fileProblem) : err);
-  for (const line of outbound.problems) {
+  for (const f of outbound.problems) {
+    const line = located(loaded, f.path, f.fileProblem);
     if (options.strict) failed(line);
     else warnings.push({ message: line });
   }
-  for (const line of outbound.warnings) warnings.push({ message: line });
+  for (const f of outbound.warnings) warnings.push({ message: located(loaded, f.path, f.fileProblem) });
   progress.step = 'delivery\'s DKIM keys';
   for (const line of await checkDkimKeys(config.delivery)) failed(line);
 

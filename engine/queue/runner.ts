@@ -417,8 +417,8 @@ export class QueueRunner {
     if (gen.serial === this.#lastSerial) return;
     this.#lastSerial = gen.serial;
     void this.#material.preload(gen.config.delivery, gen).then((report) => {
-      for (const p of [...report.errors, ...report.problems]) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
-      for (const w of report.warnings) this.#log.warn({ generation: gen.serial }, `outbound TLS material: ${w}`);
+      for (const p of [...report.errors, ...report.problems.map((f) => f.line)]) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
+      for (const w of report.warnings) this.#log.warn({ generation: gen.serial }, `outbound TLS material: ${w.line}`);
     });
   }
 

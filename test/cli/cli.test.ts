@@ -369,8 +369,9 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
   assert.equal(w.code, 0, w.stderr);
   assert.equal(w.stdout, `${warned.config}: OK (2 listeners)\n`);
   assert.deepEqual(w.stderr.split('\n'), [
-    `warning: ${join(warned.dir, 'out', 'soon.crt')}: delivery.clientCertificates.soon.cert: certificate "CN=soon" expires on ${soonAfter} (in 5 days)`,
-    `warning: ${join(warned.dir, 'out', 'future.crt')}: delivery.clientCertificates.future.cert: certificate "CN=future" is not valid before ${futureBefore}`,
+    // At the line of the key that names the file, as the errors about these files are.
+    `warning: ${warned.config}:19:19: delivery.clientCertificates.soon.cert: ${join(warned.dir, 'out', 'soon.crt')}: certificate "CN=soon" expires on ${soonAfter} (in 5 days)`,
+    `warning: ${warned.config}:20:21: delivery.clientCertificates.future.cert: ${join(warned.dir, 'out', 'future.crt')}: certificate "CN=future" is not valid before ${futureBefore}`,
     '',
   ]);
 
@@ -380,7 +381,8 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
   const e = await cli(['check', '--config', expired.config], null);
   assert.equal(e.code, 1);
   assert.equal(e.stdout, '');
-  assert.match(e.stderr, new RegExp(`^${join(expired.dir, 'out', 'old.crt').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: delivery\\.clientCertificates\\.old\\.cert: certificate "CN=old-laptop[^"]*" expired on 2021-01-01T00:00:00\\.000Z\n$`));
+  const re = (text: string): string => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  assert.match(e.stderr, new RegExp(`^${re(expired.config)}:19:18: delivery\\.clientCertificates\\.old\\.cert: ${re(join(expired.dir, 'out', 'old.crt'))}: certificate "CN=old-laptop[^"]*" expired on 2021-01-01T00:00:00\\.000Z\n$`));
 });
 
 test('the command line coarsens its timer slack to 2 ms (isolated-vm timer wake-ups fold together)', async () => {

@@ -63,6 +63,20 @@ test('hostname, delivery.heloName and banner go on the wire: a line end, a space
   }
 });
 
+test('a smarthost host is a host name or an address: Postfix\'s [host] or a space is refused at its line, not looked up at every delivery', () => {
+  const route = (host: string): string => `delivery:\n  route: { smarthost: { host: ${JSON.stringify(host)}, port: 25 } }\n`;
+  for (const host of ['[192.0.2.1]', '[relay.example.net]', '[IPv6:2001:db8::1]']) {
+    const p = problems(route(host));
+    assert.equal(p.length, 1, p.join('\n'));
+    assert.match(p[0]!, /^\/etc\/postern\.yaml:2:31: delivery\.route\.smarthost\.host: expected the host without brackets: a smarthost is never looked up in MX/, host);
+  }
+  assert.match(problems(route('relay example'))[0]!, /^\/etc\/postern\.yaml:2:31: delivery\.route\.smarthost\.host: expected a host name .*, or an IP address$/);
+  for (const host of ['relay.example.net', 'relay.example.net.', '192.0.2.1', '2001:db8::1', 'localhost']) {
+    const route2 = parseConfig(`listeners: [{ name: a, listen: "127.0.0.1:25" }]\n${route(host)}`, '/etc/postern.yaml', '/etc').config.delivery.route;
+    assert.deepEqual(route2, { smarthost: { host, port: 25, implicitTls: false } }, host);
+  }
+});
+
 test('cross-field rules: TLS needs cert and key; EXTERNAL needs client certificates; pins need a table', () => {
   const p = problems(`listeners:
   - name: a

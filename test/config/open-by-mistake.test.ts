@@ -138,6 +138,27 @@ policyServices:
   assert.ok(warned[1]!.startsWith(`warning: ${config}:${at(text, '"0.0.0.0:10040"')}: policyServices[0].listen: the policy protocol has no authentication`), warned[1]);
 });
 
+test('a default outbound client certificate on delivery.tls.mode may: said at its line (a stripped STARTTLS sends the mail in plaintext, uncertified)', async () => {
+  const delivery = (tls: string) => `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+listeners: [{ name: in, listen: "127.0.0.1:0" }]
+delivery:
+  route: { smarthost: { host: relay.example.net, port: 25 } }
+  tls: ${tls}
+  clientCertificates: { laptop: { cert: ${pki.clients.alice.cert}, key: ${pki.clients.alice.key} } }
+`;
+  const text = delivery('{ clientCertificate: laptop }');
+  const config = await scratch.file('may-cert.yaml', text);
+  const r = await runCli(['check', '--config', config]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, `warning: ${config}:${at(text, 'laptop }')}: delivery.tls.clientCertificate: presented on tls.mode may (the default): a next hop that does not offer STARTTLS, or an attacker on the path who strips it, gets the mail in plaintext and no certificate, and a relay that relays for the certificate then refuses it (the mail bounces); set tls.mode encrypt or verify, or let a predelivery script choose the mode per destination\n`);
+  for (const tls of ['{ mode: encrypt, clientCertificate: laptop }', '{ mode: verify, clientCertificate: laptop }', '{ mode: may }']) {
+    const quiet = await runCli(['check', '--config', await scratch.file('may-cert-quiet.yaml', delivery(tls))]);
+    assert.equal(quiet.code, 0, quiet.stderr);
+    assert.equal(quiet.stderr, '', tls);
+  }
+});
+
 test('a listener where clients log in with nothing binding a login to its senders (no senderLogin.enforce, no mailfrom script) is said at the key\'s line', async () => {
   // The Dovecot-style submission listener as written from the migration table: alice logs in and sends as the CEO.
   const bound = join(scratch.path, 'bound-scripts');

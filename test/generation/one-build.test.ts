@@ -136,11 +136,11 @@ test('the same broken inputs: the same problems from postern check, a reload and
     await write({ 'out/laptop.crt': await readFile(pki.clients.expired.cert, 'utf8'), 'out/laptop.key': await readFile(pki.clients.expired.key, 'utf8') });
     const expired = await check(config);
     assert.equal(expired.code, 1);
-    assert.match(expired.stderr, /out\/laptop\.crt: delivery\.clientCertificates\.laptop\.cert: certificate "CN=old-laptop[^"]*" expired on /);
+    assert.match(expired.stderr, /postern\.yaml:\d+:\d+: delivery\.clientCertificates\.laptop\.cert: \S*out\/laptop\.crt: certificate "CN=old-laptop[^"]*" expired on /);
     await server.reloader.whenIdle();
     assert.equal(server.reloader.status.data.lastError, null);
     assert.ok(server.reloader.status.data.generation > swapped);
-    assert.ok(logs.some((l) => /delivery\.clientCertificates\.laptop\.cert: certificate .* expired on /.test(l) && /"level":40/.test(l)), 'logged as a warning');
+    assert.ok(logs.some((l) => /postern\.yaml:\d+:\d+: delivery\.clientCertificates\.laptop\.cert: \S*laptop\.crt: certificate .* expired on /.test(l) && /"level":40/.test(l)), 'logged as a warning');
 
     // A start with the broken inputs refuses with the same lines.
     await server.close();

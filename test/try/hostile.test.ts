@@ -5,7 +5,8 @@
 // sends none). The real command line against a real STARTTLS listener's configuration.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createPrivateKey } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -30,6 +31,8 @@ before(async () => {
   }));
   await writeFile(join(dir, 'garbage.pem'), Buffer.from([0x00, 0xff, 0x13, 0x37, 0x0a, 0x2d, 0x2d]));
   await writeFile(join(dir, 'broken.pem'), '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+  const aliceKey = createPrivateKey(await readFile(pki.clients.alice.key, 'utf8'));
+  await writeFile(join(dir, 'encrypted.key'), aliceKey.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret' }));
   await writeFile(join(dir, 'session.txt'), 'EHLO x.example\nMAIL FROM:<a@example.org>\nRCPT TO:<b@example.com>\nDATA missing.eml\n');
 });
 after(() => rm(dir, { recursive: true, force: true }));
@@ -51,6 +54,8 @@ test('files that are not PEM, or not files, are named in one line', async () => 
     [['--cert', join(dir, 'broken.pem'), '--key', pki.clients.alice.key], /^postern try: .*broken\.pem: not a PEM certificate \(/],
     [['--cert', join(dir, 'garbage.pem'), '--key', pki.clients.alice.key], /^postern try: .*garbage\.pem: not a PEM certificate \(/],
     [['--cert', pki.clients.alice.cert, '--key', join(dir, 'garbage.pem')], /^postern try: .*garbage\.pem: not a PEM private key \(/],
+    // OpenSSL's own word for it is "interrupted or cancelled".
+    [['--cert', pki.clients.alice.cert, '--key', join(dir, 'encrypted.key')], /^postern try: .*encrypted\.key: the private key is encrypted \(passphrase-protected\), and Postern takes no passphrase/],
     [['--cert', dir, '--key', pki.clients.alice.key], /^postern try: .*postern-try-hostile-[^:]*: cannot be read \(EISDIR\)$/],
   ];
   for (const [args, expected] of cases) {
