@@ -101,7 +101,7 @@ export class QueueRunner {
    * Their files stay until then: a queue process killed in between finds them again at its next start, instead of
    * leaving the message to its recorded retry time (hours, perhaps) as removing them at the scan did.
    */
-  readonly #requestsTaken = new Map<string, { for: 'next' | 'after'; text: string }>();
+  readonly #requestsTaken = new Map<string, { for: 'next' | 'after' | 'removing'; text: string }>();
   /**
    * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
@@ -255,7 +255,9 @@ export class QueueRunner {
       if (dueRequested && !this.#broken.has(id)) {
         // Taken and still scheduled: its file goes once that attempt is recorded (#requestDone). Taken but no longer
         // scheduled (its read failed, it was found broken and repaired since): taken again.
-        if (this.#requestsTaken.has(id) && (this.#due.has(id) || this.#active.has(id) || this.#parkedOn.has(id))) continue;
+        // Done, its file being removed: not a request again (a second attempt at once).
+        const taken = this.#requestsTaken.get(id);
+        if (taken && (taken.for === 'removing' || this.#due.has(id) || this.#active.has(id) || this.#parkedOn.has(id))) continue;
         // What the request says (when it was made): one written over it later is another request (#requestDone).
         const text = await this.#spool.readDueRequest(id).catch(() => null);
         if (text === null) continue; // gone meanwhile (delivered, deleted), or unreadable: seen again at the next scan
@@ -458,12 +460,18 @@ export class QueueRunner {
    */
   #requestDone(id: string): void {
     const taken = this.#requestsTaken.get(id);
-    if (taken?.for === 'after') taken.for = 'next';
+    if (taken?.for === 'after') {
+      taken.for = 'next';
+      return;
+    }
     if (taken?.for !== 'next') return;
-    this.#requestsTaken.delete(id);
+    // Kept (as being removed) until its file is gone: a scan meanwhile would take it again.
+    taken.for = 'removing';
     // Only that request: one written over it since (a retry during this attempt) asks for an attempt after this one,
     // and the next scan takes it. Removed with this one's, it was lost: the message waited for its retry time.
-    void this.#spool.clearDueRequest(id, taken.text).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'));
+    void this.#spool.clearDueRequest(id, taken.text)
+      .catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'))
+      .finally(() => { if (this.#requestsTaken.get(id) === taken) this.#requestsTaken.delete(id); });
   }
 
   /**

@@ -57,3 +57,45 @@ test('a retry request made during an attempt of the message gets an attempt of i
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a scan while the request of a recorded attempt is being removed makes no second attempt', { timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-retry-clearing-'));
+  const dataDir = join(dir, 'data');
+  const peer = await startScriptedPeer({ rcpt: (s) => { s.write('451 4.3.0 try again later\r\n'); return 'answered'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    const spool = new Spool(join(dataDir, 'spool'));
+    await spool.init();
+    const [id] = await spoolMessages(spool, ['someone@next.test'], { deferredUntil: new Date(Date.now() + 3600_000) });
+    spool.close();
+    s = await startDeliveryServer({
+      dataDir,
+      config: configYaml({
+        listeners: [testListener('in')],
+        delivery: { enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' }, retrySchedule: [3600], scanIntervalMs: 200 },
+      }),
+      resolver: fakeResolver({ 'next.test': [{ exchange: 'mx.next.test', priority: 10 }] }, { 'mx.next.test': ['127.0.0.1'] }),
+    });
+    // A slow disk: the request's removal ends only after a whole scan has run meanwhile.
+    const server = s;
+    const clear = server.spools.clearDueRequest.bind(server.spools);
+    let cleared = false;
+    server.spools.clearDueRequest = async (...args) => {
+      await server.scans(1, 60_000);
+      await clear(...args);
+      cleared = true;
+    };
+
+    await retryMessages(server.spools, [id!]);
+    const first = await server.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true });
+    assert.equal(first.removed, false);
+    await until('the request removed', () => cleared, { timeoutMs: 60_000 });
+    await server.scans(2, 60_000);
+    assert.equal((await server.spools.readDueRequest(id!)), null, 'the request is gone');
+    assert.deepEqual(server.attempts.filter((e) => e.id === id).map((e) => e.attempt), [first.attempt], 'one attempt for one request');
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
