@@ -188,7 +188,7 @@ export class SpoolSet {
     for (const [spool, own] of bySpool) await spool.requestAttempts(own);
   }
   async readDueRequest(id: string): Promise<string | null> { return (await this.#of(id)).readDueRequest(id); }
-  async clearDueRequest(id: string): Promise<void> { return (await this.#of(id)).clearDueRequest(id); }
+  async clearDueRequest(id: string, made?: string): Promise<void> { return (await this.#of(id)).clearDueRequest(id, made); }
   async readHold(id: string): Promise<SpoolHold | null> { return (await this.#of(id)).readHold(id); }
   async remove(id: string, opts?: { hasState?: boolean }): Promise<void> {
     const spool = await this.#of(id);

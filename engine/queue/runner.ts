@@ -102,7 +102,7 @@ export class QueueRunner {
    * Their files stay until then: a queue process killed in between finds them again at its next start, instead of
    * leaving the message to its recorded retry time (hours, perhaps) as removing them at the scan did.
    */
-  readonly #requestsTaken = new Map<string, 'next' | 'after'>();
+  readonly #requestsTaken = new Map<string, { for: 'next' | 'after' | 'removing'; text: string }>();
   /**
    * Outcomes the spool could not record (a full disk): a recipient a next hop accepted is never sent to
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
@@ -259,12 +259,17 @@ export class QueueRunner {
       if (dueRequested && !this.#broken.has(id)) {
         // Taken and still scheduled: its file goes once that attempt is recorded (#requestDone). Taken but no longer
         // scheduled (its read failed, it was found broken and repaired since): taken again.
-        if (this.#requestsTaken.has(id) && (this.#due.has(id) || this.#active.has(id) || this.#parkedOn.has(id))) continue;
+        // Done, its file being removed: not a request again (a second attempt at once).
+        const taken = this.#requestsTaken.get(id);
+        if (taken && (taken.for === 'removing' || this.#due.has(id) || this.#active.has(id) || this.#parkedOn.has(id))) continue;
+        // What the request says (when it was made): one written over it later is another request (#requestDone).
+        const text = await this.#spool.readDueRequest(id).catch(() => null);
+        if (text === null) continue; // gone meanwhile (delivered, deleted), or unreadable: seen again at the next scan
         // `postern queue retry|release`: due now (once its attempt under way ends), its state as the runner wrote it.
         if (this.#active.has(id)) this.#dueAfterAttempt.add(id);
         else if (this.#parkedOn.has(id)) this.#unparkOne(id, true);
         else this.#due.set(id, this.#dueAt(Date.now()), hasState ? 'retry' : 'new');
-        this.#requestsTaken.set(id, this.#active.has(id) ? 'after' : 'next');
+        this.#requestsTaken.set(id, { for: this.#active.has(id) ? 'after' : 'next', text });
         if (hasState) this.#noState.delete(id); // (none in the listing is not a claim: an attempt may have recorded one since)
         continue;
       }
@@ -460,10 +465,18 @@ export class QueueRunner {
    */
   #requestDone(id: string): void {
     const taken = this.#requestsTaken.get(id);
-    if (taken === 'after') this.#requestsTaken.set(id, 'next');
-    if (taken !== 'next') return;
-    this.#requestsTaken.delete(id);
-    void this.#spool.clearDueRequest(id).catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'));
+    if (taken?.for === 'after') {
+      taken.for = 'next';
+      return;
+    }
+    if (taken?.for !== 'next') return;
+    // Kept (as being removed) until its file is gone: a scan meanwhile would take it again.
+    taken.for = 'removing';
+    // Only that request: one written over it since (a retry during this attempt) asks for an attempt after this one,
+    // and the next scan takes it. Removed with this one's, it was lost: the message waited for its retry time.
+    void this.#spool.clearDueRequest(id, taken.text)
+      .catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'))
+      .finally(() => { if (this.#requestsTaken.get(id) === taken) this.#requestsTaken.delete(id); });
   }
 
   /**

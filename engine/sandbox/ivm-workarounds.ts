@@ -67,7 +67,11 @@ export function newIsolate(memoryLimitMb: number, onCatastrophicError: (message:
  * builtin then never settles (neither resolves nor rejects), so callers must not wait for it.
  */
 export function abandon(isolate: ivm.Isolate): void {
-  if (!isolate.isDisposed) isolate.dispose();
+  try {
+    if (!isolate.isDisposed) isolate.dispose();
+  } catch (e) {
+    if (!isolate.isDisposed) throw e; // else its memory limit disposed it in between (see executing())
+  }
 }
 
 /**
@@ -76,9 +80,15 @@ export function abandon(isolate: ivm.Isolate): void {
  * the thread's CPU time either: see thread-cpu.ts), so two readings differ only then.
  */
 export function executing(isolate: ivm.Isolate): boolean {
-  if (isolate.isDisposed) return false;
-  const before = isolate.wallTime;
-  return isolate.wallTime > before;
+  // Reaching its memory limit, an isolate is disposed from its own thread at any moment: wallTime then throws
+  // (asked from a timer, an uncaught exception that ended the process), and a disposed isolate executes nothing.
+  try {
+    const before = isolate.wallTime;
+    return isolate.wallTime > before;
+  } catch (e) {
+    if (isolate.isDisposed) return false;
+    throw e;
+  }
 }
 
 /** Raised by settledWithin() when isolated-vm's own promise did not settle in time. */

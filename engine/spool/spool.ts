@@ -405,8 +405,12 @@ export class Spool {
     return readFile(this.dueRequestPath(id), 'utf8').then((t) => t.trim(), (err: NodeJS.ErrnoException) => { ignoreMissing(err); return null; });
   }
 
-  /** The requested attempt was made (not synced: a request seen again after a crash only makes it due once more). */
-  async clearDueRequest(id: string): Promise<void> {
+  /**
+   * The requested attempt was made (not synced: a request seen again after a crash only makes it due once more).
+   * With `made`, only while the request still says that (readDueRequest): not one made since.
+   */
+  async clearDueRequest(id: string, made?: string): Promise<void> {
+    if (made !== undefined && (await this.readDueRequest(id)) !== made) return;
     await unlink(this.dueRequestPath(id)).catch(ignoreMissing);
   }
 

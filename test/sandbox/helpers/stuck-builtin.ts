@@ -7,6 +7,7 @@
 import { Sandbox, ScriptErrors, ScriptFailure, abandonedRunningScripts, onMustRecycle, onUnrecoverable } from '../../../engine/sandbox/index.ts';
 import { js, recordingHost } from '../../helpers/sandbox-fixtures.ts';
 import { MemoryCounterStore } from '../../../engine/store/index.ts';
+import { until } from '../../helpers/wait.ts';
 
 const STUCK = 'Array(2 ** 32 - 1).lastIndexOf(1)';
 const scenario = process.argv[2];
@@ -29,6 +30,9 @@ if (scenario === 'call') {
   out.stuck1 = await stuck1;
   out.stuck2 = await outcome(sandbox.invoke('rcptto', { stuck: true }, 's2'));
   out.after = await Promise.all([2, 3, 4, 5, 6, 7].map((n) => outcome(sandbox.invoke('rcptto', { n }, `c${n}`))));
+  // The second stuck isolate is abandoned once shown stuck (200 ms of CPU time, or 5 s, after its call's deadline:
+  // sandbox.ts, Overdue), which the calls above may well outrun on a loaded machine: read once it has been.
+  await until('the second stuck isolate abandoned', async () => (await sandbox.stats()).abandoned >= 2, { timeoutMs: 30_000 }).catch(() => undefined);
   const stats = await sandbox.stats();
   out.abandoned = stats.abandoned;
   out.timeouts = stats.failures.timeout;
