@@ -48,6 +48,12 @@ if (scenario === 'call') {
   const stuck = outcome(sandbox.invoke('rcptto', { stuck: true }, 's1'));
   out.waiting = await outcome(sandbox.invoke('rcptto', { n: 1 }, 'c1'));
   out.stuck = await stuck;
+  // The stuck isolate is replaced once shown stuck (its thread's CPU, or 5 s), not at the deadline: on a loaded
+  // machine that can come after a call made at once had waited its own deadline out.
+  await until('the stuck isolate abandoned and replaced', async () => {
+    const stats = await sandbox.stats();
+    return stats.abandoned >= 1 && stats.isolates[0]?.state === 'idle';
+  }, { timeoutMs: 30_000 }).catch(() => undefined);
   out.after = await outcome(sandbox.invoke('rcptto', { n: 2 }, 'c2'));
 } else if (scenario === 'once') {
   // A fast-path attempt that counted, stopped in its loop and run again on an isolate thread, where it gets
