@@ -170,10 +170,18 @@ export class ConnectionPool {
   readonly #open = new Map<string, Set<PooledConnection>>();
   /** Connections still being set up (greeting, EHLO, STARTTLS): closed too when the pool closes. */
   readonly #opening = new Set<SMTPConnection>();
+  /** Connections we closed whose end the next hop may not have seen yet (QUIT unanswered), by destination. */
+  readonly #leaving = new Map<string, Set<PooledConnection>>();
   #closed = false;
 
-  /** Open connections (busy or idle) to a destination. */
+  /** Open connections (busy or idle) to a destination: what its connection limit counts. */
   openCount(destination: string): number { return this.#open.get(destination)?.size ?? 0; }
+
+  /**
+   * Connections of ours the next hop may still count: the open ones and those closed but not yet gone. A refusal at
+   * the greeting while one is there may be the next hop's limit on connections, not a refusal of all mail.
+   */
+  presentCount(destination: string): number { return this.openCount(destination) + (this.#leaving.get(destination)?.size ?? 0); }
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
 
   /** The most recently used live idle connection with this key, taken out of the pool. */
@@ -196,11 +204,10 @@ export class ConnectionPool {
         if (pc.destination !== destination) continue;
         list.splice(list.indexOf(pc), 1);
         if (!list.length) this.#idle.delete(key);
-        pc.close();
         // Gone from the count now, as at release: its QUIT is answered later, and counted until then every idle
         // connection to the destination was closed to make room for one (each message with its own client
         // certificate cost all the others their pooled connections).
-        this.#forget(pc);
+        this.#letGo(pc, true);
         if (this.openCount(destination) < limit) return;
       }
     }
@@ -277,8 +284,7 @@ export class ConnectionPool {
   /** Put a connection back after a transaction, or close it. */
   release(pc: PooledConnection, reusable: boolean): void {
     if (!reusable || this.#closed || !pc.alive || pc.messages >= MAX_MESSAGES) {
-      pc.close(reusable);
-      this.#forget(pc);
+      this.#letGo(pc, reusable);
       return;
     }
     let list = this.#idle.get(pc.key);
@@ -289,10 +295,23 @@ export class ConnectionPool {
       const i = l?.indexOf(pc) ?? -1;
       if (i >= 0) l!.splice(i, 1);
       if (l && !l.length) this.#idle.delete(pc.key);
-      pc.close();
-      this.#forget(pc);
+      this.#letGo(pc, true);
     }, IDLE_MS);
     pc.idleTimer.unref();
+  }
+
+  /** Close a connection and take it out of the counts; the next hop sees it present (presentCount) until it is gone. */
+  #letGo(pc: PooledConnection, graceful: boolean): void {
+    if (pc.alive) {
+      let leaving = this.#leaving.get(pc.destination);
+      if (!leaving) this.#leaving.set(pc.destination, (leaving = new Set()));
+      leaving.add(pc);
+      pc.onGone(() => {
+        if (leaving.delete(pc) && !leaving.size && this.#leaving.get(pc.destination) === leaving) this.#leaving.delete(pc.destination);
+      });
+    }
+    pc.close(graceful);
+    this.#forget(pc);
   }
 
   #forget(pc: PooledConnection): void {

@@ -221,10 +221,11 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
           // client certificate, say), or whose TLS does not suit our policy, may take other mail, or this one later.
           // But a refusal in plaintext at the greeting, before anything of ours was said, refuses every message
-          // alike (Postfix: "refused to talk to me"): unless a connection of ours to it is in session (then it is
-          // a limit on connections, and the mail goes on over that one), it is as unreachable. Connected to once
+          // alike (Postfix: "refused to talk to me"): unless a connection of ours to it is in session, or closed by
+          // us but not yet gone (then it is a limit on connections, and the mail goes on over the open ones, or once
+          // the closed one has gone), it is as unreachable. Connected to once
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
-          if (refusedGreeting(e, security) && env.pool.openCount(destination) === 0 && !tlsFailed) unreachable = last;
+          if (refusedGreeting(e, security) && env.pool.presentCount(destination) === 0 && !tlsFailed) unreachable = last;
           else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;

@@ -83,3 +83,44 @@ test('a refusal at the greeting while another connection of ours is in session i
     peer.close();
   }
 });
+
+test('a refusal at the greeting while a connection of ours the pool let go is still open is a limit on connections: not suspended', async () => {
+  // One session at a time, as a host with a per-client connection limit; it counts a session until it has answered
+  // the QUIT, which this one is slow to do. A pooled connection closed to make room for another identity's (a
+  // message with another TLS server name, here) is still in session for it when the new connection comes.
+  let open = 0;
+  let refused = 0;
+  const quits: net.Socket[] = [];
+  const peer = await startScriptedPeer({
+    greeting: (s) => {
+      if (open >= 1) { refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
+      open++;
+      s.once('close', () => { open--; });
+    },
+    quit: (s) => { quits.push(s); return 'stop'; },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { smarthost: { host: '127.0.0.1', port: peer.port } }, tls: { mode: 'none' }, retrySchedule: [3600], concurrency: 1, perDestinationConcurrency: 1 },
+    }),
+    scripts: {
+      'rcptto.ts': 'export default () => accept();',
+      'predelivery.ts': 'export default (ctx: PredeliveryContext) => deliver({ tls: { serverName: `relay.${ctx.destination.domain}` } });',
+    },
+  });
+  try {
+    const first = await s.send('a@origin.test', ['a@one.test']);
+    assert.equal((await s.nextAttempt((e) => e.id === first, { timeoutMs: 60_000, past: true })).outcomes[0]!.status, 'delivered');
+    const second = await s.send('a@origin.test', ['b@two.test']);
+    const o = (await s.nextAttempt((e) => e.id === second, { timeoutMs: 60_000, past: true })).outcomes[0]!;
+    assert.equal(o.status, 'temporary');
+    assert.equal(quits.length, 1, 'the idle connection was let go to make room');
+    assert.equal(refused, 1);
+    assert.match(o.reply, /^127\.0\.0\.1\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/, 'its own refusal, not a suspension');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the relay is not suspended');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
