@@ -168,8 +168,8 @@ export class PooledConnection {
 export class ConnectionPool {
   readonly #idle = new Map<string, PooledConnection[]>();
   readonly #open = new Map<string, Set<PooledConnection>>();
-  /** Connections still being set up (greeting, EHLO, STARTTLS): closed too when the pool closes. */
-  readonly #opening = new Set<SMTPConnection>();
+  /** Connections still being set up (greeting, EHLO, STARTTLS), and whether greeted: closed too when the pool closes. */
+  readonly #opening = new Map<SMTPConnection, { destination: string; greeted: boolean }>();
   /** Connections we closed whose end the next hop may not have seen yet (QUIT unanswered), by destination. */
   readonly #leaving = new Map<string, Set<PooledConnection>>();
   #closed = false;
@@ -178,10 +178,16 @@ export class ConnectionPool {
   openCount(destination: string): number { return this.#open.get(destination)?.size ?? 0; }
 
   /**
-   * Connections of ours the next hop may still count: the open ones and those closed but not yet gone. A refusal at
-   * the greeting while one is there may be the next hop's limit on connections, not a refusal of all mail.
+   * Connections of ours the next hop has let in: open ones, ones it greeted that are still being set up (EHLO,
+   * STARTTLS) and ones closed but not yet gone. A refusal at the greeting while one is there may be the next hop's
+   * limit on connections, not a refusal of all mail. (Not ones still waiting for their greeting: a next hop that
+   * refuses every session would, with several connections under way, always have one.)
    */
-  presentCount(destination: string): number { return this.openCount(destination) + (this.#leaving.get(destination)?.size ?? 0); }
+  presentCount(destination: string): number {
+    let opening = 0;
+    for (const o of this.#opening.values()) if (o.destination === destination && o.greeted) opening++;
+    return this.openCount(destination) + opening + (this.#leaving.get(destination)?.size ?? 0);
+  }
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
 
   /** The most recently used live idle connection with this key, taken out of the pool. */
@@ -248,8 +254,15 @@ export class ConnectionPool {
         for (const event of ['secure', 'secureConnect']) internals._socket?.once(event, () => { handshakeDone = true; });
       };
     }
-    this.#opening.add(conn);
     const destination = `${endpoint.host}:${endpoint.port}`;
+    const opening = { destination, greeted: false };
+    const greeting = conn as unknown as { _actionGreeting(str: string): void };
+    const actionGreeting = greeting._actionGreeting.bind(conn);
+    greeting._actionGreeting = (str) => {
+      opening.greeted = str.startsWith('220');
+      actionGreeting(str);
+    };
+    this.#opening.set(conn, opening);
     await new Promise<void>((resolve, reject) => {
       let settled = false;
       const done = (err?: Error): void => {
@@ -332,7 +345,7 @@ export class ConnectionPool {
    */
   close(): void {
     this.#closed = true;
-    for (const conn of this.#opening) conn.close();
+    for (const conn of this.#opening.keys()) conn.close();
     const idle = new Set([...this.#idle.values()].flat());
     this.#idle.clear();
     for (const set of [...this.#open.values()]) {

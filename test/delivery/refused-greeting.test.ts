@@ -124,3 +124,36 @@ test('a refusal at the greeting while a connection of ours the pool let go is st
     peer.close();
   }
 });
+
+test('a refusal at the greeting while another connection of ours is still being set up (EHLO, STARTTLS) is a limit on connections: not suspended', async () => {
+  // The next hop counts a session from its accept; ours counts it once EHLO (and STARTTLS) are done. The first
+  // connection's EHLO is answered only once the second has been refused.
+  let open = 0;
+  let refused = 0;
+  let inEhlo = 0;
+  const peer = await startScriptedPeer({
+    greeting: (s) => {
+      if (open >= 1) { refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
+      open++;
+      s.once('close', () => { open--; });
+    },
+    ehlo: (s) => {
+      inEhlo++;
+      void until('the second connection refused', () => refused >= 1, { timeoutMs: 60_000 }).then(() => s.write('250-peer\r\n250 8BITMIME\r\n'));
+      return 'answered';
+    },
+  });
+  const s = await server(peer.port, { concurrency: 2, perDestinationConcurrency: 2 });
+  try {
+    const ids = [await s.send('a@origin.test', ['a@full.test'])];
+    await until('the first connection in EHLO', () => inEhlo >= 1, { timeoutMs: 60_000 });
+    ids.push(await s.send('a@origin.test', ['b@full.test']));
+    const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
+    assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary']);
+    assert.match(outcomes[1]!.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/);
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the next hop is not suspended');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
