@@ -70,6 +70,11 @@ export interface Transaction {
   utf8Header: boolean;
   /** DSN parameters to pass on to a next hop that offers DSN. */
   dsn?: TransactionDsn;
+  /**
+   * The message signed, by DKIM key names, shared by the transactions of one attempt: each signing is a whole copy,
+   * held while its transaction waits for a slot (a large list post to many domains held one per domain).
+   */
+  signed?: Map<string, Promise<Buffer>>;
 }
 
 export interface TransactionResult {
@@ -115,8 +120,13 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
   if (plan.dkim?.length) {
     // Signed once per attempt and plan; a key that cannot be read or used is a configuration problem: retry later.
     try {
-      const keys = await Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name)));
-      tx = { ...unsigned, message: await signMessage(unsigned.message, keys) };
+      const names = JSON.stringify(plan.dkim);
+      let signed = unsigned.signed?.get(names);
+      if (!signed) {
+        signed = Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name))).then((keys) => signMessage(unsigned.message, keys));
+        unsigned.signed?.set(names, signed);
+      }
+      tx = { ...unsigned, message: await signed };
     } catch (err) {
       const { outcomes } = everyone(unsigned, asFailure(err));
       return { outcomes, connection: null, transactions: [{ outcomes, connection: null }] };
