@@ -298,7 +298,7 @@ const deliverySchema = z.strictObject({
   perDestinationConcurrency: z.number().int().positive().default(4)
     .describe('Transactions, and open connections, to one `host:port` at once.'),
   maxBytesInMemory: z.number().int().positive().meta({ unit: 'bytes' }).default(256 * 1024 * 1024)
-    .describe('Bytes of large messages (those stored in a file of their own, over 1 MiB) that attempts under way may hold in memory together: an attempt reads its whole message, and up to twice `concurrency` attempts run or wait for a slot, so 40 messages of 25 MiB held by next hops that read slowly took a gigabyte. An attempt whose message does not fit waits until others end; a message larger than this is read when no other large one is held. Mail up to 1 MiB is not counted.'),
+    .describe('Bytes of large messages (those stored in a file of their own, over 1 MiB) that attempts under way may hold in memory together: an attempt reads its whole message, and up to twice `concurrency` attempts run or wait for a slot, so 40 messages of 25 MiB held by next hops that read slowly took a gigabyte. An attempt whose message does not fit waits until others end; a message larger than this is read when no other large one is held. Mail up to 1 MiB is not counted. A DKIM-signed message is signed once per attempt (one more copy, shared by its transactions to every destination).'),
   // Bounded: far enough ahead (2.7e5 years) a step made the next attempt's date invalid, and the attempt's outcome was
   // never recorded (a recipient delivered in it was sent to again after a restart).
   retrySchedule: z.array(z.number().positive().max(MAX_RETRY_STEP_SECONDS, `at most ${MAX_RETRY_STEP_SECONDS} s (31 days) between two attempts`)

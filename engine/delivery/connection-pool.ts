@@ -168,12 +168,26 @@ export class PooledConnection {
 export class ConnectionPool {
   readonly #idle = new Map<string, PooledConnection[]>();
   readonly #open = new Map<string, Set<PooledConnection>>();
-  /** Connections still being set up (greeting, EHLO, STARTTLS): closed too when the pool closes. */
-  readonly #opening = new Set<SMTPConnection>();
+  /** Connections still being set up (greeting, EHLO, STARTTLS), and whether greeted: closed too when the pool closes. */
+  readonly #opening = new Map<SMTPConnection, { destination: string; greeted: boolean }>();
+  /** Connections we closed whose end the next hop may not have seen yet (QUIT unanswered), by destination. */
+  readonly #leaving = new Map<string, Set<PooledConnection>>();
   #closed = false;
 
-  /** Open connections (busy or idle) to a destination. */
+  /** Open connections (busy or idle) to a destination: what its connection limit counts. */
   openCount(destination: string): number { return this.#open.get(destination)?.size ?? 0; }
+
+  /**
+   * Connections of ours the next hop has let in: open ones, ones it greeted that are still being set up (EHLO,
+   * STARTTLS) and ones closed but not yet gone. A refusal at the greeting while one is there may be the next hop's
+   * limit on connections, not a refusal of all mail. (Not ones still waiting for their greeting: a next hop that
+   * refuses every session would, with several connections under way, always have one.)
+   */
+  presentCount(destination: string): number {
+    let opening = 0;
+    for (const o of this.#opening.values()) if (o.destination === destination && o.greeted) opening++;
+    return this.openCount(destination) + opening + (this.#leaving.get(destination)?.size ?? 0);
+  }
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
 
   /** The most recently used live idle connection with this key, taken out of the pool. */
@@ -196,11 +210,10 @@ export class ConnectionPool {
         if (pc.destination !== destination) continue;
         list.splice(list.indexOf(pc), 1);
         if (!list.length) this.#idle.delete(key);
-        pc.close();
         // Gone from the count now, as at release: its QUIT is answered later, and counted until then every idle
         // connection to the destination was closed to make room for one (each message with its own client
         // certificate cost all the others their pooled connections).
-        this.#forget(pc);
+        this.#letGo(pc, true);
         if (this.openCount(destination) < limit) return;
       }
     }
@@ -241,8 +254,15 @@ export class ConnectionPool {
         for (const event of ['secure', 'secureConnect']) internals._socket?.once(event, () => { handshakeDone = true; });
       };
     }
-    this.#opening.add(conn);
     const destination = `${endpoint.host}:${endpoint.port}`;
+    const opening = { destination, greeted: false };
+    const greeting = conn as unknown as { _actionGreeting(str: string): void };
+    const actionGreeting = greeting._actionGreeting.bind(conn);
+    greeting._actionGreeting = (str) => {
+      opening.greeted = str.startsWith('220');
+      actionGreeting(str);
+    };
+    this.#opening.set(conn, opening);
     await new Promise<void>((resolve, reject) => {
       let settled = false;
       const done = (err?: Error): void => {
@@ -277,8 +297,7 @@ export class ConnectionPool {
   /** Put a connection back after a transaction, or close it. */
   release(pc: PooledConnection, reusable: boolean): void {
     if (!reusable || this.#closed || !pc.alive || pc.messages >= MAX_MESSAGES) {
-      pc.close(reusable);
-      this.#forget(pc);
+      this.#letGo(pc, reusable);
       return;
     }
     let list = this.#idle.get(pc.key);
@@ -289,10 +308,23 @@ export class ConnectionPool {
       const i = l?.indexOf(pc) ?? -1;
       if (i >= 0) l!.splice(i, 1);
       if (l && !l.length) this.#idle.delete(pc.key);
-      pc.close();
-      this.#forget(pc);
+      this.#letGo(pc, true);
     }, IDLE_MS);
     pc.idleTimer.unref();
+  }
+
+  /** Close a connection and take it out of the counts; the next hop sees it present (presentCount) until it is gone. */
+  #letGo(pc: PooledConnection, graceful: boolean): void {
+    if (pc.alive) {
+      let leaving = this.#leaving.get(pc.destination);
+      if (!leaving) this.#leaving.set(pc.destination, (leaving = new Set()));
+      leaving.add(pc);
+      pc.onGone(() => {
+        if (leaving.delete(pc) && !leaving.size && this.#leaving.get(pc.destination) === leaving) this.#leaving.delete(pc.destination);
+      });
+    }
+    pc.close(graceful);
+    this.#forget(pc);
   }
 
   #forget(pc: PooledConnection): void {
@@ -313,7 +345,7 @@ export class ConnectionPool {
    */
   close(): void {
     this.#closed = true;
-    for (const conn of this.#opening) conn.close();
+    for (const conn of this.#opening.keys()) conn.close();
     const idle = new Set([...this.#idle.values()].flat());
     this.#idle.clear();
     for (const set of [...this.#open.values()]) {

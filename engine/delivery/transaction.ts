@@ -70,6 +70,11 @@ export interface Transaction {
   utf8Header: boolean;
   /** DSN parameters to pass on to a next hop that offers DSN. */
   dsn?: TransactionDsn;
+  /**
+   * The message signed, by DKIM key names, shared by the transactions of one attempt: each signing is a whole copy,
+   * held while its transaction waits for a slot (a large list post to many domains held one per domain).
+   */
+  signed?: Map<string, Promise<Buffer>>;
 }
 
 export interface TransactionResult {
@@ -115,8 +120,13 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
   if (plan.dkim?.length) {
     // Signed once per attempt and plan; a key that cannot be read or used is a configuration problem: retry later.
     try {
-      const keys = await Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name)));
-      tx = { ...unsigned, message: await signMessage(unsigned.message, keys) };
+      const names = JSON.stringify(plan.dkim);
+      let signed = unsigned.signed?.get(names);
+      if (!signed) {
+        signed = Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name))).then((keys) => signMessage(unsigned.message, keys));
+        unsigned.signed?.set(names, signed);
+      }
+      tx = { ...unsigned, message: await signed };
     } catch (err) {
       const { outcomes } = everyone(unsigned, asFailure(err));
       return { outcomes, connection: null, transactions: [{ outcomes, connection: null }] };
@@ -221,10 +231,11 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           // Unreachable is no connection or no reply: a next hop that answers, even to refuse (421 for want of a
           // client certificate, say), or whose TLS does not suit our policy, may take other mail, or this one later.
           // But a refusal in plaintext at the greeting, before anything of ours was said, refuses every message
-          // alike (Postfix: "refused to talk to me"): unless a connection of ours to it is in session (then it is
-          // a limit on connections, and the mail goes on over that one), it is as unreachable. Connected to once
+          // alike (Postfix: "refused to talk to me"): unless a connection of ours to it is in session, or closed by
+          // us but not yet gone (then it is a limit on connections, and the mail goes on over the open ones, or once
+          // the closed one has gone), it is as unreachable. Connected to once
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
-          if (refusedGreeting(e, security) && env.pool.openCount(destination) === 0 && !tlsFailed) unreachable = last;
+          if (refusedGreeting(e, security) && env.pool.presentCount(destination) === 0 && !tlsFailed) unreachable = last;
           else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;

@@ -612,8 +612,9 @@ export class QueueRunner {
       const delivered = new Set<string>();
       const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
       let progressRecorded = Promise.resolve();
+      const signed = new Map<string, Promise<Buffer>>(); // one signed copy per DKIM key set, not per transaction
       const results = await Promise.all([...transactions.values()].map(async (t) => {
-        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn });
+        const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn, signed });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
         running--;
         const more = r.outcomes.filter((o) => o.status === 'delivered' && !delivered.has(o.recipient) && !awaitsSuccessNotice(envelope.sender, queued.get(o.recipient), o));

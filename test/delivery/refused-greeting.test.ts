@@ -25,6 +25,20 @@ function server(port: number, delivery: Record<string, unknown> = {}): ReturnTyp
   });
 }
 
+/** A next hop's greeting with a per-client connection limit of one: it counts a session from its accept to its close. */
+function oneSessionAtATime(): { refused: number; greeting(s: net.Socket): 'stop' | void } {
+  let open = 0;
+  const limit = {
+    refused: 0,
+    greeting(s: net.Socket): 'stop' | void {
+      if (open >= 1) { limit.refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
+      open++;
+      s.once('close', () => { open--; });
+    },
+  };
+  return limit;
+}
+
 test('a next hop that refuses every session at its greeting is suspended: the rest of its mail is deferred without a connection each', async () => {
   let connections = 0;
   const peer = await startScriptedPeer({ greeting: (s) => { connections++; s.end('421 4.7.0 peer: too many connections, try again later\r\n'); return 'stop'; } });
@@ -46,17 +60,12 @@ test('a next hop that refuses every session at its greeting is suspended: the re
 });
 
 test('a refusal at the greeting while another connection of ours is in session is a limit on connections: not suspended', async () => {
-  let open = 0;
-  let refused = 0;
+  const limit = oneSessionAtATime();
   let release = false;
   let inData = 0;
   const peer = await startScriptedPeer({
     // One session at a time, as a host with a per-client connection limit.
-    greeting: (s) => {
-      if (open >= 1) { refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
-      open++;
-      s.once('close', () => { open--; });
-    },
+    greeting: limit.greeting,
     // The session's verdict waits until the test lets it go: the others are refused meanwhile.
     endOfData: (s: net.Socket) => {
       inData++;
@@ -69,15 +78,79 @@ test('a refusal at the greeting while another connection of ours is in session i
     const ids = [await s.send('a@origin.test', ['a@full.test'])];
     await until('the first message in session, awaiting its verdict', () => inData >= 1, { timeoutMs: 60_000 });
     ids.push(await s.send('a@origin.test', ['b@full.test']));
-    await until('a second connection refused', () => refused >= 1, { timeoutMs: 60_000 });
+    await until('a second connection refused', () => limit.refused >= 1, { timeoutMs: 60_000 });
     // Still in session on the one connection: a third message is refused at its own, and not suspended either.
     ids.push(await s.send('a@origin.test', ['c@full.test']));
-    await until('a third connection refused', () => refused >= 2, { timeoutMs: 60_000 });
+    await until('a third connection refused', () => limit.refused >= 2, { timeoutMs: 60_000 });
     release = true;
     const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
     assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary', 'temporary']);
     for (const o of outcomes.slice(1)) assert.match(o.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/, 'its own refusal, not a suspension');
     assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))));
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
+
+test('a refusal at the greeting while a connection of ours the pool let go is still open is a limit on connections: not suspended', async () => {
+  // One session at a time, as a host with a per-client connection limit; it counts a session until it has answered
+  // the QUIT, which this one is slow to do. A pooled connection closed to make room for another identity's (a
+  // message with another TLS server name, here) is still in session for it when the new connection comes.
+  const limit = oneSessionAtATime();
+  const quits: net.Socket[] = [];
+  const peer = await startScriptedPeer({
+    greeting: limit.greeting,
+    quit: (s) => { quits.push(s); return 'stop'; },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { smarthost: { host: '127.0.0.1', port: peer.port } }, tls: { mode: 'none' }, retrySchedule: [3600], concurrency: 1, perDestinationConcurrency: 1 },
+    }),
+    scripts: {
+      'rcptto.ts': 'export default () => accept();',
+      'predelivery.ts': 'export default (ctx: PredeliveryContext) => deliver({ tls: { serverName: `relay.${ctx.destination.domain}` } });',
+    },
+  });
+  try {
+    const first = await s.send('a@origin.test', ['a@one.test']);
+    assert.equal((await s.nextAttempt((e) => e.id === first, { timeoutMs: 60_000, past: true })).outcomes[0]!.status, 'delivered');
+    const second = await s.send('a@origin.test', ['b@two.test']);
+    const o = (await s.nextAttempt((e) => e.id === second, { timeoutMs: 60_000, past: true })).outcomes[0]!;
+    assert.equal(o.status, 'temporary');
+    assert.equal(quits.length, 1, 'the idle connection was let go to make room');
+    assert.equal(limit.refused, 1);
+    assert.match(o.reply, /^127\.0\.0\.1\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/, 'its own refusal, not a suspension');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the relay is not suspended');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
+
+test('a refusal at the greeting while another connection of ours is still being set up (EHLO, STARTTLS) is a limit on connections: not suspended', async () => {
+  // The next hop counts a session from its accept; ours counts it once EHLO (and STARTTLS) are done. The first
+  // connection's EHLO is answered only once the second has been refused.
+  const limit = oneSessionAtATime();
+  let inEhlo = 0;
+  const peer = await startScriptedPeer({
+    greeting: limit.greeting,
+    ehlo: (s) => {
+      inEhlo++;
+      void until('the second connection refused', () => limit.refused >= 1, { timeoutMs: 60_000 }).then(() => s.write('250-peer\r\n250 8BITMIME\r\n'));
+      return 'answered';
+    },
+  });
+  const s = await server(peer.port, { concurrency: 2, perDestinationConcurrency: 2 });
+  try {
+    const ids = [await s.send('a@origin.test', ['a@full.test'])];
+    await until('the first connection in EHLO', () => inEhlo >= 1, { timeoutMs: 60_000 });
+    ids.push(await s.send('a@origin.test', ['b@full.test']));
+    const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
+    assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary']);
+    assert.match(outcomes[1]!.reply, /^mx\.full\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/);
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the next hop is not suspended');
   } finally {
     await s.stop();
     peer.close();

@@ -17,6 +17,8 @@ export interface PeerHooks {
   /** 'answered': no message follows (the peer stays in command mode). */
   data?(s: net.Socket, line: string): Taken;
   endOfData?(s: net.Socket, message: string): Taken;
+  /** Anything but nothing: the QUIT is left unanswered (a next hop slow to let a session go). */
+  quit?(s: net.Socket, line: string): Taken;
 }
 
 export interface ScriptedPeer { port: number; close(): void }
@@ -52,7 +54,7 @@ export async function startScriptedPeer(hooks: PeerHooks, host = '127.0.0.1', po
           else if (/^MAIL/i.test(line)) { if (!(taken = hooks.mail?.(s, line))) s.write('250 2.1.0 ok\r\n'); }
           else if (/^RCPT/i.test(line)) { if (!(taken = hooks.rcpt?.(s, line))) s.write('250 2.1.5 ok\r\n'); }
           else if (/^DATA/i.test(line)) { if (!(taken = hooks.data?.(s, line))) { s.write('354 go on\r\n'); inData = true; } }
-          else if (/^QUIT/i.test(line)) { s.end('221 bye\r\n'); return; }
+          else if (/^QUIT/i.test(line)) { if (!hooks.quit?.(s, line)) s.end('221 bye\r\n'); return; }
           else s.write('250 ok\r\n');
         }
         if (taken === 'stop') return;

@@ -4,7 +4,7 @@
 // 2 MB messages in at a time, the other four wait, and all six are delivered once the next hop answers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { fakeResolver, startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
+import { dkimKeyPair } from '../helpers/dkim.ts';
 
 const MESSAGES = 6;
 const BODY = Buffer.from(`Subject: large\r\n\r\n${'x'.repeat(998)}\r\n`.repeat(2000)); // 2 MB: a file of its own
@@ -59,6 +60,51 @@ test('large messages waiting on a next hop hold at most delivery.maxBytesInMemor
     blocking = false;
     for (const socket of held) socket.write('250-peer\r\n250 8BITMIME\r\n');
     for (const id of ids) assert.equal((await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).removed, true);
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a DKIM-signed message to many destinations is signed once per attempt: its transactions share one signed copy', { timeout: 120_000 }, async () => {
+  // Each transaction signed the message itself, a whole copy (the signature in front), held while it waited for a
+  // slot: a 4 MB list post to 20 domains held 20 copies, 80 MB that delivery.maxBytesInMemory, counting it once, missed.
+  const DOMAINS = 20;
+  const big = Buffer.from(`Subject: large\r\nFrom: s@origin.test\r\n\r\n${'x'.repeat(998)}\r\n`.repeat(4000));
+  const dir = await mkdtemp(join(tmpdir(), 'postern-signed-once-'));
+  const dataDir = join(dir, 'data');
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ ehlo: (sock) => { held.push(sock); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    const pair = dkimKeyPair('ed25519');
+    await writeFile(join(dir, 'dkim.key'), pair.privateKey);
+    const spool = new Spool(join(dataDir, 'spool'));
+    await spool.init();
+    const id = spool.newId();
+    const writer = spool.create(id);
+    writer.write(big);
+    const now = new Date().toISOString();
+    const domains = Array.from({ length: DOMAINS }, (_, i) => `d${i}.test`);
+    await writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: domains.map((d) => ({ address: `r@${d}` })), size: 0,
+      session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null },
+      attempts: 0, nextAttemptAt: now, errors: [] });
+    spool.close();
+    const before = process.memoryUsage().arrayBuffers;
+    s = await startDeliveryServer({
+      dataDir,
+      config: configYaml({
+        listeners: [testListener('in')],
+        delivery: { enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' }, retrySchedule: [3600], concurrency: 1,
+          dkim: { k: { domain: 'origin.test', selector: 's', privateKey: join(dir, 'dkim.key'), senderDomains: ['origin.test'] } } },
+      }),
+      // A next hop of its own for each domain: a transaction each, all but one waiting for the only slot.
+      resolver: fakeResolver(Object.fromEntries(domains.map((d) => [d, [{ exchange: `mx.${d}`, priority: 10 }]])), Object.fromEntries(domains.map((d) => [`mx.${d}`, ['127.0.0.1']]))),
+    });
+    await until('the first transaction at the next hop', () => held.length >= 1, { timeoutMs: 60_000 });
+    const grown = process.memoryUsage().arrayBuffers - before;
+    assert.ok(grown < 6 * big.length, `${(grown / 1e6).toFixed(1)} MB held for a ${(big.length / 1e6).toFixed(1)} MB message to ${DOMAINS} destinations`);
   } finally {
     await s?.stop();
     peer.close();
