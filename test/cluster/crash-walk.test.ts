@@ -54,7 +54,7 @@ async function ready(c: ClusterProcess): Promise<void> {
 }
 
 /** The message's life, with the walk armed at `n` (0: only counted). */
-async function life(n: number, action: CrashAction): Promise<Outcome> {
+async function life(n: number, action: CrashAction, body?: string): Promise<Outcome> {
   let deferrals = 2;
   const arrivals: Outcome['arrivals'] = [];
   const counts: number[] = [];
@@ -80,7 +80,7 @@ async function life(n: number, action: CrashAction): Promise<Outcome> {
     let firstAcked = true;
     for (let tries = 0; ; tries++) {
       try {
-        await submitMessage(c.port('in'), SENDER, RECIPIENTS);
+        await submitMessage(c.port('in'), SENDER, RECIPIENTS, body);
         break;
       } catch (err) {
         firstAcked = false;
@@ -142,7 +142,9 @@ function check(trace: Outcome, o: Outcome, n: number, action: CrashAction, where
   assert.equal(o.copies.bad, 0, `${where}: the refused recipient`);
 }
 
-const traced = life(0, 'none');
+/** The first run, counting only: made once, for the tests that walk the same message (one life at a time: they share the walk's folder). */
+let firstRun: Promise<Outcome> | null = null;
+const traced = (): Promise<Outcome> => firstRun ??= life(0, 'none');
 const root = (p: CrashPoint): string => p.path.replace(/\/data\/spool\/.*$/, '/data/spool');
 const kindOfPoint = (o: Outcome, p: CrashPoint): string => `${o.roles.get(p.pid) ?? p.pid} ${p.call} ${shape(root(p), p)}`;
 
@@ -165,12 +167,12 @@ const TABLE: Array<{ kind: RegExp; action: CrashAction }> = [
 ];
 
 /** Run the message's life once per point, checking each; the failures, all of them (one does not hide the next). */
-async function walkPoints(t: { diagnostic(m: string): void }, trace: Outcome, points: Array<{ p: CrashPoint; action: CrashAction }>): Promise<string[]> {
+async function walkPoints(t: { diagnostic(m: string): void }, trace: Outcome, points: Array<{ p: CrashPoint; action: CrashAction }>, body?: string): Promise<string[]> {
   const failures: string[] = [];
   for (const { p, action } of points) {
     const where = `${action} at ${p.n} (${kindOfPoint(trace, p)})`;
     try {
-      const o = await life(p.n, action);
+      const o = await life(p.n, action, body);
       const hit = o.trace.find((q) => q.n === p.n);
       assert.ok(hit, `${where}: the point was not reached`);
       // The intake's segment writes and syncs run on two threads: their order may differ from the first run's.
@@ -186,7 +188,7 @@ async function walkPoints(t: { diagnostic(m: string): void }, trace: Outcome, po
 }
 
 test('crash walk: the process that changes the spool killed at each kind of call, then restarted: nothing acknowledged is lost, nothing is sent twice but across a kill between the next hop\'s 250 and its record', { timeout: 1_800_000 }, async (t) => {
-  const trace = await traced;
+  const trace = await traced();
   if (process.env.POSTERN_CRASH_WALK_TRACE === '1') for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOfPoint(trace, p)}`);
   const all = process.env.POSTERN_CRASH_WALK_ALL === '1';
   const only = process.env.POSTERN_CRASH_WALK_AT?.split(',').map(Number);
@@ -202,10 +204,23 @@ test('crash walk: the process that changes the spool killed at each kind of call
 });
 
 test('crash walk: a sync of the journal that fails slowly (EIO after 1.5 s): the queue process does not deliver the record the client was refused for besides the copy it sends again', { timeout: 300_000 }, async (t) => {
-  const trace = await traced;
+  const trace = await traced();
   // Both syncs of the segment at intake: the record's own, and that of the zeros written ahead of it.
   const points = trace.trace.filter((p) => /^worker (fdatasync \/worker-\*\/journal\/\*\.seg|fsync \/worker-\*\/journal)$/.test(kindOfPoint(trace, p)))
     .map((p) => ({ p, action: 'slow-eio' as const }));
   assert.ok(points.length >= 2, 'the intake syncs the segment');
   assert.deepEqual(await walkPoints(t, trace, points), []);
+});
+
+/** A message too large for the journal: a file of its own, written in incoming/, renamed into queue/, the folder synced. */
+const LARGE = `Subject: large\r\n\r\n${'0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n'.repeat(16_000)}`;
+
+test('crash walk: a large message whose rename into the queue folder is not made durable (its folder sync fails slowly): the queue process does not deliver it besides the copy the client sends again', { timeout: 300_000 }, async (t) => {
+  const trace = await life(0, 'none', LARGE);
+  if (process.env.POSTERN_CRASH_WALK_TRACE === '1') for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOfPoint(trace, p)}`);
+  const rename = trace.trace.find((p) => /^worker rename \/worker-\*\/queue\/<id>\.msg$/.test(kindOfPoint(trace, p)));
+  assert.ok(rename, 'the message file renamed into queue/');
+  const sync = trace.trace.find((p) => p.n > rename.n && /^worker fsync \/worker-\*\/queue$/.test(kindOfPoint(trace, p)));
+  assert.ok(sync, 'the queue folder synced after the rename');
+  assert.deepEqual(await walkPoints(t, trace, [{ p: sync, action: 'slow-eio' }], LARGE), []);
 });
