@@ -54,7 +54,7 @@ async function ready(c: ClusterProcess): Promise<void> {
 }
 
 /** The message's life, with the walk armed at `n` (0: only counted). */
-async function life(n: number, action: CrashAction, body?: string): Promise<Outcome> {
+async function life(n: number, action: CrashAction, opts: { body?: string; only?: { call: string; pathEnd: string } } = {}): Promise<Outcome> {
   let deferrals = 2;
   const arrivals: Outcome['arrivals'] = [];
   const counts: number[] = [];
@@ -76,11 +76,11 @@ async function life(n: number, action: CrashAction, body?: string): Promise<Outc
   try {
     await ready(c);
     await roles(c, pids);
-    walk.arm(n, action);
+    walk.arm(n, action, opts.only);
     let firstAcked = true;
     for (let tries = 0; ; tries++) {
       try {
-        await submitMessage(c.port('in'), SENDER, RECIPIENTS, body);
+        await submitMessage(c.port('in'), SENDER, RECIPIENTS, opts.body);
         break;
       } catch (err) {
         firstAcked = false;
@@ -121,64 +121,44 @@ function shape(root: string, p: CrashPoint): string {
 }
 
 /**
- * Whether a kill at point `n` (before the call, or `after` it) may make the next hop get a message twice: it falls
- * between the next hop's acceptance of a copy and the first call of the queue process that records it.
+ * Whether the kill of a run (the last call its trace counted: counting stops there) may have made the next hop get
+ * a `kind` message twice: it came between the next hop's acceptance of a copy and the queue process's first call
+ * that records it (a state file's rename, an unlink, a done line).
  */
-function duplicateAllowed(trace: Outcome, kind: 'ok' | 'later' | 'bounce', n: number, action: CrashAction): boolean {
-  const records = trace.trace.filter((p) => trace.roles.get(p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
-  return trace.arrivals.filter((a) => a.kind === kind || (a.kind === 'mixed' && kind !== 'bounce')).some((a) => {
-    const record = records.find((r) => r.n > a.at)?.n ?? Infinity;
-    return action === 'after' ? a.at <= n && n < record : a.at < n && n <= record;
-  });
+function duplicateAllowed(o: Outcome, kind: 'ok' | 'later' | 'bounce', action: CrashAction): boolean {
+  const hit = o.trace.at(-1)?.n ?? 0;
+  const records = o.trace.filter((p) => o.roles.get(p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
+  return o.arrivals.filter((a) => a.kind === kind || (a.kind === 'mixed' && kind !== 'bounce'))
+    .some((a) => (action === 'after' ? a.at <= hit : a.at < hit) && !records.some((r) => r.n > a.at && (action === 'after' ? r.n <= hit : r.n < hit)));
 }
 
-function check(trace: Outcome, o: Outcome, n: number, action: CrashAction, where: string): void {
+function check(o: Outcome, action: CrashAction, where: string): void {
   for (const kind of ['ok', 'later', 'bounce'] as const) {
     // A failed call crashes nothing: the client that was refused sends again, and only that copy is delivered.
     const crashed = action === 'kill' || action === 'after';
-    const most = crashed && (duplicateAllowed(trace, kind, n, action) || !o.firstAcked) ? 2 : 1;
+    const most = crashed && (duplicateAllowed(o, kind, action) || !o.firstAcked) ? 2 : 1;
     assert.ok(o.copies[kind] >= 1 && o.copies[kind] <= most, `${where}: ${kind}: ${o.copies[kind]} copies (at most ${most})`);
   }
   assert.equal(o.copies.bad, 0, `${where}: the refused recipient`);
 }
 
-/** The first run, counting only: made once, for the tests that walk the same message (one life at a time: they share the walk's folder). */
-let firstRun: Promise<Outcome> | null = null;
-const traced = (): Promise<Outcome> => firstRun ??= life(0, 'none');
 const root = (p: CrashPoint): string => p.path.replace(/\/data\/spool\/.*$/, '/data/spool');
 const kindOfPoint = (o: Outcome, p: CrashPoint): string => `${o.roles.get(p.pid) ?? p.pid} ${p.call} ${shape(root(p), p)}`;
 
-/**
- * The points the walk takes in CI (every point, before and after its call: POSTERN_CRASH_WALK_ALL=1, some 10 minutes;
- * POSTERN_CRASH_WALK_AT=n,… and POSTERN_CRASH_WALK_ACTIONS=kill,after,eio,slow-eio for chosen ones), each the first
- * call of its kind: the intake's sync and folder sync (no 250 yet), the bounce's record in the queue process's own
- * journal, the state file that records the first attempt, the bounce's done line, the move of the deferred message
- * out of the journal (its file, its done line) and the removal of the delivered message.
- */
-const TABLE: Array<{ kind: RegExp; action: CrashAction }> = [
-  { kind: /^worker fdatasync \/worker-\*\/journal\/\*\.seg$/, action: 'kill' },
-  { kind: /^worker fsync \/worker-\*\/journal$/, action: 'kill' },
-  { kind: /^queue pwritev \/journal\/\*\.seg$/, action: 'kill' },
-  { kind: /^queue rename \/worker-\*\/queue\/<id>\.state$/, action: 'kill' },
-  { kind: /^queue write \/journal\/\*\.done$/, action: 'kill' },
-  { kind: /^queue rename \/worker-\*\/queue\/<id>\.msg$/, action: 'kill' },
-  { kind: /^queue write \/worker-\*\/journal\/\*\.done$/, action: 'kill' },
-  { kind: /^queue unlink \/worker-\*\/queue\/<id>\.msg$/, action: 'kill' },
-];
+interface Point { n: number; action: CrashAction; only?: { call: string; pathEnd: string } }
 
 /** Run the message's life once per point, checking each; the failures, all of them (one does not hide the next). */
-async function walkPoints(t: { diagnostic(m: string): void }, trace: Outcome, points: Array<{ p: CrashPoint; action: CrashAction }>, body?: string): Promise<string[]> {
+async function walkPoints(t: { diagnostic(m: string): void }, points: Point[], body?: string): Promise<string[]> {
   const failures: string[] = [];
-  for (const { p, action } of points) {
-    const where = `${action} at ${p.n} (${kindOfPoint(trace, p)})`;
+  for (const { n, action, only } of points) {
+    let where = `${action} at ${only ? `${only.call} …${only.pathEnd} #` : ''}${n}`;
     try {
-      const o = await life(p.n, action, body);
-      const hit = o.trace.find((q) => q.n === p.n);
-      assert.ok(hit, `${where}: the point was not reached`);
-      // The intake's segment writes and syncs run on two threads: their order may differ from the first run's.
-      const took = kindOfPoint(o, hit) === kindOfPoint(trace, p) ? '' : ` (took ${kindOfPoint(o, hit)})`;
-      check(trace, o, p.n, action, where);
-      t.diagnostic(`${where}${took}: ${JSON.stringify(o.copies)}${o.firstAcked ? '' : ' (sent again)'}`);
+      const o = await life(n, action, { body, only });
+      const hit = o.trace.at(-1);
+      assert.ok(hit && (!only || (hit.call === only.call && hit.path.endsWith(only.pathEnd))), `${where}: the point was not reached`);
+      where += ` (${kindOfPoint(o, hit)})`;
+      check(o, action, where);
+      t.diagnostic(`${where}: ${JSON.stringify(o.copies)}${o.firstAcked ? '' : ' (sent again)'}`);
     } catch (err) {
       failures.push(`${where}: ${(err as Error).message.slice(0, 600)}`);
       t.diagnostic(`FAILED ${where}: ${(err as Error).message.slice(0, 600)}`);
@@ -187,40 +167,46 @@ async function walkPoints(t: { diagnostic(m: string): void }, trace: Outcome, po
   return failures;
 }
 
+/**
+ * The points the walk takes in CI, each named by its call and file (and which of those calls), so that calls made
+ * at the same time on two threads or in two processes cannot shift it: the worker's sync of the journal's folder at
+ * intake (the record written, no 250 yet), the queue process's write of the bounce to its own journal, the rename of
+ * the state file that records the first attempt (one recipient delivered, one bounced), the done line of the
+ * delivered bounce and the removal of the delivered message (the move out of the journal has tests of its own:
+ * test/cluster/queue-killed-moving.test.ts, test/spool/move-out-crash.test.ts). Every call, before and after it:
+ * POSTERN_CRASH_WALK_ALL=1 (some 10 minutes); chosen ones: POSTERN_CRASH_WALK_AT=n,… (numbers from
+ * POSTERN_CRASH_WALK_TRACE=1) with POSTERN_CRASH_WALK_ACTIONS=kill,after,eio,slow-eio.
+ */
+const TABLE: Point[] = [
+  { n: 1, action: 'kill', only: { call: 'fsync', pathEnd: '/worker-0/journal' } },
+  { n: 2, action: 'kill', only: { call: 'pwritev', pathEnd: '.seg' } },
+  { n: 1, action: 'kill', only: { call: 'rename', pathEnd: '.state' } },
+  { n: 1, action: 'kill', only: { call: 'write', pathEnd: '/spool/journal/0000000001.done' } },
+  { n: 1, action: 'kill', only: { call: 'unlink', pathEnd: '.msg' } },
+];
+
 test('crash walk: the process that changes the spool killed at each kind of call, then restarted: nothing acknowledged is lost, nothing is sent twice but across a kill between the next hop\'s 250 and its record', { timeout: 1_800_000 }, async (t) => {
-  const trace = await traced();
-  if (process.env.POSTERN_CRASH_WALK_TRACE === '1') for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOfPoint(trace, p)}`);
   const all = process.env.POSTERN_CRASH_WALK_ALL === '1';
   const only = process.env.POSTERN_CRASH_WALK_AT?.split(',').map(Number);
-  const actions = process.env.POSTERN_CRASH_WALK_ACTIONS?.split(',') as CrashAction[] | undefined;
-  const points = all || only
-    ? trace.trace.filter((p) => !only || only.includes(p.n)).flatMap((p) => (actions ?? ['kill', 'after']).map((action) => ({ p, action })))
-    : TABLE.map(({ kind, action }) => {
-      const p = trace.trace.find((q) => kind.test(kindOfPoint(trace, q)));
-      assert.ok(p, `no call of the kind ${kind} in the first run's trace`);
-      return { p, action };
-    });
-  assert.deepEqual(await walkPoints(t, trace, points), []);
+  let points = TABLE;
+  if (all || only || process.env.POSTERN_CRASH_WALK_TRACE === '1') {
+    const trace = await life(0, 'none');
+    for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOfPoint(trace, p)}`);
+    const actions = (process.env.POSTERN_CRASH_WALK_ACTIONS?.split(',') ?? ['kill', 'after']) as CrashAction[];
+    if (all || only) points = trace.trace.filter((p) => !only || only.includes(p.n)).flatMap((p) => actions.map((action) => ({ n: p.n, action })));
+  }
+  assert.deepEqual(await walkPoints(t, points), []);
 });
 
 test('crash walk: a sync of the journal that fails slowly (EIO after 1.5 s): the queue process does not deliver the record the client was refused for besides the copy it sends again', { timeout: 300_000 }, async (t) => {
-  const trace = await traced();
-  // Both syncs of the segment at intake: the record's own, and that of the zeros written ahead of it.
-  const points = trace.trace.filter((p) => /^worker (fdatasync \/worker-\*\/journal\/\*\.seg|fsync \/worker-\*\/journal)$/.test(kindOfPoint(trace, p)))
-    .map((p) => ({ p, action: 'slow-eio' as const }));
-  assert.ok(points.length >= 2, 'the intake syncs the segment');
-  assert.deepEqual(await walkPoints(t, trace, points), []);
+  // The sync of the journal's folder that follows the record's own: the record is in the file (and readable) by then.
+  assert.deepEqual(await walkPoints(t, [{ n: 1, action: 'slow-eio', only: { call: 'fsync', pathEnd: '/worker-0/journal' } }]), []);
 });
 
 /** A message too large for the journal: a file of its own, written in incoming/, renamed into queue/, the folder synced. */
 const LARGE = `Subject: large\r\n\r\n${'0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n'.repeat(16_000)}`;
 
 test('crash walk: a large message whose rename into the queue folder is not made durable (its folder sync fails slowly): the queue process does not deliver it besides the copy the client sends again', { timeout: 300_000 }, async (t) => {
-  const trace = await life(0, 'none', LARGE);
-  if (process.env.POSTERN_CRASH_WALK_TRACE === '1') for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOfPoint(trace, p)}`);
-  const rename = trace.trace.find((p) => /^worker rename \/worker-\*\/queue\/<id>\.msg$/.test(kindOfPoint(trace, p)));
-  assert.ok(rename, 'the message file renamed into queue/');
-  const sync = trace.trace.find((p) => p.n > rename.n && /^worker fsync \/worker-\*\/queue$/.test(kindOfPoint(trace, p)));
-  assert.ok(sync, 'the queue folder synced after the rename');
-  assert.deepEqual(await walkPoints(t, trace, [{ p: sync, action: 'slow-eio' }], LARGE), []);
+  // The worker's first sync of its queue folder: the one after the message file's rename.
+  assert.deepEqual(await walkPoints(t, [{ n: 1, action: 'slow-eio', only: { call: 'fsync', pathEnd: '/worker-0/queue' } }], LARGE), []);
 });

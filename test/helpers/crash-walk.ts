@@ -19,8 +19,11 @@ export interface CrashWalk {
   env: Record<string, string>;
   /** Count calls under `root` only (set before arming; read by each process at its first counted call). */
   setRoot(root: string): void;
-  /** Count from now on (from 0); the `n`-th call takes `action`. */
-  arm(n: number, action: CrashAction): void;
+  /**
+   * Count from now on (from 0); the `n`-th call takes `action`, or the `n`-th of those named by `only` (`call`: the
+   * call, `*` for any; `pathEnd`: how the file's path ends), counted in whichever process makes them.
+   */
+  arm(n: number, action: CrashAction, only?: { call: string; pathEnd: string }): void;
   /** Stop counting. */
   disarm(): void;
   /** Whether the armed point was reached (its file is gone). */
@@ -41,12 +44,12 @@ export function crashWalk(): CrashWalk {
   return {
     env: { ...faults.env, POSTERN_CRASH_WALK: dir },
     setRoot: (root) => writeFileSync(join(dir, 'root'), root),
-    arm(n, action) {
+    arm(n, action, only) {
       // In place, never truncated: a process that has the file mapped would fault on a page past its end.
       const fd = openSync(counter, 'r+');
-      try { writeSync(fd, Buffer.alloc(8), 0, 8, 0); } finally { closeSync(fd); }
+      try { writeSync(fd, Buffer.alloc(16), 0, 16, 0); } finally { closeSync(fd); }
       rmSync(trace, { force: true });
-      writeFileSync(at, `${n} ${action}\n`);
+      writeFileSync(at, `${n} ${action}${only ? ` ${only.call} ${only.pathEnd}` : ''}\n`);
     },
     disarm: () => rmSync(at, { force: true }),
     taken: () => !existsSync(at),

@@ -27,8 +27,8 @@
  * durable state under the path in <folder>/root (open with O_CREAT, write, pwrite, writev, pwritev, fsync,
  * fdatasync, ftruncate, rename, unlink, mkdir) made while <folder>/at exists is counted, by all the processes of the
  * server together (a counter in <folder>/counter, shared memory), and logged to <folder>/trace
- * ("<n> <pid> <call> <path>"). <folder>/at holds "<n> <action>": the n-th counted call is taken, and the file
- * removed: `kill` kills the process (SIGKILL) before the call, `after` once the call is made, `eio` fails it with
+ * ("<n> <pid> <call> <path>"). <folder>/at holds "<n> <action> [<call> <path end>]": the n-th counted call (of
+ * those named so, when it names them: `*` for any call) is taken, and the file removed: `kill` kills the process (SIGKILL) before the call, `after` once the call is made, `eio` fails it with
  * EIO, `slow-eio` too after 1.5 s (a failing disk's retries), `none` only counts.
  * Built by test/helpers/disk-faults.ts.
  */
@@ -150,7 +150,7 @@ static enum walk_action walk_point(const char *call, int fd, const char *path) {
     path = resolved;
   }
   if (strncmp(path, walk_root, walk_root_len) != 0) return WALK_GO;
-  char at_file[PATH_MAX], at_text[64];
+  char at_file[PATH_MAX], at_text[PATH_MAX];
   snprintf(at_file, sizeof at_file, "%s/at", walk_dir);
   int at_fd = syscall(SYS_openat, AT_FDCWD, at_file, O_RDONLY | O_CLOEXEC);
   if (at_fd < 0) return WALK_GO;
@@ -159,15 +159,17 @@ static enum walk_action walk_point(const char *call, int fd, const char *path) {
   if (k <= 0) return WALK_GO;
   at_text[k] = 0;
   long want = 0;
-  char action[16] = "";
-  sscanf(at_text, "%ld %15s", &want, action);
+  char action[16] = "", only_call[16] = "*", only_end[256] = "";
+  sscanf(at_text, "%ld %15s %15s %255s", &want, action, only_call, only_end);
   long n = __atomic_add_fetch(walk_counter, 1, __ATOMIC_SEQ_CST);
+  int named = (strcmp(only_call, "*") == 0 || strcmp(only_call, call) == 0) && ends_with(path, only_end);
+  long nth = named ? __atomic_add_fetch(walk_counter + 1, 1, __ATOMIC_SEQ_CST) : 0;
   char line[PATH_MAX + 96], trace[PATH_MAX];
   int len = snprintf(line, sizeof line, "%ld %d %s %s\n", n, getpid(), call, path);
   snprintf(trace, sizeof trace, "%s/trace", walk_dir);
   int trace_fd = syscall(SYS_openat, AT_FDCWD, trace, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (trace_fd >= 0) { syscall(SYS_write, trace_fd, line, len); syscall(SYS_close, trace_fd); }
-  if (n != want || syscall(SYS_unlinkat, AT_FDCWD, at_file, 0) != 0) return WALK_GO;
+  if (!named || nth != want || syscall(SYS_unlinkat, AT_FDCWD, at_file, 0) != 0) return WALK_GO;
   if (strcmp(action, "kill") == 0) kill(getpid(), SIGKILL);
   if (strcmp(action, "eio") == 0) return WALK_EIO;
   if (strcmp(action, "slow-eio") == 0) { usleep(1500 * 1000); return WALK_EIO; }
