@@ -30,7 +30,7 @@ async function ready(c: ClusterProcess): Promise<void> {
 }
 
 /** A message deferred once (its next attempt an hour away), then `command` run on it with the walk armed at `n`. */
-async function life(command: Command, n: number, action: CrashAction): Promise<Outcome> {
+async function life(command: Command, n: number, action: CrashAction, only?: { call: string; pathEnd: string }): Promise<Outcome> {
   let accept = false;
   const arrivals: number[] = [];
   const sink = await startSink({
@@ -57,7 +57,7 @@ async function life(command: Command, n: number, action: CrashAction): Promise<O
     if (command === 'release') assert.equal((await cli('hold', id)).code, 0);
     for (const p of (await c.cluster()).processes) if (p.pid) roles.set(p.pid, p.role);
     if (command !== 'delete') accept = true;
-    walk.arm(n, action);
+    walk.arm(n, action, only);
     for (let tries = 0; ; tries++) {
       const r = await cli(command, id);
       if (r.signal === 'SIGKILL' && tries < 2) continue; // the operator runs it again
@@ -100,31 +100,60 @@ const roleOf = (o: Outcome, pid: number): string => o.cliPids.has(pid) ? 'comman
 const kindOf = (o: Outcome, p: CrashPoint): string =>
   `${roleOf(o, p.pid)} ${p.call} ${p.path.replace(/^.*\/data\/spool/, '').replace(/\.\d+\.[0-9a-f]+\.tmp$/, '.<pid>.<random>.tmp').replace(/[0-9a-z]{14,32}/g, '<id>').replace(/\d+/g, '*')}`;
 
-/** A kill between the next hop's acceptance and the queue process's first call that records it may send it twice. */
-function duplicateAllowed(trace: Outcome, n: number): boolean {
-  return trace.arrivals.some((at) => {
-    const record = trace.trace.find((p) => p.n > at && roleOf(trace, p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))))?.n ?? Infinity;
-    return at < n && n <= record;
-  });
+/**
+ * Whether the run's kill (the last call its trace counted: counting stops there) came between the next hop's
+ * acceptance and the queue process's first call that records it (an unlink, a rename, a done line): then it may
+ * have been delivered twice.
+ */
+function duplicateAllowed(o: Outcome): boolean {
+  const hit = o.trace.at(-1)?.n ?? 0;
+  const records = o.trace.filter((p) => roleOf(o, p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
+  return o.arrivals.some((at) => at < hit && !records.some((r) => r.n > at && r.n < hit));
 }
+
+interface Point { n: number; only?: { call: string; pathEnd: string } }
+
+/**
+ * The points CI takes, named by call and file: for `retry`, the command's rename of its due request and the folder
+ * sync after it, the queue process taking the request, and its done line after the delivery; for `release`, the
+ * command's unlink of the hold; for `delete`, the command's done line, its sync, and the unlink of the state file.
+ * Every call: POSTERN_CRASH_WALK_ALL=1 (some 10 minutes), or POSTERN_CRASH_WALK_AT=n,… (numbers from its trace).
+ */
+const TABLE: Record<Command, Point[]> = {
+  retry: [
+    { n: 1, only: { call: 'rename', pathEnd: '.due' } },
+    { n: 1, only: { call: 'fsync', pathEnd: '/worker-0/queue' } },
+    { n: 1, only: { call: 'unlink', pathEnd: '.due' } },
+    { n: 1, only: { call: 'write', pathEnd: '.done' } },
+  ],
+  release: [{ n: 1, only: { call: 'unlink', pathEnd: '.held' } }],
+  delete: [
+    { n: 1, only: { call: 'write', pathEnd: '.done' } },
+    { n: 1, only: { call: 'fsync', pathEnd: '.done' } },
+    { n: 1, only: { call: 'unlink', pathEnd: '.state' } },
+  ],
+};
 
 for (const command of ['retry', 'release', 'delete'] as const) {
   test(`crash walk: postern queue ${command} and the queue process killed at each call that changes the spool`, { timeout: 1_800_000 }, async (t) => {
-    const trace = await life(command, 0, 'none');
-    assert.equal(trace.copies, command === 'delete' ? 0 : 1);
-    const only = process.env.POSTERN_CRASH_WALK_AT?.split(',').map(Number);
     const all = process.env.POSTERN_CRASH_WALK_ALL === '1';
-    const seen = new Set<string>();
+    const only = process.env.POSTERN_CRASH_WALK_AT?.split(',').map(Number);
+    let points = TABLE[command];
+    if (all || only) {
+      const trace = await life(command, 0, 'none');
+      assert.equal(trace.copies, command === 'delete' ? 0 : 1);
+      for (const p of trace.trace) t.diagnostic(`${p.n} ${kindOf(trace, p)}`);
+      points = trace.trace.filter((p) => !only || only.includes(p.n)).map((p) => ({ n: p.n }));
+    }
     const failures: string[] = [];
-    for (const p of trace.trace) {
-      const kind = kindOf(trace, p);
-      t.diagnostic(`${p.n} ${kind}`);
-      if (only ? !only.includes(p.n) : !all && seen.has(kind)) continue;
-      seen.add(kind);
-      const where = `kill at ${p.n} (${kind})`;
+    for (const { n, only: named } of points) {
+      let where = `kill at ${named ? `${named.call} …${named.pathEnd} #` : ''}${n}`;
       try {
-        const o = await life(command, p.n, 'kill');
-        const most = command === 'delete' ? 0 : duplicateAllowed(trace, p.n) ? 2 : 1;
+        const o = await life(command, n, 'kill', named);
+        const hit = o.trace.at(-1);
+        assert.ok(hit && (!named || (hit.call === named.call && hit.path.endsWith(named.pathEnd))), `${where}: the point was not reached`);
+        where += ` (${kindOf(o, hit)})`;
+        const most = command === 'delete' ? 0 : duplicateAllowed(o) ? 2 : 1;
         const least = command === 'delete' ? 0 : 1;
         assert.ok(o.copies >= least && o.copies <= most, `${where}: ${o.copies} copies delivered (${least}..${most})`);
         t.diagnostic(`${where}: ${o.copies} copies`);
