@@ -9,13 +9,11 @@
 // hop's 250 and the record of it; nothing is left in the spool, and `postern queue list` agrees.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crashWalk, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
+import { crashWalk, startWalkedServer, workerAndQueueReady, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
-import { startCluster, ONE_WORKER, deliveryToSink, spooled, type ClusterProcess } from '../helpers/cluster.ts';
+import { deliveryToSink, spooled, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
@@ -46,12 +44,6 @@ async function roles(c: ClusterProcess, into: Map<number, string>): Promise<void
   for (const p of (await c.cluster()).processes) if (p.pid) into.set(p.pid, p.role);
 }
 
-async function ready(c: ClusterProcess): Promise<void> {
-  await c.waitFor('worker and queue process ready', async () => {
-    const ps = (await c.cluster()).processes;
-    return ps.some((p) => p.role === 'worker' && p.ready) && ps.some((p) => p.role === 'queue' && p.ready);
-  });
-}
 
 /** The message's life, with the walk armed at `n` (0: only counted). */
 async function life(n: number, action: CrashAction, opts: { body?: string; only?: { call: string; pathEnd: string } } = {}): Promise<Outcome> {
@@ -67,14 +59,9 @@ async function life(n: number, action: CrashAction, opts: { body?: string; only?
       return null;
     },
   });
-  const dir = await mkdtemp(join(tmpdir(), 'postern-crash-walk-data-'));
-  const dataDir = join(dir, 'data');
-  walk.disarm();
-  walk.setRoot(join(dataDir, 'spool'));
-  const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [0.2], scanIntervalMs: 200 })}`, env: walk.env, dataDir });
+  const { c, dataDir, remove } = await startWalkedServer(walk, deliveryToSink(sink.port, { retrySchedule: [0.2], scanIntervalMs: 200 }));
   const pids = new Map<number, string>();
   try {
-    await ready(c);
     await roles(c, pids);
     walk.arm(n, action, opts.only);
     let firstAcked = true;
@@ -85,7 +72,7 @@ async function life(n: number, action: CrashAction, opts: { body?: string; only?
       } catch (err) {
         firstAcked = false;
         if (tries >= 3) throw err;
-        await ready(c); // a worker killed during the transaction is replaced; the client sends again
+        await workerAndQueueReady(c); // a worker killed during the transaction is replaced; the client sends again
       }
     }
     const copies = (): Outcome['copies'] => ({
@@ -111,7 +98,7 @@ async function life(n: number, action: CrashAction, opts: { body?: string; only?
     walk.disarm();
     await c.stop();
     await sink.close();
-    await rm(dir, { recursive: true, force: true });
+    await remove();
   }
 }
 

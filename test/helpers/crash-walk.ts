@@ -7,7 +7,9 @@
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { diskFaults } from './disk-faults.ts';
+import { startCluster, ONE_WORKER, type ClusterProcess } from './cluster.ts';
 
 export type CrashAction = 'kill' | 'after' | 'eio' | 'slow-eio' | 'none';
 
@@ -59,4 +61,26 @@ export function crashWalk(): CrashWalk {
       return { n: Number(n), pid: Number(pid), call: call!, path: path.join(' ') };
     }).sort((a, b) => a.n - b.n),
   };
+}
+
+/** Until the server's worker and queue process are both ready (again, after a kill). */
+export async function workerAndQueueReady(c: ClusterProcess): Promise<void> {
+  await c.waitFor('worker and queue process ready', async () => {
+    const ps = (await c.cluster()).processes;
+    return ps.some((p) => p.role === 'worker' && p.ready) && ps.some((p) => p.role === 'queue' && p.ready);
+  });
+}
+
+/**
+ * A `postern serve` with one worker (ONE_WORKER and `config`) on a data folder of its own, whose spool `walk` counts
+ * (not yet armed), once its worker and queue process are ready. `remove()`, after its stop, removes the data folder.
+ */
+export async function startWalkedServer(walk: CrashWalk, config: string): Promise<{ c: ClusterProcess; dataDir: string; remove(): Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-crash-walk-data-'));
+  const dataDir = join(dir, 'data');
+  walk.disarm();
+  walk.setRoot(join(dataDir, 'spool'));
+  const c = await startCluster({ config: `${ONE_WORKER}${config}`, env: walk.env, dataDir });
+  await workerAndQueueReady(c);
+  return { c, dataDir, remove: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -6,13 +6,11 @@
 // one never is, nothing is left in the queue folder, and `postern queue list` agrees.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crashWalk, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
+import { crashWalk, startWalkedServer, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
 import { startSink } from '../helpers/sink.ts';
-import { startCluster, ONE_WORKER, deliveryToSink, spooled, type ClusterProcess } from '../helpers/cluster.ts';
+import { deliveryToSink, spooled } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
@@ -22,12 +20,6 @@ type Command = 'retry' | 'delete' | 'release';
 
 interface Outcome { copies: number; arrivals: number[]; trace: CrashPoint[]; roles: Map<number, string>; cliPids: Set<number> }
 
-async function ready(c: ClusterProcess): Promise<void> {
-  await c.waitFor('worker and queue process ready', async () => {
-    const ps = (await c.cluster()).processes;
-    return ps.some((p) => p.role === 'worker' && p.ready) && ps.some((p) => p.role === 'queue' && p.ready);
-  });
-}
 
 /** A message deferred once (its next attempt an hour away), then `command` run on it with the walk armed at `n`. */
 async function life(command: Command, n: number, action: CrashAction, only?: { call: string; pathEnd: string }): Promise<Outcome> {
@@ -39,11 +31,7 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
       return stage === 'rcpt' && address === 'later@example.test' && !accept ? { code: 451, text: '4.2.0 Try again later' } : null;
     },
   });
-  const dir = await mkdtemp(join(tmpdir(), 'postern-crash-walk-data-'));
-  const dataDir = join(dir, 'data');
-  walk.disarm();
-  walk.setRoot(join(dataDir, 'spool'));
-  const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 })}`, env: walk.env, dataDir });
+  const { c, dataDir, remove } = await startWalkedServer(walk, deliveryToSink(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 }));
   const roles = new Map<number, string>();
   const cliPids = new Set<number>();
   const config = join(c.dir, 'postern.yaml');
@@ -51,7 +39,6 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
   const cli = async (...args: string[]): Promise<{ code: number | null; signal?: NodeJS.Signals | null; stdout: string; stderr: string }> =>
     runCli(['queue', ...args, '-c', config], { env: walk.env, onSpawn: (pid) => cliPids.add(pid) });
   try {
-    await ready(c);
     const id = await submitMessage(c.port('in'), 'a@example.test', ['later@example.test']);
     await c.waitFor('the first attempt recorded', () => existsSync(join(queueDir, `${id}.state`)));
     if (command === 'release') assert.equal((await cli('hold', id)).code, 0);
@@ -92,7 +79,7 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
     walk.disarm();
     await c.stop();
     await sink.close();
-    await rm(dir, { recursive: true, force: true });
+    await remove();
   }
 }
 
