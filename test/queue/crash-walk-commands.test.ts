@@ -49,7 +49,7 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
       const r = await cli(command, id);
       if (r.signal === 'SIGKILL' && tries < 2) continue; // the operator runs it again
       // Run again after the kill: the queue process may have finished the message meanwhile.
-      if (tries > 0 && command !== 'delete' && /no such message in the queue/.test(r.stderr)) break;
+      if (tries > 0 && /no such message in the queue/.test(r.stderr)) break;
       assert.equal(r.code, 0, `postern queue ${command}: ${r.stderr}`);
       break;
     }
@@ -57,7 +57,7 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
     const empty = async (): Promise<boolean> => (await spooled(c)).size === 0 && readdirSync(queueDir).length === 0;
     // Delivered, and the queue process killed before it recorded that: the message waits for its next attempt (an hour
     // away: the retry's request was taken). The operator, who sees it still queued, asks for a retry again.
-    await c.waitFor('the spool empty, or the message delivered', async () => await empty() || sink.messages.length > 0);
+    await c.waitFor('the spool empty, or the message delivered', async () => await empty() || sink.messages.length > 0, 30_000);
     if (!(await empty()) && command !== 'delete') {
       await c.waitFor('the spool empty, or the queue process back', async () => await empty() || (await c.cluster()).processes.some((p) => p.role === 'queue' && p.ready && !roles.has(p.pid!)));
       if (!(await empty())) {
@@ -103,7 +103,7 @@ interface Point { n: number; only?: { call: string; pathEnd: string } }
 /**
  * The points CI takes, named by call and file: for `retry`, the command's rename of its due request and the folder
  * sync after it, the queue process taking the request, and its done line after the delivery; for `release`, the
- * command's unlink of the hold; for `delete`, the command's done line, its sync, and the unlink of the state file.
+ * command's unlink of the hold and its first sync of the queue folder; for `delete`, the command's done line, its sync, and the unlink of the state file.
  * Every call: POSTERN_CRASH_WALK_ALL=1 (some 10 minutes), or POSTERN_CRASH_WALK_AT=n,… (numbers from its trace).
  */
 const TABLE: Record<Command, Point[]> = {
@@ -113,7 +113,10 @@ const TABLE: Record<Command, Point[]> = {
     { n: 1, only: { call: 'unlink', pathEnd: '.due' } },
     { n: 1, only: { call: 'write', pathEnd: '.done' } },
   ],
-  release: [{ n: 1, only: { call: 'unlink', pathEnd: '.held' } }],
+  release: [
+    { n: 1, only: { call: 'unlink', pathEnd: '.held' } },
+    { n: 1, only: { call: 'fsync', pathEnd: '/worker-0/queue' } },
+  ],
   delete: [
     { n: 1, only: { call: 'write', pathEnd: '.done' } },
     { n: 1, only: { call: 'fsync', pathEnd: '.done' } },
