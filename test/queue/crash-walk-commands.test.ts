@@ -101,24 +101,22 @@ function duplicateAllowed(o: Outcome): boolean {
 interface Point { n: number; only?: { call: string; pathEnd: string } }
 
 /**
- * The points CI takes, named by call and file: for `retry`, the command's rename of its due request and the folder
- * sync after it, the queue process taking the request, and its done line after the delivery; for `release`, the
- * command's unlink of the hold and its first sync of the queue folder; for `delete`, the command's done line, its sync, and the unlink of the state file.
+ * The points CI takes, named by call and file: for `retry`, the command's sync of the queue folder once its due
+ * request is renamed in, and the queue process taking the request; for `release`, the command's unlink of the hold
+ * and its first sync of the queue folder; for `delete`, the sync of the command's done line, and the unlink of the
+ * state file.
  * Every call: POSTERN_CRASH_WALK_ALL=1 (some 10 minutes), or POSTERN_CRASH_WALK_AT=n,… (numbers from its trace).
  */
 const TABLE: Record<Command, Point[]> = {
   retry: [
-    { n: 1, only: { call: 'rename', pathEnd: '.due' } },
     { n: 1, only: { call: 'fsync', pathEnd: '/worker-0/queue' } },
     { n: 1, only: { call: 'unlink', pathEnd: '.due' } },
-    { n: 1, only: { call: 'write', pathEnd: '.done' } },
   ],
   release: [
     { n: 1, only: { call: 'unlink', pathEnd: '.held' } },
     { n: 1, only: { call: 'fsync', pathEnd: '/worker-0/queue' } },
   ],
   delete: [
-    { n: 1, only: { call: 'write', pathEnd: '.done' } },
     { n: 1, only: { call: 'fsync', pathEnd: '.done' } },
     { n: 1, only: { call: 'unlink', pathEnd: '.state' } },
   ],
