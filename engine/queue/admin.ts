@@ -229,10 +229,13 @@ export async function releaseMessages(spool: QueueSpool, ids: readonly string[])
   const out: ActionOutcome = { changed: [], unchanged: [], missing: [] };
   for (const id of ids) {
     if (!(await spool.has(id))) { await spool.release(id); out.missing.push(id); continue; }
-    if (!(await spool.release(id))) { out.unchanged.push(id); continue; }
-    // Released: due now, or already delivered by a running server that saw the hold gone before makeDue's state
-    // (its has() then says finished). Either way what was asked happened: not "no such message", not exit 1.
+    if (!(await spool.isHeld(id))) { out.unchanged.push(id); continue; }
+    // Made due first, while still held (the runner leaves a held message's due request where it is): a command killed
+    // between the two leaves it held, and a second `queue release` finishes. The other order left it released but not
+    // due, to wait for its next scheduled attempt (hours away), and a second release found nothing held to make due.
+    // Due now, or already gone (delivered by an attempt under way when it was held): either way what was asked happened.
     await makeDue(spool, id, true);
+    if (!(await spool.release(id))) { out.unchanged.push(id); continue; } // released meanwhile by another command
     out.changed.push(id);
   }
   if (out.changed.length) await evenWhenFull(spool, () => spool.requestRescan());

@@ -25,6 +25,14 @@
  * and not yet acknowledged is written again to a fresh segment. A copy left behind in the old segment
  * is a duplicate: at start the later copy (the higher segment) wins.
  *
+ * A reader in another process (the queue process reading a worker's journal) takes only acknowledged records: a
+ * record is in the segment's file (and the page cache) from its write on, before the fdatasync that may still fail,
+ * and a record the client was refused for (a 4xx, so it sends the message again) must not be delivered besides the
+ * copy it sends. The writer keeps `<seq>.acked`, made before its segment, with the end of the records acknowledged so
+ * far, rewritten (not synced: it only matters while this writer runs) before each flush's appends are acknowledged.
+ * A writer's start removes the acked files of the segments it finds: after a crash every intact record counts, as
+ * it does for the writer itself. No acked file (removed, or a segment of an older release): every record counts.
+ *
  * The active segment is written with zeros ahead of its records, a megabyte at a time, and that region
  * synced in the background, through a file handle of its own (see Segment.zeroFd): a record then overwrites blocks the file already has, and its fdatasync
  * flushes only data, not the block allocation and file size an append makes the filesystem journal
@@ -32,9 +40,10 @@
  * zeros; the checksum catches a record whose pages reached the disk only in part.
  */
 import { closeSync, existsSync, fdatasync, fsync, fsyncSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync, writevSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
+import { lockHolder } from './data-dir-lock.ts';
 import { randomBytes } from 'node:crypto';
 import { keyedRecordSeedFrom, MissingJournalKeyError, NewerRecordError, scanSegment } from './segment-scan.ts';
 
@@ -50,6 +59,8 @@ const SEGMENT_BYTES = 32 * 1024 * 1024;
 const NEWLINE = Buffer.from('\n');
 /** A reader's look at the first byte after the records it has read. */
 const ONE_BYTE = Buffer.alloc(1);
+/** An acked file: the end of the acknowledged records twice, 64-bit little-endian (a read torn by a rewrite differs). */
+const ACKED_BYTES = 16;
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;
 
@@ -65,6 +76,10 @@ interface Segment {
    */
   zeroFd: number | null;
   doneFd: number | null;
+  /** The writer's: its `<seq>.acked` (see the top of this file); null for a segment it did not make. */
+  ackedFd: number | null;
+  /** A reader's: the end of the acknowledged records, as the writer's acked file said last (Infinity: every record; -1: not read yet). */
+  ackedEnd: number;
   /** The folder synced since this process first wrote to `.done` (its entry on disk, whoever made it); null: not yet. */
   doneEntry?: Promise<void> | null;
   /** Bytes of `.done` already applied to the index. */
@@ -178,10 +193,10 @@ export class Journal {
     if (opts.writable) {
       journal.#key ??= createJournalKey(dir);
       for (const segment of [...journal.#segments.values()]) journal.#collect(segment);
-      // Done lists whose segment is gone (a crash between the two unlinks).
+      // Done lists whose segment is gone (a crash between the two unlinks); every acked file (see the top of this file).
       for (const n of readdirSync(dir)) {
-        const m = /^(\d{10})\.done$/.exec(n);
-        if (m && !journal.#segments.has(Number(m[1]))) unlinkSync(join(dir, n));
+        const m = /^(\d{10})\.(done|acked)$/.exec(n);
+        if (m && (m[2] === 'acked' || !journal.#segments.has(Number(m[1])))) unlinkSync(join(dir, n));
       }
     }
     return journal;
@@ -270,14 +285,14 @@ export class Journal {
         if (n === 0) break;
         got += n;
       }
-      const { records } = this.#scanWithKey(data.subarray(0, got), segment.path, segment.readTo === 0);
+      const scanned = this.#scanWithKey(data.subarray(0, got), segment.path, segment.readTo === 0).records;
       const base = segment.readTo;
-      for (const r of records) this.#indexRecord(segment, { ...r, offset: base + r.offset });
+      const records = this.#acknowledged(segment, scanned.map((r) => ({ ...r, offset: base + r.offset })));
+      for (const r of records) this.#indexRecord(segment, r);
       const last = records.at(-1);
-      if (last) {
-        segment.readTo = base + last.offset + last.length + 1;
-        continue;
-      }
+      if (last) segment.readTo = last.offset + last.length + 1;
+      if (records.length < scanned.length) return; // the rest once the writer has acknowledged them
+      if (last) continue;
       // No whole record in the window: zeros (the end for now), the end of the file, or a longer record.
       if (got < window || isZero(data.subarray(0, got))) return;
       window *= 2;
@@ -295,6 +310,25 @@ export class Journal {
       if (this.#key !== null) return scanSegment(data, this.#key, fromStart);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
+  }
+
+  /**
+   * A reader's: the records (in file order) the writer has acknowledged, per its acked file (read again only when
+   * records lie past the end it said last), while the writer runs: records a writer killed before it acknowledged
+   * them are taken, as its next start takes them (the spool's lock, in the journal's parent folder, says whether it
+   * runs). The writer's own journal takes every record it reads (its start's).
+   */
+  #acknowledged<R extends { offset: number; length: number }>(segment: Segment, records: R[]): R[] {
+    if (this.#writable || records.length === 0) return records;
+    const end = (r: R): number => r.offset + r.length + 1;
+    const last = end(records.at(-1)!);
+    if (last > segment.ackedEnd) {
+      segment.ackedEnd = readAcked(segment.path.replace(/\.seg$/, '.acked'), segment.ackedEnd);
+      if (last > segment.ackedEnd && lockHolder(dirname(this.dir)) === null) segment.ackedEnd = Infinity;
+    }
+    let n = records.length;
+    while (n > 0 && end(records[n - 1]!) > segment.ackedEnd) n--;
+    return n === records.length ? records : records.slice(0, n);
   }
 
   /** Index a record read from a segment. The same message in two places (a copy written again after a failed sync): the later segment's wins. */
@@ -433,7 +467,7 @@ export class Journal {
     const seq = this.#nextSeq++;
     const path = join(this.dir, `${String(seq).padStart(10, '0')}.seg`);
     const segment: Segment = {
-      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd: this.#createSegmentFile(path), zeroFd: null, doneFd: null,
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), ...this.#createSegmentFiles(path), zeroFd: null, doneFd: null, ackedEnd: Infinity,
       doneRead: 0, size: 0, live: 0, active: true, failed: false, pinned: false, entrySynced: false, syncing: 0, zeroedTo: 0,
       unwritten: [], unwrittenAt: 0, readTo: 0, ino: 0,
     };
@@ -443,25 +477,32 @@ export class Journal {
   }
 
   /**
-   * A new segment file. The journal's folder deleted while the server runs (`rm -rf` of the spool) is made
-   * again, with the key the records are checksummed with: mail is taken again, and a restart can read it.
+   * A new segment file, its acked file first (none acknowledged: a reader that sees the segment finds it). The
+   * journal's folder deleted while the server runs (`rm -rf` of the spool) is made again, with the key the records
+   * are checksummed with: mail is taken again, and a restart can read it.
    */
-  #createSegmentFile(path: string): number {
-    let fd: number;
+  #createSegmentFiles(path: string): { fd: number; ackedFd: number } {
+    const ackedPath = path.replace(/\.seg$/, '.acked');
+    let ackedFd: number;
     try {
-      fd = openSync(path, 'wx+', 0o600);
+      ackedFd = openSync(ackedPath, 'w', 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      fd = openSync(path, 'wx+', 0o600);
+      ackedFd = openSync(ackedPath, 'w', 0o600);
     }
+    let fd: number | null = null;
     try {
+      writeAcked(ackedFd, 0);
+      fd = openSync(path, 'wx+', 0o600);
       if (!existsSync(join(this.dir, KEY_FILE))) createJournalKey(this.dir, this.#key!);
     } catch (err) {
-      closeSync(fd);
+      if (fd !== null) closeSync(fd);
+      closeSync(ackedFd);
+      try { unlinkSync(ackedPath); } catch { /* removed at the next start */ }
       throw err;
     }
-    return fd;
+    return { fd, ackedFd };
   }
 
   /** Put a record at the end of the active segment, to be written by the next flush. */
@@ -530,7 +571,19 @@ export class Journal {
     this.#waiting = [];
     const segments = segmentsOf(batch);
     let errors: Map<Segment, Error> | null = null; // made on the first failure
+    /** Where each segment's records written by this flush end. */
+    const written = new Map<Segment, number>();
     const settle = (): void => {
+      // Told to readers before anyone is told the records are durable (see the top of this file).
+      for (const [segment, end] of written) {
+        if (errors?.has(segment) || segment.failed) continue;
+        try {
+          writeAcked(segment.ackedFd!, end);
+        } catch (err) {
+          (errors ??= new Map()).set(segment, err as Error);
+          this.#fail(segment);
+        }
+      }
       for (const w of batch) {
         const err = errors?.get(w.segment);
         if (err) this.#refuse(w, err);
@@ -549,6 +602,7 @@ export class Journal {
         (errors ??= new Map()).set(segment, err as Error);
         continue;
       }
+      written.set(segment, segment.unwrittenAt);
       syncing++;
       this.#sync(segment, (err) => {
         if (err) (errors ??= new Map()).set(segment, err);
@@ -698,14 +752,19 @@ export class Journal {
     this.#segments.delete(segment.seq);
     this.#closeFiles(segment);
     try { unlinkSync(segment.donePath); } catch { /* missing, or removed at the next start */ }
+    if (segment.ackedFd !== null) {
+      try { unlinkSync(segment.path.replace(/\.seg$/, '.acked')); } catch { /* removed at the next start */ }
+    }
   }
 
   #closeFiles(segment: Segment): void {
     closeSync(segment.fd);
     if (segment.zeroFd !== null) closeSync(segment.zeroFd);
     if (segment.doneFd !== null) closeSync(segment.doneFd);
+    if (segment.ackedFd !== null) closeSync(segment.ackedFd);
     segment.zeroFd = null;
     segment.doneFd = null;
+    segment.ackedFd = null;
   }
 
   /** Index the intact records of an existing segment, keep its damaged bytes aside, then apply its done list. */
@@ -714,7 +773,7 @@ export class Journal {
     const fd = opened ?? openSync(path, this.#writable ? 'r+' : 'r');
     const size = fstatSync(fd).size;
     const segment: Segment = {
-      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, zeroFd: null, doneFd: null,
+      seq, path, donePath: path.replace(/\.seg$/, '.done'), fd, zeroFd: null, doneFd: null, ackedFd: null, ackedEnd: this.#writable ? Infinity : -1,
       doneRead: 0, size, live: 0, active: false, failed: false, pinned: false, entrySynced: true, syncing: 0, zeroedTo: size,
       unwritten: [], unwrittenAt: size, readTo: 0, ino: fstatSync(fd).ino,
     };
@@ -742,7 +801,8 @@ export class Journal {
       closeSync(fd);
       throw new Error(`${path}: ${err.message}: ${join(this.dir, KEY_FILE)} is missing (restore it from a backup of this data directory; a new key cannot check these records)`);
     }
-    const { records, damaged } = scanned;
+    const { damaged } = scanned;
+    const records = this.#acknowledged(segment, scanned.records);
     for (const r of records) this.#indexRecord(segment, r);
     const final = records.at(-1);
     segment.readTo = final ? final.offset + final.length + 1 : 0;
@@ -822,6 +882,31 @@ function namedAt(path: string, fd: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Say in an acked file that the records up to `end` are acknowledged (see the top of this file). */
+function writeAcked(fd: number, end: number): void {
+  const bytes = Buffer.alloc(ACKED_BYTES);
+  bytes.writeBigUInt64LE(BigInt(end), 0);
+  bytes.writeBigUInt64LE(BigInt(end), 8);
+  if (writeSync(fd, bytes, 0, ACKED_BYTES, 0) !== ACKED_BYTES) throw Object.assign(new Error('ENOSPC: no space left on device, write (acked file cut short)'), { code: 'ENOSPC', syscall: 'write' });
+}
+
+/**
+ * The end of the acknowledged records an acked file names: Infinity when there is none (every record counts), the
+ * end read before (`last`) when the read met a rewrite half done.
+ */
+function readAcked(path: string, last: number): number {
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Infinity;
+    throw err;
+  }
+  if (data.length !== ACKED_BYTES) return Math.max(last, 0);
+  const end = data.readBigUInt64LE(0);
+  return end === data.readBigUInt64LE(8) ? Number(end) : Math.max(last, 0);
 }
 
 /** The inode a path names now (0 when it is gone). */

@@ -2,7 +2,9 @@
  * The durable spool; the SMTP side says 250 only once a message is in it. A message up to 1 MiB goes to
  * the group-committed journal (journal.ts): one record, durable with everyone else's in the same flush.
  * A larger one is streamed to `incoming/<id>.part`, fdatasynced, renamed to `queue/<id>.msg` and the queue
- * directory synced; whatever a crash leaves in incoming/ was never acknowledged and is removed at startup.
+ * directory synced; whatever a crash leaves in incoming/ was never acknowledged and is removed at startup. Until that
+ * sync has succeeded `incoming/<id>.committing` says so, and the queue process does not take the message (its sync may
+ * still fail, and the client, refused, send it again): a rename is seen before it is durable.
  * (Files are created outside queue/ because creating one waits for a running sync of its directory.)
  * Either way the bytes are the same: message, envelope, footer (message-file.ts). Delivery bookkeeping
  * that changes later lives in `queue/<id>.state` (replaced atomically), never in the message; a message
@@ -19,6 +21,7 @@ import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } 
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
+import { lockHolder } from './data-dir-lock.ts';
 import { FreeSpace } from './free-space.ts';
 import { SpoolReserve } from './reserve.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -72,6 +75,8 @@ export class Spool {
   readonly #segmentBytes: number | undefined;
   /** Bytes of messages being received that their writers hold in memory now (see create()). */
   heldBytes = 0;
+  /** Messages with a file of their own whose commit in this process has renamed it into queue/ and not yet synced that. */
+  readonly filesCommitting = new Set<string>();
 
   /**
    * `journalSegmentBytes`: smaller segments for a spool another process reads as it grows (a worker's:
@@ -147,6 +152,17 @@ export class Spool {
   statePath(id: string): string { return join(this.queueDir, `${id}.state`); }
   heldPath(id: string): string { return join(this.queueDir, `${id}.held`); }
   dueRequestPath(id: string): string { return join(this.queueDir, `${id}.due`); }
+  /** Made before a message file's rename into queue/, removed once that is durable (see the top of this file). */
+  committingPath(id: string): string { return join(this.incomingDir, `${id}.committing`); }
+
+  /**
+   * A message file renamed into queue/ whose folder is not synced yet, by this process or by the live process that
+   * writes this spool (its lock says it runs: a writer killed meanwhile left a message its next start keeps, and so
+   * does the queue). Rare: the marker exists only during a large message's commit.
+   */
+  #commitUnderWay(id: string): boolean {
+    return this.filesCommitting.has(id) || (existsSync(this.committingPath(id)) && lockHolder(this.root) !== null);
+  }
 
   /**
    * Start writing a message (after init()). `maxHeldBytes`: while the writers of this spool hold more than this
@@ -521,6 +537,8 @@ export class Spool {
       const id = n.slice(0, -4);
       // Both a record and a file: a move out of the journal cut short (moveOutOfJournal). One message.
       if (!Spool.isId(id) || inJournal.has(id)) continue;
+      // Not acknowledged yet: taken by the next scan once it is (or announced then).
+      if (!names.has(`${id}.state`) && this.#commitUnderWay(id)) continue;
       // Never attempted, or what a removal racing a move left: the trailer says which (rare: a large message's first minutes).
       if (!names.has(`${id}.state`) && await this.#isMoveLeftover(id)) {
         if (opts.tidy !== false) await this.#removeMoveLeftover(id);
@@ -735,13 +753,22 @@ export class SpoolWriter {
     closeSync(fd);
     this.#fd = null;
     const path = this.#spool.messagePath(this.id);
-    await rename(this.#partFile, path); // on the pool: it waits for the queue directory
+    // Seen in queue/ from the rename on, durable only once the folder is synced: until then the queue does not take it.
+    const marker = this.#spool.committingPath(this.id);
+    closeSync(openSync(marker, 'w', 0o600));
+    this.#spool.filesCommitting.add(this.id);
     try {
-      await this.#dirSync.sync();
-    } catch (err) {
-      // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
-      await unlink(path).catch(() => undefined);
-      throw err;
+      await rename(this.#partFile, path); // on the pool: it waits for the queue directory
+      try {
+        await this.#dirSync.sync();
+      } catch (err) {
+        // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
+        await unlink(path).catch(() => undefined);
+        throw err;
+      }
+    } finally {
+      this.#spool.filesCommitting.delete(this.id);
+      try { unlinkSync(marker); } catch { /* incoming/ is emptied at start */ }
     }
   }
 

@@ -23,6 +23,13 @@
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
  *                  path in $POSTERN_DISK_FAULTS/mkdir-swap.target: another user who may write the parent folder
  *                  swapping it before the caller's next step
+ * And a crash walk (test/helpers/crash-walk.ts), when $POSTERN_CRASH_WALK names its folder: every call that changes
+ * durable state under the path in <folder>/root (open with O_CREAT, write, pwrite, writev, pwritev, fsync,
+ * fdatasync, ftruncate, rename, unlink, mkdir) made while <folder>/at exists is counted, by all the processes of the
+ * server together (a counter in <folder>/counter, shared memory), and logged to <folder>/trace
+ * ("<n> <pid> <call> <path>"). <folder>/at holds "<n> <action> [<call> <path end>]": the n-th counted call (of
+ * those named so, when it names them: `*` for any call) is taken, and the file removed: `kill` kills the process (SIGKILL) before the call, `after` once the call is made, `eio` fails it with
+ * EIO, `slow-eio` too after 1.5 s (a failing disk's retries), `none` only counts.
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -38,6 +45,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/mman.h>
+#include <pthread.h>
 #include <unistd.h>
 
 static int path_ends_with(int fd, const char *suffix) {
@@ -94,13 +103,96 @@ static int claim_any(const char *fault, int fd, const char *path) {
  */
 static void stop_this_thread(void) { syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGSTOP); }
 
+
+/* The crash walk (see the top of this file). */
+static pthread_once_t walk_once = PTHREAD_ONCE_INIT;
+static int walk_on;
+static char walk_dir[PATH_MAX], walk_root[PATH_MAX];
+static size_t walk_root_len;
+static long *walk_counter;
+
+static void walk_init(void) {
+  const char *dir = getenv("POSTERN_CRASH_WALK");
+  if (!dir) return;
+  snprintf(walk_dir, sizeof walk_dir, "%s", dir);
+  char file[PATH_MAX];
+  snprintf(file, sizeof file, "%s/root", dir);
+  int fd = syscall(SYS_openat, AT_FDCWD, file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = syscall(SYS_read, fd, walk_root, sizeof walk_root - 1);
+  syscall(SYS_close, fd);
+  if (n <= 0) return;
+  walk_root[n] = 0;
+  walk_root_len = (size_t)n;
+  snprintf(file, sizeof file, "%s/counter", dir);
+  fd = syscall(SYS_openat, AT_FDCWD, file, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return;
+  void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  syscall(SYS_close, fd);
+  if (p == MAP_FAILED) return;
+  walk_counter = p;
+  walk_on = 1;
+}
+
+enum walk_action { WALK_GO, WALK_EIO, WALK_AFTER };
+
+/* Count a call on `path` (or the file open at `fd`); what to do with it. A kill before the call happens here. */
+static enum walk_action walk_point(const char *call, int fd, const char *path) {
+  pthread_once(&walk_once, walk_init);
+  if (!walk_on) return WALK_GO;
+  char resolved[PATH_MAX];
+  if (!path) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, resolved, sizeof resolved - 1);
+    if (n <= 0) return WALK_GO;
+    resolved[n] = 0;
+    path = resolved;
+  }
+  if (strncmp(path, walk_root, walk_root_len) != 0) return WALK_GO;
+  char at_file[PATH_MAX], at_text[PATH_MAX];
+  snprintf(at_file, sizeof at_file, "%s/at", walk_dir);
+  int at_fd = syscall(SYS_openat, AT_FDCWD, at_file, O_RDONLY | O_CLOEXEC);
+  if (at_fd < 0) return WALK_GO;
+  ssize_t k = syscall(SYS_read, at_fd, at_text, sizeof at_text - 1);
+  syscall(SYS_close, at_fd);
+  if (k <= 0) return WALK_GO;
+  at_text[k] = 0;
+  long want = 0;
+  char action[16] = "", only_call[16] = "*", only_end[256] = "";
+  sscanf(at_text, "%ld %15s %15s %255s", &want, action, only_call, only_end);
+  long n = __atomic_add_fetch(walk_counter, 1, __ATOMIC_SEQ_CST);
+  int named = (strcmp(only_call, "*") == 0 || strcmp(only_call, call) == 0) && ends_with(path, only_end);
+  long nth = named ? __atomic_add_fetch(walk_counter + 1, 1, __ATOMIC_SEQ_CST) : 0;
+  char line[PATH_MAX + 96], trace[PATH_MAX];
+  int len = snprintf(line, sizeof line, "%ld %d %s %s\n", n, getpid(), call, path);
+  snprintf(trace, sizeof trace, "%s/trace", walk_dir);
+  int trace_fd = syscall(SYS_openat, AT_FDCWD, trace, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (trace_fd >= 0) { syscall(SYS_write, trace_fd, line, len); syscall(SYS_close, trace_fd); }
+  if (!named || nth != want || syscall(SYS_unlinkat, AT_FDCWD, at_file, 0) != 0) return WALK_GO;
+  if (strcmp(action, "kill") == 0) kill(getpid(), SIGKILL);
+  if (strcmp(action, "eio") == 0) return WALK_EIO;
+  if (strcmp(action, "slow-eio") == 0) { usleep(1500 * 1000); return WALK_EIO; }
+  if (strcmp(action, "after") == 0) return WALK_AFTER;
+  return WALK_GO;
+}
+
+/* Run a counted call: failed, made, or made and then the process killed, as the walk says. */
+#define WALKED(call, fd, path, type, make) do { \
+    enum walk_action walk_ = walk_point(call, fd, path); \
+    if (walk_ == WALK_EIO) { errno = EIO; return (type)-1; } \
+    type made_ = (make); \
+    if (walk_ == WALK_AFTER) kill(getpid(), SIGKILL); \
+    return made_; \
+  } while (0)
+
 int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fsync");
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
   if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
   if (claim_any("fsync-kill", fd, NULL)) kill(getpid(), SIGKILL);
-  return real(fd);
+  WALKED("fsync", fd, NULL, int, real(fd));
 }
 
 ssize_t write(int fd, const void *buf, size_t n) {
@@ -109,13 +201,15 @@ ssize_t write(int fd, const void *buf, size_t n) {
   static int full = -1; /* the file cut short: its next write finds the disk full */
   if (fd == full) { full = -1; errno = ENOSPC; return -1; }
   if (n > 1 && fd > 2 && claim_any("write-short", fd, NULL)) { full = fd; return real(fd, buf, n / 2); }
-  return real(fd, buf, n);
+  if (fd <= 2) return real(fd, buf, n);
+  WALKED("write", fd, NULL, ssize_t, real(fd, buf, n));
 }
 
 int mkdir(const char *path, mode_t mode) {
   static int (*real)(const char *, mode_t);
   if (!real) real = dlsym(RTLD_NEXT, "mkdir");
   int made = real(path, mode);
+  if (made == 0 && walk_point("mkdir", -1, path) == WALK_AFTER) kill(getpid(), SIGKILL);
   if (made == 0 && claim_any("mkdir-swap", -1, path)) {
     char file[PATH_MAX], target[PATH_MAX];
     snprintf(file, sizeof file, "%s/mkdir-swap.target", getenv("POSTERN_DISK_FAULTS"));
@@ -134,20 +228,20 @@ int rename(const char *from, const char *to) {
   if (!real) real = dlsym(RTLD_NEXT, "rename");
   if (to && claim_any("rename-kill", -1, to)) kill(getpid(), SIGKILL);
   if (to && claim_any("rename-stop", -1, to)) stop_this_thread();
-  return real(from, to);
+  WALKED("rename", -1, to, int, real(from, to));
 }
 
 int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fdatasync");
   if (claim("fdatasync-eio", fd)) { errno = EIO; return -1; }
-  return real(fd);
+  WALKED("fdatasync", fd, NULL, int, real(fd));
 }
 
 static ssize_t faulty_pwritev(ssize_t (*real)(int, const struct iovec *, int, off_t), int fd, const struct iovec *iov, int n, off_t at) {
   if (claim("pwritev-eio", fd)) { errno = EIO; return -1; }
   if (n > 0 && iov[0].iov_len > 1 && claim("pwritev-short", fd)) return pwrite(fd, iov[0].iov_base, iov[0].iov_len / 2, at);
-  return real(fd, iov, n, at);
+  WALKED("pwritev", fd, NULL, ssize_t, real(fd, iov, n, at));
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t at) {
@@ -198,6 +292,7 @@ static int claim_path(const char *fault, const char *path, const char *suffix) {
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
     if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
     if (claim_any("open-stop", -1, path)) stop_this_thread(); \
+    if (flags & O_CREAT) WALKED("open", -1, path, int, real(path, flags, mode)); \
     return real(path, flags, mode); \
   }
 OPEN_WRAPPER(open)
@@ -211,7 +306,40 @@ OPEN_WRAPPER(open64)
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); } \
     if (claim_path("open-watchdog-emfile", path, "/watchdog-thread.ts")) { errno = EMFILE; return -1; } \
     if (claim_any("open-stop", -1, path)) stop_this_thread(); \
+    if ((flags & O_CREAT) && path[0] == '/') WALKED("open", -1, path, int, real(dirfd, path, flags, mode)); \
     return real(dirfd, path, flags, mode); \
   }
 OPENAT_WRAPPER(openat)
 OPENAT_WRAPPER(openat64)
+
+/* Calls only the crash walk looks at. */
+int unlink(const char *path) {
+  static int (*real)(const char *);
+  if (!real) real = dlsym(RTLD_NEXT, "unlink");
+  WALKED("unlink", -1, path, int, real(path));
+}
+
+#define PWRITE_WRAPPER(name) \
+  ssize_t name(int fd, const void *buf, size_t n, off_t at) { \
+    static ssize_t (*real)(int, const void *, size_t, off_t); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); \
+    WALKED("pwrite", fd, NULL, ssize_t, real(fd, buf, n, at)); \
+  }
+PWRITE_WRAPPER(pwrite)
+PWRITE_WRAPPER(pwrite64)
+
+ssize_t writev(int fd, const struct iovec *iov, int n) {
+  static ssize_t (*real)(int, const struct iovec *, int);
+  if (!real) real = dlsym(RTLD_NEXT, "writev");
+  if (fd <= 2) return real(fd, iov, n);
+  WALKED("writev", fd, NULL, ssize_t, real(fd, iov, n));
+}
+
+#define FTRUNCATE_WRAPPER(name) \
+  int name(int fd, off_t length) { \
+    static int (*real)(int, off_t); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); \
+    WALKED("ftruncate", fd, NULL, int, real(fd, length)); \
+  }
+FTRUNCATE_WRAPPER(ftruncate)
+FTRUNCATE_WRAPPER(ftruncate64)
