@@ -11,14 +11,16 @@ import { configYaml, smarthostDelivery, testListener } from '../helpers/config.t
 
 for (const pipelining of [false, true]) {
   test(`a 250 in reply to DATA${pipelining ? ' (PIPELINING)' : ''}: the message is not sent into the command stream; deferred, then delivered once`, async () => {
-    const seen = { ehlo: 0, rcpt: [] as string[], messages: 0, dataAnswered250: 0 };
+    const seen = { ehlo: 0, rcpt: [] as string[], messages: 0, dataAnswered250: 0, reusedAfter250: false };
+    let answered250: unknown = null;
     const peer = await startScriptedPeer({
       ehlo: (s) => { seen.ehlo++; s.write(`250-peer\r\n${pipelining ? '250-PIPELINING\r\n' : ''}250 8BITMIME\r\n`); return 'answered'; },
       rcpt: (s, line) => {
         seen.rcpt.push(line);
         if (/<refused@/.test(line)) { s.write('550 5.1.1 no such user\r\n'); return 'answered'; }
       },
-      data: (s) => (seen.dataAnswered250++ === 0 ? (s.write('250 2.0.0 ok\r\n'), 'answered') : undefined),
+      mail: (s) => { if (s === answered250) seen.reusedAfter250 = true; },
+      data: (s) => (seen.dataAnswered250++ === 0 ? (answered250 = s, s.write('250 2.0.0 ok\r\n'), 'answered') : undefined),
       endOfData: (_s, message) => { if (message.includes('RCPT TO:<injected')) seen.messages++; },
     });
     const s = await startDeliveryServer({
@@ -34,7 +36,9 @@ for (const pipelining of [false, true]) {
       await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 30_000, past: true });
       assert.ok(!seen.rcpt.some((l) => /injected/.test(l)), `no line of the message taken for a command: ${seen.rcpt.join(' | ')}`);
       assert.equal(seen.messages, 1, 'delivered once');
-      assert.equal(seen.ehlo, 2, 'the connection that got 250 to DATA was not used again');
+      // Counted by connection, not by EHLOs: a loaded machine may open one more connection for the retry.
+      assert.equal(seen.reusedAfter250, false, 'the connection that got 250 to DATA was not used again');
+      assert.ok(seen.ehlo >= 2);
     } finally {
       await s.stop();
       peer.close();
