@@ -613,7 +613,7 @@ export class QueueRunner {
       const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
       let progressRecorded = Promise.resolve();
       const signed = new Map<string, Promise<Buffer>>(); // one signed copy per DKIM key set, not per transaction
-      const results = await Promise.all([...transactions.values()].map(async (t) => {
+      const settled = await Promise.allSettled([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn, signed });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
         running--;
@@ -623,7 +623,13 @@ export class QueueRunner {
         return r.outcomes;
       }));
       await progressRecorded;
-      for (const r of results) outcomes.push(...r);
+      // A transaction that threw (none is meant to) fails the attempt only once the others have ended: failing at once
+      // scheduled the message again while they still delivered it. What they delivered is recorded above (the failed
+      // one never counts as ended), so the next attempt does not send it again.
+      for (const r of settled) {
+        if (r.status === 'rejected') throw r.reason;
+        outcomes.push(...r.value);
+      }
       const busy = outcomes.find((o) => o.destinationBusy)?.destinationBusy;
       // Nothing tried, only a slow destination's backlog found full: set aside until it has room, not an attempt.
       // (Some recipients tried as well: the attempt counts, and the busy ones wait for its retry like any deferral.)
