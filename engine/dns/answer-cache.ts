@@ -1,9 +1,9 @@
 /**
- * The kept DNS answers of scripts, bounded by how many and by what they hold, in two parts (a segmented LRU).
+ * Kept DNS answers (scripts' and delivery's), bounded by how many and by what they hold, in two parts (a segmented LRU).
  * A name enters `fresh`; asked again while kept, it moves to `reused`, where the least recently used goes first
  * once that part holds more than its share. A flood of names each asked once (a client's made-up HELO or From
- * domains, one per command) pushes out only other names asked once: with one list, 10 000 of them pushed out
- * every answer other clients' scripts were reusing (DNSBL and allow-list answers), asked again on each use.
+ * domains, one per command; bounces to made-up sender domains) pushes out only other names asked once: with one list,
+ * 10 000 of them pushed out every answer being reused (DNSBL and allow-list answers, the domains mail keeps going to).
  */
 export interface CacheEntry { chars: number }
 

@@ -97,10 +97,12 @@ export class QueueRunner {
   /** Came due while an attempt of theirs was under way (its own retry, a scan's, an announcement's): due once it ends. */
   readonly #dueAfterAttempt = new Set<string>();
   /**
-   * `postern queue retry|release` requests taken into the schedule, by message: 'next' until the attempt they made due
-   * ends, 'after' while an attempt begun before the request is still under way (the request is for the one after it).
-   * Their files stay until then: a queue process killed in between finds them again at its next start, instead of
-   * leaving the message to its recorded retry time (hours, perhaps) as removing them at the scan did.
+   * `postern queue retry|release` requests taken into the schedule, by message, with what the request file said (a
+   * request written over it later is another one): 'next' until the attempt they made due is recorded, 'after' while
+   * an attempt begun before the request is still under way (the request is for the one after it), 'removing' while
+   * its file is being removed. Their files stay until then: a queue process killed in between finds them again at its
+   * next start, instead of leaving the message to its recorded retry time (hours, perhaps) as removing them at the
+   * scan did.
    */
   readonly #requestsTaken = new Map<string, { for: 'next' | 'after' | 'removing'; text: string }>();
   /**

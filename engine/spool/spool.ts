@@ -373,7 +373,9 @@ export class Spool {
    * JOURNAL_MAX_BYTES) or gone. The queue runner counts it against the bytes its attempts may hold in memory.
    */
   async fileBytes(id: string): Promise<number> {
-    if (this.#readJournal(id)?.has(id)) return 0;
+    // The journal's index as it is (no refresh: readForDelivery, right after, does that; a done mark since changes no
+    // size). One not seen yet is looked for as a file, and then found in neither: 0.
+    if (this.#journal?.has(id) || this.#view?.has(id)) return 0;
     return stat(this.messagePath(id)).then((s) => s.size, () => 0);
   }
 
