@@ -1144,12 +1144,17 @@ export class IsolateSlot {
     this.#cutOff = false;
     const isolate = this.#isolate;
     let watchdog: ReturnType<typeof setTimeout>;
+    let idleBefore = false;
     const cutOffIfIdle = (): void => {
       if (isolate.isDisposed) return; // given up on by the pool meanwhile
       // Still executing (descheduled on a loaded machine, or stuck in a builtin): not a promise that never settles.
       // The pool judges it from its call's deadline on (sandbox.ts, Overdue); disposing it here threw away isolates
       // that were only descheduled, and rebuilding them cost the loaded machine more CPU.
-      if (executing(isolate)) {
+      const idle = !executing(isolate);
+      // Idle at two looks, an event-loop turn apart: a task that has just ended (a descheduled thread that got the CPU
+      // back) has its result on its way to this thread, which a timer can run before; cut off then, it was rebuilt.
+      if (!idle || !idleBefore) {
+        idleBefore = idle;
         watchdog = setTimeout(cutOffIfIdle, WATCHDOG_RECHECK_MS);
         return;
       }
