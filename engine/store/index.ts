@@ -26,7 +26,8 @@ export async function createStore(config: Config['store'], logger: Logger): Prom
 export function createMemoryStore(config: Config['store'], logger: Logger): MemoryCounterStore {
   return new MemoryCounterStore(undefined, {
     maxKeys: config.maxKeys,
-    onEvict: (dropped, maxKeys) => logger.warn({ dropped, maxKeys }, `store: more than ${maxKeys} keys in memory; dropped the ${dropped} created longest ago (see store.maxKeys)`),
+    onEvict: (dropped, maxKeys, refusingDropped) => logger.warn({ dropped, maxKeys, refusingDropped },
+      `store: more than ${maxKeys} keys in memory; dropped the ${dropped} created longest ago${refusingDropped ? `, ${refusingDropped} of them at their limit (every key was)` : ' that were not at their limit'} (see store.maxKeys)`),
   });
 }
 

@@ -6,13 +6,17 @@
  * script count millions of distinct keys must not exhaust the server's memory. Scripts' keys, the
  * built-in limits' keys (`limit:…`) and shadow scripts' keys (`shadow:…`) are held apart, each at most
  * `maxKeys`: when one side is full, its expired keys are swept out, and if that frees nothing the keys
- * created longest ago are dropped (their counts start again from 0). Scripts can therefore never push out
- * a built-in limit's count, nor a candidate run in shadow a live script's.
+ * created longest ago are dropped (their counts start again from 0) — first those not at their limit, so
+ * that a flood of new keys cannot undo a refusal (see BoundedCounters.#makeRoom). Scripts can therefore
+ * never push out a built-in limit's count, nor a candidate run in shadow a live script's.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
 import { SHADOW_KEY_PREFIX, type CounterStore, type ImmediateCounterStore, type RateResult } from './counter-store.ts';
 
-interface Entry { value: number; expiresAt: number }
+/** `limit`: that of the key's last rate() (Infinity for counter()): at it, the key is refusing. */
+interface Entry { value: number; expiresAt: number; limit: number }
+
+const refusing = (entry: Entry): boolean => entry.value >= entry.limit;
 
 /** Entries kept before expired ones are swept out (then twice the live count, so a sweep is rare). */
 const SWEEP_FLOOR = 10_000;
@@ -24,18 +28,22 @@ const FULL_SWEEP_INTERVAL_MS = 1000;
 export interface MemoryStoreOptions {
   /** Keys held on each side before old ones are dropped (default DEFAULT_MAX_KEYS). */
   maxKeys?: number;
-  /** Told when keys were dropped to stay within `maxKeys` (the number since last told; at most once a second). */
-  onEvict?(dropped: number, maxKeys: number): void;
+  /**
+   * Told when keys were dropped to stay within `maxKeys` (the number since last told, and how many of them were
+   * refusing, at their rate() limit: only when every key was; at most once a second).
+   */
+  onEvict?(dropped: number, maxKeys: number, refusingDropped: number): void;
 }
 
 /** One side of the store (scripts' keys, or the built-in limits'), bounded. */
 class BoundedCounters {
   readonly #entries = new Map<string, Entry>();
   readonly #maxKeys: number;
-  readonly #onEvict: ((dropped: number, maxKeys: number) => void) | undefined;
+  readonly #onEvict: MemoryStoreOptions['onEvict'];
   #sweepAt: number;
   #lastFullSweep = -Infinity;
   #droppedSinceTold = 0;
+  #refusingDroppedSinceTold = 0;
   #lastTold = -Infinity;
 
   constructor(maxKeys: number, onEvict: MemoryStoreOptions['onEvict']) {
@@ -61,10 +69,10 @@ class BoundedCounters {
     return entry;
   }
 
-  create(key: string, expiresAt: number, now: number): Entry {
+  create(key: string, expiresAt: number, now: number, limit = Infinity): Entry {
     if (this.#entries.size >= this.#maxKeys) this.#makeRoom(now);
     else if (this.#entries.size >= this.#sweepAt) this.#sweep(now);
-    const entry = { value: 0, expiresAt };
+    const entry = { value: 0, expiresAt, limit };
     this.#entries.set(key, entry);
     return entry;
   }
@@ -75,7 +83,15 @@ class BoundedCounters {
     this.#sweepAt = Math.min(this.#maxKeys, Math.max(SWEEP_FLOOR, 2 * this.#entries.size));
   }
 
-  /** Full: sweep (not more than once a second: a sweep walks every key), else drop the oldest keys. */
+  /**
+   * Full: sweep (not more than once a second: a sweep walks every key), else drop the keys created longest
+   * ago that are not refusing. Dropping a key at its rate() limit undid a refusal: a mail bomber refused by a
+   * per-recipient rate() made the store count a few thousand new recipients, and its victim's count started
+   * again from 0. Refusing keys met on the way are moved to the end, so the next walk does not pass them again;
+   * only when fewer than a batch are not refusing are the oldest refusing ones dropped to make it up (their windows
+   * opened first; the side must stay bounded, and refusing new keys instead would refuse every newcomer until those
+   * windows end).
+   */
   #makeRoom(now: number): void {
     if (now - this.#lastFullSweep >= FULL_SWEEP_INTERVAL_MS) {
       this.#lastFullSweep = now;
@@ -86,16 +102,39 @@ class BoundedCounters {
     let drop = this.#entries.size - this.#maxKeys + 1;
     if (drop <= 0) return;
     drop = Math.max(drop, Math.ceil(this.#maxKeys / 100));
-    for (const key of this.#entries.keys()) {
+    const kept: Array<[string, Entry]> = [];
+    for (const [key, entry] of this.#entries) {
+      if (refusing(entry)) {
+        kept.push([key, entry]);
+        continue;
+      }
       this.#entries.delete(key);
       this.#droppedSinceTold++;
       if (--drop <= 0) break;
     }
+    if (drop <= 0) {
+      // Moved to the end after the walk (a key set again during it would be met again). Not when the walk went
+      // through: then they are all that is left, in the same order.
+      for (const [key, entry] of kept) {
+        this.#entries.delete(key);
+        this.#entries.set(key, entry);
+      }
+    } else {
+      // (Nearly) every key is refusing: the oldest of them make up the batch, or the side would grow for ever;
+      // a smaller batch would walk every key again for each new one.
+      for (const key of this.#entries.keys()) {
+        this.#entries.delete(key);
+        this.#droppedSinceTold++;
+        this.#refusingDroppedSinceTold++;
+        if (--drop <= 0) break;
+      }
+    }
     if (now - this.#lastTold >= FULL_SWEEP_INTERVAL_MS) {
       this.#lastTold = now;
       const dropped = this.#droppedSinceTold;
-      this.#droppedSinceTold = 0;
-      try { this.#onEvict?.(dropped, this.#maxKeys); } catch { /* telling must not fail a count */ }
+      const refusingDropped = this.#refusingDroppedSinceTold;
+      this.#droppedSinceTold = this.#refusingDroppedSinceTold = 0;
+      try { this.#onEvict?.(dropped, this.#maxKeys, refusingDropped); } catch { /* telling must not fail a count */ }
     }
   }
 }
@@ -144,8 +183,9 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
     let entry = side.live(key, now);
     // A window opened longer than `windowSeconds` (shortened by a reload since) ends no later than one opened now.
     if (entry && entry.expiresAt > now + windowSeconds * 1000) entry.expiresAt = now + windowSeconds * 1000;
+    if (entry) entry.limit = limit;
     if (entry && entry.value >= limit) return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
-    entry ??= side.create(key, now + windowSeconds * 1000, now);
+    entry ??= side.create(key, now + windowSeconds * 1000, now, limit);
     entry.value++;
     return { allowed: true, count: entry.value, resetSeconds: resetSeconds(entry, now) };
   }

@@ -47,11 +47,12 @@ test('expired keys are swept out once many accumulate', async () => {
   assert.equal(store.size, 1);
 });
 
-test('bounded: a flood of distinct script keys with long windows stays within maxKeys, oldest dropped, and told', async () => {
+test('bounded: a flood of distinct script keys with long windows stays within maxKeys, oldest dropped (not those at their limit), and told', async () => {
   let now = 0;
   const told: number[] = [];
   const store = new MemoryCounterStore(() => now, { maxKeys: 1000, onEvict: (dropped) => told.push(dropped) });
-  await store.rate('script:rate:first', 1, 31_000_000);
+  await store.rate('script:rate:first', 2, 31_000_000);
+  await store.rate('script:rate:refused', 1, 31_000_000);
   for (let i = 0; i < 50_000; i++) {
     await store.rate(`script:rate:flood${i}`, 10, 31_000_000);
     if (i % 1000 === 0) now += 1; // a clock that moves, slowly
@@ -59,7 +60,8 @@ test('bounded: a flood of distinct script keys with long windows stays within ma
   assert.ok(store.size <= 1000, `held ${store.size} keys`);
   // The newest keys are kept, the oldest went first: `first` counts from 0 again.
   assert.deepEqual(await store.rate('script:rate:flood49999', 10, 31_000_000), { allowed: true, count: 2, resetSeconds: 31_000_000 });
-  assert.equal((await store.rate('script:rate:first', 1, 31_000_000)).allowed, true, 'the oldest key was dropped');
+  assert.deepEqual(await store.rate('script:rate:first', 2, 31_000_000), { allowed: true, count: 1, resetSeconds: 31_000_000 }, 'the oldest key was dropped');
+  assert.equal((await store.rate('script:rate:refused', 1, 31_000_000)).allowed, false, 'a key at its limit was kept: dropping it would undo its refusal');
   assert.ok(told.length >= 1 && told.reduce((a, b) => a + b, 0) > 0, 'dropping keys is told');
   assert.ok(told.length <= 60, `told at most about once a second of store clock, not per key (${told.length})`);
 });
@@ -70,6 +72,16 @@ test('bounded: scripts\' keys never push out a built-in limit\'s count (limit:â€
   for (let i = 0; i < 20_000; i++) await store.add(`script:counter:k${i}`, 1, 3600);
   assert.equal(await store.get('limit:messages:alice'), 7);
   assert.ok(store.size <= 1001);
+});
+
+test('bounded: a full side where every key is at its limit drops the oldest of them, stays within maxKeys, and says so', async () => {
+  const told: Array<[number, number]> = [];
+  const store = new MemoryCounterStore(() => 0, { maxKeys: 1000, onEvict: (dropped, _max, refusing) => told.push([dropped, refusing]) });
+  for (let i = 0; i < 100_000; i++) await store.rate(`script:rate:k${i}`, 1, 3600);
+  assert.ok(store.size <= 1000, `held ${store.size} keys`);
+  assert.equal((await store.rate('script:rate:k0', 1, 3600)).allowed, true, 'the oldest went');
+  assert.equal((await store.rate('script:rate:k99999', 1, 3600)).allowed, false, 'the newest stayed');
+  assert.ok(told.length >= 1 && told[0]![1] > 0, 'refusing keys dropped are told as such');
 });
 
 test('bounded: at a full store expired keys go first, before live ones', async () => {
