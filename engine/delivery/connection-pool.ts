@@ -189,17 +189,23 @@ export class ConnectionPool {
     return this.openCount(destination) + opening + (this.#leaving.get(destination)?.size ?? 0);
   }
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
+  /** Pool keys with idle connections, and destinations with open ones (tests: neither keeps one with none). */
+  get destinationsHeld(): { idle: number; open: number } { return { idle: this.#idle.size, open: this.#open.size }; }
 
   /** The most recently used live idle connection with this key, taken out of the pool. */
   takeIdle(key: string): PooledConnection | null {
     const list = this.#idle.get(key);
-    while (list?.length) {
+    if (!list) return null;
+    let taken: PooledConnection | null = null;
+    while (!taken && list.length) {
       const pc = list.pop()!;
       if (pc.idleTimer) clearTimeout(pc.idleTimer);
       pc.idleTimer = null;
-      if (pc.alive) return pc;
+      if (pc.alive) taken = pc;
     }
-    return null;
+    // An emptied list goes: kept, every next hop ever reused stayed in the pool for the process's life.
+    if (!list.length) this.#idle.delete(key);
+    return taken;
   }
 
   /** Close idle connections to `destination` that another key holds, to stay within its connection limit. */
