@@ -104,7 +104,7 @@ class BoundedCounters {
     drop = Math.max(drop, Math.ceil(this.#maxKeys / 100));
     const kept: Array<[string, Entry]> = [];
     for (const [key, entry] of this.#entries) {
-      if (refusing(entry)) {
+      if (refusing(entry) && entry.expiresAt > now) {
         kept.push([key, entry]);
         continue;
       }
