@@ -7,16 +7,13 @@
  * built-in limits' keys (`limit:…`) and shadow scripts' keys (`shadow:…`) are held apart, each at most
  * `maxKeys`: when one side is full, its expired keys are swept out, and if that frees nothing the keys
  * created longest ago are dropped (their counts start again from 0) — first those not at their limit, so
- * that a flood of new keys cannot undo a refusal (see BoundedCounters.#makeRoom). Scripts can therefore
+ * that a flood of new keys cannot undo a refusal (see BoundedCounters). Scripts can therefore
  * never push out a built-in limit's count, nor a candidate run in shadow a live script's.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
 import { SHADOW_KEY_PREFIX, type CounterStore, type ImmediateCounterStore, type RateResult } from './counter-store.ts';
 
-/** `limit`: that of the key's last rate() (Infinity for counter()): at it, the key is refusing. */
-interface Entry { value: number; expiresAt: number; limit: number }
-
-const refusing = (entry: Entry): boolean => entry.value >= entry.limit;
+interface Entry { value: number; expiresAt: number }
 
 /** Entries kept before expired ones are swept out (then twice the live count, so a sweep is rare). */
 const SWEEP_FLOOR = 10_000;
@@ -30,14 +27,23 @@ export interface MemoryStoreOptions {
   maxKeys?: number;
   /**
    * Told when keys were dropped to stay within `maxKeys` (the number since last told, and how many of them were
-   * refusing, at their rate() limit: only when every key was; at most once a second).
+   * refusing, at their rate() limit: only when nearly every key was; at most once a second).
    */
   onEvict?(dropped: number, maxKeys: number, refusingDropped: number): void;
 }
 
-/** One side of the store (scripts' keys, or the built-in limits'), bounded. */
+/**
+ * One side of the store (scripts' keys, or the built-in limits'), bounded. The keys that reached their rate()
+ * limit (refusing) are held apart from the others, and dropped only when the others are too few to make room:
+ * dropping a refusing key undid its refusal. A mail bomber refused by a per-recipient rate() made the store
+ * count a few thousand new recipients, and its victim's count started again from 0; an address refused by
+ * limits.connectionRatePerIp came back once enough other addresses had connected.
+ */
 class BoundedCounters {
-  readonly #entries = new Map<string, Entry>();
+  /** Keys below their limit (or counter() keys, which have none the store knows of), oldest first. */
+  readonly #counting = new Map<string, Entry>();
+  /** Keys at their rate() limit, in the order they reached it. */
+  readonly #refusing = new Map<string, Entry>();
   readonly #maxKeys: number;
   readonly #onEvict: MemoryStoreOptions['onEvict'];
   #sweepAt: number;
@@ -53,82 +59,60 @@ class BoundedCounters {
   }
 
   get size(): number {
-    return this.#entries.size;
+    return this.#counting.size + this.#refusing.size;
   }
 
   clear(): void {
-    this.#entries.clear();
+    this.#counting.clear();
+    this.#refusing.clear();
   }
 
   live(key: string, now: number): Entry | undefined {
-    const entry = this.#entries.get(key);
+    const entry = this.#counting.get(key) ?? this.#refusing.get(key);
     if (entry && entry.expiresAt <= now) {
-      this.#entries.delete(key);
+      this.#counting.delete(key);
+      this.#refusing.delete(key);
       return undefined;
     }
     return entry;
   }
 
-  create(key: string, expiresAt: number, now: number, limit = Infinity): Entry {
-    if (this.#entries.size >= this.#maxKeys) this.#makeRoom(now);
-    else if (this.#entries.size >= this.#sweepAt) this.#sweep(now);
-    const entry = { value: 0, expiresAt, limit };
-    this.#entries.set(key, entry);
+  create(key: string, expiresAt: number, now: number): Entry {
+    if (this.size >= this.#maxKeys) this.#makeRoom(now);
+    else if (this.size >= this.#sweepAt) this.#sweep(now);
+    const entry = { value: 0, expiresAt };
+    this.#counting.set(key, entry);
     return entry;
+  }
+
+  /** `key` (live) is at its rate() limit: kept over the keys that are not, until its window ends. */
+  refusing(key: string, entry: Entry): void {
+    if (this.#counting.delete(key)) this.#refusing.set(key, entry);
   }
 
   /** Drop expired entries, so that keys used once (rotating addresses, identities) do not pile up. */
   #sweep(now: number): void {
-    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
-    this.#sweepAt = Math.min(this.#maxKeys, Math.max(SWEEP_FLOOR, 2 * this.#entries.size));
+    for (const map of [this.#counting, this.#refusing]) for (const [key, entry] of map) if (entry.expiresAt <= now) map.delete(key);
+    this.#sweepAt = Math.min(this.#maxKeys, Math.max(SWEEP_FLOOR, 2 * this.size));
   }
 
   /**
-   * Full: sweep (not more than once a second: a sweep walks every key), else drop the keys created longest
-   * ago that are not refusing. Dropping a key at its rate() limit undid a refusal: a mail bomber refused by a
-   * per-recipient rate() made the store count a few thousand new recipients, and its victim's count started
-   * again from 0. Refusing keys met on the way are moved to the end, so the next walk does not pass them again;
-   * only when fewer than a batch are not refusing are the oldest refusing ones dropped to make it up (their windows
-   * opened first; the side must stay bounded, and refusing new keys instead would refuse every newcomer until those
-   * windows end).
+   * Full: sweep (not more than once a second: a sweep walks every key), else drop the keys created longest ago
+   * that are not refusing; only when those are too few, the refusing keys that reached their limit longest ago
+   * (the side must stay bounded, and refusing new keys instead would refuse every newcomer until those windows end).
    */
   #makeRoom(now: number): void {
     if (now - this.#lastFullSweep >= FULL_SWEEP_INTERVAL_MS) {
       this.#lastFullSweep = now;
       this.#sweep(now);
     }
-    // A Map iterates in insertion order: the first keys are the ones created longest ago. One in a
-    // hundred at a time, so that a flood of new keys costs a drop per key, not a walk per key.
-    let drop = this.#entries.size - this.#maxKeys + 1;
+    // A Map iterates in insertion order: the first keys are the oldest. One in a hundred at a time, so that a
+    // flood of new keys costs a drop per key, not a walk per key.
+    let drop = this.size - this.#maxKeys + 1;
     if (drop <= 0) return;
     drop = Math.max(drop, Math.ceil(this.#maxKeys / 100));
-    const kept: Array<[string, Entry]> = [];
-    for (const [key, entry] of this.#entries) {
-      if (refusing(entry) && entry.expiresAt > now) {
-        kept.push([key, entry]);
-        continue;
-      }
-      this.#entries.delete(key);
-      this.#droppedSinceTold++;
-      if (--drop <= 0) break;
-    }
-    if (drop <= 0) {
-      // Moved to the end after the walk (a key set again during it would be met again). Not when the walk went
-      // through: then they are all that is left, in the same order.
-      for (const [key, entry] of kept) {
-        this.#entries.delete(key);
-        this.#entries.set(key, entry);
-      }
-    } else {
-      // (Nearly) every key is refusing: the oldest of them make up the batch, or the side would grow for ever;
-      // a smaller batch would walk every key again for each new one.
-      for (const key of this.#entries.keys()) {
-        this.#entries.delete(key);
-        this.#droppedSinceTold++;
-        this.#refusingDroppedSinceTold++;
-        if (--drop <= 0) break;
-      }
-    }
+    drop -= this.#dropOldest(this.#counting, drop);
+    if (drop > 0) this.#refusingDroppedSinceTold += this.#dropOldest(this.#refusing, drop);
     if (now - this.#lastTold >= FULL_SWEEP_INTERVAL_MS) {
       this.#lastTold = now;
       const dropped = this.#droppedSinceTold;
@@ -136,6 +120,18 @@ class BoundedCounters {
       this.#droppedSinceTold = this.#refusingDroppedSinceTold = 0;
       try { this.#onEvict?.(dropped, this.#maxKeys, refusingDropped); } catch { /* telling must not fail a count */ }
     }
+  }
+
+  /** Up to `count` of the first keys of `map` dropped; how many were. */
+  #dropOldest(map: Map<string, Entry>, count: number): number {
+    let dropped = 0;
+    for (const key of map.keys()) {
+      if (dropped >= count) break;
+      map.delete(key);
+      dropped++;
+    }
+    this.#droppedSinceTold += dropped;
+    return dropped;
   }
 }
 
@@ -183,10 +179,13 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
     let entry = side.live(key, now);
     // A window opened longer than `windowSeconds` (shortened by a reload since) ends no later than one opened now.
     if (entry && entry.expiresAt > now + windowSeconds * 1000) entry.expiresAt = now + windowSeconds * 1000;
-    if (entry) entry.limit = limit;
-    if (entry && entry.value >= limit) return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
-    entry ??= side.create(key, now + windowSeconds * 1000, now, limit);
+    if (entry && entry.value >= limit) {
+      side.refusing(key, entry); // (a limit lowered since it was counted)
+      return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
+    }
+    entry ??= side.create(key, now + windowSeconds * 1000, now);
     entry.value++;
+    if (entry.value >= limit) side.refusing(key, entry); // the next call is refused
     return { allowed: true, count: entry.value, resetSeconds: resetSeconds(entry, now) };
   }
 
