@@ -75,6 +75,9 @@ export class ExpiryWatch {
 
   constructor(opts: ExpiryWatchOptions) { this.#opts = opts; }
 
+  /** Certificates and CRLs whose last warning is remembered (tests). */
+  get remembered(): number { return this.#warned.size; }
+
   start(): void {
     const tick = (): void => {
       void this.check().catch((err: unknown) => this.#opts.logger.warn({ err }, 'certificate expiry check failed'));
@@ -99,7 +102,10 @@ export class ExpiryWatch {
     const { recent, expiring } = recentCertificates((await readSightings(this.#opts.dataDir)).values(), await this.#opts.names(), this.#opts.warnDays(), now);
     metrics.clientCertificateExpiry.reset();
     for (const c of recent) metrics.clientCertificateExpiry.set({ identity: c.identity, device: c.device }, c.expiresInSeconds);
+    // What is warned about now: the rest of #warned is forgotten at the end (see #forgetOthers).
+    const current = new Set<string>();
     for (const c of expiring) {
+      current.add(c.fingerprintSha256);
       const last = this.#warned.get(c.fingerprintSha256);
       if (last !== undefined && elapsed - last < DAY) continue;
       this.#warned.set(c.fingerprintSha256, elapsed);
@@ -108,12 +114,21 @@ export class ExpiryWatch {
         expiresInDays: Math.floor(c.expiresInSeconds / 86400), lastSeen: c.lastSeen, listener: c.listener,
       }, c.expiresInSeconds > 0 ? 'client certificate expires soon' : 'client certificate has expired');
     }
-    await this.#checkCrls(now, elapsed);
+    await this.#checkCrls(now, elapsed, current);
+    this.#forgetOthers(current);
     return expiring;
   }
 
+  /**
+   * Forget the last warning of what is no longer warned about (renewed, no longer seen, its CRL replaced): kept, a
+   * fleet's every certificate stayed for the process's life. One that comes back is warned about again at once.
+   */
+  #forgetOthers(current: ReadonlySet<string>): void {
+    for (const key of this.#warned.keys()) if (!current.has(key)) this.#warned.delete(key);
+  }
+
   /** Sets each CRL's gauge; logs one that runs out within warnDays, or has, at most once a day. */
-  async #checkCrls(now: number, elapsed: number): Promise<void> {
+  async #checkCrls(now: number, elapsed: number, current: Set<string>): Promise<void> {
     metrics.crlNextUpdate.reset();
     for (const file of new Set(this.#opts.crlFiles?.() ?? [])) {
       let crls: Awaited<ReturnType<typeof crlDeadlines>>;
@@ -121,6 +136,8 @@ export class ExpiryWatch {
         crls = await crlDeadlines(file);
       } catch (err) {
         this.#opts.logger.warn({ file, err: { message: (err as Error).message } }, 'CRL unreadable: its expiry not checked');
+        // Its CRLs' last warnings are kept: unreadable for a moment (being replaced), it is no day warned about anew.
+        for (const key of this.#warned.keys()) if (key.startsWith(`crl ${file} `)) current.add(key);
         continue;
       }
       for (const crl of crls) {
@@ -129,6 +146,7 @@ export class ExpiryWatch {
         metrics.crlNextUpdate.set({ file, issuer: crl.issuer }, left);
         if (left > this.#opts.warnDays() * 86400) continue;
         const key = `crl ${file} ${crl.issuer}`;
+        current.add(key);
         const last = this.#warned.get(key);
         if (last !== undefined && elapsed - last < DAY) continue;
         this.#warned.set(key, elapsed);
