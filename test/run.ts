@@ -42,8 +42,6 @@ const LONGEST_FIRST = [
   // Added 2026-12-06 (evening): 41, 22, 19 and 18 s in a fresh-clone run.
   'test/cluster/crash-walk.test.ts', 'test/queue/crash-walk-commands.test.ts', 'test/delivery/many-destinations.test.ts',
   'test/sandbox/crosstalk-load.test.ts',
-  // Added 2026-12-06 (unbounded keys): 35–66 and about 40 s alone (50,000 next hops; 50,000 recipients and 10,000 addresses).
-  'test/delivery/pool-keys.test.ts', 'test/store/refusing-keys-kept.test.ts',
 ];
 const everything = [...testFiles('test'), ...testFiles('examples')];
 const rank = (file: string): number => { const i = LONGEST_FIRST.indexOf(file); return i < 0 ? LONGEST_FIRST.length : i; };
