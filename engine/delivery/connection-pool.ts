@@ -43,10 +43,20 @@ export interface ConnectionInfo {
   tls: { protocol: string | null; cipher: string; authorized: boolean; peerFingerprint: string | null } | null;
 }
 
+/**
+ * The server a connection reaches, by address and port: one server may be the next hop of several destinations (the
+ * MX host names of domains on one shared host), and it counts our sessions by our address, whatever name we used.
+ */
+export function serverOf(address: string, port: number): string {
+  return `${address}|${port}`;
+}
+
 export class PooledConnection {
   readonly conn: SMTPConnection;
   readonly key: string;
   readonly destination: string;
+  /** serverOf() its address and port. */
+  readonly server: string;
   readonly info: ConnectionInfo;
   messages = 0;
   /** The current transaction's message, up to its final dot, has been handed to the socket. */
@@ -59,10 +69,11 @@ export class PooledConnection {
   #stopTimer: NodeJS.Timeout | null = null;
   readonly #onGone = new Set<(err: Error) => void>();
 
-  constructor(conn: SMTPConnection, key: string, destination: string, info: ConnectionInfo, deadline?: ReplyDeadline) {
+  constructor(conn: SMTPConnection, key: string, destination: string, server: string, info: ConnectionInfo, deadline?: ReplyDeadline) {
     this.conn = conn;
     this.key = key;
     this.destination = destination;
+    this.server = server;
     this.info = info;
     // nodemailer tells no one when the message is out: its send stream (created once DATA got 354) ends then.
     const internals = conn as unknown as {
@@ -169,7 +180,7 @@ export class ConnectionPool {
   readonly #idle = new Map<string, PooledConnection[]>();
   readonly #open = new Map<string, Set<PooledConnection>>();
   /** Connections still being set up (greeting, EHLO, STARTTLS), and whether greeted: closed too when the pool closes. */
-  readonly #opening = new Map<SMTPConnection, { destination: string; greeted: boolean }>();
+  readonly #opening = new Map<SMTPConnection, { destination: string; server: string; greeted: boolean }>();
   /** Connections we closed whose end the next hop may not have seen yet (QUIT unanswered), by destination. */
   readonly #leaving = new Map<string, Set<PooledConnection>>();
   #closed = false;
@@ -181,12 +192,18 @@ export class ConnectionPool {
    * Connections of ours the next hop has let in: open ones, ones it greeted that are still being set up (EHLO,
    * STARTTLS) and ones closed but not yet gone. A refusal at the greeting while one is there may be the next hop's
    * limit on connections, not a refusal of all mail. (Not ones still waiting for their greeting: a next hop that
-   * refuses every session would, with several connections under way, always have one.)
+   * refuses every session would, with several connections under way, always have one.) Counted are those to the
+   * destination and those to the same `server` (serverOf) under another name: a shared host limiting sessions per
+   * client address refused one domain's connection while another domain's was in session with it.
    */
-  presentCount(destination: string): number {
-    let opening = 0;
-    for (const o of this.#opening.values()) if (o.destination === destination && o.greeted) opening++;
-    return this.openCount(destination) + opening + (this.#leaving.get(destination)?.size ?? 0);
+  presentCount(destination: string, server: string): number {
+    const present = (c: { destination: string; server: string }): boolean => c.destination === destination || c.server === server;
+    let n = 0;
+    for (const o of this.#opening.values()) if (o.greeted && present(o)) n++;
+    for (const map of [this.#open, this.#leaving]) {
+      for (const set of map.values()) for (const pc of set) if (present(pc)) n++;
+    }
+    return n;
   }
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
   /** Pool keys with idle connections, and destinations with open ones (tests: neither keeps one with none). */
@@ -261,7 +278,8 @@ export class ConnectionPool {
       };
     }
     const destination = `${endpoint.host}:${endpoint.port}`;
-    const opening = { destination, greeted: false };
+    const server = serverOf(endpoint.address, endpoint.port);
+    const opening = { destination, server, greeted: false };
     const greeting = conn as unknown as { _actionGreeting(str: string): void };
     const actionGreeting = greeting._actionGreeting.bind(conn);
     greeting._actionGreeting = (str) => {
@@ -291,7 +309,7 @@ export class ConnectionPool {
       conn.on('end', onEnd);
       conn.connect((err) => done(err ?? undefined));
     }).finally(() => this.#opening.delete(conn));
-    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) }, deadline);
+    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, server, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) }, deadline);
     let set = this.#open.get(destination);
     if (!set) this.#open.set(destination, (set = new Set()));
     set.add(pc);

@@ -30,12 +30,21 @@ export function ownListeners(listens: readonly string[]): OwnAddress {
   return (address, port) => {
     const bound = byPort.get(port);
     if (!bound) return false;
-    const v4 = unmapped(address);
+    const v4 = loopbackFor(unmapped(address));
     const family = isIP(v4) === 4 ? 'ipv4' : 'ipv6';
     if (bound.addresses.check(v4, family)) return true;
     if (!(family === 'ipv4' ? bound.anyV4 : bound.anyV6)) return false;
     return localAddresses().check(v4, family);
   };
+}
+
+/**
+ * The unspecified address as the loopback address it reaches: a connection to 0.0.0.0 (the address of a blackholed
+ * domain's MX host) is a connection to this machine, a listener on 127.0.0.1 included; to `::`, to ::1.
+ */
+function loopbackFor(address: string): string {
+  if (address === '0.0.0.0') return '127.0.0.1';
+  return isIP(address) === 6 && /^[0:]+$/.test(address) ? '::1' : address;
 }
 
 /** `::ffff:192.0.2.1` as `192.0.2.1`. */

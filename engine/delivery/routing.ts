@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { HostNotFound, type DeliveryResolver } from './dns.ts';
-import { isHostName } from '../dns/host-name.ts';
+import { isHostName, readsAsAddress } from '../dns/host-name.ts';
 import { DeliveryFailure } from './outcome.ts';
 
 export interface NextHop {
@@ -73,8 +73,9 @@ export async function defaultRoute(delivery: DeliveryConfig, domain: string, res
     // used, as Postfix ("numeric" or "malformed domain name in resource data of MX record") and Exim
     // (allow_mx_to_ip false) refuse it: an address was connected to with no lookup made, and a name with a space
     // or a comma, or node:dns's escapes (`a\.b`, `\013`), was looked up as it came (a label with a dot in it
-    // asked for; the others a name service error, deferred again on every attempt).
-    const invalid = records.filter((r) => r.exchange && (isIP(r.exchange) || !isHostName(r.exchange)));
+    // asked for; the others a name service error, deferred again on every attempt). A name whose last label is a
+    // number (`127.1`, `2130706433`) is an address too: with hostLookup native, getaddrinfo connected to it unasked.
+    const invalid = records.filter((r) => r.exchange && (isIP(r.exchange) || readsAsAddress(r.exchange) || !isHostName(r.exchange)));
     const usable = records.filter((r) => r.exchange && !invalid.includes(r));
     if (records.length && !usable.length && invalid.length) {
       return unusable(new DeliveryFailure(`MX records of ${domain} name no valid host (${invalid.map((r) => JSON.stringify(r.exchange)).join(', ')}): not used`, { permanent: false, enhanced: '4.4.4' }));

@@ -8,7 +8,7 @@
 import type { SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import type { DeliveryConfig } from '../config/schema.ts';
 import type { Logger } from '../logging/logger.ts';
-import { poolKey, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
+import { poolKey, serverOf, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
@@ -235,7 +235,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           // us but not yet gone (then it is a limit on connections, and the mail goes on over the open ones, or once
           // the closed one has gone), it is as unreachable. Connected to once
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
-          if (refusedGreeting(e, security) && env.pool.presentCount(destination) === 0 && !tlsFailed) unreachable = last;
+          if (refusedGreeting(e, security) && env.pool.presentCount(destination, serverOf(address, hop.port)) === 0 && !tlsFailed) unreachable = last;
           else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;

@@ -49,11 +49,21 @@ export class AnswerCache<E extends CacheEntry> {
     return this.#fresh.get(key) === entry || this.#reused.get(key) === entry;
   }
 
-  /** Keeps `entry` for `key` (a new answer, in the fresh part), replacing what was kept. */
+  /**
+   * Keeps `entry` for `key`, replacing what was kept: a new name in the fresh part; a name already asked again (a new
+   * answer once its TTL ran out) stays in the reused part, or each refresh put it back among the names asked once,
+   * where a flood of those pushed it out.
+   */
   set(key: string, entry: E): void {
+    const reused = this.#reused.has(key);
     this.delete(key);
-    this.#fresh.set(key, entry);
-    this.#freshChars += entry.chars;
+    if (reused) {
+      this.#reused.set(key, entry);
+      this.#reusedChars += entry.chars;
+    } else {
+      this.#fresh.set(key, entry);
+      this.#freshChars += entry.chars;
+    }
     this.#trim();
   }
 

@@ -471,22 +471,29 @@ export class Sandbox {
    */
   #watchOverdue(now: number): void {
     const cpu = otherThreadsCpuMicros();
-    const { timeoutMs } = this.#options;
     this.#overdue = this.#overdue.filter((o) => {
       if (this.#disposed || o.member.epoch !== o.epoch || o.call.runningOn === null) return false; // back, or replaced
       const cpuMs = (cpu - o.cpuAt) / 1000;
       const overdueMs = now - o.since;
       if (cpuMs < STUCK_CPU_MS && overdueMs < OVERDUE_CAP_MS) return true;
-      this.#abandoned++;
-      reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, o.call.hook));
       const why = cpuMs >= STUCK_CPU_MS
         ? `other threads had ${Math.round(cpuMs)} ms of CPU time since and it did not stop`
         : `it did not stop within ${OVERDUE_CAP_MS} ms after`;
-      this.#log(o.call.file, 'error', `isolate ${o.member.index} was still running ${o.call.hook} at its deadline ` +
-        `(${timeoutMs} ms + ${DEADLINE_SLACK_MS} ms) and ${why}; it is abandoned and replaced`);
+      this.#reportAbandoned(o, `${why}; it is abandoned and replaced`);
       void this.#rebuild(o.member);
       return false;
     });
+  }
+
+  /**
+   * An overdue isolate is given up while it still runs its call: counted, and its script named for the process's
+   * fence (its thread may be parked for good: unrecoverable.ts).
+   */
+  #reportAbandoned(o: Overdue, what: string): void {
+    this.#abandoned++;
+    reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, o.call.hook));
+    this.#log(o.call.file, 'error', `isolate ${o.member.index} was still running ${o.call.hook} at its deadline ` +
+      `(${this.#options.timeoutMs} ms + ${DEADLINE_SLACK_MS} ms) and ${what}`);
   }
 
   /** What is left of a call's time for the isolate: its full timeoutMs unless waiting used up part of the slack. */
@@ -670,6 +677,13 @@ export class Sandbox {
   dispose(): Promise<void> {
     if (this.#disposed) return Promise.resolve();
     this.#disposed = true;
+    // Overdue isolates not yet shown stuck are disposed below while they run (a reload's old generation, disposed as
+    // its last session ends just after such a deadline): given up as the sweep would, or the process, replaced for a
+    // thread one of them parked, blamed no script and its supervisor never fenced it.
+    for (const o of this.#overdue) {
+      if (o.member.epoch === o.epoch && o.call.runningOn !== null) this.#reportAbandoned(o, 'the sandbox was disposed meanwhile');
+    }
+    this.#overdue = [];
     for (const w of this.#waiting.splice(0)) w.refuse(new Error('the sandbox has been disposed'));
     for (const q of this.#batch.splice(0)) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox has been disposed'));
     const quiet = [...this.#retiring];
@@ -681,7 +695,6 @@ export class Sandbox {
     // Calls running on an isolate that cannot be stopped would otherwise wait for their deadline.
     for (const q of this.#live.all()) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
     clearInterval(this.#sweeper);
-    this.#overdue = [];
     if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
     return this.#members.length ? Promise.all(quiet).then(teardownGrace) : Promise.resolve();
   }

@@ -60,3 +60,45 @@ delivery:
     await dns.stop();
   }
 });
+
+test('an MX host whose address is 0.0.0.0 (a blackholed domain\'s) is this server too: bounced at once (5.4.6), no copy comes back in', { timeout: 120_000 }, async () => {
+  // Connecting to the unspecified address reaches this machine (Linux takes it for loopback): the listener on
+  // 127.0.0.1 took the mail again, a copy per hop, since 0.0.0.0 was not taken for one of its addresses.
+  const dns = await startDnsServer({
+    'zero.test': [{ type: 'MX', value: { exchange: 'mx.zero.test', priority: 10 } }],
+    'mx.zero.test': [{ type: 'A', value: '0.0.0.0' }],
+  });
+  const c = await startCluster({
+    config: `
+workers: 1
+localDomains: [zero.test]
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+delivery:
+  route: { mx: true, port: {PORT:in} }
+  dnsServers: ["${dns.address}"]
+  tls: { mode: none }
+  scanIntervalMs: 200
+  retrySchedule: [3600]
+  connectTimeoutMs: 3000
+`,
+  });
+  try {
+    const client = await greeted(c);
+    const r = await client.sendMail('a@sender.test', ['u@zero.test'], 'Subject: to zero\r\n\r\nx\r\n');
+    await client.quit();
+    assert.equal(r.code, 250, r.text);
+    const id = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+    const line = await c.waitFor('the delivery line', () => c.logs.find((l) => l.id === id && typeof l.status === 'string' && l.status !== 'queued'));
+    assert.equal(line.status, 'bounced', JSON.stringify(line));
+    assert.match(String(line.reply), /^mail for zero\.test loops back to myself \(mx\.zero\.test\[0\.0\.0\.0\]:\d+\)$/);
+    const accepted = c.logs.filter((l) => /: accepted from=/.test(String(l.msg)));
+    assert.equal(accepted.length, 1, `no copy came back in: ${accepted.map((l) => l.msg).join('\n')}`);
+  } finally {
+    await c.stop();
+    await dns.stop();
+  }
+});

@@ -156,3 +156,49 @@ test('a refusal at the greeting while another connection of ours is still being 
     peer.close();
   }
 });
+
+test('a refusal at the greeting while a connection of ours to the same server under another name is in session is a limit on connections: not suspended', async () => {
+  // Shared hosting: two domains' MX hosts are two names of one server, which limits sessions per client address. The
+  // pool tells destinations apart by name, so the second domain's refusal while the first's session was open was
+  // taken for a host refusing all mail, and its destination suspended for the retry delay.
+  const limit = oneSessionAtATime();
+  let release = false;
+  let inData = 0;
+  const peer = await startScriptedPeer({
+    greeting: limit.greeting,
+    endOfData: (s: net.Socket) => {
+      inData++;
+      void until('the test to let the verdict go', () => release, { timeoutMs: 60_000 }).then(() => s.write('250 2.0.0 queued\r\n'));
+      return 'answered';
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' }, retrySchedule: [3600], concurrency: 2, perDestinationConcurrency: 2 },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver(
+      { 'one.test': [{ exchange: 'mail.one.test', priority: 10 }], 'two.test': [{ exchange: 'mail.two.test', priority: 10 }] },
+      { 'mail.one.test': ['127.0.0.1'], 'mail.two.test': ['127.0.0.1'] },
+    ),
+  });
+  try {
+    const ids = [await s.send('a@origin.test', ['a@one.test'])];
+    await until('the first message in session, awaiting its verdict', () => inData >= 1, { timeoutMs: 60_000 });
+    ids.push(await s.send('a@origin.test', ['b@two.test']));
+    await until('a second connection refused', () => limit.refused >= 1, { timeoutMs: 60_000 });
+    release = true;
+    const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
+    assert.deepEqual(outcomes.map((o) => o.status), ['delivered', 'temporary']);
+    assert.match(outcomes[1]!.reply, /^mail\.two\.test\[127\.0\.0\.1\]:\d+: refused: 421 4\.7\.0 peer: one connection at a time/);
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the other name of the server is not suspended');
+    // Its next message is tried (the first's connection, idle in the pool, may still be the one the server allows).
+    const third = await s.send('a@origin.test', ['c@two.test']);
+    const o = (await s.nextAttempt((e) => e.id === third, { timeoutMs: 60_000, past: true })).outcomes[0]!;
+    assert.doesNotMatch(o.reply, /suspended/);
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});

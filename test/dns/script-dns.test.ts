@@ -173,6 +173,26 @@ test('a flood of names asked once pushes out only names asked once: answers scri
   assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), 1);
 });
 
+test('a name asked again stays among names asked again when its TTL runs out and it is looked up anew: a flood then does not push it out', { timeout: 120_000 }, async () => {
+  // Before: the new answer went in with the names asked once, so after one TTL a DNSBL or allow-list answer clients
+  // keep asking for was pushed out by MAX_ENTRIES made-up names, and again after each lookup while the flood went on.
+  let now = 0;
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => now);
+  const asked = (key: string) => server.queries.get(key) ?? 0;
+  server.zone.set('2.0.0.127.hot.test', [{ type: 'A', value: '127.0.0.2', ttl: 10 }]);
+  await r.dnsbl('hot.test', '127.0.0.2');
+  await r.dnsbl('hot.test', '127.0.0.2');
+  assert.equal(asked('A 2.0.0.127.hot.test'), 1);
+  now = 11_000; // its TTL has run out: looked up anew
+  await r.dnsbl('hot.test', '127.0.0.2');
+  assert.equal(asked('A 2.0.0.127.hot.test'), 2);
+  for (let i = 0; i < MAX_ENTRIES + 100; i += 250) {
+    await Promise.all(Array.from({ length: 250 }, (_, j) => r.resolve(`m${i + j}.flood.test`, 'A')));
+  }
+  await r.dnsbl('hot.test', '127.0.0.2');
+  assert.equal(asked('A 2.0.0.127.hot.test'), 2, 'still kept');
+});
+
 test('TTLs from a hostile server: the top bit set means 0 (RFC 2181), an alias to nothing is kept as "no such record", TTL 0 not kept', async () => {
   // Before: 2^32-1 was capped to an hour and kept that long; a CNAME with no address behind it kept an hour too.
   server.zone.set('ttl-max.example.test', [{ type: 'A', value: '192.0.2.31', ttl: 0xffffffff }]);

@@ -70,6 +70,15 @@ test('a call whose isolate runs out of memory outside its heap limit is blamed w
   assert.deepEqual(r.blamed, [`rcptto:${SCRIPT_DIR}/rcptto.js`]);
 });
 
+test('a call stuck past its deadline whose sandbox is disposed meanwhile (a reload\'s old generation) is blamed when the process is told to recycle', async () => {
+  const r = await runChild('retired');
+  assert.equal((r.stuck as { failure?: string }).failure, 'timeout');
+  assert.match(String(r.unrecoverable), /./);
+  // Before: an overdue isolate was reported abandoned only by the pool's sweep once shown stuck; a dispose in between
+  // forgot it, so the worker replaced for the parked thread blamed no script, and the supervisor never fenced it.
+  assert.deepEqual(r.blamed, [`rcptto:${SCRIPT_DIR}/rcptto.js`]);
+});
+
 test('a top level stuck in an uninterruptible builtin fails the load, naming the file', async () => {
   const r = await runChild('load');
   assert.deepEqual(r.loadError, [{ file: `${SCRIPT_DIR}/helo.js`, line: 1, message: 'top level did not finish within 1000 ms and could not be stopped' }]);

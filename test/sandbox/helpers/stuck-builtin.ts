@@ -109,6 +109,19 @@ if (scenario === 'call') {
   }
   out.blamed = await blamed;
   out.settled = await Promise.race([call!.then(() => true), new Promise((resolve) => setTimeout(resolve, 100, false))]);
+} else if (scenario === 'retired') {
+  // A reload's old generation is disposed once its last session ends: that can be right after a call of it failed at
+  // its deadline with its isolate still running (overdue, not yet shown stuck). The stuck thread parks for good, the
+  // process must be replaced, and what it blames then (the supervisor's fence) must name the call's script.
+  const blamed = new Promise<string[]>((resolve) => onMustRecycle(() => resolve(abandonedRunningScripts().map((s) => `${s.hook}:${s.file}`))));
+  const sandbox = await Sandbox.create({
+    host: recordingHost(), isolates: 1, timeoutMs: 1000, fastPathMs: 0,
+    scripts: [js('rcptto', `export default function () { ${STUCK}; return accept(); }`)],
+  });
+  out.stuck = await outcome(sandbox.invoke('rcptto', {}, 's1'));
+  await sandbox.dispose();
+  out.unrecoverable = await unrecoverable;
+  out.blamed = await blamed;
 } else if (scenario === 'load') {
   try {
     await Sandbox.create({
