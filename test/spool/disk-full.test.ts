@@ -1,5 +1,5 @@
 /**
- * The spool fills its own filesystem (a tmpfs of its own here, `spool.minFreeBytes: 0`): new mail gets a 4xx,
+ * The spool fills its own filesystem (a 16 MB tmpfs of its own here, `spool.minFreeBytes: 0`): new mail gets a 4xx,
  * never a 250 that is lost. Then delivery: the next hop takes every message, but a message leaves a journal
  * only once it is marked done, which needs room, and a segment is deleted only once all of its messages are
  * done. Without room kept back for that, the disk stayed full for good, every new message refused and all
@@ -81,7 +81,7 @@ async function acceptedAgain(c: ClusterProcess, subject: string): Promise<void> 
 const subjectsOf = (sink: Sink): string[] => sink.messages.map((m) => /^Subject: (.*)$/m.exec(m.data.toString())?.[1] ?? '');
 
 test('a spool that filled its disk: no 250 is lost, delivered mail leaves the disk, and new mail is taken again', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem();
+  const mount = testFilesystem(16);
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
@@ -114,7 +114,7 @@ test('a spool that filled its disk: no 250 is lost, delivered mail leaves the di
 });
 
 test('on a full disk a killed queue process comes back, and the whole server starts again (the reserve lets them take their locks)', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem();
+  const mount = testFilesystem(16);
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
@@ -149,7 +149,7 @@ test('on a full disk a killed queue process comes back, and the whole server sta
 });
 
 test('on a full disk postern queue delete --all deletes every message (the reserve gives it room), and new mail is taken again', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem();
+  const mount = testFilesystem(16);
   const dataDir = join(mount.dir, 'data');
   // No delivery: the next hop is down, the queue only grows. Deleting it is how the administrator frees the disk.
   const c = await startCluster({ config: `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`, dataDir });
