@@ -450,7 +450,9 @@ export class QueueRunner {
         })
         .then((busy) => {
           this.#active.delete(id);
-          if (this.#dueAfterAttempt.delete(id) && !this.#due.has(id) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
+          // A request taken during the attempt asks for one after it, now: not at the retry time this attempt recorded.
+          const requested = this.#attemptBeforeRequestEnded(id);
+          if (this.#dueAfterAttempt.delete(id) && (requested || !this.#due.has(id)) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
           if (this.#scanning) this.#attemptedDuringScan.add(id);
           if (busy) this.#park(id, busy); // once it is no longer under way: let back in, it is taken again
           this.#kick();
@@ -467,11 +469,7 @@ export class QueueRunner {
    */
   #requestDone(id: string): void {
     const taken = this.#requestsTaken.get(id);
-    if (taken?.for === 'after') {
-      taken.for = 'next';
-      return;
-    }
-    if (taken?.for !== 'next') return;
+    if (taken?.for !== 'next') return; // 'after': for the attempt after this one (#attemptBeforeRequestEnded)
     // Kept (as being removed) until its file is gone: a scan meanwhile would take it again.
     taken.for = 'removing';
     // Only that request: one written over it since (a retry during this attempt) asks for an attempt after this one,
@@ -479,6 +477,18 @@ export class QueueRunner {
     void this.#spool.clearDueRequest(id, taken.text)
       .catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'))
       .finally(() => { if (this.#requestsTaken.get(id) === taken) this.#requestsTaken.delete(id); });
+  }
+
+  /**
+   * An attempt of `id` has ended, however (recorded, set aside for a busy destination, cut short): a due request taken
+   * while it was under way ('after') is for the next attempt, which is to be made now; true then. (Flipped only at
+   * the record, a deferral's retry time stood: a `postern queue retry` made during a scheduled attempt waited for it.)
+   */
+  #attemptBeforeRequestEnded(id: string): boolean {
+    const taken = this.#requestsTaken.get(id);
+    if (taken?.for !== 'after') return false;
+    taken.for = 'next';
+    return true;
   }
 
   /**

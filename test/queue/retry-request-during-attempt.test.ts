@@ -80,11 +80,45 @@ test('a scan while the request of a recorded attempt is being removed makes no s
   }
 });
 
-/** A server delivering to `port`, and a message in its spool whose next attempt is an hour away (retries hourly). */
-async function serverWithDeferredMessage(dataDir: string, port: number): Promise<{ s: DeliveryServer; id: string }> {
+test('a retry request made during a scheduled attempt (no request of its own) gets an attempt after it, not the retry time', { timeout: 120_000 }, async () => {
+  // The attempt under way was due by the schedule: the request taken during it is for the one after it ('after'). Its
+  // record scheduled the message an hour on, and that schedule stood: the request waited an hour for its attempt.
+  const dir = await mkdtemp(join(tmpdir(), 'postern-retry-during-scheduled-'));
+  const dataDir = join(dir, 'data');
+  let holding = true;
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ rcpt: (s) => { if (!holding) return; held.push(s); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    let id: string;
+    ({ s, id } = await serverWithDeferredMessage(dataDir, peer.port, null));
+
+    await until('the scheduled attempt is under way', () => held.length === 1, { timeoutMs: 60_000 });
+    await retryMessages(s.spools, [id]); // the next hop has been fixed meanwhile, say
+    await s.scans(2, 60_000); // the request seen while the attempt is under way
+
+    holding = false;
+    held[0]!.write('451 4.3.0 try again later\r\n');
+    const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true });
+    assert.equal(first.removed, false, 'the attempt under way is deferred');
+    const second = await s.nextAttempt((e) => e.id === id && e !== first, { timeoutMs: 60_000, past: true });
+    assert.equal(second.removed, true, 'the request made an attempt of its own, not one an hour later');
+    await until('the request removed with its attempt made', async () => (await s!.spools.readDueRequest(id)) === null);
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * A server delivering to `port`, and a message in its spool whose next attempt is an hour away (retries hourly);
+ * `deferredUntil` null: never attempted, due at once.
+ */
+async function serverWithDeferredMessage(dataDir: string, port: number, deferredUntil: Date | null = new Date(Date.now() + 3600_000)): Promise<{ s: DeliveryServer; id: string }> {
   const spool = new Spool(join(dataDir, 'spool'));
   await spool.init();
-  const [id] = await spoolMessages(spool, ['someone@next.test'], { deferredUntil: new Date(Date.now() + 3600_000) });
+  const [id] = await spoolMessages(spool, ['someone@next.test'], deferredUntil ? { deferredUntil } : {});
   spool.close();
   const s = await startDeliveryServer({
     dataDir,
