@@ -199,6 +199,7 @@ export class QueueRunner {
   reconfigured(): void {
     if (!this.#started || this.#closing) return;
     this.#suspensions.clear(); // a changed route, TLS setting or certificate may reach what could not be reached
+    this.#inMemory.limitChanged(); // a higher delivery.maxBytesInMemory lets in the attempts waiting for room now
     void this.scan().then(() => this.#kick());
   }
 
@@ -541,13 +542,20 @@ export class QueueRunner {
     }
     // Read whole below: a large message waits until it fits in what attempts may hold in memory together.
     const bytes = await this.#spool.fileBytes(id).catch(() => 0);
-    if (!this.#inMemory.fitsNow(bytes)) {
+    const waits = !this.#inMemory.fitsNow(bytes);
+    if (waits) {
       this.#log.debug({ id, bytes, held: this.#inMemory.held }, `${id}: waits until its ${bytes} bytes fit in delivery.maxBytesInMemory`);
     }
     const releaseBytes = await this.#inMemory.take(bytes);
     if (this.#closing) { releaseBytes(); return; }
     const gen = this.#generation().acquire();
     try {
+      // Held during the wait, which lasts as long as the large messages ahead take at their next hops (a tarpit's half
+      // hour): not attempted (looked at before it only, the hold did not stop it).
+      if (waits && await this.#spool.isHeld(id)) {
+        this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
+        return;
+      }
       let read: { envelope: SpoolEnvelope; message: Buffer };
       try {
         read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });
