@@ -199,7 +199,10 @@ export class QueueRunner {
   reconfigured(): void {
     if (!this.#started || this.#closing) return;
     this.#suspensions.clear(); // a changed route, TLS setting or certificate may reach what could not be reached
-    this.#inMemory.limitChanged(); // a higher delivery.maxBytesInMemory lets in the attempts waiting for room now
+    // Higher limits let in now what waits for a slot or for room (not once a slot held at a slow next hop is given back).
+    this.#overall.limitChanged();
+    this.#perDestination.limitChanged();
+    this.#inMemory.limitChanged();
     void this.scan().then(() => this.#kick());
   }
 
