@@ -559,6 +559,9 @@ export class QueueRunner {
         this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
         return;
       }
+      // Delivery turned off by a reload meanwhile: not attempted (the wait may be long); the scan that turns it on again
+      // schedules every message.
+      if (!gen.config.delivery.enabled) return;
       let read: { envelope: SpoolEnvelope; message: Buffer };
       try {
         read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });

@@ -117,7 +117,7 @@ test('a DKIM-signed message to many destinations is signed once per attempt: its
  * Two 2 MB messages in a spool under `dataDir`, a server delivering them to `port` with `maxBytesInMemory` 3 MB: the
  * first one's attempt gets it in memory, the second one's waits for it.
  */
-async function twoLargeMessages(dataDir: string, port: number, maxBytesInMemory = 3_000_000): Promise<{ s: DeliveryServer; ids: string[]; config: (max: number) => string }> {
+async function twoLargeMessages(dataDir: string, port: number, maxBytesInMemory = 3_000_000): Promise<{ s: DeliveryServer; ids: string[]; config: (max: number, enabled?: boolean) => string }> {
   const spool = new Spool(join(dataDir, 'spool'));
   await spool.init();
   const ids: string[] = [];
@@ -132,9 +132,9 @@ async function twoLargeMessages(dataDir: string, port: number, maxBytesInMemory 
     ids.push(id);
   }
   spool.close();
-  const config = (max: number): string => configYaml({
+  const config = (max: number, enabled = true): string => configYaml({
     listeners: [testListener('in')],
-    delivery: { enabled: true, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600],
+    delivery: { enabled, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600],
       concurrency: 10, perDestinationConcurrency: 10, maxBytesInMemory: max, scanIntervalMs: 200 },
   });
   const s = await startDeliveryServer({
@@ -189,7 +189,7 @@ test('delivery.maxBytesInMemory raised by a reload lets in the attempts waiting 
   let s: DeliveryServer | null = null;
   try {
     let ids: string[];
-    let config: (max: number) => string;
+    let config: (max: number, enabled?: boolean) => string;
     ({ s, ids, config } = await twoLargeMessages(join(dir, 'data'), peer.port));
     const server = s;
     await until('one message at the next hop, the other waiting for memory', () => held.length === 1 && ids.some((id) => waitsForMemory(server, id)), { timeoutMs: 60_000 });
@@ -197,6 +197,42 @@ test('delivery.maxBytesInMemory raised by a reload lets in the attempts waiting 
     await writeFile(join(s.dir, 'postern.yaml'), config(10_000_000));
     assert.equal((await s.reloader.reload('test')).ok, true);
     await until('the waiting message at the next hop too, the first one still held there', () => held.length === 2, { timeoutMs: 60_000 });
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('an attempt waiting for room in delivery.maxBytesInMemory when a reload turns delivery off is not made', { timeout: 120_000 }, async () => {
+  // After its wait the attempt took the generation then in force, delivery.enabled: false included, and delivered the
+  // message all the same (with the route of the new configuration: an administrator stopping delivery in an incident).
+  const dir = await mkdtemp(join(tmpdir(), 'postern-bytes-disabled-'));
+  let blocking = true;
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ ehlo: (sock) => { if (!blocking) return; held.push(sock); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    let ids: string[];
+    let config: (max: number, enabled?: boolean) => string;
+    ({ s, ids, config } = await twoLargeMessages(join(dir, 'data'), peer.port));
+    const server = s;
+    await until('one message at the next hop, the other waiting for memory', () => held.length === 1 && ids.some((id) => waitsForMemory(server, id)), { timeoutMs: 60_000 });
+    const waiting = ids.find((id) => waitsForMemory(server, id))!;
+    const going = ids.find((id) => id !== waiting)!;
+
+    await writeFile(join(s.dir, 'postern.yaml'), config(3_000_000, false));
+    assert.equal((await s.reloader.reload('test')).ok, true);
+    blocking = false;
+    held[0]!.write('250-peer\r\n250 8BITMIME\r\n'); // the attempt under way goes on (begun before)
+    assert.equal((await s.nextAttempt((e) => e.id === going, { timeoutMs: 60_000, past: true })).removed, true);
+    await until('no attempt under way', () => server.queue.activeCount === 0, { timeoutMs: 60_000 });
+    assert.deepEqual(s.attempts.filter((e) => e.id === waiting), [], 'not attempted while delivery is off');
+    assert.equal(await s.spools.has(waiting), true);
+
+    await writeFile(join(s.dir, 'postern.yaml'), config(3_000_000, true));
+    assert.equal((await s.reloader.reload('test')).ok, true);
+    assert.equal((await s.nextAttempt((e) => e.id === waiting, { timeoutMs: 60_000, past: true })).removed, true, 'delivered once delivery is on again');
   } finally {
     await s?.stop();
     peer.close();
