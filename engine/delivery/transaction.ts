@@ -235,7 +235,9 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           // us but not yet gone (then it is a limit on connections, and the mail goes on over the open ones, or once
           // the closed one has gone), it is as unreachable. Connected to once
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
-          if (refusedGreeting(e, security) && env.pool.presentCount(destination) === 0 && !tlsFailed) unreachable = last;
+          // One of ours still waiting for its greeting (a host that pauses before it greets) tells by that greeting.
+          if (refusedGreeting(e, security) && !tlsFailed && env.pool.presentCount(destination) === 0
+            && !(await env.pool.greetedElsewhere(destination)) && env.pool.presentCount(destination) === 0) unreachable = last;
           else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
