@@ -180,7 +180,7 @@ export class ConnectionPool {
   readonly #idle = new Map<string, PooledConnection[]>();
   readonly #open = new Map<string, Set<PooledConnection>>();
   /** Connections still being set up (greeting, EHLO, STARTTLS), and whether greeted: closed too when the pool closes. */
-  readonly #opening = new Map<SMTPConnection, { destination: string; server: string; greeted: boolean }>();
+  readonly #opening = new Map<SMTPConnection, { destination: string; server: string; greeted: boolean; outcome: Promise<boolean> }>();
   /** Connections we closed whose end the next hop may not have seen yet (QUIT unanswered), by destination. */
   readonly #leaving = new Map<string, Set<PooledConnection>>();
   #closed = false;
@@ -205,6 +205,20 @@ export class ConnectionPool {
     }
     return n;
   }
+  /**
+   * Whether a connection of ours to `destination` still waiting for its greeting is greeted (220), once each has been
+   * greeted or has failed (within its greeting timeout). A refusal at the greeting while another waits for its own (a
+   * host that pauses before it greets) may be the host's limit on connections: that one's greeting tells.
+   */
+  greetedElsewhere(destination: string, server: string): Promise<boolean> {
+    const waiting = [...this.#opening.values()].filter((o) => (o.destination === destination || o.server === server) && !o.greeted).map((o) => o.outcome);
+    if (!waiting.length) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      let left = waiting.length;
+      for (const outcome of waiting) void outcome.then((greeted) => { if (greeted) resolve(true); else if (--left === 0) resolve(false); });
+    });
+  }
+
   get idleCount(): number { let n = 0; for (const l of this.#idle.values()) n += l.length; return n; }
   /** Pool keys with idle connections, and destinations with open ones (tests: neither keeps one with none). */
   get destinationsHeld(): { idle: number; open: number } { return { idle: this.#idle.size, open: this.#open.size }; }
@@ -279,11 +293,13 @@ export class ConnectionPool {
     }
     const destination = `${endpoint.host}:${endpoint.port}`;
     const server = serverOf(endpoint.address, endpoint.port);
-    const opening = { destination, server, greeted: false };
+    let settle!: (greeted: boolean) => void;
+    const opening = { destination, server, greeted: false, outcome: new Promise<boolean>((resolve) => { settle = resolve; }) };
     const greeting = conn as unknown as { _actionGreeting(str: string): void };
     const actionGreeting = greeting._actionGreeting.bind(conn);
     greeting._actionGreeting = (str) => {
       opening.greeted = str.startsWith('220');
+      if (opening.greeted) settle(true);
       actionGreeting(str);
     };
     this.#opening.set(conn, opening);
@@ -308,7 +324,10 @@ export class ConnectionPool {
       conn.on('error', done);
       conn.on('end', onEnd);
       conn.connect((err) => done(err ?? undefined));
-    }).finally(() => this.#opening.delete(conn));
+    }).finally(() => {
+      this.#opening.delete(conn);
+      settle(opening.greeted);
+    });
     const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, server, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) }, deadline);
     let set = this.#open.get(destination);
     if (!set) this.#open.set(destination, (set = new Set()));

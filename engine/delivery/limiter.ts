@@ -39,6 +39,14 @@ export class Limiter {
     };
   }
 
+  /**
+   * The limit may have changed (a reload): the waiters it lets in now get their slots, not at the next release, which
+   * a next hop that reads slowly puts off for as long as it holds its slot.
+   */
+  limitChanged(): void {
+    this.#drain();
+  }
+
   #drain(): void {
     while (this.#waitingCount && this.#busy < this.#limit()) {
       const [owner, line] = this.#waiting.entries().next().value!;
@@ -83,6 +91,11 @@ export class KeyedLimiter {
       if (limiter.busy === 0 && limiter.waiting === 0) this.#limiters.delete(key);
       this.#released(key);
     };
+  }
+
+  /** The limit may have changed (a reload): every key's waiters it lets in now get their slots. */
+  limitChanged(): void {
+    for (const limiter of this.#limiters.values()) limiter.limitChanged();
   }
 
   busy(key: string): number { return this.#limiters.get(key)?.busy ?? 0; }

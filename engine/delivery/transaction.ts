@@ -235,7 +235,10 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           // us but not yet gone (then it is a limit on connections, and the mail goes on over the open ones, or once
           // the closed one has gone), it is as unreachable. Connected to once
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
-          if (refusedGreeting(e, security) && env.pool.presentCount(destination, serverOf(address, hop.port)) === 0 && !tlsFailed) unreachable = last;
+          // One of ours still waiting for its greeting (a host that pauses before it greets) tells by that greeting.
+          const server = serverOf(address, hop.port);
+          if (refusedGreeting(e, security) && !tlsFailed && env.pool.presentCount(destination, server) === 0
+            && !(await env.pool.greetedElsewhere(destination, server)) && env.pool.presentCount(destination, server) === 0) unreachable = last;
           else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;

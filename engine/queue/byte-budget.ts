@@ -39,6 +39,14 @@ export class ByteBudget {
     };
   }
 
+  /**
+   * The limit may have changed (a reload): the requests it lets in now are granted, not at the next release, which
+   * a message held at a slow next hop puts off for as long as it is held there.
+   */
+  limitChanged(): void {
+    this.#grantWaiting();
+  }
+
   #fits(bytes: number): boolean {
     return this.#held === 0 || this.#held + bytes <= this.#limit();
   }

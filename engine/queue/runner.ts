@@ -199,6 +199,10 @@ export class QueueRunner {
   reconfigured(): void {
     if (!this.#started || this.#closing) return;
     this.#suspensions.clear(); // a changed route, TLS setting or certificate may reach what could not be reached
+    // Higher limits let in now what waits for a slot or for room (not once a slot held at a slow next hop is given back).
+    this.#overall.limitChanged();
+    this.#perDestination.limitChanged();
+    this.#inMemory.limitChanged();
     void this.scan().then(() => this.#kick());
   }
 
@@ -450,7 +454,9 @@ export class QueueRunner {
         })
         .then((busy) => {
           this.#active.delete(id);
-          if (this.#dueAfterAttempt.delete(id) && !this.#due.has(id) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
+          // A request taken during the attempt asks for one after it, now: not at the retry time this attempt recorded.
+          const requested = this.#attemptBeforeRequestEnded(id);
+          if (this.#dueAfterAttempt.delete(id) && (requested || !this.#due.has(id)) && !busy && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
           if (this.#scanning) this.#attemptedDuringScan.add(id);
           if (busy) this.#park(id, busy); // once it is no longer under way: let back in, it is taken again
           this.#kick();
@@ -467,11 +473,7 @@ export class QueueRunner {
    */
   #requestDone(id: string): void {
     const taken = this.#requestsTaken.get(id);
-    if (taken?.for === 'after') {
-      taken.for = 'next';
-      return;
-    }
-    if (taken?.for !== 'next') return;
+    if (taken?.for !== 'next') return; // 'after': for the attempt after this one (#attemptBeforeRequestEnded)
     // Kept (as being removed) until its file is gone: a scan meanwhile would take it again.
     taken.for = 'removing';
     // Only that request: one written over it since (a retry during this attempt) asks for an attempt after this one,
@@ -479,6 +481,18 @@ export class QueueRunner {
     void this.#spool.clearDueRequest(id, taken.text)
       .catch((err: unknown) => this.#log.warn({ id, err: (err as Error).message }, 'cannot remove the due request of postern queue retry|release: an attempt is made again at the next start'))
       .finally(() => { if (this.#requestsTaken.get(id) === taken) this.#requestsTaken.delete(id); });
+  }
+
+  /**
+   * An attempt of `id` has ended, however (recorded, set aside for a busy destination, cut short): a due request taken
+   * while it was under way ('after') is for the next attempt, which is to be made now; true then. (Flipped only at
+   * the record, a deferral's retry time stood: a `postern queue retry` made during a scheduled attempt waited for it.)
+   */
+  #attemptBeforeRequestEnded(id: string): boolean {
+    const taken = this.#requestsTaken.get(id);
+    if (taken?.for !== 'after') return false;
+    taken.for = 'next';
+    return true;
   }
 
   /**
@@ -531,13 +545,23 @@ export class QueueRunner {
     }
     // Read whole below: a large message waits until it fits in what attempts may hold in memory together.
     const bytes = await this.#spool.fileBytes(id).catch(() => 0);
-    if (!this.#inMemory.fitsNow(bytes)) {
+    const waits = !this.#inMemory.fitsNow(bytes);
+    if (waits) {
       this.#log.debug({ id, bytes, held: this.#inMemory.held }, `${id}: waits until its ${bytes} bytes fit in delivery.maxBytesInMemory`);
     }
     const releaseBytes = await this.#inMemory.take(bytes);
     if (this.#closing) { releaseBytes(); return; }
     const gen = this.#generation().acquire();
     try {
+      // Held during the wait, which lasts as long as the large messages ahead take at their next hops (a tarpit's half
+      // hour): not attempted (looked at before it only, the hold did not stop it).
+      if (waits && await this.#spool.isHeld(id)) {
+        this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
+        return;
+      }
+      // Delivery turned off by a reload meanwhile: not attempted (the wait may be long); the scan that turns it on again
+      // schedules every message.
+      if (!gen.config.delivery.enabled) return;
       let read: { envelope: SpoolEnvelope; message: Buffer };
       try {
         read = await this.#spool.readForDelivery(id, { hasState: !this.#noState.has(id) });

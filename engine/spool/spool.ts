@@ -14,7 +14,7 @@
  * `postern queue retry|delete|hold|release` so a running queue runner re-reads every state.
  */
 import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } from './fsync.ts';
@@ -428,8 +428,31 @@ export class Spool {
    * With `made`, only while the request still says that (readDueRequest): not one made since.
    */
   async clearDueRequest(id: string, made?: string): Promise<void> {
-    if (made !== undefined && (await this.readDueRequest(id)) !== made) return;
-    await unlink(this.dueRequestPath(id)).catch(ignoreMissing);
+    const path = this.dueRequestPath(id);
+    if (made === undefined) {
+      await unlink(path).catch(ignoreMissing);
+      return;
+    }
+    // Taken aside by a rename (the file as it is at that instant), then looked at. Read first and then unlinked, a
+    // request written between the two (`postern queue retry` again, in another process) went with it: lost.
+    const aside = temporaryPath(path); // a leftover (killed meanwhile) goes with the scans' temporaries
+    try {
+      await rename(path, aside);
+    } catch (err) {
+      ignoreMissing(err as NodeJS.ErrnoException);
+      return;
+    }
+    try {
+      const text = await readFile(aside, 'utf8').then((t) => t.trim(), () => null);
+      // Another request, made since the one taken: put back, unless a newer one still has been written since the rename.
+      if (text !== made) {
+        await link(aside, path).catch(async (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') await rename(aside, path); // no hard links here: put back over a newer one, as new
+        });
+      }
+    } finally {
+      await unlink(aside).catch(ignoreMissing);
+    }
   }
 
   /**

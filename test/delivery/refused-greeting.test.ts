@@ -202,3 +202,36 @@ test('a refusal at the greeting while a connection of ours to the same server un
     peer.close();
   }
 });
+
+test('a refusal at the greeting while another connection of ours waits for its greeting (a greet pause) does not suspend the next hop', { timeout: 120_000 }, async () => {
+  // Sendmail's greet_pause, or any host slow to greet, with a per-client connection limit: the second connection is
+  // refused at once while the first still waits for its 220. Connections not yet greeted did not count, so the healthy
+  // relay was suspended for the first retry delay and its other mail deferred without a try.
+  let open = 0;
+  let refused = 0;
+  const paused: Array<() => void> = [];
+  const peer = await startScriptedPeer({
+    greeting(s) {
+      if (open >= 1) { refused++; s.end('421 4.7.0 peer: one connection at a time\r\n'); return 'stop'; }
+      open++;
+      s.once('close', () => { open--; });
+      return new Promise<void>((greet) => paused.push(greet));
+    },
+  });
+  const s = await server(peer.port, { concurrency: 4, perDestinationConcurrency: 2 });
+  try {
+    const first = await s.send('a@origin.test', ['x1@full.test']);
+    const second = await s.send('a@origin.test', ['x2@full.test']);
+    await until('one connection waiting for its greeting, the other refused', () => paused.length === 1 && refused === 1, { timeoutMs: 60_000 });
+    paused[0]!();
+    const attempts = await Promise.all([first, second].map((id) => s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })));
+    assert.equal(attempts.filter((a) => a.removed).length, 1, 'one delivered over the greeted connection');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))), 'the relay is not suspended');
+    // Mail to it goes on: not deferred as suspended.
+    const third = await s.send('a@origin.test', ['x3@full.test']);
+    assert.equal((await s.nextAttempt((e) => e.id === third, { timeoutMs: 60_000, past: true })).removed, true);
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});

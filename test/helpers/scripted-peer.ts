@@ -4,13 +4,14 @@
  * A hook returns 'answered' when it wrote the reply itself, 'stop' when it took the connection over (a drip,
  * a reset: nothing more is read from this chunk), or nothing for the usual reply. Each hook gets the command
  * line it answers (the message, without its final dot, for `endOfData`); `greeting` gets the new connection,
- * and a greeting it takes over replaces the 220.
+ * and a greeting it takes over replaces the 220 (a promise it returns delays it).
  */
 import net from 'node:net';
 
 type Taken = 'answered' | 'stop' | void;
 export interface PeerHooks {
-  greeting?(s: net.Socket): Taken;
+  /** A promise: the usual 220 once it resolves (a greet pause). */
+  greeting?(s: net.Socket): Taken | Promise<void>;
   ehlo?(s: net.Socket, line: string): Taken;
   mail?(s: net.Socket, line: string): Taken;
   rcpt?(s: net.Socket, line: string): Taken;
@@ -29,8 +30,10 @@ export async function startScriptedPeer(hooks: PeerHooks, host = '127.0.0.1', po
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
     s.on('error', () => undefined);
-    if (hooks.greeting?.(s)) return;
-    s.write('220 peer ESMTP\r\n');
+    const greeting = hooks.greeting?.(s);
+    if (greeting instanceof Promise) void greeting.then(() => { if (!s.destroyed) s.write('220 peer ESMTP\r\n'); });
+    else if (greeting) return;
+    else s.write('220 peer ESMTP\r\n');
     let buf = '';
     let inData = false;
     s.on('data', (d) => {

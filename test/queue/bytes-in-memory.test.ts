@@ -14,6 +14,7 @@ import { fakeResolver, startDeliveryServer, type DeliveryServer } from '../helpe
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 import { dkimKeyPair } from '../helpers/dkim.ts';
+import { holdMessages } from '../../engine/queue/admin.ts';
 
 const MESSAGES = 6;
 const BODY = Buffer.from(`Subject: large\r\n\r\n${'x'.repeat(998)}\r\n`.repeat(2000)); // 2 MB: a file of its own
@@ -105,6 +106,133 @@ test('a DKIM-signed message to many destinations is signed once per attempt: its
     await until('the first transaction at the next hop', () => held.length >= 1, { timeoutMs: 60_000 });
     const grown = process.memoryUsage().arrayBuffers - before;
     assert.ok(grown < 6 * big.length, `${(grown / 1e6).toFixed(1)} MB held for a ${(big.length / 1e6).toFixed(1)} MB message to ${DOMAINS} destinations`);
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Two 2 MB messages in a spool under `dataDir`, a server delivering them to `port` with `maxBytesInMemory` 3 MB: the
+ * first one's attempt gets it in memory, the second one's waits for it.
+ */
+async function twoLargeMessages(dataDir: string, port: number, maxBytesInMemory = 3_000_000): Promise<{ s: DeliveryServer; ids: string[]; config: (max: number, enabled?: boolean) => string }> {
+  const spool = new Spool(join(dataDir, 'spool'));
+  await spool.init();
+  const ids: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const id = spool.newId();
+    const writer = spool.create(id);
+    writer.write(BODY);
+    const now = new Date().toISOString();
+    await writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: `r${i}@next.test` }], size: 0,
+      session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null },
+      attempts: 0, nextAttemptAt: now, errors: [] });
+    ids.push(id);
+  }
+  spool.close();
+  const config = (max: number, enabled = true): string => configYaml({
+    listeners: [testListener('in')],
+    delivery: { enabled, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600],
+      concurrency: 10, perDestinationConcurrency: 10, maxBytesInMemory: max, scanIntervalMs: 200 },
+  });
+  const s = await startDeliveryServer({
+    dataDir, config: config(maxBytesInMemory),
+    resolver: fakeResolver({ 'next.test': [{ exchange: 'mx.next.test', priority: 10 }] }, { 'mx.next.test': ['127.0.0.1'] }),
+  });
+  return { s, ids, config };
+}
+
+const waitsForMemory = (s: DeliveryServer, id: string): boolean =>
+  s.logs.some((l) => String(l.msg).startsWith(`${id}: waits until its `));
+
+test('a message put on hold while its attempt waits for room in delivery.maxBytesInMemory is not delivered once there is room', { timeout: 120_000 }, async () => {
+  // The attempt looked for a hold before its wait, which lasts as long as the large messages ahead of it take at their
+  // next hops (a tarpit: half an hour each): `postern queue hold` meanwhile, and it was delivered all the same.
+  const dir = await mkdtemp(join(tmpdir(), 'postern-bytes-hold-'));
+  let blocking = true;
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ ehlo: (sock) => { if (!blocking) return; held.push(sock); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    let ids: string[];
+    ({ s, ids } = await twoLargeMessages(join(dir, 'data'), peer.port));
+    const [first, second] = ids as [string, string];
+    const server = s;
+    await until('one message at the next hop, the other waiting for memory', () => held.length === 1 && ids.some((id) => waitsForMemory(server, id)), { timeoutMs: 60_000 });
+    const waiting = waitsForMemory(server, first) ? first : second; // (either may be taken first)
+    const going = waiting === first ? second : first;
+    assert.deepEqual((await holdMessages(s.spools, [waiting], { at: new Date().toISOString(), by: null })).changed, [waiting]);
+    await s.scans(2, 60_000);
+
+    blocking = false;
+    held[0]!.write('250-peer\r\n250 8BITMIME\r\n');
+    assert.equal((await s.nextAttempt((e) => e.id === going, { timeoutMs: 60_000, past: true })).removed, true);
+    await until('the held message\'s attempt has ended', () => s!.queue.activeCount === 0, { timeoutMs: 60_000 });
+    assert.deepEqual(s.attempts.filter((e) => e.id === waiting), [], 'no attempt of the held message');
+    assert.equal(await s.spools.isHeld(waiting), true);
+    assert.ok(s.logs.some((l) => String(l.msg).startsWith(`${waiting}: on hold, not attempted`)));
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('delivery.maxBytesInMemory raised by a reload lets in the attempts waiting for room at once', { timeout: 120_000 }, async () => {
+  // The budget was read at each request and when memory was given back: an attempt waiting behind a message held at a
+  // slow next hop waited for that one after the administrator raised the limit (half an hour for a tarpit).
+  const dir = await mkdtemp(join(tmpdir(), 'postern-bytes-reload-'));
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ ehlo: (sock) => { held.push(sock); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    let ids: string[];
+    let config: (max: number, enabled?: boolean) => string;
+    ({ s, ids, config } = await twoLargeMessages(join(dir, 'data'), peer.port));
+    const server = s;
+    await until('one message at the next hop, the other waiting for memory', () => held.length === 1 && ids.some((id) => waitsForMemory(server, id)), { timeoutMs: 60_000 });
+
+    await writeFile(join(s.dir, 'postern.yaml'), config(10_000_000));
+    assert.equal((await s.reloader.reload('test')).ok, true);
+    await until('the waiting message at the next hop too, the first one still held there', () => held.length === 2, { timeoutMs: 60_000 });
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('an attempt waiting for room in delivery.maxBytesInMemory when a reload turns delivery off is not made', { timeout: 120_000 }, async () => {
+  // After its wait the attempt took the generation then in force, delivery.enabled: false included, and delivered the
+  // message all the same (with the route of the new configuration: an administrator stopping delivery in an incident).
+  const dir = await mkdtemp(join(tmpdir(), 'postern-bytes-disabled-'));
+  let blocking = true;
+  const held: net.Socket[] = [];
+  const peer = await startScriptedPeer({ ehlo: (sock) => { if (!blocking) return; held.push(sock); return 'stop'; } });
+  let s: DeliveryServer | null = null;
+  try {
+    let ids: string[];
+    let config: (max: number, enabled?: boolean) => string;
+    ({ s, ids, config } = await twoLargeMessages(join(dir, 'data'), peer.port));
+    const server = s;
+    await until('one message at the next hop, the other waiting for memory', () => held.length === 1 && ids.some((id) => waitsForMemory(server, id)), { timeoutMs: 60_000 });
+    const waiting = ids.find((id) => waitsForMemory(server, id))!;
+    const going = ids.find((id) => id !== waiting)!;
+
+    await writeFile(join(s.dir, 'postern.yaml'), config(3_000_000, false));
+    assert.equal((await s.reloader.reload('test')).ok, true);
+    blocking = false;
+    held[0]!.write('250-peer\r\n250 8BITMIME\r\n'); // the attempt under way goes on (begun before)
+    assert.equal((await s.nextAttempt((e) => e.id === going, { timeoutMs: 60_000, past: true })).removed, true);
+    await until('no attempt under way', () => server.queue.activeCount === 0, { timeoutMs: 60_000 });
+    assert.deepEqual(s.attempts.filter((e) => e.id === waiting), [], 'not attempted while delivery is off');
+    assert.equal(await s.spools.has(waiting), true);
+
+    await writeFile(join(s.dir, 'postern.yaml'), config(3_000_000, true));
+    assert.equal((await s.reloader.reload('test')).ok, true);
+    assert.equal((await s.nextAttempt((e) => e.id === waiting, { timeoutMs: 60_000, past: true })).removed, true, 'delivered once delivery is on again');
   } finally {
     await s?.stop();
     peer.close();

@@ -102,15 +102,15 @@ interface Point { n: number; only?: { call: string; pathEnd: string } }
 
 /**
  * The points CI takes, named by call and file: for `retry`, the command's sync of the queue folder once its due
- * request is renamed in, and the queue process taking the request; for `release`, the command's unlink of the hold
- * and its first sync of the queue folder; for `delete`, the sync of the command's done line, and the unlink of the
- * state file.
+ * request is renamed in, and the queue process taking the request aside once its attempt is made; for `release`, the
+ * command's unlink of the hold and its first sync of the queue folder; for `delete`, the sync of the command's done
+ * line, and the unlink of the state file.
  * Every call: POSTERN_CRASH_WALK_ALL=1 (some 10 minutes), or POSTERN_CRASH_WALK_AT=n,… (numbers from its trace).
  */
 const TABLE: Record<Command, Point[]> = {
   retry: [
     { n: 1, only: { call: 'fsync', pathEnd: '/worker-0/queue' } },
-    { n: 1, only: { call: 'unlink', pathEnd: '.due' } },
+    { n: 1, only: { call: 'rename', pathEnd: '.tmp' } }, // the request taken aside to be removed (Spool.clearDueRequest)
   ],
   release: [
     { n: 1, only: { call: 'unlink', pathEnd: '.held' } },
