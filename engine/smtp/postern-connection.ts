@@ -127,8 +127,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #nextReply: DecidedReply | null = null;
   /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
   #stage: DecisionStage = 'CONNECT';
-  /** The MAIL command being answered: the sender of smtp-server's own refusal of it (530 before AUTH), as Postfix logs it. */
-  #mailCommand: Buffer | null = null;
+  /**
+   * The MAIL or RCPT command being answered, until its reply: the address of smtp-server's own refusal of it (530
+   * before AUTH, 452 over maxRecipients), as Postfix logs it. Not after its reply (an idle timeout that follows is
+   * about the transaction, not that address).
+   */
+  #addressCommand: Buffer | null = null;
   /** Each line the client sends must be complete within limits.socketTimeoutMs (see line-deadline.ts). */
   readonly #lineDeadline: LineDeadline;
 
@@ -261,6 +265,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     const decided = this.#nextReply;
     this.#nextReply = null;
+    const addressCommand = this.#addressCommand;
+    this.#addressCommand = null;
     batchReply(this._socket as net.Socket);
     // A decided reply is the one smtp-server is sending now (same code); smtp-server may still answer
     // otherwise (its own size limit, a timeout), and then its reply goes out as its own.
@@ -270,7 +276,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       if (sent.refuses) {
         // The decision stands (its line says why), but a client that left got no refusal: not counted as one.
         if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
-        logRefusal(this.#server.runtime.logger, this, stage, sent, facts, !clientLeft);
+        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), !clientLeft);
       } else if (clientLeft && stage === 'END-OF-MESSAGE') {
         // Spooled (and delivered), but the client never read its 250: it may send the message again.
         this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },
@@ -288,7 +294,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the
     // client left): no decision line, no refusal counted.
-    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context);
+    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context, addressCommand);
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
@@ -377,7 +383,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
-      this.#mailCommand = verb === 'MAIL' ? command : null;
+      this.#addressCommand = verb === 'MAIL' || verb === 'RCPT' ? command : null;
       // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
       // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
       // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
@@ -439,29 +445,46 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   }
 
   /** A refusal smtp-server wrote itself: logged and counted like Postern's, with the enhanced code the wire has. */
-  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined): void {
+  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined, addressCommand: Buffer | null): void {
     const line = Array.isArray(data) ? data.join(' ') : data ?? '';
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
-    const mail = (stage === 'MAIL' && this.#askedSender()) || this.session.envelope?.mailFrom;
+    const asked = (stage === 'MAIL' || stage === 'RCPT') && addressCommand ? this.#askedAddress(stage, addressCommand) : false;
+    const mail = (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
+    const rcpt = stage === 'RCPT' && asked ? asked.address : undefined;
     const reason = smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
     if (overLimit !== undefined && !loggedOvershoot(overLimit)) return;
     logRefusal(this.#server.runtime.logger, this, stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason },
-      { from: mail ? mail.address : undefined, id: this.state.transactionId, overLimit });
+      this.#withEnvelope({ from: mail ? mail.address : undefined, to: rcpt, overLimit }));
   }
 
   /**
-   * The sender a MAIL command named, for the line of a refusal made before smtp-server read it (530 before AUTH):
-   * only an address the MAIL handler would take (no control or format characters), read without its side effects.
+   * A refusal's facts with the open transaction's envelope where they name none: its sender, queue id and the
+   * recipients accepted so far. A refusal that ends the transaction without being about its sender or one
+   * recipient (a data timeout, too many errors, an idle or over-long line, shutdown) otherwise left a line
+   * that did not say whose mail was lost (`NOQUEUE: defer: DATA … 421 4.4.2 Timeout`, no from, no to).
    */
-  #askedSender(): SMTPServerAddress | false {
-    const path = this.#mailCommand && preparedPath(this.#mailCommand);
-    return path && !(path instanceof SmtpReply) ? super._parseAddressCommand('mail from', path) : false;
+  #withEnvelope(facts: DecisionFacts | undefined): DecisionFacts | undefined {
+    const envelope = this.session.envelope;
+    const mail = envelope?.mailFrom;
+    if (!mail) return facts;
+    const recipients = envelope.rcptTo.length ? envelope.rcptTo.map((r) => r.address) : undefined;
+    return { ...facts, from: facts?.from ?? mail.address, to: facts?.to ?? recipients, id: facts?.id ?? this.state.transactionId };
+  }
+
+  /**
+   * The address a MAIL or RCPT command named, for the line of smtp-server's own refusal of it (530 before AUTH,
+   * 452 over maxRecipients): only an address its handler would take (no control or format characters), read
+   * without its side effects.
+   */
+  #askedAddress(verb: DecisionStage, command: Buffer): SMTPServerAddress | false {
+    const path = preparedPath(command);
+    return path && !(path instanceof SmtpReply) ? super._parseAddressCommand(verb === 'MAIL' ? 'mail from' : 'rcpt to', path) : false;
   }
 
   /** Mechanisms offered to this client right now. */
