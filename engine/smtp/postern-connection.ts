@@ -563,6 +563,16 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     super.handler_RSET(command, callback);
   }
 
+  /**
+   * STARTTLS on a listener without TLS of its own (tls.mode none): refused. smtp-server only hides it there, and
+   * answered it with a handshake on its built-in certificate, whose key anyone has: the session was then logged
+   * and stamped (Received: ESMTPS) as encrypted.
+   */
+  override handler_STARTTLS(command: Buffer, callback: Callback): void {
+    if (this.state.listener.tls.mode === 'none') return this.#answerPath('STARTTLS', reply('starttlsNotOffered'), callback);
+    super.handler_STARTTLS(command, callback);
+  }
+
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }
   override handler_HELO(command: Buffer, callback: Callback): void { this.#helo('HELO', command, callback); }
 

@@ -349,6 +349,7 @@ const ROWS = {
   chunkingNotOffered: { server: 'main', stage: 'BDAT', drive: () => closedAfter('BDAT 12 LAST\r\nRSET\r\nNOOP\r\n') },
   dataSyntax: { server: 'main', stage: 'DATA', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<user@example.test>', 'DATA x']) },
   rsetSyntax: { server: 'main', stage: 'RSET', drive: () => ending('main', 'mx', ['RSET x']) },
+  starttlsNotOffered: { server: 'main', stage: 'STARTTLS', drive: () => ending('main', 'proto', ['STARTTLS']) },
 
   authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
