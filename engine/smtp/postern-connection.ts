@@ -3,7 +3,7 @@
  * greeting delay, per-connection AUTH offers (EXTERNAL only after TLS with a usable certificate), AUTH
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
-import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
+import { clientName, logRefusal, LOGGED_RECIPIENTS, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
 import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { connectRefusalCounted } from './connection-refusals.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
@@ -194,6 +194,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   timeData(stream: NodeJS.EventEmitter): void {
     this.#receiving = stream;
+    this.#lastMessage = { stream: stream as NodeJS.EventEmitter & { writableEnded?: boolean }, transaction: this.state.transactionId };
     // One timer per connection, restarted for each message (no timer made per message); a message that ended
     // leaves it armed, and its firing finds nothing being received.
     if (this.#dataTimer === null) {
@@ -205,6 +206,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   }
 
   #dataTimer: NodeJS.Timeout | null = null;
+  /** The last message's stream and its transaction: one received in full has its end-of-data line, whatever came of it. */
+  #lastMessage: { stream: NodeJS.EventEmitter & { writableEnded?: boolean }; transaction: string | null } | null = null;
+  /** This side ended the session with a reply that says so (a 421, a refusal that closes): its decision line told. */
+  #closedWithReply = false;
+  /** The socket error that ended the client's side (ECONNRESET…), for the lost-connection line. */
+  #lostWith: string | undefined;
   /** The stream of the message being received now (between 354 and its end). */
   #receiving: NodeJS.EventEmitter | null = null;
 
@@ -283,6 +290,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
           `the client left before its 250 after DATA: the message stays spooled and may come again (${sent.message})`);
       }
       super.send(code, this.#utf8Replies() ? sent.message : asciiReplyText(sent.message), false);
+      if (sent.disconnect || code === 421) this.#closedWithReply = true;
       // smtp-server closes after a 421 itself.
       if (sent.disconnect && code !== 421) this.close();
       this.#counted(code, sent.message, stage);
@@ -295,6 +303,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the
     // client left): no decision line, no refusal counted.
     if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context, addressCommand);
+    if (code === 421) this.#closedWithReply = true;
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
@@ -430,12 +439,48 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * normal end of a connection: smtp-server still logs it at error level, once per socket. Debug here.
    */
   override _onError(err: Error & { code?: string; remoteAddress?: string }): void {
+    if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && this.session.envelope?.mailFrom) {
+      // Within a transaction: the lost-connection line (at the close) says so, with the envelope and this code.
+      this.#lostWith = err.code;
+      this.close();
+      return;
+    }
     if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && !this.session.envelope?.mailFrom) {
       this.#server.runtime.logger.debug({ cid: this.id, client: this.remoteAddress, code: err.code }, 'client went away (%s)', err.code);
       this.close();
       return;
     }
     super._onError(err);
+  }
+
+  /** The socket closed: a transaction it cut off is logged (see #logLostTransaction). */
+  override _onClose(): void {
+    if (!this._closed) this.#logLostTransaction();
+    super._onClose();
+  }
+
+  /**
+   * A session that ended with a transaction open — the client closed or reset the connection after MAIL, RCPT or
+   * in the middle of its message — leaves one info line naming the transaction, as Postfix's `lost connection
+   * after DATA`: before, nothing at info said a message had been lost (a reset at most left `client connection
+   * error`, with no session id and no envelope). Not when this side closed with a reply (its decision line has
+   * the envelope), after QUIT, or for a message received in full (its end-of-data line tells what came of it).
+   */
+  #logLostTransaction(): void {
+    const envelope = this.session.envelope;
+    const mail = envelope?.mailFrom;
+    const id = this.state.transactionId;
+    if (!mail || id === null || this.#closedWithReply || this.#stage === 'QUIT') return;
+    const last = this.#lastMessage;
+    if (last !== null && last.transaction === id && last.stream.writableEnded) return;
+    const to = envelope.rcptTo.map((r) => r.address);
+    const shown = to.slice(0, LOGGED_RECIPIENTS).join(',');
+    const stage = last !== null && last.transaction === id ? 'DATA' : this.#stage;
+    const name = clientName(this.clientHostname);
+    this.#server.runtime.logger.info({
+      cid: this.id, id, client: this.remoteAddress, clientName: name, listener: this.state.listener.name, stage, lost: true,
+      clientError: this.#lostWith, from: mail.address, to: shown || undefined, nrcpt: to.length, user: this.state.user ?? undefined,
+    }, `${id}: lost connection after ${stage}${stage === 'DATA' && last?.transaction === id ? ' (message not received in full)' : ''} from ${name ?? 'unknown'}[${this.remoteAddress}]${this.#lostWith ? ` (${this.#lostWith})` : ''}: transaction not completed; from=<${mail.address}>${shown ? ` to=<${shown}>` : ''} nrcpt=${to.length}`);
   }
 
   /** Every refusal sent, by stage and reason; one at connect is a refused connection too. */
