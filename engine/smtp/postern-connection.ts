@@ -255,7 +255,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const raw = this._socket;
     const timer = setTimeout(() => {
       if (!this._upgrading || raw.destroyed) return;
-      this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      // Closed without a reply (none can be sent in the middle of a handshake): a decision line of its own.
+      this.#server.runtime.logger.info({
+        cid: this.id, listener: this.state.listener.name, decision: 'reject', stage: 'STARTTLS', client: this.remoteAddress,
+        reason: 'limits.tlsHandshakeTimeoutMs: the TLS handshake after STARTTLS not completed (closed)', reply: null,
+      }, 'STARTTLS handshake not completed in time: closed');
       metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
       raw.destroy();
     }, this.#server.tlsHandshakeTimeoutMs);
@@ -450,6 +454,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       this.close();
       return;
     }
+    // The server's 'error' event logs it (engine/app/postern.ts): with this session's id, to find its other lines.
+    Object.assign(err, { cid: this.id });
     super._onError(err);
   }
 
