@@ -103,7 +103,6 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === 421 && text.endsWith('Command line too long')) return "a command line over smtp-server's length limit (closed)";
   if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
   // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
-  if (code === 421 && text === 'Error: too many unrecognized commands') return "10 unrecognised commands (smtp-server's fixed limit, before limits.maxErrors)";
   if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
   if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
   if (code === 501 && (text === 'Error: invalid userdata' || text === 'Error: missing username')) return 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)';

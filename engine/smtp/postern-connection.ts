@@ -415,6 +415,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       // since, run the helo script of then, and hold that generation's isolates for as long as it stays.
       if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
+      // Unrecognised commands are refusals, bounded by limits.maxErrors (which an accepted message resets): smtp-server's
+      // own fixed count of them (never reset) closed the connection at the 10th with 421 4.4.2, whatever maxErrors said.
+      this._unrecognizedCommands = 0;
     }
     super._onCommand(command, callback);
   }
