@@ -251,13 +251,17 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   try {
     for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, built.listeners.get(l.name)!);
-      server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string }) => {
+      server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string; cid?: string; tlsHandshake?: boolean }) => {
         // smtp-server also reports each client's connection errors here (a failed handshake, a reset):
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.
         if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
         reported.add(err);
         if (err.remoteAddress && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
-        if (err.remoteAddress) logger.info({ listener: l.name, client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
+        // An implicit-TLS handshake cut off by limits.tlsHandshakeTimeoutMs is the server's decision, closed without
+        // a reply: it has the fields of one (as STARTTLS's has), so `jq 'select(.decision)'` finds it.
+        const timedOut = err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT'
+          ? { decision: 'reject', stage: 'CONNECT', reason: 'limits.tlsHandshakeTimeoutMs: the TLS handshake not completed (closed)', reply: null } : {};
+        if (err.remoteAddress) logger.info({ cid: err.cid, listener: l.name, ...timedOut, client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
         else logger.error({ listener: l.name, err }, 'listener error');
       });
       if (role === 'worker') { // the supervisor owns the listening socket

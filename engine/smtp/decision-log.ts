@@ -19,7 +19,10 @@ export interface LoggedReply { responseCode: number; enhanced: string; text: str
 export interface DecisionFacts {
   /** Envelope sender so far (MAIL FROM), '' for the null sender, undefined before MAIL. */
   from?: string;
-  /** The recipient this decision is about (RCPT), or the transaction's recipients (DATA: the line names the first LOGGED_RECIPIENTS). */
+  /**
+   * The recipient this decision is about (RCPT), or the transaction's recipients so far (at DATA, END-OF-MESSAGE,
+   * and any refusal made within a transaction that is about no one recipient: the line names the first LOGGED_RECIPIENTS).
+   */
   to?: string | readonly string[];
   /** Queue id, when the transaction has one. */
   id?: string | null;
@@ -65,7 +68,8 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   const client = `${name ?? 'unknown'}[${conn.remoteAddress}]`;
   const to = facts.to === undefined ? undefined : typeof facts.to === 'string' ? facts.to : facts.to.slice(0, LOGGED_RECIPIENTS).join(',');
   const nrcpt = typeof facts.to === 'object' ? facts.to.length : undefined;
-  const address = stage === 'RCPT' ? to : stage === 'MAIL' ? facts.from : undefined;
+  // At RCPT, `to` is the recipient refused; the recipients so far (a list) are not what the reply is about.
+  const address = stage === 'RCPT' ? (typeof facts.to === 'string' ? to : undefined) : stage === 'MAIL' ? facts.from : undefined;
   // Postfix names the address the reply is about, unless the reply text already starts with it.
   const subject = address !== undefined && !reply.text.startsWith('<') ? ` <${address}>:` : '';
   const parts = [
@@ -98,5 +102,9 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === 421 && text.startsWith('Timeout')) return 'limits.socketTimeoutMs';
   if (code === 421 && text.endsWith('Command line too long')) return "a command line over smtp-server's length limit (closed)";
   if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
+  // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
+  if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
+  if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
+  if (code === 501 && (text === 'Error: invalid userdata' || text === 'Error: missing username')) return 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)';
   return 'SMTP protocol rule (smtp-server)';
 }

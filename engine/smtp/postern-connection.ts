@@ -3,7 +3,7 @@
  * greeting delay, per-connection AUTH offers (EXTERNAL only after TLS with a usable certificate), AUTH
  * EXTERNAL itself, the HELO hook, and the one place replies reach the wire: send().
  */
-import { logRefusal, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
+import { clientName, logRefusal, LOGGED_RECIPIENTS, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
 import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { connectRefusalCounted } from './connection-refusals.ts';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
@@ -127,8 +127,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   #nextReply: DecidedReply | null = null;
   /** The command being answered, for smtp-server's own refusals (CONNECT before the first). */
   #stage: DecisionStage = 'CONNECT';
-  /** The MAIL command being answered: the sender of smtp-server's own refusal of it (530 before AUTH), as Postfix logs it. */
-  #mailCommand: Buffer | null = null;
+  /**
+   * The MAIL or RCPT command being answered, until its reply: the address of smtp-server's own refusal of it (530
+   * before AUTH, 452 over maxRecipients), as Postfix logs it. Not after its reply (an idle timeout that follows is
+   * about the transaction, not that address).
+   */
+  #addressCommand: Buffer | null = null;
   /** Each line the client sends must be complete within limits.socketTimeoutMs (see line-deadline.ts). */
   readonly #lineDeadline: LineDeadline;
 
@@ -190,6 +194,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    */
   timeData(stream: NodeJS.EventEmitter): void {
     this.#receiving = stream;
+    this.#lastMessage = { stream: stream as NodeJS.EventEmitter & { writableEnded?: boolean }, transaction: this.state.transactionId };
     // One timer per connection, restarted for each message (no timer made per message); a message that ended
     // leaves it armed, and its firing finds nothing being received.
     if (this.#dataTimer === null) {
@@ -201,6 +206,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   }
 
   #dataTimer: NodeJS.Timeout | null = null;
+  /** The last message's stream and its transaction: one received in full has its end-of-data line, whatever came of it. */
+  #lastMessage: { stream: NodeJS.EventEmitter & { writableEnded?: boolean }; transaction: string | null } | null = null;
+  /** This side ended the session with a reply that says so (a 421, a refusal that closes): its decision line told. */
+  #closedWithReply = false;
+  /** The socket error that ended the client's side (ECONNRESET…), for the lost-connection line. */
+  #lostWith: string | undefined;
   /** The stream of the message being received now (between 354 and its end). */
   #receiving: NodeJS.EventEmitter | null = null;
 
@@ -244,7 +255,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     const raw = this._socket;
     const timer = setTimeout(() => {
       if (!this._upgrading || raw.destroyed) return;
-      this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress }, 'STARTTLS handshake not completed in time: closed');
+      // Closed without a reply (none can be sent in the middle of a handshake): a decision line of its own.
+      this.#server.runtime.logger.info({
+        cid: this.id, listener: this.state.listener.name, decision: 'reject', stage: 'STARTTLS', client: this.remoteAddress,
+        reason: 'limits.tlsHandshakeTimeoutMs: the TLS handshake after STARTTLS not completed (closed)', reply: null,
+      }, 'STARTTLS handshake not completed in time: closed');
       metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
       raw.destroy();
     }, this.#server.tlsHandshakeTimeoutMs);
@@ -261,6 +276,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     const decided = this.#nextReply;
     this.#nextReply = null;
+    const addressCommand = this.#addressCommand;
+    this.#addressCommand = null;
     batchReply(this._socket as net.Socket);
     // A decided reply is the one smtp-server is sending now (same code); smtp-server may still answer
     // otherwise (its own size limit, a timeout), and then its reply goes out as its own.
@@ -270,13 +287,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       if (sent.refuses) {
         // The decision stands (its line says why), but a client that left got no refusal: not counted as one.
         if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
-        logRefusal(this.#server.runtime.logger, this, stage, sent, facts, !clientLeft);
+        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), !clientLeft);
       } else if (clientLeft && stage === 'END-OF-MESSAGE') {
         // Spooled (and delivered), but the client never read its 250: it may send the message again.
         this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },
           `the client left before its 250 after DATA: the message stays spooled and may come again (${sent.message})`);
       }
       super.send(code, this.#utf8Replies() ? sent.message : asciiReplyText(sent.message), false);
+      if (sent.disconnect || code === 421) this.#closedWithReply = true;
       // smtp-server closes after a 421 itself.
       if (sent.disconnect && code !== 421) this.close();
       this.#counted(code, sent.message, stage);
@@ -288,7 +306,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the
     // client left): no decision line, no refusal counted.
-    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context);
+    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context, addressCommand);
+    if (code === 421) this.#closedWithReply = true;
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
@@ -377,7 +396,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       }
       const verb = commandVerb(command);
       this.#stage = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
-      this.#mailCommand = verb === 'MAIL' ? command : null;
+      this.#addressCommand = verb === 'MAIL' || verb === 'RCPT' ? command : null;
       // A DATA that will be refused (no recipient accepted) with input already behind it: that input is the
       // message, sent ahead of the 354. Read on, each of its lines would run as a command (a body holding
       // MAIL, RCPT, DATA and a dot became a message of its own): refused and closed, nothing more read.
@@ -396,6 +415,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
       // since, run the helo script of then, and hold that generation's isolates for as long as it stays.
       if (!this.session.envelope.mailFrom) this.#server.policy.adoptCurrentGeneration(this);
       if (JUNK_COMMANDS.has(verb) && ++this.state.junkCommands > this.state.listener.limits.maxJunkCommands && this.#countError()) return;
+      // Unrecognised commands are refusals, bounded by limits.maxErrors (which an accepted message resets): smtp-server's
+      // own fixed count of them (never reset) closed the connection at the 10th with 421 4.4.2, whatever maxErrors said.
+      this._unrecognizedCommands = 0;
     }
     super._onCommand(command, callback);
   }
@@ -424,12 +446,50 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
    * normal end of a connection: smtp-server still logs it at error level, once per socket. Debug here.
    */
   override _onError(err: Error & { code?: string; remoteAddress?: string }): void {
+    if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && this.session.envelope?.mailFrom) {
+      // Within a transaction: the lost-connection line (at the close) says so, with the envelope and this code.
+      this.#lostWith = err.code;
+      this.close();
+      return;
+    }
     if (err.code !== undefined && CLIENT_WENT_AWAY.has(err.code) && !this.session.envelope?.mailFrom) {
       this.#server.runtime.logger.debug({ cid: this.id, client: this.remoteAddress, code: err.code }, 'client went away (%s)', err.code);
       this.close();
       return;
     }
+    // The server's 'error' event logs it (engine/app/postern.ts): with this session's id, to find its other lines.
+    Object.assign(err, { cid: this.id });
     super._onError(err);
+  }
+
+  /** The socket closed: a transaction it cut off is logged (see #logLostTransaction). */
+  override _onClose(): void {
+    if (!this._closed) this.#logLostTransaction();
+    super._onClose();
+  }
+
+  /**
+   * A session that ended with a transaction open — the client closed or reset the connection after MAIL, RCPT or
+   * in the middle of its message — leaves one info line naming the transaction, as Postfix's `lost connection
+   * after DATA`: before, nothing at info said a message had been lost (a reset at most left `client connection
+   * error`, with no session id and no envelope). Not when this side closed with a reply (its decision line has
+   * the envelope), after QUIT, or for a message received in full (its end-of-data line tells what came of it).
+   */
+  #logLostTransaction(): void {
+    const envelope = this.session.envelope;
+    const mail = envelope?.mailFrom;
+    const id = this.state.transactionId;
+    if (!mail || id === null || this.#closedWithReply || this.#stage === 'QUIT') return;
+    const last = this.#lastMessage;
+    if (last !== null && last.transaction === id && last.stream.writableEnded) return;
+    const to = envelope.rcptTo.map((r) => r.address);
+    const shown = to.slice(0, LOGGED_RECIPIENTS).join(',');
+    const stage = last !== null && last.transaction === id ? 'DATA' : this.#stage;
+    const name = clientName(this.clientHostname);
+    this.#server.runtime.logger.info({
+      cid: this.id, id, client: this.remoteAddress, clientName: name, listener: this.state.listener.name, stage, lost: true,
+      clientError: this.#lostWith, from: mail.address, to: shown || undefined, nrcpt: to.length, user: this.state.user ?? undefined,
+    }, `${id}: lost connection after ${stage}${stage === 'DATA' && last?.transaction === id ? ' (message not received in full)' : ''} from ${name ?? 'unknown'}[${this.remoteAddress}]${this.#lostWith ? ` (${this.#lostWith})` : ''}: transaction not completed; from=<${mail.address}>${shown ? ` to=<${shown}>` : ''} nrcpt=${to.length}`);
   }
 
   /** Every refusal sent, by stage and reason; one at connect is a refused connection too. */
@@ -439,29 +499,46 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   }
 
   /** A refusal smtp-server wrote itself: logged and counted like Postern's, with the enhanced code the wire has. */
-  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined): void {
+  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined, addressCommand: Buffer | null): void {
     const line = Array.isArray(data) ? data.join(' ') : data ?? '';
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
-    const mail = (stage === 'MAIL' && this.#askedSender()) || this.session.envelope?.mailFrom;
+    const asked = (stage === 'MAIL' || stage === 'RCPT') && addressCommand ? this.#askedAddress(stage, addressCommand) : false;
+    const mail = (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
+    const rcpt = stage === 'RCPT' && asked ? asked.address : undefined;
     const reason = smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
     if (overLimit !== undefined && !loggedOvershoot(overLimit)) return;
     logRefusal(this.#server.runtime.logger, this, stage,
       { responseCode: code, enhanced: own ? own[0].trim() : this._getEnhancedStatusCode(code, context), text, reason },
-      { from: mail ? mail.address : undefined, id: this.state.transactionId, overLimit });
+      this.#withEnvelope({ from: mail ? mail.address : undefined, to: rcpt, overLimit }));
   }
 
   /**
-   * The sender a MAIL command named, for the line of a refusal made before smtp-server read it (530 before AUTH):
-   * only an address the MAIL handler would take (no control or format characters), read without its side effects.
+   * A refusal's facts with the open transaction's envelope where they name none: its sender, queue id and the
+   * recipients accepted so far. A refusal that ends the transaction without being about its sender or one
+   * recipient (a data timeout, too many errors, an idle or over-long line, shutdown) otherwise left a line
+   * that did not say whose mail was lost (`NOQUEUE: defer: DATA … 421 4.4.2 Timeout`, no from, no to).
    */
-  #askedSender(): SMTPServerAddress | false {
-    const path = this.#mailCommand && preparedPath(this.#mailCommand);
-    return path && !(path instanceof SmtpReply) ? super._parseAddressCommand('mail from', path) : false;
+  #withEnvelope(facts: DecisionFacts | undefined): DecisionFacts | undefined {
+    const envelope = this.session.envelope;
+    const mail = envelope?.mailFrom;
+    if (!mail) return facts;
+    const recipients = envelope.rcptTo.length ? envelope.rcptTo.map((r) => r.address) : undefined;
+    return { ...facts, from: facts?.from ?? mail.address, to: facts?.to ?? recipients, id: facts?.id ?? this.state.transactionId };
+  }
+
+  /**
+   * The address a MAIL or RCPT command named, for the line of smtp-server's own refusal of it (530 before AUTH,
+   * 452 over maxRecipients): only an address its handler would take (no control or format characters), read
+   * without its side effects.
+   */
+  #askedAddress(verb: DecisionStage, command: Buffer): SMTPServerAddress | false {
+    const path = preparedPath(command);
+    return path && !(path instanceof SmtpReply) ? super._parseAddressCommand(verb === 'MAIL' ? 'mail from' : 'rcpt to', path) : false;
   }
 
   /** Mechanisms offered to this client right now. */
@@ -538,6 +615,16 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override handler_RSET(command: Buffer, callback: Callback): void {
     if (hasArgument(command)) return this.#answerPath('RSET', reply('rsetSyntax'), callback);
     super.handler_RSET(command, callback);
+  }
+
+  /**
+   * STARTTLS on a listener without TLS of its own (tls.mode none): refused. smtp-server only hides it there, and
+   * answered it with a handshake on its built-in certificate, whose key anyone has: the session was then logged
+   * and stamped (Received: ESMTPS) as encrypted.
+   */
+  override handler_STARTTLS(command: Buffer, callback: Callback): void {
+    if (this.state.listener.tls.mode === 'none') return this.#answerPath('STARTTLS', reply('starttlsNotOffered'), callback);
+    super.handler_STARTTLS(command, callback);
   }
 
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }

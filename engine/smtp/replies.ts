@@ -35,6 +35,9 @@ export const REPLIES = {
   // DATA and RSET take no argument (RFC 5321 §4.1.1.4, §4.1.1.5); Postfix's words. QUIT with one still ends the session.
   dataSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: DATA', reason: 'DATA with an argument (RFC 5321 §4.1.1.4)' },
   rsetSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: RSET', reason: 'RSET with an argument (RFC 5321 §4.1.1.5)' },
+  // STARTTLS where it is not offered (tls.mode none), Postfix's words: smtp-server started TLS with its own built-in
+  // certificate (CN=localhost, its key published with the package) and the session then passed for encrypted.
+  starttlsNotOffered: { code: 502, enhanced: '5.5.1', text: 'Error: command not implemented', reason: 'tls.mode: none (STARTTLS not offered on this listener)' },
   // A DATA refused with the message already sent behind it (closed: its lines are not read as commands).
   chunkingNotOffered: { code: 554, enhanced: '5.5.1', text: 'Error: BDAT without CHUNKING (not offered), the chunk cannot be read', reason: 'BDAT, CHUNKING not offered' },
   pipelinedAfterRefusedData: { code: 554, enhanced: '5.5.0', text: 'Error: SMTP protocol synchronization (message content sent before the reply to DATA)', reason: 'input pipelined after a refused DATA' },

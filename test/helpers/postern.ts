@@ -34,6 +34,8 @@ export interface TestServerOptions {
   memoryStore?: CounterStore;
   /** The data folder (default: `data` in the temp folder), e.g. on a small filesystem of the test's own. */
   dataDir?: string;
+  /** The level of the lines kept in `logs` (default debug), e.g. trace to see smtp-server's own per-command lines. */
+  logLevel?: string;
 }
 
 /**
@@ -68,7 +70,7 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
   await writeFile(join(dir, 'postern.yaml'), base + opts.config);
   const running = await startPostern({
     configPath: join(dir, 'postern.yaml'), settleMs: opts.settleMs, resolver: opts.resolver, memoryStore: opts.memoryStore,
-    logger: createLogger(process.env.POSTERN_TEST_LOG ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
+    logger: createLogger(process.env.POSTERN_TEST_LOG ?? opts.logLevel ?? 'debug', process.env.POSTERN_TEST_LOG ? process.stderr : sink),
   });
   return Object.assign(running, {
     dir, logs,

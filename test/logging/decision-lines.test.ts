@@ -349,6 +349,7 @@ const ROWS = {
   chunkingNotOffered: { server: 'main', stage: 'BDAT', drive: () => closedAfter('BDAT 12 LAST\r\nRSET\r\nNOOP\r\n') },
   dataSyntax: { server: 'main', stage: 'DATA', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<user@example.test>', 'DATA x']) },
   rsetSyntax: { server: 'main', stage: 'RSET', drive: () => ending('main', 'mx', ['RSET x']) },
+  starttlsNotOffered: { server: 'main', stage: 'STARTTLS', drive: () => ending('main', 'proto', ['STARTTLS']) },
 
   authAlreadyDone: { server: 'main', stage: 'AUTH', check: expectUser('alice@example.com'), drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), plainLogin('alice@example.com')]) },
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
@@ -784,6 +785,10 @@ const OWN: Array<{ name: string; listener: string; lines: string[]; code: number
   { name: 'a command line over the length limit', listener: 'proto', lines: [`NOOP ${'x'.repeat(20_000)}`], code: 421, stage: 'SMTP', reason: /^a command line over smtp-server's length limit/ },
   { name: 'a client that talks before the greeting', listener: 'early', lines: [], raw: 'EHLO early.example\r\n', code: 421, stage: 'CONNECT', reason: /^limits\.greetingDelayMs/, closes: true },
   { name: 'an idle client', listener: 'idle', lines: [], code: 421, stage: 'CONNECT', reason: 'limits.socketTimeoutMs', closes: true },
+  // smtp-server's fixed limits and checks, which no Postern setting moves: the reason says what tripped them.
+  { name: 'ten commands before AUTH where it is required', listener: 'sub', lines: Array.from({ length: 9 }, () => 'NOOP'), code: 421, stage: 'NOOP', reason: /^auth\.required: 10 commands before AUTH/ },
+  { name: 'an HTTP request', listener: 'proto', lines: ['POST / HTTP/1.1'], code: 421, stage: 'UNKNOWN', reason: /^an HTTP request/ },
+  { name: 'SASL PLAIN without its three fields', listener: 'plain', lines: [`AUTH PLAIN ${Buffer.from('alice@example.com\0x').toString('base64')}`], code: 501, stage: 'AUTH', reason: /^AUTH: a malformed SASL response/ },
 ];
 
 for (const row of OWN) {

@@ -126,6 +126,7 @@ test("smtp-server's own refusals are logged like Postern's: the command as stage
     ['RCPT', 452, '4.5.3', 'Error: too many recipients', 'limits.maxRecipients'],
     ['MAIL', 530, '5.7.0', 'Authentication required', 'auth.required'],
   ]);
-  assert.match(String(lines[1]!.msg), /: defer: RCPT from [\w.-]+\[127\.0\.0\.1\]: 452 4\.5\.3 Error: too many recipients; from=<someone@example\.net> proto=ESMTP helo=<client\.example> over_limit=1$/);
+  // The recipient refused, as Postfix names it (not the two accepted before it).
+  assert.match(String(lines[1]!.msg), /: defer: RCPT from [\w.-]+\[127\.0\.0\.1\]: 452 4\.5\.3 <c@example\.test>: Error: too many recipients; from=<someone@example\.net> to=<c@example\.test> proto=ESMTP helo=<client\.example> over_limit=1$/);
   assert.equal(await counted() - countedBefore, 3, 'postern_smtp_refusals_total counts them');
 });
