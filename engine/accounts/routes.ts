@@ -12,7 +12,7 @@ import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { userKey } from '../auth/users-file.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import { chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
-import { clientAddress } from '../smtp/postern-server.ts';
+import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { Session, SessionBook } from './sessions.ts';
 import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';

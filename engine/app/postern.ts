@@ -2,7 +2,8 @@
  * Assembles a running server from a configuration: the policy generation, the spool, one smtp-server
  * per listener. Returns a handle to stop it. The CLI and the tests both start Postern through here.
  */
-import { parseConfig, loadConfigFile, type LoadedConfig } from '../config/load-config.ts';
+import type { LoadedConfig } from '../config/load-config.ts';
+import { loadStartConfig, type ConfigSource } from '../config/start-config.ts';
 import { DEFAULT_CONFIG_YAML } from '../config/default-config.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
@@ -39,17 +40,7 @@ import { createServer, type Server } from 'node:net';
 import { PolicyServer } from '../policy-service/policy-server.ts';
 import { listenPolicyService } from '../policy-service/listen.ts';
 
-export interface StartOptions {
-  /** Path of postern.yaml; omitted: the embedded default, relative to `cwd`. */
-  configPath?: string;
-  /** Configuration text instead of a file (tests). */
-  configText?: string;
-  /**
-   * Read the configuration only if it is a regular file (load-config.ts loadConfigFile): a process of `postern
-   * serve`, started again by its supervisor at any time, must fail with the reason, not wait on a FIFO for ever.
-   */
-  regularFileOnly?: boolean;
-  baseDir?: string;
+export interface StartOptions extends ConfigSource {
   logger?: Logger;
   /** Called before listeners start, e.g. to create the development PKI. */
   prepare?(config: LoadedConfig): Promise<void>;
@@ -133,12 +124,6 @@ const OUTCOME_RESULT = { delivered: 'sent', temporary: 'deferred', permanent: 'b
  * segment, about 5 ms at 4 MiB), and finished ones are deleted sooner.
  */
 const WORKER_SEGMENT_BYTES = 4 * 1024 * 1024;
-
-export function loadStartConfig(opts: StartOptions): LoadedConfig {
-  if (opts.configText !== undefined) return parseConfig(opts.configText, opts.configPath ?? '(inline)', opts.baseDir ?? process.cwd());
-  if (opts.configPath) return loadConfigFile(opts.configPath, { regularFileOnly: opts.regularFileOnly });
-  return parseConfig(DEFAULT_CONFIG_YAML, '(embedded default)', opts.baseDir ?? process.cwd());
-}
 
 class MutableRuntime implements Runtime {
   generation: PolicyGeneration;

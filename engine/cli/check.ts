@@ -3,7 +3,7 @@
  * report every problem, start nothing. Stricter in one way only, by the builder's `strict` option: an
  * expired outbound client certificate fails the check, where a reload only logs it.
  */
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
 import { writeDevelopmentPki } from '../certificates/index.ts';
 import { ConfigError } from '../config/config-error.ts';

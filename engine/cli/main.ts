@@ -4,17 +4,27 @@ import '../app/threadpool.ts';
 import '../app/timer-slack.ts';
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
-import { serveCommand } from './serve.ts';
-import { checkCommand } from './check.ts';
-import { configDescribeCommand, type DescribeOptions } from './config-describe.ts';
-import { hashPasswordCommand } from './hash-password.ts';
-import { statusCommand } from './status.ts';
-import { tryCommand, type TryOptions } from './try.ts';
-import { exitMayHang, unrecoverableReasons } from '../sandbox/index.ts';
-import { replayCommand, type ReplayCliOptions } from './replay.ts';
-import { queueActionCommand, queueListCommand, queueShowCommand, queueSummaryCommand, type QueueAction, type SelectionOptions } from './queue.ts';
-import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
-import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
+import type { DescribeOptions } from './config-describe.ts';
+import type { TryOptions } from './try.ts';
+import type { ReplayCliOptions } from './replay.ts';
+import type { QueueAction, SelectionOptions } from './queue.ts';
+import type { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from './pki.ts';
+import type { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
+// Not the sandbox's index: that loads isolated-vm, which only the commands that run scripts need.
+import { exitMayHang, unrecoverableReasons } from '../sandbox/unrecoverable.ts';
+
+// Each command's module is loaded when it runs: `postern queue list` or `status` then loads what it reads
+// (the configuration, the spool), not the server, its sandbox and its TLS stack (half the CPU of a command).
+const serve = () => import('./serve.ts');
+const check = () => import('./check.ts');
+const configDescribe = () => import('./config-describe.ts');
+const hashPassword = () => import('./hash-password.ts');
+const status = () => import('./status.ts');
+const tryHook = () => import('./try.ts');
+const replay = () => import('./replay.ts');
+const queueCommands = () => import('./queue.ts');
+const pkiCommands = () => import('./pki.ts');
+const pinsCommands = () => import('./pins.ts');
 
 /**
  * End a one-shot command with process.exit() once stdout and stderr are flushed. Left to end on its own,
@@ -65,12 +75,12 @@ program.hook('preAction', (_program, command) => {
 program.command('serve', { isDefault: true })
   .description('run the server (without --config: the embedded development default)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action((opts: { config?: string }) => serveCommand(opts));
+  .action(async (opts: { config?: string }) => (await serve()).serveCommand(opts));
 
 program.command('check')
   .description('validate a configuration, its scripts and tables without starting; exit 1 on errors')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (opts: { config?: string }) => exitWith(await checkCommand(opts)));
+  .action(async (opts: { config?: string }) => exitWith(await (await check()).checkCommand(opts)));
 
 const config = program.command('config').description('the configuration reference');
 config.command('describe')
@@ -78,13 +88,13 @@ config.command('describe')
   .option('--markdown', 'the tables of docs/configuration.md')
   .option('--json', 'the JSON Schema of postern.yaml')
   .option('--write-docs [file]', 'rewrite the generated tables in docs/configuration.md (or file)')
-  .action(async (opts: DescribeOptions) => exitWith(await configDescribeCommand(opts)));
+  .action(async (opts: DescribeOptions) => exitWith(await (await configDescribe()).configDescribeCommand(opts)));
 
 program.command('status')
   .description('ask the running server for its state (exit 2 when its last reload was refused, 3 when it is not running)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--data-dir <dir>', 'the data directory the server runs with, when it is not the configuration\'s (dataDir changed since the server started)')
-  .action(async (opts: { config?: string; dataDir?: string }) => exitWith(await statusCommand(opts)));
+  .action(async (opts: { config?: string; dataDir?: string }) => exitWith(await (await status()).statusCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
 queue.command('list', { isDefault: true })
@@ -98,20 +108,20 @@ queue.command('list', { isDefault: true })
       process.stderr.write(`postern: unknown queue command: ${cmd.args[0]} (see postern queue --help)\n`);
       return exitWith(1);
     }
-    return exitWith(await queueListCommand(opts));
+    return exitWith(await (await queueCommands()).queueListCommand(opts));
   });
 queue.command('summary')
   .description('messages by recipient domain and age in minutes (Postfix qshape)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await queueSummaryCommand(opts)));
+  .action(async (opts: { config?: string; json?: boolean }) => exitWith(await (await queueCommands()).queueSummaryCommand(opts)));
 queue.command('show <id>')
   .description('one message: envelope, hold, attempts and errors, then the message itself (Postfix postcat)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('-e, --envelope', 'the envelope and delivery state only')
   .option('--json', 'the envelope and delivery state as JSON')
   .option('--message', 'with --json: print the message after it')
-  .action(async (id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }) => exitWith(await queueShowCommand(id, opts)));
+  .action(async (id: string, opts: { config?: string; message?: boolean; json?: boolean; envelope?: boolean }) => exitWith(await (await queueCommands()).queueShowCommand(id, opts)));
 const selection = (cmd: ReturnType<typeof queue.command>, verb: string): typeof cmd => cmd
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--all', `${verb} every message in the queue`)
@@ -127,7 +137,7 @@ const QUEUE_ACTIONS: Array<[QueueAction, string]> = [
 for (const [op, description] of QUEUE_ACTIONS) {
   selection(queue.command(`${op} [ids...]`), op)
     .description(`${description}; \`-\` reads ids from stdin`)
-    .action(async (ids: string[], opts: SelectionOptions) => exitWith(await queueActionCommand(op, ids, opts)));
+    .action(async (ids: string[], opts: SelectionOptions) => exitWith(await (await queueCommands()).queueActionCommand(op, ids, opts)));
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -152,7 +162,7 @@ program.command('try [hook]')
   .option('--header <line>', 'message header line for DATA (repeatable)', collect)
   .option('--message <file>', 'the message for DATA (instead of --header)')
   .option('--json', 'machine-readable output')
-  .action(async (hook: string | undefined, opts: TryOptions) => exitWith(await tryCommand(hook, opts)));
+  .action(async (hook: string | undefined, opts: TryOptions) => exitWith(await (await tryHook()).tryCommand(hook, opts)));
 
 program.command('replay')
   .description('run candidate scripts over the recorded traffic (replay: in the configuration) and summarize the decisions that would change (exit 1 when some do)')
@@ -163,7 +173,7 @@ program.command('replay')
   .option('--hook <hook>', 'only this hook')
   .option('--examples <n>', 'examples shown per group', '3')
   .option('--json', 'machine-readable output')
-  .action(async (opts: ReplayCliOptions) => exitWith(await replayCommand(opts)));
+  .action(async (opts: ReplayCliOptions) => exitWith(await (await replay()).replayCommand(opts)));
 
 const pki = program.command('pki').description('device certificates: a CA, issuing, listing and revoking (safe while the server runs)');
 pki.command('init')
@@ -174,7 +184,7 @@ pki.command('init')
   .option('--key <type>', 'ecdsa-p256, ed25519 or rsa-3072', 'ecdsa-p256')
   .option('--crl-days <n>', 'lifetime of each CRL written (its next update)', '365')
   .option('--json', 'machine-readable output')
-  .action(async (opts: Parameters<typeof pkiInitCommand>[0]) => exitWith(await pkiInitCommand(opts)));
+  .action(async (opts: Parameters<typeof pkiInitCommand>[0]) => exitWith(await (await pkiCommands()).pkiInitCommand(opts)));
 pki.command('issue <identity>')
   .description('issue a client certificate for IDENTITY (emailAddress, SAN e-mail, CN) and a device (OU): key, certificate, PEM and PKCS#12')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
@@ -189,14 +199,14 @@ pki.command('issue <identity>')
   .option('--out <dir>', 'where the device\'s files go (default: <CA folder>/devices)')
   .option('--json', 'machine-readable output')
   .action(async (identity: string, opts: Parameters<typeof pkiIssueCommand>[1] & { san?: string[] }) =>
-    exitWith(await pkiIssueCommand(identity, { ...opts, email: [...opts.email ?? [], ...opts.san ?? []] })));
+    exitWith(await (await pkiCommands()).pkiIssueCommand(identity, { ...opts, email: [...opts.email ?? [], ...opts.san ?? []] })));
 pki.command('list')
   .description('every certificate issued from the CA: identity, device, serial, expiry, revoked, last seen (expiring ones first)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
   .option('--identity <identity>', 'only this identity\'s certificates')
   .option('--json', 'machine-readable output')
-  .action(async (opts: Parameters<typeof pkiListCommand>[0]) => exitWith(await pkiListCommand(opts)));
+  .action(async (opts: Parameters<typeof pkiListCommand>[0]) => exitWith(await (await pkiCommands()).pkiListCommand(opts)));
 pki.command('revoke <what>')
   .description('revoke by SERIAL, certificate FILE or IDENTITY (--device NAME): rewrites the CRL, which the running server applies at once')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
@@ -205,13 +215,13 @@ pki.command('revoke <what>')
   .option('--all', 'WHAT is an identity: all of its certificates')
   .option('--reason <reason>', 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, cACompromise')
   .option('--json', 'machine-readable output')
-  .action(async (what: string, opts: Parameters<typeof pkiRevokeCommand>[1]) => exitWith(await pkiRevokeCommand(what, opts)));
+  .action(async (what: string, opts: Parameters<typeof pkiRevokeCommand>[1]) => exitWith(await (await pkiCommands()).pkiRevokeCommand(what, opts)));
 pki.command('crl')
   .description('sign the CRL anew (same entries, next number, next update moved on): run it from a timer well before the next update')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--dir <dir>', 'the CA folder (default: pki.dir of the configuration)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: Parameters<typeof pkiCrlCommand>[0]) => exitWith(await pkiCrlCommand(opts)));
+  .action(async (opts: Parameters<typeof pkiCrlCommand>[0]) => exitWith(await (await pkiCommands()).pkiCrlCommand(opts)));
 
 const pins = program.command('pins').description('the pin table of a listener (certificateIdentity.pins), as mox\'s config tlspubkey');
 pins.command('add <identity> <cert-or-pin>')
@@ -221,20 +231,20 @@ pins.command('add <identity> <cert-or-pin>')
   .option('--device <name>', 'the device\'s name, kept in a comment above the line')
   .option('--sender <address>', 'a further envelope sender this key may use (repeatable)', collect)
   .option('--json', 'machine-readable output')
-  .action(async (identity: string, certOrPin: string, opts: Parameters<typeof pinsAddCommand>[2]) => exitWith(await pinsAddCommand(identity, certOrPin, opts)));
+  .action(async (identity: string, certOrPin: string, opts: Parameters<typeof pinsAddCommand>[2]) => exitWith(await (await pinsCommands()).pinsAddCommand(identity, certOrPin, opts)));
 pins.command('list')
   .description('the pins with identity, device, date added and last seen')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--listener <name>', 'whose pin table (a listener or a policy service)')
   .option('--json', 'machine-readable output')
-  .action(async (opts: Parameters<typeof pinsListCommand>[0]) => exitWith(await pinsListCommand(opts)));
+  .action(async (opts: Parameters<typeof pinsListCommand>[0]) => exitWith(await (await pinsCommands()).pinsListCommand(opts)));
 pins.command('remove <what>')
   .description('remove a pin (a pin, a certificate file) or an identity\'s pins (with --device: that device\'s)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--listener <name>', 'whose pin table (a listener or a policy service)')
   .option('--device <name>', 'WHAT is an identity: only this device\'s pin')
   .option('--json', 'machine-readable output')
-  .action(async (what: string, opts: Parameters<typeof pinsRemoveCommand>[1]) => exitWith(await pinsRemoveCommand(what, opts)));
+  .action(async (what: string, opts: Parameters<typeof pinsRemoveCommand>[1]) => exitWith(await (await pinsCommands()).pinsRemoveCommand(what, opts)));
 pins.command('learn <id> [identity]')
   .description('pin the certificate of a recent connection (connection id from the log, or queue id); shows it, adds it with --yes')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
@@ -243,10 +253,10 @@ pins.command('learn <id> [identity]')
   .option('--log <file>', 'the server\'s JSON log to search for the connection (- for stdin)')
   .option('--yes', 'add it (without: only show what would be added)')
   .option('--json', 'machine-readable output')
-  .action(async (id: string, identity: string | undefined, opts: Parameters<typeof pinsLearnCommand>[2]) => exitWith(await pinsLearnCommand(id, identity, opts)));
+  .action(async (id: string, identity: string | undefined, opts: Parameters<typeof pinsLearnCommand>[2]) => exitWith(await (await pinsCommands()).pinsLearnCommand(id, identity, opts)));
 
 program.command('hash-password')
   .description('read a password from stdin and print an argon2id hash for the users file')
-  .action(async () => exitWith(await hashPasswordCommand()));
+  .action(async () => exitWith(await (await hashPassword()).hashPasswordCommand()));
 
 await program.parseAsync(process.argv);

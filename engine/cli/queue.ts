@@ -6,7 +6,7 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { dataDirDespiteErrors } from '../config/load-config.ts';
 import { Spool } from '../spool/spool.ts';
@@ -18,7 +18,8 @@ import { formatMessageReport } from '../queue/show.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
 import { formatQueueShape, queueShape } from '../queue/shape.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
-import { normalizePin } from '../certificates/index.ts';
+// pins.ts, not the index: that loads the X.509 library, which listing the queue does not need.
+import { normalizePin } from '../certificates/pins.ts';
 
 /** Configuration and I/O problems: a message on stderr and exit status 1, like the other commands. */
 async function guarded(fn: () => Promise<number>): Promise<number> {

@@ -2,7 +2,7 @@
  * `postern replay --scripts DIR`: what candidate scripts would have decided on the recorded traffic
  * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run.
  */
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { GenerationError } from '../generation/build-generation.ts';
 import { createLogger } from '../logging/logger.ts';

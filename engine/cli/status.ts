@@ -9,7 +9,7 @@
 import http from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { parse } from 'yaml';
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import { readInputFileSync } from '../config/input-file.ts';
 import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { GenerationError } from '../generation/build-generation.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';

@@ -10,7 +10,7 @@
  *   it read it) or that started during an edit is told again by the next settled change.
  */
 import type { LoadedConfig } from '../config/load-config.ts';
-import { loadStartConfig } from '../app/postern.ts';
+import { loadStartConfig } from '../config/start-config.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher } from '../reload/change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';

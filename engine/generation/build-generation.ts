@@ -12,7 +12,6 @@ import { SHADOW_KEY_PREFIX, type CounterStore } from '../store/counter-store.ts'
 import { prefixedStore } from '../store/prefixed-store.ts';
 import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
-import { ConfigError, formatProblem, keyPath, type ConfigProblem } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES } from '../sandbox/index.ts';
@@ -31,7 +30,7 @@ import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
 import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
-import { policySocketProblems } from '../policy-service/listen.ts';
+import { GenerationError, located, policySocketLines } from './generation-error.ts';
 
 export interface BuildOptions {
   /** Receives what scripts log from their top level, and the listeners' smtp-server logs. */
@@ -77,18 +76,7 @@ export interface BuiltGeneration {
   warnings: GenerationWarning[];
 }
 
-/** Every problem that stopped a build, in the order the parts are read. */
-export class GenerationError extends ConfigError {
-  readonly lines: readonly string[];
-  /** Found on the way, as a successful build would have returned them. */
-  readonly warnings: readonly GenerationWarning[];
-  constructor(configFile: string, lines: readonly string[], warnings: readonly GenerationWarning[] = []) {
-    super(lines.map((line) => asProblem(configFile, line)));
-    this.name = 'GenerationError';
-    this.lines = lines;
-    this.warnings = warnings;
-  }
-}
+export { GenerationError, policySocketLines };
 
 export async function buildGeneration(loaded: LoadedConfig, options: BuildOptions): Promise<BuiltGeneration> {
   const config = loaded.config;
@@ -234,19 +222,6 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present, revokedDevices), listeners, warnings };
 }
 
-/**
- * Why the policy services' unix sockets could not be made, as problem lines. Also what `postern serve`'s
- * supervisor checks before it binds them (it binds before any generation is built), so that its start is
- * refused with the lines `postern check` prints.
- */
-export async function policySocketLines(loaded: LoadedConfig): Promise<string[]> {
-  const lines: string[] = [];
-  for (const [i, p] of loaded.config.policyServices.entries()) {
-    for (const problem of await policySocketProblems(p)) lines.push(located(loaded, ['policyServices', i, ...problem.key], problem.message));
-  }
-  return lines;
-}
-
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {
   const tls = await loadListenerTls(l);
   for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
@@ -270,10 +245,6 @@ function unboundLogins(config: Config, sandboxes: ReadonlyMap<string, Sandbox>):
 }
 
 /** `<config file>:<line>:<col>: <key path>: <message>`, as the configuration's own problems are written. */
-function located(loaded: LoadedConfig, path: PropertyKey[], message: string): string {
-  return formatProblem({ file: loaded.file, ...loaded.locate?.(path), path: keyPath(path), message });
-}
-
 /** One line per problem, each beginning with the file it is about. */
 function problemLines(err: unknown): string[] {
   if (typeof err === 'string') return [err];
@@ -282,8 +253,3 @@ function problemLines(err: unknown): string[] {
   return (err instanceof Error ? err.message : String(err)).split('\n');
 }
 
-/** `<file[:line[:col]]>: <message>` back into a problem that formats to the same line. */
-function asProblem(configFile: string, line: string): ConfigProblem {
-  const at = line.indexOf(': ');
-  return at > 0 ? { file: line.slice(0, at), message: line.slice(at + 2) } : { file: configFile, message: line };
-}

@@ -6,7 +6,8 @@
 import { X509Certificate } from 'node:crypto';
 import { pkiPaths, REVOCATION_REASONS, type PkiPaths, type RevocationReason } from './layout.ts';
 import { readIfExists, writeFileAtomic } from './atomic-file.ts';
-import { x509 } from '../certificates/x509-provider.ts';
+// Loaded when a CRL is read: the supervisor imports this folder to watch it, and never reads one.
+import type { x509 } from '../certificates/x509-provider.ts';
 import { pemToDer } from '../certificates/digests.ts';
 
 export interface Revoked {
@@ -60,7 +61,7 @@ export async function readInventory(dirOrPaths: string | PkiPaths): Promise<Inve
   const crlText = await readIfExists(paths.crl);
   let crl: x509.X509Crl | null = null;
   try {
-    crl = crlText === null ? null : new x509.X509Crl(pemToDer(crlText));
+    crl = crlText === null ? null : new (await import('../certificates/x509-provider.ts')).x509.X509Crl(pemToDer(crlText));
   } catch (err) {
     // With an inventory, the next change writes the CRL anew from it; without one there is nothing to go by.
     if (text === null) throw new Error(`${paths.crl}: unreadable CRL (${(err as Error).message}), and no ${paths.inventory} to make it again from`);

@@ -4,7 +4,6 @@
  * so the commands work on it too.
  */
 import { join } from 'node:path';
-import { x509 } from '../certificates/x509-provider.ts';
 import type { KeyType } from '../certificates/index.ts';
 
 export interface PkiPaths {
@@ -46,15 +45,19 @@ export function parseKeyType(text: string): DeviceKeyType {
   throw new Error(`unknown key type "${text}": one of ${KEY_TYPES.join(', ')}`);
 }
 
-/** RFC 5280 CRLReason names, as `--reason` takes them. */
+/**
+ * RFC 5280 CRLReason names, as `--reason` takes them, with their codes (§5.3.1; the X.509 library's enum has the
+ * same values). Numbers here, not the library's enum: the folder's layout is read by processes that never sign
+ * a CRL (the supervisor watching it), which then need not load the library.
+ */
 export const REVOCATION_REASONS = {
-  unspecified: x509.X509CrlReason.unspecified,
-  keyCompromise: x509.X509CrlReason.keyCompromise,
-  cACompromise: x509.X509CrlReason.cACompromise,
-  affiliationChanged: x509.X509CrlReason.affiliationChanged,
-  superseded: x509.X509CrlReason.superseded,
-  cessationOfOperation: x509.X509CrlReason.cessationOfOperation,
-  privilegeWithdrawn: x509.X509CrlReason.privilegeWithdrawn,
+  unspecified: 0,
+  keyCompromise: 1,
+  cACompromise: 2,
+  affiliationChanged: 3,
+  superseded: 4,
+  cessationOfOperation: 5,
+  privilegeWithdrawn: 9,
 } as const;
 export type RevocationReason = keyof typeof REVOCATION_REASONS;
 

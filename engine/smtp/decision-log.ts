@@ -6,7 +6,7 @@
  * a refusal is the server working, not failing.
  */
 import type { Logger } from '../logging/logger.ts';
-import { boundedName } from '../certificates/index.ts';
+import { boundedName } from '../certificates/describe.ts'; // not the index: it loads the X.509 library
 import type { ConnectionState } from './connection-state.ts';
 import { REPLIES } from './replies.ts';
 import type { HookName } from '../sandbox/api/index.ts';

@@ -23,6 +23,7 @@ import { newSessionId } from './session-id.ts';
 import { closedUnansweredCounted, connectRefusalCounted } from './connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
+import { clientAddress } from '../addresses/socket-address.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -571,10 +572,7 @@ export class PosternServer extends SMTPServer {
   }
 }
 
-/** The key connections are counted under: an IPv4 client of a dual-stack listener by its IPv4 address. */
-export function clientAddress(socket: net.Socket): string {
-  return (socket.remoteAddress ?? '').replace(/^::ffff:/i, '').toLowerCase();
-}
+export { clientAddress };
 
 /**
  * The decision fields (decision-log.ts) of a connection closed without a reply — no SMTP session to answer

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadStartConfig } from '../../engine/app/postern.ts';
+import { loadStartConfig } from '../../engine/config/start-config.ts';
 import { TrySession } from '../../engine/try/try-session.ts';
 import { tryHook } from '../../engine/try/run-try.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
