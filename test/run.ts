@@ -56,8 +56,12 @@ const files = only.length ? only : everything.map((file, i) => ({ file, i })).so
 const RUN_LIMIT_MS = 19 * 60 * 1000;
 // Each failure's error also goes to a file as it happens, printed if the run is stopped before the spec
 // reporter's summary at the end.
-const failures = join(mkdtempSync(join(tmpdir(), 'postern-test-run-')), 'failures.txt');
-const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/failure-details.ts', `--test-reporter-destination=${failures}`];
+const runDir = mkdtempSync(join(tmpdir(), 'postern-test-run-'));
+const failures = join(runDir, 'failures.txt');
+// And each file's time, the longest printed at the end (what LONGEST_FIRST above is kept up to date from).
+const fileTimes = join(runDir, 'file-times.txt');
+const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/failure-details.ts', `--test-reporter-destination=${failures}`,
+  '--test-reporter=./test/file-times.ts', `--test-reporter-destination=${fileTimes}`];
 // Every test process ends without V8's teardown once an isolate was abandoned while its script ran: see the helper.
 const exitHook = ['--import', './test/helpers/exit-without-teardown.ts'];
 // Three files at once on two cores: many tests spend most of their time waiting (a real minute of a session's
@@ -75,6 +79,7 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
   killSignal: 'SIGKILL',
 });
 rmSync(compileCache, { recursive: true, force: true });
+if (existsSync(fileTimes)) console.log(`the longest test files (all of them: ${fileTimes}):\n${readFileSync(fileTimes, 'utf8').split('\n').slice(0, 15).join('\n')}`);
 rmSync(portClaims, { recursive: true, force: true });
 if (run.error || run.signal) {
   console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
