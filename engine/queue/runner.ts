@@ -756,12 +756,16 @@ export class QueueRunner {
       return { ...r, lastError: o.reply };
     });
     let bounceId: string | null = null;
-    if (failed.length && envelope.sender !== '') {
+    // With no one to report too: a notice this attempt spooled before a crash, naming recipients that this run of it
+    // did not fail, is withdrawn (spoolBounce).
+    if (envelope.sender !== '') {
       try {
         bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
-        this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
-          `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
+        if (bounceId) {
+          this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
+            `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
+        }
       } catch (err) {
         // No bounce, no verdict: keep the recipients pending and try again later.
         this.#log.error({ id, err }, 'cannot spool the bounce; the failed recipients stay queued');
@@ -773,11 +777,11 @@ export class QueueRunner {
       this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
     let successNoticeId: string | null = null;
-    if (relayed.length && envelope.sender !== '') {
+    if (envelope.sender !== '') {
       // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
       try {
         successNoticeId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
-        this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
+        if (successNoticeId) this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
       } catch (err) {
         this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
         if (isNoSpace(err)) this.#useReserve();
