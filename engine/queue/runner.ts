@@ -758,7 +758,13 @@ export class QueueRunner {
     let bounceId: string | null = null;
     // With no one to report too: a notice this attempt spooled before a crash, naming recipients that this run of it
     // did not fail, is withdrawn (spoolBounce).
-    if (envelope.sender !== '') {
+    // Deleted (`postern queue delete`: "without delivering or bouncing it") while this attempt ran: its failures are
+    // not bounced. An administrator deletes a spam run with forged senders to stop its backscatter; the attempts under
+    // way then bounced to those senders all the same. (Looked up only when there is a failure to report.)
+    const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
+    if (deleted) {
+      this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+    } else if (envelope.sender !== '') {
       try {
         bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
