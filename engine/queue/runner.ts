@@ -34,7 +34,7 @@ import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
-import type { FailedRecipient } from './dsn.ts';
+import { headerOnlyNotice, type FailedRecipient } from './dsn.ts';
 
 /** Errors kept per message for `previousErrors` and `postern queue show`. */
 const MAX_ERRORS = 20;
@@ -728,6 +728,34 @@ export class QueueRunner {
     }
   }
 
+  /**
+   * A notice of ours that returned the message whole (RET=FULL) and that a next hop refused for its size (5.3.4: over
+   * its SIZE, or its own 552 5.3.4): spooled again with the message's header only, for those recipients; its id, or
+   * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
+   * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   */
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+    const refused = outcomes.filter((o) => bounced.has(o.recipient) && o.enhanced === '5.3.4').map((o) => o.recipient);
+    const smaller = refused.length ? headerOnlyNotice(message) : null;
+    if (!smaller) return null;
+    const id = this.#spool.newId();
+    const writer = this.#spool.create(id);
+    try {
+      writer.write(smaller);
+      await writer.commit({
+        version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
+        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
+        attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+      });
+    } catch (err) {
+      try { writer.abort(); } catch { /* already gone */ }
+      this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
+      return null;
+    }
+    this.#log.info({ id: envelope.id, notice: id, to: refused }, `${envelope.id}: refused for its size: sent again as ${id}, with the returned message's header only`);
+    return id;
+  }
+
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
@@ -780,7 +808,8 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
+      if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
     let successNoticeId: string | null = null;
     if (envelope.sender !== '') {
