@@ -730,12 +730,12 @@ export class QueueRunner {
 
   /**
    * A notice of ours that returned the message whole (RET=FULL) and that a next hop refused for its size (5.3.4: over
-   * its SIZE, or its own 552 5.3.4): spooled again with the message's header only, for those recipients; its id, or
+   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those recipients; its id, or
    * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
    * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
    */
   async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
-    const refused = outcomes.filter((o) => bounced.has(o.recipient) && o.enhanced === '5.3.4').map((o) => o.recipient);
+    const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
     if (!smaller) return null;
     const id = this.#spool.newId();
@@ -931,6 +931,9 @@ function isSystemError(err: unknown): boolean {
   const e = err as NodeJS.ErrnoException | null;
   return typeof e?.errno === 'number' && typeof e.code === 'string';
 }
+
+/** RFC 3463 statuses of a message refused for its size: too big for the system (5.3.4), over a mailbox's limit (5.2.3). */
+const TOO_BIG: ReadonlySet<string> = new Set(['5.3.4', '5.2.3']);
 
 /**
  * DSN NOTIFY (RFC 3461 §4.1): without the parameter failures are reported and successes are not; NEVER reports
