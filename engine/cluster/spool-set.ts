@@ -96,6 +96,11 @@ export class SpoolSet {
 
   newId(): string { return this.home.newId(); }
   create(id: string): SpoolWriter { return this.home.create(id); }
+  /**
+   * Whether a notice this process spooled (create(): always in the home spool) is still there: the home spool alone
+   * is looked at, as the queue runner asks at each attempt's record (has() would read every worker's journal for it).
+   */
+  hasNotice(id: string): Promise<boolean> { return this.home.has(id); }
 
   async scan(opts: { tidy?: boolean } = {}): Promise<ScanEntry[]> {
     const out: ScanEntry[] = [];
@@ -202,6 +207,6 @@ export class SpoolSet {
 }
 
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
-export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
+export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'hasNotice' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
   | 'readState' | 'readEnvelope' | 'readMessage' | 'fileBytes' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
   | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'requestAttempts' | 'readDueRequest' | 'clearDueRequest'>;

@@ -5,7 +5,9 @@
  * Its id is derived from the original's id, the attempt and the kind of notice: a crash after the notice was
  * spooled and before the attempt's outcome was recorded makes the attempt run again under the same number, and
  * that retry finds the notice instead of sending the sender a second one (the notice waits for that record
- * before it is delivered: QueueRunner). Only recipients it does not report get a new notice.
+ * before it is delivered: QueueRunner). Only recipients it does not report get a new notice; a notice that reports
+ * recipients the retry did not (accepted this time) is withdrawn. Called at every attempt's record, with no one to
+ * report too, for that check: then it spools nothing and returns null.
  */
 import { createHash } from 'node:crypto';
 import type { QueueSpool } from '../cluster/spool-set.ts';
@@ -13,17 +15,26 @@ import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
-  spool: Pick<QueueSpool, 'newId' | 'create' | 'has' | 'readEnvelope'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  spool: Pick<QueueSpool, 'newId' | 'create' | 'hasNotice' | 'readEnvelope' | 'remove'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
   kind: 'failure' | 'success', attempt: number,
-): Promise<string> {
+): Promise<string | null> {
   let id = noticeId(original.id, kind, attempt);
-  if (await spool.has(id)) {
+  if (await spool.hasNotice(id)) {
     // Unreadable: taken as reporting no one (a second notice rather than none).
     const reported = new Set((await spool.readEnvelope(id).catch(() => null))?.noticeOf?.reported ?? []);
-    failed = failed.filter((f) => !reported.has(f.recipient));
-    if (!failed.length) return id;
-    id = spool.newId(); // recipients that failed only in the retry: a notice of their own
+    const reportedNow = new Set(failed.map((f) => f.recipient));
+    if ([...reported].some((r) => !reportedNow.has(r))) {
+      // Spooled by this attempt's run before a crash, it names recipients this run did not report (accepted now, or
+      // deferred): sent all the same, it told the sender a delivered recipient had failed. It has not gone out (it
+      // waits for this attempt's record: QueueRunner), so it is withdrawn and the recipients reported now get a new one.
+      await spool.remove(id);
+    } else {
+      failed = failed.filter((f) => !reported.has(f.recipient));
+      if (!failed.length) return id;
+    }
+    id = spool.newId(); // recipients that failed only in the retry, or the notice withdrawn: a notice of their own
   }
+  if (!failed.length) return null;
   const now = new Date();
   const writer = spool.create(id);
   try {

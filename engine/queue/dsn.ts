@@ -68,8 +68,7 @@ export function buildDsn(input: DsnInput): Buffer {
       : input.expired
         ? 'Your message could not be delivered to one or more recipients before it expired in the queue.'
         : 'Your message could not be delivered to one or more recipients. It has been returned to you.',
-    full === 'whole' ? 'The delivery status of each one follows; your message is attached.'
-      : 'The delivery status of each one follows; the header of your message is attached.',
+    full === 'whole' ? WHOLE_SENTENCE : HEADER_SENTENCE,
     ...(full && full !== 'whole' ? [`You asked for the whole message (RET=FULL): ${full}, so only its header is returned.`] : []),
     '',
     ...human.flatMap((l) => [...fold(l, 76), '']),
@@ -137,6 +136,35 @@ export function buildDsn(input: DsnInput): Buffer {
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
 }
+
+/**
+ * A notice that returns the message whole (RET=FULL), remade with its header only: for a next hop that refused the
+ * notice for its size (the sender's next hop may take less than the one that refused the message). Null for a notice
+ * that does not return a message whole.
+ */
+export function headerOnlyNotice(notice: Buffer): Buffer | null {
+  const text = notice.toString('latin1');
+  const boundary = /^Content-Type: multipart\/report;[^]*?boundary="([^"]+)"/m.exec(text)?.[1];
+  if (!boundary) return null;
+  const opening = `\r\n--${boundary}\r\nContent-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n`;
+  const start = text.indexOf(opening);
+  const end = text.lastIndexOf(`\r\n--${boundary}--\r\n`);
+  if (start < 0 || end < start) return null;
+  const headers = originalHeader(notice.subarray(start + opening.length, end));
+  const headersAsIs = isAscii(headers) && !headers.includes(0) && !hasLongLine(headers);
+  // The text part said the message was attached: it says why it is not, in the words a first notice would use.
+  const head = text.slice(0, start).replace(WHOLE_SENTENCE, `${HEADER_SENTENCE}\r\n${REFUSED_FOR_SIZE}`);
+  return Buffer.concat([
+    Buffer.from(`${head}\r\n--${boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n`
+      + `${headersAsIs ? '' : 'Content-Transfer-Encoding: quoted-printable\r\n'}\r\n`, 'latin1'),
+    headersAsIs ? headers : Buffer.from(quotedPrintable(headers)),
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+}
+
+const WHOLE_SENTENCE = 'The delivery status of each one follows; your message is attached.';
+const HEADER_SENTENCE = 'The delivery status of each one follows; the header of your message is attached.';
+const REFUSED_FOR_SIZE = 'You asked for the whole message (RET=FULL): this report with it was refused for its size, so only its header is returned.';
 
 /** Whether a message can be returned whole (`whole`), or why not. */
 function returnable(message: Buffer): string {

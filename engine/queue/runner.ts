@@ -34,7 +34,7 @@ import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
-import type { FailedRecipient } from './dsn.ts';
+import { headerOnlyNotice, type FailedRecipient } from './dsn.ts';
 
 /** Errors kept per message for `previousErrors` and `postern queue show`. */
 const MAX_ERRORS = 20;
@@ -752,6 +752,34 @@ export class QueueRunner {
     }
   }
 
+  /**
+   * A notice of ours that returned the message whole (RET=FULL) and that a next hop refused for its size (5.3.4: over
+   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those recipients; its id, or
+   * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
+   * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   */
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+    const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
+    const smaller = refused.length ? headerOnlyNotice(message) : null;
+    if (!smaller) return null;
+    const id = this.#spool.newId();
+    const writer = this.#spool.create(id);
+    try {
+      writer.write(smaller);
+      await writer.commit({
+        version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
+        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
+        attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+      });
+    } catch (err) {
+      try { writer.abort(); } catch { /* already gone */ }
+      this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
+      return null;
+    }
+    this.#log.info({ id: envelope.id, notice: id, to: refused }, `${envelope.id}: refused for its size: sent again as ${id}, with the returned message's header only`);
+    return id;
+  }
+
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
@@ -780,12 +808,22 @@ export class QueueRunner {
       return { ...r, lastError: o.reply };
     });
     let bounceId: string | null = null;
-    if (failed.length && envelope.sender !== '') {
+    // With no one to report too: a notice this attempt spooled before a crash, naming recipients that this run of it
+    // did not fail, is withdrawn (spoolBounce).
+    // Deleted (`postern queue delete`: "without delivering or bouncing it") while this attempt ran: its failures are
+    // not bounced. An administrator deletes a spam run with forged senders to stop its backscatter; the attempts under
+    // way then bounced to those senders all the same. (Looked up only when there is a failure to report.)
+    const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
+    if (deleted) {
+      this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+    } else if (envelope.sender !== '') {
       try {
         bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
-        this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
-          `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
+        if (bounceId) {
+          this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
+            `${id}: sender non-delivery notification: ${bounceId}${expired ? ' (retry period over)' : ''}`);
+        }
       } catch (err) {
         // No bounce, no verdict: keep the recipients pending and try again later.
         this.#log.error({ id, err }, 'cannot spool the bounce; the failed recipients stay queued');
@@ -794,14 +832,15 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
+      if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
     let successNoticeId: string | null = null;
-    if (relayed.length && envelope.sender !== '') {
+    if (envelope.sender !== '') {
       // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
       try {
         successNoticeId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
-        this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
+        if (successNoticeId) this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
       } catch (err) {
         this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
         if (isNoSpace(err)) this.#useReserve();
@@ -916,6 +955,9 @@ function isSystemError(err: unknown): boolean {
   const e = err as NodeJS.ErrnoException | null;
   return typeof e?.errno === 'number' && typeof e.code === 'string';
 }
+
+/** RFC 3463 statuses of a message refused for its size: too big for the system (5.3.4), over a mailbox's limit (5.2.3). */
+const TOO_BIG: ReadonlySet<string> = new Set(['5.3.4', '5.2.3']);
 
 /**
  * DSN NOTIFY (RFC 3461 §4.1): without the parameter failures are reported and successes are not; NEVER reports

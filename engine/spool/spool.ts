@@ -362,6 +362,9 @@ export class Spool {
     return readFile(join(this.root, 'rescan'), 'utf8').catch(() => '');
   }
 
+  /** Whether a notice spooled here (create()) is still in the queue: has(), as this spool is its own home (SpoolSet). */
+  hasNotice(id: string): Promise<boolean> { return this.has(id); }
+
   /** Whether a message is still in the queue. */
   async has(id: string): Promise<boolean> {
     if (this.#readJournal(id)?.has(id)) return true;
