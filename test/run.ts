@@ -30,18 +30,21 @@ function testFiles(dir: string): string[] {
   });
 }
 const only = process.argv.slice(2);
-// The longest files first (the sums of their tests' times in a fresh-clone run, 2026-12-06: 70–140 s each,
-// most of it waiting), so that none of them starts near the end and runs on alone after the rest.
+// The longest files first (the sums of their tests' times in a whole run beside other work, 2026-12-06 evening:
+// 40–90 s each, most of it waiting; test/file-times.ts prints them at the end of each run), so that none of them
+// starts near the end and runs on alone after the rest. The two that wait a minute of real time, idle, are apart:
+// started together they left one of the three slots working.
 const LONGEST_FIRST = [
-  // The two that wait a minute of real time, idle, apart: started together they left one of three slots working.
-  'test/sandbox/fast-path-clock.test.ts', 'test/spool/disk-full.test.ts',
-  'test/pki/crash-consistency.test.ts', 'test/reload/many-reloads.test.ts', 'test/cluster/fence.test.ts',
-  'test/cluster/chaos-kills.test.ts', 'test/accounts/session-clock.test.ts', 'test/queue/hold-serve.test.ts', 'test/queue/hold-release.test.ts',
-  'test/cli/status.test.ts', 'test/reload/stuck-top-level.test.ts', 'test/cli/install.test.ts',
-  // Added 2026-12-06: 50, 33 and 30 s in a fresh-clone run.
-  'test/reload/every-key.test.ts', 'test/cluster/flood-at-accept.test.ts', 'test/cli/doc-commands.test.ts',
-  // Added 2026-12-06 (evening): 41, 22, 19 and 18 s in a fresh-clone run.
-  'test/cluster/crash-walk.test.ts', 'test/queue/crash-walk-commands.test.ts', 'test/delivery/many-destinations.test.ts',
+  'test/sandbox/fast-path-clock.test.ts', 'test/cluster/flood-at-accept.test.ts', 'test/cluster/crash-walk.test.ts',
+  'test/spool/disk-faults.test.ts', 'test/reload/every-key.test.ts', 'test/pki/crash-consistency.test.ts',
+  'test/service/unit.test.ts', 'test/cli/status.test.ts', 'test/accounts/session-clock.test.ts', 'test/cluster/fence.test.ts',
+  'test/reload/many-reloads.test.ts', 'test/spool/disk-full.test.ts', 'test/queue/hold-release.test.ts',
+  'test/try/try.test.ts', 'test/reload/convergence.test.ts', 'test/queue/crash-walk-commands.test.ts',
+  'test/cli/install.test.ts', 'test/cluster/crash.test.ts', 'test/cluster/clock-jumps.test.ts', 'test/cluster/stop.test.ts',
+  'test/cluster/group-signals.test.ts', 'test/config/open-by-mistake.test.ts', 'test/delivery/dkim-long-line.test.ts',
+  'test/cli/cli.test.ts', 'test/reload/large-table.test.ts', 'test/admin/unread-answers.test.ts',
+  'test/reload/stuck-top-level.test.ts', 'test/cluster/limits.test.ts', 'test/cluster/stop-during-delivery.test.ts',
+  'test/cluster/chaos-kills.test.ts', 'test/queue/hold-serve.test.ts', 'test/delivery/many-destinations.test.ts',
   'test/sandbox/crosstalk-load.test.ts',
 ];
 const everything = [...testFiles('test'), ...testFiles('examples')];
