@@ -3,7 +3,7 @@
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
  * succeeded, 1 when this user may not ask (the socket is the server user's), 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
- * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
+ * time (hung, or too busy) or answers with something that is not a status (its error, not HTTP, not JSON, too large), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
@@ -13,12 +13,20 @@ import { loadStartConfig } from '../app/postern.ts';
 import { readInputFileSync } from '../config/input-file.ts';
 import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
+import { terminalSafe } from '../queue/terminal-safe.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
 export const DEGRADED = 5;
 /** The whole answer, not only each read: a server that answers a byte at a time is not answering either. */
 const ANSWER_WITHIN_MS = 10_000;
+/**
+ * A status is a few kilobytes (a few more per fence); anything past this is not one. Unbounded, an answer
+ * without end filled the client's memory until a string could grow no more, and it crashed with a stack trace.
+ */
+const MAX_ANSWER_BYTES = 64 << 20;
+/** Enough of a refusal's text to say why (the supervisor's 500 carries the error that stopped the status). */
+const SHOWN_BYTES = 500;
 
 export async function statusCommand(opts: { config?: string; dataDir?: string }): Promise<number> {
   const dataDir = opts.dataDir ? resolve(opts.dataDir) : dataDirOf(opts.config);
@@ -33,6 +41,11 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
     // A socket that accepted the connection has a server behind it (a dead one's refuses it, or is gone).
     if (err instanceof NoAnswer) {
       process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
+      return NOT_ANSWERING;
+    }
+    // Something answered: "not running" would have an on-call start a second server beside it.
+    if (err instanceof BadAnswer) {
+      process.stderr.write(`postern: the server on ${socket} answered, but not with a status: ${err.message}\n`);
       return NOT_ANSWERING;
     }
     // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
@@ -83,16 +96,28 @@ function dataDirOf(configPath: string | undefined): string {
 
 /** Connected, and no whole answer in time. */
 class NoAnswer extends Error {}
+/** Connected, and answered with something that is not a status: an error, not HTTP, not JSON, or too large. */
+class BadAnswer extends Error {}
 
 function ask<T>(socketPath: string, path: string): Promise<T> {
   const socket = shortSocketPath(socketPath);
   return new Promise<T>((resolvePromise, reject) => {
     const req = http.get({ socketPath: socket.path, path }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => { body += d; });
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (d: Buffer) => {
+        size += d.length;
+        if (size > MAX_ANSWER_BYTES) req.destroy(new BadAnswer(`its answer is too large (over ${MAX_ANSWER_BYTES >> 20} MiB)`));
+        else chunks.push(d);
+      });
       res.on('end', () => {
         clearTimeout(deadline);
-        try { resolvePromise(JSON.parse(body) as T); } catch (err) { reject(err as Error); }
+        const body = Buffer.concat(chunks);
+        if (res.statusCode !== 200) {
+          reject(new BadAnswer(`HTTP ${res.statusCode} ${shown(body)}`));
+          return;
+        }
+        try { resolvePromise(JSON.parse(body.toString('utf8')) as T); } catch (err) { reject(new BadAnswer(`${(err as Error).message}: ${shown(body)}`)); }
       });
       res.on('error', () => undefined); // the request's error (the deadline's) rejects
     });
@@ -101,7 +126,15 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
     const deadline = setTimeout(() => req.destroy(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
     req.on('error', (err) => {
       clearTimeout(deadline);
-      reject(err);
+      // The HTTP parser's errors (HPE_…): bytes came back, from something that does not speak HTTP.
+      const notHttp = (err as NodeJS.ErrnoException).code?.startsWith('HPE_');
+      reject(connected && notHttp ? new BadAnswer(`not HTTP (${err.message})`) : err);
     });
   }).finally(socket.release);
+}
+
+/** The start of a body, printable on a terminal, on one line. */
+function shown(body: Buffer): string {
+  const start = terminalSafe(body.subarray(0, SHOWN_BYTES)).toString('utf8').trim().replace(/\s*\n\s*/g, ' ');
+  return JSON.stringify(body.length > SHOWN_BYTES ? `${start}…` : start);
 }
