@@ -45,7 +45,7 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
     }
     // Something answered: "not running" would have an on-call start a second server beside it.
     if (err instanceof BadAnswer) {
-      process.stderr.write(`postern: the server on ${socket} answered, but not with a status: ${err.message}\n`);
+      process.stderr.write(`postern: the server on ${socket} gave no status: ${err.message}\n`);
       return NOT_ANSWERING;
     }
     // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
@@ -126,9 +126,15 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
     const deadline = setTimeout(() => req.destroy(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
     req.on('error', (err) => {
       clearTimeout(deadline);
-      // The HTTP parser's errors (HPE_…): bytes came back, from something that does not speak HTTP.
-      const notHttp = (err as NodeJS.ErrnoException).code?.startsWith('HPE_');
-      reject(connected && notHttp ? new BadAnswer(`not HTTP (${err.message})`) : err);
+      if (!connected || err instanceof NoAnswer || err instanceof BadAnswer) {
+        reject(err);
+        return;
+      }
+      // The HTTP parser's errors (HPE_…): bytes came back, from something that does not speak HTTP. Anything else
+      // after the connection was accepted (EPIPE, ECONNRESET) is a server closing it unanswered: its connections
+      // all taken (the status socket holds 64), or stopped meanwhile. Either way a server was there.
+      reject(new BadAnswer((err as NodeJS.ErrnoException).code?.startsWith('HPE_') ? `not HTTP (${err.message})`
+        : `it closed the connection without an answer (${err.message}): its connections are all taken, or it stopped meanwhile`));
     });
   }).finally(socket.release);
 }

@@ -2,7 +2,7 @@
 // the supervisor sends when gathering the status throws), bytes that are not HTTP (another program on the path),
 // or an answer without end. Each is a server that runs and does not answer properly: exit 4 with what it sent,
 // never "not running" (exit 3, which sends an on-call to start a second server) nor a crash with a stack trace
-// after the client's memory filled.
+// after the client's memory filled. Nor when the server closes the connection unanswered (its 64 connections taken).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -10,6 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli } from '../helpers/cli.ts';
+import { startCluster } from '../helpers/cluster.ts';
 
 const dirs: string[] = [];
 after(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
@@ -51,7 +52,7 @@ test('something on the socket that does not speak HTTP: exit 4, not "not running
     const r = await runCli(['status', '--data-dir', peer.dataDir]);
     assert.equal(r.code, 4, r.stderr);
     assert.doesNotMatch(r.stderr, /not running/);
-    assert.match(r.stderr, /answered, but not with a status/);
+    assert.match(r.stderr, /gave no status/);
   } finally {
     await peer.close();
   }
@@ -63,7 +64,7 @@ test('a 200 whose body is not JSON: exit 4, not "not running"', async () => {
     const r = await runCli(['status', '--data-dir', peer.dataDir]);
     assert.equal(r.code, 4, r.stderr);
     assert.doesNotMatch(r.stderr, /not running/);
-    assert.match(r.stderr, /answered, but not with a status/);
+    assert.match(r.stderr, /gave no status/);
   } finally {
     await peer.close();
   }
@@ -88,5 +89,29 @@ test('an answer without end: the client stops reading at its bound, exit 4, no c
     assert.ok(sent < 200 * (1 << 20), `the server wrote ${sent} bytes before the client gave up`);
   } finally {
     await peer.close();
+  }
+});
+
+test('the status socket full (64 connections sending half a request): exit 4 "closed without an answer", not "not running"', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const held: net.Socket[] = [];
+  try {
+    const config = join(c.dir, 'postern.yaml');
+    assert.equal((await runCli(['status', '--config', config])).code, 0);
+    // The server's own user (a monitoring loop gone wrong, a shell left open in socat): 64 is the socket's bound.
+    let accepted = 0;
+    await Promise.all(Array.from({ length: 64 }, () => new Promise<void>((resolve) => {
+      const s = net.connect(join(c.dataDir, 'postern.sock'), () => { accepted++; s.write('GET /status HTTP/1.1\r\n'); resolve(); });
+      s.on('error', () => resolve());
+      held.push(s);
+    })));
+    assert.equal(accepted, 64);
+    const r = await runCli(['status', '--config', config]);
+    assert.equal(r.code, 4, r.stderr);
+    assert.doesNotMatch(r.stderr, /not running/);
+    assert.match(r.stderr, /closed the connection without an answer/);
+  } finally {
+    for (const s of held) s.destroy();
+    await c.stop();
   }
 });
