@@ -67,7 +67,7 @@ import { listenPolicyService, policyConnectionKey } from '../policy-service/list
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 
 /**
  * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
@@ -206,6 +206,10 @@ export class Supervisor {
   #lockTimer: NodeJS.Timeout | null = null;
   #admin: AdminServer | null = null;
   #statusServer: AdminServer | null = null;
+  /** The inode of the status socket bound, to tell it from a file put in its place (#keepStatusSocket). */
+  #statusSocketIno: number | null = null;
+  #statusSocketRemaking = false;
+  #statusSocketFailed = false;
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
@@ -300,7 +304,7 @@ export class Supervisor {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
       sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
-      sup.#lockTimer = setInterval(() => sup.#keepLock(), LOCK_CHECK_MS);
+      sup.#lockTimer = setInterval(() => { sup.#keepLock(); void sup.#keepStatusSocket(); }, LOCK_CHECK_MS);
       sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
       await sup.#saveStatus();
@@ -308,6 +312,7 @@ export class Supervisor {
       const socket = statusSocket(loaded.config.dataDir);
       try {
         sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+        sup.#statusSocketIno = lstatSync(socket).ino;
       } catch (err) {
         log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
       }
@@ -975,6 +980,39 @@ export class Supervisor {
     if (kept.state === 'taken') return { ok: false, detail: `the data directory's lock ${file} is held by process ${kept.pid}: two servers use this data directory` };
     if (kept.state === 'unwritable') return { ok: false, detail: `the data directory's lock ${file} is gone and cannot be made again (${kept.error}): another server could start on this data directory` };
     return { ok: true };
+  }
+
+  /**
+   * The status socket made again when its file is gone, or another file is in its place (a cleaner of /tmp ageing
+   * it out, a careless `rm`, a restore of the folder): `postern status` said "not running" for the rest of the
+   * server's life, and an on-call would start a second one. Checked with the lock, every LOCK_CHECK_MS; the lock
+   * says this server alone uses the data directory, so whatever is at the path is replaced.
+   */
+  async #keepStatusSocket(): Promise<void> {
+    const old = this.#statusServer;
+    if (!old || this.#statusSocketRemaking) return;
+    const path = statusSocket(this.config.config.dataDir);
+    const found = lstatSync(path, { throwIfNoEntry: false });
+    if (found?.isSocket() && found.ino === this.#statusSocketIno) return;
+    this.#statusSocketRemaking = true;
+    try {
+      await old.close(); // first: closing a unix socket's server unlinks its path, which would take the new one
+      const made = await startAdminServer(`unix:${path}`, this.#adminTarget());
+      if (this.#statusServer !== old) { // stopped meanwhile
+        await made.close();
+        return;
+      }
+      this.#statusServer = made;
+      this.#statusSocketIno = lstatSync(path).ino;
+      this.#statusSocketFailed = false;
+      this.log.error({ socket: path }, `status socket: its file was ${found ? 'replaced' : 'removed'} while the server ran; made again`);
+    } catch (err) {
+      // Tried again at the next check; said once.
+      if (!this.#statusSocketFailed) this.log.error({ socket: path, err: { message: (err as Error).message } }, 'status socket: its file was removed or replaced and cannot be made again: postern status cannot ask this server');
+      this.#statusSocketFailed = true;
+    } finally {
+      this.#statusSocketRemaking = false;
+    }
   }
 
   /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */

@@ -1,0 +1,28 @@
+// The status socket removed while the server runs (a cleaner of /tmp ageing files out, systemd-tmpfiles, a careless
+// `rm data/*.sock`): `postern status` said "not running" (exit 3) for the rest of the server's life, though it ran
+// and served mail; an on-call would start a second one. The supervisor makes it again, as it makes its lock file again.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { runCli } from '../helpers/cli.ts';
+
+let c: ClusterProcess | undefined;
+after(() => c?.stop());
+
+test('postern.sock removed, or replaced by a file, while the server runs: made again, postern status answers again', { timeout: 180_000 }, async () => {
+  c = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const config = join(c.dir, 'postern.yaml');
+  const socket = join(c.dataDir, 'postern.sock');
+  assert.equal((await runCli(['status', '--config', config])).code, 0);
+
+  await rm(socket);
+  await c.waitFor('the status socket made again', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+  assert.ok(c.logs.some((l) => /status socket: its file was removed .*made again/.test(String(l.msg))), 'logged');
+
+  // Something else in its place (a file a careless restore put there): replaced too.
+  await rm(socket);
+  await writeFile(socket, 'not a socket\n');
+  await c.waitFor('the status socket made again over a file', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+});
