@@ -102,12 +102,23 @@ class BadAnswer extends Error {}
 function ask<T>(socketPath: string, path: string): Promise<T> {
   const socket = shortSocketPath(socketPath);
   return new Promise<T>((resolvePromise, reject) => {
+    // Why this side ended the request (the deadline, an answer too large): the request and the response may each
+    // report it in their own words (ECONNRESET, "aborted"), and the first to do so settles the promise.
+    let ended: Error | null = null;
+    const end = (why: Error): void => {
+      ended ??= why;
+      req.destroy(why);
+    };
+    const fail = (err: Error): void => {
+      clearTimeout(deadline);
+      reject(ended ?? err);
+    };
     const req = http.get({ socketPath: socket.path, path }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (d: Buffer) => {
         size += d.length;
-        if (size > MAX_ANSWER_BYTES) req.destroy(new BadAnswer(`its answer is too large (over ${MAX_ANSWER_BYTES >> 20} MiB)`));
+        if (size > MAX_ANSWER_BYTES) end(new BadAnswer(`its answer is too large (over ${MAX_ANSWER_BYTES >> 20} MiB)`));
         else chunks.push(d);
       });
       res.on('end', () => {
@@ -119,21 +130,22 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
         }
         try { resolvePromise(JSON.parse(body.toString('utf8')) as T); } catch (err) { reject(new BadAnswer(`${(err as Error).message}: ${shown(body)}`)); }
       });
-      res.on('error', () => undefined); // the request's error (the deadline's) rejects
+      // Closed before the length it announced: only the response says so (the request is done), and unheard, the
+      // command waited out its deadline, whose destroy() of a finished request settled nothing: exit 13 and a warning.
+      res.on('error', (err) => fail(new BadAnswer(`the connection closed before the whole answer came (${err.message}): the server stopped meanwhile, or is being replaced`)));
     });
     let connected = false;
     req.once('socket', (s) => s.once('connect', () => { connected = true; }));
-    const deadline = setTimeout(() => req.destroy(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
+    const deadline = setTimeout(() => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
     req.on('error', (err) => {
-      clearTimeout(deadline);
-      if (!connected || err instanceof NoAnswer || err instanceof BadAnswer) {
-        reject(err);
+      if (!connected || ended) {
+        fail(err);
         return;
       }
       // The HTTP parser's errors (HPE_…): bytes came back, from something that does not speak HTTP. Anything else
       // after the connection was accepted (EPIPE, ECONNRESET) is a server closing it unanswered: its connections
       // all taken (the status socket holds 64), or stopped meanwhile. Either way a server was there.
-      reject(new BadAnswer((err as NodeJS.ErrnoException).code?.startsWith('HPE_') ? `not HTTP (${err.message})`
+      fail(new BadAnswer((err as NodeJS.ErrnoException).code?.startsWith('HPE_') ? `not HTTP (${err.message})`
         : `it closed the connection without an answer (${err.message}): its connections are all taken, or it stopped meanwhile`));
     });
   }).finally(socket.release);

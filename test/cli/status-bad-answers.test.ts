@@ -70,6 +70,18 @@ test('a 200 whose body is not JSON: exit 4, not "not running"', async () => {
   }
 });
 
+test('an answer cut short (the connection closed before the length it announced): exit 4 at once, not a hang ending in exit 13', async () => {
+  const peer = await answering((s) => s.end('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"summary":'));
+  try {
+    const r = await runCli(['status', '--data-dir', peer.dataDir]);
+    assert.equal(r.code, 4, r.stderr);
+    assert.doesNotMatch(r.stderr, /unsettled|not running|does not answer/);
+    assert.match(r.stderr, /gave no status: the connection closed before the whole answer came/);
+  } finally {
+    await peer.close();
+  }
+});
+
 test('an answer without end: the client stops reading at its bound, exit 4, no crash', { timeout: 120_000 }, async () => {
   let sent = 0;
   const peer = await answering((s) => {
