@@ -178,6 +178,11 @@ export class Supervisor {
   /** The held sockets that listen, by listener name. */
   readonly #listening = new Set<string>();
   readonly #policyListeners: net.Server[] = [];
+  /** Each unix policy socket's inode as bound, by service name (#keepPolicySockets). */
+  readonly #policySocketIno = new Map<string, number>();
+  /** Services whose socket's path holds something else now: said once, until it is ours again. */
+  readonly #policySocketSaid = new Set<string>();
+  #policySocketsChecking = false;
   readonly #children: Child[] = [];
   /** `key` and `ip`: a counted SMTP connection's slot and client (not for PROXY or policy connections). */
   readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean; key?: string; ip?: string }> = [];
@@ -304,7 +309,7 @@ export class Supervisor {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
       sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
-      sup.#lockTimer = setInterval(() => { sup.#keepLock(); void sup.#keepStatusSocket(); }, LOCK_CHECK_MS);
+      sup.#lockTimer = setInterval(() => { sup.#keepLock(); void sup.#keepStatusSocket(); void sup.#keepPolicySockets(); }, LOCK_CHECK_MS);
       sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
       await sup.#saveStatus();
@@ -365,12 +370,64 @@ export class Supervisor {
     // keeps its connection for many requests, so spreading connections spreads the load, and a worker that
     // dies takes only its own connections (Postfix reconnects, and meanwhile applies its default_action).
     for (const p of this.config.config.policyServices) {
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
-      const bound = await listenPolicyService(p, server);
-      server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
-      this.policyAddresses.set(p.name, bound.address);
+      const { server, address } = await this.#listenPolicy(p);
+      this.policyAddresses.set(p.name, address);
       this.#policyListeners.push(server);
-      this.log.info({ policyService: p.name, address: bound.address }, 'policy service listening');
+      this.log.info({ policyService: p.name, address }, 'policy service listening');
+    }
+  }
+
+  /** A policy service bound (its unix socket with its mode and owner), its inode noted for #keepPolicySockets. */
+  async #listenPolicy(p: Config['policyServices'][number]): Promise<{ server: net.Server; address: string }> {
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
+    const bound = await listenPolicyService(p, server);
+    server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
+    if (p.listen.startsWith('unix:')) this.#policySocketIno.set(p.name, lstatSync(p.listen.slice(5)).ino);
+    return { server, address: bound.address };
+  }
+
+  /**
+   * A unix policy socket removed while the server runs (a cleanup of its folder, a careless `rm`) is made again, with
+   * its mode and owner: Postfix found nothing to connect to and applied its default_action to every message until a
+   * restart (a reload binds nothing). Checked with the lock, every LOCK_CHECK_MS. Something else at its path (another
+   * socket, a file) is left alone, as a start leaves it, and said once.
+   */
+  async #keepPolicySockets(): Promise<void> {
+    if (this.#policySocketsChecking || this.#stopping) return;
+    this.#policySocketsChecking = true;
+    try {
+      for (const [i, p] of this.config.config.policyServices.entries()) {
+        const old = this.#policyListeners[i];
+        if (!old || !p.listen.startsWith('unix:')) continue;
+        const path = p.listen.slice(5);
+        const found = lstatSync(path, { throwIfNoEntry: false });
+        if (found?.isSocket() && found.ino === this.#policySocketIno.get(p.name)) {
+          this.#policySocketSaid.delete(p.name);
+          continue;
+        }
+        if (found) {
+          if (!this.#policySocketSaid.has(p.name)) this.log.error({ policyService: p.name, socket: path }, 'policy service: its socket file was replaced while the server ran by something else, left alone: Postfix reaches this service again once that is removed');
+          this.#policySocketSaid.add(p.name);
+          continue;
+        }
+        // Not waited for (see stop()); closing a unix socket's server unlinks its path: done before the new one is bound there.
+        old.close();
+        try {
+          const { server } = await this.#listenPolicy(p);
+          if (this.#stopping) {
+            server.close();
+            return;
+          }
+          this.#policyListeners[i] = server;
+          this.#policySocketSaid.delete(p.name);
+          this.log.error({ policyService: p.name, socket: path }, 'policy service: its socket file was removed while the server ran; made again');
+        } catch (err) {
+          if (!this.#policySocketSaid.has(p.name)) this.log.error({ policyService: p.name, socket: path, err: { message: (err as Error).message } }, 'policy service: its socket file was removed and cannot be made again: Postfix cannot reach this service');
+          this.#policySocketSaid.add(p.name);
+        }
+      }
+    } finally {
+      this.#policySocketsChecking = false;
     }
   }
 
