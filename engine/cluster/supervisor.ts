@@ -1115,6 +1115,8 @@ export class Supervisor {
   }
 
   async stop(): Promise<void> {
+    // First: closing the status socket's server removes its file, which #keepStatusSocket would make again.
+    if (this.#lockTimer) clearInterval(this.#lockTimer);
     await Promise.all([this.#admin?.close(), this.#statusServer?.close(), this.#reloads.close()]);
     this.#admin = null;
     this.#statusServer = null;
