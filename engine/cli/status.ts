@@ -3,7 +3,8 @@
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
  * succeeded, 1 when this user may not ask (the socket is the server user's), 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
- * time (hung, or too busy) or answers with something that is not a status (its error, not HTTP, not JSON, too large), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
+ * time (hung, or too busy) or answers with something that is not a status (its error, not HTTP, not JSON, too large), or holds the data
+ * directory's lock with no status socket (starting), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
@@ -14,6 +15,7 @@ import { readInputFileSync } from '../config/input-file.ts';
 import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
+import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
@@ -53,6 +55,13 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
     if (code === 'EACCES' || code === 'EPERM') {
       process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern status as the server's user, or as root\n`);
       return 1;
+    }
+    // Nothing on the socket, but a live server holds the data directory: it is starting (the socket is made once every
+    // process is ready, which a slow start takes minutes to be), or the socket was removed and is being made again.
+    const holder = lockHolder(dataDir);
+    if (holder !== null) {
+      process.stderr.write(`postern: a server runs on ${dataDir} (process ${holder}, its lock ${join(dataDir, LOCK_FILE)}) but nothing answers on ${socket} (${(err as Error).message}): it is starting (the socket is made once every process is ready), or the socket was removed and is being made again; see its log\n`);
+      return NOT_ANSWERING;
     }
     // A server started before `dataDir` was edited runs on with the old one (a restart applies it): say where to ask.
     const moved = opts.dataDir ? '' : `; a server started before dataDir was changed runs with its old one until restarted: postern status --data-dir <that folder>`;

@@ -26,3 +26,24 @@ test('postern.sock removed, or replaced by a file, while the server runs: made a
   await writeFile(socket, 'not a socket\n');
   await c.waitFor('the status socket made again over a file', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
 });
+
+test('no status socket while a server holds the data directory (starting: the socket comes once every process is ready; or removed, before it is made again): exit 4 naming that process, not "not running"', { timeout: 120_000 }, async () => {
+  const s = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const pid = s.proc.pid!;
+  try {
+    // Stopped, so that it cannot make the socket again meanwhile: the state of a start before its socket is made.
+    process.kill(pid, 'SIGSTOP');
+    let r;
+    try {
+      await rm(join(s.dataDir, 'postern.sock'), { force: true });
+      r = await runCli(['status', '--config', join(s.dir, 'postern.yaml')]);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    assert.equal(r.code, 4, r.stderr);
+    assert.doesNotMatch(r.stderr, /not running/);
+    assert.match(r.stderr, new RegExp(`process ${pid}`));
+  } finally {
+    await s.stop();
+  }
+});
