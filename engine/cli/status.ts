@@ -3,7 +3,8 @@
  * its state: generation, reloads, the last reload error with file:line, pending restarts computed against
  * the listeners actually bound, processes and fences, queue size. Exit 0 when it runs and its last reload
  * succeeded, 1 when this user may not ask (the socket is the server user's), 2 when that reload was refused, 3 when no server runs, 4 when one runs and does not answer in
- * time (hung, or too busy), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
+ * time (hung, or too busy) or answers with something that is not a status (its error, not HTTP, not JSON, too large), or holds the data
+ * directory's lock with no status socket (starting), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
 import http from 'node:http';
@@ -13,12 +14,21 @@ import { loadStartConfig } from '../config/start-config.ts';
 import { readInputFileSync } from '../config/input-file.ts';
 import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
+import { terminalSafe } from '../queue/terminal-safe.ts';
+import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
 export const DEGRADED = 5;
 /** The whole answer, not only each read: a server that answers a byte at a time is not answering either. */
 const ANSWER_WITHIN_MS = 10_000;
+/**
+ * A status is a few kilobytes (a few more per fence); anything past this is not one. Unbounded, an answer
+ * without end filled the client's memory until a string could grow no more, and it crashed with a stack trace.
+ */
+const MAX_ANSWER_BYTES = 64 << 20;
+/** Enough of a refusal's text to say why (the supervisor's 500 carries the error that stopped the status). */
+const SHOWN_BYTES = 500;
 
 export async function statusCommand(opts: { config?: string; dataDir?: string }): Promise<number> {
   const dataDir = opts.dataDir ? resolve(opts.dataDir) : dataDirOf(opts.config);
@@ -35,11 +45,23 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
       process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
       return NOT_ANSWERING;
     }
+    // Something answered: "not running" would have an on-call start a second server beside it.
+    if (err instanceof BadAnswer) {
+      process.stderr.write(`postern: the server on ${socket} gave no status: ${err.message}\n`);
+      return NOT_ANSWERING;
+    }
     // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EPERM') {
       process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern status as the server's user, or as root\n`);
       return 1;
+    }
+    // Nothing on the socket, but a live server holds the data directory: it is starting (the socket is made once every
+    // process is ready, which a slow start takes minutes to be), or the socket was removed and is being made again.
+    const holder = lockHolder(dataDir);
+    if (holder !== null) {
+      process.stderr.write(`postern: a server runs on ${dataDir} (process ${holder}, its lock ${join(dataDir, LOCK_FILE)}) but nothing answers on ${socket} (${(err as Error).message}): it is starting (the socket is made once every process is ready), or the socket was removed and is being made again; see its log\n`);
+      return NOT_ANSWERING;
     }
     // A server started before `dataDir` was edited runs on with the old one (a restart applies it): say where to ask.
     const moved = opts.dataDir ? '' : `; a server started before dataDir was changed runs with its old one until restarted: postern status --data-dir <that folder>`;
@@ -83,25 +105,63 @@ function dataDirOf(configPath: string | undefined): string {
 
 /** Connected, and no whole answer in time. */
 class NoAnswer extends Error {}
+/** Connected, and answered with something that is not a status: an error, not HTTP, not JSON, or too large. */
+class BadAnswer extends Error {}
 
 function ask<T>(socketPath: string, path: string): Promise<T> {
   const socket = shortSocketPath(socketPath);
   return new Promise<T>((resolvePromise, reject) => {
+    // Why this side ended the request (the deadline, an answer too large): the request and the response may each
+    // report it in their own words (ECONNRESET, "aborted"), and the first to do so settles the promise.
+    let ended: Error | null = null;
+    const end = (why: Error): void => {
+      ended ??= why;
+      req.destroy(why);
+    };
+    const fail = (err: Error): void => {
+      clearTimeout(deadline);
+      reject(ended ?? err);
+    };
     const req = http.get({ socketPath: socket.path, path }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => { body += d; });
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (d: Buffer) => {
+        size += d.length;
+        if (size > MAX_ANSWER_BYTES) end(new BadAnswer(`its answer is too large (over ${MAX_ANSWER_BYTES >> 20} MiB)`));
+        else chunks.push(d);
+      });
       res.on('end', () => {
         clearTimeout(deadline);
-        try { resolvePromise(JSON.parse(body) as T); } catch (err) { reject(err as Error); }
+        const body = Buffer.concat(chunks);
+        if (res.statusCode !== 200) {
+          reject(new BadAnswer(`HTTP ${res.statusCode} ${shown(body)}`));
+          return;
+        }
+        try { resolvePromise(JSON.parse(body.toString('utf8')) as T); } catch (err) { reject(new BadAnswer(`${(err as Error).message}: ${shown(body)}`)); }
       });
-      res.on('error', () => undefined); // the request's error (the deadline's) rejects
+      // Closed before the length it announced: only the response says so (the request is done), and unheard, the
+      // command waited out its deadline, whose destroy() of a finished request settled nothing: exit 13 and a warning.
+      res.on('error', (err) => fail(new BadAnswer(`the connection closed before the whole answer came (${err.message}): the server stopped meanwhile, or is being replaced`)));
     });
     let connected = false;
     req.once('socket', (s) => s.once('connect', () => { connected = true; }));
-    const deadline = setTimeout(() => req.destroy(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
+    const deadline = setTimeout(() => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
     req.on('error', (err) => {
-      clearTimeout(deadline);
-      reject(err);
+      if (!connected || ended) {
+        fail(err);
+        return;
+      }
+      // The HTTP parser's errors (HPE_…): bytes came back, from something that does not speak HTTP. Anything else
+      // after the connection was accepted (EPIPE, ECONNRESET) is a server closing it unanswered: its connections
+      // all taken (the status socket holds 64), or stopped meanwhile. Either way a server was there.
+      fail(new BadAnswer((err as NodeJS.ErrnoException).code?.startsWith('HPE_') ? `not HTTP (${err.message})`
+        : `it closed the connection without an answer (${err.message}): its connections are all taken, or it stopped meanwhile`));
     });
   }).finally(socket.release);
+}
+
+/** The start of a body, printable on a terminal, on one line. */
+function shown(body: Buffer): string {
+  const start = terminalSafe(body.subarray(0, SHOWN_BYTES)).toString('utf8').trim().replace(/\s*\n\s*/g, ' ');
+  return JSON.stringify(body.length > SHOWN_BYTES ? `${start}…` : start);
 }

@@ -67,7 +67,7 @@ import { listenPolicyService, policyConnectionKey } from '../policy-service/list
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 
 /**
  * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
@@ -178,6 +178,11 @@ export class Supervisor {
   /** The held sockets that listen, by listener name. */
   readonly #listening = new Set<string>();
   readonly #policyListeners: net.Server[] = [];
+  /** Each unix policy socket's inode as bound, by service name (#keepPolicySockets). */
+  readonly #policySocketIno = new Map<string, number>();
+  /** Services whose socket's path holds something else now: said once, until it is ours again. */
+  readonly #policySocketSaid = new Set<string>();
+  #policySocketsChecking = false;
   readonly #children: Child[] = [];
   /** `key` and `ip`: a counted SMTP connection's slot and client (not for PROXY or policy connections). */
   readonly #waiting: Array<{ listener: string; socket: net.Socket; policy: boolean; proxied: boolean; key?: string; ip?: string }> = [];
@@ -206,6 +211,10 @@ export class Supervisor {
   #lockTimer: NodeJS.Timeout | null = null;
   #admin: AdminServer | null = null;
   #statusServer: AdminServer | null = null;
+  /** The inode of the status socket bound, to tell it from a file put in its place (#keepStatusSocket). */
+  #statusSocketIno: number | null = null;
+  #statusSocketRemaking = false;
+  #statusSocketFailed = false;
   /** Metrics requests waiting for children's answers, by request number. */
   readonly #metricsWaiting = new Map<number, (metrics: MetricObjectWithValues<MetricValue<string>>[] | null) => void>();
   #metricsNext = 0;
@@ -300,7 +309,7 @@ export class Supervisor {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
       sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
-      sup.#lockTimer = setInterval(() => sup.#keepLock(), LOCK_CHECK_MS);
+      sup.#lockTimer = setInterval(() => { sup.#keepLock(); void sup.#keepStatusSocket(); void sup.#keepPolicySockets(); }, LOCK_CHECK_MS);
       sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
       await sup.#saveStatus();
@@ -308,6 +317,7 @@ export class Supervisor {
       const socket = statusSocket(loaded.config.dataDir);
       try {
         sup.#statusServer = await startAdminServer(`unix:${socket}`, sup.#adminTarget());
+        sup.#statusSocketIno = lstatSync(socket).ino;
       } catch (err) {
         log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
       }
@@ -360,12 +370,64 @@ export class Supervisor {
     // keeps its connection for many requests, so spreading connections spreads the load, and a worker that
     // dies takes only its own connections (Postfix reconnects, and meanwhile applies its default_action).
     for (const p of this.config.config.policyServices) {
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
-      const bound = await listenPolicyService(p, server);
-      server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
-      this.policyAddresses.set(p.name, bound.address);
+      const { server, address } = await this.#listenPolicy(p);
+      this.policyAddresses.set(p.name, address);
       this.#policyListeners.push(server);
-      this.log.info({ policyService: p.name, address: bound.address }, 'policy service listening');
+      this.log.info({ policyService: p.name, address }, 'policy service listening');
+    }
+  }
+
+  /** A policy service bound (its unix socket with its mode and owner), its inode noted for #keepPolicySockets. */
+  async #listenPolicy(p: Config['policyServices'][number]): Promise<{ server: net.Server; address: string }> {
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
+    const bound = await listenPolicyService(p, server);
+    server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
+    if (p.listen.startsWith('unix:')) this.#policySocketIno.set(p.name, lstatSync(p.listen.slice(5)).ino);
+    return { server, address: bound.address };
+  }
+
+  /**
+   * A unix policy socket removed while the server runs (a cleanup of its folder, a careless `rm`) is made again, with
+   * its mode and owner: Postfix found nothing to connect to and applied its default_action to every message until a
+   * restart (a reload binds nothing). Checked with the lock, every LOCK_CHECK_MS. Something else at its path (another
+   * socket, a file) is left alone, as a start leaves it, and said once.
+   */
+  async #keepPolicySockets(): Promise<void> {
+    if (this.#policySocketsChecking || this.#stopping) return;
+    this.#policySocketsChecking = true;
+    try {
+      for (const [i, p] of this.config.config.policyServices.entries()) {
+        const old = this.#policyListeners[i];
+        if (!old || !p.listen.startsWith('unix:')) continue;
+        const path = p.listen.slice(5);
+        const found = lstatSync(path, { throwIfNoEntry: false });
+        if (found?.isSocket() && found.ino === this.#policySocketIno.get(p.name)) {
+          this.#policySocketSaid.delete(p.name);
+          continue;
+        }
+        if (found) {
+          if (!this.#policySocketSaid.has(p.name)) this.log.error({ policyService: p.name, socket: path }, 'policy service: its socket file was replaced while the server ran by something else, left alone: Postfix reaches this service again once that is removed');
+          this.#policySocketSaid.add(p.name);
+          continue;
+        }
+        // Not waited for (see stop()); closing a unix socket's server unlinks its path: done before the new one is bound there.
+        old.close();
+        try {
+          const { server } = await this.#listenPolicy(p);
+          if (this.#stopping) {
+            server.close();
+            return;
+          }
+          this.#policyListeners[i] = server;
+          this.#policySocketSaid.delete(p.name);
+          this.log.error({ policyService: p.name, socket: path }, 'policy service: its socket file was removed while the server ran; made again');
+        } catch (err) {
+          if (!this.#policySocketSaid.has(p.name)) this.log.error({ policyService: p.name, socket: path, err: { message: (err as Error).message } }, 'policy service: its socket file was removed and cannot be made again: Postfix cannot reach this service');
+          this.#policySocketSaid.add(p.name);
+        }
+      }
+    } finally {
+      this.#policySocketsChecking = false;
     }
   }
 
@@ -977,6 +1039,39 @@ export class Supervisor {
     return { ok: true };
   }
 
+  /**
+   * The status socket made again when its file is gone, or another file is in its place (a cleaner of /tmp ageing
+   * it out, a careless `rm`, a restore of the folder): `postern status` said "not running" for the rest of the
+   * server's life, and an on-call would start a second one. Checked with the lock, every LOCK_CHECK_MS; the lock
+   * says this server alone uses the data directory, so whatever is at the path is replaced.
+   */
+  async #keepStatusSocket(): Promise<void> {
+    const old = this.#statusServer;
+    if (!old || this.#statusSocketRemaking) return;
+    const path = statusSocket(this.config.config.dataDir);
+    const found = lstatSync(path, { throwIfNoEntry: false });
+    if (found?.isSocket() && found.ino === this.#statusSocketIno) return;
+    this.#statusSocketRemaking = true;
+    try {
+      await old.close(); // first: closing a unix socket's server unlinks its path, which would take the new one
+      const made = await startAdminServer(`unix:${path}`, this.#adminTarget());
+      if (this.#statusServer !== old) { // stopped meanwhile
+        await made.close();
+        return;
+      }
+      this.#statusServer = made;
+      this.#statusSocketIno = lstatSync(path).ino;
+      this.#statusSocketFailed = false;
+      this.log.error({ socket: path }, `status socket: its file was ${found ? 'replaced' : 'removed'} while the server ran; made again`);
+    } catch (err) {
+      // Tried again at the next check; said once.
+      if (!this.#statusSocketFailed) this.log.error({ socket: path, err: { message: (err as Error).message } }, 'status socket: its file was removed or replaced and cannot be made again: postern status cannot ask this server');
+      this.#statusSocketFailed = true;
+    } finally {
+      this.#statusSocketRemaking = false;
+    }
+  }
+
   /** What the configuration on disk asks for that only a restart applies, against what this supervisor runs. */
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
@@ -1020,6 +1115,8 @@ export class Supervisor {
   }
 
   async stop(): Promise<void> {
+    // First: closing the status socket's server removes its file, which #keepStatusSocket would make again.
+    if (this.#lockTimer) clearInterval(this.#lockTimer);
     await Promise.all([this.#admin?.close(), this.#statusServer?.close(), this.#reloads.close()]);
     this.#admin = null;
     this.#statusServer = null;

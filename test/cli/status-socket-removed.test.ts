@@ -1,0 +1,49 @@
+// The status socket removed while the server runs (a cleaner of /tmp ageing files out, systemd-tmpfiles, a careless
+// `rm data/*.sock`): `postern status` said "not running" (exit 3) for the rest of the server's life, though it ran
+// and served mail; an on-call would start a second one. The supervisor makes it again, as it makes its lock file again.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
+import { runCli } from '../helpers/cli.ts';
+
+let c: ClusterProcess | undefined;
+after(() => c?.stop());
+
+test('postern.sock removed, or replaced by a file, while the server runs: made again, postern status answers again', { timeout: 180_000 }, async () => {
+  c = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const config = join(c.dir, 'postern.yaml');
+  const socket = join(c.dataDir, 'postern.sock');
+  assert.equal((await runCli(['status', '--config', config])).code, 0);
+
+  await rm(socket);
+  await c.waitFor('the status socket made again', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+  assert.ok(c.logs.some((l) => /status socket: its file was removed .*made again/.test(String(l.msg))), 'logged');
+
+  // Something else in its place (a file a careless restore put there): replaced too.
+  await rm(socket);
+  await writeFile(socket, 'not a socket\n');
+  await c.waitFor('the status socket made again over a file', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+});
+
+test('no status socket while a server holds the data directory (starting: the socket comes once every process is ready; or removed, before it is made again): exit 4 naming that process, not "not running"', { timeout: 120_000 }, async () => {
+  const s = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const pid = s.proc.pid!;
+  try {
+    // Stopped, so that it cannot make the socket again meanwhile: the state of a start before its socket is made.
+    process.kill(pid, 'SIGSTOP');
+    let r;
+    try {
+      await rm(join(s.dataDir, 'postern.sock'), { force: true });
+      r = await runCli(['status', '--config', join(s.dir, 'postern.yaml')]);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    assert.equal(r.code, 4, r.stderr);
+    assert.doesNotMatch(r.stderr, /not running/);
+    assert.match(r.stderr, new RegExp(`process ${pid}`));
+  } finally {
+    await s.stop();
+  }
+});
