@@ -756,7 +756,12 @@ export class QueueRunner {
       return { ...r, lastError: o.reply };
     });
     let bounceId: string | null = null;
-    if (failed.length && envelope.sender !== '') {
+    // `postern queue delete` while the attempt ran (it removes the mail at once, in flight or not): "removed without
+    // delivery or bounce", as postsuper -d. Bounced anyway, a queue of spam an administrator deleted sent its
+    // in-flight messages' refusals back to their forged senders (backscatter).
+    if (failed.length && envelope.sender !== '' && !(await this.#spool.has(id))) {
+      this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted (postern queue delete) during its attempt: no non-delivery notification`);
+    } else if (failed.length && envelope.sender !== '') {
       try {
         bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
