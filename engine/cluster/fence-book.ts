@@ -172,7 +172,7 @@ export class FenceBook {
         const n = (this.#crashes.get(key) ?? 0) + 1 / scripts.length;
         this.#crashes.set(key, n);
         if (n >= (s.shadow ? SHADOW_CRASHES_TO_FENCE : CRASHES_TO_FENCE) - 1e-9 && !this.#fences.some((f) => keyOf(f) === key)) {
-          const fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: Math.round(n * 100) / 100 };
+          const fence: Fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: Math.round(n * 100) / 100, ...(s.shadow ? { shadow: true as const } : {}) };
           this.#fences.push(fence);
           fenced.push(fence);
         }

@@ -41,6 +41,8 @@ test('a shadow script that crashes its worker is fenced at its first crash; the 
     await c.waitFor('the worker replaced', async () => (await restarts(c)) === 1);
     const status = await c.waitFor('the shadow script fenced', async () => (await c.cluster()).fences.length > 0 && (await c.cluster()));
     assert.deepEqual(status.fences.map((f) => f.file), [join(shadow, 'rcptto.js')], 'the shadow script, not the live one');
+    const logged = await c.waitFor('the fence logged', () => c.logs.find((l) => /^fenced /.test(String(l.msg))));
+    assert.match(String(logged.msg), /^fenced shadow rcptto script .*; it no longer runs \(live replies are unchanged\)/, `not "its hook answers 451": ${String(logged.msg)}`);
     await c.waitFor('both workers ready', async () => (await c.cluster()).processes.filter((p) => p.role === 'worker' && p.ready).length === 2);
     for (let i = 1; i <= 3; i++) {
       assert.equal(await rcptHang(c), '250 2.1.5 Accepted');
