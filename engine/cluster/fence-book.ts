@@ -2,7 +2,7 @@
  * The supervisor's record of scripts that crash or hang their worker: crash records the watchdog
  * threads write (<dataDir>/fences/crash-*.json), and those the supervisor makes itself from a dead
  * worker's running-call mirror (a death at once, by signal or abnormal exit), are counted per script (hook, file, SHA-256 of its
- * source; a crash in a batch of n scripts counts 1/n for each, when the record could not tell which one ran: see running-call.ts); at CRASHES_TO_FENCE the script is fenced — workers answer its hook with 451 4.3.0 without
+ * source; a crash in a batch of n scripts counts 1/n for each, when the record could not tell which one ran: see running-call.ts); at CRASHES_TO_FENCE (a shadow script at SHADOW_CRASHES_TO_FENCE: its first) the script is fenced — workers answer its hook with 451 4.3.0 without
  * running it — until its file changes (checked every few seconds while a fence stands).
  * `<dataDir>/fences/fenced.json` keeps the list across restarts; `postern status` shows it.
  *
@@ -20,7 +20,7 @@ import { runningCall } from '../sandbox/running-call.ts';
 import { HOOK_NAMES } from '../sandbox/hooks.ts';
 import { writeFileAtomicSync } from '../spool/fsync.ts';
 import { readInputFileSync } from '../config/input-file.ts';
-import { CRASHES_TO_FENCE } from './process-model.ts';
+import { CRASHES_TO_FENCE, SHADOW_CRASHES_TO_FENCE } from './process-model.ts';
 
 export interface Fence extends RunningScript { since: string; crashes: number }
 export interface CrashRecord { worker: number; scripts: RunningScript[] }
@@ -171,8 +171,8 @@ export class FenceBook {
         const key = keyOf(s);
         const n = (this.#crashes.get(key) ?? 0) + 1 / scripts.length;
         this.#crashes.set(key, n);
-        if (n >= CRASHES_TO_FENCE - 1e-9 && !this.#fences.some((f) => keyOf(f) === key)) {
-          const fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: Math.round(n * 100) / 100 };
+        if (n >= (s.shadow ? SHADOW_CRASHES_TO_FENCE : CRASHES_TO_FENCE) - 1e-9 && !this.#fences.some((f) => keyOf(f) === key)) {
+          const fence: Fence = { hook: s.hook, file: s.file, sha256: s.sha256, since: new Date().toISOString(), crashes: Math.round(n * 100) / 100, ...(s.shadow ? { shadow: true as const } : {}) };
           this.#fences.push(fence);
           fenced.push(fence);
         }

@@ -28,6 +28,11 @@ export const STORE_CALL_MS = 1000;
 export const RECYCLE_GRACE_MS = 30_000;
 /** Crashes or hangs attributed to one script (same file content) before it is fenced. */
 export const CRASHES_TO_FENCE = 3;
+/**
+ * The same for a shadow script (a listener's `shadowScripts`): a candidate decides no reply, so nothing is lost by
+ * fencing it at once, and each crash it is let make ends every live session of its worker (421 mid-transaction).
+ */
+export const SHADOW_CRASHES_TO_FENCE = 1;
 
 /** Crash records of hung workers, and the fence list. */
 export function crashDir(dataDir: string): string { return join(dataDir, 'fences'); }

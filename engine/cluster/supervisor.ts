@@ -630,7 +630,10 @@ export class Supervisor {
   #collectCrashes(more: CrashRecord[] = []): void {
     const { fenced } = this.#fences.collect(more);
     for (const f of fenced) {
-      this.log.error({ hook: f.hook, script: f.file, sha256: f.sha256, crashes: f.crashes },
+      // A shadow script decides no reply: fenced, it stops running beside the live one, whose replies are unchanged.
+      if (f.shadow) this.log.error({ hook: f.hook, script: f.file, sha256: f.sha256, crashes: f.crashes, shadow: true },
+        `fenced shadow ${f.hook} script ${f.file}: it crashed or hung its worker; it no longer runs (live replies are unchanged) until the file changes`);
+      else this.log.error({ hook: f.hook, script: f.file, sha256: f.sha256, crashes: f.crashes },
         `fenced ${f.hook} script ${f.file}: it crashed or hung its worker ${f.crashes} times; its hook answers 451 4.3.0 until the file changes`);
     }
     if (fenced.length) this.#broadcastFences();

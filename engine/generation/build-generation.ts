@@ -119,6 +119,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     const scripts = await loadScriptDirectory(dir);
     return Sandbox.create({
       scripts,
+      shadow,
       standIns: options.standIns && !shadow ? HOOK_NAMES : [],
       timeoutMs: config.sandbox.timeoutMs,
       memoryLimitMb: config.sandbox.memoryLimitMb,

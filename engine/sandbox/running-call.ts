@@ -20,7 +20,13 @@ import { openSync, writeSync, closeSync, writeFileSync, renameSync, readFileSync
 import { HOOK_NAMES } from './hooks.ts';
 import type { HookName } from './api/index.ts';
 
-export interface RunningScript { hook: HookName; file: string; sha256: string }
+export interface RunningScript {
+  hook: HookName;
+  file: string;
+  sha256: string;
+  /** Run as a shadow script (a listener's shadowScripts): fenced at its first crash (fence-book.ts). */
+  shadow?: true;
+}
 
 /** What the watchdog needs to decode the marker: per sandbox id, its scripts by hook. */
 export type RunningCallTable = Record<number, Partial<Record<HookName, RunningScript>>>;
@@ -172,10 +178,10 @@ export const runningCall = {
     return marker.buffer as SharedArrayBuffer;
   },
   /** Register a sandbox's scripts; the id it returns goes with every enter(). */
-  register(scripts: ReadonlyArray<{ hook: HookName; file: string; source: string }>): number {
+  register(scripts: ReadonlyArray<{ hook: HookName; file: string; source: string }>, shadow = false): number {
     const id = nextId++;
     const entry: Partial<Record<HookName, RunningScript>> = {};
-    for (const { hook, file, source } of scripts) entry[hook] = { hook, file, sha256: runningCall.hash(source) };
+    for (const { hook, file, source } of scripts) entry[hook] = { hook, file, sha256: runningCall.hash(source), ...(shadow ? { shadow: true as const } : {}) };
     table[id] = entry;
     changed();
     return id;

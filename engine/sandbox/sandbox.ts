@@ -17,6 +17,8 @@ import { otherThreadsCpuMicros } from './thread-cpu.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
+  /** A listener's shadow scripts: named so in crash records, which fence them at their first crash. */
+  shadow?: boolean;
   /** Time limit of one call, in milliseconds. Default 100. */
   timeoutMs?: number;
   /** Heap limit of each isolate, in MB (isolated-vm's minimum is 8). Default 32. */
@@ -313,7 +315,7 @@ export class Sandbox {
     if (!Number.isInteger(fastPathMs) || fastPathMs < 0) throw new RangeError(`sandbox fastPathMs must be an integer ≥ 0, got ${fastPathMs}`);
     if (scripts.length === 0) return new Sandbox(scripts, slotOptions, [], fastPathMs, perClient, standIns); // nothing to run: no isolates
 
-    slotOptions.runningId = runningCall.register(scripts);
+    slotOptions.runningId = runningCall.register(scripts, options.shadow === true);
     try {
       const first = await IsolateSlot.build(scripts, slotOptions, true);
       if (!first.slot) {

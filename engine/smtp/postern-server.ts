@@ -307,10 +307,17 @@ export class PosternServer extends SMTPServer {
     };
   }
 
-  /** A proxied connection's slot: in this process, or (a worker) from the supervisor's count, by round trip. */
+  /**
+   * A proxied connection's slot: in this process, or (a worker) from the supervisor's count over every worker,
+   * taken whatever the count as for a connection it hands over, so that the real count decides as everywhere
+   * else: over the limit it reads its 421 (on implicit TLS after the handshake, up to twice the limit; beyond,
+   * it is closed before TLS). Asked for a slot under the limit instead, the supervisor said only no: a client
+   * one over its limit was closed before TLS without a reply, logged with a made-up count of 2 × limit + 1.
+   */
   async #countProxied(socket: net.Socket, ip: string, port: number, handshake: boolean): Promise<boolean> {
     const shared = this.runtime.connections;
     if (!shared) return this.#count(socket, ip, this.connectionCounter.add(ip, port), handshake, () => this.connectionCounter.remove(ip));
+    if (shared.take) return this.#countOwn(socket, ip, handshake);
     const key = `${this.listenerName} ${ip}`;
     const limit = this.maxConnectionsPerIp;
     const { ok: taken, total } = await shared.acquire(key, ip, limit, port);
@@ -321,13 +328,13 @@ export class PosternServer extends SMTPServer {
     }
     // maxConnections is the listener's over every worker, as for a connection the supervisor counted.
     if (taken && total !== undefined && total > this.#maxClients()) this.#overListenerLimit.add(socket);
-    // Over the limit the supervisor took no slot: on implicit TLS closed before the handshake, else 421 at connect.
+    // Over the limit no slot was taken (a counter that cannot take whatever the count): on implicit TLS closed before the handshake, else 421 at connect.
     return this.#count(socket, ip, taken ? 1 : handshake ? 2 * limit + 1 : limit + 1, handshake, release, false);
   }
 
   /**
-   * The slot of a connection this worker accepted itself, from the supervisor's count over every worker, taken
-   * whatever the count as for a connection the supervisor hands over: over the limit it reads its 421 (on
+   * The slot of a connection this worker accepted itself (or of the client a PROXY header named), from the
+   * supervisor's count over every worker, taken whatever the count as for a connection the supervisor hands over: over the limit it reads its 421 (on
    * implicit TLS after the handshake, up to twice the limit; beyond, it is closed before TLS).
    */
   async #countOwn(socket: net.Socket, ip: string, handshake: boolean): Promise<boolean> {
