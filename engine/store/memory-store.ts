@@ -138,8 +138,7 @@ class BoundedCounters {
       map.delete(key);
       dropped++;
     }
-    this.#droppedSinceTold += dropped;
-    return dropped;
+    return dropped; // not told: their counts had ended, as a sweep's
   }
 
   /** Up to `count` of the first keys of `map` dropped; how many were. */
