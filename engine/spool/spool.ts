@@ -125,6 +125,11 @@ export class Spool {
     for (const name of names) {
       // Never acknowledged: half-written messages, temporary files; state, a hold or a due request without a message.
       const beside = /^(.*)\.(state|held|due)$/.exec(name)?.[1];
+      const request = asideDueRequestOf(name);
+      if (request && isLeftoverWrite(name) && (names.has(`${request.id}.msg`) || journal.has(request.id))) {
+        await this.#putBackDueRequest(name, request.file);
+        continue;
+      }
       const orphan = name.endsWith('.part') || isLeftoverWrite(name)
         || (beside !== undefined && !names.has(`${beside}.msg`) && !journal.has(beside));
       if (orphan) {
@@ -438,7 +443,7 @@ export class Spool {
     }
     // Taken aside by a rename (the file as it is at that instant), then looked at. Read first and then unlinked, a
     // request written between the two (`postern queue retry` again, in another process) went with it: lost.
-    const aside = temporaryPath(path); // a leftover (killed meanwhile) goes with the scans' temporaries
+    const aside = temporaryPath(path); // a leftover (killed meanwhile) is put back by the next scan (#putBackDueRequest)
     try {
       await rename(path, aside);
     } catch (err) {
@@ -456,6 +461,20 @@ export class Spool {
     } finally {
       await unlink(aside).catch(ignoreMissing);
     }
+  }
+
+  /**
+   * `name`, a due request's file taken aside by clearDueRequest by a process killed before it looked at it, put back
+   * as `file` (unless a request has been written since): it may hold a `postern queue retry` made during the attempt,
+   * lost if removed as a temporary. At worst it is the request whose attempt was made: one attempt more, as a kill
+   * before the request's removal made. (A `queue retry` killed before its rename leaves the same name: a request too.)
+   */
+  async #putBackDueRequest(name: string, file: string): Promise<void> {
+    const aside = join(this.queueDir, name);
+    await link(aside, join(this.queueDir, file)).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') await rename(aside, join(this.queueDir, file)).catch(() => undefined);
+    });
+    await unlink(aside).catch(() => undefined);
   }
 
   /**
@@ -595,7 +614,12 @@ export class Spool {
     // (named with the writer's pid): the queue process restarted, or a `postern queue` command killed. Nothing else
     // removed it (a worker clears them at its own start, which may be weeks later): one file per kill, and a move's
     // is a copy of the message.
-    for (const n of opts.tidy === false ? [] : names) if (isLeftoverWrite(n)) await unlink(join(this.queueDir, n)).catch(() => undefined);
+    for (const n of opts.tidy === false ? [] : names) {
+      if (!isLeftoverWrite(n)) continue;
+      const request = asideDueRequestOf(n);
+      if (request && present.has(request.id)) await this.#putBackDueRequest(n, request.file);
+      else await unlink(join(this.queueDir, n)).catch(() => undefined);
+    }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
@@ -935,6 +959,12 @@ async function readMessageFile(file: string): Promise<Buffer> {
  * older release's name, which does not say who writes it. One whose writer runs is not touched: a worker's start
  * removed the queue process's state file on its way to its rename, and that attempt's outcome went unrecorded.
  */
+/** The due request whose temporary (temporaryPath: clearDueRequest's file taken aside, a request's write) `name` is. */
+function asideDueRequestOf(name: string): { id: string; file: string } | null {
+  const m = /^\.((.+)\.due)\.\d+\.[0-9a-f]{8}\.tmp$/.exec(name);
+  return m && Spool.isId(m[2]!) ? { id: m[2]!, file: m[1]! } : null;
+}
+
 function isLeftoverWrite(name: string): boolean {
   return name.endsWith('.tmp') && (isLeftoverTemporary(name) || !name.startsWith('.'));
 }

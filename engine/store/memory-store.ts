@@ -90,6 +90,11 @@ class BoundedCounters {
     if (this.#counting.delete(key)) this.#refusing.set(key, entry);
   }
 
+  /** `key` (live) is below its limit again (raised by a reload, or another call's): no longer kept over the others. */
+  allowing(key: string, entry: Entry): void {
+    if (this.#refusing.delete(key)) this.#counting.set(key, entry);
+  }
+
   /** Drop expired entries, so that keys used once (rotating addresses, identities) do not pile up. */
   #sweep(now: number): void {
     for (const map of [this.#counting, this.#refusing]) for (const [key, entry] of map) if (entry.expiresAt <= now) map.delete(key);
@@ -111,6 +116,9 @@ class BoundedCounters {
     let drop = this.size - this.#maxKeys + 1;
     if (drop <= 0) return;
     drop = Math.max(drop, Math.ceil(this.#maxKeys / 100));
+    // Refusing keys whose window has ended refuse nothing: they go before live counts (between two sweeps they
+    // were kept, and live keys dropped). Those that reached their limit first lead; stopped at the first live one.
+    drop -= this.#dropExpiredLeaders(this.#refusing, drop, now);
     drop -= this.#dropOldest(this.#counting, drop);
     if (drop > 0) this.#refusingDroppedSinceTold += this.#dropOldest(this.#refusing, drop);
     if (now - this.#lastTold >= FULL_SWEEP_INTERVAL_MS) {
@@ -120,6 +128,17 @@ class BoundedCounters {
       this.#droppedSinceTold = this.#refusingDroppedSinceTold = 0;
       try { this.#onEvict?.(dropped, this.#maxKeys, refusingDropped); } catch { /* telling must not fail a count */ }
     }
+  }
+
+  /** Up to `count` of the first keys of `map` dropped while their window has ended; how many were. */
+  #dropExpiredLeaders(map: Map<string, Entry>, count: number, now: number): number {
+    let dropped = 0;
+    for (const [key, entry] of map) {
+      if (dropped >= count || entry.expiresAt > now) break;
+      map.delete(key);
+      dropped++;
+    }
+    return dropped; // not told: their counts had ended, as a sweep's
   }
 
   /** Up to `count` of the first keys of `map` dropped; how many were. */
@@ -183,6 +202,7 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
       side.refusing(key, entry); // (a limit lowered since it was counted)
       return { allowed: false, count: entry.value, resetSeconds: resetSeconds(entry, now) };
     }
+    if (entry) side.allowing(key, entry);
     entry ??= side.create(key, now + windowSeconds * 1000, now);
     entry.value++;
     if (entry.value >= limit) side.refusing(key, entry); // the next call is refused
