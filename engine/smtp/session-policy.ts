@@ -19,7 +19,8 @@ import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, requestedAccount, scriptLoginName, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { headerSenderRefusal } from '../policy/header-senders.ts';
-import { certificateIdentity } from '../policy/certificate-identity.ts';
+import { certificateIdentity, type CertificateIdentity } from '../policy/certificate-identity.ts';
+import type { LookupTable } from '../policy/lookup-tables.ts';
 import { boundedName, chainEmailConstraints, describePeerCertificate, explainUnspecified } from '../certificates/index.ts';
 import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
@@ -248,9 +249,7 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, {
-      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
-    });
+    st.identity = this.#identityOf(conn, socket, pinTable);
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
@@ -286,6 +285,13 @@ export class SessionPolicy {
       conn.session.user = st.identity.identity;
     }
     return null;
+  }
+
+  /** The account the session's certificate names now, under `pinTable` and the listener's current CRLs. */
+  #identityOf(conn: SmtpClient, socket: TLSSocket, pinTable: LookupTable | undefined): CertificateIdentity {
+    return certificateIdentity(conn.state.listener, conn.state.certificate, pinTable, conn.trust, {
+      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
+    });
   }
 
   /**
@@ -613,17 +619,47 @@ export class SessionPolicy {
       st.certificateTrust = conn.trust;
     }
     const byCertificate = command === 'AUTH' || st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
-    if (st.identity.via === 'pin' && byCertificate) {
-      const name = st.listener.certificateIdentity.pins;
-      // MAIL FROM has just adopted the newest generation; a transaction keeps its own, so AUTH, RCPT TO and DATA read the newest's.
-      const tables = command === 'MAIL FROM' ? st.generation.tables : this.#runtime.generation.tables;
-      const line = name ? tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
+    const name = st.listener.certificateIdentity.pins;
+    // MAIL FROM has just adopted the newest generation; a transaction keeps its own, so AUTH, RCPT TO and DATA read the newest's.
+    const pinTable = name ? (command === 'MAIL FROM' ? st.generation.tables : this.#runtime.generation.tables).get(name) : undefined;
+    const socket = conn._socket as TLSSocket;
+    // Verified at the handshake, expired since: the session holds what a handshake now would give it, an
+    // unverified ("expired") certificate, whose pin alone may still name its account. Else a client that keeps its
+    // connection open would relay (relayClientCertificates) and log in by a certificate no new session accepts.
+    if (cert.verified && Date.now() >= Date.parse(cert.notAfter)) {
+      const held = st.identity.identity;
+      st.certificate = { ...cert, verified: false, verifyError: 'expired', verifyErrorCode: 'CERT_HAS_EXPIRED' };
+      st.identity = this.#identityOf(conn, socket, pinTable);
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), notAfter: cert.notAfter, user: st.user, identity: st.identity.identity },
+        'client certificate expired since the handshake: no longer verified');
+      if (st.identity.identity !== held && byCertificate || this.#mustBeTrusted(conn, st.identity)) {
+        this.#log.info({ cid: conn.id, user: st.user }, `logged in with a certificate expired since: ${refused}`);
+        return reply('certificateExpired');
+      }
+      return null;
+    }
+    if (st.identity.via === 'pin') {
+      const line = pinTable?.get(cert.pin.sha256) ?? '';
       if (parseSenderList(line)[0] !== st.identity.identity) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
-        return reply('certificatePinRemoved');
+        const now = this.#identityOf(conn, socket, pinTable);
+        if (byCertificate || this.#mustBeTrusted(conn, now)) {
+          this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
+          return reply('certificatePinRemoved');
+        }
+        // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
+        st.identity = now;
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, identity: st.identity.identity },
+          'client certificate pin removed since the handshake: the session\'s certificate identity follows the table');
       }
     }
     return null;
+  }
+
+  /** `require` (or `strict`) and the certificate is now neither verified nor pinned: a new handshake would get no session. */
+  #mustBeTrusted(conn: SmtpClient, identity: CertificateIdentity): boolean {
+    const { tls } = conn.state.listener;
+    const cert = conn.state.certificate;
+    return (tls.clientCertificates === 'require' || tls.strict) && !!cert && !cert.verified && !identity.pinned;
   }
 
   /**
