@@ -639,18 +639,22 @@ export class SessionPolicy {
       return null;
     }
     if (st.identity.via === 'pin') {
-      const line = pinTable?.get(cert.pin.sha256) ?? '';
-      if (parseSenderList(line)[0] !== st.identity.identity) {
-        const now = this.#identityOf(conn, socket, pinTable);
-        if (byCertificate || this.#mustBeTrusted(conn, now)) {
-          this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
-          return reply('certificatePinRemoved');
-        }
-        // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
+      const [account, ...senders] = parseSenderList(pinTable?.get(cert.pin.sha256) ?? '');
+      if (account === st.identity.identity && sameList(senders, st.identity.senders)) return null;
+      const now = this.#identityOf(conn, socket, pinTable);
+      // The same account with other senders on its line: the senders the table names now (one removed is refused).
+      if (now.identity === st.identity.identity) {
         st.identity = now;
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, identity: st.identity.identity },
-          'client certificate pin removed since the handshake: the session\'s certificate identity follows the table');
+        return null;
       }
+      if (byCertificate || this.#mustBeTrusted(conn, now)) {
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
+        return reply('certificatePinRemoved');
+      }
+      // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
+      st.identity = now;
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, identity: st.identity.identity },
+        'client certificate pin removed since the handshake: the session\'s certificate identity follows the table');
     }
     return null;
   }
@@ -714,4 +718,8 @@ function certificateOutcome(cert: { verified: boolean; verifyErrorCode: string |
   if (cert.verified) return 'verified';
   if (pinned) return 'pinned';
   return `untrusted:${(cert.verifyErrorCode ?? 'UNKNOWN').toLowerCase()}`;
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

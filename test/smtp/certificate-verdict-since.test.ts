@@ -20,6 +20,7 @@ let pki: TestPki;
 let server: TestServer;
 let ca = '';
 let device: IssuedCertificate;
+let laptop: IssuedCertificate;
 
 const pinOf = (pem: string): string => createHash('sha256').update(new X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' })).digest('base64url');
 
@@ -27,15 +28,17 @@ before(async () => {
   pki = await makeTestPki();
   ca = await readFile(pki.ca.cert, 'utf8');
   device = await createSelfSignedCertificate({ commonName: 'sensor', keyType: 'ecdsa' });
+  laptop = await createSelfSignedCertificate({ commonName: 'laptop', keyType: 'ecdsa' });
   const tls = `{ mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}], crlFiles: [${pki.crl}] }`;
   server = await startTestServer({
-    files: { devices: `${pinOf(device.cert)} sensor@example.com\n` },
+    files: { devices: `${pinOf(device.cert)} sensor@example.com\n`, laptops: `${pinOf(laptop.cert)} carol@example.com boss@example.com\n` },
     config: `
 localDomains: [example.com]
-tables: { devices: ./devices }
+tables: { devices: ./devices, laptops: ./laptops }
 listeners:
   - { name: pins, listen: "127.0.0.1:0", reverseDns: false, tls: ${tls}, certificateIdentity: { pins: devices }, scripts: ./scripts, limits: { greetingDelayMs: 0 } }
   - { name: field, listen: "127.0.0.1:0", reverseDns: false, tls: ${tls}, auth: { mechanisms: [EXTERNAL] }, certificateIdentity: { field: emailAddress }, relayClientCertificates: true, limits: { greetingDelayMs: 0 } }
+  - { name: senders, listen: "127.0.0.1:0", reverseDns: false, tls: ${tls}, certificateIdentity: { pins: laptops, autoLogin: true }, senderLogin: { enforce: true }, limits: { greetingDelayMs: 0 } }
 `,
     // As examples/postfix-policy-service: a pinned device may relay.
     scripts: { 'rcptto.ts': `export default (ctx) => ctx.builtin.accepted ? undefined : ctx.connection.certificateIdentity ? accept() : reject('Relay access denied', { code: 554, enhanced: '5.7.1' });` },
@@ -70,6 +73,19 @@ test('a pin removed while a session that never logged in with it is open: its sc
   const d = await connect('pins', device);
   assert.match(await relay(d), /^554 /);
   d.socket.destroy();
+});
+
+// A pin line is `pin account [more senders…]`: the senders are the pin's to grant, and so the table's to take back.
+test('a sender removed from the pin line of a session logged in with it: that sender is refused at the next MAIL FROM', async () => {
+  const c = await connect('senders', laptop);
+  assert.match((await c.command('MAIL FROM:<boss@example.com>')).text, /^250 /, 'the pin line lets carol send as boss (the test can fail)');
+  await c.command('RSET');
+  const generation = server.runtime.generation;
+  await writeFile(join(server.dir, 'laptops'), `${pinOf(laptop.cert)} carol@example.com\n`);
+  await until('the pin line without boss', () => server.runtime.generation !== generation, { timeoutMs: 60_000 });
+  assert.match((await c.command('MAIL FROM:<boss@example.com>')).text, /^5\d\d /, 'sent as a sender removed from the pin line since the handshake');
+  assert.match((await c.command('MAIL FROM:<carol@example.com>')).text, /^250 /, 'the account itself is still the session\'s');
+  c.socket.destroy();
 });
 
 test('a certificate that expired since the handshake: no more relaying, no AUTH EXTERNAL, and a session logged in with it is closed', async () => {
