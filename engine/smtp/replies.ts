@@ -64,7 +64,7 @@ export const REPLIES = {
   authRequired: { code: 530, enhanced: '5.7.0', text: 'Authentication required', reason: 'auth.required' },
   certificateRevoked: { code: 550, enhanced: '5.7.1', text: 'Client certificate has been revoked', reason: 'client certificate revoked since the session began (CRL reloaded)' },
   certificateCaWithdrawn: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'client certificate\'s CA removed from caFiles since the session began (reloaded)' },
-  certificatePinRemoved: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'client certificate pin removed since the session began (pin table reloaded)' },
+  certificatePinRemoved: { code: 550, enhanced: '5.7.1', text: 'Client certificate is no longer accepted', reason: 'the account the client certificate names changed since the session began (its pin removed, or certificateIdentity reloaded)' },
   certificateExpired: { code: 421, enhanced: '4.7.0', text: 'Client certificate has expired, connect again', reason: 'the client certificate this session logged in with expired since the session began: a new handshake judges it as it is now' },
   tooManyMessages: { code: 421, enhanced: '4.7.0', text: 'Error: too many messages in this connection, reconnect', reason: 'limits.maxMessagesPerConnection' },
   loginWithdrawn: { code: 421, enhanced: '4.7.0', text: 'Login no longer valid, log in again', reason: 'password changed or user removed from the users file since the login (reloaded)' },

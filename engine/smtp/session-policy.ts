@@ -250,6 +250,7 @@ export class SessionPolicy {
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
     st.identity = this.#identityOf(conn, socket, pinTable);
+    st.identityRules = st.listener.certificateIdentity;
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
@@ -630,6 +631,7 @@ export class SessionPolicy {
       const held = st.identity.identity;
       st.certificate = { ...cert, verified: false, verifyError: 'expired', verifyErrorCode: 'CERT_HAS_EXPIRED' };
       st.identity = this.#identityOf(conn, socket, pinTable);
+      st.identityRules = st.listener.certificateIdentity;
       this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), notAfter: cert.notAfter, user: st.user, identity: st.identity.identity },
         'client certificate expired since the handshake: no longer verified');
       if (st.identity.identity !== held && byCertificate || this.#mustBeTrusted(conn, st.identity)) {
@@ -638,24 +640,33 @@ export class SessionPolicy {
       }
       return null;
     }
-    if (st.identity.via === 'pin') {
+    // The account may have changed with the pin table, or with the listener's certificateIdentity (a mapping found
+    // wrong, say a CN any sub-CA may write, is replaced): a reload's settings are new objects, so found again once.
+    const rulesChanged = st.identityRules !== null && st.identityRules !== st.listener.certificateIdentity;
+    if (st.identity.via !== 'pin' && !rulesChanged) return null;
+    if (!rulesChanged) {
       const [account, ...senders] = parseSenderList(pinTable?.get(cert.pin.sha256) ?? '');
       if (account === st.identity.identity && sameList(senders, st.identity.senders)) return null;
-      const now = this.#identityOf(conn, socket, pinTable);
-      // The same account with other senders on its line: the senders the table names now (one removed is refused).
-      if (now.identity === st.identity.identity) {
-        st.identity = now;
-        return null;
-      }
-      if (byCertificate || this.#mustBeTrusted(conn, now)) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
-        return reply('certificatePinRemoved');
-      }
-      // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
-      st.identity = now;
-      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, identity: st.identity.identity },
-        'client certificate pin removed since the handshake: the session\'s certificate identity follows the table');
     }
+    const now = this.#identityOf(conn, socket, pinTable);
+    // The same account (with the senders its pin line names now: one removed is refused): nothing taken back.
+    if (now.identity === st.identity.identity) {
+      st.identity = now;
+      st.identityRules = st.listener.certificateIdentity;
+      return null;
+    }
+    // AUTH EXTERNAL goes on with the account the certificate names now (none: 535), as on a new session.
+    if (command !== 'AUTH' && byCertificate || this.#mustBeTrusted(conn, now)) {
+      // Nothing adopted: the next command is refused too, as long as the account differs.
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user, identity: now.identity },
+        `the account the client certificate names changed since the handshake (pin removed or certificateIdentity reloaded): ${refused}`);
+      return reply('certificatePinRemoved');
+    }
+    // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
+    this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, before: st.identity.identity, identity: now.identity },
+      'the account the client certificate names changed since the handshake: the session\'s certificate identity follows');
+    st.identity = now;
+    st.identityRules = st.listener.certificateIdentity;
     return null;
   }
 

@@ -106,3 +106,19 @@ test('a certificate that expired since the handshake: no more relaying, no AUTH 
   loggedIn.socket.destroy();
   later.socket.destroy();
 });
+
+// Last: it edits the configuration. A mapping found wrong (a CN any sub-CA may write) is changed for what follows,
+// as a password reset withdraws the logins the old password opened.
+test('certificateIdentity.field changed by a reload: a session logged in with the old mapping\'s account is refused at its next MAIL FROM', async () => {
+  const alice = { cert: await readFile(pki.clients.alice.cert, 'utf8'), key: await readFile(pki.clients.alice.key, 'utf8') };
+  const c = await connect('field', alice);
+  assert.equal((await c.command('AUTH EXTERNAL =')).code, 235);
+  assert.match((await c.command('MAIL FROM:<alice@example.com>')).text, /^250 /);
+  await c.command('RSET');
+  const config = join(server.dir, 'postern.yaml');
+  const generation = server.runtime.generation;
+  await writeFile(config, (await readFile(config, 'utf8')).replace('certificateIdentity: { field: emailAddress }', 'certificateIdentity: { field: CN }'));
+  await until('the configuration with field: CN', () => server.runtime.generation !== generation, { timeoutMs: 60_000 });
+  assert.equal((await c.command('MAIL FROM:<alice@example.com>')).text, '550 5.7.1 Client certificate is no longer accepted', 'kept the account of a mapping reloaded away');
+  c.socket.destroy();
+});
