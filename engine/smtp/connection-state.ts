@@ -29,6 +29,8 @@ export class ConnectionState {
   /** The certificate was requested (Received header: "did not present" vs "not requested"). */
   certificateRequested = false;
   identity: CertificateIdentity = NO_IDENTITY;
+  /** The listener's certificateIdentity settings `identity` was found under: a reload that replaces them has it found again. */
+  identityRules: ListenerConfig['certificateIdentity'] | null = null;
   /** The listener's CA list the certificate was verified against (replaced by a reload: checked again at MAIL FROM). */
   certificateTrust: TrustedIssuers | null = null;
   /**

@@ -19,7 +19,8 @@ import { wasBarePostmaster } from '../policy/postmaster.ts';
 import { builtinAuth, builtinRelay, builtinSender, requestedAccount, scriptLoginName, type AuthAttempt, type SenderFacts } from '../policy/builtin-rules.ts';
 import { extraSenders, parseSenderList } from '../policy/sender-logins.ts';
 import { headerSenderRefusal } from '../policy/header-senders.ts';
-import { certificateIdentity } from '../policy/certificate-identity.ts';
+import { certificateIdentity, type CertificateIdentity } from '../policy/certificate-identity.ts';
+import type { LookupTable } from '../policy/lookup-tables.ts';
 import { boundedName, chainEmailConstraints, describePeerCertificate, explainUnspecified } from '../certificates/index.ts';
 import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
@@ -248,9 +249,8 @@ export class SessionPolicy {
       st.certificate = null;
     }
     const pinTable = st.listener.certificateIdentity.pins ? st.generation.tables.get(st.listener.certificateIdentity.pins) : undefined;
-    st.identity = certificateIdentity(st.listener, st.certificate, pinTable, conn.trust, {
-      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
-    });
+    st.identity = this.#identityOf(conn, socket, pinTable);
+    st.identityRules = st.listener.certificateIdentity;
     st.certificateTrust = conn.trust;
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
@@ -286,6 +286,13 @@ export class SessionPolicy {
       conn.session.user = st.identity.identity;
     }
     return null;
+  }
+
+  /** The account the session's certificate names now, under `pinTable` and the listener's current CRLs. */
+  #identityOf(conn: SmtpClient, socket: TLSSocket, pinTable: LookupTable | undefined): CertificateIdentity {
+    return certificateIdentity(conn.state.listener, conn.state.certificate, pinTable, conn.trust, {
+      emailConstraints: () => chainEmailConstraints(socket), issuerRevoked: () => conn.trust.revokesIssuerOf(socket),
+    });
   }
 
   /**
@@ -613,17 +620,61 @@ export class SessionPolicy {
       st.certificateTrust = conn.trust;
     }
     const byCertificate = command === 'AUTH' || st.mechanism === 'CERTIFICATE' || st.mechanism === 'EXTERNAL';
-    if (st.identity.via === 'pin' && byCertificate) {
-      const name = st.listener.certificateIdentity.pins;
-      // MAIL FROM has just adopted the newest generation; a transaction keeps its own, so AUTH, RCPT TO and DATA read the newest's.
-      const tables = command === 'MAIL FROM' ? st.generation.tables : this.#runtime.generation.tables;
-      const line = name ? tables.get(name)?.get(cert.pin.sha256) ?? '' : '';
-      if (parseSenderList(line)[0] !== st.identity.identity) {
-        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user }, `client certificate pin removed since the handshake: ${refused}`);
-        return reply('certificatePinRemoved');
+    const name = st.listener.certificateIdentity.pins;
+    // MAIL FROM has just adopted the newest generation; a transaction keeps its own, so AUTH, RCPT TO and DATA read the newest's.
+    const pinTable = name ? (command === 'MAIL FROM' ? st.generation.tables : this.#runtime.generation.tables).get(name) : undefined;
+    const socket = conn._socket as TLSSocket;
+    // Verified at the handshake, expired since: the session holds what a handshake now would give it, an
+    // unverified ("expired") certificate, whose pin alone may still name its account. Else a client that keeps its
+    // connection open would relay (relayClientCertificates) and log in by a certificate no new session accepts.
+    if (cert.verified && Date.now() >= Date.parse(cert.notAfter)) {
+      const held = st.identity.identity;
+      st.certificate = { ...cert, verified: false, verifyError: 'expired', verifyErrorCode: 'CERT_HAS_EXPIRED' };
+      st.identity = this.#identityOf(conn, socket, pinTable);
+      st.identityRules = st.listener.certificateIdentity;
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), notAfter: cert.notAfter, user: st.user, identity: st.identity.identity },
+        'client certificate expired since the handshake: no longer verified');
+      if (st.identity.identity !== held && byCertificate || this.#mustBeTrusted(conn, st.identity)) {
+        this.#log.info({ cid: conn.id, user: st.user }, `logged in with a certificate expired since: ${refused}`);
+        return reply('certificateExpired');
       }
+      return null;
     }
+    // The account may have changed with the pin table, or with the listener's certificateIdentity (a mapping found
+    // wrong, say a CN any sub-CA may write, is replaced): a reload's settings are new objects, so found again once.
+    const rulesChanged = st.identityRules !== null && st.identityRules !== st.listener.certificateIdentity;
+    if (st.identity.via !== 'pin' && !rulesChanged) return null;
+    if (!rulesChanged) {
+      const [account, ...senders] = parseSenderList(pinTable?.get(cert.pin.sha256) ?? '');
+      if (account === st.identity.identity && sameList(senders, st.identity.senders)) return null;
+    }
+    const now = this.#identityOf(conn, socket, pinTable);
+    // The same account (with the senders its pin line names now: one removed is refused): nothing taken back.
+    if (now.identity === st.identity.identity) {
+      st.identity = now;
+      st.identityRules = st.listener.certificateIdentity;
+      return null;
+    }
+    // AUTH EXTERNAL goes on with the account the certificate names now (none: 535), as on a new session.
+    if (command !== 'AUTH' && byCertificate || this.#mustBeTrusted(conn, now)) {
+      // Nothing adopted: the next command is refused too, as long as the account differs.
+      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, user: st.user, identity: now.identity },
+        `the account the client certificate names changed since the handshake (pin removed or certificateIdentity reloaded): ${refused}`);
+      return reply('certificatePinRemoved');
+    }
+    // Not logged in with it, the session still loses the account: scripts see certificateIdentity (and may relay by it).
+    this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), pin: cert.pin.sha256Base64Url, before: st.identity.identity, identity: now.identity },
+      'the account the client certificate names changed since the handshake: the session\'s certificate identity follows');
+    st.identity = now;
+    st.identityRules = st.listener.certificateIdentity;
     return null;
+  }
+
+  /** `require` (or `strict`) and the certificate is now neither verified nor pinned: a new handshake would get no session. */
+  #mustBeTrusted(conn: SmtpClient, identity: CertificateIdentity): boolean {
+    const { tls } = conn.state.listener;
+    const cert = conn.state.certificate;
+    return (tls.clientCertificates === 'require' || tls.strict) && !!cert && !cert.verified && !identity.pinned;
   }
 
   /**
@@ -678,4 +729,8 @@ function certificateOutcome(cert: { verified: boolean; verifyErrorCode: string |
   if (cert.verified) return 'verified';
   if (pinned) return 'pinned';
   return `untrusted:${(cert.verifyErrorCode ?? 'UNKNOWN').toLowerCase()}`;
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -19,7 +19,7 @@ import { needsTmpfs, remountReadOnly, testFilesystem, type SmallFilesystem } fro
 import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 import { REPLIES, type ReplyName, type ReplySpec } from '../../engine/smtp/replies.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
-import { createCrl } from '../../engine/certificates/index.ts';
+import { createCrl, issueClientCertificate } from '../../engine/certificates/index.ts';
 import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
@@ -402,6 +402,18 @@ const ROWS = {
       await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<carol@example.com>');
       await s.c.quit();
+      return s.seen;
+    },
+  },
+  certificateExpired: {
+    server: 'main', stage: 'MAIL', check: (line) => { expectUser('temp@example.com')(line); },
+    async drive() {
+      // Verified at the handshake (autoLogin by emailAddress), expired a few seconds later, under the open session.
+      const notAfter = new Date(Math.ceil(Date.now() / 1000) * 1000 + 5000);
+      const temp = await issueClientCertificate(pki.authorities.ca, { commonName: 'temp', emailAddress: 'temp@example.com', keyType: 'ecdsa', notAfter });
+      const s = await session('main', 'crl', { ca: alice.ca, cert: temp.cert, key: temp.key });
+      await until('the certificate expired', () => Date.now() > notAfter.getTime() + 1000, { timeoutMs: 30_000, intervalMs: 100 });
+      await s.say('MAIL FROM:<temp@example.com>');
       return s.seen;
     },
   },
