@@ -18,12 +18,17 @@
  * path leads to (checked every second: a folder created again is not always reported, and a swapped parent is
  * not in a watched folder), sets the watch up afresh, then looks at the inputs again (an edit made before the
  * new watch was ready counts).
+ *
+ * Watching can be impossible: a host whose inotify instances or watches are used up (fs.watch fails with
+ * EMFILE or ENOSPC), or a file system that refuses it. chokidar then only emits an `error`, and every later
+ * edit went unseen without a word. From the first such error on, the inputs' status (inode, size, times) is
+ * compared every second as well, `unavailable` says why, and `onUnavailable` is told once (to log it).
  */
 import { watch, type FSWatcher } from 'chokidar';
-import { stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { inputMatcher, type WatchedInputs } from './watched-inputs.ts';
+import { inputMatcher, SCRIPT_FILE, type WatchedInputs } from './watched-inputs.ts';
 
 export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
@@ -47,15 +52,25 @@ export class ChangeWatcher {
   #inputEvents = 0;
   #otherEvents = 0;
   #closed = false;
+  /** Why file events cannot be had (the first watch error), or null while they can. */
+  #unavailable: string | null = null;
+  /** The inputs' status as last polled (only once watching is unavailable), and the timer that polls. */
+  #polled: string | null = null;
+  #poll: NodeJS.Timeout | null = null;
   readonly #settleMs: number;
   readonly #onSettled: () => void;
   readonly #onActivity: () => void;
+  readonly #onUnavailable: (reason: string) => void;
 
-  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined) {
+  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined, onUnavailable: (reason: string) => void = () => undefined) {
     this.#settleMs = settleMs;
     this.#onSettled = onSettled;
     this.#onActivity = onActivity;
+    this.#onUnavailable = onUnavailable;
   }
+
+  /** Why file changes are found by polling instead of events (the watch error), or null while events come. */
+  get unavailable(): string | null { return this.#unavailable; }
 
   /** Events about inputs seen so far. */
   get inputEvents(): number { return this.#inputEvents; }
@@ -103,13 +118,34 @@ export class ChangeWatcher {
     });
     watcher.on('all', (_event: string, path: string) => this.#event(path));
     watcher.on('raw', (event: string, path: string | null, details: unknown) => this.#raw(event, path, (details as { watchedPath?: string } | undefined)?.watchedPath));
-    watcher.on('error', () => this.#input());
+    watcher.on('error', (err: unknown) => this.#watchFailed(err));
     await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
     const old = this.#watcher;
     this.#watcher = watcher;
     this.#watching = targets;
     await old?.close();
     if (this.#closed) await watcher.close();
+  }
+
+  /** A watch could not be set (or broke): from now on the inputs are polled as well; look at them now. */
+  #watchFailed(err: unknown): void {
+    if (this.#unavailable === null && !this.#closed) {
+      this.#unavailable = err instanceof Error ? err.message : String(err);
+      this.#poll = setInterval(() => void this.#pollInputs(), POLL_MS).unref();
+      void this.#pollInputs();
+      this.#onUnavailable(this.#unavailable);
+    }
+    this.#input();
+  }
+
+  async #pollInputs(): Promise<void> {
+    const inputs = this.#inputs;
+    if (!inputs || this.#closed) return;
+    const now = await statusOfInputs(inputs);
+    if (this.#closed || inputs !== this.#inputs) return;
+    const before = this.#polled;
+    this.#polled = now;
+    if (before !== null && before !== now) this.#input();
   }
 
   #event(path: string): void {
@@ -189,6 +225,7 @@ export class ChangeWatcher {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#folderCheck) clearInterval(this.#folderCheck);
+    if (this.#poll) clearInterval(this.#poll);
     this.#timer = null;
     await this.#watcher?.close();
     this.#watcher = null;
@@ -197,6 +234,26 @@ export class ChangeWatcher {
 
 /** The scripts folders' paths are looked at this often to see one replaced as a whole. */
 const FOLDER_CHECK_MS = 1000;
+
+/** Without file events, the inputs' status is compared this often. */
+export const POLL_MS = 1000;
+
+/**
+ * The status of every input file and script (inode, size, modification and status change times), as one
+ * string: what polling compares. The status change time moves at every write, so an edit that keeps the
+ * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen.
+ */
+async function statusOfInputs(inputs: WatchedInputs): Promise<string> {
+  const of = (p: string): Promise<string> => stat(p).then((s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
+  const parts = await Promise.all(inputs.files.map(of));
+  for (const folder of inputs.folders) {
+    let names: string[] = [];
+    let listed = 'listed';
+    try { names = (await readdir(folder)).filter((x) => SCRIPT_FILE.test(x)).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
+    parts.push(`${folder} ${await of(folder)} ${listed} ${names.join('/')}`, ...await Promise.all(names.map((n) => of(join(folder, n)))));
+  }
+  return parts.join('\n');
+}
 
 /**
  * Every folder watched: the scripts folders and the folders of the input files. A release-style deploy swaps

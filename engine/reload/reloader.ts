@@ -26,7 +26,7 @@ import { buildGeneration, GenerationError } from '../generation/build-generation
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
-import { ChangeWatcher } from './change-watcher.ts';
+import { ChangeWatcher, POLL_MS } from './change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
 import { ReloadStatus } from './reload-status.ts';
 import { buildDeadlineMs, withDeadline } from './build-deadline.ts';
@@ -105,7 +105,12 @@ export class Reloader {
     this.#started = gen.config;
     this.#runsWith = runningSettings(gen.config);
     this.status = new ReloadStatus(gen.config.dataDir, gen.serial);
-    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
+    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify(), (reason) => {
+      this.status.data.watching = reason;
+      void this.status.save();
+      target.logger.child({ component: 'reload' }).error({ reason },
+        `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
+    });
   }
 
   /** `watch: false`: reload only when told (reload()); failures are then logged at debug level, the teller reports them. */

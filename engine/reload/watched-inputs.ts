@@ -18,7 +18,7 @@ export interface WatchedInputs {
 }
 
 /** Names in a scripts folder that count as scripts (the digest and the watcher agree on this). */
-const SCRIPT_FILE = /\.(ts|js|mjs)$/;
+export const SCRIPT_FILE = /\.(ts|js|mjs)$/;
 
 export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   const c = loaded.config;
