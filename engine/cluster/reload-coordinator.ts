@@ -22,6 +22,8 @@ export interface ChildReloadState {
   refused: string | null;
   lastError: string[] | null;
   reloads: number;
+  /** Each input file's SHA-256 in the content of the generation in force (absent from an older child). */
+  files?: Record<string, string>;
 }
 
 /** Quiet time after the last event before the children are told (as the single process's reloader). */

@@ -72,11 +72,15 @@ export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
  * the content a build already read for some files (the configuration), so the digest describes what was
  * built, not what the disk holds a moment later.
  */
-export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map()): Promise<string> {
+export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map(), perFile?: Map<string, string>): Promise<string> {
   const hash = createHash('sha256');
+  const take = (file: string, content: Buffer): void => {
+    hash.update(content);
+    perFile?.set(file, fileDigest(content));
+  };
   for (const file of inputs.files) {
     hash.update(`file ${file}\0`);
-    hash.update(asRead.get(file) ?? await contentOf(file));
+    take(file, asRead.get(file) ?? await contentOf(file));
   }
   for (const folder of inputs.folders) {
     let names: string[] = [];
@@ -88,10 +92,20 @@ export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<st
     }
     for (const name of names) {
       hash.update(`script ${folder}/${name}\0`);
-      hash.update(await contentOf(join(folder, name)));
+      take(join(folder, name), await contentOf(join(folder, name)));
     }
   }
   return hash.digest('hex');
+}
+
+/**
+ * What `postern status` shows for one input file: the SHA-256 of the content a generation was built from, as
+ * `sha256sum` prints it, so an administrator can tell which file on disk differs from the one in force (a
+ * refused edit, or a file system whose changes are not reported); a file that could not be read shows why.
+ */
+function fileDigest(content: Buffer): string {
+  if (content[0] === 0) return content.subarray(1).toString('utf8'); // contentOf's stand-in: `ENOENT`, `not a file …`, `large …`
+  return createHash('sha256').update(content).digest('hex');
 }
 
 /**
