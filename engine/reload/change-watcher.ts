@@ -28,7 +28,7 @@ import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { inputMatcher, SCRIPT_FILE, type WatchedInputs } from './watched-inputs.ts';
+import { inputMatcher, isScriptName, type WatchedInputs } from './watched-inputs.ts';
 
 export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
@@ -249,7 +249,7 @@ async function statusOfInputs(inputs: WatchedInputs): Promise<string> {
   for (const folder of inputs.folders) {
     let names: string[] = [];
     let listed = 'listed';
-    try { names = (await readdir(folder)).filter((x) => SCRIPT_FILE.test(x)).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
+    try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
     parts.push(`${folder} ${await of(folder)} ${listed} ${names.join('/')}`, ...await Promise.all(names.map((n) => of(join(folder, n)))));
   }
   return parts.join('\n');

@@ -18,7 +18,16 @@ export interface WatchedInputs {
 }
 
 /** Names in a scripts folder that count as scripts (the digest and the watcher agree on this). */
-export const SCRIPT_FILE = /\.(ts|js|mjs)$/;
+const SCRIPT_FILE = /\.(ts|js|mjs)$/;
+
+/**
+ * Whether a name in a scripts folder counts as a script. A dot file or `#…` never does (no hook is named so,
+ * engine/sandbox/hooks.ts): emacs's lock `.#rcptto.js`, a dangling link it makes when an edit begins and removes
+ * at the save, counted, and each edit made two reloads of unchanged scripts (new isolates, new generation).
+ */
+export function isScriptName(name: string): boolean {
+  return SCRIPT_FILE.test(name) && !name.startsWith('.') && !name.startsWith('#');
+}
 
 export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   const c = loaded.config;
@@ -60,7 +69,7 @@ export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
     if (files.has(p) || folders.has(p)) return true;
     const folder = dirname(p);
     const name = basename(p);
-    if (folders.has(folder)) return SCRIPT_FILE.test(name) || name.startsWith('..');
+    if (folders.has(folder)) return isScriptName(name) || name.startsWith('..');
     return fileFolders.has(folder) && name.startsWith('..');
   };
 }
@@ -85,7 +94,7 @@ export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<st
   for (const folder of inputs.folders) {
     let names: string[] = [];
     try {
-      names = (await readdir(folder)).filter((n) => SCRIPT_FILE.test(n)).sort();
+      names = (await readdir(folder)).filter(isScriptName).sort();
       hash.update(`folder ${folder}\0`);
     } catch (err) {
       hash.update(`folder ${folder} ${(err as NodeJS.ErrnoException).code}\0`);
