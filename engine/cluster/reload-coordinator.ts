@@ -49,15 +49,17 @@ export class ReloadCoordinator {
   #adopted = '';
 
   constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
-    pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined) {
+    pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined, watchingChanged: () => void = () => undefined) {
     this.#configPath = configPath;
     this.#pending = pending;
     this.#inForce = inForce;
     this.#log = log.child({ component: 'reload' });
     this.#tell = tell;
     this.#inputs = watchedInputs(loaded);
-    this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled(), undefined, (reason) => this.#log.error({ reason },
-      `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`));
+    this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled(), undefined, (reason) => {
+      this.#log.error({ reason }, `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
+      watchingChanged(); // cluster.json says so
+    });
   }
 
   async start(): Promise<void> {

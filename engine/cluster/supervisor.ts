@@ -247,7 +247,7 @@ export class Supervisor {
     }, () => this.#pendingRestart(), (loaded) => {
       this.#listenersInForce = loaded.config.listeners;
       void this.#saveStatus();
-    });
+    }, () => void this.#saveStatus());
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
       if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });

@@ -19,10 +19,12 @@
  * not in a watched folder), sets the watch up afresh, then looks at the inputs again (an edit made before the
  * new watch was ready counts).
  *
- * Watching can be impossible: a host whose inotify instances or watches are used up (fs.watch fails with
- * EMFILE or ENOSPC), or a file system that refuses it. chokidar then only emits an `error`, and every later
- * edit went unseen without a word. From the first such error on, the inputs' status (inode, size, times) is
- * compared every second as well, `unavailable` says why, and `onUnavailable` is told once (to log it).
+ * Events do not always come. Watching can be impossible: a host whose inotify instances or watches are used up
+ * (fs.watch fails with EMFILE or ENOSPC): chokidar then only emits an `error`. And some file systems never report
+ * a change (overlayfs whose lower layer is changed, FUSE, NFS, a VM's shared folder): a watch is set, and nothing
+ * comes. Either way every later edit went unseen without a word. So the inputs' status (inode, size, times) is
+ * also compared every second: a change found so is acted on, and when no event came for it (or a watch failed),
+ * `unavailable` says why and `onUnavailable` is told once (to log it).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
@@ -55,8 +57,13 @@ export class ChangeWatcher {
   /** Why file events cannot be had (the first watch error), or null while they can. */
   #unavailable: string | null = null;
   /** The inputs' status as last polled (only once watching is unavailable), and the timer that polls. */
-  #polled: string | null = null;
+  #polled: Map<string, string> | null = null;
   #poll: NodeJS.Timeout | null = null;
+  /** Events about inputs (and folder rewatches) that the file system reported, not the poll's findings. */
+  #reported = 0;
+  #reportedAtLastPoll = 0;
+  /** A change the poll found before any event about it: its file, and #reported then (judged at the next poll). */
+  #unreported: { file: string; reported: number } | null = null;
   readonly #settleMs: number;
   readonly #onSettled: () => void;
   readonly #onActivity: () => void;
@@ -108,6 +115,7 @@ export class ChangeWatcher {
     }
     this.#folderIds = await folderIdentities(watchedFolders(inputs));
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
+    this.#poll ??= setInterval(() => void this.#pollInputs(), POLL_MS).unref();
     const watcher = watch([...targets], {
       ignoreInitial: true,
       followSymlinks: true,
@@ -127,25 +135,39 @@ export class ChangeWatcher {
     if (this.#closed) await watcher.close();
   }
 
-  /** A watch could not be set (or broke): from now on the inputs are polled as well; look at them now. */
+  /** A watch could not be set (or broke): changes are found by the poll alone; look at the inputs now. */
   #watchFailed(err: unknown): void {
-    if (this.#unavailable === null && !this.#closed) {
-      this.#unavailable = err instanceof Error ? err.message : String(err);
-      this.#poll = setInterval(() => void this.#pollInputs(), POLL_MS).unref();
-      void this.#pollInputs();
-      this.#onUnavailable(this.#unavailable);
-    }
+    this.#eventsUnavailable(err instanceof Error ? err.message : String(err));
     this.#input();
+  }
+
+  #eventsUnavailable(reason: string): void {
+    if (this.#unavailable !== null || this.#closed) return;
+    this.#unavailable = reason;
+    this.#onUnavailable(reason);
   }
 
   async #pollInputs(): Promise<void> {
     const inputs = this.#inputs;
     if (!inputs || this.#closed) return;
+    // A change found by the last poll, and still no event about it a poll period later: none will come.
+    const suspect = this.#unreported;
+    this.#unreported = null;
+    if (suspect && this.#reported === suspect.reported) {
+      this.#eventsUnavailable(`the file system reported no change of ${suspect.file} (overlayfs, FUSE, NFS, a shared folder?)`);
+    }
+    const reportedBefore = this.#reportedAtLastPoll;
+    this.#reportedAtLastPoll = this.#reported;
     const now = await statusOfInputs(inputs);
-    if (this.#closed || inputs !== this.#inputs) return;
+    if (this.#closed || inputs !== this.#inputs) { this.#polled = null; return; }
     const before = this.#polled;
     this.#polled = now;
-    if (before !== null && before !== now) this.#input();
+    if (!before) return;
+    const changed = [...new Set([...before.keys(), ...now.keys()])].find((k) => before.get(k) !== now.get(k));
+    if (changed === undefined) return;
+    // An event since the last poll: events come (this one may just have been quicker). Else judge at the next poll.
+    if (this.#unavailable === null && this.#reported === reportedBefore) this.#unreported = { file: changed, reported: this.#reported };
+    this.#input(false);
   }
 
   #event(path: string): void {
@@ -184,6 +206,7 @@ export class ChangeWatcher {
 
   /** A scripts folder itself was replaced: watch the one now at its path, then look at the inputs again. */
   #rewatch(): void {
+    this.#reported++; // a folder replaced was seen (by an event or the folder check): not a change gone unreported
     if (this.#rewatching) {
       this.#rewatchAgain = true;
       return;
@@ -199,7 +222,9 @@ export class ChangeWatcher {
     })();
   }
 
-  #input(): void {
+  /** `reported`: false for a change the poll found (no file-system event). */
+  #input(reported = true): void {
+    if (reported) this.#reported++;
     this.#inputEvents++;
     this.poke();
   }
@@ -235,7 +260,7 @@ export class ChangeWatcher {
 /** The scripts folders' paths are looked at this often to see one replaced as a whole. */
 const FOLDER_CHECK_MS = 1000;
 
-/** Without file events, the inputs' status is compared this often. */
+/** The inputs' status is compared this often (what finds a change no event reported). */
 export const POLL_MS = 1000;
 
 /**
@@ -243,16 +268,18 @@ export const POLL_MS = 1000;
  * string: what polling compares. The status change time moves at every write, so an edit that keeps the
  * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen.
  */
-async function statusOfInputs(inputs: WatchedInputs): Promise<string> {
+async function statusOfInputs(inputs: WatchedInputs): Promise<Map<string, string>> {
   const of = (p: string): Promise<string> => stat(p).then((s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
-  const parts = await Promise.all(inputs.files.map(of));
+  const status = new Map<string, string>();
+  for (const file of inputs.files) status.set(file, await of(file));
   for (const folder of inputs.folders) {
     let names: string[] = [];
     let listed = 'listed';
     try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
-    parts.push(`${folder} ${await of(folder)} ${listed} ${names.join('/')}`, ...await Promise.all(names.map((n) => of(join(folder, n)))));
+    status.set(folder, `${await of(folder)} ${listed} ${names.join('/')}`);
+    for (const n of names) status.set(join(folder, n), await of(join(folder, n)));
   }
-  return parts.join('\n');
+  return status;
 }
 
 /**

@@ -84,7 +84,12 @@ listeners:
 
     await publish({ yaml: config(0), script: script('v6'), blocked: 'b@example.test six\n' });
     await c.waitFor('both workers on v6', async () => { const a = await answers(c, 'b@example.test'); return a.size === 1 && a.has('v6 six') && a; }, 30_000);
-    const r = (await c.cluster()).reload;
-    assert.equal(r.lastError, null);
+    const r = await c.waitFor('every process on v6, none refusing', async () => {
+      const now = (await c.cluster()).reload;
+      return PROCESSES.every((p) => now.processes[p] && !now.processes[p]!.refused) && now.converged && now.lastError === null && now;
+    });
+    // Every swap was reported by events: the poll that backs them up must not claim otherwise.
+    assert.equal(r.watching ?? null, null);
+    assert.equal(c.logs.filter((l) => /not watched/.test(String(l.msg))).length, 0);
   } finally { await c.stop(); }
 });

@@ -30,5 +30,6 @@ test('editor lock, autosave, swap and backup files beside a script make no reloa
     await s.reloader.whenIdle();
     assert.equal(await mailFromReply(s), '550 5.7.1 v2');
     assert.equal(s.reloader.status.data.reloads, before.reloads + 1, 'one reload: the save');
+    assert.equal(s.reloader.status.data.watching, null, 'events came for each change');
   } finally { await s.stop(); }
 });
