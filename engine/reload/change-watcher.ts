@@ -58,6 +58,7 @@ export class ChangeWatcher {
   #unavailable: string | null = null;
   /** The inputs' status as last polled (only once watching is unavailable), and the timer that polls. */
   #polled: Map<string, string> | null = null;
+  #polledSet = '';
   #poll: NodeJS.Timeout | null = null;
   /** Events about inputs (and folder rewatches) that the file system reported, not the poll's findings. */
   #reported = 0;
@@ -160,8 +161,11 @@ export class ChangeWatcher {
     this.#reportedAtLastPoll = this.#reported;
     const now = await statusOfInputs(inputs);
     if (this.#closed || inputs !== this.#inputs) { this.#polled = null; return; }
-    const before = this.#polled;
+    // Another set of inputs (a reload named a new table): a new baseline, not a change nobody reported.
+    const set = JSON.stringify(inputs);
+    const before = this.#polledSet === set ? this.#polled : null;
     this.#polled = now;
+    this.#polledSet = set;
     if (!before) return;
     const changed = [...new Set([...before.keys(), ...now.keys()])].find((k) => before.get(k) !== now.get(k));
     if (changed === undefined) return;
