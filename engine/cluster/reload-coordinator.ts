@@ -12,7 +12,7 @@
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../config/start-config.ts';
 import type { Logger } from '../logging/logger.ts';
-import { ChangeWatcher } from '../reload/change-watcher.ts';
+import { ChangeWatcher, POLL_MS } from '../reload/change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
 
 /** What a child answers after a reload (Reloader.state()). */
@@ -22,6 +22,8 @@ export interface ChildReloadState {
   refused: string | null;
   lastError: string[] | null;
   reloads: number;
+  /** Each input file's SHA-256 in the content of the generation in force (absent from an older child). */
+  files?: Record<string, string>;
 }
 
 /** Quiet time after the last event before the children are told (as the single process's reloader). */
@@ -47,14 +49,17 @@ export class ReloadCoordinator {
   #adopted = '';
 
   constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
-    pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined) {
+    pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined, watchingChanged: () => void = () => undefined) {
     this.#configPath = configPath;
     this.#pending = pending;
     this.#inForce = inForce;
     this.#log = log.child({ component: 'reload' });
     this.#tell = tell;
     this.#inputs = watchedInputs(loaded);
-    this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled());
+    this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled(), undefined, (reason) => {
+      this.#log.error({ reason }, `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
+      watchingChanged(); // cluster.json says so
+    });
   }
 
   async start(): Promise<void> {
@@ -157,9 +162,11 @@ export class ReloadCoordinator {
 
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */
   /** `supervisor`: the content whose listener limits the supervisor checks at accept (null: the one it started with). */
-  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null } {
+  /** `watching`: null while file events come; else why not (the inputs are then polled, POLL_MS). */
+  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null } {
     const digests = new Set([...this.#states.values()].map((s) => s.digest));
-    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states), supervisor: this.#adopted || null };
+    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states), supervisor: this.#adopted || null,
+      watching: this.#watcher.unavailable };
   }
 
   close(): Promise<void> {

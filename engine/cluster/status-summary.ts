@@ -11,6 +11,9 @@ export interface SummaryFacts {
   queue: { messages: number; held: number; oldestAgeSeconds: number } | { error: string };
   /** /readyz's failing checks (`spool: …`): the server refuses new mail. */
   notReady?: readonly string[];
+  /** Why file changes are not watched (they are polled every `pollSeconds`), or null/absent while they are. */
+  watching?: string | null;
+  pollSeconds?: number;
 }
 
 export function statusSummary(f: SummaryFacts): string {
@@ -23,6 +26,8 @@ export function statusSummary(f: SummaryFacts): string {
   if (f.notReady?.length) parts.push(`NOT READY: ${f.notReady.join('; ')}`);
   parts.push(f.fences.length ? `FENCED: ${f.fences.map((x) => `${x.hook} (${x.file})`).join(', ')}` : 'no fenced script');
   parts.push(f.lastError ? `LAST RELOAD REFUSED: ${f.lastError[0]}` : 'last reload ok');
+  // An edit takes up to a poll period to be seen, instead of at once: the administrator must know why.
+  if (f.watching) parts.push(`file changes polled every ${f.pollSeconds ?? 1} s (inotify: ${f.watching})`);
   if (f.pendingRestart.length) parts.push(`restart pending: ${f.pendingRestart.join('; ')}`);
   const q = f.queue;
   if ('error' in q) parts.push(`queue unreadable: ${q.error}`);

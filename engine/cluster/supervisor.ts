@@ -54,6 +54,7 @@ import { closedUnansweredCounted } from '../smtp/connection-refusals.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { FenceBook, type CrashRecord, type Fence } from './fence-book.ts';
 import { ReloadCoordinator, type ChildReloadState } from './reload-coordinator.ts';
+import { POLL_MS } from '../reload/change-watcher.ts';
 import { StoreHost } from './shared-store.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
 import { storeCheckOf } from '../admin/store-check.ts';
@@ -255,7 +256,7 @@ export class Supervisor {
     }, () => this.#pendingRestart(), (loaded) => {
       this.#listenersInForce = loaded.config.listeners;
       void this.#saveStatus();
-    });
+    }, () => void this.#saveStatus());
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).
     for (const name of readdirSync(crashDir(config.config.dataDir))) {
       if (name.startsWith('running-')) rmSync(join(crashDir(config.config.dataDir), name), { force: true });
@@ -994,7 +995,8 @@ export class Supervisor {
         // /readyz's checks: `postern status` says the server refuses mail (a spool read-only or full, Redis) as the load balancer sees it.
         const checks = (await readiness())!;
         const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
-        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady });
+        const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady,
+          watching: this.#reloads.status().watching, pollSeconds: POLL_MS / 1000 });
         return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };
       },
     };

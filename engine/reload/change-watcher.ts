@@ -18,12 +18,19 @@
  * path leads to (checked every second: a folder created again is not always reported, and a swapped parent is
  * not in a watched folder), sets the watch up afresh, then looks at the inputs again (an edit made before the
  * new watch was ready counts).
+ *
+ * Events do not always come. Watching can be impossible: a host whose inotify instances or watches are used up
+ * (fs.watch fails with EMFILE or ENOSPC): chokidar then only emits an `error`. And some file systems never report
+ * a change (overlayfs whose lower layer is changed, FUSE, NFS, a VM's shared folder): a watch is set, and nothing
+ * comes. Either way every later edit went unseen without a word. So the inputs' status (inode, size, times) is
+ * also compared every second: a change found so is acted on, and when no event came for it (or a watch failed),
+ * `unavailable` says why and `onUnavailable` is told once (to log it).
  */
 import { watch, type FSWatcher } from 'chokidar';
-import { stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { inputMatcher, type WatchedInputs } from './watched-inputs.ts';
+import { inputMatcher, isScriptName, type WatchedInputs } from './watched-inputs.ts';
 
 export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
@@ -47,15 +54,31 @@ export class ChangeWatcher {
   #inputEvents = 0;
   #otherEvents = 0;
   #closed = false;
+  /** Why file events cannot be had (the first watch error), or null while they can. */
+  #unavailable: string | null = null;
+  /** The inputs' status as last polled (only once watching is unavailable), and the timer that polls. */
+  #polled: Map<string, string> | null = null;
+  #polledSet = '';
+  #poll: NodeJS.Timeout | null = null;
+  /** Events about inputs (and folder rewatches) that the file system reported, not the poll's findings. */
+  #reported = 0;
+  #reportedAtLastPoll = 0;
+  /** A change the poll found before any event about it: its file, and #reported then (judged at the next poll). */
+  #unreported: { file: string; reported: number } | null = null;
   readonly #settleMs: number;
   readonly #onSettled: () => void;
   readonly #onActivity: () => void;
+  readonly #onUnavailable: (reason: string) => void;
 
-  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined) {
+  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined, onUnavailable: (reason: string) => void = () => undefined) {
     this.#settleMs = settleMs;
     this.#onSettled = onSettled;
     this.#onActivity = onActivity;
+    this.#onUnavailable = onUnavailable;
   }
+
+  /** Why file changes are found by polling instead of events (the watch error), or null while events come. */
+  get unavailable(): string | null { return this.#unavailable; }
 
   /** Events about inputs seen so far. */
   get inputEvents(): number { return this.#inputEvents; }
@@ -93,6 +116,7 @@ export class ChangeWatcher {
     }
     this.#folderIds = await folderIdentities(watchedFolders(inputs));
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
+    this.#poll ??= setInterval(() => void this.#pollInputs(), POLL_MS).unref();
     const watcher = watch([...targets], {
       ignoreInitial: true,
       followSymlinks: true,
@@ -103,13 +127,51 @@ export class ChangeWatcher {
     });
     watcher.on('all', (_event: string, path: string) => this.#event(path));
     watcher.on('raw', (event: string, path: string | null, details: unknown) => this.#raw(event, path, (details as { watchedPath?: string } | undefined)?.watchedPath));
-    watcher.on('error', () => this.#input());
+    watcher.on('error', (err: unknown) => this.#watchFailed(err));
     await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
     const old = this.#watcher;
     this.#watcher = watcher;
     this.#watching = targets;
     await old?.close();
     if (this.#closed) await watcher.close();
+  }
+
+  /** A watch could not be set (or broke): changes are found by the poll alone; look at the inputs now. */
+  #watchFailed(err: unknown): void {
+    this.#eventsUnavailable(err instanceof Error ? err.message : String(err));
+    this.#input();
+  }
+
+  #eventsUnavailable(reason: string): void {
+    if (this.#unavailable !== null || this.#closed) return;
+    this.#unavailable = reason;
+    this.#onUnavailable(reason);
+  }
+
+  async #pollInputs(): Promise<void> {
+    const inputs = this.#inputs;
+    if (!inputs || this.#closed) return;
+    // A change found by the last poll, and still no event about it a poll period later: none will come.
+    const suspect = this.#unreported;
+    this.#unreported = null;
+    if (suspect && this.#reported === suspect.reported) {
+      this.#eventsUnavailable(`the file system reported no change of ${suspect.file} (overlayfs, FUSE, NFS, a shared folder?)`);
+    }
+    const reportedBefore = this.#reportedAtLastPoll;
+    this.#reportedAtLastPoll = this.#reported;
+    const now = await statusOfInputs(inputs);
+    if (this.#closed || inputs !== this.#inputs) { this.#polled = null; return; }
+    // Another set of inputs (a reload named a new table): a new baseline, not a change nobody reported.
+    const set = JSON.stringify(inputs);
+    const before = this.#polledSet === set ? this.#polled : null;
+    this.#polled = now;
+    this.#polledSet = set;
+    if (!before) return;
+    const changed = [...new Set([...before.keys(), ...now.keys()])].find((k) => before.get(k) !== now.get(k));
+    if (changed === undefined) return;
+    // An event since the last poll: events come (this one may just have been quicker). Else judge at the next poll.
+    if (this.#unavailable === null && this.#reported === reportedBefore) this.#unreported = { file: changed, reported: this.#reported };
+    this.#input(false);
   }
 
   #event(path: string): void {
@@ -148,6 +210,7 @@ export class ChangeWatcher {
 
   /** A scripts folder itself was replaced: watch the one now at its path, then look at the inputs again. */
   #rewatch(): void {
+    this.#reported++; // a folder replaced was seen (by an event or the folder check): not a change gone unreported
     if (this.#rewatching) {
       this.#rewatchAgain = true;
       return;
@@ -163,7 +226,9 @@ export class ChangeWatcher {
     })();
   }
 
-  #input(): void {
+  /** `reported`: false for a change the poll found (no file-system event). */
+  #input(reported = true): void {
+    if (reported) this.#reported++;
     this.#inputEvents++;
     this.poke();
   }
@@ -189,6 +254,7 @@ export class ChangeWatcher {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#folderCheck) clearInterval(this.#folderCheck);
+    if (this.#poll) clearInterval(this.#poll);
     this.#timer = null;
     await this.#watcher?.close();
     this.#watcher = null;
@@ -197,6 +263,28 @@ export class ChangeWatcher {
 
 /** The scripts folders' paths are looked at this often to see one replaced as a whole. */
 const FOLDER_CHECK_MS = 1000;
+
+/** The inputs' status is compared this often (what finds a change no event reported). */
+export const POLL_MS = 1000;
+
+/**
+ * The status of every input file and script (inode, size, modification and status change times), as one
+ * string: what polling compares. The status change time moves at every write, so an edit that keeps the
+ * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen.
+ */
+async function statusOfInputs(inputs: WatchedInputs): Promise<Map<string, string>> {
+  const of = (p: string): Promise<string> => stat(p).then((s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
+  const status = new Map<string, string>();
+  for (const file of inputs.files) status.set(file, await of(file));
+  for (const folder of inputs.folders) {
+    let names: string[] = [];
+    let listed = 'listed';
+    try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
+    status.set(folder, `${await of(folder)} ${listed} ${names.join('/')}`);
+    for (const n of names) status.set(join(folder, n), await of(join(folder, n)));
+  }
+  return status;
+}
 
 /**
  * Every folder watched: the scripts folders and the folders of the input files. A release-style deploy swaps

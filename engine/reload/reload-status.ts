@@ -29,6 +29,8 @@ export interface ReloadStatusData {
   lastError: string[] | null;
   /** Changes that were not applied and need a restart (e.g. a new listener address). */
   pendingRestart: string[];
+  /** Why file changes are polled for instead of watched (inotify used up: EMFILE, ENOSPC), or null while they are watched. */
+  watching: string | null;
 }
 
 export class ReloadStatus {
@@ -40,7 +42,7 @@ export class ReloadStatus {
     this.#file = join(dataDir, 'status.json');
     this.data = {
       pid: SERVER_PID, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0, checks: 0, supersededBuilds: 0,
-      lastReloadAt: null, lastError: null, pendingRestart: [],
+      lastReloadAt: null, lastError: null, pendingRestart: [], watching: null,
     };
   }
 

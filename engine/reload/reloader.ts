@@ -26,7 +26,7 @@ import { buildGeneration, GenerationError } from '../generation/build-generation
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
-import { ChangeWatcher } from './change-watcher.ts';
+import { ChangeWatcher, POLL_MS } from './change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
 import { ReloadStatus } from './reload-status.ts';
 import { buildDeadlineMs, withDeadline } from './build-deadline.ts';
@@ -82,8 +82,9 @@ export class Reloader {
   readonly #started: Config;
   /** What a generation keeps of #started whatever the file says (the data directory its replay files go to, …). */
   readonly #runsWith: RunningSettings;
-  /** Digest of the content the generation in force was built from. */
+  /** Digest of the content the generation in force was built from, and each input file's SHA-256 in it. */
   #digest = '';
+  #files: Record<string, string> = {};
   /** The last refused content, so it is not rebuilt until it changes. */
   #failed: { inputs: WatchedInputs; digest: string } | null = null;
   #running: Promise<ReloadOutcome> | null = null;
@@ -105,7 +106,12 @@ export class Reloader {
     this.#started = gen.config;
     this.#runsWith = runningSettings(gen.config);
     this.status = new ReloadStatus(gen.config.dataDir, gen.serial);
-    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify());
+    this.#watcher = new ChangeWatcher(settleMs, () => void this.reload('change'), () => this.#notify(), (reason) => {
+      this.status.data.watching = reason;
+      void this.status.save();
+      target.logger.child({ component: 'reload' }).error({ reason },
+        `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
+    });
   }
 
   /** `watch: false`: reload only when told (reload()); failures are then logged at debug level, the teller reports them. */
@@ -114,14 +120,17 @@ export class Reloader {
     this.#external = !watch;
     // Watch first: a change made while the digest is taken is then seen as an event.
     if (watch) await this.#watcher.watch(inputs);
-    this.#digest = await digestInputs(inputs);
+    const files = new Map<string, string>();
+    this.#digest = await digestInputs(inputs, new Map(), files);
+    this.#files = Object.fromEntries(files);
     await this.status.save();
   }
 
   /** What the generation in force was built from, and the last refused content and its errors (for the supervisor). */
-  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number } {
+  /** `files`: each input file's SHA-256 (or why it could not be read) in the content of the generation in force. */
+  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; files: Record<string, string> } {
     const { lastError, reloads } = this.status.data;
-    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads };
+    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, files: this.#files };
   }
 
   /** Called after every reload attempt that found a change (tests wait on it). */
@@ -231,7 +240,8 @@ export class Reloader {
     // New tables or script folders are watched from now on; the running generation's stay watched until the swap.
     if (!this.#external) await this.#watcher.watch(unionInputs(inForce, inputs));
     // What this build reads: the configuration as parsed, the rest as it is before the build reads it.
-    const readDigest = await digestInputs(inputs, asRead);
+    const readFiles = new Map<string, string>();
+    const readDigest = await digestInputs(inputs, asRead, readFiles);
     let built: Built | null = null;
     let timedOut = false;
     if (loaded) {
@@ -268,6 +278,7 @@ export class Reloader {
       if (server) applyListenerSetup(server, setup);
     }
     this.#digest = readDigest;
+    this.#files = Object.fromEntries(readFiles);
     this.#failed = null;
     if (!this.#external) await this.#watcher.watch(inputs);
     const ms = performance.now() - t0;

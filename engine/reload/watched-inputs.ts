@@ -20,6 +20,15 @@ export interface WatchedInputs {
 /** Names in a scripts folder that count as scripts (the digest and the watcher agree on this). */
 const SCRIPT_FILE = /\.(ts|js|mjs)$/;
 
+/**
+ * Whether a name in a scripts folder counts as a script. A dot file or `#…` never does (no hook is named so,
+ * engine/sandbox/hooks.ts): emacs's lock `.#rcptto.js`, a dangling link it makes when an edit begins and removes
+ * at the save, counted, and each edit made two reloads of unchanged scripts (new isolates, new generation).
+ */
+export function isScriptName(name: string): boolean {
+  return SCRIPT_FILE.test(name) && !name.startsWith('.') && !name.startsWith('#');
+}
+
 export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   const c = loaded.config;
   const files = new Set<string>();
@@ -60,7 +69,7 @@ export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
     if (files.has(p) || folders.has(p)) return true;
     const folder = dirname(p);
     const name = basename(p);
-    if (folders.has(folder)) return SCRIPT_FILE.test(name) || name.startsWith('..');
+    if (folders.has(folder)) return isScriptName(name) || name.startsWith('..');
     return fileFolders.has(folder) && name.startsWith('..');
   };
 }
@@ -72,26 +81,40 @@ export function inputMatcher(inputs: WatchedInputs): (path: string) => boolean {
  * the content a build already read for some files (the configuration), so the digest describes what was
  * built, not what the disk holds a moment later.
  */
-export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map()): Promise<string> {
+export async function digestInputs(inputs: WatchedInputs, asRead: ReadonlyMap<string, Buffer> = new Map(), perFile?: Map<string, string>): Promise<string> {
   const hash = createHash('sha256');
+  const take = (file: string, content: Buffer): void => {
+    hash.update(content);
+    perFile?.set(file, fileDigest(content));
+  };
   for (const file of inputs.files) {
     hash.update(`file ${file}\0`);
-    hash.update(asRead.get(file) ?? await contentOf(file));
+    take(file, asRead.get(file) ?? await contentOf(file));
   }
   for (const folder of inputs.folders) {
     let names: string[] = [];
     try {
-      names = (await readdir(folder)).filter((n) => SCRIPT_FILE.test(n)).sort();
+      names = (await readdir(folder)).filter(isScriptName).sort();
       hash.update(`folder ${folder}\0`);
     } catch (err) {
       hash.update(`folder ${folder} ${(err as NodeJS.ErrnoException).code}\0`);
     }
     for (const name of names) {
       hash.update(`script ${folder}/${name}\0`);
-      hash.update(await contentOf(join(folder, name)));
+      take(join(folder, name), await contentOf(join(folder, name)));
     }
   }
   return hash.digest('hex');
+}
+
+/**
+ * What `postern status` shows for one input file: the SHA-256 of the content a generation was built from, as
+ * `sha256sum` prints it, so an administrator can tell which file on disk differs from the one in force (a
+ * refused edit, or a file system whose changes are not reported); a file that could not be read shows why.
+ */
+function fileDigest(content: Buffer): string {
+  if (content[0] === 0) return content.subarray(1).toString('utf8'); // contentOf's stand-in: `ENOENT`, `not a file …`, `large …`
+  return createHash('sha256').update(content).digest('hex');
 }
 
 /**

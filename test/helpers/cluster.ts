@@ -38,6 +38,8 @@ export interface ClusterStatus {
     processes: Record<string, { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number }>;
     /** The content whose listener limits the supervisor checks at accept (null: the one it started with). */
     supervisor?: string | null;
+    /** Why file changes are polled for instead of watched, or null while they are watched. */
+    watching?: string | null;
   };
 }
 
