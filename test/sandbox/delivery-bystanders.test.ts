@@ -83,7 +83,9 @@ test('a call whose answer comes while another call\'s continuation spins on its 
   const predelivery = `export default async () => { await rate('p', 10, 60); log('spinning'); for (;;) {} }`;
   await withSandbox({ host: { ...host, store: held.store }, fastPathMs: 1000, timeoutMs: 4000, isolates: 2,
     scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
-    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1'); // waits for its answer; the isolate is free meanwhile
+    // Its outcome taken at once: on a loaded machine it may end at its own deadline before the test looks at it (an
+    // unhandled rejection then failed the test).
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1').then((v) => v, (e: unknown) => e); // waits for its answer; the isolate is free meanwhile
     await held.until(1);
     const culprit = sandbox.invoke('predelivery', {}, null); // the first free isolate: the one the bystander waits on
     await held.until(2);
@@ -107,7 +109,9 @@ test('a call that waited on an isolate abandoned at another call\'s deadline run
   const predelivery = `export default async () => { await rate('p', 10, 60); for (;;) {} }`;
   await withSandbox({ host: { ...recordingHost(), store: held.store }, fastPathMs: 1000, timeoutMs: 1000, isolates: 1,
     scripts: [js('mailfrom', SCRIPT), js('predelivery', predelivery)] }, async (sandbox) => {
-    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1'); // waits for its answer; the isolate is free meanwhile
+    // Its outcome taken at once: on a loaded machine it may end at its own deadline before the test looks at it (an
+    // unhandled rejection then failed the test).
+    const bystander = sandbox.invoke('mailfrom', { n: 1 }, 'c1').then((v) => v, (e: unknown) => e); // waits for its answer; the isolate is free meanwhile
     await held.until(1);
     const culprit = sandbox.invoke('predelivery', {}, null);
     await held.until(2);
@@ -117,7 +121,7 @@ test('a call that waited on an isolate abandoned at another call\'s deadline run
     held.answerAll();
     // It runs again with what is left of its deadline (its answer comes only now): on a loaded machine that may end
     // at its own deadline (kind timeout), never as a failure of the other call's isolate.
-    const outcome = await bystander.then((v) => v, (e: unknown) => e);
+    const outcome = await bystander;
     if (outcome instanceof ScriptFailure) assert.equal(outcome.kind, 'timeout', outcome.message);
     else assert.equal((outcome as { text: string }).text, '1:1');
     assert.equal(held.counts.started, 2, 'the bystander\'s run from the start took its answer from its journal');

@@ -148,7 +148,9 @@ for (const fastPathMs of [5, 0]) {
     }`, fastPathMs);
     try {
       assert.deepEqual(await caught.invoke('helo', {}, 'c'), { verdict: 'defer', text: 'no store: store unavailable (memory): broken on purpose' });
-      assert.equal(store.calls, 2, 'each call asked the store once');
+      // Each call asked it; a fast-path attempt stopped at its budget (a loaded machine) runs again and asks again:
+      // an operation that failed at once started nothing, so nothing is replayed (the journal keeps answers only).
+      assert.ok(store.calls >= 2, `each call asked the store: ${store.calls}`);
     } finally {
       await caught.dispose();
     }
