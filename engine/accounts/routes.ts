@@ -11,7 +11,7 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { userKey } from '../auth/users-file.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
-import { chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
+import { chainEmailConstraints, chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { Session, SessionBook } from './sessions.ts';
@@ -144,7 +144,11 @@ export function accountRoutes(state: AccountsState) {
       const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
-      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket), notAfter: c.notAfter });
+      const socket = req.raw.socket as TLSSocket;
+      const s = state.sessions.create(presented.identity, 'certificate', {
+        serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust,
+        issuers: chainIssuers(socket), notAfter: c.notAfter, peer: c, emailConstraints: chainEmailConstraints(socket),
+      });
       state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
       return startSession(req, reply, s);
     });
