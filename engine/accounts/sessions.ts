@@ -96,6 +96,11 @@ export class SessionBook {
     return s;
   }
 
+  /** The session was not ended since (signed out, signed out by another's revocation, replaced): nothing moved on. */
+  has(id: string): boolean {
+    return this.#sessions.has(id);
+  }
+
   /** Ends every session of `identity` but `keep`; how many ended. */
   endOthers(identity: string, keep: string): number {
     const others = [...this.#sessions.values()].filter((o) => o.identity === identity && o.id !== keep);
