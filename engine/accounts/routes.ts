@@ -11,7 +11,7 @@ import type { PolicyGeneration } from '../policy/generation.ts';
 import type { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { userKey } from '../auth/users-file.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
-import { chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
+import { chainEmailConstraints, chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { Session, SessionBook } from './sessions.ts';
@@ -43,6 +43,9 @@ export interface AccountsState {
   trust: TrustedIssuers;
 }
 
+/** The session of a request ended while the request waited for its turn: nothing was changed. */
+class SessionEnded extends Error {}
+
 /** An uploaded file of a multipart form, when one was chosen. */
 function file(body: unknown, name: string): Buffer | null {
   const v = (body as Record<string, unknown> | null)?.[name];
@@ -62,20 +65,34 @@ export function accountRoutes(state: AccountsState) {
     const csrfFor = (req: FastifyRequest, reply: FastifyReply): string => reply.generateCsrf({ userInfo: req.cookies[SESSION_COOKIE] ?? 'signed-out' });
     const ctx = (): AccountContext => ({ config: state.generation().config, listener: state.listener() });
 
-    /** The signed-in session of this request, if it still stands. */
-    const sessionOf = (req: FastifyRequest): Session | null => {
-      const g = state.generation();
-      for (const identity of state.compromised.newlyCompromised(g.revokedDevices)) {
+    /** Sessions of accounts whose device was revoked as lost or stolen elsewhere since the last look end. */
+    const endCompromised = (): void => {
+      for (const identity of state.compromised.newlyCompromised(state.generation().revokedDevices)) {
         const signedOut = state.sessions.endOthers(identity, '');
         state.log.info({ identity, signedOut }, 'account page: a device of this account was revoked as lost or stolen: its sessions ended');
       }
+    };
+    /** `s` still stands by the users file, pin table, CRLs and rules in force; if not, it is ended. */
+    const stands = (req: FastifyRequest, s: Session): boolean => {
+      if (sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
+      state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
+      state.sessions.end(s.id);
+      return false;
+    };
+    /** The signed-in session of this request, if it still stands. */
+    const sessionOf = (req: FastifyRequest): Session | null => {
+      endCompromised();
       const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * 60_000);
-      if (s && !sessionStands(s, state.listener(), g, state.trust)) {
-        state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
-        state.sessions.end(s.id);
-        return null;
-      }
-      return s;
+      return s && stands(req, s) ? s : null;
+    };
+    /**
+     * `change`, run when the account's earlier additions are done (ChangeBudget), only if `s` still stands then: it
+     * was checked when the request came in, and a password reset, a sign-out or a revocation may have come between.
+     */
+    const whileSignedIn = <T>(req: FastifyRequest, s: Session, change: () => Promise<T>) => async (): Promise<T> => {
+      endCompromised();
+      if (!state.sessions.has(s.id) || !stands(req, s)) throw new SessionEnded();
+      return change();
     };
     const changeLog = (s: Session, req: FastifyRequest, facts: object, what: string): void => {
       state.log.info({ by: s.identity, via: s.via, client: ip(req), ...facts }, `account page: ${what}`);
@@ -114,6 +131,7 @@ export function accountRoutes(state: AccountsState) {
           return await fn(req, reply, s);
         } catch (err) {
           if (err instanceof AccountError) return devices(req, reply, s, 400, err.message);
+          if (err instanceof SessionEnded) return reply.redirect('/signin', 303);
           throw err;
         }
       };
@@ -144,7 +162,11 @@ export function accountRoutes(state: AccountsState) {
       const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
-      const s = state.sessions.create(presented.identity, 'certificate', { serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust, issuers: chainIssuers(req.raw.socket as TLSSocket), notAfter: c.notAfter });
+      const socket = req.raw.socket as TLSSocket;
+      const s = state.sessions.create(presented.identity, 'certificate', {
+        serial: c.serial, pem: c.pem, pinSha256: c.pin.sha256, by: presented.via!, anchor: presented.anchor, trust: presented.trust,
+        issuers: chainIssuers(socket), notAfter: c.notAfter, peer: c, emailConstraints: chainEmailConstraints(socket),
+      });
       state.log.info({ identity: s.identity, via: 'certificate', by: presented.via, serial: c.serial, client: ip(req) }, 'account page: signed in');
       return startSession(req, reply, s);
     });
@@ -169,7 +191,7 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const issued = await state.additions.add(s.identity, () => issueAccountDevice(ctx(), s.identity, device, state.settings().issueDays));
+      const issued = await state.additions.add(s.identity, whileSignedIn(req, s, () => issueAccountDevice(ctx(), s.identity, device, state.settings().issueDays)));
       if (!issued) return overAdditions(req, reply, s, 'issue');
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
       const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
@@ -197,7 +219,7 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const entry = await state.additions.add(s.identity, () => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key')));
+      const entry = await state.additions.add(s.identity, whileSignedIn(req, s, () => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'))));
       if (!entry) return overAdditions(req, reply, s, 'pin');
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);

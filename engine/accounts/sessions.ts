@@ -6,7 +6,8 @@
  * and a .p12 with its password on offer, for as long as the step.
  */
 import { randomBytes } from 'node:crypto';
-import type { ChainIssuer, TrustedIssuers } from '../certificates/index.ts';
+import type { ChainIssuer, EmailConstraints, TrustedIssuers } from '../certificates/index.ts';
+import type { PeerCertificate } from '../sandbox/api/index.ts';
 
 export interface Session {
   id: string;
@@ -25,6 +26,12 @@ export interface Session {
     issuers?: readonly ChainIssuer[];
     /** Its end (ISO): signed in by a field, the session ends with it, as a new handshake with it names no account. */
     notAfter?: string | null;
+    /**
+     * The certificate as the sign-in saw it (its fields, its verdict), and the e-mail name constraints of its chain's
+     * CAs: the listener's rules in force are applied to them again at each request (sign-in.ts sessionStands).
+     */
+    peer?: PeerCertificate;
+    emailConstraints?: readonly EmailConstraints[] | null;
   } | null;
   /** Last request, ms on the book's clock (monotonic). */
   seen: number;
@@ -87,6 +94,11 @@ export class SessionBook {
     }
     s.seen = now;
     return s;
+  }
+
+  /** The session was not ended since (signed out, signed out by another's revocation, replaced): nothing moved on. */
+  has(id: string): boolean {
+    return this.#sessions.has(id);
   }
 
   /** Ends every session of `identity` but `keep`; how many ended. */

@@ -75,22 +75,23 @@ export function presentedCertificate(socket: TLSSocket, listener: ListenerConfig
 }
 
 /**
- * Whether a session still stands: its password user is still in the users file with the same hash; its certificate is still
- * pinned to the account, or not revoked by the CRLs now loaded. Revoking or unpinning a device (here or with
- * `postern pki` / `postern pins`) ends the sessions signed in with it at their next request.
+ * Whether a session still stands: its password user is still in the users file with the same hash; its certificate
+ * still names the account as a new sign-in with it would. Revoking or unpinning a device (here or with `postern pki` /
+ * `postern pins`), or a reload of the listener's certificateIdentity, ends the sessions it no longer names at their next request.
  */
 export function sessionStands(s: Session, listener: ListenerConfig, generation: PolicyGeneration, trust: TrustedIssuers): boolean {
   // A password reset (a stolen one replaced) must end the sessions its old value opened, not only a removal.
   if (s.via === 'password') return s.passwordHash !== null && generation.users.get(s.identity) === s.passwordHash;
   const c = s.certificate;
-  if (!c) return false;
-  if (c.by === 'pin') {
-    const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
-    const account = (pins?.get(c.pinSha256) ?? '').split(/[\s,]+/)[0] ?? '';
-    // A pinned certificate its CA has revoked since names no account (certificate-identity.ts).
-    return account.toLowerCase() === s.identity && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? []);
-  }
-  // By a field the certificate names the account only while it verifies: not past its end (a pin names it whatever the verdict).
-  return listener.certificateIdentity.field !== 'none' && !expired(c.notAfter) && !trust.isRevoked({ serial: c.serial, pem: c.pem }) && !trust.revokesAnyOf(c.issuers ?? [])
+  if (!c?.peer) return false;
+  const issuers = c.issuers ?? [];
+  // Its handshake's verdict, unless taken back since: past its end, revoked (or a CA of its chain), or its CA out of caFiles.
+  const stillVerified = c.peer.verified && !expired(c.notAfter) && !trust.isRevoked(c.peer) && !trust.revokesAnyOf(issuers)
     && (c.trust === undefined || trust.stillTrusts(c.trust, c.anchor ?? null));
+  const certificate: PeerCertificate = stillVerified ? c.peer : { ...c.peer, verified: false, verifyError: c.peer.verifyError ?? 'invalid', verifyErrorCode: c.peer.verifyErrorCode ?? 'UNKNOWN' };
+  // Then the listener's rules in force, as at a sign-in: the pin table, the field (a reload may map the certificate
+  // to another account: that session was not signed in as it), a verified field naming another account than the pin.
+  const pins = listener.certificateIdentity.pins ? generation.tables.get(listener.certificateIdentity.pins) : undefined;
+  const now = certificateIdentity(listener, certificate, pins, trust, { emailConstraints: () => c.emailConstraints ?? null, issuerRevoked: () => trust.revokesAnyOf(issuers) });
+  return now.identity === s.identity;
 }
