@@ -8,19 +8,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCluster, greeted, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
+import { answersOfBothWorkers } from './helpers.ts';
 
 const verdict = (text: string): string => `export default function () { return reject('${text}'); }\n`;
 
-async function answers(c: ClusterProcess): Promise<Set<string>> {
-  const clients = [await greeted(c), await greeted(c)];
-  const texts = await Promise.all(clients.map(async (client) => {
-    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
-    return (await client.command('RCPT TO:<b@example.test>', 30_000)).text.replace(/^550 5\.7\.1 /, '');
-  }));
-  for (const client of clients) client.destroy();
-  return new Set(texts);
-}
 
 test('scripts on overlayfs edited in its lower layer (no inotify events): the edit comes into force and polling is reported', async () => {
   const base = await mkdtemp(join(tmpdir(), 'postern-overlay-'));
@@ -33,10 +25,10 @@ test('scripts on overlayfs edited in its lower layer (no inotify events): the ed
     c = await startCluster({ config: `${ROUND_ROBIN}${TWO_WORKERS}    scripts: ${JSON.stringify(merged)}\n` });
     const cluster = c;
     await cluster.waitFor('every process ready', async () => (await cluster.cluster()).processes.every((p) => p.ready));
-    assert.deepEqual(await answers(cluster), new Set(['v1']));
+    assert.deepEqual(await answersOfBothWorkers(cluster), new Set(['v1']));
 
     await writeFile(join(lower, 'rcptto.js'), verdict('v2'));
-    await cluster.waitFor('both workers on v2', async () => { const a = await answers(cluster); return a.size === 1 && a.has('v2'); }, 30_000);
+    await cluster.waitFor('both workers on v2', async () => { const a = await answersOfBothWorkers(cluster); return a.size === 1 && a.has('v2'); }, 30_000);
     const said = await cluster.waitFor('an error line saying changes are found by polling', () =>
       cluster.logs.find((l) => l.level === 50 && /not watched/.test(String(l.msg))), 30_000);
     assert.match(String(said.msg), new RegExp(`reported no change of ${join(merged, 'rcptto.js')}`));

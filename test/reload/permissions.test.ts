@@ -5,20 +5,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startCluster, greeted, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, TWO_WORKERS, ROUND_ROBIN } from '../helpers/cluster.ts';
+import { answersOfBothWorkers } from './helpers.ts';
 
 const PROCESSES = ['worker 0', 'worker 1', 'queue 0'];
 const script = (tag: string): string => `export default function (ctx) { return reject('${tag} ' + (lookup('blocked', ctx.address.address) ?? 'none')); }\n`;
 
-async function answers(c: ClusterProcess): Promise<Set<string>> {
-  const clients = [await greeted(c), await greeted(c)];
-  const texts = await Promise.all(clients.map(async (client) => {
-    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
-    return (await client.command('RCPT TO:<b@example.test>', 30_000)).text.replace(/^550 5\.7\.1 /, '');
-  }));
-  for (const client of clients) client.destroy();
-  return new Set(texts);
-}
 
 test('a script or table made unreadable, the scripts folder unsearchable: refused naming it, the running generation stays', async () => {
   const c = await startCluster({
@@ -35,31 +27,31 @@ test('a script or table made unreadable, the scripts folder unsearchable: refuse
   const ok = (what: string, expected: string) => c.waitFor(what, async () => {
     const r = (await c.cluster()).reload;
     if (r.lastError || !PROCESSES.every((p) => r.processes[p] && !r.processes[p]!.refused)) return false;
-    const a = await answers(c);
+    const a = await answersOfBothWorkers(c);
     return a.size === 1 && a.has(expected);
   }, 30_000);
   try {
     await c.waitFor('every process ready', async () => { const r = (await c.cluster()).reload; return PROCESSES.every((p) => r.processes[p]) && r.converged; });
-    assert.deepEqual(await answers(c), new Set(['v1 one']));
+    assert.deepEqual(await answersOfBothWorkers(c), new Set(['v1 one']));
     await writeFile(file, script('v2'));
     await ok('v2 in force', 'v2 one');
 
     await chmod(file, 0);
     await refusedNaming('the unreadable script refused', new RegExp(`${file}:1:1: cannot read: EACCES`));
-    assert.deepEqual(await answers(c), new Set(['v2 one']));
+    assert.deepEqual(await answersOfBothWorkers(c), new Set(['v2 one']));
     await chmod(file, 0o644);
     await ok('the script readable again', 'v2 one');
 
     await chmod(table, 0);
     await refusedNaming('the unreadable table refused', new RegExp(`${table}.*EACCES`));
-    assert.deepEqual(await answers(c), new Set(['v2 one']));
+    assert.deepEqual(await answersOfBothWorkers(c), new Set(['v2 one']));
     await chmod(table, 0o644);
     await writeFile(table, 'b@example.test two\n');
     await ok('the table readable again', 'v2 two');
 
     await chmod(folder, 0o600);
     await refusedNaming('the unsearchable folder refused', new RegExp(`${folder}`));
-    assert.deepEqual(await answers(c), new Set(['v2 two']));
+    assert.deepEqual(await answersOfBothWorkers(c), new Set(['v2 two']));
     await chmod(folder, 0o755);
     await ok('the folder searchable again', 'v2 two');
   } finally {

@@ -8,22 +8,13 @@ import { stat, utimes, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { startCluster, greeted, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, TWO_WORKERS, ROUND_ROBIN } from '../helpers/cluster.ts';
+import { answersOfBothWorkers } from './helpers.ts';
 import { withoutInotify } from '../helpers/no-inotify.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const verdict = (text: string): string => `export default function () { return reject('${text}'); }\n`;
 
-/** The RCPT answers of two connections open at once (round robin: one on each worker). */
-async function answers(c: ClusterProcess): Promise<Set<string>> {
-  const clients = [await greeted(c), await greeted(c)];
-  const texts = await Promise.all(clients.map(async (client) => {
-    assert.equal((await client.command('MAIL FROM:<a@example.test>', 30_000)).code, 250);
-    return (await client.command('RCPT TO:<b@example.test>', 30_000)).text.replace(/^550 5\.7\.1 /, '');
-  }));
-  for (const client of clients) client.destroy();
-  return new Set(texts);
-}
 
 test('without inotify, reload says so (log at error, postern status) and still applies edits, by content', async () => {
   const c = await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') }, env: withoutInotify() });
@@ -33,7 +24,7 @@ test('without inotify, reload says so (log at error, postern status) and still a
       c.logs.find((l) => l.level === 50 && /not watched/.test(String(l.msg))), 30_000);
     assert.match(String(said.msg), /EMFILE/, 'the cause');
     assert.match(String(said.msg), /SIGHUP/, 'what still works');
-    assert.deepEqual(await answers(c), new Set(['v1']));
+    assert.deepEqual(await answersOfBothWorkers(c), new Set(['v1']));
 
     const { stdout } = await promisify(execFile)(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', join(c.dir, 'postern.yaml')], { env: { ...process.env, NODE_NO_WARNINGS: '1' } })
       .catch((err: { stdout: string }) => ({ stdout: err.stdout }));
@@ -42,12 +33,12 @@ test('without inotify, reload says so (log at error, postern status) and still a
     assert.match((await c.cluster()).reload.watching ?? '', /EMFILE/, 'cluster.json says so too');
 
     await writeFile(script, verdict('v2'));
-    await c.waitFor('both workers on v2', async () => { const a = await answers(c); return a.size === 1 && a.has('v2'); }, 30_000);
+    await c.waitFor('both workers on v2', async () => { const a = await answersOfBothWorkers(c); return a.size === 1 && a.has('v2'); }, 30_000);
 
     // Same size, and the modification time put back: only the content (and the status change time) differs.
     const before = await stat(script);
     await writeFile(script, verdict('v3'));
     await utimes(script, before.atime, before.mtime);
-    await c.waitFor('both workers on v3', async () => { const a = await answers(c); return a.size === 1 && a.has('v3'); }, 30_000);
+    await c.waitFor('both workers on v3', async () => { const a = await answersOfBothWorkers(c); return a.size === 1 && a.has('v3'); }, 30_000);
   } finally { await c.stop(); }
 });
