@@ -16,7 +16,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunningScript } from '../sandbox/running-call.ts';
 import { prepareScript } from '../sandbox/script-source.ts';
-import { runningCall } from '../sandbox/running-call.ts';
+import { fenceKey, runningCall } from '../sandbox/running-call.ts';
 import { HOOK_NAMES } from '../sandbox/hooks.ts';
 import { writeFileAtomicSync } from '../spool/fsync.ts';
 import { readInputFileSync } from '../config/input-file.ts';
@@ -25,7 +25,7 @@ import { CRASHES_TO_FENCE, SHADOW_CRASHES_TO_FENCE } from './process-model.ts';
 export interface Fence extends RunningScript { since: string; crashes: number }
 export interface CrashRecord { worker: number; scripts: RunningScript[] }
 
-const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
+const keyOf = fenceKey;
 
 const FENCE_LIST = 'fenced.json';
 
@@ -58,7 +58,9 @@ function parseRecord<T>(text: string, shape: (v: unknown) => T | null): T | stri
 }
 
 const fenceListShape = (v: unknown): Fence[] | null => (Array.isArray(v) && v.every(isRunningScript)
-  ? v.map((f: Partial<Fence>) => ({ hook: f.hook!, file: f.file!, sha256: f.sha256!, since: typeof f.since === 'string' ? f.since : '', crashes: typeof f.crashes === 'number' ? f.crashes : CRASHES_TO_FENCE }))
+  ? v.map((f: Partial<Fence>) => ({ hook: f.hook!, file: f.file!, sha256: f.sha256!, since: typeof f.since === 'string' ? f.since : '', crashes: typeof f.crashes === 'number' ? f.crashes : CRASHES_TO_FENCE,
+    // Kept: a shadow script's fence is its own, apart from the same file run live (running-call.ts: fenceKey).
+    ...(f.shadow === true ? { shadow: true as const } : {}) }))
   : null);
 
 const crashRecordShape = (v: unknown): CrashRecord | null => {

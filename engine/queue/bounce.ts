@@ -5,9 +5,9 @@
  * Its id is derived from the original's id, the attempt and the kind of notice: a crash after the notice was
  * spooled and before the attempt's outcome was recorded makes the attempt run again under the same number, and
  * that retry finds the notice instead of sending the sender a second one (the notice waits for that record
- * before it is delivered: QueueRunner). Only recipients it does not report get a new notice; a notice that reports
- * recipients the retry did not (accepted this time) is withdrawn. Called at every attempt's record, with no one to
- * report too, for that check: then it spools nothing and returns null.
+ * before it is delivered: QueueRunner). Only recipients it does not report get a new notice, in the next slot; a
+ * notice that reports recipients the retry did not (accepted this time) is withdrawn (marked done, removed unsent). Called at every attempt's record, with no one to
+ * report too, for that check: then it spools nothing and its id is null. `withdrawn`: the runner's to remove.
  */
 import { createHash } from 'node:crypto';
 import type { QueueSpool } from '../cluster/spool-set.ts';
@@ -15,26 +15,38 @@ import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
-  spool: Pick<QueueSpool, 'newId' | 'create' | 'hasNotice' | 'readEnvelope' | 'remove'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  spool: Pick<QueueSpool, 'create' | 'hasNotice' | 'readEnvelope' | 'updateState'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
   kind: 'failure' | 'success', attempt: number,
-): Promise<string | null> {
-  let id = noticeId(original.id, kind, attempt);
-  if (await spool.hasNotice(id)) {
+): Promise<{ id: string | null; withdrawn: string[] }> {
+  // The notices earlier runs of this attempt spooled, each cut off by a crash before the attempt's record: slot 0, 1…,
+  // each spooled only after the one before it, and a withdrawn one stays spooled (marked done) until this record. A
+  // second crash once left a notice under a random id, which the next run neither found nor withdrew: it went out
+  // naming a recipient that run delivered, or beside the next run's notice for the same recipient.
+  const reportedNow = new Set(failed.map((f) => f.recipient));
+  const covered = new Set<string>();
+  let kept: string | null = null;
+  const withdrawn: string[] = [];
+  let slot = 0;
+  for (; await spool.hasNotice(noticeId(original.id, kind, attempt, slot)); slot++) {
+    const earlier = noticeId(original.id, kind, attempt, slot);
     // Unreadable: taken as reporting no one (a second notice rather than none).
-    const reported = new Set((await spool.readEnvelope(id).catch(() => null))?.noticeOf?.reported ?? []);
-    const reportedNow = new Set(failed.map((f) => f.recipient));
-    if ([...reported].some((r) => !reportedNow.has(r))) {
-      // Spooled by this attempt's run before a crash, it names recipients this run did not report (accepted now, or
-      // deferred): sent all the same, it told the sender a delivered recipient had failed. It has not gone out (it
-      // waits for this attempt's record: QueueRunner), so it is withdrawn and the recipients reported now get a new one.
-      await spool.remove(id);
-    } else {
-      failed = failed.filter((f) => !reported.has(f.recipient));
-      if (!failed.length) return id;
+    const notice = await spool.readEnvelope(earlier).catch(() => null);
+    if (!notice || notice.recipients.every((r) => r.status)) continue; // withdrawn by an earlier run
+    const reported = notice.noticeOf?.reported ?? [];
+    if (reported.some((r) => !reportedNow.has(r))) {
+      // It names recipients this run did not report (accepted now, or deferred): sent all the same, it told the sender
+      // a delivered recipient had failed. It has not gone out (it waits for this attempt's record: QueueRunner), so it
+      // is withdrawn, and the recipients reported now get a new one.
+      await withdraw(spool, notice);
+      withdrawn.push(earlier);
+      continue;
     }
-    id = spool.newId(); // recipients that failed only in the retry, or the notice withdrawn: a notice of their own
+    for (const r of reported) covered.add(r);
+    kept ??= earlier;
   }
-  if (!failed.length) return null;
+  failed = failed.filter((f) => !covered.has(f.recipient));
+  if (!failed.length) return { id: kept, withdrawn };
+  const id = noticeId(original.id, kind, attempt, slot);
   const now = new Date();
   const writer = spool.create(id);
   try {
@@ -57,14 +69,27 @@ export async function spoolBounce(
     try { writer.abort(); } catch { /* already gone */ }
     throw err;
   }
-  return id;
+  return { id, withdrawn };
 }
 
 /**
  * The notice's id: the original's time prefix (the queue's order), then `y` (failure) or `z` (success), never in
  * the hexadecimal part of a fresh id (Spool.newId), then a digest of the original's id and the attempt.
  */
-export function noticeId(originalId: string, kind: 'failure' | 'success', attempt: number): string {
-  const digest = createHash('sha256').update(`${originalId}/${attempt}`).digest('hex');
+export function noticeId(originalId: string, kind: 'failure' | 'success', attempt: number, slot = 0): string {
+  const digest = createHash('sha256').update(slot === 0 ? `${originalId}/${attempt}` : `${originalId}/${attempt}/${slot}`).digest('hex');
   return `${originalId.slice(0, 9)}${kind === 'failure' ? 'y' : 'z'}${digest.slice(0, 22)}`;
+}
+
+/**
+ * A notice taken back before it went out: marked done rather than removed, so that its slot stays taken (a later run
+ * of the attempt, after another crash, still finds the slots after it; an id must never be spooled twice). The queue
+ * runner removes it, unsent, once the attempt is recorded.
+ */
+async function withdraw(spool: Pick<QueueSpool, 'updateState'>, notice: SpoolEnvelope): Promise<void> {
+  const why = 'withdrawn: spooled by a run of its attempt that a crash cut off, and the run after it reported otherwise';
+  await spool.updateState(notice.id, {
+    attempts: notice.attempts, nextAttemptAt: notice.nextAttemptAt, errors: [...notice.errors, why],
+    recipients: notice.recipients.map((r) => ({ ...r, status: 'bounced', lastError: why })),
+  });
 }

@@ -808,6 +808,14 @@ export class QueueRunner {
       return { ...r, lastError: o.reply };
     });
     let bounceId: string | null = null;
+    // Notices withdrawn (spoolBounce): a state file now says they are done, which the runner's note that they had none
+    // hid (it sent them all the same); tried once this record is made, they are removed unsent.
+    const withdrawn: string[] = [];
+    const noting = (spooled: { id: string | null; withdrawn: string[] }): string | null => {
+      for (const w of spooled.withdrawn) this.#noState.delete(w);
+      withdrawn.push(...spooled.withdrawn);
+      return spooled.id;
+    };
     // With no one to report too: a notice this attempt spooled before a crash, naming recipients that this run of it
     // did not fail, is withdrawn (spoolBounce).
     // Deleted (`postern queue delete`: "without delivering or bouncing it") while this attempt ran: its failures are
@@ -818,7 +826,7 @@ export class QueueRunner {
       this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
     } else if (envelope.sender !== '') {
       try {
-        bounceId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt);
+        bounceId = noting(await spoolBounce(this.#spool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt));
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
         if (bounceId) {
           this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
@@ -839,7 +847,7 @@ export class QueueRunner {
     if (envelope.sender !== '') {
       // The recipients are delivered whatever becomes of their notice: one that cannot be spooled is logged, not retried.
       try {
-        successNoticeId = await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt);
+        successNoticeId = noting(await spoolBounce(this.#spool, gen.config.hostname, envelope, message, relayed, false, 'success', attempt));
         if (successNoticeId) this.#log.info({ id, notice: successNoticeId, from: envelope.sender, to: relayed.map((r) => r.recipient) }, `${id}: sender delivery status notification: ${successNoticeId}`);
       } catch (err) {
         this.#log.error({ id, err, to: relayed.map((r) => r.recipient) }, 'cannot spool the success notice (NOTIFY=SUCCESS) for delivered recipients: none is sent');
@@ -882,12 +890,12 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      for (const notice of [bounceId, successNoticeId]) if (notice) this.notify(notice);
+      for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
-    for (const notice of [bounceId, successNoticeId]) if (notice) this.notify(notice);
+    for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
   }
 

@@ -268,8 +268,8 @@ const FOLDER_CHECK_MS = 1000;
 export const POLL_MS = 1000;
 
 /**
- * The status of every input file and script (inode, size, modification and status change times), as one
- * string: what polling compares. The status change time moves at every write, so an edit that keeps the
+ * The status of every input file and script (inode, size, modification and status change times), and of each
+ * scripts folder (its identity and the scripts in it), as one string: what polling compares. The status change time moves at every write, so an edit that keeps the
  * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen.
  */
 async function statusOfInputs(inputs: WatchedInputs): Promise<Map<string, string>> {
@@ -280,7 +280,11 @@ async function statusOfInputs(inputs: WatchedInputs): Promise<Map<string, string
     let names: string[] = [];
     let listed = 'listed';
     try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
-    status.set(folder, `${await of(folder)} ${listed} ${names.join('/')}`);
+    // The folder by its identity and its scripts' names, not its times: any file made or removed in it (vim's
+    // `.rcptto.js.swp`, a note) moves them, and no input event comes for such a file (the watcher ignores it), so
+    // the poll reported, at error and for good, that the file system reports no changes.
+    const folderIs = await stat(folder).then((s: Stats) => `${s.dev}:${s.ino}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
+    status.set(folder, `${folderIs} ${listed} ${names.join('/')}`);
     for (const n of names) status.set(join(folder, n), await of(join(folder, n)));
   }
   return status;

@@ -26,6 +26,8 @@ export interface SlotOptions {
   host: HostBridge;
   /** The sandbox's id in the running-call table (see running-call.ts); 0: none. */
   runningId?: number;
+  /** Its scripts are a listener's shadow scripts (fenced apart from the same files run live: running-call.ts). */
+  shadow?: boolean;
 }
 
 const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
@@ -335,7 +337,7 @@ export class IsolateSlot {
     for (const script of scripts) {
       // Fenced for crashing its process (while loading or in calls, see engine/cluster/fence-book.ts): its top
       // level does not run again; its hook answers as fenced (Sandbox.invoke) until the file changes.
-      if (runningCall.isFencedSource(script.hook, script.file, script.source)) continue;
+      if (runningCall.isFencedSource(script.hook, script.file, script.source, options.shadow === true)) continue;
       if (slot.#isolate.isDisposed) await slot.#start(); // the previous top level exhausted memory
       const error = await slot.#load(script);
       if (error) {

@@ -28,6 +28,15 @@ export interface RunningScript {
   shadow?: true;
 }
 
+/**
+ * How crash counts and fences name a script: its hook, file and content, and whether it ran as a shadow script. A
+ * shadow script is fenced at its first crash; named by file and content alone, that fence also fenced the same folder
+ * run live by another listener (its hook answered 451 4.3.0 after one crash of the candidate, not three of its own).
+ */
+export function fenceKey(s: { hook: string; file: string; sha256: string; shadow?: boolean }): string {
+  return `${s.hook}\0${s.file}\0${s.sha256}${s.shadow === true ? '\0shadow' : ''}`;
+}
+
 /** What the watchdog needs to decode the marker: per sandbox id, its scripts by hook. */
 export type RunningCallTable = Record<number, Partial<Record<HookName, RunningScript>>>;
 
@@ -150,22 +159,22 @@ export const runningCall = {
     return createHash('sha256').update(source).digest('hex');
   },
   /** Replace the fenced set (sent by the supervisor). */
-  setFenced(list: ReadonlyArray<{ hook: string; file: string; sha256: string }>): void {
+  setFenced(list: ReadonlyArray<{ hook: string; file: string; sha256: string; shadow?: boolean }>): void {
     fenced.clear();
-    for (const f of list) fenced.add(`${f.hook}\0${f.file}\0${f.sha256}`);
+    for (const f of list) fenced.add(fenceKey(f));
   },
-  /** Whether this hook's script, as a registered sandbox holds it now, is fenced. */
-  isFenced(hook: HookName, file: string): boolean {
+  /** Whether this hook's script, as a registered sandbox holds it now (a shadow one's, with `shadow`), is fenced. */
+  isFenced(hook: HookName, file: string, shadow = false): boolean {
     if (fenced.size === 0) return false;
     for (const entry of Object.values(table)) {
       const s = entry[hook];
-      if (s && s.file === file && fenced.has(`${hook}\0${file}\0${s.sha256}`)) return true;
+      if (s && s.file === file && (s.shadow === true) === shadow && fenced.has(fenceKey(s))) return true;
     }
     return false;
   },
   /** Whether a script with this source is fenced (checked before loading it: a fenced top level does not run). */
-  isFencedSource(hook: HookName, file: string, source: string): boolean {
-    return fenced.size > 0 && fenced.has(`${hook}\0${file}\0${runningCall.hash(source)}`);
+  isFencedSource(hook: HookName, file: string, source: string, shadow = false): boolean {
+    return fenced.size > 0 && fenced.has(fenceKey({ hook, file, sha256: runningCall.hash(source), shadow }));
   },
   /** Hook bits by hook name, as JSON: the isolate runtime's own copy, to write word 1 of the marker. */
   hookBitsJson: JSON.stringify(HOOK_BITS_BY_NAME),

@@ -307,6 +307,7 @@ export class Sandbox {
       timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
       memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
       host: withLogBudget(options.host),
+      ...(options.shadow ? { shadow: true } : {}),
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
     const perClient = positiveInteger('isolatesPerClient', options.isolatesPerClient ?? Math.ceil(size / 2), 1);
@@ -369,7 +370,7 @@ export class Sandbox {
     if (this.#disposed) return Promise.reject(new Error('the sandbox has been disposed'));
     const script = this.#scripts.get(hook);
     if (!script) return this.#standIns.has(hook) ? Promise.resolve(undefined) : Promise.reject(new Error(`no script for hook ${hook}`));
-    if (runningCall.isFenced(hook, script.file)) {
+    if (runningCall.isFenced(hook, script.file, this.#options.shadow === true)) {
       this.#failures.fenced++;
       return Promise.reject(new ScriptFailure('fenced', hook, script.file, null, null,
         'this script made its worker process crash or hang repeatedly; it runs again once the file changes'));
