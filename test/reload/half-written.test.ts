@@ -1,0 +1,98 @@
+// A table written the common way — `generator > blocked` (the shell empties the file at once, the output comes
+// later), a slow copy, a script writing in parts with pauses — is a valid file at every moment. After a 50 ms quiet
+// period the emptied or half-written table became the running generation: an empty blocklist let spam through.
+// Now an input that shrank since the content last taken waits until it has been unchanged for longer.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startCluster, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import { runCli } from '../helpers/cli.ts';
+import { startTestServer } from '../helpers/postern.ts';
+import { mailFromReply } from './helpers.ts';
+
+const SCRIPT = `export default (ctx) => lookup('blocked', ctx.address.address) ? reject('blocked') : undefined;\n`;
+const OLD = Array.from({ length: 300 }, (_, i) => `spam${i}@example.test spam\n`).join('');
+/** The new table: the old one and one more sender. */
+const NEW = `${OLD}fresh@example.test spam\n`;
+
+async function mailFrom(c: ClusterProcess, from: string): Promise<number> {
+  const { SmtpTestClient } = await import('../helpers/smtp-client.ts');
+  const client = await SmtpTestClient.connect(c.port('in'));
+  await client.read(30_000);
+  await client.command('EHLO client.test');
+  const r = await client.command(`MAIL FROM:<${from}>`);
+  client.destroy();
+  return r.code;
+}
+
+test('postern serve: a blocklist emptied then written in parts with pauses is not taken until it is whole; the old one answers meanwhile', { timeout: 120_000 }, async () => {
+  // A wait that a slow machine cannot outlast between two of the test's writes (the waits are driven by log lines).
+  const c = await startCluster({
+    config: `${ONE_WORKER}log: { level: debug }\ntables:\n  blocked: ./blocked\n`,
+    scripts: { 'mailfrom.ts': SCRIPT }, files: { blocked: OLD }, env: { POSTERN_SHRUNK_SETTLE_MS: '600000' },
+  });
+  try {
+    const table = join(c.dir, 'blocked');
+    const start = await c.waitFor('both processes on the first table', async () => {
+      const r = (await c.cluster()).reload;
+      return Object.keys(r.processes).length === 2 && r.converged && r;
+    });
+    const generations = JSON.stringify(Object.values(start.processes).map((p) => p.generation));
+    const reloaded = async (): Promise<boolean> => JSON.stringify(Object.values((await c.cluster()).reload.processes).map((p) => p.generation)) !== generations;
+    const waits = (): number => c.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('waiting for ')).length;
+    /** Until the server says it waits for the `n`th state of the table, or a generation was built from it. */
+    const heldOrTaken = (n: number, what: string): Promise<string> =>
+      c.waitFor(what, async () => (await reloaded() ? 'taken' : waits() >= n ? 'held' : null));
+
+    assert.equal(await mailFrom(c, 'spam7@example.test'), 550);
+    await writeFile(table, ''); // `generator > blocked`: emptied at once
+    assert.equal(await heldOrTaken(1, 'the emptied table'), 'held', 'the emptied table became the running generation');
+    assert.equal(await mailFrom(c, 'spam7@example.test'), 550, 'the old blocklist still answers');
+    const waiting = (await c.cluster()).reload as { settling?: string[] | null };
+    assert.match(String(waiting.settling?.[0]), /blocked \(\d+ → 0 bytes\)/);
+    const status = await runCli(['status', '-c', join(c.dir, 'postern.yaml')]);
+    assert.match(String((JSON.parse(status.stdout) as { summary?: string }).summary), /waiting for .*blocked .* to settle before reloading/, status.stdout);
+
+    await appendFile(table, NEW.slice(0, 1000)); // the first part, then a pause
+    assert.equal(await heldOrTaken(2, 'the first part'), 'held', 'a third of the table became the running generation');
+    await appendFile(table, NEW.slice(1000, 5000));
+    assert.equal(await heldOrTaken(3, 'the second part'), 'held', 'most of the table became the running generation');
+    assert.equal(await mailFrom(c, 'spam290@example.test'), 550, 'the old blocklist still answers');
+
+    await appendFile(table, NEW.slice(5000)); // whole, and larger than before: taken after the usual quiet period
+    await c.waitFor('the whole table in force everywhere', async () => {
+      const r = (await c.cluster()).reload;
+      return r.converged && Object.values(r.processes).every((p) => p.generation !== start.processes[Object.keys(r.processes)[0]!]!.generation) && !(r as { settling?: unknown }).settling;
+    });
+    assert.equal(await mailFrom(c, 'fresh@example.test'), 550);
+    assert.equal(await mailFrom(c, 'spam290@example.test'), 550);
+    // One reload per process: none of the partial states was built.
+    const after = (await c.cluster()).reload.processes;
+    for (const [name, p] of Object.entries(after)) assert.equal(p.reloads, start.processes[name]!.reloads + 1, `${name} reloaded once`);
+  } finally {
+    await c.stop();
+  }
+});
+
+test('a table cut short on purpose is taken once it has stayed unchanged; write-then-rename of a smaller table waits the same', { timeout: 60_000 }, async () => {
+  const s = await startTestServer({
+    config: `localDomains: [example.com]\ntables:\n  blocked: ./blocked\nlisteners:\n  - name: mx\n    listen: 127.0.0.1:0\n    limits: { greetingDelayMs: 0 }\n`,
+    files: { blocked: OLD }, scripts: { 'mailfrom.ts': SCRIPT },
+  });
+  try {
+    const outcomes: boolean[] = [];
+    s.reloader.onReload((o) => outcomes.push(o.ok && o.changed));
+    await writeFile(`${s.dir}/blocked.new`, 'spam1@example.test spam\n');
+    await rename(`${s.dir}/blocked.new`, `${s.dir}/blocked`);
+    await s.reloader.whenIdle();
+    assert.deepEqual(outcomes, [true], 'one reload, of the smaller table');
+    assert.ok(s.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('waiting for ') && String(l.msg).includes('blocked')), 'the wait was logged');
+    assert.match(await mailFromReply(s, 'spam1@example.test'), /blocked/);
+    assert.doesNotMatch(await mailFromReply(s, 'spam2@example.test'), /blocked/);
+    assert.equal(s.reloader.status.data.settling, null);
+  } finally {
+    await s.stop();
+    await rm(s.dir, { recursive: true, force: true });
+  }
+});
