@@ -289,12 +289,16 @@ export class ChangeWatcher {
     let status: string;
     try {
       sizes = await sizesOfInputs(inputs);
-      status = JSON.stringify([...await statusOfInputs(inputs)]);
+      // The files' own status only, not their folders' (an editor's swap file beside a script changes the folder's).
+      status = JSON.stringify([...await statusOfInputs(inputs)].filter(([path]) => !inputs.folders.includes(path)));
     } finally {
       this.#judging = false;
     }
+    if (this.#closed) return;
     // An event came while the sizes were read: its own settle period judges again.
-    if (this.#closed || this.#timer !== null || inputs !== this.#inputs) return this.#onActivity();
+    if (this.#timer !== null) return this.#onActivity();
+    // Other inputs are watched now (a reload named a new table): judge by them, the change not dropped.
+    if (inputs !== this.#inputs) return this.poke();
     const taken = this.#taken ?? new Map<string, number>();
     const shrunk: Shrunk[] = [];
     for (const [file, before] of taken) {
