@@ -29,9 +29,10 @@
  * A file being written in place is a valid file at every moment: `generator > blocked.txt` empties it at once and
  * fills it seconds later, and `scp` or a script writing line by line pause between parts. A 50 ms quiet period
  * would take the empty or half table as the new generation (an empty blocklist lets spam through, an empty users
- * file locks every login out). So an input that shrank since the content last let through (a file or script
- * smaller, emptied or gone) must be seen unchanged for SHRUNK_SETTLE_MS before the change is let through; every
- * event meanwhile starts that wait again. `onSettling` is told the files waited for (and [] when the wait ends).
+ * file locks every login out). So an input that shrank since the content last let through (a file or script cut
+ * short in place, emptied or gone) must be seen unchanged for SHRUNK_SETTLE_MS before the change is let through;
+ * every event meanwhile starts that wait again. A smaller file renamed over an input (write-then-rename, as
+ * `postern pki` and the account page write the pin table) is complete when it appears: taken at once. `onSettling` is told the files waited for (and [] when the wait ends).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
@@ -78,7 +79,7 @@ export class ChangeWatcher {
   readonly #onUnavailable: (reason: string) => void;
   readonly #onSettling: (files: Shrunk[]) => void;
   /** Each input file's size when a change was last let through (or when first watched): what "shrank" is judged against. */
-  #taken: Map<string, number> | null = null;
+  #taken: Map<string, Sized> | null = null;
   /** A shrunk input waited for: the inputs' status when the wait began, and the timer that looks again. */
   #holding: { status: string; timer: NodeJS.Timeout | null; files: Shrunk[] } | null = null;
   /** The settle period ended and the inputs' sizes are being read. */
@@ -139,7 +140,7 @@ export class ChangeWatcher {
     // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
     const sizes = await sizesOfInputs(inputs);
     this.#taken ??= new Map();
-    for (const [file, size] of sizes) if (!this.#taken.has(file)) this.#taken.set(file, size);
+    for (const [file, sized] of sizes) if (!this.#taken.has(file)) this.#taken.set(file, sized);
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
     this.#poll ??= setInterval(() => void this.#pollInputs(), POLL_MS).unref();
     const watcher = watch([...targets], {
@@ -285,7 +286,7 @@ export class ChangeWatcher {
     const inputs = this.#inputs;
     if (!inputs || this.#closed) return this.#letThrough(new Map());
     this.#judging = true;
-    let sizes: Map<string, number>;
+    let sizes: Map<string, Sized>;
     let status: string;
     try {
       sizes = await sizesOfInputs(inputs);
@@ -299,11 +300,16 @@ export class ChangeWatcher {
     if (this.#timer !== null) return this.#onActivity();
     // Other inputs are watched now (a reload named a new table): judge by them, the change not dropped.
     if (inputs !== this.#inputs) return this.poke();
-    const taken = this.#taken ?? new Map<string, number>();
+    const taken = this.#taken ?? new Map<string, Sized>();
     const shrunk: Shrunk[] = [];
     for (const [file, before] of taken) {
-      const now = sizes.get(file) ?? 0; // gone counts as emptied (a script removed before its new version is copied in)
-      if (now < before && (sizes.has(file) || isFileInput(inputs, file))) shrunk.push({ file, before, now });
+      const now = sizes.get(file);
+      if (!now && !isFileInput(inputs, file)) continue; // no longer an input
+      // Gone counts as emptied (a script removed before its new version is copied in). A file renamed over the input
+      // (another inode: `mv t.new t`, an editor's save, `postern pki`'s own writes) was complete when it appeared, so
+      // a smaller one is taken at once; only the same file cut short in place, or an empty one, may be half written.
+      const inPlace = now !== undefined && now.id === before.id;
+      if ((now?.size ?? 0) < before.size && (inPlace || !now?.size)) shrunk.push({ file, before: before.size, now: now?.size ?? 0 });
     }
     if (!shrunk.length) return this.#letThrough(sizes);
     const held = this.#holding;
@@ -326,7 +332,7 @@ export class ChangeWatcher {
   /** The longer period ran out with no event (cleared by poke through #holding.timer). */
   #heldOut = false;
 
-  #letThrough(sizes: Map<string, number>): void {
+  #letThrough(sizes: Map<string, Sized>): void {
     if (this.#holding) {
       if (this.#holding.timer) clearTimeout(this.#holding.timer);
       this.#holding = null;
@@ -359,6 +365,9 @@ export const SHRUNK_SETTLE_MS = Number(process.env.POSTERN_SHRUNK_SETTLE_MS) || 
 /** An input that is smaller than in the content last let through: its size then and now (0: empty or gone). */
 export interface Shrunk { file: string; before: number; now: number }
 
+/** An input's size and which file it is (device and inode: a file renamed over it is another). */
+interface Sized { size: number; id: string }
+
 /** How a log line and `postern status` name the inputs waited for: `/etc/postern/blocked.txt (20480 → 0 bytes)`. */
 export function describeSettling(files: readonly Shrunk[]): string[] {
   return files.map((f) => `${f.file} (${f.before} → ${f.now} bytes)`);
@@ -376,9 +385,11 @@ function isFileInput(inputs: WatchedInputs, file: string): boolean {
 }
 
 /** The size of every input file and script that exists now (a missing one is left out). */
-async function sizesOfInputs(inputs: WatchedInputs): Promise<Map<string, number>> {
-  const sizes = new Map<string, number>();
-  const of = async (p: string): Promise<void> => { try { const s = await stat(p); if (s.isFile()) sizes.set(p, s.size); } catch { /* missing */ } };
+async function sizesOfInputs(inputs: WatchedInputs): Promise<Map<string, Sized>> {
+  const sizes = new Map<string, Sized>();
+  const of = async (p: string): Promise<void> => {
+    try { const s = await stat(p); if (s.isFile()) sizes.set(p, { size: s.size, id: `${s.dev}:${s.ino}` }); } catch { /* missing */ }
+  };
   for (const file of inputs.files) await of(file);
   for (const folder of inputs.folders) {
     let names: string[] = [];
