@@ -117,3 +117,27 @@ test('a table cut short in place on purpose is taken once it has stayed unchange
     await rm(s.dir, { recursive: true, force: true });
   }
 });
+
+test('a script removed before its new version is copied in: the old one keeps deciding until the new one is there', { timeout: 60_000 }, async () => {
+  const s = await startTestServer({
+    config: `localDomains: [example.com]\ntables:\n  blocked: ./blocked\nlisteners:\n  - name: mx\n    listen: 127.0.0.1:0\n    limits: { greetingDelayMs: 0 }\n`,
+    files: { blocked: OLD }, scripts: { 'mailfrom.ts': SCRIPT },
+  });
+  const waits = (): number => s.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('waiting for ') && String(l.msg).includes('mailfrom.ts')).length;
+  try {
+    const outcomes: boolean[] = [];
+    s.reloader.onReload((o) => outcomes.push(o.ok && o.changed));
+    const script = join(s.dir, 'scripts', 'mailfrom.ts');
+    await rm(script); // `rm mailfrom.ts && cp new/mailfrom.ts .`, the copy slow to come
+    await new Promise<void>((resolve) => { const t = setInterval(() => { if (waits() === 1 || outcomes.length) { clearInterval(t); resolve(); } }, 10); });
+    assert.deepEqual(outcomes, [], 'a generation without the mailfrom script (every sender accepted) was swapped in');
+    assert.match(await mailFromReply(s, 'spam1@example.test'), /blocked/, 'the old script still decides');
+    await writeFile(script, SCRIPT.replace("reject('blocked')", "reject('blocked v2')"));
+    await s.reloader.whenIdle();
+    assert.deepEqual(outcomes, [true], 'one reload, with the new script');
+    assert.match(await mailFromReply(s, 'spam1@example.test'), /blocked v2/);
+  } finally {
+    await s.stop();
+    await rm(s.dir, { recursive: true, force: true });
+  }
+});
