@@ -12,7 +12,7 @@
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../config/start-config.ts';
 import type { Logger } from '../logging/logger.ts';
-import { ChangeWatcher, POLL_MS } from '../reload/change-watcher.ts';
+import { ChangeWatcher, POLL_MS, describeSettling, settlingMessage } from '../reload/change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
 
 /** What a child answers after a reload (Reloader.state()). */
@@ -47,6 +47,8 @@ export class ReloadCoordinator {
   readonly #inForce: (loaded: LoadedConfig) => void;
   /** The digest last told to #inForce. */
   #adopted = '';
+  /** A shrunk input is waited for (ChangeWatcher.settling). */
+  #settling = false;
 
   constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
     pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined, watchingChanged: () => void = () => undefined) {
@@ -59,6 +61,12 @@ export class ReloadCoordinator {
     this.#watcher = new ChangeWatcher(SETTLE_MS, () => this.#settled(), undefined, (reason) => {
       this.#log.error({ reason }, `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
       watchingChanged(); // cluster.json says so
+    }, (files) => {
+      // A shrunk input waited for: said once as the wait begins, every further write during it at debug only.
+      if (files.length) this.#log[this.#settling ? 'debug' : 'info']({ settling: describeSettling(files) }, settlingMessage(files));
+      else this.#log.debug('the inputs waited for are settled');
+      this.#settling = files.length > 0;
+      watchingChanged(); // cluster.json and `postern status` say what is waited for
     });
   }
 
@@ -163,10 +171,12 @@ export class ReloadCoordinator {
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */
   /** `supervisor`: the content whose listener limits the supervisor checks at accept (null: the one it started with). */
   /** `watching`: null while file events come; else why not (the inputs are then polled, POLL_MS). */
-  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null } {
+  /** `settling`: the inputs that shrank and are waited for before the children are told (null: none). */
+  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null; settling: string[] | null } {
     const digests = new Set([...this.#states.values()].map((s) => s.digest));
+    const settling = this.#watcher.settling;
     return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states), supervisor: this.#adopted || null,
-      watching: this.#watcher.unavailable };
+      watching: this.#watcher.unavailable, settling: settling.length ? describeSettling(settling) : null };
   }
 
   close(): Promise<void> {

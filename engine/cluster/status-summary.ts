@@ -14,6 +14,8 @@ export interface SummaryFacts {
   /** Why file changes are not watched (they are polled every `pollSeconds`), or null/absent while they are. */
   watching?: string | null;
   pollSeconds?: number;
+  /** Inputs that shrank and are waited for before they are reloaded (`file (before → now bytes)`), or null/absent. */
+  settling?: readonly string[] | null;
 }
 
 export function statusSummary(f: SummaryFacts): string {
@@ -28,6 +30,8 @@ export function statusSummary(f: SummaryFacts): string {
   parts.push(f.lastError ? `LAST RELOAD REFUSED: ${f.lastError[0]}` : 'last reload ok');
   // An edit takes up to a poll period to be seen, instead of at once: the administrator must know why.
   if (f.watching) parts.push(`file changes polled every ${f.pollSeconds ?? 1} s (inotify: ${f.watching})`);
+  // A table emptied or cut short is not in force yet (it may be half written): the old one still answers.
+  if (f.settling?.length) parts.push(`waiting for ${f.settling.join(', ')} to settle before reloading`);
   if (f.pendingRestart.length) parts.push(`restart pending: ${f.pendingRestart.join('; ')}`);
   const q = f.queue;
   if ('error' in q) parts.push(`queue unreadable: ${q.error}`);

@@ -996,7 +996,7 @@ export class Supervisor {
         const checks = (await readiness())!;
         const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
         const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady,
-          watching: this.#reloads.status().watching, pollSeconds: POLL_MS / 1000 });
+          watching: this.#reloads.status().watching, pollSeconds: POLL_MS / 1000, settling: this.#reloads.status().settling });
         return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };
       },
     };

@@ -25,6 +25,14 @@
  * comes. Either way every later edit went unseen without a word. So the inputs' status (inode, size, times) is
  * also compared every second: a change found so is acted on, and when no event came for it (or a watch failed),
  * `unavailable` says why and `onUnavailable` is told once (to log it).
+ *
+ * A file being written in place is a valid file at every moment: `generator > blocked.txt` empties it at once and
+ * fills it seconds later, and `scp` or a script writing line by line pause between parts. A 50 ms quiet period
+ * would take the empty or half table as the new generation (an empty blocklist lets spam through, an empty users
+ * file locks every login out). So an input that shrank since the content last let through (a file or script cut
+ * short in place, emptied or gone) must be seen unchanged for SHRUNK_SETTLE_MS before the change is let through;
+ * every event meanwhile starts that wait again. A smaller file renamed over an input (write-then-rename, as
+ * `postern pki` and the account page write the pin table) is complete when it appears: taken at once. `onSettling` is told the files waited for (and [] when the wait ends).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
@@ -69,13 +77,27 @@ export class ChangeWatcher {
   readonly #onSettled: () => void;
   readonly #onActivity: () => void;
   readonly #onUnavailable: (reason: string) => void;
+  readonly #onSettling: (files: Shrunk[]) => void;
+  /** Each input file's size when a change was last let through (or when first watched): what "shrank" is judged against. */
+  #taken: Map<string, Sized> | null = null;
+  /** A shrunk input waited for: the inputs' status when the wait began, and the timer that looks again. */
+  #holding: { status: string; timer: NodeJS.Timeout | null; files: Shrunk[] } | null = null;
+  /** The settle period ended and the inputs' sizes are being read. */
+  #judging = false;
+  readonly #shrunkSettleMs: number;
 
-  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined, onUnavailable: (reason: string) => void = () => undefined) {
+  constructor(settleMs: number, onSettled: () => void, onActivity: () => void = () => undefined, onUnavailable: (reason: string) => void = () => undefined,
+    onSettling: (files: Shrunk[]) => void = () => undefined, shrunkSettleMs = SHRUNK_SETTLE_MS) {
     this.#settleMs = settleMs;
     this.#onSettled = onSettled;
     this.#onActivity = onActivity;
     this.#onUnavailable = onUnavailable;
+    this.#onSettling = onSettling;
+    this.#shrunkSettleMs = shrunkSettleMs;
   }
+
+  /** The inputs that shrank and are waited for (SHRUNK_SETTLE_MS unchanged) before their change is let through. */
+  get settling(): Shrunk[] { return this.#holding?.files ?? []; }
 
   /** Why file changes are found by polling instead of events (the watch error), or null while events come. */
   get unavailable(): string | null { return this.#unavailable; }
@@ -85,7 +107,7 @@ export class ChangeWatcher {
   /** Events about other files in the watched folders, ignored. */
   get otherEvents(): number { return this.#otherEvents; }
   /** A settle period is running or an event is still being looked at. */
-  get pending(): boolean { return this.#timer !== null || this.#inFlight > 0; }
+  get pending(): boolean { return this.#timer !== null || this.#inFlight > 0 || this.#judging || this.#holding !== null; }
 
   /**
    * Watch these inputs. When the set changed, the new watcher is ready before the old one is closed, so
@@ -115,6 +137,10 @@ export class ChangeWatcher {
       this.#watcher = null;
     }
     this.#folderIds = await folderIdentities(watchedFolders(inputs));
+    // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
+    const sizes = await sizesOfInputs(inputs);
+    this.#taken ??= new Map();
+    for (const [file, sized] of sizes) if (!this.#taken.has(file)) this.#taken.set(file, sized);
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
     this.#poll ??= setInterval(() => void this.#pollInputs(), POLL_MS).unref();
     const watcher = watch([...targets], {
@@ -242,23 +268,135 @@ export class ChangeWatcher {
   poke(): void {
     if (this.#closed) return;
     if (this.#timer) clearTimeout(this.#timer);
+    // A wait for a shrunk input starts again from this event (the status compare at its end would see it too).
+    if (this.#holding?.timer) { clearTimeout(this.#holding.timer); this.#holding.timer = null; }
+    this.#heldOut = false;
     this.#timer = setTimeout(() => {
       this.#timer = null;
-      this.#onSettled();
-      this.#onActivity();
+      void this.#judge();
     }, this.#settleMs);
+    this.#onActivity();
+  }
+
+  /**
+   * The inputs have been quiet for the settle period: let the change through, unless an input shrank since the
+   * content last let through; then wait until it has been unchanged for the longer period (see the class comment).
+   */
+  async #judge(): Promise<void> {
+    const inputs = this.#inputs;
+    if (!inputs || this.#closed) return this.#letThrough(new Map());
+    this.#judging = true;
+    let sizes: Map<string, Sized>;
+    let status: string;
+    try {
+      sizes = await sizesOfInputs(inputs);
+      // The files' own status only, not their folders' (an editor's swap file beside a script changes the folder's).
+      status = JSON.stringify([...await statusOfInputs(inputs)].filter(([path]) => !inputs.folders.includes(path)));
+    } finally {
+      this.#judging = false;
+    }
+    if (this.#closed) return;
+    // An event came while the sizes were read: its own settle period judges again.
+    if (this.#timer !== null) return this.#onActivity();
+    // Other inputs are watched now (a reload named a new table): judge by them, the change not dropped.
+    if (inputs !== this.#inputs) return this.poke();
+    const taken = this.#taken ?? new Map<string, Sized>();
+    const shrunk: Shrunk[] = [];
+    for (const [file, before] of taken) {
+      const now = sizes.get(file);
+      if (!now && !isFileInput(inputs, file)) continue; // no longer an input
+      // Gone counts as emptied (a script removed before its new version is copied in). A file renamed over the input
+      // (another inode: `mv t.new t`, an editor's save, `postern pki`'s own writes) was complete when it appeared, so
+      // a smaller one is taken at once; only the same file cut short in place, or an empty one, may be half written.
+      const inPlace = now !== undefined && now.id === before.id;
+      if ((now?.size ?? 0) < before.size && (inPlace || !now?.size)) shrunk.push({ file, before: before.size, now: now?.size ?? 0 });
+    }
+    if (!shrunk.length) return this.#letThrough(sizes);
+    const held = this.#holding;
+    // Unchanged through the whole longer period (the timer was not reset by an event, the status is the same): taken.
+    if (held && held.status === status && held.timer === null && this.#heldOut) return this.#letThrough(sizes);
+    this.#heldOut = false;
+    const fresh = !held || held.status !== status;
+    if (held?.timer) clearTimeout(held.timer);
+    const timer = setTimeout(() => {
+      if (this.#holding) this.#holding.timer = null;
+      this.#heldOut = true;
+      void this.#judge();
+    }, this.#shrunkSettleMs);
+    timer.unref();
+    this.#holding = { status, timer, files: shrunk };
+    if (fresh) this.#onSettling(shrunk);
+    this.#onActivity();
+  }
+
+  /** The longer period ran out with no event (cleared by poke through #holding.timer). */
+  #heldOut = false;
+
+  #letThrough(sizes: Map<string, Sized>): void {
+    if (this.#holding) {
+      if (this.#holding.timer) clearTimeout(this.#holding.timer);
+      this.#holding = null;
+      this.#onSettling([]);
+    }
+    this.#heldOut = false;
+    if (sizes.size) this.#taken = sizes;
+    this.#onSettled();
     this.#onActivity();
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
+    if (this.#holding?.timer) clearTimeout(this.#holding.timer);
     if (this.#folderCheck) clearInterval(this.#folderCheck);
     if (this.#poll) clearInterval(this.#poll);
     this.#timer = null;
     await this.#watcher?.close();
     this.#watcher = null;
   }
+}
+
+/**
+ * An input that shrank (emptied, cut short, gone) must be unchanged this long before its change is taken.
+ * POSTERN_SHRUNK_SETTLE_MS sets another (tests make it long, so that a slow machine cannot end a wait between two parts).
+ */
+export const SHRUNK_SETTLE_MS = Number(process.env.POSTERN_SHRUNK_SETTLE_MS) || 2000;
+
+/** An input that is smaller than in the content last let through: its size then and now (0: empty or gone). */
+export interface Shrunk { file: string; before: number; now: number }
+
+/** An input's size and which file it is (device and inode: a file renamed over it is another). */
+interface Sized { size: number; id: string }
+
+/** How a log line and `postern status` name the inputs waited for: `/etc/postern/blocked.txt (20480 → 0 bytes)`. */
+export function describeSettling(files: readonly Shrunk[]): string[] {
+  return files.map((f) => `${f.file} (${f.before} → ${f.now} bytes)`);
+}
+
+/** The log line of a wait for shrunk inputs beginning (once, not at every further write while it lasts). */
+export function settlingMessage(files: readonly Shrunk[]): string {
+  return `waiting for ${describeSettling(files).join(', ')} to stay unchanged for ${SHRUNK_SETTLE_MS / 1000} s before reloading: `
+    + 'an input that shrank may be half written (write it beside and rename it over to have it taken at once; SIGHUP reloads now)';
+}
+
+/** Whether `file` is one of the input files (not a script in a scripts folder, which may be gone for good). */
+function isFileInput(inputs: WatchedInputs, file: string): boolean {
+  return inputs.files.includes(file) || inputs.folders.includes(dirname(file));
+}
+
+/** The size of every input file and script that exists now (a missing one is left out). */
+async function sizesOfInputs(inputs: WatchedInputs): Promise<Map<string, Sized>> {
+  const sizes = new Map<string, Sized>();
+  const of = async (p: string): Promise<void> => {
+    try { const s = await stat(p); if (s.isFile()) sizes.set(p, { size: s.size, id: `${s.dev}:${s.ino}` }); } catch { /* missing */ }
+  };
+  for (const file of inputs.files) await of(file);
+  for (const folder of inputs.folders) {
+    let names: string[] = [];
+    try { names = (await readdir(folder)).filter(isScriptName); } catch { /* missing: its scripts count as gone */ }
+    for (const n of names) await of(join(folder, n));
+  }
+  return sizes;
 }
 
 /** The scripts folders' paths are looked at this often to see one replaced as a whole. */

@@ -31,6 +31,8 @@ export interface ReloadStatusData {
   pendingRestart: string[];
   /** Why file changes are polled for instead of watched (inotify used up: EMFILE, ENOSPC), or null while they are watched. */
   watching: string | null;
+  /** Inputs that shrank and are waited for before their change is taken (`file (before → now bytes)`), or null. */
+  settling: string[] | null;
 }
 
 export class ReloadStatus {
@@ -42,7 +44,7 @@ export class ReloadStatus {
     this.#file = join(dataDir, 'status.json');
     this.data = {
       pid: SERVER_PID, startedAt: new Date().toISOString(), generation, reloads: 0, failedReloads: 0, checks: 0, supersededBuilds: 0,
-      lastReloadAt: null, lastError: null, pendingRestart: [], watching: null,
+      lastReloadAt: null, lastError: null, pendingRestart: [], watching: null, settling: null,
     };
   }
 

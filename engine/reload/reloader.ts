@@ -26,7 +26,7 @@ import { buildGeneration, GenerationError } from '../generation/build-generation
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
-import { ChangeWatcher, POLL_MS } from './change-watcher.ts';
+import { ChangeWatcher, POLL_MS, describeSettling, settlingMessage } from './change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from './watched-inputs.ts';
 import { ReloadStatus } from './reload-status.ts';
 import { buildDeadlineMs, withDeadline } from './build-deadline.ts';
@@ -111,6 +111,13 @@ export class Reloader {
       void this.status.save();
       target.logger.child({ component: 'reload' }).error({ reason },
         `file changes are not watched (${reason}): the inputs are looked at every ${POLL_MS / 1000} s instead; SIGHUP reloads at once`);
+    }, (files) => {
+      const log = target.logger.child({ component: 'reload' });
+      const began = this.status.data.settling === null;
+      this.status.data.settling = files.length ? describeSettling(files) : null;
+      void this.status.save();
+      if (files.length) log[began ? 'info' : 'debug']({ settling: this.status.data.settling }, settlingMessage(files));
+      else log.debug('the inputs waited for are settled');
     });
   }
 
