@@ -1308,7 +1308,9 @@ export class IsolateSlot {
         'types come from `import type … from "postern"`, which is erased)');
     }
     const limit = topLevelTimeout(this.#options.timeoutMs);
-    const script = { hook, file, sha256: runningCall.hash(source) };
+    // Named as a shadow script when it is one: blamed for a stuck top level, it is fenced as one (fenceKey), not as
+    // the live copy, whose fence a shadow load does not honour (a worker start crash-looped on it for good).
+    const script = { hook, file, sha256: runningCall.hash(source), ...(this.#options.shadow === true ? { shadow: true as const } : {}) };
     // Each run of it would park one more thread for good: refused at once until the file changes.
     if (stuckAtLoad(script)) return new ScriptError(file, 1, 1, stuckMessage(limit, true));
     let evaluation: Promise<unknown> | undefined;

@@ -272,7 +272,8 @@ export function readMirror(path: string): RunningScript[] {
   // The event-loop call the watchdog saw stalled, when the marker is still the one it saw.
   const now = words.length > STALL_SLOT + 1 && words[STALL_SLOT] === words[0] ? words[STALL_SLOT + 1]! : 0;
   for (let i = 0; i < Math.min(words.length, STALL_SLOT); i++) {
-    for (const s of describeRunning(words[i]!, scripts, i === 0 ? now : 0)) found.set(`${s.hook}\0${s.file}\0${s.sha256}`, s);
+    // Each once by its fence key: the same file run live and as a shadow script are two scripts (fenceKey).
+    for (const s of describeRunning(words[i]!, scripts, i === 0 ? now : 0)) found.set(fenceKey(s), s);
   }
   return [...found.values()];
 }

@@ -6,7 +6,7 @@
  * (process.exit() waits for the parked thread): a worker process should be replaced, and end itself with
  * a signal (process.kill(process.pid, 'SIGKILL')) once its connections are handed over or timed out.
  */
-import type { RunningScript } from './running-call.ts';
+import { fenceKey, type RunningScript } from './running-call.ts';
 
 export type UnrecoverableListener = (reason: string) => void;
 
@@ -41,7 +41,8 @@ let abandonedCalls = 0;
 const abandonedScripts = new Map<string, RunningScript>();
 /** Sources whose top level was given up on while running, by hook, file and SHA-256. */
 const stuckLoads = new Map<string, RunningScript>();
-const keyOf = (s: RunningScript): string => `${s.hook}\0${s.file}\0${s.sha256}`;
+/** Live and shadow runs of one file apart, as the fences name them: blamed, each gets its own crash (fenceKey). */
+const keyOf = fenceKey;
 
 /**
  * An isolate was given up while a call (`what`: 'call') or a top level ('load') was still running in it (its
@@ -80,7 +81,8 @@ export function stuckLoadScripts(): RunningScript[] {
  * (each run would park one more thread), until its file changes (another SHA-256).
  */
 export function stuckAtLoad(script: RunningScript): boolean {
-  return stuckLoads.size > 0 && stuckLoads.has(keyOf(script));
+  // The same source parks a thread whether it loads live or as a shadow script.
+  return stuckLoads.size > 0 && (stuckLoads.has(keyOf({ ...script, shadow: false })) || stuckLoads.has(keyOf({ ...script, shadow: true })));
 }
 
 /**
