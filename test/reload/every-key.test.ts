@@ -66,7 +66,9 @@ test('postern serve: every restart key is named by postern status and the log; l
   const file = join(dir, 'postern.yaml');
   await writeFile(file, stringify(base()));
   const c = await watchServer(spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'serve', '--config', file], {
-    cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1' },
+    // The configuration is written whole each time (one writeFile), often shorter: not the half-written input the 2 s
+    // settling of a shrunk file is for (test/reload/half-written.test.ts), which cost this test a wait per key.
+    cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1', POSTERN_SHRUNK_SETTLE_MS: '50' },
   }), { dir, dataDir: join(dir, 'data'), ports: new Map([['in', inPort]]) });
   /** Every process runs a generation built from the files as they are now, and none refused it. */
   const inForce = async (what: string): Promise<void> => {
