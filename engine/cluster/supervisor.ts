@@ -995,8 +995,9 @@ export class Supervisor {
         // /readyz's checks: `postern status` says the server refuses mail (a spool read-only or full, Redis) as the load balancer sees it.
         const checks = (await readiness())!;
         const notReady = Object.entries(checks).filter(([, c]) => !c.ok).map(([name, c]) => `${name}: ${c.detail ?? 'failed'}`);
+        const { watching, settling } = this.#reloads.status();
         const summary = statusSummary({ processes: cluster.processes, fences: cluster.fences, lastError: reload.lastError ?? null, pendingRestart, queue, notReady,
-          watching: this.#reloads.status().watching, pollSeconds: POLL_MS / 1000, settling: this.#reloads.status().settling });
+          watching, pollSeconds: POLL_MS / 1000, settling });
         return { summary, ...reload, pendingRestart, workerPendingRestart: reload.pendingRestart, queue, readiness: { ready: notReady.length === 0, checks }, cluster, shadow };
       },
     };
