@@ -57,7 +57,9 @@ delivery:
     const r = await client.sendMail('a@sender.example', domains.slice(n * PER_ROUND, (n + 1) * PER_ROUND).map((d) => `user@${d}`), 'Subject: many hops\r\n\r\nx\r\n');
     assert.equal(r.code, 250, r.text);
     await client.quit();
-    await until(`${(n + 1) * PER_ROUND} outcomes counted`, async () => await counted() === (n + 1) * PER_ROUND, { timeoutMs: 120_000, intervalMs: 200 });
+    let last = 0; // said if the wait fails (once in a CI run: which side's counts went missing)
+    await until(`${(n + 1) * PER_ROUND} outcomes counted`, async () => (last = await counted()) === (n + 1) * PER_ROUND, { timeoutMs: 120_000, intervalMs: 200 })
+      .catch((err: Error) => { throw new Error(`${err.message} (counted: ${last}; queue log: ${c!.lines.filter((l) => l.includes('"queue"')).slice(-5).join(' | ')})`); });
   };
 
   await round(0);
