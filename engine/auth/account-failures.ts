@@ -8,8 +8,9 @@
  * or not — the guesser learns nothing, and gets no more than the limit per window. A stranger could lock a real
  * user out that way, so two kinds of login are never held back: a certificate (EXTERNAL: nothing to guess), and
  * a password login from an address (IPv6: its counted network) that logged in as that account within
- * KNOWN_ADDRESS_SECONDS. The trade-off of Dovecot's auth policy and mox's per-account limits: a user on a new
- * address waits out the window while the account is under attack.
+ * KNOWN_ADDRESS_SECONDS. The trade-off Dovecot's auth policy server (weakforced) makes for per-login tarpits: a user
+ * on a new address waits out the window while the account is under attack, and a user who never logs in with a
+ * password is never held back.
  */
 import { userKey } from './users-file.ts';
 import { clientText, type Logger } from '../logging/logger.ts';
