@@ -144,7 +144,12 @@ export function accountRoutes(state: AccountsState) {
     app.post('/signin', protect, async (req, reply) => {
       const user = userKey(field(req.body, 'user').trim());
       const users = state.generation().users;
-      const outcome = await checkPassword(state.limiter, state.listener(), users, ip(req), user, field(req.body, 'password'));
+      const outcome = await checkPassword(state.limiter, state.listener(), users, ip(req), user, field(req.body, 'password'),
+        { store: state.generation().store, log: state.log });
+      if (outcome === 'account-deferred') {
+        state.log.info({ user: clientText(user), client: ip(req) }, 'account page: sign-in deferred, too many failed guesses at this account (limits.authFailuresPerAccount)');
+        return signIn(req, reply, 429, 'Too many failed sign-ins to this account: try again later, or sign in with your certificate.', user);
+      }
       if (outcome === 'too-many') {
         state.log.warn({ user: clientText(user), client: ip(req) }, 'account page: sign-in refused, too many authentication failures from this address');
         return signIn(req, reply, 429, 'Too many failed sign-ins from your address: try again later.', user);

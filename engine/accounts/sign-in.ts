@@ -8,6 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
 import { userKey } from '../auth/users-file.ts';
+import { accountGuessFailed, accountLocked, accountLockedWarning, accountLoggedIn, guessedAccount } from '../auth/account-failures.ts';
+import type { CounterStore } from '../store/counter-store.ts';
+import type { Logger } from '../logging/logger.ts';
 import { chainEmailConstraints, describeCertificate, describePeerCertificate, explainUnspecified, type TrustedIssuers } from '../certificates/index.ts';
 import { certificateIdentity } from '../policy/certificate-identity.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
@@ -19,17 +22,35 @@ import type { Session } from './sessions.ts';
 /** A certificate's end (ISO) is past, on the wall clock as the TLS library judges validity. */
 const expired = (notAfter: string | null | undefined): boolean => !!notAfter && Date.parse(notAfter) <= Date.now();
 
-export type PasswordOutcome = 'ok' | 'wrong' | 'too-many';
+export type PasswordOutcome = 'ok' | 'wrong' | 'too-many' | 'account-deferred';
 
-/** One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; a failure is counted and slowed. */
+/**
+ * One attempt from `ip`: refused outright once over the listener's authFailuresPerIp; deferred while the account is
+ * over its authFailuresPerAccount (unless `ip` signed in or logged in as it lately: account-failures.ts); a failure
+ * is counted (for the address and the account) and slowed. `store`: the counter store the account counts live in.
+ */
 export async function checkPassword(limiter: AuthFailureLimiter, listener: ListenerConfig, users: ReadonlyMap<string, string>,
-  ip: string, user: string, password: string): Promise<PasswordOutcome> {
+  ip: string, user: string, password: string, accounts?: { store: CounterStore | undefined; log: Logger }): Promise<PasswordOutcome> {
   const counted = countedAddress(ip, listener.limits.ipv6PrefixLength); // as the listener's SMTP AUTH counts it
-  const outcome = await limiter.guess(counted, listener.limits,
-    () => verifyPassword(users.get(userKey(user.trim())), password, someHash(users)), (right) => !right);
+  const account = guessedAccount('PLAIN', user);
+  const store = accounts?.store;
+  const limit = { count: listener.limits.authFailuresPerAccount, windowMs: listener.limits.authFailureWindowMs };
+  const outcome = await limiter.guess(counted, listener.limits, async () => {
+    // Not a guess: no password is checked, nothing is counted.
+    if (account && store && await accountLocked(store, limit, account, counted)) return 'deferred' as const;
+    return verifyPassword(users.get(userKey(user.trim())), password, someHash(users));
+  }, (right) => right === false);
   if (outcome.kind === 'uncounted') throw outcome.error;
   if (outcome.kind === 'refused') return 'too-many';
-  if (outcome.result) return 'ok';
+  if (outcome.result === 'deferred') return 'account-deferred';
+  if (outcome.result) {
+    if (account && store) await accountLoggedIn(store, limit, account, counted).catch(() => undefined);
+    return 'ok';
+  }
+  if (account && store) {
+    const counts = await accountGuessFailed(store, limit, account).catch(() => ({ reachedLimit: false }));
+    if (counts.reachedLimit) accountLockedWarning(accounts.log, account, limit, { client: ip });
+  }
   await sleep(AuthFailureLimiter.delayMs(outcome.failures ?? 0, listener.limits));
   return 'wrong';
 }

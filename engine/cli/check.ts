@@ -12,7 +12,8 @@ import { createLogger } from '../logging/logger.ts';
 import { MemoryCounterStore } from '../store/index.ts';
 import { EMBEDDED_DEFAULT, SERVE_READS_AGAIN, type LoadedConfig } from '../config/load-config.ts';
 import { dataDirError } from '../config/data-dir-check.ts';
-import { readableKeyWarnings, writableInputWarnings } from '../config/input-file-modes.ts';
+import { writableInputWarnings } from '../config/input-file-modes.ts';
+import { readableSecretLines } from '../config/readable-secrets.ts';
 import { privilegedPortWarnings } from '../config/privileged-ports.ts';
 import { pkiPaths } from '../pki/layout.ts';
 import { existsSync, statSync } from 'node:fs';
@@ -39,7 +40,7 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
     if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
     for (const message of privilegedPortWarnings(loaded.config)) built.warnings.push({ message });
-    for (const message of readableKeyWarnings(loaded, loaded.config.pki.dir && pkiPaths(loaded.config.pki.dir).caKey)) built.warnings.push({ message });
+    for (const message of readableSecretLines(loaded)) built.warnings.push({ message });
     for (const message of writableInputWarnings(loaded)) built.warnings.push({ message });
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);
     const n = loaded.config.listeners.length;

@@ -5,7 +5,7 @@
  */
 export interface SummaryFacts {
   processes: ReadonlyArray<{ role: string; index: number; ready: boolean; restarts: number }>;
-  fences: ReadonlyArray<{ hook: string; file: string }>;
+  fences: ReadonlyArray<{ hook: string; file: string; shadow?: boolean }>;
   lastError: readonly string[] | null;
   pendingRestart: readonly string[];
   queue: { messages: number; held: number; oldestAgeSeconds: number } | { error: string };
@@ -26,7 +26,8 @@ export function statusSummary(f: SummaryFacts): string {
   parts.push(`${workers.length - down.filter((d) => d.startsWith('worker')).length}/${workers.length} workers ready` +
     `${down.length ? ` (not ready: ${down.join(', ')})` : ''}, ${restarts} restart${restarts === 1 ? '' : 's'}`);
   if (f.notReady?.length) parts.push(`NOT READY: ${f.notReady.join('; ')}`);
-  parts.push(f.fences.length ? `FENCED: ${f.fences.map((x) => `${x.hook} (${x.file})`).join(', ')}` : 'no fenced script');
+  // Shadow or live: a shadow script's fence costs no mail (its calls count as errors), a live one's hook answers 451.
+  parts.push(f.fences.length ? `FENCED: ${f.fences.map((x) => `${x.shadow === true ? 'shadow' : 'live'} ${x.hook} (${x.file})`).join(', ')}` : 'no fenced script');
   parts.push(f.lastError ? `LAST RELOAD REFUSED: ${f.lastError[0]}` : 'last reload ok');
   // An edit takes up to a poll period to be seen, instead of at once: the administrator must know why.
   if (f.watching) parts.push(`file changes polled every ${f.pollSeconds ?? 1} s (inotify: ${f.watching})`);

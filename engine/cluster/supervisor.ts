@@ -20,6 +20,7 @@
  * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
  * late the next worker accepts instead (if the hung one held the counting lease: once it was killed).
  */
+import { logReadableSecrets } from '../config/readable-secrets.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { availableParallelism } from 'node:os';
@@ -255,6 +256,8 @@ export class Supervisor {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     }, () => this.#pendingRestart(), (loaded) => {
       this.#listenersInForce = loaded.config.listeners;
+      // At start (the first content every process runs) and at each reload in force everywhere.
+      logReadableSecrets(loaded, log);
       void this.#saveStatus();
     }, () => void this.#saveStatus());
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).

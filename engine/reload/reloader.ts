@@ -16,6 +16,7 @@
  * reload-coordinator.ts) and asks every child to reload; each child answers with its state() and the
  * supervisor reports a refused build once, for all of them.
  */
+import { logReadableSecrets } from '../config/readable-secrets.ts';
 import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import type { Config } from '../config/schema.ts';
@@ -291,6 +292,8 @@ export class Reloader {
     const ms = performance.now() - t0;
     for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
+    // Under postern serve the supervisor says it, once for all processes (its reload coordinator's inForce).
+    if (!this.#external) logReadableSecrets(built.loaded, log);
     await this.status.succeeded(next.serial, pendingRestart);
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
   }

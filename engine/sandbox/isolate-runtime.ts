@@ -1025,6 +1025,12 @@ export function installRuntime(
    * may then be told under another call's name; it runs to its end all the same.
    */
   const QUIET_TURNS = 64;
+  /**
+   * Microtask turns a call's name still stands, in deliver(), once the call ended: code it left running past its
+   * verdict (`p.then(…).then(() => log(…))`, a promise it did not wait for) logs under it, not under no call (a line
+   * without the session's cid) or under the call whose answers come next (another client's).
+   */
+  const LATE_TURNS = 16;
   return {
     register(hook, fn) {
       hooks[hook] = fn;
@@ -1137,6 +1143,7 @@ export function installRuntime(
       }
       // Until the call ends or waits again, its continuation runs alone, and what it logs names it.
       for (let turn = 0; turn < QUIET_TURNS && finished[owner] === undefined && !parkedWhileDelivering; turn++) await undefined;
+      if (finished[owner] !== undefined) for (let turn = 0; turn < LATE_TURNS && !parkedWhileDelivering; turn++) await undefined;
       currentCall = -1;
     }
   }

@@ -307,6 +307,12 @@ export class IsolateSlot {
   #collect = false;
   /** The calls of a batch whose promises were pending at its end: its continuations' operations go under its tag. */
   readonly #tagCalls = new Map<number, readonly number[]>();
+  /**
+   * Whose each recent call is (its connection and script), kept past its verdict: code it left running (a promise
+   * it did not wait for) may log after it, and the runtime names the call; known only while the call waited
+   * (#awaiting), such lines were told under no connection (no `cid` to find them by).
+   */
+  readonly #calledBy = new Map<number, { connectionId: string | null; file: string }>();
   /** Set while a script's top level runs. */
   #loading = false;
   /** Operations a top level started: their answers come after its load (which does not wait for them), to code no call owns. */
@@ -468,6 +474,7 @@ export class IsolateSlot {
       const c = calls[i]!;
       const id = ++this.#nextCallId;
       ids[i] = id;
+      this.#rememberCaller(id, c.connectionId, this.#files.get(c.hook)!);
       const journal = c.journal ?? new OperationJournal();
       if (journals) journals[i] = journal;
       this.#owners.set(id, journal.attempt());
@@ -966,7 +973,7 @@ export class IsolateSlot {
     }
     if (settled !== null) {
       for (let i = 0; i < run.held!.length; i++) {
-        const who = this.#awaiting.get(run.heldFor![i]!);
+        const who = this.#whose(run.heldFor![i]!);
         this.#tell(who?.connectionId ?? null, who?.file ?? '(policy script)', run.held![i]!);
       }
       this.#settleTaken(settled);
@@ -1014,6 +1021,17 @@ export class IsolateSlot {
     if (calls?.some((id) => this.#awaiting.has(id))) return true;
     this.#tagCalls.delete(owner);
     return false;
+  }
+
+  /** Remember whose call `id` is (see #calledBy): the latest 4096 calls, long enough for what they leave running. */
+  #rememberCaller(id: number, connectionId: string | null, file: string): void {
+    this.#calledBy.set(id, { connectionId, file });
+    if (this.#calledBy.size > 4096) this.#calledBy.delete(this.#calledBy.keys().next().value!);
+  }
+
+  /** The connection and script of call `id`, waiting or ended (undefined: too long ago, or never a call). */
+  #whose(id: number): { connectionId: string | null; file: string } | undefined {
+    return this.#awaiting.get(id) ?? this.#calledBy.get(id);
   }
 
   /** Batches remembered by tag at most (oldest forgotten first; by then their calls are long over). */
@@ -1105,6 +1123,7 @@ export class IsolateSlot {
     journal: OperationJournal,
   ): Promise<unknown> {
     const callId = ++this.#nextCallId;
+    this.#rememberCaller(callId, connectionId, file);
     const lists: SentList[] = [];
     const calls = JSON.stringify([this.#wire({ hook, ctx, connectionId, shared }, callId, lists)]);
     slotEntries.callChars += calls.length;
@@ -1258,7 +1277,7 @@ export class IsolateSlot {
       admit: (callId) => this.#admit(callId),
       operate: (opId, callId, kind, args, live) => this.#operate(opId, callId, kind, args, live),
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
-      whose: (callId) => this.#awaiting.get(callId),
+      whose: (callId) => this.#whose(callId),
     });
     const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, [...callbacks, sharedInto(runningCall.buffer), runningCall.hookBitsJson],
       { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;

@@ -420,7 +420,7 @@ export class Sandbox {
   #reject(call: Call, error: unknown): void {
     if (!this.#settle(call)) return;
     if (call.journal.diverged !== null) {
-      this.#log(call.file, 'error', `${call.hook}: ${call.journal.diverged}`);
+      this.#log(call.file, 'error', `${call.hook}: ${call.journal.diverged}`, call.connectionId);
       error = new ScriptFailure('error', call.hook, call.file, null, null, call.journal.diverged);
     }
     call.fail(error);
@@ -496,7 +496,7 @@ export class Sandbox {
     this.#abandoned++;
     reportAbandonedRunning(this.#options.runningId === undefined ? undefined : runningCall.scriptOf(this.#options.runningId, o.call.hook));
     this.#log(o.call.file, 'error', `isolate ${o.member.index} was still running ${o.call.hook} at its deadline ` +
-      `(${this.#options.timeoutMs} ms + ${DEADLINE_SLACK_MS} ms) and ${what}`);
+      `(${this.#options.timeoutMs} ms + ${DEADLINE_SLACK_MS} ms) and ${what}`, o.call.connectionId);
   }
 
   /** What is left of a call's time for the isolate: its full timeoutMs unless waiting used up part of the slack. */
@@ -712,10 +712,14 @@ export class Sandbox {
     return this.#disposed;
   }
 
-  /** Sandbox events go to the same log as scripts' lines; a failing logger must not break the pool. */
-  #log(file: string, level: LogLevel, message: string): void {
+  /**
+   * Sandbox events go to the same log as scripts' lines; a failing logger must not break the pool. `connectionId`:
+   * the event is of one call's (told after its verdict, as often as not: its deadline answered it), so its line
+   * carries the session's cid.
+   */
+  #log(file: string, level: LogLevel, message: string, connectionId: string | null = null): void {
     try {
-      this.#options.host.log(null, file, level, message);
+      this.#options.host.log(connectionId, file, level, message);
     } catch {
       // best effort
     }

@@ -51,6 +51,7 @@ export const REPLIES = {
   authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },
   authBadBase64: { code: 501, enhanced: '5.5.2', text: 'Invalid base64 in SASL response', reason: 'SASL response syntax' },
   authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
+  accountAuthDeferred: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerAccount' },
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },
   authSucceeded: { code: 235, enhanced: '2.7.0', text: 'Authentication successful' },
 

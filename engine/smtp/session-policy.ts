@@ -24,7 +24,9 @@ import type { LookupTable } from '../policy/lookup-tables.ts';
 import { boundedName, chainEmailConstraints, describePeerCertificate, explainUnspecified } from '../certificates/index.ts';
 import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
-import { STORE_KEYS } from '../store/counter-store.ts';
+import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
+import { accountGuessFailed, accountLocked, accountLockedWarning, accountLoggedIn, guessedAccount, type AccountFailureLimit } from '../auth/account-failures.ts';
+import { userKey } from '../auth/users-file.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
@@ -89,6 +91,9 @@ function undeclaredUtf8(address: SMTPServerAddress, mail: SMTPServerAddress | fa
   if (!/[^\x00-\x7f]/.test(address.address)) return false;
   return !(mail && declaresUtf8(mail));
 }
+
+/** How an AUTH was decided: the user to log in as, or the reply and the reason logged beside it. */
+type AuthDecision = { user: string } | { reply: SmtpReply; reason: string; guessFailed?: boolean };
 
 export class SessionPolicy {
   readonly #runtime: Runtime;
@@ -361,13 +366,15 @@ export class SessionPolicy {
     const limiter = this.#runtime.authFailures;
     // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
     // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
-    const result = await limiter.guess(counted, st.listener.limits, () => this.#decideAuth(conn, attempt),
+    const account = guessedAccount(attempt.mechanism, attempt.username);
+    const result = await limiter.guess(counted, st.listener.limits, () => this.#decideUnlessAccountLocked(conn, attempt, account, counted),
       (decision) => !('user' in decision) && (decision.reply.responseCode >= 500 || decision.guessFailed === true))
       .then((outcome) => outcome.kind === 'refused' ? this.#tooManyFailures(conn)
         : outcome.kind === 'uncounted' ? this.#failuresUncounted(conn, outcome.error)
           : { ...outcome.result, ipFailures: outcome.failures });
     metrics.authAttempts.inc({ listener: st.listener.name, mechanism: attempt.mechanism, result: 'user' in result ? 'success' : 'failure' });
     if ('user' in result) {
+      await this.#accountCount(conn, (store, limit) => accountLoggedIn(store, limit, account ?? userKey(result.user), counted));
       st.user = result.user;
       st.mechanism = attempt.mechanism;
       st.saslAuthenticated = true;
@@ -376,6 +383,9 @@ export class SessionPolicy {
     }
     const { reply, reason, ipFailures } = result;
     if (ipFailures !== null) {
+      if (account) await this.#accountCount(conn, async (store, limit) => {
+        if ((await accountGuessFailed(store, limit, account)).reachedLimit) accountLockedWarning(this.#log, account, limit, { cid: conn.id, ip });
+      });
       st.authFailures++;
       // The reason is for the administrator only: the client gets the same reply whatever it was.
       this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: clientText(attempt.username), reason, failures: st.authFailures, ipFailures },
@@ -387,11 +397,48 @@ export class SessionPolicy {
     return reply;
   }
 
+  /** limits.authFailuresPerAccount of this listener, with the window of its per-address count. */
+  #accountLimit(conn: SmtpClient): AccountFailureLimit {
+    const limits = conn.state.listener.limits;
+    return { count: limits.authFailuresPerAccount, windowMs: limits.authFailureWindowMs };
+  }
+
+  /**
+   * A password guess at an account over limits.authFailuresPerAccount is not decided (454, right password or not),
+   * unless this address logged in as it recently (account-failures.ts). Not a failed guess: nothing is counted.
+   */
+  async #decideUnlessAccountLocked(conn: SmtpClient, attempt: AuthAttempt, account: string | null, counted: string): Promise<AuthDecision> {
+    const store = conn.state.generation.store;
+    if (account && store) {
+      let locked: boolean;
+      try {
+        locked = await accountLocked(store, this.#accountLimit(conn), account, counted);
+      } catch (err) {
+        this.#log.debug({ cid: conn.id, err: { message: (err as Error).message } }, 'AUTH refused: account failure count unavailable (store)');
+        return { reply: reply('authStoreUnavailable'), reason: 'account failure count unavailable (store)' };
+      }
+      if (locked) {
+        this.#log.info({ cid: conn.id, ip: conn.remoteAddress, mechanism: attempt.mechanism, username: clientText(attempt.username) },
+          'AUTH deferred: too many failed guesses at this account (limits.authFailuresPerAccount), from an address that has not logged in as it');
+        return { reply: reply('accountAuthDeferred'), reason: 'account-locked' };
+      }
+    }
+    return this.#decideAuth(conn, attempt);
+  }
+
+  /** Count a login or a failed guess for limits.authFailuresPerAccount; a store that cannot answer changes no verdict. */
+  async #accountCount(conn: SmtpClient, count: (store: CounterStore, limit: AccountFailureLimit) => Promise<unknown>): Promise<void> {
+    const store = conn.state.generation.store;
+    if (!store) return;
+    await count(store, this.#accountLimit(conn)).catch((err: unknown) =>
+      this.#log.debug({ cid: conn.id, err: { message: (err as Error).message } }, 'authFailuresPerAccount: not counted (store)'));
+  }
+
   /**
    * Every refusal of the built-in rule gets the same reply: a different text for "right password, but not
    * for this identity" would tell a guesser the password was right. Only a script's own text differs.
    */
-  async #decideAuth(conn: SmtpClient, attempt: AuthAttempt): Promise<{ user: string } | { reply: SmtpReply; reason: string; guessFailed?: boolean }> {
+  async #decideAuth(conn: SmtpClient, attempt: AuthAttempt): Promise<AuthDecision> {
     const st = conn.state;
     // The reason is logged by authenticate(), beside the attempt; the reply is the same whatever it is.
     const invalid = (reason: string) => ({ reply: reply('authInvalid'), reason });

@@ -74,6 +74,10 @@ export const STORE_KEYS = {
   scriptCounter: (key: string) => `script:counter:${key}`,
   messagesPerIdentity: (identity: string) => `limit:messages:${identity}`,
   authFailures: (ip: string) => `limit:authfail:${ip}`,
+  /** Failed password guesses at one account (limits.authFailuresPerAccount: auth/account-failures.ts). */
+  accountAuthFailures: (account: string) => `limit:authfail-account:${account}`,
+  /** An address (IPv6: its counted network) that logged in as the account: exempt from its lock. */
+  accountKnownAddress: (account: string, ip: string) => `limit:authok:${ip}:${account}`,
   /** AUTH guesses being decided (AuthFailureStore.claim). */
   authGuesses: (ip: string) => `limit:authguess:${ip}`,
   connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,

@@ -32,7 +32,7 @@ export interface AccountsSetup {
 }
 
 /** `page`: the page's own settings (its listen address, its per-address cap) over the defaults here. */
-export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}): Promise<AccountsSetup> {
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number; authFailuresPerAccount?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}): Promise<AccountsSetup> {
   // Never the working directory: the CA, its key and the users file would land in the checkout.
   if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
@@ -68,12 +68,13 @@ export async function launchChromium(): Promise<Browser> {
   return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 }
 
-/** One sign-in attempt with curl: the form's CSRF token first, then the POST; the HTTP status. */
-export async function webSignIn(url: string, jar: string, user: string, password: string): Promise<string> {
-  const form = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, `${url}/signin`]);
+/** One sign-in attempt with curl: the form's CSRF token first, then the POST; the HTTP status. `from`: the client's address (127.x). */
+export async function webSignIn(url: string, jar: string, user: string, password: string, from?: string): Promise<string> {
+  const source = from ? ['--interface', from] : [];
+  const form = await run('curl', ['-sS', '-k', ...source, '-c', jar, '-b', jar, `${url}/signin`]);
   const token = /name="_csrf" value="([^"]+)"/.exec(form.stdout)?.[1];
   assert.ok(token, form.output);
-  const r = await run('curl', ['-sS', '-k', '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
+  const r = await run('curl', ['-sS', '-k', ...source, '-c', jar, '-b', jar, '-o', '/dev/null', '-w', '%{http_code}',
     '--data-urlencode', `_csrf=${token}`, '--data-urlencode', `user=${user}`, '--data-urlencode', `password=${password}`, `${url}/signin`]);
   return r.stdout;
 }

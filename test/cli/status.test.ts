@@ -6,11 +6,13 @@ import { test, after } from 'node:test';
 // (the cluster helpers start `postern serve` as a child process)
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
+import { runningCall } from '../../engine/sandbox/running-call.ts';
+import { prepareScript } from '../../engine/sandbox/script-source.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess | undefined;
@@ -162,5 +164,29 @@ test('a server that refuses new mail (its spool below spool.minFreeBytes): exit 
     assert.equal((s.json!.readiness as { ready: boolean }).ready, false);
   } finally {
     await full.stop();
+  }
+});
+
+test('fenced scripts: the summary says which fence is of a shadow script and which of a live one', { timeout: 120_000 }, async () => {
+  // The same file fenced live and as a shadow script are two fences (fenceKey); the summary named both the same.
+  const home = await mkdtemp(join(tmpdir(), 'postern-status-fences-'));
+  const file = join(home, 'rcptto.js');
+  const text = 'export default () => {};';
+  await writeFile(file, text);
+  const sha256 = runningCall.hash((await prepareScript(file, text)).source);
+  const dataDir = join(home, 'data');
+  await mkdir(join(dataDir, 'fences'), { recursive: true });
+  await writeFile(join(dataDir, 'fences', 'fenced.json'), JSON.stringify([
+    { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 1, shadow: true },
+    { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 3 },
+  ]));
+  const fenced = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  try {
+    await workerPid(fenced, 0);
+    const s = status(join(fenced.dir, 'postern.yaml'));
+    assert.match(String(s.json!.summary), new RegExp(`; FENCED: shadow rcptto \\(${file}\\), live rcptto \\(${file}\\); `));
+  } finally {
+    await fenced.stop();
+    await rm(home, { recursive: true, force: true });
   }
 });

@@ -15,7 +15,7 @@ test('all well, then every kind of trouble named', () => {
     fences: [{ hook: 'rcptto', file: 'scripts/rcptto.ts' }],
     lastError: ['postern.yaml:3:1: bad key', 'more'], pendingRestart: ['listener in moves from 127.0.0.1:25 to 127.0.0.1:26'],
     queue: { messages: 12, held: 2, oldestAgeSeconds: 5400 },
-  }), '1/2 workers ready (not ready: worker 1, queue 0), 4 restarts; FENCED: rcptto (scripts/rcptto.ts); '
+  }), '1/2 workers ready (not ready: worker 1, queue 0), 4 restarts; FENCED: live rcptto (scripts/rcptto.ts); '
     + 'LAST RELOAD REFUSED: postern.yaml:3:1: bad key; restart pending: listener in moves from 127.0.0.1:25 to 127.0.0.1:26; queue 12 (2 held), oldest 90 min');
   assert.match(statusSummary({ processes: [], fences: [], lastError: null, pendingRestart: [], queue: { messages: 3, held: 3, oldestAgeSeconds: 0 } }), /; queue 3 \(3 held\)$/);
   assert.match(statusSummary({ processes: [], fences: [], lastError: null, pendingRestart: [], queue: { error: 'EACCES' } }), /; queue unreadable: EACCES$/);

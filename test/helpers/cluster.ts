@@ -3,7 +3,7 @@
  * data folder; its JSON log lines are collected so tests can wait for events.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -75,11 +75,15 @@ export function deliveryToSink(port: number, opts: { retrySchedule?: number[]; s
 /** `installed`: started as the installed command (bin/postern.js) instead of engine/cli/main.ts; `node`: the Node that starts it (default: the pinned Node 24); `nodeArgs`: options for node itself; `env`: more environment. */
 /** `wrap`: a command that execs the server, e.g. `['setpriv', '--bounding-set=-dac_override']` (root without the capabilities that bypass file permissions). */
 /** `dataDir`: the data folder (default: `data` in the temporary folder), e.g. on a small filesystem of the test's own. */
-export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string }): Promise<ClusterProcess> {
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; fileMode?: number; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string }): Promise<ClusterProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
-  for (const [name, text] of Object.entries(opts.files ?? {})) await writeFile(join(dir, name), text);
+  // 0600 unless asked (a users file every local user can read is an error line at start).
+  for (const [name, text] of Object.entries(opts.files ?? {})) {
+    await writeFile(join(dir, name), text, { mode: opts.fileMode ?? 0o600 });
+    await chmod(join(dir, name), opts.fileMode ?? 0o600);
+  }
   const ports = new Map<string, number>();
   let config = opts.config;
   for (const m of [...config.matchAll(/\{PORT:(\w+)\}/g)]) {

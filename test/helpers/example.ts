@@ -3,7 +3,7 @@
  * ./pki/, lines added to its tables and users file, every listener on 127.0.0.1:0 and delivery off (no
  * test mail leaves the machine). Everything else — the configuration, scripts, tables — is the example's own.
  */
-import { appendFile, cp, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, cp, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { execFile, spawnSync } from 'node:child_process';
@@ -45,6 +45,8 @@ export async function copyExample(name: string, append: (pki: TestPki) => Promis
     recursive: true,
     filter: (src) => !['data', 'pki'].includes(basename(src)) && !src.endsWith('.test.ts'),
   });
+  // As the READMEs' steps do: a clone leaves the users file 0644, and the server says so at error.
+  await chmod(join(dir, 'users'), 0o600).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err; });
   await mkdir(join(dir, 'pki'));
   const pkiFiles = { 'server.crt': pki.server.cert, 'server.key': pki.server.key, 'ca.crt': pki.ca.cert, 'ca.crl': pki.crl };
   for (const [file, from] of Object.entries(pkiFiles)) await copyFile(from, join(dir, 'pki', file));

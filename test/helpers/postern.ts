@@ -2,7 +2,7 @@
  * Start a real Postern on 127.0.0.1 with ephemeral ports, a temporary data folder and given scripts.
  * The configuration is written to <dir>/postern.yaml, so reload tests can edit it.
  */
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -26,6 +26,8 @@ export interface TestServerOptions {
   scripts?: Record<string, string>;
   /** Extra files (tables, users) by name, written into the temp folder (`folder/name` makes the folder). */
   files?: Record<string, string>;
+  /** The mode of `files` (default 0600: a users file every local user can read is an error line at start). */
+  fileMode?: number;
   /** Reload debounce (default 50 ms). */
   settleMs?: number;
   /** DNS stand-in for delivery routing. */
@@ -57,7 +59,8 @@ export async function startTestServer(opts: TestServerOptions): Promise<TestServ
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
   for (const [name, text] of Object.entries(opts.files ?? {})) {
     await mkdir(dirname(join(dir, name)), { recursive: true });
-    await writeFile(join(dir, name), text);
+    await writeFile(join(dir, name), text, { mode: opts.fileMode ?? 0o600 });
+    await chmod(join(dir, name), opts.fileMode ?? 0o600); // whatever the umask
   }
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({

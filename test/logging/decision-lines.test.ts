@@ -120,6 +120,7 @@ before(async () => {
         testListener('sub', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'], required: true } }),
         testListener('reqtls', { tls: testServerTls(pki), requireTls: true }),
         testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
+        testListener('accountlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerAccount: 1, ...NO_AUTH_SLOWDOWN } }),
         testListener('cap', { limits: { maxConnections: 1 } }),
         testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
@@ -298,6 +299,19 @@ const ROWS = {
       const again = await SmtpTestClient.connect(port('main', 'authlimit'), { localAddress: '127.0.0.5' });
       seen.push(await again.read());
       again.destroy();
+      return seen;
+    },
+  },
+  accountAuthDeferred: {
+    server: 'main', stage: 'AUTH', ip: '127.0.0.7', serverFault: /^account reached limits\.authFailuresPerAccount/,
+    async drive() {
+      const seen: Reply[] = [];
+      // One wrong guess locks the account (limit 1); the next login from an address it never logged in from is deferred.
+      for (const password of ['wrong', PASSWORD]) {
+        const c = await SmtpTestClient.connect(port('main', 'accountlimit'), { localAddress: '127.0.0.7' });
+        seen.push(await c.read(), await c.command('EHLO client.example'), await c.command(plainLogin('dave@example.com', password)));
+        await c.quit();
+      }
       return seen;
     },
   },

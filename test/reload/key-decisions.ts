@@ -143,6 +143,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'listeners[].limits.authFailuresBeforeDelay': live((c) => { L(c).limits.authFailuresBeforeDelay = 0; }),
   'listeners[].limits.authFailureDelayMs': live((c) => { L(c).limits.authFailureDelayMs = 10; }),
   'listeners[].limits.authFailuresPerIp': live((c) => { L(c).limits.authFailuresPerIp = 1; }),
+  'listeners[].limits.authFailuresPerAccount': live((c) => { L(c).limits.authFailuresPerAccount = 1; }),
   'listeners[].limits.authFailureWindowMs': restart(/^limits\.authFailureWindowMs \(the longest of the listeners\) 600000 → 60000$/, (c) => { L(c).limits.authFailureWindowMs = 60_000; }),
   'listeners[].limits.connectionRatePerIp': live((c) => { delete L(c).limits.connectionRatePerIp; }),
   'listeners[].limits.connectionRatePerIp.count': live((c) => { L(c).limits.connectionRatePerIp.count = 1; }),

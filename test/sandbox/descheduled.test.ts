@@ -67,7 +67,10 @@ test('an overdue isolate whose process threads get CPU and which still does not 
     } finally {
       await spinner.terminate();
     }
-    assert.ok(host.logs.some((l) => /still running rcptto at its deadline \(100 ms \+ 500 ms\) and other threads had \d+ ms of CPU time since and it did not stop; it is abandoned and replaced/.test(l.message)), JSON.stringify(host.logs));
+    const abandoned = host.logs.find((l) => /still running rcptto at its deadline \(100 ms \+ 500 ms\) and other threads had \d+ ms of CPU time since and it did not stop; it is abandoned and replaced/.test(l.message));
+    assert.ok(abandoned, JSON.stringify(host.logs));
+    // Told after the call's verdict (451 at its deadline): it still names the session (its cid), as its other lines do.
+    assert.equal(abandoned.connectionId, 'c1');
     assert.equal(hold.count(), 1);
     await until('the isolate is rebuilt', async () => (await sandbox.stats()).isolates[0]!.state === 'idle');
     assert.deepEqual(await sandbox.invoke('rcptto', {}, 'c2'), { verdict: 'accept' });
