@@ -38,7 +38,7 @@ import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 import type { AccountsServer } from '../accounts/server.ts';
 import { createServer, type Server } from 'node:net';
 import { PolicyServer } from '../policy-service/policy-server.ts';
-import { listenPolicyService } from '../policy-service/listen.ts';
+import { listenPolicyService, type BoundPolicyService } from '../policy-service/listen.ts';
 
 export interface StartOptions extends ConfigSource {
   logger?: Logger;
@@ -232,7 +232,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const addresses = new Map<string, { address: string; port: number }>();
   const policyServers = new Map<string, PolicyServer>();
   const policyAddresses = new Map<string, string>();
-  const policySockets: Server[] = [];
+  const policySockets: BoundPolicyService[] = [];
   try {
     for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, built.listeners.get(l.name)!);
@@ -276,7 +276,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       policyServers.set(p.name, policy);
       if (role === 'worker') continue;
       const bound = await listenPolicyService(p, createServer((socket) => policy.handle(socket)));
-      policySockets.push(bound.server);
+      policySockets.push(bound);
       policyAddresses.set(p.name, bound.address);
       logger.info({ policyService: p.name, address: bound.address }, 'policy service listening');
     }
