@@ -394,7 +394,7 @@ export function describeSettling(files: readonly Shrunk[]): string[] {
 /** The log line of a wait for shrunk inputs beginning (once, not at every further write while it lasts). */
 export function settlingMessage(files: readonly Shrunk[]): string {
   return `waiting for ${describeSettling(files).join(', ')} to stay unchanged for ${SHRUNK_SETTLE_MS / 1000} s before reloading: `
-    + 'an input that shrank may be half written (write it beside and rename it over to have it taken at once; SIGHUP reloads now)';
+    + 'an input cut short or removed may be half written until it stays unchanged, whatever its size (write it beside and rename it over to have it taken at once; SIGHUP reloads now)';
 }
 
 /** Whether `file` is one of the input files (not a script in a scripts folder, which may be gone for good). */
