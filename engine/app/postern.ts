@@ -19,6 +19,7 @@ import { parseAddressList } from '../delivery/address-list.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
+import { digestInputs, watchedInputs } from '../reload/watched-inputs.ts';
 import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
@@ -186,6 +187,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const closeStore = (): Promise<void> => (given ? Promise.resolve() : store.close());
   // The reload's and `postern check`'s build: every problem at once, as one ConfigError.
   let built: Awaited<ReturnType<typeof buildGeneration>>;
+  // What the first generation is built from: the configuration as parsed, the other inputs before the build reads
+  // them. Taken from the disk once it runs, an edit made meanwhile (seconds, with isolates) was never applied.
+  const builtFrom = await contentRead(loaded);
   try {
     built = await buildGeneration(loaded, { logger, store });
   } catch (err) {
@@ -311,7 +315,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     label: loaded.file,
   }, opts.settleMs);
   // Under the supervisor it watches once for all processes and tells them to reload (cluster/reload-coordinator.ts).
-  if (opts.watch ?? true) await reloader.start({ watch: role === 'single' });
+  if (opts.watch ?? true) await reloader.start({ watch: role === 'single', builtFrom });
 
   // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
   const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
@@ -435,4 +439,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
  */
 function handshakeFailed(err: Error & { code?: string; library?: string; tlsHandshake?: boolean }): boolean {
   return err.library === 'SSL routines' || (err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
+}
+
+/** The digest (and each file's SHA-256) of the content `loaded` and what it names are built from now (Reloader.start). */
+async function contentRead(loaded: LoadedConfig): Promise<{ digest: string; files: Map<string, string> }> {
+  const asRead = new Map<string, Buffer>();
+  if (loaded.text !== undefined && !loaded.file.startsWith('(')) asRead.set(loaded.file, Buffer.from(loaded.text, 'utf8'));
+  const files = new Map<string, string>();
+  return { digest: await digestInputs(watchedInputs(loaded), asRead, files), files };
 }
