@@ -20,6 +20,7 @@ import { parseAddressList } from '../delivery/address-list.ts';
 import { createLogger, type Logger } from '../logging/logger.ts';
 import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
+import { digestInputs, watchedInputs } from '../reload/watched-inputs.ts';
 import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
@@ -39,7 +40,7 @@ import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
 import type { AccountsServer } from '../accounts/server.ts';
 import { createServer, type Server } from 'node:net';
 import { PolicyServer } from '../policy-service/policy-server.ts';
-import { listenPolicyService } from '../policy-service/listen.ts';
+import { listenPolicyService, type BoundPolicyService } from '../policy-service/listen.ts';
 
 export interface StartOptions extends ConfigSource {
   logger?: Logger;
@@ -188,6 +189,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const closeStore = (): Promise<void> => (given ? Promise.resolve() : store.close());
   // The reload's and `postern check`'s build: every problem at once, as one ConfigError.
   let built: Awaited<ReturnType<typeof buildGeneration>>;
+  // What the first generation is built from: the configuration as parsed, the other inputs before the build reads
+  // them. Taken from the disk once it runs, an edit made meanwhile (seconds, with isolates) was never applied.
+  const builtFrom = await contentRead(loaded);
   try {
     built = await buildGeneration(loaded, { logger, store });
   } catch (err) {
@@ -234,7 +238,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const addresses = new Map<string, { address: string; port: number }>();
   const policyServers = new Map<string, PolicyServer>();
   const policyAddresses = new Map<string, string>();
-  const policySockets: Server[] = [];
+  const policySockets: BoundPolicyService[] = [];
   try {
     for (const l of role === 'queue' ? [] : config.listeners) {
       const server = new PosternServer(runtime, built.listeners.get(l.name)!);
@@ -278,7 +282,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       policyServers.set(p.name, policy);
       if (role === 'worker') continue;
       const bound = await listenPolicyService(p, createServer((socket) => policy.handle(socket)));
-      policySockets.push(bound.server);
+      policySockets.push(bound);
       policyAddresses.set(p.name, bound.address);
       logger.info({ policyService: p.name, address: bound.address }, 'policy service listening');
     }
@@ -313,7 +317,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     label: loaded.file,
   }, opts.settleMs);
   // Under the supervisor it watches once for all processes and tells them to reload (cluster/reload-coordinator.ts).
-  if (opts.watch ?? true) await reloader.start({ watch: role === 'single' });
+  if (opts.watch ?? true) await reloader.start({ watch: role === 'single', builtFrom });
 
   // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
   const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
@@ -437,4 +441,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
  */
 function handshakeFailed(err: Error & { code?: string; library?: string; tlsHandshake?: boolean }): boolean {
   return err.library === 'SSL routines' || (err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
+}
+
+/** The digest (and each file's SHA-256) of the content `loaded` and what it names are built from now (Reloader.start). */
+async function contentRead(loaded: LoadedConfig): Promise<{ digest: string; files: Map<string, string> }> {
+  const asRead = new Map<string, Buffer>();
+  if (loaded.text !== undefined && !loaded.file.startsWith('(')) asRead.set(loaded.file, Buffer.from(loaded.text, 'utf8'));
+  const files = new Map<string, string>();
+  return { digest: await digestInputs(watchedInputs(loaded), asRead, files), files };
 }

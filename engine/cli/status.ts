@@ -137,7 +137,10 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
           reject(new BadAnswer(`HTTP ${res.statusCode} ${shown(body)}`));
           return;
         }
-        try { resolvePromise(JSON.parse(body.toString('utf8')) as T); } catch (err) { reject(new BadAnswer(`${(err as Error).message}: ${shown(body)}`)); }
+        let answer: unknown;
+        try { answer = JSON.parse(body.toString('utf8')); } catch (err) { reject(new BadAnswer(`${(err as Error).message}: ${shown(body)}`)); return; }
+        if (isStatus(answer)) resolvePromise(answer as T);
+        else reject(new BadAnswer(`its JSON is not a postern status (no cluster.processes): ${shown(body)}`));
       });
       // Closed before the length it announced: only the response says so (the request is done), and unheard, the
       // command waited out its deadline, whose destroy() of a finished request settled nothing: exit 13 and a warning.
@@ -158,6 +161,16 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
         : `it closed the connection without an answer (${err.message}): its connections are all taken, or it stopped meanwhile`));
     });
   }).finally(socket.release);
+}
+
+/**
+ * Whether a JSON answer is a status, as every supervisor answers one: another program's HTTP service at the path
+ * answers JSON too (`{"status":"ok"}` was taken for a healthy server, exit 0; `null` crashed the command).
+ */
+function isStatus(answer: unknown): boolean {
+  const cluster = (answer as { cluster?: unknown } | null)?.cluster;
+  return typeof answer === 'object' && answer !== null && !Array.isArray(answer)
+    && typeof cluster === 'object' && cluster !== null && Array.isArray((cluster as { processes?: unknown }).processes);
 }
 
 /** The start of a body, printable on a terminal, on one line. */

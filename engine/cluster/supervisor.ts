@@ -65,7 +65,7 @@ import { RestartBackoff } from './restart-backoff.ts';
 import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
 import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
-import { listenPolicyService, policyConnectionKey } from '../policy-service/listen.ts';
+import { listenPolicyService, policyConnectionKey, type BoundPolicyService } from '../policy-service/listen.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror } from '../sandbox/running-call.ts';
@@ -179,7 +179,7 @@ export class Supervisor {
   #heldListening = false;
   /** The held sockets that listen, by listener name. */
   readonly #listening = new Set<string>();
-  readonly #policyListeners: net.Server[] = [];
+  readonly #policyListeners: BoundPolicyService[] = [];
   /** Each unix policy socket's inode as bound, by service name (#keepPolicySockets). */
   readonly #policySocketIno = new Map<string, number>();
   /** Services whose socket's path holds something else now: said once, until it is ours again. */
@@ -374,20 +374,20 @@ export class Supervisor {
     // keeps its connection for many requests, so spreading connections spreads the load, and a worker that
     // dies takes only its own connections (Postfix reconnects, and meanwhile applies its default_action).
     for (const p of this.config.config.policyServices) {
-      const { server, address } = await this.#listenPolicy(p);
-      this.policyAddresses.set(p.name, address);
-      this.#policyListeners.push(server);
-      this.log.info({ policyService: p.name, address }, 'policy service listening');
+      const bound = await this.#listenPolicy(p);
+      this.policyAddresses.set(p.name, bound.address);
+      this.#policyListeners.push(bound);
+      this.log.info({ policyService: p.name, address: bound.address }, 'policy service listening');
     }
   }
 
   /** A policy service bound (its unix socket with its mode and owner), its inode noted for #keepPolicySockets. */
-  async #listenPolicy(p: Config['policyServices'][number]): Promise<{ server: net.Server; address: string }> {
+  async #listenPolicy(p: Config['policyServices'][number]): Promise<BoundPolicyService> {
     const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(p.name, socket, null, true));
     const bound = await listenPolicyService(p, server);
     server.on('error', (err) => this.log.error({ policyService: p.name, err }, 'policy service error'));
     if (p.listen.startsWith('unix:')) this.#policySocketIno.set(p.name, lstatSync(p.listen.slice(5)).ino);
-    return { server, address: bound.address };
+    return bound;
   }
 
   /**
@@ -414,15 +414,15 @@ export class Supervisor {
           this.#policySocketSaid.add(p.name);
           continue;
         }
-        // Not waited for (see stop()); closing a unix socket's server unlinks its path: done before the new one is bound there.
+        // Not waited for (see stop()). Its close removes the socket file only while it is its own (listenPolicyService).
         old.close();
         try {
-          const { server } = await this.#listenPolicy(p);
+          const bound = await this.#listenPolicy(p);
           if (this.#stopping) {
-            server.close();
+            bound.close();
             return;
           }
-          this.#policyListeners[i] = server;
+          this.#policyListeners[i] = bound;
           this.#policySocketSaid.delete(p.name);
           this.log.error({ policyService: p.name, socket: path }, 'policy service: its socket file was removed while the server ran; made again');
         } catch (err) {
@@ -974,7 +974,7 @@ export class Supervisor {
       if (listener !== undefined && !this.addresses.has(listener)) return null;
       const lastError = (await reloadStatus()).lastError;
       return {
-        listeners: [...this.#listeners, ...this.#policyListeners].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
+        listeners: [...this.#listeners, ...this.#policyListeners.map((p) => p.server)].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
           ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
         processes: this.#processesCheck(),
         spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),

@@ -30,6 +30,8 @@ export interface LoadedConfig {
    * key above it that is written): for problems found after the parse, such as a file a key names.
    */
   locate?(path: ReadonlyArray<PropertyKey>): { line?: number; column?: number };
+  /** The text parsed: what a record of the content a generation was built from holds for the file. */
+  text?: string;
 }
 
 export interface NamedFolder {
@@ -85,7 +87,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   const problems = crossCheck(config).map((p) => ({ file, ...locate(p.path), path: keyPath(p.path), message: hideKeyMaterial(p.message) }));
   if (problems.length) throw new ConfigError(problems);
   const scriptFolders = namedScriptFolders(config, file !== EMBEDDED_DEFAULT && doc.has('scripts')).map((f) => ({ ...f, key: keyPath(f.path), ...locate(f.path) }));
-  return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f), locate: (path) => locate(path) };
+  return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f), locate: (path) => locate(path), text };
 }
 
 /** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */

@@ -4,8 +4,9 @@
  * (the supervisor under `postern serve`, else the single process).
  */
 import net from 'node:net';
-import { chmod, chown, lstat, readFile, stat, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { lstatSync, unlinkSync } from 'node:fs';
+import { chmod, chown, link, lstat, readFile, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import { listenOwnerOnly } from '../admin/unix-socket-path.ts';
 
@@ -15,6 +16,11 @@ export interface BoundPolicyService {
   /** `127.0.0.1:10040` or `unix:/path`. */
   address: string;
   port: number;
+  /**
+   * Stop accepting; a unix socket's file is removed only while it is still this one. (server.close() alone would
+   * unlink whatever is at the path by then: another process's socket, a file put in its place.)
+   */
+  close(done?: () => void): void;
 }
 
 /**
@@ -30,24 +36,54 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
   if (service.listen.startsWith('unix:')) {
     const path = service.listen.slice(5);
     await removeStaleSocket(path).catch((err: Error) => { throw fail(err); });
+    // Bound at a name of its own, then linked to the path: closing a unix socket's server unlinks the name it was
+    // bound at, whatever is there by then, so bound at the path itself, a stop deleted another process's socket or a
+    // file put in its place. The link also fails rather than replace something made at the path meanwhile.
+    const bindAt = privateName(path);
+    await unlink(bindAt).catch(() => undefined); // left by a run of this pid killed in between
     // Made 0600, given its owner and group, and only then its mode: with umask 000 a bind-then-chmod left it open
     // to every local user for a moment (a connection made then stays), and a chmod before the chown to this user's group.
-    await bind(server, (cb) => listenOwnerOnly(server, path, cb)).catch((err: Error) => { throw fail(err); });
-    if (service.socket.owner || service.socket.group) {
-      await chown(path, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'EPERM') throw fail(err);
-        // The systemd unit grants no CAP_CHOWN: say which settings work without it.
-        throw fail(new Error(`${err.message}: changing the socket's owner or group needs root or CAP_CHOWN; leave socket.owner out and give the socket a group this user is in, or one its folder gives (set-group-ID: docs/postfix-policy.md)`));
-      });
+    await bind(server, (cb) => listenOwnerOnly(server, bindAt, cb)).catch((err: Error) => { throw fail(err); });
+    let ino: number;
+    try {
+      if (service.socket.owner || service.socket.group) {
+        await chown(bindAt, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EPERM') throw err;
+          // The systemd unit grants no CAP_CHOWN: say which settings work without it.
+          throw new Error(`${err.message}: changing the socket's owner or group needs root or CAP_CHOWN; leave socket.owner out and give the socket a group this user is in, or one its folder gives (set-group-ID: docs/postfix-policy.md)`);
+        });
+      }
+      await chmod(bindAt, parseInt(service.socket.mode, 8));
+      if (bindAt !== path) await link(bindAt, path);
+      ino = (await lstat(path)).ino;
+    } catch (err) {
+      server.close();
+      throw fail(err as Error);
+    } finally {
+      if (bindAt !== path) await unlink(bindAt).catch(() => undefined);
     }
-    await chmod(path, parseInt(service.socket.mode, 8)).catch((err: Error) => { throw fail(err); });
-    return { server, address: `unix:${path}`, port: 0 };
+    const close = (done?: () => void): void => {
+      server.close(() => done?.());
+      const there = lstatSync(path, { throwIfNoEntry: false });
+      if (there?.isSocket() && there.ino === ino) unlinkSync(path);
+    };
+    return { server, address: `unix:${path}`, port: 0, close };
   }
   const sep = service.listen.lastIndexOf(':');
   const host = service.listen.slice(0, sep).replace(/^\[|\]$/g, '');
   await bind(server, (cb) => server.listen(Number(service.listen.slice(sep + 1)), host, cb)).catch((err: Error) => { throw fail(err); });
   const a = server.address() as net.AddressInfo;
-  return { server, address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`, port: a.port };
+  return { server, address: `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`, port: a.port, close: (done) => void server.close(() => done?.()) };
+}
+
+/**
+ * The name a unix socket is bound at before it is linked to `path`: beside it (a link cannot cross file systems),
+ * this process's own. `path` itself when that name would be too long for bind() (the old way: a stop then removes
+ * whatever is at the path).
+ */
+function privateName(path: string): string {
+  const name = join(dirname(path), `.${basename(path)}.${process.pid}`);
+  return Buffer.byteLength(name) > MAX_SOCKET_PATH_BYTES ? path : name;
 }
 
 /** The longest unix socket path bind(2) takes: sun_path holds it with its NUL (108 bytes on Linux, 104 on the BSDs and macOS). */

@@ -32,7 +32,9 @@
  * file locks every login out). So an input that shrank since the content last let through (a file or script cut
  * short in place, emptied or gone) must be seen unchanged for SHRUNK_SETTLE_MS before the change is let through;
  * every event meanwhile starts that wait again. A smaller file renamed over an input (write-then-rename, as
- * `postern pki` and the account page write the pin table) is complete when it appears: taken at once. `onSettling` is told the files waited for (and [] when the wait ends).
+ * `postern pki` and the account page write the pin table) is complete when it appears: taken at once. Once seen cut short
+ * or gone, an input is waited for until unchanged whatever its size (a part of a longer new content is as long as the
+ * old), unless a file is renamed over it. `onSettling` is told the files waited for (and [] when the wait ends).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
@@ -309,7 +311,16 @@ export class ChangeWatcher {
       // (another inode: `mv t.new t`, an editor's save, `postern pki`'s own writes) was complete when it appeared, so
       // a smaller one is taken at once; only the same file cut short in place, or an empty one, may be half written.
       const inPlace = now !== undefined && now.id === before.id;
-      if ((now?.size ?? 0) < before.size && (inPlace || !now?.size)) shrunk.push({ file, before: before.size, now: now?.size ?? 0 });
+      const cutShort = (now?.size ?? 0) < before.size && (inPlace || !now?.size);
+      // Seen cut short or gone since the content last let through: still being written until it stays unchanged,
+      // whatever its size now (the new content may be longer than the old, and a part of it as long); a file made
+      // again after it was gone is written in place too. Only a file renamed over the one cut short ends that.
+      const seen = this.#cutShort.get(file);
+      const stillWritten = seen !== undefined && (seen === GONE || (now !== undefined && now.id === seen));
+      if (cutShort || stillWritten) {
+        shrunk.push({ file, before: before.size, now: now?.size ?? 0 });
+        this.#cutShort.set(file, now?.id ?? GONE); // made again: that file, until something is renamed over it
+      } else this.#cutShort.delete(file);
     }
     if (!shrunk.length) return this.#letThrough(sizes);
     const held = this.#holding;
@@ -332,6 +343,9 @@ export class ChangeWatcher {
   /** The longer period ran out with no event (cleared by poke through #holding.timer). */
   #heldOut = false;
 
+  /** Inputs seen cut short in place (their file's id) or gone (GONE) since the content last let through (#judge). */
+  #cutShort = new Map<string, string>();
+
   #letThrough(sizes: Map<string, Sized>): void {
     if (this.#holding) {
       if (this.#holding.timer) clearTimeout(this.#holding.timer);
@@ -339,6 +353,7 @@ export class ChangeWatcher {
       this.#onSettling([]);
     }
     this.#heldOut = false;
+    this.#cutShort.clear();
     if (sizes.size) this.#taken = sizes;
     this.#onSettled();
     this.#onActivity();
@@ -365,6 +380,9 @@ export const SHRUNK_SETTLE_MS = Number(process.env.POSTERN_SHRUNK_SETTLE_MS) || 
 /** An input that is smaller than in the content last let through: its size then and now (0: empty or gone). */
 export interface Shrunk { file: string; before: number; now: number }
 
+/** What ChangeWatcher's #cutShort holds for an input seen gone. */
+const GONE = 'gone';
+
 /** An input's size and which file it is (device and inode: a file renamed over it is another). */
 interface Sized { size: number; id: string }
 
@@ -376,7 +394,7 @@ export function describeSettling(files: readonly Shrunk[]): string[] {
 /** The log line of a wait for shrunk inputs beginning (once, not at every further write while it lasts). */
 export function settlingMessage(files: readonly Shrunk[]): string {
   return `waiting for ${describeSettling(files).join(', ')} to stay unchanged for ${SHRUNK_SETTLE_MS / 1000} s before reloading: `
-    + 'an input that shrank may be half written (write it beside and rename it over to have it taken at once; SIGHUP reloads now)';
+    + 'an input cut short or removed may be half written until it stays unchanged, whatever its size (write it beside and rename it over to have it taken at once; SIGHUP reloads now)';
 }
 
 /** Whether `file` is one of the input files (not a script in a scripts folder, which may be gone for good). */

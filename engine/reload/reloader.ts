@@ -122,16 +122,22 @@ export class Reloader {
     });
   }
 
-  /** `watch: false`: reload only when told (reload()); failures are then logged at debug level, the teller reports them. */
-  async start({ watch = true }: { watch?: boolean } = {}): Promise<void> {
+  /**
+   * `watch: false`: reload only when told (reload()); failures are then logged at debug level, the teller reports them.
+   * `builtFrom`: the content the generation in force was built from, taken before its build read it; when the disk
+   * differs now (an input changed while it was built), a reload follows at once.
+   */
+  async start({ watch = true, builtFrom }: { watch?: boolean; builtFrom?: { digest: string; files: ReadonlyMap<string, string> } } = {}): Promise<void> {
     const inputs = watchedInputs(this.#target.current().source);
     this.#external = !watch;
     // Watch first: a change made while the digest is taken is then seen as an event.
     if (watch) await this.#watcher.watch(inputs);
     const files = new Map<string, string>();
-    this.#digest = await digestInputs(inputs, new Map(), files);
-    this.#files = Object.fromEntries(files);
+    const onDisk = await digestInputs(inputs, new Map(), files);
+    this.#digest = builtFrom?.digest ?? onDisk;
+    this.#files = Object.fromEntries(builtFrom?.files ?? files);
     await this.status.save();
+    if (this.#digest !== onDisk) void this.reload('change');
   }
 
   /** What the generation in force was built from, and the last refused content and its errors (for the supervisor). */

@@ -120,6 +120,10 @@ class BoundedCounters {
     // were kept, and live keys dropped). Those that reached their limit first lead; stopped at the first live one.
     drop -= this.#dropExpiredLeaders(this.#refusing, drop, now);
     drop -= this.#dropOldest(this.#counting, drop);
+    // A live refusal is dropped only when no refusing key has ended its window, wherever it stands: a key refused for
+    // an hour led keys refused for a second, and went while they, ended, were kept (until the next sweep). A walk
+    // here is rare: each drops at least a hundredth of the side, so it comes once per that many new keys at most.
+    if (drop > 0) drop -= this.#dropExpired(this.#refusing, drop, now);
     if (drop > 0) this.#refusingDroppedSinceTold += this.#dropOldest(this.#refusing, drop);
     if (now - this.#lastTold >= FULL_SWEEP_INTERVAL_MS) {
       this.#lastTold = now;
@@ -135,6 +139,18 @@ class BoundedCounters {
     let dropped = 0;
     for (const [key, entry] of map) {
       if (dropped >= count || entry.expiresAt > now) break;
+      map.delete(key);
+      dropped++;
+    }
+    return dropped; // not told: their counts had ended, as a sweep's
+  }
+
+  /** Up to `count` keys of `map` whose window has ended dropped, wherever they stand; how many were. */
+  #dropExpired(map: Map<string, Entry>, count: number, now: number): number {
+    let dropped = 0;
+    for (const [key, entry] of map) {
+      if (dropped >= count) break;
+      if (entry.expiresAt > now) continue;
       map.delete(key);
       dropped++;
     }

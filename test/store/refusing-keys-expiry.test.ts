@@ -37,3 +37,18 @@ test('bounded: a key no longer at its limit (the limit raised by a reload) is no
   assert.equal(await store.get('counter9'), 1);
   for (let i = 0; i < 89; i++) assert.equal((await store.rate(`refused${i}`, 1, 3600)).allowed, false, `refused${i} still refused`);
 });
+
+test('bounded: a live refusing key that reached its limit first is not dropped while refusing keys behind it have expired', async () => {
+  let now = 0;
+  const store = new MemoryCounterStore(() => now, { maxKeys: 100 });
+  await store.rate('victim', 1, 3600); // refused for an hour: the first to reach its limit
+  for (let i = 0; i < 98; i++) await store.rate(`short${i}`, 1, 1); // at their limit for 1 s
+  await store.add('counter', 1, 3600);
+  assert.equal(store.size, 100);
+  now = 500; // full: a sweep (nothing has expired), the counter dropped; the new key at its limit at once
+  await store.rate('new0', 1, 1);
+  now = 1200; // the short windows have ended; the last sweep was 700 ms ago, so none now
+  await store.rate('new1', 1, 1); // no key below its limit left: a refusing one goes, an expired one first
+  assert.equal((await store.rate('victim', 1, 3600)).allowed, false, 'the refusal was undone while 98 keys that refuse nothing were kept');
+  assert.ok(store.size <= 100);
+});
