@@ -10,6 +10,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { verdictReply } from '../smtp/verdict-replies.ts';
 import { reply } from '../smtp/replies.ts';
+import { relayRefusal } from '../smtp/relay-reply.ts';
 import type { SmtpReply } from '../smtp/reply.ts';
 import { headerEditAction } from './header-action.ts';
 
@@ -47,7 +48,7 @@ export function policyAction(
   if (verdict === undefined) {
     if (!(service.relayRule && builtin)) return DUNNO;
     if (builtin.accepted) return accepted;
-    const denied = reply('relayDenied', { rcpt: recipient });
+    const denied = relayRefusal(recipient, builtin)!;
     return { action: replyAction(denied), kind: 'reject', reason: denied.reason };
   }
   if (verdict.verdict === 'accept') {

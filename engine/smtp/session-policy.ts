@@ -11,6 +11,7 @@ import { spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
+import { relayRefusal } from './relay-reply.ts';
 import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { declaresUtf8 } from './envelope-path.ts';
@@ -510,6 +511,7 @@ export class SessionPolicy {
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt, {
       localDomains: st.generation.localDomains,
+      localRecipients: st.generation.localRecipients,
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     }, wasBarePostmaster(address));
@@ -720,7 +722,7 @@ function builtinSenderReply(st: SmtpClient['state'], sender: EnvelopeAddress | n
 
 /** The relay rule's reply: null (smtp-server's 250) when it accepts. */
 function relayReply(rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
-  return builtin.accepted ? null : reply('relayDenied', { rcpt: rcpt.address });
+  return relayRefusal(rcpt.address, builtin);
 }
 
 /** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */

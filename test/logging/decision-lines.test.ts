@@ -97,11 +97,12 @@ before(async () => {
   const pinOfStranger = pki.clients.stranger.pinSha256;
   const closedPort = await freePort();
   servers.main = await startTestServer({
-    files: { users, 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n`, 'trusted-ca.crt': await readFile(pki.ca.cert, 'utf8') },
+    files: { users, recipients: '@example.test\nknown@mailboxes.example\n', 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n`, 'trusted-ca.crt': await readFile(pki.ca.cert, 'utf8') },
     scripts: SCRIPTS,
     config: configYaml({
       hostname: 'mx.test',
-      localDomains: ['example.test'],
+      localDomains: ['example.test', 'mailboxes.example'],
+      localRecipients: './recipients',
       users: './users',
       tables: { pins: './pins' },
       delivery: smarthostDelivery(closedPort),
@@ -544,6 +545,7 @@ const ROWS = {
 
   invisibleInAddress: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> SMTPUTF8', 'RCPT TO:<ce\u00ado@example.com>']) },
   quotedLocalPart: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<"a b"@example.com>']) },
+  unknownLocalRecipient: { server: 'main', stage: 'RCPT', values: { rcpt: 'nobody@mailboxes.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<nobody@mailboxes.example>']) },
   relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
 
   messageTooBig: {
