@@ -234,16 +234,6 @@ export const policyServiceSchema = z.strictObject({
   }).prefault({}).describe('Per-service connection and request limits.'),
 });
 
-const localRecipientsSchema = z.union([
-  path(),
-  z.strictObject({
-    file: path().describe('The recipient table file.'),
-    recipientDelimiter: z.string().min(1).max(8).regex(/^[\x21-\x3f\x41-\x7e]+$/, 'expected printable ASCII characters other than `@`, without spaces')
-      .optional().meta({ defaultText: 'none' })
-      .describe('Characters that start a subaddress, as Postfix `recipient_delimiter`: with `+`, `alice+lists@example.com` is accepted when `alice+lists@example.com` or `alice@example.com` is listed. Each character is a delimiter; the extension starts at the first one in the local part (not at its first character). Without it `alice+lists@` must be listed itself: a next hop that does not strip subaddresses would bounce what was accepted for it.'),
-  }),
-]);
-
 const tableSchema = z.union([
   path(),
   z.strictObject({
@@ -344,8 +334,11 @@ export const configSchema = z.strictObject({
     .describe('Recipient domains accepted at RCPT TO without relay permission: domain names, or address literals (`[192.0.2.1]`). A wildcard (`*.example.com`) or an `@` is refused: it would match no recipient, so the domain meant would be refused as relay; list each domain, subdomains too. Compared case-insensitively and by their A-labels (an IDN may be written `bücher.example` or `xn--bcher-kva.example`, a recipient may use either). A recipient whose local part routes elsewhere (`user%elsewhere`, `elsewhere!user`) is not local: a next hop that honours the percent hack or bang paths would relay it on (Postfix `reject_unauth_destination` refuses it too). The first one is also the domain of the bare `RCPT TO:<postmaster>` (RFC 5321 §4.5.1: always accepted, whatever the listener may relay), rewritten to `postmaster@<first local domain>` as Postfix does with `$myorigin`.'),
   // Without it every local part of a local domain is accepted, and what the next hop does not know bounces to a
   // sender a spammer may have forged (backscatter).
-  localRecipients: localRecipientsSchema.optional().meta({ defaultText: 'none: every address of a local domain is accepted' })
-    .describe('The recipients that exist in `localDomains` (Postfix `local_recipient_maps` / `relay_recipient_maps`): a path, or `{ file, recipientDelimiter }`. One entry a line, `user@domain`, or `@domain` for every address of that domain (a catch-all); `#` comments and blank lines; a second column (the `OK` of a Postfix `relay_recipients` file) is ignored. A recipient of a local domain that is not listed gets `550 5.1.1 <address>: Recipient address rejected: User unknown in local recipient table` at RCPT TO, whoever the client is (logged in, relay certificate), instead of being accepted and bounced later to a sender that may be forged; an `rcptto` script sees it as `ctx.builtin.reason` `unknown-recipient` and may still accept. `postmaster@` every local domain, and the bare `<postmaster>`, are always accepted (RFC 5321 §4.5.1). Compared as `localDomains` are (case-insensitively and by A-labels) and, in the local part, case-insensitively too (NFC, lower case: `Alice@` is `alice@`, as Postfix\'s lookups fold it). An entry outside `localDomains` is never consulted, and a local domain without any entry refuses every recipient: both are warned about at start, reload and `postern check`. A bad line is an error with file and line; so is a file that lists nobody (emptied, or caught half written: it would refuse every local recipient), and the running table stays. Reloaded as the [tables](#tables) are, with the same wait for a file that shrank. Without it, `postern check` warns that the local domains accept any recipient.'),
+  localRecipients: path().optional().meta({ defaultText: 'none: every address of a local domain is accepted' })
+    .describe('The recipients that exist in `localDomains` (Postfix `local_recipient_maps` / `relay_recipient_maps`), a file of one entry a line: `user@domain`, or `@domain` for every address of that domain (a catch-all); `#` comments and blank lines; a second column (the `OK` of a Postfix `relay_recipients` file) is ignored. A recipient of a local domain that is not listed gets `550 5.1.1 <address>: Recipient address rejected: User unknown in local recipient table` at RCPT TO, whoever the client is (logged in, relay certificate), instead of being accepted and bounced later to a sender that may be forged; an `rcptto` script sees it as `ctx.builtin.reason` `unknown-recipient` and may still accept. `postmaster@` every local domain, and the bare `<postmaster>`, are always accepted (RFC 5321 §4.5.1). Compared as `localDomains` are (case-insensitively and by A-labels) and, in the local part, case-insensitively too (NFC, lower case: `Alice@` is `alice@`, as Postfix\'s lookups fold it). An entry outside `localDomains` is never consulted, and a local domain without any entry refuses every recipient: both are warned about at start, reload and `postern check`. A bad line is an error with file and line; so is a file that lists nobody (emptied, or caught half written: it would refuse every local recipient), and the running table stays. Reloaded as the [tables](#tables) are, with the same wait for a file that shrank. Without it, `postern check` warns that the local domains accept any recipient.'),
+  recipientDelimiter: z.string().min(1).max(8).regex(/^[\x21-\x3f\x41-\x7e]+$/, 'expected printable ASCII characters other than `@`, without spaces')
+    .optional().meta({ defaultText: 'none' })
+    .describe('Characters that start a subaddress, for `localRecipients`, as Postfix `recipient_delimiter`: with `+`, `alice+lists@example.com` is accepted when `alice+lists@example.com` or `alice@example.com` is listed. Each character is a delimiter; the extension starts at the first one in the local part (not at its first character: `+x@` is a user of its own). Without it `alice+lists@` must be listed itself: a next hop that does not strip subaddresses would bounce what was accepted for it.'),
   users: path().optional()
     .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
   tables: z.record(z.string(), tableSchema).default({})
@@ -452,5 +445,4 @@ export type Config = z.infer<typeof configSchema>;
 export type ListenerConfig = z.infer<typeof listenerSchema>;
 export type DeliveryConfig = Config['delivery'];
 export type TableConfig = z.infer<typeof tableSchema>;
-export type LocalRecipientsConfig = z.infer<typeof localRecipientsSchema>;
 export type PolicyServiceConfig = z.infer<typeof policyServiceSchema>;

@@ -98,8 +98,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
   let localRecipients: LocalRecipients | null = null;
   if (config.localRecipients) {
-    const spec = typeof config.localRecipients === 'string' ? { file: config.localRecipients } : config.localRecipients;
-    await loadLocalRecipients(spec.file, 'recipientDelimiter' in spec ? spec.recipientDelimiter : undefined).then((r) => { localRecipients = r; }, failed);
+    await loadLocalRecipients(config.localRecipients, config.recipientDelimiter).then((r) => { localRecipients = r; }, failed);
   }
   for (const message of recipientTableGaps(config, localRecipients)) warnings.push({ message: located(loaded, ['localRecipients'], message) });
   // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest. The account

@@ -70,8 +70,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'localDomains': live((c) => { c.localDomains.push('more.example'); }),
   // A recipient table: read at each reload as the tables are (and watched as they are).
   'localRecipients': live((c) => { c.localRecipients = './recipients'; }),
-  'localRecipients.file': live((c) => { c.localRecipients.file = './recipients2'; }, (c) => { c.localRecipients = { file: './recipients' }; }),
-  'localRecipients.recipientDelimiter': live((c) => { c.localRecipients.recipientDelimiter = '+'; }, (c) => { c.localRecipients = { file: './recipients' }; }),
+  'recipientDelimiter': live((c) => { c.recipientDelimiter = '+'; }),
   'users': live((c) => { c.users = './users2'; }),
   'tables': live((c) => { c.tables.more = './more'; }),
   'tables.<name>.file': live((c) => { c.tables.devices.file = './devices2'; }),

@@ -37,7 +37,8 @@ before(async () => {
     files: { recipients: RECIPIENTS, users: `alice@example.com:${await hashPassword(PASSWORD)}\n`, 'scripted/rcptto.ts': SCRIPT },
     config: `
 localDomains: [example.com, bücher.example, catchall.example, plus.example]
-localRecipients: { file: ./recipients, recipientDelimiter: "+-" }
+localRecipients: ./recipients
+recipientDelimiter: "+-"
 users: ./users
 listeners:
   - name: mx
