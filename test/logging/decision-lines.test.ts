@@ -613,6 +613,15 @@ const ROWS = {
     server: 'main', stage: 'END-OF-MESSAGE', values: { address: 'ceo@example.com', login: 'alice@example.com' }, check: expectUser('alice@example.com'),
     drive: () => loggedInMessage('From: alice@example.com\r\nSender: ceo@example.com\r\n\r\nbody'),
   },
+  tooManyHops: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { hops: '50' },
+    async drive() {
+      const s = await session('main', 'proto');
+      await message(s, `${'Received: from a by b\r\n'.repeat(50)}Subject: loop\r\n\r\nbody`);
+      await s.c.quit();
+      return s.seen;
+    },
+  },
   nulInHeader: {
     server: 'main', stage: 'END-OF-MESSAGE',
     async drive() {

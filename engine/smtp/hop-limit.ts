@@ -1,0 +1,6 @@
+/**
+ * The most Received header fields a message may carry when it leaves (Postfix hopcount_limit): more is a mail loop.
+ * The queue bounces such a message (engine/queue/runner.ts); the SMTP intake refuses one that would reach it with
+ * our own Received field, so that a client cannot have a message accepted only to be bounced, to a sender it forged.
+ */
+export const MAX_HOPS = 50;
