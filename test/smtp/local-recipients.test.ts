@@ -14,6 +14,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
+import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 
 const run = promisify(execFile);
 const swaksFound = spawnSync('sh', ['-c', 'command -v swaks']).status === 0;
@@ -34,7 +35,7 @@ let server: TestServer;
 
 before(async () => {
   server = await startTestServer({
-    files: { recipients: RECIPIENTS, users: `alice@example.com:${await hashPassword(PASSWORD)}\n`, 'scripted/rcptto.ts': SCRIPT },
+    files: { recipients: RECIPIENTS, users: `alice@example.com:${await hashPassword(PASSWORD)}\n`, 'scripted/rcptto.ts': SCRIPT, 'no-scripts/README': 'no scripts\n' },
     config: `
 localDomains: [example.com, bücher.example, catchall.example, plus.example]
 localRecipients: ./recipients
@@ -52,6 +53,8 @@ listeners:
     reverseDns: false
     scripts: ./scripted
     limits: { greetingDelayMs: 0 }
+policyServices:
+  - { name: postfix, listen: 127.0.0.1:0, relayRule: true, scripts: ./no-scripts }
 `,
   });
 });
@@ -120,6 +123,13 @@ test('an rcptto script sees unknown-recipient and may accept; its other verdicts
   assert.match(await rcpt('scripted', 'nobody@example.com'), /^550 5\.1\.1 <nobody@example\.com>: Recipient address rejected/, 'no verdict: the rule\'s refusal');
   assert.match(await rcpt('scripted', 'tell@example.com'), /^550 (5\.7\.1 )?builtin false unknown-recipient/);
   assert.match(await rcpt('scripted', 'tell@catchall.example'), /^550 (5\.7\.1 )?builtin true local-domain/);
+});
+
+test('a policy service with relayRule answers an unknown local recipient as the listener does', async () => {
+  const c = await PolicyClient.connect({ port: Number(server.policyAddresses.get('postfix')!.split(':').pop()) });
+  assert.equal(await c.ask(rcptRequest({ recipient: 'nobody@example.com' })), 'action=550 5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in local recipient table');
+  assert.match(await c.ask(rcptRequest({ recipient: 'alice@example.com' })), /^action=(DUNNO|OK)$/);
+  c.socket.destroy();
 });
 
 test('smtplib: a dictionary attack with a forged sender spools nothing for the unknown addresses (nothing to bounce)', needsPython, async () => {
