@@ -95,8 +95,8 @@ export async function loadLocalRecipients(file: string, delimiters = ''): Promis
     const at = entry.lastIndexOf('@');
     if (at < 0) throw new LocalRecipientsError(file, line, `expected "user@domain" or "@domain", got ${quoteLine(entry)}`);
     const local = entry.slice(0, at);
-    // eslint-disable-next-line no-control-regex
-    if (/[\x00-\x1f\x7f"]/.test(local)) throw new LocalRecipientsError(file, line, `control characters or quotes in the local part of ${quoteLine(entry)}`);
+    // An address no client can send (quoted, routed, invisible characters) would be listed and match nobody.
+    if (/[\p{Cc}\p{Cf}"@]/u.test(local)) throw new LocalRecipientsError(file, line, `control, format or quote characters, or a second "@", in the local part of ${quoteLine(entry)}`);
     const domain = tableDomain(entry.slice(at + 1));
     if (!domain) throw new LocalRecipientsError(file, line, `expected a domain name or an address literal after "@", got ${quoteLine(entry)}`);
     table.add(local, domain);

@@ -181,6 +181,10 @@ test('reload: a table renamed over is taken; an emptied or broken one is refused
   assert.match(String(server.reloader.status.data.lastError), new RegExp(`${table}: localRecipients: lists no recipient`));
   assert.match(await rcpt('mx', 'newhire@example.com'), /^250 /, 'the running table still answers');
 
+  await writeFile(table, 'alice@example.com\nceo\u00ad@example.com\n');
+  assert.equal((await server.reloader.reload('SIGHUP')).ok, false);
+  assert.match(String(server.reloader.status.data.lastError), new RegExp(`${table}:2: localRecipients: control, format or quote characters`), 'a soft hyphen: an address no client sends');
+
   await writeFile(table, 'alice@example.com\n# fine so far\nnot-an-address\n');
   const broken = await server.reloader.reload('SIGHUP');
   assert.equal(broken.ok, false);
