@@ -8,6 +8,9 @@ import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
+import { runCli } from '../helpers/cli.ts';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
 const run = promisify(execFile);
 const pythonFound = spawnSync('python3', ['-c', 'import smtplib']).status === 0;
@@ -67,4 +70,12 @@ test('smtplib: 50 Received fields are refused at the end of DATA (554 5.4.6), no
   const [delivered] = await sink.waitFor(1, 60_000);
   assert.match(delivered!.data.toString('latin1'), /^Subject: hops 49\r$/m, 'delivered, not bounced as a loop');
   assert.deepEqual(delivered!.to, ['alice@example.com']);
+});
+
+test('postern try data answers such a message as the server does', async () => {
+  const eml = join(server.dir, 'loop.eml');
+  await writeFile(eml, `${'Received: from a by b\r\n'.repeat(50)}Subject: loop\r\n\r\nbody\r\n`);
+  const r = await runCli(['try', 'data', '-c', join(server.dir, 'postern.yaml'), '--from', 'a@x.example', '--to', 'alice@example.com', '--message', eml]);
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  assert.match(r.stdout, /^< 554 5\.4\.6 Error: too many hops$/m);
 });
