@@ -191,6 +191,10 @@ test('reload: a table renamed over is taken; an emptied or broken one is refused
   assert.match(String(server.reloader.status.data.lastError), new RegExp(`${table}:3: localRecipients: expected "user@domain" or "@domain", got "not-an-address"`));
   assert.match(await rcpt('mx', 'newhire@example.com'), /^250 /);
   assert.match(await rcpt('mx', 'nobody@example.com'), /^550 5\.1\.1 /);
+  await writeFile(`${table}.new`, RECIPIENTS); // put right for what follows
+  await rename(`${table}.new`, table);
+  await server.reloader.whenIdle();
+  assert.equal(server.reloader.status.data.lastError, null);
 });
 
 test('postern check: warns when the local domains accept any recipient; names the line of a bad entry; warns of a domain without entries', async () => {
@@ -214,4 +218,11 @@ test('postern check: warns when the local domains accept any recipient; names th
   assert.match(gap.stdout + gap.stderr, /lists addresses of exmaple\.com, which is not in localDomains/);
   assert.match(gap.stdout + gap.stderr, /lists no address of the local domain other\.example: every recipient there is refused/);
   assert.doesNotMatch(gap.stdout + gap.stderr, /accept any recipient/);
+});
+
+test('postern try rcptto shows the rule\'s decision and the reply the server gives', async () => {
+  const r = await runCli(['try', 'rcptto', '-c', join(server.dir, 'postern.yaml'), '--to', 'nobody@example.com']);
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  assert.match(r.stdout, /^< 550 5\.1\.1 <nobody@example\.com>: Recipient address rejected: User unknown in local recipient table$/m);
+  assert.equal((await runCli(['try', 'rcptto', '-c', join(server.dir, 'postern.yaml'), '--to', 'Bob@example.com'])).code, 0);
 });
