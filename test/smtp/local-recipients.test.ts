@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
@@ -204,6 +204,13 @@ test('postern check: warns when the local domains accept any recipient; names th
   const open = await runCli(['check', '-c', join(dir, 'open.yaml')]);
   assert.equal(open.code, 0, open.stderr);
   assert.match(open.stdout + open.stderr, /open\.yaml:1:\d+: localDomains: the local domains accept any recipient .*localRecipients/);
+
+  await mkdir(join(dir, 'checking-scripts'), { recursive: true });
+  await writeFile(join(dir, 'checking-scripts', 'rcptto.ts'), SCRIPT);
+  await writeFile(join(dir, 'scripted.yaml'), `localDomains: [example.com]\n${base.replace('./scripts', './checking-scripts')}`);
+  const scripted = await runCli(['check', '-c', join(dir, 'scripted.yaml')]);
+  assert.equal(scripted.code, 0, scripted.stderr);
+  assert.doesNotMatch(scripted.stdout + scripted.stderr, /accept any recipient/, 'an rcptto script may check them');
 
   await writeFile(join(dir, 'bad-recipients'), 'alice@example.com\nbob@example..com\n');
   await writeFile(join(dir, 'bad.yaml'), `localDomains: [example.com]\nlocalRecipients: ./bad-recipients\n${base}`);
