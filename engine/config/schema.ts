@@ -339,6 +339,9 @@ export const configSchema = z.strictObject({
   recipientDelimiter: z.string().min(1).max(8).regex(/^[\x21-\x3f\x41-\x7e]+$/, 'expected printable ASCII characters other than `@`, without spaces')
     .optional().meta({ defaultText: 'none' })
     .describe('Characters that start a subaddress, for `localRecipients`, as Postfix `recipient_delimiter`: with `+`, `alice+lists@example.com` is accepted when `alice+lists@example.com` or `alice@example.com` is listed. Each character is a delimiter; the extension starts at the first one in the local part (not at its first character: `+x@` is a user of its own). Without it `alice+lists@` must be listed itself: a next hop that does not strip subaddresses would bounce what was accepted for it.'),
+  // An incomplete first table refused mail for good (550): while it is checked, a temporary refusal loses nothing.
+  unknownRecipientReply: z.enum(['reject', 'defer']).default('reject')
+    .describe('What an address of a local domain that `localRecipients` does not list gets. `reject`: `550 5.1.1 <address>: Recipient address rejected: User unknown in local recipient table`. `defer`: `450 4.1.1` with the same text (Postfix `unknown_local_recipient_reject_code = 450`), for the time a new table is checked against the decision lines: nothing is lost, the sender retries, and an address missing from the table gets its mail once it is added. Not for good: a dictionary attack is then retried by its senders rather than refused.'),
   users: path().optional()
     .describe('[Users file](#users-file-and-hash-password) for PLAIN/LOGIN. Without one, every password login fails.'),
   tables: z.record(z.string(), tableSchema).default({})

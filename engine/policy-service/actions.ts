@@ -41,14 +41,14 @@ const replyAction = (r: SmtpReply): string => `${r.responseCode} ${r.enhanced} $
  */
 export function policyAction(
   service: PolicyServiceConfig, hook: HookName, verdict: Verdict | undefined, builtin: BuiltinRelayDecision | null, recipient = '',
-  protocolState = '',
+  protocolState = '', unknownRecipientReply: 'reject' | 'defer' = 'reject',
 ): PolicyAction {
   const accepted = service.authoritative ? OK : DUNNO;
   if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure', reason: reply('policyFailed', { hook }).reason };
   if (verdict === undefined) {
     if (!(service.relayRule && builtin)) return DUNNO;
     if (builtin.accepted) return accepted;
-    const denied = relayRefusal(recipient, builtin)!;
+    const denied = relayRefusal(recipient, builtin, unknownRecipientReply)!;
     return { action: replyAction(denied), kind: 'reject', reason: denied.reason };
   }
   if (verdict.verdict === 'accept') {

@@ -83,6 +83,7 @@ export const REPLIES = {
 
   // RCPT TO.
   unknownLocalRecipient: { code: 550, enhanced: '5.1.1', text: '<{rcpt}>: Recipient address rejected: User unknown in local recipient table', reason: 'localRecipients: an address of a local domain that the recipient table does not list' },
+  unknownLocalRecipientDeferred: { code: 450, enhanced: '4.1.1', text: '<{rcpt}>: Recipient address rejected: User unknown in local recipient table', reason: 'localRecipients (unknownRecipientReply: defer): an address of a local domain that the recipient table does not list' },
   relayDenied: { code: 554, enhanced: '5.7.1', text: '<{rcpt}>: Relay access denied', reason: 'relay rule: not a local recipient (domain, or routing in the local part), not authenticated, no relay certificate' },
   recipientAccepted: { code: 250, enhanced: '2.1.5', text: 'Accepted' },
 

@@ -515,7 +515,7 @@ export class SessionPolicy {
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     }, wasBarePostmaster(address));
-    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
+    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(st, rcpt, builtin);
     return this.#recipientScript(conn, session, address, rcpt, builtin);
   }
 
@@ -525,7 +525,7 @@ export class SessionPolicy {
     const facts = sharedConnectionFacts(session, conn.state);
     const transaction = transactionInfo(session, conn.state, address);
     const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction, address: rcpt, builtin }, facts.key);
-    return verdict ? verdictReply('rcptto', verdict) : relayReply(rcpt, builtin);
+    return verdict ? verdictReply('rcptto', verdict) : relayReply(conn.state, rcpt, builtin);
   }
 
   /**
@@ -721,8 +721,8 @@ function builtinSenderReply(st: SmtpClient['state'], sender: EnvelopeAddress | n
 }
 
 /** The relay rule's reply: null (smtp-server's 250) when it accepts. */
-function relayReply(rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
-  return relayRefusal(rcpt.address, builtin);
+function relayReply(st: SmtpClient['state'], rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
+  return relayRefusal(rcpt.address, builtin, st.generation.config.unknownRecipientReply);
 }
 
 /** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */

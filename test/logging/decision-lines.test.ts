@@ -23,7 +23,7 @@ import { createCrl, issueClientCertificate } from '../../engine/certificates/ind
 import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
-type ServerName = 'main' | 'redis' | 'full' | 'inodes' | 'readonly';
+type ServerName = 'main' | 'redis' | 'full' | 'inodes' | 'readonly' | 'deferring';
 /** Catalogue replies that are not refusals: no decision line. */
 type Accepting = 'authSucceeded' | 'senderAccepted' | 'recipientAccepted' | 'queued';
 type RefusalName = Exclude<ReplyName, Accepting>;
@@ -144,6 +144,10 @@ before(async () => {
   }
   servers.full = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
+  });
+  servers.deferring = await startTestServer({
+    files: { recipients: 'known@example.test\n' },
+    config: configYaml({ localDomains: ['example.test'], localRecipients: './recipients', unknownRecipientReply: 'defer', listeners: [testListener('mx')] }),
   });
   servers.inodes = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: 0, minFreeInodes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
@@ -546,6 +550,7 @@ const ROWS = {
   invisibleInAddress: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> SMTPUTF8', 'RCPT TO:<ce\u00ado@example.com>']) },
   quotedLocalPart: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<"a b"@example.com>']) },
   unknownLocalRecipient: { server: 'main', stage: 'RCPT', values: { rcpt: 'nobody@mailboxes.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<nobody@mailboxes.example>']) },
+  unknownLocalRecipientDeferred: { server: 'deferring', stage: 'RCPT', values: { rcpt: 'nobody@example.test' }, drive: () => ending('deferring', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<nobody@example.test>']) },
   relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
 
   messageTooBig: {

@@ -71,6 +71,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   // A recipient table: read at each reload as the tables are (and watched as they are).
   'localRecipients': live((c) => { c.localRecipients = './recipients'; }),
   'recipientDelimiter': live((c) => { c.recipientDelimiter = '+'; }),
+  'unknownRecipientReply': live((c) => { c.unknownRecipientReply = 'defer'; }),
   'users': live((c) => { c.users = './users2'; }),
   'tables': live((c) => { c.tables.more = './more'; }),
   'tables.<name>.file': live((c) => { c.tables.devices.file = './devices2'; }),

@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
@@ -225,6 +225,21 @@ test('postern check: warns when the local domains accept any recipient; names th
   assert.match(gap.stdout + gap.stderr, /lists addresses of exmaple\.com, which is not in localDomains/);
   assert.match(gap.stdout + gap.stderr, /lists no address of the local domain other\.example: every recipient there is refused/);
   assert.doesNotMatch(gap.stdout + gap.stderr, /accept any recipient/);
+});
+
+test('unknownRecipientReply: defer answers 450 4.1.1 (a new table checked without losing mail); back to reject at the next reload', async () => {
+  const config = join(server.dir, 'postern.yaml');
+  const text = await readFile(config, 'utf8');
+  await writeFile(config, text.replace('localRecipients: ./recipients', 'localRecipients: ./recipients\nunknownRecipientReply: defer'));
+  assert.ok((await server.reloader.reload('SIGHUP')).ok);
+  assert.match(await rcpt('mx', 'nobody@example.com'), /^450 4\.1\.1 <nobody@example\.com>: Recipient address rejected: User unknown in local recipient table/);
+  assert.match(await rcpt('mx', 'alice@example.com'), /^250 /);
+  const c = await PolicyClient.connect({ port: Number(server.policyAddresses.get('postfix')!.split(':').pop()) });
+  assert.equal(await c.ask(rcptRequest({ recipient: 'nobody@example.com' })), 'action=450 4.1.1 <nobody@example.com>: Recipient address rejected: User unknown in local recipient table');
+  c.socket.destroy();
+  await writeFile(config, text);
+  assert.ok((await server.reloader.reload('SIGHUP')).ok);
+  assert.match(await rcpt('mx', 'nobody@example.com'), /^550 5\.1\.1 /);
 });
 
 test('postern try rcptto shows the rule\'s decision and the reply the server gives', async () => {
