@@ -42,7 +42,7 @@ const nextHopHost = () => z.string().max(253).superRefine((h, ctx) => {
   }
 });
 /** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
-const isLocalDomain = (d: string): boolean => {
+export const isLocalDomain = (d: string): boolean => {
   const key = domainKey(d);
   return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
 };

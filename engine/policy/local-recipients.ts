@@ -12,7 +12,7 @@
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine } from '../certificates/key-material.ts';
-import { isHostName } from '../dns/host-name.ts';
+import { isLocalDomain } from '../config/schema.ts';
 import { domainKey } from './domain-key.ts';
 import { asciiSafeLowerCase } from './sender-logins.ts';
 
@@ -31,9 +31,7 @@ function localKey(local: string): string {
 
 /** A domain the table can hold: a name, or an address literal, as localDomains takes them. */
 function tableDomain(domain: string): string | null {
-  const key = domainKey(domain);
-  if (isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key))) return key;
-  return null;
+  return isLocalDomain(domain) ? domainKey(domain) : null;
 }
 
 export class LocalRecipients {
