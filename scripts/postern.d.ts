@@ -430,8 +430,12 @@ declare module "postern" {
   /** The built-in relay rule's decision for this recipient. */
   export interface BuiltinRelayDecision {
     accepted: boolean;
-    /** Accepted: `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`; refused: `relay-denied`. */
-    reason: 'postmaster' | 'local-domain' | 'authenticated' | 'client-certificate' | 'relay-denied';
+    /**
+     * Accepted: `postmaster` (the bare `<postmaster>`), `local-domain`, `authenticated`, `client-certificate`; refused:
+     * `unknown-recipient` (a local domain's address that `localRecipients` does not list: `550 5.1.1` unless the script
+     * accepts), `relay-denied`.
+     */
+    reason: 'postmaster' | 'local-domain' | 'authenticated' | 'client-certificate' | 'unknown-recipient' | 'relay-denied';
   }
 
   /** rcptto: RCPT TO received. Default: the built-in relay rule. */

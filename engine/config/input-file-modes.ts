@@ -61,6 +61,8 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
     for (const name of listOrNone(folder)) inputs.push([path, join(folder, name), 'file']);
   }
   if (config.users) inputs.push([['users'], config.users, 'file']);
+  // Anyone who may write it may make every local recipient unknown (550 for all mail), or open a domain.
+  if (config.localRecipients) inputs.push([['localRecipients'], config.localRecipients, 'file']);
   for (const [name, table] of Object.entries(config.tables)) inputs.push([['tables', name], typeof table === 'string' ? table : table.file, 'file']);
   for (const [i, l] of config.listeners.entries()) {
     const tls: Array<[string, string | undefined]> = [['cert', l.tls.cert], ['key', l.tls.key], ...l.tls.caFiles.map((f, j): [string, string] => [`caFiles[${j}]`, f]), ...l.tls.crlFiles.map((f, j): [string, string] => [`crlFiles[${j}]`, f])];

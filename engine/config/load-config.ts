@@ -180,6 +180,7 @@ function resolvePaths(config: Config, baseDir: string): Config {
   c.dataDir = abs(c.dataDir);
   c.scripts = abs(c.scripts);
   if (c.users) c.users = abs(c.users);
+  if (c.localRecipients) c.localRecipients = abs(c.localRecipients);
   for (const [name, t] of Object.entries(c.tables)) {
     c.tables[name] = typeof t === 'string' ? abs(t) : { ...t, file: abs(t.file) };
   }

@@ -17,6 +17,8 @@ import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
+import { loadLocalRecipients, type LocalRecipients } from '../policy/local-recipients.ts';
+import { domainKey } from '../policy/domain-key.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
 import { checkOutboundTls, OutboundFileError } from '../delivery/outbound-tls.ts';
@@ -94,6 +96,11 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   }
   let users = new Map<string, string>();
   if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
+  let localRecipients: LocalRecipients | null = null;
+  if (config.localRecipients) {
+    await loadLocalRecipients(config.localRecipients, config.recipientDelimiter).then((r) => { localRecipients = r; }, failed);
+  }
+  for (const message of recipientTableGaps(config, localRecipients)) warnings.push({ message: located(loaded, ['localRecipients'], message) });
   // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest. The account
   // page ends the sessions of an account whose device was revoked as lost or stolen.
   let revokedDevices = NO_REVOKED_DEVICES;
@@ -187,6 +194,8 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
 
   for (const e of exposures(config)) warnings.push({ ...(e.name ? { listener: e.name } : {}), message: located(loaded, e.path, e.message) });
   for (const w of unboundLogins(config, sandboxes)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
+  const open = openLocalDomains(config, sandboxes);
+  if (open) warnings.push({ message: located(loaded, ['localDomains'], open) });
   for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
   const gaps = config.pki.dir ? await unloadedCrls(config, config.pki.dir) : [];
@@ -220,7 +229,33 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
     await Promise.all([...sandboxes.values(), ...shadows.values()].map((s) => s.dispose()));
     throw new GenerationError(loaded.file, problems, warnings);
   }
-  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present, revokedDevices), listeners, warnings };
+  return { generation: new PolicyGeneration(loaded, tables, users, sandboxes, options.store, shadows, present, revokedDevices, localRecipients), listeners, warnings };
+}
+
+/**
+ * Local domains whose every address is accepted: no recipient table, and a listener whose scripts have no rcptto
+ * script that could check them. A dictionary attack with forged senders is then accepted, fails at the next hop,
+ * and bounces to the innocent senders (backscatter). Said, not refused: a relay in front of a catch-all means it.
+ */
+function openLocalDomains(config: Config, sandboxes: ReadonlyMap<string, Sandbox>): string | null {
+  if (config.localRecipients || !config.localDomains.length) return null;
+  const unchecked = config.listeners.filter((l) => !sandboxes.get(l.scripts ?? config.scripts)?.scriptFile('rcptto'));
+  if (!unchecked.length) return null;
+  return `the local domains accept any recipient (listener${unchecked.length === 1 ? '' : 's'} ${unchecked.map((l) => l.name).join(', ')}): mail to addresses that do not exist is accepted and bounced later, to senders a spammer may have forged (backscatter); list the addresses in localRecipients (Postfix local_recipient_maps), or check them in an rcptto script`;
+}
+
+/**
+ * What a recipient table leaves open or shut that its author likely did not mean: an entry of a domain that is not
+ * local (never consulted: a typo in the domain, or one taken out of localDomains), and a local domain without any
+ * entry (every recipient there refused).
+ */
+function recipientTableGaps(config: Config, table: LocalRecipients | null): string[] {
+  if (!table) return [];
+  const local = new Set(config.localDomains.map((d) => domainKey(d) || d.toLowerCase()));
+  return [
+    ...[...table.domains].filter((d) => !local.has(d)).map((d) => `${table.file} lists addresses of ${d}, which is not in localDomains: they are never consulted (a typo in the domain?)`),
+    ...[...local].filter((d) => !table.domains.has(d)).map((d) => `${table.file} lists no address of the local domain ${d}: every recipient there is refused (550 5.1.1); list them, or \`@${d}\` to accept the whole domain`),
+  ];
 }
 
 async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {

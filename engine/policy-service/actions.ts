@@ -10,6 +10,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import { FAIL_CLOSED } from '../policy/verdict.ts';
 import { verdictReply } from '../smtp/verdict-replies.ts';
 import { reply } from '../smtp/replies.ts';
+import { relayRefusal } from '../smtp/relay-reply.ts';
 import type { SmtpReply } from '../smtp/reply.ts';
 import { headerEditAction } from './header-action.ts';
 
@@ -40,14 +41,14 @@ const replyAction = (r: SmtpReply): string => `${r.responseCode} ${r.enhanced} $
  */
 export function policyAction(
   service: PolicyServiceConfig, hook: HookName, verdict: Verdict | undefined, builtin: BuiltinRelayDecision | null, recipient = '',
-  protocolState = '',
+  protocolState = '', unknownRecipientReply: 'reject' | 'defer' = 'reject',
 ): PolicyAction {
   const accepted = service.authoritative ? OK : DUNNO;
   if (verdict === FAIL_CLOSED) return { action: service.failureAction, kind: 'failure', reason: reply('policyFailed', { hook }).reason };
   if (verdict === undefined) {
     if (!(service.relayRule && builtin)) return DUNNO;
     if (builtin.accepted) return accepted;
-    const denied = reply('relayDenied', { rcpt: recipient });
+    const denied = relayRefusal(recipient, builtin, unknownRecipientReply)!;
     return { action: replyAction(denied), kind: 'reject', reason: denied.reason };
   }
   if (verdict.verdict === 'accept') {

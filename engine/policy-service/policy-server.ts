@@ -186,7 +186,7 @@ export class PolicyServer {
           result = DUNNO;
         } else {
           const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
-          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '', state);
+          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '', state, generation.config.unknownRecipientReply);
           if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(rc.hook);
           if (result.error) {
             // A verdict the script may return, but Postfix cannot be told: the script's failure, named like one.

@@ -164,6 +164,7 @@ export function requestContext(a: Record<string, string>, service: PolicyService
       const relayTable = service.relayClientCertificatesTable ? generation.tables.get(service.relayClientCertificatesTable) : undefined;
       builtin = builtinRelay(address, {
         localDomains: generation.localDomains,
+        localRecipients: generation.localRecipients,
         authenticated: connection.auth !== null,
         trustedCertificateMayRelay: (service.relayClientCertificates && !!cert?.verified) || listedForRelay(cert, relayTable),
       });

@@ -9,6 +9,7 @@ import { userKey } from '../auth/users-file.ts';
 import { asciiSafeLowerCase, ownsSender, senderKey } from './sender-logins.ts';
 import { accountName } from './certificate-identity.ts';
 import { domainKey } from './domain-key.ts';
+import type { LocalRecipients } from './local-recipients.ts';
 
 export interface AuthAttempt {
   mechanism: string;
@@ -105,6 +106,7 @@ const SENDER = {
 const RELAY = {
   postmaster: decision<BuiltinRelayDecision>(true, 'postmaster'),
   localDomain: decision<BuiltinRelayDecision>(true, 'local-domain'),
+  unknownRecipient: decision<BuiltinRelayDecision>(false, 'unknown-recipient'),
   authenticated: decision<BuiltinRelayDecision>(true, 'authenticated'),
   clientCertificate: decision<BuiltinRelayDecision>(true, 'client-certificate'),
   denied: decision<BuiltinRelayDecision>(false, 'relay-denied'),
@@ -123,6 +125,8 @@ export function builtinSender(address: string, facts: SenderFacts): BuiltinSende
 export interface RelayFacts {
   /** By domainKey() (A-labels, lower case). */
   localDomains: ReadonlySet<string>;
+  /** The recipients that exist in the local domains (`localRecipients`); null: all of them. */
+  localRecipients: LocalRecipients | null;
   authenticated: boolean;
   /** The listener lets any CA-verified certificate relay, and this one verified. */
   trustedCertificateMayRelay: boolean;
@@ -138,8 +142,17 @@ const SENDER_ROUTED = /[%!@]/;
 /** `barePostmaster`: the client wrote `<postmaster>`, which every SMTP server must accept (RFC 5321 §4.5.1). */
 export function builtinRelay(recipient: { localPart: string; domain: string }, facts: RelayFacts, barePostmaster = false): BuiltinRelayDecision {
   if (barePostmaster) return RELAY.postmaster;
-  if (facts.localDomains.has(domainKey(recipient.domain)) && !SENDER_ROUTED.test(recipient.localPart)) return RELAY.localDomain;
+  if (facts.localDomains.has(domainKey(recipient.domain)) && !SENDER_ROUTED.test(recipient.localPart)) {
+    // Before the relay permissions: a logged-in client's mail to a mailbox that does not exist would bounce too.
+    if (!facts.localRecipients || isPostmaster(recipient.localPart) || facts.localRecipients.has(recipient.localPart, recipient.domain)) return RELAY.localDomain;
+    return RELAY.unknownRecipient;
+  }
   if (facts.authenticated) return RELAY.authenticated;
   if (facts.trustedCertificateMayRelay) return RELAY.clientCertificate;
   return RELAY.denied;
+}
+
+/** `postmaster@` a local domain is always taken (RFC 5321 §4.5.1), listed or not. */
+function isPostmaster(localPart: string): boolean {
+  return localPart.length === 10 && localPart.toLowerCase() === 'postmaster';
 }

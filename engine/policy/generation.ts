@@ -9,6 +9,7 @@ import type { LoadedConfig } from '../config/load-config.ts';
 import type { Sandbox } from '../sandbox/index.ts';
 import type { HookName } from '../sandbox/api/index.ts';
 import type { LookupTable } from './lookup-tables.ts';
+import type { LocalRecipients } from './local-recipients.ts';
 import type { CounterStore } from '../store/counter-store.ts';
 import { domainKey } from './domain-key.ts';
 import { generationRetired } from '../metrics/metrics.ts';
@@ -26,6 +27,8 @@ export class PolicyGeneration {
   readonly tables: ReadonlyMap<string, LookupTable>;
   readonly users: ReadonlyMap<string, string>;
   readonly localDomains: ReadonlySet<string>;
+  /** The recipients that exist in the local domains (`localRecipients`); null: every address there is accepted. */
+  readonly localRecipients: LocalRecipients | null;
   /** The server's counter store (made once at start, see engine/store/): scripts and built-in limits count in it. */
   readonly store: CounterStore | undefined;
   readonly #sandboxes: ReadonlyMap<string, Sandbox>;
@@ -42,7 +45,8 @@ export class PolicyGeneration {
 
   /** Made by buildGeneration (engine/generation/build-generation.ts), which loads and checks every part first. */
   constructor(source: LoadedConfig, tables: ReadonlyMap<string, LookupTable>, users: ReadonlyMap<string, string>, sandboxes: ReadonlyMap<string, Sandbox>, store?: CounterStore,
-    shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set(), revokedDevices: RevokedDevices = NO_REVOKED_DEVICES) {
+    shadows: ReadonlyMap<string, Sandbox> = new Map(), scriptFolders: ReadonlySet<string> = new Set(), revokedDevices: RevokedDevices = NO_REVOKED_DEVICES,
+    localRecipients: LocalRecipients | null = null) {
     this.source = source;
     this.store = store;
     this.config = source.config;
@@ -53,6 +57,7 @@ export class PolicyGeneration {
     this.#shadows = shadows;
     this.scriptFolders = scriptFolders;
     this.revokedDevices = revokedDevices;
+    this.localRecipients = localRecipients;
   }
 
   listener(name: string): ListenerConfig {

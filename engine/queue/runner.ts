@@ -3,6 +3,7 @@
  * the outcome durably — delivered and bounced recipients in `<id>.state`, the message removed only once
  * every recipient was accepted by a next hop or bounced (the bounce itself spooled first).
  */
+import { MAX_HOPS } from '../smtp/hop-limit.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { Spool } from '../spool/spool.ts';
@@ -48,8 +49,6 @@ const MAX_ERRORS = 20;
  */
 const MOVE_OUT_OF_JOURNAL_AFTER = 2;
 
-/** More Received headers than this is a mail loop (Postfix hopcount_limit). */
-const MAX_HOPS = 50;
 
 export interface QueueRunnerOptions {
   /** One spool, or every spool of the data folder (SpoolSet: one per worker process). */

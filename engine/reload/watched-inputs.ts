@@ -35,6 +35,7 @@ export function watchedInputs(loaded: LoadedConfig): WatchedInputs {
   if (!loaded.file.startsWith('(')) files.add(loaded.file);
   for (const t of Object.values(c.tables)) files.add(typeof t === 'string' ? t : t.file);
   if (c.users) files.add(c.users);
+  if (c.localRecipients) files.add(c.localRecipients);
   for (const l of c.listeners) {
     for (const f of [l.tls.cert, l.tls.key, ...l.tls.caFiles, ...l.tls.crlFiles]) if (f) files.add(f);
   }

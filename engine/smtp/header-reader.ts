@@ -46,6 +46,9 @@ const VALUE = 4;
 /** A CR in such a line: with LF it ends the line, with anything else it is a bare CR. */
 const VALUE_CR = 5;
 
+/** `received` in lower case, byte by byte (a name byte is compared OR 0x20: ASCII letters in either case). */
+const RECEIVED = Buffer.from('received');
+
 /** RFC 5322 ftext: printable ASCII but the colon. */
 const isFtext = (b: number): boolean => b >= 0x21 && b <= 0x7e && b !== 0x3a;
 
@@ -71,6 +74,10 @@ export class HeaderReader {
   #bareCr = false;
   /** A NUL in a field of the section (seen so far). */
   #nul = false;
+  /** Received fields seen so far (the hop count). */
+  #received = 0;
+  /** In a field name: how much of `received` it matched so far; -1 once it is another name. */
+  #nameMatched = -1;
   /**
    * Keep the chunks of the section for headers(). The SMTP intake does not: its spool writer has the bytes (in
    * its file, past the memory it may hold), and chunks kept here would hold up to maxHeaderBytes per connection.
@@ -140,6 +147,9 @@ export class HeaderReader {
 
   /** Fields counted so far (all of them once the section has ended). */
   get fields(): number { return this.#fields; }
+
+  /** Received fields counted so far (name compared case-insensitively): the hops the message has made. */
+  get received(): number { return this.#received; }
 
   /** Take the next chunk of the message; returns false once the header section is known to be refused (tooLarge, bareCr, nul). */
   push(chunk: Buffer): boolean {
@@ -216,7 +226,7 @@ export class HeaderReader {
           if (b === LF) return this.#ended(i, at, false);
           if (b === CR) at = LINE_START_CR;
           else if (b === SP || b === HT) at = VALUE; // a folded line
-          else if (isFtext(b)) { this.#fields++; at = NAME; }
+          else if (isFtext(b)) { this.#fields++; this.#nameMatched = (b | 0x20) === RECEIVED[0] ? 1 : -1; at = NAME; }
           else return this.#ended(i, at, true);
           break;
         case LINE_START_CR:
@@ -227,11 +237,12 @@ export class HeaderReader {
           break;
         case NAME:
           if (b === SP || b === HT) at = NAME_SPACE;
-          else if (b === 0x3a) at = VALUE;
+          else if (b === 0x3a) { this.#fieldNamed(); at = VALUE; }
           else if (!isFtext(b)) return this.#ended(i, at, true);
+          else if (this.#nameMatched >= 0) this.#nameMatched = (b | 0x20) === RECEIVED[this.#nameMatched] ? this.#nameMatched + 1 : -1;
           break;
         case NAME_SPACE:
-          if (b === 0x3a) at = VALUE;
+          if (b === 0x3a) { this.#fieldNamed(); at = VALUE; }
           else if (b !== SP && b !== HT) return this.#ended(i, at, true);
           break;
         case VALUE:
@@ -249,6 +260,12 @@ export class HeaderReader {
     this.#at = at;
     scanned += n;
     return -1;
+  }
+
+  /** A field's colon: count it if its whole name was `Received`. */
+  #fieldNamed(): void {
+    if (this.#nameMatched === RECEIVED.length) this.#received++;
+    this.#nameMatched = -1;
   }
 
   /**

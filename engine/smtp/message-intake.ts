@@ -23,6 +23,7 @@ import type { SpoolEnvelope } from '../spool/envelope.ts';
 import type { SpoolWriter } from '../spool/spool.ts';
 import { spoolIsFull } from './runtime.ts';
 import { declaresUtf8 } from './envelope-path.ts';
+import { hopLimitRefusal } from './hop-limit.ts';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -58,6 +59,10 @@ export async function receiveMessage(
       if (!headers.push(chunk)) throw refuseNow(writer, headerRefusal(headers, limits));
       writer.write(chunk);
     });
+    // Our Received field makes one more hop: past the limit the queue would bounce it as a loop, to a sender the
+    // client may have forged. Refused now, as Postfix's cleanup does (`Error: too many hops`).
+    const loop = hopLimitRefusal(headers.received);
+    if (loop) throw loop;
     // The client's header section: after our Received header, up to the empty line (all of a message without one).
     const sectionBytes = headers.sectionBytes >= 0 ? headers.sectionBytes : size;
     const bodyAt = (): number => (headers.sectionBytes < 0 ? writer.bytes

@@ -83,6 +83,8 @@ export const REPLIES = {
   senderAccepted: { code: 250, enhanced: '2.1.0', text: 'Accepted' },
 
   // RCPT TO.
+  unknownLocalRecipient: { code: 550, enhanced: '5.1.1', text: '<{rcpt}>: Recipient address rejected: User unknown in local recipient table', reason: 'localRecipients: an address of a local domain that the recipient table does not list' },
+  unknownLocalRecipientDeferred: { code: 450, enhanced: '4.1.1', text: '<{rcpt}>: Recipient address rejected: User unknown in local recipient table', reason: 'localRecipients (unknownRecipientReply: defer): an address of a local domain that the recipient table does not list' },
   relayDenied: { code: 554, enhanced: '5.7.1', text: '<{rcpt}>: Relay access denied', reason: 'relay rule: not a local recipient (domain, or routing in the local part), not authenticated, no relay certificate' },
   recipientAccepted: { code: 250, enhanced: '2.1.5', text: 'Accepted' },
 
@@ -95,6 +97,7 @@ export const REPLIES = {
   fromHeaderNoAddress: { code: 550, enhanced: '5.6.0', text: 'Message From: header field names no address', reason: 'senderLogin.headerFrom: From: without an address' },
   fromHeaderNotOwned: { code: 550, enhanced: '5.7.1', text: '<{address}>: From: header address rejected: not owned by user {login}', reason: 'senderLogin.headerFrom: From: not owned by the login' },
   senderHeaderNotOwned: { code: 550, enhanced: '5.7.1', text: '<{address}>: Sender: header address rejected: not owned by user {login}', reason: 'senderLogin.headerFrom: Sender: not owned by the login' },
+  tooManyHops: { code: 554, enhanced: '5.4.6', text: 'Error: too many hops', reason: 'a mail loop: {hops} Received header fields, and ours would pass the 50 delivery takes (the queue would bounce it)' },
   nulInHeader: { code: 554, enhanced: '5.6.0', text: 'Message header section contains a NUL character', reason: 'a NUL in a header field (next hops end the field there, scripts see all of it)' },
   dataTimeout: { code: 421, enhanced: '4.4.2', text: 'Timeout - closing connection', reason: 'limits.dataTimeoutMs' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },

@@ -11,6 +11,7 @@ import { spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
+import { relayRefusal } from './relay-reply.ts';
 import { flushAfterScriptCalls } from './reply-batch.ts';
 import { connectionInfo, envelopeAddress, sharedConnectionFacts, transactionInfo } from './script-context.ts';
 import { declaresUtf8 } from './envelope-path.ts';
@@ -557,10 +558,11 @@ export class SessionPolicy {
     const rcpt = envelopeAddress(address)!;
     const builtin = builtinRelay(rcpt, {
       localDomains: st.generation.localDomains,
+      localRecipients: st.generation.localRecipients,
       authenticated: !!st.user,
       trustedCertificateMayRelay: st.listener.relayClientCertificates && !!st.certificate?.verified,
     }, wasBarePostmaster(address));
-    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(rcpt, builtin);
+    if (!st.generation.hasScript(st.listener, 'rcptto')) return relayReply(st, rcpt, builtin);
     return this.#recipientScript(conn, session, address, rcpt, builtin);
   }
 
@@ -570,7 +572,7 @@ export class SessionPolicy {
     const facts = sharedConnectionFacts(session, conn.state);
     const transaction = transactionInfo(session, conn.state, address);
     const verdict = await this.#run(conn, 'rcptto', { connection: facts.info, transaction, address: rcpt, builtin }, facts.key);
-    return verdict ? verdictReply('rcptto', verdict) : relayReply(rcpt, builtin);
+    return verdict ? verdictReply('rcptto', verdict) : relayReply(conn.state, rcpt, builtin);
   }
 
   /**
@@ -766,8 +768,8 @@ function builtinSenderReply(st: SmtpClient['state'], sender: EnvelopeAddress | n
 }
 
 /** The relay rule's reply: null (smtp-server's 250) when it accepts. */
-function relayReply(rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
-  return builtin.accepted ? null : reply('relayDenied', { rcpt: rcpt.address });
+function relayReply(st: SmtpClient['state'], rcpt: EnvelopeAddress, builtin: BuiltinRelayDecision): SmtpReply | null {
+  return relayRefusal(rcpt.address, builtin, st.generation.config.unknownRecipientReply);
 }
 
 /** A client certificate's outcome for the handshake metric: none, verified, pinned, or why it is not trusted. */

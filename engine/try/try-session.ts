@@ -6,6 +6,7 @@
  * the context it saw, its verdict and what it logged. Nothing is spooled, nothing is delivered; counters
  * (rate(), counter(), limits) start from zero in this process's memory, never in the live store.
  */
+import { hopLimitRefusal } from '../smtp/hop-limit.ts';
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -296,6 +297,8 @@ export class TrySession {
       const clientBytes = message.length;
       if ((message[0] === 0x20 || message[0] === 0x09) && headers.push(Buffer.from('\r\n'))) message = Buffer.concat([Buffer.from('\r\n'), message]);
       if (!headers.push(message)) return asLine(headerRefusal(headers, this.listener.limits));
+      const loop = hopLimitRefusal(headers.received);
+      if (loop) return asLine(loop);
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.bodyAt(message[headers.sectionBytes]);
       const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));

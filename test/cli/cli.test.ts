@@ -122,6 +122,7 @@ async function configFolder(name: string, files: Record<string, string> = {}): P
   const defaults: Record<string, string> = {
     users: `alice@example.com:${await hashPassword('alice')}\n`,
     senders: '# blocked senders\nspammer@bad.example   REJECT\n\nfriend@good.example OK\n',
+    recipients: 'alice@example.com\n',
     'scripts/mailfrom.ts': `import type { MailFromContext, Verdict } from 'postern';
 export default function mailfrom(ctx: MailFromContext): Verdict | void {
   if (lookup('senders', ctx.address.address) === 'REJECT') return reject('blocked');
@@ -133,6 +134,7 @@ dataDir: ./data
 scripts: ./scripts
 users: ./users
 localDomains: [example.com]
+localRecipients: ./recipients
 tables:
   senders: ./senders
 listeners:
@@ -370,8 +372,8 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
   assert.equal(w.stdout, `${warned.config}: OK (2 listeners)\n`);
   assert.deepEqual(w.stderr.split('\n'), [
     // At the line of the key that names the file, as the errors about these files are.
-    `warning: ${warned.config}:19:19: delivery.clientCertificates.soon.cert: ${join(warned.dir, 'out', 'soon.crt')}: certificate "CN=soon" expires on ${soonAfter} (in 5 days)`,
-    `warning: ${warned.config}:20:21: delivery.clientCertificates.future.cert: ${join(warned.dir, 'out', 'future.crt')}: certificate "CN=future" is not valid before ${futureBefore}`,
+    `warning: ${warned.config}:20:19: delivery.clientCertificates.soon.cert: ${join(warned.dir, 'out', 'soon.crt')}: certificate "CN=soon" expires on ${soonAfter} (in 5 days)`,
+    `warning: ${warned.config}:21:21: delivery.clientCertificates.future.cert: ${join(warned.dir, 'out', 'future.crt')}: certificate "CN=future" is not valid before ${futureBefore}`,
     '',
   ]);
 
@@ -382,7 +384,7 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
   assert.equal(e.code, 1);
   assert.equal(e.stdout, '');
   const re = (text: string): string => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-  assert.match(e.stderr, new RegExp(`^${re(expired.config)}:19:18: delivery\\.clientCertificates\\.old\\.cert: ${re(join(expired.dir, 'out', 'old.crt'))}: certificate "CN=old-laptop[^"]*" expired on 2021-01-01T00:00:00\\.000Z\n$`));
+  assert.match(e.stderr, new RegExp(`^${re(expired.config)}:20:18: delivery\\.clientCertificates\\.old\\.cert: ${re(join(expired.dir, 'out', 'old.crt'))}: certificate "CN=old-laptop[^"]*" expired on 2021-01-01T00:00:00\\.000Z\n$`));
 });
 
 test('the command line coarsens its timer slack to 2 ms (isolated-vm timer wake-ups fold together)', async () => {

@@ -199,6 +199,7 @@ test('every file and folder key of the schema resolves against the configuration
 dataDir: rel/data
 scripts: rel/scripts
 users: rel/users
+localRecipients: rel/recipients
 tables:
   plain: rel/plain-table
   typed: { file: rel/typed-table, format: postfix }

@@ -23,7 +23,7 @@ import { createCrl, issueClientCertificate } from '../../engine/certificates/ind
 import { freePort } from '../helpers/free-port.ts';
 
 type Line = Record<string, unknown>;
-type ServerName = 'main' | 'redis' | 'full' | 'inodes' | 'readonly';
+type ServerName = 'main' | 'redis' | 'full' | 'inodes' | 'readonly' | 'deferring';
 /** Catalogue replies that are not refusals: no decision line. */
 type Accepting = 'authSucceeded' | 'senderAccepted' | 'recipientAccepted' | 'queued';
 type RefusalName = Exclude<ReplyName, Accepting>;
@@ -97,11 +97,12 @@ before(async () => {
   const pinOfStranger = pki.clients.stranger.pinSha256;
   const closedPort = await freePort();
   servers.main = await startTestServer({
-    files: { users, 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n`, 'trusted-ca.crt': await readFile(pki.ca.cert, 'utf8') },
+    files: { users, recipients: '@example.test\nknown@mailboxes.example\n', 'ca.crl': crl, pins: `${pinOfStranger} carol@example.com\n`, 'trusted-ca.crt': await readFile(pki.ca.cert, 'utf8') },
     scripts: SCRIPTS,
     config: configYaml({
       hostname: 'mx.test',
-      localDomains: ['example.test'],
+      localDomains: ['example.test', 'mailboxes.example'],
+      localRecipients: './recipients',
       users: './users',
       tables: { pins: './pins' },
       delivery: smarthostDelivery(closedPort),
@@ -144,6 +145,10 @@ before(async () => {
   }
   servers.full = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
+  });
+  servers.deferring = await startTestServer({
+    files: { recipients: 'known@example.test\n' },
+    config: configYaml({ localDomains: ['example.test'], localRecipients: './recipients', unknownRecipientReply: 'defer', listeners: [testListener('mx')] }),
   });
   servers.inodes = await startTestServer({
     config: configYaml({ spool: { minFreeBytes: 0, minFreeInodes: Number.MAX_SAFE_INTEGER }, listeners: [testListener('mx')] }),
@@ -558,6 +563,8 @@ const ROWS = {
 
   invisibleInAddress: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net> SMTPUTF8', 'RCPT TO:<ce\u00ado@example.com>']) },
   quotedLocalPart: { server: 'main', stage: 'RCPT', drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<"a b"@example.com>']) },
+  unknownLocalRecipient: { server: 'main', stage: 'RCPT', values: { rcpt: 'nobody@mailboxes.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<nobody@mailboxes.example>']) },
+  unknownLocalRecipientDeferred: { server: 'deferring', stage: 'RCPT', values: { rcpt: 'nobody@example.test' }, drive: () => ending('deferring', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<nobody@example.test>']) },
   relayDenied: { server: 'main', stage: 'RCPT', values: { rcpt: 'victim@elsewhere.example' }, drive: () => ending('main', 'mx', ['MAIL FROM:<someone@example.net>', 'RCPT TO:<victim@elsewhere.example>']) },
 
   messageTooBig: {
@@ -624,6 +631,15 @@ const ROWS = {
   senderHeaderNotOwned: {
     server: 'main', stage: 'END-OF-MESSAGE', values: { address: 'ceo@example.com', login: 'alice@example.com' }, check: expectUser('alice@example.com'),
     drive: () => loggedInMessage('From: alice@example.com\r\nSender: ceo@example.com\r\n\r\nbody'),
+  },
+  tooManyHops: {
+    server: 'main', stage: 'END-OF-MESSAGE', values: { hops: '50' },
+    async drive() {
+      const s = await session('main', 'proto');
+      await message(s, `${'Received: from a by b\r\n'.repeat(50)}Subject: loop\r\n\r\nbody`);
+      await s.c.quit();
+      return s.seen;
+    },
   },
   nulInHeader: {
     server: 'main', stage: 'END-OF-MESSAGE',

@@ -68,6 +68,10 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'dataDir': restart(/^dataDir /, (c) => { c.dataDir = './data2'; }),
   'scripts': live((c) => { c.scripts = './scripts2'; }),
   'localDomains': live((c) => { c.localDomains.push('more.example'); }),
+  // A recipient table: read at each reload as the tables are (and watched as they are).
+  'localRecipients': live((c) => { c.localRecipients = './recipients'; }),
+  'recipientDelimiter': live((c) => { c.recipientDelimiter = '+'; }),
+  'unknownRecipientReply': live((c) => { c.unknownRecipientReply = 'defer'; }),
   'users': live((c) => { c.users = './users2'; }),
   'tables': live((c) => { c.tables.more = './more'; }),
   'tables.<name>.file': live((c) => { c.tables.devices.file = './devices2'; }),
