@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
 import { userKey } from '../auth/users-file.ts';
-import { accountGuessFailed, accountLocked, accountLockedWarning, accountLoggedIn, guessedAccount } from '../auth/account-failures.ts';
+import { accountLockedWarning, accountLoggedIn, claimAccountGuess, guessedAccount } from '../auth/account-failures.ts';
 import type { CounterStore } from '../store/counter-store.ts';
 import type { Logger } from '../logging/logger.ts';
 import { chainEmailConstraints, describeCertificate, describePeerCertificate, explainUnspecified, type TrustedIssuers } from '../certificates/index.ts';
@@ -36,9 +36,14 @@ export async function checkPassword(limiter: AuthFailureLimiter, listener: Liste
   const store = accounts?.store;
   const limit = { count: listener.limits.authFailuresPerAccount, windowMs: listener.limits.authFailureWindowMs };
   const outcome = await limiter.guess(counted, listener.limits, async () => {
+    // The guess takes its place in the account's count before its password is checked (account-failures.ts).
+    const guess = account && store ? await claimAccountGuess(store, limit, account, counted) : null;
     // Not a guess: no password is checked, nothing is counted.
-    if (account && store && await accountLocked(store, limit, account, counted)) return 'deferred' as const;
-    return verifyPassword(users.get(userKey(user.trim())), password, someHash(users));
+    if (guess?.deferred) return 'deferred' as const;
+    const right = await verifyPassword(users.get(userKey(user.trim())), password, someHash(users));
+    const settled = await guess?.settle(!right).catch(() => ({ reachedLimit: false }));
+    if (settled?.reachedLimit && account && accounts) accountLockedWarning(accounts.log, account, limit, { client: ip });
+    return right;
   }, (right) => right === false);
   if (outcome.kind === 'uncounted') throw outcome.error;
   if (outcome.kind === 'refused') return 'too-many';
@@ -46,10 +51,6 @@ export async function checkPassword(limiter: AuthFailureLimiter, listener: Liste
   if (outcome.result) {
     if (account && store) await accountLoggedIn(store, limit, account, counted).catch(() => undefined);
     return 'ok';
-  }
-  if (account && store) {
-    const counts = await accountGuessFailed(store, limit, account).catch(() => ({ reachedLimit: false }));
-    if (counts.reachedLimit) accountLockedWarning(accounts.log, account, limit, { client: ip });
   }
   await sleep(AuthFailureLimiter.delayMs(outcome.failures ?? 0, listener.limits));
   return 'wrong';

@@ -34,25 +34,44 @@ export function guessedAccount(mechanism: string, username: string): string | nu
 
 const windowSeconds = (limit: AccountFailureLimit): number => Math.max(1, Math.ceil(limit.windowMs / 1000));
 
-/**
- * The account's password logins from `countedIp` are deferred now: its failures reached the limit and this
- * address did not log in as it recently. Rejects when the store cannot answer (the caller fails closed).
- */
-export async function accountLocked(store: CounterStore, limit: AccountFailureLimit, account: string, countedIp: string): Promise<boolean> {
-  if (limit.count <= 0) return false;
-  if ((await store.get(STORE_KEYS.accountAuthFailures(account))) < limit.count) return false;
-  return (await store.get(STORE_KEYS.accountKnownAddress(account, countedIp))) === 0;
+/** A password guess at an account, as its limit lets it through (claimAccountGuess). */
+export interface AccountGuess {
+  /** Not to be decided: the account reached its limit, and this address did not log in as it recently. */
+  readonly deferred: boolean;
+  /**
+   * The guess was decided: a failed one keeps the place it took in the count (`reachedLimit`: it took the last one,
+   * said once per window for the administrator), a right one gives it back. Rejects when the store cannot answer.
+   */
+  settle(failed: boolean): Promise<{ reachedLimit: boolean }>;
 }
 
+const NOT_COUNTED: AccountGuess['settle'] = () => Promise.resolve({ reachedLimit: false });
+const UNLIMITED: AccountGuess = { deferred: false, settle: NOT_COUNTED };
+
 /**
- * Count a failed password guess at `account`: the window opens with the first one; `reachedLimit` for the one that
- * locks it (logged once per window, for the administrator). Counted as a rate, so that an
- * account at its limit is a key the memory store keeps over others (guesses at random names do not evict it).
+ * Take a place for a guess at `account` in its failure count before the password is checked. Checked first and
+ * counted after the verification, every guess of a botnet sent at the same moment passed the check (count 0) and
+ * was decided: 20 guesses at once at a limit of 5, all decided. Over the limit, the guess is deferred unless
+ * `countedIp` logged in as the account recently (then it is decided, counted at its address only). Rejects when
+ * the store cannot answer (the caller fails closed).
  */
-export async function accountGuessFailed(store: CounterStore, limit: AccountFailureLimit, account: string): Promise<{ reachedLimit: boolean }> {
-  if (limit.count <= 0) return { reachedLimit: false };
-  const counted = await store.rate(STORE_KEYS.accountAuthFailures(account), limit.count, windowSeconds(limit));
-  return { reachedLimit: counted.allowed && counted.count === limit.count };
+export async function claimAccountGuess(store: CounterStore, limit: AccountFailureLimit, account: string, countedIp: string): Promise<AccountGuess> {
+  if (limit.count <= 0) return UNLIMITED;
+  const key = STORE_KEYS.accountAuthFailures(account);
+  // A rate: an account at its limit is a key the memory store keeps over others (guesses at random names do not evict it).
+  const place = await store.rate(key, limit.count, windowSeconds(limit));
+  if (place.allowed) {
+    return {
+      deferred: false,
+      settle: async (failed) => {
+        if (failed) return { reachedLimit: place.count === limit.count };
+        await store.add(key, -1, windowSeconds(limit));
+        return { reachedLimit: false };
+      },
+    };
+  }
+  const known = (await store.get(STORE_KEYS.accountKnownAddress(account, countedIp))) > 0;
+  return { deferred: !known, settle: NOT_COUNTED };
 }
 
 /** `countedIp` logged in as `account` (by any mechanism): its password logins pass the account's lock from now on. */

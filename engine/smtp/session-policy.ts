@@ -26,7 +26,7 @@ import { boundedName, chainEmailConstraints, describePeerCertificate, explainUns
 import { clientText } from '../logging/logger.ts';
 import { AuthFailureLimiter } from '../auth/failure-limiter.ts';
 import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
-import { accountGuessFailed, accountLocked, accountLockedWarning, accountLoggedIn, guessedAccount, type AccountFailureLimit } from '../auth/account-failures.ts';
+import { accountLockedWarning, accountLoggedIn, claimAccountGuess, guessedAccount, type AccountFailureLimit, type AccountGuess } from '../auth/account-failures.ts';
 import { userKey } from '../auth/users-file.ts';
 import type { BuiltinRelayDecision, BuiltinSenderDecision, EnvelopeAddress, HeaderEdit, HookName, PeerCertificate, Verdict } from '../sandbox/api/index.ts';
 import { closeMessageText, openMessageText, type BodyReader } from '../sandbox/index.ts';
@@ -95,6 +95,10 @@ function undeclaredUtf8(address: SMTPServerAddress, mail: SMTPServerAddress | fa
 
 /** How an AUTH was decided: the user to log in as, or the reply and the reason logged beside it. */
 type AuthDecision = { user: string } | { reply: SmtpReply; reason: string; guessFailed?: boolean };
+
+/** A failed guess, counted at the address and at the account: a 5xx refusal, or a script's failure on wrong credentials. */
+const failedGuess = (decision: AuthDecision): boolean =>
+  !('user' in decision) && (decision.reply.responseCode >= 500 || decision.guessFailed === true);
 
 export class SessionPolicy {
   readonly #runtime: Runtime;
@@ -368,8 +372,7 @@ export class SessionPolicy {
     // Checked again here: other connections of this address may have failed while this one's SASL exchange ran.
     // A failure that cannot be recorded (store gone since the check) still fails; the next AUTH is refused.
     const account = guessedAccount(attempt.mechanism, attempt.username);
-    const result = await limiter.guess(counted, st.listener.limits, () => this.#decideUnlessAccountLocked(conn, attempt, account, counted),
-      (decision) => !('user' in decision) && (decision.reply.responseCode >= 500 || decision.guessFailed === true))
+    const result = await limiter.guess(counted, st.listener.limits, () => this.#decideUnlessAccountLocked(conn, attempt, account, counted), failedGuess)
       .then((outcome) => outcome.kind === 'refused' ? this.#tooManyFailures(conn)
         : outcome.kind === 'uncounted' ? this.#failuresUncounted(conn, outcome.error)
           : { ...outcome.result, ipFailures: outcome.failures });
@@ -384,9 +387,6 @@ export class SessionPolicy {
     }
     const { reply, reason, ipFailures } = result;
     if (ipFailures !== null) {
-      if (account) await this.#accountCount(conn, async (store, limit) => {
-        if ((await accountGuessFailed(store, limit, account)).reachedLimit) accountLockedWarning(this.#log, account, limit, { cid: conn.id, ip });
-      });
       st.authFailures++;
       // The reason is for the administrator only: the client gets the same reply whatever it was.
       this.#log.info({ cid: conn.id, ip, mechanism: attempt.mechanism, username: clientText(attempt.username), reason, failures: st.authFailures, ipFailures },
@@ -407,24 +407,36 @@ export class SessionPolicy {
   /**
    * A password guess at an account over limits.authFailuresPerAccount is not decided (454, right password or not),
    * unless this address logged in as it recently (account-failures.ts). Not a failed guess: nothing is counted.
+   * A decided guess took its place in the account's count before its password was checked (guesses sent at once
+   * are held to the limit too); a failed one keeps it, the others give it back.
    */
   async #decideUnlessAccountLocked(conn: SmtpClient, attempt: AuthAttempt, account: string | null, counted: string): Promise<AuthDecision> {
     const store = conn.state.generation.store;
-    if (account && store) {
-      let locked: boolean;
-      try {
-        locked = await accountLocked(store, this.#accountLimit(conn), account, counted);
-      } catch (err) {
-        this.#log.debug({ cid: conn.id, err: { message: (err as Error).message } }, 'AUTH refused: account failure count unavailable (store)');
-        return { reply: reply('authStoreUnavailable'), reason: 'account failure count unavailable (store)' };
-      }
-      if (locked) {
-        this.#log.info({ cid: conn.id, ip: conn.remoteAddress, mechanism: attempt.mechanism, username: clientText(attempt.username) },
-          'AUTH deferred: too many failed guesses at this account (limits.authFailuresPerAccount), from an address that has not logged in as it');
-        return { reply: reply('accountAuthDeferred'), reason: 'account-locked' };
-      }
+    if (!account || !store) return this.#decideAuth(conn, attempt);
+    const limit = this.#accountLimit(conn);
+    let guess: AccountGuess;
+    try {
+      guess = await claimAccountGuess(store, limit, account, counted);
+    } catch (err) {
+      this.#log.debug({ cid: conn.id, err: { message: (err as Error).message } }, 'AUTH refused: account failure count unavailable (store)');
+      return { reply: reply('authStoreUnavailable'), reason: 'account failure count unavailable (store)' };
     }
-    return this.#decideAuth(conn, attempt);
+    if (guess.deferred) {
+      this.#log.info({ cid: conn.id, ip: conn.remoteAddress, mechanism: attempt.mechanism, username: clientText(attempt.username) },
+        'AUTH deferred: too many failed guesses at this account (limits.authFailuresPerAccount), from an address that has not logged in as it');
+      return { reply: reply('accountAuthDeferred'), reason: 'account-locked' };
+    }
+    let decision: AuthDecision;
+    try {
+      decision = await this.#decideAuth(conn, attempt);
+    } catch (err) {
+      await guess.settle(false).catch(() => undefined); // nothing was decided
+      throw err;
+    }
+    await this.#accountCount(conn, async () => {
+      if ((await guess.settle(failedGuess(decision))).reachedLimit) accountLockedWarning(this.#log, account, limit, { cid: conn.id, ip: conn.remoteAddress });
+    });
+    return decision;
   }
 
   /** Count a login or a failed guess for limits.authFailuresPerAccount; a store that cannot answer changes no verdict. */

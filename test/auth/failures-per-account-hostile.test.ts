@@ -1,0 +1,40 @@
+// limits.authFailuresPerAccount against a botnet: the limit must hold for guesses sent all at once (fired in parallel,
+// not one after another). Real sockets from distinct loopback addresses, a real server.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { makeTestPki } from '../helpers/pki.ts';
+import { hashPassword } from '../../engine/auth/password-hash.ts';
+import { INVALID, plain, submissionConfig } from './helpers/submission.ts';
+
+const DEFERRED = '454 4.7.0 Temporary authentication failure, try again later';
+const PASSWORD = 'alice-Secret-1';
+
+async function tlsClient(server: TestServer, ca: string, from: string): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port('sub'), { localAddress: from });
+  await c.hello({ starttls: { ca } });
+  return c;
+}
+
+test('guesses at one account sent at the same moment from many addresses: no more than authFailuresPerAccount are decided', async () => {
+  const pki = await makeTestPki();
+  const ca = await readFile(pki.ca.cert, 'utf8');
+  const s = await startTestServer({
+    config: submissionConfig(pki, '{ authFailuresPerIp: 3, authFailuresPerAccount: 5, authFailuresBeforeDelay: 100 }'),
+    files: { users: `alice@example.com:${await hashPassword(PASSWORD)}\n` },
+  });
+  const clients: SmtpTestClient[] = [];
+  try {
+    // Twenty addresses, one guess each (far below authFailuresPerIp), every connection ready before any guess.
+    for (let i = 1; i <= 20; i++) clients.push(await tlsClient(s, ca, `127.0.5.${i}`));
+    const replies = await Promise.all(clients.map((c, i) => c.command(plain('alice@example.com', `guess-${i}`)).then((r) => r.text)));
+    const decided = replies.filter((r) => r === INVALID).length;
+    assert.equal(decided, 5, `decided ${decided} guesses, not authFailuresPerAccount (5): ${replies.join(' | ')}`);
+    assert.equal(replies.filter((r) => r === DEFERRED).length, 15);
+  } finally {
+    for (const c of clients) c.destroy();
+    await s.stop();
+  }
+});
