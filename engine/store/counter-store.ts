@@ -68,6 +68,12 @@ export interface ConnectionSlots {
   acquire(key: string, limit: number): Promise<(() => void) | null>;
 }
 
+/**
+ * The keys of addresses that logged in as an account (STORE_KEYS.accountKnownAddress): made only by a right password or
+ * certificate, so the memory store holds them apart from the keys any client can make (see MemoryCounterStore).
+ */
+export const KNOWN_ADDRESS_KEY_PREFIX = 'limit:authok:';
+
 /** The namespaces under the configured key prefix: scripts' keys can never reach the built-in ones. */
 export const STORE_KEYS = {
   scriptRate: (key: string) => `script:rate:${key}`,
@@ -77,7 +83,7 @@ export const STORE_KEYS = {
   /** Failed password guesses at one account (limits.authFailuresPerAccount: auth/account-failures.ts). */
   accountAuthFailures: (account: string) => `limit:authfail-account:${account}`,
   /** An address (IPv6: its counted network) that logged in as the account: exempt from its lock. */
-  accountKnownAddress: (account: string, ip: string) => `limit:authok:${ip}:${account}`,
+  accountKnownAddress: (account: string, ip: string) => `${KNOWN_ADDRESS_KEY_PREFIX}${ip}:${account}`,
   /** AUTH guesses being decided (AuthFailureStore.claim). */
   authGuesses: (ip: string) => `limit:authguess:${ip}`,
   connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,

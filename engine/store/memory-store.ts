@@ -4,14 +4,15 @@
  *
  * Bounded: scripts name their own keys (`rate('per-sender:' + address, …)`), so a client that makes a
  * script count millions of distinct keys must not exhaust the server's memory. Scripts' keys, the
- * built-in limits' keys (`limit:…`) and shadow scripts' keys (`shadow:…`) are held apart, each at most
+ * built-in limits' keys (`limit:…`), shadow scripts' keys (`shadow:…`) and the addresses that logged in as
+ * an account (`limit:authok:…`, made only by logins) are held apart, each at most
  * `maxKeys`: when one side is full, its expired keys are swept out, and if that frees nothing the keys
  * created longest ago are dropped (their counts start again from 0) — first those not at their limit, so
  * that a flood of new keys cannot undo a refusal (see BoundedCounters). Scripts can therefore
  * never push out a built-in limit's count, nor a candidate run in shadow a live script's.
  */
 import { MemoryAuthFailureStore, type AuthFailureStore } from '../auth/failure-limiter.ts';
-import { SHADOW_KEY_PREFIX, type CounterStore, type ImmediateCounterStore, type RateResult } from './counter-store.ts';
+import { KNOWN_ADDRESS_KEY_PREFIX, SHADOW_KEY_PREFIX, type CounterStore, type ImmediateCounterStore, type RateResult } from './counter-store.ts';
 
 interface Entry { value: number; expiresAt: number }
 
@@ -179,6 +180,13 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
    * change being tried out) dropped the live scripts' counts, and their limits started again from 0.
    */
   readonly #shadow: BoundedCounters;
+  /**
+   * The addresses that logged in as an account (exempt from its limits.authFailuresPerAccount lock). Kept with the
+   * other built-in keys, the oldest of all, they were the first dropped when a stranger made the store count a
+   * thousand new keys (guesses at made-up names, connections from new addresses): then five guesses locked the
+   * user out of her own address. Here only logins make keys.
+   */
+  readonly #knownAddresses: BoundedCounters;
   readonly #now: () => number;
   readonly #authFailures = new MemoryAuthFailureStore();
 
@@ -190,6 +198,7 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
     this.#scripts = new BoundedCounters(maxKeys, options.onEvict);
     this.#builtin = new BoundedCounters(maxKeys, options.onEvict);
     this.#shadow = new BoundedCounters(maxKeys, options.onEvict);
+    this.#knownAddresses = new BoundedCounters(maxKeys, options.onEvict);
   }
 
   get immediate(): ImmediateCounterStore {
@@ -243,18 +252,23 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
 
   /** Keys held now, expired ones not yet swept included (tests). */
   get size(): number {
-    return this.#scripts.size + this.#builtin.size + this.#shadow.size;
+    return this.#scripts.size + this.#builtin.size + this.#shadow.size + this.#knownAddresses.size;
   }
 
   close(): Promise<void> {
     this.#scripts.clear();
     this.#builtin.clear();
     this.#shadow.clear();
+    this.#knownAddresses.clear();
     return Promise.resolve();
   }
 
-  /** The built-in limits' keys (STORE_KEYS.messagesPerIdentity, …) are `limit:…`, shadow scripts' `shadow:…`; anything else is a script's. */
+  /**
+   * The built-in limits' keys (STORE_KEYS.messagesPerIdentity, …) are `limit:…` (those of addresses that logged in
+   * apart), shadow scripts' `shadow:…`; anything else is a script's.
+   */
   #side(key: string): BoundedCounters {
+    if (key.startsWith(KNOWN_ADDRESS_KEY_PREFIX)) return this.#knownAddresses;
     return key.startsWith('limit:') ? this.#builtin : key.startsWith(SHADOW_KEY_PREFIX) ? this.#shadow : this.#scripts;
   }
 }
