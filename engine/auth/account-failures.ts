@@ -16,8 +16,18 @@ import { userKey } from './users-file.ts';
 import { clientText, type Logger } from '../logging/logger.ts';
 import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
 
-/** How long an address that logged in as an account stays exempt from that account's lock (from that login). */
+/** How long an address that logged in as an account stays exempt from that account's lock (from that login), at least. */
 export const KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600;
+
+/**
+ * Logins are recorded once per period of half that, each record kept three periods from its first login, and looked up
+ * in the last three periods: an address is exempt for at least KNOWN_ADDRESS_SECONDS after its latest login (at most
+ * half as long again). One record kept from the first login, as the store's counters are (a later add() does not
+ * extend them), a user logging in every day from home lost the exemption 30 days after the first of those logins.
+ */
+const KNOWN_PERIOD_MS = (KNOWN_ADDRESS_SECONDS * 1000) / 2;
+const KNOWN_PERIODS = 3;
+const knownPeriod = (): number => Math.floor(Date.now() / KNOWN_PERIOD_MS);
 
 export interface AccountFailureLimit {
   /** Failed password guesses at one account within the window; 0: no limit. */
@@ -70,14 +80,22 @@ export async function claimAccountGuess(store: CounterStore, limit: AccountFailu
       },
     };
   }
-  const known = (await store.get(STORE_KEYS.accountKnownAddress(account, countedIp))) > 0;
-  return { deferred: !known, settle: NOT_COUNTED };
+  return { deferred: !await knownAddress(store, account, countedIp), settle: NOT_COUNTED };
 }
 
 /** `countedIp` logged in as `account` (by any mechanism): its password logins pass the account's lock from now on. */
 export async function accountLoggedIn(store: CounterStore, limit: AccountFailureLimit, account: string, countedIp: string): Promise<void> {
   if (limit.count <= 0) return;
-  await store.add(STORE_KEYS.accountKnownAddress(account, countedIp), 1, KNOWN_ADDRESS_SECONDS);
+  await store.add(STORE_KEYS.accountKnownAddress(account, countedIp, knownPeriod()), 1, (KNOWN_PERIODS * KNOWN_PERIOD_MS) / 1000);
+}
+
+/** `countedIp` logged in as `account` within the last KNOWN_PERIODS periods (see KNOWN_PERIOD_MS). */
+async function knownAddress(store: CounterStore, account: string, countedIp: string): Promise<boolean> {
+  const now = knownPeriod();
+  for (let period = now; period > now - KNOWN_PERIODS; period--) {
+    if ((await store.get(STORE_KEYS.accountKnownAddress(account, countedIp, period))) > 0) return true;
+  }
+  return false;
 }
 
 /**

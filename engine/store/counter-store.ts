@@ -82,8 +82,8 @@ export const STORE_KEYS = {
   authFailures: (ip: string) => `limit:authfail:${ip}`,
   /** Failed password guesses at one account (limits.authFailuresPerAccount: auth/account-failures.ts). */
   accountAuthFailures: (account: string) => `limit:authfail-account:${account}`,
-  /** An address (IPv6: its counted network) that logged in as the account: exempt from its lock. */
-  accountKnownAddress: (account: string, ip: string) => `${KNOWN_ADDRESS_KEY_PREFIX}${ip}:${account}`,
+  /** An address (IPv6: its counted network) that logged in as the account in a period (account-failures.ts): exempt from its lock. */
+  accountKnownAddress: (account: string, ip: string, period: number) => `${KNOWN_ADDRESS_KEY_PREFIX}${period}:${ip}:${account}`,
   /** AUTH guesses being decided (AuthFailureStore.claim). */
   authGuesses: (ip: string) => `limit:authguess:${ip}`,
   connections: (listener: string, ip: string) => `limit:conn:${listener}:${ip}`,
