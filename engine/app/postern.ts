@@ -11,7 +11,6 @@ import { buildGeneration } from '../generation/build-generation.ts';
 import { Spool } from '../spool/spool.ts';
 import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
-import { logReadableSecrets } from '../config/readable-secrets.ts';
 import { AuthFailureLimiter, MemoryAuthFailureStore } from '../auth/failure-limiter.ts';
 import { createStore, guessPlaces, type CounterStore } from '../store/index.ts';
 import { PosternServer } from '../smtp/postern-server.ts';
@@ -171,7 +170,7 @@ export async function startPostern(opts: StartOptions = {}): Promise<RunningPost
     // A process of `postern serve` (its own lockDir): its supervisor says it.
     const open = opts.lockDir === undefined ? openToOthers(loaded.config.dataDir) : null;
     if (open) running.runtime.logger.warn({ dataDir: loaded.config.dataDir }, openToOthersWarning(loaded.config.dataDir, open));
-    if (opts.lockDir === undefined) logReadableSecrets(loaded, running.runtime.logger);
+    if (opts.lockDir === undefined) running.reloader.readableSecrets.say(loaded, running.runtime.logger);
     return { ...running, close: (o) => running.close(o).finally(() => lock.release()) };
   } catch (err) {
     lock.release();

@@ -20,7 +20,7 @@
  * queue (or here) while no worker can take it; a hung worker accepts nothing, and once its heartbeat is
  * late the next worker accepts instead (if the hung one held the counting lease: once it was killed).
  */
-import { logReadableSecrets } from '../config/readable-secrets.ts';
+import { ReadableSecretsReport } from '../config/readable-secrets.ts';
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { availableParallelism } from 'node:os';
@@ -252,12 +252,14 @@ export class Supervisor {
     // The queue gauges are read here, from the spools (as postern status does): read by the queue process, they
     // fell to 0 whenever it was down (crashed, being replaced), and the queue alerts cleared when mail was stuck.
     setQueueProbe(() => this.#census());
+    // Once per server, not per worker; at a reload only what is new (or an hour old: ReadableSecretsReport).
+    const readableSecrets = new ReadableSecretsReport();
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     }, () => this.#pendingRestart(), (loaded) => {
       this.#listenersInForce = loaded.config.listeners;
       // At start (the first content every process runs) and at each reload in force everywhere.
-      logReadableSecrets(loaded, log);
+      readableSecrets.say(loaded, log);
       void this.#saveStatus();
     }, () => void this.#saveStatus());
     // Mirrors left by the children of a server that ended without cleaning up (this one holds the lock now).

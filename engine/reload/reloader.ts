@@ -16,7 +16,7 @@
  * reload-coordinator.ts) and asks every child to reload; each child answers with its state() and the
  * supervisor reports a refused build once, for all of them.
  */
-import { logReadableSecrets } from '../config/readable-secrets.ts';
+import { ReadableSecretsReport } from '../config/readable-secrets.ts';
 import { dirname, resolve } from 'node:path';
 import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import type { Config } from '../config/schema.ts';
@@ -72,6 +72,8 @@ const stopping = (): ReloadOutcome => ({ changed: false, ok: false, errors: ['th
 export class Reloader {
   readonly status: ReloadStatus;
   readonly tuning: ReloaderTuning = {};
+  /** The secret files every local user can read, said at start and, when new, at a reload (a single process). */
+  readonly readableSecrets = new ReadableSecretsReport();
   readonly #target: ReloadTarget;
   readonly #source: { configPath?: string; configText?: string; baseDir: string; label: string };
   readonly #watcher: ChangeWatcher;
@@ -299,7 +301,7 @@ export class Reloader {
     for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
     // Under postern serve the supervisor says it, once for all processes (its reload coordinator's inForce).
-    if (!this.#external) logReadableSecrets(built.loaded, log);
+    if (!this.#external) this.readableSecrets.say(built.loaded, log);
     await this.status.succeeded(next.serial, pendingRestart);
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
   }
