@@ -74,8 +74,12 @@ export class ReloadCoordinator {
     await this.#watcher.watch(this.#inputs);
   }
 
-  /** SIGHUP: every child rebuilds, changed or not. */
+  /**
+   * SIGHUP: every child rebuilds, changed or not. The inputs as they are now are whole (the administrator says so): a
+   * wait for one cut short ends (ChangeWatcher.taken), else it held every later change while that input kept changing.
+   */
   hup(): void {
+    void this.#watcher.sizesNow().then((sizes) => this.#watcher.taken(sizes));
     this.#tell('SIGHUP');
   }
 

@@ -34,7 +34,8 @@
  * every event meanwhile starts that wait again. A smaller file renamed over an input (write-then-rename, as
  * `postern pki` and the account page write the pin table) is complete when it appears: taken at once. Once seen cut short
  * or gone, an input is waited for until unchanged whatever its size (a part of a longer new content is as long as the
- * old), unless a file is renamed over it. `onSettling` is told the files waited for (and [] when the wait ends).
+ * old), unless a file is renamed over it, or SIGHUP takes the inputs as they are (taken()). `onSettling` is told the
+ * files waited for (and [] when the wait ends).
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
@@ -340,6 +341,30 @@ export class ChangeWatcher {
     this.#onActivity();
   }
 
+  /** The size and file of each input now: what a forced reload takes (see taken()). */
+  sizesNow(): Promise<InputSizes> {
+    return this.#inputs ? sizesOfInputs(this.#inputs) : Promise.resolve(new Map());
+  }
+
+  /**
+   * A reload forced by SIGHUP swapped in the inputs as they were at `sizes` (read before its build; it is superseded
+   * when they change during it): the administrator says they are whole. A wait for an input cut short ends, and later
+   * changes are judged from these. Else the wait went on after SIGHUP, status said it waited for a content already in
+   * force, and an input that keeps changing (a log-like file configured as a table) held every later edit for good.
+   */
+  taken(sizes: InputSizes): void {
+    if (this.#closed) return;
+    if (this.#holding) {
+      if (this.#holding.timer) clearTimeout(this.#holding.timer);
+      this.#holding = null;
+      this.#onSettling([]);
+    }
+    this.#heldOut = false;
+    this.#cutShort.clear();
+    if (sizes.size) this.#taken = new Map(sizes);
+    this.#onActivity();
+  }
+
   /** The longer period ran out with no event (cleared by poke through #holding.timer). */
   #heldOut = false;
 
@@ -385,6 +410,9 @@ const GONE = 'gone';
 
 /** An input's size and which file it is (device and inode: a file renamed over it is another). */
 interface Sized { size: number; id: string }
+
+/** Each input file's Sized, by path (ChangeWatcher.sizesNow). */
+export type InputSizes = ReadonlyMap<string, Sized>;
 
 /** How a log line and `postern status` name the inputs waited for: `/etc/postern/blocked.txt (20480 → 0 bytes)`. */
 export function describeSettling(files: readonly Shrunk[]): string[] {

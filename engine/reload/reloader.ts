@@ -255,6 +255,8 @@ export class Reloader {
     const inputs = loaded ? watchedInputs(loaded) : inForce;
     // New tables or script folders are watched from now on; the running generation's stay watched until the swap.
     if (!this.#external) await this.#watcher.watch(unionInputs(inForce, inputs));
+    // SIGHUP: the inputs as this build takes them end a wait for one cut short (ChangeWatcher.taken).
+    const forcedSizes = reason === 'SIGHUP' && !this.#external ? await this.#watcher.sizesNow() : null;
     // What this build reads: the configuration as parsed, the rest as it is before the build reads it.
     const readFiles = new Map<string, string>();
     const readDigest = await digestInputs(inputs, asRead, readFiles);
@@ -297,6 +299,7 @@ export class Reloader {
     this.#files = Object.fromEntries(readFiles);
     this.#failed = null;
     if (!this.#external) await this.#watcher.watch(inputs);
+    if (forcedSizes) this.#watcher.taken(forcedSizes);
     const ms = performance.now() - t0;
     for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
