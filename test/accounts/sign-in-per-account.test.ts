@@ -4,6 +4,7 @@
 // from distinct loopback addresses.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs } from '../helpers/example.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
@@ -21,6 +22,20 @@ test('wrong passwords for alice from three addresses: a fourth address is deferr
     assert.equal(await webSignIn(setup.url, jar('own2'), USERS.alice, PASSWORDS.alice, '127.0.0.2'), '303', 'not locked out where she signed in before');
     assert.equal(await webSignIn(setup.url, jar('bob'), USERS.bob, PASSWORDS.bob, '127.0.5.9'), '303', 'another account is not affected');
     assert.ok(setup.server.logs.some((l) => String(l.msg).startsWith('account reached limits.authFailuresPerAccount') && l.account === USERS.alice));
+  } finally {
+    await setup.server.stop();
+  }
+});
+
+test('wrong passwords for alice sent at the same moment from many addresses: no more than authFailuresPerAccount are checked', { ...needs('curl') }, async () => {
+  const dir = join(scratch.path, 'parallel'); // a server of its own: its own CA
+  await mkdir(dir);
+  const setup = await startAccounts(dir, { authFailuresPerIp: 3, authFailuresPerAccount: 3 });
+  const jar = (n: string): string => join(dir, `jar-${n}`);
+  try {
+    const codes = await Promise.all(Array.from({ length: 12 }, (_, i) => webSignIn(setup.url, jar(`bot${i}`), USERS.alice, `guess-${i}`, `127.0.6.${i + 1}`)));
+    assert.equal(codes.filter((c) => c === '401').length, 3, `checked: ${codes.join(' ')}`);
+    assert.equal(codes.filter((c) => c === '429').length, 9);
   } finally {
     await setup.server.stop();
   }
