@@ -1,11 +1,12 @@
 // limits.authFailuresPerAccount against a botnet: the limit must hold for guesses sent all at once (fired in parallel,
-// not one after another). Real sockets from distinct loopback addresses, a real server.
+// not one after another), on one server and on two sharing Redis. Real sockets from distinct loopback addresses, real servers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { makeTestPki } from '../helpers/pki.ts';
+import { needsRedis, startRedis } from '../helpers/redis-server.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { INVALID, plain, submissionConfig } from './helpers/submission.ts';
 
@@ -36,5 +37,27 @@ test('guesses at one account sent at the same moment from many addresses: no mor
   } finally {
     for (const c of clients) c.destroy();
     await s.stop();
+  }
+});
+
+test('two servers sharing one Redis: 20 guesses at once, split over them, at a limit of 5: 5 decided', needsRedis(), async () => {
+  const redis = await startRedis();
+  const pki = await makeTestPki();
+  const ca = await readFile(pki.ca.cert, 'utf8');
+  const users = `alice@example.com:${await hashPassword(PASSWORD)}\n`;
+  const config = `store: { redis: { url: "${redis.url}" } }\n${submissionConfig(pki, '{ authFailuresPerIp: 3, authFailuresPerAccount: 5, authFailuresBeforeDelay: 100 }')}`;
+  const a = await startTestServer({ config, files: { users } });
+  const b = await startTestServer({ config, files: { users } });
+  const clients: SmtpTestClient[] = [];
+  try {
+    for (let i = 1; i <= 20; i++) clients.push(await tlsClient(i % 2 ? a : b, ca, `127.0.10.${i}`));
+    const replies = await Promise.all(clients.map((c, i) => c.command(plain('alice@example.com', `guess-${i}`)).then((r) => r.text)));
+    assert.equal(replies.filter((r) => r === INVALID).length, 5, replies.join(' | '));
+    assert.equal(replies.filter((r) => r === DEFERRED).length, 15);
+  } finally {
+    for (const c of clients) c.destroy();
+    await a.stop();
+    await b.stop();
+    await redis.stop();
   }
 });
