@@ -246,9 +246,14 @@ export function accountRoutes(state: AccountsState) {
           try { reason = parseReason(asked); } catch { throw new AccountError(`Unknown reason "${asked}".`); }
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
         }
-        // Known before the reload that shows it, so that this session is not ended with the others.
-        if (reason === 'keyCompromise' && device.serial) state.compromised.revokedHere(device.serial);
-        const change = await retireAccountDevice(ctx(), device, reason, stillSignedIn(req, s));
+        const check = stillSignedIn(req, s);
+        const change = await retireAccountDevice(ctx(), device, reason, () => {
+          check();
+          // Known before the reload that shows it, so that this session is not ended with the others. Only now, as it
+          // is made: a revocation that fails before (a lock not given up, a session ended) left it marked, and the
+          // administrator's own revocation of it as stolen then ended none of the account's sessions.
+          if (reason === 'keyCompromise' && device.kind === 'issued' && device.serial) state.compromised.revokedHere(device.serial);
+        });
         // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
         // password would otherwise go on issuing itself devices as fast as they are revoked).
         const stolen = change.revoked && reason === 'keyCompromise';

@@ -16,7 +16,8 @@ import { dirname, join } from 'node:path';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { acquireDirectoryLock } from '../../engine/spool/data-dir-lock.ts';
 import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
-import { addPin, issueDevice, listDevices } from '../../engine/pki/index.ts';
+import { addPin, issueDevice, listDevices, revokeDevice } from '../../engine/pki/index.ts';
+import { until } from '../helpers/wait.ts';
 import { startAccounts, PASSWORDS, USERS, type AccountsSetup } from './helpers.ts';
 import { PageClient } from './page-client.ts';
 
@@ -117,4 +118,32 @@ test('a key registration waiting for the pin table folder\'s lock when the passw
     release();
   }
   assert.doesNotMatch(await readFile(s.pinsFile, 'utf8'), /thief-key/, 'the thief\'s key was pinned to alice by a session ended while it waited');
+});
+
+// A revocation as lost or stolen ends the account's other sessions whoever makes it (compromised-sessions.ts), except
+// the page's own, which ends them itself: it marked the serial as revoked by the page before revoking it, and a
+// revocation that then failed (the CA folder's lock held past its 15 s wait) left the mark. When the administrator
+// then revoked that certificate as stolen with `postern pki revoke`, the thief's sessions were not ended.
+test('a revocation as stolen that failed on the page: the administrator\'s revocation of it as stolen still ends the account\'s sessions', { timeout: 120_000 }, async () => {
+  await resetAlicesPassword(PASSWORDS.alice);
+  const laptop = await issueDevice(s.caDir, { identity: USERS.alice, device: 'laptop', days: 30 });
+  const owner = new PageClient(s.url, ca);
+  assert.equal((await owner.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const thief = new PageClient(s.url, ca);
+  assert.equal((await thief.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  const csrf = await owner.csrf('/devices');
+  const lock = acquireDirectoryLock(s.caDir, '.lock');
+  let failed: number;
+  try {
+    failed = (await owner.request('POST', `/devices/cert-${laptop.record.serial}/revoke`, { _csrf: csrf, reason: 'keyCompromise' })).status;
+  } finally {
+    lock.release();
+  }
+  assert.equal(failed, 500, 'the page\'s revocation failed (the lock was not given up within its wait)');
+  assert.equal((await listDevices(s.caDir, { identity: USERS.alice })).find((d) => d.serial === laptop.record.serial)?.status, 'valid');
+  const generation = s.server.runtime.generation;
+  await revokeDevice(s.caDir, { serial: laptop.record.serial }, { reason: 'keyCompromise' });
+  await until('the reload of the CA inventory', () => s.server.runtime.generation !== generation && s.server.runtime.generation.revokedDevices.compromised.has(laptop.record.serial), { timeoutMs: 60_000 });
+  const after = await thief.request('GET', '/devices');
+  assert.equal(after.status, 303, 'the thief\'s session outlived the administrator\'s revocation of the laptop as stolen');
 });
