@@ -28,7 +28,7 @@ import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
-import { spoolBounce } from './bounce.ts';
+import { noticeId, spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
@@ -771,17 +771,21 @@ export class QueueRunner {
    * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
    * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<string | null> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
     if (!smaller) return null;
-    const id = this.#spool.newId();
+    // Its id derived from the refused notice's and the attempt, and it waits for that attempt's record (noticeOf), as
+    // spoolBounce's notices do: a crash before the record runs the attempt again, which finds it here. (A random id,
+    // sent at once: the attempt run again spooled a second one, and the sender got the bounce twice.)
+    const id = noticeId(envelope.id, 'failure', attempt);
+    if (await this.#noticeSpool.hasNotice(id)) return id;
     const writer = this.#spool.create(id);
     try {
       writer.write(smaller);
       await writer.commit({
         version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
-        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
+        noticeOf: { id: envelope.id, attempt, reported: refused }, size: 0, session: envelope.session,
         attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
       });
     } catch (err) {
@@ -853,7 +857,7 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
+      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt) : null;
       if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
     let successNoticeId: string | null = null;
