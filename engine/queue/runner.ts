@@ -841,6 +841,13 @@ export class QueueRunner {
     const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
     if (deleted) {
       this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+      // Nor the one an earlier run of this attempt spooled before a crash cut off its record: it waits for this record,
+      // and went out after it (a bounce for the message deleted to stop them). Withdrawn, as reporting no one now.
+      try {
+        noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, [], false, 'failure', attempt));
+      } catch (err) {
+        this.#log.error({ id, err }, `${id}: cannot withdraw the notice an earlier run of this attempt spooled`);
+      }
     } else if (envelope.sender !== '') {
       try {
         bounceId = noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt));
@@ -907,13 +914,24 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+      this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
-    for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+    this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  /**
+   * The notices of a record: tried now. A withdrawn one (marked done) is removed unsent at its try, which is made now
+   * too when it is scheduled already: one tried before this record waited a whole retry delay (#noticeAwaitsRecord),
+   * and stayed listed by `postern queue list` as a bounce pending for its sender until then.
+   */
+  #noticesAfterRecord(spooled: ReadonlyArray<string | null>, withdrawn: readonly string[]): void {
+    for (const notice of [...spooled, ...withdrawn]) if (notice) this.notify(notice);
+    for (const notice of withdrawn) if (!this.#closing && this.#due.has(notice)) this.#due.set(notice, this.#dueAt(Date.now()));
+    if (withdrawn.length) this.#kick();
   }
 
   /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */
