@@ -29,7 +29,7 @@ import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
-import { spoolBounce } from './bounce.ts';
+import { noticeId, spoolBounce } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
@@ -770,17 +770,21 @@ export class QueueRunner {
    * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
    * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<string | null> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
     if (!smaller) return null;
-    const id = this.#spool.newId();
+    // Its id derived from the refused notice's and the attempt, and it waits for that attempt's record (noticeOf), as
+    // spoolBounce's notices do: a crash before the record runs the attempt again, which finds it here. (A random id,
+    // sent at once: the attempt run again spooled a second one, and the sender got the bounce twice.)
+    const id = noticeId(envelope.id, 'failure', attempt);
+    if (await this.#noticeSpool.hasNotice(id)) return id;
     const writer = this.#spool.create(id);
     try {
       writer.write(smaller);
       await writer.commit({
         version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
-        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
+        noticeOf: { id: envelope.id, attempt, reported: refused }, size: 0, session: envelope.session,
         attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
       });
     } catch (err) {
@@ -836,6 +840,13 @@ export class QueueRunner {
     const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
     if (deleted) {
       this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+      // Nor the one an earlier run of this attempt spooled before a crash cut off its record: it waits for this record,
+      // and went out after it (a bounce for the message deleted to stop them). Withdrawn, as reporting no one now.
+      try {
+        noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, [], false, 'failure', attempt));
+      } catch (err) {
+        this.#log.error({ id, err }, `${id}: cannot withdraw the notice an earlier run of this attempt spooled`);
+      }
     } else if (envelope.sender !== '') {
       try {
         bounceId = noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt));
@@ -852,7 +863,7 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
+      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt) : null;
       if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     }
     let successNoticeId: string | null = null;
@@ -902,13 +913,24 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+      this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
-    for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+    this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  /**
+   * The notices of a record: tried now. A withdrawn one (marked done) is removed unsent at its try, which is made now
+   * too when it is scheduled already: one tried before this record waited a whole retry delay (#noticeAwaitsRecord),
+   * and stayed listed by `postern queue list` as a bounce pending for its sender until then.
+   */
+  #noticesAfterRecord(spooled: ReadonlyArray<string | null>, withdrawn: readonly string[]): void {
+    for (const notice of [...spooled, ...withdrawn]) if (notice) this.notify(notice);
+    for (const notice of withdrawn) if (!this.#closing && this.#due.has(notice)) this.#due.set(notice, this.#dueAt(Date.now()));
+    if (withdrawn.length) this.#kick();
   }
 
   /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */
