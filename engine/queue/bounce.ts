@@ -37,7 +37,7 @@ export async function spoolBounce(
       // It names recipients this run did not report (accepted now, or deferred): sent all the same, it told the sender
       // a delivered recipient had failed. It has not gone out (it waits for this attempt's record: QueueRunner), so it
       // is withdrawn, and the recipients reported now get a new one.
-      await withdraw(spool, notice);
+      await withdraw(spool, notice, REPORTED_OTHERWISE);
       withdrawn.push(earlier);
       continue;
     }
@@ -81,13 +81,36 @@ export function noticeId(originalId: string, kind: 'failure' | 'success', attemp
   return `${originalId.slice(0, 9)}${kind === 'failure' ? 'y' : 'z'}${digest.slice(0, 22)}`;
 }
 
+const REPORTED_OTHERWISE = 'withdrawn: spooled by a run of its attempt that a crash cut off, and the run after it reported otherwise';
+const MESSAGE_DELETED = 'withdrawn: its message was deleted (postern queue delete) before the attempt that spooled it was recorded';
+
+/**
+ * The failure notices of `attempt` of message `originalId` still to go out, withdrawn: its message was deleted
+ * (`postern queue delete`, "without delivering or bouncing it"). A notice spooled by a run of the attempt that a crash
+ * cut off waits for the attempt's record (QueueRunner), and a message deleted meanwhile never has one: it was let go
+ * once its message was gone, and the sender of a deleted spam run got the bounce all the same. Success notices stay
+ * (their recipients were delivered). Returns the ids withdrawn now.
+ */
+export async function withdrawNoticesOfDeleted(
+  spool: Pick<QueueSpool, 'hasNotice' | 'readEnvelope' | 'updateState'>, originalId: string, attempt: number,
+): Promise<string[]> {
+  const withdrawn: string[] = [];
+  for (let slot = 0; await spool.hasNotice(noticeId(originalId, 'failure', attempt, slot)); slot++) {
+    const id = noticeId(originalId, 'failure', attempt, slot);
+    const notice = await spool.readEnvelope(id).catch(() => null);
+    if (!notice || notice.recipients.every((r) => r.status)) continue; // gone meanwhile, or withdrawn already
+    await withdraw(spool, notice, MESSAGE_DELETED);
+    withdrawn.push(id);
+  }
+  return withdrawn;
+}
+
 /**
  * A notice taken back before it went out: marked done rather than removed, so that its slot stays taken (a later run
  * of the attempt, after another crash, still finds the slots after it; an id must never be spooled twice). The queue
- * runner removes it, unsent, once the attempt is recorded.
+ * runner removes it, unsent, once the attempt is recorded (or its message is gone).
  */
-async function withdraw(spool: Pick<QueueSpool, 'updateState'>, notice: SpoolEnvelope): Promise<void> {
-  const why = 'withdrawn: spooled by a run of its attempt that a crash cut off, and the run after it reported otherwise';
+async function withdraw(spool: Pick<QueueSpool, 'updateState'>, notice: SpoolEnvelope, why: string): Promise<void> {
   await spool.updateState(notice.id, {
     attempts: notice.attempts, nextAttemptAt: notice.nextAttemptAt, errors: [...notice.errors, why],
     recipients: notice.recipients.map((r) => ({ ...r, status: 'bounced', lastError: why })),

@@ -28,7 +28,7 @@ import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
-import { spoolBounce } from './bounce.ts';
+import { spoolBounce, withdrawNoticesOfDeleted } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
@@ -592,6 +592,15 @@ export class QueueRunner {
         return;
       }
       const { message } = read;
+      if (read.envelope.noticeOf && this.#noState.has(id)) {
+        // A notice spooled without a state file may have one now that another process wrote: withdrawn by `postern
+        // queue delete` of its message (bounce.ts). Looked for at each notice's attempt: a notice is rare.
+        const state = await this.#spool.readState(id);
+        if (state) {
+          read.envelope = { ...read.envelope, ...state };
+          this.#noState.delete(id);
+        }
+      }
       const unrecorded = this.#unrecorded.get(id);
       const envelope = unrecorded ? { ...read.envelope, ...unrecorded } : read.envelope;
       const pending = envelope.recipients.filter((r) => !r.status).map((r) => r.address);
@@ -837,9 +846,18 @@ export class QueueRunner {
     const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
     if (deleted) {
       this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+      // And none that a run of this attempt spooled before a crash (the delete withdrew it too, unless it ran first).
+      noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
     } else if (envelope.sender !== '') {
       try {
         bounceId = noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt));
+        // Deleted between the look above and the spooling: the delete looks for the notices after the message is gone,
+        // and this looks for the message after the notice is spooled, so one of the two sees the other.
+        if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
+          this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+          noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
+          bounceId = null;
+        }
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
         if (bounceId) {
           this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
@@ -910,6 +928,16 @@ export class QueueRunner {
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
     for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  /** withdrawNoticesOfDeleted, a failure logged (the notice may then go out: the sender hears of a deleted message). */
+  async #withdrawNoticesOfDeleted(id: string, attempt: number): Promise<string[]> {
+    try {
+      return await withdrawNoticesOfDeleted(this.#noticeSpool, id, attempt);
+    } catch (err) {
+      this.#log.error({ id, err }, `${id}: deleted during its attempt: cannot withdraw the non-delivery notification spooled for it`);
+      return [];
+    }
   }
 
   /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */
