@@ -28,7 +28,7 @@ import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
-import { spoolBounce, withdrawNoticesOfDeleted } from './bounce.ts';
+import { spoolBounce, spoolNoticeOnce, withdrawNoticesOfDeleted } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
@@ -776,30 +776,37 @@ export class QueueRunner {
 
   /**
    * A notice of ours that returned the message whole (RET=FULL) and that a next hop refused for its size (5.3.4: over
-   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those recipients; its id, or
-   * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
-   * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those
+   * recipients. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a
+   * few KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   * Spooled once per attempt of the refused notice, as its notices are (spoolNoticeOnce): under a random id, a crash
+   * before that attempt's record sent the sender a copy at each run of it. One that a crashed run spooled and that this
+   * run does not need (the notice went through, or its refusal was another) is withdrawn.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[] }> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
-    if (!smaller) return null;
-    const id = this.#spool.newId();
-    const writer = this.#spool.create(id);
     try {
-      writer.write(smaller);
-      await writer.commit({
-        version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
-        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
-        attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+      const spooled = await spoolNoticeOnce(this.#noticeSpool, envelope.id, 'failure', attempt, smaller ? refused : [], async (id, to) => {
+        const writer = this.#spool.create(id);
+        try {
+          writer.write(smaller!);
+          await writer.commit({
+            version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: to.map((address) => ({ address })),
+            noticeOf: { id: envelope.id, attempt, reported: to }, size: 0, session: envelope.session,
+            attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+          });
+        } catch (err) {
+          try { writer.abort(); } catch { /* already gone */ }
+          throw err;
+        }
       });
+      if (spooled.id) this.#log.info({ id: envelope.id, notice: spooled.id, to: refused }, `${envelope.id}: refused for its size: sent again as ${spooled.id}, with the returned message's header only`);
+      return spooled;
     } catch (err) {
-      try { writer.abort(); } catch { /* already gone */ }
       this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
-      return null;
+      return { id: null, withdrawn: [] };
     }
-    this.#log.info({ id: envelope.id, notice: id, to: refused }, `${envelope.id}: refused for its size: sent again as ${id}, with the returned message's header only`);
-    return id;
   }
 
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
@@ -871,8 +878,11 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
+      bounceId = envelope.noticeOf ? noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt)) : null;
       if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+    } else if (envelope.noticeOf) {
+      // Nothing refused: a copy with the header only that a run of this attempt cut off by a crash spooled is withdrawn.
+      noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt));
     }
     let successNoticeId: string | null = null;
     if (envelope.sender !== '') {
