@@ -879,7 +879,13 @@ export class QueueRunner {
       }
     } else if (newlyBounced.size && envelope.sender === '') {
       bounceId = envelope.noticeOf ? noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt)) : null;
-      if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      // A notice deleted during this attempt (`postern queue delete --from '<>'`) is not sent again either: the delete
+      // looks for its copy after the notice is gone, and this looks for the notice after the copy is spooled.
+      if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
+        this.#log.info({ id, notice: bounceId }, `${id}: deleted during its attempt: not sent again with the header only`);
+        noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
+        bounceId = null;
+      } else if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     } else if (envelope.noticeOf) {
       // Nothing refused: a copy with the header only that a run of this attempt cut off by a crash spooled is withdrawn.
       noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt));
@@ -943,7 +949,8 @@ export class QueueRunner {
   /** withdrawNoticesOfDeleted, a failure logged (the notice may then go out: the sender hears of a deleted message). */
   async #withdrawNoticesOfDeleted(id: string, attempt: number): Promise<string[]> {
     try {
-      return await withdrawNoticesOfDeleted(this.#noticeSpool, id, attempt);
+      // The spool itself, not #noticeSpool: a notice this record just spooled is not in hand yet (notified after it).
+      return await withdrawNoticesOfDeleted(this.#spool, id, attempt);
     } catch (err) {
       this.#log.error({ id, err }, `${id}: deleted during its attempt: cannot withdraw the non-delivery notification spooled for it`);
       return [];
