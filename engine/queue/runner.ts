@@ -88,6 +88,11 @@ export class QueueRunner {
   readonly #due = new DueQueue();
   readonly #active = new Map<string, Promise<void>>();
   readonly #broken = new Set<string>();
+  /**
+   * Messages on hold (`postern queue hold`) as last seen: in the spool though not scheduled. A held notice left by a run
+   * of an attempt that a crash cut off is one the rerun must find (#noticeSpool).
+   */
+  readonly #held = new Set<string>();
   /** Messages known to have no state file yet (never attempted): no need to look for one. */
   readonly #noState = new Set<string>();
   /** Spooled while a scan's directory listing was under way: not "vanished" if the listing missed them. */
@@ -193,12 +198,12 @@ export class QueueRunner {
   /**
    * The spool as spoolBounce sees it. A notice an earlier run of an attempt spooled before a crash cut off its record
    * was in the spool when this process's first scan ran, and that scan took it in hand; so once it is done, a notice
-   * the runner does not have is not there, and the disk is not asked: every recorded attempt looks for its failure
+   * the runner does not have is not there (nor on hold: #held), and the disk is not asked: every recorded attempt looks for its failure
    * and success notices, and a stat() of a missing file cost about 20–45 µs of CPU each (its ENOENT error made).
    */
   readonly #noticeSpool: Pick<QueueSpool, 'create' | 'hasNotice' | 'readEnvelope' | 'updateState'> = {
     create: (...args) => this.#spool.create(...args),
-    hasNotice: (id) => (this.#scanned && !this.#knows(id) ? Promise.resolve(false) : this.#spool.hasNotice(id)),
+    hasNotice: (id) => (this.#scanned && !this.#knows(id) && !this.#held.has(id) ? Promise.resolve(false) : this.#spool.hasNotice(id)),
     readEnvelope: (...args) => this.#spool.readEnvelope(...args),
     updateState: (...args) => this.#spool.updateState(...args),
   };
@@ -262,6 +267,7 @@ export class QueueRunner {
     for (const id of [...this.#due.ids()]) if (!present.has(id)) this.#due.delete(id);
     for (const id of [...this.#parkedOn.keys()]) if (!present.has(id)) this.#unparkOne(id, false);
     for (const id of this.#broken) if (!present.has(id)) this.#broken.delete(id);
+    for (const id of this.#held) if (!present.has(id)) this.#held.delete(id);
     for (const id of this.#noState) if (!present.has(id) && !this.#active.has(id)) this.#noState.delete(id);
     for (const id of this.#requestsTaken.keys()) if (!present.has(id) && !this.#active.has(id)) this.#requestsTaken.delete(id);
     const stamp = await this.#spool.rescanStamp();
@@ -274,7 +280,13 @@ export class QueueRunner {
     let read = 0;
     for (const { id, hasState, held, dueRequested } of entries) {
       if (this.#closing) return;
-      if (held) { this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); continue; } // `postern queue hold`: until `queue release`
+      if (held) { // `postern queue hold`: until `queue release`
+        // Said once, as an attempt passing it over says it: when it leaves the schedule.
+        if (this.#due.has(id) || this.#parkedOn.has(id)) this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
+        this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); this.#held.add(id);
+        continue;
+      }
+      this.#held.delete(id);
       if (dueRequested && !this.#broken.has(id)) {
         // Taken and still scheduled: its file goes once that attempt is recorded (#requestDone). Taken but no longer
         // scheduled (its read failed, it was found broken and repaired since): taken again.
@@ -553,6 +565,7 @@ export class QueueRunner {
     if (this.#scanning) this.#attemptedDuringScan.add(id);
     // Held since it was scheduled: no attempt until `postern queue release` (its rescan schedules it again).
     if (await this.#spool.isHeld(id)) {
+      this.#held.add(id);
       this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
       return;
     }
@@ -569,6 +582,7 @@ export class QueueRunner {
       // Held during the wait, which lasts as long as the large messages ahead take at their next hops (a tarpit's half
       // hour): not attempted (looked at before it only, the hold did not stop it).
       if (waits && await this.#spool.isHeld(id)) {
+        this.#held.add(id);
         this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
         return;
       }
