@@ -256,8 +256,10 @@ function fold(line: string, width: number): string[] {
   for (const word of line.split(' ')) {
     let rest = word;
     do {
-      const piece = rest.slice(0, MAX_WORD);
-      rest = rest.slice(MAX_WORD);
+      // Not between the two halves of a character outside the BMP (an emoji): each half alone became U+FFFD.
+      const at = isHighSurrogate(rest.charCodeAt(MAX_WORD - 1)) ? MAX_WORD - 1 : MAX_WORD;
+      const piece = rest.slice(0, at);
+      rest = rest.slice(at);
       if (current.trim() && current.length + 1 + piece.length > width) {
         out.push(current);
         current = `    ${piece}`;
@@ -268,6 +270,10 @@ function fold(line: string, width: number): string[] {
   }
   out.push(current);
   return out;
+}
+
+function isHighSurrogate(unit: number): boolean {
+  return unit >= 0xd800 && unit <= 0xdbff;
 }
 
 /**

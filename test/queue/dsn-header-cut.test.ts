@@ -139,3 +139,19 @@ test('end to end: the bounce of a message with 100 KB of UTF-8 header fields, th
   // The fields Postern was sent, and the Received line it added first.
   assert.deepEqual(await returnedHeaderFaults(raw, Buffer.from(sent), (f) => /^Received: from /.test(f) && !/X-Text/.test(f)), []);
 });
+
+// The text part breaks a word over 900 characters (a next hop's reply) into pieces: cut between UTF-16 code units, a
+// character outside the BMP (an emoji) was split into two lone surrogates, each written as U+FFFD.
+test('a next hop\'s reply with a word of 600 emoji: the text part cuts it between characters, none replaced by U+FFFD', async () => {
+  const reply = `550 5.7.1 x${'\u{1F600}'.repeat(600)}`; // the x: the cut at 900 code units falls inside a character
+  const raw = buildDsn({ hostname: 'postern.test', original, originalMessage: Buffer.from('Subject: hi\r\n\r\nbody\r\n'), failed: [{ ...failed[0]!, diagnostic: reply }], expired: false });
+  const file = await scratch.file('emoji.eml', raw);
+  const { stdout } = await run('python3', ['-c', `
+import sys, json, email
+from email import policy
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=policy.default)
+text = m.get_payload()[0].get_content()
+print(json.dumps({ 'emoji': text.count('\\U0001F600'), 'replaced': text.count('\\ufffd') }))
+`, file]);
+  assert.deepEqual(JSON.parse(stdout), { emoji: 600, replaced: 0 });
+});
