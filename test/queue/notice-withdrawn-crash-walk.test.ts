@@ -7,22 +7,23 @@
 //   `flaky` alone is spooled (slot 1); the queue process is killed at the walk's point, a call that changes the spool
 //   between the next hop's replies and the attempt's record;
 // - later runs: as run 2.
-// Two shapes: with a third recipient deferred in runs 1 and 2 (the record is the message's state file) and without
-// (the record is the message's removal, a done mark). Whatever the point, the sender gets exactly one bounce naming
-// `flaky`, and none naming `second`. CI takes the points around the replacement's commit (the last write of its
+// Three shapes: with a third recipient deferred in runs 1 and 2 (the record is the message's state file); without
+// (the record is the message's removal, a done mark); and without, `second` asking for a success notice as well
+// (NOTIFY=SUCCESS,FAILURE: run 2 spools one). Whatever the point, the sender gets exactly one bounce naming `flaky`,
+// none naming `second`, and one success notice for `second` when it asked for one. CI takes the points around the replacement's commit (the last write of its
 // journal record's acknowledgement, and the record's first call after it); every point: POSTERN_CRASH_WALK_ALL=1
-// (some 4 minutes).
+// (some 6 minutes).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crashWalk, startWalkedServer, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
 import { startSink } from '../helpers/sink.ts';
 import { deliveryToSink, spooled } from '../helpers/cluster.ts';
-import { submitMessage } from '../helpers/smtp-client.ts';
+import { SmtpTestClient, sendWithParams, submitMessage } from '../helpers/smtp-client.ts';
 
 const walk = crashWalk();
 const SENDER = 'a@example.test';
 
-type Shape = 'deferred third' | 'finished';
+type Shape = 'deferred third' | 'finished' | 'success asked';
 
 interface Life { bounces: string[]; trace: CrashPoint[]; id: string; killedAt: CrashPoint | undefined }
 
@@ -43,11 +44,12 @@ async function life(shape: Shape, n: number, action: CrashAction): Promise<Life>
   const { c, remove } = await startWalkedServer(walk, deliveryToSink(sink.port, { retrySchedule: [0.2], scanIntervalMs: 200 }));
   try {
     walk.arm(1, 'kill', RECORD[shape]);
-    const id = await submitMessage(c.port('in'), SENDER, ['flaky@example.test', 'second@example.test', ...(shape === 'deferred third' ? ['third@example.test'] : [])]);
+    const to = ['flaky@example.test', 'second@example.test', ...(shape === 'deferred third' ? ['third@example.test'] : [])];
+    const id = shape === 'success asked' ? await submitAskingSuccess(c.port('in'), to) : await submitMessage(c.port('in'), SENDER, to);
     const delivered = (to: string): number => sink.messages.filter((m) => m.from !== '' && m.to.includes(to)).length;
     const bounces = (): string[] => sink.messages.filter((m) => m.from === '').map((m) => m.data.toString('latin1'));
     await c.waitFor('second (and third) delivered, a bounce, and the spool empty', async () =>
-      delivered('second@example.test') >= 1 && (shape === 'finished' || delivered('third@example.test') >= 1) && bounces().length >= 1 && (await spooled(c)).size === 0);
+      delivered('second@example.test') >= 1 && (shape !== 'deferred third' || delivered('third@example.test') >= 1) && bounces().length >= 1 && (await spooled(c)).size === 0);
     const trace = walk.trace();
     walk.disarm();
     // Anything still on its way (a second bounce) is in by the time the spool is empty; nothing is left to send.
@@ -60,18 +62,29 @@ async function life(shape: Shape, n: number, action: CrashAction): Promise<Life>
   }
 }
 
-const naming = (bounces: string[], who: string): string[] => bounces.filter((b) => new RegExp(`Final-Recipient: rfc822; ${who}@example\\.test`).test(b));
+/** `second` asks for a success notice too (NOTIFY=SUCCESS,FAILURE): run 2 also spools one, naming it. */
+async function submitAskingSuccess(port: number, to: string[]): Promise<string> {
+  const client = await SmtpTestClient.connect(port);
+  await client.hello();
+  const id = await sendWithParams(client, `<${SENDER}>`, to.map((r) => (r.startsWith('second') ? `<${r}> NOTIFY=SUCCESS,FAILURE` : `<${r}>`)), 'Subject: walk\r\n\r\nbody\r\n');
+  await client.quit();
+  return id;
+}
+
+/** The failure notices (not the success ones) naming `who`. */
+const naming = (bounces: string[], who: string): string[] => bounces.filter((b) => /Action: failed/.test(b) && new RegExp(`Final-Recipient: rfc822; ${who}@example\\.test`).test(b));
 const shortly = (p: CrashPoint): string => `${p.call} ${p.path.replace(/^.*\/data\/spool/, '').replace(/\.\d+\.[0-9a-f]+\.tmp$/, '.<tmp>')}`;
 
 /** The attempt's record in each shape: the rename of the message's state file, or the done mark of its journal record. */
 const RECORD: Record<Shape, { call: string; pathEnd: string }> = {
   'deferred third': { call: 'rename', pathEnd: '.state' },
   finished: { call: 'write', pathEnd: '.done' },
+  'success asked': { call: 'write', pathEnd: '.done' },
 };
 const isRecord = (shape: Shape, id: string, p: CrashPoint): boolean =>
   shape === 'deferred third' ? p.call === 'rename' && p.path.endsWith(`${id}.state`) : p.call === 'write' && p.path.endsWith('.done') && p.path.includes('/worker-');
 
-for (const shape of ['deferred third', 'finished'] as const) {
+for (const shape of ['deferred third', 'finished', 'success asked'] as const) {
   test(`crash walk (${shape}): a run that withdraws a crashed run's notice and spools its replacement, killed up to its record, sends one bounce`, { timeout: 1_800_000 }, async (t) => {
     const counted = await life(shape, 0, 'none');
     assert.equal(naming(counted.bounces, 'flaky').length, 1);
@@ -90,8 +103,10 @@ for (const shape of ['deferred third', 'finished'] as const) {
       const where = `kill at ${p.n} (${o.killedAt ? shortly(o.killedAt) : 'not reached'})`;
       const flaky = naming(o.bounces, 'flaky').length;
       const second = naming(o.bounces, 'second').length;
-      t.diagnostic(`${where}: ${flaky} bounce(s) naming flaky, ${second} naming second`);
-      if (flaky !== 1 || second !== 0) failures.push(`${where}: ${flaky} bounce(s) naming flaky, ${second} naming second`);
+      const relayed = o.bounces.filter((b) => /Action: relayed/.test(b) && /Final-Recipient: rfc822; second@example\.test/.test(b)).length;
+      t.diagnostic(`${where}: ${flaky} bounce(s) naming flaky, ${second} naming second, ${relayed} success notice(s) for second`);
+      const expected = shape === 'success asked' ? 1 : 0;
+      if (flaky !== 1 || second !== 0 || relayed !== expected) failures.push(`${where}: ${flaky} bounce(s) naming flaky, ${second} naming second, ${relayed} success notice(s) for second`);
     }
     assert.deepEqual(failures, []);
   });
