@@ -106,7 +106,9 @@ const MESSAGE_DELETED = 'withdrawn: its message was deleted (postern queue delet
  * (`postern queue delete`, "without delivering or bouncing it"). A notice spooled by a run of the attempt that a crash
  * cut off waits for the attempt's record (QueueRunner), and a message deleted meanwhile never has one: it was let go
  * once its message was gone, and the sender of a deleted spam run got the bounce all the same. Success notices stay
- * (their recipients were delivered). Returns the ids withdrawn now.
+ * (their recipients were delivered). Returns the ids of the attempt's failure notices, withdrawn now or before (by the
+ * delete, by an earlier look): the queue runner then removes them at once instead of at their next try, which was
+ * a retry delay away (the notice still listed by `postern queue list` meanwhile).
  */
 export async function withdrawNoticesOfDeleted(
   spool: Pick<QueueSpool, 'hasNotice' | 'readEnvelope' | 'updateState'>, originalId: string, attempt: number,
@@ -115,8 +117,8 @@ export async function withdrawNoticesOfDeleted(
   for (let slot = 0; await spool.hasNotice(noticeId(originalId, 'failure', attempt, slot)); slot++) {
     const id = noticeId(originalId, 'failure', attempt, slot);
     const notice = await spool.readEnvelope(id).catch(() => null);
-    if (!notice || notice.recipients.every((r) => r.status)) continue; // gone meanwhile, or withdrawn already
-    await withdraw(spool, notice, MESSAGE_DELETED);
+    if (!notice) continue; // gone meanwhile
+    if (!notice.recipients.every((r) => r.status)) await withdraw(spool, notice, MESSAGE_DELETED);
     withdrawn.push(id);
   }
   return withdrawn;
