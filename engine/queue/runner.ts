@@ -10,7 +10,7 @@ import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
-import { RepeatedFailure } from './repeated-failure.ts';
+import { RepeatedFailure } from '../logging/repeated-failure.ts';
 import { logQueueOperations } from './operations.ts';
 import { ConnectionPool } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';

@@ -4,7 +4,7 @@
  * debug, counted; the first success after them once, with the count. One line per episode an administrator can find,
  * instead of thousands of the same one burying it.
  */
-import type { Logger } from '../logging/logger.ts';
+import type { Logger } from './logger.ts';
 
 export class RepeatedFailure {
   readonly #log: Logger;
@@ -19,16 +19,18 @@ export class RepeatedFailure {
     this.#recoveredMsg = recoveredMsg;
   }
 
-  failed(err: unknown): void {
+  /** `fields`: what else the line says (the session and message that failed). */
+  failed(err: unknown, fields: Record<string, unknown> = {}): void {
     this.#failures++;
     // The errno code says the kind (EMFILE, EIO, ENOENT…); a message only where there is none.
     const kind = String((err as NodeJS.ErrnoException | null)?.code ?? (err as Error | null)?.message ?? err);
     if (kind === this.#kind) {
-      this.#log.debug({ err, failures: this.#failures }, `${this.#failedMsg} (again)`);
+      this.#log.debug({ ...fields, err, failures: this.#failures }, `${this.#failedMsg} (again)`);
       return;
     }
     this.#kind = kind;
-    this.#log.error({ err }, `${this.#failedMsg} (repeats are logged at debug until it works again)`);
+    // The message as it always was (alerts and log searches match it); the repeats are at debug until it works again.
+    this.#log.error({ ...fields, err }, this.#failedMsg);
   }
 
   succeeded(): void {
