@@ -11,6 +11,7 @@ import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
+import { RepeatedFailure } from '../logging/repeated-failure.ts';
 import { logQueueOperations } from './operations.ts';
 import { ConnectionPool } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
@@ -132,6 +133,8 @@ export class QueueRunner {
   readonly #listeners = new Set<(e: AttemptEvent) => void>();
   #scanned = false;
   #scanning: Promise<void> | null = null;
+  /** A scan fails at every try while its cause lasts (out of descriptors): logged once per episode. */
+  readonly #scanFailures: RepeatedFailure;
   #rescanStamp = '';
   #scanTimer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -146,6 +149,7 @@ export class QueueRunner {
     this.#spool = opts.spool;
     this.#generation = opts.generation;
     this.#log = opts.logger.child({ component: 'queue' });
+    this.#scanFailures = new RepeatedFailure(this.#log, 'spool scan failed', 'spool scan works again');
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
@@ -236,8 +240,8 @@ export class QueueRunner {
 
   /** Re-read the spool: new messages, vanished ones, holds, and every state after `postern queue retry|release`. */
   scan(): Promise<void> {
-    this.#scanning ??= this.#scanOnce().catch((err: unknown) => {
-      this.#log.error({ err }, 'spool scan failed');
+    this.#scanning ??= this.#scanOnce().then(() => this.#scanFailures.succeeded(), (err: unknown) => {
+      this.#scanFailures.failed(err);
     }).finally(() => { this.#scanning = null; });
     return this.#scanning;
   }
