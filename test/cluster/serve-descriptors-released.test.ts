@@ -159,8 +159,10 @@ policyServices:
       assert.deepEqual(await processes(), pids, `${name}: no process replaced`);
       for (const [role, pid] of pids) {
         await descriptorsBackTo(base.get(role)!, `${role} after ${rounds} × ${name}`, { pid, slack: 2 });
+        // Pools grow on demand (V8's helper threads, libuv's, isolated-vm's), by a few at a time on a loaded machine
+        // (26 → 28 once): a leak adds one or more per round, so fewer than half the rounds more is a pool, not a leak.
         const threads = (await snapshot(pid)).threads;
-        assert.ok(threads <= base.get(role)!.threads + 1, `${role} after ${rounds} × ${name}: threads ${base.get(role)!.threads} → ${threads}`);
+        assert.ok(threads - base.get(role)!.threads < Math.max(2, Math.ceil(rounds / 2)), `${role} after ${rounds} × ${name}: threads ${base.get(role)!.threads} → ${threads}`);
       }
     }
   } finally {
