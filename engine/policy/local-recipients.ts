@@ -14,7 +14,7 @@ import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine } from '../certificates/key-material.ts';
 import { isLocalDomain } from '../config/schema.ts';
 import { domainKey } from './domain-key.ts';
-import { asciiSafeLowerCase } from './sender-logins.ts';
+import { asciiSafeLowerCase, asciiSafeNfc } from './sender-logins.ts';
 
 export class LocalRecipientsError extends Error {
   constructor(file: string, line: number | undefined, message: string) {
@@ -23,9 +23,12 @@ export class LocalRecipientsError extends Error {
   }
 }
 
-/** A local part as the table keys it. */
+/**
+ * A local part as the table keys it. NFC only where it makes no ASCII of what was not: NFC alone maps U+212A KELVIN
+ * SIGN to `K`, so `\u212Aate` (as a policy service's Postfix asks, and delivers it) was kate's.
+ */
 function localKey(local: string): string {
-  const nfc = local.normalize('NFC');
+  const nfc = asciiSafeNfc(local);
   return asciiSafeLowerCase(nfc) ?? nfc;
 }
 
