@@ -76,6 +76,13 @@ export class LocalRecipients {
   }
 }
 
+/**
+ * The longest line taken: an address is at most 254 octets (RFC 5321 §4.5.3.1.3), a value beside it short. A longer
+ * one is no entry (addresses joined by spaces: `echo $(cat list) > recipients`), refused before it is read: split
+ * into its millions of words it held the event loop of every process for seconds, past the workers' watchdog.
+ */
+const MAX_LINE_CHARS = 4096;
+
 export async function loadLocalRecipients(file: string, delimiters = ''): Promise<LocalRecipients> {
   let text: string;
   try {
@@ -89,6 +96,7 @@ export async function loadLocalRecipients(file: string, delimiters = ''): Promis
   for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
+    if (raw.length > MAX_LINE_CHARS) throw new LocalRecipientsError(file, line, `a line of ${raw.length} characters, longer than the ${MAX_LINE_CHARS} a line may be: one address a line (were several joined by spaces?)`);
     if (/^\s*(#|$)/.test(raw)) continue;
     const words = raw.trim().split(/\s+/);
     if (words.length > 2) throw new LocalRecipientsError(file, line, `expected one address (or "@domain"), optionally followed by one value, got ${quoteLine(raw)}`);
