@@ -37,6 +37,16 @@ function tableDomain(domain: string): string | null {
   return isLocalDomain(domain) ? domainKey(domain) : null;
 }
 
+/**
+ * Whether a (keyed) local part may lose a subaddress, as Postfix's split_addr() decides: never `postmaster`,
+ * `mailer-daemon` or `double-bounce`, and with `-` a delimiter, never `owner-foo` nor `foo-request` (mailing-list
+ * addresses a Postfix next hop keeps whole: `alice-request@` taken as alice's was a user it did not know, bounced).
+ */
+function splittable(local: string, delimiters: string): boolean {
+  if (local === 'postmaster' || local === 'mailer-daemon' || local === 'double-bounce') return false;
+  return !(delimiters.includes('-') && (local.startsWith('owner-') || (local.length > 8 && local.endsWith('-request'))));
+}
+
 export class LocalRecipients {
   readonly file: string;
   /** Characters that start a subaddress (`user+tag`): `user+tag@d` is looked up as itself, then as `user@d`. */
@@ -67,7 +77,7 @@ export class LocalRecipients {
     if (this.#catchAll.has(d)) return true;
     const local = localKey(localPart);
     if (this.#addresses.has(`${local}@${d}`)) return true;
-    if (!this.delimiters) return false;
+    if (!this.delimiters || !splittable(local, this.delimiters)) return false;
     // Postfix's recipient_delimiter: the extension starts at the first delimiter (not at its start: `+x` is a user).
     for (let i = 1; i < local.length; i++) {
       if (this.delimiters.includes(local[i]!)) return this.#addresses.has(`${local.slice(0, i)}@${d}`);
