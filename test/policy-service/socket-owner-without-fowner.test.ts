@@ -6,7 +6,8 @@
 // own, then given its owner and mode. A real `postern serve` under setpriv, a real policy client on the socket.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { lstat, readdir, readFile } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
@@ -35,4 +36,23 @@ policyServices:
   const client = await PolicyClient.connect({ path });
   assert.match(await client.ask(rcptRequest({ recipient: 'someone@example.org' })), /^action=(DUNNO|OK)$/);
   client.socket.destroy();
+});
+
+test('socket.owner without CAP_CHOWN: the start fails saying so, and leaves nothing at the path or beside it', { skip, timeout: 180_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-no-chown-'));
+  try {
+    const path = join(dir, 'policy.sock');
+    await assert.rejects(startCluster({
+      config: `
+workers: 1
+localDomains: [example.org]
+policyServices:
+  - { name: postfix, listen: ${JSON.stringify(`unix:${path}`)}, socket: { owner: nobody, mode: '0660' } }
+`,
+      wrap: ['setpriv', '--bounding-set=-chown'],
+    }), /changing the socket's owner or group needs root or CAP_CHOWN/);
+    assert.deepEqual(await readdir(dir), [], 'no socket linked into place, no private name');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
