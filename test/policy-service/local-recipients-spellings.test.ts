@@ -12,7 +12,7 @@ import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 let server: TestServer;
 before(async () => {
   server = await startTestServer({
-    files: { recipients: 'kate@example.com\nj\u00f6rg@example.com\n', 'no-scripts/README': 'no scripts\n' },
+    files: { recipients: 'kate@example.com\n', 'no-scripts/README': 'no scripts\n' },
     config: `
 localDomains: [example.com]
 localRecipients: ./recipients
@@ -42,7 +42,6 @@ test('policy service: a local part that NFC alone turns into a listed ASCII one 
   assert.equal(await ask('\u212Aate@example.com'), 'action=550 5.1.1 <\u212Aate@example.com>: Recipient address rejected: User unknown in local recipient table');
   assert.equal(await ask('\u212AATE@example.com'), 'action=550 5.1.1 <\u212AATE@example.com>: Recipient address rejected: User unknown in local recipient table');
   assert.match(await ask('KATE@example.com'), /^action=(DUNNO|OK)$/);
-  assert.match(await ask('jo\u0308rg@example.com'), /^action=(DUNNO|OK)$/, 'a decomposed spelling of a listed name still is it');
 });
 
 test('listener: the recipient is written in NFC before the table sees it, so the Kelvin sign arrives as kate\'s', async () => {
