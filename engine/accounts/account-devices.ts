@@ -15,6 +15,7 @@ import {
   addPin, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
+import type { WhenLocked } from '../pki/atomic-file.ts';
 
 export interface AccountDevice {
   /** `cert-<serial>` for an issued certificate, `pin-<hex>` for a key only pinned: what the page's forms name. */
@@ -37,6 +38,12 @@ export interface AccountDevice {
 
 /** A refusal the page shows as it is (the user's own mistake, nothing internal). */
 export class AccountError extends Error {}
+
+/**
+ * The session of a request ended while the request waited for its turn or for a folder's lock: nothing was changed.
+ * Thrown by the `whenLocked` check the page passes to each change below (routes.ts).
+ */
+export class SessionEnded extends Error {}
 
 export interface AccountContext {
   config: Config;
@@ -110,7 +117,7 @@ export async function findDevice(ctx: AccountContext, identity: string, id: stri
  * A new certificate from the CA for `identity`. When the listener would not name the account from it
  * (it does not trust the CA by a certificate field), its key is pinned to the account as well.
  */
-export async function issueAccountDevice(ctx: AccountContext, identity: string, device: string, days: number): Promise<IssuedDevice> {
+export async function issueAccountDevice(ctx: AccountContext, identity: string, device: string, days: number, whenLocked?: WhenLocked): Promise<IssuedDevice> {
   const dir = caDir(ctx);
   if (!dir) throw new AccountError('This server has no certificate authority (pki.dir): ask the administrator to set one up.');
   // The certificate carries the identity as CN, and as emailAddress and SAN e-mail when it is an address.
@@ -120,7 +127,7 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
   const file = pinFile(ctx);
   if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
   await refuseDuplicateName(ctx, identity, device.trim());
-  const issued = await issueDevice(dir, { identity, device, days }).catch((err: Error) => {
+  const issued = await issueDevice(dir, { identity, device, days, whenLocked }).catch((err: Error) => {
     throw /^device "/.test(err.message) ? new AccountError(err.message) : err;
   });
   if (!byField) await addPin(file!, { identity, certificateOrPin: issued.certPem, device });
@@ -128,7 +135,7 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
 }
 
 /** A certificate, public key (PEM) or pin of the user's own making, pinned to the account (mox's way). */
-export async function addAccountKey(ctx: AccountContext, identity: string, device: string, given: string | Buffer): Promise<PinEntry> {
+export async function addAccountKey(ctx: AccountContext, identity: string, device: string, given: string | Buffer, whenLocked?: WhenLocked): Promise<PinEntry> {
   const file = pinFile(ctx);
   if (!file) throw new AccountError(`Listener ${ctx.listener.name} has no pin table (certificateIdentity.pins): only issued certificates can be added.`);
   const input = (typeof given === 'string' ? given : uploadedText(given)).trim();
@@ -139,9 +146,9 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   await refuseDuplicateName(ctx, identity, device);
   try {
     await refuseAnotherAccountsKey(ctx, identity, pinOf(pin));
-    return await addPin(file, { identity, certificateOrPin: pin, device });
+    return await addPin(file, { identity, certificateOrPin: pin, device, whenLocked });
   } catch (err) {
-    if (err instanceof AccountError) throw err;
+    if (err instanceof AccountError || err instanceof SessionEnded) throw err;
     // addPin names the account a key is already pinned for: maybe another user's; say less.
     if (/already pinned/.test((err as Error).message)) throw new AccountError('That key is already registered.');
     // A message naming a file is the server's problem (logged as such); the rest is about the input.
@@ -199,12 +206,12 @@ export interface DeviceChange { device: AccountDevice; revoked: boolean; unpinne
  * way the next handshake with it names no account. A pin matches whatever the chain verdict, so a revoked
  * certificate must lose its pin too.
  */
-export async function retireAccountDevice(ctx: AccountContext, device: AccountDevice, reason: RevocationReason): Promise<DeviceChange> {
+export async function retireAccountDevice(ctx: AccountContext, device: AccountDevice, reason: RevocationReason, whenLocked?: WhenLocked): Promise<DeviceChange> {
   let revoked = false;
   if (device.kind === 'issued' && device.status === 'valid') {
     const dir = caDir(ctx);
     if (!dir) throw new AccountError('This server has no certificate authority (pki.dir) any more.');
-    revoked = (await revokeDevice(dir, { serial: device.serial! }, { reason })).revoked.length > 0;
+    revoked = (await revokeDevice(dir, { serial: device.serial! }, { reason, whenLocked })).revoked.length > 0;
   }
   let unpinned = false;
   const file = pinFile(ctx);
@@ -212,7 +219,8 @@ export async function retireAccountDevice(ctx: AccountContext, device: AccountDe
   // service's (Postfix checks no CRL), would still name its account.
   const files = new Set(revoked ? pinTableFiles(ctx.config) : []);
   if (device.pinned && file) files.add(file);
-  for (const f of files) if ((await removePin(f, { pin: device.pinSha256 })).length) unpinned = true;
+  // Once revoked, its pins go whatever happens to the session (the revocation stands); else the first change is checked.
+  for (const f of files) if ((await removePin(f, { pin: device.pinSha256 }, revoked || unpinned ? undefined : whenLocked)).length) unpinned = true;
   if (!revoked && !unpinned) throw new AccountError(`Device "${device.name}" is already ${device.status}.`);
   return { device, revoked, unpinned };
 }

@@ -14,11 +14,12 @@ import type { Config, ListenerConfig } from '../config/schema.ts';
 import { chainEmailConstraints, chainIssuers, type TrustedIssuers } from '../certificates/index.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
+import type { WhenLocked } from '../pki/atomic-file.ts';
 import type { Session, SessionBook } from './sessions.ts';
 import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
 import type { CompromisedSessions } from './compromised-sessions.ts';
 import {
-  AccountError, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
+  AccountError, SessionEnded, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
 import { STYLE, devicesPage, errorPage, issuedPage, signInPage } from './pages.ts';
 
@@ -42,9 +43,6 @@ export interface AccountsState {
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
   trust: TrustedIssuers;
 }
-
-/** The session of a request ended while the request waited for its turn: nothing was changed. */
-class SessionEnded extends Error {}
 
 /** An uploaded file of a multipart form, when one was chosen. */
 function file(body: unknown, name: string): Buffer | null {
@@ -86,13 +84,22 @@ export function accountRoutes(state: AccountsState) {
       return s && stands(req, s) ? s : null;
     };
     /**
-     * `change`, run when the account's earlier additions are done (ChangeBudget), only if `s` still stands then: it
-     * was checked when the request came in, and a password reset, a sign-out or a revocation may have come between.
+     * Throws SessionEnded unless `s` still stands: it was checked when the request came in, and a password reset, a
+     * sign-out or a revocation as lost or stolen may have come between, while the change waited for its turn or for
+     * a folder's lock (up to 15 s behind `postern pki`, or the revocation that ends this very session).
      */
-    const whileSignedIn = <T>(req: FastifyRequest, s: Session, change: () => Promise<T>) => async (): Promise<T> => {
+    const stillSignedIn = (req: FastifyRequest, s: Session) => (): void => {
       endCompromised();
       if (!state.sessions.has(s.id) || !stands(req, s)) throw new SessionEnded();
-      return change();
+    };
+    /**
+     * `change`, run when the account's earlier additions are done (ChangeBudget), only if `s` still stands then, and
+     * given the same check to make once it holds the lock of what it changes.
+     */
+    const whileSignedIn = <T>(req: FastifyRequest, s: Session, change: (whenLocked: WhenLocked) => Promise<T>) => async (): Promise<T> => {
+      const check = stillSignedIn(req, s);
+      check();
+      return change(check);
     };
     const changeLog = (s: Session, req: FastifyRequest, facts: object, what: string): void => {
       state.log.info({ by: s.identity, via: s.via, client: ip(req), ...facts }, `account page: ${what}`);
@@ -196,7 +203,7 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/issue', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const issued = await state.additions.add(s.identity, whileSignedIn(req, s, () => issueAccountDevice(ctx(), s.identity, device, state.settings().issueDays)));
+      const issued = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => issueAccountDevice(ctx(), s.identity, device, state.settings().issueDays, whenLocked)));
       if (!issued) return overAdditions(req, reply, s, 'issue');
       const fileName = `${s.identity.replace(/[^A-Za-z0-9._-]/g, '_')}-${device}.p12`;
       const download = state.sessions.offer(s.id, fileName, issued.p12, { device, serial: issued.record.serial, notAfter: issued.record.notAfter, password: issued.p12Password });
@@ -224,7 +231,7 @@ export function accountRoutes(state: AccountsState) {
 
     app.post('/devices/add', protect, signedIn(async (req, reply, s) => {
       const device = field(req.body, 'device').trim();
-      const entry = await state.additions.add(s.identity, whileSignedIn(req, s, () => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'))));
+      const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
@@ -244,9 +251,14 @@ export function accountRoutes(state: AccountsState) {
           try { reason = parseReason(asked); } catch { throw new AccountError(`Unknown reason "${asked}".`); }
           if (!PAGE_REASONS.has(reason)) throw new AccountError(`Unknown reason "${asked}".`);
         }
-        // Known before the reload that shows it, so that this session is not ended with the others.
-        if (reason === 'keyCompromise' && device.serial) state.compromised.revokedHere(device.serial);
-        const change = await retireAccountDevice(ctx(), device, reason);
+        const check = stillSignedIn(req, s);
+        const change = await retireAccountDevice(ctx(), device, reason, () => {
+          check();
+          // Known before the reload that shows it, so that this session is not ended with the others. Only now, as it
+          // is made: a revocation that fails before (a lock not given up, a session ended) left it marked, and the
+          // administrator's own revocation of it as stolen then ended none of the account's sessions.
+          if (reason === 'keyCompromise' && device.kind === 'issued' && device.serial) state.compromised.revokedHere(device.serial);
+        });
         // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
         // password would otherwise go on issuing itself devices as fast as they are revoked).
         const stolen = change.revoked && reason === 'keyCompromise';

@@ -63,6 +63,7 @@ import { createMemoryStore } from '../store/index.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
+import { FileRoom } from './accepting.ts';
 import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey, type BoundPolicyService } from '../policy-service/listen.ts';
@@ -193,6 +194,14 @@ export class Supervisor {
   readonly #floodReported = new Set<string>();
   /** The waiting queue was full (MAX_WAITING) at an accept: logged once until one is accepted again. */
   #waitingFullReported = false;
+  /**
+   * Its own descriptors against its open-file limit, counted at each heartbeat as a worker counts its (accepting.ts).
+   * Each connection waiting for a worker holds one; at EMFILE libuv would accept and close every connection queued on
+   * the port without Node ever saying so, and its own files (cluster.json, the lock, the status socket) would find
+   * none. Near the limit it closes what it accepts itself, counted and said once (#noteFileRoom).
+   */
+  readonly #fileRoom = new FileRoom();
+  #fileRoomFullReported = false;
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
@@ -663,6 +672,11 @@ export class Supervisor {
   /** `proxy`: the listener's trusted PROXY-protocol senders; `policy`: a policy service's connection. */
   #accepted(listener: string, socket: net.Socket, proxy: TrustedProxies | null, policy = false): void {
     socket.on('error', () => undefined); // a client resetting while it waits here
+    if (!this.#fileRoom.accepted()) {
+      this.#noteFileRoom();
+      closedUnansweredCounted(listener, 'server-busy');
+      return void socket.destroy();
+    }
     if (this.#waiting.length >= MAX_WAITING) return this.#waitingFull(listener, socket);
     this.#waitingFullReported = false;
     if (proxy && !proxy.has(socket.remoteAddress)) {
@@ -891,8 +905,23 @@ export class Supervisor {
   /** When #tick last ran (monotonic). */
   #lastTick = performance.now();
 
+  /** Says once that it is near its open-file limit, and once that it has room again (see #fileRoom). */
+  #noteFileRoom(): void {
+    const room = this.#fileRoom;
+    if (room.full === this.#fileRoomFullReported) return;
+    this.#fileRoomFullReported = room.full;
+    if (room.full) {
+      this.log.warn({ openFiles: room.open, limit: room.limit },
+        'supervisor is near its open-file limit: connections it accepts (policy services, listeners with workerChoice roundRobin) are closed at once until descriptors are free (raise LimitNOFILE)');
+    } else {
+      this.log.info({ openFiles: room.open, limit: room.limit }, 'supervisor has descriptors to spare again: it accepts connections');
+    }
+  }
+
   #tick(): void {
     const now = performance.now();
+    this.#fileRoom.count();
+    this.#noteFileRoom();
     const late = now - this.#lastTick > SUPERVISOR_HANG_MS / 2;
     this.#lastTick = now;
     if (this.#children.length > 2) { // more than one worker: what the machine leaves idle decides spreading

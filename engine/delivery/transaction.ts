@@ -225,6 +225,13 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
           pc = await env.pool.open(endpoint, connectOptions(env));
           env.suspensions.lift(destination);
         } catch (err) {
+          const own = ownResourceFailure(err, remote);
+          if (own) {
+            // Nothing reached the next hop: not its failure (no suspension), and no other address would do better.
+            last = own;
+            otherFailure = true;
+            break;
+          }
           last = connectionFailure(err as NodemailerError, remote, security.clientCertificate);
           const e = err as NodemailerError & { tlsStarted?: boolean };
           const tlsFailed = e.code === 'ETLS' || !!e.tlsStarted || e.command === 'STARTTLS';
@@ -275,6 +282,23 @@ function suspend(env: TransactionEnv, destination: string, failure: DeliveryFail
     env.log.warn({ destination, err: failure.message, seconds: ms / 1000 },
       `${destination}: delivery temporarily suspended for ${ms / 1000} s: ${failure.message}`);
   }
+}
+
+/**
+ * Errors of this process's or the system's own resources at connect (socket() or connect() failing before a packet
+ * left): out of descriptors (a leak, a flood of inbound connections), of kernel memory or socket buffers. Taken for
+ * the next hop being unreachable, they suspended it for the first retry delay, and each deferral named it.
+ */
+const OWN_RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+
+/** A local failure to connect to `remote` (OWN_RESOURCE_ERRORS), as the deferral's reason; null for any other. */
+function ownResourceFailure(err: unknown, remote: string): DeliveryFailure | null {
+  const e = err as NodemailerError & { originalCode?: string };
+  // nodemailer puts its own code (ESOCKET) in place of the system's and keeps that as originalCode.
+  const code = [e.originalCode, e.code].find((c) => c !== undefined && OWN_RESOURCE_ERRORS.has(c));
+  if (!code) return null;
+  return new DeliveryFailure(`${remote}: not connected: this process is out of resources (${code}: ${code === 'EMFILE' || code === 'ENFILE' ? 'too many open files' : 'no memory for the socket'}); not a failure of the next hop`,
+    { permanent: false, enhanced: '4.3.0', remoteMta: null });
 }
 
 /** The next hop's greeting was a 4yz or 5yz reply, on a connection that was not TLS from its start (no certificate of ours seen). */

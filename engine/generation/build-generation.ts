@@ -17,7 +17,7 @@ import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES } from '../sandbox/index.ts';
 import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
-import { loadLocalRecipients, type LocalRecipients } from '../policy/local-recipients.ts';
+import { loadLocalRecipients, LocalRecipientsError, type LocalRecipients } from '../policy/local-recipients.ts';
 import { domainKey } from '../policy/domain-key.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
@@ -100,7 +100,9 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   if (config.localRecipients) {
     await loadLocalRecipients(config.localRecipients, config.recipientDelimiter).then((r) => { localRecipients = r; }, failed);
   }
-  for (const message of recipientTableGaps(config, localRecipients)) warnings.push({ message: located(loaded, ['localRecipients'], message) });
+  const unlisted = noLocalDomainListed(config, localRecipients);
+  if (unlisted) failed(unlisted);
+  else for (const message of recipientTableGaps(config, localRecipients)) warnings.push({ message: located(loaded, ['localRecipients'], message) });
   // Postfix sends a policy service no serial and checks no CRL: its revoked devices are matched by digest. The account
   // page ends the sessions of an account whose device was revoked as lost or stolen.
   let revokedDevices = NO_REVOKED_DEVICES;
@@ -242,6 +244,17 @@ function openLocalDomains(config: Config, sandboxes: ReadonlyMap<string, Sandbox
   const unchecked = config.listeners.filter((l) => !sandboxes.get(l.scripts ?? config.scripts)?.scriptFile('rcptto'));
   if (!unchecked.length) return null;
   return `the local domains accept any recipient (listener${unchecked.length === 1 ? '' : 's'} ${unchecked.map((l) => l.name).join(', ')}): mail to addresses that do not exist is accepted and bounced later, to senders a spammer may have forged (backscatter); list the addresses in localRecipients (Postfix local_recipient_maps), or check them in an rcptto script`;
+}
+
+/**
+ * A recipient table with no address of any local domain refuses every local recipient (550), as an emptied one does
+ * (refused by loadLocalRecipients for that): every domain mistyped (`alice@exmaple.com`), or of domains not yet local.
+ * Taken with a warning, all mail to the local domains bounced at its senders from that reload on.
+ */
+function noLocalDomainListed(config: Config, table: LocalRecipients | null): LocalRecipientsError | null {
+  if (!table || !config.localDomains.length) return null;
+  if (config.localDomains.some((d) => table.domains.has(domainKey(d) || d.toLowerCase()))) return null;
+  return new LocalRecipientsError(table.file, undefined, `lists no address of any local domain (${config.localDomains.join(', ')}): every local recipient would be refused (550); its domains are ${[...table.domains].slice(0, 5).join(', ')}${table.domains.size > 5 ? ', …' : ''}`);
 }
 
 /**

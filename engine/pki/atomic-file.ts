@@ -23,11 +23,17 @@ export async function readIfExists(file: string): Promise<string | null> {
 const LOCK_WAIT_MS = 15_000;
 
 /**
+ * Called once the lock is held, before anything is changed: it throws to change nothing. The reasons for a change
+ * are checked here, not before the wait (up to 15 s), which they may not outlive (an account page session ended).
+ */
+export type WhenLocked = () => void;
+
+/**
  * Runs `fn` holding `<dir>/.lock` (data-dir-lock.ts: it names our PID and start time). A lock left by a
  * process that is gone (killed, a power loss; a PID reused since by another process does not count) is taken
  * over; one held by a live process, this one included, is waited for, up to 15 s, then an error names it.
  */
-export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+export async function withFolderLock<T>(dir: string, fn: () => Promise<T>, whenLocked?: WhenLocked): Promise<T> {
   await mkdir(dir, { recursive: true });
   // Monotonic: a step of the wall clock ended the wait at once (forward) or stretched it by the step (back).
   const deadline = performance.now() + LOCK_WAIT_MS;
@@ -43,6 +49,7 @@ export async function withFolderLock<T>(dir: string, fn: () => Promise<T>): Prom
     }
   }
   try {
+    whenLocked?.();
     // What a writer killed here before left behind (a CA key's copy among them): no writer runs now.
     await removeLeftoverTemporaries(dir);
     return await fn();

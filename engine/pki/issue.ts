@@ -7,7 +7,7 @@
 import { randomInt } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { issueClientCertificate, pkcs12Bytes, type Pkcs12Encryption } from '../certificates/index.ts';
-import { makeFolderLikeParent, withFolderLock, writeFileAtomic } from './atomic-file.ts';
+import { makeFolderLikeParent, withFolderLock, writeFileAtomic, type WhenLocked } from './atomic-file.ts';
 import { keyTypeOptions, pkiPaths, type DeviceKeyType } from './layout.ts';
 import { openCa } from './ca.ts';
 import { readInventory, writeInventory, type DeviceCertificate } from './inventory.ts';
@@ -34,6 +34,8 @@ export interface IssueDeviceOptions {
   notBefore?: Date;
   /** Tests: an exact end instead of `days`. */
   notAfter?: Date;
+  /** Once the CA folder's lock is held: throws to issue nothing (see WhenLocked). */
+  whenLocked?: WhenLocked;
 }
 
 export interface IssuedDevice {
@@ -112,5 +114,5 @@ export async function issueDevice(dir: string, opts: IssueDeviceOptions): Promis
     const crl = await writeCrl(paths, ca, inv);
     await writeInventory(paths, inv);
     return { record, facts, certPem: issued.cert, keyPem: issued.key, caPem: ca.cert, p12, p12Password: password, crl };
-  });
+  }, opts.whenLocked);
 }

@@ -8,7 +8,7 @@ import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { normalizePin, spkiFacts, strongEnoughKey, MIN_RSA_BITS } from '../certificates/index.ts';
-import { readIfExists, withFolderLock, writeFileAtomic } from './atomic-file.ts';
+import { readIfExists, withFolderLock, writeFileAtomic, type WhenLocked } from './atomic-file.ts';
 import { certificateFacts } from './certificate-facts.ts';
 import { checkName } from './issue.ts';
 
@@ -67,6 +67,8 @@ export interface AddPinOptions {
   device?: string;
   /** Further senders the identity may use with this key. */
   senders?: string[];
+  /** Once the pin table folder's lock is held: throws to add nothing (see WhenLocked). */
+  whenLocked?: WhenLocked;
 }
 
 /** Adds a pin line; refuses a pin that is already in the table (whoever it names). */
@@ -84,13 +86,13 @@ export async function addPin(file: string, opts: AddPinOptions): Promise<PinEntr
     lines.push(`# device: ${device ?? '-'}; added ${added}`, `${pin64} ${[identity, ...(opts.senders ?? [])].join(' ')}`);
     await writeFileAtomic(file, lines.join('\n') + '\n', await modeOf(file));
     return { pinSha256: hex, pinBase64Url: pin64, identity, senders: opts.senders ?? [], device, added, line: lines.length, lastLine: lines.length };
-  });
+  }, opts.whenLocked);
 }
 
 export type RemovePinSelector = { pin: string } | { identity: string; device?: string };
 
-/** Removes the matching pin lines (and their device comments); returns what went. */
-export async function removePin(file: string, selector: RemovePinSelector): Promise<PinEntry[]> {
+/** Removes the matching pin lines (and their device comments); returns what went. `whenLocked`: see WhenLocked. */
+export async function removePin(file: string, selector: RemovePinSelector, whenLocked?: WhenLocked): Promise<PinEntry[]> {
   // A weak key pinned before it was refused can still be removed by its certificate.
   const hex = 'pin' in selector ? pinOf(selector.pin, { refuseWeak: false }) : null;
   return withFolderLock(dirname(file), async () => {
@@ -107,7 +109,7 @@ export async function removePin(file: string, selector: RemovePinSelector): Prom
     }
     await writeFileAtomic(file, lines.filter((_, i) => !drop.has(i)).map((l) => `${l}\n`).join(''), await modeOf(file));
     return gone;
-  });
+  }, whenLocked);
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { resolve } from 'node:path';
-import { withFolderLock } from './atomic-file.ts';
+import { withFolderLock, type WhenLocked } from './atomic-file.ts';
 import { pkiPaths, type RevocationReason } from './layout.ts';
 import { openCa } from './ca.ts';
 import { normalizeSerial, readInventory, writeInventory, type DeviceCertificate } from './inventory.ts';
@@ -21,6 +21,8 @@ export interface RevokeOptions {
   reason?: RevocationReason;
   /** With `identity` and no device: revoke all of its certificates (else more than one is an error). */
   all?: boolean;
+  /** Once the CA folder's lock is held: throws to revoke nothing (see WhenLocked). */
+  whenLocked?: WhenLocked;
 }
 
 export interface RevokeResult {
@@ -85,7 +87,7 @@ export async function revokeDevice(dir: string, selector: RevokeSelector, opts: 
     const crl = await writeCrl(paths, ca, inv);
     await writeInventory(paths, inv);
     return { revoked, alreadyRevoked, unrecorded, crl };
-  });
+  }, opts.whenLocked);
 }
 
 /** Re-signs the CRL without a change (its nextUpdate moves on): `postern pki crl`, from a timer. */

@@ -41,23 +41,25 @@ export async function listenPolicyService(service: PolicyServiceConfig, server: 
     // file put in its place. The link also fails rather than replace something made at the path meanwhile.
     const bindAt = privateName(path);
     await unlink(bindAt).catch(() => undefined); // left by a run of this pid killed in between
-    // Made 0600, given its owner and group, and only then its mode: with umask 000 a bind-then-chmod left it open
-    // to every local user for a moment (a connection made then stays), and a chmod before the chown to this user's group.
+    // Made 0600, given its group, and only then its mode: with umask 000 a bind-then-chmod left it open to every local
+    // user for a moment (a connection made then stays), and a chmod before the chown to this user's group. Linked
+    // into place while still this user's, and only then given its owner: Linux's fs.protected_hardlinks refuses a
+    // hard link to a socket someone else owns, and a chmod of it, to a server without CAP_FOWNER (a service user
+    // with CAP_CHOWN alone, root under a capability bounding set): the start failed with EPERM.
     await bind(server, (cb) => listenOwnerOnly(server, bindAt, cb)).catch((err: Error) => { throw fail(err); });
-    let ino: number;
+    let ino: number | undefined;
     try {
-      if (service.socket.owner || service.socket.group) {
-        await chown(bindAt, await userId(service.socket.owner), await groupId(service.socket.group)).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'EPERM') throw err;
-          // The systemd unit grants no CAP_CHOWN: say which settings work without it.
-          throw new Error(`${err.message}: changing the socket's owner or group needs root or CAP_CHOWN; leave socket.owner out and give the socket a group this user is in, or one its folder gives (set-group-ID: docs/postfix-policy.md)`);
-        });
-      }
+      const owner = await userId(service.socket.owner);
+      const group = await groupId(service.socket.group);
+      if (group !== -1) await chown(bindAt, -1, group).catch(chownFailed);
       await chmod(bindAt, parseInt(service.socket.mode, 8));
       if (bindAt !== path) await link(bindAt, path);
       ino = (await lstat(path)).ino;
+      if (owner !== -1) await chown(bindAt, owner, -1).catch(chownFailed);
     } catch (err) {
       server.close();
+      // Linked already: the path holds this socket, which will not answer.
+      if (ino !== undefined && bindAt !== path) await removeIfStill(path, ino);
       throw fail(err as Error);
     } finally {
       if (bindAt !== path) await unlink(bindAt).catch(() => undefined);
@@ -133,6 +135,19 @@ async function removeStaleSocket(path: string): Promise<void> {
   });
   if (alive) throw new Error(`another process is listening on ${path}`);
   await unlink(path);
+}
+
+/** A chown refused for want of privilege: which settings work without it. */
+function chownFailed(err: NodeJS.ErrnoException): never {
+  if (err.code !== 'EPERM') throw err;
+  // The systemd unit grants no CAP_CHOWN: say which settings work without it.
+  throw new Error(`${err.message}: changing the socket's owner or group needs root or CAP_CHOWN; leave socket.owner out and give the socket a group this user is in, or one its folder gives (set-group-ID: docs/postfix-policy.md)`);
+}
+
+/** Unlink `path` if it is still the file `ino` (never what another process put there meanwhile). */
+async function removeIfStill(path: string, ino: number): Promise<void> {
+  const there = await lstat(path).catch(() => null);
+  if (there?.isSocket() && there.ino === ino) await unlink(path).catch(() => undefined);
 }
 
 /** -1 leaves the owner (or group) as it is. */

@@ -6,7 +6,7 @@
 import type { BuiltinAuthDecision, BuiltinRelayDecision, BuiltinSenderDecision } from '../sandbox/api/index.ts';
 import { someHash, verifyPassword } from '../auth/password-hash.ts';
 import { userKey } from '../auth/users-file.ts';
-import { asciiSafeLowerCase, ownsSender, senderKey } from './sender-logins.ts';
+import { asciiSafeLowerCase, asciiSafeNfc, ownsSender, senderKey } from './sender-logins.ts';
 import { accountName } from './certificate-identity.ts';
 import { domainKey } from './domain-key.ts';
 import type { LocalRecipients } from './local-recipients.ts';
@@ -50,16 +50,8 @@ export async function builtinAuth(attempt: AuthAttempt, facts: AuthFacts): Promi
  * not (U+212A KELVIN SIGN is `k`) leaves the name as it is: `\u212Aate` is not kate.
  */
 export function scriptLoginName(username: string): string {
-  const nfc = safeNfc(username);
+  const nfc = asciiSafeNfc(username);
   return asciiSafeLowerCase(nfc) ?? nfc;
-}
-
-/**
- * `text` in NFC (a name typed on a Mac comes decomposed), unless NFC maps a character to ASCII on its own
- * (U+212A KELVIN SIGN is `K`, U+037E is `;`): then as it is, so that `\u212Aate` does not become kate.
- */
-function safeNfc(text: string): string {
-  return [...text].some((c) => c > '\x7f' && /[\x00-\x7f]/.test(c.normalize('NFC'))) ? text : text.normalize('NFC');
 }
 
 /**
@@ -74,8 +66,8 @@ export function requestedAccount(attempt: AuthAttempt, certificateIdentity: stri
     if (!attempt.authzid) return certificateIdentity;
     return certificateIdentity && accountName(attempt.authzid) === certificateIdentity ? certificateIdentity : null;
   }
-  const name = accountName(safeNfc(attempt.username));
-  if (!name || (attempt.authzid && accountName(safeNfc(attempt.authzid)) !== name)) return null;
+  const name = accountName(asciiSafeNfc(attempt.username));
+  if (!name || (attempt.authzid && accountName(asciiSafeNfc(attempt.authzid)) !== name)) return null;
   return name;
 }
 

@@ -14,7 +14,7 @@ import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine } from '../certificates/key-material.ts';
 import { isLocalDomain } from '../config/schema.ts';
 import { domainKey } from './domain-key.ts';
-import { asciiSafeLowerCase } from './sender-logins.ts';
+import { asciiSafeLowerCase, asciiSafeNfc } from './sender-logins.ts';
 
 export class LocalRecipientsError extends Error {
   constructor(file: string, line: number | undefined, message: string) {
@@ -23,15 +23,28 @@ export class LocalRecipientsError extends Error {
   }
 }
 
-/** A local part as the table keys it. */
+/**
+ * A local part as the table keys it. NFC only where it makes no ASCII of what was not: NFC alone maps U+212A KELVIN
+ * SIGN to `K`, so `\u212Aate` (as a policy service's Postfix asks, and delivers it) was kate's.
+ */
 function localKey(local: string): string {
-  const nfc = local.normalize('NFC');
+  const nfc = asciiSafeNfc(local);
   return asciiSafeLowerCase(nfc) ?? nfc;
 }
 
 /** A domain the table can hold: a name, or an address literal, as localDomains takes them. */
 function tableDomain(domain: string): string | null {
   return isLocalDomain(domain) ? domainKey(domain) : null;
+}
+
+/**
+ * Whether a (keyed) local part may lose a subaddress, as Postfix's split_addr() decides: never `postmaster`,
+ * `mailer-daemon` or `double-bounce`, and with `-` a delimiter, never `owner-foo` nor `foo-request` (mailing-list
+ * addresses a Postfix next hop keeps whole: `alice-request@` taken as alice's was a user it did not know, bounced).
+ */
+function splittable(local: string, delimiters: string): boolean {
+  if (local === 'postmaster' || local === 'mailer-daemon' || local === 'double-bounce') return false;
+  return !(delimiters.includes('-') && (local.startsWith('owner-') || (local.length > 8 && local.endsWith('-request'))));
 }
 
 export class LocalRecipients {
@@ -64,7 +77,7 @@ export class LocalRecipients {
     if (this.#catchAll.has(d)) return true;
     const local = localKey(localPart);
     if (this.#addresses.has(`${local}@${d}`)) return true;
-    if (!this.delimiters) return false;
+    if (!this.delimiters || !splittable(local, this.delimiters)) return false;
     // Postfix's recipient_delimiter: the extension starts at the first delimiter (not at its start: `+x` is a user).
     for (let i = 1; i < local.length; i++) {
       if (this.delimiters.includes(local[i]!)) return this.#addresses.has(`${local.slice(0, i)}@${d}`);
@@ -72,6 +85,13 @@ export class LocalRecipients {
     return false;
   }
 }
+
+/**
+ * The longest line taken: an address is at most 254 octets (RFC 5321 §4.5.3.1.3), a value beside it short. A longer
+ * one is no entry (addresses joined by spaces: `echo $(cat list) > recipients`), refused before it is read: split
+ * into its millions of words it held the event loop of every process for seconds, past the workers' watchdog.
+ */
+const MAX_LINE_CHARS = 4096;
 
 export async function loadLocalRecipients(file: string, delimiters = ''): Promise<LocalRecipients> {
   let text: string;
@@ -86,6 +106,7 @@ export async function loadLocalRecipients(file: string, delimiters = ''): Promis
   for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
+    if (raw.length > MAX_LINE_CHARS) throw new LocalRecipientsError(file, line, `a line of ${raw.length} characters, longer than the ${MAX_LINE_CHARS} a line may be: one address a line (were several joined by spaces?)`);
     if (/^\s*(#|$)/.test(raw)) continue;
     const words = raw.trim().split(/\s+/);
     if (words.length > 2) throw new LocalRecipientsError(file, line, `expected one address (or "@domain"), optionally followed by one value, got ${quoteLine(raw)}`);

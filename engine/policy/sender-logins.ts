@@ -54,3 +54,18 @@ export function asciiSafeLowerCase(value: string): string | null {
   if (/^[\x00-\x7f]*$/.test(value)) return lower;
   return (lower.match(ASCII)?.length ?? 0) === (value.match(ASCII)?.length ?? 0) ? lower : null;
 }
+
+/**
+ * The only characters NFC maps to ASCII on their own (their canonical decompositions are singletons): U+037E GREEK
+ * QUESTION MARK (`;`), U+1FEF GREEK VARIA (a backtick), U+212A KELVIN SIGN (`K`). A regular expression, not NFC
+ * tried on each character: that spread the text into an array first (seconds for a table's overlong line).
+ */
+const NFC_TO_ASCII = /[\u037e\u1fef\u212a]/;
+
+/**
+ * `text` in NFC (a name typed on a Mac comes decomposed), unless NFC maps a character to ASCII on its own
+ * (U+212A KELVIN SIGN is `K`, U+037E is `;`): then as it is, so that `\u212Aate` does not become kate.
+ */
+export function asciiSafeNfc(text: string): string {
+  return NFC_TO_ASCII.test(text) ? text : text.normalize('NFC');
+}

@@ -7,6 +7,7 @@ import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
 import { dirname } from 'node:path';
 import { inodesError, isNoSpace } from '../spool/reserve.ts';
+import { withdrawNoticesOfDeleted } from './bounce.ts';
 
 /**
  * A change to the spool, made on a full disk too: the spool's reserve (engine/spool/reserve.ts) is released and
@@ -149,8 +150,16 @@ async function readable(spool: QueueSpool, id: string, tolerateMissing: boolean)
 /** Remove a message without delivering or bouncing it (held or not). False if it was not there. */
 export async function deleteMessage(spool: QueueSpool, id: string): Promise<boolean> {
   if (!(await spool.has(id))) return false;
+  // The failure notices of its attempt not yet recorded (spooled by a run a crash cut off, or by the run under way)
+  // wait for that record, which a deleted message never gets: withdrawn before the message goes, while they still
+  // wait, and again after it, for one the run under way spooled in between (it looks for the message once more after
+  // spooling: QueueRunner).
+  const unrecorded = ((await spool.readState(id).catch(() => null))?.attempts ?? 0) + 1;
+  const withdrawNotices = (): Promise<string[]> => evenWhenFull(spool, () => withdrawNoticesOfDeleted(spool, id, unrecorded));
+  await withdrawNotices();
   await evenWhenFull(spool, () => spool.remove(id));
   await spool.release(id); // after the message: a crash in between leaves a hold without a message, removed at start
+  await withdrawNotices();
   // No rescan asked: the runner's next scan drops what it no longer lists, and an attempt finds it gone. A rescan
   // rereads every state of the queue (every delete of a loop over a 30,000-message queue cost 1.5 s of its CPU).
   return true;

@@ -15,60 +15,77 @@ import type { SpoolEnvelope } from '../spool/envelope.ts';
 import { buildDsn, type FailedRecipient } from './dsn.ts';
 
 export async function spoolBounce(
-  spool: Pick<QueueSpool, 'create' | 'hasNotice' | 'readEnvelope' | 'updateState'>, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
+  spool: NoticeSpool, hostname: string, original: SpoolEnvelope, message: Buffer, failed: FailedRecipient[], expired: boolean,
   kind: 'failure' | 'success', attempt: number,
 ): Promise<{ id: string | null; withdrawn: string[] }> {
-  // The notices earlier runs of this attempt spooled, each cut off by a crash before the attempt's record: slot 0, 1…,
-  // each spooled only after the one before it, and a withdrawn one stays spooled (marked done) until this record. A
-  // second crash once left a notice under a random id, which the next run neither found nor withdrew: it went out
-  // naming a recipient that run delivered, or beside the next run's notice for the same recipient.
-  const reportedNow = new Set(failed.map((f) => f.recipient));
+  return spoolNoticeOnce(spool, original.id, kind, attempt, failed.map((f) => f.recipient), async (id, reported) => {
+    const now = new Date();
+    const writer = spool.create(id);
+    try {
+      writer.write(buildDsn({ hostname, original, originalMessage: message, failed: failed.filter((f) => reported.includes(f.recipient)), expired, kind, now }));
+      await writer.commit({
+        version: 1,
+        id,
+        receivedAt: now.toISOString(),
+        sender: '',
+        recipients: [{ address: original.sender }],
+        noticeOf: { id: original.id, attempt, reported },
+        size: 0,
+        // Generated here: no client session. A pre-delivery script sees listener "" and sender "".
+        session: { listener: '', remoteAddress: '', helo: null, authenticatedUser: null, clientCertificate: null },
+        attempts: 0,
+        nextAttemptAt: now.toISOString(),
+        errors: [],
+      });
+    } catch (err) {
+      try { writer.abort(); } catch { /* already gone */ }
+      throw err;
+    }
+  });
+}
+
+export type NoticeSpool = Pick<QueueSpool, 'create' | 'hasNotice' | 'readEnvelope' | 'updateState'>;
+
+/**
+ * The notice of `attempt` of message `originalId` reporting `reportedNow` (recipients, or whatever its notices name),
+ * spooled by `spoolIt` under the id it is given, once whatever the crashes: the notices earlier runs of this attempt
+ * spooled (each cut off by a crash before the attempt's record: slot 0, 1…, each spooled only after the one before
+ * it; a withdrawn one stays spooled, marked done, until this record) are kept when they report only what this run
+ * reports, and withdrawn otherwise; what no kept one reports is spooled in the next slot. (A second crash once left a
+ * notice under a random id, which the next run neither found nor withdrew: it went out naming a recipient that run
+ * delivered, or beside the next run's notice for the same recipient.) The notice must carry `noticeOf` with this
+ * attempt, so that it waits for the attempt's record (QueueRunner).
+ */
+export async function spoolNoticeOnce(
+  spool: NoticeSpool, originalId: string, kind: 'failure' | 'success', attempt: number, reportedNow: string[],
+  spoolIt: (id: string, reported: string[]) => Promise<void>,
+): Promise<{ id: string | null; withdrawn: string[] }> {
+  const now = new Set(reportedNow);
   const covered = new Set<string>();
   let kept: string | null = null;
   const withdrawn: string[] = [];
   let slot = 0;
-  for (; await spool.hasNotice(noticeId(original.id, kind, attempt, slot)); slot++) {
-    const earlier = noticeId(original.id, kind, attempt, slot);
+  for (; await spool.hasNotice(noticeId(originalId, kind, attempt, slot)); slot++) {
+    const earlier = noticeId(originalId, kind, attempt, slot);
     // Unreadable: taken as reporting no one (a second notice rather than none).
     const notice = await spool.readEnvelope(earlier).catch(() => null);
     if (!notice || notice.recipients.every((r) => r.status)) continue; // withdrawn by an earlier run
     const reported = notice.noticeOf?.reported ?? [];
-    if (reported.some((r) => !reportedNow.has(r))) {
-      // It names recipients this run did not report (accepted now, or deferred): sent all the same, it told the sender
-      // a delivered recipient had failed. It has not gone out (it waits for this attempt's record: QueueRunner), so it
-      // is withdrawn, and the recipients reported now get a new one.
-      await withdraw(spool, notice);
+    if (reported.some((r) => !now.has(r))) {
+      // It names what this run did not report (a recipient accepted now, or deferred): sent all the same, it told the
+      // sender a delivered recipient had failed. It has not gone out (it waits for this attempt's record: QueueRunner),
+      // so it is withdrawn, and what is reported now gets a new one.
+      await withdraw(spool, notice, REPORTED_OTHERWISE);
       withdrawn.push(earlier);
       continue;
     }
     for (const r of reported) covered.add(r);
     kept ??= earlier;
   }
-  failed = failed.filter((f) => !covered.has(f.recipient));
-  if (!failed.length) return { id: kept, withdrawn };
-  const id = noticeId(original.id, kind, attempt, slot);
-  const now = new Date();
-  const writer = spool.create(id);
-  try {
-    writer.write(buildDsn({ hostname, original, originalMessage: message, failed, expired, kind, now }));
-    await writer.commit({
-      version: 1,
-      id,
-      receivedAt: now.toISOString(),
-      sender: '',
-      recipients: [{ address: original.sender }],
-      noticeOf: { id: original.id, attempt, reported: failed.map((f) => f.recipient) },
-      size: 0,
-      // Generated here: no client session. A pre-delivery script sees listener "" and sender "".
-      session: { listener: '', remoteAddress: '', helo: null, authenticatedUser: null, clientCertificate: null },
-      attempts: 0,
-      nextAttemptAt: now.toISOString(),
-      errors: [],
-    });
-  } catch (err) {
-    try { writer.abort(); } catch { /* already gone */ }
-    throw err;
-  }
+  const rest = reportedNow.filter((r) => !covered.has(r));
+  if (!rest.length) return { id: kept, withdrawn };
+  const id = noticeId(originalId, kind, attempt, slot);
+  await spoolIt(id, rest);
   return { id, withdrawn };
 }
 
@@ -81,13 +98,38 @@ export function noticeId(originalId: string, kind: 'failure' | 'success', attemp
   return `${originalId.slice(0, 9)}${kind === 'failure' ? 'y' : 'z'}${digest.slice(0, 22)}`;
 }
 
+const REPORTED_OTHERWISE = 'withdrawn: spooled by a run of its attempt that a crash cut off, and the run after it reported otherwise';
+const MESSAGE_DELETED = 'withdrawn: its message was deleted (postern queue delete) before the attempt that spooled it was recorded';
+
+/**
+ * The failure notices of `attempt` of message `originalId` still to go out, withdrawn: its message was deleted
+ * (`postern queue delete`, "without delivering or bouncing it"). A notice spooled by a run of the attempt that a crash
+ * cut off waits for the attempt's record (QueueRunner), and a message deleted meanwhile never has one: it was let go
+ * once its message was gone, and the sender of a deleted spam run got the bounce all the same. Success notices stay
+ * (their recipients were delivered). Returns the ids of the attempt's failure notices, withdrawn now or before (by the
+ * delete, by an earlier look): the queue runner then removes them at once instead of at their next try, which was
+ * a retry delay away (the notice still listed by `postern queue list` meanwhile).
+ */
+export async function withdrawNoticesOfDeleted(
+  spool: Pick<QueueSpool, 'hasNotice' | 'readEnvelope' | 'updateState'>, originalId: string, attempt: number,
+): Promise<string[]> {
+  const withdrawn: string[] = [];
+  for (let slot = 0; await spool.hasNotice(noticeId(originalId, 'failure', attempt, slot)); slot++) {
+    const id = noticeId(originalId, 'failure', attempt, slot);
+    const notice = await spool.readEnvelope(id).catch(() => null);
+    if (!notice) continue; // gone meanwhile
+    if (!notice.recipients.every((r) => r.status)) await withdraw(spool, notice, MESSAGE_DELETED);
+    withdrawn.push(id);
+  }
+  return withdrawn;
+}
+
 /**
  * A notice taken back before it went out: marked done rather than removed, so that its slot stays taken (a later run
  * of the attempt, after another crash, still finds the slots after it; an id must never be spooled twice). The queue
- * runner removes it, unsent, once the attempt is recorded.
+ * runner removes it, unsent, once the attempt is recorded (or its message is gone).
  */
-async function withdraw(spool: Pick<QueueSpool, 'updateState'>, notice: SpoolEnvelope): Promise<void> {
-  const why = 'withdrawn: spooled by a run of its attempt that a crash cut off, and the run after it reported otherwise';
+async function withdraw(spool: Pick<QueueSpool, 'updateState'>, notice: SpoolEnvelope, why: string): Promise<void> {
   await spool.updateState(notice.id, {
     attempts: notice.attempts, nextAttemptAt: notice.nextAttemptAt, errors: [...notice.errors, why],
     recipients: notice.recipients.map((r) => ({ ...r, status: 'bounced', lastError: why })),

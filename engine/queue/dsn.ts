@@ -208,13 +208,37 @@ export function quotedPrintable(data: Buffer): string {
   }).join('\r\n');
 }
 
-/** The header block of a message (up to the empty line), with CRLF line ends, at most MAX_HEADER_BYTES. */
+/**
+ * The header block of a message (up to the empty line), with CRLF line ends, at most MAX_HEADER_BYTES. A longer one is
+ * cut before the last header field that does not fit whole: cut at the byte, it ended in half a field (a folded field
+ * without its last lines, a field name alone), half a UTF-8 character, or a CR without its LF (a bare CR, which the
+ * CRLF added after it made a line end of its own).
+ */
 function originalHeader(message: Buffer): Buffer {
   let end = message.indexOf('\r\n\r\n');
   if (end < 0) end = message.indexOf('\n\n');
-  const head = message.subarray(0, end < 0 ? Math.min(message.length, MAX_HEADER_BYTES) : Math.min(end, MAX_HEADER_BYTES));
+  if (end < 0) end = message.length;
+  const head = end <= MAX_HEADER_BYTES ? message.subarray(0, end) : message.subarray(0, wholeFieldsWithin(message, MAX_HEADER_BYTES));
   const text = head.toString('latin1').replace(/\r?\n/g, '\r\n');
   return Buffer.from(text.endsWith('\r\n') ? text : `${text}\r\n`, 'latin1');
+}
+
+/**
+ * Where to cut a header section longer than `limit` bytes: after the last whole field within it (its line end and
+ * any folded lines included); without one (a first field over the limit), after its last whole line; without that
+ * (no line end within the limit), before the UTF-8 character at the limit, and before a CR just ahead of it.
+ */
+function wholeFieldsWithin(header: Buffer, limit: number): number {
+  // A field starts after a line end, at a character other than a space or tab (a folded line's continuation).
+  for (let nl = header.lastIndexOf(0x0a, limit); nl >= 0; nl = header.lastIndexOf(0x0a, nl - 1)) {
+    const next = header[nl + 1];
+    if (nl + 1 <= limit && next !== 0x20 && next !== 0x09) return nl + 1;
+  }
+  const line = header.lastIndexOf(0x0a, limit - 1);
+  if (line >= 0) return line + 1;
+  let cut = limit;
+  while (cut > 0 && (header[cut]! & 0xc0) === 0x80) cut--; // a continuation byte: back to its character's first
+  return header[cut - 1] === 0x0d ? cut - 1 : cut;
 }
 
 /** Longest piece of one word on a line of the text part (RFC 5322: 998 characters a line at most). */
@@ -232,8 +256,10 @@ function fold(line: string, width: number): string[] {
   for (const word of line.split(' ')) {
     let rest = word;
     do {
-      const piece = rest.slice(0, MAX_WORD);
-      rest = rest.slice(MAX_WORD);
+      // Not between the two halves of a character outside the BMP (an emoji): each half alone became U+FFFD.
+      const at = isHighSurrogate(rest.charCodeAt(MAX_WORD - 1)) ? MAX_WORD - 1 : MAX_WORD;
+      const piece = rest.slice(0, at);
+      rest = rest.slice(at);
       if (current.trim() && current.length + 1 + piece.length > width) {
         out.push(current);
         current = `    ${piece}`;
@@ -244,6 +270,10 @@ function fold(line: string, width: number): string[] {
   }
   out.push(current);
   return out;
+}
+
+function isHighSurrogate(unit: number): boolean {
+  return unit >= 0xd800 && unit <= 0xdbff;
 }
 
 /**

@@ -11,6 +11,7 @@ import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
+import { RepeatedFailure } from '../logging/repeated-failure.ts';
 import { logQueueOperations } from './operations.ts';
 import { ConnectionPool } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
@@ -29,7 +30,7 @@ import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
 import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
-import { spoolBounce } from './bounce.ts';
+import { spoolBounce, spoolNoticeOnce, withdrawNoticesOfDeleted } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../config/timer-limit.ts';
 import { isAscii } from 'node:buffer';
@@ -87,6 +88,11 @@ export class QueueRunner {
   readonly #due = new DueQueue();
   readonly #active = new Map<string, Promise<void>>();
   readonly #broken = new Set<string>();
+  /**
+   * Messages on hold (`postern queue hold`) as last seen: in the spool though not scheduled. A held notice left by a run
+   * of an attempt that a crash cut off is one the rerun must find (#noticeSpool).
+   */
+  readonly #held = new Set<string>();
   /** Messages known to have no state file yet (never attempted): no need to look for one. */
   readonly #noState = new Set<string>();
   /** Spooled while a scan's directory listing was under way: not "vanished" if the listing missed them. */
@@ -127,6 +133,8 @@ export class QueueRunner {
   readonly #listeners = new Set<(e: AttemptEvent) => void>();
   #scanned = false;
   #scanning: Promise<void> | null = null;
+  /** A scan fails at every try while its cause lasts (out of descriptors): logged once per episode. */
+  readonly #scanFailures: RepeatedFailure;
   #rescanStamp = '';
   #scanTimer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -141,6 +149,7 @@ export class QueueRunner {
     this.#spool = opts.spool;
     this.#generation = opts.generation;
     this.#log = opts.logger.child({ component: 'queue' });
+    this.#scanFailures = new RepeatedFailure(this.#log, 'spool scan failed', 'spool scan works again');
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
@@ -192,12 +201,12 @@ export class QueueRunner {
   /**
    * The spool as spoolBounce sees it. A notice an earlier run of an attempt spooled before a crash cut off its record
    * was in the spool when this process's first scan ran, and that scan took it in hand; so once it is done, a notice
-   * the runner does not have is not there, and the disk is not asked: every recorded attempt looks for its failure
+   * the runner does not have is not there (nor on hold: #held), and the disk is not asked: every recorded attempt looks for its failure
    * and success notices, and a stat() of a missing file cost about 20–45 µs of CPU each (its ENOENT error made).
    */
   readonly #noticeSpool: Pick<QueueSpool, 'create' | 'hasNotice' | 'readEnvelope' | 'updateState'> = {
     create: (...args) => this.#spool.create(...args),
-    hasNotice: (id) => (this.#scanned && !this.#knows(id) ? Promise.resolve(false) : this.#spool.hasNotice(id)),
+    hasNotice: (id) => (this.#scanned && !this.#knows(id) && !this.#held.has(id) ? Promise.resolve(false) : this.#spool.hasNotice(id)),
     readEnvelope: (...args) => this.#spool.readEnvelope(...args),
     updateState: (...args) => this.#spool.updateState(...args),
   };
@@ -231,8 +240,8 @@ export class QueueRunner {
 
   /** Re-read the spool: new messages, vanished ones, holds, and every state after `postern queue retry|release`. */
   scan(): Promise<void> {
-    this.#scanning ??= this.#scanOnce().catch((err: unknown) => {
-      this.#log.error({ err }, 'spool scan failed');
+    this.#scanning ??= this.#scanOnce().then(() => this.#scanFailures.succeeded(), (err: unknown) => {
+      this.#scanFailures.failed(err);
     }).finally(() => { this.#scanning = null; });
     return this.#scanning;
   }
@@ -261,6 +270,7 @@ export class QueueRunner {
     for (const id of [...this.#due.ids()]) if (!present.has(id)) this.#due.delete(id);
     for (const id of [...this.#parkedOn.keys()]) if (!present.has(id)) this.#unparkOne(id, false);
     for (const id of this.#broken) if (!present.has(id)) this.#broken.delete(id);
+    for (const id of this.#held) if (!present.has(id)) this.#held.delete(id);
     for (const id of this.#noState) if (!present.has(id) && !this.#active.has(id)) this.#noState.delete(id);
     for (const id of this.#requestsTaken.keys()) if (!present.has(id) && !this.#active.has(id)) this.#requestsTaken.delete(id);
     const stamp = await this.#spool.rescanStamp();
@@ -273,7 +283,13 @@ export class QueueRunner {
     let read = 0;
     for (const { id, hasState, held, dueRequested } of entries) {
       if (this.#closing) return;
-      if (held) { this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); continue; } // `postern queue hold`: until `queue release`
+      if (held) { // `postern queue hold`: until `queue release`
+        // Said once, as an attempt passing it over says it: when it leaves the schedule.
+        if (this.#due.has(id) || this.#parkedOn.has(id)) this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
+        this.#due.delete(id); this.#unparkOne(id, false); this.#requestsTaken.delete(id); this.#held.add(id);
+        continue;
+      }
+      this.#held.delete(id);
       if (dueRequested && !this.#broken.has(id)) {
         // Taken and still scheduled: its file goes once that attempt is recorded (#requestDone). Taken but no longer
         // scheduled (its read failed, it was found broken and repaired since): taken again.
@@ -552,6 +568,7 @@ export class QueueRunner {
     if (this.#scanning) this.#attemptedDuringScan.add(id);
     // Held since it was scheduled: no attempt until `postern queue release` (its rescan schedules it again).
     if (await this.#spool.isHeld(id)) {
+      this.#held.add(id);
       this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
       return;
     }
@@ -568,6 +585,7 @@ export class QueueRunner {
       // Held during the wait, which lasts as long as the large messages ahead take at their next hops (a tarpit's half
       // hour): not attempted (looked at before it only, the hold did not stop it).
       if (waits && await this.#spool.isHeld(id)) {
+        this.#held.add(id);
         this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
         return;
       }
@@ -591,6 +609,15 @@ export class QueueRunner {
         return;
       }
       const { message } = read;
+      if (read.envelope.noticeOf && this.#noState.has(id)) {
+        // A notice spooled without a state file may have one now that another process wrote: withdrawn by `postern
+        // queue delete` of its message (bounce.ts). Looked for at each notice's attempt: a notice is rare.
+        const state = await this.#spool.readState(id);
+        if (state) {
+          read.envelope = { ...read.envelope, ...state };
+          this.#noState.delete(id);
+        }
+      }
       const unrecorded = this.#unrecorded.get(id);
       const envelope = unrecorded ? { ...read.envelope, ...unrecorded } : read.envelope;
       const pending = envelope.recipients.filter((r) => !r.status).map((r) => r.address);
@@ -766,30 +793,37 @@ export class QueueRunner {
 
   /**
    * A notice of ours that returned the message whole (RET=FULL) and that a next hop refused for its size (5.3.4: over
-   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those recipients; its id, or
-   * null. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a few
-   * KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   * its SIZE, or its own 552 5.3.4; 5.2.3, a mailbox's limit): spooled again with the message's header only, for those
+   * recipients. Discarded as any undeliverable bounce, it left the sender without word of the failure: the notice is a
+   * few KB more than the message, so a message that just passed a next hop's SIZE bounced into a notice over it.
+   * Spooled once per attempt of the refused notice, as its notices are (spoolNoticeOnce): under a random id, a crash
+   * before that attempt's record sent the sender a copy at each run of it. One that a crashed run spooled and that this
+   * run does not need (the notice went through, or its refusal was another) is withdrawn.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>): Promise<string | null> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[] }> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
-    if (!smaller) return null;
-    const id = this.#spool.newId();
-    const writer = this.#spool.create(id);
     try {
-      writer.write(smaller);
-      await writer.commit({
-        version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: refused.map((address) => ({ address })),
-        ...(envelope.noticeOf ? { noticeOf: envelope.noticeOf } : {}), size: 0, session: envelope.session,
-        attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+      const spooled = await spoolNoticeOnce(this.#noticeSpool, envelope.id, 'failure', attempt, smaller ? refused : [], async (id, to) => {
+        const writer = this.#spool.create(id);
+        try {
+          writer.write(smaller!);
+          await writer.commit({
+            version: 1, id, receivedAt: envelope.receivedAt, sender: '', recipients: to.map((address) => ({ address })),
+            noticeOf: { id: envelope.id, attempt, reported: to }, size: 0, session: envelope.session,
+            attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
+          });
+        } catch (err) {
+          try { writer.abort(); } catch { /* already gone */ }
+          throw err;
+        }
       });
+      if (spooled.id) this.#log.info({ id: envelope.id, notice: spooled.id, to: refused }, `${envelope.id}: refused for its size: sent again as ${spooled.id}, with the returned message's header only`);
+      return spooled;
     } catch (err) {
-      try { writer.abort(); } catch { /* already gone */ }
       this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
-      return null;
+      return { id: null, withdrawn: [] };
     }
-    this.#log.info({ id: envelope.id, notice: id, to: refused }, `${envelope.id}: refused for its size: sent again as ${id}, with the returned message's header only`);
-    return id;
   }
 
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
@@ -836,9 +870,18 @@ export class QueueRunner {
     const deleted = failed.length > 0 && envelope.sender !== '' && !(await this.#spool.has(id).catch(() => true));
     if (deleted) {
       this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+      // And none that a run of this attempt spooled before a crash (the delete withdrew it too, unless it ran first).
+      noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
     } else if (envelope.sender !== '') {
       try {
         bounceId = noting(await spoolBounce(this.#noticeSpool, gen.config.hostname, envelope, message, failed, expired && failed.some((f) => f.status.startsWith('4')), 'failure', attempt));
+        // Deleted between the look above and the spooling: the delete looks for the notices after the message is gone,
+        // and this looks for the message after the notice is spooled, so one of the two sees the other.
+        if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
+          this.#log.info({ id, to: failed.map((f) => f.recipient) }, `${id}: deleted during its attempt: no non-delivery notification`);
+          noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
+          bounceId = null;
+        }
         // Postfix's `sender non-delivery notification` line: which message bounced whom, under which new id.
         if (bounceId) {
           this.#log.info({ id, bounce: bounceId, from: envelope.sender, to: failed.map((f) => f.recipient), expired },
@@ -852,8 +895,17 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced) : null;
-      if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      bounceId = envelope.noticeOf ? noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt)) : null;
+      // A notice deleted during this attempt (`postern queue delete --from '<>'`) is not sent again either: the delete
+      // looks for its copy after the notice is gone, and this looks for the notice after the copy is spooled.
+      if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
+        this.#log.info({ id, notice: bounceId }, `${id}: deleted during its attempt: not sent again with the header only`);
+        noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
+        bounceId = null;
+      } else if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+    } else if (envelope.noticeOf) {
+      // Nothing refused: a copy with the header only that a run of this attempt cut off by a crash spooled is withdrawn.
+      noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt));
     }
     let successNoticeId: string | null = null;
     if (envelope.sender !== '') {
@@ -902,13 +954,35 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+      this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
     // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
-    for (const notice of [bounceId, successNoticeId, ...withdrawn]) if (notice) this.notify(notice);
+    this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
+  }
+
+  /**
+   * The notices of a record: tried now. A withdrawn one (marked done) is removed unsent at its try, which is made now
+   * too when it is scheduled already: one tried before this record waited a whole retry delay (#noticeAwaitsRecord),
+   * and stayed listed by `postern queue list` as a bounce pending for its sender until then.
+   */
+  #noticesAfterRecord(spooled: ReadonlyArray<string | null>, withdrawn: readonly string[]): void {
+    for (const notice of [...spooled, ...withdrawn]) if (notice) this.notify(notice);
+    for (const notice of withdrawn) if (!this.#closing && this.#due.has(notice)) this.#due.set(notice, this.#dueAt(Date.now()));
+    if (withdrawn.length) this.#kick();
+  }
+
+  /** withdrawNoticesOfDeleted, a failure logged (the notice may then go out: the sender hears of a deleted message). */
+  async #withdrawNoticesOfDeleted(id: string, attempt: number): Promise<string[]> {
+    try {
+      // The spool itself, not #noticeSpool: a notice this record just spooled is not in hand yet (notified after it).
+      return await withdrawNoticesOfDeleted(this.#spool, id, attempt);
+    } catch (err) {
+      this.#log.error({ id, err }, `${id}: deleted during its attempt: cannot withdraw the non-delivery notification spooled for it`);
+      return [];
+    }
   }
 
   /** A failure to move costs only disk room (the journal keeps the message): logged, tried again at the next deferral. */

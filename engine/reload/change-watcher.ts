@@ -64,6 +64,7 @@ export class ChangeWatcher {
   #inFlight = 0;
   #inputEvents = 0;
   #otherEvents = 0;
+  #polls = 0;
   #closed = false;
   /** Why file events cannot be had (the first watch error), or null while they can. */
   #unavailable: string | null = null;
@@ -109,6 +110,8 @@ export class ChangeWatcher {
   get inputEvents(): number { return this.#inputEvents; }
   /** Events about other files in the watched folders, ignored. */
   get otherEvents(): number { return this.#otherEvents; }
+  /** Polls of the inputs' status finished so far. */
+  get polls(): number { return this.#polls; }
   /** A settle period is running or an event is still being looked at. */
   get pending(): boolean { return this.#timer !== null || this.#inFlight > 0 || this.#judging || this.#holding !== null; }
 
@@ -188,8 +191,12 @@ export class ChangeWatcher {
     }
     const reportedBefore = this.#reportedAtLastPoll;
     this.#reportedAtLastPoll = this.#reported;
-    const now = await statusOfInputs(inputs);
+    const { status: now, complete } = await statusOfInputs(inputs);
+    this.#polls++;
     if (this.#closed || inputs !== this.#inputs) { this.#polled = null; return; }
+    // Out of descriptors: this look says nothing about the inputs. The next compares with the last one that did,
+    // and judges the events since it as if this one had not been.
+    if (!complete) { this.#reportedAtLastPoll = reportedBefore; return; }
     // Another set of inputs (a reload named a new table): a new baseline, not a change nobody reported.
     const set = JSON.stringify(inputs);
     const before = this.#polledSet === set ? this.#polled : null;
@@ -294,7 +301,7 @@ export class ChangeWatcher {
     try {
       sizes = await sizesOfInputs(inputs);
       // The files' own status only, not their folders' (an editor's swap file beside a script changes the folder's).
-      status = JSON.stringify([...await statusOfInputs(inputs)].filter(([path]) => !inputs.folders.includes(path)));
+      status = JSON.stringify([...(await statusOfInputs(inputs)).status].filter(([path]) => !inputs.folders.includes(path)));
     } finally {
       this.#judging = false;
     }
@@ -452,26 +459,39 @@ const FOLDER_CHECK_MS = 1000;
 export const POLL_MS = 1000;
 
 /**
+ * Errors of the process or the system, not of the file: out of descriptors (a leak, a flood of connections), or of
+ * kernel memory. A read failing so is no change: taken for one, the poll concluded a moment later that the file
+ * system reports no changes, and gave up watching for good.
+ */
+const OWN_RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOMEM']);
+
+/**
  * The status of every input file and script (inode, size, modification and status change times), and of each
  * scripts folder (its identity and the scripts in it), as one string: what polling compares. The status change time moves at every write, so an edit that keeps the
- * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen.
+ * size and puts the modification time back (`cp -p`, `rsync -t`, `touch -r`) is still seen. `complete` is false when
+ * a read failed for want of the process's own resources (OWN_RESOURCE_ERRORS).
  */
-async function statusOfInputs(inputs: WatchedInputs): Promise<Map<string, string>> {
-  const of = (p: string): Promise<string> => stat(p).then((s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
+async function statusOfInputs(inputs: WatchedInputs): Promise<{ status: Map<string, string>; complete: boolean }> {
+  let ownFailure = false;
+  const code = (e: NodeJS.ErrnoException): string => {
+    if (OWN_RESOURCE_ERRORS.has(e.code ?? '')) ownFailure = true;
+    return e.code ?? 'error';
+  };
+  const of = (p: string): Promise<string> => stat(p).then((s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, code);
   const status = new Map<string, string>();
   for (const file of inputs.files) status.set(file, await of(file));
   for (const folder of inputs.folders) {
     let names: string[] = [];
     let listed = 'listed';
-    try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = (e as NodeJS.ErrnoException).code ?? 'error'; }
+    try { names = (await readdir(folder)).filter(isScriptName).sort(); } catch (e) { listed = code(e as NodeJS.ErrnoException); }
     // The folder by its identity and its scripts' names, not its times: any file made or removed in it (vim's
     // `.rcptto.js.swp`, a note) moves them, and no input event comes for such a file (the watcher ignores it), so
     // the poll reported, at error and for good, that the file system reports no changes.
-    const folderIs = await stat(folder).then((s: Stats) => `${s.dev}:${s.ino}`, (e: NodeJS.ErrnoException) => e.code ?? 'error');
+    const folderIs = await stat(folder).then((s: Stats) => `${s.dev}:${s.ino}`, code);
     status.set(folder, `${folderIs} ${listed} ${names.join('/')}`);
     for (const n of names) status.set(join(folder, n), await of(join(folder, n)));
   }
-  return status;
+  return { status, complete: !ownFailure };
 }
 
 /**

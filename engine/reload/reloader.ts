@@ -155,9 +155,9 @@ export class Reloader {
     return () => this.#listeners.delete(fn);
   }
 
-  /** Events about inputs, and about other files in the watched folders (ignored), seen so far. */
-  get watchEvents(): { inputs: number; others: number } {
-    return { inputs: this.#watcher.inputEvents, others: this.#watcher.otherEvents };
+  /** Events about inputs, and about other files in the watched folders (ignored), seen so far; polls of the inputs finished. */
+  get watchEvents(): { inputs: number; others: number; polls: number } {
+    return { inputs: this.#watcher.inputEvents, others: this.#watcher.otherEvents, polls: this.#watcher.polls };
   }
 
   /**

@@ -34,6 +34,11 @@ export class ConnectionState {
   /** The listener's CA list the certificate was verified against (replaced by a reload: checked again at MAIL FROM). */
   certificateTrust: TrustedIssuers | null = null;
   /**
+   * The CRLs (TrustedIssuers) the certificate was last found not revoked by: CRLs change only with a reload, so each
+   * command asks them again only once they were replaced (a serial they list costs a read and an OpenSSL parse).
+   */
+  notRevokedBy: TrustedIssuers | null = null;
+  /**
    * The listener's CA list when the TLS handshake began: its context is chosen at the ClientHello, and the client's
    * certificate comes a round trip later, as late as the client likes. A reload in between leaves a verdict made
    * with this list (session-policy.ts checks it against the new one).

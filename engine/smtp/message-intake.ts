@@ -24,6 +24,7 @@ import type { SpoolWriter } from '../spool/spool.ts';
 import { spoolIsFull } from './runtime.ts';
 import { declaresUtf8 } from './envelope-path.ts';
 import { hopLimitRefusal } from './hop-limit.ts';
+import { RepeatedFailure } from '../logging/repeated-failure.ts';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -104,6 +105,7 @@ export async function receiveMessage(
     const commitStart = performance.now();
     await writer.commit(envelope, replace);
     committed = true;
+    spoolingFailures(runtime).succeeded();
     messageAccepted(st.listener.name, writer.bytes, secondsSince(commitStart));
     // One line per accepted message, Postfix-style; the facts that are not in the text are fields. Built only
     // when it is logged; kept short (a longer line cost ~10% of a message's CPU in bench:ab).
@@ -126,14 +128,25 @@ export async function receiveMessage(
     const code = (err as NodeJS.ErrnoException).code;
     // EFBIG: a file of the spool would grow past the process's file size limit (Node ignores SIGXFSZ, so the
     // write fails instead of killing the worker); the journal starts a new segment at it, so it is the message.
-    runtime.logger.error({ cid: conn.id, id, err }, code === 'EFBIG'
-      ? 'spooling failed: the message is larger than the file size limit of this process (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=)'
-      : 'spooling failed');
+    if (code === 'EFBIG') runtime.logger.error({ cid: conn.id, id, err }, 'spooling failed: the message is larger than the file size limit of this process (RLIMIT_FSIZE: ulimit -f, systemd LimitFSIZE=)');
+    else spoolingFailures(runtime).failed(err, { cid: conn.id, id });
     // A full disk (or quota) is said as such, as at MAIL FROM under spool.minFreeBytes: the client retries later.
     if (code === 'ENOSPC' || code === 'EDQUOT') throw reply('spoolWriteFull');
     if (code === 'EROFS') throw reply('spoolReadOnly');
     throw reply('localError', { id: conn.id });
   }
+}
+
+/**
+ * Spooling that fails for every message while its cause lasts (out of descriptors, a failing disk): the first failure
+ * of a kind at error, the repeats at debug (each message's decision line still says it was refused), the first
+ * message spooled again once at info. Per process, as its spool is.
+ */
+const spoolingFailureLogs = new WeakMap<Runtime, RepeatedFailure>();
+function spoolingFailures(runtime: Runtime): RepeatedFailure {
+  let f = spoolingFailureLogs.get(runtime);
+  if (!f) spoolingFailureLogs.set(runtime, f = new RepeatedFailure(runtime.logger, 'spooling failed', 'spooling works again'));
+  return f;
 }
 
 /** What the spool keeps about the submitting session (the predelivery hook's `session`). */

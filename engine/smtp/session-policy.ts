@@ -262,6 +262,7 @@ export class SessionPolicy {
     st.identity = this.#identityOf(conn, socket, pinTable);
     st.identityRules = st.listener.certificateIdentity;
     st.certificateTrust = conn.trust;
+    st.notRevokedBy = null; // asked at the first command (certificateIdentity asks only of a certificate naming an account)
     const cert = st.certificate;
     if (cert) this.#recordSighting(conn, cert);
     if (cert && pinTable && !st.identity.pinned && pinTable.get(cert.fingerprint.sha256) !== null) {
@@ -661,10 +662,15 @@ export class SessionPolicy {
     const refused = `${command} refused`;
     const cert = st.certificate;
     if (!cert) return null;
-    // Verified or pinned at the handshake: either way a CRL loaded since that lists it withdraws it.
-    if ((cert.verified || st.identity.pinned) && conn.trust.isRevoked(cert)) {
-      this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, `client certificate revoked since the handshake: ${refused}`);
-      return reply('certificateRevoked');
+    // Verified or pinned at the handshake: either way a CRL loaded since that lists it withdraws it. Asked once per set
+    // of CRLs, not at every command: a pinned certificate is of its owner's making, and a serial a CRL lists (CRLs are
+    // public) with another issuer had it parsed again at each MAIL FROM, RCPT TO and DATA.
+    if ((cert.verified || st.identity.pinned) && st.notRevokedBy !== conn.trust) {
+      if (conn.trust.isRevoked(cert)) {
+        this.#log.info({ cid: conn.id, subject: boundedName(cert.subject.dn), serial: cert.serial, user: st.user }, `client certificate revoked since the handshake: ${refused}`);
+        return reply('certificateRevoked');
+      }
+      st.notRevokedBy = conn.trust;
     }
     const older = st.certificateTrust;
     if (older && older !== conn.trust) {
