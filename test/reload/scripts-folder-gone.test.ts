@@ -179,14 +179,16 @@ test('start and postern check: a named scripts folder that does not exist (or ca
     await writeFile(cfg, `dataDir: ./data\nlocalDomains: [example.com]\n${listener}    scripts: ./nowhere\n`);
     const check = await runCli(['check', '--config', cfg]);
     assert.equal(check.code, 1);
-    assert.equal(check.stderr.trim(), `${cfg}:6:14: listeners[0].scripts: scripts folder ${join(dir, 'nowhere')} does not exist (ENOENT): put it back (an empty folder means no scripts)`);
+    // (Warnings aside: without a recipient table and its rcptto script unread, the local domains accept anyone.)
+    const error = check.stderr.trim().split('\n').filter((l) => !l.startsWith('warning: ')).join('\n');
+    assert.equal(error, `${cfg}:6:14: listeners[0].scripts: scripts folder ${join(dir, 'nowhere')} does not exist (ENOENT): put it back (an empty folder means no scripts)`);
     const serve = await runCli(['serve', '--config', cfg], { timeoutMs: 60_000 });
     assert.notEqual(serve.code, 0);
-    assert.ok((serve.stdout + serve.stderr).includes(check.stderr.trim()), `serve says what check says:\n${serve.stdout}${serve.stderr}`);
+    assert.ok((serve.stdout + serve.stderr).includes(error), `serve says what check says:\n${serve.stdout}${serve.stderr}`);
 
     // The top-level key written: the same.
     await writeFile(cfg, `dataDir: ./data\nscripts: ./policy\nlocalDomains: [example.com]\n${listener}`);
-    assert.match((await runCli(['check', '--config', cfg])).stderr, /^.*postern\.yaml:2:10: scripts: scripts folder .*\/policy does not exist \(ENOENT\)/);
+    assert.match((await runCli(['check', '--config', cfg])).stderr, /^.*postern\.yaml:2:10: scripts: scripts folder .*\/policy does not exist \(ENOENT\)/m);
 
     // Left out: the documented default, a folder that may be missing (the built-in rules apply).
     await writeFile(cfg, `dataDir: ./data\nlocalDomains: [example.com]\n${listener}`);
