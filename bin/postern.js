@@ -34,7 +34,7 @@ if (major >= NEEDED_MAJOR) {
   const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
   // Every signal the server acts on or logs, SIGUSR1/2 included: left to this process, SIGUSR2 (what
   // rotation setups send to the pid a service manager knows, this one) would end it and orphan the server.
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
     // Ended by a signal: end by the same one (its forwarding listener removed first, or it would only be
     // forwarded again and this process exit 1).

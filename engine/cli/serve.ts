@@ -1,6 +1,6 @@
 /**
  * `postern serve`: start the supervisor and its worker processes (engine/cluster/supervisor.ts), print
- * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
+ * how to connect, stop cleanly on SIGINT/SIGTERM/SIGQUIT, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
 import { StartStopped, Supervisor } from '../cluster/supervisor.ts';
@@ -45,6 +45,9 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   // handler is gone the second one would end the supervisor in the middle of its stop.
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  // Ctrl-\ at a terminal (to the whole process group), or an administrator used to nginx's graceful quit: left to
+  // Node's default, every process ended at once, sessions cut mid-transaction. A stop like SIGTERM's instead.
+  process.on('SIGQUIT', () => void stop('SIGQUIT'));
   try {
     supervisor = await Supervisor.start({
       configPath: opts.config,

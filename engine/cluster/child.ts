@@ -179,6 +179,8 @@ async function main(): Promise<void> {
   // (stop() runs once): a second signal must not end the process in the middle of its stop.
   process.on('SIGINT', () => void stop());
   process.on('SIGTERM', () => void stop());
+  // Ctrl-\ signals the group: Node's default for SIGQUIT ended this process at once (sessions cut, taken for a crash).
+  process.on('SIGQUIT', () => void stop());
   // SIGHUP to the whole process group reaches the supervisor too, which tells every child once: a child
   // reloading on its own signal as well would reload twice.
   process.on('SIGHUP', () => undefined);
