@@ -118,6 +118,9 @@ async function main(): Promise<void> {
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
+    // Signalled alone (kill -TERM of this pid), the supervisor would hand on new connections for the whole drain,
+    // each greeted and then told 421 Server shutting down. (A recycle said so already with 'draining'.)
+    if (!recycling) send({ t: 'stopping' });
     await running?.close({ endsWithSignal: recycling });
     await lastWords();
     end();
