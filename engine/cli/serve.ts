@@ -12,6 +12,10 @@ import { notifyServiceManager } from './service-manager.ts';
 
 export async function serveCommand(opts: { config?: string }): Promise<void> {
   const embedded = !opts.config;
+  // The reader of stdout (the log) or stderr may go away: `npm start | head -1`, a terminal closed. The log writer
+  // drops its lines then (turn-buffered-stdout.ts), but a write through process.stdout (the quick start) or
+  // process.stderr (a warning) emits EPIPE as an 'error' event, which unheard ended the supervisor, its children with it.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   // Signals are handled from the first moment: a service manager may stop or reload a server that is
   // still starting its workers (the default action would kill the supervisor and orphan them).
   let supervisor: Supervisor | null = null;
