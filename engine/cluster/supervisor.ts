@@ -81,7 +81,7 @@ const MAX_INFLIGHT = 3;
 const MAX_WAITING = 10_000;
 /** The supervisor keeps its copy of a handed-over socket until the worker's heartbeat counts it (#got). */
 const KEEP_OPEN = { keepOpen: true } as const;
-const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
+const CHILD_ENTRY = fileURLToPath(new URL('./child-entry.ts', import.meta.url));
 
 interface Child {
   kind: 'worker' | 'queue';
