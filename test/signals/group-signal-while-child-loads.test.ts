@@ -28,7 +28,7 @@ for (const signal of ['SIGHUP', 'SIGUSR2'] as const) {
       process.kill(-supervisor, signal);
       signalled = true;
     })();
-    const cluster = await startCluster({ config: ONE_WORKER, detached: true, env: { NODE_OPTIONS: `--import=${PRELOAD}`, POSTERN_TEST_SLOW_LOAD_MARKER: marker } })
+    const cluster = await startCluster({ config: ONE_WORKER, detached: true, env: { NODE_OPTIONS: `--import=${PRELOAD}`, POSTERN_TEST_SLOW_LOAD_MARKER: marker, POSTERN_TEST_SLOW_LOAD_ROLES: 'worker,queue' } })
       .finally(() => signaller);
     try {
       assert.ok(signalled, 'the group was signalled while the worker loaded');
