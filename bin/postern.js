@@ -16,6 +16,13 @@ const major = Number(process.versions.node.split('.')[0]);
 process.on('SIGUSR1', () => undefined);
 
 if (major >= NEEDED_MAJOR) {
+  // `serve` (the default command): SIGHUP (a `systemctl reload` right after a start that returned at the fork) and
+  // SIGUSR2 (log rotation) while the modules still load would end the server before engine/cli/serve.ts handles
+  // them. Nothing is loaded yet, so there is nothing to reload: a fresh start reads every input anyway.
+  const command = process.argv[2];
+  if (command === undefined || command === 'serve' || command.startsWith('-')) {
+    for (const signal of ['SIGHUP', 'SIGUSR2']) process.on(signal, () => undefined);
+  }
   // Before any TypeScript is stripped, i.e. before this process has any WebAssembly code: then no
   // collection of it can ever start (why: engine/sandbox/no-wasm-code-gc.ts).
   v8.setFlagsFromString('--no-wasm-code-gc');
@@ -34,7 +41,7 @@ if (major >= NEEDED_MAJOR) {
   const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
   // Every signal the server acts on or logs, SIGUSR1/2 included: left to this process, SIGUSR2 (what
   // rotation setups send to the pid a service manager knows, this one) would end it and orphan the server.
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
     // Ended by a signal: end by the same one (its forwarding listener removed first, or it would only be
     // forwarded again and this process exit 1).

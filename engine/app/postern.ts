@@ -395,11 +395,15 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       stopShadowing();
       await recording.stop();
       if (collector) clearInterval(collector);
+      // The sessions are told first (421 to their next command, their grace time running), and the reload under way
+      // finishes beside that: a build with slow top levels takes seconds, up to its deadline, and waiting for it
+      // first served every session as if no stop had come, then left the drain less of the supervisor's 30 s.
+      const sessionsEnded = Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      for (const p of policyServers.values()) p.close();
       await admin?.close();
       await accounts?.close();
       await reloader.close();
-      await Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
-      for (const p of policyServers.values()) p.close();
+      await sessionsEnded;
       await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
       await queue.close();
       expiry?.close();

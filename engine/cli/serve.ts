@@ -1,6 +1,6 @@
 /**
  * `postern serve`: start the supervisor and its worker processes (engine/cluster/supervisor.ts), print
- * how to connect, stop cleanly on SIGINT/SIGTERM, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
+ * how to connect, stop cleanly on SIGINT/SIGTERM/SIGQUIT, reload every process on SIGHUP, ignore SIGUSR1/2 (logged). Without --config the
  * embedded default runs and its development PKI is created under data/pki on first start.
  */
 import { StartStopped, Supervisor } from '../cluster/supervisor.ts';
@@ -12,6 +12,10 @@ import { notifyServiceManager } from './service-manager.ts';
 
 export async function serveCommand(opts: { config?: string }): Promise<void> {
   const embedded = !opts.config;
+  // The reader of stdout (the log) or stderr may go away: `npm start | head -1`, a terminal closed. The log writer
+  // drops its lines then (turn-buffered-stdout.ts), but a write through process.stdout (the quick start) or
+  // process.stderr (a warning) emits EPIPE as an 'error' event, which unheard ended the supervisor, its children with it.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   // Signals are handled from the first moment: a service manager may stop or reload a server that is
   // still starting its workers (the default action would kill the supervisor and orphan them).
   let supervisor: Supervisor | null = null;
@@ -45,6 +49,9 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
   // handler is gone the second one would end the supervisor in the middle of its stop.
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  // Ctrl-\ at a terminal (to the whole process group), or an administrator used to nginx's graceful quit: left to
+  // Node's default, every process ended at once, sessions cut mid-transaction. A stop like SIGTERM's instead.
+  process.on('SIGQUIT', () => void stop('SIGQUIT'));
   try {
     supervisor = await Supervisor.start({
       configPath: opts.config,

@@ -118,6 +118,9 @@ async function main(): Promise<void> {
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     accepting.close(); // at once: the port is left to the other workers (or the next server) while sessions end
+    // Signalled alone (kill -TERM of this pid), the supervisor would hand on new connections for the whole drain,
+    // each greeted and then told 421 Server shutting down. (A recycle said so already with 'draining'.)
+    if (!recycling) send({ t: 'stopping' });
     await running?.close({ endsWithSignal: recycling });
     await lastWords();
     end();
@@ -179,6 +182,8 @@ async function main(): Promise<void> {
   // (stop() runs once): a second signal must not end the process in the middle of its stop.
   process.on('SIGINT', () => void stop());
   process.on('SIGTERM', () => void stop());
+  // Ctrl-\ signals the group: Node's default for SIGQUIT ended this process at once (sessions cut, taken for a crash).
+  process.on('SIGQUIT', () => void stop());
   // SIGHUP to the whole process group reaches the supervisor too, which tells every child once: a child
   // reloading on its own signal as well would reload twice.
   process.on('SIGHUP', () => undefined);

@@ -83,7 +83,7 @@ const MAX_INFLIGHT = 3;
 const MAX_WAITING = 10_000;
 /** The supervisor keeps its copy of a handed-over socket until the worker's heartbeat counts it (#got). */
 const KEEP_OPEN = { keepOpen: true } as const;
-const CHILD_ENTRY = fileURLToPath(new URL('./child.ts', import.meta.url));
+const CHILD_ENTRY = fileURLToPath(new URL('./child-entry.ts', import.meta.url));
 
 interface Child {
   kind: 'worker' | 'queue';
@@ -558,6 +558,17 @@ export class Supervisor {
           `${child.kind} ${child.index} is being replaced: its sandbox cannot recover (${(m as { reason?: string }).reason})`);
         void this.#saveStatus();
         return;
+      case 'stopping':
+        // It was told to stop (by a signal of its own, or by us): no new connections; its exit brings the replacement.
+        child.ready = false;
+        child.accepting = false; // it closed its copies of the listening sockets itself
+        child.acceptPending = false;
+        if (this.#stopping) return;
+        this.log.warn({ [child.kind]: child.index, childPid: proc.pid },
+          `${child.kind} ${child.index} is stopping (signalled): it gets no new connections, its sessions may finish, and it is replaced once it has ended`);
+        this.#chooseAccepting();
+        void this.#saveStatus();
+        return this.#dispatch();
       case 'ready':
         child.ready = true;
         send({ t: 'fences', list: this.#fences.fences });
@@ -1155,12 +1166,14 @@ export class Supervisor {
   }
 
   async stop(): Promise<void> {
+    // At once, before anything is waited for: a child signalled with the whole process group says it is stopping
+    // meanwhile, which must not be taken for one stopped alone (replaced, the others told to accept).
+    this.#stopping = true;
     // First: closing the status socket's server removes its file, which #keepStatusSocket would make again.
     if (this.#lockTimer) clearInterval(this.#lockTimer);
     await Promise.all([this.#admin?.close(), this.#statusServer?.close(), this.#reloads.close()]);
     this.#admin = null;
     this.#statusServer = null;
-    this.#stopping = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#lockTimer) clearInterval(this.#lockTimer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);

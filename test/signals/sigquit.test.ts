@@ -1,0 +1,62 @@
+// SIGQUIT (Ctrl-\ at a terminal, which signals the whole foreground process group; `kill -QUIT` by an administrator
+// used to nginx's graceful quit) had no handler in any process of `postern serve`: Node's default ended each at once.
+// Every session was cut mid-transaction without a 421, and a worker signalled alone died as a crash does (replaced,
+// and blamed on the scripts it was running). It now stops the process as SIGTERM does: transactions in progress
+// finish, exit 0; a worker signalled alone drains and is replaced without being taken for a crash.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startCluster, greeted, spooled, workerPid, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
+import type { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+async function halfSent(cluster: ClusterProcess): Promise<SmtpTestClient> {
+  const sending = await greeted(cluster);
+  assert.equal((await sending.command('MAIL FROM:<a@example.org>')).code, 250);
+  assert.equal((await sending.command('RCPT TO:<b@example.test>')).code, 250);
+  assert.equal((await sending.command('DATA')).code, 354);
+  sending.write('Subject: quit\r\n\r\nfirst half');
+  return sending;
+}
+
+async function finished(cluster: ClusterProcess, sending: SmtpTestClient): Promise<void> {
+  // (Or the session cut: the process ended at once.)
+  await cluster.waitFor('the worker to start draining', () => sending.closed || cluster.logs.some((l) => l.msg === 'stopping: sessions in progress may finish their transaction'));
+  assert.ok(!sending.closed, 'the session was not cut');
+  sending.write('second half\r\n.');
+  const queued = await sending.read();
+  assert.equal(queued.code, 250, 'the transaction in progress finished');
+  assert.ok((await spooled(cluster)).has(/queued as (\S+)/.exec(queued.text)![1]!), 'and is spooled');
+}
+
+test('SIGQUIT to the whole process group (Ctrl-\\): the transaction in progress finishes, exit 0, no child replaced', { timeout: 120_000 }, async () => {
+  const cluster = await startCluster({ config: ONE_WORKER, detached: true });
+  try {
+    await cluster.waitFor('the worker and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 2);
+    const sending = await halfSent(cluster);
+    const exited = new Promise<[number | null, string | null]>((r) => cluster.proc.once('exit', (code, signal) => r([code, signal])));
+    process.kill(-cluster.proc.pid!, 'SIGQUIT');
+    await finished(cluster, sending);
+    assert.deepEqual(await exited, [0, null]);
+    assert.deepEqual(cluster.logs.filter((l) => /replacing it|could not start/.test(String(l.msg))).map((l) => l.msg), [], 'no child is taken for a crash');
+  } finally {
+    await cluster.stop();
+  }
+});
+
+test('SIGQUIT to a worker alone: its transaction finishes, it is replaced as a stopped worker (not a crash), the server serves on', { timeout: 120_000 }, async () => {
+  const cluster = await startCluster({ config: ONE_WORKER });
+  try {
+    const pid = await workerPid(cluster, 0);
+    const sending = await halfSent(cluster);
+    process.kill(pid, 'SIGQUIT');
+    await finished(cluster, sending);
+    const replaced = await cluster.waitFor('the worker replaced', () => cluster.logs.find((l) => /^worker process died/.test(String(l.msg))));
+    assert.equal(replaced.signal, null, `it ended by itself (${String(replaced.msg)})`);
+    await cluster.waitFor('a new worker 0 ready', async () => (await cluster.cluster()).processes.some((p) => p.role === 'worker' && p.ready && p.pid !== pid));
+    const after = await greeted(cluster);
+    assert.equal((await after.sendMail('a@example.org', ['b@example.test'])).code, 250, 'the replacement serves');
+    await after.quit();
+    assert.ok(cluster.proc.exitCode === null, 'the supervisor runs on');
+  } finally {
+    await cluster.stop();
+  }
+});
