@@ -44,7 +44,8 @@ listeners:
     listen: 127.0.0.1:{PORT:sub}
     reverseDns: false
     auth: { mechanisms: [PLAIN] }
-    limits: { greetingDelayMs: 0, authFailuresPerIp: 1000, authFailuresBeforeDelay: 1000, authFailureWindowMs: ${WINDOW_MS} }
+    # (120 addresses guess at one account: the account's own limit is not what this counts)
+    limits: { greetingDelayMs: 0, authFailuresPerIp: 1000, authFailuresBeforeDelay: 1000, authFailuresPerAccount: 100000, authFailureWindowMs: ${WINDOW_MS} }
 `,
     files: { users: `alice:${await hashPassword('right')}\n` },
   });

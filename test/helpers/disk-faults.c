@@ -10,6 +10,8 @@
  *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
  *   open-watchdog-emfile  open() of the watchdog thread's module fails with EMFILE (out of descriptors as
  *                  the thread starts)
+ *   socket-emfile  the next socket() for a TCP stream (IPv4 or IPv6) fails with EMFILE: out of descriptors as a
+ *                  connection is made (a delivery's connect)
  * And faults on any file, whose trigger file holds the end of the path they are for:
  *   fsync-eio      fsync() of a file or folder whose path ends so fails with EIO
  *   rename-kill    the process is killed (SIGKILL) as it renames a file over a path that ends so: a crash
@@ -43,6 +45,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/mman.h>
@@ -343,3 +346,14 @@ ssize_t writev(int fd, const struct iovec *iov, int n) {
   }
 FTRUNCATE_WRAPPER(ftruncate)
 FTRUNCATE_WRAPPER(ftruncate64)
+
+/* socket-emfile (see the top of this file). */
+int socket(int domain, int type, int protocol) {
+  static int (*real)(int, int, int);
+  if (!real) real = dlsym(RTLD_NEXT, "socket");
+  if ((domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM && claim_path("socket-emfile", "", "")) {
+    errno = EMFILE;
+    return -1;
+  }
+  return real(domain, type, protocol);
+}
