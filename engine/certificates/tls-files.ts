@@ -9,6 +9,16 @@ import { children, readTlv } from './der.ts';
 import { pemBlocks, pemToDer, toPem } from './digests.ts';
 import { publicRootOf } from './public-roots.ts';
 import { encryptedKeyProblem } from './key-material.ts';
+import { slicer } from '../config/give-way.ts';
+
+/**
+ * The most certificates one CA bundle is read with: a private CA's bundle holds a few, the system bundle some 150.
+ * Each is parsed in JavaScript (about a millisecond): read in one stretch, a bundle of a thousand held the event
+ * loop of every process for seconds at a reload, past the workers' watchdog, which killed them with their
+ * connections; a file of certificates concatenated by mistake (256 MB: 200,000 of them) would take minutes even
+ * read giving way. Refused, with the file named, before any is parsed.
+ */
+export const MAX_BUNDLE_CERTIFICATES = 1000;
 
 /** PEM strings for tls.createSecureContext's `ca` and `crl`, plus what is worth a log line. */
 export interface TrustMaterial {
@@ -82,10 +92,15 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
   const authorities: x509.X509Certificate[] = [];
   const warnings: string[] = [];
   const now = new Date();
+  const giveWay = slicer(1);
   for (const file of files.caFiles) {
     const pems = pemBlocks((await read(file, 'ca')).toString('utf8'), ['CERTIFICATE']);
     if (!pems.length) throw new TlsFileError(file, 'ca', 'not a PEM certificate');
+    if (pems.length > MAX_BUNDLE_CERTIFICATES) throw new TlsFileError(file, 'ca', `holds ${pems.length} certificates, more than the ${MAX_BUNDLE_CERTIFICATES} a CA bundle is read with: list only the CAs that issue the certificates to verify`);
     for (const pem of pems) {
+      // Each certificate is a parse of its own: the sessions of the process get their turn between them.
+      const turn = giveWay();
+      if (turn) await turn;
       let cert: x509.X509Certificate;
       try {
         cert = new x509.X509Certificate(pemToDer(pem));

@@ -8,12 +8,15 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 
 export const PARSE_SLICE_MS = 20;
 
-/** Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. */
-export function slicer(): () => Promise<void> | undefined {
+/**
+ * Call once per entry: resolves at once, or after the event loop had its turn when the slice is used up. The clock
+ * is looked at every `checkEvery` entries: lines are cheap, but a certificate is a millisecond to parse.
+ */
+export function slicer(checkEvery = 256): () => Promise<void> | undefined {
   let since = performance.now();
   let n = 0;
   return () => {
-    if ((++n & 255) !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
+    if (++n % checkEvery !== 0 || performance.now() - since < PARSE_SLICE_MS) return undefined;
     return yieldToEventLoop().then(() => { since = performance.now(); });
   };
 }

@@ -11,6 +11,7 @@ import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
+import { configSizeProblem, MAX_CONFIG_BYTES } from './config-size.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
 export interface LoadedConfig {
@@ -60,6 +61,8 @@ function documentValue(doc: Document, file: string): unknown {
 
 /** Parse and validate configuration text. `file` names it in messages; `baseDir` anchors relative paths. */
 export function parseConfig(text: string, file: string, baseDir: string): LoadedConfig {
+  const tooLarge = configSizeProblem(text);
+  if (tooLarge) throw new ConfigError([{ file, ...tooLarge }]);
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, merge: true });
   if (doc.errors.length) {
@@ -113,7 +116,7 @@ export function loadConfigFile(path: string, { regularFileOnly = false }: { regu
   const file = resolve(path);
   let text: string;
   try {
-    text = regularFileOnly ? readInputFileSync(file).toString('utf8') : readFileSync(file, 'utf8');
+    text = regularFileOnly ? readInputFileSync(file, MAX_CONFIG_BYTES).toString('utf8') : readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}${err instanceof InputFileError && err.reason === 'not a file' ? SERVE_READS_AGAIN : ''}` }]);
   }

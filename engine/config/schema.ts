@@ -69,7 +69,7 @@ const tlsSchema = z.strictObject({
   clientCertificates: z.enum(['none', 'request', 'require']).default('none')
     .describe('`none`: never ask. `request`: ask, and continue without a certificate or with an untrusted one. `require`: without a trusted (or pinned) certificate, reply `421 4.7.1` and close. See [client-certificates.md](client-certificates.md).'),
   caFiles: z.array(path()).default([])
-    .describe('PEM bundles, one or more certificates per file. These are the only CAs a client certificate is verified against; system and public roots are never used. Each bundle must include the root. A public CA (one of the roots of Mozilla\'s store that Node ships, or a CA one of them issued, as in the system bundle) is refused: every certificate it issues, to anyone, would verify as a client\'s. A CA that has expired, or a certificate that is not a CA, is logged as a warning. Read only when `clientCertificates` is not `none`.'),
+    .describe('PEM bundles, one or more certificates per file (at most 1000 a file: a bundle of more is an error naming it, and a reload keeps the running one). These are the only CAs a client certificate is verified against; system and public roots are never used. Each bundle must include the root. A public CA (one of the roots of Mozilla\'s store that Node ships, or a CA one of them issued, as in the system bundle) is refused: every certificate it issues, to anyone, would verify as a client\'s. A CA that has expired, or a certificate that is not a CA, is logged as a warning. Read only when `clientCertificates` is not `none`.'),
   crlFiles: z.array(path()).default([])
     .describe('CRLs in PEM (`X509 CRL` or `CRL` blocks, several per file) or DER. Each must be signed by a CA in `caFiles`, or the load fails. Once any CRL is configured, every CA in a client\'s chain needs its own CRL; a missing one gives the verdict `crl-missing`. An expired CRL is logged as a warning, and every certificate of its CA then fails with `CRL_HAS_EXPIRED`.'),
   strict: z.boolean().default(false)
@@ -293,7 +293,7 @@ const deliverySchema = z.strictObject({
   }).prefault({}).describe('Outbound TLS defaults; a `predelivery` script can override them per domain.'),
   clientCertificates: z.record(z.string(), outboundCertificateSchema).default({})
     .describe('Outbound client certificates, by name. See [client certificates](#outbound-client-certificates).'),
-  caFiles: z.record(z.string(), path()).default({}).describe('CA bundles (PEM) by name, for `verify`.'),
+  caFiles: z.record(z.string(), path()).default({}).describe('CA bundles (PEM) by name, for `verify`; at most 1000 certificates a bundle (more is an error naming the file).'),
   dkim: z.record(z.string(), dkimKeySchema).default({})
     .describe('DKIM signing keys, by name. Outbound mail is signed with the keys a `predelivery` script names (`deliver({ dkim: \'<name>\' })` or a list of names, one signature each; `null`: unsigned), else with the keys that list the sender\'s domain under `senderDomains`, else not at all. See [DKIM signing](#dkim-signing).'),
   concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),

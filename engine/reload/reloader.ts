@@ -22,6 +22,7 @@ import { parseConfig, type LoadedConfig } from '../config/load-config.ts';
 import type { Config } from '../config/schema.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { readInputFile } from '../config/input-file.ts';
+import { MAX_CONFIG_BYTES } from '../config/config-size.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
@@ -345,7 +346,7 @@ export class Reloader {
     const file = resolve(s.configPath);
     let bytes: Buffer;
     try {
-      bytes = await readInputFile(file);
+      bytes = await readInputFile(file, MAX_CONFIG_BYTES);
     } catch (err) {
       throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}` }]);
     }
