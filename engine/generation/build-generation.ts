@@ -235,13 +235,15 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
 }
 
 /**
- * Local domains whose every address is accepted: no recipient table, and a listener whose scripts have no rcptto
- * script that could check them. A dictionary attack with forged senders is then accepted, fails at the next hop,
- * and bounces to the innocent senders (backscatter). Said, not refused: a relay in front of a catch-all means it.
+ * Local domains whose every address is accepted: no recipient table, and a listener open to clients that have not
+ * logged in whose scripts have no rcptto script that could check them. A dictionary attack with forged senders is
+ * then accepted, fails at the next hop, and bounces to the innocent senders (backscatter). Said, not refused: a relay
+ * in front of a catch-all means it. Not said where nothing bounces (delivery off: mail stays in the spool) nor for a
+ * listener that requires AUTH (its clients are known: a typo of theirs bounces to them, not to a forged sender).
  */
 function openLocalDomains(config: Config, sandboxes: ReadonlyMap<string, Sandbox>): string | null {
-  if (config.localRecipients || !config.localDomains.length) return null;
-  const unchecked = config.listeners.filter((l) => !sandboxes.get(l.scripts ?? config.scripts)?.scriptFile('rcptto'));
+  if (config.localRecipients || !config.localDomains.length || !config.delivery.enabled) return null;
+  const unchecked = config.listeners.filter((l) => !l.auth?.required && !sandboxes.get(l.scripts ?? config.scripts)?.scriptFile('rcptto'));
   if (!unchecked.length) return null;
   return `the local domains accept any recipient (listener${unchecked.length === 1 ? '' : 's'} ${unchecked.map((l) => l.name).join(', ')}): mail to addresses that do not exist is accepted and bounced later, to senders a spammer may have forged (backscatter); list the addresses in localRecipients (Postfix local_recipient_maps), or check them in an rcptto script`;
 }

@@ -200,14 +200,20 @@ test('reload: a table renamed over is taken; an emptied or broken one is refused
 test('postern check: warns when the local domains accept any recipient; names the line of a bad entry; warns of a domain without entries', async () => {
   const dir = server.dir;
   const base = `dataDir: ./data-check\nscripts: ./scripts\nlisteners:\n  - name: mx\n    listen: 127.0.0.1:0\n`;
-  await writeFile(join(dir, 'open.yaml'), `localDomains: [example.com]\n${base}`);
+  const delivering = 'delivery:\n  route: { smarthost: { host: 127.0.0.1, port: 25 } }\n';
+  await writeFile(join(dir, 'open.yaml'), `localDomains: [example.com]\n${base}${delivering}`);
   const open = await runCli(['check', '-c', join(dir, 'open.yaml')]);
   assert.equal(open.code, 0, open.stderr);
   assert.match(open.stdout + open.stderr, /open\.yaml:1:\d+: localDomains: the local domains accept any recipient .*localRecipients/);
+  // Nothing bounces with delivery off (mail stays in the spool), and a listener that requires AUTH knows its clients.
+  await writeFile(join(dir, 'spooling.yaml'), `localDomains: [example.com]\n${base}`);
+  assert.doesNotMatch((await runCli(['check', '-c', join(dir, 'spooling.yaml')])).stderr, /accept any recipient/);
+  await writeFile(join(dir, 'submission.yaml'), `localDomains: [example.com]\n${base}    auth: { mechanisms: [PLAIN], required: true }\n${delivering}`);
+  assert.doesNotMatch((await runCli(['check', '-c', join(dir, 'submission.yaml')])).stderr, /accept any recipient/);
 
   await mkdir(join(dir, 'checking-scripts'), { recursive: true });
   await writeFile(join(dir, 'checking-scripts', 'rcptto.ts'), SCRIPT);
-  await writeFile(join(dir, 'scripted.yaml'), `localDomains: [example.com]\n${base.replace('./scripts', './checking-scripts')}`);
+  await writeFile(join(dir, 'scripted.yaml'), `localDomains: [example.com]\n${base.replace('./scripts', './checking-scripts')}${delivering}`);
   const scripted = await runCli(['check', '-c', join(dir, 'scripted.yaml')]);
   assert.equal(scripted.code, 0, scripted.stderr);
   assert.doesNotMatch(scripted.stdout + scripted.stderr, /accept any recipient/, 'an rcptto script may check them');
