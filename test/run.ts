@@ -46,6 +46,11 @@ const LONGEST_FIRST = [
   'test/queue/hold-release.test.ts', 'test/cluster/stop.test.ts', 'test/smtp/leave-at-every-stage.test.ts',
   'test/delivery/postfix.test.ts', 'test/cluster/chaos-kills.test.ts', 'test/logging/decision-lines.test.ts',
   'test/reload/every-key.test.ts',
+  // Added 2026-12-07 from the merged tree's own runs (15–47 s each):
+  'test/queue/notice-withdrawn-crash-walk.test.ts', 'test/signals/worker-stopped-alone.test.ts', 'test/signals/sigquit.test.ts',
+  'test/accounts/retire-after-session-ended.test.ts', 'test/signals/signal-while-supervisor-loads.test.ts',
+  'test/signals/group-signal-while-child-loads.test.ts', 'test/queue/dsn-header-cut.test.ts',
+  'test/cluster/serve-descriptors-released.test.ts', 'test/signals/stop-during-reload-build.test.ts',
 ];
 const everything = [...testFiles('test'), ...testFiles('examples')];
 const rank = (file: string): number => { const i = LONGEST_FIRST.indexOf(file); return i < 0 ? LONGEST_FIRST.length : i; };
