@@ -1419,18 +1419,21 @@ export class IsolateSlot {
 }
 
 /**
- * Whose the latest 4096 calls were, in fixed arrays indexed by call id: remembered at every call, so nothing is
- * allocated or rehashed there (a Map of the latest calls, an entry added and the oldest deleted per call, cost
- * about 2 µs per call in test/bench/message-calls.ts); asked only when a line is logged after its call ended.
+ * Whose the latest 4096 calls were, in arrays indexed by call id modulo 4096: remembered at every call, so nothing is
+ * allocated or rehashed there once they are full (a Map of the latest calls, an entry added and the oldest deleted per
+ * call, cost about 2 µs per call in test/bench/message-calls.ts); asked only when a line is logged after its call
+ * ended. They grow with the calls made (a slot of a generation that made few calls stays small: 400 slots created and
+ * disposed by reloads, each with arrays made whole at once, held 16 MB more of heap, test/sandbox/lifecycle.test.ts).
  */
 class CallerRing {
   static readonly SIZE = 4096;
-  readonly #ids = new Float64Array(CallerRing.SIZE).fill(-1);
-  readonly #connections: Array<string | null> = new Array<string | null>(CallerRing.SIZE).fill(null);
-  readonly #files: string[] = new Array<string>(CallerRing.SIZE).fill('');
+  readonly #ids: number[] = [];
+  readonly #connections: Array<string | null> = [];
+  readonly #files: string[] = [];
 
   remember(id: number, connectionId: string | null, file: string): void {
     const i = id % CallerRing.SIZE;
+    while (this.#ids.length < i) { this.#ids.push(-1); this.#connections.push(null); this.#files.push(''); }
     this.#ids[i] = id;
     this.#connections[i] = connectionId;
     this.#files[i] = file;
