@@ -21,8 +21,8 @@ import { closed } from '../helpers/wait.ts';
 import { snapshot, descriptorsBackTo, type ResourceSnapshot } from '../helpers/process-resources.ts';
 import { requestText, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 
-const ROUNDS = 30;
-const RELOADS = 20;
+const ROUNDS = 12;
+const RELOADS = 8;
 const STORE_OUTAGES = 3;
 
 test('under postern serve every failure path gives its descriptors and threads back, in every process', { ...needsRedis(), timeout: 300_000 }, async () => {
