@@ -29,6 +29,8 @@ interface Outcome {
   /** The walk's count when each message reached the next hop (its end of DATA), in the order they came. */
   arrivals: Array<{ kind: 'ok' | 'later' | 'bounce' | 'mixed'; at: number }>;
   trace: CrashPoint[];
+  /** The call the run was armed at, once taken. */
+  hit: CrashPoint | undefined;
   roles: Map<number, string>;
 }
 
@@ -93,7 +95,7 @@ async function life(n: number, action: CrashAction, opts: { body?: string; only?
     const listed = await runCli(['queue', 'list', '--json', '-c', join(c.dir, 'postern.yaml')]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual((JSON.parse(listed.stdout) as { messages: unknown[] }).messages, [], 'postern queue list: empty');
-    return { firstAcked, copies: copies(), arrivals, trace: walk.trace(), roles: pids };
+    return { firstAcked, copies: copies(), arrivals, trace: walk.trace(), hit: walk.hit(), roles: pids };
   } finally {
     walk.disarm();
     await c.stop();
@@ -108,12 +110,12 @@ function shape(root: string, p: CrashPoint): string {
 }
 
 /**
- * Whether the kill of a run (the last call its trace counted: counting stops there) may have made the next hop get
+ * Whether the kill of a run may have made the next hop get
  * a `kind` message twice: it came between the next hop's acceptance of a copy and the queue process's first call
  * that records it (a state file's rename, an unlink, a done line).
  */
 function duplicateAllowed(o: Outcome, kind: 'ok' | 'later' | 'bounce', action: CrashAction): boolean {
-  const hit = o.trace.at(-1)?.n ?? 0;
+  const hit = o.hit?.n ?? 0;
   const records = o.trace.filter((p) => o.roles.get(p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
   return o.arrivals.filter((a) => a.kind === kind || (a.kind === 'mixed' && kind !== 'bounce'))
     .some((a) => (action === 'after' ? a.at <= hit : a.at < hit) && !records.some((r) => r.n > a.at && (action === 'after' ? r.n <= hit : r.n < hit)));
@@ -141,7 +143,7 @@ async function walkPoints(t: { diagnostic(m: string): void }, points: Point[], b
     let where = `${action} at ${only ? `${only.call} …${only.pathEnd} #` : ''}${n}`;
     try {
       const o = await life(n, action, { body, only });
-      const hit = o.trace.at(-1);
+      const hit = o.hit;
       assert.ok(hit && (!only || (hit.call === only.call && hit.path.endsWith(only.pathEnd))), `${where}: the point was not reached`);
       where += ` (${kindOfPoint(o, hit)})`;
       check(o, action, where);

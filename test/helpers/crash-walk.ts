@@ -34,7 +34,17 @@ export interface CrashWalk {
   count(): number;
   /** The calls counted since arm(). */
   trace(): CrashPoint[];
+  /**
+   * The armed point, once taken. Not the trace's last call: another process that read the armed point just before it
+   * was taken counts its own call after it.
+   */
+  hit(): CrashPoint | undefined;
 }
+
+const traceLine = (line: string): CrashPoint => {
+  const [n, pid, call, ...path] = line.split(' ');
+  return { n: Number(n), pid: Number(pid), call: call!, path: path.join(' ') };
+};
 
 export function crashWalk(): CrashWalk {
   const faults = diskFaults();
@@ -42,6 +52,7 @@ export function crashWalk(): CrashWalk {
   const counter = join(dir, 'counter');
   const at = join(dir, 'at');
   const trace = join(dir, 'trace');
+  const hit = join(dir, 'hit');
   writeFileSync(counter, Buffer.alloc(4096));
   return {
     env: { ...faults.env, POSTERN_CRASH_WALK: dir },
@@ -51,15 +62,17 @@ export function crashWalk(): CrashWalk {
       const fd = openSync(counter, 'r+');
       try { writeSync(fd, Buffer.alloc(16), 0, 16, 0); } finally { closeSync(fd); }
       rmSync(trace, { force: true });
+      rmSync(hit, { force: true });
       writeFileSync(at, `${n} ${action}${only ? ` ${only.call} ${only.pathEnd}` : ''}\n`);
     },
     disarm: () => rmSync(at, { force: true }),
     taken: () => !existsSync(at),
     count: () => Number(readFileSync(counter).readBigInt64LE(0)),
-    trace: () => (existsSync(trace) ? readFileSync(trace, 'utf8') : '').split('\n').filter(Boolean).map((line) => {
-      const [n, pid, call, ...path] = line.split(' ');
-      return { n: Number(n), pid: Number(pid), call: call!, path: path.join(' ') };
-    }).sort((a, b) => a.n - b.n),
+    trace: () => (existsSync(trace) ? readFileSync(trace, 'utf8') : '').split('\n').filter(Boolean).map(traceLine).sort((a, b) => a.n - b.n),
+    hit: () => {
+      const line = existsSync(hit) ? readFileSync(hit, 'utf8').trim() : '';
+      return line ? traceLine(line) : undefined;
+    },
   };
 }
 

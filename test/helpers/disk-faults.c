@@ -173,6 +173,12 @@ static enum walk_action walk_point(const char *call, int fd, const char *path) {
   int trace_fd = syscall(SYS_openat, AT_FDCWD, trace, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (trace_fd >= 0) { syscall(SYS_write, trace_fd, line, len); syscall(SYS_close, trace_fd); }
   if (!named || nth != want || syscall(SYS_unlinkat, AT_FDCWD, at_file, 0) != 0) return WALK_GO;
+  /* The point taken, told apart from calls of other processes that read <folder>/at before it went and so were
+     counted later (the trace's last line need not be this one). */
+  char hit[PATH_MAX];
+  snprintf(hit, sizeof hit, "%s/hit", walk_dir);
+  int hit_fd = syscall(SYS_openat, AT_FDCWD, hit, O_WRONLY | O_TRUNC | O_CREAT | O_CLOEXEC, 0600);
+  if (hit_fd >= 0) { syscall(SYS_write, hit_fd, line, len); syscall(SYS_close, hit_fd); }
   if (strcmp(action, "kill") == 0) kill(getpid(), SIGKILL);
   if (strcmp(action, "eio") == 0) return WALK_EIO;
   if (strcmp(action, "slow-eio") == 0) { usleep(1500 * 1000); return WALK_EIO; }

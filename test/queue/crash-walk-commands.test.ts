@@ -18,7 +18,7 @@ import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
 const walk = crashWalk();
 type Command = 'retry' | 'delete' | 'release';
 
-interface Outcome { copies: number; arrivals: number[]; trace: CrashPoint[]; roles: Map<number, string>; cliPids: Set<number> }
+interface Outcome { copies: number; arrivals: number[]; trace: CrashPoint[]; hit: CrashPoint | undefined; roles: Map<number, string>; cliPids: Set<number> }
 
 
 /** A message deferred once (its next attempt an hour away), then `command` run on it with the walk armed at `n`. */
@@ -74,7 +74,7 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
     const listed = await runCli(['queue', 'list', '--json', '-c', config]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual((JSON.parse(listed.stdout) as { messages: unknown[] }).messages, [], 'postern queue list: empty');
-    return { copies: sink.messages.length, arrivals, trace: walk.trace(), roles, cliPids };
+    return { copies: sink.messages.length, arrivals, trace: walk.trace(), hit: walk.hit(), roles, cliPids };
   } finally {
     walk.disarm();
     await c.stop();
@@ -88,12 +88,12 @@ const kindOf = (o: Outcome, p: CrashPoint): string =>
   `${roleOf(o, p.pid)} ${p.call} ${p.path.replace(/^.*\/data\/spool/, '').replace(/\.\d+\.[0-9a-f]+\.tmp$/, '.<pid>.<random>.tmp').replace(/[0-9a-z]{14,32}/g, '<id>').replace(/\d+/g, '*')}`;
 
 /**
- * Whether the run's kill (the last call its trace counted: counting stops there) came between the next hop's
+ * Whether the run's kill came between the next hop's
  * acceptance and the queue process's first call that records it (an unlink, a rename, a done line): then it may
  * have been delivered twice.
  */
 function duplicateAllowed(o: Outcome): boolean {
-  const hit = o.trace.at(-1)?.n ?? 0;
+  const hit = o.hit?.n ?? 0;
   const records = o.trace.filter((p) => roleOf(o, p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
   return o.arrivals.some((at) => at < hit && !records.some((r) => r.n > at && r.n < hit));
 }
@@ -138,7 +138,7 @@ for (const command of ['retry', 'release', 'delete'] as const) {
       let where = `kill at ${named ? `${named.call} …${named.pathEnd} #` : ''}${n}`;
       try {
         const o = await life(command, n, 'kill', named);
-        const hit = o.trace.at(-1);
+        const hit = o.hit;
         assert.ok(hit && (!named || (hit.call === named.call && hit.path.endsWith(named.pathEnd))), `${where}: the point was not reached`);
         where += ` (${kindOf(o, hit)})`;
         const most = command === 'delete' ? 0 : duplicateAllowed(o) ? 2 : 1;

@@ -51,9 +51,10 @@ async function life(shape: Shape, n: number, action: CrashAction): Promise<Life>
     await c.waitFor('second (and third) delivered, a bounce, and the spool empty', async () =>
       delivered('second@example.test') >= 1 && (shape !== 'deferred third' || delivered('third@example.test') >= 1) && bounces().length >= 1 && (await spooled(c)).size === 0);
     const trace = walk.trace();
+    const hit = walk.hit();
     walk.disarm();
     // Anything still on its way (a second bounce) is in by the time the spool is empty; nothing is left to send.
-    return { bounces: bounces(), trace, id, killedAt: action === 'kill' ? trace.at(-1) : undefined };
+    return { bounces: bounces(), trace, id, killedAt: action === 'kill' ? hit : undefined };
   } finally {
     walk.disarm();
     await c.stop();

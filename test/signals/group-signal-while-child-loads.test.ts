@@ -22,8 +22,10 @@ for (const signal of ['SIGHUP', 'SIGUSR2'] as const) {
     // signal (the supervisor leads it).
     const loading = [`${marker}-worker`, `${marker}-queue`];
     const signaller = (async () => {
-      for (let i = 0; i < 1200 && !loading.every((m) => existsSync(m)); i++) await new Promise((r) => setTimeout(r, 25));
-      const pid = Number(readFileSync(loading[0]!, 'utf8'));
+      // A marker is written in place: it may exist a moment before its pid is in it.
+      const pidIn = (m: string): number => existsSync(m) ? Number(readFileSync(m, 'utf8')) || 0 : 0;
+      for (let i = 0; i < 1200 && !loading.every((m) => pidIn(m) > 0); i++) await new Promise((r) => setTimeout(r, 25));
+      const pid = pidIn(loading[0]!);
       const supervisor = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
       process.kill(-supervisor, signal);
       signalled = true;
