@@ -88,9 +88,12 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
-rmSync(compileCache, { recursive: true, force: true });
+// Best effort: after a stopped run, processes it left behind may still be writing to these (ENOTEMPTY), and the
+// failures below matter more than the tidying.
+const tidy = (dir: string): void => { try { rmSync(dir, { recursive: true, force: true, maxRetries: 3 }); } catch { /* left in tmp */ } };
+tidy(compileCache);
 if (existsSync(fileTimes)) console.log(`the longest test files (all of them: ${fileTimes}):\n${readFileSync(fileTimes, 'utf8').split('\n').slice(0, 15).join('\n')}`);
-rmSync(portClaims, { recursive: true, force: true });
+tidy(portClaims);
 if (run.error || run.signal) {
   console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
   const details = existsSync(failures) ? readFileSync(failures, 'utf8') : '';
