@@ -61,7 +61,7 @@ test('a Redis outage shows as postern_store_unreachable 1, and 0 again once it i
   const redis: TestRedis = await startRedis();
   cleanup.push(() => redis.stop());
   const s = await startTestServer({
-    config: configYaml({ admin: { listen: '127.0.0.1:0' }, store: { redis: { url: redis.url } }, listeners: [testListener('mx')] }),
+    config: configYaml({ admin: { listen: '127.0.0.1:0' }, store: { redis: { url: redis.url, timeoutMs: 2000 } }, sandbox: { timeoutMs: 5000 }, listeners: [testListener('mx')] }),
   });
   cleanup.push(() => s.stop());
   const port = s.admin!.address.port;

@@ -35,7 +35,8 @@ test('postern serve: Redis down with limits.connectionRatePerIp: every connectio
 workers: 2
 localDomains: [example.test]
 admin: { listen: "127.0.0.1:{PORT:admin}" }
-store: { redis: { url: "${redis.url}" } }
+store: { redis: { url: "${redis.url}", timeoutMs: 2000 } }
+sandbox: { timeoutMs: 5000 }
 listeners:
   - name: sub
     listen: 127.0.0.1:{PORT:sub}
@@ -86,7 +87,7 @@ test('single process: Redis down, no listener needs it for every client: /readyz
   const redis = await startRedis();
   cleanup.push(() => redis.stop());
   const s = await startTestServer({
-    config: configYaml({ admin: { listen: '127.0.0.1:0' }, localDomains: ['example.test'], store: { redis: { url: redis.url } }, listeners: [testListener('mx')] }),
+    config: configYaml({ admin: { listen: '127.0.0.1:0' }, localDomains: ['example.test'], store: { redis: { url: redis.url, timeoutMs: 2000 } }, sandbox: { timeoutMs: 5000 }, listeners: [testListener('mx')] }),
   });
   cleanup.push(() => s.stop());
   const admin = s.admin!.address.port;

@@ -45,7 +45,7 @@ test('two servers sharing one Redis: 20 guesses at once, split over them, at a l
   const pki = await makeTestPki();
   const ca = await readFile(pki.ca.cert, 'utf8');
   const users = `alice@example.com:${await hashPassword(PASSWORD)}\n`;
-  const config = `store: { redis: { url: "${redis.url}" } }\n${submissionConfig(pki, '{ authFailuresPerIp: 3, authFailuresPerAccount: 5, authFailuresBeforeDelay: 100 }')}`;
+  const config = `store: { redis: { url: "${redis.url}", timeoutMs: 2000 } }\nsandbox: { timeoutMs: 5000 }\n${submissionConfig(pki, '{ authFailuresPerIp: 3, authFailuresPerAccount: 5, authFailuresBeforeDelay: 100 }')}`;
   const a = await startTestServer({ config, files: { users } });
   const b = await startTestServer({ config, files: { users } });
   const clients: SmtpTestClient[] = [];

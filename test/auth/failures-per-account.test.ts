@@ -81,7 +81,7 @@ test('two servers sharing one Redis: guesses at one account split over them are 
   const pki = await makeTestPki();
   const ca = await readFile(pki.ca.cert, 'utf8');
   const users = `alice@example.com:${await hashPassword(PASSWORD)}\n`;
-  const config = `store: { redis: { url: "${redis.url}" } }\n${submissionConfig(pki, LIMITS)}`;
+  const config = `store: { redis: { url: "${redis.url}", timeoutMs: 2000 } }\nsandbox: { timeoutMs: 5000 }\n${submissionConfig(pki, LIMITS)}`;
   const a = await startTestServer({ config, files: { users } });
   const b = await startTestServer({ config, files: { users } });
   try {

@@ -158,7 +158,8 @@ before(async () => {
     servers.redis = await startTestServer({
       files: { users },
       config: configYaml({
-        store: { redis: { url: redis.url } },
+        store: { redis: { url: redis.url, timeoutMs: 2000 } },
+        sandbox: { timeoutMs: 5000 },
         listeners: [
           testListener('r', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { messagesPerIdentity: { count: 100, windowSeconds: 3600 } } }),
           testListener('slots', { limits: { connectionsPerIpInStore: true } }),

@@ -23,7 +23,7 @@ for (const fastPathMs of [5, 0]) {
   test(`late log lines name their session (fastPathMs ${fastPathMs})`, needsRedis(), async () => {
     const redis = await startRedis();
     const s = await startTestServer({
-      config: `store: { redis: { url: "${redis.url}" } }\nsandbox: { fastPathMs: ${fastPathMs} }\nlocalDomains: [example.com]\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", limits: { greetingDelayMs: 0 } }\n`,
+      config: `store: { redis: { url: "${redis.url}", timeoutMs: 2000 } }\nsandbox: { fastPathMs: ${fastPathMs}, timeoutMs: 5000 }\nlocalDomains: [example.com]\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", limits: { greetingDelayMs: 0 } }\n`,
       scripts: { 'mailfrom.js': SCRIPT },
     });
     try {
