@@ -6,7 +6,7 @@
 import http from 'node:http';
 import { rmSync } from 'node:fs';
 import { metrics, registry } from '../metrics/metrics.ts';
-import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { shareConnectionRoom, type ConnectionRoom } from './connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import { hostAllowed, hostName } from './host-header.ts';
@@ -32,8 +32,10 @@ export interface AdminLimits {
   maxConnectionsPerIp: number;
   /** An IPv6 client is counted by its network of this many bits (admin.ipv6PrefixLength; 128: by address). */
   ipv6PrefixLength: number;
-  /** An address went over it (once until it is back under). */
+  /** An address went over it with nothing of its own to close for the new connection (once until it is back under). */
   refused?(client: string, limit: number): void;
+  /** An address went over it and its connection that made no progress for longest was closed for the new one (once per episode). */
+  madeRoom?(client: string, limit: number): void;
   /**
    * Names a request's Host header may give, besides IP addresses and `localhost` (lowercase). A browser
    * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
@@ -48,6 +50,7 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
     ipv6PrefixLength: admin.ipv6PrefixLength,
     hosts: [hostname, ...admin.hosts].map(hostName),
     refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
+    madeRoom: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, the one idle longest closed for each new one'),
   };
 }
 
@@ -59,6 +62,9 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
  * byte at a time is cut the same way. Long enough for /status to count a large spool.
  */
 export const RESPONSE_DEADLINE_MS = 30_000;
+
+/** Connections the admin listener holds open at once. */
+export const MAX_CONNECTIONS = 64;
 
 export interface AdminServer {
   readonly address: { address: string; port: number };
@@ -89,40 +95,46 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
+  let room: ConnectionRoom | null = null;
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     const hosts = limits?.hosts;
     if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {
       res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
+      room?.answered(req);
       return;
     }
     const [path, query = ''] = (req.url ?? '/').split('?');
     void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
+      room?.answered(req);
     }, (err: Error) => {
       res.writeHead(500, { 'content-type': 'text/plain' });
       res.end(`error: ${err.message}\n`);
+      room?.answered(req);
     });
   });
   server.keepAliveTimeout = 5000;
   // A request (GET only, no body) must arrive whole within 10 s, and at most 64 connections are open at once:
   // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need;
-  // nor can one address take all 64 (admin.maxConnectionsPerIp).
+  // nor can one address take all 64 (admin.maxConnectionsPerIp). Over either, a connection that asks nothing
+  // makes room for a new one (connection-room.ts): idle ones cannot keep the scraper out.
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
-  server.maxConnections = 64;
+  room = shareConnectionRoom(server, {
+    maxConnections: MAX_CONNECTIONS,
+    perAddress: limits && {
+      limit: limits.maxConnectionsPerIp,
+      countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
+      refused: (client, limit) => limits.refused?.(client, limit),
+      madeRoom: (client, limit) => limits.madeRoom?.(client, limit),
+    },
+  });
   server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
     const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
     res.once('close', () => clearTimeout(deadline));
   });
-  if (limits) {
-    capConnectionsPerAddress(server, {
-      limit: () => limits.maxConnectionsPerIp,
-      refused: (client, limit) => limits.refused?.(client, limit),
-      countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
-    });
-  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {

@@ -438,7 +438,7 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({
     listen: hostPort.describe('address:port of the admin HTTP listener: /metrics (Prometheus), /healthz, /readyz, /status. Keep it on loopback or a management network'),
     maxConnectionsPerIp: z.number().int().positive().default(8)
-      .describe('Connections one client address may hold open on the admin listener (of 64 in all). One more is closed as it is accepted, without a reply. On loopback every local client shares one address.'),
+      .describe('Connections one client address may hold open on the admin listener (of 64 in all). One more closes the connection of that address that has gone longest without a request or an answer, and takes its place; when every one of them is being answered it is closed as it is accepted, without a reply. On loopback every local client shares one address: connections that send nothing, or a request a byte at a time, cannot keep a scraper there out.'),
     ipv6PrefixLength: z.number().int().min(32).max(128).default(64)
       .describe('An IPv6 client of the admin listener is counted by its network of this many bits for `maxConnectionsPerIp`, as the SMTP listeners count theirs (`limits.ipv6PrefixLength`): per address, a host with a /64 could hold the cap from each of its addresses, and so all 64 connections. 128 counts each address.'),
     hosts: z.array(z.string().min(1)).default([])

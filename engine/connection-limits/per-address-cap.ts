@@ -1,7 +1,7 @@
 /**
- * A cap on the connections one client address holds open on a Node server (the account page's HTTPS, the
- * admin listener's HTTP): the server's own maxConnections bounds the crowd, this keeps one address from
- * being the whole crowd.
+ * A cap on the connections one client address holds open on a Node server (the account page's HTTPS; the
+ * admin listener has its own, engine/admin/connection-room.ts, that closes an idle connection for a new one):
+ * the server's own maxConnections bounds the crowd, this keeps one address from being the whole crowd.
  *
  * A connection over the cap is closed as it is accepted, before a byte is read and before any TLS handshake,
  * rather than answered `429`: a 429 needs the request read (and, on HTTPS, a handshake first), which is the

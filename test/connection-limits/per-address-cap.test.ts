@@ -1,7 +1,6 @@
 // engine/connection-limits: the per-address cap on a plain Node HTTP server, with raw sockets from several
-// loopback addresses (each 127.x.y.z is another client). The account page and the admin listener use it
-// (test/accounts, test/admin, test/cluster/admin.test.ts); here what they do not show: the limit is read at
-// each accept (a reload changes it for the next connection), and "over the cap" is reported once per
+// loopback addresses (each 127.x.y.z is another client). The account page uses it (test/accounts); here what
+// that does not show: the limit is read at each accept (a reload changes it for the next connection), and "over the cap" is reported once per
 // episode — again only after the address came back under.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
