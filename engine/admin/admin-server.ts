@@ -91,7 +91,9 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
       return metricsText();
     }),
-    readiness: (listener) => given.readiness(listener),
+    // /readyz too (per listener asked): each check is a spool write probe, statfs, readdir and a file read, on the
+    // thread pool the spool's writes wait in; a client pipelining /readyz put thousands a second in front of them.
+    readiness: oneAtATimePer((listener?: string) => given.readiness(listener)),
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
@@ -179,6 +181,19 @@ async function answer(method: string, path: string, query: URLSearchParams, targ
     default:
       return { status: 404, type: 'text/plain', body: 'not found: try /metrics, /healthz, /readyz, /status\n' };
   }
+}
+
+/** As oneAtATime, for each argument apart. */
+function oneAtATimePer<K, T>(work: (key: K) => Promise<T>): (key: K) => Promise<T> {
+  const running = new Map<K, Promise<T>>();
+  return (key) => {
+    let p = running.get(key);
+    if (!p) {
+      p = work(key).finally(() => running.delete(key));
+      running.set(key, p);
+    }
+    return p;
+  };
 }
 
 /** `work`, run once for all the calls made while it runs: they share its result. */
