@@ -6,7 +6,7 @@
 import http from 'node:http';
 import { rmSync } from 'node:fs';
 import { metrics, registry } from '../metrics/metrics.ts';
-import { shareConnectionRoom, type ConnectionRoom } from './connection-room.ts';
+import { shareConnectionRoom } from '../connection-limits/connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import { hostAllowed, hostName } from './host-header.ts';
@@ -97,37 +97,33 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
-  let room: ConnectionRoom | null = null;
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     const hosts = limits?.hosts;
     if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {
       res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
-      room?.answered(req);
       return;
     }
     const [path, query = ''] = (req.url ?? '/').split('?');
     void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
-      room?.answered(req);
     }, (err: Error) => {
       res.writeHead(500, { 'content-type': 'text/plain' });
       res.end(`error: ${err.message}\n`);
-      room?.answered(req);
     });
   });
   server.keepAliveTimeout = 5000;
   // A request (GET only, no body) must arrive whole within 10 s, and at most 64 connections are open at once:
   // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need;
   // nor can one address take all 64 (admin.maxConnectionsPerIp). Over either, a connection that asks nothing
-  // makes room for a new one (connection-room.ts): idle ones cannot keep the scraper out.
+  // makes room for a new one (engine/connection-limits/connection-room.ts): idle ones cannot keep the scraper out.
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
-  room = shareConnectionRoom(server, {
+  shareConnectionRoom(server, {
     maxConnections: MAX_CONNECTIONS,
     perAddress: limits && {
-      limit: limits.maxConnectionsPerIp,
+      limit: () => limits.maxConnectionsPerIp,
       countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
       refused: (client, limit) => limits.refused?.(client, limit),
       madeRoom: (client, limit) => limits.madeRoom?.(client, limit),

@@ -49,7 +49,7 @@ test('an address at its cap with every connection being answered: a new one from
   let release!: () => void;
   const released = new Promise<void>((resolve) => { release = resolve; });
   const admin = await startAdminServer('127.0.0.1:0', {
-    readiness: async (listener) => { if (listener === 'slow') { asked++; await released; } return {}; },
+    readiness: async (listener) => { if (listener?.startsWith('slow')) { asked++; await released; } return {}; },
     status: async () => ({}),
   }, { maxConnectionsPerIp: 8, ipv6PrefixLength: 64, refused: (client) => events.push(`refused ${client}`), madeRoom: (client) => events.push(`made room ${client}`) });
   const held: net.Socket[] = [];
@@ -60,7 +60,7 @@ test('an address at its cap with every connection being answered: a new one from
       const s = await rawHttp(port, '127.0.4.2');
       answers.push('');
       s.on('data', (d: Buffer) => { answers[i] += d.toString('latin1'); });
-      s.write('GET /readyz?listener=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      s.write(`GET /readyz?listener=slow${i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`); // one check each (a listener each)
       held.push(s);
     }
     await until('the 8 requests being answered', () => asked === 8);

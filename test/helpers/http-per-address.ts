@@ -1,8 +1,6 @@
 /**
- * Checks a plain-HTTP listener's per-address connection cap with raw sockets from loopback addresses (each
- * 127.x.y.z is another client): `limit` idle connections from one address are held open; one more from it,
- * sending a whole request, is closed with no byte of reply while those are still open (without the cap it
- * would be answered); another address is answered meanwhile; a freed slot is the address's again.
+ * Checks a plain-HTTP listener's per-address connection cap (engine/connection-limits/connection-room.ts) with
+ * raw sockets from loopback addresses (each 127.x.y.z is another client).
  */
 import net from 'node:net';
 import assert from 'node:assert/strict';
@@ -28,21 +26,6 @@ export function getFrom(port: number, localAddress: string, path: string): Promi
     socket.on('error', () => undefined); // a reset: 'close' follows
     socket.once('close', () => resolve(reply));
   });
-}
-
-export async function assertPerAddressCap(port: number, opts: { limit: number; address: string; other: string; path: string }): Promise<void> {
-  const held = await Promise.all(Array.from({ length: opts.limit }, () => rawHttp(port, opts.address)));
-  let heldClosed = 0;
-  for (const h of held) h.once('close', () => heldClosed++);
-  try {
-    assert.equal(await getFrom(port, opts.address, opts.path), '', `connection ${opts.limit + 1} from ${opts.address} is closed without a reply`);
-    assert.equal(heldClosed, 0, 'closed at once, while the others of that address are still open (not by a timeout)');
-    assert.match(await getFrom(port, opts.other, opts.path), /^HTTP\/1\.1 200 /, 'another address is answered meanwhile');
-    held.pop()!.destroy();
-    await until(`a slot for ${opts.address} again`, async () => /^HTTP\/1\.1 200 /.test(await getFrom(port, opts.address, opts.path)));
-  } finally {
-    for (const h of held) h.destroy();
-  }
 }
 
 /** What the admin listener logs when an address over its cap gets a slot of its own stalest connection. */

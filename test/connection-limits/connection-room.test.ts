@@ -1,0 +1,92 @@
+// engine/connection-limits/connection-room.ts on a plain Node HTTP server, with raw sockets from several loopback
+// addresses (each 127.x.y.z is another client). The admin listener and the account page use it (test/admin,
+// test/accounts, test/cluster/admin.test.ts); here what they do not show: the limit is read at each accept (a
+// reload changes it for the next connection), an episode over it is reported once, and a client that never
+// reads its answer holds no slot for it.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { shareConnectionRoom } from '../../engine/connection-limits/connection-room.ts';
+import { getFrom, rawHttp } from '../helpers/http-per-address.ts';
+import { until } from '../helpers/wait.ts';
+
+let limit = 2;
+const reports: Array<[string, string, number]> = [];
+let bigAnswers = 0;
+const BIG = 'x'.repeat(16 * 1024 * 1024); // more than any socket buffers hold
+const server = http.createServer((req, res) => {
+  if (req.url === '/big') {
+    res.end(BIG);
+    bigAnswers++;
+    return;
+  }
+  res.end('ok');
+});
+shareConnectionRoom(server, {
+  maxConnections: 64,
+  perAddress: {
+    limit: () => limit,
+    countedAs: (address) => address,
+    refused: (address, l) => reports.push(['refused', address, l]),
+    madeRoom: (address, l) => reports.push(['made room', address, l]),
+  },
+});
+server.listen(0, '127.0.0.1');
+await once(server, 'listening');
+const port = (server.address() as AddressInfo).port;
+after(() => { server.closeAllConnections(); server.close(); });
+
+function tracked(sockets: net.Socket[]): number[] {
+  const closedOnes: number[] = [];
+  sockets.forEach((s, i) => s.once('close', () => closedOnes.push(i)));
+  return closedOnes;
+}
+
+test('the limit is read at each accept, and an episode over it is reported once, then again after coming back under', async () => {
+  limit = 3; // as a reload would
+  const held: net.Socket[] = [];
+  for (let i = 0; i < 3; i++) held.push(await rawHttp(port, '127.0.3.3'));
+  const closedOnes = tracked(held);
+  try {
+    assert.match(await getFrom(port, '127.0.3.3', '/'), /^HTTP\/1\.1 200 /, 'the fourth is over the new limit, and answered');
+    await until('the oldest closed for it', () => closedOnes.length === 1);
+    assert.deepEqual(closedOnes, [0]);
+    assert.deepEqual(reports, [['made room', '127.0.3.3', 3]], 'one report');
+    // That one closed after its answer: back under. Two more, held: the second is over again.
+    const more = [await rawHttp(port, '127.0.3.3'), await rawHttp(port, '127.0.3.3')];
+    held.push(...more);
+    const closedMore = tracked(more);
+    await until('the next oldest closed for it', () => closedOnes.length === 2);
+    assert.deepEqual(closedOnes, [0, 1]);
+    assert.deepEqual(reports, [['made room', '127.0.3.3', 3], ['made room', '127.0.3.3', 3]], 'a new episode, a new report');
+    held.push(await rawHttp(port, '127.0.3.3')); // over again, never under meanwhile: the same episode
+    await until('the next oldest closed for it', () => closedOnes.length === 3);
+    assert.deepEqual([closedOnes, closedMore], [[0, 1, 2], []]);
+    assert.equal(reports.length, 2, 'no report within the episode');
+  } finally {
+    for (const h of held) h.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+test('a client that asked and never reads its answer holds no slot for it: a new connection of its address takes it', async () => {
+  limit = 1;
+  const stuck = await rawHttp(port, '127.0.3.4');
+  stuck.pause(); // never reads
+  stuck.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
+  try {
+    await until('the answer made', () => bigAnswers === 1);
+    assert.match(await getFrom(port, '127.0.3.4', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    // A client that does not read does not see the close either: a write fails (a CRLF, which HTTP ignores).
+    await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
+    assert.deepEqual(reports, [['made room', '127.0.3.4', 1]]);
+  } finally {
+    stuck.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
