@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import { rmSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { metrics, registry } from '../metrics/metrics.ts';
 import { shareConnectionRoom } from '../connection-limits/connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
@@ -62,6 +63,13 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
  * byte at a time is cut the same way. Long enough for /status to count a large spool.
  */
 export const RESPONSE_DEADLINE_MS = 30_000;
+
+/**
+ * A gathering of /metrics, /status or /readyz starts no sooner than this long after the previous one ended (ms);
+ * requests that come meanwhile wait for it and share it. A client asking again as soon as each answer came
+ * made hundreds a second, each a round trip to every worker (~0.8 ms of its CPU serializing its registry).
+ */
+export const GATHER_GAP_MS = 100;
 
 /** Connections the admin listener holds open at once. */
 export const MAX_CONNECTIONS = 64;
@@ -181,19 +189,36 @@ async function answer(method: string, path: string, query: URLSearchParams, targ
 
 /** As oneAtATime, for each argument apart. */
 function oneAtATimePer<K, T>(work: (key: K) => Promise<T>): (key: K) => Promise<T> {
-  const running = new Map<K, Promise<T>>();
+  const each = new Map<K, () => Promise<T>>();
   return (key) => {
-    let p = running.get(key);
-    if (!p) {
-      p = work(key).finally(() => running.delete(key));
-      running.set(key, p);
+    let one = each.get(key);
+    if (!one) {
+      one = oneAtATime(() => work(key));
+      // A key is a listener name a client chose: keep only those of real listeners' size (a few).
+      if (each.size >= 64) each.clear();
+      each.set(key, one);
     }
-    return p;
+    return one();
   };
 }
 
-/** `work`, run once for all the calls made while it runs: they share its result. */
+/**
+ * `work`, run once for all the calls made while it runs or waits to run: they share its result. It starts
+ * GATHER_GAP_MS after the previous run ended at the soonest, so however fast a client asks again, it runs at
+ * most about 1000 / GATHER_GAP_MS times a second; every call is answered by a run that started after it came,
+ * or that was running when it came.
+ */
 function oneAtATime<T>(work: () => Promise<T>): () => Promise<T> {
   let running: Promise<T> | null = null;
-  return () => (running ??= work().finally(() => { running = null; }));
+  let endedAt = -Infinity;
+  const run = async (): Promise<T> => {
+    const wait = endedAt + GATHER_GAP_MS - performance.now();
+    if (wait > 0) await delay(wait);
+    try {
+      return await work();
+    } finally {
+      endedAt = performance.now();
+    }
+  };
+  return () => (running ??= run().finally(() => { running = null; }));
 }
