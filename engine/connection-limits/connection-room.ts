@@ -126,15 +126,20 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
   server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const socket = req.socket;
     progressed(socket, +1);
-    // Answered once the answer is made and handed to the socket ('prefinish'; 'finish' would wait for a client
-    // that does not read it: then its connection may go), or the exchange ended without one.
+    // Answered once the answer is made (res.end called), or the exchange ended without one. Not at 'finish' nor
+    // 'prefinish': an answer pipelined behind one its client does not read waits unsent, and its connection was
+    // then never free to close for a new one while it held the slot for RESPONSE_DEADLINE_MS.
     let done = false;
     const answered = (): void => {
       if (done) return;
       done = true;
       progressed(socket, -1);
     };
-    res.once('prefinish', answered);
+    const end = res.end;
+    res.end = function (this: http.ServerResponse, ...args: unknown[]) {
+      answered();
+      return (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+    } as typeof res.end;
     res.once('close', answered);
   });
 }

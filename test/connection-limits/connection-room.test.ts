@@ -90,3 +90,21 @@ test('a client that asked and never reads its answer holds no slot for it: a new
     limit = 2;
   }
 });
+
+test('a client that pipelined requests and reads none of the answers holds no slot for them either', async () => {
+  limit = 1;
+  bigAnswers = 0;
+  const stuck = await rawHttp(port, '127.0.3.5');
+  stuck.pause(); // never reads
+  stuck.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(3));
+  try {
+    // The second answer is made while the first still fills the socket: it waits behind it, unsent.
+    await until('two answers made', () => bigAnswers >= 2);
+    assert.match(await getFrom(port, '127.0.3.5', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
+  } finally {
+    stuck.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
