@@ -8,6 +8,10 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { shareConnectionRoom } from '../../engine/connection-limits/connection-room.ts';
 import { getFrom, rawHttp } from '../helpers/http-per-address.ts';
@@ -104,6 +108,53 @@ test('a client that pipelined requests and reads none of the answers holds no sl
     await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
   } finally {
     stuck.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+// A flood of new connections must not close a client's connection before its request is read: one accepted
+// in the same turn as the next is not the next one's to close. The server's event loop is held while a client
+// process connects, sends its request, and connects again behind it: both wait in the backlog and are
+// accepted in one turn, the request not read yet.
+test('a connection accepted in the same turn as the next one is not closed for it: its request, sent with its connect, is answered', async () => {
+  limit = 1;
+  const dir = mkdtempSync(join(tmpdir(), 'room-'));
+  const ready = join(dir, 'ready');
+  const held = await rawHttp(port, '127.0.3.6');
+  // Answered once (kept alive, idle since): the server has it, and it is the one to close.
+  held.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await once(held, 'data');
+  const client = spawn('python3', ['-c', String.raw`
+import socket, sys
+port, ready = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(('127.0.0.1', port), source_address=('127.0.3.6', 0))
+s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+x = socket.create_connection(('127.0.0.1', port), source_address=('127.0.3.6', 0))
+open(ready, 'w').close()
+s.settimeout(30)
+reply = b''
+try:
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        reply += d
+except Exception as e:
+    pass
+print(reply.decode('latin1').split('\r\n')[0] or 'closed unanswered', flush=True)
+`, String(port), ready], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  client.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  try {
+    // Hold this process (the server's) until both connections wait in the backlog.
+    for (const start = Date.now(); !existsSync(ready) && Date.now() - start < 60_000;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    assert.ok(existsSync(ready), 'the client connected twice');
+    await once(client, 'exit');
+    assert.equal(out.trim(), 'HTTP/1.1 200 OK');
+  } finally {
+    held.destroy();
+    client.kill();
+    rmSync(dir, { recursive: true, force: true });
     reports.length = 0;
     limit = 2;
   }
