@@ -22,7 +22,7 @@ import { CompromisedSessions } from './compromised-sessions.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
-import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { shareConnectionRoom } from '../connection-limits/connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { hostAllowed } from '../admin/host-header.ts';
 import { clientText } from '../logging/logger.ts';
@@ -115,12 +115,17 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
         .send(errorPage(status, 'Not an address of this page.'));
     },
   });
-  app.server.maxConnections = PAGE_LIMITS.maxConnections;
-  capConnectionsPerAddress(app.server, {
-    limit: () => settings().maxConnectionsPerIp,
-    refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
-    // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
-    countedAs: (address) => countedAddress(address, state.listener().limits.ipv6PrefixLength),
+  // Over either cap a new connection takes the place of one that asks nothing (connection-room.ts): silent
+  // connections from 16 addresses, opened again as the timeouts cut them, kept every user off the page.
+  shareConnectionRoom(app.server as HttpsServer, {
+    maxConnections: PAGE_LIMITS.maxConnections,
+    perAddress: {
+      limit: () => settings().maxConnectionsPerIp,
+      refused: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, new ones closed at once'),
+      madeRoom: (client, limit) => log.warn({ client, limit }, 'account page: too many connections from this address, the one idle longest closed for each new one'),
+      // An IPv6 client by its network, as its listener counts its SMTP connections and failed sign-ins.
+      countedAs: (address) => countedAddress(address, state.listener().limits.ipv6PrefixLength),
+    },
   });
   // Only what the page's forms send: fastify's own JSON and text/plain parsers let a script post the same
   // fields in bodies no form makes (415 now), and parse input (JSON) no route needs.

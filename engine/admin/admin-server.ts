@@ -5,8 +5,9 @@
  */
 import http from 'node:http';
 import { rmSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { metrics, registry } from '../metrics/metrics.ts';
-import { capConnectionsPerAddress } from '../connection-limits/per-address-cap.ts';
+import { shareConnectionRoom } from '../connection-limits/connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import { hostAllowed, hostName } from './host-header.ts';
@@ -32,8 +33,10 @@ export interface AdminLimits {
   maxConnectionsPerIp: number;
   /** An IPv6 client is counted by its network of this many bits (admin.ipv6PrefixLength; 128: by address). */
   ipv6PrefixLength: number;
-  /** An address went over it (once until it is back under). */
+  /** An address went over it with nothing of its own to close for the new connection (once until it is back under). */
   refused?(client: string, limit: number): void;
+  /** An address went over it and its connection that made no progress for longest was closed for the new one (once per episode). */
+  madeRoom?(client: string, limit: number): void;
   /**
    * Names a request's Host header may give, besides IP addresses and `localhost` (lowercase). A browser
    * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
@@ -48,6 +51,7 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
     ipv6PrefixLength: admin.ipv6PrefixLength,
     hosts: [hostname, ...admin.hosts].map(hostName),
     refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
+    madeRoom: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, the one idle longest closed for each new one'),
   };
 }
 
@@ -59,6 +63,16 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
  * byte at a time is cut the same way. Long enough for /status to count a large spool.
  */
 export const RESPONSE_DEADLINE_MS = 30_000;
+
+/**
+ * A gathering of /metrics, /status or /readyz starts no sooner than this long after the previous one ended (ms);
+ * requests that come meanwhile wait for it and share it. A client asking again as soon as each answer came
+ * made hundreds a second, each a round trip to every worker (~0.8 ms of its CPU serializing its registry).
+ */
+export const GATHER_GAP_MS = 100;
+
+/** Connections the admin listener holds open at once. */
+export const MAX_CONNECTIONS = 64;
 
 export interface AdminServer {
   readonly address: { address: string; port: number };
@@ -85,7 +99,9 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       for (const [name, c] of Object.entries(checks)) metrics.readinessCheck.set({ check: name }, c.ok ? 1 : 0);
       return metricsText();
     }),
-    readiness: (listener) => given.readiness(listener),
+    // /readyz too (per listener asked): each check is a spool write probe, statfs, readdir and a file read, on the
+    // thread pool the spool's writes wait in; a client pipelining /readyz put thousands a second in front of them.
+    readiness: oneAtATimePer((listener?: string) => given.readiness(listener)),
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
@@ -108,21 +124,23 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   server.keepAliveTimeout = 5000;
   // A request (GET only, no body) must arrive whole within 10 s, and at most 64 connections are open at once:
   // a crowd of slow connections cannot take the file descriptors the SMTP listeners of this process need;
-  // nor can one address take all 64 (admin.maxConnectionsPerIp).
+  // nor can one address take all 64 (admin.maxConnectionsPerIp). Over either, a connection that asks nothing
+  // makes room for a new one (engine/connection-limits/connection-room.ts): idle ones cannot keep the scraper out.
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
-  server.maxConnections = 64;
+  shareConnectionRoom(server, {
+    maxConnections: MAX_CONNECTIONS,
+    perAddress: limits && {
+      limit: () => limits.maxConnectionsPerIp,
+      countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
+      refused: (client, limit) => limits.refused?.(client, limit),
+      madeRoom: (client, limit) => limits.madeRoom?.(client, limit),
+    },
+  });
   server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
     const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
     res.once('close', () => clearTimeout(deadline));
   });
-  if (limits) {
-    capConnectionsPerAddress(server, {
-      limit: () => limits.maxConnectionsPerIp,
-      refused: (client, limit) => limits.refused?.(client, limit),
-      countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),
-    });
-  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
     if (listen.startsWith('unix:')) {
@@ -169,8 +187,38 @@ async function answer(method: string, path: string, query: URLSearchParams, targ
   }
 }
 
-/** `work`, run once for all the calls made while it runs: they share its result. */
+/** As oneAtATime, for each argument apart. */
+function oneAtATimePer<K, T>(work: (key: K) => Promise<T>): (key: K) => Promise<T> {
+  const each = new Map<K, () => Promise<T>>();
+  return (key) => {
+    let one = each.get(key);
+    if (!one) {
+      one = oneAtATime(() => work(key));
+      // A key is a listener name a client chose: keep only those of real listeners' size (a few).
+      if (each.size >= 64) each.clear();
+      each.set(key, one);
+    }
+    return one();
+  };
+}
+
+/**
+ * `work`, run once for all the calls made while it runs or waits to run: they share its result. It starts
+ * GATHER_GAP_MS after the previous run ended at the soonest, so however fast a client asks again, it runs at
+ * most about 1000 / GATHER_GAP_MS times a second; every call is answered by a run that started after it came,
+ * or that was running when it came.
+ */
 function oneAtATime<T>(work: () => Promise<T>): () => Promise<T> {
   let running: Promise<T> | null = null;
-  return () => (running ??= work().finally(() => { running = null; }));
+  let endedAt = -Infinity;
+  const run = async (): Promise<T> => {
+    const wait = endedAt + GATHER_GAP_MS - performance.now();
+    if (wait > 0) await delay(wait);
+    try {
+      return await work();
+    } finally {
+      endedAt = performance.now();
+    }
+  };
+  return () => (running ??= run().finally(() => { running = null; }));
 }

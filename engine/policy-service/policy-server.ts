@@ -37,12 +37,26 @@ export interface PolicyRuntime {
 
 let nextConnection = 0;
 
+/** What makes a connection the one to close for a new one over limits.maxConnections (see #makeRoom). */
+interface Slot {
+  /** When it last made progress (accepted, a request read whole, an answer written): a sequence number. */
+  progress: number;
+  /** A request read and not yet answered. */
+  answering(): boolean;
+  /** Accepted in this turn of the event loop or the next: what it sent with its connect is not read yet. */
+  fresh: boolean;
+}
+
 export class PolicyServer {
   readonly name: string;
   readonly #runtime: PolicyRuntime;
   /** The settings the service was started with: its socket, and the fallback if a reload drops the entry. */
   readonly #started: PolicyServiceConfig;
   readonly #sockets = new Set<Socket>();
+  readonly #slots = new Map<Socket, Slot>();
+  #clock = 0;
+  /** An episode over maxConnections was logged (until the count is back under). */
+  #overReported = false;
   /** The digest mismatches warned about (once each per process: Postfix repeats them in every request). */
   readonly #digestWarnings = new Set<string>();
 
@@ -68,14 +82,18 @@ export class PolicyServer {
     const service = this.#service(this.#runtime.generation);
     const log = this.#runtime.logger;
     const cid = `P${process.pid.toString(36)}${(nextConnection++).toString(36)}`;
-    if (open > service.limits.maxConnections) {
+    if (open > service.limits.maxConnections && !this.#makeRoom(service.limits.maxConnections, cid)) {
       log.warn({ service: this.name, cid, limit: service.limits.maxConnections }, 'policy service: too many connections, closed');
       socket.destroy();
       return;
     }
+    if (open < service.limits.maxConnections) this.#overReported = false;
     this.#sockets.add(socket);
     metrics.policyConnections.inc({ service: this.name });
-    socket.on('close', () => this.#sockets.delete(socket));
+    socket.on('close', () => {
+      this.#sockets.delete(socket);
+      this.#slots.delete(socket);
+    });
     socket.on('error', (err) => log.info({ service: this.name, cid, err: { message: err.message } }, 'policy connection error'));
     // A client that half-closes after its requests (a script, `nc -N`) still gets every answer: with Node's
     // default the socket ended its side at the client's FIN, and answers not yet decided were dropped.
@@ -95,6 +113,9 @@ export class PolicyServer {
     let draining: Promise<void> | null = null;
     let ending = false;
     const room = (): boolean => queue.length === 0 || (queue.length < MAX_QUEUED && queuedChars < MAX_QUEUED_CHARS);
+    const slot: Slot = { progress: ++this.#clock, answering: () => queue.length > 0, fresh: true };
+    this.#slots.set(socket, slot);
+    setImmediate(() => setImmediate(() => { slot.fresh = false; }));
     /** Resolves once every request read so far is answered. */
     const answered = (): Promise<void> => draining ?? Promise.resolve();
     // Parse what was read into requests while there is room for them; a broken limit answers what came
@@ -105,6 +126,7 @@ export class PolicyServer {
         if (!request) break;
         queue.push(request);
         queuedChars += request.size;
+        slot.progress = ++this.#clock;
       }
       if (queue.length) draining ??= drain();
       const fatal = reader.fatal;
@@ -136,6 +158,7 @@ export class PolicyServer {
           queuedChars -= queue.shift()!.size;
           if (socket.destroyed) continue;
           socket.write(answerBuffer(action));
+          slot.progress = ++this.#clock;
           take();
           if (socket.isPaused()) flow();
         }
@@ -155,6 +178,29 @@ export class PolicyServer {
       });
     });
     socket.resume();
+  }
+
+  /**
+   * Over maxConnections: close this process's connection that has gone longest without progress, for the new
+   * one; false when every one is being answered (or too new to have been read). Idle connections, or ones
+   * dripping a request, opened again as idleTimeoutMs cut them, held every slot: any local user kept Postfix's
+   * new connections out. A Postfix whose idle connection was closed connects again and sends its request anew.
+   */
+  #makeRoom(limit: number, cid: string): boolean {
+    let stalest: [Socket, Slot] | null = null;
+    for (const entry of this.#slots) {
+      const [socket, slot] = entry;
+      if (slot.fresh || slot.answering() || socket.destroyed) continue;
+      if (!stalest || slot.progress < stalest[1].progress) stalest = entry;
+    }
+    if (!stalest) return false;
+    if (!this.#overReported) {
+      this.#overReported = true;
+      this.#runtime.logger.warn({ service: this.name, cid, limit }, 'policy service: too many connections, the one idle longest closed for each new one');
+    }
+    this.#slots.delete(stalest[0]);
+    stalest[0].destroy();
+    return true;
   }
 
   /** A certificate Postfix described in another digest than the service's: said once, at warn. */

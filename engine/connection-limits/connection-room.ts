@@ -1,0 +1,145 @@
+/**
+ * The connection slots of a Node HTTP(S) server (the admin listener: 64 in all, admin.maxConnectionsPerIp per
+ * address; the account page: 256, accounts.maxConnectionsPerIp), given to whoever asks for something rather
+ * than to whoever came first.
+ *
+ * A full server (or a full address) used to close each new connection at once, while connections that sent
+ * nothing, or a request a byte at a time, were cut only by the 10 s header or handshake timeout: a client
+ * that opened them again as each was cut held the slots for good. On loopback every local client shares one
+ * address, so any local user kept the Prometheus scrape on 127.0.0.1 out of the admin listener with 8
+ * connections; 16 addresses kept every user off the account page. Now a new connection over a cap closes, to
+ * take its place, the connection of that address (or, over the server's whole cap, of any address) that has
+ * gone longest without making progress (accepted, TLS handshake done, request received, answer made). One
+ * whose request is being answered is never closed for another, nor one just accepted, before it could be
+ * read (else a flood of new connections would close a client's before its request is read). When none is
+ * left to close, the new one is closed as it is accepted, unanswered (before any TLS handshake), as before.
+ */
+import type net from 'node:net';
+import type http from 'node:http';
+import type https from 'node:https';
+
+export interface RoomLimits {
+  /** All connections open at once. */
+  maxConnections: number;
+  /** Per counted client address (not for unix-socket clients, which have none); omitted: no per-address cap. */
+  perAddress?: {
+    /** Read at each accept (a reload may change it). */
+    limit(): number;
+    /** What a client address is counted as: an IPv6 host usually has a whole /64. */
+    countedAs(address: string): string;
+    /** An address went over its cap and nothing could be closed for it: once until it is back under. */
+    refused?(client: string, limit: number): void;
+    /** An address went over its cap and its stalest connection was closed for the new one: once per episode. */
+    madeRoom?(client: string, limit: number): void;
+  };
+}
+
+interface Slot {
+  socket: net.Socket;
+  address: string | null;
+  /** When the connection last made progress: a sequence number. */
+  progress: number;
+  /** Requests received and not yet answered. */
+  answering: number;
+  /** Accepted in this turn of the event loop or the next: its first bytes have not been read yet. */
+  fresh: boolean;
+}
+
+/**
+ * One TCP connection's key, the same for the socket 'connection' gives and for the TLS socket a request
+ * comes on (HTTPS wraps the first in the second); a unix-socket client has no address: its socket itself.
+ */
+const keyOf = (socket: net.Socket): net.Socket | string =>
+  socket.remoteAddress === undefined ? socket : `${socket.remoteAddress}|${socket.remotePort}`;
+
+/** Count `server`'s connections and make room for new ones as above; in place of `server.maxConnections`. */
+export function shareConnectionRoom(server: http.Server | https.Server, limits: RoomLimits): void {
+  const slots = new Map<net.Socket | string, Slot>();
+  const perAddress = new Map<string, number>();
+  const reported = new Set<string>();
+  let clock = 0;
+
+  const stalest = (address?: string): Slot | null => {
+    let best: Slot | null = null;
+    for (const slot of slots.values()) {
+      if (address !== undefined && slot.address !== address) continue;
+      if (slot.fresh || slot.answering > 0 || slot.socket.destroyed) continue;
+      if (!best || slot.progress < best.progress) best = slot;
+    }
+    return best;
+  };
+  /** `replaced`: closed for a new connection of its address, which takes its place (the episode goes on). */
+  const forget = (key: net.Socket | string, slot: Slot, replaced = false): void => {
+    if (slots.get(key) !== slot) return;
+    slots.delete(key);
+    if (slot.address === null) return;
+    const left = (perAddress.get(slot.address) ?? 1) - 1;
+    if (left > 0) perAddress.set(slot.address, left); else perAddress.delete(slot.address);
+    if (!replaced && left < (limits.perAddress?.limit() ?? Infinity)) reported.delete(slot.address);
+  };
+  const evict = (slot: Slot, replaced: boolean): void => {
+    forget(keyOf(slot.socket), slot, replaced);
+    slot.socket.destroy();
+  };
+  const refuse = (socket: net.Socket): void => {
+    socket.on('error', () => undefined);
+    socket.destroy();
+  };
+  const progressed = (socket: net.Socket, change = 0): void => {
+    const slot = slots.get(keyOf(socket));
+    if (!slot) return;
+    slot.answering += change;
+    slot.progress = ++clock;
+  };
+
+  // First among the 'connection' listeners: the HTTP or TLS one after it sees a closed socket and lets go.
+  server.prependListener('connection', (socket: net.Socket) => {
+    const remote = socket.remoteAddress;
+    const per = limits.perAddress;
+    const address = remote === undefined || !per ? null : per.countedAs(remote);
+    if (address !== null && per && (perAddress.get(address) ?? 0) >= per.limit()) {
+      const victim = stalest(address);
+      const first = !reported.has(address);
+      reported.add(address);
+      if (!victim) {
+        if (first) per.refused?.(address, per.limit());
+        return refuse(socket);
+      }
+      if (first) per.madeRoom?.(address, per.limit());
+      evict(victim, true);
+    }
+    if (slots.size >= limits.maxConnections) {
+      const victim = stalest();
+      if (!victim) return refuse(socket);
+      evict(victim, victim.address === address);
+    }
+    const key = keyOf(socket);
+    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true };
+    slots.set(key, slot);
+    if (address !== null) perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
+    // Fresh until the poll phase after this one has read what the client sent with its connect.
+    setImmediate(() => setImmediate(() => { slot.fresh = false; }));
+    socket.once('close', () => forget(key, slot));
+  });
+  server.on('secureConnection', (socket: net.Socket) => progressed(socket));
+  // Before the handler, which may answer at once.
+  server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    progressed(socket, +1);
+    // Answered once the answer is made (res.end called), or the exchange ended without one. Not at 'finish' nor
+    // 'prefinish': an answer pipelined behind one its client does not read waits unsent, and its connection was
+    // then never free to close for a new one while it held the slot for RESPONSE_DEADLINE_MS.
+    let done = false;
+    const answered = (): void => {
+      if (done) return;
+      done = true;
+      progressed(socket, -1);
+    };
+    const end = res.end;
+    res.end = function (this: http.ServerResponse, ...args: unknown[]) {
+      answered();
+      return (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+    } as typeof res.end;
+    res.once('close', answered);
+  });
+}

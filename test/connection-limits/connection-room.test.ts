@@ -1,0 +1,161 @@
+// engine/connection-limits/connection-room.ts on a plain Node HTTP server, with raw sockets from several loopback
+// addresses (each 127.x.y.z is another client). The admin listener and the account page use it (test/admin,
+// test/accounts, test/cluster/admin.test.ts); here what they do not show: the limit is read at each accept (a
+// reload changes it for the next connection), an episode over it is reported once, and a client that never
+// reads its answer holds no slot for it.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import { once } from 'node:events';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { shareConnectionRoom } from '../../engine/connection-limits/connection-room.ts';
+import { getFrom, rawHttp } from '../helpers/http-per-address.ts';
+import { until } from '../helpers/wait.ts';
+
+let limit = 2;
+const reports: Array<[string, string, number]> = [];
+let bigAnswers = 0;
+const BIG = 'x'.repeat(16 * 1024 * 1024); // more than any socket buffers hold
+const server = http.createServer((req, res) => {
+  if (req.url === '/big') {
+    res.end(BIG);
+    bigAnswers++;
+    return;
+  }
+  res.end('ok');
+});
+shareConnectionRoom(server, {
+  maxConnections: 64,
+  perAddress: {
+    limit: () => limit,
+    countedAs: (address) => address,
+    refused: (address, l) => reports.push(['refused', address, l]),
+    madeRoom: (address, l) => reports.push(['made room', address, l]),
+  },
+});
+server.listen(0, '127.0.0.1');
+await once(server, 'listening');
+const port = (server.address() as AddressInfo).port;
+after(() => { server.closeAllConnections(); server.close(); });
+
+function tracked(sockets: net.Socket[]): number[] {
+  const closedOnes: number[] = [];
+  sockets.forEach((s, i) => s.once('close', () => closedOnes.push(i)));
+  return closedOnes;
+}
+
+test('the limit is read at each accept, and an episode over it is reported once, then again after coming back under', async () => {
+  limit = 3; // as a reload would
+  const held: net.Socket[] = [];
+  for (let i = 0; i < 3; i++) held.push(await rawHttp(port, '127.0.3.3'));
+  const closedOnes = tracked(held);
+  try {
+    assert.match(await getFrom(port, '127.0.3.3', '/'), /^HTTP\/1\.1 200 /, 'the fourth is over the new limit, and answered');
+    await until('the oldest closed for it', () => closedOnes.length === 1);
+    assert.deepEqual(closedOnes, [0]);
+    assert.deepEqual(reports, [['made room', '127.0.3.3', 3]], 'one report');
+    // That one closed after its answer: back under. Two more, held: the second is over again.
+    const more = [await rawHttp(port, '127.0.3.3'), await rawHttp(port, '127.0.3.3')];
+    held.push(...more);
+    const closedMore = tracked(more);
+    await until('the next oldest closed for it', () => closedOnes.length === 2);
+    assert.deepEqual(closedOnes, [0, 1]);
+    assert.deepEqual(reports, [['made room', '127.0.3.3', 3], ['made room', '127.0.3.3', 3]], 'a new episode, a new report');
+    held.push(await rawHttp(port, '127.0.3.3')); // over again, never under meanwhile: the same episode
+    await until('the next oldest closed for it', () => closedOnes.length === 3);
+    assert.deepEqual([closedOnes, closedMore], [[0, 1, 2], []]);
+    assert.equal(reports.length, 2, 'no report within the episode');
+  } finally {
+    for (const h of held) h.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+test('a client that asked and never reads its answer holds no slot for it: a new connection of its address takes it', async () => {
+  limit = 1;
+  const stuck = await rawHttp(port, '127.0.3.4');
+  stuck.pause(); // never reads
+  stuck.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
+  try {
+    await until('the answer made', () => bigAnswers === 1);
+    assert.match(await getFrom(port, '127.0.3.4', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    // A client that does not read does not see the close either: a write fails (a CRLF, which HTTP ignores).
+    await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
+    assert.deepEqual(reports, [['made room', '127.0.3.4', 1]]);
+  } finally {
+    stuck.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+test('a client that pipelined requests and reads none of the answers holds no slot for them either', async () => {
+  limit = 1;
+  bigAnswers = 0;
+  const stuck = await rawHttp(port, '127.0.3.5');
+  stuck.pause(); // never reads
+  stuck.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(3));
+  try {
+    // The second answer is made while the first still fills the socket: it waits behind it, unsent.
+    await until('two answers made', () => bigAnswers >= 2);
+    assert.match(await getFrom(port, '127.0.3.5', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
+  } finally {
+    stuck.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+// A flood of new connections must not close a client's connection before its request is read: one accepted
+// in the same turn as the next is not the next one's to close. The server's event loop is held while a client
+// process connects, sends its request, and connects again behind it: both wait in the backlog and are
+// accepted in one turn, the request not read yet.
+test('a connection accepted in the same turn as the next one is not closed for it: its request, sent with its connect, is answered', async () => {
+  limit = 1;
+  const dir = mkdtempSync(join(tmpdir(), 'room-'));
+  const ready = join(dir, 'ready');
+  const held = await rawHttp(port, '127.0.3.6');
+  // Answered once (kept alive, idle since): the server has it, and it is the one to close.
+  held.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await once(held, 'data');
+  const client = spawn('python3', ['-c', String.raw`
+import socket, sys
+port, ready = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(('127.0.0.1', port), source_address=('127.0.3.6', 0))
+s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+x = socket.create_connection(('127.0.0.1', port), source_address=('127.0.3.6', 0))
+open(ready, 'w').close()
+s.settimeout(30)
+reply = b''
+try:
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        reply += d
+except Exception as e:
+    pass
+print(reply.decode('latin1').split('\r\n')[0] or 'closed unanswered', flush=True)
+`, String(port), ready], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  client.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  try {
+    // Hold this process (the server's) until both connections wait in the backlog.
+    for (const start = Date.now(); !existsSync(ready) && Date.now() - start < 60_000;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    assert.ok(existsSync(ready), 'the client connected twice');
+    await once(client, 'exit');
+    assert.equal(out.trim(), 'HTTP/1.1 200 OK');
+  } finally {
+    held.destroy();
+    client.kill();
+    rmSync(dir, { recursive: true, force: true });
+    reports.length = 0;
+    limit = 2;
+  }
+});
