@@ -232,10 +232,11 @@ export class Journal {
     const onDisk = names.map((n) => /^(\d{10})\.seg$/.exec(n)?.[1]).filter((x): x is string => x !== undefined).map(Number).sort((a, b) => a - b);
     const present = new Set(onDisk);
     for (const segment of [...this.#segments.values()]) {
-      if (!present.has(segment.seq) || inodeOf(segment.path) !== segment.ino) this.#drop(segment);
+      if (!present.has(segment.seq)) this.#drop(segment);
       else this.#readOn(segment);
     }
-    for (const segment of this.#segments.values()) this.#readDone(segment);
+    // Each also drops its segment if the file went (or another took its name) meanwhile: see #readDone.
+    for (const segment of [...this.#segments.values()]) this.#readDone(segment);
     const seen = this.#seenSeq;
     const unread = onDisk.filter((seq) => !this.#segments.has(seq));
     let read = 0;
@@ -838,28 +839,45 @@ export class Journal {
     }
   }
 
+  /**
+   * Apply the done lines appended since the last look. A reader then checks that the segment's file is still the one it
+   * read: the writer deletes a segment once every record in it is done (at its start, say), its file first and its done
+   * list second, so a reader that read the records before and looks at the done list after finds none, and took every
+   * record for undelivered: delivered again (a queue process that started with a worker after a restart), or a message
+   * `postern queue delete` had removed. A file still there after the done list was read vouches for what was read.
+   */
   #readDone(segment: Segment): void {
-    let data: Buffer;
-    try {
-      const fd = openSync(segment.donePath, 'r');
-      try {
-        const size = fstatSync(fd).size;
-        if (size <= segment.doneRead) return;
-        data = Buffer.alloc(size - segment.doneRead);
-        readSync(fd, data, 0, data.length, segment.doneRead);
-      } finally {
-        closeSync(fd);
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw err;
+    const data = this.#unreadDone(segment);
+    if (!this.#writable && inodeOf(segment.path) !== segment.ino) {
+      this.#drop(segment);
+      return;
     }
+    if (data === null) return;
     const text = data.toString('latin1');
     const complete = text.lastIndexOf('\n') + 1; // a line being written right now is read next time
     segment.doneRead += complete;
     for (const id of text.slice(0, complete).split('\n')) {
       const at = id ? this.#index.get(id) : undefined;
       if (at?.segment === segment && !this.#doneNotDurable.has(id)) this.#forget(id);
+    }
+  }
+
+  /** The segment's done list past what was applied already; null: nothing new (or no done list yet). */
+  #unreadDone(segment: Segment): Buffer | null {
+    try {
+      const fd = openSync(segment.donePath, 'r');
+      try {
+        const size = fstatSync(fd).size;
+        if (size <= segment.doneRead) return null;
+        const data = Buffer.alloc(size - segment.doneRead);
+        readSync(fd, data, 0, data.length, segment.doneRead);
+        return data;
+      } finally {
+        closeSync(fd);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
     }
   }
 }
