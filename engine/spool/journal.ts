@@ -84,6 +84,11 @@ interface Segment {
   doneEntry?: Promise<void> | null;
   /** Bytes of `.done` already applied to the index. */
   doneRead: number;
+  /**
+   * A reader's: ids of done lines read while records of this segment lay past the ones it took (see #readDone). A
+   * record named here, once read, is not taken: its line, already read, would not be applied again.
+   */
+  doneEarly?: Set<string>;
   size: number;
   live: number;
   /** Still taking records. */
@@ -334,6 +339,7 @@ export class Journal {
 
   /** Index a record read from a segment. The same message in two places (a copy written again after a failed sync): the later segment's wins. */
   #indexRecord(segment: Segment, r: { id: string; offset: number; length: number; crc: number | null; seed: number }): void {
+    if (segment.doneEarly?.delete(r.id)) return;
     const earlier = this.#index.get(r.id);
     if (earlier && earlier.segment.seq > segment.seq) return; // a reader reading newest first
     if (earlier) earlier.segment.live--;
@@ -856,10 +862,25 @@ export class Journal {
     const text = data.toString('latin1');
     const complete = text.lastIndexOf('\n') + 1; // a line being written right now is read next time
     segment.doneRead += complete;
+    let ahead: boolean | null = null;
     for (const id of text.slice(0, complete).split('\n')) {
-      const at = id ? this.#index.get(id) : undefined;
-      if (at?.segment === segment && !this.#doneNotDurable.has(id)) this.#forget(id);
+      if (!id) continue;
+      const at = this.#index.get(id);
+      if (at?.segment === segment) {
+        if (!this.#doneNotDurable.has(id)) this.#forget(id);
+      } else if (!at && !this.#writable && (ahead ??= this.#recordAhead(segment))) {
+        // Its record may be one this reader has not taken yet: one its writer refused after a failed sync (listed as
+        // done before the client was told to send again), never acknowledged, which the reader takes once the writer
+        // is gone; or one appended and marked done by another process between this reader's looks. Without this the
+        // record, read later, was taken for undelivered: delivered besides the copy its client sent again.
+        (segment.doneEarly ??= new Set()).add(id);
+      }
     }
+  }
+
+  /** A reader's: whether the segment's file holds a record past those taken (not zeros written ahead, not its end). */
+  #recordAhead(segment: Segment): boolean {
+    return fstatSync(segment.fd).size > segment.readTo && readSync(segment.fd, ONE_BYTE, 0, 1, segment.readTo) === 1 && ONE_BYTE[0] !== 0;
   }
 
   /** The segment's done list past what was applied already; null: nothing new (or no done list yet). */

@@ -4,6 +4,8 @@
 // undelivered. Seen as a flaky test (test/cluster/stop-during-delivery.test.ts, under load): the supervisor killed, the
 // old queue process delivered and marked the message done, the new server's worker started (deleting the segment) while
 // its queue process first read the worker's journal: "messages":1, a message already delivered, to be delivered again.
+// Also a done line read before its record is taken: a record its writer refused after a failed sync (never acknowledged,
+// so a reader takes it only once the writer is gone) came back then, and was delivered besides the client's new copy.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -20,6 +22,7 @@ let faults: DiskFaults;
 before(() => { faults = diskFaults(); });
 
 const READER = new URL('./helpers/scan-and-read.ts', import.meta.url).pathname;
+const WRITER = new URL('./helpers/refusing-writer.ts', import.meta.url).pathname;
 const SEGMENT = '0000000001';
 
 /**
@@ -86,5 +89,39 @@ test('a message the queue process knows, marked done by another process (postern
   assert.equal(await queue.has(id), false, 'the queue process sees it gone');
   await assert.rejects(queue.readForDelivery(id, { hasState: false }), { code: 'ENOENT' }, 'not read from the deleted segment (it would be delivered)');
   assert.deepEqual(await queue.scan(), []);
+  queue.close();
+});
+
+test('a record its writer refused (its sync failed; the client sends the message again), read by the queue process before its writer stopped: not delivered after the writer is gone', { timeout: 120_000 }, async () => {
+  const root = join(scratch.path, 'refused', 'data', 'spool', 'worker-0');
+  const writer = spawn(process.execPath, [WRITER, root], { env: { ...process.env, ...faults.env }, stdio: ['pipe', 'pipe', 'inherit'] });
+  const ended = new Promise<number | null>((resolve) => writer.on('exit', resolve));
+  const said: Array<{ acked: string[]; refused: string[] }> = [];
+  let partial = '';
+  writer.stdout.on('data', (b: Buffer) => {
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) said.push(JSON.parse(line) as { acked: string[]; refused: string[] });
+  });
+  const acked: string[] = [];
+  const refused: string[] = [];
+  const queue = new Spool(root);
+  try {
+    await until('the first message spooled', () => said.length === 1);
+    for (let round = 1; !said.some((s) => s.refused.length > 0); round++) {
+      assert.ok(round <= 20, 'a failed sync refused a message within 20 rounds');
+      faults.arm('fdatasync-eio');
+      writer.stdin.write('next\n');
+      await until(`message ${round} spooled or refused`, () => said.length === round + 1);
+    }
+    for (const s of said) { acked.push(...s.acked); refused.push(...s.refused); }
+    // The queue process looks while the writer runs: the refused record is in the segment, and so is its done line.
+    assert.deepEqual((await queue.scan()).map((e) => e.id).sort(), [...acked].sort());
+  } finally {
+    writer.stdin.end(); // the worker stops (a restart, a crash): its lock goes
+  }
+  assert.equal(await ended, 0);
+  assert.deepEqual((await queue.scan()).map((e) => e.id).sort(), [...acked].sort(), `the refused ${refused.join(', ')} is not delivered besides the client's new copy`);
+  await assert.rejects(queue.readForDelivery(refused[0]!, { hasState: false }), { code: 'ENOENT' });
   queue.close();
 });
