@@ -84,6 +84,11 @@ interface Segment {
   doneEntry?: Promise<void> | null;
   /** Bytes of `.done` already applied to the index. */
   doneRead: number;
+  /**
+   * A reader's: ids of done lines read while records of this segment lay past the ones it took (see #readDone). A
+   * record named here, once read, is not taken: its line, already read, would not be applied again.
+   */
+  doneEarly?: Set<string>;
   size: number;
   live: number;
   /** Still taking records. */
@@ -232,10 +237,11 @@ export class Journal {
     const onDisk = names.map((n) => /^(\d{10})\.seg$/.exec(n)?.[1]).filter((x): x is string => x !== undefined).map(Number).sort((a, b) => a - b);
     const present = new Set(onDisk);
     for (const segment of [...this.#segments.values()]) {
-      if (!present.has(segment.seq) || inodeOf(segment.path) !== segment.ino) this.#drop(segment);
+      if (!present.has(segment.seq)) this.#drop(segment);
       else this.#readOn(segment);
     }
-    for (const segment of this.#segments.values()) this.#readDone(segment);
+    // Each also drops its segment if the file went (or another took its name) meanwhile: see #readDone.
+    for (const segment of [...this.#segments.values()]) this.#readDone(segment);
     const seen = this.#seenSeq;
     const unread = onDisk.filter((seq) => !this.#segments.has(seq));
     let read = 0;
@@ -333,6 +339,7 @@ export class Journal {
 
   /** Index a record read from a segment. The same message in two places (a copy written again after a failed sync): the later segment's wins. */
   #indexRecord(segment: Segment, r: { id: string; offset: number; length: number; crc: number | null; seed: number }): void {
+    if (segment.doneEarly?.delete(r.id)) return;
     const earlier = this.#index.get(r.id);
     if (earlier && earlier.segment.seq > segment.seq) return; // a reader reading newest first
     if (earlier) earlier.segment.live--;
@@ -838,28 +845,60 @@ export class Journal {
     }
   }
 
+  /**
+   * Apply the done lines appended since the last look. A reader then checks that the segment's file is still the one it
+   * read: the writer deletes a segment once every record in it is done (at its start, say), its file first and its done
+   * list second, so a reader that read the records before and looks at the done list after finds none, and took every
+   * record for undelivered: delivered again (a queue process that started with a worker after a restart), or a message
+   * `postern queue delete` had removed. A file still there after the done list was read vouches for what was read.
+   */
   #readDone(segment: Segment): void {
-    let data: Buffer;
+    const data = this.#unreadDone(segment);
+    if (!this.#writable && inodeOf(segment.path) !== segment.ino) {
+      this.#drop(segment);
+      return;
+    }
+    if (data === null) return;
+    const text = data.toString('latin1');
+    const complete = text.lastIndexOf('\n') + 1; // a line being written right now is read next time
+    segment.doneRead += complete;
+    let ahead: boolean | null = null;
+    for (const id of text.slice(0, complete).split('\n')) {
+      if (!id) continue;
+      const at = this.#index.get(id);
+      if (at?.segment === segment) {
+        if (!this.#doneNotDurable.has(id)) this.#forget(id);
+      } else if (!at && !this.#writable && (ahead ??= this.#recordAhead(segment))) {
+        // Its record may be one this reader has not taken yet: one its writer refused after a failed sync (listed as
+        // done before the client was told to send again), never acknowledged, which the reader takes once the writer
+        // is gone; or one appended and marked done by another process between this reader's looks. Without this the
+        // record, read later, was taken for undelivered: delivered besides the copy its client sent again.
+        (segment.doneEarly ??= new Set()).add(id);
+      }
+    }
+  }
+
+  /** A reader's: whether the segment's file holds a record past those taken (not zeros written ahead, not its end). */
+  #recordAhead(segment: Segment): boolean {
+    return fstatSync(segment.fd).size > segment.readTo && readSync(segment.fd, ONE_BYTE, 0, 1, segment.readTo) === 1 && ONE_BYTE[0] !== 0;
+  }
+
+  /** The segment's done list past what was applied already; null: nothing new (or no done list yet). */
+  #unreadDone(segment: Segment): Buffer | null {
     try {
       const fd = openSync(segment.donePath, 'r');
       try {
         const size = fstatSync(fd).size;
-        if (size <= segment.doneRead) return;
-        data = Buffer.alloc(size - segment.doneRead);
+        if (size <= segment.doneRead) return null;
+        const data = Buffer.alloc(size - segment.doneRead);
         readSync(fd, data, 0, data.length, segment.doneRead);
+        return data;
       } finally {
         closeSync(fd);
       }
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
-    }
-    const text = data.toString('latin1');
-    const complete = text.lastIndexOf('\n') + 1; // a line being written right now is read next time
-    segment.doneRead += complete;
-    for (const id of text.slice(0, complete).split('\n')) {
-      const at = id ? this.#index.get(id) : undefined;
-      if (at?.segment === segment && !this.#doneNotDurable.has(id)) this.#forget(id);
     }
   }
 }

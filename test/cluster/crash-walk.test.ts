@@ -26,8 +26,13 @@ interface Outcome {
   /** The id the 250 named; null: no 250 came (the message was sent again until one did). */
   firstAcked: boolean;
   copies: Record<'ok' | 'later' | 'bounce' | 'bad', number>;
-  /** The walk's count when each message reached the next hop (its end of DATA), in the order they came. */
-  arrivals: Array<{ kind: 'ok' | 'later' | 'bounce' | 'mixed'; at: number }>;
+  /**
+   * The walk's count when each message reached the next hop (its end of DATA), in the order they came, and whether the
+   * armed point had been taken by then. Not told by the count alone: counting stops at the point taken (its file goes),
+   * so a copy that arrives after the kill has the point's own number (more only if another process counted a call it
+   * was making as the point went).
+   */
+  arrivals: Array<{ kind: 'ok' | 'later' | 'bounce' | 'mixed'; at: number; afterPoint: boolean }>;
   trace: CrashPoint[];
   /** The call the run was armed at, once taken. */
   hit: CrashPoint | undefined;
@@ -51,10 +56,10 @@ async function roles(c: ClusterProcess, into: Map<number, string>): Promise<void
 async function life(n: number, action: CrashAction, opts: { body?: string; only?: { call: string; pathEnd: string } } = {}): Promise<Outcome> {
   let deferrals = 2;
   const arrivals: Outcome['arrivals'] = [];
-  const counts: number[] = [];
+  const counts: Array<{ at: number; afterPoint: boolean }> = [];
   const sink = await startSink({
     decide: (stage, address) => {
-      if (stage === 'data') { counts.push(walk.count()); return null; }
+      if (stage === 'data') { const afterPoint = walk.taken(); counts.push({ at: walk.count(), afterPoint }); return null; }
       if (stage !== 'rcpt') return null;
       if (address === 'bad@example.test') return { code: 550, text: '5.1.1 No such user' };
       if (address === 'later@example.test' && deferrals > 0) { deferrals--; return { code: 451, text: '4.2.0 Try again later' }; }
@@ -88,7 +93,7 @@ async function life(n: number, action: CrashAction, opts: { body?: string; only?
       return k.ok >= 1 && k.later >= 1 && k.bounce >= 1 && (await spooled(c)).size === 0;
     });
     await roles(c, pids);
-    sink.messages.forEach((m, i) => arrivals.push({ kind: kindOf(m), at: counts[i]! }));
+    sink.messages.forEach((m, i) => arrivals.push({ kind: kindOf(m), ...counts[i]! }));
     // Temporary files, orphan states and due requests are tidied by the queue process's scans.
     const queueDir = join(workerSpoolDir(dataDir, 0), 'queue');
     await c.waitFor(`nothing left in the worker's queue folder (${readdirSync(queueDir).join(', ')})`, () => readdirSync(queueDir).length === 0);
@@ -118,7 +123,7 @@ function duplicateAllowed(o: Outcome, kind: 'ok' | 'later' | 'bounce', action: C
   const hit = o.hit?.n ?? 0;
   const records = o.trace.filter((p) => o.roles.get(p.pid) === 'queue' && (p.call === 'rename' || p.call === 'unlink' || (p.call === 'write' && p.path.endsWith('.done'))));
   return o.arrivals.filter((a) => a.kind === kind || (a.kind === 'mixed' && kind !== 'bounce'))
-    .some((a) => (action === 'after' ? a.at <= hit : a.at < hit) && !records.some((r) => r.n > a.at && (action === 'after' ? r.n <= hit : r.n < hit)));
+    .some((a) => !a.afterPoint && !records.some((r) => r.n > a.at && (action === 'after' ? r.n <= hit : r.n < hit)));
 }
 
 function check(o: Outcome, action: CrashAction, where: string): void {
