@@ -700,6 +700,15 @@ export class QueueRunner {
       // (Some recipients tried as well: the attempt counts, and the busy ones wait for its retry like any deferral.)
       if (busy && outcomes.every((o) => o.destinationBusy)) return busy;
       if (busy) this.#logTransaction(id, envelope, attempt, null, outcomes.filter((o) => o.destinationBusy), null, 'destination busy');
+      if (outcomes.length && outcomes.every((o) => o.ownShortage)) {
+        // Nothing reached a next hop: this process was out of descriptors (or socket memory) at every connect. Not
+        // held against the message: counted, it moved along the retry schedule, and one past maxAgeHours was bounced
+        // for our shortage. Tried again after the first retry delay, its record as it was.
+        const wait = retryDelayMs(delivery, 1);
+        this.#log.info({ id, attempt, seconds: wait / 1000 }, `${id}: not counted as an attempt: this process was out of its own resources; tried again in ${wait / 1000} s`);
+        if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
+        return;
+      }
       await this.#record(gen, envelope, message, attempt, outcomes);
       // Recorded: a due request it was made for is done. Not while stopping, when an attempt may have been cut
       // short: the request is then made again at the next start (one early attempt at most).
@@ -844,7 +853,8 @@ export class QueueRunner {
         if (wants(r, 'SUCCESS') && !o.dsnPassedOn) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
         return { ...r, status: 'delivered', lastError: undefined };
       }
-      if (o.status === 'permanent' || expired) {
+      // Expired, but not tried this time for our own shortage (ownShortage): waits for an attempt that reaches a next hop.
+      if (o.status === 'permanent' || (expired && !o.ownShortage)) {
         newlyBounced.add(r.address);
         if (wants(r, 'FAILURE')) {
           failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
