@@ -135,6 +135,8 @@ export class QueueRunner {
   #scanning: Promise<void> | null = null;
   /** A scan fails at every try while its cause lasts (out of descriptors): logged once per episode. */
   readonly #scanFailures: RepeatedFailure;
+  /** Reads of messages for their attempts failing at every try (EMFILE): once per episode, not per message per retry. */
+  readonly #readFailures: RepeatedFailure;
   #rescanStamp = '';
   #scanTimer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -150,6 +152,7 @@ export class QueueRunner {
     this.#generation = opts.generation;
     this.#log = opts.logger.child({ component: 'queue' });
     this.#scanFailures = new RepeatedFailure(this.#log, 'spool scan failed', 'spool scan works again');
+    this.#readFailures = new RepeatedFailure(this.#log, 'cannot read the spool file now: tried again later', 'reading spool files works again');
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
@@ -600,7 +603,7 @@ export class QueueRunner {
         if (isSystemError(err)) {
           // The system failed the read (out of file descriptors, an I/O error), not the file: held until the
           // next `postern queue retry` it would wait for ever once the fault was gone. Tried again later.
-          this.#log.error({ id, err: (err as Error).message }, 'cannot read the spool file now: tried again later');
+          this.#readFailures.failed(err, { id });
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(this.#delivery(), 1)));
           return;
         }
@@ -608,6 +611,7 @@ export class QueueRunner {
         this.#log.error({ id, err: (err as Error).message }, 'unreadable spool file: not delivering it');
         return;
       }
+      this.#readFailures.succeeded();
       const { message } = read;
       if (read.envelope.noticeOf && this.#noState.has(id)) {
         // A notice spooled without a state file may have one now that another process wrote: withdrawn by `postern
