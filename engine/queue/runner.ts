@@ -1051,7 +1051,35 @@ export class QueueRunner {
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
     await this.#reserving;
+    await this.#writeUnrecorded();
     this.#pool.close();
+  }
+
+  /**
+   * Outcomes kept in memory for want of a record (#record's catch), written before the process ends. Dropped with the
+   * process, the message was read after the next start as its spool file says, and a recipient the next hop had
+   * accepted got a second copy without any crash. One that still cannot be written is said, with what follows.
+   */
+  async #writeUnrecorded(): Promise<void> {
+    for (const [id, state] of [...this.#unrecorded]) {
+      const write = async (): Promise<void> => {
+        if (state.recipients.every((r) => r.status)) {
+          await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+          return;
+        }
+        await this.#spool.updateState(id, state);
+        if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+      };
+      try {
+        await write().catch(async (err: unknown) => {
+          if (!isNoSpace(err) || !this.#useReserve()) throw err;
+          await write(); // with the reserve's room
+        });
+        this.#unrecorded.delete(id);
+      } catch (err) {
+        this.#log.error({ id, err }, `${id}: cannot record the outcome of its last attempt before stopping: the recipients it delivered may be sent to again after the next start`);
+      }
+    }
   }
 }
 
