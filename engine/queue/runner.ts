@@ -813,7 +813,7 @@ export class QueueRunner {
    * before that attempt's record sent the sender a copy at each run of it. One that a crashed run spooled and that this
    * run does not need (the notice went through, or its refusal was another) is withdrawn.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[] }> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[]; notSpooled?: string[] }> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
     try {
@@ -834,8 +834,10 @@ export class QueueRunner {
       if (spooled.id) this.#log.info({ id: envelope.id, notice: spooled.id, to: refused }, `${envelope.id}: refused for its size: sent again as ${spooled.id}, with the returned message's header only`);
       return spooled;
     } catch (err) {
-      this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
-      return { id: null, withdrawn: [] };
+      // Our failure (EIO, EMFILE, a full disk), not the notice's: the refused recipients stay queued (#record).
+      this.#log.error({ id: envelope.id, err, to: refused }, 'cannot spool the notice again with the header only; the notice stays queued and is tried again later');
+      if (isNoSpace(err)) this.#useReserve();
+      return { id: null, withdrawn: [], notSpooled: smaller ? refused : [] };
     }
   }
 
@@ -909,14 +911,20 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt)) : null;
+      const headerOnly = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt) : null;
+      // Its header-only copy could not be spooled: no verdict, as for a bounce that cannot be spooled (above). Discarded,
+      // the sender never heard that the message failed.
+      for (const r of recipients) {
+        if (headerOnly?.notSpooled?.includes(r.address)) { delete r.status; newlyBounced.delete(r.address); }
+      }
+      bounceId = headerOnly ? noting(headerOnly) : null;
       // A notice deleted during this attempt (`postern queue delete --from '<>'`) is not sent again either: the delete
       // looks for its copy after the notice is gone, and this looks for the notice after the copy is spooled.
       if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
         this.#log.info({ id, notice: bounceId }, `${id}: deleted during its attempt: not sent again with the header only`);
         noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
         bounceId = null;
-      } else if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      } else if (!bounceId && newlyBounced.size) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     } else if (envelope.noticeOf) {
       // Nothing refused: a copy with the header only that a run of this attempt cut off by a crash spooled is withdrawn.
       noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt));
