@@ -399,13 +399,16 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       // finishes beside that: a build with slow top levels takes seconds, up to its deadline, and waiting for it
       // first served every session as if no stop had come, then left the drain less of the supervisor's 30 s.
       const sessionsEnded = Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+      // The queue runner too starts nothing more from now: stopped only after the build, it sent mail that came due
+      // meanwhile, each such delivery racing the supervisor's kill (a kill after the next hop's 250 sends it again).
+      const queueClosed = queue.close();
       for (const p of policyServers.values()) p.close();
       await admin?.close();
       await accounts?.close();
       await reloader.close();
       await sessionsEnded;
       await Promise.all(policySockets.map((s) => new Promise<void>((r) => s.close(() => r()))));
-      await queue.close();
+      await queueClosed;
       expiry?.close();
       await sightings?.close();
       spool.close();

@@ -129,6 +129,8 @@ interface Child {
   startedAt: number;
   restarts: number;
   lastExit: string | null;
+  /** It said it is stopping on purpose ('stopping': signalled; 'draining': recycled), so a clean exit is no death. */
+  stopAnnounced: 'signalled' | 'recycled' | null;
   backoff: RestartBackoff;
   restartTimer: NodeJS.Timeout | null;
 }
@@ -462,11 +464,12 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null };
   }
 
   #spawn(child: Child): void {
     child.restartTimer = null;
+    child.stopAnnounced = null;
     if (this.#stopping) return;
     const proc = fork(CHILD_ENTRY, [], {
       execArgv: childExecArgv(),
@@ -550,6 +553,7 @@ export class Supervisor {
       }
       case 'draining':
         // Its sandbox cannot recover (child.ts): no more connections; it ends itself and is replaced.
+        child.stopAnnounced = 'recycled';
         child.ready = false;
         child.accepting = false; // it closed its copies of the listening sockets itself
         child.acceptPending = false;
@@ -560,6 +564,7 @@ export class Supervisor {
         return;
       case 'stopping':
         // It was told to stop (by a signal of its own, or by us): no new connections; its exit brings the replacement.
+        child.stopAnnounced ??= 'signalled';
         child.ready = false;
         child.accepting = false; // it closed its copies of the listening sockets itself
         child.acceptPending = false;
@@ -626,6 +631,14 @@ export class Supervisor {
     const delay = child.backoff.died(performance.now() - child.startedAt);
     child.restarts++;
     metrics.processRestarts.inc({ role: child.kind });
+    // Stopped on purpose and ended cleanly (its sessions and attempts settled): no death, and nothing is sent again.
+    if (child.stopAnnounced && code === 0 && signal === null) {
+      this.log.warn({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay },
+        `${child.kind} ${child.index} stopped (${child.stopAnnounced}, exit code 0): replacing it`);
+      child.restartTimer = setTimeout(() => this.#spawn(child), delay);
+      void this.#saveStatus();
+      return;
+    }
     // A delivery whose next hop said 250 before its done mark was written is made again: at least once, logged here.
     const resent = child.kind === 'queue' ? '; a delivery it had under way may be made again' : '';
     this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, restartInMs: delay }, `${child.kind} process died (${child.lastExit}): replacing it${resent}`);

@@ -25,6 +25,11 @@ export interface RecipientOutcome {
    * that destination has room, without counting an attempt.
    */
   destinationBusy?: string;
+  /**
+   * Not tried either: this process was out of its own resources (descriptors, socket memory) before a packet left.
+   * Not held against the message: the queue runner does not count such an attempt, nor bounce an old message on it.
+   */
+  ownShortage?: boolean;
 }
 
 /** A failure that applies to every recipient of a transaction. */
@@ -33,13 +38,16 @@ export class DeliveryFailure extends Error {
   readonly enhanced: string;
   readonly remoteMta: string | null;
   readonly remoteReply: boolean;
-  constructor(message: string, opts: { permanent: boolean; enhanced?: string; remoteMta?: string | null; remoteReply?: boolean }) {
+  /** This process's own shortage (RecipientOutcome.ownShortage), not the next hop's failure. */
+  readonly ownShortage: boolean;
+  constructor(message: string, opts: { permanent: boolean; enhanced?: string; remoteMta?: string | null; remoteReply?: boolean; ownShortage?: boolean }) {
     super(message);
     this.name = 'DeliveryFailure';
     this.permanent = opts.permanent;
     this.enhanced = opts.enhanced ?? (opts.permanent ? '5.0.0' : '4.0.0');
     this.remoteMta = opts.remoteMta ?? null;
     this.remoteReply = opts.remoteReply ?? false;
+    this.ownShortage = opts.ownShortage ?? false;
   }
 }
 
@@ -90,6 +98,6 @@ export function outcomeForReply(recipient: string, reply: string, remoteMta: str
 export function outcomeForFailure(recipient: string, failure: DeliveryFailure): RecipientOutcome {
   return {
     recipient, status: failure.permanent ? 'permanent' : 'temporary', reply: failure.message, enhanced: failure.enhanced,
-    remoteMta: failure.remoteMta, remoteReply: failure.remoteReply,
+    remoteMta: failure.remoteMta, remoteReply: failure.remoteReply, ...(failure.ownShortage ? { ownShortage: true } : {}),
   };
 }

@@ -298,7 +298,7 @@ function ownResourceFailure(err: unknown, remote: string): DeliveryFailure | nul
   const code = [e.originalCode, e.code].find((c) => c !== undefined && OWN_RESOURCE_ERRORS.has(c));
   if (!code) return null;
   return new DeliveryFailure(`${remote}: not connected: this process is out of resources (${code}: ${code === 'EMFILE' || code === 'ENFILE' ? 'too many open files' : 'no memory for the socket'}); not a failure of the next hop`,
-    { permanent: false, enhanced: '4.3.0', remoteMta: null });
+    { permanent: false, enhanced: '4.3.0', remoteMta: null, ownShortage: true });
 }
 
 /** The next hop's greeting was a 4yz or 5yz reply, on a connection that was not TLS from its start (no certificate of ours seen). */

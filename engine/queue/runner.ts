@@ -135,6 +135,8 @@ export class QueueRunner {
   #scanning: Promise<void> | null = null;
   /** A scan fails at every try while its cause lasts (out of descriptors): logged once per episode. */
   readonly #scanFailures: RepeatedFailure;
+  /** Reads of messages for their attempts failing at every try (EMFILE): once per episode, not per message per retry. */
+  readonly #readFailures: RepeatedFailure;
   #rescanStamp = '';
   #scanTimer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -150,6 +152,7 @@ export class QueueRunner {
     this.#generation = opts.generation;
     this.#log = opts.logger.child({ component: 'queue' });
     this.#scanFailures = new RepeatedFailure(this.#log, 'spool scan failed', 'spool scan works again');
+    this.#readFailures = new RepeatedFailure(this.#log, 'cannot read the spool file now: tried again later', 'reading spool files works again');
     this.#injectedResolver = opts.resolver;
     this.#operationsRoot = opts.operationsRoot ?? null;
     this.#overall = new Limiter(() => this.#delivery().concurrency);
@@ -600,7 +603,7 @@ export class QueueRunner {
         if (isSystemError(err)) {
           // The system failed the read (out of file descriptors, an I/O error), not the file: held until the
           // next `postern queue retry` it would wait for ever once the fault was gone. Tried again later.
-          this.#log.error({ id, err: (err as Error).message }, 'cannot read the spool file now: tried again later');
+          this.#readFailures.failed(err, { id });
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(this.#delivery(), 1)));
           return;
         }
@@ -608,6 +611,7 @@ export class QueueRunner {
         this.#log.error({ id, err: (err as Error).message }, 'unreadable spool file: not delivering it');
         return;
       }
+      this.#readFailures.succeeded();
       const { message } = read;
       if (read.envelope.noticeOf && this.#noState.has(id)) {
         // A notice spooled without a state file may have one now that another process wrote: withdrawn by `postern
@@ -700,6 +704,15 @@ export class QueueRunner {
       // (Some recipients tried as well: the attempt counts, and the busy ones wait for its retry like any deferral.)
       if (busy && outcomes.every((o) => o.destinationBusy)) return busy;
       if (busy) this.#logTransaction(id, envelope, attempt, null, outcomes.filter((o) => o.destinationBusy), null, 'destination busy');
+      if (outcomes.length && outcomes.every((o) => o.ownShortage)) {
+        // Nothing reached a next hop: this process was out of descriptors (or socket memory) at every connect. Not
+        // held against the message: counted, it moved along the retry schedule, and one past maxAgeHours was bounced
+        // for our shortage. Tried again after the first retry delay, its record as it was.
+        const wait = retryDelayMs(delivery, 1);
+        this.#log.info({ id, attempt, seconds: wait / 1000 }, `${id}: not counted as an attempt: this process was out of its own resources; tried again in ${wait / 1000} s`);
+        if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
+        return;
+      }
       await this.#record(gen, envelope, message, attempt, outcomes);
       // Recorded: a due request it was made for is done. Not while stopping, when an attempt may have been cut
       // short: the request is then made again at the next start (one early attempt at most).
@@ -800,7 +813,7 @@ export class QueueRunner {
    * before that attempt's record sent the sender a copy at each run of it. One that a crashed run spooled and that this
    * run does not need (the notice went through, or its refusal was another) is withdrawn.
    */
-  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[] }> {
+  async #noticeWithHeaderOnly(envelope: SpoolEnvelope, message: Buffer, outcomes: RecipientOutcome[], bounced: ReadonlySet<string>, attempt: number): Promise<{ id: string | null; withdrawn: string[]; notSpooled?: string[] }> {
     const refused = outcomes.filter((o) => bounced.has(o.recipient) && TOO_BIG.has(o.enhanced)).map((o) => o.recipient);
     const smaller = refused.length ? headerOnlyNotice(message) : null;
     try {
@@ -821,8 +834,10 @@ export class QueueRunner {
       if (spooled.id) this.#log.info({ id: envelope.id, notice: spooled.id, to: refused }, `${envelope.id}: refused for its size: sent again as ${spooled.id}, with the returned message's header only`);
       return spooled;
     } catch (err) {
-      this.#log.error({ id: envelope.id, err }, 'cannot spool the notice again with the header only');
-      return { id: null, withdrawn: [] };
+      // Our failure (EIO, EMFILE, a full disk), not the notice's: the refused recipients stay queued (#record).
+      this.#log.error({ id: envelope.id, err, to: refused }, 'cannot spool the notice again with the header only; the notice stays queued and is tried again later');
+      if (isNoSpace(err)) this.#useReserve();
+      return { id: null, withdrawn: [], notSpooled: smaller ? refused : [] };
     }
   }
 
@@ -844,7 +859,8 @@ export class QueueRunner {
         if (wants(r, 'SUCCESS') && !o.dsnPassedOn) relayed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
         return { ...r, status: 'delivered', lastError: undefined };
       }
-      if (o.status === 'permanent' || expired) {
+      // Expired, but not tried this time for our own shortage (ownShortage): waits for an attempt that reaches a next hop.
+      if (o.status === 'permanent' || (expired && !o.ownShortage)) {
         newlyBounced.add(r.address);
         if (wants(r, 'FAILURE')) {
           failed.push({ recipient: r.address, status: o.enhanced, diagnostic: o.reply, remoteReply: o.remoteReply, remoteMta: o.remoteMta, ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
@@ -895,14 +911,20 @@ export class QueueRunner {
         newlyBounced.clear();
       }
     } else if (newlyBounced.size && envelope.sender === '') {
-      bounceId = envelope.noticeOf ? noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt)) : null;
+      const headerOnly = envelope.noticeOf ? await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt) : null;
+      // Its header-only copy could not be spooled: no verdict, as for a bounce that cannot be spooled (above). Discarded,
+      // the sender never heard that the message failed.
+      for (const r of recipients) {
+        if (headerOnly?.notSpooled?.includes(r.address)) { delete r.status; newlyBounced.delete(r.address); }
+      }
+      bounceId = headerOnly ? noting(headerOnly) : null;
       // A notice deleted during this attempt (`postern queue delete --from '<>'`) is not sent again either: the delete
       // looks for its copy after the notice is gone, and this looks for the notice after the copy is spooled.
       if (bounceId && !(await this.#spool.has(id).catch(() => true))) {
         this.#log.info({ id, notice: bounceId }, `${id}: deleted during its attempt: not sent again with the header only`);
         noting({ id: null, withdrawn: await this.#withdrawNoticesOfDeleted(id, attempt) });
         bounceId = null;
-      } else if (!bounceId) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
+      } else if (!bounceId && newlyBounced.size) this.#log.warn({ id, to: [...newlyBounced] }, 'undeliverable bounce (null sender): discarded');
     } else if (envelope.noticeOf) {
       // Nothing refused: a copy with the header only that a run of this attempt cut off by a crash spooled is withdrawn.
       noting(await this.#noticeWithHeaderOnly(envelope, message, outcomes, newlyBounced, attempt));
@@ -1037,7 +1059,35 @@ export class QueueRunner {
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
     await this.#reserving;
+    await this.#writeUnrecorded();
     this.#pool.close();
+  }
+
+  /**
+   * Outcomes kept in memory for want of a record (#record's catch), written before the process ends. Dropped with the
+   * process, the message was read after the next start as its spool file says, and a recipient the next hop had
+   * accepted got a second copy without any crash. One that still cannot be written is said, with what follows.
+   */
+  async #writeUnrecorded(): Promise<void> {
+    for (const [id, state] of [...this.#unrecorded]) {
+      const write = async (): Promise<void> => {
+        if (state.recipients.every((r) => r.status)) {
+          await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+          return;
+        }
+        await this.#spool.updateState(id, state);
+        if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+      };
+      try {
+        await write().catch(async (err: unknown) => {
+          if (!isNoSpace(err) || !this.#useReserve()) throw err;
+          await write(); // with the reserve's room
+        });
+        this.#unrecorded.delete(id);
+      } catch (err) {
+        this.#log.error({ id, err }, `${id}: cannot record the outcome of its last attempt before stopping: the recipients it delivered may be sent to again after the next start`);
+      }
+    }
   }
 }
 

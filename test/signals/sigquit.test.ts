@@ -49,8 +49,9 @@ test('SIGQUIT to a worker alone: its transaction finishes, it is replaced as a s
     const sending = await halfSent(cluster);
     process.kill(pid, 'SIGQUIT');
     await finished(cluster, sending);
-    const replaced = await cluster.waitFor('the worker replaced', () => cluster.logs.find((l) => /^worker process died/.test(String(l.msg))));
+    const replaced = await cluster.waitFor('the worker replaced', () => cluster.logs.find((l) => /^worker (process died|0 stopped)/.test(String(l.msg))));
     assert.equal(replaced.signal, null, `it ended by itself (${String(replaced.msg)})`);
+    assert.equal(replaced.msg, 'worker 0 stopped (signalled, exit code 0): replacing it', 'a stop, not a death');
     await cluster.waitFor('a new worker 0 ready', async () => (await cluster.cluster()).processes.some((p) => p.role === 'worker' && p.ready && p.pid !== pid));
     const after = await greeted(cluster);
     assert.equal((await after.sendMail('a@example.org', ['b@example.test'])).code, 250, 'the replacement serves');
