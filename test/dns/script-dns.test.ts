@@ -45,10 +45,13 @@ test('A, AAAA, MX, TXT and PTR answers; A/AAAA with their TTL (the lowest of the
 });
 
 test('no such name and no such record are answers; SERVFAIL and silence are typed failures', async () => {
+  // The answers are asked with a limit a loaded machine cannot outlast (the server runs in this process, on this
+  // event loop: a 300 ms pause of it turned an answer into a timeout); only silence is waited out, at 300 ms.
+  const answered = dns();
+  assert.deepEqual(await answered.resolve('nowhere.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: true });
+  assert.deepEqual(await answered.resolve('nodata.example.test', 'MX'), { ok: true, records: [], ttl: null, nxdomain: false });
+  assert.deepEqual(await answered.resolve('broken.example.test', 'A'), { ok: false, error: 'servfail', message: 'SERVFAIL for broken.example.test A' });
   const r = new ScriptDns({ servers: [server.address], timeoutMs: 300 }, () => clock);
-  assert.deepEqual(await r.resolve('nowhere.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: true });
-  assert.deepEqual(await r.resolve('nodata.example.test', 'MX'), { ok: true, records: [], ttl: null, nxdomain: false });
-  assert.deepEqual(await r.resolve('broken.example.test', 'A'), { ok: false, error: 'servfail', message: 'SERVFAIL for broken.example.test A' });
   const silent = await r.resolve('silent.example.test', 'A');
   assert.equal(silent.ok, false);
   assert.equal((silent as { error: string }).error, 'timeout');
