@@ -325,9 +325,10 @@ test(`a seeded mix of ${SESSIONS} sessions (seed ${SEED}): logs, metrics and sta
   await errors.say('FOO');
   await errors.say('BAR');
   for (const r of await errors.client.repliesUntilClosed()) errors.note(r); // the 421 right behind the second error's reply
-  // An idle client: 421 Timeout.
+  // An idle client: 421 Timeout. It says nothing after the greeting: an EHLO it had to send within the listener's
+  // 500 ms (as greet() did) was answered 421 in place of 250 when this process or the worker was held up that long.
   const idle = await Session.open('idle');
-  await idle.greet();
+  assert.equal((await idle.read()).code, 220);
   assert.equal((await idle.read()).code, 421);
   await idle.client.waitClosed();
   // One failed AUTH from an address is its limit (failures are counted per address over every listener: another

@@ -40,7 +40,12 @@ listeners:
     assert.equal((await client.sendMail('a@example.net', ['b@example.test'])).code, 250);
   }
   await Promise.all(clients.map((client) => client.quit()));
-  const served = new Set(c.logs.filter((l) => String(l.msg).includes('(message spooled)')).map((l) => l.pid));
+  // The workers' lines come through their pipe, the replies through the sockets: the last may not be read yet.
+  const spooledLines = await c.waitFor('the six messages logged', () => {
+    const lines = c!.logs.filter((l) => String(l.msg).includes('(message spooled)'));
+    return lines.length >= 6 && lines;
+  });
+  const served = new Set(spooledLines.map((l) => l.pid));
   assert.equal(served.size, 2, 'both workers took messages');
   assert.equal(await metric('postern_messages_accepted_total{listener="mx"}') - before, 6, 'the sum over the workers');
   assert.ok(await metric('postern_smtp_connections_total{listener="mx"}') >= 6);

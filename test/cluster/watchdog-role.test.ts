@@ -24,7 +24,8 @@ test('a hung queue process is named as the queue process by its watchdog, and ki
   const guard = setTimeout(() => child.kill('SIGTERM'), 60_000); // a watchdog that never fires fails the test instead of hanging it
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, sig) => resolve(sig)));
+  // 'close', not 'exit': the line written just before the kill may still be unread in the pipe at 'exit'.
+  const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.once('close', (_code, sig) => resolve(sig)));
   clearTimeout(guard);
   assert.equal(signal, 'SIGKILL');
   const line = JSON.parse(out.trim().split('\n').at(-1)!) as { msg: string };

@@ -22,6 +22,13 @@ let stripped: RawPeer;
 /** Answers STARTTLS with 220 followed, in the same packet, by plaintext replies an attacker slipped in. */
 let injecting: RawPeer;
 
+/**
+ * No script here runs long: a limit a loaded machine cannot outrun. At the default 100 ms, a predelivery call
+ * (the first, on a fresh isolate) came back as a script failure under load: 'temporary', 451 4.3.0 Temporary policy
+ * failure, where the test expected 'delivered'.
+ */
+const SCRIPTS_UNHURRIED = { timeoutMs: 10_000 };
+
 before(async () => {
   pki = await makeTestPki();
   // Its certificate names localhost and 127.0.0.1; it asks for (and records) a client certificate.
@@ -59,6 +66,7 @@ before(async () => {
     },
     config: configYaml({
       listeners: [testListener('in')],
+      sandbox: SCRIPTS_UNHURRIED,
       delivery: {
         route: { smarthost: { host: '127.0.0.1', port: sink.port } }, retrySchedule: [3600], connectTimeoutMs: 10_000,
         caFiles: { 'test-ca': pki.ca.cert },
@@ -165,6 +173,7 @@ test('a smarthost written as an absolute name (trailing dot) is sent in SNI with
     resolver: fakeResolver({}, { 'localhost.': ['127.0.0.1'] }),
     config: configYaml({
       listeners: [testListener('in')],
+      sandbox: SCRIPTS_UNHURRIED,
       delivery: { route: { smarthost: { host: 'localhost.', port: sink.port } }, tls: { mode: 'verify', ca: 'test-ca' }, caFiles: { 'test-ca': pki.ca.cert } },
     }),
     scripts: { 'rcptto.ts': 'export default () => accept();' },
@@ -188,6 +197,7 @@ test('an implicit-TLS next hop that accepts connections and says nothing is stil
   const quiet = await startDeliveryServer({
     config: configYaml({
       listeners: [testListener('in')],
+      sandbox: SCRIPTS_UNHURRIED,
       // Nothing is expected to answer within it: a short connection timeout only makes the test quick.
       delivery: { route: { smarthost: { host: '127.0.0.1', port, implicitTls: true } }, tls: { mode: 'encrypt' }, connectTimeoutMs: 300, retrySchedule: [3600] },
     }),
@@ -225,6 +235,7 @@ test('a next hop that offers only TLS below 1.2: deferred as a TLS failure, impl
   const downgraded = await startDeliveryServer({
     config: configYaml({
       listeners: [testListener('in')],
+      sandbox: SCRIPTS_UNHURRIED,
       delivery: { route: { smarthost: { host: '127.0.0.1', port, implicitTls: true } }, tls: { mode: 'encrypt' }, retrySchedule: [3600] },
     }),
     scripts: { 'rcptto.ts': 'export default () => accept();' },

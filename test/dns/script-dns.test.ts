@@ -45,10 +45,13 @@ test('A, AAAA, MX, TXT and PTR answers; A/AAAA with their TTL (the lowest of the
 });
 
 test('no such name and no such record are answers; SERVFAIL and silence are typed failures', async () => {
+  // The answers are asked with a limit a loaded machine cannot outlast (the server runs in this process, on this
+  // event loop: a 300 ms pause of it turned an answer into a timeout); only silence is waited out, at 300 ms.
+  const answered = dns();
+  assert.deepEqual(await answered.resolve('nowhere.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: true });
+  assert.deepEqual(await answered.resolve('nodata.example.test', 'MX'), { ok: true, records: [], ttl: null, nxdomain: false });
+  assert.deepEqual(await answered.resolve('broken.example.test', 'A'), { ok: false, error: 'servfail', message: 'SERVFAIL for broken.example.test A' });
   const r = new ScriptDns({ servers: [server.address], timeoutMs: 300 }, () => clock);
-  assert.deepEqual(await r.resolve('nowhere.example.test', 'A'), { ok: true, records: [], ttl: null, nxdomain: true });
-  assert.deepEqual(await r.resolve('nodata.example.test', 'MX'), { ok: true, records: [], ttl: null, nxdomain: false });
-  assert.deepEqual(await r.resolve('broken.example.test', 'A'), { ok: false, error: 'servfail', message: 'SERVFAIL for broken.example.test A' });
   const silent = await r.resolve('silent.example.test', 'A');
   assert.equal(silent.ok, false);
   assert.equal((silent as { error: string }).error, 'timeout');
@@ -156,7 +159,10 @@ test('a server that never answers: the lookup is a timeout once dns.timeoutMs ha
 test('a flood of names asked once pushes out only names asked once: answers scripts ask again stay kept', { timeout: 120_000 }, async () => {
   // Before: one list, oldest first, a hit not counting: MAX_ENTRIES made-up names (a client's HELO or From
   // domains, one per command) pushed out every answer, the DNSBL and allow-list answers other clients reuse too.
-  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => 0);
+  // A limit no flood outlasts: a name of the flood that timed out (250 at once, answered by this process's own event
+  // loop) was not kept, so the cache never filled and n0 stayed (seen on a loaded machine). Counted as asked
+  // before and after, not as absolute counts: a try that went unanswered meanwhile is asked again.
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 60_000 }, () => 0);
   const asked = (key: string) => server.queries.get(key) ?? 0;
   await r.resolve('example.test', 'MX');
   await r.resolve('example.test', 'MX');
@@ -167,17 +173,22 @@ test('a flood of names asked once pushes out only names asked once: answers scri
   await r.resolve('example.test', 'MX');
   assert.equal(asked('MX example.test'), reused, 'still kept');
   // Still bounded: the oldest of the flood went.
+  const oldest = asked('A n0.flood.test');
+  assert.ok(oldest >= 1);
   await r.resolve('n0.flood.test', 'A');
-  assert.equal(asked('A n0.flood.test'), 2);
+  assert.equal(asked('A n0.flood.test'), oldest + 1);
+  const newest = asked(`A n${MAX_ENTRIES + 99}.flood.test`);
+  assert.ok(newest >= 1);
   await r.resolve(`n${MAX_ENTRIES + 99}.flood.test`, 'A');
-  assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), 1);
+  assert.equal(asked(`A n${MAX_ENTRIES + 99}.flood.test`), newest);
 });
 
 test('a name asked again stays among names asked again when its TTL runs out and it is looked up anew: a flood then does not push it out', { timeout: 120_000 }, async () => {
   // Before: the new answer went in with the names asked once, so after one TTL a DNSBL or allow-list answer clients
   // keep asking for was pushed out by MAX_ENTRIES made-up names, and again after each lookup while the flood went on.
   let now = 0;
-  const r = new ScriptDns({ servers: [server.address], timeoutMs: 2000 }, () => now);
+  // A limit no flood outlasts (see the test before).
+  const r = new ScriptDns({ servers: [server.address], timeoutMs: 60_000 }, () => now);
   const asked = (key: string) => server.queries.get(key) ?? 0;
   server.zone.set('2.0.0.127.hot.test', [{ type: 'A', value: '127.0.0.2', ttl: 10 }]);
   await r.dnsbl('hot.test', '127.0.0.2');

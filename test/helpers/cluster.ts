@@ -3,7 +3,7 @@
  * data folder; its JSON log lines are collected so tests can wait for events.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, mkdir, writeFile, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, mkdir, writeFile, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -152,6 +152,27 @@ export async function workerPid(c: ClusterProcess, index: number): Promise<numbe
     const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === index);
     return p?.ready && p.pid ? p.pid : null;
   });
+}
+
+/**
+ * The index of the worker whose process holds the server's end of `client`'s connection (a loopback IPv4 one),
+ * found in /proc: which worker the supervisor handed it to. Round robin skips a worker whose heartbeat is late
+ * (STALE_FOR_CONNECTIONS_MS), so on a loaded machine two connections in a row may go to the same worker: a test
+ * that needs them on different workers asks, rather than assume.
+ */
+export async function workerOf(c: ClusterProcess, client: SmtpTestClient): Promise<number> {
+  const hexPort = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
+  const serverEnd = `:${hexPort(client.socket.remotePort!)}`;
+  const clientEnd = `:${hexPort(client.socket.localPort!)}`;
+  const inode = (await readFile('/proc/net/tcp', 'utf8')).split('\n').map((line) => line.trim().split(/\s+/))
+    .find((f) => f[1]?.endsWith(serverEnd) && f[2]?.endsWith(clientEnd))?.[9];
+  assert.ok(inode && inode !== '0', `the server's end of the connection from port ${client.socket.localPort} in /proc/net/tcp`);
+  for (const p of (await c.cluster()).processes.filter((x) => x.role === 'worker' && x.pid)) {
+    const fds = await readdir(`/proc/${p.pid}/fd`).catch(() => [] as string[]);
+    const links = await Promise.all(fds.map((fd) => readlink(`/proc/${p.pid}/fd/${fd}`).catch(() => '')));
+    if (links.includes(`socket:[${inode}]`)) return p.index;
+  }
+  throw new Error(`no worker holds the connection from port ${client.socket.localPort}`);
 }
 
 export async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {
