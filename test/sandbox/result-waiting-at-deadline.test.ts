@@ -14,10 +14,19 @@ import assert from 'node:assert/strict';
 import { setThreadHoldForTests } from '../../engine/sandbox/thread-hold.ts';
 import { js, recordingHost } from '../helpers/sandbox-fixtures.ts';
 import { withSandbox } from '../helpers/sandbox.ts';
+import { LOAD_SLACK_MS } from '../../engine/sandbox/isolate-slot.ts';
 
 const TIMEOUT_MS = 1000;
 const HOLD_MS = TIMEOUT_MS + 500 + 1000;
-/** Tens of milliseconds of work after the host answered: still running when the event loop is held. */
+/** Holds this event loop for `ms` from the check phase of this turn (after the poll phase a host request came in). */
+function holdFromCheckPhase(ms: number): void {
+  setImmediate(() => {
+    const end = performance.now() + ms;
+    while (performance.now() < end) { /* the process has the CPU, its event loop does not */ }
+  });
+}
+
+/** Some milliseconds of work after the host answered: still running when the event loop is held. */
 const SCRIPT = `export default (ctx) => {
   if (ctx.hold) { __holdThreadForTests(); let x = 0; for (let i = 0; i < 2e6; i++) x = (x * 31 + i) | 0; ctx.n += x & 0; }
   return reject("r" + ctx.n);
@@ -29,10 +38,7 @@ test('a result an isolate thread delivered in time is taken, though the event lo
   // the check phase of this turn (after the poll phase in which the request came: the result is not there yet).
   setThreadHoldForTests(() => {
     held++;
-    setImmediate(() => {
-      const end = performance.now() + HOLD_MS;
-      while (performance.now() < end) { /* the process has the CPU, its event loop does not */ }
-    });
+    holdFromCheckPhase(HOLD_MS);
     return Promise.resolve();
   });
   try {
@@ -45,6 +51,29 @@ test('a result an isolate thread delivered in time is taken, though the event lo
       assert.equal(held, 2);
       const stats = await sandbox.stats();
       assert.deepEqual([stats.failures.timeout, stats.rebuilds], [0, 0], 'no timeout counted, no isolate taken for stuck');
+    });
+  } finally {
+    setThreadHoldForTests(null);
+  }
+});
+
+/**
+ * The same for a top level as a generation is built (a start, a reload): its evaluation is given up past its limit
+ * (max(1 s, timeoutMs)) + LOAD_SLACK_MS by a timer, which ran before the evaluation's end was read. A top level that had
+ * finished in time failed the load, `top level did not finish within 1000 ms`: on a loaded machine, a reload refused.
+ */
+test('a top level that finished in time is not failed because the event loop came to its end late', async () => {
+  let held = 0;
+  setThreadHoldForTests(() => {
+    held++;
+    holdFromCheckPhase(1000 + LOAD_SLACK_MS + 1000);
+    return Promise.resolve();
+  });
+  try {
+    const top = 'let top = 0;\n__holdThreadForTests();\nfor (let i = 0; i < 2e6; i++) top = (top * 31 + i) | 0;\n';
+    await withSandbox({ host: recordingHost(), isolates: 1, scripts: [js('rcptto', `${top}export default () => reject("loaded " + (top & 0))`)] }, async (sandbox) => {
+      assert.equal(held, 1);
+      assert.deepEqual(await sandbox.invoke('rcptto', {}, 'c1'), { verdict: 'reject', text: 'loaded 0' });
     });
   } finally {
     setThreadHoldForTests(null);
