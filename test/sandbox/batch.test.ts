@@ -263,7 +263,7 @@ test('leftovers of a stopped batch that outlast the entry draining them start no
     host: { ...recordingHost(), store },
     isolates: 1,
     fastPathMs: 1,
-    timeoutMs: 10_000,
+    timeoutMs: 30_000, // a hang guard (the cut-offs here are the fast path's): two 5·10⁷-iteration loops ran past 10 s at load 40
     scripts: [js('rcptto', `export default async (ctx) => {
       if (ctx.slow) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
       await null;
