@@ -97,13 +97,19 @@ export class NeverSettled extends Error {}
 /**
  * `promise` (isolated-vm's: a module evaluation, a call on an isolate thread) or a NeverSettled rejection
  * after `ms` (a timer's longest at most). Its own time limit does not end it while a builtin runs (see newIsolate), and then nothing does.
+ * The rejection waits for the check phase after the timer: an event loop that gets the CPU back late runs its timers
+ * before it reads what the isolate thread delivered meanwhile, and a top level that had finished in time failed its load.
  */
 export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let look: ReturnType<typeof setImmediate> | undefined;
   try {
-    return await Promise.race([promise, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new NeverSettled()), timerDelay(ms)); })]);
+    return await Promise.race([promise, new Promise<never>((_, reject) => {
+      timer = setTimeout(() => { look = setImmediate(() => reject(new NeverSettled())); }, timerDelay(ms));
+    })]);
   } finally {
     clearTimeout(timer);
+    clearImmediate(look);
   }
 }
 

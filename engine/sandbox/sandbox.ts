@@ -258,6 +258,20 @@ export class Sandbox {
   /** Calls not yet settled (to settle them all on dispose). */
   readonly #live = new LiveCalls();
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  /** A sweep whose timer ran, waiting for the results that came meanwhile to be read (see #sweepAfterReads). */
+  #sweepSoon: NodeJS.Immediate | undefined;
+  /**
+   * The sweep runs in the check phase after its timer, not in the timer: an event loop that gets the CPU back late
+   * (descheduled, or held) runs its timers before it reads what came meanwhile, and calls whose isolate thread had
+   * delivered their results in time, or whose store had answered, were failed at their deadline (a 451, the isolate
+   * watched as overdue). Between the two the poll phase takes those results.
+   */
+  readonly #sweepAfterReads = (): void => {
+    this.#sweepSoon ??= setImmediate(() => {
+      this.#sweepSoon = undefined;
+      this.#sweep();
+    });
+  };
   #abandoned = 0;
   /** Isolates still running a call past its deadline, watched by the sweep until they stop or are abandoned. */
   #overdue: Overdue[] = [];
@@ -394,7 +408,7 @@ export class Sandbox {
       done: false, runningOn: null, cancel: undefined, client: undefined, rerun: false, prev: null, next: null, fulfil: resolve, fail: reject,
     };
     this.#live.add(call);
-    this.#sweeper ??= setInterval(() => this.#sweep(), DEADLINE_SWEEP_MS);
+    this.#sweeper ??= setInterval(this.#sweepAfterReads, DEADLINE_SWEEP_MS);
     const budget = this.#policy.budgetFor(hook);
     if (budget > 0) {
       this.#batch.push(call);
@@ -698,6 +712,8 @@ export class Sandbox {
     // Calls running on an isolate that cannot be stopped would otherwise wait for their deadline.
     for (const q of this.#live.all()) this.#reject(q, new ScriptFailure('error', q.hook, q.file, null, null, 'the sandbox was disposed during the call'));
     clearInterval(this.#sweeper);
+    if (this.#sweepSoon) clearImmediate(this.#sweepSoon);
+    this.#sweepSoon = undefined;
     if (this.#options.runningId !== undefined) runningCall.unregister(this.#options.runningId);
     return this.#members.length ? Promise.all(quiet).then(teardownGrace) : Promise.resolve();
   }

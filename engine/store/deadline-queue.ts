@@ -21,11 +21,13 @@ export class DeadlineQueue {
   readonly #queue: Waiting[] = [];
   #head = 0;
   #timer: NodeJS.Timeout | null = null;
+  /** The sweep of a deadline whose timer ran, waiting for the sockets to be read first (see #arm). */
+  #sweeping: NodeJS.Immediate | null = null;
 
   /** `waiting.deadline` must not be before that of any call added earlier (same time limit, later start). */
   add(waiting: Waiting): void {
     this.#queue.push(waiting);
-    if (!this.#timer) this.#arm(waiting.deadline);
+    if (!this.#timer && !this.#sweeping) this.#arm(waiting.deadline);
   }
 
   /**
@@ -43,18 +45,28 @@ export class DeadlineQueue {
   /** Expire every call still waiting now (the store closes). */
   expireAll(): void {
     if (this.#timer) clearTimeout(this.#timer);
+    if (this.#sweeping) clearImmediate(this.#sweeping);
     this.#timer = null;
+    this.#sweeping = null;
     const waiting = this.#queue.splice(0);
     this.#head = 0;
     for (const w of waiting) if (!w.settled) w.expire();
   }
 
+  /**
+   * The sweep runs in the check phase after the deadline's timer, not in the timer itself: a process that gets the
+   * CPU back late (descheduled, or its event loop held) runs its timers before it reads its sockets, and an answer
+   * that came in time, waiting there, was failed as a timeout. Between the two the poll phase reads it.
+   */
   #arm(deadline: number): void {
-    this.#timer = setTimeout(() => this.#sweep(), Math.max(1, Math.ceil(deadline - performance.now())));
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#sweeping = setImmediate(() => this.#sweep());
+    }, Math.max(1, Math.ceil(deadline - performance.now())));
   }
 
   #sweep(): void {
-    this.#timer = null;
+    this.#sweeping = null;
     const now = performance.now();
     const queue = this.#queue;
     while (this.#head < queue.length) {

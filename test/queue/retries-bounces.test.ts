@@ -2,7 +2,7 @@
 // none (null sender, NOTIFY=NEVER), and the pre-delivery script's reject and defer.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { SmtpTestClient, sendWithParams } from '../helpers/smtp-client.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, parseDsn, type DeliveryServer } from '../helpers/delivery-server.ts';
@@ -46,7 +46,18 @@ export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict
 `,
     },
   });
+  s.queue.onAttempt((e) => {
+    if (e.attempt === 1 && !e.removed) firstStates.set(e.id, readFileSync(s.runtime.spool.statePath(e.id), 'utf8'));
+  });
 });
+
+/**
+ * Each message's state file as its first attempt left it, read as that attempt ends: read after the test got the
+ * event, it could be the second attempt's already (a retry 0.25 s on, on a machine that descheduled the test that long).
+ */
+const firstStates = new Map<string, string>();
+const stateAfterFirstAttempt = (id: string) => JSON.parse(firstStates.get(id)!);
+
 after(async () => {
   await s?.stop();
   await sink?.close();
@@ -59,11 +70,11 @@ test('temporary failures are retried on the schedule (0.25 s, then 0.75 s repeat
   const first = await s.nextAttempt((e) => e.id === id, { past: true });
   assert.equal(first.outcomes[0]!.status, 'temporary');
   assert.equal(first.outcomes[0]!.reply, '451 4.2.0 Try again later');
-  const state = JSON.parse(await readFile(s.runtime.spool.statePath(id), 'utf8'));
+  const state = stateAfterFirstAttempt(id);
   assert.equal(state.attempts, 1);
   assert.match(state.errors[0], /later3@dest\.test: 127\.0\.0\.1\[127\.0\.0\.1\]:\d+ said: 451 4\.2\.0 Try again later/);
   assert.equal(state.recipients[0].lastError, '451 4.2.0 Try again later');
-  const done = await s.nextAttempt((e) => e.id === id && e.removed);
+  const done = await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
   assert.equal(done.attempt, 4);
   const events = s.attempts.filter((e) => e.id === id);
   assert.deepEqual(events.map((e) => e.attempt), [1, 2, 3, 4]);
@@ -86,10 +97,10 @@ test('per-recipient results: a 5xx bounces that recipient only; the delivered on
   // Postfix's line, while the message itself stays queued for later1@.
   const notice = s.logs.filter((l) => l.id === id && l.bounce === first.bounceId && l.level === 30);
   assert.deepEqual(notice.map((l) => [l.msg, l.to]), [[`${id}: sender non-delivery notification: ${first.bounceId}`, ['bad@dest.test']]]);
-  const state = JSON.parse(await readFile(s.runtime.spool.statePath(id), 'utf8'));
+  const state = stateAfterFirstAttempt(id);
   assert.deepEqual(state.recipients.map((r: { address: string; status?: string }) => [r.address, r.status ?? 'pending']),
     [['ok@dest.test', 'delivered'], ['bad@dest.test', 'bounced'], ['later1@dest.test', 'pending']]);
-  await s.nextAttempt((e) => e.id === id && e.removed);
+  await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
   const copies = sink.messages.filter((m) => m.from === 'me@origin.test' && m.to.some((t) => ['ok@dest.test', 'later1@dest.test'].includes(t)));
   assert.deepEqual(copies.map((m) => m.to), [['ok@dest.test'], ['later1@dest.test']], 'the retry carried only the pending recipient');
 
@@ -162,7 +173,7 @@ test('pre-delivery reject bounces at once with the script\'s reply; defer retrie
   assert.equal(dsn.recipients[0]!['remote-mta'], undefined);
 
   const held = await s.send('me@origin.test', ['y@held.test']);
-  const done = await s.nextAttempt((x) => x.id === held && x.removed);
+  const done = await s.nextAttempt((x) => x.id === held && x.removed, { past: true });
   assert.equal(done.attempt, 3);
   const ctx = s.logs.filter((l) => String(l.msg).startsWith('CTX ') && String(l.msg).includes(held)).map((l) => JSON.parse(String(l.msg).slice(4)));
   assert.deepEqual(ctx.map((m) => m.attempt), [1, 2, 3]);

@@ -205,7 +205,7 @@ test('a call whose promise awaits no host operation settles even when a later ca
     host: gatedHost(),
     isolates: 1,
     fastPathMs: 1,
-    timeoutMs: 10_000,
+    timeoutMs: 30_000, // a hang guard: a slow call's 5·10⁷ iterations ran past 10 s of wall time at load 40
     scripts: [js('mailfrom', `export default async (ctx) => {
       if (ctx.slow) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
       await null;
@@ -233,7 +233,7 @@ for (const isolates of [1, 2]) {
       host: { ...recordingHost(), store },
       isolates,
       fastPathMs: 1,
-      timeoutMs: 10_000,
+      timeoutMs: 30_000, // a hang guard: a slow call's 5·10⁷ iterations ran past 10 s of wall time at load 40
       scripts: [js('rcptto', `export default async (ctx) => {
         if (ctx.slow) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
         await null;
@@ -263,7 +263,7 @@ test('leftovers of a stopped batch that outlast the entry draining them start no
     host: { ...recordingHost(), store },
     isolates: 1,
     fastPathMs: 1,
-    timeoutMs: 10_000,
+    timeoutMs: 30_000, // a hang guard (the cut-offs here are the fast path's): two 5·10⁷-iteration loops ran past 10 s at load 40
     scripts: [js('rcptto', `export default async (ctx) => {
       if (ctx.slow) { let x = 0; for (let i = 0; i < 5e7; i++) x += i; }
       await null;

@@ -22,7 +22,7 @@ const CALL_0_SPINS = 'if (ctx.n === 0) { let x = 0; for (let i = 0; i < 5e7; i++
 test('calls batched in one fast-path entry, stopped after their continuations counted, count once each', async () => {
   const store = new MemoryCounterStore();
   await withSandbox({
-    host: { ...recordingHost(), store }, fastPathMs: 1, timeoutMs: 10_000, isolates: 1,
+    host: { ...recordingHost(), store }, fastPathMs: 1, timeoutMs: 30_000, isolates: 1, // a hang guard: call 0 loops 5·10⁷ times on every attempt (10 s ran out in such tests at load 40)
     // The second operation runs in the continuations at the end of the entry, mixed with the other calls'
     // (each call's first continuation runs before any second one: all add() before the loop).
     scripts: [js('rcptto', `export default async (ctx) => {
@@ -47,7 +47,7 @@ test('calls batched in one fast-path entry, stopped after their continuations co
 test('a stopped attempt\'s leftover continuation starts nothing', async () => {
   const store = new MemoryCounterStore();
   await withSandbox({
-    host: { ...recordingHost(), store }, fastPathMs: 1, timeoutMs: 10_000, isolates: 1,
+    host: { ...recordingHost(), store }, fastPathMs: 1, timeoutMs: 30_000, isolates: 1, // a hang guard: call 0 loops 5·10⁷ times on every attempt (10 s ran out in such tests at load 40)
     // Not awaited: the .then runs whenever the microtasks run, also after the attempt was stopped.
     scripts: [js('rcptto', `export default (ctx) => {
       rate('k', 1000, 60).then(() => counter('c').add(1, 60));
@@ -65,7 +65,7 @@ test('a re-run that asks other operations than its stopped attempt fails closed,
   const store = new MemoryCounterStore();
   const host = { ...recordingHost(), store };
   await withSandbox({
-    host, fastPathMs: 1, timeoutMs: 10_000, isolates: 1,
+    host, fastPathMs: 1, timeoutMs: 30_000, isolates: 1, // a hang guard: each call loops 2·10⁷ times (10 s ran out in such tests at load 40)
     // Its key changes from one attempt to the next (a module-level count): what it should count is unknown.
     scripts: [js('rcptto', `let attempt = 0;
     export default async (ctx) => {

@@ -66,7 +66,8 @@ test('a delivery stopped at the fast path\'s budget runs its calls again on an i
     log('after', ctx.n, r.count);
     return accept({ text: ctx.n + ':' + r.count });
   }`;
-  await withSandbox({ host, fastPathMs: 1, timeoutMs: 10_000, isolates: 2, scripts: [js('mailfrom', script)] }, async (sandbox) => {
+  // timeoutMs: a hang guard, for a 5·10⁷-iteration loop (10 s ran out in such tests at load 40).
+  await withSandbox({ host, fastPathMs: 1, timeoutMs: 30_000, isolates: 2, scripts: [js('mailfrom', script)] }, async (sandbox) => {
     const calls = [0, 1].map((n) => sandbox.invoke('mailfrom', { n }, `c${n}`));
     await held.until(2);
     held.answerAll();
