@@ -101,6 +101,10 @@ interface Segment {
   entrySynced: boolean;
   /** Syncs in flight on this segment's file: it is not deleted until they finish. */
   syncing: number;
+  /** Durable done marks (markDoneDurably) whose sync of the done list is in flight: its handle stays open until they end. */
+  marking?: number;
+  /** A reader's: left the view (#drop) while a durable mark was in flight; its files are closed when the last one ends. */
+  dropped?: boolean;
   /** The file holds zeros (written ahead of the records) up to here. */
   zeroedTo: number;
   /** A reader's: the end of the last intact record read, where catchUp() reads on. */
@@ -268,7 +272,8 @@ export class Journal {
   #drop(segment: Segment): void {
     for (const [id, at] of this.#index) if (at.segment === segment) this.#index.delete(id);
     this.#segments.delete(segment.seq);
-    this.#closeFiles(segment);
+    if (segment.marking) segment.dropped = true; // closed when its durable marks' syncs end (markDoneDurably)
+    else this.#closeFiles(segment);
   }
 
   /**
@@ -432,7 +437,14 @@ export class Journal {
     this.#doneNotDurable.add(id);
     this.#appendDone(segment, id);
     const fd = segment.doneFd!;
-    await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+    // A reader may drop the segment meanwhile (the writer, seeing the line, deleted it): its files stay open until this
+    // sync ends, or the sync failed on a closed handle (EBADF), or synced whatever file took its number.
+    segment.marking = (segment.marking ?? 0) + 1;
+    try {
+      await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+    } finally {
+      if (--segment.marking === 0 && segment.dropped) this.#closeFiles(segment);
+    }
     // The done list may be new (made now, or by a markDone that did not sync, or by another process): its entry
     // in the folder once per segment, shared by the calls that come meanwhile; a failure is tried again next time.
     segment.doneEntry ??= this.#dirSync.sync().catch((err: unknown) => { segment.doneEntry = null; throw err; });
