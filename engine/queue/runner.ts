@@ -630,7 +630,8 @@ export class QueueRunner {
         // Spooled by an attempt whose outcome a crash kept from being recorded: that attempt runs again first and
         // finds this notice (engine/queue/bounce.ts); delivered before, the retry would send a second one.
         this.#log.info({ id, of: envelope.noticeOf.id }, `${id}: waits for the outcome of ${envelope.noticeOf.id}'s attempt ${envelope.noticeOf.attempt} to be recorded`);
-        if (!this.#active.has(envelope.noticeOf.id)) this.#due.set(envelope.noticeOf.id, this.#dueAt(Date.now()));
+        // Not one whose record failed: it is due when that record is tried again (sooner, it hurried a failing disk).
+        if (!this.#active.has(envelope.noticeOf.id) && !this.#unrecorded.has(envelope.noticeOf.id)) this.#due.set(envelope.noticeOf.id, this.#dueAt(Date.now()));
         if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + retryDelayMs(gen.config.delivery, 1)));
         return;
       }
@@ -777,6 +778,11 @@ export class QueueRunner {
    */
   async #noticeAwaitsRecord(of: NonNullable<SpoolEnvelope['noticeOf']>): Promise<boolean> {
     if (this.#broken.has(of.id)) return false;
+    // Its last record failed (#record's catch): the state file on disk may count the attempt all the same (renamed into
+    // place, its folder's sync failed), and not survive a power loss. Let go then, a notice went out and a withdrawn one
+    // was removed (its done mark synced) before the attempt was recorded for good: after a power loss the attempt ran
+    // again, spooled a new notice under the removed one's id, which that done mark hid at the next start.
+    if (this.#unrecorded.has(of.id)) return true;
     try {
       if (!(await this.#spool.has(of.id))) return false;
       return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
