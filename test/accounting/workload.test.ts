@@ -367,6 +367,11 @@ test(`a seeded mix of ${SESSIONS} sessions (seed ${SEED}): logs, metrics and sta
   process.kill(pid!, 'SIGTERM');
   await c.waitFor('the worker to stop taking commands', () => c.logs.some((l) => l.pid === pid && /^stopping: sessions in progress/.test(String(l.msg))));
   await last.quit();
+  // Its counters reach the supervisor as its last words, before it exits: counted once it has been replaced.
+  await c.waitFor('the stopped worker replaced', async () => {
+    const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === index);
+    return p?.ready && p.pid && p.pid !== pid;
+  });
 
   // A decision made after its client had left (`sent: false`) is no refusal a client got: told apart, not counted.
   const decisions = (): Array<Record<string, unknown>> => c.logs.filter((l) => l.decision === 'reject' || l.decision === 'defer');
