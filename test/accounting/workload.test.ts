@@ -13,7 +13,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import { stringify } from 'yaml';
-import { startCluster, spooled, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, spooled, workerOf, type ClusterProcess } from '../helpers/cluster.ts';
 import { SmtpTestClient, type Reply, type TlsClientOptions } from '../helpers/smtp-client.ts';
 import { makeTestPki, clientTlsOptions, type TestPki } from '../helpers/pki.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
@@ -160,10 +160,15 @@ class Session {
     }
     return end;
   }
+  /**
+   * QUIT's reply is read and noted as any other: a 221, or a refusal the client got all the same (a worker stopping
+   * answers each new command, QUIT too, 421 Server shutting down; it is logged and counted, as it must be).
+   */
   async quit(): Promise<void> {
     if (!this.client.closed) {
       this.client.write('QUIT');
-      await this.client.read(30_000).catch(() => undefined); // 221 (not a refusal)
+      const r = await this.client.read(30_000).catch(() => undefined);
+      if (r) this.note(r);
     }
     this.client.destroy();
   }
@@ -353,6 +358,20 @@ test(`a seeded mix of ${SESSIONS} sessions (seed ${SEED}): logs, metrics and sta
     await smtps.data(body('implicit'));
   }
   await smtps.quit();
+  // A worker stopping (recycled, or signalled alone) while a session on it is open: the client's QUIT gets 421
+  // Server shutting down, a refusal it read, with its decision line.
+  const last = await Session.open('in');
+  assert.ok(await last.greet());
+  const index = await workerOf(c, last.client);
+  const pid = (await c.cluster()).processes.find((p) => p.role === 'worker' && p.index === index)?.pid;
+  process.kill(pid!, 'SIGTERM');
+  await c.waitFor('the worker to stop taking commands', () => c.logs.some((l) => l.pid === pid && /^stopping: sessions in progress/.test(String(l.msg))));
+  await last.quit();
+  // Its counters reach the supervisor as its last words, before it exits: counted once it has been replaced.
+  await c.waitFor('the stopped worker replaced', async () => {
+    const p = (await c.cluster()).processes.find((x) => x.role === 'worker' && x.index === index);
+    return p?.ready && p.pid && p.pid !== pid;
+  });
 
   // A decision made after its client had left (`sent: false`) is no refusal a client got: told apart, not counted.
   const decisions = (): Array<Record<string, unknown>> => c.logs.filter((l) => l.decision === 'reject' || l.decision === 'defer');
