@@ -159,3 +159,27 @@ print(reply.decode('latin1').split('\r\n')[0] or 'closed unanswered', flush=True
     limit = 2;
   }
 });
+
+// A connection whose request is under way (part of it sent) goes after those that never sent a byte, even
+// older ones; the first one closed for a new one is the oldest silent one.
+test('a connection with part of its request sent is closed after the silent ones of its address, even if older', async () => {
+  limit = 3;
+  const partial = await rawHttp(port, '127.0.3.7');
+  partial.write('GET / HTTP/1.1\r\n');
+  const silent = [await rawHttp(port, '127.0.3.7'), await rawHttp(port, '127.0.3.7')];
+  const closedOnes = tracked([partial, ...silent]);
+  try {
+    // A round trip from another address: the server has read the three (what the first sent) by its answer.
+    assert.match(await getFrom(port, '127.0.3.8', '/'), /^HTTP\/1\.1 200 /);
+    assert.match(await getFrom(port, '127.0.3.7', '/'), /^HTTP\/1\.1 200 /, 'the fourth is answered');
+    await until('one closed for it', () => closedOnes.length > 0);
+    assert.deepEqual(closedOnes, [1], 'the oldest silent one, not the older partial one');
+    partial.write('Host: x\r\nConnection: close\r\n\r\n');
+    const [reply] = await once(partial, 'data') as [Buffer];
+    assert.match(reply.toString(), /^HTTP\/1\.1 200 /, 'its request answered');
+  } finally {
+    for (const s of [partial, ...silent]) s.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
