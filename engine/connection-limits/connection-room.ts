@@ -12,7 +12,8 @@
  * never sent a byte first, then one that sent some but made no progress, then one that did (TLS handshake
  * done, request received, answer made), each the one that has gone longest without making progress (see
  * rankOf). One
- * whose request is being answered is never closed for another, nor one just accepted, before it could be
+ * whose request is being answered is never closed for another, nor one whose answer is being written while
+ * its client takes the bytes (see lookAtWriting), nor one just accepted, before it could be
  * read (else a flood of new connections would close a client's before its request is read). When none is
  * left to close, the new one is closed as it is accepted, unanswered (before any TLS handshake), as before.
  */
@@ -47,7 +48,20 @@ interface Slot {
   fresh: boolean;
   /** Made progress since it was accepted: its TLS handshake done, or a request received. */
   advanced: boolean;
+  /**
+   * An answer made whose bytes have not all left: what was still queued for the socket when last looked at,
+   * and whether that went down since the look before (its client reads it). Null: none being written.
+   */
+  writing: { queued: number; moving: boolean } | null;
 }
+
+/**
+ * Bytes the socket has not yet handed to the kernel (libuv's queue; live, unlike `writableLength`, which
+ * counts a write until it is all out). A client that reads makes room in the kernel's buffers, and this goes
+ * down; one that does not read leaves it where it is once those buffers are full.
+ */
+const queuedOf = (socket: net.Socket): number =>
+  (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0;
 
 /**
  * Which connections go first when one must be closed for a new one (lowest first; then the one that made
@@ -80,7 +94,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     let bestRank = Infinity;
     for (const slot of slots.values()) {
       if (address !== undefined && slot.address !== address) continue;
-      if (slot.fresh || slot.answering > 0 || slot.socket.destroyed) continue;
+      if (slot.fresh || slot.answering > 0 || slot.writing?.moving || slot.socket.destroyed) continue;
       const rank = rankOf(slot);
       if (rank < bestRank || (rank === bestRank && slot.progress < best!.progress)) [best, bestRank] = [slot, rank];
     }
@@ -99,6 +113,19 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     forget(keyOf(slot.socket), slot, replaced);
     slot.socket.destroy();
   };
+  /**
+   * Once per new connection over a cap: which answers being written moved since the last look. Their
+   * connections are not closed for it; an answer its client stopped reading is (the admin listener's
+   * RESPONSE_DEADLINE_MS bounds how long a slow one may take).
+   */
+  const lookAtWriting = (): void => {
+    for (const slot of slots.values()) {
+      if (!slot.writing) continue;
+      const queued = queuedOf(slot.socket);
+      slot.writing.moving = queued < slot.writing.queued;
+      slot.writing.queued = queued;
+    }
+  };
   const refuse = (socket: net.Socket): void => {
     socket.on('error', () => undefined);
     socket.destroy();
@@ -116,7 +143,9 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     const remote = socket.remoteAddress;
     const per = limits.perAddress;
     const address = remote === undefined || !per ? null : per.countedAs(remote);
-    if (address !== null && per && (perAddress.get(address) ?? 0) >= per.limit()) {
+    const overAddress = address !== null && per !== undefined && (perAddress.get(address) ?? 0) >= per.limit();
+    if (overAddress || slots.size >= limits.maxConnections) lookAtWriting();
+    if (overAddress && address !== null && per) {
       const victim = stalest(address);
       const first = !reported.has(address);
       reported.add(address);
@@ -133,7 +162,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       evict(victim, victim.address === address);
     }
     const key = keyOf(socket);
-    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true, advanced: false };
+    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true, advanced: false, writing: null };
     slots.set(key, slot);
     if (address !== null) perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     // Fresh until the poll phase after this one has read what the client sent with its connect.
@@ -157,7 +186,17 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     const end = res.end;
     res.end = function (this: http.ServerResponse, ...args: unknown[]) {
       answered();
-      return (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+      const result = (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+      // Written out yet? Else it is being written: counted as busy while its bytes move (see lookAtWriting).
+      // Its own bytes only when it went to the socket (not queued behind an unread answer before it).
+      const slot = slots.get(keyOf(socket));
+      if (slot && !res.writableFinished && res.socket === socket) {
+        const writing = { queued: queuedOf(socket), moving: false };
+        slot.writing = writing;
+        const over = (): void => { if (slot.writing === writing) slot.writing = null; };
+        res.once('finish', over).once('close', over);
+      }
+      return result;
     } as typeof res.end;
     res.once('close', answered);
   });
