@@ -191,7 +191,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       // Its own bytes only when it went to the socket (not queued behind an unread answer before it).
       const slot = slots.get(keyOf(socket));
       if (slot && !res.writableFinished && res.socket === socket) {
-        const writing = { queued: queuedOf(socket), moving: false };
+        const writing = { queued: queuedOf(slot.socket), moving: false }; // the TCP socket (under TLS too)
         slot.writing = writing;
         const over = (): void => { if (slot.writing === writing) slot.writing = null; };
         res.once('finish', over).once('close', over);
