@@ -187,18 +187,31 @@ async function answer(method: string, path: string, query: URLSearchParams, targ
   }
 }
 
-/** As oneAtATime, for each argument apart. */
-function oneAtATimePer<K, T>(work: (key: K) => Promise<T>): (key: K) => Promise<T> {
-  const each = new Map<K, () => Promise<T>>();
+/** Keys oneAtATimePer keeps at most: real listener names are a few; a crowd of unknown ones in flight fills no more. */
+const MAX_SHARED_KEYS = 64;
+
+/**
+ * As oneAtATime, for each argument apart. A key is a listener name a client chose: one whose answer is null
+ * (no such listener: an unknown name, or one a reload removed) is dropped as soon as it is answered, so only
+ * real listeners' names stay. The map was
+ * emptied once it held 64 names: 64 requests for unknown names dropped the check a real listener's requests
+ * were sharing, and the next ones ran their own beside it.
+ */
+function oneAtATimePer<K, T>(work: (key: K) => Promise<T | null>): (key: K) => Promise<T | null> {
+  const each = new Map<K, () => Promise<T | null>>();
   return (key) => {
     let one = each.get(key);
     if (!one) {
+      // Full only while that many unknown names are in flight (each leaves at its answer): this one unshared.
+      if (each.size >= MAX_SHARED_KEYS) return work(key);
       one = oneAtATime(() => work(key));
-      // A key is a listener name a client chose: keep only those of real listeners' size (a few).
-      if (each.size >= 64) each.clear();
       each.set(key, one);
     }
-    return one();
+    const shared = one;
+    return shared().then((answer) => {
+      if (answer === null && each.get(key) === shared) each.delete(key);
+      return answer;
+    });
   };
 }
 

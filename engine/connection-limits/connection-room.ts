@@ -8,9 +8,12 @@
  * that opened them again as each was cut held the slots for good. On loopback every local client shares one
  * address, so any local user kept the Prometheus scrape on 127.0.0.1 out of the admin listener with 8
  * connections; 16 addresses kept every user off the account page. Now a new connection over a cap closes, to
- * take its place, the connection of that address (or, over the server's whole cap, of any address) that has
- * gone longest without making progress (accepted, TLS handshake done, request received, answer made). One
- * whose request is being answered is never closed for another, nor one just accepted, before it could be
+ * take its place, a connection of that address (or, over the server's whole cap, of any address): one that
+ * never sent a byte first, then one that sent some but made no progress, then one that did (TLS handshake
+ * done, request received, answer made), each the one that has gone longest without making progress (see
+ * rankOf). One
+ * whose request is being answered is never closed for another, nor one whose answer is being written while
+ * its client takes the bytes (see lookAtWriting), nor one just accepted, before it could be
  * read (else a flood of new connections would close a client's before its request is read). When none is
  * left to close, the new one is closed as it is accepted, unanswered (before any TLS handshake), as before.
  */
@@ -43,7 +46,34 @@ interface Slot {
   answering: number;
   /** Accepted in this turn of the event loop or the next: its first bytes have not been read yet. */
   fresh: boolean;
+  /** Made progress since it was accepted: its TLS handshake done, or a request received. */
+  advanced: boolean;
+  /**
+   * An answer made whose bytes have not all left: what was still queued for the socket when last looked at,
+   * and whether that went down since the look before (its client reads it). Null: none being written.
+   */
+  writing: { queued: number; moving: boolean } | null;
 }
+
+/**
+ * Bytes the socket has not yet handed to the kernel (libuv's queue; live, unlike `writableLength`, which
+ * counts a write until it is all out). A client that reads makes room in the kernel's buffers, and this goes
+ * down; one that does not read leaves it where it is once those buffers are full.
+ */
+const queuedOf = (socket: net.Socket): number =>
+  (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0;
+
+/**
+ * Which connections go first when one must be closed for a new one (lowest first; then the one that made
+ * progress longest ago): 0, it never sent a byte (holding it costs its client nothing); 1, it sent something
+ * but made no progress (a TLS handshake or a request under way); 2, it made progress (handshake done, or a
+ * request received: now idle between requests). Ordered by progress alone, a connection whose handshake had
+ * just ended was the stalest as soon as `perAddress` newer connections from its address were open, silent
+ * ones too: a flood from a shared address (NAT) closed it before its request came. A client still holds a
+ * place of rank 2 only by finishing a handshake or a request for it, and loses it to the next new
+ * connection once no connection of a lower rank is left.
+ */
+const rankOf = (slot: Slot): number => (slot.advanced ? 2 : slot.socket.bytesRead > 0 ? 1 : 0);
 
 /**
  * One TCP connection's key, the same for the socket 'connection' gives and for the TLS socket a request
@@ -61,10 +91,12 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
 
   const stalest = (address?: string): Slot | null => {
     let best: Slot | null = null;
+    let bestRank = Infinity;
     for (const slot of slots.values()) {
       if (address !== undefined && slot.address !== address) continue;
-      if (slot.fresh || slot.answering > 0 || slot.socket.destroyed) continue;
-      if (!best || slot.progress < best.progress) best = slot;
+      if (slot.fresh || slot.answering > 0 || slot.writing?.moving || slot.socket.destroyed) continue;
+      const rank = rankOf(slot);
+      if (rank < bestRank || (rank === bestRank && slot.progress < best!.progress)) [best, bestRank] = [slot, rank];
     }
     return best;
   };
@@ -81,6 +113,19 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     forget(keyOf(slot.socket), slot, replaced);
     slot.socket.destroy();
   };
+  /**
+   * Once per new connection over a cap: which answers being written moved since the last look. Their
+   * connections are not closed for it; an answer its client stopped reading is (the admin listener's
+   * RESPONSE_DEADLINE_MS bounds how long a slow one may take).
+   */
+  const lookAtWriting = (): void => {
+    for (const slot of slots.values()) {
+      if (!slot.writing) continue;
+      const queued = queuedOf(slot.socket);
+      slot.writing.moving = queued < slot.writing.queued;
+      slot.writing.queued = queued;
+    }
+  };
   const refuse = (socket: net.Socket): void => {
     socket.on('error', () => undefined);
     socket.destroy();
@@ -90,6 +135,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     if (!slot) return;
     slot.answering += change;
     slot.progress = ++clock;
+    slot.advanced = true;
   };
 
   // First among the 'connection' listeners: the HTTP or TLS one after it sees a closed socket and lets go.
@@ -97,7 +143,9 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     const remote = socket.remoteAddress;
     const per = limits.perAddress;
     const address = remote === undefined || !per ? null : per.countedAs(remote);
-    if (address !== null && per && (perAddress.get(address) ?? 0) >= per.limit()) {
+    const overAddress = address !== null && per !== undefined && (perAddress.get(address) ?? 0) >= per.limit();
+    if (overAddress || slots.size >= limits.maxConnections) lookAtWriting();
+    if (overAddress && address !== null && per) {
       const victim = stalest(address);
       const first = !reported.has(address);
       reported.add(address);
@@ -114,7 +162,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       evict(victim, victim.address === address);
     }
     const key = keyOf(socket);
-    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true };
+    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true, advanced: false, writing: null };
     slots.set(key, slot);
     if (address !== null) perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     // Fresh until the poll phase after this one has read what the client sent with its connect.
@@ -138,7 +186,17 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     const end = res.end;
     res.end = function (this: http.ServerResponse, ...args: unknown[]) {
       answered();
-      return (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+      const result = (end as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+      // Written out yet? Else it is being written: counted as busy while its bytes move (see lookAtWriting).
+      // Its own bytes only when it went to the socket (not queued behind an unread answer before it).
+      const slot = slots.get(keyOf(socket));
+      if (slot && !res.writableFinished && res.socket === socket) {
+        const writing = { queued: queuedOf(slot.socket), moving: false }; // the TCP socket (under TLS too)
+        slot.writing = writing;
+        const over = (): void => { if (slot.writing === writing) slot.writing = null; };
+        res.once('finish', over).once('close', over);
+      }
+      return result;
     } as typeof res.end;
     res.once('close', answered);
   });

@@ -108,6 +108,42 @@ test('beyond 16 silent connections from one address a user from it gets the page
   assert.deepEqual(warned.map((l) => [l.client, l.limit]), [['127.0.2.1', 16]], 'one warning for the episode');
 });
 
+// Closing the connection that had gone longest without progress chose, once 16 newer connections of its address
+// were open, one whose TLS handshake had just ended: a flood of silent connections from a shared address (NAT)
+// closed every user's connection between its handshake and its request. A connection that never sent a byte
+// now goes first.
+test('a connection whose handshake is done keeps its place while newer silent ones of its address fill the cap: a silent one is closed, and its request answered', { timeout: 120_000 }, async () => {
+  const user = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: '127.0.2.5' }), ca, servername: 'localhost' });
+  user.on('error', () => undefined);
+  // TLS 1.3: the server sends its session tickets once it has the client's Finished, its handshake done.
+  await once(user, 'session');
+  let userClosed = false;
+  user.once('close', () => { userClosed = true; });
+  const crowd: net.Socket[] = [];
+  const closedOnes: number[] = [];
+  try {
+    for (let i = 0; i < 16; i++) {
+      const c = await rawConnection('127.0.2.5');
+      c.once('close', () => closedOnes.push(i));
+      crowd.push(c);
+      // Two turns of this (the server's) event loop: the server has read what it sent (nothing).
+      for (let turn = 0; turn < 2; turn++) await new Promise((r) => setImmediate(r));
+    }
+    await until('one closed for the 17th', () => closedOnes.length > 0 || userClosed);
+    assert.equal(userClosed, false, 'the handshaken connection is not the one closed');
+    assert.deepEqual(closedOnes, [0], 'the oldest silent one is');
+    user.write('GET /signin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    let reply = '';
+    user.setEncoding('utf8');
+    user.on('data', (d: string) => { reply += d; });
+    await once(user, 'close');
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+  } finally {
+    user.destroy();
+    for (const c of crowd) c.destroy();
+  }
+});
+
 test('a client certificate OpenSSL takes but whose fields cannot be read counts as none: the sign-in page, not an error', async () => {
   const good = await createSelfSignedCertificate({ commonName: 'mangled', keyType: 'ecdsa' });
   const der = Buffer.from(good.cert.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');

@@ -128,3 +128,37 @@ test(`requests back to back: at most one gathering per ${GATHER_GAP_MS} ms, each
     await admin.close();
   }
 });
+
+// The shared check was kept per listener name a client asked for, and the whole map dropped once it held 64
+// names: 64 requests for names the server does not have emptied it, and the next request for a real listener
+// started its own check beside the one running (a client alternating bogus and real names made every request
+// probe the spool). A name that is no listener is answered 404 and takes no place.
+test('/readyz?listener= with 64 unknown names: each answered 404, and the check running for a real listener is still shared', async () => {
+  const calls: string[] = [];
+  let open!: () => void;
+  const gate = new Promise<void>((r) => { open = r; });
+  const admin = await startAdminServer('127.0.0.1:0', {
+    readiness: async (listener) => {
+      if (listener !== undefined && listener !== 'mx') return null;
+      calls.push(listener ?? 'all');
+      await gate;
+      return { spool: { ok: true, detail: `check ${calls.length}` } };
+    },
+    status: async () => ({}),
+  }, { maxConnectionsPerIp: 64, ipv6PrefixLength: 64 });
+  try {
+    const port = admin.address.port;
+    const first = get(port, '/readyz?listener=mx');
+    await first.sent;
+    for (let i = 0; i < 64; i++) assert.equal(await get(port, `/readyz?listener=bogus${i}`).body, `no listener "bogus${i}"\n`);
+    const later = get(port, '/readyz?listener=mx');
+    await later.sent;
+    assert.equal(await get(port, '/healthz').body, 'ok\n'); // the request above is read by now
+    open();
+    const bodies = await Promise.all([first.body, later.body]);
+    assert.deepEqual(calls, ['mx'], 'one check, shared');
+    assert.equal(bodies[0], bodies[1]);
+  } finally {
+    await admin.close();
+  }
+});

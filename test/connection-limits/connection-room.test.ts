@@ -9,7 +9,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -21,7 +21,15 @@ let limit = 2;
 const reports: Array<[string, string, number]> = [];
 let bigAnswers = 0;
 const BIG = 'x'.repeat(16 * 1024 * 1024); // more than any socket buffers hold
+let HUGE: string | undefined;
+/** The most the kernel's buffers of a loopback connection can hold (the sender's and the receiver's maxima). */
+const KERNEL_BUFFERS = ['tcp_wmem', 'tcp_rmem'].reduce((sum, name) => sum + Number(readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/)[2]), 0);
+const HUGE_SIZE = KERNEL_BUFFERS + 32 * 1024 * 1024;
 const server = http.createServer((req, res) => {
+  if (req.url === '/huge') {
+    res.end(HUGE ??= 'x'.repeat(HUGE_SIZE));
+    return;
+  }
   if (req.url === '/big') {
     res.end(BIG);
     bigAnswers++;
@@ -84,10 +92,11 @@ test('a client that asked and never reads its answer holds no slot for it: a new
   stuck.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
   try {
     await until('the answer made', () => bigAnswers === 1);
-    assert.match(await getFrom(port, '127.0.3.4', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    // Until the socket buffers are full its answer may still move (the first new one then refused): not for long.
+    await until('a new one answered, not closed for the stuck one', async () => /^HTTP\/1\.1 200 /.test(await getFrom(port, '127.0.3.4', '/')));
     // A client that does not read does not see the close either: a write fails (a CRLF, which HTTP ignores).
     await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
-    assert.deepEqual(reports, [['made room', '127.0.3.4', 1]]);
+    assert.deepEqual(reports.map(([, address]) => address), ['127.0.3.4'], 'one report for the episode');
   } finally {
     stuck.destroy();
     reports.length = 0;
@@ -104,7 +113,7 @@ test('a client that pipelined requests and reads none of the answers holds no sl
   try {
     // The second answer is made while the first still fills the socket: it waits behind it, unsent.
     await until('two answers made', () => bigAnswers >= 2);
-    assert.match(await getFrom(port, '127.0.3.5', '/'), /^HTTP\/1\.1 200 /, 'answered, not closed for the stuck one');
+    await until('a new one answered, not closed for the stuck one', async () => /^HTTP\/1\.1 200 /.test(await getFrom(port, '127.0.3.5', '/')));
     await until('the stuck one closed for it', () => stuck.destroyed || (stuck.write('\r\n'), false));
   } finally {
     stuck.destroy();
@@ -155,6 +164,63 @@ print(reply.decode('latin1').split('\r\n')[0] or 'closed unanswered', flush=True
     held.destroy();
     client.kill();
     rmSync(dir, { recursive: true, force: true });
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+// A connection whose request is under way (part of it sent) goes after those that never sent a byte, even
+// older ones; the first one closed for a new one is the oldest silent one.
+test('a connection with part of its request sent is closed after the silent ones of its address, even if older', async () => {
+  limit = 3;
+  const partial = await rawHttp(port, '127.0.3.7');
+  partial.write('GET / HTTP/1.1\r\n');
+  const silent = [await rawHttp(port, '127.0.3.7'), await rawHttp(port, '127.0.3.7')];
+  const closedOnes = tracked([partial, ...silent]);
+  try {
+    // A round trip from another address: the server has read the three (what the first sent) by its answer.
+    assert.match(await getFrom(port, '127.0.3.8', '/'), /^HTTP\/1\.1 200 /);
+    assert.match(await getFrom(port, '127.0.3.7', '/'), /^HTTP\/1\.1 200 /, 'the fourth is answered');
+    await until('one closed for it', () => closedOnes.length > 0);
+    assert.deepEqual(closedOnes, [1], 'the oldest silent one, not the older partial one');
+    partial.write('Host: x\r\nConnection: close\r\n\r\n');
+    const [reply] = await once(partial, 'data') as [Buffer];
+    assert.match(reply.toString(), /^HTTP\/1\.1 200 /, 'its request answered');
+  } finally {
+    for (const s of [partial, ...silent]) s.destroy();
+    reports.length = 0;
+    limit = 2;
+  }
+});
+
+// An answer counted as done once it was made (res.end), its bytes still to leave: a new connection of its
+// address closed a client that was reading a large answer slowly, mid-transfer (a /metrics of many series cut
+// by the next scrape, or a browser's other connection). An answer whose bytes have moved on since it was made
+// (or since the last new connection looked) now keeps its connection; one that stopped moving does not.
+test('a client reading a large answer, its bytes moving: a new connection of its address does not cut it', async () => {
+  limit = 1;
+  const reader = await rawHttp(port, '127.0.3.9');
+  reader.write('GET /huge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  let got = 0;
+  let paused = false;
+  const enough = new Promise<void>((resolve) => {
+    reader.on('data', (d: Buffer) => {
+      got += d.length;
+      // More than the socket buffers of both ends can hold: some left the server's queue
+      // after the answer was made.
+      if (got > KERNEL_BUFFERS && !paused) { paused = true; reader.pause(); resolve(); }
+    });
+  });
+  const ended = new Promise<number>((resolve) => reader.once('close', () => resolve(got)));
+  try {
+    await enough;
+    // Over the cap with nothing else to close: refused at once, not the reader cut.
+    assert.equal(await getFrom(port, '127.0.3.9', '/'), '', 'the new one closed unanswered');
+    reader.resume();
+    assert.ok(await ended > HUGE_SIZE, 'the whole answer read');
+    assert.deepEqual(reports, [['refused', '127.0.3.9', 1]]);
+  } finally {
+    reader.destroy();
     reports.length = 0;
     limit = 2;
   }
