@@ -16,6 +16,7 @@ import { issueServerCertificate } from '../../engine/certificates/index.ts';
 import type { AttemptEvent } from '../../engine/queue/runner.ts';
 import { makeTestPki, type TestPki } from '../../test/helpers/pki.ts';
 import { run } from '../../test/helpers/example.ts';
+import { setUnhurriedLimits } from '../../test/helpers/postern.ts';
 import { submitMessage } from '../../test/helpers/smtp-client.ts';
 import { startSink, type Sink } from '../../test/helpers/sink.ts';
 import { recordAttempts, type AttemptLog } from '../../test/helpers/attempts.ts';
@@ -71,6 +72,7 @@ before(async () => {
   const doc = parseDocument(await readFile(configPath, 'utf8'));
   doc.setIn(['listeners', 0, 'listen'], '127.0.0.1:0');
   doc.setIn(['delivery', 'route', 'smarthost', 'port'], relay.port);
+  setUnhurriedLimits(doc); // the test's copy: no script here is meant to run out of time
   await writeFile(configPath, doc.toString());
 
   postern = await startPostern({

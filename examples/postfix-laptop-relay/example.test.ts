@@ -18,6 +18,7 @@ import type { AttemptEvent } from '../../engine/queue/runner.ts';
 import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
 import { makeTestPki, type TestPki } from '../../test/helpers/pki.ts';
 import { run } from '../../test/helpers/example.ts';
+import { setUnhurriedLimits } from '../../test/helpers/postern.ts';
 import { submitMessage } from '../../test/helpers/smtp-client.ts';
 import { recordAttempts, type AttemptLog } from '../../test/helpers/attempts.ts';
 import { fakeResolver, parseDsn, startDeliveryServer, type DeliveryServer } from '../../test/helpers/delivery-server.ts';
@@ -65,6 +66,7 @@ listeners:
   await editConfig((doc) => {
     doc.setIn(['listeners', 0, 'listen'], '127.0.0.1:0');
     doc.setIn(['delivery', 'route', 'smarthost', 'port'], home.port());
+    setUnhurriedLimits(doc); // the test's copy: no script here is meant to run out of time
   });
   const logs: string[] = [];
   laptop = await startPostern({

@@ -16,6 +16,7 @@ import { createLogger } from '../../engine/logging/logger.ts';
 import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
 import { makeTestPki, type ClientName, type TestPki } from './pki.ts';
 import { SmtpTestClient, type Reply } from './smtp-client.ts';
+import { setUnhurriedLimits } from './postern.ts';
 
 export { hashPassword } from '../../engine/auth/password-hash.ts';
 
@@ -57,6 +58,8 @@ export async function copyExample(name: string, append: (pki: TestPki) => Promis
   const listeners = (doc.toJS() as { listeners?: unknown[] }).listeners ?? []; // none: a policy-service-only example
   listeners.forEach((_, i) => doc.setIn(['listeners', i, 'listen'], '127.0.0.1:0'));
   doc.setIn(['delivery', 'enabled'], false);
+  // The copy only: an example that sets no limits gets the test servers' (test/helpers/postern.ts).
+  setUnhurriedLimits(doc);
   edit(doc); // what only the test can know, e.g. the address of the test's Redis
   await writeFile(configPath, doc.toString());
 
