@@ -103,8 +103,8 @@ policyServices:
         x.socket.destroy();
       }],
       // A script that runs out of its time is test/app/descriptors-released's (one process): here, on a loaded CI machine
-      // (twice in four runs), the spinning call's session was cut — its isolate judged stuck and its worker replaced,
-      // which this test does not look at (closing note of 2026-12-07).
+      // (twice in four runs), the spinning call's session was cut (cause not confirmed: an isolate judged stuck, whose worker
+      // is then replaced, would do it), which is not what this test looks at (closing note of 2026-12-07).
       ['scripts that throw and use the store', 5, async () => {
         const x = await session();
         await x.command('MAIL FROM:<a@example.test>');
