@@ -46,3 +46,14 @@ const UNSHOWABLE_IN_JSON_ALL = new RegExp(UNSHOWABLE_IN_JSON.source, 'gu');
 export function scriptText(value: string): string {
   return UNSHOWABLE_IN_JSON.test(value) ? value.replace(UNSHOWABLE_IN_JSON_ALL, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`) : value;
 }
+
+/**
+ * How many characters scriptText(value) takes in a JSON log line: C0 controls, `"` and `\` are escaped by JSON, and
+ * scriptText's `\u{…}` has its backslash escaped again, so one character a script logged can be nine in the log.
+ * What scripts may log a second is counted in these (engine/sandbox/log-budget.ts), or a line of zero-width spaces
+ * wrote nine times the budget. A line with none of them (most) is measured without being copied.
+ */
+const ESCAPED_IN_JSON_LINE = /[\u0000-\u001f"\\\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
+export function writtenLength(value: string): number {
+  return ESCAPED_IN_JSON_LINE.test(value) ? JSON.stringify(scriptText(value)).length - 2 : value.length;
+}

@@ -12,8 +12,9 @@
  */
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
 import { runningCall } from './running-call.ts';
+import { writtenLength } from '../logging/logger.ts';
 
-/** Characters of script log lines per second, all scripts of the process together. */
+/** Characters of script log lines per second as the log has them (JSON escapes included), all scripts of the process together. */
 export const SCRIPT_LOG_CHARS_PER_SECOND = 1 << 20;
 /** Script log lines per second, likewise (a line costs the logger's work whatever its length). */
 export const SCRIPT_LOG_LINES_PER_SECOND = 10_000;
@@ -78,7 +79,8 @@ export function withLogBudget(host: HostBridge): HostBridge {
   const log = host.log.bind(host);
   return Object.assign(Object.create(host) as HostBridge, {
     log(connectionId: string | null, file: string, level: LogLevel, message: string): void {
-      if (level !== 'info' || budget.take(message.length, log)) log(connectionId, file, level, message);
+      // Counted as written (escapes included): a line of zero-width spaces is nine times as long in the log.
+      if (level !== 'info' || budget.take(writtenLength(message), log)) log(connectionId, file, level, message);
     },
   });
 }
