@@ -8,6 +8,7 @@ import { pino, type Logger } from 'pino';
 import { createRequire } from 'node:module';
 import type PinoPretty from 'pino-pretty';
 import { turnBufferedStdout } from './turn-buffered-stdout.ts';
+import { wholeLines } from './whole-lines.ts';
 
 export type { Logger } from 'pino';
 
@@ -19,7 +20,9 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
     const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
     return pino(options, pretty({ destination: destination ?? 1, colorize: !destination && process.stdout.isTTY, sync: true }));
   }
-  return pino(options, destination ?? turnBufferedStdout());
+  // On stdout (shared by the processes of postern serve) no line may be longer than one atomic pipe write.
+  if (!destination) return pino({ ...options, hooks: { streamWrite: wholeLines } }, turnBufferedStdout());
+  return pino(options, destination);
 }
 
 /**

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, mkdir, writeFile, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import assert from 'node:assert/strict';
 import { SmtpTestClient } from './smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
@@ -109,8 +110,10 @@ export async function watchServer(proc: ChildProcess, where: { dir: string; data
   const logs: Array<Record<string, unknown>> = [];
   const written: string[] = [];
   let partial = '';
+  // A character whose bytes two reads split is decoded whole (chunk.toString() made each half a U+FFFD).
+  const decoder = new StringDecoder('utf8');
   proc.stdout!.on('data', (chunk: Buffer) => {
-    partial += chunk.toString();
+    partial += decoder.write(chunk);
     const lines = partial.split('\n');
     partial = lines.pop()!;
     for (const line of lines) {
