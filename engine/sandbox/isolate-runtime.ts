@@ -106,7 +106,7 @@ export function installRuntime(
   hostSha1: RuntimeHost['sha1'], hostSha256: RuntimeHost['sha256'], hostMd5: RuntimeHost['md5'],
   hostHmac: RuntimeHost['hmac'], hostLookup: RuntimeHost['lookup'], hostLog: RuntimeHost['log'],
   hostStart: RuntimeHost['startOperation'], hostMessageText: (token: string, maxBytes: number) => string,
-  runningMarker: SharedArrayBuffer, hookBitsJson: string,
+  runningMarker: SharedArrayBuffer, hookBitsJson: string, logClosedWord: number,
 ): RuntimeHandle {
   // Strict, as the scripts are: V8 tells a sloppy function its caller (`f.caller`) unless that caller is strict. A
   // script's own sloppy function (made with Function()) used as a getter of a thrown error's message was called by
@@ -565,8 +565,9 @@ export function installRuntime(
       return value;
     },
     log(...args: unknown[]): void {
-      // The process's log budget is spent for this second (running-call.ts's word 2): a line would be dropped.
-      if (runningNow[2] !== 0) return;
+      // This sandbox's log budget is spent for this second (running-call.ts's word 2, or 3 for shadow scripts): a
+      // line would be dropped.
+      if (runningNow[logClosedWord] !== 0) return;
       let line = '';
       for (let i = 0; i < args.length; i++) line += (i ? ' ' : '') + formatValue(args[i]);
       line = line.length > MAX_LOG ? `${apply(slice, line, [0, MAX_LOG]) as string}… (${line.length - MAX_LOG} more characters)` : line;

@@ -12,7 +12,7 @@ import { KEPT_LIST_MIN, KeptLists, ListView, type SentList } from './kept-lists.
 import { installRuntime, type AnswerWire, type CallWire, type EntryWire, type RunOutcome, type RuntimeHandle, type SettledBox } from './isolate-runtime.ts';
 import { defaultExportPosition, frameIn, importPosition, splitCompileMessage, stackFrames, type Position } from './locations.ts';
 import type { ScriptSource } from './script-source.ts';
-import { hookBit, runningCall } from './running-call.ts';
+import { LOG_CLOSED_WORD, SHADOW_LOG_CLOSED_WORD, hookBit, runningCall } from './running-call.ts';
 import { loadEnded, loadStarted, reportAbandonedRunning, reportUnrecoverable, stuckAtLoad } from './unrecoverable.ts';
 import { OperationJournal, OperationRefused, SharedOperations, type Attempt } from './operation-journal.ts';
 import { NeverSettled, abandon, executing, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
@@ -30,7 +30,7 @@ export interface SlotOptions {
   shadow?: boolean;
 }
 
-const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9);`;
+const RUNTIME_CALL = `return (${installRuntime.toString()})($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10);`;
 
 /** Top-level code may build tables, so it gets more time than one call — but not forever. */
 const topLevelTimeout = (callTimeoutMs: number): number => Math.max(1000, callTimeoutMs);
@@ -1278,7 +1278,8 @@ export class IsolateSlot {
       started: (opId, callId, answer) => this.#started(opId, callId, answer),
       whose: (callId) => this.#whose(callId),
     });
-    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, [...callbacks, sharedInto(runningCall.buffer), runningCall.hookBitsJson],
+    const runtime = await this.#track(this.#context.evalClosure(RUNTIME_CALL, [...callbacks, sharedInto(runningCall.buffer), runningCall.hookBitsJson,
+      this.#options.shadow === true ? SHADOW_LOG_CLOSED_WORD : LOG_CLOSED_WORD],
       { result: { reference: true } })) as ivm.Reference<RuntimeHandle>;
     this.#run = await runtime.get('run', { reference: true });
     this.#deliver = await runtime.get('deliver', { reference: true });

@@ -11,7 +11,7 @@
  * work without logging).
  */
 import type { HostBridge, LogLevel } from './host-callbacks.ts';
-import { runningCall } from './running-call.ts';
+import { LOG_CLOSED_WORD, SHADOW_LOG_CLOSED_WORD, runningCall } from './running-call.ts';
 import { writtenLength } from '../logging/logger.ts';
 
 /** Characters of script log lines per second as the log has them (JSON escapes included), all scripts of the process together. */
@@ -23,6 +23,10 @@ const WINDOW_MS = 1000;
 type Log = HostBridge['log'];
 
 class LogBudget {
+  /** The running-call word that tells the isolates of this budget's sandboxes to make no more lines. */
+  readonly #closedWord: number;
+  /** Whose lines these are, for the warning: `scripts` or `shadow scripts`. */
+  readonly #whose: string;
   #windowStart = -Infinity;
   #chars = 0;
   #lines = 0;
@@ -30,6 +34,11 @@ class LogBudget {
   #droppedChars = 0;
   /** Where the drop is told: the log of the first sandbox that lost a line in this window. */
   #tell: Log | null = null;
+
+  constructor(closedWord: number, whose: string) {
+    this.#closedWord = closedWord;
+    this.#whose = whose;
+  }
 
   /** Whether a script line of `chars` characters may be written now. */
   take(chars: number, log: Log): boolean {
@@ -47,11 +56,11 @@ class LogBudget {
     }
     if (this.#droppedLines++ === 0) {
       this.#tell = log;
-      runningCall.closeScriptLog(true);
+      runningCall.closeScriptLog(true, this.#closedWord);
       const window = this.#windowStart;
       setTimeout(() => {
         // The second is over, whether or not a line came to start the next (unless that one is already spent too).
-        if (this.#windowStart === window || this.#droppedLines === 0) runningCall.closeScriptLog(false);
+        if (this.#windowStart === window || this.#droppedLines === 0) runningCall.closeScriptLog(false, this.#closedWord);
         this.#report();
       }, Math.max(0, this.#windowStart + WINDOW_MS - now)).unref();
     }
@@ -61,7 +70,7 @@ class LogBudget {
 
   #report(): void {
     if (this.#droppedLines === 0) return;
-    const message = `${this.#droppedLines} script log lines (${this.#droppedChars} characters) dropped: scripts of this process may log ` +
+    const message = `${this.#droppedLines} script log lines (${this.#droppedChars} characters) dropped: ${this.#whose} of this process may log ` +
       `${SCRIPT_LOG_LINES_PER_SECOND} lines and ${SCRIPT_LOG_CHARS_PER_SECOND} characters a second in all (and their further log() calls ` +
       'of that second made no line)';
     const tell = this.#tell;
@@ -72,10 +81,16 @@ class LogBudget {
   }
 }
 
-const budget = new LogBudget();
+const liveBudget = new LogBudget(LOG_CLOSED_WORD, 'scripts');
+/**
+ * Shadow scripts log within a budget of their own, as they count in keys of their own: a candidate under trial that
+ * logs a lot spent the shared one, and the live scripts' lines were dropped for the rest of each second.
+ */
+const shadowBudget = new LogBudget(SHADOW_LOG_CLOSED_WORD, 'shadow scripts');
 
-/** `host` with its script lines (level info) held to the process's budget. */
-export function withLogBudget(host: HostBridge): HostBridge {
+/** `host` with its script lines (level info) held to the process's budget (`shadow`: the shadow scripts'). */
+export function withLogBudget(host: HostBridge, shadow = false): HostBridge {
+  const budget = shadow ? shadowBudget : liveBudget;
   const log = host.log.bind(host);
   return Object.assign(Object.create(host) as HostBridge, {
     log(connectionId: string | null, file: string, level: LogLevel, message: string): void {

@@ -47,11 +47,14 @@ const HOOK_BITS = 128; // 7 hooks
  * mixes hooks, and a call stuck in a builtin must be blamed alone, not with the calls that ran beside it (each of
  * those would take a share of every crash, and one always batched beside it would be fenced with it).
  * Word 2: 1 while the scripts' log budget of this second is spent (log-budget.ts): the runtimes then make no
- * line of a log() call at all, instead of formatting and copying out lines that would be dropped.
+ * line of a log() call at all, instead of formatting and copying out lines that would be dropped. Word 3: the
+ * same for shadow scripts, whose budget is their own.
  */
-const marker = new Int32Array(new SharedArrayBuffer(12));
+const marker = new Int32Array(new SharedArrayBuffer(16));
 /** The word of `marker` that says the scripts' log budget is spent (read by isolate-runtime.ts, by index). */
 export const LOG_CLOSED_WORD = 2;
+/** The word that says the shadow scripts' log budget is spent. */
+export const SHADOW_LOG_CLOSED_WORD = 3;
 const heartbeat = new Int32Array(new SharedArrayBuffer(4));
 const table: RunningCallTable = {};
 /** Scripts fenced off by the supervisor, as "hook\0file\0sha256". */
@@ -178,9 +181,12 @@ export const runningCall = {
   },
   /** Hook bits by hook name, as JSON: the isolate runtime's own copy, to write word 1 of the marker. */
   hookBitsJson: JSON.stringify(HOOK_BITS_BY_NAME),
-  /** Scripts' log() calls make no lines (true) until reopened: the process's log budget is spent for this second. */
-  closeScriptLog(closed: boolean): void {
-    Atomics.store(marker, LOG_CLOSED_WORD, closed ? 1 : 0);
+  /**
+   * Scripts' log() calls make no lines (true) until reopened: the process's log budget is spent for this second.
+   * `word`: LOG_CLOSED_WORD (live scripts) or SHADOW_LOG_CLOSED_WORD.
+   */
+  closeScriptLog(closed: boolean, word: number = LOG_CLOSED_WORD): void {
+    Atomics.store(marker, word, closed ? 1 : 0);
   },
   /** The marker (Int32 words: see `marker`): pass it to the watchdog thread and read it with Atomics.load. */
   get buffer(): SharedArrayBuffer {

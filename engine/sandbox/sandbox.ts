@@ -320,7 +320,7 @@ export class Sandbox {
     const slotOptions: SlotOptions = {
       timeoutMs: positiveInteger('timeoutMs', options.timeoutMs ?? 100, 1),
       memoryLimitMb: positiveInteger('memoryLimitMb', options.memoryLimitMb ?? 32, 8),
-      host: withLogBudget(options.host),
+      host: withLogBudget(options.host, options.shadow === true),
       ...(options.shadow ? { shadow: true } : {}),
     };
     const size = positiveInteger('isolates', options.isolates ?? 2, 1);
