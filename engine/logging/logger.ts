@@ -56,6 +56,26 @@ export function scriptText(value: string): string {
  * What scripts may log a second is counted in these (engine/sandbox/log-budget.ts), or a line of zero-width spaces
  * wrote nine times the budget. A line with none of them (most) is measured without being copied.
  */
+/**
+ * scriptText(value) cut so that a JSON line holds at most `max` characters of it, escapes included, and says how much
+ * was cut: what a script threw is logged for every failed call (engine/policy/run-hook.ts), and cut to 8192 characters
+ * as thrown, a text of zero-width spaces still wrote nine times that.
+ */
+export function scriptTextWithin(value: string, max: number): string {
+  const text = scriptText(value); // holds nothing scriptText would escape again
+  if (writtenLength(text) <= max) return text;
+  const room = max - 40; // for the note
+  let lo = 0;
+  let hi = Math.min(text.length, room);
+  while (lo < hi) { // the longest prefix that fits
+    const mid = Math.ceil((lo + hi) / 2);
+    if (JSON.stringify(text.slice(0, mid)).length - 2 <= room) lo = mid;
+    else hi = mid - 1;
+  }
+  if (lo > 0 && (text.charCodeAt(lo - 1) & 0xfc00) === 0xd800) lo--; // not half a pair
+  return `${text.slice(0, lo)}… (${text.length - lo} more characters)`;
+}
+
 const ESCAPED_IN_JSON_LINE = /[\u0000-\u001f"\\\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
 export function writtenLength(value: string): number {
   return ESCAPED_IN_JSON_LINE.test(value) ? JSON.stringify(scriptText(value)).length - 2 : value.length;

@@ -7,12 +7,15 @@ import type { ListenerConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from './generation.ts';
 import type { PredeliveryVerdict, Verdict } from '../sandbox/api/index.ts';
 import { checkVerdict, FAIL_CLOSED } from './verdict.ts';
-import { scriptText, type Logger } from '../logging/logger.ts';
+import { scriptTextWithin, type Logger } from '../logging/logger.ts';
 import { scriptCalled, secondsSince } from '../metrics/metrics.ts';
 import { hookCallsObserved, notifyHookCall } from './hook-calls.ts';
 import { hidePassword } from './auth-password.ts';
 
 export { FAIL_CLOSED };
+
+/** Characters of a script's failure text a log line holds, as written (the sandbox cuts it to as many as thrown). */
+const FAILURE_TEXT_WRITTEN = 8192 + 64;
 
 export async function runHook(
   generation: PolicyGeneration, listener: Pick<ListenerConfig, 'scripts' | 'name'> | undefined, hook: HookName, ctx: object,
@@ -37,9 +40,12 @@ export async function runHook(
       notifyHookCall({ generation, listener, hook, ctx, connectionId, connectionKey, verdict: FAIL_CLOSED, seconds,
         failure: { kind: e.kind ?? 'verdict', message, file: e.file, line: e.line, column: e.column } });
     }
-    // The message of what a script threw may carry a client's text (a header, an address).
-    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: scriptText(message) },
-      `policy script ${hook} failed: ${scriptText(hidePassword(hook, ctx, String(err)))}`);
+    // The message of what a script threw may carry a client's text (a header, an address); it is held to what the
+    // sandbox cut it to (8192 characters) as written, escapes included.
+    const located = String(err);
+    const around = Math.max(0, located.length - String(e.message ?? '').length) || 0; // `file:line:column: kind: ` before the text
+    log.error({ cid: connectionId, hook, kind: e.kind ?? 'verdict', script: e.file, line: e.line, column: e.column, err: scriptTextWithin(message, FAILURE_TEXT_WRITTEN) },
+      `policy script ${hook} failed: ${scriptTextWithin(hidePassword(hook, ctx, located), FAILURE_TEXT_WRITTEN + around)}`);
     return FAIL_CLOSED;
   }
 }
