@@ -47,6 +47,8 @@ export const isLocalDomain = (d: string): boolean => {
   return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
 };
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
+/** access(5) actions that refuse for now: what a policy service may answer when its script failed. */
+const TEMPORARY_REFUSAL = /^(?:(?:DEFER_IF_PERMIT|DEFER)(?:[ \t].*)?|4\d\d(?:[ \t].*)?)$/i;
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
 /** The longest wait between two delivery attempts: 31 days. */
@@ -208,8 +210,12 @@ export const policyServiceSchema = z.strictObject({
     .describe('An accept answers `OK` (the request is permitted, Postfix skips the rest of that restriction list) instead of `DUNNO` (the next restriction decides).'),
   deferAction: z.enum(['defer_if_permit', 'reply']).default('defer_if_permit')
     .describe('How a defer verdict is answered: `defer_if_permit`: `DEFER_IF_PERMIT <text>` (a later reject still wins); `reply`: the verdict\'s own `451 4.3.0 <text>`.'),
-  failureAction: z.string().regex(/^[^\r\n]+$/, 'one line').default('DEFER_IF_PERMIT Service temporarily unavailable')
-    .describe('The access(5) action answered when a script fails (throws, times out, runs out of memory, returns a malformed verdict), like Postfix\'s own `smtpd_policy_service_default_action`. Never an accept.'),
+  failureAction: z.string().regex(/^[^\r\n]+$/, 'one line')
+    // A failed script fails closed and temporarily, as on a listener: OK, DUNNO, PREPEND, HOLD or DISCARD would let
+    // the mail through (DUNNO hands it to the next restriction), and REJECT or a 5xx would bounce mail for our fault.
+    .regex(TEMPORARY_REFUSAL, 'a failed script must defer the mail: DEFER_IF_PERMIT <text>, DEFER <text> or 4NN <text> (never OK, DUNNO, REJECT or 5NN)')
+    .default('DEFER_IF_PERMIT Service temporarily unavailable')
+    .describe('The access(5) action answered when a script fails (throws, times out, runs out of memory, returns a malformed verdict), like Postfix\'s own `smtpd_policy_service_default_action`: a temporary refusal, `DEFER_IF_PERMIT <text>`, `DEFER <text>` or `4NN <text>`; any other action (an accept such as `OK` or `DUNNO`, or a permanent `REJECT`) is refused at load.'),
   fingerprintDigest: z.enum(['sha256', 'sha1', 'md5']).default('sha256')
     .describe('The digest of `ccert_fingerprint` and `ccert_pubkey_fingerprint`: the same as Postfix\'s `smtpd_tls_fingerprint_digest` (`sha256` since Postfix 3.6, `md5` before).'),
   certificateIdentity: z.strictObject({

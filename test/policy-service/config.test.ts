@@ -28,3 +28,14 @@ test('tables, pins and names are checked', () => {
   assert.match(problems('policyServices: [{ name: p, listen: "localhost" }]\n'), /expected address:port or unix:\/path/);
   assert.match(problems('policyServices: [{ name: p, listen: "127.0.0.1:1", failureAction: "OK\\nDUNNO" }]\n'), /failureAction.*one line/);
 });
+
+test('a failed script can only defer: failureAction refuses every action that lets the mail through or bounces it', () => {
+  const withAction = (action: string): string => problems(`policyServices: [{ name: p, listen: "127.0.0.1:1", failureAction: ${JSON.stringify(action)} }]\n`);
+  for (const letsThrough of ['OK', 'ok', 'DUNNO', 'PERMIT', 'PREPEND X-Checked: no', 'HOLD', 'DISCARD', 'FILTER smtp:[127.0.0.1]:10025', 'REDIRECT a@b.example',
+    'DEFER_IF_REJECT later', 'REJECT', '554 5.7.1 No', '250 OK', '4.3.5 no code', 'DEFERRED', '451x']) {
+    assert.match(withAction(letsThrough), /failureAction.*a failed script must defer the mail/, letsThrough);
+  }
+  for (const defers of ['DEFER_IF_PERMIT Service temporarily unavailable', 'defer_if_permit', 'DEFER try later', 'DEFER', '451 4.3.5 Server configuration problem', '421 bye']) {
+    assert.equal(withAction(defers), '', defers);
+  }
+});
