@@ -51,12 +51,6 @@ export function scriptText(value: string): string {
 }
 
 /**
- * How many characters scriptText(value) takes in a JSON log line: C0 controls, `"` and `\` are escaped by JSON, and
- * scriptText's `\u{…}` has its backslash escaped again, so one character a script logged can be nine in the log.
- * What scripts may log a second is counted in these (engine/sandbox/log-budget.ts), or a line of zero-width spaces
- * wrote nine times the budget. A line with none of them (most) is measured without being copied.
- */
-/**
  * scriptText(value) cut so that a JSON line holds at most `max` characters of it, escapes included, and says how much
  * was cut: what a script threw is logged for every failed call (engine/policy/run-hook.ts), and cut to 8192 characters
  * as thrown, a text of zero-width spaces still wrote nine times that.
@@ -77,6 +71,12 @@ export function scriptTextWithin(value: string, max: number): string {
 }
 
 const ESCAPED_IN_JSON_LINE = /[\u0000-\u001f"\\\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
+/**
+ * How many characters scriptText(value) takes in a JSON log line: C0 controls, `"` and `\` are escaped by JSON, and
+ * scriptText's `\u{…}` has its backslash escaped again, so one character a script logged can be nine in the log.
+ * What scripts may log a second is counted in these (engine/sandbox/log-budget.ts), or a line of zero-width spaces
+ * wrote nine times the budget. A line with none of them (most) is measured without being copied.
+ */
 export function writtenLength(value: string): number {
   return ESCAPED_IN_JSON_LINE.test(value) ? JSON.stringify(scriptText(value)).length - 2 : value.length;
 }
