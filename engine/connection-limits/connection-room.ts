@@ -57,6 +57,16 @@ interface Slot {
 }
 
 /**
+ * An answer must have left (been taken by the client's socket) within this long of its request (ms), on every server
+ * that shares its room here. A client that pipelines requests and never reads the answers held its connection for
+ * good once the socket buffers were full: no timeout applies to a connection writing (its requests are whole, it
+ * is not idle, and keepAliveTimeout counts only once an answer has left). The admin listener had this deadline;
+ * the account page, which faces the users' networks, had none. A client reading a byte at a time is cut the same
+ * way. Long enough for the admin's /status to count a large spool.
+ */
+export const RESPONSE_DEADLINE_MS = 30_000;
+
+/**
  * Bytes the socket has not yet handed to the kernel (libuv's queue; live, unlike `writableLength`, which
  * counts a write until it is all out). A client that reads makes room in the kernel's buffers, and this goes
  * down; one that does not read leaves it where it is once those buffers are full.
@@ -182,5 +192,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       return result;
     } as typeof res.end;
     res.once('close', answered);
+    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    res.once('close', () => clearTimeout(deadline));
   });
 }
