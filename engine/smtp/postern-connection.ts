@@ -262,7 +262,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override init(): void {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
-      if (opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit) && !this.#server.makeRoomFor(this)) {
+      // Nobody is closed for a client over its own per-address limit: it is refused that way next (onConnect).
+      const full = opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit);
+      if (full && (this.state.overIpLimit || !this.#server.makeRoomFor(this))) {
         return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
       }
       const delay = this.#server.greetingDelayMs;
