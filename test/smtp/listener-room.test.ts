@@ -21,14 +21,19 @@ listeners:
     listen: 127.0.0.1:0
     tls: { mode: none }
     limits: { greetingDelayMs: 0, maxConnections: 6, maxConnectionsPerIp: 3 }
+  - name: sasl
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    auth: { mechanisms: [LOGIN] }
+    limits: { greetingDelayMs: 0, maxConnections: 2, maxConnectionsPerIp: 2 }
 `,
   });
 });
 after(() => server.stop());
 
 /** A greeted connection from `ip`; `ehlo`: it said EHLO too (it made progress). */
-async function greeted(ip: string, ehlo: boolean): Promise<SmtpTestClient> {
-  const c = await SmtpTestClient.connect(server.port('full'), { localAddress: ip });
+async function greeted(ip: string, ehlo: boolean, listener = 'full'): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port(listener), { localAddress: ip });
   assert.equal((await c.read()).code, 220, c.transcript.join('\n'));
   if (ehlo) assert.equal((await c.command('EHLO holder.example')).code, 250);
   return c;
@@ -82,4 +87,14 @@ test('a listener filled by two addresses at their per-IP limit still greets a th
   const made = server.logs.filter((l) => l.reason === 'limits.maxConnections: closed for a client of an address holding fewer');
   assert.equal(made.length, 3, JSON.stringify(made));
   for (const c of [sending, idle2, ...idle3, newcomer, second, third, greedy]) c.destroy();
+});
+
+test('a connection left in the middle of an AUTH exchange is waited on by nobody: it makes room too', { timeout: 60_000 }, async () => {
+  // The server waits for the client's next SASL line: nothing of the server's is under way on it.
+  const waiting = [await greeted('127.0.0.2', true, 'sasl'), await greeted('127.0.0.2', true, 'sasl')];
+  for (const c of waiting) assert.equal((await c.command('AUTH LOGIN')).code, 334);
+  const newcomer = await SmtpTestClient.connect(server.port('sasl'), { localAddress: '127.0.0.3' });
+  assert.equal((await newcomer.read()).code, 220, newcomer.transcript.join('\n'));
+  await until('one of the waiting closed', () => waiting.some((c) => c.closed));
+  for (const c of [...waiting, newcomer]) c.destroy();
 });
