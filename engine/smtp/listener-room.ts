@@ -43,10 +43,12 @@ export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable
     if (!list) byAddress.set(address, list = []);
     list.push(member);
   }
-  // The biggest holders first; one that holds only one more than the newcomer's address (with it) is not closed for it.
-  const holders = [...byAddress.values()].filter((list) => list.length >= ownCount + 2).sort((a, b) => b.length - a.length);
-  for (const list of holders) {
-    const victim = firstToClose(list, (member) => member.standing());
+  // The biggest holders first, those holding as many taken together; an address that holds only one more than the
+  // newcomer's (with it) is not closed for it.
+  const sizes = [...new Set([...byAddress.values()].map((list) => list.length))].filter((n) => n >= ownCount + 2).sort((a, b) => b - a);
+  for (const size of sizes) {
+    const held = [...byAddress.values()].filter((list) => list.length === size).flat();
+    const victim = firstToClose(held, (member) => member.standing());
     if (victim) {
       victim.closeForAnotherClient();
       return true;

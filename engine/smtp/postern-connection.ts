@@ -230,7 +230,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     } else {
       this.#dataTimer.refresh();
     }
-    stream.on('close', () => { if (this.#receiving === stream) this.#receiving = null; }); // after the end, or the client went away
+    stream.on('close', () => { // after the end, or the client went away
+      if (this.#receiving === stream) this.#receiving = null;
+      this.#progress = nextProgress(); // a message received is progress, however long it took
+    });
   }
 
   #dataTimer: NodeJS.Timeout | null = null;

@@ -21,6 +21,10 @@ listeners:
     listen: 127.0.0.1:0
     tls: { mode: none }
     limits: { greetingDelayMs: 0, maxConnections: 6, maxConnectionsPerIp: 3 }
+  - name: pair
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    limits: { greetingDelayMs: 0, maxConnections: 2, maxConnectionsPerIp: 2 }
   - name: sasl
     listen: 127.0.0.1:0
     tls: { mode: none }
@@ -97,4 +101,20 @@ test('a connection left in the middle of an AUTH exchange is waited on by nobody
   assert.equal((await newcomer.read()).code, 220, newcomer.transcript.join('\n'));
   await until('one of the waiting closed', () => waiting.some((c) => c.closed));
   for (const c of [...waiting, newcomer]) c.destroy();
+});
+
+test('a message just received counts as progress: the connection that sent it is not the one idle longest', { timeout: 60_000 }, async () => {
+  const sender = await greeted('127.0.0.2', true, 'pair');
+  assert.equal((await sender.command('MAIL FROM:<a@sender.example>')).code, 250);
+  assert.equal((await sender.command('RCPT TO:<b@example.com>')).code, 250);
+  assert.equal((await sender.command('DATA')).code, 354);
+  // Another connection of the address says EHLO while the message is under way, then idles.
+  const idler = await greeted('127.0.0.2', true, 'pair');
+  sender.socket.write('Subject: long\r\n\r\nbody\r\n.\r\n');
+  assert.equal((await sender.read()).code, 250);
+  const newcomer = await SmtpTestClient.connect(server.port('pair'), { localAddress: '127.0.0.3' });
+  assert.equal((await newcomer.read()).code, 220, newcomer.transcript.join('\n'));
+  assert.ok(await idler.waitClosed(), 'the idle one closed');
+  assert.equal(sender.closed, false, 'not the one that just sent a message');
+  for (const c of [sender, idler, newcomer]) c.destroy();
 });
