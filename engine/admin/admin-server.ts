@@ -55,14 +55,8 @@ export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLeng
   };
 }
 
-/**
- * A response must have left (been taken by the client's socket) within this long of its request (ms). A client
- * that pipelines requests and never reads the answers held its connection for good once the socket buffers
- * were full (no timeout applies to a connection writing: requests complete, not idle): on loopback, where every
- * local client shares one address, admin.maxConnectionsPerIp of them kept the scraper out. A client reading a
- * byte at a time is cut the same way. Long enough for /status to count a large spool.
- */
-export const RESPONSE_DEADLINE_MS = 30_000;
+/** Each answer's deadline to leave (connection-room.ts, which applies it). */
+export { RESPONSE_DEADLINE_MS } from '../connection-limits/connection-room.ts';
 
 /**
  * A gathering of /metrics, /status or /readyz starts no sooner than this long after the previous one ended (ms);
@@ -136,10 +130,6 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       refused: (client, limit) => limits.refused?.(client, limit),
       madeRoom: (client, limit) => limits.madeRoom?.(client, limit),
     },
-  });
-  server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
-    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
-    res.once('close', () => clearTimeout(deadline));
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));

@@ -10,8 +10,8 @@
  * connections; 16 addresses kept every user off the account page. Now a new connection over a cap closes, to
  * take its place, a connection of that address (or, over the server's whole cap, of any address): one that
  * never sent a byte first, then one that sent some but made no progress, then one that did (TLS handshake
- * done, request received, answer made), each the one that has gone longest without making progress (see
- * rankOf). One
+ * done, request received, answer made), each the one that has gone longest without making progress (the
+ * order of closing-order.ts). One
  * whose request is being answered is never closed for another, nor one whose answer is being written while
  * its client takes the bytes (see lookAtWriting), nor one just accepted, before it could be
  * read (else a flood of new connections would close a client's before its request is read). When none is
@@ -20,6 +20,7 @@
 import type net from 'node:net';
 import type http from 'node:http';
 import type https from 'node:https';
+import { firstToClose, nextProgress, type Standing } from './closing-order.ts';
 
 export interface RoomLimits {
   /** All connections open at once. */
@@ -56,24 +57,22 @@ interface Slot {
 }
 
 /**
+ * An answer must have left (been taken by the client's socket) within this long of its request (ms), on every server
+ * that shares its room here. A client that pipelines requests and never reads the answers held its connection for
+ * good once the socket buffers were full: no timeout applies to a connection writing (its requests are whole, it
+ * is not idle, and keepAliveTimeout counts only once an answer has left). The admin listener had this deadline;
+ * the account page, which faces the users' networks, had none. A client reading a byte at a time is cut the same
+ * way. Long enough for the admin's /status to count a large spool.
+ */
+export const RESPONSE_DEADLINE_MS = 30_000;
+
+/**
  * Bytes the socket has not yet handed to the kernel (libuv's queue; live, unlike `writableLength`, which
  * counts a write until it is all out). A client that reads makes room in the kernel's buffers, and this goes
  * down; one that does not read leaves it where it is once those buffers are full.
  */
 const queuedOf = (socket: net.Socket): number =>
   (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0;
-
-/**
- * Which connections go first when one must be closed for a new one (lowest first; then the one that made
- * progress longest ago): 0, it never sent a byte (holding it costs its client nothing); 1, it sent something
- * but made no progress (a TLS handshake or a request under way); 2, it made progress (handshake done, or a
- * request received: now idle between requests). Ordered by progress alone, a connection whose handshake had
- * just ended was the stalest as soon as `perAddress` newer connections from its address were open, silent
- * ones too: a flood from a shared address (NAT) closed it before its request came. A client still holds a
- * place of rank 2 only by finishing a handshake or a request for it, and loses it to the next new
- * connection once no connection of a lower rank is left.
- */
-const rankOf = (slot: Slot): number => (slot.advanced ? 2 : slot.socket.bytesRead > 0 ? 1 : 0);
 
 /**
  * One TCP connection's key, the same for the socket 'connection' gives and for the TLS socket a request
@@ -87,19 +86,13 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
   const slots = new Map<net.Socket | string, Slot>();
   const perAddress = new Map<string, number>();
   const reported = new Set<string>();
-  let clock = 0;
 
-  const stalest = (address?: string): Slot | null => {
-    let best: Slot | null = null;
-    let bestRank = Infinity;
-    for (const slot of slots.values()) {
-      if (address !== undefined && slot.address !== address) continue;
-      if (slot.fresh || slot.answering > 0 || slot.writing?.moving || slot.socket.destroyed) continue;
-      const rank = rankOf(slot);
-      if (rank < bestRank || (rank === bestRank && slot.progress < best!.progress)) [best, bestRank] = [slot, rank];
-    }
-    return best;
-  };
+  const standingOf = (slot: Slot): Standing | null =>
+    slot.fresh || slot.answering > 0 || slot.writing?.moving || slot.socket.destroyed
+      ? null
+      : { advanced: slot.advanced, sentAnything: slot.socket.bytesRead > 0, progress: slot.progress };
+  const stalest = (address?: string): Slot | null =>
+    firstToClose(slots.values(), (slot) => (address !== undefined && slot.address !== address ? null : standingOf(slot)));
   /** `replaced`: closed for a new connection of its address, which takes its place (the episode goes on). */
   const forget = (key: net.Socket | string, slot: Slot, replaced = false): void => {
     if (slots.get(key) !== slot) return;
@@ -134,7 +127,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
     const slot = slots.get(keyOf(socket));
     if (!slot) return;
     slot.answering += change;
-    slot.progress = ++clock;
+    slot.progress = nextProgress();
     slot.advanced = true;
   };
 
@@ -162,7 +155,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       evict(victim, victim.address === address);
     }
     const key = keyOf(socket);
-    const slot: Slot = { socket, address, progress: ++clock, answering: 0, fresh: true, advanced: false, writing: null };
+    const slot: Slot = { socket, address, progress: nextProgress(), answering: 0, fresh: true, advanced: false, writing: null };
     slots.set(key, slot);
     if (address !== null) perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     // Fresh until the poll phase after this one has read what the client sent with its connect.
@@ -199,5 +192,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       return result;
     } as typeof res.end;
     res.once('close', answered);
+    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    res.once('close', () => clearTimeout(deadline));
   });
 }

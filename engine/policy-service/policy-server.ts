@@ -16,6 +16,7 @@ import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from '.
 import { FactsMemo, requestContext, sameSpellingOfAddresses } from './request-context.ts';
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
+import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
 
 /**
  * Requests read ahead of their answers on one connection (Postfix sends one at a time, of about 1 KB): at most
@@ -45,6 +46,8 @@ interface Slot {
   answering(): boolean;
   /** Accepted in this turn of the event loop or the next: what it sent with its connect is not read yet. */
   fresh: boolean;
+  /** A request was read whole on it. */
+  advanced: boolean;
 }
 
 export class PolicyServer {
@@ -54,7 +57,6 @@ export class PolicyServer {
   readonly #started: PolicyServiceConfig;
   readonly #sockets = new Set<Socket>();
   readonly #slots = new Map<Socket, Slot>();
-  #clock = 0;
   /** An episode over maxConnections was logged (until the count is back under). */
   #overReported = false;
   /** The digest mismatches warned about (once each per process: Postfix repeats them in every request). */
@@ -113,7 +115,7 @@ export class PolicyServer {
     let draining: Promise<void> | null = null;
     let ending = false;
     const room = (): boolean => queue.length === 0 || (queue.length < MAX_QUEUED && queuedChars < MAX_QUEUED_CHARS);
-    const slot: Slot = { progress: ++this.#clock, answering: () => queue.length > 0, fresh: true };
+    const slot: Slot = { progress: nextProgress(), answering: () => queue.length > 0, fresh: true, advanced: false };
     this.#slots.set(socket, slot);
     setImmediate(() => setImmediate(() => { slot.fresh = false; }));
     /** Resolves once every request read so far is answered. */
@@ -126,7 +128,8 @@ export class PolicyServer {
         if (!request) break;
         queue.push(request);
         queuedChars += request.size;
-        slot.progress = ++this.#clock;
+        slot.progress = nextProgress();
+        slot.advanced = true;
       }
       if (queue.length) draining ??= drain();
       const fatal = reader.fatal;
@@ -158,7 +161,7 @@ export class PolicyServer {
           queuedChars -= queue.shift()!.size;
           if (socket.destroyed) continue;
           socket.write(answerBuffer(action));
-          slot.progress = ++this.#clock;
+          slot.progress = nextProgress();
           take();
           if (socket.isPaused()) flow();
         }
@@ -181,18 +184,18 @@ export class PolicyServer {
   }
 
   /**
-   * Over maxConnections: close this process's connection that has gone longest without progress, for the new
-   * one; false when every one is being answered (or too new to have been read). Idle connections, or ones
-   * dripping a request, opened again as idleTimeoutMs cut them, held every slot: any local user kept Postfix's
-   * new connections out. A Postfix whose idle connection was closed connects again and sends its request anew.
+   * Over maxConnections: close one of this process's connections for the new one, in the order of
+   * closing-order.ts (silent ones first, then ones dripping a request, then idle ones, each the one that has gone
+   * longest without progress); false when every one is being answered (or too new to have been read). Idle
+   * connections, or ones dripping a request, opened again as idleTimeoutMs cut them, held every slot: any local
+   * user kept Postfix's new connections out. A Postfix whose idle connection was closed connects again and sends
+   * its request anew.
    */
   #makeRoom(limit: number, cid: string): boolean {
-    let stalest: [Socket, Slot] | null = null;
-    for (const entry of this.#slots) {
-      const [socket, slot] = entry;
-      if (slot.fresh || slot.answering() || socket.destroyed) continue;
-      if (!stalest || slot.progress < stalest[1].progress) stalest = entry;
-    }
+    const stalest = firstToClose(this.#slots, ([socket, slot]) =>
+      slot.fresh || slot.answering() || socket.destroyed
+        ? null
+        : { advanced: slot.advanced, sentAnything: socket.bytesRead > 0, progress: slot.progress });
     if (!stalest) return false;
     if (!this.#overReported) {
       this.#overReported = true;

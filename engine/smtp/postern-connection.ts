@@ -26,6 +26,8 @@ import type { Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
+import { nextProgress, type Standing } from '../connection-limits/closing-order.ts';
+import type { RoomMember } from './listener-room.ts';
 
 type Callback = () => void;
 
@@ -109,6 +111,8 @@ export interface ListenerHost {
   readonly greetingDelayMs: number;
   readonly tlsHandshakeTimeoutMs: number;
   readonly trust: TrustedIssuers;
+  /** Over limits.maxConnections: close another client's connection for this one (listener-room.ts); false if none may be. */
+  makeRoomFor(connection: PosternConnection): boolean;
 }
 
 /** A reply Postern decided, waiting for the send() that writes it. */
@@ -117,7 +121,7 @@ interface DecidedReply { reply: SmtpReply; stage: DecisionStage; facts: Decision
 /** How long a client waits for our greeting (RFC 5321 §4.5.3.2.1): the connect phase's bound on the idle timeout's pause. */
 const GREETING_WAIT_MS = 5 * 60_000;
 
-export class PosternConnection extends SMTPConnection implements SmtpClient {
+export class PosternConnection extends SMTPConnection implements SmtpClient, RoomMember {
   readonly state: ConnectionState;
   /**
    * The next reply: what Postern decided about the command being answered, written by the next send()
@@ -142,6 +146,30 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     this.state = new ConnectionState(generation, generation.listener(server.listenerName));
     this.state.fromBalancer = options?.fromBalancer === true; // set by the server's _handleProxy
     this.#lineDeadline = new LineDeadline(this.state.listener.limits.socketTimeoutMs, () => this.#lineTooSlow());
+    setImmediate(() => setImmediate(() => { this.#fresh = false; }));
+  }
+
+  /** For listener-room.ts: when it last sent a command (a sequence number), and whether it sent any. */
+  #progress = nextProgress();
+  #advanced = false;
+  /** Accepted in this turn of the event loop or the next: what it sent with its connect is not read yet. */
+  #fresh = true;
+
+  /**
+   * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
+   * client: just accepted, a command of it being answered, a message being received (its client sends it now;
+   * dataTimeoutMs bounds that), or closing.
+   */
+  standing(): Standing | null {
+    if (this.#fresh || !this.counted || this._handlerPending || this.#receiving !== null) return null;
+    return { advanced: this.#advanced, sentAnything: (this._socket as net.Socket).bytesRead > 0, progress: this.#progress };
+  }
+
+  get counted(): boolean { return !this._closing && !this._closed; }
+
+  /** Closed for a client of an address that holds fewer (listener-room.ts): a 421 that says why. */
+  closeForAnotherClient(): void {
+    this.#answer('SMTP', reply('closedForAnotherClient', { hostname: this.name }));
   }
 
   /**
@@ -202,7 +230,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     } else {
       this.#dataTimer.refresh();
     }
-    stream.on('close', () => { if (this.#receiving === stream) this.#receiving = null; }); // after the end, or the client went away
+    stream.on('close', () => { // after the end, or the client went away
+      if (this.#receiving === stream) this.#receiving = null;
+      this.#progress = nextProgress(); // a message received is progress, however long it took
+    });
   }
 
   #dataTimer: NodeJS.Timeout | null = null;
@@ -234,7 +265,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
   override init(): void {
     this._setListeners(() => {
       const opts = this._server.options as { maxClients?: number };
-      if (opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit)) {
+      // Nobody is closed for a client over its own per-address limit: it is refused that way next (onConnect).
+      const full = opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit);
+      if (full && (this.state.overIpLimit || !this.#server.makeRoomFor(this))) {
         return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
       }
       const delay = this.#server.greetingDelayMs;
@@ -388,6 +421,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient {
     // smtp-server builds its parser in its constructor, before this class's fields exist: found by the parser.
     const input = this._parser ? PipelinedInput.of(this._parser) : undefined;
     input?.lineTaken();
+    this.#progress = nextProgress();
+    this.#advanced = true;
     if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {
       if (!isUtf8(command)) {
         this.#answer('SMTP', reply('badUtf8'));

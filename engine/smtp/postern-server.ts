@@ -24,6 +24,7 @@ import { closedUnansweredCounted, connectRefusalCounted } from './connection-ref
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
+import { makeRoomFor } from './listener-room.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -357,6 +358,11 @@ export class PosternServer extends SMTPServer {
   acceptOwn(socket: net.Socket): void {
     this.#ownAccepted.add(socket);
     this.server.emit('connection', socket);
+  }
+
+  /** Over limits.maxConnections: one of this process's connections closed for `newcomer`, when fair (listener-room.ts). */
+  makeRoomFor(newcomer: PosternConnection): boolean {
+    return makeRoomFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections, this.ipv6PrefixLength);
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */

@@ -18,6 +18,7 @@ export interface ReplySpec {
 export const REPLIES = {
   // Connection limits and client certificates, before the greeting (or right after STARTTLS).
   tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
+  closedForAnotherClient: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, this idle connection is closed for another client', reason: 'limits.maxConnections: closed for a client of an address holding fewer' },
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
   connectionRateFromAddress: { code: 421, enhanced: '4.7.0', text: 'Error: too many connections from {ip}, try again later', reason: 'limits.connectionRatePerIp' },
   connectionRateStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection rate cannot be checked, try again later', reason: 'limits.connectionRatePerIp: store unavailable (fail closed)' },

@@ -91,6 +91,41 @@ listeners:
   }
 });
 
+test('maxConnections held by one address: a worker closes one of that address\'s idle connections for another address', async () => {
+  const c = await startCluster({
+    config: `
+workers: 2
+workerChoice: roundRobin
+listeners:
+  - name: in
+    listen: 127.0.0.1:{PORT:in}
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnections: 4, maxConnectionsPerIp: 4 }
+`,
+  });
+  const open: SmtpTestClient[] = [];
+  try {
+    await workerPid(c, 0);
+    await workerPid(c, 1);
+    for (let i = 0; i < 4; i++) {
+      const client = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.2' });
+      open.push(client);
+      assert.equal((await client.read(30_000)).code, 220);
+      assert.equal((await client.command('EHLO holder.example', 30_000)).code, 250);
+    }
+    // Two on each worker, all of 127.0.0.2: another address is greeted, and the worker it went to closed one of them.
+    const other = await SmtpTestClient.connect(c.port('in'), { localAddress: '127.0.0.3' });
+    assert.equal((await other.read(30_000)).code, 220, other.transcript.join('\n'));
+    await c.waitFor('one of 127.0.0.2 closed', () => open.filter((o) => o.closed).length === 1);
+    const closed = open.find((o) => o.closed)!;
+    assert.match((await closed.repliesUntilClosed()).at(-1)!.text, /^421 4\.7\.0 \S+ Too many connected clients, this idle connection is closed for another client$/);
+    open.push(other);
+  } finally {
+    for (const o of open) o.destroy();
+    await c.stop();
+  }
+});
+
 test('maxConnections counts the connections of every worker on a proxyProtocol listener too', async () => {
   const c = await startCluster({
     config: `

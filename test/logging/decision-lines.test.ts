@@ -125,6 +125,7 @@ before(async () => {
         testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
         testListener('accountlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerAccount: 1, ...NO_AUTH_SLOWDOWN } }),
         testListener('cap', { limits: { maxConnections: 1 } }),
+        testListener('shared', { limits: { maxConnections: 2 } }),
         testListener('proto', { tls: { mode: 'none' }, limits: { maxMessageSize: 2000, maxRecipients: 1 } }),
         testListener('early', { tls: { mode: 'none' }, limits: { greetingDelayMs: 60_000 } }),
         testListener('idle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 500 } }),
@@ -263,6 +264,19 @@ const ROWS = {
       const { c, seen } = await open('main', 'cap');
       held.c.destroy();
       c.destroy();
+      return seen;
+    },
+  },
+  closedForAnotherClient: {
+    // Both places of the listener held from 127.0.0.1: the one idle longest is closed for a client of another address.
+    server: 'main', stage: 'SMTP', values: { hostname: 'mx.test' },
+    async drive() {
+      const stale = await session('main', 'shared');
+      const held = await session('main', 'shared');
+      const other = await open('main', 'shared', { localAddress: '127.0.0.2' });
+      assert.equal(other.seen[0]!.code, 220);
+      const seen = [...stale.seen, ...await stale.c.repliesUntilClosed()];
+      for (const c of [held.c, other.c]) c.destroy();
       return seen;
     },
   },

@@ -3,7 +3,7 @@
 // idleTimeoutMs (330 s), opened again as each was cut: the protocol has no authentication, and on loopback
 // any local user did this, so Postfix's new smtpd processes met a closed connection and applied their
 // default_action (451 4.3.5) to all mail. Now a new connection over the limit closes this process's
-// connection that has gone longest without progress (accepted, a request read, an answer written; Postfix
+// connection that has gone longest without progress, silent ones first (closing-order.ts) (accepted, a request read, an answer written; Postfix
 // reconnects and sends its request again when it finds its idle connection closed), and one being answered
 // never; with none to close, the new one is closed as before.
 import { test, after, before } from 'node:test';
@@ -57,6 +57,33 @@ test('the service full of idle and half-sent connections: Postfix\'s new connect
     postfix.close();
   } finally {
     for (const h of held) h.destroy();
+  }
+  await until('the service empty', () => s.policyServers.get('postfix')!.connections === 0);
+});
+
+test('silent connections opened after Postfix\'s idle ones are closed first: a flood of them does not cut Postfix off', async () => {
+  // Two Postfix connections that asked and got their answers (idle now), then two that never send a byte.
+  const postfix = [await PolicyClient.connect({ port: port() }), await PolicyClient.connect({ port: port() })];
+  for (const p of postfix) {
+    p.send(requestText(rcptRequest({ recipient: 'x@example.org' })));
+    assert.equal(await p.next(), 'action=DUNNO');
+  }
+  const held = [await silent(), await silent()];
+  await until('4 connections open', () => s.policyServers.get('postfix')!.connections === 4);
+  // Each new silent connection closes a silent one, never a Postfix connection that has made progress.
+  const flood: net.Socket[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      flood.push(await silent());
+      await until('back at 4', () => s.policyServers.get('postfix')!.connections === 4);
+    }
+    for (const p of postfix) {
+      p.send(requestText(rcptRequest({ recipient: 'y@example.org' })));
+      assert.equal(await Promise.race([p.closed.then(() => 'closed'), p.next()]), 'action=DUNNO');
+    }
+  } finally {
+    for (const h of [...held, ...flood]) h.destroy();
+    for (const p of postfix) p.close();
   }
   await until('the service empty', () => s.policyServers.get('postfix')!.connections === 0);
 });

@@ -1,0 +1,58 @@
+/**
+ * limits.maxConnections of an SMTP listener, shared between client addresses. Refusing whoever came last let a
+ * handful of addresses, each at its maxConnectionsPerIp, hold the whole listener (10 at the default 50 fill the
+ * default 500) while every other client read `421 Too many connected clients` for as long as they kept their
+ * connections open and reconnected as each was cut. Postfix bounds each client with anvil to half its process
+ * limit (two clients still fill it) and, under stress, only shortens its timeouts.
+ *
+ * Here a client that finds the listener full makes room when its address holds at least two fewer connections
+ * than another's: one connection of the address holding the most is closed with a 421 (the order of
+ * closing-order.ts: silent first, then one with a command line under way, then the one idle longest), so that
+ * afterwards neither address holds more than the other. Never one receiving a message or whose command is being
+ * answered, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
+ * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself.
+ */
+import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
+
+/** What the room needs of a connection (PosternConnection). */
+export interface RoomMember {
+  /** The client's address (the one a PROXY header named). */
+  readonly remoteAddress: string;
+  /** What it has done, for closing-order.ts; null: it must not be closed (busy, just accepted, closing). */
+  standing(): Standing | null;
+  /** Whether it is still open and counted. */
+  readonly counted: boolean;
+  /** Close it with the reply that says why. */
+  closeForAnotherClient(): void;
+}
+
+/**
+ * Close one of `members` for `newcomer` (one of them) as above; false when none may be, and the newcomer is to
+ * be refused.
+ */
+export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, ipv6PrefixLength: number): boolean {
+  const byAddress = new Map<string, M[]>();
+  const own = countedAddress(newcomer.remoteAddress, ipv6PrefixLength);
+  let ownCount = 0;
+  for (const member of members) {
+    if (member === newcomer || !member.counted) continue;
+    const address = countedAddress(member.remoteAddress, ipv6PrefixLength);
+    if (address === own) { ownCount++; continue; }
+    let list = byAddress.get(address);
+    if (!list) byAddress.set(address, list = []);
+    list.push(member);
+  }
+  // The biggest holders first, those holding as many taken together; an address that holds only one more than the
+  // newcomer's (with it) is not closed for it.
+  const sizes = [...new Set([...byAddress.values()].map((list) => list.length))].filter((n) => n >= ownCount + 2).sort((a, b) => b - a);
+  for (const size of sizes) {
+    const held = [...byAddress.values()].filter((list) => list.length === size).flat();
+    const victim = firstToClose(held, (member) => member.standing());
+    if (victim) {
+      victim.closeForAnotherClient();
+      return true;
+    }
+  }
+  return false;
+}
