@@ -8,6 +8,23 @@ import assert from 'node:assert/strict';
 import { startTestServer, PLAIN_MX_CONFIG } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { exhaustDescriptors } from '../helpers/process-resources.ts';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { until } from '../helpers/wait.ts';
+
+/**
+ * Descriptors of this process into the spool's message folders (a message file, a `.committing` marker, a folder
+ * opened to be synced). The server closes those of a message after its 250 has left: filling the descriptors
+ * before then lets the next message take the ones closed meanwhile (seen once on a loaded machine: 250, not 451).
+ */
+const spoolFilesOpen = (dataDir: string): string[] => readdirSync('/proc/self/fd').flatMap((fd) => {
+  try {
+    const target = readlinkSync(`/proc/self/fd/${fd}`);
+    return target.startsWith(dataDir) && /\/(incoming|queue)(\/|$)/.test(target.slice(dataDir.length)) ? [target] : [];
+  } catch {
+    return []; // closed while listed
+  }
+});
 
 test('messages refused at the open-file limit log the failure once per episode, and the recovery once', async () => {
   const s = await startTestServer({ config: PLAIN_MX_CONFIG, scripts: { 'rcptto.ts': 'export default () => accept();' } });
@@ -19,6 +36,7 @@ test('messages refused at the open-file limit log the failure once per episode, 
     assert.equal((await client.sendMail('a@example.com', ['b@example.com'], large)).code, 250, 'warm');
     const failed = (): Array<Record<string, unknown>> => s.logs.filter((l) => /spooling failed/.test(String(l.msg)) && Number(l.level) >= 50);
     for (let episode = 1; episode <= 2; episode++) {
+      await until('the last message spooled has closed its files', () => spoolFilesOpen(join(s.dir, 'data')).length === 0);
       const full = exhaustDescriptors();
       const codes: number[] = [];
       try {
