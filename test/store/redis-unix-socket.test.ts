@@ -6,12 +6,17 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createClient } from 'redis';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { redisUrlHasPassword, redisUrlProblem } from '../../engine/store/redis-url.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { eventually, loggedStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { until } from '../helpers/wait.ts';
 
 const opts = needsRedis();
 const PASSWORD = 'so&cket #pass+word';
@@ -62,6 +67,41 @@ test('over the Unix socket: a wrong password fails closed and is logged; Redis g
   } finally {
     await wrong.store.close();
     await store.close();
+  }
+});
+
+test('over the Unix socket too, a peer streaming an endless reply is cut off at the reply cap (no unbounded buffering)', async () => {
+  const path = join(tmpdir(), `postern-endless-${process.pid}.sock`);
+  await rm(path, { force: true });
+  let streamed = 0;
+  let closed = false;
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const peer = net.createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.on('close', () => { closed = true; });
+    socket.once('data', () => {
+      // Any first command (HELLO, CLIENT SETINFO) is answered with a bulk string that never ends.
+      socket.write('$999999999\r\n');
+      const pump = (): void => {
+        while (!socket.destroyed && streamed < 64 * 1024 * 1024) {
+          streamed += chunk.length;
+          if (!socket.write(chunk)) return void socket.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  });
+  await new Promise<void>((r) => peer.listen(path, r));
+  const { store, lines } = loggedStore(`unix://${path}`, 'endless:', 500);
+  try {
+    await until('the store closes the connection', () => closed);
+    assert.ok(streamed < 64 * 1024 * 1024, `streamed ${streamed} bytes before the close`);
+    await assert.rejects(store.rate('k', 5, 60), StoreUnavailable);
+    assert.ok(lines.some((l) => /Redis (sent a reply larger|took the connection|unreachable)/.test(l)), lines.join('\n'));
+  } finally {
+    await store.close();
+    peer.close();
+    await rm(path, { force: true });
   }
 });
 
