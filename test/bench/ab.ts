@@ -79,7 +79,7 @@ for (const s of servers) {
 const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
-const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[], withRedis: [] as number[] }));
+const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[], withRedis: [] as number[], redis: [] as number[] }));
 /** redis-server's own CPU per message (µs, all its threads) while each tree ran: on one machine the user pays it too. */
 const redisUs = new Map<string, number>();
 const usesRedis = (name: string): boolean => rateOf(name) === 'redis';
@@ -102,6 +102,7 @@ for (let round = 0; round < rounds; round++) {
     const b = got.get(name)!;
     console.log(show(name, b) + redisNote(name));
     ratios[i]!.withRedis.push(withRedis(name, b) / withRedis('A', a));
+    if (usesRedis(name) && usesRedis('A')) ratios[i]!.redis.push(redisUs.get(name)! / redisUs.get('A')!);
     ratios[i]!.rate.push(b.rate / a.rate);
     ratios[i]!.mainUs.push(b.mainUs / a.mainUs);
     ratios[i]!.cpuUs.push(b.cpuUs / a.cpuUs);
@@ -114,5 +115,5 @@ await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }
 const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
 for (const [i, name] of names.slice(1).entries()) {
   const r = ratios[i]!;
-  console.log(`${i === 0 ? '\n' : ''}${name}/A over ${rounds} rounds: rate ${fmt(r.rate)}; event loop µs/msg ${fmt(r.mainUs)}; server µs/msg ${fmt(r.cpuUs)}${redis ? `; server + redis-server µs/msg ${fmt(r.withRedis)}` : ''}`);
+  console.log(`${i === 0 ? '\n' : ''}${name}/A over ${rounds} rounds: rate ${fmt(r.rate)}; event loop µs/msg ${fmt(r.mainUs)}; server µs/msg ${fmt(r.cpuUs)}${redis ? `; server + redis-server µs/msg ${fmt(r.withRedis)}` : ''}${r.redis.length ? `; redis-server µs/msg ${fmt(r.redis)}` : ''}`);
 }
