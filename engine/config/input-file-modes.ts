@@ -86,7 +86,6 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
   return out;
 }
 
-
 /** Permission bits with set-id and sticky bits. */
 function modeOf(file: string): number | null {
   try {

@@ -46,7 +46,11 @@ function unixUrlProblem(text: string): string | null {
   } catch {
     return 'a % in the socket path is not followed by two hexadecimal digits (write % itself as %25)';
   }
-  for (const key of url.searchParams.keys()) if (!UNIX_PARAMETERS.has(key)) return `unknown parameter ${key}= (db, password and username are known)`;
+  if (url.pathname.endsWith('/')) return 'the path must name the socket, not a folder';
+  // The parameter's name is not repeated either: a password written without `password=` would be.
+  const keys = [...url.searchParams.keys()];
+  if (keys.some((key) => !UNIX_PARAMETERS.has(key))) return 'an unknown parameter (db=, password= and username= are known; & between them)';
+  if (new Set(keys).size !== keys.length) return 'a parameter given twice';
   const db = url.searchParams.get('db');
   if (db !== null && !/^\d+$/.test(db)) return 'db= must be a database number (0, 1, …)';
   return null;

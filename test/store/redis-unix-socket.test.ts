@@ -110,7 +110,11 @@ test('the configuration check takes unix:///path with db, password and username,
   assert.equal(redisUrlProblem('unix:///run/redis/redis.sock?db=2&password=a%26b%23c&username=postern'), null);
   assert.match(redisUrlProblem('unix://localhost/run/redis.sock') ?? '', /unix:\/\/\/path/);
   assert.match(redisUrlProblem('unix:redis.sock') ?? '', /absolute path/);
-  assert.match(redisUrlProblem('unix:///run/redis.sock?database=2') ?? '', /unknown parameter database=/);
+  assert.equal(redisUrlProblem('unix:///run/redis.sock?database=2'), 'an unknown parameter (db=, password= and username= are known; & between them)');
+  // A password written without its name is not repeated in the message.
+  assert.doesNotMatch(redisUrlProblem('unix:///run/redis.sock?Secret-Pass-1') ?? '', /Secret/);
+  assert.match(redisUrlProblem('unix:///run/redis.sock?db=1&db=2') ?? '', /given twice/);
+  assert.match(redisUrlProblem('unix:///run/redis/') ?? '', /name the socket/);
   assert.match(redisUrlProblem('unix:///run/redis.sock?db=two') ?? '', /db= must be a database number/);
   assert.match(redisUrlProblem('unix:///run/redis.sock?password=a#b') ?? '', /%23/);
   assert.match(redisUrlProblem('tcp://127.0.0.1:6379') ?? '', /unix:\/\/\/path/);
