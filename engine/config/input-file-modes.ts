@@ -12,6 +12,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { formatProblem, keyPath } from './config-error.ts';
 import { EMBEDDED_DEFAULT, type LoadedConfig } from './load-config.ts';
+import { redisUrlHasPassword } from '../store/redis-url.ts';
 
 /** One warning line per secret file readable by others (`file:line:col: key: …`); `caKey`: `pki.dir`'s CA key file. */
 export function readableKeyWarnings(loaded: LoadedConfig, caKey?: string): string[] {
@@ -23,7 +24,7 @@ export function readableKeyWarnings(loaded: LoadedConfig, caKey?: string): strin
     ...Object.entries(config.delivery?.dkim ?? {}).map(([name, d]): [PropertyKey[], string, string] => [['delivery', 'dkim', name, 'privateKey'], d.privateKey, key]),
     ...(caKey ? [[['pki', 'dir'], caKey, 'the CA\'s private key'] as [PropertyKey[], string, string]] : []),
     ...(config.users ? [[['users'], config.users, 'password hashes'] as [PropertyKey[], string, string]] : []),
-    ...(loaded.file !== EMBEDDED_DEFAULT && redisPassword(config.store.redis?.url) ? [[['store', 'redis', 'url'], loaded.file, 'a Redis password'] as [PropertyKey[], string, string]] : []),
+    ...(loaded.file !== EMBEDDED_DEFAULT && redisUrlHasPassword(config.store.redis?.url) ? [[['store', 'redis', 'url'], loaded.file, 'a Redis password'] as [PropertyKey[], string, string]] : []),
   ];
   const warned = new Set<string>();
   const out: string[] = [];
@@ -83,15 +84,6 @@ export function writableInputWarnings(loaded: LoadedConfig): string[] {
     }
   }
   return out;
-}
-
-/** Whether a Redis URL holds a password (`redis://[user]:password@…`); an unreadable one holds none that works. */
-function redisPassword(url: string | undefined): boolean {
-  try {
-    return url !== undefined && new URL(url).password !== '';
-  } catch {
-    return false;
-  }
 }
 
 /** Permission bits with set-id and sticky bits. */

@@ -14,6 +14,7 @@ import { metrics } from '../metrics/metrics.ts';
 import { RedisConnectionSlots, SLOT_SCRIPTS } from './redis-connection-slots.ts';
 import { DeadlineQueue, type Waiting } from './deadline-queue.ts';
 import { MAX_REPLY_BYTES, ReplyBytes } from './reply-bytes.ts';
+import { redisTarget } from './redis-url.ts';
 
 export interface RedisStoreOptions {
   url: string;
@@ -247,10 +248,12 @@ export class RedisCounterStore implements CounterStore {
    * for: until it is up, calls fail closed like during any outage.
    */
   #newClient(): RedisClient {
+    const { url, path, ...login } = redisTarget(this.#url);
+    const socket = { connectTimeout: this.#connectTimeout, reconnectStrategy: reconnectDelay };
     const client = createClient({
-      url: this.#url,
+      ...(path === undefined ? { url } : login),
       disableOfflineQueue: true,
-      socket: { connectTimeout: this.#connectTimeout, reconnectStrategy: reconnectDelay },
+      socket: path === undefined ? socket : { ...socket, path },
     });
     const current = (): boolean => client === this.#client && !this.#closed;
     // The client's connectTimeout ends with the TCP (or TLS) connection; its first commands (AUTH, CLIENT

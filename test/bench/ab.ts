@@ -10,6 +10,8 @@
  * redis-server started here, a key prefix per tree) or the memory store: what a store change costs;
  * AB_RATE_A, AB_RATE_B, … give one tree its own (none, async — mailfrom made async without a store call —, memory
  * or redis): the same tree twice then shows what an async hook or a rate() adds (`AB_RATE_A=none AB_RATE_B=async … . .`);
+ * AB_REDIS_A, AB_REDIS_B, … = unix give one tree the Redis store over redis-server's Unix socket instead of loopback TCP
+ * (`AB_RATE=redis AB_REDIS_B=unix … . .`: what the socket saves, same code on both sides);
  * AB_CONFIG_EXTRA is YAML appended to every configuration (e.g. `sandbox: { fastPathMs: 50 }`).
  * More than two trees (e.g. commits along a history, to find where a cost came in): each is measured in every
  * round and compared with A like B is.
@@ -21,7 +23,7 @@ import { join, resolve } from 'node:path';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startRedis } from '../helpers/redis-server.ts';
 import { ASYNC_MAILFROM, BENCH_SCRIPTS, RATE_MAILFROM, benchConfig, benchPort, writeBenchFolder } from './bench-config.ts';
-import { load, measure, median, startServer, type Measured } from './measure.ts';
+import { load, measure, median, startServer, threadsNs, type Measured } from './measure.ts';
 
 const trees = process.argv.slice(2).map((t) => resolve(t));
 if (trees.length < 2 || trees.some((t) => !existsSync(join(t, 'test/bench/postern-server.ts')))) {
@@ -55,7 +57,8 @@ for (const [i, tree] of trees.entries()) {
   // AB_WORKERS=N: each tree runs as `postern serve` with N workers (trees that have test/bench/postern-serve.ts).
   const server = workers ? join(tree, 'test/bench/postern-serve.ts') : join(tree, 'test/bench/postern-server.ts');
   // With rate(): time limits raised (script 2 s, Redis 1 s) so a loaded machine measures cost, not timeouts.
-  const store = (mailfrom ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (rate === 'redis' ? `store: { redis: { url: "${redis!.url}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
+  const redisUrl = process.env[`AB_REDIS_${names[i]}`] === 'unix' ? redis?.unixUrl : redis?.url;
+  const store = (mailfrom ? 'sandbox: { timeoutMs: 2000 }\n' : '') + (rate === 'redis' ? `store: { redis: { url: "${redisUrl}", keyPrefix: "ab${i}:", timeoutMs: 1000 } }\n` : '');
   const extra = process.env.AB_CONFIG_EXTRA ? `${process.env.AB_CONFIG_EXTRA}\n` : '';
   const started = await startServer(server, { configText: benchConfig(dir, port, pki) + store + extra, baseDir: dir, workers }, false, nodeArgs);
   servers.push({ ...started, port, name: names[i]! });
@@ -76,18 +79,30 @@ for (const s of servers) {
 const show = (name: string, m: Measured): string =>
   `${name} ${m.rate.toFixed(0).padStart(5)} msg/s  p50 ${m.p50.toFixed(1).padStart(5)} ms  event loop ${m.mainUs.toFixed(0).padStart(4)} µs/msg (${(m.mainBusy * 100).toFixed(0)}% busy)` +
   `  server ${m.cpuUs.toFixed(0).padStart(4)} µs/msg  machine ${m.machineUs.toFixed(0).padStart(5)} µs/msg  idle ${(m.idle * 100).toFixed(0).padStart(2)}%  steal ${(m.steal * 100).toFixed(0).padStart(2)}%`;
-const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[] }));
-console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${names.map((n) => `, ${n}: ${rateOf(n)}`).join('')}, ${messages} messages per round, ${perConnection} per connection\n`);
+const ratios = names.slice(1).map(() => ({ rate: [] as number[], mainUs: [] as number[], cpuUs: [] as number[], withRedis: [] as number[], redis: [] as number[] }));
+/** redis-server's own CPU per message (µs, all its threads) while each tree ran: on one machine the user pays it too. */
+const redisUs = new Map<string, number>();
+const usesRedis = (name: string): boolean => rateOf(name) === 'redis';
+console.log(`${trees.map((t, i) => `${names[i]} = ${t} ${process.env[`AB_NODE_ARGS_${names[i]}`] ?? ''}`).join('\n')}\n${withScripts ? 'scripts on every context' : 'no scripts'}${names.map((n) => `, ${n}: ${rateOf(n)}${rateOf(n) === 'redis' && process.env[`AB_REDIS_${n}`] === 'unix' ? ' (unix socket)' : ''}`).join('')}, ${messages} messages per round, ${perConnection} per connection\n`);
 for (let round = 0; round < rounds; round++) {
   // Alternate who goes first, so neither always follows the other's leftovers (page cache, timers).
   const order = round % 2 === 0 ? servers : [...servers].reverse();
   const got = new Map<string, Measured>();
-  for (const s of order) got.set(s.name, await measure(pki, s, perConnection, messages, true));
+  for (const s of order) {
+    const r0 = redis?.pid ? await threadsNs(redis.pid) : 0;
+    const m = await measure(pki, s, perConnection, messages, true);
+    if (redis?.pid) redisUs.set(s.name, (await threadsNs(redis.pid) - r0) / m.messages / 1000);
+    got.set(s.name, m);
+  }
   const a = got.get('A')!;
-  console.log(show('A', a));
+  const withRedis = (name: string, m: Measured): number => m.cpuUs + (usesRedis(name) ? redisUs.get(name)! : 0);
+  const redisNote = (name: string): string => (usesRedis(name) ? `  redis-server ${redisUs.get(name)!.toFixed(1)} µs/msg` : '');
+  console.log(show('A', a) + redisNote('A'));
   for (const [i, name] of names.slice(1).entries()) {
     const b = got.get(name)!;
-    console.log(show(name, b));
+    console.log(show(name, b) + redisNote(name));
+    ratios[i]!.withRedis.push(withRedis(name, b) / withRedis('A', a));
+    if (usesRedis(name) && usesRedis('A')) ratios[i]!.redis.push(redisUs.get(name)! / redisUs.get('A')!);
     ratios[i]!.rate.push(b.rate / a.rate);
     ratios[i]!.mainUs.push(b.mainUs / a.mainUs);
     ratios[i]!.cpuUs.push(b.cpuUs / a.cpuUs);
@@ -100,5 +115,5 @@ await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }
 const fmt = (xs: number[]): string => `median ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}–${Math.max(...xs).toFixed(3)})`;
 for (const [i, name] of names.slice(1).entries()) {
   const r = ratios[i]!;
-  console.log(`${i === 0 ? '\n' : ''}${name}/A over ${rounds} rounds: rate ${fmt(r.rate)}; event loop µs/msg ${fmt(r.mainUs)}; server µs/msg ${fmt(r.cpuUs)}`);
+  console.log(`${i === 0 ? '\n' : ''}${name}/A over ${rounds} rounds: rate ${fmt(r.rate)}; event loop µs/msg ${fmt(r.mainUs)}; server µs/msg ${fmt(r.cpuUs)}${redis ? `; server + redis-server µs/msg ${fmt(r.withRedis)}` : ''}${r.redis.length ? `; redis-server µs/msg ${fmt(r.redis)}` : ''}`);
 }

@@ -13,6 +13,15 @@ export async function cpuSeconds(pid: number, thread?: number): Promise<number> 
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/** CPU nanoseconds of every thread of a process so far, from each /proc/<pid>/task/<tid>/schedstat (exact, not in 10 ms ticks). */
+export async function threadsNs(pid: number): Promise<number> {
+  let total = 0;
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    total += Number((await readFile(`/proc/${pid}/task/${task}/schedstat`, 'utf8').catch(() => '0')).split(' ')[0]);
+  }
+  return total;
+}
+
 /** CPU seconds of a process and every process below it (a supervisor and its workers) that runs now. */
 export async function treeCpuSeconds(pid: number): Promise<number> {
   let total = 0;

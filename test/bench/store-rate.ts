@@ -2,8 +2,8 @@
  * `npm run bench:store`: what a rate() per message costs benchmark (a) (a script on every context), with
  * connection reuse: (a) as is, (a) whose mailfrom script is made async (no store call), awaits rate() on the
  * memory store, on the memory store answering by promise like Redis but without I/O (the share of Redis's
- * cost that is the isolate re-entry), and on a Redis store (a redis-server started here on a free port);
- * then (a) under `postern serve` (workers: 1), where the memory store is the supervisor's, plain, with a memory
+ * cost that is the isolate re-entry), and on a Redis store (a redis-server started here on a free port), over
+ * loopback TCP and over its Unix socket; then (a) under `postern serve` (workers: 1), where the memory store is the supervisor's, plain, with a memory
  * and with a Redis rate() (BENCH_SERVE=0 leaves these out). Each row's ratios are the medians of each round's
  * paired ratios to its base ((a), or (a) under serve), with their ranges. Targets: memory ≥ 0.95, Redis ≥ 0.85
  * of the base's rate.
@@ -43,6 +43,7 @@ const LIMITS = 'sandbox: { timeoutMs: 2000 }\n';
 const control = process.env.BENCH_CONTROL !== '0';
 const serve = process.env.BENCH_SERVE !== '0';
 const REDIS_STORE = `store: { redis: { url: "${redis.url}", keyPrefix: "bench:", timeoutMs: 1000 } }\n`;
+const REDIS_UNIX_STORE = `store: { redis: { url: "${redis.unixUrl}", keyPrefix: "bench:", timeoutMs: 1000 } }\n`;
 interface Target { name: string; config: () => ReturnType<typeof config>; server?: string; workers?: number; redis?: boolean }
 const targets: Target[] = [
   { name: '(a)', config: () => config('a', null, '') },
@@ -54,6 +55,8 @@ const targets: Target[] = [
   // The memory store answering by promise, as Redis does, but without I/O: the cost of delivering the answer into the isolate later.
   { name: '(a) + rate() memory, answered later', config: () => config('deferred', RATE_MAILFROM, '', true) },
   { name: '(a) + rate() redis', config: () => config('redis', RATE_MAILFROM, REDIS_STORE), redis: true },
+  // The same redis-server over its Unix socket: the recommended layout when it runs on the same host.
+  { name: '(a) + rate() redis, unix socket', config: () => config('redis-unix', RATE_MAILFROM, REDIS_UNIX_STORE), redis: true },
 ];
 /**
  * `postern serve` (the way Postern runs by default) keeps the memory store in the supervisor: a worker's rate()

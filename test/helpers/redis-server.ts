@@ -4,6 +4,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Writable } from 'node:stream';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { needs } from './example.ts';
@@ -15,6 +18,9 @@ export const needsRedis = (): { skip: string | false } => needs('redis-server');
 export interface TestRedis {
   readonly port: number;
   readonly url: string;
+  /** The same server over its Unix socket (`unix:///…sock`, with the password as `?password=` when it has one). */
+  readonly unixUrl: string;
+  readonly socketPath: string;
   /** The running server's process id (benchmarks read its CPU time); null while stopped. */
   readonly pid: number | null;
   /** Kill it (SIGKILL: nothing is saved, the connections drop). */
@@ -32,8 +38,11 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Test
   const port = await freePort();
   let child: ChildProcess | null = null;
   const auth = opts.password === undefined ? [] : ['--requirepass', opts.password];
+  // Beside the TCP port, a Unix socket (the same-host layout docs/configuration.md recommends); under 108 bytes.
+  const socketPath = join(tmpdir(), `postern-redis-${port}.sock`);
   const launch = (): Promise<void> => new Promise((resolve, reject) => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...auth], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--unixsocket', socketPath, '--unixsocketperm', '700',
+      '--save', '', '--appendonly', 'no', ...auth], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = proc;
     let output = '';
     const onData = (chunk: Buffer): void => {
@@ -49,6 +58,8 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Test
   return {
     port,
     url: `redis://${opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}@`}127.0.0.1:${port}`,
+    socketPath,
+    unixUrl: `unix://${socketPath}${opts.password === undefined ? '' : `?password=${encodeURIComponent(opts.password)}`}`,
     get pid() { return (child as ChildProcess | null)?.pid ?? null; },
     async stop() {
       const proc = child;
@@ -58,6 +69,7 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Test
         proc.once('exit', () => resolve());
         proc.kill('SIGKILL');
       });
+      await rm(socketPath, { force: true }); // killed, Redis leaves it behind (a new start replaces it)
     },
     start: launch,
     pause() { child?.kill('SIGSTOP'); },

@@ -1,5 +1,6 @@
 /**
- * Two Postern processes (two configurations, two ports) with one Redis: the built-in per-identity limit
+ * Two Postern processes (two configurations, two ports) with one Redis, one over TCP and one over its Unix
+ * socket (`unix:///…`, the same-host layout): the built-in per-identity limit
  * and a script's rate() hold across both. Redis stopped mid-run: what needs the store refuses (451 at
  * MAIL FROM, 454 at AUTH), never an accept; a listener that uses no store still takes mail; restarted:
  * mail flows again.
@@ -91,7 +92,7 @@ before(async () => {
   if (opts.skip) return;
   redis = await startRedis();
   dirs = [await mkdtemp(join(tmpdir(), 'postern-shared-a-')), await mkdtemp(join(tmpdir(), 'postern-shared-b-'))];
-  servers = await Promise.all(dirs.map((d) => startServer(d, redis.url)));
+  servers = await Promise.all(dirs.map((d, i) => startServer(d, i === 0 ? redis.url : redis.unixUrl)));
   // A server's Redis connection may still be coming up: wait until a session gets through.
   for (const s of servers) {
     await eventually(async () => {
