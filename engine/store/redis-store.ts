@@ -218,6 +218,8 @@ export class RedisCounterStore implements CounterStore {
   #pingSince: number | null = null;
   /** Redis answers but refuses commands (see REFUSES_ALL): every command, or reads and/or writes; null when it does not. */
   #refusing: { all: boolean; reads: boolean; writes: boolean } | null = null;
+  /** Redis's eviction settings were read (see #checkEviction). */
+  #evictionChecked = false;
   /** The bytes the connection sent toward its next reply, capped (see reply-bytes.ts). */
   readonly #replyBytes = new ReplyBytes((bytes) => this.#replyTooLarge(bytes));
 
@@ -287,10 +289,35 @@ export class RedisCounterStore implements CounterStore {
       // Sent before any call can be (this runs as the connection becomes ready): every EVALSHA then finds
       // its script, even the first after a Redis restart, so each call is one round trip.
       for (const lua of [...Object.values(SCRIPTS), ...SLOT_SCRIPTS]) this.#send(['SCRIPT', 'LOAD', lua.text]).catch(() => undefined);
+      this.#checkEviction(client);
     });
     this.#replyBytes.claim();
     client.connect().catch(() => { /* reported by the 'error' listener; the client keeps trying */ });
     return client;
+  }
+
+  /**
+   * Once per process, on the first connection that answers: whether Redis may evict keys. The built-in limits'
+   * counts (auth failures, connection slots, messagesPerIdentity) share the server with scripts' rate() and
+   * counter() keys, which clients can multiply (a key per sender address); under an evicting policy with
+   * `maxmemory` set, a flood of those made Redis drop the auth-failure counts as well, and a password guesser
+   * started again from zero. Under `noeviction` a full Redis refuses writes (`OOM`), and every call fails
+   * closed instead (see the refusals in #commands). Sent past #send: an error here (CONFIG renamed or refused,
+   * as managed services do) says nothing about the store, and must not count as one.
+   */
+  #checkEviction(client: RedisClient): void {
+    if (this.#evictionChecked) return;
+    client.sendCommand(['CONFIG', 'GET', 'maxmemory*']).then((reply) => {
+      if (this.#evictionChecked || !Array.isArray(reply)) return;
+      this.#evictionChecked = true;
+      const settings = new Map<string, string>();
+      for (let i = 0; i + 1 < reply.length; i += 2) settings.set(String(reply[i]), String(reply[i + 1]));
+      const policy = settings.get('maxmemory-policy') ?? 'noeviction';
+      const maxmemory = settings.get('maxmemory') ?? '0';
+      if (policy === 'noeviction' || maxmemory === '0') return; // nothing is ever evicted
+      this.#log.warn({ maxmemoryPolicy: policy, maxmemory: Number(maxmemory) },
+        `store: Redis evicts keys when full (maxmemory-policy ${policy}): scripts' keys can push out the auth-failure and connection counts, and those limits start again from zero; use maxmemory-policy noeviction (a full Redis then fails calls closed)`);
+    }, () => { /* CONFIG refused or renamed: not ours to know */ });
   }
 
   /**
