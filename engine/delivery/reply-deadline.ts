@@ -9,10 +9,11 @@
  * nodemailer tells of each command sent and reply read through its transaction log (the `logger` option
  * with `transactionLog`), which is what this listens to.
  *
- * Both limits, this one and nodemailer's socket timeout, are looked at in the check phase after their timer, once
- * the poll phase has read what arrived: a queue process that gets the CPU back late (a loaded machine) runs its
- * timers before it reads its sockets, and a reply that had come in time, waiting there, failed the connection with
- * ETIMEDOUT (a delivery deferred; one whose message had gone out perhaps made twice).
+ * These limits, nodemailer's socket timeout and its connect, greeting and STARTTLS phase limits (connectTimeoutMs)
+ * are looked at in the check phase after their timer, once the poll phase has read what arrived: a queue process
+ * that gets the CPU back late (a loaded machine) runs its timers before it reads its sockets, and a reply that had
+ * come in time, waiting there, failed the connection with ETIMEDOUT (a delivery deferred; one whose message had gone
+ * out perhaps made twice).
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { timerDelay } from '../config/timer-limit.ts';
@@ -27,6 +28,10 @@ interface Internals {
   _onTimeout(): void;
   /** Bytes from the next hop (its socket's 'data' listener calls it). */
   _onData(chunk: Buffer): void;
+  /** The connect, greeting and STARTTLS phases' time limit: `err` (ETIMEDOUT) after `timeout` ms unless cleared. */
+  _startPhase(timeout: number, err: Error): void;
+  _clearPhase(): void;
+  _onError(err: Error, code: string, response: unknown, command: string): void;
 }
 
 type LogFn = (meta?: unknown, ...rest: unknown[]) => void;
@@ -70,6 +75,22 @@ export class ReplyDeadline {
     c._onTimeout = () => {
       const seen = chunks;
       setImmediate(() => { if (chunks === seen) this.#fail(); });
+    };
+    // The connect, greeting and STARTTLS phases too: a phase the poll phase ended (the greeting read) is cleared
+    // before the look at its limit.
+    let phaseLook: NodeJS.Immediate | null = null;
+    const clearPhase = c._clearPhase.bind(c);
+    c._clearPhase = () => {
+      clearPhase();
+      if (phaseLook) clearImmediate(phaseLook);
+      phaseLook = null;
+    };
+    c._startPhase = (timeout, err) => {
+      c._clearPhase();
+      const timer = setTimeout(() => {
+        phaseLook = setImmediate(() => { phaseLook = null; c._onError(err, 'ETIMEDOUT', false, 'CONN'); });
+      }, timeout);
+      (c as unknown as { _phaseTimer: NodeJS.Timeout })._phaseTimer = timer;
     };
     const stop = (): void => this.#disarm();
     conn.once('end', stop);
