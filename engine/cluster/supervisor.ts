@@ -67,9 +67,9 @@ import { FileRoom } from './accepting.ts';
 import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey, type BoundPolicyService } from '../policy-service/listen.ts';
-import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
+import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress, heldStill } from './thread-progress.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
-import { readMirror, removeMirror } from '../sandbox/running-call.ts';
+import { readMirror, removeMirror, type RunningScript } from '../sandbox/running-call.ts';
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 
 /**
@@ -133,6 +133,11 @@ interface Child {
   stopAnnounced: 'signalled' | 'recycled' | null;
   backoff: RestartBackoff;
   restartTimer: NodeJS.Timeout | null;
+  /**
+   * The process this supervisor killed for its silence (its pid), and whether it was held still then (stopped by a
+   * signal or a debugger): what its death says about the scripts it ran differs from a crash's (see #blamed).
+   */
+  silenced: { pid: number; heldStill: boolean } | null;
 }
 
 /** Older releases wrote cluster.json and status.json through `<name>.<pid>.tmp`: a kill -9 left one for good. */
@@ -464,7 +469,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null, silenced: null };
   }
 
   #spawn(child: Child): void {
@@ -658,12 +663,21 @@ export class Supervisor {
     const abnormal = !this.#stopping && (signal !== null || code !== 0);
     // Its watchdog recorded a hang (and was killed, by itself or by us, before or after clearing the mirror).
     const recorded = readdirSync(crashDir(this.config.config.dataDir)).some((name) => name.startsWith(`crash-${proc.pid}-`));
-    const scripts = abnormal && !recorded ? readMirror(mirror) : [];
+    const scripts = abnormal && !recorded ? this.#blamed(child, proc.pid, mirror) : [];
     removeMirror(mirror);
     if (!scripts.length) return [];
     this.log.error({ [child.kind]: child.index, childPid: proc.pid, code, signal, scripts },
       `${child.kind} ${child.index} died (${signal ? `signal ${signal}` : `exit code ${code}`}) while running ${scripts.map((s) => `${s.hook} (${s.file})`).join(', ')}`);
     return [{ worker: child.index, scripts }];
+  }
+
+  /**
+   * The scripts a child's abnormal death is blamed on: every script it was running, unless this supervisor killed it
+   * for a silence while it was held still (SIGSTOP, a debugger), which is no script's doing. Each such kill had
+   * counted as a crash of the scripts it ran: a worker stopped three times while a healthy script ran fenced it.
+   */
+  #blamed(child: Child, pid: number, mirror: string): RunningScript[] {
+    return child.silenced?.pid === pid && child.silenced.heldStill ? [] : readMirror(mirror);
   }
 
   #collectCrashes(more: CrashRecord[] = []): void {
@@ -964,7 +978,10 @@ export class Supervisor {
       // Heartbeats start once a child is ready; building its first generation may take a while.
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit && !this.#busy(c, now)) {
-        this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: now - c.lastBeat }, `${c.kind} stopped answering: killing it`);
+        const held = heldStill(c.proc.pid!);
+        c.silenced = { pid: c.proc.pid!, heldStill: held };
+        this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: now - c.lastBeat, heldStill: held },
+          `${c.kind} stopped answering: killing it${held ? ' (it was held still, by a signal or a debugger: no script is blamed)' : ''}`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
       } else if (c.ready && c.proc && c.takingSince !== null && now - c.takingSince > TAKE_MS) {

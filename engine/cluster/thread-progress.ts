@@ -45,3 +45,17 @@ export class ThreadProgress {
     }
   }
 }
+
+/**
+ * Whether a process is held still now: stopped by a signal (SIGSTOP, SIGTSTP: state T) or by a debugger (t). Its
+ * silence is then not its own doing, nor that of a script it was running (false without /proc).
+ */
+export function heldStill(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'T' || state === 't';
+  } catch {
+    return false;
+  }
+}

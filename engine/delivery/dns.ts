@@ -52,7 +52,7 @@ const NO_DATA = new Set(['ENODATA', 'NODATA']);
 export function createResolver(opts: ResolverOptions): DeliveryResolver {
   const tryMs = opts.timeoutMs ?? 5000;
   const resolver = budgetResolver(tryMs, opts.servers);
-  const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query);
+  const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query, tryMs);
   // Names looked up once (a bounce to each of a spammer's made-up sender domains) push out only each other.
   const cache = new AnswerCache<{ until: number; value: Promise<unknown>; chars: 0 }>(MAX_CACHED, Infinity);
   const cached = <T>(key: string, fn: () => Promise<T>): Promise<T> => {

@@ -8,6 +8,12 @@
  *
  * nodemailer tells of each command sent and reply read through its transaction log (the `logger` option
  * with `transactionLog`), which is what this listens to.
+ *
+ * These limits, nodemailer's socket timeout and its connect, greeting and STARTTLS phase limits (connectTimeoutMs)
+ * are looked at in the check phase after their timer, once the poll phase has read what arrived: a queue process
+ * that gets the CPU back late (a loaded machine) runs its timers before it reads its sockets, and a reply that had
+ * come in time, waiting there, failed the connection with ETIMEDOUT (a delivery deferred; one whose message had gone
+ * out perhaps made twice).
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { timerDelay } from '../config/timer-limit.ts';
@@ -20,6 +26,12 @@ interface Internals {
   _responseActions: unknown[];
   /** nodemailer's own timeout: fails the command under way with ETIMEDOUT and closes. */
   _onTimeout(): void;
+  /** Bytes from the next hop (its socket's 'data' listener calls it). */
+  _onData(chunk: Buffer): void;
+  /** The connect, greeting and STARTTLS phases' time limit: `err` (ETIMEDOUT) after `timeout` ms unless cleared. */
+  _startPhase(timeout: number, err: Error): void;
+  _clearPhase(): void;
+  _onError(err: Error, code: string, response: unknown, command: string): void;
 }
 
 type LogFn = (meta?: unknown, ...rest: unknown[]) => void;
@@ -27,7 +39,11 @@ type LogFn = (meta?: unknown, ...rest: unknown[]) => void;
 export class ReplyDeadline {
   readonly #replyMs: number;
   #conn: (SMTPConnection & Internals) | null = null;
+  /** nodemailer's own _onTimeout (the connection's is replaced by one that looks after the reads: attach). */
+  #fail: () => void = () => undefined;
   #timer: NodeJS.Timeout | null = null;
+  /** The look at an expired reply deadline, after the sockets are read. */
+  #look: NodeJS.Immediate | null = null;
   /** While the message is being sent: its replies wait for its end (see bodyStarted). */
   #inBody = false;
   /** nodemailer's `logger` option (with `transactionLog: true`). */
@@ -48,7 +64,34 @@ export class ReplyDeadline {
 
   /** The connection whose replies are timed (before it connects). */
   attach(conn: SMTPConnection): void {
-    this.#conn = conn as SMTPConnection & Internals;
+    const c = conn as SMTPConnection & Internals;
+    this.#conn = c;
+    this.#fail = c._onTimeout.bind(c);
+    // nodemailer's socket timeout (no byte for commandTimeoutMs) fires only if, with what arrived read, no byte came
+    // since; else the socket's timer, restarted by those bytes, fires again later.
+    let chunks = 0;
+    const onData = c._onData.bind(c);
+    c._onData = (chunk) => { chunks++; onData(chunk); };
+    c._onTimeout = () => {
+      const seen = chunks;
+      setImmediate(() => { if (chunks === seen) this.#fail(); });
+    };
+    // The connect, greeting and STARTTLS phases too: a phase the poll phase ended (the greeting read) is cleared
+    // before the look at its limit.
+    let phaseLook: NodeJS.Immediate | null = null;
+    const clearPhase = c._clearPhase.bind(c);
+    c._clearPhase = () => {
+      clearPhase();
+      if (phaseLook) clearImmediate(phaseLook);
+      phaseLook = null;
+    };
+    c._startPhase = (timeout, err) => {
+      c._clearPhase();
+      const timer = setTimeout(() => {
+        phaseLook = setImmediate(() => { phaseLook = null; c._onError(err, 'ETIMEDOUT', false, 'CONN'); });
+      }, timeout);
+      (c as unknown as { _phaseTimer: NodeJS.Timeout })._phaseTimer = timer;
+    };
     const stop = (): void => this.#disarm();
     conn.once('end', stop);
     conn.once('error', stop);
@@ -81,7 +124,8 @@ export class ReplyDeadline {
     this.#disarm();
     this.#timer = setTimeout(() => {
       this.#timer = null;
-      this.#conn?._onTimeout();
+      // Unless a reply read meanwhile disarmed (or armed again) the deadline.
+      this.#look = setImmediate(() => { this.#look = null; this.#fail(); });
     }, timerDelay(ms)); // commandTimeoutMs plus the message's bytes: past a timer's reach it fired after 1 ms
     this.#timer.unref();
   }
@@ -89,5 +133,7 @@ export class ReplyDeadline {
   #disarm(): void {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
+    if (this.#look) clearImmediate(this.#look);
+    this.#look = null;
   }
 }

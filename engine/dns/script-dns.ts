@@ -14,6 +14,7 @@ import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
 import { budgetResolver, withinBudget } from './within-budget.ts';
 import { AnswerCache } from './answer-cache.ts';
+import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];
@@ -179,11 +180,11 @@ function failure(err: NodeJS.ErrnoException, name: string, type: DnsType): DnsAn
 }
 
 function withTimeout(answer: Promise<DnsAnswer>, ms: number, name: string, type: DnsType): Promise<DnsAnswer> {
-  let timer: NodeJS.Timeout | undefined;
+  let cancel = (): void => {};
   const late = new Promise<DnsAnswer>((resolve) => {
-    timer = setTimeout(() => resolve({ ok: false, error: 'timeout', message: `no answer for ${name} ${type} within ${ms} ms` }), ms);
+    cancel = deadlineAfterReads(ms, () => resolve({ ok: false, error: 'timeout', message: `no answer for ${name} ${type} within ${ms} ms` }));
   });
-  return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+  return Promise.race([answer, late]).finally(cancel);
 }
 
 /**

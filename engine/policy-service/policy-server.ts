@@ -102,10 +102,19 @@ export class PolicyServer {
     socket.allowHalfOpen = true;
     socket.setEncoding('utf8');
     socket.setNoDelay(true);
-    socket.setTimeout(service.limits.idleTimeoutMs, () => {
-      log.info({ service: this.name, cid }, 'policy connection idle: closed');
-      socket.destroy();
-    });
+    // Idle judged after the sockets are read: a server that gets the CPU back late (a loaded machine) runs its timers
+    // before it reads them, and a request that had come in time was cut unread (Postfix deferred the mail it asked
+    // about). Bytes that came meanwhile restarted the socket's timer; the listener, run once, is added again.
+    const idle = (): void => {
+      const read = socket.bytesRead;
+      setImmediate(() => {
+        if (socket.destroyed) return;
+        if (socket.bytesRead !== read) return void socket.setTimeout(service.limits.idleTimeoutMs, idle);
+        log.info({ service: this.name, cid }, 'policy connection idle: closed');
+        socket.destroy();
+      });
+    };
+    socket.setTimeout(service.limits.idleTimeoutMs, idle);
     const reader = new RequestReader(service.limits);
     const memo = new FactsMemo();
     // This connection's requests in order: each answer is written as soon as it is decided, and the next

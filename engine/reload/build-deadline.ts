@@ -5,6 +5,7 @@
  */
 import type { Config } from '../config/schema.ts';
 import { timerDelay } from '../config/timer-limit.ts';
+import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
 
 /** Hooks a scripts folder may hold (each top level runs once per isolate). */
 const HOOKS_PER_FOLDER = 7;
@@ -22,10 +23,14 @@ export function buildDeadlineMs(config: Config): number {
 
 export type DeadlineResult<T> = { kind: 'done'; value: T } | { kind: 'failed'; error: unknown } | { kind: 'timedOut' };
 
-/** Settles with the work's result, or with `timedOut` after `ms` (the work then goes on unobserved). */
+/**
+ * Settles with the work's result, or with `timedOut` after `ms` (the work then goes on unobserved). The deadline is
+ * looked at after the sockets and other threads' results are read (deadline-after-reads.ts): a build that finished
+ * in time, its last result waiting while a loaded machine held the process back, was refused as timed out.
+ */
 export function withDeadline<T>(work: Promise<T>, ms: number): Promise<DeadlineResult<T>> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<DeadlineResult<T>>((resolve) => { timer = setTimeout(() => resolve({ kind: 'timedOut' }), ms); });
+  let cancel = (): void => {};
+  const expired = new Promise<DeadlineResult<T>>((resolve) => { cancel = deadlineAfterReads(ms, () => resolve({ kind: 'timedOut' })); });
   const settled = work.then((value): DeadlineResult<T> => ({ kind: 'done', value }), (error: unknown): DeadlineResult<T> => ({ kind: 'failed', error }));
-  return Promise.race([settled, expired]).finally(() => clearTimeout(timer));
+  return Promise.race([settled, expired]).finally(cancel);
 }

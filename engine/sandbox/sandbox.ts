@@ -13,7 +13,7 @@ import type { ScriptSource } from './script-source.ts';
 import { reportAbandonedRunning } from './unrecoverable.ts';
 import { ClientShares, clientOf } from './client-shares.ts';
 import { withLogBudget } from './log-budget.ts';
-import { otherThreadsCpuMicros } from './thread-cpu.ts';
+import { otherThreadsCpuMicros, otherThreadsNow, shownStuck, type ThreadReading } from './thread-cpu.ts';
 
 export interface SandboxOptions {
   scripts: readonly ScriptSource[];
@@ -80,11 +80,14 @@ export interface SandboxStats {
 export const DEADLINE_SLACK_MS = 500;
 
 /**
- * An isolate still running a call at the call's deadline is abandoned once threads other than the event loop's
- * have had this much CPU time since (an upper bound of the isolate thread's) and it still has not stopped: its
- * stop was asked for at timeoutMs, and a thread that only was descheduled stops within microseconds of getting the
- * CPU back. Abandoning that one instead (a new isolate, every script compiled again) cost a loaded machine more CPU
- * and made more calls miss their deadlines. Other isolates' work can reach this too: then it is abandoned as before.
+ * An isolate still running a call at the call's deadline is abandoned once its thread has had this much CPU time
+ * since and it still has not stopped: its stop was asked for at timeoutMs, and a thread that only was descheduled
+ * stops within microseconds of getting the CPU back. Abandoning that one instead (a new isolate, every script
+ * compiled again) cost a loaded machine more CPU and made more calls miss their deadlines. Which thread runs the
+ * isolate is not known: each thread runnable at the deadline that still is must have had this much (thread-cpu.ts
+ * shownStuck). The CPU time of all other threads together, as before, counted another isolate's work in time (or
+ * libuv's pool hashing passwords) while the overdue isolate's thread had none: it was abandoned for it. Without /proc,
+ * that sum is still the measure.
  */
 export const STUCK_CPU_MS = 200;
 /**
@@ -123,7 +126,8 @@ interface Overdue {
   call: Call;
   member: Member;
   epoch: number;
-  /** otherThreadsCpuMicros() and performance.now() at the deadline. */
+  /** otherThreadsNow() (null without /proc: then otherThreadsCpuMicros()) and performance.now() at the deadline. */
+  threadsAt: Map<number, ThreadReading> | null;
   cpuAt: number;
   since: number;
 }
@@ -478,7 +482,8 @@ export class Sandbox {
     if (on && on.member.epoch === on.epoch && !this.#disposed) {
       on.member.failures++;
       // Its member stays busy until the call comes back (#invokeAlone releases it) or it is abandoned.
-      this.#overdue.push({ call, member: on.member, epoch: on.epoch, cpuAt: otherThreadsCpuMicros(), since: performance.now() });
+      const threadsAt = otherThreadsNow();
+      this.#overdue.push({ call, member: on.member, epoch: on.epoch, threadsAt, cpuAt: threadsAt ? 0 : otherThreadsCpuMicros(), since: performance.now() });
     }
   }
 
@@ -487,15 +492,23 @@ export class Sandbox {
    * stop, or OVERDUE_CAP_MS passed. One whose call came back meanwhile was only descheduled: it serves on.
    */
   #watchOverdue(now: number): void {
-    const cpu = otherThreadsCpuMicros();
+    let threads: Map<number, ThreadReading> | null | undefined; // read once a sweep, when needed
+    let cpu: number | undefined;
     this.#overdue = this.#overdue.filter((o) => {
       if (this.#disposed || o.member.epoch !== o.epoch || o.call.runningOn === null) return false; // back, or replaced
-      const cpuMs = (cpu - o.cpuAt) / 1000;
+      let stuck: boolean;
+      if (o.threadsAt) {
+        threads ??= otherThreadsNow();
+        stuck = threads !== null && shownStuck(o.threadsAt, threads, STUCK_CPU_MS * 1000);
+      } else {
+        cpu ??= otherThreadsCpuMicros();
+        stuck = (cpu - o.cpuAt) / 1000 >= STUCK_CPU_MS;
+      }
       const overdueMs = now - o.since;
-      if (cpuMs < STUCK_CPU_MS && overdueMs < OVERDUE_CAP_MS) return true;
-      const why = cpuMs >= STUCK_CPU_MS
-        ? `other threads had ${Math.round(cpuMs)} ms of CPU time since and it did not stop`
-        : `it did not stop within ${OVERDUE_CAP_MS} ms after`;
+      if (!stuck && overdueMs < OVERDUE_CAP_MS) return true;
+      const why = !stuck ? `it did not stop within ${OVERDUE_CAP_MS} ms after`
+        : o.threadsAt ? `its thread had ${STUCK_CPU_MS} ms of CPU time since and it did not stop`
+          : `other threads had ${STUCK_CPU_MS} ms of CPU time since and it did not stop`;
       this.#reportAbandoned(o, `${why}; it is abandoned and replaced`);
       void this.#rebuild(o.member);
       return false;

@@ -226,7 +226,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // One timer per connection, restarted for each message (no timer made per message); a message that ended
     // leaves it armed, and its firing finds nothing being received.
     if (this.#dataTimer === null) {
-      this.#dataTimer = setTimeout(() => this.#dataTooSlow(), this.state.listener.limits.dataTimeoutMs);
+      // Judged after the sockets are read (see _onTimeout): the final dot may be waiting there on a loaded machine.
+      this.#dataTimer = setTimeout(() => setImmediate(() => this.#dataTooSlow()), this.state.listener.limits.dataTimeoutMs);
     } else {
       this.#dataTimer.refresh();
     }
@@ -399,6 +400,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
    * then; a short `socketTimeoutMs` on a loaded machine answered `421 Timeout` in place of the greeting. Up to the
    * five minutes a client waits for a greeting (RFC 5321 §4.5.3.2.1), so a connect phase that never ended would
    * still be closed.
+   *
+   * Judged in the check phase after the timer, once the poll phase has read what arrived: an event loop that gets the
+   * CPU back late (a loaded machine) runs its timers before it reads its sockets, and a client whose command had come
+   * in time, waiting there, was answered `421 Timeout`. A client that sent anything meanwhile is not idle: the timeout
+   * is armed again (its timer already restarted with the bytes).
    */
   override _onTimeout(): void {
     if (!this._ready && !this._closing && !this._closed) {
@@ -408,7 +414,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
         return;
       }
     }
-    super._onTimeout();
+    const chunks = this.#lineDeadline.chunks;
+    setImmediate(() => {
+      if (this._closed) return;
+      if (this.#lineDeadline.chunks !== chunks && !this._closing) this._armTimeout();
+      else super._onTimeout();
+    });
   }
   #greetingWaitSince: number | undefined;
 

@@ -13,6 +13,7 @@ import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 export { freePort } from './free-port.ts';
 import { freePort } from './free-port.ts';
+import { withUnhurriedLimits } from './unhurried-limits.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -76,7 +77,13 @@ export function deliveryToSink(port: number, opts: { retrySchedule?: number[]; s
 /** `installed`: started as the installed command (bin/postern.js) instead of engine/cli/main.ts; `node`: the Node that starts it (default: the pinned Node 24); `nodeArgs`: options for node itself; `env`: more environment. */
 /** `wrap`: a command that execs the server, e.g. `['setpriv', '--bounding-set=-dac_override']` (root without the capabilities that bypass file permissions). */
 /** `dataDir`: the data folder (default: `data` in the temporary folder), e.g. on a small filesystem of the test's own. */
-export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; fileMode?: number; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string }): Promise<ClusterProcess> {
+/**
+ * `scriptLimits`: as startTestServer's (test/helpers/postern.ts). `unhurried` (the default): a config that sets no
+ * `sandbox`, no `dns` and no Redis `timeoutMs` gets 10 s a script call (UNHURRIED_LIMITS), added after its lines;
+ * at the product's 100 ms a loaded machine that held a worker's isolate thread back turned an accept into 451 4.3.0.
+ * `product`: the product's own defaults, for a server whose scripts (or store calls) are meant to run out of them.
+ */
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; fileMode?: number; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string; scriptLimits?: 'unhurried' | 'product' }): Promise<ClusterProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
@@ -91,6 +98,7 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
     if (!ports.has(m[1]!)) ports.set(m[1]!, await freePort());
     config = config.replace(m[0], String(ports.get(m[1]!)));
   }
+  if (opts.scriptLimits !== 'product') config = withUnhurriedLimits(config);
   const dataDir = opts.dataDir ?? join(dir, 'data');
   await writeFile(join(dir, 'postern.yaml'), `dataDir: ${JSON.stringify(dataDir)}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\n${config}`);
   const entry = join(ROOT, opts.installed ? 'bin/postern.js' : 'engine/cli/main.ts');

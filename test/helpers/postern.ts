@@ -6,11 +6,12 @@ import { chmod, mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
-import { isMap, parseDocument, type Document } from 'yaml';
 import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import type { DeliveryResolver } from '../../engine/delivery/dns.ts';
 import type { CounterStore } from '../../engine/store/index.ts';
+import { withUnhurriedLimits } from './unhurried-limits.ts';
+export { UNHURRIED_LIMITS, withUnhurriedLimits, setUnhurriedLimits } from './unhurried-limits.ts';
 
 export interface TestServer extends RunningPostern {
   dir: string;
@@ -44,43 +45,6 @@ export interface TestServerOptions {
    * `product`: the product's own defaults, for a server whose scripts or store calls are meant to run out of them.
    */
   scriptLimits?: 'unhurried' | 'product';
-}
-
-/**
- * The limits a test server gets where its config sets none. At the product's defaults (100 ms a script call, 50 ms
- * a Redis round trip) a machine running four test files on two cores, descheduling the server for 100 ms, turned an
- * accept into 451 4.3.0 and failed tests that time nothing out. `dns.timeoutMs` keeps its default's value (80% of
- * 100 ms) so that tests waiting out a silent DNS name take no longer. A config that sets `sandbox.timeoutMs` is left
- * as it is, its `store` and `dns` too.
- */
-export const UNHURRIED_LIMITS = { sandboxTimeoutMs: 10_000, redisTimeoutMs: 2_000, dnsTimeoutMs: 80 };
-
-/** Whether a config leaves every limit to UNHURRIED_LIMITS: it sets no `sandbox`, no `dns` and no Redis `timeoutMs`. */
-function takesUnhurriedLimits(doc: Document): boolean {
-  return !doc.errors.length && isMap(doc.contents) && !doc.contents.flow
-    && !doc.has('sandbox') && !doc.has('dns') && !doc.hasIn(['store', 'redis', 'timeoutMs']);
-}
-
-/**
- * The config with UNHURRIED_LIMITS, unless it sets `sandbox` or `dns` itself, or a Redis `timeoutMs` (or is not a
- * YAML mapping, for tests of a config refused). The lines are added at the end, so a position in a config error
- * stays where it was (only a Redis `timeoutMs` goes inside the test's own `store.redis`).
- */
-export function withUnhurriedLimits(config: string): string {
-  const doc = parseDocument(config);
-  if (!takesUnhurriedLimits(doc)) return config;
-  const added = `\nsandbox:\n  timeoutMs: ${UNHURRIED_LIMITS.sandboxTimeoutMs}\ndns:\n  timeoutMs: ${UNHURRIED_LIMITS.dnsTimeoutMs}\n`;
-  if (!doc.hasIn(['store', 'redis'])) return config + added;
-  doc.setIn(['store', 'redis', 'timeoutMs'], UNHURRIED_LIMITS.redisTimeoutMs);
-  return doc.toString() + added;
-}
-
-/** UNHURRIED_LIMITS into a parsed config (a test's copy of an example), on the same terms as withUnhurriedLimits. */
-export function setUnhurriedLimits(doc: Document): void {
-  if (!takesUnhurriedLimits(doc)) return;
-  doc.setIn(['sandbox', 'timeoutMs'], UNHURRIED_LIMITS.sandboxTimeoutMs);
-  doc.setIn(['dns', 'timeoutMs'], UNHURRIED_LIMITS.dnsTimeoutMs);
-  if (doc.hasIn(['store', 'redis'])) doc.setIn(['store', 'redis', 'timeoutMs'], UNHURRIED_LIMITS.redisTimeoutMs);
 }
 
 /**

@@ -14,7 +14,7 @@ import { mailFromReply, verdictScript } from './helpers.ts';
 const STUCK = '// the line the error names is the top level\'s first\nconst sizes = [];\nconst n = Array(2 ** 32 - 1).lastIndexOf(1);\nexport default (ctx) => reject("stuck", { code: 550 });\n';
 
 test('a reload whose top level cannot be stopped keeps the running generation in every process, also after isolated-vm gives up on the thread; a start with it on disk fences it', { timeout: 240_000 }, async () => {
-  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') } });
+  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') }, scriptLimits: 'product' });
   const script = join(c.dir, 'scripts', 'mailfrom.js');
   const at = (l: Record<string, unknown>): string => `${String(l.msg)} ${JSON.stringify(l.scripts ?? '')}`;
   try {
@@ -53,7 +53,7 @@ test('a reload whose top level cannot be stopped keeps the running generation in
 });
 
 test('a reload whose top level makes V8 run out of memory in a builtin (the thread sleeps for good at once, before the load is given up on) keeps the running generation too', { timeout: 120_000 }, async () => {
-  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') } });
+  const c = await startCluster({ config: ONE_WORKER, scripts: { 'mailfrom.js': verdictScript('v1') }, scriptLimits: 'product' });
   const script = join(c.dir, 'scripts', 'mailfrom.js');
   try {
     await workerPid(c, 0);
