@@ -169,6 +169,7 @@ test('calls queue when every isolate is busy and run in order', async () => {
     host: recordingHost(),
     isolates: 1,
     fastPathMs: 0, // calls must overlap to queue
+    timeoutMs: 10_000, // the order is tested, not the limit: a 5 ms spin took over 100 ms of wall time on a loaded machine
     scripts: [js('rcptto', 'let n = 0; export default function (ctx) { const t = Date.now(); while (Date.now() - t < 5) {} return { verdict: "accept", text: ctx.i + ":" + (n++) }; }')],
   }, async (sandbox) => {
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => sandbox.invoke('rcptto', { i }, 'c1')));
