@@ -63,6 +63,16 @@ const ONE_BYTE = Buffer.alloc(1);
 const ACKED_BYTES = 16;
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;
+/**
+ * How long a flush's write and sync may take before the records waiting for it are refused. A disk that stops
+ * answering (a lost SAN or NFS path, a drive in endless retries, device-mapper queueing without a path) never
+ * returns the fdatasync: every client waited at its final dot with no reply, for as long as the disk hung, and the
+ * sessions piled up. Far beyond a healthy sync (milliseconds), far within the 10 minutes a client waits for the
+ * reply to its final dot (RFC 5321 §4.5.3.2.6).
+ */
+export const SYNC_DEADLINE_MS = 30_000;
+/** How often a flush under way is looked at for that deadline. */
+const STALL_CHECK_MS = 1000;
 
 interface Segment {
   seq: number;
@@ -131,6 +141,10 @@ interface Waiter {
   crc: number;
   seed: number;
   segment: Segment;
+  /** When it was appended (performance.now()), for SYNC_DEADLINE_MS. */
+  since: number;
+  /** Refused at the deadline while its flush still hung: whatever that flush says later is not for it. */
+  givenUp?: true;
   resolve(): void;
   reject(err: Error): void;
 }
@@ -164,6 +178,12 @@ export class Journal {
   #waiting: Waiter[] = [];
   #flushing = false;
   #flushes = 0;
+  /** The waiters of the flush under way, and when it began (performance.now()). */
+  #flushBatch: Waiter[] = [];
+  #flushStartedAt = 0;
+  /** Looks at the flush under way for its deadline (see #checkStall); made at the first flush. */
+  #stallCheck: NodeJS.Timeout | null = null;
+  readonly #syncDeadlineMs: number;
   /**
    * Ids whose done line markDoneDurably() wrote and has not (or could not) sync: their line read back (refresh(),
    * refreshDoneOf()) leaves them in the index, as their removal is not on disk yet.
@@ -172,10 +192,11 @@ export class Journal {
   /** A reader's: the highest segment number on disk at its last catchUp() (null before the first). */
   #seenSeq: number | null = null;
 
-  private constructor(dir: string, writable: boolean, segmentBytes: number) {
+  private constructor(dir: string, writable: boolean, segmentBytes: number, syncDeadlineMs = SYNC_DEADLINE_MS) {
     this.dir = dir;
     this.#writable = writable;
     this.#segmentBytes = segmentBytes;
+    this.#syncDeadlineMs = syncDeadlineMs;
     this.#dirSync = new DirectorySyncer(dir);
   }
 
@@ -184,8 +205,8 @@ export class Journal {
    * deletes segments with nothing left in them and appends to a fresh segment, never after a possibly
    * torn tail; a read-only one (the queue command's) only reads, and may mark messages done.
    */
-  static open(dir: string, opts: { writable: boolean; segmentBytes?: number }): Journal {
-    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES);
+  static open(dir: string, opts: { writable: boolean; segmentBytes?: number; syncDeadlineMs?: number }): Journal {
+    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES, opts.syncDeadlineMs);
     journal.#key = readJournalKey(dir);
     const seqs = readdirSync(dir)
       .map((n) => /^(\d{10})\.seg$/.exec(n)?.[1])
@@ -379,10 +400,13 @@ export class Journal {
     let crc = seed;
     for (const c of chunks) crc = crc32(c, crc);
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
+    // The flush under way is past its deadline (a disk that stopped answering): refused now, not after waiting too.
+    const stalled = this.#stalled(performance.now());
+    if (stalled) return Promise.reject(stalled);
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         id, header, chunks, bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
-        segment: null as unknown as Segment, resolve, reject,
+        segment: null as unknown as Segment, since: performance.now(), resolve, reject,
       };
       try {
         this.#place(waiter);
@@ -474,6 +498,8 @@ export class Journal {
 
   /** Close every file; appends still waiting for their flush are refused. */
   close(): void {
+    if (this.#stallCheck) clearInterval(this.#stallCheck);
+    this.#stallCheck = null;
     for (const w of this.#waiting.splice(0)) this.#refuse(w, new Error('the journal was closed'));
     for (const segment of this.#segments.values()) this.#closeFiles(segment);
     this.#segments.clear();
@@ -588,6 +614,9 @@ export class Journal {
     this.#flushes++;
     const batch = this.#waiting;
     this.#waiting = [];
+    this.#flushBatch = batch;
+    this.#flushStartedAt = performance.now();
+    this.#stallCheck ??= setInterval(() => this.#checkStall(), STALL_CHECK_MS).unref();
     const segments = segmentsOf(batch);
     let errors: Map<Segment, Error> | null = null; // made on the first failure
     /** Where each segment's records written by this flush end. */
@@ -604,6 +633,7 @@ export class Journal {
         }
       }
       for (const w of batch) {
+        if (w.givenUp) continue; // refused at the deadline, listed as done: acknowledged by nothing
         const err = errors?.get(w.segment);
         if (err) this.#refuse(w, err);
         // Synced, yet the file failed meanwhile, possibly with an error this sync did not see: write it again.
@@ -611,6 +641,7 @@ export class Journal {
         else w.resolve();
       }
       this.#flushing = false;
+      this.#flushBatch = [];
       this.#flush();
     };
     let syncing = 0;
@@ -629,6 +660,29 @@ export class Journal {
       });
     }
     if (syncing === 0) settle();
+  }
+
+  /** The error for appends while the flush under way is past its deadline (SYNC_DEADLINE_MS), or null. */
+  #stalled(now: number): Error | null {
+    if (!this.#flushing || now - this.#flushStartedAt < this.#syncDeadlineMs) return null;
+    return Object.assign(new Error(`the disk has not confirmed the spool journal's last write for ${Math.round((now - this.#flushStartedAt) / 1000)} s `
+      + `(fdatasync of ${this.dir} not returned: a disk or storage path that stopped answering?): the message is not kept`), { code: 'ETIMEDOUT' });
+  }
+
+  /**
+   * The flush under way is past its deadline: its records, and those waiting for the next flush, are refused (listed
+   * as done first, as any refused record: #refuse), so their clients get a reply and send them again, here once the
+   * disk answers or to another server. The flush goes on; when the disk answers it, the next one takes what came since.
+   */
+  #checkStall(): void {
+    const err = this.#stalled(performance.now());
+    if (!err) return;
+    for (const w of [...this.#flushBatch, ...this.#waiting]) {
+      if (w.givenUp) continue;
+      w.givenUp = true;
+      this.#refuse(w, err);
+    }
+    this.#waiting = [];
   }
 
   /**

@@ -8,6 +8,9 @@
  *   pwritev-eio    pwritev() fails with EIO
  *   pread-eio      pread() fails with EIO (a bad block read back)
  *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
+ *   fdatasync-hang  not taken once: for as long as the file exists, every fdatasync() of a journal segment waits
+ *                  (a disk that stopped answering: a lost SAN or NFS path, a drive in endless retries); removed, the
+ *                  calls waiting go on and succeed
  *   open-watchdog-emfile  open() of the watchdog thread's module fails with EMFILE (out of descriptors as
  *                  the thread starts)
  *   socket-emfile  the next socket() for a TCP stream (IPv4 or IPv6) fails with EMFILE: out of descriptors as a
@@ -73,6 +76,15 @@ static int claim_on(const char *fault, int fd, const char *suffix) {
 }
 
 static int claim(const char *fault, int fd) { return claim_on(fault, fd, ".seg"); }
+
+/* A fault on a journal segment that holds for as long as its file exists (not taken by the call). */
+static int hanging(const char *fault, int fd) {
+  const char *dir = getenv("POSTERN_DISK_FAULTS");
+  if (!dir) return 0;
+  char trigger[PATH_MAX];
+  snprintf(trigger, sizeof trigger, "%s/%s", dir, fault);
+  return access(trigger, F_OK) == 0 && path_ends_with(fd, ".seg");
+}
 
 /* The suffix an any-file fault's trigger file holds, or 0 when it is not armed. */
 static int armed_suffix(const char *fault, char *trigger, char *suffix) {
@@ -244,6 +256,7 @@ int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fdatasync");
   if (claim("fdatasync-eio", fd)) { errno = EIO; return -1; }
+  while (hanging("fdatasync-hang", fd)) usleep(10000);
   WALKED("fdatasync", fd, NULL, int, real(fd));
 }
 
