@@ -43,6 +43,7 @@ import { closeSync, existsSync, fdatasync, fsync, fsyncSync, fstatSync, mkdirSyn
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
+import { notConfirmed, SYNC_DEADLINE_MS } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { randomBytes } from 'node:crypto';
 import { keyedRecordSeedFrom, MissingJournalKeyError, NewerRecordError, scanSegment } from './segment-scan.ts';
@@ -63,14 +64,6 @@ const ONE_BYTE = Buffer.alloc(1);
 const ACKED_BYTES = 16;
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;
-/**
- * How long a flush's write and sync may take before the records waiting for it are refused. A disk that stops
- * answering (a lost SAN or NFS path, a drive in endless retries, device-mapper queueing without a path) never
- * returns the fdatasync: every client waited at its final dot with no reply, for as long as the disk hung, and the
- * sessions piled up. Far beyond a healthy sync (milliseconds), far within the 10 minutes a client waits for the
- * reply to its final dot (RFC 5321 §4.5.3.2.6).
- */
-export const SYNC_DEADLINE_MS = 30_000;
 /** How often a flush under way is looked at for that deadline. */
 const STALL_CHECK_MS = 1000;
 
@@ -662,11 +655,10 @@ export class Journal {
     if (syncing === 0) settle();
   }
 
-  /** The error for appends while the flush under way is past its deadline (SYNC_DEADLINE_MS), or null. */
+  /** The error for appends while the flush under way is past its deadline (SYNC_DEADLINE_MS, sync-deadline.ts), or null. */
   #stalled(now: number): Error | null {
     if (!this.#flushing || now - this.#flushStartedAt < this.#syncDeadlineMs) return null;
-    return Object.assign(new Error(`the disk has not confirmed the spool journal's last write for ${Math.round((now - this.#flushStartedAt) / 1000)} s `
-      + `(fdatasync of ${this.dir} not returned: a disk or storage path that stopped answering?): the message is not kept`), { code: 'ETIMEDOUT' });
+    return notConfirmed(`the spool journal's last write (${this.dir})`, now - this.#flushStartedAt);
   }
 
   /**

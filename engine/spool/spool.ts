@@ -21,6 +21,7 @@ import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } 
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
+import { SYNC_DEADLINE_MS, syncWithin } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { FreeSpace } from './free-space.ts';
 import { SpoolReserve } from './reserve.ts';
@@ -801,7 +802,9 @@ export class SpoolWriter {
     this.#flush();
     const fd = this.#fd!;
     writeAll(fd, encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash!.digest('hex') }));
-    await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+    // Past the deadline the commit fails; abort() (the caller's) then closes the file and removes it from incoming/.
+    await syncWithin(new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+      SYNC_DEADLINE_MS, `the write of message ${this.id}'s file`);
     closeSync(fd);
     this.#fd = null;
     const path = this.#spool.messagePath(this.id);
@@ -812,7 +815,7 @@ export class SpoolWriter {
     try {
       await rename(this.#partFile, path); // on the pool: it waits for the queue directory
       try {
-        await this.#dirSync.sync();
+        await syncWithin(this.#dirSync.sync(), SYNC_DEADLINE_MS, `message ${this.id}'s move into the queue folder`);
       } catch (err) {
         // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
         await unlink(path).catch(() => undefined);

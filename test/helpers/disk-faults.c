@@ -8,9 +8,6 @@
  *   pwritev-eio    pwritev() fails with EIO
  *   pread-eio      pread() fails with EIO (a bad block read back)
  *   fsync-queue-eio  fsync() of a folder named "queue" fails with EIO (a directory entry maybe not durable)
- *   fdatasync-hang  not taken once: for as long as the file exists, every fdatasync() of a journal segment waits
- *                  (a disk that stopped answering: a lost SAN or NFS path, a drive in endless retries); removed, the
- *                  calls waiting go on and succeed
  *   open-watchdog-emfile  open() of the watchdog thread's module fails with EMFILE (out of descriptors as
  *                  the thread starts)
  *   socket-emfile  the next socket() for a TCP stream (IPv4 or IPv6) fails with EMFILE: out of descriptors as a
@@ -23,6 +20,9 @@
  *                  the test lets another process act, then continues it (SIGCONT)
  *   fsync-kill     the process is killed (SIGKILL) as it calls fsync() of a file or folder whose path ends so
  *   open-stop      the process stops (SIGSTOP) as it opens a file whose path ends so, before the open
+ *   fdatasync-hang not taken once: for as long as the trigger file exists, every fdatasync() of a file whose path
+ *                  ends so waits (a disk that stopped answering: a lost SAN or NFS path, a drive in endless
+ *                  retries); once it is removed, the calls waiting go on and succeed
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
@@ -77,15 +77,6 @@ static int claim_on(const char *fault, int fd, const char *suffix) {
 
 static int claim(const char *fault, int fd) { return claim_on(fault, fd, ".seg"); }
 
-/* A fault on a journal segment that holds for as long as its file exists (not taken by the call). */
-static int hanging(const char *fault, int fd) {
-  const char *dir = getenv("POSTERN_DISK_FAULTS");
-  if (!dir) return 0;
-  char trigger[PATH_MAX];
-  snprintf(trigger, sizeof trigger, "%s/%s", dir, fault);
-  return access(trigger, F_OK) == 0 && path_ends_with(fd, ".seg");
-}
-
 /* The suffix an any-file fault's trigger file holds, or 0 when it is not armed. */
 static int armed_suffix(const char *fault, char *trigger, char *suffix) {
   const char *dir = getenv("POSTERN_DISK_FAULTS");
@@ -102,6 +93,12 @@ static int armed_suffix(const char *fault, char *trigger, char *suffix) {
 static int ends_with(const char *path, const char *suffix) {
   size_t n = strlen(path), k = strlen(suffix);
   return n >= k && strcmp(path + n - k, suffix) == 0;
+}
+
+/* An any-file fault that holds for as long as its trigger file exists (not taken by the call), for the file at `fd`. */
+static int hanging(const char *fault, int fd) {
+  char trigger[PATH_MAX], suffix[PATH_MAX];
+  return armed_suffix(fault, trigger, suffix) && path_ends_with(fd, suffix);
 }
 
 /* An any-file fault armed for `path` (or, without one, the file open at `fd`), claimed by this call. */

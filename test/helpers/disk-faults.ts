@@ -7,9 +7,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export type DiskFault = 'fdatasync-eio' | 'fdatasync-hang' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile' | 'socket-emfile';
+export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile' | 'socket-emfile';
 /** Faults on any file: armed with the end of the path they are for (see the C file). */
-export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap';
+export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
