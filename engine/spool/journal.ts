@@ -134,8 +134,6 @@ interface Waiter {
   crc: number;
   seed: number;
   segment: Segment;
-  /** When it was appended (performance.now()), for SYNC_DEADLINE_MS. */
-  since: number;
   /** Refused at the deadline while its flush still hung: whatever that flush says later is not for it. */
   givenUp?: true;
   resolve(): void;
@@ -399,7 +397,7 @@ export class Journal {
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         id, header, chunks, bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
-        segment: null as unknown as Segment, since: performance.now(), resolve, reject,
+        segment: null as unknown as Segment, resolve, reject,
       };
       try {
         this.#place(waiter);
@@ -662,9 +660,10 @@ export class Journal {
   }
 
   /**
-   * The flush under way is past its deadline: its records, and those waiting for the next flush, are refused (listed
-   * as done first, as any refused record: #refuse), so their clients get a reply and send them again, here once the
-   * disk answers or to another server. The flush goes on; when the disk answers it, the next one takes what came since.
+   * The flush under way is past its deadline: its records, and those waiting for the next flush (which cannot start
+   * before it ends), are refused (listed as done first, as any refused record: #refuse), so their clients get a reply
+   * and send them again, here once the disk answers or to another server. The flush goes on; when the disk answers
+   * it, the next one takes what came since.
    */
   #checkStall(): void {
     const err = this.#stalled(performance.now());
