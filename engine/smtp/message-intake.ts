@@ -25,7 +25,6 @@ import { spoolIsFull } from './runtime.ts';
 import { declaresUtf8 } from './envelope-path.ts';
 import { hopLimitRefusal } from './hop-limit.ts';
 import { RepeatedFailure } from '../logging/repeated-failure.ts';
-import { SYNC_DEADLINE_MS, syncWithin } from '../spool/sync-deadline.ts';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -102,8 +101,7 @@ export async function receiveMessage(
     }
     // Held before it is committed: once committed the queue may take it at once. A hold whose message then
     // fails to commit is left behind, harmless (its id is never used again), and removed at the next start.
-    // Bounded as the commit is (a disk that stopped answering): past it, refused; a hold written later is left behind as above.
-    if (decision.hold) await syncWithin(runtime.spool.hold(id, { at: now, by: null, script: decision.hold }), SYNC_DEADLINE_MS, `the hold of message ${id}`);
+    if (decision.hold) await runtime.spool.hold(id, { at: now, by: null, script: decision.hold });
     const commitStart = performance.now();
     await writer.commit(envelope, replace);
     committed = true;

@@ -22,6 +22,8 @@ export interface DiskFaults {
   swapFolder(pathEnd: string, target: string): void;
   /** The fault is no longer armed: for `fdatasync-hang`, the disk answers again (the calls waiting go on). */
   disarm(fault: DiskFault | FileFault): void;
+  /** Calls that have waited in a fault that holds (`fdatasync-hang`), in every process of the server. */
+  hungCalls(fault: 'fdatasync-hang'): number;
   /** Whether an armed fault has been taken. */
   taken(fault: DiskFault | FileFault): boolean;
 }
@@ -43,6 +45,7 @@ export function diskFaults(): DiskFaults {
       writeFileSync(join(armed, 'mkdir-swap'), pathEnd);
     },
     disarm: (fault) => rmSync(join(armed, fault), { force: true }),
+    hungCalls: (fault) => (existsSync(join(armed, `${fault}.calls`)) ? readFileSync(join(armed, `${fault}.calls`), 'utf8').split('\n').filter(Boolean).length : 0),
     taken: (fault) => !existsSync(join(armed, fault)),
   };
 }

@@ -4,7 +4,8 @@
  * up. Now the records of a flush not confirmed within the journal's deadline are refused with 451 (listed as done,
  * so never delivered besides the copy the client sends again), as are messages that end while it still hangs; once
  * the disk answers, mail is taken again, and each acknowledged message is delivered once. A message over 1 MiB, whose
- * file of its own did not return its sync, hung the same way: it gets the 451 too, and its file is removed; so did a
+ * file of its own did not return its sync, hung the same way: it gets the 451 too, and its file is removed, and while
+ * that sync hangs (holding a thread of libuv's pool) the next one is refused without starting another; so did a
  * message a data script holds, whose hold file is written before the message is committed. The fault is injected at the
  * C library (test/helpers/disk-faults.c, preloaded); the clients, the queue process and the next hop are real.
  */
@@ -80,7 +81,7 @@ test('the journal\'s disk stops answering (fdatasync hangs): the waiting message
   }
 });
 
-test('the sync of a large message\'s own file hangs: 451 instead of no reply, the file removed, nothing delivered; the disk back, the next is taken and delivered once', { timeout: 300_000 }, async () => {
+test('the sync of a large message\'s own file hangs: 451 instead of no reply, the file removed, nothing delivered; the next refused without a sync of its own; the disk back, the next is taken and delivered once', { timeout: 300_000 }, async () => {
   const faults = diskFaults();
   const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-hung-disk-')), 'data');
   const sink = await startSink({});
@@ -91,6 +92,9 @@ test('the sync of a large message\'s own file hangs: 451 instead of no reply, th
     assert.equal(await send(client, 'hung', true), 451, 'a reply, and a refusal: the disk did not confirm the message');
     await c.waitFor('why, said at error', () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the write of message \S+'s file/.test(JSON.stringify(l))));
     assert.deepEqual(filesEnding(dataDir, '.part'), [], 'its file is gone from incoming/');
+    // While that sync hangs, holding a thread of libuv's pool, the next large message is refused without one of its own.
+    assert.equal(await send(client, 'hung-too', true), 451);
+    assert.equal(faults.hungCalls('fdatasync-hang'), 1, 'one sync hangs, not one per message');
     faults.disarm('fdatasync-hang');
     assert.equal(await send(client, 'after', true), 250, 'the disk answers again: mail is taken');
     await sink.waitFor(1, 90_000);
