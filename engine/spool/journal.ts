@@ -43,6 +43,7 @@ import { closeSync, existsSync, fdatasync, fsync, fsyncSync, fstatSync, mkdirSyn
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
+import { notConfirmed, SYNC_DEADLINE_MS } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { randomBytes } from 'node:crypto';
 import { keyedRecordSeedFrom, MissingJournalKeyError, NewerRecordError, scanSegment } from './segment-scan.ts';
@@ -63,6 +64,8 @@ const ONE_BYTE = Buffer.alloc(1);
 const ACKED_BYTES = 16;
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;
+/** How often a flush under way is looked at for that deadline. */
+const STALL_CHECK_MS = 1000;
 
 interface Segment {
   seq: number;
@@ -131,6 +134,8 @@ interface Waiter {
   crc: number;
   seed: number;
   segment: Segment;
+  /** Refused at the deadline while its flush still hung: whatever that flush says later is not for it. */
+  givenUp?: true;
   resolve(): void;
   reject(err: Error): void;
 }
@@ -164,6 +169,12 @@ export class Journal {
   #waiting: Waiter[] = [];
   #flushing = false;
   #flushes = 0;
+  /** The waiters of the flush under way, and when it began (performance.now()). */
+  #flushBatch: Waiter[] = [];
+  #flushStartedAt = 0;
+  /** Looks at the flush under way for its deadline (see #checkStall); made at the first flush. */
+  #stallCheck: NodeJS.Timeout | null = null;
+  readonly #syncDeadlineMs: number;
   /**
    * Ids whose done line markDoneDurably() wrote and has not (or could not) sync: their line read back (refresh(),
    * refreshDoneOf()) leaves them in the index, as their removal is not on disk yet.
@@ -172,10 +183,11 @@ export class Journal {
   /** A reader's: the highest segment number on disk at its last catchUp() (null before the first). */
   #seenSeq: number | null = null;
 
-  private constructor(dir: string, writable: boolean, segmentBytes: number) {
+  private constructor(dir: string, writable: boolean, segmentBytes: number, syncDeadlineMs = SYNC_DEADLINE_MS) {
     this.dir = dir;
     this.#writable = writable;
     this.#segmentBytes = segmentBytes;
+    this.#syncDeadlineMs = syncDeadlineMs;
     this.#dirSync = new DirectorySyncer(dir);
   }
 
@@ -184,8 +196,8 @@ export class Journal {
    * deletes segments with nothing left in them and appends to a fresh segment, never after a possibly
    * torn tail; a read-only one (the queue command's) only reads, and may mark messages done.
    */
-  static open(dir: string, opts: { writable: boolean; segmentBytes?: number }): Journal {
-    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES);
+  static open(dir: string, opts: { writable: boolean; segmentBytes?: number; syncDeadlineMs?: number }): Journal {
+    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES, opts.syncDeadlineMs);
     journal.#key = readJournalKey(dir);
     const seqs = readdirSync(dir)
       .map((n) => /^(\d{10})\.seg$/.exec(n)?.[1])
@@ -379,6 +391,9 @@ export class Journal {
     let crc = seed;
     for (const c of chunks) crc = crc32(c, crc);
     const header = Buffer.from(`${HEADER} ${id} ${length} ${crc.toString(16).padStart(8, '0')}\n`);
+    // The flush under way is past its deadline (a disk that stopped answering): refused now, not after waiting too.
+    const stalled = this.#stalled(performance.now());
+    if (stalled) return Promise.reject(stalled);
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         id, header, chunks, bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
@@ -474,6 +489,8 @@ export class Journal {
 
   /** Close every file; appends still waiting for their flush are refused. */
   close(): void {
+    if (this.#stallCheck) clearInterval(this.#stallCheck);
+    this.#stallCheck = null;
     for (const w of this.#waiting.splice(0)) this.#refuse(w, new Error('the journal was closed'));
     for (const segment of this.#segments.values()) this.#closeFiles(segment);
     this.#segments.clear();
@@ -588,6 +605,9 @@ export class Journal {
     this.#flushes++;
     const batch = this.#waiting;
     this.#waiting = [];
+    this.#flushBatch = batch;
+    this.#flushStartedAt = performance.now();
+    this.#stallCheck ??= setInterval(() => this.#checkStall(), STALL_CHECK_MS).unref();
     const segments = segmentsOf(batch);
     let errors: Map<Segment, Error> | null = null; // made on the first failure
     /** Where each segment's records written by this flush end. */
@@ -604,6 +624,7 @@ export class Journal {
         }
       }
       for (const w of batch) {
+        if (w.givenUp) continue; // refused at the deadline, listed as done: acknowledged by nothing
         const err = errors?.get(w.segment);
         if (err) this.#refuse(w, err);
         // Synced, yet the file failed meanwhile, possibly with an error this sync did not see: write it again.
@@ -611,6 +632,7 @@ export class Journal {
         else w.resolve();
       }
       this.#flushing = false;
+      this.#flushBatch = [];
       this.#flush();
     };
     let syncing = 0;
@@ -629,6 +651,29 @@ export class Journal {
       });
     }
     if (syncing === 0) settle();
+  }
+
+  /** The error for appends while the flush under way is past its deadline (SYNC_DEADLINE_MS, sync-deadline.ts), or null. */
+  #stalled(now: number): Error | null {
+    if (!this.#flushing || now - this.#flushStartedAt < this.#syncDeadlineMs) return null;
+    return notConfirmed(`the spool journal's last write (${this.dir})`, now - this.#flushStartedAt);
+  }
+
+  /**
+   * The flush under way is past its deadline: its records, and those waiting for the next flush (which cannot start
+   * before it ends), are refused (listed as done first, as any refused record: #refuse), so their clients get a reply
+   * and send them again, here once the disk answers or to another server. The flush goes on; when the disk answers
+   * it, the next one takes what came since.
+   */
+  #checkStall(): void {
+    const err = this.#stalled(performance.now());
+    if (!err) return;
+    for (const w of [...this.#flushBatch, ...this.#waiting]) {
+      if (w.givenUp) continue;
+      w.givenUp = true;
+      this.#refuse(w, err);
+    }
+    this.#waiting = [];
   }
 
   /**

@@ -21,6 +21,7 @@ import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } 
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
+import { SyncWatch } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { FreeSpace } from './free-space.ts';
 import { SpoolReserve } from './reserve.ts';
@@ -55,6 +56,8 @@ export class Spool {
   readonly journalDir: string;
   /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
   readonly freeSpace: FreeSpace;
+  /** The syncs that may refuse a message at their deadline: a large message's file, a hold (sync-deadline.ts). */
+  readonly syncs = new SyncWatch();
   /** Room kept for the queue's bookkeeping on a full disk (reserve.ts); the queue runner keeps and uses it. */
   readonly reserve: SpoolReserve;
   readonly #dirSync: DirectorySyncer;
@@ -397,7 +400,9 @@ export class Spool {
    * runner's own state writes never undo it. The queue runner does not attempt a held message.
    */
   async hold(id: string, hold: SpoolHold): Promise<void> {
-    await this.#writeBeside(this.heldPath(id), JSON.stringify(hold));
+    // A data script's hold is written before its message's commit: bounded as that is (sync-deadline.ts). One written
+    // after its message was refused is left behind, harmless (its id is never used again), and removed later.
+    await this.syncs.within(`the hold of message ${id}`, () => this.#writeBeside(this.heldPath(id), JSON.stringify(hold)));
   }
 
   /**
@@ -801,7 +806,9 @@ export class SpoolWriter {
     this.#flush();
     const fd = this.#fd!;
     writeAll(fd, encodeTrailer({ ...envelope, size: this.#bytes, sha256: this.#hash!.digest('hex') }));
-    await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+    // Past the deadline the commit fails; abort() (the caller's) then closes the file and removes it from incoming/.
+    await this.#spool.syncs.within(`the write of message ${this.id}'s file`,
+      () => new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve()))));
     closeSync(fd);
     this.#fd = null;
     const path = this.#spool.messagePath(this.id);
@@ -812,7 +819,7 @@ export class SpoolWriter {
     try {
       await rename(this.#partFile, path); // on the pool: it waits for the queue directory
       try {
-        await this.#dirSync.sync();
+        await this.#spool.syncs.within(`message ${this.id}'s move into the queue folder`, () => this.#dirSync.sync());
       } catch (err) {
         // Not durable, so refused (the client sends again): the queue must not deliver this copy besides that one.
         await unlink(path).catch(() => undefined);

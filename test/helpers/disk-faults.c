@@ -20,6 +20,10 @@
  *                  the test lets another process act, then continues it (SIGCONT)
  *   fsync-kill     the process is killed (SIGKILL) as it calls fsync() of a file or folder whose path ends so
  *   open-stop      the process stops (SIGSTOP) as it opens a file whose path ends so, before the open
+ *   fdatasync-hang not taken once: for as long as the trigger file exists, every fdatasync() of a file whose path
+ *                  ends so waits (a disk that stopped answering: a lost SAN or NFS path, a drive in endless
+ *                  retries); once it is removed, the calls waiting go on and succeed. Each call that waits
+ *                  appends a line to $POSTERN_DISK_FAULTS/fdatasync-hang.calls
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
@@ -90,6 +94,22 @@ static int armed_suffix(const char *fault, char *trigger, char *suffix) {
 static int ends_with(const char *path, const char *suffix) {
   size_t n = strlen(path), k = strlen(suffix);
   return n >= k && strcmp(path + n - k, suffix) == 0;
+}
+
+/* One more call waits in a fault that holds: a line appended to $POSTERN_DISK_FAULTS/<fault>.calls. */
+static void note_hung_call(const char *fault) {
+  char file[PATH_MAX];
+  snprintf(file, sizeof file, "%s/%s.calls", getenv("POSTERN_DISK_FAULTS"), fault);
+  int out = open(file, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  if (out < 0) return;
+  if (write(out, "1\n", 2) != 2) { /* the count is then short: the test says so */ }
+  close(out);
+}
+
+/* An any-file fault that holds for as long as its trigger file exists (not taken by the call), for the file at `fd`. */
+static int hanging(const char *fault, int fd) {
+  char trigger[PATH_MAX], suffix[PATH_MAX];
+  return armed_suffix(fault, trigger, suffix) && path_ends_with(fd, suffix);
 }
 
 /* An any-file fault armed for `path` (or, without one, the file open at `fd`), claimed by this call. */
@@ -244,6 +264,13 @@ int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = dlsym(RTLD_NEXT, "fdatasync");
   if (claim("fdatasync-eio", fd)) { errno = EIO; return -1; }
+  if (hanging("fdatasync-hang", fd)) {
+    note_hung_call("fdatasync-hang");
+    /* Until the fault is disarmed, whatever becomes of the descriptor meanwhile (closed by another thread: a real
+       sync in the kernel holds its file all the same). */
+    char trigger[PATH_MAX], suffix[PATH_MAX];
+    while (armed_suffix("fdatasync-hang", trigger, suffix)) usleep(10000);
+  }
   WALKED("fdatasync", fd, NULL, int, real(fd));
 }
 

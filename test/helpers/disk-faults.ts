@@ -3,13 +3,13 @@
  * installed by test/setup-system.sh), and a folder whose files arm each fault once (see the C file).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile' | 'socket-emfile';
 /** Faults on any file: armed with the end of the path they are for (see the C file). */
-export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap';
+export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
@@ -20,6 +20,10 @@ export interface DiskFaults {
   armFor(fault: FileFault, pathEnd: string): void;
   /** The folder `pathEnd` made next is swapped for a symbolic link to `target` (the mkdir-swap fault). */
   swapFolder(pathEnd: string, target: string): void;
+  /** The fault is no longer armed: for `fdatasync-hang`, the disk answers again (the calls waiting go on). */
+  disarm(fault: DiskFault | FileFault): void;
+  /** Calls that have waited in a fault that holds (`fdatasync-hang`), in every process of the server. */
+  hungCalls(fault: 'fdatasync-hang'): number;
   /** Whether an armed fault has been taken. */
   taken(fault: DiskFault | FileFault): boolean;
 }
@@ -40,6 +44,8 @@ export function diskFaults(): DiskFaults {
       writeFileSync(join(armed, 'mkdir-swap.target'), target);
       writeFileSync(join(armed, 'mkdir-swap'), pathEnd);
     },
+    disarm: (fault) => rmSync(join(armed, fault), { force: true }),
+    hungCalls: (fault) => (existsSync(join(armed, `${fault}.calls`)) ? readFileSync(join(armed, `${fault}.calls`), 'utf8').split('\n').filter(Boolean).length : 0),
     taken: (fault) => !existsSync(join(armed, fault)),
   };
 }

@@ -1,0 +1,57 @@
+/**
+ * How long the spool waits for the disk to confirm a message (a journal flush, a message file's sync, a hold) before
+ * the message is refused. A disk that stops answering (a lost SAN or NFS path, a drive in endless retries,
+ * device-mapper queueing without a path) never returns the sync: every client waited at its final dot with no
+ * reply for as long as the disk hung, and the sessions piled up. Far beyond a healthy sync (milliseconds), far
+ * within the 10 minutes a client waits for the reply to its final dot (RFC 5321 §4.5.3.2.6).
+ */
+export const SYNC_DEADLINE_MS = 30_000;
+
+/** The refusal of a message whose write the disk has not confirmed for `ms` (`what`: the write). */
+export function notConfirmed(what: string, ms: number): Error {
+  return Object.assign(new Error(`the disk has not confirmed ${what} for ${Math.round(ms / 1000)} s (a disk or storage path that stopped answering?): the message is not kept`),
+    { code: 'ETIMEDOUT' });
+}
+
+/**
+ * The syncs of one spool that may each refuse their message at the deadline. A sync past it keeps its thread of
+ * libuv's pool until the disk answers: while one does, a new one is not started (its message is refused at once),
+ * or every large message and hold would take another, until the pool had none left for anything (DNS lookups,
+ * password hashes, every other file operation of the process).
+ */
+export class SyncWatch {
+  readonly #deadlineMs: number;
+  /** Syncs past their deadline that have not returned, and since when the oldest has waited (performance.now()). */
+  #hung = 0;
+  #hungSince = 0;
+
+  constructor(deadlineMs = SYNC_DEADLINE_MS) {
+    this.#deadlineMs = deadlineMs;
+  }
+
+  /** Syncs past their deadline that have not returned yet. */
+  get hung(): number { return this.#hung; }
+
+  /**
+   * `sync()`, or its refusal (notConfirmed) once the deadline has passed without its answer; refused at once, and
+   * not started, while an earlier one still hangs. The sync goes on: the caller makes sure that what it was for is
+   * not kept whichever way it ends.
+   */
+  within(what: string, sync: () => Promise<void>): Promise<void> {
+    if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince));
+    const started = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    let late = false;
+    const syncing = sync();
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        late = true;
+        if (this.#hung++ === 0) this.#hungSince = started;
+        reject(notConfirmed(what, this.#deadlineMs));
+      }, this.#deadlineMs);
+    });
+    // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
+    void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });
+    return Promise.race([syncing, deadline]).finally(() => clearTimeout(timer));
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * A disk that stops answering (a lost SAN or NFS path, a drive in endless retries): the journal's fdatasync never
+ * returns. Every client then waited at its final dot with no reply for as long as the disk hung, and sessions piled
+ * up. Now the records of a flush not confirmed within the journal's deadline are refused with 451 (listed as done,
+ * so never delivered besides the copy the client sends again), as are messages that end while it still hangs; once
+ * the disk answers, mail is taken again, and each acknowledged message is delivered once. A message over 1 MiB, whose
+ * file of its own did not return its sync, hung the same way: it gets the 451 too, and its file is removed, and while
+ * that sync hangs (holding a thread of libuv's pool) the next one is refused without starting another; so did a
+ * message a data script holds, whose hold file is written before the message is committed. The fault is injected at the
+ * C library (test/helpers/disk-faults.c, preloaded); the clients, the queue process and the next hop are real.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { greeted, spooled, startCluster, ONE_WORKER, type ClusterProcess, deliveryToSink } from '../helpers/cluster.ts';
+import { diskFaults } from '../helpers/disk-faults.ts';
+import type { SmtpTestClient } from '../helpers/smtp-client.ts';
+
+const subjectOf = (data: Buffer): string | undefined => /Subject: (\S+)/.exec(data.toString())?.[1];
+
+/** A data script that holds messages whose subject asks for it (`accept({ hold })`: a file beside the message). */
+const HOLDING = {
+  'data.ts': `export default function (ctx) {
+  const subject = ctx.data.headers.find(([n]) => n.toLowerCase() === 'subject')?.[1] ?? '';
+  if (subject.startsWith('held')) return accept({ hold: 'asked for' });
+}`,
+};
+
+async function start(env: Record<string, string>, dataDir: string, sink: Sink): Promise<ClusterProcess> {
+  return startCluster({ env, dataDir, scripts: HOLDING, config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}` });
+}
+
+/** A line of a message over 1 MiB (a file of its own), 1 100 of them. */
+const LONG_LINE = 'y'.repeat(998);
+
+/**
+ * A whole transaction, its reply to the final dot awaited far longer than the spool's deadline. `large`: over 1 MiB,
+ * so the message has a file of its own instead of a journal record.
+ */
+async function send(client: SmtpTestClient, subject: string, large = false): Promise<number> {
+  assert.equal((await client.command('MAIL FROM:<a@example.test>')).code, 250);
+  assert.equal((await client.command('RCPT TO:<b@example.test>')).code, 250);
+  assert.equal((await client.command('DATA')).code, 354);
+  const body = large ? Array.from({ length: 1100 }, () => LONG_LINE) : ['x'];
+  for (const line of [`Subject: ${subject}`, '', ...body, '.']) client.write(line);
+  return (await client.read(150_000)).code;
+}
+
+/** Files of the data folder whose name ends with `end`, in any folder below it. */
+const filesEnding = (dir: string, end: string): string[] => (readdirSync(dir, { recursive: true }) as string[]).filter((n) => n.endsWith(end));
+
+test('the journal\'s disk stops answering (fdatasync hangs): the waiting message gets 451, as do the next, instead of no reply; the disk back, mail is taken and each 250 delivered once', { timeout: 300_000 }, async () => {
+  const faults = diskFaults();
+  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-hung-disk-')), 'data');
+  const sink = await startSink({});
+  let c = await start(faults.env, dataDir, sink);
+  try {
+    const [first, second] = [await greeted(c), await greeted(c)];
+    assert.equal(await send(first, 'warm'), 250);
+    faults.armFor('fdatasync-hang', '.seg');
+    assert.equal(await send(first, 'hung1'), 451, 'a reply, and a refusal: the disk did not confirm the message');
+    assert.equal(await send(second, 'hung2'), 451, 'a message ending while the disk still hangs is refused too');
+    await c.waitFor('why, said at error', () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the spool journal's last write/.test(JSON.stringify(l))));
+    faults.disarm('fdatasync-hang');
+    assert.equal(await send(second, 'after'), 250, 'the disk answers again: mail is taken');
+    await sink.waitFor(2, 90_000);
+    for (const cl of [first, second]) await cl.quit();
+    // A restart reads the journal anew: the refused records' bytes are there, listed as done, and stay undelivered.
+    await c.stop();
+    c = await start({}, dataDir, sink);
+    await c.waitFor('the queue runner started', () => c.logs.some((l) => l.msg === 'queue runner started'));
+    await c.waitFor('nothing left in the spools', async () => (await spooled(c)).size === 0, 90_000);
+    assert.deepEqual(sink.messages.map((m) => subjectOf(m.data)).sort(), ['after', 'warm']);
+  } finally {
+    faults.disarm('fdatasync-hang');
+    await c.stop();
+    await sink.close();
+  }
+});
+
+test('the sync of a large message\'s own file hangs: 451 instead of no reply, the file removed, nothing delivered; the next refused without a sync of its own; the disk back, the next is taken and delivered once', { timeout: 300_000 }, async () => {
+  const faults = diskFaults();
+  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-hung-disk-')), 'data');
+  const sink = await startSink({});
+  const c = await start(faults.env, dataDir, sink);
+  try {
+    const client = await greeted(c);
+    faults.armFor('fdatasync-hang', '.part');
+    assert.equal(await send(client, 'hung', true), 451, 'a reply, and a refusal: the disk did not confirm the message');
+    await c.waitFor('why, said at error', () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the write of message \S+'s file/.test(JSON.stringify(l))));
+    assert.deepEqual(filesEnding(dataDir, '.part'), [], 'its file is gone from incoming/');
+    // While that sync hangs, holding a thread of libuv's pool, the next large message is refused without one of its own.
+    assert.equal(await send(client, 'hung-too', true), 451);
+    assert.equal(faults.hungCalls('fdatasync-hang'), 1, 'one sync hangs, not one per message');
+    faults.disarm('fdatasync-hang');
+    assert.equal(await send(client, 'after', true), 250, 'the disk answers again: mail is taken');
+    await sink.waitFor(1, 90_000);
+    await client.quit();
+    await c.waitFor('nothing left in the spools', async () => (await spooled(c)).size === 0, 90_000);
+    assert.deepEqual(sink.messages.map((m) => subjectOf(m.data)), ['after']);
+  } finally {
+    faults.disarm('fdatasync-hang');
+    await c.stop();
+    await sink.close();
+  }
+});
+
+test('the sync of a hold a data script asked for hangs: 451 instead of no reply, the message not kept; the disk back, the next held message is taken and kept on hold', { timeout: 300_000 }, async () => {
+  const faults = diskFaults();
+  const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-hung-disk-')), 'data');
+  const sink = await startSink({});
+  const c = await start(faults.env, dataDir, sink);
+  try {
+    const client = await greeted(c);
+    faults.armFor('fdatasync-hang', '.tmp'); // the hold is written through a temporary file beside it
+    assert.equal(await send(client, 'held1'), 451, 'a reply, and a refusal: the disk did not confirm the hold');
+    await c.waitFor('why, said at error', () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the hold of message/.test(JSON.stringify(l))));
+    faults.disarm('fdatasync-hang');
+    assert.equal(await send(client, 'held2'), 250, 'the disk answers again: mail is taken');
+    await client.quit();
+    await c.waitFor('one message in the spools, on hold', async () => (await spooled(c)).size === 1);
+    assert.equal(filesEnding(dataDir, '.held').length >= 1, true, 'kept on hold');
+    assert.deepEqual(sink.messages, [], 'nothing delivered');
+  } finally {
+    faults.disarm('fdatasync-hang');
+    await c.stop();
+    await sink.close();
+  }
+});
