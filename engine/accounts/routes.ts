@@ -16,8 +16,9 @@ import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
 import type { Session, SessionBook } from './sessions.ts';
-import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
+import { checkPassword, presentedCertificate, sessionStands, type PresentedCertificate } from './sign-in.ts';
 import type { CompromisedSessions } from './compromised-sessions.ts';
+import type { RevokedHere } from './revoked-here.ts';
 import {
   AccountError, SessionEnded, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
@@ -42,6 +43,8 @@ export interface AccountsState {
   additions: ChangeBudget;
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
   trust: TrustedIssuers;
+  /** Keys of certificates revoked on the page: refused at once, before a reload brings the CRL that lists them. */
+  revokedHere: RevokedHere;
 }
 
 /** An uploaded file of a multipart form, when one was chosen. */
@@ -72,7 +75,7 @@ export function accountRoutes(state: AccountsState) {
     };
     /** `s` still stands by the users file, pin table, CRLs and rules in force; if not, it is ended. */
     const stands = (req: FastifyRequest, s: Session): boolean => {
-      if (sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
+      if (!state.revokedHere.has(s.certificate?.pinSha256) && sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
       state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
       state.sessions.end(s.id);
       return false;
@@ -105,8 +108,14 @@ export function accountRoutes(state: AccountsState) {
       state.log.info({ by: s.identity, via: s.via, client: ip(req), ...facts }, `account page: ${what}`);
     };
 
+    /** The connection's certificate and the account it names; one revoked here names none, whatever the CRL in force says yet. */
+    const presentedBy = (req: FastifyRequest): PresentedCertificate | null => {
+      const p = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      if (!p || !state.revokedHere.has(p.certificate.pin.sha256)) return p;
+      return { ...p, identity: null, via: null, certificate: { ...p.certificate, verified: false, verifyError: 'revoked', verifyErrorCode: 'CERT_REVOKED' } };
+    };
     const signIn = (req: FastifyRequest, reply: FastifyReply, status: number, error?: string, user?: string): FastifyReply => {
-      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      const presented = presentedBy(req);
       return html(reply, status, signInPage({
         csrf: csrfFor(req, reply), error, user,
         certificateIdentity: presented?.identity ?? null,
@@ -171,7 +180,7 @@ export function accountRoutes(state: AccountsState) {
     });
 
     app.post('/signin/certificate', protect, async (req, reply) => {
-      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      const presented = presentedBy(req);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
       const socket = req.raw.socket as TLSSocket;
@@ -259,6 +268,8 @@ export function accountRoutes(state: AccountsState) {
           // administrator's own revocation of it as stolen then ended none of the account's sessions.
           if (reason === 'keyCompromise' && device.kind === 'issued' && device.serial) state.compromised.revokedHere(device.serial);
         });
+        // Refused here from now on: the CRL that lists it comes in with a reload, later or (reloads refused) not yet.
+        if (change.revoked) state.revokedHere.add(device.pinSha256);
         // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
         // password would otherwise go on issuing itself devices as fast as they are revoked).
         const stolen = change.revoked && reason === 'keyCompromise';
