@@ -242,6 +242,7 @@ export function accountRoutes(state: AccountsState) {
       const device = field(req.body, 'device').trim();
       const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
+      state.revokedHere.forget(entry.pinSha256); // a key removed as lost or stolen, found and registered again
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -268,13 +269,14 @@ export function accountRoutes(state: AccountsState) {
           // administrator's own revocation of it as stolen then ended none of the account's sessions.
           if (reason === 'keyCompromise' && device.kind === 'issued' && device.serial) state.compromised.revokedHere(device.serial);
         });
-        // Refused here from now on: the CRL that lists it comes in with a reload, later or (reloads refused) not yet.
-        if (change.revoked) state.revokedHere.add(device.pinSha256);
-        // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
-        // password would otherwise go on issuing itself devices as fast as they are revoked).
-        const stolen = change.revoked && reason === 'keyCompromise';
+        // Lost or stolen, a certificate revoked or a key of the device's own removed: every other session of the account
+        // ends (a browser left signed in on that laptop by password would otherwise go on issuing itself devices as fast
+        // as they are revoked).
+        const stolen = (change.revoked || change.unpinned) && reason === 'keyCompromise';
+        // Refused here from now on: the CRL or pin table without it comes in with a reload, later or (reloads refused) not yet.
+        if (change.revoked || stolen) state.revokedHere.add(device.pinSha256);
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
-        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined, signedOut },
+        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
         return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.${stolen ? ' Your account is signed out everywhere else.' : ''}`);
       }));

@@ -4,6 +4,9 @@
 // lost or stolen signed in again right after "Your account is signed out everywhere else", and its session issued
 // itself a new certificate that outlives the revocation; a certificate session of a device revoked as replaced
 // went on. A refused reload holds that window open here, so nothing depends on timing.
+// And a device whose own key was registered (mox style) can be lost too: its Remove offered no "lost or stolen",
+// so a browser left signed in by password on that laptop stayed signed in (twelve hours, adding devices), and the
+// user had no way on the page to end it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
@@ -85,4 +88,31 @@ test('revoked on the page while reloads are refused: the certificate no longer s
 
   await writeFile(join(dir, 'users'), users);
   await until('the fixed users file in force', () => s.server.reloader.status.data.lastError === null, { timeoutMs: 60_000 });
+});
+
+test('a registered key removed as lost or stolen signs the account out everywhere else, and no longer signs in there', async () => {
+  const laptop = { certPem: await readFile(s.pki.clients.alice.cert, 'utf8'), keyPem: await readFile(s.pki.clients.alice.key, 'utf8') };
+  const owner = new PageClient(s.url, ca);
+  assert.equal((await owner.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+  assert.equal((await owner.post('/devices/add', { device: 'own-laptop', key: laptop.certPem })).status, 200);
+  assert.equal((await s.server.reloader.reload('test')).ok, true);
+  const onLaptop = deviceConnection(laptop);
+  await certificateSession(onLaptop);
+  const leftOnLaptop = new PageClient(s.url, ca); // the laptop's browser, signed in by password
+  assert.equal((await leftOnLaptop.signIn(USERS.alice, PASSWORDS.alice)).status, 303);
+
+  const devices = (await owner.request('GET', '/devices')).body;
+  const row = /<tr data-device="(pin-[0-9a-f]+)"><td>own-laptop<[\s\S]*?<\/tr>/.exec(devices);
+  assert.ok(row, devices);
+  assert.match(row[0], /action="\/devices\/pin-[0-9a-f]+\/remove"[\s\S]*<option value="keyCompromise">lost or stolen<\/option>/, 'Remove asks why');
+  const removed = await owner.post(`/devices/${row[1]}/remove`, { reason: 'keyCompromise' });
+  assert.equal(removed.status, 200);
+  assert.match(removed.body, /Device own-laptop removed: .*signed out everywhere else/);
+  assert.equal((await owner.request('GET', '/devices')).status, 200, 'the session that removed it stays');
+  assert.equal((await leftOnLaptop.request('GET', '/devices')).headers.location, '/signin', 'the laptop\'s browser is signed out');
+  const again = await certificateSignIn(onLaptop);
+  assert.notEqual(again.location, '/devices', 'the removed key signs in again');
+  const line = s.server.logs.find((l) => l.msg === 'account page: device key removed' && l.device === 'own-laptop');
+  assert.equal(line?.reason, 'keyCompromise', JSON.stringify(line));
+  assert.ok(typeof line?.signedOut === 'number' && line.signedOut >= 1, JSON.stringify(line));
 });
