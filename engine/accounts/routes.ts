@@ -19,6 +19,7 @@ import type { Session, SessionBook } from './sessions.ts';
 import { checkPassword, presentedCertificate, sessionStands, type PresentedCertificate } from './sign-in.ts';
 import type { CompromisedSessions } from './compromised-sessions.ts';
 import type { RevokedHere } from './revoked-here.ts';
+import { refusedReloadOf } from '../reload/reload-status.ts';
 import {
   AccountError, SessionEnded, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
@@ -278,7 +279,14 @@ export function accountRoutes(state: AccountsState) {
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
         changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
-        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.${stolen ? ' Your account is signed out everywhere else.' : ''}`);
+        // A change comes into force on the SMTP listeners with the reload it causes: while reloads are refused (a
+        // half-edited file), the server keeps the CRL and pins from before, and the device still sends mail.
+        const refused = await refusedReloadOf(ctx().config.dataDir);
+        if (refused) state.log.warn({ by: s.identity, action, device: device.name, reloadError: refused[0] }, 'account page: a revocation waits for the server\'s refused reload to be fixed');
+        const inForce = refused
+          ? '. The server has not taken this in yet: its configuration has an error, and until the administrator fixes it, the device can still send mail. Tell the administrator.'
+          : ': its next connection is refused.';
+        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}${inForce}${stolen ? ' Your account is signed out everywhere else.' : ''}`);
       }));
     }
   };
