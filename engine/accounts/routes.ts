@@ -44,7 +44,7 @@ export interface AccountsState {
   additions: ChangeBudget;
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
   trust: TrustedIssuers;
-  /** Keys of certificates revoked on the page: refused at once, before a reload brings the CRL that lists them. */
+  /** Certificates and keys taken back on the page: refused at once, before a reload brings the CRL or pins without them. */
   revokedHere: RevokedHere;
 }
 
@@ -76,7 +76,7 @@ export function accountRoutes(state: AccountsState) {
     };
     /** `s` still stands by the users file, pin table, CRLs and rules in force; if not, it is ended. */
     const stands = (req: FastifyRequest, s: Session): boolean => {
-      if (!state.revokedHere.has(s.certificate?.pinSha256) && sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
+      if (!state.revokedHere.refuses(s.certificate?.peer) && sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
       state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
       state.sessions.end(s.id);
       return false;
@@ -112,7 +112,7 @@ export function accountRoutes(state: AccountsState) {
     /** The connection's certificate and the account it names; one revoked here names none, whatever the CRL in force says yet. */
     const presentedBy = (req: FastifyRequest): PresentedCertificate | null => {
       const p = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
-      if (!p || !state.revokedHere.has(p.certificate.pin.sha256)) return p;
+      if (!p || !state.revokedHere.refuses(p.certificate)) return p;
       return { ...p, identity: null, via: null, certificate: { ...p.certificate, verified: false, verifyError: 'revoked', verifyErrorCode: 'CERT_REVOKED' } };
     };
     const signIn = (req: FastifyRequest, reply: FastifyReply, status: number, error?: string, user?: string): FastifyReply => {
@@ -243,7 +243,7 @@ export function accountRoutes(state: AccountsState) {
       const device = field(req.body, 'device').trim();
       const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
-      state.revokedHere.forget(entry.pinSha256); // a key removed as lost or stolen, found and registered again
+      state.revokedHere.registered(entry.pinSha256); // a key removed as lost or stolen, found and registered again
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -275,7 +275,8 @@ export function accountRoutes(state: AccountsState) {
         // as they are revoked).
         const stolen = (change.revoked || change.unpinned) && reason === 'keyCompromise';
         // Refused here from now on: the CRL or pin table without it comes in with a reload, later or (reloads refused) not yet.
-        if (change.revoked || stolen) state.revokedHere.add(device.pinSha256);
+        if (stolen || (change.revoked && !device.fingerprintSha256)) state.revokedHere.stolen(device.pinSha256);
+        else if (change.revoked) state.revokedHere.revoked(device.fingerprintSha256!);
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
         changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
