@@ -6,9 +6,9 @@
  * or script). Meanwhile a certificate revoked as lost or stolen signed in again right after "Your account is signed
  * out everywhere else", and issued itself a new certificate that outlived the revocation.
  *
- * A certificate revoked as no longer used or replaced is refused by its fingerprint only: a renewal with the same
- * key (made with the CA's key outside `postern pki`) keeps working, as the CRL would have it. A stolen key is refused
- * in any certificate (as `postern pins` refuses to pin it), until the page registers it again.
+ * A certificate revoked as no longer used or replaced is refused by its fingerprint only: another certificate with
+ * the same key is left to the CRL and pins in force, as before. A stolen key is refused in any certificate (as
+ * `postern pins` refuses to pin it), until the page registers it again.
  */
 interface Certificate { fingerprint: { sha256: string }; pin: { sha256: string } }
 
