@@ -26,6 +26,8 @@ export interface AccountDevice {
   pin: string;
   pinSha256: string;
   serial: string | null;
+  /** An issued certificate's SHA-256 fingerprint (hex); null for a key only pinned. */
+  fingerprintSha256: string | null;
   notAfter: string | null;
   status: 'valid' | 'revoked' | 'expired' | 'pinned';
   /** Seen lately and expiring within pki.warnDays. */
@@ -79,7 +81,7 @@ export async function accountDevices(ctx: AccountContext, identity: string): Pro
   const pinned = new Set(pins.map((p) => p.pinSha256));
   const devices: AccountDevice[] = issued.map((c) => ({
     id: `cert-${c.serial}`, kind: 'issued', name: c.device, pin: Buffer.from(c.pinSha256, 'hex').toString('base64url'), pinSha256: c.pinSha256,
-    serial: c.serial, notAfter: c.notAfter, status: c.status, expiringSoon: c.expiringSoon, pinned: pinned.has(c.pinSha256),
+    serial: c.serial, fingerprintSha256: c.fingerprintSha256, notAfter: c.notAfter, status: c.status, expiringSoon: c.expiringSoon, pinned: pinned.has(c.pinSha256),
     lastSeen: c.seen?.lastSeen ?? null, listener: c.seen?.listener ?? null,
   }));
   const covered = new Set(issued.map((c) => c.pinSha256));
@@ -90,7 +92,7 @@ export async function accountDevices(ctx: AccountContext, identity: string): Pro
       const s = byPin.get(p.pinSha256);
       devices.push({
         id: `pin-${p.pinSha256}`, kind: 'pinned', name: p.device ?? '(unnamed)', pin: p.pinBase64Url, pinSha256: p.pinSha256,
-        serial: s?.serial ?? null, notAfter: s?.notAfter ?? null, status: 'pinned', expiringSoon: false, pinned: true,
+        serial: s?.serial ?? null, fingerprintSha256: null, notAfter: s?.notAfter ?? null, status: 'pinned', expiringSoon: false, pinned: true,
         lastSeen: s?.lastSeen ?? null, listener: s?.listener ?? null,
       });
     }

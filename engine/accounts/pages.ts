@@ -68,7 +68,10 @@ function deviceRow(d: AccountDevice, csrf: string): string {
 <select name="reason" aria-label="Why"><option value="cessationOfOperation">no longer used</option><option value="keyCompromise">lost or stolen</option><option value="superseded">replaced</option></select>
 <button type="submit">Revoke</button></form>`;
   } else if (d.pinned) {
-    action = `<form method="post" class="inline" action="/devices/${esc(d.id)}/remove">${csrfField(csrf)}<button type="submit">Remove</button></form>`;
+    // Lost or stolen here too: a device with a key of its own is lost like one with an issued certificate.
+    action = `<form method="post" class="inline" action="/devices/${esc(d.id)}/remove">${csrfField(csrf)}
+<select name="reason" aria-label="Why"><option value="cessationOfOperation">no longer used</option><option value="keyCompromise">lost or stolen</option></select>
+<button type="submit">Remove</button></form>`;
   }
   return `<tr data-device="${esc(d.id)}"><td>${esc(d.name)}</td><td>${esc(d.status)}${d.pinned && d.kind === 'issued' ? ' (pinned)' : ''}${d.expiringSoon ? ' <b>expires soon</b>' : ''}</td>
 <td><code>${esc(d.pin)}</code></td><td><code>${esc(d.serial ?? '—')}</code></td><td>${when(d.notAfter)}</td>

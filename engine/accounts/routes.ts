@@ -16,8 +16,10 @@ import { clientAddress } from '../addresses/socket-address.ts';
 import { parseReason, type RevocationReason } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
 import type { Session, SessionBook } from './sessions.ts';
-import { checkPassword, presentedCertificate, sessionStands } from './sign-in.ts';
+import { checkPassword, presentedCertificate, sessionStands, type PresentedCertificate } from './sign-in.ts';
 import type { CompromisedSessions } from './compromised-sessions.ts';
+import type { RevokedHere } from './revoked-here.ts';
+import { refusedReloadOf } from '../reload/reload-status.ts';
 import {
   AccountError, SessionEnded, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
@@ -42,6 +44,8 @@ export interface AccountsState {
   additions: ChangeBudget;
   /** The listener's CAs and CRLs as last loaded (reload replaces it). */
   trust: TrustedIssuers;
+  /** Certificates and keys taken back on the page: refused at once, before a reload brings the CRL or pins without them. */
+  revokedHere: RevokedHere;
 }
 
 /** An uploaded file of a multipart form, when one was chosen. */
@@ -72,7 +76,7 @@ export function accountRoutes(state: AccountsState) {
     };
     /** `s` still stands by the users file, pin table, CRLs and rules in force; if not, it is ended. */
     const stands = (req: FastifyRequest, s: Session): boolean => {
-      if (sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
+      if (!state.revokedHere.refuses(s.certificate?.peer) && sessionStands(s, state.listener(), state.generation(), state.trust)) return true;
       state.log.info({ identity: s.identity, via: s.via, client: ip(req) }, 'account page: session ended (its password or certificate is no longer valid)');
       state.sessions.end(s.id);
       return false;
@@ -105,8 +109,14 @@ export function accountRoutes(state: AccountsState) {
       state.log.info({ by: s.identity, via: s.via, client: ip(req), ...facts }, `account page: ${what}`);
     };
 
+    /** The connection's certificate and the account it names; one revoked here names none, whatever the CRL in force says yet. */
+    const presentedBy = (req: FastifyRequest): PresentedCertificate | null => {
+      const p = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      if (!p || !state.revokedHere.refuses(p.certificate)) return p;
+      return { ...p, identity: null, via: null, certificate: { ...p.certificate, verified: false, verifyError: 'revoked', verifyErrorCode: 'CERT_REVOKED' } };
+    };
     const signIn = (req: FastifyRequest, reply: FastifyReply, status: number, error?: string, user?: string): FastifyReply => {
-      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      const presented = presentedBy(req);
       return html(reply, status, signInPage({
         csrf: csrfFor(req, reply), error, user,
         certificateIdentity: presented?.identity ?? null,
@@ -171,7 +181,7 @@ export function accountRoutes(state: AccountsState) {
     });
 
     app.post('/signin/certificate', protect, async (req, reply) => {
-      const presented = presentedCertificate(req.raw.socket as TLSSocket, state.listener(), state.generation(), state.trust);
+      const presented = presentedBy(req);
       if (!presented?.identity) return signIn(req, reply, 401, 'Your browser presented no certificate that names an account here.');
       const c = presented.certificate;
       const socket = req.raw.socket as TLSSocket;
@@ -233,6 +243,7 @@ export function accountRoutes(state: AccountsState) {
       const device = field(req.body, 'device').trim();
       const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
+      state.revokedHere.registered(entry.pinSha256); // a key removed as lost or stolen, found and registered again
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -259,13 +270,24 @@ export function accountRoutes(state: AccountsState) {
           // administrator's own revocation of it as stolen then ended none of the account's sessions.
           if (reason === 'keyCompromise' && device.kind === 'issued' && device.serial) state.compromised.revokedHere(device.serial);
         });
-        // Lost or stolen: every other session of the account ends (a browser left signed in on that laptop by
-        // password would otherwise go on issuing itself devices as fast as they are revoked).
-        const stolen = change.revoked && reason === 'keyCompromise';
+        // Lost or stolen, a certificate revoked or a key of the device's own removed: every other session of the account
+        // ends (a browser left signed in on that laptop by password would otherwise go on issuing itself devices as fast
+        // as they are revoked).
+        const stolen = (change.revoked || change.unpinned) && reason === 'keyCompromise';
+        // Refused here from now on: the CRL or pin table without it comes in with a reload, later or (reloads refused) not yet.
+        if (stolen || (change.revoked && !device.fingerprintSha256)) state.revokedHere.stolen(device.pinSha256);
+        else if (change.revoked) state.revokedHere.revoked(device.fingerprintSha256!);
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
-        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked ? reason : undefined, signedOut },
+        changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');
-        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}: its next connection is refused.${stolen ? ' Your account is signed out everywhere else.' : ''}`);
+        // A change comes into force on the SMTP listeners with the reload it causes: while reloads are refused (a
+        // half-edited file), the server keeps the CRL and pins from before, and the device still sends mail.
+        const refused = await refusedReloadOf(ctx().config.dataDir);
+        if (refused) state.log.warn({ by: s.identity, action, device: device.name, reloadError: refused[0] }, 'account page: a revocation waits for the server\'s refused reload to be fixed');
+        const inForce = refused
+          ? '. The server has not taken this in yet: its configuration has an error, and until the administrator fixes it, the device can still send mail. Tell the administrator.'
+          : ': its next connection is refused.';
+        return devices(req, reply, s, 200, undefined, `Device ${device.name} ${change.revoked ? 'revoked' : 'removed'}${inForce}${stolen ? ' Your account is signed out everywhere else.' : ''}`);
       }));
     }
   };
