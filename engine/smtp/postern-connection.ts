@@ -120,6 +120,11 @@ interface DecidedReply { reply: SmtpReply; stage: DecisionStage; facts: Decision
 
 /** How long a client waits for our greeting (RFC 5321 §4.5.3.2.1): the connect phase's bound on the idle timeout's pause. */
 const GREETING_WAIT_MS = 5 * 60_000;
+/**
+ * How often a message deadline that passed looks again while the parser, not getting on (a spool that is behind), still
+ * holds bytes read before the deadline (#dataTooSlow): not each turn, which would spin a CPU for as long.
+ */
+const CATCH_UP_LOOK_MS = 20;
 
 export class PosternConnection extends SMTPConnection implements SmtpClient, RoomMember {
   readonly state: ConnectionState;
@@ -186,7 +191,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
 
   /** Whichever socket feeds the parser (plain, then the TLS socket after STARTTLS) times the client's lines. */
   #timeLines(parser: NodeJS.EventEmitter, source: net.Socket): void {
-    const input = (chunk: Buffer): void => this.#lineDeadline.input(chunk);
+    const input = (chunk: Buffer): void => {
+      this.#bytesIn += chunk.length;
+      this.#lineDeadline.input(chunk);
+    };
     source.on('data', input);
     source.once('close', () => this.#lineDeadline.stop());
     parser.once('unpipe', () => source.off('data', input));
@@ -227,7 +235,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // leaves it armed, and its firing finds nothing being received.
     if (this.#dataTimer === null) {
       // Judged after the sockets are read (see _onTimeout): the final dot may be waiting there on a loaded machine.
-      this.#dataTimer = setTimeout(() => setImmediate(() => this.#dataTooSlow()), this.state.listener.limits.dataTimeoutMs);
+      this.#dataTimer = setTimeout(() => setImmediate(() => this.#dataTooSlow(this.#bytesIn)), this.state.listener.limits.dataTimeoutMs);
     } else {
       this.#dataTimer.refresh();
     }
@@ -247,9 +255,39 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   /** The stream of the message being received now (between 354 and its end). */
   #receiving: NodeJS.EventEmitter | null = null;
 
-  #dataTooSlow(): void {
-    if (this.#receiving !== null && !this._closing) this.#answer('DATA', reply('dataTimeout'));
+  /**
+   * The message deadline passed: 421 if, once the parser has gone through the `readBy` bytes read from the client by
+   * then, the final dot is still not among them. smtp-server parses a message over several turns (the rest of a chunk
+   * after each dot-stuffed line waits for the next turn; a spool that is behind holds the parser back), so a final dot
+   * read in time could still wait in the parser when the deadline was looked at: the client got `421 Timeout` for a
+   * message it had sent in time. Only bytes read by the deadline are waited for (a client that keeps sending gains
+   * nothing), each turn while the parser gets on, else every CATCH_UP_LOOK_MS, and for socketTimeoutMs at most.
+   */
+  #dataTooSlow(readBy: number, since = performance.now(), parsedBefore = -1): void {
+    if (!this.#messageArriving() || this._closing || this._closed) return;
+    const parsed = this.#parsedBytes();
+    if (parsed < readBy && performance.now() - since < this.state.listener.limits.socketTimeoutMs) {
+      const again = (): void => this.#dataTooSlow(readBy, since, parsed);
+      if (parsed > parsedBefore) setImmediate(again);
+      else setTimeout(again, CATCH_UP_LOOK_MS).unref();
+      return;
+    }
+    this.#answer('DATA', reply('dataTimeout'));
   }
+
+  /** The message's final dot is not parsed yet (its stream's writable side is ended by it; #receiving outlasts it). */
+  #messageArriving(): boolean {
+    const stream = this.#receiving as (NodeJS.EventEmitter & { writableEnded?: boolean }) | null;
+    return stream !== null && stream.writableEnded !== true;
+  }
+
+  /** Bytes from the client the parser has gone through: those handed to it less those it still holds. */
+  #parsedBytes(): number {
+    const parser = this._parser as unknown as { writableLength?: number } | false;
+    return this.#bytesIn - (parser ? parser.writableLength ?? 0 : 0);
+  }
+  /** Bytes the client's socket handed to the parser (each chunk read, #timeLines). */
+  #bytesIn = 0;
 
   /** The session ended (smtp-server's onClose): no deadline of it may fire, nor keep it in memory. */
   stopTimers(): void {
