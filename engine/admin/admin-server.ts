@@ -42,6 +42,8 @@ export interface AdminLimits {
    * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
    */
   hosts?: readonly string[];
+  /** RESPONSE_DEADLINE_MS unless given (a test of the deadline itself gives a short one). */
+  responseDeadlineMs?: number;
 }
 
 /** The configured limits of `admin`, an address over its cap logged on `logger`; `hostname` is the server's. */
@@ -138,7 +140,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     },
   });
   server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => { // see RESPONSE_DEADLINE_MS
-    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    const deadline = setTimeout(() => res.destroy(), limits?.responseDeadlineMs ?? RESPONSE_DEADLINE_MS).unref();
     res.once('close', () => clearTimeout(deadline));
   });
   await new Promise<void>((resolve, reject) => {
