@@ -61,7 +61,9 @@ listeners:
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
-  const moved = good.replace(/listen: "127\.0\.0\.1:\d+"/, 'listen: "127.0.0.1:1"');
+  const portMoved = good.replace(/listen: "127\.0\.0\.1:\d+"/, 'listen: "127.0.0.1:1"');
+  // Padded with empty lines to the file's length: a shorter one is taken only once unchanged for 2 s, as a file cut short.
+  const moved = portMoved + '\n'.repeat(Math.max(0, good.length - portMoved.length));
   await writeFile(config, moved);
   await c.waitFor('the move to be reported', () => (status(config).json?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')));
   const generation = status(config).json!.generation as number;
