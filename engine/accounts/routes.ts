@@ -28,6 +28,11 @@ import { STYLE, devicesPage, errorPage, issuedPage, signInPage } from './pages.t
 export const SESSION_COOKIE = '__Host-postern-session';
 const COOKIE = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } as const;
 /** Reasons a user may give on the page (the CLI has them all). */
+/**
+ * How long one of accounts.sessionMinutes' minutes lasts. POSTERN_SESSION_MINUTE_MS sets another: a test that must
+ * see an idle session end shortens it rather than wait a real minute.
+ */
+const SESSION_MINUTE_MS = Number(process.env.POSTERN_SESSION_MINUTE_MS) || 60_000;
 const PAGE_REASONS = new Set<RevocationReason>(['cessationOfOperation', 'keyCompromise', 'superseded']);
 
 export interface AccountsState {
@@ -84,7 +89,7 @@ export function accountRoutes(state: AccountsState) {
     /** The signed-in session of this request, if it still stands. */
     const sessionOf = (req: FastifyRequest): Session | null => {
       endCompromised();
-      const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * 60_000);
+      const s = state.sessions.get(req.cookies[SESSION_COOKIE], state.settings().sessionMinutes * SESSION_MINUTE_MS);
       return s && stands(req, s) ? s : null;
     };
     /**

@@ -42,6 +42,8 @@ export interface AdminLimits {
    * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
    */
   hosts?: readonly string[];
+  /** RESPONSE_DEADLINE_MS unless given (a test of the deadline itself gives a short one). */
+  responseDeadlineMs?: number;
 }
 
 /** The configured limits of `admin`, an address over its cap logged on `logger`; `hostname` is the server's. */
@@ -124,6 +126,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   server.requestTimeout = 10_000;
   shareConnectionRoom(server, {
     maxConnections: MAX_CONNECTIONS,
+    responseDeadlineMs: limits?.responseDeadlineMs,
     perAddress: limits && {
       limit: () => limits.maxConnectionsPerIp,
       countedAs: (address) => countedAddress(address, limits.ipv6PrefixLength),

@@ -25,6 +25,8 @@ import { firstToClose, nextProgress, type Standing } from './closing-order.ts';
 export interface RoomLimits {
   /** All connections open at once. */
   maxConnections: number;
+  /** RESPONSE_DEADLINE_MS unless given (a test of the deadline itself gives a short one). */
+  responseDeadlineMs?: number;
   /** Per counted client address (not for unix-socket clients, which have none); omitted: no per-address cap. */
   perAddress?: {
     /** Read at each accept (a reload may change it). */
@@ -192,7 +194,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       return result;
     } as typeof res.end;
     res.once('close', answered);
-    const deadline = setTimeout(() => res.destroy(), RESPONSE_DEADLINE_MS).unref();
+    const deadline = setTimeout(() => res.destroy(), limits.responseDeadlineMs ?? RESPONSE_DEADLINE_MS).unref();
     res.once('close', () => clearTimeout(deadline));
   });
 }

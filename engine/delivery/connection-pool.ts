@@ -384,10 +384,12 @@ export class ConnectionPool {
   /**
    * Close everything: idle connections with QUIT, busy ones at once (their transactions fail, the next hop
    * never saw the end of the message), except those awaiting the verdict on a message that went out whole:
-   * closed at their release once it comes, or after STOP_VERDICT_WAIT_MS (closeAfterVerdict).
+   * closed at their release once it comes, or after STOP_VERDICT_WAIT_MS (closeAfterVerdict). Returns how many
+   * of those were left waiting.
    */
-  close(): void {
+  close(): number {
     this.#closed = true;
+    let waiting = 0;
     for (const conn of this.#opening.keys()) conn.close();
     const idle = new Set([...this.#idle.values()].flat());
     this.#idle.clear();
@@ -395,12 +397,14 @@ export class ConnectionPool {
       for (const pc of [...set]) {
         if (!idle.has(pc) && pc.awaitingVerdict) {
           pc.closeAfterVerdict(STOP_VERDICT_WAIT_MS);
+          waiting++;
           continue;
         }
         pc.close(idle.has(pc));
         this.#forget(pc);
       }
     }
+    return waiting;
   }
 }
 

@@ -13,7 +13,7 @@ import type { PredeliveryContext } from '../sandbox/api/index.ts';
 import type { Logger } from '../logging/logger.ts';
 import { RepeatedFailure } from '../logging/repeated-failure.ts';
 import { logQueueOperations } from './operations.ts';
-import { ConnectionPool } from '../delivery/connection-pool.ts';
+import { ConnectionPool, STOP_VERDICT_WAIT_MS } from '../delivery/connection-pool.ts';
 import { createResolver, type DeliveryResolver } from '../delivery/dns.ts';
 import { ByteBudget } from './byte-budget.ts';
 import { KeyedLimiter, Limiter } from '../delivery/limiter.ts';
@@ -1061,7 +1061,9 @@ export class QueueRunner {
     this.#closing = true;
     if (this.#scanTimer) clearTimeout(this.#scanTimer);
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
-    this.#pool.close();
+    const waiting = this.#pool.close();
+    // Said, as a worker says the sessions its stop waits for: why this stop may take up to 20 s.
+    if (waiting) this.#log.info({ deliveries: waiting, waitMs: STOP_VERDICT_WAIT_MS }, 'stopping: deliveries whose message went out whole wait for the next hop\'s verdict');
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
     await this.#reserving;

@@ -340,6 +340,18 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   }
 
   /**
+   * smtp-server arms the idle timeout of the TLS socket it made for STARTTLS here (the one place it passes a socket
+   * other than the connection's own). A client that half-closed (FIN) before its handshake completed can never
+   * complete it: that socket is closed at once rather than held, with its slot, for the rest of the handshake's
+   * deadline (10 s by default).
+   */
+  override _armTimeout(socket?: net.Socket): void {
+    super._armTimeout(socket);
+    if (!socket || socket === this._socket || !this._upgrading) return;
+    socket.once('end', () => { if (this._upgrading && !socket.destroyed) socket.destroy(); });
+  }
+
+  /**
    * Every reply passes here. A reply Postern decided (decide()) is written as decided — code, enhanced
    * code, text — logged with its reason when it refuses, and closes the connection when it says so.
    * Anything else is smtp-server's own reply: the EHLO reply gets this connection's AUTH line, texts that

@@ -18,8 +18,9 @@ const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess | undefined;
 after(() => c?.stop());
 
-function status(config: string): { code: number | null; json: Record<string, unknown> | null; stderr: string } {
-  const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', config], { encoding: 'utf8', timeout: 60_000 });
+/** `postern status`; `env`: more environment. */
+function status(config: string, env: Record<string, string> = {}): { code: number | null; json: Record<string, unknown> | null; stderr: string } {
+  const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', config], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
   let json: Record<string, unknown> | null = null;
   try { json = JSON.parse(r.stdout) as Record<string, unknown>; } catch { /* none */ }
   return { code: r.status, json, stderr: r.stderr };
@@ -60,7 +61,9 @@ listeners:
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
-  const moved = good.replace(/listen: "127\.0\.0\.1:\d+"/, 'listen: "127.0.0.1:1"');
+  const portMoved = good.replace(/listen: "127\.0\.0\.1:\d+"/, 'listen: "127.0.0.1:1"');
+  // Padded with empty lines to the file's length: a shorter one is taken only once unchanged for 2 s, as a file cut short.
+  const moved = portMoved + '\n'.repeat(Math.max(0, good.length - portMoved.length));
   await writeFile(config, moved);
   await c.waitFor('the move to be reported', () => (status(config).json?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')));
   const generation = status(config).json!.generation as number;
@@ -103,7 +106,8 @@ test('a supervisor that does not answer (stopped, hung): not "not running", its 
     process.kill(hung.proc.pid!, 'SIGSTOP');
     let stopped;
     try {
-      stopped = status(config);
+      // A stopped server answers after no wait: the command's 10 s are cut to 2 (the exit status and text are the same).
+      stopped = status(config, { POSTERN_STATUS_ANSWER_MS: '2000' });
     } finally {
       process.kill(hung.proc.pid!, 'SIGCONT');
     }

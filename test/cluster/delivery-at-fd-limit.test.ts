@@ -20,10 +20,11 @@ test('a connect that fails for want of descriptors does not suspend the next hop
   // instead made the EMFILE land on whichever call came first, mostly the read of the spool file on a loaded machine.
   const faults = diskFaults();
   const c = await startCluster({ config: `${ONE_WORKER}${deliveryToSink(peer.port, { retrySchedule: [600] })}`, env: faults.env });
+  let client: Awaited<ReturnType<typeof greeted>> | undefined;
   try {
-    const client = await greeted(c);
+    client = await greeted(c);
     const send = async (subject: string): Promise<string> => {
-      const r = await client.sendMail('a@example.test', ['b@example.test'], `Subject: ${subject}\r\n\r\nx\r\n`);
+      const r = await client!.sendMail('a@example.test', ['b@example.test'], `Subject: ${subject}\r\n\r\nx\r\n`);
       return /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
     };
     await send('warm');
@@ -41,6 +42,7 @@ test('a connect that fails for want of descriptors does not suspend the next hop
     const suspended = c.logs.filter((l) => /delivery temporarily suspended/.test(String(l.msg)));
     assert.deepEqual(suspended.map((l) => l.msg), [], 'the next hop is not suspended for this process\'s lack of descriptors');
   } finally {
+    client?.destroy(); // left open, its session held the server's stop for the worker's 5 s drain
     await c.stop();
     peer.close();
   }

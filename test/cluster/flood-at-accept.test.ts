@@ -125,8 +125,10 @@ policyServices:
   - { name: policy, listen: "127.0.0.1:{PORT:policy}", limits: { maxConnections: ${LIMIT} } }
 ` });
   const sockets: net.Socket[] = [];
+  let stopped: number | undefined;
   try {
-    process.kill(await workerPid(c, 0), 'SIGSTOP');
+    stopped = await workerPid(c, 0);
+    process.kill(stopped, 'SIGSTOP');
     let closed = 0;
     for (let i = 0; i < CONNECTIONS; i++) {
       const o = await open(c.port('policy'), '127.0.0.1');
@@ -138,6 +140,9 @@ policyServices:
     await c.waitFor('the others closed', () => closed >= CONNECTIONS - LIMIT - 4, 30_000);
     assert.equal(c.logs.filter((l) => /too many connections to this policy service/.test(String(l.msg))).length, 1, 'logged once, not per connection');
   } finally {
+    // Done before the supervisor took the worker for hung: still stopped, it would hold the server's stop for the
+    // 30 s the supervisor gives a child before SIGKILL.
+    if (stopped) try { process.kill(stopped, 'SIGCONT'); } catch { /* replaced meanwhile */ }
     for (const s of sockets) s.destroy();
     await c.stop();
   }

@@ -62,6 +62,7 @@ test('a connection made before the first worker is ready waits in the port\'s qu
       assert.equal((await client.read(120_000)).code, 220, 'greeted once the worker is ready');
       assert.ok(c.logs.some((l) => String(l.msg).startsWith(`waiting for process ${holder.pid}`)), 'the worker waited for the holder');
     } finally {
+      client.destroy(); // left open, its session held the server's stop for the worker's 5 s drain
       await c.stop();
     }
   } finally {

@@ -24,15 +24,15 @@ export interface SteppableCluster {
   close(): Promise<void>;
 }
 
-/** `postern serve` whose wall clock is the real one plus what `step()` sets. */
-export async function startSteppableCluster(config: string, opts: { files?: Record<string, string>; scripts?: Record<string, string>; dataDir?: string } = {}): Promise<SteppableCluster> {
+/** `postern serve` whose wall clock is the real one plus what `step()` sets; `env`: more environment. */
+export async function startSteppableCluster(config: string, opts: { files?: Record<string, string>; scripts?: Record<string, string>; dataDir?: string; env?: Record<string, string> } = {}): Promise<SteppableCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-clock-'));
   const offsetFile = join(dir, 'offset');
   writeFileSync(offsetFile, '+0\n');
   const c = await startCluster({
     config,
     ...opts,
-    env: { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
+    env: { ...opts.env, LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: offsetFile, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' },
   });
   return {
     c,

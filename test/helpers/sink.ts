@@ -42,6 +42,8 @@ export interface SinkOptions {
   banner?: string;
   /** Wait this long before answering the end of DATA (a slow next hop). */
   dataDelayMs?: number;
+  /** Answer the end of DATA only once this has settled (a next hop slow until the test says so). */
+  holdVerdict?: Promise<unknown>;
   /** Refuse every RCPT after this many in one transaction with `tooManyReply`. */
   maxRecipients?: number;
   /** Default: 452 4.5.3 Too many recipients. */
@@ -58,7 +60,7 @@ export interface Sink {
   connections: number;
   /** Connections that have ended. */
   closedConnections: number;
-  /** Messages whose end (the final dot) arrived, counted before dataDelayMs. */
+  /** Messages whose end (the final dot) arrived, counted before dataDelayMs and holdVerdict. */
   endsOfData: number;
   waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
   /** Resolves once `count` connections have ended. */
@@ -118,6 +120,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
       stream.on('end', async () => {
         endsOfData++;
         if (opts.dataDelayMs) await new Promise((r) => setTimeout(r, opts.dataDelayMs));
+        await opts.holdVerdict?.catch(() => undefined);
         const r = opts.decide?.('data', '', peer(session));
         if (r) return cb(refuse(r));
         messages.push({

@@ -174,7 +174,17 @@ before(async () => {
   }
 });
 
+/**
+ * `text`, with empty lines added so that it is no shorter than `file` is now: a file cut short is taken only once
+ * unchanged for 2 s (SHRUNK_SETTLE_MS, tested in test/reload/half-written.test.ts), idle time in each row that edits one.
+ */
+async function noShorter(file: string, text: string): Promise<string> {
+  const short = (await readFile(file)).length - Buffer.byteLength(text);
+  return short > 0 ? text + '\n'.repeat(short) : text;
+}
+
 after(async () => {
+  for (const c of clients) c.destroy();
   readOnlyAgain?.writable();
   for (const s of Object.values(servers)) await s?.stop().catch(() => undefined);
   await redis?.stop();
@@ -191,8 +201,12 @@ async function redisDown(): Promise<void> {
 const port = (server: ServerName, listener: string): number => servers[server]!.port(listener);
 
 /** Connect, read the greeting (which may be the refusal). */
+/** Every client opened, closed at the end: one a row leaves open (its refusal seen) held its server's stop 5 s. */
+const clients: SmtpTestClient[] = [];
+
 async function open(server: ServerName, listener: string, opts: Parameters<typeof SmtpTestClient.connect>[1] = {}): Promise<{ c: SmtpTestClient; seen: Reply[] }> {
   const c = await SmtpTestClient.connect(port(server, listener), opts);
+  clients.push(c);
   return { c, seen: [await c.read()] };
 }
 
@@ -421,7 +435,7 @@ const ROWS = {
       const s = await session('main', 'catrust', alice);
       const main = servers.main!;
       const generation = main.runtime.generation;
-      await writeFile(join(main.dir, 'trusted-ca.crt'), await readFile(pki.otherCa.cert, 'utf8'));
+      await writeFile(join(main.dir, 'trusted-ca.crt'), await noShorter(join(main.dir, 'trusted-ca.crt'), await readFile(pki.otherCa.cert, 'utf8')));
       await until('the CA file without alice\'s CA is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<alice@example.com>');
       await s.c.quit();
@@ -434,7 +448,7 @@ const ROWS = {
       const s = await session('main', 'pinned', stranger);
       const main = servers.main!;
       const generation = main.runtime.generation;
-      await writeFile(join(main.dir, 'pins'), '# no pins\n');
+      await writeFile(join(main.dir, 'pins'), await noShorter(join(main.dir, 'pins'), '# no pins\n'));
       await until('the pin table without the pin is reloaded', () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
       await s.say('MAIL FROM:<carol@example.com>');
       await s.c.quit();
@@ -480,7 +494,7 @@ const ROWS = {
       config.listeners = config.listeners.filter((l) => l.name !== 'doomed');
       const reloaded = async (text: string, what: string): Promise<void> => {
         const generation = main.runtime.generation;
-        await writeFile(file, text);
+        await writeFile(file, await noShorter(file, text));
         await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
         await main.reloader.whenIdle(); // no build left running into the rows after this one
       };
@@ -512,7 +526,7 @@ const ROWS = {
       const before = await readFile(usersFile, 'utf8');
       const reloaded = async (text: string, what: string): Promise<void> => {
         const generation = main.runtime.generation;
-        await writeFile(usersFile, text);
+        await writeFile(usersFile, await noShorter(usersFile, text));
         await until(what, () => main.runtime.generation !== generation, { timeoutMs: 60_000 });
         await main.reloader.whenIdle(); // no build left running into the rows after this one
       };

@@ -33,7 +33,8 @@ before(async () => {
       hostname: 'postern.test',
       sandbox: { timeoutMs: 1000 },
       listeners: [testListener('in')],
-      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.25, 0.75] }),
+      // Scans every 200 ms rather than 5 s: 'two scans and no notice' (s.scans) then waits 0.4 s, not 10.
+      delivery: smarthostDelivery(sink.port, { retrySchedule: [0.25, 0.75], scanIntervalMs: 200 }),
     }),
     scripts: {
       'rcptto.ts': `export default () => accept();`,

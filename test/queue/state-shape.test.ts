@@ -15,7 +15,7 @@ for (const [name, text] of [['null', 'null'], ['recipients of another type', '{"
   test(`a state file holding ${name}: held back as unreadable, the delivered recipient not sent to again`, async () => {
     const sink = await startSink({ decide: (stage, address) => (stage === 'rcpt' && address.startsWith('later@') ? { code: 451, text: '4.2.0 later' } : null) });
     const s = await startDeliveryServer({
-      config: configYaml({ listeners: [testListener('in')], delivery: smarthostDelivery(sink.port, { retrySchedule: [3600] }) }),
+      config: configYaml({ listeners: [testListener('in')], delivery: smarthostDelivery(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 }) }),
       scripts: { 'rcptto.ts': 'export default () => accept();' },
     });
     try {
@@ -24,7 +24,7 @@ for (const [name, text] of [['null', 'null'], ['recipients of another type', '{"
       assert.deepEqual(first.outcomes.map((o) => o.status).sort(), ['delivered', 'temporary']);
       const spool = s.spools.home;
       await writeFile(spool.statePath(id), text);
-      await spool.requestRescan();
+      await spool.requestRescan(); // seen at the next scan: every 200 ms here, not the default 5 s
       await until('the state read again', () => s.logs.some((l) => l.id === id && /unreadable delivery state/.test(String(l.msg))) || s.attempts.filter((e) => e.id === id).length > 1
         || s.logs.some((l) => l.id === id && /delivery attempt failed/.test(String(l.msg))), { timeoutMs: 30_000 });
       assert.equal(sink.messages.filter((m) => m.to.includes('ok@dest.test')).length, 1, 'ok@ not sent to again');

@@ -93,6 +93,9 @@ test('a symlinked scripts folder swapped atomically (Kubernetes ConfigMap) reloa
   } finally { r.stop(); await s.stop(); }
 });
 
+/** `text` with empty lines added up to `length` characters. */
+const padded = (text: string, length: number): string => text + '\n'.repeat(length - text.length);
+
 test('broken edits keep the running generation and report file:line:col; a fix restores reloading', async () => {
   const s = await startTestServer({ config: CONFIG, files: { senders: 'spam@x.example REJECT\n' }, scripts: { 'mailfrom.ts': verdictScript('good') } });
   const r = reloads(s);
@@ -107,7 +110,10 @@ test('broken edits keep the running generation and report file:line:col; a fix r
   try {
     for (const [what, file, text, location] of broken) {
       const original = await readFile(file, 'utf8');
-      await writeFile(file, text);
+      // The edit and the fix padded with empty lines to the same length: a file cut short is taken only once unchanged
+      // for 2 s (SHRUNK_SETTLE_MS, tested in half-written.test.ts), which here was idle time before each error or fix.
+      const length = Math.max(text.length, original.length);
+      await writeFile(file, padded(text, length));
       const outcome = await r.next().catch((e: Error) => { throw new Error(`${what}: ${e.message}`); });
       assert.equal(outcome.ok, false, what);
       assert.ok(outcome.errors.some((e) => location.test(e)), `${what}: ${outcome.errors.join(' | ')}`);
@@ -115,7 +121,7 @@ test('broken edits keep the running generation and report file:line:col; a fix r
       const status = JSON.parse(await readFile(join(s.dir, 'data', 'status.json'), 'utf8'));
       assert.ok(status.failedReloads >= 1 && status.lastError.some((e: string) => location.test(e)), what);
       assert.ok(s.logs.some((l) => l.level === 50 && location.test(String(l.msg))), `${what}: logged`);
-      await writeFile(file, original);
+      await writeFile(file, padded(original, length));
       const fixed = await r.next().catch((e: Error) => { throw new Error(`${what} (fix): ${e.message}`); });
       assert.equal(fixed.ok, true, `${what}: fix reloads`);
     }
@@ -207,8 +213,9 @@ test('a listener address change is logged as needing a restart; the rest applies
     assert.equal(m.code, 250);
     await c.quit();
     // An unrelated edit after it: the listener still listens where it started, so the restart is still pending
-    // (compared with the generation before, it looked settled and status.json dropped it).
-    await writeFile(cfg, (await readFile(cfg, 'utf8')).replace('hostname: renamed.example', 'hostname: again.example'));
+    // (compared with the generation before, it looked settled and status.json dropped it). Of the same length: a
+    // shorter file is taken only once unchanged for 2 s, as one cut short.
+    await writeFile(cfg, (await readFile(cfg, 'utf8')).replace('hostname: renamed.example', 'hostname: changed.example'));
     const later = await r.next();
     assert.deepEqual(later.pendingRestart, ['listener mx moves from 127.0.0.1:0 to 127.0.0.1:2']);
     assert.deepEqual(s.reloader.status.data.pendingRestart, later.pendingRestart);

@@ -10,11 +10,12 @@ import { startCluster, greeted, workerPid, ROUND_ROBIN, TWO_WORKERS } from '../h
 for (const signal of ['SIGTERM', 'SIGQUIT'] as const) {
   test(`${signal} to one worker of two (roundRobin): while it drains, new clients are served by the other, none gets 421`, { timeout: 120_000 }, async () => {
     const cluster = await startCluster({ config: `${ROUND_ROBIN}${TWO_WORKERS}` });
+    const open: Array<Awaited<ReturnType<typeof greeted>>> = [];
     try {
       await cluster.waitFor('both workers and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 3);
       const pid = await workerPid(cluster, 0);
       // Transactions under way on both workers (round robin): worker 0's keeps it draining for its grace time.
-      const open = [await greeted(cluster), await greeted(cluster)];
+      open.push(await greeted(cluster), await greeted(cluster));
       for (const c of open) assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
       process.kill(pid, signal);
       await cluster.waitFor('worker 0 draining', () => cluster.logs.some((l) => l.pid === pid && l.msg === 'stopping: sessions in progress may finish their transaction'));
@@ -30,6 +31,8 @@ for (const signal of ['SIGTERM', 'SIGQUIT'] as const) {
       assert.ok(cluster.logs.some((l) => /^worker 0 is stopping \(signalled\)/.test(String(l.msg))), 'the supervisor says why worker 0 takes no connections');
       assert.ok(cluster.proc.exitCode === null, 'the server runs on');
     } finally {
+      // Left open, their transactions held the server's stop for the workers' whole 5 s drain.
+      for (const c of open) c.destroy();
       await cluster.stop();
     }
   });

@@ -65,12 +65,17 @@ async function nothingLeft(what: string): Promise<void> {
 for (const how of ['RST', 'FIN'] as const) {
   for (const stage of STAGES) {
     test(`${how} ${stage.name}: nothing is left behind`, async () => {
+      const logged = server.logs.length;
       const c = await SmtpTestClient.connect(server.port('mx'));
       const tcp = c.socket; // under TLS too: the reset is the TCP connection's
       await stage.go(c);
       if (how === 'RST') tcp.resetAndDestroy();
       else c.socket.end();
-      if (how === 'FIN') assert.ok(await c.waitClosed(30_000), 'the server closes its side after the client\'s FIN');
+      if (how === 'FIN') {
+        assert.ok(await c.waitClosed(30_000), 'the server closes its side after the client\'s FIN');
+        // For the FIN itself: a handshake that can no longer complete was held until its deadline (10 s) and closed then.
+        assert.ok(!server.logs.slice(logged).some((l) => l.msg === 'STARTTLS handshake not completed in time: closed'), 'closed for the FIN, not at the handshake deadline');
+      }
       await nothingLeft(`${how} ${stage.name}`);
     });
   }
