@@ -11,6 +11,7 @@ import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
+import { keySuggestion } from './key-suggestion.ts';
 import { configSizeProblem, MAX_CONFIG_BYTES } from './config-size.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
@@ -79,11 +80,15 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   };
   const parsed = configSchema.safeParse(documentValue(doc, file) ?? {});
   if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((issue) => {
-      // An unknown key is reported at the key itself, not at its parent object.
-      const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
+    throw new ConfigError(parsed.error.issues.flatMap((issue) => {
       // Keys and values of the file show up in these: a key pasted by mistake must not.
-      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(issue.message) };
+      if (issue.code !== 'unrecognized_keys') return [{ file, ...locate(issue.path), path: hideKeyMaterial(keyPath(issue.path)), message: hideKeyMaterial(issue.message) }];
+      // Each unknown key is reported at the key itself, not at its parent object, with the key it likely meant
+      // (zod gives the keys of one object in one issue: two typos there are two lines, as two anywhere else).
+      return issue.keys.map((key) => {
+        const path = [...issue.path, key];
+        return { file, ...locate(path, true), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(`Unrecognized key: ${JSON.stringify(key)}`) + keySuggestion(issue.path, key) };
+      });
     }));
   }
   const config = resolvePaths(parsed.data, baseDir);
