@@ -45,3 +45,16 @@ function mayBindAny(): boolean {
     return process.getuid?.() === 0;
   }
 }
+
+/**
+ * What to add to a bind's error when it is the kernel refusing a port below the first unprivileged one to this
+ * user: `listen EACCES: permission denied 127.0.0.1:25` alone reads like a file's permission, and says nothing of
+ * the capability that would give it. '' for any other failure.
+ */
+export function privilegedPortHint(listen: string, err: unknown): string {
+  if ((err as NodeJS.ErrnoException | null)?.code !== 'EACCES' || listen.startsWith('unix:')) return '';
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  const first = firstUnprivilegedPort();
+  if (!(port > 0 && port < first)) return '';
+  return `: port ${port} is below ${first}, which only root or a process with CAP_NET_BIND_SERVICE may bind (the systemd unit gives it: AmbientCapabilities=CAP_NET_BIND_SERVICE)`;
+}
