@@ -1,7 +1,8 @@
 /**
  * `postern check`: build the generation a start or a reload would build (buildGeneration, the same code),
  * report every problem, start nothing. Stricter in one way only, by the builder's `strict` option: an
- * expired outbound client certificate fails the check, where a reload only logs it.
+ * expired outbound client certificate fails the check, where a start or a reload only logs it (not with
+ * `--before-start`).
  */
 import { loadStartConfig } from '../config/start-config.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
@@ -21,7 +22,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 
-export async function checkCommand(opts: { config?: string }): Promise<number> {
+/**
+ * `beforeStart`: the unit's ExecStartPre (examples/systemd), run before every start, restarts and reboots
+ * included. It must refuse what `postern serve` refuses and no more: strict, a delivery certificate that lapsed
+ * overnight kept the whole server from starting again, where serve itself only warns of it.
+ */
+export async function checkCommand(opts: { config?: string; beforeStart?: boolean }): Promise<number> {
   let temporary: string | null = null;
   try {
     const loaded = loadStartConfig({ configPath: opts.config });
@@ -30,7 +36,7 @@ export async function checkCommand(opts: { config?: string }): Promise<number> {
     // What scripts log from their top level is not the check's output. Counters in this process's memory:
     // a top level that counts (rate(), counter()) runs as at a start, without touching the server's store.
     const store = new MemoryCounterStore();
-    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: true, store });
+    const built = await buildGeneration(pki?.loaded ?? loaded, { logger: createLogger('silent'), strict: !opts.beforeStart, store });
     await built.generation.dispose();
     await store.close();
     if (pki) built.warnings.unshift({ message: `${developmentPkiDir(loaded.config.dataDir)}: no development PKI yet: postern serve makes it on its first start (checked with a new one made aside)` });
