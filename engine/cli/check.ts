@@ -17,6 +17,8 @@ import { writableInputWarnings } from '../config/input-file-modes.ts';
 import { readableSecretLines } from '../config/readable-secrets.ts';
 import { privilegedPortWarnings } from '../config/privileged-ports.ts';
 import { pkiPaths } from '../pki/layout.ts';
+import { openToOthers, openToOthersWarning } from '../spool/data-dir-lock.ts';
+import { located } from '../generation/generation-error.ts';
 import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -43,6 +45,9 @@ export async function checkCommand(opts: { config?: string; beforeStart?: boolea
     // A start also needs its data directory (a reload cannot change it, so the builder does not look).
     const dataDir = await dataDirError(loaded);
     if (dataDir) throw dataDir;
+    // What the start warns of about it too: check is where an administrator looks for such things.
+    const open = existsSync(loaded.config.dataDir) ? openToOthers(loaded.config.dataDir, undefined, { owner: false }) : null;
+    if (open) built.warnings.push({ message: located(loaded, ['dataDir'], openToOthersWarning(loaded.config.dataDir, open)) });
     // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
     if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
     for (const message of privilegedPortWarnings(loaded.config)) built.warnings.push({ message });

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { chmod, mkdir } from 'node:fs/promises';
+import { chmod, chown, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCli } from '../helpers/cli.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
@@ -15,8 +15,9 @@ const firstUnprivileged = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivilege
 
 test('a listener on port 25 checked by a user who cannot bind it: a warning naming the key; none as root', { skip: firstUnprivileged !== 1024 && `ip_unprivileged_port_start is ${firstUnprivileged}` }, async () => {
   await chmod(scratch.path, 0o755);
-  await mkdir(join(scratch.path, 'data'), { mode: 0o777 });
-  await chmod(join(scratch.path, 'data'), 0o777);
+  // The service user's (0777 would be a warning of its own: test/cli/check-data-dir-open.test.ts).
+  await mkdir(join(scratch.path, 'data'), { mode: 0o700 });
+  await chown(join(scratch.path, 'data'), NOBODY.uid, NOBODY.gid);
   const cfg = await scratch.file('postern.yaml', `dataDir: ./data
 listeners:
   - { name: mx, listen: "127.0.0.1:25" }
