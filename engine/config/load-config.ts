@@ -69,7 +69,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (doc.errors.length) {
     throw new ConfigError(doc.errors.map((e) => {
       const lp = lineCounter.linePos(e.pos[0]);
-      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]!) };
+      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]! + yamlErrorHint(e.code, text, e.pos[0])) };
     }));
   }
   const locate = (path: ReadonlyArray<PropertyKey>, atKey = false): { line?: number; column?: number } => {
@@ -96,6 +96,17 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (problems.length) throw new ConfigError(problems);
   const scriptFolders = namedScriptFolders(config, file !== EMBEDDED_DEFAULT && doc.has('scripts')).map((f) => ({ ...f, key: keyPath(f.path), ...locate(f.path) }));
   return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f), locate: (path) => locate(path), text };
+}
+
+/**
+ * What the yaml package's message leaves out: which key is the duplicate (its position is one character of it) and
+ * what to do about a tab. Postern's configuration is often edited on a server with whatever editor is there.
+ */
+function yamlErrorHint(code: string, text: string, at: number): string {
+  if (code === 'TAB_AS_INDENT') return ' (indent with spaces)';
+  if (code !== 'DUPLICATE_KEY') return '';
+  const key = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:#\n]+?)\s*:/.exec(text.slice(at, at + 300))?.[1];
+  return key ? `: ${key.startsWith('"') || key.startsWith("'") ? key : JSON.stringify(key)} is set twice in the same mapping (the other one is above): keep one` : '';
 }
 
 /** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */

@@ -42,3 +42,21 @@ test('postern check names the key an unknown one likely meant, and every unknown
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('postern check names the duplicate key of a mapping, and says to indent with spaces where a tab is', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-yaml-hints-'));
+  try {
+    const duplicate = join(dir, 'duplicate.yaml');
+    await writeFile(duplicate, 'hostname: mx.example.com\ndataDir: ./data\nhostname: mail.example.com\nlisteners:\n  - name: inbound\n    listen: 127.0.0.1:0\n');
+    const dup = await runCli(['check', '--config', duplicate]);
+    assert.equal(dup.code, 1);
+    assert.equal(dup.stderr, `${duplicate}:3:1: Map keys must be unique: "hostname" is set twice in the same mapping (the other one is above): keep one\n`);
+    const tabbed = join(dir, 'tabbed.yaml');
+    await writeFile(tabbed, 'listeners:\n  - name: inbound\n\tlisten: 127.0.0.1:0\n');
+    const tab = await runCli(['check', '--config', tabbed]);
+    assert.equal(tab.code, 1);
+    assert.equal(tab.stderr, `${tabbed}:3:1: Tabs are not allowed as indentation (indent with spaces)\n`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
