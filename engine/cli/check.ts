@@ -50,7 +50,7 @@ export async function checkCommand(opts: { config?: string; beforeStart?: boolea
     if (open) built.warnings.push({ message: located(loaded, ['dataDir'], openToOthersWarning(loaded.config.dataDir, open)) });
     // Read here whatever it is (`--config <(generate)`), but serve refuses what is not a regular file.
     if (opts.config && !statSync(loaded.file).isFile()) built.warnings.push({ message: `${loaded.file}: not a regular file: checked as read now, but postern serve refuses it${SERVE_READS_AGAIN}` });
-    for (const message of privilegedPortWarnings(loaded.config)) built.warnings.push({ message });
+    for (const w of privilegedPortWarnings(loaded.config)) built.warnings.push({ message: located(loaded, w.path, w.message) });
     for (const message of readableSecretLines(loaded)) built.warnings.push({ message });
     for (const message of writableInputWarnings(loaded)) built.warnings.push({ message });
     for (const w of built.warnings) process.stderr.write(`warning: ${w.message}\n`);

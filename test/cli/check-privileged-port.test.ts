@@ -28,8 +28,9 @@ admin: { listen: "127.0.0.1:80" }
   const user = await runCli(['check', '--config', cfg], { as: NOBODY });
   assert.equal(user.code, 0, user.stderr);
   assert.deepEqual(user.stderr.trim().split('\n'), [
-    'warning: listeners[0].listen: port 25 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)',
-    'warning: admin.listen: port 80 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)',
+    // At the line of the key, as every other line of check (the file named: an ExecStartPre's journal lines too).
+    `warning: ${cfg}:3:25: listeners[0].listen: port 25 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)`,
+    `warning: ${cfg}:5:18: admin.listen: port 80 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)`,
   ]);
   const root = await runCli(['check', '--config', cfg]);
   assert.equal(root.stderr, '');
