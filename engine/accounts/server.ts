@@ -27,6 +27,7 @@ import { shareConnectionRoom } from '../connection-limits/connection-room.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { hostAllowed } from '../admin/host-header.ts';
 import { clientText } from '../logging/logger.ts';
+import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 /**
  * What one client may hold of the page (it faces the users' networks): a TLS handshake, and a whole request
@@ -169,7 +170,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     await app.listen({ port: Number(opts.listen.slice(sep + 1)), host: opts.listen.slice(0, sep).replace(/^\[|\]$/g, '') });
   } catch (err) {
     await app.close();
-    throw new Error(`accounts: cannot listen on ${opts.listen}: ${(err as Error).message}`);
+    throw new Error(`accounts: cannot listen on ${opts.listen}: ${(err as Error).message}${privilegedPortHint(opts.listen, err)}`);
   }
   const bound = app.server.address() as { address: string; port: number };
   log.info({ address: `${bound.address}:${bound.port}`, listener: first.name }, 'account page listening (HTTPS)');

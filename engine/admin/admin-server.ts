@@ -12,6 +12,7 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import { hostAllowed, hostName } from './host-header.ts';
 import type { Logger } from '../logging/logger.ts';
+import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
 
@@ -135,7 +136,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     },
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}`)));
+    server.once('error', (err) => reject(new Error(`admin listener: cannot listen on ${listen}: ${err.message}${privilegedPortHint(listen, err)}`)));
     if (listen.startsWith('unix:')) {
       rmSync(listen.slice(5), { force: true });
       const socket = shortSocketPath(listen.slice(5));

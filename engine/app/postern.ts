@@ -40,6 +40,7 @@ import type { AccountsServer } from '../accounts/server.ts';
 import { createServer, type Server } from 'node:net';
 import { PolicyServer } from '../policy-service/policy-server.ts';
 import { listenPolicyService, type BoundPolicyService } from '../policy-service/listen.ts';
+import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 export interface StartOptions extends ConfigSource {
   logger?: Logger;
@@ -262,7 +263,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       const host = l.listen.slice(0, sep).replace(/^\[|\]$/g, '');
       const port = Number(l.listen.slice(sep + 1));
       await new Promise<void>((resolve, reject) => {
-        const onError = (err: Error): void => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`));
+        const onError = (err: Error): void => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}${privilegedPortHint(l.listen, err)}`));
         server.server.once('error', onError);
         server.listen(port, host, () => {
           server.server.off('error', onError);

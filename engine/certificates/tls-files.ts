@@ -9,6 +9,7 @@ import { children, readTlv } from './der.ts';
 import { pemBlocks, pemToDer, toPem } from './digests.ts';
 import { publicRootOf } from './public-roots.ts';
 import { encryptedKeyProblem } from './key-material.ts';
+import { keyMismatch, notPemCertificate } from './key-pair-mistakes.ts';
 import { slicer } from '../config/give-way.ts';
 
 /**
@@ -61,8 +62,9 @@ async function read(file: string, role: TlsFileRole): Promise<Buffer> {
  * certificate file, so a combined key+cert file works without the key riding along as "cert".
  */
 export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ cert: string; key: string }> {
-  const certs = pemBlocks((await read(certFile, 'cert')).toString('utf8'), ['CERTIFICATE']);
-  if (!certs.length) throw new TlsFileError(certFile, 'cert', 'not a PEM certificate');
+  const raw = await read(certFile, 'cert');
+  const certs = pemBlocks(raw.toString('utf8'), ['CERTIFICATE']);
+  if (!certs.length) throw new TlsFileError(certFile, 'cert', notPemCertificate(certFile, raw));
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(certs[0]!);
@@ -77,7 +79,7 @@ export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ 
     throw new TlsFileError(keyFile, 'key', encryptedKeyProblem(key) ?? `not a usable private key: ${message(err)}`);
   }
   if (!fromKey.equals(leaf.publicKey.export({ type: 'spki', format: 'der' }))) {
-    throw new TlsFileError(keyFile, 'key', `private key does not match certificate ${certFile}`);
+    throw new TlsFileError(keyFile, 'key', keyMismatch(certFile, certs, fromKey));
   }
   return { cert: certs.join(''), key };
 }

@@ -80,7 +80,8 @@ program.command('serve', { isDefault: true })
 program.command('check')
   .description('validate a configuration, its scripts and tables without starting; exit 1 on errors')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
-  .action(async (opts: { config?: string }) => exitWith(await (await check()).checkCommand(opts)));
+  .option('--before-start', 'refuse only what postern serve refuses (a service manager\'s check before each start): an expired outbound client certificate is a warning')
+  .action(async (opts: { config?: string; beforeStart?: boolean }) => exitWith(await (await check()).checkCommand(opts)));
 
 const config = program.command('config').description('the configuration reference');
 config.command('describe')

@@ -71,6 +71,7 @@ import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress, heldStill } from './thread-prog
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror, type RunningScript } from '../sandbox/running-call.ts';
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
+import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 /**
  * Connections handed to one worker and still queued in Node's channel. Node passes one descriptor per
@@ -367,7 +368,7 @@ export class Supervisor {
       const port = Number(l.listen.slice(sep + 1));
       if (workersAccept) {
         const held = await holdSocket(host, port, () => this.#earlierServerChild()).catch((err: Error) => {
-          throw new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`);
+          throw new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}${privilegedPortHint(l.listen, err)}`);
         });
         this.#held.set(l.name, held);
         this.addresses.set(l.name, { address: held.address, port: held.port });
@@ -379,7 +380,7 @@ export class Supervisor {
       const proxy = l.proxyProtocol ? new TrustedProxies(l.proxyProtocol.trusted) : null;
       const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#accepted(l.name, socket, proxy));
       await new Promise<void>((resolve, reject) => {
-        server.once('error', (err) => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}`)));
+        server.once('error', (err) => reject(new Error(`listener ${l.name}: cannot listen on ${l.listen}: ${err.message}${privilegedPortHint(l.listen, err)}`)));
         server.listen(port, host, () => resolve());
       });
       server.on('error', (err) => this.log.error({ listener: l.name, err }, 'listener error'));

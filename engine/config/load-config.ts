@@ -11,6 +11,7 @@ import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
+import { keySuggestion } from './key-suggestion.ts';
 import { configSizeProblem, MAX_CONFIG_BYTES } from './config-size.ts';
 import { containsPrivateKey, hideKeyMaterial, privateKeyFileMessage } from '../certificates/key-material.ts';
 
@@ -68,7 +69,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (doc.errors.length) {
     throw new ConfigError(doc.errors.map((e) => {
       const lp = lineCounter.linePos(e.pos[0]);
-      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]!) };
+      return { file, line: lp.line, column: lp.col, message: hideKeyMaterial(e.message.split('\n')[0]! + yamlErrorHint(e.code, text, e.pos[0])) };
     }));
   }
   const locate = (path: ReadonlyArray<PropertyKey>, atKey = false): { line?: number; column?: number } => {
@@ -79,11 +80,15 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   };
   const parsed = configSchema.safeParse(documentValue(doc, file) ?? {});
   if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((issue) => {
-      // An unknown key is reported at the key itself, not at its parent object.
-      const path = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
+    throw new ConfigError(parsed.error.issues.flatMap((issue) => {
       // Keys and values of the file show up in these: a key pasted by mistake must not.
-      return { file, ...locate(path, issue.code === 'unrecognized_keys'), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(issue.message) };
+      if (issue.code !== 'unrecognized_keys') return [{ file, ...locate(issue.path), path: hideKeyMaterial(keyPath(issue.path)), message: hideKeyMaterial(issue.message) }];
+      // Each unknown key is reported at the key itself, not at its parent object, with the key it likely meant
+      // (zod gives the keys of one object in one issue: two typos there are two lines, as two anywhere else).
+      return issue.keys.map((key) => {
+        const path = [...issue.path, key];
+        return { file, ...locate(path, true), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(`Unrecognized key: ${JSON.stringify(key)}`) + keySuggestion(issue.path, key) };
+      });
     }));
   }
   const config = resolvePaths(parsed.data, baseDir);
@@ -91,6 +96,17 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
   if (problems.length) throw new ConfigError(problems);
   const scriptFolders = namedScriptFolders(config, file !== EMBEDDED_DEFAULT && doc.has('scripts')).map((f) => ({ ...f, key: keyPath(f.path), ...locate(f.path) }));
   return { config, file, baseDir, scriptFolders: scriptFolders.map(({ path: _, ...f }) => f), locate: (path) => locate(path), text };
+}
+
+/**
+ * What the yaml package's message leaves out: which key is the duplicate (its position is one character of it) and
+ * what to do about a tab. Postern's configuration is often edited on a server with whatever editor is there.
+ */
+function yamlErrorHint(code: string, text: string, at: number): string {
+  if (code === 'TAB_AS_INDENT') return ' (indent with spaces)';
+  if (code !== 'DUPLICATE_KEY') return '';
+  const key = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:#\n]+?)\s*:/.exec(text.slice(at, at + 300))?.[1];
+  return key ? `: ${key.startsWith('"') || key.startsWith("'") ? key : JSON.stringify(key)} is set twice in the same mapping (the other one is above): keep one` : '';
 }
 
 /** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */

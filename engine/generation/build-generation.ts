@@ -19,6 +19,7 @@ import { loadTable, type LookupTable } from '../policy/lookup-tables.ts';
 import { loadUsersFile } from '../auth/users-file.ts';
 import { loadLocalRecipients, LocalRecipientsError, type LocalRecipients } from '../policy/local-recipients.ts';
 import { domainKey } from '../policy/domain-key.ts';
+import { serverCertificateDates } from '../certificates/server-certificate-dates.ts';
 import { loadListenerTls, listenerSetup, listenerTlsKey } from '../smtp/listener-options.ts';
 import type { ListenerSetup } from '../smtp/postern-server.ts';
 import { checkOutboundTls, OutboundFileError } from '../delivery/outbound-tls.ts';
@@ -187,7 +188,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       warnings.push({ listener: l.name, message: located(loaded, ['listeners', i, 'proxyProtocol', 'trusted', everyone], `${l.proxyProtocol!.trusted[everyone]} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers`) });
     }
     try {
-      listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings));
+      listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings, (message) => located(loaded, ['listeners', i, 'tls', 'cert'], message)));
     } catch (err) {
       // A file that cannot be used is reported at the key (file and line) that names it.
       failed(err instanceof TlsFileError ? located(loaded, ['listeners', i, ...listenerTlsKey(l, err)], err.message) : err);
@@ -273,9 +274,12 @@ function recipientTableGaps(config: Config, table: LocalRecipients | null): stri
   ];
 }
 
-async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[]): Promise<ListenerSetup> {
+/** `atCert` puts a message at the line of the listener's `tls.cert`. */
+async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[], atCert: (message: string) => string): Promise<ListenerSetup> {
   const tls = await loadListenerTls(l);
   for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
+  const dates = tls.cert ? serverCertificateDates(l.tls.cert!, tls.cert) : null;
+  if (dates) warnings.push({ listener: l.name, message: atCert(dates) });
   return listenerSetup(l, tls, hostname, logger);
 }
 

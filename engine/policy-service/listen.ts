@@ -9,6 +9,7 @@ import { chmod, chown, link, lstat, readFile, stat, unlink } from 'node:fs/promi
 import { basename, dirname, join } from 'node:path';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import { listenOwnerOnly } from '../admin/unix-socket-path.ts';
+import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 /** A bound service: how to show its address, and how to close it. */
 export interface BoundPolicyService {
@@ -32,7 +33,7 @@ export function policyConnectionKey(service: string): string {
 }
 
 export async function listenPolicyService(service: PolicyServiceConfig, server: net.Server): Promise<BoundPolicyService> {
-  const fail = (err: Error): Error => new Error(`policy service ${service.name}: cannot listen on ${service.listen}: ${err.message}`);
+  const fail = (err: Error): Error => new Error(`policy service ${service.name}: cannot listen on ${service.listen}: ${err.message}${privilegedPortHint(service.listen, err)}`);
   if (service.listen.startsWith('unix:')) {
     const path = service.listen.slice(5);
     await removeStaleSocket(path).catch((err: Error) => { throw fail(err); });

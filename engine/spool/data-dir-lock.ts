@@ -186,11 +186,12 @@ function readOrNull(file: string): string | null {
  * Why other local users could plant files or symbolic links in `dir` (made 0700 by the server, but an existing
  * one is used as it is): a folder writable by its group or by everyone, or owned by another user. Null: only
  * this server's user (and root) can. A warning at start, not a refusal: containers' shared volumes are often 0777.
+ * `owner: false`: its mode only (`postern check`, which may well be run by root or another user than the server's).
  */
-export function openToOthers(dir: string, me = 'this server\'s user'): string | null {
+export function openToOthers(dir: string, me = 'this server\'s user', { owner = true }: { owner?: boolean } = {}): string | null {
   const st = statSync(dir);
   const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== uid && st.uid !== 0) return `owned by uid ${st.uid}, not by ${me} (uid ${uid})`;
+  if (owner && uid !== undefined && st.uid !== uid && st.uid !== 0) return `owned by uid ${st.uid}, not by ${me} (uid ${uid})`;
   if ((st.mode & 0o022) && !(st.mode & 0o1000)) return `writable by ${st.mode & 0o002 ? 'every local user' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`;
   return null;
 }

@@ -107,7 +107,7 @@ test('loadKeyPair errors name the file', async () => {
   const notKey = await file('not-a-key.pem', 'nothing\n');
   await rejectsNaming(loadKeyPair(pki.server.cert, notKey), notKey, /^not a usable private key/);
   const notCert = await file('not-a-cert.pem', await readFile(pki.server.key, 'utf8'));
-  await rejectsNaming(loadKeyPair(notCert, pki.server.key), notCert, /^not a PEM certificate$/);
+  await rejectsNaming(loadKeyPair(notCert, pki.server.key), notCert, /^holds a private key, not a certificate \(are the certificate and key files swapped\?\)$/);
   const missing = join(scratch.path, 'missing.key');
   await rejectsNaming(loadKeyPair(pki.server.cert, missing), missing, /^cannot read: ENOENT/);
 });

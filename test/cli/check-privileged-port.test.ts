@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { chmod, mkdir } from 'node:fs/promises';
+import { chmod, chown, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCli } from '../helpers/cli.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
@@ -15,8 +15,9 @@ const firstUnprivileged = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivilege
 
 test('a listener on port 25 checked by a user who cannot bind it: a warning naming the key; none as root', { skip: firstUnprivileged !== 1024 && `ip_unprivileged_port_start is ${firstUnprivileged}` }, async () => {
   await chmod(scratch.path, 0o755);
-  await mkdir(join(scratch.path, 'data'), { mode: 0o777 });
-  await chmod(join(scratch.path, 'data'), 0o777);
+  // The service user's (0777 would be a warning of its own: test/cli/check-data-dir-open.test.ts).
+  await mkdir(join(scratch.path, 'data'), { mode: 0o700 });
+  await chown(join(scratch.path, 'data'), NOBODY.uid, NOBODY.gid);
   const cfg = await scratch.file('postern.yaml', `dataDir: ./data
 listeners:
   - { name: mx, listen: "127.0.0.1:25" }
@@ -27,8 +28,9 @@ admin: { listen: "127.0.0.1:80" }
   const user = await runCli(['check', '--config', cfg], { as: NOBODY });
   assert.equal(user.code, 0, user.stderr);
   assert.deepEqual(user.stderr.trim().split('\n'), [
-    'warning: listeners[0].listen: port 25 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)',
-    'warning: admin.listen: port 80 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)',
+    // At the line of the key, as every other line of check (the file named: an ExecStartPre's journal lines too).
+    `warning: ${cfg}:3:25: listeners[0].listen: port 25 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)`,
+    `warning: ${cfg}:5:18: admin.listen: port 80 is below 1024: this user cannot bind it (no root, no CAP_NET_BIND_SERVICE), so postern serve run like this check would fail (EACCES)`,
   ]);
   const root = await runCli(['check', '--config', cfg]);
   assert.equal(root.stderr, '');
