@@ -1,0 +1,70 @@
+// A full listener closes a connection of the address holding the most for a client of an address holding fewer,
+// never one whose client waits for us. A client whose message was received in full waits for its end-of-data
+// verdict (the data hook, the spool's commit before the 250): closing it then cut its 250 into a 421, and a client
+// that retries sends the message again. Here the data hook waits for a DNS answer that never comes (dns.timeoutMs).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts';
+import { until } from '../helpers/wait.ts';
+
+const DATA = `import type { DataContext } from "postern";
+export default async function (ctx: DataContext) {
+  await dns.resolve("held.test", "A"); // never answered: the verdict comes after dns.timeoutMs
+  return accept({ text: "taken after the lookup" });
+}
+`;
+
+let dns: TestDnsServer;
+let server: TestServer;
+
+before(async () => {
+  dns = await startDnsServer({});
+  dns.silent.add('held.test');
+  server = await startTestServer({
+    config: `
+localDomains: [example.com]
+sandbox: { timeoutMs: 20000 }
+dns: { servers: ["${dns.address}"], timeoutMs: 3000 }
+listeners:
+  - name: pair
+    listen: 127.0.0.1:0
+    tls: { mode: none }
+    reverseDns: false
+    limits: { greetingDelayMs: 0, maxConnections: 2, maxConnectionsPerIp: 2 }
+`,
+    scripts: { 'data.ts': DATA },
+  });
+});
+after(async () => {
+  await server?.stop();
+  await dns?.stop();
+});
+
+async function inData(ip: string): Promise<SmtpTestClient> {
+  const c = await SmtpTestClient.connect(server.port('pair'), { localAddress: ip });
+  assert.equal((await c.read()).code, 220, c.transcript.join('\n'));
+  assert.equal((await c.command('EHLO holder.example')).code, 250);
+  assert.equal((await c.command('MAIL FROM:<a@sender.example>')).code, 250);
+  assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
+  assert.equal((await c.command('DATA')).code, 354);
+  return c;
+}
+
+test('a client waiting for its end-of-data verdict is not closed for another client', { timeout: 60_000 }, async () => {
+  const waiting = await inData('127.0.0.2');
+  const sending = await inData('127.0.0.2'); // receiving its message: never closed either
+  sending.socket.write('Subject: slow\r\n\r\nfirst line\r\n');
+  waiting.socket.write('Subject: whole\r\n\r\nbody\r\n.\r\n');
+  await until('the data hook asks DNS', () => (dns.queries.get('A held.test') ?? 0) > 0);
+
+  const newcomer = await SmtpTestClient.connect(server.port('pair'), { localAddress: '127.0.0.3' });
+  const answer = await newcomer.read();
+  // Nobody may be closed for it: refused, as before the listener room.
+  assert.match(answer.text, /^421 4\.7\.0 .*Too many connected clients/, newcomer.transcript.join('\n'));
+  const verdict = await waiting.read();
+  assert.equal(verdict.code, 250, waiting.transcript.join('\n'));
+  assert.equal(sending.closed, false);
+  for (const c of [waiting, sending, newcomer]) c.destroy();
+});
