@@ -77,6 +77,11 @@ export class ConnectionState {
   ipCountNow: OverLimit | null = null;
   /** Accepted over the listener's maxConnections counted over every worker process (postern serve): 421 at connect. */
   overListenerLimit = false;
+  /**
+   * Connections of its address when it was accepted, itself included, over every worker of postern serve (the
+   * supervisor's count): what listener-room.ts holds it to, as a worker sees only its own. 0: not counted.
+   */
+  addressOpenAtAccept = 0;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
   /**

@@ -10,7 +10,10 @@
  * closing-order.ts: silent first, then one with a command line under way, then the one idle longest), so that
  * afterwards neither address holds more than the other. Never one receiving a message or whose command is being
  * answered, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
- * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself.
+ * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself, but
+ * the newcomer's address is held to what it had over every worker when accepted: counted in its own worker alone,
+ * a client whose connections were all on the other worker held none here, closed a connection of an address
+ * holding as many as it, and that client's reconnection, on the other worker, closed one of its in turn.
  */
 import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
@@ -19,6 +22,8 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 export interface RoomMember {
   /** The client's address (the one a PROXY header named). */
   readonly remoteAddress: string;
+  /** Connections of its address over every process when it was accepted, itself included (0: unknown). */
+  readonly addressOpenAtAccept: number;
   /** What it has done, for closing-order.ts; null: it must not be closed (busy, just accepted, closing). */
   standing(): Standing | null;
   /** Whether it is still open and counted. */
@@ -43,6 +48,8 @@ export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable
     if (!list) byAddress.set(address, list = []);
     list.push(member);
   }
+  // What this process holds of the newcomer's address, or what the address held over every worker, if more.
+  ownCount = Math.max(ownCount, newcomer.addressOpenAtAccept - 1);
   // The biggest holders first, those holding as many taken together; an address that holds only one more than the
   // newcomer's (with it) is not closed for it.
   const sizes = [...new Set([...byAddress.values()].map((list) => list.length))].filter((n) => n >= ownCount + 2).sort((a, b) => b - a);

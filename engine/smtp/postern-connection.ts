@@ -169,6 +169,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
 
   get counted(): boolean { return !this._closing && !this._closed; }
 
+  get addressOpenAtAccept(): number { return this.state.addressOpenAtAccept; }
+
   /** Closed for a client of an address that holds fewer (listener-room.ts): a 421 that says why. */
   closeForAnotherClient(): void {
     this.#answer('SMTP', reply('closedForAnotherClient', { hostname: this.name }));
