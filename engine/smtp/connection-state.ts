@@ -82,6 +82,8 @@ export class ConnectionState {
    * supervisor's count): what listener-room.ts holds it to, as a worker sees only its own. 0: not counted.
    */
   addressOpenAtAccept = 0;
+  /** Its address as counted (countedAddress: an IPv6 client's network), set when it was accepted. */
+  countedAddress: string | null = null;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
   /**

@@ -16,12 +16,16 @@
  * holding as many as it, and that client's reconnection, on the other worker, closed one of its in turn.
  */
 import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
-import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /** What the room needs of a connection (PosternConnection). */
 export interface RoomMember {
-  /** The client's address (the one a PROXY header named). */
-  readonly remoteAddress: string;
+  /**
+   * The client's address (the one a PROXY header named) as counted: an IPv6 client's network. Worked out once per
+   * connection: parsed again for each held connection at each client that found the listener full, it cost 5 µs an
+   * IPv6 address, 3 ms of the server's thread per newcomer at the default 500 (a few hundred connects a second,
+   * each refused, held the event loop).
+   */
+  readonly countedAddress: string;
   /** Connections of its address over every process when it was accepted, itself included (0: unknown). */
   readonly addressOpenAtAccept: number;
   /** What it has done, for closing-order.ts; null: it must not be closed (busy, just accepted, closing). */
@@ -36,13 +40,13 @@ export interface RoomMember {
  * Close one of `members` for `newcomer` (one of them) as above; false when none may be, and the newcomer is to
  * be refused.
  */
-export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, ipv6PrefixLength: number): boolean {
+export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable<M>): boolean {
   const byAddress = new Map<string, M[]>();
-  const own = countedAddress(newcomer.remoteAddress, ipv6PrefixLength);
+  const own = newcomer.countedAddress;
   let ownCount = 0;
   for (const member of members) {
     if (member === newcomer || !member.counted) continue;
-    const address = countedAddress(member.remoteAddress, ipv6PrefixLength);
+    const address = member.countedAddress;
     if (address === own) { ownCount++; continue; }
     let list = byAddress.get(address);
     if (!list) byAddress.set(address, list = []);

@@ -27,6 +27,7 @@ import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 import { nextProgress, type Standing } from '../connection-limits/closing-order.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { RoomMember } from './listener-room.ts';
 
 type Callback = () => void;
@@ -111,6 +112,8 @@ export interface ListenerHost {
   readonly greetingDelayMs: number;
   readonly tlsHandshakeTimeoutMs: number;
   readonly trust: TrustedIssuers;
+  /** limits.ipv6PrefixLength, fixed until restart: how a client's address is counted. */
+  readonly ipv6PrefixLength: number;
   /** Over limits.maxConnections: close another client's connection for this one (listener-room.ts); false if none may be. */
   makeRoomFor(connection: PosternConnection): boolean;
 }
@@ -170,6 +173,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   get counted(): boolean { return !this._closing && !this._closed; }
 
   get addressOpenAtAccept(): number { return this.state.addressOpenAtAccept; }
+
+  get countedAddress(): string {
+    return this.state.countedAddress ??= countedAddress(this.remoteAddress, this.#server.ipv6PrefixLength);
+  }
 
   /** Closed for a client of an address that holds fewer (listener-room.ts): a 421 that says why. */
   closeForAnotherClient(): void {
