@@ -9,7 +9,7 @@
  * than another's: one connection of the address holding the most is closed with a 421 (the order of
  * closing-order.ts: silent first, then one with a command line under way, then the one idle longest), so that
  * afterwards neither address holds more than the other. Never one receiving a message or whose command is being
- * answered, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
+ * answered, nor one waiting for its greeting or its end-of-data reply, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
  * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself, but
  * the newcomer's address is held to what it had over every worker when accepted: counted in its own worker alone,
  * a client whose connections were all on the other worker held none here, closed a connection of an address

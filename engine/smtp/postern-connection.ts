@@ -162,11 +162,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
    * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
    * client: just accepted, a command of it being answered, a message being received (its client sends it now;
    * dataTimeoutMs bounds that) or received and waiting for its verdict (the data hook, the spool's commit: its
-   * client would read a 421 for a message it may have sent in full, and send it again), or closing.
+   * client would read a 421 for a message it may have sent in full, and send it again), not yet greeted (its
+   * client must wait for the greeting: the connect hook, the reverse lookup, greetingDelayMs; silent, it ranked
+   * first of all to close), or closing.
    */
   standing(): Standing | null {
-    // smtp-server's _dataStream: from the 354 until the end-of-data reply is written (the handler's callback came at the 354).
-    if (this.#fresh || !this.counted || this._handlerPending || this.#receiving !== null || this._dataStream) return null;
+    // smtp-server's _dataStream: from the 354 until the end-of-data reply is written (the handler's callback came at
+    // the 354); _ready: set as the greeting is sent.
+    if (this.#fresh || !this._ready || !this.counted || this._handlerPending || this.#receiving !== null || this._dataStream) return null;
     return { advanced: this.#advanced, sentAnything: (this._socket as net.Socket).bytesRead > 0, progress: this.#progress };
   }
 

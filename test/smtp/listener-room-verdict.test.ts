@@ -1,7 +1,9 @@
 // A full listener closes a connection of the address holding the most for a client of an address holding fewer,
 // never one whose client waits for us. A client whose message was received in full waits for its end-of-data
 // verdict (the data hook, the spool's commit before the 250): closing it then cut its 250 into a 421, and a client
-// that retries sends the message again. Here the data hook waits for a DNS answer that never comes (dns.timeoutMs).
+// that retries sends the message again. A client not yet greeted waits for its greeting (the connect hook, the
+// reverse DNS lookup): it was closed first of all, as one that never sent a command, before connections idle
+// for minutes. Here the hooks wait for a DNS answer that never comes (dns.timeoutMs).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
@@ -13,6 +15,13 @@ const DATA = `import type { DataContext } from "postern";
 export default async function (ctx: DataContext) {
   await dns.resolve("held.test", "A"); // never answered: the verdict comes after dns.timeoutMs
   return accept({ text: "taken after the lookup" });
+}
+`;
+
+// Only 127.0.0.4's connections wait for their greeting.
+const CONNECT = `import type { ConnectContext } from "postern";
+export default async function (ctx: ConnectContext) {
+  if (ctx.connection.remoteAddress === "127.0.0.4") await dns.resolve("held.test", "A");
 }
 `;
 
@@ -34,7 +43,7 @@ listeners:
     reverseDns: false
     limits: { greetingDelayMs: 0, maxConnections: 2, maxConnectionsPerIp: 2 }
 `,
-    scripts: { 'data.ts': DATA },
+    scripts: { 'data.ts': DATA, 'connect.ts': CONNECT },
   });
 });
 after(async () => {
@@ -67,4 +76,22 @@ test('a client waiting for its end-of-data verdict is not closed for another cli
   assert.equal(verdict.code, 250, waiting.transcript.join('\n'));
   assert.equal(sending.closed, false);
   for (const c of [waiting, sending, newcomer]) c.destroy();
+});
+
+test('a client waiting for its greeting is not the first closed for another client', { timeout: 60_000 }, async () => {
+  const open = (): number => (server.servers.get('pair') as unknown as { connections: Set<unknown> }).connections.size;
+  await until('the listener empty', () => open() === 0);
+  const idle = await SmtpTestClient.connect(server.port('pair'), { localAddress: '127.0.0.4' });
+  assert.equal((await idle.read()).code, 220, idle.transcript.join('\n'));
+  assert.equal((await idle.command('EHLO holder.example')).code, 250);
+  const queriesBefore = dns.queries.get('A held.test') ?? 0;
+  const waiting = await SmtpTestClient.connect(server.port('pair'), { localAddress: '127.0.0.4' });
+  await until('its connect hook asks DNS', () => (dns.queries.get('A held.test') ?? 0) > queriesBefore);
+
+  const newcomer = await SmtpTestClient.connect(server.port('pair'), { localAddress: '127.0.0.5' });
+  assert.equal((await newcomer.read()).code, 220, newcomer.transcript.join('\n'));
+  // The idle one made room; the one waiting for its greeting gets it.
+  assert.ok(await idle.waitClosed(), 'the idle connection closed');
+  assert.equal((await waiting.read()).code, 220, waiting.transcript.join('\n'));
+  for (const c of [idle, waiting, newcomer]) c.destroy();
 });
