@@ -80,16 +80,21 @@ export function flushPendingLog(shared: SharedArrayBuffer, fd = 1, wait = true):
   // Copied out of shared memory: writeSync takes an ordinary buffer.
   const bytes = new Uint8Array(shared, HEADER_BYTES, pending).slice();
   Atomics.store(length, 0, 0);
+  if (!wait) writeLinesUntilFull(fd, bytes); // a full stdout: what does not fit is lost, nothing waits
+  else writeWholeLines(fd, bytes);
+}
+
+/**
+ * Writes `bytes` completely as writeAll does, but whole lines at most ATOMIC_WRITE at a time: one larger write to a
+ * pipe is taken in pieces once it is full, and another process's lines land between them.
+ */
+function writeWholeLines(fd: number, bytes: Uint8Array): void {
   for (let start = 0; start < bytes.length;) {
     let end = Math.min(bytes.length, start + ATOMIC_WRITE);
     if (end < bytes.length) {
       const lastNewline = bytes.lastIndexOf(NEWLINE, end - 1);
       // Whole lines only; a line longer than ATOMIC_WRITE goes alone (it could not be atomic anyway).
       end = lastNewline >= start ? lastNewline + 1 : bytes.indexOf(NEWLINE, end) + 1 || bytes.length;
-    }
-    if (!wait) {
-      writeLinesUntilFull(fd, bytes, start); // a full stdout: what does not fit is lost, nothing waits
-      return;
     }
     writeAll(fd, bytes.subarray(start, end));
     start = end;
@@ -196,7 +201,8 @@ export class TurnBufferedStdout {
   #flushAtExit(): void {
     if (this.#retry) clearTimeout(this.#retry);
     this.#retry = null;
-    for (const [i, b] of this.#backlog.entries()) writeAll(this.#fd, b.subarray(i === 0 ? this.#backlogAt : 0));
+    // Line by line as ever (the other processes still write): held lines came out cut by theirs at a stop or crash.
+    for (const [i, b] of this.#backlog.entries()) writeWholeLines(this.#fd, b.subarray(i === 0 ? this.#backlogAt : 0));
     this.#backlog = [];
     this.#backlogBytes = 0;
     flushPendingLog(this.shared, this.#fd);

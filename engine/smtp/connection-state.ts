@@ -77,6 +77,13 @@ export class ConnectionState {
   ipCountNow: OverLimit | null = null;
   /** Accepted over the listener's maxConnections counted over every worker process (postern serve): 421 at connect. */
   overListenerLimit = false;
+  /**
+   * Connections of its address when it was accepted, itself included, over every worker of postern serve (the
+   * supervisor's count): what listener-room.ts holds it to, as a worker sees only its own. 0: not counted.
+   */
+  addressOpenAtAccept = 0;
+  /** Its address as counted (countedAddress: an IPv6 client's network), set when it was accepted. */
+  countedAddress: string | null = null;
   /** Takes the connection off its address's count (idempotent). */
   uncountIp: (() => void) | null = null;
   /**

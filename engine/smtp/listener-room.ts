@@ -9,16 +9,25 @@
  * than another's: one connection of the address holding the most is closed with a 421 (the order of
  * closing-order.ts: silent first, then one with a command line under way, then the one idle longest), so that
  * afterwards neither address holds more than the other. Never one receiving a message or whose command is being
- * answered, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
- * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself.
+ * answered, nor one waiting for its greeting or its end-of-data reply, nor one just accepted. Among addresses holding about as many each, nobody is closed for a newcomer: it
+ * is refused, as before. Under `postern serve` a worker closes only its own connections, counted by itself, but
+ * the newcomer's address is held to what it had over every worker when accepted: counted in its own worker alone,
+ * a client whose connections were all on the other worker held none here, closed a connection of an address
+ * holding as many as it, and that client's reconnection, on the other worker, closed one of its in turn.
  */
 import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
-import { countedAddress } from '../connection-limits/counted-address.ts';
 
 /** What the room needs of a connection (PosternConnection). */
 export interface RoomMember {
-  /** The client's address (the one a PROXY header named). */
-  readonly remoteAddress: string;
+  /**
+   * The client's address (the one a PROXY header named) as counted: an IPv6 client's network. Worked out once per
+   * connection: parsed again for each held connection at each client that found the listener full, it cost 5 µs an
+   * IPv6 address, 3 ms of the server's thread per newcomer at the default 500 (a few hundred connects a second,
+   * each refused, held the event loop).
+   */
+  readonly countedAddress: string;
+  /** Connections of its address over every process when it was accepted, itself included (0: unknown). */
+  readonly addressOpenAtAccept: number;
   /** What it has done, for closing-order.ts; null: it must not be closed (busy, just accepted, closing). */
   standing(): Standing | null;
   /** Whether it is still open and counted. */
@@ -31,18 +40,20 @@ export interface RoomMember {
  * Close one of `members` for `newcomer` (one of them) as above; false when none may be, and the newcomer is to
  * be refused.
  */
-export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, ipv6PrefixLength: number): boolean {
+export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable<M>): boolean {
   const byAddress = new Map<string, M[]>();
-  const own = countedAddress(newcomer.remoteAddress, ipv6PrefixLength);
+  const own = newcomer.countedAddress;
   let ownCount = 0;
   for (const member of members) {
     if (member === newcomer || !member.counted) continue;
-    const address = countedAddress(member.remoteAddress, ipv6PrefixLength);
+    const address = member.countedAddress;
     if (address === own) { ownCount++; continue; }
     let list = byAddress.get(address);
     if (!list) byAddress.set(address, list = []);
     list.push(member);
   }
+  // What this process holds of the newcomer's address, or what the address held over every worker, if more.
+  ownCount = Math.max(ownCount, newcomer.addressOpenAtAccept - 1);
   // The biggest holders first, those holding as many taken together; an address that holds only one more than the
   // newcomer's (with it) is not closed for it.
   const sizes = [...new Set([...byAddress.values()].map((list) => list.length))].filter((n) => n >= ownCount + 2).sort((a, b) => b - a);

@@ -27,6 +27,7 @@ import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 import { nextProgress, type Standing } from '../connection-limits/closing-order.ts';
+import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { RoomMember } from './listener-room.ts';
 
 type Callback = () => void;
@@ -111,6 +112,8 @@ export interface ListenerHost {
   readonly greetingDelayMs: number;
   readonly tlsHandshakeTimeoutMs: number;
   readonly trust: TrustedIssuers;
+  /** limits.ipv6PrefixLength, fixed until restart: how a client's address is counted. */
+  readonly ipv6PrefixLength: number;
   /** Over limits.maxConnections: close another client's connection for this one (listener-room.ts); false if none may be. */
   makeRoomFor(connection: PosternConnection): boolean;
 }
@@ -163,14 +166,25 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   /**
    * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
    * client: just accepted, a command of it being answered, a message being received (its client sends it now;
-   * dataTimeoutMs bounds that), or closing.
+   * dataTimeoutMs bounds that) or received and waiting for its verdict (the data hook, the spool's commit: its
+   * client would read a 421 for a message it may have sent in full, and send it again), not yet greeted (its
+   * client must wait for the greeting: the connect hook, the reverse lookup, greetingDelayMs; silent, it ranked
+   * first of all to close), or closing.
    */
   standing(): Standing | null {
-    if (this.#fresh || !this.counted || this._handlerPending || this.#receiving !== null) return null;
+    // smtp-server's _dataStream: from the 354 until the end-of-data reply is written (the handler's callback came at
+    // the 354); _ready: set as the greeting is sent.
+    if (this.#fresh || !this._ready || !this.counted || this._handlerPending || this.#receiving !== null || this._dataStream) return null;
     return { advanced: this.#advanced, sentAnything: (this._socket as net.Socket).bytesRead > 0, progress: this.#progress };
   }
 
   get counted(): boolean { return !this._closing && !this._closed; }
+
+  get addressOpenAtAccept(): number { return this.state.addressOpenAtAccept; }
+
+  get countedAddress(): string {
+    return this.state.countedAddress ??= countedAddress(this.remoteAddress, this.#server.ipv6PrefixLength);
+  }
 
   /** Closed for a client of an address that holds fewer (listener-room.ts): a 421 that says why. */
   closeForAnotherClient(): void {

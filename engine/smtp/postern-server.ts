@@ -139,6 +139,12 @@ export class PosternServer extends SMTPServer {
   readonly #uncount = new WeakMap<net.Socket, () => void>();
   /** Sockets counted over maxConnectionsPerIp, recounted as their earlier connections close (see onConnect). */
   readonly #overCount = new WeakMap<net.Socket, OverLimit>();
+  /**
+   * Each socket's address as counted (countedAddress: an IPv6 client's network), and its connections then, itself
+   * included (over every worker under postern serve): for listener-room.ts, which must not parse every held
+   * connection's address again for each client that finds the listener full.
+   */
+  readonly #countedAtAccept = new WeakMap<net.Socket, { address: string; open: number }>();
   readonly #overLimit = new OverLimitCounts();
   /** The order in which sockets were counted. */
   #serial = 0;
@@ -210,6 +216,7 @@ export class PosternServer extends SMTPServer {
     // session's close uncounts too.
     socket.once('close', uncount);
     this.#uncount.set(socket, uncount);
+    this.#countedAtAccept.set(socket, { address: ip, open });
     if (open > this.maxConnectionsPerIp) {
       if (handshake && open > 2 * this.maxConnectionsPerIp) {
         this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('CONNECT', ip, 'limits.maxConnectionsPerIp: over twice the limit (closed before TLS)'), ip, open },
@@ -362,7 +369,7 @@ export class PosternServer extends SMTPServer {
 
   /** Over limits.maxConnections: one of this process's connections closed for `newcomer`, when fair (listener-room.ts). */
   makeRoomFor(newcomer: PosternConnection): boolean {
-    return makeRoomFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections, this.ipv6PrefixLength);
+    return makeRoomFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections);
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */
@@ -420,6 +427,8 @@ export class PosternServer extends SMTPServer {
     if (over) this.#overCount.set(tlsSocket, over);
     const uncount = this.#uncount.get(socket);
     if (uncount) this.#uncount.set(tlsSocket, uncount);
+    const counted = this.#countedAtAccept.get(socket);
+    if (counted) this.#countedAtAccept.set(tlsSocket, counted);
   }
 
   /** This listener in the configuration in force: undefined once a reload removed it (its port stays bound until a restart). */
@@ -439,6 +448,9 @@ export class PosternServer extends SMTPServer {
     connection.state.overListenerLimit = this.#overListenerLimit.has(socket);
     connection.state.connectionRateDecided = this.#rateDecided.get(socket);
     connection.state.uncountIp = this.#uncount.get(socket) ?? null;
+    const counted = this.#countedAtAccept.get(socket);
+    connection.state.countedAddress = counted?.address ?? null;
+    connection.state.addressOpenAtAccept = counted?.open ?? 0;
     connection.state.handshakeTrust = this.#handshakeTrust.get(socket) ?? null;
     // Counted as it starts: a connection refused before onConnect (too many clients, talking before the greeting)
     // is one too, as postern_smtp_connections_refused_total counts it (refused never more than taken).
