@@ -46,9 +46,9 @@ export const isLocalDomain = (d: string): boolean => {
   const key = domainKey(d);
   return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
 };
-/** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 /** access(5) actions that refuse for now: what a policy service may answer when its script failed. */
 const TEMPORARY_REFUSAL = /^(?:(?:DEFER_IF_PERMIT|DEFER)(?:[ \t].*)?|4\d\d(?:[ \t].*)?)$/i;
+/** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
 const replyText = () => z.string().max(200).regex(/^[\x20-\x7e]*$/, 'expected printable ASCII text, without line ends');
 
 /** The longest wait between two delivery attempts: 31 days. */
