@@ -6,10 +6,15 @@
  * pieces once the reader fell behind, and another worker's lines landed inside it: a quarter of such lines
  * came out as broken JSON that log shippers and fail2ban drop.
  *
- * So a longer line is written as several whole lines: each has the line's short fields and one piece of one long
- * field, and `part: "i/n"`. Concatenating a field's pieces in part order gives its value back (a long field that
- * is not a string is split as its JSON text).
+ * So a longer line is written as several whole lines, each with `part: "i/n"` and one piece of one long field. The
+ * first has every short field of the line; the later ones only those that say whose line it is (JOINING), so that a
+ * tool counting lines by what they say (a refusal's `decision`, fail2ban's pattern) counts the line once, not once
+ * per part. Concatenating a field's pieces in part order gives its value back (a long field that is not a string is
+ * split as its JSON text).
  */
+
+/** The fields a later part repeats: enough to join it to its first part (same process, same connection or message). */
+const JOINING = ['level', 'time', 'pid', 'hostname', 'component', 'cid', 'id'] as const;
 
 /** Bytes of one line, its newline included, at most (PIPE_BUF). */
 export const MAX_LINE_BYTES = 4096;
@@ -43,7 +48,9 @@ export function wholeLines(line: string): string {
     const room = MAX_LINE_BYTES - 1 - shared - PART_OVERHEAD - bytesOf(JSON.stringify(key));
     for (const piece of split(value, room)) pieces.push([key, piece]);
   }
-  return pieces.map(([key, piece], i) => `${JSON.stringify({ ...short, part: `${i + 1}/${pieces.length}`, [key]: piece })}\n`).join('');
+  const joining: Record<string, unknown> = {};
+  for (const key of JOINING) if (key in short) joining[key] = short[key];
+  return pieces.map(([key, piece], i) => `${JSON.stringify({ ...(i === 0 ? short : joining), part: `${i + 1}/${pieces.length}`, [key]: piece })}\n`).join('');
 }
 
 /** `value` in pieces whose JSON text (escapes included, UTF-8) is at most `room` bytes each; no character is cut. */
