@@ -8,27 +8,31 @@
  *
  * A certificate revoked as no longer used or replaced is refused by its fingerprint only: another certificate with
  * the same key is left to the CRL and pins in force, as before. A stolen key is refused in any certificate (as
- * `postern pins` refuses to pin it), until the page registers it again.
+ * `postern pins` refuses to pin it), until the account that lost it registers it again on the page. Another account's
+ * registration of it forgets nothing: a key is public (sent in TLS handshakes), and the pin table in force still names
+ * the account that lost it, so the thief registering it on an account of their own signed in as the victim again.
  */
 interface Certificate { fingerprint: { sha256: string }; pin: { sha256: string } }
 
 export class RevokedHere {
   readonly #certificates = new Set<string>();
-  readonly #keys = new Set<string>();
+  /** Stolen keys (pin hex) and the account each was taken back from (lower case). */
+  readonly #keys = new Map<string, string>();
 
   /** The certificate of this SHA-256 fingerprint (hex) was revoked on the page. */
   revoked(fingerprintSha256: string): void {
     this.#certificates.add(fingerprintSha256.toLowerCase());
   }
 
-  /** The key (SHA-256 of its SubjectPublicKeyInfo, hex) was taken back on the page as lost or stolen. */
-  stolen(pinSha256: string): void {
-    this.#keys.add(pinSha256.toLowerCase());
+  /** The key (SHA-256 of its SubjectPublicKeyInfo, hex) was taken back on the page by `identity` as lost or stolen. */
+  stolen(pinSha256: string, identity: string): void {
+    this.#keys.set(pinSha256.toLowerCase(), identity.toLowerCase());
   }
 
-  /** Registered again on the page: its owner has it back. */
-  registered(pinSha256: string): void {
-    this.#keys.delete(pinSha256.toLowerCase());
+  /** Registered on the page by `identity`: the account that lost it has it back; any other's registration changes nothing. */
+  registered(pinSha256: string, identity: string): void {
+    const pin = pinSha256.toLowerCase();
+    if (this.#keys.get(pin) === identity.toLowerCase()) this.#keys.delete(pin);
   }
 
   refuses(c: Certificate | null | undefined): boolean {

@@ -248,7 +248,7 @@ export function accountRoutes(state: AccountsState) {
       const device = field(req.body, 'device').trim();
       const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
-      state.revokedHere.registered(entry.pinSha256); // a key removed as lost or stolen, found and registered again
+      state.revokedHere.registered(entry.pinSha256, s.identity); // a key this account removed as lost or stolen, found again
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -280,7 +280,7 @@ export function accountRoutes(state: AccountsState) {
         // as they are revoked).
         const stolen = (change.revoked || change.unpinned) && reason === 'keyCompromise';
         // Refused here from now on: the CRL or pin table without it comes in with a reload, later or (reloads refused) not yet.
-        if (stolen || (change.revoked && !device.fingerprintSha256)) state.revokedHere.stolen(device.pinSha256);
+        if (stolen || (change.revoked && !device.fingerprintSha256)) state.revokedHere.stolen(device.pinSha256, s.identity);
         else if (change.revoked) state.revokedHere.revoked(device.fingerprintSha256!);
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
         changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },

@@ -27,7 +27,36 @@ export function keyPath(path: ReadonlyArray<PropertyKey>): string {
   let out = '';
   for (const part of path) {
     if (typeof part === 'number') out += `[${part}]`;
-    else out += out ? `.${String(part)}` : String(part);
+    else {
+      const name = String(part);
+      const shown = isPlainKey(name) ? name : quotedKey(name);
+      out += out ? `.${shown}` : shown;
+    }
   }
   return out;
 }
+
+/**
+ * Characters of a key of the file that must not reach a terminal as they are: control characters (an escape
+ * sequence clears the screen or retitles the window, a carriage return overwrites the line, a newline makes a line
+ * of the file's choosing), format characters (a right-to-left override reverses what follows) and line separators.
+ */
+const ODD_CHARACTER = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+/** A key is shown up to this many characters: a key of a megabyte would otherwise be printed whole on its line. */
+const SHOWN_KEY_CHARS = 100;
+
+/** A key that can be shown as it is: short, and nothing in it a terminal would act on. */
+export function isPlainKey(key: string): boolean {
+  return key.length <= SHOWN_KEY_CHARS && !ODD_CHARACTER.test(key);
+}
+
+/** A key of the file in double quotes, its odd characters escaped, cut short (with its length) when long. */
+export function quotedKey(key: string): string {
+  const cut = key.length > SHOWN_KEY_CHARS;
+  const head = cut ? Array.from(key.slice(0, SHOWN_KEY_CHARS)).join('') : key;
+  const escaped = head.replace(/[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}"\\]/gu, (c) =>
+    ESCAPES[c] ?? `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`);
+  return cut ? `"${escaped}…" (${key.length} characters)` : `"${escaped}"`;
+}
+
+const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '"': '\\"', '\\': '\\\\' };

@@ -10,10 +10,15 @@ import { configKeys } from './describe.ts';
 // The schema's key paths (`listeners[].limits.maxConnections`, `delivery.clientCertificates.<name>.cert`), read
 // once and only when a configuration has an unknown key: building them walks the whole JSON Schema.
 let knownPaths: string[] | undefined;
+/** Longer than any key of the schema (the longest is about 30 characters), with room for a few typos. */
+const LONGEST_KEY = 64;
 const known = (): string[] => (knownPaths ??= configKeys().map((k) => k.path));
 
 /** The text to append to the message (` (did you mean "…"?)`), or '' when nothing is close enough. */
 export function keySuggestion(parent: ReadonlyArray<PropertyKey>, key: string): string {
+  // No key of the schema is this long: a key of thousands of characters (a paste gone wrong) was compared letter by
+  // letter with every key of its object, minutes of CPU for a few of them, in the check and in a running server's reload.
+  if (key.length > LONGEST_KEY) return '';
   const paths = known();
   const at = schemaPath(parent, paths);
   if (at === null) return '';
@@ -58,6 +63,7 @@ function closest(key: string, candidates: string[]): string | null {
   let best: string | null = null;
   let bestDistance = allowed + 1;
   for (const c of candidates) {
+    if (Math.abs(c.length - key.length) > allowed) continue; // as many edits at least: not near
     const d = editDistance(key.toLowerCase(), c.toLowerCase());
     if (d < bestDistance) { best = c; bestDistance = d; }
   }

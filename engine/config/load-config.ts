@@ -9,7 +9,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
 import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
 import { listenOverlap } from './listen-overlap.ts';
-import { ConfigError, keyPath, type ConfigProblem } from './config-error.ts';
+import { ConfigError, isPlainKey, keyPath, quotedKey, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
 import { keySuggestion } from './key-suggestion.ts';
 import { configSizeProblem, MAX_CONFIG_BYTES } from './config-size.ts';
@@ -87,7 +87,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
       // (zod gives the keys of one object in one issue: two typos there are two lines, as two anywhere else).
       return issue.keys.map((key) => {
         const path = [...issue.path, key];
-        return { file, ...locate(path, true), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(`Unrecognized key: ${JSON.stringify(key)}`) + keySuggestion(issue.path, key) };
+        return { file, ...locate(path, true), path: hideKeyMaterial(keyPath(path)), message: hideKeyMaterial(`Unrecognized key: ${quotedKey(key)}`) + keySuggestion(issue.path, key) };
       });
     }));
   }
@@ -106,7 +106,11 @@ function yamlErrorHint(code: string, text: string, at: number): string {
   if (code === 'TAB_AS_INDENT') return ' (indent with spaces)';
   if (code !== 'DUPLICATE_KEY') return '';
   const key = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:#\n]+?)\s*:/.exec(text.slice(at, at + 300))?.[1];
-  return key ? `: ${key.startsWith('"') || key.startsWith("'") ? key : JSON.stringify(key)} is set twice in the same mapping (the other one is above): keep one` : '';
+  if (!key) return '';
+  // A quoted key as the file spells it, unless a terminal would act on what is in it (a raw escape character).
+  const quoted = key.startsWith('"') || key.startsWith("'");
+  const shown = quoted && isPlainKey(key) ? key : quotedKey(quoted ? key.slice(1, -1) : key);
+  return `: ${shown} is set twice in the same mapping (the other one is above): keep one`;
 }
 
 /** Every scripts folder key set in the configuration, with its path; the top-level one only when `topLevel`. */

@@ -673,6 +673,14 @@ export class Journal {
       w.givenUp = true;
       this.#refuse(w, err);
     }
+    // The waiting records' bytes are all that is left unwritten (the flush under way wrote its own): dropped, or the
+    // next flush wrote and synced them, acknowledged, and only their done line (never synced) kept a refused message
+    // from being delivered besides the copy its client sends again.
+    for (const w of this.#waiting) {
+      if (w.segment.unwritten.length === 0) continue;
+      w.segment.unwritten = [];
+      w.segment.size = w.segment.unwrittenAt;
+    }
     this.#waiting = [];
   }
 
