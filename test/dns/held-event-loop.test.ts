@@ -16,19 +16,32 @@ import { createResolver } from '../../engine/delivery/dns.ts';
 const HELPER = new URL('../helpers/dns-server.ts', import.meta.url).href;
 
 /** A test DNS server on a thread of its own; `address` for dns.servers. */
-async function dnsServerThread(): Promise<{ address: string; stop(): Promise<void> }> {
+async function dnsServerThread(): Promise<{ address: string; answered(): number; stop(): Promise<void> }> {
+  // Queries the server has answered (it answers in the turn it counts them), told through shared memory: this thread
+  // reads it while its own event loop is held.
+  const answered = new Int32Array(new SharedArrayBuffer(4));
   const worker = new Worker(`
-    const { parentPort } = require('node:worker_threads');
+    const { parentPort, workerData } = require('node:worker_threads');
     import(${JSON.stringify(HELPER)}).then(async ({ startDnsServer }) => {
       const s = await startDnsServer({
         'mail.example.test': [{ type: 'A', value: '192.0.2.10', ttl: 30 }],
         'example.test': [{ type: 'MX', value: { exchange: 'mail.example.test', priority: 10 } }],
       });
       s.silent.add('silent.example.test');
+      setInterval(() => { let n = 0; for (const [name, count] of s.queries) if (!name.includes('silent')) n += count; Atomics.store(workerData, 0, n); }, 1);
       parentPort.postMessage(s.address);
-    });`, { eval: true });
+    });`, { eval: true, workerData: answered });
   const [address] = await once(worker, 'message') as [string];
-  return { address, async stop() { await worker.terminate(); } };
+  return { address, answered: () => Atomics.load(answered, 0), async stop() { await worker.terminate(); } };
+}
+
+/**
+ * Hold this thread's event loop until the server has answered one more query, then `ms` longer: the answer waits in
+ * the socket while the time limit passes, however late the server's thread got the CPU on a loaded machine.
+ */
+function holdPastAnswer(server: { answered(): number }, before: number, ms: number): void {
+  while (server.answered() <= before) holdEventLoop(1);
+  holdEventLoop(ms);
 }
 
 /** Hold this thread's event loop for `ms` (nothing else of this process runs meanwhile). */
@@ -41,8 +54,9 @@ test('an answer that arrived within the time limit while the event loop was held
   const server = await dnsServerThread();
   try {
     const dns = new ScriptDns({ servers: [server.address], timeoutMs: 100 });
+    const before = server.answered();
     const asked = dns.resolve('mail.example.test', 'A');
-    holdEventLoop(400); // the answer comes within a millisecond; the 100 ms pass with it waiting in the socket
+    holdPastAnswer(server, before, 400); // the 100 ms pass with the answer waiting in the socket
     assert.deepEqual(await asked, { ok: true, records: ['192.0.2.10'], ttl: 30, nxdomain: false });
     // A name that is never answered still fails at its limit, held or not.
     const silent = dns.resolve('silent.example.test', 'A');
@@ -55,8 +69,9 @@ test('the queue\'s resolver too: an MX answer that came in time while the event 
   const server = await dnsServerThread();
   try {
     const resolver = createResolver({ servers: [server.address], hostLookup: 'dns', timeoutMs: 100 });
+    const before = server.answered();
     const mx = resolver.mx('example.test');
-    holdEventLoop(400); // past both tries (2 × 100 ms)
+    holdPastAnswer(server, before, 400); // past both tries (2 × 100 ms), the answer waiting
     assert.deepEqual(await mx, [{ exchange: 'mail.example.test', priority: 10 }]);
   } finally { await server.stop(); }
 });
