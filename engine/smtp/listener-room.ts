@@ -14,8 +14,11 @@
  * the newcomer's address is held to what it had over every worker when accepted: counted in its own worker alone,
  * a client whose connections were all on the other worker held none here, closed a connection of an address
  * holding as many as it, and that client's reconnection, on the other worker, closed one of its in turn.
+ *
+ * When that closes nobody, a message arriving below limits.minDataRate may make room instead (closeSlowestTransferFor).
  */
 import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
+import type { TransferJudgement } from './transfer-rate.ts';
 
 /** What the room needs of a connection (PosternConnection). */
 export interface RoomMember {
@@ -34,6 +37,13 @@ export interface RoomMember {
   readonly counted: boolean;
   /** Close it with the reply that says why. */
   closeForAnotherClient(): void;
+  /**
+   * The message it is receiving arrives below its listener's limits.minDataRate (transfer-rate.ts), as judged at
+   * `now`, after the sockets were read; null otherwise (no message arriving, too young, held back by us, flowing).
+   */
+  slowTransfer(now: number): TransferJudgement | null;
+  /** Close it for a slow transfer (`judged`), with the reply that says why. */
+  closeForSlowTransfer(judged: TransferJudgement): void;
 }
 
 /**
@@ -66,4 +76,24 @@ export function makeRoomFor<M extends RoomMember>(newcomer: M, members: Iterable
     }
   }
   return false;
+}
+
+/**
+ * No connection could be closed for `newcomer` by the rule above (every one of the biggest holders receiving a
+ * message, or nobody holding more): close the slowest message transfer below limits.minDataRate, if any, and
+ * false when there is none. A message is protected from the rule above because its client is sending it now; a
+ * client that sends it far slower than any real link (a line just within socketTimeoutMs) does not earn that
+ * protection, however many addresses it comes from. `now` must be taken after the sockets were read.
+ */
+export function closeSlowestTransferFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, now: number): boolean {
+  let slowest: M | null = null;
+  let judged: TransferJudgement | null = null;
+  for (const member of members) {
+    if (member === newcomer || !member.counted) continue;
+    const judgement = member.slowTransfer(now);
+    if (judgement && (!judged || judgement.bytesPerSecond < judged.bytesPerSecond)) [slowest, judged] = [member, judgement];
+  }
+  if (!slowest || !judged) return false;
+  slowest.closeForSlowTransfer(judged);
+  return true;
 }

@@ -29,6 +29,7 @@ import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts
 import { nextProgress, type Standing } from '../connection-limits/closing-order.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { RoomMember } from './listener-room.ts';
+import { TransferRate, type TransferJudgement } from './transfer-rate.ts';
 
 type Callback = () => void;
 
@@ -116,6 +117,8 @@ export interface ListenerHost {
   readonly ipv6PrefixLength: number;
   /** Over limits.maxConnections: close another client's connection for this one (listener-room.ts); false if none may be. */
   makeRoomFor(connection: PosternConnection): boolean;
+  /** Over limits.maxConnections, nobody to close by makeRoomFor: close the slowest message transfer below limits.minDataRate. */
+  closeSlowestTransferFor(connection: PosternConnection): boolean;
 }
 
 /** A reply Postern decided, waiting for the send() that writes it. */
@@ -186,6 +189,25 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     return this.state.countedAddress ??= countedAddress(this.remoteAddress, this.#server.ipv6PrefixLength);
   }
 
+  slowTransfer(now: number): TransferJudgement | null {
+    const { minDataRate, dataRateWindowMs } = this.state.listener.limits;
+    if (minDataRate === 0 || !this.counted || !this.#messageArriving()) return null;
+    // Bytes read but not yet parsed, or a paused socket: our side holds the message back (a spool that is behind),
+    // not its client.
+    const parser = this._parser as unknown as { writableLength?: number } | false;
+    if ((parser && (parser.writableLength ?? 0) > 0) || this.#source?.readableFlowing === false) return null;
+    const rate = this.#transfer.rate(now, this.#bytesIn, dataRateWindowMs);
+    if (rate === null || rate.bytesPerSecond >= minDataRate) return null;
+    return { ...rate, minimum: minDataRate };
+  }
+
+  /** Its message arrives too slowly while the listener is full (listener-room.ts): a 421 that says why; nothing of it was accepted. */
+  closeForSlowTransfer(judged: TransferJudgement): void {
+    this.#answer('DATA', reply('dataTooSlowForAnotherClient', {
+      hostname: this.name, rate: judged.bytesPerSecond.toFixed(1), seconds: judged.seconds.toFixed(1), min: String(judged.minimum),
+    }));
+  }
+
   /** Closed for a client of an address that holds fewer (listener-room.ts): a 421 that says why. */
   closeForAnotherClient(): void {
     this.#answer('SMTP', reply('closedForAnotherClient', { hostname: this.name }));
@@ -205,14 +227,21 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
 
   /** Whichever socket feeds the parser (plain, then the TLS socket after STARTTLS) times the client's lines. */
   #timeLines(parser: NodeJS.EventEmitter, source: net.Socket): void {
+    this.#source = source;
     const input = (chunk: Buffer): void => {
       this.#bytesIn += chunk.length;
       this.#lineDeadline.input(chunk);
+      if (this.#receiving !== null) this.#transfer.read(performance.now(), this.#bytesIn, this.state.listener.limits.dataRateWindowMs);
     };
     source.on('data', input);
     source.once('close', () => this.#lineDeadline.stop());
     parser.once('unpipe', () => source.off('data', input));
   }
+
+  /** The socket feeding the parser now (the TLS socket after STARTTLS). */
+  #source: net.Socket | null = null;
+  /** How fast the message being received arrives (limits.minDataRate). */
+  readonly #transfer = new TransferRate();
 
   get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
 
@@ -244,6 +273,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
    */
   timeData(stream: NodeJS.EventEmitter): void {
     this.#receiving = stream;
+    this.#transfer.start(performance.now(), this.#bytesIn);
     this.#lastMessage = { stream: stream as NodeJS.EventEmitter & { writableEnded?: boolean }, transaction: this.state.transactionId };
     // One timer per connection, restarted for each message (no timer made per message); a message that ended
     // leaves it armed, and its firing finds nothing being received.
@@ -320,13 +350,26 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       const opts = this._server.options as { maxClients?: number };
       // Nobody is closed for a client over its own per-address limit: it is refused that way next (onConnect).
       const full = opts.maxClients && (this._server.connections.size > opts.maxClients || this.state.overListenerLimit);
-      if (full && (this.state.overIpLimit || !this.#server.makeRoomFor(this))) {
-        return this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
-      }
-      const delay = this.#server.greetingDelayMs;
-      if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
-      else this.connectionReady();
+      if (!full || (!this.state.overIpLimit && this.#server.makeRoomFor(this))) return this.#greet();
+      if (this.state.overIpLimit) return this.#refuseListenerFull();
+      // A slow transfer is judged in the check phase, after this turn's reads: a client's bytes that came while our
+      // event loop was late are counted before it is found slow (transfer-rate.ts).
+      setImmediate(() => {
+        if (this._closing || this._closed) return;
+        if (this.#server.closeSlowestTransferFor(this)) this.#greet();
+        else this.#refuseListenerFull();
+      });
     });
+  }
+
+  #refuseListenerFull(): void {
+    this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
+  }
+
+  #greet(): void {
+    const delay = this.#server.greetingDelayMs;
+    if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
+    else this.connectionReady();
   }
 
   /**

@@ -24,7 +24,7 @@ import { closedUnansweredCounted, connectRefusalCounted } from './connection-ref
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
-import { makeRoomFor } from './listener-room.ts';
+import { closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -370,6 +370,11 @@ export class PosternServer extends SMTPServer {
   /** Over limits.maxConnections: one of this process's connections closed for `newcomer`, when fair (listener-room.ts). */
   makeRoomFor(newcomer: PosternConnection): boolean {
     return makeRoomFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections);
+  }
+
+  /** Over limits.maxConnections, nobody closed by makeRoomFor: this process's slowest message transfer below limits.minDataRate (listener-room.ts). */
+  closeSlowestTransferFor(newcomer: PosternConnection): boolean {
+    return closeSlowestTransferFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections, performance.now());
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */

@@ -100,6 +100,7 @@ export const REPLIES = {
   senderHeaderNotOwned: { code: 550, enhanced: '5.7.1', text: '<{address}>: Sender: header address rejected: not owned by user {login}', reason: 'senderLogin.headerFrom: Sender: not owned by the login' },
   tooManyHops: { code: 554, enhanced: '5.4.6', text: 'Error: too many hops', reason: 'a mail loop: {hops} Received header fields, and ours would pass the 50 delivery takes (the queue would bounce it)' },
   nulInHeader: { code: 554, enhanced: '5.6.0', text: 'Message header section contains a NUL character', reason: 'a NUL in a header field (next hops end the field there, scripts see all of it)' },
+  dataTooSlowForAnotherClient: { code: 421, enhanced: '4.4.2', text: '{hostname} Message arriving too slowly while the server is full, closing connection', reason: 'limits.minDataRate: {rate} bytes/s over the last {seconds} s, below {min}, while the listener was full: closed for another client' },
   dataTimeout: { code: 421, enhanced: '4.4.2', text: 'Timeout - closing connection', reason: 'limits.dataTimeoutMs' },
   queued: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as {id}' },
 

@@ -171,6 +171,30 @@ test('a scan interval below 100 ms is refused at its line (each scan rereads the
     ['/etc/postern.yaml:2: delivery.scanIntervalMs: at least 100 ms: each scan rereads the whole spool']);
 });
 
+test('a minimum transfer rate that is negative or fractional, or a window under a second, is refused at its line', () => {
+  const p = problems(`listeners:
+  - name: a
+    listen: 127.0.0.1:25
+    limits:
+      minDataRate: -1
+      dataRateWindowMs: 10
+  - name: b
+    listen: 127.0.0.1:26
+    limits:
+      minDataRate: 0.5
+      dataRateWindowMs: 7200000
+  - name: c
+    listen: 127.0.0.1:27
+    limits: { minDataRate: 0, dataRateWindowMs: 1000 }
+`);
+  assert.deepEqual(p.filter((l) => /minDataRate|dataRateWindowMs/.test(l)).map((l) => l.replace(/:(\d+):\d+: /, ':$1: ')), [
+    '/etc/postern.yaml:5: listeners[0].limits.minDataRate: at least 0 (0: never)',
+    '/etc/postern.yaml:6: listeners[0].limits.dataRateWindowMs: at least 1000 ms: a shorter window judges a transfer by a moment of it',
+    '/etc/postern.yaml:10: listeners[1].limits.minDataRate: a whole number of bytes a second',
+    '/etc/postern.yaml:11: listeners[1].limits.dataRateWindowMs: at most 3600000 ms (an hour, the default dataTimeoutMs)',
+  ], p.join('\n'));
+});
+
 test('a retry step beyond 31 days is refused at its line (far enough ahead, the next attempt had no valid date)', () => {
   const p = problems(`delivery:
   retrySchedule: [60, 2678400, 1e13]

@@ -4,6 +4,7 @@
 // limit, script and verdict), the certificate and identity fields — with no stack trace at info. A catalogue
 // entry added without a row here fails (the ROWS type and the first test), so a new refusal cannot go unlogged.
 import { test, before, after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -132,6 +133,7 @@ before(async () => {
         testListener('onemessage', { tls: { mode: 'none' }, limits: { maxMessagesPerConnection: 1 } }),
         testListener('doomed', { tls: { mode: 'none' } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
+        testListener('dripfull', { tls: { mode: 'none' }, limits: { maxConnections: 1, minDataRate: 1000, dataRateWindowMs: 1000 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
         testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
@@ -618,6 +620,23 @@ const ROWS = {
       s.seen.push(await s.c.read());
       await s.c.waitClosed();
       return s.seen;
+    },
+  },
+  dataTooSlowForAnotherClient: {
+    // The only place of the listener held by a message that stopped arriving: closed for a client of another address.
+    server: 'main', stage: 'DATA', values: { hostname: 'mx.test', min: '1000' },
+    async drive() {
+      const s = await session('main', 'dripfull');
+      await s.say('MAIL FROM:<someone@example.net>');
+      await s.say('RCPT TO:<user@example.test>');
+      await s.say('DATA');
+      s.c.socket.write('Subject: a drip\r\n');
+      await sleep(1500); // past dataRateWindowMs since the 354 (the server's window began before the client read it)
+      const other = await open('main', 'dripfull', { localAddress: '127.0.0.2' });
+      assert.equal(other.seen[0]!.code, 220);
+      const seen = [...s.seen, ...await s.c.repliesUntilClosed()];
+      other.c.destroy();
+      return seen;
     },
   },
   tooManyHeaderFields: {

@@ -21,6 +21,8 @@ function member(network: string, reads: { n: number }): Held {
     closed: false,
     standing: () => standing,
     closeForAnotherClient() { this.closed = true; this.counted = false; },
+    slowTransfer: () => null,
+    closeForSlowTransfer() { this.closed = true; this.counted = false; },
   };
 }
 
