@@ -16,13 +16,15 @@ export interface TransferJudgement { bytesPerSecond: number; seconds: number; mi
 
 export class TransferRate {
   /** (time, bytes read by then), oldest first; the first is the transfer's start. */
-  #at: number[] = [];
-  #bytes: number[] = [];
+  readonly #at: number[] = [];
+  readonly #bytes: number[] = [];
 
   /** The transfer starts now, `bytes` read so far on the connection. */
   start(now: number, bytes: number): void {
-    this.#at = [now];
-    this.#bytes = [bytes];
+    this.#at.length = 0; // the connection's arrays serve each of its messages
+    this.#bytes.length = 0;
+    this.#at.push(now);
+    this.#bytes.push(bytes);
   }
 
   /** Bytes were read: `bytes` in all now. */

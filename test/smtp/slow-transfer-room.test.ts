@@ -35,6 +35,7 @@ before(async () => {
         testListener('starved', { tls: { mode: 'none' }, limits: limits(4, 2) }),
         testListener('mixed', { tls: { mode: 'none' }, limits: limits(3, 2) }),
         testListener('single', { tls: { mode: 'none' }, limits: limits(1, 1) }),
+        testListener('burst', { tls: { mode: 'none' }, limits: limits(1, 1) }),
         testListener('roomy', { tls: { mode: 'none' }, limits: limits(3, 2) }),
         testListener('secure', { tls: testServerTls(pki), limits: limits(2, 2) }),
       ],
@@ -138,6 +139,18 @@ test('a full listener whose only transfer flows at a normal rate refuses the new
   assert.equal((await sender.read()).code, 250, sender.transcript.join('\n'));
   assert.equal(slowLines().filter((l) => l.listener === 'single').length, 0);
   for (const c of [sender, newcomer]) c.destroy();
+});
+
+test('the rate is the last window\'s: a message sent fast at first and then at a drip is closed for a newcomer', { timeout: 60_000 }, async () => {
+  const c = await inData('burst', '127.0.0.2');
+  c.socket.write(`${'x'.repeat(1022)}\r\n`.repeat(200)); // 200 KiB at once: well above the rate over the whole transfer
+  const drip = keepSending(c, 'drip');
+  await sleep(WINDOW_MS * 2.5); // then two windows and more of a drip
+  const newcomer = await SmtpTestClient.connect(server.port('burst'), { localAddress: '127.0.0.3' });
+  assert.equal((await newcomer.read()).code, 220, newcomer.transcript.join('\n'));
+  assert.match((await c.read()).text, /^421 4\.4\.2 /, c.transcript.join('\n'));
+  await drip.stop();
+  for (const x of [c, newcomer]) x.destroy();
 });
 
 test('a message sent at a drip on a listener that is not full is taken in full', { timeout: 60_000 }, async () => {
