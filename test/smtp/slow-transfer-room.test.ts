@@ -107,6 +107,8 @@ test('a listener held full by messages sent at a drip greets a newcomer: the slo
   }
   for (const d of drips) await d.stop();
   for (const c of [...drippers, ...newcomers]) c.destroy();
+  await until('every dripper gone', () => (server.servers.get('starved') as unknown as { connections: Set<unknown> }).connections.size === 0);
+  assert.deepEqual(await server.runtime.spool.list(), [], 'nothing of a message cut off is kept');
 });
 
 test('a message arriving at a normal rate on a full listener is not cut: the dripping one beside it is', { timeout: 60_000 }, async () => {
