@@ -22,6 +22,9 @@ export interface ChildReloadState {
   refused: string | null;
   lastError: string[] | null;
   reloads: number;
+  /** Reloads begun (a SIGHUP's among them), and those of them thrown away for a newer build (absent from an older child). */
+  checks?: number;
+  supersededBuilds?: number;
   /** Each input file's SHA-256 in the content of the generation in force (absent from an older child). */
   files?: Record<string, string>;
 }

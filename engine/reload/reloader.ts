@@ -145,9 +145,10 @@ export class Reloader {
 
   /** What the generation in force was built from, and the last refused content and its errors (for the supervisor). */
   /** `files`: each input file's SHA-256 (or why it could not be read) in the content of the generation in force. */
-  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; files: Record<string, string> } {
-    const { lastError, reloads } = this.status.data;
-    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, files: this.#files };
+  /** `checks` and `supersededBuilds`: the reloads begun, and those thrown away for a newer one (`postern reload` waits on them). */
+  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; checks: number; supersededBuilds: number; files: Record<string, string> } {
+    const { lastError, reloads, checks, supersededBuilds } = this.status.data;
+    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, checks, supersededBuilds, files: this.#files };
   }
 
   /** Called after every reload attempt that found a change (tests wait on it). */
