@@ -8,14 +8,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initCa, issueDevice } from '../../engine/pki/index.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { startCluster } from '../helpers/cluster.ts';
-import { requestsOn, USERS, PASSWORDS } from './helpers.ts';
+import { requestsOn, startAccounts, USERS, PASSWORDS } from './helpers.ts';
 import { PageClient } from './page-client.ts';
 
 test('what the page revoked or removed as stolen stays refused there after the queue process restarts', async () => {
@@ -84,6 +84,22 @@ listeners:
     assert.doesNotMatch(await signInPage(laptop), signsIn, 'the stolen laptop key, after the restart');
   } finally {
     await c.stop();
+    await rm(scratch, { recursive: true, force: true });
+  }
+});
+
+test('a file of what the page took back that is not what it writes stops the start, naming the file (a page without it would let a stolen key in)', async () => {
+  const scratch = await mkdtemp(join(tmpdir(), 'postern-revoked-here-bad-'));
+  try {
+    const dataDir = join(scratch, 'data');
+    await mkdir(join(dataDir, 'accounts'), { recursive: true });
+    const file = join(dataDir, 'accounts', 'revoked-here.json');
+    await writeFile(file, '{"certificates": ["ab"');
+    await assert.rejects(startAccounts(scratch, {}, {}, dataDir), (err: Error) => {
+      assert.match(err.message, new RegExp(`^${file}: not what the account page writes \\(.*\\): move it away to start without what it revoked$`));
+      return true;
+    });
+  } finally {
     await rm(scratch, { recursive: true, force: true });
   }
 });
