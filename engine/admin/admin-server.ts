@@ -124,8 +124,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
       return;
     }
     const [path, query = ''] = (req.url ?? '/').split('?');
-    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
-      res.writeHead(status, { 'content-type': type });
+    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body, headers }) => {
+      res.writeHead(status, { ...headers, 'content-type': type });
       res.end(body);
     }, (err: Error) => {
       res.writeHead(500, { 'content-type': 'text/plain' });
@@ -172,8 +172,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
 }
 
-async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
-  if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
+async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string; headers?: Record<string, string> }> {
+  if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n', headers: { allow: 'GET, HEAD' } };
   switch (path) {
     case '/metrics': {
       const m = await target.metrics!();

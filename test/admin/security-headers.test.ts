@@ -50,3 +50,11 @@ test('every answer of the admin listener carries nosniff, no-store, no framing a
     assert.equal(r.headers.get('referrer-policy'), 'no-referrer', what);
   }
 });
+
+test('a method other than GET or HEAD gets 405 with the Allow header RFC 9110 requires of it', async () => {
+  for (const method of ['POST', 'PUT', 'DELETE', 'OPTIONS']) {
+    const r = await headersOf('/status', ['-X', method]);
+    assert.equal(r.status, 405, method);
+    assert.equal(r.headers.get('allow'), 'GET, HEAD', method);
+  }
+});
