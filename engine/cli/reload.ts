@@ -44,6 +44,11 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     return explainNoStatus(err, socket, dataDir, opts, 'reload');
   }
   const counts = Object.entries(before.generations ?? {});
+  // Nothing to wait on: an outcome said now would be no reload's.
+  if (!counts.length) {
+    process.stderr.write(`postern: the server on ${socket} has no process that has reported its configuration yet (starting?): try again, or see postern status\n`);
+    return NOT_ANSWERING;
+  }
   if (counts.some(([, p]) => p.checks === undefined)) {
     process.stderr.write('postern: the running server is of an older release that does not count its reloads: reload it with kill -HUP and see postern status\n');
     return NOT_ANSWERING;
