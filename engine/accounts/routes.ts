@@ -71,6 +71,9 @@ export function accountRoutes(state: AccountsState) {
     const ip = (req: FastifyRequest): string => clientAddress(req.raw.socket);
     const csrfFor = (req: FastifyRequest, reply: FastifyReply): string => reply.generateCsrf({ userInfo: req.cookies[SESSION_COOKIE] ?? 'signed-out' });
     const ctx = (): AccountContext => ({ config: state.generation().config, listener: state.listener() });
+    // Refused here in memory all the same, and the CRL or pin table already changed: said, not the change undone.
+    const notKept = (by: string, device: string) => (err: Error): void =>
+      state.log.error({ by, device, err: { message: err.message } }, 'account page: cannot keep what it took back in the data directory: a restart of the server forgets it until the CRL or pin table in force has it');
 
     /** Sessions of accounts whose device was revoked as lost or stolen elsewhere since the last look end. */
     const endCompromised = (): void => {
@@ -248,7 +251,7 @@ export function accountRoutes(state: AccountsState) {
       const device = field(req.body, 'device').trim();
       const entry = await state.additions.add(s.identity, whileSignedIn(req, s, (whenLocked) => addAccountKey(ctx(), s.identity, device, file(req.body, 'file') ?? field(req.body, 'key'), whenLocked)));
       if (!entry) return overAdditions(req, reply, s, 'pin');
-      state.revokedHere.registered(entry.pinSha256, s.identity); // a key this account removed as lost or stolen, found again
+      await state.revokedHere.registered(entry.pinSha256, s.identity).catch(notKept(s.identity, device)); // a key this account removed as lost or stolen, found again
       changeLog(s, req, { action: 'pin', device, pin: entry.pinBase64Url }, 'device key registered');
       return devices(req, reply, s, 200, undefined, `Device ${device} registered: its certificate is accepted from its next connection.`);
     }));
@@ -280,8 +283,8 @@ export function accountRoutes(state: AccountsState) {
         // as they are revoked).
         const stolen = (change.revoked || change.unpinned) && reason === 'keyCompromise';
         // Refused here from now on: the CRL or pin table without it comes in with a reload, later or (reloads refused) not yet.
-        if (stolen || (change.revoked && !device.fingerprintSha256)) state.revokedHere.stolen(device.pinSha256, s.identity);
-        else if (change.revoked) state.revokedHere.revoked(device.fingerprintSha256!);
+        if (stolen || (change.revoked && !device.fingerprintSha256)) await state.revokedHere.stolen(device.pinSha256, s.identity).catch(notKept(s.identity, device.name));
+        else if (change.revoked) await state.revokedHere.revoked(device.fingerprintSha256!).catch(notKept(s.identity, device.name));
         const signedOut = stolen ? state.sessions.endOthers(s.identity, s.id) : undefined;
         changeLog(s, req, { action, device: device.name, serial: device.serial, pin: device.pin, revoked: change.revoked, unpinned: change.unpinned, reason: change.revoked || stolen ? reason : undefined, signedOut },
           change.revoked ? 'device certificate revoked' : 'device key removed');

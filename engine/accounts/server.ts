@@ -19,7 +19,7 @@ import { TrustedIssuers } from '../certificates/index.ts';
 import { ChangeBudget } from './change-budget.ts';
 import { SessionBook } from './sessions.ts';
 import { CompromisedSessions } from './compromised-sessions.ts';
-import { RevokedHere } from './revoked-here.ts';
+import { RevokedHere, revokedHereFile } from './revoked-here.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
@@ -95,7 +95,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   const state: AccountsState = {
     generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
     compromised: new CompromisedSessions(opts.generation().revokedDevices),
-    revokedHere: new RevokedHere(),
+    revokedHere: await RevokedHere.open(revokedHereFile(opts.generation().config.dataDir)),
     additions: new ChangeBudget(() => settings().deviceAdditionsPerHour),
     listener: () => opts.generation().listener(settings().listener),
   };

@@ -68,6 +68,19 @@ export { RESPONSE_DEADLINE_MS } from '../connection-limits/connection-room.ts';
  */
 export const GATHER_GAP_MS = 100;
 
+/**
+ * Sent with every answer, errors and refusals included. The bodies are text and JSON a browser on the
+ * management network may be pointed at: never sniffed into HTML or script, never framed, loading nothing,
+ * and never kept by a cache or proxy (/status and /metrics name accounts, devices and reload errors).
+ */
+export const ANSWER_HEADERS: Readonly<Record<string, string>> = {
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
+  'referrer-policy': 'no-referrer',
+};
+
 /** Connections the admin listener holds open at once. */
 export const MAX_CONNECTIONS = 64;
 
@@ -103,15 +116,16 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+    for (const [name, value] of Object.entries(ANSWER_HEADERS)) res.setHeader(name, value);
     const hosts = limits?.hosts;
     if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {
-      res.writeHead(421, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
+      res.writeHead(421, { 'content-type': 'text/plain' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');
       return;
     }
     const [path, query = ''] = (req.url ?? '/').split('?');
-    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body }) => {
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+    void answer(req.method ?? 'GET', path!, new URLSearchParams(query), target).then(({ status, type, body, headers }) => {
+      res.writeHead(status, { ...headers, 'content-type': type });
       res.end(body);
     }, (err: Error) => {
       res.writeHead(500, { 'content-type': 'text/plain' });
@@ -158,8 +172,8 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   };
 }
 
-async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string }> {
-  if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n' };
+async function answer(method: string, path: string, query: URLSearchParams, target: AdminTarget): Promise<{ status: number; type: string; body: string; headers?: Record<string, string> }> {
+  if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'GET only\n', headers: { allow: 'GET, HEAD' } };
   switch (path) {
     case '/metrics': {
       const m = await target.metrics!();

@@ -201,8 +201,9 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const generation = built.generation;
   /** Every generation this server made that may still have isolates: all are disposed at close(). */
   const generations = new Set([generation]);
-  for (const w of built.warnings) logger.warn(w.listener ? { listener: w.listener } : {}, w.message);
   const role = opts.role ?? 'single';
+  // Under postern serve the supervisor says them, once for the server (the state each process sends it holds them).
+  if (role === 'single') for (const w of built.warnings) logger.warn(w.listener ? { listener: w.listener } : {}, w.message);
   const home = new Spool(join(config.dataDir, 'spool'));
   const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0), { journalSegmentBytes: WORKER_SEGMENT_BYTES, reserve: home.reserve.path }) : home;
   const { removedOrphans } = await spool.init({ logger });
@@ -316,6 +317,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     baseDir: loaded.baseDir,
     label: loaded.file,
   }, opts.settleMs);
+  reloader.setupWarnings.took(built.warnings); // said above (single), or by the supervisor from the state sent it
   // Under the supervisor it watches once for all processes and tells them to reload (cluster/reload-coordinator.ts).
   if (opts.watch ?? true) await reloader.start({ watch: role === 'single', builtFrom });
 

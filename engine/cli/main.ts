@@ -20,6 +20,7 @@ const check = () => import('./check.ts');
 const configDescribe = () => import('./config-describe.ts');
 const hashPassword = () => import('./hash-password.ts');
 const status = () => import('./status.ts');
+const reload = () => import('./reload.ts');
 const tryHook = () => import('./try.ts');
 const replay = () => import('./replay.ts');
 const queueCommands = () => import('./queue.ts');
@@ -96,6 +97,13 @@ program.command('status')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--data-dir <dir>', 'the data directory the server runs with, when it is not the configuration\'s (dataDir changed since the server started)')
   .action(async (opts: { config?: string; dataDir?: string }) => exitWith(await (await status()).statusCommand(opts)));
+
+program.command('reload')
+  .description('reload the running server (SIGHUP) and wait for the outcome: exit 1 with its errors when it was refused (systemd ExecReload)')
+  .option('-c, --config <file>', 'configuration file (postern.yaml)')
+  .option('--data-dir <dir>', 'the data directory the server runs with, when it is not the configuration\'s')
+  .option('--timeout <seconds>', 'give up waiting after this long (exit 4)', '120')
+  .action(async (opts: { config?: string; dataDir?: string; timeout?: string }) => exitWith(await (await reload()).reloadCommand(opts)));
 
 const queue = program.command('queue').description('inspect and manage the delivery queue (safe while the server runs)');
 queue.command('list', { isDefault: true })

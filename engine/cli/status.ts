@@ -43,33 +43,7 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
   try {
     status = await ask(socket, '/status');
   } catch (err) {
-    // A socket that accepted the connection has a server behind it (a dead one's refuses it, or is gone).
-    if (err instanceof NoAnswer) {
-      process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
-      return NOT_ANSWERING;
-    }
-    // Something answered: "not running" would have an on-call start a second server beside it.
-    if (err instanceof BadAnswer) {
-      process.stderr.write(`postern: the server on ${socket} gave no status: ${err.message}\n`);
-      return NOT_ANSWERING;
-    }
-    // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM') {
-      process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern status as the server's user, or as root\n`);
-      return 1;
-    }
-    // Nothing on the socket, but a live server holds the data directory: it is starting (the socket is made once every
-    // process is ready, which a slow start takes minutes to be), or the socket was removed and is being made again.
-    const holder = lockHolder(dataDir);
-    if (holder !== null) {
-      process.stderr.write(`postern: a server runs on ${dataDir} (process ${holder}, its lock ${join(dataDir, LOCK_FILE)}) but nothing answers on ${socket} (${(err as Error).message}): it is starting (the socket is made once every process is ready), or the socket was removed and is being made again; see its log\n`);
-      return NOT_ANSWERING;
-    }
-    // A server started before `dataDir` was edited runs on with the old one (a restart applies it): say where to ask.
-    const moved = opts.dataDir ? '' : `; a server started before dataDir was changed runs with its old one until restarted: postern status --data-dir <that folder>`;
-    process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})${moved}\n`);
-    return NOT_RUNNING;
+    return explainNoStatus(err, socket, dataDir, opts);
   }
   process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
   if (status.lastError) return 2;
@@ -88,10 +62,44 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
 }
 
 /**
+ * What a failed ask of the status socket means, said on stderr; the exit code: 1 not allowed, 3 not running,
+ * 4 a server there that does not answer (or not with a status).
+ */
+export function explainNoStatus(err: unknown, socket: string, dataDir: string, opts: { dataDir?: string }, command = 'status'): number {
+  // A socket that accepted the connection has a server behind it (a dead one's refuses it, or is gone).
+  if (err instanceof NoAnswer) {
+    process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
+    return NOT_ANSWERING;
+  }
+  // Something answered: "not running" would have an on-call start a second server beside it.
+  if (err instanceof BadAnswer) {
+    process.stderr.write(`postern: the server on ${socket} gave no status: ${err.message}\n`);
+    return NOT_ANSWERING;
+  }
+  // The socket is the server user's only (mode 0600): "not running" would send an on-call the wrong way.
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EACCES' || code === 'EPERM') {
+    process.stderr.write(`postern: cannot ask the server on ${socket}: permission denied: run postern ${command} as the server's user, or as root\n`);
+    return 1;
+  }
+  // Nothing on the socket, but a live server holds the data directory: it is starting (the socket is made once every
+  // process is ready, which a slow start takes minutes to be), or the socket was removed and is being made again.
+  const holder = lockHolder(dataDir);
+  if (holder !== null) {
+    process.stderr.write(`postern: a server runs on ${dataDir} (process ${holder}, its lock ${join(dataDir, LOCK_FILE)}) but nothing answers on ${socket} (${(err as Error).message}): it is starting (the socket is made once every process is ready), or the socket was removed and is being made again; see its log\n`);
+    return NOT_ANSWERING;
+  }
+  // A server started before `dataDir` was edited runs on with the old one (a restart applies it): say where to ask.
+  const moved = opts.dataDir ? '' : `; a server started before dataDir was changed runs with its old one until restarted: postern ${command} --data-dir <that folder>`;
+  process.stderr.write(`postern: not running (no server answers on ${socket}: ${(err as Error).message})${moved}\n`);
+  return NOT_RUNNING;
+}
+
+/**
  * The data directory of this configuration. A file the running server would refuse (a reload error) still
  * names it: then only `dataDir` is read from the YAML, and the problems go to stderr.
  */
-function dataDirOf(configPath: string | undefined): string {
+export function dataDirOf(configPath: string | undefined): string {
   // Regular files only: a FIFO in its place (the very fault status must show) would block the read for ever.
   try {
     return loadStartConfig({ configPath, regularFileOnly: true }).config.dataDir;
@@ -111,7 +119,7 @@ class NoAnswer extends Error {}
 /** Connected, and answered with something that is not a status: an error, not HTTP, not JSON, or too large. */
 class BadAnswer extends Error {}
 
-function ask<T>(socketPath: string, path: string): Promise<T> {
+export function ask<T>(socketPath: string, path: string): Promise<T> {
   const socket = shortSocketPath(socketPath);
   return new Promise<T>((resolvePromise, reject) => {
     // Why this side ended the request (the deadline, an answer too large): the request and the response may each

@@ -14,6 +14,8 @@ import { loadStartConfig } from '../config/start-config.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher, POLL_MS, describeSettling, settlingMessage } from '../reload/change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
+import { SetupWarnings } from '../reload/setup-warnings.ts';
+import type { GenerationWarning } from '../generation/build-generation.ts';
 
 /** What a child answers after a reload (Reloader.state()). */
 export interface ChildReloadState {
@@ -22,6 +24,11 @@ export interface ChildReloadState {
   refused: string | null;
   lastError: string[] | null;
   reloads: number;
+  /** Reloads begun (a SIGHUP's among them), and those of them thrown away for a newer build (absent from an older child). */
+  checks?: number;
+  supersededBuilds?: number;
+  /** The setup warnings of its generation in force (absent from an older child, which logs its own). */
+  warnings?: GenerationWarning[];
   /** Each input file's SHA-256 in the content of the generation in force (absent from an older child). */
   files?: Record<string, string>;
 }
@@ -49,6 +56,8 @@ export class ReloadCoordinator {
   #adopted = '';
   /** A shrunk input is waited for (ChangeWatcher.settling). */
   #settling = false;
+  /** The setup warnings of every process's generation in force, said once for the server (setup-warnings.ts). */
+  readonly #warnings = new SetupWarnings();
 
   constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
     pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined, watchingChanged: () => void = () => undefined) {
@@ -105,6 +114,10 @@ export class ReloadCoordinator {
       for (const line of errors!) this.#log.error({ processes: refusing }, `reload refused, keeping the running generation: ${line}`);
     }
     this.#reported = key;
+    // What any process has in force: a warning new to one of them (the others still on the previous generation) is said at once.
+    for (const w of this.#warnings.took([...this.#states.values()].flatMap((s) => s.warnings ?? []))) {
+      this.#log.warn(w.listener ? { listener: w.listener } : {}, w.message);
+    }
     if (!errors) this.#reportRestarts();
     void this.#adoptOnceAgreed();
   }
@@ -176,11 +189,11 @@ export class ReloadCoordinator {
   /** `supervisor`: the content whose listener limits the supervisor checks at accept (null: the one it started with). */
   /** `watching`: null while file events come; else why not (the inputs are then polled, POLL_MS). */
   /** `settling`: the inputs that shrank and are waited for before the children are told (null: none). */
-  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null; settling: string[] | null } {
+  status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null; settling: string[] | null; warnings: readonly GenerationWarning[] } {
     const digests = new Set([...this.#states.values()].map((s) => s.digest));
     const settling = this.#watcher.settling;
-    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries(this.#states), supervisor: this.#adopted || null,
-      watching: this.#watcher.unavailable, settling: settling.length ? describeSettling(settling) : null };
+    return { converged: digests.size <= 1, lastError: this.lastError(), processes: Object.fromEntries([...this.#states].map(([name, { warnings: _, ...state }]) => [name, state])), supervisor: this.#adopted || null,
+      watching: this.#watcher.unavailable, settling: settling.length ? describeSettling(settling) : null, warnings: this.#warnings.inForce };
   }
 
   close(): Promise<void> {

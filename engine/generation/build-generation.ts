@@ -12,6 +12,7 @@ import { SHADOW_KEY_PREFIX, type CounterStore } from '../store/counter-store.ts'
 import { prefixedStore } from '../store/prefixed-store.ts';
 import { ScriptDns } from '../dns/script-dns.ts';
 import type { LoadedConfig } from '../config/load-config.ts';
+import { keyPath } from '../config/config-error.ts';
 import { TlsFileError } from '../certificates/index.ts';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import { Sandbox, ScriptError, ScriptErrors, loadScriptDirectory, strayScriptFiles, HOOK_NAMES } from '../sandbox/index.ts';
@@ -90,16 +91,19 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
 
   progress.step = 'the tables and the users file';
   const tables = new Map<string, LookupTable>();
-  const loads = await Promise.allSettled(Object.entries(config.tables).map(([name, spec]) => loadTable(name, spec)));
+  // A file's problem names its file and line; the key that named the file is added (a file may be named by more than one).
+  const failedFile = (key: PropertyKey[]) => (err: unknown): void => { for (const line of problemLines(err)) failed(namedBy(loaded, key, line)); };
+  const loads = await Promise.allSettled(Object.entries(config.tables).map(([name, spec]) =>
+    loadTable(name, spec).catch((err: unknown) => { failedFile(typeof spec === 'string' ? ['tables', name] : ['tables', name, 'file'])(err); return null; })));
   for (const r of loads) {
-    if (r.status === 'fulfilled') tables.set(r.value.name, r.value);
+    if (r.status === 'fulfilled') { if (r.value) tables.set(r.value.name, r.value); }
     else failed(r.reason);
   }
   let users = new Map<string, string>();
-  if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failed);
+  if (config.users) await loadUsersFile(config.users).then((u) => { users = u; }, failedFile(['users']));
   let localRecipients: LocalRecipients | null = null;
   if (config.localRecipients) {
-    await loadLocalRecipients(config.localRecipients, config.recipientDelimiter).then((r) => { localRecipients = r; }, failed);
+    await loadLocalRecipients(config.localRecipients, config.recipientDelimiter).then((r) => { localRecipients = r; }, failedFile(['localRecipients']));
   }
   const unlisted = noLocalDomainListed(config, localRecipients);
   if (unlisted) failed(unlisted);
@@ -301,6 +305,13 @@ function unboundLogins(config: Config, sandboxes: ReadonlyMap<string, Sandbox>):
 
 /** `<config file>:<line>:<col>: <key path>: <message>`, as the configuration's own problems are written. */
 /** One line per problem, each beginning with the file it is about. */
+/** `line` (a problem of a file the configuration names) with that key and its place: `… (named by tables.blocked at postern.yaml:12:12)`. */
+function namedBy(loaded: LoadedConfig, key: PropertyKey[], line: string): string {
+  const at = loaded.locate?.(key) ?? {};
+  const place = [loaded.file, at.line, at.line === undefined ? undefined : at.column].filter((p) => p !== undefined).join(':');
+  return `${line} (named by ${keyPath(key)} at ${place})`;
+}
+
 function problemLines(err: unknown): string[] {
   if (typeof err === 'string') return [err];
   if (err instanceof ScriptErrors) return err.errors.map(String);

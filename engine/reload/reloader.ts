@@ -24,7 +24,8 @@ import { ConfigError } from '../config/config-error.ts';
 import { readInputFile } from '../config/input-file.ts';
 import { MAX_CONFIG_BYTES } from '../config/config-size.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
-import { buildGeneration, GenerationError } from '../generation/build-generation.ts';
+import { buildGeneration, GenerationError, type GenerationWarning } from '../generation/build-generation.ts';
+import { SetupWarnings } from './setup-warnings.ts';
 import { keepRunning, restartNeeded, runningSettings, type RunningSettings } from './restart-needed.ts';
 import { certificateInForce, type ListenerSetup, type PosternServer } from '../smtp/postern-server.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -65,6 +66,7 @@ interface Built {
   next: PolicyGeneration;
   /** Every listener of the new configuration; those running take theirs at the swap. */
   setups: ReadonlyMap<string, ListenerSetup>;
+  warnings: readonly GenerationWarning[];
 }
 
 /** The outcome of a reload asked for once the server is stopping: nothing is read or written. */
@@ -75,6 +77,8 @@ export class Reloader {
   readonly tuning: ReloaderTuning = {};
   /** The secret files every local user can read, said at start and, when new, at a reload (a single process). */
   readonly readableSecrets = new ReadableSecretsReport();
+  /** The setup warnings in force, and when each was said (setup-warnings.ts). */
+  readonly setupWarnings = new SetupWarnings();
   readonly #target: ReloadTarget;
   readonly #source: { configPath?: string; configText?: string; baseDir: string; label: string };
   readonly #watcher: ChangeWatcher;
@@ -145,9 +149,14 @@ export class Reloader {
 
   /** What the generation in force was built from, and the last refused content and its errors (for the supervisor). */
   /** `files`: each input file's SHA-256 (or why it could not be read) in the content of the generation in force. */
-  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; files: Record<string, string> } {
-    const { lastError, reloads } = this.status.data;
-    return { generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, files: this.#files };
+  /** `checks` and `supersededBuilds`: the reloads begun, and those thrown away for a newer one (`postern reload` waits on them). */
+  /** `warnings`: those of the generation in force, for the supervisor to say (each once for the server). */
+  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; checks: number; supersededBuilds: number; files: Record<string, string>; warnings: GenerationWarning[] } {
+    const { lastError, reloads, checks, supersededBuilds } = this.status.data;
+    return {
+      generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, checks, supersededBuilds,
+      files: this.#files, warnings: [...this.setupWarnings.inForce],
+    };
   }
 
   /** Called after every reload attempt that found a change (tests wait on it). */
@@ -289,7 +298,7 @@ export class Reloader {
       this.#failed = { inputs, digest: readDigest };
       return this.#fail(t0, errors ?? ['reload failed'], log, reason);
     }
-    const { next, setups } = built;
+    const { next, setups, warnings } = built;
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) {
@@ -303,6 +312,9 @@ export class Reloader {
     if (forcedSizes) this.#watcher.taken(forcedSizes);
     const ms = performance.now() - t0;
     for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
+    // Those new or changed since the last generation (setup-warnings.ts); under postern serve the supervisor says them, once for all processes.
+    const say = this.setupWarnings.took(warnings);
+    if (!this.#external) for (const w of say) log.warn(w.listener ? { listener: w.listener } : {}, w.message);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
     // Under postern serve the supervisor says it, once for all processes (its reload coordinator's inForce).
     if (!this.#external) this.readableSecrets.say(built.loaded, log);
@@ -323,8 +335,7 @@ export class Reloader {
       await built.generation.dispose();
       throw err;
     }
-    for (const w of built.warnings) log.warn(w.listener ? { listener: w.listener } : {}, w.message);
-    return { loaded, next: built.generation, setups: built.listeners };
+    return { loaded, next: built.generation, setups: built.listeners, warnings: built.warnings };
   }
 
   /** A build past its deadline: whatever it makes when (if ever) it finishes is released. */

@@ -32,7 +32,7 @@ export interface AccountsSetup {
 }
 
 /** `page`: the page's own settings (its listen address, its per-address cap) over the defaults here. */
-export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number; authFailuresPerAccount?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}): Promise<AccountsSetup> {
+export async function startAccounts(scratchDir: string, limits: { authFailuresPerIp?: number; authFailuresPerAccount?: number } = {}, page: { listen?: string; maxConnectionsPerIp?: number; deviceAdditionsPerHour?: number } = {}, dataDir?: string): Promise<AccountsSetup> {
   // Never the working directory: the CA, its key and the users file would land in the checkout.
   if (!isAbsolute(scratchDir)) throw new Error(`startAccounts needs an absolute temporary folder, not "${scratchDir}"`);
   const pki = await makeTestPki();
@@ -57,7 +57,7 @@ export async function startAccounts(scratchDir: string, limits: { authFailuresPe
       limits: { authFailureDelayMs: 0, ...limits },
     })],
   });
-  const server = await startTestServer({ config, settleMs: 20 });
+  const server = await startTestServer({ config, settleMs: 20, dataDir });
   return {
     server, pki, caDir, pinsFile, url: `https://127.0.0.1:${server.accounts!.address.port}`, smtpPort: server.port('submission'),
   };

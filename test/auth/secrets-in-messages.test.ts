@@ -50,17 +50,17 @@ test('postern check: a table that is a PEM private key → exit 1, the message n
   const dir = await folder('pem-table', { 'postern.yaml': `${LISTENER}tables:\n  senders: ./server.key\n`, 'server.key': pem });
   const r = await check(join(dir, 'postern.yaml'));
   assert.equal(r.code, 1);
-  assert.equal(r.output, `${join(dir, 'server.key')}: table "senders": holds a PEM private key ("PRIVATE KEY" block), not a table: refused, nothing of it shown (is the path right?)\n`);
+  assert.equal(r.output, `${join(dir, 'server.key')}: table "senders": holds a PEM private key ("PRIVATE KEY" block), not a table: refused, nothing of it shown (is the path right?) (named by tables.senders at ${join(dir, 'postern.yaml')}:5:12)\n`);
   assertNoKeyText(r.output);
 });
 
 test('postern check: key text without PEM armour in a postfix, JSON or YAML table, and a key duplicated as a table key → file and line, no key text', async () => {
   const bare = `${body.join('\n')}\n`;
   const cases: Array<[string, string, RegExp]> = [
-    ['./bare', bare, /bare:1: expected "key value", got \(a line that looks like key material: not shown\)\n$/],
-    ['{ file: ./bare, format: json }', bare, /bare: not valid JSON: unexpected token\n$/],
-    ['{ file: ./bare, format: yaml }', bare, /bare:1: expected a mapping of keys to values\n$/],
-    ['./dup', `${body[0]} a\n${body[0]} b\n`, /dup:2: duplicate key \(a value that looks like key material: not shown\)\n$/],
+    ['./bare', bare, /bare:1: expected "key value", got \(a line that looks like key material: not shown\)\ \(named by tables\.t(\.file)? at [^\n]*postern\.yaml:5:\d+\)\n$/],
+    ['{ file: ./bare, format: json }', bare, /bare: not valid JSON: unexpected token\ \(named by tables\.t(\.file)? at [^\n]*postern\.yaml:5:\d+\)\n$/],
+    ['{ file: ./bare, format: yaml }', bare, /bare:1: expected a mapping of keys to values\ \(named by tables\.t(\.file)? at [^\n]*postern\.yaml:5:\d+\)\n$/],
+    ['./dup', `${body[0]} a\n${body[0]} b\n`, /dup:2: duplicate key \(a value that looks like key material: not shown\)\ \(named by tables\.t(\.file)? at [^\n]*postern\.yaml:5:\d+\)\n$/],
   ];
   for (const [i, [table, text, expected]] of cases.entries()) {
     const dir = await folder(`bare-${i}`, { 'postern.yaml': `${LISTENER}tables:\n  t: ${table}\n`, bare: text, dup: text });
@@ -75,7 +75,7 @@ test('postern check: the users file or the configuration itself a private key �
   const dir = await folder('users', { 'postern.yaml': `${LISTENER}users: ./users\n`, users: pem, 'key.yaml': pem });
   const users = await check(join(dir, 'postern.yaml'));
   assert.equal(users.code, 1);
-  assert.equal(users.output, `${join(dir, 'users')}: holds a PEM private key ("PRIVATE KEY" block), not a users file: refused, nothing of it shown (is the path right?)\n`);
+  assert.equal(users.output, `${join(dir, 'users')}: holds a PEM private key ("PRIVATE KEY" block), not a users file: refused, nothing of it shown (is the path right?) (named by users at ${join(dir, 'postern.yaml')}:4:8)\n`);
   const config = await check(join(dir, 'key.yaml'));
   assert.equal(config.code, 1);
   assert.equal(config.output, `${join(dir, 'key.yaml')}: holds a PEM private key ("PRIVATE KEY" block), not a configuration: refused, nothing of it shown (is the path right?)\n`);

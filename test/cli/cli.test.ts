@@ -192,14 +192,32 @@ test("check: a syntax error in a listener's own scripts folder is found too", as
   assert.equal(r.stderr, `${join(dir, 'submission-scripts', 'rcptto.js')}:3:1: SyntaxError: Unexpected token '}'\n`);
 });
 
-test('check: a table with a broken line → exit 1 naming <file>:<line>', async () => {
+// A file of a table, the users or the recipient table is named by a key of the configuration (and a table file can be
+// named by several tables, or by a listener's pins through its table): the line says which key, and where it is.
+test('check: a table with a broken line → exit 1 naming <file>:<line> and the key (with its line) that names the file', async () => {
   const { dir, config } = await configFolder('bad-table', {
     senders: '# blocked senders\nspammer@bad.example   REJECT\nbroken-line-without-value\nfriend@good.example OK\n',
   });
   const r = await cli(['check', '--config', config], null);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, '');
-  assert.equal(r.stderr, `${join(dir, 'senders')}:3: expected "key value", got "broken-line-without-value"\n`);
+  assert.equal(r.stderr, `${join(dir, 'senders')}:3: expected "key value", got "broken-line-without-value" (named by tables.senders at ${config}:8:12)\n`);
+});
+
+test('check: a bad line of the users file, of the recipient table, and an unreadable table name their keys too', async () => {
+  const { dir, config } = await configFolder('bad-named-files', {
+    users: 'no-colon-here\n',
+    recipients: 'alice@example.com\nnot-an-address\n',
+  });
+  await writeFile(config, (await readFile(config, 'utf8')).replace('  senders: ./senders\n', '  senders: ./senders\n  gone: { file: ./missing, format: yaml }\n'));
+  const r = await cli(['check', '--config', config], null);
+  assert.equal(r.code, 1);
+  assert.deepEqual(r.stderr.split('\n').sort(), [
+    '',
+    `${join(dir, 'missing')}: table "gone": cannot read: ENOENT (named by tables.gone.file at ${config}:9:17)`,
+    `${join(dir, 'recipients')}:2: localRecipients: expected "user@domain" or "@domain", got "not-an-address" (named by localRecipients at ${config}:6:18)`,
+    `${join(dir, 'users')}:1: expected "name:hash" (named by users at ${config}:4:8)`,
+  ]);
 });
 
 test('check reports every problem at once: a table, a users file and a script', async () => {
@@ -213,8 +231,8 @@ test('check reports every problem at once: a table, a users file and a script', 
   assert.equal(r.code, 1);
   assert.equal(r.stdout, '');
   assert.deepEqual(r.stderr.split('\n'), [
-    `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue`,
-    `${join(dir, 'users')}:1: alice@example.com: not an argon2 hash (make one with: postern hash-password)`,
+    `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue (named by tables.senders at ${config}:8:12)`,
+    `${join(dir, 'users')}:1: alice@example.com: not an argon2 hash (make one with: postern hash-password) (named by users at ${config}:4:8)`,
     `${join(dir, 'scripts', 'mailfrom.ts')}:1:39: SyntaxError: Expected ident`,
     '',
   ]);
@@ -225,7 +243,7 @@ test('check refuses a users file whose hash was cut short: that user could never
   const { dir, config } = await configFolder('cut-hash', { users: `alice@example.com:${whole}\nbob@example.com:${whole.slice(0, 40)}\n` });
   const r = await cli(['check', '--config', config], null);
   assert.equal(r.code, 1);
-  assert.equal(r.stderr, `${join(dir, 'users')}:2: bob@example.com: not a readable argon2 hash (cut short in copying?): make one with: postern hash-password\n`);
+  assert.equal(r.stderr, `${join(dir, 'users')}:2: bob@example.com: not a readable argon2 hash (cut short in copying?): make one with: postern hash-password (named by users at ${config}:4:8)\n`);
 });
 
 /** The valid folder plus a delivery section naming outbound client certificates (and CA files). */

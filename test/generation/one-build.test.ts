@@ -83,7 +83,7 @@ async function breakEverything(): Promise<void> {
 }
 
 const expectedProblems = (): string[] => [
-  `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue`,
+  `${join(dir, 'senders')}:2: line starts with whitespace but there is no entry to continue (named by tables.senders at ${join(dir, 'postern.yaml')}:5:12)`,
   `${join(dir, 'scripts', 'mailfrom.ts')}:1:39: SyntaxError: Expected ident`,
   // A TLS file's problem names the configuration's line (and key) that points at the file, then the file.
   `${join(dir, 'postern.yaml')}:9:55: listeners[0].tls.key: ${join(dir, 'tls', 'server.key')}: cannot read: ENOENT`,

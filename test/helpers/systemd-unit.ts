@@ -70,8 +70,8 @@ export interface UnitServer extends ClusterProcess {
   root: string;
   /** Where a path of the unit (`/etc/postern/x`) is in this test. */
   path(unitPath: string): string;
-  /** Runs the unit's ExecReload (`$MAINPID` is the server's). */
-  reload(): void;
+  /** Runs the unit's ExecReload (`$MAINPID` is the server's) to its end: its exit status and output. */
+  reload(): Promise<{ status: number | null; stdout: string; stderr: string }>;
   /** With Type=notify: the sd_notify lines systemd would take (NotifyAccess= applied), in order. */
   notifications: string[];
 }
@@ -101,7 +101,7 @@ export async function startUnderUnit(opts: UnitOptions): Promise<UnitServer> {
 }
 
 async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOptions): Promise<UnitServer> {
-  const mapping = new Map<string, string>([['/usr/bin/node', NODE], ['/usr/lib/node_modules/postern', ROOT]]);
+  const mapping = new Map<string, string>([['/usr/bin/node', NODE], ['/usr/lib/node_modules/postern', ROOT], ['/bin/kill', '/bin/kill']]);
   const mapped = (p: string): string => {
     for (const [from, to] of [...mapping].sort((a, b) => b[0].length - a[0].length)) {
       if (p === from || p.startsWith(`${from}/`)) return to + p.slice(from.length);
@@ -180,9 +180,19 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
       const outside = server.lines.filter((l) => /EROFS|read-only file system/i.test(l));
       if (outside.length) throw new Error(`the server tried to write outside the unit's ReadWritePaths:\n${outside.join('\n')}`);
     },
+    // As systemd runs it: as the service's user, confined as the service is; `systemctl reload` fails when it does.
+    // Not spawnSync: the server's log lines are read meanwhile.
     reload() {
-      const line = directive(unit, 'ExecReload')!.replaceAll('$MAINPID', String(proc.pid));
-      execFileSync(line.split(/\s+/)[0]!, line.split(/\s+/).slice(1));
+      const argv = confined(command(directive(unit, 'ExecReload')!.replaceAll('$MAINPID', String(proc.pid))));
+      const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 150_000 });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+      return new Promise((resolve, reject) => {
+        child.once('error', reject);
+        child.once('close', (status) => resolve({ status, stdout, stderr }));
+      });
     },
   };
 }

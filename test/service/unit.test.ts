@@ -172,7 +172,7 @@ listeners:
   } finally { await s.stop(); }
 });
 
-test('under the unit: ExecReload takes an edited script; KillSignal (STOPPING=1 told) stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {
+test('under the unit: ExecReload takes an edited script, and fails naming file and line when the reload is refused; KillSignal (STOPPING=1 told) stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {
   const unit = unitService();
   const s = await startUnderUnit({
     config: `dataDir: /var/lib/postern
@@ -194,10 +194,19 @@ listeners:
     };
     const before = await greeted();
     assert.match((await before.command('RCPT TO:<b@example.test>', 30_000)).text, /first/);
+    // `systemctl reload` succeeds or fails with ExecReload: a refused reload (a script that does not compile) must fail
+    // it, naming the file and line. `kill -HUP $MAINPID` exited 0 as the signal left, whatever came of the reload.
+    writeFileSync(s.path('/etc/postern/scripts/rcptto.ts'), `export default () => { return reject('second' };`);
+    const refused = await s.reload();
+    assert.equal(refused.status, 1, `${refused.stdout}${refused.stderr}`);
+    assert.match(refused.stderr, new RegExp(`^postern: reload refused, the running configuration stays in force:\n${s.path('/etc/postern/scripts/rcptto.ts')}:1:\\d+: SyntaxError`));
+    assert.match((await before.command('RCPT TO:<c@example.test>', 30_000)).text, /first/, 'the running script stays');
     writeFileSync(s.path('/etc/postern/scripts/rcptto.ts'), `export default () => reject('second');`);
     const reloads = s.logs.filter((l) => l.msg === 'reloaded').length;
-    s.reload();
-    await s.waitFor('the reload', () => s.logs.filter((l) => l.msg === 'reloaded').length > reloads);
+    const taken = await s.reload();
+    assert.equal(taken.status, 0, `${taken.stdout}${taken.stderr}`);
+    assert.match(taken.stdout, /^postern: reloaded \(generation \d+\)\n$/);
+    await s.waitFor('its log line', () => s.logs.filter((l) => l.msg === 'reloaded').length > reloads);
     await until('the edited script answers', async () => {
       const c = await greeted();
       const r = await c.command('RCPT TO:<b@example.test>', 30_000);
