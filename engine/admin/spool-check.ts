@@ -3,7 +3,9 @@
  * queue process's bounces, a single process's mail) and, under `postern serve`, each worker's `worker-<n>` —
  * and its filesystem has more free space than `spool.minFreeBytes` and more free inodes than `spool.minFreeInodes`
  * (below either every new message is refused), the spool's reserve is not in use (engine/spool/reserve.ts), and
- * the filesystem is not read-only.
+ * the filesystem is not read-only. Nor may a sync of a spool be past `spool.syncDeadlineMs` without having returned
+ * (spoolConfirmsWrites): the disk then answers no write, every new transaction is refused, and the write probe of
+ * spoolWritable() could itself wait for as long as the disk hangs.
  */
 import { access, constants, readdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -36,4 +38,22 @@ export async function spoolWritable(dataDir: string, floors: { minFreeBytes: num
   } catch (err) {
     return { ok: false, detail: (err as Error).message };
   }
+}
+
+/**
+ * The spool check while a spool's sync is past its deadline and has not returned (`hung`: the spools, and how long
+ * their oldest such sync has waited), else null. Whichever worker it is, the others write to the same filesystem.
+ */
+export function spoolConfirmsWrites(hung: ReadonlyArray<{ spool: string; ms: number }>): ReadinessCheck | null {
+  if (!hung.length) return null;
+  const which = hung.map((h) => `${h.spool} for ${Math.round(h.ms / 1000)} s`).join(', ');
+  return { ok: false, detail: `the spool cannot confirm writes: a sync past spool.syncDeadlineMs has not returned (${which}; a disk or storage path that stopped answering?): new mail is refused (451 4.3.0) until the disk answers` };
+}
+
+/** The spools of `spools` with a sync past its deadline, for spoolConfirmsWrites(). */
+export function unconfirmedSpools(spools: ReadonlyArray<{ root: string; unconfirmedFor(): number | null }>): Array<{ spool: string; ms: number }> {
+  return spools.flatMap((s) => {
+    const ms = s.unconfirmedFor();
+    return ms === null ? [] : [{ spool: s.root, ms }];
+  });
 }

@@ -36,14 +36,14 @@ test('a record waiting behind a flush that hangs past the deadline is refused, a
   const faults = diskFaults();
   const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-hung-waiting-')), 'data');
   const sink = await startSink({});
-  const c = await startCluster({ env: { POSTERN_SYNC_DEADLINE_MS: '8000', ...faults.env }, dataDir, config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}` });
+  const c = await startCluster({ env: faults.env, dataDir, config: `${ONE_WORKER}spool: { syncDeadlineMs: 8000 }\n${deliveryToSink(sink.port, { retrySchedule: [1] })}` });
   try {
     const [first, second] = [await greeted(c), await greeted(c)];
     assert.equal(await send(first, 'warm'), 250);
     faults.armFor('fdatasync-hang', '.seg');
     const hung = send(first, 'hung-in-flush');
     await until('the flush hangs', () => faults.hungCalls('fdatasync-hang') >= 1, { timeoutMs: 60_000 });
-    // Ends within the deadline (8 s away, POSTERN_SYNC_DEADLINE_MS above): it waits for the next flush, which cannot start before the hung one ends.
+    // Ends within the deadline (8 s away, spool.syncDeadlineMs above): it waits for the next flush, which cannot start before the hung one ends.
     const waiting = send(second, 'waiting-behind');
     assert.equal(await hung, 451);
     assert.equal(await waiting, 451);

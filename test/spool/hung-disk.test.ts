@@ -33,10 +33,10 @@ const HOLDING = {
  * The spool's deadline, shortened from its 30 s (engine/spool/sync-deadline.ts): each test waits it out once. Still far
  * beyond what a healthy sync takes on a loaded machine, which the messages after the disk is back need.
  */
-const SYNC_DEADLINE = { POSTERN_SYNC_DEADLINE_MS: '8000' };
+const SYNC_DEADLINE = 'spool: { syncDeadlineMs: 8000 }\n';
 
 async function start(env: Record<string, string>, dataDir: string, sink: Sink): Promise<ClusterProcess> {
-  return startCluster({ env: { ...SYNC_DEADLINE, ...env }, dataDir, scripts: HOLDING, config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}` });
+  return startCluster({ env, dataDir, scripts: HOLDING, config: `${ONE_WORKER}${SYNC_DEADLINE}${deliveryToSink(sink.port, { retrySchedule: [1] })}` });
 }
 
 /** A line of a message over 1 MiB (a file of its own), 1 100 of them. */
