@@ -50,6 +50,10 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     assert.equal((await begun.command('MAIL FROM:<a@example.test>')).code, 250);
     assert.equal((await begun.command('RCPT TO:<b@example.test>')).code, 250);
 
+    const pipelining = await greeted(c);
+    assert.equal((await pipelining.command('MAIL FROM:<a@example.test>')).code, 250);
+    assert.equal((await pipelining.command('RCPT TO:<b@example.test>')).code, 250);
+
     faults.armFor('fdatasync-hang', '.seg');
     const hung = await send(first, 'hung');
     assert.deepEqual([hung.stage, hung.code], ['end', 451], 'the message waiting for the sync: its 451 at the dot, as before');
@@ -63,6 +67,12 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     const atData = await begun.command('DATA');
     assert.match(atData.text, /^451 4\.3\.0 .*cannot confirm/, 'DATA of a transaction begun before: refused before its 354');
     assert.equal((await send(next, 'refused-again')).stage, 'MAIL');
+    // DATA with the message sent behind it at once (no wait for the 354): refused and closed, or each of its lines would
+    // run as a command (here a transaction of its own).
+    pipelining.write('DATA\r\nSubject: smuggled\r\n\r\nRSET\r\nMAIL FROM:<x@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n.');
+    const replies = await pipelining.repliesUntilClosed();
+    assert.match(replies[0]?.text ?? '', /^451 4\.3\.0 .*cannot confirm/);
+    assert.deepEqual(replies.slice(1).map((r) => r.text), [], 'nothing after: closed');
 
     const episode = (l: Record<string, unknown>): boolean => /spool cannot confirm writes/.test(String(l.msg)) && l.level === 50;
     await c.waitFor('one error line for the episode', () => c.logs.some(episode));
