@@ -10,8 +10,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { greeted, ONE_WORKER, startCluster } from '../helpers/cluster.ts';
+import { greeted, ONE_WORKER, startCluster, workerPid } from '../helpers/cluster.ts';
 import { diskFaults } from '../helpers/disk-faults.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 import type { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -97,6 +98,29 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     await c.waitFor('the end of the episode said', () => c.logs.some((l) => /spool confirms writes again/.test(String(l.msg))));
     assert.equal(c.logs.filter(episode).length, 1, 'one error line for the episode, not one per client');
     for (const cl of [first, begun, next]) await cl.quit();
+  } finally {
+    faults.disarm('fdatasync-hang');
+    await c.stop();
+  }
+});
+
+test('spool.syncDeadlineMs changed by a reload: the next sync that hangs is refused at the new deadline', { timeout: 300_000 }, async () => {
+  const faults = diskFaults();
+  // 5 minutes: a message refused within the 150 s send() waits was refused at the reloaded deadline.
+  const c = await startCluster({ env: faults.env, config: `${ONE_WORKER}spool: { syncDeadlineMs: 300000 }\n` });
+  try {
+    const config = join(c.dir, 'postern.yaml');
+    await writeFile(config, (await readFile(config, 'utf8')).replace('syncDeadlineMs: 300000', 'syncDeadlineMs: 8000'));
+    const worker = await workerPid(c, 0);
+    await c.waitFor('the worker reloaded', () => c.logs.some((l) => l.msg === 'reloaded' && l.pid === worker));
+    assert.ok(!c.logs.some((l) => /needs a restart/.test(String(l.msg))), 'no restart needed');
+    const client = await greeted(c);
+    faults.armFor('fdatasync-hang', '.seg');
+    const hung = await send(client, 'hung');
+    assert.deepEqual([hung.stage, hung.code], ['end', 451]);
+    await c.waitFor('refused at the reloaded deadline',
+      () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the spool journal's last write .* for [89] s/.test(JSON.stringify(l))));
+    await client.quit();
   } finally {
     faults.disarm('fdatasync-hang');
     await c.stop();
