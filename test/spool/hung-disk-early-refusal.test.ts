@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { greeted, ONE_WORKER, startCluster, workerPid } from '../helpers/cluster.ts';
+import { greeted, ONE_WORKER, ROUND_ROBIN, startCluster, TWO_WORKERS, workerOf, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { diskFaults } from '../helpers/disk-faults.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
 import type { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -121,6 +121,42 @@ test('spool.syncDeadlineMs changed by a reload: the next sync that hangs is refu
     await c.waitFor('refused at the reloaded deadline',
       () => c.logs.some((l) => l.msg === 'spooling failed' && /has not confirmed the spool journal's last write .* for [89] s/.test(JSON.stringify(l))));
     await client.quit();
+  } finally {
+    faults.disarm('fdatasync-hang');
+    await c.stop();
+  }
+});
+
+/** A greeted client on worker `index` (round robin may give two in a row to one worker: asked, not assumed). */
+async function onWorker(c: ClusterProcess, index: number): Promise<SmtpTestClient> {
+  for (;;) {
+    const client = await greeted(c);
+    if (await workerOf(c, client) === index) return client;
+    await client.quit();
+  }
+}
+
+test('a hung shared filesystem under two workers: each worker refuses once its own sync hangs; /readyz names every such worker, 200 again once both returned', { timeout: 300_000 }, async () => {
+  const faults = diskFaults();
+  const c = await startCluster({ env: faults.env, config: `${TWO_WORKERS}${ROUND_ROBIN}admin: { listen: "127.0.0.1:{PORT:admin}" }\nspool: { syncDeadlineMs: 8000 }\n` });
+  const admin = c.port('admin');
+  try {
+    const [w0, w1] = [await onWorker(c, 0), await onWorker(c, 1)];
+    for (const cl of [w0, w1]) assert.equal((await send(cl, 'warm')).code, 250);
+    faults.armFor('fdatasync-hang', '.seg'); // every segment of the filesystem: both workers' journals
+    assert.deepEqual((await send(w0, 'hung0')).code, 451);
+    await c.waitFor('/readyz: worker-0 cannot confirm writes', async () => /worker-0/.test((await readyz(admin)).body.checks.spool?.detail ?? ''));
+    // Worker 1 has not seen the disk hang yet: its first message waits the deadline, as worker 0's did; then it refuses early too.
+    const first1 = await send(w1, 'hung1');
+    assert.deepEqual([first1.stage, first1.code], ['end', 451]);
+    assert.equal((await send(w1, 'refused1')).stage, 'MAIL');
+    await c.waitFor('/readyz names both workers', async () => /worker-0.*worker-1|worker-1.*worker-0/.test((await readyz(admin)).body.checks.spool?.detail ?? ''));
+    faults.disarm('fdatasync-hang');
+    await c.waitFor('/readyz 200 once both syncs returned', async () => (await readyz(admin)).status === 200);
+    for (const cl of [w0, w1]) await cl.quit();
+    const after = [await onWorker(c, 0), await onWorker(c, 1)];
+    for (const cl of after) assert.equal((await send(cl, 'after')).code, 250, 'each worker takes mail again');
+    for (const cl of after) await cl.quit();
   } finally {
     faults.disarm('fdatasync-hang');
     await c.stop();
