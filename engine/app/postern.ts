@@ -24,8 +24,8 @@ import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/
 import { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
-import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe } from '../metrics/metrics.ts';
-import { spoolWritable } from '../admin/spool-check.ts';
+import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe, setSpoolSyncProbe } from '../metrics/metrics.ts';
+import { spoolConfirmsWrites, spoolWritable, unconfirmedSpools } from '../admin/spool-check.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
 import { onlyListener, storeCheck } from '../admin/store-check.ts';
 import type { Socket } from 'node:net';
@@ -206,6 +206,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (role === 'single') for (const w of built.warnings) logger.warn(w.listener ? { listener: w.listener } : {}, w.message);
   const home = new Spool(join(config.dataDir, 'spool'));
   const spool = role === 'worker' ? new Spool(workerSpoolDir(config.dataDir, opts.workerIndex ?? 0), { journalSegmentBytes: WORKER_SEGMENT_BYTES, reserve: home.reserve.path }) : home;
+  // spool.syncDeadlineMs: read at each sync, so a reload changes it for the next ones (swap() below).
+  const takeSyncDeadline = (ms: number): void => { spool.syncDeadline.ms = ms; home.syncDeadline.ms = ms; };
+  takeSyncDeadline(config.spool.syncDeadlineMs);
+  setSpoolSyncProbe(() => spool.unconfirmedFor());
   const { removedOrphans } = await spool.init({ logger });
   if (removedOrphans) logger.warn({ removedOrphans }, 'removed unacknowledged spool files');
   // The process that delivers reports the damage in spools no worker of this server writes (a single process: all of them).
@@ -305,6 +309,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       for (const g of generations) if (g.disposed) void g.teardown.then(() => generations.delete(g));
       const old = runtime.generation;
       runtime.generation = next.acquire();
+      takeSyncDeadline(next.config.spool.syncDeadlineMs);
       old.release();
       old.retire();
       queue.reconfigured();
@@ -360,7 +365,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
-          spool: await spoolWritable(config.dataDir, config.spool),
+          spool: spoolConfirmsWrites(unconfirmedSpools([spool])) ?? await spoolWritable(config.dataDir, config.spool),
           store: storeCheck(listeners, store.unreachable === true),
           reload: reloadCheck(lastError),
         };

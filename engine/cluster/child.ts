@@ -219,6 +219,8 @@ async function main(): Promise<void> {
   startWatchdog(loaded.config, counters, () => ({
     ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}),
     ...(counterStore.unreachable ? { store: storeDependences(runtime.generation.config.listeners) } : {}),
+    // A sync of its spool past its deadline, not returned: how long (ms), for the supervisor's /readyz.
+    ...unconfirmedBeat(runtime.spool.unconfirmedFor()),
   }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
   send({ t: 'ready' });
@@ -229,6 +231,8 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+
+const unconfirmedBeat = (ms: number | null): { spoolUnconfirmedMs?: number } => (ms === null ? {} : { spoolUnconfirmedMs: ms });
 
 /**
  * Make a listener's socket the supervisor holds listen, without accepting on it: listen() and close this

@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { ClusterMetrics } from '../metrics/cluster-metrics.ts';
 import { adminLimits, startAdminServer, type AdminServer, type AdminTarget, type ReadinessCheck } from '../admin/admin-server.ts';
-import { spoolWritable } from '../admin/spool-check.ts';
+import { spoolConfirmsWrites, spoolWritable } from '../admin/spool-check.ts';
 import { metrics, registry, setAuthFailureProbe, setFenceProbe, setQueueProbe } from '../metrics/metrics.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { fileURLToPath } from 'node:url';
@@ -127,6 +127,8 @@ interface Child {
   full: boolean;
   /** Its heartbeat says its Redis store is unreachable, with what that refuses on each listener (store-check.ts); null: reachable. */
   storeDown: Record<string, string[]> | null;
+  /** How long a sync of its spool had been past its deadline without returning, at its last heartbeat; null: none. */
+  spoolUnconfirmedMs: number | null;
   startedAt: number;
   restarts: number;
   lastExit: string | null;
@@ -470,7 +472,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null, silenced: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null, silenced: null };
   }
 
   #spawn(child: Child): void {
@@ -488,7 +490,7 @@ export class Supervisor {
       stdio: CHILD_STDIO,
     });
     handOver(proc, runningSettings(this.config.config));
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err: NodeJS.ErrnoException) => {
@@ -520,6 +522,7 @@ export class Supervisor {
         child.fresh = 0;
         child.full = (m as { full?: boolean }).full === true;
         child.storeDown = (m as { store?: Record<string, string[]> }).store ?? null;
+        child.spoolUnconfirmedMs = (m as { spoolUnconfirmedMs?: number }).spoolUnconfirmedMs ?? null;
         this.#got(child, (m as { got?: number }).got ?? 0);
         // It accepts on the sockets it was told to accept on: their descriptors reached it.
         if ((m as { accepting?: boolean }).accepting && child.acceptPending) {
@@ -1050,7 +1053,9 @@ export class Supervisor {
         listeners: [...this.#listeners, ...this.#policyListeners.map((p) => p.server)].every((l) => l.listening) && (this.#held.size === 0 || this.#heldListening)
           ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
         processes: this.#processesCheck(),
-        spool: await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+        spool: spoolConfirmsWrites(this.#children.filter((c) => c.ready && c.proc?.connected && c.spoolUnconfirmedMs !== null)
+          .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs! })))
+          ?? await spoolWritable(this.config.config.dataDir, this.config.config.spool),
         lock: this.#keepLock(),
         store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
         reload: reloadCheck(lastError),

@@ -5,6 +5,7 @@
  * .meta() hints for the reference: `format` (what a string is), `unit`, `defaultText` (see describe.ts).
  * Paths stay as written here; the loader resolves them against the configuration file's folder.
  */
+import { DEFAULT_SYNC_DEADLINE_MS, MAX_SYNC_DEADLINE_MS, MIN_SYNC_DEADLINE_MS } from '../spool/sync-deadline.ts';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
@@ -374,6 +375,10 @@ export const configSchema = z.strictObject({
       .describe('Free space the spool\'s filesystem must keep: below it new mail is refused with `452 4.3.1 Insufficient system storage` at MAIL FROM and at the end of DATA, so the spool still has room to record deliveries (Postfix `queue_minfree`; `0`: no floor).'),
     minFreeInodes: z.number().int().min(0).default(1000)
       .describe('Free inodes (files) the spool\'s filesystem must keep, as `minFreeBytes` keeps bytes: below it new mail is refused with `452 4.3.1 Insufficient system storage`, so the queue can still create the files that record deliveries (a state file per deferred message, a done list per journal segment). A filesystem without a fixed number of inodes (btrfs) reports none and is never below it. `0`: no floor.'),
+    syncDeadlineMs: z.number().int().min(MIN_SYNC_DEADLINE_MS, `at least ${MIN_SYNC_DEADLINE_MS} ms: a healthy disk under load takes a second or more for a sync now and then, and a shorter deadline refused its mail`)
+      .max(MAX_SYNC_DEADLINE_MS, `at most ${MAX_SYNC_DEADLINE_MS} ms (5 minutes): a client waits 10 minutes for the reply to its final dot, and the message must be refused within them`)
+      .meta({ unit: 'ms' }).default(DEFAULT_SYNC_DEADLINE_MS)
+      .describe('How long the spool waits for the disk to confirm a write (the journal\'s sync of a message, a large message\'s file, a hold) before the message is refused with `451 4.3.0`. A disk that stops answering (a lost SAN, iSCSI or NFS path, a drive in endless retries) never returns the sync: past this, the clients waiting get their 451 instead of no reply, and while such a sync has not returned every new transaction is refused at MAIL FROM (or at DATA, before the 354) with `451 4.3.0 Temporary local problem: the spool cannot confirm writes, try again later`, `/readyz` fails its `spool` check (a load balancer sends the mail to another node), `postern_spool_writes_unconfirmed` is 1 and one error line says so; once the disk answers, mail is taken again. Under `postern serve` each worker has its own journal and refuses once its own sync hangs; `/readyz` fails when any does. At least 5000 (a healthy disk\'s sync takes milliseconds, a slow one\'s under load seconds), at most 300000. A reload changes it for the syncs that start after it.'),
     receivingMemoryBytes: z.number().int().min(0).meta({ unit: 'bytes' }).default(64 * 1024 * 1024)
       .describe('Memory the messages being received may hold together, per process (each worker of `postern serve` has its own). A message is held in memory up to 1 MiB and then goes to the journal in one write; past this total, the bytes of every message still coming in go to its own file in the spool\'s `incoming/` folder at once, a few KiB at a time (a file per message, as for messages over 1 MiB), so however many clients send large messages at the same time, what they hold in memory stays near this bound (plus the chunk each is reading). Nothing is refused for it. `0`: every message goes to its own file.'),
   }).prefault({}).describe('Free space the spool keeps, and the memory of the messages being received. See [spool](#spool).'),

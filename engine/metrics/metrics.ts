@@ -28,6 +28,9 @@ function lookAtQueue(): QueueLook {
 /** The number of fenced scripts, read at each scrape: set by the supervisor of `postern serve`. */
 let fenceProbe: (() => number) | null = null;
 export function setFenceProbe(probe: typeof fenceProbe): void { fenceProbe = probe; }
+/** How long (ms) this process's spool has had a sync past its deadline, or null: set by the server that writes it. */
+let spoolSyncProbe: (() => number | null) | null = null;
+export function setSpoolSyncProbe(probe: typeof spoolSyncProbe): void { spoolSyncProbe = probe; }
 let authFailureProbe: (() => number) | null = null;
 /** Where this process keeps its auth-failure counts (the supervisor's, a worker's, a single server's; none with Redis). */
 export function setAuthFailureProbe(probe: typeof authFailureProbe): void { authFailureProbe = probe; }
@@ -149,6 +152,12 @@ export const metrics = {
     help: 'Client addresses (IPv6: networks) with failed authentications kept in memory for limits.authFailuresPerIp: those that failed within authFailureWindowMs, and expired ones until the next failure drops them; the most any process keeps',
     registers: [registry], aggregator: 'max', // each process keeps its own copy of the server's counts
     collect() { if (authFailureProbe) this.set(authFailureProbe()); },
+  }),
+  spoolWritesUnconfirmed: new Gauge({
+    name: 'postern_spool_writes_unconfirmed',
+    help: '1 while a sync of the spool is past spool.syncDeadlineMs and has not returned (a disk or storage path that stopped answering: new mail is refused with 451 4.3.0), else 0',
+    registers: [registry], aggregator: 'max', // any worker whose spool hangs
+    collect() { if (spoolSyncProbe) this.set(spoolSyncProbe() === null ? 0 : 1); },
   }),
   storeUnreachable: new Gauge({
     name: 'postern_store_unreachable', help: '1 while the Redis store cannot be reached or refuses commands (what needs it fails closed), else 0',

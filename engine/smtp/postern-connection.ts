@@ -22,7 +22,7 @@ import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
 import { LineDeadline } from './line-deadline.ts';
 import type { SmtpClient } from './smtp-client.ts';
-import type { Runtime } from './runtime.ts';
+import { spoolCannotConfirm, type Runtime } from './runtime.ts';
 import type { SessionPolicy } from './session-policy.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
@@ -557,6 +557,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
         this.#answer('DATA', reply('pipelinedAfterRefusedData', {}, { disconnect: true }));
         return;
       }
+      // The same for a DATA refused because the spool cannot confirm writes (handler_DATA): refused and closed.
+      if (verb === 'DATA' && input?.more && this.session.envelope.rcptTo.length && !hasArgument(command) && spoolCannotConfirm(this.#server.runtime, this.id)) {
+        this.#answer('DATA', reply('spoolNotConfirming', {}, { disconnect: true }));
+        return;
+      }
       // BDAT (CHUNKING, not offered): its chunk follows at once, whatever the reply (RFC 3030), and is no lines:
       // read as commands, any line in it would run. Refused and closed, as for the DATA above.
       if (verb === 'BDAT') {
@@ -762,6 +767,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   /** DATA and RSET with an argument: 501, as Postfix (DATA without recipients is still smtp-server's 503 first). */
   override handler_DATA(command: Buffer, callback: Callback): void {
     if (this.session.envelope.rcptTo.length && hasArgument(command)) return this.#answerPath('DATA', reply('dataSyntax'), callback);
+    // A sync of the spool hangs: refused before the 354, not after the client has sent its message whole.
+    const unconfirmed = this.session.envelope.rcptTo.length ? spoolCannotConfirm(this.#server.runtime, this.id) : null;
+    if (unconfirmed) return this.#answerPath('DATA', reply(unconfirmed), callback);
     super.handler_DATA(command, callback);
   }
 

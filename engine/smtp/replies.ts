@@ -76,6 +76,7 @@ export const REPLIES = {
   spoolWriteFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'the spool\'s disk is full (ENOSPC)' },
   storageFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeBytes' },
   inodesFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage', reason: 'spool.minFreeInodes' },
+  spoolNotConfirming: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem: the spool cannot confirm writes, try again later', reason: 'spool.syncDeadlineMs: a sync of the spool has not returned (a disk or storage path that stopped answering)' },
   spoolReadOnly: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'the spool\'s filesystem is read-only (EROFS)' },
   tooMuchMailFromIdentity: { code: 450, enhanced: '4.7.1', text: 'Error: too much mail from {identity}, try again later', reason: 'limits.messagesPerIdentity' },
   limitStoreUnavailable: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later', reason: 'limits.messagesPerIdentity: store unavailable (fail closed)' },

@@ -7,7 +7,7 @@ import { metrics } from '../metrics/metrics.ts';
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import type { SmtpClient } from './smtp-client.ts';
-import { spoolIsFull, type Runtime } from './runtime.ts';
+import { spoolCannotConfirm, spoolIsFull, type Runtime } from './runtime.ts';
 import type { SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { verdictReply } from './verdict-replies.ts';
@@ -490,7 +490,7 @@ export class SessionPolicy {
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');
     // smtp-server only enforces AUTH when the AUTH command exists; certificate-only listeners need this.
     if (st.listener.auth.required && !st.user) return reply('authRequired');
-    const full = spoolIsFull(this.#runtime);
+    const full = spoolIsFull(this.#runtime) ?? spoolCannotConfirm(this.#runtime, conn.id);
     if (full) return reply(full);
     if (!this.adoptCurrentGeneration(conn)) return reply('listenerRemoved');
     const maxMessages = st.listener.limits.maxMessagesPerConnection;

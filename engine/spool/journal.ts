@@ -43,7 +43,7 @@ import { closeSync, existsSync, fdatasync, fsync, fsyncSync, fstatSync, mkdirSyn
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DirectorySyncer } from './fsync.ts';
-import { notConfirmed, SYNC_DEADLINE_MS } from './sync-deadline.ts';
+import { notConfirmed, DEFAULT_SYNC_DEADLINE_MS, type SyncDeadline } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { randomBytes } from 'node:crypto';
 import { keyedRecordSeedFrom, MissingJournalKeyError, NewerRecordError, scanSegment } from './segment-scan.ts';
@@ -174,7 +174,7 @@ export class Journal {
   #flushStartedAt = 0;
   /** Looks at the flush under way for its deadline (see #checkStall); made at the first flush. */
   #stallCheck: NodeJS.Timeout | null = null;
-  readonly #syncDeadlineMs: number;
+  readonly #syncDeadline: SyncDeadline;
   /**
    * Ids whose done line markDoneDurably() wrote and has not (or could not) sync: their line read back (refresh(),
    * refreshDoneOf()) leaves them in the index, as their removal is not on disk yet.
@@ -183,11 +183,11 @@ export class Journal {
   /** A reader's: the highest segment number on disk at its last catchUp() (null before the first). */
   #seenSeq: number | null = null;
 
-  private constructor(dir: string, writable: boolean, segmentBytes: number, syncDeadlineMs = SYNC_DEADLINE_MS) {
+  private constructor(dir: string, writable: boolean, segmentBytes: number, syncDeadline: SyncDeadline = { ms: DEFAULT_SYNC_DEADLINE_MS }) {
     this.dir = dir;
     this.#writable = writable;
     this.#segmentBytes = segmentBytes;
-    this.#syncDeadlineMs = syncDeadlineMs;
+    this.#syncDeadline = syncDeadline;
     this.#dirSync = new DirectorySyncer(dir);
   }
 
@@ -196,8 +196,8 @@ export class Journal {
    * deletes segments with nothing left in them and appends to a fresh segment, never after a possibly
    * torn tail; a read-only one (the queue command's) only reads, and may mark messages done.
    */
-  static open(dir: string, opts: { writable: boolean; segmentBytes?: number; syncDeadlineMs?: number }): Journal {
-    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES, opts.syncDeadlineMs);
+  static open(dir: string, opts: { writable: boolean; segmentBytes?: number; syncDeadline?: SyncDeadline }): Journal {
+    const journal = new Journal(dir, opts.writable, opts.segmentBytes ?? SEGMENT_BYTES, opts.syncDeadline);
     journal.#key = readJournalKey(dir);
     const seqs = readdirSync(dir)
       .map((n) => /^(\d{10})\.seg$/.exec(n)?.[1])
@@ -653,9 +653,14 @@ export class Journal {
     if (syncing === 0) settle();
   }
 
-  /** The error for appends while the flush under way is past its deadline (SYNC_DEADLINE_MS, sync-deadline.ts), or null. */
+  /** Since when (performance.now()) the flush under way has waited, once it is past its deadline; else null. */
+  hungSince(now = performance.now()): number | null {
+    return this.#flushing && now - this.#flushStartedAt >= this.#syncDeadline.ms ? this.#flushStartedAt : null;
+  }
+
+  /** The error for appends while the flush under way is past its deadline (spool.syncDeadlineMs, sync-deadline.ts), or null. */
   #stalled(now: number): Error | null {
-    if (!this.#flushing || now - this.#flushStartedAt < this.#syncDeadlineMs) return null;
+    if (this.hungSince(now) === null) return null;
     return notConfirmed(`the spool journal's last write (${this.dir})`, now - this.#flushStartedAt);
   }
 

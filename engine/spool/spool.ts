@@ -21,7 +21,7 @@ import { DirectorySyncer, isLeftoverTemporary, temporaryPath, writeFileAtomic } 
 import { encodeTrailer, parseLayout, readLayout } from './message-file.ts';
 import { checkState, type SpoolEnvelope, type SpoolHold, type SpoolState } from './envelope.ts';
 import { Journal, type JournalDamage } from './journal.ts';
-import { SyncWatch } from './sync-deadline.ts';
+import { DEFAULT_SYNC_DEADLINE_MS, SyncWatch, type SyncDeadline } from './sync-deadline.ts';
 import { lockHolder } from './data-dir-lock.ts';
 import { FreeSpace } from './free-space.ts';
 import { SpoolReserve } from './reserve.ts';
@@ -56,8 +56,10 @@ export class Spool {
   readonly journalDir: string;
   /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
   readonly freeSpace: FreeSpace;
+  /** How long a sync may take before its message is refused (`spool.syncDeadlineMs`: the server sets it, and at reloads). */
+  readonly syncDeadline: SyncDeadline = { ms: DEFAULT_SYNC_DEADLINE_MS };
   /** The syncs that may refuse a message at their deadline: a large message's file, a hold (sync-deadline.ts). */
-  readonly syncs = new SyncWatch();
+  readonly syncs = new SyncWatch(this.syncDeadline);
   /** Room kept for the queue's bookkeeping on a full disk (reserve.ts); the queue runner keeps and uses it. */
   readonly reserve: SpoolReserve;
   readonly #dirSync: DirectorySyncer;
@@ -110,7 +112,7 @@ export class Spool {
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     this.#logger = opts.logger ?? null;
     this.#journal?.close();
-    this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes });
+    this.#journal = Journal.open(this.journalDir, { writable: true, segmentBytes: this.#segmentBytes, syncDeadline: this.syncDeadline });
     const logger = opts.logger;
     // Once per change, not per refused client: the kernel's own line (dmesg) says why it went read-only.
     if (logger) this.freeSpace.onReadOnly = (readOnly) => readOnly
@@ -150,6 +152,16 @@ export class Spool {
   }
 
   /** Time-ordered, unguessable queue id. */
+  /**
+   * How long (ms) the oldest sync past its deadline (the journal's flush, a message file's, a hold's) has waited
+   * without returning, or null: while one hangs, the disk cannot confirm any write of this spool, and new mail is
+   * refused before it is sent (engine/smtp/runtime.ts).
+   */
+  unconfirmedFor(now = performance.now()): number | null {
+    const since = Math.min(this.#journal?.hungSince(now) ?? Infinity, this.syncs.hungSince ?? Infinity);
+    return since === Infinity ? null : now - since;
+  }
+
   newId(): string {
     return timePrefix() + randomHex5();
   }

@@ -1,12 +1,21 @@
 /**
  * How long the spool waits for the disk to confirm a message (a journal flush, a message file's sync, a hold) before
- * the message is refused. A disk that stops answering (a lost SAN or NFS path, a drive in endless retries,
- * device-mapper queueing without a path) never returns the sync: every client waited at its final dot with no
- * reply for as long as the disk hung, and the sessions piled up. Far beyond a healthy sync (milliseconds), far
- * within the 10 minutes a client waits for the reply to its final dot (RFC 5321 §4.5.3.2.6).
- * POSTERN_SYNC_DEADLINE_MS sets another: the tests of the deadline shorten it rather than wait 30 s of real time.
+ * the message is refused: `spool.syncDeadlineMs`. A disk that stops answering (a lost SAN or NFS path, a drive in
+ * endless retries, device-mapper queueing without a path) never returns the sync: every client waited at its final
+ * dot with no reply for as long as the disk hung, and the sessions piled up. Far beyond a healthy sync
+ * (milliseconds), far within the 10 minutes a client waits for the reply to its final dot (RFC 5321 §4.5.3.2.6).
  */
-export const SYNC_DEADLINE_MS = Number(process.env.POSTERN_SYNC_DEADLINE_MS) || 30_000;
+export const DEFAULT_SYNC_DEADLINE_MS = 30_000;
+/**
+ * The least deadline the configuration takes: a healthy but slow disk (a spinning disk under a burst, a RAID
+ * rebuilding, a network filesystem's commit) takes a second or more for a sync now and then; a shorter deadline
+ * refused its mail, and took the node out of its load balancer's pool, while nothing was wrong.
+ */
+export const MIN_SYNC_DEADLINE_MS = 5_000;
+/** The most it takes: within the 10 minutes a client waits for the reply to its final dot, with room to spare. */
+export const MAX_SYNC_DEADLINE_MS = 300_000;
+/** A spool's deadline, read at each sync: set from the configuration (and its reloads) by the server. */
+export interface SyncDeadline { ms: number }
 
 /** The refusal of a message whose write the disk has not confirmed for `ms` (`what`: the write). */
 export function notConfirmed(what: string, ms: number): Error {
@@ -21,17 +30,20 @@ export function notConfirmed(what: string, ms: number): Error {
  * password hashes, every other file operation of the process).
  */
 export class SyncWatch {
-  readonly #deadlineMs: number;
+  readonly #deadline: SyncDeadline;
   /** Syncs past their deadline that have not returned, and since when the oldest has waited (performance.now()). */
   #hung = 0;
   #hungSince = 0;
 
-  constructor(deadlineMs = SYNC_DEADLINE_MS) {
-    this.#deadlineMs = deadlineMs;
+  constructor(deadline: SyncDeadline) {
+    this.#deadline = deadline;
   }
 
   /** Syncs past their deadline that have not returned yet. */
   get hung(): number { return this.#hung; }
+
+  /** Since when (performance.now()) the oldest sync past its deadline has waited, while one has not returned; else null. */
+  get hungSince(): number | null { return this.#hung > 0 ? this.#hungSince : null; }
 
   /**
    * `sync()`, or its refusal (notConfirmed) once the deadline has passed without its answer; refused at once, and
@@ -41,6 +53,7 @@ export class SyncWatch {
   within(what: string, sync: () => Promise<void>): Promise<void> {
     if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince));
     const started = performance.now();
+    const deadlineMs = this.#deadline.ms;
     let timer: NodeJS.Timeout | undefined;
     let late = false;
     const syncing = sync();
@@ -48,8 +61,8 @@ export class SyncWatch {
       timer = setTimeout(() => {
         late = true;
         if (this.#hung++ === 0) this.#hungSince = started;
-        reject(notConfirmed(what, this.#deadlineMs));
-      }, this.#deadlineMs);
+        reject(notConfirmed(what, deadlineMs));
+      }, deadlineMs);
     });
     // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
     void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });

@@ -112,12 +112,15 @@ export class TrySession {
     const setup = built.listeners.get(this.listener.name)!;
     const runtime: Runtime = {
       generation, logger,
-      // Only ids and the free-space check are asked of the spool at MAIL FROM; nothing is written. Typed as what
-      // it stands in for: a stand-in that kept the old method name (below) broke every MAIL FROM of postern try.
+      // Only ids, the free-space check and whether its syncs hang are asked of the spool at MAIL FROM (and DATA);
+      // nothing is written. Typed as what it stands in for: a stand-in that kept the old method name (below) broke
+      // every MAIL FROM of postern try.
       spool: ({
         newId: () => Spool.prototype.newId.call(undefined),
         freeSpace: { short: () => null },
-      } satisfies { newId: Spool['newId']; freeSpace: Pick<Spool['freeSpace'], 'short'> }) as unknown as Spool,
+        unconfirmedFor: () => null,
+        root: '(postern try: no spool)',
+      } satisfies { newId: Spool['newId']; freeSpace: Pick<Spool['freeSpace'], 'short'>; unconfirmedFor: Spool['unconfirmedFor']; root: Spool['root'] }) as unknown as Spool,
       authFailures: new AuthFailureLimiter(this.listener.limits.authFailureWindowMs),
       parseAddressList,
     };

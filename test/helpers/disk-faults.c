@@ -24,6 +24,9 @@
  *                  ends so waits (a disk that stopped answering: a lost SAN or NFS path, a drive in endless
  *                  retries); once it is removed, the calls waiting go on and succeed. Each call that waits
  *                  appends a line to $POSTERN_DISK_FAULTS/fdatasync-hang.calls
+ *   statfs-hang    as fdatasync-hang, for statfs() of a path that ends so (a network filesystem whose server stopped
+ *                  answering: a hard NFS mount waits in every call that asks the server); each call that waits
+ *                  appends a line to $POSTERN_DISK_FAULTS/statfs-hang.calls
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
@@ -52,6 +55,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <sys/mman.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -272,6 +276,28 @@ int fdatasync(int fd) {
     while (armed_suffix("fdatasync-hang", trigger, suffix)) usleep(10000);
   }
   WALKED("fdatasync", fd, NULL, int, real(fd));
+}
+
+/* statfs-hang (see the top of this file): held while armed for `path`. */
+static void statfs_hold(const char *path) {
+  char trigger[PATH_MAX], suffix[PATH_MAX];
+  if (!path || !armed_suffix("statfs-hang", trigger, suffix) || !ends_with(path, suffix)) return;
+  note_hung_call("statfs-hang");
+  while (armed_suffix("statfs-hang", trigger, suffix)) usleep(10000);
+}
+
+int statfs(const char *path, struct statfs *buf) {
+  static int (*real)(const char *, struct statfs *);
+  if (!real) real = dlsym(RTLD_NEXT, "statfs");
+  statfs_hold(path);
+  return real(path, buf);
+}
+
+int statfs64(const char *path, struct statfs64 *buf) {
+  static int (*real)(const char *, struct statfs64 *);
+  if (!real) real = dlsym(RTLD_NEXT, "statfs64");
+  statfs_hold(path);
+  return real(path, buf);
 }
 
 static ssize_t faulty_pwritev(ssize_t (*real)(int, const struct iovec *, int, off_t), int fd, const struct iovec *iov, int n, off_t at) {

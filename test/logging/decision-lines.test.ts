@@ -550,6 +550,25 @@ const ROWS = {
       return ending('readonly', 'mx', ['MAIL FROM:<someone@example.net>']);
     },
   },
+  spoolNotConfirming: {
+    server: 'main', stage: 'MAIL', serverFault: /^the spool cannot confirm writes/,
+    async drive() {
+      // A sync the disk does not answer, past a deadline made short for it (the disk-fault preload does this to a
+      // real journal in test/spool/hung-disk-early-refusal.test.ts; here the line is what is looked at).
+      const spool = servers.main!.runtime.spool;
+      const deadline = spool.syncDeadline.ms;
+      let answer: () => void = () => undefined;
+      spool.syncDeadline.ms = 1;
+      try {
+        await spool.syncs.within('a write the disk does not answer', () => new Promise<void>((resolve) => { answer = resolve; })).catch(() => undefined);
+        return await ending('main', 'mx', ['MAIL FROM:<someone@example.net>']);
+      } finally {
+        answer();
+        spool.syncDeadline.ms = deadline;
+        await until('the spool confirms writes again', () => spool.unconfirmedFor() === null);
+      }
+    },
+  },
   tooMuchMailFromIdentity: {
     server: 'main', stage: 'MAIL', values: { identity: 'alice@example.com' }, check: expectUser('alice@example.com'),
     drive: () => ending('main', 'plain', [plainLogin('alice@example.com'), 'MAIL FROM:<alice@example.com>', 'RSET', 'MAIL FROM:<alice@example.com>']),

@@ -86,6 +86,8 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'spool': section,
   'spool.minFreeBytes': live((c) => { c.spool.minFreeBytes = 0; }),
   'spool.minFreeInodes': live((c) => { c.spool.minFreeInodes = 0; }),
+  // Read at each sync: the syncs that start after the reload take the new deadline (engine/app/postern.ts).
+  'spool.syncDeadlineMs': live((c) => { c.spool.syncDeadlineMs = 60_000; }),
   'spool.receivingMemoryBytes': live((c) => { c.spool.receivingMemoryBytes = 0; }),
   'workers': { ...restart(/^workers 2 → 3$/, (c) => { c.workers = 3; }), serveOnly: true },
   'workerChoice': { ...restart(/^workerChoice (fill → roundRobin|roundRobin → fill)$/, (c) => { c.workerChoice = c.workerChoice === 'fill' ? 'roundRobin' : 'fill'; }), serveOnly: true },
