@@ -16,6 +16,7 @@ import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
 import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
@@ -24,7 +25,7 @@ export const DEGRADED = 5;
  * The whole answer, not only each read: a server that answers a byte at a time is not answering either.
  * POSTERN_STATUS_ANSWER_MS sets another: tests of a server that cannot answer (stopped) shorten the wait for nothing.
  */
-const ANSWER_WITHIN_MS = Number(process.env.POSTERN_STATUS_ANSWER_MS) || 10_000;
+const ANSWER_WITHIN_MS = envKnob('POSTERN_STATUS_ANSWER_MS', 10_000);
 /**
  * A status is a few kilobytes (a few more per fence); anything past this is not one. Unbounded, an answer
  * without end filled the client's memory until a string could grow no more, and it crashed with a stack trace.

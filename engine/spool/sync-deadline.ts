@@ -1,3 +1,5 @@
+import { envKnob } from '../config/env-knob.ts';
+
 /**
  * How long the spool waits for the disk to confirm a message (a journal flush, a message file's sync, a hold) before
  * the message is refused. A disk that stops answering (a lost SAN or NFS path, a drive in endless retries,
@@ -6,7 +8,7 @@
  * within the 10 minutes a client waits for the reply to its final dot (RFC 5321 §4.5.3.2.6).
  * POSTERN_SYNC_DEADLINE_MS sets another: the tests of the deadline shorten it rather than wait 30 s of real time.
  */
-export const SYNC_DEADLINE_MS = Number(process.env.POSTERN_SYNC_DEADLINE_MS) || 30_000;
+export const SYNC_DEADLINE_MS = envKnob('POSTERN_SYNC_DEADLINE_MS', 30_000);
 
 /** The refusal of a message whose write the disk has not confirmed for `ms` (`what`: the write). */
 export function notConfirmed(what: string, ms: number): Error {
