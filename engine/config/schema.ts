@@ -12,7 +12,7 @@ import { isDnsServer } from '../dns/script-dns.ts';
 import { isHostName } from '../dns/host-name.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
-import { MAX_TIMER_MS } from './timer-limit.ts';
+import { MAX_TIMER_MS } from '../timing/timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });

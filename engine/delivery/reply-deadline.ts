@@ -16,7 +16,7 @@
  * out perhaps made twice).
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { timerDelay } from '../config/timer-limit.ts';
+import { timerDelay } from '../timing/timer-limit.ts';
 
 /** The slowest a next hop may take the message: 1 byte per millisecond, about 1 MB per 17 minutes. */
 const BODY_BYTES_PER_MS = 1;

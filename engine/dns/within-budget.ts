@@ -15,7 +15,7 @@
  * earlier try still open (its answer, when it comes, is taken as well).
  */
 import { Resolver } from 'node:dns/promises';
-import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 /**
  * How much longer c-ares keeps a try open than this module waits for it: an event loop held up to this long past
