@@ -17,6 +17,7 @@ import { shortSocketPath } from '../admin/unix-socket-path.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
 import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
 import { envKnob } from '../config/env-knob.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
@@ -123,7 +124,7 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
       req.destroy(why);
     };
     const fail = (err: Error): void => {
-      clearTimeout(deadline);
+      cancelDeadline();
       reject(ended ?? err);
     };
     const req = http.get({ socketPath: socket.path, path }, (res) => {
@@ -135,7 +136,7 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
         else chunks.push(d);
       });
       res.on('end', () => {
-        clearTimeout(deadline);
+        cancelDeadline();
         const body = Buffer.concat(chunks);
         if (res.statusCode !== 200) {
           reject(new BadAnswer(`HTTP ${res.statusCode} ${shown(body)}`));
@@ -152,7 +153,9 @@ function ask<T>(socketPath: string, path: string): Promise<T> {
     });
     let connected = false;
     req.once('socket', (s) => s.once('connect', () => { connected = true; }));
-    const deadline = setTimeout(() => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
+    // Judged after the sockets are read: a command that gets the CPU back late (a loaded host) runs its timers
+    // first, and an answer that had come in time, waiting in the socket, was given up on as "hung or overloaded".
+    const cancelDeadline = deadlineAfterReads(ANSWER_WITHIN_MS, () => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)));
     req.on('error', (err) => {
       if (!connected || ended) {
         fail(err);
