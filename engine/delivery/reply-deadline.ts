@@ -17,6 +17,7 @@
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
+import { idleAfterReads } from '../timing/idle-after-reads.ts';
 
 /** The slowest a next hop may take the message: 1 byte per millisecond, about 1 MB per 17 minutes. */
 const BODY_BYTES_PER_MS = 1;
@@ -71,10 +72,7 @@ export class ReplyDeadline {
     let chunks = 0;
     const onData = c._onData.bind(c);
     c._onData = (chunk) => { chunks++; onData(chunk); };
-    c._onTimeout = () => {
-      const seen = chunks;
-      setImmediate(() => { if (chunks === seen) this.#fail(); });
-    };
+    c._onTimeout = () => idleAfterReads(() => chunks, () => this.#fail(), () => undefined);
     // The connect, greeting and STARTTLS phases too: a phase the poll phase ended (the greeting read) is cleared
     // before the look at its limit.
     let cancelPhase = (): void => undefined;
