@@ -3,8 +3,8 @@
  * machine descheduled the process, or one turn of other work held it) runs its timers before it polls its sockets:
  * a limit checked in the timer itself failed as `timeout` an answer that had come in time and was waiting there.
  * The timer only schedules the look for the check phase, after the poll phase has read what arrived (the store's
- * deadline-queue.ts and the sandbox's settledWithin do the same). Used by DNS lookups, the reload build's deadline, the PROXY header, TLS handshakes (handshake-deadline.ts),
- * SMTP lines, delivery's replies and `postern status`.
+ * deadline-queue.ts and the sandbox's settledWithin do the same). Used by DNS lookups, the reload build's deadline,
+ * the PROXY header, TLS handshakes (handshake-deadline.ts), SMTP lines, delivery's replies and `postern status`.
  */
 import { timerDelay } from './timer-limit.ts';
 

@@ -9,6 +9,9 @@
 import type { Socket } from 'node:net';
 import { deadlineAfterReads } from './deadline-after-reads.ts';
 
+/** The connection's socket keeps the process running; its deadline alone does not (as a socket's own timeout). */
+const UNREF = { unref: true };
+
 /** Calls `expire` once the handshake on `raw` (the TCP socket) has had its `ms`; the function returned cancels it. */
 export function handshakeDeadline(raw: Socket, ms: number, expire: () => void): () => void {
   // The TCP socket's count includes what its TLS socket reads: the handshake's bytes.
@@ -17,11 +20,11 @@ export function handshakeDeadline(raw: Socket, ms: number, expire: () => void): 
   const look = (): void => {
     if (again && raw.bytesRead !== readAtStart) {
       again = false;
-      cancel = deadlineAfterReads(ms, look);
+      cancel = deadlineAfterReads(ms, look, UNREF);
       return;
     }
     expire();
   };
-  let cancel = deadlineAfterReads(ms, look);
+  let cancel = deadlineAfterReads(ms, look, UNREF);
   return () => cancel();
 }
