@@ -1,4 +1,5 @@
 import { envKnob } from '../config/env-knob.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 /**
  * How long the spool waits for the disk to confirm a message (a journal flush, a message file's sync, a hold) before
@@ -43,18 +44,20 @@ export class SyncWatch {
   within(what: string, sync: () => Promise<void>): Promise<void> {
     if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince));
     const started = performance.now();
-    let timer: NodeJS.Timeout | undefined;
+    let cancel = (): void => undefined;
     let late = false;
     const syncing = sync();
+    // Judged after the poll phase: a process that gets the CPU back late runs its timers first, and a sync the disk
+    // had confirmed in time, its completion waiting to be read, refused its message and was counted as hung.
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      cancel = deadlineAfterReads(this.#deadlineMs, () => {
         late = true;
         if (this.#hung++ === 0) this.#hungSince = started;
         reject(notConfirmed(what, this.#deadlineMs));
-      }, this.#deadlineMs);
+      });
     });
     // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
     void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });
-    return Promise.race([syncing, deadline]).finally(() => clearTimeout(timer));
+    return Promise.race([syncing, deadline]).finally(() => cancel());
   }
 }
