@@ -24,6 +24,7 @@ import {
   AccountError, SessionEnded, accountDevices, addAccountKey, canIssue, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from './account-devices.ts';
 import { STYLE, devicesPage, errorPage, issuedPage, signInPage } from './pages.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export const SESSION_COOKIE = '__Host-postern-session';
 const COOKIE = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } as const;
@@ -32,7 +33,7 @@ const COOKIE = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } a
  * How long one of accounts.sessionMinutes' minutes lasts. POSTERN_SESSION_MINUTE_MS sets another: a test that must
  * see an idle session end shortens it rather than wait a real minute.
  */
-const SESSION_MINUTE_MS = Number(process.env.POSTERN_SESSION_MINUTE_MS) || 60_000;
+const SESSION_MINUTE_MS = envKnob('POSTERN_SESSION_MINUTE_MS', 60_000);
 const PAGE_REASONS = new Set<RevocationReason>(['cessationOfOperation', 'keyCompromise', 'superseded']);
 
 export interface AccountsState {

@@ -16,6 +16,8 @@ import { statusSocket } from '../cluster/process-model.ts';
 import { shortSocketPath } from '../admin/unix-socket-path.ts';
 import { terminalSafe } from '../queue/terminal-safe.ts';
 import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
+import { envKnob } from '../config/env-knob.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;
@@ -24,7 +26,7 @@ export const DEGRADED = 5;
  * The whole answer, not only each read: a server that answers a byte at a time is not answering either.
  * POSTERN_STATUS_ANSWER_MS sets another: tests of a server that cannot answer (stopped) shorten the wait for nothing.
  */
-const ANSWER_WITHIN_MS = Number(process.env.POSTERN_STATUS_ANSWER_MS) || 10_000;
+const ANSWER_WITHIN_MS = envKnob('POSTERN_STATUS_ANSWER_MS', 10_000);
 /**
  * A status is a few kilobytes (a few more per fence); anything past this is not one. Unbounded, an answer
  * without end filled the client's memory until a string could grow no more, and it crashed with a stack trace.
@@ -130,7 +132,7 @@ export function ask<T>(socketPath: string, path: string): Promise<T> {
       req.destroy(why);
     };
     const fail = (err: Error): void => {
-      clearTimeout(deadline);
+      cancelDeadline();
       reject(ended ?? err);
     };
     const req = http.get({ socketPath: socket.path, path }, (res) => {
@@ -142,7 +144,7 @@ export function ask<T>(socketPath: string, path: string): Promise<T> {
         else chunks.push(d);
       });
       res.on('end', () => {
-        clearTimeout(deadline);
+        cancelDeadline();
         const body = Buffer.concat(chunks);
         if (res.statusCode !== 200) {
           reject(new BadAnswer(`HTTP ${res.statusCode} ${shown(body)}`));
@@ -159,7 +161,9 @@ export function ask<T>(socketPath: string, path: string): Promise<T> {
     });
     let connected = false;
     req.once('socket', (s) => s.once('connect', () => { connected = true; }));
-    const deadline = setTimeout(() => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)), ANSWER_WITHIN_MS);
+    // Judged after the sockets are read: a command that gets the CPU back late (a loaded host) runs its timers
+    // first, and an answer that had come in time, waiting in the socket, was given up on as "hung or overloaded".
+    const cancelDeadline = deadlineAfterReads(ANSWER_WITHIN_MS, () => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)));
     req.on('error', (err) => {
       if (!connected || ended) {
         fail(err);

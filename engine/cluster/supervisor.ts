@@ -224,6 +224,10 @@ export class Supervisor {
   #spare = 0;
   #cpus: CpuSample | null = null;
   #timer: NodeJS.Timeout | null = null;
+  /** The tick to come in the check phase, once the poll phase has read the children's heartbeats. */
+  #tickLook: NodeJS.Immediate | null = null;
+  /** The choice of accepting workers to come in the check phase (#chooseAccepting). */
+  #choiceLook: NodeJS.Immediate | null = null;
   #fenceTimer: NodeJS.Timeout | null = null;
   #stopping = false;
   #lock: DirectoryLock | null = null;
@@ -333,7 +337,10 @@ export class Supervisor {
     try {
       await sup.#reloads.start(); // watching before the children read their inputs
       for (const c of sup.#children) sup.#spawn(c);
-      sup.#timer = setInterval(() => sup.#tick(), HEARTBEAT_MS);
+      // The tick judges the children's heartbeats: after the sockets are read (their channels), not in the timer. A
+      // supervisor that got the CPU back late runs its timers first, and beats waiting unread made every worker look
+      // stale: the accepting one was told to stop, then, once they were read, to accept again.
+      sup.#timer = setInterval(() => { sup.#tickLook ??= setImmediate(() => { sup.#tickLook = null; sup.#tick(); }); }, HEARTBEAT_MS);
       sup.#lockTimer = setInterval(() => { sup.#keepLock(); void sup.#keepStatusSocket(); void sup.#keepPolicySockets(); }, LOCK_CHECK_MS);
       sup.#lockTimer.unref();
       await started; // a configuration or script error stops `serve` at once, as in one process
@@ -821,6 +828,17 @@ export class Supervisor {
    * to accept gets the sockets with the message (it closes its copies when told to stop).
    */
   #chooseAccepting(): void {
+    // Judged in the check phase, once the poll phase has read every child's channel: a choice made as the first
+    // message is read (the queue process's beat) took the workers' beats still unread for stale, after a moment
+    // the supervisor did not run, and told the accepting worker to stop.
+    this.#choiceLook ??= setImmediate(() => {
+      this.#choiceLook = null;
+      this.#chooseAcceptingNow();
+    });
+  }
+
+  /** The choice itself: in the check phase only (#chooseAccepting, #tick). */
+  #chooseAcceptingNow(): void {
     if (this.#stopping) return;
     const now = performance.now();
     const workers = this.#children.filter((c) => c.kind === 'worker');
@@ -1002,7 +1020,7 @@ export class Supervisor {
         setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
       }
     }
-    this.#chooseAccepting();
+    this.#chooseAcceptingNow();
     this.#dispatch();
   }
 
@@ -1211,6 +1229,8 @@ export class Supervisor {
     this.#admin = null;
     this.#statusServer = null;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#tickLook) clearImmediate(this.#tickLook);
+    if (this.#choiceLook) clearImmediate(this.#choiceLook);
     if (this.#lockTimer) clearInterval(this.#lockTimer);
     if (this.#fenceTimer) clearInterval(this.#fenceTimer);
     // Not waited for: a net.Server that handed sockets to children waits for each child to report them

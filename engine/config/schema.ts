@@ -13,7 +13,7 @@ import { isDnsServer } from '../dns/script-dns.ts';
 import { isHostName } from '../dns/host-name.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
 import { domainKey } from '../policy/domain-key.ts';
-import { MAX_TIMER_MS } from './timer-limit.ts';
+import { MAX_TIMER_MS } from '../timing/timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
 const path = () => z.string().meta({ format: 'path' });
@@ -118,7 +118,7 @@ const limitsSchema = z.strictObject({
   connectionsPerIpInStore: z.boolean().default(false)
     .describe('Count `maxConnectionsPerIp` in the [store](#store) as well, so that with `store.redis` the limit holds over every server sharing that Redis (and key prefix): each open connection holds a lease there from its greeting to its close, renewed by its server, and expiring `store.redis.connectionLeaseSeconds` after a server that died last renewed it. Over the limit: `421 4.7.0 Too many connections from your address`. When the store cannot be reached, every new connection to this listener gets `421 4.7.0 Connection limit cannot be checked, try again later` (fail closed); listeners without this option are not affected. Listeners that should share the count need the same `name` on every server. Without `store.redis` nothing changes (a warning at start says so): the server\'s own count already covers all its worker processes. See [scaling.md](scaling.md#connections-per-address-over-both-nodes).'),
   tlsHandshakeTimeoutMs: timerMs().default(10_000)
-    .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
+    .describe('A TLS handshake, at connect on implicit TLS or after STARTTLS, must complete within this time, or the connection is closed; one that progressed meanwhile (the client sent more of it) gets this time once more, so at most twice this (the idle timeout `socketTimeoutMs` restarts with every byte, so a handshake sent a byte at a time would keep the connection).'),
   socketTimeoutMs: timerMs().default(5 * 60_000)
     .describe('Idle timeout, and the time the client has to send each line (a command, or a line of its message) once it began it: a line still not complete this long after its first byte ends the connection as idleness does, whatever bytes came meanwhile (as Exim\'s `smtp_receive_timeout`, Postfix\'s `smtpd_per_record_deadline`), so a client sending a byte every few seconds cannot keep its connection and its slot. Either way the client gets `421 4.4.2 Timeout - closing connection` and the connection is closed. Neither counts while the client waits for Postern (its greeting, a script deciding, the commit of its message). The TLS handshake has its own `tlsHandshakeTimeoutMs`, the PROXY header `proxyProtocol.headerTimeoutMs`.'),
   dataTimeoutMs: timerMs().default(60 * 60_000)

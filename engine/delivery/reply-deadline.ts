@@ -16,7 +16,8 @@
  * out perhaps made twice).
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { timerDelay } from '../config/timer-limit.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
+import { idleAfterReads } from '../timing/idle-after-reads.ts';
 
 /** The slowest a next hop may take the message: 1 byte per millisecond, about 1 MB per 17 minutes. */
 const BODY_BYTES_PER_MS = 1;
@@ -41,9 +42,8 @@ export class ReplyDeadline {
   #conn: (SMTPConnection & Internals) | null = null;
   /** nodemailer's own _onTimeout (the connection's is replaced by one that looks after the reads: attach). */
   #fail: () => void = () => undefined;
-  #timer: NodeJS.Timeout | null = null;
-  /** The look at an expired reply deadline, after the sockets are read. */
-  #look: NodeJS.Immediate | null = null;
+  /** Cancels the reply deadline running (judged after the sockets are read); null while none runs. */
+  #cancel: (() => void) | null = null;
   /** While the message is being sent: its replies wait for its end (see bodyStarted). */
   #inBody = false;
   /** nodemailer's `logger` option (with `transactionLog: true`). */
@@ -72,25 +72,14 @@ export class ReplyDeadline {
     let chunks = 0;
     const onData = c._onData.bind(c);
     c._onData = (chunk) => { chunks++; onData(chunk); };
-    c._onTimeout = () => {
-      const seen = chunks;
-      setImmediate(() => { if (chunks === seen) this.#fail(); });
-    };
+    c._onTimeout = () => idleAfterReads(() => chunks, () => this.#fail(), () => undefined);
     // The connect, greeting and STARTTLS phases too: a phase the poll phase ended (the greeting read) is cleared
     // before the look at its limit.
-    let phaseLook: NodeJS.Immediate | null = null;
-    const clearPhase = c._clearPhase.bind(c);
-    c._clearPhase = () => {
-      clearPhase();
-      if (phaseLook) clearImmediate(phaseLook);
-      phaseLook = null;
-    };
+    let cancelPhase = (): void => undefined;
+    c._clearPhase = () => cancelPhase();
     c._startPhase = (timeout, err) => {
       c._clearPhase();
-      const timer = setTimeout(() => {
-        phaseLook = setImmediate(() => { phaseLook = null; c._onError(err, 'ETIMEDOUT', false, 'CONN'); });
-      }, timeout);
-      (c as unknown as { _phaseTimer: NodeJS.Timeout })._phaseTimer = timer;
+      cancelPhase = deadlineAfterReads(timeout, () => c._onError(err, 'ETIMEDOUT', false, 'CONN'));
     };
     const stop = (): void => this.#disarm();
     conn.once('end', stop);
@@ -110,7 +99,7 @@ export class ReplyDeadline {
   }
 
   #commandSent(): void {
-    if (!this.#timer && !this.#inBody) this.#arm(this.#replyMs);
+    if (!this.#cancel && !this.#inBody) this.#arm(this.#replyMs);
   }
 
   /** A reply is complete (logged before its action runs, which may send the next command). */
@@ -122,18 +111,13 @@ export class ReplyDeadline {
 
   #arm(ms: number): void {
     this.#disarm();
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      // Unless a reply read meanwhile disarmed (or armed again) the deadline.
-      this.#look = setImmediate(() => { this.#look = null; this.#fail(); });
-    }, timerDelay(ms)); // commandTimeoutMs plus the message's bytes: past a timer's reach it fired after 1 ms
-    this.#timer.unref();
+    // Unless a reply read meanwhile disarmed (or armed again) the deadline. (commandTimeoutMs plus the message's
+    // bytes may be past a timer's reach: deadlineAfterReads bounds it, or it fired after 1 ms.)
+    this.#cancel = deadlineAfterReads(ms, () => { this.#cancel = null; this.#fail(); }, { unref: true });
   }
 
   #disarm(): void {
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = null;
-    if (this.#look) clearImmediate(this.#look);
-    this.#look = null;
+    this.#cancel?.();
+    this.#cancel = null;
   }
 }

@@ -14,7 +14,7 @@ import { canonicalIp } from '../addresses/ip-text.ts';
 import { domainToASCII } from 'node:url';
 import { budgetResolver, withinBudget } from './within-budget.ts';
 import { AnswerCache } from './answer-cache.ts';
-import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 export type DnsType = 'A' | 'AAAA' | 'MX' | 'TXT' | 'PTR';
 export const DNS_TYPES: readonly DnsType[] = ['A', 'AAAA', 'MX', 'TXT', 'PTR'];

@@ -15,7 +15,7 @@
  * earlier try still open (its answer, when it comes, is taken as well).
  */
 import { Resolver } from 'node:dns/promises';
-import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 /**
  * How much longer c-ares keeps a try open than this module waits for it: an event loop held up to this long past
@@ -31,15 +31,23 @@ export function budgetResolver(tryMs: number, servers: readonly string[] = []): 
   return resolver;
 }
 
+/** Failures that are the server's answer about the name (no such name, no such record), not a try gone wrong. */
+const ANSWERS = new Set(['ENOTFOUND', 'ENODATA']);
+
 /**
  * An answer from `ask()` (queries of a budgetResolver made with `tryMs`): asked again each `tryMs` without an
- * answer, and at once after a try c-ares gave up on, while `budgetMs` lasts; then ETIMEOUT.
+ * answer, and at once after a try c-ares gave up on, while `budgetMs` lasts; then ETIMEOUT. A try's failure (SERVFAIL,
+ * REFUSED) ends the lookup only once no other try is open (then, or at the budget's end, it is the lookup's error).
  */
 export function withinBudget<T>(budgetMs: number, ask: () => Promise<T>, tryMs: number = budgetMs): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const end = performance.now() + budgetMs;
     let done = false;
     let tries = 0;
+    /** Tries asked and not yet settled. */
+    let open = 0;
+    /** A try's failure (SERVFAIL, REFUSED) kept while another try is open: taken when none answers. */
+    let failed: NodeJS.ErrnoException | null = null;
     let cancelTry = (): void => {};
     const finish = (settle: () => void): void => {
       if (done) return;
@@ -54,14 +62,20 @@ export function withinBudget<T>(budgetMs: number, ask: () => Promise<T>, tryMs: 
       if (end - performance.now() > tryMs) cancelTry = deadlineAfterReads(tryMs, tryOnce); // the last try waits for the budget's end
       let asked: Promise<T>;
       try { asked = ask(); } catch (err) { asked = Promise.reject(err); }
+      open++;
       asked.then((value) => finish(() => resolve(value)), (err: NodeJS.ErrnoException) => {
+        open--;
         if (done) return;
-        if (err?.code !== 'ETIMEOUT') finish(() => reject(err));
-        // c-ares gave the latest try up early (its own estimate): asked again at once
-        else if (attempt === tries && performance.now() < end) tryOnce();
+        if (err?.code !== 'ETIMEOUT') {
+          // A name that does not exist, or has no such record, is an answer. A failure of one try (an older one's
+          // recursion failed upstream) is not the lookup's while a try asked since may still answer.
+          if (open === 0 || ANSWERS.has(err?.code ?? '')) finish(() => reject(err));
+          else failed = err;
+        } else if (attempt === tries && performance.now() < end) tryOnce(); // c-ares gave the latest try up early (its own estimate): asked again at once
+        else if (open === 0 && failed) finish(() => reject(failed));
       });
     };
-    const cancelBudget = deadlineAfterReads(budgetMs, () => finish(() => reject(Object.assign(new Error('DNS query timed out'), { code: 'ETIMEOUT' }))));
+    const cancelBudget = deadlineAfterReads(budgetMs, () => finish(() => reject(failed ?? Object.assign(new Error('DNS query timed out'), { code: 'ETIMEOUT' }))));
     tryOnce();
   });
 }

@@ -16,6 +16,7 @@
  * read again. Only at exit is the reader waited for (a bounded time).
  */
 import { writeSync } from 'node:fs';
+import { envKnob } from '../config/env-knob.ts';
 
 const HEADER_BYTES = 8; // Int32 length of the pending bytes, padded
 const CAPACITY = 64 * 1024;
@@ -28,7 +29,7 @@ const NEWLINE = 0x0a;
 const encoder = new TextEncoder();
 
 /** What the main thread keeps while stdout is full, at most; beyond, lines are dropped (and counted). */
-const BACKLOG_BYTES = Number(process.env.POSTERN_LOG_BACKLOG_BYTES) || 16 * 1024 * 1024;
+const BACKLOG_BYTES = envKnob('POSTERN_LOG_BACKLOG_BYTES', 16 * 1024 * 1024);
 const BACKLOG_RETRY_MS = 20;
 
 /**

@@ -7,6 +7,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { makeFolderLikeParent, removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { acquireDirectoryLock, DirectoryLockedError, type DirectoryLock } from '../spool/data-dir-lock.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export { makeFolderLikeParent, writeFileAtomic };
 
@@ -25,7 +26,7 @@ const LOCK_WAIT_MS = 15_000;
  * LOCK_WAIT_MS, or POSTERN_FOLDER_LOCK_WAIT_MS when set (read at each wait: a test in the server's own process sets it
  * for the one test that must see a wait given up, rather than wait out 15 s).
  */
-const lockWaitMs = (): number => Number(process.env.POSTERN_FOLDER_LOCK_WAIT_MS) || LOCK_WAIT_MS;
+const lockWaitMs = (): number => envKnob('POSTERN_FOLDER_LOCK_WAIT_MS', LOCK_WAIT_MS);
 
 /**
  * Called once the lock is held, before anything is changed: it throws to change nothing. The reasons for a change

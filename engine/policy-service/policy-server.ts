@@ -17,6 +17,7 @@ import { FactsMemo, requestContext, sameSpellingOfAddresses } from './request-co
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
+import { idleAfterReads } from '../timing/idle-after-reads.ts';
 
 /**
  * Requests read ahead of their answers on one connection (Postfix sends one at a time, of about 1 KB): at most
@@ -105,15 +106,11 @@ export class PolicyServer {
     // Idle judged after the sockets are read: a server that gets the CPU back late (a loaded machine) runs its timers
     // before it reads them, and a request that had come in time was cut unread (Postfix deferred the mail it asked
     // about). Bytes that came meanwhile restarted the socket's timer; the listener, run once, is added again.
-    const idle = (): void => {
-      const read = socket.bytesRead;
-      setImmediate(() => {
-        if (socket.destroyed) return;
-        if (socket.bytesRead !== read) return void socket.setTimeout(service.limits.idleTimeoutMs, idle);
-        log.info({ service: this.name, cid }, 'policy connection idle: closed');
-        socket.destroy();
-      });
-    };
+    const idle = (): void => idleAfterReads(() => socket.bytesRead, () => {
+      if (socket.destroyed) return;
+      log.info({ service: this.name, cid }, 'policy connection idle: closed');
+      socket.destroy();
+    }, () => { if (!socket.destroyed) socket.setTimeout(service.limits.idleTimeoutMs, idle); });
     socket.setTimeout(service.limits.idleTimeoutMs, idle);
     const reader = new RequestReader(service.limits);
     const memo = new FactsMemo();

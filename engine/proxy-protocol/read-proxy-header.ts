@@ -4,6 +4,7 @@
  */
 import type { Socket } from 'node:net';
 import { parseProxyHeader, type ProxyHeader } from './proxy-header.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 export class ProxyHeaderError extends Error {
   constructor(message: string) {
@@ -29,7 +30,7 @@ export function readProxyHeader(socket: Socket, timeoutMs: number): Promise<Prox
     const finish = (err: Error | null, header?: ProxyHeader, rest?: Buffer): void => {
       if (settled) return;
       settled = true;
-      clearTimeout(timer);
+      cancelDeadline();
       socket.off('readable', onReadable);
       socket.off('end', onEnd);
       socket.off('close', onClose);
@@ -58,7 +59,9 @@ export function readProxyHeader(socket: Socket, timeoutMs: number): Promise<Prox
     const onEnd = (): void => finish(new ProxyHeaderError('connection ended before its PROXY header'));
     const onClose = (): void => finish(new ProxyHeaderError('connection closed before its PROXY header'));
     const onError = (err: Error): void => finish(new ProxyHeaderError(`connection failed before its PROXY header: ${err.message}`));
-    const timer = setTimeout(() => finish(new ProxyHeaderError(`no PROXY header within ${timeoutMs} ms`)), timeoutMs);
+    // Judged after the sockets are read: a server that gets the CPU back late runs its timers first, and a header
+    // that had come in time, waiting in the socket, was refused unread (the balancer's client got no greeting).
+    const cancelDeadline = deadlineAfterReads(timeoutMs, () => finish(new ProxyHeaderError(`no PROXY header within ${timeoutMs} ms`)));
     socket.on('readable', onReadable);
     socket.on('end', onEnd);
     socket.on('close', onClose);

@@ -32,7 +32,7 @@ import { ClockSteps } from './clock-steps.ts';
 import { ownListeners, type OwnAddress } from '../delivery/own-listeners.ts';
 import { spoolBounce, spoolNoticeOnce, withdrawNoticesOfDeleted } from './bounce.ts';
 import { statfs } from 'node:fs/promises';
-import { timerDelay } from '../config/timer-limit.ts';
+import { timerDelay } from '../timing/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';

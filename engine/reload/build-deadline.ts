@@ -4,8 +4,8 @@
  * change free to start a fresh build.
  */
 import type { Config } from '../config/schema.ts';
-import { timerDelay } from '../config/timer-limit.ts';
-import { deadlineAfterReads } from '../config/deadline-after-reads.ts';
+import { timerDelay } from '../timing/timer-limit.ts';
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
 
 /** Hooks a scripts folder may hold (each top level runs once per isolate). */
 const HOOKS_PER_FOLDER = 7;

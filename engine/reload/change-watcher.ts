@@ -42,6 +42,7 @@ import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { inputMatcher, isScriptName, type WatchedInputs } from './watched-inputs.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export class ChangeWatcher {
   #watcher: FSWatcher | null = null;
@@ -407,7 +408,7 @@ export class ChangeWatcher {
  * An input that shrank (emptied, cut short, gone) must be unchanged this long before its change is taken.
  * POSTERN_SHRUNK_SETTLE_MS sets another (tests make it long, so that a slow machine cannot end a wait between two parts).
  */
-export const SHRUNK_SETTLE_MS = Number(process.env.POSTERN_SHRUNK_SETTLE_MS) || 2000;
+export const SHRUNK_SETTLE_MS = envKnob('POSTERN_SHRUNK_SETTLE_MS', 2000);
 
 /** An input that is smaller than in the content last let through: its size then and now (0: empty or gone). */
 export interface Shrunk { file: string; before: number; now: number }

@@ -10,12 +10,13 @@
  * (isolate-slot.ts, RunAgain).
  */
 import type { HookName } from './api/index.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 /**
  * A hook that used up the fast path's budget runs on isolate threads only, for this long.
  * POSTERN_SLOW_HOOK_MS sets another: tests that must see the period end shorten it rather than wait a real minute.
  */
-export const SLOW_HOOK_MS = Number(process.env.POSTERN_SLOW_HOOK_MS) || 60_000;
+export const SLOW_HOOK_MS = envKnob('POSTERN_SLOW_HOOK_MS', 60_000);
 /**
  * This many budget-using overruns of one hook within OVERRUN_WINDOW_MS make it slow. One alone is not
  * enough: a first call (lazy compilation) can use up the budget once.

@@ -18,7 +18,7 @@ import { OperationJournal, OperationRefused, SharedOperations, type Attempt } fr
 import { NeverSettled, abandon, executing, isMemoryLimit, isTimeout, newIsolate, quietAfter, releaseAll, settledWithin, sharedInto } from './ivm-workarounds.ts';
 import { ThreadCpuClock } from './thread-cpu.ts';
 import { cpuReadingMaxAgeMs } from './fast-path-policy.ts';
-import { timerDelay } from '../config/timer-limit.ts';
+import { timerDelay } from '../timing/timer-limit.ts';
 
 export interface SlotOptions {
   timeoutMs: number;

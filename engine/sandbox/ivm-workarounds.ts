@@ -4,7 +4,7 @@
  */
 import './no-wasm-code-gc.ts'; // V8 flag set before the first isolate exists; see that file for the deadlock
 import ivm from 'isolated-vm';
-import { timerDelay } from '../config/timer-limit.ts';
+import { timerDelay } from '../timing/timer-limit.ts';
 
 /**
  * isolated-vm reports limits only as error texts. "Script execution timed out." comes with the stack of

@@ -8,14 +8,15 @@
  * loop that gets the CPU back late (a loaded machine) runs its timers before it reads its sockets, and a line whose
  * end had come in time, waiting there, was answered `421 Timeout`.
  */
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
+
 const LF = 0x0a;
 
 export class LineDeadline {
   readonly #ms: number;
   readonly #expired: () => void;
-  #timer: NodeJS.Timeout | null = null;
-  /** The look at an expired deadline, after the sockets are read (see above). */
-  #look: NodeJS.Immediate | null = null;
+  /** Cancels the running deadline (judged after the sockets are read: see above); null while none runs. */
+  #cancel: (() => void) | null = null;
   /** Chunks received so far (the idle timeout asks whether the client sent anything since it looked). */
   chunks = 0;
 
@@ -30,32 +31,26 @@ export class LineDeadline {
     this.chunks++;
     const lf = chunk.lastIndexOf(LF);
     if (lf >= 0) this.stop();
-    if (lf === chunk.length - 1 || this.#timer !== null || this.#look !== null) return;
-    this.#timer = setTimeout(this.#fire, this.#ms);
+    if (lf === chunk.length - 1 || this.#cancel !== null) return;
+    this.#start();
   }
 
   /** The clock starts again from now, for the line still being received (the server kept the client waiting). */
   restart(): void {
     this.stop();
-    this.#timer = setTimeout(this.#fire, this.#ms);
+    this.#start();
   }
 
   stop(): void {
-    if (this.#look !== null) clearImmediate(this.#look);
-    this.#look = null;
-    if (this.#timer === null) return;
-    clearTimeout(this.#timer);
-    this.#timer = null;
+    this.#cancel?.();
+    this.#cancel = null;
   }
 
-  #fire = (): void => {
-    this.#timer = null;
-    this.#look = setImmediate(this.#judge);
-  };
-
-  /** The deadline passed and, with what arrived read, the line has still not ended. */
-  #judge = (): void => {
-    this.#look = null;
-    this.#expired();
-  };
+  #start(): void {
+    this.#cancel = deadlineAfterReads(this.#ms, () => {
+      // The deadline passed and, with what arrived read, the line has still not ended.
+      this.#cancel = null;
+      this.#expired();
+    });
+  }
 }

@@ -30,6 +30,7 @@ import { nextProgress, type Standing } from '../connection-limits/closing-order.
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { RoomMember } from './listener-room.ts';
 import { TransferRate, type TransferJudgement } from './transfer-rate.ts';
+import { handshakeDeadline } from '../timing/handshake-deadline.ts';
 
 type Callback = () => void;
 
@@ -382,7 +383,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.state.handshakeTrust = this.trust;
     super.upgrade(callback, secureCallback);
     const raw = this._socket;
-    const timer = setTimeout(() => {
+    // Judged after the sockets are read, with its time once more for a handshake that progressed (handshake-deadline.ts).
+    const cancel = handshakeDeadline(raw, this.#server.tlsHandshakeTimeoutMs, () => {
       if (!this._upgrading || raw.destroyed) return;
       // Closed without a reply (none can be sent in the middle of a handshake): a decision line of its own.
       this.#server.runtime.logger.info({
@@ -391,9 +393,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       }, 'STARTTLS handshake not completed in time: closed');
       metrics.tlsHandshakeFailures.inc({ listener: this.state.listener.name });
       raw.destroy();
-    }, this.#server.tlsHandshakeTimeoutMs);
-    timer.unref();
-    raw.once('close', () => clearTimeout(timer));
+    });
+    raw.once('close', cancel);
   }
 
   /**

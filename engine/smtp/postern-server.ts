@@ -25,6 +25,7 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
 import { closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
+import { handshakeDeadline } from '../timing/handshake-deadline.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {
@@ -422,7 +423,12 @@ export class PosternServer extends SMTPServer {
     });
     const tlsSocket = this._pendingSockets.get(socket);
     if (!tlsSocket || tlsSocket === socket) return;
-    tlsSocket.setTimeout(this.tlsHandshakeTimeoutMs);
+    // smtp-server's handshake timeout is the TLS socket's idle timer, which runs before the sockets are read: ours
+    // instead (handshake-deadline.ts), ending the handshake through smtp-server's own 'timeout' listener.
+    tlsSocket.setTimeout(0);
+    const cancel = handshakeDeadline(socket, this.tlsHandshakeTimeoutMs, () => { if (!tlsSocket.destroyed) tlsSocket.emit('timeout'); });
+    tlsSocket.once('secure', cancel);
+    tlsSocket.once('close', cancel);
     this.#handshakeTrust.set(tlsSocket, this.trust);
     // connect() gets the TLS socket.
     if (this.#overIpLimit.has(socket)) this.#overIpLimit.add(tlsSocket);

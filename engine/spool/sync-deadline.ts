@@ -1,3 +1,5 @@
+import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
+
 /**
  * How long the spool waits for the disk to confirm a message (a journal flush, a message file's sync, a hold) before
  * the message is refused: `spool.syncDeadlineMs`. A disk that stops answering (a lost SAN or NFS path, a drive in
@@ -54,18 +56,20 @@ export class SyncWatch {
     if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince));
     const started = performance.now();
     const deadlineMs = this.#deadline.ms;
-    let timer: NodeJS.Timeout | undefined;
+    let cancel = (): void => undefined;
     let late = false;
     const syncing = sync();
+    // Judged after the poll phase: a process that gets the CPU back late runs its timers first, and a sync the disk
+    // had confirmed in time, its completion waiting to be read, refused its message and was counted as hung.
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      cancel = deadlineAfterReads(deadlineMs, () => {
         late = true;
         if (this.#hung++ === 0) this.#hungSince = started;
         reject(notConfirmed(what, deadlineMs));
-      }, deadlineMs);
+      });
     });
     // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
     void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });
-    return Promise.race([syncing, deadline]).finally(() => clearTimeout(timer));
+    return Promise.race([syncing, deadline]).finally(() => cancel());
   }
 }

@@ -36,6 +36,12 @@ export interface TestDnsServer {
    * that gave up on a query in the meantime (c-ares asks each try from a new port) misses its answer.
    */
   readonly recursing: Map<string, number>;
+  /**
+   * Names whose first query is held until the next query for them comes, then answered SERVFAIL (its recursion
+   * failed upstream) while that next one is answered from the zone: a client that asked again in the meantime
+   * has an answer coming after the SERVFAIL.
+   */
+  readonly servfailFirstTry: Set<string>;
   stop(): Promise<void>;
 }
 
@@ -48,6 +54,9 @@ export async function startDnsServer(records: Record<string, TestRecord[]> = {})
   const truncated = new Set<string>();
   const silent = new Set<string>();
   const recursing = new Map<string, number>();
+  const servfailFirstTry = new Set<string>();
+  /** `TYPE name` → the SERVFAIL held for its first query (servfailFirstTry), sent when the next query comes. */
+  const firstTryHeld = new Map<string, () => void>();
   /** `TYPE name` → when its recursion is done (performance.now()). */
   const resolvedAt = new Map<string, number>();
   const held = new Set<NodeJS.Timeout>();
@@ -57,6 +66,12 @@ export async function startDnsServer(records: Record<string, TestRecord[]> = {})
     const key = `${TYPE_NAMES[q.type] ?? q.type} ${q.name}`;
     queries.set(key, (queries.get(key) ?? 0) + 1);
     if (silent.has(q.name)) return;
+    if (servfailFirstTry.has(q.name) && queries.get(key) === 1) {
+      firstTryHeld.set(key, () => socket.send(response(query, q.end, 2, [], false), peer.port, peer.address));
+      return;
+    }
+    firstTryHeld.get(key)?.();
+    firstTryHeld.delete(key);
     const known = zone.get(q.name);
     const rcode = servfail.has(q.name) ? 2 : refused.has(q.name) ? 5 : known ? 0 : 3;
     const answers = chase(zone, q.name, q.type);
@@ -70,7 +85,7 @@ export async function startDnsServer(records: Record<string, TestRecord[]> = {})
   socket.bind(0, '127.0.0.1');
   await once(socket, 'listening');
   return {
-    address: `127.0.0.1:${socket.address().port}`, queries, zone, servfail, refused, truncated, silent, recursing,
+    address: `127.0.0.1:${socket.address().port}`, queries, zone, servfail, refused, truncated, silent, recursing, servfailFirstTry,
     stop: () => {
       for (const timer of held) clearTimeout(timer);
       return new Promise((resolve) => socket.close(() => resolve()));

@@ -1,0 +1,57 @@
+/**
+ * A supervisor whose event loop is held a moment (a loaded machine descheduled it ~0.4 s) keeps its workers accepting
+ * as they were. Its tick judged the workers' heartbeats before reading them: an event loop that gets the CPU back runs
+ * its timers before it reads its sockets (here the children's channels), so every heartbeat looked older than
+ * STALE_FOR_CONNECTIONS_MS (300 ms) though the workers had beaten all along, and the tick told the accepting worker
+ * to stop, then, once the beats were read, to accept again: new connections waited meanwhile, the counting lease
+ * ended, and the worker's accept turns (cluster.json acceptTurns) counted a change that never was.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startCluster, workerPid, ONE_WORKER } from '../helpers/cluster.ts';
+
+/** Bytes process `pid` has written so far (its heartbeats to the supervisor among them). */
+const written = (pid: number): number => Number(/wchar: (\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))![1]);
+
+/** The supervisor's live status (its status socket): answered once its event loop runs. */
+function liveStatus(dataDir: string): Promise<{ processes: Array<{ role: string; accepting?: boolean; acceptTurns?: number }> }> {
+  return new Promise((resolve, reject) => {
+    http.get({ socketPath: join(dataDir, 'postern.sock'), path: '/status' }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; }).on('end', () => resolve((JSON.parse(body) as { cluster: never }).cluster)).on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+test('the supervisor held 0.6 s while its worker beats: the worker keeps accepting, told nothing', { timeout: 120_000 }, async () => {
+  const c = await startCluster({ config: ONE_WORKER });
+  const supervisor = c.proc.pid!;
+  try {
+    const worker = await workerPid(c, 0);
+    const turns = await c.waitFor('worker 0 accepting', async () => {
+      const w = (await liveStatus(c.dataDir)).processes.find((p) => p.role === 'worker');
+      return w?.accepting ? w.acceptTurns! : null;
+    });
+    const before = written(worker);
+    process.kill(supervisor, 'SIGSTOP');
+    const stoppedAt = performance.now();
+    try {
+      // Held until the worker has beaten meanwhile (written to its channel), and past the staleness limit with margin.
+      while (written(worker) === before || performance.now() - stoppedAt < 600) await new Promise((r) => setTimeout(r, 20));
+    } finally {
+      process.kill(supervisor, 'SIGCONT');
+    }
+    // Its ticks run again (one at once, overdue; then every 100 ms): an answer after a few of them is looked at.
+    const resumedAt = performance.now();
+    let status = await liveStatus(c.dataDir);
+    while (performance.now() - resumedAt < 500) status = await liveStatus(c.dataDir);
+    const w = status.processes.find((p) => p.role === 'worker')!;
+    assert.equal(w.accepting, true);
+    assert.equal(w.acceptTurns, turns, 'told to stop accepting and to accept again: its heartbeats were judged unread');
+  } finally {
+    await c.stop();
+  }
+});
