@@ -21,6 +21,7 @@ import type net from 'node:net';
 import type http from 'node:http';
 import type https from 'node:https';
 import { firstToClose, nextProgress, type Standing } from './closing-order.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export interface RoomLimits {
   /** All connections open at once. */
@@ -72,7 +73,7 @@ export const RESPONSE_DEADLINE_MS = 30_000;
  * each request: a test of a whole server (the account page inside startTestServer) shortens it rather than wait 30 s.
  */
 export function defaultResponseDeadlineMs(): number {
-  return Number(process.env.POSTERN_RESPONSE_DEADLINE_MS) || RESPONSE_DEADLINE_MS;
+  return envKnob('POSTERN_RESPONSE_DEADLINE_MS', RESPONSE_DEADLINE_MS);
 }
 
 /**
