@@ -58,7 +58,14 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     process.stderr.write(`postern: not running (no live process holds the lock of ${dataDir})\n`);
     return NOT_RUNNING;
   }
-  process.kill(server, 'SIGHUP');
+  try {
+    process.kill(server, 'SIGHUP');
+  } catch (err) {
+    // Gone between the lock check and the signal: not running (3), not a refused reload (1).
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    process.stderr.write(`postern: not running (the process that held the lock of ${dataDir} has exited)\n`);
+    return NOT_RUNNING;
+  }
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     await delay(ASK_EVERY_MS);
