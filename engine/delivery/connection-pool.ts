@@ -8,6 +8,7 @@ import type { SMTPConnectionSendInfo, SMTPEnvelope } from 'nodemailer/lib/smtp-c
 import { TLSSocket } from 'node:tls';
 import type { ConnectionSecurity } from './outbound-tls.ts';
 import { ReplyDeadline } from './reply-deadline.ts';
+import { messagePieces } from './message-pieces.ts';
 
 const MAX_MESSAGES = 100;
 const IDLE_MS = 5000;
@@ -130,7 +131,8 @@ export class PooledConnection {
       this.messages++;
       this.endOfDataSent = false;
       this.#sending = true;
-      this.conn.send(envelope, message, (err, info) => finish(err ?? null, info));
+      // In pieces, not whole: see message-pieces.ts (each transaction held a dot-stuffed copy until the next hop read it).
+      this.conn.send(envelope, messagePieces(message), (err, info) => finish(err ?? null, info));
     });
   }
 
