@@ -114,8 +114,11 @@ export class PooledConnection {
     return () => this.#onGone.delete(fn);
   }
 
-  /** One transaction. Rejects with nodemailer's error (responseCode, response, command, rejectedErrors). */
-  send(envelope: SMTPEnvelope, message: Buffer): Promise<SMTPConnectionSendInfo> {
+  /**
+   * One transaction: `prefix` (a DKIM signature's fields) then `message`. Rejects with nodemailer's error (responseCode,
+   * response, command, rejectedErrors).
+   */
+  send(envelope: SMTPEnvelope, message: Buffer, prefix?: Buffer): Promise<SMTPConnectionSendInfo> {
     return new Promise((resolve, reject) => {
       let settled = false;
       const off = this.onGone((err) => finish(err));
@@ -132,7 +135,7 @@ export class PooledConnection {
       this.endOfDataSent = false;
       this.#sending = true;
       // In pieces, not whole: see message-pieces.ts (each transaction held a dot-stuffed copy until the next hop read it).
-      this.conn.send(envelope, messagePieces(message), (err, info) => finish(err ?? null, info));
+      this.conn.send(envelope, messagePieces(message, prefix), (err, info) => finish(err ?? null, info));
     });
   }
 

@@ -105,6 +105,16 @@ export class DkimKeys {
  * when signing fails.
  */
 export async function signMessage(message: Buffer, keys: readonly DkimKey[]): Promise<Buffer> {
+  const { fields, message: crlf } = await signatureFields(message, keys);
+  return Buffer.concat([fields, crlf]);
+}
+
+/**
+ * The same, apart: the DKIM-Signature fields, and the message they sign (CRLF line ends), which delivery sends after
+ * them. Not joined: a signed copy of a large message was a second whole copy per attempt, held until the next hop
+ * had read it. `message` is the message given when its line ends are all CRLF already.
+ */
+export async function signatureFields(message: Buffer, keys: readonly DkimKey[]): Promise<{ fields: Buffer; message: Buffer }> {
   const crlf = withCrlf(message);
   const fields: Buffer[] = [];
   for (const key of keys) {
@@ -116,7 +126,7 @@ export async function signMessage(message: Buffer, keys: readonly DkimKey[]): Pr
       throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
     }
   }
-  return Buffer.concat([...fields, crlf]);
+  return { fields: Buffer.concat(fields), message: crlf };
 }
 
 /**

@@ -21,7 +21,7 @@ import { OutboundTlsMaterial, type TlsPolicy } from '../delivery/outbound-tls.ts
 import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../delivery/outcome.ts';
 import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
-import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import { deliverTransaction, type DeliveryPlan, type Transaction, type TransactionEnv } from '../delivery/transaction.ts';
 import type { TransactionDsn } from '../delivery/dsn-params.ts';
 import { chooseDkimKeys, DkimKeys } from '../delivery/dkim.ts';
 import { withLinesWithin } from '../delivery/line-length.ts';
@@ -682,7 +682,7 @@ export class QueueRunner {
       const delivered = new Set<string>();
       const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
       let progressRecorded = Promise.resolve();
-      const signed = new Map<string, Promise<Buffer>>(); // one signed copy per DKIM key set, not per transaction
+      const signed: NonNullable<Transaction['signed']> = new Map(); // one signing per DKIM key set, not per transaction
       const settled = await Promise.allSettled([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn, signed });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
