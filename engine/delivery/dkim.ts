@@ -145,6 +145,13 @@ export function withCrlf(message: Buffer): Buffer {
   return crlf.length && crlf[crlf.length - 1] !== 0x0a ? Buffer.concat([crlf, Buffer.from('\r\n')]) : crlf;
 }
 
+/** The bytes withCrlf(message) allocates for its copy: 0 when it returns the message as it is. */
+export function crlfCopyBytes(message: Buffer): number {
+  const bare = bareLineEnds(message);
+  const unended = message.length > 0 && message[message.length - 1] !== 0x0a;
+  return bare === 0 && !unended ? 0 : message.length + bare + (unended ? 2 : 0);
+}
+
 const CR = 0x0d;
 const LF = 0x0a;
 
