@@ -1158,7 +1158,6 @@ function awaitsSuccessNotice(sender: string, r: SpoolRecipient | undefined, o: R
   return sender !== '' && !o.dsnPassedOn && !!r && wants(r, 'SUCCESS');
 }
 
-/** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */
 /**
  * The bytes an attempt allocates beside `message` to send it: the copy with lines within lineLengthLimit, and, when
  * DKIM keys are declared (which sign it is decided later, per destination), the copy with CRLF line ends that is signed.
@@ -1172,6 +1171,7 @@ function rewriteCopyBytes(message: Buffer, delivery: DeliveryConfig): number {
 /** #attemptOnce: read again, the message's rewriting copy counted from the start. */
 const READ_AGAIN = Symbol('read again');
 
+/** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */
 function hasEightBit(buf: Buffer): boolean {
   return !isAscii(buf);
 }
