@@ -15,9 +15,9 @@ import { retryMessages } from '../../engine/queue/admin.ts';
 const scratch = useScratchDir('postern-pieces-failover-');
 const BODY = '.\r\naé\r\nxy\r\n'.repeat(40_000); // dots, UTF-8 and CRLFs at every kind of piece boundary
 
-// Larger than the socket buffers can take while the first MX reads nothing (a 4 MiB send buffer at most): its drop
-// comes before the whole message has gone out, so the next MX is tried (not "the next hop may have it"). Over 1 MiB:
-// a file of its own, read under delivery.maxBytesInMemory.
+// Larger than the socket buffers usually take while the first MX reads nothing (a 4 MiB send buffer at most): its
+// drop comes before the whole message has gone out (the reply is not asserted: the buffers are the kernel's). Over
+// 1 MiB: a file of its own, read under delivery.maxBytesInMemory.
 const BIG = BODY.repeat(13);
 
 function bodyOf(copy: Buffer): string {
@@ -64,7 +64,6 @@ test('a first MX that drops the connection part way through the message: the nex
     // MX gone (refused: the next MX is tried) and sends the message again from its first piece.
     const first = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
     assert.equal(first.outcomes[0]!.status, 'temporary', first.outcomes[0]!.reply);
-    assert.match(first.outcomes[0]!.reply ?? '', /connection failed: read ECONNRESET|EPIPE/, 'lost before the end of the message, not "may have it"');
     assert.equal(cut, 1, 'the first MX took part of the message and dropped the connection');
     dropper.close();
     await retryMessages(s.spools, 'all'); // `postern queue retry --all`
