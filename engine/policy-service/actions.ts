@@ -3,7 +3,8 @@
  * or OK (authoritative service); reject is `<code> <enhanced> <text>`; defer is `DEFER_IF_PERMIT <text>`
  * or the verdict's own 4xx; a failed script is the service's failureAction. Codes and default texts
  * come from the same verdict table as the SMTP listeners' replies (engine/smtp/verdict-replies.ts).
- * An accept with header edits is Postfix's `PREPEND` where access(5) can say it (header-action.ts).
+ * An accept with header edits is Postfix's `PREPEND` where access(5) can say it (header-action.ts); an accept
+ * that holds the message is Postfix's `HOLD`.
  */
 import type { BuiltinRelayDecision, HookName, Verdict } from '../sandbox/api/index.ts';
 import type { PolicyServiceConfig } from '../config/schema.ts';
@@ -18,7 +19,7 @@ import { headerEditAction } from './header-action.ts';
 export const MALFORMED_ACTION = 'DEFER_IF_PERMIT Service temporarily unavailable';
 
 /** For the metric and the log: what the answer does. */
-export type ActionKind = 'dunno' | 'ok' | 'prepend' | 'reject' | 'defer' | 'failure' | 'malformed';
+export type ActionKind = 'dunno' | 'ok' | 'prepend' | 'hold' | 'reject' | 'defer' | 'failure' | 'malformed';
 
 export interface PolicyAction {
   action: string;
@@ -52,6 +53,13 @@ export function policyAction(
     return { action: replyAction(denied), kind: 'reject', reason: denied.reason };
   }
   if (verdict.verdict === 'accept') {
+    // A hold must reach Postfix as its HOLD: answered DUNNO or OK, the message a script meant to keep from
+    // delivery went on to its next hop. One answer holds one action, so a hold with header edits fails closed.
+    if (verdict.hold !== undefined) {
+      if (!verdict.headers?.length) return { action: `HOLD ${verdict.hold}`, kind: 'hold' };
+      return { action: service.failureAction, kind: 'failure', reason: reply('policyFailed', { hook }).reason,
+        error: 'a hold and header edits: a Postfix policy answer holds one action, so HOLD and PREPEND cannot both be answered' };
+    }
     if (!verdict.headers?.length) return accepted;
     const edit = headerEditAction(protocolState, verdict.headers);
     return 'prepend' in edit ? { action: edit.prepend, kind: 'prepend' }

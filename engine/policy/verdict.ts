@@ -30,7 +30,7 @@ const HOST = /^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$/;
 const TLS_MODES = new Set(['none', 'may', 'encrypt', 'verify']);
 
 /** The options each verdict has (engine/sandbox/api/verdicts.ts); any other key is a mistake. */
-const OPTIONS: Record<string, ReadonlySet<string>> = {
+export const VERDICT_OPTIONS: Record<string, ReadonlySet<string>> = {
   accept: new Set(['verdict', 'username', 'text', 'headers', 'hold']),
   reject: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
   defer: new Set(['verdict', 'text', 'code', 'enhanced', 'disconnect']),
@@ -61,7 +61,7 @@ function checked(hook: HookName, value: unknown): Verdict | PredeliveryVerdict |
     throw new VerdictError(`${hook} returned verdict ${JSON.stringify(v.verdict)}, expected one of ${allowed.join(', ')}`);
   }
   for (const key of Object.keys(v)) {
-    if (!OPTIONS[kind]!.has(key)) throw new VerdictError(`${kind} verdict has no option ${JSON.stringify(key)} (allowed: ${[...OPTIONS[kind]!].slice(1).join(', ')})`);
+    if (!VERDICT_OPTIONS[kind]!.has(key)) throw new VerdictError(`${kind} verdict has no option ${JSON.stringify(key)} (allowed: ${[...VERDICT_OPTIONS[kind]!].slice(1).join(', ')})`);
   }
   if (kind === 'deliver') {
     checkDeliver(v);
