@@ -241,7 +241,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
 
   /** The socket feeding the parser now (the TLS socket after STARTTLS). */
   #source: net.Socket | null = null;
-  /** How fast the message being received arrives (limits.minDataRate). */
+  /** How fast its messages arrive, over the last window of their transfers (limits.minDataRate). */
   readonly #transfer = new TransferRate();
 
   get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
