@@ -1,6 +1,6 @@
 /**
  * A node:test reporter: per test file, the sum of its top-level tests' times, longest first (test/run.ts prints
- * the first lines at the end of a run). What test/run.ts's LONGEST_FIRST list is kept up to date from.
+ * the first lines at the end of a run). What test/file-times.txt (test/run.ts's order) is kept up to date from.
  */
 interface TestEvent {
   type: string;

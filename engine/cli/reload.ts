@@ -23,7 +23,7 @@ const DEFAULT_TIMEOUT_S = 120;
 const ASK_EVERY_MS = 200;
 
 /** One process's reload counts, as the supervisor relays them (ChildReloadState). */
-interface ProcessReloads { generation: number; checks?: number; supersededBuilds?: number; lastError: string[] | null }
+interface ProcessReloads { pid?: number; generation: number; checks?: number; supersededBuilds?: number; lastError: string[] | null }
 interface Status { lastError?: string[] | null; generations?: Record<string, ProcessReloads>; pendingRestart?: string[] }
 
 /** Reloads begun and not thrown away: one more means a build that read the inputs after the count was taken. */
@@ -58,7 +58,14 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     process.stderr.write(`postern: not running (no live process holds the lock of ${dataDir})\n`);
     return NOT_RUNNING;
   }
-  process.kill(server, 'SIGHUP');
+  try {
+    process.kill(server, 'SIGHUP');
+  } catch (err) {
+    // Gone between the lock check and the signal: not running (3), not a refused reload (1).
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    process.stderr.write(`postern: not running (the process that held the lock of ${dataDir} has exited)\n`);
+    return NOT_RUNNING;
+  }
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     await delay(ASK_EVERY_MS);
@@ -68,10 +75,12 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     } catch (err) {
       return explainNoStatus(err, socket, dataDir, opts, 'reload');
     }
-    // A process replaced meanwhile (its count starts again) built its generation from the inputs as they are now.
+    // A process replaced meanwhile built its generation from the inputs as they are now. Its counts start again and
+    // soon equal the old one's (the check at ready): told by its pid, else it was waited for until --timeout.
     const waiting = counts.filter(([name, was]) => {
       const is = now.generations?.[name];
-      return is !== undefined && finished(is) <= finished(was) && (is.checks ?? 0) >= (was.checks ?? 0);
+      if (is === undefined || (is.pid !== undefined && is.pid !== was.pid)) return false;
+      return finished(is) <= finished(was) && (is.checks ?? 0) >= (was.checks ?? 0);
     }).map(([name]) => name);
     if (!waiting.length) return outcome(now);
     if (performance.now() > deadline) {

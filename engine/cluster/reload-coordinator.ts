@@ -24,6 +24,8 @@ export interface ChildReloadState {
   refused: string | null;
   lastError: string[] | null;
   reloads: number;
+  /** The child's process (absent from an older child): a replacement has another, and its own counts. */
+  pid?: number;
   /** Reloads begun (a SIGHUP's among them), and those of them thrown away for a newer build (absent from an older child). */
   checks?: number;
   supersededBuilds?: number;

@@ -21,6 +21,7 @@ import type net from 'node:net';
 import type http from 'node:http';
 import type https from 'node:https';
 import { firstToClose, nextProgress, type Standing } from './closing-order.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export interface RoomLimits {
   /** All connections open at once. */
@@ -67,6 +68,13 @@ interface Slot {
  * way. Long enough for the admin's /status to count a large spool.
  */
 export const RESPONSE_DEADLINE_MS = 30_000;
+/**
+ * The deadline in force where a server gives none: RESPONSE_DEADLINE_MS, or POSTERN_RESPONSE_DEADLINE_MS (ms), read at
+ * each request: a test of a whole server (the account page inside startTestServer) shortens it rather than wait 30 s.
+ */
+export function defaultResponseDeadlineMs(): number {
+  return envKnob('POSTERN_RESPONSE_DEADLINE_MS', RESPONSE_DEADLINE_MS);
+}
 
 /**
  * Bytes the socket has not yet handed to the kernel (libuv's queue; live, unlike `writableLength`, which
@@ -194,7 +202,7 @@ export function shareConnectionRoom(server: http.Server | https.Server, limits: 
       return result;
     } as typeof res.end;
     res.once('close', answered);
-    const deadline = setTimeout(() => res.destroy(), limits.responseDeadlineMs ?? RESPONSE_DEADLINE_MS).unref();
+    const deadline = setTimeout(() => res.destroy(), limits.responseDeadlineMs ?? defaultResponseDeadlineMs()).unref();
     res.once('close', () => clearTimeout(deadline));
   });
 }

@@ -8,6 +8,7 @@ import type { SMTPConnectionSendInfo, SMTPEnvelope } from 'nodemailer/lib/smtp-c
 import { TLSSocket } from 'node:tls';
 import type { ConnectionSecurity } from './outbound-tls.ts';
 import { ReplyDeadline } from './reply-deadline.ts';
+import { messagePieces } from './message-pieces.ts';
 
 const MAX_MESSAGES = 100;
 const IDLE_MS = 5000;
@@ -113,8 +114,11 @@ export class PooledConnection {
     return () => this.#onGone.delete(fn);
   }
 
-  /** One transaction. Rejects with nodemailer's error (responseCode, response, command, rejectedErrors). */
-  send(envelope: SMTPEnvelope, message: Buffer): Promise<SMTPConnectionSendInfo> {
+  /**
+   * One transaction: `prefix` (a DKIM signature's fields) then `message`. Rejects with nodemailer's error (responseCode,
+   * response, command, rejectedErrors).
+   */
+  send(envelope: SMTPEnvelope, message: Buffer, prefix?: Buffer): Promise<SMTPConnectionSendInfo> {
     return new Promise((resolve, reject) => {
       let settled = false;
       const off = this.onGone((err) => finish(err));
@@ -130,7 +134,8 @@ export class PooledConnection {
       this.messages++;
       this.endOfDataSent = false;
       this.#sending = true;
-      this.conn.send(envelope, message, (err, info) => finish(err ?? null, info));
+      // In pieces, not whole: see message-pieces.ts (each transaction held a dot-stuffed copy until the next hop read it).
+      this.conn.send(envelope, messagePieces(message, prefix), (err, info) => finish(err ?? null, info));
     });
   }
 

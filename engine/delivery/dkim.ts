@@ -105,6 +105,16 @@ export class DkimKeys {
  * when signing fails.
  */
 export async function signMessage(message: Buffer, keys: readonly DkimKey[]): Promise<Buffer> {
+  const { fields, message: crlf } = await signatureFields(message, keys);
+  return Buffer.concat([fields, crlf]);
+}
+
+/**
+ * The same, apart: the DKIM-Signature fields, and the message they sign (CRLF line ends), which delivery sends after
+ * them. Not joined: a signed copy of a large message was a second whole copy per attempt, held until the next hop
+ * had read it. `message` is the message given when its line ends are all CRLF already.
+ */
+export async function signatureFields(message: Buffer, keys: readonly DkimKey[]): Promise<{ fields: Buffer; message: Buffer }> {
   const crlf = withCrlf(message);
   const fields: Buffer[] = [];
   for (const key of keys) {
@@ -116,7 +126,7 @@ export async function signMessage(message: Buffer, keys: readonly DkimKey[]): Pr
       throw new DeliveryFailure(`DKIM signing with delivery.dkim.${key.name} failed: ${(err as Error).message}`, { permanent: false, enhanced: '4.7.0' });
     }
   }
-  return Buffer.concat([...fields, crlf]);
+  return { fields: Buffer.concat(fields), message: crlf };
 }
 
 /**
@@ -133,6 +143,13 @@ export function withCrlf(message: Buffer): Buffer {
   const crlf = bare === 0 ? message : crlfCopy(message, bare);
   // The SMTP client ends a message that does not end with a line end with one before the final dot: signed too.
   return crlf.length && crlf[crlf.length - 1] !== 0x0a ? Buffer.concat([crlf, Buffer.from('\r\n')]) : crlf;
+}
+
+/** The bytes withCrlf(message) allocates for its copy: 0 when it returns the message as it is. */
+export function crlfCopyBytes(message: Buffer): number {
+  const bare = bareLineEnds(message);
+  const unended = message.length > 0 && message[message.length - 1] !== 0x0a;
+  return bare === 0 && !unended ? 0 : message.length + bare + (unended ? 2 : 0);
 }
 
 const CR = 0x0d;

@@ -22,7 +22,7 @@ export function withLinesWithin(message: Buffer, limit: number): Buffer {
   if (long === null) return message;
   // Only the long lines are rewritten; the rest is copied as it is (its line ends too: the SMTP client makes them
   // CRLF). Into one buffer: a break adds at most 3 octets (CR LF SP) per half a line's room, so this bound holds.
-  const out = new Output(message.length + 3 * Math.ceil(message.length / ((limit - 1) >> 1)) + 3);
+  const out = new Output(copyBound(message, limit));
   let copied = 0;
   while (long !== null) {
     out.copy(message, copied, long.start);
@@ -32,6 +32,15 @@ export function withLinesWithin(message: Buffer, limit: number): Buffer {
   }
   out.copy(message, copied, message.length);
   return out.bytes();
+}
+
+/** The bytes withLinesWithin(message, limit) allocates for its copy: 0 when it returns the message as it is. */
+export function linesWithinCopyBytes(message: Buffer, limit: number): number {
+  return limit > 0 && longLine(message, limit, 0) !== null ? copyBound(message, limit) : 0;
+}
+
+function copyBound(message: Buffer, limit: number): number {
+  return message.length + 3 * Math.ceil(message.length / ((limit - 1) >> 1)) + 3;
 }
 
 /** Bytes written one after the other into a buffer of a known upper bound. */

@@ -15,7 +15,7 @@ import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbo
 import { DeliveryFailure, oneLine, outcomeForFailure, outcomeForReply, parseReply, type RecipientOutcome } from './outcome.ts';
 import { recipientDomain, type NextHop } from './routing.ts';
 import type { OwnAddress } from './own-listeners.ts';
-import { signMessage, type DkimKeys } from './dkim.ts';
+import { signatureFields, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
 import { wireEnvelope } from './wire-envelope.ts';
 import { passDsnOn, type TransactionDsn } from './dsn-params.ts';
@@ -65,6 +65,8 @@ export interface Transaction {
   from: string;
   to: string[];
   message: Buffer;
+  /** Sent before `message`: its DKIM-Signature fields (signed, `message` is the one they sign). */
+  prefix?: Buffer;
   eightBit: boolean;
   /** An SMTPUTF8 message whose header holds UTF-8: it needs SMTPUTF8 whatever its addresses (wire-envelope.ts). */
   utf8Header: boolean;
@@ -74,7 +76,7 @@ export interface Transaction {
    * The message signed, by DKIM key names, shared by the transactions of one attempt: each signing is a whole copy,
    * held while its transaction waits for a slot (a large list post to many domains held one per domain).
    */
-  signed?: Map<string, Promise<Buffer>>;
+  signed?: Map<string, Promise<{ fields: Buffer; message: Buffer }>>;
 }
 
 export interface TransactionResult {
@@ -123,10 +125,11 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
       const names = JSON.stringify(plan.dkim);
       let signed = unsigned.signed?.get(names);
       if (!signed) {
-        signed = Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name))).then((keys) => signMessage(unsigned.message, keys));
+        signed = Promise.all(plan.dkim.map((name) => env.dkim.key(env.delivery, env.scope, name))).then((keys) => signatureFields(unsigned.message, keys));
         unsigned.signed?.set(names, signed);
       }
-      tx = { ...unsigned, message: await signed };
+      const { fields, message } = await signed;
+      tx = { ...unsigned, prefix: fields, message };
     } catch (err) {
       const { outcomes } = everyone(unsigned, asFailure(err));
       return { outcomes, connection: null, transactions: [{ outcomes, connection: null }] };
@@ -345,9 +348,9 @@ async function sendOn(env: TransactionEnv, pc: PooledConnection, tx: Transaction
 
 async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transaction, mailDsn?: { ret?: string; envid?: string }): Promise<Round | 'retry'> {
   const remote = pc.info.remote;
-  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: tx.message.length, use8BitMime: tx.eightBit, ...(mailDsn ? { dsn: mailDsn } : {}) };
+  const envelope: SMTPEnvelope = { from: tx.from, to: tx.to, size: (tx.prefix?.length ?? 0) + tx.message.length, use8BitMime: tx.eightBit, ...(mailDsn ? { dsn: mailDsn } : {}) };
   try {
-    const info = await pc.send(envelope, tx.message);
+    const info = await pc.send(envelope, tx.message, tx.prefix);
     if (info.accepted.length && !isVerdict(info.response)) {
       // nodemailer takes any reply starting with "2" for success; one that is no reply code ("2xx", "25")
       // says nothing: retried, and it may then arrive twice.

@@ -21,10 +21,10 @@ import { OutboundTlsMaterial, type TlsPolicy } from '../delivery/outbound-tls.ts
 import { DeliveryFailure, outcomeForFailure, type RecipientOutcome } from '../delivery/outcome.ts';
 import { hasPredelivery, runPredelivery, type PredeliveryDecision } from '../delivery/predelivery.ts';
 import { defaultRoute, groupByDomain, type NextHop } from '../delivery/routing.ts';
-import { deliverTransaction, type DeliveryPlan, type TransactionEnv } from '../delivery/transaction.ts';
+import { deliverTransaction, type DeliveryPlan, type Transaction, type TransactionEnv } from '../delivery/transaction.ts';
 import type { TransactionDsn } from '../delivery/dsn-params.ts';
-import { chooseDkimKeys, DkimKeys } from '../delivery/dkim.ts';
-import { withLinesWithin } from '../delivery/line-length.ts';
+import { chooseDkimKeys, crlfCopyBytes, DkimKeys } from '../delivery/dkim.ts';
+import { linesWithinCopyBytes, withLinesWithin } from '../delivery/line-length.ts';
 import { DestinationSuspensions } from '../delivery/suspensions.ts';
 import { DueQueue } from './due-queue.ts';
 import { isExpired, retryDelayMs } from './schedule.ts';
@@ -95,6 +95,8 @@ export class QueueRunner {
   readonly #held = new Set<string>();
   /** Messages known to have no state file yet (never attempted): no need to look for one. */
   readonly #noState = new Set<string>();
+  /** Bytes of the copy a message's rewriting for the wire makes, found at its read: taken with it at its next (see #attemptOnce). */
+  readonly #rewriteBytes = new Map<string, number>();
   /** Spooled while a scan's directory listing was under way: not "vanished" if the listing missed them. */
   readonly #spooledDuringScan = new Set<string>();
   /** Attempted while a scan was under way: the scan's view of them may predate that attempt. */
@@ -568,6 +570,18 @@ export class QueueRunner {
 
   /** One attempt; returns the destination to set the message aside for when its backlog was full and nothing was tried. */
   async #attempt(id: string): Promise<string | void> {
+    try {
+      for (;;) {
+        const r = await this.#attemptOnce(id);
+        if (r !== READ_AGAIN) return r;
+      }
+    } finally {
+      this.#rewriteBytes.delete(id);
+    }
+  }
+
+  /** #attempt's work; READ_AGAIN: its message needs more memory than it took, and is read again once that fits. */
+  async #attemptOnce(id: string): Promise<string | void | typeof READ_AGAIN> {
     if (this.#scanning) this.#attemptedDuringScan.add(id);
     // Held since it was scheduled: no attempt until `postern queue release` (its rescan schedules it again).
     if (await this.#spool.isHeld(id)) {
@@ -575,13 +589,16 @@ export class QueueRunner {
       this.#log.info({ id, held: true }, `${id}: on hold, not attempted until released (postern queue release ${id})`);
       return;
     }
-    // Read whole below: a large message waits until it fits in what attempts may hold in memory together.
-    const bytes = await this.#spool.fileBytes(id).catch(() => 0);
+    // Read whole below: a large message waits until it fits in what attempts may hold in memory together, with the
+    // copy its rewriting for the wire makes when its last read found one (see below).
+    const fileBytes = await this.#spool.fileBytes(id).catch(() => 0);
+    const bytes = fileBytes > 0 ? fileBytes + (this.#rewriteBytes.get(id) ?? 0) : 0;
     const waits = !this.#inMemory.fitsNow(bytes);
     if (waits) {
       this.#log.debug({ id, bytes, held: this.#inMemory.held }, `${id}: waits until its ${bytes} bytes fit in delivery.maxBytesInMemory`);
     }
     const releaseBytes = await this.#inMemory.take(bytes);
+    let releaseCopyBytes = (): void => undefined;
     if (this.#closing) { releaseBytes(); return; }
     const gen = this.#generation().acquire();
     try {
@@ -613,6 +630,17 @@ export class QueueRunner {
       }
       this.#readFailures.succeeded();
       const { message } = read;
+      if (fileBytes > 0) {
+        // Lines over lineLengthLimit (and bare line ends, DKIM-signed) are rewritten in a copy held beside the message
+        // for the whole attempt: counted too. Taken now if it fits; else everything is given back, and the attempt
+        // waits, holding nothing, for the message and its copy together (waiting while holding could deadlock).
+        const more = rewriteCopyBytes(message, gen.config.delivery) - (bytes - fileBytes);
+        if (more > 0) {
+          this.#rewriteBytes.set(id, (this.#rewriteBytes.get(id) ?? 0) + more);
+          if (!this.#inMemory.fitsNow(more)) return READ_AGAIN;
+          releaseCopyBytes = await this.#inMemory.take(more);
+        }
+      }
       if (read.envelope.noticeOf && this.#noState.has(id)) {
         // A notice spooled without a state file may have one now that another process wrote: withdrawn by `postern
         // queue delete` of its message (bounce.ts). Looked for at each notice's attempt: a notice is rare.
@@ -682,7 +710,7 @@ export class QueueRunner {
       const delivered = new Set<string>();
       const queued = new Map(envelope.recipients.map((r) => [r.address, r]));
       let progressRecorded = Promise.resolve();
-      const signed = new Map<string, Promise<Buffer>>(); // one signed copy per DKIM key set, not per transaction
+      const signed: NonNullable<Transaction['signed']> = new Map(); // one signing per DKIM key set, not per transaction
       const settled = await Promise.allSettled([...transactions.values()].map(async (t) => {
         const r = await deliverTransaction(env, t.plan, { id, from: envelope.sender, to: t.recipients, message: sent, eightBit, utf8Header, dsn, signed });
         for (const tr of r.transactions) this.#logTransaction(id, envelope, attempt, t.plan, tr.outcomes.filter((o) => !o.destinationBusy), tr.connection);
@@ -720,6 +748,7 @@ export class QueueRunner {
       if (!this.#closing) this.#requestDone(id);
     } finally {
       gen.release();
+      releaseCopyBytes();
       releaseBytes();
     }
   }
@@ -1128,6 +1157,19 @@ function wants(r: SpoolRecipient, what: 'FAILURE' | 'SUCCESS'): boolean {
 function awaitsSuccessNotice(sender: string, r: SpoolRecipient | undefined, o: RecipientOutcome): boolean {
   return sender !== '' && !o.dsnPassedOn && !!r && wants(r, 'SUCCESS');
 }
+
+/**
+ * The bytes an attempt allocates beside `message` to send it: the copy with lines within lineLengthLimit, and, when
+ * DKIM keys are declared (which sign it is decided later, per destination), the copy with CRLF line ends that is signed.
+ */
+function rewriteCopyBytes(message: Buffer, delivery: DeliveryConfig): number {
+  const lines = linesWithinCopyBytes(message, delivery.lineLengthLimit);
+  const crlf = Object.keys(delivery.dkim).length > 0 ? crlfCopyBytes(message) : 0;
+  return lines + (crlf > 0 ? crlf + Math.max(0, lines - message.length) : 0);
+}
+
+/** #attemptOnce: read again, the message's rewriting copy counted from the start. */
+const READ_AGAIN = Symbol('read again');
 
 /** Native (isAscii): a loop in JS held the queue's thread ~30-150 ms for a 25 MB message. */
 function hasEightBit(buf: Buffer): boolean {

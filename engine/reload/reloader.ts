@@ -151,10 +151,11 @@ export class Reloader {
   /** `files`: each input file's SHA-256 (or why it could not be read) in the content of the generation in force. */
   /** `checks` and `supersededBuilds`: the reloads begun, and those thrown away for a newer one (`postern reload` waits on them). */
   /** `warnings`: those of the generation in force, for the supervisor to say (each once for the server). */
-  state(): { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; checks: number; supersededBuilds: number; files: Record<string, string>; warnings: GenerationWarning[] } {
+  /** `pid`: this process, for `postern reload` to tell a replacement from the process it counted. */
+  state(): { pid: number; generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number; checks: number; supersededBuilds: number; files: Record<string, string>; warnings: GenerationWarning[] } {
     const { lastError, reloads, checks, supersededBuilds } = this.status.data;
     return {
-      generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, checks, supersededBuilds,
+      pid: process.pid, generation: this.#target.current().serial, digest: this.#digest, refused: this.#failed?.digest ?? null, lastError, reloads, checks, supersededBuilds,
       files: this.#files, warnings: [...this.setupWarnings.inForce],
     };
   }

@@ -167,6 +167,11 @@ export class Journal {
   /** crc32 of #key, and the key it is of (see keyedRecordSeedFrom). */
   #keyCrc: { key: string; crc: number } | null = null;
   #waiting: Waiter[] = [];
+  /**
+   * Bytes of the records appended and not yet acknowledged or refused: held in memory until then (a flush that takes
+   * long keeps every record appended meanwhile). The spool's writers count them in spool.receivingMemoryBytes.
+   */
+  unsettledBytes = 0;
   #flushing = false;
   #flushes = 0;
   /** The waiters of the flush under way, and when it began (performance.now()). */
@@ -404,9 +409,18 @@ export class Journal {
     const stalled = this.#stalled(performance.now());
     if (stalled) return Promise.reject(stalled);
     return new Promise<void>((resolve, reject) => {
+      const bytes = header.length + length + 1;
+      let settled = false;
+      const unheld = (): void => {
+        if (settled) return;
+        settled = true;
+        this.unsettledBytes -= bytes;
+      };
       const waiter: Waiter = {
-        id, header, chunks, bytes: header.length + length + 1, headerBytes: header.length, length, crc, seed,
-        segment: null as unknown as Segment, resolve, reject,
+        id, header, chunks, bytes, headerBytes: header.length, length, crc, seed,
+        segment: null as unknown as Segment,
+        resolve: () => { unheld(); resolve(); },
+        reject: (err) => { unheld(); reject(err); },
       };
       try {
         this.#place(waiter);
@@ -414,6 +428,7 @@ export class Journal {
         reject(err as Error);
         return;
       }
+      this.unsettledBytes += bytes;
       this.#waiting.push(waiter);
       this.#flush();
     });

@@ -737,7 +737,8 @@ export class SpoolWriter {
     this.#bytes += chunk.length;
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
-    const held = this.#spool.heldBytes += chunk.length;
+    // With the records committed and still waiting for the journal's flush: in memory as well until it ends.
+    const held = (this.#spool.heldBytes += chunk.length) + (this.#journal?.unsettledBytes ?? 0);
     const limit = this.#fd === null && this.#journal ? JOURNAL_MAX_BYTES : 256 * 1024;
     // Past the memory bound: at once, into a file of its own; once it has one, a few KiB at a time (see OVER_BOUND_GATHER_BYTES).
     if (this.#pendingBytes >= limit || (held > this.#maxHeldBytes && (this.#fd === null || this.#pendingBytes >= OVER_BOUND_GATHER_BYTES))) this.#flush();

@@ -239,3 +239,71 @@ test('an attempt waiting for room in delivery.maxBytesInMemory when a reload tur
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+// Lines longer than delivery.lineLengthLimit are broken in a copy of the message, and a DKIM-signed message's bare line
+// ends made CRLF in another, held beside it for the whole attempt: two 2 MB messages of long lines held 8 MB where 5 MB
+// was allowed, and a sender of such messages made every attempt hold twice what was counted (three times, signed).
+// Now the copies are counted: one attempt at a time, the other waits (holding nothing: its message is read again once
+// there is room for it and its copy), and both are delivered.
+test('a large message rewritten for the wire (lines over lineLengthLimit) counts its copy in delivery.maxBytesInMemory', { timeout: 120_000 }, async () => {
+  await rewrittenMessages(Buffer.from(`Subject: long lines\r\n\r\n${`${'y'.repeat(2998)}\r\n`.repeat(700)}`), false); // 2.1 MB, lines of 3000 octets
+});
+
+test('a large message with bare LF line ends, DKIM keys declared, counts its CRLF copy in delivery.maxBytesInMemory', { timeout: 120_000 }, async () => {
+  await rewrittenMessages(Buffer.from(`Subject: bare LFs\nFrom: s@origin.test\n\n${`${'y'.repeat(98)}\n`.repeat(21_000)}`), true); // 2.1 MB
+});
+
+async function rewrittenMessages(long: Buffer, dkim: boolean): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-bytes-rewritten-'));
+  const dataDir = join(dir, 'data');
+  let blocking = true;
+  const held: net.Socket[] = [];
+  const bodies: string[] = [];
+  const peer = await startScriptedPeer({
+    ehlo: (sock) => { if (!blocking) return; held.push(sock); return 'stop'; },
+    endOfData: (_sock, message) => { bodies.push(message); },
+  });
+  let s: DeliveryServer | null = null;
+  try {
+    const pair = dkimKeyPair('ed25519');
+    await writeFile(join(dir, 'dkim.key'), pair.privateKey);
+    const spool = new Spool(join(dataDir, 'spool'));
+    await spool.init();
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const id = spool.newId();
+      const writer = spool.create(id);
+      writer.write(long);
+      const now = new Date().toISOString();
+      await writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: `r${i}@next.test` }], size: 0,
+        session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null },
+        attempts: 0, nextAttemptAt: now, errors: [] });
+      ids.push(id);
+    }
+    spool.close();
+    s = await startDeliveryServer({
+      dataDir,
+      config: configYaml({
+        listeners: [testListener('in')],
+        delivery: { enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' }, retrySchedule: [3600],
+          concurrency: 10, perDestinationConcurrency: 10, maxBytesInMemory: 5_000_000,
+          ...(dkim ? { dkim: { k: { domain: 'origin.test', selector: 's', privateKey: join(dir, 'dkim.key'), senderDomains: ['origin.test'] } } } : {}) },
+      }),
+      resolver: fakeResolver({ 'next.test': [{ exchange: 'mx.next.test', priority: 10 }] }, { 'mx.next.test': ['127.0.0.1'] }),
+    });
+    const server = s;
+    await until('both attempts under way: at the next hop, or waiting for memory', () => held.length + ids.filter((id) => waitsForMemory(server, id)).length >= 2, { timeoutMs: 60_000 });
+    await s.scans(2, 60_000);
+    assert.equal(held.length, 1, 'a 2.1 MB message and its rewritten copy: one attempt fits in 5 MB');
+    blocking = false;
+    held[0]!.write('250-peer\r\n250 8BITMIME\r\n');
+    for (const id of ids) assert.equal((await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).removed, true);
+    assert.equal(bodies.length, 2);
+    for (const body of bodies) assert.ok(body.split('\r\n').every((line) => line.length <= 998 && !line.includes('\n')), 'lines within the limit, CRLF, on the wire');
+    if (dkim) for (const body of bodies) assert.match(body, /^DKIM-Signature: /);
+  } finally {
+    await s?.stop();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
