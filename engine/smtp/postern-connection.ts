@@ -241,7 +241,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
 
   /** The socket feeding the parser now (the TLS socket after STARTTLS). */
   #source: net.Socket | null = null;
-  /** How fast the message being received arrives (limits.minDataRate). */
+  /** How fast its messages arrive, over the last window of their transfers (limits.minDataRate). */
   readonly #transfer = new TransferRate();
 
   get #server(): ListenerHost { return this._server as unknown as ListenerHost; }
@@ -768,9 +768,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   /** DATA and RSET with an argument: 501, as Postfix (DATA without recipients is still smtp-server's 503 first). */
   override handler_DATA(command: Buffer, callback: Callback): void {
     if (this.session.envelope.rcptTo.length && hasArgument(command)) return this.#answerPath('DATA', reply('dataSyntax'), callback);
-    // A sync of the spool hangs: refused before the 354, not after the client has sent its message whole.
+    // A sync of the spool hangs: refused before the 354, not after the client has sent its message whole. And closed:
+    // a client that did not wait for this reply has its message on the way, maybe in a read after this DATA (its second
+    // segment), where _onCommand's look at the input behind the DATA does not see it; read on, each of its lines would
+    // run as a command. Nothing is lost: the client sends it again, as after any 451.
     const unconfirmed = this.session.envelope.rcptTo.length ? spoolCannotConfirm(this.#server.runtime, this.id) : null;
-    if (unconfirmed) return this.#answerPath('DATA', reply(unconfirmed), callback);
+    if (unconfirmed) return this.#answerPath('DATA', reply(unconfirmed, {}, { disconnect: true }), callback);
     super.handler_DATA(command, callback);
   }
 

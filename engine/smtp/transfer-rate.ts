@@ -15,42 +15,67 @@
 export interface TransferJudgement { bytesPerSecond: number; seconds: number; minimum: number }
 
 export class TransferRate {
-  /** (time, bytes read by then), oldest first; the first is the transfer's start. */
+  /**
+   * (transfer time, message bytes by then), oldest first, on the connection's transfer clock: the time its messages
+   * spent arriving (from each 354 to the last read of it), the time between them (its commands, our verdicts) left
+   * out. Judged per message, a client dripping one message after another, each a little shorter than the window,
+   * was never judged: one accepted message a window held its slot for ever.
+   */
   readonly #at: number[] = [];
   readonly #bytes: number[] = [];
+  /** Transfer time and bytes of the connection's earlier messages. */
+  #doneMs = 0;
+  #doneBytes = 0;
+  /** The message under way: its start, the bytes read on the connection by then, and its last read (its end so far). */
+  #since = 0;
+  #sinceBytes = 0;
+  #lastAt = 0;
+  #lastBytes = 0;
 
-  /** The transfer starts now, `bytes` read so far on the connection. */
+  /** A message starts now, `bytes` read so far on the connection; the one before ended at its last read. */
   start(now: number, bytes: number): void {
-    this.#at.length = 0; // the connection's arrays serve each of its messages
-    this.#bytes.length = 0;
-    this.#at.push(now);
-    this.#bytes.push(bytes);
+    if (this.#at.length === 0) {
+      this.#at.push(0);
+      this.#bytes.push(0);
+    } else {
+      this.#doneMs += this.#lastAt - this.#since;
+      this.#doneBytes += this.#lastBytes - this.#sinceBytes;
+    }
+    this.#since = this.#lastAt = now;
+    this.#sinceBytes = this.#lastBytes = bytes;
   }
 
-  /** Bytes were read: `bytes` in all now. */
+  /** Bytes of the message were read: `bytes` in all now on the connection. */
   read(now: number, bytes: number, windowMs: number): void {
-    const n = this.#at.length;
-    if (n === 0 || now - this.#at[n - 1]! < windowMs / 4) return;
-    this.#at.push(now);
-    this.#bytes.push(bytes);
+    if (this.#at.length === 0) return;
+    this.#lastAt = now;
+    this.#lastBytes = bytes;
+    const at = this.#clock(now);
+    if (at - this.#at[this.#at.length - 1]! < windowMs / 4) return;
+    this.#at.push(at);
+    this.#bytes.push(this.#moved(bytes));
     // Samples older than the newest one that is a whole window old are never needed again.
-    while (this.#at.length > 2 && now - this.#at[1]! >= windowMs) {
+    while (this.#at.length > 2 && at - this.#at[1]! >= windowMs) {
       this.#at.shift();
       this.#bytes.shift();
     }
   }
 
   /**
-   * Bytes a second since the newest sample at least `windowMs` old (a span of at least the window), `bytes` read
-   * in all now; null while the transfer is younger than the window.
+   * Bytes a second since the newest sample at least `windowMs` old on the transfer clock (a span of at least the
+   * window), `bytes` read on the connection in all now; null while the connection's transfers are younger than it.
    */
   rate(now: number, bytes: number, windowMs: number): { bytesPerSecond: number; seconds: number } | null {
+    const at = this.#clock(now);
     let from = -1;
     for (let i = this.#at.length - 1; i >= 0; i--) {
-      if (now - this.#at[i]! >= windowMs) { from = i; break; }
+      if (at - this.#at[i]! >= windowMs) { from = i; break; }
     }
     if (from < 0) return null;
-    const seconds = (now - this.#at[from]!) / 1000;
-    return { bytesPerSecond: (bytes - this.#bytes[from]!) / seconds, seconds };
+    const seconds = (at - this.#at[from]!) / 1000;
+    return { bytesPerSecond: (this.#moved(bytes) - this.#bytes[from]!) / seconds, seconds };
   }
+
+  #clock(now: number): number { return this.#doneMs + now - this.#since; }
+  #moved(bytes: number): number { return this.#doneBytes + bytes - this.#sinceBytes; }
 }

@@ -177,8 +177,17 @@ export class Journal {
   /** The waiters of the flush under way, and when it began (performance.now()). */
   #flushBatch: Waiter[] = [];
   #flushStartedAt = 0;
+  /**
+   * The flush under way was found past its deadline by a look after the reads (#checkStall): since when it has
+   * waited; null while none was. Never the clock alone: a process that got the CPU back late runs its timers, and
+   * the commands it reads, before the fdatasync's completion waiting to be read, and a flush the disk confirmed in
+   * time refused its records and made new mail refused as if the disk hung.
+   */
+  #hungAt: number | null = null;
   /** Looks at the flush under way for its deadline (see #checkStall); made at the first flush. */
   #stallCheck: NodeJS.Timeout | null = null;
+  /** The look to come in the check phase, once the poll phase has read what completed. */
+  #stallLook: NodeJS.Immediate | null = null;
   readonly #syncDeadline: SyncDeadline;
   /**
    * Ids whose done line markDoneDurably() wrote and has not (or could not) sync: their line read back (refresh(),
@@ -506,6 +515,8 @@ export class Journal {
   close(): void {
     if (this.#stallCheck) clearInterval(this.#stallCheck);
     this.#stallCheck = null;
+    if (this.#stallLook) clearImmediate(this.#stallLook);
+    this.#stallLook = null;
     for (const w of this.#waiting.splice(0)) this.#refuse(w, new Error('the journal was closed'));
     for (const segment of this.#segments.values()) this.#closeFiles(segment);
     this.#segments.clear();
@@ -622,7 +633,13 @@ export class Journal {
     this.#waiting = [];
     this.#flushBatch = batch;
     this.#flushStartedAt = performance.now();
-    this.#stallCheck ??= setInterval(() => this.#checkStall(), STALL_CHECK_MS).unref();
+    this.#stallCheck ??= setInterval(() => {
+      // Judged in the check phase, after the poll phase has read a completion that waited there (see #hungAt).
+      this.#stallLook ??= setImmediate(() => {
+        this.#stallLook = null;
+        this.#checkStall();
+      });
+    }, STALL_CHECK_MS).unref();
     const segments = segmentsOf(batch);
     let errors: Map<Segment, Error> | null = null; // made on the first failure
     /** Where each segment's records written by this flush end. */
@@ -647,6 +664,7 @@ export class Journal {
         else w.resolve();
       }
       this.#flushing = false;
+      this.#hungAt = null;
       this.#flushBatch = [];
       this.#flush();
     };
@@ -668,14 +686,14 @@ export class Journal {
     if (syncing === 0) settle();
   }
 
-  /** Since when (performance.now()) the flush under way has waited, once it is past its deadline; else null. */
-  hungSince(now = performance.now()): number | null {
-    return this.#flushing && now - this.#flushStartedAt >= this.#syncDeadline.ms ? this.#flushStartedAt : null;
+  /** Since when (performance.now()) the flush under way has waited, once a look after the reads found it past its deadline; else null. */
+  hungSince(): number | null {
+    return this.#flushing ? this.#hungAt : null;
   }
 
   /** The error for appends while the flush under way is past its deadline (spool.syncDeadlineMs, sync-deadline.ts), or null. */
   #stalled(now: number): Error | null {
-    if (this.hungSince(now) === null) return null;
+    if (this.hungSince() === null) return null;
     return notConfirmed(`the spool journal's last write (${this.dir})`, now - this.#flushStartedAt);
   }
 
@@ -686,7 +704,9 @@ export class Journal {
    * it, the next one takes what came since.
    */
   #checkStall(): void {
-    const err = this.#stalled(performance.now());
+    const now = performance.now();
+    if (this.#flushing && now - this.#flushStartedAt >= this.#syncDeadline.ms) this.#hungAt ??= this.#flushStartedAt;
+    const err = this.#stalled(now);
     if (!err) return;
     for (const w of [...this.#flushBatch, ...this.#waiting]) {
       if (w.givenUp) continue;

@@ -151,17 +151,17 @@ export class Spool {
     return { removedOrphans, damage: this.#journal.damage };
   }
 
-  /** Time-ordered, unguessable queue id. */
   /**
    * How long (ms) the oldest sync past its deadline (the journal's flush, a message file's, a hold's) has waited
    * without returning, or null: while one hangs, the disk cannot confirm any write of this spool, and new mail is
    * refused before it is sent (engine/smtp/runtime.ts).
    */
   unconfirmedFor(now = performance.now()): number | null {
-    const since = Math.min(this.#journal?.hungSince(now) ?? Infinity, this.syncs.hungSince ?? Infinity);
+    const since = Math.min(this.#journal?.hungSince() ?? Infinity, this.syncs.hungSince ?? Infinity);
     return since === Infinity ? null : now - since;
   }
 
+  /** Time-ordered, unguessable queue id. */
   newId(): string {
     return timePrefix() + randomHex5();
   }

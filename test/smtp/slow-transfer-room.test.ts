@@ -38,6 +38,7 @@ before(async () => {
         testListener('burst', { tls: { mode: 'none' }, limits: limits(1, 1) }),
         testListener('roomy', { tls: { mode: 'none' }, limits: limits(3, 2) }),
         testListener('secure', { tls: testServerTls(pki), limits: limits(2, 2) }),
+        testListener('serial', { tls: { mode: 'none' }, limits: limits(1, 1) }),
       ],
     }),
   });
@@ -189,4 +190,30 @@ test('after STARTTLS the rate is the message\'s bytes: a fast sender keeps its s
   assert.equal((await sender.read()).code, 250, sender.transcript.join('\n'));
   await drip.stop();
   for (const c of [sender, dripper, newcomer]) c.destroy();
+});
+
+// Each message's transfer was judged alone, and one younger than the window never: a client dripping one short
+// message after another, each taking a little less than the window, held its slot (and with a botnet, the listener)
+// for ever, for one accepted message a window. The rate is now the connection's over the last window of its
+// transfers (the time between its messages, ours, not counted).
+test('messages dripped one after another, each shorter than the window, are judged together: the one under way is closed for a newcomer', { timeout: 60_000 }, async () => {
+  const c = await SmtpTestClient.connect(server.port('serial'), { localAddress: '127.0.0.2' });
+  assert.equal((await c.hello()).code, 250, c.transcript.join('\n'));
+  const dripOne = async (): Promise<void> => {
+    assert.equal((await c.command('MAIL FROM:<a@sender.example>')).code, 250, c.transcript.join('\n'));
+    assert.equal((await c.command('RCPT TO:<b@example.com>')).code, 250);
+    assert.equal((await c.command('DATA')).code, 354, c.transcript.join('\n'));
+    c.socket.write('Subject: a drip\r\n\r\n');
+  };
+  for (let i = 0; i < 4; i++) {
+    await dripOne();
+    await sleep(WINDOW_MS * 0.4); // the server's clock for it ran at least this long: from before its 354 to its dot
+    assert.equal((await c.command('a line\r\n.')).code, 250, c.transcript.join('\n'));
+  }
+  await dripOne(); // the fifth, a moment old, after 1.6 windows of transfers at a few bytes a second
+
+  const newcomer = await SmtpTestClient.connect(server.port('serial'), { localAddress: '127.0.0.3' });
+  assert.equal((await newcomer.read()).code, 220, `the dripper's slot is given to a newcomer: ${newcomer.transcript.join('\n')}`);
+  assert.match((await c.read()).text, /^421 4\.4\.2 /, c.transcript.join('\n'));
+  for (const x of [c, newcomer]) x.destroy();
 });
