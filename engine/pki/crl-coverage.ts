@@ -38,6 +38,31 @@ const holdsCrlOf = async (file: string, ca: x509.X509Certificate): Promise<boole
   return false;
 };
 
+/** The files of `crlFiles` that hold a CRL `ca` signed (copies of its CRL). */
+async function crlCopiesIn(crlFiles: readonly string[], ca: x509.X509Certificate): Promise<string[]> {
+  const holds = await Promise.all(crlFiles.map((f) => holdsCrlOf(f, ca)));
+  return crlFiles.filter((_, i) => holds[i]);
+}
+
+/**
+ * The listeners that load a copy of the CRL of the CA of the folder `dir` (not its ca.crl itself), and the copies:
+ * right after a revocation each lacks it until republished (a running server serves ca.crl in its place).
+ */
+export async function crlCopies(config: Config, dir: string): Promise<Array<{ name: string; files: string[] }>> {
+  const paths = pkiPaths(dir);
+  const [ca] = await certificatesIn(paths.caCert);
+  if (!ca) return [];
+  const caCert = new x509.X509Certificate(ca);
+  const out: Array<{ name: string; files: string[] }> = [];
+  for (const l of config.listeners) {
+    if (l.tls.mode === 'none' || l.tls.clientCertificates === 'none') continue;
+    if (l.tls.crlFiles.some((f) => resolve(f) === resolve(paths.crl))) continue;
+    const files = await crlCopiesIn(l.tls.crlFiles, caCert);
+    if (files.length) out.push({ name: l.name, files });
+  }
+  return out;
+}
+
 const certificatesIn = async (file: string): Promise<Buffer[]> => {
   try {
     return pemBlocks(await readFile(file, 'utf8'), ['CERTIFICATE']).map(pemToDer);
@@ -60,7 +85,7 @@ export async function unloadedCrls(config: Config, dir: string): Promise<Unloade
     const trusts = (await Promise.all(l.tls.caFiles.map(certificatesIn))).some((certs) => certs.some((c) => c.equals(ca)));
     if (!trusts) continue;
     caCert ??= new x509.X509Certificate(ca);
-    if ((await Promise.all(l.tls.crlFiles.map((f) => holdsCrlOf(f, caCert!)))).some(Boolean)) continue;
+    if ((await crlCopiesIn(l.tls.crlFiles, caCert)).length) continue;
     revoked ??= await readInventory(paths).then((inv) => inv.certificates.filter((c) => c.revoked).length + inv.otherRevoked.length, () => 0);
     out.push({ listener: i, name: l.name, crl: paths.crl, revoked });
   }

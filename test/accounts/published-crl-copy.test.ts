@@ -1,8 +1,9 @@
 // A listener may load a published copy of the CA's CRL (copied to /etc/postern, or fetched from the CA's web server)
-// rather than the CA's own ca.crl. Once the account page revoked a device, that copy lacked the revocation, and the
-// generation build took it for a listener that "does not load its CRL": a start refused the configuration, so the
-// queue process the supervisor restarts (a crash, SIGKILL here) never came back (no account page, no delivery) until
-// someone republished the copy. Now the listener keeps serving: the CA's own CRL, which holds everything the copy
+// rather than the CA's own ca.crl. Even a faithful copy was taken for a listener that "does not load its CRL" (a
+// warning at start). Once the account page revoked a device, the copy lacked the revocation: the reload was taken
+// with that warning and the revoked phone still logged in (AUTH EXTERNAL 235), and a start refused the configuration,
+// so the queue process the supervisor restarts (a crash, SIGKILL here) never came back (no account page, no
+// delivery) until someone republished the copy. Now the listener keeps serving: the CA's own CRL, which holds everything the copy
 // holds and more, is loaded in its place, so the revoked certificate is refused all the same, and a warning names the
 // copy and the serials it lacks.
 import { test } from 'node:test';
