@@ -20,6 +20,7 @@ import { ChangeBudget } from './change-budget.ts';
 import { SessionBook } from './sessions.ts';
 import { CompromisedSessions } from './compromised-sessions.ts';
 import { RevokedHere, revokedHereFile } from './revoked-here.ts';
+import { pkiPaths } from '../pki/layout.ts';
 import { accountRoutes, SESSION_COOKIE, type AccountsState } from './routes.ts';
 import { errorPage } from './pages.ts';
 import { acceptMultipart } from './multipart.ts';
@@ -66,8 +67,9 @@ export interface AccountsServer {
 
 type AccountsConfig = NonNullable<Config['accounts']>;
 
-async function tlsOptions(l: ListenerConfig): Promise<{ context: object; trust: TrustedIssuers; certificate: X509Certificate }> {
-  const tls = await loadListenerTls(l);
+async function tlsOptions(l: ListenerConfig, pkiDir: string | undefined): Promise<{ context: object; trust: TrustedIssuers; certificate: X509Certificate }> {
+  // pki.dir's CRL in place of an older published copy of it, as on the SMTP listener (loadTrustMaterial).
+  const tls = await loadListenerTls(l, pkiDir ? pkiPaths(pkiDir).crl : undefined);
   const asking = l.tls.clientCertificates !== 'none';
   return {
     context: {
@@ -90,7 +92,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
   const started = opts.generation().config.accounts!;
   const settings = (): AccountsConfig => opts.generation().config.accounts ?? started;
   const first = opts.generation().listener(started.listener);
-  const tls = await tlsOptions(first);
+  const tls = await tlsOptions(first, opts.generation().config.pki.dir);
   let certificate = tls.certificate;
   const state: AccountsState = {
     generation: opts.generation, settings, limiter: opts.limiter, log, sessions: new SessionBook(), trust: tls.trust,
@@ -178,7 +180,7 @@ export async function startAccountsServer(opts: AccountsServerOptions): Promise<
     address: { address: bound.address, port: bound.port },
     async reloaded() {
       try {
-        const next = await tlsOptions(state.listener());
+        const next = await tlsOptions(state.listener(), opts.generation().config.pki.dir);
         (app.server as HttpsServer).setSecureContext(next.context);
         state.trust = next.trust;
         certificate = next.certificate;

@@ -185,7 +185,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   await opts.prepare?.(loaded);
   // One counter store for the server's life (a reload that changes `store` waits for a restart).
   const given = !config.store.redis && opts.memoryStore;
-  const store = given ? opts.memoryStore! : await createStore(config.store, logger);
+  const store = given ? opts.memoryStore! : await createStore(config.store, logger, { sayEviction: opts.role !== 'worker' });
   const closeStore = (): Promise<void> => (given ? Promise.resolve() : store.close());
   // The reload's and `postern check`'s build: every problem at once, as one ConfigError.
   let built: Awaited<ReturnType<typeof buildGeneration>>;

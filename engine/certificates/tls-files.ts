@@ -11,6 +11,7 @@ import { publicRootOf } from './public-roots.ts';
 import { encryptedKeyProblem } from './key-material.ts';
 import { keyMismatch, notPemCertificate } from './key-pair-mistakes.ts';
 import { slicer } from '../config/give-way.ts';
+import { resolve } from 'node:path';
 
 /**
  * The most certificates one CA bundle is read with: a private CA's bundle holds a few, the system bundle some 150.
@@ -88,8 +89,13 @@ export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ 
  * CA bundles (PEM) and CRLs (PEM or DER), checked; a CRL must be signed by one of the CAs. `forClients`: the
  * CAs a listener verifies client certificates against, where a public CA is refused (public-roots.ts); a
  * next hop's CA (delivery) may well be public.
+ *
+ * `pkiCrl`: the CRL of the CA `postern pki` manages (pki.dir's ca.crl), rewritten at each revocation (the command's,
+ * the account page's). A CRL of `crlFiles` signed by that CA which lacks some of its revocations is a published copy
+ * not republished yet: it is served as `pkiCrl` instead (with a warning naming the copy and what it lacks), so what
+ * was revoked is refused at once, and the listener keeps serving meanwhile.
  */
-export async function loadTrustMaterial(files: { caFiles: readonly string[]; crlFiles: readonly string[]; forClients?: boolean }): Promise<TrustMaterial> {
+export async function loadTrustMaterial(files: { caFiles: readonly string[]; crlFiles: readonly string[]; forClients?: boolean; pkiCrl?: string }): Promise<TrustMaterial> {
   const ca: string[] = [];
   const authorities: x509.X509Certificate[] = [];
   const warnings: string[] = [];
@@ -120,11 +126,16 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
     }
   }
   const crl: string[] = [];
+  const own = await pkiCrlOf(files, authorities);
   for (const file of files.crlFiles) {
-    for (const parsed of await readCrls(file)) {
-      if (!await signedByOneOf(parsed, authorities)) {
-        throw new TlsFileError(file, 'crl', `CRL issued by "${parsed.issuer}" is not signed by any configured CA`);
+    for (const copy of await readCrls(file)) {
+      const signer = await signedByOneOf(copy, authorities);
+      if (!signer) {
+        throw new TlsFileError(file, 'crl', `CRL issued by "${copy.issuer}" is not signed by any configured CA`);
       }
+      const lacking = own && sameKey(own.signer, signer) ? revokedSerials(own.crl).filter((s) => !revokedSerials(copy).includes(s)) : [];
+      if (lacking.length) warnings.push(`${file}: older than the CA's own CRL ${files.pkiCrl} (issued ${copy.thisUpdate.toISOString()}, the CA's on ${own!.crl.thisUpdate.toISOString()}): it lacks the revocation of ${listed(lacking)}; served with ${files.pkiCrl} in its place (they are refused) until the copy is republished`);
+      const parsed = lacking.length ? own!.crl : copy;
       if (parsed.nextUpdate && parsed.nextUpdate < now) {
         warnings.push(`${file}: CRL expired on ${parsed.nextUpdate.toISOString()}; every certificate of "${parsed.issuer}" fails with CRL_HAS_EXPIRED`);
       }
@@ -158,17 +169,43 @@ export async function crlDeadlines(file: string): Promise<Array<{ issuer: string
   return (await readCrls(file)).map((c) => ({ issuer: c.issuer, nextUpdate: c.nextUpdate ?? null }));
 }
 
-async function signedByOneOf(crl: x509.X509Crl, authorities: readonly x509.X509Certificate[]): Promise<boolean> {
+/** pki.dir's CRL and the CA that signed it, when a CA of the listener's did and crlFiles do not name it; else null. */
+async function pkiCrlOf(files: { crlFiles: readonly string[]; pkiCrl?: string }, authorities: readonly x509.X509Certificate[]): Promise<{ crl: x509.X509Crl; signer: x509.X509Certificate } | null> {
+  if (!files.pkiCrl || files.crlFiles.some((f) => resolve(f) === resolve(files.pkiCrl!))) return null;
+  // Unreadable or not of these CAs: the crl-coverage check of the generation build says what is wrong.
+  const [crl] = await readCrls(files.pkiCrl).catch(() => []);
+  const signer = crl ? await signedByOneOf(crl, authorities) : null;
+  return crl && signer ? { crl, signer } : null;
+}
+
+/** The serials a CRL revokes, lower-case hex without leading zero bytes (as `postern pki list` writes them). */
+function revokedSerials(crl: x509.X509Crl): string[] {
+  return crl.entries.map((e) => e.serialNumber.toLowerCase().replace(/^(00)+(?=.)/, ''));
+}
+
+/** `serials` for a log line: the first ten, and how many more. */
+function listed(serials: readonly string[]): string {
+  const shown = serials.slice(0, 10).join(', ');
+  const more = serials.length > 10 ? ` and ${serials.length - 10} more` : '';
+  return `${serials.length} certificate${serials.length === 1 ? '' : 's'} (serial ${shown}${more})`;
+}
+
+/** One CA (a bundle may list it twice, or in two files). */
+const sameKey = (a: x509.X509Certificate, b: x509.X509Certificate): boolean =>
+  a.subject === b.subject && Buffer.from(a.publicKey.rawData).equals(Buffer.from(b.publicKey.rawData));
+
+/** The CA of `authorities` that signed `crl`, or null. */
+async function signedByOneOf(crl: x509.X509Crl, authorities: readonly x509.X509Certificate[]): Promise<x509.X509Certificate | null> {
   for (const ca of authorities) {
     if (ca.subject !== crl.issuer) continue;
-    if (await crl.verify({ publicKey: ca.publicKey }).catch(() => false)) return true;
+    if (await crl.verify({ publicKey: ca.publicKey }).catch(() => false)) return ca;
     // @peculiar/x509 cannot check every algorithm (Ed448): let OpenSSL decide.
     try {
       const key = createPublicKey({ key: Buffer.from(ca.publicKey.rawData), format: 'der', type: 'spki' });
       const der = Buffer.from(crl.rawData);
       const [tbs, , signature] = children(der, readTlv(der, 0, der.length));
-      if (tbs && signature && cryptoVerify(null, der.subarray(tbs.start, tbs.end), key, der.subarray(signature.body + 1, signature.end))) return true;
+      if (tbs && signature && cryptoVerify(null, der.subarray(tbs.start, tbs.end), key, der.subarray(signature.body + 1, signature.end))) return ca;
     } catch { /* not verifiable this way either */ }
   }
-  return false;
+  return null;
 }

@@ -13,7 +13,7 @@ import { openToOthers } from '../spool/data-dir-lock.ts';
 import { ConfigError } from '../config/config-error.ts';
 import type { Config } from '../config/schema.ts';
 import {
-  initCa, issueDevice, listDevices, unloadedCrls, parseKeyType, parseReason, pinTableFiles, pkiDirOf, refreshCrl, removePin, revokeDevice,
+  crlCopies, initCa, issueDevice, listDevices, unloadedCrls, parseKeyType, pkiPaths, parseReason, pinTableFiles, pkiDirOf, refreshCrl, removePin, revokeDevice,
   type CertificateFacts, type RevokeSelector,
 } from '../pki/index.ts';
 
@@ -206,6 +206,12 @@ export function pkiRevokeCommand(what: string, opts: CommonOptions & { device?: 
     // A listener that trusts this CA without loading its CRL takes the revoked certificate as before: said, never implied.
     const notLoaded = await unloadedCrls(config, dir);
     for (const u of notLoaded) process.stderr.write(`warning: listener ${u.name} trusts this CA but does not load ${u.crl}: the revocation has no effect there; add it to its tls.crlFiles\n`);
+    // A published copy of the CRL lacks the revocation until it is copied again: a server serves ca.crl in its place meanwhile.
+    const served = config.pki.dir !== undefined && resolve(config.pki.dir) === resolve(dir);
+    for (const c of r.revoked.length ? await crlCopies(config, dir) : []) {
+      const meanwhile = served ? `the server serves ${pkiPaths(dir).crl} in its place meanwhile` : 'the revocation has no effect there until then';
+      process.stderr.write(`warning: listener ${c.name} loads a copy of this CA's CRL (${c.files.join(', ')}), which lacks the revocation: copy ${pkiPaths(dir).crl} there again; ${meanwhile}\n`);
+    }
     // Postfix checks no CRL (not even one in smtpd_tls_CAfile): what it verified stays verified, unless the service
     // knows the certificate's digests (pki.dir is this folder, and the certificate is in its issued.json).
     const byDigest = config.pki.dir !== undefined && resolve(config.pki.dir) === resolve(dir) && !r.unrecorded;

@@ -32,6 +32,7 @@ import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
 import { unloadedCrls } from '../pki/index.ts';
+import { pkiPaths } from '../pki/layout.ts';
 import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';
 import { GenerationError, located, policySocketLines } from './generation-error.ts';
@@ -192,7 +193,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
       warnings.push({ listener: l.name, message: located(loaded, ['listeners', i, 'proxyProtocol', 'trusted', everyone], `${l.proxyProtocol!.trusted[everyone]} trusts every address: any client can send a PROXY header naming any address, and so pass per-address limits and address checks in scripts; list only the balancers`) });
     }
     try {
-      listeners.set(l.name, await prepareListener(l, config.hostname, options.logger, warnings, (message) => located(loaded, ['listeners', i, 'tls', 'cert'], message)));
+      listeners.set(l.name, await prepareListener(l, config.pki.dir ? pkiPaths(config.pki.dir).crl : undefined, config.hostname, options.logger, warnings, (message) => located(loaded, ['listeners', i, 'tls', 'cert'], message)));
     } catch (err) {
       // A file that cannot be used is reported at the key (file and line) that names it.
       failed(err instanceof TlsFileError ? located(loaded, ['listeners', i, ...listenerTlsKey(l, err)], err.message) : err);
@@ -279,8 +280,8 @@ function recipientTableGaps(config: Config, table: LocalRecipients | null): stri
 }
 
 /** `atCert` puts a message at the line of the listener's `tls.cert`. */
-async function prepareListener(l: ListenerConfig, hostname: string, logger: Logger, warnings: GenerationWarning[], atCert: (message: string) => string): Promise<ListenerSetup> {
-  const tls = await loadListenerTls(l);
+async function prepareListener(l: ListenerConfig, pkiCrl: string | undefined, hostname: string, logger: Logger, warnings: GenerationWarning[], atCert: (message: string) => string): Promise<ListenerSetup> {
+  const tls = await loadListenerTls(l, pkiCrl);
   for (const message of tls.warnings ?? []) warnings.push({ listener: l.name, message });
   const dates = tls.cert ? serverCertificateDates(l.tls.cert!, tls.cert) : null;
   if (dates) warnings.push({ listener: l.name, message: atCert(dates) });

@@ -10,7 +10,7 @@ export { listDevices, type DeviceRow, type DeviceStatus, type ListDevicesOptions
 export { readInventory, normalizeSerial, type DeviceCertificate, type Inventory } from './inventory.ts';
 export { addPin, removePin, listPins, pinOf, type AddPinOptions, type PinEntry, type RemovePinSelector } from './pins-file.ts';
 export { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
-export { unloadedCrls, type UnloadedCrl } from './crl-coverage.ts';
+export { crlCopies, unloadedCrls, type UnloadedCrl } from './crl-coverage.ts';
 export { revokedCertificateOfKey } from './revoked-devices.ts';
 export { pkiDirOf, pinTableOf, pinTableFiles, deviceNames, type PinTableRef } from './locate.ts';
 export { pkiPaths, KEY_TYPES, REVOCATION_REASONS, parseKeyType, parseReason, type DeviceKeyType, type PkiPaths, type RevocationReason } from './layout.ts';

@@ -35,6 +35,7 @@ import { statfs } from 'node:fs/promises';
 import { timerDelay } from '../timing/timer-limit.ts';
 import { isAscii } from 'node:buffer';
 import { dirname } from 'node:path';
+import { SetupWarnings } from '../reload/setup-warnings.ts';
 import { isNoSpace, type SpoolReserve } from '../spool/reserve.ts';
 import { headerOnlyNotice, type FailedRecipient } from './dsn.ts';
 
@@ -146,6 +147,9 @@ export class QueueRunner {
   #closing = false;
   #started = false;
   #lastSerial = -1;
+  #materialRead: Promise<void> = Promise.resolve();
+  /** The outbound files that could not be read, said when new (#preloadMaterial). */
+  readonly #materialErrors = new SetupWarnings();
   readonly #clockSteps = new ClockSteps();
   #own: { serial: number; own: OwnAddress } | null = null;
 
@@ -455,16 +459,23 @@ export class QueueRunner {
     return released;
   }
 
-  /** After a reload, read the outbound certificates once so a broken rotation is logged right away. */
+  /**
+   * After a reload, read the outbound certificates once so a broken rotation is logged right away: a file the build
+   * read but that cannot be read now (replaced since), said when new (setup-warnings.ts), not at every reload. What
+   * a usable file is worth a look for (expiring, not a CA) the build says, once for the server, at its key's line:
+   * said here too, it was logged again at every reload.
+   */
   #preloadMaterial(): void {
     const gen = this.#generation();
     if (gen.serial === this.#lastSerial) return;
     this.#lastSerial = gen.serial;
-    void this.#material.preload(gen.config.delivery, gen).then((report) => {
-      for (const p of [...report.errors, ...report.problems.map((f) => f.line)]) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${p}`);
-      for (const w of report.warnings) this.#log.warn({ generation: gen.serial }, `outbound TLS material: ${w.line}`);
+    this.#materialRead = this.#material.preload(gen.config.delivery, gen).then((report) => {
+      for (const w of this.#materialErrors.took(report.errors.map((message) => ({ message })))) this.#log.error({ generation: gen.serial }, `outbound TLS material: ${w.message}`);
     });
   }
+
+  /** Settles once the outbound files of the last generation scanned with were read and what they hold said. */
+  get materialRead(): Promise<void> { return this.#materialRead; }
 
   /** Start due attempts while there is room; otherwise wake up when the next one is due. */
   #kick(): void {

@@ -79,6 +79,8 @@ export class Reloader {
   readonly readableSecrets = new ReadableSecretsReport();
   /** The setup warnings in force, and when each was said (setup-warnings.ts). */
   readonly setupWarnings = new SetupWarnings();
+  /** The changes needing a restart said at the last successful reload (a single process's own line). */
+  #restartsSaid = new Set<string>();
   readonly #target: ReloadTarget;
   readonly #source: { configPath?: string; configText?: string; baseDir: string; label: string };
   readonly #watcher: ChangeWatcher;
@@ -312,7 +314,9 @@ export class Reloader {
     if (!this.#external) await this.#watcher.watch(inputs);
     if (forcedSizes) this.#watcher.taken(forcedSizes);
     const ms = performance.now() - t0;
-    for (const p of pendingRestart) log[this.#external ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
+    // Said once when the change is made, not again at each later reload (as postern serve's supervisor does); still in `postern status`.
+    for (const p of pendingRestart) log[this.#external || this.#restartsSaid.has(p) ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
+    this.#restartsSaid = new Set(pendingRestart);
     // Those new or changed since the last generation (setup-warnings.ts); under postern serve the supervisor says them, once for all processes.
     const say = this.setupWarnings.took(warnings);
     if (!this.#external) for (const w of say) log.warn(w.listener ? { listener: w.listener } : {}, w.message);

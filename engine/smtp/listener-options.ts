@@ -22,13 +22,13 @@ export interface ListenerTls {
   crl?: string[];
 }
 
-/** Read and check the listener's TLS files. */
-export async function loadListenerTls(l: ListenerConfig): Promise<ListenerTls> {
+/** Read and check the listener's TLS files; `pkiCrl`: pki.dir's CRL, served in place of an older copy of it (loadTrustMaterial). */
+export async function loadListenerTls(l: ListenerConfig, pkiCrl?: string): Promise<ListenerTls> {
   if (l.tls.mode === 'none') return {};
   const pair = await loadKeyPair(l.tls.cert!, l.tls.key!);
   const trust = l.tls.clientCertificates === 'none'
     ? { ca: [], crl: [], warnings: [] }
-    : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles, forClients: true });
+    : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles, forClients: true, ...(pkiCrl ? { pkiCrl } : {}) });
   return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
 }
 

@@ -14,10 +14,11 @@ export { MemoryCounterStore } from './memory-store.ts';
 export { prefixedStore } from './prefixed-store.ts';
 export { guessPlaces } from './guess-places.ts';
 
-export async function createStore(config: Config['store'], logger: Logger): Promise<CounterStore> {
+/** `sayEviction` false: another process of the server says whether Redis evicts keys (a worker of postern serve). */
+export async function createStore(config: Config['store'], logger: Logger, opts: { sayEviction?: boolean } = {}): Promise<CounterStore> {
   if (config.redis) {
     const { RedisCounterStore } = await import('./redis-store.ts');
-    return new RedisCounterStore(config.redis, logger);
+    return new RedisCounterStore(config.redis, logger, opts);
   }
   return createMemoryStore(config, logger);
 }

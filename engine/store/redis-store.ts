@@ -228,7 +228,12 @@ export class RedisCounterStore implements CounterStore {
     return this.#down;
   }
 
-  constructor(options: RedisStoreOptions, logger: Logger) {
+  /**
+   * `sayEviction`: this process reads Redis's eviction settings (#checkEviction). Under postern serve the queue
+   * process does, for the server: each worker said it too (one line a process, for the one Redis they share).
+   */
+  constructor(options: RedisStoreOptions, logger: Logger, opts: { sayEviction?: boolean } = {}) {
+    this.#evictionChecked = opts.sayEviction === false;
     this.#prefix = options.keyPrefix;
     this.#timeoutMs = options.timeoutMs;
     this.#log = logger.child({ component: 'store' });
@@ -297,7 +302,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /**
-   * Once per process, on the first connection that answers: whether Redis may evict keys. The built-in limits'
+   * Once per process (the queue process's, a single process's), on the first connection that answers: whether Redis may evict keys. The built-in limits'
    * counts (auth failures, connection slots, messagesPerIdentity) share the server with scripts' rate() and
    * counter() keys, which clients can multiply (a key per sender address); under an evicting policy with
    * `maxmemory` set, a flood of those made Redis drop the auth-failure counts as well, and a password guesser

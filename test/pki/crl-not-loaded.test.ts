@@ -9,7 +9,7 @@ import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
-import { externalLogin, issueDevice, postern, startPkiServer } from './helpers.ts';
+import { externalLogin, issueDevice, postern, posternJson, startPkiServer } from './helpers.ts';
 import { until } from '../helpers/wait.ts';
 
 let pki: TestPki;
@@ -84,4 +84,45 @@ test('a running server with such a listener: the revocation reloads all the same
   } finally {
     await server.stop();
   }
+});
+
+// A published copy of ca.crl (the administrator's /etc/postern, the CA's web server) is the CA's CRL too: `postern
+// check` warned "does not load its CRL" for a faithful copy, and once pki revoke made the copy older refused the
+// configuration (so a server could not start). A copy is now taken for the CRL: nothing said while it holds what
+// the CA revoked, and while it lacks a revocation the listener is served ca.crl in its place, with a warning naming
+// the copy and the serial it lacks.
+test('a copy of pki.dir\'s CRL loads it: nothing to say while faithful, a warning naming it and what it lacks once older', async () => {
+  const ca = join(scratch.path, 'copy-ca');
+  assert.equal((await postern(['pki', 'init', '--dir', ca, '--name', 'Example Copy CA'])).code, 0);
+  await mkdir(join(scratch.path, 'scripts'), { recursive: true });
+  const published = join(scratch.path, 'published-ca.crl');
+  await copyFile(join(ca, 'ca.crl'), published);
+  const config = await scratch.file('copy.yaml', `dataDir: ${scratch.path}/data
+scripts: ${scratch.path}/scripts
+localDomains: [example.com]
+pki: { dir: ${ca} }
+listeners:
+  - name: submission
+    listen: 127.0.0.1:0
+    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${join(ca, 'ca.crt')}], crlFiles: [${published}] }
+    auth: { mechanisms: [EXTERNAL], required: true }
+    certificateIdentity: { field: emailAddress, autoLogin: true }
+    senderLogin: { enforce: true }
+`);
+  const faithful = await postern(['check', '--config', config]);
+  assert.equal(faithful.code, 0, faithful.stderr);
+  assert.equal(faithful.stderr, '');
+
+  const issued = await posternJson<{ certificate: { serial: string } }>(['pki', 'issue', 'alice@example.com', '--device', 'laptop', '-c', config, '--out', scratch.path]);
+  const revoke = await postern(['pki', 'revoke', 'alice@example.com', '--all', '-c', config]);
+  assert.equal(revoke.code, 0, revoke.stderr);
+  assert.equal(revoke.stderr, `warning: listener submission loads a copy of this CA's CRL (${published}), which lacks the revocation: copy ${join(ca, 'ca.crl')} there again; the server serves ${join(ca, 'ca.crl')} in its place meanwhile\n`);
+  const older = await postern(['check', '--config', config]);
+  assert.equal(older.code, 0, older.stderr);
+  assert.match(older.stderr, new RegExp(`^warning: ${published}: older than the CA's own CRL ${join(ca, 'ca.crl')} \\(issued .*\\): it lacks the revocation of 1 certificate \\(serial ${issued.certificate.serial}\\); served with ${join(ca, 'ca.crl')} in its place \\(they are refused\\) until the copy is republished\\n$`));
+
+  await copyFile(join(ca, 'ca.crl'), published);
+  const republished = await postern(['check', '--config', config]);
+  assert.equal(republished.code, 0, republished.stderr);
+  assert.equal(republished.stderr, '');
 });
