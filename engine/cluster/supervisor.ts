@@ -690,11 +690,16 @@ export class Supervisor {
 
   /**
    * The scripts a child's abnormal death is blamed on: every script it was running, unless this supervisor killed it
-   * for a silence while it was held still (SIGSTOP, a debugger), which is no script's doing. Each such kill had
-   * counted as a crash of the scripts it ran: a worker stopped three times while a healthy script ran fenced it.
+   * for a silence. Then only a call on its event loop (the thread that went silent) is to blame: a call on an isolate
+   * thread cannot hold that thread's timers back, and was blamed for kills of workers merely slowed by load. And
+   * none when it was held still (SIGSTOP, a debugger: each such kill had counted as a crash of the scripts it ran,
+   * and a worker stopped three times while a healthy script ran fenced it), nor when its main thread did not run for
+   * the limit (killed at BUSY_WITHOUT_TIMERS_MS while it waited for a CPU or worked through I/O: no script's doing).
    */
   #blamed(child: Child, pid: number, mirror: string): RunningScript[] {
-    return child.silenced?.pid === pid && child.silenced.heldStill ? [] : readMirror(mirror);
+    const silenced = child.silenced?.pid === pid ? child.silenced : null;
+    if (!silenced) return readMirror(mirror);
+    return silenced.heldStill || silenced.ranMs < SUPERVISOR_HANG_MS ? [] : readMirror(mirror, true);
   }
 
   #collectCrashes(more: CrashRecord[] = []): void {

@@ -71,7 +71,8 @@ for (const everyThread of [true, false]) {
       assert.deepEqual(status.processes.map((p) => [p.role, p.restarts, p.pid === pid || p.role !== 'worker']), [['worker', 0, true], ['queue', 0, true]]);
       assert.deepEqual(c.logs.filter((l) => /hung|stopped answering|died/.test(String(l.msg))).map((l) => l.msg), [], 'nothing taken for hung');
     } finally {
-      if (hog && hog.exitCode === null && hog.signalCode === null) hog.kill('SIGKILL');
+      // SIGTERM, which timeout passes on to the loop (a SIGKILL would end timeout alone and leave the loop running).
+      if (hog && hog.exitCode === null && hog.signalCode === null) hog.kill('SIGTERM');
       if (pid) release(pid);
       await c.stop();
     }
