@@ -68,6 +68,7 @@ import { holdSocket, type HeldSocket } from './held-socket.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey, type BoundPolicyService } from '../policy-service/listen.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress, heldStill } from './thread-progress.ts';
+import { SilenceClock } from './silence-clock.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror, type RunningScript } from '../sandbox/running-call.ts';
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
@@ -93,9 +94,14 @@ interface Child {
   ready: boolean;
   /** When it was last heard from, on the monotonic clock (a wall-clock step must not look like silence). */
   lastBeat: number;
-  /** While it is silent: its main thread's read and write calls (a busy poll is no hang), and when they last moved. */
+  /**
+   * While it is silent: its main thread's read and write calls (a busy poll is no hang), and its silence since the last
+   * beat or call, less the time the main thread waited for a CPU (silence-clock.ts: a loaded host is no hang either).
+   */
   progress: ThreadProgress | null;
-  lastProgress: number;
+  silence: SilenceClock | null;
+  /** That silence, as counted at the last tick. */
+  silentRanMs: number;
   /** Connections handed over whose descriptor Node has not yet written to the worker's channel. */
   inflight: Set<net.Socket>;
   /**
@@ -140,7 +146,7 @@ interface Child {
    * The process this supervisor killed for its silence (its pid), and whether it was held still then (stopped by a
    * signal or a debugger): what its death says about the scripts it ran differs from a crash's (see #blamed).
    */
-  silenced: { pid: number; heldStill: boolean } | null;
+  silenced: { pid: number; heldStill: boolean; ranMs: number } | null;
 }
 
 /** Older releases wrote cluster.json and status.json through `<name>.<pid>.tmp`: a kill -9 left one for good. */
@@ -479,7 +485,7 @@ export class Supervisor {
   }
 
   #newChild(kind: Child['kind'], index: number): Child {
-    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null, silenced: null };
+    return { kind, index, proc: null, ready: false, lastBeat: 0, progress: null, silence: null, silentRanMs: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, acceptTurns: 0, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: 0, restarts: 0, lastExit: null, stopAnnounced: null, backoff: new RestartBackoff(), restartTimer: null, silenced: null };
   }
 
   #spawn(child: Child): void {
@@ -497,7 +503,7 @@ export class Supervisor {
       stdio: CHILD_STDIO,
     });
     handOver(proc, runningSettings(this.config.config));
-    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, lastProgress: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
+    Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, silence: null, silentRanMs: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err: NodeJS.ErrnoException) => {
@@ -684,11 +690,16 @@ export class Supervisor {
 
   /**
    * The scripts a child's abnormal death is blamed on: every script it was running, unless this supervisor killed it
-   * for a silence while it was held still (SIGSTOP, a debugger), which is no script's doing. Each such kill had
-   * counted as a crash of the scripts it ran: a worker stopped three times while a healthy script ran fenced it.
+   * for a silence. Then only a call on its event loop (the thread that went silent) is to blame: a call on an isolate
+   * thread cannot hold that thread's timers back, and was blamed for kills of workers merely slowed by load. And
+   * none when it was held still (SIGSTOP, a debugger: each such kill had counted as a crash of the scripts it ran,
+   * and a worker stopped three times while a healthy script ran fenced it), nor when its main thread did not run for
+   * the limit (killed at BUSY_WITHOUT_TIMERS_MS while it waited for a CPU or worked through I/O: no script's doing).
    */
   #blamed(child: Child, pid: number, mirror: string): RunningScript[] {
-    return child.silenced?.pid === pid && child.silenced.heldStill ? [] : readMirror(mirror);
+    const silenced = child.silenced?.pid === pid ? child.silenced : null;
+    if (!silenced) return readMirror(mirror);
+    return silenced.heldStill || silenced.ranMs < SUPERVISOR_HANG_MS ? [] : readMirror(mirror, true);
   }
 
   #collectCrashes(more: CrashRecord[] = []): void {
@@ -1001,8 +1012,8 @@ export class Supervisor {
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit && !this.#busy(c, now)) {
         const held = heldStill(c.proc.pid!);
-        c.silenced = { pid: c.proc.pid!, heldStill: held };
-        this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: now - c.lastBeat, heldStill: held },
+        c.silenced = { pid: c.proc.pid!, heldStill: held, ranMs: c.silentRanMs };
+        this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: Math.round(now - c.lastBeat), ranMs: Math.round(c.silentRanMs), heldStill: held },
           `${c.kind} stopped answering: killing it${held ? ' (it was held still, by a signal or a debugger: no script is blamed)' : ''}`);
         c.lastBeat = now; // one kill per silence
         c.proc.kill('SIGKILL');
@@ -1026,20 +1037,29 @@ export class Supervisor {
 
   /**
    * A silent child whose main thread still makes read and write calls is working through a long poll (a
-   * crowd of TLS handshakes: thread-progress.ts), not hung; for at most BUSY_WITHOUT_TIMERS_MS. Looked at
-   * on every tick of a silence longer than three heartbeats, so the readings are there by the limit.
+   * crowd of TLS handshakes: thread-progress.ts), not hung; nor is one whose main thread waited for a CPU (its
+   * silence counts only while it was not waiting: silence-clock.ts); either for at most BUSY_WITHOUT_TIMERS_MS.
+   * Looked at on every tick of a silence longer than three heartbeats, so the readings are there by the limit.
    */
   #busy(c: Child, now: number): boolean {
-    return now - c.lastBeat < BUSY_WITHOUT_TIMERS_MS && now - c.lastProgress < SUPERVISOR_HANG_MS;
+    return now - c.lastBeat < BUSY_WITHOUT_TIMERS_MS && c.silentRanMs < SUPERVISOR_HANG_MS;
   }
 
   #watchProgress(c: Child, now: number): void {
     if (!c.ready || !c.proc?.pid || c.proc.exitCode !== null || now - c.lastBeat < 3 * HEARTBEAT_MS) {
       c.progress = null;
+      c.silence = null;
+      c.silentRanMs = now - c.lastBeat; // not looked at: every moment counts (a child starting up: STARTUP_MS)
       return;
     }
     c.progress ??= new ThreadProgress(c.proc.pid);
-    if (c.progress.moved()) c.lastProgress = now;
+    if (!c.silence) {
+      // The first look: the silence so far (three heartbeats) counts whole.
+      c.silence = new SilenceClock(c.proc.pid);
+      c.silence.reset(now, now - c.lastBeat);
+    }
+    if (c.progress.moved()) c.silence.reset(now);
+    c.silentRanMs = c.silence.look(now);
   }
 
   /** SIGHUP: every child reloads, once. */

@@ -10,7 +10,11 @@
  */
 import { readFileSync } from 'node:fs';
 
-/** How long a main thread may keep the timers back while its I/O moves on, before it counts as hung anyway. */
+/**
+ * How long a main thread may keep the timers back while its I/O moves on, or while it waits for a CPU (silence-clock.ts),
+ * before it counts as hung anyway: 30 hang limits. A thread that never gets a CPU is replaced in the end, yet a host
+ * overloaded for seconds at a time does not lose its sessions (SMTP clients wait minutes for a reply: RFC 5321 4.5.3.2).
+ */
 export const BUSY_WITHOUT_TIMERS_MS = 30_000;
 
 export class ThreadProgress {

@@ -1,7 +1,8 @@
 /**
  * Runs on its own thread in every worker process and watches the main thread's heartbeat. A main thread
  * stuck for longer than hangMs (inside a V8 builtin a script started, which no time limit interrupts;
- * a main thread still making read and write calls is busy, not stuck: thread-progress.ts)
+ * a main thread still making read and write calls is busy, not stuck: thread-progress.ts; time it waited for a CPU
+ * is not counted: silence-clock.ts)
  * cannot save itself: this thread writes a crash record naming the scripts that were running, so the
  * supervisor can fence them, and kills the process. Only synchronous writes: nothing here may wait for
  * the main thread.
@@ -12,6 +13,7 @@ import { writeCrashRecord, type CrashRecordFile } from './crash-record.ts';
 import { describeRunning, StallMirror, type RunningCallTable } from '../sandbox/running-call.ts';
 import { flushPendingLog } from '../logging/turn-buffered-stdout.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress } from './thread-progress.ts';
+import { SilenceClock } from './silence-clock.ts';
 
 const { marker, heartbeat, crashDir, worker, hangMs, mirror, logBuffer, role = 'worker' } = workerData as {
   marker: SharedArrayBuffer; heartbeat: SharedArrayBuffer; crashDir: string; worker: number; hangMs: number; mirror: string;
@@ -29,9 +31,12 @@ const tickMs = Math.max(20, Math.floor(hangMs / 10));
 // Monotonic time: a step of the wall clock (NTP, an administrator) is no hang.
 let last = Atomics.load(beats, 0);
 let lastBeat = performance.now(); // the main thread's timers last ran
-let lastProgress = lastBeat; // …or it last made a read or write call (thread-progress.ts: a busy poll is no hang)
 let lastTick = lastBeat;
 const progress = new ThreadProgress(process.pid);
+// The silence since the last beat or read/write call (thread-progress.ts: a busy poll is no hang), less the time the
+// main thread waited for a CPU (silence-clock.ts: on a loaded host that is no hang either).
+const silence = new SilenceClock(process.pid);
+silence.reset(lastBeat);
 // The call running now, copied into the mirror half-way to a hang: also named alone when the supervisor's
 // own limit ends this process first. Its own beat tracking: late ticks (below) must not delay it.
 const stall = new StallMirror(mirror, marker);
@@ -53,12 +58,14 @@ setInterval(() => {
   lastTick = now;
   if (beat !== last || late) {
     last = beat;
-    lastBeat = lastProgress = now;
+    lastBeat = now;
+    silence.reset(now);
     progress.reset();
     return;
   }
-  if (progress.moved()) lastProgress = now;
-  if (now - lastProgress < hangMs && now - lastBeat < BUSY_WITHOUT_TIMERS_MS) return;
+  if (progress.moved()) silence.reset(now);
+  // Busy with I/O or waiting for a CPU, a main thread may keep its timers back for BUSY_WITHOUT_TIMERS_MS at most.
+  if (silence.look(now) < hangMs && now - lastBeat < BUSY_WITHOUT_TIMERS_MS) return;
   const scripts = describeRunning(Atomics.load(running, 0), table, running.length > 1 ? Atomics.load(running, 1) : 0);
   const stalledMs = Math.round(now - lastBeat);
   const record: CrashRecordFile = { at: new Date().toISOString(), pid: process.pid, worker, reason: 'hang', stalledMs, scripts };

@@ -263,8 +263,9 @@ export const runningCall = {
 /**
  * The scripts a dead process was running, from the mirror it left at `path` (see mirrorTo): those on its
  * event-loop thread and on its isolate threads, each once. [] when it was running none or left no mirror.
+ * `eventLoopOnly`: those on its event-loop thread alone (a silence of that thread is no isolate thread's doing).
  */
-export function readMirror(path: string): RunningScript[] {
+export function readMirror(path: string, eventLoopOnly = false): RunningScript[] {
   let words: Int32Array;
   let scripts: RunningCallTable;
   try {
@@ -277,7 +278,7 @@ export function readMirror(path: string): RunningScript[] {
   const found = new Map<string, RunningScript>();
   // The event-loop call the watchdog saw stalled, when the marker is still the one it saw.
   const now = words.length > STALL_SLOT + 1 && words[STALL_SLOT] === words[0] ? words[STALL_SLOT + 1]! : 0;
-  for (let i = 0; i < Math.min(words.length, STALL_SLOT); i++) {
+  for (let i = 0; i < Math.min(words.length, eventLoopOnly ? 1 : STALL_SLOT); i++) {
     // Each once by its fence key: the same file run live and as a shadow script are two scripts (fenceKey).
     for (const s of describeRunning(words[i]!, scripts, i === 0 ? now : 0)) found.set(fenceKey(s), s);
   }

@@ -1,0 +1,58 @@
+/**
+ * How much of a main thread's silence counts toward a hang, for the hang checks (the watchdog thread and the
+ * supervisor). A hang is a main thread that RAN for the limit without beating, not one that waited for a CPU: on an
+ * overloaded host (load 20 on 2 cores, a noisy neighbour, a CPU quota) a healthy worker's main thread waited on the
+ * run queue for seconds and was killed as hung, with every session on it, and a new worker to start on a machine
+ * already short of CPU. Linux tells the two apart per thread: /proc/PID/task/TID/schedstat counts the time it
+ * ran on a CPU, /proc/PID/task/TID/stat says whether it is runnable now (R) or asleep (S, D: blocked, say on a lock
+ * or a hung disk, which counts whole, as before). So each look counts the time since the last one whole, except
+ * while the thread is runnable: then only the time it actually ran. A thread stuck in a builtin on an idle CPU runs
+ * all the time, and is killed as soon as before. Without /proc (or those files) every moment counts: the old rule.
+ */
+import { readFileSync } from 'node:fs';
+
+/** A thread's time on a CPU so far (ms) and whether it is runnable now; null when /proc does not say. */
+function readThread(pid: number): { ranMs: number; runnable: boolean } | null {
+  try {
+    const sched = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'latin1');
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'latin1');
+    const ranNs = Number(sched.split(' ')[0]);
+    const state = stat.charAt(stat.lastIndexOf(')') + 2);
+    return Number.isFinite(ranNs) && state ? { ranMs: ranNs / 1e6, runnable: state === 'R' } : null;
+  } catch {
+    return null;
+  }
+}
+
+export class SilenceClock {
+  readonly #pid: number;
+  #counted = 0;
+  #at = 0;
+  #ranMs: number | null = null;
+
+  /** The main thread's id is its process id. */
+  constructor(pid: number) {
+    this.#pid = pid;
+  }
+
+  /**
+   * The silence starts over at `now` (a beat, or progress), with `counted` of it already counted. No reading here (it
+   * runs on every beat): the first look counts its time whole.
+   */
+  reset(now: number, counted = 0): void {
+    this.#counted = counted;
+    this.#at = now;
+    this.#ranMs = null;
+  }
+
+  /** The silence counted by `now`: wall time, less the time the thread was runnable and waited for a CPU. */
+  look(now: number): number {
+    const elapsed = Math.max(0, now - this.#at);
+    const thread = readThread(this.#pid);
+    const ran = thread && this.#ranMs !== null ? Math.max(0, thread.ranMs - this.#ranMs) : null;
+    this.#counted += thread?.runnable && ran !== null ? Math.min(elapsed, ran) : elapsed;
+    this.#at = now;
+    this.#ranMs = thread?.ranMs ?? null;
+    return this.#counted;
+  }
+}
