@@ -105,6 +105,5 @@ export function smtpServerReason(code: number, text: string, context: string | f
   // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
   if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
   if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
-  if (code === 501 && (text === 'Error: invalid userdata' || text === 'Error: missing username')) return 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)';
   return 'SMTP protocol rule (smtp-server)';
 }

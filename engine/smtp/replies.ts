@@ -36,6 +36,12 @@ export const REPLIES = {
   // DATA and RSET take no argument (RFC 5321 §4.1.1.4, §4.1.1.5); Postfix's words. QUIT with one still ends the session.
   dataSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: DATA', reason: 'DATA with an argument (RFC 5321 §4.1.1.4)' },
   rsetSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: RSET', reason: 'RSET with an argument (RFC 5321 §4.1.1.5)' },
+  // smtp-server's own refusals, in its words (smtp-server-replies.ts sends these in their place, with their reasons).
+  commandNotRecognized: { code: 500, enhanced: '5.5.2', text: 'Error: command not recognized', reason: 'a command not recognized (RFC 5321 §4.2.4)' },
+  heloFirst: { code: 503, enhanced: '5.5.1', text: 'Error: send HELO/EHLO first', reason: 'MAIL, RCPT, DATA or AUTH before an accepted HELO/EHLO (RFC 5321 §4.1.4)' },
+  needMail: { code: 503, enhanced: '5.5.1', text: 'Error: need MAIL command', reason: 'RCPT before MAIL (RFC 5321 §4.1.4)' },
+  needRcpt: { code: 503, enhanced: '5.5.1', text: 'Error: need RCPT command', reason: 'DATA without an accepted recipient (RFC 5321 §4.1.4)' },
+  nestedMail: { code: 503, enhanced: '5.5.1', text: 'Error: nested MAIL command', reason: 'MAIL within a transaction (RFC 5321 §4.1.4)' },
   // STARTTLS where it is not offered (tls.mode none), Postfix's words: smtp-server started TLS with its own built-in
   // certificate (CN=localhost, its key published with the package) and the session then passed for encrypted.
   starttlsNotOffered: { code: 502, enhanced: '5.5.1', text: 'Error: command not implemented', reason: 'tls.mode: none (STARTTLS not offered on this listener)' },
@@ -51,6 +57,7 @@ export const REPLIES = {
   authExternalSyntax: { code: 501, enhanced: '5.5.2', text: 'Syntax: AUTH EXTERNAL [initial-response]', reason: 'AUTH EXTERNAL syntax' },
   authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },
   authBadBase64: { code: 501, enhanced: '5.5.2', text: 'Invalid base64 in SASL response', reason: 'SASL response syntax' },
+  authMalformed: { code: 501, enhanced: '5.5.4', text: 'Error: malformed SASL response (a missing username, control characters, or not the three PLAIN fields)', reason: 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)' },
   authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
   accountAuthDeferred: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerAccount' },
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },
