@@ -42,6 +42,11 @@ export const REPLIES = {
   needMail: { code: 503, enhanced: '5.5.1', text: 'Error: need MAIL command', reason: 'RCPT before MAIL (RFC 5321 §4.1.4)' },
   needRcpt: { code: 503, enhanced: '5.5.1', text: 'Error: need RCPT command', reason: 'DATA without an accepted recipient (RFC 5321 §4.1.4)' },
   nestedMail: { code: 503, enhanced: '5.5.1', text: 'Error: nested MAIL command', reason: 'MAIL within a transaction (RFC 5321 §4.1.4)' },
+  senderSyntax: { code: 501, enhanced: '5.1.7', text: 'Error: Bad sender address syntax', reason: 'MAIL FROM: a path that does not parse (RFC 5321 §4.1.2)' },
+  recipientSyntax: { code: 501, enhanced: '5.1.3', text: 'Error: Bad recipient address syntax', reason: 'RCPT TO: a path that does not parse (RFC 5321 §4.1.2)' },
+  starttlsSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: STARTTLS', reason: 'STARTTLS with an argument (RFC 3207 §4)' },
+  tlsAlreadyActive: { code: 503, enhanced: '5.5.1', text: 'Error: TLS already active', reason: 'STARTTLS within TLS (RFC 3207 §4.2)' },
+  vrfySyntax: { code: 501, enhanced: '5.5.4', text: 'Error: Syntax: VRFY address', reason: 'VRFY without an argument (RFC 5321 §4.1.1.6)' },
   // STARTTLS where it is not offered (tls.mode none), Postfix's words: smtp-server started TLS with its own built-in
   // certificate (CN=localhost, its key published with the package) and the session then passed for encrypted.
   starttlsNotOffered: { code: 502, enhanced: '5.5.1', text: 'Error: command not implemented', reason: 'tls.mode: none (STARTTLS not offered on this listener)' },

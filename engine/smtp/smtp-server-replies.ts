@@ -12,6 +12,11 @@ const BY_TEXT: ReadonlyMap<string, ReplyName> = new Map([
   ['503 Error: need MAIL command', 'needMail'],
   ['503 Error: need RCPT command', 'needRcpt'],
   ['503 Error: nested MAIL command', 'nestedMail'],
+  ['501 Error: Bad sender address syntax', 'senderSyntax'],
+  ['501 Error: Bad recipient address syntax', 'recipientSyntax'],
+  ['501 Error: syntax: STARTTLS', 'starttlsSyntax'],
+  ['503 Error: TLS already active', 'tlsAlreadyActive'],
+  ['501 Error: Syntax: VRFY address', 'vrfySyntax'],
   ['501 Error: invalid userdata', 'authMalformed'],
   ['501 Error: missing username', 'authMalformed'],
 ]);
