@@ -47,6 +47,7 @@ export const REPLIES = {
   starttlsSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: STARTTLS', reason: 'STARTTLS with an argument (RFC 3207 §4)' },
   tlsAlreadyActive: { code: 503, enhanced: '5.5.1', text: 'Error: TLS already active', reason: 'STARTTLS within TLS (RFC 3207 §4.2)' },
   vrfySyntax: { code: 501, enhanced: '5.5.4', text: 'Error: Syntax: VRFY address', reason: 'VRFY without an argument (RFC 5321 §4.1.1.6)' },
+  proxyCommandNotAllowed: { code: 550, enhanced: '5.7.0', text: 'Error: Not allowed', reason: 'XCLIENT or XFORWARD: not taken from any client (the PROXY protocol from a trusted balancer gives the client\'s address)' },
   // STARTTLS where it is not offered (tls.mode none), Postfix's words: smtp-server started TLS with its own built-in
   // certificate (CN=localhost, its key published with the package) and the session then passed for encrypted.
   starttlsNotOffered: { code: 502, enhanced: '5.5.1', text: 'Error: command not implemented', reason: 'tls.mode: none (STARTTLS not offered on this listener)' },
@@ -63,6 +64,8 @@ export const REPLIES = {
   authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },
   authBadBase64: { code: 501, enhanced: '5.5.2', text: 'Invalid base64 in SASL response', reason: 'SASL response syntax' },
   authMalformed: { code: 501, enhanced: '5.5.4', text: 'Error: malformed SASL response (a missing username, control characters, or not the three PLAIN fields)', reason: 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)' },
+  authPlainSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: AUTH PLAIN token', reason: 'AUTH PLAIN with more than one argument (RFC 4954 §4)' },
+  authLoginSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: AUTH LOGIN', reason: 'AUTH LOGIN with more than one argument' },
   authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
   accountAuthDeferred: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerAccount' },
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },

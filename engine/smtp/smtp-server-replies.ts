@@ -17,6 +17,9 @@ const BY_TEXT: ReadonlyMap<string, ReplyName> = new Map([
   ['501 Error: syntax: STARTTLS', 'starttlsSyntax'],
   ['503 Error: TLS already active', 'tlsAlreadyActive'],
   ['501 Error: Syntax: VRFY address', 'vrfySyntax'],
+  ['501 Error: syntax: AUTH PLAIN token', 'authPlainSyntax'],
+  ['501 Error: syntax: AUTH LOGIN', 'authLoginSyntax'],
+  ['550 Error: Not allowed', 'proxyCommandNotAllowed'],
   ['501 Error: invalid userdata', 'authMalformed'],
   ['501 Error: missing username', 'authMalformed'],
 ]);

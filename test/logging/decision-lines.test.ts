@@ -121,7 +121,7 @@ before(async () => {
           limits: { messagesPerIdentity: { count: 1, windowSeconds: 3600 }, ...NO_AUTH_SLOWDOWN },
         }),
         testListener('owned', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, senderLogin: { enforce: true }, limits: NO_AUTH_SLOWDOWN }),
-        testListener('sub', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'], required: true } }),
+        testListener('sub', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN', 'LOGIN'], required: true } }),
         testListener('reqtls', { tls: testServerTls(pki), requireTls: true }),
         testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
         testListener('accountlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerAccount: 1, ...NO_AUTH_SLOWDOWN } }),
@@ -430,6 +430,9 @@ const ROWS = {
   authExternalSyntax: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL a b'], alice) },
   authAborted: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL', '*'], alice) },
   authBadBase64: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL !!!'], alice) },
+  authPlainSyntax: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH PLAIN a b']) },
+  authLoginSyntax: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'sub', ['AUTH LOGIN a b']) },
+  proxyCommandNotAllowed: { server: 'main', stage: 'XCLIENT', drive: () => ending('main', 'mx', ['XCLIENT ADDR=192.0.2.1']) },
   authMalformed: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', [`AUTH PLAIN ${Buffer.from('alice@example.com\0x').toString('base64')}`]) },
   authInvalid: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', [plainLogin('alice@example.com', 'wrong')]) },
 
