@@ -104,6 +104,9 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
   // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
   if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
+  // HELO/EHLO refusals carry no enhanced code (RFC 2034 §3), so they are not catalogue entries: named here.
+  if (code === 501 && /^Error: [Ss]yntax: (HELO|EHLO) hostname$/.test(text)) return 'HELO/EHLO without exactly one argument (RFC 5321 §4.1.1.1)';
+  if (code === 501 && text === 'Error: Bad hostname syntax') return 'HELO/EHLO with a name that is neither a domain nor an address literal (RFC 5321 §4.1.1.1)';
   if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
   return 'SMTP protocol rule (smtp-server)';
 }

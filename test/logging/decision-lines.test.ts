@@ -921,6 +921,7 @@ const OWN: Array<{ name: string; listener: string; lines: string[]; code: number
   { name: 'an idle client', listener: 'idle', lines: [], code: 421, stage: 'CONNECT', reason: 'limits.socketTimeoutMs', closes: true },
   // smtp-server's fixed limits and checks, which no Postern setting moves: the reason says what tripped them.
   { name: 'ten commands before AUTH where it is required', listener: 'sub', lines: Array.from({ length: 9 }, () => 'NOOP'), code: 421, stage: 'NOOP', reason: /^auth\.required: 10 commands before AUTH/ },
+  { name: 'EHLO without its name', listener: 'proto', lines: ['EHLO'], code: 501, stage: 'EHLO', reason: /^HELO\/EHLO without exactly one argument/ },
   { name: 'an HTTP request', listener: 'proto', lines: ['POST / HTTP/1.1'], code: 421, stage: 'UNKNOWN', reason: /^an HTTP request/ },
 ];
 
