@@ -764,6 +764,19 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     }
   }
 
+  /**
+   * smtp-server checks REQUIRETLS itself, before Postern's check of the parameters offered (session-policy.ts), and on
+   * a plaintext session answered `530 5.7.0 REQUIRETLS not permitted on non-TLS connections`: told to start TLS, the
+   * client got 555 there, as REQUIRETLS is offered nowhere. Refused as any parameter not offered is, whatever the session.
+   */
+  override _validateMailParams(parsed: Parameters<SMTPConnection['_validateMailParams']>[0]): ReturnType<SMTPConnection['_validateMailParams']> {
+    const args = parsed.args as Record<string, unknown> | false | undefined;
+    if (!args || args.REQUIRETLS === undefined) return super._validateMailParams(parsed);
+    const refusal = reply('parameterUnsupported', { parameter: 'REQUIRETLS' });
+    this.decide('MAIL', refusal, { from: parsed.address });
+    return { code: refusal.responseCode, message: refusal.message, enhancedCode: null };
+  }
+
   #answerPath(stage: DecisionStage, refusal: SmtpReply, callback: Callback): void {
     this.#answer(stage, refusal);
     callback();
