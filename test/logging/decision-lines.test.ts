@@ -921,6 +921,9 @@ const OWN: Array<{ name: string; listener: string; lines: string[]; code: number
   { name: 'an idle client', listener: 'idle', lines: [], code: 421, stage: 'CONNECT', reason: 'limits.socketTimeoutMs', closes: true },
   // smtp-server's fixed limits and checks, which no Postern setting moves: the reason says what tripped them.
   { name: 'ten commands before AUTH where it is required', listener: 'sub', lines: Array.from({ length: 9 }, () => 'NOOP'), code: 421, stage: 'NOOP', reason: /^auth\.required: 10 commands before AUTH/ },
+  { name: 'a MAIL parameter given twice', listener: 'proto', lines: ['MAIL FROM:<a@example.net> BODY=7BIT BODY=8BITMIME'], code: 501, stage: 'MAIL', reason: /^a MAIL or RCPT parameter given twice/ },
+  { name: 'a BODY value not allowed', listener: 'proto', lines: ['MAIL FROM:<a@example.net> BODY=9BIT'], code: 501, stage: 'MAIL', reason: /^a MAIL or RCPT parameter given twice, without its value or with one/ },
+  { name: 'a NOTIFY value not allowed', listener: 'proto', lines: ['MAIL FROM:<a@example.net>', 'RCPT TO:<user@example.test> NOTIFY=SOMETIMES'], code: 501, stage: 'RCPT', reason: /^a MAIL or RCPT parameter/ },
   { name: 'EHLO without its name', listener: 'proto', lines: ['EHLO'], code: 501, stage: 'EHLO', reason: /^HELO\/EHLO without exactly one argument/ },
   { name: 'an HTTP request', listener: 'proto', lines: ['POST / HTTP/1.1'], code: 421, stage: 'UNKNOWN', reason: /^an HTTP request/ },
 ];
