@@ -93,6 +93,9 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
 /** smtp-server's 421 to a client that talked before the greeting. */
 export const GREETING_PAUSE_REASON = 'limits.greetingDelayMs: the client talked before the greeting';
 
+/** smtp-server's refusals of a MAIL or RCPT parameter's value (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT, duplicates). */
+const MAIL_RCPT_PARAMETER_ERROR = /^(Error: duplicate \S+ parameter|Error: \S+ parameter requires a value|Error: Bad message size syntax|Invalid (BODY|SMTPUTF8|RET) parameter|Error: NOTIFY|Error: Bad ORCPT parameter syntax)/;
+
 /** Why smtp-server refused a command on its own: the Postern setting behind the refusal, where there is one. */
 export function smtpServerReason(code: number, text: string, context: string | false | undefined): string {
   if (context === 'TOO_MANY_RECIPIENTS') return 'limits.maxRecipients';
@@ -104,7 +107,11 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
   // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
   if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
+  // Values smtp-server checks of the MAIL and RCPT parameters offered (its texts name the parameter, some the value).
+  if (code === 501 && MAIL_RCPT_PARAMETER_ERROR.test(text)) return 'a MAIL or RCPT parameter given twice, without its value or with one its extension does not allow (RFC 1870, 1652, 6531, 3461)';
+  // HELO/EHLO refusals carry no enhanced code (RFC 2034 §3), so they are not catalogue entries: named here.
+  if (code === 501 && /^Error: [Ss]yntax: (HELO|EHLO) hostname$/.test(text)) return 'HELO/EHLO without exactly one argument (RFC 5321 §4.1.1.1)';
+  if (code === 501 && text === 'Error: Bad hostname syntax') return 'HELO/EHLO with a name that is neither a domain nor an address literal (RFC 5321 §4.1.1.1)';
   if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
-  if (code === 501 && (text === 'Error: invalid userdata' || text === 'Error: missing username')) return 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)';
   return 'SMTP protocol rule (smtp-server)';
 }

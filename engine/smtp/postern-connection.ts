@@ -17,6 +17,7 @@ import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
+import { catalogueReplyFor } from './smtp-server-replies.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
@@ -444,11 +445,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     }
     // Only the EHLO reply has several lines.
     if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
+    // smtp-server's own refusals the catalogue names go out as the catalogue has them, logged with its reason.
+    const named = code >= 400 ? catalogueReplyFor(code, data) : null;
+    if (named !== null) data = named.message;
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the
     // client left): no decision line, no refusal counted.
-    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context, addressCommand);
+    if (code >= 400 && this.#replyReaches()) this.#logProtocolRefusal(code, data, context, addressCommand, named?.reason);
     if (code === 421) this.#closedWithReply = true;
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
@@ -658,7 +662,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   }
 
   /** A refusal smtp-server wrote itself: logged and counted like Postern's, with the enhanced code the wire has. */
-  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined, addressCommand: Buffer | null): void {
+  #logProtocolRefusal(code: number, data: string | string[] | null | undefined, context: string | false | undefined, addressCommand: Buffer | null, catalogued: string | undefined): void {
     const line = Array.isArray(data) ? data.join(' ') : data ?? '';
     const own = ENHANCED_CODE_PREFIX.exec(line);
     const text = own ? line.slice(own[0].length) : line;
@@ -667,7 +671,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     const asked = (stage === 'MAIL' || stage === 'RCPT') && addressCommand ? this.#askedAddress(stage, addressCommand) : false;
     const mail = (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
     const rcpt = stage === 'RCPT' && asked ? asked.address : undefined;
-    const reason = smtpServerReason(code, text, context);
+    const reason = catalogued ?? smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
     if (overLimit !== undefined && !loggedOvershoot(overLimit)) return;
@@ -760,6 +764,19 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     }
   }
 
+  /**
+   * smtp-server checks REQUIRETLS itself, before Postern's check of the parameters offered (session-policy.ts), and on
+   * a plaintext session answered `530 5.7.0 REQUIRETLS not permitted on non-TLS connections`: told to start TLS, the
+   * client got 555 there, as REQUIRETLS is offered nowhere. Refused as any parameter not offered is, whatever the session.
+   */
+  override _validateMailParams(parsed: Parameters<SMTPConnection['_validateMailParams']>[0]): ReturnType<SMTPConnection['_validateMailParams']> {
+    const args = parsed.args as Record<string, unknown> | false | undefined;
+    if (!args || args.REQUIRETLS === undefined) return super._validateMailParams(parsed);
+    const refusal = reply('parameterUnsupported', { parameter: 'REQUIRETLS' });
+    this.decide('MAIL', refusal, { from: parsed.address });
+    return { code: refusal.responseCode, message: refusal.message, enhancedCode: null };
+  }
+
   #answerPath(stage: DecisionStage, refusal: SmtpReply, callback: Callback): void {
     this.#answer(stage, refusal);
     callback();
@@ -791,6 +808,16 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (this.state.listener.tls.mode === 'none') return this.#answerPath('STARTTLS', reply('starttlsNotOffered'), callback);
     super.handler_STARTTLS(command, callback);
   }
+
+  /**
+   * sendmail's WIZ, SHELL and KILL, which smtp-server answers with jokes ("This incident will be reported", "Can not
+   * kill Mom") and WIZ <anything> with `200 Please pass, oh mighty wizard`: a reply that was no refusal, so it left no
+   * line, was counted by neither maxErrors nor maxJunkCommands, and let a client hold its connection with it for
+   * ever. Not commands Postern knows: refused as any other unknown command.
+   */
+  override handler_WIZ(_command: Buffer, callback: Callback): void { this.#answerPath(this.#stage, reply('commandNotRecognized'), callback); }
+  override handler_SHELL(_command: Buffer, callback: Callback): void { this.#answerPath(this.#stage, reply('commandNotRecognized'), callback); }
+  override handler_KILL(_command: Buffer, callback: Callback): void { this.#answerPath(this.#stage, reply('commandNotRecognized'), callback); }
 
   override handler_EHLO(command: Buffer, callback: Callback): void { this.#helo('EHLO', command, callback); }
   override handler_HELO(command: Buffer, callback: Callback): void { this.#helo('HELO', command, callback); }

@@ -36,6 +36,18 @@ export const REPLIES = {
   // DATA and RSET take no argument (RFC 5321 §4.1.1.4, §4.1.1.5); Postfix's words. QUIT with one still ends the session.
   dataSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: DATA', reason: 'DATA with an argument (RFC 5321 §4.1.1.4)' },
   rsetSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: RSET', reason: 'RSET with an argument (RFC 5321 §4.1.1.5)' },
+  // smtp-server's own refusals, in its words (smtp-server-replies.ts sends these in their place, with their reasons).
+  commandNotRecognized: { code: 500, enhanced: '5.5.2', text: 'Error: command not recognized', reason: 'a command not recognized (RFC 5321 §4.2.4)' },
+  heloFirst: { code: 503, enhanced: '5.5.1', text: 'Error: send HELO/EHLO first', reason: 'MAIL, RCPT, DATA or AUTH before an accepted HELO/EHLO (RFC 5321 §4.1.4)' },
+  needMail: { code: 503, enhanced: '5.5.1', text: 'Error: need MAIL command', reason: 'RCPT before MAIL (RFC 5321 §4.1.4)' },
+  needRcpt: { code: 503, enhanced: '5.5.1', text: 'Error: need RCPT command', reason: 'DATA without an accepted recipient (RFC 5321 §4.1.4)' },
+  nestedMail: { code: 503, enhanced: '5.5.1', text: 'Error: nested MAIL command', reason: 'MAIL within a transaction (RFC 5321 §4.1.4)' },
+  senderSyntax: { code: 501, enhanced: '5.1.7', text: 'Error: Bad sender address syntax', reason: 'MAIL FROM: a path that does not parse (RFC 5321 §4.1.2)' },
+  recipientSyntax: { code: 501, enhanced: '5.1.3', text: 'Error: Bad recipient address syntax', reason: 'RCPT TO: a path that does not parse (RFC 5321 §4.1.2)' },
+  starttlsSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: STARTTLS', reason: 'STARTTLS with an argument (RFC 3207 §4)' },
+  tlsAlreadyActive: { code: 503, enhanced: '5.5.1', text: 'Error: TLS already active', reason: 'STARTTLS within TLS (RFC 3207 §4.2)' },
+  vrfySyntax: { code: 501, enhanced: '5.5.4', text: 'Error: Syntax: VRFY address', reason: 'VRFY without an argument (RFC 5321 §4.1.1.6)' },
+  proxyCommandNotAllowed: { code: 550, enhanced: '5.7.0', text: 'Error: Not allowed', reason: 'XCLIENT or XFORWARD: not taken from any client (the PROXY protocol from a trusted balancer gives the client\'s address)' },
   // STARTTLS where it is not offered (tls.mode none), Postfix's words: smtp-server started TLS with its own built-in
   // certificate (CN=localhost, its key published with the package) and the session then passed for encrypted.
   starttlsNotOffered: { code: 502, enhanced: '5.5.1', text: 'Error: command not implemented', reason: 'tls.mode: none (STARTTLS not offered on this listener)' },
@@ -51,6 +63,9 @@ export const REPLIES = {
   authExternalSyntax: { code: 501, enhanced: '5.5.2', text: 'Syntax: AUTH EXTERNAL [initial-response]', reason: 'AUTH EXTERNAL syntax' },
   authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },
   authBadBase64: { code: 501, enhanced: '5.5.2', text: 'Invalid base64 in SASL response', reason: 'SASL response syntax' },
+  authMalformed: { code: 501, enhanced: '5.5.4', text: 'Error: malformed SASL response (a missing username, control characters, or not the three PLAIN fields)', reason: 'AUTH: a malformed SASL response (no username, control characters, or not three PLAIN fields)' },
+  authPlainSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: AUTH PLAIN token', reason: 'AUTH PLAIN with more than one argument (RFC 4954 §4)' },
+  authLoginSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: AUTH LOGIN', reason: 'AUTH LOGIN with more than one argument' },
   authInvalid: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid', reason: 'authentication failed' },
   accountAuthDeferred: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerAccount' },
   authStoreUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure, try again later', reason: 'limits.authFailuresPerIp: store unavailable (fail closed)' },

@@ -15,6 +15,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { until } from '../helpers/wait.ts';
 import { scrapeMetrics } from '../helpers/metrics-scrape.ts';
+import { REPLIES } from '../../engine/smtp/replies.ts';
 
 const curl = promisify(execFile);
 const cleanup: Array<() => Promise<void>> = [];
@@ -54,7 +55,7 @@ test('below spool.minFreeBytes /readyz answers 503 with the reason, and the refu
   await c.quit();
   const after = await scrape(port);
   assert.equal((after.get(sample) ?? 0) - before, 1);
-  assert.ok((after.get('postern_smtp_refusals_total{listener="mx",stage="UNKNOWN",class="5xx",reason="SMTP protocol rule (smtp-server)"}') ?? 0) >= 1);
+  assert.ok((after.get(`postern_smtp_refusals_total{listener="mx",stage="UNKNOWN",class="5xx",reason="${REPLIES.commandNotRecognized.reason}"}`) ?? 0) >= 1, 'an unknown command, under the catalogue\'s reason');
 });
 
 test('a Redis outage shows as postern_store_unreachable 1, and 0 again once it is back', { skip: needsRedis().skip }, async () => {

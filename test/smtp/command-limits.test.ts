@@ -78,6 +78,11 @@ test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETL
   assert.equal((await c.command('RCPT TO:<b@example.com> FOO=bar')).text, '555 5.5.4 Unsupported option: FOO');
   assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com')).code, 250);
   await c.quit();
+  // Before TLS too: smtp-server's own check answered `530 5.7.0 REQUIRETLS not permitted on non-TLS connections`,
+  // telling the client to start TLS, where it then got 555.
+  const plain = await client();
+  assert.equal((await plain.command('MAIL FROM:<a@example.org> REQUIRETLS')).text, '555 5.5.4 Unsupported option: REQUIRETLS');
+  await plain.quit();
   // REQUIRETLS (RFC 8689) is not offered, and delivery would not honour it: refused after STARTTLS too.
   const t = await SmtpTestClient.connect(server.port('tls'));
   await t.hello({ starttls: { ca } });

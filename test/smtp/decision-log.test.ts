@@ -6,6 +6,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
+import { REPLIES } from '../../engine/smtp/replies.ts';
 import { until } from '../helpers/wait.ts';
 
 let s: TestServer;
@@ -122,7 +123,7 @@ test("smtp-server's own refusals are logged like Postern's: the command as stage
 
   const lines = refusals().slice(before);
   assert.deepEqual(lines.map((l) => [l.stage, l.code, l.enhanced, l.reply, l.reason]), [
-    ['UNKNOWN', 500, '5.5.2', 'Error: command not recognized', 'SMTP protocol rule (smtp-server)'],
+    ['UNKNOWN', 500, '5.5.2', 'Error: command not recognized', REPLIES.commandNotRecognized.reason],
     ['RCPT', 452, '4.5.3', 'Error: too many recipients', 'limits.maxRecipients'],
     ['MAIL', 530, '5.7.0', 'Authentication required', 'auth.required'],
   ]);

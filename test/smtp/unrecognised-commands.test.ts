@@ -47,3 +47,22 @@ test('an accepted message starts the count again: 9 unrecognised commands, a mes
   assert.equal((await c.command('NOOP')).code, 250, 'still open');
   await c.quit();
 });
+
+// sendmail's WIZ, SHELL and KILL: smtp-server answered them itself with jokes (`500 Can not kill Mom`, `This incident
+// will be reported`), and `WIZ <anything>` with `200 Please pass, oh mighty wizard`: no refusal, no decision line, and
+// counted by neither maxErrors nor maxJunkCommands, so a client could hold its connection with it for ever.
+test('WIZ, SHELL and KILL are unknown commands: 500 5.5.2, a decision line each, counted to maxErrors', { timeout: 60_000 }, async () => {
+  const mark = s.logs.length;
+  const c = await SmtpTestClient.connect(s.port('mx'));
+  await c.read();
+  await c.command('EHLO client.example');
+  const commands = [...Array.from({ length: 13 }, () => 'WIZ secret'), 'SHELL', 'KILL'];
+  for (const command of commands) assert.equal((await c.command(command)).text, '500 5.5.2 Error: command not recognized', command);
+  assert.equal((await c.read()).text, '421 4.7.0 mx.test Error: too many errors', 'the 15th refusal reached maxErrors');
+  assert.ok(await c.waitClosed());
+  const lines = decisions(mark);
+  assert.equal(lines.length, 16);
+  for (const line of lines.slice(0, 15)) {
+    assert.deepEqual([line.stage, line.code, line.enhanced, line.reply, line.reason], ['UNKNOWN', 500, '5.5.2', 'Error: command not recognized', 'a command not recognized (RFC 5321 §4.2.4)']);
+  }
+});
