@@ -236,40 +236,43 @@ test('a PROXY header sent straight to a node from an untrusted address is refuse
 test('a refused reload keeps the node in rotation; a Redis outage takes both out of the submission backend only, and they come back with Redis', opts, async () => {
   const a = nodes.get('mx-a')!;
   await writeFile(join(a.dir, 'scripts', 'mailfrom.ts'), 'export default function (: {\n');
-  await a.waitFor('the reload refused', async () => (await a.cluster()).reload.lastError);
-  const ready = await fetch(`http://127.0.0.1:${a.port('admin')}/readyz?listener=submission`);
-  assert.equal(ready.status, 200, await ready.text());
+  try {
+    await a.waitFor('the reload refused', async () => (await a.cluster()).reload.lastError);
+    const ready = await fetch(`http://127.0.0.1:${a.port('admin')}/readyz?listener=submission`);
+    assert.equal(ready.status, 200, await ready.text());
 
-  // A submission under way when Redis goes: its node leaves the backend, and the transaction still finishes
-  // (HAProxy's `on-marked-down shutdown-sessions` would cut it here, mid-DATA).
-  const under = await submissionSession('127.0.0.7');
-  assert.equal((await under.command('MAIL FROM:<alice@example.com>')).code, 250);
-  assert.equal((await under.command('RCPT TO:<user@example.net>')).code, 250);
-  assert.equal((await under.command('DATA')).code, 354);
-  under.write('Subject: under way when Redis went\r\n\r\nfirst half');
-  await redis.stop();
-  for (const { name } of NODES) await waitStatus(name, 'DOWN', ['postern_submission']);
-  under.write('second half\r\n.');
-  assert.match((await under.read()).text, /^250 2\.0\.0 .*queued as/);
-  await under.quit();
-  // The MX backend's mail needs no Redis: each node's own answer for it stays 200, and HAProxy kept both in. (A check
-  // of HAProxy's may still time out once at its 200 ms on a loaded machine: "UP 1/2" is in; DOWN or a 503 is not.)
-  for (const { name } of NODES) {
-    const mx = await fetch(`http://127.0.0.1:${nodes.get(name)!.port('admin')}/readyz?listener=mx`);
-    assert.equal(mx.status, 200, `${name}: ${await mx.text()}`);
+    // A submission under way when Redis goes: its node leaves the backend, and the transaction still finishes
+    // (HAProxy's `on-marked-down shutdown-sessions` would cut it here, mid-DATA).
+    const under = await submissionSession('127.0.0.7');
+    assert.equal((await under.command('MAIL FROM:<alice@example.com>')).code, 250);
+    assert.equal((await under.command('RCPT TO:<user@example.net>')).code, 250);
+    assert.equal((await under.command('DATA')).code, 354);
+    under.write('Subject: under way when Redis went\r\n\r\nfirst half');
+    await redis.stop();
+    for (const { name } of NODES) await waitStatus(name, 'DOWN', ['postern_submission']);
+    under.write('second half\r\n.');
+    assert.match((await under.read()).text, /^250 2\.0\.0 .*queued as/);
+    await under.quit();
+    // The MX backend's mail needs no Redis: each node's own answer for it stays 200, and HAProxy kept both in. (A check
+    // of HAProxy's may still time out once at its 200 ms on a loaded machine: "UP 1/2" is in; DOWN or a 503 is not.)
+    for (const { name } of NODES) {
+      const mx = await fetch(`http://127.0.0.1:${nodes.get(name)!.port('admin')}/readyz?listener=mx`);
+      assert.equal(mx.status, 200, `${name}: ${await mx.text()}`);
+    }
+    for (const status of [...await statusOf('mx-a', ['postern_smtp']), ...await statusOf('mx-b', ['postern_smtp'])]) assert.match(status, /^UP\b/);
+    const { node, c } = await mxSession('127.0.0.4');
+    await c.quit();
+    assert.ok(node);
+
+    await redis.start();
+    // Back, mx-a with its reload still refused.
+    for (const { name } of NODES) await waitStatus(name, 'UP', ['postern_submission']);
+    assert.ok((await a.cluster()).reload.lastError, 'mx-a came back while its reload is still refused');
+    await (await submissionSession('127.0.0.4')).quit();
+  } finally {
+    // Also when an assertion above failed: the next tests start this node again, which a broken script would stop.
+    await writeFile(join(a.dir, 'scripts', 'mailfrom.ts'), MAILFROM);
   }
-  for (const status of [...await statusOf('mx-a', ['postern_smtp']), ...await statusOf('mx-b', ['postern_smtp'])]) assert.match(status, /^UP\b/);
-  const { node, c } = await mxSession('127.0.0.4');
-  await c.quit();
-  assert.ok(node);
-
-  await redis.start();
-  // Back, mx-a with its reload still refused.
-  for (const { name } of NODES) await waitStatus(name, 'UP', ['postern_submission']);
-  assert.ok((await a.cluster()).reload.lastError, 'mx-a came back while its reload is still refused');
-  await (await submissionSession('127.0.0.4')).quit();
-
-  await writeFile(join(a.dir, 'scripts', 'mailfrom.ts'), MAILFROM);
   await a.waitFor('the reload made', async () => (await a.cluster()).reload.lastError === null);
 });
 
