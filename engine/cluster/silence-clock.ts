@@ -74,7 +74,8 @@ export class SilenceClock {
   look(now: number): number {
     const elapsed = Math.max(0, now - this.#at);
     const thread = readThread(this.#pid);
-    const processRanMs = thread ? readProcessRan(this.#pid) : null;
+    // Every thread's schedstat only while it is runnable: a main thread asleep in epoll (most looks) costs two reads.
+    const processRanMs = thread?.runnable ? readProcessRan(this.#pid) : null;
     const ran = thread && this.#ranMs !== null ? Math.max(0, thread.ranMs - this.#ranMs) : null;
     const processRan = processRanMs !== null && this.#processRanMs !== null ? Math.max(0, processRanMs - this.#processRanMs) : null;
     this.#counted += thread?.runnable && ran !== null ? Math.min(elapsed, Math.max(ran, processRan ?? 0)) : elapsed;
