@@ -8,8 +8,13 @@
  * or a hung disk, which counts whole, as before). So each look counts the time since the last one whole, except
  * while the thread is runnable: then only the time it actually ran. A thread stuck in a builtin on an idle CPU runs
  * all the time, and is killed as soon as before. Without /proc (or those files) every moment counts: the old rule.
+ * The CPU it waited for must have gone to other processes, though: a script can crowd its own main thread (calls
+ * that outran the fast path keep isolate threads busy beside a call stuck in a builtin on the event loop), and a wait
+ * for a CPU its own process's threads held is no load of the host. So while runnable, the time the whole process ran
+ * counts (all its threads' schedstat): a worker held to one CPU with three isolate threads busy was killed only after
+ * 4.4 s, not 1 s, and with more isolates than CPUs (a container's cpuset) a hang outwaited BUSY_WITHOUT_TIMERS_MS.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 
 /** A thread's time on a CPU so far (ms) and whether it is runnable now; null when /proc does not say. */
 function readThread(pid: number): { ranMs: number; runnable: boolean } | null {
@@ -24,11 +29,27 @@ function readThread(pid: number): { ranMs: number; runnable: boolean } | null {
   }
 }
 
+/** All threads' time on a CPU so far (ms): threads gone since take theirs with them (a look counts 0, not less). */
+function readProcessRan(pid: number): number | null {
+  let ns = 0;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'latin1').split(' ')[0]) || 0;
+      } catch { /* the thread ended meanwhile */ }
+    }
+  } catch {
+    return null;
+  }
+  return ns / 1e6;
+}
+
 export class SilenceClock {
   readonly #pid: number;
   #counted = 0;
   #at = 0;
   #ranMs: number | null = null;
+  #processRanMs: number | null = null;
 
   /** The main thread's id is its process id. */
   constructor(pid: number) {
@@ -43,16 +64,24 @@ export class SilenceClock {
     this.#counted = counted;
     this.#at = now;
     this.#ranMs = null;
+    this.#processRanMs = null;
   }
 
-  /** The silence counted by `now`: wall time, less the time the thread was runnable and waited for a CPU. */
+  /**
+   * The silence counted by `now`: wall time, less the time the thread was runnable and waited for a CPU that no thread
+   * of its process had either.
+   */
   look(now: number): number {
     const elapsed = Math.max(0, now - this.#at);
     const thread = readThread(this.#pid);
+    // Every thread's schedstat only while it is runnable: a main thread asleep in epoll (most looks) costs two reads.
+    const processRanMs = thread?.runnable ? readProcessRan(this.#pid) : null;
     const ran = thread && this.#ranMs !== null ? Math.max(0, thread.ranMs - this.#ranMs) : null;
-    this.#counted += thread?.runnable && ran !== null ? Math.min(elapsed, ran) : elapsed;
+    const processRan = processRanMs !== null && this.#processRanMs !== null ? Math.max(0, processRanMs - this.#processRanMs) : null;
+    this.#counted += thread?.runnable && ran !== null ? Math.min(elapsed, Math.max(ran, processRan ?? 0)) : elapsed;
     this.#at = now;
     this.#ranMs = thread?.ranMs ?? null;
+    this.#processRanMs = processRanMs;
     return this.#counted;
   }
 }
