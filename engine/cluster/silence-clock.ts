@@ -23,7 +23,9 @@ function readThread(pid: number): { ranMs: number; runnable: boolean } | null {
     const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'latin1');
     const ranNs = Number(sched.split(' ')[0]);
     const state = stat.charAt(stat.lastIndexOf(')') + 2);
-    return Number.isFinite(ranNs) && state ? { ranMs: ranNs / 1e6, runnable: state === 'R' } : null;
+    // A thread that has run reads more than 0; "0 0 0" is a kernel that keeps no schedstats (before 5.14 booted with
+    // nodelayacct, or without CONFIG_SCHEDSTATS): no reading, so every moment counts, rather than none.
+    return Number.isFinite(ranNs) && ranNs > 0 && state ? { ranMs: ranNs / 1e6, runnable: state === 'R' } : null;
   } catch {
     return null;
   }
