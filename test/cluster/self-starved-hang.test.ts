@@ -17,8 +17,14 @@ import { HANG_MS } from '../../engine/cluster/process-model.ts';
 import { ONE_WORKER, greeted, startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { runningMirror } from '../../engine/cluster/process-model.ts';
 
-const SCRIPT = `export default function (ctx) {
+// The spinning calls in another hook than the hang: each of their fast-path attempts used up its budget, and three such
+// overruns send a hook's calls straight to isolate threads for a minute (fast-path-policy.ts), which would have taken
+// the hang off the main thread (seen: the hang then ran on an isolate thread until its 60 s deadline).
+const SPIN = `export default function (ctx) {
   if (ctx.address.localPart === 'spin') { const end = Date.now() + 30000; while (Date.now() < end); return accept(); }
+}
+`;
+const HANG = `export default function (ctx) {
   if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1));
 }
 `;
@@ -40,15 +46,14 @@ async function isolateCalls(c: ClusterProcess, pid: number): Promise<number> {
 }
 
 test('a hang on the fast path while the script keeps isolate threads busy on the same CPU: killed by the watchdog, the call blamed', { timeout: 120_000 }, async () => {
-  const c = await startCluster({ config: `${ONE_WORKER}sandbox: { timeoutMs: 60000, isolates: 4, isolatesPerClient: 4, fastPathMs: 5 }\n`, scripts: { 'rcptto.ts': SCRIPT } });
+  const c = await startCluster({ config: `${ONE_WORKER}sandbox: { timeoutMs: 60000, isolates: 4, isolatesPerClient: 4, fastPathMs: 5 }\n`, scripts: { 'mailfrom.ts': SPIN, 'rcptto.ts': HANG } });
   try {
     const pid = await workerPid(c, 0);
     const spinners = [];
     for (let i = 0; i < 3; i++) {
       const s = await greeted(c);
-      assert.equal((await s.command('MAIL FROM:<a@example.test>')).code, 250);
       spinners.push(s);
-      void s.command('RCPT TO:<spin@example.test>', 100_000).catch(() => null);
+      void s.command('MAIL FROM:<spin@example.test>', 100_000).catch(() => null);
     }
     await c.waitFor('three calls on isolate threads', async () => (await isolateCalls(c, pid)) >= 3);
     execFileSync('taskset', ['-a', '-p', '-c', '1', String(pid)], { stdio: 'ignore' });
